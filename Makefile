@@ -1,0 +1,38 @@
+# Two commands for a fresh machine:  make demo   and   make test
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# pinned so pip takes the CPU wheel; use TORCH=torch (or a CUDA index) on a GPU machine
+TORCH  ?= torch==2.13.0
+
+# offline machines keep the GPT-2 BPE files and a data mirror in ../shared; use them unless told otherwise
+ifeq ($(origin TIKTOKEN_CACHE_DIR),undefined)
+ifneq ($(wildcard ../shared/tiktoken-cache),)
+export TIKTOKEN_CACHE_DIR := $(abspath ../shared/tiktoken-cache)
+endif
+endif
+ifeq ($(origin DATA_MIRROR),undefined)
+ifneq ($(wildcard ../shared/data),)
+export DATA_MIRROR := $(abspath ../shared/data)
+endif
+endif
+
+.PHONY: install demo test clean
+
+$(VENV)/.installed: requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -r requirements.txt pytest
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/python prepare.py --dataset story
+
+test: install
+	HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) data/*/ models/

@@ -1,0 +1,78 @@
+"""
+Checkpoints: one self-contained file holding the weights, the model config and
+the tokenizer (its name for GPT-2, the vocabulary itself for a custom one), plus
+whatever train.py needs to resume exactly. Written atomically, read with
+torch.load(weights_only=True): plain tensors and containers, never pickled code.
+"""
+import dataclasses
+import glob
+import os
+import pickle
+import zipfile
+
+import torch
+
+from common import UserError, atomic_torch_save
+from model import GPT, GPTConfig
+from setup_tokenizer import tokenizer_from_state, tokenizer_state
+
+FORMAT = 1  # bump when the layout changes incompatibly
+
+
+def save_checkpoint(path, model, enc, **state):
+    """Atomically write model weights, config and tokenizer, plus any extra state
+    (optimizer, epoch, RNG, args...): plain tensors, numbers, strings, lists and dicts only."""
+    model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
+    model = getattr(model, "module", model)  # unwrap DDP
+    ckpt = {
+        "format": FORMAT,
+        "model": model.state_dict(),
+        "config": dataclasses.asdict(model.config),
+        "tokenizer": tokenizer_state(enc),
+        **state,
+    }
+    atomic_torch_save(ckpt, path)
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """The checkpoint's dict; a missing, truncated, corrupt or foreign file is one clear UserError."""
+    if not os.path.exists(path):
+        raise UserError(f"checkpoint {path} not found{available_hint()}")
+    if os.path.isdir(path):
+        raise UserError(f"{path} is a folder, not a checkpoint file{available_hint()}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, OSError) as e:
+        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path} is not a readable checkpoint (truncated or corrupt?): {reason}; use another file from models/")
+    if not isinstance(ckpt, dict) or not {"model", "config", "tokenizer"} <= set(ckpt):
+        raise UserError(f"{path} is not a checkpoint of this project (no model/config/tokenizer entries); train one with train.py")
+    if ckpt.get("format") != FORMAT:
+        raise UserError(f"{path} has checkpoint format {ckpt.get('format')}, this code reads {FORMAT}; use the matching version of the code")
+    return ckpt
+
+
+def load_model(path_or_ckpt, device="cpu"):
+    """(model in eval mode on device, tokenizer, checkpoint dict) from a path or an already loaded dict."""
+    ckpt = load_checkpoint(path_or_ckpt) if isinstance(path_or_ckpt, str) else path_or_ckpt
+    try:
+        config = GPTConfig(**ckpt["config"])
+        model = GPT(config)
+        model.load_state_dict(ckpt["model"])
+    except (TypeError, RuntimeError) as e:
+        raise UserError(f"checkpoint does not match this model code: {str(e).splitlines()[0][:160]}")
+    enc = tokenizer_from_state(ckpt["tokenizer"])
+    return model.to(device).eval(), enc, ckpt
+
+
+def find_checkpoints(folder="models"):
+    """Checkpoint files in folder, newest first."""
+    paths = glob.glob(os.path.join(folder, "*.pt"))
+    return sorted(paths, key=os.path.getmtime, reverse=True)
+
+
+def available_hint(folder="models"):
+    found = find_checkpoints(folder)
+    if not found:
+        return f"; no checkpoints in {folder}/ yet: train one with `python train.py`"
+    return "; available: " + ", ".join(found[:5]) + (" ..." if len(found) > 5 else "")

@@ -1,0 +1,146 @@
+"""
+Small pieces every script shares: the one-line error for bad input, atomic
+writes, device and precision choice, and checkpoint loading.
+Nothing model- or data-specific lives here.
+"""
+import contextlib
+import os
+import sys
+
+import torch
+
+
+class UserError(Exception):
+    """Bad input from the user: printed as one line naming the fix, no traceback."""
+
+
+def run_main(main):
+    """Run a script's main(); UserError and Ctrl-C end in one clear line."""
+    try:
+        return main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+# -----------------------------------------------------------------------------
+# atomic writes: a file either keeps its old content or gets the complete new one
+
+def fsync_replace(tmp_path, path):
+    """Flush tmp_path to disk and rename it over path (atomic on POSIX)."""
+    with open(tmp_path, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp_path, path)
+    # make the rename itself durable
+    with contextlib.suppress(OSError):
+        dfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def tmp_name(path):
+    """Temporary sibling of path; ends in .tmp so no reader mistakes it for the real file."""
+    return f"{path}.{os.getpid()}.tmp"
+
+
+def atomic_write_text(path, text):
+    tmp = tmp_name(path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        fsync_replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+
+
+def atomic_torch_save(obj, path):
+    """torch.save that never leaves a half-written file at path, even on Ctrl-C or a full disk."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = tmp_name(path)
+    try:
+        torch.save(obj, tmp)
+        fsync_replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+
+
+# -----------------------------------------------------------------------------
+# devices and precision
+
+def cpu_has_bf16():
+    """True when the CPU has native bf16 matmul (AVX-512 BF16 or AMX), where bf16 autocast is several times faster than fp32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = line.split()
+                    return "avx512_bf16" in flags or "amx_bf16" in flags
+    except OSError:
+        pass
+    return False
+
+
+def pick_device(name="auto", interactive=None):
+    """Resolve --device. 'auto' takes CUDA, then MPS, then CPU. With several CUDA
+    devices and an interactive terminal, list them and ask (never under torchrun)."""
+    if name and name != "auto":
+        dev = torch.device(name)
+        if dev.type == "cuda":
+            if not torch.cuda.is_available():
+                raise UserError(f"--device {name}: CUDA is not available here; use --device cpu")
+            if dev.index is not None and dev.index >= torch.cuda.device_count():
+                raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s); use cuda:0..cuda:{torch.cuda.device_count() - 1}")
+        if dev.type == "mps" and not torch.backends.mps.is_available():
+            raise UserError(f"--device {name}: MPS is not available here; use --device cpu")
+        return dev
+    if torch.cuda.is_available():
+        n = torch.cuda.device_count()
+        if "LOCAL_RANK" in os.environ:  # torchrun: each rank owns its local GPU
+            return torch.device(f"cuda:{int(os.environ['LOCAL_RANK'])}")
+        if interactive is None:
+            interactive = sys.stdin.isatty() and sys.stdout.isatty()
+        if n > 1 and interactive:
+            for i in range(n):
+                free, total = torch.cuda.mem_get_info(i)
+                print(f"  cuda:{i}  {torch.cuda.get_device_name(i)}  {free / 2**30:.1f} / {total / 2**30:.1f} GiB free")
+            answer = input(f"which GPU? [0-{n - 1}, default 0] ").strip() or "0"
+            if not answer.isdigit() or int(answer) >= n:
+                raise UserError(f"no GPU {answer!r}; pass --device cuda:N")
+            return torch.device(f"cuda:{answer}")
+        if n > 1:
+            print(f"{n} GPUs found, using cuda:0 (pick another with --device cuda:N)")
+        return torch.device("cuda:0")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def pick_dtype(device, name="auto"):
+    """Resolve --dtype to the autocast dtype: bf16 where the hardware does it natively,
+    fp16 on older GPUs (train.py adds a GradScaler), fp32 otherwise or on request."""
+    if name != "auto":
+        if name not in DTYPES:
+            raise UserError(f"--dtype {name}: choose auto, float32, bfloat16 or float16")
+        return DTYPES[name]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu":
+        return torch.bfloat16 if cpu_has_bf16() else torch.float32
+    return torch.float32
+
+
+def autocast(device, dtype):
+    """Mixed-precision context for the forward pass; a no-op for fp32."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)

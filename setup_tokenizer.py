@@ -1,0 +1,242 @@
+"""
+Tokenizers for every script: tiktoken's GPT-2 encoding extended with the ChatML
+tokens, custom byte-level BPE vocabularies trained here, and ChatML rendering
+with the assistant-only loss mask.
+
+    python setup_tokenizer.py show "some text" [--tokenizer gpt2|PATH]
+    python setup_tokenizer.py train --input FILE... --vocab_size 4096 --out tokenizers/story4k.tiktoken
+
+A custom vocabulary is a .tiktoken file (one `base64(token) rank` line per
+token, tiktoken's own format) and is used wherever a script takes --tokenizer.
+Its special tokens follow the byte-level vocabulary in the same order as GPT-2's:
+<|endoftext|>, <|im_start|>, <|im_end|>.
+"""
+import argparse
+import base64
+import codecs
+import functools
+import hashlib
+import os
+import time
+
+import tiktoken
+
+from common import UserError, atomic_write_text, run_main
+
+EOT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
+SPECIAL_TOKENS = (EOT, IM_START, IM_END)
+ROLES = ("system", "user", "assistant")
+# tiktoken's GPT-2 pre-tokenization regex, used for custom vocabularies too so a
+# custom tokenizer splits text exactly where GPT-2's does
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+
+
+# -----------------------------------------------------------------------------
+# loading
+
+def _build(name, ranks):
+    n = len(ranks)
+    return tiktoken.Encoding(
+        name=name,
+        pat_str=GPT2_PATTERN,
+        mergeable_ranks=ranks,
+        special_tokens={tok: n + i for i, tok in enumerate(SPECIAL_TOKENS)},
+    )
+
+
+def parse_bpe(text, source="tokenizer"):
+    """The mergeable ranks of a .tiktoken file's text."""
+    ranks = {}
+    try:
+        for line in text.splitlines():
+            if line.strip():
+                token, rank = line.split()
+                ranks[base64.b64decode(token)] = int(rank)
+    except ValueError:
+        raise UserError(f"{source} is not a .tiktoken vocabulary (lines of `base64 rank`); train one with `python setup_tokenizer.py train`")
+    if sorted(ranks.values()) != list(range(len(ranks))) or len(ranks) < 256:
+        raise UserError(f"{source}: ranks must be 0..N-1 and cover all 256 bytes; retrain it with `python setup_tokenizer.py train`")
+    return ranks
+
+
+def tokenizer_from_bpe(text, name=None):
+    """A custom tokenizer from the text of its .tiktoken file (as stored in checkpoints)."""
+    name = name or "custom-" + hashlib.sha256(text.encode()).hexdigest()[:12]
+    enc = _build(name, parse_bpe(text, name))
+    enc.bpe_text = text  # kept so a checkpoint can carry the vocabulary itself
+    return enc
+
+
+@functools.lru_cache(maxsize=8)
+def get_tokenizer(name="gpt2"):
+    """'gpt2' (tiktoken's GPT-2 + ChatML: <|endoftext|> 50256, <|im_start|> 50257,
+    <|im_end|> 50258) or the path of a .tiktoken file trained by this script."""
+    if name == "gpt2":
+        try:
+            base = tiktoken.get_encoding("gpt2")
+        except Exception as e:  # offline without the BPE files: requests' ConnectionError and friends
+            raise UserError(
+                "cannot load the GPT-2 BPE files (offline?): set TIKTOKEN_CACHE_DIR to a folder holding "
+                f"tiktoken's cached gpt2 files, or use --tokenizer PATH.tiktoken ({type(e).__name__})")
+        enc = _build("gpt2", base._mergeable_ranks)
+        enc.bpe_text = None
+        return enc
+    if not os.path.exists(name):
+        raise UserError(f"tokenizer {name!r} not found: use 'gpt2' or the path of a .tiktoken file from `python setup_tokenizer.py train`")
+    with open(name, encoding="utf-8") as f:
+        return tokenizer_from_bpe(f.read())
+
+
+def tokenizer_state(enc):
+    """What a checkpoint stores: the name for GPT-2, the vocabulary itself for a custom one."""
+    return {"name": enc.name, "bpe": enc.bpe_text, "hash": tokenizer_hash(enc)}
+
+
+def tokenizer_from_state(state):
+    if state["bpe"] is None:
+        return get_tokenizer(state["name"])
+    return tokenizer_from_bpe(state["bpe"], state["name"])
+
+
+def tokenizer_hash(enc):
+    """Identity of a vocabulary: equal hashes mean equal token ids for every text."""
+    h = hashlib.sha256(enc._pat_str.encode())
+    for token, rank in sorted(enc._mergeable_ranks.items(), key=lambda kv: kv[1]):
+        h.update(token)
+        h.update(rank.to_bytes(4, "little"))
+    for token, rank in sorted(enc._special_tokens.items(), key=lambda kv: kv[1]):
+        h.update(token.encode())
+        h.update(rank.to_bytes(4, "little"))
+    return h.hexdigest()[:16]
+
+
+# -----------------------------------------------------------------------------
+# ChatML
+
+def render_chat(enc, messages, add_generation_prompt=False):
+    """messages [{role, content}] -> (ids, mask), as
+        <|im_start|>role\\ncontent<|im_end|>\\n ...
+    mask is 1 on assistant content and its closing <|im_end|>, 0 elsewhere, so a
+    model learns to write replies and to end them, never to imitate the user.
+    add_generation_prompt appends <|im_start|>assistant\\n for the model to continue."""
+    start, end = enc.encode_single_token(IM_START), enc.encode_single_token(IM_END)
+    newline = enc.encode_ordinary("\n")
+    ids, mask = [], []
+    for m in messages:
+        role, content = m.get("role"), m.get("content")
+        if role not in ROLES:
+            raise ValueError(f"unknown chat role {role!r}; expected one of {', '.join(ROLES)}")
+        if not isinstance(content, str):
+            raise ValueError(f"message content must be text, got {type(content).__name__}")
+        head = [start] + enc.encode_ordinary(role + "\n")
+        # special-token strings typed by a user are encoded as plain text, never as control tokens
+        body = enc.encode_ordinary(content) + [end]
+        ids += head + body + newline
+        on = 1 if role == "assistant" else 0
+        mask += [0] * len(head) + [on] * len(body) + [0] * len(newline)
+    if add_generation_prompt:
+        head = [start] + enc.encode_ordinary("assistant\n")
+        ids += head
+        mask += [0] * len(head)
+    return ids, mask
+
+
+class StreamDecoder:
+    """Token ids in, text out, as it streams: a character split across tokens is
+    emitted once all its bytes have arrived."""
+
+    def __init__(self, enc):
+        self.enc = enc
+        self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, token_id):
+        return self.utf8.decode(self.enc.decode_single_token_bytes(int(token_id)))
+
+    def flush(self):
+        return self.utf8.decode(b"", final=True)
+
+
+# -----------------------------------------------------------------------------
+# training a custom vocabulary
+
+def read_text_chunks(path, chunk_chars=1 << 22):
+    """Yield a text file in pieces of about chunk_chars, cut after a newline, in bounded memory.
+    Non-UTF-8 input is a UserError naming the file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            rest = ""
+            while True:
+                block = f.read(chunk_chars)
+                if not block:
+                    break
+                block = rest + block
+                cut = block.rfind("\n") + 1
+                if cut == 0:  # one very long line: emit as is
+                    cut = len(block)
+                yield block[:cut]
+                rest = block[cut:]
+            if rest:
+                yield rest
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text (byte {e.start} of a read block): convert it, e.g. `iconv -f latin1 -t utf-8`")
+    except FileNotFoundError:
+        raise UserError(f"input file {path} not found")
+
+
+def train_tokenizer(files, vocab_size, out_path):
+    """Train byte-level BPE (GPT-2's pre-tokenization) on files with rustbpe and save a .tiktoken file.
+    vocab_size counts the 256 bytes, the merges and the 3 special tokens."""
+    try:
+        import rustbpe
+    except ImportError:
+        raise UserError("training a vocabulary needs rustbpe: pip install rustbpe")
+    n_special = len(SPECIAL_TOKENS)
+    if vocab_size < 256 + n_special + 1:
+        raise UserError(f"--vocab_size must be at least {256 + n_special + 1} (256 bytes + merges + {n_special} special tokens)")
+
+    def texts():
+        for path in files:
+            for chunk in read_text_chunks(path):
+                # special tokens separate documents; they must never become merges
+                for doc in chunk.split(EOT):
+                    if doc:
+                        yield doc
+
+    bpe = rustbpe.Tokenizer()
+    bpe.train_from_iterator(texts(), vocab_size - n_special, pattern=GPT2_PATTERN)
+    ranks = sorted(bpe.get_mergeable_ranks(), key=lambda kv: kv[1])
+    text = "".join(f"{base64.b64encode(token).decode()} {rank}\n" for token, rank in ranks)
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    atomic_write_text(out_path, text)
+    return tokenizer_from_bpe(text)
+
+
+# -----------------------------------------------------------------------------
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Show how text tokenizes, or train a custom BPE vocabulary.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("show", help="print the tokens and ids of a text")
+    s.add_argument("text")
+    s.add_argument("--tokenizer", default="gpt2", help="gpt2 or the path of a .tiktoken file")
+    t = sub.add_parser("train", help="train a byte-level BPE vocabulary on text files")
+    t.add_argument("--input", nargs="+", required=True, help="UTF-8 text files")
+    t.add_argument("--vocab_size", type=int, default=4096, help="total ids: 256 bytes + merges + 3 special tokens")
+    t.add_argument("--out", required=True, help="where to write the .tiktoken file")
+    args = p.parse_args(argv)
+
+    if args.cmd == "show":
+        enc = get_tokenizer(args.tokenizer)
+        ids = enc.encode(args.text, allowed_special="all")
+        for i in ids:
+            print(f"{i:>6}  {enc.decode_single_token_bytes(i)!r}")
+        print(f"{len(ids)} tokens, {len(args.text.encode())} bytes, vocabulary {enc.n_vocab} ({enc.name})")
+    else:
+        t0 = time.time()
+        size = sum(os.path.getsize(f) for f in args.input if os.path.exists(f))
+        enc = train_tokenizer(args.input, args.vocab_size, args.out)
+        print(f"trained {enc.n_vocab} tokens on {size / 1e6:.1f} MB in {time.time() - t0:.1f}s -> {args.out}")
+
+
+if __name__ == "__main__":
+    run_main(main)
