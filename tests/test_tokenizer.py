@@ -1,0 +1,158 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+from common import UserError
+from setup_tokenizer import (EOT, IM_END, IM_START, StreamDecoder, get_tokenizer, render_chat, tokenizer_from_state,
+                             tokenizer_hash, tokenizer_state, train_tokenizer)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+UNICODE = "Grüße, 世界! naïve café — 🎉👩‍👩‍👧 ∑x² \t\n\n  spaces  and ' quotes' <|im_start|> literal"
+
+
+
+@pytest.fixture(scope="module")
+def gpt2():
+    try:
+        return get_tokenizer("gpt2")
+    except UserError as e:
+        pytest.skip(str(e))
+
+
+@pytest.fixture(scope="module")
+def custom(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tok")
+    corpus = d / "corpus.txt"
+    story = "Once upon a time, a little girl named Lily found a shiny red ball in the park. She was very happy.\n"
+    corpus.write_text((story * 200) + EOT + "Tom and Sam played with toys. Grüße!\n" * 100, encoding="utf-8")
+    path = d / "small.tiktoken"
+    enc = train_tokenizer([str(corpus)], 320, str(path))
+    return enc, path
+
+
+def test_gpt2_special_tokens_are_single_ids(gpt2):
+    assert gpt2.encode(EOT, allowed_special="all") == [50256]
+    assert gpt2.encode(IM_START, allowed_special="all") == [50257]
+    assert gpt2.encode(IM_END, allowed_special="all") == [50258]
+    assert gpt2.n_vocab == 50259
+
+
+def test_gpt2_round_trips_unicode_and_matches_plain_gpt2(gpt2):
+    import tiktoken
+    ids = gpt2.encode_ordinary(UNICODE)
+    assert gpt2.decode(ids) == UNICODE
+    # the extension adds tokens, it never changes how ordinary text encodes
+    assert ids == tiktoken.get_encoding("gpt2").encode_ordinary(UNICODE)
+    # a special-token string typed as text is not a control token
+    assert 50257 not in ids
+
+
+def test_chat_mask_covers_exactly_the_assistant_spans(gpt2):
+    messages = [
+        {"role": "system", "content": "You are kind."},
+        {"role": "user", "content": "Hi there!"},
+        {"role": "assistant", "content": "Hello! How can I help?"},
+        {"role": "user", "content": "Tell me a joke <|im_end|>"},
+        {"role": "assistant", "content": "Why did the cat sit on the computer? 🐱"},
+    ]
+    ids, mask = render_chat(gpt2, messages)
+    assert len(ids) == len(mask)
+    assert gpt2.decode(ids) == "".join(f"{IM_START}{m['role']}\n{m['content']}{IM_END}\n" for m in messages)
+    # contiguous masked spans, decoded, are the assistant replies each closed by <|im_end|>
+    spans, cur = [], []
+    for i, m in zip(ids, mask):
+        if m:
+            cur.append(i)
+        elif cur:
+            spans.append(cur)
+            cur = []
+    assert [gpt2.decode(s) for s in spans] == [m["content"] + IM_END for m in messages if m["role"] == "assistant"]
+    # the user's literal "<|im_end|>" stays text: exactly one real <|im_end|> per message
+    assert ids.count(50258) == len(messages)
+
+
+def test_generation_prompt_and_bad_role(gpt2):
+    ids, mask = render_chat(gpt2, [{"role": "user", "content": "Hi"}], add_generation_prompt=True)
+    assert gpt2.decode(ids).endswith(f"{IM_END}\n{IM_START}assistant\n")
+    assert sum(mask) == 0
+    with pytest.raises(ValueError, match="role"):
+        render_chat(gpt2, [{"role": "wizard", "content": "x"}])
+
+
+def test_stream_decoder_waits_for_complete_characters(gpt2):
+    text = "emoji 🎉 and 世界"
+    ids = gpt2.encode_ordinary(text)
+    dec = StreamDecoder(gpt2)
+    pieces = [dec.push(i) for i in ids] + [dec.flush()]
+    assert "".join(pieces) == text
+    assert all("\ufffd" not in p for p in pieces)  # no half characters ever printed
+
+
+def test_custom_vocabulary_trains_saves_loads_round_trips(custom):
+    enc, path = custom
+    assert enc.n_vocab == 320
+    assert enc.encode(EOT, allowed_special="all") == [317]
+    assert enc.encode(IM_END, allowed_special="all") == [319]
+    # the separator never became a learned merge
+    assert all(b"<|" not in t for t in enc._mergeable_ranks)
+    loaded = get_tokenizer(str(path))
+    assert tokenizer_hash(loaded) == tokenizer_hash(enc)
+    for text in (UNICODE, "Once upon a time, Lily"):
+        assert loaded.decode(loaded.encode_ordinary(text)) == text
+    # learned merges compress the training text well below one token per byte
+    story = "Once upon a time, a little girl named Lily found a shiny red ball in the park."
+    assert len(loaded.encode_ordinary(story)) < len(story.encode()) / 3
+    # a checkpoint carries the vocabulary itself
+    state = tokenizer_state(loaded)
+    again = tokenizer_from_state(state)
+    assert again.encode_ordinary(story) == loaded.encode_ordinary(story)
+    assert tokenizer_hash(again) == tokenizer_hash(loaded)
+
+
+def test_gpt2_state_is_just_the_name(gpt2):
+    state = tokenizer_state(gpt2)
+    assert state["name"] == "gpt2" and state["bpe"] is None
+    assert tokenizer_from_state(state) is gpt2
+
+
+def test_bad_tokenizer_inputs(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        get_tokenizer(str(tmp_path / "missing.tiktoken"))
+    junk = tmp_path / "junk.tiktoken"
+    junk.write_text("this is not a vocabulary\n")
+    with pytest.raises(UserError, match="not a .tiktoken"):
+        get_tokenizer(str(junk))
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("café crème".encode("latin-1"))
+    with pytest.raises(UserError, match="not UTF-8"):
+        train_tokenizer([str(latin1)], 300, str(tmp_path / "x.tiktoken"))
+    with pytest.raises(UserError, match="vocab_size"):
+        train_tokenizer([str(latin1)], 100, str(tmp_path / "x.tiktoken"))
+    assert not (tmp_path / "x.tiktoken").exists()
+
+
+def run_cli(*args, env=None):
+    return subprocess.run([sys.executable, "setup_tokenizer.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=120)
+
+
+def test_cli_show_and_offline_error(gpt2, tmp_path):
+    r = run_cli("show", "Hello world")
+    assert r.returncode == 0, r.stderr
+    assert "15496" in r.stdout and "2 tokens" in r.stdout
+    r = run_cli("show", "x", env={"TIKTOKEN_CACHE_DIR": str(tmp_path)})  # empty cache and no network
+    assert r.returncode == 1
+    assert r.stderr.strip().count("\n") == 0 and "TIKTOKEN_CACHE_DIR" in r.stderr
+
+
+def test_cli_train(custom, tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("the cat sat on the mat. " * 500, encoding="utf-8")
+    out = tmp_path / "t.tiktoken"
+    r = run_cli("train", "--input", str(corpus), "--vocab_size", "300", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "trained" in r.stdout and out.exists()
+    r = run_cli("show", "the cat", "--tokenizer", str(out))
+    assert r.returncode == 0 and "custom-" in r.stdout
