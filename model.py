@@ -1,0 +1,443 @@
+"""
+A GPT language model in one file, in the spirit of karpathy/nanoGPT.
+
+Two variants share the same skeleton (token embedding -> n_layer pre-norm blocks -> final norm -> tied lm_head):
+- "gpt2":   learned absolute position embeddings, LayerNorm, GELU MLP (4x). Parameter names follow
+            nanoGPT / HF GPT-2 (transformer.wte, transformer.h.N.attn.c_attn, ...) so export is a renaming.
+- "modern": rotary position embeddings (RoPE), RMSNorm, SwiGLU MLP, optionally no biases.
+
+Sampling uses a static (preallocated) KV cache so every new token costs one position of compute.
+
+References:
+1) GPT-2: https://github.com/openai/gpt-2/blob/master/src/model.py
+2) nanoGPT: https://github.com/karpathy/nanoGPT/blob/master/model.py
+3) RoPE: Su et al. 2021, https://arxiv.org/abs/2104.09864
+4) SwiGLU: Shazeer 2020, https://arxiv.org/abs/2002.05202 ; RMSNorm: Zhang & Sennrich 2019
+5) FLOPs per token: PaLM, Chowdhery et al. 2022, appendix B
+6) repetition penalty: CTRL, Keskar et al. 2019 ; nucleus sampling: Holtzman et al. 2019
+"""
+
+import inspect
+import math
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+VARIANTS = ("gpt2", "modern")
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 256       # max context length
+    vocab_size: int = 50259     # the tokenizer's real vocabulary (GPT-2's 50257 + 2 ChatML tokens)
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    bias: bool = True           # biases in Linear and LayerNorm, like GPT-2
+    variant: str = "gpt2"       # "gpt2" | "modern"
+
+    def __post_init__(self):
+        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {', '.join(VARIANTS)}; got {self.variant!r}")
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.variant == "modern" and (self.n_embd // self.n_head) % 2 != 0:
+            # RoPE rotates pairs of channels, so each head needs an even number of them
+            raise ValueError(f"the modern variant (RoPE) needs an even head_dim; "
+                             f"n_embd/n_head = {self.n_embd}/{self.n_head} = {self.n_embd // self.n_head}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def head_dim(self):
+        return self.n_embd // self.n_head
+
+    @property
+    def padded_vocab_size(self):
+        # rows of wte / lm_head: a multiple of 64 keeps the biggest matmul on fast, aligned shapes
+        return (self.vocab_size + 63) // 64 * 64
+
+
+# name -> GPTConfig field overrides
+PRESETS = {
+    "tiny":     dict(n_layer=4,  n_embd=128, n_head=4,  block_size=256),   # ~0.8M non-embedding (7.3M total), CPU demos
+    "small":    dict(n_layer=6,  n_embd=384, n_head=6,  block_size=256),   # ~10.6M non-embedding, ~30M total
+    "gpt2-75m": dict(n_layer=10, n_embd=640, n_head=10, block_size=1024),  # ~49M non-embedding, ~82M total
+    "gpt2":     dict(n_layer=12, n_embd=768, n_head=12, block_size=1024),  # GPT-2 small: 85M non-embedding, 124M total
+}
+
+
+def make_config(preset="tiny", **overrides):
+    """Preset values, then every override whose value is not None (so argparse defaults of None pass through)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    known = {f.name for f in fields(GPTConfig)}
+    unknown = sorted(k for k in overrides if k not in known)
+    if unknown:
+        raise ValueError(f"unknown GPTConfig field(s) {unknown}; known fields: {sorted(known)}")
+    kw = dict(PRESETS[preset])
+    kw.update({k: v for k, v in overrides.items() if v is not None})
+    return GPTConfig(**kw)  # __post_init__ validates
+
+
+class KVCache:
+    """
+    Static cache of keys and values for every layer: k, v of shape (n_layer, B, n_head, max_len, head_dim).
+    `pos` is how many positions are filled; GPT.forward writes positions pos..pos+T-1 and advances it.
+    Preallocating means no torch.cat per step (which would copy the whole cache every token).
+    """
+
+    def __init__(self, n_layer, batch_size, n_head, max_len, head_dim, dtype, device):
+        shape = (n_layer, batch_size, n_head, max_len, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.pos = 0
+
+    @property
+    def batch_size(self):
+        return self.k.size(1)
+
+    @property
+    def max_len(self):
+        return self.k.size(3)
+
+    def reset(self):
+        # stale entries past pos are never read, so there is no need to zero them
+        self.pos = 0
+
+
+def apply_rope(x, cos, sin):
+    # x (B, nh, T, hs); cos, sin (T, hs/2). Rotates channel pairs (i, i + hs/2), the "rotate half" layout of
+    # GPT-NeoX / HF Llama, so q/k weights export without permutation. Done in fp32: the angles at large positions need it.
+    d = x.size(-1) // 2
+    x1, x2 = x[..., :d].float(), x[..., d:].float()
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
+
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        # query, key, value projections for all heads in one matmul
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.n_head = config.n_head
+        self.head_dim = config.head_dim
+        self.dropout = config.dropout
+
+    def forward(self, x, rope=None, kv=None, pos=0, attn_mask=None):
+        # x (B, T, C); rope: (cos, sin) for positions pos..pos+T-1 or None; kv: this layer's (k, v) cache slices
+        # of shape (B, nh, max_len, hs) or None; attn_mask: (T, pos+T) bool, only for a chunk at pos > 0.
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # 3x (B, nh, T, hs)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if kv is not None:
+            k_cache, v_cache = kv
+            k_cache[:, :, pos:pos + T] = k
+            v_cache[:, :, pos:pos + T] = v
+            if pos > 0:
+                # attend over everything cached so far; .to() is a no-op unless the cache has another dtype
+                k = k_cache[:, :, :pos + T].to(q.dtype)  # (B, nh, pos+T, hs)
+                v = v_cache[:, :, :pos + T].to(q.dtype)
+        # pos == 0: q and k have the same length, so is_causal is exact. pos > 0 and T == 1: the single query may see
+        # every cached key, no mask. pos > 0 and T > 1: is_causal would align the mask top-left, hence the explicit one.
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=(pos == 0),
+                                           dropout_p=self.dropout if self.training else 0.0)  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble all head outputs side by side
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    """GPT-2 MLP: 4x expansion, tanh-approximated GELU (what GPT-2 was trained with)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+def swiglu_hidden(n_embd):
+    # 8/3 * n_embd keeps the parameter count of a 4x GELU MLP despite the third matrix; round up to a multiple of 64
+    return 64 * math.ceil(8 * n_embd / 3 / 64)
+
+
+class SwiGLU(nn.Module):
+    """SwiGLU MLP: silu(x W_gate) * (x W_up) W_down, with gate and up fused into one matmul (c_fc)."""
+
+    def __init__(self, config):
+        super().__init__()
+        hidden = swiglu_hidden(config.n_embd)
+        self.c_fc = nn.Linear(config.n_embd, 2 * hidden, bias=config.bias)  # [gate | up]
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        gate, up = self.c_fc(x).chunk(2, dim=-1)  # 2x (B, T, hidden)
+        return self.dropout(self.c_proj(F.silu(gate) * up))
+
+
+def make_norm(config):
+    if config.variant == "modern":
+        return nn.RMSNorm(config.n_embd, eps=1e-5)
+    return nn.LayerNorm(config.n_embd, bias=config.bias)
+
+
+class Block(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = make_norm(config)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = make_norm(config)
+        self.mlp = SwiGLU(config) if config.variant == "modern" else MLP(config)
+
+    def forward(self, x, rope=None, kv=None, pos=0, attn_mask=None):
+        x = x + self.attn(self.ln_1(x), rope, kv, pos, attn_mask)
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class GPT(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        modules = dict(wte=nn.Embedding(config.padded_vocab_size, config.n_embd))
+        if config.variant == "gpt2":
+            modules["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+        modules.update(
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=make_norm(config),
+        )
+        self.transformer = nn.ModuleDict(modules)
+        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # weight tying, https://arxiv.org/abs/1608.05859
+
+        if config.variant == "modern":
+            # RoPE angles for every position up to block_size, shared by all layers. Non-persistent: derived data,
+            # not part of checkpoints.
+            hs = config.head_dim
+            inv_freq = 1.0 / (10000.0 ** (torch.arange(0, hs, 2, dtype=torch.float32) / hs))  # (hs/2,)
+            angles = torch.outer(torch.arange(config.block_size, dtype=torch.float32), inv_freq)  # (block_size, hs/2)
+            self.register_buffer("rope_cos", angles.cos(), persistent=False)
+            self.register_buffer("rope_sin", angles.sin(), persistent=False)
+
+        # GPT-2 init: N(0, 0.02) everywhere, zero biases, and residual projections scaled by 1/sqrt(2 * n_layer)
+        # because each block adds two of them to the residual stream
+        self.apply(self._init_weights)
+        for pn, p in self.named_parameters():
+            if pn.endswith("c_proj.weight"):
+                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding=True):
+        """
+        Parameter count (the tied wte/lm_head matrix counted once). non_embedding=True leaves out the token embedding
+        and the position embeddings (gpt2 variant), i.e. the N of the scaling-law papers; this differs from nanoGPT,
+        which keeps wte in its count because it doubles as lm_head.
+        """
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.transformer.wte.weight.numel()
+            if "wpe" in self.transformer:
+                n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len=None):
+        """
+        Training FLOPs per token (forward + backward), PaLM appendix B: 6*N + 12*L*H*Q*T.
+        N counts every weight that takes part in a matmul, including the tied wte/lm_head once; the wpe table is
+        left out because a lookup does no FLOPs (as in nanoGPT's estimate_mfu).
+        """
+        cfg = self.config
+        T = cfg.block_size if seq_len is None else seq_len
+        N = self.num_params(non_embedding=False)
+        if "wpe" in self.transformer:
+            N -= self.transformer.wpe.weight.numel()
+        return float(6 * N + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * T)
+
+    def new_cache(self, batch_size, max_len=None, dtype=None):
+        """A KVCache for batch_size rows. dtype defaults to the autocast dtype when autocast is on for the model's
+        device (k and v come out of the projections in that dtype: half the memory, no casts), else the weights'."""
+        cfg = self.config
+        w = self.transformer.wte.weight
+        if dtype is None:
+            dtype = w.dtype
+            if w.device.type in ("cuda", "cpu") and torch.is_autocast_enabled(w.device.type):
+                dtype = torch.get_autocast_dtype(w.device.type)
+        return KVCache(cfg.n_layer, batch_size, cfg.n_head, cfg.block_size if max_len is None else max_len,
+                       cfg.head_dim, dtype, w.device)
+
+    def _trunk(self, idx, cache=None):
+        """Everything up to and including the final norm: idx (B, T) -> (B, T, C)."""
+        cfg = self.config
+        B, T = idx.size()
+        # all checks on Python ints: no host-device sync
+        if cache is None:
+            pos = 0
+            if T > cfg.block_size:
+                raise ValueError(f"cannot forward a sequence of length {T}: block_size is {cfg.block_size}")
+        else:
+            pos = cache.pos
+            if pos + T > min(cache.max_len, cfg.block_size):
+                raise ValueError(f"KV cache overflow: {pos} cached + {T} new positions exceeds "
+                                 f"min(cache length {cache.max_len}, block_size {cfg.block_size})")
+            if B != cache.batch_size:
+                raise ValueError(f"batch size {B} does not match the cache's {cache.batch_size}")
+
+        x = self.transformer.wte(idx)  # (B, T, C)
+        rope = None
+        if cfg.variant == "gpt2":
+            x = x + self.transformer.wpe(torch.arange(pos, pos + T, dtype=torch.long, device=idx.device))  # (T, C) broadcast
+        else:
+            rope = (self.rope_cos[pos:pos + T], self.rope_sin[pos:pos + T])  # 2x (T, hs/2)
+        x = self.transformer.drop(x)
+
+        attn_mask = None
+        if cache is not None and pos > 0 and T > 1:
+            # new query i (absolute position pos+i) sees cached keys 0..pos+i
+            attn_mask = torch.ones(T, pos + T, dtype=torch.bool, device=idx.device).tril(diagonal=pos)  # (T, pos+T)
+        for i, block in enumerate(self.transformer.h):
+            kv = None if cache is None else (cache.k[i], cache.v[i])
+            x = block(x, rope, kv, pos, attn_mask)
+        if cache is not None:
+            cache.pos = pos + T
+        return self.transformer.ln_f(x)
+
+    def forward(self, idx, targets=None, loss_mask=None, cache=None):
+        """
+        idx (B, T) long -> (logits (B, T, vocab_size), loss or None).
+        targets (B, T) long, -1 = ignore. loss_mask (B, T): when given, loss = sum(ce * mask) / max(sum(mask), 1)
+        over positions whose target is not -1 (chat fine-tuning: loss on assistant tokens only).
+        cache: a KVCache; positions cache.pos.. are computed, written into it, and cache.pos advances by T.
+        """
+        x = self._trunk(idx, cache)
+        logits = self.lm_head(x)  # (B, T, padded_vocab_size)
+        loss = None
+        if targets is not None:
+            # the loss uses the padded logits: slicing first would copy the biggest tensor in the model; the padding
+            # ids are never targets, so training just pushes their logits down
+            flat_logits, flat_targets = logits.view(-1, logits.size(-1)), targets.reshape(-1)
+            if loss_mask is None:
+                loss = F.cross_entropy(flat_logits, flat_targets, ignore_index=-1)
+            else:
+                ce = F.cross_entropy(flat_logits, flat_targets, ignore_index=-1, reduction="none")  # (B*T,)
+                mask = loss_mask.reshape(-1).to(ce.dtype) * (flat_targets != -1).to(ce.dtype)
+                loss = (ce * mask).sum() / mask.sum().clamp(min=1.0)
+        # a view over the real vocabulary, so nobody can sample a padding id
+        return logits[..., :self.config.vocab_size], loss
+
+    def configure_optimizer(self, weight_decay, lr, betas=(0.9, 0.95), device_type="cpu"):
+        # decay every >=2-D tensor (matmul weights, embeddings); biases and norm gains are left alone
+        params = [p for p in self.parameters() if p.requires_grad]  # the tied matrix appears once
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        # the fused kernel does the whole update in a few launches instead of a loop over tensors
+        use_fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
+        extra = dict(fused=True) if use_fused else dict()
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, **extra)
+
+    def _next_logits(self, idx, cache=None):
+        # logits for the last position only (B, vocab_size): skips the lm_head over the rest of a prompt
+        x = self._trunk(idx, cache)
+        return self.lm_head(x[:, -1, :])[:, :self.config.vocab_size].float()
+
+    @staticmethod
+    def _sample(logits, context, temperature, top_k, top_p, repetition_penalty, generator):
+        # logits (B, V) fp32, context (B, L) tokens seen so far -> (B,) next tokens
+        if repetition_penalty != 1.0:
+            # CTRL: make every token already in the context less likely, whatever the sign of its logit
+            seen = logits.gather(1, context)
+            seen = torch.where(seen > 0, seen / repetition_penalty, seen * repetition_penalty)
+            logits = logits.scatter(1, context, seen)
+        if temperature == 0:
+            return logits.argmax(dim=-1)
+        logits = logits / temperature
+        if top_k is not None and top_k < logits.size(-1):
+            kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if top_p is not None and top_p < 1.0:
+            sorted_logits, sorted_idx = torch.sort(logits, dim=-1, descending=True)
+            probs = F.softmax(sorted_logits, dim=-1)
+            # drop a token when the more likely ones before it already reach top_p; the top token always stays
+            drop_sorted = (probs.cumsum(dim=-1) - probs) >= top_p
+            drop_sorted[:, 0] = False
+            drop = torch.zeros_like(drop_sorted).scatter(1, sorted_idx, drop_sorted)
+            logits = logits.masked_fill(drop, float("-inf"))
+        probs = F.softmax(logits, dim=-1)
+        return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, repetition_penalty=1.0,
+                 stop_tokens=(), use_cache=True, generator=None, slide=False):
+        """
+        Yields the next token of every row, a LongTensor of shape (B,), one step at a time (so callers can stream).
+        Stops after max_new_tokens, once every row has produced one of stop_tokens (that token is yielded), or at the
+        context limit unless slide=True. Call model.eval() first: dropout is not switched off here.
+        use_cache=False recomputes the whole window every step (the reference path); both paths see the same window,
+        so greedy decoding gives the same tokens either way.
+        """
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        if idx.dim() != 2 or idx.size(1) == 0:
+            raise ValueError(f"idx must be a non-empty (B, T) tensor, got shape {tuple(idx.shape)}")
+        if max_new_tokens <= 0:
+            return
+        block_size = self.config.block_size
+        keep = max(1, block_size // 2)  # tokens kept when the window slides
+        context = idx[:, -block_size:]  # (B, L) all tokens so far: the (cropped) prompt, then each new token
+        start = 0                       # the model sees context[:, start:], never more than block_size tokens
+        stop = torch.tensor(list(stop_tokens), dtype=torch.long, device=idx.device) if len(stop_tokens) else None
+        stopped = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
+
+        cache = None
+        if use_cache:
+            cache = self.new_cache(idx.size(0))
+            logits = self._next_logits(context, cache)  # prefill the prompt once
+        for step in range(max_new_tokens):
+            if not use_cache:
+                logits = self._next_logits(context[:, start:])
+            tok = self._sample(logits, context, temperature, top_k, top_p, repetition_penalty, generator)  # (B,)
+            yield tok
+            context = torch.cat((context, tok[:, None]), dim=1)
+            if stop is not None:
+                stopped |= torch.isin(tok, stop)
+                if bool(stopped.all()):
+                    return
+            if step == max_new_tokens - 1:
+                return  # don't pay for a forward whose logits nobody will use
+            if context.size(1) - start > block_size:
+                if not slide:
+                    return
+                # learned absolute positions rule out a rolling cache: restart the window on the most recent
+                # block_size//2 tokens, which leaves room to generate another block_size//2 tokens before the next slide
+                start = context.size(1) - keep
+                if use_cache:
+                    cache.reset()
+                    logits = self._next_logits(context[:, start:], cache)
+                continue
+            if use_cache:
+                logits = self._next_logits(tok[:, None], cache)  # one new position

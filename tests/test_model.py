@@ -1,0 +1,453 @@
+"""Tests for model.py: tiny configs on CPU, the whole file runs in seconds."""
+
+import math
+import os
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from model import GPT, PRESETS, GPTConfig, KVCache, make_config  # noqa: E402
+
+VARIANTS = ["gpt2", "modern"]
+VOCAB = 1000  # not a multiple of 64, so padding is exercised (padded to 1024)
+
+
+def tiny_model(variant="gpt2", seed=0, **kw):
+    cfg = dict(block_size=32, vocab_size=VOCAB, n_layer=2, n_head=2, n_embd=32, variant=variant)
+    cfg.update(kw)
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(**cfg)).eval()
+
+
+def tokens(B, T, seed=1, vocab=VOCAB):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (B, T), generator=g)
+
+
+def collect(model, idx, n, **kw):
+    """Run generate to the end; returns (B, steps) tokens."""
+    out = list(model.generate(idx, n, **kw))
+    return torch.stack(out, dim=1) if out else torch.empty(idx.size(0), 0, dtype=torch.long)
+
+
+# ---------------------------------------------------------------- config / presets
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_preset_dims(name):
+    cfg = make_config(name)
+    for k, v in PRESETS[name].items():
+        assert getattr(cfg, k) == v
+    assert cfg.vocab_size == 50259
+    assert cfg.padded_vocab_size == 50304 and cfg.padded_vocab_size % 64 == 0
+
+
+def test_gpt2_preset_is_124m():
+    # meta device: shapes only, nothing allocated
+    with torch.device("meta"):
+        model = GPT(make_config("gpt2"))
+    assert 123.5e6 < model.num_params(non_embedding=False) < 125.5e6
+    assert 84e6 < model.num_params() < 86e6  # 12 layers * 12 * 768^2 plus biases and norms
+
+
+def test_tiny_and_small_presets():
+    tiny = GPT(make_config("tiny"))
+    assert 0.5e6 < tiny.num_params() < 1.5e6
+    assert tiny.num_params(non_embedding=False) > tiny.num_params()
+    small = GPT(make_config("small", variant="modern", bias=False))
+    assert small.config.n_layer == 6 and small.config.n_embd == 384
+    assert 8e6 < small.num_params() < 13e6
+
+
+def test_make_config_overrides_and_errors():
+    cfg = make_config("tiny", n_layer=2, dropout=None, variant="modern")
+    assert cfg.n_layer == 2 and cfg.dropout == 0.0 and cfg.variant == "modern"
+    with pytest.raises(ValueError, match="tiny.*small.*gpt2-75m.*gpt2"):
+        make_config("huge")
+    with pytest.raises(ValueError, match="divisible"):
+        make_config("tiny", n_head=3)
+    with pytest.raises(ValueError, match="even head_dim"):
+        make_config("tiny", n_embd=36, n_head=4, variant="modern")  # head_dim 9
+    make_config("tiny", n_embd=36, n_head=4)  # fine for gpt2: no RoPE
+    with pytest.raises(ValueError, match="variant"):
+        make_config("tiny", variant="llama")
+    with pytest.raises(ValueError, match="unknown GPTConfig field"):
+        make_config("tiny", n_layers=2)
+
+
+def test_flops_per_token():
+    model = tiny_model()
+    cfg = model.config
+    n = model.num_params(non_embedding=False) - model.transformer.wpe.weight.numel()
+    assert model.flops_per_token() == 6 * n + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
+    assert model.flops_per_token(8) < model.flops_per_token()
+
+
+# ---------------------------------------------------------------- structure / forward
+
+def test_gpt2_param_names_and_tying():
+    model = tiny_model()
+    names = set(dict(model.named_parameters(remove_duplicate=False)))
+    for n in ["transformer.wte.weight", "transformer.wpe.weight", "transformer.h.0.ln_1.weight",
+              "transformer.h.0.ln_1.bias", "transformer.h.0.attn.c_attn.weight", "transformer.h.0.attn.c_attn.bias",
+              "transformer.h.0.attn.c_proj.weight", "transformer.h.1.ln_2.weight", "transformer.h.1.mlp.c_fc.weight",
+              "transformer.h.1.mlp.c_proj.weight", "transformer.ln_f.weight", "lm_head.weight"]:
+        assert n in names, n
+    assert model.lm_head.weight is model.transformer.wte.weight
+    # residual projections get the scaled init
+    std = model.transformer.h[0].attn.c_proj.weight.std().item()
+    assert std < 0.02 / math.sqrt(2 * model.config.n_layer) * 1.3
+
+
+def test_modern_has_no_wpe_or_biases():
+    model = tiny_model("modern", bias=False)
+    names = dict(model.named_parameters())
+    assert "transformer.wpe.weight" not in names
+    assert not any(n.endswith(".bias") for n in names)
+    assert "rope_cos" not in model.state_dict()  # derived buffer, not checkpointed
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_forward_shapes_padding_and_initial_loss(variant):
+    model = tiny_model(variant)
+    assert model.transformer.wte.weight.shape == (1024, 32)
+    assert model.lm_head.weight.shape == (1024, 32)
+    idx = tokens(3, 17)
+    logits, loss = model(idx)
+    assert logits.shape == (3, 17, VOCAB) and loss is None
+    logits, loss = model(idx, tokens(3, 17, seed=2))
+    assert loss.shape == () and abs(loss.item() - math.log(VOCAB)) < 0.3
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_too_long_raises(variant):
+    model = tiny_model(variant)
+    model(tokens(1, 32))
+    with pytest.raises(ValueError, match="block_size"):
+        model(tokens(1, 33))
+
+
+def test_ignore_index():
+    model = tiny_model(vocab_size=128)  # multiple of 64: returned logits == the logits the loss uses
+    idx, tgt = tokens(2, 10, vocab=128), tokens(2, 10, seed=3, vocab=128)
+    tgt[0, :4] = -1
+    logits, loss = model(idx, tgt)
+    keep = tgt != -1
+    manual = F.cross_entropy(logits[keep], tgt[keep])
+    assert torch.allclose(loss, manual, atol=1e-6)
+
+
+def test_loss_mask():
+    model = tiny_model(vocab_size=128)
+    idx, tgt = tokens(2, 12, vocab=128), tokens(2, 12, seed=3, vocab=128)
+    mask = torch.zeros(2, 12, dtype=torch.uint8)
+    mask[0, 5:9] = 1
+    mask[1, 2:] = 1
+    logits, loss = model(idx, tgt, loss_mask=mask)
+    ce = F.cross_entropy(logits.reshape(-1, 128), tgt.reshape(-1), reduction="none")
+    manual = (ce * mask.reshape(-1)).sum() / mask.sum()
+    assert torch.allclose(loss, manual, atol=1e-6)
+    unmasked_loss = model(idx, tgt)[1]
+    assert not torch.allclose(loss, unmasked_loss)
+    # bool and float masks mean the same
+    assert torch.allclose(model(idx, tgt, loss_mask=mask.bool())[1], loss)
+    assert torch.allclose(model(idx, tgt, loss_mask=mask.float())[1], loss)
+    # targets at unmasked positions do not matter; at masked positions they do
+    tgt2 = tgt.clone()
+    tgt2[0, :5] = (tgt2[0, :5] + 7) % 128
+    tgt2[0, 9:] = -1
+    assert torch.allclose(model(idx, tgt2, loss_mask=mask)[1], loss)
+    tgt3 = tgt.clone()
+    tgt3[0, 6] = (tgt3[0, 6] + 7) % 128
+    assert not torch.allclose(model(idx, tgt3, loss_mask=mask)[1], loss)
+    # a target of -1 inside the mask is ignored, not counted as a zero loss
+    tgt4 = tgt.clone()
+    tgt4[1, 5] = -1
+    keep = mask.reshape(-1).bool() & (tgt4.reshape(-1) != -1)
+    manual = F.cross_entropy(logits.reshape(-1, 128)[keep], tgt4.reshape(-1)[keep])
+    assert torch.allclose(model(idx, tgt4, loss_mask=mask)[1], manual, atol=1e-6)
+    # an all-zero mask gives 0, not nan
+    assert model(idx, tgt, loss_mask=torch.zeros_like(mask))[1].item() == 0.0
+
+
+def reference_forward(model, idx):
+    """The architecture written out plainly, with an explicit causal softmax instead of SDPA."""
+    cfg = model.config
+    B, T = idx.shape
+    nh, hs = cfg.n_head, cfg.head_dim
+    tr = model.transformer
+    if cfg.variant == "gpt2":
+        norm = lambda ln, x: F.layer_norm(x, (cfg.n_embd,), ln.weight, ln.bias, 1e-5)
+        x = tr.wte.weight[idx] + tr.wpe.weight[:T]
+    else:
+        norm = lambda ln, x: x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * ln.weight
+        x = tr.wte.weight[idx]
+        ang = torch.arange(T)[:, None] * 10000.0 ** (-torch.arange(0, hs, 2) / hs)  # (T, hs/2)
+
+        def rope(t):  # rotate channel pairs (i, i + hs/2) by position * frequency
+            t1, t2 = t[..., :hs // 2], t[..., hs // 2:]
+            return torch.cat([t1 * ang.cos() - t2 * ang.sin(), t1 * ang.sin() + t2 * ang.cos()], -1)
+    causal = torch.tril(torch.ones(T, T, dtype=torch.bool))
+    for blk in tr.h:
+        h = F.linear(norm(blk.ln_1, x), blk.attn.c_attn.weight, blk.attn.c_attn.bias)
+        q, k, v = [t.reshape(B, T, nh, hs).transpose(1, 2) for t in h.split(cfg.n_embd, dim=-1)]
+        if cfg.variant == "modern":
+            q, k = rope(q), rope(k)
+        att = (q @ k.transpose(-1, -2) / math.sqrt(hs)).masked_fill(~causal, float("-inf")).softmax(-1)
+        y = (att @ v).transpose(1, 2).reshape(B, T, cfg.n_embd)
+        x = x + F.linear(y, blk.attn.c_proj.weight, blk.attn.c_proj.bias)
+        h = F.linear(norm(blk.ln_2, x), blk.mlp.c_fc.weight, blk.mlp.c_fc.bias)
+        if cfg.variant == "gpt2":
+            h = 0.5 * h * (1 + torch.tanh(math.sqrt(2 / math.pi) * (h + 0.044715 * h ** 3)))  # GPT-2's GELU
+        else:
+            gate, up = h.chunk(2, dim=-1)
+            h = gate * torch.sigmoid(gate) * up
+        x = x + F.linear(h, blk.mlp.c_proj.weight, blk.mlp.c_proj.bias)
+    return (norm(tr.ln_f, x) @ tr.wte.weight.T)[..., :cfg.vocab_size]
+
+
+@pytest.mark.parametrize("variant,bias", [("gpt2", True), ("gpt2", False), ("modern", False), ("modern", True)])
+def test_forward_matches_reference(variant, bias):
+    model = tiny_model(variant, bias=bias)
+    with torch.no_grad():  # make norms and biases non-trivial so a dropped one shows
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                p.add_(torch.randn_like(p) * 0.5)
+        for blk in model.transformer.h:  # activations of order 1, where the exact nonlinearity matters
+            blk.mlp.c_fc.weight.mul_(30)
+    idx = tokens(2, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx)[0], reference_forward(model, idx), atol=2e-5, rtol=1e-4)
+
+
+# ---------------------------------------------------------------- KV cache
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_cache_token_by_token_matches_full_forward(variant):
+    model = tiny_model(variant)
+    idx = tokens(2, 24)
+    full, _ = model(idx)
+    cache = model.new_cache(2)
+    assert isinstance(cache, KVCache)
+    assert cache.k.shape == (2, 2, 2, 32, 16) and cache.v.shape == cache.k.shape and cache.pos == 0
+    parts = [model(idx[:, :5], cache=cache)[0]]
+    assert cache.pos == 5
+    for t in range(5, 24):
+        parts.append(model(idx[:, t:t + 1], cache=cache)[0])
+    assert cache.pos == 24
+    torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_cache_chunked_prefill_matches_full_forward(variant):
+    model = tiny_model(variant)
+    idx = tokens(2, 24)
+    full, _ = model(idx)
+    cache = model.new_cache(2)
+    a, _ = model(idx[:, :10], cache=cache)
+    b, _ = model(idx[:, 10:21], cache=cache)  # a chunk of T > 1 at pos > 0: explicit mask
+    c, _ = model(idx[:, 21:], cache=cache)
+    torch.testing.assert_close(torch.cat([a, b, c], dim=1), full, atol=1e-5, rtol=0)
+    # reset and reuse
+    cache.reset()
+    torch.testing.assert_close(model(idx[:, :24], cache=cache)[0], full, atol=1e-5, rtol=0)
+
+
+def test_cache_overflow_raises():
+    model = tiny_model()
+    cache = model.new_cache(1, max_len=8)
+    model(tokens(1, 6), cache=cache)
+    with pytest.raises(ValueError, match="overflow"):
+        model(tokens(1, 3), cache=cache)
+    cache = model.new_cache(1, max_len=64)  # longer than block_size: block_size still limits
+    model(tokens(1, 32), cache=cache)
+    with pytest.raises(ValueError, match="block_size"):
+        model(tokens(1, 1), cache=cache)
+
+
+# ---------------------------------------------------------------- generate
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_generate_seeded_is_reproducible(variant):
+    model = tiny_model(variant)
+    idx = tokens(2, 5)
+    a = collect(model, idx, 20, generator=torch.Generator().manual_seed(42))
+    b = collect(model, idx, 20, generator=torch.Generator().manual_seed(42))
+    c = collect(model, idx, 20, generator=torch.Generator().manual_seed(43))
+    assert a.shape == (2, 20) and a.dtype == torch.long
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    assert int(a.max()) < VOCAB
+    # the cache does not change the randomness either
+    d = collect(model, idx, 20, generator=torch.Generator().manual_seed(42), use_cache=False)
+    assert torch.equal(a, d)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_generate_greedy_cache_equals_no_cache(variant):
+    model = tiny_model(variant, block_size=64)
+    idx = tokens(2, 6)
+    a = collect(model, idx, 40, temperature=0)
+    b = collect(model, idx, 40, temperature=0, use_cache=False)
+    assert a.shape == (2, 40)
+    assert torch.equal(a, b)
+    # greedy really is the argmax of the full forward
+    seq = torch.cat([idx, a], dim=1)
+    logits, _ = model(seq[:, :-1])
+    assert torch.equal(logits[:, idx.size(1) - 1:].argmax(-1), a)
+
+
+def test_generate_stops_at_stop_token():
+    model = tiny_model()
+    idx = tokens(1, 4)
+    ref = collect(model, idx, 20, temperature=0)[0]
+    j = 6
+    stop = int(ref[j])
+    first = int((ref == stop).nonzero()[0])  # the stop token might already occur earlier
+    out = collect(model, idx, 20, temperature=0, stop_tokens=(stop, 999999))[0]
+    assert torch.equal(out, ref[:first + 1])  # the stop token is yielded, then nothing
+    # a batch stops only once every row has stopped
+    idx2 = torch.cat([idx, tokens(1, 4, seed=9)])
+    ref2 = collect(model, idx2, 20, temperature=0)
+    s0 = int(ref2[0, 3])
+    out2 = collect(model, idx2, 20, temperature=0, stop_tokens=[s0])
+    row1_has = (ref2[1] == s0).nonzero()
+    if len(row1_has) == 0:
+        assert out2.shape[1] == 20
+    else:
+        assert out2.shape[1] == max(int((ref2[0] == s0).nonzero()[0]), int(row1_has[0])) + 1
+
+
+def peaked_model(variant):
+    model = tiny_model(variant)
+    with torch.no_grad():
+        model.transformer.ln_f.weight.mul_(12)  # a sharper distribution: one likely token, then a long flat tail
+    return model
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_top_k_and_top_p(variant):
+    model = peaked_model(variant)
+    idx = tokens(1, 5).repeat(400, 1)  # 400 independent draws of the first token
+    with torch.no_grad():
+        probs = F.softmax(model(idx[:1])[0][0, -1], dim=-1)
+    greedy = collect(model, idx, 8, temperature=0)
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(collect(model, idx, 8, top_k=1, generator=g), greedy)
+    assert torch.equal(collect(model, idx, 8, top_p=1e-6, generator=g), greedy)
+    assert torch.equal(collect(model, idx, 8, top_p=0.0, generator=g), greedy)  # always at least one token
+
+    first = collect(model, idx, 1, top_k=5, generator=g)[:, 0]
+    allowed = set(torch.topk(probs, 5).indices.tolist())
+    assert set(first.tolist()) == allowed
+
+    # choose top_p so the nucleus is exactly the 5 most likely tokens
+    sp, si = torch.sort(probs, descending=True)
+    cum = sp.cumsum(0)
+    p = float(cum[3] + cum[4]) / 2
+    n_keep = int(((cum - sp) < p).sum())
+    assert n_keep == 5
+    nucleus = set(si[:5].tolist())
+    first = collect(model, idx, 1, top_p=p, generator=g)[:, 0]
+    assert set(first.tolist()) == nucleus  # the token that crosses top_p is kept
+    # without restriction the same draws leave the nucleus
+    first = collect(model, idx, 1, generator=g)[:, 0]
+    assert not set(first.tolist()) <= nucleus
+
+
+def test_repetition_penalty():
+    model = tiny_model()
+    idx = tokens(1, 4)
+    plain = collect(model, idx, 30, temperature=0)[0]
+    assert len(set(plain.tolist())) < 30  # an untrained greedy model loops
+    out = collect(model, idx, 30, temperature=0, repetition_penalty=1e6)[0]
+    seen = out.tolist() + idx[0].tolist()
+    assert len(set(seen)) == len(seen)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_generate_context_limit_and_slide(variant):
+    model = tiny_model(variant)  # block_size 32
+    idx = tokens(1, 8)
+    out = collect(model, idx, 100, temperature=0)
+    assert out.shape[1] == 32 - 8 + 1  # the last token is predicted from a full window, then stop
+    a = collect(model, idx, 100, temperature=0, slide=True)
+    assert a.shape[1] == 100
+    assert torch.equal(a[:, :out.shape[1]], out)
+    # what the model is fed, seen through a hook on the token embedding: the cache path prefills the prompt, then one
+    # token per step; when 33 tokens would be needed it re-prefills the last block_size // 2 = 16 and goes on
+    lengths = []
+    hook = model.transformer.wte.register_forward_hook(lambda m, inp, o: lengths.append(inp[0].shape[1]))
+    collect(model, idx, 45, temperature=0, slide=True)
+    assert lengths == [8] + [1] * 24 + [16] + [1] * 16 + [16] + [1] * 2  # slides twice
+    lengths.clear()
+    collect(model, idx, 45, temperature=0, slide=True, use_cache=False)
+    assert lengths == list(range(8, 33)) + list(range(16, 33)) + list(range(16, 19))
+    hook.remove()
+    # the re-prefilled cache sees the same window as recomputing from scratch
+    b = collect(model, idx, 100, temperature=0, slide=True, use_cache=False)
+    assert torch.equal(a, b)
+
+
+def test_generate_long_prompt_is_cropped():
+    model = tiny_model()
+    idx = tokens(1, 50)
+    a = collect(model, idx, 5, temperature=0, slide=True)
+    b = collect(model, idx[:, -32:], 5, temperature=0, slide=True)
+    assert a.shape[1] == 5 and torch.equal(a, b)
+
+
+def test_generate_streams_without_grad():
+    model = tiny_model()
+    grad_modes = []
+    model.transformer.wte.register_forward_hook(lambda m, inp, o: grad_modes.append(torch.is_grad_enabled()))
+    gen = model.generate(tokens(3, 4), 10)
+    tok = next(gen)  # a generator: one (B,) tensor per step
+    assert tok.shape == (3,) and tok.dtype == torch.long
+    assert len(list(gen)) == 9
+    assert len(grad_modes) == 10 and not any(grad_modes)
+
+
+def test_cache_dtype_follows_autocast():
+    model = tiny_model()
+    assert model.new_cache(1).k.dtype == torch.float32
+    assert model.new_cache(1, dtype=torch.bfloat16).k.dtype == torch.bfloat16
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cache = model.new_cache(2)
+        assert cache.k.dtype == torch.bfloat16
+        idx = tokens(2, 12)
+        full, _ = model(idx)
+        a, _ = model(idx[:, :7], cache=cache)
+        b, _ = model(idx[:, 7:], cache=cache)
+    torch.testing.assert_close(torch.cat([a, b], 1).float(), full.float(), atol=0.05, rtol=0.05)
+
+
+# ---------------------------------------------------------------- training
+
+def test_configure_optimizer_groups():
+    model = tiny_model()
+    opt = model.configure_optimizer(weight_decay=0.1, lr=1e-3)
+    assert isinstance(opt, torch.optim.AdamW)
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
+    n = sum(p.numel() for g in opt.param_groups for p in g["params"])
+    assert n == model.num_params(non_embedding=False)  # every parameter once (the tied matrix too)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_overfits_a_fixed_batch(variant):
+    model = tiny_model(variant, vocab_size=256, n_embd=64, n_head=4).train()
+    x = tokens(4, 32, vocab=256)
+    y = tokens(4, 32, seed=5, vocab=256)
+    opt = model.configure_optimizer(weight_decay=0.0, lr=1e-2)
+    first = None
+    for _ in range(50):
+        _, loss = model(x, y)
+        first = loss.item() if first is None else first
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.5 * first, (first, loss.item())
