@@ -1,0 +1,555 @@
+"""
+How fast is this machine for this project? One table: the matmul peak, training tokens/s and MFU per preset,
+generation tokens/s with and without the KV cache, and tokenization speed. The table is printed and appended,
+with a description of the machine, to BENCHMARKS.md (so numbers from different machines and commits sit side by side).
+
+    python bench.py                                   # CPU: tiny and small; GPU: gpt2
+    python bench.py --only train --model small --dtype bfloat16,float32 --batch_size 16
+    python bench.py --only ratio                      # tiny with a 4096-token vocabulary (chosen dtype) vs GPT-2's in fp32
+    python bench.py --device cuda --compile           # GPU: TFLOP/s, compiled model, flash attention
+    python bench.py --quick --no_write                # seconds: tiny sizes (what the test runs)
+
+Sections (--only, comma-separated): peak, train, gen, ratio, prepare. MFU = model FLOPs per token
+(model.flops_per_token, PaLM appendix B) x tokens/s over the matmul peak measured here for the same dtype, so it is
+the share of what this machine can really do, not of a datasheet number.
+
+Every timing is a median over several repetitions after warm-up, with the device synchronised around each one.
+On a shared machine (other processes busy) the numbers drop and scatter; --note records that in BENCHMARKS.md.
+"""
+import argparse
+import datetime
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+import warnings
+
+import torch
+
+from common import UserError, atomic_write_text, autocast, cpu_has_bf16, pick_device, pick_dtype, run_main, DTYPES
+from model import GPT, PRESETS, make_config
+
+SECTIONS = ("peak", "train", "gen", "ratio", "prepare")
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+SHORT = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+GPT2_VOCAB = 50259  # what make_config gives by default: GPT-2's 50257 + 2 ChatML tokens
+
+
+# -----------------------------------------------------------------------------
+# timing
+
+def sync(device):
+    """Wait for queued device work, so a timer measures the work and not just its launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def timed(fn, device, warmup, iters):
+    """Seconds of each of `iters` calls of fn() after `warmup` untimed ones (which absorb allocation,
+    kernel selection and torch.compile)."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def timed_interleaved(fns, device, warmup, iters):
+    """Like timed() for several functions, called in turn (a b a b ...) so that a burst of load from other
+    processes hits all of them alike: their ratio is much steadier than that of two separate runs."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    sync(device)
+    times = [[] for _ in fns]
+    for _ in range(iters):
+        for fn, ts in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            ts.append(time.perf_counter() - t0)
+    return times
+
+
+def flop_unit(device):
+    # a CPU does tens to hundreds of GFLOP/s, a GPU hundreds of TFLOP/s
+    return (1e12, "TFLOP/s") if device.type == "cuda" else (1e9, "GFLOP/s")
+
+
+def row(section, name, value, unit, dtype=None, mfu=None, note=""):
+    return dict(section=section, name=name, dtype=SHORT.get(dtype, "") if dtype is not None else "",
+                value=float(value), unit=unit, mfu=mfu, note=note)
+
+
+# -----------------------------------------------------------------------------
+# peak: large square matmuls
+
+def measure_peak(device, dtype, n, warmup=2, iters=5):
+    """FLOP/s of an n x n @ n x n matmul in dtype (2 n^3 FLOPs), median of iters."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+    a = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
+    b = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
+    t = statistics.median(timed(lambda: torch.mm(a, b), device, warmup, iters))
+    return 2 * n ** 3 / t
+
+
+def bench_peak(device, dtypes, sizes, warmup=2, iters=5):
+    """Rows for each dtype and size, and {dtype: best FLOP/s}: the peak MFU is measured against
+    (the best size, so MFU is not flattered by an unlucky size)."""
+    scale, unit = flop_unit(device)
+    rows, peaks = [], {}
+    for dtype in dtypes:
+        for n in sizes:
+            f = measure_peak(device, dtype, n, warmup, iters)
+            peaks[dtype] = max(peaks.get(dtype, 0.0), f)
+            tf32 = " (TF32 allowed)" if device.type == "cuda" and dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else ""
+            rows.append(row("peak", f"matmul {n}x{n}", f / scale, unit, dtype, note=f"median of {iters}{tf32}"))
+    return rows, peaks
+
+
+# -----------------------------------------------------------------------------
+# training
+
+def build_model(preset, device, block_size=None, vocab_size=None, variant=None, seed=0):
+    torch.manual_seed(seed)
+    try:
+        cfg = make_config(preset, block_size=block_size, vocab_size=vocab_size, variant=variant)
+    except ValueError as e:
+        raise UserError(str(e))
+    return GPT(cfg).to(device)
+
+
+def make_train_step(model, device, dtype, batch_size, compile=False, seed=0):
+    """A closure doing one full training step on a fixed synthetic batch (no data loading in the timing):
+    forward + loss under autocast, backward, AdamW step, zero_grad. Returns (step, compiled?)."""
+    cfg = model.config
+    model.train()
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    x = torch.randint(0, cfg.vocab_size, (batch_size, cfg.block_size), generator=g).to(device)
+    y = torch.randint(0, cfg.vocab_size, (batch_size, cfg.block_size), generator=g).to(device)
+    # a small lr: random tokens must not blow the weights up over the warm-up and timed steps
+    opt = model.configure_optimizer(weight_decay=0.1, lr=1e-4, device_type=device.type)
+    fwd = model
+    compiled = False
+    if compile:
+        try:
+            fwd = torch.compile(model)
+            compiled = True
+        except Exception as e:  # e.g. no C++ compiler, unsupported Python
+            warnings.warn(f"torch.compile unavailable ({type(e).__name__}: {e}); timing eager")
+    # fp16 needs loss scaling to train; include its cost so fp16 timings are honest
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+
+    def step():
+        with autocast(device, dtype):
+            _, loss = fwd(x, y)
+        if scaler is None:
+            loss.backward()
+            opt.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        opt.zero_grad(set_to_none=True)
+
+    return step, compiled
+
+
+def train_row(model, device, dtype, batch_size, seconds, peaks, compiled, label=None, iters=None):
+    cfg = model.config
+    scale, unit = flop_unit(device)
+    t = statistics.median(seconds)
+    tps = batch_size * cfg.block_size / t
+    achieved = tps * model.flops_per_token(cfg.block_size)
+    peak = peaks.get(dtype)
+    mfu = achieved / peak if peak else None
+    name = label or f"{cfg_name(model)} B{batch_size} T{cfg.block_size} V{cfg.vocab_size}"
+    note = f"step {t * 1e3:.0f} ms, {achieved / scale:.1f} {unit}" + (", compiled" if compiled else "")
+    if iters:
+        note += f", median of {iters}"
+    return row("train", name, tps, "tokens/s", dtype, mfu, note)
+
+
+def cfg_name(model):
+    # the preset a config came from, for the table (the variant too when it is not GPT-2's)
+    cfg = model.config
+    for name, p in PRESETS.items():
+        if all(getattr(cfg, k) == v for k, v in p.items() if k != "block_size"):
+            return name + ("" if cfg.variant == "gpt2" else f"-{cfg.variant}")
+    return f"L{cfg.n_layer}-C{cfg.n_embd}"
+
+
+def bench_train(preset, device, dtype, peaks, batch_size, block_size=None, vocab_size=None, variant=None,
+                compile=False, warmup=2, iters=5):
+    model = build_model(preset, device, block_size, vocab_size, variant)
+    step, compiled = make_train_step(model, device, dtype, batch_size, compile)
+    # torch.compile compiles on the first call: give it an extra warm-up step so no timed step recompiles
+    seconds = timed(step, device, warmup + (1 if compiled else 0), iters)
+    return train_row(model, device, dtype, batch_size, seconds, peaks, compiled, iters=iters)
+
+
+def bench_ratio(preset, device, dtype, peaks, batch_size, block_size=None, small_vocab=4096, variant=None,
+                compile=False, warmup=2, iters=5):
+    """Issue #6's vocabulary target: the same model with a small vocabulary in the chosen dtype against GPT-2's
+    vocabulary in fp32, timed interleaved in one run. Rows: both speeds and their ratio."""
+    fast = build_model(preset, device, block_size, small_vocab, variant)
+    slow = build_model(preset, device, block_size, GPT2_VOCAB, variant)
+    fast_step, fast_compiled = make_train_step(fast, device, dtype, batch_size, compile)
+    slow_step, _ = make_train_step(slow, device, torch.float32, batch_size, compile=False)
+    t_fast, t_slow = timed_interleaved([fast_step, slow_step], device, warmup + (1 if fast_compiled else 0), iters)
+    r_fast = train_row(fast, device, dtype, batch_size, t_fast, peaks, fast_compiled, iters=iters)
+    r_slow = train_row(slow, device, torch.float32, batch_size, t_slow, peaks, False, iters=iters)
+    for r in (r_fast, r_slow):
+        r["section"] = "ratio"
+    ratio = r_fast["value"] / r_slow["value"]
+    r_ratio = row("ratio", f"V{fast.config.vocab_size} {SHORT[dtype]} / V{GPT2_VOCAB} fp32", ratio, "x",
+                  note=f"{cfg_name(fast)}, same batch, interleaved steps (issue #6 target: >= 8x)")
+    return [r_fast, r_slow, r_ratio]
+
+
+# -----------------------------------------------------------------------------
+# generation
+
+def gen_block_size(preset, prompt_len, new_tokens):
+    """A block_size that holds the prompt and every new token, so no run has to slide its window
+    (sliding would re-prefill the cache and mix two costs); a multiple of 64, never below the preset's."""
+    need = (prompt_len + new_tokens + 63) // 64 * 64
+    return max(PRESETS[preset]["block_size"], need)
+
+
+def run_generate(model, device, dtype, idx, new_tokens, use_cache, seed=0):
+    """Consume model.generate as gen.py does (autocast entered around each step, temperature 0.8, top_k 200);
+    returns the number of tokens produced (all rows)."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    steps = model.generate(idx, new_tokens, temperature=0.8, top_k=200, use_cache=use_cache, generator=g)
+    n = 0
+    while True:
+        with autocast(device, dtype):
+            tok = next(steps, None)
+        if tok is None:
+            break
+        n += tok.numel()
+    sync(device)
+    return n
+
+
+def bench_gen(preset, device, dtype, batch_sizes=(1, 8), prompt_len=16, new_tokens=500, vocab_size=None,
+              variant=None, no_cache_batch=1):
+    """Generation tokens/s: every batch size with the KV cache, and no_cache_batch also without it
+    (full recomputation of the window each token), plus the cache's speed-up at that batch size."""
+    block = gen_block_size(preset, prompt_len, new_tokens)
+    model = build_model(preset, device, block, vocab_size, variant).eval()
+    name = cfg_name(model)
+    rows, speed = [], {}
+    runs = [(b, True) for b in batch_sizes]
+    if no_cache_batch:
+        runs.insert(0, (no_cache_batch, False))
+    for b, use_cache in runs:
+        g = torch.Generator(device="cpu").manual_seed(b)
+        idx = torch.randint(0, model.config.vocab_size, (b, prompt_len), generator=g).to(device)
+        run_generate(model, device, dtype, idx, min(8, new_tokens), use_cache)  # warm-up
+        t0 = time.perf_counter()
+        n = run_generate(model, device, dtype, idx, new_tokens, use_cache)
+        t = time.perf_counter() - t0
+        if n != b * new_tokens:
+            raise RuntimeError(f"generation stopped early: {n} of {b * new_tokens} tokens")
+        speed[(b, use_cache)] = n / t
+        rows.append(row("gen", f"{name} B{b} {'KV cache' if use_cache else 'no cache'}", n / t, "tokens/s", dtype,
+                        note=f"prompt {prompt_len} + {new_tokens} new, block_size {block} (no sliding), {t:.2f} s"))
+    if no_cache_batch and (no_cache_batch, True) in speed:
+        ratio = speed[(no_cache_batch, True)] / speed[(no_cache_batch, False)]
+        rows.append(row("gen", f"{name} B{no_cache_batch} cache / no cache", ratio, "x", dtype,
+                        note="issue #6 target for small at B1, 500 tokens: >= 5x"))
+    return rows
+
+
+# -----------------------------------------------------------------------------
+# prepare: tokenization speed
+
+def default_text_path():
+    mirror = os.environ.get("DATA_MIRROR")
+    if mirror:
+        p = os.path.join(mirror, "tinystories", "TinyStories-sample.txt")
+        if os.path.isfile(p):
+            return p
+    return None
+
+
+def synthetic_text(n_bytes, seed=0):
+    """English-like text of about n_bytes: words drawn from a small list, sentences, newline-separated stories.
+    Only a stand-in when no real text is around; BPE speed depends a little on the text."""
+    words = ("the a little girl boy dog cat ball park tree happy sad big small red blue went saw said played "
+             "with and to of in on was were they she he it her his mom dad friend day sun home fun nice").split()
+    rng = random.Random(seed)
+    lines, size = [], 0
+    while size < n_bytes:
+        sent = " ".join(rng.choice(words) for _ in range(rng.randint(5, 15)))
+        line = (sent[0].upper() + sent[1:] + ". ") * rng.randint(1, 6)
+        lines.append(line.strip())
+        size += len(line) + 1
+    return "\n".join(lines)
+
+
+def bench_prepare(path=None, threads=None, repeats=3, quick=False):
+    """MB/s and tokens/s of tiktoken's GPT-2 encode_ordinary_batch over the lines of a text file, with
+    `threads` threads (default: every core), as prepare.py tokenizes a corpus."""
+    from setup_tokenizer import get_tokenizer  # tiktoken only when this section runs
+    enc = get_tokenizer("gpt2")
+    threads = threads or os.cpu_count() or 1
+    if path:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        source = os.path.basename(path)
+    else:
+        text = synthetic_text(200_000 if quick else 4_000_000)
+        source = "generated text"
+    if quick:
+        text = text[:200_000]
+    docs = text.split("\n")
+    n_bytes = len(text.encode("utf-8"))
+    enc.encode_ordinary_batch(docs[:200], num_threads=threads)  # warm-up: tiktoken builds its regex lazily
+    times, n_tokens = [], 0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = enc.encode_ordinary_batch(docs, num_threads=threads)
+        times.append(time.perf_counter() - t0)
+        n_tokens = sum(map(len, out))
+    t = statistics.median(times)
+    note = f"{source}, {n_bytes / 1e6:.1f} MB, {threads} threads, median of {repeats}"
+    return [row("prepare", "tiktoken gpt2 encode_ordinary_batch", n_bytes / 1e6 / t, "MB/s", note=note),
+            row("prepare", "tiktoken gpt2 encode_ordinary_batch", n_tokens / t, "tokens/s", note=note)]
+
+
+# -----------------------------------------------------------------------------
+# the table and BENCHMARKS.md
+
+def fmt_value(v):
+    if v >= 1000:
+        return f"{v:,.0f}"
+    if v >= 100:
+        return f"{v:.0f}"
+    if v >= 10:
+        return f"{v:.1f}"
+    return f"{v:.2f}"
+
+
+def format_table(rows):
+    lines = ["| section | benchmark | dtype | value | unit | MFU | notes |",
+             "|---|---|---|---:|---|---:|---|"]
+    for r in rows:
+        mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else ""
+        lines.append(f"| {r['section']} | {r['name']} | {r['dtype']} | {fmt_value(r['value'])} | {r['unit']} | {mfu} | {r['note']} |")
+    return "\n".join(lines)
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_description(device):
+    """One line: what ran this (so a table means something a year later)."""
+    parts = []
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        parts.append(f"GPU {props.name} ({props.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda})")
+    cpu_flags = ", AVX-512 BF16/AMX" if cpu_has_bf16() else ""
+    parts.append(f"CPU {cpu_model()} ({os.cpu_count()} logical cores{cpu_flags}; torch threads {torch.get_num_threads()})")
+    parts.append(f"torch {torch.__version__}, Python {platform.python_version()}, {platform.system()} {platform.release()}")
+    if hasattr(os, "getloadavg"):
+        # other processes on the CPU slow every number here (OpenMP threads wait on descheduled siblings): say so
+        parts.append(f"load average {os.getloadavg()[0]:.1f} at start")
+    return "; ".join(parts)
+
+
+def section_text(rows, device, argv=None, note=None, when=None):
+    when = when or datetime.datetime.now()
+    cmd = "python bench.py" + ("" if not argv else " " + " ".join(argv))
+    out = [f"## {when:%Y-%m-%d %H:%M} — {device.type}", "",
+           f"- machine: {machine_description(device)}",
+           f"- command: `{cmd}`"]
+    if note:
+        out.append(f"- note: {note}")
+    out += ["", format_table(rows), ""]
+    return "\n".join(out)
+
+
+def append_benchmarks(path, text):
+    """Append one dated section to path, creating it with a title when missing; written atomically, so an
+    interrupted run never leaves half a table."""
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            old = f.read()
+        if old and not old.endswith("\n"):
+            old += "\n"
+    else:
+        old = ("# Benchmarks\n\nAppended by `python bench.py` (see its --help): one section per run, newest last. "
+               "MFU is against the matmul peak measured in the same run.\n")
+    atomic_write_text(path, old + "\n" + text)
+
+
+def check_targets(rows):
+    """Issue #6's targets, as one line each, for whatever this run measured."""
+    lines = []
+    for r in rows:
+        if r["section"] == "train" and r["name"].startswith("small ") and r["dtype"] == "bf16" and r["mfu"] is not None:
+            ok = "met" if r["mfu"] >= 0.5 else "NOT met"
+            lines.append(f"target small bf16 MFU >= 50%: {100 * r['mfu']:.1f}% ({r['name']}) {ok}")
+        if r["section"] == "ratio" and r["unit"] == "x":
+            lines.append(f"target 4096-vocab / GPT-2-vocab fp32 >= 8x: {r['value']:.2f}x {'met' if r['value'] >= 8 else 'NOT met'}")
+        if r["section"] == "gen" and r["unit"] == "x" and r["name"].startswith("small B1"):
+            lines.append(f"target small B1 cache speed-up >= 5x: {r['value']:.2f}x {'met' if r['value'] >= 5 else 'NOT met'}")
+    return lines
+
+
+# -----------------------------------------------------------------------------
+# the whole run
+
+def run(args, device, log=print):
+    """All selected sections; returns the rows (what main prints and writes). Importable for tests."""
+    only = parse_list(args.only, SECTIONS, "--only")
+    dtypes = [pick_dtype(device, d) for d in parse_list(args.dtype, ("auto",) + tuple(DTYPES), "--dtype")]
+    dtypes = list(dict.fromkeys(dtypes))  # 'auto,bfloat16' names one dtype twice
+    model = args.model or ("tiny" if args.quick else "gpt2" if device.type == "cuda" else "tiny,small")
+    presets = parse_list(model, tuple(PRESETS), "--model")
+    quick = args.quick
+    gpu = device.type == "cuda"
+    warmup = args.warmup if args.warmup is not None else (1 if quick else 3 if gpu else 2)
+    iters = args.steps if args.steps is not None else (2 if quick else 10 if gpu else 5)
+    rows = []
+
+    def emit(new):
+        for r in new:
+            mfu = f"  MFU {100 * r['mfu']:.1f}%" if r["mfu"] is not None else ""
+            log(f"{r['section']:8s} {r['name']:45s} {r['dtype']:5s} {fmt_value(r['value']):>10s} {r['unit']}{mfu}  {r['note']}")
+        rows.extend(new)
+
+    peaks = {}
+    if {"peak", "train", "ratio"} & set(only):
+        # MFU needs the peak of each dtype trained in (fp32 too for the ratio's baseline)
+        wanted = ([torch.float32, torch.bfloat16] if "peak" in only else []) + (dtypes if "train" in only else [])
+        wanted += ([dtypes[0], torch.float32] if "ratio" in only else [])
+        peak_dtypes = list(dict.fromkeys(wanted))
+        sizes = [int(s) for s in args.peak_sizes.split(",")] if args.peak_sizes else (
+            [256] if quick else [8192] if gpu else [2048, 4096])
+        new, peaks = bench_peak(device, peak_dtypes, sizes, warmup=1 if quick else 2, iters=2 if quick else 5)
+        emit(new)
+
+    block = args.block_size or (32 if quick else None)
+    vocab = args.vocab_size or (512 if quick else None)
+    bsz = args.batch_size or (2 if quick else 8)
+    if "train" in only:
+        for preset in presets:
+            for dtype in dtypes:
+                emit([bench_train(preset, device, dtype, peaks, bsz, block, vocab, args.variant, args.compile,
+                                  warmup, iters)])
+    if "ratio" in only:
+        small_vocab = 512 if quick else args.ratio_vocab
+        emit(bench_ratio(args.ratio_model, device, dtypes[0], peaks, bsz, block, small_vocab, args.variant,
+                         args.compile, warmup, iters))
+    if "gen" in only:
+        new_tokens = 8 if quick else args.new_tokens
+        prompt = 4 if quick else args.prompt_len
+        for preset in presets:
+            emit(bench_gen(preset, device, dtypes[0], (1, 2 if quick else args.gen_batch), prompt, new_tokens,
+                           vocab, args.variant))
+    if "prepare" in only:
+        path = args.data or default_text_path()
+        try:
+            emit(bench_prepare(path, args.prepare_threads, repeats=1 if quick else 3, quick=quick))
+        except UserError as e:  # no GPT-2 BPE files offline: keep the other sections' results
+            log(f"prepare skipped: {e}")
+    return rows
+
+
+def parse_list(text, allowed, flag):
+    items = [s.strip() for s in text.split(",") if s.strip()]
+    bad = [s for s in items if s not in allowed]
+    if bad or not items:
+        raise UserError(f"{flag} {text!r}: choose from {', '.join(allowed)} (comma-separated)")
+    return items
+
+
+def get_parser():
+    p = argparse.ArgumentParser(description=__doc__.strip(),
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Sections: peak (matmul FLOP/s), train (tokens/s, MFU), gen (tokens/s, KV cache "
+                                       "speed-up), ratio (small vs GPT-2 vocabulary), prepare (tokenizer MB/s).")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--dtype", default="auto",
+                   help="autocast dtype(s), comma-separated: auto, float32, bfloat16, float16 (default auto: bf16 where "
+                        "the hardware has it). gen and ratio use the first")
+    p.add_argument("--model", default=None, help="preset(s), comma-separated (default: tiny,small on CPU, gpt2 on GPU)")
+    p.add_argument("--variant", default=None, choices=["gpt2", "modern"], help="model variant (default: the preset's, gpt2)")
+    p.add_argument("--only", default=",".join(SECTIONS), help=f"sections to run, comma-separated (default: all of {','.join(SECTIONS)})")
+    p.add_argument("--batch_size", type=int, default=None, help="training batch size (default 8)")
+    p.add_argument("--block_size", type=int, default=None, help="training sequence length (default: the preset's)")
+    p.add_argument("--vocab_size", type=int, default=None, help="vocabulary size, e.g. 4096 for a custom tokenizer (default GPT-2's 50259)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model for train and ratio (compile time is in the warm-up)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice, one per core)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed training steps first (default 2 on CPU, 3 on GPU)")
+    p.add_argument("--steps", type=int, default=None, help="timed training steps, the median is reported (default 5 on CPU, 10 on GPU)")
+    p.add_argument("--peak_sizes", default=None, help="matmul sizes for the peak, comma-separated (default 2048,4096 on CPU, 8192 on GPU)")
+    p.add_argument("--new_tokens", type=int, default=500, help="tokens generated per run (default 500)")
+    p.add_argument("--prompt_len", type=int, default=16, help="prompt tokens for generation (default 16)")
+    p.add_argument("--gen_batch", type=int, default=8, help="the batched generation run's batch size (default 8)")
+    p.add_argument("--ratio_model", default="tiny", choices=list(PRESETS), help="preset for the ratio section (default tiny)")
+    p.add_argument("--ratio_vocab", type=int, default=4096, help="the small vocabulary of the ratio section (default 4096)")
+    p.add_argument("--data", default=None, help="text file for prepare (default: $DATA_MIRROR/tinystories/TinyStories-sample.txt, else generated)")
+    p.add_argument("--prepare_threads", type=int, default=None, help="tokenizer threads (default: every core)")
+    p.add_argument("--out", default="BENCHMARKS.md", help="file the table is appended to (default BENCHMARKS.md)")
+    p.add_argument("--no_write", action="store_true", help="print only, leave BENCHMARKS.md alone")
+    p.add_argument("--note", default=None, help="a remark stored with the table, e.g. 'machine shared with a training run'")
+    p.add_argument("--quick", action="store_true", help="tiny sizes, a few seconds: checks that everything runs, numbers mean little")
+    return p
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    args = get_parser().parse_args(argv)
+    for name in ("batch_size", "block_size", "vocab_size", "threads", "steps", "new_tokens", "prompt_len", "gen_batch",
+                 "ratio_vocab", "prepare_threads"):
+        v = getattr(args, name)
+        if v is not None and v <= 0:
+            raise UserError(f"--{name} must be positive, got {v}")
+    if args.warmup is not None and args.warmup < 0:
+        raise UserError(f"--warmup must be >= 0, got {args.warmup}")
+    if args.data and not os.path.isfile(args.data):
+        raise UserError(f"--data {args.data}: no such file")
+    device = pick_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if device.type == "cuda":
+        # as train.py: fp32 matmuls on tensor cores; the fp32 peak row says so
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    print(machine_description(device))
+    rows = run(args, device)
+    table = format_table(rows)
+    print()
+    print(table)
+    for line in check_targets(rows):
+        print(line)
+    if not args.no_write:
+        append_benchmarks(args.out, section_text(rows, device, argv, args.note))
+        print(f"appended to {args.out}")
+    return rows
+
+
+if __name__ == "__main__":
+    run_main(main)

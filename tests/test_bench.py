@@ -1,0 +1,126 @@
+"""Tests for bench.py: --quick sizes on CPU, one thread (the machine may be shared), a temp BENCHMARKS file."""
+
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import bench  # noqa: E402
+from common import UserError  # noqa: E402
+
+
+@pytest.fixture
+def one_thread():
+    # with two OpenMP threads on a busy 2-core machine a tiny matmul can take 100x longer (each thread waits for a
+    # descheduled sibling); one thread keeps the test fast everywhere. Restored so later tests keep their setting.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def quick_args(*extra):
+    return bench.get_parser().parse_args(["--quick", "--no_write", "--device", "cpu", *extra])
+
+
+def by_section(rows):
+    out = {}
+    for r in rows:
+        out.setdefault(r["section"], []).append(r)
+    return out
+
+
+def test_quick_run_has_every_row(one_thread):
+    args = quick_args("--model", "tiny", "--dtype", "float32")
+    rows = bench.run(args, torch.device("cpu"), log=lambda *a: None)
+    sec = by_section(rows)
+    assert set(sec) == set(bench.SECTIONS)
+    for r in rows:
+        assert r["value"] > 0 and r["value"] == r["value"], r  # positive, not NaN
+
+    assert {(r["name"], r["dtype"]) for r in sec["peak"]} == {("matmul 256x256", "fp32"), ("matmul 256x256", "bf16")}
+    assert all(r["unit"] == "GFLOP/s" for r in sec["peak"])
+
+    (tr,) = sec["train"]
+    assert tr["name"] == "tiny B2 T32 V512" and tr["unit"] == "tokens/s" and tr["dtype"] == "fp32"
+    assert tr["mfu"] is not None and tr["mfu"] > 0
+
+    assert [r["unit"] for r in sec["ratio"]] == ["tokens/s", "tokens/s", "x"]
+    assert [r["dtype"] for r in sec["ratio"][:2]] == ["fp32", "fp32"]  # --dtype float32: both sides fp32
+    assert "V50259" in sec["ratio"][1]["name"]
+    assert sec["ratio"][2]["value"] == pytest.approx(sec["ratio"][0]["value"] / sec["ratio"][1]["value"])
+
+    names = [r["name"] for r in sec["gen"]]
+    assert names == ["tiny B1 no cache", "tiny B1 KV cache", "tiny B2 KV cache", "tiny B1 cache / no cache"]
+    assert [r["unit"] for r in sec["gen"]] == ["tokens/s"] * 3 + ["x"]
+
+    if sec.get("prepare"):
+        assert [r["unit"] for r in sec["prepare"]] == ["MB/s", "tokens/s"]
+
+    table = bench.format_table(rows)
+    assert table.count("\n") == len(rows) + 1  # header, rule, one line per row
+    assert "| train | tiny B2 T32 V512 | fp32 |" in table
+
+
+def test_only_and_bf16_autocast(one_thread):
+    rows = bench.run(quick_args("--only", "train", "--dtype", "bfloat16,float32"), torch.device("cpu"), log=lambda *a: None)
+    sec = by_section(rows)
+    # train asks for the peak of each dtype it trains in, for MFU; no other section runs
+    assert set(sec) == {"peak", "train"}
+    assert [r["dtype"] for r in sec["train"]] == ["bf16", "fp32"]
+    assert all(r["mfu"] > 0 for r in sec["train"])
+
+
+def test_prepare_on_a_given_file(tmp_path):
+    text = bench.synthetic_text(20_000)
+    p = tmp_path / "t.txt"
+    p.write_text(text, encoding="utf-8")
+    try:
+        rows = bench.bench_prepare(str(p), threads=2, repeats=1)
+    except UserError as e:
+        pytest.skip(f"no GPT-2 BPE files here: {e}")
+    mbs, tps = rows
+    assert mbs["unit"] == "MB/s" and tps["unit"] == "tokens/s"
+    # English-like text is about 4-5 bytes per GPT-2 token
+    assert 2 < (mbs["value"] * 1e6) / tps["value"] < 8
+
+
+def test_write_appends_sections(tmp_path, one_thread):
+    out = tmp_path / "BENCH.md"
+    argv = ["--quick", "--device", "cpu", "--only", "peak", "--out", str(out), "--note", "test run"]
+    bench.main(argv)
+    first = out.read_text()
+    assert first.startswith("# Benchmarks\n")
+    assert first.count("\n## ") == 1 and "- note: test run" in first and "matmul 256x256" in first
+    assert "- machine: CPU " in first and f"torch {torch.__version__}" in first
+    bench.main(argv)
+    second = out.read_text()
+    assert second.startswith(first)  # appended, nothing rewritten
+    assert second.count("\n## ") == 2 and second.count("# Benchmarks") == 1
+
+
+def test_bad_arguments():
+    with pytest.raises(UserError, match="--only"):
+        bench.run(quick_args("--only", "train,nope"), torch.device("cpu"))
+    with pytest.raises(UserError, match="--model"):
+        bench.run(quick_args("--model", "huge"), torch.device("cpu"))
+    with pytest.raises(UserError, match="batch_size"):
+        bench.main(["--quick", "--no_write", "--batch_size", "0"])
+
+
+def test_gen_block_size_fits_without_sliding():
+    assert bench.gen_block_size("small", 16, 500) == 576  # 516 rounded up to a multiple of 64
+    assert bench.gen_block_size("gpt2", 16, 500) == 1024  # the preset's own is enough
+    assert bench.gen_block_size("tiny", 4, 8) == 256
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_quick_run_on_cuda():
+    rows = bench.run(quick_args("--device", "cuda", "--only", "peak,train,gen"), torch.device("cuda"),
+                     log=lambda *a: None)
+    sec = by_section(rows)
+    assert all(r["unit"] == "TFLOP/s" for r in sec["peak"])
+    assert all(r["value"] > 0 for r in rows)
+    assert sec["train"][0]["mfu"] > 0
