@@ -1,0 +1,413 @@
+"""
+Sample from a trained model: continue a prompt, chat with it, or run a file of prompts.
+
+    python gen.py                                    # unconditional sample from the newest models/*.pt
+    python gen.py models/story.pt --prompt "Once upon a time"
+    python gen.py --interactive                      # each line you type is continued
+    python gen.py --chat --system "You are terse."   # multi-turn ChatML chat; /reset, /exit, Ctrl-D
+    python gen.py --prompt_file prompts.txt --output out.jsonl   # one JSON line per prompt
+    python gen.py --nonstop                          # slide past the context window until Ctrl-C
+
+Text streams token by token. Text generation stops at <|endoftext|>; a chat reply
+stops at <|im_end|> (or <|endoftext|>). Without --nonstop generation also stops when
+the context window is full; prompts are cropped (keeping their end, with a warning)
+so that at least min(--max_tokens, block_size/2) tokens fit after them.
+
+Output when stdin is piped (scripts and tests): no prompt markers, no colours, no typing
+delay. --interactive and --chat print each reply followed by a newline; with --verbose
+every completion is followed by a line `[end: REASON]` on stdout, where REASON is the
+stop token (`<|im_end|>`, `<|endoftext|>`), `max_tokens`, `context` or `interrupted`,
+so a transcript splits unambiguously into replies. Statistics go to stderr.
+"""
+import argparse
+import json
+import os
+import random
+import sys
+import time
+
+import torch
+
+from checkpoint import find_checkpoints, load_model
+from common import UserError, atomic_write_text, autocast, pick_device, pick_dtype, run_main
+from setup_tokenizer import EOT, IM_END, StreamDecoder, render_chat
+
+TYPING_DELAY = 0.012  # seconds per token on a terminal: a readable rhythm for demos, never in pipes
+
+
+# -----------------------------------------------------------------------------
+# generation
+
+def reserve_for(model, max_tokens):
+    """Tokens kept free after a prompt: the reply's budget, but never more than half the
+    context, so a long --max_tokens does not squeeze the prompt (or chat history) to nothing."""
+    block_size = model.config.block_size
+    return max(1, min(max_tokens, block_size // 2))
+
+
+def crop_prompt(model, ids, max_tokens, what="prompt", warn=True):
+    """Keep the end of a prompt too long to leave room for the reply, with one warning line."""
+    limit = model.config.block_size - reserve_for(model, max_tokens)
+    if len(ids) <= limit:
+        return ids
+    if warn:
+        print(f"warning: {what} is {len(ids)} tokens but the context holds {model.config.block_size}: "
+              f"keeping its last {limit} so {model.config.block_size - limit} can follow", file=sys.stderr)
+    return ids[-limit:]
+
+
+def stop_ids(enc, names):
+    return tuple(enc.encode_single_token(n) for n in names)
+
+
+def sample_steps(model, prompts, max_tokens, dtype=torch.float32, temperature=0.8, top_k=None, top_p=None,
+                 repetition_penalty=1.0, stop_tokens=(), use_cache=True, generator=None, slide=False):
+    """Yield the next token of each prompt (a list of B ints) per step. prompts: B token lists of equal length."""
+    device = next(model.parameters()).device
+    idx = torch.tensor(prompts, dtype=torch.long, device=device)
+    steps = model.generate(idx, max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                           repetition_penalty=repetition_penalty, stop_tokens=stop_tokens,
+                           use_cache=use_cache, generator=generator, slide=slide)
+    while True:
+        # autocast only around the model's work: entering it once around a yield would leak it to the caller
+        with autocast(device, dtype):
+            tok = next(steps, None)
+        if tok is None:
+            return
+        yield tok.tolist()  # one host sync per step, which streaming needs anyway
+
+
+def why_stopped(enc, ids, stop_tokens, max_tokens):
+    if ids and ids[-1] in stop_tokens:
+        return enc.decode([ids[-1]])
+    return "max_tokens" if len(ids) >= max_tokens else "context"
+
+
+def complete(model, enc, prompt_ids, max_tokens, stop_tokens=(), on_text=None, **sampling):
+    """One completion of prompt_ids, streaming its text to on_text(piece) as characters complete.
+    Returns (new_ids, text, stopped_by): new_ids end with the stop token if one was hit, text never
+    contains it; stopped_by is the stop token's text, "max_tokens", "context" (window full) or
+    "interrupted" (Ctrl-C: what was generated so far is kept)."""
+    decoder = StreamDecoder(enc)
+    ids, pieces, stopped_by = [], [], None
+    try:
+        for step in sample_steps(model, [prompt_ids], max_tokens, stop_tokens=stop_tokens, **sampling):
+            ids.append(step[0])
+            if step[0] in stop_tokens:
+                break
+            piece = decoder.push(step[0])
+            if piece:
+                pieces.append(piece)
+                if on_text:
+                    on_text(piece)
+    except KeyboardInterrupt:
+        stopped_by = "interrupted"
+    piece = decoder.flush()  # an incomplete multi-byte character at the very end becomes U+FFFD
+    if piece:
+        pieces.append(piece)
+        if on_text:
+            on_text(piece)
+    return ids, "".join(pieces), stopped_by or why_stopped(enc, ids, stop_tokens, max_tokens)
+
+
+def complete_batch(model, enc, prompts, max_tokens, stop_tokens=(), batch_size=8, **sampling):
+    """Completions of many token lists: prompts of equal length share a batch (no padding needed,
+    so every row sees exactly what it would alone). Returns [(text, stopped_by)] in input order."""
+    by_len = {}
+    for i, p in enumerate(prompts):
+        by_len.setdefault(len(p), []).append(i)
+    results = [None] * len(prompts)
+    for group in by_len.values():
+        for s in range(0, len(group), batch_size):
+            rows = group[s:s + batch_size]
+            outs = [[] for _ in rows]
+            done = [False] * len(rows)
+            # generate() runs until every row has hit a stop token; each row is cut at its own
+            for step in sample_steps(model, [prompts[i] for i in rows], max_tokens, stop_tokens=stop_tokens, **sampling):
+                for r, t in enumerate(step):
+                    if not done[r]:
+                        outs[r].append(t)
+                        done[r] = t in stop_tokens
+            for r, i in enumerate(rows):
+                ids = outs[r]
+                text = enc.decode(ids[:-1] if done[r] else ids, errors="replace")
+                results[i] = (text, why_stopped(enc, ids, stop_tokens, max_tokens))
+    return results
+
+
+# -----------------------------------------------------------------------------
+# chat
+
+def fit_history(enc, messages, budget):
+    """Drop the oldest turns until the rendered conversation (with the assistant's generation
+    prompt) fits in budget tokens. A leading system message stays; the newest message always
+    stays, even alone and too long (the caller then keeps its end)."""
+    head = messages[:1] if messages and messages[0]["role"] == "system" else []
+    rest = list(messages[len(head):])
+    while len(rest) > 1 and len(render_chat(enc, head + rest, add_generation_prompt=True)[0]) > budget:
+        rest.pop(0)
+        # a conversation goes on with a user message: drop the assistant's answer with its question
+        while len(rest) > 1 and rest[0]["role"] == "assistant":
+            rest.pop(0)
+    return head + rest
+
+
+def chat_reply(model, enc, history, max_tokens, on_text=None, info=None, **sampling):
+    """The assistant's next reply to history (a list of {role, content} ending with the user's
+    message): (text, stopped_by). The turn ends at <|im_end|> (or <|endoftext|>); the model sees
+    the newest turns that fit. info, a dict if given, receives prompt_ids, new_tokens and dropped
+    (how many of the oldest messages the context could not hold)."""
+    budget = model.config.block_size - reserve_for(model, max_tokens)
+    fitted = fit_history(enc, history, budget)
+    ids, _ = render_chat(enc, fitted, add_generation_prompt=True)
+    ids = crop_prompt(model, ids, max_tokens, what="the conversation")
+    new, text, stopped_by = complete(model, enc, ids, max_tokens, stop_ids(enc, (IM_END, EOT)), on_text, **sampling)
+    if info is not None:
+        info.update(prompt_ids=ids, new_tokens=len(new), dropped=len(history) - len(fitted))
+    return text, stopped_by
+
+
+# -----------------------------------------------------------------------------
+# the command line
+
+class Printer:
+    """Streams text to stdout as it comes; on a terminal paces tokens for a readable rhythm."""
+
+    def __init__(self, delay=0.0, out=None):
+        self.delay, self.out, self.last = delay, out or sys.stdout, 0.0
+
+    def __call__(self, piece):
+        if self.delay:
+            wait = self.last + self.delay - time.perf_counter()
+            if wait > 0:  # only pad fast models; a slow one already streams slower than this
+                time.sleep(wait)
+            self.last = time.perf_counter()
+        self.out.write(piece)
+        self.out.flush()
+
+
+def read_lines(prompt, tty):
+    """User lines until EOF; Ctrl-C at the prompt gives a fresh prompt (as in a shell)."""
+    while True:
+        try:
+            yield input(prompt if tty else "")
+        except EOFError:
+            if tty:
+                print()
+            return
+        except KeyboardInterrupt:
+            print("\n(Ctrl-D or /exit quits)" if tty else "", file=sys.stderr)
+
+
+def read_prompt_file(path):
+    """Prompts from a file: one per line, or JSON lines with a "prompt" field (blank lines skipped)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        raise UserError(f"prompt file {path} not found")
+    except UnicodeDecodeError as e:
+        raise UserError(f"prompt file {path} is not UTF-8 text (bad byte at offset {e.start}); convert it, e.g. `iconv -f latin1 -t utf-8`")
+    prompts = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        if line.lstrip().startswith("{"):
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:
+                obj = None  # text that merely starts with a brace
+            if isinstance(obj, dict):
+                if not isinstance(obj.get("prompt"), str):
+                    raise UserError(f"{path} line {n}: a JSON line needs a \"prompt\" text field")
+                prompts.append(obj["prompt"])
+                continue
+        prompts.append(line)
+    if not prompts:
+        raise UserError(f"prompt file {path} holds no prompts (one per line, or JSON lines with a \"prompt\" field)")
+    return prompts
+
+
+def default_checkpoint(folder="models"):
+    found = find_checkpoints(folder)
+    if found:
+        return found[0]
+    if not os.path.isdir(folder):
+        where = f"there is no {folder}/ folder here"
+    else:
+        names = sorted(os.listdir(folder))
+        where = f"{folder}/ holds " + (", ".join(names[:8]) + (" ..." if len(names) > 8 else "") if names else "nothing")
+    raise UserError(f"no checkpoint given and no {folder}/*.pt found ({where}): train one with `python train.py` "
+                    f"or pass a checkpoint path")
+
+
+def positive_int(s):
+    v = int(s)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def temperature(s):
+    v = float(s)
+    if not v >= 0:  # also rejects nan
+        raise argparse.ArgumentTypeError(f"must be >= 0 (0 = greedy), got {s}")
+    return v
+
+
+def probability(s):
+    v = float(s)
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {s}")
+    return v
+
+
+def penalty(s):
+    v = float(s)
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 (1 = off), got {s}")
+    return v
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="Sample text from a trained GPT checkpoint, or chat with it.")
+    p.add_argument("checkpoint", nargs="?", help="a .pt file (default: the newest in models/)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--prompt", help="text to continue (with --chat: one user message, then exit)")
+    src.add_argument("--prompt_file", help="many prompts: one per line, or JSON lines with a \"prompt\" field")
+    p.add_argument("--interactive", action="store_true", help="read prompts line by line and continue each")
+    p.add_argument("--chat", action="store_true", help="multi-turn ChatML chat (/reset clears history, /exit quits)")
+    p.add_argument("--system", help="system message for --chat")
+    p.add_argument("--nonstop", action="store_true",
+                   help="slide the context window and ignore <|endoftext|>: generate until --max_tokens (default: no limit) or Ctrl-C")
+    p.add_argument("--seed", type=int, help="random seed; the same seed gives the same text (default: random, shown by --verbose)")
+    p.add_argument("--temp", type=temperature, default=0.8, help="sampling temperature, 0 = greedy (default 0.8)")
+    p.add_argument("--top_k", type=positive_int, default=200, help="sample among the k most likely tokens (default 200)")
+    p.add_argument("--top_p", type=probability, default=None, help="nucleus sampling: smallest set of tokens with this total probability, in (0, 1]")
+    p.add_argument("--repetition_penalty", type=penalty, default=1.0, help="> 1 discourages tokens already in the context (default 1 = off)")
+    p.add_argument("--max_tokens", type=positive_int, default=None, help="new tokens per completion or reply (default 256)")
+    p.add_argument("--num_samples", type=positive_int, default=1, help="samples for --prompt or an unconditional run")
+    p.add_argument("--batch_size", type=positive_int, default=8, help="--prompt_file: prompts of equal length generated together")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="autocast precision")
+    p.add_argument("--no_cache", action="store_true", help="recompute the whole context every token (slow; for comparisons)")
+    p.add_argument("--no_delay", action="store_true", help="no typing rhythm on a terminal (pipes never wait)")
+    p.add_argument("--output", help="--prompt_file: write the JSON lines here instead of stdout")
+    p.add_argument("--verbose", action="store_true", help="model size, device, tokens/s (stderr) and [end: ...] markers (stdout)")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.chat and args.prompt_file:
+        raise UserError("--chat reads its messages from the terminal (or --prompt); --prompt_file is for text completion")
+    if args.output and not args.prompt_file:
+        raise UserError("--output is for --prompt_file runs; redirect stdout to save other output")
+    if args.interactive and (args.prompt is not None or args.prompt_file):
+        raise UserError("--interactive reads its prompts from the terminal; drop --prompt/--prompt_file, or --interactive")
+    if args.nonstop and (args.chat or args.prompt_file):
+        raise UserError("--nonstop streams text past the context window: use it with --prompt, --interactive or alone, not --chat/--prompt_file")
+    if args.system is not None and not args.chat:
+        raise UserError("--system sets the system message of a --chat session; add --chat")
+    path = args.checkpoint or default_checkpoint()
+    device = pick_device(args.device)
+    dtype = pick_dtype(device, args.dtype)
+    model, enc, _ = load_model(path, device)
+    if model.config.vocab_size > enc.n_vocab:
+        raise UserError(f"{path}: the model has {model.config.vocab_size} token ids but its tokenizer only {enc.n_vocab}; the checkpoint is inconsistent")
+    max_tokens = args.max_tokens or (10**9 if args.nonstop else 256)
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    sampling = dict(dtype=dtype, temperature=args.temp, top_k=args.top_k, top_p=args.top_p,
+                    repetition_penalty=args.repetition_penalty, use_cache=not args.no_cache,
+                    generator=generator, slide=args.nonstop)
+    tty_in, tty_out = sys.stdin.isatty(), sys.stdout.isatty()
+    show = Printer(TYPING_DELAY if tty_out and not args.no_delay else 0.0)
+    bold, plain = ("\033[1m", "\033[0m") if tty_out else ("", "")
+
+    def log(msg):
+        if args.verbose:
+            print(msg, file=sys.stderr)
+
+    log(f"{path}: {model.num_params(non_embedding=False) / 1e6:.2f}M parameters "
+        f"({model.num_params() / 1e6:.2f}M non-embedding), {model.config.variant}, context {model.config.block_size}, "
+        f"vocab {enc.name} {enc.n_vocab} | device {device}, dtype {str(dtype).removeprefix('torch.')}, "
+        f"{'no ' if args.no_cache else ''}KV cache, seed {seed}")
+
+    def report(stopped_by, prompt_len, new, t0, extra=""):
+        # the marker goes to stdout, between completions, so a piped transcript splits into replies
+        if args.verbose:
+            dt = time.perf_counter() - t0
+            print(f"[end: {stopped_by}]", flush=True)
+            log(f"prompt {prompt_len} tokens, {new} new tokens in {dt:.2f}s: {new / max(dt, 1e-9):.1f} tokens/s{extra}")
+
+    # text never stops at <|endoftext|> with --nonstop: a story model simply starts the next story
+    text_stops = () if args.nonstop else stop_ids(enc, (EOT,))
+
+    def encode(text):
+        # a plain prompt may spell special tokens (e.g. "<|endoftext|>" to mark a document start);
+        # an empty one is an unconditional sample, which starts where every document starts
+        return enc.encode(text, allowed_special="all") or [enc.encode_single_token(EOT)]
+
+    def continue_text(text, echo):
+        ids = crop_prompt(model, encode(text), max_tokens)
+        if echo and text:
+            show(bold + text + plain)
+        t0 = time.perf_counter()
+        new, _, stopped_by = complete(model, enc, ids, max_tokens, text_stops, show, **sampling)
+        show("\n")
+        report(stopped_by, len(ids), len(new), t0)
+        return stopped_by
+
+    if args.prompt_file:
+        prompts = read_prompt_file(args.prompt_file)
+        ids = [crop_prompt(model, encode(p), max_tokens, what=f"prompt {i + 1}") for i, p in enumerate(prompts)]
+        t0 = time.perf_counter()
+        results = complete_batch(model, enc, ids, max_tokens, text_stops, batch_size=args.batch_size, **sampling)
+        dt = time.perf_counter() - t0
+        lines = "".join(json.dumps({"prompt": p, "completion": text}, ensure_ascii=False) + "\n"
+                        for p, (text, _) in zip(prompts, results))
+        if args.output:
+            atomic_write_text(args.output, lines)
+        else:
+            sys.stdout.write(lines)
+            sys.stdout.flush()
+        log(f"{len(prompts)} prompts in {dt:.2f}s")
+    elif args.chat:
+        history = [{"role": "system", "content": args.system}] if args.system else []
+        lines = [args.prompt] if args.prompt is not None else read_lines(bold + "> " + plain, tty_in)
+        for line in lines:
+            cmd = line.strip()
+            if not cmd:
+                continue
+            if cmd == "/exit":
+                break
+            if cmd == "/reset":
+                history = history[:1] if args.system else []
+                if tty_in:
+                    print("(history cleared)", file=sys.stderr)
+                continue
+            history.append({"role": "user", "content": line})
+            t0, info = time.perf_counter(), {}
+            text, stopped_by = chat_reply(model, enc, history, max_tokens, show, info, **sampling)
+            # the reply joins the history even when cut short (Ctrl-C, max_tokens): it is what was said
+            history.append({"role": "assistant", "content": text})
+            show("\n")
+            report(stopped_by, len(info["prompt_ids"]), info["new_tokens"], t0,
+                   f", {info['dropped']} oldest messages dropped to fit the context" if info["dropped"] else "")
+            if tty_in:
+                show("\n")  # air between turns on a terminal; a piped transcript stays one line per reply
+    elif args.interactive:
+        for line in read_lines(bold + "> " + plain, tty_in):
+            if line.strip():
+                continue_text(line, echo=not tty_in)
+    else:
+        for i in range(args.num_samples):
+            if i:
+                show("-" * 40 + "\n")
+            if continue_text(args.prompt or "", echo=True) == "interrupted":
+                break
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,277 @@
+"""
+gen.py: sampling determinism, KV cache vs full recomputation, chat turns and history,
+batched prompt files, and the one-line errors. Tiny random models saved into tmp_path;
+nothing depends on train.py.
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import gen
+from checkpoint import save_checkpoint
+from common import run_main
+from model import GPT, make_config
+from setup_tokenizer import EOT, IM_END, get_tokenizer, render_chat
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GEN = os.path.join(ROOT, "gen.py")
+CPU = ["--device", "cpu", "--dtype", "float32"]  # deterministic wherever the tests run
+
+
+@pytest.fixture(scope="module")
+def enc():
+    return get_tokenizer("gpt2")
+
+
+def tiny_model(enc, seed=0, block_size=64):
+    torch.manual_seed(seed)
+    config = make_config("tiny", n_layer=2, n_embd=64, n_head=2, block_size=block_size, vocab_size=enc.n_vocab)
+    return GPT(config).eval()
+
+
+def la_model(enc):
+    """A model that answers ' la la ...' and closes its turn: ln_f's weight is zeroed, so the final
+    hidden state is its bias e_0 whatever the input, and the logits are lm_head's column 0. Every token
+    gets -30 there except ' la' and <|im_end|> (both 0), so each step ends the turn with p = 1/2."""
+    model = tiny_model(enc)
+    la, end = enc.encode_single_token(" la"), enc.encode_single_token(IM_END)
+    with torch.no_grad():
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.zero_()
+        model.transformer.ln_f.bias[0] = 1.0
+        w = model.lm_head.weight
+        w[:, 0] = -30.0
+        w[la, 0] = 0.0
+        w[end, 0] = 0.0
+    return model
+
+
+@pytest.fixture(scope="module")
+def ckpt(enc, tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("gen") / "tiny.pt")
+    save_checkpoint(path, tiny_model(enc), enc)
+    return path
+
+
+@pytest.fixture(scope="module")
+def la_ckpt(enc, tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("gen") / "la.pt")
+    save_checkpoint(path, la_model(enc), enc)
+    return path
+
+
+def cli(argv, capsys):
+    """gen.py's command line in-process, through run_main as the script runs it: (exit code, stdout, stderr)."""
+    try:
+        run_main(lambda: gen.main(argv))
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def sample(model, enc, seed, prompt="Once upon a time", n=30):
+    g = torch.Generator().manual_seed(seed)
+    return gen.complete(model, enc, enc.encode(prompt), n, temperature=1.0, top_k=None, generator=g)
+
+
+# -----------------------------------------------------------------------------
+
+def test_same_seed_same_text(enc):
+    model = tiny_model(enc)
+    ids1, text1, why1 = sample(model, enc, 1)
+    ids2, text2, why2 = sample(model, enc, 1)
+    assert (ids1, text1) == (ids2, text2)
+    assert len(ids1) == 30 and why1 == "max_tokens"
+    assert text1 == enc.decode(ids1)  # streamed pieces add up to the whole text
+    ids3, _, _ = sample(model, enc, 2)
+    assert ids3 != ids1
+
+
+def test_same_seed_same_text_cli(ckpt, capsys):
+    runs = [cli([ckpt, "--prompt", "Hi", "--seed", str(s), "--max_tokens", "20", "--temp", "1"] + CPU, capsys) for s in (5, 5, 6)]
+    assert all(code == 0 for code, _, _ in runs)
+    assert runs[0][1] == runs[1][1] != runs[2][1]
+    assert runs[0][1].startswith("Hi")  # the prompt, then its continuation
+
+
+def test_kv_cache_matches_full_recomputation(enc):
+    model = tiny_model(enc, seed=3)
+    caches = []  # proof that use_cache reaches the model: only the cached path allocates a KV cache
+    new_cache = model.new_cache
+    model.new_cache = lambda *a, **k: caches.append(1) or new_cache(*a, **k)
+    for prompt in ("Once upon a time", "The quick brown fox jumps over the lazy dog. " * 3):
+        ids = enc.encode(prompt)
+        # greedy on a random model soon repeats one token; the repetition penalty keeps the sequence varied, so
+        # the comparison means something. 100 new tokens in a 64-token window: slide=True also covers the
+        # cache's re-prefill after a slide.
+        for penalty in (1.0, 1.3):
+            fast, _, _ = gen.complete(model, enc, ids, 100, temperature=0, repetition_penalty=penalty, use_cache=True, slide=True)
+            assert caches and caches.clear() is None
+            slow, _, _ = gen.complete(model, enc, ids, 100, temperature=0, repetition_penalty=penalty, use_cache=False, slide=True)
+            assert not caches
+            assert len(fast) == 100 and fast == slow
+        assert len(set(fast)) >= 10
+
+
+def test_context_end_and_nonstop(ckpt, capsys):
+    # without --nonstop generation ends when the 64-token window is full; with it, at --max_tokens
+    code, out, err = cli([ckpt, "--prompt", "Hi", "--max_tokens", "100", "--verbose", "--seed", "0"] + CPU, capsys)
+    assert code == 0 and "[end: context]" in out
+    # 1 + 64 tokens: the last new token is predicted from a full 64-token window
+    assert re.search(r"prompt 1 tokens, 64 new tokens", err)
+    code, out, err = cli([ckpt, "--prompt", "Hi", "--max_tokens", "100", "--verbose", "--nonstop", "--seed", "0"] + CPU, capsys)
+    assert code == 0 and "[end: max_tokens]" in out
+    assert re.search(r"100 new tokens", err)
+
+
+def test_chat_reply_stops_at_im_end_and_keeps_history(enc):
+    model = la_model(enc)
+    g = torch.Generator().manual_seed(0)
+    history = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}]
+    info = {}
+    text, why = gen.chat_reply(model, enc, history, 50, info=info, temperature=1.0, generator=g)
+    assert why == IM_END
+    assert set(text.split()) <= {"la"}
+    history += [{"role": "assistant", "content": text}, {"role": "user", "content": "again"}]
+    text2, why2 = gen.chat_reply(model, enc, history, 50, info=info, temperature=1.0, generator=g)
+    assert why2 == IM_END
+    # the second turn's prompt is the whole conversation so far, ending with the assistant's cue
+    assert info["prompt_ids"] == render_chat(enc, history, add_generation_prompt=True)[0]
+    assert f"hello{IM_END}" in enc.decode(info["prompt_ids"]) and info["dropped"] == 0
+
+
+def test_chat_piped_session(la_ckpt, enc):
+    # the real command line with stdin piped: replies one per line, each followed (with --verbose)
+    # by its [end: ...] marker; blank lines are ignored and /exit quits
+    stdin = "hello\n\nhow are you?\n/exit\nnever read\n"
+    r = subprocess.run([sys.executable, GEN, la_ckpt, "--chat", "--verbose", "--seed", "0", "--temp", "1",
+                        "--max_tokens", "16", "--system", "be brief"] + CPU,
+                       input=stdin, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.split("\n")
+    assert lines[1::2][:2] == [f"[end: {IM_END}]"] * 2 and lines[4:] == [""], r.stdout
+    replies = lines[0:4:2]
+    assert all(set(reply.split()) <= {"la"} for reply in replies)
+    # the second prompt holds the first exchange: its token count is the rendered history's
+    prompt_lens = [int(n) for n in re.findall(r"prompt (\d+) tokens", r.stderr)]
+    history = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}]
+    first = len(render_chat(enc, history, add_generation_prompt=True)[0])
+    history += [{"role": "assistant", "content": replies[0]}, {"role": "user", "content": "how are you?"}]
+    second = len(render_chat(enc, history, add_generation_prompt=True)[0])
+    assert prompt_lens == [first, second]
+
+
+def test_chat_reset_in_process(la_ckpt, enc, capsys, monkeypatch):
+    import io
+    monkeypatch.setattr(sys, "stdin", io.StringIO("hello\n/reset\nhi\n"))
+    code, out, err = cli([la_ckpt, "--chat", "--verbose", "--seed", "1", "--temp", "1", "--max_tokens", "40"] + CPU, capsys)
+    assert code == 0
+    assert out.count(f"[end: {IM_END}]") == 2
+    # after /reset the second turn starts from scratch: the same prompt length as a first turn
+    first = len(render_chat(enc, [{"role": "user", "content": "hello"}], add_generation_prompt=True)[0])
+    second = len(render_chat(enc, [{"role": "user", "content": "hi"}], add_generation_prompt=True)[0])
+    assert [int(n) for n in re.findall(r"prompt (\d+) tokens", err)] == [first, second]
+
+
+def test_history_overflow_drops_oldest_turns(enc):
+    system = {"role": "system", "content": "You are a helpful assistant."}
+    turns = []
+    for i in range(6):
+        turns += [{"role": "user", "content": f"question {i} " + "word " * 10},
+                  {"role": "assistant", "content": f"answer {i} " + "word " * 10}]
+    history = [system] + turns + [{"role": "user", "content": "last question"}]
+    full = len(render_chat(enc, history, add_generation_prompt=True)[0])
+    budget = full - 10  # one turn too many
+    fitted = gen.fit_history(enc, history, budget)
+    assert fitted[0] == system
+    assert fitted[1:] == history[3:]  # exactly the oldest question and its answer went
+    assert len(render_chat(enc, fitted, add_generation_prompt=True)[0]) <= budget
+    # a tight budget keeps the system message and the newest message
+    assert gen.fit_history(enc, history, 5) == [system, history[-1]]
+    assert gen.fit_history(enc, history[1:], 5) == [history[-1]]
+    # through chat_reply: a 64-token window cannot hold this history, so turns are dropped, the system stays
+    info = {}
+    text, why = gen.chat_reply(la_model(enc), enc, history, 20, info=info, temperature=1.0,
+                               generator=torch.Generator().manual_seed(0))
+    assert why == IM_END and info["dropped"] > 0 and len(info["prompt_ids"]) <= 64 - 20
+    assert enc.decode(info["prompt_ids"]).startswith(f"<|im_start|>system\n{system['content']}")
+
+
+def test_prompt_file_batch(ckpt, enc, tmp_path, capsys):
+    prompts = ["The cat", "The dog", "A long time ago in a land far away", "Hello", '{"not": json'] + ["The sun"]
+    lines = prompts[:3] + ["", json.dumps({"prompt": prompts[3], "id": 7})] + prompts[4:]
+    src = tmp_path / "prompts.txt"
+    src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out_path = tmp_path / "out.jsonl"
+    code, out, err = cli([ckpt, "--prompt_file", str(src), "--output", str(out_path), "--temp", "0",
+                          "--max_tokens", "12"] + CPU, capsys)
+    assert code == 0, err
+    rows = [json.loads(line) for line in out_path.read_text(encoding="utf-8").splitlines()]
+    assert [r["prompt"] for r in rows] == prompts
+    assert all(set(r) == {"prompt", "completion"} for r in rows)
+    # "The cat", "The dog" and "The sun" share a batch; each row must match its own single run
+    model = tiny_model(enc)
+    for r in rows:
+        ids, text, _ = gen.complete(model, enc, enc.encode(r["prompt"]), 12, stop_tokens=(enc.eot_token,), temperature=0)
+        assert r["completion"] == text
+    # without --output the JSON lines go to stdout
+    code, out, err = cli([ckpt, "--prompt_file", str(src), "--temp", "0", "--max_tokens", "12"] + CPU, capsys)
+    assert code == 0 and [json.loads(line) for line in out.splitlines()] == rows
+
+
+def test_long_prompt_keeps_its_end(ckpt, enc, capsys):
+    prompt = " ".join(f"w{i}" for i in range(200))
+    ids = enc.encode(prompt)
+    model = tiny_model(enc)
+    kept = gen.crop_prompt(model, ids, 100, warn=False)
+    assert kept == ids[-32:]  # 64-token window, room for min(100, 64 // 2) = 32 new tokens
+    code, out, err = cli([ckpt, "--prompt", prompt, "--max_tokens", "100", "--verbose", "--seed", "0"] + CPU, capsys)
+    assert code == 0
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "keeping its last 32" in warnings[0]
+    assert "prompt 32 tokens, 33 new tokens" in err and "[end: context]" in out
+
+
+def one_error_line(code, err):
+    lines = err.strip().splitlines()
+    assert code != 0
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    return lines[0]
+
+
+def test_bad_input_errors(ckpt, tmp_path, capsys, monkeypatch):
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("caf\xe9\n".encode("latin-1"))
+    line = one_error_line(*cli([ckpt, "--prompt_file", str(bad)] + CPU, capsys)[::2])
+    assert str(bad) in line and "UTF-8" in line
+    line = one_error_line(*cli([str(tmp_path / "nope.pt")] + CPU, capsys)[::2])
+    assert "nope.pt" in line and "not found" in line
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint")
+    one_error_line(*cli([str(corrupt)] + CPU, capsys)[::2])
+    # no checkpoint given, none in models/: say so, list what is there, say how to get one
+    monkeypatch.chdir(tmp_path)
+    os.mkdir("models")
+    open("models/notes.txt", "w").close()
+    line = one_error_line(*cli(CPU, capsys)[::2])
+    assert "notes.txt" in line and "train.py" in line
+    # sampling settings out of range: argparse's usage and one error line naming the option
+    for flag, value in (("--top_p", "1.5"), ("--top_p", "0"), ("--temp", "-1"), ("--top_k", "0"), ("--max_tokens", "0")):
+        with pytest.raises(SystemExit) as e:
+            gen.parse_args([ckpt, flag, value])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and f"error: argument {flag}" in err.splitlines()[-1]
+
+
+def test_missing_checkpoint_cli(tmp_path):
+    # the real interpreter: exit code 1 and a single line on stderr, no traceback
+    r = subprocess.run([sys.executable, GEN, "--device", "cpu"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: no checkpoint given")
