@@ -1,0 +1,387 @@
+"""
+train.py: loss goes down on real text, exact resume (fp32 and bf16), Ctrl-C saves atomically, bad checkpoints and
+tokenizer mismatches are one-line errors, the best checkpoint follows val loss, masked loss, epoch coverage.
+Tiny models (2 layers x 64) on a tiny custom vocabulary, so the whole file runs in well under a minute on 2 cores.
+"""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import train
+from checkpoint import load_checkpoint, load_model
+from common import UserError
+from setup_tokenizer import EOT, render_chat, tokenizer_hash, train_tokenizer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+FALLBACK_TEXT = (
+    "Once upon a time there was a little girl named Lily. She loved to play in the park with her red ball. "
+    "One day she saw a big dog. The dog wanted to play too. Lily threw the ball and the dog ran after it. "
+    "They played all day and became good friends. When the sun went down, Lily went home to her mom. "
+    "She told her mom about the dog, and her mom smiled and gave her a warm hug.\n"
+)
+
+
+def story_text(n_bytes=200_000):
+    """The first n_bytes of the TinyStories sample from the data mirror, or a built-in story repeated."""
+    mirror = os.environ.get("DATA_MIRROR")
+    path = os.path.join(mirror, "tinystories", "TinyStories-sample.txt") if mirror else ""
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            return f.read(n_bytes)
+    return (FALLBACK_TEXT * (n_bytes // len(FALLBACK_TEXT) + 1))[:n_bytes]
+
+
+def write_dataset(data_dir, name, enc, tokenizer, docs, chat=False, val_frac=0.1):
+    """A dataset in prepare.py's format: train/val .bin (+ _mask.bin for chat) and meta.json.
+    docs: texts, or for chat lists of messages rendered with ChatML."""
+    folder = os.path.join(data_dir, name)
+    os.makedirs(folder, exist_ok=True)
+    n_val = max(1, int(len(docs) * val_frac))
+    splits = {"train": docs[n_val:], "val": docs[:n_val]}
+    meta_splits = {}
+    eot = enc.encode_single_token(EOT)
+    for split, items in splits.items():
+        ids, mask, n_bytes = [], [], 0
+        for doc in items:
+            if chat:
+                i, m = render_chat(enc, doc)
+                n_bytes += sum(len(msg["content"].encode()) for msg in doc)
+            else:
+                i = enc.encode_ordinary(doc) + [eot]
+                m = [1] * len(i)
+                n_bytes += len(doc.encode())
+            ids += i
+            mask += m
+        np.array(ids, dtype=np.uint16).tofile(os.path.join(folder, f"{split}.bin"))
+        if chat:
+            np.array(mask, dtype=np.uint8).tofile(os.path.join(folder, f"{split}_mask.bin"))
+        meta_splits[split] = {"tokens": len(ids), "documents": len(items), "bytes": n_bytes}
+    meta = {"format": 1, "dataset": name, "kind": "chat" if chat else "text", "tokenizer": tokenizer,
+            "tokenizer_name": enc.name, "tokenizer_hash": tokenizer_hash(enc), "vocab_size": enc.n_vocab,
+            "dtype": "uint16", "has_mask": chat, "source": "tests", "splits": meta_splits}
+    with open(os.path.join(folder, "meta.json"), "w") as f:
+        json.dump(meta, f)
+    return folder
+
+
+def chat_docs(text, n=300):
+    """Synthetic ChatML conversations whose assistant turns are story sentences."""
+    sents = [s.strip() + "." for s in text.replace("\n", " ").split(".") if len(s.strip()) > 10]
+    docs = []
+    for i in range(n):
+        docs.append([{"role": "user", "content": f"Tell me sentence {i % 17}, please."},
+                     {"role": "assistant", "content": " ".join(sents[(3 * i) % len(sents):(3 * i) % len(sents) + 3])}])
+    return docs
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: these models are too small to gain from more, and on a busy 2-core machine OpenMP
+    threads waiting for each other make every step several times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """Two tokenizers, a story dataset (~200 KB), a small one for resume tests, a chat one and a foreign-tokenizer one."""
+    root = tmp_path_factory.mktemp("train")
+    text = story_text()
+    src = root / "text.txt"
+    src.write_text(text, encoding="utf-8")
+    tok = str(root / "tok512.tiktoken")
+    enc = train_tokenizer([str(src)], 512, tok)
+    tok2 = str(root / "tok300.tiktoken")
+    enc2 = train_tokenizer([str(src)], 300, tok2)
+    data = str(root / "data")
+    docs = [d.strip() for d in text.split(EOT) if d.strip()]
+    if len(docs) < 20:  # the built-in text has no separators: cut it into paragraphs
+        docs = [d for d in text.split("\n") if d.strip()]
+    write_dataset(data, "story", enc, tok, docs)
+    write_dataset(data, "mini", enc, tok, docs[: max(10, len(docs) // 8)])
+    write_dataset(data, "chat", enc, tok, chat_docs(text), chat=True)
+    write_dataset(data, "other", enc2, tok2, docs[:40])
+    return {"root": root, "data": data, "tok": tok, "enc": enc}
+
+
+def args_for(env, out, *extra, fresh=True):
+    """parse_args writing to folder out; fresh: for a 2-layer x 64 model on block 64 (when continuing, leave the
+    options out so the checkpoint's apply)."""
+    base = ["--data_dir", env["data"], "--output_checkpoint", os.path.join(str(out), "{dataset}_epoch{epoch}.pt"),
+            "--device", "cpu", "--dtype", "float32", "--no-color"]
+    if fresh:
+        base += ["--n_layer", "2", "--n_head", "2", "--n_embd", "64", "--block_size", "64", "--batch_size", "16",
+                 "--eval_batches", "8"]
+    return train.parse_args(base + [str(e) for e in extra])
+
+
+def read_metrics(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def trained(env, tmp_path_factory):
+    """Three epochs on the story set with evaluations every 20% of an epoch: shared by several tests.
+    The modern variant (RoPE) learns several times faster than learned positions at this size."""
+    out = tmp_path_factory.mktemp("trained")
+    summary = train.train(args_for(env, out, "--dataset", "story", "--epochs", "3", "--batch_size", "8", "--lr", "4e-3",
+                                   "--variant", "modern", "--eval_interval", "20", "--log_interval", "5"))
+    return {"out": out, "summary": summary}
+
+
+# -----------------------------------------------------------------------------
+
+def test_loss_falls_on_real_text(env, trained):
+    s = trained["summary"]
+    recs = read_metrics(s["metrics"])
+    first = recs[0]["train_loss"]  # mean of the first few steps: still close to ln(vocab)
+    start = math.log(env["enc"].n_vocab)
+    assert first > 0.8 * start, (first, start)
+    assert s["val_loss"] < 0.6 * start, (s["val_loss"], start)
+    assert recs[-1]["train_loss"] < 0.6 * first
+    assert s["epochs_done"] == 3 and s["stopped"] == "done"
+    for key in ("step", "epoch", "train_loss", "lr", "tokens_per_s", "elapsed"):
+        assert key in recs[-1]
+    assert s["plot"] is None or os.path.getsize(s["plot"]) > 1000
+
+
+def test_best_checkpoint_follows_val_loss(env, trained):
+    s = trained["summary"]
+    vals = [r["val_loss"] for r in read_metrics(s["metrics"]) if r["val_loss"] is not None]
+    assert len(vals) >= 12  # every 20% of 3 epochs
+    best = load_checkpoint(s["best_checkpoint"])
+    assert best["best_val_loss"] == pytest.approx(min(vals), abs=1e-5)
+    # the weights in it really give that val loss
+    model, _, _ = load_model(s["best_checkpoint"])
+    val = train.Windows(train.load_meta(env["data"], "story"), "val", 64)
+    loss = train.evaluate(model, val, 8, 8, torch.device("cpu"), torch.float32)
+    assert loss == pytest.approx(min(vals), abs=1e-4)
+    last = load_checkpoint(s["checkpoint"])
+    assert last["epoch"] == 3 and last["epoch_step"] == 0 and os.path.basename(s["checkpoint"]) == "story_epoch3.pt"
+    for n in (1, 2):
+        assert load_checkpoint(os.path.join(str(trained["out"]), f"story_epoch{n}.pt"))["epoch"] == n
+
+
+def test_best_checkpoint_ignores_worse_evals(env, trained, tmp_path):
+    # continue with a learning rate far too high: val loss gets worse, so no new best may be written
+    s = trained["summary"]
+    out = tmp_path / "worse"
+    r = train.train(args_for(env, out, "--checkpoint", s["checkpoint"], "--reset_epoch", "--lr", "0.2", "--warmup", "0",
+                             "--max_steps", "4", "--eval_interval", "1", "--batch_size", "8"))
+    vals = [rec["val_loss"] for rec in read_metrics(r["metrics"]) if rec["val_loss"] is not None]
+    assert len(vals) == 4 and min(vals) > s["best_val_loss"]
+    assert r["best_val_loss"] == s["best_val_loss"] and r["best_checkpoint"] is None
+    assert not os.path.exists(out / "story_best.pt")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_exact_resume(env, tmp_path, dtype):
+    # dropout on (the RNG must be restored), grad_accum 2 and 2 epochs (a short last step, an epoch boundary)
+    common = ["--dataset", "mini", "--epochs", "2", "--dropout", "0.1", "--grad_accum", "2", "--batch_size", "4",
+              "--dtype", dtype, "--eval_interval", "50", "--save_interval", "0"]
+    one = train.train(args_for(env, tmp_path / "one", *common))
+    n = one["steps"]
+    assert n >= 8 and one["stopped"] == "done"
+    part = train.train(args_for(env, tmp_path / "two", *common, "--max_steps", n // 2 - 1))
+    assert part["stopped"] == "max_steps" and part["steps"] == n // 2 - 1
+    ck = load_checkpoint(part["checkpoint"])
+    assert ck["epoch"] == 0 and 0 < ck["epoch_step"]  # stopped inside the first epoch
+    # the other options come from the checkpoint
+    mid = train.train(args_for(env, tmp_path / "two", "--checkpoint", part["checkpoint"], "--max_steps", n // 2,
+                               "--dtype", dtype, fresh=False))
+    assert mid["steps"] == n - 1
+    rest = train.train(args_for(env, tmp_path / "two", "--checkpoint", mid["checkpoint"], "--dtype", dtype, fresh=False))
+    assert rest["steps"] == n
+    a, b = load_checkpoint(one["checkpoint"]), load_checkpoint(rest["checkpoint"])
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for (i, sa), (_, sb) in zip(a["optimizer"]["state"].items(), b["optimizer"]["state"].items()):
+        for k in sa:
+            assert torch.equal(sa[k], sb[k]), (i, k)
+    assert a["best_val_loss"] == b["best_val_loss"]
+
+
+def test_ctrl_c_saves_and_exits_130(env, tmp_path):
+    out = tmp_path / "models"
+    out.mkdir()
+    other = out / "keep.pt"
+    other.write_bytes(b"previous checkpoint bytes")
+    cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--data_dir", env["data"], "--dataset", "story",
+           "--output_checkpoint", str(out / "{dataset}_epoch{epoch}.pt"), "--n_layer", "2", "--n_head", "2",
+           "--n_embd", "64", "--block_size", "64", "--batch_size", "8", "--epochs", "50", "--save_interval", "20",
+           "--eval_interval", "0", "--device", "cpu", "--dtype", "float32", "--no-color"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    ckpt = out / "story_epoch1.pt"
+    deadline = time.time() + 60
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert ckpt.exists(), proc.communicate(timeout=30)
+    first = load_checkpoint(str(ckpt))["step"]
+    time.sleep(0.5)  # some steps past that save
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (stdout, stderr)
+    assert "Traceback" not in stderr
+    line = stdout.split("interrupted at step ")[1].splitlines()[0]  # "N: saved PATH; continue with ..."
+    at, path = int(line.split(":")[0].replace(",", "")), line.split("saved ")[1].split(";")[0]
+    assert "--checkpoint" in line and os.path.dirname(path) == str(out)
+    ck = load_checkpoint(path)
+    assert ck["step"] == at > first  # saved at the interrupt, not only at the interval
+    assert load_checkpoint(str(ckpt))["step"] >= first
+    assert other.read_bytes() == b"previous checkpoint bytes"
+    assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
+
+
+def test_bad_checkpoints_are_one_line_errors(env, trained, tmp_path, capsys):
+    good = trained["summary"]["checkpoint"]
+    cut = tmp_path / "cut.pt"
+    data = open(good, "rb").read()
+    cut.write_bytes(data[: len(data) // 2])
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"a": 1}, foreign)
+    for path, words in ((cut, "truncated or corrupt"), (foreign, "not a checkpoint of this project")):
+        argv = ["--data_dir", env["data"], "--dataset", "story", "--checkpoint", str(path), "--device", "cpu"]
+        with pytest.raises(SystemExit) as e:
+            train.main(argv)
+        assert e.value.code == 1
+        err = capsys.readouterr().err
+        assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_missing_data_names_prepare(env, tmp_path):
+    with pytest.raises(UserError, match=r"python prepare.py --dataset nope"):
+        train.train(args_for(env, tmp_path, "--dataset", "nope"))
+
+
+def test_tokenizer_mismatch_is_an_error(env, trained, tmp_path):
+    # a checkpoint made with one vocabulary on data prepared with another
+    with pytest.raises(UserError, match="tokenizer"):
+        train.train(args_for(env, tmp_path, "--dataset", "other", "--checkpoint", trained["summary"]["checkpoint"]))
+    # --tokenizer that is not the data's
+    with pytest.raises(UserError, match="--tokenizer"):
+        train.train(args_for(env, tmp_path, "--dataset", "story", "--tokenizer", str(env["root"] / "tok300.tiktoken")))
+
+
+def test_epochs_already_done(env, trained, tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "is_interactive", lambda: False)
+    ck = trained["summary"]["checkpoint"]  # 3 of 3 epochs done
+    with pytest.raises(UserError) as e:
+        train.train(args_for(env, tmp_path, "--checkpoint", ck))
+    assert "--epochs" in str(e.value) and "--reset_epoch" in str(e.value)
+    # --reset_epoch starts a new count from the same weights
+    s = train.train(args_for(env, tmp_path, "--checkpoint", ck, "--reset_epoch", "--max_steps", "2"))
+    assert s["steps"] == 2 and load_checkpoint(s["checkpoint"])["epoch"] == 0
+
+
+def test_epoch_coverage(env):
+    meta = train.load_meta(env["data"], "mini")
+    w = train.Windows(meta, "train", 64)
+    b = train.Batches(w, batch_size=4, grad_accum=3, seed=7)
+    assert len(w) % 12 != 0  # the last step is short
+    seen = []
+    steps = list(b.epoch(0))
+    assert len(steps) == b.steps_per_epoch == math.ceil(len(w) / 12)
+    tokens = np.fromfile(os.path.join(meta["folder"], "train.bin"), dtype=np.uint16)
+    for step in steps:
+        for x, y, m, idx in step:
+            assert x.shape == y.shape == (4, 64)
+            for r, i in enumerate(idx):
+                assert torch.equal(x[r], torch.from_numpy(tokens[i * 64:i * 64 + 64].astype(np.int64)))
+                assert torch.equal(y[r], torch.from_numpy(tokens[i * 64 + 1:i * 64 + 65].astype(np.int64)))
+            assert (y[len(idx):] == -1).all()  # padding rows are ignored
+            seen += list(idx)
+    assert sorted(seen) == list(range(len(w)))
+    order0, order1 = train.epoch_order(len(w), 7, 0), train.epoch_order(len(w), 7, 1)
+    assert not np.array_equal(order0, order1)
+    assert np.array_equal(order0, train.epoch_order(len(w), 7, 0))
+    assert np.array_equal(np.concatenate([idx for s in steps for *_, idx in s]), order0)
+    # a resumed epoch yields exactly the rest
+    rest = [idx for s in b.epoch(0, start=24) for *_, idx in s]
+    assert np.array_equal(np.concatenate(rest), order0[24:])
+
+
+def test_masked_loss_counts_assistant_tokens_only(env):
+    meta = train.load_meta(env["data"], "chat")
+    w = train.Windows(meta, "train", 64)
+    mask = np.fromfile(os.path.join(meta["folder"], "train_mask.bin"), dtype=np.uint8)
+    (x, y, m, idx), = list(w.micro_batches(np.array([3, 5, 8]), 4))
+    for r, i in enumerate(idx):
+        assert torch.equal(m[r], torch.from_numpy(mask[i * 64 + 1:i * 64 + 65]))  # the mask of each target
+    assert 0 < int(m[:3].sum()) < 3 * 64
+    torch.manual_seed(0)
+    model = train.GPT(train.make_config("tiny", n_layer=1, n_embd=32, n_head=2, block_size=64,
+                                        vocab_size=meta["vocab_size"]))
+    # the same loss through the model's other path: targets outside the mask set to -1 (ignored)
+    _, manual = model(x, torch.where(m == 0, -1, y))
+    opt = model.configure_optimizer(0.0, 0.0)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    loss = train.train_step(model, opt, scaler, [(x, y, m, idx)], torch.device("cpu"), torch.float32, 1.0)
+    assert loss.item() == pytest.approx(manual.item(), rel=1e-5)
+    # targets outside the mask do not matter
+    y2 = torch.where((m == 0) & (y != -1), (y + 1) % meta["vocab_size"], y)
+    assert not torch.equal(y, y2)
+    loss2 = train.train_step(model, opt, scaler, [(x, y2, m, idx)], torch.device("cpu"), torch.float32, 1.0)
+    assert loss2.item() == pytest.approx(loss.item(), rel=1e-6)
+
+
+def test_lr_schedule():
+    lrs = [train.lr_at(s, 1.0, 0.1, 10, 110) for s in range(120)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a < b for a, b in zip(lrs[:9], lrs[1:10]))  # warmup rises
+    assert all(a >= b for a, b in zip(lrs[10:110], lrs[11:111]))  # cosine falls
+    assert lrs[60] == pytest.approx(0.55) and lrs[110] == pytest.approx(0.1) and lrs[119] == 0.1
+
+
+def test_bad_options_are_user_errors(env, tmp_path, trained):
+    with pytest.raises(UserError, match="--block_size"):
+        train.train(args_for(env, tmp_path, "--checkpoint", trained["summary"]["checkpoint"], "--block_size", "128",
+                             "--reset_epoch"))
+    with pytest.raises(UserError, match="--n_embd"):
+        train.train(args_for(env, tmp_path, "--checkpoint", trained["summary"]["checkpoint"], "--n_embd", "128",
+                             "--reset_epoch"))
+    with pytest.raises(UserError, match="--batch_size"):
+        train.train(args_for(env, tmp_path, "--dataset", "story", "--batch_size", "0"))
+    with pytest.raises(SystemExit) as e:
+        train.parse_args(["--help"])
+    assert e.value.code == 0
+
+
+def test_fine_tuning_on_other_data_starts_fresh(env, trained, tmp_path):
+    s = train.train(args_for(env, tmp_path, "--dataset", "chat", "--checkpoint", trained["summary"]["checkpoint"],
+                             "--max_steps", "2", fresh=False))
+    ck = load_checkpoint(s["checkpoint"])
+    assert ck["dataset"] == "chat" and ck["epoch"] == 0 and ck["step"] == 2
+    assert ck["args"]["lr"] == pytest.approx(train.DEFAULT_LR["tiny"] / 3)  # lower default lr for fine-tuning
+    assert ck["args"]["batch_size"] == train.DEFAULTS["batch_size"]  # the story run's options are not inherited
+    assert all(int(st["step"]) == 2 for st in ck["optimizer"]["state"].values())  # a fresh optimizer
+    assert os.path.basename(s["checkpoint"]) == "chat_epoch1.pt"
+
+
+def test_out_of_memory_saves_then_names_the_options(env, tmp_path, monkeypatch):
+    real, calls = train.train_step, []
+
+    def flaky(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(*a, **k)
+    monkeypatch.setattr(train, "train_step", flaky)
+    with pytest.raises(UserError) as e:
+        train.train(args_for(env, tmp_path, "--dataset", "mini", "--save_interval", "0"))
+    for opt in ("--batch_size", "--grad_accum", "--block_size"):
+        assert opt in str(e.value)
+    assert load_checkpoint(str(tmp_path / "mini_epoch1.pt"))["step"] == 2  # the two good steps were kept

@@ -1,0 +1,878 @@
+"""
+Train a GPT on a dataset made by prepare.py, in the spirit of karpathy/nanoGPT's train.py, with its
+criticisms fixed: real command-line options (--help), importable functions instead of module-level
+script code, real epochs instead of random windows, and exact resume.
+
+    python train.py --dataset story --model tiny --epochs 1
+    python train.py --checkpoint models/story_epoch1.pt --epochs 2     # go on where it stopped, exactly
+    python train.py --dataset chat --checkpoint models/story_best.pt   # fine-tune on other data
+
+Epochs. The train split is cut into non-overlapping windows of block_size+1 tokens at stride block_size
+(x = w[:-1], y = w[1:], so the token at a window's border is a target once and an input once). An epoch
+visits every window exactly once, in an order drawn from seed+epoch. An optimizer step takes
+batch_size*grad_accum windows, so an epoch is ceil(windows / (batch_size*grad_accum)) steps; the last
+one is short (its missing rows are padding with ignored targets, which keeps tensor shapes fixed).
+
+Resume. A checkpoint records the completed epochs, how many windows of the current epoch are done, the
+global step (the learning rate is a pure function of it), the optimizer and the RNG state; the window
+order is re-derived from seed+epoch. So N steps in one go and N/2 steps + resume for N/2 give identical
+weights. Continuing on another --dataset is fine-tuning: same weights, fresh optimizer and epoch count.
+
+Files, for --dataset story (next to --output_checkpoint): story_epoch{N}.pt, written every
+--save_interval % of an epoch, at each epoch's end, on Ctrl-C and on errors; story_best.pt, the lowest
+val loss so far; story_metrics.jsonl, one JSON record per log/eval point; story_loss.png, the loss curves.
+"""
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from checkpoint import load_checkpoint, save_checkpoint
+from common import UserError, atomic_write_text, autocast, pick_device, pick_dtype, run_main, tmp_name
+from model import PRESETS, GPT, GPTConfig, make_config
+from setup_tokenizer import get_tokenizer, tokenizer_from_state, tokenizer_hash
+
+# peak learning rates that train each preset well with AdamW(0.9, 0.95) at the default batch of 16 windows;
+# small models tolerate (and need) larger steps
+DEFAULT_LR = {"tiny": 2e-3, "small": 1e-3, "gpt2-75m": 6e-4, "gpt2": 6e-4}
+FINETUNE_LR_DIVISOR = 3  # fine-tuning starts from trained weights: smaller steps keep what they know
+BETAS = (0.9, 0.95)
+
+# Training options and their defaults. When continuing a checkpoint on the same dataset, an option not given on
+# the command line takes the checkpoint's value instead, so `--checkpoint X` alone resumes the very same run.
+# None means derived: block_size from the model, lr from the preset, min_lr = lr/10, warmup = 2% of all steps.
+DEFAULTS = dict(epochs=1, seed=1337, batch_size=16, grad_accum=1, block_size=None, lr=None, min_lr=None,
+                warmup=None, weight_decay=0.1, grad_clip=1.0, eval_interval=10.0, log_interval=10.0,
+                save_interval=10.0, eval_batches=20, patience=0)
+MODEL_SHAPE = ("n_layer", "n_head", "n_embd", "variant")  # fixed by a checkpoint's weights
+
+
+# -----------------------------------------------------------------------------
+# command line
+
+def parse_args(argv=None):
+    d = DEFAULTS
+    p = argparse.ArgumentParser(
+        description="Train a GPT on a dataset prepared by prepare.py (see the docstring of train.py for epochs, "
+                    "resume and the files written).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  python train.py --dataset story --epochs 1\n"
+               "  python train.py --checkpoint models/story_epoch1.pt --epochs 2   # continue\n"
+               "  python train.py --dataset chat --checkpoint models/story_best.pt  # fine-tune\n"
+               "Training options left out when continuing on the same dataset keep the checkpoint's values.")
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", help="folder under --data_dir made by `python prepare.py --dataset X` "
+                                     "(default: the checkpoint's dataset, else story)")
+    g.add_argument("--data_dir", help="where prepared datasets live (default: the checkpoint's, else data)")
+    g.add_argument("--tokenizer", help="gpt2 or a .tiktoken path; only checked against the data's (default: the data's)")
+    g = p.add_argument_group("model (a new model; a checkpoint brings its own)")
+    g.add_argument("--model", choices=list(PRESETS), help="size preset (default: tiny)")
+    g.add_argument("--n_layer", type=int, help="override the preset's number of blocks")
+    g.add_argument("--n_head", type=int, help="override the preset's attention heads")
+    g.add_argument("--n_embd", type=int, help="override the preset's width")
+    g.add_argument("--variant", choices=["gpt2", "modern"], help="gpt2 (learned positions, LayerNorm, GELU) or "
+                                                                  "modern (RoPE, RMSNorm, SwiGLU); default gpt2")
+    g.add_argument("--dropout", type=float, help="dropout probability (default: 0, or the checkpoint's)")
+    g.add_argument("--block_size", type=int, help="training context in tokens (default: the model's maximum, "
+                                                  "256 for tiny/small, 1024 for gpt2-75m/gpt2)")
+    g = p.add_argument_group("run")
+    g.add_argument("--epochs", type=int, help=f"total epochs to reach, counting those a checkpoint already did "
+                                              f"(default: {d['epochs']}); the lr schedule spans all of them")
+    g.add_argument("--max_steps", type=int, help="stop after this many optimizer steps in this run (the checkpoint "
+                                                 "records the position inside the epoch; the schedule is unchanged)")
+    g.add_argument("--checkpoint", help="continue from this checkpoint (same dataset: exact resume; other: fine-tune)")
+    g.add_argument("--output_checkpoint", help="where to save; {dataset} and {epoch} are filled in (default: "
+                                               "models/{dataset}_epoch{epoch}.pt, or the checkpoint's when continuing)")
+    g.add_argument("--reset_epoch", action="store_true", help="restart the epoch count and lr schedule of a "
+                                                              "checkpoint, keeping its weights and optimizer")
+    g.add_argument("--seed", type=int, help=f"seeds the initial weights, dropout and epoch orders (default: {d['seed']})")
+    g = p.add_argument_group("optimization")
+    g.add_argument("--batch_size", type=int, help=f"windows per forward pass (default: {d['batch_size']})")
+    g.add_argument("--grad_accum", type=int, help=f"forward passes per optimizer step (default: {d['grad_accum']})")
+    g.add_argument("--lr", type=float, help="peak learning rate (default: " + ", ".join(
+        f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + "; a third of that when fine-tuning)")
+    g.add_argument("--min_lr", type=float, help="learning rate at the end of the cosine decay (default: lr/10)")
+    g.add_argument("--warmup", type=int, help="linear warmup in optimizer steps (default: 2%% of all steps, at most 1000)")
+    g.add_argument("--weight_decay", type=float, help=f"AdamW weight decay on matrices (default: {d['weight_decay']})")
+    g.add_argument("--grad_clip", type=float, help=f"clip the gradient norm to this, 0 = off (default: {d['grad_clip']})")
+    g = p.add_argument_group("evaluation and logging")
+    g.add_argument("--eval_interval", type=float, help=f"evaluate every this %% of an epoch, 0 = only at epoch ends "
+                                                       f"(default: {d['eval_interval']:g})")
+    g.add_argument("--log_interval", type=float, help=f"log every this %% of an epoch (default: {d['log_interval']:g})")
+    g.add_argument("--save_interval", type=float, help=f"save every this %% of an epoch, 0 = only at epoch ends "
+                                                       f"(default: {d['save_interval']:g})")
+    g.add_argument("--eval_batches", type=int, help=f"at most this many val batches per evaluation, spread over the "
+                                                    f"split (default: {d['eval_batches']})")
+    g.add_argument("--patience", type=int, help="stop early after this many evaluations without a better val loss, "
+                                                "0 = never (default: 0)")
+    g = p.add_argument_group("system")
+    g.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
+    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="autocast precision (default: bf16 where the hardware has it, fp16 on older GPUs, else fp32)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model (falls back to eager if it fails)")
+    g.add_argument("--no-color", dest="no_color", action="store_true", help="no ANSI colors in the output")
+    return p.parse_args(argv)
+
+
+def resolve_args(args, ckpt_args, continuing, config, fine_tuning=False):
+    """Fill the training options left as None: the checkpoint's value when continuing the same run, else the
+    default. Returns a new Namespace of plain values (it goes into the checkpoint) and checks them."""
+    a = argparse.Namespace(**vars(args))
+    for k, v in DEFAULTS.items():
+        if getattr(a, k) is None:
+            inherited = ckpt_args.get(k) if continuing else None
+            setattr(a, k, inherited if inherited is not None else v)
+    a.model = a.model or ckpt_args.get("model") or "tiny"
+    if a.block_size is None:
+        a.block_size = config.block_size
+    if a.lr is None:
+        a.lr = DEFAULT_LR.get(a.model, 1e-3) / (FINETUNE_LR_DIVISOR if fine_tuning else 1)
+    if a.min_lr is None:
+        a.min_lr = a.lr / 10
+    for k in ("epochs", "batch_size", "grad_accum", "block_size", "eval_batches"):
+        if getattr(a, k) < 1:
+            raise UserError(f"--{k} must be at least 1, got {getattr(a, k)}")
+    for k in ("lr", "min_lr", "weight_decay", "grad_clip", "eval_interval", "save_interval", "patience"):
+        if getattr(a, k) < 0:
+            raise UserError(f"--{k} must not be negative, got {getattr(a, k)}")
+    if a.lr == 0 or a.log_interval <= 0:
+        raise UserError(f"--lr and --log_interval must be positive (got {a.lr:g} and {a.log_interval:g})")
+    if a.max_steps is not None and a.max_steps < 1:
+        raise UserError(f"--max_steps must be at least 1, got {a.max_steps}")
+    if a.warmup is not None and a.warmup < 0:
+        raise UserError(f"--warmup must not be negative, got {a.warmup}")
+    if a.block_size > config.block_size:
+        raise UserError(f"--block_size {a.block_size} is longer than the model's context ({config.block_size}); "
+                        f"use --block_size {config.block_size} or less")
+    return a
+
+
+# -----------------------------------------------------------------------------
+# data
+
+def load_meta(data_dir, dataset):
+    """The dataset's meta.json; a missing or broken dataset is a UserError naming prepare.py."""
+    folder = os.path.join(data_dir, dataset)
+    path = os.path.join(folder, "meta.json")
+    fix = f"run `python prepare.py --dataset {dataset}`"
+    if not os.path.exists(path):
+        raise UserError(f"no prepared dataset {dataset!r} ({path} is missing): {fix} first")
+    try:
+        with open(path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path} is unreadable ({e}): {fix} again")
+    if meta.get("format") != 1 or meta.get("dtype") not in ("uint16", "uint32"):
+        raise UserError(f"{path} is not a dataset this code reads (format {meta.get('format')}): {fix} again")
+    names = ["train.bin", "val.bin"] + (["train_mask.bin", "val_mask.bin"] if meta.get("has_mask") else [])
+    for name in names:
+        if not os.path.exists(os.path.join(folder, name)):
+            raise UserError(f"{os.path.join(folder, name)} is missing: {fix} again")
+    meta["folder"] = folder
+    return meta
+
+
+class Windows:
+    """One split as non-overlapping windows of block_size+1 tokens at stride block_size, read lazily from the
+    memmap (never loaded whole). Window i covers tokens [i*T, i*T + T + 1)."""
+
+    def __init__(self, meta, split, block_size):
+        folder, T = meta["folder"], block_size
+        path = os.path.join(folder, f"{split}.bin")
+        itemsize = np.dtype(meta["dtype"]).itemsize
+        n_tokens = os.path.getsize(path) // itemsize
+        self.block_size = T
+        self.n = max(0, (n_tokens - 1) // T)  # the last window needs T+1 tokens
+        if self.n == 0:
+            raise UserError(f"{path} has {n_tokens} tokens, fewer than one window of --block_size {T} + 1: "
+                            f"use a smaller --block_size or more data")
+        self.tokens = np.memmap(path, dtype=meta["dtype"], mode="r")  # (n_tokens,)
+        self.mask = None
+        if meta.get("has_mask"):
+            mask_path = os.path.join(folder, f"{split}_mask.bin")
+            self.mask = np.memmap(mask_path, dtype=np.uint8, mode="r")  # (n_tokens,) 1 where the loss counts
+            if len(self.mask) != n_tokens:
+                raise UserError(f"{mask_path} has {len(self.mask)} entries for {n_tokens} tokens: "
+                                f"run `python prepare.py --dataset {meta.get('dataset')}` again")
+
+    def __len__(self):
+        return self.n
+
+    def get(self, idx):
+        """Windows idx (n,) -> x, y (n, T) int64 and the loss mask of each target m (n, T) uint8 or None, numpy."""
+        T = self.block_size
+        starts = np.asarray(idx, dtype=np.int64) * T
+        rows = np.stack([self.tokens[s:s + T + 1] for s in starts]).astype(np.int64)  # (n, T+1)
+        m = None
+        if self.mask is not None:
+            m = np.stack([self.mask[s + 1:s + T + 1] for s in starts])  # (n, T): mask of y, i.e. token t+1
+        return rows[:, :-1], rows[:, 1:], m
+
+    def micro_batches(self, idx, batch_size, pin=False):
+        """Yield (x, y, m, idx) CPU tensors of exactly batch_size rows for consecutive chunks of idx; a short last
+        chunk is padded with rows whose targets are -1 (ignored), so shapes never change (no recompiles)."""
+        for i in range(0, len(idx), batch_size):
+            chunk = np.asarray(idx[i:i + batch_size])
+            x, y, m = self.get(chunk)
+            pad = batch_size - len(chunk)
+            if pad:
+                x = np.pad(x, ((0, pad), (0, 0)))
+                y = np.pad(y, ((0, pad), (0, 0)), constant_values=-1)
+                m = None if m is None else np.pad(m, ((0, pad), (0, 0)))
+            tensors = [torch.from_numpy(x), torch.from_numpy(y), None if m is None else torch.from_numpy(m)]
+            if pin:  # page-locked memory lets the host-to-GPU copy run asynchronously
+                tensors = [None if t is None else t.pin_memory() for t in tensors]
+            yield (*tensors, chunk)
+
+
+def epoch_order(n_windows, seed, epoch):
+    """The window order of an epoch: a permutation that depends only on (seed, epoch), so a resumed run re-derives it."""
+    g = torch.Generator().manual_seed(seed + epoch)
+    return torch.randperm(n_windows, generator=g).numpy()
+
+
+def prefetch(iterable, depth=2):
+    """Iterate in a background thread, depth items ahead: the next batch is read from the memmap (and pinned)
+    while the model works on this one. Errors in the thread are raised here."""
+    q = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def work():
+        try:
+            for item in iterable:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        pass
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as e:  # handed to the consumer, raised there
+            q.put(e)
+
+    threading.Thread(target=work, daemon=True).start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+class Batches:
+    """Training steps of an epoch: each a list of grad_accum micro-batches of batch_size windows."""
+
+    def __init__(self, windows, batch_size, grad_accum, seed, pin=False):
+        self.windows, self.batch_size, self.grad_accum, self.seed, self.pin = windows, batch_size, grad_accum, seed, pin
+        self.windows_per_step = batch_size * grad_accum
+        # ceil: every window is seen; the last step of an epoch is short
+        self.steps_per_epoch = math.ceil(len(windows) / self.windows_per_step)
+
+    def epoch(self, epoch, start=0):
+        """Steps of `epoch` from window position `start` of its order (a resumed epoch starts past 0). Each step is
+        a list of (x, y, m, idx) micro-batches; a step may hold fewer than grad_accum of them at the epoch's end."""
+        order = epoch_order(len(self.windows), self.seed, epoch)[start:]
+
+        def steps():
+            for s in range(0, len(order), self.windows_per_step):
+                yield list(self.windows.micro_batches(order[s:s + self.windows_per_step], self.batch_size, self.pin))
+        return prefetch(steps())
+
+
+# -----------------------------------------------------------------------------
+# optimization
+
+def lr_at(step, lr, min_lr, warmup, total_steps):
+    """Learning rate of optimizer step `step` (0-based): linear warmup to lr, then cosine decay to min_lr at
+    total_steps. A pure function of the step, so a resumed run continues the same curve."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    if step >= total_steps:
+        return min_lr
+    progress = (step - warmup) / max(1, total_steps - warmup)  # 0 -> 1
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
+
+
+def is_oom(e):
+    oom_types = tuple(t for t in (getattr(torch, "OutOfMemoryError", None), torch.cuda.OutOfMemoryError) if t)
+    return isinstance(e, oom_types) or "out of memory" in str(e) or "can't allocate memory" in str(e)
+
+
+class Forward:
+    """model(x, y, mask), through torch.compile when asked; if compiling fails, one warning and eager from then on."""
+
+    def __init__(self, model, compile=False):
+        self.model = self.fn = model
+        if compile:
+            try:
+                self.fn = torch.compile(model)
+            except Exception as e:
+                warn(f"torch.compile unavailable ({type(e).__name__}: {first_line(e)}); running eagerly")
+
+    def __call__(self, *args):
+        if self.fn is self.model:
+            return self.model(*args)
+        try:
+            return self.fn(*args)  # compilation happens lazily, at the first call of each mode/shape
+        except Exception as e:
+            if is_oom(e):
+                raise
+            warn(f"torch.compile failed ({type(e).__name__}: {first_line(e)}); running eagerly")
+            self.fn = self.model
+            return self.model(*args)
+
+
+def train_step(fwd, optimizer, scaler, micro, device, dtype, grad_clip):
+    """One optimizer step over micro-batches [(x, y, m, idx)], each (B, T). Each micro-batch's mean loss is weighted
+    by its share of the step's real windows, so a padded last batch counts as what it is. Returns the step's
+    loss as a 0-d device tensor: no host sync here."""
+    n_real = sum(len(idx) for *_, idx in micro)
+    total = torch.zeros((), device=device)
+    for x, y, m, idx in micro:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        m = None if m is None else m.to(device, non_blocking=True)
+        with autocast(device, dtype):
+            _, loss = fwd(x, y, m)
+        loss = loss * (len(idx) / n_real)
+        scaler.scale(loss).backward()
+        total += loss.detach().float()
+    if grad_clip > 0:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
+        torch.nn.utils.clip_grad_norm_(fwd.model.parameters() if hasattr(fwd, "model") else fwd.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return total
+
+
+def eval_indices(n_windows, n_max):
+    """At most n_max window indices spread evenly over the split, the same ones at every evaluation."""
+    if n_max >= n_windows:
+        return np.arange(n_windows)
+    return np.unique(np.linspace(0, n_windows - 1, n_max).round().astype(np.int64))
+
+
+@torch.no_grad()
+def evaluate(model, windows, batch_size, max_batches, device, dtype, fwd=None):
+    """Mean loss per counted target token (mask != 0 on chat data) over up to max_batches batches of the split."""
+    fwd = fwd or model
+    was_training = model.training
+    model.eval()
+    idx = eval_indices(len(windows), max_batches * batch_size)
+    loss_sum, count = torch.zeros((), device=device), 0
+    for x, y, m, chunk in windows.micro_batches(idx, batch_size):
+        # the model's loss is a mean over the counted targets: weigh it by their number (known on the host)
+        n = int((m[:len(chunk)] != 0).sum()) if m is not None else len(chunk) * windows.block_size
+        if n == 0:
+            continue
+        x, y = x.to(device), y.to(device)
+        m = None if m is None else m.to(device)
+        with autocast(device, dtype):
+            _, loss = fwd(x, y, m)
+        loss_sum += loss.float() * n
+        count += n
+    model.train(was_training)
+    return loss_sum.item() / max(count, 1)
+
+
+def bits_per_byte(loss, meta, split="val"):
+    """Nats per token -> bits per UTF-8 byte of text: comparable across tokenizers. None on masked (chat) data,
+    where the loss covers only some tokens and the split's byte count does not apply."""
+    s = meta.get("splits", {}).get(split, {})
+    if meta.get("has_mask") or not s.get("bytes") or not s.get("tokens"):
+        return None
+    return loss * s["tokens"] / (s["bytes"] * math.log(2))
+
+
+def rng_state():
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# -----------------------------------------------------------------------------
+# output
+
+COLORS = {"bold": "1", "dim": "2", "red": "31", "green": "32", "yellow": "33", "cyan": "36"}
+use_color = False
+
+
+def paint(text, color):
+    return f"\033[{COLORS[color]}m{text}\033[0m" if use_color else str(text)
+
+
+def say(line=""):
+    tqdm.write(line, file=sys.stdout)  # above any progress bar instead of through it
+    sys.stdout.flush()
+
+
+def warn(line):
+    tqdm.write(paint("warning: ", "yellow") + line, file=sys.stderr)
+
+
+def first_line(e):
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+
+
+def fmt_count(n):
+    for unit, div in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.1f}{unit}"
+    return str(int(n))
+
+
+def fmt_time(s):
+    s = int(s)
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+class Metrics:
+    """metrics.jsonl (one JSON object per log/eval point) and, when matplotlib is importable, a loss-curve PNG."""
+
+    def __init__(self, path, png_path, keep_until_step=None):
+        self.path, self.png_path, self.records = path, png_path, []
+        if keep_until_step is not None and os.path.exists(path):
+            # continuing: keep the history up to the checkpoint, drop records of steps that will be redone
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    with contextlib.suppress(ValueError):
+                        rec = json.loads(line)
+                        if rec.get("step", 0) <= keep_until_step:
+                            self.records.append(rec)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in self.records))
+
+    def log(self, rec):
+        self.records.append(rec)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(rec) + "\n")
+
+    def plot(self, title):
+        try:
+            from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
+        except ImportError:
+            return
+        train = [(r["step"], r["train_loss"]) for r in self.records if r.get("train_loss") is not None]
+        val = [(r["step"], r["val_loss"]) for r in self.records if r.get("val_loss") is not None]
+        if not train and not val:
+            return
+        fig = Figure(figsize=(7, 4))
+        ax = fig.subplots()
+        for points, label in ((train, "train"), (val, "val")):
+            if points:
+                ax.plot(*zip(*points), label=label, marker="o" if label == "val" else None, markersize=3)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("loss (nats/token)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        tmp = tmp_name(self.png_path)
+        try:
+            fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+            os.replace(tmp, self.png_path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+
+
+class GracefulInterrupt:
+    """First Ctrl-C: finish the current step, save, exit 130. A second one quits at once (atomic saves keep the
+    previous checkpoint intact). Outside the main thread Ctrl-C stays a plain KeyboardInterrupt."""
+
+    def __init__(self):
+        self.requested, self.installed, self.old = False, False, None
+
+    def handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        tqdm.write("\nCtrl-C: saving after this step (press again to quit without saving)", file=sys.stderr)
+
+    def __enter__(self):
+        with contextlib.suppress(ValueError):  # ValueError: not the main thread
+            self.old = signal.signal(signal.SIGINT, self.handler)
+            self.installed = True
+        return self
+
+    def __exit__(self, *exc):
+        if self.installed:
+            signal.signal(signal.SIGINT, self.old)
+
+
+def is_interactive():
+    return sys.stdin.isatty()
+
+
+# -----------------------------------------------------------------------------
+# setup
+
+def pick_tokenizer(args, meta, ckpt):
+    """The tokenizer, checked against the data's: a checkpoint's own vocabulary, else --tokenizer, else the one
+    meta.json names. Any mismatch of token ids is a UserError (training would silently learn garbage)."""
+    want = meta.get("tokenizer_hash")
+    ds = meta.get("dataset") or os.path.basename(meta["folder"])
+    if ckpt is not None:
+        have = ckpt["tokenizer"].get("hash")
+        if have != want:
+            raise UserError(f"{args.checkpoint} uses tokenizer {ckpt['tokenizer'].get('name')} ({have}) but "
+                            f"{meta['folder']} was prepared with {meta.get('tokenizer_name', meta.get('tokenizer'))} "
+                            f"({want}): prepare the data with the checkpoint's tokenizer "
+                            f"(`python prepare.py --dataset {ds} --tokenizer ...`) or train a new model")
+    if args.tokenizer:
+        enc = get_tokenizer(args.tokenizer)
+        if tokenizer_hash(enc) != want:
+            raise UserError(f"--tokenizer {args.tokenizer} ({tokenizer_hash(enc)}) is not the tokenizer {meta['folder']} "
+                            f"was prepared with ({meta.get('tokenizer_name', meta.get('tokenizer'))}, {want}): drop "
+                            f"--tokenizer or run `python prepare.py --dataset {ds} --tokenizer {args.tokenizer}`")
+        if ckpt is None:
+            return enc
+    if ckpt is not None:
+        return tokenizer_from_state(ckpt["tokenizer"])
+    name = meta.get("tokenizer", "gpt2")
+    if name != "gpt2" and not os.path.exists(name):
+        raise UserError(f"{meta['folder']} was prepared with tokenizer {name}, which is gone: pass --tokenizer PATH "
+                        f"to a copy of it")
+    enc = get_tokenizer(name)
+    if tokenizer_hash(enc) != want:
+        raise UserError(f"tokenizer {name} changed since {meta['folder']} was prepared (hash {tokenizer_hash(enc)}, "
+                        f"data {want}): run `python prepare.py --dataset {ds}` again")
+    return enc
+
+
+def model_config(args, meta, ckpt):
+    """A new model's config from the preset and overrides, or the checkpoint's, refusing shape changes to it."""
+    try:
+        if ckpt is None:
+            return make_config(args.model or "tiny", vocab_size=int(meta["vocab_size"]), block_size=args.block_size,
+                               n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout,
+                               variant=args.variant)
+        cfg = dict(ckpt["config"])
+        asked = {k: v for k, v in PRESETS[args.model].items() if k != "block_size"} if args.model else {}
+        asked.update({k: getattr(args, k) for k in MODEL_SHAPE if getattr(args, k) is not None})
+        clash = [f"--{'model' if args.model and getattr(args, k) is None else k} ({k} {v} vs {cfg.get(k)})"
+                 for k, v in asked.items() if cfg.get(k) != v]
+        if clash:
+            raise UserError(f"{args.checkpoint} fixes the model's shape; {', '.join(clash)} would change it: "
+                            f"leave the model options out when continuing from a checkpoint")
+        if args.dropout is not None:  # dropout has no weights: free to change
+            cfg["dropout"] = args.dropout
+        config = GPTConfig(**cfg)
+    except (ValueError, TypeError) as e:
+        raise UserError(f"bad model options: {e}")
+    if config.vocab_size < int(meta["vocab_size"]):
+        raise UserError(f"the model has {config.vocab_size} token ids but the data uses {meta['vocab_size']}")
+    return config
+
+
+@dataclasses.dataclass
+class Progress:
+    """Where training stands; all of it goes into checkpoints."""
+    epoch: int = 0              # completed epochs
+    windows: int = 0            # windows done in the current epoch
+    step: int = 0               # global optimizer steps: drives the lr schedule
+    tokens: int = 0             # training tokens seen, all runs together
+    best_val_loss: float = None
+    evals_since_best: int = 0
+    elapsed: float = 0.0        # seconds of training, all runs together
+
+
+def ask_more_epochs(path, done):
+    answer = input(f"{path} has already trained {done} epoch(s). How many more? [0 = stop] ").strip() or "0"
+    if not answer.isdigit():
+        raise UserError(f"{answer!r} is not a number of epochs; pass --epochs N instead")
+    return int(answer)
+
+
+# -----------------------------------------------------------------------------
+# training
+
+def train(args):
+    """Train as the options say; returns a summary dict (steps, tokens, losses, files)."""
+    global use_color
+    use_color = not args.no_color and sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    ckpt = load_checkpoint(args.checkpoint) if args.checkpoint else None
+    ckpt_args = (ckpt or {}).get("args") or {}
+    args = argparse.Namespace(**vars(args))
+    dataset = args.dataset = args.dataset or (ckpt or {}).get("dataset") or "story"
+    # same dataset and training state present: this is the same run going on; otherwise start a new one from
+    # the checkpoint's weights (fine-tuning)
+    continuing = ckpt is not None and ckpt.get("dataset") == dataset and "step" in ckpt
+    if args.data_dir is None:
+        args.data_dir = ckpt_args.get("data_dir") if os.path.isdir(ckpt_args.get("data_dir") or "") else "data"
+    if args.output_checkpoint is None and continuing:
+        args.output_checkpoint = ckpt_args.get("output_checkpoint")
+    meta = load_meta(args.data_dir, dataset)
+    enc = pick_tokenizer(args, meta, ckpt)
+    config = model_config(args, meta, ckpt)
+    args = resolve_args(args, ckpt_args, continuing, config, fine_tuning=ckpt is not None and not continuing)
+
+    device = pick_device(args.device)
+    dtype = pick_dtype(device, args.dtype)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores, as nanoGPT does
+        torch.backends.cudnn.allow_tf32 = True
+
+    train_w = Windows(meta, "train", args.block_size)
+    val_w = Windows(meta, "val", args.block_size)
+    batches = Batches(train_w, args.batch_size, args.grad_accum, args.seed, pin=device.type == "cuda")
+    spe = batches.steps_per_epoch
+    total_steps = args.epochs * spe
+    if args.warmup is None:
+        args.warmup = max(1, min(1000, round(0.02 * total_steps)))
+
+    p = Progress()
+    if continuing:
+        p = Progress(epoch=int(ckpt.get("epoch", 0)), windows=int(ckpt.get("epoch_windows", 0)),
+                     step=int(ckpt["step"]), tokens=int(ckpt.get("tokens", 0)),
+                     best_val_loss=ckpt.get("best_val_loss"), evals_since_best=int(ckpt.get("evals_since_best", 0)),
+                     elapsed=float(ckpt.get("elapsed", 0.0)))
+        if ckpt_args.get("block_size") != args.block_size or ckpt.get("data", {}).get("train_tokens") != \
+                meta.get("splits", {}).get("train", {}).get("tokens"):
+            if p.windows:
+                warn("the data or --block_size changed since the checkpoint: its epoch starts over")
+            p.windows = 0
+        if p.windows >= len(train_w):
+            p.epoch, p.windows = p.epoch + 1, 0
+        if args.reset_epoch:  # same weights, optimizer and best val loss; epochs and schedule from zero
+            p = Progress(tokens=p.tokens, best_val_loss=p.best_val_loss, elapsed=p.elapsed)
+
+    if p.epoch >= args.epochs:
+        msg = (f"{args.checkpoint} has already trained {p.epoch} epoch(s) of {dataset} (--epochs {args.epochs}): "
+               f"pass a larger --epochs to continue its schedule, or --reset_epoch to start a new one from its weights")
+        more = ask_more_epochs(args.checkpoint, p.epoch) if is_interactive() else None
+        if more is None:
+            raise UserError(msg)
+        if more == 0:
+            return {"stopped": "already done", "steps": p.step, "run_steps": 0}
+        args.epochs = p.epoch + more
+        total_steps = args.epochs * spe
+
+    # ---- model, optimizer, precision
+    torch.manual_seed(args.seed)  # initial weights (a checkpoint's replace them) and dropout
+    model = GPT(config)
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+    model.to(device)
+    optimizer = model.configure_optimizer(args.weight_decay, args.lr, BETAS, device.type)
+    # fp16 needs loss scaling against gradient underflow; bf16 and fp32 do not (the scaler is then a no-op)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    if continuing and ckpt.get("optimizer"):
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scaler") and scaler.is_enabled():
+            scaler.load_state_dict(ckpt["scaler"])
+    if continuing and not args.reset_epoch and ckpt.get("rng"):
+        set_rng_state(ckpt["rng"])
+    fwd = Forward(model, args.compile)
+
+    # ---- files
+    out_pattern = args.output_checkpoint or os.path.join("models", "{dataset}_epoch{epoch}.pt")
+    out_dir = os.path.dirname(out_pattern) or "."
+    best_path = os.path.join(out_dir, f"{dataset}_best.pt")
+    metrics = Metrics(os.path.join(out_dir, f"{dataset}_metrics.jsonl"), os.path.join(out_dir, f"{dataset}_loss.png"),
+                      keep_until_step=p.step if continuing and not args.reset_epoch else None)
+
+    def out_path():
+        # named after the epoch in progress; a finished epoch keeps its own number
+        n = max(1, p.epoch + (1 if p.windows else 0))
+        return out_pattern.replace("{dataset}", dataset).replace("{epoch}", str(n))
+
+    last_val = None
+    # what this run wrote; a best file from an earlier run counts only when continuing that run
+    saved = {"path": None, "step": p.step, "best": best_path if continuing and os.path.exists(best_path) else None}
+
+    def save(path):
+        save_checkpoint(path, model, enc, optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
+                        dataset=dataset, epoch=p.epoch, epoch_step=math.ceil(p.windows / batches.windows_per_step),
+                        epoch_windows=p.windows, step=p.step, tokens=p.tokens, rng=rng_state(), args=vars(args),
+                        best_val_loss=p.best_val_loss, evals_since_best=p.evals_since_best, val_loss=last_val,
+                        elapsed=p.elapsed + time.time() - t_run,
+                        data={"tokenizer_hash": meta.get("tokenizer_hash"), "folder": meta["folder"],
+                              "train_tokens": meta.get("splits", {}).get("train", {}).get("tokens"),
+                              "val_tokens": meta.get("splits", {}).get("val", {}).get("tokens")})
+        if path == best_path:
+            saved["best"] = path
+        else:
+            saved.update(path=path, step=p.step)
+
+    # ---- banner
+    t_run = time.time()
+    n_all, n_core = model.num_params(non_embedding=False), model.num_params()
+    tok_step = batches.windows_per_step * args.block_size
+    what = ("continuing" if continuing else "fine-tuning") + f" {args.checkpoint}" if ckpt else "new model"
+    say(paint(f"data   {dataset}: {fmt_count(len(train_w) * args.block_size)} train tokens in {len(train_w):,} windows "
+              f"of {args.block_size}, {fmt_count(len(val_w) * args.block_size)} val; tokenizer {enc.name} "
+              f"({config.vocab_size:,} ids){', loss on masked tokens only' if train_w.mask is not None else ''}", "dim"))
+    say(paint(f"model  {what}: {args.model} {config.variant}, {config.n_layer} layers x {config.n_embd}, "
+              f"{fmt_count(n_all)} params ({fmt_count(n_core)} non-embedding), context {config.block_size}", "dim"))
+    say(paint(f"train  {args.epochs} epoch(s) x {spe:,} steps of {args.batch_size}x{args.grad_accum}x{args.block_size} "
+              f"= {tok_step:,} tokens, lr {args.lr:.2g} -> {args.min_lr:.2g} (warmup {args.warmup}), "
+              f"{device} {str(dtype).replace('torch.', '')}{', compiled' if args.compile else ''}", "dim"))
+    if continuing and (p.step or p.epoch):
+        say(paint(f"resume epoch {p.epoch + 1}, window {p.windows:,}/{len(train_w):,}, step {p.step:,}", "dim"))
+
+    def every(pct):
+        return max(1, round(spe * pct / 100)) if pct > 0 else None
+    log_every, eval_every, save_every = every(args.log_interval), every(args.eval_interval), every(args.save_interval)
+
+    # ---- the loop
+    run_steps, run_tokens, stopped = 0, 0, "done"
+    loss_acc, loss_n = torch.zeros((), device=device), 0  # train loss since the last record, summed on the device
+    t_mark, tokens_mark = time.time(), 0  # for tokens/s, restarted after each record, eval and save
+    tps = 0.0
+    model.train()
+    try:
+        with GracefulInterrupt() as interrupt:
+            while p.epoch < args.epochs and stopped == "done":
+                epoch = p.epoch
+                estep = p.windows // batches.windows_per_step  # steps done in this epoch
+                steps = batches.epoch(epoch, p.windows)
+                bar = tqdm(total=spe, initial=estep, desc=f"epoch {epoch + 1}/{args.epochs}", unit="step",
+                           dynamic_ncols=True, disable=not sys.stderr.isatty(), file=sys.stderr)
+                try:
+                    for micro in steps:
+                        lr = lr_at(p.step, args.lr, args.min_lr, args.warmup, total_steps)
+                        for group in optimizer.param_groups:
+                            group["lr"] = lr
+                        loss_acc += train_step(fwd, optimizer, scaler, micro, device, dtype, args.grad_clip)
+                        n_windows = sum(len(idx) for *_, idx in micro)
+                        p.step += 1
+                        p.windows += n_windows
+                        p.tokens += n_windows * args.block_size
+                        run_steps += 1
+                        run_tokens += n_windows * args.block_size
+                        tokens_mark += n_windows * args.block_size
+                        loss_n += 1
+                        estep += 1
+                        bar.update(1)
+                        end_of_epoch = p.windows >= len(train_w)
+                        if end_of_epoch:
+                            p.epoch, p.windows = epoch + 1, 0
+                        if args.max_steps and run_steps >= args.max_steps:
+                            stopped = "max_steps"
+                        due_eval = end_of_epoch or (eval_every and estep % eval_every == 0)
+                        due_save = end_of_epoch or (save_every and estep % save_every == 0)
+                        # the last step of a run is always logged
+                        due_log = due_eval or estep % log_every == 0 or stopped != "done" or interrupt.requested
+
+                        if due_log:
+                            train_loss = loss_acc.item() / loss_n  # the only host sync of the loop
+                            if not math.isfinite(train_loss):
+                                raise UserError(f"the training loss became {train_loss} at step {p.step}: lower --lr "
+                                                f"(now {args.lr:g}) or use --dtype float32; "
+                                                f"last good checkpoint: {saved['path'] or 'none'}")
+                            tps = tokens_mark / max(time.time() - t_mark, 1e-9)
+                            rec = {"step": p.step, "epoch": round(p.epoch + p.windows / len(train_w), 4),
+                                   "tokens": p.tokens, "train_loss": round(train_loss, 5), "val_loss": None,
+                                   "lr": lr, "tokens_per_s": round(tps, 1),
+                                   "elapsed": round(p.elapsed + time.time() - t_run, 2)}
+                            loss_acc.zero_()
+                            loss_n = 0
+                            bar.set_postfix(loss=f"{train_loss:.3f}", lr=f"{lr:.1e}", tok_s=f"{tps:,.0f}", refresh=False)
+                            if bar.disable and not due_eval:
+                                left = (spe - estep) * tok_step / max(tps, 1e-9)
+                                say(f"step {p.step:,} (epoch {rec['epoch']:.2f}): loss {train_loss:.4f}, lr {lr:.2e}, "
+                                    f"{tps:,.0f} tokens/s, epoch ends in {fmt_time(left)}")
+                            if due_eval:
+                                last_val = evaluate(model, val_w, args.batch_size, args.eval_batches, device, dtype, fwd)
+                                bpb = bits_per_byte(last_val, meta)
+                                improved = p.best_val_loss is None or last_val < p.best_val_loss
+                                if improved:
+                                    p.best_val_loss, p.evals_since_best = last_val, 0
+                                else:
+                                    p.evals_since_best += 1
+                                rec.update(val_loss=round(last_val, 5), val_ppl=round(math.exp(min(last_val, 50)), 3),
+                                           val_bpb=None if bpb is None else round(bpb, 5), best=improved)
+                                say(f"{paint(f'step {p.step:,}', 'bold')} (epoch {rec['epoch']:.2f}): train "
+                                    f"{train_loss:.4f}, val {paint(f'{last_val:.4f}', 'green' if improved else 'yellow')} "
+                                    f"(ppl {math.exp(min(last_val, 50)):.2f}" + (f", {bpb:.3f} bpb" if bpb else "") +
+                                    f"), lr {lr:.2e}, {tps:,.0f} tokens/s" + (paint("  * best", "green") if improved else ""))
+                                if improved:
+                                    save(best_path)
+                                if args.patience and p.evals_since_best >= args.patience:
+                                    stopped = "early stop"
+                                    say(paint(f"no better val loss in {args.patience} evaluations: stopping early "
+                                              f"(--patience)", "yellow"))
+                            metrics.log(rec)
+                            if due_eval:
+                                metrics.plot(f"{dataset}: {args.model} {config.variant}")
+                        if due_save or stopped != "done" or interrupt.requested:
+                            save(out_path())
+                        if due_log or due_save:
+                            t_mark, tokens_mark = time.time(), 0  # tokens/s measures training, not evals and saves
+                        if interrupt.requested:
+                            say(paint(f"interrupted at step {p.step:,}: saved {saved['path']}; continue with "
+                                      f"`python train.py --checkpoint {saved['path']}`", "yellow"))
+                            raise KeyboardInterrupt
+                        if stopped != "done":
+                            break
+                finally:
+                    bar.close()
+                    steps.close()
+    except KeyboardInterrupt:
+        raise  # saved above at a step boundary, or a second Ctrl-C: quit without touching any file
+    except Exception as e:
+        # keep the progress made since the last save: the weights are consistent unless the optimizer itself failed
+        if run_steps and saved["step"] != p.step and not isinstance(e, UserError):  # UserError: NaN weights
+            with contextlib.suppress(Exception):
+                save(out_path())
+                warn(f"saved {saved['path']} (step {p.step:,}) before stopping on the error below")
+        if is_oom(e) and not isinstance(e, UserError):
+            raise UserError(f"out of memory with --batch_size {args.batch_size} x --block_size {args.block_size}: "
+                            f"use a smaller --batch_size (and a larger --grad_accum to keep the tokens per step) or "
+                            f"a smaller --block_size ({first_line(e)})") from e
+        raise
+
+    # ---- summary
+    p.elapsed += time.time() - t_run
+    run_time = time.time() - t_run
+    best_bpb = None if p.best_val_loss is None else bits_per_byte(p.best_val_loss, meta)
+    summary = {"stopped": stopped, "steps": p.step, "run_steps": run_steps, "epochs_done": p.epoch,
+               "tokens": run_tokens, "elapsed": run_time, "tokens_per_s": run_tokens / max(run_time, 1e-9),
+               "val_loss": last_val, "best_val_loss": p.best_val_loss, "best_val_bpb": best_bpb,
+               "checkpoint": saved["path"], "best_checkpoint": saved["best"],
+               "metrics": metrics.path, "plot": metrics.png_path if os.path.exists(metrics.png_path) else None}
+    say(paint(f"{stopped}: {run_steps:,} steps, {fmt_count(run_tokens)} tokens in {fmt_time(run_time)} "
+              f"({summary['tokens_per_s']:,.0f} tokens/s); {p.epoch} of {args.epochs} epoch(s) done", "bold"))
+    if p.best_val_loss is not None:
+        say(f"best val loss {p.best_val_loss:.4f} (ppl {math.exp(min(p.best_val_loss, 50)):.2f}"
+            + (f", {best_bpb:.3f} bpb" if best_bpb else "") + f") in {summary['best_checkpoint']}")
+    say(f"checkpoint {saved['path']}; metrics {metrics.path}" + (f", curve {summary['plot']}" if summary["plot"] else ""))
+    if saved["best"] or saved["path"]:
+        say(paint(f"try it: python gen.py {saved['best'] or saved['path']}" + (" --chat" if meta.get("has_mask") else ""), "cyan"))
+    return summary
+
+
+def main(argv=None):
+    return run_main(lambda: train(parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()
