@@ -183,9 +183,9 @@ def read_text_chunks(path, chunk_chars=1 << 22):
         raise UserError(f"input file {path} not found")
 
 
-def train_tokenizer(files, vocab_size, out_path):
-    """Train byte-level BPE (GPT-2's pre-tokenization) on files with rustbpe and save a .tiktoken file.
-    vocab_size counts the 256 bytes, the merges and the 3 special tokens."""
+def train_bpe(texts, vocab_size, out_path):
+    """Train byte-level BPE (GPT-2's pre-tokenization) on an iterable of texts with rustbpe and save a
+    .tiktoken file. vocab_size counts the 256 bytes, the merges and the 3 special tokens."""
     try:
         import rustbpe
     except ImportError:
@@ -193,7 +193,17 @@ def train_tokenizer(files, vocab_size, out_path):
     n_special = len(SPECIAL_TOKENS)
     if vocab_size < 256 + n_special + 1:
         raise UserError(f"--vocab_size must be at least {256 + n_special + 1} (256 bytes + merges + {n_special} special tokens)")
+    bpe = rustbpe.Tokenizer()
+    bpe.train_from_iterator(iter(texts), vocab_size - n_special, pattern=GPT2_PATTERN)
+    ranks = sorted(bpe.get_mergeable_ranks(), key=lambda kv: kv[1])
+    text = "".join(f"{base64.b64encode(token).decode()} {rank}\n" for token, rank in ranks)
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    atomic_write_text(out_path, text)
+    return tokenizer_from_bpe(text)
 
+
+def train_tokenizer(files, vocab_size, out_path):
+    """train_bpe on text files, read in bounded memory."""
     def texts():
         for path in files:
             for chunk in read_text_chunks(path):
@@ -202,13 +212,7 @@ def train_tokenizer(files, vocab_size, out_path):
                     if doc:
                         yield doc
 
-    bpe = rustbpe.Tokenizer()
-    bpe.train_from_iterator(texts(), vocab_size - n_special, pattern=GPT2_PATTERN)
-    ranks = sorted(bpe.get_mergeable_ranks(), key=lambda kv: kv[1])
-    text = "".join(f"{base64.b64encode(token).decode()} {rank}\n" for token, rank in ranks)
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    atomic_write_text(out_path, text)
-    return tokenizer_from_bpe(text)
+    return train_bpe(texts(), vocab_size, out_path)
 
 
 # -----------------------------------------------------------------------------

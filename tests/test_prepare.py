@@ -190,6 +190,30 @@ def test_custom_tokenizer(tmp_path):
     assert tiny.decode(train.tolist()).startswith(DOCS[0] + EOT + DOCS[1] + EOT)
 
 
+def test_vocabulary_trained_on_the_data(tmp_path, monkeypatch, capsys):
+    corpus = write(tmp_path / "corpus.txt", EOT.join(DOCS * 3))
+    out, folder = str(tmp_path / "data"), tmp_path / "data" / "text"
+    meta = prepare.prepare("text", source=corpus, out_dir=out, vocab_size=300)
+    vocab = folder / "tokenizer.tiktoken"
+    assert meta["tokenizer"] == str(vocab) and meta["vocab_size"] == 300
+    enc = get_tokenizer(str(vocab))
+    assert meta["tokenizer_hash"] == tokenizer_hash(enc)
+    train, _ = load(folder, "train", meta)
+    assert train.max() < 300 and enc.decode(train.tolist()).startswith(DOCS[0] + EOT)
+    # learned on this text: fewer tokens than bytes
+    assert meta["splits"]["train"]["tokens"] < meta["splits"]["train"]["bytes"] / 2
+    capsys.readouterr()
+    prepare.prepare("text", source=corpus, out_dir=out, vocab_size=300)
+    assert "up to date" in capsys.readouterr().out
+
+    # a rebuild with another size that is interrupted leaves the old vocabulary and tokens alone
+    before = snapshot(folder)
+    monkeypatch.setattr(prepare, "encode_batch", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        prepare.prepare("text", source=corpus, out_dir=out, vocab_size=280)
+    assert snapshot(folder) == before
+
+
 # -----------------------------------------------------------------------------
 # conversations
 
