@@ -275,3 +275,20 @@ def test_missing_checkpoint_cli(tmp_path):
     r = subprocess.run([sys.executable, GEN, "--device", "cpu"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: no checkpoint given")
+
+
+def test_ctrl_c_keeps_the_text_so_far(enc):
+    # Ctrl-C arrives while the reply streams: the pieces already shown are kept, and the autocast
+    # region around generation is closed again
+    model = tiny_model(enc)
+    shown = []
+
+    def show(piece):
+        shown.append(piece)
+        if len(shown) == 3:
+            raise KeyboardInterrupt
+
+    ids, text, why = gen.complete(model, enc, enc.encode("Hi"), 50, on_text=show, dtype=torch.bfloat16, temperature=1.0,
+                                  generator=torch.Generator().manual_seed(0))
+    assert why == "interrupted" and text == "".join(shown) and len(ids) >= 3
+    assert not torch.is_autocast_enabled("cpu")
