@@ -378,19 +378,25 @@ class GPT(nn.Module):
         if temperature == 0:
             return logits.argmax(dim=-1)
         logits = logits / temperature
+        ids = None  # vocabulary id of each column of logits when only the top_k columns are kept
         if top_k is not None and top_k < logits.size(-1):
-            kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
-            logits = logits.masked_fill(logits < kth, float("-inf"))
+            # sample among the k best only: softmax and multinomial over k columns instead of the whole vocabulary
+            # (multinomial's exponential draws over 50k ids cost ~1 ms a token on a CPU, ~8% of a cached B1 step)
+            logits, ids = torch.topk(logits, top_k, dim=-1)  # (B, k), sorted descending
         if top_p is not None and top_p < 1.0:
-            sorted_logits, sorted_idx = torch.sort(logits, dim=-1, descending=True)
+            if ids is None:
+                sorted_logits, sorted_idx = torch.sort(logits, dim=-1, descending=True)
+            else:
+                sorted_logits, sorted_idx = logits, None  # topk already sorted them
             probs = F.softmax(sorted_logits, dim=-1)
             # drop a token when the more likely ones before it already reach top_p; the top token always stays
             drop_sorted = (probs.cumsum(dim=-1) - probs) >= top_p
             drop_sorted[:, 0] = False
-            drop = torch.zeros_like(drop_sorted).scatter(1, sorted_idx, drop_sorted)
+            drop = drop_sorted if sorted_idx is None else torch.zeros_like(drop_sorted).scatter(1, sorted_idx, drop_sorted)
             logits = logits.masked_fill(drop, float("-inf"))
         probs = F.softmax(logits, dim=-1)
-        return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
+        choice = torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1) column
+        return (choice if ids is None else ids.gather(1, choice)).squeeze(1)
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, repetition_penalty=1.0,
