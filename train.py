@@ -54,7 +54,8 @@ BETAS = (0.9, 0.95)
 # None means derived: block_size from the model, lr from the preset, min_lr = lr/10, warmup = 2% of all steps.
 DEFAULTS = dict(epochs=1, seed=1337, batch_size=16, grad_accum=1, block_size=None, lr=None, min_lr=None,
                 warmup=None, weight_decay=0.1, grad_clip=1.0, eval_interval=10.0, log_interval=10.0,
-                save_interval=10.0, eval_batches=20, patience=0)
+                save_interval=10.0, eval_batches=20, patience=0, time_budget=None)
+UNLIMITED_EPOCHS = 10**6  # --time_budget without --epochs: the clock ends the run
 MODEL_SHAPE = ("n_layer", "n_head", "n_embd", "variant")  # fixed by a checkpoint's weights
 
 
@@ -90,6 +91,10 @@ def parse_args(argv=None):
     g = p.add_argument_group("run")
     g.add_argument("--epochs", type=int, help=f"total epochs to reach, counting those a checkpoint already did "
                                               f"(default: {d['epochs']}); the lr schedule spans all of them")
+    g.add_argument("--time_budget", type=float, metavar="MINUTES",
+                   help="train for this many minutes of wall-clock time, evaluations and saves included: the lr "
+                        "schedule (warmup, cosine decay) spans the budget, epochs repeat until it ends (unless --epochs "
+                        "is given), and the last checkpoint is written when it ends; a continued run counts its earlier time")
     g.add_argument("--max_steps", type=int, help="stop after this many optimizer steps in this run (the checkpoint "
                                                  "records the position inside the epoch; the schedule is unchanged)")
     g.add_argument("--checkpoint", help="continue from this checkpoint (same dataset: exact resume; other: fine-tune)")
@@ -130,6 +135,8 @@ def resolve_args(args, ckpt_args, continuing, config, fine_tuning=False):
     """Fill the training options left as None: the checkpoint's value when continuing the same run, else the
     default. Returns a new Namespace of plain values (it goes into the checkpoint) and checks them."""
     a = argparse.Namespace(**vars(args))
+    if a.time_budget is not None and a.epochs is None and not continuing:
+        a.epochs = UNLIMITED_EPOCHS
     for k, v in DEFAULTS.items():
         if getattr(a, k) is None:
             inherited = ckpt_args.get(k) if continuing else None
@@ -149,6 +156,8 @@ def resolve_args(args, ckpt_args, continuing, config, fine_tuning=False):
             raise UserError(f"--{k} must not be negative, got {getattr(a, k)}")
     if a.lr == 0 or a.log_interval <= 0:
         raise UserError(f"--lr and --log_interval must be positive (got {a.lr:g} and {a.log_interval:g})")
+    if a.time_budget is not None and a.time_budget <= 0:
+        raise UserError(f"--time_budget must be a positive number of minutes, got {a.time_budget:g}")
     if a.max_steps is not None and a.max_steps < 1:
         raise UserError(f"--max_steps must be at least 1, got {a.max_steps}")
     if a.warmup is not None and a.warmup < 0:
@@ -645,6 +654,7 @@ def train(args):
     batches = Batches(train_w, args.batch_size, args.grad_accum, args.seed, pin=device.type == "cuda")
     spe = batches.steps_per_epoch
     total_steps = args.epochs * spe
+    budget = args.time_budget * 60 if args.time_budget else None  # seconds
     if args.warmup is None:
         args.warmup = max(1, min(1000, round(0.02 * total_steps)))
 
@@ -693,7 +703,9 @@ def train(args):
     fwd = Forward(model, args.compile)
 
     # ---- files
-    out_pattern = args.output_checkpoint or os.path.join("models", "{dataset}_epoch{epoch}.pt")
+    # a budgeted run may repeat many epochs: one file for it rather than one per epoch
+    default_out = "{dataset}.pt" if budget else "{dataset}_epoch{epoch}.pt"
+    out_pattern = args.output_checkpoint or os.path.join("models", default_out)
     out_dir = os.path.dirname(out_pattern) or "."
     best_path = os.path.join(out_dir, f"{dataset}_best.pt")
     metrics = Metrics(os.path.join(out_dir, f"{dataset}_metrics.jsonl"), os.path.join(out_dir, f"{dataset}_loss.png"),
@@ -732,8 +744,10 @@ def train(args):
               f"({config.vocab_size:,} ids){', loss on masked tokens only' if train_w.mask is not None else ''}", "dim"))
     say(paint(f"model  {what}: {args.model} {config.variant}, {config.n_layer} layers x {config.n_embd}, "
               f"{fmt_count(n_all)} params ({fmt_count(n_core)} non-embedding), context {config.block_size}", "dim"))
-    say(paint(f"train  {args.epochs} epoch(s) x {spe:,} steps of {args.batch_size}x{args.grad_accum}x{args.block_size} "
-              f"= {tok_step:,} tokens, lr {args.lr:.2g} -> {args.min_lr:.2g} (warmup {args.warmup}), "
+    run_for = f"{args.time_budget:g} min" + (f" (at most {args.epochs} epochs)" if args.epochs < UNLIMITED_EPOCHS else "") \
+        + f", epochs of {spe:,}" if budget else f"{args.epochs} epoch(s) x {spe:,}"
+    say(paint(f"train  {run_for} steps of {args.batch_size}x{args.grad_accum}x{args.block_size} "
+              f"= {tok_step:,} tokens, lr {args.lr:.2g} -> {args.min_lr:.2g} (warmup " + ("2% of the budget" if budget else f"{args.warmup}") + "), "
               f"{device} {str(dtype).replace('torch.', '')}{', compiled' if args.compile else ''}", "dim"))
     if continuing and (p.step or p.epoch):
         say(paint(f"resume epoch {p.epoch + 1}, window {p.windows:,}/{len(train_w):,}, step {p.step:,}", "dim"))
@@ -747,6 +761,8 @@ def train(args):
     loss_acc, loss_n = torch.zeros((), device=device), 0  # train loss since the last record, summed on the device
     t_mark, tokens_mark = time.time(), 0  # for tokens/s, restarted after each record, eval and save
     tps = 0.0
+    budget_spent = 0.0 if args.reset_epoch else p.elapsed  # a continued budgeted run goes on with its clock
+    reserve = 0.0  # seconds the last evaluation and saves took: a budgeted run stops early enough to fit them
     model.train()
     try:
         with GracefulInterrupt() as interrupt:
@@ -758,7 +774,11 @@ def train(args):
                            dynamic_ncols=True, disable=not sys.stderr.isatty(), file=sys.stderr)
                 try:
                     for micro in steps:
-                        lr = lr_at(p.step, args.lr, args.min_lr, args.warmup, total_steps)
+                        if budget:  # the schedule runs on the clock: warmup over 2% of the budget, then cosine
+                            spent = (budget_spent + time.time() - t_run) / budget
+                            lr = lr_at(int(spent * 10_000), args.lr, args.min_lr, 200, 10_000)
+                        else:
+                            lr = lr_at(p.step, args.lr, args.min_lr, args.warmup, total_steps)
                         for group in optimizer.param_groups:
                             group["lr"] = lr
                         loss_acc += train_step(fwd, optimizer, scaler, micro, device, dtype, args.grad_clip)
@@ -777,7 +797,11 @@ def train(args):
                             p.epoch, p.windows = epoch + 1, 0
                         if args.max_steps and run_steps >= args.max_steps:
                             stopped = "max_steps"
-                        due_eval = end_of_epoch or (eval_every and estep % eval_every == 0)
+                        if budget and budget_spent + time.time() - t_run + reserve >= budget:
+                            stopped = "time budget"
+                        t_extra = time.time()
+                        due_eval = end_of_epoch or (eval_every and estep % eval_every == 0) or stopped == "time budget"
+
                         due_save = end_of_epoch or (save_every and estep % save_every == 0)
                         # the last step of a run is always logged
                         due_log = due_eval or estep % log_every == 0 or stopped != "done" or interrupt.requested
@@ -825,6 +849,8 @@ def train(args):
                                 metrics.plot(f"{dataset}: {args.model} {config.variant}")
                         if due_save or stopped != "done" or interrupt.requested:
                             save(out_path())
+                        if due_eval:
+                            reserve = time.time() - t_extra
                         if due_log or due_save:
                             t_mark, tokens_mark = time.time(), 0  # tokens/s measures training, not evals and saves
                         if interrupt.requested:
@@ -860,7 +886,8 @@ def train(args):
                "checkpoint": saved["path"], "best_checkpoint": saved["best"],
                "metrics": metrics.path, "plot": metrics.png_path if os.path.exists(metrics.png_path) else None}
     say(paint(f"{stopped}: {run_steps:,} steps, {fmt_count(run_tokens)} tokens in {fmt_time(run_time)} "
-              f"({summary['tokens_per_s']:,.0f} tokens/s); {p.epoch} of {args.epochs} epoch(s) done", "bold"))
+              f"({summary['tokens_per_s']:,.0f} tokens/s); {p.epoch} " +
+              (f"epoch(s) in the {args.time_budget:g} min budget" if budget else f"of {args.epochs} epoch(s) done"), "bold"))
     if p.best_val_loss is not None:
         say(f"best val loss {p.best_val_loss:.4f} (ppl {math.exp(min(p.best_val_loss, 50)):.2f}"
             + (f", {best_bpb:.3f} bpb" if best_bpb else "") + f") in {summary['best_checkpoint']}")

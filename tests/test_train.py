@@ -385,3 +385,21 @@ def test_out_of_memory_saves_then_names_the_options(env, tmp_path, monkeypatch):
     for opt in ("--batch_size", "--grad_accum", "--block_size"):
         assert opt in str(e.value)
     assert load_checkpoint(str(tmp_path / "mini_epoch1.pt"))["step"] == 2  # the two good steps were kept
+
+
+def test_time_budget_ends_the_run_and_spans_the_schedule(env, tmp_path):
+    budget_min = 0.1  # 6 s: many epochs of the mini set, so the clock, not --epochs, ends the run
+    t0 = time.time()
+    s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--time_budget", budget_min, "--lr", "1e-3",
+                             "--output_checkpoint", str(tmp_path / "{dataset}.pt")))
+    took = time.time() - t0
+    assert s["stopped"] == "time budget"
+    assert s["epochs_done"] > 1  # epochs repeat until the budget ends
+    assert took < budget_min * 60 + 10  # the final evaluation and save fit in (a few seconds of slack for start-up)
+    ck = load_checkpoint(str(tmp_path / "mini.pt"))
+    assert ck["step"] == s["steps"] and ck["val_loss"] == s["val_loss"]  # written when the budget ended, evaluated
+    recs = read_metrics(s["metrics"])
+    lrs = [r["lr"] for r in recs]
+    assert max(lrs) > 0.8e-3  # warmed up to the peak ...
+    assert lrs[-1] < 0.2e-3  # ... and decayed to about min_lr (1e-4) by the end of the budget
+    assert recs[-1]["val_loss"] is not None
