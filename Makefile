@@ -17,6 +17,9 @@ export DATA_MIRROR := $(abspath ../shared/data)
 endif
 endif
 
+# make demo: minutes of CPU training; DEMO_MINUTES=10 for a better model
+DEMO_MINUTES ?= 5
+
 .PHONY: install demo test clean
 
 $(VENV)/.installed: requirements.txt
@@ -29,7 +32,9 @@ $(VENV)/.installed: requirements.txt
 install: $(VENV)/.installed
 
 demo: install
-	$(BIN)/python prepare.py --dataset story
+	$(BIN)/python prepare.py --dataset story --vocab_size 4096
+	$(BIN)/python train.py --dataset story --model tiny --time_budget $(DEMO_MINUTES)
+	$(BIN)/python gen.py models/story_best.pt --prompt "Once upon a time" --num_samples 3 --max_tokens 200 --seed 42
 
 test: install
 	HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q tests
