@@ -17,6 +17,8 @@ Every timing is a median over several repetitions after warm-up, with the device
 On a shared machine (other processes busy) the numbers drop and scatter; --note records that in BENCHMARKS.md.
 """
 import argparse
+import contextlib
+import ctypes
 import datetime
 import os
 import platform
@@ -40,6 +42,21 @@ GPT2_VOCAB = 50259  # what make_config gives by default: GPT-2's 50257 + 2 ChatM
 # -----------------------------------------------------------------------------
 # timing
 
+_CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+_clock = time.perf_counter
+
+
+def clock():
+    """Seconds on the clock chosen by --clock: wall time, or this process's CPU time (which other processes on a
+    shared CPU do not inflate; equal to wall time for one busy thread on an idle machine)."""
+    return _clock()
+
+
+def set_clock(name):
+    global _clock
+    _clock = _CLOCKS[name]
+
+
 def sync(device):
     """Wait for queued device work, so a timer measures the work and not just its launch."""
     if device.type == "cuda":
@@ -56,10 +73,10 @@ def timed(fn, device, warmup, iters):
     sync(device)
     times = []
     for _ in range(iters):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
         sync(device)
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return times
 
 
@@ -73,10 +90,10 @@ def timed_interleaved(fns, device, warmup, iters):
     times = [[] for _ in fns]
     for _ in range(iters):
         for fn, ts in zip(fns, times):
-            t0 = time.perf_counter()
+            t0 = clock()
             fn()
             sync(device)
-            ts.append(time.perf_counter() - t0)
+            ts.append(clock() - t0)
     return times
 
 
@@ -88,6 +105,25 @@ def flop_unit(device):
 def row(section, name, value, unit, dtype=None, mfu=None, note=""):
     return dict(section=section, name=name, dtype=SHORT.get(dtype, "") if dtype is not None else "",
                 value=float(value), unit=unit, mfu=mfu, note=note)
+
+
+def retain_freed_memory():
+    """Make glibc keep freed memory for reuse instead of handing it back to the kernel. By default every allocation
+    above the mmap threshold (32 MB at most) is a fresh mmap, unmapped on free, so each training step page-faults
+    its big tensors in again (the logits and their gradient: B*T x 50304): on the 2-core test machine ~600k faults
+    and ~1 s of kernel time per small bf16 step, a third of it. With mmap and trimming off, a step reuses the
+    previous step's pages: small bf16 B8 3.55 -> 2.48 CPU-s a step, tiny V4096 0.285 -> 0.218 (one thread).
+    The price: the process keeps its peak memory (small: max RSS 2.4 -> 3.3 GB). Linux glibc only; returns
+    whether it applied. Process-wide and permanent, so main() calls it, not run()."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # another libc (musl has no mallopt)
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 # -----------------------------------------------------------------------------
@@ -226,18 +262,25 @@ def gen_block_size(preset, prompt_len, new_tokens):
     return max(PRESETS[preset]["block_size"], need)
 
 
-def run_generate(model, device, dtype, idx, new_tokens, use_cache, seed=0):
+def run_generate(model, device, dtype, idx, new_tokens, use_cache, seed=0, keep_cast_weights=True):
     """Consume model.generate as gen.py does (autocast entered around each step, temperature 0.8, top_k 200);
-    returns the number of tokens produced (all rows)."""
+    returns the number of tokens produced (all rows).
+
+    keep_cast_weights: autocast keeps the bf16 copies of the weights only until the outermost autocast context
+    exits, so a context per step re-casts every weight every token (on CPU a B1 step reads the fp32 weights and
+    writes bf16 ones: ~4x slower for small). An outer *disabled* autocast context keeps the nesting level above
+    zero, so the copies live across steps, while nothing runs under autocast between steps."""
     g = torch.Generator(device=device).manual_seed(seed)
     steps = model.generate(idx, new_tokens, temperature=0.8, top_k=200, use_cache=use_cache, generator=g)
     n = 0
-    while True:
-        with autocast(device, dtype):
-            tok = next(steps, None)
-        if tok is None:
-            break
-        n += tok.numel()
+    outer = torch.autocast(device.type, enabled=False) if keep_cast_weights and dtype != torch.float32 else None
+    with outer or contextlib.nullcontext():
+        while True:
+            with autocast(device, dtype):
+                tok = next(steps, None)
+            if tok is None:
+                break
+            n += tok.numel()
     sync(device)
     return n
 
@@ -257,14 +300,15 @@ def bench_gen(preset, device, dtype, batch_sizes=(1, 8), prompt_len=16, new_toke
         g = torch.Generator(device="cpu").manual_seed(b)
         idx = torch.randint(0, model.config.vocab_size, (b, prompt_len), generator=g).to(device)
         run_generate(model, device, dtype, idx, min(8, new_tokens), use_cache)  # warm-up
-        t0 = time.perf_counter()
+        t0 = clock()
         n = run_generate(model, device, dtype, idx, new_tokens, use_cache)
-        t = time.perf_counter() - t0
+        t = clock() - t0
         if n != b * new_tokens:
             raise RuntimeError(f"generation stopped early: {n} of {b * new_tokens} tokens")
         speed[(b, use_cache)] = n / t
         rows.append(row("gen", f"{name} B{b} {'KV cache' if use_cache else 'no cache'}", n / t, "tokens/s", dtype,
-                        note=f"prompt {prompt_len} + {new_tokens} new, block_size {block} (no sliding), {t:.2f} s"))
+                        note=f"prompt {prompt_len} + {new_tokens} new, block_size {block} (no sliding), {t:.2f} s"
+                             + ("" if dtype == torch.float32 else ", weights cast once")))
     if no_cache_batch and (no_cache_batch, True) in speed:
         ratio = speed[(no_cache_batch, True)] / speed[(no_cache_batch, False)]
         rows.append(row("gen", f"{name} B{no_cache_batch} cache / no cache", ratio, "x", dtype,
@@ -319,9 +363,9 @@ def bench_prepare(path=None, threads=None, repeats=3, quick=False):
     enc.encode_ordinary_batch(docs[:200], num_threads=threads)  # warm-up: tiktoken builds its regex lazily
     times, n_tokens = [], 0
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = clock()
         out = enc.encode_ordinary_batch(docs, num_threads=threads)
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
         n_tokens = sum(map(len, out))
     t = statistics.median(times)
     note = f"{source}, {n_bytes / 1e6:.1f} MB, {threads} threads, median of {repeats}"
@@ -377,12 +421,21 @@ def machine_description(device):
     return "; ".join(parts)
 
 
-def section_text(rows, device, argv=None, note=None, when=None):
+def settings_description(args):
+    """How the numbers were taken, beyond the command line's defaults."""
+    malloc = "freed memory retained" if getattr(args, "malloc_retained", False) else "allocator default"
+    clock = "process CPU time (one thread)" if args.clock == "cpu" else "wall time"
+    return f"clock {clock}; glibc malloc {malloc}; torch.compile {'on' if args.compile else 'off'}"
+
+
+def section_text(rows, device, argv=None, note=None, when=None, settings=None):
     when = when or datetime.datetime.now()
     cmd = "python bench.py" + ("" if not argv else " " + " ".join(argv))
     out = [f"## {when:%Y-%m-%d %H:%M} — {device.type}", "",
            f"- machine: {machine_description(device)}",
            f"- command: `{cmd}`"]
+    if settings:
+        out.append(f"- settings: {settings}")
     if note:
         out.append(f"- note: {note}")
     out += ["", format_table(rows), ""]
@@ -423,6 +476,9 @@ def check_targets(rows):
 def run(args, device, log=print):
     """All selected sections; returns the rows (what main prints and writes). Importable for tests."""
     only = parse_list(args.only, SECTIONS, "--only")
+    if args.clock == "cpu" and (device.type != "cpu" or torch.get_num_threads() != 1):
+        raise UserError("--clock cpu measures one busy thread: use it with --device cpu --threads 1")
+    set_clock(args.clock)
     dtypes = [pick_dtype(device, d) for d in parse_list(args.dtype, ("auto",) + tuple(DTYPES), "--dtype")]
     dtypes = list(dict.fromkeys(dtypes))  # 'auto,bfloat16' names one dtype twice
     model = args.model or ("tiny" if args.quick else "gpt2" if device.type == "cuda" else "tiny,small")
@@ -470,8 +526,9 @@ def run(args, device, log=print):
                            vocab, args.variant))
     if "prepare" in only:
         path = args.data or default_text_path()
+        threads = 1 if args.clock == "cpu" else args.prepare_threads  # CPU time adds up over threads
         try:
-            emit(bench_prepare(path, args.prepare_threads, repeats=1 if quick else 3, quick=quick))
+            emit(bench_prepare(path, threads, repeats=1 if quick else 3, quick=quick))
         except UserError as e:  # no GPT-2 BPE files offline: keep the other sections' results
             log(f"prepare skipped: {e}")
     return rows
@@ -502,6 +559,12 @@ def get_parser():
     p.add_argument("--vocab_size", type=int, default=None, help="vocabulary size, e.g. 4096 for a custom tokenizer (default GPT-2's 50259)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model for train and ratio (compile time is in the warm-up)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice, one per core)")
+    p.add_argument("--clock", default="wall", choices=list(_CLOCKS),
+                   help="wall (default) or cpu: this process's CPU time, for a CPU shared with other work; needs "
+                        "--threads 1, and then gives single-core figures that other processes barely disturb")
+    p.add_argument("--malloc", default="retain", choices=["retain", "default"],
+                   help="retain (default): glibc keeps freed memory for reuse, so big tensors are not page-faulted in "
+                        "again every step (+30-40%% for small on CPU); default: leave the allocator alone")
     p.add_argument("--warmup", type=int, default=None, help="untimed training steps first (default 2 on CPU, 3 on GPU)")
     p.add_argument("--steps", type=int, default=None, help="timed training steps, the median is reported (default 5 on CPU, 10 on GPU)")
     p.add_argument("--peak_sizes", default=None, help="matmul sizes for the peak, comma-separated (default 2048,4096 on CPU, 8192 on GPU)")
@@ -532,6 +595,7 @@ def main(argv=None):
     if args.data and not os.path.isfile(args.data):
         raise UserError(f"--data {args.data}: no such file")
     device = pick_device(args.device)
+    args.malloc_retained = args.malloc == "retain" and retain_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     if device.type == "cuda":
@@ -539,6 +603,7 @@ def main(argv=None):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     print(machine_description(device))
+    print(settings_description(args))
     rows = run(args, device)
     table = format_table(rows)
     print()
@@ -546,7 +611,7 @@ def main(argv=None):
     for line in check_targets(rows):
         print(line)
     if not args.no_write:
-        append_benchmarks(args.out, section_text(rows, device, argv, args.note))
+        append_benchmarks(args.out, section_text(rows, device, argv, args.note, settings=settings_description(args)))
         print(f"appended to {args.out}")
     return rows
 

@@ -89,12 +89,13 @@ def test_prepare_on_a_given_file(tmp_path):
 
 def test_write_appends_sections(tmp_path, one_thread):
     out = tmp_path / "BENCH.md"
-    argv = ["--quick", "--device", "cpu", "--only", "peak", "--out", str(out), "--note", "test run"]
+    argv = ["--quick", "--device", "cpu", "--only", "peak", "--out", str(out), "--note", "test run", "--malloc", "default"]
     bench.main(argv)
     first = out.read_text()
     assert first.startswith("# Benchmarks\n")
     assert first.count("\n## ") == 1 and "- note: test run" in first and "matmul 256x256" in first
     assert "- machine: CPU " in first and f"torch {torch.__version__}" in first
+    assert "- settings: clock wall time; glibc malloc allocator default" in first
     bench.main(argv)
     second = out.read_text()
     assert second.startswith(first)  # appended, nothing rewritten
@@ -107,7 +108,7 @@ def test_bad_arguments():
     with pytest.raises(UserError, match="--model"):
         bench.run(quick_args("--model", "huge"), torch.device("cpu"))
     with pytest.raises(UserError, match="batch_size"):
-        bench.main(["--quick", "--no_write", "--batch_size", "0"])
+        bench.main(["--quick", "--no_write", "--malloc", "default", "--batch_size", "0"])
 
 
 def test_gen_block_size_fits_without_sliding():
@@ -124,3 +125,29 @@ def test_quick_run_on_cuda():
     assert all(r["unit"] == "TFLOP/s" for r in sec["peak"])
     assert all(r["value"] > 0 for r in rows)
     assert sec["train"][0]["mfu"] > 0
+
+
+def test_retain_freed_memory_in_a_subprocess():
+    # process-wide and permanent, so not in the test process itself
+    import subprocess
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", "import bench; print(bench.retain_freed_memory())"], cwd=root,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    import platform
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert out.stdout.strip() == ("True" if glibc else "False")
+
+
+def test_cpu_clock_needs_one_thread():
+    if torch.get_num_threads() != 1:
+        with pytest.raises(UserError, match="--threads 1"):
+            bench.run(quick_args("--clock", "cpu"), torch.device("cpu"))
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rows = bench.run(quick_args("--clock", "cpu", "--only", "train"), torch.device("cpu"), log=lambda *a: None)
+    finally:
+        torch.set_num_threads(n)
+        bench.set_clock("wall")
+    assert all(r["value"] > 0 for r in rows)
