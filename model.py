@@ -209,6 +209,12 @@ class Block(nn.Module):
         return x
 
 
+def _cpu_bf16_matmul(weight):
+    """Whether a CPU matmul with this weight runs in bf16: bf16 weights, or bf16 autocast."""
+    return weight.dtype == torch.bfloat16 or (torch.is_autocast_enabled("cpu")
+                                              and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+
+
 class GPT(nn.Module):
 
     def __init__(self, config):
@@ -364,8 +370,19 @@ class GPT(nn.Module):
 
     def _next_logits(self, idx, cache=None):
         # logits for the last position only (B, vocab_size): skips the lm_head over the rest of a prompt
-        x = self._trunk(idx, cache)
-        return self.lm_head(x[:, -1, :])[:, :self.config.vocab_size].float()
+        x = self._trunk(idx, cache)[:, -1, :]
+        if x.size(0) == 1 and x.device.type == "cpu" and _cpu_bf16_matmul(self.lm_head.weight):
+            # one row in bf16: ATen's own matrix-vector product reads the (vocab x n_embd) matrix ~1.6x faster than
+            # oneDNN's (small: 4.7 -> 3.0 ms a token on one core, 2.8 -> 1.4 ms on two); for more rows oneDNN wins
+            prev = torch.backends.mkldnn.enabled
+            torch.backends.mkldnn.enabled = False
+            try:
+                logits = self.lm_head(x)
+            finally:
+                torch.backends.mkldnn.enabled = prev
+        else:
+            logits = self.lm_head(x)
+        return logits[:, :self.config.vocab_size].float()
 
     @staticmethod
     def _sample(logits, context, temperature, top_k, top_p, repetition_penalty, generator):
