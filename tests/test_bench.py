@@ -151,3 +151,16 @@ def test_cpu_clock_needs_one_thread():
         torch.set_num_threads(n)
         bench.set_clock("wall")
     assert all(r["value"] > 0 for r in rows)
+
+
+def test_b1_bf16_logits_path_matches_onednn():
+    # model._next_logits computes one row's bf16 logits with oneDNN switched off (faster there, see model.py):
+    # the result must agree with the oneDNN product and leave the switch as it was
+    model = bench.build_model("tiny", torch.device("cpu"), block_size=16, vocab_size=500).eval()
+    idx = torch.randint(0, 500, (1, 5), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        fast = model._next_logits(idx)
+        ref = model.lm_head(model._trunk(idx)[:, -1, :])[:, :500].float()
+    assert torch.backends.mkldnn.enabled
+    assert fast.shape == (1, 500)
+    assert torch.allclose(fast, ref, atol=2e-2, rtol=2e-2)
