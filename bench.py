@@ -18,7 +18,6 @@ On a shared machine (other processes busy) the numbers drop and scatter; --note 
 """
 import argparse
 import contextlib
-import ctypes
 import datetime
 import os
 import platform
@@ -30,7 +29,8 @@ import warnings
 
 import torch
 
-from common import UserError, atomic_write_text, autocast, cpu_has_bf16, pick_device, pick_dtype, run_main, DTYPES
+from common import (UserError, atomic_write_text, autocast, cpu_has_bf16, pick_device, pick_dtype, retain_freed_memory,
+                    run_main, DTYPES)
 from model import GPT, PRESETS, make_config
 
 SECTIONS = ("peak", "train", "gen", "ratio", "prepare")
@@ -105,25 +105,6 @@ def flop_unit(device):
 def row(section, name, value, unit, dtype=None, mfu=None, note=""):
     return dict(section=section, name=name, dtype=SHORT.get(dtype, "") if dtype is not None else "",
                 value=float(value), unit=unit, mfu=mfu, note=note)
-
-
-def retain_freed_memory():
-    """Make glibc keep freed memory for reuse instead of handing it back to the kernel. By default every allocation
-    above the mmap threshold (32 MB at most) is a fresh mmap, unmapped on free, so each training step page-faults
-    its big tensors in again (the logits and their gradient: B*T x 50304): on the 2-core test machine ~600k faults
-    and ~1 s of kernel time per small bf16 step, a third of it. With mmap and trimming off, a step reuses the
-    previous step's pages: small bf16 B8 3.55 -> 2.48 CPU-s a step, tiny V4096 0.285 -> 0.218 (one thread).
-    The price: the process keeps its peak memory (small: max RSS 2.4 -> 3.3 GB). Linux glibc only; returns
-    whether it applied. Process-wide and permanent, so main() calls it, not run()."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):  # another libc (musl has no mallopt)
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
-    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 # -----------------------------------------------------------------------------

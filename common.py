@@ -4,6 +4,7 @@ writes, device and precision choice, and checkpoint loading.
 Nothing model- or data-specific lives here.
 """
 import contextlib
+import ctypes
 import os
 import sys
 
@@ -144,3 +145,22 @@ def autocast(device, dtype):
     if dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def retain_freed_memory():
+    """Make glibc keep freed memory for reuse instead of handing it back to the kernel. By default every allocation
+    above the mmap threshold (32 MB at most) is a fresh mmap, unmapped on free, so each training step page-faults
+    its big tensors in again (the logits and their gradient: B*T x 50304): on the 2-core test machine ~600k faults
+    and ~1 s of kernel time per small bf16 step, a third of it. With mmap and trimming off, a step reuses the
+    previous step's pages: small bf16 B8 3.55 -> 2.48 CPU-s a step, tiny V4096 0.285 -> 0.218 (one thread).
+    The price: the process keeps its peak memory (small: max RSS 2.4 -> 3.3 GB). Linux glibc only; returns
+    whether it applied. Process-wide and permanent, so a script's main() calls it, not its importable functions."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # another libc (musl has no mallopt)
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))

@@ -29,7 +29,8 @@ import time
 import torch
 
 from checkpoint import find_checkpoints, load_model
-from common import UserError, atomic_write_text, autocast, pick_device, pick_dtype, run_main
+from common import (UserError, atomic_write_text, autocast, pick_device, pick_dtype, retain_freed_memory,
+                    run_main)
 from setup_tokenizer import EOT, IM_END, StreamDecoder, render_chat
 
 TYPING_DELAY = 0.012  # seconds per token on a terminal: a readable rhythm for demos, never in pipes
@@ -409,4 +410,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    retain_freed_memory()  # a CPU step reuses its pages (see common.py); process-wide, so not in main()
     run_main(main)

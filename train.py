@@ -39,7 +39,8 @@ import torch
 from tqdm import tqdm
 
 from checkpoint import load_checkpoint, save_checkpoint
-from common import UserError, atomic_write_text, autocast, pick_device, pick_dtype, run_main, tmp_name
+from common import (UserError, atomic_write_text, autocast, pick_device, pick_dtype, retain_freed_memory,
+                    run_main, tmp_name)
 from model import PRESETS, GPT, GPTConfig, make_config
 from setup_tokenizer import get_tokenizer, tokenizer_from_state, tokenizer_hash
 
@@ -902,4 +903,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    retain_freed_memory()  # +30-40% a CPU step (see common.py); process-wide, so not in main()
     main()

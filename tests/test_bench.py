@@ -131,7 +131,7 @@ def test_retain_freed_memory_in_a_subprocess():
     # process-wide and permanent, so not in the test process itself
     import subprocess
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([sys.executable, "-c", "import bench; print(bench.retain_freed_memory())"], cwd=root,
+    out = subprocess.run([sys.executable, "-c", "import common; print(common.retain_freed_memory())"], cwd=root,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     import platform
