@@ -114,11 +114,14 @@ def parse_args(argv=None):
     g.add_argument("--weight_decay", type=float, help=f"AdamW weight decay on matrices (default: {d['weight_decay']})")
     g.add_argument("--grad_clip", type=float, help=f"clip the gradient norm to this, 0 = off (default: {d['grad_clip']})")
     g = p.add_argument_group("evaluation and logging")
-    g.add_argument("--eval_interval", type=float, help=f"evaluate every this %% of an epoch, 0 = only at epoch ends "
-                                                       f"(default: {d['eval_interval']:g})")
-    g.add_argument("--log_interval", type=float, help=f"log every this %% of an epoch (default: {d['log_interval']:g})")
-    g.add_argument("--save_interval", type=float, help=f"save every this %% of an epoch, 0 = only at epoch ends "
-                                                       f"(default: {d['save_interval']:g})")
+    g.add_argument("--eval_interval", type=float, help=f"evaluate every this %% of an epoch (of the time with "
+                                                       f"--time_budget), 0 = only at epoch ends or the end of the "
+                                                       f"budget (default: {d['eval_interval']:g})")
+    g.add_argument("--log_interval", type=float, help=f"log every this %% of an epoch (of the time with --time_budget) "
+                                                      f"(default: {d['log_interval']:g})")
+    g.add_argument("--save_interval", type=float, help=f"save every this %% of an epoch (of the time with "
+                                                       f"--time_budget), 0 = only at epoch ends or the end of the "
+                                                       f"budget (default: {d['save_interval']:g})")
     g.add_argument("--eval_batches", type=int, help=f"at most this many val batches per evaluation, spread over the "
                                                     f"split (default: {d['eval_batches']})")
     g.add_argument("--patience", type=int, help="stop early after this many evaluations without a better val loss, "
@@ -756,6 +759,17 @@ def train(args):
     def every(pct):
         return max(1, round(spe * pct / 100)) if pct > 0 else None
     log_every, eval_every, save_every = every(args.log_interval), every(args.eval_interval), every(args.save_interval)
+    # A budgeted run may repeat a small dataset's epoch every few seconds: its logs, evaluations and saves follow
+    # the clock instead, each when the run enters its next slice of pct % of the budget.
+    slices = {}
+
+    def budget_due(kind, pct, frac):
+        if not pct > 0:
+            return False
+        k = int(frac * 100 / pct)
+        last = slices.setdefault(kind, k)  # the first call only sets where the run starts
+        slices[kind] = k
+        return k > last
 
     # ---- the loop
     run_steps, run_tokens, stopped = 0, 0, "done"
@@ -801,11 +815,17 @@ def train(args):
                         if budget and budget_spent + time.time() - t_run + reserve >= budget:
                             stopped = "time budget"
                         t_extra = time.time()
-                        due_eval = end_of_epoch or (eval_every and estep % eval_every == 0) or stopped == "time budget"
-
-                        due_save = end_of_epoch or (save_every and estep % save_every == 0)
+                        if budget:
+                            frac = (budget_spent + t_extra - t_run) / budget
+                            due_eval = budget_due("eval", args.eval_interval, frac) or stopped == "time budget"
+                            due_save = budget_due("save", args.save_interval, frac)
+                            due_log = budget_due("log", args.log_interval, frac)
+                        else:
+                            due_eval = end_of_epoch or (eval_every and estep % eval_every == 0)
+                            due_save = end_of_epoch or (save_every and estep % save_every == 0)
+                            due_log = estep % log_every == 0
                         # the last step of a run is always logged
-                        due_log = due_eval or estep % log_every == 0 or stopped != "done" or interrupt.requested
+                        due_log = due_log or due_eval or stopped != "done" or interrupt.requested
 
                         if due_log:
                             train_loss = loss_acc.item() / loss_n  # the only host sync of the loop
