@@ -263,22 +263,26 @@ def prefetch(iterable, depth=2):
     stop = threading.Event()
     done = object()
 
+    def put(item):  # False once the consumer has stopped
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
     def work():
         try:
             for item in iterable:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        pass
-                if stop.is_set():
+                if not put(item):
                     return
-            q.put(done)
+            put(done)
         except BaseException as e:  # handed to the consumer, raised there
-            q.put(e)
+            put(e)
 
-    threading.Thread(target=work, daemon=True).start()
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
     try:
         while True:
             item = q.get()
@@ -289,6 +293,9 @@ def prefetch(iterable, depth=2):
             yield item
     finally:
         stop.set()
+        # wait for the thread to leave its torch calls: a daemon thread still inside one when the interpreter
+        # exits can abort the process (seen once in 7 two-minute runs: "Aborted" after the final summary)
+        thread.join(timeout=10)
 
 
 class Batches:
