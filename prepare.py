@@ -5,6 +5,7 @@ Turn stories, dialogues and instruction data into token files for train.py.
     python prepare.py --dataset story --limit 500      # a quick demo
     python prepare.py --dataset text --source notes/ --name notes
     python prepare.py --dataset chat --source chats.jsonl --tokenizer tokenizers/story4k.tiktoken
+    python prepare.py --mix dailydialog:1,chat:2 --name mychat   # several chat sets in one, by weight
 
 Each dataset becomes a folder data/<name>/ with
     train.bin, val.bin              token ids, uint16 when the vocabulary fits, else uint32 (np.memmap them)
@@ -13,10 +14,33 @@ Each dataset becomes a folder data/<name>/ with
     meta.json                       written last: a folder is a complete dataset exactly when it has one
 Documents are each followed by <|endoftext|>; conversations are ChatML (setup_tokenizer.render_chat).
 
+Packing (conversation sets, --pack BLOCK, default 256: the tiny and small models' context). train.py cuts
+a split into windows of BLOCK tokens at stride BLOCK, so a conversation that straddles a multiple of BLOCK
+is cut in two: the second window trains on replies whose question it cannot see. Packed, the file is a
+sequence of blocks of BLOCK tokens and no conversation crosses a block boundary unless it is longer than a
+block: conversations wait in a buffer of PACK_LOOKAHEAD, each block takes the longest waiting one that
+still fits, and when none fits the rest of the block is <|endoftext|> padding with mask 0 (1-5% of the
+tokens on the mirror's sets, against 20-27% when conversations are laid out in order). A conversation
+longer than a block is cut into pieces of at most a block, each closed by <|endoftext|> and placed like a
+conversation: cut before a user message, so a reply keeps its question, or where a single exchange is
+longer than a block, before any turn (<|im_start|>); only a single turn longer than a block still crosses
+a boundary. The file ends with a whole block and one more <|endoftext|>, so train.py's last window (it reads
+BLOCK + 1 tokens) exists. Every block starts with <|im_start|> or padding, both mask 0 (but inside a turn
+longer than a block), so the target a window takes from the next block never counts. Train with
+--block_size BLOCK (or a multiple of it). Plain text is never packed: it trains on every token, so
+padding would be learned. The tokens are written unpacked first, then packed: twice the disk for a moment.
+
+Mixing (--mix NAME:WEIGHT,...). Each dataset is tokenized on its own; the mix keeps the total train size
+of its sources put together and gives each source WEIGHT / (sum of weights) of its tokens: a source
+above its natural share has documents repeated, one below it a random subset (seeded: the same every
+run). Validation holds each source's own validation documents once, unweighted. meta.json's "mix"
+records what each source contributed.
+
 Sources, first found wins: --source files (.txt, .jsonl, .json, .parquet), the local mirror
 in $DATA_MIRROR (see its README.md), then the Hugging Face hub.
 """
 import argparse
+import bisect
 import contextlib
 import functools
 import hashlib
@@ -40,16 +64,27 @@ FORMAT = 1   # layout of meta.json and the .bin files
 VERSION = 1  # bump when the same inputs would give other tokens, so existing datasets rebuild
 DATASETS = ("story", "dailydialog", "chat", "chitchat", "knowledge", "text")
 EVERYTHING = ("story", "dailydialog", "chat", "knowledge", "chitchat")  # what a bare `python prepare.py` builds
+MIXABLE = ("dailydialog", "chat", "knowledge", "chitchat")  # the conversation sets, which --mix combines
 SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
 THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 # a batch is what one threaded encode call gets: large enough to keep every core busy,
 # small enough that its Python token lists stay a few tens of MB whatever the corpus size
 BATCH_DOCS, BATCH_CHARS = 8192, 4 << 20
+# conversations are packed into blocks of the tiny and small presets' context (model.PRESETS, not
+# imported: prepare.py runs without torch)
+DEFAULT_PACK = 256
+# conversations the packer holds back to choose from: more fill blocks better (on dailydialog at 256,
+# 64 leave 3.2% padding, 1000 leave 1.2%) and cost only their tokens in memory
+PACK_LOOKAHEAD = 1000
+MIX_SEED = 1337  # which documents a mix repeats or leaves out, and their order: the same every run
 
 # files of the local mirror ($DATA_MIRROR/README.md): "main" files give train and, from the
 # tail of each, val; "val" files are a source's own validation split; "extra" files are train-only
 MIRROR = {
-    "story": {"main": ["tinystories/TinyStories-sample.txt"], "extra": ["tinystories/TinyStories-train-head.txt"]},
+    # the lowercased head is 4x the cased one: more stories help the 10-minute CPU run (val 0.904 -> 0.886 bits per
+    # byte, BENCHMARKS.md), though they are lowercase; val stays the cased sample's
+    "story": {"main": ["tinystories/TinyStories-sample.txt"],
+              "extra": ["tinystories/TinyStories-train-head.txt", "tinystories/TinyStories-train-head-lowercase.txt"]},
     "dailydialog": {"main": ["dailydialog/dialogues_train.txt"], "val": ["dailydialog/dialogues_validation.txt"]},
     "chat": {"main": ["alpaca/alpaca_5000.json", "alpaca/alpaca_en_demo.json",
                       "conversations/fastchat_dummy_conversation.json"]},
@@ -117,6 +152,15 @@ def story_line_docs(path):
         yield from ((d.strip(), True) for d in docs if d.strip())
     if rest.strip():
         yield rest.strip(), True
+
+
+def extra_docs(path, earlier=()):
+    """A train-only extra file's stories, less those an earlier extra file has (case and spacing ignored): the
+    mirror's lowercased TinyStories head starts with the 1,097 stories of the cased one."""
+    def key(text):
+        return " ".join(text.lower().split())
+    seen = {key(d) for f in earlier for d, _ in story_line_docs(f)}
+    return ((d, ok) for d, ok in story_line_docs(path) if key(d) not in seen)
 
 
 # each starts with a literal where it can: re scans for that first, which keeps a 6 MB file under a second
@@ -428,7 +472,8 @@ def find_source(dataset, source=None, extra=True):
             streams = [(main_role, f, functools.partial(docs, f)) for f in found["main"]]
             streams += [("val", f, functools.partial(docs, f)) for f in found["val"]]
             if extra:
-                streams += [("train", f, functools.partial(story_line_docs, f)) for f in found["extra"]]
+                streams += [("train", f, functools.partial(extra_docs, f, found["extra"][:i]))
+                            for i, f in enumerate(found["extra"])]
             files = [os.path.abspath(f) for role, f, _ in streams]
             return {"description": f"DATA_MIRROR {os.path.abspath(mirror)}: " + ", ".join(os.path.relpath(f, mirror) for f in files),
                     "files": files, "streams": streams}
@@ -439,7 +484,35 @@ def find_source(dataset, source=None, extra=True):
     return {"description": f"Hugging Face hub {path}" + (f" ({config})" if config else ""), "files": [], "streams": streams}
 
 
-def fingerprint(dataset, plan, tokenizer, tok_hash, limit, val_fraction):
+def parse_mix(spec):
+    """--mix "dailydialog:1,chat:2" -> {"dailydialog": 1.0, "chat": 2.0}; a name without a weight weighs 1."""
+    mix = {}
+    for item in spec.split(","):
+        name, _, weight = item.strip().partition(":")
+        if name not in MIXABLE:
+            raise UserError(f"--mix {spec}: {name!r} is not a conversation dataset; mix {', '.join(MIXABLE)}")
+        try:
+            w = float(weight) if weight else 1.0
+        except ValueError:
+            w = float("nan")
+        if not w > 0 or w == float("inf"):
+            raise UserError(f"--mix {spec}: the weight of {name} must be a positive number, as in {name}:2")
+        if name in mix:
+            raise UserError(f"--mix {spec}: {name} is named twice; give it one weight")
+        mix[name] = w
+    return mix
+
+
+def find_mix_source(mix, extra=True):
+    """A mix's plan: each source's own plan (and weight) under "parts"; its streams and files together
+    (what a vocabulary is trained on and what the fingerprint watches)."""
+    parts = [{"dataset": name, "weight": weight, **find_source(name, None, extra)} for name, weight in mix.items()]
+    return {"description": "; ".join(f"{p['dataset']} (weight {p['weight']:g}): {p['description']}" for p in parts),
+            "files": [f for p in parts for f in p["files"]],
+            "streams": [s for p in parts for s in p["streams"]], "parts": parts}
+
+
+def fingerprint(dataset, plan, tokenizer, tok_hash, limit, val_fraction, pack=None, mix=None):
     """Changes when anything that decides the tokens does: input files (path, size, mtime), tokenizer, options."""
     files = []
     for f in plan["files"]:
@@ -447,7 +520,7 @@ def fingerprint(dataset, plan, tokenizer, tok_hash, limit, val_fraction):
         files.append([f, st.st_size, st.st_mtime_ns])
     state = {"format": FORMAT, "version": VERSION, "dataset": dataset, "source": plan["description"],
              "files": files, "tokenizer": tokenizer, "tokenizer_hash": tok_hash, "limit": limit,
-             "val_fraction": val_fraction}
+             "val_fraction": val_fraction, "pack": pack, "mix": mix}
     return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -456,15 +529,16 @@ def fingerprint(dataset, plan, tokenizer, tok_hash, limit, val_fraction):
 
 class Split:
     """One split being written: token ids (and the loss mask) appended to temporary files,
-    renamed into place by commit(), removed by discard()."""
+    renamed into place by commit(), removed by discard(). scratch goes into the temporary names, so
+    unpacked or per-source splits can be written next to the dataset's own."""
 
-    def __init__(self, folder, name, dtype, has_mask):
+    def __init__(self, folder, name, dtype, has_mask, scratch=""):
         self.dtype = np.dtype(dtype)
         self.paths = [os.path.join(folder, f"{name}.bin")] + ([os.path.join(folder, f"{name}_mask.bin")] if has_mask else [])
         self.files = []
         for p in self.paths:
-            self.files.append(open(tmp_name(p), "w+b"))
-        self.tokens = self.documents = self.bytes = 0
+            self.files.append(open(tmp_name(p + scratch), "w+b"))
+        self.tokens = self.documents = self.bytes = self.padding = 0
 
     def write(self, ids, mask, documents, nbytes):
         self.files[0].write(ids.tobytes())
@@ -492,6 +566,15 @@ class Split:
         self.documents, other.documents = self.documents - documents, other.documents + documents
         self.bytes, other.bytes = self.bytes - moved_bytes, other.bytes + moved_bytes
 
+    def arrays(self):
+        """What was written so far as read-only memmaps: (ids, mask or None); None when nothing was."""
+        for f in self.files:
+            f.flush()
+        if not self.tokens:
+            return None
+        mask = np.memmap(self.files[1].name, dtype=np.uint8, mode="r") if len(self.files) > 1 else None
+        return np.memmap(self.files[0].name, dtype=self.dtype, mode="r"), mask
+
     def commit(self):
         for f, path in zip(self.files, self.paths):
             f.close()
@@ -502,6 +585,154 @@ class Split:
             f.close()
             with contextlib.suppress(FileNotFoundError):
                 os.remove(f.name)
+
+
+class Packer:
+    """Writes documents (token ids ending with <|endoftext|>, and their mask) into a Split. block 0: as they
+    come. block > 0: in blocks of block tokens that no document crosses where avoidable (see the module
+    docstring): the longest waiting document that fits the open block goes next, a block nothing fits is
+    closed with <|endoftext|> padding (mask 0), a document longer than a block is cut between its turns."""
+    FLUSH_TOKENS = 1 << 20  # documents are gathered into writes of about this many tokens
+
+    def __init__(self, out, block, enc, table, lookahead=PACK_LOOKAHEAD):
+        self.out, self.block, self.table, self.lookahead = out, block, table, lookahead
+        self.eot, self.im_start = enc.eot_token, enc.encode_single_token(IM_START)
+        self.user_head = [self.im_start] + enc.encode_ordinary("user\n")  # how a user message starts
+        self.pos = 0                       # tokens already in the open block
+        self.lengths, self.waiting = [], []  # documents held back, sorted by length
+        self.pending, self.pending_tokens = [], 0
+
+    def add(self, ids, mask):
+        """One document; a conversation cut into pieces still counts as one."""
+        self.out.documents += 1
+        if not self.block:
+            self.emit(ids, mask)
+            return
+        for piece in self.pieces(ids, mask):
+            if len(piece[0]) > self.block:  # a single turn longer than a block: it starts a block and crosses
+                while self.pos and self.lengths and self.lengths[0] <= self.block - self.pos:
+                    self.place_one()        # first fill what is left of the open block
+                self.pad()
+                self.emit(*piece)
+                continue
+            i = bisect.bisect_right(self.lengths, len(piece[0]))
+            self.lengths.insert(i, len(piece[0]))
+            self.waiting.insert(i, piece)
+            if len(self.waiting) > self.lookahead:
+                self.place_one()
+
+    def pieces(self, ids, mask):
+        """A document that fits a block as it is; a longer one cut into pieces of at most a block with their
+        closing <|endoftext|>, each as long as it can be: cut before a user message, so that a reply stays
+        with its question, and only where one exchange is longer than a block also before other turns. A
+        single turn longer than a block is one piece longer than a block."""
+        if len(ids) <= self.block:
+            yield ids, mask
+            return
+        body = len(ids) - (ids[-1] == self.eot)  # the turns, without the closing <|endoftext|>
+        turns = np.flatnonzero(ids[:body] == self.im_start).tolist()
+        h = len(self.user_head)
+        exchanges = sorted({0, *(t for t in turns if ids[t:t + h].tolist() == self.user_head), body})
+        cuts = [0]
+        for a, b in zip(exchanges, exchanges[1:]):
+            if b - a + 1 > self.block:  # an exchange longer than a block: its turns may be cut apart
+                cuts += [t for t in turns if a < t < b]
+            cuts.append(b)
+        first = 0  # index in cuts where the piece being grown starts
+        for k in range(2, len(cuts)):
+            if cuts[k] - cuts[first] + 1 > self.block:  # turns first..k-1 plus <|endoftext|> would not fit
+                yield self.closed(ids, mask, cuts[first], cuts[k - 1])
+                first = k - 1
+        yield self.closed(ids, mask, cuts[first], body)
+
+    def closed(self, ids, mask, a, b):
+        """ids[a:b] followed by <|endoftext|> (mask 0)."""
+        piece = np.concatenate([ids[a:b], np.array([self.eot], ids.dtype)])
+        return piece, None if mask is None else np.concatenate([mask[a:b], np.zeros(1, np.uint8)])
+
+    def place_one(self):
+        """Write the longest waiting document that fits the open block, closing the block first if none does."""
+        i = bisect.bisect_right(self.lengths, self.block - self.pos)
+        if i == 0:
+            self.pad()
+            i = len(self.waiting)  # every waiting document fits an empty block
+        self.lengths.pop(i - 1)
+        self.emit(*self.waiting.pop(i - 1))
+
+    def pad(self):
+        """Fill the rest of the open block with <|endoftext|>, mask 0."""
+        if self.pos:
+            self.emit_padding(self.block - self.pos)
+
+    def emit_padding(self, n):
+        self.out.padding += n
+        self.pos = (self.pos + n) % self.block
+        self.pending.append((np.full(n, self.eot, self.out.dtype), np.zeros(n, np.uint8), 0))
+
+    def emit(self, ids, mask):
+        if self.block:
+            self.pos = (self.pos + len(ids)) % self.block
+        self.pending.append((ids, mask, int(self.table[ids].sum())))
+        self.pending_tokens += len(ids)
+        if self.pending_tokens >= self.FLUSH_TOKENS:
+            self.flush()
+
+    def flush(self):
+        if self.pending:
+            ids, masks, nbytes = zip(*self.pending)
+            self.out.write(np.concatenate(ids).astype(self.out.dtype, copy=False),
+                           None if masks[0] is None else np.concatenate(masks), 0, sum(nbytes))
+        self.pending, self.pending_tokens = [], 0
+
+    def close(self):
+        """Write what waits; a packed split ends with a whole block and one more <|endoftext|>."""
+        while self.waiting:
+            self.place_one()
+        if self.block and (self.out.tokens or self.pending):
+            self.pad()
+            self.emit_padding(1)
+        self.flush()
+
+
+def document_ends(ids, eot, chunk=1 << 24):
+    """Offsets just past each <|endoftext|> of a token array, and its end if text follows the last one;
+    read in chunks, so a big memmap is never compared whole."""
+    ends = [np.flatnonzero(ids[i:i + chunk] == eot) + (i + 1) for i in range(0, len(ids), chunk)]
+    ends = np.concatenate(ends) if ends else np.zeros(0, np.int64)
+    if len(ids) and (not len(ends) or ends[-1] != len(ids)):
+        ends = np.append(ends, len(ids))
+    return ends.astype(np.int64)
+
+
+def split_documents(split, eot):
+    """(ids, mask or None) of each document written to a Split, in order."""
+    arrays = split.arrays()
+    if arrays is None:
+        return
+    ids, mask = arrays
+    start = 0
+    for end in document_ends(ids, eot).tolist():
+        yield ids[start:end], None if mask is None else mask[start:end]
+        start = end
+
+
+def mix_choice(doc_tokens, weights, seed=MIX_SEED):
+    """Which documents make a mix: doc_tokens, per source the token count of each document; returns per
+    source an array of document indices (repeats allowed) whose tokens are about weight / sum(weights) of
+    all the sources' tokens together. Whole copies of a source first, then a seeded random subset."""
+    rng = np.random.default_rng(seed)
+    total, wsum = sum(int(t.sum()) for t in doc_tokens), sum(weights)
+    picks = []
+    for tokens, weight in zip(doc_tokens, weights):
+        want = total * weight / wsum
+        copies, rest = divmod(want, int(tokens.sum()))
+        order = rng.permutation(len(tokens))
+        reached = np.cumsum(tokens[order])
+        k = int(np.searchsorted(reached, rest))  # the first k documents fall short of rest, k + 1 reach it
+        if k < len(order) and reached[k] - rest < rest - (reached[k - 1] if k else 0):
+            k += 1  # whichever is closer
+        picks.append(np.concatenate([np.tile(np.arange(len(tokens)), int(copies)), order[:k]]))
+    return picks
 
 
 def encode_texts(enc, texts):
@@ -592,9 +823,11 @@ def limited(docs, budget, role):
         yield doc
 
 
-def write_splits(folder, streams, enc, splits, limit, val_fraction, progress):
-    """Tokenize every stream into temporary train/val files (added to splits as soon as they exist,
-    so the caller can remove them on failure); returns the kind, "text" or "chat"."""
+def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, scratch="", pack=None):
+    """Tokenize every stream into temporary train/val files (added to splits as soon as they exist, so the
+    caller can remove them on failure; scratch tells apart the temporary files of several such calls);
+    returns the kind, "text" or "chat".
+    pack: the --pack asked for, refused on plain text before anything is tokenized."""
     dtype = np.uint16 if enc.n_vocab <= 1 << 16 else np.uint32
     table = token_bytes(enc)
     # --limit N: the first N documents of each source, and of a source's own validation split
@@ -612,8 +845,11 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress):
         opened.append((role, label, docs))
     if kind is None:
         raise UserError(f"no documents found in {', '.join(label for _, label, _ in streams)}")
+    if kind == "text" and pack:
+        raise UserError(f"--pack {pack}: only conversations are packed (plain text trains on every token, "
+                        f"padding included); drop --pack")
     for name in ("train", "val"):
-        splits[name] = Split(folder, name, dtype, kind == "chat")
+        splits[name] = Split(folder, name, dtype, kind == "chat", scratch)
 
     for role, label, docs in opened:
         out = splits["val" if role == "val" else "train"]
@@ -641,17 +877,17 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress):
 def train_vocabulary(plan, vocab_size, path, limit):
     """Train a BPE vocabulary of vocab_size on the dataset's own text (message contents for
     conversations), with the same --limit, and save it as path."""
-    budget = {"split": limit, "train": limit, "val": 0}
-
     def texts():
-        for role, _, make_docs in plan["streams"]:
-            if role == "val":
-                continue  # a source's own validation split stays unseen
-            for doc in limited(make_docs(), budget, role):
-                if doc_kind(doc) == "text":
-                    yield doc[0]
-                else:
-                    yield from (m["content"] for m in doc)
+        for part in plan.get("parts", [plan]):  # a mix: --limit counts in each of its datasets, as in build()
+            budget = {"split": limit, "train": limit, "val": 0}
+            for role, _, make_docs in part["streams"]:
+                if role == "val":
+                    continue  # a source's own validation split stays unseen
+                for doc in limited(make_docs(), budget, role):
+                    if doc_kind(doc) == "text":
+                        yield doc[0]
+                    else:
+                        yield from (m["content"] for m in doc)
 
     t0 = time.time()
     enc = train_bpe(texts(), vocab_size, path)
@@ -683,20 +919,31 @@ def is_complete(folder, meta):
 
 
 def prepare(dataset, source=None, tokenizer="gpt2", limit=None, val_fraction=0.1, force=False,
-            out_dir="data", name=None, extra=True, vocab_size=None):
+            out_dir="data", name=None, extra=True, vocab_size=None, pack=None, mix=None):
     """Build (or find up to date) out_dir/name from dataset's source; returns its meta.json as a dict.
     vocab_size: tokenize with a vocabulary of that size trained on this data (out_dir/name/tokenizer.tiktoken)
-    instead of --tokenizer; small vocabularies make small models several times faster."""
-    if dataset not in DATASETS:
+    instead of --tokenizer; small vocabularies make small models several times faster.
+    pack: block size conversations are packed for (None: DEFAULT_PACK, 0: not packed; text never is).
+    mix: {dataset: weight} for dataset "mix", several conversation sets in one (see the module docstring)."""
+    if dataset == "mix":
+        if not mix:
+            raise UserError("a mix needs its datasets and weights: --mix dailydialog:1,chat:2")
+        if source:
+            raise UserError("--mix takes dataset names, not --source files: prepare your files as one dataset with --name")
+    elif dataset not in DATASETS:
         raise UserError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    elif mix:
+        raise UserError(f"--mix builds its own dataset: drop --dataset {dataset}")
     if limit is not None and limit < 1:
         raise UserError(f"--limit {limit}: must be at least 1")
     if not 0 <= val_fraction < 1:
         raise UserError(f"--val_fraction {val_fraction}: must be in [0, 1)")
+    if pack is not None and pack < 0:
+        raise UserError(f"--pack {pack}: give the training context in tokens (train.py --block_size), or 0 for no packing")
     name = name or dataset
     if not re.fullmatch(r"[\w.-]+", name) or name in (".", ".."):
         raise UserError(f"--name {name!r}: use letters, digits, '.', '-' and '_' (it names a folder in {out_dir})")
-    plan = find_source(dataset, source, extra)
+    plan = find_mix_source(mix, extra) if dataset == "mix" else find_source(dataset, source, extra)
     folder = os.path.join(out_dir, name)
     old = read_meta(folder)
     if old and not force and old.get("dataset") != dataset:
@@ -713,11 +960,11 @@ def prepare(dataset, source=None, tokenizer="gpt2", limit=None, val_fraction=0.1
         enc = train_vocabulary(plan, vocab_size, new_vocab, limit) if new_vocab else get_tokenizer(tokenizer)
         tokenizer = tokenizer if tokenizer == "gpt2" else os.path.abspath(tokenizer)
         tok_hash = tokenizer_hash(enc)
-        fp = fingerprint(dataset, plan, tokenizer, tok_hash, limit, val_fraction)
+        fp = fingerprint(dataset, plan, tokenizer, tok_hash, limit, val_fraction, pack, mix)
         if old and not force and old.get("fingerprint") == fp and is_complete(folder, old):
             print(f"{folder} is up to date")
             return old
-        meta = build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_fraction, new_vocab)
+        meta = build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_fraction, new_vocab, pack)
     except BaseException:
         if created:
             shutil.rmtree(folder, ignore_errors=True)  # a failed first build leaves no folder behind
@@ -729,14 +976,72 @@ def prepare(dataset, source=None, tokenizer="gpt2", limit=None, val_fraction=0.1
     return meta
 
 
-def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_fraction, new_vocab=None):
+def pack_split(out, docs, block, enc):
+    """Write documents [(ids, mask)] into the Split out through a Packer (block 0: as they come)."""
+    packer = Packer(out, block, enc, token_bytes(enc))
+    for ids, mask in docs:
+        packer.add(ids, mask)
+    packer.close()
+
+
+def mix_splits(folder, plan, enc, splits, scratch, limit, val_fraction, block, progress):
+    """A mix's train and val splits (into splits, temporary until committed) from each of its datasets,
+    tokenized first into scratch splits of their own; returns what each dataset contributed."""
+    raws = []
+    for part in plan["parts"]:
+        raw = {}
+        scratch.append(raw)
+        # --limit counts in each dataset, as it does for a dataset on its own
+        kind = write_splits(folder, part["streams"], enc, raw, limit, val_fraction, progress, f".{part['dataset']}", block)
+        if kind != "chat":
+            raise UserError(f"--mix: {part['dataset']} is plain text; a mix is made of conversation sets")
+        if not raw["train"].tokens:
+            raise UserError(f"--mix: {part['dataset']} has no training documents left (--limit {limit}?)")
+        raws.append(raw)
+    eot = enc.eot_token
+    arrays = [raw["train"].arrays() for raw in raws]
+    ends = [document_ends(ids, eot) for ids, _ in arrays]
+    starts = [np.concatenate([[0], e[:-1]]) for e in ends]
+    picks = mix_choice([e - s for s, e in zip(starts, ends)], [part["weight"] for part in plan["parts"]])
+    # one shuffled order for all the picked documents, so that blocks hold several sources
+    source = np.concatenate([np.full(len(p), i) for i, p in enumerate(picks)])
+    doc = np.concatenate(picks)
+    order = np.random.default_rng(MIX_SEED).permutation(len(doc))
+    splits["train"] = Split(folder, "train", raws[0]["train"].dtype, True)
+    pack_split(splits["train"], ((arrays[i][0][starts[i][d]:ends[i][d]], arrays[i][1][starts[i][d]:ends[i][d]])
+                                 for i, d in zip(source[order].tolist(), doc[order].tolist())), block, enc)
+    # validation: every dataset's own validation documents, once each, so the val loss is over distinct text
+    splits["val"] = Split(folder, "val", raws[0]["val"].dtype, True)
+    pack_split(splits["val"], itertools.chain.from_iterable(split_documents(raw["val"], eot) for raw in raws), block, enc)
+    return {part["dataset"]: {"weight": part["weight"],
+                              "train_tokens": int((e - s)[p].sum()), "train_documents": len(p),
+                              "val_tokens": raw["val"].tokens, "val_documents": raw["val"].documents}
+            for part, raw, s, e, p in zip(plan["parts"], raws, starts, ends, picks)}
+
+
+def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_fraction, new_vocab=None, pack=None):
     """Tokenize plan's streams into folder; the old files stay until everything new is written."""
     os.makedirs(folder, exist_ok=True)
     t0 = time.time()
-    splits = {}
+    splits, scratch = {}, []  # the dataset's splits, and the unpacked or per-source ones they are made from
+    mixed = None
     try:
         with tqdm(desc=f"{folder}", unit=" docs", unit_scale=True, disable=None, leave=False) as progress:
-            kind = write_splits(folder, plan["streams"], enc, splits, limit, val_fraction, progress)
+            if "parts" in plan:
+                kind, block = "chat", DEFAULT_PACK if pack is None else pack
+                mixed = mix_splits(folder, plan, enc, splits, scratch, limit, val_fraction, block, progress)
+            else:
+                raw = {}
+                scratch.append(raw)
+                kind = write_splits(folder, plan["streams"], enc, raw, limit, val_fraction, progress, ".unpacked", pack)
+                block = (DEFAULT_PACK if pack is None else pack) if kind == "chat" else 0
+                if block:
+                    for s in ("train", "val"):
+                        splits[s] = Split(folder, s, raw[s].dtype, True)
+                        pack_split(splits[s], split_documents(raw[s], enc.eot_token), block, enc)
+                else:  # the tokenized files are the dataset
+                    splits.update(raw)
+                    scratch.remove(raw)
         has_mask = kind == "chat"
         roles = {role for role, _, _ in plan["streams"]}
         meta = {
@@ -744,13 +1049,17 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
             "tokenizer": tokenizer, "tokenizer_name": enc.name, "tokenizer_hash": tok_hash,
             "vocab_size": enc.n_vocab, "eot_token": enc.eot_token, "dtype": splits["train"].dtype.name,
             "has_mask": has_mask, "source": plan["description"],
-            "val_split": "the source's own validation split" if "val" in roles else
+            "val_split": "each dataset's own validation split, unweighted" if mixed else
+                         "the source's own validation split" if "val" in roles else
                          f"the last {val_fraction:g} of each source's documents (of its tokens if it is one document)"
                          + ("; train-only extra files excluded" if "train" in roles else ""),
-            "limit": limit, "fingerprint": fp,
-            "splits": {s: {"tokens": splits[s].tokens, "documents": splits[s].documents, "bytes": splits[s].bytes}
-                       for s in ("train", "val")},
+            "limit": limit, "pack": block, "fingerprint": fp,
+            # tokens include the padding; bytes are those of the documents alone
+            "splits": {s: {"tokens": splits[s].tokens, "documents": splits[s].documents, "bytes": splits[s].bytes,
+                           "padding": splits[s].padding} for s in ("train", "val")},
         }
+        if mixed:
+            meta["mix"] = mixed
         # meta.json goes first and comes back last: a reader never pairs it with half-replaced files
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(folder, "meta.json"))
@@ -765,7 +1074,7 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
                     os.remove(os.path.join(folder, f"{s}_mask.bin"))
         atomic_write_text(os.path.join(folder, "meta.json"), json.dumps(meta, indent=2) + "\n")
     finally:
-        for split in splits.values():
+        for split in [*splits.values(), *(s for raw in scratch for s in raw.values())]:
             split.discard()  # only temporary files are left to remove; after commit() there are none
 
     dt = max(time.time() - t0, 1e-9)
@@ -774,6 +1083,12 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
     print(f"{folder}: {tr['documents'] + va['documents']:,} documents ({tr['documents']:,} train, {va['documents']:,} val), "
           f"{tokens:,} tokens ({tr['tokens']:,} / {va['tokens']:,}), {mb:.1f} MB of text in {dt:.1f}s: "
           f"{mb / dt:.2f} MB/s, {tokens / dt / 1e6:.2f}M tokens/s")
+    if block:
+        print(f"  packed in blocks of {block} tokens (train.py --block_size {block}): "
+              f"{(tr['padding'] + va['padding']) / max(tokens, 1):.1%} padding")
+    for source, m in (mixed or {}).items():
+        print(f"  {source}: weight {m['weight']:g}, {m['train_tokens'] / max(tr['tokens'] - tr['padding'], 1):.1%} of the "
+              f"train tokens ({m['train_documents']:,} documents), {m['val_documents']:,} val documents")
     return meta
 
 
@@ -794,19 +1109,33 @@ def main(argv=None):
     p.add_argument("--force", action="store_true", help="rebuild even if up to date, and replace a folder holding another dataset")
     p.add_argument("--out_dir", default="data", help="where dataset folders go")
     p.add_argument("--name", help="the dataset's folder name (default: the dataset)")
-    p.add_argument("--no_extra", action="store_true", help="story: leave out the train-only extra stories (TinyStories-train-head.txt)")
+    p.add_argument("--no_extra", action="store_true", help="story: leave out the train-only extra stories (the mirror's TinyStories-train-head files)")
+    p.add_argument("--mix", metavar="NAME:WEIGHT,...",
+                   help=f"one dataset (--name, default mix) from several conversation sets ({', '.join(MIXABLE)}), "
+                        f"e.g. dailydialog:1,chat:2: each gets weight/sum of the train tokens (documents repeated or "
+                        f"left out), val holds each one's validation split")
+    p.add_argument("--pack", type=int, metavar="BLOCK",
+                   help=f"lay conversations out in blocks of BLOCK tokens that none crosses unless longer than a block "
+                        f"(then it is cut before a user message); train with --block_size BLOCK. 0 = one after the other "
+                        f"(default: {DEFAULT_PACK}, the tiny and small models' context; plain text is never packed)")
     args = p.parse_args(argv)
 
     options = dict(tokenizer=args.tokenizer, limit=args.limit, val_fraction=args.val_fraction, force=args.force,
                    out_dir=args.out_dir, extra=not args.no_extra, vocab_size=args.vocab_size)
+    if args.mix:
+        if args.dataset or args.source:
+            raise UserError("--mix builds one dataset from the datasets it names: drop --dataset and --source")
+        prepare("mix", mix=parse_mix(args.mix), name=args.name, pack=args.pack, **options)
+        return
     if args.dataset or args.source:
-        prepare(args.dataset or "text", source=args.source, name=args.name, **options)
+        prepare(args.dataset or "text", source=args.source, name=args.name, pack=args.pack, **options)
         return
     if args.name:
         raise UserError("--name needs --dataset: it names one dataset's folder")
     for dataset in EVERYTHING:
         try:
-            prepare(dataset, **options)
+            # --pack is for the conversation sets: story, plain text, would refuse it
+            prepare(dataset, pack=None if dataset == "story" else args.pack, **options)
         except NoSource as e:
             print(f"skipping {dataset}: {e}")
 

@@ -141,6 +141,26 @@ def render_chat(enc, messages, add_generation_prompt=False):
     return ids, mask
 
 
+def parse_chat(enc, ids):
+    """The inverse of render_chat: token ids -> messages [{role, content}]. Turns are found by the
+    <|im_start|> and <|im_end|> ids, so content that spells them as text stays content; tokens
+    outside a turn (<|endoftext|>, padding) and a last turn cut before its <|im_end|> are skipped."""
+    start, end = enc.encode_single_token(IM_START), enc.encode_single_token(IM_END)
+    messages, turn = [], None
+    for i in ids:
+        i = int(i)
+        if i == start:
+            turn = []
+        elif turn is not None and i == end:
+            role, _, content = enc.decode(turn, errors="replace").partition("\n")
+            if role in ROLES:
+                messages.append({"role": role, "content": content})
+            turn = None
+        elif turn is not None:
+            turn.append(i)
+    return messages
+
+
 class StreamDecoder:
     """Token ids in, text out, as it streams: a character split across tokens is
     emitted once all its bytes have arrived."""

@@ -3,13 +3,16 @@ Never touches the network: the hub loader is replaced for every test."""
 import base64
 import json
 import os
+import random
+import re
+from collections import Counter
 
 import numpy as np
 import pytest
 
 import prepare
 from common import UserError
-from setup_tokenizer import EOT, IM_END, get_tokenizer, render_chat, tokenizer_hash, train_tokenizer
+from setup_tokenizer import EOT, IM_END, IM_START, get_tokenizer, render_chat, tokenizer_hash, train_tokenizer
 
 MIRROR = os.environ.get("DATA_MIRROR")
 
@@ -251,9 +254,10 @@ FORMATS = {  # name: (file name, file text, expected conversations)
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_chat_formats(tmp_path, enc, fmt):
     filename, text, convs = FORMATS[fmt]
-    meta = prepare.prepare("chat", source=write(tmp_path / filename, text), out_dir=str(tmp_path / "data"))
+    # pack 0: conversations one after the other, to compare with render_chat token for token (packing: below)
+    meta = prepare.prepare("chat", source=write(tmp_path / filename, text), out_dir=str(tmp_path / "data"), pack=0)
     folder = tmp_path / "data" / "chat"
-    assert meta["kind"] == "chat" and meta["has_mask"]
+    assert meta["kind"] == "chat" and meta["has_mask"] and meta["pack"] == 0
     check_sizes(folder, meta)
     n_val = meta["splits"]["val"]["documents"]
     assert n_val == max(1, round(len(convs) * 0.1)) and meta["splits"]["train"]["documents"] == len(convs) - n_val
@@ -284,11 +288,228 @@ def test_chitchat_is_deterministic(tmp_path, enc):
     assert "<|im_start|>system\n" in enc.decode(np.fromfile(tmp_path / "a" / "chitchat" / "train.bin", np.uint16).tolist())
 
 
+def test_dailydialog_and_gsm8k_sources(tmp_path, enc):
+    """DailyDialog's original release (turns separated by __eou__, the user speaks first) and GSM8K's question/answer
+    lines (calculator annotations dropped) as --source files: turns, roles and masks exact."""
+    lines = ["Hi , how are you ? __eou__ I ' m fine , thanks . __eou__ Good ! __eou__",
+             "Where is it ? __eou__ Over there . __eou__"] * 5
+    meta = prepare.prepare("dailydialog", source=write(tmp_path / "dialogues.txt", "\n".join(lines) + "\n"),
+                           out_dir=str(tmp_path / "data"), pack=0)
+    ids, mask = load(tmp_path / "data" / "dailydialog", "train", meta)
+    first, second = (prepare.alternate(t) for t in (["Hi, how are you?", "I'm fine, thanks.", "Good!"],
+                                                     ["Where is it?", "Over there."]))
+    assert ids.tolist()[:len(render_chat(enc, first)[0]) + 1] == render_chat(enc, first)[0] + [enc.eot_token]
+    assert first[2]["role"] == "user" and masked_spans(enc, ids, mask) == ["I'm fine, thanks." + IM_END, "Over there." + IM_END] * 4 + ["I'm fine, thanks." + IM_END]
+
+    qa = [{"question": f"Tom has {i} apples and buys {i}. How many?", "answer": f"He has {i}+{i} = <<{i}+{i}={2 * i}>>{2 * i}.\n#### {2 * i}"}
+          for i in range(10)]
+    meta = prepare.prepare("knowledge", source=write(tmp_path / "gsm8k.jsonl", "\n".join(json.dumps(r) for r in qa)),
+                           out_dir=str(tmp_path / "data"), pack=0)
+    ids, mask = load(tmp_path / "data" / "knowledge", "train", meta)
+    assert masked_spans(enc, ids, mask) == [f"He has {i}+{i} = {2 * i}.\n#### {2 * i}" + IM_END for i in range(9)]
+    assert enc.decode(ids.tolist()).startswith("<|im_start|>user\nTom has 0 apples and buys 0. How many?<|im_end|>\n")
+
+
 def test_tidy_dailydialog():
     assert prepare.tidy_dailydialog(" I ’ m here , too . What ' s up ? It costs $ 5 ( or so ) ... right.But I ' Ve  to go ! ") == \
         "I'm here, too. What's up? It costs $5 (or so)... right. But I've to go!"
     assert prepare.tidy_dailydialog("We call it ' Sleeping Beauty ' . __eou__ ' Yes ' , at 5 o ' clock .") == \
         "We call it ' Sleeping Beauty '. __eou__ ' Yes ', at 5 o'clock."
+
+
+# -----------------------------------------------------------------------------
+# packing: conversations laid out in blocks that train.py's windows keep whole
+
+def packing_conversations(n=40, seed=0):
+    """Conversations of 1-6 exchanges whose every message names its conversation and turn (c7 t2): most fit a
+    64-token block, many do not (they are cut before turns), and one has a single reply longer than a block."""
+    rng = random.Random(seed)
+    convs = []
+    for c in range(n):
+        conv = [{"role": "system", "content": f"c{c} system"}] if c % 5 == 0 else []
+        for t in range(rng.randint(1, 6)):
+            conv += [{"role": "user", "content": f"c{c} t{t} question" + " why" * rng.randint(0, 6)},
+                     {"role": "assistant", "content": f"c{c} t{t} answer" + " yes" * rng.randint(0, 12)}]
+        convs.append(conv)
+    convs[7][-1]["content"] += " very long" * 80
+    return convs
+
+
+def documents(ids, eot):
+    """(start, end) of each document of a token array, its closing <|endoftext|> included; lone ones (padding) left out."""
+    ends = prepare.document_ends(ids, eot).tolist()
+    return [(s, e) for s, e in zip([0, *ends[:-1]], ends) if e - s > 1]
+
+
+def test_packing_keeps_conversations_inside_blocks(tmp_path, enc):
+    B = 64
+    convs = packing_conversations()
+    src = write(tmp_path / "c.jsonl", "\n".join(json.dumps({"messages": c}) for c in convs))
+    meta = prepare.prepare("chat", source=src, out_dir=str(tmp_path / "data"), pack=B, val_fraction=0.2)
+    folder = tmp_path / "data" / "chat"
+    check_sizes(folder, meta)
+    assert meta["pack"] == B
+    start, eot = enc.encode_single_token(IM_START), enc.eot_token
+    n_val = meta["splits"]["val"]["documents"]
+    assert n_val == 8 and meta["splits"]["train"]["documents"] == 32
+    crossing = 0
+    for split, first in (("train", 0), ("val", len(convs) - n_val)):
+        part = convs[first:first + meta["splits"][split]["documents"]]
+        ids, mask = load(folder, split, meta)
+        # whole blocks and one more <|endoftext|>, so train.py's last window (B + 1 tokens) exists
+        assert len(ids) % B == 1 and ids[-1] == eot and len(mask) == len(ids)
+        pieces = documents(ids, eot)
+        # every other <|endoftext|> is padding, with mask 0
+        assert (ids == eot).sum() - len(pieces) == meta["splits"][split]["padding"] > 0
+        assert not mask[ids == eot].any()
+        inside_long = np.zeros(len(ids), bool)
+        by_conv = {}
+        for s, e in pieces:
+            assert ids[s] == start  # every piece starts a turn
+            if s // B != (e - 1) // B:
+                # only a single turn longer than a block crosses a block boundary, and it starts a block
+                assert e - s > B and s % B == 0 and (ids[s:e] == start).sum() == 1
+                inside_long[s + 1:e] = True
+                crossing += 1
+            role, c = re.match(r"<\|im_start\|>(\w+)\nc(\d+) ", enc.decode(ids[s:s + 8].tolist())).groups()
+            # cut before a user message (a reply stays with its question) but in conversation 7, whose long reply
+            # makes an exchange longer than a block
+            assert role in ("system", "user") or c == "7"
+            by_conv.setdefault(int(c), []).append((s, e))
+        # every block starts with <|im_start|> or padding (mask 0: the target a window takes from the next block
+        # never counts), except inside that one long turn
+        firsts = np.arange(0, len(ids), B)
+        assert set(ids[firsts[~inside_long[firsts]]].tolist()) <= {start, eot}
+        # the pieces of each conversation, put back in turn order, are exactly the conversation
+        assert sorted(by_conv) == list(range(first, first + len(part)))
+        for c, spans in by_conv.items():
+            conv_ids, conv_mask = render_chat(enc, convs[c])
+            if len(conv_ids) + 1 <= B:
+                assert len(spans) == 1  # a conversation that fits a block is never cut
+
+            def turn(span):  # where a piece starts: (exchange, 0 for the question, 1 for the answer)
+                t = re.match(r"<\|im_start\|>(\w+)\nc\d+ t(\d+)", enc.decode(ids[span[0]:span[0] + 8].tolist()))
+                return (int(t[2]), t[1] == "assistant") if t else (-1, 0)  # the system message comes first
+            spans.sort(key=turn)
+            assert sum((ids[s:e - 1].tolist() for s, e in spans), []) == conv_ids
+            assert sum((mask[s:e - 1].tolist() for s, e in spans), []) == conv_mask
+        # masked tokens decode to exactly the assistant replies, each with its <|im_end|>
+        replies = [m["content"] + IM_END for conv in part for m in conv if m["role"] == "assistant"]
+        assert Counter(masked_spans(enc, ids, mask)) == Counter(replies)
+    assert crossing == 1  # conversation 7's long reply
+
+
+def test_pack_option(tmp_path, capsys, monkeypatch):
+    src = write(tmp_path / "c.jsonl", "\n".join(json.dumps({"messages": c}) for c in packing_conversations()))
+    out, folder = str(tmp_path / "data"), str(tmp_path / "data" / "chat")
+    assert prepare.prepare("chat", source=src, out_dir=out, pack=64)["pack"] == 64
+    capsys.readouterr()
+    prepare.prepare("chat", source=src, out_dir=out, pack=64)
+    assert "is up to date" in capsys.readouterr().out
+    assert prepare.prepare("chat", source=src, out_dir=out, pack=128)["pack"] == 128  # another block rebuilds
+    assert prepare.prepare("chat", source=src, out_dir=out)["pack"] == prepare.DEFAULT_PACK
+    assert sorted(os.listdir(folder)) == ["meta.json", "train.bin", "train_mask.bin", "val.bin", "val_mask.bin"]
+    # interrupted while packing: the dataset stays as it was, and no temporary file is left
+    before = snapshot(folder)
+    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
+        m.setattr(prepare.Packer, "close", lambda self: (_ for _ in ()).throw(KeyboardInterrupt))
+        prepare.prepare("chat", source=src, out_dir=out, pack=32)
+    assert snapshot(folder) == before
+    text = write(tmp_path / "t.txt", EOT.join(DOCS))
+    assert prepare.prepare("text", source=text, out_dir=out)["pack"] == 0  # plain text is never packed
+    with pytest.raises(UserError, match=r"--pack 64: only conversations are packed.*drop --pack"):
+        prepare.prepare("text", source=text, out_dir=out, name="text2", pack=64)
+    with pytest.raises(UserError, match="--pack -1"):
+        prepare.prepare("chat", source=src, out_dir=out, pack=-1)
+    assert not os.path.exists(os.path.join(out, "text2"))
+
+
+# -----------------------------------------------------------------------------
+# mixing datasets by weight
+
+def fake_mirror(root):
+    """A DATA_MIRROR with a small DailyDialog (own validation file) and GSM8K (val: its tail); every message names
+    its source and document (dd3, ddval1, kn42)."""
+    dialogues = [f"dd{i} hello there __eou__ dd{i} reply" + " ok" * (i % 5) + " __eou__" for i in range(60)]
+    write(root / "dailydialog" / "dialogues_train.txt", "\n".join(dialogues) + "\n")
+    write(root / "dailydialog" / "dialogues_validation.txt",
+          "\n".join(f"ddval{i} hi __eou__ ddval{i} bye __eou__" for i in range(6)) + "\n")
+    qa = [{"question": f"kn{i} what is {i} + {i}?", "answer": f"kn{i} it is {2 * i}."} for i in range(100)]
+    write(root / "gsm8k" / "train.jsonl", "\n".join(json.dumps(r) for r in qa) + "\n")
+
+
+def source_tokens(enc, ids):
+    """Tokens of each source in a mixed split, told apart by the markers of fake_mirror; and the documents' markers."""
+    tokens, markers = Counter(), []
+    for s, e in documents(ids, enc.eot_token):
+        marker = re.match(r"<\|im_start\|>user\n([a-z]+\d+) ", enc.decode(ids[s:s + 12].tolist()))[1]
+        tokens["dailydialog" if marker.startswith("dd") else "knowledge"] += e - s
+        markers.append(marker)
+    return tokens, markers
+
+
+def test_mix_follows_the_weights(tmp_path, monkeypatch, enc, capsys):
+    fake_mirror(tmp_path / "mirror")
+    monkeypatch.setenv("DATA_MIRROR", str(tmp_path / "mirror"))
+    out = str(tmp_path / "data")
+    prepare.main(["--mix", "dailydialog:1,knowledge:3", "--name", "mychat", "--out_dir", out, "--pack", "64"])
+    folder = tmp_path / "data" / "mychat"
+    assert sorted(os.listdir(out)) == ["mychat"]  # one folder, named by --name
+    assert sorted(os.listdir(folder)) == ["meta.json", "train.bin", "train_mask.bin", "val.bin", "val_mask.bin"]
+    meta = json.loads((folder / "meta.json").read_text())
+    check_sizes(folder, meta)
+    assert meta["dataset"] == "mix" and meta["name"] == "mychat" and meta["has_mask"] and meta["pack"] == 64
+    assert "dailydialog (weight 1)" in meta["source"] and "knowledge (weight 3)" in meta["source"]
+
+    # train: the tokens of each source, counted in the data itself, follow the weights
+    ids, mask = load(folder, "train", meta)
+    tokens, markers = source_tokens(enc, ids)
+    assert tokens["dailydialog"] / sum(tokens.values()) == pytest.approx(0.25, abs=0.02)
+    assert {name: m["train_tokens"] for name, m in meta["mix"].items()} == tokens
+    assert {name: m["weight"] for name, m in meta["mix"].items()} == {"dailydialog": 1, "knowledge": 3}
+    # knowledge is above its natural share: its documents repeat; dailydialog below it: a subset, none repeated
+    counts = Counter(markers)
+    assert meta["mix"]["knowledge"]["train_documents"] > 90 and max(counts[f"kn{i}"] for i in range(90)) >= 2
+    assert meta["mix"]["dailydialog"]["train_documents"] < 60 and max(counts[f"dd{i}"] for i in range(60)) == 1
+    assert not any(m.startswith("ddval") for m in markers) and counts["kn95"] == 0  # val documents stay out of train
+    assert Counter(masked_spans(enc, ids, mask)) == Counter(
+        (f"dd{m[2:]} reply" + " ok" * (int(m[2:]) % 5) if m.startswith("dd") else f"{m} it is {2 * int(m[2:])}.") + IM_END
+        for m in markers)
+
+    # val: every source's own validation documents, once each
+    val, val_mask = load(folder, "val", meta)
+    assert sorted(source_tokens(enc, val)[1]) == sorted([f"ddval{i}" for i in range(6)] + [f"kn{i}" for i in range(90, 100)])
+    assert meta["mix"]["dailydialog"]["val_documents"] == 6 and meta["mix"]["knowledge"]["val_documents"] == 10
+    assert sorted(masked_spans(enc, val, val_mask)) == sorted([f"ddval{i} bye" + IM_END for i in range(6)] +
+                                                              [f"kn{i} it is {2 * i}." + IM_END for i in range(90, 100)])
+
+    # the same mix again is a no-op; --force rebuilds the same bytes; other weights rebuild
+    before = snapshot(folder)
+    capsys.readouterr()
+    prepare.main(["--mix", "dailydialog:1,knowledge:3", "--name", "mychat", "--out_dir", out, "--pack", "64"])
+    assert "up to date" in capsys.readouterr().out and snapshot(folder) == before
+    prepare.main(["--mix", "dailydialog:1,knowledge:3", "--name", "mychat", "--out_dir", out, "--pack", "64", "--force"])
+    assert {f: v[2] for f, v in snapshot(folder).items()} == {f: v[2] for f, v in before.items()}
+    meta = prepare.prepare("mix", mix={"dailydialog": 1, "knowledge": 1}, name="mychat", out_dir=out, pack=64)
+    tokens, _ = source_tokens(enc, load(folder, "train", meta)[0])
+    assert tokens["dailydialog"] / sum(tokens.values()) == pytest.approx(0.5, abs=0.02)
+    # a vocabulary trained on the mix: on the text of every source
+    meta = prepare.prepare("mix", mix={"dailydialog": 1, "knowledge": 1}, name="mix300", out_dir=out, vocab_size=300)
+    small = get_tokenizer(meta["tokenizer"])
+    assert meta["vocab_size"] == 300 and len(small.encode_ordinary("ddval")) < 5 and len(small.encode_ordinary("kn")) == 1
+
+
+def test_mix_bad_input(tmp_path):
+    for spec, words in (("story:1", "'story' is not a conversation dataset"), ("nope", "'nope' is not a conversation"),
+                        ("dailydialog:0", "weight of dailydialog must be a positive number"),
+                        ("chat:x", "weight of chat must be a positive"), ("chat:1,chat:2", "chat is named twice")):
+        with pytest.raises(UserError, match=words):
+            prepare.parse_mix(spec)
+    assert prepare.parse_mix("dailydialog, chat:2.5") == {"dailydialog": 1.0, "chat": 2.5}
+    with pytest.raises(UserError, match="drop --dataset and --source"):
+        prepare.main(["--mix", "chat:1", "--dataset", "chat", "--out_dir", str(tmp_path)])
+    with pytest.raises(UserError, match="--mix takes dataset names"):
+        prepare.prepare("mix", mix={"chat": 1}, source="x.jsonl", out_dir=str(tmp_path))
 
 
 # -----------------------------------------------------------------------------
@@ -415,8 +636,10 @@ def test_mirror_story(tmp_path, enc):
     meta = json.loads((tmp_path / "data" / "story" / "meta.json").read_text())
     check_sizes(tmp_path / "data" / "story", meta)
     assert meta["kind"] == "text" and "TinyStories-sample.txt" in meta["source"]
-    # 200 stories split 180 / 20, plus 200 train-only stories from TinyStories-train-head.txt
+    # 200 stories split 180 / 20, plus 200 train-only stories (--limit counts the extra files together: all from
+    # TinyStories-train-head.txt, the first)
     assert meta["splits"]["val"]["documents"] == 20 and meta["splits"]["train"]["documents"] == 380
+    assert "TinyStories-train-head-lowercase.txt" in meta["source"]
     val, _ = load(tmp_path / "data" / "story", "val", meta)
     stories = enc.decode(val.tolist()).split(EOT)
     assert len(stories) == 21 and stories[-1] == "" and all(len(s) > 100 for s in stories[:-1])
@@ -433,3 +656,11 @@ def test_mirror_dailydialog(tmp_path, enc):
     text = enc.decode(ids.tolist())
     assert text.startswith("<|im_start|>user\n") and "__eou__" not in text and " ," not in text
     assert all(s.endswith(IM_END) for s in masked_spans(enc, ids, mask))
+
+
+def test_extra_stories_skip_those_an_earlier_extra_file_has(tmp_path):
+    cased, lower = tmp_path / "head.txt", tmp_path / "head-lowercase.txt"
+    cased.write_text("Tom had a red ball.\nSue saw  a cat.\n")
+    lower.write_text("tom had a red ball.\nsue saw a cat.\nthe sun was hot.\n")
+    assert [d for d, _ in prepare.extra_docs(str(lower), [str(cased)])] == ["the sun was hot."]
+    assert len(list(prepare.extra_docs(str(lower)))) == 3

@@ -5,8 +5,8 @@ import sys
 import pytest
 
 from common import UserError
-from setup_tokenizer import (EOT, IM_END, IM_START, StreamDecoder, get_tokenizer, render_chat, tokenizer_from_state,
-                             tokenizer_hash, tokenizer_state, train_tokenizer)
+from setup_tokenizer import (EOT, IM_END, IM_START, StreamDecoder, get_tokenizer, parse_chat, render_chat,
+                             tokenizer_from_state, tokenizer_hash, tokenizer_state, train_tokenizer)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UNICODE = "Grüße, 世界! naïve café — 🎉👩‍👩‍👧 ∑x² \t\n\n  spaces  and ' quotes' <|im_start|> literal"
@@ -79,6 +79,18 @@ def test_generation_prompt_and_bad_role(gpt2):
     assert sum(mask) == 0
     with pytest.raises(ValueError, match="role"):
         render_chat(gpt2, [{"role": "wizard", "content": "x"}])
+
+
+def test_parse_chat_inverts_render_chat(gpt2, custom):
+    messages = [{"role": "system", "content": "Be kind.\nAnd brief."}, {"role": "user", "content": UNICODE},
+                {"role": "assistant", "content": "Sure <|im_end|> is text; so is <|endoftext|>."},
+                {"role": "user", "content": ""}]
+    for enc in (gpt2, custom[0]):
+        ids, _ = render_chat(enc, messages)
+        assert parse_chat(enc, ids) == messages
+        # padding around it, and a last turn cut before its <|im_end|>, are skipped
+        eot = enc.encode_single_token(EOT)
+        assert parse_chat(enc, [eot, eot] + ids + [eot] + ids[:-4]) == messages + messages[:-1]
 
 
 def test_stream_decoder_waits_for_complete_characters(gpt2):
