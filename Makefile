@@ -19,8 +19,12 @@ endif
 
 # make demo: minutes of CPU training; DEMO_MINUTES=10 for a better model
 DEMO_MINUTES ?= 5
+# make chat-demo: minutes of story pretraining, then of fine-tuning on DailyDialog
+CHAT_STORY_MINUTES ?= 4
+CHAT_TUNE_MINUTES ?= 4
+CHAT_SCRIPT := Hi! How are you today?\nWhat did you do at the weekend?\nDo you like music?\nThank you, goodbye!
 
-.PHONY: install demo test clean
+.PHONY: install demo chat-demo test clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +39,17 @@ demo: install
 	$(BIN)/python prepare.py --dataset story --vocab_size 4096
 	$(BIN)/python train.py --dataset story --model tiny --time_budget $(DEMO_MINUTES)
 	$(BIN)/python gen.py models/story_best.pt --prompt "Once upon a time" --num_samples 3 --max_tokens 200 --seed 42
+
+# the story model of `make demo` learns to chat: pretrain on stories, fine-tune on dialogue (loss on the
+# assistant's turns only), a scripted chat, then how the two models end their replies (eval.py)
+chat-demo: install
+	$(BIN)/python prepare.py --dataset story --vocab_size 4096
+	$(BIN)/python train.py --dataset story --model tiny --time_budget $(CHAT_STORY_MINUTES) --output_checkpoint models/chat-demo/{dataset}.pt
+	$(BIN)/python prepare.py --dataset dailydialog --tokenizer data/story/tokenizer.tiktoken
+	$(BIN)/python train.py --dataset dailydialog --checkpoint models/chat-demo/story_best.pt --time_budget $(CHAT_TUNE_MINUTES) --output_checkpoint models/chat-demo/{dataset}.pt
+	printf '$(CHAT_SCRIPT)\n' | $(BIN)/python gen.py models/chat-demo/dailydialog_best.pt --chat --seed 42 --max_tokens 60
+	$(BIN)/python eval.py models/chat-demo/story_best.pt --dataset dailydialog
+	$(BIN)/python eval.py models/chat-demo/dailydialog_best.pt
 
 test: install
 	HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q tests

@@ -11,7 +11,9 @@ Epochs. The train split is cut into non-overlapping windows of block_size+1 toke
 (x = w[:-1], y = w[1:], so the token at a window's border is a target once and an input once). An epoch
 visits every window exactly once, in an order drawn from seed+epoch. An optimizer step takes
 batch_size*grad_accum windows, so an epoch is ceil(windows / (batch_size*grad_accum)) steps; the last
-one is short (its missing rows are padding with ignored targets, which keeps tensor shapes fixed).
+one is short (its missing rows are padding with ignored targets, which keeps tensor shapes fixed). prepare.py packs
+conversation sets in blocks of meta.json's "pack" tokens, so windows of that size (or a multiple) never cut a
+conversation; another --block_size gets a warning.
 
 Resume. A checkpoint records the completed epochs, how many windows of the current epoch are done, the
 global step (the learning rate is a pure function of it), the optimizer and the RNG state; the window
@@ -44,24 +46,48 @@ from common import (UserError, atomic_write_text, autocast, pick_device, pick_dt
 from model import PRESETS, GPT, GPTConfig, make_config
 from setup_tokenizer import get_tokenizer, tokenizer_from_state, tokenizer_hash
 
-# peak learning rates that train each preset well with AdamW(0.9, 0.95) at the default batch of 16 windows;
-# small models tolerate (and need) larger steps
-DEFAULT_LR = {"tiny": 2e-3, "small": 1e-3, "gpt2-75m": 6e-4, "gpt2": 6e-4}
+# Peak learning rates and batch sizes (windows) that train each preset well with AdamW(0.9, 0.95); small models
+# tolerate (and need) larger steps. tiny's were measured on a 2-core CPU with --time_budget 2 on TinyStories
+# (BENCHMARKS.md, issue 10 study): batch 8 beat 4, 16 and 32 (more steps for the same tokens/s), 4e-3 beat 2e-3
+# and matched 6e-3.
+DEFAULT_LR = {"tiny": 4e-3, "small": 1e-3, "gpt2-75m": 6e-4, "gpt2": 6e-4}
+DEFAULT_BATCH_SIZE = {"tiny": 8}  # others: 16
 FINETUNE_LR_DIVISOR = 3  # fine-tuning starts from trained weights: smaller steps keep what they know
 BETAS = (0.9, 0.95)
 
 # Training options and their defaults. When continuing a checkpoint on the same dataset, an option not given on
 # the command line takes the checkpoint's value instead, so `--checkpoint X` alone resumes the very same run.
-# None means derived: block_size from the model, lr from the preset, min_lr = lr/10, warmup = 2% of all steps.
-DEFAULTS = dict(epochs=1, seed=1337, batch_size=16, grad_accum=1, block_size=None, lr=None, min_lr=None,
+# None means derived: block_size from the model, lr and batch_size from the preset, min_lr = lr/10, warmup = 2% of
+# all steps (BUDGET_WARMUP of a time budget).
+DEFAULTS = dict(epochs=1, seed=1337, batch_size=None, grad_accum=1, block_size=None, lr=None, min_lr=None,
                 warmup=None, weight_decay=0.1, grad_clip=1.0, eval_interval=10.0, log_interval=10.0,
-                save_interval=10.0, eval_batches=20, patience=0, time_budget=None)
+                save_interval=10.0, eval_batches=40, patience=0, time_budget=None)
+# share of a --time_budget spent warming up: on tiny's 2-minute runs 10% beat 2% (batch 16: 1.31 -> 1.10 val bpb;
+# batch 8: 1.065 -> 1.054), whose first steps were too large and stalled the loss for a while
+BUDGET_WARMUP = 0.10
 UNLIMITED_EPOCHS = 10**6  # --time_budget without --epochs: the clock ends the run
 MODEL_SHAPE = ("n_layer", "n_head", "n_embd", "variant")  # fixed by a checkpoint's weights
 
 
 # -----------------------------------------------------------------------------
 # command line
+
+def warmup_arg(text):
+    """--warmup N (steps) -> N; --warmup P% -> "P%" (kept as given: resolved against the run's length)."""
+    share = text.strip().endswith("%")
+    try:
+        value = float(text.strip()[:-1]) if share else int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number of steps nor a percentage like 5%")
+    if not 0 <= value <= (100 if share else float("inf")):
+        raise argparse.ArgumentTypeError(f"{text!r} must be between 0 and " + ("100%" if share else "any step count"))
+    return text.strip() if share else value
+
+
+def warmup_share(warmup):
+    """The share of the run that warms up, for --warmup given as "P%"."""
+    return float(warmup[:-1]) / 100
+
 
 def parse_args(argv=None):
     d = DEFAULTS
@@ -105,12 +131,15 @@ def parse_args(argv=None):
                                                               "checkpoint, keeping its weights and optimizer")
     g.add_argument("--seed", type=int, help=f"seeds the initial weights, dropout and epoch orders (default: {d['seed']})")
     g = p.add_argument_group("optimization")
-    g.add_argument("--batch_size", type=int, help=f"windows per forward pass (default: {d['batch_size']})")
+    g.add_argument("--batch_size", type=int, help="windows per forward pass (default: " + ", ".join(
+        f"{k} {v}" for k, v in DEFAULT_BATCH_SIZE.items()) + ", others 16)")
     g.add_argument("--grad_accum", type=int, help=f"forward passes per optimizer step (default: {d['grad_accum']})")
     g.add_argument("--lr", type=float, help="peak learning rate (default: " + ", ".join(
         f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + "; a third of that when fine-tuning)")
     g.add_argument("--min_lr", type=float, help="learning rate at the end of the cosine decay (default: lr/10)")
-    g.add_argument("--warmup", type=int, help="linear warmup in optimizer steps (default: 2%% of all steps, at most 1000)")
+    g.add_argument("--warmup", type=warmup_arg, help="linear warmup: optimizer steps, or a share of the run as in 5%% "
+                                                     "(of all steps, or of --time_budget) (default: 2%% of all steps, "
+                                                     f"at most 1000; {BUDGET_WARMUP * 100:g}%% of a time budget)")
     g.add_argument("--weight_decay", type=float, help=f"AdamW weight decay on matrices (default: {d['weight_decay']})")
     g.add_argument("--grad_clip", type=float, help=f"clip the gradient norm to this, 0 = off (default: {d['grad_clip']})")
     g = p.add_argument_group("evaluation and logging")
@@ -148,6 +177,8 @@ def resolve_args(args, ckpt_args, continuing, config, fine_tuning=False):
     a.model = a.model or ckpt_args.get("model") or "tiny"
     if a.block_size is None:
         a.block_size = config.block_size
+    if a.batch_size is None:
+        a.batch_size = DEFAULT_BATCH_SIZE.get(a.model, 16)
     if a.lr is None:
         a.lr = DEFAULT_LR.get(a.model, 1e-3) / (FINETUNE_LR_DIVISOR if fine_tuning else 1)
     if a.min_lr is None:
@@ -164,8 +195,11 @@ def resolve_args(args, ckpt_args, continuing, config, fine_tuning=False):
         raise UserError(f"--time_budget must be a positive number of minutes, got {a.time_budget:g}")
     if a.max_steps is not None and a.max_steps < 1:
         raise UserError(f"--max_steps must be at least 1, got {a.max_steps}")
-    if a.warmup is not None and a.warmup < 0:
-        raise UserError(f"--warmup must not be negative, got {a.warmup}")
+    if a.time_budget is not None and isinstance(a.warmup, int):
+        if args.warmup is not None:
+            raise UserError(f"--warmup {a.warmup}: with --time_budget the warmup is a share of the budget, as in "
+                            f"--warmup 5%")
+        a.warmup = None  # a step count inherited from a run without a budget: the budget's default share
     if a.block_size > config.block_size:
         raise UserError(f"--block_size {a.block_size} is longer than the model's context ({config.block_size}); "
                         f"use --block_size {config.block_size} or less")
@@ -248,6 +282,22 @@ class Windows:
             if pin:  # page-locked memory lets the host-to-GPU copy run asynchronously
                 tensors = [None if t is None else t.pin_memory() for t in tensors]
             yield (*tensors, chunk)
+
+
+def packing_warning(meta, block_size):
+    """A line saying why block_size wastes the data's packing, or None. prepare.py packs conversations into blocks
+    of meta["pack"] tokens that none crosses; windows keep them whole when block_size is a multiple of that."""
+    pack = meta.get("pack") or 0
+    if not pack or block_size % pack == 0:
+        return None
+    return (f"{meta['folder']} is packed in blocks of {pack} tokens but windows have {block_size}: some conversations "
+            f"will be cut between windows; use --block_size {pack} (or a multiple), or prepare the data again with "
+            f"--pack {block_size}")
+
+
+def default_data_dir(ckpt_args):
+    """Where a checkpoint's run found its data, if that folder is still there; else data/."""
+    return ckpt_args.get("data_dir") if os.path.isdir(ckpt_args.get("data_dir") or "") else "data"
 
 
 def epoch_order(n_windows, seed, epoch):
@@ -646,7 +696,7 @@ def train(args):
     # the checkpoint's weights (fine-tuning)
     continuing = ckpt is not None and ckpt.get("dataset") == dataset and "step" in ckpt
     if args.data_dir is None:
-        args.data_dir = ckpt_args.get("data_dir") if os.path.isdir(ckpt_args.get("data_dir") or "") else "data"
+        args.data_dir = default_data_dir(ckpt_args)
     if args.output_checkpoint is None and continuing:
         args.output_checkpoint = ckpt_args.get("output_checkpoint")
     meta = load_meta(args.data_dir, dataset)
@@ -662,12 +712,18 @@ def train(args):
 
     train_w = Windows(meta, "train", args.block_size)
     val_w = Windows(meta, "val", args.block_size)
+    packing = packing_warning(meta, args.block_size)
+    if packing:
+        warn(packing)
     batches = Batches(train_w, args.batch_size, args.grad_accum, args.seed, pin=device.type == "cuda")
     spe = batches.steps_per_epoch
     total_steps = args.epochs * spe
     budget = args.time_budget * 60 if args.time_budget else None  # seconds
-    if args.warmup is None:
+    if args.warmup is None and not budget:
         args.warmup = max(1, min(1000, round(0.02 * total_steps)))
+    elif isinstance(args.warmup, str) and not budget:
+        args.warmup = max(1, round(warmup_share(args.warmup) * total_steps))
+    budget_warmup = BUDGET_WARMUP if args.warmup is None else warmup_share(args.warmup) if budget else None
 
     p = Progress()
     if continuing:
@@ -758,7 +814,7 @@ def train(args):
     run_for = f"{args.time_budget:g} min" + (f" (at most {args.epochs} epochs)" if args.epochs < UNLIMITED_EPOCHS else "") \
         + f", epochs of {spe:,}" if budget else f"{args.epochs} epoch(s) x {spe:,}"
     say(paint(f"train  {run_for} steps of {args.batch_size}x{args.grad_accum}x{args.block_size} "
-              f"= {tok_step:,} tokens, lr {args.lr:.2g} -> {args.min_lr:.2g} (warmup " + ("2% of the budget" if budget else f"{args.warmup}") + "), "
+              f"= {tok_step:,} tokens, lr {args.lr:.2g} -> {args.min_lr:.2g} (warmup " + (f"{budget_warmup:.0%} of the budget" if budget else f"{args.warmup}") + "), "
               f"{device} {str(dtype).replace('torch.', '')}{', compiled' if args.compile else ''}", "dim"))
     if continuing and (p.step or p.epoch):
         say(paint(f"resume epoch {p.epoch + 1}, window {p.windows:,}/{len(train_w):,}, step {p.step:,}", "dim"))
@@ -796,9 +852,9 @@ def train(args):
                            dynamic_ncols=True, disable=not sys.stderr.isatty(), file=sys.stderr)
                 try:
                     for micro in steps:
-                        if budget:  # the schedule runs on the clock: warmup over 2% of the budget, then cosine
+                        if budget:  # the schedule runs on the clock: warmup over a share of the budget, then cosine
                             spent = (budget_spent + time.time() - t_run) / budget
-                            lr = lr_at(int(spent * 10_000), args.lr, args.min_lr, 200, 10_000)
+                            lr = lr_at(int(spent * 10_000), args.lr, args.min_lr, round(budget_warmup * 10_000), 10_000)
                         else:
                             lr = lr_at(p.step, args.lr, args.min_lr, args.warmup, total_steps)
                         for group in optimizer.param_groups:

@@ -10,15 +10,17 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 
 import numpy as np
 import pytest
 import torch
 
+import prepare
 import train
 from checkpoint import load_checkpoint, load_model
 from common import UserError
-from setup_tokenizer import EOT, render_chat, tokenizer_hash, train_tokenizer
+from setup_tokenizer import EOT, IM_END, render_chat, tokenizer_hash, train_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -52,8 +54,9 @@ def write_dataset(data_dir, name, enc, tokenizer, docs, chat=False, val_frac=0.1
     for split, items in splits.items():
         ids, mask, n_bytes = [], [], 0
         for doc in items:
-            if chat:
+            if chat:  # closed by <|endoftext|> with mask 0, as prepare.py writes conversations
                 i, m = render_chat(enc, doc)
+                i, m = i + [eot], m + [0]
                 n_bytes += sum(len(msg["content"].encode()) for msg in doc)
             else:
                 i = enc.encode_ordinary(doc) + [eot]
@@ -338,6 +341,48 @@ def test_masked_loss_counts_assistant_tokens_only(env):
     assert loss2.item() == pytest.approx(loss.item(), rel=1e-6)
 
 
+def test_packed_chat_trains_on_whole_assistant_replies(env, tmp_path, capsys):
+    """A chat set from prepare.py, packed for the windows: the masked targets of each window decode to whole assistant
+    replies with their <|im_end|>, exactly those of the data; fine-tuning a story model on it takes a third of the lr."""
+    sents = [t.strip() for t in story_text(20_000).replace("\n", " ").split(".") if len(t.strip()) > 10]
+    convs = [[{"role": "user", "content": f"Tell me sentence {i}."}, {"role": "assistant", "content": sents[i][:60] + "."}]
+             for i in range(60)]  # each reply shorter than a window: a window holds it whole
+    for i, conv in enumerate(convs[::4]):  # some longer conversations, cut into pieces before a turn
+        conv += [{"role": "user", "content": f"And then {i}?"}, {"role": "assistant", "content": sents[i + 60][:60]}] * 3
+    src = tmp_path / "convs.jsonl"
+    src.write_text("\n".join(json.dumps({"messages": c}) for c in convs), encoding="utf-8")
+    meta = prepare.prepare("chat", source=str(src), tokenizer=env["tok"], out_dir=str(tmp_path / "data"), name="packed",
+                           pack=64)
+    meta = train.load_meta(str(tmp_path / "data"), "packed")
+    enc = env["enc"]
+    for split, part in (("train", convs[:-6]), ("val", convs[-6:])):
+        w = train.Windows(meta, split, 64)
+        ends = prepare.document_ends(w.tokens, enc.eot_token)
+        assert (np.diff(ends, prepend=0) > 1).sum() > len(part)  # conversations and pieces of the longer ones
+        spans = []
+        for x, y, m, idx in w.micro_batches(np.arange(len(w)), 16):
+            for r in range(len(idx)):
+                assert m[r, -1] == 0  # the target taken from the next block never counts
+                run = []
+                for t, on in zip(y[r].tolist(), m[r].tolist()):
+                    if on:
+                        run.append(t)
+                    elif run:
+                        spans.append(enc.decode(run))
+                        run = []
+                assert not run  # a reply never runs into the next window
+        assert Counter(spans) == Counter(msg["content"] + IM_END for c in part for msg in c if msg["role"] == "assistant")
+
+    story = train.train(args_for(env, tmp_path / "story", "--dataset", "mini", "--max_steps", "1"))
+    s = train.train(args_for(env, tmp_path, "--data_dir", str(tmp_path / "data"), "--dataset", "packed", "--checkpoint",
+                             story["checkpoint"], "--max_steps", "1", fresh=False))
+    assert load_checkpoint(s["checkpoint"])["args"]["lr"] == pytest.approx(train.DEFAULT_LR["tiny"] / train.FINETUNE_LR_DIVISOR)
+    assert "packed in blocks" not in capsys.readouterr().err  # windows of 64 match the packing: no warning
+    train.train(args_for(env, tmp_path, "--data_dir", str(tmp_path / "data"), "--dataset", "packed", "--block_size", "48",
+                         "--max_steps", "1"))
+    assert "packed in blocks of 64 tokens but windows have 48" in capsys.readouterr().err
+
+
 def test_lr_schedule():
     lrs = [train.lr_at(s, 1.0, 0.1, 10, 110) for s in range(120)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
@@ -355,6 +400,11 @@ def test_bad_options_are_user_errors(env, tmp_path, trained):
                              "--reset_epoch"))
     with pytest.raises(UserError, match="--batch_size"):
         train.train(args_for(env, tmp_path, "--dataset", "story", "--batch_size", "0"))
+    with pytest.raises(UserError, match="share of the budget"):  # steps cannot be known before a budget ends
+        train.train(args_for(env, tmp_path, "--dataset", "story", "--time_budget", "1", "--warmup", "100"))
+    for bad in ("abc", "-5", "120%"):
+        with pytest.raises(SystemExit):
+            train.parse_args(["--warmup", bad])
     with pytest.raises(SystemExit) as e:
         train.parse_args(["--help"])
     assert e.value.code == 0
@@ -366,7 +416,7 @@ def test_fine_tuning_on_other_data_starts_fresh(env, trained, tmp_path):
     ck = load_checkpoint(s["checkpoint"])
     assert ck["dataset"] == "chat" and ck["epoch"] == 0 and ck["step"] == 2
     assert ck["args"]["lr"] == pytest.approx(train.DEFAULT_LR["tiny"] / 3)  # lower default lr for fine-tuning
-    assert ck["args"]["batch_size"] == train.DEFAULTS["batch_size"]  # the story run's options are not inherited
+    assert ck["args"]["batch_size"] == train.DEFAULT_BATCH_SIZE["tiny"] != 16  # not the story run's 16
     assert all(int(st["step"]) == 2 for st in ck["optimizer"]["state"].values())  # a fresh optimizer
     assert os.path.basename(s["checkpoint"]) == "chat_epoch1.pt"
 
@@ -391,7 +441,7 @@ def test_time_budget_ends_the_run_and_spans_the_schedule(env, tmp_path):
     budget_min = 0.1  # 6 s: many epochs of the mini set, so the clock, not --epochs, ends the run
     t0 = time.time()
     s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--time_budget", budget_min, "--lr", "1e-3",
-                             "--output_checkpoint", str(tmp_path / "{dataset}.pt")))
+                             "--warmup", "30%", "--output_checkpoint", str(tmp_path / "{dataset}.pt")))
     took = time.time() - t0
     assert s["stopped"] == "time budget"
     assert s["epochs_done"] > 1  # epochs repeat until the budget ends
@@ -400,9 +450,16 @@ def test_time_budget_ends_the_run_and_spans_the_schedule(env, tmp_path):
     assert ck["step"] == s["steps"] and ck["val_loss"] == s["val_loss"]  # written when the budget ended, evaluated
     recs = read_metrics(s["metrics"])
     lrs = [r["lr"] for r in recs]
+    assert lrs[0] < 0.5e-3  # the first log, at 10% of the budget, is a third of the way through the 30% warmup
     assert max(lrs) > 0.8e-3  # warmed up to the peak ...
     assert lrs[-1] < 0.2e-3  # ... and decayed to about min_lr (1e-4) by the end of the budget
     assert recs[-1]["val_loss"] is not None
     # logs and evaluations follow the clock (every 10% of the budget), not the many short epochs
     evals = [r for r in recs if r["val_loss"] is not None]
     assert s["epochs_done"] > 12 and 5 <= len(evals) <= 11 and len(recs) <= 12, (s["epochs_done"], len(evals), len(recs))
+
+
+def test_warmup_as_a_share_of_all_steps(env, tmp_path):
+    s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--epochs", "2", "--warmup", "50%"))
+    assert s["stopped"] == "done" and s["steps"] > 4  # both epochs: every step of the schedule
+    assert load_checkpoint(s["checkpoint"])["args"]["warmup"] == round(0.5 * s["steps"])

@@ -1,0 +1,228 @@
+"""
+Evaluate a checkpoint on prepared datasets: loss, perplexity and bits per byte, and for conversation sets how
+the model ends its replies. One row per dataset, as a table or JSON.
+
+    python eval.py models/dailydialog_best.pt                          # the dataset it was trained on
+    python eval.py models/story_best.pt --dataset story dailydialog     # a row for each
+    python eval.py models/chat_best.pt --samples 50 --seed 1 --json results.json
+    python eval.py models/chat_best.pt --prompts prompts.txt            # replies to a fixed list instead
+
+Loss is train.py's evaluate() over the split's windows (all of them, or --eval_batches batches spread over the
+split), on assistant tokens only for conversation sets; perplexity is exp(loss); bits per byte, reported by
+train.py for plain text, compare models across tokenizers. Windows default to the checkpoint's training
+--block_size, so the numbers match its training log.
+
+Replies, for each conversation set: --samples conversations spread evenly over the split, each cut after its
+first user message, are answered as gen.py --chat answers (gen.chat_reply, sampling with --temp/--top_k/--top_p);
+"ended" is the share of replies closed by <|im_end|> within --max_tokens new tokens, "mean tokens" their mean
+length without the closing token. With --prompts FILE the first --samples lines of the file (one user message
+each) are the prompts instead, in a row of their own. Sampling restarts from --seed for each row, so the same
+checkpoint and options give the same numbers.
+"""
+import argparse
+import itertools
+import json
+import math
+import os
+import sys
+
+import numpy as np
+import torch
+
+from checkpoint import load_checkpoint, load_model
+from common import UserError, atomic_write_text, pick_device, pick_dtype, retain_freed_memory, run_main
+from gen import chat_reply, default_checkpoint, positive_int, probability, read_prompt_file, temperature
+from prepare import document_ends
+from setup_tokenizer import EOT, IM_END, parse_chat
+from train import (Windows, bits_per_byte, default_data_dir, eval_indices, evaluate, load_meta, packing_warning,
+                   pick_tokenizer)
+
+
+# -----------------------------------------------------------------------------
+# prompts and replies
+
+def first_user_turn(messages):
+    """The messages up to and including the first user message (what came before it is context), or None."""
+    for i, m in enumerate(messages):
+        if m["role"] == "user":
+            return messages[:i + 1]
+    return None
+
+
+def split_prompts(meta, split, enc, n):
+    """Up to n conversations of a prepared split, each cut after its first user message, from documents spread
+    evenly over the split (the same ones every run). A document without a user message (the end of a long
+    conversation that packing cut off) gives way to the next one not taken yet."""
+    ids = np.memmap(os.path.join(meta["folder"], f"{split}.bin"), dtype=meta["dtype"], mode="r")
+    ends = document_ends(ids, enc.eot_token)
+    starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
+    real = ends - starts > 1  # a lone <|endoftext|> is packing padding
+    starts, ends = starts[real].tolist(), ends[real].tolist()
+    docs = len(starts)
+    if not docs or n < 1:
+        return []
+    prompts, tried = [], set()
+    for pick in np.unique(np.linspace(0, docs - 1, min(n, docs)).round().astype(int)).tolist():
+        for k in itertools.chain(range(pick, docs), range(pick)):
+            if k in tried:
+                continue
+            tried.add(k)
+            history = first_user_turn(parse_chat(enc, ids[starts[k]:ends[k]]))
+            if history:
+                prompts.append(history)
+                break
+    return prompts
+
+
+def reply_stats(model, enc, histories, max_tokens, seed, **sampling):
+    """Answer each history [{role, content}] as gen.py --chat does: {replies, ended (share closed by <|im_end|>),
+    mean_tokens (new tokens without the closing one)}. Sampling starts from seed."""
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    ended, lengths = 0, []
+    for history in histories:
+        info = {}
+        _, stopped_by = chat_reply(model, enc, history, max_tokens, info=info, generator=generator, **sampling)
+        ended += stopped_by == IM_END
+        lengths.append(info["new_tokens"] - (stopped_by in (IM_END, EOT)))
+    n = len(histories)
+    return {"replies": n, "ended": ended / n if n else None, "mean_tokens": sum(lengths) / n if n else None}
+
+
+# -----------------------------------------------------------------------------
+# evaluation
+
+def evaluate_checkpoint(path, datasets=None, data_dir=None, split="val", block_size=None, batch_size=16,
+                        eval_batches=None, samples=50, prompts=None, max_tokens=128, seed=1337, temp=0.8,
+                        top_k=200, top_p=None, device="auto", dtype="auto"):
+    """Evaluate the checkpoint at path on each dataset (default: the one it was trained on); returns a dict with
+    the checkpoint's description and one row per dataset (plus one for a prompts file): dataset, windows, loss,
+    ppl, bpb (None on conversation sets), replies, ended, mean_tokens (None where not measured)."""
+    ckpt = load_checkpoint(path)
+    ckpt_args = ckpt.get("args") or {}
+    datasets = datasets or ([ckpt["dataset"]] if ckpt.get("dataset") else [])
+    if not datasets:
+        raise UserError(f"{path} does not name the data it was trained on: pass --dataset NAME")
+    data_dir = data_dir or default_data_dir(ckpt_args)
+    # every dataset is checked before the first is evaluated: a bad name or tokenizer fails at once
+    metas = [load_meta(data_dir, name) for name in datasets]
+    for meta in metas:
+        pick_tokenizer(argparse.Namespace(checkpoint=path, tokenizer=None), meta, ckpt)
+    prompt_list = read_prompt_file(prompts)[:samples] if prompts else None
+    dev = pick_device(device)
+    amp = pick_dtype(dev, dtype)
+    model, enc, _ = load_model(ckpt, dev)
+    block_size = block_size or ckpt_args.get("block_size") or model.config.block_size
+    if block_size > model.config.block_size:
+        raise UserError(f"--block_size {block_size} is longer than the model's context ({model.config.block_size}); "
+                        f"use --block_size {model.config.block_size} or less")
+    sampling = dict(dtype=amp, temperature=temp, top_k=top_k, top_p=top_p)
+    no_replies = {"replies": None, "ended": None, "mean_tokens": None}
+
+    rows = []
+    for name, meta in zip(datasets, metas):
+        windows = Windows(meta, split, block_size)
+        warning = packing_warning(meta, block_size)
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
+        n_batches = eval_batches or math.ceil(len(windows) / batch_size)  # None: every window
+        loss = evaluate(model, windows, batch_size, n_batches, dev, amp)
+        row = {"dataset": name, "windows": len(eval_indices(len(windows), n_batches * batch_size)),
+               "loss": loss, "ppl": math.exp(min(loss, 50)), "bpb": bits_per_byte(loss, meta, split), **no_replies}
+        if meta.get("has_mask") and samples and prompt_list is None:
+            row.update(reply_stats(model, enc, split_prompts(meta, split, enc, samples), max_tokens, seed, **sampling))
+        rows.append(row)
+    if prompt_list:
+        rows.append({"dataset": prompts, "windows": None, "loss": None, "ppl": None, "bpb": None,
+                     **reply_stats(model, enc, [[{"role": "user", "content": p}] for p in prompt_list],
+                                   max_tokens, seed, **sampling)})
+    config = model.config
+    return {
+        "checkpoint": path, "model": ckpt_args.get("model"), "variant": config.variant, "n_layer": config.n_layer,
+        "n_embd": config.n_embd, "params": model.num_params(non_embedding=False), "trained_on": ckpt.get("dataset"),
+        "step": ckpt.get("step"), "tokenizer": enc.name, "split": split, "block_size": block_size,
+        "sampling": {"samples": samples, "max_tokens": max_tokens, "temperature": temp, "top_k": top_k,
+                     "top_p": top_p, "seed": seed},
+        "rows": rows,
+    }
+
+
+def format_table(result):
+    """The result of evaluate_checkpoint as a few lines of text: a header and one aligned row per dataset."""
+    r, s = result, result["sampling"]
+    trained = f", trained on {r['trained_on']}" + (f" to step {r['step']:,}" if r["step"] is not None else "") \
+        if r["trained_on"] else ""
+    lines = [f"{r['checkpoint']}: {r['model'] or 'model'} {r['variant']} ({r['n_layer']} layers x {r['n_embd']}, "
+             f"{r['params'] / 1e6:.1f}M parameters){trained}; tokenizer {r['tokenizer']}",
+             f"{r['split']} split in windows of {r['block_size']} tokens; replies: at most {s['max_tokens']} new tokens, "
+             f"temp {s['temperature']:g}, top_k {s['top_k']}" + (f", top_p {s['top_p']:g}" if s["top_p"] else "")
+             + f", seed {s['seed']}", ""]
+
+    def cell(value, fmt):
+        return "-" if value is None else format(value, fmt)
+
+    width = max(len("dataset"), *(len(row["dataset"]) for row in r["rows"]))
+    lines.append(f"{'dataset':<{width}}  {'windows':>7}  {'loss':>7}  {'ppl':>9}  {'bpb':>6}  "
+                 f"{'replies':>7}  {'ended':>6}  {'mean tokens':>11}")
+    for row in r["rows"]:
+        lines.append(f"{row['dataset']:<{width}}  {cell(row['windows'], ',d'):>7}  {cell(row['loss'], '.4f'):>7}  "
+                     f"{cell(row['ppl'], ',.2f'):>9}  {cell(row['bpb'], '.3f'):>6}  {cell(row['replies'], 'd'):>7}  "
+                     f"{cell(row['ended'], '.0%'):>6}  {cell(row['mean_tokens'], '.1f'):>11}")
+    return "\n".join(lines)
+
+
+# -----------------------------------------------------------------------------
+# the command line
+
+def count(s):
+    v = int(s)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", nargs="?", help="a .pt file (default: the newest in models/)")
+    p.add_argument("--dataset", nargs="+", help="prepared datasets to evaluate on, a row each (default: the one the "
+                                                "checkpoint was trained on)")
+    p.add_argument("--data_dir", help="where prepared datasets live (default: the checkpoint's, else data)")
+    p.add_argument("--split", choices=["val", "train"], default="val", help="which split (default val)")
+    p.add_argument("--block_size", type=positive_int, help="window length (default: the checkpoint's training one)")
+    p.add_argument("--batch_size", type=positive_int, default=16, help="windows per forward pass (default 16)")
+    p.add_argument("--eval_batches", type=positive_int,
+                   help="at most this many batches, spread over the split (default: every window)")
+    p.add_argument("--samples", type=count, default=50,
+                   help="replies sampled per conversation set, 0 = none (default 50)")
+    p.add_argument("--prompts", metavar="FILE", help="answer the first --samples prompts of this file (one per line, "
+                                                     "or JSON lines with a \"prompt\" field) instead")
+    p.add_argument("--max_tokens", type=positive_int, default=128, help="new tokens a reply may take (default 128)")
+    p.add_argument("--temp", type=temperature, default=0.8, help="sampling temperature, 0 = greedy (default 0.8)")
+    p.add_argument("--top_k", type=positive_int, default=200, help="sample among the k most likely tokens (default 200)")
+    p.add_argument("--top_p", type=probability, help="nucleus sampling, in (0, 1]")
+    p.add_argument("--seed", type=int, default=1337, help="seed of the sampled replies (default 1337)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="autocast precision")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH; - prints JSON instead of the table")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    result = evaluate_checkpoint(
+        args.checkpoint or default_checkpoint(), datasets=args.dataset, data_dir=args.data_dir, split=args.split,
+        block_size=args.block_size, batch_size=args.batch_size, eval_batches=args.eval_batches, samples=args.samples,
+        prompts=args.prompts, max_tokens=args.max_tokens, seed=args.seed, temp=args.temp, top_k=args.top_k,
+        top_p=args.top_p, device=args.device, dtype=args.dtype)
+    if args.json == "-":
+        print(json.dumps(result, indent=2))
+        return result
+    print(format_table(result))
+    if args.json:
+        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    retain_freed_memory()  # a CPU step reuses its pages (see common.py); process-wide, so not in main()
+    run_main(main)

@@ -1,0 +1,159 @@
+"""
+eval.py: each row's loss, perplexity and bits per byte are train.py's, reply statistics are counted exactly, prompts
+come from the split, the same --seed gives the same numbers, and bad input is a one-line error. Uses test_train.py's
+tiny datasets and a model trained on them for a few steps.
+"""
+import json
+import math
+
+import pytest
+import torch
+
+import eval as eval_py
+import prepare
+import train
+from checkpoint import load_model, save_checkpoint
+from common import run_main
+from model import GPT, make_config
+from setup_tokenizer import IM_END
+from test_train import args_for, env, one_thread  # noqa: F401  (fixtures: the datasets, one CPU thread)
+
+CPU = ["--device", "cpu", "--dtype", "float32"]
+
+
+@pytest.fixture(scope="module")
+def chat_ckpt(env, tmp_path_factory):
+    """A 2-layer model trained 3 steps on the chat set (block 64)."""
+    out = tmp_path_factory.mktemp("eval")
+    return train.train(args_for(env, out, "--dataset", "chat", "--max_steps", "3", "--eval_interval", "0"))["checkpoint"]
+
+
+def cli(argv, capsys):
+    """eval.py's command line in-process, through run_main as the script runs it: (exit code, stdout, stderr)."""
+    try:
+        run_main(lambda: eval_py.main(argv))
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def fixed_model(enc, token):
+    """A model that always says `token`: ln_f's weight is zeroed, so the final hidden state is its bias e_0 whatever
+    the input, and the logits are lm_head's column 0, -30 everywhere but at token."""
+    torch.manual_seed(0)
+    model = GPT(make_config("tiny", n_layer=1, n_embd=32, n_head=2, block_size=64, vocab_size=enc.n_vocab,
+                            variant="gpt2")).eval()  # LayerNorm: it has the bias used below
+    with torch.no_grad():
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.zero_()
+        model.transformer.ln_f.bias[0] = 1.0
+        model.lm_head.weight[:, 0] = -30.0
+        model.lm_head.weight[token, 0] = 0.0
+    return model
+
+
+# -----------------------------------------------------------------------------
+
+def test_rows_are_train_evaluate(env, chat_ckpt):
+    r = eval_py.evaluate_checkpoint(chat_ckpt, datasets=["chat", "story"], data_dir=env["data"], samples=3,
+                                    max_tokens=8, device="cpu", dtype="float32")
+    assert r["block_size"] == 64 and r["trained_on"] == "chat" and r["step"] == 3 and r["split"] == "val"
+    model, _, _ = load_model(chat_ckpt)
+    for row in r["rows"]:
+        meta = train.load_meta(env["data"], row["dataset"])
+        w = train.Windows(meta, "val", 64)
+        loss = train.evaluate(model, w, 16, math.ceil(len(w) / 16), torch.device("cpu"), torch.float32)
+        assert row["loss"] == pytest.approx(loss, rel=1e-6) and row["ppl"] == pytest.approx(math.exp(loss))
+        assert row["windows"] == len(w)  # every window of the split
+    chat, story = r["rows"]
+    assert story["bpb"] == pytest.approx(train.bits_per_byte(story["loss"], train.load_meta(env["data"], "story")))
+    assert chat["bpb"] is None  # as train.py: no bits per byte on masked data
+    assert chat["replies"] == 3 and 0 <= chat["ended"] <= 1 and 0 <= chat["mean_tokens"] <= 8
+    assert story["replies"] is None and story["ended"] is None  # replies only on conversation sets
+    # the default dataset is the checkpoint's own; --eval_batches takes fewer windows; --samples 0 samples nothing
+    r = eval_py.evaluate_checkpoint(chat_ckpt, data_dir=env["data"], batch_size=4, eval_batches=1, samples=0,
+                                    device="cpu", dtype="float32")
+    assert [(row["dataset"], row["windows"], row["replies"]) for row in r["rows"]] == [("chat", 4, None)]
+
+
+def test_reply_stats_count_endings_exactly(env, tmp_path):
+    enc = env["enc"]
+    histories = [[{"role": "user", "content": f"Hi {i}"}] for i in range(5)]
+    sampling = dict(dtype=torch.float32, temperature=1.0, top_k=None, top_p=None)
+    ends = fixed_model(enc, enc.encode_single_token(IM_END))
+    assert eval_py.reply_stats(ends, enc, histories, 10, 0, **sampling) == {"replies": 5, "ended": 1.0, "mean_tokens": 0.0}
+    word = fixed_model(enc, enc.encode_ordinary(" the")[0])
+    assert eval_py.reply_stats(word, enc, histories, 10, 0, **sampling) == {"replies": 5, "ended": 0.0, "mean_tokens": 10.0}
+    # --prompts FILE: its first --samples lines, in a row of their own instead of the split's prompts
+    path = str(tmp_path / "ends.pt")
+    save_checkpoint(path, ends, enc, dataset="chat")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Hello!\nHow are you?\nBye.\n", encoding="utf-8")
+    r = eval_py.evaluate_checkpoint(path, data_dir=env["data"], prompts=str(prompts), samples=2, max_tokens=10,
+                                    device="cpu", dtype="float32")
+    chat, listed = r["rows"]
+    assert chat["dataset"] == "chat" and chat["replies"] is None
+    assert listed == {"dataset": str(prompts), "windows": None, "loss": None, "ppl": None, "bpb": None,
+                      "replies": 2, "ended": 1.0, "mean_tokens": 0.0}
+
+
+def test_prompts_come_from_the_split(env, chat_ckpt, tmp_path, capsys):
+    convs = [[{"role": "system", "content": "Be brief."}] * (i % 2) +
+             [{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": f"Answer {i}."}]
+             for i in range(100)]
+    src = tmp_path / "qa.jsonl"
+    src.write_text("\n".join(json.dumps({"messages": c}) for c in convs), encoding="utf-8")
+    prepare.prepare("chat", source=str(src), tokenizer=env["tok"], out_dir=str(tmp_path / "data"), name="qa", pack=64,
+                    val_fraction=0.5)
+    meta = train.load_meta(str(tmp_path / "data"), "qa")
+    prompts = eval_py.split_prompts(meta, "val", env["enc"], 5)
+    # each prompt is a val conversation up to its first user message (its system message included)
+    numbers = [int(p[-1]["content"].split()[1][:-1]) for p in prompts]
+    assert [p for p in prompts] == [convs[i][:1 + i % 2] for i in numbers]
+    assert len(set(numbers)) == 5 and all(50 <= i < 100 for i in numbers)
+    assert max(numbers) - min(numbers) >= 30  # spread over the split, not its first few
+    assert eval_py.split_prompts(meta, "val", env["enc"], 5) == prompts  # the same every run
+    assert len(eval_py.split_prompts(meta, "val", env["enc"], 500)) == 50  # each conversation at most once
+    # windows that do not match the packing get the same warning as train.py
+    capsys.readouterr()
+    eval_py.evaluate_checkpoint(chat_ckpt, datasets=["qa"], data_dir=str(tmp_path / "data"), block_size=48, samples=0,
+                                device="cpu", dtype="float32")
+    assert "packed in blocks of 64 tokens but windows have 48" in capsys.readouterr().err
+
+
+def test_cli_table_json_and_seed(env, chat_ckpt, tmp_path, capsys):
+    base = [chat_ckpt, "--data_dir", env["data"], "--dataset", "chat", "story", "--samples", "4", "--max_tokens", "12", *CPU]
+    code, out, err = cli(base + ["--json", str(tmp_path / "a.json")], capsys)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith(f"{chat_ckpt}: ") and "trained on chat to step 3" in lines[0]
+    assert next(line for line in lines if line.startswith("dataset")).split() == \
+        ["dataset", "windows", "loss", "ppl", "bpb", "replies", "ended", "mean", "tokens"]
+    rows = {line.split()[0]: line.split() for line in lines if line.split() and line.split()[0] in ("chat", "story")}
+    a = json.loads((tmp_path / "a.json").read_text())
+    assert rows["chat"][2] == f"{a['rows'][0]['loss']:.4f}" and rows["chat"][4] == "-" and rows["chat"][5] == "4"
+    assert rows["story"][5:] == ["-", "-", "-"]
+    code, out, err = cli(base + ["--json", "-"], capsys)
+    assert code == 0 and json.loads(out) == a  # the same seed: the same numbers, replies included
+    code, out, err = cli(base + ["--json", "-", "--seed", "7"], capsys)
+    b = json.loads(out)
+    assert [row["loss"] for row in b["rows"]] == [row["loss"] for row in a["rows"]] and b["sampling"]["seed"] == 7
+
+
+def test_bad_input_is_one_line(env, chat_ckpt, tmp_path, capsys):
+    anonymous = str(tmp_path / "anonymous.pt")
+    save_checkpoint(anonymous, fixed_model(env["enc"], 0), env["enc"])  # no dataset recorded
+    for argv, words in (([str(tmp_path / "missing.pt")], "checkpoint " + str(tmp_path / "missing.pt") + " not found"),
+                        ([chat_ckpt, "--dataset", "other"], "prepare the data with the checkpoint's tokenizer"),
+                        ([chat_ckpt, "--dataset", "nope"], "python prepare.py --dataset nope"),
+                        ([chat_ckpt, "--block_size", "128"], "--block_size 128 is longer than the model's context"),
+                        ([chat_ckpt, "--prompts", str(tmp_path / "none.txt")], "prompt file"),
+                        ([anonymous], "pass --dataset NAME")):
+        code, out, err = cli(argv + ["--data_dir", env["data"], *CPU], capsys)
+        assert code == 1 and words in err, err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
+    with pytest.raises(SystemExit) as e:
+        eval_py.parse_args(["--help"])
+    assert e.value.code == 0
