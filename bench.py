@@ -197,11 +197,11 @@ def train_row(model, device, dtype, batch_size, seconds, peaks, compiled, label=
 
 
 def cfg_name(model):
-    # the preset a config came from, for the table (the variant too when it is not GPT-2's)
+    # the preset a config came from, for the table (the variant too when it is not the preset's own)
     cfg = model.config
     for name, p in PRESETS.items():
-        if all(getattr(cfg, k) == v for k, v in p.items() if k != "block_size"):
-            return name + ("" if cfg.variant == "gpt2" else f"-{cfg.variant}")
+        if all(getattr(cfg, k) == v for k, v in p.items() if k not in ("block_size", "variant")):
+            return name + ("" if cfg.variant == p.get("variant", "gpt2") else f"-{cfg.variant}")
     return f"L{cfg.n_layer}-C{cfg.n_embd}"
 
 
@@ -533,7 +533,7 @@ def get_parser():
                    help="autocast dtype(s), comma-separated: auto, float32, bfloat16, float16 (default auto: bf16 where "
                         "the hardware has it). gen and ratio use the first")
     p.add_argument("--model", default=None, help="preset(s), comma-separated (default: tiny,small on CPU, gpt2 on GPU)")
-    p.add_argument("--variant", default=None, choices=["gpt2", "modern"], help="model variant (default: the preset's, gpt2)")
+    p.add_argument("--variant", default=None, choices=["gpt2", "modern"], help="model variant (default: the preset's: modern for tiny, gpt2 for the others)")
     p.add_argument("--only", default=",".join(SECTIONS), help=f"sections to run, comma-separated (default: all of {','.join(SECTIONS)})")
     p.add_argument("--batch_size", type=int, default=None, help="training batch size (default 8)")
     p.add_argument("--block_size", type=int, default=None, help="training sequence length (default: the preset's)")

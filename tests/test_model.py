@@ -70,7 +70,7 @@ def test_make_config_overrides_and_errors():
         make_config("tiny", n_head=3)
     with pytest.raises(ValueError, match="even head_dim"):
         make_config("tiny", n_embd=36, n_head=4, variant="modern")  # head_dim 9
-    make_config("tiny", n_embd=36, n_head=4)  # fine for gpt2: no RoPE
+    make_config("tiny", n_embd=36, n_head=4, variant="gpt2")  # fine for gpt2: no RoPE
     with pytest.raises(ValueError, match="variant"):
         make_config("tiny", variant="llama")
     with pytest.raises(ValueError, match="unknown GPTConfig field"):
