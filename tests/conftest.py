@@ -12,3 +12,15 @@ if os.path.isdir(os.path.join(SHARED, "tiktoken-cache")):
 if os.path.isdir(os.path.join(SHARED, "data")):
     os.environ.setdefault("DATA_MIRROR", os.path.join(SHARED, "data"))
 sys.path.insert(0, ROOT)
+
+
+def run_cli(main, argv, capsys):
+    """A script's main(argv) in-process, through run_main as the script runs it: (exit code, stdout, stderr)."""
+    from common import run_main
+    try:
+        run_main(lambda: main(argv))
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err

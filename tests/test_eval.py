@@ -13,7 +13,7 @@ import eval as eval_py
 import prepare
 import train
 from checkpoint import load_model, save_checkpoint
-from common import run_main
+from conftest import run_cli
 from model import GPT, make_config
 from setup_tokenizer import IM_END
 from test_train import args_for, env, one_thread  # noqa: F401  (fixtures: the datasets, one CPU thread)
@@ -29,14 +29,7 @@ def chat_ckpt(env, tmp_path_factory):
 
 
 def cli(argv, capsys):
-    """eval.py's command line in-process, through run_main as the script runs it: (exit code, stdout, stderr)."""
-    try:
-        run_main(lambda: eval_py.main(argv))
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_cli(eval_py.main, argv, capsys)
 
 
 def fixed_model(enc, token):

@@ -14,7 +14,7 @@ import torch
 
 import gen
 from checkpoint import save_checkpoint
-from common import run_main
+from conftest import run_cli
 from model import GPT, make_config
 from setup_tokenizer import EOT, IM_END, get_tokenizer, render_chat
 
@@ -68,14 +68,7 @@ def la_ckpt(enc, tmp_path_factory):
 
 
 def cli(argv, capsys):
-    """gen.py's command line in-process, through run_main as the script runs it: (exit code, stdout, stderr)."""
-    try:
-        run_main(lambda: gen.main(argv))
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_cli(gen.main, argv, capsys)
 
 
 def sample(model, enc, seed, prompt="Once upon a time", n=30):
