@@ -57,8 +57,8 @@ BETAS = (0.9, 0.95)
 
 # Training options and their defaults. When continuing a checkpoint on the same dataset, an option not given on
 # the command line takes the checkpoint's value instead, so `--checkpoint X` alone resumes the very same run.
-# None means derived: block_size from the model, lr and batch_size from the preset, min_lr = lr/10, warmup = 2% of
-# all steps (BUDGET_WARMUP of a time budget).
+# None means derived: block_size from the model, lr and batch_size from the preset, min_lr = lr/10 (lr/100 in a
+# time budget), warmup = 2% of all steps (BUDGET_WARMUP of a time budget).
 DEFAULTS = dict(epochs=1, seed=1337, batch_size=None, grad_accum=1, block_size=None, lr=None, min_lr=None,
                 warmup=None, weight_decay=0.1, grad_clip=1.0, eval_interval=10.0, log_interval=10.0,
                 save_interval=10.0, eval_batches=40, patience=0, time_budget=None)
@@ -79,8 +79,8 @@ def warmup_arg(text):
         value = float(text.strip()[:-1]) if share else int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is neither a number of steps nor a percentage like 5%")
-    if not 0 <= value <= (100 if share else float("inf")):
-        raise argparse.ArgumentTypeError(f"{text!r} must be between 0 and " + ("100%" if share else "any step count"))
+    if value < 0 or (share and value > 100):
+        raise argparse.ArgumentTypeError(f"{text!r}: a warmup is 0 to 100% of the run, or 0 or more steps")
     return text.strip() if share else value
 
 
@@ -136,7 +136,8 @@ def parse_args(argv=None):
     g.add_argument("--grad_accum", type=int, help=f"forward passes per optimizer step (default: {d['grad_accum']})")
     g.add_argument("--lr", type=float, help="peak learning rate (default: " + ", ".join(
         f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + "; a third of that when fine-tuning)")
-    g.add_argument("--min_lr", type=float, help="learning rate at the end of the cosine decay (default: lr/10)")
+    g.add_argument("--min_lr", type=float, help="learning rate at the end of the cosine decay (default: lr/10, "
+                                                "lr/100 with --time_budget)")
     g.add_argument("--warmup", type=warmup_arg, help="linear warmup: optimizer steps, or a share of the run as in 5%% "
                                                      "(of all steps, or of --time_budget) (default: 2%% of all steps, "
                                                      f"at most 1000; {BUDGET_WARMUP * 100:g}%% of a time budget)")
@@ -182,7 +183,9 @@ def resolve_args(args, ckpt_args, continuing, config, fine_tuning=False):
     if a.lr is None:
         a.lr = DEFAULT_LR.get(a.model, 1e-3) / (FINETUNE_LR_DIVISOR if fine_tuning else 1)
     if a.min_lr is None:
-        a.min_lr = a.lr / 10
+        # a budget ends at a known moment, so its last minutes can anneal close to zero: with --compile, tiny's
+        # 10-minute CPU run went from 0.886 to 0.844 val bits per byte (BENCHMARKS.md)
+        a.min_lr = a.lr / (100 if a.time_budget is not None else 10)
     for k in ("epochs", "batch_size", "grad_accum", "block_size", "eval_batches"):
         if getattr(a, k) < 1:
             raise UserError(f"--{k} must be at least 1, got {getattr(a, k)}")
@@ -719,11 +722,13 @@ def train(args):
     spe = batches.steps_per_epoch
     total_steps = args.epochs * spe
     budget = args.time_budget * 60 if args.time_budget else None  # seconds
-    if args.warmup is None and not budget:
+    budget_warmup = None  # with a budget: the share of it that warms up
+    if budget:
+        budget_warmup = BUDGET_WARMUP if args.warmup is None else warmup_share(args.warmup)
+    elif args.warmup is None:
         args.warmup = max(1, min(1000, round(0.02 * total_steps)))
-    elif isinstance(args.warmup, str) and not budget:
+    elif isinstance(args.warmup, str):
         args.warmup = max(1, round(warmup_share(args.warmup) * total_steps))
-    budget_warmup = BUDGET_WARMUP if args.warmup is None else warmup_share(args.warmup) if budget else None
 
     p = Progress()
     if continuing:
