@@ -17,7 +17,8 @@ export DATA_MIRROR := $(abspath ../shared/data)
 endif
 endif
 
-# make demo: minutes of CPU training (--compile: +12% tokens/s after ~20 s); DEMO_MINUTES=10 for a better model
+# make demo: minutes of training (--compile: +12% tokens/s after ~20 s), the tiny preset on a CPU and small on a
+# CUDA GPU (train.py's default); DEMO_MINUTES=10 for a better model
 DEMO_MINUTES ?= 5
 # make chat-demo: minutes of story pretraining, then of fine-tuning on DailyDialog
 CHAT_STORY_MINUTES ?= 4
@@ -37,7 +38,7 @@ install: $(VENV)/.installed
 
 demo: install
 	$(BIN)/python prepare.py --dataset story --vocab_size 4096
-	$(BIN)/python train.py --dataset story --model tiny --time_budget $(DEMO_MINUTES) --compile
+	$(BIN)/python train.py --dataset story --time_budget $(DEMO_MINUTES) --compile
 	$(BIN)/python gen.py models/story_best.pt --prompt "Once upon a time" --num_samples 3 --max_tokens 200 --seed 42
 
 # the story model of `make demo` learns to chat: pretrain on stories, fine-tune on dialogue (loss on the

@@ -106,7 +106,8 @@ def parse_args(argv=None):
     g.add_argument("--data_dir", help="where prepared datasets live (default: the checkpoint's, else data)")
     g.add_argument("--tokenizer", help="gpt2 or a .tiktoken path; only checked against the data's (default: the data's)")
     g = p.add_argument_group("model (a new model; a checkpoint brings its own)")
-    g.add_argument("--model", choices=list(PRESETS), help="size preset (default: tiny)")
+    g.add_argument("--model", choices=list(PRESETS), help="size preset of a new model (default: tiny on CPU and MPS, "
+                                                         "small on CUDA)")
     g.add_argument("--n_layer", type=int, help="override the preset's number of blocks")
     g.add_argument("--n_head", type=int, help="override the preset's attention heads")
     g.add_argument("--n_embd", type=int, help="override the preset's width")
@@ -640,11 +641,17 @@ def pick_tokenizer(args, meta, ckpt):
     return enc
 
 
+def default_preset(device):
+    """A new model's preset when --model is not given: tiny on a CPU or MPS, where the minutes of a demo go furthest
+    with it (BENCHMARKS.md); small, with its larger default batch, on a CUDA GPU."""
+    return "small" if device.type == "cuda" else "tiny"
+
+
 def model_config(args, meta, ckpt):
     """A new model's config from the preset and overrides, or the checkpoint's, refusing shape changes to it."""
     try:
         if ckpt is None:
-            return make_config(args.model or "tiny", vocab_size=int(meta["vocab_size"]), block_size=args.block_size,
+            return make_config(args.model, vocab_size=int(meta["vocab_size"]), block_size=args.block_size,
                                n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout,
                                variant=args.variant)
         cfg = dict(ckpt["config"])
@@ -704,10 +711,12 @@ def train(args):
         args.output_checkpoint = ckpt_args.get("output_checkpoint")
     meta = load_meta(args.data_dir, dataset)
     enc = pick_tokenizer(args, meta, ckpt)
+    device = pick_device(args.device)  # before the model: a new one's default size depends on it
+    if args.model is None and ckpt is None:
+        args.model = default_preset(device)
     config = model_config(args, meta, ckpt)
     args = resolve_args(args, ckpt_args, continuing, config, fine_tuning=ckpt is not None and not continuing)
 
-    device = pick_device(args.device)
     dtype = pick_dtype(device, args.dtype)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores, as nanoGPT does

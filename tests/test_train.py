@@ -463,3 +463,11 @@ def test_warmup_as_a_share_of_all_steps(env, tmp_path):
     s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--epochs", "2", "--warmup", "50%"))
     assert s["stopped"] == "done" and s["steps"] > 4  # both epochs: every step of the schedule
     assert load_checkpoint(s["checkpoint"])["args"]["warmup"] == round(0.5 * s["steps"])
+
+
+def test_a_new_model_defaults_to_tiny_on_cpu_and_small_on_cuda(env, tmp_path):
+    assert train.default_preset(torch.device("cuda", 0)) == "small"
+    assert train.default_preset(torch.device("cpu")) == "tiny"
+    s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--max_steps", "1"))  # no --model, on CPU
+    ck = load_checkpoint(s["checkpoint"])
+    assert ck["args"]["model"] == "tiny" and ck["args"]["batch_size"] == 16  # tiny (args_for asks batch 16)
