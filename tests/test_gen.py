@@ -16,7 +16,7 @@ import gen
 from checkpoint import save_checkpoint
 from conftest import run_cli
 from model import GPT, make_config
-from setup_tokenizer import EOT, IM_END, get_tokenizer, render_chat
+from setup_tokenizer import IM_END, get_tokenizer, render_chat
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GEN = os.path.join(ROOT, "gen.py")
