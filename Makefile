@@ -27,11 +27,11 @@ CHAT_SCRIPT := Hi! How are you today?\nWhat did you do at the weekend?\nDo you l
 
 .PHONY: install demo chat-demo test clean
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt requirements-test.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -r requirements.txt pytest
+	$(BIN)/python -m pip install -q -r requirements.txt -r requirements-test.txt
 	touch $@
 
 install: $(VENV)/.installed
