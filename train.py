@@ -27,6 +27,7 @@ val loss so far; story_metrics.jsonl, one JSON record per log/eval point; story_
 import argparse
 import contextlib
 import dataclasses
+import inspect
 import json
 import math
 import os
@@ -271,16 +272,22 @@ class Windows:
             m = np.stack([self.mask[s + 1:s + T + 1] for s in starts])  # (n, T): mask of y, i.e. token t+1
         return rows[:, :-1], rows[:, 1:], m
 
-    def micro_batches(self, idx, batch_size, pin=False):
+    def micro_batches(self, idx, batch_size, pin=False, count=None):
         """Yield (x, y, m, idx) CPU tensors of exactly batch_size rows for consecutive chunks of idx; a short last
-        chunk is padded with rows whose targets are -1 (ignored), so shapes never change (no recompiles)."""
-        for i in range(0, len(idx), batch_size):
-            chunk = np.asarray(idx[i:i + batch_size])
-            x, y, m = self.get(chunk)
+        chunk is padded with rows whose targets are -1 (ignored), so shapes never change (no recompiles).
+        count: yield that many micro-batches, the ones past idx's end all padding (a rank with fewer windows
+        than another still joins every gradient all-reduce)."""
+        count = math.ceil(len(idx) / batch_size) if count is None else count
+        for i in range(0, count * batch_size, batch_size):
+            chunk = np.asarray(idx[i:i + batch_size], dtype=np.int64)
+            x, y, m = self.get(chunk) if len(chunk) else (np.zeros((0, self.block_size), np.int64),) * 2 + (
+                None if self.mask is None else np.zeros((0, self.block_size), np.uint8),)
             pad = batch_size - len(chunk)
             if pad:
                 x = np.pad(x, ((0, pad), (0, 0)))
-                y = np.pad(y, ((0, pad), (0, 0)), constant_values=-1)
+                # an all-padding batch gets real (zero) targets: a mean over no targets would be NaN, and its
+                # weight of 0 in train_step already keeps it out of the gradient
+                y = np.pad(y, ((0, pad), (0, 0)), constant_values=-1 if len(chunk) else 0)
                 m = None if m is None else np.pad(m, ((0, pad), (0, 0)))
             tensors = [torch.from_numpy(x), torch.from_numpy(y), None if m is None else torch.from_numpy(m)]
             if pin:  # page-locked memory lets the host-to-GPU copy run asynchronously
@@ -353,22 +360,33 @@ def prefetch(iterable, depth=2):
 
 
 class Batches:
-    """Training steps of an epoch: each a list of grad_accum micro-batches of batch_size windows."""
+    """Training steps of an epoch: each a list of grad_accum micro-batches of batch_size windows per rank.
 
-    def __init__(self, windows, batch_size, grad_accum, seed, pin=False):
-        self.windows, self.batch_size, self.grad_accum, self.seed, self.pin = windows, batch_size, grad_accum, seed, pin
-        self.windows_per_step = batch_size * grad_accum
+    With several ranks (torchrun) a step takes the next batch_size*grad_accum*world windows of the epoch's order and
+    rank r the r-th contiguous share of them: the ranks together cover the epoch once, in the same steps as one
+    process with a world times larger batch. Positions in the order are global, so a checkpoint resumes on any
+    number of ranks."""
+
+    def __init__(self, windows, batch_size, grad_accum, seed, pin=False, rank=0, world=1):
+        self.windows, self.batch_size, self.seed, self.pin, self.rank = windows, batch_size, seed, pin, rank
+        self.rank_windows = batch_size * grad_accum   # per rank and step
+        self.windows_per_step = self.rank_windows * world  # all ranks together
         # ceil: every window is seen; the last step of an epoch is short
         self.steps_per_epoch = math.ceil(len(windows) / self.windows_per_step)
 
     def epoch(self, epoch, start=0):
         """Steps of `epoch` from window position `start` of its order (a resumed epoch starts past 0). Each step is
-        a list of (x, y, m, idx) micro-batches; a step may hold fewer than grad_accum of them at the epoch's end."""
+        (micro, n): this rank's list of (x, y, m, idx) micro-batches and the windows of the step on all ranks. At
+        the epoch's end a step may hold fewer than grad_accum micro-batches, the same number on every rank."""
         order = epoch_order(len(self.windows), self.seed, epoch)[start:]
+        R, B = self.rank_windows, self.batch_size
 
         def steps():
             for s in range(0, len(order), self.windows_per_step):
-                yield list(self.windows.micro_batches(order[s:s + self.windows_per_step], self.batch_size, self.pin))
+                step = order[s:s + self.windows_per_step]
+                mine = step[self.rank * R:(self.rank + 1) * R]
+                count = math.ceil(min(len(step), R) / B)  # rank 0's share is the largest
+                yield list(self.windows.micro_batches(mine, B, self.pin, count)), len(step)
         return prefetch(steps())
 
 
@@ -415,19 +433,23 @@ class Forward:
             return self.model(*args)
 
 
-def train_step(fwd, optimizer, scaler, micro, device, dtype, grad_clip):
+def train_step(fwd, optimizer, scaler, micro, device, dtype, grad_clip, n_real=None, world=1):
     """One optimizer step over micro-batches [(x, y, m, idx)], each (B, T). Each micro-batch's mean loss is weighted
-    by its share of the step's real windows, so a padded last batch counts as what it is. Returns the step's
-    loss as a 0-d device tensor: no host sync here."""
-    n_real = sum(len(idx) for *_, idx in micro)
+    by its share of the step's real windows (n_real, on all ranks), so a padded last batch counts as what it is.
+    Under DDP, which averages the ranks' gradients, each rank's loss is scaled by world to make that a sum, and only
+    the last micro-batch all-reduces. Returns this rank's share of the step's loss as a 0-d device tensor: no host
+    sync here."""
+    n_real = n_real or sum(len(idx) for *_, idx in micro)
+    no_sync = getattr(getattr(fwd, "model", fwd), "no_sync", None)  # a DDP model's: skip the all-reduce
     total = torch.zeros((), device=device)
-    for x, y, m, idx in micro:
+    for i, (x, y, m, idx) in enumerate(micro):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         m = None if m is None else m.to(device, non_blocking=True)
-        with autocast(device, dtype):
-            _, loss = fwd(x, y, m)
-        loss = loss * (len(idx) / n_real)
-        scaler.scale(loss).backward()
+        with no_sync() if no_sync and i < len(micro) - 1 else contextlib.nullcontext():
+            with autocast(device, dtype):
+                _, loss = fwd(x, y, m)
+            loss = loss * (len(idx) / n_real)
+            scaler.scale(loss * world).backward()
         total += loss.detach().float()
     if grad_clip > 0:
         scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
@@ -446,12 +468,17 @@ def eval_indices(n_windows, n_max):
 
 
 @torch.no_grad()
-def evaluate(model, windows, batch_size, max_batches, device, dtype, fwd=None):
-    """Mean loss per counted target token (mask != 0 on chat data) over up to max_batches batches of the split."""
+def evaluate(model, windows, batch_size, max_batches, device, dtype, fwd=None, dist=None):
+    """Mean loss per counted target token (mask != 0 on chat data) over up to max_batches batches of the split.
+    Under torchrun the ranks share max_batches * world batches, each taking every world-th window, and the sums are
+    all-reduced."""
     fwd = fwd or model
     was_training = model.training
     model.eval()
-    idx = eval_indices(len(windows), max_batches * batch_size)
+    world = dist.world if dist else 1
+    idx = eval_indices(len(windows), max_batches * batch_size * world)  # max_batches of batch_size on each rank
+    if world > 1:
+        idx = idx[dist.rank::world]
     loss_sum, count = torch.zeros((), device=device), 0
     for x, y, m, chunk in windows.micro_batches(idx, batch_size):
         # the model's loss is a mean over the counted targets: weigh it by their number (known on the host)
@@ -465,6 +492,10 @@ def evaluate(model, windows, batch_size, max_batches, device, dtype, fwd=None):
         loss_sum += loss.float() * n
         count += n
     model.train(was_training)
+    if world > 1:
+        sums = torch.stack([loss_sum, torch.tensor(float(count), device=device)])
+        torch.distributed.all_reduce(sums)
+        loss_sum, count = sums[0], int(sums[1].item())
     return loss_sum.item() / max(count, 1)
 
 
@@ -495,6 +526,7 @@ def set_rng_state(state):
 
 COLORS = {"bold": "1", "dim": "2", "red": "31", "green": "32", "yellow": "33", "cyan": "36"}
 use_color = False
+quiet = False  # torchrun's ranks other than 0 print nothing
 
 
 def paint(text, color):
@@ -502,11 +534,15 @@ def paint(text, color):
 
 
 def say(line=""):
+    if quiet:
+        return
     tqdm.write(line, file=sys.stdout)  # above any progress bar instead of through it
     sys.stdout.flush()
 
 
 def warn(line):
+    if quiet:
+        return
     tqdm.write(paint("warning: ", "yellow") + line, file=sys.stderr)
 
 
@@ -531,8 +567,10 @@ def fmt_time(s):
 class Metrics:
     """metrics.jsonl (one JSON object per log/eval point) and, when matplotlib is importable, a loss-curve PNG."""
 
-    def __init__(self, path, png_path, keep_until_step=None):
-        self.path, self.png_path, self.records = path, png_path, []
+    def __init__(self, path, png_path, keep_until_step=None, write=True):
+        self.path, self.png_path, self.records, self.write = path, png_path, [], write
+        if not write:  # another rank writes them
+            return
         if keep_until_step is not None and os.path.exists(path):
             # continuing: keep the history up to the checkpoint, drop records of steps that will be redone
             with open(path, encoding="utf-8") as f:
@@ -546,10 +584,14 @@ class Metrics:
 
     def log(self, rec):
         self.records.append(rec)
+        if not self.write:
+            return
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(rec) + "\n")
 
     def plot(self, title):
+        if not self.write:
+            return
         try:
             from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
         except ImportError:
@@ -588,7 +630,9 @@ class GracefulInterrupt:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        tqdm.write("\nCtrl-C: saving after this step (press again to quit without saving)", file=sys.stderr)
+        if not quiet:  # under torchrun, which passes one Ctrl-C on to the ranks and kills them 30 s later
+            again = "" if "LOCAL_RANK" in os.environ else " (press again to quit without saving)"
+            tqdm.write(f"\nCtrl-C: saving after this step{again}", file=sys.stderr)
 
     def __enter__(self):
         with contextlib.suppress(ValueError):  # ValueError: not the main thread
@@ -602,7 +646,72 @@ class GracefulInterrupt:
 
 
 def is_interactive():
-    return sys.stdin.isatty()
+    return sys.stdin.isatty() and "LOCAL_RANK" not in os.environ  # never prompt from torchrun's ranks
+
+
+# -----------------------------------------------------------------------------
+# several processes: torchrun and DistributedDataParallel
+
+@dataclasses.dataclass
+class Dist:
+    """This process's place among torchrun's ranks (rank 0 of 1 without torchrun)."""
+    rank: int = 0
+    world: int = 1
+    control: object = None  # process group for host-side agreement (clock, Ctrl-C): gloo, whatever the backend
+
+    @property
+    def main(self):  # the rank that logs, shows progress and writes files
+        return self.rank == 0
+
+    def command(self):
+        """How to start train.py again the way it runs now."""
+        if self.world == 1:
+            return "python train.py"
+        return f"torchrun --nproc_per_node={os.environ.get('LOCAL_WORLD_SIZE', self.world)} train.py"
+
+    def agree(self, *values):
+        """The largest of each value over all ranks (floats; True > False), so that every rank takes the same
+        decisions about the clock-driven schedule and stopping. One small CPU all-reduce per step: no device sync."""
+        if self.world == 1:
+            return values
+        t = torch.tensor([float(v) for v in values], dtype=torch.float64)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX, group=self.control)
+        return tuple(t.tolist())
+
+
+def is_peer_failure(e):
+    """An error raised inside a collective because another rank went away (gloo: connection reset or closed; NCCL:
+    a DistBackendError), rather than a fault of this rank's own."""
+    dist_error = getattr(torch.distributed, "DistError", ())
+    return isinstance(e, dist_error) or (isinstance(e, RuntimeError) and ("gloo" in str(e) or "NCCL" in str(e)))
+
+
+def init_distributed(device_name):
+    """(Dist, device). Under torchrun (WORLD_SIZE > 1) join the process group: NCCL on CUDA, where each rank takes
+    its LOCAL_RANK GPU, and gloo on CPU; otherwise just pick the device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist(), pick_device(device_name)
+    import torch.distributed as td
+    local = int(os.environ["LOCAL_RANK"])
+    kind = torch.device(device_name).type if device_name != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if kind == "cuda":
+        n = torch.cuda.device_count()
+        if local >= n:
+            raise UserError(f"local rank {local} has no GPU: this machine has {n}; use --nproc_per_node {n} or fewer")
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    elif kind == "cpu":
+        device = torch.device("cpu")
+    else:
+        raise UserError(f"--device {device_name} under torchrun: use cuda (NCCL) or cpu (gloo)")
+    td.init_process_group("nccl" if kind == "cuda" else "gloo")
+    # the clock and Ctrl-C are agreed on with host tensors: NCCL takes only device tensors, so a gloo group beside it
+    control = td.new_group(backend="gloo") if kind == "cuda" else None
+    # torchrun stops the other ranks with SIGTERM when one fails: exit through Python, so that a checkpoint being
+    # written removes its temporary file (the previous checkpoint is never touched)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    return Dist(rank=td.get_rank(), world=td.get_world_size(), control=control), device
 
 
 # -----------------------------------------------------------------------------
@@ -696,7 +805,7 @@ def ask_more_epochs(path, done):
 
 def train(args):
     """Train as the options say; returns a summary dict (steps, tokens, losses, files)."""
-    global use_color
+    global use_color, quiet
     use_color = not args.no_color and sys.stdout.isatty() and "NO_COLOR" not in os.environ
     ckpt = load_checkpoint(args.checkpoint) if args.checkpoint else None
     ckpt_args = (ckpt or {}).get("args") or {}
@@ -711,7 +820,8 @@ def train(args):
         args.output_checkpoint = ckpt_args.get("output_checkpoint")
     meta = load_meta(args.data_dir, dataset)
     enc = pick_tokenizer(args, meta, ckpt)
-    device = pick_device(args.device)  # before the model: a new one's default size depends on it
+    dist, device = init_distributed(args.device)  # before the model: a new one's default size depends on it
+    quiet = not dist.main
     if args.model is None and ckpt is None:
         args.model = default_preset(device)
     config = model_config(args, meta, ckpt)
@@ -727,7 +837,8 @@ def train(args):
     packing = packing_warning(meta, args.block_size)
     if packing:
         warn(packing)
-    batches = Batches(train_w, args.batch_size, args.grad_accum, args.seed, pin=device.type == "cuda")
+    batches = Batches(train_w, args.batch_size, args.grad_accum, args.seed, pin=device.type == "cuda",
+                      rank=dist.rank, world=dist.world)
     spe = batches.steps_per_epoch
     total_steps = args.epochs * spe
     budget = args.time_budget * 60 if args.time_budget else None  # seconds
@@ -752,6 +863,11 @@ def train(args):
             p.windows = 0
         if p.windows >= len(train_w):
             p.epoch, p.windows = p.epoch + 1, 0
+        was = ckpt_args.get("batch_size", 0) * ckpt_args.get("grad_accum", 1) * ckpt_args.get("world_size", 1)
+        if was != batches.windows_per_step and not budget:
+            # another global batch (other ranks or batch options): the lr schedule counts steps of the new size,
+            # so place the run where the windows done so far put it
+            p.step = p.epoch * spe + math.ceil(p.windows / batches.windows_per_step)
         if args.reset_epoch:  # same weights, optimizer and best val loss; epochs and schedule from zero
             p = Progress(tokens=p.tokens, best_val_loss=p.best_val_loss, elapsed=p.elapsed)
 
@@ -781,7 +897,18 @@ def train(args):
             scaler.load_state_dict(ckpt["scaler"])
     if continuing and not args.reset_epoch and ckpt.get("rng"):
         set_rng_state(ckpt["rng"])
-    fwd = Forward(model, args.compile)
+    if dist.rank:  # dropout draws other masks on each rank; rank 0 keeps the single-process stream
+        torch.manual_seed(args.seed + 1_000_003 * dist.rank + p.step)
+    train_model = model
+    if dist.world > 1:
+        # DDP copies rank 0's weights to every rank, then all-reduces gradients in buckets during backward;
+        # broadcast_buffers=False: the only buffers (RoPE tables) are constants, and evaluations, which ranks run
+        # on shares of different sizes, must not wait on each other
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        no_buffer_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
+                          else {"broadcast_buffers": False})  # its older name
+        train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None, **no_buffer_sync)
+    fwd = Forward(train_model, args.compile)  # compile the DDP model: its graphs break at the buckets (DDPOptimizer)
 
     # ---- files
     # a budgeted run may repeat many epochs: one file for it rather than one per epoch
@@ -790,7 +917,7 @@ def train(args):
     out_dir = os.path.dirname(out_pattern) or "."
     best_path = os.path.join(out_dir, f"{dataset}_best.pt")
     metrics = Metrics(os.path.join(out_dir, f"{dataset}_metrics.jsonl"), os.path.join(out_dir, f"{dataset}_loss.png"),
-                      keep_until_step=p.step if continuing and not args.reset_epoch else None)
+                      keep_until_step=p.step if continuing and not args.reset_epoch else None, write=dist.main)
 
     def out_path():
         # named after the epoch in progress; a finished epoch keeps its own number
@@ -802,14 +929,16 @@ def train(args):
     saved = {"path": None, "step": p.step, "best": best_path if continuing and os.path.exists(best_path) else None}
 
     def save(path):
-        save_checkpoint(path, model, enc, optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
-                        dataset=dataset, epoch=p.epoch, epoch_step=math.ceil(p.windows / batches.windows_per_step),
-                        epoch_windows=p.windows, step=p.step, tokens=p.tokens, rng=rng_state(), args=vars(args),
-                        best_val_loss=p.best_val_loss, evals_since_best=p.evals_since_best, val_loss=last_val,
-                        elapsed=p.elapsed + time.time() - t_run,
-                        data={"tokenizer_hash": meta.get("tokenizer_hash"), "folder": meta["folder"],
-                              "train_tokens": meta.get("splits", {}).get("train", {}).get("tokens"),
-                              "val_tokens": meta.get("splits", {}).get("val", {}).get("tokens")})
+        if dist.main:  # every rank holds the same weights and optimizer state
+            save_checkpoint(path, model, enc, optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
+                            dataset=dataset, epoch=p.epoch, epoch_step=math.ceil(p.windows / batches.windows_per_step),
+                            epoch_windows=p.windows, step=p.step, tokens=p.tokens, rng=rng_state(),
+                            args=dict(vars(args), world_size=dist.world),
+                            best_val_loss=p.best_val_loss, evals_since_best=p.evals_since_best, val_loss=last_val,
+                            elapsed=p.elapsed + time.time() - t_run,
+                            data={"tokenizer_hash": meta.get("tokenizer_hash"), "folder": meta["folder"],
+                                  "train_tokens": meta.get("splits", {}).get("train", {}).get("tokens"),
+                                  "val_tokens": meta.get("splits", {}).get("val", {}).get("tokens")})
         if path == best_path:
             saved["best"] = path
         else:
@@ -827,7 +956,8 @@ def train(args):
               f"{fmt_count(n_all)} params ({fmt_count(n_core)} non-embedding), context {config.block_size}", "dim"))
     run_for = f"{args.time_budget:g} min" + (f" (at most {args.epochs} epochs)" if args.epochs < UNLIMITED_EPOCHS else "") \
         + f", epochs of {spe:,}" if budget else f"{args.epochs} epoch(s) x {spe:,}"
-    say(paint(f"train  {run_for} steps of {args.batch_size}x{args.grad_accum}x{args.block_size} "
+    ranks = f"{dist.world} ranks x " if dist.world > 1 else ""
+    say(paint(f"train  {run_for} steps of {ranks}{args.batch_size}x{args.grad_accum}x{args.block_size} "
               f"= {tok_step:,} tokens, lr {args.lr:.2g} -> {args.min_lr:.2g} (warmup " + (f"{budget_warmup:.0%} of the budget" if budget else f"{args.warmup}") + "), "
               f"{device} {str(dtype).replace('torch.', '')}{', compiled' if args.compile else ''}", "dim"))
     if continuing and (p.step or p.epoch):
@@ -855,6 +985,7 @@ def train(args):
     tps = 0.0
     budget_spent = 0.0 if args.reset_epoch else p.elapsed  # a continued budgeted run goes on with its clock
     reserve = 0.0  # seconds the last evaluation and saves took: a budgeted run stops early enough to fit them
+    clock = budget_spent  # seconds of the budget spent, as all ranks agree after each step
     model.train()
     try:
         with GracefulInterrupt() as interrupt:
@@ -863,18 +994,19 @@ def train(args):
                 estep = p.windows // batches.windows_per_step  # steps done in this epoch
                 steps = batches.epoch(epoch, p.windows)
                 bar = tqdm(total=spe, initial=estep, desc=f"epoch {epoch + 1}/{args.epochs}", unit="step",
-                           dynamic_ncols=True, disable=not sys.stderr.isatty(), file=sys.stderr)
+                           dynamic_ncols=True, disable=not sys.stderr.isatty() or quiet, file=sys.stderr)
                 try:
-                    for micro in steps:
+                    for micro, n_windows in steps:
                         if budget:  # the schedule runs on the clock: warmup over a share of the budget, then cosine
-                            spent = (budget_spent + time.time() - t_run) / budget
+                            # (several ranks take the clock they agreed on: their weights must stay identical)
+                            spent = (budget_spent + time.time() - t_run if dist.world == 1 else clock) / budget
                             lr = lr_at(int(spent * 10_000), args.lr, args.min_lr, round(budget_warmup * 10_000), 10_000)
                         else:
                             lr = lr_at(p.step, args.lr, args.min_lr, args.warmup, total_steps)
                         for group in optimizer.param_groups:
                             group["lr"] = lr
-                        loss_acc += train_step(fwd, optimizer, scaler, micro, device, dtype, args.grad_clip)
-                        n_windows = sum(len(idx) for *_, idx in micro)
+                        loss_acc += train_step(fwd, optimizer, scaler, micro, device, dtype, args.grad_clip,
+                                               n_windows, dist.world)
                         p.step += 1
                         p.windows += n_windows
                         p.tokens += n_windows * args.block_size
@@ -889,11 +1021,15 @@ def train(args):
                             p.epoch, p.windows = epoch + 1, 0
                         if args.max_steps and run_steps >= args.max_steps:
                             stopped = "max_steps"
-                        if budget and budget_spent + time.time() - t_run + reserve >= budget:
+                        # every rank must take the same decisions: the slowest rank's clock, and Ctrl-C on any
+                        clock, clock_reserved, interrupted = dist.agree(
+                            budget_spent + time.time() - t_run, budget_spent + time.time() - t_run + reserve,
+                            interrupt.requested)
+                        if budget and clock_reserved >= budget:
                             stopped = "time budget"
                         t_extra = time.time()
                         if budget:
-                            frac = (budget_spent + t_extra - t_run) / budget
+                            frac = clock / budget
                             due_eval = budget_due("eval", args.eval_interval, frac) or stopped == "time budget"
                             due_save = budget_due("save", args.save_interval, frac)
                             due_log = budget_due("log", args.log_interval, frac)
@@ -902,9 +1038,11 @@ def train(args):
                             due_save = end_of_epoch or (save_every and estep % save_every == 0)
                             due_log = estep % log_every == 0
                         # the last step of a run is always logged
-                        due_log = due_log or due_eval or stopped != "done" or interrupt.requested
+                        due_log = due_log or due_eval or stopped != "done" or interrupted
 
                         if due_log:
+                            if dist.world > 1:  # each rank holds its share of every step's loss
+                                torch.distributed.all_reduce(loss_acc)
                             train_loss = loss_acc.item() / loss_n  # the only host sync of the loop
                             if not math.isfinite(train_loss):
                                 raise UserError(f"the training loss became {train_loss} at step {p.step}: lower --lr "
@@ -923,7 +1061,8 @@ def train(args):
                                 say(f"step {p.step:,} (epoch {rec['epoch']:.2f}): loss {train_loss:.4f}, lr {lr:.2e}, "
                                     f"{tps:,.0f} tokens/s, epoch ends in {fmt_time(left)}")
                             if due_eval:
-                                last_val = evaluate(model, val_w, args.batch_size, args.eval_batches, device, dtype, fwd)
+                                last_val = evaluate(model, val_w, args.batch_size, args.eval_batches, device, dtype,
+                                                    fwd, dist)
                                 bpb = bits_per_byte(last_val, meta)
                                 improved = p.best_val_loss is None or last_val < p.best_val_loss
                                 if improved:
@@ -945,16 +1084,16 @@ def train(args):
                             metrics.log(rec)
                             if due_eval:
                                 metrics.plot(f"{dataset}: {args.model} {config.variant}")
-                        if due_save or stopped != "done" or interrupt.requested:
+                        if due_save or stopped != "done" or interrupted:
                             save(out_path())
                         if due_eval:
                             reserve = time.time() - t_extra
                         if due_log or due_save:
                             t_mark, tokens_mark = time.time(), 0  # tokens/s measures training, not evals and saves
-                        if interrupt.requested:
+                        if interrupted:
                             say(paint(f"interrupted at step {p.step:,}: saved {saved['path']}; continue with "
-                                      f"`python train.py --checkpoint {saved['path']}`", "yellow"))
-                            raise KeyboardInterrupt
+                                      f"`{dist.command()} --checkpoint {saved['path']}`", "yellow"))
+                            raise KeyboardInterrupt if dist.main else SystemExit(130)  # one "interrupted" line
                         if stopped != "done":
                             break
                 finally:
@@ -964,7 +1103,8 @@ def train(args):
         raise  # saved above at a step boundary, or a second Ctrl-C: quit without touching any file
     except Exception as e:
         # keep the progress made since the last save: the weights are consistent unless the optimizer itself failed
-        if run_steps and saved["step"] != p.step and not isinstance(e, UserError):  # UserError: NaN weights
+        # (UserError: NaN weights). Not with several ranks: another rank's failure may leave this one mid-step.
+        if run_steps and saved["step"] != p.step and not isinstance(e, UserError) and dist.world == 1:
             with contextlib.suppress(Exception):
                 save(out_path())
                 warn(f"saved {saved['path']} (step {p.step:,}) before stopping on the error below")
@@ -972,6 +1112,9 @@ def train(args):
             raise UserError(f"out of memory with --batch_size {args.batch_size} x --block_size {args.block_size}: "
                             f"use a smaller --batch_size (and a larger --grad_accum to keep the tokens per step) or "
                             f"a smaller --block_size ({first_line(e)})") from e
+        if dist.world > 1 and is_peer_failure(e):
+            raise UserError(f"lost contact with the other ranks at step {p.step:,} (did one fail? see its lines above): "
+                            f"{first_line(e)[:100]}; last checkpoint: {saved['path'] or 'none'}") from e
         raise
 
     # ---- summary
@@ -996,7 +1139,11 @@ def train(args):
 
 
 def main(argv=None):
-    return run_main(lambda: train(parse_args(argv)))
+    try:
+        return run_main(lambda: train(parse_args(argv)))
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -299,8 +299,9 @@ def test_epoch_coverage(env):
     steps = list(b.epoch(0))
     assert len(steps) == b.steps_per_epoch == math.ceil(len(w) / 12)
     tokens = np.fromfile(os.path.join(meta["folder"], "train.bin"), dtype=np.uint16)
-    for step in steps:
-        for x, y, m, idx in step:
+    for micro, n in steps:
+        assert n == sum(len(idx) for *_, idx in micro)
+        for x, y, m, idx in micro:
             assert x.shape == y.shape == (4, 64)
             for r, i in enumerate(idx):
                 assert torch.equal(x[r], torch.from_numpy(tokens[i * 64:i * 64 + 64].astype(np.int64)))
@@ -311,10 +312,49 @@ def test_epoch_coverage(env):
     order0, order1 = train.epoch_order(len(w), 7, 0), train.epoch_order(len(w), 7, 1)
     assert not np.array_equal(order0, order1)
     assert np.array_equal(order0, train.epoch_order(len(w), 7, 0))
-    assert np.array_equal(np.concatenate([idx for s in steps for *_, idx in s]), order0)
+    assert np.array_equal(np.concatenate([idx for s, _ in steps for *_, idx in s]), order0)
     # a resumed epoch yields exactly the rest
-    rest = [idx for s in b.epoch(0, start=24) for *_, idx in s]
+    rest = [idx for s, _ in b.epoch(0, start=24) for *_, idx in s]
     assert np.array_equal(np.concatenate(rest), order0[24:])
+
+
+@pytest.mark.parametrize("world,start", [(2, 0), (3, 0), (2, 10), (3, 7)])
+def test_ranks_cover_the_epoch_once(env, world, start):
+    """torchrun's ranks take disjoint shares of each step: together they see every window once, step by step the
+    same windows as one process with a world times larger batch, with as many micro-batches on every rank."""
+    w = train.Windows(train.load_meta(env["data"], "mini"), "train", 64)
+    one = list(train.Batches(w, batch_size=4 * world, grad_accum=2, seed=7).epoch(1, start))
+    ranks = [list(train.Batches(w, batch_size=4, grad_accum=2, seed=7, rank=r, world=world).epoch(1, start))
+             for r in range(world)]
+    assert len(w) % (8 * world) != 0 and all(len(steps) == len(one) for steps in ranks)
+    seen = []
+    for i, (micro, n) in enumerate(one):
+        step = [idx for steps in ranks for *_, idx in steps[i][0]]
+        assert all(steps[i][1] == n for steps in ranks)  # every rank knows the step's size
+        assert len({len(steps[i][0]) for steps in ranks}) == 1  # same number of micro-batches: same all-reduces
+        assert sorted(np.concatenate(step)) == sorted(np.concatenate([idx for *_, idx in micro])) and \
+            sum(map(len, step)) == n
+        seen += list(np.concatenate(step))
+    assert sorted(seen) == sorted(train.epoch_order(len(w), 7, 1)[start:])
+
+
+def test_all_padding_micro_batch_changes_nothing(env):
+    """At an epoch's end a rank may have no windows left but must still run its micro-batches (DDP all-reduces in
+    them): they carry weight 0, and their loss is finite so the step's loss stays a number."""
+    w = train.Windows(train.load_meta(env["data"], "mini"), "train", 64)
+    real, empty = list(w.micro_batches(np.array([3, 5]), 4, count=2))
+    assert len(empty[3]) == 0 and (empty[1] == 0).all()  # real (zero) targets: no mean over nothing
+    losses, grads = [], []
+    for micro in ([real], [real, empty]):
+        torch.manual_seed(0)
+        model = train.GPT(train.make_config("tiny", n_layer=1, n_embd=32, n_head=2, block_size=64, vocab_size=512))
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        scaler = torch.amp.GradScaler("cpu", enabled=False)
+        opt.zero_grad = lambda set_to_none=True: None  # keep the gradients to compare them
+        losses.append(train.train_step(model, opt, scaler, micro, torch.device("cpu"), torch.float32, 0.0))
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert torch.isfinite(losses[1]) and torch.allclose(losses[0], losses[1])
+    assert torch.allclose(grads[0], grads[1], atol=1e-7)
 
 
 def test_masked_loss_counts_assistant_tokens_only(env):

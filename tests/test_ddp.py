@@ -1,0 +1,167 @@
+"""
+train.py under torchrun (DDP) on the CPU with gloo, 2 processes: the same loss curve as one process with the same
+global batch, checkpoints that resume on another number of ranks at the same point of the epoch, and clean stops on
+Ctrl-C and on another rank's death. Each run is a real `python -m torch.distributed.run` of train.py.
+"""
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import train
+from checkpoint import load_checkpoint
+from test_train import ROOT, args_for, env, one_thread, read_metrics  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without torch.distributed")
+
+STEPS = 10  # per run; the single-process reference runs 2 * STEPS
+MODEL = ["--n_layer", "2", "--n_head", "2", "--n_embd", "64", "--block_size", "64", "--eval_batches", "8",
+         "--dtype", "float32", "--lr", "4e-3", "--variant", "modern", "--log_interval", "0.001", "--save_interval", "0"]
+
+
+def torchrun(argv, nproc=2, **popen):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           os.path.join(ROOT, "train.py"), "--no-color", "--device", "cpu", *map(str, argv)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if popen:
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                **popen)
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    return r
+
+
+def losses(metrics_path, key="train_loss"):
+    return {r["step"]: r[key] for r in read_metrics(metrics_path) if r.get(key) is not None}
+
+
+@pytest.fixture(scope="module")
+def runs(env, tmp_path_factory):
+    """Single process, batch 8: 2*STEPS steps in one go, and STEPS then stopped. 2 ranks, batch 4 each: STEPS steps."""
+    out = tmp_path_factory.mktemp("ddp")
+    spe = math.ceil(len(train.Windows(train.load_meta(env["data"], "story"), "train", 64)) / 8)
+    evals = ["--eval_interval", 5 * 100 / spe]  # every 5 steps
+    one = train.train(args_for(env, out / "one", "--dataset", "story", "--batch_size", "8", "--max_steps", 2 * STEPS,
+                               *MODEL, *evals))
+    half = train.train(args_for(env, out / "half", "--dataset", "story", "--batch_size", "8", "--max_steps", STEPS,
+                                *MODEL, *evals))
+    two = out / "two" / "{dataset}.pt"
+    r = torchrun(["--data_dir", env["data"], "--dataset", "story", "--output_checkpoint", two, "--batch_size", "4",
+                  "--max_steps", STEPS, *MODEL, *evals])
+    return {"out": out, "one": one, "half": half, "two": str(two).replace("{dataset}", "story"), "log": r.stdout,
+            "spe": spe}
+
+
+def test_two_ranks_follow_one_process_with_the_same_global_batch(runs):
+    one, two = losses(runs["one"]["metrics"]), losses(os.path.join(runs["out"], "two", "story_metrics.jsonl"))
+    assert sorted(two) == list(range(1, STEPS + 1))
+    assert two[STEPS] < two[1] - 0.5  # it learns
+    for step, loss in two.items():
+        assert loss == pytest.approx(one[step], rel=1e-4, abs=1e-4), step
+    # evaluations split the val windows between the ranks: the same val loss as one process
+    val_one, val_two = (losses(m, "val_loss") for m in (runs["one"]["metrics"],
+                                                          os.path.join(runs["out"], "two", "story_metrics.jsonl")))
+    assert val_two and all(val_two[s] == pytest.approx(val_one[s], rel=1e-4) for s in val_two)
+    # one rank logs: each line once; the banner shows the ranks
+    assert runs["log"].count(f"step {STEPS} ") == 1 and "2 ranks x 4x1x64" in runs["log"]
+    ck = load_checkpoint(runs["two"])
+    assert ck["step"] == STEPS and ck["epoch_windows"] == 8 * STEPS and ck["args"]["world_size"] == 2
+
+
+def test_a_two_rank_checkpoint_resumes_in_one_process(env, runs):
+    # the batch is per rank: one process takes twice as much to keep the global batch of the 2-rank run
+    out = runs["out"] / "resumed1"
+    r = train.train(args_for(env, out, "--checkpoint", runs["two"], "--batch_size", "8", "--max_steps", STEPS,
+                             "--output_checkpoint", out / "{dataset}.pt", fresh=False))
+    assert r["steps"] == 2 * STEPS
+    one = losses(runs["one"]["metrics"])
+    resumed = losses(r["metrics"])
+    assert sorted(resumed) == list(range(STEPS + 1, 2 * STEPS + 1))  # on from the 2-rank run's last step
+    for step in range(STEPS + 1, 2 * STEPS + 1):
+        assert resumed[step] == pytest.approx(one[step], rel=1e-4, abs=1e-4), step
+    a, b = load_checkpoint(runs["one"]["checkpoint"]), load_checkpoint(r["checkpoint"])
+    assert a["epoch_windows"] == b["epoch_windows"] == 16 * STEPS  # the same point of the epoch
+    for k in a["model"]:
+        assert torch.allclose(a["model"][k], b["model"][k], atol=1e-5), k
+
+
+def test_a_one_process_checkpoint_resumes_on_two_ranks(env, runs):
+    out = runs["out"] / "resumed2"
+    torchrun(["--checkpoint", runs["half"]["checkpoint"], "--batch_size", "4", "--max_steps", STEPS,
+              "--output_checkpoint", out / "{dataset}.pt"])
+    one, resumed = losses(runs["one"]["metrics"]), losses(out / "story_metrics.jsonl")
+    for step in range(STEPS + 1, 2 * STEPS + 1):
+        assert resumed[step] == pytest.approx(one[step], rel=1e-4, abs=1e-4), step
+    assert load_checkpoint(str(out / "story.pt"))["epoch_windows"] == 16 * STEPS
+
+
+def test_another_global_batch_keeps_the_place_in_the_schedule(env, runs):
+    # resumed on one process with the per-rank batch: half the global batch, so twice the steps per epoch;
+    # the step count follows the windows done, which keeps the learning rate where the run was
+    out = runs["out"] / "smaller"
+    r = train.train(args_for(env, out, "--checkpoint", runs["two"], "--max_steps", 1, "--output_checkpoint",
+                             out / "{dataset}.pt", fresh=False))
+    ck = load_checkpoint(r["checkpoint"])
+    assert ck["epoch_windows"] == 8 * STEPS + 4 and ck["step"] == 2 * STEPS + 1
+
+
+def wait_for(path, proc, seconds=120):
+    deadline = time.time() + seconds
+    while not os.path.exists(path) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert os.path.exists(path), proc.communicate(timeout=30)
+
+
+def rank_pids(agent):
+    """The worker processes torchrun started: its children, by RANK in their environment."""
+    pids = {}
+    for child in subprocess.run(["ps", "-o", "pid=", "--ppid", str(agent.pid)], capture_output=True,
+                                text=True).stdout.split():
+        with open(f"/proc/{child}/environ", "rb") as f:
+            env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+        pids[int(env[b"RANK"])] = int(child)
+    return pids
+
+
+def long_run(env, out):
+    return torchrun(["--data_dir", env["data"], "--dataset", "story", "--output_checkpoint", out / "{dataset}.pt",
+                     "--n_layer", "2", "--n_head", "2", "--n_embd", "64", "--block_size", "64", "--batch_size", "4",
+                     "--epochs", "50", "--save_interval", "20", "--eval_interval", "0", "--dtype", "float32"],
+                    stdin=subprocess.DEVNULL)
+
+
+def test_ctrl_c_stops_every_rank_at_the_same_step_and_saves(env, tmp_path):
+    out = tmp_path / "models"
+    proc = long_run(env, out)
+    ckpt = out / "story.pt"
+    wait_for(ckpt, proc)
+    first = load_checkpoint(str(ckpt))["step"]
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C does to torchrun, which passes it on to the ranks
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert stdout.count("interrupted at step ") == 1, (stdout, stderr)  # rank 0 only
+    at = int(stdout.split("interrupted at step ")[1].split(":")[0].replace(",", ""))
+    ck = load_checkpoint(str(ckpt))
+    assert ck["step"] == at > first
+    assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
+
+
+def test_a_dead_rank_stops_the_others_and_the_checkpoint_stays_intact(env, tmp_path):
+    out = tmp_path / "models"
+    proc = long_run(env, out)
+    ckpt = out / "story.pt"
+    wait_for(ckpt, proc)
+    os.kill(rank_pids(proc)[1], signal.SIGKILL)  # rank 1 dies without a word
+    stdout, stderr = proc.communicate(timeout=90)
+    assert proc.returncode != 0
+    # rank 0 ends on one line (its collective failed) or quietly (torchrun's SIGTERM came first): no traceback
+    assert "[rank0]: Traceback" not in stderr, stderr[-3000:]
+    ck = load_checkpoint(str(ckpt))  # loads: whole, as last written
+    assert ck["step"] > 0 and ck["epoch_windows"] == 8 * ck["step"]
+    assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
