@@ -24,8 +24,8 @@ MODEL = ["--n_layer", "2", "--n_head", "2", "--n_embd", "64", "--block_size", "6
          "--dtype", "float32", "--lr", "4e-3", "--variant", "modern", "--log_interval", "0.001", "--save_interval", "0"]
 
 
-def torchrun(argv, nproc=2, **popen):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+def torchrun(argv, nproc=2, launch=("--standalone",), **popen):
+    cmd = [sys.executable, "-m", "torch.distributed.run", *launch, f"--nproc_per_node={nproc}",
            os.path.join(ROOT, "train.py"), "--no-color", "--device", "cpu", *map(str, argv)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if popen:
@@ -42,7 +42,8 @@ def losses(metrics_path, key="train_loss"):
 
 @pytest.fixture(scope="module")
 def runs(env, tmp_path_factory):
-    """Single process, batch 8: 2*STEPS steps in one go, and STEPS then stopped. 2 ranks, batch 4 each: STEPS steps."""
+    """Single process, batch 8: 2*STEPS steps in one go, and STEPS then stopped. 2 ranks, batch 2 x 2 accumulated
+    each: STEPS steps."""
     out = tmp_path_factory.mktemp("ddp")
     spe = math.ceil(len(train.Windows(train.load_meta(env["data"], "story"), "train", 64)) / 8)
     evals = ["--eval_interval", 5 * 100 / spe]  # every 5 steps
@@ -51,8 +52,9 @@ def runs(env, tmp_path_factory):
     half = train.train(args_for(env, out / "half", "--dataset", "story", "--batch_size", "8", "--max_steps", STEPS,
                                 *MODEL, *evals))
     two = out / "two" / "{dataset}.pt"
-    r = torchrun(["--data_dir", env["data"], "--dataset", "story", "--output_checkpoint", two, "--batch_size", "4",
-                  "--max_steps", STEPS, *MODEL, *evals])
+    # --eval_batches 16 of 2 windows on each of 2 ranks: the 64 val windows of one process's 8 batches of 8
+    r = torchrun(["--data_dir", env["data"], "--dataset", "story", "--output_checkpoint", two, "--batch_size", "2",
+                  "--grad_accum", "2", "--max_steps", STEPS, *MODEL, *evals, "--eval_batches", "16"])
     return {"out": out, "one": one, "half": half, "two": str(two).replace("{dataset}", "story"), "log": r.stdout,
             "spe": spe}
 
@@ -68,7 +70,7 @@ def test_two_ranks_follow_one_process_with_the_same_global_batch(runs):
                                                           os.path.join(runs["out"], "two", "story_metrics.jsonl")))
     assert val_two and all(val_two[s] == pytest.approx(val_one[s], rel=1e-4) for s in val_two)
     # one rank logs: each line once; the banner shows the ranks
-    assert runs["log"].count(f"step {STEPS} ") == 1 and "2 ranks x 4x1x64" in runs["log"]
+    assert runs["log"].count(f"step {STEPS} ") == 1 and "2 ranks x 2x2x64" in runs["log"]
     ck = load_checkpoint(runs["two"])
     assert ck["step"] == STEPS and ck["epoch_windows"] == 8 * STEPS and ck["args"]["world_size"] == 2
 
@@ -76,7 +78,8 @@ def test_two_ranks_follow_one_process_with_the_same_global_batch(runs):
 def test_a_two_rank_checkpoint_resumes_in_one_process(env, runs):
     # the batch is per rank: one process takes twice as much to keep the global batch of the 2-rank run
     out = runs["out"] / "resumed1"
-    r = train.train(args_for(env, out, "--checkpoint", runs["two"], "--batch_size", "8", "--max_steps", STEPS,
+    r = train.train(args_for(env, out, "--checkpoint", runs["two"], "--batch_size", "8", "--grad_accum", "1",
+                             "--max_steps", STEPS,
                              "--output_checkpoint", out / "{dataset}.pt", fresh=False))
     assert r["steps"] == 2 * STEPS
     one = losses(runs["one"]["metrics"])
@@ -86,8 +89,10 @@ def test_a_two_rank_checkpoint_resumes_in_one_process(env, runs):
         assert resumed[step] == pytest.approx(one[step], rel=1e-4, abs=1e-4), step
     a, b = load_checkpoint(runs["one"]["checkpoint"]), load_checkpoint(r["checkpoint"])
     assert a["epoch_windows"] == b["epoch_windows"] == 16 * STEPS  # the same point of the epoch
+    # equal up to float summation order, which Adam amplifies where gradients are ~0 (the key biases: attention
+    # ignores a constant added to every key): ~1e-5 after 2*STEPS steps of lr 4e-3
     for k in a["model"]:
-        assert torch.allclose(a["model"][k], b["model"][k], atol=1e-5), k
+        assert torch.allclose(a["model"][k], b["model"][k], atol=1e-4), k
 
 
 def test_a_one_process_checkpoint_resumes_on_two_ranks(env, runs):
@@ -101,13 +106,33 @@ def test_a_one_process_checkpoint_resumes_on_two_ranks(env, runs):
 
 
 def test_another_global_batch_keeps_the_place_in_the_schedule(env, runs):
-    # resumed on one process with the per-rank batch: half the global batch, so twice the steps per epoch;
-    # the step count follows the windows done, which keeps the learning rate where the run was
+    # resumed on one process with the per-rank batch options: half the global batch, so twice the steps per
+    # epoch; the step count follows the windows done, which keeps the learning rate where the run was
     out = runs["out"] / "smaller"
     r = train.train(args_for(env, out, "--checkpoint", runs["two"], "--max_steps", 1, "--output_checkpoint",
                              out / "{dataset}.pt", fresh=False))
     ck = load_checkpoint(r["checkpoint"])
     assert ck["epoch_windows"] == 8 * STEPS + 4 and ck["step"] == 2 * STEPS + 1
+
+
+def test_two_nodes_meet_at_a_rendezvous_endpoint(env, runs):
+    """Multi-node as on two machines: two torchrun agents, one process each, that find each other through
+    --rdzv_endpoint (here both on this machine)."""
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = runs["out"] / "nodes"
+    launch = ("--nnodes=2", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=test")
+    argv = ["--data_dir", env["data"], "--dataset", "story", "--output_checkpoint", out / "{dataset}.pt",
+            "--batch_size", "4", "--max_steps", STEPS, *MODEL, "--eval_interval", "0"]
+    nodes = [torchrun(argv, nproc=1, launch=launch, stdin=subprocess.DEVNULL) for _ in range(2)]
+    logs = [node.communicate(timeout=240) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], logs
+    one, two = losses(runs["one"]["metrics"]), losses(out / "story_metrics.jsonl")
+    assert sorted(two) == list(range(1, STEPS + 1))
+    for step, loss in two.items():
+        assert loss == pytest.approx(one[step], rel=1e-4, abs=1e-4), step
 
 
 def wait_for(path, proc, seconds=120):
@@ -165,3 +190,36 @@ def test_a_dead_rank_stops_the_others_and_the_checkpoint_stays_intact(env, tmp_p
     ck = load_checkpoint(str(ckpt))  # loads: whole, as last written
     assert ck["step"] > 0 and ck["epoch_windows"] == 8 * ck["step"]
     assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
+
+
+def test_inner_accumulation_steps_skip_the_all_reduce(env):
+    """DDP all-reduces in the backward of every forward unless inside no_sync(): train_step uses it for all but the
+    last micro-batch of a step."""
+    import contextlib
+
+    class Recording(torch.nn.Module):  # stands in for DistributedDataParallel: records which passes would sync
+        def __init__(self, model):
+            super().__init__()
+            self.module, self.syncing, self.passes = model, True, []
+
+        @contextlib.contextmanager
+        def no_sync(self):
+            self.syncing = False
+            try:
+                yield
+            finally:
+                self.syncing = True
+
+        def forward(self, *args):
+            self.passes.append(self.syncing)
+            return self.module(*args)
+
+    w = train.Windows(train.load_meta(env["data"], "mini"), "train", 64)
+    model = train.GPT(train.make_config("tiny", n_layer=1, n_embd=32, n_head=2, block_size=64, vocab_size=512))
+    ddp = Recording(model)
+    fwd = train.Forward(ddp)
+    opt = torch.optim.AdamW(model.parameters())
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    micro = list(w.micro_batches(list(range(12)), 4))
+    train.train_step(fwd, opt, scaler, micro, torch.device("cpu"), torch.float32, 1.0, world=2)
+    assert ddp.passes == [False, False, True]
