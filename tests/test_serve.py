@@ -420,7 +420,7 @@ def test_chat_page_streams_a_reply_in_chromium(enc, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    api = start(la_model(enc, delay=0.03), enc, name="la")
+    api = start(la_model(enc, delay=0.05), enc, name="la")  # 12 tokens stream over 0.6 s
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     # the network is closed here: without these flags Chromium waits on connections of its own
