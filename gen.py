@@ -57,6 +57,12 @@ def crop_prompt(model, ids, max_tokens, what="prompt", warn=True):
     return ids[-limit:]
 
 
+def encode_prompt(enc, text):
+    """A text prompt's ids. A plain prompt may spell special tokens (e.g. "<|endoftext|>" to mark a document
+    start); an empty one is an unconditional sample, which starts where every document starts."""
+    return enc.encode(text, allowed_special="all") or [enc.encode_single_token(EOT)]
+
+
 def stop_ids(enc, names):
     return tuple(enc.encode_single_token(n) for n in names)
 
@@ -83,30 +89,39 @@ def why_stopped(enc, ids, stop_tokens, max_tokens):
     return "max_tokens" if len(ids) >= max_tokens else "context"
 
 
+def stream_completion(model, enc, prompt_ids, max_tokens, stop_tokens=(), **sampling):
+    """One completion of prompt_ids as it is generated: yields (token, text) per new token, text being the
+    characters that token completes ("" inside a multi-byte character, and for the stop token, which ends the
+    completion). A multi-byte character cut off at the very end is flushed as (None, "\ufffd").
+    Closing the iterator stops generation: that is how gen.py's Ctrl-C and serve.py's hung-up clients end it."""
+    decoder = StreamDecoder(enc)
+    for step in sample_steps(model, [prompt_ids], max_tokens, stop_tokens=stop_tokens, **sampling):
+        tok = step[0]
+        if tok in stop_tokens:
+            yield tok, ""
+            break
+        yield tok, decoder.push(tok)
+    tail = decoder.flush()
+    if tail:
+        yield None, tail
+
+
 def complete(model, enc, prompt_ids, max_tokens, stop_tokens=(), on_text=None, **sampling):
     """One completion of prompt_ids, streaming its text to on_text(piece) as characters complete.
     Returns (new_ids, text, stopped_by): new_ids end with the stop token if one was hit, text never
     contains it; stopped_by is the stop token's text, "max_tokens", "context" (window full) or
     "interrupted" (Ctrl-C: what was generated so far is kept)."""
-    decoder = StreamDecoder(enc)
     ids, pieces, stopped_by = [], [], None
     try:
-        for step in sample_steps(model, [prompt_ids], max_tokens, stop_tokens=stop_tokens, **sampling):
-            ids.append(step[0])
-            if step[0] in stop_tokens:
-                break
-            piece = decoder.push(step[0])
+        for tok, piece in stream_completion(model, enc, prompt_ids, max_tokens, stop_tokens, **sampling):
+            if tok is not None:
+                ids.append(tok)
             if piece:
                 pieces.append(piece)
                 if on_text:
                     on_text(piece)
     except KeyboardInterrupt:
         stopped_by = "interrupted"
-    piece = decoder.flush()  # an incomplete multi-byte character at the very end becomes U+FFFD
-    if piece:
-        pieces.append(piece)
-        if on_text:
-            on_text(piece)
     return ids, "".join(pieces), stopped_by or why_stopped(enc, ids, stop_tokens, max_tokens)
 
 
@@ -344,13 +359,8 @@ def main(argv=None):
     # text never stops at <|endoftext|> with --nonstop: a story model simply starts the next story
     text_stops = () if args.nonstop else stop_ids(enc, (EOT,))
 
-    def encode(text):
-        # a plain prompt may spell special tokens (e.g. "<|endoftext|>" to mark a document start);
-        # an empty one is an unconditional sample, which starts where every document starts
-        return enc.encode(text, allowed_special="all") or [enc.encode_single_token(EOT)]
-
     def continue_text(text, echo):
-        ids = crop_prompt(model, encode(text), max_tokens)
+        ids = crop_prompt(model, encode_prompt(enc, text), max_tokens)
         if echo and text:
             show(bold + text + plain)
         t0 = time.perf_counter()
@@ -361,7 +371,7 @@ def main(argv=None):
 
     if args.prompt_file:
         prompts = read_prompt_file(args.prompt_file)
-        ids = [crop_prompt(model, encode(p), max_tokens, what=f"prompt {i + 1}") for i, p in enumerate(prompts)]
+        ids = [crop_prompt(model, encode_prompt(enc, p), max_tokens, what=f"prompt {i + 1}") for i, p in enumerate(prompts)]
         t0 = time.perf_counter()
         results = complete_batch(model, enc, ids, max_tokens, text_stops, batch_size=args.batch_size, **sampling)
         dt = time.perf_counter() - t0

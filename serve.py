@@ -1,0 +1,609 @@
+"""
+Serve a trained model over HTTP: an OpenAI-compatible API and a chat page.
+
+    python serve.py                                  # the newest models/*.pt on http://127.0.0.1:8000
+    python serve.py models/chat-demo/dailydialog_best.pt --port 8080
+    python serve.py --host 0.0.0.0                   # reachable from other machines: there is no authentication
+
+    POST /v1/chat/completions   messages -> the assistant's reply (ChatML, ends at <|im_end|>)
+    POST /v1/completions        prompt -> its continuation (ends at <|endoftext|>)
+    GET  /v1/models             the one model served, named after the checkpoint file
+    GET  /                      the chat page (chat.html): streams replies, temperature/top-p/max-token controls
+
+Both POST endpoints take OpenAI's common parameters: model (any name is accepted), max_tokens or
+max_completion_tokens, temperature (0-2), top_p, stop (a string or up to 4), seed, stream (server-sent
+events) with stream_options.include_usage, n (1 only), and top_k as an extension. Parameters left out
+take this command's defaults (--temp, --top_k, --top_p and --max_tokens, as in gen.py).
+
+Limits: max_tokens may not exceed the model's context; the prompt plus max_tokens must fit in it, else
+400 context_length_exceeded. A chat drops its oldest turns (never the system message) to make room, as
+`gen.py --chat` does, so a long conversation goes on; a single message too long for the context is still
+a 400. Other fields of OpenAI's API that would change the answer (n > 1, logprobs, tools, penalties...) get
+400 unsupported_parameter; fields this server does not know are ignored, as OpenAI ignores extra ones.
+
+One worker thread owns the model (torch runs one forward at a time well, not several on one model):
+requests queue to it in arrival order, up to --max_queue waiting (then 503). A client that hangs up,
+streaming or waiting in the queue, cancels its request at the next token and frees the worker.
+"""
+import argparse
+import collections
+import json
+import os
+import queue
+import select
+import socket
+import sys
+import threading
+import time
+import traceback
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+import torch
+
+from checkpoint import load_model
+from common import UserError, pick_device, pick_dtype, retain_freed_memory, run_main
+from gen import (default_checkpoint, encode_prompt, fit_history, positive_int, probability, reserve_for, stop_ids,
+                 stream_completion, temperature)
+from setup_tokenizer import EOT, IM_END, render_chat
+
+PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "chat.html")
+MAX_BODY = 1 << 20      # bytes of JSON a request may send: far more than any context here holds as text
+MAX_STOP = 4            # stop strings per request, as OpenAI allows
+POLL = 0.2              # seconds between checks that a waiting client is still connected
+
+
+class ApiError(Exception):
+    """A request the server refuses: answered with OpenAI's error body, never a traceback."""
+
+    def __init__(self, status, message, param=None, code=None, type="invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
+
+    def body(self):
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class ClientGone(Exception):
+    """The client closed its connection: stop working for it."""
+
+
+# -----------------------------------------------------------------------------
+# requests: validation and the prompt
+
+def is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)  # JSON true is not a number
+
+
+def is_number(v):
+    return (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+def get(req, name, kind, check=None, what=None):
+    """req[name], None when absent or null; of the wrong type, or failing check, a 400 naming the parameter."""
+    v = req.get(name)
+    if v is None:
+        return None
+    ok = {"int": is_int, "number": is_number, "bool": lambda x: isinstance(x, bool),
+          "str": lambda x: isinstance(x, str), "list": lambda x: isinstance(x, list),
+          "dict": lambda x: isinstance(x, dict)}[kind](v)
+    if not ok or (check and not check(v)):
+        raise ApiError(400, f"{name} must be {what or 'a ' + kind}, got {json.dumps(v)[:80]}", param=name,
+                       code="invalid_type" if not ok else "invalid_value")
+    return v
+
+
+def harmless(name, v):
+    """Whether an OpenAI parameter this server does not implement asks for nothing: absent, off or the default."""
+    if name in ("n", "best_of"):
+        return v is None or (is_int(v) and v == 1)
+    if name == "response_format":
+        return v is None or v == {"type": "text"}
+    return v is None or v is False or v == 0 or v in ("", [], {})
+
+
+# tool_choice and function_call are left out: without tools they ask for nothing
+UNSUPPORTED = ("n", "best_of", "echo", "suffix", "logprobs", "top_logprobs", "logit_bias", "tools", "functions",
+               "response_format", "frequency_penalty", "presence_penalty")
+
+
+def content_text(content, where):
+    """A message's content: a string, or OpenAI's list of text parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                                         for p in content):
+        return "".join(p["text"] for p in content)
+    raise ApiError(400, f"{where} must be a string or a list of text parts ({{\"type\": \"text\", \"text\": ...}})",
+                   param=where, code="invalid_type")
+
+
+def read_messages(req):
+    msgs = get(req, "messages", "list", check=bool, what="a non-empty list of {role, content}")
+    if msgs is None:
+        raise ApiError(400, "messages is required: a list of {\"role\": \"user\", \"content\": \"...\"}",
+                       param="messages", code="missing_required_parameter")
+    out = []
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict):
+            raise ApiError(400, f"messages[{i}] must be an object {{role, content}}", param=f"messages[{i}]", code="invalid_type")
+        role = m.get("role")
+        role = "system" if role == "developer" else role  # OpenAI's newer name for the system message
+        if role not in ("system", "user", "assistant"):
+            raise ApiError(400, f"messages[{i}].role must be system, user or assistant, got {json.dumps(role)}",
+                           param=f"messages[{i}].role", code="invalid_value")
+        out.append({"role": role, "content": content_text(m.get("content"), f"messages[{i}].content")})
+    return out
+
+
+def job_from_request(body, kind, api):
+    """The JSON body of a POST to /v1/chat/completions (kind "chat") or /v1/completions (kind "text") ->
+    a Job for the worker. Every refusal is an ApiError; nothing here touches the model."""
+    try:
+        req = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ApiError(400, f"the request body is not valid JSON ({e}); send a JSON object", code="invalid_json")
+    except RecursionError:
+        raise ApiError(400, "the request body nests too deeply to parse; send a JSON object", code="invalid_json")
+    if not isinstance(req, dict):
+        raise ApiError(400, f"the request body must be a JSON object, got {type(req).__name__}", code="invalid_json")
+    for name in UNSUPPORTED:
+        if not harmless(name, req.get(name)):
+            raise ApiError(400, f"{name}={json.dumps(req[name])[:80]} is not supported by this server"
+                           + (": it returns one choice per request" if name in ("n", "best_of") else ""),
+                           param=name, code="unsupported_parameter")
+    get(req, "model", "str")  # any name: one model is served
+    block = api.model.config.block_size
+    stream = get(req, "stream", "bool") or False
+    include_usage = (get(req, "stream_options", "dict") or {}).get("include_usage") or False
+    if not isinstance(include_usage, bool):
+        raise ApiError(400, "stream_options.include_usage must be true or false", param="stream_options.include_usage",
+                       code="invalid_type")
+    temp = get(req, "temperature", "number", lambda v: 0 <= v <= 2, "a number from 0 to 2")
+    top_p = get(req, "top_p", "number", lambda v: 0 <= v <= 1, "a number from 0 to 1")
+    top_k = get(req, "top_k", "int", lambda v: v >= 0, "an integer >= 1 (0 or null: no limit)")
+    seed = get(req, "seed", "int", lambda v: -2**63 <= v < 2**64, "a 64-bit integer")
+    stop = req.get("stop")
+    stop = [stop] if isinstance(stop, str) else stop
+    if stop is not None and not (isinstance(stop, list) and len(stop) <= MAX_STOP and all(isinstance(s, str) for s in stop)):
+        raise ApiError(400, f"stop must be a string or a list of at most {MAX_STOP} strings, got {json.dumps(req['stop'])[:80]}",
+                       param="stop", code="invalid_value")
+    limit = f"an integer from 1 to {block} (the model's context)"
+    max_tokens = get(req, "max_completion_tokens", "int", lambda v: 1 <= v <= block, limit)
+    if max_tokens is None:
+        max_tokens = get(req, "max_tokens", "int", lambda v: 1 <= v <= block, limit)
+
+    if kind == "chat":
+        messages = read_messages(req)
+        if max_tokens is None:  # the reply may take up to half the context, the history keeps the rest
+            max_tokens = reserve_for(api.model, api.max_tokens)
+        # every message renders to 4 tokens or more, so at most block // 4 of the newest can fit: cut there first,
+        # since fit_history renders the conversation again for each message it drops
+        head = messages[:1] if messages[0]["role"] == "system" else []
+        messages = head + messages[len(head):][-(block // 4 + 1):]
+        fitted = fit_history(api.enc, messages, block - max_tokens)
+        prompt, _ = render_chat(api.enc, fitted, add_generation_prompt=True)
+        what = "the messages" + (" (after dropping the oldest turns)" if len(fitted) < len(messages) else "")
+        stop_tokens = stop_ids(api.enc, (IM_END, EOT))
+    else:
+        text = get(req, "prompt", "str", what="a string (one prompt per request)")
+        if text is None:
+            raise ApiError(400, "prompt is required: the text to continue", param="prompt", code="missing_required_parameter")
+        prompt, what = encode_prompt(api.enc, text), "the prompt"
+        if max_tokens is None:
+            max_tokens = max(1, min(api.max_tokens, block - len(prompt)))
+        stop_tokens = stop_ids(api.enc, (EOT,))
+    if len(prompt) + max_tokens > block:
+        raise ApiError(400, f"this model's context holds {block} tokens, but {what} take {len(prompt)} and "
+                            f"max_tokens asks for {max_tokens}: shorten the input or lower max_tokens",
+                       param="messages" if kind == "chat" else "prompt", code="context_length_exceeded")
+    sampling = dict(temperature=api.temperature if temp is None else temp,
+                    top_k=api.top_k if "top_k" not in req else (top_k or None),
+                    top_p=api.top_p if top_p is None else top_p)
+    return Job(kind, prompt, max_tokens, stop_tokens, [s for s in stop or [] if s], sampling, seed, stream, include_usage)
+
+
+# -----------------------------------------------------------------------------
+# the worker: the one thread that runs the model
+
+class Job:
+    """One request on its way through the queue; the worker reports to its handler through events."""
+
+    def __init__(self, kind, prompt, max_tokens, stop_tokens, stop, sampling, seed, stream, include_usage):
+        self.kind, self.prompt, self.max_tokens, self.stop_tokens, self.stop = kind, prompt, max_tokens, stop_tokens, stop
+        self.sampling, self.seed, self.stream, self.include_usage = sampling, seed, stream, include_usage
+        self.id = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
+        self.created = int(time.time())
+        self.events = queue.Queue()  # ("text", piece)..., then ("done", finish_reason, tokens) or ("error", message)
+        self.cancelled = threading.Event()
+        self.queued_at = time.perf_counter()
+
+
+class StopText:
+    """Cuts streamed text at the first stop string. Text that might be the start of one is held back until
+    the next piece shows whether it is, so a stream never shows what the whole text would not."""
+
+    def __init__(self, stops):
+        self.stops, self.pending = stops, ""
+
+    def push(self, piece):
+        """(text that is safe to emit, whether a stop string was hit)"""
+        self.pending += piece
+        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            out, self.pending = self.pending[:min(hits)], ""
+            return out, True
+        hold = max((k for s in self.stops for k in range(1, len(s)) if self.pending.endswith(s[:k])), default=0)
+        out, self.pending = self.pending[:len(self.pending) - hold], self.pending[len(self.pending) - hold:]
+        return out, False
+
+    def flush(self):
+        out, self.pending = self.pending, ""
+        return out
+
+
+class Worker(threading.Thread):
+    def __init__(self, model, enc, dtype, max_queue, log):
+        super().__init__(name="model-worker", daemon=True)
+        self.model, self.enc, self.dtype, self.log = model, enc, dtype, log
+        self.device = next(model.parameters()).device
+        self.jobs = queue.Queue(maxsize=max_queue)
+        self.recent = collections.deque(maxlen=256)  # what became of the latest jobs: the log, and tests, read it
+        self.current = None  # the job being generated
+
+    def submit(self, job):
+        try:
+            self.jobs.put_nowait(job)
+        except queue.Full:
+            raise ApiError(503, f"the server is busy: {self.jobs.maxsize} requests are waiting; retry shortly",
+                           type="server_error", code="overloaded")
+
+    def stop(self):
+        self.jobs.put(None)  # a sentinel behind the waiting jobs; a full queue just means the thread dies with the process
+
+    def run(self):
+        while (job := self.jobs.get()) is not None:
+            t0 = time.perf_counter()
+            tokens, finish = 0, "cancelled"
+            try:
+                if not job.cancelled.is_set():  # a client that left while queued costs nothing
+                    self.current = job
+                    tokens, finish = self.generate(job)
+            except Exception as e:  # a bug must not kill the worker: the request gets a 500, the server goes on
+                traceback.print_exc()
+                job.events.put(("error", f"generation failed: {type(e).__name__}: {e}"))
+                finish = "error"
+            self.current = None
+            if finish not in ("cancelled", "error"):
+                job.events.put(("done", finish, tokens))
+            self.recent.append(dict(id=job.id, prompt_tokens=len(job.prompt), completion_tokens=tokens, finish_reason=finish,
+                                    max_tokens=job.max_tokens, **job.sampling))
+            self.log(f"{job.id}: {len(job.prompt)} prompt + {tokens} tokens, {finish}, "
+                     f"{time.perf_counter() - t0:.2f}s (queued {t0 - job.queued_at:.2f}s)")
+
+    def generate(self, job):
+        generator = None
+        if job.seed is not None:
+            generator = torch.Generator(device=self.device).manual_seed(job.seed % 2**64)
+        stops = StopText(job.stop)
+        steps = stream_completion(self.model, self.enc, job.prompt, job.max_tokens, job.stop_tokens,
+                                  dtype=self.dtype, generator=generator, **job.sampling)
+        tokens, finish = 0, "length"  # the context check in parse_request leaves max_tokens as the only other end
+        try:
+            for tok, piece in steps:
+                if job.cancelled.is_set():
+                    return tokens, "cancelled"
+                if tok is not None:  # None: the flush of a character cut off at the very end
+                    tokens += 1
+                if tok in job.stop_tokens:
+                    finish = "stop"
+                    break
+                text, hit = stops.push(piece)
+                if text:
+                    job.events.put(("text", text))
+                if hit:
+                    finish = "stop"
+                    break
+            else:
+                text = stops.flush()
+                if text:
+                    job.events.put(("text", text))
+        finally:
+            steps.close()  # ends generation (and its autocast region) at once when we leave early
+        return tokens, finish
+
+
+# -----------------------------------------------------------------------------
+# HTTP
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: the openai client reuses its connection
+    server_version = "gpt-trainer-serve"
+    timeout = 120  # seconds a connection may sit idle, or a client not read what we send, before we drop it
+    # TCP_NODELAY: headers and body go out in two writes, and with Nagle's algorithm the second waits for the
+    # client's delayed ACK, 40 ms per answer (20 keep-alive clients: 450 requests/s with it, 2-6k without);
+    # streamed tokens would bunch up the same way
+    disable_nagle_algorithm = True
+
+    ROUTES = {"/": {"GET"}, "/health": {"GET"}, "/v1/models": {"GET"},
+              "/v1/chat/completions": {"POST"}, "/v1/completions": {"POST"}}
+
+    def handle(self):
+        try:
+            super().handle()
+        except ConnectionError:  # reset between requests (a browser closing its idle keep-alive connection): no one to answer
+            self.close_connection = True
+
+    def do_GET(self):
+        self.dispatch("GET")
+
+    def do_POST(self):
+        self.dispatch("POST")
+
+    def do_HEAD(self):
+        self.dispatch("GET")  # send_bytes leaves the body out
+
+    def do_PUT(self):
+        self.dispatch("PUT")
+
+    def do_DELETE(self):
+        self.dispatch("DELETE")
+
+    def do_PATCH(self):
+        self.dispatch("PATCH")
+
+    def dispatch(self, method):
+        api = self.server
+        path = urlsplit(self.path).path
+        self.body = None
+        try:
+            if path.startswith("/v1/models/") and method == "GET":
+                name = path[len("/v1/models/"):]
+                if name != api.name:
+                    raise ApiError(404, f"model {name!r} not found; this server serves {api.name!r}",
+                                   param="model", code="model_not_found")
+                return self.send_json(200, api.model_card())
+            if path not in self.ROUTES:
+                raise ApiError(404, f"no such endpoint {method} {path}: try POST /v1/chat/completions, "
+                                    "POST /v1/completions, GET /v1/models or the chat page at /", code="not_found")
+            if method not in self.ROUTES[path]:
+                allowed = ", ".join(sorted(self.ROUTES[path]))
+                raise ApiError(405, f"{path} takes {allowed}, not {method}", code="method_not_allowed")
+            if path == "/":
+                return self.send_bytes(200, api.page, "text/html; charset=utf-8")
+            if path == "/health":
+                return self.send_json(200, {"status": "ok", "generating": api.worker.current is not None,
+                                            "queued": api.worker.jobs.qsize()})
+            if path == "/v1/models":
+                return self.send_json(200, {"object": "list", "data": [api.model_card()]})
+            job = job_from_request(self.read_body(), "chat" if path == "/v1/chat/completions" else "text", api)
+            api.worker.submit(job)
+            try:
+                (self.stream if job.stream else self.answer)(job)
+            except ClientGone:
+                job.cancelled.set()
+                self.close_connection = True
+        except ApiError as e:
+            headers = [("Allow", ", ".join(sorted(self.ROUTES[path])))] if e.status == 405 else []
+            if self.body is None and (self.headers.get("Content-Length", "0") != "0" or "Transfer-Encoding" in self.headers):
+                headers.append(("Connection", "close"))  # its unread body would be taken for the next request
+            try:
+                self.send_json(e.status, e.body(), headers)
+            except OSError:
+                self.close_connection = True
+
+    def read_body(self):
+        if "Transfer-Encoding" in self.headers:
+            raise ApiError(411, "send the body with a Content-Length header, not chunked", code="length_required")
+        length = self.headers.get("Content-Length")
+        if length is None:
+            raise ApiError(411, "a POST needs a Content-Length header and a JSON body", code="length_required")
+        if not length.isdigit():
+            raise ApiError(400, f"Content-Length {length!r} is not a number", code="invalid_request")
+        if int(length) > MAX_BODY:
+            raise ApiError(413, f"the request body is {int(length)} bytes; the limit is {MAX_BODY}", code="request_too_large")
+        self.body = self.rfile.read(int(length))
+        return self.body
+
+    # --- answers
+
+    def send_bytes(self, status, data, content_type, headers=()):
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in headers:
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    def send_json(self, status, obj, headers=()):
+        self.send_bytes(status, json.dumps(obj).encode(), "application/json", headers)
+
+    def send_error(self, code, message=None, explain=None):
+        # the standard library's own refusals (a malformed request line, headers too long, an unknown method)
+        # get an OpenAI error body too, not its HTML page
+        self.close_connection = True
+        try:
+            self.send_json(code, ApiError(code, message or explain or "bad request").body(), [("Connection", "close")])
+        except OSError:
+            pass
+
+    def events(self, job):
+        """The worker's events for job as they come; raises ClientGone once the client has hung up."""
+        while True:
+            try:
+                event = job.events.get(timeout=POLL)
+            except queue.Empty:
+                event = None
+            if self.client_gone():
+                raise ClientGone
+            if event is not None:
+                yield event
+                if event[0] != "text":
+                    return
+
+    def client_gone(self):
+        """A closed connection reads as end-of-file: readable, with nothing to read."""
+        sock = self.connection
+        try:
+            if not select.select([sock], [], [], 0)[0]:
+                return False
+            return sock.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
+
+    def answer(self, job):
+        pieces = []
+        for event in self.events(job):
+            if event[0] == "text":
+                pieces.append(event[1])
+            elif event[0] == "error":
+                raise ApiError(500, event[1], type="server_error", code="internal_error")
+            else:
+                _, finish, tokens = event
+        text = "".join(pieces)
+        choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": finish}
+                  if job.kind == "chat" else {"index": 0, "text": text, "logprobs": None, "finish_reason": finish})
+        try:
+            self.send_json(200, self.server.envelope(job, [choice], usage=self.server.usage(job, tokens)))
+        except OSError:
+            raise ClientGone
+
+    def stream(self, job):
+        api = self.server
+        chunked = self.request_version == "HTTP/1.1"
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+            self.send_header("Cache-Control", "no-cache")
+            if chunked:
+                self.send_header("Transfer-Encoding", "chunked")
+            else:
+                self.close_connection = True  # HTTP/1.0: the end of the stream is the end of the connection
+            self.end_headers()
+
+            def send(data):
+                data = f"data: {data}\n\n".encode()
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
+
+            def chunk(delta=None, finish=None, text=""):
+                choice = ({"index": 0, "delta": delta or {}, "logprobs": None, "finish_reason": finish}
+                          if job.kind == "chat" else {"index": 0, "text": text, "logprobs": None, "finish_reason": finish})
+                send(json.dumps(api.envelope(job, [choice], chunk=True)))
+
+            if job.kind == "chat":
+                chunk({"role": "assistant", "content": ""})
+            for event in self.events(job):
+                if event[0] == "text":
+                    chunk({"content": event[1]}, text=event[1])
+                elif event[0] == "error":  # headers are gone: the error travels as an event, as OpenAI's does
+                    send(json.dumps(ApiError(500, event[1], type="server_error", code="internal_error").body()))
+                else:
+                    _, finish, tokens = event
+                    chunk(finish=finish)
+                    if job.include_usage:
+                        send(json.dumps(api.envelope(job, [], chunk=True, usage=api.usage(job, tokens))))
+                    send("[DONE]")
+            if chunked:
+                self.wfile.write(b"0\r\n\r\n")
+        except OSError:  # BrokenPipe, ConnectionReset, a write that timed out
+            raise ClientGone
+
+    def log_message(self, format, *args):
+        # the worker logs each generation; the standard library's line per request would double it
+        pass
+
+
+class ApiServer(ThreadingHTTPServer):
+    """The HTTP server (a thread per connection) and the model's worker."""
+    daemon_threads = True  # a hung connection never keeps the process alive
+    request_queue_size = 128  # the listen backlog: socketserver's 5 makes a burst of clients wait a second for a SYN retry
+
+    def __init__(self, model, enc, name, host="127.0.0.1", port=8000, dtype=torch.float32, temperature=0.8,
+                 top_k=200, top_p=None, max_tokens=256, max_queue=64, log=None):
+        self.model, self.enc, self.name = model, enc, name
+        self.temperature, self.top_k, self.top_p, self.max_tokens = temperature, top_k, top_p, max_tokens
+        self.created = int(time.time())
+        with open(PAGE, "rb") as f:
+            self.page = f.read()
+        log = log or (lambda line: print(f"{time.strftime('%H:%M:%S')} {line}", file=sys.stderr, flush=True))
+        self.worker = Worker(model, enc, dtype, max_queue, log)
+        try:
+            super().__init__((host, port), Handler)
+        except OSError as e:
+            raise UserError(f"cannot listen on {host}:{port} ({e.strerror}): pick another --port, or stop what uses it")
+        self.worker.start()
+
+    @property
+    def url(self):
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def model_card(self):
+        return {"id": self.name, "object": "model", "created": self.created, "owned_by": "gpt-trainer",
+                "context_length": self.model.config.block_size}
+
+    def envelope(self, job, choices, chunk=False, usage=None):
+        obj = {"id": job.id, "object": ("chat.completion" if job.kind == "chat" else "text_completion") + (".chunk" if chunk and job.kind == "chat" else ""),
+               "created": job.created, "model": self.name, "choices": choices}
+        if usage:
+            obj["usage"] = usage
+        return obj
+
+    @staticmethod
+    def usage(job, tokens):
+        return {"prompt_tokens": len(job.prompt), "completion_tokens": tokens, "total_tokens": len(job.prompt) + tokens}
+
+    def close(self):
+        self.shutdown()
+        self.server_close()
+        self.worker.stop()
+
+
+# -----------------------------------------------------------------------------
+# the command line
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="Serve a checkpoint: an OpenAI-compatible HTTP API and a chat page.")
+    p.add_argument("checkpoint", nargs="?", help="a .pt file (default: the newest in models/)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; "
+                                                        "0.0.0.0 for every network, with no authentication)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    p.add_argument("--temp", type=temperature, default=0.8, help="temperature when a request gives none (default 0.8)")
+    p.add_argument("--top_k", type=positive_int, default=200, help="top_k when a request gives none (default 200)")
+    p.add_argument("--top_p", type=probability, default=None, help="top_p when a request gives none (default: off)")
+    p.add_argument("--max_tokens", type=positive_int, default=256,
+                   help="new tokens when a request gives no max_tokens (default 256, cut to what the context leaves)")
+    p.add_argument("--max_queue", type=positive_int, default=64, help="requests that may wait for the model; more get 503")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="autocast precision")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    path = args.checkpoint or default_checkpoint()
+    device = pick_device(args.device, interactive=False)
+    dtype = pick_dtype(device, args.dtype)
+    model, enc, _ = load_model(path, device)
+    if model.config.vocab_size > enc.n_vocab:
+        raise UserError(f"{path}: the model has {model.config.vocab_size} token ids but its tokenizer only {enc.n_vocab}; the checkpoint is inconsistent")
+    name = os.path.splitext(os.path.basename(path))[0]
+    server = ApiServer(model, enc, name, args.host, args.port, dtype, args.temp, args.top_k, args.top_p,
+                       args.max_tokens, args.max_queue)
+    print(f"serving {name} ({model.num_params(non_embedding=False) / 1e6:.1f}M parameters, context "
+          f"{model.config.block_size}, {device} {str(dtype).removeprefix('torch.')}) on {server.url}: "
+          f"chat page at {server.url}/, API at {server.url}/v1; Ctrl-C stops", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("stopped", file=sys.stderr)
+    finally:
+        server.server_close()
+
+
+if __name__ == "__main__":
+    retain_freed_memory()  # as in gen.py: a CPU step reuses its pages
+    run_main(main)

@@ -1,0 +1,473 @@
+"""
+serve.py: the OpenAI-compatible API through the official openai client, what each answer holds (the same
+text gen.py samples with the same seed), streaming, stop strings, bad requests, concurrent clients, a client
+that hangs up, the command line, and the chat page in a headless Chromium. Servers run in a thread of the
+test process on a free loopback port, with tiny random models saved or built here.
+"""
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import openai
+import pytest
+import torch
+
+import gen
+import serve
+from checkpoint import save_checkpoint
+from conftest import run_cli
+from model import GPT, make_config
+from setup_tokenizer import EOT, IM_END, get_tokenizer, render_chat
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BLOCK = 64
+CHATML_STOPS = (IM_END, EOT)
+
+
+@pytest.fixture(scope="module")
+def enc():
+    return get_tokenizer("gpt2")
+
+
+def tiny_model(enc, seed=0):
+    # gpt2 variant: its random weights give varied tokens (see test_gen.py)
+    torch.manual_seed(seed)
+    config = make_config("tiny", n_layer=2, n_embd=64, n_head=2, block_size=BLOCK, vocab_size=enc.n_vocab, variant="gpt2")
+    return GPT(config).eval()
+
+
+def la_model(enc, delay=0.0, gate=None):
+    """A model that says ' la' forever: ln_f's output is its bias e_0 whatever the input, and lm_head's column 0
+    is -30 for every token but ' la'. Each forward pass takes delay seconds, so a reply streams visibly, and
+    waits for gate (a threading.Event) if one is given, so a test can hold the worker busy."""
+    model = tiny_model(enc)
+    with torch.no_grad():
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.zero_()
+        model.transformer.ln_f.bias[0] = 1.0
+        model.lm_head.weight[:, 0] = -30.0
+        model.lm_head.weight[enc.encode_single_token(" la"), 0] = 0.0
+    if delay or gate:
+        next_logits = model._next_logits
+
+        def slow(*args, **kwargs):
+            if gate:
+                gate.wait(60)
+            time.sleep(delay)
+            return next_logits(*args, **kwargs)
+
+        model._next_logits = slow  # the instance attribute shadows the method generate() calls
+    return model
+
+
+def start(model, enc, name="tiny", **kwargs):
+    api = serve.ApiServer(model, enc, name, port=0, log=lambda line: None, **kwargs)
+    threading.Thread(target=api.serve_forever, daemon=True).start()
+    return api
+
+
+@pytest.fixture(scope="module")
+def api(enc):
+    api = start(tiny_model(enc), enc)
+    yield api
+    api.close()
+
+
+def client(api):
+    return openai.OpenAI(base_url=api.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def expected(api, prompt_ids, max_tokens, stops, seed):
+    """What gen.py samples for these ids with this seed at temperature 1: (text, the finish_reason the API should
+    give, the new token ids)."""
+    new, text, why = gen.complete(api.model, api.enc, prompt_ids, max_tokens, gen.stop_ids(api.enc, stops),
+                                  temperature=1.0, top_k=api.top_k, generator=torch.Generator().manual_seed(seed))
+    return text, ("stop" if why in stops else "length"), new
+
+
+def post(api, path, body, headers=None):
+    """(status, parsed JSON) of a raw POST: bytes are sent as they are, anything else as JSON."""
+    conn = http.client.HTTPConnection(*api.server_address[:2], timeout=60)
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    conn.request("POST", path, data, {"Content-Type": "application/json", **(headers or {})})
+    r = conn.getresponse()
+    out = r.status, json.loads(r.read()), dict(r.getheaders())
+    conn.close()
+    return out
+
+
+CHAT = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "Hello there"}]
+
+
+# -----------------------------------------------------------------------------
+# the API through the official client
+
+def test_openai_client_chat_completion(api, enc):
+    r = client(api).chat.completions.create(model="whatever-name", messages=CHAT, max_tokens=8, temperature=1, seed=7)
+    ids = render_chat(enc, CHAT, add_generation_prompt=True)[0]
+    text, finish, new = expected(api, ids, 8, CHATML_STOPS, seed=7)
+    n = len(new)
+    assert r.object == "chat.completion" and r.id.startswith("chatcmpl-") and r.model == api.name
+    (choice,) = r.choices
+    assert choice.message.role == "assistant" and choice.message.content == text and text
+    assert choice.finish_reason == finish
+    assert (r.usage.prompt_tokens, r.usage.completion_tokens, r.usage.total_tokens) == (len(ids), n, len(ids) + n)
+
+
+def test_openai_client_streamed_chat(api):
+    kwargs = dict(model="tiny", messages=CHAT, max_tokens=8, temperature=1, seed=11)
+    whole = client(api).chat.completions.create(**kwargs)
+    chunks = list(client(api).chat.completions.create(stream=True, stream_options={"include_usage": True}, **kwargs))
+    assert all(c.object == "chat.completion.chunk" and c.id == chunks[0].id for c in chunks)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(pieces) >= 2 and "".join(pieces) == whole.choices[0].message.content  # token by token, same text
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == [whole.choices[0].finish_reason]
+    assert chunks[-1].choices == [] and chunks[-1].usage == whole.usage  # include_usage: one last chunk
+
+
+def test_completions_and_stop_strings(api, enc):
+    c = client(api)
+    prompt = "Once upon a time"
+    r = c.completions.create(model="tiny", prompt=prompt, max_tokens=12, temperature=1, seed=3)
+    text, finish, new = expected(api, enc.encode(prompt), 12, (EOT,), seed=3)
+    assert r.object == "text_completion" and r.choices[0].text == text and r.choices[0].finish_reason == finish
+    assert r.usage.prompt_tokens == len(enc.encode(prompt)) and r.usage.completion_tokens == len(new)
+    # a stop string across the 6th and 7th tokens: the text ends just before it, in one piece and streamed
+    # (where the server must hold back a piece that might start the stop string)
+    cut = len(enc.decode(new[:6]))
+    stop = text[cut - 2:cut + 2]
+    assert len(stop) == 4
+    for stream in (False, True):
+        r = c.completions.create(model="tiny", prompt=prompt, max_tokens=12, temperature=1, seed=3, stream=stream,
+                                 stop=[stop, "never appears"])
+        chunks = list(r) if stream else [r]
+        assert "".join(ch.choices[0].text for ch in chunks) == text[:text.index(stop)]
+        assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_models_endpoint(api):
+    assert [m.id for m in client(api).models.list()] == [api.name]
+    assert client(api).models.retrieve(api.name).id == api.name
+    with pytest.raises(openai.NotFoundError):
+        client(api).models.retrieve("gpt-4")
+
+
+def test_unknown_and_default_fields_are_accepted(api, enc):
+    # fields OpenAI clients send with their defaults, fields of other servers, a newer role name, content parts
+    messages = [{"role": "developer", "content": "be brief"},
+                {"role": "user", "content": [{"type": "text", "text": "Hello "}, {"type": "text", "text": "there"}]}]
+    status, body, _ = post(api, "/v1/chat/completions", {
+        "messages": messages, "max_tokens": 3, "user": "me", "frequency_penalty": 0, "presence_penalty": 0.0,
+        "logprobs": False, "n": 1, "tool_choice": "none", "my_extension": {"x": [1]}, "top_k": None})
+    assert status == 200, body
+    # the model saw exactly the conversation as gen.py renders it
+    assert body["usage"]["prompt_tokens"] == len(render_chat(enc, CHAT, add_generation_prompt=True)[0])
+
+
+def test_long_chat_drops_oldest_turns(api, enc):
+    turns = []
+    for i in range(100):  # more messages than could ever fit: serve.py cuts them before fit_history
+        turns += [{"role": "user", "content": f"question {i} is here"}, {"role": "assistant", "content": f"answer {i}"}]
+    history = [CHAT[0]] + turns + [{"role": "user", "content": "last one"}]
+    assert len(render_chat(enc, history, add_generation_prompt=True)[0]) + 8 > BLOCK
+    status, body, _ = post(api, "/v1/chat/completions", {"messages": history, "max_tokens": 8})
+    assert status == 200, body
+    fitted = gen.fit_history(enc, history, BLOCK - 8)
+    assert fitted[0] == CHAT[0] and fitted[-1] == history[-1] and len(fitted) < len(history)
+    assert body["usage"]["prompt_tokens"] == len(render_chat(enc, fitted, add_generation_prompt=True)[0])
+
+
+# -----------------------------------------------------------------------------
+# bad requests: a 4xx with OpenAI's error body, and the server goes on
+
+MSG = [{"role": "user", "content": "hi"}]
+BAD = [  # (path, body, status, param, code)
+    ("/v1/chat/completions", b"{bad json", 400, None, "invalid_json"),
+    ("/v1/chat/completions", b"[1, 2]", 400, None, "invalid_json"),
+    ("/v1/chat/completions", b"\xff\xfe", 400, None, "invalid_json"),
+    ("/v1/chat/completions", b"[" * 100000 + b"]" * 100000, 400, None, "invalid_json"),
+    ("/v1/chat/completions", {}, 400, "messages", "missing_required_parameter"),
+    ("/v1/chat/completions", {"messages": "hi"}, 400, "messages", "invalid_type"),
+    ("/v1/chat/completions", {"messages": []}, 400, "messages", "invalid_value"),
+    ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "x"}]}, 400, "messages[0].role", "invalid_value"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": 5}]}, 400, "messages[0].content", "invalid_type"),
+    ("/v1/chat/completions", {"messages": MSG, "temperature": "hot"}, 400, "temperature", "invalid_type"),
+    ("/v1/chat/completions", {"messages": MSG, "temperature": 5}, 400, "temperature", "invalid_value"),
+    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}', 400, "temperature", "invalid_value"),
+    ("/v1/chat/completions", {"messages": MSG, "top_p": 1.5}, 400, "top_p", "invalid_value"),
+    ("/v1/chat/completions", {"messages": MSG, "top_k": "ten"}, 400, "top_k", "invalid_type"),
+    ("/v1/chat/completions", {"messages": MSG, "max_tokens": 0}, 400, "max_tokens", "invalid_value"),
+    ("/v1/chat/completions", {"messages": MSG, "max_tokens": True}, 400, "max_tokens", "invalid_type"),
+    ("/v1/chat/completions", {"messages": MSG, "max_tokens": BLOCK + 1}, 400, "max_tokens", "invalid_value"),
+    ("/v1/chat/completions", {"messages": MSG, "max_completion_tokens": 10**9}, 400, "max_completion_tokens", "invalid_value"),
+    ("/v1/chat/completions", {"messages": MSG, "max_tokens": BLOCK}, 400, "messages", "context_length_exceeded"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "word " * 100}]}, 400, "messages", "context_length_exceeded"),
+    ("/v1/chat/completions", {"messages": MSG, "stream": "yes"}, 400, "stream", "invalid_type"),
+    ("/v1/chat/completions", {"messages": MSG, "stream": True, "stream_options": {"include_usage": 1}}, 400,
+     "stream_options.include_usage", "invalid_type"),
+    ("/v1/chat/completions", {"messages": MSG, "stop": ["a", "b", "c", "d", "e"]}, 400, "stop", "invalid_value"),
+    ("/v1/chat/completions", {"messages": MSG, "stop": 3}, 400, "stop", "invalid_value"),
+    ("/v1/chat/completions", {"messages": MSG, "seed": 1.5}, 400, "seed", "invalid_type"),
+    ("/v1/chat/completions", {"messages": MSG, "model": 5}, 400, "model", "invalid_type"),
+    ("/v1/chat/completions", {"messages": MSG, "n": 2}, 400, "n", "unsupported_parameter"),
+    ("/v1/chat/completions", {"messages": MSG, "logprobs": True}, 400, "logprobs", "unsupported_parameter"),
+    ("/v1/chat/completions", {"messages": MSG, "tools": [{"type": "function"}]}, 400, "tools", "unsupported_parameter"),
+    ("/v1/completions", {}, 400, "prompt", "missing_required_parameter"),
+    ("/v1/completions", {"prompt": ["a", "b"]}, 400, "prompt", "invalid_type"),
+    ("/v1/completions", {"prompt": "word " * 100}, 400, "prompt", "context_length_exceeded"),
+    ("/v1/completions", {"prompt": "Hi", "max_tokens": BLOCK}, 400, "prompt", "context_length_exceeded"),
+]
+
+
+@pytest.mark.parametrize("path,body,status,param,code", BAD, ids=[f"{b[3]}-{b[4]}" for b in BAD])
+def test_bad_request_gets_400(api, path, body, status, param, code):
+    got, err, _ = post(api, path, body)
+    assert got == status
+    assert set(err) == {"error"} and set(err["error"]) == {"message", "type", "param", "code"}
+    assert err["error"]["param"] == param and err["error"]["code"] == code
+    assert err["error"]["type"] == "invalid_request_error" and len(err["error"]["message"]) > 10
+
+
+def raw(api, request):
+    """Send raw HTTP bytes; (status, JSON body, headers) of the answer."""
+    conn = http.client.HTTPConnection(*api.server_address[:2], timeout=60)
+    conn.connect()
+    conn.sock.sendall(request)
+    r = http.client.HTTPResponse(conn.sock)
+    r.begin()
+    out = r.status, json.loads(r.read()), dict(r.getheaders())
+    conn.close()
+    return out
+
+
+def test_http_errors_get_openai_bodies(api):
+    status, err, headers = raw(api, b"GET /v1/nowhere HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status == 404 and "/v1/chat/completions" in err["error"]["message"]
+    status, err, headers = raw(api, b"GET /v1/completions HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status == 405 and headers["Allow"] == "POST" and err["error"]["code"] == "method_not_allowed"
+    status, err, headers = raw(api, b"DELETE /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status == 405 and headers["Allow"] == "GET"
+    # a body over the limit is refused before it is read, and the connection closes behind the answer
+    status, err, headers = raw(api, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (serve.MAX_BODY + 1))
+    assert status == 413 and headers["Connection"] == "close" and str(serve.MAX_BODY) in err["error"]["message"]
+    status, err, headers = raw(api, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status == 411
+    status, err, headers = raw(api, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n")
+    assert status == 411 and headers["Connection"] == "close"
+    # the standard library's own refusals too
+    status, err, headers = raw(api, b"BREW /pot HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status == 501 and "BREW" in err["error"]["message"]
+    # the official client raises its error class with the server's message
+    with pytest.raises(openai.BadRequestError) as e:
+        client(api).chat.completions.create(model="tiny", messages=MSG, max_tokens=BLOCK)
+    assert e.value.status_code == 400 and "context holds 64 tokens" in e.value.message
+    # and after all that the server still answers
+    assert post(api, "/v1/completions", {"prompt": "Hi", "max_tokens": 2})[0] == 200
+
+
+# -----------------------------------------------------------------------------
+# concurrency and hung-up clients
+
+def test_twenty_concurrent_clients(api):
+    def ask(i):
+        kwargs = dict(model="tiny", messages=[{"role": "user", "content": f"question {i}"}], max_tokens=6,
+                      temperature=1, seed=i)
+        if i % 2:
+            chunks = list(client(api).chat.completions.create(stream=True, **kwargs))
+            return "".join(c.choices[0].delta.content or "" for c in chunks), chunks[-1].choices[0].finish_reason
+        r = client(api).chat.completions.create(**kwargs)
+        return r.choices[0].message.content, r.choices[0].finish_reason
+
+    with ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(ask, range(20)))
+    # every client got its own answer, as it would alone: no tokens cross between the queued requests
+    for i, (text, finish) in enumerate(answers):
+        ids = render_chat(api.enc, [{"role": "user", "content": f"question {i}"}], add_generation_prompt=True)[0]
+        assert (text, finish) == expected(api, ids, 6, CHATML_STOPS, seed=i)[:2]
+
+
+def read_until_text(sock):
+    """Read a streamed response until its first chunk of generated text."""
+    seen = b""
+    while b'"text": "' not in seen.replace(b'"text": ""', b""):
+        data = sock.recv(4096)
+        assert data, seen
+        seen += data
+    return seen
+
+
+def wait_for(condition, what, limit=60):
+    deadline = time.monotonic() + limit  # a guard against a hang, not a speed requirement
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def completion_request(**body):
+    body = json.dumps({"prompt": "la", **body}).encode()
+    return b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
+def test_hung_up_clients_free_the_worker(enc):
+    # 0.05 s a token: 60 tokens would take 3 s, so a cancelled stream stops far short of them
+    api = start(la_model(enc, delay=0.05), enc, name="la")
+    try:
+        streaming = socket.create_connection(api.server_address[:2])
+        streaming.sendall(completion_request(max_tokens=60, stream=True))
+        assert b"200 OK" in read_until_text(streaming)
+        # a second client queues behind it, then hangs up before its turn
+        waiting = socket.create_connection(api.server_address[:2])
+        waiting.sendall(completion_request(max_tokens=60))
+        wait_for(lambda: api.worker.jobs.qsize() == 1, "the second request to queue")
+        waiting.close()
+        wait_for(lambda: api.worker.jobs.queue[0].cancelled.is_set(), "the server to notice the second client left")
+        streaming.close()
+        wait_for(lambda: len(api.worker.recent) == 2, "both requests to end")
+        first, second = api.worker.recent
+        assert first["finish_reason"] == "cancelled" and 1 <= first["completion_tokens"] < 60
+        assert second["finish_reason"] == "cancelled" and second["completion_tokens"] == 0  # never generated
+        # the worker is free for the next client
+        status, body, _ = post(api, "/v1/completions", {"prompt": "la", "max_tokens": 3})
+        assert status == 200 and body["choices"][0]["text"] == " la la la"
+    finally:
+        api.close()
+
+
+def test_full_queue_gets_503(enc):
+    gate = threading.Event()  # the worker stays in its first request until the gate opens
+    api = start(la_model(enc, gate=gate), enc, name="la", max_queue=1)
+    try:
+        body = {"prompt": "la", "max_tokens": 4}
+        with ThreadPoolExecutor(2) as pool:
+            running = pool.submit(post, api, "/v1/completions", body)
+            wait_for(lambda: api.worker.current is not None, "the first request to start")
+            queued = pool.submit(post, api, "/v1/completions", body)
+            wait_for(lambda: api.worker.jobs.qsize() == 1, "the second request to queue")
+            status, err, headers = post(api, "/v1/completions", body)
+            assert status == 503 and err["error"]["code"] == "overloaded"
+            gate.set()
+            assert running.result()[0] == queued.result()[0] == 200  # the queued request is served, not dropped
+    finally:
+        gate.set()
+        api.close()
+
+
+# -----------------------------------------------------------------------------
+# the command line
+
+@pytest.fixture(scope="module")
+def ckpt(enc, tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("serve") / "tiny.pt")
+    save_checkpoint(path, tiny_model(enc), enc)
+    return path
+
+
+def test_command_line_serves_on_loopback(ckpt):
+    assert serve.parse_args([]).host == "127.0.0.1"
+    p = subprocess.Popen([sys.executable, os.path.join(ROOT, "serve.py"), ckpt, "--port", "0", "--device", "cpu"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = p.stdout.readline()
+        m = re.search(r"on http://127\.0\.0\.1:(\d+)", line)
+        assert m, line
+        conn = http.client.HTTPConnection("127.0.0.1", int(m.group(1)), timeout=60)
+        conn.request("GET", "/v1/models")
+        assert json.loads(conn.getresponse().read())["data"][0]["id"] == "tiny"
+        conn.request("GET", "/")
+        r = conn.getresponse()
+        assert r.status == 200 and r.getheader("Content-Type").startswith("text/html") and b"/v1/chat/completions" in r.read()
+        conn.close()
+    finally:
+        p.send_signal(signal.SIGINT)  # Ctrl-C: a clean stop
+        out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+
+
+def test_command_line_errors(ckpt, tmp_path, capsys):
+    code, out, err = run_cli(serve.main, [str(tmp_path / "nope.pt"), "--device", "cpu"], capsys)
+    assert code == 1 and err.count("\n") == 1 and "nope.pt" in err and "not found" in err
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    try:
+        code, out, err = run_cli(serve.main, [ckpt, "--port", str(busy.getsockname()[1]), "--device", "cpu"], capsys)
+    finally:
+        busy.close()
+    assert code == 1 and err.startswith("error: cannot listen") and "--port" in err
+
+
+# -----------------------------------------------------------------------------
+# the chat page in a real browser
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="needs Debian's chromium and chromium-driver (.ci/run installs them)")
+def test_chat_page_streams_a_reply_in_chromium(enc, tmp_path):
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    api = start(la_model(enc, delay=0.05), enc, name="la")  # 12 tokens stream over 0.6 s
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    # the network is closed here: without these flags Chromium waits on connections of its own
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+                 "--disable-background-networking", "--disable-component-update", f"--user-data-dir={tmp_path}"):
+        options.add_argument(flag)
+    browser = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    try:
+        wait = WebDriverWait(browser, 60)
+        browser.get(api.url + "/")
+        wait.until(lambda b: "la" in b.find_element(By.ID, "model").text)  # the page asked /v1/models
+        for field, value in (("temperature", "0.5"), ("top_p", "0.9"), ("max_tokens", "12")):
+            el = browser.find_element(By.ID, field)
+            el.clear()
+            el.send_keys(value)
+        # record every length the reply's text takes on the page
+        browser.execute_script("""
+            window.lengths = [];
+            new MutationObserver(() => {
+                const t = document.querySelector('.msg.assistant .text');
+                if (t) window.lengths.push(t.textContent.length);
+            }).observe(document.getElementById('messages'), {subtree: true, childList: true, characterData: true});""")
+        browser.find_element(By.ID, "input").send_keys("hello")
+        browser.find_element(By.ID, "send").click()
+        wait.until(lambda b: b.find_element(By.TAG_NAME, "body").get_attribute("data-busy") == "false"
+                   and b.find_elements(By.CSS_SELECTOR, ".msg.assistant .note"))
+        reply = browser.find_element(By.CSS_SELECTOR, ".msg.assistant .text").text
+        assert reply.split() == ["la"] * 12
+        assert "max tokens" in browser.find_element(By.CSS_SELECTOR, ".msg.assistant .note").text
+        lengths = browser.execute_script("return window.lengths")
+        partial = {n for n in lengths if 0 < n < len(" la" * 12)}
+        assert len(partial) >= 3, lengths  # the text grew on the page while the reply streamed
+        # the controls went into the request
+        sent = api.worker.recent[-1]
+        assert (sent["temperature"], sent["top_p"], sent["max_tokens"]) == (0.5, 0.9, 12)
+        first_prompt = sent["prompt_tokens"]
+        # a second message carries the conversation; Clear forgets it
+        browser.find_element(By.ID, "input").send_keys("again")
+        browser.find_element(By.ID, "send").click()
+        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, ".msg.assistant .note")) == 2)
+        assert api.worker.recent[-1]["prompt_tokens"] > first_prompt
+        browser.find_element(By.ID, "clear").click()
+        assert browser.find_elements(By.CSS_SELECTOR, ".msg") == []
+        browser.find_element(By.ID, "input").send_keys("hello")
+        browser.find_element(By.ID, "send").click()
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, ".msg.assistant .note"))
+        assert api.worker.recent[-1]["prompt_tokens"] == first_prompt
+    finally:
+        browser.quit()
+        api.close()
