@@ -1,0 +1,201 @@
+"""
+Hugging Face interop (hf.py, export.py): our checkpoints load in transformers with the same logits and token ids,
+and export never writes over files. Models are built locally (2 layers x 64, no downloads); the tests that run
+transformers skip without it.
+"""
+import hashlib
+import json
+import os
+import tempfile
+
+import pytest
+import torch
+
+import export
+import hf
+from checkpoint import save_checkpoint
+from conftest import run_cli
+from model import GPT, make_config
+from setup_tokenizer import EOT, IM_END, IM_START, get_tokenizer, render_chat, tokenizer_hash, train_bpe
+from test_train import one_thread, story_text  # noqa: F401  (one_thread: a fixture)
+
+CPU = ["--device", "cpu", "--dtype", "float32"]
+# special tokens inside text, unicode (accents, CJK, emoji with a modifier, a ligature), runs of spaces, tabs and
+# newlines (also at the end), contractions, digits: where byte-level BPE implementations could disagree
+TEXTS = [
+    "Once upon a time there was a little girl named Lily. She's 3 and didn't like the DARK.",
+    "<|im_start|>user\nHi there!<|im_end|>\n<|im_start|>assistant\nHello :)<|im_end|>\n<|endoftext|>next",
+    "naïve café — 東京で 🙂👍🏽 résumé ﬁnal Ωμέγα",
+    "  leading,   inner \t\t tabs\n\n\n  lines   and trailing   \n  ",
+    "x=1234567890; y = 3.14159e-10 ... I'LL we've they're you'd '''",
+    "",
+]
+
+
+def hf_noise(model, std=0.1):
+    """Random weights everywhere, norms and biases included, so a mapping mistake anywhere shows in the logits."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * std)
+    return model
+
+
+def our_model(vocab_size, variant="gpt2", bias=True):
+    torch.manual_seed(0)
+    config = make_config("tiny", n_layer=2, n_embd=64, n_head=2, block_size=64, vocab_size=vocab_size,
+                         variant=variant, bias=bias)
+    return hf_noise(GPT(config)).eval()
+
+
+def ids_of(tok, text):
+    return list(tok(text)["input_ids"])
+
+
+def one_error_line(code, err):
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and lines[0].startswith("error:"), (code, err)
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def enc():
+    return get_tokenizer("gpt2")
+
+
+@pytest.fixture(scope="module")
+def custom_enc(tmp_path_factory):
+    """A 400-id byte-level BPE vocabulary trained here (rustbpe), stored as this project stores them."""
+    path = str(tmp_path_factory.mktemp("vocab") / "v400.tiktoken")
+    text = story_text(100_000) + " naïve café 東京 🙂 " * 50
+    return train_bpe([text], 400, path)
+
+
+def gpt2_original_files():
+    """GPT-2's own tokenizer files as the hub has them (vocab.json = encoder.json, merges.txt = vocab.bpe), taken
+    from tiktoken's cache, which holds exactly these two files for its gpt2 encoding."""
+    get_tokenizer("gpt2")  # fills the cache where the machine can download
+    cache = (os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR")
+             or os.path.join(tempfile.gettempdir(), "data-gym-cache"))
+    url = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"
+    files = {name: os.path.join(cache, hashlib.sha1((url + src).encode()).hexdigest())
+             for name, src in (("vocab.json", "encoder.json"), ("merges.txt", "vocab.bpe"))}
+    if not all(os.path.exists(p) for p in files.values()):
+        pytest.skip("GPT-2's vocab.bpe / encoder.json are not in tiktoken's cache")
+    return files
+
+
+# -----------------------------------------------------------------------------
+# export: our checkpoint -> transformers
+
+@pytest.fixture(scope="module", params=[("gpt2", True), ("gpt2", False), ("modern", False), ("modern", True)],
+                ids=["gpt2", "gpt2-nobias", "modern", "modern-bias"])
+def exported(request, enc, tmp_path_factory):
+    """export.py run on a checkpoint of each variant, with and without biases."""
+    variant, bias = request.param
+    root = tmp_path_factory.mktemp("export")
+    model = our_model(enc.n_vocab, variant, bias)
+    ckpt = str(root / "model.pt")
+    save_checkpoint(ckpt, model, enc)
+    out = str(root / "hf")
+    export.main([ckpt, out])
+    return {"model": model, "ckpt": ckpt, "out": out}
+
+
+def test_export_loads_in_transformers_with_the_same_logits(exported, enc):
+    transformers = pytest.importorskip("transformers")
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(exported["out"]).eval()
+    ours = exported["model"]
+    kind = "GPT2LMHeadModel" if ours.config.variant == "gpt2" else "LlamaForCausalLM"
+    assert type(theirs).__name__ == kind
+    assert theirs.config.vocab_size == enc.n_vocab  # the padding rows stay behind
+    idx = torch.randint(0, enc.n_vocab, (2, 64), generator=torch.Generator().manual_seed(0))
+    idx[0, :3] = torch.tensor([enc.encode_single_token(t) for t in (IM_START, IM_END, EOT)])
+    with torch.no_grad():
+        a, _ = ours(idx)
+        b = theirs(idx).logits
+    assert a.shape == b.shape == (2, 64, enc.n_vocab)
+    assert b.std() > 0.5  # logits large enough for 1e-4 to be a strict test
+    assert (a - b).abs().max() < 1e-4
+
+
+def test_export_tokenizer_gives_the_same_ids(exported, enc):
+    transformers = pytest.importorskip("transformers")
+    tok = transformers.AutoTokenizer.from_pretrained(exported["out"])
+    for text in TEXTS:
+        ids = enc.encode(text, allowed_special="all")
+        assert ids_of(tok, text) == ids, text
+        assert tok.decode(ids) == text
+    assert tok.decode(enc.encode(TEXTS[1], allowed_special="all"), skip_special_tokens=True) == \
+        "user\nHi there!\nassistant\nHello :)\nnext"
+    # the ChatML template renders conversations as render_chat does
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there!"},
+                {"role": "assistant", "content": "Hello. 🙂"}, {"role": "user", "content": "Bye"}]
+    ids, _ = render_chat(enc, messages, add_generation_prompt=True)
+    assert list(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)["input_ids"]) == ids
+    with open(os.path.join(exported["out"], "generation_config.json")) as f:
+        assert json.load(f)["eos_token_id"] == [enc.encode_single_token(EOT), enc.encode_single_token(IM_END)]
+
+
+def test_gpt2_tokenizer_files_are_gpt2s_own(tmp_path, enc):
+    # exported for GPT-2's vocabulary, vocab.json and merges.txt are the very files GPT-2 ships, plus ChatML
+    files = hf.tokenizer_files(enc, 1024)
+    original = gpt2_original_files()
+    with open(original["vocab.json"], encoding="utf-8") as f:
+        vocab = json.load(f)
+    assert json.loads(files["vocab.json"]) == {**vocab, IM_START: 50257, IM_END: 50258}
+    with open(original["merges.txt"], encoding="utf-8") as f:
+        assert files["merges.txt"].splitlines()[1:] == [line for line in f.read().splitlines()[1:] if line]
+
+
+def test_custom_vocabulary_exports_with_the_same_ids(custom_enc, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    tokenizers = pytest.importorskip("tokenizers")
+    ckpt = str(tmp_path / "custom.pt")
+    save_checkpoint(ckpt, our_model(custom_enc.n_vocab, "modern"), custom_enc)
+    out = str(tmp_path / "hf")
+    export.main([ckpt, out])
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    bare = tokenizers.Tokenizer.from_file(os.path.join(out, "tokenizer.json"))  # the tokenizers library alone
+    for text in TEXTS:
+        ids = custom_enc.encode(text, allowed_special="all")
+        assert ids_of(tok, text) == ids, text
+        assert bare.encode(text).ids == ids, text
+        assert tok.decode(ids) == text
+    # and back: the same vocabulary (same ids for every text), under the same name
+    enc2, n = hf.read_tokenizer(out)
+    assert tokenizer_hash(enc2) == tokenizer_hash(custom_enc) and enc2.name == custom_enc.name and n == custom_enc.n_vocab
+    with open(os.path.join(out, "tokenizer.tiktoken"), encoding="utf-8") as f:
+        assert f.read() == custom_enc.bpe_text  # for `prepare.py --tokenizer OUT/tokenizer.tiktoken`
+
+
+# -----------------------------------------------------------------------------
+# bad input: one line naming the fix
+
+@pytest.fixture(scope="module")
+def small_folder(custom_enc, tmp_path_factory):
+    """A valid HF folder (our export of a 400-id model) that the error tests copy and break."""
+    root = tmp_path_factory.mktemp("bad")
+    ckpt = str(root / "model.pt")
+    save_checkpoint(ckpt, our_model(custom_enc.n_vocab), custom_enc)
+    out = str(root / "hf")
+    export.main([ckpt, out])
+    return {"ckpt": ckpt, "folder": out}
+
+
+def test_export_refuses_to_clobber(small_folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    line = one_error_line(*run_cli(export.main, [small_folder["ckpt"], str(out)], capsys)[::2])
+    assert str(out) in line and "not an empty folder" in line
+    assert os.listdir(out) == ["notes.txt"] and (out / "notes.txt").read_text() == "mine"
+    line = one_error_line(*run_cli(export.main, [str(tmp_path / "nope.pt"), str(tmp_path / "x")], capsys)[::2])
+    assert "nope.pt" in line and "not found" in line
+    # an empty folder is fine, and no temporary folder is left next to it
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, out_text, err = run_cli(export.main, [small_folder["ckpt"], str(empty)], capsys)
+    assert code == 0 and "config.json" in os.listdir(empty), err
+    assert sorted(os.listdir(tmp_path)) == ["empty", "out"]
+
