@@ -7,7 +7,10 @@ Export a checkpoint as a Hugging Face model folder, which transformers loads as 
 
 The gpt2 variant becomes a GPT2LMHeadModel, the modern variant a LlamaForCausalLM (config.json,
 model.safetensors), with the tokenizer (tokenizer.json, vocab.json, merges.txt, tokenizer_config.json with a
-ChatML chat template) giving the same ids as ours, ChatML tokens included.
+ChatML chat template) giving the same ids as ours, ChatML tokens included. The other way round, every script
+that takes a checkpoint takes such a folder, e.g. GPT-2 as downloaded from the hub:
+
+    python gen.py ~/gpt2 --prompt "Hello"
 
 The conversion itself is in hf.py.
 """
@@ -21,7 +24,7 @@ from hf import check_out_dir, export_folder
 def main(argv=None):
     p = argparse.ArgumentParser(description="Write a checkpoint as a Hugging Face model folder (GPT2LMHeadModel for "
                                             "the gpt2 variant, LlamaForCausalLM for modern) with its tokenizer.")
-    p.add_argument("checkpoint", help="a .pt file from train.py")
+    p.add_argument("checkpoint", help="a .pt file from train.py (or a Hugging Face folder, to convert it again)")
     p.add_argument("out_dir", help="the folder to write; it must not exist yet or be empty")
     p.add_argument("--dtype", default="float32", choices=list(DTYPES),
                    help="weights' precision in model.safetensors (default float32, as trained; bfloat16 halves the size)")

@@ -18,7 +18,8 @@ what it did before, and fine-tuning on chat data teaches it the new rows (tied: 
 The rows padding the vocabulary to a multiple of 64 get the same mean; export drops them, so config.json's
 vocab_size is the real one.
 
-export.py is the command line; read_folder reads a folder as a checkpoint dict.
+export.py is the command line; checkpoint.load_checkpoint reads a folder through read_folder, so
+gen.py and eval.py take one where they take a checkpoint.
 """
 import base64
 import dataclasses

@@ -1,19 +1,22 @@
 """
 Hugging Face interop (hf.py, export.py): our checkpoints load in transformers with the same logits and token ids,
-and export never writes over files. Models are built locally (2 layers x 64, no downloads); the tests that run
+HF GPT-2 folders (as a user downloads them) load here with the same logits, gen.py samples from one, and bad
+folders are one-line errors. Models are built locally (2 layers x 64, no downloads); the tests that run
 transformers skip without it.
 """
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 
 import pytest
 import torch
 
 import export
+import gen
 import hf
-from checkpoint import save_checkpoint
+from checkpoint import load_model, save_checkpoint
 from conftest import run_cli
 from model import GPT, make_config
 from setup_tokenizer import EOT, IM_END, IM_START, get_tokenizer, render_chat, tokenizer_hash, train_bpe
@@ -85,6 +88,21 @@ def gpt2_original_files():
     return files
 
 
+@pytest.fixture(scope="module")
+def hub_gpt2(tmp_path_factory):
+    """A folder laid out like GPT-2 downloaded from the hub: a random 2-layer GPT2LMHeadModel with GPT-2's
+    50257-id vocabulary, saved by transformers itself, and GPT-2's original vocab.json + merges.txt."""
+    transformers = pytest.importorskip("transformers")
+    folder = tmp_path_factory.mktemp("hub") / "gpt2"
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=2, n_positions=64, vocab_size=50257)
+    model = hf_noise(transformers.GPT2LMHeadModel(config)).eval()
+    model.save_pretrained(str(folder))
+    for name, src in gpt2_original_files().items():
+        shutil.copy(src, folder / name)
+    return {"folder": str(folder), "model": model}
+
+
 # -----------------------------------------------------------------------------
 # export: our checkpoint -> transformers
 
@@ -137,6 +155,15 @@ def test_export_tokenizer_gives_the_same_ids(exported, enc):
         assert json.load(f)["eos_token_id"] == [enc.encode_single_token(EOT), enc.encode_single_token(IM_END)]
 
 
+def test_export_round_trips_here(exported, enc):
+    # the folder reads back as the same model and tokenizer, through the loader every script uses
+    model, enc2, ckpt = load_model(exported["out"])
+    assert tokenizer_hash(enc2) == tokenizer_hash(enc) and enc2.name == "gpt2"
+    idx = torch.randint(0, enc.n_vocab, (1, 64), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(model(idx)[0], exported["model"](idx)[0])
+
+
 def test_gpt2_tokenizer_files_are_gpt2s_own(tmp_path, enc):
     # exported for GPT-2's vocabulary, vocab.json and merges.txt are the very files GPT-2 ships, plus ChatML
     files = hf.tokenizer_files(enc, 1024)
@@ -170,6 +197,79 @@ def test_custom_vocabulary_exports_with_the_same_ids(custom_enc, tmp_path):
 
 
 # -----------------------------------------------------------------------------
+# import: a Hugging Face GPT-2 folder -> here
+
+def test_hub_gpt2_imports_with_the_same_logits(hub_gpt2, enc):
+    model, enc2, ckpt = load_model(hub_gpt2["folder"])
+    # GPT-2's own files give the gpt2 tokenizer, ChatML tokens added: data prepared with gpt2 fits it
+    assert enc2.name == "gpt2" and tokenizer_hash(enc2) == tokenizer_hash(enc)
+    assert model.config.vocab_size == 50259 and model.config.block_size == 64
+    idx = torch.randint(0, 50257, (2, 64), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours, _ = model(idx)  # (2, 64, 50259)
+        theirs = hub_gpt2["model"](idx).logits  # (2, 64, 50257)
+    assert theirs.std() > 0.5
+    assert (ours[..., :50257] - theirs).abs().max() < 1e-4
+    # the two ChatML rows start at the mean embedding: their logit is the mean logit, so they take at most
+    # 2/50257 of the probability and the imported model predicts what GPT-2 predicted
+    wte = model.transformer.wte.weight
+    assert torch.allclose(wte[50257:50259], wte[:50257].mean(0).expand(2, -1), atol=1e-6)
+    probs = ours.softmax(-1)
+    assert probs[..., 50257:].sum(-1).max() <= 2 / 50257 + 1e-6
+
+
+def test_hub_layout_without_prefix_and_with_mask_buffers(hub_gpt2, tmp_path):
+    # GPT-2 on the hub was saved from GPT2Model: names without "transformer.", plus the causal-mask buffers
+    # older transformers saved ("h.0.attn.bias"); and it has a tokenizer.json besides vocab.json + merges.txt,
+    # here as transformers writes one. All of it reads as the same model and the gpt2 tokenizer.
+    transformers = pytest.importorskip("transformers")
+    from safetensors.torch import load_file, save_file
+    folder = tmp_path / "gpt2"
+    shutil.copytree(hub_gpt2["folder"], folder)
+    tensors = {k.removeprefix("transformer."): v for k, v in load_file(str(folder / "model.safetensors")).items()}
+    for i in range(2):
+        tensors[f"h.{i}.attn.bias"] = torch.tril(torch.ones(1, 1, 64, 64))
+    save_file(tensors, str(folder / "model.safetensors"))
+    transformers.AutoTokenizer.from_pretrained(str(folder)).save_pretrained(str(folder))
+    assert (folder / "tokenizer.json").exists()
+    a, _, _ = load_model(hub_gpt2["folder"])
+    b, enc_b, _ = load_model(str(folder))
+    assert enc_b.name == "gpt2"
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k
+
+
+def test_llama_folder_imports_with_the_same_logits(tmp_path, enc):
+    # a LlamaForCausalLM made by transformers, in the shape model.py's modern variant has
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=2,
+                                      num_key_value_heads=2, max_position_embeddings=64, vocab_size=50257,
+                                      rms_norm_eps=1e-5, tie_word_embeddings=True, attention_bias=True, mlp_bias=True)
+    theirs = hf_noise(transformers.LlamaForCausalLM(config)).eval()
+    folder = str(tmp_path / "llama")
+    theirs.save_pretrained(folder)
+    for name, src in gpt2_original_files().items():
+        shutil.copy(src, os.path.join(folder, name))
+    model, _, _ = load_model(folder)
+    assert model.config.variant == "modern" and model.config.bias
+    idx = torch.randint(0, 50257, (2, 64), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (model(idx)[0][..., :50257] - theirs(idx).logits).abs().max() < 1e-4
+
+
+def test_gen_samples_from_an_hf_folder(hub_gpt2, enc, capsys):
+    # greedy: gen.py on the folder writes what transformers' own greedy search generates
+    prompt = "Once upon a time"
+    code, out, err = run_cli(gen.main, [hub_gpt2["folder"], "--prompt", prompt, "--temp", "0", "--max_tokens", "12",
+                                        "--seed", "1", *CPU], capsys)
+    assert code == 0, err
+    ids = torch.tensor([enc.encode(prompt)])
+    with torch.no_grad():
+        new = hub_gpt2["model"].generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=50256)[0, ids.size(1):]
+    assert out == prompt + enc.decode(new.tolist()) + "\n"
+
+
+# -----------------------------------------------------------------------------
 # bad input: one line naming the fix
 
 @pytest.fixture(scope="module")
@@ -181,6 +281,52 @@ def small_folder(custom_enc, tmp_path_factory):
     out = str(root / "hf")
     export.main([ckpt, out])
     return {"ckpt": ckpt, "folder": out}
+
+
+def broken(small_folder, tmp_path, change):
+    folder = tmp_path / "broken"
+    shutil.copytree(small_folder["folder"], folder)
+    change(folder)
+    return str(folder)
+
+
+def edit_config(**kv):
+    def change(folder):
+        config = json.loads((folder / "config.json").read_text())
+        config.update(kv)
+        (folder / "config.json").write_text(json.dumps(config))
+    return change
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda f: (f / "config.json").unlink(), "without config.json"),
+    (lambda f: (f / "config.json").write_text("{not json"), "not readable JSON"),
+    (edit_config(model_type="bert", architectures=["BertForMaskedLM"]), "model_type 'bert'"),
+    (edit_config(activation_function="relu"), "activation_function"),
+    (lambda f: (f / "model.safetensors").unlink(), "has no weights"),
+    (lambda f: (f / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{trunc"), "not a readable safetensors"),
+    (edit_config(n_positions=128), "shape"),
+    (edit_config(n_layer=3), "do not match"),
+    (lambda f: [(f / n).unlink() for n in ("tokenizer.json", "vocab.json", "merges.txt")], "no tokenizer files"),
+], ids=["no-config", "bad-json", "bert", "relu", "no-weights", "corrupt-weights", "shape", "layers", "no-tokenizer"])
+def test_bad_folders_are_one_line_errors(small_folder, tmp_path, capsys, change, words):
+    folder = broken(small_folder, tmp_path, change)
+    line = one_error_line(*run_cli(gen.main, [folder, "--prompt", "x", "--max_tokens", "1", *CPU], capsys)[::2])
+    assert words in line, line
+
+
+def test_llama_settings_model_py_lacks_are_refused(small_folder, tmp_path, custom_enc, capsys):
+    ckpt = str(tmp_path / "modern.pt")
+    save_checkpoint(ckpt, our_model(custom_enc.n_vocab, "modern"), custom_enc)
+    export.main([ckpt, str(tmp_path / "llama")])
+    folder = tmp_path / "llama"
+    for change, words in ((dict(num_key_value_heads=1), "GQA"), (dict(rope_theta=500000.0), "RoPE"),
+                          (dict(intermediate_size=256), "intermediate_size")):
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, **change}))
+        line = one_error_line(*run_cli(gen.main, [str(folder), "--prompt", "x", *CPU], capsys)[::2])
+        assert words in line, line
+        (folder / "config.json").write_text(json.dumps(config))
 
 
 def test_export_refuses_to_clobber(small_folder, tmp_path, capsys):
