@@ -10,6 +10,7 @@ model.safetensors), with the tokenizer (tokenizer.json, vocab.json, merges.txt, 
 ChatML chat template) giving the same ids as ours, ChatML tokens included. The other way round, every script
 that takes a checkpoint takes such a folder, e.g. GPT-2 as downloaded from the hub:
 
+    python train.py --init_from ~/gpt2 --dataset chat       # fine-tune it here
     python gen.py ~/gpt2 --prompt "Hello"
 
 The conversion itself is in hf.py.

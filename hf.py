@@ -19,7 +19,7 @@ The rows padding the vocabulary to a multiple of 64 get the same mean; export dr
 vocab_size is the real one.
 
 export.py is the command line; checkpoint.load_checkpoint reads a folder through read_folder, so
-gen.py and eval.py take one where they take a checkpoint.
+gen.py, eval.py and train.py --init_from take one where they take a checkpoint.
 """
 import base64
 import dataclasses

@@ -1,8 +1,8 @@
 """
 Hugging Face interop (hf.py, export.py): our checkpoints load in transformers with the same logits and token ids,
-HF GPT-2 folders (as a user downloads them) load here with the same logits, gen.py samples from one, and bad
-folders are one-line errors. Models are built locally (2 layers x 64, no downloads); the tests that run
-transformers skip without it.
+HF GPT-2 folders (as a user downloads them) load here with the same logits, train.py --init_from fine-tunes one,
+gen.py samples from one, and bad folders are one-line errors. Models are built locally (2 layers x 64, no
+downloads); the tests that run transformers skip without it.
 """
 import hashlib
 import json
@@ -16,11 +16,12 @@ import torch
 import export
 import gen
 import hf
+import train
 from checkpoint import load_model, save_checkpoint
 from conftest import run_cli
 from model import GPT, make_config
 from setup_tokenizer import EOT, IM_END, IM_START, get_tokenizer, render_chat, tokenizer_hash, train_bpe
-from test_train import one_thread, story_text  # noqa: F401  (one_thread: a fixture)
+from test_train import one_thread, story_text, write_dataset  # noqa: F401  (one_thread: a fixture)
 
 CPU = ["--device", "cpu", "--dtype", "float32"]
 # special tokens inside text, unicode (accents, CJK, emoji with a modifier, a ligature), runs of spaces, tabs and
@@ -269,6 +270,31 @@ def test_gen_samples_from_an_hf_folder(hub_gpt2, enc, capsys):
     assert out == prompt + enc.decode(new.tolist()) + "\n"
 
 
+def test_init_from_fine_tunes_a_gpt2_folder(hub_gpt2, enc, tmp_path, capsys):
+    data = str(tmp_path / "data")
+    text = story_text(60_000)
+    docs = [d for d in text.split("\n") if d.strip()]
+    write_dataset(data, "story", enc, "gpt2", docs)
+    start, _, _ = load_model(hub_gpt2["folder"])
+    val = train.Windows(train.load_meta(data, "story"), "val", 64)
+    before = train.evaluate(start, val, 8, 4, torch.device("cpu"), torch.float32)
+    out = tmp_path / "models"
+    s = train.train(train.parse_args(["--init_from", hub_gpt2["folder"], "--data_dir", data, "--dataset", "story",
+                                      "--output_checkpoint", str(out / "{dataset}.pt"), "--max_steps", "15",
+                                      "--batch_size", "8", "--eval_batches", "4", "--eval_interval", "0",
+                                      "--no-color", *CPU]))
+    assert s["run_steps"] == 15
+    tuned, enc2, ckpt = load_model(s["checkpoint"])
+    assert enc2.name == "gpt2" and ckpt["args"]["init_from"] == hub_gpt2["folder"]
+    after = train.evaluate(tuned, val, 8, 4, torch.device("cpu"), torch.float32)
+    assert after < before - 0.5, (before, after)
+    # the fine-tuned checkpoint is an ordinary one: gen.py samples from it
+    capsys.readouterr()  # train.py's log
+    code, out_text, err = run_cli(gen.main, [s["checkpoint"], "--prompt", "Once", "--max_tokens", "5", "--seed", "1",
+                                             *CPU], capsys)
+    assert code == 0 and out_text.startswith("Once"), err
+
+
 # -----------------------------------------------------------------------------
 # bad input: one line naming the fix
 
@@ -345,3 +371,16 @@ def test_export_refuses_to_clobber(small_folder, tmp_path, capsys):
     assert code == 0 and "config.json" in os.listdir(empty), err
     assert sorted(os.listdir(tmp_path)) == ["empty", "out"]
 
+
+def test_init_from_bad_arguments(small_folder, tmp_path, capsys):
+    for argv, words in ((["--init_from", small_folder["ckpt"]], "not a folder"),
+                        (["--init_from", small_folder["folder"], "--checkpoint", small_folder["ckpt"]], "pass one")):
+        line = one_error_line(*run_cli(train.main, argv + ["--data_dir", str(tmp_path), "--device", "cpu"], capsys)[::2])
+        assert words in line, line
+
+
+def test_nearest_preset_gives_gpt2_its_learning_rate():
+    # train.py picks lr and batch size by preset: GPT-2 124M's shape is the gpt2 preset, tiny shapes are tiny
+    assert hf.nearest_preset(make_config("gpt2", vocab_size=50259)) == "gpt2"
+    assert hf.nearest_preset(make_config("tiny", n_layer=2, n_embd=64, vocab_size=300)) == "tiny"
+    assert hf.nearest_preset(make_config("gpt2", n_layer=24, n_embd=1024, n_head=16, vocab_size=50259)) == "gpt2"
