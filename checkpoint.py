@@ -3,6 +3,9 @@ Checkpoints: one self-contained file holding the weights, the model config and
 the tokenizer (its name for GPT-2, the vocabulary itself for a custom one), plus
 whatever train.py needs to resume exactly. Written atomically, read with
 torch.load(weights_only=True): plain tensors and containers, never pickled code.
+A Hugging Face model folder (config.json, model.safetensors, tokenizer files) reads
+as a checkpoint without training state (hf.py converts it), so every script that
+takes a checkpoint takes such a folder too.
 """
 import dataclasses
 import glob
@@ -12,6 +15,7 @@ import zipfile
 
 import torch
 
+import hf
 from common import UserError, atomic_torch_save
 from model import GPT, GPTConfig
 from setup_tokenizer import tokenizer_from_state, tokenizer_state
@@ -35,11 +39,15 @@ def save_checkpoint(path, model, enc, **state):
 
 
 def load_checkpoint(path, map_location="cpu"):
-    """The checkpoint's dict; a missing, truncated, corrupt or foreign file is one clear UserError."""
+    """The checkpoint's dict, or a Hugging Face folder's as one; a missing, truncated, corrupt or foreign file is
+    one clear UserError."""
     if not os.path.exists(path):
         raise UserError(f"checkpoint {path} not found{available_hint()}")
+    if hf.is_hf_folder(path):
+        return {"format": FORMAT, **hf.read_folder(path)}
     if os.path.isdir(path):
-        raise UserError(f"{path} is a folder, not a checkpoint file{available_hint()}")
+        raise UserError(f"{path} is a folder without {hf.CONFIG}: neither a checkpoint file nor a Hugging Face "
+                        f"model folder{available_hint()}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, OSError) as e:

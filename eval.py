@@ -183,7 +183,8 @@ def count(s):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", nargs="?", help="a .pt file (default: the newest in models/)")
+    p.add_argument("checkpoint", nargs="?", help="a .pt file or a Hugging Face model folder (default: the newest .pt "
+                                                 "in models/)")
     p.add_argument("--dataset", nargs="+", help="prepared datasets to evaluate on, a row each (default: the one the "
                                                 "checkpoint was trained on)")
     p.add_argument("--data_dir", help="where prepared datasets live (default: the checkpoint's, else data)")

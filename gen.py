@@ -286,7 +286,8 @@ def penalty(s):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Sample text from a trained GPT checkpoint, or chat with it.")
-    p.add_argument("checkpoint", nargs="?", help="a .pt file (default: the newest in models/)")
+    p.add_argument("checkpoint", nargs="?", help="a .pt file or a Hugging Face model folder (default: the newest .pt "
+                                                 "in models/)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prompt", help="text to continue (with --chat: one user message, then exit)")
     src.add_argument("--prompt_file", help="many prompts: one per line, or JSON lines with a \"prompt\" field")

@@ -6,6 +6,7 @@ script code, real epochs instead of random windows, and exact resume.
     python train.py --dataset story --model tiny --epochs 1
     python train.py --checkpoint models/story_epoch1.pt --epochs 2     # go on where it stopped, exactly
     python train.py --dataset chat --checkpoint models/story_best.pt   # fine-tune on other data
+    python train.py --dataset chat --init_from ~/gpt2                  # fine-tune a Hugging Face model folder
 
 Epochs. The train split is cut into non-overlapping windows of block_size+1 tokens at stride block_size
 (x = w[:-1], y = w[1:], so the token at a window's border is a target once and an input once). An epoch
@@ -127,6 +128,8 @@ def parse_args(argv=None):
     g.add_argument("--max_steps", type=int, help="stop after this many optimizer steps in this run (the checkpoint "
                                                  "records the position inside the epoch; the schedule is unchanged)")
     g.add_argument("--checkpoint", help="continue from this checkpoint (same dataset: exact resume; other: fine-tune)")
+    g.add_argument("--init_from", metavar="DIR", help="fine-tune a Hugging Face model folder (GPT-2 as downloaded, or "
+                                                      "export.py's output); its tokenizer must be the data's")
     g.add_argument("--output_checkpoint", help="where to save; {dataset} and {epoch} are filled in (default: "
                                                "models/{dataset}_epoch{epoch}.pt, or the checkpoint's when continuing)")
     g.add_argument("--reset_epoch", action="store_true", help="restart the epoch count and lr schedule of a "
@@ -807,6 +810,14 @@ def train(args):
     """Train as the options say; returns a summary dict (steps, tokens, losses, files)."""
     global use_color, quiet
     use_color = not args.no_color and sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    if args.init_from is not None:
+        # hf.py reads the folder as a checkpoint without training state, so what follows is fine-tuning
+        if args.checkpoint:
+            raise UserError("--init_from and --checkpoint both give the starting weights: pass one of them")
+        if not os.path.isdir(args.init_from):
+            raise UserError(f"--init_from {args.init_from} is not a folder: it takes a Hugging Face model folder "
+                            f"(config.json, model.safetensors, tokenizer files); a .pt checkpoint goes to --checkpoint")
+        args = argparse.Namespace(**{**vars(args), "checkpoint": args.init_from})
     ckpt = load_checkpoint(args.checkpoint) if args.checkpoint else None
     ckpt_args = (ckpt or {}).get("args") or {}
     args = argparse.Namespace(**vars(args))

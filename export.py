@@ -1,0 +1,46 @@
+"""
+Export a checkpoint as a Hugging Face model folder, which transformers loads as it is:
+
+    python export.py models/story_best.pt hf/story
+    python -c "from transformers import AutoModelForCausalLM, AutoTokenizer as T; \
+               m = AutoModelForCausalLM.from_pretrained('hf/story'); t = T.from_pretrained('hf/story')"
+
+The gpt2 variant becomes a GPT2LMHeadModel, the modern variant a LlamaForCausalLM (config.json,
+model.safetensors), with the tokenizer (tokenizer.json, vocab.json, merges.txt, tokenizer_config.json with a
+ChatML chat template) giving the same ids as ours, ChatML tokens included. The other way round, every script
+that takes a checkpoint takes such a folder, e.g. GPT-2 as downloaded from the hub:
+
+    python train.py --init_from ~/gpt2 --dataset chat       # fine-tune it here
+    python gen.py ~/gpt2 --prompt "Hello"
+
+The conversion itself is in hf.py.
+"""
+import argparse
+
+from checkpoint import load_model
+from common import DTYPES, UserError, run_main
+from hf import check_out_dir, export_folder
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Write a checkpoint as a Hugging Face model folder (GPT2LMHeadModel for "
+                                            "the gpt2 variant, LlamaForCausalLM for modern) with its tokenizer.")
+    p.add_argument("checkpoint", help="a .pt file from train.py (or a Hugging Face folder, to convert it again)")
+    p.add_argument("out_dir", help="the folder to write; it must not exist yet or be empty")
+    p.add_argument("--dtype", default="float32", choices=list(DTYPES),
+                   help="weights' precision in model.safetensors (default float32, as trained; bfloat16 halves the size)")
+    args = p.parse_args(argv)
+    check_out_dir(args.out_dir)  # before the seconds a big checkpoint takes to load
+    model, enc, _ = load_model(args.checkpoint)
+    if model.config.vocab_size != enc.n_vocab:
+        raise UserError(f"{args.checkpoint}: the model has {model.config.vocab_size} token ids but its tokenizer "
+                        f"{enc.n_vocab}; the checkpoint is inconsistent")
+    names = export_folder(model, enc, args.out_dir, DTYPES[args.dtype])
+    kind = "GPT2LMHeadModel" if model.config.variant == "gpt2" else "LlamaForCausalLM"
+    print(f"wrote {args.out_dir}: {kind}, {model.config.n_layer} layers x {model.config.n_embd}, {enc.n_vocab:,} token "
+          f"ids ({enc.name}), {args.dtype}; files {', '.join(names)}")
+    print(f"load it with AutoModelForCausalLM.from_pretrained({args.out_dir!r}) and AutoTokenizer.from_pretrained(...)")
+
+
+if __name__ == "__main__":
+    run_main(main)

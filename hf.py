@@ -1,0 +1,500 @@
+"""
+Hugging Face interop: our models and tokenizers <-> folders in transformers' layout (config.json,
+model.safetensors, tokenizer.json, vocab.json, merges.txt, tokenizer_config.json).
+
+    gpt2 variant   <-> GPT2LMHeadModel   (nanoGPT's names; HF's Conv1D stores each matrix transposed)
+    modern variant  -> LlamaForCausalLM  (RoPE in rotate-half layout, RMSNorm, SwiGLU: a renaming plus
+                                          splitting the fused q|k|v and gate|up matrices)
+
+Tokenizers: a tiktoken vocabulary (ranks) is byte-level BPE whose merge order is the rank order, so it
+becomes vocab.json + merges.txt by recovering each token's merge (BPE on its bytes with the lower ranks
+only), and back by reading the ranks off vocab.json. Special tokens keep their ids: <|endoftext|>,
+<|im_start|>, <|im_end|> right after the byte-level vocabulary.
+
+Importing a folder that lacks the ChatML tokens (GPT-2 from the hub: 50257 ids) adds them, with new
+embedding rows set to the mean of the existing ones. A new token's logit is then the mean of the old
+logits, so by Jensen's inequality it gets at most 1/50257 of the probability: the imported model predicts
+what it did before, and fine-tuning on chat data teaches it the new rows (tied: input and output at once).
+The rows padding the vocabulary to a multiple of 64 get the same mean; export drops them, so config.json's
+vocab_size is the real one.
+
+export.py is the command line; checkpoint.load_checkpoint reads a folder through read_folder, so
+gen.py, eval.py and train.py --init_from take one where they take a checkpoint.
+"""
+import base64
+import dataclasses
+import json
+import math
+import os
+import shutil
+
+import torch
+
+from common import UserError, tmp_name
+from model import GPT, PRESETS, GPTConfig, swiglu_hidden
+from setup_tokenizer import SPECIAL_TOKENS, get_tokenizer, tokenizer_from_bpe, tokenizer_hash, tokenizer_state
+
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+WEIGHTS_INDEX = "model.safetensors.index.json"  # sharded: several safetensors files and a name -> file map
+WEIGHTS_BIN = "pytorch_model.bin"  # older downloads: a pickled state dict
+TOKENIZER_JSON = "tokenizer.json"
+VOCAB_JSON, MERGES_TXT = "vocab.json", "merges.txt"
+ROPE_THETA = 10000.0  # model.py's RoPE base
+NORM_EPS = 1e-5       # model.py's LayerNorm and RMSNorm epsilon
+CHAT_TEMPLATE = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] "
+                 "+ '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+                 "{% endif %}")  # setup_tokenizer.render_chat's layout
+
+
+def is_hf_folder(path):
+    return os.path.isdir(path) and os.path.isfile(os.path.join(path, CONFIG))
+
+
+# -----------------------------------------------------------------------------
+# tokenizer: tiktoken ranks <-> byte-level BPE vocab + merges
+
+def byte_chars():
+    """GPT-2's map of the 256 bytes to printable characters, in which vocab.json and merges.txt spell tokens:
+    printable Latin-1 bytes stand for themselves, the others (control bytes, space...) for chr(256 + n) in order."""
+    keep = set(range(ord("!"), ord("~") + 1)) | set(range(ord("¡"), ord("¬") + 1)) | set(range(ord("®"), ord("ÿ") + 1))
+    chars, n = {}, 0
+    for b in range(256):
+        if b in keep:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + n)
+            n += 1
+    return chars
+
+
+def spell(token, chars):
+    return "".join(chars[b] for b in token)
+
+
+def _merge_parts(ranks, token, max_rank):
+    """tiktoken's BPE on token's bytes using only ranks below max_rank: the parts it ends with."""
+    parts = [bytes([b]) for b in token]
+    while len(parts) > 1:
+        best, best_rank = None, max_rank
+        for i in range(len(parts) - 1):
+            r = ranks.get(parts[i] + parts[i + 1])
+            if r is not None and r < best_rank:
+                best, best_rank = i, r
+        if best is None:
+            break
+        parts[best:best + 2] = [parts[best] + parts[best + 1]]
+    return parts
+
+
+def recover_merges(ranks):
+    """The merges of a tiktoken vocabulary, in rank order: each multi-byte token is the merge of the two parts
+    BPE reaches on its bytes with the lower ranks (what tiktoken does when it meets those bytes)."""
+    merges = []
+    for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
+        if len(token) == 1:
+            continue
+        parts = _merge_parts(ranks, token, rank)
+        if len(parts) != 2:
+            raise UserError(f"token {token!r} (id {rank}) is not a merge of two lower-ranked tokens, so the vocabulary "
+                            f"has no BPE merges to export; retrain it with `python setup_tokenizer.py train`")
+        merges.append((parts[0], parts[1]))
+    return merges
+
+
+def tokenizer_files(enc, model_max_length, llama=False):
+    """{file name: text} of the HF tokenizer for a tiktoken Encoding: tokenizer.json (the fast tokenizer,
+    also read by the `tokenizers` library alone), vocab.json + merges.txt (GPT-2's original pair) and
+    tokenizer_config.json (class, special tokens, ChatML chat template)."""
+    chars = byte_chars()
+    ranks = enc._mergeable_ranks
+    specials = sorted(enc._special_tokens.items(), key=lambda kv: kv[1])  # [(text, id)]
+    vocab = {spell(token, chars): rank for token, rank in sorted(ranks.items(), key=lambda kv: kv[1])}
+    vocab.update(specials)  # GPT-2's vocab.json holds <|endoftext|> too
+    merges = [f"{spell(a, chars)} {spell(b, chars)}" for a, b in recover_merges(ranks)]
+    added = [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
+              "special": True} for t, i in specials]
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    tok_json = {
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None,
+        # GPT-2's regex splits the text, then each piece is BPE'd on its bytes: tiktoken's pipeline
+        "pre_tokenizer": byte_level,
+        "post_processor": {**byte_level, "add_prefix_space": True, "trim_offsets": False},
+        "decoder": {**byte_level, "add_prefix_space": True},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": "",
+                  "end_of_word_suffix": "", "fuse_unk": False, "vocab": vocab, "merges": merges},
+    }
+    tok_config = {
+        # Llama's own tokenizer class is SentencePiece-style; the generic fast class reads tokenizer.json as it is
+        "tokenizer_class": "PreTrainedTokenizerFast" if llama else "GPT2Tokenizer",
+        "model_max_length": model_max_length, "add_prefix_space": False, "add_bos_token": False,
+        "bos_token": SPECIAL_TOKENS[0], "eos_token": SPECIAL_TOKENS[0], "unk_token": SPECIAL_TOKENS[0],
+        "clean_up_tokenization_spaces": False, "errors": "replace",
+        "added_tokens_decoder": {str(a["id"]): {k: v for k, v in a.items() if k != "id"} for a in added},
+    }
+    if all(t in enc._special_tokens for t in SPECIAL_TOKENS[1:]):
+        tok_config["additional_special_tokens"] = list(SPECIAL_TOKENS[1:])  # skip_special_tokens drops them too
+        tok_config["chat_template"] = CHAT_TEMPLATE
+    return {
+        TOKENIZER_JSON: json.dumps(tok_json, ensure_ascii=False),
+        VOCAB_JSON: json.dumps(vocab, ensure_ascii=False),
+        MERGES_TXT: "#version: 0.2\n" + "".join(m + "\n" for m in merges),
+        "tokenizer_config.json": json.dumps(tok_config, indent=2, ensure_ascii=False) + "\n",
+    }
+
+
+def _read_json(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path} is not readable JSON ({str(e)[:100]}): copy the file again from the model's download")
+
+
+def _hf_vocab(folder):
+    """(vocab {spelled token: id}, merges [(a, b)], added {text: id}) from tokenizer.json, else vocab.json +
+    merges.txt; anything but GPT-2-style byte-level BPE is a UserError."""
+    path = os.path.join(folder, TOKENIZER_JSON)
+    if os.path.isfile(path):
+        tok = _read_json(path)
+        model, pre = tok.get("model") or {}, tok.get("pre_tokenizer") or {}
+        if model.get("type", "BPE") != "BPE" or "merges" not in model or pre.get("type") != "ByteLevel" \
+                or not pre.get("use_regex", True) or tok.get("normalizer"):
+            raise UserError(f"{path} is not GPT-2-style byte-level BPE (model {model.get('type')}, pre-tokenizer "
+                            f"{pre.get('type')}); only such tokenizers convert to this project's tiktoken vocabularies")
+        merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+        added = {a["content"]: a["id"] for a in tok.get("added_tokens", [])}
+        return model["vocab"], merges, added
+    vocab_path, merges_path = os.path.join(folder, VOCAB_JSON), os.path.join(folder, MERGES_TXT)
+    if not (os.path.isfile(vocab_path) and os.path.isfile(merges_path)):
+        raise UserError(f"{folder} has no tokenizer files ({TOKENIZER_JSON}, or {VOCAB_JSON} + {MERGES_TXT}): copy them "
+                        f"from the model's download next to {CONFIG}")
+    vocab = _read_json(vocab_path)
+    with open(merges_path, encoding="utf-8") as f:
+        lines = [line.rstrip("\n") for line in f]
+    merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
+    added = {}
+    config_path = os.path.join(folder, "tokenizer_config.json")
+    if os.path.isfile(config_path):
+        decoder = _read_json(config_path).get("added_tokens_decoder") or {}
+        added = {a["content"]: int(i) for i, a in decoder.items()}
+    return vocab, merges, added
+
+
+def read_tokenizer(folder):
+    """(tiktoken Encoding, ids of the folder's own tokenizer) for an HF folder's byte-level BPE tokenizer. The
+    Encoding has the folder's ids and may have more: the ChatML tokens a folder lacks come after its own.
+    GPT-2's files give get_tokenizer("gpt2") itself, so data prepared with gpt2 fits the imported model."""
+    try:
+        return _read_tokenizer(folder)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:  # JSON of another shape than a tokenizer's
+        raise UserError(f"{folder}: the tokenizer files are malformed ({type(e).__name__}: {str(e)[:80]}); copy them "
+                        f"again from the model's download")
+
+
+def _read_tokenizer(folder):
+    vocab, merges, added = _hf_vocab(folder)
+    where = os.path.join(folder, TOKENIZER_JSON if os.path.isfile(os.path.join(folder, TOKENIZER_JSON)) else VOCAB_JSON)
+    specials = {t: i for t, i in vocab.items() if t in SPECIAL_TOKENS}
+    specials.update(added)
+    unknown = sorted(t for t in specials if t not in SPECIAL_TOKENS)
+    if unknown:
+        raise UserError(f"{where}: added tokens {unknown[:3]} are not among {', '.join(SPECIAL_TOKENS)}, the only "
+                        f"special tokens this project's tokenizers have")
+    byte_of = {c: b for b, c in byte_chars().items()}
+    ranks = {}
+    for text, i in vocab.items():
+        if text in specials:
+            continue
+        if not all(c in byte_of for c in text):
+            raise UserError(f"{where}: token {text!r} is not spelled in GPT-2's byte alphabet: not a byte-level BPE "
+                            f"vocabulary this project can read")
+        ranks[bytes(byte_of[c] for c in text)] = int(i)
+    n = len(ranks)
+    if sorted(ranks.values()) != list(range(n)) or not all(bytes([b]) in ranks for b in range(256)):
+        raise UserError(f"{where}: the byte-level token ids must be 0..{n - 1} and cover all 256 bytes; this "
+                        f"vocabulary cannot become a tiktoken one")
+    # tiktoken merges the pair whose result has the lowest id, HF the pair listed first: the same order when the
+    # merges are listed in the order of their results' ids, one merge per multi-byte token
+    last = -1
+    for pair in merges:
+        result = vocab.get("".join(pair)) if len(pair) == 2 and all(p in vocab for p in pair) else None
+        if result is None or result <= last or "".join(pair) in specials:
+            raise UserError(f"{where}: merge {' '.join(pair)!r} is out of id order or makes no token of the vocabulary; "
+                            f"only BPE vocabularies whose merge order is their id order convert exactly")
+        last = result
+    if len(merges) != n - 256:
+        raise UserError(f"{where}: {len(merges)} merges for {n - 256} multi-byte tokens: not a BPE vocabulary that "
+                        f"converts exactly")
+    for k, t in enumerate(SPECIAL_TOKENS):
+        if t in specials and specials[t] != n + k:
+            raise UserError(f"{where}: {t} has id {specials[t]}, but this project's tokenizers put it at {n + k} "
+                            f"(the special tokens follow the byte-level vocabulary in the order {', '.join(SPECIAL_TOKENS)})")
+        if t not in specials and any(u in specials for u in SPECIAL_TOKENS[k + 1:]):
+            raise UserError(f"{where}: {t} is missing while later special tokens are there, so their ids cannot be kept")
+    n_hf = n + len(specials)
+    text = "".join(f"{base64.b64encode(t).decode()} {r}\n" for t, r in sorted(ranks.items(), key=lambda kv: kv[1]))
+    enc = tokenizer_from_bpe(text)
+    if n == 50256:  # GPT-2's size: the named tokenizer, so checkpoints and prepared data say gpt2
+        try:
+            gpt2 = get_tokenizer("gpt2")
+            if tokenizer_hash(gpt2) == tokenizer_hash(enc):
+                return gpt2, n_hf
+        except UserError:  # offline without tiktoken's GPT-2 files: the vocabulary itself gives the same ids
+            pass
+    return enc, n_hf
+
+
+# -----------------------------------------------------------------------------
+# weights: our state dict <-> HF's
+
+def tensor_map(cfg):
+    """[(our name, [HF names], transposed)] for every tensor of a GPT2LMHeadModel (gpt2 variant) or a
+    LlamaForCausalLM (modern): the HF tensors stack along dim 0 into ours (q|k|v, gate|up), and `transposed`
+    marks GPT-2's Conv1D matrices, stored (in, out) where nn.Linear stores (out, in). The tied lm_head is left
+    out: HF ties it back (tie_word_embeddings)."""
+    rows = []
+    if cfg.variant == "gpt2":
+        rows += [("transformer.wte.weight", ["transformer.wte.weight"], False),
+                 ("transformer.wpe.weight", ["transformer.wpe.weight"], False)]
+        for i in range(cfg.n_layer):
+            p = f"transformer.h.{i}."
+            for name in ("ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj"):
+                rows.append((p + name + ".weight", [p + name + ".weight"], not name.startswith("ln")))
+                rows.append((p + name + ".bias", [p + name + ".bias"], False))  # HF's GPT-2 always has biases
+        rows += [("transformer.ln_f.weight", ["transformer.ln_f.weight"], False),
+                 ("transformer.ln_f.bias", ["transformer.ln_f.bias"], False)]
+        return rows
+    rows.append(("transformer.wte.weight", ["model.embed_tokens.weight"], False))
+    for i in range(cfg.n_layer):
+        p, q = f"transformer.h.{i}.", f"model.layers.{i}."
+        rows += [(p + "ln_1.weight", [q + "input_layernorm.weight"], False),
+                 (p + "ln_2.weight", [q + "post_attention_layernorm.weight"], False)]
+        for kind in ("weight", "bias") if cfg.bias else ("weight",):
+            rows += [(p + "attn.c_attn." + kind, [q + f"self_attn.{x}_proj." + kind for x in "qkv"], False),
+                     (p + "attn.c_proj." + kind, [q + "self_attn.o_proj." + kind], False),
+                     (p + "mlp.c_fc." + kind, [q + "mlp.gate_proj." + kind, q + "mlp.up_proj." + kind], False),
+                     (p + "mlp.c_proj." + kind, [q + "mlp.down_proj." + kind], False)]
+    rows.append(("transformer.ln_f.weight", ["model.norm.weight"], False))
+    return rows
+
+
+def hf_tensors(model):
+    """{HF name: tensor} of our model; the embedding loses its padding rows, and a gpt2-variant model without
+    biases gets zero ones (HF's GPT-2 always has them; zeros change nothing)."""
+    cfg = model.config
+    sd = model.state_dict()
+    out = {}
+    for ours, theirs, transposed in tensor_map(cfg):
+        t = sd.get(ours)
+        if t is None:  # bias=False
+            t = torch.zeros(sd[ours[:-len("bias")] + "weight"].size(0), dtype=sd["transformer.wte.weight"].dtype)
+        if ours == "transformer.wte.weight":
+            t = t[:cfg.vocab_size]  # (vocab_size, C): the padding rows are never used
+        for name, part in zip(theirs, t.detach().chunk(len(theirs), dim=0)):
+            out[name] = part.t() if transposed else part
+    return out
+
+
+def hf_config(cfg, enc, dtype):
+    """config.json for our GPTConfig: GPT2LMHeadModel's for the gpt2 variant, LlamaForCausalLM's for modern."""
+    eot = enc._special_tokens[SPECIAL_TOKENS[0]]
+    shared = {"vocab_size": cfg.vocab_size, "bos_token_id": eot, "eos_token_id": eot, "tie_word_embeddings": True,
+              "initializer_range": 0.02, "torch_dtype": str(dtype).removeprefix("torch."), "use_cache": True}
+    if cfg.variant == "gpt2":
+        return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_positions": cfg.block_size,
+                "n_ctx": cfg.block_size, "n_embd": cfg.n_embd, "n_layer": cfg.n_layer, "n_head": cfg.n_head,
+                "n_inner": None, "activation_function": "gelu_new",  # GELU's tanh approximation, as model.MLP
+                "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout,
+                "layer_norm_epsilon": NORM_EPS, "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
+                "reorder_and_upcast_attn": False, **shared}
+    # model.apply_rope rotates channel pairs (i, i + head_dim/2), which is Llama's rotate_half: no permutation
+    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": cfg.n_embd,
+            "intermediate_size": swiglu_hidden(cfg.n_embd), "num_hidden_layers": cfg.n_layer,
+            "num_attention_heads": cfg.n_head, "num_key_value_heads": cfg.n_head, "head_dim": cfg.head_dim,
+            "hidden_act": "silu", "max_position_embeddings": cfg.block_size, "rms_norm_eps": NORM_EPS,
+            "rope_theta": ROPE_THETA, "rope_scaling": None, "attention_bias": cfg.bias, "mlp_bias": cfg.bias,
+            "attention_dropout": cfg.dropout, **shared}
+
+
+def config_from_hf(raw, path):
+    """Our GPTConfig for a config.json (a dict); settings model.py cannot reproduce are a UserError."""
+    kind = raw.get("model_type")
+
+    def need(ok, what):
+        if not ok:
+            raise UserError(f"{path}: {what}; this project's models cannot reproduce it exactly")
+
+    try:
+        if kind == "gpt2":
+            n_embd = raw.get("n_embd", 768)
+            need(raw.get("activation_function", "gelu_new") in ("gelu_new", "gelu_pytorch_tanh"),
+                 f"activation_function {raw.get('activation_function')!r} is not GELU's tanh approximation")
+            need(raw.get("n_inner") in (None, 4 * n_embd), f"n_inner {raw.get('n_inner')} is not 4 * n_embd")
+            need(math.isclose(raw.get("layer_norm_epsilon", 1e-5), NORM_EPS), "layer_norm_epsilon is not 1e-5")
+            need(raw.get("scale_attn_weights", True) and not raw.get("scale_attn_by_inverse_layer_idx", False),
+                 "the attention scaling is not 1/sqrt(head_dim)")
+            need(not raw.get("add_cross_attention", False), "it has cross-attention")
+            return GPTConfig(block_size=raw.get("n_positions", raw.get("n_ctx", 1024)), vocab_size=raw.get("vocab_size", 50257),
+                             n_layer=raw.get("n_layer", 12), n_head=raw.get("n_head", 12), n_embd=n_embd,
+                             dropout=0.0, bias=True, variant="gpt2")
+        if kind == "llama":
+            n_embd, n_head = raw["hidden_size"], raw["num_attention_heads"]
+            rope = raw.get("rope_parameters") or {}
+            need(raw.get("hidden_act", "silu") == "silu", f"hidden_act {raw.get('hidden_act')!r} is not silu")
+            need(raw.get("num_key_value_heads") in (None, n_head), "it shares keys and values across heads (GQA)")
+            need(raw.get("head_dim") in (None, n_embd // n_head), "head_dim is not hidden_size / num_attention_heads")
+            need(raw.get("intermediate_size") == swiglu_hidden(n_embd),
+                 f"intermediate_size {raw.get('intermediate_size')} is not model.py's {swiglu_hidden(n_embd)} for this width")
+            need(math.isclose(raw.get("rms_norm_eps", 1e-6), NORM_EPS), "rms_norm_eps is not 1e-5")
+            need(rope.get("rope_theta", raw.get("rope_theta", ROPE_THETA)) == ROPE_THETA, "RoPE's base is not 10000")
+            need(not raw.get("rope_scaling") and rope.get("rope_type", "default") == "default", "it scales RoPE")
+            need(bool(raw.get("attention_bias", False)) == bool(raw.get("mlp_bias", False)),
+                 "attention_bias and mlp_bias differ")
+            return GPTConfig(block_size=raw.get("max_position_embeddings", 2048), vocab_size=raw["vocab_size"],
+                             n_layer=raw["num_hidden_layers"], n_head=n_head, n_embd=n_embd, dropout=0.0,
+                             bias=bool(raw.get("attention_bias", False)), variant="modern")
+    except KeyError as e:
+        raise UserError(f"{path} lacks {e.args[0]}: copy config.json again from the model's download")
+    except (ValueError, TypeError) as e:
+        raise UserError(f"{path}: {e}")
+    raise UserError(f"{path}: model_type {kind!r} ({', '.join(raw.get('architectures') or [])}) is not supported; "
+                    f"this project reads gpt2 (GPT2LMHeadModel) and llama (LlamaForCausalLM, as export.py writes it)")
+
+
+def _safetensors():
+    try:
+        import safetensors.torch
+    except ImportError:
+        raise UserError("Hugging Face weights need the safetensors package: pip install safetensors (or make install)")
+    return safetensors.torch
+
+
+def read_weights(folder):
+    """{name: tensor} of a folder's model.safetensors, its shards (model.safetensors.index.json) or, for older
+    downloads, pytorch_model.bin (read with weights_only=True)."""
+    files = [os.path.join(folder, WEIGHTS)]
+    if not os.path.isfile(files[0]) and os.path.isfile(os.path.join(folder, WEIGHTS_INDEX)):
+        weight_map = _read_json(os.path.join(folder, WEIGHTS_INDEX)).get("weight_map") or {}
+        files = [os.path.join(folder, f) for f in sorted(set(weight_map.values()))]
+    if all(os.path.isfile(f) for f in files):
+        st, tensors = _safetensors(), {}
+        for f in files:
+            try:
+                tensors.update(st.load_file(f))
+            except Exception as e:  # safetensors' own error type for a truncated or foreign file
+                raise UserError(f"{f} is not a readable safetensors file ({str(e)[:100]}): download it again")
+        return tensors
+    path = os.path.join(folder, WEIGHTS_BIN)
+    if os.path.isfile(path):
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # truncated, corrupt, or pickled code weights_only refuses
+            raise UserError(f"{path} is not a readable state dict ({str(e).splitlines()[0][:100]}): download it again")
+        if not isinstance(state, dict):
+            raise UserError(f"{path} holds no state dict: download it again")
+        return state
+    missing = ", ".join(os.path.basename(f) for f in files if not os.path.isfile(f))
+    raise UserError(f"{folder} has no weights ({missing}, or {WEIGHTS_BIN}): copy them from the model's download "
+                    f"next to {CONFIG}")
+
+
+def nearest_preset(cfg):
+    """The preset closest in size (layers x width^2), whose learning rate and batch size train.py then uses."""
+    size = lambda layers, width: layers * width * width  # noqa: E731
+    return min(PRESETS, key=lambda p: abs(math.log(size(PRESETS[p]["n_layer"], PRESETS[p]["n_embd"])
+                                                   / size(cfg.n_layer, cfg.n_embd))))
+
+
+def read_folder(folder):
+    """An HF model folder as a checkpoint dict without training state: model (our state dict), config (a dict),
+    tokenizer (its state), args (a size preset for train.py's defaults), hf_folder."""
+    path = os.path.join(folder, CONFIG)
+    raw = _read_json(path)
+    if not isinstance(raw, dict):
+        raise UserError(f"{path} is not a model config (a JSON object): copy it again from the model's download")
+    hf_cfg = config_from_hf(raw, path)  # vocab_size = the HF embedding's rows
+    enc, n_hf = read_tokenizer(folder)
+    if n_hf > hf_cfg.vocab_size:
+        raise UserError(f"{folder}: the tokenizer has {n_hf} ids but the model only {hf_cfg.vocab_size} embedding rows")
+    tensors = read_weights(folder)
+    if hf_cfg.variant == "gpt2" and not any(k.startswith("transformer.") for k in tensors):
+        # GPT-2 on the hub was saved from GPT2Model: the same names without the prefix
+        tensors = {k if k.startswith("lm_head.") else "transformer." + k: v for k, v in tensors.items()}
+    wte_name = "transformer.wte.weight" if hf_cfg.variant == "gpt2" else "model.embed_tokens.weight"
+    lm_head = tensors.pop("lm_head.weight", None)
+    if lm_head is not None and wte_name in tensors and not torch.equal(lm_head, tensors[wte_name]):
+        raise UserError(f"{folder}: lm_head.weight is not tied to the token embedding; this project's models tie them")
+    with torch.device("meta"):  # the HF names and shapes config.json implies, without allocating anything
+        expected = {k: v.shape for k, v in hf_tensors(GPT(hf_cfg)).items()}
+    for k in [k for k in tensors if k.endswith((".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq"))]:
+        if k not in expected:
+            del tensors[k]  # buffers older transformers saved (causal mask, RoPE frequencies): derived, not weights
+    missing = [k for k in expected if k not in tensors]
+    extra = [k for k in tensors if k not in expected]
+    if missing or extra:
+        raise UserError(f"{folder}: the weights do not match {CONFIG} ({len(expected)} tensors expected): "
+                        + (f"missing {missing[:2]}" if missing else "") + (" " if missing and extra else "")
+                        + (f"unexpected {extra[:2]}" if extra else "") + "; copy the folder again from the download")
+    for k, shape in expected.items():
+        if tensors[k].shape != shape:
+            raise UserError(f"{folder}: weight {k} has shape {tuple(tensors[k].shape)} but {CONFIG} implies {tuple(shape)}")
+
+    cfg = dataclasses.replace(hf_cfg, vocab_size=enc.n_vocab)
+    state = {}
+    for ours, theirs, transposed in tensor_map(hf_cfg):
+        parts = [tensors[name].float() for name in theirs]
+        state[ours] = torch.cat([p.t() if transposed else p for p in parts], dim=0).contiguous()
+    # embedding rows: the tokenizer's ids keep theirs; added ChatML tokens and padding rows start at the mean
+    wte = state["transformer.wte.weight"][:n_hf]  # (n_hf, C)
+    rows = wte.mean(dim=0, keepdim=True).expand(cfg.padded_vocab_size, -1).clone()  # (padded_vocab_size, C)
+    rows[:n_hf] = wte
+    state["transformer.wte.weight"] = state["lm_head.weight"] = rows
+    return {"model": state, "config": dataclasses.asdict(cfg), "tokenizer": tokenizer_state(enc),
+            "args": {"model": nearest_preset(cfg)}, "hf_folder": folder}
+
+
+# -----------------------------------------------------------------------------
+# export
+
+def check_out_dir(out_dir):
+    """An export never writes over files: out_dir must not exist yet, or be an empty folder."""
+    if os.path.exists(out_dir) and not (os.path.isdir(out_dir) and not os.listdir(out_dir)):
+        raise UserError(f"{out_dir} already exists and is not an empty folder: choose a new OUT_DIR or remove it first")
+
+
+def export_folder(model, enc, out_dir, dtype=torch.float32):
+    """Write model and tokenizer as an HF folder: config.json, generation_config.json, model.safetensors and the
+    tokenizer files. out_dir must not exist or be empty; everything is written into a temporary sibling first and
+    renamed into place, so out_dir never holds half an export. Returns the file names."""
+    cfg = model.config
+    check_out_dir(out_dir)
+    st = _safetensors()
+    llama = cfg.variant == "modern"
+    eot, im_end = enc._special_tokens[SPECIAL_TOKENS[0]], enc._special_tokens.get(SPECIAL_TOKENS[2])
+    files = {
+        CONFIG: json.dumps(hf_config(cfg, enc, dtype), indent=2) + "\n",
+        "generation_config.json": json.dumps({"bos_token_id": eot, "pad_token_id": eot,
+                                              "eos_token_id": [eot] + ([im_end] if im_end is not None else [])}, indent=2) + "\n",
+        **tokenizer_files(enc, cfg.block_size, llama=llama),
+    }
+    if enc.bpe_text is not None:  # a custom vocabulary as this project stores it: prepare.py --tokenizer takes it
+        files["tokenizer.tiktoken"] = enc.bpe_text
+    # fresh contiguous copies: safetensors refuses views that share storage (q|k|v chunks, the tied matrix)
+    tensors = {k: v.to(dtype=dtype, device="cpu").contiguous().clone() for k, v in hf_tensors(model).items()}
+    tmp = tmp_name(out_dir.rstrip(os.sep))
+    os.makedirs(tmp)
+    try:
+        for name, text in files.items():
+            with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
+                f.write(text)
+        st.save_file(tensors, os.path.join(tmp, WEIGHTS), metadata={"format": "pt"})
+        for name in os.listdir(tmp):
+            with open(os.path.join(tmp, name), "rb+") as f:
+                os.fsync(f.fileno())
+        if os.path.isdir(out_dir):
+            os.rmdir(out_dir)  # empty, checked above
+        os.rename(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return sorted([*files, WEIGHTS])

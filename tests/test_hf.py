@@ -1,0 +1,386 @@
+"""
+Hugging Face interop (hf.py, export.py): our checkpoints load in transformers with the same logits and token ids,
+HF GPT-2 folders (as a user downloads them) load here with the same logits, train.py --init_from fine-tunes one,
+gen.py samples from one, and bad folders are one-line errors. Models are built locally (2 layers x 64, no
+downloads); the tests that run transformers skip without it.
+"""
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+
+import pytest
+import torch
+
+import export
+import gen
+import hf
+import train
+from checkpoint import load_model, save_checkpoint
+from conftest import run_cli
+from model import GPT, make_config
+from setup_tokenizer import EOT, IM_END, IM_START, get_tokenizer, render_chat, tokenizer_hash, train_bpe
+from test_train import one_thread, story_text, write_dataset  # noqa: F401  (one_thread: a fixture)
+
+CPU = ["--device", "cpu", "--dtype", "float32"]
+# special tokens inside text, unicode (accents, CJK, emoji with a modifier, a ligature), runs of spaces, tabs and
+# newlines (also at the end), contractions, digits: where byte-level BPE implementations could disagree
+TEXTS = [
+    "Once upon a time there was a little girl named Lily. She's 3 and didn't like the DARK.",
+    "<|im_start|>user\nHi there!<|im_end|>\n<|im_start|>assistant\nHello :)<|im_end|>\n<|endoftext|>next",
+    "naïve café — 東京で 🙂👍🏽 résumé ﬁnal Ωμέγα",
+    "  leading,   inner \t\t tabs\n\n\n  lines   and trailing   \n  ",
+    "x=1234567890; y = 3.14159e-10 ... I'LL we've they're you'd '''",
+    "",
+]
+
+
+def hf_noise(model, std=0.1):
+    """Random weights everywhere, norms and biases included, so a mapping mistake anywhere shows in the logits."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * std)
+    return model
+
+
+def our_model(vocab_size, variant="gpt2", bias=True):
+    torch.manual_seed(0)
+    config = make_config("tiny", n_layer=2, n_embd=64, n_head=2, block_size=64, vocab_size=vocab_size,
+                         variant=variant, bias=bias)
+    return hf_noise(GPT(config)).eval()
+
+
+def ids_of(tok, text):
+    return list(tok(text)["input_ids"])
+
+
+def one_error_line(code, err):
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and lines[0].startswith("error:"), (code, err)
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def enc():
+    return get_tokenizer("gpt2")
+
+
+@pytest.fixture(scope="module")
+def custom_enc(tmp_path_factory):
+    """A 400-id byte-level BPE vocabulary trained here (rustbpe), stored as this project stores them."""
+    path = str(tmp_path_factory.mktemp("vocab") / "v400.tiktoken")
+    text = story_text(100_000) + " naïve café 東京 🙂 " * 50
+    return train_bpe([text], 400, path)
+
+
+def gpt2_original_files():
+    """GPT-2's own tokenizer files as the hub has them (vocab.json = encoder.json, merges.txt = vocab.bpe), taken
+    from tiktoken's cache, which holds exactly these two files for its gpt2 encoding."""
+    get_tokenizer("gpt2")  # fills the cache where the machine can download
+    cache = (os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR")
+             or os.path.join(tempfile.gettempdir(), "data-gym-cache"))
+    url = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"
+    files = {name: os.path.join(cache, hashlib.sha1((url + src).encode()).hexdigest())
+             for name, src in (("vocab.json", "encoder.json"), ("merges.txt", "vocab.bpe"))}
+    if not all(os.path.exists(p) for p in files.values()):
+        pytest.skip("GPT-2's vocab.bpe / encoder.json are not in tiktoken's cache")
+    return files
+
+
+@pytest.fixture(scope="module")
+def hub_gpt2(tmp_path_factory):
+    """A folder laid out like GPT-2 downloaded from the hub: a random 2-layer GPT2LMHeadModel with GPT-2's
+    50257-id vocabulary, saved by transformers itself, and GPT-2's original vocab.json + merges.txt."""
+    transformers = pytest.importorskip("transformers")
+    folder = tmp_path_factory.mktemp("hub") / "gpt2"
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=2, n_positions=64, vocab_size=50257)
+    model = hf_noise(transformers.GPT2LMHeadModel(config)).eval()
+    model.save_pretrained(str(folder))
+    for name, src in gpt2_original_files().items():
+        shutil.copy(src, folder / name)
+    return {"folder": str(folder), "model": model}
+
+
+# -----------------------------------------------------------------------------
+# export: our checkpoint -> transformers
+
+@pytest.fixture(scope="module", params=[("gpt2", True), ("gpt2", False), ("modern", False), ("modern", True)],
+                ids=["gpt2", "gpt2-nobias", "modern", "modern-bias"])
+def exported(request, enc, tmp_path_factory):
+    """export.py run on a checkpoint of each variant, with and without biases."""
+    variant, bias = request.param
+    root = tmp_path_factory.mktemp("export")
+    model = our_model(enc.n_vocab, variant, bias)
+    ckpt = str(root / "model.pt")
+    save_checkpoint(ckpt, model, enc)
+    out = str(root / "hf")
+    export.main([ckpt, out])
+    return {"model": model, "ckpt": ckpt, "out": out}
+
+
+def test_export_loads_in_transformers_with_the_same_logits(exported, enc):
+    transformers = pytest.importorskip("transformers")
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(exported["out"]).eval()
+    ours = exported["model"]
+    kind = "GPT2LMHeadModel" if ours.config.variant == "gpt2" else "LlamaForCausalLM"
+    assert type(theirs).__name__ == kind
+    assert theirs.config.vocab_size == enc.n_vocab  # the padding rows stay behind
+    idx = torch.randint(0, enc.n_vocab, (2, 64), generator=torch.Generator().manual_seed(0))
+    idx[0, :3] = torch.tensor([enc.encode_single_token(t) for t in (IM_START, IM_END, EOT)])
+    with torch.no_grad():
+        a, _ = ours(idx)
+        b = theirs(idx).logits
+    assert a.shape == b.shape == (2, 64, enc.n_vocab)
+    assert b.std() > 0.5  # logits large enough for 1e-4 to be a strict test
+    assert (a - b).abs().max() < 1e-4
+
+
+def test_export_tokenizer_gives_the_same_ids(exported, enc):
+    transformers = pytest.importorskip("transformers")
+    tok = transformers.AutoTokenizer.from_pretrained(exported["out"])
+    for text in TEXTS:
+        ids = enc.encode(text, allowed_special="all")
+        assert ids_of(tok, text) == ids, text
+        assert tok.decode(ids) == text
+    assert tok.decode(enc.encode(TEXTS[1], allowed_special="all"), skip_special_tokens=True) == \
+        "user\nHi there!\nassistant\nHello :)\nnext"
+    # the ChatML template renders conversations as render_chat does
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there!"},
+                {"role": "assistant", "content": "Hello. 🙂"}, {"role": "user", "content": "Bye"}]
+    ids, _ = render_chat(enc, messages, add_generation_prompt=True)
+    assert list(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)["input_ids"]) == ids
+    with open(os.path.join(exported["out"], "generation_config.json")) as f:
+        assert json.load(f)["eos_token_id"] == [enc.encode_single_token(EOT), enc.encode_single_token(IM_END)]
+
+
+def test_export_round_trips_here(exported, enc):
+    # the folder reads back as the same model and tokenizer, through the loader every script uses
+    model, enc2, ckpt = load_model(exported["out"])
+    assert tokenizer_hash(enc2) == tokenizer_hash(enc) and enc2.name == "gpt2"
+    idx = torch.randint(0, enc.n_vocab, (1, 64), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(model(idx)[0], exported["model"](idx)[0])
+
+
+def test_gpt2_tokenizer_files_are_gpt2s_own(tmp_path, enc):
+    # exported for GPT-2's vocabulary, vocab.json and merges.txt are the very files GPT-2 ships, plus ChatML
+    files = hf.tokenizer_files(enc, 1024)
+    original = gpt2_original_files()
+    with open(original["vocab.json"], encoding="utf-8") as f:
+        vocab = json.load(f)
+    assert json.loads(files["vocab.json"]) == {**vocab, IM_START: 50257, IM_END: 50258}
+    with open(original["merges.txt"], encoding="utf-8") as f:
+        assert files["merges.txt"].splitlines()[1:] == [line for line in f.read().splitlines()[1:] if line]
+
+
+def test_custom_vocabulary_exports_with_the_same_ids(custom_enc, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    tokenizers = pytest.importorskip("tokenizers")
+    ckpt = str(tmp_path / "custom.pt")
+    save_checkpoint(ckpt, our_model(custom_enc.n_vocab, "modern"), custom_enc)
+    out = str(tmp_path / "hf")
+    export.main([ckpt, out])
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    bare = tokenizers.Tokenizer.from_file(os.path.join(out, "tokenizer.json"))  # the tokenizers library alone
+    for text in TEXTS:
+        ids = custom_enc.encode(text, allowed_special="all")
+        assert ids_of(tok, text) == ids, text
+        assert bare.encode(text).ids == ids, text
+        assert tok.decode(ids) == text
+    # and back: the same vocabulary (same ids for every text), under the same name
+    enc2, n = hf.read_tokenizer(out)
+    assert tokenizer_hash(enc2) == tokenizer_hash(custom_enc) and enc2.name == custom_enc.name and n == custom_enc.n_vocab
+    with open(os.path.join(out, "tokenizer.tiktoken"), encoding="utf-8") as f:
+        assert f.read() == custom_enc.bpe_text  # for `prepare.py --tokenizer OUT/tokenizer.tiktoken`
+
+
+# -----------------------------------------------------------------------------
+# import: a Hugging Face GPT-2 folder -> here
+
+def test_hub_gpt2_imports_with_the_same_logits(hub_gpt2, enc):
+    model, enc2, ckpt = load_model(hub_gpt2["folder"])
+    # GPT-2's own files give the gpt2 tokenizer, ChatML tokens added: data prepared with gpt2 fits it
+    assert enc2.name == "gpt2" and tokenizer_hash(enc2) == tokenizer_hash(enc)
+    assert model.config.vocab_size == 50259 and model.config.block_size == 64
+    idx = torch.randint(0, 50257, (2, 64), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours, _ = model(idx)  # (2, 64, 50259)
+        theirs = hub_gpt2["model"](idx).logits  # (2, 64, 50257)
+    assert theirs.std() > 0.5
+    assert (ours[..., :50257] - theirs).abs().max() < 1e-4
+    # the two ChatML rows start at the mean embedding: their logit is the mean logit, so they take at most
+    # 2/50257 of the probability and the imported model predicts what GPT-2 predicted
+    wte = model.transformer.wte.weight
+    assert torch.allclose(wte[50257:50259], wte[:50257].mean(0).expand(2, -1), atol=1e-6)
+    probs = ours.softmax(-1)
+    assert probs[..., 50257:].sum(-1).max() <= 2 / 50257 + 1e-6
+
+
+def test_hub_layout_without_prefix_and_with_mask_buffers(hub_gpt2, tmp_path):
+    # GPT-2 on the hub was saved from GPT2Model: names without "transformer.", plus the causal-mask buffers
+    # older transformers saved ("h.0.attn.bias"); and it has a tokenizer.json besides vocab.json + merges.txt,
+    # here as transformers writes one. All of it reads as the same model and the gpt2 tokenizer.
+    transformers = pytest.importorskip("transformers")
+    from safetensors.torch import load_file, save_file
+    folder = tmp_path / "gpt2"
+    shutil.copytree(hub_gpt2["folder"], folder)
+    tensors = {k.removeprefix("transformer."): v for k, v in load_file(str(folder / "model.safetensors")).items()}
+    for i in range(2):
+        tensors[f"h.{i}.attn.bias"] = torch.tril(torch.ones(1, 1, 64, 64))
+    save_file(tensors, str(folder / "model.safetensors"))
+    transformers.AutoTokenizer.from_pretrained(str(folder)).save_pretrained(str(folder))
+    assert (folder / "tokenizer.json").exists()
+    a, _, _ = load_model(hub_gpt2["folder"])
+    b, enc_b, _ = load_model(str(folder))
+    assert enc_b.name == "gpt2"
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k
+
+
+def test_llama_folder_imports_with_the_same_logits(tmp_path, enc):
+    # a LlamaForCausalLM made by transformers, in the shape model.py's modern variant has
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=2,
+                                      num_key_value_heads=2, max_position_embeddings=64, vocab_size=50257,
+                                      rms_norm_eps=1e-5, tie_word_embeddings=True, attention_bias=True, mlp_bias=True)
+    theirs = hf_noise(transformers.LlamaForCausalLM(config)).eval()
+    folder = str(tmp_path / "llama")
+    theirs.save_pretrained(folder)
+    for name, src in gpt2_original_files().items():
+        shutil.copy(src, os.path.join(folder, name))
+    model, _, _ = load_model(folder)
+    assert model.config.variant == "modern" and model.config.bias
+    idx = torch.randint(0, 50257, (2, 64), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (model(idx)[0][..., :50257] - theirs(idx).logits).abs().max() < 1e-4
+
+
+def test_gen_samples_from_an_hf_folder(hub_gpt2, enc, capsys):
+    # greedy: gen.py on the folder writes what transformers' own greedy search generates
+    prompt = "Once upon a time"
+    code, out, err = run_cli(gen.main, [hub_gpt2["folder"], "--prompt", prompt, "--temp", "0", "--max_tokens", "12",
+                                        "--seed", "1", *CPU], capsys)
+    assert code == 0, err
+    ids = torch.tensor([enc.encode(prompt)])
+    with torch.no_grad():
+        new = hub_gpt2["model"].generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=50256)[0, ids.size(1):]
+    assert out == prompt + enc.decode(new.tolist()) + "\n"
+
+
+def test_init_from_fine_tunes_a_gpt2_folder(hub_gpt2, enc, tmp_path, capsys):
+    data = str(tmp_path / "data")
+    text = story_text(60_000)
+    docs = [d for d in text.split("\n") if d.strip()]
+    write_dataset(data, "story", enc, "gpt2", docs)
+    start, _, _ = load_model(hub_gpt2["folder"])
+    val = train.Windows(train.load_meta(data, "story"), "val", 64)
+    before = train.evaluate(start, val, 8, 4, torch.device("cpu"), torch.float32)
+    out = tmp_path / "models"
+    s = train.train(train.parse_args(["--init_from", hub_gpt2["folder"], "--data_dir", data, "--dataset", "story",
+                                      "--output_checkpoint", str(out / "{dataset}.pt"), "--max_steps", "15",
+                                      "--batch_size", "8", "--eval_batches", "4", "--eval_interval", "0",
+                                      "--no-color", *CPU]))
+    assert s["run_steps"] == 15
+    tuned, enc2, ckpt = load_model(s["checkpoint"])
+    assert enc2.name == "gpt2" and ckpt["args"]["init_from"] == hub_gpt2["folder"]
+    after = train.evaluate(tuned, val, 8, 4, torch.device("cpu"), torch.float32)
+    assert after < before - 0.5, (before, after)
+    # the fine-tuned checkpoint is an ordinary one: gen.py samples from it
+    capsys.readouterr()  # train.py's log
+    code, out_text, err = run_cli(gen.main, [s["checkpoint"], "--prompt", "Once", "--max_tokens", "5", "--seed", "1",
+                                             *CPU], capsys)
+    assert code == 0 and out_text.startswith("Once"), err
+
+
+# -----------------------------------------------------------------------------
+# bad input: one line naming the fix
+
+@pytest.fixture(scope="module")
+def small_folder(custom_enc, tmp_path_factory):
+    """A valid HF folder (our export of a 400-id model) that the error tests copy and break."""
+    root = tmp_path_factory.mktemp("bad")
+    ckpt = str(root / "model.pt")
+    save_checkpoint(ckpt, our_model(custom_enc.n_vocab), custom_enc)
+    out = str(root / "hf")
+    export.main([ckpt, out])
+    return {"ckpt": ckpt, "folder": out}
+
+
+def broken(small_folder, tmp_path, change):
+    folder = tmp_path / "broken"
+    shutil.copytree(small_folder["folder"], folder)
+    change(folder)
+    return str(folder)
+
+
+def edit_config(**kv):
+    def change(folder):
+        config = json.loads((folder / "config.json").read_text())
+        config.update(kv)
+        (folder / "config.json").write_text(json.dumps(config))
+    return change
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda f: (f / "config.json").unlink(), "without config.json"),
+    (lambda f: (f / "config.json").write_text("{not json"), "not readable JSON"),
+    (edit_config(model_type="bert", architectures=["BertForMaskedLM"]), "model_type 'bert'"),
+    (edit_config(activation_function="relu"), "activation_function"),
+    (lambda f: (f / "model.safetensors").unlink(), "has no weights"),
+    (lambda f: (f / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{trunc"), "not a readable safetensors"),
+    (edit_config(n_positions=128), "shape"),
+    (edit_config(n_layer=3), "do not match"),
+    (lambda f: [(f / n).unlink() for n in ("tokenizer.json", "vocab.json", "merges.txt")], "no tokenizer files"),
+], ids=["no-config", "bad-json", "bert", "relu", "no-weights", "corrupt-weights", "shape", "layers", "no-tokenizer"])
+def test_bad_folders_are_one_line_errors(small_folder, tmp_path, capsys, change, words):
+    folder = broken(small_folder, tmp_path, change)
+    line = one_error_line(*run_cli(gen.main, [folder, "--prompt", "x", "--max_tokens", "1", *CPU], capsys)[::2])
+    assert words in line, line
+
+
+def test_llama_settings_model_py_lacks_are_refused(small_folder, tmp_path, custom_enc, capsys):
+    ckpt = str(tmp_path / "modern.pt")
+    save_checkpoint(ckpt, our_model(custom_enc.n_vocab, "modern"), custom_enc)
+    export.main([ckpt, str(tmp_path / "llama")])
+    folder = tmp_path / "llama"
+    for change, words in ((dict(num_key_value_heads=1), "GQA"), (dict(rope_theta=500000.0), "RoPE"),
+                          (dict(intermediate_size=256), "intermediate_size")):
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, **change}))
+        line = one_error_line(*run_cli(gen.main, [str(folder), "--prompt", "x", *CPU], capsys)[::2])
+        assert words in line, line
+        (folder / "config.json").write_text(json.dumps(config))
+
+
+def test_export_refuses_to_clobber(small_folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    line = one_error_line(*run_cli(export.main, [small_folder["ckpt"], str(out)], capsys)[::2])
+    assert str(out) in line and "not an empty folder" in line
+    assert os.listdir(out) == ["notes.txt"] and (out / "notes.txt").read_text() == "mine"
+    line = one_error_line(*run_cli(export.main, [str(tmp_path / "nope.pt"), str(tmp_path / "x")], capsys)[::2])
+    assert "nope.pt" in line and "not found" in line
+    # an empty folder is fine, and no temporary folder is left next to it
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, out_text, err = run_cli(export.main, [small_folder["ckpt"], str(empty)], capsys)
+    assert code == 0 and "config.json" in os.listdir(empty), err
+    assert sorted(os.listdir(tmp_path)) == ["empty", "out"]
+
+
+def test_init_from_bad_arguments(small_folder, tmp_path, capsys):
+    for argv, words in ((["--init_from", small_folder["ckpt"]], "not a folder"),
+                        (["--init_from", small_folder["folder"], "--checkpoint", small_folder["ckpt"]], "pass one")):
+        line = one_error_line(*run_cli(train.main, argv + ["--data_dir", str(tmp_path), "--device", "cpu"], capsys)[::2])
+        assert words in line, line
+
+
+def test_nearest_preset_gives_gpt2_its_learning_rate():
+    # train.py picks lr and batch size by preset: GPT-2 124M's shape is the gpt2 preset, tiny shapes are tiny
+    assert hf.nearest_preset(make_config("gpt2", vocab_size=50259)) == "gpt2"
+    assert hf.nearest_preset(make_config("tiny", n_layer=2, n_embd=64, vocab_size=300)) == "tiny"
+    assert hf.nearest_preset(make_config("gpt2", n_layer=24, n_embd=1024, n_head=16, vocab_size=50259)) == "gpt2"
