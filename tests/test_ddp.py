@@ -223,3 +223,16 @@ def test_inner_accumulation_steps_skip_the_all_reduce(env):
     micro = list(w.micro_batches(list(range(12)), 4))
     train.train_step(fwd, opt, scaler, micro, torch.device("cpu"), torch.float32, 1.0, world=2)
     assert ddp.passes == [False, False, True]
+
+
+def test_under_torchrun_nothing_prompts_and_devices_are_checked(monkeypatch):
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    assert not train.is_interactive()  # a terminal, but torchrun's: never ask which GPU or how many epochs
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(train.UserError, match="under torchrun: use cuda"):
+        train.init_distributed("mps")  # refused before joining any process group
+    monkeypatch.setenv("LOCAL_RANK", "5")
+    if not torch.cuda.is_available() or torch.cuda.device_count() <= 5:
+        with pytest.raises(train.UserError, match="local rank 5 has no GPU"):
+            train.init_distributed("cuda")
