@@ -123,6 +123,26 @@ def apply_rope(x, cos, sin):
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
 
 
+# Up to this many positions, attention without a KV cache on a CPU is explicit matmuls and a softmax over the
+# (B, nh, T, T) scores instead of SDPA's CPU flash kernel, which is slow at small head sizes. On the 2-core
+# AVX-512 test machine, bf16 training steps at T=256 (BENCHMARKS.md): tiny compiled 110 -> 92 ms (the flash
+# backward alone took 31 ms), eager 126 -> 120 ms; small 608 -> 560 ms. The scores cost ~6 bytes each and layer
+# (bf16, and fp32 in the softmax), hence the bound: at 1024, gpt2 at batch 8 would keep ~5 GB of them.
+EXPLICIT_ATTENTION_MAX_T = 512
+
+
+def explicit_attention(q, k, v, dropout_p=0.0):
+    # q, k, v (B, nh, T, hs) -> (B, nh, T, hs), causal. The softmax runs in fp32, as SDPA's kernels do internally
+    # (under torch.compile the casts fuse into it).
+    T = q.size(-2)
+    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, T)
+    att = att.masked_fill(torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+    att = att.float().softmax(dim=-1).to(v.dtype)
+    if dropout_p:
+        att = F.dropout(att, dropout_p)
+    return att @ v
+
+
 class CausalSelfAttention(nn.Module):
 
     def __init__(self, config):
@@ -152,8 +172,12 @@ class CausalSelfAttention(nn.Module):
                 v = v_cache[:, :, :pos + T].to(q.dtype)
         # pos == 0: q and k have the same length, so is_causal is exact. pos > 0 and T == 1: the single query may see
         # every cached key, no mask. pos > 0 and T > 1: is_causal would align the mask top-left, hence the explicit one.
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=(pos == 0),
-                                           dropout_p=self.dropout if self.training else 0.0)  # (B, nh, T, hs)
+        dropout_p = self.dropout if self.training else 0.0
+        if kv is None and x.device.type == "cpu" and T <= EXPLICIT_ATTENTION_MAX_T:
+            y = explicit_attention(q, k, v, dropout_p)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=(pos == 0),
+                                               dropout_p=dropout_p)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble all head outputs side by side
         return self.resid_dropout(self.c_proj(y))
 

@@ -222,6 +222,27 @@ def test_forward_matches_reference(variant, bias):
         torch.testing.assert_close(model(idx)[0], reference_forward(model, idx), atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_explicit_cpu_attention_matches_sdpa(variant, monkeypatch):
+    """On a CPU, short contexts take explicit matmul attention (faster there than SDPA's flash kernel): the same
+    loss and gradients as SDPA, in fp32 and under bf16 autocast (softmax in fp32 in both)."""
+    import model as model_py
+    idx, targets = tokens(2, 32), tokens(2, 32, seed=2)
+    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
+        results = []
+        for bound in (model_py.EXPLICIT_ATTENTION_MAX_T, 0):  # 0: every length goes to SDPA
+            monkeypatch.setattr(model_py, "EXPLICIT_ATTENTION_MAX_T", bound)
+            model = tiny_model(variant).train()
+            with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+                _, loss = model(idx, targets)
+            loss.backward()
+            results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+        (loss_a, grads_a), (loss_b, grads_b) = results
+        torch.testing.assert_close(loss_a, loss_b, atol=tol, rtol=tol)
+        for ga, gb in zip(grads_a, grads_b):
+            torch.testing.assert_close(ga, gb, atol=tol, rtol=10 * tol)
+
+
 # ---------------------------------------------------------------- KV cache
 
 @pytest.mark.parametrize("variant", VARIANTS)
