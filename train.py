@@ -283,8 +283,11 @@ class Windows:
         count = math.ceil(len(idx) / batch_size) if count is None else count
         for i in range(0, count * batch_size, batch_size):
             chunk = np.asarray(idx[i:i + batch_size], dtype=np.int64)
-            x, y, m = self.get(chunk) if len(chunk) else (np.zeros((0, self.block_size), np.int64),) * 2 + (
-                None if self.mask is None else np.zeros((0, self.block_size), np.uint8),)
+            if len(chunk):
+                x, y, m = self.get(chunk)
+            else:  # this rank is past the epoch's end: nothing but padding
+                x = y = np.zeros((0, self.block_size), np.int64)
+                m = None if self.mask is None else np.zeros((0, self.block_size), np.uint8)
             pad = batch_size - len(chunk)
             if pad:
                 x = np.pad(x, ((0, pad), (0, 0)))
