@@ -115,6 +115,19 @@ def test_another_global_batch_keeps_the_place_in_the_schedule(env, runs):
     assert ck["epoch_windows"] == 8 * STEPS + 4 and ck["step"] == 2 * STEPS + 1
 
 
+def test_a_time_budget_ends_every_rank_at_the_same_step(env, tmp_path):
+    """The budget's clock is agreed on by the ranks each step: the learning rate, the evaluations and the end are
+    the same on both, so the run ends together (a rank that went on alone would hang in its next all-reduce)."""
+    out = tmp_path / "budget"
+    r = torchrun(["--data_dir", env["data"], "--dataset", "mini", "--output_checkpoint", out / "{dataset}.pt",
+                  "--batch_size", "4", "--time_budget", "0.15", *MODEL])
+    assert r.stdout.count("time budget: ") == 1, r.stdout[-2000:]
+    ck = load_checkpoint(str(out / "mini.pt"))
+    recs = read_metrics(out / "mini_metrics.jsonl")
+    assert ck["step"] == recs[-1]["step"] and recs[-1]["val_loss"] is not None  # evaluated when the budget ended
+    assert ck["epoch"] > 1 and 0.8 * 9 < ck["elapsed"] < 9 + 5  # stopped early enough to fit the last eval and save
+
+
 def test_two_nodes_meet_at_a_rendezvous_endpoint(env, runs):
     """Multi-node as on two machines: two torchrun agents, one process each, that find each other through
     --rdzv_endpoint (here both on this machine)."""
