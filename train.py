@@ -7,6 +7,7 @@ script code, real epochs instead of random windows, and exact resume.
     python train.py --checkpoint models/story_epoch1.pt --epochs 2     # go on where it stopped, exactly
     python train.py --dataset chat --checkpoint models/story_best.pt   # fine-tune on other data
     python train.py --dataset chat --init_from ~/gpt2                  # fine-tune a Hugging Face model folder
+    torchrun --standalone --nproc_per_node=8 train.py --dataset story --model gpt2   # 8 GPUs (DDP)
 
 Epochs. The train split is cut into non-overlapping windows of block_size+1 tokens at stride block_size
 (x = w[:-1], y = w[1:], so the token at a window's border is a target once and an input once). An epoch
@@ -20,6 +21,9 @@ Resume. A checkpoint records the completed epochs, how many windows of the curre
 global step (the learning rate is a pure function of it), the optimizer and the RNG state; the window
 order is re-derived from seed+epoch. So N steps in one go and N/2 steps + resume for N/2 give identical
 weights. Continuing on another --dataset is fine-tuning: same weights, fresh optimizer and epoch count.
+
+Several processes. Under torchrun each optimizer step takes batch_size*grad_accum*world windows and each rank its
+share of them (see Batches); rank 0 alone logs and writes files, and checkpoints resume on any number of ranks.
 
 Files, for --dataset story (next to --output_checkpoint): story_epoch{N}.pt, written every
 --save_interval % of an epoch, at each epoch's end, on Ctrl-C and on errors; story_best.pt, the lowest
