@@ -170,11 +170,17 @@ def wait_for(path, proc, seconds=120):
 def rank_pids(agent):
     """The worker processes torchrun started: its children, by RANK in their environment."""
     pids = {}
-    for child in subprocess.run(["ps", "-o", "pid=", "--ppid", str(agent.pid)], capture_output=True,
-                                text=True).stdout.split():
-        with open(f"/proc/{child}/environ", "rb") as f:
-            env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
-        pids[int(env[b"RANK"])] = int(child)
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])  # the field after the state, past "(name)"
+            if ppid != agent.pid:
+                continue
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+        except (OSError, IndexError, ValueError):  # a process that ended meanwhile
+            continue
+        pids[int(env[b"RANK"])] = int(pid)
     return pids
 
 
