@@ -125,9 +125,10 @@ def apply_rope(x, cos, sin):
 
 # Up to this many positions, attention without a KV cache on a CPU is explicit matmuls and a softmax over the
 # (B, nh, T, T) scores instead of SDPA's CPU flash kernel, which is slow at small head sizes. On the 2-core
-# AVX-512 test machine, bf16 training steps at T=256 (BENCHMARKS.md): tiny compiled 110 -> 92 ms (the flash
-# backward alone took 31 ms), eager 126 -> 120 ms; small 608 -> 560 ms. The scores cost ~6 bytes each and layer
-# (bf16, and fp32 in the softmax), hence the bound: at 1024, gpt2 at batch 8 would keep ~5 GB of them.
+# AVX-512 test machine, bf16 training steps at T=256 (bench.py, BENCHMARKS.md): tiny with a 4096-token vocabulary
+# compiled 110 -> 92 ms (the flash backward alone took 31 ms), eager 153 -> 131 ms; small 608 -> 560 ms. The
+# scores cost ~6 bytes each and layer (bf16, and fp32 in the softmax), hence the bound: at 1024, gpt2 at batch 8
+# would keep ~5 GB of them.
 EXPLICIT_ATTENTION_MAX_T = 512
 
 
