@@ -1040,9 +1040,8 @@ def train(args):
                         if args.max_steps and run_steps >= args.max_steps:
                             stopped = "max_steps"
                         # every rank must take the same decisions: the slowest rank's clock, and Ctrl-C on any
-                        clock, clock_reserved, interrupted = dist.agree(
-                            budget_spent + time.time() - t_run, budget_spent + time.time() - t_run + reserve,
-                            interrupt.requested)
+                        now = budget_spent + time.time() - t_run
+                        clock, clock_reserved, interrupted = dist.agree(now, now + reserve, interrupt.requested)
                         if budget and clock_reserved >= budget:
                             stopped = "time budget"
                         t_extra = time.time()
