@@ -124,24 +124,37 @@ def apply_rope(x, cos, sin):
 
 
 # Up to this many positions, attention without a KV cache on a CPU is explicit matmuls and a softmax over the
-# (B, nh, T, T) scores instead of SDPA's CPU flash kernel, which is slow at small head sizes. On the 2-core
-# AVX-512 test machine, bf16 training steps at T=256 (bench.py, BENCHMARKS.md): tiny with a 4096-token vocabulary
-# compiled 110 -> 92 ms (the flash backward alone took 31 ms), eager 153 -> 131 ms; small 608 -> 560 ms. The
-# scores cost ~6 bytes each and layer (bf16, and fp32 in the softmax), hence the bound: at 1024, gpt2 at batch 8
-# would keep ~5 GB of them.
+# scores instead of SDPA's CPU flash kernel, which is slow at small head sizes. On the 2-core AVX-512 test machine,
+# bf16 training steps at T=256 (bench.py, BENCHMARKS.md): tiny with a 4096-token vocabulary compiled 110 -> 92 ms
+# (the flash backward alone took 31 ms), eager 153 -> 131 ms; small 608 -> 560 ms. The scores cost ~6 bytes each
+# and layer (bf16, and fp32 in the softmax), hence the bound: at 1024, gpt2 at batch 8 would keep ~5 GB of them.
 EXPLICIT_ATTENTION_MAX_T = 512
 
 
 def explicit_attention(q, k, v, dropout_p=0.0):
-    # q, k, v (B, nh, T, hs) -> (B, nh, T, hs), causal. The softmax runs in fp32, as SDPA's kernels do internally
-    # (under torch.compile the casts fuse into it).
-    T = q.size(-2)
-    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, T)
-    att = att.masked_fill(torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
-    att = att.float().softmax(dim=-1).to(v.dtype)
-    if dropout_p:
-        att = F.dropout(att, dropout_p)
-    return att @ v
+    # q, k, v (B, nh, T, hs) -> (B, nh, T, hs), causal. Measured on tiny's compiled bf16 step with a 4096-token
+    # vocabulary (BENCHMARKS.md), each choice below pays:
+    # - two halves of the queries, the first attending the first half of the keys only: the quarter of the scores
+    #   that the mask would zero is never computed;
+    # - the mask is an additive bias (0 or -inf) that baddbmm adds in, so the softmax reads a plain tensor and compiles
+    #   into one pass per row;
+    # - the softmax computes in fp32 and returns the scores' dtype (bf16 under autocast), which its backward reuses
+    #   instead of recomputing the exponentials.
+    B, nh, T, hs = q.shape
+    ys = []
+    for lo, hi in ((0, T // 2), (T // 2, T)):
+        if lo == hi:  # T == 1
+            continue
+        # query lo+i sees keys 0..lo+i
+        bias = torch.zeros(hi - lo, hi, dtype=q.dtype, device=q.device).masked_fill_(
+            torch.ones(hi - lo, hi, dtype=torch.bool, device=q.device).triu(lo + 1), float("-inf"))
+        att = torch.baddbmm(bias.expand(B * nh, hi - lo, hi), q[:, :, lo:hi].reshape(B * nh, hi - lo, hs),
+                            k[:, :, :hi].reshape(B * nh, hi, hs).transpose(1, 2), alpha=1.0 / math.sqrt(hs))  # (B*nh, hi-lo, hi)
+        att = att.softmax(dim=-1)
+        if dropout_p:
+            att = F.dropout(att, dropout_p)
+        ys.append((att @ v[:, :, :hi].reshape(B * nh, hi, hs)).view(B, nh, hi - lo, hs))
+    return torch.cat(ys, dim=2)
 
 
 class CausalSelfAttention(nn.Module):
@@ -374,7 +387,7 @@ class GPT(nn.Module):
 
     def forward(self, idx, targets=None, loss_mask=None, cache=None):
         """
-        idx (B, T) long -> (logits (B, T, vocab_size), loss or None).
+        idx (B, T) long -> (logits (B, T, vocab_size), loss or None); with targets, the logits are detached.
         targets (B, T) long, -1 = ignore. loss_mask (B, T): when given, loss = sum(ce * mask) / max(sum(mask), 1)
         over positions whose target is not -1 (chat fine-tuning: loss on assistant tokens only).
         cache: a KVCache; positions cache.pos.. are computed, written into it, and cache.pos advances by T.
@@ -392,6 +405,9 @@ class GPT(nn.Module):
                 ce = F.cross_entropy(flat_logits, flat_targets, ignore_index=-1, reduction="none")  # (B*T,)
                 mask = loss_mask.reshape(-1).to(ce.dtype) * (flat_targets != -1).to(ce.dtype)
                 loss = (ce * mask).sum() / mask.sum().clamp(min=1.0)
+            # training needs only the loss: logits that autograd still tracked would cost torch.compile's backward a
+            # zero-filled gradient the size of the logits, added in (tiny's compiled bf16 step: -1 ms of ~90)
+            logits = logits.detach()
         # a view over the real vocabulary, so nobody can sample a padding id
         return logits[..., :self.config.vocab_size], loss
 
