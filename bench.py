@@ -497,8 +497,10 @@ def run(args, device, log=print):
                                   warmup, iters)])
     if "ratio" in only:
         small_vocab = 512 if quick else args.ratio_vocab
+        # two steps ~8x apart in length: 5 pairs left the ratio's medians ±10% from run to run on a shared CPU
+        ratio_iters = args.steps if args.steps is not None else (2 if quick else 10)
         emit(bench_ratio(args.ratio_model, device, dtypes[0], peaks, bsz, block, small_vocab, args.variant,
-                         args.compile, warmup, iters))
+                         args.compile, warmup, ratio_iters))
     if "gen" in only:
         new_tokens = 8 if quick else args.new_tokens
         prompt = 4 if quick else args.prompt_len
@@ -547,7 +549,8 @@ def get_parser():
                    help="retain (default): glibc keeps freed memory for reuse, so big tensors are not page-faulted in "
                         "again every step (+30-40%% for small on CPU); default: leave the allocator alone")
     p.add_argument("--warmup", type=int, default=None, help="untimed training steps first (default 2 on CPU, 3 on GPU)")
-    p.add_argument("--steps", type=int, default=None, help="timed training steps, the median is reported (default 5 on CPU, 10 on GPU)")
+    p.add_argument("--steps", type=int, default=None, help="timed training steps, the median is reported (default 5 on CPU, 10 on GPU and for "
+                        "the ratio)")
     p.add_argument("--peak_sizes", default=None, help="matmul sizes for the peak, comma-separated (default 2048,4096 on CPU, 8192 on GPU)")
     p.add_argument("--new_tokens", type=int, default=500, help="tokens generated per run (default 500)")
     p.add_argument("--prompt_len", type=int, default=16, help="prompt tokens for generation (default 16)")
