@@ -126,8 +126,9 @@ def apply_rope(x, cos, sin):
 # Up to this many positions, attention without a KV cache on a CPU is explicit matmuls and a softmax over the
 # scores instead of SDPA's CPU flash kernel, which is slow at small head sizes. On the 2-core AVX-512 test machine,
 # bf16 training steps at T=256 (bench.py, BENCHMARKS.md): tiny with a 4096-token vocabulary compiled 110 -> 92 ms
-# (the flash backward alone took 31 ms), eager 153 -> 131 ms; small 608 -> 560 ms. The scores cost ~6 bytes each
-# and layer (bf16, and fp32 in the softmax), hence the bound: at 1024, gpt2 at batch 8 would keep ~5 GB of them.
+# (the flash backward alone took 31 ms), eager 153 -> 131 ms; small 608 -> 560 ms. Backward keeps the probabilities
+# of 3/4 of the (T, T) scores per head and layer, 2 bytes each in bf16, hence the bound: at 1024, gpt2 at batch 8
+# would keep ~1.8 GB of them.
 EXPLICIT_ATTENTION_MAX_T = 512
 
 
@@ -146,8 +147,7 @@ def explicit_attention(q, k, v, dropout_p=0.0):
         if lo == hi:  # T == 1
             continue
         # query lo+i sees keys 0..lo+i
-        bias = torch.zeros(hi - lo, hi, dtype=q.dtype, device=q.device).masked_fill_(
-            torch.ones(hi - lo, hi, dtype=torch.bool, device=q.device).triu(lo + 1), float("-inf"))
+        bias = torch.full((hi - lo, hi), float("-inf"), dtype=q.dtype, device=q.device).triu(lo + 1)  # 0 or -inf
         att = torch.baddbmm(bias.expand(B * nh, hi - lo, hi), q[:, :, lo:hi].reshape(B * nh, hi - lo, hs),
                             k[:, :, :hi].reshape(B * nh, hi, hs).transpose(1, 2), alpha=1.0 / math.sqrt(hs))  # (B*nh, hi-lo, hi)
         att = att.softmax(dim=-1)
