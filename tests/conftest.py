@@ -24,3 +24,21 @@ def run_cli(main, argv, capsys):
         code = e.code
     out, err = capsys.readouterr()
     return code, out, err
+
+
+_exit_status = None
+
+
+def pytest_sessionfinish(session, exitstatus):
+    global _exit_status
+    _exit_status = int(exitstatus)
+
+
+def pytest_unconfigure(config):
+    """Leave without the interpreter's finalization once pytest has reported: an all-green run once aborted after
+    its summary ("terminate called without an active exception", 1 of ~6 full runs on 2026-11-23), the way a C++
+    library's thread dies when the interpreter tears down under it, and CI would have read that as a failure."""
+    if _exit_status is not None and os.environ.get("PYTEST_FINALIZE") != "1":  # PYTEST_FINALIZE=1: the usual exit
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_exit_status)

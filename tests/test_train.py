@@ -494,9 +494,13 @@ def test_time_budget_ends_the_run_and_spans_the_schedule(env, tmp_path):
     assert max(lrs) > 0.8e-3  # warmed up to the peak ...
     assert lrs[-1] < 0.2e-3  # ... and decayed to about min_lr (1e-4) by the end of the budget
     assert recs[-1]["val_loss"] is not None
-    # logs and evaluations follow the clock (every 10% of the budget), not the many short epochs
+    # logs and evaluations follow the clock (every 10% of the budget), not the short epochs: about ten of them, and
+    # mostly in the middle of an epoch (per-epoch evaluations would all fall on whole epochs). How many epochs fit in
+    # 6 s depends on the machine's speed, so their count is not compared.
     evals = [r for r in recs if r["val_loss"] is not None]
-    assert s["epochs_done"] > 12 and 5 <= len(evals) <= 11 and len(recs) <= 12, (s["epochs_done"], len(evals), len(recs))
+    assert 5 <= len(evals) <= 11 and len(recs) <= 12, (len(evals), len(recs))
+    mid_epoch = [r["epoch"] for r in evals if abs(r["epoch"] - round(r["epoch"])) > 0.02]
+    assert len(mid_epoch) >= len(evals) // 2, [r["epoch"] for r in evals]
 
 
 def test_warmup_as_a_share_of_all_steps(env, tmp_path):
