@@ -226,7 +226,7 @@ def test_forward_matches_reference(variant, bias):
 @pytest.mark.parametrize("T", [32, 31, 1])  # even and odd halves of the queries, and a single position
 def test_explicit_cpu_attention_matches_sdpa(variant, T, monkeypatch):
     """On a CPU, short contexts take explicit matmul attention (faster there than SDPA's flash kernel): the same
-    loss and gradients as SDPA, in fp32 and under bf16 autocast (softmax in fp32 in both)."""
+    loss and gradients as SDPA, in fp32 and under bf16 autocast (the softmax computing in fp32 in both)."""
     import model as model_py
     idx, targets = tokens(2, T), tokens(2, T, seed=2)
     for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
