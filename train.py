@@ -127,7 +127,7 @@ def parse_args(argv=None):
                                               f"(default: {d['epochs']}); the lr schedule spans all of them")
     g.add_argument("--time_budget", type=float, metavar="MINUTES",
                    help="train for this many minutes of wall-clock time, evaluations and saves included: the lr "
-                        "schedule (warmup, cosine decay) spans the budget, epochs repeat until it ends (unless --epochs "
+                        "schedule (warmup, cosine decay) spans the budget from the end of the first (compiling) step, epochs repeat until it ends (unless --epochs "
                         "is given), and the last checkpoint is written when it ends; a continued run counts its earlier time")
     g.add_argument("--max_steps", type=int, help="stop after this many optimizer steps in this run (the checkpoint "
                                                  "records the position inside the epoch; the schedule is unchanged)")
@@ -801,6 +801,10 @@ class Progress:
     best_val_loss: float = None
     evals_since_best: int = 0
     elapsed: float = 0.0        # seconds of training, all runs together
+    budget_elapsed: float = 0.0  # seconds of the current --time_budget spent (--reset_epoch starts a new one)
+    # seconds of the budget spent when its first step ended: its lr schedule starts there, so that a cold
+    # torch.compile (~30 s of a 2-minute budget on a small CPU) does not use up the warmup
+    schedule_origin: float = None
 
 
 def ask_more_epochs(path, done):
@@ -873,7 +877,9 @@ def train(args):
         p = Progress(epoch=int(ckpt.get("epoch", 0)), windows=int(ckpt.get("epoch_windows", 0)),
                      step=int(ckpt["step"]), tokens=int(ckpt.get("tokens", 0)),
                      best_val_loss=ckpt.get("best_val_loss"), evals_since_best=int(ckpt.get("evals_since_best", 0)),
-                     elapsed=float(ckpt.get("elapsed", 0.0)))
+                     elapsed=float(ckpt.get("elapsed", 0.0)),
+                     budget_elapsed=float(ckpt.get("budget_elapsed", ckpt.get("elapsed", 0.0))),
+                     schedule_origin=ckpt.get("schedule_origin", 0.0))  # older checkpoints: the budget's start
         if ckpt_args.get("block_size") != args.block_size or ckpt.get("data", {}).get("train_tokens") != \
                 meta.get("splits", {}).get("train", {}).get("tokens"):
             if p.windows:
@@ -954,6 +960,7 @@ def train(args):
                             args=dict(vars(args), world_size=dist.world),
                             best_val_loss=p.best_val_loss, evals_since_best=p.evals_since_best, val_loss=last_val,
                             elapsed=p.elapsed + time.time() - t_run,
+                            budget_elapsed=budget_spent + time.time() - t_run, schedule_origin=p.schedule_origin,
                             data={"tokenizer_hash": meta.get("tokenizer_hash"), "folder": meta["folder"],
                                   "train_tokens": meta.get("splits", {}).get("train", {}).get("tokens"),
                                   "val_tokens": meta.get("splits", {}).get("val", {}).get("tokens")})
@@ -1001,7 +1008,7 @@ def train(args):
     loss_acc, loss_n = torch.zeros((), device=device), 0  # train loss since the last record, summed on the device
     t_mark, tokens_mark = time.time(), 0  # for tokens/s, restarted after each record, eval and save
     tps = 0.0
-    budget_spent = 0.0 if args.reset_epoch else p.elapsed  # a continued budgeted run goes on with its clock
+    budget_spent = p.budget_elapsed  # a continued budgeted run goes on with its clock
     reserve = 0.0  # seconds the last evaluation and saves took: a budgeted run stops early enough to fit them
     clock = budget_spent  # seconds of the budget spent, as all ranks agree after each step
     model.train()
@@ -1017,7 +1024,11 @@ def train(args):
                     for micro, n_windows in steps:
                         if budget:  # the schedule runs on the clock: warmup over a share of the budget, then cosine
                             # (several ranks take the clock they agreed on: their weights must stay identical)
-                            spent = (budget_spent + time.time() - t_run if dist.world == 1 else clock) / budget
+                            # from the end of the first step on (see Progress.schedule_origin)
+                            spent = 0.0
+                            if p.schedule_origin is not None:
+                                now = budget_spent + time.time() - t_run if dist.world == 1 else clock
+                                spent = (now - p.schedule_origin) / max(budget - p.schedule_origin, 1e-9)
                             lr = lr_at(int(spent * 10_000), args.lr, args.min_lr, round(budget_warmup * 10_000), 10_000)
                         else:
                             lr = lr_at(p.step, args.lr, args.min_lr, args.warmup, total_steps)
@@ -1042,6 +1053,8 @@ def train(args):
                         # every rank must take the same decisions: the slowest rank's clock, and Ctrl-C on any
                         now = budget_spent + time.time() - t_run
                         clock, clock_reserved, interrupted = dist.agree(now, now + reserve, interrupt.requested)
+                        if budget and p.schedule_origin is None:
+                            p.schedule_origin = clock
                         if budget and clock_reserved >= budget:
                             stopped = "time budget"
                         t_extra = time.time()

@@ -503,6 +503,29 @@ def test_time_budget_ends_the_run_and_spans_the_schedule(env, tmp_path):
     assert len(mid_epoch) >= len(evals) // 2, [r["epoch"] for r in evals]
 
 
+def test_a_slow_first_step_does_not_use_up_a_budgets_warmup(env, tmp_path, monkeypatch):
+    # a cold torch.compile makes the first step take ~30 s of `make demo`'s 2 minutes: the schedule starts after it
+    real, calls = train.train_step, []
+
+    def cold(*a, **k):
+        calls.append(1)
+        if len(calls) == 1:
+            time.sleep(2.5)
+        return real(*a, **k)
+    monkeypatch.setattr(train, "train_step", cold)
+    s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--time_budget", 0.1, "--lr", "1e-3",
+                             "--warmup", "30%", "--output_checkpoint", str(tmp_path / "{dataset}.pt")))
+    assert s["stopped"] == "time budget"
+    ck = load_checkpoint(str(tmp_path / "mini.pt"))
+    assert 2.5 < ck["schedule_origin"] < 4  # where the schedule started: after the slow step, in budget seconds
+    assert ck["schedule_origin"] < ck["budget_elapsed"] <= 6 + 1
+    lrs = [r["lr"] for r in read_metrics(s["metrics"])]
+    # the first log comes at 50% of the budget at the latest, on a clock the schedule started at ~45%: still warming
+    # up (timed from the budget's start it would be past the 30% warmup, at the 1e-3 peak)
+    assert lrs[0] < 0.6e-3, lrs
+    assert max(lrs) > 0.8e-3 and lrs[-1] < 0.2e-3  # the whole schedule still fits in what was left
+
+
 def test_warmup_as_a_share_of_all_steps(env, tmp_path):
     s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--epochs", "2", "--warmup", "50%"))
     assert s["stopped"] == "done" and s["steps"] > 4  # both epochs: every step of the schedule
