@@ -277,11 +277,13 @@ class Windows:
         m = None
         if self.mask is not None:
             m = np.stack([self.mask[s + 1:s + T + 1] for s in starts])  # (n, T): mask of y, i.e. token t+1
-        return rows[:, :-1], rows[:, 1:], m
+        # contiguous: views of rows would have a row stride of T+1 and padded batches T, and torch.compile's guards
+        # on strides would recompile the model for each (8-30 s on a small CPU, at every epoch's end)
+        return np.ascontiguousarray(rows[:, :-1]), np.ascontiguousarray(rows[:, 1:]), m
 
     def micro_batches(self, idx, batch_size, pin=False, count=None):
         """Yield (x, y, m, idx) CPU tensors of exactly batch_size rows for consecutive chunks of idx; a short last
-        chunk is padded with rows whose targets are -1 (ignored), so shapes never change (no recompiles).
+        chunk is padded with rows whose targets are -1 (ignored), so shapes and strides never change (no recompiles).
         count: yield that many micro-batches, the ones past idx's end all padding (a rank with fewer windows
         than another still joins every gradient all-reduce)."""
         count = math.ceil(len(idx) / batch_size) if count is None else count

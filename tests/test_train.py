@@ -526,6 +526,22 @@ def test_a_slow_first_step_does_not_use_up_a_budgets_warmup(env, tmp_path, monke
     assert max(lrs) > 0.8e-3 and lrs[-1] < 0.2e-3  # the whole schedule still fits in what was left
 
 
+def test_compile_traces_the_model_once_for_training_and_once_for_evaluation(env, tmp_path, monkeypatch):
+    # each recompile costs 8-30 s on a small CPU: a padded last batch (of an epoch, or of the val split) must reuse
+    # the graph of the full ones. Dynamo's guards are checked with a backend that counts graphs and runs them eagerly.
+    graphs, real_compile = [], torch.compile
+
+    def counting(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+    monkeypatch.setattr(torch, "compile", lambda model, **k: real_compile(model, backend=counting))
+    s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--epochs", "2", "--compile", "--eval_batches", "100"))
+    assert s["stopped"] == "done" and s["val_loss"] is not None
+    w = train.Windows(train.load_meta(env["data"], "mini"), "train", 64)
+    assert len(w) % 16, "the mini set no longer ends in a padded batch: the test would not cover it"
+    assert len(graphs) == 2  # grad mode on (training) and off (evaluation)
+
+
 def test_warmup_as_a_share_of_all_steps(env, tmp_path):
     s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--epochs", "2", "--warmup", "50%"))
     assert s["stopped"] == "done" and s["steps"] > 4  # both epochs: every step of the schedule
