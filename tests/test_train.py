@@ -423,6 +423,11 @@ def test_packed_chat_trains_on_whole_assistant_replies(env, tmp_path, capsys):
     assert "packed in blocks of 64 tokens but windows have 48" in capsys.readouterr().err
 
 
+def test_default_warmup_is_long_enough_for_a_short_run():
+    # 2% of a short run is a handful of steps, too few for tiny's lr 4e-3: at least 100, or 10% of the run
+    assert [train.default_warmup(n) for n in (5, 797, 3_000, 10_000, 200_000)] == [1, 80, 100, 200, 1000]
+
+
 def test_lr_schedule():
     lrs = [train.lr_at(s, 1.0, 0.1, 10, 110) for s in range(120)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
