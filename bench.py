@@ -1,6 +1,6 @@
 """
-How fast is this machine for this project? One table: the matmul peak, training tokens/s and MFU per preset,
-generation tokens/s with and without the KV cache, and tokenization speed. The table is printed and appended,
+How fast is this machine for this project? One table: the matmul peak, training tokens/s and MFU per preset
+(with the peak memory a training step allocates on a GPU), generation tokens/s with and without the KV cache, and tokenization speed. The table is printed and appended,
 with a description of the machine, to BENCHMARKS.md (so numbers from different machines and commits sit side by side).
 
     python bench.py                                   # CPU: tiny and small; GPU: gpt2
@@ -103,8 +103,9 @@ def flop_unit(device):
 
 
 def row(section, name, value, unit, dtype=None, mfu=None, note=""):
+    # mem: peak bytes allocated on a GPU (training rows), else None
     return dict(section=section, name=name, dtype=SHORT.get(dtype, "") if dtype is not None else "",
-                value=float(value), unit=unit, mfu=mfu, note=note)
+                value=float(value), unit=unit, mfu=mfu, note=note, mem=None)
 
 
 # -----------------------------------------------------------------------------
@@ -207,11 +208,18 @@ def cfg_name(model):
 
 def bench_train(preset, device, dtype, peaks, batch_size, block_size=None, vocab_size=None, variant=None,
                 compile=False, warmup=2, iters=5):
+    if device.type == "cuda":  # this preset's peak alone: the count restarts from what is allocated now
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
     model = build_model(preset, device, block_size, vocab_size, variant)
     step, compiled = make_train_step(model, device, dtype, batch_size, compile)
     # torch.compile compiles on the first call: give it an extra warm-up step so no timed step recompiles
     seconds = timed(step, device, warmup + (1 if compiled else 0), iters)
-    return train_row(model, device, dtype, batch_size, seconds, peaks, compiled, iters=iters)
+    r = train_row(model, device, dtype, batch_size, seconds, peaks, compiled, iters=iters)
+    if device.type == "cuda":  # weights, AdamW state, activations and gradients at their peak
+        r["mem"] = torch.cuda.max_memory_allocated(device)
+        r["note"] += f", peak memory {r['mem'] / 1e9:.1f} GB"
+    return r
 
 
 def bench_ratio(preset, device, dtype, peaks, batch_size, block_size=None, small_vocab=4096, variant=None,
@@ -444,6 +452,13 @@ def check_targets(rows):
         if r["section"] == "train" and r["name"].startswith("small ") and r["dtype"] == "bf16" and r["mfu"] is not None:
             ok = "met" if r["mfu"] >= 0.5 else "NOT met"
             lines.append(f"target small bf16 MFU >= 50%: {100 * r['mfu']:.1f}% ({r['name']}) {ok}")
+        gpu = r["mem"] is not None  # only GPU rows measure memory
+        if r["section"] == "train" and r["name"].startswith("gpt2 ") and r["dtype"] == "bf16" and gpu:
+            ok = "met" if r["mfu"] >= 0.5 else "NOT met"
+            lines.append(f"target gpt2 bf16 MFU >= 50% on a GPU: {100 * r['mfu']:.1f}% ({r['name']}) {ok}")
+            if r["name"].startswith("gpt2 B8 T1024 "):
+                ok = "met" if r["mem"] <= 24e9 else "NOT met"
+                lines.append(f"target gpt2 B8 T1024 bf16 training in 24 GB: {r['mem'] / 1e9:.1f} GB {ok}")
         if r["section"] == "ratio" and r["unit"] == "x":
             lines.append(f"target 4096-vocab / GPT-2-vocab fp32 >= 8x: {r['value']:.2f}x {'met' if r['value'] >= 8 else 'NOT met'}")
         if r["section"] == "gen" and r["unit"] == "x" and r["name"].startswith("small B1"):

@@ -117,6 +117,19 @@ def test_gen_block_size_fits_without_sliding():
     assert bench.gen_block_size("tiny", 4, 8) == 256
 
 
+def test_targets_name_what_each_row_meets():
+    rows = [bench.row("train", "small B8 T256 V50259", 1500, "tokens/s", torch.bfloat16, 0.70),
+            dict(bench.row("train", "gpt2 B8 T1024 V50259", 1e5, "tokens/s", torch.bfloat16, 0.42), mem=25.3e9),
+            bench.row("ratio", "V4096 bf16 / V50259 fp32", 8.3, "x"),
+            bench.row("gen", "small B1 cache / no cache", 4.2, "x")]
+    lines = bench.check_targets(rows)
+    assert lines == ["target small bf16 MFU >= 50%: 70.0% (small B8 T256 V50259) met",
+                     "target gpt2 bf16 MFU >= 50% on a GPU: 42.0% (gpt2 B8 T1024 V50259) NOT met",
+                     "target gpt2 B8 T1024 bf16 training in 24 GB: 25.3 GB NOT met",
+                     "target 4096-vocab / GPT-2-vocab fp32 >= 8x: 8.30x met",
+                     "target small B1 cache speed-up >= 5x: 4.20x NOT met"]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_quick_run_on_cuda():
     rows = bench.run(quick_args("--device", "cuda", "--only", "peak,train,gen"), torch.device("cuda"),
@@ -125,6 +138,7 @@ def test_quick_run_on_cuda():
     assert all(r["unit"] == "TFLOP/s" for r in sec["peak"])
     assert all(r["value"] > 0 for r in rows)
     assert sec["train"][0]["mfu"] > 0
+    assert 0 < sec["train"][0]["mem"] < torch.cuda.get_device_properties(0).total_memory  # the step's peak
 
 
 def test_retain_freed_memory_in_a_subprocess():
