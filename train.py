@@ -1044,8 +1044,14 @@ def train(args):
                             lr = lr_at(p.step, args.lr, args.min_lr, args.warmup, total_steps)
                         for group in optimizer.param_groups:
                             group["lr"] = lr
+                        if args.compile and not run_steps:
+                            say(paint("compiling the model: its first step and first evaluation take longer (about a "
+                                      "minute on a small CPU, seconds once cached)", "dim"))
+                            t_first = time.time()
                         loss_acc += train_step(fwd, optimizer, scaler, micro, device, dtype, args.grad_clip,
                                                n_windows, dist.world)
+                        if args.compile and not run_steps:
+                            say(paint(f"first step {time.time() - t_first:.1f} s", "dim"))
                         p.step += 1
                         p.windows += n_windows
                         p.tokens += n_windows * args.block_size
