@@ -1,7 +1,8 @@
 """
 How fast is this machine for this project? One table: the matmul peak, training tokens/s and MFU per preset
-(with the peak memory a training step allocates on a GPU), generation tokens/s with and without the KV cache, and tokenization speed. The table is printed and appended,
-with a description of the machine, to BENCHMARKS.md (so numbers from different machines and commits sit side by side).
+(and on a GPU the peak memory of a training step), generation tokens/s with and without the KV cache, and
+tokenization speed. The table is printed and appended, with a description of the machine, to BENCHMARKS.md (so
+numbers from different machines and commits sit side by side).
 
     python bench.py                                   # CPU: tiny and small; GPU: gpt2
     python bench.py --only train --model small --dtype bfloat16,float32 --batch_size 16

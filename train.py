@@ -127,8 +127,9 @@ def parse_args(argv=None):
                                               f"(default: {d['epochs']}); the lr schedule spans all of them")
     g.add_argument("--time_budget", type=float, metavar="MINUTES",
                    help="train for this many minutes of wall-clock time, evaluations and saves included: the lr "
-                        "schedule (warmup, cosine decay) spans the budget from the end of the first (compiling) step, epochs repeat until it ends (unless --epochs "
-                        "is given), and the last checkpoint is written when it ends; a continued run counts its earlier time")
+                        "schedule (warmup, cosine decay) spans the budget from the end of the first (compiling) step, "
+                        "epochs repeat until it ends (unless --epochs is given), and the last checkpoint is written "
+                        "when it ends; a continued run counts its earlier time")
     g.add_argument("--max_steps", type=int, help="stop after this many optimizer steps in this run (the checkpoint "
                                                  "records the position inside the epoch; the schedule is unchanged)")
     g.add_argument("--checkpoint", help="continue from this checkpoint (same dataset: exact resume; other: fine-tune)")
