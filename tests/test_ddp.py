@@ -40,6 +40,15 @@ def losses(metrics_path, key="train_loss"):
     return {r["step"]: r[key] for r in read_metrics(metrics_path) if r.get(key) is not None}
 
 
+def assert_same_curve(got, want, steps):
+    """The losses of `steps` agree to float summation order. A one-off miss in CI (one step 1.7e-3 off, the others
+    within 5e-4) did not reproduce here in 8 runs under load, and a 1e-3 relative noise on every gradient moves these
+    curves by at most 1e-5: so a miss is a real difference, and the message shows the whole curve to find it."""
+    bad = [s for s in steps if got.get(s) != pytest.approx(want[s], rel=1e-4, abs=1e-4)]
+    table = "\n".join(f"step {s}: {got.get(s)} vs {want[s]} ({(got.get(s) or 0) - want[s]:+.2e})" for s in steps)
+    assert not bad, f"steps {bad} differ:\n{table}"
+
+
 @pytest.fixture(scope="module")
 def runs(env, tmp_path_factory):
     """Single process, batch 8: 2*STEPS steps in one go, and STEPS then stopped. 2 ranks, batch 2 x 2 accumulated
@@ -63,8 +72,7 @@ def test_two_ranks_follow_one_process_with_the_same_global_batch(runs):
     one, two = losses(runs["one"]["metrics"]), losses(os.path.join(runs["out"], "two", "story_metrics.jsonl"))
     assert sorted(two) == list(range(1, STEPS + 1))
     assert two[STEPS] < two[1] - 0.5  # it learns
-    for step, loss in two.items():
-        assert loss == pytest.approx(one[step], rel=1e-4, abs=1e-4), step
+    assert_same_curve(two, one, sorted(two))
     # evaluations split the val windows between the ranks: the same val loss as one process
     val_one, val_two = (losses(m, "val_loss") for m in (runs["one"]["metrics"],
                                                           os.path.join(runs["out"], "two", "story_metrics.jsonl")))
@@ -85,8 +93,7 @@ def test_a_two_rank_checkpoint_resumes_in_one_process(env, runs):
     one = losses(runs["one"]["metrics"])
     resumed = losses(r["metrics"])
     assert sorted(resumed) == list(range(STEPS + 1, 2 * STEPS + 1))  # on from the 2-rank run's last step
-    for step in range(STEPS + 1, 2 * STEPS + 1):
-        assert resumed[step] == pytest.approx(one[step], rel=1e-4, abs=1e-4), step
+    assert_same_curve(resumed, one, range(STEPS + 1, 2 * STEPS + 1))
     a, b = load_checkpoint(runs["one"]["checkpoint"]), load_checkpoint(r["checkpoint"])
     assert a["epoch_windows"] == b["epoch_windows"] == 16 * STEPS  # the same point of the epoch
     # equal up to float summation order, which Adam amplifies where gradients are ~0 (the key biases: attention
@@ -100,8 +107,7 @@ def test_a_one_process_checkpoint_resumes_on_two_ranks(env, runs):
     torchrun(["--checkpoint", runs["half"]["checkpoint"], "--batch_size", "4", "--max_steps", STEPS,
               "--output_checkpoint", out / "{dataset}.pt"])
     one, resumed = losses(runs["one"]["metrics"]), losses(out / "story_metrics.jsonl")
-    for step in range(STEPS + 1, 2 * STEPS + 1):
-        assert resumed[step] == pytest.approx(one[step], rel=1e-4, abs=1e-4), step
+    assert_same_curve(resumed, one, range(STEPS + 1, 2 * STEPS + 1))
     assert load_checkpoint(str(out / "story.pt"))["epoch_windows"] == 16 * STEPS
 
 
@@ -144,8 +150,7 @@ def test_two_nodes_meet_at_a_rendezvous_endpoint(env, runs):
     assert [node.returncode for node in nodes] == [0, 0], logs
     one, two = losses(runs["one"]["metrics"]), losses(out / "story_metrics.jsonl")
     assert sorted(two) == list(range(1, STEPS + 1))
-    for step, loss in two.items():
-        assert loss == pytest.approx(one[step], rel=1e-4, abs=1e-4), step
+    assert_same_curve(two, one, sorted(two))
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs (NCCL)")
