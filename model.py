@@ -123,12 +123,13 @@ def apply_rope(x, cos, sin):
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
 
 
-# Up to this many positions, attention without a KV cache on a CPU is explicit matmuls and a softmax over the
+# Up to this many positions, bf16 attention without a KV cache on a CPU is explicit matmuls and a softmax over the
 # scores instead of SDPA's CPU flash kernel, which is slow at small head sizes. On the 2-core AVX-512 test machine,
 # bf16 training steps at T=256 (bench.py, BENCHMARKS.md): tiny with a 4096-token vocabulary compiled 110 -> 92 ms
 # (the flash backward alone took 31 ms), eager 153 -> 131 ms; small 608 -> 560 ms. Backward keeps the probabilities
 # of 3/4 of the (T, T) scores per head and layer, 2 bytes each in bf16, hence the bound: at 1024, gpt2 at batch 8
-# would keep ~1.8 GB of them.
+# would keep ~1.8 GB of them. In fp32 SDPA is the faster: on a 2-core AVX2 CPU (no bf16) tiny's eager fp32 step took
+# 5-8% longer with explicit attention, and the same time compiled.
 EXPLICIT_ATTENTION_MAX_T = 512
 
 
@@ -187,7 +188,7 @@ class CausalSelfAttention(nn.Module):
         # pos == 0: q and k have the same length, so is_causal is exact. pos > 0 and T == 1: the single query may see
         # every cached key, no mask. pos > 0 and T > 1: is_causal would align the mask top-left, hence the explicit one.
         dropout_p = self.dropout if self.training else 0.0
-        if kv is None and x.device.type == "cpu" and T <= EXPLICIT_ATTENTION_MAX_T:
+        if kv is None and x.device.type == "cpu" and q.dtype != torch.float32 and T <= EXPLICIT_ATTENTION_MAX_T:
             y = explicit_attention(q, k, v, dropout_p)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=(pos == 0),

@@ -225,23 +225,32 @@ def test_forward_matches_reference(variant, bias):
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("T", [32, 31, 1])  # even and odd halves of the queries, and a single position
 def test_explicit_cpu_attention_matches_sdpa(variant, T, monkeypatch):
-    """On a CPU, short contexts take explicit matmul attention (faster there than SDPA's flash kernel): the same
-    loss and gradients as SDPA, in fp32 and under bf16 autocast (the softmax computing in fp32 in both)."""
+    """On a CPU, short contexts in bf16 take explicit matmul attention (faster there than SDPA's flash kernel): the
+    same loss and gradients as SDPA under bf16 autocast (the softmax computing in fp32), and in fp32 the same
+    outputs and input gradients as SDPA's causal attention."""
     import model as model_py
+    q, k, v = (torch.randn(2, 3, T, 16, generator=torch.Generator().manual_seed(i), requires_grad=True)
+               for i in range(3))
+    ours, ref = model_py.explicit_attention(q, k, v), F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+    w = torch.randn_like(ref)
+    grads = [torch.autograd.grad((out * w).sum(), (q, k, v)) for out in (ours, ref)]
+    for ga, gb in zip(*grads):
+        torch.testing.assert_close(ga, gb, atol=1e-5, rtol=1e-4)
     idx, targets = tokens(2, T), tokens(2, T, seed=2)
-    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
-        results = []
-        for bound in (model_py.EXPLICIT_ATTENTION_MAX_T, 0):  # 0: every length goes to SDPA
-            monkeypatch.setattr(model_py, "EXPLICIT_ATTENTION_MAX_T", bound)
-            model = tiny_model(variant).train()
-            with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
-                _, loss = model(idx, targets)
-            loss.backward()
-            results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
-        (loss_a, grads_a), (loss_b, grads_b) = results
-        torch.testing.assert_close(loss_a, loss_b, atol=tol, rtol=tol)
-        for ga, gb in zip(grads_a, grads_b):
-            torch.testing.assert_close(ga, gb, atol=tol, rtol=10 * tol)
+    tol = 2e-2
+    results = []
+    for bound in (model_py.EXPLICIT_ATTENTION_MAX_T, 0):  # 0: every length goes to SDPA
+        monkeypatch.setattr(model_py, "EXPLICIT_ATTENTION_MAX_T", bound)
+        model = tiny_model(variant).train()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            _, loss = model(idx, targets)
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    torch.testing.assert_close(loss_a, loss_b, atol=tol, rtol=tol)
+    for ga, gb in zip(grads_a, grads_b):
+        torch.testing.assert_close(ga, gb, atol=tol, rtol=10 * tol)
 
 
 # ---------------------------------------------------------------- KV cache
