@@ -495,7 +495,9 @@ def run(args, device, log=print):
     peaks = {}
     if {"peak", "train", "ratio"} & set(only):
         # MFU needs the peak of each dtype trained in (fp32 too for the ratio's baseline)
-        wanted = ([torch.float32, torch.bfloat16] if "peak" in only else []) + (dtypes if "train" in only else [])
+        # (the peak section: fp32 and what autocast picks here; a CPU without bf16 instructions emulates a bf16
+        # matmul on one thread: over 15 minutes for the 2048 and 4096 ones on a 2-core AVX2 EPYC; unless --dtype asks)
+        wanted = ([torch.float32, pick_dtype(device)] + dtypes if "peak" in only else []) + (dtypes if "train" in only else [])
         wanted += ([dtypes[0], torch.float32] if "ratio" in only else [])
         peak_dtypes = list(dict.fromkeys(wanted))
         sizes = [int(s) for s in args.peak_sizes.split(",")] if args.peak_sizes else (

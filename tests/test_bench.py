@@ -8,6 +8,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import bench  # noqa: E402
+import common  # noqa: E402
 from common import UserError  # noqa: E402
 
 
@@ -40,7 +41,9 @@ def test_quick_run_has_every_row(one_thread):
     for r in rows:
         assert r["value"] > 0 and r["value"] == r["value"], r  # positive, not NaN
 
-    assert {(r["name"], r["dtype"]) for r in sec["peak"]} == {("matmul 256x256", "fp32"), ("matmul 256x256", "bf16")}
+    # bf16's peak too where autocast would pick bf16 (a CPU with bf16 instructions)
+    assert {(r["name"], r["dtype"]) for r in sec["peak"]} == {("matmul 256x256", "fp32")} | (
+        {("matmul 256x256", "bf16")} if common.cpu_has_bf16() else set())
     assert all(r["unit"] == "GFLOP/s" for r in sec["peak"])
 
     (tr,) = sec["train"]
@@ -62,6 +65,17 @@ def test_quick_run_has_every_row(one_thread):
     table = bench.format_table(rows)
     assert table.count("\n") == len(rows) + 1  # header, rule, one line per row
     assert "| train | tiny B2 T32 V512 | fp32 |" in table
+
+
+@pytest.mark.parametrize("has_bf16", [True, False])
+def test_peak_skips_bf16_on_a_cpu_that_would_emulate_it(has_bf16, monkeypatch, one_thread):
+    # without bf16 instructions a bf16 matmul runs emulated on one thread: the default peak sizes took 15+ minutes
+    monkeypatch.setattr(common, "cpu_has_bf16", lambda: has_bf16)
+    rows = bench.run(quick_args("--only", "peak"), torch.device("cpu"), log=lambda *a: None)
+    assert [r["dtype"] for r in rows] == (["fp32", "bf16"] if has_bf16 else ["fp32"])
+    # asked for, it is measured
+    rows = bench.run(quick_args("--only", "peak", "--dtype", "bfloat16"), torch.device("cpu"), log=lambda *a: None)
+    assert [r["dtype"] for r in rows] == ["fp32", "bf16"]
 
 
 def test_only_and_bf16_autocast(one_thread):
