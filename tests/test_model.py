@@ -300,6 +300,22 @@ def test_cache_overflow_raises():
 
 # ---------------------------------------------------------------- generate
 
+@pytest.mark.parametrize("B", [1, 2, 9])  # a few fp32 rows take a transposed copy of the head (model.py), more do not
+def test_decoding_logits_are_the_forwards_and_follow_weight_changes(B):
+    model = tiny_model()
+    idx = tokens(B, 7)
+    with torch.no_grad():
+        def check():
+            full, _ = model(idx)
+            torch.testing.assert_close(model._next_logits(idx), full[:, -1, :VOCAB], atol=1e-5, rtol=1e-5)
+        check()
+        model.lm_head.weight.mul_(-2.0)  # in place, as an optimizer step (or load_state_dict) changes it
+        check()
+        model.load_state_dict(tiny_model(seed=3).state_dict())
+        check()
+
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_generate_seeded_is_reproducible(variant):
     model = tiny_model(variant)
