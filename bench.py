@@ -402,7 +402,9 @@ def machine_description(device):
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         parts.append(f"GPU {props.name} ({props.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda})")
-    cpu_flags = ", AVX-512 BF16/AMX" if cpu_has_bf16() else ""
+    # bf16 or not decides the dtype train.py picks and most of the speed on a CPU
+    cap = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", lambda: "")()
+    cpu_flags = ", AVX-512 BF16/AMX" if cpu_has_bf16() else f", {cap + ' ' if cap else ''}without bf16"
     parts.append(f"CPU {cpu_model()} ({os.cpu_count()} logical cores{cpu_flags}; torch threads {torch.get_num_threads()})")
     parts.append(f"torch {torch.__version__}, Python {platform.python_version()}, {platform.system()} {platform.release()}")
     if hasattr(os, "getloadavg"):
