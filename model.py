@@ -271,6 +271,35 @@ def _cpu_bf16_matmul(weight):
                                               and torch.get_autocast_dtype("cpu") == torch.bfloat16)
 
 
+class CrossEntropy(torch.autograd.Function):
+    """sum_i weight_i * -log softmax(logits_i)[targets_i], in fp32, with its backward written out: the softmax minus
+    the one-hot target, times weight_i. Autograd's backward of F.cross_entropy, compiled by inductor, builds the
+    one-hot gradient and reduces it over the vocabulary again (a pass of int64 compares over all N x V logits):
+    on the 2-core AVX2 EPYC, fp32, N 2048, forward and backward compiled 32.7 -> 16.1 ms for V 4096 and
+    378 -> 215 ms for V 50304; eager the same as F.cross_entropy (22 ms, 270-280 ms)."""
+
+    @staticmethod
+    def forward(ctx, logits, targets, weight):
+        # logits (N, V) any float dtype, targets (N,) long (-1 where weight is 0), weight (N,) fp32 -> () fp32
+        logp = torch.log_softmax(logits.float(), dim=-1)  # (N, V), kept for backward as F.cross_entropy keeps it
+        targets = targets.clamp(min=0)  # an ignored position reads logit 0, times its weight 0
+        ctx.save_for_backward(logp, targets, weight)
+        ctx.logits_dtype = logits.dtype
+        return -(logp.gather(1, targets[:, None]).squeeze(1) * weight).sum()
+
+    @staticmethod
+    def backward(ctx, grad):
+        logp, targets, weight = ctx.saved_tensors
+        scale = weight * grad  # (N,)
+        g = torch.exp(logp).mul_(scale[:, None])  # softmax ... (in place: one N x V tensor less in eager mode)
+        g[torch.arange(targets.size(0), device=targets.device), targets] -= scale  # ... minus the one-hot
+        return g.to(ctx.logits_dtype), None, None
+
+
+def cross_entropy(logits, targets, weight):
+    return CrossEntropy.apply(logits, targets, weight)
+
+
 class GPT(nn.Module):
 
     def __init__(self, config):
@@ -399,13 +428,11 @@ class GPT(nn.Module):
         if targets is not None:
             # the loss uses the padded logits: slicing first would copy the biggest tensor in the model; the padding
             # ids are never targets, so training just pushes their logits down
-            flat_logits, flat_targets = logits.view(-1, logits.size(-1)), targets.reshape(-1)
-            if loss_mask is None:
-                loss = F.cross_entropy(flat_logits, flat_targets, ignore_index=-1)
-            else:
-                ce = F.cross_entropy(flat_logits, flat_targets, ignore_index=-1, reduction="none")  # (B*T,)
-                mask = loss_mask.reshape(-1).to(ce.dtype) * (flat_targets != -1).to(ce.dtype)
-                loss = (ce * mask).sum() / mask.sum().clamp(min=1.0)
+            flat_targets = targets.reshape(-1)
+            weight = (flat_targets != -1).float()  # (B*T,) each position's share of the loss
+            if loss_mask is not None:
+                weight = weight * loss_mask.reshape(-1).float()
+            loss = cross_entropy(logits.view(-1, logits.size(-1)), flat_targets, weight / weight.sum().clamp(min=1.0))
             # training needs only the loss: logits that autograd still tracked would cost torch.compile's backward a
             # zero-filled gradient the size of the logits, added in (tiny's compiled bf16 step: -1 ms of ~90)
             logits = logits.detach()

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from model import GPT, PRESETS, GPTConfig, KVCache, make_config  # noqa: E402
+from model import GPT, PRESETS, GPTConfig, KVCache, cross_entropy, make_config  # noqa: E402
 
 VARIANTS = ["gpt2", "modern"]
 VOCAB = 1000  # not a multiple of 64, so padding is exercised (padded to 1024)
@@ -170,6 +170,31 @@ def test_loss_mask():
     assert torch.allclose(model(idx, tgt4, loss_mask=mask)[1], manual, atol=1e-6)
     # an all-zero mask gives 0, not nan
     assert model(idx, tgt, loss_mask=torch.zeros_like(mask))[1].item() == 0.0
+
+
+def test_cross_entropy_backward_is_autograds():
+    # model.cross_entropy writes its backward out (faster compiled): the loss and gradient of F.cross_entropy
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(12, 70, generator=g, requires_grad=True)
+    targets = torch.randint(0, 70, (12,), generator=g)
+    targets[[2, 7]] = -1
+    weight = torch.rand(12, generator=g) * (targets != -1)
+    ours = cross_entropy(logits, targets, weight)
+    ref = (F.cross_entropy(logits, targets, ignore_index=-1, reduction="none") * weight).sum()
+    torch.testing.assert_close(ours, ref)
+    torch.testing.assert_close(torch.autograd.grad(3 * ours, logits)[0], torch.autograd.grad(3 * ref, logits)[0])
+    # bf16 logits (the lm_head under autocast): computed in fp32, the gradient handed back in bf16
+    low = logits.detach().bfloat16().requires_grad_()
+    loss = cross_entropy(low, targets, weight)
+    assert loss.dtype == torch.float32
+    grad = torch.autograd.grad(loss, low)[0]
+    assert grad.dtype == torch.bfloat16
+    ref = (F.cross_entropy(low.float(), targets, ignore_index=-1, reduction="none") * weight).sum()
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(grad.float(), torch.autograd.grad(ref, low)[0].float(), atol=1e-3, rtol=1e-2)
+    # nothing to learn from: a loss of 0 and no gradient, not nan
+    loss = cross_entropy(logits, torch.full((12,), -1), torch.zeros(12))
+    assert loss.item() == 0.0 and not torch.autograd.grad(loss, logits)[0].any()
 
 
 def reference_forward(model, idx):
