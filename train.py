@@ -299,9 +299,7 @@ class Windows:
             pad = batch_size - len(chunk)
             if pad:
                 x = np.pad(x, ((0, pad), (0, 0)))
-                # an all-padding batch gets real (zero) targets: a mean over no targets would be NaN, and its
-                # weight of 0 in train_step already keeps it out of the gradient
-                y = np.pad(y, ((0, pad), (0, 0)), constant_values=-1 if len(chunk) else 0)
+                y = np.pad(y, ((0, pad), (0, 0)), constant_values=-1)  # all -1 (an all-padding batch): a loss of 0
                 m = None if m is None else np.pad(m, ((0, pad), (0, 0)))
             tensors = [torch.from_numpy(x), torch.from_numpy(y), None if m is None else torch.from_numpy(m)]
             if pin:  # page-locked memory lets the host-to-GPU copy run asynchronously

@@ -340,10 +340,10 @@ def test_ranks_cover_the_epoch_once(env, world, start):
 
 def test_all_padding_micro_batch_changes_nothing(env):
     """At an epoch's end a rank may have no windows left but must still run its micro-batches (DDP all-reduces in
-    them): they carry weight 0, and their loss is finite so the step's loss stays a number."""
+    them): they carry weight 0, and their loss over no targets is 0, not nan, so the step's loss stays a number."""
     w = train.Windows(train.load_meta(env["data"], "mini"), "train", 64)
     real, empty = list(w.micro_batches(np.array([3, 5]), 4, count=2))
-    assert len(empty[3]) == 0 and (empty[1] == 0).all()  # real (zero) targets: no mean over nothing
+    assert len(empty[3]) == 0 and (empty[1] == -1).all()  # every target ignored
     losses, grads = [], []
     for micro in ([real], [real, empty]):
         torch.manual_seed(0)
