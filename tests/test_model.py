@@ -340,7 +340,6 @@ def test_decoding_logits_are_the_forwards_and_follow_weight_changes(B):
         check()
 
 
-
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_generate_seeded_is_reproducible(variant):
     model = tiny_model(variant)
