@@ -283,6 +283,13 @@ class Windows:
         # on strides would recompile the model for each (8-30 s on a small CPU, at every epoch's end)
         return np.ascontiguousarray(rows[:, :-1]), np.ascontiguousarray(rows[:, 1:]), m
 
+    def count_targets(self, idx):
+        """How many targets of windows idx the loss counts: all of them, or those under the loss mask."""
+        if self.mask is None:
+            return len(idx) * self.block_size
+        T = self.block_size
+        return sum(int(np.count_nonzero(self.mask[s + 1:s + T + 1])) for s in np.asarray(idx, dtype=np.int64) * T)
+
     def micro_batches(self, idx, batch_size, pin=False, count=None):
         """Yield (x, y, m, idx) CPU tensors of exactly batch_size rows for consecutive chunks of idx; a short last
         chunk is padded with rows whose targets are -1 (ignored), so shapes and strides never change (no recompiles).
@@ -388,8 +395,10 @@ class Batches:
 
     def epoch(self, epoch, start=0):
         """Steps of `epoch` from window position `start` of its order (a resumed epoch starts past 0). Each step is
-        (micro, n): this rank's list of (x, y, m, idx) micro-batches and the windows of the step on all ranks. At
-        the epoch's end a step may hold fewer than grad_accum micro-batches, the same number on every rank."""
+        (micro, n, n_targets): this rank's list of (x, y, m, idx) micro-batches, and the windows of the step on all
+        ranks and the targets the loss counts in them (every rank reads the whole step's masks, which spares an
+        all-reduce). At the epoch's end a step may hold fewer than grad_accum micro-batches, the same number on every
+        rank."""
         order = epoch_order(len(self.windows), self.seed, epoch)[start:]
         R, B = self.rank_windows, self.batch_size
 
@@ -398,7 +407,7 @@ class Batches:
                 step = order[s:s + self.windows_per_step]
                 mine = step[self.rank * R:(self.rank + 1) * R]
                 count = math.ceil(min(len(step), R) / B)  # rank 0's share is the largest
-                yield list(self.windows.micro_batches(mine, B, self.pin, count)), len(step)
+                yield list(self.windows.micro_batches(mine, B, self.pin, count)), len(step), self.windows.count_targets(step)
         return prefetch(steps())
 
 
@@ -452,22 +461,24 @@ class Forward:
             return self.model(*args)
 
 
-def train_step(fwd, optimizer, scaler, micro, device, dtype, grad_clip, n_real=None, world=1):
-    """One optimizer step over micro-batches [(x, y, m, idx)], each (B, T). Each micro-batch's mean loss is weighted
-    by its share of the step's real windows (n_real, on all ranks), so a padded last batch counts as what it is.
-    Under DDP, which averages the ranks' gradients, each rank's loss is scaled by world to make that a sum, and only
-    the last micro-batch all-reduces. Returns this rank's share of the step's loss as a 0-d device tensor: no host
-    sync here."""
-    n_real = n_real or sum(len(idx) for *_, idx in micro)
+def train_step(fwd, optimizer, scaler, micro, device, dtype, grad_clip, n_targets=None, world=1):
+    """One optimizer step over micro-batches [(x, y, m, idx)], each (B, T). The step's loss is the mean over every
+    target it counts (n_targets, on all ranks; padding rows and, on chat data, targets outside the loss mask count
+    none): each micro-batch's mean is weighted by its share of them, so the gradient is the same however the step is
+    cut into micro-batches and ranks, and the loss is what evaluate() measures. Under DDP, which averages the ranks'
+    gradients, each rank's loss is scaled by world to make that a sum, and only the last micro-batch all-reduces.
+    Returns this rank's share of the step's loss as a 0-d device tensor: no host sync here."""
+    counted = [count_targets(y, m) for _, y, m, _ in micro]  # on the host: the batches are still CPU tensors
+    n_targets = max(sum(counted) if n_targets is None else n_targets, 1)
     no_sync = getattr(getattr(fwd, "model", fwd), "no_sync", None)  # a DDP model's: skip the all-reduce
     total = torch.zeros((), device=device)
-    for i, (x, y, m, idx) in enumerate(micro):
+    for i, (x, y, m, _) in enumerate(micro):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         m = None if m is None else m.to(device, non_blocking=True)
         with no_sync() if no_sync and i < len(micro) - 1 else contextlib.nullcontext():
             with autocast(device, dtype):
                 _, loss = fwd(x, y, m)
-            loss = loss * (len(idx) / n_real)
+            loss = loss * (counted[i] / n_targets)
             scaler.scale(loss * world).backward()
         total += loss.detach().float()
     if grad_clip > 0:
@@ -477,6 +488,13 @@ def train_step(fwd, optimizer, scaler, micro, device, dtype, grad_clip, n_real=N
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
     return total
+
+
+def count_targets(y, m):
+    """Targets of a micro-batch that its loss counts, as GPT.forward weighs them: not -1 (padding), and under the
+    loss mask when there is one."""
+    counted = y != -1
+    return int((counted if m is None else counted & (m != 0)).sum())
 
 
 def eval_indices(n_windows, n_max):
@@ -500,8 +518,7 @@ def evaluate(model, windows, batch_size, max_batches, device, dtype, fwd=None, d
         idx = idx[dist.rank::world]
     loss_sum, count = torch.zeros((), device=device), 0
     for x, y, m, chunk in windows.micro_batches(idx, batch_size):
-        # the model's loss is a mean over the counted targets: weigh it by their number (known on the host)
-        n = int((m[:len(chunk)] != 0).sum()) if m is not None else len(chunk) * windows.block_size
+        n = count_targets(y, m)  # the model's loss is a mean over them: weigh it by their number (known on the host)
         if n == 0:
             continue
         x, y = x.to(device), y.to(device)
@@ -1030,7 +1047,7 @@ def train(args):
                 bar = tqdm(total=spe, initial=estep, desc=f"epoch {epoch + 1}/{args.epochs}", unit="step",
                            dynamic_ncols=True, disable=not sys.stderr.isatty() or quiet, file=sys.stderr)
                 try:
-                    for micro, n_windows in steps:
+                    for micro, n_windows, n_targets in steps:
                         if budget:  # the schedule runs on the clock: warmup over a share of the budget, then cosine
                             # (several ranks take the clock they agreed on: their weights must stay identical)
                             # from the end of the first step on (see Progress.schedule_origin)
@@ -1048,7 +1065,7 @@ def train(args):
                                       "minute on a small CPU, seconds once cached)", "dim"))
                             t_first = time.time()
                         loss_acc += train_step(fwd, optimizer, scaler, micro, device, dtype, args.grad_clip,
-                                               n_windows, dist.world)
+                                               n_targets, dist.world)
                         if args.compile and not run_steps:
                             say(paint(f"first step {time.time() - t_first:.1f} s", "dim"))
                         p.step += 1

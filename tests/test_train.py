@@ -299,8 +299,8 @@ def test_epoch_coverage(env):
     steps = list(b.epoch(0))
     assert len(steps) == b.steps_per_epoch == math.ceil(len(w) / 12)
     tokens = np.fromfile(os.path.join(meta["folder"], "train.bin"), dtype=np.uint16)
-    for micro, n in steps:
-        assert n == sum(len(idx) for *_, idx in micro)
+    for micro, n, n_targets in steps:
+        assert n == sum(len(idx) for *_, idx in micro) and n_targets == 64 * n  # no mask: every target counts
         for x, y, m, idx in micro:
             assert x.shape == y.shape == (4, 64)
             for r, i in enumerate(idx):
@@ -312,9 +312,9 @@ def test_epoch_coverage(env):
     order0, order1 = train.epoch_order(len(w), 7, 0), train.epoch_order(len(w), 7, 1)
     assert not np.array_equal(order0, order1)
     assert np.array_equal(order0, train.epoch_order(len(w), 7, 0))
-    assert np.array_equal(np.concatenate([idx for s, _ in steps for *_, idx in s]), order0)
+    assert np.array_equal(np.concatenate([idx for s, *_ in steps for *_, idx in s]), order0)
     # a resumed epoch yields exactly the rest
-    rest = [idx for s, _ in b.epoch(0, start=24) for *_, idx in s]
+    rest = [idx for s, *_ in b.epoch(0, start=24) for *_, idx in s]
     assert np.array_equal(np.concatenate(rest), order0[24:])
 
 
@@ -328,9 +328,9 @@ def test_ranks_cover_the_epoch_once(env, world, start):
              for r in range(world)]
     assert len(w) % (8 * world) != 0 and all(len(steps) == len(one) for steps in ranks)
     seen = []
-    for i, (micro, n) in enumerate(one):
+    for i, (micro, n, n_targets) in enumerate(one):
         step = [idx for steps in ranks for *_, idx in steps[i][0]]
-        assert all(steps[i][1] == n for steps in ranks)  # every rank knows the step's size
+        assert all(steps[i][1:] == (n, n_targets) for steps in ranks)  # every rank knows the step's size
         assert len({len(steps[i][0]) for steps in ranks}) == 1  # same number of micro-batches: same all-reduces
         assert sorted(np.concatenate(step)) == sorted(np.concatenate([idx for *_, idx in micro])) and \
             sum(map(len, step)) == n
@@ -355,6 +355,46 @@ def test_all_padding_micro_batch_changes_nothing(env):
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     assert torch.isfinite(losses[1]) and torch.allclose(losses[0], losses[1])
     assert torch.allclose(grads[0], grads[1], atol=1e-7)
+
+
+def step_gradient(model, micro, n_targets=None, world=1):
+    """train_step's loss and gradient, the optimizer kept from changing or clearing anything."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    opt.zero_grad = lambda set_to_none=True: None
+    model.zero_grad(set_to_none=True)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    loss = train.train_step(model, opt, scaler, micro, torch.device("cpu"), torch.float32, 0.0, n_targets, world)
+    return loss, torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+def test_a_step_is_the_same_however_it_is_cut_into_micro_batches_and_ranks(env):
+    """On chat data, windows hold different numbers of assistant targets: the step's loss is the mean over all of
+    them, whether it runs as one batch, as accumulated micro-batches or on several ranks (whose gradients DDP
+    averages), and it is a mean per target, as evaluate() measures."""
+    meta = train.load_meta(env["data"], "chat")
+    w = train.Windows(meta, "train", 64)
+    idx = np.arange(8)
+    per_window = [w.count_targets([i]) for i in idx]
+    assert len(set(per_window)) > 2 and w.count_targets(idx) == sum(per_window)  # uneven: a mean of means would differ
+    torch.manual_seed(0)
+    model = train.GPT(train.make_config("tiny", n_layer=1, n_embd=32, n_head=2, block_size=64,
+                                        vocab_size=meta["vocab_size"]))
+    loss, grad = step_gradient(model, list(w.micro_batches(idx, 8)))
+    x, y, m = (torch.from_numpy(a) for a in w.get(idx))
+    logits, _ = model(x)
+    ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")  # (8*64,)
+    assert loss.item() == pytest.approx((ce[m.flatten() != 0].mean()).item(), rel=1e-5)  # the mean per counted target
+    for batch_size in (4, 1, 3):  # 3: a padded last micro-batch
+        loss_b, grad_b = step_gradient(model, list(w.micro_batches(idx, batch_size)))
+        assert loss_b.item() == pytest.approx(loss.item(), rel=1e-5)
+        torch.testing.assert_close(grad_b, grad, atol=1e-6, rtol=1e-4)
+    # two ranks of 2 x 2 windows, as Batches gives them with the step's count; DDP would average their gradients
+    ranks = [list(train.Batches(w, batch_size=2, grad_accum=2, seed=0, rank=r, world=2).epoch(0))[0] for r in (0, 1)]
+    shares = [step_gradient(model, micro, n_targets, world=2) for micro, _, n_targets in ranks]
+    order = np.concatenate([idx for micro, *_ in ranks for *_, idx in micro])
+    loss_1, grad_1 = step_gradient(model, list(w.micro_batches(order, 8)))
+    assert sum(loss for loss, _ in shares).item() == pytest.approx(loss_1.item(), rel=1e-5)
+    torch.testing.assert_close(sum(g for _, g in shares) / 2, grad_1, atol=1e-6, rtol=1e-4)
 
 
 def test_masked_loss_counts_assistant_tokens_only(env):
