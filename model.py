@@ -473,11 +473,17 @@ class GPT(nn.Module):
         # The lm_head weight as a contiguous (C, Vp) copy, made again whenever the weight changes. A few fp32 rows
         # times (Vp, C) row-major is Vp short dot products, which BLAS runs far below memory speed; times (C, Vp) it
         # is C long streams. On a 2-core AVX2 EPYC, Vp 50304: B1 C128 6.2 -> 1.7 ms, C384 12.3 -> 6.2 ms, C768
-        # 19.0 -> 12.5 ms; B2 2.5-5x; B8 the same or better. It costs a second copy of the head while generating.
-        w = self.lm_head.weight
+        # 19.0 -> 12.5 ms; B2 2.5-5x; B8 the same or better. It costs a second copy of the head while generating,
+        # and making it 30-240 ms, hence kept between calls.
+        # The key catches every change autograd sees. A fused optimizer step (configure_optimizer's AdamW) and edits
+        # through .data bump no version counter, so 16 rows spread over the vocabulary are also compared with what
+        # they were (a few us): an optimizer step moves them all, since every row of the head gets a gradient from
+        # the softmax.
+        w = self.lm_head.weight.detach()
         key = (w.device, w.data_ptr(), w._version)
-        if getattr(self, "_lm_head_t_key", None) != key:
-            self._lm_head_t_cache, self._lm_head_t_key = w.detach().t().contiguous(), key
+        probe = w[::max(1, w.size(0) // 16)]  # (16ish, C) view
+        if getattr(self, "_lm_head_t_key", None) != key or not torch.equal(probe, self._lm_head_t_probe):
+            self._lm_head_t_cache, self._lm_head_t_key, self._lm_head_t_probe = w.t().contiguous(), key, probe.clone()
         return self._lm_head_t_cache
 
     @staticmethod

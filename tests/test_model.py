@@ -338,6 +338,15 @@ def test_decoding_logits_are_the_forwards_and_follow_weight_changes(B):
         check()
         model.load_state_dict(tiny_model(seed=3).state_dict())
         check()
+        model.lm_head.weight.data.mul_(0.5)  # through .data: no version counter moves
+        check()
+    # a step of the optimizer train.py uses: fused AdamW on a CPU updates the weights without a version bump either
+    optimizer = model.configure_optimizer(0.1, 1e-2)
+    _, loss = model(idx, idx)
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        check()
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
