@@ -947,8 +947,6 @@ def train(args):
             scaler.load_state_dict(ckpt["scaler"])
     if continuing and not args.reset_epoch and ckpt.get("rng"):
         set_rng_state(ckpt["rng"])
-    if dist.rank:  # dropout draws other masks on each rank; rank 0 keeps the single-process stream
-        torch.manual_seed(args.seed + 1_000_003 * dist.rank + p.step)
     train_model = model
     if dist.world > 1:
         # DDP copies rank 0's weights to every rank, then all-reduces gradients in buckets during backward;
@@ -1060,6 +1058,10 @@ def train(args):
                             lr = lr_at(p.step, args.lr, args.min_lr, args.warmup, total_steps)
                         for group in optimizer.param_groups:
                             group["lr"] = lr
+                        if dist.rank and config.dropout:
+                            # dropout draws other masks on each rank; rank 0 keeps the single-process stream, saved in
+                            # checkpoints, and the others seed each step afresh, so a resumed run draws the same masks
+                            torch.manual_seed(args.seed + 1_000_003 * dist.rank + p.step)
                         if args.compile and not run_steps:
                             say(paint("compiling the model: its first step and first evaluation take longer (about a "
                                       "minute on a small CPU, seconds once cached)", "dim"))

@@ -111,6 +111,23 @@ def test_a_one_process_checkpoint_resumes_on_two_ranks(env, runs):
     assert load_checkpoint(str(out / "story.pt"))["epoch_windows"] == 16 * STEPS
 
 
+def test_a_two_rank_run_with_dropout_resumes_exactly(env, tmp_path):
+    """Dropout draws each rank's masks from its own random stream; only rank 0's is in the checkpoint, so the
+    others must draw the same masks after a resume by construction: STEPS + STEPS equal 2 * STEPS in one go."""
+    argv = ["--data_dir", env["data"], "--dataset", "story", "--batch_size", "4", *MODEL, "--dropout", "0.1",
+            "--eval_interval", "0"]
+    whole, half = tmp_path / "whole" / "{dataset}.pt", tmp_path / "half" / "{dataset}.pt"
+    torchrun([*argv, "--output_checkpoint", whole, "--max_steps", 2 * STEPS])
+    torchrun([*argv, "--output_checkpoint", half, "--max_steps", STEPS])
+    half = str(half).replace("{dataset}", "story")
+    torchrun(["--checkpoint", half, "--max_steps", STEPS, "--output_checkpoint", half])
+    a, b = losses(tmp_path / "whole" / "story_metrics.jsonl"), losses(tmp_path / "half" / "story_metrics.jsonl")
+    assert sorted(b) == sorted(a) == list(range(1, 2 * STEPS + 1))
+    assert all(b[s] == a[s] for s in a), assert_same_curve(b, a, sorted(a))  # bit for bit, else show the curves
+    ck_a, ck_b = load_checkpoint(str(whole).replace("{dataset}", "story")), load_checkpoint(half)
+    assert all(torch.equal(ck_a["model"][k], ck_b["model"][k]) for k in ck_a["model"])
+
+
 def test_another_global_batch_keeps_the_place_in_the_schedule(env, runs):
     # resumed on one process with the per-rank batch options: half the global batch, so twice the steps per
     # epoch; the step count follows the windows done, which keeps the learning rate where the run was
