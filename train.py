@@ -147,7 +147,8 @@ def parse_args(argv=None):
     g.add_argument("--lr", type=float, help="peak learning rate (default: " + ", ".join(
         f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + "; a third of that when fine-tuning)")
     g.add_argument("--min_lr", type=float, help="learning rate at the end of the cosine decay (default: lr/10, "
-                                                "lr/100 with --time_budget)")
+                                                "lr/100 with --time_budget; continuing a run with a new --lr, the "
+                                                "run's min_lr/lr ratio)")
     g.add_argument("--warmup", type=warmup_arg, help="linear warmup: optimizer steps, or a share of the run as in 5%% "
                                                      "(of all steps, or of --time_budget) (default: 2%% of all steps, "
                                                      f"from 100 (10%% of a run under 1000) to 1000; "
@@ -182,6 +183,9 @@ def resolve_args(args, ckpt_args, continuing, config, fine_tuning=False):
     a = argparse.Namespace(**vars(args))
     if a.time_budget is not None and a.epochs is None and not continuing:
         a.epochs = UNLIMITED_EPOCHS
+    old_lr, old_min_lr = ckpt_args.get("lr"), ckpt_args.get("min_lr")
+    if continuing and a.lr is not None and a.min_lr is None and old_lr and old_min_lr is not None:
+        a.min_lr = a.lr * old_min_lr / old_lr  # a new peak takes the end of the decay along, at the same ratio
     for k, v in DEFAULTS.items():
         if getattr(a, k) is None:
             inherited = ckpt_args.get(k) if continuing else None

@@ -217,6 +217,21 @@ def test_exact_resume(env, tmp_path, dtype):
     assert a["best_val_loss"] == b["best_val_loss"]
 
 
+def test_continuing_with_a_new_lr_moves_the_end_of_the_decay_along():
+    """A continued run inherits its options, min_lr included; a new --lr alone takes min_lr along at the run's ratio,
+    since an inherited min_lr above the new peak would make the cosine climb."""
+    config = train.make_config("tiny")
+    old = {"lr": 4e-3, "min_lr": 4e-5, "model": "tiny"}
+    a = train.resolve_args(train.parse_args(["--lr", "1e-4"]), old, True, config)
+    assert a.lr == 1e-4 and a.min_lr == pytest.approx(1e-6)
+    a = train.resolve_args(train.parse_args(["--lr", "1e-4", "--min_lr", "5e-5"]), old, True, config)
+    assert a.min_lr == 5e-5  # asked for: kept
+    a = train.resolve_args(train.parse_args([]), old, True, config)
+    assert (a.lr, a.min_lr) == (4e-3, 4e-5)  # nothing asked: the run's own
+    a = train.resolve_args(train.parse_args(["--lr", "1e-4"]), old, False, config)
+    assert a.min_lr == pytest.approx(1e-5)  # a new run (fine-tuning): the default, lr/10
+
+
 def test_ctrl_c_saves_and_exits_130(env, tmp_path):
     out = tmp_path / "models"
     out.mkdir()
