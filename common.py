@@ -5,7 +5,9 @@ Nothing model- or data-specific lives here.
 """
 import contextlib
 import ctypes
+import errno
 import os
+import shutil
 import sys
 
 import torch
@@ -15,8 +17,22 @@ class UserError(Exception):
     """Bad input from the user: printed as one line naming the fix, no traceback."""
 
 
+# what the machine, not the code, got wrong: the file system's answer is the message, with the fix
+OS_FIXES = {errno.ENOSPC: "free some space or write elsewhere", errno.EDQUOT: "free some space or write elsewhere",
+            errno.EACCES: "choose a place you may write to", errno.EPERM: "choose a place you may write to",
+            errno.EROFS: "choose a place you may write to", errno.EISDIR: "give a file's path, not a folder's",
+            errno.ENOTDIR: "a part of the path is a file, not a folder", errno.ENAMETOOLONG: "use a shorter path"}
+
+
+def os_error_line(e):
+    """'No space left on device: models/x.pt: free some space or write elsewhere' for an OSError of OS_FIXES."""
+    where = f": {e.filename}" if e.filename else ""
+    return f"{e.strerror or e}{where}: {OS_FIXES[e.errno]}"
+
+
 def run_main(main):
-    """Run a script's main(); UserError and Ctrl-C end in one clear line."""
+    """Run a script's main(); UserError, Ctrl-C and the file system's refusals (a full disk, no permission, a folder
+    where a file should be) end in one clear line."""
     try:
         return main()
     except UserError as e:
@@ -25,6 +41,30 @@ def run_main(main):
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         sys.exit(130)
+    except OSError as e:
+        if e.errno not in OS_FIXES:
+            raise
+        print(f"error: {os_error_line(e)}", file=sys.stderr)
+        sys.exit(1)
+
+
+def check_output(path, option, folder=False):
+    """Fail now, with one line naming option, when path cannot be written: before hours of work, not at the end.
+    Creates the folder (path itself when folder, else its parent) and writes and removes a probe file there."""
+    if not folder and os.path.isdir(path):
+        raise UserError(f"{option} {path} is a folder: give a file's path")
+    parent = path if folder else os.path.dirname(os.path.abspath(path))
+    probe = tmp_name(os.path.join(parent, ".write-probe"))
+    try:
+        os.makedirs(parent, exist_ok=True)
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        if e.errno in (errno.EEXIST, errno.ENOTDIR):  # makedirs met a file on the way
+            raise UserError(f"{option} {path}: a part of the path is a file, not a folder") from None
+        fix = OS_FIXES.get(e.errno, "choose another path")
+        raise UserError(f"{option} {path}: cannot write there ({e.strerror or e}): {fix}") from None
 
 
 # -----------------------------------------------------------------------------
@@ -62,10 +102,18 @@ def atomic_write_text(path, text):
 
 def atomic_torch_save(obj, path):
     """torch.save that never leaves a half-written file at path, even on Ctrl-C or a full disk."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
     tmp = tmp_name(path)
     try:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as e:  # torch's writer reports a failed write (a full disk) as a RuntimeError
+            if "Pytorch" not in str(e) and "ios" not in str(e) and "unexpected pos" not in str(e):
+                raise
+            free = shutil.disk_usage(folder).free
+            raise UserError(f"could not write {path} ({free / 1e6:.0f} MB free there): free some space or write "
+                            f"elsewhere; the previous file, if any, is untouched") from None
         fsync_replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -92,7 +140,10 @@ def pick_device(name="auto", interactive=None):
     """Resolve --device. 'auto' takes CUDA, then MPS, then CPU. With several CUDA
     devices and an interactive terminal, list them and ask (never under torchrun)."""
     if name and name != "auto":
-        dev = torch.device(name)
+        try:
+            dev = torch.device(name)
+        except RuntimeError:
+            raise UserError(f"--device {name}: not a device; use auto, cpu, cuda, cuda:N or mps") from None
         if dev.type == "cuda":
             if not torch.cuda.is_available():
                 raise UserError(f"--device {name}: CUDA is not available here; use --device cpu")

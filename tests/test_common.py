@@ -1,0 +1,66 @@
+"""common.py: the one-line errors for what the machine refuses (full disk, no permission, a folder where a file
+should be), output paths checked before the work, and --device parsing."""
+import errno
+import os
+
+import pytest
+import torch
+
+import common
+from common import UserError, atomic_torch_save, check_output, pick_device, run_main
+
+
+def test_outputs_are_checked_before_any_work(tmp_path):
+    check_output(str(tmp_path / "new" / "deeper" / "x.pt"), "--output_checkpoint")  # creates the folders
+    assert os.listdir(tmp_path / "new" / "deeper") == []  # and leaves no probe behind
+    check_output(str(tmp_path / "out"), "--out_dir", folder=True)
+    assert (tmp_path / "out").is_dir()
+    with pytest.raises(UserError, match=r"^--output_checkpoint .* is a folder: give a file's path$"):
+        check_output(str(tmp_path), "--output_checkpoint")
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(UserError, match="a part of the path is a file, not a folder"):
+        check_output(str(tmp_path / "a_file" / "x.pt"), "--output_checkpoint")
+    with pytest.raises(UserError, match="a part of the path is a file, not a folder"):
+        check_output(str(tmp_path / "a_file" / "sub"), "--out_dir", folder=True)
+    if os.geteuid() != 0:  # root may write anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        with pytest.raises(UserError, match="cannot write there .*: choose a place you may write to"):
+            check_output(str(ro / "x.pt"), "--output_checkpoint")
+
+
+def test_the_file_systems_refusals_end_in_one_line(capsys):
+    def full():
+        raise OSError(errno.ENOSPC, "No space left on device", "models/x.pt")
+    with pytest.raises(SystemExit) as e:
+        run_main(full)
+    assert e.value.code == 1
+    assert capsys.readouterr().err == "error: No space left on device: models/x.pt: free some space or write elsewhere\n"
+
+    def bug():
+        raise OSError(errno.EBADF, "Bad file descriptor")  # the code's fault, not the machine's: a traceback
+    with pytest.raises(OSError):
+        run_main(bug)
+
+
+def test_a_failed_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = str(tmp_path / "x.pt")
+    atomic_torch_save({"step": 1}, path)
+
+    def disk_full(obj, f):  # what torch's zip writer raises when the disk fills up
+        with open(f, "wb") as out:
+            out.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 982272 vs 982160")
+    monkeypatch.setattr(common.torch, "save", disk_full)
+    with pytest.raises(UserError, match=r"could not write .*x\.pt \(\d+ MB free there\): free some space"):
+        atomic_torch_save({"step": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True) == {"step": 1}
+    assert os.listdir(tmp_path) == ["x.pt"]  # no temporary file left
+
+
+@pytest.mark.parametrize("name", ["foo", "cuda:abc", "gpu"])
+def test_a_device_that_is_no_device_is_named(name):
+    with pytest.raises(UserError, match=f"--device {name}: not a device; use auto, cpu, cuda, cuda:N or mps"):
+        pick_device(name)
