@@ -38,16 +38,16 @@ install: $(VENV)/.installed
 
 demo: install
 	$(BIN)/python prepare.py --dataset story --vocab_size 4096
-	$(BIN)/python train.py --dataset story --time_budget $(DEMO_MINUTES) --compile
+	$(BIN)/python train.py --dataset story --time_budget $(DEMO_MINUTES) --compile --overwrite
 	$(BIN)/python gen.py models/story_best.pt --prompt "Once upon a time" --num_samples 3 --max_tokens 200 --seed 42
 
 # the story model of `make demo` learns to chat: pretrain on stories, fine-tune on dialogue (loss on the
 # assistant's turns only), a scripted chat, then how the two models end their replies (eval.py)
 chat-demo: install
 	$(BIN)/python prepare.py --dataset story --vocab_size 4096
-	$(BIN)/python train.py --dataset story --model tiny --time_budget $(CHAT_STORY_MINUTES) --output_checkpoint models/chat-demo/{dataset}.pt
+	$(BIN)/python train.py --dataset story --model tiny --time_budget $(CHAT_STORY_MINUTES) --output_checkpoint models/chat-demo/{dataset}.pt --overwrite
 	$(BIN)/python prepare.py --dataset dailydialog --tokenizer data/story/tokenizer.tiktoken
-	$(BIN)/python train.py --dataset dailydialog --checkpoint models/chat-demo/story_best.pt --time_budget $(CHAT_TUNE_MINUTES) --output_checkpoint models/chat-demo/{dataset}.pt
+	$(BIN)/python train.py --dataset dailydialog --checkpoint models/chat-demo/story_best.pt --time_budget $(CHAT_TUNE_MINUTES) --output_checkpoint models/chat-demo/{dataset}.pt --overwrite
 	printf '$(CHAT_SCRIPT)\n' | $(BIN)/python gen.py models/chat-demo/dailydialog_best.pt --chat --seed 42 --max_tokens 60
 	$(BIN)/python eval.py models/chat-demo/story_best.pt --dataset dailydialog
 	$(BIN)/python eval.py models/chat-demo/dailydialog_best.pt

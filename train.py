@@ -32,6 +32,7 @@ val loss so far; story_metrics.jsonl, one JSON record per log/eval point; story_
 import argparse
 import contextlib
 import dataclasses
+import glob
 import inspect
 import json
 import math
@@ -47,8 +48,8 @@ import torch
 from tqdm import tqdm
 
 from checkpoint import load_checkpoint, save_checkpoint
-from common import (UserError, atomic_write_text, autocast, pick_device, pick_dtype, retain_freed_memory,
-                    run_main, tmp_name)
+from common import (UserError, atomic_write_text, autocast, check_output, pick_device, pick_dtype,
+                    retain_freed_memory, run_main, tmp_name)
 from model import PRESETS, GPT, GPTConfig, make_config
 from setup_tokenizer import get_tokenizer, tokenizer_from_state, tokenizer_hash
 
@@ -136,7 +137,10 @@ def parse_args(argv=None):
     g.add_argument("--init_from", metavar="DIR", help="fine-tune a Hugging Face model folder (GPT-2 as downloaded, or "
                                                       "export.py's output); its tokenizer must be the data's")
     g.add_argument("--output_checkpoint", help="where to save; {dataset} and {epoch} are filled in (default: "
-                                               "models/{dataset}_epoch{epoch}.pt, or the checkpoint's when continuing)")
+                                               "models/{dataset}_epoch{epoch}.pt; when continuing, the run's names "
+                                               "next to the checkpoint given)")
+    g.add_argument("--overwrite", action="store_true", help="let a new run replace an earlier run's checkpoints, "
+                                                            "best file and metrics (refused otherwise)")
     g.add_argument("--reset_epoch", action="store_true", help="restart the epoch count and lr schedule of a "
                                                               "checkpoint, keeping its weights and optimizer")
     g.add_argument("--seed", type=int, help=f"seeds the initial weights, dropout and epoch orders (default: {d['seed']})")
@@ -316,6 +320,19 @@ class Windows:
             if pin:  # page-locked memory lets the host-to-GPU copy run asynchronously
                 tensors = [None if t is None else t.pin_memory() for t in tensors]
             yield (*tensors, chunk)
+
+
+def refuse_earlier_run(out_pattern, dataset, *others):
+    """A new run (not the checkpoint's own, continued) must not write over an earlier run's files: its checkpoints
+    (any epoch of out_pattern), and others (its best checkpoint and metrics)."""
+    pattern = glob.escape(out_pattern.replace("{dataset}", dataset)).replace("{epoch}", "[0-9]*")
+    checkpoints = sorted(glob.glob(pattern), key=os.path.getmtime)
+    found = checkpoints + [f for f in others if os.path.exists(f)]
+    if found:
+        more = f" and {len(found) - 1} more file(s)" if len(found) > 1 else ""
+        resume = checkpoints[-1] if checkpoints else found[0]
+        raise UserError(f"{found[0]}{more} hold an earlier run: continue it with --checkpoint {resume}, write this "
+                        f"one elsewhere with --output_checkpoint, or pass --overwrite to replace them")
 
 
 def packing_warning(meta, block_size):
@@ -868,8 +885,6 @@ def train(args):
     continuing = ckpt is not None and ckpt.get("dataset") == dataset and "step" in ckpt
     if args.data_dir is None:
         args.data_dir = default_data_dir(ckpt_args)
-    if args.output_checkpoint is None and continuing:
-        args.output_checkpoint = ckpt_args.get("output_checkpoint")
     meta = load_meta(args.data_dir, dataset)
     enc = pick_tokenizer(args, meta, ckpt)
     dist, device = init_distributed(args.device)  # before the model: a new one's default size depends on it
@@ -965,10 +980,20 @@ def train(args):
     # ---- files
     # a budgeted run may repeat many epochs: one file for it rather than one per epoch
     default_out = "{dataset}.pt" if budget else "{dataset}_epoch{epoch}.pt"
+    if args.output_checkpoint is None and continuing:
+        # the run's own file names, next to the checkpoint given: a copy resumed elsewhere writes there, not over
+        # the files the run went on to write where it started
+        args.output_checkpoint = os.path.join(os.path.dirname(args.checkpoint),
+                                              os.path.basename(ckpt_args.get("output_checkpoint") or default_out))
     out_pattern = args.output_checkpoint or os.path.join("models", default_out)
     out_dir = os.path.dirname(out_pattern) or "."
     best_path = os.path.join(out_dir, f"{dataset}_best.pt")
-    metrics = Metrics(os.path.join(out_dir, f"{dataset}_metrics.jsonl"), os.path.join(out_dir, f"{dataset}_loss.png"),
+    metrics_path = os.path.join(out_dir, f"{dataset}_metrics.jsonl")
+    if dist.main:
+        check_output(out_pattern.replace("{dataset}", dataset).replace("{epoch}", "1"), "--output_checkpoint")
+        if not continuing and not args.overwrite:
+            refuse_earlier_run(out_pattern, dataset, best_path, metrics_path)
+    metrics = Metrics(metrics_path, os.path.join(out_dir, f"{dataset}_loss.png"),
                       keep_until_step=p.step if continuing and not args.reset_epoch else None, write=dist.main)
 
     def out_path():

@@ -232,6 +232,45 @@ def test_continuing_with_a_new_lr_moves_the_end_of_the_decay_along():
     assert a.min_lr == pytest.approx(1e-5)  # a new run (fine-tuning): the default, lr/10
 
 
+def test_a_new_run_does_not_write_over_an_earlier_one(env, tmp_path):
+    first = train.train(args_for(env, tmp_path / "m", "--dataset", "mini", "--max_steps", "2"))
+    files = {f: (tmp_path / "m" / f).read_bytes() for f in os.listdir(tmp_path / "m")}
+    assert {"mini_epoch1.pt", "mini_best.pt", "mini_metrics.jsonl"} <= set(files)
+    with pytest.raises(train.UserError, match=r"mini_epoch1\.pt and 2 more file\(s\) hold an earlier run: continue it "
+                                              r"with --checkpoint .*mini_epoch1\.pt, write this one elsewhere with "
+                                              r"--output_checkpoint, or pass --overwrite to replace them$"):
+        train.train(args_for(env, tmp_path / "m", "--dataset", "mini", "--max_steps", "1", "--n_layer", "1"))
+    assert {f: (tmp_path / "m" / f).read_bytes() for f in os.listdir(tmp_path / "m")} == files  # untouched
+    # the run's own checkpoint continues in place; a copy of it continues next to the copy
+    ck = first["checkpoint"]
+    def go_on(checkpoint):  # no --output_checkpoint: the continued run picks its files
+        return train.train(train.parse_args(["--checkpoint", checkpoint, "--max_steps", "1", "--data_dir", env["data"],
+                                             "--device", "cpu", "--dtype", "float32", "--no-color"]))
+    cont = go_on(ck)
+    assert cont["checkpoint"] == ck and cont["steps"] == 3
+    (tmp_path / "copy").mkdir()
+    copy = str(tmp_path / "copy" / "saved.pt")
+    with open(ck, "rb") as f, open(copy, "wb") as g:
+        g.write(f.read())
+    before = (tmp_path / "m" / "mini_epoch1.pt").read_bytes()
+    r = go_on(copy)
+    assert r["checkpoint"] == str(tmp_path / "copy" / "mini_epoch1.pt") and r["steps"] == 4
+    assert (tmp_path / "m" / "mini_epoch1.pt").read_bytes() == before
+    # asked for: replaced
+    r = train.train(args_for(env, tmp_path / "m", "--dataset", "mini", "--max_steps", "1", "--n_layer", "1",
+                             "--overwrite"))
+    assert load_checkpoint(r["checkpoint"])["config"]["n_layer"] == 1
+
+
+def test_an_unusable_output_is_refused_before_training(env, tmp_path):
+    (tmp_path / "taken.pt").mkdir()
+    args = args_for(env, tmp_path, "--dataset", "mini", "--max_steps", "1")
+    args.output_checkpoint = str(tmp_path / "taken.pt")
+    with pytest.raises(train.UserError, match=r"^--output_checkpoint .*taken\.pt is a folder: give a file's path$"):
+        train.train(args)
+    assert not (tmp_path / "mini_metrics.jsonl").exists()  # nothing ran
+
+
 def test_ctrl_c_saves_and_exits_130(env, tmp_path):
     out = tmp_path / "models"
     out.mkdir()
@@ -473,8 +512,8 @@ def test_packed_chat_trains_on_whole_assistant_replies(env, tmp_path, capsys):
                              story["checkpoint"], "--max_steps", "1", fresh=False))
     assert load_checkpoint(s["checkpoint"])["args"]["lr"] == pytest.approx(train.DEFAULT_LR["tiny"] / train.FINETUNE_LR_DIVISOR)
     assert "packed in blocks" not in capsys.readouterr().err  # windows of 64 match the packing: no warning
-    train.train(args_for(env, tmp_path, "--data_dir", str(tmp_path / "data"), "--dataset", "packed", "--block_size", "48",
-                         "--max_steps", "1"))
+    train.train(args_for(env, tmp_path / "b48", "--data_dir", str(tmp_path / "data"), "--dataset", "packed",
+                         "--block_size", "48", "--max_steps", "1"))
     assert "packed in blocks of 64 tokens but windows have 48" in capsys.readouterr().err
 
 
