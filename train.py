@@ -51,6 +51,7 @@ from checkpoint import load_checkpoint, save_checkpoint
 from common import (UserError, atomic_write_text, autocast, check_output, pick_device, pick_dtype,
                     retain_freed_memory, run_main, tmp_name)
 from model import PRESETS, GPT, GPTConfig, make_config
+from prepare import is_complete
 from setup_tokenizer import get_tokenizer, tokenizer_from_state, tokenizer_hash
 
 # Peak learning rates and batch sizes (windows) that train each preset well with AdamW(0.9, 0.95); small models
@@ -243,12 +244,16 @@ def load_meta(data_dir, dataset):
             meta = json.load(f)
     except (OSError, ValueError) as e:
         raise UserError(f"{path} is unreadable ({e}): {fix} again")
-    if meta.get("format") != 1 or meta.get("dtype") not in ("uint16", "uint32"):
-        raise UserError(f"{path} is not a dataset this code reads (format {meta.get('format')}): {fix} again")
+    if not isinstance(meta, dict) or meta.get("format") != 1 or meta.get("dtype") not in ("uint16", "uint32"):
+        what = f"format {meta.get('format')}" if isinstance(meta, dict) else f"a JSON {type(meta).__name__}"
+        raise UserError(f"{path} is not a dataset this code reads ({what}): {fix} again")
     names = ["train.bin", "val.bin"] + (["train_mask.bin", "val_mask.bin"] if meta.get("has_mask") else [])
     for name in names:
-        if not os.path.exists(os.path.join(folder, name)):
+        if not os.path.isfile(os.path.join(folder, name)):
             raise UserError(f"{os.path.join(folder, name)} is missing: {fix} again")
+    if not is_complete(folder, meta):  # a truncated .bin would train on part of the data and say nothing
+        raise UserError(f"{folder}: the sizes of its .bin files are not what meta.json says (truncated or damaged "
+                        f"files): {fix} again")
     meta["folder"] = folder
     return meta
 

@@ -324,6 +324,27 @@ def test_missing_data_names_prepare(env, tmp_path):
         train.train(args_for(env, tmp_path, "--dataset", "nope"))
 
 
+@pytest.mark.parametrize("damage", ["truncated", "val cut", "meta a list", "train.bin a folder"])
+def test_a_damaged_dataset_is_named_not_trained_on(env, tmp_path, damage):
+    """A truncated .bin would otherwise train on part of the data and report the run done."""
+    import shutil
+    data = tmp_path / "data"
+    shutil.copytree(os.path.join(env["data"], "mini"), data / "mini")
+    folder = data / "mini"
+    if damage == "truncated":
+        os.truncate(folder / "train.bin", 1000)
+    elif damage == "val cut":
+        os.truncate(folder / "val.bin", 3)
+    elif damage == "meta a list":
+        (folder / "meta.json").write_text("[1, 2]")
+    else:
+        os.remove(folder / "train.bin")
+        (folder / "train.bin").mkdir()
+    with pytest.raises(UserError, match=r"(not what meta.json says|is not a dataset this code reads|train.bin is "
+                                        r"missing).*run `python prepare.py --dataset mini` again$"):
+        train.train(args_for(env, tmp_path, "--data_dir", str(data), "--dataset", "mini", "--max_steps", "1"))
+
+
 def test_tokenizer_mismatch_is_an_error(env, trained, tmp_path):
     # a checkpoint made with one vocabulary on data prepared with another
     with pytest.raises(UserError, match="tokenizer"):
