@@ -230,6 +230,8 @@ def test_continuing_with_a_new_lr_moves_the_end_of_the_decay_along():
     assert (a.lr, a.min_lr) == (4e-3, 4e-5)  # nothing asked: the run's own
     a = train.resolve_args(train.parse_args(["--lr", "1e-4"]), old, False, config)
     assert a.min_lr == pytest.approx(1e-5)  # a new run (fine-tuning): the default, lr/10
+    with pytest.raises(UserError, match=r"^--min_lr 0.01 is above --lr 0.001: the cosine decay would climb"):
+        train.resolve_args(train.parse_args(["--lr", "1e-3", "--min_lr", "1e-2"]), {}, False, config)
 
 
 def test_a_new_run_does_not_write_over_an_earlier_one(env, tmp_path):
