@@ -11,12 +11,13 @@ import dataclasses
 import glob
 import os
 import pickle
+import re
 import zipfile
 
 import torch
 
 import hf
-from common import UserError, atomic_torch_save
+from common import UserError, atomic_torch_save, first_line
 from model import GPT, GPTConfig
 from setup_tokenizer import tokenizer_from_state, tokenizer_state
 
@@ -50,13 +51,29 @@ def load_checkpoint(path, map_location="cpu"):
                         f"model folder{available_hint()}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, OSError) as e:
-        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path} is not a readable checkpoint (truncated or corrupt?): {reason}; use another file from models/")
+    except pickle.UnpicklingError as e:
+        # torch's message is a screenful of advice about weights_only=False, which this project never uses
+        global_ = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        what = (f"holds pickled Python objects ({global_.group(1)}), which are never loaded (weights_only=True)"
+                if global_ else "is not a checkpoint (corrupt, or not written by torch.save?)")
+        raise UserError(f"{path} {what}; use a checkpoint written by train.py") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        raise UserError(f"{path} is not a readable checkpoint (truncated or corrupt?): {first_line(e)[:120]}; use another "
+                        f"file from models/")
     if not isinstance(ckpt, dict) or not {"model", "config", "tokenizer"} <= set(ckpt):
         raise UserError(f"{path} is not a checkpoint of this project (no model/config/tokenizer entries); train one with train.py")
     if ckpt.get("format") != FORMAT:
         raise UserError(f"{path} has checkpoint format {ckpt.get('format')}, this code reads {FORMAT}; use the matching version of the code")
+    tok = ckpt["tokenizer"]
+    if not (isinstance(ckpt["model"], dict) and all(isinstance(v, torch.Tensor) for v in ckpt["model"].values())
+            and isinstance(ckpt["config"], dict) and isinstance(tok, dict) and isinstance(tok.get("name"), str)
+            and "bpe" in tok):
+        raise UserError(f"{path} is a damaged checkpoint (its model, config or tokenizer entry is not what train.py "
+                        f"writes); use another file from models/")
+    diverged = [k for k, v in ckpt["model"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if diverged:  # sampling from it would fail deep inside torch.multinomial, and training would go on with nan
+        raise UserError(f"{path} holds weights that are not finite ({len(diverged)} tensor(s) with nan or inf, "
+                        f"{diverged[0]} first): its run diverged; use an earlier checkpoint, and a lower --lr")
     return ckpt
 
 
@@ -64,13 +81,20 @@ def load_model(path_or_ckpt, device="cpu"):
     """(model in eval mode on device, tokenizer, checkpoint dict) from a path or an already loaded dict."""
     ckpt = load_checkpoint(path_or_ckpt) if isinstance(path_or_ckpt, str) else path_or_ckpt
     try:
-        config = GPTConfig(**ckpt["config"])
-        model = GPT(config)
-        model.load_state_dict(ckpt["model"])
-    except (TypeError, RuntimeError) as e:
-        raise UserError(f"checkpoint does not match this model code: {str(e).splitlines()[0][:160]}")
+        model = GPT(GPTConfig(**ckpt["config"]))
+    except (TypeError, ValueError) as e:
+        raise UserError(f"checkpoint does not match this model code: its config {first_line(e)}")
+    load_weights(model, ckpt["model"])
     enc = tokenizer_from_state(ckpt["tokenizer"])
     return model.to(device).eval(), enc, ckpt
+
+
+def load_weights(model, state_dict):
+    """model.load_state_dict, with a mismatch as one line saying what differs."""
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as e:
+        raise UserError(f"checkpoint does not match this model code: {first_line(e)}") from None
 
 
 def find_checkpoints(folder="models"):

@@ -48,6 +48,13 @@ def run_main(main):
         sys.exit(1)
 
 
+def first_line(e):
+    """What an exception says, in one line. Skips a heading line ending in ':' (load_state_dict's "Error(s) in loading
+    state_dict for GPT:"), where the next line says what went wrong."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+    return (lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0])[:200]
+
+
 def check_output(path, option, folder=False):
     """Fail now, with one line naming option, when path cannot be written: before hours of work, not at the end.
     Creates the folder (path itself when folder, else its parent) and writes and removes a probe file there."""

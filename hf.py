@@ -30,7 +30,7 @@ import shutil
 
 import torch
 
-from common import UserError, tmp_name
+from common import UserError, first_line, tmp_name
 from model import GPT, PRESETS, GPTConfig, swiglu_hidden
 from setup_tokenizer import SPECIAL_TOKENS, get_tokenizer, tokenizer_from_bpe, tokenizer_hash, tokenizer_state
 
@@ -390,7 +390,7 @@ def read_weights(folder):
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # truncated, corrupt, or pickled code weights_only refuses
-            raise UserError(f"{path} is not a readable state dict ({str(e).splitlines()[0][:100]}): download it again")
+            raise UserError(f"{path} is not a readable state dict ({first_line(e)[:100]}): download it again")
         if not isinstance(state, dict):
             raise UserError(f"{path} holds no state dict: download it again")
         return state

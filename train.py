@@ -47,8 +47,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from checkpoint import load_checkpoint, save_checkpoint
-from common import (UserError, atomic_write_text, autocast, check_output, pick_device, pick_dtype,
+from checkpoint import load_checkpoint, load_weights, save_checkpoint
+from common import (UserError, atomic_write_text, autocast, check_output, first_line, pick_device, pick_dtype,
                     retain_freed_memory, run_main, tmp_name)
 from model import PRESETS, GPT, GPTConfig, make_config
 from prepare import is_complete
@@ -611,10 +611,6 @@ def warn(line):
     tqdm.write(paint("warning: ", "yellow") + line, file=sys.stderr)
 
 
-def first_line(e):
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-
-
 def fmt_count(n):
     for unit, div in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(n) >= div:
@@ -963,13 +959,17 @@ def train(args):
     torch.manual_seed(args.seed)  # initial weights (a checkpoint's replace them) and dropout
     model = GPT(config)
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
+        load_weights(model, ckpt["model"])
     model.to(device)
     optimizer = model.configure_optimizer(args.weight_decay, args.lr, BETAS, device.type)
     # fp16 needs loss scaling against gradient underflow; bf16 and fp32 do not (the scaler is then a no-op)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     if continuing and ckpt.get("optimizer"):
-        optimizer.load_state_dict(ckpt["optimizer"])
+        try:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise UserError(f"{args.checkpoint}: its optimizer state does not fit the model ({first_line(e)}): a "
+                            f"damaged checkpoint; use another one from its folder") from None
         if ckpt.get("scaler") and scaler.is_enabled():
             scaler.load_state_dict(ckpt["scaler"])
     if continuing and not args.reset_epoch and ckpt.get("rng"):

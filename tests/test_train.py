@@ -312,8 +312,26 @@ def test_bad_checkpoints_are_one_line_errors(env, trained, tmp_path, capsys):
     cut.write_bytes(data[: len(data) // 2])
     foreign = tmp_path / "foreign.pt"
     torch.save({"a": 1}, foreign)
-    for path, words in ((cut, "truncated or corrupt"), (foreign, "not a checkpoint of this project")):
-        argv = ["--data_dir", env["data"], "--dataset", "story", "--checkpoint", str(path), "--device", "cpu"]
+    module = tmp_path / "module.pt"
+    torch.save(torch.nn.Linear(2, 2), module)  # pickled code: never loaded
+    ck = load_checkpoint(good)
+    broken = {}
+    for name, change in (("tokenizer", {"tokenizer": None}), ("nan", {"model": {**ck["model"], "lm_head.weight":
+                         torch.full_like(ck["model"]["lm_head.weight"], float("nan"))}}),
+                         ("config", {"config": {**ck["config"], "n_layer": "two"}}),
+                         ("vocab", {"config": {**ck["config"], "vocab_size": ck["config"]["vocab_size"] + 64}}),
+                         ("optimizer", {"optimizer": {"state": {}, "param_groups": []}})):
+        broken[name] = tmp_path / f"{name}.pt"
+        torch.save({**ck, **change}, broken[name])
+    for path, words in ((cut, "truncated or corrupt"), (foreign, "not a checkpoint of this project"),
+                        (module, "holds pickled Python objects (torch.nn.modules.linear.Linear), which are never loaded"),
+                        (broken["tokenizer"], "is a damaged checkpoint"),
+                        (broken["nan"], "holds weights that are not finite (1 tensor(s) with nan or inf, lm_head.weight"),
+                        (broken["config"], "n_layer must be a positive int, got 'two'"),
+                        (broken["vocab"], "does not match this model code: size mismatch for transformer.wte.weight"),
+                        (broken["optimizer"], "its optimizer state does not fit the model")):
+        argv = ["--data_dir", env["data"], "--dataset", "story", "--checkpoint", str(path), "--device", "cpu",
+                "--epochs", "9", "--max_steps", "1", "--output_checkpoint", str(tmp_path / "out" / "x.pt")]
         with pytest.raises(SystemExit) as e:
             train.main(argv)
         assert e.value.code == 1
