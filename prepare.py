@@ -958,7 +958,11 @@ def prepare(dataset, source=None, tokenizer="gpt2", limit=None, val_fraction=0.1
     if vocab_size is not None:
         # the vocabulary is part of the dataset: retrained when asked to rebuild or when its size changes
         tokenizer = os.path.join(folder, "tokenizer.tiktoken")
-        if force or not os.path.exists(tokenizer) or get_tokenizer(tokenizer).n_vocab != vocab_size:
+        try:
+            current = get_tokenizer(tokenizer).n_vocab if os.path.exists(tokenizer) else None
+        except UserError:  # damaged (a disk error, an editor): retrained like a missing one, it is the dataset's own
+            current = None
+        if force or current != vocab_size:
             os.makedirs(folder, exist_ok=True)
             new_vocab = tmp_name(tokenizer)
     try:
@@ -967,6 +971,9 @@ def prepare(dataset, source=None, tokenizer="gpt2", limit=None, val_fraction=0.1
         tok_hash = tokenizer_hash(enc)
         fp = fingerprint(dataset, plan, tokenizer, tok_hash, limit, val_fraction, pack, mix)
         if old and not force and old.get("fingerprint") == fp and is_complete(folder, old):
+            if new_vocab:  # retrained for a damaged or missing file: the vocabulary the tokens were made with
+                fsync_replace(new_vocab, tokenizer)
+                get_tokenizer.cache_clear()
             print(f"{folder} is up to date")
             return old
         meta = build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_fraction, new_vocab, pack)

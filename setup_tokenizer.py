@@ -44,6 +44,12 @@ def _build(name, ranks):
     )
 
 
+def not_a_vocabulary(source):
+    """The error for a file that is no .tiktoken vocabulary: junk text, a binary file, a folder."""
+    return UserError(f"{source} is not a .tiktoken vocabulary (lines of `base64 rank`): pass a file written by "
+                     f"`python setup_tokenizer.py train`, or gpt2")
+
+
 def parse_bpe(text, source="tokenizer"):
     """The mergeable ranks of a .tiktoken file's text."""
     ranks = {}
@@ -52,17 +58,18 @@ def parse_bpe(text, source="tokenizer"):
             if line.strip():
                 token, rank = line.split()
                 ranks[base64.b64decode(token)] = int(rank)
-    except ValueError:
-        raise UserError(f"{source} is not a .tiktoken vocabulary (lines of `base64 rank`); train one with `python setup_tokenizer.py train`")
+    except ValueError:  # binascii.Error is one too
+        raise not_a_vocabulary(source) from None
     if sorted(ranks.values()) != list(range(len(ranks))) or len(ranks) < 256:
         raise UserError(f"{source}: ranks must be 0..N-1 and cover all 256 bytes; retrain it with `python setup_tokenizer.py train`")
     return ranks
 
 
-def tokenizer_from_bpe(text, name=None):
-    """A custom tokenizer from the text of its .tiktoken file (as stored in checkpoints)."""
+def tokenizer_from_bpe(text, name=None, source=None):
+    """A custom tokenizer from the text of its .tiktoken file (as stored in checkpoints); source, the file's path,
+    is what an error names (else name)."""
     name = name or "custom-" + hashlib.sha256(text.encode()).hexdigest()[:12]
-    enc = _build(name, parse_bpe(text, name))
+    enc = _build(name, parse_bpe(text, source or name))
     enc.bpe_text = text  # kept so a checkpoint can carry the vocabulary itself
     return enc
 
@@ -83,8 +90,13 @@ def get_tokenizer(name="gpt2"):
         return enc
     if not os.path.exists(name):
         raise UserError(f"tokenizer {name!r} not found: use 'gpt2' or the path of a .tiktoken file from `python setup_tokenizer.py train`")
-    with open(name, encoding="utf-8") as f:
-        return tokenizer_from_bpe(f.read())
+    if os.path.isdir(name):
+        raise not_a_vocabulary(f"{name} (a folder)")
+    try:
+        with open(name, encoding="utf-8") as f:
+            return tokenizer_from_bpe(f.read(), source=name)
+    except UnicodeDecodeError:  # a binary file: a .tiktoken file is ASCII
+        raise not_a_vocabulary(name) from None
 
 
 def tokenizer_state(enc):

@@ -216,6 +216,12 @@ def test_vocabulary_trained_on_the_data(tmp_path, monkeypatch, capsys):
     prepare.prepare("text", source=corpus, out_dir=out, vocab_size=300)
     assert "up to date" in capsys.readouterr().out
 
+    # a damaged vocabulary is the dataset's own: retrained, not an error telling to pass another --tokenizer
+    vocab.write_bytes(b"\x00\xff binary junk")
+    get_tokenizer.cache_clear()
+    assert prepare.prepare("text", source=corpus, out_dir=out, vocab_size=300)["tokenizer_hash"] == meta["tokenizer_hash"]
+    assert tokenizer_hash(get_tokenizer(str(vocab))) == meta["tokenizer_hash"]
+
     # a rebuild with another size that is interrupted leaves the old vocabulary and tokens alone
     before = snapshot(folder)
     monkeypatch.setattr(prepare, "encode_batch", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))

@@ -4,7 +4,9 @@ import sys
 
 import pytest
 
+import setup_tokenizer
 from common import UserError
+from conftest import run_cli as run_in_process
 from setup_tokenizer import (EOT, IM_END, IM_START, StreamDecoder, get_tokenizer, parse_chat, render_chat,
                              tokenizer_from_state, tokenizer_hash, tokenizer_state, train_tokenizer)
 
@@ -143,6 +145,22 @@ def test_bad_tokenizer_inputs(tmp_path):
     with pytest.raises(UserError, match="vocab_size"):
         train_tokenizer([str(latin1)], 100, str(tmp_path / "x.tiktoken"))
     assert not (tmp_path / "x.tiktoken").exists()
+
+
+def test_a_folder_or_a_binary_file_is_no_vocabulary(tmp_path, capsys):
+    """--tokenizer pointing at a folder, an image, a damaged tokenizer.tiktoken: one line naming the file and the
+    fix, never IsADirectoryError or UnicodeDecodeError."""
+    binary = tmp_path / "tokenizer.tiktoken"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe" + bytes(range(256)))
+    junk = tmp_path / "junk.tiktoken"
+    junk.write_text("this is not a vocabulary\n")
+    fix = "is not a .tiktoken vocabulary (lines of `base64 rank`): pass a file written by `python setup_tokenizer.py train`, or gpt2"
+    for path, named in [(tmp_path, f"{tmp_path} (a folder)"), (binary, str(binary)), (junk, str(junk))]:
+        with pytest.raises(UserError) as e:
+            get_tokenizer(str(path))
+        assert str(e.value) == f"{named} {fix}"
+    code, out, err = run_in_process(setup_tokenizer.main, ["show", "x", "--tokenizer", str(binary)], capsys)
+    assert (code, out, err) == (1, "", f"error: {binary} {fix}\n")
 
 
 def run_cli(*args, env=None):
