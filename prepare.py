@@ -895,7 +895,7 @@ def train_vocabulary(plan, vocab_size, path, limit):
                         yield from (m["content"] for m in doc)
 
     t0 = time.time()
-    enc = train_bpe(texts(), vocab_size, path)
+    enc = train_bpe(texts(), vocab_size, path, plan["description"])
     print(f"trained a {enc.n_vocab}-token vocabulary on the data in {time.time() - t0:.1f}s")
     return enc
 

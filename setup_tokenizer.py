@@ -16,12 +16,13 @@ import base64
 import codecs
 import functools
 import hashlib
+import itertools
 import os
 import time
 
 import tiktoken
 
-from common import UserError, atomic_write_text, run_main
+from common import UserError, atomic_write_text, check_output, run_main
 
 EOT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = (EOT, IM_START, IM_END)
@@ -215,9 +216,10 @@ def read_text_chunks(path, chunk_chars=1 << 22):
         raise UserError(f"input file {path} not found")
 
 
-def train_bpe(texts, vocab_size, out_path):
+def train_bpe(texts, vocab_size, out_path, source="the input"):
     """Train byte-level BPE (GPT-2's pre-tokenization) on an iterable of texts with rustbpe and save a
-    .tiktoken file. vocab_size counts the 256 bytes, the merges and the 3 special tokens."""
+    .tiktoken file. vocab_size counts the 256 bytes, the merges and the 3 special tokens; source names
+    the texts in messages."""
     try:
         import rustbpe
     except ImportError:
@@ -225,8 +227,13 @@ def train_bpe(texts, vocab_size, out_path):
     n_special = len(SPECIAL_TOKENS)
     if vocab_size < 256 + n_special + 1:
         raise UserError(f"--vocab_size must be at least {256 + n_special + 1} (256 bytes + merges + {n_special} special tokens)")
+    # with no text rustbpe quietly returns the 256 bytes alone: a vocabulary below the minimum above
+    texts = (t for t in texts if t)
+    first = next(texts, None)
+    if first is None:
+        raise UserError(f"no text to train on in {source}: give files that hold text")
     bpe = rustbpe.Tokenizer()
-    bpe.train_from_iterator(iter(texts), vocab_size - n_special, pattern=GPT2_PATTERN)
+    bpe.train_from_iterator(itertools.chain([first], texts), vocab_size - n_special, pattern=GPT2_PATTERN)
     ranks = sorted(bpe.get_mergeable_ranks(), key=lambda kv: kv[1])
     text = "".join(f"{base64.b64encode(token).decode()} {rank}\n" for token, rank in ranks)
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
@@ -236,6 +243,10 @@ def train_bpe(texts, vocab_size, out_path):
 
 def train_tokenizer(files, vocab_size, out_path):
     """train_bpe on text files, read in bounded memory."""
+    for path in files:  # refused before training, not when its turn comes
+        if os.path.isdir(path):
+            raise UserError(f"--input {path} is a folder: give the text files in it, e.g. {os.path.join(path, '*.txt')}")
+
     def texts():
         for path in files:
             for chunk in read_text_chunks(path):
@@ -244,7 +255,7 @@ def train_tokenizer(files, vocab_size, out_path):
                     if doc:
                         yield doc
 
-    return train_bpe(texts(), vocab_size, out_path)
+    return train_bpe(texts(), vocab_size, out_path, ", ".join(files))
 
 
 # -----------------------------------------------------------------------------
@@ -268,6 +279,7 @@ def main(argv=None):
             print(f"{i:>6}  {enc.decode_single_token_bytes(i)!r}")
         print(f"{len(ids)} tokens, {len(args.text.encode())} bytes, vocabulary {enc.n_vocab} ({enc.name})")
     else:
+        check_output(args.out, "--out")  # before the training, not after it
         t0 = time.time()
         size = sum(os.path.getsize(f) for f in args.input if os.path.exists(f))
         enc = train_tokenizer(args.input, args.vocab_size, args.out)

@@ -173,6 +173,9 @@ def test_non_utf8_and_bad_input(tmp_path):
         prepare.prepare("chat", source=write(tmp_path / "mixed.jsonl", json.dumps({"text": "a"}) + "\n" + json.dumps({"question": "q", "answer": "a"})), out_dir=out)
     with pytest.raises(UserError, match="val_fraction"):
         prepare.prepare("text", source=str(bad), val_fraction=1.0, out_dir=out)
+    empty = write(tmp_path / "empty.txt", "")
+    with pytest.raises(UserError, match=f"^no text to train on in --source {empty}: give files that hold text$"):
+        prepare.prepare("text", source=empty, out_dir=out, vocab_size=300)
     assert not os.path.exists(os.path.join(out, "text", "train.bin"))
 
 

@@ -186,3 +186,28 @@ def test_cli_train(custom, tmp_path):
     assert "trained" in r.stdout and out.exists()
     r = run_cli("show", "the cat", "--tokenizer", str(out))
     assert r.returncode == 0 and "custom-" in r.stdout
+
+
+def test_cli_train_refuses_bad_input_and_output_before_training(tmp_path, capsys, monkeypatch):
+    text, empty = tmp_path / "c.txt", tmp_path / "empty.txt"
+    text.write_text("the cat sat on the mat. " * 50, encoding="utf-8")
+    empty.write_text("", encoding="utf-8")
+    out = tmp_path / "v.tiktoken"
+    train = setup_tokenizer.train_bpe
+    trained = []
+    monkeypatch.setattr(setup_tokenizer, "train_bpe", lambda *a: trained.append(a) or train(*a))
+    cases = [  # argv after `train`, the one line on stderr
+        (["--input", str(tmp_path)], f"--input {tmp_path} is a folder: give the text files in it, e.g. {tmp_path}/*.txt"),
+        (["--input", str(text), "--out", str(tmp_path)], f"--out {tmp_path} is a folder: give a file's path"),
+        (["--input", str(text), "--out", str(text / "v.tiktoken")],
+         f"--out {text / 'v.tiktoken'}: a part of the path is a file, not a folder"),
+    ]
+    for argv, line in cases:
+        argv = ["train", *argv] + ([] if "--out" in argv else ["--out", str(out)])
+        assert run_in_process(setup_tokenizer.main, argv, capsys) == (1, "", f"error: {line}\n")
+    assert not trained  # each was refused before a vocabulary was trained
+    # an empty file: no vocabulary of the 256 bytes alone, below the 260 minimum
+    code, _, err = run_in_process(setup_tokenizer.main, ["train", "--input", str(empty), "--out", str(out)], capsys)
+    assert (code, err) == (1, f"error: no text to train on in {empty}: give files that hold text\n")
+    assert not out.exists()
+
