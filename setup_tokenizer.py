@@ -18,6 +18,7 @@ import functools
 import hashlib
 import itertools
 import os
+import sys
 import time
 
 import tiktoken
@@ -219,7 +220,7 @@ def read_text_chunks(path, chunk_chars=1 << 22):
 def train_bpe(texts, vocab_size, out_path, source="the input"):
     """Train byte-level BPE (GPT-2's pre-tokenization) on an iterable of texts with rustbpe and save a
     .tiktoken file. vocab_size counts the 256 bytes, the merges and the 3 special tokens; source names
-    the texts in messages."""
+    the texts in messages. Fewer tokens than asked when the text has no more pairs to merge: a warning."""
     try:
         import rustbpe
     except ImportError:
@@ -235,6 +236,10 @@ def train_bpe(texts, vocab_size, out_path, source="the input"):
     bpe = rustbpe.Tokenizer()
     bpe.train_from_iterator(itertools.chain([first], texts), vocab_size - n_special, pattern=GPT2_PATTERN)
     ranks = sorted(bpe.get_mergeable_ranks(), key=lambda kv: kv[1])
+    n = len(ranks) + n_special
+    if n < vocab_size:  # every pair in the text is merged already: usable, but not what was asked
+        print(f"warning: --vocab_size {vocab_size}: the data only supports {n} tokens (no pair is left to merge); "
+              f"the vocabulary has {n}", file=sys.stderr)
     text = "".join(f"{base64.b64encode(token).decode()} {rank}\n" for token, rank in ranks)
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     atomic_write_text(out_path, text)

@@ -233,6 +233,19 @@ def test_vocabulary_trained_on_the_data(tmp_path, monkeypatch, capsys):
     assert snapshot(folder) == before
 
 
+def test_a_vocab_size_beyond_what_the_data_supports_warns(tmp_path, capsys):
+    corpus = write(tmp_path / "corpus.txt", EOT.join(DOCS))
+    meta = prepare.prepare("text", source=corpus, out_dir=str(tmp_path / "data"), vocab_size=70000)
+    n = meta["vocab_size"]
+    assert n < 1000
+    warning = f"warning: --vocab_size 70000: the data only supports {n} tokens (no pair is left to merge); the vocabulary has {n}\n"
+    assert capsys.readouterr().err == warning
+    # the same vocabulary again: the dataset is up to date, and the warning says why it is not 70000
+    prepare.prepare("text", source=corpus, out_dir=str(tmp_path / "data"), vocab_size=70000)
+    out, err = capsys.readouterr()
+    assert "is up to date" in out and err == warning
+
+
 # -----------------------------------------------------------------------------
 # conversations
 

@@ -211,3 +211,12 @@ def test_cli_train_refuses_bad_input_and_output_before_training(tmp_path, capsys
     assert (code, err) == (1, f"error: no text to train on in {empty}: give files that hold text\n")
     assert not out.exists()
 
+
+def test_train_warns_when_the_text_supports_fewer_tokens_than_asked(tmp_path, capsys):
+    text, out = tmp_path / "c.txt", tmp_path / "v.tiktoken"
+    text.write_text("the cat sat on the mat. " * 50, encoding="utf-8")
+    code, out_text, err = run_in_process(setup_tokenizer.main, ["train", "--input", str(text), "--vocab_size", "70000",
+                                                                "--out", str(out)], capsys)
+    n = get_tokenizer(str(out)).n_vocab
+    assert code == 0 and n < 300 and f"trained {n} tokens" in out_text
+    assert err == f"warning: --vocab_size 70000: the data only supports {n} tokens (no pair is left to merge); the vocabulary has {n}\n"
