@@ -57,7 +57,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from tqdm import tqdm
 
-from common import UserError, atomic_write_text, fsync_replace, run_main, tmp_name
+from common import UserError, atomic_write_text, check_output, fsync_replace, run_main, tmp_name
 from setup_tokenizer import EOT, IM_END, IM_START, get_tokenizer, read_text_chunks, tokenizer_hash, train_bpe
 
 FORMAT = 1   # layout of meta.json and the .bin files
@@ -1131,6 +1131,7 @@ def main(argv=None):
                         f"(then it is cut before a user message); train with --block_size BLOCK. 0 = one after the other "
                         f"(default: {DEFAULT_PACK}, the tiny and small models' context; plain text is never packed)")
     args = p.parse_args(argv)
+    check_output(args.out_dir, "--out_dir", folder=True)  # before any reading or tokenizing
 
     options = dict(tokenizer=args.tokenizer, limit=args.limit, val_fraction=args.val_fraction, force=args.force,
                    out_dir=args.out_dir, extra=not args.no_extra, vocab_size=args.vocab_size)

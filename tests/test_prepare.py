@@ -12,6 +12,7 @@ import pytest
 
 import prepare
 from common import UserError
+from conftest import run_cli
 from setup_tokenizer import EOT, IM_END, IM_START, get_tokenizer, render_chat, tokenizer_hash, train_tokenizer
 
 MIRROR = os.environ.get("DATA_MIRROR")
@@ -177,6 +178,18 @@ def test_non_utf8_and_bad_input(tmp_path):
     with pytest.raises(UserError, match=f"^no text to train on in --source {empty}: give files that hold text$"):
         prepare.prepare("text", source=empty, out_dir=out, vocab_size=300)
     assert not os.path.exists(os.path.join(out, "text", "train.bin"))
+
+
+def test_unusable_out_dir_is_one_line_before_any_work(tmp_path, capsys, monkeypatch):
+    src = write(tmp_path / "c.txt", EOT.join(DOCS))
+    monkeypatch.setattr(prepare, "prepare", lambda *a, **k: pytest.fail("prepare() ran"))
+    cases = [(src, f"--out_dir {src}: a part of the path is a file, not a folder"),
+             (os.path.join(src, "data"), f"--out_dir {src}/data: a part of the path is a file, not a folder")]
+    if os.path.isdir("/proc/self"):  # Linux: no folder can be made in /proc
+        cases.append(("/proc/nope", "--out_dir /proc/nope: cannot write there (No such file or directory): choose another path"))
+    for out_dir, line in cases:
+        argv = ["--dataset", "text", "--source", src, "--out_dir", out_dir]
+        assert run_cli(prepare.main, argv, capsys) == (1, "", f"error: {line}\n")
 
 
 def test_uint32_for_large_vocabularies(tmp_path):
