@@ -50,6 +50,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import time
 from array import array
 from concurrent.futures import ThreadPoolExecutor
@@ -576,7 +577,14 @@ class Split:
         mask = np.memmap(self.files[1].name, dtype=np.uint8, mode="r") if len(self.files) > 1 else None
         return np.memmap(self.files[0].name, dtype=self.dtype, mode="r"), mask
 
+    def sync(self):
+        """Flush the files to disk: the slow part of committing, done while the old dataset is still whole."""
+        for f in self.files:
+            f.flush()
+            os.fsync(f.fileno())
+
     def commit(self):
+        """Rename the files into place; after sync(), fsync_replace's own fsync finds nothing left to write."""
         for f, path in zip(self.files, self.paths):
             f.close()
             fsync_replace(f.name, path)
@@ -900,6 +908,24 @@ def train_vocabulary(plan, vocab_size, path, limit):
     return enc
 
 
+@contextlib.contextmanager
+def ctrl_c_held():
+    """Ctrl-C waits until the block is done, then interrupts as usual: for a few renames that must not stop
+    halfway. Python runs signal handlers in the main thread only; elsewhere the block runs unguarded."""
+    caught = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda *args: caught.append(args))
+    except ValueError:  # not the main thread
+        previous = None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+            if caught and callable(previous):
+                previous(*caught[0])  # the usual handler: raises KeyboardInterrupt
+
+
 def read_meta(folder):
     try:
         with open(os.path.join(folder, "meta.json"), encoding="utf-8") as f:
@@ -1034,6 +1060,8 @@ def mix_splits(folder, plan, enc, splits, scratch, limit, val_fraction, block, p
 def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_fraction, new_vocab=None, pack=None):
     """Tokenize plan's streams into folder; the old files stay until everything new is written."""
     os.makedirs(folder, exist_ok=True)
+    meta_path = os.path.join(folder, "meta.json")
+    new_meta = tmp_name(meta_path)
     t0 = time.time()
     splits, scratch = {}, []  # the dataset's splits, and the unpacked or per-source ones they are made from
     mixed = None
@@ -1072,22 +1100,35 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
         }
         if mixed:
             meta["mix"] = mixed
-        # meta.json goes first and comes back last: a reader never pairs it with half-replaced files
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(os.path.join(folder, "meta.json"))
+        # The new files replace the old in two steps; what an interruption leaves:
+        # 1. every new file is flushed to disk under its temporary name (seconds for a big train.bin), the new
+        #    meta.json too: the old dataset is untouched, and the temporary files are removed on the way out.
+        # 2. renames, quick: meta.json goes first and comes back last, so it is never read with a mix of old and
+        #    new files. Ctrl-C waits for them (ctrl_c_held) and finds the new dataset complete (a first build's
+        #    folder is then removed, as at any interruption); only a crash (kill -9, power loss) stops them halfway,
+        #    leaving a folder without meta.json: no dataset to every script, rebuilt by the next prepare.py.
         for split in splits.values():
-            split.commit()
-        if new_vocab:
-            fsync_replace(new_vocab, tokenizer)
-            get_tokenizer.cache_clear()  # the path now holds another vocabulary
-        if not has_mask:  # a chat set rebuilt as text must not keep stale masks
-            for s in ("train", "val"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(os.path.join(folder, f"{s}_mask.bin"))
-        atomic_write_text(os.path.join(folder, "meta.json"), json.dumps(meta, indent=2) + "\n")
+            split.sync()
+        atomic_write_text(new_meta, json.dumps(meta, indent=2) + "\n")  # new_vocab is on disk already (train_bpe)
+        with ctrl_c_held():
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(meta_path)
+            for split in splits.values():
+                split.commit()
+            if new_vocab:
+                fsync_replace(new_vocab, tokenizer)
+                get_tokenizer.cache_clear()  # the path now holds another vocabulary
+            if not has_mask:  # a chat set rebuilt as text must not keep stale masks
+                for s in ("train", "val"):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(os.path.join(folder, f"{s}_mask.bin"))
+            fsync_replace(new_meta, meta_path)
     finally:
-        for split in [*splits.values(), *(s for raw in scratch for s in raw.values())]:
-            split.discard()  # only temporary files are left to remove; after commit() there are none
+        with ctrl_c_held():  # a Ctrl-C as the cleanup runs would leave temporary files behind
+            for split in [*splits.values(), *(s for raw in scratch for s in raw.values())]:
+                split.discard()  # only temporary files are left to remove; after commit() there are none
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(new_meta)
 
     dt = max(time.time() - t0, 1e-9)
     tr, va = meta["splits"]["train"], meta["splits"]["val"]

@@ -1,10 +1,14 @@
 """prepare.py on small corpora written to tmp_path, and on the local mirror when there is one.
 Never touches the network: the hub loader is replaced for every test."""
 import base64
+import functools
+import itertools
 import json
 import os
 import random
 import re
+import shutil
+import signal
 from collections import Counter
 
 import numpy as np
@@ -623,6 +627,71 @@ def test_interrupted_run_leaves_no_bin_and_keeps_the_old_dataset(tmp_path, monke
     with pytest.raises(KeyboardInterrupt):
         prepare.prepare("text", source=str(src), out_dir=out)
     assert sorted(os.listdir(folder)) == ["train.bin", "val.bin"]  # new train.bin, old val.bin, no meta.json
+
+
+def test_interrupted_commit_leaves_the_old_dataset_or_the_new_one(tmp_path, monkeypatch):
+    """A rebuild interrupted at each of its file-system steps in turn (every fsync, rename and removal, from the new
+    vocabulary to the cleanup): Ctrl-C leaves the old dataset or the complete new one, never a mix, never nothing;
+    a crash (an exception nothing holds back) can leave no meta.json, during the renames alone, and never a mix."""
+    src = write(tmp_path / "chats.jsonl", "".join(json.dumps({"messages": c}) + "\n" for c in CONVERSATIONS))
+    out, folder, saved = str(tmp_path / "data"), tmp_path / "data" / "chat", tmp_path / "old"
+
+    def files():
+        return {f: (folder / f).read_bytes() for f in sorted(os.listdir(folder)) if not f.endswith(".tmp")}
+
+    def rebuild(vocab_size):
+        get_tokenizer.cache_clear()
+        prepare.prepare("chat", source=src, out_dir=out, vocab_size=vocab_size)
+
+    rebuild(280)  # the new dataset, built once in the same folder to know its files
+    new = files()
+    shutil.rmtree(folder)
+    rebuild(300)  # the old one: another vocabulary, so every file differs
+    old = files()
+    assert set(old) == {"meta.json", "tokenizer.tiktoken", "train.bin", "train_mask.bin", "val.bin", "val_mask.bin"}
+    assert all(old[f] != new[f] for f in old)
+    shutil.copytree(folder, saved)
+
+    real = {name: getattr(os, name) for name in ("fsync", "replace", "remove")}
+    outcomes = {}
+    for how in ("ctrl-c", "crash"):
+        for at in itertools.count(1):
+            shutil.rmtree(folder)
+            shutil.copytree(saved, folder)
+            steps = []
+
+            def step(name, *args):
+                steps.append(name)
+                if len(steps) == at:
+                    if how == "crash":
+                        raise KeyboardInterrupt
+                    os.kill(os.getpid(), signal.SIGINT)  # Python raises KeyboardInterrupt where it next can
+                return real[name](*args)
+
+            for name in real:
+                monkeypatch.setattr(os, name, functools.partial(step, name))
+            try:
+                rebuild(280)
+                finished = True
+            except KeyboardInterrupt:
+                finished = False
+            finally:
+                for name, f in real.items():
+                    monkeypatch.setattr(os, name, f)
+            now = files()
+            state = "old" if now == old else "new" if now == new else "none" if "meta.json" not in now else f"a mix {sorted(now)}"
+            if finished:
+                assert at > len(steps) and state == "new"
+                break
+            outcomes[how, at, steps[at - 1]] = state
+            if how == "ctrl-c":
+                assert state in ("old", "new"), (at, steps)
+                assert not [f for f in os.listdir(folder) if f.endswith(".tmp")], (at, steps)
+            else:
+                assert state in ("old", "new", "none"), (at, steps)
+    states = Counter(outcomes.values())
+    assert states["old"] > 2 and states["new"] > 2 and states["none"] > 0  # every kind of step was reached
+    assert all(how == "crash" for (how, _, _), state in outcomes.items() if state == "none")
 
 
 def test_missing_source_names_source_and_mirror(tmp_path, monkeypatch, capsys):
