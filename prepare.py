@@ -49,6 +49,7 @@ import json
 import os
 import random
 import re
+import shlex
 import shutil
 import signal
 import time
@@ -75,6 +76,7 @@ BATCH_DOCS, BATCH_CHARS = 8192, 4 << 20
 # conversations are packed into blocks of the tiny and small presets' context (model.PRESETS, not
 # imported: prepare.py runs without torch)
 DEFAULT_PACK = 256
+DEFAULT_OUT_DIR, DEFAULT_VAL_FRACTION = "data", 0.1  # prepare()'s and the command line's, which rebuild_command leaves out
 # conversations the packer holds back to choose from: more fill blocks better (on dailydialog at 256,
 # 64 leave 3.2% padding, 1000 leave 1.2%) and cost only their tokens in memory
 PACK_LOOKAHEAD = 1000
@@ -908,6 +910,45 @@ def train_vocabulary(plan, vocab_size, path, limit):
     return enc
 
 
+def rebuild_command(meta, folder=None):
+    """The prepare.py command line that builds meta.json's dataset again, for the hints of every script: run on an
+    intact dataset it says "up to date". folder: where the dataset is (default meta["folder"], which train.py's
+    load_meta sets, else data/<name>): its name and parent give --name and --out_dir."""
+    folder = os.path.normpath(folder or meta.get("folder") or os.path.join(DEFAULT_OUT_DIR, meta["name"]))
+    dataset, name, out_dir = meta["dataset"], os.path.basename(folder), os.path.dirname(folder) or "."
+    o = meta.get("options") or {  # a meta.json from before "options": what it says of them
+        "source": meta["source"][len("--source "):].split(", ") if meta.get("source", "").startswith("--source ") else None,
+        "tokenizer": meta.get("tokenizer", "gpt2"), "limit": meta.get("limit"),
+        "vocab_size": meta.get("vocab_size") if meta.get("tokenizer") == os.path.abspath(os.path.join(folder, "tokenizer.tiktoken")) else None,
+        "pack": meta.get("pack") if meta.get("kind") == "chat" and meta.get("pack") != DEFAULT_PACK else None,
+        "mix": {source: m["weight"] for source, m in meta["mix"].items()} if meta.get("mix") else None}
+
+    def number(x):  # 2.0 as 2, and every digit of 0.15: the fingerprint has them
+        return repr(x).removesuffix(".0")
+
+    args = ["--mix", ",".join(f"{source}:{number(weight)}" for source, weight in o["mix"].items())] if dataset == "mix" \
+        else ["--dataset", dataset]
+    if o.get("source"):
+        args += ["--source", *o["source"]]
+    if name != dataset:
+        args += ["--name", name]
+    if os.path.abspath(out_dir) != os.path.abspath(DEFAULT_OUT_DIR):
+        args += ["--out_dir", out_dir]
+    if o.get("vocab_size"):
+        args += ["--vocab_size", str(o["vocab_size"])]
+    elif o.get("tokenizer", "gpt2") != "gpt2":
+        args += ["--tokenizer", o["tokenizer"]]
+    if o.get("limit") is not None:
+        args += ["--limit", str(o["limit"])]
+    if o.get("val_fraction", DEFAULT_VAL_FRACTION) != DEFAULT_VAL_FRACTION:
+        args += ["--val_fraction", number(o["val_fraction"])]
+    if o.get("pack") is not None:
+        args += ["--pack", str(o["pack"])]
+    if o.get("extra") is False:
+        args.append("--no_extra")
+    return shlex.join(["python", "prepare.py", *args])
+
+
 @contextlib.contextmanager
 def ctrl_c_held():
     """Ctrl-C waits until the block is done, then interrupts as usual: for a few renames that must not stop
@@ -949,8 +990,8 @@ def is_complete(folder, meta):
         return False
 
 
-def prepare(dataset, source=None, tokenizer="gpt2", limit=None, val_fraction=0.1, force=False,
-            out_dir="data", name=None, extra=True, vocab_size=None, pack=None, mix=None):
+def prepare(dataset, source=None, tokenizer="gpt2", limit=None, val_fraction=DEFAULT_VAL_FRACTION, force=False,
+            out_dir=DEFAULT_OUT_DIR, name=None, extra=True, vocab_size=None, pack=None, mix=None):
     """Build (or find up to date) out_dir/name from dataset's source; returns its meta.json as a dict.
     vocab_size: tokenize with a vocabulary of that size trained on this data (out_dir/name/tokenizer.tiktoken)
     instead of --tokenizer; small vocabularies make small models several times faster.
@@ -975,10 +1016,15 @@ def prepare(dataset, source=None, tokenizer="gpt2", limit=None, val_fraction=0.1
     if not re.fullmatch(r"[\w.-]+", name) or name in (".", ".."):
         raise UserError(f"--name {name!r}: use letters, digits, '.', '-' and '_' (it names a folder in {out_dir})")
     plan = find_mix_source(mix, extra) if dataset == "mix" else find_source(dataset, source, extra)
+    # what rebuild_command needs to build the dataset again; paths made absolute, so it works from anywhere
+    options = {"source": [os.path.abspath(p) for p in ([source] if isinstance(source, str) else source)] if source else None,
+               "tokenizer": tokenizer if tokenizer == "gpt2" else os.path.abspath(tokenizer), "vocab_size": vocab_size,
+               "limit": limit, "val_fraction": val_fraction, "pack": pack, "mix": mix, "extra": extra}
     folder = os.path.join(out_dir, name)
     old = read_meta(folder)
     if old and not force and old.get("dataset") != dataset:
-        raise UserError(f"{folder} holds the {old.get('dataset')!r} dataset: pick another folder with --name, or replace it with --force")
+        raise UserError(f"{folder} holds the {old.get('dataset')!r} dataset (made by `{rebuild_command(old, folder)}`): "
+                        f"pick another folder with --name, or replace it with --force")
     created = not os.path.isdir(folder)
     new_vocab = None  # a freshly trained vocabulary: a temporary file, renamed into place with the token files
     if vocab_size is not None:
@@ -1002,7 +1048,7 @@ def prepare(dataset, source=None, tokenizer="gpt2", limit=None, val_fraction=0.1
                 get_tokenizer.cache_clear()
             print(f"{folder} is up to date")
             return old
-        meta = build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_fraction, new_vocab, pack)
+        meta = build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_fraction, new_vocab, pack, options)
     except BaseException:
         if created:
             shutil.rmtree(folder, ignore_errors=True)  # a failed first build leaves no folder behind
@@ -1057,8 +1103,10 @@ def mix_splits(folder, plan, enc, splits, scratch, limit, val_fraction, block, p
             for part, raw, s, e, p in zip(plan["parts"], raws, starts, ends, picks)}
 
 
-def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_fraction, new_vocab=None, pack=None):
-    """Tokenize plan's streams into folder; the old files stay until everything new is written."""
+def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_fraction, new_vocab=None, pack=None,
+          options=None):
+    """Tokenize plan's streams into folder; the old files stay until everything new is written. options: prepare()'s
+    arguments, kept in meta.json for rebuild_command."""
     os.makedirs(folder, exist_ok=True)
     meta_path = os.path.join(folder, "meta.json")
     new_meta = tmp_name(meta_path)
@@ -1093,7 +1141,7 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
                          "the source's own validation split" if "val" in roles else
                          f"the last {val_fraction:g} of each source's documents (of its tokens if it is one document)"
                          + ("; train-only extra files excluded" if "train" in roles else ""),
-            "limit": limit, "pack": block, "fingerprint": fp,
+            "limit": limit, "pack": block, "fingerprint": fp, "options": options,
             # tokens include the padding; bytes are those of the documents alone
             "splits": {s: {"tokens": splits[s].tokens, "documents": splits[s].documents, "bytes": splits[s].bytes,
                            "padding": splits[s].padding} for s in ("train", "val")},
@@ -1158,9 +1206,9 @@ def main(argv=None):
                    help="train a vocabulary of this size on the data itself (saved as data/<name>/tokenizer.tiktoken) "
                         "and use it instead of --tokenizer: e.g. 4096 makes a tiny model several times faster")
     p.add_argument("--limit", type=int, help="use only the first N documents of each source (quick demos); of a source's own validation split, N * val_fraction")
-    p.add_argument("--val_fraction", type=float, default=0.1, help="the last fraction of each source's documents kept for validation")
+    p.add_argument("--val_fraction", type=float, default=DEFAULT_VAL_FRACTION, help="the last fraction of each source's documents kept for validation")
     p.add_argument("--force", action="store_true", help="rebuild even if up to date, and replace a folder holding another dataset")
-    p.add_argument("--out_dir", default="data", help="where dataset folders go")
+    p.add_argument("--out_dir", default=DEFAULT_OUT_DIR, help="where dataset folders go")
     p.add_argument("--name", help="the dataset's folder name (default: the dataset)")
     p.add_argument("--no_extra", action="store_true", help="story: leave out the train-only extra stories (the mirror's TinyStories-train-head files)")
     p.add_argument("--mix", metavar="NAME:WEIGHT,...",

@@ -7,6 +7,7 @@ import json
 import os
 import random
 import re
+import shlex
 import shutil
 import signal
 from collections import Counter
@@ -692,6 +693,45 @@ def test_interrupted_commit_leaves_the_old_dataset_or_the_new_one(tmp_path, monk
     states = Counter(outcomes.values())
     assert states["old"] > 2 and states["new"] > 2 and states["none"] > 0  # every kind of step was reached
     assert all(how == "crash" for (how, _, _), state in outcomes.items() if state == "none")
+
+
+def test_rebuild_command_builds_the_same_dataset(tmp_path, monkeypatch, capsys):
+    """rebuild_command(meta) is the command that made a dataset: run again, it finds it up to date. A dataset named
+    with --name is rebuilt from --dataset and --source, never with --dataset NAME, which prepare.py refuses."""
+    src = write(tmp_path / "notes" / "a.txt", EOT.join(DOCS))
+    chats = write(tmp_path / "chats.jsonl", "".join(json.dumps({"messages": c}) + "\n" for c in CONVERSATIONS))
+    out = str(tmp_path / "sets")
+    monkeypatch.chdir(tmp_path)  # where data/, the default --out_dir, is
+    cases = [
+        (["--dataset", "text", "--source", str(tmp_path / "notes"), "--name", "notes", "--out_dir", out,
+          "--limit", "30", "--val_fraction", "0.15"],
+         f"python prepare.py --dataset text --source {tmp_path / 'notes'} --name notes --out_dir {out} "
+         f"--limit 30 --val_fraction 0.15"),
+        (["--dataset", "chat", "--source", "chats.jsonl", "--vocab_size", "300", "--pack", "64"],
+         f"python prepare.py --dataset chat --source {chats} --vocab_size 300 --pack 64"),
+        (["--mix", "chitchat:2", "--name", "talk", "--limit", "40", "--no_extra"],
+         "python prepare.py --mix chitchat:2 --name talk --limit 40 --no_extra"),
+    ]
+    for argv, command in cases:
+        prepare.main(argv)
+        name = argv[argv.index("--name") + 1] if "--name" in argv else argv[1]
+        folder = os.path.join(argv[argv.index("--out_dir") + 1] if "--out_dir" in argv else "data", name)
+        meta = prepare.read_meta(folder)
+        assert prepare.rebuild_command(meta, folder) == command
+        assert prepare.rebuild_command({**meta, "folder": folder}) == command  # as train.py's load_meta gives it
+        capsys.readouterr()
+        prepare.main(shlex.split(command)[2:])
+        assert capsys.readouterr().out == f"{folder} is up to date\n"
+    # a meta.json from before "options" was kept: the command is rebuilt from what it says
+    meta = prepare.read_meta(os.path.join(out, "notes"))
+    del meta["options"]
+    assert prepare.rebuild_command(meta, os.path.join(out, "notes")) == \
+        f"python prepare.py --dataset text --source {src} --name notes --out_dir {out} --limit 30"
+    # prepare.py's own hint names the command that made the dataset in the way
+    with pytest.raises(UserError) as e:
+        prepare.prepare("chitchat", out_dir=out, name="notes")
+    assert str(e.value) == (f"{out}/notes holds the 'text' dataset (made by `{cases[0][1]}`): pick another folder "
+                            f"with --name, or replace it with --force")
 
 
 def test_missing_source_names_source_and_mirror(tmp_path, monkeypatch, capsys):
