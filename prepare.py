@@ -59,7 +59,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from tqdm import tqdm
 
-from common import UserError, atomic_write_text, check_output, fsync_replace, run_main, tmp_name
+from common import UserError, atomic_write_text, check_output, first_line, fsync_replace, run_main, tmp_name
 from setup_tokenizer import EOT, IM_END, IM_START, get_tokenizer, read_text_chunks, tokenizer_hash, train_bpe
 
 FORMAT = 1   # layout of meta.json and the .bin files
@@ -237,7 +237,7 @@ def parquet_records(path):
                 n += 1
                 yield f"{path} row {n}", record
     except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
-        raise UserError(f"{path} is not a readable parquet file ({type(e).__name__}: {str(e).splitlines()[0]})")
+        raise UserError(f"{path} is not a readable parquet file ({type(e).__name__}: {first_line(e)})")
 
 
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "chatgpt": "assistant",
@@ -310,8 +310,7 @@ def hub_docs(dataset, split):
     try:
         rows = load_hub(path, config, split)
     except Exception as e:  # offline, unknown dataset, script datasets no longer supported...
-        reason = (str(e).strip().splitlines() or [""])[0][:200]
-        raise NoSource(no_source(dataset, f"the Hugging Face hub failed: {type(e).__name__}: {reason}"))
+        raise NoSource(no_source(dataset, f"the Hugging Face hub failed: {type(e).__name__}: {first_line(e)}"))
     for i, row in enumerate(rows, 1):
         doc = record_doc(row, f"{path} {split} row {i}", dataset)
         if doc:

@@ -360,8 +360,10 @@ def test_a_damaged_dataset_is_named_not_trained_on(env, tmp_path, damage):
     else:
         os.remove(folder / "train.bin")
         (folder / "train.bin").mkdir()
+    # the command that built it, from meta.json (here it is gone: the folder name)
+    rebuild = "--dataset mini" if damage == "meta a list" else f"--dataset mini --out_dir {data} --tokenizer"
     with pytest.raises(UserError, match=r"(not what meta.json says|is not a dataset this code reads|train.bin is "
-                                        r"missing).*run `python prepare.py --dataset mini` again$"):
+                                        rf"missing).*run `python prepare.py {rebuild}.*` again$"):
         train.train(args_for(env, tmp_path, "--data_dir", str(data), "--dataset", "mini", "--max_steps", "1"))
 
 
