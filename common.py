@@ -19,8 +19,9 @@ class UserError(Exception):
 
 # what the machine, not the code, got wrong: the file system's answer is the message, with the fix
 OS_FIXES = {errno.ENOSPC: "free some space or write elsewhere", errno.EDQUOT: "free some space or write elsewhere",
-            errno.EACCES: "choose a place you may write to", errno.EPERM: "choose a place you may write to",
-            errno.EROFS: "choose a place you may write to", errno.EISDIR: "give a file's path, not a folder's",
+            errno.EACCES: "check its permissions, or use another path", errno.EPERM: "check its permissions, or use "
+            "another path", errno.EROFS: "a read-only file system: write elsewhere", errno.EISDIR: "give a file's path, "
+            "not a folder's",
             errno.ENOTDIR: "a part of the path is a file, not a folder", errno.ENAMETOOLONG: "use a shorter path"}
 
 

@@ -26,7 +26,7 @@ def test_outputs_are_checked_before_any_work(tmp_path):
         ro = tmp_path / "ro"
         ro.mkdir()
         ro.chmod(0o500)
-        with pytest.raises(UserError, match="cannot write there .*: choose a place you may write to"):
+        with pytest.raises(UserError, match="cannot write there .*: check its permissions, or use another path"):
             check_output(str(ro / "x.pt"), "--output_checkpoint")
 
 
