@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from checkpoint import load_checkpoint, load_model
-from common import UserError, atomic_write_text, pick_device, pick_dtype, retain_freed_memory, run_main
+from common import UserError, atomic_write_text, check_output, pick_device, pick_dtype, retain_freed_memory, run_main
 from gen import chat_reply, default_checkpoint, positive_int, probability, read_prompt_file, temperature
 from prepare import document_ends
 from setup_tokenizer import EOT, IM_END, parse_chat
@@ -210,6 +210,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.json and args.json != "-":  # - is stdout
+        check_output(args.json, "--json")  # before the evaluation, not after
     result = evaluate_checkpoint(
         args.checkpoint or default_checkpoint(), datasets=args.dataset, data_dir=args.data_dir, split=args.split,
         block_size=args.block_size, batch_size=args.batch_size, eval_batches=args.eval_batches, samples=args.samples,

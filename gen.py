@@ -29,8 +29,8 @@ import time
 import torch
 
 from checkpoint import find_checkpoints, load_model
-from common import (UserError, atomic_write_text, autocast, pick_device, pick_dtype, retain_freed_memory,
-                    run_main)
+from common import (UserError, atomic_write_text, autocast, check_output, pick_device, pick_dtype,
+                    retain_freed_memory, run_main)
 from setup_tokenizer import EOT, IM_END, StreamDecoder, render_chat
 
 TYPING_DELAY = 0.012  # seconds per token on a terminal: a readable rhythm for demos, never in pipes
@@ -325,6 +325,8 @@ def main(argv=None):
         raise UserError("--nonstop streams text past the context window: use it with --prompt, --interactive or alone, not --chat/--prompt_file")
     if args.system is not None and not args.chat:
         raise UserError("--system sets the system message of a --chat session; add --chat")
+    if args.output:
+        check_output(args.output, "--output")  # before the model loads and generates, not after
     path = args.checkpoint or default_checkpoint()
     device = pick_device(args.device)
     dtype = pick_dtype(device, args.dtype)

@@ -150,3 +150,13 @@ def test_bad_input_is_one_line(env, chat_ckpt, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         eval_py.parse_args(["--help"])
     assert e.value.code == 0
+
+
+def test_unusable_json_path_is_refused_before_evaluating(tmp_path, capsys, monkeypatch):
+    # a folder, or a path through a file: one line naming --json, before the evaluation (not after it)
+    (tmp_path / "file").write_text("")
+    monkeypatch.setattr(eval_py, "evaluate_checkpoint", lambda *a, **k: pytest.fail("evaluated before --json was checked"))
+    for path, words in ((tmp_path, "is a folder"), (tmp_path / "file" / "x.json", "a part of the path is a file")):
+        code, out, err = cli([str(tmp_path / "any.pt"), "--json", str(path), *CPU], capsys)
+        assert code == 1 and err.startswith(f"error: --json {path}") and words in err, err
+        assert len(err.strip().splitlines()) == 1 and out == "", err
