@@ -16,9 +16,10 @@ that takes a checkpoint takes such a folder, e.g. GPT-2 as downloaded from the h
 The conversion itself is in hf.py.
 """
 import argparse
+import os
 
 from checkpoint import load_model
-from common import DTYPES, UserError, run_main
+from common import DTYPES, UserError, check_output, run_main
 from hf import check_out_dir, export_folder
 
 
@@ -30,7 +31,12 @@ def main(argv=None):
     p.add_argument("--dtype", default="float32", choices=list(DTYPES),
                    help="weights' precision in model.safetensors (default float32, as trained; bfloat16 halves the size)")
     args = p.parse_args(argv)
-    check_out_dir(args.out_dir)  # before the seconds a big checkpoint takes to load
+    # both before the seconds a big checkpoint takes to load: OUT_DIR is new or empty (an export never writes over
+    # files), and a new one can be made where it is asked for (its folder is created and must take files; the
+    # export is written next to OUT_DIR and renamed into place)
+    check_out_dir(args.out_dir)
+    if not os.path.isdir(args.out_dir):
+        check_output(args.out_dir, "OUT_DIR")
     model, enc, _ = load_model(args.checkpoint)
     if model.config.vocab_size != enc.n_vocab:
         raise UserError(f"{args.checkpoint}: the model has {model.config.vocab_size} token ids but its tokenizer "

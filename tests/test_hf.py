@@ -372,6 +372,15 @@ def test_export_refuses_to_clobber(small_folder, tmp_path, capsys):
     assert sorted(os.listdir(tmp_path)) == ["empty", "out"]
 
 
+def test_export_refuses_an_unusable_place_before_loading(tmp_path, capsys, monkeypatch):
+    # OUT_DIR through a file (or anywhere that cannot be written): one line naming OUT_DIR, before the load
+    (tmp_path / "file").write_text("")
+    monkeypatch.setattr(export, "load_model", lambda *a, **k: pytest.fail("loaded before OUT_DIR was checked"))
+    out = tmp_path / "file" / "hf"
+    line = one_error_line(*run_cli(export.main, [str(tmp_path / "any.pt"), str(out)], capsys)[::2])
+    assert line.startswith(f"error: OUT_DIR {out}") and "a part of the path is a file" in line, line
+
+
 def test_init_from_bad_arguments(small_folder, tmp_path, capsys):
     for argv, words in ((["--init_from", small_folder["ckpt"]], "not a folder"),
                         (["--init_from", small_folder["folder"], "--checkpoint", small_folder["ckpt"]], "pass one")):
