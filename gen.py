@@ -221,6 +221,8 @@ def read_prompt_file(path):
             lines = f.read().splitlines()
     except FileNotFoundError:
         raise UserError(f"prompt file {path} not found")
+    except IsADirectoryError:
+        raise UserError(f"prompt file {path} is a folder: give a file's path")
     except UnicodeDecodeError as e:
         raise UserError(f"prompt file {path} is not UTF-8 text (bad byte at offset {e.start}); convert it, e.g. `iconv -f latin1 -t utf-8`")
     prompts = []
@@ -325,8 +327,10 @@ def main(argv=None):
         raise UserError("--nonstop streams text past the context window: use it with --prompt, --interactive or alone, not --chat/--prompt_file")
     if args.system is not None and not args.chat:
         raise UserError("--system sets the system message of a --chat session; add --chat")
+    # bad input fails before the model loads and generates, not after
+    prompts = read_prompt_file(args.prompt_file) if args.prompt_file else None
     if args.output:
-        check_output(args.output, "--output")  # before the model loads and generates, not after
+        check_output(args.output, "--output")
     path = args.checkpoint or default_checkpoint()
     device = pick_device(args.device)
     dtype = pick_dtype(device, args.dtype)
@@ -373,7 +377,6 @@ def main(argv=None):
         return stopped_by
 
     if args.prompt_file:
-        prompts = read_prompt_file(args.prompt_file)
         ids = [crop_prompt(model, encode_prompt(enc, p), max_tokens, what=f"prompt {i + 1}") for i, p in enumerate(prompts)]
         t0 = time.perf_counter()
         results = complete_batch(model, enc, ids, max_tokens, text_stops, batch_size=args.batch_size, **sampling)

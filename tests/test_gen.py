@@ -265,15 +265,18 @@ def test_bad_input_errors(ckpt, tmp_path, capsys, monkeypatch):
         assert e.value.code == 2 and f"error: argument {flag}" in err.splitlines()[-1]
 
 
-def test_unusable_output_is_refused_before_the_model_loads(ckpt, tmp_path, capsys, monkeypatch):
-    # a folder, or a path through a file: one line naming --output, before any generation (not after it)
+def test_unusable_prompt_file_or_output_is_refused_before_the_model_loads(ckpt, tmp_path, capsys, monkeypatch):
+    # a folder, or a path through a file: one line naming the file, before any generation (not after it)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("Hi\n", encoding="utf-8")
     (tmp_path / "file").write_text("")
-    monkeypatch.setattr(gen, "load_model", lambda *a, **k: pytest.fail("the model loaded before --output was checked"))
+    monkeypatch.setattr(gen, "load_model", lambda *a, **k: pytest.fail("the model loaded before its input was checked"))
+    line = one_error_line(*cli([ckpt, "--prompt_file", str(tmp_path)] + CPU, capsys)[::2])
+    assert line == f"error: prompt file {tmp_path} is a folder: give a file's path"
     for out, words in ((tmp_path, "is a folder"), (tmp_path / "file" / "out.jsonl", "a part of the path is a file")):
         line = one_error_line(*cli([ckpt, "--prompt_file", str(prompts), "--output", str(out)] + CPU, capsys)[::2])
         assert line.startswith(f"error: --output {out}") and words in line, line
+
 
 def test_missing_checkpoint_cli(tmp_path):
     # the real interpreter: exit code 1 and a single line on stderr, no traceback
