@@ -565,12 +565,19 @@ class ApiServer(ThreadingHTTPServer):
 # -----------------------------------------------------------------------------
 # the command line
 
+def port(s):
+    v = int(s)
+    if not 0 <= v <= 65535:  # else socket.bind raises OverflowError, a traceback
+        raise argparse.ArgumentTypeError(f"must be 0-65535 (0 picks any free port), got {v}")
+    return v
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Serve a checkpoint: an OpenAI-compatible HTTP API and a chat page.")
     p.add_argument("checkpoint", nargs="?", help="a .pt file (default: the newest in models/)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; "
                                                         "0.0.0.0 for every network, with no authentication)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    p.add_argument("--port", type=port, default=8000, help="port, 0-65535 (default 8000; 0 picks any free one)")
     p.add_argument("--temp", type=temperature, default=0.8, help="temperature when a request gives none (default 0.8)")
     p.add_argument("--top_k", type=positive_int, default=200, help="top_k when a request gives none (default 200)")
     p.add_argument("--top_p", type=probability, default=None, help="top_p when a request gives none (default: off)")

@@ -405,6 +405,13 @@ def test_command_line_errors(ckpt, tmp_path, capsys):
     finally:
         busy.close()
     assert code == 1 and err.startswith("error: cannot listen") and "--port" in err
+    # a port out of range: argparse's usage and one error line, not bind()'s OverflowError
+    for value in ("70000", "-1"):
+        with pytest.raises(SystemExit) as e:
+            serve.parse_args([ckpt, "--port", value])
+        last = capsys.readouterr().err.splitlines()[-1]
+        assert e.value.code == 2 and "error: argument --port: must be 0-65535 (0 picks any free port)" in last, last
+    assert serve.parse_args([ckpt, "--port", "0"]).port == 0 and serve.parse_args([ckpt, "--port", "65535"]).port == 65535
 
 
 # -----------------------------------------------------------------------------
