@@ -195,8 +195,8 @@ def job_from_request(body, kind, api):
             max_tokens = max(1, min(api.max_tokens, block - len(prompt)))
         stop_tokens = stop_ids(api.enc, (EOT,))
     if len(prompt) + max_tokens > block:
-        raise ApiError(400, f"this model's context holds {block} tokens, but {what} take {len(prompt)} and "
-                            f"max_tokens asks for {max_tokens}: shorten the input or lower max_tokens",
+        raise ApiError(400, f"this model's context holds {block} tokens, too few for {what} plus max_tokens: "
+                            f"{len(prompt)} + {max_tokens} = {len(prompt) + max_tokens}; shorten the input or lower max_tokens",
                        param="messages" if kind == "chat" else "prompt", code="context_length_exceeded")
     sampling = dict(temperature=api.temperature if temp is None else temp,
                     top_k=api.top_k if "top_k" not in req else (top_k or None),
@@ -399,8 +399,10 @@ class Handler(BaseHTTPRequestHandler):
         length = self.headers.get("Content-Length")
         if length is None:
             raise ApiError(411, "a POST needs a Content-Length header and a JSON body", code="length_required")
-        if not length.isdigit():
-            raise ApiError(400, f"Content-Length {length!r} is not a number", code="invalid_request")
+        # ASCII digits, not absurdly many: isdigit() alone takes '²', and int() refuses more than 4300 digits
+        if not (length.isascii() and length.isdigit() and len(length) <= 20):
+            raise ApiError(400, f"Content-Length must be a non-negative number of bytes, got {length[:40]!r}",
+                           code="invalid_request")
         if int(length) > MAX_BODY:
             raise ApiError(413, f"the request body is {int(length)} bytes; the limit is {MAX_BODY}", code="request_too_large")
         self.body = self.rfile.read(int(length))

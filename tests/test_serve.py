@@ -261,6 +261,11 @@ def test_http_errors_get_openai_bodies(api):
     # a body over the limit is refused before it is read, and the connection closes behind the answer
     status, err, headers = raw(api, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (serve.MAX_BODY + 1))
     assert status == 413 and headers["Connection"] == "close" and str(serve.MAX_BODY) in err["error"]["message"]
+    # a Content-Length that is no byte count: 400, and the connection closes (its body, if any, is unread)
+    for length in (b"-5", b"\xb2", b"7" * 5000):  # '\xb2' is latin-1 for '\u00b2', which str.isdigit() takes
+        status, err, headers = raw(api, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %s\r\n\r\n" % length)
+        assert status == 400 and headers["Connection"] == "close"
+        assert err["error"]["message"].startswith("Content-Length must be a non-negative number of bytes, got '")
     status, err, headers = raw(api, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n\r\n")
     assert status == 411
     status, err, headers = raw(api, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n")
@@ -275,6 +280,18 @@ def test_http_errors_get_openai_bodies(api):
     # and after all that the server still answers
     assert post(api, "/v1/completions", {"prompt": "Hi", "max_tokens": 2})[0] == 200
 
+
+def test_context_length_message_reads_right(api, enc):
+    # one sentence for one prompt and for several messages (it said "the prompt take 1")
+    status, err, _ = post(api, "/v1/completions", {"prompt": "Hi", "max_tokens": BLOCK})
+    assert status == 400 and err["error"]["message"] == (
+        f"this model's context holds {BLOCK} tokens, too few for the prompt plus max_tokens: 1 + {BLOCK} = {BLOCK + 1}; "
+        "shorten the input or lower max_tokens")
+    n = len(render_chat(enc, MSG, add_generation_prompt=True)[0])
+    status, err, _ = post(api, "/v1/chat/completions", {"messages": MSG, "max_tokens": BLOCK})
+    assert status == 400 and err["error"]["message"] == (
+        f"this model's context holds {BLOCK} tokens, too few for the messages plus max_tokens: {n} + {BLOCK} = "
+        f"{n + BLOCK}; shorten the input or lower max_tokens")
 
 # -----------------------------------------------------------------------------
 # concurrency and hung-up clients
