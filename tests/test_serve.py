@@ -380,6 +380,28 @@ def test_full_queue_gets_503(enc):
         api.close()
 
 
+def test_a_model_that_fails_gets_500s_and_the_server_goes_on(enc):
+    # NaN weights (a diverged run) make sampling raise in torch.multinomial: each request gets OpenAI's 500 body
+    # (inside the stream once it has begun), the worker lives on and answers the next one
+    model = tiny_model(enc)
+    api = start(model, enc, name="nan")
+    try:
+        with torch.no_grad():
+            model.lm_head.weight[0, 0] = float("nan")
+        status, err, _ = post(api, "/v1/completions", {"prompt": "Hi", "max_tokens": 2, "temperature": 1})
+        assert status == 500 and err["error"]["type"] == "server_error" and err["error"]["code"] == "internal_error"
+        with pytest.raises(openai.InternalServerError):
+            client(api).chat.completions.create(model="nan", messages=MSG, max_tokens=2)
+        with pytest.raises(openai.APIError) as e:
+            list(client(api).chat.completions.create(model="nan", messages=MSG, max_tokens=2, stream=True))
+        assert "generation failed" in e.value.message
+        with torch.no_grad():
+            model.lm_head.weight[0, 0] = 0.0
+        assert post(api, "/v1/completions", {"prompt": "Hi", "max_tokens": 2})[0] == 200
+        assert api.worker.is_alive() and [r["finish_reason"] for r in api.worker.recent] == ["error"] * 3 + ["length"]
+    finally:
+        api.close()
+
 # -----------------------------------------------------------------------------
 # the command line
 
