@@ -278,6 +278,27 @@ def test_unusable_prompt_file_or_output_is_refused_before_the_model_loads(ckpt, 
         assert line.startswith(f"error: --output {out}") and words in line, line
 
 
+def test_broken_weights_or_config_are_one_line(enc, tmp_path, capsys):
+    # NaN weights (a diverged run) used to end in torch.multinomial's RuntimeError, a config value of the wrong
+    # type in GPTConfig's ValueError: both are refused as the checkpoint loads
+    model = tiny_model(enc)
+    with torch.no_grad():
+        model.transformer.h[1].mlp.c_fc.weight[0, 0] = float("nan")
+    nan = str(tmp_path / "nan.pt")
+    save_checkpoint(nan, model, enc)
+    for temp in ("1", "0"):  # greedy decoding did not fail: it repeated one token
+        line = one_error_line(*cli([nan, "--prompt", "Hi", "--temp", temp] + CPU, capsys)[::2])
+        assert line == (f"error: {nan} holds weights that are not finite (1 tensor(s) with nan or inf, "
+                        "transformer.h.1.mlp.c_fc.weight first): its run diverged; use an earlier checkpoint, and a "
+                        "lower --lr")
+    ckpt = torch.load(nan, weights_only=True)
+    ckpt["model"] = tiny_model(enc).state_dict()  # finite again
+    ckpt["config"]["n_layer"] = "two"
+    torch.save(ckpt, str(tmp_path / "two.pt"))
+    line = one_error_line(*cli([str(tmp_path / "two.pt"), "--prompt", "Hi"] + CPU, capsys)[::2])
+    assert "does not match this model code" in line and "n_layer must be a positive int, got 'two'" in line
+
+
 def test_missing_checkpoint_cli(tmp_path):
     # the real interpreter: exit code 1 and a single line on stderr, no traceback
     r = subprocess.run([sys.executable, GEN, "--device", "cpu"], cwd=tmp_path, capture_output=True, text=True, timeout=120)

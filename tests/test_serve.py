@@ -433,7 +433,7 @@ def test_command_line_serves_on_loopback(ckpt):
     assert p.returncode == 0, err
 
 
-def test_command_line_errors(ckpt, tmp_path, capsys):
+def test_command_line_errors(ckpt, enc, tmp_path, capsys, monkeypatch):
     code, out, err = run_cli(serve.main, [str(tmp_path / "nope.pt"), "--device", "cpu"], capsys)
     assert code == 1 and err.count("\n") == 1 and "nope.pt" in err and "not found" in err
     busy = socket.socket()
@@ -444,6 +444,15 @@ def test_command_line_errors(ckpt, tmp_path, capsys):
     finally:
         busy.close()
     assert code == 1 and err.startswith("error: cannot listen") and "--port" in err
+    # a checkpoint of NaN weights is refused at startup, before it could answer a request
+    model = tiny_model(enc)
+    with torch.no_grad():
+        model.lm_head.weight[0, 0] = float("nan")
+    nan = str(tmp_path / "nan.pt")
+    save_checkpoint(nan, model, enc)
+    monkeypatch.setattr(serve, "ApiServer", lambda *a, **k: pytest.fail("a model of NaN weights was served"))
+    code, out, err = run_cli(serve.main, [nan, "--port", "0", "--device", "cpu"], capsys)
+    assert code == 1 and err.count("\n") == 1 and err.startswith(f"error: {nan} holds weights that are not finite") and out == ""
     # a port out of range: argparse's usage and one error line, not bind()'s OverflowError
     for value in ("70000", "-1"):
         with pytest.raises(SystemExit) as e:
