@@ -445,7 +445,8 @@ class Batches:
                 step = order[s:s + self.windows_per_step]
                 mine = step[self.rank * R:(self.rank + 1) * R]
                 count = math.ceil(min(len(step), R) / B)  # rank 0's share is the largest
-                yield list(self.windows.micro_batches(mine, B, self.pin, count)), len(step), self.windows.count_targets(step)
+                micro = list(self.windows.micro_batches(mine, B, self.pin, count))
+                yield micro, len(step), self.windows.count_targets(step)
         return prefetch(steps())
 
 
