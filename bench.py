@@ -35,7 +35,6 @@ from common import (UserError, atomic_write_text, autocast, cpu_has_bf16, pick_d
 from model import GPT, PRESETS, make_config
 
 SECTIONS = ("peak", "train", "gen", "ratio", "prepare")
-DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 SHORT = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 GPT2_VOCAB = 50259  # what make_config gives by default: GPT-2's 50257 + 2 ChatML tokens
 

@@ -1,7 +1,8 @@
 """
 Small pieces every script shares: the one-line error for bad input, atomic
 writes, device and precision choice, and checkpoint loading.
-Nothing model- or data-specific lives here.
+Nothing model- or data-specific lives here. torch is imported where it is used:
+prepare.py and setup_tokenizer.py never need it (importing it takes ~2 s).
 """
 import contextlib
 import ctypes
@@ -9,8 +10,6 @@ import errno
 import os
 import shutil
 import sys
-
-import torch
 
 
 class UserError(Exception):
@@ -110,6 +109,7 @@ def atomic_write_text(path, text):
 
 def atomic_torch_save(obj, path):
     """torch.save that never leaves a half-written file at path, even on Ctrl-C or a full disk."""
+    import torch
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tmp = tmp_name(path)
@@ -147,6 +147,7 @@ def cpu_has_bf16():
 def pick_device(name="auto", interactive=None):
     """Resolve --device. 'auto' takes CUDA, then MPS, then CPU. With several CUDA
     devices and an interactive terminal, list them and ask (never under torchrun)."""
+    import torch
     if name and name != "auto":
         try:
             dev = torch.device(name)
@@ -182,7 +183,12 @@ def pick_device(name="auto", interactive=None):
     return torch.device("cpu")
 
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = ("float32", "bfloat16", "float16")  # --dtype's names: torch_dtype turns one into torch's
+
+
+def torch_dtype(name):
+    import torch
+    return getattr(torch, name)
 
 
 def pick_dtype(device, name="auto"):
@@ -191,7 +197,8 @@ def pick_dtype(device, name="auto"):
     if name != "auto":
         if name not in DTYPES:
             raise UserError(f"--dtype {name}: choose auto, float32, bfloat16 or float16")
-        return DTYPES[name]
+        return torch_dtype(name)
+    import torch
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "cpu":
@@ -201,6 +208,7 @@ def pick_dtype(device, name="auto"):
 
 def autocast(device, dtype):
     """Mixed-precision context for the forward pass; a no-op for fp32."""
+    import torch
     if dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)

@@ -19,7 +19,7 @@ import argparse
 import os
 
 from checkpoint import load_model
-from common import DTYPES, UserError, check_output, run_main
+from common import DTYPES, UserError, check_output, run_main, torch_dtype
 from hf import check_out_dir, export_folder
 
 
@@ -41,7 +41,7 @@ def main(argv=None):
     if model.config.vocab_size != enc.n_vocab:
         raise UserError(f"{args.checkpoint}: the model has {model.config.vocab_size} token ids but its tokenizer "
                         f"{enc.n_vocab}; the checkpoint is inconsistent")
-    names = export_folder(model, enc, args.out_dir, DTYPES[args.dtype])
+    names = export_folder(model, enc, args.out_dir, torch_dtype(args.dtype))
     kind = "GPT2LMHeadModel" if model.config.variant == "gpt2" else "LlamaForCausalLM"
     print(f"wrote {args.out_dir}: {kind}, {model.config.n_layer} layers x {model.config.n_embd}, {enc.n_vocab:,} token "
           f"ids ({enc.name}), {args.dtype}; files {', '.join(names)}")

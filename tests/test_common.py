@@ -6,7 +6,6 @@ import os
 import pytest
 import torch
 
-import common
 from common import UserError, atomic_torch_save, check_output, pick_device, run_main
 
 
@@ -52,7 +51,7 @@ def test_a_failed_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypatch
         with open(f, "wb") as out:
             out.write(b"partial")
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 982272 vs 982160")
-    monkeypatch.setattr(common.torch, "save", disk_full)
+    monkeypatch.setattr(torch, "save", disk_full)
     with pytest.raises(UserError, match=r"could not write .*x\.pt \(\d+ MB free there\): free some space"):
         atomic_torch_save({"step": 2}, path)
     monkeypatch.undo()

@@ -815,3 +815,14 @@ def test_extra_stories_skip_those_an_earlier_extra_file_has(tmp_path):
     lower.write_text("tom had a red ball.\nsue saw a cat.\nthe sun was hot.\n")
     assert [d for d, _ in prepare.extra_docs(str(lower), [str(cased)])] == ["the sun was hot."]
     assert len(list(prepare.extra_docs(str(lower)))) == 3
+
+
+def test_prepare_does_not_import_torch():
+    """prepare.py and setup_tokenizer.py need numpy and tiktoken only: importing torch would add ~2 s to every run,
+    more than preparing the story set takes."""
+    import subprocess
+    import sys
+    code = "import sys, prepare, setup_tokenizer; print('torch' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr
