@@ -339,17 +339,17 @@ class Windows:
             yield (*tensors, chunk)
 
 
-def refuse_earlier_run(out_pattern, dataset, *others):
-    """A new run (not the checkpoint's own, continued) must not write over an earlier run's files: its checkpoints
-    (any epoch of out_pattern), and others (its best checkpoint and metrics)."""
+def refuse_earlier_run(out_pattern, dataset, best_path):
+    """A new run (not the checkpoint's own, continued) must not write over an earlier run's checkpoints: those of
+    out_pattern (any epoch) and its best one. (Metrics alone are no run to keep: a run that failed before its first
+    save leaves just them.)"""
     pattern = glob.escape(out_pattern.replace("{dataset}", dataset)).replace("{epoch}", "[0-9]*")
-    checkpoints = sorted(glob.glob(pattern), key=os.path.getmtime)
-    found = checkpoints + [f for f in others if os.path.exists(f)]
+    found = sorted(glob.glob(pattern), key=os.path.getmtime) + ([best_path] if os.path.exists(best_path) else [])
     if found:
-        more = f" and {len(found) - 1} more file(s)" if len(found) > 1 else ""
-        resume = checkpoints[-1] if checkpoints else found[0]
-        raise UserError(f"{found[0]}{more} hold an earlier run: continue it with --checkpoint {resume}, write this "
-                        f"one elsewhere with --output_checkpoint, or pass --overwrite to replace them")
+        what = f"{found[0]} and {len(found) - 1} more checkpoint(s) hold" if len(found) > 1 else f"{found[0]} holds"
+        resume = found[-2] if len(found) > 1 and found[-1] == best_path else found[-1]  # the newest of the run's own
+        raise UserError(f"{what} an earlier run: continue it with --checkpoint {resume}, write this one elsewhere "
+                        f"with --output_checkpoint, or pass --overwrite to replace them")
 
 
 def packing_warning(meta, block_size):
@@ -908,6 +908,25 @@ def train(args):
     config = model_config(args, meta, ckpt)
     args = resolve_args(args, ckpt_args, continuing, config, fine_tuning=ckpt is not None and not continuing)
 
+    # ---- files, checked before anything is built: a budgeted run may repeat many epochs, hence one file for it
+    default_out = "{dataset}.pt" if args.time_budget else "{dataset}_epoch{epoch}.pt"
+    given = args.output_checkpoint is not None
+    if not given and continuing:
+        # the run's own file names, next to the checkpoint given: a copy resumed elsewhere writes there, not over
+        # the files the run went on to write where it started
+        args.output_checkpoint = os.path.join(os.path.dirname(args.checkpoint),
+                                              os.path.basename(ckpt_args.get("output_checkpoint") or default_out))
+    out_pattern = args.output_checkpoint or os.path.join("models", default_out)
+    out_dir = os.path.dirname(out_pattern) or "."
+    best_path = os.path.join(out_dir, f"{dataset}_best.pt")
+    metrics_path = os.path.join(out_dir, f"{dataset}_metrics.jsonl")
+    if dist.main:
+        check_output(out_pattern.replace("{dataset}", dataset).replace("{epoch}", "1"),
+                     "--output_checkpoint" if given else "the checkpoint folder")
+        # --reset_epoch numbers epochs from 1 again: its files would land on the run's own
+        if (not continuing or args.reset_epoch) and not args.overwrite:
+            refuse_earlier_run(out_pattern, dataset, best_path)
+
     dtype = pick_dtype(device, args.dtype)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores, as nanoGPT does
@@ -979,7 +998,7 @@ def train(args):
             optimizer.load_state_dict(ckpt["optimizer"])
         except (ValueError, KeyError, TypeError) as e:
             raise UserError(f"{args.checkpoint}: its optimizer state does not fit the model ({first_line(e)}): a "
-                            f"damaged checkpoint; use another one from its folder") from None
+                            f"damaged checkpoint, or one from another version of the code; use another one") from None
         if ckpt.get("scaler") and scaler.is_enabled():
             scaler.load_state_dict(ckpt["scaler"])
     if continuing and not args.reset_epoch and ckpt.get("rng"):
@@ -997,20 +1016,6 @@ def train(args):
 
     # ---- files
     # a budgeted run may repeat many epochs: one file for it rather than one per epoch
-    default_out = "{dataset}.pt" if budget else "{dataset}_epoch{epoch}.pt"
-    if args.output_checkpoint is None and continuing:
-        # the run's own file names, next to the checkpoint given: a copy resumed elsewhere writes there, not over
-        # the files the run went on to write where it started
-        args.output_checkpoint = os.path.join(os.path.dirname(args.checkpoint),
-                                              os.path.basename(ckpt_args.get("output_checkpoint") or default_out))
-    out_pattern = args.output_checkpoint or os.path.join("models", default_out)
-    out_dir = os.path.dirname(out_pattern) or "."
-    best_path = os.path.join(out_dir, f"{dataset}_best.pt")
-    metrics_path = os.path.join(out_dir, f"{dataset}_metrics.jsonl")
-    if dist.main:
-        check_output(out_pattern.replace("{dataset}", dataset).replace("{epoch}", "1"), "--output_checkpoint")
-        if not continuing and not args.overwrite:
-            refuse_earlier_run(out_pattern, dataset, best_path, metrics_path)
     metrics = Metrics(metrics_path, os.path.join(out_dir, f"{dataset}_loss.png"),
                       keep_until_step=p.step if continuing and not args.reset_epoch else None, write=dist.main)
 

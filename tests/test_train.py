@@ -238,11 +238,19 @@ def test_a_new_run_does_not_write_over_an_earlier_one(env, tmp_path):
     first = train.train(args_for(env, tmp_path / "m", "--dataset", "mini", "--max_steps", "2"))
     files = {f: (tmp_path / "m" / f).read_bytes() for f in os.listdir(tmp_path / "m")}
     assert {"mini_epoch1.pt", "mini_best.pt", "mini_metrics.jsonl"} <= set(files)
-    with pytest.raises(train.UserError, match=r"mini_epoch1\.pt and 2 more file\(s\) hold an earlier run: continue it "
-                                              r"with --checkpoint .*mini_epoch1\.pt, write this one elsewhere with "
-                                              r"--output_checkpoint, or pass --overwrite to replace them$"):
+    with pytest.raises(train.UserError, match=r"mini_epoch1\.pt and 1 more checkpoint\(s\) hold an earlier run: "
+                                              r"continue it with --checkpoint .*mini_epoch1\.pt, write this one "
+                                              r"elsewhere with --output_checkpoint, or pass --overwrite to replace them$"):
         train.train(args_for(env, tmp_path / "m", "--dataset", "mini", "--max_steps", "1", "--n_layer", "1"))
+    # --reset_epoch numbers its epochs from 1 again: in the run's own folder it would replace them
+    with pytest.raises(train.UserError, match=r"hold an earlier run"):
+        train.train(train.parse_args(["--checkpoint", first["checkpoint"], "--reset_epoch", "--max_steps", "1",
+                                      "--data_dir", env["data"], "--device", "cpu", "--no-color"]))
     assert {f: (tmp_path / "m" / f).read_bytes() for f in os.listdir(tmp_path / "m")} == files  # untouched
+    # a run that failed before its first save left metrics only: no run to keep, the next one goes ahead
+    (tmp_path / "failed").mkdir()
+    (tmp_path / "failed" / "mini_metrics.jsonl").write_text("")
+    train.train(args_for(env, tmp_path / "failed", "--dataset", "mini", "--max_steps", "1"))
     # the run's own checkpoint continues in place; a copy of it continues next to the copy
     ck = first["checkpoint"]
     def go_on(checkpoint):  # no --output_checkpoint: the continued run picks its files
