@@ -912,40 +912,45 @@ def train_vocabulary(plan, vocab_size, path, limit):
 def rebuild_command(meta, folder=None):
     """The prepare.py command line that builds meta.json's dataset again, for the hints of every script: run on an
     intact dataset it says "up to date". folder: where the dataset is (default meta["folder"], which train.py's
-    load_meta sets, else data/<name>): its name and parent give --name and --out_dir."""
-    folder = os.path.normpath(folder or meta.get("folder") or os.path.join(DEFAULT_OUT_DIR, meta["name"]))
-    dataset, name, out_dir = meta["dataset"], os.path.basename(folder), os.path.dirname(folder) or "."
-    o = meta.get("options") or {  # a meta.json from before "options": what it says of them
-        "source": meta["source"][len("--source "):].split(", ") if meta.get("source", "").startswith("--source ") else None,
-        "tokenizer": meta.get("tokenizer", "gpt2"), "limit": meta.get("limit"),
-        "vocab_size": meta.get("vocab_size") if meta.get("tokenizer") == os.path.abspath(os.path.join(folder, "tokenizer.tiktoken")) else None,
-        "pack": meta.get("pack") if meta.get("kind") == "chat" and meta.get("pack") != DEFAULT_PACK else None,
-        "mix": {source: m["weight"] for source, m in meta["mix"].items()} if meta.get("mix") else None}
+    load_meta sets, else data/<name>): its name and parent give --name and --out_dir. A meta.json too damaged to say
+    gives `python prepare.py --dataset <the folder's name>`."""
+    meta = meta if isinstance(meta, dict) else {}
+    folder = os.path.normpath(folder or meta.get("folder") or os.path.join(DEFAULT_OUT_DIR, str(meta.get("name"))))
+    try:
+        dataset, name, out_dir = meta["dataset"], os.path.basename(folder), os.path.dirname(folder) or "."
+        o = meta.get("options") or {  # a meta.json from before "options": what it says of them
+            "source": meta["source"][len("--source "):].split(", ") if meta.get("source", "").startswith("--source ") else None,
+            "tokenizer": meta.get("tokenizer", "gpt2"), "limit": meta.get("limit"),
+            "vocab_size": meta.get("vocab_size") if meta.get("tokenizer") == os.path.abspath(os.path.join(folder, "tokenizer.tiktoken")) else None,
+            "pack": meta.get("pack") if meta.get("kind") == "chat" and meta.get("pack") != DEFAULT_PACK else None,
+            "mix": {source: m["weight"] for source, m in meta["mix"].items()} if meta.get("mix") else None}
 
-    def number(x):  # 2.0 as 2, and every digit of 0.15: the fingerprint has them
-        return repr(x).removesuffix(".0")
+        def number(x):  # 2.0 as 2, and every digit of 0.15: the fingerprint has them
+            return repr(x).removesuffix(".0")
 
-    args = ["--mix", ",".join(f"{source}:{number(weight)}" for source, weight in o["mix"].items())] if dataset == "mix" \
-        else ["--dataset", dataset]
-    if o.get("source"):
-        args += ["--source", *o["source"]]
-    if name != dataset:
-        args += ["--name", name]
-    if os.path.abspath(out_dir) != os.path.abspath(DEFAULT_OUT_DIR):
-        args += ["--out_dir", out_dir]
-    if o.get("vocab_size"):
-        args += ["--vocab_size", str(o["vocab_size"])]
-    elif o.get("tokenizer", "gpt2") != "gpt2":
-        args += ["--tokenizer", o["tokenizer"]]
-    if o.get("limit") is not None:
-        args += ["--limit", str(o["limit"])]
-    if o.get("val_fraction", DEFAULT_VAL_FRACTION) != DEFAULT_VAL_FRACTION:
-        args += ["--val_fraction", number(o["val_fraction"])]
-    if o.get("pack") is not None:
-        args += ["--pack", str(o["pack"])]
-    if o.get("extra") is False:
-        args.append("--no_extra")
-    return shlex.join(["python", "prepare.py", *args])
+        args = ["--mix", ",".join(f"{source}:{number(weight)}" for source, weight in o["mix"].items())] if dataset == "mix" \
+            else ["--dataset", dataset]
+        if o.get("source"):
+            args += ["--source", *o["source"]]
+        if name != dataset:
+            args += ["--name", name]
+        if os.path.abspath(out_dir) != os.path.abspath(DEFAULT_OUT_DIR):
+            args += ["--out_dir", out_dir]
+        if o.get("vocab_size"):
+            args += ["--vocab_size", str(o["vocab_size"])]
+        elif o.get("tokenizer", "gpt2") != "gpt2":
+            args += ["--tokenizer", o["tokenizer"]]
+        if o.get("limit") is not None:
+            args += ["--limit", str(o["limit"])]
+        if o.get("val_fraction", DEFAULT_VAL_FRACTION) != DEFAULT_VAL_FRACTION:
+            args += ["--val_fraction", number(o["val_fraction"])]
+        if o.get("pack") is not None:
+            args += ["--pack", str(o["pack"])]
+        if o.get("extra") is False:
+            args.append("--no_extra")
+        return shlex.join(["python", "prepare.py", *args])
+    except (KeyError, TypeError, AttributeError, ValueError):
+        return shlex.join(["python", "prepare.py", "--dataset", os.path.basename(folder)])
 
 
 @contextlib.contextmanager

@@ -250,7 +250,7 @@ def load_meta(data_dir, dataset):
     if not isinstance(meta, dict) or meta.get("format") != 1 or meta.get("dtype") not in ("uint16", "uint32"):
         what = f"format {meta.get('format')}" if isinstance(meta, dict) else f"a JSON {type(meta).__name__}"
         raise UserError(f"{path} is not a dataset this code reads ({what}): {fix} again")
-    fix = f"run `{rebuild_hint(meta, folder)}`"  # the command that made it: --name, --source and all
+    fix = f"run `{rebuild_command(meta, folder)}`"  # the command that made it: --name, --source and all
     names = ["train.bin", "val.bin"] + (["train_mask.bin", "val_mask.bin"] if meta.get("has_mask") else [])
     for name in names:
         if not os.path.isfile(os.path.join(folder, name)):
@@ -260,14 +260,6 @@ def load_meta(data_dir, dataset):
                         f"files): {fix} again")
     meta["folder"] = folder
     return meta
-
-
-def rebuild_hint(meta, folder):
-    """The prepare.py command that builds the dataset in folder again, from what its meta.json says."""
-    try:
-        return rebuild_command(meta, folder)
-    except (KeyError, TypeError, AttributeError):  # a meta.json too damaged to say
-        return f"python prepare.py --dataset {os.path.basename(folder)}"
 
 
 class Windows:
@@ -291,7 +283,7 @@ class Windows:
             self.mask = np.memmap(mask_path, dtype=np.uint8, mode="r")  # (n_tokens,) 1 where the loss counts
             if len(self.mask) != n_tokens:
                 raise UserError(f"{mask_path} has {len(self.mask)} entries for {n_tokens} tokens: "
-                                f"run `{rebuild_hint(meta, folder)}` again")
+                                f"run `{rebuild_command(meta, folder)}` again")
 
     def __len__(self):
         return self.n
@@ -817,7 +809,7 @@ def pick_tokenizer(args, meta, ckpt):
     enc = get_tokenizer(name)
     if tokenizer_hash(enc) != want:
         raise UserError(f"tokenizer {name} changed since {meta['folder']} was prepared (hash {tokenizer_hash(enc)}, "
-                        f"data {want}): run `{rebuild_hint(meta, meta['folder'])}` again")
+                        f"data {want}): run `{rebuild_command(meta, meta['folder'])}` again")
     return enc
 
 

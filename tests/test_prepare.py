@@ -732,6 +732,10 @@ def test_rebuild_command_builds_the_same_dataset(tmp_path, monkeypatch, capsys):
         prepare.prepare("chitchat", out_dir=out, name="notes")
     assert str(e.value) == (f"{out}/notes holds the 'text' dataset (made by `{cases[0][1]}`): pick another folder "
                             f"with --name, or replace it with --force")
+    # a meta.json that does not say how it was made: the plain command, not a KeyError
+    write(tmp_path / "sets" / "odd" / "meta.json", json.dumps({"format": 1, "mix": [1]}))
+    with pytest.raises(UserError, match=r"sets/odd holds the None dataset \(made by `python prepare.py --dataset odd`\)"):
+        prepare.prepare("chitchat", out_dir=out, name="odd")
 
 
 def test_missing_source_names_source_and_mirror(tmp_path, monkeypatch, capsys):
