@@ -45,7 +45,7 @@ def load_checkpoint(path, map_location="cpu"):
     if not os.path.exists(path):
         raise UserError(f"checkpoint {path} not found{available_hint()}")
     if hf.is_hf_folder(path):
-        return {"format": FORMAT, **hf.read_folder(path)}
+        return refuse_diverged(path, {"format": FORMAT, **hf.read_folder(path)})
     if os.path.isdir(path):
         raise UserError(f"{path} is a folder without {hf.CONFIG}: neither a checkpoint file nor a Hugging Face "
                         f"model folder{available_hint()}")
@@ -70,8 +70,14 @@ def load_checkpoint(path, map_location="cpu"):
             and "bpe" in tok):
         raise UserError(f"{path} is a damaged checkpoint (its model, config or tokenizer entry is not what train.py "
                         f"writes); use another file from models/")
+    return refuse_diverged(path, ckpt)
+
+
+def refuse_diverged(path, ckpt):
+    """ckpt, unless a weight is nan or inf: sampling would fail deep inside torch.multinomial (or repeat one token,
+    greedy), and training would go on with nan. One pass over weights already in memory."""
     diverged = [k for k, v in ckpt["model"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if diverged:  # sampling from it would fail deep inside torch.multinomial, and training would go on with nan
+    if diverged:
         raise UserError(f"{path} holds weights that are not finite ({len(diverged)} tensor(s) with nan or inf, "
                         f"{diverged[0]} first): its run diverged; use an earlier checkpoint, and a lower --lr")
     return ckpt

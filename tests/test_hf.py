@@ -393,3 +393,14 @@ def test_nearest_preset_gives_gpt2_its_learning_rate():
     assert hf.nearest_preset(make_config("gpt2", vocab_size=50259)) == "gpt2"
     assert hf.nearest_preset(make_config("tiny", n_layer=2, n_embd=64, vocab_size=300)) == "tiny"
     assert hf.nearest_preset(make_config("gpt2", n_layer=24, n_embd=1024, n_head=16, vocab_size=50259)) == "gpt2"
+
+
+def test_a_folder_of_nan_weights_is_refused(custom_enc, tmp_path, capsys):
+    """load_checkpoint's finite check covers Hugging Face folders too (a diverged fine-tune exported elsewhere)."""
+    model = our_model(custom_enc.n_vocab)
+    with torch.no_grad():
+        model.transformer.h[0].mlp.c_fc.weight[0, 0] = float("nan")
+    folder = str(tmp_path / "nan")
+    hf.export_folder(model, custom_enc, folder, torch.float32)  # export.py itself would refuse to load the model
+    line = one_error_line(*run_cli(gen.main, [folder, "--prompt", "x", "--max_tokens", "1", *CPU], capsys)[::2])
+    assert line.startswith(f"error: {folder} holds weights that are not finite (1 tensor(s) with nan or inf"), line
