@@ -1137,7 +1137,7 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
         has_mask = kind == "chat"
         roles = {role for role, _, _ in plan["streams"]}
         meta = {
-            "format": FORMAT, "dataset": dataset, "name": name, "kind": kind,
+            "format": FORMAT, "version": VERSION, "dataset": dataset, "name": name, "kind": kind,
             "tokenizer": tokenizer, "tokenizer_name": enc.name, "tokenizer_hash": tok_hash,
             "vocab_size": enc.n_vocab, "eot_token": enc.eot_token, "dtype": splits["train"].dtype.name,
             "has_mask": has_mask, "source": plan["description"],

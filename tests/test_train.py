@@ -68,7 +68,7 @@ def write_dataset(data_dir, name, enc, tokenizer, docs, chat=False, val_frac=0.1
         if chat:
             np.array(mask, dtype=np.uint8).tofile(os.path.join(folder, f"{split}_mask.bin"))
         meta_splits[split] = {"tokens": len(ids), "documents": len(items), "bytes": n_bytes}
-    meta = {"format": 1, "dataset": name, "kind": "chat" if chat else "text", "tokenizer": tokenizer,
+    meta = {"format": 1, "version": 2, "dataset": name, "kind": "chat" if chat else "text", "tokenizer": tokenizer,
             "tokenizer_name": enc.name, "tokenizer_hash": tokenizer_hash(enc), "vocab_size": enc.n_vocab,
             "dtype": "uint16", "has_mask": chat, "source": "tests", "splits": meta_splits}
     with open(os.path.join(folder, "meta.json"), "w") as f:
@@ -373,6 +373,21 @@ def test_a_damaged_dataset_is_named_not_trained_on(env, tmp_path, damage):
     with pytest.raises(UserError, match=r"(not what meta.json says|is not a dataset this code reads|train.bin is "
                                         rf"missing).*run `python prepare.py {rebuild}.*` again$"):
         train.train(args_for(env, tmp_path, "--data_dir", str(data), "--dataset", "mini", "--max_steps", "1"))
+
+
+def test_bits_per_byte_of_an_older_dataset_are_flagged(env, tmp_path, capsys):
+    """Datasets from before prepare.py's VERSION 2 counted <|endoftext|> as 13 bytes of text: their bits per byte are
+    low, and prepare.py rebuilds them only when run again."""
+    import shutil
+    shutil.copytree(os.path.join(env["data"], "mini"), tmp_path / "data" / "mini")
+    meta_path = tmp_path / "data" / "mini" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    train.load_meta(str(tmp_path / "data"), "mini")
+    assert "older prepare.py" not in capsys.readouterr().err
+    del meta["version"]
+    meta_path.write_text(json.dumps(meta))
+    train.load_meta(str(tmp_path / "data"), "mini")
+    assert "was prepared by an older prepare.py, which counted each <|endoftext|> as 13 bytes" in capsys.readouterr().err
 
 
 def test_tokenizer_mismatch_is_an_error(env, trained, tmp_path):
