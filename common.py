@@ -117,7 +117,7 @@ def atomic_torch_save(obj, path):
         try:
             torch.save(obj, tmp)
         except RuntimeError as e:  # torch's writer reports a failed write (a full disk) as a RuntimeError
-            if "Pytorch" not in str(e) and "ios" not in str(e) and "unexpected pos" not in str(e):
+            if not any(sign in str(e) for sign in ("PytorchStreamWriter", "basic_ios", "unexpected pos")):
                 raise
             free = shutil.disk_usage(folder).free
             raise UserError(f"could not write {path} ({free / 1e6:.0f} MB free there): free some space or write "

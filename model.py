@@ -476,12 +476,12 @@ class GPT(nn.Module):
         # 19.0 -> 12.5 ms; B2 2.5-5x; B8 the same or better. It costs a second copy of the head while generating,
         # and making it 30-240 ms, hence kept between calls.
         # The key catches every change autograd sees. A fused optimizer step (configure_optimizer's AdamW) and edits
-        # through .data bump no version counter, so 16 rows spread over the vocabulary are also compared with what
-        # they were (a few us): an optimizer step moves them all, since every row of the head gets a gradient from
-        # the softmax.
+        # through .data bump no version counter, so 16 rows spread over the vocabulary are also compared, bit for bit
+        # (nan included), with what they were (a few us): an optimizer step moves them all, since every row of the
+        # head gets a gradient from the softmax. An edit through .data that misses those rows goes unseen.
         w = self.lm_head.weight.detach()
         key = (w.device, w.data_ptr(), w._version)
-        probe = w[::max(1, w.size(0) // 16)]  # (16ish, C) view
+        probe = w[::max(1, w.size(0) // 16)].view(torch.uint8)  # (16ish, C * itemsize) view of the bits
         if getattr(self, "_lm_head_t_key", None) != key or not torch.equal(probe, self._lm_head_t_probe):
             self._lm_head_t_cache, self._lm_head_t_key, self._lm_head_t_probe = w.t().contiguous(), key, probe.clone()
         return self._lm_head_t_cache
