@@ -17,11 +17,16 @@ class UserError(Exception):
 
 
 # what the machine, not the code, got wrong: the file system's answer is the message, with the fix
-OS_FIXES = {errno.ENOSPC: "free some space or write elsewhere", errno.EDQUOT: "free some space or write elsewhere",
-            errno.EACCES: "check its permissions, or use another path", errno.EPERM: "check its permissions, or use "
-            "another path", errno.EROFS: "a read-only file system: write elsewhere", errno.EISDIR: "give a file's path, "
-            "not a folder's",
-            errno.ENOTDIR: "a part of the path is a file, not a folder", errno.ENAMETOOLONG: "use a shorter path"}
+OS_FIXES = {
+    errno.ENOSPC: "free some space or write elsewhere",
+    errno.EDQUOT: "free some space or write elsewhere",
+    errno.EACCES: "check its permissions, or use another path",
+    errno.EPERM: "check its permissions, or use another path",
+    errno.EROFS: "a read-only file system: write elsewhere",
+    errno.EISDIR: "give a file's path, not a folder's",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.ENAMETOOLONG: "use a shorter path",
+}
 
 
 def os_error_line(e):
