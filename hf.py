@@ -489,6 +489,9 @@ def export_folder(model, enc, out_dir, dtype=torch.float32):
             with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
                 f.write(text)
         st.save_file(tensors, os.path.join(tmp, WEIGHTS), metadata={"format": "pt"})
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(os.path.join(tmp, WEIGHTS), 0o666 & ~umask)  # safetensors writes 0600; the other files follow the umask
         for name in os.listdir(tmp):
             with open(os.path.join(tmp, name), "rb+") as f:
                 os.fsync(f.fileno())

@@ -576,7 +576,8 @@ def port(s):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Serve a checkpoint: an OpenAI-compatible HTTP API and a chat page.")
-    p.add_argument("checkpoint", nargs="?", help="a .pt file (default: the newest in models/)")
+    p.add_argument("checkpoint", nargs="?", help="a .pt file or a Hugging Face model folder (default: the newest .pt "
+                                                  "in models/)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; "
                                                         "0.0.0.0 for every network, with no authentication)")
     p.add_argument("--port", type=port, default=8000, help="port, 0-65535 (default 8000; 0 picks any free one)")

@@ -120,7 +120,8 @@ def parse_args(argv=None):
     g.add_argument("--n_head", type=int, help="override the preset's attention heads")
     g.add_argument("--n_embd", type=int, help="override the preset's width")
     g.add_argument("--variant", choices=["gpt2", "modern"], help="gpt2 (learned positions, LayerNorm, GELU) or "
-                                                                  "modern (RoPE, RMSNorm, SwiGLU); default gpt2")
+                                                                  "modern (RoPE, RMSNorm, SwiGLU); default: the "
+                                                                  "preset's (modern for tiny, gpt2 for the others)")
     g.add_argument("--dropout", type=float, help="dropout probability (default: 0, or the checkpoint's)")
     g.add_argument("--block_size", type=int, help="training context in tokens (default: the model's maximum, "
                                                   "256 for tiny/small, 1024 for gpt2-75m/gpt2)")
@@ -1242,7 +1243,8 @@ def train(args):
               (f"epoch(s) in the {args.time_budget:g} min budget" if budget else f"of {args.epochs} epoch(s) done"), "bold"))
     if p.best_val_loss is not None:
         say(f"best val loss {p.best_val_loss:.4f} (ppl {math.exp(min(p.best_val_loss, 50)):.2f}"
-            + (f", {best_bpb:.3f} bpb" if best_bpb else "") + f") in {summary['best_checkpoint']}")
+            + (f", {best_bpb:.3f} bpb" if best_bpb else "") + ") " + (f"in {summary['best_checkpoint']}" if
+               summary["best_checkpoint"] else "before this run, which did not better it (no best file here)"))
     say(f"checkpoint {saved['path']}; metrics {metrics.path}" + (f", curve {summary['plot']}" if summary["plot"] else ""))
     if saved["best"] or saved["path"]:
         say(paint(f"try it: python gen.py {saved['best'] or saved['path']}" + (" --chat" if meta.get("has_mask") else ""), "cyan"))

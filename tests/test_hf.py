@@ -163,6 +163,9 @@ def test_export_round_trips_here(exported, enc):
     idx = torch.randint(0, enc.n_vocab, (1, 64), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert torch.equal(model(idx)[0], exported["model"](idx)[0])
+    # every file readable as the umask makes files (safetensors alone wrote its own 0600)
+    modes = {name: os.stat(os.path.join(exported["out"], name)).st_mode & 0o777 for name in os.listdir(exported["out"])}
+    assert len(set(modes.values())) == 1, modes
 
 
 def test_gpt2_tokenizer_files_are_gpt2s_own(tmp_path, enc):

@@ -272,6 +272,19 @@ def test_a_new_run_does_not_write_over_an_earlier_one(env, tmp_path):
     assert load_checkpoint(r["checkpoint"])["config"]["n_layer"] == 1
 
 
+def test_a_continued_run_that_does_not_better_its_best_says_so(env, tmp_path, capsys):
+    first = train.train(args_for(env, tmp_path / "a", "--dataset", "mini", "--max_steps", "2"))
+    ck = load_checkpoint(first["checkpoint"])
+    ck["best_val_loss"] = 0.0  # no run can better it
+    os.makedirs(tmp_path / "b")
+    torch.save(ck, tmp_path / "b" / "copy.pt")  # a folder without the run's best file
+    capsys.readouterr()
+    r = train.train(train.parse_args(["--checkpoint", str(tmp_path / "b" / "copy.pt"), "--max_steps", "1",
+                                      "--data_dir", env["data"], "--device", "cpu", "--no-color"]))
+    assert r["best_checkpoint"] is None
+    assert "best val loss 0.0000 (ppl 1.00) before this run, which did not better it" in capsys.readouterr().out
+
+
 def test_an_unusable_output_is_refused_before_training(env, tmp_path):
     (tmp_path / "taken.pt").mkdir()
     args = args_for(env, tmp_path, "--dataset", "mini", "--max_steps", "1")
