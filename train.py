@@ -32,6 +32,7 @@ val loss so far; story_metrics.jsonl, one JSON record per log/eval point; story_
 import argparse
 import contextlib
 import dataclasses
+import gc
 import glob
 import inspect
 import json
@@ -1256,6 +1257,11 @@ def main(argv=None):
         return run_main(lambda: train(parse_args(argv)))
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Free DDP's reducer and gloo's finished work objects now, while the interpreter is whole: freed during its
+            # finalization they can abort the process (pytorch/pytorch#179291). Seen once, 2026-12-02: a 2-rank test
+            # run finished, then rank 1 died of "terminate called without an active exception" (SIGABRT); it did not
+            # recur in 24 repeats, so this is the upstream diagnosis, not a measured cure.
+            gc.collect()
             torch.distributed.destroy_process_group()
 
 
