@@ -471,6 +471,16 @@ def test_ranks_cover_the_epoch_once(env, world, start):
     assert sorted(seen) == sorted(train.epoch_order(len(w), 7, 1)[start:])
 
 
+def step_gradient(model, micro, n_targets=None, world=1):
+    """train_step's loss and gradient, the optimizer kept from changing or clearing anything."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    opt.zero_grad = lambda set_to_none=True: None
+    model.zero_grad(set_to_none=True)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    loss = train.train_step(model, opt, scaler, micro, torch.device("cpu"), torch.float32, 0.0, n_targets, world)
+    return loss, torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
 def test_all_padding_micro_batch_changes_nothing(env):
     """At an epoch's end a rank may have no windows left but must still run its micro-batches (DDP all-reduces in
     them): they carry weight 0, and their loss over no targets is 0, not nan, so the step's loss stays a number."""
@@ -481,23 +491,11 @@ def test_all_padding_micro_batch_changes_nothing(env):
     for micro in ([real], [real, empty]):
         torch.manual_seed(0)
         model = train.GPT(train.make_config("tiny", n_layer=1, n_embd=32, n_head=2, block_size=64, vocab_size=512))
-        opt = torch.optim.SGD(model.parameters(), lr=0.0)
-        scaler = torch.amp.GradScaler("cpu", enabled=False)
-        opt.zero_grad = lambda set_to_none=True: None  # keep the gradients to compare them
-        losses.append(train.train_step(model, opt, scaler, micro, torch.device("cpu"), torch.float32, 0.0))
-        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+        loss, grad = step_gradient(model, micro)
+        losses.append(loss)
+        grads.append(grad)
     assert torch.isfinite(losses[1]) and torch.allclose(losses[0], losses[1])
     assert torch.allclose(grads[0], grads[1], atol=1e-7)
-
-
-def step_gradient(model, micro, n_targets=None, world=1):
-    """train_step's loss and gradient, the optimizer kept from changing or clearing anything."""
-    opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    opt.zero_grad = lambda set_to_none=True: None
-    model.zero_grad(set_to_none=True)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
-    loss = train.train_step(model, opt, scaler, micro, torch.device("cpu"), torch.float32, 0.0, n_targets, world)
-    return loss, torch.cat([p.grad.flatten() for p in model.parameters()])
 
 
 def test_a_step_is_the_same_however_it_is_cut_into_micro_batches_and_ranks(env):
