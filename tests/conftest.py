@@ -1,4 +1,5 @@
 import os
+import signal
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -12,6 +13,12 @@ if os.path.isdir(os.path.join(SHARED, "tiktoken-cache")):
 if os.path.isdir(os.path.join(SHARED, "data")):
     os.environ.setdefault("DATA_MIRROR", os.path.join(SHARED, "data"))
 sys.path.insert(0, ROOT)
+
+# A non-interactive shell starts a background job (`make test &`, `nohup`) with Ctrl-C ignored, and every process the
+# tests start would inherit that: the tests of what Ctrl-C does (prepare's renames, serve.py's clean stop, train.py's
+# save) need it delivered, so it gets Python's usual handler back.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def run_cli(main, argv, capsys):
