@@ -207,15 +207,18 @@ def cfg_name(model):
 
 
 def bench_train(preset, device, dtype, peaks, batch_size, block_size=None, vocab_size=None, variant=None,
-                compile=False, warmup=2, iters=5):
+                compile=False, warmup=2, iters=5, recompute=False):
     if device.type == "cuda":  # this preset's peak alone: the count restarts from what is allocated now
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     model = build_model(preset, device, block_size, vocab_size, variant)
+    model.recompute_activations = recompute  # train.py --recompute_activations
     step, compiled = make_train_step(model, device, dtype, batch_size, compile)
     # torch.compile compiles on the first call: give it an extra warm-up step so no timed step recompiles
     seconds = timed(step, device, warmup + (1 if compiled else 0), iters)
     r = train_row(model, device, dtype, batch_size, seconds, peaks, compiled, iters=iters)
+    if recompute:
+        r["note"] += ", activations recomputed"
     if device.type == "cuda":  # weights, AdamW state, activations and gradients at their peak
         r["mem"] = torch.cuda.max_memory_allocated(device)
         r["note"] += f", peak memory {r['mem'] / 1e9:.1f} GB"
@@ -416,7 +419,8 @@ def settings_description(args):
     """How the numbers were taken, beyond the command line's defaults."""
     malloc = "freed memory retained" if getattr(args, "malloc_retained", False) else "allocator default"
     clock = "process CPU time (one thread)" if args.clock == "cpu" else "wall time"
-    return f"clock {clock}; glibc malloc {malloc}; torch.compile {'on' if args.compile else 'off'}"
+    return (f"clock {clock}; glibc malloc {malloc}; torch.compile {'on' if args.compile else 'off'}"
+            + ("; activations recomputed" if getattr(args, "recompute_activations", False) else ""))
 
 
 def section_text(rows, device, argv=None, note=None, when=None, settings=None):
@@ -513,7 +517,7 @@ def run(args, device, log=print):
         for preset in presets:
             for dtype in dtypes:
                 emit([bench_train(preset, device, dtype, peaks, bsz, block, vocab, args.variant, args.compile,
-                                  warmup, iters)])
+                                  warmup, iters, args.recompute_activations)])
     if "ratio" in only:
         small_vocab = 512 if quick else args.ratio_vocab
         # two steps ~8x apart in length: 5 pairs left the ratio's medians ±10% from run to run on a shared CPU
@@ -560,6 +564,9 @@ def get_parser():
     p.add_argument("--block_size", type=int, default=None, help="training sequence length (default: the preset's)")
     p.add_argument("--vocab_size", type=int, default=None, help="vocabulary size, e.g. 4096 for a custom tokenizer (default GPT-2's 50259)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model for train and ratio (compile time is in the warm-up)")
+    p.add_argument("--recompute_activations", action="store_true",
+                   help="train rows recompute each block's activations in the backward pass, as train.py's option "
+                        "(on a GPU their peak memory shows what it saves)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice, one per core)")
     p.add_argument("--clock", default="wall", choices=list(_CLOCKS),
                    help="wall (default) or cpu: this process's CPU time, for a CPU shared with other work; needs "

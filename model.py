@@ -24,6 +24,7 @@ from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
+import torch.utils.checkpoint
 from torch.nn import functional as F
 
 VARIANTS = ("gpt2", "modern")
@@ -316,6 +317,10 @@ class GPT(nn.Module):
         self.transformer = nn.ModuleDict(modules)
         self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
         self.transformer.wte.weight = self.lm_head.weight  # weight tying, https://arxiv.org/abs/1608.05859
+        # Training keeps only each block's input and computes its inside again during the backward pass: about a
+        # third more compute for a fraction of the activation memory (train.py --recompute_activations). A setting of
+        # this process, not of the model: checkpoints do not carry it.
+        self.recompute_activations = False
 
         if config.variant == "modern":
             # RoPE angles for every position up to block_size, shared by all layers. Non-persistent: derived data,
@@ -408,9 +413,14 @@ class GPT(nn.Module):
         if cache is not None and pos > 0 and T > 1:
             # new query i (absolute position pos+i) sees cached keys 0..pos+i
             attn_mask = torch.ones(T, pos + T, dtype=torch.bool, device=idx.device).tril(diagonal=pos)  # (T, pos+T)
+        recompute = self.recompute_activations and self.training and cache is None and torch.is_grad_enabled()
         for i, block in enumerate(self.transformer.h):
-            kv = None if cache is None else (cache.k[i], cache.v[i])
-            x = block(x, rope, kv, pos, attn_mask)
+            if recompute:
+                # the non-reentrant form: works under torch.compile, and replays dropout with the same random state
+                x = torch.utils.checkpoint.checkpoint(block, x, rope, use_reentrant=False)
+            else:
+                kv = None if cache is None else (cache.k[i], cache.v[i])
+                x = block(x, rope, kv, pos, attn_mask)
         if cache is not None:
             cache.pos = pos + T
         return self.transformer.ln_f(x)

@@ -180,6 +180,9 @@ def parse_args(argv=None):
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="autocast precision (default: bf16 where the hardware has it, fp16 on older GPUs, else fp32)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model (falls back to eager if it fails)")
+    g.add_argument("--recompute_activations", action="store_true",
+                   help="keep only each block's input for the backward pass and compute the rest again: far less "
+                        "activation memory (a larger batch or context on a small GPU) for up to a third more compute")
     g.add_argument("--no-color", dest="no_color", action="store_true", help="no ANSI colors in the output")
     return p.parse_args(argv)
 
@@ -987,6 +990,7 @@ def train(args):
     if ckpt is not None:
         load_weights(model, ckpt["model"])
     model.to(device)
+    model.recompute_activations = args.recompute_activations
     optimizer = model.configure_optimizer(args.weight_decay, args.lr, BETAS, device.type)
     # fp16 needs loss scaling against gradient underflow; bf16 and fp32 do not (the scaler is then a no-op)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
@@ -1057,7 +1061,8 @@ def train(args):
     ranks = f"{dist.world} ranks x " if dist.world > 1 else ""
     say(paint(f"train  {run_for} steps of {ranks}{args.batch_size}x{args.grad_accum}x{args.block_size} "
               f"= {tok_step:,} tokens, lr {args.lr:.2g} -> {args.min_lr:.2g} (warmup " + (f"{budget_warmup:.0%} of the budget" if budget else f"{args.warmup}") + "), "
-              f"{device} {str(dtype).replace('torch.', '')}{', compiled' if args.compile else ''}", "dim"))
+              f"{device} {str(dtype).replace('torch.', '')}{', compiled' if args.compile else ''}"
+              f"{', activations recomputed' if args.recompute_activations else ''}", "dim"))
     if continuing and (p.step or p.epoch):
         say(paint(f"resume epoch {p.epoch + 1}, window {p.windows:,}/{len(train_w):,}, step {p.step:,}", "dim"))
 
@@ -1223,8 +1228,9 @@ def train(args):
                 warn(f"saved {saved['path']} (step {p.step:,}) before stopping on the error below")
         if is_oom(e) and not isinstance(e, UserError):
             raise UserError(f"out of memory with --batch_size {args.batch_size} x --block_size {args.block_size}: "
-                            f"use a smaller --batch_size (and a larger --grad_accum to keep the tokens per step) or "
-                            f"a smaller --block_size ({first_line(e)})") from e
+                            f"use a smaller --batch_size (and a larger --grad_accum to keep the tokens per step)"
+                            f"{'' if args.recompute_activations else ', --recompute_activations'} or a smaller "
+                            f"--block_size ({first_line(e)})") from e
         if dist.world > 1 and is_peer_failure(e):
             raise UserError(f"lost contact with the other ranks at step {p.step:,} (did one fail? see its lines above): "
                             f"{first_line(e)[:100]}; last checkpoint: {saved['path'] or 'none'}") from e

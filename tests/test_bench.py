@@ -155,6 +155,26 @@ def test_quick_run_on_cuda():
     assert 0 < sec["train"][0]["mem"] < torch.cuda.get_device_properties(0).total_memory  # the step's peak
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_recompute_activations_lowers_the_peak_on_cuda():
+    mem = {}
+    for extra in ((), ("--recompute_activations",)):
+        args = quick_args("--device", "cuda", "--only", "train", "--dtype", "bfloat16", "--model", "tiny",
+                          "--batch_size", "32", "--block_size", "256", "--steps", "2",
+                          *extra)
+        (r,) = [r for r in bench.run(args, torch.device("cuda"), log=lambda *a: None) if r["section"] == "train"]
+        mem[bool(extra)] = r["mem"]
+        assert ("activations recomputed" in r["note"]) == bool(extra)
+    assert mem[True] < 0.75 * mem[False], mem
+
+
+def test_recompute_activations_row(one_thread):
+    rows = bench.run(quick_args("--only", "train", "--dtype", "float32", "--recompute_activations"),
+                     torch.device("cpu"), log=lambda *a: None)
+    (r,) = [r for r in rows if r["section"] == "train"]
+    assert r["note"].endswith(", activations recomputed") and r["value"] > 0
+
+
 def test_retain_freed_memory_in_a_subprocess():
     # process-wide and permanent, so not in the test process itself
     import subprocess

@@ -217,6 +217,17 @@ def test_exact_resume(env, tmp_path, dtype):
     assert a["best_val_loss"] == b["best_val_loss"]
 
 
+def test_recomputed_activations_train_the_same_model(env, tmp_path):
+    # dropout on: the blocks run again in the backward pass and must draw the same masks
+    common = ["--dataset", "mini", "--max_steps", "6", "--dropout", "0.1", "--eval_interval", "0"]
+    a = train.train(args_for(env, tmp_path / "a", *common))
+    b = train.train(args_for(env, tmp_path / "b", *common, "--recompute_activations"))
+    wa, wb = load_checkpoint(a["checkpoint"])["model"], load_checkpoint(b["checkpoint"])["model"]
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=1e-4, atol=1e-6, msg=k)
+
+
 def test_continuing_with_a_new_lr_moves_the_end_of_the_decay_along():
     """A continued run inherits its options, min_lr included; a new --lr alone takes min_lr along at the run's ratio,
     since an inherited min_lr above the new peak would make the cosine climb."""
@@ -648,7 +659,7 @@ def test_out_of_memory_saves_then_names_the_options(env, tmp_path, monkeypatch):
     monkeypatch.setattr(train, "train_step", flaky)
     with pytest.raises(UserError) as e:
         train.train(args_for(env, tmp_path, "--dataset", "mini", "--save_interval", "0"))
-    for opt in ("--batch_size", "--grad_accum", "--block_size"):
+    for opt in ("--batch_size", "--grad_accum", "--block_size", "--recompute_activations"):
         assert opt in str(e.value)
     assert load_checkpoint(str(tmp_path / "mini_epoch1.pt"))["step"] == 2  # the two good steps were kept
 
