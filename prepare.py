@@ -3,6 +3,7 @@ Turn stories, dialogues and instruction data into token files for train.py.
 
     python prepare.py                                  # every dataset it can find
     python prepare.py --dataset story --limit 500      # a quick demo
+    python prepare.py --dataset shakespeare --vocab_size 259   # bytes as tokens: nanoGPT's shakespeare_char
     python prepare.py --dataset text --source notes/ --name notes
     python prepare.py --dataset chat --source chats.jsonl --tokenizer tokenizers/story4k.tiktoken
     python prepare.py --mix dailydialog:1,chat:2 --name mychat   # several chat sets in one, by weight
@@ -65,8 +66,8 @@ from setup_tokenizer import EOT, IM_END, IM_START, get_tokenizer, read_text_chun
 FORMAT = 1   # layout of meta.json and the .bin files
 VERSION = 2  # bump when the same inputs would give other tokens or counts, so existing datasets rebuild
             # (2: special tokens count no bytes of text)
-DATASETS = ("story", "dailydialog", "chat", "chitchat", "knowledge", "text")
-EVERYTHING = ("story", "dailydialog", "chat", "knowledge", "chitchat")  # what a bare `python prepare.py` builds
+DATASETS = ("story", "shakespeare", "dailydialog", "chat", "chitchat", "knowledge", "text")
+EVERYTHING = ("story", "shakespeare", "dailydialog", "chat", "knowledge", "chitchat")  # what a bare `python prepare.py` builds
 MIXABLE = ("dailydialog", "chat", "knowledge", "chitchat")  # the conversation sets, which --mix combines
 SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
 THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -89,14 +90,19 @@ MIRROR = {
     # byte, BENCHMARKS.md), though they are lowercase; val stays the cased sample's
     "story": {"main": ["tinystories/TinyStories-sample.txt"],
               "extra": ["tinystories/TinyStories-train-head.txt", "tinystories/TinyStories-train-head-lowercase.txt"]},
+    "shakespeare": {"main": ["shakespeare/input.txt"]},
     "dailydialog": {"main": ["dailydialog/dialogues_train.txt"], "val": ["dailydialog/dialogues_validation.txt"]},
     "chat": {"main": ["alpaca/alpaca_5000.json", "alpaca/alpaca_en_demo.json",
                       "conversations/fastchat_dummy_conversation.json"]},
     "knowledge": {"main": ["gsm8k/train.jsonl"]},
 }
-# the same data on the hub: (path, config, train split, validation split or None)
+# the same data on the hub: (path, config, train split, validation split or None). A config that is a dict holds
+# load_dataset's keyword arguments instead: Tiny Shakespeare is read from char-rnn's file, the one nanoGPT downloads
+# (the hub's karpathy/tiny_shakespeare is a loading script, which datasets no longer runs), as one document
+SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 HUB = {
     "story": ("roneneldan/TinyStories", None, "train", "validation"),
+    "shakespeare": ("text", {"data_files": SHAKESPEARE_URL, "sample_by": "document"}, "train", None),
     "dailydialog": ("li2017dailydialog/daily_dialog", None, "train", "validation"),
     "chat": ("tatsu-lab/alpaca", None, "train", None),
     "knowledge": ("openai/gsm8k", "main", "train", None),
@@ -300,9 +306,10 @@ def file_docs(path, dataset):
 
 
 def load_hub(path, config, split):
-    """A split of a Hugging Face hub dataset (arrow-backed: memory-mapped, not held in RAM)."""
+    """A split of a Hugging Face hub dataset (arrow-backed: memory-mapped, not held in RAM); config: its name, or
+    a dict of load_dataset's keyword arguments."""
     import datasets  # slow to import, and only needed here
-    return datasets.load_dataset(path, config, split=split)
+    return datasets.load_dataset(path, split=split, **(config if isinstance(config, dict) else {"name": config}))
 
 
 def hub_docs(dataset, split):
@@ -470,7 +477,8 @@ def find_source(dataset, source=None, extra=True):
         found = {role: [os.path.join(mirror, f) for f in spec.get(role, []) if os.path.isfile(os.path.join(mirror, f))]
                  for role in ("main", "val", "extra")}
         if found["main"]:
-            docs = {"story": text_docs, "dailydialog": dailydialog_docs}.get(dataset) or functools.partial(file_docs, dataset=dataset)
+            docs = {"story": text_docs, "shakespeare": text_docs, "dailydialog": dailydialog_docs}.get(dataset) or \
+                functools.partial(file_docs, dataset=dataset)
             main_role = "train" if found["val"] else "split"
             streams = [(main_role, f, functools.partial(docs, f)) for f in found["main"]]
             streams += [("val", f, functools.partial(docs, f)) for f in found["val"]]
@@ -484,7 +492,9 @@ def find_source(dataset, source=None, extra=True):
     streams = [("train" if val_split else "split", f"{path} {train_split}", functools.partial(hub_docs, dataset, train_split))]
     if val_split:
         streams.append(("val", f"{path} {val_split}", functools.partial(hub_docs, dataset, val_split)))
-    return {"description": f"Hugging Face hub {path}" + (f" ({config})" if config else ""), "files": [], "streams": streams}
+    where = (f"{config['data_files']} through the datasets library" if isinstance(config, dict) else
+             f"Hugging Face hub {path}" + (f" ({config})" if config else ""))
+    return {"description": where, "files": [], "streams": streams}
 
 
 def parse_mix(spec):
@@ -1185,7 +1195,8 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
     dt = max(time.time() - t0, 1e-9)
     tr, va = meta["splits"]["train"], meta["splits"]["val"]
     tokens, mb = tr["tokens"] + va["tokens"], (tr["bytes"] + va["bytes"]) / 1e6
-    print(f"{folder}: {tr['documents'] + va['documents']:,} documents ({tr['documents']:,} train, {va['documents']:,} val), "
+    docs = tr["documents"] + va["documents"]
+    print(f"{folder}: {docs:,} document{'' if docs == 1 else 's'} ({tr['documents']:,} train, {va['documents']:,} val), "
           f"{tokens:,} tokens ({tr['tokens']:,} / {va['tokens']:,}), {mb:.1f} MB of text in {dt:.1f}s: "
           f"{mb / dt:.2f} MB/s, {tokens / dt / 1e6:.2f}M tokens/s")
     if block:
@@ -1200,7 +1211,7 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", choices=DATASETS,
-                   help="story (TinyStories), dailydialog, chat (instructions, conversations), chitchat (generated small talk), "
+                   help="story (TinyStories), shakespeare (Tiny Shakespeare, 1 MB), dailydialog, chat (instructions, conversations), chitchat (generated small talk), "
                         "knowledge (question/answer), text (your --source files); default: every one it finds, or text with --source")
     p.add_argument("--source", nargs="+", metavar="PATH",
                    help=".txt (documents separated by <|endoftext|>, else one per file), .jsonl/.json/.parquet records "
@@ -1240,8 +1251,8 @@ def main(argv=None):
         raise UserError("--name needs --dataset: it names one dataset's folder")
     for dataset in EVERYTHING:
         try:
-            # --pack is for the conversation sets: story, plain text, would refuse it
-            prepare(dataset, pack=None if dataset == "story" else args.pack, **options)
+            # --pack is for the conversation sets: the plain-text ones would refuse it
+            prepare(dataset, pack=args.pack if dataset in MIXABLE else None, **options)
         except NoSource as e:
             print(f"skipping {dataset}: {e}")
 

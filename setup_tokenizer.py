@@ -226,8 +226,10 @@ def train_bpe(texts, vocab_size, out_path, source="the input"):
     except ImportError:
         raise UserError("training a vocabulary needs rustbpe: pip install rustbpe")
     n_special = len(SPECIAL_TOKENS)
-    if vocab_size < 256 + n_special + 1:
-        raise UserError(f"--vocab_size must be at least {256 + n_special + 1} (256 bytes + merges + {n_special} special tokens)")
+    # 256 + n_special is the bytes alone, no merges: a character-level model on ASCII text (nanoGPT's shakespeare_char)
+    if vocab_size < 256 + n_special:
+        raise UserError(f"--vocab_size must be at least {256 + n_special} (256 bytes + {n_special} special tokens, then "
+                        f"one per merge)")
     # with no text rustbpe quietly returns the 256 bytes alone: a vocabulary below the minimum above
     texts = (t for t in texts if t)
     first = next(texts, None)

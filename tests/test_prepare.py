@@ -751,7 +751,7 @@ def test_missing_source_names_source_and_mirror(tmp_path, monkeypatch, capsys):
     # a bare `python prepare.py` skips what it cannot find and builds the rest
     prepare.main(["--out_dir", str(tmp_path / "data"), "--limit", "50"])
     out = capsys.readouterr().out
-    for name in ("story", "dailydialog", "chat", "knowledge"):
+    for name in ("story", "shakespeare", "dailydialog", "chat", "knowledge"):
         assert f"skipping {name}: no data for --dataset {name}: pass --source PATH, or set DATA_MIRROR" in out
     assert json.loads((tmp_path / "data" / "chitchat" / "meta.json").read_text())["kind"] == "chat"
 
@@ -777,6 +777,17 @@ def test_hub_path(tmp_path, monkeypatch, enc):
     meta = prepare.prepare("dailydialog", out_dir=str(tmp_path / "data"))
     ids, mask = load(tmp_path / "data" / "dailydialog", "train", meta)
     assert masked_spans(enc, ids, mask) == ["Hello." + IM_END] * 3
+    # Tiny Shakespeare: char-rnn's file through datasets' text loader, one document whose last tenth is val
+    play = "".join(f"KING {i}:\nMy lord, the hour is come.\n\n" for i in range(200))
+    rows.update(train=[{"text": play}])
+    asked.clear()
+    meta = prepare.prepare("shakespeare", out_dir=str(tmp_path / "data"))
+    assert asked == [("text", {"data_files": prepare.SHAKESPEARE_URL, "sample_by": "document"}, "train")]
+    assert meta["source"] == f"{prepare.SHAKESPEARE_URL} through the datasets library"
+    train_ids, _ = load(tmp_path / "data" / "shakespeare", "train", meta)
+    val_ids, _ = load(tmp_path / "data" / "shakespeare", "val", meta)
+    assert enc.decode(train_ids.tolist() + val_ids.tolist()) == play.strip() + EOT
+    assert 0.08 < len(val_ids) / (len(train_ids) + len(val_ids)) < 0.12
 
 
 # -----------------------------------------------------------------------------
@@ -811,6 +822,27 @@ def test_mirror_dailydialog(tmp_path, enc):
     text = enc.decode(ids.tolist())
     assert text.startswith("<|im_start|>user\n") and "__eou__" not in text and " ," not in text
     assert all(s.endswith(IM_END) for s in masked_spans(enc, ids, mask))
+
+
+@needs_mirror
+def test_mirror_shakespeare_byte_level(tmp_path):
+    # --vocab_size 259: the 256 bytes and the special tokens, no merges; on ASCII text a token is a character,
+    # nanoGPT's shakespeare_char
+    prepare.main(["--dataset", "shakespeare", "--vocab_size", "259", "--out_dir", str(tmp_path / "data")])
+    folder = tmp_path / "data" / "shakespeare"
+    meta = json.loads((folder / "meta.json").read_text())
+    check_sizes(folder, meta)
+    with open(os.path.join(MIRROR, "shakespeare", "input.txt"), "rb") as f:
+        text = f.read()
+    assert meta["vocab_size"] == 259 and "shakespeare/input.txt" in meta["source"]
+    enc = get_tokenizer(str(folder / "tokenizer.tiktoken"))
+    train_ids, _ = load(folder, "train", meta)
+    val_ids, _ = load(folder, "val", meta)
+    ids = train_ids.tolist() + val_ids.tolist()
+    assert ids[-1] == enc.eot_token and len(ids) == len(text) + 1  # one token a byte
+    assert enc.decode(ids[:-1]).encode() == text
+    assert meta["splits"]["train"]["bytes"] + meta["splits"]["val"]["bytes"] == len(text)
+    assert 0.09 < len(val_ids) / len(ids) < 0.11
 
 
 def test_extra_stories_skip_those_an_earlier_extra_file_has(tmp_path):

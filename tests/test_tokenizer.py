@@ -144,7 +144,18 @@ def test_bad_tokenizer_inputs(tmp_path):
         train_tokenizer([str(latin1)], 300, str(tmp_path / "x.tiktoken"))
     with pytest.raises(UserError, match="vocab_size"):
         train_tokenizer([str(latin1)], 100, str(tmp_path / "x.tiktoken"))
+    with pytest.raises(UserError, match="at least 259"):
+        train_tokenizer([str(latin1)], 258, str(tmp_path / "x.tiktoken"))
     assert not (tmp_path / "x.tiktoken").exists()
+
+
+def test_the_smallest_vocabulary_is_the_bytes(tmp_path):
+    src = tmp_path / "t.txt"
+    src.write_text("To be, or not to be: that is the question. " * 20, encoding="utf-8")
+    enc = train_tokenizer([str(src)], 259, str(tmp_path / "bytes.tiktoken"))
+    text = "Whether 'tis nobler — in the mind"
+    assert enc.n_vocab == 259 and enc.encode_ordinary(text) == list(text.encode())  # one token a byte, no merges
+    assert enc.decode(enc.encode(text + IM_END, allowed_special="all")) == text + IM_END
 
 
 def test_a_folder_or_a_binary_file_is_no_vocabulary(tmp_path, capsys):
