@@ -230,7 +230,7 @@ def train_bpe(texts, vocab_size, out_path, source="the input"):
     if vocab_size < 256 + n_special:
         raise UserError(f"--vocab_size must be at least {256 + n_special} (256 bytes + {n_special} special tokens, then "
                         f"one per merge)")
-    # with no text rustbpe quietly returns the 256 bytes alone: a vocabulary below the minimum above
+    # with no text rustbpe quietly returns the 256 bytes alone, whatever size was asked: refused, not a surprise later
     texts = (t for t in texts if t)
     first = next(texts, None)
     if first is None:
