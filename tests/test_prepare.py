@@ -21,6 +21,7 @@ from conftest import run_cli
 from setup_tokenizer import EOT, IM_END, IM_START, get_tokenizer, render_chat, tokenizer_hash, train_tokenizer
 
 MIRROR = os.environ.get("DATA_MIRROR")
+REAL_LOAD_HUB = prepare.load_hub  # before the fixture below refuses it
 
 DOCS = [f"Story {i}: a cat named Ünïcødé met 🐉 dragon #{i}. «こんにちは» עברית e\u0301" + " words" * (i % 7) for i in range(47)]
 DOCS[3] += " A literal <|im_start|> and <|im_end|> inside a document stay plain text."
@@ -822,6 +823,22 @@ def test_mirror_dailydialog(tmp_path, enc):
     text = enc.decode(ids.tolist())
     assert text.startswith("<|im_start|>user\n") and "__eou__" not in text and " ," not in text
     assert all(s.endswith(IM_END) for s in masked_spans(enc, ids, mask))
+
+
+def test_shakespeare_through_the_real_datasets_text_loader(tmp_path, monkeypatch, enc):
+    # the keyword arguments prepare.py gives load_dataset, with a local file where the hub path has char-rnn's URL
+    play = tmp_path / "input.txt"
+    play.write_text("".join(f"CITIZEN {i}:\nWe are accounted poor citizens.\n\n" for i in range(300)), encoding="utf-8")
+    url, kwargs = prepare.HUB["shakespeare"][1]["data_files"], prepare.HUB["shakespeare"][1]
+    assert url == prepare.SHAKESPEARE_URL
+    monkeypatch.setitem(prepare.HUB, "shakespeare", ("text", {**kwargs, "data_files": str(play),
+                                                              "cache_dir": str(tmp_path / "cache")}, "train", None))
+    monkeypatch.setattr(prepare, "load_hub", REAL_LOAD_HUB)
+    monkeypatch.setenv("DATA_MIRROR", str(tmp_path / "no-mirror"))
+    meta = prepare.prepare("shakespeare", out_dir=str(tmp_path / "data"))
+    train_ids, _ = load(tmp_path / "data" / "shakespeare", "train", meta)
+    val_ids, _ = load(tmp_path / "data" / "shakespeare", "val", meta)
+    assert enc.decode(train_ids.tolist() + val_ids.tolist()) == play.read_text().strip() + EOT  # one document
 
 
 @needs_mirror
