@@ -207,17 +207,17 @@ def cfg_name(model):
 
 
 def bench_train(preset, device, dtype, peaks, batch_size, block_size=None, vocab_size=None, variant=None,
-                compile=False, warmup=2, iters=5, recompute=False):
+                compile=False, warmup=2, iters=5, recompute_activations=False):
     if device.type == "cuda":  # this preset's peak alone: the count restarts from what is allocated now
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     model = build_model(preset, device, block_size, vocab_size, variant)
-    model.recompute_activations = recompute  # train.py --recompute_activations
+    model.recompute_activations = recompute_activations  # train.py's option of that name
     step, compiled = make_train_step(model, device, dtype, batch_size, compile)
     # torch.compile compiles on the first call: give it an extra warm-up step so no timed step recompiles
     seconds = timed(step, device, warmup + (1 if compiled else 0), iters)
     r = train_row(model, device, dtype, batch_size, seconds, peaks, compiled, iters=iters)
-    if recompute:
+    if recompute_activations:
         r["note"] += ", activations recomputed"
     if device.type == "cuda":  # weights, AdamW state, activations and gradients at their peak
         r["mem"] = torch.cuda.max_memory_allocated(device)

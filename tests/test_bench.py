@@ -160,8 +160,7 @@ def test_recompute_activations_lowers_the_peak_on_cuda():
     mem = {}
     for extra in ((), ("--recompute_activations",)):
         args = quick_args("--device", "cuda", "--only", "train", "--dtype", "bfloat16", "--model", "tiny",
-                          "--batch_size", "32", "--block_size", "256", "--steps", "2",
-                          *extra)
+                          "--batch_size", "32", "--block_size", "256", "--steps", "2", *extra)
         (r,) = [r for r in bench.run(args, torch.device("cuda"), log=lambda *a: None) if r["section"] == "train"]
         mem[bool(extra)] = r["mem"]
         assert ("activations recomputed" in r["note"]) == bool(extra)

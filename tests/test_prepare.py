@@ -829,8 +829,8 @@ def test_shakespeare_through_the_real_datasets_text_loader(tmp_path, monkeypatch
     # the keyword arguments prepare.py gives load_dataset, with a local file where the hub path has char-rnn's URL
     play = tmp_path / "input.txt"
     play.write_text("".join(f"CITIZEN {i}:\nWe are accounted poor citizens.\n\n" for i in range(300)), encoding="utf-8")
-    url, kwargs = prepare.HUB["shakespeare"][1]["data_files"], prepare.HUB["shakespeare"][1]
-    assert url == prepare.SHAKESPEARE_URL
+    kwargs = prepare.HUB["shakespeare"][1]
+    assert kwargs["data_files"] == prepare.SHAKESPEARE_URL
     monkeypatch.setitem(prepare.HUB, "shakespeare", ("text", {**kwargs, "data_files": str(play),
                                                               "cache_dir": str(tmp_path / "cache")}, "train", None))
     monkeypatch.setattr(prepare, "load_hub", REAL_LOAD_HUB)
