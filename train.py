@@ -344,10 +344,11 @@ def refuse_earlier_run(out_pattern, dataset, best_path):
     out_pattern (any epoch) and its best one. (Metrics alone are no run to keep: a run that failed before its first
     save leaves just them.)"""
     pattern = glob.escape(out_pattern.replace("{dataset}", dataset)).replace("{epoch}", "[0-9]*")
-    found = sorted(glob.glob(pattern), key=os.path.getmtime) + ([best_path] if os.path.exists(best_path) else [])
+    checkpoints = sorted(glob.glob(pattern), key=os.path.getmtime)
+    found = checkpoints + ([best_path] if os.path.exists(best_path) else [])
     if found:
         what = f"{found[0]} and {len(found) - 1} more checkpoint(s) hold" if len(found) > 1 else f"{found[0]} holds"
-        resume = found[-2] if len(found) > 1 and found[-1] == best_path else found[-1]  # the newest of the run's own
+        resume = checkpoints[-1] if checkpoints else best_path  # the newest of the run's own
         raise UserError(f"{what} an earlier run: continue it with --checkpoint {resume}, write this one elsewhere "
                         f"with --output_checkpoint, or pass --overwrite to replace them")
 
@@ -1015,8 +1016,7 @@ def train(args):
         train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None, **no_buffer_sync)
     fwd = Forward(train_model, args.compile)  # compile the DDP model: its graphs break at the buckets (DDPOptimizer)
 
-    # ---- files
-    # a budgeted run may repeat many epochs: one file for it rather than one per epoch
+    # ---- files (their names were settled above)
     metrics = Metrics(metrics_path, os.path.join(out_dir, f"{dataset}_loss.png"),
                       keep_until_step=p.step if continuing and not args.reset_epoch else None, write=dist.main)
 
