@@ -96,17 +96,17 @@ MIRROR = {
                       "conversations/fastchat_dummy_conversation.json"]},
     "knowledge": {"main": ["gsm8k/train.jsonl"]},
 }
-# the same data on the hub: (path, config, train split, validation split or None). A config that is a dict holds
-# load_dataset's keyword arguments instead: Tiny Shakespeare is read from char-rnn's file, the one nanoGPT downloads
-# (the hub's karpathy/tiny_shakespeare is a loading script, which datasets no longer runs), as one document
-SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+# the same data on the hub: (path, config, train split, validation split or None)
 HUB = {
     "story": ("roneneldan/TinyStories", None, "train", "validation"),
-    "shakespeare": ("text", {"data_files": SHAKESPEARE_URL, "sample_by": "document"}, "train", None),
     "dailydialog": ("li2017dailydialog/daily_dialog", None, "train", "validation"),
     "chat": ("tatsu-lab/alpaca", None, "train", None),
     "knowledge": ("openai/gsm8k", "main", "train", None),
 }
+# Data the hub has in no form datasets still loads (karpathy/tiny_shakespeare is a loading script), fetched from where
+# it lives instead: char-rnn's Tiny Shakespeare, the file nanoGPT downloads. datasets could read the URL too, but only
+# with aiohttp, which it no longer installs; one urlopen needs nothing.
+URLS = {"shakespeare": "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"}
 
 
 class NoSource(UserError):
@@ -306,10 +306,9 @@ def file_docs(path, dataset):
 
 
 def load_hub(path, config, split):
-    """A split of a Hugging Face hub dataset (arrow-backed: memory-mapped, not held in RAM); config: its name, or
-    a dict of load_dataset's keyword arguments."""
+    """A split of a Hugging Face hub dataset (arrow-backed: memory-mapped, not held in RAM)."""
     import datasets  # slow to import, and only needed here
-    return datasets.load_dataset(path, split=split, **(config if isinstance(config, dict) else {"name": config}))
+    return datasets.load_dataset(path, config, split=split)
 
 
 def hub_docs(dataset, split):
@@ -322,6 +321,32 @@ def hub_docs(dataset, split):
         doc = record_doc(row, f"{path} {split} row {i}", dataset)
         if doc:
             yield doc
+
+
+def fetch(url):
+    """The bytes at url."""
+    import urllib.request
+    with urllib.request.urlopen(url, timeout=60) as r:
+        return r.read()
+
+
+def download_path(dataset):
+    """Where URLS[dataset] is kept once fetched: the user's cache, shared by every checkout."""
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "gpt-trainer", f"{dataset}-{os.path.basename(URLS[dataset])}")
+
+
+def url_docs(dataset):
+    """The documents of URLS[dataset]'s text file, fetched on first use."""
+    path = download_path(dataset)
+    if not os.path.exists(path):
+        try:
+            text = fetch(URLS[dataset]).decode("utf-8")
+        except Exception as e:  # offline (URLError), an HTTP error, not UTF-8
+            raise NoSource(no_source(dataset, f"downloading {URLS[dataset]} failed: {type(e).__name__}: {first_line(e)}"))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        atomic_write_text(path, text)
+    yield from text_docs(path)
 
 
 def no_source(dataset, why):
@@ -488,13 +513,14 @@ def find_source(dataset, source=None, extra=True):
             files = [os.path.abspath(f) for role, f, _ in streams]
             return {"description": f"DATA_MIRROR {os.path.abspath(mirror)}: " + ", ".join(os.path.relpath(f, mirror) for f in files),
                     "files": files, "streams": streams}
+    if dataset in URLS:
+        return {"description": f"{URLS[dataset]}, kept in {download_path(dataset)}", "files": [],
+                "streams": [("split", URLS[dataset], functools.partial(url_docs, dataset))]}
     path, config, train_split, val_split = HUB[dataset]
     streams = [("train" if val_split else "split", f"{path} {train_split}", functools.partial(hub_docs, dataset, train_split))]
     if val_split:
         streams.append(("val", f"{path} {val_split}", functools.partial(hub_docs, dataset, val_split)))
-    where = (f"{config['data_files']} through the datasets library" if isinstance(config, dict) else
-             f"Hugging Face hub {path}" + (f" ({config})" if config else ""))
-    return {"description": where, "files": [], "streams": streams}
+    return {"description": f"Hugging Face hub {path}" + (f" ({config})" if config else ""), "files": [], "streams": streams}
 
 
 def parse_mix(spec):

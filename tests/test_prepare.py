@@ -21,7 +21,7 @@ from conftest import run_cli
 from setup_tokenizer import EOT, IM_END, IM_START, get_tokenizer, render_chat, tokenizer_hash, train_tokenizer
 
 MIRROR = os.environ.get("DATA_MIRROR")
-REAL_LOAD_HUB = prepare.load_hub  # before the fixture below refuses it
+REAL_FETCH = prepare.fetch  # before the fixture below refuses it
 
 DOCS = [f"Story {i}: a cat named Ünïcødé met 🐉 dragon #{i}. «こんにちは» עברית e\u0301" + " words" * (i % 7) for i in range(47)]
 DOCS[3] += " A literal <|im_start|> and <|im_end|> inside a document stay plain text."
@@ -33,6 +33,7 @@ def no_hub(monkeypatch):
     def refuse(*args, **kwargs):
         raise ConnectionError("the hub is off limits in tests")
     monkeypatch.setattr(prepare, "load_hub", refuse)
+    monkeypatch.setattr(prepare, "fetch", refuse)
 
 
 @pytest.fixture
@@ -778,17 +779,37 @@ def test_hub_path(tmp_path, monkeypatch, enc):
     meta = prepare.prepare("dailydialog", out_dir=str(tmp_path / "data"))
     ids, mask = load(tmp_path / "data" / "dailydialog", "train", meta)
     assert masked_spans(enc, ids, mask) == ["Hello." + IM_END] * 3
-    # Tiny Shakespeare: char-rnn's file through datasets' text loader, one document whose last tenth is val
+
+
+def test_shakespeare_is_downloaded_once(tmp_path, monkeypatch, enc):
+    """Without --source or mirror, char-rnn's file is fetched into the user's cache, once; one document whose last
+    tenth is val."""
+    monkeypatch.setenv("DATA_MIRROR", str(tmp_path / "no-mirror"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     play = "".join(f"KING {i}:\nMy lord, the hour is come.\n\n" for i in range(200))
-    rows.update(train=[{"text": play}])
-    asked.clear()
+    served = tmp_path / "served" / "input.txt"  # a file:// URL: urlopen reads it as it would char-rnn's
+    served.parent.mkdir()
+    served.write_text(play)
+    assert prepare.URLS["shakespeare"].startswith("https://") and prepare.URLS["shakespeare"].endswith("/input.txt")
+    monkeypatch.setitem(prepare.URLS, "shakespeare", served.as_uri())
+    asked = []
+    monkeypatch.setattr(prepare, "fetch", lambda url: asked.append(url) or REAL_FETCH(url))
     meta = prepare.prepare("shakespeare", out_dir=str(tmp_path / "data"))
-    assert asked == [("text", {"data_files": prepare.SHAKESPEARE_URL, "sample_by": "document"}, "train")]
-    assert meta["source"] == f"{prepare.SHAKESPEARE_URL} through the datasets library"
+    kept = tmp_path / "cache" / "gpt-trainer" / "shakespeare-input.txt"
+    assert asked == [served.as_uri()] and kept.read_text() == play
+    assert meta["source"] == f"{served.as_uri()}, kept in {kept}"
     train_ids, _ = load(tmp_path / "data" / "shakespeare", "train", meta)
     val_ids, _ = load(tmp_path / "data" / "shakespeare", "val", meta)
-    assert enc.decode(train_ids.tolist() + val_ids.tolist()) == play.strip() + EOT
+    assert enc.decode(train_ids.tolist() + val_ids.tolist()) == play + EOT
     assert 0.08 < len(val_ids) / (len(train_ids) + len(val_ids)) < 0.12
+    prepare.prepare("shakespeare", out_dir=str(tmp_path / "data"), force=True)
+    assert len(asked) == 1  # the kept copy
+    # offline, with nothing kept: the one-line error names --source and the mirror
+    kept.unlink()
+    served.unlink()
+    with pytest.raises(UserError, match=r"--source PATH, or set DATA_MIRROR .*downloading file://.* failed: URLError"):
+        prepare.prepare("shakespeare", out_dir=str(tmp_path / "data"), force=True)
+    assert not kept.exists() and json.loads((tmp_path / "data" / "shakespeare" / "meta.json").read_text()) == meta
 
 
 # -----------------------------------------------------------------------------
@@ -823,22 +844,6 @@ def test_mirror_dailydialog(tmp_path, enc):
     text = enc.decode(ids.tolist())
     assert text.startswith("<|im_start|>user\n") and "__eou__" not in text and " ," not in text
     assert all(s.endswith(IM_END) for s in masked_spans(enc, ids, mask))
-
-
-def test_shakespeare_through_the_real_datasets_text_loader(tmp_path, monkeypatch, enc):
-    # the keyword arguments prepare.py gives load_dataset, with a local file where the hub path has char-rnn's URL
-    play = tmp_path / "input.txt"
-    play.write_text("".join(f"CITIZEN {i}:\nWe are accounted poor citizens.\n\n" for i in range(300)), encoding="utf-8")
-    kwargs = prepare.HUB["shakespeare"][1]
-    assert kwargs["data_files"] == prepare.SHAKESPEARE_URL
-    monkeypatch.setitem(prepare.HUB, "shakespeare", ("text", {**kwargs, "data_files": str(play),
-                                                              "cache_dir": str(tmp_path / "cache")}, "train", None))
-    monkeypatch.setattr(prepare, "load_hub", REAL_LOAD_HUB)
-    monkeypatch.setenv("DATA_MIRROR", str(tmp_path / "no-mirror"))
-    meta = prepare.prepare("shakespeare", out_dir=str(tmp_path / "data"))
-    train_ids, _ = load(tmp_path / "data" / "shakespeare", "train", meta)
-    val_ids, _ = load(tmp_path / "data" / "shakespeare", "val", meta)
-    assert enc.decode(train_ids.tolist() + val_ids.tolist()) == play.read_text().strip() + EOT  # one document
 
 
 @needs_mirror
