@@ -32,7 +32,7 @@ import torch
 
 from common import (UserError, atomic_write_text, autocast, cpu_has_bf16, pick_device, pick_dtype, retain_freed_memory,
                     run_main, DTYPES)
-from model import GPT, PRESETS, make_config
+from model import GPT, OPTIMIZERS, PRESETS, make_config
 
 SECTIONS = ("peak", "train", "gen", "ratio", "prepare")
 SHORT = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -146,16 +146,16 @@ def build_model(preset, device, block_size=None, vocab_size=None, variant=None, 
     return GPT(cfg).to(device)
 
 
-def make_train_step(model, device, dtype, batch_size, compile=False, seed=0):
+def make_train_step(model, device, dtype, batch_size, compile=False, seed=0, optimizer=OPTIMIZERS[0]):
     """A closure doing one full training step on a fixed synthetic batch (no data loading in the timing):
-    forward + loss under autocast, backward, AdamW step, zero_grad. Returns (step, compiled?)."""
+    forward + loss under autocast, backward, optimizer step (train.py's), zero_grad. Returns (step, compiled?)."""
     cfg = model.config
     model.train()
     g = torch.Generator(device="cpu").manual_seed(seed)
     x = torch.randint(0, cfg.vocab_size, (batch_size, cfg.block_size), generator=g).to(device)
     y = torch.randint(0, cfg.vocab_size, (batch_size, cfg.block_size), generator=g).to(device)
     # a small lr: random tokens must not blow the weights up over the warm-up and timed steps
-    opt = model.configure_optimizer(weight_decay=0.1, lr=1e-4, device_type=device.type)
+    opt = model.configure_optimizer(weight_decay=0.1, lr=1e-4, device_type=device.type, optimizer=optimizer, dtype=dtype)
     fwd = model
     compiled = False
     if compile:
@@ -207,13 +207,13 @@ def cfg_name(model):
 
 
 def bench_train(preset, device, dtype, peaks, batch_size, block_size=None, vocab_size=None, variant=None,
-                compile=False, warmup=2, iters=5, recompute_activations=False):
+                compile=False, warmup=2, iters=5, recompute_activations=False, optimizer=OPTIMIZERS[0]):
     if device.type == "cuda":  # this preset's peak alone: the count restarts from what is allocated now
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     model = build_model(preset, device, block_size, vocab_size, variant)
     model.recompute_activations = recompute_activations  # train.py's option of that name
-    step, compiled = make_train_step(model, device, dtype, batch_size, compile)
+    step, compiled = make_train_step(model, device, dtype, batch_size, compile, optimizer=optimizer)
     # torch.compile compiles on the first call: give it an extra warm-up step so no timed step recompiles
     seconds = timed(step, device, warmup + (1 if compiled else 0), iters)
     r = train_row(model, device, dtype, batch_size, seconds, peaks, compiled, iters=iters)
@@ -226,13 +226,13 @@ def bench_train(preset, device, dtype, peaks, batch_size, block_size=None, vocab
 
 
 def bench_ratio(preset, device, dtype, peaks, batch_size, block_size=None, small_vocab=4096, variant=None,
-                compile=False, warmup=2, iters=5):
+                compile=False, warmup=2, iters=5, optimizer=OPTIMIZERS[0]):
     """Issue #6's vocabulary target: the same model with a small vocabulary in the chosen dtype against GPT-2's
     vocabulary in fp32, timed interleaved in one run. Rows: both speeds and their ratio."""
     fast = build_model(preset, device, block_size, small_vocab, variant)
     slow = build_model(preset, device, block_size, GPT2_VOCAB, variant)
-    fast_step, fast_compiled = make_train_step(fast, device, dtype, batch_size, compile)
-    slow_step, _ = make_train_step(slow, device, torch.float32, batch_size, compile=False)
+    fast_step, fast_compiled = make_train_step(fast, device, dtype, batch_size, compile, optimizer=optimizer)
+    slow_step, _ = make_train_step(slow, device, torch.float32, batch_size, compile=False, optimizer=optimizer)
     t_fast, t_slow = timed_interleaved([fast_step, slow_step], device, warmup + (1 if fast_compiled else 0), iters)
     r_fast = train_row(fast, device, dtype, batch_size, t_fast, peaks, fast_compiled, iters=iters)
     r_slow = train_row(slow, device, torch.float32, batch_size, t_slow, peaks, False, iters=iters)
@@ -419,7 +419,8 @@ def settings_description(args):
     """How the numbers were taken, beyond the command line's defaults."""
     malloc = "freed memory retained" if getattr(args, "malloc_retained", False) else "allocator default"
     clock = "process CPU time (one thread)" if args.clock == "cpu" else "wall time"
-    return (f"clock {clock}; glibc malloc {malloc}; torch.compile {'on' if args.compile else 'off'}"
+    return (f"clock {clock}; glibc malloc {malloc}; torch.compile {'on' if args.compile else 'off'}; "
+            f"optimizer {getattr(args, 'optimizer', OPTIMIZERS[0])}"
             + ("; activations recomputed" if getattr(args, "recompute_activations", False) else ""))
 
 
@@ -517,13 +518,13 @@ def run(args, device, log=print):
         for preset in presets:
             for dtype in dtypes:
                 emit([bench_train(preset, device, dtype, peaks, bsz, block, vocab, args.variant, args.compile,
-                                  warmup, iters, args.recompute_activations)])
+                                  warmup, iters, args.recompute_activations, args.optimizer)])
     if "ratio" in only:
         small_vocab = 512 if quick else args.ratio_vocab
         # two steps ~8x apart in length: 5 pairs left the ratio's medians ±10% from run to run on a shared CPU
         ratio_iters = args.steps if args.steps is not None else (2 if quick else 10)
         emit(bench_ratio(args.ratio_model, device, dtypes[0], peaks, bsz, block, small_vocab, args.variant,
-                         args.compile, warmup, ratio_iters))
+                         args.compile, warmup, ratio_iters, args.optimizer))
     if "gen" in only:
         new_tokens = 8 if quick else args.new_tokens
         prompt = 4 if quick else args.prompt_len
@@ -567,6 +568,8 @@ def get_parser():
     p.add_argument("--recompute_activations", action="store_true",
                    help="train rows recompute each block's activations in the backward pass, as train.py's option "
                         "(on a GPU their peak memory shows what it saves)")
+    p.add_argument("--optimizer", default=OPTIMIZERS[0], choices=OPTIMIZERS,
+                   help=f"the optimizer of the training steps, as train.py's option (default {OPTIMIZERS[0]})")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice, one per core)")
     p.add_argument("--clock", default="wall", choices=list(_CLOCKS),
                    help="wall (default) or cpu: this process's CPU time, for a CPU shared with other work; needs "

@@ -51,14 +51,15 @@ from tqdm import tqdm
 from checkpoint import load_checkpoint, load_weights, save_checkpoint
 from common import (UserError, atomic_write_text, autocast, check_output, first_line, pick_device, pick_dtype,
                     retain_freed_memory, run_main, tmp_name)
-from model import PRESETS, GPT, GPTConfig, make_config
+from model import OPTIMIZERS, PRESETS, GPT, GPTConfig, make_config
 from prepare import is_complete, rebuild_command
 from setup_tokenizer import get_tokenizer, tokenizer_from_state, tokenizer_hash
 
 # Peak learning rates and batch sizes (windows) that train each preset well with AdamW(0.9, 0.95); small models
 # tolerate (and need) larger steps. tiny's were measured on a 2-core CPU with --time_budget 2 on TinyStories
 # (BENCHMARKS.md, issue 10 study): batch 8 beat 4, 16 and 32 (more steps for the same tokens/s), 4e-3 beat 2e-3
-# and matched 6e-3.
+# and matched 6e-3. Muon's updates are scaled to AdamW's size, so the same rates serve it: over one epoch of tiny,
+# Muon's matrices at half or twice the rate did worse (BENCHMARKS.md).
 DEFAULT_LR = {"tiny": 4e-3, "small": 1e-3, "gpt2-75m": 6e-4, "gpt2": 6e-4}
 DEFAULT_BATCH_SIZE = {"tiny": 8}  # others: 16
 FINETUNE_LR_DIVISOR = 3  # fine-tuning starts from trained weights: smaller steps keep what they know
@@ -70,7 +71,7 @@ BETAS = (0.9, 0.95)
 # time budget), warmup = default_warmup(all steps) (BUDGET_WARMUP of a time budget).
 DEFAULTS = dict(epochs=1, seed=1337, batch_size=None, grad_accum=1, block_size=None, lr=None, min_lr=None,
                 warmup=None, weight_decay=0.1, grad_clip=1.0, eval_interval=10.0, log_interval=10.0,
-                save_interval=10.0, eval_batches=40, patience=0, time_budget=None)
+                save_interval=10.0, eval_batches=40, patience=0, time_budget=None, optimizer=OPTIMIZERS[0])
 # share of a --time_budget spent warming up: on tiny's 2-minute runs 10% beat 2% (batch 16: 1.31 -> 1.10 val bpb;
 # batch 8: 1.065 -> 1.054), whose first steps were too large and stalled the loss for a while
 BUDGET_WARMUP = 0.10
@@ -160,7 +161,10 @@ def parse_args(argv=None):
                                                      "(of all steps, or of --time_budget) (default: 2%% of all steps, "
                                                      f"from 100 (10%% of a run under 1000) to 1000; "
                                                      f"{BUDGET_WARMUP * 100:g}%% of a time budget)")
-    g.add_argument("--weight_decay", type=float, help=f"AdamW weight decay on matrices (default: {d['weight_decay']})")
+    g.add_argument("--optimizer", choices=OPTIMIZERS,
+                   help="muon: Muon for the weight matrices inside the blocks, AdamW for the embedding, gains and biases; "
+                        f"adamw: AdamW for everything (default: {d['optimizer']}, or the checkpoint's)")
+    g.add_argument("--weight_decay", type=float, help=f"weight decay on matrices (default: {d['weight_decay']})")
     g.add_argument("--grad_clip", type=float, help=f"clip the gradient norm to this, 0 = off (default: {d['grad_clip']})")
     g = p.add_argument_group("evaluation and logging")
     g.add_argument("--eval_interval", type=float, help=f"evaluate every this %% of an epoch (of the time with "
@@ -191,6 +195,8 @@ def resolve_args(args, ckpt_args, continuing, config, fine_tuning=False):
     """Fill the training options left as None: the checkpoint's value when continuing the same run, else the
     default. Returns a new Namespace of plain values (it goes into the checkpoint) and checks them."""
     a = argparse.Namespace(**vars(args))
+    if continuing:
+        ckpt_args = {"optimizer": "adamw", **ckpt_args}  # checkpoints from before --optimizer are AdamW's
     if a.time_budget is not None and a.epochs is None and not continuing:
         a.epochs = UNLIMITED_EPOCHS
     old_lr, old_min_lr = ckpt_args.get("lr"), ckpt_args.get("min_lr")
@@ -992,10 +998,14 @@ def train(args):
         load_weights(model, ckpt["model"])
     model.to(device)
     model.recompute_activations = args.recompute_activations
-    optimizer = model.configure_optimizer(args.weight_decay, args.lr, BETAS, device.type)
+    optimizer = model.configure_optimizer(args.weight_decay, args.lr, BETAS, device.type, args.optimizer, dtype)
     # fp16 needs loss scaling against gradient underflow; bf16 and fp32 do not (the scaler is then a no-op)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    if continuing and ckpt.get("optimizer"):
+    was_optimizer = ckpt_args.get("optimizer", "adamw")
+    if continuing and ckpt.get("optimizer") and was_optimizer != args.optimizer:
+        warn(f"--optimizer {args.optimizer}: the checkpoint's run used {was_optimizer}, whose state does not carry "
+             f"over; {args.optimizer} starts afresh")
+    elif continuing and ckpt.get("optimizer"):
         try:
             optimizer.load_state_dict(ckpt["optimizer"])
         except (ValueError, KeyError, TypeError) as e:
@@ -1060,7 +1070,7 @@ def train(args):
         + f", epochs of {spe:,}" if budget else f"{args.epochs} epoch(s) x {spe:,}"
     ranks = f"{dist.world} ranks x " if dist.world > 1 else ""
     say(paint(f"train  {run_for} steps of {ranks}{args.batch_size}x{args.grad_accum}x{args.block_size} "
-              f"= {tok_step:,} tokens, lr {args.lr:.2g} -> {args.min_lr:.2g} (warmup " + (f"{budget_warmup:.0%} of the budget" if budget else f"{args.warmup}") + "), "
+              f"= {tok_step:,} tokens, {args.optimizer} lr {args.lr:.2g} -> {args.min_lr:.2g} (warmup " + (f"{budget_warmup:.0%} of the budget" if budget else f"{args.warmup}") + "), "
               f"{device} {str(dtype).replace('torch.', '')}{', compiled' if args.compile else ''}"
               f"{', activations recomputed' if args.recompute_activations else ''}", "dim"))
     if continuing and (p.step or p.epoch):

@@ -1,5 +1,6 @@
 """Tests for model.py: tiny configs on CPU, the whole file runs in seconds."""
 
+import copy
 import math
 import os
 import sys
@@ -9,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from model import GPT, PRESETS, GPTConfig, KVCache, cross_entropy, make_config  # noqa: E402
+from model import GPT, OPTIMIZERS, PRESETS, GPTConfig, KVCache, Muon, cross_entropy, make_config, orthogonalize  # noqa: E402
 
 VARIANTS = ["gpt2", "modern"]
 VOCAB = 1000  # not a multiple of 64, so padding is exercised (padded to 1024)
@@ -508,7 +509,7 @@ def test_cache_dtype_follows_autocast():
 
 def test_configure_optimizer_groups():
     model = tiny_model()
-    opt = model.configure_optimizer(weight_decay=0.1, lr=1e-3)
+    opt = model.configure_optimizer(weight_decay=0.1, lr=1e-3, optimizer="adamw")
     assert isinstance(opt, torch.optim.AdamW)
     decay, no_decay = opt.param_groups
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
@@ -516,13 +517,75 @@ def test_configure_optimizer_groups():
     n = sum(p.numel() for g in opt.param_groups for p in g["params"])
     assert n == model.num_params(non_embedding=False)  # every parameter once (the tied matrix too)
 
+    # the default: Muon takes the blocks' weight matrices, AdamW the embedding (tied to lm_head), gains and biases
+    opt = model.configure_optimizer(weight_decay=0.1, lr=1e-3)
+    (muon,), (decay, no_decay) = opt.muon.param_groups, opt.adamw.param_groups
+    block_matrices = {n for n, p in model.named_parameters() if n.startswith("transformer.h.") and p.dim() == 2}
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert {names[id(p)] for p in muon["params"]} == block_matrices and len(block_matrices) == 4 * 2
+    assert {names[id(p)] for p in decay["params"]} == {"transformer.wte.weight", "transformer.wpe.weight"}
+    assert muon["weight_decay"] == decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert len(opt.param_groups) == 3 and all(g["lr"] == 1e-3 for g in opt.param_groups)
+    n = sum(p.numel() for g in opt.param_groups for p in g["params"])
+    assert n == model.num_params(non_embedding=False)
+    with pytest.raises(ValueError, match="optimizer must be one of muon, adamw"):
+        model.configure_optimizer(0.1, 1e-3, optimizer="sgd")
 
+
+@pytest.mark.parametrize("shape", [(48, 16), (16, 48), (32, 32)])
+def test_orthogonalize_sets_every_singular_value_near_one(shape):
+    # G = U S V^T with singular values from 1 down to 0.01: the result keeps U and V and brings every one of them near 1
+    g = torch.Generator().manual_seed(0)
+    k = min(shape)
+    u = torch.linalg.qr(torch.randn(shape[0], shape[0], generator=g))[0][:, :k]
+    v = torch.linalg.qr(torch.randn(shape[1], shape[1], generator=g))[0][:, :k]
+    G = u @ torch.diag(torch.logspace(0, -2, k)) @ v.T
+    O = orthogonalize(torch.stack([G, 3 * G]))  # a stack: each matrix on its own, whatever its scale
+    assert O.shape == (2, *G.shape)
+    torch.testing.assert_close(O[1], O[0])
+    O = O[0]
+    D = u.T @ O @ v  # (k, k): diagonal when O has G's singular vectors
+    assert (D - torch.diag(D.diagonal())).abs().max() < 1e-4
+    # the quintic iteration leaves them in about [0.7, 1.2] rather than converging to 1 (the smallest grew 68x here)
+    assert D.diagonal().min() > 0.6 and D.diagonal().max() < 1.25, D.diagonal()
+
+
+def test_muon_state_round_trips_exactly():
+    # two steps, save, two more, against a copy loaded from the save: the momentum buffers carry the run on exactly
+    def run(model, opt, steps, seed):
+        for i in range(steps):
+            _, loss = model(tokens(2, 16, seed=seed + i), tokens(2, 16, seed=seed + 50 + i))
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+    a = tiny_model("modern").train()
+    opt_a = a.configure_optimizer(0.1, 1e-2)
+    run(a, opt_a, 2, seed=0)
+    # copies: state_dict() hands out the live tensors, which the next steps change in place
+    saved_model, saved_opt = copy.deepcopy(a.state_dict()), copy.deepcopy(opt_a.state_dict())
+    run(a, opt_a, 2, seed=10)
+    b = tiny_model("modern").train()
+    b.load_state_dict(saved_model)
+    opt_b = b.configure_optimizer(0.1, 1e-2)
+    opt_b.load_state_dict(saved_opt)
+    assert all(g["lr"] == 1e-2 for g in opt_b.param_groups)  # groups read afresh after loading
+    run(b, opt_b, 2, seed=10)
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(va, vb), k
+    with pytest.raises(ValueError, match="not the state of Muon with AdamW"):
+        opt_b.load_state_dict(a.configure_optimizer(0.1, 1e-2, optimizer="adamw").state_dict())
+    with pytest.raises(ValueError, match="2-D weight matrices only"):
+        Muon([a.transformer.ln_f.weight], lr=1e-3)
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_overfits_a_fixed_batch(variant):
+def test_overfits_a_fixed_batch(variant, optimizer):
     model = tiny_model(variant, vocab_size=256, n_embd=64, n_head=4).train()
     x = tokens(4, 32, vocab=256)
     y = tokens(4, 32, seed=5, vocab=256)
-    opt = model.configure_optimizer(weight_decay=0.0, lr=1e-2)
+    opt = model.configure_optimizer(weight_decay=0.0, lr=1e-2, optimizer=optimizer)
     first = None
     for _ in range(50):
         _, loss = model(x, y)

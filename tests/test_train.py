@@ -129,6 +129,12 @@ def args_for(env, out, *extra, fresh=True):
     return train.parse_args(base + [str(e) for e in extra])
 
 
+def optimizer_states(ck):
+    """Each parameter's optimizer state in a checkpoint: AdamW's, or Muon's and AdamW's."""
+    opt = ck["optimizer"]
+    return [st for part in ((opt["muon"], opt["adamw"]) if "muon" in opt else (opt,)) for st in part["state"].values()]
+
+
 def read_metrics(path):
     with open(path) as f:
         return [json.loads(line) for line in f]
@@ -189,11 +195,11 @@ def test_best_checkpoint_ignores_worse_evals(env, trained, tmp_path):
     assert not os.path.exists(out / "story_best.pt")
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_exact_resume(env, tmp_path, dtype):
+@pytest.mark.parametrize("dtype,optimizer", [("float32", "muon"), ("bfloat16", "muon"), ("float32", "adamw")])
+def test_exact_resume(env, tmp_path, dtype, optimizer):
     # dropout on (the RNG must be restored), grad_accum 2 and 2 epochs (a short last step, an epoch boundary)
     common = ["--dataset", "mini", "--epochs", "2", "--dropout", "0.1", "--grad_accum", "2", "--batch_size", "4",
-              "--dtype", dtype, "--eval_interval", "50", "--save_interval", "0"]
+              "--dtype", dtype, "--eval_interval", "50", "--save_interval", "0", "--optimizer", optimizer]
     one = train.train(args_for(env, tmp_path / "one", *common))
     n = one["steps"]
     assert n >= 8 and one["stopped"] == "done"
@@ -211,10 +217,38 @@ def test_exact_resume(env, tmp_path, dtype):
     assert a["model"].keys() == b["model"].keys()
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
-    for (i, sa), (_, sb) in zip(a["optimizer"]["state"].items(), b["optimizer"]["state"].items()):
+    assert a["args"]["optimizer"] == b["args"]["optimizer"] == optimizer
+    states_a, states_b = optimizer_states(a), optimizer_states(b)
+    assert len(states_a) == len(states_b) == len(a["model"]) - 1  # every parameter (wte and lm_head are one)
+    for i, (sa, sb) in enumerate(zip(states_a, states_b)):
+        assert sa.keys() == sb.keys()
         for k in sa:
             assert torch.equal(sa[k], sb[k]), (i, k)
     assert a["best_val_loss"] == b["best_val_loss"]
+
+
+def test_continuing_keeps_the_runs_optimizer(env, tmp_path, capsys):
+    # a checkpoint from before --optimizer (AdamW's state, no "optimizer" in its args) continues with AdamW, exactly
+    common = ["--dataset", "mini", "--epochs", "3", "--eval_interval", "0", "--save_interval", "0"]
+    whole = train.train(args_for(env, tmp_path / "whole", *common, "--optimizer", "adamw", "--max_steps", "4"))
+    half = train.train(args_for(env, tmp_path / "old", *common, "--optimizer", "adamw", "--max_steps", "2"))
+    ck = load_checkpoint(half["checkpoint"])
+    del ck["args"]["optimizer"]
+    torch.save(ck, half["checkpoint"])
+    rest = train.train(args_for(env, tmp_path / "old", "--checkpoint", half["checkpoint"], "--max_steps", "2",
+                                fresh=False))
+    a, b = load_checkpoint(whole["checkpoint"]), load_checkpoint(rest["checkpoint"])
+    assert b["args"]["optimizer"] == "adamw" and b["step"] == 4
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    # another optimizer on continuing: said, and its state starts afresh
+    capsys.readouterr()
+    switched = train.train(args_for(env, tmp_path / "old", "--checkpoint", rest["checkpoint"], "--optimizer", "muon",
+                                    "--max_steps", "1", fresh=False))
+    assert "--optimizer muon: the checkpoint's run used adamw, whose state does not carry over" in capsys.readouterr().err
+    ck = load_checkpoint(switched["checkpoint"])
+    assert ck["args"]["optimizer"] == "muon" and ck["step"] == 5
+    assert all(int(st["step"]) == 1 for st in ck["optimizer"]["adamw"]["state"].values())
 
 
 def test_recomputed_activations_train_the_same_model(env, tmp_path):
@@ -644,7 +678,8 @@ def test_fine_tuning_on_other_data_starts_fresh(env, trained, tmp_path):
     assert ck["dataset"] == "chat" and ck["epoch"] == 0 and ck["step"] == 2
     assert ck["args"]["lr"] == pytest.approx(train.DEFAULT_LR["tiny"] / 3)  # lower default lr for fine-tuning
     assert ck["args"]["batch_size"] == train.DEFAULT_BATCH_SIZE["tiny"] != 16  # not the story run's 16
-    assert all(int(st["step"]) == 2 for st in ck["optimizer"]["state"].values())  # a fresh optimizer
+    steps = [int(st["step"]) for st in optimizer_states(ck) if "step" in st]  # AdamW's: Muon keeps no count
+    assert steps and all(n == 2 for n in steps)  # a fresh optimizer
     assert os.path.basename(s["checkpoint"]) == "chat_epoch1.pt"
 
 
