@@ -195,8 +195,6 @@ def resolve_args(args, ckpt_args, continuing, config, fine_tuning=False):
     """Fill the training options left as None: the checkpoint's value when continuing the same run, else the
     default. Returns a new Namespace of plain values (it goes into the checkpoint) and checks them."""
     a = argparse.Namespace(**vars(args))
-    if continuing:
-        ckpt_args = {"optimizer": "adamw", **ckpt_args}  # checkpoints from before --optimizer are AdamW's
     if a.time_budget is not None and a.epochs is None and not continuing:
         a.epochs = UNLIMITED_EPOCHS
     old_lr, old_min_lr = ckpt_args.get("lr"), ckpt_args.get("min_lr")
@@ -899,6 +897,8 @@ def train(args):
         args = argparse.Namespace(**{**vars(args), "checkpoint": args.init_from})
     ckpt = load_checkpoint(args.checkpoint) if args.checkpoint else None
     ckpt_args = (ckpt or {}).get("args") or {}
+    if ckpt is not None:
+        ckpt_args = {"optimizer": "adamw", **ckpt_args}  # checkpoints from before --optimizer hold AdamW's state
     args = argparse.Namespace(**vars(args))
     dataset = args.dataset = args.dataset or (ckpt or {}).get("dataset") or "story"
     # same dataset and training state present: this is the same run going on; otherwise start a new one from
@@ -1001,10 +1001,9 @@ def train(args):
     optimizer = model.configure_optimizer(args.weight_decay, args.lr, BETAS, device.type, args.optimizer, dtype)
     # fp16 needs loss scaling against gradient underflow; bf16 and fp32 do not (the scaler is then a no-op)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    was_optimizer = ckpt_args.get("optimizer", "adamw")
-    if continuing and ckpt.get("optimizer") and was_optimizer != args.optimizer:
-        warn(f"--optimizer {args.optimizer}: the checkpoint's run used {was_optimizer}, whose state does not carry "
-             f"over; {args.optimizer} starts afresh")
+    if continuing and ckpt.get("optimizer") and ckpt_args["optimizer"] != args.optimizer:
+        warn(f"--optimizer {args.optimizer}: the checkpoint's run used {ckpt_args['optimizer']}, whose state does not "
+             f"carry over; {args.optimizer} starts afresh")
     elif continuing and ckpt.get("optimizer"):
         try:
             optimizer.load_state_dict(ckpt["optimizer"])

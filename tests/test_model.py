@@ -579,6 +579,28 @@ def test_muon_state_round_trips_exactly():
         Muon([a.transformer.ln_f.weight], lr=1e-3)
 
 
+def test_muon_with_adamw_under_a_grad_scaler():
+    # fp16 training (GPUs without bf16) scales the loss: the scaler unscales and steps Muon and AdamW as one optimizer,
+    # and skips the whole step when a gradient is not finite
+    model = tiny_model("modern").train()
+    opt = model.configure_optimizer(0.1, 1e-2)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+    x, y = tokens(2, 16), tokens(2, 16, seed=2)
+    before = [p.detach().clone() for p in model.parameters()]
+    for bad in (False, True):
+        _, loss = model(x, y)
+        scaler.scale(loss * (float("inf") if bad else 1.0)).backward()
+        scaler.unscale_(opt)
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+        after = [p.detach().clone() for p in model.parameters()]
+        moved = [not torch.equal(a, b) for a, b in zip(before, after)]
+        assert (not any(moved)) if bad else all(moved), (bad, moved)
+        before = after
+    assert scaler.get_scale() == 2.0 ** 9  # halved by the skipped step
+
+
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_overfits_a_fixed_batch(variant, optimizer):
