@@ -8,6 +8,7 @@ numbers from different machines and commits sit side by side).
     python bench.py --only train --model small --dtype bfloat16,float32 --batch_size 16
     python bench.py --only ratio                      # tiny with a 4096-token vocabulary (chosen dtype) vs GPT-2's in fp32
     python bench.py --device cuda --compile           # GPU: TFLOP/s, compiled model, flash attention
+    python bench.py --only train,ratio --optimizer muon,adamw   # the training rows with each optimizer
     python bench.py --quick --no_write                # seconds: tiny sizes (what the test runs)
 
 Sections (--only, comma-separated): peak, train, gen, ratio, prepare. MFU = model FLOPs per token
@@ -102,10 +103,10 @@ def flop_unit(device):
     return (1e12, "TFLOP/s") if device.type == "cuda" else (1e9, "GFLOP/s")
 
 
-def row(section, name, value, unit, dtype=None, mfu=None, note=""):
-    # mem: peak bytes allocated on a GPU (training rows), else None
+def row(section, name, value, unit, dtype=None, mfu=None, note="", optimizer=None):
+    # mem: peak bytes allocated on a GPU (training rows), else None; optimizer: the training rows' (and the ratio's)
     return dict(section=section, name=name, dtype=SHORT.get(dtype, "") if dtype is not None else "",
-                value=float(value), unit=unit, mfu=mfu, note=note, mem=None)
+                value=float(value), unit=unit, mfu=mfu, note=note, mem=None, optimizer=optimizer)
 
 
 # -----------------------------------------------------------------------------
@@ -182,7 +183,7 @@ def make_train_step(model, device, dtype, batch_size, compile=False, seed=0, opt
     return step, compiled
 
 
-def train_row(model, device, dtype, batch_size, seconds, peaks, compiled, label=None, iters=None):
+def train_row(model, device, dtype, batch_size, seconds, peaks, compiled, optimizer, label=None, iters=None):
     cfg = model.config
     scale, unit = flop_unit(device)
     t = statistics.median(seconds)
@@ -191,10 +192,10 @@ def train_row(model, device, dtype, batch_size, seconds, peaks, compiled, label=
     peak = peaks.get(dtype)
     mfu = achieved / peak if peak else None
     name = label or f"{cfg_name(model)} B{batch_size} T{cfg.block_size} V{cfg.vocab_size}"
-    note = f"step {t * 1e3:.0f} ms, {achieved / scale:.1f} {unit}" + (", compiled" if compiled else "")
+    note = f"step {t * 1e3:.0f} ms, {achieved / scale:.1f} {unit}, {optimizer}" + (", compiled" if compiled else "")
     if iters:
         note += f", median of {iters}"
-    return row("train", name, tps, "tokens/s", dtype, mfu, note)
+    return row("train", name, tps, "tokens/s", dtype, mfu, note, optimizer)
 
 
 def cfg_name(model):
@@ -216,7 +217,7 @@ def bench_train(preset, device, dtype, peaks, batch_size, block_size=None, vocab
     step, compiled = make_train_step(model, device, dtype, batch_size, compile, optimizer=optimizer)
     # torch.compile compiles on the first call: give it an extra warm-up step so no timed step recompiles
     seconds = timed(step, device, warmup + (1 if compiled else 0), iters)
-    r = train_row(model, device, dtype, batch_size, seconds, peaks, compiled, iters=iters)
+    r = train_row(model, device, dtype, batch_size, seconds, peaks, compiled, optimizer, iters=iters)
     if recompute_activations:
         r["note"] += ", activations recomputed"
     if device.type == "cuda":  # weights, AdamW state, activations and gradients at their peak
@@ -234,13 +235,14 @@ def bench_ratio(preset, device, dtype, peaks, batch_size, block_size=None, small
     fast_step, fast_compiled = make_train_step(fast, device, dtype, batch_size, compile, optimizer=optimizer)
     slow_step, _ = make_train_step(slow, device, torch.float32, batch_size, compile=False, optimizer=optimizer)
     t_fast, t_slow = timed_interleaved([fast_step, slow_step], device, warmup + (1 if fast_compiled else 0), iters)
-    r_fast = train_row(fast, device, dtype, batch_size, t_fast, peaks, fast_compiled, iters=iters)
-    r_slow = train_row(slow, device, torch.float32, batch_size, t_slow, peaks, False, iters=iters)
+    r_fast = train_row(fast, device, dtype, batch_size, t_fast, peaks, fast_compiled, optimizer, iters=iters)
+    r_slow = train_row(slow, device, torch.float32, batch_size, t_slow, peaks, False, optimizer, iters=iters)
     for r in (r_fast, r_slow):
         r["section"] = "ratio"
     ratio = r_fast["value"] / r_slow["value"]
     r_ratio = row("ratio", f"V{fast.config.vocab_size} {SHORT[dtype]} / V{GPT2_VOCAB} fp32", ratio, "x",
-                  note=f"{cfg_name(fast)}, same batch, interleaved steps (issue #6 target: >= 8x)")
+                  note=f"{cfg_name(fast)}, same batch, {optimizer}, interleaved steps (issue #6 target: >= 8x)",
+                  optimizer=optimizer)
     return [r_fast, r_slow, r_ratio]
 
 
@@ -456,18 +458,20 @@ def check_targets(rows):
     """Issue #6's targets, as one line each, for whatever this run measured."""
     lines = []
     for r in rows:
+        what = r["name"] + (f", {r['optimizer']}" if r.get("optimizer") else "")
         if r["section"] == "train" and r["name"].startswith("small ") and r["dtype"] == "bf16" and r["mfu"] is not None:
             ok = "met" if r["mfu"] >= 0.5 else "NOT met"
-            lines.append(f"target small bf16 MFU >= 50%: {100 * r['mfu']:.1f}% ({r['name']}) {ok}")
+            lines.append(f"target small bf16 MFU >= 50%: {100 * r['mfu']:.1f}% ({what}) {ok}")
         gpu = r["mem"] is not None  # only GPU rows measure memory
         if r["section"] == "train" and r["name"].startswith("gpt2 ") and r["dtype"] == "bf16" and gpu:
             ok = "met" if r["mfu"] >= 0.5 else "NOT met"
-            lines.append(f"target gpt2 bf16 MFU >= 50% on a GPU: {100 * r['mfu']:.1f}% ({r['name']}) {ok}")
+            lines.append(f"target gpt2 bf16 MFU >= 50% on a GPU: {100 * r['mfu']:.1f}% ({what}) {ok}")
             if r["name"].startswith("gpt2 B8 T1024 "):
                 ok = "met" if r["mem"] <= 24e9 else "NOT met"
-                lines.append(f"target gpt2 B8 T1024 bf16 training in 24 GB: {r['mem'] / 1e9:.1f} GB {ok}")
+                lines.append(f"target gpt2 B8 T1024 bf16 training in 24 GB: {r['mem'] / 1e9:.1f} GB ({what}) {ok}")
         if r["section"] == "ratio" and r["unit"] == "x":
-            lines.append(f"target 4096-vocab / GPT-2-vocab fp32 >= 8x: {r['value']:.2f}x {'met' if r['value'] >= 8 else 'NOT met'}")
+            ok = "met" if r["value"] >= 8 else "NOT met"
+            lines.append(f"target 4096-vocab / GPT-2-vocab fp32 >= 8x: {r['value']:.2f}x ({what}) {ok}")
         if r["section"] == "gen" and r["unit"] == "x" and r["name"].startswith("small B1"):
             lines.append(f"target small B1 cache speed-up >= 5x: {r['value']:.2f}x {'met' if r['value'] >= 5 else 'NOT met'}")
     return lines
@@ -484,6 +488,7 @@ def run(args, device, log=print):
     set_clock(args.clock)
     dtypes = [pick_dtype(device, d) for d in parse_list(args.dtype, ("auto",) + tuple(DTYPES), "--dtype")]
     dtypes = list(dict.fromkeys(dtypes))  # 'auto,bfloat16' names one dtype twice
+    optimizers = list(dict.fromkeys(parse_list(args.optimizer, OPTIMIZERS, "--optimizer")))
     model = args.model or ("tiny" if args.quick else "gpt2" if device.type == "cuda" else "tiny,small")
     presets = parse_list(model, tuple(PRESETS), "--model")
     quick = args.quick
@@ -517,14 +522,16 @@ def run(args, device, log=print):
     if "train" in only:
         for preset in presets:
             for dtype in dtypes:
-                emit([bench_train(preset, device, dtype, peaks, bsz, block, vocab, args.variant, args.compile,
-                                  warmup, iters, args.recompute_activations, args.optimizer)])
+                for opt in optimizers:
+                    emit([bench_train(preset, device, dtype, peaks, bsz, block, vocab, args.variant, args.compile,
+                                      warmup, iters, args.recompute_activations, opt)])
     if "ratio" in only:
         small_vocab = 512 if quick else args.ratio_vocab
         # two steps ~8x apart in length: 5 pairs left the ratio's medians ±10% from run to run on a shared CPU
         ratio_iters = args.steps if args.steps is not None else (2 if quick else 10)
-        emit(bench_ratio(args.ratio_model, device, dtypes[0], peaks, bsz, block, small_vocab, args.variant,
-                         args.compile, warmup, ratio_iters, args.optimizer))
+        for opt in optimizers:  # Muon's orthogonalization adds the same time to both sides: a lower ratio
+            emit(bench_ratio(args.ratio_model, device, dtypes[0], peaks, bsz, block, small_vocab, args.variant,
+                             args.compile, warmup, ratio_iters, opt))
     if "gen" in only:
         new_tokens = 8 if quick else args.new_tokens
         prompt = 4 if quick else args.prompt_len
@@ -568,8 +575,9 @@ def get_parser():
     p.add_argument("--recompute_activations", action="store_true",
                    help="train rows recompute each block's activations in the backward pass, as train.py's option "
                         "(on a GPU their peak memory shows what it saves)")
-    p.add_argument("--optimizer", default=OPTIMIZERS[0], choices=OPTIMIZERS,
-                   help=f"the optimizer of the training steps, as train.py's option (default {OPTIMIZERS[0]})")
+    p.add_argument("--optimizer", default=OPTIMIZERS[0],
+                   help=f"the optimizer(s) of the training steps, comma-separated: {', '.join(OPTIMIZERS)}, as train.py's "
+                        f"option; train and ratio rows for each (default {OPTIMIZERS[0]})")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice, one per core)")
     p.add_argument("--clock", default="wall", choices=list(_CLOCKS),
                    help="wall (default) or cpu: this process's CPU time, for a CPU shared with other work; needs "

@@ -139,9 +139,24 @@ def test_targets_name_what_each_row_meets():
     lines = bench.check_targets(rows)
     assert lines == ["target small bf16 MFU >= 50%: 70.0% (small B8 T256 V50259) met",
                      "target gpt2 bf16 MFU >= 50% on a GPU: 42.0% (gpt2 B8 T1024 V50259) NOT met",
-                     "target gpt2 B8 T1024 bf16 training in 24 GB: 25.3 GB NOT met",
-                     "target 4096-vocab / GPT-2-vocab fp32 >= 8x: 8.30x met",
+                     "target gpt2 B8 T1024 bf16 training in 24 GB: 25.3 GB (gpt2 B8 T1024 V50259) NOT met",
+                     "target 4096-vocab / GPT-2-vocab fp32 >= 8x: 8.30x (V4096 bf16 / V50259 fp32) met",
                      "target small B1 cache speed-up >= 5x: 4.20x NOT met"]
+
+
+def test_each_optimizer_gets_its_rows(one_thread):
+    # one run measures both (a GPU's time is short); Muon's orthogonalization makes its steps slower
+    args = quick_args("--only", "train,ratio", "--dtype", "float32", "--optimizer", "muon,adamw")
+    rows = bench.run(args, torch.device("cpu"), log=lambda *a: None)
+    sec = by_section(rows)
+    assert [r["optimizer"] for r in sec["train"]] == ["muon", "adamw"]
+    assert [r["optimizer"] for r in sec["ratio"]] == ["muon"] * 3 + ["adamw"] * 3
+    assert ", muon" in sec["train"][0]["note"] and ", adamw" in sec["train"][1]["note"]
+    lines = bench.check_targets(rows)
+    assert [ln.split("(")[1].split(")")[0] for ln in lines] == ["V512 fp32 / V50259 fp32, muon",
+                                                                 "V512 fp32 / V50259 fp32, adamw"]
+    with pytest.raises(UserError, match="--optimizer 'sgd'"):
+        bench.run(quick_args("--optimizer", "sgd"), torch.device("cpu"))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
