@@ -321,6 +321,25 @@ def orthogonalize(G, steps=5):
     return X.mT if tall else X
 
 
+def orthogonalize_shared(G, steps=5):
+    """orthogonalize(G) under torchrun: DDP has given every rank the same averaged gradients, so each rank
+    orthogonalizes its share of the stack and the ranks swap their results (all_gather) instead of all doing all
+    of it, as in modded-nanogpt and nanochat. The same result on every rank. One process: orthogonalize(G)."""
+    dist = torch.distributed
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    k = G.size(0)
+    if world == 1 or k == 1:
+        return orthogonalize(G, steps)
+    share = -(-k // world)  # matrices per rank; the last ranks orthogonalize zeros when world does not divide k
+    if share * world > k:
+        G = torch.cat([G, G.new_zeros(share * world - k, *G.shape[1:])])
+    rank = dist.get_rank()
+    mine = orthogonalize(G[rank * share:(rank + 1) * share], steps).contiguous()  # (share, m, n)
+    parts = [torch.empty_like(mine) for _ in range(world)]
+    dist.all_gather(parts, mine)
+    return torch.cat(parts)[:k]  # (k, m, n)
+
+
 class Muon(torch.optim.Optimizer):
     """Muon for 2-D weight matrices: SGD with Nesterov momentum whose update is orthogonalized (orthogonalize()), so
     every direction of the matrix moves by the same amount instead of the few that dominate the gradient. The update is
@@ -329,7 +348,7 @@ class Muon(torch.optim.Optimizer):
     torch.optim.Muon (torch >= 2.9) does the same one matrix at a time and in bf16, which a CPU without bf16
     instructions emulates: tiny's training step took 3-4x as long on a 2-core AVX2 EPYC. Here the matrices of one shape
     (the same one in every block) are orthogonalized together, in bf16 where training runs in bf16 (the hardware has
-    it), else in fp32 (ns_dtype)."""
+    it), else in fp32 (ns_dtype); under torchrun the ranks share that work (orthogonalize_shared)."""
 
     def __init__(self, params, lr, weight_decay=0.0, momentum=0.95, ns_steps=5, ns_dtype=torch.float32):
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum, ns_steps=ns_steps))
@@ -355,7 +374,7 @@ class Muon(torch.optim.Optimizer):
                     buf = state["momentum_buffer"]
                     buf.lerp_(p.grad, 1 - mu)  # an exponential average of the gradients
                     updates.append(p.grad.lerp(buf, mu))  # Nesterov: the gradient, pulled towards where momentum goes
-                ortho = orthogonalize(torch.stack(updates).to(self.ns_dtype), group["ns_steps"])  # (k, *shape)
+                ortho = orthogonalize_shared(torch.stack(updates).to(self.ns_dtype), group["ns_steps"])  # (k, *shape)
                 for p, u in zip(params, ortho):
                     p.mul_(1 - lr * group["weight_decay"])
                     p.add_(u.to(p.dtype), alpha=-lr * 0.2 * math.sqrt(max(shape)))

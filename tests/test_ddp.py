@@ -287,3 +287,33 @@ def test_under_torchrun_nothing_prompts_and_devices_are_checked(monkeypatch):
     if not torch.cuda.is_available() or torch.cuda.device_count() <= 5:
         with pytest.raises(train.UserError, match="local rank 5 has no GPU"):
             train.init_distributed("cuda")
+
+
+SHARED_NS = '''
+import sys, torch, torch.distributed as dist
+sys.path.insert(0, sys.argv[1])
+from model import orthogonalize, orthogonalize_shared
+dist.init_process_group("gloo")
+torch.manual_seed(0)  # the same stacks on both ranks, as DDP's averaged gradients are
+for k, shape in [(1, (8, 8)), (2, (8, 16)), (3, (16, 8)), (5, (8, 12))]:
+    G = torch.randn(k, *shape)
+    got = orthogonalize_shared(G)
+    assert got.shape == G.shape, (got.shape, G.shape)
+    torch.testing.assert_close(got, orthogonalize(G), rtol=1e-5, atol=1e-5)
+    both = [torch.empty_like(got) for _ in range(2)]
+    dist.all_gather(both, got)
+    assert torch.equal(both[0], both[1]), k  # every rank steps its weights alike
+print(f"ok{dist.get_rank()}", flush=True)  # one write: the ranks share stdout
+dist.destroy_process_group()
+'''
+
+
+def test_ranks_share_muons_orthogonalization(tmp_path):
+    # each of 2 ranks orthogonalizes part of a stack (3 and 5 matrices: one rank also does zeros) and gets the whole
+    script = tmp_path / "shared_ns.py"
+    script.write_text(SHARED_NS)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        str(script), ROOT], env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "ok0" in r.stdout and "ok1" in r.stdout
