@@ -304,20 +304,41 @@ def cross_entropy(logits, targets, weight):
 OPTIMIZERS = ("muon", "adamw")  # the first is the default
 
 
-def orthogonalize(G, steps=5):
+def orthogonalize(G, steps=5, gram=None):
     """The nearest matrix to G with all singular values 1 (U V^T of its SVD), approximately, by the quintic
     Newton-Schulz iteration of Muon (Jordan et al. 2024, https://kellerjordan.github.io/posts/muon/). Its coefficients
     pull every singular value into about [0.7, 1.2] in 5 steps rather than converging: enough for an update direction.
     G (k, m, n), a stack of k matrices -> (k, m, n). The products run on the smaller side (X X^T is (k, min, min)),
-    and each step is three batched matmuls whose sums baddbmm folds in."""
+    and each step is three batched matmuls whose sums baddbmm folds in.
+
+    gram (default: in fp32 or fp64, when the long side is at least twice the short one): the same iteration on the
+    small Gram matrix R = X X^T alone (Dao et al. 2026, "Gram Newton-Schulz"). Every X_i is Q_i X_0 with Q_i a
+    polynomial in R_0, so X_{i+1} = Z_i X_i with Z_i = a + b R_i + c R_i^2 becomes Q_{i+1} = Z_i Q_i and
+    R_{i+1} = Z_i R_i Z_i, all (m, m), and X_0 is multiplied once at the end: 4 m^2 n + 34 m^3 FLOPs for 5 steps
+    instead of 20 m^2 n + 10 m^3 (-39% for small's matrices, whose long side is 3-4x the short one). It squares
+    the condition number, which bf16 and fp16 do not resolve (spurious negative eigenvalues blow up): those keep the
+    plain form."""
     a, b, c = 3.4445, -4.7750, 2.0315
     tall = G.size(-2) > G.size(-1)
     X = G.mT if tall else G
     X = X / (X.norm(dim=(-2, -1), keepdim=True) + 1e-7)  # the spectral norm is at most the Frobenius norm: now <= 1
-    for _ in range(steps):
-        A = X @ X.mT  # (k, m, m)
-        B = torch.baddbmm(A, A, A, beta=b, alpha=c)  # b A + c A^2
-        X = torch.baddbmm(X, B, X, beta=a)  # a X + B X
+    if gram is None:
+        gram = X.element_size() >= 4 and X.size(-1) >= 2 * X.size(-2)
+    if gram:
+        R = X @ X.mT  # (k, m, m)
+        Q = None
+        for i in range(steps):
+            Z = torch.baddbmm(R, R, R, beta=b, alpha=c)  # b R + c R^2
+            Z.diagonal(dim1=-2, dim2=-1).add_(a)  # + a I
+            Q = Z if Q is None else Z @ Q
+            if i < steps - 1:
+                R = Z @ (R @ Z)  # (Z X)(Z X)^T, Z symmetric
+        X = Q @ X  # (k, m, n)
+    else:
+        for _ in range(steps):
+            A = X @ X.mT  # (k, m, m)
+            B = torch.baddbmm(A, A, A, beta=b, alpha=c)  # b A + c A^2
+            X = torch.baddbmm(X, B, X, beta=a)  # a X + B X
     return X.mT if tall else X
 
 

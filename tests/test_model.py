@@ -542,12 +542,26 @@ def test_orthogonalize_sets_every_singular_value_near_one(shape):
     G = u @ torch.diag(torch.logspace(0, -2, k)) @ v.T
     O = orthogonalize(torch.stack([G, 3 * G]))  # a stack: each matrix on its own, whatever its scale
     assert O.shape == (2, *G.shape)
-    torch.testing.assert_close(O[1], O[0])
+    torch.testing.assert_close(O[1], O[0], rtol=0, atol=1e-4)  # fp32 rounding of the Gram form (test below)
     O = O[0]
     D = u.T @ O @ v  # (k, k): diagonal when O has G's singular vectors
     assert (D - torch.diag(D.diagonal())).abs().max() < 1e-4
     # the quintic iteration leaves them in about [0.7, 1.2] rather than converging to 1 (the smallest grew 68x here)
     assert D.diagonal().min() > 0.6 and D.diagonal().max() < 1.25, D.diagonal()
+
+
+@pytest.mark.parametrize("shape", [(4, 48, 16), (3, 16, 64)])
+def test_orthogonalize_on_the_gram_matrix_is_the_same_iteration(shape):
+    # the Gram form (fp32 matrices twice as long as wide) against the plain one in fp64: the same result, also for a
+    # low-rank gradient (rank 4) whose Gram matrix has many eigenvalues that are 0 up to rounding
+    g = torch.Generator().manual_seed(0)
+    k, m, n = shape
+    for G in (torch.randn(*shape, generator=g),
+              torch.randn(k, m, 4, generator=g) @ torch.randn(k, 4, n, generator=g)):
+        plain = orthogonalize(G.double(), gram=False)
+        torch.testing.assert_close(orthogonalize(G.double(), gram=True), plain, rtol=0, atol=1e-12)  # exact maths
+        torch.testing.assert_close(orthogonalize(G).double(), plain, rtol=0, atol=1e-4)  # fp32, the Gram form
+        torch.testing.assert_close(orthogonalize(G, gram=False).double(), plain, rtol=0, atol=1e-4)
 
 
 def test_muon_state_round_trips_exactly():
