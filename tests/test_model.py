@@ -196,6 +196,11 @@ def test_cross_entropy_backward_is_autograds():
     # nothing to learn from: a loss of 0 and no gradient, not nan
     loss = cross_entropy(logits, torch.full((12,), -1), torch.zeros(12))
     assert loss.item() == 0.0 and not torch.autograd.grad(loss, logits)[0].any()
+    # compiled, the backward takes its fused form (one pass, the one-hot by a compare): the same gradients
+    compiled = torch.compile(lambda x: cross_entropy(x, targets, weight))
+    for x, atol in ((logits, 1e-6), (low, 1e-3)):
+        eager_grad = torch.autograd.grad(3 * cross_entropy(x, targets, weight), x)[0]
+        torch.testing.assert_close(torch.autograd.grad(3 * compiled(x), x)[0].float(), eager_grad.float(), atol=atol, rtol=1e-2)
 
 
 def reference_forward(model, idx):
