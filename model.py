@@ -399,23 +399,24 @@ class Muon(torch.optim.Optimizer):
     def step(self):
         for group in self.param_groups:
             lr, mu = group["lr"], group["momentum"]
-            by_shape = {}
+            by_shape = {}  # (short side, long side) -> params: a tall matrix joins the stack of its transpose's shape
             for p in group["params"]:
                 if p.grad is not None:
-                    by_shape.setdefault(p.shape, []).append(p)
-            for shape, params in by_shape.items():
-                updates = []
+                    by_shape.setdefault((min(p.shape), max(p.shape)), []).append(p)
+            for (_, long), params in by_shape.items():
+                grads = [p.grad for p in params]
+                bufs = []
                 for p in params:
-                    state = self.state[p]
-                    if not state:
-                        state["momentum_buffer"] = torch.zeros_like(p)
-                    buf = state["momentum_buffer"]
-                    buf.lerp_(p.grad, 1 - mu)  # an exponential average of the gradients
-                    updates.append(p.grad.lerp(buf, mu))  # Nesterov: the gradient, pulled towards where momentum goes
-                ortho = orthogonalize_shared(torch.stack(updates).to(self.ns_dtype), group["ns_steps"])  # (k, *shape)
-                for p, u in zip(params, ortho):
-                    p.mul_(1 - lr * group["weight_decay"])
-                    p.add_(u.to(p.dtype), alpha=-lr * 0.2 * math.sqrt(max(shape)))
+                    if not self.state[p]:
+                        self.state[p]["momentum_buffer"] = torch.zeros_like(p)
+                    bufs.append(self.state[p]["momentum_buffer"])
+                torch._foreach_lerp_(bufs, grads, 1 - mu)  # an exponential average of the gradients
+                updates = torch._foreach_lerp(grads, bufs, mu)  # Nesterov: the gradient, pulled towards where momentum goes
+                tall = [p.size(0) > p.size(1) for p in params]
+                stack = torch.stack([u.mT if t else u for u, t in zip(updates, tall)]).to(self.ns_dtype)  # (k, short, long)
+                ortho = orthogonalize_shared(stack, group["ns_steps"]).to(params[0].dtype)
+                torch._foreach_mul_(params, 1 - lr * group["weight_decay"])
+                torch._foreach_add_(params, [u.mT if t else u for u, t in zip(ortho, tall)], alpha=-lr * 0.2 * math.sqrt(long))
 
 
 class MuonAdamW:

@@ -181,8 +181,9 @@ def parse_args(argv=None):
                                                 "0 = never (default: 0)")
     g = p.add_argument_group("system")
     g.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
-    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="autocast precision (default: bf16 where the hardware has it, fp16 on older GPUs, else fp32)")
+    g.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="autocast precision (default: the checkpoint's when continuing a run, else auto: bf16 where "
+                        "the hardware has it, fp16 on older GPUs, else fp32)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model (falls back to eager if it fails)")
     g.add_argument("--recompute_activations", action="store_true",
                    help="keep only each block's input for the backward pass and compute the rest again: far less "
@@ -934,6 +935,8 @@ def train(args):
         if (not continuing or args.reset_epoch) and not args.overwrite:
             refuse_earlier_run(out_pattern, dataset, best_path)
 
+    if args.dtype is None:  # continuing keeps a precision the run was given (a resume on a bf16 CPU stays in fp32)
+        args.dtype = (ckpt_args.get("dtype") if continuing else None) or "auto"
     dtype = pick_dtype(device, args.dtype)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores, as nanoGPT does
