@@ -355,6 +355,17 @@ def test_decoding_logits_are_the_forwards_and_follow_weight_changes(B):
         check()
 
 
+def test_bf16_decoding_uses_the_head_itself():
+    # under bf16 autocast the transposed fp32 copy of the head would be cast to bf16 again for every token (it is no
+    # parameter, so autocast's weight cache skips it): small's B1 decoding ran at half speed. The head itself is used
+    model = tiny_model()
+    idx = tokens(1, 7)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        full, _ = model(idx)
+        torch.testing.assert_close(model._next_logits(idx), full[:, -1, :VOCAB].float(), atol=0, rtol=0)
+    assert getattr(model, "_lm_head_t_cache", None) is None
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_generate_seeded_is_reproducible(variant):
     model = tiny_model(variant)
