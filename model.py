@@ -411,12 +411,14 @@ class Muon(torch.optim.Optimizer):
                         self.state[p]["momentum_buffer"] = torch.zeros_like(p)
                     bufs.append(self.state[p]["momentum_buffer"])
                 torch._foreach_lerp_(bufs, grads, 1 - mu)  # an exponential average of the gradients
-                updates = torch._foreach_lerp(grads, bufs, mu)  # Nesterov: the gradient, pulled towards where momentum goes
+                # Nesterov: the gradient, pulled towards where momentum goes
+                updates = torch._foreach_lerp(grads, bufs, mu)
                 tall = [p.size(0) > p.size(1) for p in params]
-                stack = torch.stack([u.mT if t else u for u, t in zip(updates, tall)]).to(self.ns_dtype)  # (k, short, long)
-                ortho = orthogonalize_shared(stack, group["ns_steps"]).to(params[0].dtype)
+                stack = torch.stack([u.mT if t else u for u, t in zip(updates, tall)])  # (k, short, long)
+                ortho = orthogonalize_shared(stack.to(self.ns_dtype), group["ns_steps"]).to(params[0].dtype)
                 torch._foreach_mul_(params, 1 - lr * group["weight_decay"])
-                torch._foreach_add_(params, [u.mT if t else u for u, t in zip(ortho, tall)], alpha=-lr * 0.2 * math.sqrt(long))
+                torch._foreach_add_(params, [u.mT if t else u for u, t in zip(ortho, tall)],
+                                    alpha=-lr * 0.2 * math.sqrt(long))
 
 
 class MuonAdamW:
@@ -638,13 +640,14 @@ class GPT(nn.Module):
         # One row in bf16 on a CPU (B1 decoding): oneDNN's matrix-vector products are slower than ATen's own ones
         # (small's lm_head: 4.7 -> 3.0 ms on one core, 2.8 -> 1.4 ms on two), so step without it: the whole step
         # for a single new token, the lm_head alone after a prompt. From 2 rows on, oneDNN wins (B8: -25%).
-        one_row = idx.size(0) == 1 and idx.device.type == "cpu" and _cpu_bf16_matmul(self.lm_head.weight)
+        bf16 = idx.device.type == "cpu" and _cpu_bf16_matmul(self.lm_head.weight)
+        one_row = idx.size(0) == 1 and bf16
         with _without_onednn(one_row and idx.size(1) == 1):
             x = self._trunk(idx, cache)[:, -1, :]
         # fp32 only: under bf16 autocast the copy, not being a parameter, would be cast again every token (small B1
         # decoding on the AVX-512 BF16 EPYC ran at 37-88 tokens/s with it instead of 165-210)
-        if (x.device.type == "cpu" and x.size(0) <= 8 and x.dtype == torch.float32 == self.lm_head.weight.dtype
-                and not _cpu_bf16_matmul(self.lm_head.weight)):
+        if (x.device.type == "cpu" and x.size(0) <= 8 and not bf16
+                and x.dtype == torch.float32 == self.lm_head.weight.dtype):
             logits = x @ self._lm_head_t()  # (B, C) @ (C, Vp)
         else:
             with _without_onednn(one_row):
