@@ -71,7 +71,8 @@ BETAS = (0.9, 0.95)
 # time budget), warmup = default_warmup(all steps) (BUDGET_WARMUP of a time budget).
 DEFAULTS = dict(epochs=1, seed=1337, batch_size=None, grad_accum=1, block_size=None, lr=None, min_lr=None,
                 warmup=None, weight_decay=0.1, grad_clip=1.0, eval_interval=10.0, log_interval=10.0,
-                save_interval=10.0, eval_batches=40, patience=0, time_budget=None, optimizer=OPTIMIZERS[0])
+                save_interval=10.0, eval_batches=40, patience=0, time_budget=None, optimizer=OPTIMIZERS[0],
+                dtype="auto")  # dtype too: a resume on a bf16 CPU of a run given fp32 stays in fp32
 # share of a --time_budget spent warming up: on tiny's 2-minute runs 10% beat 2% (batch 16: 1.31 -> 1.10 val bpb;
 # batch 8: 1.065 -> 1.054), whose first steps were too large and stalled the loss for a while
 BUDGET_WARMUP = 0.10
@@ -935,8 +936,6 @@ def train(args):
         if (not continuing or args.reset_epoch) and not args.overwrite:
             refuse_earlier_run(out_pattern, dataset, best_path)
 
-    if args.dtype is None:  # continuing keeps a precision the run was given (a resume on a bf16 CPU stays in fp32)
-        args.dtype = (ckpt_args.get("dtype") if continuing else None) or "auto"
     dtype = pick_dtype(device, args.dtype)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores, as nanoGPT does
