@@ -145,7 +145,8 @@ def parse_args(argv=None):
                                                "models/{dataset}_epoch{epoch}.pt; when continuing, the run's names "
                                                "next to the checkpoint given)")
     g.add_argument("--overwrite", action="store_true", help="let a new run replace an earlier run's checkpoints, "
-                                                            "best file and metrics (refused otherwise)")
+                                                            "best file and metrics, or a run continued from an "
+                                                            "earlier point its later ones (refused otherwise)")
     g.add_argument("--reset_epoch", action="store_true", help="restart the epoch count and lr schedule of a "
                                                               "checkpoint, keeping its weights and optimizer")
     g.add_argument("--seed", type=int, help=f"seeds the initial weights, dropout and epoch orders (default: {d['seed']})")
@@ -345,18 +346,46 @@ class Windows:
             yield (*tensors, chunk)
 
 
+def run_files(out_pattern, dataset):
+    # the checkpoints out_pattern names, any epoch, oldest first
+    pattern = glob.escape(out_pattern.replace("{dataset}", dataset)).replace("{epoch}", "[0-9]*")
+    return sorted(glob.glob(pattern), key=os.path.getmtime)
+
+
+# the best file and metrics are named after the dataset in the checkpoints' folder: another file name there shares them
+ELSEWHERE = "write this one to another folder with --output_checkpoint DIR/{dataset}_epoch{epoch}.pt"
+
+
 def refuse_earlier_run(out_pattern, dataset, best_path):
     """A new run (not the checkpoint's own, continued) must not write over an earlier run's checkpoints: those of
     out_pattern (any epoch) and its best one. (Metrics alone are no run to keep: a run that failed before its first
     save leaves just them.)"""
-    pattern = glob.escape(out_pattern.replace("{dataset}", dataset)).replace("{epoch}", "[0-9]*")
-    checkpoints = sorted(glob.glob(pattern), key=os.path.getmtime)
+    checkpoints = run_files(out_pattern, dataset)
     found = checkpoints + ([best_path] if os.path.exists(best_path) else [])
     if found:
         what = f"{found[0]} and {len(found) - 1} more checkpoint(s) hold" if len(found) > 1 else f"{found[0]} holds"
         resume = checkpoints[-1] if checkpoints else best_path  # the newest of the run's own
-        raise UserError(f"{what} an earlier run: continue it with --checkpoint {resume}, write this one elsewhere "
-                        f"with --output_checkpoint, or pass --overwrite to replace them")
+        raise UserError(f"{what} an earlier run: continue it with --checkpoint {resume}, {ELSEWHERE}, or pass "
+                        f"--overwrite to replace them")
+
+
+def refuse_going_back(checkpoint, ckpt, out_pattern, dataset, best_path):
+    """Continuing from an earlier point of a run (its best file, an older epoch's) writes the run's own file names:
+    refused when one of them holds a later point, which the continued run would replace (its newer epochs, or a best
+    file that the branch's worse evals would take over). Only the files' small entries are read (mmap)."""
+    done = int(ckpt.get("tokens", 0))
+    for path in run_files(out_pattern, dataset) + ([best_path] if os.path.exists(best_path) else []):
+        if os.path.samefile(path, checkpoint):
+            continue
+        try:
+            other = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            later = other.get("dataset") == dataset and int(other.get("tokens", 0)) > done
+        except Exception:  # unreadable: nothing to keep
+            continue
+        if later:
+            raise UserError(f"{path} holds a later point of this run (step {other.get('step')}, {checkpoint} is at step "
+                            f"{ckpt.get('step')}), which continuing here would replace: continue from it with "
+                            f"--checkpoint {path}, {ELSEWHERE}, or pass --overwrite to replace it")
 
 
 def packing_warning(meta, block_size):
@@ -935,6 +964,8 @@ def train(args):
         # --reset_epoch numbers epochs from 1 again: its files would land on the run's own
         if (not continuing or args.reset_epoch) and not args.overwrite:
             refuse_earlier_run(out_pattern, dataset, best_path)
+        elif not args.overwrite:
+            refuse_going_back(args.checkpoint, ckpt, out_pattern, dataset, best_path)
 
     dtype = pick_dtype(device, args.dtype)
     if device.type == "cuda":

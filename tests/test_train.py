@@ -286,8 +286,9 @@ def test_a_new_run_does_not_write_over_an_earlier_one(env, tmp_path):
     files = {f: (tmp_path / "m" / f).read_bytes() for f in os.listdir(tmp_path / "m")}
     assert {"mini_epoch1.pt", "mini_best.pt", "mini_metrics.jsonl"} <= set(files)
     with pytest.raises(train.UserError, match=r"mini_epoch1\.pt and 1 more checkpoint\(s\) hold an earlier run: "
-                                              r"continue it with --checkpoint .*mini_epoch1\.pt, write this one "
-                                              r"elsewhere with --output_checkpoint, or pass --overwrite to replace them$"):
+                                              r"continue it with --checkpoint .*mini_epoch1\.pt, write this one to "
+                                              r"another folder with --output_checkpoint DIR/\{dataset\}_epoch\{epoch\}"
+                                              r"\.pt, or pass --overwrite to replace them$"):
         train.train(args_for(env, tmp_path / "m", "--dataset", "mini", "--max_steps", "1", "--n_layer", "1"))
     # --reset_epoch numbers its epochs from 1 again: in the run's own folder it would replace them
     with pytest.raises(train.UserError, match=r"hold an earlier run"):
@@ -317,6 +318,29 @@ def test_a_new_run_does_not_write_over_an_earlier_one(env, tmp_path):
     r = train.train(args_for(env, tmp_path / "m", "--dataset", "mini", "--max_steps", "1", "--n_layer", "1",
                              "--overwrite"))
     assert load_checkpoint(r["checkpoint"])["config"]["n_layer"] == 1
+
+
+def test_continuing_from_an_earlier_point_does_not_replace_later_files(env, tmp_path):
+    """The run's best file or a copy of an older checkpoint, continued in the run's folder, would write the run's own
+    names: refused while they hold later steps, as a new run is."""
+    first = train.train(args_for(env, tmp_path, "--dataset", "mini", "--max_steps", "2"))
+    ck = first["checkpoint"]
+    early = str(tmp_path / "early.pt")
+    with open(ck, "rb") as f, open(early, "wb") as g:
+        g.write(f.read())
+
+    def go_on(checkpoint, *extra):
+        return train.train(train.parse_args(["--checkpoint", checkpoint, "--max_steps", "1", "--data_dir", env["data"],
+                                             "--device", "cpu", "--no-color", *extra]))
+    assert go_on(ck)["steps"] == 3  # the newest point continues in place
+    files = {f: (tmp_path / f).read_bytes() for f in os.listdir(tmp_path)}
+    with pytest.raises(train.UserError, match=r"mini_epoch1\.pt holds a later point of this run \(step 3, .*early\.pt "
+                                              r"is at step 2\), which continuing here would replace: continue from it "
+                                              r"with --checkpoint .*mini_epoch1\.pt, write this one to another folder"):
+        go_on(early)
+    assert {f: (tmp_path / f).read_bytes() for f in os.listdir(tmp_path)} == files  # untouched
+    r = go_on(early, "--overwrite", "--max_steps", "3")  # asked for: the branch replaces them
+    assert r["checkpoint"] == ck and r["steps"] == 5 and load_checkpoint(ck)["step"] == 5
 
 
 def test_a_continued_run_that_does_not_better_its_best_says_so(env, tmp_path, capsys):
