@@ -20,6 +20,7 @@ import itertools
 import os
 import sys
 import time
+import zipfile
 
 import tiktoken
 
@@ -49,7 +50,7 @@ def _build(name, ranks):
 def not_a_vocabulary(source):
     """The error for a file that is no .tiktoken vocabulary: junk text, a binary file, a folder."""
     return UserError(f"{source} is not a .tiktoken vocabulary (lines of `base64 rank`): pass a file written by "
-                     f"`python setup_tokenizer.py train`, or gpt2")
+                     f"`python setup_tokenizer.py train`, a checkpoint, or gpt2")
 
 
 def parse_bpe(text, source="tokenizer"):
@@ -79,7 +80,9 @@ def tokenizer_from_bpe(text, name=None, source=None):
 @functools.lru_cache(maxsize=8)
 def get_tokenizer(name="gpt2"):
     """'gpt2' (tiktoken's GPT-2 + ChatML: <|endoftext|> 50256, <|im_start|> 50257,
-    <|im_end|> 50258) or the path of a .tiktoken file trained by this script."""
+    <|im_end|> 50258), the path of a .tiktoken file trained by this script, or a checkpoint's
+    (.pt) path: the vocabulary it carries, so data can be prepared for a model whose
+    vocabulary lives only in its checkpoint."""
     if name == "gpt2":
         try:
             base = tiktoken.get_encoding("gpt2")
@@ -94,6 +97,9 @@ def get_tokenizer(name="gpt2"):
         raise UserError(f"tokenizer {name!r} not found: use 'gpt2' or the path of a .tiktoken file from `python setup_tokenizer.py train`")
     if os.path.isdir(name):
         raise not_a_vocabulary(f"{name} (a folder)")
+    if zipfile.is_zipfile(name):  # torch.save's format: a checkpoint
+        from checkpoint import load_checkpoint  # here: checkpoint.py imports this module
+        return tokenizer_from_state(load_checkpoint(name)["tokenizer"])
     try:
         with open(name, encoding="utf-8") as f:
             return tokenizer_from_bpe(f.read(), source=name)
@@ -272,7 +278,7 @@ def main(argv=None):
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("show", help="print the tokens and ids of a text")
     s.add_argument("text")
-    s.add_argument("--tokenizer", default="gpt2", help="gpt2 or the path of a .tiktoken file")
+    s.add_argument("--tokenizer", default="gpt2", help="gpt2, the path of a .tiktoken file, or a checkpoint's")
     t = sub.add_parser("train", help="train a byte-level BPE vocabulary on text files")
     t.add_argument("--input", nargs="+", required=True, help="UTF-8 text files")
     t.add_argument("--vocab_size", type=int, default=4096, help="total ids: 256 bytes + merges + 3 special tokens")

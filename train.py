@@ -115,7 +115,7 @@ def parse_args(argv=None):
     g.add_argument("--dataset", help="folder under --data_dir made by `python prepare.py --dataset X` "
                                      "(default: the checkpoint's dataset, else story)")
     g.add_argument("--data_dir", help="where prepared datasets live (default: the checkpoint's, else data)")
-    g.add_argument("--tokenizer", help="gpt2 or a .tiktoken path; only checked against the data's (default: the data's)")
+    g.add_argument("--tokenizer", help="gpt2, a .tiktoken path or a checkpoint's; only checked against the data's (default: the data's)")
     g = p.add_argument_group("model (a new model; a checkpoint brings its own)")
     g.add_argument("--model", choices=list(PRESETS), help="size preset of a new model (default: tiny on CPU and MPS, "
                                                          "small on CUDA)")
@@ -824,24 +824,32 @@ def init_distributed(device_name):
 # -----------------------------------------------------------------------------
 # setup
 
+def prepare_with(meta, tokenizer):
+    """The prepare.py command that builds meta's dataset again with another tokenizer: gpt2, or a path (a .tiktoken
+    file, or a checkpoint, whose vocabulary prepare.py reads)."""
+    options = dict(meta.get("options") or {}, vocab_size=None,
+                   tokenizer=tokenizer if tokenizer == "gpt2" else os.path.abspath(tokenizer))
+    return rebuild_command(dict(meta, options=options), meta["folder"])
+
+
 def pick_tokenizer(args, meta, ckpt):
     """The tokenizer, checked against the data's: a checkpoint's own vocabulary, else --tokenizer, else the one
     meta.json names. Any mismatch of token ids is a UserError (training would silently learn garbage)."""
     want = meta.get("tokenizer_hash")
-    ds = meta.get("dataset") or os.path.basename(meta["folder"])
     if ckpt is not None:
         have = ckpt["tokenizer"].get("hash")
         if have != want:
             raise UserError(f"{args.checkpoint} uses tokenizer {ckpt['tokenizer'].get('name')} ({have}) but "
                             f"{meta['folder']} was prepared with {meta.get('tokenizer_name', meta.get('tokenizer'))} "
                             f"({want}): prepare the data with the checkpoint's tokenizer "
-                            f"(`python prepare.py --dataset {ds} --tokenizer ...`) or train a new model")
+                            f"(`{prepare_with(meta, 'gpt2' if ckpt['tokenizer'].get('bpe') is None else args.checkpoint)}`)"
+                            f" or train a new model")
     if args.tokenizer:
         enc = get_tokenizer(args.tokenizer)
         if tokenizer_hash(enc) != want:
             raise UserError(f"--tokenizer {args.tokenizer} ({tokenizer_hash(enc)}) is not the tokenizer {meta['folder']} "
                             f"was prepared with ({meta.get('tokenizer_name', meta.get('tokenizer'))}, {want}): drop "
-                            f"--tokenizer or run `python prepare.py --dataset {ds} --tokenizer {args.tokenizer}`")
+                            f"--tokenizer or run `{prepare_with(meta, args.tokenizer)}`")
         if ckpt is None:
             return enc
     if ckpt is not None:

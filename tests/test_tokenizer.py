@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import zipfile
 
 import pytest
 
@@ -165,13 +166,20 @@ def test_a_folder_or_a_binary_file_is_no_vocabulary(tmp_path, capsys):
     binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe" + bytes(range(256)))
     junk = tmp_path / "junk.tiktoken"
     junk.write_text("this is not a vocabulary\n")
-    fix = "is not a .tiktoken vocabulary (lines of `base64 rank`): pass a file written by `python setup_tokenizer.py train`, or gpt2"
+    fix = ("is not a .tiktoken vocabulary (lines of `base64 rank`): pass a file written by `python setup_tokenizer.py "
+           "train`, a checkpoint, or gpt2")
     for path, named in [(tmp_path, f"{tmp_path} (a folder)"), (binary, str(binary)), (junk, str(junk))]:
         with pytest.raises(UserError) as e:
             get_tokenizer(str(path))
         assert str(e.value) == f"{named} {fix}"
     code, out, err = run_in_process(setup_tokenizer.main, ["show", "x", "--tokenizer", str(binary)], capsys)
     assert (code, out, err) == (1, "", f"error: {binary} {fix}\n")
+    # a zip that is no checkpoint (a checkpoint's vocabulary is read from it): the checkpoint's own error
+    archive = tmp_path / "other.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("a.txt", "hello")
+    with pytest.raises(UserError, match=r"other\.zip is not a readable checkpoint"):
+        get_tokenizer(str(archive))
 
 
 def run_cli(*args, env=None):

@@ -6,6 +6,8 @@ Tiny models (2 layers x 64) on a tiny custom vocabulary, so the whole file runs 
 import json
 import math
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -481,6 +483,29 @@ def test_tokenizer_mismatch_is_an_error(env, trained, tmp_path):
     # --tokenizer that is not the data's
     with pytest.raises(UserError, match="--tokenizer"):
         train.train(args_for(env, tmp_path, "--dataset", "story", "--tokenizer", str(env["root"] / "tok300.tiktoken")))
+
+
+def test_a_tokenizer_mismatch_names_a_command_that_fixes_it(env, tmp_path):
+    """A model trained on a --source set, then the set prepared again with another vocabulary: the error gives the
+    prepare.py command (--source, --name and all) that prepares it with the model's vocabulary, read from the
+    checkpoint itself, after which the model trains on it."""
+    src = tmp_path / "mine.txt"
+    src.write_text(story_text(60_000), encoding="utf-8")
+    data = str(tmp_path / "data")
+    prepare.prepare("text", source=str(src), out_dir=data, name="mine", vocab_size=300)
+    first = train.train(train.parse_args(["--data_dir", data, "--dataset", "mine", "--output_checkpoint",
+                                          str(tmp_path / "m" / "{dataset}_epoch{epoch}.pt"), "--n_layer", "1",
+                                          "--n_embd", "32", "--n_head", "2", "--block_size", "32", "--max_steps", "1",
+                                          "--device", "cpu", "--no-color"]))
+    prepare.prepare("text", source=str(src), out_dir=data, name="mine", vocab_size=280)
+    go_on = train.parse_args(["--checkpoint", first["checkpoint"], "--data_dir", data, "--max_steps", "1",
+                              "--device", "cpu", "--no-color"])
+    with pytest.raises(UserError, match=r"prepare the data with the checkpoint's tokenizer \(`python prepare\.py ") as e:
+        train.train(go_on)
+    argv = shlex.split(re.search(r"`python prepare\.py ([^`]*)`", str(e.value)).group(1))
+    assert argv[argv.index("--tokenizer") + 1] == os.path.abspath(first["checkpoint"]) and "--source" in argv
+    prepare.main(argv)
+    assert train.train(go_on)["steps"] == 2
 
 
 def test_epochs_already_done(env, trained, tmp_path, monkeypatch):
