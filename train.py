@@ -52,7 +52,7 @@ from checkpoint import load_checkpoint, load_weights, save_checkpoint
 from common import (UserError, atomic_write_text, autocast, check_output, first_line, pick_device, pick_dtype,
                     retain_freed_memory, run_main, tmp_name)
 from model import OPTIMIZERS, PRESETS, GPT, GPTConfig, make_config
-from prepare import is_complete, rebuild_command
+from prepare import DEFAULT_VAL_FRACTION, is_complete, rebuild_command
 from setup_tokenizer import get_tokenizer, tokenizer_from_state, tokenizer_hash
 
 # Peak learning rates and batch sizes (windows) that train each preset well with AdamW(0.9, 0.95); small models
@@ -288,6 +288,10 @@ class Windows:
         n_tokens = os.path.getsize(path) // itemsize
         self.block_size = T
         self.n = max(0, (n_tokens - 1) // T)  # the last window needs T+1 tokens
+        if self.n == 0 and split == "val" and n_tokens <= 1:  # prepared with --val_fraction 0
+            options = dict(meta.get("options") or {}, val_fraction=DEFAULT_VAL_FRACTION)
+            raise UserError(f"{path} has no tokens (--val_fraction 0?), and training evaluates on the val split: run "
+                            f"`{rebuild_command(dict(meta, options=options), folder)}`")
         if self.n == 0:
             raise UserError(f"{path} has {n_tokens} tokens, fewer than one window of --block_size {T} + 1: "
                             f"use a smaller --block_size or more data")

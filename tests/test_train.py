@@ -508,6 +508,18 @@ def test_a_tokenizer_mismatch_names_a_command_that_fixes_it(env, tmp_path):
     assert train.train(go_on)["steps"] == 2
 
 
+def test_data_without_a_val_split_names_the_command_that_makes_one(tmp_path):
+    src = tmp_path / "mine.txt"
+    src.write_text(story_text(20_000), encoding="utf-8")
+    data = str(tmp_path / "data")
+    prepare.prepare("text", source=str(src), out_dir=data, name="mine", val_fraction=0)
+    with pytest.raises(UserError, match=r"val\.bin has no tokens \(--val_fraction 0\?\), and training evaluates on "
+                                        r"the val split: run `python prepare\.py --dataset text --source \S+mine\.txt "
+                                        r"--name mine --out_dir \S+data`$"):
+        train.train(train.parse_args(["--data_dir", data, "--dataset", "mine", "--device", "cpu", "--no-color",
+                                      "--output_checkpoint", str(tmp_path / "m" / "x.pt")]))
+
+
 def test_epochs_already_done(env, trained, tmp_path, monkeypatch):
     monkeypatch.setattr(train, "is_interactive", lambda: False)
     ck = trained["summary"]["checkpoint"]  # 3 of 3 epochs done
