@@ -305,7 +305,7 @@ def parse_args(argv=None):
     p.add_argument("--repetition_penalty", type=penalty, default=1.0, help="> 1 discourages tokens already in the context (default 1 = off)")
     p.add_argument("--max_tokens", type=positive_int, default=None, help="new tokens per completion or reply (default 256)")
     p.add_argument("--num_samples", type=positive_int, default=1, help="samples for --prompt or an unconditional run")
-    p.add_argument("--batch_size", type=positive_int, default=8, help="--prompt_file: prompts of equal length generated together")
+    p.add_argument("--batch_size", type=positive_int, help="--prompt_file: prompts of equal length generated together (default 8)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="autocast precision")
     p.add_argument("--no_cache", action="store_true", help="recompute the whole context every token (slow; for comparisons)")
@@ -327,6 +327,12 @@ def main(argv=None):
         raise UserError("--nonstop streams text past the context window: use it with --prompt, --interactive or alone, not --chat/--prompt_file")
     if args.system is not None and not args.chat:
         raise UserError("--system sets the system message of a --chat session; add --chat")
+    if args.batch_size is not None and not args.prompt_file:
+        raise UserError("--batch_size is for --prompt_file runs (prompts generated together); for several samples of one "
+                        "prompt use --num_samples")
+    if args.num_samples > 1 and (args.prompt_file or args.chat or args.interactive):
+        raise UserError("--num_samples is for --prompt or an unconditional run: a --prompt_file gives one completion per "
+                        "line (repeat a line for more), --chat and --interactive one per message")
     # bad input fails before the model loads and generates, not after
     prompts = read_prompt_file(args.prompt_file) if args.prompt_file else None
     if args.output:
@@ -379,7 +385,7 @@ def main(argv=None):
     if args.prompt_file:
         ids = [crop_prompt(model, encode_prompt(enc, p), max_tokens, what=f"prompt {i + 1}") for i, p in enumerate(prompts)]
         t0 = time.perf_counter()
-        results = complete_batch(model, enc, ids, max_tokens, text_stops, batch_size=args.batch_size, **sampling)
+        results = complete_batch(model, enc, ids, max_tokens, text_stops, batch_size=args.batch_size or 8, **sampling)
         dt = time.perf_counter() - t0
         lines = "".join(json.dumps({"prompt": p, "completion": text}, ensure_ascii=False) + "\n"
                         for p, (text, _) in zip(prompts, results))
