@@ -27,6 +27,7 @@ streaming or waiting in the queue, cancels its request at the next token and fre
 """
 import argparse
 import collections
+import errno
 import json
 import os
 import queue
@@ -535,7 +536,9 @@ class ApiServer(ThreadingHTTPServer):
         try:
             super().__init__((host, port), Handler)
         except OSError as e:
-            raise UserError(f"cannot listen on {host}:{port} ({e.strerror}): pick another --port, or stop what uses it")
+            fix = ("pick another --port, or stop what uses it" if e.errno in (errno.EADDRINUSE, errno.EACCES)
+                   else "check --host (an address or name of this machine)")
+            raise UserError(f"cannot listen on {host}:{port} ({e.strerror}): {fix}")
         self.worker.start()
 
     @property

@@ -190,7 +190,7 @@ def parse_args(argv=None):
     g.add_argument("--recompute_activations", action="store_true",
                    help="keep only each block's input for the backward pass and compute the rest again: far less "
                         "activation memory (a larger batch or context on a small GPU) for up to a third more compute")
-    g.add_argument("--no-color", dest="no_color", action="store_true", help="no ANSI colors in the output")
+    g.add_argument("--no_color", "--no-color", dest="no_color", action="store_true", help="no ANSI colors in the output")
     return p.parse_args(argv)
 
 
@@ -224,8 +224,9 @@ def resolve_args(args, ckpt_args, continuing, config, fine_tuning=False):
     for k in ("lr", "min_lr", "weight_decay", "grad_clip", "eval_interval", "save_interval", "patience"):
         if getattr(a, k) < 0:
             raise UserError(f"--{k} must not be negative, got {getattr(a, k)}")
-    if a.lr == 0 or a.log_interval <= 0:
-        raise UserError(f"--lr and --log_interval must be positive (got {a.lr:g} and {a.log_interval:g})")
+    for k in ("lr", "log_interval"):
+        if getattr(a, k) <= 0:
+            raise UserError(f"--{k} must be positive, got {getattr(a, k):g}")
     if a.min_lr > a.lr:
         raise UserError(f"--min_lr {a.min_lr:g} is above --lr {a.lr:g}: the cosine decay would climb; give a min_lr "
                         f"below lr (default lr/10)")

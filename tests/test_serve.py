@@ -444,6 +444,9 @@ def test_command_line_errors(ckpt, enc, tmp_path, capsys, monkeypatch):
     finally:
         busy.close()
     assert code == 1 and err.startswith("error: cannot listen") and "--port" in err
+    code, out, err = run_cli(serve.main, [ckpt, "--host", "nosuchhost.invalid", "--device", "cpu"], capsys)
+    assert code == 1 and err.startswith("error: cannot listen on nosuchhost.invalid") and err.rstrip().endswith(
+        "check --host (an address or name of this machine)")
     # a checkpoint of NaN weights is refused at startup, before it could answer a request
     model = tiny_model(enc)
     with torch.no_grad():
