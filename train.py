@@ -1012,9 +1012,10 @@ def train(args):
                      budget_elapsed=float(ckpt.get("budget_elapsed", ckpt.get("elapsed", 0.0))),
                      schedule_origin=ckpt.get("schedule_origin", 0.0))  # older checkpoints: the budget's start
         if ckpt_args.get("block_size") != args.block_size or ckpt.get("data", {}).get("train_tokens") != \
-                meta.get("splits", {}).get("train", {}).get("tokens"):
+                meta.get("splits", {}).get("train", {}).get("tokens") or ckpt_args.get("seed", args.seed) != args.seed:
+            # the epoch's window order is another: going on from the position would repeat some windows, skip others
             if p.windows:
-                warn("the data or --block_size changed since the checkpoint: its epoch starts over")
+                warn("the data, --block_size or --seed changed since the checkpoint: its epoch starts over")
             p.windows = 0
         if p.windows >= len(train_w):
             p.epoch, p.windows = p.epoch + 1, 0

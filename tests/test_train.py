@@ -345,6 +345,19 @@ def test_continuing_from_an_earlier_point_does_not_replace_later_files(env, tmp_
     assert r["checkpoint"] == ck and r["steps"] == 5 and load_checkpoint(ck)["step"] == 5
 
 
+def test_a_new_seed_mid_epoch_starts_the_epoch_over(env, tmp_path, capsys):
+    """The epoch's window order comes from the seed: with another one, going on from the position would see some
+    windows twice and skip others, so the epoch starts over (as when the data or --block_size change)."""
+    first = train.train(args_for(env, tmp_path, "--dataset", "mini", "--max_steps", "2"))
+    assert load_checkpoint(first["checkpoint"])["epoch_windows"] == 32
+    capsys.readouterr()
+    r = train.train(train.parse_args(["--checkpoint", first["checkpoint"], "--seed", "7", "--max_steps", "1",
+                                      "--data_dir", env["data"], "--device", "cpu", "--no_color"]))
+    assert "--seed changed since the checkpoint: its epoch starts over" in capsys.readouterr().err
+    ck = load_checkpoint(r["checkpoint"])
+    assert (ck["epoch"], ck["epoch_windows"], ck["args"]["seed"]) == (0, 16, 7)
+
+
 def test_a_continued_run_that_does_not_better_its_best_says_so(env, tmp_path, capsys):
     first = train.train(args_for(env, tmp_path / "a", "--dataset", "mini", "--max_steps", "2"))
     ck = load_checkpoint(first["checkpoint"])
