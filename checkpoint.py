@@ -58,8 +58,9 @@ def load_checkpoint(path, map_location="cpu"):
                 if global_ else "is not a checkpoint (corrupt, or not written by torch.save?)")
         raise UserError(f"{path} {what}; use a checkpoint written by train.py") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        raise UserError(f"{path} is not a readable checkpoint (truncated or corrupt?): {first_line(e)[:120]}; use another "
-                        f"file from models/")
+        # torch's own first sentence (miniz's advice after it would be cut off mid-word)
+        raise UserError(f"{path} is not a readable checkpoint (truncated or corrupt?): "
+                        f"{first_line(e).split('. ')[0][:120]}; use another file from models/")
     if not isinstance(ckpt, dict) or not {"model", "config", "tokenizer"} <= set(ckpt):
         raise UserError(f"{path} is not a checkpoint of this project (no model/config/tokenizer entries); train one with train.py")
     if ckpt.get("format") != FORMAT:

@@ -358,6 +358,15 @@ def test_a_new_seed_mid_epoch_starts_the_epoch_over(env, tmp_path, capsys):
     assert (ck["epoch"], ck["epoch_windows"], ck["args"]["seed"]) == (0, 16, 7)
 
 
+def test_settings_that_defeat_the_run_are_warned_of(env, tmp_path, capsys):
+    # a warmup longer than the run keeps the lr below its peak; float16 on a CPU is emulated (3.6 s against 226 ms
+    # a tiny step in fp32 on the test machine)
+    train.train(args_for(env, tmp_path, "--dataset", "mini", "--max_steps", "1", "--warmup", "100000", "--dtype", "float16"))
+    err = capsys.readouterr().err
+    assert re.search(r"--warmup 100000 is longer than the run's \d+ steps: the learning rate never reaches --lr", err)
+    assert "--dtype float16 is emulated on this CPU" in err
+
+
 def test_a_continued_run_that_does_not_better_its_best_says_so(env, tmp_path, capsys):
     first = train.train(args_for(env, tmp_path / "a", "--dataset", "mini", "--max_steps", "2"))
     ck = load_checkpoint(first["checkpoint"])
@@ -430,7 +439,8 @@ def test_bad_checkpoints_are_one_line_errors(env, trained, tmp_path, capsys):
                          ("optimizer", {"optimizer": {"state": {}, "param_groups": []}})):
         broken[name] = tmp_path / f"{name}.pt"
         torch.save({**ck, **change}, broken[name])
-    for path, words in ((cut, "truncated or corrupt"), (foreign, "not a checkpoint of this project"),
+    for path, words in ((cut, "(truncated or corrupt?): PytorchStreamReader failed reading zip archive: failed finding "
+                              "central directory; use another file from models/"), (foreign, "not a checkpoint of this project"),
                         (module, "holds pickled Python objects (torch.nn.modules.linear.Linear), which are never loaded"),
                         (broken["tokenizer"], "is a damaged checkpoint"),
                         (broken["nan"], "holds weights that are not finite (1 tensor(s) with nan or inf, lm_head.weight"),
