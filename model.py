@@ -681,7 +681,8 @@ class GPT(nn.Module):
             logits = logits.scatter(1, context, seen)
         if temperature == 0:
             return logits.argmax(dim=-1)
-        logits = logits / temperature
+        # from the row's maximum, so a tiny temperature divides into -inf at worst, never inf (and then nan)
+        logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
         ids = None  # vocabulary id of each column of logits when only the top_k columns are kept
         if top_k is not None and top_k < logits.size(-1):
             # sample among the k best only: softmax and multinomial over k columns instead of the whole vocabulary

@@ -435,6 +435,8 @@ def test_top_k_and_top_p(variant):
     assert torch.equal(collect(model, idx, 8, top_k=1, generator=g), greedy)
     assert torch.equal(collect(model, idx, 8, top_p=1e-6, generator=g), greedy)
     assert torch.equal(collect(model, idx, 8, top_p=0.0, generator=g), greedy)  # always at least one token
+    for top_k in (None, 5):  # a temperature near 0 is greedy, not inf logits and a multinomial error
+        assert torch.equal(collect(model, idx, 8, temperature=1e-38, top_k=top_k, generator=g), greedy)
 
     first = collect(model, idx, 1, top_k=5, generator=g)[:, 0]
     allowed = set(torch.topk(probs, 5).indices.tolist())
