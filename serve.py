@@ -306,10 +306,11 @@ class Worker(threading.Thread):
                 if hit:
                     finish = "stop"
                     break
-            else:
-                text = stops.flush()
-                if text:
-                    job.events.put(("text", text))
+            # text held back as the possible start of a stop string that never came (the reply ended at max_tokens or
+            # at its stop token): it is the reply's end
+            text = stops.flush()
+            if text:
+                job.events.put(("text", text))
         finally:
             steps.close()  # ends generation (and its autocast region) at once when we leave early
         return tokens, finish

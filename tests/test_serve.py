@@ -156,6 +156,22 @@ def test_completions_and_stop_strings(api, enc):
         assert chunks[-1].choices[0].finish_reason == "stop"
 
 
+def test_text_held_for_a_stop_string_ends_the_reply_when_the_model_stops(enc, monkeypatch):
+    """ "Hello there. B" could go on as the stop string "Bye", so " B" waits for the next piece; when the model
+    ends its reply there (<|im_end|>), the " B" is the reply's end, not dropped."""
+    end = enc.encode_single_token(IM_END)
+    pieces = [(1, "Hello"), (2, " there."), (3, " B"), (end, "")]
+    monkeypatch.setattr(serve, "stream_completion", lambda *a, **k: (step for step in pieces))  # closable
+    worker = serve.Worker(tiny_model(enc), enc, torch.float32, 4, log=lambda line: None)
+    for stop in (["Bye"], []):
+        job = serve.Job("chat", [0], 8, (end,), stop, {}, None, False, False)
+        assert worker.generate(job) == (4, "stop")
+        texts = []
+        while not job.events.empty():
+            texts.append(job.events.get()[1])
+        assert "".join(texts) == "Hello there. B"
+
+
 def test_models_endpoint(api):
     assert [m.id for m in client(api).models.list()] == [api.name]
     assert client(api).models.retrieve(api.name).id == api.name
