@@ -1247,7 +1247,9 @@ def main(argv=None):
     p.add_argument("--vocab_size", type=int,
                    help="train a vocabulary of this size on the data itself (saved as data/<name>/tokenizer.tiktoken) "
                         "and use it instead of --tokenizer: e.g. 4096 makes a tiny model several times faster")
-    p.add_argument("--limit", type=int, help="use only the first N documents of each source (quick demos); of a source's own validation split, N * val_fraction")
+    p.add_argument("--limit", type=int, help="use only the first N documents (quick demos), counted over a dataset's files in order (each "
+                                               "--mix part its own N, train-only extra files N more); of a source's own validation "
+                                               "split, N * val_fraction")
     p.add_argument("--val_fraction", type=float, default=DEFAULT_VAL_FRACTION, help="the last fraction of each source's documents kept for validation")
     p.add_argument("--force", action="store_true", help="rebuild even if up to date, and replace a folder holding another dataset")
     p.add_argument("--out_dir", default=DEFAULT_OUT_DIR, help="where dataset folders go")
