@@ -64,7 +64,7 @@ from common import UserError, atomic_write_text, check_output, first_line, fsync
 from setup_tokenizer import EOT, IM_END, IM_START, get_tokenizer, read_text_chunks, tokenizer_hash, train_bpe
 
 FORMAT = 1   # layout of meta.json and the .bin files
-VERSION = 2  # bump when the same inputs would give other tokens or counts, so existing datasets rebuild
+VERSION = 3  # bump when the same inputs would give other tokens or counts, so existing datasets rebuild
             # (2: special tokens count no bytes of text)
 DATASETS = ("story", "shakespeare", "dailydialog", "chat", "chitchat", "knowledge", "text")
 EVERYTHING = ("story", "shakespeare", "dailydialog", "chat", "knowledge", "chitchat")  # what a bare `python prepare.py` builds
@@ -164,12 +164,13 @@ def story_line_docs(path):
         yield rest.strip(), True
 
 
-def extra_docs(path, earlier=()):
+def extra_docs(path, earlier=(), main=()):
     """A train-only extra file's stories, less those an earlier extra file has (case and spacing ignored): the
-    mirror's lowercased TinyStories head starts with the 1,097 stories of the cased one."""
+    mirror's lowercased TinyStories head starts with the 1,097 stories of the cased one. Less those of the main
+    files too, whose tail is val: 2 of the story set's 312 val stories were in the extra files."""
     def key(text):
         return " ".join(text.lower().split())
-    seen = {key(d) for f in earlier for d, _ in story_line_docs(f)}
+    seen = {key(d) for f in earlier for d, _ in story_line_docs(f)} | {key(d) for f in main for d, _ in text_docs(f)}
     return ((d, ok) for d, ok in story_line_docs(path) if key(d) not in seen)
 
 
@@ -508,7 +509,7 @@ def find_source(dataset, source=None, extra=True):
             streams = [(main_role, f, functools.partial(docs, f)) for f in found["main"]]
             streams += [("val", f, functools.partial(docs, f)) for f in found["val"]]
             if extra:
-                streams += [("train", f, functools.partial(extra_docs, f, found["extra"][:i]))
+                streams += [("train", f, functools.partial(extra_docs, f, found["extra"][:i], found["main"]))
                             for i, f in enumerate(found["extra"])]
             files = [os.path.abspath(f) for role, f, _ in streams]
             return {"description": f"DATA_MIRROR {os.path.abspath(mirror)}: " + ", ".join(os.path.relpath(f, mirror) for f in files),

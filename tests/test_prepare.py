@@ -834,6 +834,18 @@ def test_mirror_story(tmp_path, enc):
 
 
 @needs_mirror
+def test_mirror_story_val_is_unseen_in_train(tmp_path, enc):
+    # the train-only extra files repeat some of the sample's stories, 2 of them in its val tail
+    meta = prepare.prepare("story", out_dir=str(tmp_path / "data"))
+    folder = tmp_path / "data" / "story"
+
+    def stories(split):
+        return {" ".join(s.lower().split()) for s in enc.decode(load(folder, split, meta)[0].tolist()).split(EOT)} - {""}
+    val = stories("val")
+    assert len(val) > 300 and not val & stories("train")
+
+
+@needs_mirror
 def test_mirror_dailydialog(tmp_path, enc):
     meta = prepare.prepare("dailydialog", limit=50, out_dir=str(tmp_path / "data"))
     folder = tmp_path / "data" / "dailydialog"
@@ -873,6 +885,10 @@ def test_extra_stories_skip_those_an_earlier_extra_file_has(tmp_path):
     lower.write_text("tom had a red ball.\nsue saw a cat.\nthe sun was hot.\n")
     assert [d for d, _ in prepare.extra_docs(str(lower), [str(cased)])] == ["the sun was hot."]
     assert len(list(prepare.extra_docs(str(lower)))) == 3
+    # nor those of the main file, whose tail is val
+    main = tmp_path / "sample.txt"
+    main.write_text(f"Once there was a dog.{EOT}The Sun was hot.{EOT}")
+    assert [d for d, _ in prepare.extra_docs(str(lower), main=[str(main)])] == ["tom had a red ball.", "sue saw a cat."]
 
 
 def test_prepare_does_not_import_torch():
