@@ -290,9 +290,8 @@ class Windows:
         self.block_size = T
         self.n = max(0, (n_tokens - 1) // T)  # the last window needs T+1 tokens
         if self.n == 0 and split == "val" and n_tokens <= 1:  # prepared with --val_fraction 0
-            options = dict(meta.get("options") or {}, val_fraction=DEFAULT_VAL_FRACTION)
             raise UserError(f"{path} has no tokens (--val_fraction 0?), and training evaluates on the val split: run "
-                            f"`{rebuild_command(dict(meta, options=options), folder)}`")
+                            f"`{prepare_with(meta, val_fraction=DEFAULT_VAL_FRACTION)}`")
         if self.n == 0:
             raise UserError(f"{path} has {n_tokens} tokens, fewer than one window of --block_size {T} + 1: "
                             f"use a smaller --block_size or more data")
@@ -829,32 +828,32 @@ def init_distributed(device_name):
 # -----------------------------------------------------------------------------
 # setup
 
-def prepare_with(meta, tokenizer):
-    """The prepare.py command that builds meta's dataset again with another tokenizer: gpt2, or a path (a .tiktoken
-    file, or a checkpoint, whose vocabulary prepare.py reads)."""
-    options = dict(meta.get("options") or {}, vocab_size=None,
-                   tokenizer=tokenizer if tokenizer == "gpt2" else os.path.abspath(tokenizer))
-    return rebuild_command(dict(meta, options=options), meta["folder"])
+def prepare_with(meta, **changes):
+    """The prepare.py command that builds meta's dataset again with some of its options changed."""
+    return rebuild_command(dict(meta, options=dict(meta.get("options") or {}, **changes)), meta["folder"])
 
 
 def pick_tokenizer(args, meta, ckpt):
     """The tokenizer, checked against the data's: a checkpoint's own vocabulary, else --tokenizer, else the one
     meta.json names. Any mismatch of token ids is a UserError (training would silently learn garbage)."""
     want = meta.get("tokenizer_hash")
+
+    def with_tokenizer(name):  # gpt2, or a path: a .tiktoken file, or a checkpoint, whose vocabulary prepare.py reads
+        return prepare_with(meta, vocab_size=None, tokenizer=name if name == "gpt2" else os.path.abspath(name))
     if ckpt is not None:
         have = ckpt["tokenizer"].get("hash")
         if have != want:
             raise UserError(f"{args.checkpoint} uses tokenizer {ckpt['tokenizer'].get('name')} ({have}) but "
                             f"{meta['folder']} was prepared with {meta.get('tokenizer_name', meta.get('tokenizer'))} "
                             f"({want}): prepare the data with the checkpoint's tokenizer "
-                            f"(`{prepare_with(meta, 'gpt2' if ckpt['tokenizer'].get('bpe') is None else args.checkpoint)}`)"
+                            f"(`{with_tokenizer('gpt2' if ckpt['tokenizer'].get('bpe') is None else args.checkpoint)}`)"
                             f" or train a new model")
     if args.tokenizer:
         enc = get_tokenizer(args.tokenizer)
         if tokenizer_hash(enc) != want:
             raise UserError(f"--tokenizer {args.tokenizer} ({tokenizer_hash(enc)}) is not the tokenizer {meta['folder']} "
                             f"was prepared with ({meta.get('tokenizer_name', meta.get('tokenizer'))}, {want}): drop "
-                            f"--tokenizer or run `{prepare_with(meta, args.tokenizer)}`")
+                            f"--tokenizer or run `{with_tokenizer(args.tokenizer)}`")
         if ckpt is None:
             return enc
     if ckpt is not None:
