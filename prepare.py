@@ -560,7 +560,7 @@ def fingerprint(dataset, plan, tokenizer, tok_hash, limit, val_fraction, pack=No
         files.append([f, st.st_size, st.st_mtime_ns])
     state = {"format": FORMAT, "version": VERSION, "dataset": dataset, "source": plan["description"],
              "files": files, "tokenizer": tokenizer, "tokenizer_hash": tok_hash, "limit": limit,
-             "val_fraction": val_fraction, "pack": pack, "mix": mix}
+             "val_fraction": val_fraction, "pack": DEFAULT_PACK if pack is None else pack, "mix": mix}  # --pack 256: the default
     return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()[:16]
 
 

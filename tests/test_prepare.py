@@ -457,6 +457,8 @@ def test_pack_option(tmp_path, capsys, monkeypatch):
     assert "is up to date" in capsys.readouterr().out
     assert prepare.prepare("chat", source=src, out_dir=out, pack=128)["pack"] == 128  # another block rebuilds
     assert prepare.prepare("chat", source=src, out_dir=out)["pack"] == prepare.DEFAULT_PACK
+    prepare.prepare("chat", source=src, out_dir=out, pack=prepare.DEFAULT_PACK)  # the default, named
+    assert "is up to date" in capsys.readouterr().out
     assert sorted(os.listdir(folder)) == ["meta.json", "train.bin", "train_mask.bin", "val.bin", "val_mask.bin"]
     # interrupted while packing: the dataset stays as it was, and no temporary file is left
     before = snapshot(folder)
