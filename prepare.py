@@ -47,6 +47,7 @@ import functools
 import hashlib
 import itertools
 import json
+import math
 import os
 import random
 import re
@@ -925,16 +926,41 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
     return kind
 
 
-def train_vocabulary(plan, vocab_size, path, limit):
-    """Train a BPE vocabulary of vocab_size on the dataset's own text (message contents for
-    conversations), with the same --limit, and save it as path."""
+def train_docs(make_docs, budget, role, val_fraction):
+    """A stream's documents that write_splits puts in train: all but, of a "split" stream, the tail it moves to val,
+    by documents; of a single document (a whole book, in pieces), which it cuts by tokens, the vocabulary being
+    trained cannot say where: the first 1 - val_fraction of its characters, about the same on even text."""
+    if role != "split" or not val_fraction:
+        yield from limited(make_docs(), budget, role)
+        return
+    start, n, chars = dict(budget), 0, 0
+    for doc in limited(make_docs(), budget, role):  # a first pass counts, spending the budget as write_splits does
+        n += doc_kind(doc) == "chat" or doc[1]
+        chars += len(doc[0]) if doc_kind(doc) == "text" else 0
+    keep = n - min(n - 1, max(1, round(n * val_fraction))) if n >= 2 else None  # documents
+    left = chars * (1 - val_fraction)  # characters, for a single document
+    for doc in limited(make_docs(), start, role):
+        if keep is not None:
+            if keep <= 0:
+                return
+            keep -= doc_kind(doc) == "chat" or doc[1]
+        elif left <= 0:
+            return
+        else:
+            doc, left = (doc[0][:math.ceil(left)], doc[1]), left - len(doc[0])
+        yield doc
+
+
+def train_vocabulary(plan, vocab_size, path, limit, val_fraction):
+    """Train a BPE vocabulary of vocab_size on the dataset's own train text (message contents for
+    conversations), with the same --limit, and save it as path: the val split stays unseen."""
     def texts():
         for part in plan.get("parts", [plan]):  # a mix: --limit counts in each of its datasets, as in build()
             budget = {"split": limit, "train": limit, "val": 0}
             for role, _, make_docs in part["streams"]:
                 if role == "val":
-                    continue  # a source's own validation split stays unseen
-                for doc in limited(make_docs(), budget, role):
+                    continue  # a source's own validation split
+                for doc in train_docs(make_docs, budget, role, val_fraction):
                     if doc_kind(doc) == "text":
                         yield doc[0]
                     else:
@@ -1079,7 +1105,7 @@ def prepare(dataset, source=None, tokenizer="gpt2", limit=None, val_fraction=DEF
             os.makedirs(folder, exist_ok=True)
             new_vocab = tmp_name(tokenizer)
     try:
-        enc = train_vocabulary(plan, vocab_size, new_vocab, limit) if new_vocab else get_tokenizer(tokenizer)
+        enc = train_vocabulary(plan, vocab_size, new_vocab, limit, val_fraction) if new_vocab else get_tokenizer(tokenizer)
         tokenizer = tokenizer if tokenizer == "gpt2" else os.path.abspath(tokenizer)
         tok_hash = tokenizer_hash(enc)
         fp = fingerprint(dataset, plan, tokenizer, tok_hash, limit, val_fraction, pack, mix)

@@ -253,6 +253,24 @@ def test_vocabulary_trained_on_the_data(tmp_path, monkeypatch, capsys):
     assert snapshot(folder) == before
 
 
+def test_the_vocabulary_is_trained_on_the_train_split_only(tmp_path):
+    """The val split stays unseen: a word only the val documents (the tail) have gets no merges."""
+    train_docs = [f"the cat sat on the mat {i}." for i in range(90)]
+    val_docs = ["qzqzqzqzqzqzqzqzqzqz " * 20] * 10
+    src = write(tmp_path / "docs.txt", EOT.join(train_docs + val_docs))
+    meta = prepare.prepare("text", source=src, out_dir=str(tmp_path / "data"), vocab_size=300)
+    enc = get_tokenizer(meta["tokenizer"])
+    assert len(enc.encode_ordinary("qzqz")) == 4 and len(enc.encode_ordinary(" the cat")) < 8
+    val, _ = load(tmp_path / "data" / "text", "val", meta)
+    assert "qzqz" in enc.decode(val.tolist())  # it is there, in val
+    # a single document (a book) is cut by tokens, which the vocabulary decides: it learns from the first 90% of the
+    # characters, an approximation
+    book = "".join(f"line {i} of the book\n" for i in range(900)) + "qz" * 250  # the last 2.5% of it
+    meta = prepare.prepare("text", source=write(tmp_path / "book.txt", book), out_dir=str(tmp_path / "data"),
+                           name="book", vocab_size=300)
+    assert len(get_tokenizer(meta["tokenizer"]).encode_ordinary("qzqz")) == 4
+
+
 def test_a_vocab_size_beyond_what_the_data_supports_warns(tmp_path, capsys):
     corpus = write(tmp_path / "corpus.txt", EOT.join(DOCS))
     meta = prepare.prepare("text", source=corpus, out_dir=str(tmp_path / "data"), vocab_size=70000)
