@@ -864,13 +864,23 @@ def batches(docs, kind, label):
         yield batch
 
 
+def ends_document(doc):
+    # a conversation, or the last piece of a text (a long one comes in pieces)
+    return doc_kind(doc) == "chat" or doc[1]
+
+
+def train_count(n, val_fraction):
+    # of n >= 2 documents of a source, how many stay in train: its tail, at least one, goes to val
+    return n - min(n - 1, max(1, round(n * val_fraction)))
+
+
 def limited(docs, budget, role):
     """At most budget[role] documents (None: all); pieces of a document count once, at its end."""
     for doc in docs:
         if budget[role] is not None:
             if budget[role] <= 0:
                 return
-            if doc_kind(doc) == "chat" or doc[1]:
+            if ends_document(doc):
                 budget[role] -= 1
         yield doc
 
@@ -918,7 +928,7 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
         # so validation losses stay comparable across runs and tokenizers
         n = len(ends)
         if n >= 2:
-            k = n - min(n - 1, max(1, round(n * val_fraction)))
+            k = train_count(n, val_fraction)
             out.move_tail(ends[k - 1], n - k, splits["val"], table)
         elif out.tokens - start >= 2:  # a single document (a whole book): cut it by tokens, as nanoGPT does
             keep = start + min(out.tokens - start - 1, max(1, round((out.tokens - start) * (1 - val_fraction))))
@@ -935,15 +945,15 @@ def train_docs(make_docs, budget, role, val_fraction):
         return
     start, n, chars = dict(budget), 0, 0
     for doc in limited(make_docs(), budget, role):  # a first pass counts, spending the budget as write_splits does
-        n += doc_kind(doc) == "chat" or doc[1]
+        n += ends_document(doc)
         chars += len(doc[0]) if doc_kind(doc) == "text" else 0
-    keep = n - min(n - 1, max(1, round(n * val_fraction))) if n >= 2 else None  # documents
+    keep = train_count(n, val_fraction) if n >= 2 else None  # documents
     left = chars * (1 - val_fraction)  # characters, for a single document
     for doc in limited(make_docs(), start, role):
         if keep is not None:
             if keep <= 0:
                 return
-            keep -= doc_kind(doc) == "chat" or doc[1]
+            keep -= ends_document(doc)
         elif left <= 0:
             return
         else:
