@@ -25,9 +25,10 @@ weights. Continuing on another --dataset is fine-tuning: same weights, fresh opt
 Several processes. Under torchrun each optimizer step takes batch_size*grad_accum*world windows and each rank its
 share of them (see Batches); rank 0 alone logs and writes files, and checkpoints resume on any number of ranks.
 
-Files, for --dataset story (next to --output_checkpoint): story_epoch{N}.pt, written every
---save_interval % of an epoch, at each epoch's end, on Ctrl-C and on errors; story_best.pt, the lowest
-val loss so far; story_metrics.jsonl, one JSON record per log/eval point; story_loss.png, the loss curves.
+Files, for --dataset story (next to --output_checkpoint): story_epoch{N}.pt (story.pt for a --time_budget run,
+which may repeat many epochs), written every --save_interval % of an epoch, at each epoch's end, on Ctrl-C and on
+errors; story_best.pt, the lowest val loss so far; story_metrics.jsonl, one JSON record per log/eval point;
+story_loss.png, the loss curves.
 """
 import argparse
 import contextlib
@@ -142,11 +143,13 @@ def parse_args(argv=None):
     g.add_argument("--init_from", metavar="DIR", help="fine-tune a Hugging Face model folder (GPT-2 as downloaded, or "
                                                       "export.py's output); its tokenizer must be the data's")
     g.add_argument("--output_checkpoint", help="where to save; {dataset} and {epoch} are filled in (default: "
-                                               "models/{dataset}_epoch{epoch}.pt; when continuing, the run's names "
-                                               "next to the checkpoint given)")
+                                               "models/{dataset}_epoch{epoch}.pt, models/{dataset}.pt with "
+                                               "--time_budget; when continuing, the run's names next to the "
+                                               "checkpoint given)")
     g.add_argument("--overwrite", action="store_true", help="let a new run replace an earlier run's checkpoints, "
                                                             "best file and metrics, or a run continued from an "
-                                                            "earlier point its later ones (refused otherwise)")
+                                                            "earlier point its later ones (refused otherwise); they "
+                                                            "are removed at the new run's first save")
     g.add_argument("--reset_epoch", action="store_true", help="restart the epoch count and lr schedule of a "
                                                               "checkpoint, keeping its weights and optimizer")
     g.add_argument("--seed", type=int, help=f"seeds the initial weights, dropout and epoch orders (default: {d['seed']})")
@@ -360,36 +363,51 @@ def run_files(out_pattern, dataset):
 ELSEWHERE = "write this one to another folder with --output_checkpoint DIR/{dataset}_epoch{epoch}.pt"
 
 
-def refuse_earlier_run(out_pattern, dataset, best_path):
-    """A new run (not the checkpoint's own, continued) must not write over an earlier run's checkpoints: those of
-    out_pattern (any epoch) and its best one. (Metrics alone are no run to keep: a run that failed before its first
-    save leaves just them.)"""
-    checkpoints = run_files(out_pattern, dataset)
-    found = checkpoints + ([best_path] if os.path.exists(best_path) else [])
-    if found:
+def earlier_run_files(out_pattern, dataset, best_path):
+    """The checkpoints of an earlier run that a new one here would write over or mix with its own, oldest first: those
+    out_pattern names (any epoch), those of the other default naming in its folder ({dataset}.pt of a --time_budget
+    run, {dataset}_epoch{N}.pt of the others), which share its best file, and that best file last."""
+    folder = os.path.dirname(out_pattern)
+    patterns = {os.path.normpath(p) for p in (out_pattern, os.path.join(folder, "{dataset}.pt"),
+                                              os.path.join(folder, "{dataset}_epoch{epoch}.pt"))}
+    found = sorted({f for p in patterns for f in run_files(p, dataset)}, key=os.path.getmtime)
+    return found + ([best_path] if os.path.exists(best_path) else [])
+
+
+def refuse_earlier_run(out_pattern, dataset, best_path, overwrite=False):
+    """A new run (not the checkpoint's own, continued) must not write over an earlier run's checkpoints (see
+    earlier_run_files) unless overwrite; returns the files it replaces. (Metrics alone are no run to keep: a run that
+    failed before its first save leaves just them.)"""
+    found = earlier_run_files(out_pattern, dataset, best_path)
+    if found and not overwrite:
         what = f"{found[0]} and {len(found) - 1} more checkpoint(s) hold" if len(found) > 1 else f"{found[0]} holds"
-        resume = checkpoints[-1] if checkpoints else best_path  # the newest of the run's own
+        resume = found[-2] if len(found) > 1 and found[-1] == best_path else found[-1]  # the newest of the run's own
         raise UserError(f"{what} an earlier run: continue it with --checkpoint {resume}, {ELSEWHERE}, or pass "
                         f"--overwrite to replace them")
+    return found
 
 
-def refuse_going_back(checkpoint, ckpt, out_pattern, dataset, best_path):
+def refuse_going_back(checkpoint, ckpt, out_pattern, dataset, best_path, overwrite=False):
     """Continuing from an earlier point of a run (its best file, an older epoch's) writes the run's own file names:
-    refused when one of them holds a later point, which the continued run would replace (its newer epochs, or a best
-    file that the branch's worse evals would take over). Only the files' small entries are read (mmap)."""
-    done = int(ckpt.get("tokens", 0))
+    refused unless overwrite when one of them holds a later point, which the continued run would replace (its newer
+    epochs, or a best file that the branch's worse evals would take over); returns those files. Only the files' small
+    entries are read (mmap)."""
+    done, later = int(ckpt.get("tokens", 0)), []
     for path in run_files(out_pattern, dataset) + ([best_path] if os.path.exists(best_path) else []):
         if os.path.samefile(path, checkpoint):
             continue
         try:
             other = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            later = other.get("dataset") == dataset and int(other.get("tokens", 0)) > done
+            if other.get("dataset") != dataset or int(other.get("tokens", 0)) <= done:
+                continue
         except Exception:  # unreadable: nothing to keep
             continue
-        if later:
+        if not overwrite:
             raise UserError(f"{path} holds a later point of this run (step {other.get('step')}, {checkpoint} is at step "
                             f"{ckpt.get('step')}), which continuing here would replace: continue from it with "
                             f"--checkpoint {path}, {ELSEWHERE}, or pass --overwrite to replace it")
+        later.append(path)
+    return later
 
 
 def packing_warning(meta, block_size):
@@ -970,14 +988,15 @@ def train(args):
     out_dir = os.path.dirname(out_pattern) or "."
     best_path = os.path.join(out_dir, f"{dataset}_best.pt")
     metrics_path = os.path.join(out_dir, f"{dataset}_metrics.jsonl")
+    replaced = []  # with --overwrite: files of an earlier run (or later points of this one) to remove (see save)
     if dist.main:
         check_output(out_pattern.replace("{dataset}", dataset).replace("{epoch}", "1"),
                      "--output_checkpoint" if given else "the checkpoint folder")
         # --reset_epoch numbers epochs from 1 again: its files would land on the run's own
-        if (not continuing or args.reset_epoch) and not args.overwrite:
-            refuse_earlier_run(out_pattern, dataset, best_path)
-        elif not args.overwrite:
-            refuse_going_back(args.checkpoint, ckpt, out_pattern, dataset, best_path)
+        if not continuing or args.reset_epoch:
+            replaced = refuse_earlier_run(out_pattern, dataset, best_path, args.overwrite)
+        else:
+            replaced = refuse_going_back(args.checkpoint, ckpt, out_pattern, dataset, best_path, args.overwrite)
 
     dtype = pick_dtype(device, args.dtype)
     if device.type == "cpu" and (dtype == torch.float16 or dtype == torch.bfloat16 and not cpu_has_bf16()):
@@ -1103,10 +1122,20 @@ def train(args):
                             data={"tokenizer_hash": meta.get("tokenizer_hash"), "folder": meta["folder"],
                                   "train_tokens": meta.get("splits", {}).get("train", {}).get("tokens"),
                                   "val_tokens": meta.get("splits", {}).get("val", {}).get("tokens")})
+        # what --overwrite replaces goes once this run has a checkpoint of its own (stopped before that, the earlier run
+        # stays whole), lest an old best file or later epoch pass for this run's. (Only rank 0 has any.)
         if path == best_path:
             saved["best"] = path
+            replaced[:] = [f for f in replaced if f != best_path]  # replaced in place
         else:
             saved.update(path=path, step=p.step)
+            for f in replaced:
+                if os.path.abspath(f) != os.path.abspath(path):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(f)
+            if best_path in replaced:
+                saved["best"] = None
+            replaced.clear()
 
     # ---- banner
     t_run = time.time()

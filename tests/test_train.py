@@ -8,6 +8,7 @@ import math
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -316,10 +317,15 @@ def test_a_new_run_does_not_write_over_an_earlier_one(env, tmp_path):
     r = go_on(copy)
     assert r["checkpoint"] == str(tmp_path / "copy" / "mini_epoch1.pt") and r["steps"] == 4
     assert (tmp_path / "m" / "mini_epoch1.pt").read_bytes() == before
-    # asked for: replaced
+    # a --time_budget run's file shares the best file and metrics: it is an earlier run too
+    shutil.copy(tmp_path / "m" / "mini_best.pt", tmp_path / "m" / "mini.pt")
+    with pytest.raises(train.UserError, match=r"and 2 more checkpoint\(s\) hold an earlier run"):
+        train.train(args_for(env, tmp_path / "m", "--dataset", "mini", "--max_steps", "1", "--n_layer", "1"))
+    # asked for: replaced, the old best file and the other naming's too, so none passes for the new run's
     r = train.train(args_for(env, tmp_path / "m", "--dataset", "mini", "--max_steps", "1", "--n_layer", "1",
-                             "--overwrite"))
-    assert load_checkpoint(r["checkpoint"])["config"]["n_layer"] == 1
+                             "--eval_interval", "0", "--overwrite"))  # no eval: no best file of its own
+    assert load_checkpoint(r["checkpoint"])["config"]["n_layer"] == 1 and r["best_checkpoint"] is None
+    assert sorted(os.listdir(tmp_path / "m")) == ["mini_epoch1.pt", "mini_metrics.jsonl"]
 
 
 def test_continuing_from_an_earlier_point_does_not_replace_later_files(env, tmp_path):
