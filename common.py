@@ -37,7 +37,8 @@ def os_error_line(e):
 
 def run_main(main):
     """Run a script's main(); UserError, Ctrl-C and the file system's refusals (a full disk, no permission, a folder
-    where a file should be) end in one clear line."""
+    where a file should be) end in one clear line, and output piped into a reader that stops early (`| head`) in
+    none."""
     try:
         return main()
     except UserError as e:
@@ -46,6 +47,12 @@ def run_main(main):
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:
+        # the reader went away (`| head`): not an error worth a traceback. stdout goes to /dev/null, or Python's flush
+        # at exit would fail on the closed pipe again; 141 is what a shell reports for a process killed by SIGPIPE
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
     except OSError as e:
         if e.errno not in OS_FIXES:
             raise

@@ -2,6 +2,8 @@
 should be), output paths checked before the work, and --device parsing."""
 import errno
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -63,3 +65,13 @@ def test_a_failed_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypatch
 def test_a_device_that_is_no_device_is_named(name):
     with pytest.raises(UserError, match=f"--device {name}: not a device; use auto, cpu, cuda, cuda:N or mps"):
         pick_device(name)
+
+
+def test_output_piped_into_head_ends_quietly():
+    """`python gen.py ... | head`: the reader closes the pipe early; the script stops without a traceback."""
+    script = "import common; common.run_main(lambda: [print('line', i) for i in range(10**6)])"
+    shell = f"{sys.executable} -c \"{script}\" | head -n 2; exit ${{PIPESTATUS[0]}}"
+    r = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))), timeout=60)
+    assert r.stdout == "line 0\nline 1\n"
+    assert r.stderr == "" and r.returncode == 141
