@@ -40,6 +40,7 @@ import json
 import math
 import os
 import queue
+import shlex
 import signal
 import sys
 import threading
@@ -53,7 +54,7 @@ from checkpoint import load_checkpoint, load_weights, save_checkpoint
 from common import (UserError, atomic_write_text, autocast, check_output, cpu_has_bf16, first_line, pick_device,
                     pick_dtype, retain_freed_memory, run_main, tmp_name)
 from model import OPTIMIZERS, PRESETS, GPT, GPTConfig, make_config
-from prepare import DEFAULT_VAL_FRACTION, is_complete, rebuild_command
+from prepare import DATASETS, DEFAULT_OUT_DIR, DEFAULT_VAL_FRACTION, is_complete, rebuild_command
 from setup_tokenizer import get_tokenizer, tokenizer_from_state, tokenizer_hash
 
 # Peak learning rates and batch sizes (windows) that train each preset well with AdamW(0.9, 0.95); small models
@@ -255,9 +256,17 @@ def load_meta(data_dir, dataset):
     """The dataset's meta.json; a missing or broken dataset is a UserError naming prepare.py."""
     folder = os.path.join(data_dir, dataset)
     path = os.path.join(folder, "meta.json")
-    fix = f"run `python prepare.py --dataset {dataset}`"
+    out = [] if os.path.abspath(data_dir) == os.path.abspath(DEFAULT_OUT_DIR) else ["--out_dir", data_dir]
+    fix = f"run `{shlex.join(['python', 'prepare.py', '--dataset', dataset, *out])}`"
     if not os.path.exists(path):
-        raise UserError(f"no prepared dataset {dataset!r} ({path} is missing): {fix} first")
+        if dataset in DATASETS and dataset != "text":  # text needs --source
+            raise UserError(f"no prepared dataset {dataset!r} ({path} is missing): {fix} first")
+        have = sorted(n for n in os.listdir(data_dir) if os.path.isfile(os.path.join(data_dir, n, "meta.json"))) \
+            if os.path.isdir(data_dir) else []
+        text = shlex.join(["python", "prepare.py", "--dataset", "text", "--source", "FILE", "--name", dataset, *out])
+        raise UserError(f"no prepared dataset {dataset!r} ({path} is missing; {data_dir} has "
+                        f"{', '.join(have) or 'none'}): prepare your own text under that name with `{text}`, or one "
+                        f"of {', '.join(DATASETS[:-1])} with `python prepare.py --dataset NAME`")
     try:
         with open(path, encoding="utf-8") as f:
             meta = json.load(f)

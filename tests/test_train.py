@@ -462,9 +462,27 @@ def test_bad_checkpoints_are_one_line_errors(env, trained, tmp_path, capsys):
         assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
 
 
-def test_missing_data_names_prepare(env, tmp_path):
-    with pytest.raises(UserError, match=r"python prepare.py --dataset nope"):
+def test_missing_data_names_a_prepare_command_that_runs(env, tmp_path):
+    """prepare.py makes its own datasets by name and anything else from the user's text: the hint must be a command
+    prepare.py accepts, writing where --data_dir looks."""
+    data = re.escape(env["data"])
+    with pytest.raises(UserError, match=rf"no prepared dataset 'shakespeare' .*: run `python prepare.py --dataset "
+                                        rf"shakespeare --out_dir {data}` first$"):
+        train.train(args_for(env, tmp_path, "--dataset", "shakespeare"))
+    with pytest.raises(UserError, match=rf"\({data}/nope/meta.json is missing; {data} has chat, mini, other, story\): "
+                                        rf"prepare your own "
+                                        rf"text under that name with `python prepare.py --dataset text --source FILE "
+                                        rf"--name nope --out_dir {data}`, or one of story, .* with `python prepare.py "
+                                        rf"--dataset NAME`$"):
         train.train(args_for(env, tmp_path, "--dataset", "nope"))
+    # the hint, run: it makes what train.py looked for
+    data = tmp_path / "data"
+    with pytest.raises(UserError, match=r"has none\): prepare your own text .*") as e:
+        train.load_meta(str(data), "nope")
+    (tmp_path / "notes.txt").write_text("Some notes of mine, long enough to split. " * 400)
+    hint = shlex.split(re.search(r"`python prepare.py (.*?)`", str(e.value)).group(1))
+    prepare.main([str(tmp_path / "notes.txt") if a == "FILE" else a for a in hint])
+    assert train.load_meta(str(data), "nope")["dataset"] == "text"
 
 
 @pytest.mark.parametrize("damage", ["truncated", "val cut", "meta a list", "train.bin a folder"])
