@@ -5,7 +5,8 @@ script code, real epochs instead of random windows, and exact resume.
 
     python train.py --dataset story --model tiny --epochs 1
     python train.py --checkpoint models/story_epoch1.pt --epochs 2     # go on where it stopped, exactly
-    python train.py --dataset chat --checkpoint models/story_best.pt   # fine-tune on other data
+    python prepare.py --dataset dailydialog --tokenizer models/story_best.pt   # other data, in the model's vocabulary
+    python train.py --dataset dailydialog --checkpoint models/story_best.pt   # fine-tune on it
     python train.py --dataset chat --init_from ~/gpt2                  # fine-tune a Hugging Face model folder
     torchrun --standalone --nproc_per_node=8 train.py --dataset story --model gpt2   # 8 GPUs (DDP)
 
@@ -111,7 +112,8 @@ def parse_args(argv=None):
         epilog="examples:\n"
                "  python train.py --dataset story --epochs 1\n"
                "  python train.py --checkpoint models/story_epoch1.pt --epochs 2   # continue\n"
-               "  python train.py --dataset chat --checkpoint models/story_best.pt  # fine-tune\n"
+               "  python train.py --dataset dailydialog --checkpoint models/story_best.pt  # fine-tune (the data\n"
+               "      prepared in its vocabulary: prepare.py --dataset dailydialog --tokenizer models/story_best.pt)\n"
                "Training options left out when continuing on the same dataset keep the checkpoint's values.")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", help="folder under --data_dir made by `python prepare.py --dataset X` "
