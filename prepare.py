@@ -1259,7 +1259,10 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
     tr, va = meta["splits"]["train"], meta["splits"]["val"]
     tokens, mb = tr["tokens"] + va["tokens"], (tr["bytes"] + va["bytes"]) / 1e6
     docs = tr["documents"] + va["documents"]
-    print(f"{folder}: {docs:,} document{'' if docs == 1 else 's'} ({tr['documents']:,} train, {va['documents']:,} val), "
+    # a single document (Tiny Shakespeare) is cut by tokens: its head trains and its tail, with the end, validates
+    where = f"{tr['documents']:,} train, {va['documents']:,} val" if tr["documents"] or not tr["tokens"] else \
+        "cut into train and val"
+    print(f"{folder}: {docs:,} document{'' if docs == 1 else 's'} ({where}), "
           f"{tokens:,} tokens ({tr['tokens']:,} / {va['tokens']:,}), {mb:.1f} MB of text in {dt:.1f}s: "
           f"{mb / dt:.2f} MB/s, {tokens / dt / 1e6:.2f}M tokens/s")
     if block:

@@ -253,7 +253,7 @@ def test_vocabulary_trained_on_the_data(tmp_path, monkeypatch, capsys):
     assert snapshot(folder) == before
 
 
-def test_the_vocabulary_is_trained_on_the_train_split_only(tmp_path):
+def test_the_vocabulary_is_trained_on_the_train_split_only(tmp_path, capsys):
     """The val split stays unseen: a word only the val documents (the tail) have gets no merges."""
     train_docs = [f"the cat sat on the mat {i}." for i in range(90)]
     val_docs = ["qzqzqzqzqzqzqzqzqzqz " * 20] * 10
@@ -269,6 +269,7 @@ def test_the_vocabulary_is_trained_on_the_train_split_only(tmp_path):
     meta = prepare.prepare("text", source=write(tmp_path / "book.txt", book), out_dir=str(tmp_path / "data"),
                            name="book", vocab_size=300)
     assert len(get_tokenizer(meta["tokenizer"]).encode_ordinary("qzqz")) == 4
+    assert "book: 1 document (cut into train and val), " in capsys.readouterr().out  # not "(0 train, 1 val)"
 
 
 def test_a_vocab_size_beyond_what_the_data_supports_warns(tmp_path, capsys):
