@@ -21,7 +21,7 @@ is cut in two: the second window trains on replies whose question it cannot see.
 sequence of blocks of BLOCK tokens and no conversation crosses a block boundary unless it is longer than a
 block: conversations wait in a buffer of PACK_LOOKAHEAD, each block takes the longest waiting one that
 still fits, and when none fits the rest of the block is <|endoftext|> padding with mask 0 (1-5% of the
-tokens on the mirror's sets, against 20-27% when conversations are laid out in order). A conversation
+tokens on the mirror's sets, against 19-28% when conversations are placed in order). A conversation
 longer than a block is cut into pieces of at most a block, each closed by <|endoftext|> and placed like a
 conversation: cut before a user message, so a reply keeps its question, or where a single exchange is
 longer than a block, before any turn (<|im_start|>); only a single turn longer than a block still crosses
