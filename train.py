@@ -139,7 +139,7 @@ def parse_args(argv=None):
                    help="train for this many minutes of wall-clock time, evaluations and saves included: the lr "
                         "schedule (warmup, cosine decay) spans the budget from the end of the first (compiling) step, "
                         "epochs repeat until it ends (unless --epochs is given), and the last checkpoint is written "
-                        "when it ends; a continued run counts its earlier time")
+                        "when it ends; a continued run counts its earlier time, its schedule waiting for its first step again")
     g.add_argument("--max_steps", type=int, help="stop after this many optimizer steps in this run (the checkpoint "
                                                  "records the position inside the epoch; the schedule is unchanged)")
     g.add_argument("--checkpoint", help="continue from this checkpoint (same dataset: exact resume; other: fine-tune)")
@@ -941,7 +941,8 @@ class Progress:
     elapsed: float = 0.0        # seconds of training, all runs together
     budget_elapsed: float = 0.0  # seconds of the current --time_budget spent (--reset_epoch starts a new one)
     # seconds of the budget spent when its first step ended: its lr schedule starts there, so that a cold
-    # torch.compile (~30 s of a 2-minute budget on a small CPU) does not use up the warmup
+    # torch.compile (~30 s of a 2-minute budget on a small CPU) does not use up the warmup; a continued run's first
+    # step (compiling again) moves it on by its own time
     schedule_origin: float = None
 
 
@@ -1243,8 +1244,12 @@ def train(args):
                         # every rank must take the same decisions: the slowest rank's clock, and Ctrl-C on any
                         now = budget_spent + time.time() - t_run
                         clock, clock_reserved, interrupted = dist.agree(now, now + reserve, interrupt.requested)
-                        if budget and p.schedule_origin is None:
-                            p.schedule_origin = clock
+                        if budget and run_steps == 1:
+                            # the schedule starts once the first step (a cold compile) is done: a new budget's here, a
+                            # continued one's moves on by this first step's time, so that a recompile neither uses up
+                            # the warmup nor skips part of the decay
+                            p.schedule_origin = clock if p.schedule_origin is None else \
+                                p.schedule_origin + clock - budget_spent
                         if budget and clock_reserved >= budget:
                             stopped = "time budget"
                         t_extra = time.time()

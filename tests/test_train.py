@@ -858,6 +858,28 @@ def test_a_slow_first_step_does_not_use_up_a_budgets_warmup(env, tmp_path, monke
     assert max(lrs) > 0.8e-3 and lrs[-1] < 0.2e-3  # the whole schedule still fits in what was left
 
 
+def test_a_continued_budgets_slow_first_step_does_not_advance_its_schedule(env, tmp_path, monkeypatch):
+    """Continuing a budgeted run compiles again: the schedule waits for that first step, as a new run's does, rather
+    than skipping the part of the decay the recompile took."""
+    out = str(tmp_path / "{dataset}.pt")
+    train.train(args_for(env, tmp_path, "--dataset", "mini", "--time_budget", 1, "--max_steps", 2,
+                         "--output_checkpoint", out))
+    before = load_checkpoint(str(tmp_path / "mini.pt"))
+    real, calls = train.train_step, []
+
+    def cold(*a, **k):
+        calls.append(1)
+        if len(calls) == 1:
+            time.sleep(2.5)
+        return real(*a, **k)
+    monkeypatch.setattr(train, "train_step", cold)
+    train.train(train.parse_args(["--checkpoint", str(tmp_path / "mini.pt"), "--max_steps", "1", "--data_dir",
+                                  env["data"], "--device", "cpu", "--no_color"]))
+    after = load_checkpoint(str(tmp_path / "mini.pt"))
+    assert after["budget_elapsed"] - before["budget_elapsed"] >= 2.5  # the budget's clock counts it: wall time
+    assert after["schedule_origin"] - before["schedule_origin"] >= 2.5  # the schedule does not
+
+
 def test_compile_traces_the_model_once_for_training_and_once_for_evaluation(env, tmp_path, monkeypatch):
     # each recompile costs 8-30 s on a small CPU: a padded last batch (of an epoch, or of the val split) must reuse
     # the graph of the full ones. Dynamo's guards are checked with a backend that counts graphs and runs them eagerly.
