@@ -44,7 +44,8 @@ ROPE_THETA = 10000.0  # model.py's RoPE base
 NORM_EPS = 1e-5       # model.py's LayerNorm and RMSNorm epsilon
 CHAT_TEMPLATE = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] "
                  "+ '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
-                 "{% endif %}")  # setup_tokenizer.render_chat's layout
+                 "{% endif %}")  # setup_tokenizer.render_chat's layout; tokenized whole, so GPT-2's vocabulary merges a
+# message's leading "\n\n" with the role's "\n", where render_chat encodes the parts apart (the one difference)
 
 
 def is_hf_folder(path):

@@ -152,6 +152,13 @@ def test_export_tokenizer_gives_the_same_ids(exported, enc):
                 {"role": "assistant", "content": "Hello. 🙂"}, {"role": "user", "content": "Bye"}]
     ids, _ = render_chat(enc, messages, add_generation_prompt=True)
     assert list(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)["input_ids"]) == ids
+    # the one difference (README): the template tokenizes its text whole, render_chat each part apart, so content
+    # starting with line breaks that the vocabulary merges with the role's (GPT-2's "\n\n") gets other ids
+    odd = [{"role": "user", "content": "\n\nHi"}]
+    whole = list(tok.apply_chat_template(odd, tokenize=True)["input_ids"])
+    assert whole == enc.encode("<|im_start|>user\n\n\nHi<|im_end|>\n", allowed_special="all")
+    merged = enc.encode_ordinary("user\n\n\nHi") != enc.encode_ordinary("user\n") + enc.encode_ordinary("\n\nHi")
+    assert (whole != render_chat(enc, odd)[0]) == merged
     with open(os.path.join(exported["out"], "generation_config.json")) as f:
         assert json.load(f)["eos_token_id"] == [enc.encode_single_token(EOT), enc.encode_single_token(IM_END)]
 
