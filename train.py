@@ -75,7 +75,9 @@ BETAS = (0.9, 0.95)
 DEFAULTS = dict(epochs=1, seed=1337, batch_size=None, grad_accum=1, block_size=None, lr=None, min_lr=None,
                 warmup=None, weight_decay=0.1, grad_clip=1.0, eval_interval=10.0, log_interval=10.0,
                 save_interval=10.0, eval_batches=40, patience=0, time_budget=None, optimizer=OPTIMIZERS[0],
-                dtype="auto")  # dtype too: a resume on a bf16 CPU of a run given fp32 stays in fp32
+                dtype="auto", compile=False, recompute_activations=False)
+# dtype too: a resume on a bf16 CPU of a run given fp32 stays in fp32; and --compile and --recompute_activations, so that
+# a continued run is as fast, and fits in memory, as it did
 # share of a --time_budget spent warming up: on tiny's 2-minute runs 10% beat 2% (batch 16: 1.31 -> 1.10 val bpb;
 # batch 8: 1.065 -> 1.054), whose first steps were too large and stalled the loss for a while
 BUDGET_WARMUP = 0.10
@@ -192,10 +194,13 @@ def parse_args(argv=None):
     g.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
                    help="autocast precision (default: the checkpoint's when continuing a run, else auto: bf16 where "
                         "the hardware has it, fp16 on older GPUs, else fp32)")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model (falls back to eager if it fails)")
-    g.add_argument("--recompute_activations", action="store_true",
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction,
+                   help="torch.compile the model (falls back to eager if it fails; default: the checkpoint's when "
+                        "continuing a run, else off)")
+    g.add_argument("--recompute_activations", action=argparse.BooleanOptionalAction,
                    help="keep only each block's input for the backward pass and compute the rest again: far less "
-                        "activation memory (a larger batch or context on a small GPU) for up to a third more compute")
+                        "activation memory (a larger batch or context on a small GPU) for up to a third more compute "
+                        "(default: the checkpoint's when continuing a run, else off)")
     g.add_argument("--no_color", "--no-color", dest="no_color", action="store_true", help="no ANSI colors in the output")
     return p.parse_args(argv)
 

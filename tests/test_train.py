@@ -284,6 +284,23 @@ def test_continuing_with_a_new_lr_moves_the_end_of_the_decay_along():
         train.resolve_args(train.parse_args(["--lr", "1e-3", "--min_lr", "1e-2"]), {}, False, config)
 
 
+def test_a_continued_run_keeps_compile_and_recomputation_unless_told(env, tmp_path):
+    """A run that needed --recompute_activations to fit in memory must not run out of it when continued without the
+    flag, nor a compiled one slow down: both are inherited, and --no-... turns them off."""
+    config = train.make_config("tiny")
+    old = {"compile": True, "recompute_activations": True}
+    a = train.resolve_args(train.parse_args([]), old, True, config)
+    assert a.compile and a.recompute_activations
+    a = train.resolve_args(train.parse_args(["--no-compile", "--no-recompute_activations"]), old, True, config)
+    assert not a.compile and not a.recompute_activations
+    a = train.resolve_args(train.parse_args([]), old, False, config)  # a new run (fine-tuning): off
+    assert not a.compile and not a.recompute_activations
+    first = train.train(args_for(env, tmp_path, "--dataset", "mini", "--max_steps", "1", "--recompute_activations"))
+    r = train.train(train.parse_args(["--checkpoint", first["checkpoint"], "--max_steps", "1", "--data_dir",
+                                      env["data"], "--device", "cpu", "--no_color"]))
+    assert load_checkpoint(r["checkpoint"])["args"]["recompute_activations"] is True
+
+
 def test_a_new_run_does_not_write_over_an_earlier_one(env, tmp_path):
     first = train.train(args_for(env, tmp_path / "m", "--dataset", "mini", "--max_steps", "2"))
     files = {f: (tmp_path / "m" / f).read_bytes() for f in os.listdir(tmp_path / "m")}
