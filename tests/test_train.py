@@ -852,16 +852,21 @@ def test_time_budget_ends_the_run_and_spans_the_schedule(env, tmp_path):
     assert len(mid_epoch) >= len(evals) // 2, [r["epoch"] for r in evals]
 
 
-def test_a_slow_first_step_does_not_use_up_a_budgets_warmup(env, tmp_path, monkeypatch):
-    # a cold torch.compile makes the first step take ~30 s of `make demo`'s 2 minutes: the schedule starts after it
+def slow_first_step(monkeypatch, seconds):
+    """The next run's first optimizer step takes seconds longer, as a cold torch.compile makes it."""
     real, calls = train.train_step, []
 
     def cold(*a, **k):
         calls.append(1)
         if len(calls) == 1:
-            time.sleep(2.5)
+            time.sleep(seconds)
         return real(*a, **k)
     monkeypatch.setattr(train, "train_step", cold)
+
+
+def test_a_slow_first_step_does_not_use_up_a_budgets_warmup(env, tmp_path, monkeypatch):
+    # a cold torch.compile makes the first step take ~30 s of `make demo`'s 2 minutes: the schedule starts after it
+    slow_first_step(monkeypatch, 2.5)
     s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--time_budget", 0.1, "--lr", "1e-3",
                              "--warmup", "30%", "--output_checkpoint", str(tmp_path / "{dataset}.pt")))
     assert s["stopped"] == "time budget"
@@ -882,14 +887,7 @@ def test_a_continued_budgets_slow_first_step_does_not_advance_its_schedule(env, 
     train.train(args_for(env, tmp_path, "--dataset", "mini", "--time_budget", 1, "--max_steps", 2,
                          "--output_checkpoint", out))
     before = load_checkpoint(str(tmp_path / "mini.pt"))
-    real, calls = train.train_step, []
-
-    def cold(*a, **k):
-        calls.append(1)
-        if len(calls) == 1:
-            time.sleep(2.5)
-        return real(*a, **k)
-    monkeypatch.setattr(train, "train_step", cold)
+    slow_first_step(monkeypatch, 2.5)
     train.train(train.parse_args(["--checkpoint", str(tmp_path / "mini.pt"), "--max_steps", "1", "--data_dir",
                                   env["data"], "--device", "cpu", "--no_color"]))
     after = load_checkpoint(str(tmp_path / "mini.pt"))
