@@ -1014,6 +1014,8 @@ def train(args):
             replaced = refuse_earlier_run(out_pattern, dataset, best_path, args.overwrite)
         else:
             replaced = refuse_going_back(args.checkpoint, ckpt, out_pattern, dataset, best_path, args.overwrite)
+        if args.checkpoint and os.path.isfile(args.checkpoint):  # the file this run starts from stays, unless written
+            replaced = [f for f in replaced if not os.path.samefile(f, args.checkpoint)]
 
     dtype = pick_dtype(device, args.dtype)
     if device.type == "cpu" and (dtype == torch.float16 or dtype == torch.bfloat16 and not cpu_has_bf16()):

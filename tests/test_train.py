@@ -345,6 +345,19 @@ def test_a_new_run_does_not_write_over_an_earlier_one(env, tmp_path):
     assert sorted(os.listdir(tmp_path / "m")) == ["mini_epoch1.pt", "mini_metrics.jsonl"]
 
 
+def test_overwrite_keeps_the_checkpoint_the_run_starts_from(env, tmp_path):
+    """--reset_epoch --overwrite replaces the run's files (its epochs are numbered from 1 again), but not the one given
+    with --checkpoint: it is the user's source, not a leftover."""
+    train.train(args_for(env, tmp_path, "--dataset", "mini", "--epochs", "2"))
+    source = tmp_path / "mini_epoch2.pt"
+    before = source.read_bytes()
+    r = train.train(args_for(env, tmp_path, "--checkpoint", source, "--reset_epoch", "--overwrite", "--max_steps", "1",
+                             "--eval_interval", "0", fresh=False))
+    assert r["checkpoint"] == str(tmp_path / "mini_epoch1.pt") and r["best_checkpoint"] is None
+    assert source.read_bytes() == before
+    assert sorted(f for f in os.listdir(tmp_path) if f.endswith(".pt")) == ["mini_epoch1.pt", "mini_epoch2.pt"]
+
+
 def test_continuing_from_an_earlier_point_does_not_replace_later_files(env, tmp_path):
     """The run's best file or a copy of an older checkpoint, continued in the run's folder, would write the run's own
     names: refused while they hold later steps, as a new run is."""
