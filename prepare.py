@@ -62,7 +62,8 @@ import numpy as np
 from tqdm import tqdm
 
 from common import UserError, atomic_write_text, check_output, first_line, fsync_replace, run_main, tmp_name
-from setup_tokenizer import EOT, IM_END, IM_START, get_tokenizer, read_text_chunks, tokenizer_hash, train_bpe
+from setup_tokenizer import (EOT, IM_END, IM_START, get_tokenizer, read_text_chunks, tokenizer_hash, train_bpe,
+                             warn_short_vocabulary)
 
 FORMAT = 1   # layout of meta.json and the .bin files
 VERSION = 3  # bump when the same inputs would give other tokens or counts, so existing datasets rebuild
@@ -275,6 +276,8 @@ def record_doc(record, where, dataset=None):
                 answer = re.sub(r"<<[^<>]*>>", "", answer)  # GSM8K's calculator annotations: 48/2 = <<48/2=24>>24
             messages = alternate([record["question"], answer])
         elif "dialog" in record:
+            if not isinstance(record["dialog"], list) or not all(isinstance(t, str) for t in record["dialog"]):
+                raise TypeError("`dialog` must be a list of strings, one per turn")
             turns = [tidy_dailydialog(t) if dataset == "dailydialog" else t for t in record["dialog"]]
             messages = alternate([t for t in turns if t])
         elif "text" in record:
@@ -541,6 +544,9 @@ def parse_mix(spec):
         if name in mix:
             raise UserError(f"--mix {spec}: {name} is named twice; give it one weight")
         mix[name] = w
+    if sum(mix.values()) == float("inf"):  # each finite, their sum not: shares would be nan
+        raise UserError(f"--mix {spec}: the weights are too large to add up; they are relative, as in "
+                        f"{','.join(f'{n}:{i + 1}' for i, n in enumerate(mix))}")
     return mix
 
 
@@ -1098,6 +1104,8 @@ def prepare(dataset, source=None, tokenizer="gpt2", limit=None, val_fraction=DEF
                "tokenizer": tokenizer if tokenizer == "gpt2" else os.path.abspath(tokenizer), "vocab_size": vocab_size,
                "limit": limit, "val_fraction": val_fraction, "pack": pack, "mix": mix, "extra": extra}
     folder = os.path.join(out_dir, name)
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise UserError(f"{folder} is a file, not a dataset folder: pick another --name, or move the file")
     old = read_meta(folder)
     if old and not force and old.get("dataset") != dataset:
         raise UserError(f"{folder} holds the {old.get('dataset')!r} dataset (made by `{rebuild_command(old, folder)}`): "
@@ -1111,9 +1119,15 @@ def prepare(dataset, source=None, tokenizer="gpt2", limit=None, val_fraction=DEF
             current = get_tokenizer(tokenizer).n_vocab if os.path.exists(tokenizer) else None
         except UserError:  # damaged (a disk error, an editor): retrained like a missing one, it is the dataset's own
             current = None
-        if force or current != vocab_size:
+        # smaller than asked by the run that made it, asking the same: the data supports no more, training again
+        # would give the same
+        asked = (old or {}).get("options", {}).get("vocab_size")
+        short = current is not None and current < vocab_size and asked == vocab_size
+        if force or current != vocab_size and not short:
             os.makedirs(folder, exist_ok=True)
             new_vocab = tmp_name(tokenizer)
+        elif short:
+            warn_short_vocabulary(vocab_size, current)
     try:
         enc = train_vocabulary(plan, vocab_size, new_vocab, limit, val_fraction) if new_vocab else get_tokenizer(tokenizer)
         tokenizer = tokenizer if tokenizer == "gpt2" else os.path.abspath(tokenizer)

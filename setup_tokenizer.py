@@ -50,7 +50,7 @@ def _build(name, ranks):
 def not_a_vocabulary(source):
     """The error for a file that is no .tiktoken vocabulary: junk text, a binary file, a folder."""
     return UserError(f"{source} is not a .tiktoken vocabulary (lines of `base64 rank`): pass a file written by "
-                     f"`python setup_tokenizer.py train`, a checkpoint, or gpt2")
+                     f"`python setup_tokenizer.py train`, a checkpoint, a Hugging Face model folder, or gpt2")
 
 
 def parse_bpe(text, source="tokenizer"):
@@ -63,7 +63,7 @@ def parse_bpe(text, source="tokenizer"):
                 ranks[base64.b64decode(token)] = int(rank)
     except ValueError:  # binascii.Error is one too
         raise not_a_vocabulary(source) from None
-    if sorted(ranks.values()) != list(range(len(ranks))) or len(ranks) < 256:
+    if sorted(ranks.values()) != list(range(len(ranks))) or not all(bytes([b]) in ranks for b in range(256)):
         raise UserError(f"{source}: ranks must be 0..N-1 and cover all 256 bytes; retrain it with `python setup_tokenizer.py train`")
     return ranks
 
@@ -81,8 +81,8 @@ def tokenizer_from_bpe(text, name=None, source=None):
 def get_tokenizer(name="gpt2"):
     """'gpt2' (tiktoken's GPT-2 + ChatML: <|endoftext|> 50256, <|im_start|> 50257,
     <|im_end|> 50258), the path of a .tiktoken file trained by this script, or a checkpoint's
-    (.pt) path: the vocabulary it carries, so data can be prepared for a model whose
-    vocabulary lives only in its checkpoint."""
+    (.pt) path or a Hugging Face model folder: the vocabulary it carries, so data can be prepared
+    for a model whose vocabulary lives only in its checkpoint."""
     if name == "gpt2":
         try:
             base = tiktoken.get_encoding("gpt2")
@@ -96,7 +96,10 @@ def get_tokenizer(name="gpt2"):
     if not os.path.exists(name):
         raise UserError(f"tokenizer {name!r} not found: use 'gpt2' or the path of a .tiktoken file from `python setup_tokenizer.py train`")
     if os.path.isdir(name):
-        raise not_a_vocabulary(f"{name} (a folder)")
+        from hf import TOKENIZER_JSON, VOCAB_JSON, read_tokenizer  # here: hf.py imports this module, and torch
+        if any(os.path.isfile(os.path.join(name, f)) for f in (TOKENIZER_JSON, VOCAB_JSON)):
+            return read_tokenizer(name)[0]  # a Hugging Face model folder's (GPT-2's own files give "gpt2")
+        raise not_a_vocabulary(f"{name} (a folder without {TOKENIZER_JSON} or {VOCAB_JSON})")
     if zipfile.is_zipfile(name):  # torch.save's format: a checkpoint
         from checkpoint import load_checkpoint  # here: checkpoint.py imports this module
         return tokenizer_from_state(load_checkpoint(name)["tokenizer"])
@@ -223,6 +226,11 @@ def read_text_chunks(path, chunk_chars=1 << 22):
         raise UserError(f"input file {path} not found")
 
 
+def warn_short_vocabulary(vocab_size, n):
+    print(f"warning: --vocab_size {vocab_size}: the data only supports {n} tokens (no pair is left to merge); "
+          f"the vocabulary has {n}", file=sys.stderr)
+
+
 def train_bpe(texts, vocab_size, out_path, source="the input"):
     """Train byte-level BPE (GPT-2's pre-tokenization) on an iterable of texts with rustbpe and save a
     .tiktoken file. vocab_size counts the 256 bytes, the merges and the 3 special tokens; source names
@@ -246,8 +254,7 @@ def train_bpe(texts, vocab_size, out_path, source="the input"):
     ranks = sorted(bpe.get_mergeable_ranks(), key=lambda kv: kv[1])
     n = len(ranks) + n_special
     if n < vocab_size:  # every pair in the text is merged already: usable, but not what was asked
-        print(f"warning: --vocab_size {vocab_size}: the data only supports {n} tokens (no pair is left to merge); "
-              f"the vocabulary has {n}", file=sys.stderr)
+        warn_short_vocabulary(vocab_size, n)
     text = "".join(f"{base64.b64encode(token).decode()} {rank}\n" for token, rank in ranks)
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     atomic_write_text(out_path, text)

@@ -13,6 +13,7 @@ import tempfile
 import pytest
 import torch
 
+import common
 import export
 import gen
 import hf
@@ -161,6 +162,18 @@ def test_export_tokenizer_gives_the_same_ids(exported, enc):
     assert (whole != render_chat(enc, odd)[0]) == merged
     with open(os.path.join(exported["out"], "generation_config.json")) as f:
         assert json.load(f)["eos_token_id"] == [enc.encode_single_token(EOT), enc.encode_single_token(IM_END)]
+
+
+def test_an_exported_folder_is_a_tokenizer_for_prepare(exported, enc, custom_enc, tmp_path):
+    """--tokenizer takes a model folder as it takes a checkpoint: data prepared with it fits the model."""
+    assert tokenizer_hash(get_tokenizer(exported["out"])) == tokenizer_hash(enc)
+    out = str(tmp_path / "custom")
+    hf.export_folder(our_model(custom_enc.n_vocab, "modern", False), custom_enc, out)
+    get_tokenizer.cache_clear()
+    assert tokenizer_hash(get_tokenizer(out)) == tokenizer_hash(custom_enc)
+    os.mkdir(tmp_path / "empty")
+    with pytest.raises(common.UserError, match=r"empty \(a folder without tokenizer.json or vocab.json\) is not a .tiktoken"):
+        get_tokenizer(str(tmp_path / "empty"))
 
 
 def test_export_round_trips_here(exported, enc):

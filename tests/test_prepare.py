@@ -181,6 +181,15 @@ def test_non_utf8_and_bad_input(tmp_path):
         prepare.prepare("chat", source=write(tmp_path / "mixed.jsonl", json.dumps({"text": "a"}) + "\n" + json.dumps({"question": "q", "answer": "a"})), out_dir=out)
     with pytest.raises(UserError, match="val_fraction"):
         prepare.prepare("text", source=str(bad), val_fraction=1.0, out_dir=out)
+    for dialog in ([None, "hi"], "Hello there __eou__ Hi", [1, 2]):  # one character a turn, had it been taken
+        with pytest.raises(UserError, match=r"dd.jsonl line 1: malformed conversation .*`dialog` must be a list of "
+                                            r"strings"):
+            prepare.prepare("dailydialog", source=write(tmp_path / "dd.jsonl", json.dumps({"dialog": dialog})),
+                            out_dir=out)
+    os.makedirs(out, exist_ok=True)
+    write(tmp_path / "data" / "afile", "")
+    with pytest.raises(UserError, match=r"afile is a file, not a dataset folder: pick another --name"):
+        prepare.prepare("text", source=write(tmp_path / "ok.txt", "some text"), out_dir=out, name="afile")
     empty = write(tmp_path / "empty.txt", "")
     with pytest.raises(UserError, match=f"^no text to train on in --source {empty}: give files that hold text$"):
         prepare.prepare("text", source=empty, out_dir=out, vocab_size=300)
@@ -283,6 +292,7 @@ def test_a_vocab_size_beyond_what_the_data_supports_warns(tmp_path, capsys):
     prepare.prepare("text", source=corpus, out_dir=str(tmp_path / "data"), vocab_size=70000)
     out, err = capsys.readouterr()
     assert "is up to date" in out and err == warning
+    assert "trained a" not in out  # not trained again: the data gives the same
 
 
 # -----------------------------------------------------------------------------
@@ -572,7 +582,9 @@ def test_mix_follows_the_weights(tmp_path, monkeypatch, enc, capsys):
 def test_mix_bad_input(tmp_path):
     for spec, words in (("story:1", "'story' is not a conversation dataset"), ("nope", "'nope' is not a conversation"),
                         ("dailydialog:0", "weight of dailydialog must be a positive number"),
-                        ("chat:x", "weight of chat must be a positive"), ("chat:1,chat:2", "chat is named twice")):
+                        ("chat:x", "weight of chat must be a positive"), ("chat:1,chat:2", "chat is named twice"),
+                        ("chat:1e308,chitchat:1e308", "the weights are too large to add up; they are relative, as in "
+                                                      "chat:1,chitchat:2")):
         with pytest.raises(UserError, match=words):
             prepare.parse_mix(spec)
     assert prepare.parse_mix("dailydialog, chat:2.5") == {"dailydialog": 1.0, "chat": 2.5}

@@ -1,3 +1,4 @@
+import base64
 import os
 import subprocess
 import sys
@@ -139,6 +140,12 @@ def test_bad_tokenizer_inputs(tmp_path):
     junk.write_text("this is not a vocabulary\n")
     with pytest.raises(UserError, match="not a .tiktoken"):
         get_tokenizer(str(junk))
+    # every byte must have a token, or text holding the missing one cannot be encoded (rustbpe panics)
+    ranks = [bytes([b]) for b in range(256) if b != ord("h")] + [b"ab"]
+    holed = tmp_path / "holed.tiktoken"
+    holed.write_text("".join(f"{base64.b64encode(t).decode()} {i}\n" for i, t in enumerate(ranks)))
+    with pytest.raises(UserError, match="ranks must be 0..N-1 and cover all 256 bytes"):
+        get_tokenizer(str(holed))
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes("café crème".encode("latin-1"))
     with pytest.raises(UserError, match="not UTF-8"):
@@ -167,8 +174,8 @@ def test_a_folder_or_a_binary_file_is_no_vocabulary(tmp_path, capsys):
     junk = tmp_path / "junk.tiktoken"
     junk.write_text("this is not a vocabulary\n")
     fix = ("is not a .tiktoken vocabulary (lines of `base64 rank`): pass a file written by `python setup_tokenizer.py "
-           "train`, a checkpoint, or gpt2")
-    for path, named in [(tmp_path, f"{tmp_path} (a folder)"), (binary, str(binary)), (junk, str(junk))]:
+           "train`, a checkpoint, a Hugging Face model folder, or gpt2")
+    for path, named in [(tmp_path, f"{tmp_path} (a folder without tokenizer.json or vocab.json)"), (binary, str(binary)), (junk, str(junk))]:
         with pytest.raises(UserError) as e:
             get_tokenizer(str(path))
         assert str(e.value) == f"{named} {fix}"
