@@ -60,6 +60,12 @@ def run_main(main):
         sys.exit(1)
 
 
+def seeded_generator(device, seed):
+    """A torch.Generator on device started from seed, any integer: taken modulo 2**64, the range manual_seed takes."""
+    import torch
+    return torch.Generator(device=device).manual_seed(seed % 2**64)
+
+
 def first_line(e):
     """What an exception says, in one line. Skips a heading line ending in ':' (load_state_dict's "Error(s) in loading
     state_dict for GPT:"), where the next line says what went wrong."""

@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from checkpoint import load_checkpoint, load_model
-from common import UserError, atomic_write_text, check_output, pick_device, pick_dtype, retain_freed_memory, run_main
+from common import (UserError, atomic_write_text, check_output, pick_device, pick_dtype, retain_freed_memory,
+                    run_main, seeded_generator)
 from gen import chat_reply, default_checkpoint, positive_int, probability, read_prompt_file, temperature
 from prepare import document_ends
 from setup_tokenizer import EOT, IM_END, parse_chat
@@ -78,7 +79,7 @@ def reply_stats(model, enc, histories, max_tokens, seed, **sampling):
     """Answer each history [{role, content}] as gen.py --chat does: {replies, ended (share closed by <|im_end|>),
     mean_tokens (new tokens without the closing one)}. Sampling starts from seed."""
     device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed)
+    generator = seeded_generator(device, seed)
     ended, lengths = 0, []
     for history in histories:
         info = {}

@@ -30,7 +30,7 @@ import torch
 
 from checkpoint import find_checkpoints, load_model
 from common import (UserError, atomic_write_text, autocast, check_output, pick_device, pick_dtype,
-                    retain_freed_memory, run_main)
+                    retain_freed_memory, run_main, seeded_generator)
 from setup_tokenizer import EOT, IM_END, StreamDecoder, render_chat
 
 TYPING_DELAY = 0.012  # seconds per token on a terminal: a readable rhythm for demos, never in pipes
@@ -345,7 +345,7 @@ def main(argv=None):
         raise UserError(f"{path}: the model has {model.config.vocab_size} token ids but its tokenizer only {enc.n_vocab}; the checkpoint is inconsistent")
     max_tokens = args.max_tokens or (10**9 if args.nonstop else 256)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
-    generator = torch.Generator(device=device).manual_seed(seed)
+    generator = seeded_generator(device, seed)
     sampling = dict(dtype=dtype, temperature=args.temp, top_k=args.top_k, top_p=args.top_p,
                     repetition_penalty=args.repetition_penalty, use_cache=not args.no_cache,
                     generator=generator, slide=args.nonstop)

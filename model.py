@@ -675,14 +675,17 @@ class GPT(nn.Module):
     def _sample(logits, context, temperature, top_k, top_p, repetition_penalty, generator):
         # logits (B, V) fp32, context (B, L) tokens seen so far -> (B,) next tokens
         if repetition_penalty != 1.0:
-            # CTRL: make every token already in the context less likely, whatever the sign of its logit
+            # CTRL: make every token already in the context less likely, whatever the sign of its logit (a penalty
+            # below 1e-6 is 1e-6: in fp32 1e-46 is 0, and a logit divided by it inf)
+            repetition_penalty = max(repetition_penalty, 1e-6)
             seen = logits.gather(1, context)
             seen = torch.where(seen > 0, seen / repetition_penalty, seen * repetition_penalty)
             logits = logits.scatter(1, context, seen)
         if temperature == 0:
             return logits.argmax(dim=-1)
-        # from the row's maximum, so a tiny temperature divides into -inf at worst, never inf (and then nan)
-        logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
+        # from the row's maximum, so a tiny temperature divides into -inf at worst, never inf (and then nan); one
+        # below 1e-6 is 1e-6, as fp32 rounds 1e-46 to 0 and the maximum's 0 / 0 would be nan
+        logits = (logits - logits.amax(dim=-1, keepdim=True)) / max(temperature, 1e-6)
         ids = None  # vocabulary id of each column of logits when only the top_k columns are kept
         if top_k is not None and top_k < logits.size(-1):
             # sample among the k best only: softmax and multinomial over k columns instead of the whole vocabulary

@@ -44,7 +44,7 @@ from urllib.parse import urlsplit
 import torch
 
 from checkpoint import load_model
-from common import UserError, pick_device, pick_dtype, retain_freed_memory, run_main
+from common import UserError, pick_device, pick_dtype, retain_freed_memory, run_main, seeded_generator
 from gen import (default_checkpoint, encode_prompt, fit_history, positive_int, probability, reserve_for, stop_ids,
                  stream_completion, temperature)
 from setup_tokenizer import EOT, IM_END, render_chat
@@ -286,7 +286,7 @@ class Worker(threading.Thread):
     def generate(self, job):
         generator = None
         if job.seed is not None:
-            generator = torch.Generator(device=self.device).manual_seed(job.seed % 2**64)
+            generator = seeded_generator(self.device, job.seed)
         stops = StopText(job.stop)
         steps = stream_completion(self.model, self.enc, job.prompt, job.max_tokens, job.stop_tokens,
                                   dtype=self.dtype, generator=generator, **job.sampling)

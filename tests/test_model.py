@@ -436,7 +436,10 @@ def test_top_k_and_top_p(variant):
     assert torch.equal(collect(model, idx, 8, top_p=1e-6, generator=g), greedy)
     assert torch.equal(collect(model, idx, 8, top_p=0.0, generator=g), greedy)  # always at least one token
     for top_k in (None, 5):  # a temperature near 0 is greedy, not inf logits and a multinomial error
-        assert torch.equal(collect(model, idx, 8, temperature=1e-38, top_k=top_k, generator=g), greedy)
+        for temp in (1e-38, 1e-46, 1e-300):  # the last two are 0 in fp32: 0 / 0 would be nan
+            assert torch.equal(collect(model, idx, 8, temperature=temp, top_k=top_k, generator=g), greedy)
+    # a near-0 penalty (a logit divided by fp32's 0 would be inf, then nan) samples as 1e-6 does
+    collect(model, idx[:4], 8, repetition_penalty=1e-46, generator=g)
 
     first = collect(model, idx, 1, top_k=5, generator=g)[:, 0]
     allowed = set(torch.topk(probs, 5).indices.tolist())
