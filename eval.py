@@ -32,9 +32,9 @@ import torch
 from checkpoint import load_checkpoint, load_model
 from common import (UserError, atomic_write_text, check_output, pick_device, pick_dtype, retain_freed_memory,
                     run_main, seeded_generator)
-from gen import chat_reply, default_checkpoint, positive_int, probability, read_prompt_file, temperature
+from gen import CHAT_STOPS, chat_reply, default_checkpoint, positive_int, probability, read_prompt_file, temperature
 from prepare import document_ends
-from setup_tokenizer import EOT, IM_END, parse_chat
+from setup_tokenizer import IM_END, parse_chat
 from train import (Windows, bits_per_byte, default_data_dir, eval_indices, evaluate, load_meta, packing_warning,
                    pick_tokenizer)
 
@@ -85,7 +85,7 @@ def reply_stats(model, enc, histories, max_tokens, seed, **sampling):
         info = {}
         _, stopped_by = chat_reply(model, enc, history, max_tokens, info=info, generator=generator, **sampling)
         ended += stopped_by == IM_END
-        lengths.append(info["new_tokens"] - (stopped_by in (IM_END, EOT)))
+        lengths.append(info["new_tokens"] - (stopped_by in CHAT_STOPS))
     n = len(histories)
     return {"replies": n, "ended": ended / n if n else None, "mean_tokens": sum(lengths) / n if n else None}
 

@@ -9,8 +9,8 @@ Sample from a trained model: continue a prompt, chat with it, or run a file of p
     python gen.py --nonstop                          # slide past the context window until Ctrl-C
 
 Text streams token by token. Text generation stops at <|endoftext|>; a chat reply
-stops at <|im_end|> (or <|endoftext|>). Without --nonstop generation also stops when
-the context window is full; prompts are cropped (keeping their end, with a warning)
+stops at <|im_end|> (or <|endoftext|>, or <|im_start|>). Without --nonstop generation also
+stops when the context window is full; prompts are cropped (keeping their end, with a warning)
 so that at least min(--max_tokens, block_size/2) tokens fit after them.
 
 Output when stdin is piped (scripts and tests): no prompt markers, no colours, no typing
@@ -31,7 +31,7 @@ import torch
 from checkpoint import find_checkpoints, load_model
 from common import (UserError, atomic_write_text, autocast, check_output, pick_device, pick_dtype,
                     retain_freed_memory, run_main, seeded_generator)
-from setup_tokenizer import EOT, IM_END, StreamDecoder, render_chat
+from setup_tokenizer import EOT, IM_END, IM_START, StreamDecoder, render_chat
 
 TYPING_DELAY = 0.012  # seconds per token on a terminal: a readable rhythm for demos, never in pipes
 
@@ -61,6 +61,11 @@ def encode_prompt(enc, text):
     """A text prompt's ids. A plain prompt may spell special tokens (e.g. "<|endoftext|>" to mark a document
     start); an empty one is an unconditional sample, which starts where every document starts."""
     return enc.encode(text, allowed_special="all") or [enc.encode_single_token(EOT)]
+
+
+# a reply ends at its <|im_end|>; <|endoftext|>, or <|im_start|> opening another turn (which a model that skipped
+# <|im_end|> may write), end it too, so a control token never shows as text
+CHAT_STOPS = (IM_END, EOT, IM_START)
 
 
 def stop_ids(enc, names):
@@ -169,14 +174,14 @@ def fit_history(enc, messages, budget):
 
 def chat_reply(model, enc, history, max_tokens, on_text=None, info=None, **sampling):
     """The assistant's next reply to history (a list of {role, content} ending with the user's
-    message): (text, stopped_by). The turn ends at <|im_end|> (or <|endoftext|>); the model sees
+    message): (text, stopped_by). The turn ends at <|im_end|> (or CHAT_STOPS' others); the model sees
     the newest turns that fit. info, a dict if given, receives prompt_ids, new_tokens and dropped
     (how many of the oldest messages the context could not hold)."""
     budget = model.config.block_size - reserve_for(model, max_tokens)
     fitted = fit_history(enc, history, budget)
     ids, _ = render_chat(enc, fitted, add_generation_prompt=True)
     ids = crop_prompt(model, ids, max_tokens, what="the conversation")
-    new, text, stopped_by = complete(model, enc, ids, max_tokens, stop_ids(enc, (IM_END, EOT)), on_text, **sampling)
+    new, text, stopped_by = complete(model, enc, ids, max_tokens, stop_ids(enc, CHAT_STOPS), on_text, **sampling)
     if info is not None:
         info.update(prompt_ids=ids, new_tokens=len(new), dropped=len(history) - len(fitted))
     return text, stopped_by

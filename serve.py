@@ -45,9 +45,9 @@ import torch
 
 from checkpoint import load_model
 from common import UserError, pick_device, pick_dtype, retain_freed_memory, run_main, seeded_generator
-from gen import (default_checkpoint, encode_prompt, fit_history, positive_int, probability, reserve_for, stop_ids,
+from gen import (CHAT_STOPS, default_checkpoint, encode_prompt, fit_history, positive_int, probability, reserve_for, stop_ids,
                  stream_completion, temperature)
-from setup_tokenizer import EOT, IM_END, render_chat
+from setup_tokenizer import EOT, render_chat
 
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "chat.html")
 MAX_BODY = 1 << 20      # bytes of JSON a request may send: far more than any context here holds as text
@@ -186,7 +186,7 @@ def job_from_request(body, kind, api):
         fitted = fit_history(api.enc, messages, block - max_tokens)
         prompt, _ = render_chat(api.enc, fitted, add_generation_prompt=True)
         what = "the messages" + (" (after dropping the oldest turns)" if len(fitted) < len(messages) else "")
-        stop_tokens = stop_ids(api.enc, (IM_END, EOT))
+        stop_tokens = stop_ids(api.enc, CHAT_STOPS)
     else:
         text = get(req, "prompt", "str", what="a string (one prompt per request)")
         if text is None:

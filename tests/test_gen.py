@@ -16,7 +16,7 @@ import gen
 from checkpoint import save_checkpoint
 from conftest import run_cli
 from model import GPT, make_config
-from setup_tokenizer import IM_END, get_tokenizer, render_chat
+from setup_tokenizer import IM_END, IM_START, get_tokenizer, render_chat
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GEN = os.path.join(ROOT, "gen.py")
@@ -36,12 +36,12 @@ def tiny_model(enc, seed=0, block_size=64, variant="gpt2"):
     return GPT(config).eval()
 
 
-def la_model(enc):
+def la_model(enc, closer=IM_END):
     """A model that answers ' la la ...' and closes its turn: ln_f's weight is zeroed, so the final
     hidden state is its bias e_0 whatever the input, and the logits are lm_head's column 0. Every token
-    gets -30 there except ' la' and <|im_end|> (both 0), so each step ends the turn with p = 1/2."""
+    gets -30 there except ' la' and closer, <|im_end|> (both 0), so each step ends the turn with p = 1/2."""
     model = tiny_model(enc)
-    la, end = enc.encode_single_token(" la"), enc.encode_single_token(IM_END)
+    la, end = enc.encode_single_token(" la"), enc.encode_single_token(closer)
     with torch.no_grad():
         model.transformer.ln_f.weight.zero_()
         model.transformer.ln_f.bias.zero_()
@@ -142,6 +142,9 @@ def test_chat_reply_stops_at_im_end_and_keeps_history(enc):
     # the second turn's prompt is the whole conversation so far, ending with the assistant's cue
     assert info["prompt_ids"] == render_chat(enc, history, add_generation_prompt=True)[0]
     assert f"hello{IM_END}" in enc.decode(info["prompt_ids"]) and info["dropped"] == 0
+    # a model that skips <|im_end|> and opens the next turn: the reply ends there, the control token unshown
+    text, why = gen.chat_reply(la_model(enc, closer=IM_START), enc, history, 50, temperature=1.0, generator=g)
+    assert why == IM_START and set(text.split()) <= {"la"}
 
 
 def test_chat_piped_session(la_ckpt, enc):
