@@ -459,7 +459,10 @@ def read_folder(folder):
 # export
 
 def check_out_dir(out_dir):
-    """An export never writes over files: out_dir must not exist yet, or be an empty folder."""
+    """An export never writes over files: out_dir must not exist yet, or be an empty folder (not the current one, which
+    the export, written next to it and renamed into place, cannot replace)."""
+    if os.path.abspath(out_dir) == os.getcwd():
+        raise UserError(f"OUT_DIR {out_dir!r} is the current folder: name a new one, as in hf-model")
     if os.path.exists(out_dir) and not (os.path.isdir(out_dir) and not os.listdir(out_dir)):
         raise UserError(f"{out_dir} already exists and is not an empty folder: choose a new OUT_DIR or remove it first")
 

@@ -402,6 +402,12 @@ def test_export_refuses_an_unusable_place_before_loading(tmp_path, capsys, monke
     out = tmp_path / "file" / "hf"
     line = one_error_line(*run_cli(export.main, [str(tmp_path / "any.pt"), str(out)], capsys)[::2])
     assert line.startswith(f"error: OUT_DIR {out}") and "a part of the path is a file" in line, line
+    # the current folder, even empty, cannot be replaced by the export (it is written next to it and renamed)
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    for here in (".", "", str(tmp_path / "here")):
+        line = one_error_line(*run_cli(export.main, [str(tmp_path / "any.pt"), here], capsys)[::2])
+        assert line == f"error: OUT_DIR {here!r} is the current folder: name a new one, as in hf-model", line
 
 
 def test_init_from_bad_arguments(small_folder, tmp_path, capsys):
