@@ -629,6 +629,9 @@ def evaluate(model, windows, batch_size, max_batches, device, dtype, fwd=None, d
     idx = eval_indices(len(windows), max_batches * batch_size * world)  # max_batches of batch_size on each rank
     if world > 1:
         idx = idx[dist.rank::world]
+    # a split of fewer windows than a batch makes one batch of them, not a batch padded to batch_size (eval.py
+    # --batch_size 100000 on 32 windows ran out of memory)
+    batch_size = max(1, min(batch_size, len(idx)))
     loss_sum, count = torch.zeros((), device=device), 0
     for x, y, m, chunk in windows.micro_batches(idx, batch_size):
         n = count_targets(y, m)  # the model's loss is a mean over them: weigh it by their number (known on the host)
