@@ -330,6 +330,9 @@ def main(argv=None):
         raise UserError("--interactive reads its prompts from the terminal; drop --prompt/--prompt_file, or --interactive")
     if args.nonstop and (args.chat or args.prompt_file):
         raise UserError("--nonstop streams text past the context window: use it with --prompt, --interactive or alone, not --chat/--prompt_file")
+    if args.chat and args.prompt is not None and not args.prompt.strip():
+        raise UserError("--chat --prompt gives one user message, and this one is empty: write the message, or leave "
+                        "--prompt out to chat in the terminal")
     if args.system is not None and not args.chat:
         raise UserError("--system sets the system message of a --chat session; add --chat")
     if args.batch_size is not None and not args.prompt_file:

@@ -269,7 +269,9 @@ def test_bad_input_errors(ckpt, tmp_path, capsys, monkeypatch):
     prompts.write_text("Once\n")
     for argv, named in (([ckpt, "--prompt", "x", "--batch_size", "4"], "--batch_size is for --prompt_file"),
                         ([ckpt, "--prompt_file", str(prompts), "--num_samples", "3"], "--num_samples is for --prompt"),
-                        ([ckpt, "--chat", "--prompt", "hi", "--num_samples", "2"], "--num_samples is for --prompt")):
+                        ([ckpt, "--chat", "--prompt", "hi", "--num_samples", "2"], "--num_samples is for --prompt"),
+                        ([ckpt, "--chat", "--prompt", " "], "--chat --prompt gives one user message, and this one is "
+                                                            "empty")):
         assert named in one_error_line(*cli(argv + CPU, capsys)[::2])
     # sampling settings out of range: argparse's usage and one error line naming the option
     for flag, value in (("--top_p", "1.5"), ("--top_p", "0"), ("--temp", "-1"), ("--top_k", "0"), ("--max_tokens", "0")):
