@@ -41,6 +41,7 @@ import json
 import math
 import os
 import queue
+import re
 import shlex
 import signal
 import sys
@@ -95,7 +96,7 @@ def warmup_arg(text):
         value = float(text.strip()[:-1]) if share else int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is neither a number of steps nor a percentage like 5%")
-    if value < 0 or (share and value > 100):
+    if not value >= 0 or (share and not value <= 100):  # written so that nan% fails too
         raise argparse.ArgumentTypeError(f"{text!r}: a warmup is 0 to 100% of the run, or 0 or more steps")
     return text.strip() if share else value
 
@@ -229,6 +230,10 @@ def resolve_args(args, ckpt_args, continuing, config, fine_tuning=False):
         # a budget ends at a known moment, so its last minutes can anneal close to zero: with --compile, tiny's
         # 10-minute CPU run went from 0.886 to 0.844 val bits per byte (BENCHMARKS.md)
         a.min_lr = a.lr / (100 if a.time_budget is not None else 10)
+    for k in ("lr", "min_lr", "weight_decay", "grad_clip", "eval_interval", "save_interval", "log_interval",
+              "time_budget"):
+        if getattr(a, k) is not None and not math.isfinite(getattr(a, k)):  # nan passes every comparison below
+            raise UserError(f"--{k} must be a finite number, got {getattr(a, k)}")
     for k in ("epochs", "batch_size", "grad_accum", "block_size", "eval_batches"):
         if getattr(a, k) < 1:
             raise UserError(f"--{k} must be at least 1, got {getattr(a, k)}")
@@ -259,11 +264,13 @@ def resolve_args(args, ckpt_args, continuing, config, fine_tuning=False):
 # -----------------------------------------------------------------------------
 # data
 
-def load_meta(data_dir, dataset):
-    """The dataset's meta.json; a missing or broken dataset is a UserError naming prepare.py."""
+def load_meta(data_dir, dataset, tokenizer=None):
+    """The dataset's meta.json; a missing or broken dataset is a UserError naming prepare.py. tokenizer: the one the
+    data must have (a model's checkpoint), for the command that prepares a missing dataset."""
     folder = os.path.join(data_dir, dataset)
     path = os.path.join(folder, "meta.json")
     out = [] if os.path.abspath(data_dir) == os.path.abspath(DEFAULT_OUT_DIR) else ["--out_dir", data_dir]
+    out += ["--tokenizer", tokenizer] if tokenizer and tokenizer != "gpt2" else []
     fix = f"run `{shlex.join(['python', 'prepare.py', '--dataset', dataset, *out])}`"
     if not os.path.exists(path):
         if dataset in DATASETS and dataset != "text":  # text needs --source
@@ -370,9 +377,11 @@ class Windows:
 
 
 def run_files(out_pattern, dataset):
-    # the checkpoints out_pattern names, any epoch, oldest first
-    pattern = glob.escape(out_pattern.replace("{dataset}", dataset)).replace("{epoch}", "[0-9]*")
-    return sorted(glob.glob(pattern), key=os.path.getmtime)
+    # the checkpoints out_pattern names, any epoch (digits only: story_epoch1_keep.pt is the user's copy), oldest first
+    named = out_pattern.replace("{dataset}", dataset)
+    own = re.compile(re.escape(os.path.basename(named)).replace(re.escape("{epoch}"), r"\d+"))
+    found = glob.glob(glob.escape(named).replace("{epoch}", "[0-9]*"))
+    return sorted((f for f in found if own.fullmatch(os.path.basename(f))), key=os.path.getmtime)
 
 
 # the best file and metrics are named after the dataset in the checkpoints' folder: another file name there shares them
@@ -715,8 +724,10 @@ def fmt_time(s):
 class Metrics:
     """metrics.jsonl (one JSON object per log/eval point) and, when matplotlib is importable, a loss-curve PNG."""
 
-    def __init__(self, path, png_path, keep_until_step=None, write=True):
+    def __init__(self, path, png_path, keep_until_step=None, write=True, hold=False):
+        """hold: leave the files as they are (an earlier run's, which --overwrite replaces) until release()."""
         self.path, self.png_path, self.records, self.write = path, png_path, [], write
+        self.held = hold and write
         if not write:  # another rank writes them
             return
         if keep_until_step is not None and os.path.exists(path):
@@ -728,17 +739,24 @@ class Metrics:
                         if rec.get("step", 0) <= keep_until_step:
                             self.records.append(rec)
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in self.records))
+        if not self.held:
+            self.release(force=True)
+
+    def release(self, force=False):
+        """Write the records so far over the file: at the start, or once held back, now."""
+        if self.held or force:
+            self.held = False
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
 
     def log(self, rec):
         self.records.append(rec)
-        if not self.write:
+        if not self.write or self.held:
             return
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(rec) + "\n")
 
     def plot(self, title):
-        if not self.write:
+        if not self.write or self.held:
             return
         try:
             from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
@@ -987,7 +1005,9 @@ def train(args):
     continuing = ckpt is not None and ckpt.get("dataset") == dataset and "step" in ckpt
     if args.data_dir is None:
         args.data_dir = default_data_dir(ckpt_args)
-    meta = load_meta(args.data_dir, dataset)
+    # the model's vocabulary, for the hint that prepares missing data: a checkpoint (or folder) of a custom one
+    own_vocab = args.checkpoint if ckpt is not None and ckpt["tokenizer"].get("bpe") else None
+    meta = load_meta(args.data_dir, dataset, args.tokenizer or own_vocab)
     enc = pick_tokenizer(args, meta, ckpt)
     dist, device = init_distributed(args.device)  # before the model: a new one's default size depends on it
     quiet = not dist.main
@@ -1085,6 +1105,11 @@ def train(args):
         args.epochs = p.epoch + more
         total_steps = args.epochs * spe
 
+    if budget and continuing and not args.reset_epoch and ckpt.get("budget_done") \
+            and args.time_budget <= (ckpt_args.get("time_budget") or 0):
+        raise UserError(f"{args.checkpoint} has used its {args.time_budget:g}-minute --time_budget: pass a larger one "
+                        f"to train on, or --reset_epoch to start a new budget from its weights")
+
     # ---- model, optimizer, precision
     torch.manual_seed(args.seed)  # initial weights (a checkpoint's replace them) and dropout
     model = GPT(config)
@@ -1099,11 +1124,14 @@ def train(args):
         warn(f"--optimizer {args.optimizer}: the checkpoint's run used {ckpt_args['optimizer']}, whose state does not "
              f"carry over; {args.optimizer} starts afresh")
     elif continuing and ckpt.get("optimizer"):
+        decay = [g["weight_decay"] for g in optimizer.param_groups]  # --weight_decay's, which the state would undo
         try:
             optimizer.load_state_dict(ckpt["optimizer"])
         except (ValueError, KeyError, TypeError) as e:
             raise UserError(f"{args.checkpoint}: its optimizer state does not fit the model ({first_line(e)}): a "
                             f"damaged checkpoint, or one from another version of the code; use another one") from None
+        for group, wd in zip(optimizer.param_groups, decay):
+            group["weight_decay"] = wd
         if ckpt.get("scaler") and scaler.is_enabled():
             scaler.load_state_dict(ckpt["scaler"])
     if continuing and not args.reset_epoch and ckpt.get("rng"):
@@ -1121,7 +1149,8 @@ def train(args):
 
     # ---- files (their names were settled above)
     metrics = Metrics(metrics_path, os.path.join(out_dir, f"{dataset}_loss.png"),
-                      keep_until_step=p.step if continuing and not args.reset_epoch else None, write=dist.main)
+                      keep_until_step=p.step if continuing and not args.reset_epoch else None, write=dist.main,
+                      hold=bool(replaced))  # replaced with the rest of the earlier run's files, at the first save
 
     def out_path():
         # named after the epoch in progress; a finished epoch keeps its own number
@@ -1141,23 +1170,26 @@ def train(args):
                             best_val_loss=p.best_val_loss, evals_since_best=p.evals_since_best, val_loss=last_val,
                             elapsed=p.elapsed + time.time() - t_run,
                             budget_elapsed=budget_spent + time.time() - t_run, schedule_origin=p.schedule_origin,
+                            budget_done=stopped == "time budget",
                             data={"tokenizer_hash": meta.get("tokenizer_hash"), "folder": meta["folder"],
                                   "train_tokens": meta.get("splits", {}).get("train", {}).get("tokens"),
                                   "val_tokens": meta.get("splits", {}).get("val", {}).get("tokens")})
-        # what --overwrite replaces goes once this run has a checkpoint of its own (stopped before that, the earlier run
-        # stays whole), lest an old best file or later epoch pass for this run's. (Only rank 0 has any.)
         if path == best_path:
             saved["best"] = path
-            replaced[:] = [f for f in replaced if f != best_path]  # replaced in place
         else:
             saved.update(path=path, step=p.step)
+        # what --overwrite replaces (the files and metrics) goes once this run has a file of its own, its best one
+        # included (stopped before, the earlier run stays whole), lest an old best file or later epoch pass for this
+        # run's. (Only rank 0 has any.)
+        if replaced:
             for f in replaced:
                 if os.path.abspath(f) != os.path.abspath(path):
                     with contextlib.suppress(FileNotFoundError):
                         os.remove(f)
-            if best_path in replaced:
+            if best_path in replaced and path != best_path:
                 saved["best"] = None
             replaced.clear()
+            metrics.release()
 
     # ---- banner
     t_run = time.time()

@@ -301,6 +301,29 @@ def test_a_continued_run_keeps_compile_and_recomputation_unless_told(env, tmp_pa
     assert load_checkpoint(r["checkpoint"])["args"]["recompute_activations"] is True
 
 
+def test_a_continued_run_takes_a_new_weight_decay(env, tmp_path):
+    """--weight_decay given when continuing applies: the optimizer state loaded from the checkpoint carried the old one
+    in its groups, and the new value was recorded but not used."""
+    first = train.train(args_for(env, tmp_path, "--dataset", "mini", "--max_steps", "1", "--weight_decay", "0.1"))
+    r = train.train(train.parse_args(["--checkpoint", first["checkpoint"], "--max_steps", "1", "--weight_decay", "0.5",
+                                      "--data_dir", env["data"], "--device", "cpu", "--no_color"]))
+    state = load_checkpoint(r["checkpoint"])["optimizer"]
+    decays = {g["weight_decay"] for part in state.values() for g in part["param_groups"]}
+    assert decays == {0.5, 0.0}  # the matrices' new decay; none on gains, biases (and the embedding)
+
+
+def test_a_finished_budget_is_not_continued_by_a_step(env, tmp_path):
+    """Continuing a run whose --time_budget ran out trained one more step each time; it now says what to pass."""
+    out = str(tmp_path / "{dataset}.pt")
+    s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--time_budget", "0.02", "--output_checkpoint", out))
+    assert s["stopped"] == "time budget"
+    go_on = ["--checkpoint", str(tmp_path / "mini.pt"), "--data_dir", env["data"], "--device", "cpu", "--no_color"]
+    with pytest.raises(UserError, match=r"mini.pt has used its 0.02-minute --time_budget: pass a larger one to train "
+                                        r"on, or --reset_epoch to start a new budget from its weights$"):
+        train.train(train.parse_args(go_on))
+    assert train.train(train.parse_args(go_on + ["--time_budget", "0.04"]))["stopped"] == "time budget"
+
+
 def test_a_new_run_does_not_write_over_an_earlier_one(env, tmp_path):
     first = train.train(args_for(env, tmp_path / "m", "--dataset", "mini", "--max_steps", "2"))
     files = {f: (tmp_path / "m" / f).read_bytes() for f in os.listdir(tmp_path / "m")}
@@ -343,6 +366,38 @@ def test_a_new_run_does_not_write_over_an_earlier_one(env, tmp_path):
                              "--eval_interval", "0", "--overwrite"))  # no eval: no best file of its own
     assert load_checkpoint(r["checkpoint"])["config"]["n_layer"] == 1 and r["best_checkpoint"] is None
     assert sorted(os.listdir(tmp_path / "m")) == ["mini_epoch1.pt", "mini_metrics.jsonl"]
+
+
+def failing_step(monkeypatch, n):
+    """The next run's n-th optimizer step fails (a UserError: no checkpoint is written for it)."""
+    real, calls = train.train_step, []
+
+    def step(*a, **k):
+        calls.append(1)
+        if len(calls) == n:
+            raise UserError("boom")
+        return real(*a, **k)
+    monkeypatch.setattr(train, "train_step", step)
+
+
+def test_overwrite_replaces_the_earlier_run_at_the_new_ones_first_file(env, tmp_path, monkeypatch):
+    """--overwrite: nothing of the earlier run goes (metrics included) before the new run has a file of its own, and
+    then all of it, so the folder never mixes two runs; a file merely named like the run's is the user's and stays."""
+    train.train(args_for(env, tmp_path, "--dataset", "mini", "--max_steps", "2"))
+    shutil.copy(tmp_path / "mini_epoch1.pt", tmp_path / "mini_epoch1_keep.pt")
+    before = {f: (tmp_path / f).read_bytes() for f in os.listdir(tmp_path)}
+    new_run = ["--dataset", "mini", "--max_steps", "3", "--seed", "7", "--overwrite"]
+    failing_step(monkeypatch, 1)  # fails before any save
+    with pytest.raises(UserError, match="boom"):
+        train.train(args_for(env, tmp_path, *new_run))
+    assert {f: (tmp_path / f).read_bytes() for f in os.listdir(tmp_path)} == before
+    failing_step(monkeypatch, 2)  # its first file is a best one (an evaluation after step 1), then it fails
+    with pytest.raises(UserError, match="boom"):
+        train.train(args_for(env, tmp_path, *new_run, "--eval_interval", "10", "--save_interval", "0"))
+    assert sorted(f for f in os.listdir(tmp_path) if f.endswith(".pt")) == ["mini_best.pt", "mini_epoch1_keep.pt"]
+    assert load_checkpoint(str(tmp_path / "mini_best.pt"))["args"]["seed"] == 7
+    assert (tmp_path / "mini_epoch1_keep.pt").read_bytes() == before["mini_epoch1_keep.pt"]
+    assert [r["step"] for r in read_metrics(str(tmp_path / "mini_metrics.jsonl"))] == [1]  # the new run's
 
 
 def test_overwrite_keeps_the_checkpoint_the_run_starts_from(env, tmp_path):
@@ -505,6 +560,12 @@ def test_missing_data_names_a_prepare_command_that_runs(env, tmp_path):
                                         rf"--name nope --out_dir {data}`, or one of story, .* with `python prepare.py "
                                         rf"--dataset NAME`$"):
         train.train(args_for(env, tmp_path, "--dataset", "nope"))
+    # continuing a model whose vocabulary is its own: the data must be prepared with it
+    ck = str(tmp_path / "ck.pt")
+    shutil.copy(train.train(args_for(env, tmp_path / "m", "--dataset", "mini", "--max_steps", "1"))["checkpoint"], ck)
+    with pytest.raises(UserError, match=rf"run `python prepare.py --dataset shakespeare --out_dir {data} --tokenizer "
+                                        rf"{re.escape(ck)}` first$"):
+        train.train(train.parse_args(["--checkpoint", ck, "--dataset", "shakespeare", "--data_dir", env["data"]]))
     # the hint, run: it makes what train.py looked for
     data = tmp_path / "data"
     with pytest.raises(UserError, match=r"has none\): prepare your own text .*") as e:
@@ -803,9 +864,15 @@ def test_bad_options_are_user_errors(env, tmp_path, trained):
         train.train(args_for(env, tmp_path, "--dataset", "story", "--batch_size", "0"))
     with pytest.raises(UserError, match="share of the budget"):  # steps cannot be known before a budget ends
         train.train(args_for(env, tmp_path, "--dataset", "story", "--time_budget", "1", "--warmup", "100"))
-    for bad in ("abc", "-5", "120%"):
+    for bad in ("abc", "-5", "120%", "nan%"):
         with pytest.raises(SystemExit):
             train.parse_args(["--warmup", bad])
+    # nan and inf pass `< 0` checks: torch's or the schedule's traceback, or a nan lr, unless refused
+    config = train.make_config("tiny")
+    for flag, value in (("--lr", "nan"), ("--min_lr", "nan"), ("--weight_decay", "nan"), ("--time_budget", "nan"),
+                        ("--eval_interval", "inf"), ("--log_interval", "inf"), ("--grad_clip", "inf")):
+        with pytest.raises(UserError, match=rf"^{flag} must be a finite number, got {value}$"):
+            train.resolve_args(train.parse_args([flag, value]), {}, False, config)
     with pytest.raises(SystemExit) as e:
         train.parse_args(["--help"])
     assert e.value.code == 0
