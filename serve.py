@@ -249,22 +249,34 @@ class Worker(threading.Thread):
         super().__init__(name="model-worker", daemon=True)
         self.model, self.enc, self.dtype, self.log = model, enc, dtype, log
         self.device = next(model.parameters()).device
-        self.jobs = queue.Queue(maxsize=max_queue)
+        # jobs in arrival order; a cancelled one stays in the queue until the worker skips it, but it frees its place
+        # at once: the waiting set holds the live ones, which --max_queue limits
+        self.jobs, self.max_queue = queue.Queue(), max_queue
+        self.waiting, self.lock = set(), threading.Lock()
         self.recent = collections.deque(maxlen=256)  # what became of the latest jobs: the log, and tests, read it
         self.current = None  # the job being generated
 
     def submit(self, job):
-        try:
-            self.jobs.put_nowait(job)
-        except queue.Full:
-            raise ApiError(503, f"the server is busy: {self.jobs.maxsize} requests are waiting; retry shortly",
-                           type="server_error", code="overloaded")
+        with self.lock:
+            if len(self.waiting) >= self.max_queue:
+                raise ApiError(503, f"the server is busy: {self.max_queue} requests are waiting; retry shortly",
+                               type="server_error", code="overloaded")
+            self.waiting.add(job.id)
+        self.jobs.put(job)
+
+    def cancel(self, job):
+        """The client hung up: a waiting job gives up its place now, a running one stops at its next token."""
+        job.cancelled.set()
+        with self.lock:
+            self.waiting.discard(job.id)
 
     def stop(self):
-        self.jobs.put(None)  # a sentinel behind the waiting jobs; a full queue just means the thread dies with the process
+        self.jobs.put(None)  # a sentinel behind the waiting jobs
 
     def run(self):
         while (job := self.jobs.get()) is not None:
+            with self.lock:
+                self.waiting.discard(job.id)
             t0 = time.perf_counter()
             tokens, finish = 0, "cancelled"
             try:
@@ -376,7 +388,7 @@ class Handler(BaseHTTPRequestHandler):
                 return self.send_bytes(200, api.page, "text/html; charset=utf-8")
             if path == "/health":
                 return self.send_json(200, {"status": "ok", "generating": api.worker.current is not None,
-                                            "queued": api.worker.jobs.qsize()})
+                                            "queued": len(api.worker.waiting)})
             if path == "/v1/models":
                 return self.send_json(200, {"object": "list", "data": [api.model_card()]})
             job = job_from_request(self.read_body(), "chat" if path == "/v1/chat/completions" else "text", api)
@@ -384,7 +396,7 @@ class Handler(BaseHTTPRequestHandler):
             try:
                 (self.stream if job.stream else self.answer)(job)
             except ClientGone:
-                job.cancelled.set()
+                api.worker.cancel(job)
                 self.close_connection = True
         except ApiError as e:
             headers = [("Allow", ", ".join(sorted(self.ROUTES[path])))] if e.status == 405 else []
@@ -596,6 +608,13 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def model_name(path):
+    """The name the API serves a model under: a checkpoint's file name without .pt, a folder's name (hf/story-v1.5/ is
+    story-v1.5)."""
+    base = os.path.basename(os.path.normpath(path))
+    return base if os.path.isdir(path) else base.removesuffix(".pt")
+
+
 def main(argv=None):
     args = parse_args(argv)
     path = args.checkpoint or default_checkpoint()
@@ -604,7 +623,7 @@ def main(argv=None):
     model, enc, _ = load_model(path, device)
     if model.config.vocab_size > enc.n_vocab:
         raise UserError(f"{path}: the model has {model.config.vocab_size} token ids but its tokenizer only {enc.n_vocab}; the checkpoint is inconsistent")
-    name = os.path.splitext(os.path.basename(path))[0]
+    name = model_name(path)
     server = ApiServer(model, enc, name, args.host, args.port, dtype, args.temp, args.top_k, args.top_p,
                        args.max_tokens, args.max_queue)
     print(f"serving {name} ({model.num_params(non_embedding=False) / 1e6:.1f}M parameters, context "

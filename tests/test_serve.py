@@ -385,8 +385,15 @@ def test_full_queue_gets_503(enc):
         with ThreadPoolExecutor(2) as pool:
             running = pool.submit(post, api, "/v1/completions", body)
             wait_for(lambda: api.worker.current is not None, "the first request to start")
+            # a client that hangs up while waiting gives its place back at once, not when the worker reaches it
+            gone = socket.create_connection(api.server_address[:2])
+            gone.sendall(completion_request(max_tokens=4))
+            wait_for(lambda: len(api.worker.waiting) == 1, "the hung-up request to queue")
+            assert post(api, "/v1/completions", body)[0] == 503
+            gone.close()
+            wait_for(lambda: not api.worker.waiting, "the server to notice the client left")
             queued = pool.submit(post, api, "/v1/completions", body)
-            wait_for(lambda: api.worker.jobs.qsize() == 1, "the second request to queue")
+            wait_for(lambda: len(api.worker.waiting) == 1, "the second request to queue")
             status, err, headers = post(api, "/v1/completions", body)
             assert status == 503 and err["error"]["code"] == "overloaded"
             gate.set()
@@ -545,3 +552,10 @@ def test_chat_page_streams_a_reply_in_chromium(enc, tmp_path):
     finally:
         browser.quit()
         api.close()
+
+
+def test_the_served_name_is_the_file_or_folders(tmp_path):
+    (tmp_path / "story-v1.5").mkdir()
+    assert serve.model_name(str(tmp_path / "story-v1.5") + os.sep) == "story-v1.5"  # a shell's completion adds the /
+    assert serve.model_name(str(tmp_path / "story_best.pt")) == "story_best"
+    assert serve.model_name("models/run.v2.pt") == "run.v2"
