@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-# pinned so pip takes the CPU wheel; use TORCH=torch (or a CUDA index) on a GPU machine
+# pinned to the build this project is tested with; on PyPI a Linux torch wheel is the CUDA one (GBs): for the
+# CPU build elsewhere use TORCH="torch --index-url https://download.pytorch.org/whl/cpu"; TORCH=torch on a GPU machine
 TORCH  ?= torch==2.13.0
 
 # offline machines keep the GPT-2 BPE files and a data mirror in ../shared; use them unless told otherwise
@@ -30,7 +31,7 @@ CHAT_SCRIPT := Hi! How are you today?\nWhat did you do at the weekend?\nDo you l
 $(VENV)/.installed: requirements.txt requirements-test.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q $(TORCH)
 	$(BIN)/python -m pip install -q -r requirements.txt -r requirements-test.txt
 	touch $@
 

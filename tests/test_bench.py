@@ -125,6 +125,47 @@ def test_bad_arguments():
         bench.main(["--quick", "--no_write", "--malloc", "default", "--batch_size", "0"])
 
 
+
+def test_bad_input_is_refused_before_the_run(tmp_path, capsys, monkeypatch):
+    """Found at the start, not after minutes of measuring: --peak_sizes, a --data file that is no UTF-8, an --out that
+    cannot be written."""
+    monkeypatch.setattr(bench, "run", lambda *a, **k: pytest.fail("measured before the input was checked"))
+    for bad in ("abc", "-5", "0", ""):
+        with pytest.raises(SystemExit):
+            bench.get_parser().parse_args(["--peak_sizes", bad])
+    assert "--peak_sizes" in capsys.readouterr().err
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("caf\xe9\n".encode("latin-1"))
+    with pytest.raises(UserError, match=r"^--data .*latin1.txt is not UTF-8 text"):
+        bench.main(["--quick", "--no_write", "--malloc", "default", "--data", str(latin1)])
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(UserError, match=r"^--out .*a_file/b.md: a part of the path is a file"):
+        bench.main(["--quick", "--malloc", "default", "--out", str(tmp_path / "a_file" / "b.md")])
+
+
+def test_given_sizes_win_over_quick_and_the_command_is_kept_quoted(tmp_path, one_thread):
+    args = quick_args("--only", "gen", "--model", "tiny", "--new_tokens", "5", "--prompt_len", "3", "--gen_batch", "3",
+                      "--dtype", "float32")
+    names = [r["name"] + " " + r["note"] for r in bench.run(args, torch.device("cpu"), log=lambda *a: None)]
+    with_prompt = [n for n in names if "prompt" in n]
+    assert any("B3" in n for n in names) and with_prompt and all("prompt 3 + 5 new" in n for n in with_prompt), names
+    text = bench.section_text([], torch.device("cpu"), ["--note", "shared host | busy"])
+    assert "- command: `python bench.py --note 'shared host | busy'`" in text
+
+
+def test_a_compile_that_fails_at_the_first_step_times_eager(monkeypatch, capsys):
+    """torch.compile compiles at the first call: a failure there (no C++ compiler) must fall back, as train.py does."""
+    def broken(model, **k):
+        def call(*a):
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+        return call
+    monkeypatch.setattr(torch, "compile", broken)
+    model = bench.build_model("tiny", torch.device("cpu"), 32, 512, None)
+    step, compiled = bench.make_train_step(model, torch.device("cpu"), torch.float32, 2, compile=True)
+    step()
+    assert not compiled() and "torch.compile failed" in capsys.readouterr().err
+
+
 def test_gen_block_size_fits_without_sliding():
     assert bench.gen_block_size("small", 16, 500) == 576  # 516 rounded up to a multiple of 64
     assert bench.gen_block_size("gpt2", 16, 500) == 1024  # the preset's own is enough
@@ -152,9 +193,10 @@ def test_each_optimizer_gets_its_rows(one_thread):
     assert [r["optimizer"] for r in sec["train"]] == ["muon", "adamw"]
     assert [r["optimizer"] for r in sec["ratio"]] == ["muon"] * 3 + ["adamw"] * 3
     assert ", muon" in sec["train"][0]["note"] and ", adamw" in sec["train"][1]["note"]
-    lines = bench.check_targets(rows)
-    assert [ln.split("(")[1].split(")")[0] for ln in lines] == ["V512 fp32 / V50259 fp32, muon",
-                                                                 "V512 fp32 / V50259 fp32, adamw"]
+    assert bench.check_targets(rows) == []  # --quick's V512 is not the target's 4096-token vocabulary
+    lines = bench.check_targets([dict(r, name=r["name"].replace("V512 ", "V4096 ")) for r in rows])
+    assert [ln.split("(")[1].split(")")[0] for ln in lines] == ["V4096 fp32 / V50259 fp32, muon",
+                                                                 "V4096 fp32 / V50259 fp32, adamw"]
     with pytest.raises(UserError, match="--optimizer 'sgd'"):
         bench.run(quick_args("--optimizer", "sgd"), torch.device("cpu"))
 
