@@ -45,8 +45,8 @@ import torch
 
 from checkpoint import load_model
 from common import UserError, pick_device, pick_dtype, retain_freed_memory, run_main, seeded_generator
-from gen import (CHAT_STOPS, default_checkpoint, encode_prompt, fit_history, positive_int, probability, reserve_for, stop_ids,
-                 stream_completion, temperature)
+from gen import (CHAT_STOPS, default_checkpoint, encode_prompt, fit_history, positive_int, probability, reserve_for,
+                 stop_ids, stream_completion, temperature)
 from setup_tokenizer import EOT, render_chat
 
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "chat.html")

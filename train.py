@@ -142,7 +142,8 @@ def parse_args(argv=None):
                    help="train for this many minutes of wall-clock time, evaluations and saves included: the lr "
                         "schedule (warmup, cosine decay) spans the budget from the end of the first (compiling) step, "
                         "epochs repeat until it ends (unless --epochs is given), and the last checkpoint is written "
-                        "when it ends; a continued run counts its earlier time, its schedule waiting for its first step again")
+                        "when it ends; a continued run counts its earlier time, its schedule waiting for its first "
+                        "step again")
     g.add_argument("--max_steps", type=int, help="stop after this many optimizer steps in this run (the checkpoint "
                                                  "records the position inside the epoch; the schedule is unchanged)")
     g.add_argument("--checkpoint", help="continue from this checkpoint (same dataset: exact resume; other: fine-tune)")
