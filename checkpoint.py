@@ -51,16 +51,13 @@ def load_checkpoint(path, map_location="cpu"):
                         f"model folder{available_hint()}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        # torch's message is a screenful of advice about weights_only=False, which this project never uses
+    except (pickle.UnpicklingError, KeyError, IndexError, TypeError, AttributeError) as e:
+        # torch's message is a screenful of advice about weights_only=False, which this project never uses; a file that
+        # is no zip goes to torch's legacy reader, whose unpickler fails on text ("hello") with the other errors
         global_ = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
         what = (f"holds pickled Python objects ({global_.group(1)}), which are never loaded (weights_only=True)"
                 if global_ else "is not a checkpoint (corrupt, or not written by torch.save?)")
         raise UserError(f"{path} {what}; use a checkpoint written by train.py") from None
-    except (KeyError, IndexError, TypeError, AttributeError):
-        # a file that is no zip goes to torch's legacy reader, whose unpickler fails on text in these ways ("hello")
-        raise UserError(f"{path} is not a checkpoint (corrupt, or not written by torch.save?); use a checkpoint "
-                        f"written by train.py") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
         # torch's own first sentence (miniz's advice after it would be cut off mid-word)
         raise UserError(f"{path} is not a readable checkpoint (truncated or corrupt?): "
