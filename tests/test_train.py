@@ -368,16 +368,22 @@ def test_a_new_run_does_not_write_over_an_earlier_one(env, tmp_path):
     assert sorted(os.listdir(tmp_path / "m")) == ["mini_epoch1.pt", "mini_metrics.jsonl"]
 
 
-def failing_step(monkeypatch, n):
-    """The next run's n-th optimizer step fails (a UserError: no checkpoint is written for it)."""
-    real, calls = train.train_step, []
+def on_step(monkeypatch, n, action):
+    """The next run's n-th optimizer step calls action() first: a sleep (a cold torch.compile's slow first step) or
+    an error (a UserError: no checkpoint is written for it). Wraps the real train_step even when patched before."""
+    real, calls = getattr(train.train_step, "unpatched", train.train_step), []
 
     def step(*a, **k):
         calls.append(1)
         if len(calls) == n:
-            raise UserError("boom")
+            action()
         return real(*a, **k)
+    step.unpatched = real
     monkeypatch.setattr(train, "train_step", step)
+
+
+def boom():
+    raise UserError("boom")
 
 
 def test_overwrite_replaces_the_earlier_run_at_the_new_ones_first_file(env, tmp_path, monkeypatch):
@@ -387,11 +393,11 @@ def test_overwrite_replaces_the_earlier_run_at_the_new_ones_first_file(env, tmp_
     shutil.copy(tmp_path / "mini_epoch1.pt", tmp_path / "mini_epoch1_keep.pt")
     before = {f: (tmp_path / f).read_bytes() for f in os.listdir(tmp_path)}
     new_run = ["--dataset", "mini", "--max_steps", "3", "--seed", "7", "--overwrite"]
-    failing_step(monkeypatch, 1)  # fails before any save
+    on_step(monkeypatch, 1, boom)  # fails before any save
     with pytest.raises(UserError, match="boom"):
         train.train(args_for(env, tmp_path, *new_run))
     assert {f: (tmp_path / f).read_bytes() for f in os.listdir(tmp_path)} == before
-    failing_step(monkeypatch, 2)  # its first file is a best one (an evaluation after step 1), then it fails
+    on_step(monkeypatch, 2, boom)  # its first file is a best one (an evaluation after step 1), then it fails
     with pytest.raises(UserError, match="boom"):
         train.train(args_for(env, tmp_path, *new_run, "--eval_interval", "10", "--save_interval", "0"))
     assert sorted(f for f in os.listdir(tmp_path) if f.endswith(".pt")) == ["mini_best.pt", "mini_epoch1_keep.pt"]
@@ -932,21 +938,9 @@ def test_time_budget_ends_the_run_and_spans_the_schedule(env, tmp_path):
     assert len(mid_epoch) >= len(evals) // 2, [r["epoch"] for r in evals]
 
 
-def slow_first_step(monkeypatch, seconds):
-    """The next run's first optimizer step takes seconds longer, as a cold torch.compile makes it."""
-    real, calls = train.train_step, []
-
-    def cold(*a, **k):
-        calls.append(1)
-        if len(calls) == 1:
-            time.sleep(seconds)
-        return real(*a, **k)
-    monkeypatch.setattr(train, "train_step", cold)
-
-
 def test_a_slow_first_step_does_not_use_up_a_budgets_warmup(env, tmp_path, monkeypatch):
     # a cold torch.compile makes the first step take ~30 s of `make demo`'s 2 minutes: the schedule starts after it
-    slow_first_step(monkeypatch, 2.5)
+    on_step(monkeypatch, 1, lambda: time.sleep(2.5))
     s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--time_budget", 0.1, "--lr", "1e-3",
                              "--warmup", "30%", "--output_checkpoint", str(tmp_path / "{dataset}.pt")))
     assert s["stopped"] == "time budget"
@@ -967,7 +961,7 @@ def test_a_continued_budgets_slow_first_step_does_not_advance_its_schedule(env, 
     train.train(args_for(env, tmp_path, "--dataset", "mini", "--time_budget", 1, "--max_steps", 2,
                          "--output_checkpoint", out))
     before = load_checkpoint(str(tmp_path / "mini.pt"))
-    slow_first_step(monkeypatch, 2.5)
+    on_step(monkeypatch, 1, lambda: time.sleep(2.5))
     train.train(train.parse_args(["--checkpoint", str(tmp_path / "mini.pt"), "--max_steps", "1", "--data_dir",
                                   env["data"], "--device", "cpu", "--no_color"]))
     after = load_checkpoint(str(tmp_path / "mini.pt"))
