@@ -875,6 +875,15 @@ def ends_document(doc):
     return doc_kind(doc) == "chat" or doc[1]
 
 
+def check_splittable(n, kind, label, limit):
+    """A source cut into train and val (no validation split of its own) that gives a single conversation has no turn
+    boundary the cut could respect: one conversation cut by tokens trains on half a turn and validates on the rest."""
+    if n == 1 and kind == "chat":
+        what = f"--limit 1 takes one conversation from {label}" if limit == 1 else f"{label} holds one conversation"
+        fix = "give --limit 2 or more" if limit == 1 else "add conversations"
+        raise UserError(f"{what}, and a val split needs 2 or more: {fix}, or give --val_fraction 0 to train on it all")
+
+
 def train_count(n, val_fraction):
     # of n >= 2 documents of a source, how many stay in train: its tail, at least one, goes to val
     return n - min(n - 1, max(1, round(n * val_fraction)))
@@ -933,6 +942,7 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
         # val is the tail of each source, not a random sample: the same documents every run,
         # so validation losses stay comparable across runs and tokenizers
         n = len(ends)
+        check_splittable(n, kind, label, limit)
         if n >= 2:
             k = train_count(n, val_fraction)
             out.move_tail(ends[k - 1], n - k, splits["val"], table)
@@ -942,17 +952,19 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
     return kind
 
 
-def train_docs(make_docs, budget, role, val_fraction):
+def train_docs(make_docs, budget, role, val_fraction, label, limit):
     """A stream's documents that write_splits puts in train: all but, of a "split" stream, the tail it moves to val,
     by documents; of a single document (a whole book, in pieces), which it cuts by tokens, the vocabulary being
     trained cannot say where: the first 1 - val_fraction of its characters, about the same on even text."""
     if role != "split" or not val_fraction:
         yield from limited(make_docs(), budget, role)
         return
-    start, n, chars = dict(budget), 0, 0
+    start, n, chars, kind = dict(budget), 0, 0, None
     for doc in limited(make_docs(), budget, role):  # a first pass counts, spending the budget as write_splits does
         n += ends_document(doc)
-        chars += len(doc[0]) if doc_kind(doc) == "text" else 0
+        kind = doc_kind(doc)
+        chars += len(doc[0]) if kind == "text" else 0
+    check_splittable(n, kind, label, limit)
     keep = train_count(n, val_fraction) if n >= 2 else None  # documents
     left = chars * (1 - val_fraction)  # characters, for a single document
     for doc in limited(make_docs(), start, role):
@@ -973,10 +985,10 @@ def train_vocabulary(plan, vocab_size, path, limit, val_fraction):
     def texts():
         for part in plan.get("parts", [plan]):  # a mix: --limit counts in each of its datasets, as in build()
             budget = {"split": limit, "train": limit, "val": 0}
-            for role, _, make_docs in part["streams"]:
+            for role, label, make_docs in part["streams"]:
                 if role == "val":
                     continue  # a source's own validation split
-                for doc in train_docs(make_docs, budget, role, val_fraction):
+                for doc in train_docs(make_docs, budget, role, val_fraction, label, limit):
                     if doc_kind(doc) == "text":
                         yield doc[0]
                     else:

@@ -354,6 +354,26 @@ def test_chat_formats(tmp_path, enc, fmt):
         assert meta["splits"][split]["bytes"] == text_bytes(enc, ids)
 
 
+def test_a_single_conversation_is_not_cut_mid_turn(tmp_path, capsys):
+    """A book is cut by tokens, but one conversation cut so would train on half a turn and validate on the rest
+    (it was counted as "2 documents"): a clear error instead, before any vocabulary is trained, and --val_fraction 0
+    trains on all of it."""
+    src = write(tmp_path / "one.jsonl", json.dumps({"messages": CONVERSATIONS[0]}))
+    out = str(tmp_path / "data")
+    for vocab_size in (None, 300):
+        with pytest.raises(UserError, match=r"one\.jsonl holds one conversation, and a val split needs 2 or more: add "
+                                            r"conversations, or give --val_fraction 0 to train on it all"):
+            prepare.prepare("chat", source=src, out_dir=out, vocab_size=vocab_size)
+        assert not os.path.exists(os.path.join(out, "chat"))
+    # --limit 1 on a larger set says that the limit took one
+    many = write(tmp_path / "m.jsonl", FORMATS["messages"][1])
+    with pytest.raises(UserError, match=r"--limit 1 takes one conversation from .*m\.jsonl, .*: give --limit 2 or more"):
+        prepare.prepare("chat", source=many, out_dir=out, limit=1)
+    meta = prepare.prepare("chat", source=src, out_dir=out, val_fraction=0)
+    assert (meta["splits"]["train"]["documents"], meta["splits"]["val"]["documents"]) == (1, 0)
+    assert prepare.prepare("chat", source=many, out_dir=out, name="two", limit=2)["splits"]["val"]["documents"] == 1
+
+
 def test_chitchat_is_deterministic(tmp_path, enc):
     a = prepare.prepare("chitchat", out_dir=str(tmp_path / "a"))
     b = prepare.prepare("chitchat", out_dir=str(tmp_path / "b"))
