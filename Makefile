@@ -21,6 +21,8 @@ endif
 # make demo: minutes of training (--compile: ~1.5x the tokens/s after ~55 s of compiling on a fresh machine, ~10 s once cached), the tiny preset on a CPU and small on a
 # CUDA GPU (train.py's default); DEMO_MINUTES=10 for a better model
 DEMO_MINUTES ?= 5
+# stories for the demos: the mirror's 8,621 all; online the first 10,000 of TinyStories' 2.1M (streamed: not 1.9 GB)
+DEMO_STORIES ?= 10000
 # make chat-demo: minutes of story pretraining, then of fine-tuning on DailyDialog
 CHAT_STORY_MINUTES ?= 4
 CHAT_TUNE_MINUTES ?= 4
@@ -38,14 +40,14 @@ $(VENV)/.installed: requirements.txt requirements-test.txt
 install: $(VENV)/.installed
 
 demo: install
-	$(BIN)/python prepare.py --dataset story --vocab_size 4096
+	$(BIN)/python prepare.py --dataset story --vocab_size 4096 --limit $(DEMO_STORIES)
 	$(BIN)/python train.py --dataset story --time_budget $(DEMO_MINUTES) --compile --overwrite
 	$(BIN)/python gen.py models/story_best.pt --prompt "Once upon a time" --num_samples 3 --max_tokens 200 --seed 42
 
 # the story model of `make demo` learns to chat: pretrain on stories, fine-tune on dialogue (loss on the
 # assistant's turns only), a scripted chat, then how the two models end their replies (eval.py)
 chat-demo: install
-	$(BIN)/python prepare.py --dataset story --vocab_size 4096
+	$(BIN)/python prepare.py --dataset story --vocab_size 4096 --limit $(DEMO_STORIES)
 	$(BIN)/python train.py --dataset story --model tiny --time_budget $(CHAT_STORY_MINUTES) --output_checkpoint models/chat-demo/{dataset}.pt --overwrite
 	$(BIN)/python prepare.py --dataset dailydialog --tokenizer data/story/tokenizer.tiktoken
 	$(BIN)/python train.py --dataset dailydialog --checkpoint models/chat-demo/story_best.pt --time_budget $(CHAT_TUNE_MINUTES) --output_checkpoint models/chat-demo/{dataset}.pt --overwrite

@@ -310,19 +310,30 @@ def file_docs(path, dataset):
             yield doc
 
 
-def load_hub(path, config, split):
-    """A split of a Hugging Face hub dataset (arrow-backed: memory-mapped, not held in RAM)."""
+def load_hub(path, config, split, streaming=False):
+    """A split of a Hugging Face hub dataset: downloaded whole and arrow-backed (memory-mapped, not held in RAM), or
+    with streaming its rows read as they are iterated, so that --limit downloads what it takes (the first 10,000 of
+    TinyStories' 2.1M stories for `make demo`, not all 1.9 GB)."""
     import datasets  # slow to import, and only needed here
-    return datasets.load_dataset(path, config, split=split)
+    return datasets.load_dataset(path, config, split=split, streaming=streaming)
 
 
-def hub_docs(dataset, split):
+def hub_docs(dataset, split, streaming=False):
     path, config = HUB[dataset][:2]
     try:
-        rows = load_hub(path, config, split)
+        rows = load_hub(path, config, split, streaming)
     except Exception as e:  # offline, unknown dataset, script datasets no longer supported...
         raise NoSource(no_source(dataset, f"the Hugging Face hub failed: {type(e).__name__}: {first_line(e)}"))
-    for i, row in enumerate(rows, 1):
+    rows, i = iter(rows), 0
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except Exception as e:  # streamed rows are downloaded as they are read: the connection can fail here too
+            raise UserError(f"{path} {split}: the Hugging Face hub failed after {i:,} rows ({type(e).__name__}: "
+                            f"{first_line(e)}); run the command again") from e
+        i += 1
         doc = record_doc(row, f"{path} {split} row {i}", dataset)
         if doc:
             yield doc
@@ -473,9 +484,10 @@ def chitchat_docs(n=5000, seed=1337):
 # -----------------------------------------------------------------------------
 # where a dataset comes from
 
-def find_source(dataset, source=None, extra=True):
+def find_source(dataset, source=None, extra=True, limit=None):
     """Where a dataset's documents come from: {description, files (for the fingerprint), streams};
-    each stream is (role, label, make_docs), role "split" (train, its tail to val), "train" or "val"."""
+    each stream is (role, label, make_docs), role "split" (train, its tail to val), "train" or "val".
+    limit: --limit, with which hub datasets are streamed."""
     if dataset == "chitchat":
         if source:
             raise UserError("--dataset chitchat is generated; it takes no --source")
@@ -522,9 +534,11 @@ def find_source(dataset, source=None, extra=True):
         return {"description": f"{URLS[dataset]}, kept in {download_path(dataset)}", "files": [],
                 "streams": [("split", URLS[dataset], functools.partial(url_docs, dataset))]}
     path, config, train_split, val_split = HUB[dataset]
-    streams = [("train" if val_split else "split", f"{path} {train_split}", functools.partial(hub_docs, dataset, train_split))]
+    streaming = limit is not None
+    streams = [("train" if val_split else "split", f"{path} {train_split}",
+                functools.partial(hub_docs, dataset, train_split, streaming))]
     if val_split:
-        streams.append(("val", f"{path} {val_split}", functools.partial(hub_docs, dataset, val_split)))
+        streams.append(("val", f"{path} {val_split}", functools.partial(hub_docs, dataset, val_split, streaming)))
     return {"description": f"Hugging Face hub {path}" + (f" ({config})" if config else ""), "files": [], "streams": streams}
 
 
@@ -550,10 +564,11 @@ def parse_mix(spec):
     return mix
 
 
-def find_mix_source(mix, extra=True):
+def find_mix_source(mix, extra=True, limit=None):
     """A mix's plan: each source's own plan (and weight) under "parts"; its streams and files together
     (what a vocabulary is trained on and what the fingerprint watches)."""
-    parts = [{"dataset": name, "weight": weight, **find_source(name, None, extra)} for name, weight in mix.items()]
+    parts = [{"dataset": name, "weight": weight, **find_source(name, None, extra, limit)}
+             for name, weight in mix.items()]
     return {"description": "; ".join(f"{p['dataset']} (weight {p['weight']:g}): {p['description']}" for p in parts),
             "files": [f for p in parts for f in p["files"]],
             "streams": [s for p in parts for s in p["streams"]], "parts": parts}
@@ -890,13 +905,15 @@ def train_count(n, val_fraction):
 
 
 def limited(docs, budget, role):
-    """At most budget[role] documents (None: all); pieces of a document count once, at its end."""
-    for doc in docs:
-        if budget[role] is not None:
-            if budget[role] <= 0:
-                return
-            if ends_document(doc):
-                budget[role] -= 1
+    """At most budget[role] documents (None: all); pieces of a document count once, at its end. Nothing is read
+    past the last one (a streamed hub split downloads as it is read)."""
+    docs = iter(docs)
+    while budget[role] is None or budget[role] > 0:
+        doc = next(docs, None)
+        if doc is None:
+            return
+        if budget[role] is not None and ends_document(doc):
+            budget[role] -= 1
         yield doc
 
 
@@ -1110,7 +1127,7 @@ def prepare(dataset, source=None, tokenizer="gpt2", limit=None, val_fraction=DEF
     name = name or dataset
     if not re.fullmatch(r"[\w.-]+", name) or name in (".", ".."):
         raise UserError(f"--name {name!r}: use letters, digits, '.', '-' and '_' (it names a folder in {out_dir})")
-    plan = find_mix_source(mix, extra) if dataset == "mix" else find_source(dataset, source, extra)
+    plan = find_mix_source(mix, extra, limit) if dataset == "mix" else find_source(dataset, source, extra, limit)
     # what rebuild_command needs to build the dataset again; paths made absolute, so it works from anywhere
     options = {"source": [os.path.abspath(p) for p in ([source] if isinstance(source, str) else source)] if source else None,
                "tokenizer": tokenizer if tokenizer == "gpt2" else os.path.abspath(tokenizer), "vocab_size": vocab_size,

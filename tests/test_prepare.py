@@ -815,19 +815,39 @@ def test_hub_path(tmp_path, monkeypatch, enc):
     """Without --source or mirror the hub's rows are read, with the hub's own validation split."""
     monkeypatch.setenv("DATA_MIRROR", str(tmp_path / "no-mirror"))
     rows = {"train": [{"text": f"Story {i}."} for i in range(20)], "validation": [{"text": "A val story."}]}
-    asked = []
+    asked, read = [], Counter()
 
-    def fake_hub(path, config, split):
-        asked.append((path, config, split))
-        return rows[split]
+    def fake_hub(path, config, split, streaming=False):
+        asked.append((path, config, split, streaming))
+        if not streaming:
+            return rows[split]
+
+        def stream():  # rows as a streamed split gives them: read counts what was downloaded
+            for row in rows[split]:
+                read[split] += 1
+                yield row
+                if row.get("text") == "Story 3.":
+                    raise ConnectionError("Read timed out.\nmore")
+        return stream()
 
     monkeypatch.setattr(prepare, "load_hub", fake_hub)
     meta = prepare.prepare("story", out_dir=str(tmp_path / "data"))
-    assert asked == [("roneneldan/TinyStories", None, "train"), ("roneneldan/TinyStories", None, "validation")]
+    assert asked == [("roneneldan/TinyStories", None, "train", False), ("roneneldan/TinyStories", None, "validation", False)]
     assert meta["source"] == "Hugging Face hub roneneldan/TinyStories"
     assert (meta["splits"]["train"]["documents"], meta["splits"]["val"]["documents"]) == (20, 1)
     val, _ = load(tmp_path / "data" / "story", "val", meta)
     assert enc.decode(val.tolist()) == "A val story." + EOT
+    # --limit streams the splits and stops reading at the limit: `make demo` online takes 10,000 of TinyStories'
+    # 2.1M stories without downloading them all
+    asked.clear()
+    meta = prepare.prepare("story", out_dir=str(tmp_path / "data"), name="some", limit=3)
+    assert [a[3] for a in asked] == [True, True] and read == {"train": 3, "validation": 1}
+    assert (meta["splits"]["train"]["documents"], meta["splits"]["val"]["documents"]) == (3, 1)
+    # a connection that fails while streaming is one line, and no dataset is left
+    with pytest.raises(UserError, match=r"^roneneldan/TinyStories train: the Hugging Face hub failed after 4 rows "
+                                        r"\(ConnectionError: Read timed out.\); run the command again$"):
+        prepare.prepare("story", out_dir=str(tmp_path / "data"), name="more", limit=5)
+    assert not (tmp_path / "data" / "more").exists()
     rows.update(train=[{"dialog": ["Hi , there !", "Hello ."]}] * 3, validation=[{"dialog": ["Why ?", "Because ."]}])
     meta = prepare.prepare("dailydialog", out_dir=str(tmp_path / "data"))
     ids, mask = load(tmp_path / "data" / "dailydialog", "train", meta)
