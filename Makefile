@@ -18,7 +18,7 @@ export DATA_MIRROR := $(abspath ../shared/data)
 endif
 endif
 
-# make demo: minutes of training (--compile: ~1.5x the tokens/s after ~55 s of compiling on a fresh machine, ~10 s once cached), the tiny preset on a CPU and small on a
+# make demo: minutes of training (--compile: ~1.4x the tokens/s after 25-45 s of compiling on a fresh machine, 5-8 s once cached), the tiny preset on a CPU and small on a
 # CUDA GPU (train.py's default); DEMO_MINUTES=10 for a better model
 DEMO_MINUTES ?= 5
 # stories for the demos: the mirror's 8,621 all; online the first 10,000 of TinyStories' 2.1M (streamed: not 1.9 GB)
@@ -44,8 +44,9 @@ demo: install
 	$(BIN)/python train.py --dataset story --time_budget $(DEMO_MINUTES) --compile --overwrite
 	$(BIN)/python gen.py models/story_best.pt --prompt "Once upon a time" --num_samples 3 --max_tokens 200 --seed 42
 
-# the story model of `make demo` learns to chat: pretrain on stories, fine-tune on dialogue (loss on the
-# assistant's turns only), a scripted chat, then how the two models end their replies (eval.py)
+# a story model that learns to chat: its own pretraining on stories (in models/chat-demo, apart from make demo's),
+# fine-tuning on dialogue (loss on the assistant's turns only), a scripted chat, then how the two models end their
+# replies (eval.py)
 chat-demo: install
 	$(BIN)/python prepare.py --dataset story --vocab_size 4096 --limit $(DEMO_STORIES)
 	$(BIN)/python train.py --dataset story --model tiny --time_budget $(CHAT_STORY_MINUTES) --output_checkpoint models/chat-demo/{dataset}.pt --overwrite

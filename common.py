@@ -1,6 +1,6 @@
 """
 Small pieces every script shares: the one-line error for bad input, atomic
-writes, device and precision choice, and checkpoint loading.
+writes, device and precision choice (checkpoints: checkpoint.py).
 Nothing model- or data-specific lives here. torch is imported where it is used:
 prepare.py and setup_tokenizer.py never need it (importing it takes ~2 s).
 """

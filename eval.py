@@ -10,7 +10,8 @@ the model ends its replies. One row per dataset, as a table or JSON.
 Loss is train.py's evaluate() over the split's windows (all of them, or --eval_batches batches spread over the
 split), on assistant tokens only for conversation sets; perplexity is exp(loss); bits per byte, reported by
 train.py for plain text, compare models across tokenizers. Windows default to the checkpoint's training
---block_size, so the numbers match its training log.
+--block_size, so the numbers compare with its training log (whose evaluations take --eval_batches 40 batches spread
+over the split: the same numbers with --eval_batches 40 --batch_size <its batch size>, close ones over all windows).
 
 Replies, for each conversation set: --samples conversations spread evenly over the split, each cut after its
 first user message, are answered as gen.py --chat answers (gen.chat_reply, sampling with --temp/--top_k/--top_p);

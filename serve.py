@@ -601,8 +601,9 @@ def parse_args(argv=None):
     p.add_argument("--top_k", type=positive_int, default=200, help="top_k when a request gives none (default 200)")
     p.add_argument("--top_p", type=probability, default=None, help="top_p when a request gives none (default: off)")
     p.add_argument("--max_tokens", type=positive_int, default=256,
-                   help="new tokens when a request gives no max_tokens (default 256, cut to what the context leaves)")
-    p.add_argument("--max_queue", type=positive_int, default=64, help="requests that may wait for the model; more get 503")
+                   help="new tokens when a request gives no max_tokens (default 256; for a chat at most half the "
+                        "context, so the history keeps the rest, else cut to what the prompt leaves)")
+    p.add_argument("--max_queue", type=positive_int, default=64, help="requests that may wait for the model; more get 503 (default 64)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="autocast precision")
     return p.parse_args(argv)
