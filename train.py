@@ -725,19 +725,23 @@ def fmt_time(s):
 class Metrics:
     """metrics.jsonl (one JSON object per log/eval point) and, when matplotlib is importable, a loss-curve PNG."""
 
-    def __init__(self, path, png_path, keep_until_step=None, write=True, hold=False):
-        """hold: leave the files as they are (an earlier run's, which --overwrite replaces) until release()."""
+    def __init__(self, path, png_path, keep_until=None, write=True, hold=False):
+        """keep_until: the checkpoint a run continues, whose history is kept; hold: leave the files as they are (an
+        earlier run's, which --overwrite replaces) until release()."""
         self.path, self.png_path, self.records, self.write = path, png_path, [], write
         self.held = hold and write
         if not write:  # another rank writes them
             return
-        if keep_until_step is not None and os.path.exists(path):
-            # continuing: keep the history up to the checkpoint, drop records of steps that will be redone
+        if keep_until is not None and os.path.exists(path):
+            # continuing: keep the history up to the checkpoint, drop records of steps that will be redone. By tokens
+            # where both have them: a run continued with another global batch counts steps of another size.
+            by = "tokens" if keep_until.get("tokens") is not None else "step"
             with open(path, encoding="utf-8") as f:
                 for line in f:
-                    with contextlib.suppress(ValueError):
+                    with contextlib.suppress(ValueError, TypeError, AttributeError):
                         rec = json.loads(line)
-                        if rec.get("step", 0) <= keep_until_step:
+                        key = by if rec.get(by) is not None else "step"
+                        if rec.get(key, 0) <= keep_until[key]:
                             self.records.append(rec)
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         if not self.held:
@@ -1015,6 +1019,7 @@ def train(args):
     if args.model is None and ckpt is None:
         args.model = default_preset(device)
     config = model_config(args, meta, ckpt)
+    warmup_given = args.warmup is not None
     args = resolve_args(args, ckpt_args, continuing, config, fine_tuning=ckpt is not None and not continuing)
 
     # ---- files, checked before anything is built: a budgeted run may repeat many epochs, hence one file for it
@@ -1090,8 +1095,10 @@ def train(args):
         was = ckpt_args.get("batch_size", 0) * ckpt_args.get("grad_accum", 1) * ckpt_args.get("world_size", 1)
         if was != batches.windows_per_step and not budget:
             # another global batch (other ranks or batch options): the lr schedule counts steps of the new size,
-            # so place the run where the windows done so far put it
+            # so place the run where the windows done so far put it, and its inherited warmup with it
             p.step = p.epoch * spe + math.ceil(p.windows / batches.windows_per_step)
+            if not warmup_given and was and args.warmup:
+                args.warmup = max(1, round(args.warmup * was / batches.windows_per_step))
         if args.reset_epoch:  # same weights, optimizer and best val loss; epochs and schedule from zero
             p = Progress(tokens=p.tokens, best_val_loss=p.best_val_loss, elapsed=p.elapsed)
 
@@ -1150,7 +1157,7 @@ def train(args):
 
     # ---- files (their names were settled above)
     metrics = Metrics(metrics_path, os.path.join(out_dir, f"{dataset}_loss.png"),
-                      keep_until_step=p.step if continuing and not args.reset_epoch else None, write=dist.main,
+                      keep_until=ckpt if continuing and not args.reset_epoch else None, write=dist.main,
                       hold=bool(replaced))  # replaced with the rest of the earlier run's files, at the first save
 
     def out_path():

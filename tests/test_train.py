@@ -312,6 +312,29 @@ def test_a_continued_run_takes_a_new_weight_decay(env, tmp_path):
     assert decays == {0.5, 0.0}  # the matrices' new decay; none on gains, biases (and the embedding)
 
 
+def test_another_global_batch_carries_the_warmup_and_the_history_over(env, tmp_path):
+    """Continued with twice the batch, a run is placed at half the steps: its warmup (10 steps of 8 windows, 80
+    windows) must become 5 steps of 16, or the lr falls back to the warmup's middle, and the metrics of its steps 4-6
+    (before the checkpoint, numbered in steps of 8 windows) must stay although the run now stands at step 3."""
+    first = train.train(args_for(env, tmp_path, "--dataset", "story", "--batch_size", "8", "--max_steps", "6",
+                                 "--warmup", "10", "--optimizer", "adamw", "--log_interval", "0.1"))
+    before = read_metrics(tmp_path / "story_metrics.jsonl")
+    assert [r["step"] for r in before if r["train_loss"] is not None] == [1, 2, 3, 4, 5, 6]
+    r = train.train(train.parse_args(["--checkpoint", first["checkpoint"], "--batch_size", "16", "--max_steps", "1",
+                                      "--data_dir", env["data"], "--device", "cpu", "--no_color"]))
+    ck = load_checkpoint(r["checkpoint"])
+    a = ck["args"]
+    assert ck["step"] == 4 and a["warmup"] == 5
+    assert ck["optimizer"]["param_groups"][0]["lr"] == pytest.approx(train.lr_at(3, a["lr"], a["min_lr"], 5, 1))
+    after = read_metrics(tmp_path / "story_metrics.jsonl")
+    assert after[:len(before)] == before and [r["step"] for r in after[len(before):]] == [4]
+    # a --warmup given when continuing is taken as it is, in steps of the new size
+    r = train.train(train.parse_args(["--checkpoint", first["checkpoint"], "--batch_size", "16", "--max_steps", "1",
+                                      "--warmup", "8", "--output_checkpoint", str(tmp_path / "w8" / "{dataset}.pt"),
+                                      "--data_dir", env["data"], "--device", "cpu", "--no_color"]))
+    assert load_checkpoint(r["checkpoint"])["args"]["warmup"] == 8
+
+
 def test_a_finished_budget_is_not_continued_by_a_step(env, tmp_path):
     """Continuing a run whose --time_budget ran out trained one more step each time; it now says what to pass."""
     out = str(tmp_path / "{dataset}.pt")
