@@ -13,7 +13,17 @@ import sys
 
 
 class UserError(Exception):
-    """Bad input from the user: printed as one line naming the fix, no traceback."""
+    """Bad input from the user: printed as one line naming the fix, no traceback. Under torchrun every rank meets the
+    same bad input, so one process a machine prints it (local rank 0), unless every_rank: what one rank alone meets."""
+
+    def __init__(self, message, every_rank=False):
+        super().__init__(message)
+        self.every_rank = every_rank
+
+
+def speaks_for_machine():
+    """False in torchrun's processes other than each machine's first (LOCAL_RANK 0), which say nothing twice."""
+    return os.environ.get("LOCAL_RANK", "0") == "0"
 
 
 # what the machine, not the code, got wrong: the file system's answer is the message, with the fix
@@ -42,7 +52,8 @@ def run_main(main):
     try:
         return main()
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if speaks_for_machine() or e.every_rank:
+            print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)

@@ -54,7 +54,7 @@ from tqdm import tqdm
 
 from checkpoint import load_checkpoint, load_weights, save_checkpoint
 from common import (UserError, atomic_write_text, autocast, check_output, cpu_has_bf16, first_line, pick_device,
-                    pick_dtype, retain_freed_memory, run_main, tmp_name)
+                    pick_dtype, retain_freed_memory, run_main, speaks_for_machine, tmp_name)
 from model import OPTIMIZERS, PRESETS, GPT, GPTConfig, make_config
 from prepare import DATASETS, DEFAULT_OUT_DIR, DEFAULT_VAL_FRACTION, is_complete, rebuild_command
 from setup_tokenizer import get_tokenizer, tokenizer_from_state, tokenizer_hash
@@ -204,6 +204,8 @@ def parse_args(argv=None):
                         "activation memory (a larger batch or context on a small GPU) for up to a third more compute "
                         "(default: the checkpoint's when continuing a run, else off)")
     g.add_argument("--no_color", "--no-color", dest="no_color", action="store_true", help="no ANSI colors in the output")
+    if not speaks_for_machine():  # under torchrun: one usage error a machine, not one a process
+        p.error = lambda message: sys.exit(2)
     return p.parse_args(argv)
 
 
@@ -868,8 +870,14 @@ def init_distributed(device_name):
     kind = torch.device(device_name).type if device_name != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     if kind == "cuda":
         n = torch.cuda.device_count()
+        if n == 0:
+            raise UserError(f"--device {device_name} under torchrun: this machine has no CUDA GPU; use --device cpu")
+        if device_name not in ("auto", "cuda"):
+            raise UserError(f"--device {device_name} under torchrun: each process takes the GPU of its local rank; "
+                            f"give --device cuda (CUDA_VISIBLE_DEVICES picks which GPUs)")
         if local >= n:
-            raise UserError(f"local rank {local} has no GPU: this machine has {n}; use --nproc_per_node {n} or fewer")
+            raise UserError(f"local rank {local} has no GPU: this machine has {n}; use --nproc_per_node {n} or fewer",
+                            every_rank=True)
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     elif kind == "cpu":
@@ -991,6 +999,7 @@ def train(args):
     """Train as the options say; returns a summary dict (steps, tokens, losses, files)."""
     global use_color, quiet
     use_color = not args.no_color and sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    quiet = not speaks_for_machine()  # until the ranks are known: then rank 0 alone
     if args.init_from is not None:
         # hf.py reads the folder as a checkpoint without training state, so what follows is fine-tuning
         if args.checkpoint:

@@ -284,9 +284,27 @@ def test_under_torchrun_nothing_prompts_and_devices_are_checked(monkeypatch):
     with pytest.raises(train.UserError, match="under torchrun: use cuda"):
         train.init_distributed("mps")  # refused before joining any process group
     monkeypatch.setenv("LOCAL_RANK", "5")
-    if not torch.cuda.is_available() or torch.cuda.device_count() <= 5:
-        with pytest.raises(train.UserError, match="local rank 5 has no GPU"):
+    if not torch.cuda.is_available():
+        with pytest.raises(train.UserError, match=r"^--device cuda under torchrun: this machine has no CUDA GPU; use "
+                                                  r"--device cpu$"):  # not "use --nproc_per_node 0 or fewer"
             train.init_distributed("cuda")
+    elif torch.cuda.device_count() <= 5:
+        with pytest.raises(train.UserError, match="local rank 5 has no GPU") as e:
+            train.init_distributed("cuda")
+        assert e.value.every_rank  # the ranks below 5 have theirs: this rank alone can say it
+    if torch.cuda.is_available():
+        with pytest.raises(train.UserError, match="each process takes the GPU of its local rank; give --device cuda"):
+            train.init_distributed("cuda:1")  # was silently ignored
+
+
+@pytest.mark.parametrize("bad", [["--dataset", "nosuch"], ["--dataset", "story", "--batch_size", "0"], ["--bogus"]])
+def test_bad_input_under_torchrun_is_said_once(env, bad):
+    """Every rank meets the same bad input: one error line, not one a process (two of them had been written into one
+    line of the terminal)."""
+    r = torchrun(["--data_dir", env["data"], *bad], stdin=subprocess.DEVNULL)
+    _, err = r.communicate(timeout=240)
+    assert r.returncode != 0
+    assert err.count("error: ") == 1 and err.count("usage: ") == (1 if bad == ["--bogus"] else 0), err[-3000:]
 
 
 SHARED_NS = '''
