@@ -273,40 +273,58 @@ def _cpu_bf16_matmul(weight):
 
 
 class CrossEntropy(torch.autograd.Function):
-    """sum_i weight_i * -log softmax(logits_i)[targets_i], in fp32, with its backward written out: the softmax minus
-    the one-hot target, times weight_i. Autograd's backward of F.cross_entropy, compiled by inductor, builds the
+    """sum_i weight_i * -log softmax(logits_i[:n_valid])[targets_i], in fp32, with its backward written out: the softmax
+    minus the one-hot target, times weight_i. Autograd's backward of F.cross_entropy, compiled by inductor, builds the
     one-hot gradient and reduces it over the vocabulary again (a pass of int64 compares over all N x V logits), where
     this one knows the sum (weight_i). Forward and backward compiled, N 2048: on the 2-core AVX-512 EPYC 10.5 ->
-    8.4-9.0 ms for V 4096 in bf16 and 255-267 -> 236-256 ms for V 50304 in fp32. Eager the same as F.cross_entropy."""
+    8.4-9.0 ms for V 4096 in bf16 and 255-267 -> 236-256 ms for V 50304 in fp32. Eager the same as F.cross_entropy.
+
+    n_valid: the real vocabulary, when the logits have padding columns beyond it (padded_vocab_size). The softmax is
+    over the real ids only, the distribution gen.py samples, so the loss is its negative log-likelihood (the padding
+    ids never being targets, their share m of the padded softmax had been counted as loss: eval.py gave another number
+    for an exported model, whose padding differs). A log_softmax of the sliced logits, a strided view, took twice as
+    long in eager fp32 (V 50259 of 50304: 420 against 200-235 ms), so the padded softmax stays and is rescaled:
+    log q_t = log p_t - log(1 - m), and the gradient is p / (1 - m) - onehot, 0 in the padding columns."""
 
     @staticmethod
-    def forward(ctx, logits, targets, weight):
-        # logits (N, V) any float dtype, targets (N,) long (-1 where weight is 0), weight (N,) fp32 -> () fp32
-        logp = torch.log_softmax(logits.float(), dim=-1)  # (N, V), kept for backward as F.cross_entropy keeps it
+    def forward(ctx, logits, targets, weight, n_valid):
+        # logits (N, Vp) any float dtype, targets (N,) long (-1 where weight is 0), weight (N,) fp32 -> () fp32
+        logp = torch.log_softmax(logits.float(), dim=-1)  # (N, Vp), kept for backward as F.cross_entropy keeps it
         targets = targets.clamp(min=0)  # an ignored position reads logit 0, times its weight 0
-        ctx.save_for_backward(logp, targets, weight)
+        ctx.n_valid = n_valid if n_valid < logp.size(1) else None
+        valid = None
+        if ctx.n_valid:
+            valid = torch.log1p(-torch.exp(logp[:, n_valid:]).sum(1))  # (N,) log(1 - m), the real ids' share
+        ctx.save_for_backward(logp, targets, weight, valid)
         ctx.logits_dtype = logits.dtype
         ctx.compiled = torch.compiler.is_compiling()  # False when AOTAutograd traces backward: decided here
-        return -(logp.gather(1, targets[:, None]).squeeze(1) * weight).sum()
+        logq = logp.gather(1, targets[:, None]).squeeze(1)  # (N,)
+        return -((logq if valid is None else logq - valid) * weight).sum()
 
     @staticmethod
     def backward(ctx, grad):
-        logp, targets, weight = ctx.saved_tensors
+        logp, targets, weight, valid = ctx.saved_tensors
         scale = (weight * grad)[:, None]  # (N, 1)
+        p_scale = scale if valid is None else scale * torch.exp(-valid)[:, None]  # the padded softmax -> the real one
         if ctx.compiled:
             # one fused pass: the one-hot as a compare against the column index, written straight in the logits'
             # dtype. The eager form below compiles into three passes over a full fp32 N x V temporary (exp, the
             # indexed subtraction, the cast): tiny's V 4096 in bf16 14-20 ms -> 8.4-9.0 ms, V 50304 in fp32
             # 426-435 -> 236-256 ms, on the 2-core AVX-512 EPYC. Eager this form takes 2.3x as long (its temporaries).
-            onehot = torch.arange(logp.size(1), device=logp.device) == targets[:, None]  # (N, V) bool
-            return ((torch.exp(logp) - onehot.float()) * scale).to(ctx.logits_dtype), None, None
-        g = torch.exp(logp).mul_(scale)  # softmax ... (in place: one N x V tensor less in eager mode)
+            column = torch.arange(logp.size(1), device=logp.device)
+            g = torch.exp(logp) * p_scale - (column == targets[:, None]).float() * scale
+            if ctx.n_valid:
+                g = torch.where(column < ctx.n_valid, g, 0.0)
+            return g.to(ctx.logits_dtype), None, None, None
+        g = torch.exp(logp).mul_(p_scale)  # softmax ... (in place: one N x V tensor less in eager mode)
         g[torch.arange(targets.size(0), device=targets.device), targets] -= scale[:, 0]  # ... minus the one-hot
-        return g.to(ctx.logits_dtype), None, None
+        if ctx.n_valid:
+            g[:, ctx.n_valid:] = 0
+        return g.to(ctx.logits_dtype), None, None, None
 
 
-def cross_entropy(logits, targets, weight):
-    return CrossEntropy.apply(logits, targets, weight)
+def cross_entropy(logits, targets, weight, n_valid=None):
+    return CrossEntropy.apply(logits, targets, weight, logits.size(-1) if n_valid is None else n_valid)
 
 
 OPTIMIZERS = ("muon", "adamw")  # the first is the default
@@ -586,13 +604,14 @@ class GPT(nn.Module):
         logits = self.lm_head(x)  # (B, T, padded_vocab_size)
         loss = None
         if targets is not None:
-            # the loss uses the padded logits: slicing first would copy the biggest tensor in the model; the padding
-            # ids are never targets, so training just pushes their logits down
+            # the padded logits go in whole (slicing first would copy the biggest tensor in the model); the loss is
+            # over the real vocabulary's softmax, the one generation samples (CrossEntropy)
             flat_targets = targets.reshape(-1)
             weight = (flat_targets != -1).float()  # (B*T,) each position's share of the loss
             if loss_mask is not None:
                 weight = weight * loss_mask.reshape(-1).float()
-            loss = cross_entropy(logits.view(-1, logits.size(-1)), flat_targets, weight / weight.sum().clamp(min=1.0))
+            loss = cross_entropy(logits.view(-1, logits.size(-1)), flat_targets, weight / weight.sum().clamp(min=1.0),
+                                 self.config.vocab_size)
             # training needs only the loss: logits that autograd still tracked would cost torch.compile's backward a
             # zero-filled gradient the size of the logits, added in (tiny's compiled bf16 step: -1 ms of ~90)
             logits = logits.detach()

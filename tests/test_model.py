@@ -201,6 +201,17 @@ def test_cross_entropy_backward_is_autograds():
     for x, atol in ((logits, 1e-6), (low, 1e-3)):
         eager_grad = torch.autograd.grad(3 * cross_entropy(x, targets, weight), x)[0]
         torch.testing.assert_close(torch.autograd.grad(3 * compiled(x), x)[0].float(), eager_grad.float(), atol=atol, rtol=1e-2)
+    # padding columns beyond the real vocabulary (64 of 70 here): the loss and gradient of the real ids' softmax, the
+    # distribution generation samples, and no gradient for the padding, eager and compiled
+    real = torch.where(targets >= 0, targets % 64, -1)  # targets among the real ids
+    ref = (F.cross_entropy(logits[:, :64], real, ignore_index=-1, reduction="none") * weight).sum()
+    want = torch.autograd.grad(3 * ref, logits)[0]
+    assert not want[:, 64:].any()
+    compiled = torch.compile(lambda x: cross_entropy(x, real, weight, 64))
+    for fn in (lambda x: cross_entropy(x, real, weight, 64), compiled):
+        loss = fn(logits)
+        torch.testing.assert_close(loss, ref)
+        torch.testing.assert_close(torch.autograd.grad(3 * loss, logits)[0], want)
 
 
 def reference_forward(model, idx):
