@@ -20,6 +20,7 @@ stop token (`<|im_end|>`, `<|endoftext|>`), `max_tokens`, `context` or `interrup
 so a transcript splits unambiguously into replies. Statistics go to stderr.
 """
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -97,14 +98,15 @@ def why_stopped(enc, ids, stop_tokens, max_tokens):
 def stream_completion(model, enc, prompt_ids, max_tokens, stop_tokens=(), **sampling):
     """One completion of prompt_ids as it is generated: yields (token, text) per new token, text being the
     characters that token completes ("" inside a multi-byte character, and for the stop token, which ends the
-    completion). A multi-byte character cut off at the very end is flushed as (None, "\ufffd").
+    completion). A multi-byte character cut off by max_tokens is flushed as (None, "\ufffd"); one cut off by a stop
+    token is dropped.
     Closing the iterator stops generation: that is how gen.py's Ctrl-C and serve.py's hung-up clients end it."""
     decoder = StreamDecoder(enc)
     for step in sample_steps(model, [prompt_ids], max_tokens, stop_tokens=stop_tokens, **sampling):
         tok = step[0]
         if tok in stop_tokens:
             yield tok, ""
-            break
+            return  # the text ends before the stop token: a character it cut off is not flushed, as in serve.py
         yield tok, decoder.push(tok)
     tail = decoder.flush()
     if tail:
@@ -163,13 +165,20 @@ def fit_history(enc, messages, budget):
     prompt) fits in budget tokens. A leading system message stays; the newest message always
     stays, even alone and too long (the caller then keeps its end)."""
     head = messages[:1] if messages and messages[0]["role"] == "system" else []
-    rest = list(messages[len(head):])
-    while len(rest) > 1 and len(render_chat(enc, head + rest, add_generation_prompt=True)[0]) > budget:
-        rest.pop(0)
-        # a conversation goes on with a user message: drop the assistant's answer with its question
-        while len(rest) > 1 and rest[0]["role"] == "assistant":
-            rest.pop(0)
-    return head + rest
+    rest = messages[len(head):]
+    # every message renders to 4 tokens or more, so no more than the newest budget // 4 + 1 can fit, and render_chat
+    # renders message by message, so each is rendered once and their lengths add up: the cost stays flat however
+    # long a gen.py --chat session gets (re-rendering the whole history per dropped message took 1.6 s a reply
+    # after 400 turns, 8 s after 1,000)
+    start = max(0, len(rest) - (budget // 4 + 1))
+    sizes = [len(render_chat(enc, [m])[0]) for m in rest[start:]]
+    total = len(render_chat(enc, head, add_generation_prompt=True)[0]) + sum(sizes)
+    first = start  # the oldest message kept
+    while first < len(rest) - 1 and (total > budget or (first > 0 and rest[first]["role"] == "assistant")):
+        # a conversation goes on with a user message: an assistant's answer goes with its question
+        total -= sizes[first - start]
+        first += 1
+    return head + rest[first:]
 
 
 def chat_reply(model, enc, history, max_tokens, on_text=None, info=None, **sampling):
@@ -207,7 +216,10 @@ class Printer:
 
 
 def read_lines(prompt, tty):
-    """User lines until EOF; Ctrl-C at the prompt gives a fresh prompt (as in a shell)."""
+    """User lines until EOF; Ctrl-C at the prompt gives a fresh prompt (as in a shell). Bytes that are not UTF-8
+    become U+FFFD, not a traceback that ends the session."""
+    with contextlib.suppress(AttributeError, ValueError):  # a replaced sys.stdin (tests) may not reconfigure
+        sys.stdin.reconfigure(errors="replace")
     while True:
         try:
             yield input(prompt if tty else "")
@@ -330,6 +342,14 @@ def main(argv=None):
         raise UserError("--interactive reads its prompts from the terminal; drop --prompt/--prompt_file, or --interactive")
     if args.nonstop and (args.chat or args.prompt_file):
         raise UserError("--nonstop streams text past the context window: use it with --prompt, --interactive or alone, not --chat/--prompt_file")
+    if args.chat and args.interactive:
+        raise UserError("--chat and --interactive are two ways to read the terminal (chat turns, or text to continue): "
+                        "pick one")
+    for option in ("prompt", "system"):
+        try:
+            (getattr(args, option) or "").encode("utf-8")
+        except UnicodeEncodeError:  # bytes the locale could not decode, kept by Python as lone surrogates
+            raise UserError(f"--{option} is not UTF-8 text: give it in UTF-8")
     if args.chat and args.prompt is not None and not args.prompt.strip():
         raise UserError("--chat --prompt gives one user message, and this one is empty: write the message, or leave "
                         "--prompt out to chat in the terminal")

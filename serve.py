@@ -179,10 +179,6 @@ def job_from_request(body, kind, api):
         messages = read_messages(req)
         if max_tokens is None:  # the reply may take up to half the context, the history keeps the rest
             max_tokens = reserve_for(api.model, api.max_tokens)
-        # every message renders to 4 tokens or more, so at most block // 4 of the newest can fit: cut there first,
-        # since fit_history renders the conversation again for each message it drops
-        head = messages[:1] if messages[0]["role"] == "system" else []
-        messages = head + messages[len(head):][-(block // 4 + 1):]
         fitted = fit_history(api.enc, messages, block - max_tokens)
         prompt, _ = render_chat(api.enc, fitted, add_generation_prompt=True)
         what = "the messages" + (" (after dropping the oldest turns)" if len(fitted) < len(messages) else "")
@@ -196,8 +192,13 @@ def job_from_request(body, kind, api):
             max_tokens = max(1, min(api.max_tokens, block - len(prompt)))
         stop_tokens = stop_ids(api.enc, (EOT,))
     if len(prompt) + max_tokens > block:
-        raise ApiError(400, f"this model's context holds {block} tokens, too few for {what} plus max_tokens: "
-                            f"{len(prompt)} + {max_tokens} = {len(prompt) + max_tokens}; shorten the input or lower max_tokens",
+        if len(prompt) >= block:  # no max_tokens helps (and the request may have given none)
+            verb = "take" if kind == "chat" else "takes"  # the messages take, the prompt takes
+            why = f"{what} {verb} {len(prompt)} of them, leaving none for a reply; shorten the input"
+        else:
+            why = (f"too few for {what} plus max_tokens: {len(prompt)} + {max_tokens} = {len(prompt) + max_tokens}; "
+                   f"shorten the input or lower max_tokens")
+        raise ApiError(400, f"this model's context holds {block} tokens, {why}",
                        param="messages" if kind == "chat" else "prompt", code="context_length_exceeded")
     sampling = dict(temperature=api.temperature if temp is None else temp,
                     top_k=api.top_k if "top_k" not in req else (top_k or None),

@@ -166,6 +166,11 @@ def test_chat_piped_session(la_ckpt, enc):
     history += [{"role": "assistant", "content": replies[0]}, {"role": "user", "content": "how are you?"}]
     second = len(render_chat(enc, history, add_generation_prompt=True)[0])
     assert prompt_lens == [first, second]
+    # bytes that are not UTF-8, under a strict UTF-8 stdin (as with LANG=en_US.UTF-8): a reply, not a traceback
+    r = subprocess.run([sys.executable, GEN, la_ckpt, "--chat", "--verbose", "--seed", "0", "--max_tokens", "4"] + CPU,
+                       input=b"caf\xe9 \xff\n", capture_output=True, timeout=120,
+                       env={**os.environ, "PYTHONIOENCODING": "utf-8"})
+    assert r.returncode == 0 and r.stdout.count(b"[end: ") == 1, r.stderr.decode()[-2000:]
 
 
 def test_chat_reset_in_process(la_ckpt, enc, capsys, monkeypatch):
@@ -180,7 +185,7 @@ def test_chat_reset_in_process(la_ckpt, enc, capsys, monkeypatch):
     assert [int(n) for n in re.findall(r"prompt (\d+) tokens", err)] == [first, second]
 
 
-def test_history_overflow_drops_oldest_turns(enc):
+def test_history_overflow_drops_oldest_turns(enc, monkeypatch):
     system = {"role": "system", "content": "You are a helpful assistant."}
     turns = []
     for i in range(6):
@@ -196,6 +201,28 @@ def test_history_overflow_drops_oldest_turns(enc):
     # a tight budget keeps the system message and the newest message
     assert gen.fit_history(enc, history, 5) == [system, history[-1]]
     assert gen.fit_history(enc, history[1:], 5) == [history[-1]]
+    # the same as dropping a turn at a time and rendering again (the plain definition), for every budget
+    def plain(messages, budget):
+        head = messages[:1] if messages[0]["role"] == "system" else []
+        rest = messages[len(head):]
+        while len(rest) > 1 and len(render_chat(enc, head + rest, add_generation_prompt=True)[0]) > budget:
+            rest = rest[1:]
+            while len(rest) > 1 and rest[0]["role"] == "assistant":
+                rest = rest[1:]
+        return head + rest
+
+    for h in (history, history[1:], history[2:], history[1:-1]):
+        for b in range(0, full + 5):
+            assert gen.fit_history(enc, h, b) == plain(h, b), (len(h), b)
+    # a session of thousands of turns renders only the newest messages that could fit: a flat cost per reply (the
+    # whole history rendered once for each message dropped took seconds a reply after a few hundred turns)
+    long = [system] + turns * 500 + [history[-1]]
+    rendered = []
+    real = gen.render_chat
+    monkeypatch.setattr(gen, "render_chat", lambda enc, m, **kw: rendered.append(len(m)) or real(enc, m, **kw))
+    assert gen.fit_history(enc, long, 200) == plain(long[:1] + long[-60:], 200)
+    assert sum(rendered) <= 200 // 4 + 2
+    monkeypatch.undo()
     # through chat_reply: a 64-token window cannot hold this history, so turns are dropped, the system stays
     info = {}
     text, why = gen.chat_reply(la_model(enc), enc, history, 20, info=info, temperature=1.0,
@@ -271,7 +298,11 @@ def test_bad_input_errors(ckpt, tmp_path, capsys, monkeypatch):
                         ([ckpt, "--prompt_file", str(prompts), "--num_samples", "3"], "--num_samples is for --prompt"),
                         ([ckpt, "--chat", "--prompt", "hi", "--num_samples", "2"], "--num_samples is for --prompt"),
                         ([ckpt, "--chat", "--prompt", " "], "--chat --prompt gives one user message, and this one is "
-                                                            "empty")):
+                                                            "empty"),
+                        ([ckpt, "--chat", "--interactive"], "--chat and --interactive are two ways"),
+                        # bytes the locale could not decode: Python keeps them as lone surrogates, which stdout refuses
+                        ([ckpt, "--prompt", "ab\udcffcd"], "--prompt is not UTF-8 text"),
+                        ([ckpt, "--chat", "--system", "\udcff"], "--system is not UTF-8 text")):
         assert named in one_error_line(*cli(argv + CPU, capsys)[::2])
     # sampling settings out of range: argparse's usage and one error line naming the option
     for flag, value in (("--top_p", "1.5"), ("--top_p", "0"), ("--temp", "-1"), ("--top_k", "0"), ("--max_tokens", "0")):
@@ -320,6 +351,17 @@ def test_missing_checkpoint_cli(tmp_path):
     r = subprocess.run([sys.executable, GEN, "--device", "cpu"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: no checkpoint given")
+
+
+def test_a_character_cut_off_by_the_stop_token_is_not_shown(enc, monkeypatch):
+    """A reply whose last token is half of a character before <|im_end|> ends there, in gen.py as in serve.py; one
+    cut off by max_tokens shows as U+FFFD."""
+    half = enc.encode_single_token(bytes([0xC3]))  # the first byte of "é"
+    end = enc.encode_single_token(IM_END)
+    for tail, want in (([half, end], "Hi"), ([half], "Hi\ufffd")):
+        monkeypatch.setattr(gen, "sample_steps", lambda *a, tail=tail, **k: iter([[t] for t in enc.encode("Hi") + tail]))
+        ids, text, why = gen.complete(None, enc, [0], 4, (end,))
+        assert text == want, tail
 
 
 def test_ctrl_c_keeps_the_text_so_far(enc):

@@ -308,6 +308,12 @@ def test_context_length_message_reads_right(api, enc):
     assert status == 400 and err["error"]["message"] == (
         f"this model's context holds {BLOCK} tokens, too few for the messages plus max_tokens: {n} + {BLOCK} = "
         f"{n + BLOCK}; shorten the input or lower max_tokens")
+    # a prompt that fills the context alone, no max_tokens given: not "lower max_tokens" (the server's default 1)
+    n = len(enc.encode("word " * 100))
+    status, err, _ = post(api, "/v1/completions", {"prompt": "word " * 100})
+    assert status == 400 and err["error"]["message"] == (
+        f"this model's context holds {BLOCK} tokens, the prompt takes {n} of them, leaving none for a reply; shorten "
+        f"the input")
 
 # -----------------------------------------------------------------------------
 # concurrency and hung-up clients
