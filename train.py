@@ -66,6 +66,7 @@ from setup_tokenizer import get_tokenizer, tokenizer_from_state, tokenizer_hash
 # Muon's matrices at half or twice the rate did worse (BENCHMARKS.md).
 DEFAULT_LR = {"tiny": 4e-3, "small": 1e-3, "gpt2-75m": 6e-4, "gpt2": 6e-4}
 DEFAULT_BATCH_SIZE = {"tiny": 8}  # others: 16
+EVAL_SPACING = 3  # a budgeted run's evaluations take at most about 1 / (1 + EVAL_SPACING) of it
 FINETUNE_LR_DIVISOR = 3  # fine-tuning starts from trained weights: smaller steps keep what they know
 BETAS = (0.9, 0.95)
 
@@ -180,7 +181,8 @@ def parse_args(argv=None):
     g.add_argument("--grad_clip", type=float, help=f"clip the gradient norm to this, 0 = off (default: {d['grad_clip']})")
     g = p.add_argument_group("evaluation and logging")
     g.add_argument("--eval_interval", type=float, help=f"evaluate every this %% of an epoch (of the time with "
-                                                       f"--time_budget), 0 = only at epoch ends or the end of the "
+                                                       f"--time_budget, spaced by at least 3 times an evaluation's "
+                                                       f"duration), 0 = only at epoch ends or the end of the "
                                                        f"budget (default: {d['eval_interval']:g})")
     g.add_argument("--log_interval", type=float, help=f"log every this %% of an epoch (of the time with --time_budget) "
                                                       f"(default: {d['log_interval']:g})")
@@ -1251,6 +1253,10 @@ def train(args):
     budget_spent = p.budget_elapsed  # a continued budgeted run goes on with its clock
     reserve = 0.0  # seconds the last evaluation and saves took: a budgeted run stops early enough to fit them
     clock = budget_spent  # seconds of the budget spent, as all ranks agree after each step
+    # A budgeted run evaluates at each --eval_interval slice of the clock, unless the last evaluation was less than
+    # EVAL_SPACING times its own cost ago: an evaluation that takes longer than a slice (GPT-2's 50k-wide head on a
+    # CPU: 5 s against a 1-minute budget's 6-s slices) had come after every step, 85% of the budget
+    last_eval_clock = None
     model.train()
     try:
         with GracefulInterrupt() as interrupt:
@@ -1314,7 +1320,10 @@ def train(args):
                         t_extra = time.time()
                         if budget:
                             frac = clock / budget
-                            due_eval = budget_due("eval", args.eval_interval, frac) or stopped == "time budget"
+                            eval_cost = clock_reserved - clock  # the last evaluation's (and saves'), as agreed
+                            due_eval = budget_due("eval", args.eval_interval, frac) and (
+                                last_eval_clock is None or clock >= last_eval_clock + EVAL_SPACING * eval_cost)
+                            due_eval = due_eval or stopped == "time budget"
                             due_save = budget_due("save", args.save_interval, frac)
                             due_log = budget_due("log", args.log_interval, frac)
                         else:
@@ -1372,6 +1381,7 @@ def train(args):
                             save(out_path())
                         if due_eval:
                             reserve = time.time() - t_extra
+                            last_eval_clock = clock
                         if due_log or due_save:
                             t_mark, tokens_mark = time.time(), 0  # tokens/s measures training, not evals and saves
                         if interrupted:

@@ -961,6 +961,24 @@ def test_time_budget_ends_the_run_and_spans_the_schedule(env, tmp_path):
     assert len(mid_epoch) >= len(evals) // 2, [r["epoch"] for r in evals]
 
 
+def test_slow_evaluations_leave_a_budget_to_training(env, tmp_path, monkeypatch):
+    """An evaluation longer than the budget's 10% slices (GPT-2's 50k-wide head on a CPU: 5 s against a 1-minute
+    budget's 6-s slices) came after every step and took 85% of the budget. They are spaced by 3 times their cost."""
+    real = train.evaluate
+
+    def slow(*a, **k):
+        time.sleep(1.0)
+        return real(*a, **k)
+
+    monkeypatch.setattr(train, "evaluate", slow)
+    s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--time_budget", "0.15",
+                             "--output_checkpoint", str(tmp_path / "{dataset}.pt")))  # 9 s, slices of 0.9 s
+    evals = [r for r in read_metrics(s["metrics"]) if r["val_loss"] is not None]
+    # the first at 10%, then one at most every ~4 s of the 9 (3 s of training per 1-s evaluation), and the last
+    assert s["stopped"] == "time budget" and 2 <= len(evals) <= 4, [(r["step"], r["elapsed"]) for r in evals]
+    assert all(b["elapsed"] - a["elapsed"] >= 3 * 1.0 for a, b in zip(evals[:-2], evals[1:-1]))
+
+
 def test_a_slow_first_step_does_not_use_up_a_budgets_warmup(env, tmp_path, monkeypatch):
     # a cold torch.compile makes the first step take ~30 s of `make demo`'s 2 minutes: the schedule starts after it
     on_step(monkeypatch, 1, lambda: time.sleep(2.5))
