@@ -1140,7 +1140,8 @@ def prepare(dataset, source=None, tokenizer="gpt2", limit=None, val_fraction=DEF
         raise UserError(f"{folder} holds the {old.get('dataset')!r} dataset (made by `{rebuild_command(old, folder)}`): "
                         f"pick another folder with --name, or replace it with --force")
     created = not os.path.isdir(folder)
-    new_vocab = None  # a freshly trained vocabulary: a temporary file, renamed into place with the token files
+    # a freshly trained vocabulary (a temporary file, renamed into place with the token files) and its inputs' fingerprint
+    new_vocab, vocab_fp = None, None
     if vocab_size is not None:
         # the vocabulary is part of the dataset: retrained when asked to rebuild or when its size changes
         tokenizer = os.path.join(folder, "tokenizer.tiktoken")
@@ -1148,14 +1149,14 @@ def prepare(dataset, source=None, tokenizer="gpt2", limit=None, val_fraction=DEF
             current = get_tokenizer(tokenizer).n_vocab if os.path.exists(tokenizer) else None
         except UserError:  # damaged (a disk error, an editor): retrained like a missing one, it is the dataset's own
             current = None
-        # smaller than asked by the run that made it, asking the same: the data supports no more, training again
-        # would give the same
-        asked = (old or {}).get("options", {}).get("vocab_size")
-        short = current is not None and current < vocab_size and asked == vocab_size
-        if force or current != vocab_size and not short:
+        # kept while what it was trained on and its size stay the same (a rebuild for another --pack needs no new
+        # one), so checkpoints trained on it go on fitting; other data (--source, --limit, --no_extra...) gets a
+        # vocabulary of its own, or a short one (the data supported no more merges) would stay short for good
+        vocab_fp = fingerprint(dataset, plan, f"trained, {vocab_size} ids", None, limit, val_fraction, mix=mix)
+        if force or current is None or current > vocab_size or (old or {}).get("vocab_fingerprint") != vocab_fp:
             os.makedirs(folder, exist_ok=True)
             new_vocab = tmp_name(tokenizer)
-        elif short:
+        elif current < vocab_size:  # this data supports no more: training again would give the same
             warn_short_vocabulary(vocab_size, current)
     try:
         enc = train_vocabulary(plan, vocab_size, new_vocab, limit, val_fraction) if new_vocab else get_tokenizer(tokenizer)
@@ -1163,12 +1164,16 @@ def prepare(dataset, source=None, tokenizer="gpt2", limit=None, val_fraction=DEF
         tok_hash = tokenizer_hash(enc)
         fp = fingerprint(dataset, plan, tokenizer, tok_hash, limit, val_fraction, pack, mix)
         if old and not force and old.get("fingerprint") == fp and is_complete(folder, old):
-            if new_vocab:  # retrained for a damaged or missing file: the vocabulary the tokens were made with
+            if new_vocab:  # retrained the same (a damaged or missing file, a meta.json from before vocab_fingerprint)
                 fsync_replace(new_vocab, tokenizer)
                 get_tokenizer.cache_clear()
+                if old.get("vocab_fingerprint") != vocab_fp:
+                    atomic_write_text(os.path.join(folder, "meta.json"),
+                                      json.dumps(dict(old, vocab_fingerprint=vocab_fp), indent=2) + "\n")
             print(f"{folder} is up to date")
             return old
-        meta = build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_fraction, new_vocab, pack, options)
+        meta = build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_fraction, new_vocab, pack, options,
+                     vocab_fp)
     except BaseException:
         if created:
             shutil.rmtree(folder, ignore_errors=True)  # a failed first build leaves no folder behind
@@ -1224,9 +1229,9 @@ def mix_splits(folder, plan, enc, splits, scratch, limit, val_fraction, block, p
 
 
 def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_fraction, new_vocab=None, pack=None,
-          options=None):
+          options=None, vocab_fp=None):
     """Tokenize plan's streams into folder; the old files stay until everything new is written. options: prepare()'s
-    arguments, kept in meta.json for rebuild_command."""
+    arguments, kept in meta.json for rebuild_command; vocab_fp: what the dataset's own vocabulary was trained on."""
     os.makedirs(folder, exist_ok=True)
     meta_path = os.path.join(folder, "meta.json")
     new_meta = tmp_name(meta_path)
@@ -1268,6 +1273,8 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
         }
         if mixed:
             meta["mix"] = mixed
+        if vocab_fp:
+            meta["vocab_fingerprint"] = vocab_fp
         # The new files replace the old in two steps; what an interruption leaves:
         # 1. every new file is flushed to disk under its temporary name (seconds for a big train.bin), the new
         #    meta.json too: the old dataset is untouched, and the temporary files are removed on the way out.

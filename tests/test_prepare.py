@@ -262,6 +262,27 @@ def test_vocabulary_trained_on_the_data(tmp_path, monkeypatch, capsys):
     assert snapshot(folder) == before
 
 
+def test_a_vocabulary_is_trained_again_when_its_data_changes(tmp_path, capsys):
+    """--vocab_size under the same --name with other data (another --source, --limit...) trains a vocabulary on that
+    data: one trained on other text was kept, and one the old data left short stayed short, with a warning that
+    blamed the new data. The same data again keeps it (checkpoints go on fitting), another --pack too."""
+    out = str(tmp_path / "data")
+    small = write(tmp_path / "small.txt", EOT.join(DOCS[:3]))
+    meta = prepare.prepare("text", source=small, out_dir=out, name="v", vocab_size=400)
+    assert meta["vocab_size"] < 400 and "the data only supports" in capsys.readouterr().err
+    big = write(tmp_path / "big.txt", EOT.join(f"{d} and then story {i} went on and on." for i, d in enumerate(DOCS * 30)))
+    meta = prepare.prepare("text", source=big, out_dir=out, name="v", vocab_size=400)
+    out_, err = capsys.readouterr()
+    assert "trained a 400-token vocabulary" in out_ and "only supports" not in err and meta["vocab_size"] == 400
+    vocab = (tmp_path / "data" / "v" / "tokenizer.tiktoken").read_bytes()
+    for again in (dict(), dict(force=True, pack=0)):  # the same data: kept (a forced rebuild trains it again, the same)
+        prepare.prepare("text", source=big, out_dir=out, name="v", vocab_size=400, **again)
+        assert (tmp_path / "data" / "v" / "tokenizer.tiktoken").read_bytes() == vocab
+    assert "trained a" not in capsys.readouterr().out.split("is up to date")[0]
+    meta = prepare.prepare("text", source=big, out_dir=out, name="v", vocab_size=400, limit=20)
+    assert "trained a" in capsys.readouterr().out and meta["options"]["limit"] == 20
+
+
 def test_the_vocabulary_is_trained_on_the_train_split_only(tmp_path, capsys):
     """The val split stays unseen: a word only the val documents (the tail) have gets no merges."""
     train_docs = [f"the cat sat on the mat {i}." for i in range(90)]
