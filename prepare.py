@@ -124,25 +124,27 @@ def text_docs(path):
     """A .txt file: documents separated by the literal <|endoftext|> (TinyStories style), else
     the whole file is one document, streamed in pieces cut after a newline. Elsewhere special-token
     strings stay plain text: they are encoded with encode_ordinary."""
-    chunks = read_text_chunks(path)
-    first = ""
-    for chunk in chunks:  # look at the first 64K characters at least, whatever the chunk size
-        first += chunk
-        if len(first) >= 1 << 16:
+    separated, blank, tail = False, True, ""
+    for chunk in read_text_chunks(path):  # a first look, as far as the first separator (a book: the whole file)
+        blank = blank and not chunk.strip()
+        if EOT in tail + chunk:  # a separator cut in two by the chunks counts too
+            separated = True
             break
-    if not first:
+        tail = (tail + chunk)[-len(EOT):]
+    if blank and not separated:
         return
-    if EOT not in first:
+    if not separated:
         # one document; the cuts between pieces can tokenize a newline run differently from the
         # whole text, which changes token counts by a hair and the decoded text not at all
-        prev = first
-        for chunk in chunks:
-            yield prev, False
+        prev = None
+        for chunk in read_text_chunks(path):
+            if prev is not None:
+                yield prev, False
             prev = chunk
         yield prev, True
         return
     rest = ""
-    for chunk in itertools.chain([first], chunks):
+    for chunk in read_text_chunks(path):
         # what follows the last separator waits for the next chunk: a separator cut in two is joined again
         *docs, rest = (rest + chunk).split(EOT)
         yield from ((d.strip(), True) for d in docs if d.strip())
@@ -214,20 +216,24 @@ def json_records(path):
         if path.endswith(".parquet"):
             yield from parquet_records(path)
         elif path.endswith(".jsonl"):
-            with open(path, encoding="utf-8") as f:
+            with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark (Notepad, Excel) is not JSON
                 for n, line in enumerate(f, 1):
                     if line.strip():
                         try:
                             record = json.loads(line)
                         except json.JSONDecodeError as e:
                             raise UserError(f"{path} line {n}: malformed JSON ({e.msg}, column {e.colno})")
+                        except RecursionError:
+                            raise UserError(f"{path} line {n}: JSON nested too deeply to read")
                         yield f"{path} line {n}", record
         else:  # .json is parsed whole: use .jsonl for corpora bigger than memory
-            with open(path, encoding="utf-8") as f:
+            with open(path, encoding="utf-8-sig") as f:
                 try:
                     data = json.load(f)
                 except json.JSONDecodeError as e:
                     raise UserError(f"{path} line {e.lineno}: malformed JSON ({e.msg}, column {e.colno})")
+                except RecursionError:
+                    raise UserError(f"{path}: JSON nested too deeply to read")
             for i, record in enumerate(data if isinstance(data, list) else [data], 1):
                 yield f"{path} record {i}", record
     except UnicodeDecodeError as e:
@@ -261,27 +267,32 @@ def record_doc(record, where, dataset=None):
         return (record.strip(), True) if record.strip() else None
     if not isinstance(record, dict):
         raise UserError(f"{where}: expected an object or a string, got {type(record).__name__}")
+    # the shape by the fields that hold something: a parquet file or a pandas export of mixed records gives every row
+    # every column, null where the row has none (an Alpaca row's question, a QA row's instruction)
+    has = {k for k, v in record.items() if v is not None}
     try:
-        if "messages" in record:
+        if "messages" in has:
             messages = [{"role": m["role"], "content": m["content"]} for m in record["messages"]]
-        elif "conversations" in record:
+        elif "conversations" in has:
             messages = [{"role": SHAREGPT_ROLES.get(m["from"], m["from"]), "content": m["value"]}
                         for m in record["conversations"]]
-        elif "instruction" in record and "output" in record:
+        elif "instruction" in has and "output" in has:
             prompt = record["instruction"] + (f"\n\n{record['input']}" if record.get("input") else "")
             messages = alternate([prompt, record["output"]])
-        elif "question" in record and "answer" in record:
+        elif "question" in has and "answer" in has:
             answer = record["answer"]
             if dataset == "knowledge" and isinstance(answer, str):
                 answer = re.sub(r"<<[^<>]*>>", "", answer)  # GSM8K's calculator annotations: 48/2 = <<48/2=24>>24
             messages = alternate([record["question"], answer])
-        elif "dialog" in record:
+        elif "dialog" in has:
             if not isinstance(record["dialog"], list) or not all(isinstance(t, str) for t in record["dialog"]):
                 raise TypeError("`dialog` must be a list of strings, one per turn")
             turns = [tidy_dailydialog(t) if dataset == "dailydialog" else t for t in record["dialog"]]
             messages = alternate([t for t in turns if t])
         elif "text" in record:
             text = record["text"]
+            if text is None:  # an empty row, as an empty string is
+                return None
             if not isinstance(text, str):
                 raise UserError(f"{where}: `text` must be a string, got {type(text).__name__}")
             return (text.strip(), True) if text.strip() else None

@@ -206,7 +206,7 @@ def read_text_chunks(path, chunk_chars=1 << 22):
     """Yield a text file in pieces of about chunk_chars, cut after a newline, in bounded memory.
     Non-UTF-8 input is a UserError naming the file."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark (Notepad) is not text
             rest = ""
             while True:
                 block = f.read(chunk_chars)

@@ -129,6 +129,19 @@ def test_single_document_is_cut_by_tokens(tmp_path, enc):
     assert meta["splits"]["train"]["bytes"] + meta["splits"]["val"]["bytes"] == len(book.encode())
 
 
+def test_separators_after_a_long_first_document_still_separate(tmp_path, monkeypatch):
+    """Whether a .txt is one document or many was decided on its first 64K characters: a first document longer than
+    that made the whole file one, its later <|endoftext|> separators tokenized as plain text."""
+    monkeypatch.setattr(prepare, "read_text_chunks", functools.partial(prepare.read_text_chunks, chunk_chars=1000))
+    text = EOT.join(["The quick brown fox jumps over the lazy dog.\n" * 2000] + [f"Short story {i}." for i in range(9)])
+    meta = prepare.prepare("text", source=write(tmp_path / "long.txt", text), out_dir=str(tmp_path / "data"))
+    assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == 10
+    # a file of whitespace alone holds no document (it was one of blanks)
+    with pytest.raises(UserError, match="no documents found"):
+        prepare.prepare("text", source=write(tmp_path / "blank.txt", " \n\n  \n"), out_dir=str(tmp_path / "data"),
+                        name="blank")
+
+
 def test_jsonl_text_and_folder_source(tmp_path, enc):
     lines = [json.dumps({"text": d}) for d in DOCS[:20]] + ["", json.dumps("a bare <|endoftext|> string document")]
     write(tmp_path / "in" / "a.jsonl", "\n".join(lines) + "\n")
@@ -158,6 +171,34 @@ def test_chunk_boundaries_do_not_change_documents(tmp_path, monkeypatch):
     chunks = prepare.read_text_chunks
     monkeypatch.setattr(prepare, "read_text_chunks", lambda path: chunks(path, chunk_chars=5))
     assert (list(prepare.text_docs(corpus)), list(prepare.story_line_docs(stories))) == whole
+
+
+def test_null_fields_byte_order_marks_and_deep_json(tmp_path, enc):
+    """What exports contain: rows of mixed shapes with every column, null where a row has none (parquet, pandas),
+    a UTF-8 byte-order mark (Notepad, Excel); and nesting too deep for json is one line, not a RecursionError."""
+    rows = [{"instruction": "Add 1 and 1.", "input": None, "output": "2", "question": None, "answer": None, "text": None},
+            {"instruction": None, "input": None, "output": None, "question": "Why?", "answer": "Because.", "text": None},
+            {"instruction": None, "input": None, "output": None, "question": None, "answer": None, "text": None}] * 4
+    want = ["2" + IM_END, "Because." + IM_END] * 4  # the replies, each row read in its own shape
+    out = str(tmp_path / "data")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    pq.write_table(pa.Table.from_pylist(rows), str(tmp_path / "rows.parquet"))
+    bom = tmp_path / "bom"
+    bom.mkdir()
+    (bom / "rows.jsonl").write_bytes(b"\xef\xbb\xbf" + "\n".join(json.dumps(r) for r in rows).encode())
+    (bom / "rows.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(rows).encode())
+    for i, src in enumerate((str(tmp_path / "rows.parquet"), str(bom / "rows.jsonl"), str(bom / "rows.json"))):
+        meta = prepare.prepare("chat", source=src, out_dir=out, name=f"rows{i}", pack=0, val_fraction=0.25)
+        parts = [load(tmp_path / "data" / f"rows{i}", s, meta) for s in ("train", "val")]
+        assert masked_spans(enc, np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])) == want
+    (bom / "t.txt").write_bytes(b"\xef\xbb\xbfOnce upon a time.")
+    meta = prepare.prepare("text", source=str(bom / "t.txt"), out_dir=out, name="t")
+    ids = np.concatenate([load(tmp_path / "data" / "t", s, meta)[0] for s in ("train", "val")])
+    assert enc.decode(ids.tolist()) == "Once upon a time." + EOT  # no U+FEFF
+    write(tmp_path / "deep.jsonl", "[" * 100000 + "]" * 100000 + "\n")
+    with pytest.raises(UserError, match=r"deep.jsonl line 1: JSON nested too deeply to read"):
+        prepare.prepare("text", source=str(tmp_path / "deep.jsonl"), out_dir=out, name="deep")
 
 
 def test_non_utf8_and_bad_input(tmp_path):
