@@ -508,7 +508,13 @@ def find_source(dataset, source=None, extra=True, limit=None):
         files = []
         for path in [source] if isinstance(source, str) else source:
             if os.path.isdir(path):
-                found = sorted(os.path.join(d, f) for d, _, names in os.walk(path) for f in names if f.endswith(SUFFIXES))
+                found = []
+                for d, subs, names in os.walk(path):
+                    # not hidden folders (.ipynb_checkpoints, .git) nor a dataset prepare.py wrote (meta.json)
+                    subs[:] = sorted(s for s in subs if not s.startswith(".")
+                                     and not os.path.exists(os.path.join(d, s, "meta.json")))
+                    found += [os.path.join(d, f) for f in names if f.endswith(SUFFIXES) and not f.startswith(".")]
+                found.sort()
                 if not found:
                     raise UserError(f"--source {path}: no {', '.join(SUFFIXES)} files in this folder")
                 files += found
@@ -620,6 +626,19 @@ class Split:
         self.tokens += len(ids)
         self.documents += documents
         self.bytes += nbytes
+
+    def any_masked(self):
+        """Whether any token is under the loss mask (an assistant reply's)."""
+        f = self.files[1]
+        f.flush()
+        f.seek(0)
+        try:
+            while block := f.read(1 << 24):
+                if block.strip(b"\0"):
+                    return True
+            return False
+        finally:
+            f.seek(0, os.SEEK_END)
 
     def move_tail(self, keep, documents, other, token_bytes):
         """Move every token after the first `keep` (and the last `documents` document ends) to the end of other."""
@@ -905,9 +924,12 @@ def check_splittable(n, kind, label, limit):
     """A source cut into train and val (no validation split of its own) that gives a single conversation has no turn
     boundary the cut could respect: one conversation cut by tokens trains on half a turn and validates on the rest."""
     if n == 1 and kind == "chat":
-        what = f"--limit 1 takes one conversation from {label}" if limit == 1 else f"{label} holds one conversation"
-        fix = "give --limit 2 or more" if limit == 1 else "add conversations"
-        raise UserError(f"{what}, and a val split needs 2 or more: {fix}, or give --val_fraction 0 to train on it all")
+        if limit == 1:
+            raise UserError(f"--limit 1 takes one conversation from {label}, and a val split needs 2 or more: give "
+                            f"--limit 2 or more")
+        # (not --val_fraction 0: train.py evaluates on the val split)
+        raise UserError(f"{label} holds one conversation, and a val split needs 2 or more from each --source file: add "
+                        f"conversations, or join the files into one .jsonl")
 
 
 def train_count(n, val_fraction):
@@ -1266,6 +1288,9 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
                 else:  # the tokenized files are the dataset
                     splits.update(raw)
                     scratch.remove(raw)
+        if kind == "chat" and not splits["train"].any_masked():  # training would learn nothing, at a loss of 0
+            raise UserError(f"{plan['description']}: no assistant replies to train on (a chat set's loss is on the "
+                            f"assistant's turns alone): give conversations with assistant messages")
         has_mask = kind == "chat"
         roles = {role for role, _, _ in plan["streams"]}
         meta = {

@@ -418,22 +418,43 @@ def test_chat_formats(tmp_path, enc, fmt):
 
 def test_a_single_conversation_is_not_cut_mid_turn(tmp_path, capsys):
     """A book is cut by tokens, but one conversation cut so would train on half a turn and validate on the rest
-    (it was counted as "2 documents"): a clear error instead, before any vocabulary is trained, and --val_fraction 0
-    trains on all of it."""
+    (it was counted as "2 documents"): a clear error instead, before any vocabulary is trained."""
     src = write(tmp_path / "one.jsonl", json.dumps({"messages": CONVERSATIONS[0]}))
     out = str(tmp_path / "data")
     for vocab_size in (None, 300):
-        with pytest.raises(UserError, match=r"one\.jsonl holds one conversation, and a val split needs 2 or more: add "
-                                            r"conversations, or give --val_fraction 0 to train on it all"):
+        with pytest.raises(UserError, match=r"one\.jsonl holds one conversation, and a val split needs 2 or more from "
+                                            r"each --source file: add conversations, or join the files into one "
+                                            r"\.jsonl$"):
             prepare.prepare("chat", source=src, out_dir=out, vocab_size=vocab_size)
         assert not os.path.exists(os.path.join(out, "chat"))
     # --limit 1 on a larger set says that the limit took one
     many = write(tmp_path / "m.jsonl", FORMATS["messages"][1])
-    with pytest.raises(UserError, match=r"--limit 1 takes one conversation from .*m\.jsonl, .*: give --limit 2 or more"):
+    with pytest.raises(UserError, match=r"--limit 1 takes one conversation from .*m\.jsonl, .*: give --limit 2 or more$"):
         prepare.prepare("chat", source=many, out_dir=out, limit=1)
     meta = prepare.prepare("chat", source=src, out_dir=out, val_fraction=0)
     assert (meta["splits"]["train"]["documents"], meta["splits"]["val"]["documents"]) == (1, 0)
     assert prepare.prepare("chat", source=many, out_dir=out, name="two", limit=2)["splits"]["val"]["documents"] == 1
+
+
+def test_a_chat_set_without_replies_is_refused(tmp_path):
+    """Conversations without an assistant turn leave nothing under the loss mask: train.py 'trained' at loss 0."""
+    convs = [[{"role": "system", "content": "Be kind."}, {"role": "user", "content": f"Hello {i}"}] for i in range(20)]
+    src = write(tmp_path / "q.jsonl", "\n".join(json.dumps({"messages": c}) for c in convs))
+    with pytest.raises(UserError, match=r"q\.jsonl: no assistant replies to train on .*: give conversations with "
+                                        r"assistant messages$"):
+        prepare.prepare("chat", source=src, out_dir=str(tmp_path / "data"))
+    assert not (tmp_path / "data" / "chat").exists()
+
+
+def test_a_source_folder_skips_hidden_folders_and_prepared_datasets(tmp_path):
+    """A notebook's .ipynb_checkpoints copy doubled the data, and a dataset written inside the folder was read back
+    (its meta.json as records) by the next run."""
+    src = tmp_path / "src"
+    write(src / "a.jsonl", FORMATS["messages"][1])
+    write(src / ".ipynb_checkpoints" / "a-checkpoint.jsonl", FORMATS["messages"][1])
+    for _ in range(2):
+        meta = prepare.prepare("chat", source=str(src), out_dir=str(src), name="mine")
+        assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == len(CONVERSATIONS)
 
 
 def test_chitchat_is_deterministic(tmp_path, enc):
