@@ -229,7 +229,10 @@ def json_records(path):
         else:  # .json is parsed whole: use .jsonl for corpora bigger than memory
             with open(path, encoding="utf-8-sig") as f:
                 try:
-                    data = json.load(f)
+                    text = f.read()
+                    if not text.strip():  # an empty file holds no records, as an empty .jsonl or .txt does
+                        return
+                    data = json.loads(text)
                 except json.JSONDecodeError as e:
                     raise UserError(f"{path} line {e.lineno}: malformed JSON ({e.msg}, column {e.colno})")
                 except RecursionError:
@@ -1153,6 +1156,9 @@ def prepare(dataset, source=None, tokenizer="gpt2", limit=None, val_fraction=DEF
         raise UserError(f"--mix builds its own dataset: drop --dataset {dataset}")
     if limit is not None and limit < 1:
         raise UserError(f"--limit {limit}: must be at least 1")
+    if vocab_size is not None and tokenizer != "gpt2":
+        raise UserError(f"--vocab_size {vocab_size} trains the dataset's own vocabulary, and --tokenizer {tokenizer} "
+                        f"gives one: pass one of them")
     if not 0 <= val_fraction < 1:
         raise UserError(f"--val_fraction {val_fraction}: must be in [0, 1)")
     if pack is not None and pack < 0:

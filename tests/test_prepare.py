@@ -222,6 +222,14 @@ def test_non_utf8_and_bad_input(tmp_path):
         prepare.prepare("chat", source=write(tmp_path / "mixed.jsonl", json.dumps({"text": "a"}) + "\n" + json.dumps({"question": "q", "answer": "a"})), out_dir=out)
     with pytest.raises(UserError, match="val_fraction"):
         prepare.prepare("text", source=str(bad), val_fraction=1.0, out_dir=out)
+    with pytest.raises(UserError, match=r"--vocab_size 300 trains the dataset's own vocabulary, and --tokenizer .* gives "
+                                        r"one: pass one of them"):  # the tokenizer had been ignored without a word
+        prepare.prepare("text", source=str(bad), tokenizer=str(tmp_path / "v.tiktoken"), vocab_size=300, out_dir=out)
+    # an empty .json in a folder holds no records, as an empty .jsonl does (it stopped the whole folder)
+    write(tmp_path / "folder" / "empty.json", "\n")
+    write(tmp_path / "folder" / "empty.jsonl", "")
+    write(tmp_path / "folder" / "docs.jsonl", "\n".join(json.dumps({"text": d}) for d in DOCS[:10]))
+    assert prepare.prepare("text", source=str(tmp_path / "folder"), out_dir=out, name="f")["splits"]["train"]["documents"] == 9
     for dialog in ([None, "hi"], "Hello there __eou__ Hi", [1, 2]):  # one character a turn, had it been taken
         with pytest.raises(UserError, match=r"dd.jsonl line 1: malformed conversation .*`dialog` must be a list of "
                                             r"strings"):
