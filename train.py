@@ -215,8 +215,8 @@ def resolve_args(args, ckpt_args, continuing, config, fine_tuning=False):
     """Fill the training options left as None: the checkpoint's value when continuing the same run, else the
     default. Returns a new Namespace of plain values (it goes into the checkpoint) and checks them."""
     a = argparse.Namespace(**vars(args))
-    if a.time_budget is not None and a.epochs is None and not continuing:
-        a.epochs = UNLIMITED_EPOCHS
+    if a.time_budget is not None and a.epochs is None and (not continuing or ckpt_args.get("time_budget") is None):
+        a.epochs = UNLIMITED_EPOCHS  # a budget ends the run (continuing one that had none too: its epochs would cap it)
     old_lr, old_min_lr = ckpt_args.get("lr"), ckpt_args.get("min_lr")
     if continuing and a.lr is not None and a.min_lr is None and old_lr and old_min_lr is not None:
         a.min_lr = a.lr * old_min_lr / old_lr  # a new peak takes the end of the decay along, at the same ratio
@@ -239,6 +239,8 @@ def resolve_args(args, ckpt_args, continuing, config, fine_tuning=False):
               "time_budget"):
         if getattr(a, k) is not None and not math.isfinite(getattr(a, k)):  # nan passes every comparison below
             raise UserError(f"--{k} must be a finite number, got {getattr(a, k)}")
+    if not 0 <= a.seed < 2**62:  # epochs and ranks add to it: torch's generators take 64 bits
+        raise UserError(f"--seed must be from 0 to 2**62 - 1, got {a.seed}")
     for k in ("epochs", "batch_size", "grad_accum", "block_size", "eval_batches"):
         if getattr(a, k) < 1:
             raise UserError(f"--{k} must be at least 1, got {getattr(a, k)}")
@@ -1042,6 +1044,14 @@ def train(args):
         args.output_checkpoint = os.path.join(os.path.dirname(args.checkpoint),
                                               os.path.basename(ckpt_args.get("output_checkpoint") or default_out))
     out_pattern = args.output_checkpoint or os.path.join("models", default_out)
+    head, tail = os.path.split(out_pattern)
+    if not tail:  # a folder not made yet passed the checks and failed at the first save, after training
+        raise UserError(f"--output_checkpoint {out_pattern} names a folder: give a file in it, as in "
+                        f"{os.path.join(out_pattern, default_out)}")
+    if "{epoch}" in head:
+        raise UserError(f"--output_checkpoint {out_pattern}: {{epoch}} goes in the file's name, not in its folder")
+    # {dataset} in the folder: the best file and metrics go there too, not to a folder named "{dataset}"
+    out_pattern = os.path.join(head.replace("{dataset}", dataset), tail)
     out_dir = os.path.dirname(out_pattern) or "."
     best_path = os.path.join(out_dir, f"{dataset}_best.pt")
     metrics_path = os.path.join(out_dir, f"{dataset}_metrics.jsonl")
@@ -1089,6 +1099,7 @@ def train(args):
 
     p = Progress()
     if continuing:
+        replace = False  # place the run in the lr schedule again: steps of another size, or epochs of another length
         p = Progress(epoch=int(ckpt.get("epoch", 0)), windows=int(ckpt.get("epoch_windows", 0)),
                      step=int(ckpt["step"]), tokens=int(ckpt.get("tokens", 0)),
                      best_val_loss=ckpt.get("best_val_loss"), evals_since_best=int(ckpt.get("evals_since_best", 0)),
@@ -1101,10 +1112,11 @@ def train(args):
             if p.windows:
                 warn("the data, --block_size or --seed changed since the checkpoint: its epoch starts over")
             p.windows = 0
+            replace = True  # epochs of another length: the schedule's place is the epochs done
         if p.windows >= len(train_w):
             p.epoch, p.windows = p.epoch + 1, 0
         was = ckpt_args.get("batch_size", 0) * ckpt_args.get("grad_accum", 1) * ckpt_args.get("world_size", 1)
-        if was != batches.windows_per_step and not budget:
+        if (replace or was != batches.windows_per_step) and not budget:
             # another global batch (other ranks or batch options): the lr schedule counts steps of the new size,
             # so place the run where the windows done so far put it, and its inherited warmup with it
             p.step = p.epoch * spe + math.ceil(p.windows / batches.windows_per_step)
@@ -1181,6 +1193,11 @@ def train(args):
     saved = {"path": None, "step": p.step, "best": best_path if continuing and os.path.exists(best_path) else None}
 
     def save(path):
+        # weights gone to nan or inf in the step just taken (its loss, computed before the update, was finite) must
+        # not replace a good checkpoint; the check is a pass over the weights, small beside the save itself
+        if not all(torch.isfinite(t).all() for t in model.parameters()):
+            raise UserError(f"the weights became nan or inf at step {p.step}: lower --lr (now {args.lr:g}) or use "
+                            f"--dtype float32; last good checkpoint: {saved['path'] or 'none'}")
         if dist.main:  # every rank holds the same weights and optimizer state
             save_checkpoint(path, model, enc, optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
                             dataset=dataset, epoch=p.epoch, epoch_step=math.ceil(p.windows / batches.windows_per_step),
@@ -1253,9 +1270,9 @@ def train(args):
     budget_spent = p.budget_elapsed  # a continued budgeted run goes on with its clock
     reserve = 0.0  # seconds the last evaluation and saves took: a budgeted run stops early enough to fit them
     clock = budget_spent  # seconds of the budget spent, as all ranks agree after each step
-    # A budgeted run evaluates at each --eval_interval slice of the clock, unless the last evaluation was less than
-    # EVAL_SPACING times its own cost ago: an evaluation that takes longer than a slice (GPT-2's 50k-wide head on a
-    # CPU: 5 s against a 1-minute budget's 6-s slices) had come after every step, 85% of the budget
+    # A budgeted run evaluates at each --eval_interval slice of the clock, once EVAL_SPACING times the last
+    # evaluation's cost has passed in training since it ended: an evaluation that takes longer than a slice (GPT-2's
+    # 50k-wide head on a CPU: 5 s against a 1-minute budget's 6-s slices) had come after every step, 85% of the budget
     last_eval_clock = None
     model.train()
     try:
@@ -1322,9 +1339,11 @@ def train(args):
                             frac = clock / budget
                             eval_cost = clock_reserved - clock  # the last evaluation's (and saves'), as agreed
                             due_eval = budget_due("eval", args.eval_interval, frac) and (
-                                last_eval_clock is None or clock >= last_eval_clock + EVAL_SPACING * eval_cost)
-                            due_eval = due_eval or stopped == "time budget"
-                            due_save = budget_due("save", args.save_interval, frac)
+                                last_eval_clock is None or clock >= last_eval_clock + (1 + EVAL_SPACING) * eval_cost)
+                            # the end of the run, by the clock or by --epochs, is evaluated and saved
+                            last = stopped == "time budget" or (end_of_epoch and p.epoch >= args.epochs)
+                            due_eval = due_eval or last
+                            due_save = budget_due("save", args.save_interval, frac) or last
                             due_log = budget_due("log", args.log_interval, frac)
                         else:
                             due_eval = end_of_epoch or (eval_every and estep % eval_every == 0)
