@@ -11,7 +11,8 @@ Loss is train.py's evaluate() over the split's windows (all of them, or --eval_b
 split), on assistant tokens only for conversation sets; perplexity is exp(loss); bits per byte, reported by
 train.py for plain text, compare models across tokenizers. Windows default to the checkpoint's training
 --block_size, so the numbers compare with its training log (whose evaluations take --eval_batches 40 batches spread
-over the split: the same numbers with --eval_batches 40 --batch_size <its batch size>, close ones over all windows).
+over the split: the same numbers with --eval_batches 40 --batch_size <its batch size> and its --dtype, which auto
+makes bf16 on CPUs that have it; close ones over all windows).
 
 Replies, for each conversation set: --samples conversations spread evenly over the split, each cut after its
 first user message, are answered as gen.py --chat answers (gen.chat_reply, sampling with --temp/--top_k/--top_p);
@@ -107,7 +108,8 @@ def evaluate_checkpoint(path, datasets=None, data_dir=None, split="val", block_s
         raise UserError(f"{path} does not name the data it was trained on: pass --dataset NAME")
     data_dir = data_dir or default_data_dir(ckpt_args)
     # every dataset is checked before the first is evaluated: a bad name or tokenizer fails at once
-    metas = [load_meta(data_dir, name) for name in datasets]
+    own_vocab = path if ckpt["tokenizer"].get("bpe") else None  # the prepare hint then uses the model's vocabulary
+    metas = [load_meta(data_dir, name, own_vocab) for name in datasets]
     for meta in metas:
         pick_tokenizer(argparse.Namespace(checkpoint=path, tokenizer=None), meta, ckpt)
     prompt_list = read_prompt_file(prompts)[:samples] if prompts else None

@@ -146,6 +146,8 @@ def test_bad_input_is_one_line(env, chat_ckpt, tmp_path, capsys):
     for argv, words in (([str(tmp_path / "missing.pt")], "checkpoint " + str(tmp_path / "missing.pt") + " not found"),
                         ([chat_ckpt, "--dataset", "other"], "prepare the data with the checkpoint's tokenizer"),
                         ([chat_ckpt, "--dataset", "nope"], "python prepare.py --dataset text --source FILE --name nope --out_dir"),
+                        # in the model's own vocabulary, as train.py's hint (it made data eval.py then refused)
+                        ([chat_ckpt, "--dataset", "nope"], f"--tokenizer {chat_ckpt}"),
                         ([chat_ckpt, "--block_size", "128"], "--block_size 128 is longer than the model's context"),
                         ([chat_ckpt, "--prompts", str(tmp_path / "none.txt")], "prompt file"),
                         ([chat_ckpt, "--prompts", str(tmp_path)], f"prompt file {tmp_path} is a folder"),
