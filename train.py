@@ -798,28 +798,32 @@ class Metrics:
 
 class GracefulInterrupt:
     """First Ctrl-C: finish the current step, save, exit 130. A second one quits at once (atomic saves keep the
-    previous checkpoint intact). Outside the main thread Ctrl-C stays a plain KeyboardInterrupt."""
+    previous checkpoint intact). Outside the main thread Ctrl-C stays a plain KeyboardInterrupt. In one process
+    SIGTERM (a job scheduler's notice, `timeout`) does the same and exits 143; under torchrun, which sends it to stop
+    the ranks when one fails, it exits at once (init_distributed)."""
 
     def __init__(self):
-        self.requested, self.installed, self.old = False, False, None
+        self.requested, self.signum, self.old = False, None, {}
 
     def handler(self, signum, frame):
         if self.requested:
             raise KeyboardInterrupt
-        self.requested = True
+        self.requested, self.signum = True, signum
         if not quiet:  # under torchrun, which passes one Ctrl-C on to the ranks and kills them 30 s later
-            again = "" if "LOCAL_RANK" in os.environ else " (press again to quit without saving)"
-            tqdm.write(f"\nCtrl-C: saving after this step{again}", file=sys.stderr)
+            again = "" if "LOCAL_RANK" in os.environ else " (press Ctrl-C to quit without saving)"
+            name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+            tqdm.write(f"\n{name}: saving after this step{again}", file=sys.stderr)
 
     def __enter__(self):
+        signals = [signal.SIGINT] + ([] if "LOCAL_RANK" in os.environ else [signal.SIGTERM])
         with contextlib.suppress(ValueError):  # ValueError: not the main thread
-            self.old = signal.signal(signal.SIGINT, self.handler)
-            self.installed = True
+            for sig in signals:
+                self.old[sig] = signal.signal(sig, self.handler)
         return self
 
     def __exit__(self, *exc):
-        if self.installed:
-            signal.signal(signal.SIGINT, self.old)
+        for sig, old in self.old.items():
+            signal.signal(sig, old)
 
 
 def is_interactive():
@@ -1406,6 +1410,8 @@ def train(args):
                         if interrupted:
                             say(paint(f"interrupted at step {p.step:,}: saved {saved['path']}; continue with "
                                       f"`{dist.command()} --checkpoint {saved['path']}`", "yellow"))
+                            if interrupt.signum == signal.SIGTERM:
+                                raise SystemExit(128 + signal.SIGTERM)
                             raise KeyboardInterrupt if dist.main else SystemExit(130)  # one "interrupted" line
                         if stopped != "done":
                             break

@@ -509,7 +509,10 @@ def test_an_unusable_output_is_refused_before_training(env, tmp_path):
     assert not (tmp_path / "mini_metrics.jsonl").exists()  # nothing ran
 
 
-def test_ctrl_c_saves_and_exits_130(env, tmp_path):
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_saves_and_exits_130(env, tmp_path, sig, code):
+    """Ctrl-C, or SIGTERM (a job scheduler's notice, `timeout`; it had killed the run, losing what came since the last
+    save): the step finishes, is saved, and the run says how to continue."""
     out = tmp_path / "models"
     out.mkdir()
     other = out / "keep.pt"
@@ -527,9 +530,9 @@ def test_ctrl_c_saves_and_exits_130(env, tmp_path):
     assert ckpt.exists(), proc.communicate(timeout=30)
     first = load_checkpoint(str(ckpt))["step"]
     time.sleep(0.5)  # some steps past that save
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130, (stdout, stderr)
+    assert proc.returncode == code, (stdout, stderr)
     assert "Traceback" not in stderr
     line = stdout.split("interrupted at step ")[1].splitlines()[0]  # "N: saved PATH; continue with ..."
     at, path = int(line.split(":")[0].replace(",", "")), line.split("saved ")[1].split(";")[0]
