@@ -924,20 +924,37 @@ def ends_document(doc):
 
 
 def check_splittable(n, kind, label, limit):
-    """A source cut into train and val (no validation split of its own) that gives a single conversation has no turn
+    """A dataset cut into train and val (no validation split of its own) that gives a single conversation has no turn
     boundary the cut could respect: one conversation cut by tokens trains on half a turn and validates on the rest."""
     if n == 1 and kind == "chat":
         if limit == 1:
             raise UserError(f"--limit 1 takes one conversation from {label}, and a val split needs 2 or more: give "
                             f"--limit 2 or more")
         # (not --val_fraction 0: train.py evaluates on the val split)
-        raise UserError(f"{label} holds one conversation, and a val split needs 2 or more from each --source file: add "
-                        f"conversations, or join the files into one .jsonl")
+        raise UserError(f"{label} holds one conversation, and a val split needs 2 or more: add conversations")
 
 
-def train_count(n, val_fraction):
-    # of n >= 2 documents of a source, how many stay in train: its tail, at least one, goes to val
-    return n - min(n - 1, max(1, round(n * val_fraction)))
+def val_count(n, kind, state, last):
+    """How many of the last of a source's n documents go to val, or None for a single text document (a book), cut by
+    tokens instead. state {"vf", "sources", "seen", "taken"} carries the count over the sources (files) of one
+    dataset, so that the val share is val_fraction over them all: cut one by one, every source gave val one document
+    at least, and a folder of files of 2 or 3 conversations kept a third to a half of them out of training. A large
+    file still gives about val_fraction of its own; the last source makes sure val has one."""
+    if n == 1 and (kind == "text" or state["sources"] == 1):
+        return None
+    state["seen"] += n
+    k = min(n, max(0, round(state["seen"] * state["vf"]) - state["taken"]))
+    if last and state["taken"] + k == 0:
+        k = 1
+    k = max(0, min(k, state["seen"] - 1 - state["taken"]))  # train keeps one at least
+    state["taken"] += k
+    return k
+
+
+def split_state(streams, val_fraction):
+    """val_count's state for a dataset's streams [(role, label, docs)], and the index of its last "split" one."""
+    split = [i for i, (role, _, _) in enumerate(streams) if role == "split"]
+    return {"vf": val_fraction, "sources": len(split), "seen": 0, "taken": 0}, (split[-1] if split else None)
 
 
 def limited(docs, budget, role):
@@ -965,14 +982,14 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
     budget = {"split": limit, "train": limit, "val": limit and max(1, round(limit * val_fraction))}
     # the first document decides whether masks are written; every stream is opened lazily
     kind, opened = None, []
-    for role, label, make_docs in streams:
+    for i, (role, label, make_docs) in enumerate(streams):
         docs = iter(make_docs())
         if kind is None:
             first = next(docs, None)
             if first is None:
                 continue
             kind, docs = doc_kind(first), itertools.chain([first], docs)
-        opened.append((role, label, docs))
+        opened.append((i, role, label, docs))
     if kind is None:
         raise UserError(f"no documents found in {', '.join(label for _, label, _ in streams)}")
     if kind == "text" and pack:
@@ -981,7 +998,8 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
     for name in ("train", "val"):
         splits[name] = Split(folder, name, dtype, kind == "chat", scratch)
 
-    for role, label, docs in opened:
+    state, last = split_state(streams, val_fraction)  # over all the streams, as train_docs counts them
+    for i, role, label, docs in opened:
         out = splits["val" if role == "val" else "train"]
         start, ends = out.tokens, array("q")  # document ends of this stream, for the val cut
         for batch in batches(limited(docs, budget, role), kind, label):
@@ -995,17 +1013,18 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
         # val is the tail of each source, not a random sample: the same documents every run,
         # so validation losses stay comparable across runs and tokenizers
         n = len(ends)
-        check_splittable(n, kind, label, limit)
-        if n >= 2:
-            k = train_count(n, val_fraction)
-            out.move_tail(ends[k - 1], n - k, splits["val"], table)
-        elif out.tokens - start >= 2:  # a single document (a whole book): cut it by tokens, as nanoGPT does
+        if state["sources"] == 1:
+            check_splittable(n, kind, label, limit)
+        k = val_count(n, kind, state, i == last)
+        if k:
+            out.move_tail(ends[n - k - 1] if k < n else start, k, splits["val"], table)
+        elif k is None and out.tokens - start >= 2:  # a single document (a whole book): cut it by tokens, as nanoGPT does
             keep = start + min(out.tokens - start - 1, max(1, round((out.tokens - start) * (1 - val_fraction))))
             out.move_tail(keep, n, splits["val"], table)
     return kind
 
 
-def train_docs(make_docs, budget, role, val_fraction, label, limit):
+def train_docs(make_docs, budget, role, val_fraction, label, limit, state, last):
     """A stream's documents that write_splits puts in train: all but, of a "split" stream, the tail it moves to val,
     by documents; of a single document (a whole book, in pieces), which it cuts by tokens, the vocabulary being
     trained cannot say where: the first 1 - val_fraction of its characters, about the same on even text."""
@@ -1017,8 +1036,10 @@ def train_docs(make_docs, budget, role, val_fraction, label, limit):
         n += ends_document(doc)
         kind = doc_kind(doc)
         chars += len(doc[0]) if kind == "text" else 0
-    check_splittable(n, kind, label, limit)
-    keep = train_count(n, val_fraction) if n >= 2 else None  # documents
+    if state["sources"] == 1:
+        check_splittable(n, kind, label, limit)
+    k = val_count(n, kind, state, last) if n else 0  # as write_splits decides
+    keep = None if k is None else n - k  # documents
     left = chars * (1 - val_fraction)  # characters, for a single document
     for doc in limited(make_docs(), start, role):
         if keep is not None:
@@ -1038,10 +1059,11 @@ def train_vocabulary(plan, vocab_size, path, limit, val_fraction):
     def texts():
         for part in plan.get("parts", [plan]):  # a mix: --limit counts in each of its datasets, as in build()
             budget = {"split": limit, "train": limit, "val": 0}
-            for role, label, make_docs in part["streams"]:
+            state, last = split_state(part["streams"], val_fraction)
+            for i, (role, label, make_docs) in enumerate(part["streams"]):
                 if role == "val":
                     continue  # a source's own validation split
-                for doc in train_docs(make_docs, budget, role, val_fraction, label, limit):
+                for doc in train_docs(make_docs, budget, role, val_fraction, label, limit, state, i == last):
                     if doc_kind(doc) == "text":
                         yield doc[0]
                     else:

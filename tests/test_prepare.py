@@ -430,9 +430,8 @@ def test_a_single_conversation_is_not_cut_mid_turn(tmp_path, capsys):
     src = write(tmp_path / "one.jsonl", json.dumps({"messages": CONVERSATIONS[0]}))
     out = str(tmp_path / "data")
     for vocab_size in (None, 300):
-        with pytest.raises(UserError, match=r"one\.jsonl holds one conversation, and a val split needs 2 or more from "
-                                            r"each --source file: add conversations, or join the files into one "
-                                            r"\.jsonl$"):
+        with pytest.raises(UserError, match=r"one\.jsonl holds one conversation, and a val split needs 2 or more: add "
+                                            r"conversations$"):
             prepare.prepare("chat", source=src, out_dir=out, vocab_size=vocab_size)
         assert not os.path.exists(os.path.join(out, "chat"))
     # --limit 1 on a larger set says that the limit took one
@@ -442,6 +441,28 @@ def test_a_single_conversation_is_not_cut_mid_turn(tmp_path, capsys):
     meta = prepare.prepare("chat", source=src, out_dir=out, val_fraction=0)
     assert (meta["splits"]["train"]["documents"], meta["splits"]["val"]["documents"]) == (1, 0)
     assert prepare.prepare("chat", source=many, out_dir=out, name="two", limit=2)["splits"]["val"]["documents"] == 1
+
+
+def test_a_folder_of_small_files_gives_val_its_share(tmp_path, enc, monkeypatch):
+    """Each file of a folder was cut on its own, one document to val at least: 2-conversation files kept half of the
+    data out of training, and 1-conversation files were refused. The share is now over all the files; the vocabulary
+    is trained on exactly the conversations that land in train."""
+    from setup_tokenizer import parse_chat
+    folder = tmp_path / "convs"
+    sizes = [2, 3, 1, 2, 1, 1, 3, 2, 1, 2, 3, 1]  # 22 conversations in 12 files
+    convs = [[{"role": "user", "content": f"question {i} {j}"}, {"role": "assistant", "content": f"answer {i} {j}"}]
+             for i, n in enumerate(sizes) for j in range(n)]
+    it = iter(convs)
+    for i, n in enumerate(sizes):
+        write(folder / f"{i:02d}.jsonl", "\n".join(json.dumps({"messages": next(it)}) for _ in range(n)))
+    meta = prepare.prepare("chat", source=str(folder), out_dir=str(tmp_path / "data"), pack=0)
+    assert (meta["splits"]["train"]["documents"], meta["splits"]["val"]["documents"]) == (20, 2)  # round(22 * 0.1)
+    train_ids, _ = load(tmp_path / "data" / "chat", "train", meta)
+    in_train = [m["content"] for m in parse_chat(enc, train_ids.tolist())]
+    seen = []
+    monkeypatch.setattr(prepare, "train_bpe", lambda texts, *a: seen.extend(texts) or get_tokenizer("gpt2"))
+    prepare.train_vocabulary(prepare.find_source("chat", str(folder)), 300, None, None, 0.1)
+    assert seen == in_train and len(in_train) == 2 * 20
 
 
 def test_a_chat_set_without_replies_is_refused(tmp_path):
