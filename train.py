@@ -442,15 +442,16 @@ def refuse_going_back(checkpoint, ckpt, out_pattern, dataset, best_path, overwri
     return later
 
 
-def packing_warning(meta, block_size):
+def packing_warning(meta, block_size, context):
     """A line saying why block_size wastes the data's packing, or None. prepare.py packs conversations into blocks
-    of meta["pack"] tokens that none crosses; windows keep them whole when block_size is a multiple of that."""
+    of meta["pack"] tokens that none crosses; windows keep them whole when block_size is a multiple of that.
+    context: the model's, which --block_size cannot pass."""
     pack = meta.get("pack") or 0
     if not pack or block_size % pack == 0:
         return None
+    fit = f"use --block_size {pack} (or a multiple), or " if pack <= context else ""
     return (f"{meta['folder']} is packed in blocks of {pack} tokens but windows have {block_size}: some conversations "
-            f"will be cut between windows; use --block_size {pack} (or a multiple), or prepare the data again with "
-            f"--pack {block_size}")
+            f"will be cut between windows; {fit}prepare the data again for them: `{prepare_with(meta, pack=block_size)}`")
 
 
 def default_data_dir(ckpt_args):
@@ -1082,7 +1083,7 @@ def train(args):
 
     train_w = Windows(meta, "train", args.block_size)
     val_w = Windows(meta, "val", args.block_size)
-    packing = packing_warning(meta, args.block_size)
+    packing = packing_warning(meta, args.block_size, config.block_size)
     if packing:
         warn(packing)
     batches = Batches(train_w, args.batch_size, args.grad_accum, args.seed, pin=device.type == "cuda",

@@ -869,7 +869,12 @@ def test_packed_chat_trains_on_whole_assistant_replies(env, tmp_path, capsys):
     assert "packed in blocks" not in capsys.readouterr().err  # windows of 64 match the packing: no warning
     train.train(args_for(env, tmp_path / "b48", "--data_dir", str(tmp_path / "data"), "--dataset", "packed",
                          "--block_size", "48", "--max_steps", "1"))
-    assert "packed in blocks of 64 tokens but windows have 48" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "packed in blocks of 64 tokens but windows have 48" in err and "prepare.py" in err and "--pack 48" in err
+    # that model's context is 48: no --block_size can match the packing, so none is advised (64 was, then refused)
+    assert "use --block_size" not in err
+    meta = {"pack": 64, "folder": "data/x", "dataset": "chat", "options": {}}
+    assert "use --block_size 64 (or a multiple)" in train.packing_warning(meta, 48, 128)
 
 
 def test_default_warmup_is_long_enough_for_a_short_run():
