@@ -43,7 +43,8 @@ def load_checkpoint(path, map_location="cpu"):
     """The checkpoint's dict, or a Hugging Face folder's as one; a missing, truncated, corrupt or foreign file is
     one clear UserError."""
     if not os.path.exists(path):
-        raise UserError(f"checkpoint {path} not found{available_hint()}")
+        folder = os.path.dirname(path)  # what is there, where the user looked (models/ for a bare name)
+        raise UserError(f"checkpoint {path} not found{available_hint(folder if os.path.isdir(folder) else 'models')}")
     if hf.is_hf_folder(path):
         return refuse_diverged(path, {"format": FORMAT, **hf.read_folder(path)})
     if os.path.isdir(path):
@@ -114,5 +115,5 @@ def find_checkpoints(folder="models"):
 def available_hint(folder="models"):
     found = find_checkpoints(folder)
     if not found:
-        return f"; no checkpoints in {folder}/ yet: train one with `python train.py`"
+        return f"; no checkpoints in {os.path.join(folder, '')} yet: train one with `python train.py`"
     return "; available: " + ", ".join(found[:5]) + (" ..." if len(found) > 5 else "")

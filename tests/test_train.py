@@ -546,6 +546,10 @@ def test_ctrl_c_saves_and_exits_130(env, tmp_path, sig, code):
 
 def test_bad_checkpoints_are_one_line_errors(env, trained, tmp_path, capsys):
     good = trained["summary"]["checkpoint"]
+    # a missing one: what is in the folder the user named (it listed models/)
+    shutil.copy(good, tmp_path / "there.pt")
+    with pytest.raises(UserError, match=r"missing\.pt not found; available: .*there\.pt"):
+        load_checkpoint(str(tmp_path / "missing.pt"))
     cut = tmp_path / "cut.pt"
     data = open(good, "rb").read()
     cut.write_bytes(data[: len(data) // 2])
