@@ -904,11 +904,15 @@ def doc_kind(doc):
     return "chat" if isinstance(doc, list) else "text"
 
 
+def mixed_kinds(label):
+    return UserError(f"{label}: mixes plain text and conversations in one dataset; prepare them separately (--name)")
+
+
 def batches(docs, kind, label):
     batch, chars = [], 0
     for doc in docs:
         if doc_kind(doc) != kind:
-            raise UserError(f"{label}: mixes plain text and conversations in one dataset; prepare them separately (--name)")
+            raise mixed_kinds(label)
         batch.append(doc)
         chars += len(doc[0]) if kind == "text" else sum(len(m["content"]) for m in doc)
         if len(batch) >= BATCH_DOCS or chars >= BATCH_CHARS:
@@ -1057,6 +1061,7 @@ def train_vocabulary(plan, vocab_size, path, limit, val_fraction):
     """Train a BPE vocabulary of vocab_size on the dataset's own train text (message contents for
     conversations), with the same --limit, and save it as path: the val split stays unseen."""
     def texts():
+        kind = None  # refused here as write_splits would, before minutes of training a vocabulary
         for part in plan.get("parts", [plan]):  # a mix: --limit counts in each of its datasets, as in build()
             budget = {"split": limit, "train": limit, "val": 0}
             state, last = split_state(part["streams"], val_fraction)
@@ -1064,7 +1069,10 @@ def train_vocabulary(plan, vocab_size, path, limit, val_fraction):
                 if role == "val":
                     continue  # a source's own validation split
                 for doc in train_docs(make_docs, budget, role, val_fraction, label, limit, state, i == last):
-                    if doc_kind(doc) == "text":
+                    if kind is not None and doc_kind(doc) != kind:
+                        raise mixed_kinds(label)
+                    kind = doc_kind(doc)
+                    if kind == "text":
                         yield doc[0]
                     else:
                         yield from (m["content"] for m in doc)

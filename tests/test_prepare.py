@@ -220,6 +220,11 @@ def test_non_utf8_and_bad_input(tmp_path):
         prepare.prepare("chat", source=write(tmp_path / "odd.jsonl", json.dumps({"messages": [{"role": "robot", "content": "x"}]})), out_dir=out)
     with pytest.raises(UserError, match="mixes plain text and conversations"):
         prepare.prepare("chat", source=write(tmp_path / "mixed.jsonl", json.dumps({"text": "a"}) + "\n" + json.dumps({"question": "q", "answer": "a"})), out_dir=out)
+    # with --vocab_size, before the vocabulary is trained (it was refused after minutes of training one)
+    mixed = [json.dumps({"text": f"a story {i}"}) for i in range(20)] + [json.dumps({"question": "q", "answer": "a"})]
+    with pytest.raises(UserError, match="mixes plain text and conversations"):
+        prepare.train_vocabulary(prepare.find_source("text", write(tmp_path / "mixed2.jsonl", "\n".join(mixed))), 300,
+                                 None, None, 0.0)
     with pytest.raises(UserError, match="val_fraction"):
         prepare.prepare("text", source=str(bad), val_fraction=1.0, out_dir=out)
     with pytest.raises(UserError, match=r"--vocab_size 300 trains the dataset's own vocabulary, and --tokenizer .* gives "
