@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from collections import Counter
 
 import numpy as np
@@ -546,6 +547,15 @@ def test_ctrl_c_saves_and_exits_130(env, tmp_path, sig, code):
 
 def test_bad_checkpoints_are_one_line_errors(env, trained, tmp_path, capsys):
     good = trained["summary"]["checkpoint"]
+    # bytes flipped inside a tensor: torch.load reads other weights without a word; the zip's checksums catch it
+    with zipfile.ZipFile(good) as z:
+        info = max(z.infolist(), key=lambda i: i.file_size)  # the largest tensor's record
+    flipped = bytearray(open(good, "rb").read())
+    at = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra) + info.file_size // 2
+    flipped[at:at + 100] = bytes(b ^ 0xFF for b in flipped[at:at + 100])
+    (tmp_path / "flipped.pt").write_bytes(bytes(flipped))
+    with pytest.raises(UserError, match=r"flipped\.pt is damaged: .* fails its checksum; use another checkpoint"):
+        load_checkpoint(str(tmp_path / "flipped.pt"))
     # a missing one: what is in the folder the user named (it listed models/)
     shutil.copy(good, tmp_path / "there.pt")
     with pytest.raises(UserError, match=r"missing\.pt not found; available: .*there\.pt"):
