@@ -1281,6 +1281,10 @@ def mix_splits(folder, plan, enc, splits, scratch, limit, val_fraction, block, p
     ends = [document_ends(ids, eot) for ids, _ in arrays]
     starts = [np.concatenate([[0], e[:-1]]) for e in ends]
     picks = mix_choice([e - s for s, e in zip(starts, ends)], [part["weight"] for part in plan["parts"]])
+    for part, p in zip(plan["parts"], picks):
+        if not len(p):  # it would be in the mix's name and val split, and in none of its train documents
+            raise UserError(f"--mix: {part['dataset']}:{part['weight']:g} is too small a weight for one of its "
+                            f"documents in train: raise it, or leave {part['dataset']} out")
     # one shuffled order for all the picked documents, so that blocks hold several sources
     source = np.concatenate([np.full(len(p), i) for i, p in enumerate(picks)])
     doc = np.concatenate(picks)

@@ -672,6 +672,11 @@ def test_mix_follows_the_weights(tmp_path, monkeypatch, enc, capsys):
     prepare.main(["--mix", "dailydialog:1,knowledge:3", "--name", "mychat", "--out_dir", out, "--pack", "64"])
     folder = tmp_path / "data" / "mychat"
     assert sorted(os.listdir(out)) == ["mychat"]  # one folder, named by --name
+    # a weight too small for one document of its source: refused (the source was silently left out of train)
+    with pytest.raises(UserError, match=r"--mix: knowledge:1e-09 is too small a weight for one of its documents in "
+                                        r"train: raise it, or leave knowledge out"):
+        prepare.main(["--mix", "dailydialog:1,knowledge:1e-9", "--name", "tiny", "--out_dir", out, "--pack", "64"])
+    assert sorted(os.listdir(out)) == ["mychat"]
     assert sorted(os.listdir(folder)) == ["meta.json", "train.bin", "train_mask.bin", "val.bin", "val_mask.bin"]
     meta = json.loads((folder / "meta.json").read_text())
     check_sizes(folder, meta)
