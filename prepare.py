@@ -66,7 +66,8 @@ from setup_tokenizer import (EOT, IM_END, IM_START, get_tokenizer, read_text_chu
                              warn_short_vocabulary)
 
 FORMAT = 1   # layout of meta.json and the .bin files
-VERSION = 3  # bump when the same inputs would give other tokens or counts, so existing datasets rebuild
+VERSION = 4  # bump when the same inputs would give other tokens or counts, so existing datasets rebuild
+# (4: val counted over a dataset's files together, byte-order marks dropped, separators after a long first document)
             # (2: special tokens count no bytes of text)
 DATASETS = ("story", "shakespeare", "dailydialog", "chat", "chitchat", "knowledge", "text")
 EVERYTHING = ("story", "shakespeare", "dailydialog", "chat", "knowledge", "chitchat")  # what a bare `python prepare.py` builds
@@ -594,13 +595,14 @@ def find_mix_source(mix, extra=True, limit=None):
             "streams": [s for p in parts for s in p["streams"]], "parts": parts}
 
 
-def fingerprint(dataset, plan, tokenizer, tok_hash, limit, val_fraction, pack=None, mix=None):
-    """Changes when anything that decides the tokens does: input files (path, size, mtime), tokenizer, options."""
+def fingerprint(dataset, plan, tokenizer, tok_hash, limit, val_fraction, pack=None, mix=None, version=VERSION):
+    """Changes when anything that decides the tokens does: input files (path, size, mtime), tokenizer, options.
+    version None: not prepare.py's (a vocabulary's inputs: a new version need not change the ids of checkpoints)."""
     files = []
     for f in plan["files"]:
         st = os.stat(f)
         files.append([f, st.st_size, st.st_mtime_ns])
-    state = {"format": FORMAT, "version": VERSION, "dataset": dataset, "source": plan["description"],
+    state = {"format": FORMAT, "version": version, "dataset": dataset, "source": plan["description"],
              "files": files, "tokenizer": tokenizer, "tokenizer_hash": tok_hash, "limit": limit,
              "val_fraction": val_fraction, "pack": DEFAULT_PACK if pack is None else pack, "mix": mix}  # --pack 256: the default
     return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()[:16]
@@ -927,6 +929,12 @@ def ends_document(doc):
     return doc_kind(doc) == "chat" or doc[1]
 
 
+def label_of(streams):
+    """The sources of a dataset's "split" streams, for a message: one's label, or the first's and how many more."""
+    labels = [label for role, label, _ in streams if role == "split"]
+    return labels[0] + (f" (and {len(labels) - 1} more file(s))" if len(labels) > 1 else "") if labels else "the data"
+
+
 def check_splittable(n, kind, label, limit):
     """A dataset cut into train and val (no validation split of its own) that gives a single conversation has no turn
     boundary the cut could respect: one conversation cut by tokens trains on half a turn and validates on the rest."""
@@ -938,27 +946,36 @@ def check_splittable(n, kind, label, limit):
         raise UserError(f"{label} holds one conversation, and a val split needs 2 or more: add conversations")
 
 
-def val_count(n, kind, state, last):
-    """How many of the last of a source's n documents go to val, or None for a single text document (a book), cut by
-    tokens instead. state {"vf", "sources", "seen", "taken"} carries the count over the sources (files) of one
-    dataset, so that the val share is val_fraction over them all: cut one by one, every source gave val one document
-    at least, and a folder of files of 2 or 3 conversations kept a third to a half of them out of training. A large
-    file still gives about val_fraction of its own; the last source makes sure val has one."""
-    if n == 1 and (kind == "text" or state["sources"] == 1):
-        return None
-    state["seen"] += n
-    k = min(n, max(0, round(state["seen"] * state["vf"]) - state["taken"]))
-    if last and state["taken"] + k == 0:
-        k = 1
-    k = max(0, min(k, state["seen"] - 1 - state["taken"]))  # train keeps one at least
-    state["taken"] += k
-    return k
+def val_counts(counts, kind, val_fraction, label, limit):
+    """How many of the last documents of each "split" source go to val: {stream index: k}, None for a single text
+    document (a book) among them, cut by tokens instead. counts {stream index: documents}, in order. The share is
+    val_fraction over the dataset's sources together: cut one by one, every source gave val a document at least, and
+    a folder of files of 2 or 3 conversations kept a third to a half of them out of training. A large file still
+    gives about val_fraction of its own; the last source with documents makes sure val has one, and train keeps one."""
+    given = [i for i, n in counts.items() if n]
+    if kind == "chat" and sum(counts.values()) == 1:
+        check_splittable(1, kind, label, limit)
+    ks, seen, taken = {}, 0, 0
+    for i in given:
+        n = counts[i]
+        if n == 1 and (kind == "text" or len(given) == 1):
+            ks[i] = None
+            continue
+        seen += n
+        k = min(n, max(0, round(seen * val_fraction) - taken))
+        if i == given[-1] and taken + k == 0:
+            k = 1
+        ks[i] = k = max(0, min(k, seen - 1 - taken))
+        taken += k
+    return ks
 
 
-def split_state(streams, val_fraction):
-    """val_count's state for a dataset's streams [(role, label, docs)], and the index of its last "split" one."""
-    split = [i for i, (role, _, _) in enumerate(streams) if role == "split"]
-    return {"vf": val_fraction, "sources": len(split), "seen": 0, "taken": 0}, (split[-1] if split else None)
+def count_split_docs(streams, budget):
+    """{stream index: documents} of a dataset's "split" streams [(role, label, make_docs)], read as --limit (budget,
+    not spent) lets them be: what val_counts needs before the first source is cut."""
+    budget = dict(budget)
+    return {i: sum(ends_document(d) for d in limited(make_docs(), budget, role))
+            for i, (role, _, make_docs) in enumerate(streams) if role == "split"}
 
 
 def limited(docs, budget, role):
@@ -1002,7 +1019,11 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
     for name in ("train", "val"):
         splits[name] = Split(folder, name, dtype, kind == "chat", scratch)
 
-    state, last = split_state(streams, val_fraction)  # over all the streams, as train_docs counts them
+    # several sources share the val count: counted first (a pass that reads without tokenizing); one is counted
+    # as it is written
+    split = [i for i, (role, _, _) in enumerate(streams) if role == "split"]
+    ks = val_counts(count_split_docs(streams, budget), kind, val_fraction, label_of(streams), limit) \
+        if len(split) > 1 and val_fraction else None
     for i, role, label, docs in opened:
         out = splits["val" if role == "val" else "train"]
         start, ends = out.tokens, array("q")  # document ends of this stream, for the val cut
@@ -1014,12 +1035,10 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
             progress.update(len(batch_ends))
         if role != "split" or val_fraction == 0 or out.tokens == start:
             continue
-        # val is the tail of each source, not a random sample: the same documents every run,
+        # val is the tail of each source (val_counts), not a random sample: the same documents every run,
         # so validation losses stay comparable across runs and tokenizers
         n = len(ends)
-        if state["sources"] == 1:
-            check_splittable(n, kind, label, limit)
-        k = val_count(n, kind, state, i == last)
+        k = (ks or val_counts({i: n}, kind, val_fraction, label, limit))[i]
         if k:
             out.move_tail(ends[n - k - 1] if k < n else start, k, splits["val"], table)
         elif k is None and out.tokens - start >= 2:  # a single document (a whole book): cut it by tokens, as nanoGPT does
@@ -1028,21 +1047,18 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
     return kind
 
 
-def train_docs(make_docs, budget, role, val_fraction, label, limit, state, last):
-    """A stream's documents that write_splits puts in train: all but, of a "split" stream, the tail it moves to val,
-    by documents; of a single document (a whole book, in pieces), which it cuts by tokens, the vocabulary being
-    trained cannot say where: the first 1 - val_fraction of its characters, about the same on even text."""
+def train_docs(make_docs, budget, role, val_fraction, k):
+    """A stream's documents that write_splits puts in train: all but, of a "split" stream, the k last documents it
+    moves to val (val_counts); of a single document (k None: a whole book, in pieces), which it cuts by tokens, the
+    vocabulary being trained cannot say where: the first 1 - val_fraction of its characters, about the same on even
+    text."""
     if role != "split" or not val_fraction:
         yield from limited(make_docs(), budget, role)
         return
-    start, n, chars, kind = dict(budget), 0, 0, None
+    start, n, chars = dict(budget), 0, 0
     for doc in limited(make_docs(), budget, role):  # a first pass counts, spending the budget as write_splits does
         n += ends_document(doc)
-        kind = doc_kind(doc)
-        chars += len(doc[0]) if kind == "text" else 0
-    if state["sources"] == 1:
-        check_splittable(n, kind, label, limit)
-    k = val_count(n, kind, state, last) if n else 0  # as write_splits decides
+        chars += len(doc[0]) if doc_kind(doc) == "text" else 0
     keep = None if k is None else n - k  # documents
     left = chars * (1 - val_fraction)  # characters, for a single document
     for doc in limited(make_docs(), start, role):
@@ -1064,11 +1080,13 @@ def train_vocabulary(plan, vocab_size, path, limit, val_fraction):
         kind = None  # refused here as write_splits would, before minutes of training a vocabulary
         for part in plan.get("parts", [plan]):  # a mix: --limit counts in each of its datasets, as in build()
             budget = {"split": limit, "train": limit, "val": 0}
-            state, last = split_state(part["streams"], val_fraction)
+            counts = count_split_docs(part["streams"], budget) if val_fraction else {}
+            first = next((d for role, _, make_docs in part["streams"] if role != "val" for d in make_docs()), None)
+            ks = val_counts(counts, first and doc_kind(first), val_fraction, label_of(part["streams"]), limit)
             for i, (role, label, make_docs) in enumerate(part["streams"]):
                 if role == "val":
                     continue  # a source's own validation split
-                for doc in train_docs(make_docs, budget, role, val_fraction, label, limit, state, i == last):
+                for doc in train_docs(make_docs, budget, role, val_fraction, ks.get(i)):
                     if kind is not None and doc_kind(doc) != kind:
                         raise mixed_kinds(label)
                     kind = doc_kind(doc)
@@ -1221,8 +1239,11 @@ def prepare(dataset, source=None, tokenizer="gpt2", limit=None, val_fraction=DEF
         # kept while what it was trained on and its size stay the same (a rebuild for another --pack needs no new
         # one), so checkpoints trained on it go on fitting; other data (--source, --limit, --no_extra...) gets a
         # vocabulary of its own, or a short one (the data supported no more merges) would stay short for good
-        vocab_fp = fingerprint(dataset, plan, f"trained, {vocab_size} ids", None, limit, val_fraction, mix=mix)
-        if force or current is None or current > vocab_size or (old or {}).get("vocab_fingerprint") != vocab_fp:
+        vocab_fp = fingerprint(dataset, plan, f"trained, {vocab_size} ids", None, limit, val_fraction, mix=mix,
+                               version=None)
+        # a dataset from before vocab_fingerprint keeps its vocabulary once (its checkpoints go on fitting), as then
+        known = (old or {}).get("vocab_fingerprint", vocab_fp if old and current == vocab_size else None)
+        if force or current is None or current > vocab_size or known != vocab_fp:
             os.makedirs(folder, exist_ok=True)
             new_vocab = tmp_name(tokenizer)
         elif current < vocab_size:  # this data supports no more: training again would give the same
@@ -1233,12 +1254,12 @@ def prepare(dataset, source=None, tokenizer="gpt2", limit=None, val_fraction=DEF
         tok_hash = tokenizer_hash(enc)
         fp = fingerprint(dataset, plan, tokenizer, tok_hash, limit, val_fraction, pack, mix)
         if old and not force and old.get("fingerprint") == fp and is_complete(folder, old):
-            if new_vocab:  # retrained the same (a damaged or missing file, a meta.json from before vocab_fingerprint)
+            if new_vocab:  # retrained the same (a damaged or missing file)
                 fsync_replace(new_vocab, tokenizer)
                 get_tokenizer.cache_clear()
-                if old.get("vocab_fingerprint") != vocab_fp:
-                    atomic_write_text(os.path.join(folder, "meta.json"),
-                                      json.dumps(dict(old, vocab_fingerprint=vocab_fp), indent=2) + "\n")
+            if vocab_fp and old.get("vocab_fingerprint") != vocab_fp:  # a meta.json from before vocab_fingerprint
+                old = dict(old, vocab_fingerprint=vocab_fp)
+                atomic_write_text(os.path.join(folder, "meta.json"), json.dumps(old, indent=2) + "\n")
             print(f"{folder} is up to date")
             return old
         meta = build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_fraction, new_vocab, pack, options,
@@ -1340,7 +1361,7 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
             "has_mask": has_mask, "source": plan["description"],
             "val_split": "each dataset's own validation split, unweighted" if mixed else
                          "the source's own validation split" if "val" in roles else
-                         f"the last {val_fraction:g} of each source's documents (of its tokens if it is one document)"
+                         f"the last {val_fraction:g} of the documents, counted over the sources together (of a single document's tokens)"
                          + ("; train-only extra files excluded" if "train" in roles else ""),
             "limit": limit, "pack": block, "fingerprint": fp, "options": options,
             # tokens include the padding; bytes are those of the documents alone
@@ -1416,7 +1437,9 @@ def main(argv=None):
     p.add_argument("--limit", type=int, help="use only the first N documents (quick demos), counted over a dataset's files in order (each "
                                                "--mix part its own N, train-only extra files N more); of a source's own validation "
                                                "split, N * val_fraction")
-    p.add_argument("--val_fraction", type=float, default=DEFAULT_VAL_FRACTION, help="the last fraction of each source's documents kept for validation")
+    p.add_argument("--val_fraction", type=float, default=DEFAULT_VAL_FRACTION,
+                   help="the share of the documents kept for validation: the last of each source, counted over a "
+                        "dataset's sources together")
     p.add_argument("--force", action="store_true", help="rebuild even if up to date, and replace a folder holding another dataset")
     p.add_argument("--out_dir", default=DEFAULT_OUT_DIR, help="where dataset folders go")
     p.add_argument("--name", help="the dataset's folder name (default: the dataset)")

@@ -335,6 +335,17 @@ def test_a_vocabulary_is_trained_again_when_its_data_changes(tmp_path, capsys):
     assert "trained a" not in capsys.readouterr().out.split("is up to date")[0]
     meta = prepare.prepare("text", source=big, out_dir=out, name="v", vocab_size=400, limit=20)
     assert "trained a" in capsys.readouterr().out and meta["options"]["limit"] == 20
+    # a dataset from before vocab_fingerprint (an older prepare.py) keeps its vocabulary: checkpoints trained on it go
+    # on fitting though the new version's splits differ; the fingerprint is recorded
+    path = tmp_path / "data" / "v" / "meta.json"
+    old = json.loads(path.read_text())
+    del old["vocab_fingerprint"]
+    old["version"] = 3
+    path.write_text(json.dumps(old))
+    vocab = (tmp_path / "data" / "v" / "tokenizer.tiktoken").read_bytes()
+    meta = prepare.prepare("text", source=big, out_dir=out, name="v", vocab_size=400, limit=20)
+    assert "trained a" not in capsys.readouterr().out and meta["vocab_fingerprint"]
+    assert (tmp_path / "data" / "v" / "tokenizer.tiktoken").read_bytes() == vocab
 
 
 def test_the_vocabulary_is_trained_on_the_train_split_only(tmp_path, capsys):
@@ -468,6 +479,20 @@ def test_a_folder_of_small_files_gives_val_its_share(tmp_path, enc, monkeypatch)
     monkeypatch.setattr(prepare, "train_bpe", lambda texts, *a: seen.extend(texts) or get_tokenizer("gpt2"))
     prepare.train_vocabulary(prepare.find_source("chat", str(folder)), 300, None, None, 0.1)
     assert seen == in_train and len(in_train) == 2 * 20
+    # the last file with documents gives val its one: after it an empty file, or a --limit spent before the last
+    # (val came out empty, and train.py refused it)
+    write(folder / "99.jsonl", "")
+    for limit, want in ((None, (20, 2)), (5, (4, 1)), (3, (2, 1))):
+        meta = prepare.prepare("chat", source=str(folder), out_dir=str(tmp_path / "data"), name=f"l{limit}", pack=0,
+                               limit=limit)
+        assert (meta["splits"]["train"]["documents"], meta["splits"]["val"]["documents"]) == want, limit
+        seen.clear()
+        prepare.train_vocabulary(prepare.find_source("chat", str(folder)), 300, None, limit, 0.1)
+        train_ids, _ = load(tmp_path / "data" / f"l{limit}", "train", meta)
+        assert seen == [m["content"] for m in parse_chat(enc, train_ids.tolist())], limit
+    # one conversation in all the files (or --limit 1 of them) is still one conversation: refused, not all in train
+    with pytest.raises(UserError, match=r"--limit 1 takes one conversation from .*00\.jsonl \(and 12 more file"):
+        prepare.prepare("chat", source=str(folder), out_dir=str(tmp_path / "data"), name="one", limit=1)
 
 
 def test_a_chat_set_without_replies_is_refused(tmp_path):
