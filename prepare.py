@@ -516,7 +516,7 @@ def find_source(dataset, source=None, extra=True, limit=None):
                 for d, subs, names in os.walk(path):
                     # not hidden folders (.ipynb_checkpoints, .git) nor a dataset prepare.py wrote (meta.json)
                     subs[:] = sorted(s for s in subs if not s.startswith(".")
-                                     and not os.path.exists(os.path.join(d, s, "meta.json")))
+                                     and (read_meta(os.path.join(d, s)) or {}).get("format") != FORMAT)
                     found += [os.path.join(d, f) for f in names if f.endswith(SUFFIXES) and not f.startswith(".")]
                 found.sort()
                 if not found:
@@ -1349,9 +1349,10 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
                 else:  # the tokenized files are the dataset
                     splits.update(raw)
                     scratch.remove(raw)
-        if kind == "chat" and not splits["train"].any_masked():  # training would learn nothing, at a loss of 0
-            raise UserError(f"{plan['description']}: no assistant replies to train on (a chat set's loss is on the "
-                            f"assistant's turns alone): give conversations with assistant messages")
+        for s, what in (("train", "to train on"), ("val", "in its val split")):
+            if kind == "chat" and splits[s].tokens and not splits[s].any_masked():  # a loss of 0, learning nothing
+                raise UserError(f"{plan['description']}: no assistant replies {what} (a chat set's loss is on the "
+                                f"assistant's turns alone): give conversations with assistant messages")
         has_mask = kind == "chat"
         roles = {role for role, _, _ in plan["streams"]}
         meta = {

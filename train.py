@@ -239,8 +239,8 @@ def resolve_args(args, ckpt_args, continuing, config, fine_tuning=False):
               "time_budget"):
         if getattr(a, k) is not None and not math.isfinite(getattr(a, k)):  # nan passes every comparison below
             raise UserError(f"--{k} must be a finite number, got {getattr(a, k)}")
-    if not 0 <= a.seed < 2**62:  # epochs and ranks add to it: torch's generators take 64 bits
-        raise UserError(f"--seed must be from 0 to 2**62 - 1, got {a.seed}")
+    if not -2**62 < a.seed < 2**62:  # epochs and ranks add to it: torch's generators take 64 bits
+        raise UserError(f"--seed must be between -2**62 and 2**62, got {a.seed}")
     for k in ("epochs", "batch_size", "grad_accum", "block_size", "eval_batches"):
         if getattr(a, k) < 1:
             raise UserError(f"--{k} must be at least 1, got {getattr(a, k)}")
@@ -1050,7 +1050,7 @@ def train(args):
                                               os.path.basename(ckpt_args.get("output_checkpoint") or default_out))
     out_pattern = args.output_checkpoint or os.path.join("models", default_out)
     head, tail = os.path.split(out_pattern)
-    if not tail:  # a folder not made yet passed the checks and failed at the first save, after training
+    if tail in ("", ".", ".."):  # a folder not made yet passed the checks and failed at the first save, after training
         raise UserError(f"--output_checkpoint {out_pattern} names a folder: give a file in it, as in "
                         f"{os.path.join(out_pattern, default_out)}")
     if "{epoch}" in head:
@@ -1111,6 +1111,8 @@ def train(args):
                      elapsed=float(ckpt.get("elapsed", 0.0)),
                      budget_elapsed=float(ckpt.get("budget_elapsed", ckpt.get("elapsed", 0.0))),
                      schedule_origin=ckpt.get("schedule_origin", 0.0))  # older checkpoints: the budget's start
+        if ckpt_args.get("time_budget") is None:  # a budget given to a run that had none starts now, all of it
+            p.budget_elapsed, p.schedule_origin = 0.0, None
         if ckpt_args.get("block_size") != args.block_size or ckpt.get("data", {}).get("train_tokens") != \
                 meta.get("splits", {}).get("train", {}).get("tokens") or ckpt_args.get("seed", args.seed) != args.seed:
             # the epoch's window order is another: going on from the position would repeat some windows, skip others
@@ -1197,12 +1199,16 @@ def train(args):
     # what this run wrote; a best file from an earlier run counts only when continuing that run
     saved = {"path": None, "step": p.step, "best": best_path if continuing and os.path.exists(best_path) else None}
 
+    def diverged():
+        fp32 = "" if dtype == torch.float32 else " or use --dtype float32"
+        good = saved["path"] or (args.checkpoint if continuing else None) or "none"
+        return f"lower --lr (now {args.lr:g}){fp32}; last good checkpoint: {good}"
+
     def save(path):
         # weights gone to nan or inf in the step just taken (its loss, computed before the update, was finite) must
         # not replace a good checkpoint; the check is a pass over the weights, small beside the save itself
         if not all(torch.isfinite(t).all() for t in model.parameters()):
-            raise UserError(f"the weights became nan or inf at step {p.step}: lower --lr (now {args.lr:g}) or use "
-                            f"--dtype float32; last good checkpoint: {saved['path'] or 'none'}")
+            raise UserError(f"the weights became nan or inf at step {p.step}: {diverged()}")
         if dist.main:  # every rank holds the same weights and optimizer state
             save_checkpoint(path, model, enc, optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
                             dataset=dataset, epoch=p.epoch, epoch_step=math.ceil(p.windows / batches.windows_per_step),
@@ -1362,9 +1368,7 @@ def train(args):
                                 torch.distributed.all_reduce(loss_acc)
                             train_loss = loss_acc.item() / loss_n  # the only host sync of the loop
                             if not math.isfinite(train_loss):
-                                raise UserError(f"the training loss became {train_loss} at step {p.step}: lower --lr "
-                                                f"(now {args.lr:g}) or use --dtype float32; "
-                                                f"last good checkpoint: {saved['path'] or 'none'}")
+                                raise UserError(f"the training loss became {train_loss} at step {p.step}: {diverged()}")
                             tps = tokens_mark / max(time.time() - t_mark, 1e-9)
                             rec = {"step": p.step, "epoch": round(p.epoch + p.windows / len(train_w), 4),
                                    "tokens": p.tokens, "train_loss": round(train_loss, 5), "val_loss": None,
@@ -1432,7 +1436,7 @@ def train(args):
             raise UserError(f"out of memory with --batch_size {args.batch_size} x --block_size {args.block_size}: "
                             f"use a smaller --batch_size (and a larger --grad_accum to keep the tokens per step)"
                             f"{'' if args.recompute_activations else ', --recompute_activations'} or a smaller "
-                            f"--block_size ({first_line(e)})") from e
+                            f"--block_size ({first_line(e)})", every_rank=True) from e  # one GPU's alone, maybe
         if dist.world > 1 and is_peer_failure(e):
             raise UserError(f"lost contact with the other ranks at step {p.step:,} (did one fail? see its lines above): "
                             f"{first_line(e)[:100]}; last checkpoint: {saved['path'] or 'none'}") from e

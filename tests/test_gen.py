@@ -362,6 +362,7 @@ def test_a_character_cut_off_by_the_stop_token_is_not_shown(enc, monkeypatch):
         monkeypatch.setattr(gen, "sample_steps", lambda *a, tail=tail, **k: iter([[t] for t in enc.encode("Hi") + tail]))
         ids, text, why = gen.complete(None, enc, [0], 4, (end,))
         assert text == want, tail
+        assert gen.complete_batch(None, enc, [[0]], 4, (end,))[0][0] == want, tail  # gen.py --prompt_file
 
 
 def test_ctrl_c_keeps_the_text_so_far(enc):

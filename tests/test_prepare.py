@@ -503,6 +503,11 @@ def test_a_chat_set_without_replies_is_refused(tmp_path):
                                         r"assistant messages$"):
         prepare.prepare("chat", source=src, out_dir=str(tmp_path / "data"))
     assert not (tmp_path / "data" / "chat").exists()
+    # replies in train but none in val: a val loss of 0, "best" at every evaluation
+    replies = [c + [{"role": "assistant", "content": "Hi."}] for c in convs[:18]] + convs[18:]
+    src = write(tmp_path / "r.jsonl", "\n".join(json.dumps({"messages": c}) for c in replies))
+    with pytest.raises(UserError, match=r"r\.jsonl: no assistant replies in its val split"):
+        prepare.prepare("chat", source=src, out_dir=str(tmp_path / "data"), pack=0)
 
 
 def test_a_source_folder_skips_hidden_folders_and_prepared_datasets(tmp_path):
@@ -511,9 +516,11 @@ def test_a_source_folder_skips_hidden_folders_and_prepared_datasets(tmp_path):
     src = tmp_path / "src"
     write(src / "a.jsonl", FORMATS["messages"][1])
     write(src / ".ipynb_checkpoints" / "a-checkpoint.jsonl", FORMATS["messages"][1])
+    write(src / "more" / "b.jsonl", FORMATS["messages"][1])  # a folder with a meta.json of its own, not prepare.py's
+    write(src / "more" / "meta.json", json.dumps({"messages": CONVERSATIONS[1]}))  # data that happens to be named so
     for _ in range(2):
         meta = prepare.prepare("chat", source=str(src), out_dir=str(src), name="mine")
-        assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == len(CONVERSATIONS)
+        assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == 2 * len(CONVERSATIONS) + 1
 
 
 def test_chitchat_is_deterministic(tmp_path, enc):

@@ -924,9 +924,10 @@ def test_bad_options_are_user_errors(env, tmp_path, trained):
                         ("--eval_interval", "inf"), ("--log_interval", "inf"), ("--grad_clip", "inf")):
         with pytest.raises(UserError, match=rf"^{flag} must be a finite number, got {value}$"):
             train.resolve_args(train.parse_args([flag, value]), {}, False, config)
-    for seed in ("-1", str(2**62), "99999999999999999999999"):  # torch's generators take 64 bits: a traceback
-        with pytest.raises(UserError, match=rf"^--seed must be from 0 to 2\*\*62 - 1, got {seed}$"):
+    for seed in (str(-2**62), str(2**62), "99999999999999999999999"):  # torch's generators take 64 bits: a traceback
+        with pytest.raises(UserError, match=rf"^--seed must be between -2\*\*62 and 2\*\*62, got {seed}$"):
             train.resolve_args(train.parse_args(["--seed", seed]), {}, False, config)
+    assert train.resolve_args(train.parse_args(["--seed", "-1"]), {}, False, config).seed == -1  # as torch takes it
     with pytest.raises(SystemExit) as e:
         train.parse_args(["--help"])
     assert e.value.code == 0
@@ -941,6 +942,7 @@ def test_output_checkpoint_folders(env, tmp_path):
     assert s["checkpoint"] == str(tmp_path / "runs" / "mini" / "ck_1.pt")
     assert sorted(os.listdir(tmp_path / "runs")) == ["mini"] and (tmp_path / "runs" / "mini" / "mini_best.pt").exists()
     for bad, words in ((str(tmp_path / "new") + os.sep, "names a folder: give a file in it"),
+                       (os.path.join(str(tmp_path / "new"), "."), "names a folder: give a file in it"),
                        (str(tmp_path / "e{epoch}" / "x.pt"), "{epoch} goes in the file's name")):
         with pytest.raises(UserError, match=re.escape(words)):
             train.train(args_for(env, tmp_path, "--dataset", "mini", "--max_steps", "2", "--output_checkpoint", bad))
@@ -1012,9 +1014,12 @@ def test_a_budget_run_that_runs_out_of_epochs_is_saved_and_evaluated(env, tmp_pa
     assert read_metrics(s["metrics"])[-1]["step"] == s["steps"]
     # a run without a budget continued with one: the budget ends it, not the run's --epochs
     first = train.train(args_for(env, tmp_path / "e", "--dataset", "mini", "--max_steps", "2"))
+    ck = torch.load(first["checkpoint"], weights_only=True)
+    ck["elapsed"] = ck["budget_elapsed"] = 3600.0  # an hour of training before: none of it is the new budget's
+    torch.save(ck, first["checkpoint"])
     r = train.train(train.parse_args(["--checkpoint", first["checkpoint"], "--time_budget", "0.05",
                                       "--data_dir", env["data"], "--device", "cpu", "--no_color"]))
-    assert r["stopped"] == "time budget" and r["epochs_done"] >= 1
+    assert r["stopped"] == "time budget" and r["epochs_done"] >= 1 and r["steps"] > 3
 
 
 def test_changed_epochs_place_the_run_in_the_schedule_again(env, tmp_path):
