@@ -177,10 +177,13 @@ def job_from_request(body, kind, api):
 
     if kind == "chat":
         messages = read_messages(req)
+        asked = max_tokens
         if max_tokens is None:  # the reply may take up to half the context, the history keeps the rest
             max_tokens = reserve_for(api.model, api.max_tokens)
         fitted = fit_history(api.enc, messages, block - max_tokens)
         prompt, _ = render_chat(api.enc, fitted, add_generation_prompt=True)
+        if asked is None and len(prompt) < block:  # a long last message: the default reply takes what is left
+            max_tokens = min(max_tokens, block - len(prompt))
         what = "the messages" + (" (after dropping the oldest turns)" if len(fitted) < len(messages) else "")
         stop_tokens = stop_ids(api.enc, CHAT_STOPS)
     else:

@@ -308,6 +308,13 @@ def test_context_length_message_reads_right(api, enc):
     assert status == 400 and err["error"]["message"] == (
         f"this model's context holds {BLOCK} tokens, too few for the messages plus max_tokens: {n} + {BLOCK} = "
         f"{n + BLOCK}; shorten the input or lower max_tokens")
+    # a chat whose last message leaves less than the default reply: the reply takes what is left (it was told to
+    # lower a max_tokens it never sent)
+    long = [{"role": "user", "content": "word " * (BLOCK // 2 + 10)}]
+    n = len(render_chat(enc, long, add_generation_prompt=True)[0])
+    assert n < BLOCK < n + gen.reserve_for(api.model, api.max_tokens)
+    status, body, _ = post(api, "/v1/chat/completions", {"messages": long})
+    assert status == 200 and body["usage"]["prompt_tokens"] == n and body["usage"]["completion_tokens"] <= BLOCK - n
     # a prompt that fills the context alone, no max_tokens given: not "lower max_tokens" (the server's default 1)
     n = len(enc.encode("word " * 100))
     status, err, _ = post(api, "/v1/completions", {"prompt": "word " * 100})
