@@ -555,7 +555,8 @@ def find_source(dataset, source=None, extra=True, limit=None):
         return {"description": f"{URLS[dataset]}, kept in {download_path(dataset)}", "files": [],
                 "streams": [("split", URLS[dataset], functools.partial(url_docs, dataset))]}
     path, config, train_split, val_split = HUB[dataset]
-    streaming = limit is not None
+    # offline (HF_DATASETS_OFFLINE=1) only datasets' cache can answer, and streaming never reads it
+    streaming = limit is not None and os.environ.get("HF_DATASETS_OFFLINE", "").lower() not in ("1", "true", "yes", "on")
     streams = [("train" if val_split else "split", f"{path} {train_split}",
                 functools.partial(hub_docs, dataset, train_split, streaming))]
     if val_split:

@@ -994,10 +994,16 @@ def test_hub_path(tmp_path, monkeypatch, enc):
     # --limit streams the splits and stops reading at the limit: `make demo` online takes 10,000 of TinyStories'
     # 2.1M stories without downloading them all
     asked.clear()
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)  # offline, the cache is read whole (streaming cannot)
     meta = prepare.prepare("story", out_dir=str(tmp_path / "data"), name="some", limit=3)
     assert [a[3] for a in asked] == [True, True] and read == {"train": 3, "validation": 1}
     assert (meta["splits"]["train"]["documents"], meta["splits"]["val"]["documents"]) == (3, 1)
     # a connection that fails while streaming is one line, and no dataset is left
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    asked.clear()
+    prepare.prepare("story", out_dir=str(tmp_path / "data"), name="cached", limit=3)
+    assert [a[3] for a in asked] == [False, False]
+    monkeypatch.delenv("HF_DATASETS_OFFLINE")
     with pytest.raises(UserError, match=r"^roneneldan/TinyStories train: the Hugging Face hub failed after 4 rows "
                                         r"\(ConnectionError: Read timed out.\); run the command again$"):
         prepare.prepare("story", out_dir=str(tmp_path / "data"), name="more", limit=5)
