@@ -67,8 +67,8 @@ from setup_tokenizer import (EOT, IM_END, IM_START, get_tokenizer, read_text_chu
 
 FORMAT = 1   # layout of meta.json and the .bin files
 VERSION = 4  # bump when the same inputs would give other tokens or counts, so existing datasets rebuild
-# (4: val counted over a dataset's files together, byte-order marks dropped, separators after a long first document)
-            # (2: special tokens count no bytes of text)
+            # (2: special tokens count no bytes of text; 4: val counted over a dataset's files together, byte-order
+            # marks dropped, separators found after a long first document)
 DATASETS = ("story", "shakespeare", "dailydialog", "chat", "chitchat", "knowledge", "text")
 EVERYTHING = ("story", "shakespeare", "dailydialog", "chat", "knowledge", "chitchat")  # what a bare `python prepare.py` builds
 MIXABLE = ("dailydialog", "chat", "knowledge", "chitchat")  # the conversation sets, which --mix combines
@@ -972,11 +972,19 @@ def val_counts(counts, kind, val_fraction, label, limit):
 
 
 def count_split_docs(streams, budget):
-    """{stream index: documents} of a dataset's "split" streams [(role, label, make_docs)], read as --limit (budget,
-    not spent) lets them be: what val_counts needs before the first source is cut."""
-    budget = dict(budget)
-    return {i: sum(ends_document(d) for d in limited(make_docs(), budget, role))
-            for i, (role, _, make_docs) in enumerate(streams) if role == "split"}
+    """A dataset's "split" streams [(role, label, make_docs)] read as --limit (budget, not spent) lets them be:
+    ({stream index: documents}, {stream index: characters of plain text}, the kind of their first document). The
+    documents are what val_counts needs before the first source is cut; the characters, where a single document
+    (a book) is cut for a vocabulary (train_docs)."""
+    budget, docs, chars, kind = dict(budget), {}, {}, None
+    for i, (role, _, make_docs) in enumerate(streams):
+        if role == "split":
+            docs[i] = chars[i] = 0
+            for d in limited(make_docs(), budget, role):
+                kind = kind or doc_kind(d)
+                docs[i] += ends_document(d)
+                chars[i] += len(d[0]) if doc_kind(d) == "text" else 0
+    return docs, chars, kind
 
 
 def limited(docs, budget, role):
@@ -1023,7 +1031,7 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
     # several sources share the val count: counted first (a pass that reads without tokenizing); one is counted
     # as it is written
     split = [i for i, (role, _, _) in enumerate(streams) if role == "split"]
-    ks = val_counts(count_split_docs(streams, budget), kind, val_fraction, label_of(streams), limit) \
+    ks = val_counts(count_split_docs(streams, budget)[0], kind, val_fraction, label_of(streams), limit) \
         if len(split) > 1 and val_fraction else None
     for i, role, label, docs in opened:
         out = splits["val" if role == "val" else "train"]
@@ -1048,27 +1056,23 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
     return kind
 
 
-def train_docs(make_docs, budget, role, val_fraction, k):
-    """A stream's documents that write_splits puts in train: all but, of a "split" stream, the k last documents it
-    moves to val (val_counts); of a single document (k None: a whole book, in pieces), which it cuts by tokens, the
-    vocabulary being trained cannot say where: the first 1 - val_fraction of its characters, about the same on even
-    text."""
+def train_docs(make_docs, budget, role, val_fraction, k, n, chars):
+    """A stream's documents that write_splits puts in train: all but, of a "split" stream of n documents and chars
+    characters (count_split_docs), the k last documents it moves to val (val_counts); of a single document (k None: a
+    whole book, in pieces), which it cuts by tokens, the vocabulary being trained cannot say where: the first
+    1 - val_fraction of its characters, about the same on even text."""
     if role != "split" or not val_fraction:
         yield from limited(make_docs(), budget, role)
         return
-    start, n, chars = dict(budget), 0, 0
-    for doc in limited(make_docs(), budget, role):  # a first pass counts, spending the budget as write_splits does
-        n += ends_document(doc)
-        chars += len(doc[0]) if doc_kind(doc) == "text" else 0
     keep = None if k is None else n - k  # documents
     left = chars * (1 - val_fraction)  # characters, for a single document
-    for doc in limited(make_docs(), start, role):
+    for doc in limited(make_docs(), budget, role):  # to the end, spending the budget as write_splits does
         if keep is not None:
             if keep <= 0:
-                return
+                continue
             keep -= ends_document(doc)
         elif left <= 0:
-            return
+            continue
         else:
             doc, left = (doc[0][:math.ceil(left)], doc[1]), left - len(doc[0])
         yield doc
@@ -1081,13 +1085,13 @@ def train_vocabulary(plan, vocab_size, path, limit, val_fraction):
         kind = None  # refused here as write_splits would, before minutes of training a vocabulary
         for part in plan.get("parts", [plan]):  # a mix: --limit counts in each of its datasets, as in build()
             budget = {"split": limit, "train": limit, "val": 0}
-            counts = count_split_docs(part["streams"], budget) if val_fraction else {}
-            first = next((d for role, _, make_docs in part["streams"] if role != "val" for d in make_docs()), None)
-            ks = val_counts(counts, first and doc_kind(first), val_fraction, label_of(part["streams"]), limit)
+            counts, chars, first = count_split_docs(part["streams"], budget) if val_fraction else ({}, {}, None)
+            ks = val_counts(counts, first, val_fraction, label_of(part["streams"]), limit)
             for i, (role, label, make_docs) in enumerate(part["streams"]):
                 if role == "val":
                     continue  # a source's own validation split
-                for doc in train_docs(make_docs, budget, role, val_fraction, ks.get(i)):
+                for doc in train_docs(make_docs, budget, role, val_fraction, ks.get(i), counts.get(i, 0),
+                                      chars.get(i, 0)):
                     if kind is not None and doc_kind(doc) != kind:
                         raise mixed_kinds(label)
                     kind = doc_kind(doc)
