@@ -85,10 +85,15 @@ def load_checkpoint(path, map_location="cpu"):
     return refuse_diverged(path, ckpt)
 
 
+def nonfinite(named_tensors):
+    """The names of the floating-point tensors that hold a nan or inf: weights whose run diverged."""
+    return [k for k, v in named_tensors if v.is_floating_point() and not torch.isfinite(v).all()]
+
+
 def refuse_diverged(path, ckpt):
     """ckpt, unless a weight is nan or inf: sampling would fail deep inside torch.multinomial (or repeat one token,
     greedy), and training would go on with nan. One pass over weights already in memory."""
-    diverged = [k for k, v in ckpt["model"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    diverged = nonfinite(ckpt["model"].items())
     if diverged:
         raise UserError(f"{path} holds weights that are not finite ({len(diverged)} tensor(s) with nan or inf, "
                         f"{diverged[0]} first): its run diverged; use an earlier checkpoint, and a lower --lr")

@@ -20,7 +20,6 @@ stop token (`<|im_end|>`, `<|endoftext|>`), `max_tokens`, `context` or `interrup
 so a transcript splits unambiguously into replies. Statistics go to stderr.
 """
 import argparse
-import codecs
 import contextlib
 import json
 import os
@@ -153,9 +152,10 @@ def complete_batch(model, enc, prompts, max_tokens, stop_tokens=(), batch_size=8
                         done[r] = t in stop_tokens
             for r, i in enumerate(rows):
                 ids = outs[r]
-                # as stream_completion: a character cut off by the stop token is dropped, one cut by max_tokens shown
-                text = codecs.getincrementaldecoder("utf-8")("replace").decode(enc.decode_bytes(ids[:-1]), final=False) \
-                    if done[r] else enc.decode(ids, errors="replace")
+                # as stream_completion: a character cut off by the stop token is dropped (the decoder not flushed),
+                # one cut by max_tokens shown
+                decoder = StreamDecoder(enc)
+                text = "".join(decoder.push(t) for t in ids[:-1]) if done[r] else enc.decode(ids, errors="replace")
                 results[i] = (text, why_stopped(enc, ids, stop_tokens, max_tokens))
     return results
 

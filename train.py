@@ -52,7 +52,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from checkpoint import load_checkpoint, load_weights, save_checkpoint
+from checkpoint import load_checkpoint, load_weights, nonfinite, save_checkpoint
 from common import (UserError, atomic_write_text, autocast, check_output, cpu_has_bf16, first_line, pick_device,
                     pick_dtype, retain_freed_memory, run_main, speaks_for_machine, tmp_name)
 from model import OPTIMIZERS, PRESETS, GPT, GPTConfig, make_config
@@ -1104,7 +1104,6 @@ def train(args):
 
     p = Progress()
     if continuing:
-        replace = False  # place the run in the lr schedule again: steps of another size, or epochs of another length
         p = Progress(epoch=int(ckpt.get("epoch", 0)), windows=int(ckpt.get("epoch_windows", 0)),
                      step=int(ckpt["step"]), tokens=int(ckpt.get("tokens", 0)),
                      best_val_loss=ckpt.get("best_val_loss"), evals_since_best=int(ckpt.get("evals_since_best", 0)),
@@ -1113,19 +1112,20 @@ def train(args):
                      schedule_origin=ckpt.get("schedule_origin", 0.0))  # older checkpoints: the budget's start
         if ckpt_args.get("time_budget") is None:  # a budget given to a run that had none starts now, all of it
             p.budget_elapsed, p.schedule_origin = 0.0, None
-        if ckpt_args.get("block_size") != args.block_size or ckpt.get("data", {}).get("train_tokens") != \
-                meta.get("splits", {}).get("train", {}).get("tokens") or ckpt_args.get("seed", args.seed) != args.seed:
-            # the epoch's window order is another: going on from the position would repeat some windows, skip others
+        # the epoch's window order is another: going on from the position would repeat some windows, skip others
+        new_order = ckpt_args.get("block_size") != args.block_size or ckpt.get("data", {}).get("train_tokens") != \
+            meta.get("splits", {}).get("train", {}).get("tokens") or ckpt_args.get("seed", args.seed) != args.seed
+        if new_order:
             if p.windows:
                 warn("the data, --block_size or --seed changed since the checkpoint: its epoch starts over")
             p.windows = 0
-            replace = True  # epochs of another length: the schedule's place is the epochs done
         if p.windows >= len(train_w):
             p.epoch, p.windows = p.epoch + 1, 0
         was = ckpt_args.get("batch_size", 0) * ckpt_args.get("grad_accum", 1) * ckpt_args.get("world_size", 1)
-        if (replace or was != batches.windows_per_step) and not budget:
-            # another global batch (other ranks or batch options): the lr schedule counts steps of the new size,
-            # so place the run where the windows done so far put it, and its inherited warmup with it
+        if (new_order or was != batches.windows_per_step) and not budget:
+            # epochs of another length, or another global batch (other ranks or batch options): the lr schedule counts
+            # steps of the new size, so place the run where the windows done so far put it, and its inherited warmup
+            # with it
             p.step = p.epoch * spe + math.ceil(p.windows / batches.windows_per_step)
             if not warmup_given and was and args.warmup:
                 args.warmup = max(1, round(args.warmup * was / batches.windows_per_step))
@@ -1207,7 +1207,7 @@ def train(args):
     def save(path):
         # weights gone to nan or inf in the step just taken (its loss, computed before the update, was finite) must
         # not replace a good checkpoint; the check is a pass over the weights, small beside the save itself
-        if not all(torch.isfinite(t).all() for t in model.parameters()):
+        if nonfinite(model.named_parameters()):
             raise UserError(f"the weights became nan or inf at step {p.step}: {diverged()}")
         if dist.main:  # every rank holds the same weights and optimizer state
             save_checkpoint(path, model, enc, optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
