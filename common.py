@@ -8,6 +8,7 @@ import contextlib
 import ctypes
 import errno
 import os
+import re
 import shutil
 import sys
 
@@ -125,6 +126,30 @@ def tmp_name(path):
     return f"{path}.{os.getpid()}.tmp"
 
 
+def remove_stale_tmp(folder, quiet_s=600):
+    """Delete the tmp_name() files in folder that processes killed mid-write left (SIGKILL: no finally runs), so
+    half-written checkpoints and token files do not pile up. Only ones whose process is gone from this machine and
+    that nobody has written to for quiet_s seconds: a live process's write (or one on another machine, on a shared
+    disk) is left alone."""
+    import time
+    with contextlib.suppress(OSError):
+        for name in os.listdir(folder):
+            m = re.search(r"\.(\d+)\.tmp$", name)
+            if not m or int(m.group(1)) == os.getpid():
+                continue
+            try:
+                os.kill(int(m.group(1)), 0)
+                continue  # its process still runs
+            except ProcessLookupError:
+                pass
+            except (PermissionError, OverflowError):
+                continue  # alive under another user, or not a pid at all
+            old = os.path.join(folder, name)
+            with contextlib.suppress(OSError):
+                if os.path.isfile(old) and time.time() - os.path.getmtime(old) > quiet_s:
+                    os.remove(old)
+
+
 def atomic_write_text(path, text):
     tmp = tmp_name(path)
     try:
@@ -155,6 +180,7 @@ def atomic_torch_save(obj, path):
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
+    remove_stale_tmp(folder)
 
 
 # -----------------------------------------------------------------------------

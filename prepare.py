@@ -61,7 +61,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from tqdm import tqdm
 
-from common import UserError, atomic_write_text, check_output, first_line, fsync_replace, run_main, tmp_name
+from common import (UserError, atomic_write_text, check_output, first_line, fsync_replace, remove_stale_tmp, run_main,
+                    tmp_name)
 from setup_tokenizer import (EOT, IM_END, IM_START, get_tokenizer, read_text_chunks, tokenizer_hash, train_bpe,
                              warn_short_vocabulary)
 
@@ -1401,6 +1402,7 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
                     with contextlib.suppress(FileNotFoundError):
                         os.remove(os.path.join(folder, f"{s}_mask.bin"))
             fsync_replace(new_meta, meta_path)
+        remove_stale_tmp(folder)  # what a prepare killed mid-write (SIGKILL) left
     finally:
         with ctrl_c_held():  # a Ctrl-C as the cleanup runs would leave temporary files behind
             for split in [*splits.values(), *(s for raw in scratch for s in raw.values())]:

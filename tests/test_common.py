@@ -61,6 +61,25 @@ def test_a_failed_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypatch
     assert os.listdir(tmp_path) == ["x.pt"]  # no temporary file left
 
 
+def test_a_save_removes_what_killed_saves_left_and_nothing_else(tmp_path):
+    """A process SIGKILLed mid-save (torchrun kills ranks 30 s after Ctrl-C) leaves its x.pt.<pid>.tmp; the next save
+    into that folder removes such files, but not a live process's write in progress, a recent one, or other files."""
+    path = str(tmp_path / "x.pt")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no process has now
+    stale = [f"{path}.{dead.pid}.tmp", str(tmp_path / f"train.bin.{dead.pid}.tmp")]
+    kept = [f"{path}.{dead.pid + 1}.tmp",  # recent
+            f"{path}.1.tmp",  # pid 1 (init) lives
+            str(tmp_path / "notes.tmp"), str(tmp_path / "y.pt")]
+    for f in stale + kept:
+        with open(f, "wb") as out:
+            out.write(b"half a checkpoint")
+        if f != kept[0]:
+            os.utime(f, (0, 0))
+    atomic_torch_save({"step": 1}, path)
+    assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(f) for f in [path] + kept)
+
+
 @pytest.mark.parametrize("name", ["foo", "cuda:abc", "gpu"])
 def test_a_device_that_is_no_device_is_named(name):
     with pytest.raises(UserError, match=f"--device {name}: not a device; use auto, cpu, cuda, cuda:N or mps"):

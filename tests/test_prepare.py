@@ -10,6 +10,8 @@ import re
 import shlex
 import shutil
 import signal
+import subprocess
+import sys
 from collections import Counter
 
 import numpy as np
@@ -114,6 +116,20 @@ def test_text_corpus(tmp_path, enc):
         assert not np.isin(ids, [enc.eot_token + 1, enc.eot_token + 2]).any()
     # memmap-able as train.py will read it
     assert len(np.memmap(folder / "train.bin", dtype=np.uint16, mode="r")) == train["tokens"]
+
+
+def test_a_rebuild_removes_token_files_a_killed_prepare_left(tmp_path):
+    """SIGKILL mid-write leaves train.bin.<pid>.tmp (no cleanup can run); the next prepare of that dataset removes it."""
+    src = write(tmp_path / "corpus.txt", EOT.join(DOCS))
+    folder = tmp_path / "data" / "text"
+    folder.mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = folder / f"train.bin.{dead.pid}.tmp"
+    stale.write_bytes(b"\0" * 1000)
+    os.utime(stale, (0, 0))
+    prepare.prepare("text", source=src, out_dir=str(tmp_path / "data"))
+    assert sorted(os.listdir(folder)) == ["meta.json", "train.bin", "val.bin"]
 
 
 def test_single_document_is_cut_by_tokens(tmp_path, enc):
