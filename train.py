@@ -767,6 +767,14 @@ class Metrics:
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(rec) + "\n")
 
+    def curves(self):
+        """(x-axis label, [(x, train loss)], [(x, val loss)]). x is tokens trained: a run continued with another global
+        batch counts optimizer steps of another size, which would bend the curve. Steps for records without tokens."""
+        x = "tokens" if all(r.get("tokens") is not None for r in self.records) else "step"
+        train = [(r[x], r["train_loss"]) for r in self.records if r.get("train_loss") is not None]
+        val = [(r[x], r["val_loss"]) for r in self.records if r.get("val_loss") is not None]
+        return ("tokens trained" if x == "tokens" else "optimizer step"), train, val
+
     def plot(self, title):
         if not self.write or self.held:
             return
@@ -774,8 +782,7 @@ class Metrics:
             from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
         except ImportError:
             return
-        train = [(r["step"], r["train_loss"]) for r in self.records if r.get("train_loss") is not None]
-        val = [(r["step"], r["val_loss"]) for r in self.records if r.get("val_loss") is not None]
+        xlabel, train, val = self.curves()
         if not train and not val:
             return
         fig = Figure(figsize=(7, 4))
@@ -783,7 +790,7 @@ class Metrics:
         for points, label in ((train, "train"), (val, "val")):
             if points:
                 ax.plot(*zip(*points), label=label, marker="o" if label == "val" else None, markersize=3)
-        ax.set_xlabel("optimizer step")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel("loss (nats/token)")
         ax.set_title(title)
         ax.grid(alpha=0.3)

@@ -329,6 +329,12 @@ def test_another_global_batch_carries_the_warmup_and_the_history_over(env, tmp_p
     assert ck["optimizer"]["param_groups"][0]["lr"] == pytest.approx(train.lr_at(3, a["lr"], a["min_lr"], 5, 1))
     after = read_metrics(tmp_path / "story_metrics.jsonl")
     assert after[:len(before)] == before and [r["step"] for r in after[len(before):]] == [4]
+    # the loss curve runs on tokens, which both batch sizes count alike, not on steps (6, then 4)
+    metrics = train.Metrics(str(tmp_path / "story_metrics.jsonl"), None, write=False)
+    metrics.records = after
+    xlabel, curve, _ = metrics.curves()
+    assert xlabel == "tokens trained" and [x for x, _ in curve] == [r["tokens"] for r in after]
+    assert all(a < b for (a, _), (b, _) in zip(curve, curve[1:]))
     # a --warmup given when continuing is taken as it is, in steps of the new size
     r = train.train(train.parse_args(["--checkpoint", first["checkpoint"], "--batch_size", "16", "--max_steps", "1",
                                       "--warmup", "8", "--output_checkpoint", str(tmp_path / "w8" / "{dataset}.pt"),
