@@ -67,7 +67,7 @@ from setup_tokenizer import (EOT, IM_END, IM_START, get_tokenizer, read_text_chu
                              warn_short_vocabulary)
 
 FORMAT = 1   # layout of meta.json and the .bin files
-VERSION = 4  # bump when the same inputs would give other tokens or counts, so existing datasets rebuild
+VERSION = 5  # bump when the same inputs would give other tokens or counts, so existing datasets rebuild
             # (2: special tokens count no bytes of text; 4: val counted over a dataset's files together, byte-order
             # marks dropped, separators found after a long first document)
 DATASETS = ("story", "shakespeare", "dailydialog", "chat", "chitchat", "knowledge", "text")
@@ -950,17 +950,21 @@ def check_splittable(n, kind, label, limit):
 
 def val_counts(counts, kind, val_fraction, label, limit):
     """How many of the last documents of each "split" source go to val: {stream index: k}, None for a single text
-    document (a book) among them, cut by tokens instead. counts {stream index: documents}, in order. The share is
+    document (a book) cut by tokens instead. counts {stream index: documents}, in order. The share is
     val_fraction over the dataset's sources together: cut one by one, every source gave val a document at least, and
     a folder of files of 2 or 3 conversations kept a third to a half of them out of training. A large file still
     gives about val_fraction of its own; the last source with documents makes sure val has one, and train keeps one."""
     given = [i for i, n in counts.items() if n]
     if kind == "chat" and sum(counts.values()) == 1:
         check_splittable(1, kind, label, limit)
+    # too few documents to give val a whole one at its share (a handful of books): the last is cut by tokens and the
+    # others train whole. Cut one by one, each file's head ran into the next file's with no <|endoftext|> between,
+    # and a folder of one-document notes validated on the ends of all of them.
+    few = round(sum(counts.values()) * val_fraction) == 0
     ks, seen, taken = {}, 0, 0
     for i in given:
         n = counts[i]
-        if n == 1 and (kind == "text" or len(given) == 1):
+        if n == 1 and i == given[-1] and (len(given) == 1 or (kind == "text" and few)):
             ks[i] = None
             continue
         seen += n
@@ -1247,8 +1251,10 @@ def prepare(dataset, source=None, tokenizer="gpt2", limit=None, val_fraction=DEF
         # vocabulary of its own, or a short one (the data supported no more merges) would stay short for good
         vocab_fp = fingerprint(dataset, plan, f"trained, {vocab_size} ids", None, limit, val_fraction, mix=mix,
                                version=None)
-        # a dataset from before vocab_fingerprint keeps its vocabulary once (its checkpoints go on fitting), as then
-        known = (old or {}).get("vocab_fingerprint", vocab_fp if old and current == vocab_size else None)
+        # a dataset from before vocab_fingerprint (VERSION 4) that was built on this vocabulary keeps it once (its
+        # checkpoints go on fitting), as then; not one built with another tokenizer (gpt2), whose text may differ
+        old_own = old and old.get("version", 1) < 4 and old.get("tokenizer") == os.path.abspath(tokenizer)
+        known = (old or {}).get("vocab_fingerprint", vocab_fp if old_own and current == vocab_size else None)
         if force or current is None or current > vocab_size or known != vocab_fp:
             os.makedirs(folder, exist_ok=True)
             new_vocab = tmp_name(tokenizer)

@@ -145,6 +145,41 @@ def test_single_document_is_cut_by_tokens(tmp_path, enc):
     assert meta["splits"]["train"]["bytes"] + meta["splits"]["val"]["bytes"] == len(book.encode())
 
 
+def test_a_folder_of_one_document_files_keeps_whole_documents(tmp_path, enc, monkeypatch):
+    """Each one-document .txt was cut by tokens like a book: every file's head ran into the next one's in train with
+    no <|endoftext|> between, and val held the ends of all the notes. Now whole files go to val (its share over the
+    folder); only when the files are too few for that (a handful of books) is the last one cut by tokens."""
+    notes = [f"Note {i}: " + " ".join(["the quick brown fox jumps over the lazy dog."] * (3 + i)) for i in range(10)]
+    for i, note in enumerate(notes):
+        write(tmp_path / "notes" / f"n{i}.txt", note)
+    meta = prepare.prepare("text", source=str(tmp_path / "notes"), out_dir=str(tmp_path / "data"))
+    folder = tmp_path / "data" / "text"
+    assert (meta["splits"]["train"]["documents"], meta["splits"]["val"]["documents"]) == (9, 1)
+    train, _ = load(folder, "train", meta)
+    val, _ = load(folder, "val", meta)
+    in_val = [n for n in notes if enc.decode(val.tolist()) == n + EOT]  # the file where the share comes to one
+    assert len(in_val) == 1 and enc.decode(train.tolist()) == "".join(n + EOT for n in notes if n not in in_val)
+    seen = []  # the vocabulary learns from the train files, whole
+    monkeypatch.setattr(prepare, "train_bpe", lambda texts, *a: seen.extend(texts) or get_tokenizer("gpt2"))
+    prepare.train_vocabulary(prepare.find_source("text", str(tmp_path / "notes")), 300, None, None, 0.1)
+    assert seen == [n for n in notes if n not in in_val]
+    # three books: the first two train whole, the third is cut by tokens
+    books = ["\n".join(f"Book {b}, line {i}: it was a dark and stormy night." for i in range(100)) for b in range(3)]
+    for b, book in enumerate(books):
+        write(tmp_path / "books" / f"b{b}.txt", book)
+    meta = prepare.prepare("text", source=str(tmp_path / "books"), out_dir=str(tmp_path / "data"), name="books")
+    train, _ = load(tmp_path / "data" / "books", "train", meta)
+    val, _ = load(tmp_path / "data" / "books", "val", meta)
+    head = enc.decode(train.tolist())
+    assert head.startswith(books[0] + EOT + books[1] + EOT) and head + enc.decode(val.tolist()) == EOT.join(books) + EOT
+    assert abs(len(val) - 0.1 * len(enc.encode(books[2]))) <= 2
+    seen.clear()
+    prepare.train_vocabulary(prepare.find_source("text", str(tmp_path / "books")), 300, None, None, 0.1)
+    learnt = "".join(seen)
+    assert learnt.startswith(books[0] + books[1]) and "".join(books).startswith(learnt)
+    assert 0.85 < (len(learnt) - len(books[0] + books[1])) / len(books[2]) < 0.95
+
+
 def test_separators_after_a_long_first_document_still_separate(tmp_path, monkeypatch):
     """Whether a .txt is one document or many was decided on its first 64K characters: a first document longer than
     that made the whole file one, its later <|endoftext|> separators tokenized as plain text."""
@@ -362,6 +397,11 @@ def test_a_vocabulary_is_trained_again_when_its_data_changes(tmp_path, capsys):
     meta = prepare.prepare("text", source=big, out_dir=out, name="v", vocab_size=400, limit=20)
     assert "trained a" not in capsys.readouterr().out and meta["vocab_fingerprint"]
     assert (tmp_path / "data" / "v" / "tokenizer.tiktoken").read_bytes() == vocab
+    # but a build in GPT-2's vocabulary in between (its meta.json has no vocab_fingerprint either) does not vouch
+    # for the vocabulary file left in the folder: other text is learnt afresh
+    prepare.prepare("text", source=big, out_dir=out, name="v")
+    meta = prepare.prepare("text", source=small, out_dir=out, name="v", vocab_size=400)
+    assert "trained a" in capsys.readouterr().out and meta["vocab_size"] < 400
 
 
 def test_the_vocabulary_is_trained_on_the_train_split_only(tmp_path, capsys):
