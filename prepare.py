@@ -202,14 +202,20 @@ def alternate(turns):
     return [{"role": "user" if i % 2 == 0 else "assistant", "content": t} for i, t in enumerate(turns)]
 
 
+def spoken(messages):
+    """messages without the empty ones. Dropped after the roles are given, so that the turns after an empty one (or
+    after the nothing that follows a line's last __eou__) keep their speakers: dropped before, every later reply
+    was the user's and the loss mask trained on the user's words."""
+    return [m for m in messages if m["content"]]
+
+
 def dailydialog_docs(path):
     """DailyDialog's original release: one dialogue per line, turns separated by __eou__."""
     for chunk in read_text_chunks(path):
         for line in chunk.split("\n"):
             turns = [t.strip() for t in tidy_dailydialog(line).split("__eou__")]  # a line at a time: fewer calls
-            turns = [t for t in turns if t]
-            if turns:
-                yield alternate(turns)
+            if messages := spoken(alternate(turns)):
+                yield messages
 
 
 def json_records(path):
@@ -293,7 +299,7 @@ def record_doc(record, where, dataset=None):
             if not isinstance(record["dialog"], list) or not all(isinstance(t, str) for t in record["dialog"]):
                 raise TypeError("`dialog` must be a list of strings, one per turn")
             turns = [tidy_dailydialog(t) if dataset == "dailydialog" else t for t in record["dialog"]]
-            messages = alternate([t for t in turns if t])
+            messages = spoken(alternate(turns))
         elif "text" in record:
             text = record["text"]
             if text is None:  # an empty row, as an empty string is

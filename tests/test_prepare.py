@@ -603,6 +603,18 @@ def test_dailydialog_and_gsm8k_sources(tmp_path, enc):
                                                      ["Where is it?", "Over there."]))
     assert ids.tolist()[:len(render_chat(enc, first)[0]) + 1] == render_chat(enc, first)[0] + [enc.eot_token]
     assert first[2]["role"] == "user" and masked_spans(enc, ids, mask) == ["I'm fine, thanks." + IM_END, "Over there." + IM_END] * 4 + ["I'm fine, thanks." + IM_END]
+    # an empty turn is dropped, and the turns after it keep their speakers (they swapped: the mask trained on the
+    # user's words), in DailyDialog's lines and in `dialog` lists alike
+    empty = ["U1 hi __eou__  __eou__ U2 asks __eou__ A2 replies __eou__", "U a __eou__ A b __eou__"] * 5
+    meta = prepare.prepare("dailydialog", source=write(tmp_path / "empty.txt", "\n".join(empty)),
+                           out_dir=str(tmp_path / "data"), name="empty", pack=0)
+    ids, mask = load(tmp_path / "data" / "empty", "train", meta)
+    assert masked_spans(enc, ids, mask) == ["A2 replies" + IM_END, "A b" + IM_END] * 4 + ["A2 replies" + IM_END]
+    records = [json.dumps({"dialog": ["U1 hi", "", "U2 asks", "A2 replies"]}), json.dumps({"dialog": ["U a", "A b"]})] * 5
+    meta = prepare.prepare("chat", source=write(tmp_path / "dialog.jsonl", "\n".join(records)),
+                           out_dir=str(tmp_path / "data"), name="dialog", pack=0)
+    ids, mask = load(tmp_path / "data" / "dialog", "train", meta)
+    assert masked_spans(enc, ids, mask) == ["A2 replies" + IM_END, "A b" + IM_END] * 4 + ["A2 replies" + IM_END]
 
     qa = [{"question": f"Tom has {i} apples and buys {i}. How many?", "answer": f"He has {i}+{i} = <<{i}+{i}={2 * i}>>{2 * i}.\n#### {2 * i}"}
           for i in range(10)]
