@@ -218,6 +218,22 @@ def dailydialog_docs(path):
                 yield messages
 
 
+# JSON can spell half of a UTF-16 pair (\ud800) alone, which no UTF-8 text holds: tiktoken reads it as U+FFFD, the
+# vocabulary trainer and the byte count failed on it
+SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def without_surrogates(x):
+    """x (parsed JSON) with each lone surrogate replaced by U+FFFD, as tiktoken reads it."""
+    if isinstance(x, str):
+        return re.sub("[\ud800-\udfff]", "\ufffd", x)
+    if isinstance(x, list):
+        return [without_surrogates(v) for v in x]
+    if isinstance(x, dict):
+        return {k: without_surrogates(v) for k, v in x.items()}
+    return x
+
+
 def json_records(path):
     """(where, record) for each record of a .jsonl, .json or .parquet file; where names file and line."""
     try:
@@ -233,7 +249,7 @@ def json_records(path):
                             raise UserError(f"{path} line {n}: malformed JSON ({e.msg}, column {e.colno})")
                         except RecursionError:
                             raise UserError(f"{path} line {n}: JSON nested too deeply to read")
-                        yield f"{path} line {n}", record
+                        yield f"{path} line {n}", without_surrogates(record) if SURROGATE_ESCAPE.search(line) else record
         else:  # .json is parsed whole: use .jsonl for corpora bigger than memory
             with open(path, encoding="utf-8-sig") as f:
                 try:
@@ -245,6 +261,8 @@ def json_records(path):
                     raise UserError(f"{path} line {e.lineno}: malformed JSON ({e.msg}, column {e.colno})")
                 except RecursionError:
                     raise UserError(f"{path}: JSON nested too deeply to read")
+                if SURROGATE_ESCAPE.search(text):
+                    data = without_surrogates(data)
             for i, record in enumerate(data if isinstance(data, list) else [data], 1):
                 yield f"{path} record {i}", record
     except UnicodeDecodeError as e:

@@ -206,6 +206,21 @@ def test_jsonl_text_and_folder_source(tmp_path, enc):
     assert (val == enc.eot_token).sum() == 3  # the literal inside a JSON document is plain text
 
 
+def test_lone_surrogates_in_json_read_as_tiktoken_reads_them(tmp_path, enc):
+    """JSON may spell half a UTF-16 pair alone ("\\ud800"): tiktoken read it as U+FFFD, but a --vocab_size build
+    failed with a traceback in the vocabulary trainer. Both read it as U+FFFD now (a whole pair stays one character)."""
+    lines = ['{"text": "hello \\ud800 world"}', '{"text": "a pair \\ud83d\\ude00 stays"}', '{"text": "third one"}',
+             '{"text": "a literal \\\\ud800"}']
+    src = write(tmp_path / "s.jsonl", "\n".join(lines * 3))
+    for vocab_size in (None, 300):
+        meta = prepare.prepare("text", source=src, out_dir=str(tmp_path / "data"), name=f"s{vocab_size}",
+                               vocab_size=vocab_size, val_fraction=0.25)
+        tok = get_tokenizer(meta["tokenizer"])
+        train, _ = load(tmp_path / "data" / f"s{vocab_size}", "train", meta)
+        assert tok.decode(train.tolist()).startswith(
+            "hello \ufffd world" + EOT + "a pair \U0001f600 stays" + EOT + "third one" + EOT + "a literal \\ud800" + EOT)
+
+
 def test_limit(tmp_path):
     src = write(tmp_path / "corpus.txt", EOT.join(DOCS))
     meta = prepare.prepare("text", source=src, limit=10, out_dir=str(tmp_path / "data"))
