@@ -74,6 +74,11 @@ DATASETS = ("story", "shakespeare", "dailydialog", "chat", "chitchat", "knowledg
 EVERYTHING = ("story", "shakespeare", "dailydialog", "chat", "knowledge", "chitchat")  # what a bare `python prepare.py` builds
 MIXABLE = ("dailydialog", "chat", "knowledge", "chitchat")  # the conversation sets, which --mix combines
 SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
+
+
+def suffix(path):
+    """The file type: ".txt" of notes.TXT too (Windows and cameras write upper case)."""
+    return os.path.splitext(path)[1].lower()
 THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 # a batch is what one threaded encode call gets: large enough to keep every core busy,
 # small enough that its Python token lists stay a few tens of MB whatever the corpus size
@@ -237,9 +242,9 @@ def without_surrogates(x):
 def json_records(path):
     """(where, record) for each record of a .jsonl, .json or .parquet file; where names file and line."""
     try:
-        if path.endswith(".parquet"):
+        if suffix(path) == ".parquet":
             yield from parquet_records(path)
-        elif path.endswith(".jsonl"):
+        elif suffix(path) == ".jsonl":
             with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark (Notepad, Excel) is not JSON
                 for n, line in enumerate(f, 1):
                     if line.strip():
@@ -341,7 +346,7 @@ def record_doc(record, where, dataset=None):
 
 def file_docs(path, dataset):
     """Documents of one --source file, read by its suffix."""
-    if path.endswith(".txt"):
+    if suffix(path) == ".txt":
         yield from (dailydialog_docs if dataset == "dailydialog" else text_docs)(path)
         return
     for where, record in json_records(path):
@@ -542,18 +547,30 @@ def find_source(dataset, source=None, extra=True, limit=None):
                     # not hidden folders (.ipynb_checkpoints, .git) nor a dataset prepare.py wrote (meta.json)
                     subs[:] = sorted(s for s in subs if not s.startswith(".")
                                      and (read_meta(os.path.join(d, s)) or {}).get("format") != FORMAT)
-                    found += [os.path.join(d, f) for f in names if f.endswith(SUFFIXES) and not f.startswith(".")]
+                    # nor the meta.json of a dataset written into the folder itself (--out_dir/--name the folder)
+                    ours = d == path and (read_meta(d) or {}).get("format") == FORMAT
+                    for f in names:
+                        if suffix(f) in SUFFIXES and not f.startswith(".") and not (ours and f == "meta.json"):
+                            if not os.path.exists(os.path.join(d, f)):
+                                raise UserError(f"--source {path}: {os.path.join(d, f)} is a broken link: remove or "
+                                                f"mend it")
+                            found.append(os.path.join(d, f))
                 found.sort()
                 if not found:
                     raise UserError(f"--source {path}: no {', '.join(SUFFIXES)} files in this folder")
                 files += found
             elif not os.path.exists(path):
                 raise UserError(f"--source {path}: no such file or folder")
-            elif not path.endswith(SUFFIXES):
+            elif suffix(path) not in SUFFIXES:
                 raise UserError(f"--source {path}: unsupported file type; use {', '.join(SUFFIXES)}")
             else:
                 files.append(path)
-        files = [os.path.abspath(f) for f in files]
+        # a file given twice (a file and its folder, overlapping folders) is read once: twice, its documents were
+        # duplicated and its val documents were in train as well
+        unique = {}
+        for f in files:
+            unique.setdefault(os.path.realpath(f), os.path.abspath(f))
+        files = list(unique.values())
         return {"description": "--source " + ", ".join(files), "files": files,
                 "streams": [("split", f, functools.partial(file_docs, f, dataset)) for f in files]}
     if dataset == "text":
@@ -1181,28 +1198,38 @@ def rebuild_command(meta, folder=None):
 
 @contextlib.contextmanager
 def ctrl_c_held():
-    """Ctrl-C waits until the block is done, then interrupts as usual: for a few renames that must not stop
-    halfway. Python runs signal handlers in the main thread only; elsewhere the block runs unguarded."""
-    caught = []
+    """Ctrl-C (and SIGTERM) waits until the block is done, then interrupts as usual: for a few renames that must not
+    stop halfway. Python runs signal handlers in the main thread only; elsewhere the block runs unguarded."""
+    caught, previous = [], {}
     try:
-        previous = signal.signal(signal.SIGINT, lambda *args: caught.append(args))
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, lambda signum, frame: caught.append(signum))
     except ValueError:  # not the main thread
-        previous = None
+        pass
     try:
         yield
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
-            if caught and callable(previous):
-                previous(*caught[0])  # the usual handler: raises KeyboardInterrupt
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if caught:
+            signal.raise_signal(caught[0])  # to the usual handler: KeyboardInterrupt, or main()'s exit for SIGTERM
+
+
+def exit_on_sigterm(signum, frame):
+    """SIGTERM (`kill`, `timeout`, a job scheduler) ends prepare.py as Ctrl-C does, through the clean-up: its default
+    ended the process on the spot, leaving temporary token files (twice the dataset) and a first build's folder
+    without meta.json. 143 is what a shell reports for a process that SIGTERM ended."""
+    raise SystemExit(143)
 
 
 def read_meta(folder):
+    """The folder's meta.json, None when it has none or one that is no JSON object."""
     try:
         with open(os.path.join(folder, "meta.json"), encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
+            meta = json.load(f)
+    except (OSError, ValueError, RecursionError):
         return None
+    return meta if isinstance(meta, dict) else None
 
 
 def is_complete(folder, meta):
@@ -1514,4 +1541,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, exit_on_sigterm)
     run_main(main)

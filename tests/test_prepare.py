@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 
 import numpy as np
@@ -592,6 +593,39 @@ def test_a_source_folder_skips_hidden_folders_and_prepared_datasets(tmp_path):
     for _ in range(2):
         meta = prepare.prepare("chat", source=str(src), out_dir=str(src), name="mine")
         assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == 2 * len(CONVERSATIONS) + 1
+    # the dataset written into the source folder itself: its meta.json was read back as records and refused
+    notes = tmp_path / "notes"
+    for i in range(10):
+        write(notes / f"n{i}.txt", f"note {i}")
+    for _ in range(2):
+        meta = prepare.prepare("text", source=str(notes), out_dir=str(tmp_path), name="notes", force=True)
+        assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == 10
+
+
+def test_source_files_upper_case_overlapping_broken_and_odd_meta(tmp_path, enc):
+    """NOTES.TXT in a folder was skipped (its documents lost); a file given twice (itself and its folder) was read
+    twice, its val documents in train as well; a broken link, or a meta.json that is JSON but no object, gave a
+    traceback."""
+    src = tmp_path / "src"
+    write(src / "a.txt", EOT.join(f"a{i}" for i in range(5)))
+    write(src / "B.TXT", EOT.join(f"b{i}" for i in range(5)))
+    meta = prepare.prepare("text", source=[str(src / "a.txt"), str(src)], out_dir=str(tmp_path / "data"))
+    train, _ = load(tmp_path / "data" / "text", "train", meta)
+    val, _ = load(tmp_path / "data" / "text", "val", meta)
+    docs = enc.decode(train.tolist()).split(EOT)[:-1] + enc.decode(val.tolist()).split(EOT)[:-1]
+    assert sorted(docs) == [f"{c}{i}" for c in "ab" for i in range(5)]
+    assert meta["source"] == f"--source {src / 'a.txt'}, {src / 'B.TXT'}"
+    (src / "c.txt").symlink_to(tmp_path / "gone.txt")
+    with pytest.raises(UserError, match=r"c\.txt is a broken link: remove or mend it"):
+        prepare.prepare("text", source=str(src), out_dir=str(tmp_path / "data"), name="broken")
+    (src / "c.txt").unlink()
+    write(src / "sub" / "meta.json", "[1, 2]")  # a list: records, read as such, not a dataset's meta.json
+    write(tmp_path / "data" / "odd" / "meta.json", "1")  # a damaged output folder: rebuilt
+    with pytest.raises(UserError, match=r"meta\.json record 1: "):
+        prepare.prepare("text", source=str(src), out_dir=str(tmp_path / "data"), name="odd")
+    (src / "sub" / "meta.json").unlink()
+    meta = prepare.prepare("text", source=str(src), out_dir=str(tmp_path / "data"), name="odd")
+    assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == 10
 
 
 def test_chitchat_is_deterministic(tmp_path, enc):
@@ -920,6 +954,25 @@ def test_interrupted_run_leaves_no_bin_and_keeps_the_old_dataset(tmp_path, monke
     with pytest.raises(KeyboardInterrupt):
         prepare.prepare("text", source=str(src), out_dir=out)
     assert sorted(os.listdir(folder)) == ["train.bin", "val.bin"]  # new train.bin, old val.bin, no meta.json
+
+
+def test_sigterm_cleans_up_as_ctrl_c_does(tmp_path):
+    """`kill` or `timeout` (SIGTERM) ended prepare.py on the spot: its temporary token files stayed for good and a
+    first build's folder was left without meta.json. It now runs the same clean-up as Ctrl-C and exits 143."""
+    src = tmp_path / "big.txt"
+    write(src, EOT.join(f"Story {i}: " + "the quick brown fox jumps over the lazy dog. " * 40 for i in range(20000)))
+    folder = tmp_path / "data" / "big"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.Popen([sys.executable, "prepare.py", "--source", str(src), "--name", "big", "--out_dir",
+                          str(tmp_path / "data")], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while not (folder.exists() and any(f.endswith(".tmp") for f in os.listdir(folder))):
+        assert p.poll() is None and time.time() < deadline, "prepare.py ended before it wrote anything"
+        time.sleep(0.02)
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 143, err.decode()
+    assert not folder.exists()  # a first build: nothing left, as after Ctrl-C
 
 
 def test_interrupted_commit_leaves_the_old_dataset_or_the_new_one(tmp_path, monkeypatch):
