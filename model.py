@@ -189,7 +189,8 @@ class CausalSelfAttention(nn.Module):
         # pos == 0: q and k have the same length, so is_causal is exact. pos > 0 and T == 1: the single query may see
         # every cached key, no mask. pos > 0 and T > 1: is_causal would align the mask top-left, hence the explicit one.
         dropout_p = self.dropout if self.training else 0.0
-        if kv is None and x.device.type == "cpu" and q.dtype != torch.float32 and T <= EXPLICIT_ATTENTION_MAX_T:
+        # (a prompt filling an empty cache too: the same attention, so its first token is what full recomputation gives)
+        if pos == 0 and x.device.type == "cpu" and q.dtype != torch.float32 and T <= EXPLICIT_ATTENTION_MAX_T:
             y = explicit_attention(q, k, v, dropout_p)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=(pos == 0),
