@@ -189,10 +189,24 @@ def chat_reply(model, enc, history, max_tokens, on_text=None, info=None, **sampl
     message): (text, stopped_by). The turn ends at <|im_end|> (or CHAT_STOPS' others); the model sees
     the newest turns that fit. info, a dict if given, receives prompt_ids, new_tokens and dropped
     (how many of the oldest messages the context could not hold)."""
-    budget = model.config.block_size - reserve_for(model, max_tokens)
+    block = model.config.block_size
+    budget = block - reserve_for(model, max_tokens)
     fitted = fit_history(enc, history, budget)
     ids, _ = render_chat(enc, fitted, add_generation_prompt=True)
-    ids = crop_prompt(model, ids, max_tokens, what="the conversation")
+    if len(ids) > budget:  # the system message and the newest one alone: never cut the system message
+        if len(ids) < block:  # the reply takes what is left, as serve.py's does
+            print(f"warning: the conversation is {len(ids)} tokens but the context holds {block}: the reply gets "
+                  f"the {block - len(ids)} left", file=sys.stderr)
+            max_tokens = min(max_tokens, block - len(ids))
+        else:  # the start of the newest message goes
+            head = len(render_chat(enc, fitted[:1])[0]) if fitted[0]["role"] == "system" and len(fitted) > 1 else 0
+            if head < budget:
+                print(f"warning: the conversation is {len(ids)} tokens but the context holds {block}: keeping the "
+                      f"system message and the last {budget - head} of the rest so {block - budget} can follow",
+                      file=sys.stderr)
+                ids = ids[:head] + ids[len(ids) - (budget - head):]
+            else:
+                ids = crop_prompt(model, ids, max_tokens, what="the conversation")
     new, text, stopped_by = complete(model, enc, ids, max_tokens, stop_ids(enc, CHAT_STOPS), on_text, **sampling)
     if info is not None:
         info.update(prompt_ids=ids, new_tokens=len(new), dropped=len(history) - len(fitted))

@@ -229,6 +229,22 @@ def test_history_overflow_drops_oldest_turns(enc, monkeypatch):
                                generator=torch.Generator().manual_seed(0))
     assert why == IM_END and info["dropped"] > 0 and len(info["prompt_ids"]) <= 64 - 20
     assert enc.decode(info["prompt_ids"]).startswith(f"<|im_start|>system\n{system['content']}")
+    # the system message and the newest one alone fill more than the prompt's share: the reply gets what is left,
+    # and when they fill the whole context the start of the newest message goes, never the system message (the
+    # start of the window was cut, system message and all)
+    sys_ids = render_chat(enc, [system])[0]
+    for words, max_tokens in ((30, 20), (60, 20)):
+        long = [system, {"role": "user", "content": "tell me " + "word " * words}]
+        n = len(render_chat(enc, long, add_generation_prompt=True)[0])
+        info = {}
+        text, why = gen.chat_reply(la_model(enc), enc, long, max_tokens, info=info, temperature=1.0,
+                                   generator=torch.Generator().manual_seed(0))
+        assert info["prompt_ids"][:len(sys_ids)] == sys_ids
+        if n < 64:
+            assert n > 64 - 20 and info["prompt_ids"] == render_chat(enc, long, add_generation_prompt=True)[0]
+        else:
+            assert len(info["prompt_ids"]) == 64 - 20
+            assert enc.decode(info["prompt_ids"]).endswith("word <|im_end|>\n<|im_start|>assistant\n")
 
 
 def test_prompt_file_batch(ckpt, enc, tmp_path, capsys):
