@@ -526,6 +526,14 @@ def test_chat_page_streams_a_reply_in_chromium(enc, tmp_path):
         wait = WebDriverWait(browser, 60)
         browser.get(api.url + "/")
         wait.until(lambda b: "la" in b.find_element(By.ID, "model").text)  # the page asked /v1/models
+        # max tokens starts empty: a long message gets what the context leaves instead of a refusal
+        assert browser.find_element(By.ID, "max_tokens").get_attribute("value") == ""
+        browser.find_element(By.ID, "input").send_keys("word " * 40)
+        browser.find_element(By.ID, "send").click()
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, ".msg.assistant .note"))
+        sent = api.worker.recent[-1]
+        assert sent["prompt_tokens"] > BLOCK // 2 and sent["prompt_tokens"] + sent["max_tokens"] == BLOCK
+        browser.find_element(By.ID, "clear").click()
         for field, value in (("temperature", "0.5"), ("top_p", "0.9"), ("max_tokens", "12")):
             el = browser.find_element(By.ID, field)
             el.clear()
