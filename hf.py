@@ -163,6 +163,10 @@ def _hf_vocab(folder):
                 or not pre.get("use_regex", True) or tok.get("normalizer"):
             raise UserError(f"{path} is not GPT-2-style byte-level BPE (model {model.get('type')}, pre-tokenizer "
                             f"{pre.get('type')}); only such tokenizers convert to this project's tiktoken vocabularies")
+        refuse_prefix_space(path, pre)
+        config_path = os.path.join(folder, "tokenizer_config.json")  # transformers applies its setting over this one
+        if os.path.isfile(config_path):
+            refuse_prefix_space(config_path, _read_json(config_path))
         merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
         added = {a["content"]: a["id"] for a in tok.get("added_tokens", [])}
         return model["vocab"], merges, added
@@ -177,9 +181,20 @@ def _hf_vocab(folder):
     added = {}
     config_path = os.path.join(folder, "tokenizer_config.json")
     if os.path.isfile(config_path):
-        decoder = _read_json(config_path).get("added_tokens_decoder") or {}
+        config = _read_json(config_path)
+        refuse_prefix_space(config_path, config)
+        decoder = config.get("added_tokens_decoder") or {}
         added = {a["content"]: int(i) for i, a in decoder.items()}
     return vocab, merges, added
+
+
+def refuse_prefix_space(path, settings):
+    """A tokenizer that puts a space before the text ("Hello" read as " Hello") gives other ids than tiktoken, which
+    has no such step: refused, or the model would see other tokens here than in transformers."""
+    if settings.get("add_prefix_space"):
+        raise UserError(f"{path}: add_prefix_space is set (a space is put before the text); tiktoken has no such "
+                        f"step, so the ids would differ from transformers': set it to false if the model was trained "
+                        f"without it, else this tokenizer cannot be used here")
 
 
 def read_tokenizer(folder):
@@ -342,6 +357,7 @@ def config_from_hf(raw, path):
         if kind == "llama":
             n_embd, n_head = raw["hidden_size"], raw["num_attention_heads"]
             rope = raw.get("rope_parameters") or {}
+            need(isinstance(rope, dict), "rope_parameters is not an object")
             need(raw.get("hidden_act", "silu") == "silu", f"hidden_act {raw.get('hidden_act')!r} is not silu")
             need(raw.get("num_key_value_heads") in (None, n_head), "it shares keys and values across heads (GQA)")
             need(raw.get("head_dim") in (None, n_embd // n_head), "head_dim is not hidden_size / num_attention_heads")

@@ -344,6 +344,12 @@ def broken(small_folder, tmp_path, change):
     return str(folder)
 
 
+def edit_json(path, change):
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
 def edit_config(**kv):
     def change(folder):
         config = json.loads((folder / "config.json").read_text())
@@ -362,7 +368,16 @@ def edit_config(**kv):
     (edit_config(n_positions=128), "shape"),
     (edit_config(n_layer=3), "do not match"),
     (lambda f: [(f / n).unlink() for n in ("tokenizer.json", "vocab.json", "merges.txt")], "no tokenizer files"),
-], ids=["no-config", "bad-json", "bert", "relu", "no-weights", "corrupt-weights", "shape", "layers", "no-tokenizer"])
+    # a space put before the text: other ids than transformers' (it was imported without a word)
+    (lambda f: edit_json(f / "tokenizer.json", lambda t: t["pre_tokenizer"].update(add_prefix_space=True)),
+     "add_prefix_space is set"),
+    (lambda f: edit_json(f / "tokenizer_config.json", lambda t: t.update(add_prefix_space=True)),
+     "add_prefix_space is set"),
+    (lambda f: [(f / "tokenizer.json").unlink(), edit_json(f / "tokenizer_config.json",
+                                                           lambda t: t.update(add_prefix_space=True))],
+     "add_prefix_space is set"),
+], ids=["no-config", "bad-json", "bert", "relu", "no-weights", "corrupt-weights", "shape", "layers", "no-tokenizer",
+        "prefix-space", "prefix-space-config", "prefix-space-vocab"])
 def test_bad_folders_are_one_line_errors(small_folder, tmp_path, capsys, change, words):
     folder = broken(small_folder, tmp_path, change)
     line = one_error_line(*run_cli(gen.main, [folder, "--prompt", "x", "--max_tokens", "1", *CPU], capsys)[::2])
@@ -375,7 +390,8 @@ def test_llama_settings_model_py_lacks_are_refused(small_folder, tmp_path, custo
     export.main([ckpt, str(tmp_path / "llama")])
     folder = tmp_path / "llama"
     for change, words in ((dict(num_key_value_heads=1), "GQA"), (dict(rope_theta=500000.0), "RoPE"),
-                          (dict(intermediate_size=256), "intermediate_size")):
+                          (dict(intermediate_size=256), "intermediate_size"),
+                          (dict(rope_parameters=[1]), "rope_parameters is not an object")):
         config = json.loads((folder / "config.json").read_text())
         (folder / "config.json").write_text(json.dumps({**config, **change}))
         line = one_error_line(*run_cli(gen.main, [str(folder), "--prompt", "x", *CPU], capsys)[::2])
