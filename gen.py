@@ -386,7 +386,10 @@ def main(argv=None):
     path = args.checkpoint or default_checkpoint()
     device = pick_device(args.device)
     dtype = pick_dtype(device, args.dtype)
-    model, enc, _ = load_model(path, device)
+    model, enc, ckpt = load_model(path, device)
+    if args.chat and (ckpt.get("data") or {}).get("kind") == "text":
+        print(f"warning: {path} was trained on plain text ({ckpt.get('dataset')}), not on conversations: its replies "
+              f"will not keep to the turn; fine-tune it on a chat set first (README: make chat-demo)", file=sys.stderr)
     if model.config.vocab_size > enc.n_vocab:
         raise UserError(f"{path}: the model has {model.config.vocab_size} token ids but its tokenizer only {enc.n_vocab}; the checkpoint is inconsistent")
     max_tokens = args.max_tokens or (10**9 if args.nonstop else 256)

@@ -1226,6 +1226,7 @@ def train(args):
                             budget_elapsed=budget_spent + time.time() - t_run, schedule_origin=p.schedule_origin,
                             budget_done=stopped == "time budget",
                             data={"tokenizer_hash": meta.get("tokenizer_hash"), "folder": meta["folder"],
+                                  "kind": meta.get("kind"),  # text or chat: gen.py --chat warns of a text-only model
                                   "train_tokens": meta.get("splits", {}).get("train", {}).get("tokens"),
                                   "val_tokens": meta.get("splits", {}).get("val", {}).get("tokens")})
         if path == best_path:

@@ -173,6 +173,15 @@ def test_chat_piped_session(la_ckpt, enc):
     assert r.returncode == 0 and r.stdout.count(b"[end: ") == 1, r.stderr.decode()[-2000:]
 
 
+def test_chat_with_a_model_trained_on_plain_text_is_warned_of(enc, tmp_path, capsys):
+    """make demo's story model answers --chat with a story that never ends its turn: the user is told why."""
+    for kind, warned in (("text", True), ("chat", False), (None, False)):
+        path = str(tmp_path / f"{kind}.pt")
+        save_checkpoint(path, la_model(enc), enc, dataset="story", data={"kind": kind} if kind else {})
+        code, out, err = cli([path, "--chat", "--prompt", "hi", "--max_tokens", "2", "--seed", "0"] + CPU, capsys)
+        assert code == 0 and ("trained on plain text (story), not on conversations" in err) == warned, err
+
+
 def test_chat_reset_in_process(la_ckpt, enc, capsys, monkeypatch):
     import io
     monkeypatch.setattr(sys, "stdin", io.StringIO("hello\n/reset\nhi\n"))

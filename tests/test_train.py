@@ -168,6 +168,7 @@ def test_loss_falls_on_real_text(env, trained):
     for key in ("step", "epoch", "train_loss", "lr", "tokens_per_s", "elapsed"):
         assert key in recs[-1]
     assert s["plot"] is None or os.path.getsize(s["plot"]) > 1000
+    assert load_checkpoint(s["checkpoint"])["data"]["kind"] == "text"  # gen.py --chat warns of such a model
 
 
 def test_best_checkpoint_follows_val_loss(env, trained):
