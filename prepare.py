@@ -1316,6 +1316,11 @@ def prepare(dataset, source=None, tokenizer="gpt2", limit=None, val_fraction=DEF
         tokenizer = tokenizer if tokenizer == "gpt2" else os.path.abspath(tokenizer)
         tok_hash = tokenizer_hash(enc)
         fp = fingerprint(dataset, plan, tokenizer, tok_hash, limit, val_fraction, pack, mix)
+        # text is never packed: any --pack gives the same files, so a text dataset's fingerprint leaves it out (it
+        # was rebuilt for nothing after a --pack 0, and again without it)
+        text_fp = fingerprint(dataset, plan, tokenizer, tok_hash, limit, val_fraction, 0, mix)
+        if old and old.get("kind") == "text":
+            fp = text_fp
         if old and not force and old.get("fingerprint") == fp and is_complete(folder, old):
             if new_vocab:  # retrained the same (a damaged or missing file)
                 fsync_replace(new_vocab, tokenizer)
@@ -1326,7 +1331,7 @@ def prepare(dataset, source=None, tokenizer="gpt2", limit=None, val_fraction=DEF
             print(f"{folder} is up to date")
             return old
         meta = build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_fraction, new_vocab, pack, options,
-                     vocab_fp)
+                     vocab_fp, text_fp)
     except BaseException:
         if created:
             shutil.rmtree(folder, ignore_errors=True)  # a failed first build leaves no folder behind
@@ -1386,9 +1391,10 @@ def mix_splits(folder, plan, enc, splits, scratch, limit, val_fraction, block, p
 
 
 def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_fraction, new_vocab=None, pack=None,
-          options=None, vocab_fp=None):
+          options=None, vocab_fp=None, text_fp=None):
     """Tokenize plan's streams into folder; the old files stay until everything new is written. options: prepare()'s
-    arguments, kept in meta.json for rebuild_command; vocab_fp: what the dataset's own vocabulary was trained on."""
+    arguments, kept in meta.json for rebuild_command; vocab_fp: what the dataset's own vocabulary was trained on;
+    text_fp: the fingerprint, should the documents turn out to be text (no --pack in it)."""
     os.makedirs(folder, exist_ok=True)
     meta_path = os.path.join(folder, "meta.json")
     new_meta = tmp_name(meta_path)
@@ -1427,7 +1433,8 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
                          "the source's own validation split" if "val" in roles else
                          f"the last {val_fraction:g} of the documents, counted over the sources together (of a single document's tokens)"
                          + ("; train-only extra files excluded" if "train" in roles else ""),
-            "limit": limit, "pack": block, "fingerprint": fp, "options": options,
+            "limit": limit, "pack": block, "fingerprint": text_fp if kind == "text" and text_fp else fp,
+            "options": options,
             # tokens include the padding; bytes are those of the documents alone
             "splits": {s: {"tokens": splits[s].tokens, "documents": splits[s].documents, "bytes": splits[s].bytes,
                            "padding": splits[s].padding} for s in ("train", "val")},

@@ -898,6 +898,10 @@ def test_rerun_is_a_noop_force_and_changes_rebuild(tmp_path, capsys):
     assert prepare.prepare("text", source=str(src), out_dir=out) == first
     assert "is up to date" in capsys.readouterr().out
     assert snapshot(folder) == before
+    # --pack 0 (no packing) changes nothing for text, which is never packed: not a rebuild each way
+    for pack in (0, None):
+        prepare.prepare("text", source=str(src), out_dir=out, pack=pack)
+        assert "is up to date" in capsys.readouterr().out and snapshot(folder) == before
     # --force rebuilds: same bytes, new files
     prepare.prepare("text", source=str(src), out_dir=out, force=True)
     after = snapshot(folder)
