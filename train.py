@@ -42,6 +42,7 @@ import math
 import os
 import queue
 import re
+import secrets
 import shlex
 import signal
 import sys
@@ -423,16 +424,25 @@ def refuse_going_back(checkpoint, ckpt, out_pattern, dataset, best_path, overwri
     """Continuing from an earlier point of a run (its best file, an older epoch's) writes the run's own file names:
     refused unless overwrite when one of them holds a later point, which the continued run would replace (its newer
     epochs, or a best file that the branch's worse evals would take over); returns those files. Only the files' small
-    entries are read (mmap)."""
+    entries are read (mmap). A file of another run (by run id: a checkpoint copied in from elsewhere and resumed next to
+    a run it is not) is refused as refuse_earlier_run refuses it, whatever point it holds."""
     done, later = int(ckpt.get("tokens", 0)), []
     for path in run_files(out_pattern, dataset) + ([best_path] if os.path.exists(best_path) else []):
         if os.path.samefile(path, checkpoint):
             continue
         try:
             other = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            if other.get("dataset") != dataset or int(other.get("tokens", 0)) <= done:
-                continue
         except Exception:  # unreadable: nothing to keep
+            continue
+        if not isinstance(other, dict) or other.get("dataset") != dataset:
+            continue
+        if ckpt.get("run") and other.get("run") and other["run"] != ckpt["run"]:
+            if not overwrite:
+                raise UserError(f"{path} holds another run than {checkpoint}, which continuing here would write over: "
+                                f"{ELSEWHERE}, or pass --overwrite to replace it")
+            later.append(path)
+            continue
+        if int(other.get("tokens", 0)) <= done:
             continue
         if not overwrite:
             raise UserError(f"{path} holds a later point of this run (step {other.get('step')}, {checkpoint} is at step "
@@ -748,7 +758,8 @@ class Metrics:
                     with contextlib.suppress(ValueError, TypeError, AttributeError):
                         rec = json.loads(line)
                         key = by if rec.get(by) is not None else "step"
-                        if rec.get(key, 0) <= keep_until[key]:
+                        # not another run's records, in a folder this one was continued in with --overwrite
+                        if rec.get(key, 0) <= keep_until[key] and rec.get("run") in (None, keep_until.get("run")):
                             self.records.append(rec)
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         if not self.held:
@@ -1068,6 +1079,9 @@ def train(args):
     best_path = os.path.join(out_dir, f"{dataset}_best.pt")
     metrics_path = os.path.join(out_dir, f"{dataset}_metrics.jsonl")
     replaced = []  # with --overwrite: files of an earlier run (or later points of this one) to remove (see save)
+    # which run a checkpoint and a metrics record belong to: a run continued keeps its id, a new one (fine-tuning,
+    # --reset_epoch) draws one; older checkpoints have none (and a continued one gets one)
+    run_id = (ckpt.get("run") if continuing and not args.reset_epoch else None) or secrets.token_hex(8)
     if dist.main:
         check_output(out_pattern.replace("{dataset}", dataset).replace("{epoch}", "1"),
                      "--output_checkpoint" if given else "the checkpoint folder")
@@ -1218,7 +1232,8 @@ def train(args):
             raise UserError(f"the weights became nan or inf at step {p.step}: {diverged()}")
         if dist.main:  # every rank holds the same weights and optimizer state
             save_checkpoint(path, model, enc, optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
-                            dataset=dataset, epoch=p.epoch, epoch_step=math.ceil(p.windows / batches.windows_per_step),
+                            dataset=dataset, run=run_id, epoch=p.epoch,
+                            epoch_step=math.ceil(p.windows / batches.windows_per_step),
                             epoch_windows=p.windows, step=p.step, tokens=p.tokens, rng=rng_state(),
                             args=dict(vars(args), world_size=dist.world),
                             best_val_loss=p.best_val_loss, evals_since_best=p.evals_since_best, val_loss=last_val,
@@ -1242,7 +1257,8 @@ def train(args):
                     with contextlib.suppress(FileNotFoundError):
                         os.remove(f)
             if best_path in replaced and path != best_path:
-                saved["best"] = None
+                # its val loss is no bar to a file that is gone: the run's next evaluation makes a best file again
+                saved["best"], p.best_val_loss, p.evals_since_best = None, None, 0
             replaced.clear()
             metrics.release()
 
@@ -1378,7 +1394,7 @@ def train(args):
                             if not math.isfinite(train_loss):
                                 raise UserError(f"the training loss became {train_loss} at step {p.step}: {diverged()}")
                             tps = tokens_mark / max(time.time() - t_mark, 1e-9)
-                            rec = {"step": p.step, "epoch": round(p.epoch + p.windows / len(train_w), 4),
+                            rec = {"run": run_id, "step": p.step, "epoch": round(p.epoch + p.windows / len(train_w), 4),
                                    "tokens": p.tokens, "train_loss": round(train_loss, 5), "val_loss": None,
                                    "lr": lr, "tokens_per_s": round(tps, 1),
                                    "elapsed": round(p.elapsed + time.time() - t_run, 2)}

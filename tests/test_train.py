@@ -399,6 +399,40 @@ def test_a_new_run_does_not_write_over_an_earlier_one(env, tmp_path):
     assert sorted(os.listdir(tmp_path / "m")) == ["mini_epoch1.pt", "mini_metrics.jsonl"]
 
 
+def test_continuing_another_runs_checkpoint_next_to_a_run_is_refused(env, tmp_path):
+    """A checkpoint of run B copied into run A's folder and continued there wrote over A's epoch, best file and
+    metrics, no --overwrite asked: A held no later point than B's copy, so nothing was refused. Runs carry an id."""
+    a = train.train(args_for(env, tmp_path / "a", "--dataset", "mini", "--max_steps", "2"))
+    b = train.train(args_for(env, tmp_path / "b", "--dataset", "mini", "--max_steps", "4", "--seed", "7"))
+    assert load_checkpoint(a["checkpoint"])["run"] != load_checkpoint(b["checkpoint"])["run"]
+    copy = tmp_path / "a" / "from_b.pt"
+    shutil.copy(b["checkpoint"], copy)
+    files = {f: (tmp_path / "a" / f).read_bytes() for f in os.listdir(tmp_path / "a")}
+    go_on = ["--checkpoint", str(copy), "--max_steps", "1", "--data_dir", env["data"], "--device", "cpu", "--no-color"]
+    with pytest.raises(UserError, match=r"mini_(epoch1|best)\.pt holds another run than .*from_b\.pt, which continuing "
+                                        r"here would write over: write this one to another folder"):
+        train.train(train.parse_args(go_on))
+    assert {f: (tmp_path / "a" / f).read_bytes() for f in os.listdir(tmp_path / "a")} == files
+    # asked for: A's files go, and A's metrics with them; B's continuation keeps B's history
+    r = train.train(train.parse_args(go_on + ["--overwrite", "--eval_interval", "0"]))
+    assert r["best_checkpoint"] is None and not (tmp_path / "a" / "mini_best.pt").exists()
+    run = load_checkpoint(r["checkpoint"])["run"]
+    assert run == load_checkpoint(b["checkpoint"])["run"]
+    assert {rec["run"] for rec in read_metrics(tmp_path / "a" / "mini_metrics.jsonl")} == {run}
+
+
+def test_reset_epoch_over_the_runs_own_best_file_drops_its_bar(env, tmp_path):
+    """--reset_epoch --overwrite removed the run's best file but kept its val loss as the bar a new best file must
+    beat: no best file was written until the new run beat a model that no longer existed."""
+    first = train.train(args_for(env, tmp_path, "--dataset", "mini", "--max_steps", "4"))
+    r = train.train(train.parse_args(["--checkpoint", first["checkpoint"], "--reset_epoch", "--overwrite",
+                                      "--max_steps", "2", "--lr", "1", "--warmup", "1", "--eval_interval", "0.5",
+                                      "--save_interval", "0.5", "--data_dir", env["data"], "--device", "cpu",
+                                      "--no-color"]))
+    assert r["best_checkpoint"] and os.path.exists(r["best_checkpoint"])
+    assert load_checkpoint(r["best_checkpoint"])["run"] == load_checkpoint(r["checkpoint"])["run"]
+
+
 def on_step(monkeypatch, n, action):
     """The next run's n-th optimizer step calls action() first: a sleep (a cold torch.compile's slow first step) or
     an error (a UserError: no checkpoint is written for it). Wraps the real train_step even when patched before."""
