@@ -50,7 +50,7 @@ def load_checkpoint(path, map_location="cpu"):
         return refuse_diverged(path, {"format": FORMAT, **hf.read_folder(path)})
     if os.path.isdir(path):
         raise UserError(f"{path} is a folder without {hf.CONFIG}: neither a checkpoint file nor a Hugging Face "
-                        f"model folder{available_hint()}")
+                        f"model folder{available_hint(path if find_checkpoints(path) else 'models')}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, KeyError, IndexError, TypeError, AttributeError) as e:

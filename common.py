@@ -208,6 +208,8 @@ def pick_device(name="auto", interactive=None):
             dev = torch.device(name)
         except RuntimeError:
             raise UserError(f"--device {name}: not a device; use auto, cpu, cuda, cuda:N or mps") from None
+        if dev.type not in ("cpu", "cuda", "mps"):  # torch knows xpu, meta, ...: the scripts run on none of them
+            raise UserError(f"--device {name}: not supported here; use auto, cpu, cuda, cuda:N or mps")
         if dev.type == "cuda":
             if not torch.cuda.is_available():
                 raise UserError(f"--device {name}: CUDA is not available here; use --device cpu")

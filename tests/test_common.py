@@ -86,6 +86,21 @@ def test_a_device_that_is_no_device_is_named(name):
         pick_device(name)
 
 
+@pytest.mark.parametrize("name", ["xpu", "meta", "hpu:0"])
+def test_a_device_torch_knows_but_the_scripts_do_not_is_refused(name):
+    """torch.device accepts them; training on them ended in a traceback (xpu: not compiled with it; meta: .item())."""
+    with pytest.raises(UserError, match=f"--device {name}: not supported here; use auto, cpu, cuda, cuda:N or mps"):
+        pick_device(name)
+
+
+def test_a_folder_of_checkpoints_given_as_one_lists_them(tmp_path):
+    from checkpoint import load_checkpoint
+    (tmp_path / "run").mkdir()
+    atomic_torch_save({"step": 1}, str(tmp_path / "run" / "a.pt"))
+    with pytest.raises(UserError, match=r"run is a folder without config\.json: .*; available: .*run/a\.pt$"):
+        load_checkpoint(str(tmp_path / "run"))
+
+
 def test_output_piped_into_head_ends_quietly():
     """`python gen.py ... | head`: the reader closes the pipe early; the script stops without a traceback."""
     script = "import common; common.run_main(lambda: [print('line', i) for i in range(10**6)])"
