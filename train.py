@@ -1079,9 +1079,10 @@ def train(args):
     best_path = os.path.join(out_dir, f"{dataset}_best.pt")
     metrics_path = os.path.join(out_dir, f"{dataset}_metrics.jsonl")
     replaced = []  # with --overwrite: files of an earlier run (or later points of this one) to remove (see save)
-    # which run a checkpoint and a metrics record belong to: a run continued keeps its id, a new one (fine-tuning,
-    # --reset_epoch) draws one; older checkpoints have none (and a continued one gets one)
-    run_id = (ckpt.get("run") if continuing and not args.reset_epoch else None) or secrets.token_hex(8)
+    # which run a checkpoint and a metrics record belong to: a run continued keeps its id (with --reset_epoch too: its
+    # tokens go on counting, so its files and the earlier ones of the run still order by them), a new one
+    # (fine-tuning included) draws one; older checkpoints have none (and a continued one gets one)
+    run_id = (ckpt.get("run") if continuing else None) or secrets.token_hex(8)
     if dist.main:
         check_output(out_pattern.replace("{dataset}", dataset).replace("{epoch}", "1"),
                      "--output_checkpoint" if given else "the checkpoint folder")
@@ -1092,6 +1093,9 @@ def train(args):
             replaced = refuse_going_back(args.checkpoint, ckpt, out_pattern, dataset, best_path, args.overwrite)
         if args.checkpoint and os.path.isfile(args.checkpoint):  # the file this run starts from stays, unless written
             replaced = [f for f in replaced if not os.path.samefile(f, args.checkpoint)]
+    # the best file goes at the first save, and its val loss with it (no bar to a file that is gone): on every rank,
+    # which each decide --patience's early stop
+    best_goes = [bool(dist.agree(best_path in replaced)[0])]
 
     dtype = pick_dtype(device, args.dtype)
     if device.type == "cpu" and (dtype == torch.float16 or dtype == torch.bfloat16 and not cpu_has_bf16()):
@@ -1230,6 +1234,10 @@ def train(args):
         # not replace a good checkpoint; the check is a pass over the weights, small beside the save itself
         if nonfinite(model.named_parameters()):
             raise UserError(f"the weights became nan or inf at step {p.step}: {diverged()}")
+        if best_goes[0]:
+            best_goes[0] = False
+            if path != best_path:  # the run's next evaluation makes a best file again
+                p.best_val_loss, p.evals_since_best = None, 0
         if dist.main:  # every rank holds the same weights and optimizer state
             save_checkpoint(path, model, enc, optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
                             dataset=dataset, run=run_id, epoch=p.epoch,
@@ -1257,8 +1265,7 @@ def train(args):
                     with contextlib.suppress(FileNotFoundError):
                         os.remove(f)
             if best_path in replaced and path != best_path:
-                # its val loss is no bar to a file that is gone: the run's next evaluation makes a best file again
-                saved["best"], p.best_val_loss, p.evals_since_best = None, None, 0
+                saved["best"] = None
             replaced.clear()
             metrics.release()
 

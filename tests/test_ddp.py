@@ -5,6 +5,7 @@ Ctrl-C and on another rank's death. Each run is a real `python -m torch.distribu
 """
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -124,6 +125,18 @@ def test_a_two_rank_run_with_dropout_resumes_exactly(env, tmp_path):
     assert all(b[s] == a[s] for s in b), assert_same_curve(b, a, sorted(b))  # bit for bit, else show the curves
     ck_a, ck_b = load_checkpoint(str(whole / "mini_2.pt")), load_checkpoint(str(tmp_path / "resumed" / "mini_2.pt"))
     assert ck_a["step"] == ck_b["step"] and all(torch.equal(ck_a["model"][k], ck_b["model"][k]) for k in ck_a["model"])
+
+
+def test_overwriting_the_best_file_drops_its_bar_on_every_rank(env, runs, tmp_path):
+    """--reset_epoch --overwrite removes the run's best file at the first save, and its val loss as the bar with it:
+    on rank 0 only, so the other ranks counted --patience against the old bar and stopped alone (a lost rank)."""
+    shutil.copytree(os.path.dirname(runs["half"]["checkpoint"]), tmp_path / "half")
+    ck = tmp_path / "half" / os.path.basename(runs["half"]["checkpoint"])
+    step = 100 / runs["spe"]  # one step, in % of an epoch
+    r = torchrun(["--checkpoint", ck, "--reset_epoch", "--overwrite", "--batch_size", "4", "--lr", "1e-12",
+                  "--min_lr", "1e-13", "--max_steps", "12", "--save_interval", step, "--eval_interval", 3 * step,
+                  "--patience", "1"])
+    assert "stopping early" in r.stdout + r.stderr and (tmp_path / "half" / "story_best.pt").exists()
 
 
 def test_another_global_batch_keeps_the_place_in_the_schedule(env, runs):

@@ -424,13 +424,20 @@ def test_continuing_another_runs_checkpoint_next_to_a_run_is_refused(env, tmp_pa
 def test_reset_epoch_over_the_runs_own_best_file_drops_its_bar(env, tmp_path):
     """--reset_epoch --overwrite removed the run's best file but kept its val loss as the bar a new best file must
     beat: no best file was written until the new run beat a model that no longer existed."""
-    first = train.train(args_for(env, tmp_path, "--dataset", "mini", "--max_steps", "4"))
+    first = train.train(args_for(env, tmp_path, "--dataset", "mini", "--epochs", "2", "--eval_interval", "50",
+                                 "--save_interval", "0"))
+    assert first["checkpoint"].endswith("mini_epoch2.pt")
     r = train.train(train.parse_args(["--checkpoint", first["checkpoint"], "--reset_epoch", "--overwrite",
                                       "--max_steps", "2", "--lr", "1", "--warmup", "1", "--eval_interval", "0.5",
                                       "--save_interval", "0.5", "--data_dir", env["data"], "--device", "cpu",
                                       "--no-color"]))
     assert r["best_checkpoint"] and os.path.exists(r["best_checkpoint"])
     assert load_checkpoint(r["best_checkpoint"])["run"] == load_checkpoint(r["checkpoint"])["run"]
+    # the new epoch 1 continues next to the epoch 2 it started from, an earlier point of the same run (refused as
+    # another run's when --reset_epoch drew a run id of its own)
+    assert r["checkpoint"].endswith("mini_epoch1.pt") and os.path.exists(first["checkpoint"])
+    train.train(train.parse_args(["--checkpoint", r["checkpoint"], "--max_steps", "3", "--data_dir", env["data"],
+                                  "--device", "cpu", "--no-color"]))
 
 
 def on_step(monkeypatch, n, action):
