@@ -126,15 +126,15 @@ def tmp_name(path):
     return f"{path}.{os.getpid()}.tmp"
 
 
-def remove_stale_tmp(folder, quiet_s=600):
-    """Delete the tmp_name() files in folder that processes killed mid-write left (SIGKILL: no finally runs), so
-    half-written checkpoints and token files do not pile up. Only ones whose process is gone from this machine and
-    that nobody has written to for quiet_s seconds: a live process's write (or one on another machine, on a shared
-    disk) is left alone."""
+def remove_stale_tmp(folder, names, quiet_s=600):
+    """Delete the tmp_name() files of the files the regex names matches in folder that processes killed mid-write
+    left (SIGKILL: no finally runs), so half-written checkpoints and token files do not pile up. Only ones whose
+    process is gone from this machine and that nobody has written to for quiet_s seconds: a live process's write (or
+    one on another machine, on a shared disk) is left alone, and so is any file of the user's."""
     import time
     with contextlib.suppress(OSError):
         for name in os.listdir(folder):
-            m = re.search(r"\.(\d+)\.tmp$", name)
+            m = re.fullmatch(rf"(?:{names})\.(\d+)\.tmp", name)
             if not m or int(m.group(1)) == os.getpid():
                 continue
             try:
@@ -180,7 +180,7 @@ def atomic_torch_save(obj, path):
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
-    remove_stale_tmp(folder)
+    remove_stale_tmp(folder, r".+\.pt")  # another checkpoint's: the one a killed save wrote may be named otherwise
 
 
 # -----------------------------------------------------------------------------

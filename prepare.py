@@ -998,14 +998,14 @@ def val_counts(counts, kind, val_fraction, label, limit):
     given = [i for i, n in counts.items() if n]
     if kind == "chat" and sum(counts.values()) == 1:
         check_splittable(1, kind, label, limit)
-    # too few documents to give val a whole one at its share (a handful of books): the last is cut by tokens and the
-    # others train whole. Cut one by one, each file's head ran into the next file's with no <|endoftext|> between,
-    # and a folder of one-document notes validated on the ends of all of them.
+    # a single text document in a source is a book, cut by tokens, when the documents are too few to give val a
+    # whole one at its share (a handful of books: each gives val its tail); with more, whole documents go to val
+    # (a folder of one-document notes validated on the ends of every note)
     few = round(sum(counts.values()) * val_fraction) == 0
     ks, seen, taken = {}, 0, 0
     for i in given:
         n = counts[i]
-        if n == 1 and i == given[-1] and (len(given) == 1 or (kind == "text" and few)):
+        if n == 1 and (len(given) == 1 or (kind == "text" and few)):
             ks[i] = None
             continue
         seen += n
@@ -1079,8 +1079,12 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
     split = [i for i, (role, _, _) in enumerate(streams) if role == "split"]
     ks = val_counts(count_split_docs(streams, budget)[0], kind, val_fraction, label_of(streams), limit) \
         if len(split) > 1 and val_fraction else None
+    cut = False  # train ends with a book's head, cut from its tail by tokens
     for i, role, label, docs in opened:
         out = splits["val" if role == "val" else "train"]
+        if cut and role != "val":  # end it, or it runs into the next file's text as one document
+            out.write(np.array([enc.eot_token], dtype), None, 0, 0)
+            cut = False
         start, ends = out.tokens, array("q")  # document ends of this stream, for the val cut
         for batch in batches(limited(docs, budget, role), kind, label):
             ids, mask, batch_ends = encode_batch(enc, batch, kind, dtype)
@@ -1099,6 +1103,7 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
         elif k is None and out.tokens - start >= 2:  # a single document (a whole book): cut it by tokens, as nanoGPT does
             keep = start + min(out.tokens - start - 1, max(1, round((out.tokens - start) * (1 - val_fraction))))
             out.move_tail(keep, n, splits["val"], table)
+            cut = True
     return kind
 
 
@@ -1319,9 +1324,8 @@ def prepare(dataset, source=None, tokenizer="gpt2", limit=None, val_fraction=DEF
         # text is never packed: any --pack gives the same files, so a text dataset's fingerprint leaves it out (it
         # was rebuilt for nothing after a --pack 0, and again without it)
         text_fp = fingerprint(dataset, plan, tokenizer, tok_hash, limit, val_fraction, 0, mix)
-        if old and old.get("kind") == "text":
-            fp = text_fp
-        if old and not force and old.get("fingerprint") == fp and is_complete(folder, old):
+        same = old and old.get("fingerprint") == (text_fp if old.get("kind") == "text" else fp)
+        if same and not force and is_complete(folder, old):
             if new_vocab:  # retrained the same (a damaged or missing file)
                 fsync_replace(new_vocab, tokenizer)
                 get_tokenizer.cache_clear()
@@ -1466,7 +1470,8 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
                     with contextlib.suppress(FileNotFoundError):
                         os.remove(os.path.join(folder, f"{s}_mask.bin"))
             fsync_replace(new_meta, meta_path)
-        remove_stale_tmp(folder)  # what a prepare killed mid-write (SIGKILL) left
+        # what a prepare killed mid-write (SIGKILL) left: token files (with a scratch suffix), meta, vocabulary
+        remove_stale_tmp(folder, r"(?:train|val)(?:_mask)?\.bin(?:\.[\w-]+)?|meta\.json|tokenizer\.tiktoken")
     finally:
         with ctrl_c_held():  # a Ctrl-C as the cleanup runs would leave temporary files behind
             for split in [*splits.values(), *(s for raw in scratch for s in raw.values())]:

@@ -67,10 +67,11 @@ def test_a_save_removes_what_killed_saves_left_and_nothing_else(tmp_path):
     path = str(tmp_path / "x.pt")
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # a pid that no process has now
-    stale = [f"{path}.{dead.pid}.tmp", str(tmp_path / f"train.bin.{dead.pid}.tmp")]
+    stale = [f"{path}.{dead.pid}.tmp", str(tmp_path / f"y_epoch3.pt.{dead.pid}.tmp")]
     kept = [f"{path}.{dead.pid + 1}.tmp",  # recent
             f"{path}.1.tmp",  # pid 1 (init) lives
-            str(tmp_path / "notes.tmp"), str(tmp_path / "y.pt")]
+            str(tmp_path / "notes.tmp"), str(tmp_path / "y.pt"),
+            str(tmp_path / "report.20240101.tmp"), str(tmp_path / f"data.{dead.pid}.tmp")]  # the user's own files
     for f in stale + kept:
         with open(f, "wb") as out:
             out.write(b"half a checkpoint")

@@ -126,11 +126,11 @@ def test_a_rebuild_removes_token_files_a_killed_prepare_left(tmp_path):
     folder.mkdir(parents=True)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = folder / f"train.bin.{dead.pid}.tmp"
-    stale.write_bytes(b"\0" * 1000)
-    os.utime(stale, (0, 0))
+    for name in (f"train.bin.{dead.pid}.tmp", f"val_mask.bin.unpacked.{dead.pid}.tmp", f"notes.{dead.pid}.tmp"):
+        (folder / name).write_bytes(b"\0" * 1000)
+        os.utime(folder / name, (0, 0))
     prepare.prepare("text", source=src, out_dir=str(tmp_path / "data"))
-    assert sorted(os.listdir(folder)) == ["meta.json", "train.bin", "val.bin"]
+    assert sorted(os.listdir(folder)) == ["meta.json", f"notes.{dead.pid}.tmp", "train.bin", "val.bin"]
 
 
 def test_single_document_is_cut_by_tokens(tmp_path, enc):
@@ -164,21 +164,24 @@ def test_a_folder_of_one_document_files_keeps_whole_documents(tmp_path, enc, mon
     monkeypatch.setattr(prepare, "train_bpe", lambda texts, *a: seen.extend(texts) or get_tokenizer("gpt2"))
     prepare.train_vocabulary(prepare.find_source("text", str(tmp_path / "notes")), 300, None, None, 0.1)
     assert seen == [n for n in notes if n not in in_val]
-    # three books: the first two train whole, the third is cut by tokens
-    books = ["\n".join(f"Book {b}, line {i}: it was a dark and stormy night." for i in range(100)) for b in range(3)]
+    # three books (too few documents to give val a whole one at its share): each is cut by tokens, its tail to val;
+    # each head ends with <|endoftext|> in train, not running into the next book's text, a short last file included
+    books = ["\n".join(f"Book {b}, line {i}: it was a dark and stormy night." for i in range(100)) for b in range(2)]
+    books.append("Licence: public domain.")
     for b, book in enumerate(books):
         write(tmp_path / "books" / f"b{b}.txt", book)
     meta = prepare.prepare("text", source=str(tmp_path / "books"), out_dir=str(tmp_path / "data"), name="books")
     train, _ = load(tmp_path / "data" / "books", "train", meta)
     val, _ = load(tmp_path / "data" / "books", "val", meta)
-    head = enc.decode(train.tolist())
-    assert head.startswith(books[0] + EOT + books[1] + EOT) and head + enc.decode(val.tolist()) == EOT.join(books) + EOT
-    assert abs(len(val) - 0.1 * len(enc.encode(books[2]))) <= 2
+    heads, tails = enc.decode(train.tolist()).split(EOT), enc.decode(val.tolist()).split(EOT)
+    assert len(heads) == 3 and len(tails) == 4 and tails[-1] == ""
+    assert [h + t for h, t in zip(heads, tails)] == books
+    for book, head in zip(books[:2], heads):
+        assert 0.85 < len(enc.encode(head)) / len(enc.encode(book)) < 0.95
     seen.clear()
     prepare.train_vocabulary(prepare.find_source("text", str(tmp_path / "books")), 300, None, None, 0.1)
     learnt = "".join(seen)
-    assert learnt.startswith(books[0] + books[1]) and "".join(books).startswith(learnt)
-    assert 0.85 < (len(learnt) - len(books[0] + books[1])) / len(books[2]) < 0.95
+    assert learnt.startswith(books[0][:len(heads[0]) - 200]) and books[1][:len(heads[1]) - 200] in learnt
 
 
 def test_separators_after_a_long_first_document_still_separate(tmp_path, monkeypatch):
@@ -902,6 +905,14 @@ def test_rerun_is_a_noop_force_and_changes_rebuild(tmp_path, capsys):
     for pack in (0, None):
         prepare.prepare("text", source=str(src), out_dir=out, pack=pack)
         assert "is up to date" in capsys.readouterr().out and snapshot(folder) == before
+    # but conversations put in its place are packed, and --pack matters to them again
+    chats = write(tmp_path / "chats.jsonl", FORMATS["messages"][1])
+    for pack, block in ((None, 256), (0, 0), (None, 256)):
+        assert prepare.prepare("text", source=chats, out_dir=out, name="swap", pack=pack)["pack"] == block
+        assert prepare.prepare("text", source=chats, out_dir=out, name="swap", pack=pack)["pack"] == block
+    prepare.prepare("text", source=str(src), out_dir=out, name="swap2")  # text, then conversations in its folder
+    assert prepare.prepare("text", source=chats, out_dir=out, name="swap2")["pack"] == 256
+    assert prepare.prepare("text", source=chats, out_dir=out, name="swap2", pack=0)["pack"] == 0
     # --force rebuilds: same bytes, new files
     prepare.prepare("text", source=str(src), out_dir=out, force=True)
     after = snapshot(folder)
