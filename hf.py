@@ -163,10 +163,7 @@ def _hf_vocab(folder):
                 or not pre.get("use_regex", True) or tok.get("normalizer"):
             raise UserError(f"{path} is not GPT-2-style byte-level BPE (model {model.get('type')}, pre-tokenizer "
                             f"{pre.get('type')}); only such tokenizers convert to this project's tiktoken vocabularies")
-        refuse_prefix_space(path, pre)
-        config_path = os.path.join(folder, "tokenizer_config.json")  # transformers applies its setting over this one
-        if os.path.isfile(config_path):
-            refuse_prefix_space(config_path, _read_json(config_path))
+        refuse_prefix_space(folder, pre)
         merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
         added = {a["content"]: a["id"] for a in tok.get("added_tokens", [])}
         return model["vocab"], merges, added
@@ -181,17 +178,27 @@ def _hf_vocab(folder):
     added = {}
     config_path = os.path.join(folder, "tokenizer_config.json")
     if os.path.isfile(config_path):
-        config = _read_json(config_path)
-        refuse_prefix_space(config_path, config)
-        decoder = config.get("added_tokens_decoder") or {}
+        decoder = _read_json(config_path).get("added_tokens_decoder") or {}
         added = {a["content"]: int(i) for i, a in decoder.items()}
+    refuse_prefix_space(folder, None)
     return vocab, merges, added
 
 
-def refuse_prefix_space(path, settings):
+def refuse_prefix_space(folder, pre_tokenizer):
     """A tokenizer that puts a space before the text ("Hello" read as " Hello") gives other ids than tiktoken, which
-    has no such step: refused, or the model would see other tokens here than in transformers."""
-    if settings.get("add_prefix_space"):
+    has no such step: refused, or the model would see other tokens here than in transformers. Whether it does is
+    transformers' choice: its GPT-2 classes take tokenizer_config.json's add_prefix_space (false unless set) over
+    tokenizer.json's, other fast classes tokenizer.json's pre-tokenizer (pre_tokenizer: None without that file)."""
+    config_path = os.path.join(folder, "tokenizer_config.json")
+    config = _read_json(config_path) if os.path.isfile(config_path) else {}
+    model_path = os.path.join(folder, CONFIG)
+    model_type = (_read_json(model_path) if os.path.isfile(model_path) else {}).get("model_type")
+    cls = config.get("tokenizer_class") or ("GPT2TokenizerFast" if model_type == "gpt2" else None)
+    if pre_tokenizer is None or cls in ("GPT2Tokenizer", "GPT2TokenizerFast"):
+        path, on = config_path, config.get("add_prefix_space", False)
+    else:
+        path, on = os.path.join(folder, TOKENIZER_JSON), pre_tokenizer.get("add_prefix_space", False)
+    if on:
         raise UserError(f"{path}: add_prefix_space is set (a space is put before the text); tiktoken has no such "
                         f"step, so the ids would differ from transformers': set it to false if the model was trained "
                         f"without it, else this tokenizer cannot be used here")

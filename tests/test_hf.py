@@ -368,9 +368,11 @@ def edit_config(**kv):
     (edit_config(n_positions=128), "shape"),
     (edit_config(n_layer=3), "do not match"),
     (lambda f: [(f / n).unlink() for n in ("tokenizer.json", "vocab.json", "merges.txt")], "no tokenizer files"),
-    # a space put before the text: other ids than transformers' (it was imported without a word)
-    (lambda f: edit_json(f / "tokenizer.json", lambda t: t["pre_tokenizer"].update(add_prefix_space=True)),
-     "add_prefix_space is set"),
+    # a space put before the text: other ids than transformers' (it was imported without a word). The generic fast
+    # class takes tokenizer.json's setting, GPT-2's classes tokenizer_config.json's
+    (lambda f: [edit_json(f / "tokenizer.json", lambda t: t["pre_tokenizer"].update(add_prefix_space=True)),
+                edit_json(f / "tokenizer_config.json", lambda t: t.update(tokenizer_class="PreTrainedTokenizerFast"))],
+     "tokenizer.json: add_prefix_space is set"),
     (lambda f: edit_json(f / "tokenizer_config.json", lambda t: t.update(add_prefix_space=True)),
      "add_prefix_space is set"),
     (lambda f: [(f / "tokenizer.json").unlink(), edit_json(f / "tokenizer_config.json",
@@ -382,6 +384,15 @@ def test_bad_folders_are_one_line_errors(small_folder, tmp_path, capsys, change,
     folder = broken(small_folder, tmp_path, change)
     line = one_error_line(*run_cli(gen.main, [folder, "--prompt", "x", "--max_tokens", "1", *CPU], capsys)[::2])
     assert words in line, line
+
+
+def test_a_prefix_space_that_transformers_overrides_is_no_refusal(small_folder, tmp_path, capsys):
+    """GPT-2's tokenizer classes take tokenizer_config.json's add_prefix_space (false) over tokenizer.json's:
+    transformers puts no space before the text, so neither does the import, and the folder loads."""
+    folder = broken(small_folder, tmp_path, lambda f: edit_json(
+        f / "tokenizer.json", lambda t: t["pre_tokenizer"].update(add_prefix_space=True)))
+    code, out, err = run_cli(gen.main, [folder, "--prompt", "x", "--max_tokens", "1", *CPU], capsys)
+    assert code == 0, err
 
 
 def test_llama_settings_model_py_lacks_are_refused(small_folder, tmp_path, custom_enc, capsys):
