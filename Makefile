@@ -50,7 +50,7 @@ demo: install
 chat-demo: install
 	$(BIN)/python prepare.py --dataset story --vocab_size 4096 --limit $(DEMO_STORIES)
 	$(BIN)/python train.py --dataset story --model tiny --time_budget $(CHAT_STORY_MINUTES) --output_checkpoint models/chat-demo/{dataset}.pt --overwrite
-	$(BIN)/python prepare.py --dataset dailydialog --tokenizer data/story/tokenizer.tiktoken
+	$(BIN)/python prepare.py --dataset dailydialog --tokenizer models/chat-demo/story_best.pt
 	$(BIN)/python train.py --dataset dailydialog --checkpoint models/chat-demo/story_best.pt --time_budget $(CHAT_TUNE_MINUTES) --output_checkpoint models/chat-demo/{dataset}.pt --overwrite
 	printf '$(CHAT_SCRIPT)\n' | $(BIN)/python gen.py models/chat-demo/dailydialog_best.pt --chat --seed 42 --max_tokens 60
 	$(BIN)/python eval.py models/chat-demo/story_best.pt --dataset dailydialog

@@ -1252,11 +1252,12 @@ def is_complete(folder, meta):
         return False
 
 
-def prepare(dataset, source=None, tokenizer="gpt2", limit=None, val_fraction=DEFAULT_VAL_FRACTION, force=False,
+def prepare(dataset, source=None, tokenizer=None, limit=None, val_fraction=DEFAULT_VAL_FRACTION, force=False,
             out_dir=DEFAULT_OUT_DIR, name=None, extra=True, vocab_size=None, pack=None, mix=None):
     """Build (or find up to date) out_dir/name from dataset's source; returns its meta.json as a dict.
     vocab_size: tokenize with a vocabulary of that size trained on this data (out_dir/name/tokenizer.tiktoken)
-    instead of --tokenizer; small vocabularies make small models several times faster.
+    instead of --tokenizer; small vocabularies make small models several times faster. Neither given: the
+    vocabulary the dataset has (its own, or the --tokenizer it was made with) when it is made again, else gpt2.
     pack: block size conversations are packed for (None: DEFAULT_PACK, 0: not packed; text never is).
     mix: {dataset: weight} for dataset "mix", several conversation sets in one (see the module docstring)."""
     if dataset == "mix":
@@ -1270,7 +1271,7 @@ def prepare(dataset, source=None, tokenizer="gpt2", limit=None, val_fraction=DEF
         raise UserError(f"--mix builds its own dataset: drop --dataset {dataset}")
     if limit is not None and limit < 1:
         raise UserError(f"--limit {limit}: must be at least 1")
-    if vocab_size is not None and tokenizer != "gpt2":
+    if vocab_size is not None and tokenizer is not None:
         raise UserError(f"--vocab_size {vocab_size} trains the dataset's own vocabulary, and --tokenizer {tokenizer} "
                         f"gives one: pass one of them")
     if not 0 <= val_fraction < 1:
@@ -1281,10 +1282,6 @@ def prepare(dataset, source=None, tokenizer="gpt2", limit=None, val_fraction=DEF
     if not re.fullmatch(r"[\w.-]+", name) or name in (".", ".."):
         raise UserError(f"--name {name!r}: use letters, digits, '.', '-' and '_' (it names a folder in {out_dir})")
     plan = find_mix_source(mix, extra, limit) if dataset == "mix" else find_source(dataset, source, extra, limit)
-    # what rebuild_command needs to build the dataset again; paths made absolute, so it works from anywhere
-    options = {"source": [os.path.abspath(p) for p in ([source] if isinstance(source, str) else source)] if source else None,
-               "tokenizer": tokenizer if tokenizer == "gpt2" else os.path.abspath(tokenizer), "vocab_size": vocab_size,
-               "limit": limit, "val_fraction": val_fraction, "pack": pack, "mix": mix, "extra": extra}
     folder = os.path.join(out_dir, name)
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise UserError(f"{folder} is a file, not a dataset folder: pick another --name, or move the file")
@@ -1292,6 +1289,21 @@ def prepare(dataset, source=None, tokenizer="gpt2", limit=None, val_fraction=DEF
     if old and not force and old.get("dataset") != dataset:
         raise UserError(f"{folder} holds the {old.get('dataset')!r} dataset (made by `{rebuild_command(old, folder)}`): "
                         f"pick another folder with --name, or replace it with --force")
+    if tokenizer is None and vocab_size is None:
+        # made again without a word about its vocabulary: the one it has, so checkpoints trained on it go on fitting
+        # (a bare `prepare.py` turned a --vocab_size dataset into GPT-2's)
+        kept = (old or {}).get("options") or {} if (old or {}).get("dataset") == dataset else {}
+        if kept.get("vocab_size"):
+            vocab_size = kept["vocab_size"]
+            print(f"{folder}: keeping its own {vocab_size}-token vocabulary (--tokenizer gpt2 for GPT-2's)")
+        elif kept.get("tokenizer") not in (None, "gpt2"):
+            tokenizer = kept["tokenizer"]
+            print(f"{folder}: keeping its tokenizer {tokenizer} (--tokenizer gpt2 for GPT-2's)")
+    tokenizer = tokenizer or "gpt2"
+    # what rebuild_command needs to build the dataset again; paths made absolute, so it works from anywhere
+    options = {"source": [os.path.abspath(p) for p in ([source] if isinstance(source, str) else source)] if source else None,
+               "tokenizer": tokenizer if tokenizer == "gpt2" else os.path.abspath(tokenizer), "vocab_size": vocab_size,
+               "limit": limit, "val_fraction": val_fraction, "pack": pack, "mix": mix, "extra": extra}
     created = not os.path.isdir(folder)
     # a freshly trained vocabulary (a temporary file, renamed into place with the token files) and its inputs' fingerprint
     new_vocab, vocab_fp = None, None
@@ -1506,8 +1518,8 @@ def main(argv=None):
     p.add_argument("--source", nargs="+", metavar="PATH",
                    help=".txt (documents separated by <|endoftext|>, else one per file), .jsonl/.json/.parquet records "
                         "(messages, ShareGPT conversations, Alpaca instruction/input/output, question/answer, text), or folders")
-    p.add_argument("--tokenizer", default="gpt2", help="gpt2, the path of a .tiktoken file (setup_tokenizer.py train), or a "
-                                                          "checkpoint's, for its vocabulary")
+    p.add_argument("--tokenizer", help="gpt2, the path of a .tiktoken file (setup_tokenizer.py train), or a checkpoint's, for "
+                                        "its vocabulary (default: gpt2, or what the dataset has when it is made again)")
     p.add_argument("--vocab_size", type=int,
                    help="train a vocabulary of this size on the data itself (saved as data/<name>/tokenizer.tiktoken) "
                         "and use it instead of --tokenizer: e.g. 4096 makes a tiny model several times faster")

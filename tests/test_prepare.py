@@ -423,6 +423,24 @@ def test_a_vocabulary_is_trained_again_when_its_data_changes(tmp_path, capsys):
     assert "trained a" in capsys.readouterr().out and meta["vocab_size"] < 400
 
 
+def test_made_again_without_a_vocabulary_option_a_dataset_keeps_its_own(tmp_path, capsys):
+    """A bare `prepare.py --dataset story` after a --vocab_size build turned the set into GPT-2's tokens without a
+    word: checkpoints trained on it no longer fit it. It keeps the vocabulary it has; --tokenizer gpt2 switches."""
+    out = str(tmp_path / "data")
+    src = write(tmp_path / "c.txt", EOT.join(DOCS * 3))
+    own = prepare.prepare("text", source=src, out_dir=out, vocab_size=300)
+    capsys.readouterr()
+    assert prepare.prepare("text", source=src, out_dir=out) == own
+    said = capsys.readouterr().out
+    assert "keeping its own 300-token vocabulary (--tokenizer gpt2 for GPT-2's)" in said and "is up to date" in said
+    # a dataset made with another's vocabulary keeps that one, --force or not
+    prepare.prepare("text", source=src, out_dir=out, name="other", tokenizer=own["tokenizer"])
+    assert prepare.prepare("text", source=src, out_dir=out, name="other", force=True)["tokenizer"] == own["tokenizer"]
+    assert prepare.prepare("text", source=src, out_dir=out, tokenizer="gpt2")["tokenizer"] == "gpt2"
+    with pytest.raises(UserError, match="pass one of them"):
+        prepare.prepare("text", source=src, out_dir=out, tokenizer="gpt2", vocab_size=300)
+
+
 def test_the_vocabulary_is_trained_on_the_train_split_only(tmp_path, capsys):
     """The val split stays unseen: a word only the val documents (the tail) have gets no merges."""
     train_docs = [f"the cat sat on the mat {i}." for i in range(90)]
