@@ -209,7 +209,15 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="autocast precision")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH; - prints JSON instead of the table")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    # `eval.py --dataset story models/x.pt`: --dataset takes several names, so it took the checkpoint too. A dataset's
+    # name has no folder in it (prepare.py --name), so a path last is the checkpoint.
+    last = (args.dataset or [""])[-1]
+    if args.checkpoint is None and (os.sep in last or "/" in last or last.endswith(".pt") or os.path.isfile(last)):
+        args.checkpoint = args.dataset.pop()
+        if not args.dataset:
+            p.error(f"--dataset needs a dataset's name before the checkpoint {args.checkpoint}")
+    return args
 
 
 def main(argv=None):

@@ -140,6 +140,16 @@ def test_cli_table_json_and_seed(env, chat_ckpt, tmp_path, capsys):
     assert [row["loss"] for row in b["rows"]] == [row["loss"] for row in a["rows"]] and b["sampling"]["seed"] == 7
 
 
+def test_a_checkpoint_after_dataset_is_the_checkpoint():
+    """--dataset takes several names, so `eval.py --dataset story models/x.pt` made the checkpoint a dataset name
+    (and the error then suggested preparing a dataset named models/x.pt)."""
+    args = eval_py.parse_args(["--dataset", "story", "chat", "models/x.pt"])
+    assert args.checkpoint == "models/x.pt" and args.dataset == ["story", "chat"]
+    assert eval_py.parse_args(["m.pt", "--dataset", "story"]).dataset == ["story"]
+    with pytest.raises(SystemExit):
+        eval_py.parse_args(["--dataset", "models/x.pt"])
+
+
 def test_bad_input_is_one_line(env, chat_ckpt, tmp_path, capsys):
     anonymous = str(tmp_path / "anonymous.pt")
     save_checkpoint(anonymous, fixed_model(env["enc"], 0), env["enc"])  # no dataset recorded
