@@ -1073,6 +1073,10 @@ def train(args):
                         f"{os.path.join(out_pattern, default_out)}")
     if "{epoch}" in head:
         raise UserError(f"--output_checkpoint {out_pattern}: {{epoch}} goes in the file's name, not in its folder")
+    unknown = sorted(set(re.findall(r"\{[^{}]*\}", out_pattern)) - {"{dataset}", "{epoch}"})
+    if unknown:  # a typo ({datset}) became part of the file's name
+        raise UserError(f"--output_checkpoint {out_pattern}: {', '.join(unknown)} is no placeholder; the file's name "
+                        f"may hold {{dataset}} and {{epoch}}")
     # {dataset} in the folder: the best file and metrics go there too, not to a folder named "{dataset}"
     out_pattern = os.path.join(head.replace("{dataset}", dataset), tail)
     out_dir = os.path.dirname(out_pattern) or "."

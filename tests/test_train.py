@@ -991,7 +991,9 @@ def test_output_checkpoint_folders(env, tmp_path):
     assert sorted(os.listdir(tmp_path / "runs")) == ["mini"] and (tmp_path / "runs" / "mini" / "mini_best.pt").exists()
     for bad, words in ((str(tmp_path / "new") + os.sep, "names a folder: give a file in it"),
                        (os.path.join(str(tmp_path / "new"), "."), "names a folder: give a file in it"),
-                       (str(tmp_path / "e{epoch}" / "x.pt"), "{epoch} goes in the file's name")):
+                       (str(tmp_path / "e{epoch}" / "x.pt"), "{epoch} goes in the file's name"),
+                       (str(tmp_path / "new" / "{datset}.pt"), "{datset} is no placeholder; the file's name may hold "
+                                                               "{dataset} and {epoch}")):
         with pytest.raises(UserError, match=re.escape(words)):
             train.train(args_for(env, tmp_path, "--dataset", "mini", "--max_steps", "2", "--output_checkpoint", bad))
     assert not (tmp_path / "new").exists()
