@@ -97,8 +97,30 @@ def test_prepare_on_a_given_file(tmp_path):
         pytest.skip(f"no GPT-2 BPE files here: {e}")
     mbs, tps = rows
     assert mbs["unit"] == "MB/s" and tps["unit"] == "tokens/s"
+    assert mbs["name"] == "tiktoken gpt2, prepare.encode_texts"  # what prepare.py runs, not encode_ordinary_batch
     # English-like text is about 4-5 bytes per GPT-2 token
     assert 2 < (mbs["value"] * 1e6) / tps["value"] < 8
+
+
+def test_the_load_average_written_is_the_starts_and_quick_figures_are_not_judged(tmp_path, one_thread, monkeypatch,
+                                                                                 capsys):
+    """The machine line was made again when the section was written, after the run's own load: its \"load average
+    at start\" was the end's. And --quick's toy sizes were judged against the targets (121.9% MFU, met)."""
+    loads = iter([1.0] + [99.0] * 10)
+    monkeypatch.setattr(os, "getloadavg", lambda: (next(loads), 0.0, 0.0))
+    out = tmp_path / "BENCH.md"
+    bench.main(["--quick", "--device", "cpu", "--only", "peak,gen", "--model", "small", "--peak_sizes", "64",
+                "--out", str(out), "--malloc", "default"])
+    assert "load average 1.0 at start" in out.read_text()
+    said = capsys.readouterr().out
+    assert "target small B1 cache speed-up >= 5x: " in said and "(not judged: --quick)" in said
+    assert " met" not in said.split("target")[1]
+    assert bench.off_target(bench.get_parser().parse_args(["--peak_sizes", "64", "--new_tokens", "8"])) == \
+        "--peak_sizes, --new_tokens"
+    assert bench.off_target(bench.get_parser().parse_args(["--batch_size", "16", "--new_tokens", "500"])) is None
+    # --gen_batch 1 names B1 twice: one row, and the speed-up of that one
+    rows = bench.run(quick_args("--only", "gen", "--gen_batch", "1"), torch.device("cpu"), log=lambda *a: None)
+    assert [r["name"] for r in rows] == ["tiny B1 no cache", "tiny B1 KV cache", "tiny B1 cache / no cache"]
 
 
 def test_write_appends_sections(tmp_path, one_thread):
@@ -141,6 +163,9 @@ def test_bad_input_is_refused_before_the_run(tmp_path, capsys, monkeypatch):
     (tmp_path / "a_file").write_text("")
     with pytest.raises(UserError, match=r"^--out .*a_file/b.md: a part of the path is a file"):
         bench.main(["--quick", "--malloc", "default", "--out", str(tmp_path / "a_file" / "b.md")])
+    (tmp_path / "binary.md").write_bytes(b"\xff\xfe binary")  # read at the end, to append to: a traceback then
+    with pytest.raises(UserError, match=r"^--out .*binary.md is not UTF-8 text"):
+        bench.main(["--quick", "--malloc", "default", "--out", str(tmp_path / "binary.md")])
 
 
 def test_given_sizes_win_over_quick_and_the_command_is_kept_quoted(tmp_path, one_thread):
