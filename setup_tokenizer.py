@@ -293,6 +293,10 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     if args.cmd == "show":
+        try:
+            args.text.encode("utf-8")
+        except UnicodeEncodeError:  # bytes the locale could not decode, kept by Python as lone surrogates
+            raise UserError("the text is not UTF-8: give it in UTF-8")
         enc = get_tokenizer(args.tokenizer)
         ids = enc.encode(args.text, allowed_special="all")
         for i in ids:
@@ -300,6 +304,10 @@ def main(argv=None):
         print(f"{len(ids)} tokens, {len(args.text.encode())} bytes, vocabulary {enc.n_vocab} ({enc.name})")
     else:
         check_output(args.out, "--out")  # before the training, not after it
+        for f in args.input:
+            if os.path.exists(args.out) and os.path.exists(f) and os.path.samefile(f, args.out):
+                raise UserError(f"--out {args.out} is one of the --input files: the vocabulary would replace the text "
+                                f"it learns from; give another --out")
         t0 = time.time()
         size = sum(os.path.getsize(f) for f in args.input if os.path.exists(f))
         enc = train_tokenizer(args.input, args.vocab_size, args.out)

@@ -155,6 +155,15 @@ def test_bad_tokenizer_inputs(tmp_path):
     with pytest.raises(UserError, match="at least 259"):
         train_tokenizer([str(latin1)], 258, str(tmp_path / "x.tiktoken"))
     assert not (tmp_path / "x.tiktoken").exists()
+    # the command line: --out over its own --input (the text was replaced by the vocabulary), non-UTF-8 to show
+    import setup_tokenizer
+    text = tmp_path / "in.txt"
+    text.write_text("the cat sat on the mat " * 50)
+    with pytest.raises(UserError, match="is one of the --input files"):
+        setup_tokenizer.main(["train", "--input", str(text), "--vocab_size", "300", "--out", str(text)])
+    assert text.read_text().startswith("the cat")
+    with pytest.raises(UserError, match="the text is not UTF-8"):
+        setup_tokenizer.main(["show", "caf\udce9"])  # as Python keeps a Latin-1 argument under a UTF-8 locale
 
 
 def test_the_smallest_vocabulary_is_the_bytes(tmp_path):
