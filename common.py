@@ -180,7 +180,8 @@ def atomic_torch_save(obj, path):
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
-    remove_stale_tmp(folder, r".+\.pt")  # another checkpoint's: the one a killed save wrote may be named otherwise
+    # another checkpoint's (a killed save's may be named otherwise), and train.py's metrics and loss curve
+    remove_stale_tmp(folder, r".+\.pt|.+_metrics\.jsonl|.+_loss\.png")
 
 
 # -----------------------------------------------------------------------------

@@ -184,20 +184,28 @@ def _hf_vocab(folder):
     return vocab, merges, added
 
 
+# tokenizer classes of transformers that take tokenizer_config.json's add_prefix_space over tokenizer.json's (5.x)
+CONFIG_PREFIX_SPACE = ("GPT2Tokenizer", "CodeGenTokenizer", "GPTNeoXTokenizer", "Qwen2Tokenizer")
+
+
 def refuse_prefix_space(folder, pre_tokenizer):
     """A tokenizer that puts a space before the text ("Hello" read as " Hello") gives other ids than tiktoken, which
     has no such step: refused, or the model would see other tokens here than in transformers. Whether it does is
-    transformers' choice: its GPT-2 classes take tokenizer_config.json's add_prefix_space (false unless set) over
+    transformers' choice: its GPT-2-like classes (CONFIG_PREFIX_SPACE) take tokenizer_config.json's add_prefix_space (false unless set) over
     tokenizer.json's, other fast classes tokenizer.json's pre-tokenizer (pre_tokenizer: None without that file)."""
     config_path = os.path.join(folder, "tokenizer_config.json")
     config = _read_json(config_path) if os.path.isfile(config_path) else {}
     model_path = os.path.join(folder, CONFIG)
     model_type = (_read_json(model_path) if os.path.isfile(model_path) else {}).get("model_type")
-    cls = config.get("tokenizer_class") or ("GPT2TokenizerFast" if model_type == "gpt2" else None)
-    if pre_tokenizer is None or cls in ("GPT2Tokenizer", "GPT2TokenizerFast"):
+    cls = (config.get("tokenizer_class") or ("GPT2TokenizerFast" if model_type == "gpt2" else "")).removesuffix("Fast")
+    json_path = os.path.join(folder, TOKENIZER_JSON)
+    if pre_tokenizer is None or cls in CONFIG_PREFIX_SPACE:
         path, on = config_path, config.get("add_prefix_space", False)
-    else:
-        path, on = os.path.join(folder, TOKENIZER_JSON), pre_tokenizer.get("add_prefix_space", False)
+    elif cls in ("PreTrainedTokenizer", "TokenizersBackend"):
+        path, on = json_path, pre_tokenizer.get("add_prefix_space", False)
+    else:  # a class whose choice is not known here: refused if either file asks for the space
+        path, on = ((config_path, True) if config.get("add_prefix_space") else
+                    (json_path, pre_tokenizer.get("add_prefix_space", False)))
     if on:
         raise UserError(f"{path}: add_prefix_space is set (a space is put before the text); tiktoken has no such "
                         f"step, so the ids would differ from transformers': set it to false if the model was trained "

@@ -122,6 +122,10 @@ class NoSource(UserError):
     """No --source, mirror or hub has the data: a bare `python prepare.py` skips the dataset."""
 
 
+class TokenizerGone(UserError):
+    """A dataset made again keeps its tokenizer, and that file is gone: a bare `python prepare.py` skips it."""
+
+
 # -----------------------------------------------------------------------------
 # reading documents
 # A document is (text, ends) -- ends False for a piece of a long text whose rest follows,
@@ -1157,6 +1161,16 @@ def train_vocabulary(plan, vocab_size, path, limit, val_fraction):
     return enc
 
 
+def meta_options(meta, folder):
+    """prepare()'s options that made a dataset, from its meta.json; one from before "options": what it says of them."""
+    return meta.get("options") or {
+        "source": meta["source"][len("--source "):].split(", ") if meta.get("source", "").startswith("--source ") else None,
+        "tokenizer": meta.get("tokenizer", "gpt2"), "limit": meta.get("limit"),
+        "vocab_size": meta.get("vocab_size") if meta.get("tokenizer") == os.path.abspath(os.path.join(folder, "tokenizer.tiktoken")) else None,
+        "pack": meta.get("pack") if meta.get("kind") == "chat" and meta.get("pack") != DEFAULT_PACK else None,
+        "mix": {source: m["weight"] for source, m in meta["mix"].items()} if meta.get("mix") else None}
+
+
 def rebuild_command(meta, folder=None):
     """The prepare.py command line that builds meta.json's dataset again, for the hints of every script: run on an
     intact dataset it says "up to date". folder: where the dataset is (default meta["folder"], which train.py's
@@ -1166,12 +1180,7 @@ def rebuild_command(meta, folder=None):
     folder = os.path.normpath(folder or meta.get("folder") or os.path.join(DEFAULT_OUT_DIR, str(meta.get("name"))))
     try:
         dataset, name, out_dir = meta["dataset"], os.path.basename(folder), os.path.dirname(folder) or "."
-        o = meta.get("options") or {  # a meta.json from before "options": what it says of them
-            "source": meta["source"][len("--source "):].split(", ") if meta.get("source", "").startswith("--source ") else None,
-            "tokenizer": meta.get("tokenizer", "gpt2"), "limit": meta.get("limit"),
-            "vocab_size": meta.get("vocab_size") if meta.get("tokenizer") == os.path.abspath(os.path.join(folder, "tokenizer.tiktoken")) else None,
-            "pack": meta.get("pack") if meta.get("kind") == "chat" and meta.get("pack") != DEFAULT_PACK else None,
-            "mix": {source: m["weight"] for source, m in meta["mix"].items()} if meta.get("mix") else None}
+        o = meta_options(meta, folder)
 
         def number(x):  # 2.0 as 2, and every digit of 0.15: the fingerprint has them
             return repr(x).removesuffix(".0")
@@ -1186,8 +1195,9 @@ def rebuild_command(meta, folder=None):
             args += ["--out_dir", out_dir]
         if o.get("vocab_size"):
             args += ["--vocab_size", str(o["vocab_size"])]
-        elif o.get("tokenizer", "gpt2") != "gpt2":
-            args += ["--tokenizer", o["tokenizer"]]
+        elif o.get("tokenizer", "gpt2") != "gpt2" or meta.get("tokenizer", "gpt2") != "gpt2":
+            # a switch to gpt2 is said: without a word the dataset would keep the vocabulary it has
+            args += ["--tokenizer", o.get("tokenizer", "gpt2")]
         if o.get("limit") is not None:
             args += ["--limit", str(o["limit"])]
         if o.get("val_fraction", DEFAULT_VAL_FRACTION) != DEFAULT_VAL_FRACTION:
@@ -1292,12 +1302,15 @@ def prepare(dataset, source=None, tokenizer=None, limit=None, val_fraction=DEFAU
     if tokenizer is None and vocab_size is None:
         # made again without a word about its vocabulary: the one it has, so checkpoints trained on it go on fitting
         # (a bare `prepare.py` turned a --vocab_size dataset into GPT-2's)
-        kept = (old or {}).get("options") or {} if (old or {}).get("dataset") == dataset else {}
+        kept = meta_options(old, folder) if old and old.get("dataset") == dataset else {}
         if kept.get("vocab_size"):
             vocab_size = kept["vocab_size"]
             print(f"{folder}: keeping its own {vocab_size}-token vocabulary (--tokenizer gpt2 for GPT-2's)")
         elif kept.get("tokenizer") not in (None, "gpt2"):
             tokenizer = kept["tokenizer"]
+            if not os.path.exists(tokenizer):
+                raise TokenizerGone(f"{folder} was made with tokenizer {tokenizer}, which is gone: pass --tokenizer "
+                                    f"gpt2, or the path of its vocabulary (a checkpoint or .tiktoken file)")
             print(f"{folder}: keeping its tokenizer {tokenizer} (--tokenizer gpt2 for GPT-2's)")
     tokenizer = tokenizer or "gpt2"
     # what rebuild_command needs to build the dataset again; paths made absolute, so it works from anywhere
@@ -1477,6 +1490,12 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
             if new_vocab:
                 fsync_replace(new_vocab, tokenizer)
                 get_tokenizer.cache_clear()  # the path now holds another vocabulary
+            own = os.path.join(folder, "tokenizer.tiktoken")
+            if not new_vocab and os.path.abspath(tokenizer) != os.path.abspath(own):
+                # its own vocabulary no longer (--tokenizer gpt2): gone, or `--tokenizer data/<name>/tokenizer.tiktoken`
+                # would take a vocabulary the dataset does not use
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(own)
             if not has_mask:  # a chat set rebuilt as text must not keep stale masks
                 for s in ("train", "val"):
                     with contextlib.suppress(FileNotFoundError):
@@ -1560,7 +1579,7 @@ def main(argv=None):
         try:
             # --pack is for the conversation sets: the plain-text ones would refuse it
             prepare(dataset, pack=args.pack if dataset in MIXABLE else None, **options)
-        except NoSource as e:
+        except (NoSource, TokenizerGone) as e:
             print(f"skipping {dataset}: {e}")
 
 

@@ -1073,7 +1073,7 @@ def train(args):
                         f"{os.path.join(out_pattern, default_out)}")
     if "{epoch}" in head:
         raise UserError(f"--output_checkpoint {out_pattern}: {{epoch}} goes in the file's name, not in its folder")
-    unknown = sorted(set(re.findall(r"\{[^{}]*\}", out_pattern)) - {"{dataset}", "{epoch}"})
+    unknown = sorted(set(re.findall(r"\{[^{}]*\}", tail)) - {"{dataset}", "{epoch}"}) if given else []
     if unknown:  # a typo ({datset}) became part of the file's name
         raise UserError(f"--output_checkpoint {out_pattern}: {', '.join(unknown)} is no placeholder; the file's name "
                         f"may hold {{dataset}} and {{epoch}}")
@@ -1082,24 +1082,33 @@ def train(args):
     out_dir = os.path.dirname(out_pattern) or "."
     best_path = os.path.join(out_dir, f"{dataset}_best.pt")
     metrics_path = os.path.join(out_dir, f"{dataset}_metrics.jsonl")
-    replaced = []  # with --overwrite: files of an earlier run (or later points of this one) to remove (see save)
+    replaced, refused = [], None  # with --overwrite: files of an earlier run (or later points of this one) to remove (see save)
     # which run a checkpoint and a metrics record belong to: a run continued keeps its id (with --reset_epoch too: its
     # tokens go on counting, so its files and the earlier ones of the run still order by them), a new one
     # (fine-tuning included) draws one; older checkpoints have none (and a continued one gets one)
     run_id = (ckpt.get("run") if continuing else None) or secrets.token_hex(8)
-    if dist.main:
-        check_output(out_pattern.replace("{dataset}", dataset).replace("{epoch}", "1"),
-                     "--output_checkpoint" if given else "the checkpoint folder")
-        # --reset_epoch numbers epochs from 1 again: its files would land on the run's own
-        if not continuing or args.reset_epoch:
-            replaced = refuse_earlier_run(out_pattern, dataset, best_path, args.overwrite)
-        else:
-            replaced = refuse_going_back(args.checkpoint, ckpt, out_pattern, dataset, best_path, args.overwrite)
+    if dist.main:  # the files are rank 0's to write
+        try:
+            check_output(out_pattern.replace("{dataset}", dataset).replace("{epoch}", "1"),
+                         "--output_checkpoint" if given else "the checkpoint folder")
+            # --reset_epoch numbers epochs from 1 again: its files would land on the run's own
+            if not continuing or args.reset_epoch:
+                replaced = refuse_earlier_run(out_pattern, dataset, best_path, args.overwrite)
+            else:
+                replaced = refuse_going_back(args.checkpoint, ckpt, out_pattern, dataset, best_path, args.overwrite)
+        except UserError as e:
+            refused = e
         if args.checkpoint and os.path.isfile(args.checkpoint):  # the file this run starts from stays, unless written
             replaced = [f for f in replaced if not os.path.samefile(f, args.checkpoint)]
-    # the best file goes at the first save, and its val loss with it (no bar to a file that is gone): on every rank,
-    # which each decide --patience's early stop
-    best_goes = [bool(dist.agree(best_path in replaced)[0])]
+    # every rank learns whether rank 0 refused (it says why; the others end quietly, not in a lost connection), and
+    # whether the best file goes at the first save, and its val loss with it (no bar to a file that is gone): each
+    # rank decides --patience's early stop
+    failed, best_goes = dist.agree(refused is not None, best_path in replaced)
+    if refused is not None:
+        raise refused
+    if failed:
+        raise SystemExit(1)
+    best_goes = [bool(best_goes)]
 
     dtype = pick_dtype(device, args.dtype)
     if device.type == "cpu" and (dtype == torch.float16 or dtype == torch.bfloat16 and not cpu_has_bf16()):

@@ -67,7 +67,8 @@ def test_a_save_removes_what_killed_saves_left_and_nothing_else(tmp_path):
     path = str(tmp_path / "x.pt")
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # a pid that no process has now
-    stale = [f"{path}.{dead.pid}.tmp", str(tmp_path / f"y_epoch3.pt.{dead.pid}.tmp")]
+    stale = [f"{path}.{dead.pid}.tmp", str(tmp_path / f"y_epoch3.pt.{dead.pid}.tmp"),
+             str(tmp_path / f"y_metrics.jsonl.{dead.pid}.tmp"), str(tmp_path / f"y_loss.png.{dead.pid}.tmp")]
     kept = [f"{path}.{dead.pid + 1}.tmp",  # recent
             f"{path}.1.tmp",  # pid 1 (init) lives
             str(tmp_path / "notes.tmp"), str(tmp_path / "y.pt"),

@@ -320,6 +320,17 @@ def test_bad_input_under_torchrun_is_said_once(env, bad):
     assert err.count("error: ") == 1 and err.count("usage: ") == (1 if bad == ["--bogus"] else 0), err[-3000:]
 
 
+def test_a_run_rank_0_refuses_ends_every_rank_quietly(env, runs):
+    """Rank 0 alone checks the files; the others waited at the next collective and died there with a gloo traceback
+    when it refused a run over an earlier one."""
+    r = torchrun(["--data_dir", env["data"], "--dataset", "story", *MODEL, "--max_steps", "1", "--output_checkpoint",
+                  os.path.join(os.path.dirname(runs["one"]["checkpoint"]), "{dataset}_epoch{epoch}.pt")],
+                 stdin=subprocess.DEVNULL)
+    _, err = r.communicate(timeout=240)
+    assert r.returncode != 0 and err.count("error: ") == 1 and "hold an earlier run" in err, err[-3000:]
+    assert "[rank1]" not in err and "Connection closed" not in err, err[-3000:]  # (torchrun's own report stays)
+
+
 SHARED_NS = '''
 import sys, torch, torch.distributed as dist
 sys.path.insert(0, sys.argv[1])

@@ -140,7 +140,7 @@ def test_cli_table_json_and_seed(env, chat_ckpt, tmp_path, capsys):
     assert [row["loss"] for row in b["rows"]] == [row["loss"] for row in a["rows"]] and b["sampling"]["seed"] == 7
 
 
-def test_a_checkpoint_after_dataset_is_the_checkpoint():
+def test_a_checkpoint_after_dataset_is_the_checkpoint(tmp_path, monkeypatch):
     """--dataset takes several names, so `eval.py --dataset story models/x.pt` made the checkpoint a dataset name
     (and the error then suggested preparing a dataset named models/x.pt)."""
     args = eval_py.parse_args(["--dataset", "story", "chat", "models/x.pt"])
@@ -148,6 +148,10 @@ def test_a_checkpoint_after_dataset_is_the_checkpoint():
     assert eval_py.parse_args(["m.pt", "--dataset", "story"]).dataset == ["story"]
     with pytest.raises(SystemExit):
         eval_py.parse_args(["--dataset", "models/x.pt"])
+    (tmp_path / "hf_model").mkdir()  # a Hugging Face folder, named without a slash
+    (tmp_path / "hf_model" / "config.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    assert eval_py.parse_args(["--dataset", "story", "hf_model"]).checkpoint == "hf_model"
 
 
 def test_bad_input_is_one_line(env, chat_ckpt, tmp_path, capsys):

@@ -386,6 +386,15 @@ def test_bad_folders_are_one_line_errors(small_folder, tmp_path, capsys, change,
     assert words in line, line
 
 
+def test_a_prefix_space_that_codegens_config_sets_is_refused(small_folder, tmp_path, capsys):
+    """CodeGen's, GPT-NeoX's and Qwen2's classes take tokenizer_config.json's setting as GPT-2's do: accepted
+    silently, such a folder gave other ids than transformers'."""
+    folder = broken(small_folder, tmp_path, lambda f: edit_json(
+        f / "tokenizer_config.json", lambda t: t.update(tokenizer_class="CodeGenTokenizer", add_prefix_space=True)))
+    line = one_error_line(*run_cli(gen.main, [folder, "--prompt", "x", "--max_tokens", "1", *CPU], capsys)[::2])
+    assert "tokenizer_config.json: add_prefix_space is set" in line, line
+
+
 def test_a_prefix_space_that_transformers_overrides_is_no_refusal(small_folder, tmp_path, capsys):
     """GPT-2's tokenizer classes take tokenizer_config.json's add_prefix_space (false) over tokenizer.json's:
     transformers puts no space before the text, so neither does the import, and the folder loads."""

@@ -22,9 +22,10 @@ import torch
 
 import prepare
 import train
-from checkpoint import load_checkpoint, load_model
+from checkpoint import load_checkpoint, load_model, save_checkpoint
 from common import UserError
-from setup_tokenizer import EOT, IM_END, render_chat, tokenizer_hash, train_tokenizer
+from model import GPT, make_config
+from setup_tokenizer import EOT, IM_END, get_tokenizer, render_chat, tokenizer_hash, train_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -738,6 +739,20 @@ def test_a_tokenizer_mismatch_names_a_command_that_fixes_it(env, tmp_path):
     assert argv[argv.index("--tokenizer") + 1] == os.path.abspath(first["checkpoint"]) and "--source" in argv
     prepare.main(argv)
     assert train.train(go_on)["steps"] == 2
+    # a GPT-2-vocabulary model: the command says --tokenizer gpt2, or the set would keep the vocabulary it has (and
+    # the same error come back)
+    enc_ck, gpt2 = str(tmp_path / "g.pt"), get_tokenizer("gpt2")
+    save_checkpoint(enc_ck, GPT(make_config("tiny", n_layer=1, n_embd=32, n_head=2, block_size=32,
+                                            vocab_size=gpt2.n_vocab)), gpt2, dataset="story")
+    with pytest.raises(UserError, match=r"prepare the data with the checkpoint's tokenizer") as e:
+        train.train(train.parse_args(["--checkpoint", enc_ck, "--data_dir", data, "--dataset", "mine", "--max_steps",
+                                      "1", "--output_checkpoint", str(tmp_path / "ft" / "{dataset}.pt"), "--device",
+                                      "cpu", "--no-color"]))
+    argv = shlex.split(re.search(r"`python prepare\.py ([^`]*)`", str(e.value)).group(1))
+    assert argv[argv.index("--tokenizer") + 1] == "gpt2"
+    assert prepare.main(argv) is None and json.loads((tmp_path / "data" / "mine" / "meta.json").read_text())[
+        "tokenizer"] == "gpt2"
+    assert not (tmp_path / "data" / "mine" / "tokenizer.tiktoken").exists()  # its own vocabulary no longer
 
 
 def test_data_without_a_val_split_names_the_command_that_makes_one(tmp_path):
@@ -997,6 +1012,12 @@ def test_output_checkpoint_folders(env, tmp_path):
         with pytest.raises(UserError, match=re.escape(words)):
             train.train(args_for(env, tmp_path, "--dataset", "mini", "--max_steps", "2", "--output_checkpoint", bad))
     assert not (tmp_path / "new").exists()
+    # braces in a folder the run did not name (a checkpoint's, continued next to it) are no typo of a placeholder
+    (tmp_path / "{exp1}").mkdir()
+    shutil.copy(s["checkpoint"], tmp_path / "{exp1}" / "ck.pt")
+    r = train.train(train.parse_args(["--checkpoint", str(tmp_path / "{exp1}" / "ck.pt"), "--max_steps", "3",
+                                      "--data_dir", env["data"], "--device", "cpu", "--no-color"]))
+    assert r["checkpoint"].startswith(str(tmp_path / "{exp1}"))
 
 
 def test_fine_tuning_on_other_data_starts_fresh(env, trained, tmp_path):
