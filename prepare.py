@@ -74,11 +74,6 @@ DATASETS = ("story", "shakespeare", "dailydialog", "chat", "chitchat", "knowledg
 EVERYTHING = ("story", "shakespeare", "dailydialog", "chat", "knowledge", "chitchat")  # what a bare `python prepare.py` builds
 MIXABLE = ("dailydialog", "chat", "knowledge", "chitchat")  # the conversation sets, which --mix combines
 SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
-
-
-def suffix(path):
-    """The file type: ".txt" of notes.TXT too (Windows and cameras write upper case)."""
-    return os.path.splitext(path)[1].lower()
 THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 # a batch is what one threaded encode call gets: large enough to keep every core busy,
 # small enough that its Python token lists stay a few tens of MB whatever the corpus size
@@ -116,6 +111,11 @@ HUB = {
 # it lives instead: char-rnn's Tiny Shakespeare, the file nanoGPT downloads. datasets could read the URL too, but only
 # with aiohttp, which it no longer installs; one urlopen needs nothing.
 URLS = {"shakespeare": "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"}
+
+
+def suffix(path):
+    """The file type: ".txt" of notes.TXT too (Windows and cameras write upper case)."""
+    return os.path.splitext(path)[1].lower()
 
 
 class NoSource(UserError):
