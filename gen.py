@@ -342,8 +342,9 @@ def parse_args(argv=None):
     p.add_argument("--batch_size", type=positive_int, help="--prompt_file: prompts of equal length generated together (default 8)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="autocast precision")
-    p.add_argument("--no_cache", action="store_true", help="recompute the whole context every token (slow; for comparisons: the "
-                   "same text as the cache's in fp32, while bf16 rounds a row and a matrix differently)")
+    p.add_argument("--no_cache", action="store_true",
+                   help="recompute the whole context every token (slow; for comparisons: the same text as the cache's "
+                        "in fp32, while bf16 rounds a row and a matrix differently)")
     p.add_argument("--no_delay", action="store_true", help="no typing rhythm on a terminal (pipes never wait)")
     p.add_argument("--output", help="--prompt_file: write the JSON lines here instead of stdout")
     p.add_argument("--verbose", action="store_true", help="model size, device, tokens/s (stderr) and [end: ...] markers (stdout)")

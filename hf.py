@@ -191,8 +191,9 @@ CONFIG_PREFIX_SPACE = ("GPT2Tokenizer", "CodeGenTokenizer", "GPTNeoXTokenizer", 
 def refuse_prefix_space(folder, pre_tokenizer):
     """A tokenizer that puts a space before the text ("Hello" read as " Hello") gives other ids than tiktoken, which
     has no such step: refused, or the model would see other tokens here than in transformers. Whether it does is
-    transformers' choice: its GPT-2-like classes (CONFIG_PREFIX_SPACE) take tokenizer_config.json's add_prefix_space (false unless set) over
-    tokenizer.json's, other fast classes tokenizer.json's pre-tokenizer (pre_tokenizer: None without that file)."""
+    transformers' choice: its GPT-2-like classes (CONFIG_PREFIX_SPACE) take tokenizer_config.json's add_prefix_space
+    (false unless set) over tokenizer.json's, the generic fast class tokenizer.json's pre-tokenizer (pre_tokenizer:
+    None without that file)."""
     config_path = os.path.join(folder, "tokenizer_config.json")
     config = _read_json(config_path) if os.path.isfile(config_path) else {}
     model_path = os.path.join(folder, CONFIG)

@@ -1537,8 +1537,9 @@ def main(argv=None):
     p.add_argument("--source", nargs="+", metavar="PATH",
                    help=".txt (documents separated by <|endoftext|>, else one per file), .jsonl/.json/.parquet records "
                         "(messages, ShareGPT conversations, Alpaca instruction/input/output, question/answer, text), or folders")
-    p.add_argument("--tokenizer", help="gpt2, the path of a .tiktoken file (setup_tokenizer.py train), or a checkpoint's, for "
-                                        "its vocabulary (default: gpt2, or what the dataset has when it is made again)")
+    p.add_argument("--tokenizer", help="gpt2, the path of a .tiktoken file (setup_tokenizer.py train), or a "
+                                        "checkpoint's, for its vocabulary (default: gpt2, or what the dataset has when "
+                                        "it is made again)")
     p.add_argument("--vocab_size", type=int,
                    help="train a vocabulary of this size on the data itself (saved as data/<name>/tokenizer.tiktoken) "
                         "and use it instead of --tokenizer: e.g. 4096 makes a tiny model several times faster")

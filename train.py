@@ -1082,7 +1082,8 @@ def train(args):
     out_dir = os.path.dirname(out_pattern) or "."
     best_path = os.path.join(out_dir, f"{dataset}_best.pt")
     metrics_path = os.path.join(out_dir, f"{dataset}_metrics.jsonl")
-    replaced, refused = [], None  # with --overwrite: files of an earlier run (or later points of this one) to remove (see save)
+    # with --overwrite: files of an earlier run (or later points of this one) to remove (see save); rank 0's refusal
+    replaced, refused = [], None
     # which run a checkpoint and a metrics record belong to: a run continued keeps its id (with --reset_epoch too: its
     # tokens go on counting, so its files and the earlier ones of the run still order by them), a new one
     # (fine-tuning included) draws one; older checkpoints have none (and a continued one gets one)
