@@ -213,8 +213,8 @@ def parse_args(argv=None):
     # `eval.py --dataset story models/x.pt`: --dataset takes several names, so it took the checkpoint too. A dataset's
     # name has no folder in it (prepare.py --name), so a path last is the checkpoint.
     last = (args.dataset or [""])[-1]
-    if args.checkpoint is None and (os.sep in last or "/" in last or last.endswith(".pt") or os.path.isfile(last)
-                                    or os.path.isfile(os.path.join(last, "config.json"))):  # a Hugging Face folder
+    if args.checkpoint is None and last and (os.sep in last or "/" in last or last.endswith(".pt") or os.path.isfile(last)
+                                             or os.path.isfile(os.path.join(last, "config.json"))):  # an HF folder
         args.checkpoint = args.dataset.pop()
         if not args.dataset:
             p.error(f"--dataset needs a dataset's name before the checkpoint {args.checkpoint}")

@@ -186,6 +186,11 @@ def _hf_vocab(folder):
 
 # tokenizer classes of transformers that take tokenizer_config.json's add_prefix_space over tokenizer.json's (5.x)
 CONFIG_PREFIX_SPACE = ("GPT2Tokenizer", "CodeGenTokenizer", "GPTNeoXTokenizer", "Qwen2Tokenizer")
+# ... and those that read tokenizer.json's alone (Llama's and Bloom's load as the generic backend)
+JSON_PREFIX_SPACE = ("PreTrainedTokenizer", "TokenizersBackend", "LlamaTokenizer", "BloomTokenizer")
+# the class AutoTokenizer takes for a model type when tokenizer_config.json names none
+MODEL_TYPE_TOKENIZER = {"gpt2": "GPT2Tokenizer", "gpt_neox": "GPTNeoXTokenizer", "qwen2": "Qwen2Tokenizer",
+                        "codegen": "CodeGenTokenizer", "llama": "LlamaTokenizer", "bloom": "BloomTokenizer"}
 
 
 def refuse_prefix_space(folder, pre_tokenizer):
@@ -198,11 +203,11 @@ def refuse_prefix_space(folder, pre_tokenizer):
     config = _read_json(config_path) if os.path.isfile(config_path) else {}
     model_path = os.path.join(folder, CONFIG)
     model_type = (_read_json(model_path) if os.path.isfile(model_path) else {}).get("model_type")
-    cls = (config.get("tokenizer_class") or ("GPT2TokenizerFast" if model_type == "gpt2" else "")).removesuffix("Fast")
+    cls = (config.get("tokenizer_class") or MODEL_TYPE_TOKENIZER.get(model_type, "")).removesuffix("Fast")
     json_path = os.path.join(folder, TOKENIZER_JSON)
     if pre_tokenizer is None or cls in CONFIG_PREFIX_SPACE:
         path, on = config_path, config.get("add_prefix_space", False)
-    elif cls in ("PreTrainedTokenizer", "TokenizersBackend"):
+    elif cls in JSON_PREFIX_SPACE:
         path, on = json_path, pre_tokenizer.get("add_prefix_space", False)
     else:  # a class whose choice is not known here: refused if either file asks for the space
         path, on = ((config_path, True) if config.get("add_prefix_space") else

@@ -1302,7 +1302,10 @@ def prepare(dataset, source=None, tokenizer=None, limit=None, val_fraction=DEFAU
     if tokenizer is None and vocab_size is None:
         # made again without a word about its vocabulary: the one it has, so checkpoints trained on it go on fitting
         # (a bare `prepare.py` turned a --vocab_size dataset into GPT-2's)
-        kept = meta_options(old, folder) if old and old.get("dataset") == dataset else {}
+        try:
+            kept = meta_options(old, folder) if old and old.get("dataset") == dataset else {}
+        except (KeyError, TypeError, AttributeError, ValueError):  # a meta.json too odd to say: rebuilt as new
+            kept = {}
         if kept.get("vocab_size"):
             vocab_size = kept["vocab_size"]
             print(f"{folder}: keeping its own {vocab_size}-token vocabulary (--tokenizer gpt2 for GPT-2's)")
@@ -1490,12 +1493,6 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
             if new_vocab:
                 fsync_replace(new_vocab, tokenizer)
                 get_tokenizer.cache_clear()  # the path now holds another vocabulary
-            own = os.path.join(folder, "tokenizer.tiktoken")
-            if not new_vocab and os.path.abspath(tokenizer) != os.path.abspath(own):
-                # its own vocabulary no longer (--tokenizer gpt2): gone, or `--tokenizer data/<name>/tokenizer.tiktoken`
-                # would take a vocabulary the dataset does not use
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(own)
             if not has_mask:  # a chat set rebuilt as text must not keep stale masks
                 for s in ("train", "val"):
                     with contextlib.suppress(FileNotFoundError):

@@ -57,7 +57,7 @@ from checkpoint import load_checkpoint, load_weights, nonfinite, save_checkpoint
 from common import (UserError, atomic_write_text, autocast, check_output, cpu_has_bf16, first_line, pick_device,
                     pick_dtype, retain_freed_memory, run_main, speaks_for_machine, tmp_name)
 from model import OPTIMIZERS, PRESETS, GPT, GPTConfig, make_config
-from prepare import DATASETS, DEFAULT_OUT_DIR, DEFAULT_VAL_FRACTION, is_complete, rebuild_command
+from prepare import DATASETS, DEFAULT_OUT_DIR, DEFAULT_VAL_FRACTION, is_complete, meta_options, rebuild_command
 from setup_tokenizer import get_tokenizer, tokenizer_from_state, tokenizer_hash
 
 # Peak learning rates and batch sizes (windows) that train each preset well with AdamW(0.9, 0.95); small models
@@ -925,7 +925,11 @@ def init_distributed(device_name):
 
 def prepare_with(meta, **changes):
     """The prepare.py command that builds meta's dataset again with some of its options changed."""
-    return rebuild_command(dict(meta, options=dict(meta.get("options") or {}, **changes)), meta["folder"])
+    try:  # every option the dataset was made with (a meta.json from before "options" says them otherwise)
+        options = meta_options(meta, meta["folder"])
+    except (KeyError, TypeError, AttributeError, ValueError):
+        options = meta.get("options") or {}
+    return rebuild_command(dict(meta, options=dict(options, **changes)), meta["folder"])
 
 
 def pick_tokenizer(args, meta, ckpt):
@@ -1073,7 +1077,8 @@ def train(args):
                         f"{os.path.join(out_pattern, default_out)}")
     if "{epoch}" in head:
         raise UserError(f"--output_checkpoint {out_pattern}: {{epoch}} goes in the file's name, not in its folder")
-    unknown = sorted(set(re.findall(r"\{[^{}]*\}", tail)) - {"{dataset}", "{epoch}"}) if given else []
+    # (the whole path the user gave: not braces in the folder of a checkpoint continued where it lies)
+    unknown = sorted(set(re.findall(r"\{[^{}]*\}", out_pattern)) - {"{dataset}", "{epoch}"}) if given else []
     if unknown:  # a typo ({datset}) became part of the file's name
         raise UserError(f"--output_checkpoint {out_pattern}: {', '.join(unknown)} is no placeholder; the file's name "
                         f"may hold {{dataset}} and {{epoch}}")

@@ -152,6 +152,8 @@ def test_a_checkpoint_after_dataset_is_the_checkpoint(tmp_path, monkeypatch):
     (tmp_path / "hf_model" / "config.json").write_text("{}")
     monkeypatch.chdir(tmp_path)
     assert eval_py.parse_args(["--dataset", "story", "hf_model"]).checkpoint == "hf_model"
+    monkeypatch.chdir(tmp_path / "hf_model")  # no arguments where a config.json lies: no dataset to take one from
+    assert eval_py.parse_args([]).checkpoint is None
 
 
 def test_bad_input_is_one_line(env, chat_ckpt, tmp_path, capsys):

@@ -402,6 +402,11 @@ def test_a_prefix_space_that_transformers_overrides_is_no_refusal(small_folder, 
         f / "tokenizer.json", lambda t: t["pre_tokenizer"].update(add_prefix_space=True)))
     code, out, err = run_cli(gen.main, [folder, "--prompt", "x", "--max_tokens", "1", *CPU], capsys)
     assert code == 0, err
+    # Llama's class loads as the generic backend, which reads tokenizer.json's setting alone
+    folder = broken(small_folder, tmp_path / "llama", lambda f: edit_json(
+        f / "tokenizer_config.json", lambda t: t.update(tokenizer_class="LlamaTokenizerFast", add_prefix_space=True)))
+    code, out, err = run_cli(gen.main, [folder, "--prompt", "x", "--max_tokens", "1", *CPU], capsys)
+    assert code == 0, err
 
 
 def test_llama_settings_model_py_lacks_are_refused(small_folder, tmp_path, custom_enc, capsys):

@@ -439,9 +439,9 @@ def test_made_again_without_a_vocabulary_option_a_dataset_keeps_its_own(tmp_path
     assert prepare.prepare("text", source=src, out_dir=out, tokenizer="gpt2")["tokenizer"] == "gpt2"
     with pytest.raises(UserError, match="pass one of them"):
         prepare.prepare("text", source=src, out_dir=out, tokenizer="gpt2", vocab_size=300)
-    # switched to GPT-2's, the folder's own vocabulary goes: `--tokenizer data/text/tokenizer.tiktoken` would take
-    # a vocabulary the dataset no longer uses
-    assert not os.path.exists(own["tokenizer"])
+    # switched to GPT-2's, the folder's vocabulary stays: another dataset may be made with it
+    assert os.path.exists(own["tokenizer"])
+    os.remove(own["tokenizer"])
     # the tokenizer kept is gone: said in one line (a bare prepare.py skips the dataset)
     with pytest.raises(prepare.TokenizerGone, match=r"other was made with tokenizer .*, which is gone: pass "
                                                     r"--tokenizer gpt2, or the path of its vocabulary"):
@@ -451,6 +451,8 @@ def test_made_again_without_a_vocabulary_option_a_dataset_keeps_its_own(tmp_path
     meta_path = tmp_path / "data" / "old" / "meta.json"
     meta_path.write_text(json.dumps({k: v for k, v in old.items() if k != "options"}))
     assert prepare.prepare("text", source=src, out_dir=out, name="old", force=True)["tokenizer"] == old["tokenizer"]
+    meta_path.write_text(json.dumps({"dataset": "text", "source": None}))  # too odd to say: made as new
+    assert prepare.prepare("text", source=src, out_dir=out, name="old")["tokenizer"] == "gpt2"
 
 
 def test_the_vocabulary_is_trained_on_the_train_split_only(tmp_path, capsys):

@@ -752,7 +752,6 @@ def test_a_tokenizer_mismatch_names_a_command_that_fixes_it(env, tmp_path):
     assert argv[argv.index("--tokenizer") + 1] == "gpt2"
     assert prepare.main(argv) is None and json.loads((tmp_path / "data" / "mine" / "meta.json").read_text())[
         "tokenizer"] == "gpt2"
-    assert not (tmp_path / "data" / "mine" / "tokenizer.tiktoken").exists()  # its own vocabulary no longer
 
 
 def test_data_without_a_val_split_names_the_command_that_makes_one(tmp_path):
@@ -764,6 +763,15 @@ def test_data_without_a_val_split_names_the_command_that_makes_one(tmp_path):
                                         r"the val split: run `python prepare\.py --dataset text --source \S+mine\.txt "
                                         r"--name mine --out_dir \S+data`$"):
         train.train(train.parse_args(["--data_dir", data, "--dataset", "mine", "--device", "cpu", "--no-color",
+                                      "--output_checkpoint", str(tmp_path / "m" / "x.pt")]))
+    # a meta.json from before its "options": the command keeps what the dataset says of them (its own vocabulary
+    # here), not GPT-2's
+    prepare.prepare("text", source=str(src), out_dir=data, name="old", val_fraction=0, vocab_size=300)
+    path = tmp_path / "data" / "old" / "meta.json"
+    path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != "options"}))
+    with pytest.raises(UserError, match=r"run `python prepare\.py --dataset text --source \S+mine\.txt --name old "
+                                        r"--out_dir \S+data --vocab_size 300`$"):
+        train.train(train.parse_args(["--data_dir", data, "--dataset", "old", "--device", "cpu", "--no-color",
                                       "--output_checkpoint", str(tmp_path / "m" / "x.pt")]))
 
 
@@ -1008,7 +1016,8 @@ def test_output_checkpoint_folders(env, tmp_path):
                        (os.path.join(str(tmp_path / "new"), "."), "names a folder: give a file in it"),
                        (str(tmp_path / "e{epoch}" / "x.pt"), "{epoch} goes in the file's name"),
                        (str(tmp_path / "new" / "{datset}.pt"), "{datset} is no placeholder; the file's name may hold "
-                                                               "{dataset} and {epoch}")):
+                                                               "{dataset} and {epoch}"),
+                       (str(tmp_path / "new" / "{datset}" / "{dataset}.pt"), "{datset} is no placeholder")):
         with pytest.raises(UserError, match=re.escape(words)):
             train.train(args_for(env, tmp_path, "--dataset", "mini", "--max_steps", "2", "--output_checkpoint", bad))
     assert not (tmp_path / "new").exists()
