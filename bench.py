@@ -352,17 +352,13 @@ def bench_prepare(path=None, threads=None, repeats=3, quick=False):
         text = text[:200_000]
     docs = text.split("\n")
     n_bytes = len(text.encode("utf-8"))
-    was, prepare.THREADS = prepare.THREADS, threads
-    try:
-        prepare.encode_texts(enc, docs[:200])  # warm-up: tiktoken builds its regex lazily
-        times, n_tokens = [], 0
-        for _ in range(repeats):
-            t0 = clock()
-            out = prepare.encode_texts(enc, docs)
-            times.append(clock() - t0)
-            n_tokens = sum(map(len, out))
-    finally:
-        prepare.THREADS = was
+    prepare.encode_texts(enc, docs[:200], threads)  # warm-up: tiktoken builds its regex lazily
+    times, n_tokens = [], 0
+    for _ in range(repeats):
+        t0 = clock()
+        out = prepare.encode_texts(enc, docs, threads)
+        times.append(clock() - t0)
+        n_tokens = sum(map(len, out))
     t = statistics.median(times)
     note = f"{source}, {n_bytes / 1e6:.1f} MB, {threads} threads, median of {repeats}"
     return [row("prepare", "tiktoken gpt2, prepare.encode_texts", n_bytes / 1e6 / t, "MB/s", note=note),

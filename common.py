@@ -22,6 +22,15 @@ class UserError(Exception):
         self.every_rank = every_rank
 
 
+def require_utf8(text, what):
+    """A command-line argument that is UTF-8 text, else a UserError: bytes the locale could not decode are kept by
+    Python as lone surrogates, which fail later, in a traceback."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UserError(f"{what} is not UTF-8 text: give it in UTF-8") from None
+
+
 def speaks_for_machine():
     """False in torchrun's processes other than each machine's first (LOCAL_RANK 0), which say nothing twice."""
     return os.environ.get("LOCAL_RANK", "0") == "0"

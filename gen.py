@@ -30,7 +30,7 @@ import time
 import torch
 
 from checkpoint import find_checkpoints, load_model
-from common import (UserError, atomic_write_text, autocast, check_output, pick_device, pick_dtype,
+from common import (UserError, atomic_write_text, autocast, check_output, pick_device, pick_dtype, require_utf8,
                     retain_freed_memory, run_main, seeded_generator)
 from setup_tokenizer import EOT, IM_END, IM_START, StreamDecoder, render_chat
 
@@ -365,10 +365,7 @@ def main(argv=None):
         raise UserError("--chat and --interactive are two ways to read the terminal (chat turns, or text to continue): "
                         "pick one")
     for option in ("prompt", "system"):
-        try:
-            (getattr(args, option) or "").encode("utf-8")
-        except UnicodeEncodeError:  # bytes the locale could not decode, kept by Python as lone surrogates
-            raise UserError(f"--{option} is not UTF-8 text: give it in UTF-8")
+        require_utf8(getattr(args, option) or "", f"--{option}")
     if args.chat and args.prompt is not None and not args.prompt.strip():
         raise UserError("--chat --prompt gives one user message, and this one is empty: write the message, or leave "
                         "--prompt out to chat in the terminal")

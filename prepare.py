@@ -886,14 +886,15 @@ def mix_choice(doc_tokens, weights, seed=MIX_SEED):
     return picks
 
 
-def encode_texts(enc, texts):
+def encode_texts(enc, texts, threads=None):
     """enc.encode_ordinary of each text, on every core: tiktoken releases the GIL while it encodes.
     One task per thread, not one per text as enc.encode_ordinary_batch does: its per-text
     thread-pool overhead made short chat messages 5x slower to encode than a plain loop."""
-    if THREADS == 1 or len(texts) < 2:
+    threads = threads or THREADS
+    if threads == 1 or len(texts) < 2:
         return [enc.encode_ordinary(t) for t in texts]
-    step = -(-len(texts) // THREADS)
-    with ThreadPoolExecutor(THREADS) as pool:
+    step = -(-len(texts) // threads)
+    with ThreadPoolExecutor(threads) as pool:
         parts = pool.map(lambda group: [enc.encode_ordinary(t) for t in group],
                          [texts[i:i + step] for i in range(0, len(texts), step)])
         return [ids for part in parts for ids in part]
@@ -1161,14 +1162,20 @@ def train_vocabulary(plan, vocab_size, path, limit, val_fraction):
     return enc
 
 
-def meta_options(meta, folder):
-    """prepare()'s options that made a dataset, from its meta.json; one from before "options": what it says of them."""
-    return meta.get("options") or {
-        "source": meta["source"][len("--source "):].split(", ") if meta.get("source", "").startswith("--source ") else None,
-        "tokenizer": meta.get("tokenizer", "gpt2"), "limit": meta.get("limit"),
-        "vocab_size": meta.get("vocab_size") if meta.get("tokenizer") == os.path.abspath(os.path.join(folder, "tokenizer.tiktoken")) else None,
-        "pack": meta.get("pack") if meta.get("kind") == "chat" and meta.get("pack") != DEFAULT_PACK else None,
-        "mix": {source: m["weight"] for source, m in meta["mix"].items()} if meta.get("mix") else None}
+def meta_options(meta, folder, odd=None):
+    """prepare()'s options that made a dataset, from its meta.json; one from before "options": what it says of them.
+    A meta.json too odd to say raises (KeyError, TypeError...), or gives odd when it is not None."""
+    try:
+        return meta.get("options") or {
+            "source": meta["source"][len("--source "):].split(", ") if meta.get("source", "").startswith("--source ") else None,
+            "tokenizer": meta.get("tokenizer", "gpt2"), "limit": meta.get("limit"),
+            "vocab_size": meta.get("vocab_size") if meta.get("tokenizer") == os.path.abspath(os.path.join(folder, "tokenizer.tiktoken")) else None,
+            "pack": meta.get("pack") if meta.get("kind") == "chat" and meta.get("pack") != DEFAULT_PACK else None,
+            "mix": {source: m["weight"] for source, m in meta["mix"].items()} if meta.get("mix") else None}
+    except (KeyError, TypeError, AttributeError, ValueError):
+        if odd is None:
+            raise
+        return odd
 
 
 def rebuild_command(meta, folder=None):
@@ -1302,10 +1309,8 @@ def prepare(dataset, source=None, tokenizer=None, limit=None, val_fraction=DEFAU
     if tokenizer is None and vocab_size is None:
         # made again without a word about its vocabulary: the one it has, so checkpoints trained on it go on fitting
         # (a bare `prepare.py` turned a --vocab_size dataset into GPT-2's)
-        try:
-            kept = meta_options(old, folder) if old and old.get("dataset") == dataset else {}
-        except (KeyError, TypeError, AttributeError, ValueError):  # a meta.json too odd to say: rebuilt as new
-            kept = {}
+        # (a meta.json too odd to say: rebuilt as new)
+        kept = meta_options(old, folder, odd={}) if old and old.get("dataset") == dataset else {}
         if kept.get("vocab_size"):
             vocab_size = kept["vocab_size"]
             print(f"{folder}: keeping its own {vocab_size}-token vocabulary (--tokenizer gpt2 for GPT-2's)")

@@ -24,7 +24,7 @@ import zipfile
 
 import tiktoken
 
-from common import UserError, atomic_write_text, check_output, run_main
+from common import UserError, atomic_write_text, check_output, require_utf8, run_main
 
 EOT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = (EOT, IM_START, IM_END)
@@ -293,10 +293,7 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     if args.cmd == "show":
-        try:
-            args.text.encode("utf-8")
-        except UnicodeEncodeError:  # bytes the locale could not decode, kept by Python as lone surrogates
-            raise UserError("the text is not UTF-8: give it in UTF-8")
+        require_utf8(args.text, "the text")
         enc = get_tokenizer(args.tokenizer)
         ids = enc.encode(args.text, allowed_special="all")
         for i in ids:

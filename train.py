@@ -925,10 +925,8 @@ def init_distributed(device_name):
 
 def prepare_with(meta, **changes):
     """The prepare.py command that builds meta's dataset again with some of its options changed."""
-    try:  # every option the dataset was made with (a meta.json from before "options" says them otherwise)
-        options = meta_options(meta, meta["folder"])
-    except (KeyError, TypeError, AttributeError, ValueError):
-        options = meta.get("options") or {}
+    # every option the dataset was made with (a meta.json from before "options" says them otherwise)
+    options = meta_options(meta, meta["folder"], odd={})
     return rebuild_command(dict(meta, options=dict(options, **changes)), meta["folder"])
 
 
@@ -1114,7 +1112,6 @@ def train(args):
         raise refused
     if failed:
         raise SystemExit(1)
-    best_goes = [bool(best_goes)]
 
     dtype = pick_dtype(device, args.dtype)
     if device.type == "cpu" and (dtype == torch.float16 or dtype == torch.bfloat16 and not cpu_has_bf16()):
@@ -1249,12 +1246,13 @@ def train(args):
         return f"lower --lr (now {args.lr:g}){fp32}; last good checkpoint: {good}"
 
     def save(path):
+        nonlocal best_goes
         # weights gone to nan or inf in the step just taken (its loss, computed before the update, was finite) must
         # not replace a good checkpoint; the check is a pass over the weights, small beside the save itself
         if nonfinite(model.named_parameters()):
             raise UserError(f"the weights became nan or inf at step {p.step}: {diverged()}")
-        if best_goes[0]:
-            best_goes[0] = False
+        if best_goes:
+            best_goes = False
             if path != best_path:  # the run's next evaluation makes a best file again
                 p.best_val_loss, p.evals_since_best = None, 0
         if dist.main:  # every rank holds the same weights and optimizer state
