@@ -1361,7 +1361,6 @@ def prepare(dataset, source=None, tokenizer=None, limit=None, val_fraction=DEFAU
         if same and not force and is_complete(folder, old):
             if new_vocab:  # retrained the same (a damaged or missing file)
                 fsync_replace(new_vocab, tokenizer)
-                get_tokenizer.cache_clear()
             if vocab_fp and old.get("vocab_fingerprint") != vocab_fp:  # a meta.json from before vocab_fingerprint
                 old = dict(old, vocab_fingerprint=vocab_fp)
                 atomic_write_text(os.path.join(folder, "meta.json"), json.dumps(old, indent=2) + "\n")
@@ -1497,7 +1496,6 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
                 split.commit()
             if new_vocab:
                 fsync_replace(new_vocab, tokenizer)
-                get_tokenizer.cache_clear()  # the path now holds another vocabulary
             if not has_mask:  # a chat set rebuilt as text must not keep stale masks
                 for s in ("train", "val"):
                     with contextlib.suppress(FileNotFoundError):

@@ -77,12 +77,25 @@ def tokenizer_from_bpe(text, name=None, source=None):
     return enc
 
 
-@functools.lru_cache(maxsize=8)
 def get_tokenizer(name="gpt2"):
     """'gpt2' (tiktoken's GPT-2 + ChatML: <|endoftext|> 50256, <|im_start|> 50257,
     <|im_end|> 50258), the path of a .tiktoken file trained by this script, or a checkpoint's
     (.pt) path or a Hugging Face model folder: the vocabulary it carries, so data can be prepared
     for a model whose vocabulary lives only in its checkpoint."""
+    return _load_tokenizer(name, file_stamp(name))
+
+
+def file_stamp(path):
+    """What tells a file (or a folder's files) apart from the one that was at its path before: a vocabulary retrained
+    or rewritten in place is read afresh, not taken from the cache."""
+    if path == "gpt2" or not os.path.exists(path):
+        return None
+    paths = [path] + ([os.path.join(path, f) for f in sorted(os.listdir(path))] if os.path.isdir(path) else [])
+    return tuple((p, st.st_ino, st.st_size, st.st_mtime_ns) for p in paths for st in [os.stat(p)])
+
+
+@functools.lru_cache(maxsize=8)
+def _load_tokenizer(name, stamp):
     if name == "gpt2":
         try:
             base = tiktoken.get_encoding("gpt2")

@@ -956,6 +956,11 @@ def pick_tokenizer(args, meta, ckpt):
     if ckpt is not None:
         return tokenizer_from_state(ckpt["tokenizer"])
     name = meta.get("tokenizer", "gpt2")
+    own = os.path.join(meta["folder"], "tokenizer.tiktoken")
+    if name != "gpt2" and not os.path.exists(name) and os.path.isfile(own):
+        # meta.json names it by absolute path: a project moved or data/ copied to another machine has it here, and the
+        # hash below says whether it is the one the tokens were made with
+        name = own
     if name != "gpt2" and not os.path.exists(name):
         raise UserError(f"{meta['folder']} was prepared with tokenizer {name}, which is gone: pass --tokenizer PATH "
                         f"to a copy of it")

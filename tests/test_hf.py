@@ -169,7 +169,6 @@ def test_an_exported_folder_is_a_tokenizer_for_prepare(exported, enc, custom_enc
     assert tokenizer_hash(get_tokenizer(exported["out"])) == tokenizer_hash(enc)
     out = str(tmp_path / "custom")
     hf.export_folder(our_model(custom_enc.n_vocab, "modern", False), custom_enc, out)
-    get_tokenizer.cache_clear()
     assert tokenizer_hash(get_tokenizer(out)) == tokenizer_hash(custom_enc)
     os.mkdir(tmp_path / "empty")
     with pytest.raises(common.UserError, match=r"empty \(a folder without tokenizer.json or vocab.json\) is not a .tiktoken"):

@@ -374,7 +374,6 @@ def test_vocabulary_trained_on_the_data(tmp_path, monkeypatch, capsys):
 
     # a damaged vocabulary is the dataset's own: retrained, not an error telling to pass another --tokenizer
     vocab.write_bytes(b"\x00\xff binary junk")
-    get_tokenizer.cache_clear()
     assert prepare.prepare("text", source=corpus, out_dir=out, vocab_size=300)["tokenizer_hash"] == meta["tokenizer_hash"]
     assert tokenizer_hash(get_tokenizer(str(vocab))) == meta["tokenizer_hash"]
 
@@ -1033,7 +1032,6 @@ def test_interrupted_commit_leaves_the_old_dataset_or_the_new_one(tmp_path, monk
         return {f: (folder / f).read_bytes() for f in sorted(os.listdir(folder)) if not f.endswith(".tmp")}
 
     def rebuild(vocab_size):
-        get_tokenizer.cache_clear()
         prepare.prepare("chat", source=src, out_dir=out, vocab_size=vocab_size)
 
     rebuild(280)  # the new dataset, built once in the same folder to know its files

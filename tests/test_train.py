@@ -1201,3 +1201,22 @@ def test_a_new_model_defaults_to_tiny_on_cpu_and_small_on_cuda(env, tmp_path):
     s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--max_steps", "1"))  # no --model, on CPU
     ck = load_checkpoint(s["checkpoint"])
     assert ck["args"]["model"] == "tiny" and ck["args"]["batch_size"] == 16  # tiny (args_for asks batch 16)
+
+
+def test_a_moved_dataset_trains_with_the_vocabulary_in_its_folder(tmp_path):
+    """meta.json names a trained vocabulary by absolute path; a project moved (or data/ copied to another machine for
+    torchrun) still trains on its own tokenizer.tiktoken, and a different file there is refused by its hash."""
+    src = tmp_path / "mine.txt"
+    src.write_text(story_text(30_000), encoding="utf-8")
+    prepare.prepare("text", source=str(src), out_dir=str(tmp_path / "old"), name="mine", vocab_size=300)
+    shutil.move(tmp_path / "old", tmp_path / "new")
+    argv = ["--data_dir", str(tmp_path / "new"), "--dataset", "mine", "--output_checkpoint",
+            str(tmp_path / "m" / "{dataset}.pt"), "--n_layer", "1", "--n_embd", "32", "--n_head", "2",
+            "--block_size", "32", "--max_steps", "1", "--device", "cpu", "--no-color"]
+    out = train.train(train.parse_args(argv))
+    assert load_checkpoint(out["checkpoint"])["tokenizer"]["hash"] == json.loads(
+        (tmp_path / "new" / "mine" / "meta.json").read_text())["tokenizer_hash"]
+    (tmp_path / "other.txt").write_text(story_text(5_000), encoding="utf-8")
+    train_tokenizer([str(tmp_path / "other.txt")], 280, str(tmp_path / "new" / "mine" / "tokenizer.tiktoken"))
+    with pytest.raises(UserError, match="changed since"):
+        train.train(train.parse_args(argv + ["--overwrite"]))
