@@ -514,7 +514,7 @@ def test_chat_page_streams_a_reply_in_chromium(enc, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    api = start(la_model(enc, delay=0.05), enc, name="la")  # 12 tokens stream over 0.6 s
+    api = start(la_model(enc, delay=0.05), enc, name="la", temperature=0.3, top_p=0.7)  # 12 tokens in 0.6 s
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     # the network is closed here: without these flags Chromium waits on connections of its own
@@ -533,6 +533,10 @@ def test_chat_page_streams_a_reply_in_chromium(enc, tmp_path):
         wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, ".msg.assistant .note"))
         sent = api.worker.recent[-1]
         assert sent["prompt_tokens"] > BLOCK // 2 and sent["prompt_tokens"] + sent["max_tokens"] == BLOCK
+        # fields left alone take serve.py's --temp and --top_p, which the page shows
+        assert (sent["temperature"], sent["top_p"]) == (0.3, 0.7)
+        assert [browser.find_element(By.ID, f).get_attribute("placeholder") for f in ("temperature", "top_p")] == [
+            "0.3", "0.7"]
         browser.find_element(By.ID, "clear").click()
         for field, value in (("temperature", "0.5"), ("top_p", "0.9"), ("max_tokens", "12")):
             el = browser.find_element(By.ID, field)
