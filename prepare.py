@@ -315,6 +315,8 @@ def record_doc(record, where, dataset=None):
             messages = [{"role": SHAREGPT_ROLES.get(m["from"], m["from"]), "content": m["value"]}
                         for m in record["conversations"]]
         elif "instruction" in has and "output" in has:
+            if record.get("input") and not isinstance(record["input"], str):  # else its repr() would train
+                raise UserError(f"{where}: `input` must be text, got {type(record['input']).__name__}")
             prompt = record["instruction"] + (f"\n\n{record['input']}" if record.get("input") else "")
             messages = alternate([prompt, record["output"]])
         elif "question" in has and "answer" in has:
@@ -338,7 +340,9 @@ def record_doc(record, where, dataset=None):
             raise UserError(f"{where}: no messages, conversations, instruction/output, question/answer or text field")
     except (KeyError, TypeError) as e:
         raise UserError(f"{where}: malformed conversation ({type(e).__name__}: {e})")
-    if isinstance(record.get("system"), str) and record["system"] and messages and messages[0]["role"] != "system":
+    if record.get("system") is not None and not isinstance(record["system"], str):  # not dropped unsaid
+        raise UserError(f"{where}: `system` must be text, got {type(record['system']).__name__}")
+    if record.get("system") and messages and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": record["system"]})
     for m in messages:
         if m["role"] not in ("system", "user", "assistant"):
@@ -670,6 +674,7 @@ class Split:
         for p in self.paths:
             self.files.append(open(tmp_name(p + scratch), "w+b"))
         self.tokens = self.documents = self.bytes = self.padding = 0
+        self.cut = 0  # documents (books) cut by tokens, whose head is here and tail in val: counted in neither
 
     def write(self, ids, mask, documents, nbytes):
         self.files[0].write(ids.tobytes())
@@ -1074,8 +1079,7 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
     if kind is None:
         raise UserError(f"no documents found in {', '.join(label for _, label, _ in streams)}")
     if kind == "text" and pack:
-        raise UserError(f"--pack {pack}: only conversations are packed (plain text trains on every token, "
-                        f"padding included); drop --pack")
+        raise text_packed(pack)
     for name in ("train", "val"):
         splits[name] = Split(folder, name, dtype, kind == "chat", scratch)
 
@@ -1107,7 +1111,8 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
             out.move_tail(ends[n - k - 1] if k < n else start, k, splits["val"], table)
         elif k is None and out.tokens - start >= 2:  # a single document (a whole book): cut it by tokens, as nanoGPT does
             keep = start + min(out.tokens - start - 1, max(1, round((out.tokens - start) * (1 - val_fraction))))
-            out.move_tail(keep, n, splits["val"], table)
+            out.move_tail(keep, 0, splits["val"], table)
+            out.documents, out.cut = out.documents - n, out.cut + n
             cut = True
     return kind
 
@@ -1134,11 +1139,17 @@ def train_docs(make_docs, budget, role, val_fraction, k, n, chars):
         yield doc
 
 
-def train_vocabulary(plan, vocab_size, path, limit, val_fraction):
+def text_packed(pack):
+    return UserError(f"--pack {pack}: only conversations are packed (plain text trains on every token, padding "
+                     f"included); drop --pack")
+
+
+def train_vocabulary(plan, vocab_size, path, limit, val_fraction, pack=None):
     """Train a BPE vocabulary of vocab_size on the dataset's own train text (message contents for
     conversations), with the same --limit, and save it as path: the val split stays unseen."""
     def texts():
-        kind = None  # refused here as write_splits would, before minutes of training a vocabulary
+        # mixed kinds, and --pack on text, refused here as write_splits would, before minutes of training a vocabulary
+        kind = None
         for part in plan.get("parts", [plan]):  # a mix: --limit counts in each of its datasets, as in build()
             budget = {"split": limit, "train": limit, "val": 0}
             counts, chars, first = count_split_docs(part["streams"], budget) if val_fraction else ({}, {}, None)
@@ -1151,6 +1162,8 @@ def train_vocabulary(plan, vocab_size, path, limit, val_fraction):
                     if kind is not None and doc_kind(doc) != kind:
                         raise mixed_kinds(label)
                     kind = doc_kind(doc)
+                    if kind == "text" and pack:
+                        raise text_packed(pack)
                     if kind == "text":
                         yield doc[0]
                     else:
@@ -1350,7 +1363,7 @@ def prepare(dataset, source=None, tokenizer=None, limit=None, val_fraction=DEFAU
         elif current < vocab_size:  # this data supports no more: training again would give the same
             warn_short_vocabulary(vocab_size, current)
     try:
-        enc = train_vocabulary(plan, vocab_size, new_vocab, limit, val_fraction) if new_vocab else get_tokenizer(tokenizer)
+        enc = train_vocabulary(plan, vocab_size, new_vocab, limit, val_fraction, pack) if new_vocab else get_tokenizer(tokenizer)
         tokenizer = tokenizer if tokenizer == "gpt2" else os.path.abspath(tokenizer)
         tok_hash = tokenizer_hash(enc)
         fp = fingerprint(dataset, plan, tokenizer, tok_hash, limit, val_fraction, pack, mix)
@@ -1474,6 +1487,8 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
             # tokens include the padding; bytes are those of the documents alone
             "splits": {s: {"tokens": splits[s].tokens, "documents": splits[s].documents, "bytes": splits[s].bytes,
                            "padding": splits[s].padding} for s in ("train", "val")},
+            # whole documents are counted in a split; these, a book's head in train and its tail in val, in neither
+            "cut_documents": splits["train"].cut,
         }
         if mixed:
             meta["mix"] = mixed
@@ -1513,10 +1528,11 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
     dt = max(time.time() - t0, 1e-9)
     tr, va = meta["splits"]["train"], meta["splits"]["val"]
     tokens, mb = tr["tokens"] + va["tokens"], (tr["bytes"] + va["bytes"]) / 1e6
-    docs = tr["documents"] + va["documents"]
+    cut = meta["cut_documents"]
+    docs = tr["documents"] + va["documents"] + cut
     # a single document (Tiny Shakespeare) is cut by tokens: its head trains and its tail, with the end, validates
-    where = f"{tr['documents']:,} train, {va['documents']:,} val" if tr["documents"] or not tr["tokens"] else \
-        "cut into train and val"
+    where = "cut into train and val" if cut == docs else f"{tr['documents']:,} train, {va['documents']:,} val" + (
+        f", {cut:,} cut into train and val" if cut else "")
     print(f"{folder}: {docs:,} document{'' if docs == 1 else 's'} ({where}), "
           f"{tokens:,} tokens ({tr['tokens']:,} / {va['tokens']:,}), {mb:.1f} MB of text in {dt:.1f}s: "
           f"{mb / dt:.2f} MB/s, {tokens / dt / 1e6:.2f}M tokens/s")

@@ -146,7 +146,7 @@ def test_single_document_is_cut_by_tokens(tmp_path, enc):
     assert meta["splits"]["train"]["bytes"] + meta["splits"]["val"]["bytes"] == len(book.encode())
 
 
-def test_a_folder_of_one_document_files_keeps_whole_documents(tmp_path, enc, monkeypatch):
+def test_a_folder_of_one_document_files_keeps_whole_documents(tmp_path, enc, monkeypatch, capsys):
     """Each one-document .txt was cut by tokens like a book: every file's head ran into the next one's in train with
     no <|endoftext|> between, and val held the ends of all the notes. Now whole files go to val (its share over the
     folder); only when the files are too few for that (a handful of books) is the last one cut by tokens."""
@@ -170,7 +170,9 @@ def test_a_folder_of_one_document_files_keeps_whole_documents(tmp_path, enc, mon
     books.append("Licence: public domain.")
     for b, book in enumerate(books):
         write(tmp_path / "books" / f"b{b}.txt", book)
+    capsys.readouterr()
     meta = prepare.prepare("text", source=str(tmp_path / "books"), out_dir=str(tmp_path / "data"), name="books")
+    assert meta["cut_documents"] == 3 and "books: 3 documents (cut into train and val), " in capsys.readouterr().out
     train, _ = load(tmp_path / "data" / "books", "train", meta)
     val, _ = load(tmp_path / "data" / "books", "val", meta)
     heads, tails = enc.decode(train.tolist()).split(EOT), enc.decode(val.tolist()).split(EOT)
@@ -178,6 +180,13 @@ def test_a_folder_of_one_document_files_keeps_whole_documents(tmp_path, enc, mon
     assert [h + t for h, t in zip(heads, tails)] == books
     for book, head in zip(books[:2], heads):
         assert 0.85 < len(enc.encode(head)) / len(enc.encode(book)) < 0.95
+    # books with a file of two poems: the cut books are counted as such, not as val documents (the line said
+    # "4 documents (1 train, 3 val)" with both books' heads in train)
+    write(tmp_path / "books" / "b2.txt", EOT.join(["Poem one.", "Poem two."]))
+    meta = prepare.prepare("text", source=str(tmp_path / "books"), out_dir=str(tmp_path / "data"), name="poems")
+    assert (meta["splits"]["train"]["documents"], meta["splits"]["val"]["documents"], meta["cut_documents"]) == (
+        1, 1, 2) and "poems: 4 documents (1 train, 1 val, 2 cut into train and val), " in capsys.readouterr().out
+    write(tmp_path / "books" / "b2.txt", books[2])
     seen.clear()
     prepare.train_vocabulary(prepare.find_source("text", str(tmp_path / "books")), 300, None, None, 0.1)
     learnt = "".join(seen)
@@ -310,6 +319,14 @@ def test_non_utf8_and_bad_input(tmp_path):
                                             r"strings"):
             prepare.prepare("dailydialog", source=write(tmp_path / "dd.jsonl", json.dumps({"dialog": dialog})),
                             out_dir=out)
+    # an Alpaca input or a system message that is no text: one line, not its repr() trained on, nor dropped unsaid
+    for record, field in (({"instruction": "Sum", "input": [1, 2], "output": "3"}, "input"),
+                          ({"instruction": "Hi", "input": {"a": 1}, "output": "ok"}, "input"),
+                          ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}],
+                            "system": ["Be brief."]}, "system")):
+        with pytest.raises(UserError, match=rf"typed.jsonl line 1: `{field}` must be text, got "):
+            prepare.prepare("text", source=write(tmp_path / "typed.jsonl", json.dumps(record)), out_dir=out,
+                            val_fraction=0)
     os.makedirs(out, exist_ok=True)
     write(tmp_path / "data" / "afile", "")
     with pytest.raises(UserError, match=r"afile is a file, not a dataset folder: pick another --name"):
@@ -819,6 +836,10 @@ def test_pack_option(tmp_path, capsys, monkeypatch):
     assert prepare.prepare("text", source=text, out_dir=out)["pack"] == 0  # plain text is never packed
     with pytest.raises(UserError, match=r"--pack 64: only conversations are packed.*drop --pack"):
         prepare.prepare("text", source=text, out_dir=out, name="text2", pack=64)
+    # with --vocab_size, refused before the vocabulary is trained (minutes on a large corpus), not after
+    with monkeypatch.context() as m, pytest.raises(UserError, match=r"--pack 64: only conversations are packed"):
+        m.setattr(prepare, "train_bpe", lambda texts, *a: [*texts] and pytest.fail("a vocabulary was trained"))
+        prepare.prepare("text", source=text, out_dir=out, name="text2", pack=64, vocab_size=300)
     with pytest.raises(UserError, match="--pack -1"):
         prepare.prepare("chat", source=src, out_dir=out, pack=-1)
     assert not os.path.exists(os.path.join(out, "text2"))
