@@ -330,6 +330,7 @@ class Windows:
             raise UserError(f"{path} has {n_tokens} tokens, fewer than one window of --block_size {T} + 1: "
                             f"use a smaller --block_size or more data")
         self.tokens = np.memmap(path, dtype=meta["dtype"], mode="r")  # (n_tokens,)
+        self.meta, self.path = meta, path
         self.mask = None
         if meta.get("has_mask"):
             mask_path = os.path.join(folder, f"{split}_mask.bin")
@@ -346,6 +347,12 @@ class Windows:
         T = self.block_size
         starts = np.asarray(idx, dtype=np.int64) * T
         rows = np.stack([self.tokens[s:s + T + 1] for s in starts]).astype(np.int64)  # (n, T+1)
+        # an id past the vocabulary (a damaged file: the sizes check cannot see it) would be an IndexError in the
+        # embedding, or, among the padding rows, a silent loss on a token that does not exist
+        if rows.size and rows.max() >= self.meta["vocab_size"]:
+            raise UserError(f"{self.path} holds token id {rows.max()}, beyond its {self.meta['vocab_size']}-token "
+                            f"vocabulary (a damaged file): run `{rebuild_command(self.meta, self.meta['folder'])}` "
+                            f"again")
         m = None
         if self.mask is not None:
             m = np.stack([self.mask[s + 1:s + T + 1] for s in starts])  # (n, T): mask of y, i.e. token t+1

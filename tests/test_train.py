@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 
+import eval as eval_py
 import prepare
 import train
 from checkpoint import load_checkpoint, load_model, save_checkpoint
@@ -671,8 +672,8 @@ def test_missing_data_names_a_prepare_command_that_runs(env, tmp_path):
     assert train.load_meta(str(data), "nope")["dataset"] == "text"
 
 
-@pytest.mark.parametrize("damage", ["truncated", "val cut", "meta a list", "train.bin a folder"])
-def test_a_damaged_dataset_is_named_not_trained_on(env, tmp_path, damage):
+@pytest.mark.parametrize("damage", ["truncated", "val cut", "meta a list", "train.bin a folder", "id past vocab"])
+def test_a_damaged_dataset_is_named_not_trained_on(env, trained, tmp_path, damage):
     """A truncated .bin would otherwise train on part of the data and report the run done."""
     import shutil
     data = tmp_path / "data"
@@ -684,13 +685,24 @@ def test_a_damaged_dataset_is_named_not_trained_on(env, tmp_path, damage):
         os.truncate(folder / "val.bin", 3)
     elif damage == "meta a list":
         (folder / "meta.json").write_text("[1, 2]")
+    elif damage == "id past vocab":  # the sizes are right: an IndexError in the embedding, or (an id among the
+        # padding rows, as here) a silent loss on a token that does not exist
+        meta = json.loads((folder / "meta.json").read_text())
+        val = np.memmap(folder / "val.bin", dtype=meta["dtype"], mode="r+")
+        val[5] = meta["vocab_size"]
+        val.flush()
+        del val
+        with pytest.raises(UserError, match=r"val.bin holds token id \d+, beyond its \d+-token vocabulary "
+                                            r"\(a damaged file\): run `python prepare.py .*` again$"):
+            eval_py.evaluate_checkpoint(trained["summary"]["checkpoint"], datasets=["mini"], data_dir=str(data),
+                                        samples=0)
     else:
         os.remove(folder / "train.bin")
         (folder / "train.bin").mkdir()
     # the command that built it, from meta.json (here it is gone: the folder name)
     rebuild = "--dataset mini" if damage == "meta a list" else f"--dataset mini --out_dir {data} --tokenizer"
     with pytest.raises(UserError, match=r"(not what meta.json says|is not a dataset this code reads|train.bin is "
-                                        rf"missing).*run `python prepare.py {rebuild}.*` again$"):
+                                        rf"missing|beyond its).*run `python prepare.py {rebuild}.*` again$"):
         train.train(args_for(env, tmp_path, "--data_dir", str(data), "--dataset", "mini", "--max_steps", "1"))
 
 
