@@ -68,12 +68,16 @@ def load_checkpoint(path, map_location="cpu"):
         raise UserError(f"{path} is not a checkpoint of this project (no model/config/tokenizer entries); train one with train.py")
     # torch.load does not check the zip's CRC-32s: a file damaged inside a tensor (a disk, a copy) loaded as other
     # weights, silently (a review's 100 flipped bytes: eval loss 6.29 instead of 2.75). One pass over the file.
-    with contextlib.suppress(zipfile.BadZipFile, OSError):  # a legacy (not zip) file has no checksums
-        with zipfile.ZipFile(path) as z:
-            damaged = z.testzip()
+    if zipfile.is_zipfile(path):  # a legacy (not zip) file has no checksums
+        try:
+            with zipfile.ZipFile(path) as z:
+                bad = z.testzip()
+            damaged = bad and f"{bad} fails its checksum"
+        except Exception as e:  # noqa: BLE001 (a byte torch does not read: UnicodeDecodeError in a name, Not-
+            # ImplementedError for a version field, BadZipFile...; whatever zipfile chokes on is damage here)
+            damaged = f"its zip records do not read ({type(e).__name__})"
         if damaged:
-            raise UserError(f"{path} is damaged: {damaged} fails its checksum; use another checkpoint (its _best.pt or "
-                            f"an earlier one)")
+            raise UserError(f"{path} is damaged: {damaged}; use another checkpoint (its _best.pt or an earlier one)")
     if ckpt.get("format") != FORMAT:
         raise UserError(f"{path} has checkpoint format {ckpt.get('format')}, this code reads {FORMAT}; use the matching version of the code")
     tok = ckpt["tokenizer"]

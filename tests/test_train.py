@@ -606,6 +606,14 @@ def test_bad_checkpoints_are_one_line_errors(env, trained, tmp_path, capsys):
     (tmp_path / "flipped.pt").write_bytes(bytes(flipped))
     with pytest.raises(UserError, match=r"flipped\.pt is damaged: .* fails its checksum; use another checkpoint"):
         load_checkpoint(str(tmp_path / "flipped.pt"))
+    # a byte torch.load never reads, but zipfile does: an entry's name, the directory's version field (tracebacks)
+    data = open(good, "rb").read()
+    with zipfile.ZipFile(good) as z:
+        start_dir = z.start_dir
+    for name, at in (("name", 30), ("version", start_dir + 6)):
+        (tmp_path / f"{name}.pt").write_bytes(data[:at] + b"\xff" + data[at + 1:])
+        with pytest.raises(UserError, match=rf"{name}\.pt is damaged: its zip records do not read \(\w+\); use another"):
+            load_checkpoint(str(tmp_path / f"{name}.pt"))
     # a missing one: what is in the folder the user named (it listed models/)
     shutil.copy(good, tmp_path / "there.pt")
     with pytest.raises(UserError, match=r"missing\.pt not found; available: .*there\.pt"):
@@ -1029,7 +1037,12 @@ def test_output_checkpoint_folders(env, tmp_path):
                        (str(tmp_path / "e{epoch}" / "x.pt"), "{epoch} goes in the file's name"),
                        (str(tmp_path / "new" / "{datset}.pt"), "{datset} is no placeholder; the file's name may hold "
                                                                "{dataset} and {epoch}"),
-                       (str(tmp_path / "new" / "{datset}" / "{dataset}.pt"), "{datset} is no placeholder")):
+                       (str(tmp_path / "new" / "{datset}" / "{dataset}.pt"), "{datset} is no placeholder"),
+                       # the best file's own name: every save wrote over it (a later, worse state under the best
+                       # val loss), and the summary said "checkpoint None"
+                       (str(tmp_path / "new" / "{dataset}_best.pt"), "is the run's mini_best.pt, which train.py "
+                                                                     "writes itself: name the checkpoints otherwise"),
+                       (str(tmp_path / "new" / "mini_metrics.jsonl"), "is the run's mini_metrics.jsonl")):
         with pytest.raises(UserError, match=re.escape(words)):
             train.train(args_for(env, tmp_path, "--dataset", "mini", "--max_steps", "2", "--output_checkpoint", bad))
     assert not (tmp_path / "new").exists()
