@@ -1097,6 +1097,11 @@ def train(args):
     out_dir = os.path.dirname(out_pattern) or "."
     best_path = os.path.join(out_dir, f"{dataset}_best.pt")
     metrics_path = os.path.join(out_dir, f"{dataset}_metrics.jsonl")
+    for shared in (best_path, metrics_path):  # each save would write over the best file (or the metrics)
+        if os.path.normpath(out_pattern.replace("{dataset}", dataset)) == os.path.normpath(shared):
+            raise UserError(f"--output_checkpoint {out_pattern} is the run's {os.path.basename(shared)}, which train.py "
+                            f"writes itself: name the checkpoints otherwise, as in "
+                            f"{os.path.join(out_dir, '{dataset}_epoch{epoch}.pt')}")
     # with --overwrite: files of an earlier run (or later points of this one) to remove (see save); rank 0's refusal
     replaced, refused = [], None
     # which run a checkpoint and a metrics record belong to: a run continued keeps its id (with --reset_epoch too: its
