@@ -7,6 +7,7 @@ test process on a free loopback port, with tiny random models saved or built her
 import http.client
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -172,11 +173,32 @@ def test_text_held_for_a_stop_string_ends_the_reply_when_the_model_stops(enc, mo
         assert "".join(texts) == "Hello there. B"
 
 
+def test_stop_text_holds_back_exactly_what_may_start_a_stop_string():
+    """StopText.held tries only where a stop string's first character is (every prefix of a long one cost O(len^2)
+    a token on the one worker): the same answer as trying every prefix, on random text and stops."""
+    rng = random.Random(0)
+    for _ in range(3000):
+        stop = "".join(rng.choice("ab") for _ in range(rng.randint(1, 6)))
+        st = serve.StopText([stop])
+        st.pending = "".join(rng.choice("abc") for _ in range(rng.randint(0, 8)))
+        want = max((k for k in range(1, len(stop)) if st.pending.endswith(stop[:k])), default=0)
+        assert st.held(stop) == want, (stop, st.pending)
+    st = serve.StopText(["x" * 250_000, "y" * 250_000])  # a request's four of these held every client a minute
+    assert [st.push(p) for p in ("a", "xx", "b", "yyy")] == [("a", False), ("", False), ("xxb", False), ("", False)]
+    assert st.flush() == "yyy"
+
+
 def test_models_endpoint(api):
     assert [m.id for m in client(api).models.list()] == [api.name]
     assert client(api).models.retrieve(api.name).id == api.name
     with pytest.raises(openai.NotFoundError):
         client(api).models.retrieve("gpt-4")
+    # the client percent-encodes the name it listed ("my%20chat"): the server decodes it
+    named = start(api.model, api.enc, name="my chät")
+    try:
+        assert client(named).models.retrieve(client(named).models.list().data[0].id).id == "my chät"
+    finally:
+        named.close()
 
 
 def test_unknown_and_default_fields_are_accepted(api, enc):
@@ -213,6 +235,7 @@ BAD = [  # (path, body, status, param, code)
     ("/v1/chat/completions", b"[1, 2]", 400, None, "invalid_json"),
     ("/v1/chat/completions", b"\xff\xfe", 400, None, "invalid_json"),
     ("/v1/chat/completions", b"[" * 100000 + b"]" * 100000, 400, None, "invalid_json"),
+    ("/v1/completions", b'{"prompt": "Hi", "seed": ' + b"1" * 5000 + b"}", 400, None, "invalid_json"),  # no answer
     ("/v1/chat/completions", {}, 400, "messages", "missing_required_parameter"),
     ("/v1/chat/completions", {"messages": "hi"}, 400, "messages", "invalid_type"),
     ("/v1/chat/completions", {"messages": []}, 400, "messages", "invalid_value"),
