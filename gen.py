@@ -30,8 +30,8 @@ import time
 import torch
 
 from checkpoint import find_checkpoints, load_model
-from common import (UserError, atomic_write_text, autocast, check_output, pick_device, pick_dtype, require_utf8,
-                    retain_freed_memory, run_main, seeded_generator)
+from common import (UserError, atomic_write_text, autocast, check_output, first_line, pick_device, pick_dtype,
+                    require_utf8, retain_freed_memory, run_main, seeded_generator)
 from setup_tokenizer import EOT, IM_END, IM_START, StreamDecoder, render_chat
 
 TYPING_DELAY = 0.012  # seconds per token on a terminal: a readable rhythm for demos, never in pipes
@@ -251,7 +251,7 @@ def read_lines(prompt, tty):
 def read_prompt_file(path):
     """Prompts from a file: one per line, or JSON lines with a "prompt" field (blank lines skipped)."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # a byte-order mark (Notepad, Excel) is no part of the prompt
             lines = f.read().splitlines()
     except FileNotFoundError:
         raise UserError(f"prompt file {path} not found")
@@ -268,6 +268,8 @@ def read_prompt_file(path):
                 obj = json.loads(line)
             except json.JSONDecodeError:
                 obj = None  # text that merely starts with a brace
+            except (ValueError, RecursionError) as e:  # JSON, but past what Python reads: an integer of 4,300 digits
+                raise UserError(f"{path} line {n}: JSON that cannot be read ({type(e).__name__}: {first_line(e)})")
             if isinstance(obj, dict):
                 if not isinstance(obj.get("prompt"), str):
                     raise UserError(f"{path} line {n}: a JSON line needs a \"prompt\" text field")

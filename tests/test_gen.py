@@ -261,6 +261,12 @@ def test_prompt_file_batch(ckpt, enc, tmp_path, capsys):
     lines = prompts[:3] + ["", json.dumps({"prompt": prompts[3], "id": 7})] + prompts[4:]
     src = tmp_path / "prompts.txt"
     src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert gen.read_prompt_file(str(src)) == prompts
+    # a byte-order mark (Notepad, Excel) made the first JSON line a text prompt, and hid in a text one
+    for first in (json.dumps({"prompt": "The cat"}), "The cat"):
+        src.write_text("\ufeff" + "\n".join([first] + lines[1:]) + "\n", encoding="utf-8")
+        assert gen.read_prompt_file(str(src)) == prompts
+    src.write_text("\n".join(lines) + "\n", encoding="utf-8")
     out_path = tmp_path / "out.jsonl"
     code, out, err = cli([ckpt, "--prompt_file", str(src), "--output", str(out_path), "--temp", "0",
                           "--max_tokens", "12"] + CPU, capsys)
@@ -303,6 +309,10 @@ def test_bad_input_errors(ckpt, tmp_path, capsys, monkeypatch):
     bad.write_bytes("caf\xe9\n".encode("latin-1"))
     line = one_error_line(*cli([ckpt, "--prompt_file", str(bad)] + CPU, capsys)[::2])
     assert str(bad) in line and "UTF-8" in line
+    # JSON Python will not read (an integer of over 4,300 digits): a traceback before
+    (tmp_path / "big.jsonl").write_text('{"prompt": "Hello", "id": ' + "1" * 5000 + "}\n", encoding="utf-8")
+    line = one_error_line(*cli([ckpt, "--prompt_file", str(tmp_path / "big.jsonl")] + CPU, capsys)[::2])
+    assert "big.jsonl line 1: JSON that cannot be read (ValueError: " in line
     line = one_error_line(*cli([str(tmp_path / "nope.pt")] + CPU, capsys)[::2])
     assert "nope.pt" in line and "not found" in line
     corrupt = tmp_path / "corrupt.pt"
