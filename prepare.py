@@ -256,6 +256,8 @@ def json_records(path):
                             record = json.loads(line)
                         except json.JSONDecodeError as e:
                             raise UserError(f"{path} line {n}: malformed JSON ({e.msg}, column {e.colno})")
+                        except ValueError as e:  # an integer of over 4,300 digits
+                            raise UserError(f"{path} line {n}: JSON that cannot be read ({first_line(e)})")
                         except RecursionError:
                             raise UserError(f"{path} line {n}: JSON nested too deeply to read")
                         yield f"{path} line {n}", without_surrogates(record) if SURROGATE_ESCAPE.search(line) else record
@@ -268,6 +270,10 @@ def json_records(path):
                     data = json.loads(text)
                 except json.JSONDecodeError as e:
                     raise UserError(f"{path} line {e.lineno}: malformed JSON ({e.msg}, column {e.colno})")
+                except UnicodeDecodeError:
+                    raise  # read() of a file that is not UTF-8: said below
+                except ValueError as e:  # an integer of over 4,300 digits
+                    raise UserError(f"{path}: JSON that cannot be read ({first_line(e)})")
                 except RecursionError:
                     raise UserError(f"{path}: JSON nested too deeply to read")
                 if SURROGATE_ESCAPE.search(text):

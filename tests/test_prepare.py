@@ -278,6 +278,11 @@ def test_null_fields_byte_order_marks_and_deep_json(tmp_path, enc):
     write(tmp_path / "deep.jsonl", "[" * 100000 + "]" * 100000 + "\n")
     with pytest.raises(UserError, match=r"deep.jsonl line 1: JSON nested too deeply to read"):
         prepare.prepare("text", source=str(tmp_path / "deep.jsonl"), out_dir=out, name="deep")
+    # an integer of over 4,300 digits: json.loads raises a plain ValueError (a traceback before)
+    for name, where in (("big.jsonl", "big.jsonl line 1"), ("big.json", "big.json")):
+        write(tmp_path / name, '{"text": "hi", "n": ' + "1" * 5000 + "}\n")
+        with pytest.raises(UserError, match=rf"{where}: JSON that cannot be read \(Exceeds the limit"):
+            prepare.prepare("text", source=str(tmp_path / name), out_dir=out, name="big")
 
 
 def test_non_utf8_and_bad_input(tmp_path):
