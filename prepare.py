@@ -1181,6 +1181,11 @@ def train_vocabulary(plan, vocab_size, path, limit, val_fraction, pack=None):
     return enc
 
 
+def is_dataset_name(name):
+    """A dataset's name is a folder in data/ (--out_dir, train.py's --data_dir), not a path."""
+    return bool(re.fullmatch(r"[\w.-]+", name)) and name not in (".", "..")
+
+
 def meta_options(meta, folder, odd=None):
     """prepare()'s options that made a dataset, from its meta.json; one from before "options": what it says of them.
     A meta.json too odd to say raises (KeyError, TypeError...), or gives odd when it is not None."""
@@ -1315,7 +1320,7 @@ def prepare(dataset, source=None, tokenizer=None, limit=None, val_fraction=DEFAU
     if pack is not None and pack < 0:
         raise UserError(f"--pack {pack}: give the training context in tokens (train.py --block_size), or 0 for no packing")
     name = name or dataset
-    if not re.fullmatch(r"[\w.-]+", name) or name in (".", ".."):
+    if not is_dataset_name(name):
         raise UserError(f"--name {name!r}: use letters, digits, '.', '-' and '_' (it names a folder in {out_dir})")
     plan = find_mix_source(mix, extra, limit) if dataset == "mix" else find_source(dataset, source, extra, limit)
     folder = os.path.join(out_dir, name)

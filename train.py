@@ -57,7 +57,8 @@ from checkpoint import load_checkpoint, load_weights, nonfinite, save_checkpoint
 from common import (UserError, atomic_write_text, autocast, check_output, cpu_has_bf16, first_line, pick_device,
                     pick_dtype, retain_freed_memory, run_main, speaks_for_machine, tmp_name)
 from model import OPTIMIZERS, PRESETS, GPT, GPTConfig, make_config
-from prepare import DATASETS, DEFAULT_OUT_DIR, DEFAULT_VAL_FRACTION, is_complete, meta_options, rebuild_command
+from prepare import (DATASETS, DEFAULT_OUT_DIR, DEFAULT_VAL_FRACTION, is_complete, is_dataset_name, meta_options,
+                     rebuild_command)
 from setup_tokenizer import get_tokenizer, tokenizer_from_state, tokenizer_hash
 
 # Peak learning rates and batch sizes (windows) that train each preset well with AdamW(0.9, 0.95); small models
@@ -275,6 +276,12 @@ def resolve_args(args, ckpt_args, continuing, config, fine_tuning=False):
 def load_meta(data_dir, dataset, tokenizer=None):
     """The dataset's meta.json; a missing or broken dataset is a UserError naming prepare.py. tokenizer: the one the
     data must have (a model's checkpoint), for the command that prepares a missing dataset."""
+    if not is_dataset_name(dataset):  # story/ named the files models/story/.pt; data/story suggested a bad --name
+        name = os.path.basename(os.path.normpath(dataset))
+        raise UserError(f"--dataset {dataset} is a path: it takes a dataset's name, a folder of --data_dir ({data_dir})"
+                        + (f", as in --dataset {name}" + (f" --data_dir {os.path.dirname(os.path.normpath(dataset))}"
+                                                          if os.path.dirname(os.path.normpath(dataset)) else "")
+                           if is_dataset_name(name) else ""))
     folder = os.path.join(data_dir, dataset)
     path = os.path.join(folder, "meta.json")
     out = [] if os.path.abspath(data_dir) == os.path.abspath(DEFAULT_OUT_DIR) else ["--out_dir", data_dir]

@@ -664,6 +664,16 @@ def test_missing_data_names_a_prepare_command_that_runs(env, tmp_path):
                                         rf"--name nope --out_dir {data}`, or one of story, .* with `python prepare.py "
                                         rf"--dataset NAME`$"):
         train.train(args_for(env, tmp_path, "--dataset", "nope"))
+    # a path for a name: story/ wrote models/story/.pt, and data/story suggested a --name prepare.py refuses
+    for path, fix in (("mini/", ", as in --dataset mini$"), (os.path.join(env["data"], "mini"),
+                                                            rf", as in --dataset mini --data_dir {data}$"), ("..", "$")):
+        with pytest.raises(UserError, match=rf"^--dataset {re.escape(path)} is a path: it takes a dataset's name, a "
+                                            rf"folder of --data_dir \({data}\){fix}"):
+            train.train(args_for(env, tmp_path / "p", "--dataset", path))
+    assert not (tmp_path / "p").exists()
+    mini = train.train(args_for(env, tmp_path / "e", "--dataset", "mini", "--max_steps", "1"))["checkpoint"]
+    with pytest.raises(UserError, match=r"--dataset mini/ is a path"):
+        eval_py.evaluate_checkpoint(mini, datasets=["mini/"], data_dir=env["data"], samples=0)
     # continuing a model whose vocabulary is its own: the data must be prepared with it
     ck = str(tmp_path / "ck.pt")
     shutil.copy(train.train(args_for(env, tmp_path / "m", "--dataset", "mini", "--max_steps", "1"))["checkpoint"], ck)
