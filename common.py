@@ -94,11 +94,17 @@ def first_line(e):
     return (lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0])[:200]
 
 
-def check_output(path, option, folder=False):
+def check_output(path, option, folder=False, inputs=()):
     """Fail now, with one line naming option, when path cannot be written: before hours of work, not at the end.
-    Creates the folder (path itself when folder, else its parent) and writes and removes a probe file there."""
+    Creates the folder (path itself when folder, else its parent) and writes and removes a probe file there.
+    inputs: {option: path(s)} the command reads, which path must not be (the result would replace them)."""
     if not folder and os.path.isdir(path):
         raise UserError(f"{option} {path} is a folder: give a file's path")
+    for name, given in dict(inputs).items():
+        for f in [given] if isinstance(given, str) else given or []:
+            if os.path.exists(path) and os.path.exists(f) and os.path.samefile(f, path):
+                raise UserError(f"{option} {path} is the {name} it reads: the result would replace it; give another "
+                                f"{option}")
     parent = path if folder else os.path.dirname(os.path.abspath(path))
     probe = tmp_name(os.path.join(parent, ".write-probe"))
     try:

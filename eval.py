@@ -224,7 +224,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     if args.json and args.json != "-":  # - is stdout
-        check_output(args.json, "--json")  # before the evaluation, not after
+        check_output(args.json, "--json", inputs={"--prompts": args.prompts})  # before the evaluation, not after
     result = evaluate_checkpoint(
         args.checkpoint or default_checkpoint(), datasets=args.dataset, data_dir=args.data_dir, split=args.split,
         block_size=args.block_size, batch_size=args.batch_size, eval_batches=args.eval_batches, samples=args.samples,

@@ -382,7 +382,7 @@ def main(argv=None):
     # bad input fails before the model loads and generates, not after
     prompts = read_prompt_file(args.prompt_file) if args.prompt_file else None
     if args.output:
-        check_output(args.output, "--output")
+        check_output(args.output, "--output", inputs={"--prompt_file": args.prompt_file})
     path = args.checkpoint or default_checkpoint()
     device = pick_device(args.device)
     dtype = pick_dtype(device, args.dtype)

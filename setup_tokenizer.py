@@ -313,11 +313,7 @@ def main(argv=None):
             print(f"{i:>6}  {enc.decode_single_token_bytes(i)!r}")
         print(f"{len(ids)} tokens, {len(args.text.encode())} bytes, vocabulary {enc.n_vocab} ({enc.name})")
     else:
-        check_output(args.out, "--out")  # before the training, not after it
-        for f in args.input:
-            if os.path.exists(args.out) and os.path.exists(f) and os.path.samefile(f, args.out):
-                raise UserError(f"--out {args.out} is one of the --input files: the vocabulary would replace the text "
-                                f"it learns from; give another --out")
+        check_output(args.out, "--out", inputs={"--input": args.input})  # before the training, not after it
         t0 = time.time()
         size = sum(os.path.getsize(f) for f in args.input if os.path.exists(f))
         enc = train_tokenizer(args.input, args.vocab_size, args.out)

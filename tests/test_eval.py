@@ -180,7 +180,11 @@ def test_unusable_json_path_is_refused_before_evaluating(tmp_path, capsys, monke
     # a folder, or a path through a file: one line naming --json, before the evaluation (not after it)
     (tmp_path / "file").write_text("")
     monkeypatch.setattr(eval_py, "evaluate_checkpoint", lambda *a, **k: pytest.fail("evaluated before --json was checked"))
-    for path, words in ((tmp_path, "is a folder"), (tmp_path / "file" / "x.json", "a part of the path is a file")):
-        code, out, err = cli([str(tmp_path / "any.pt"), "--json", str(path), *CPU], capsys)
+    (tmp_path / "prompts.txt").write_text("Hi\n")
+    for path, words in ((tmp_path, "is a folder"), (tmp_path / "file" / "x.json", "a part of the path is a file"),
+                        (tmp_path / "prompts.txt", "is the --prompts it reads: the result would replace it")):
+        code, out, err = cli([str(tmp_path / "any.pt"), "--json", str(path), "--prompts", str(tmp_path / "prompts.txt"),
+                              *CPU], capsys)
         assert code == 1 and err.startswith(f"error: --json {path}") and words in err, err
         assert len(err.strip().splitlines()) == 1 and out == "", err
+    assert (tmp_path / "prompts.txt").read_text() == "Hi\n"

@@ -355,9 +355,12 @@ def test_unusable_prompt_file_or_output_is_refused_before_the_model_loads(ckpt, 
     monkeypatch.setattr(gen, "load_model", lambda *a, **k: pytest.fail("the model loaded before its input was checked"))
     line = one_error_line(*cli([ckpt, "--prompt_file", str(tmp_path)] + CPU, capsys)[::2])
     assert line == f"error: prompt file {tmp_path} is a folder: give a file's path"
-    for out, words in ((tmp_path, "is a folder"), (tmp_path / "file" / "out.jsonl", "a part of the path is a file")):
+    for out, words in ((tmp_path, "is a folder"), (tmp_path / "file" / "out.jsonl", "a part of the path is a file"),
+                       # the prompts themselves: they were replaced by the completions
+                       (prompts, "is the --prompt_file it reads: the result would replace it; give another --output")):
         line = one_error_line(*cli([ckpt, "--prompt_file", str(prompts), "--output", str(out)] + CPU, capsys)[::2])
         assert line.startswith(f"error: --output {out}") and words in line, line
+    assert prompts.read_text(encoding="utf-8") == "Hi\n"
 
 
 def test_broken_weights_or_config_are_one_line(enc, tmp_path, capsys):

@@ -159,7 +159,7 @@ def test_bad_tokenizer_inputs(tmp_path):
     import setup_tokenizer
     text = tmp_path / "in.txt"
     text.write_text("the cat sat on the mat " * 50)
-    with pytest.raises(UserError, match="is one of the --input files"):
+    with pytest.raises(UserError, match="is the --input it reads: the result would replace it; give another --out"):
         setup_tokenizer.main(["train", "--input", str(text), "--vocab_size", "300", "--out", str(text)])
     assert text.read_text().startswith("the cat")
     with pytest.raises(UserError, match="the text is not UTF-8"):
