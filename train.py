@@ -440,7 +440,7 @@ def refuse_going_back(checkpoint, ckpt, out_pattern, dataset, best_path, overwri
     epochs, or a best file that the branch's worse evals would take over); returns those files. Only the files' small
     entries are read (mmap). A file of another run (by run id: a checkpoint copied in from elsewhere and resumed next to
     a run it is not) is refused as refuse_earlier_run refuses it, whatever point it holds."""
-    done, later = int(ckpt.get("tokens", 0)), []
+    done, later, ahead = int(ckpt.get("tokens", 0)), [], []  # ahead: (tokens, step, path) of the later points
     for path in run_files(out_pattern, dataset) + ([best_path] if os.path.exists(best_path) else []):
         if os.path.samefile(path, checkpoint):
             continue
@@ -458,11 +458,13 @@ def refuse_going_back(checkpoint, ckpt, out_pattern, dataset, best_path, overwri
             continue
         if int(other.get("tokens", 0)) <= done:
             continue
-        if not overwrite:
-            raise UserError(f"{path} holds a later point of this run (step {other.get('step')}, {checkpoint} is at step "
-                            f"{ckpt.get('step')}), which continuing here would replace: continue from it with "
-                            f"--checkpoint {path}, {ELSEWHERE}, or pass --overwrite to replace it")
+        ahead.append((int(other.get("tokens", 0)), other.get("step"), path))
         later.append(path)
+    if ahead and not overwrite:  # the newest point: naming the first found, the advice was refused in turn
+        _, step, path = max(ahead, key=lambda a: a[0])
+        raise UserError(f"{path} holds a later point of this run (step {step}, {checkpoint} is at step "
+                        f"{ckpt.get('step')}), which continuing here would replace: continue from it with "
+                        f"--checkpoint {path}, {ELSEWHERE}, or pass --overwrite to replace it")
     return later
 
 

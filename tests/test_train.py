@@ -514,6 +514,14 @@ def test_continuing_from_an_earlier_point_does_not_replace_later_files(env, tmp_
     assert {f: (tmp_path / f).read_bytes() for f in os.listdir(tmp_path)} == files  # untouched
     r = go_on(early, "--overwrite", "--max_steps", "3")  # asked for: the branch replaces them
     assert r["checkpoint"] == ck and r["steps"] == 5 and load_checkpoint(ck)["step"] == 5
+    # several later points: the newest is named (the first found was, and continuing from it was refused in turn)
+    out = tmp_path / "epochs"
+    train.train(args_for(env, out, "--dataset", "mini", "--epochs", "2"))
+    more = ["--data_dir", env["data"], "--device", "cpu", "--no-color", "--epochs", "3"]
+    train.train(train.parse_args(["--checkpoint", str(out / "mini_epoch2.pt"), *more]))
+    with pytest.raises(train.UserError, match=r"mini_epoch3\.pt holds a later point of this run .* continue from it "
+                                              r"with --checkpoint .*mini_epoch3\.pt, "):
+        train.train(train.parse_args(["--checkpoint", str(out / "mini_epoch1.pt"), *more]))
 
 
 def test_a_new_seed_mid_epoch_starts_the_epoch_over(env, tmp_path, capsys):
