@@ -94,6 +94,14 @@ def file_stamp(path):
     return tuple((p, st.st_ino, st.st_size, st.st_mtime_ns) for p in paths for st in [os.stat(p)])
 
 
+def looks_like_checkpoint(path):
+    """A .pt file, or a file that starts as a zip does (torch.save's format), whole or not."""
+    if path.endswith(".pt"):
+        return True
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
+
+
 @functools.lru_cache(maxsize=8)
 def _load_tokenizer(name, stamp):
     if name == "gpt2":
@@ -113,7 +121,8 @@ def _load_tokenizer(name, stamp):
         if any(os.path.isfile(os.path.join(name, f)) for f in (TOKENIZER_JSON, VOCAB_JSON)):
             return read_tokenizer(name)[0]  # a Hugging Face model folder's (GPT-2's own files give "gpt2")
         raise not_a_vocabulary(f"{name} (a folder without {TOKENIZER_JSON} or {VOCAB_JSON})")
-    if zipfile.is_zipfile(name):  # torch.save's format: a checkpoint
+    if zipfile.is_zipfile(name) or looks_like_checkpoint(name):  # torch.save's format: a checkpoint (or one cut short,
+        # which load_checkpoint names as such rather than as no .tiktoken text)
         from checkpoint import load_checkpoint  # here: checkpoint.py imports this module
         return tokenizer_from_state(load_checkpoint(name)["tokenizer"])
     try:

@@ -1,5 +1,6 @@
 import base64
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -196,6 +197,13 @@ def test_a_folder_or_a_binary_file_is_no_vocabulary(tmp_path, capsys):
         z.writestr("a.txt", "hello")
     with pytest.raises(UserError, match=r"other\.zip is not a readable checkpoint"):
         get_tokenizer(str(archive))
+    # a checkpoint cut short (no zip directory at its end yet) or empty: named as a checkpoint, as the other scripts
+    # name it, not as a .tiktoken file of bad lines
+    whole = archive.read_bytes()
+    for name, data in (("cut.pt", whole[:len(whole) // 2]), ("empty.pt", b""), ("cut.bin", whole[:len(whole) // 2])):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(UserError, match=rf"{re.escape(name)} is not a readable checkpoint \(truncated or corrupt\?\)"):
+            get_tokenizer(str(tmp_path / name))
 
 
 def run_cli(*args, env=None):
