@@ -315,8 +315,9 @@ def record_doc(record, where, dataset=None):
     # every column, null where the row has none (an Alpaca row's question, a QA row's instruction)
     has = {k for k, v in record.items() if v is not None}
     try:
-        if "messages" in has:
-            messages = [{"role": m["role"], "content": m["content"]} for m in record["messages"]]
+        if "messages" in has:  # ShareGPT's role names are taken here too, as the error for an unknown role says
+            messages = [{"role": SHAREGPT_ROLES.get(m["role"], m["role"]), "content": m["content"]}
+                        for m in record["messages"]]
         elif "conversations" in has:
             messages = [{"role": SHAREGPT_ROLES.get(m["from"], m["from"]), "content": m["value"]}
                         for m in record["conversations"]]

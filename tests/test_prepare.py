@@ -537,6 +537,10 @@ def alpaca_conv(r):
 FORMATS = {  # name: (file name, file text, expected conversations)
     "messages": ("m.jsonl", "\n".join(json.dumps({"messages": c}) for c in CONVERSATIONS), CONVERSATIONS),
     "sharegpt": ("s.json", json.dumps([sharegpt(c) for c in CONVERSATIONS]), CONVERSATIONS),
+    # ShareGPT's role names in `messages` (the unknown-role error says they are taken; they were refused)
+    "messages-sharegpt-roles": ("h.jsonl", "\n".join(json.dumps({"messages": [
+        {"role": m["from"], "content": m["value"]} for m in sharegpt(c)["conversations"]]}) for c in CONVERSATIONS),
+        CONVERSATIONS),
     "alpaca": ("a.json", json.dumps(ALPACA, indent=1), [alpaca_conv(r) for r in ALPACA]),
     "qa": ("q.jsonl", "\n".join(json.dumps(r) for r in QA),
            [[{"role": "user", "content": r["question"]}, {"role": "assistant", "content": r["answer"]}] for r in QA]),
