@@ -223,10 +223,11 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.json and args.json != "-":  # - is stdout
-        check_output(args.json, "--json", inputs={"--prompts": args.prompts})  # before the evaluation, not after
+    path = args.checkpoint or default_checkpoint()
+    if args.json and args.json != "-":  # - is stdout; checked before the evaluation, not after
+        check_output(args.json, "--json", inputs={"--prompts": args.prompts, "checkpoint": path})
     result = evaluate_checkpoint(
-        args.checkpoint or default_checkpoint(), datasets=args.dataset, data_dir=args.data_dir, split=args.split,
+        path, datasets=args.dataset, data_dir=args.data_dir, split=args.split,
         block_size=args.block_size, batch_size=args.batch_size, eval_batches=args.eval_batches, samples=args.samples,
         prompts=args.prompts, max_tokens=args.max_tokens, seed=args.seed, temp=args.temp, top_k=args.top_k,
         top_p=args.top_p, device=args.device, dtype=args.dtype)

@@ -381,9 +381,9 @@ def main(argv=None):
                         "line (repeat a line for more), --chat and --interactive one per message")
     # bad input fails before the model loads and generates, not after
     prompts = read_prompt_file(args.prompt_file) if args.prompt_file else None
-    if args.output:
-        check_output(args.output, "--output", inputs={"--prompt_file": args.prompt_file})
     path = args.checkpoint or default_checkpoint()
+    if args.output:
+        check_output(args.output, "--output", inputs={"--prompt_file": args.prompt_file, "checkpoint": path})
     device = pick_device(args.device)
     dtype = pick_dtype(device, args.dtype)
     model, enc, ckpt = load_model(path, device)

@@ -181,10 +181,12 @@ def test_unusable_json_path_is_refused_before_evaluating(tmp_path, capsys, monke
     (tmp_path / "file").write_text("")
     monkeypatch.setattr(eval_py, "evaluate_checkpoint", lambda *a, **k: pytest.fail("evaluated before --json was checked"))
     (tmp_path / "prompts.txt").write_text("Hi\n")
+    (tmp_path / "any.pt").write_bytes(b"a checkpoint")
     for path, words in ((tmp_path, "is a folder"), (tmp_path / "file" / "x.json", "a part of the path is a file"),
-                        (tmp_path / "prompts.txt", "is the --prompts it reads: the result would replace it")):
+                        (tmp_path / "prompts.txt", "is the --prompts it reads: the result would replace it"),
+                        (tmp_path / "any.pt", "is the checkpoint it reads")):
         code, out, err = cli([str(tmp_path / "any.pt"), "--json", str(path), "--prompts", str(tmp_path / "prompts.txt"),
                               *CPU], capsys)
         assert code == 1 and err.startswith(f"error: --json {path}") and words in err, err
         assert len(err.strip().splitlines()) == 1 and out == "", err
-    assert (tmp_path / "prompts.txt").read_text() == "Hi\n"
+    assert (tmp_path / "prompts.txt").read_text() == "Hi\n" and (tmp_path / "any.pt").read_bytes() == b"a checkpoint"

@@ -357,7 +357,8 @@ def test_unusable_prompt_file_or_output_is_refused_before_the_model_loads(ckpt, 
     assert line == f"error: prompt file {tmp_path} is a folder: give a file's path"
     for out, words in ((tmp_path, "is a folder"), (tmp_path / "file" / "out.jsonl", "a part of the path is a file"),
                        # the prompts themselves: they were replaced by the completions
-                       (prompts, "is the --prompt_file it reads: the result would replace it; give another --output")):
+                       (prompts, "is the --prompt_file it reads: the result would replace it; give another --output"),
+                       (ckpt, "is the checkpoint it reads")):
         line = one_error_line(*cli([ckpt, "--prompt_file", str(prompts), "--output", str(out)] + CPU, capsys)[::2])
         assert line.startswith(f"error: --output {out}") and words in line, line
     assert prompts.read_text(encoding="utf-8") == "Hi\n"
