@@ -466,9 +466,10 @@ def read_folder(folder):
     # untied by its config (Llama's default) and no head saved: transformers starts that head from random values,
     # and tying it here would be another model than theirs
     if lm_head is None and not raw.get("tie_word_embeddings", hf_cfg.variant == "gpt2"):
-        raise UserError(f"{folder}: {CONFIG} says the embeddings are untied (tie_word_embeddings false) but there is "
-                        f"no lm_head.weight; this project's models tie them: set tie_word_embeddings to true if the "
-                        f"model was trained tied")
+        said = "tie_word_embeddings false" if "tie_word_embeddings" in raw else \
+            f"no tie_word_embeddings, which for {raw.get('model_type')} means untied"
+        raise UserError(f"{folder}: {CONFIG} says the embeddings are untied ({said}) but there is no lm_head.weight; "
+                        f"this project's models tie them: set tie_word_embeddings to true if the model was trained tied")
     with torch.device("meta"):  # the HF names and shapes config.json implies, without allocating anything
         expected = {k: v.shape for k, v in hf_tensors(GPT(hf_cfg)).items()}
     for k in [k for k in tensors if k.endswith((".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq"))]:

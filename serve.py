@@ -577,11 +577,10 @@ class ApiServer(ThreadingHTTPServer):
 
     def model_card(self):
         # sampling_defaults (an extension, as context_length): what a request that leaves them out gets, which the
-        # chat page shows in its empty fields
+        # chat page shows in its empty fields (not max_tokens: a request's depends on its prompt and kind)
         return {"id": self.name, "object": "model", "created": self.created, "owned_by": "gpt-trainer",
                 "context_length": self.model.config.block_size,
-                "sampling_defaults": {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p,
-                                      "max_tokens": self.max_tokens}}
+                "sampling_defaults": {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p}}
 
     def envelope(self, job, choices, chunk=False, usage=None):
         obj = {"id": job.id, "object": ("chat.completion" if job.kind == "chat" else "text_completion") + (".chunk" if chunk and job.kind == "chat" else ""),

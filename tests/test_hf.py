@@ -418,8 +418,9 @@ def test_llama_settings_model_py_lacks_are_refused(small_folder, tmp_path, custo
                           (dict(rope_parameters=[1]), "rope_parameters is not an object"),
                           # untied with no lm_head.weight: transformers gives the head random values, ours would tie
                           # it, two models (it loaded without a word); a Llama config without the key is untied too
-                          (dict(tie_word_embeddings=False), "the embeddings are untied"),
-                          (dict(tie_word_embeddings=None), "the embeddings are untied")):
+                          (dict(tie_word_embeddings=False), "the embeddings are untied (tie_word_embeddings false)"),
+                          (dict(tie_word_embeddings=None), "the embeddings are untied (no tie_word_embeddings, which "
+                                                           "for llama means untied)")):
         config = json.loads((folder / "config.json").read_text())
         changed = {k: v for k, v in {**config, **change}.items() if v is not None}
         (folder / "config.json").write_text(json.dumps(changed))
