@@ -14,6 +14,7 @@ Its special tokens follow the byte-level vocabulary in the same order as GPT-2's
 import argparse
 import base64
 import codecs
+import contextlib
 import functools
 import hashlib
 import itertools
@@ -91,15 +92,12 @@ def file_stamp(path):
     if path == "gpt2" or not os.path.exists(path):
         return None
     paths = [path] + ([os.path.join(path, f) for f in sorted(os.listdir(path))] if os.path.isdir(path) else [])
-    return tuple((p, st.st_ino, st.st_size, st.st_mtime_ns) for p in paths for st in [os.stat(p)])
-
-
-def looks_like_checkpoint(path):
-    """A .pt file, or a file that starts as a zip does (torch.save's format), whole or not."""
-    if path.endswith(".pt"):
-        return True
-    with open(path, "rb") as f:
-        return f.read(4) == b"PK\x03\x04"
+    stamp = []
+    for p in paths:
+        with contextlib.suppress(OSError):  # a broken link in a model folder (a download cut short) is no tokenizer file
+            st = os.stat(p)
+            stamp.append((p, st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(stamp)
 
 
 @functools.lru_cache(maxsize=8)
@@ -121,15 +119,23 @@ def _load_tokenizer(name, stamp):
         if any(os.path.isfile(os.path.join(name, f)) for f in (TOKENIZER_JSON, VOCAB_JSON)):
             return read_tokenizer(name)[0]  # a Hugging Face model folder's (GPT-2's own files give "gpt2")
         raise not_a_vocabulary(f"{name} (a folder without {TOKENIZER_JSON} or {VOCAB_JSON})")
-    if zipfile.is_zipfile(name) or looks_like_checkpoint(name):  # torch.save's format: a checkpoint (or one cut short,
-        # which load_checkpoint names as such rather than as no .tiktoken text)
-        from checkpoint import load_checkpoint  # here: checkpoint.py imports this module
-        return tokenizer_from_state(load_checkpoint(name)["tokenizer"])
+    with open(name, "rb") as f:
+        zip_start = f.read(4) == b"PK\x03\x04"
+    if zipfile.is_zipfile(name) or zip_start:  # torch.save's format: a checkpoint (or one cut short, which
+        # load_checkpoint names as such rather than as no .tiktoken text)
+        return checkpoint_tokenizer(name)
     try:
         with open(name, encoding="utf-8") as f:
             return tokenizer_from_bpe(f.read(), source=name)
-    except UnicodeDecodeError:  # a binary file: a .tiktoken file is ASCII
-        raise not_a_vocabulary(name) from None
+    except (UnicodeDecodeError, UserError) as e:  # a binary file (a .tiktoken file is ASCII), or no ranks
+        if name.endswith(".pt"):  # an empty or legacy checkpoint, most likely: its own error says what is wrong
+            return checkpoint_tokenizer(name)
+        raise e if isinstance(e, UserError) else not_a_vocabulary(name) from None
+
+
+def checkpoint_tokenizer(path):
+    from checkpoint import load_checkpoint  # here: checkpoint.py imports this module, and torch
+    return tokenizer_from_state(load_checkpoint(path)["tokenizer"])
 
 
 def tokenizer_state(enc):

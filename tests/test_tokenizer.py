@@ -204,6 +204,20 @@ def test_a_folder_or_a_binary_file_is_no_vocabulary(tmp_path, capsys):
         (tmp_path / name).write_bytes(data)
         with pytest.raises(UserError, match=rf"{re.escape(name)} is not a readable checkpoint \(truncated or corrupt\?\)"):
             get_tokenizer(str(tmp_path / name))
+    # a vocabulary that merely ends in .pt is read as one
+    good = tmp_path / "v.tiktoken"
+    setup_tokenizer.train_bpe(["the cat sat on the mat " * 50], 270, str(good), "text")
+    (tmp_path / "vocab.pt").write_bytes(good.read_bytes())
+    assert get_tokenizer(str(tmp_path / "vocab.pt")).n_vocab == get_tokenizer(str(good)).n_vocab
+    # a broken link in a model folder (a download cut short) leaves its tokenizer files readable
+    import hf  # here: it imports torch
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    for f, text in hf.tokenizer_files(get_tokenizer(str(good)), 256).items():
+        (folder / f).write_text(text, encoding="utf-8")
+    (folder / "model.safetensors").symlink_to(tmp_path / "blob-never-downloaded")
+    assert setup_tokenizer.tokenizer_hash(get_tokenizer(str(folder))) == setup_tokenizer.tokenizer_hash(
+        get_tokenizer(str(good)))
 
 
 def run_cli(*args, env=None):
