@@ -37,8 +37,8 @@ from common import (UserError, atomic_write_text, check_output, pick_device, pic
 from gen import CHAT_STOPS, chat_reply, default_checkpoint, positive_int, probability, read_prompt_file, temperature
 from prepare import document_ends
 from setup_tokenizer import IM_END, parse_chat
-from train import (Windows, bits_per_byte, default_data_dir, eval_indices, evaluate, load_meta, packing_warning,
-                   pick_tokenizer)
+from train import (Windows, bits_per_byte, checkpoint_data, default_data_dir, eval_indices, evaluate, load_meta,
+                   packing_warning, pick_tokenizer)
 
 
 # -----------------------------------------------------------------------------
@@ -103,10 +103,11 @@ def evaluate_checkpoint(path, datasets=None, data_dir=None, split="val", block_s
     ppl, bpb (None on conversation sets), replies, ended, mean_tokens (None where not measured)."""
     ckpt = load_checkpoint(path)
     ckpt_args = ckpt.get("args") or {}
-    datasets = datasets or ([ckpt["dataset"]] if ckpt.get("dataset") else [])
-    if not datasets:
+    trained_on, trained_in = checkpoint_data(ckpt)
+    if not datasets and not trained_on:
         raise UserError(f"{path} does not name the data it was trained on: pass --dataset NAME")
-    data_dir = data_dir or default_data_dir(ckpt_args)
+    data_dir = data_dir or (trained_in if not datasets else default_data_dir(ckpt_args))
+    datasets = datasets or [trained_on]
     # every dataset is checked before the first is evaluated: a bad name or tokenizer fails at once
     own_vocab = path if ckpt["tokenizer"].get("bpe") else None  # the prepare hint then uses the model's vocabulary
     metas = [load_meta(data_dir, name, own_vocab) for name in datasets]

@@ -485,6 +485,18 @@ def default_data_dir(ckpt_args):
     return ckpt_args.get("data_dir") if os.path.isdir(ckpt_args.get("data_dir") or "") else "data"
 
 
+def checkpoint_data(ckpt):
+    """(dataset name, data folder) a checkpoint was trained on, (None, None) when it names none. Checkpoints from before
+    --dataset took names only may hold a path (story/, /abs/data/story), which stands for its last part in the folder
+    before it."""
+    ckpt_args = ckpt.get("args") or {}
+    name, data_dir = ckpt.get("dataset"), default_data_dir(ckpt_args)
+    if name and not is_dataset_name(name):
+        full = os.path.normpath(os.path.join(data_dir, name))
+        name, data_dir = os.path.basename(full), os.path.dirname(full)
+    return name, data_dir
+
+
 def epoch_order(n_windows, seed, epoch):
     """The window order of an epoch: a permutation that depends only on (seed, epoch), so a resumed run re-derives it."""
     g = torch.Generator().manual_seed(seed + epoch)
@@ -973,9 +985,9 @@ def pick_tokenizer(args, meta, ckpt):
         return tokenizer_from_state(ckpt["tokenizer"])
     name = meta.get("tokenizer", "gpt2")
     own = os.path.join(meta["folder"], "tokenizer.tiktoken")
-    if name != "gpt2" and not os.path.exists(name) and os.path.isfile(own):
-        # meta.json names it by absolute path: a project moved or data/ copied to another machine has it here, and the
-        # hash below says whether it is the one the tokens were made with
+    if name != "gpt2" and not os.path.exists(name) and os.path.isfile(own) and own_hash(own) == want:
+        # meta.json names it by absolute path: a project moved or data/ copied to another machine has it here (not
+        # an older vocabulary left there when the data was made again with another --tokenizer, since moved)
         name = own
     if name != "gpt2" and not os.path.exists(name):
         raise UserError(f"{meta['folder']} was prepared with tokenizer {name}, which is gone: pass --tokenizer PATH "
@@ -985,6 +997,14 @@ def pick_tokenizer(args, meta, ckpt):
         raise UserError(f"tokenizer {name} changed since {meta['folder']} was prepared (hash {tokenizer_hash(enc)}, "
                         f"data {want}): run `{rebuild_command(meta, meta['folder'])}` again")
     return enc
+
+
+def own_hash(path):
+    """The tokenizer hash of a dataset folder's vocabulary file, None when it is no vocabulary (damaged)."""
+    try:
+        return tokenizer_hash(get_tokenizer(path))
+    except UserError:
+        return None
 
 
 def default_preset(device):
@@ -1063,12 +1083,13 @@ def train(args):
     if ckpt is not None:
         ckpt_args = {"optimizer": "adamw", **ckpt_args}  # checkpoints from before --optimizer hold AdamW's state
     args = argparse.Namespace(**vars(args))
-    dataset = args.dataset = args.dataset or (ckpt or {}).get("dataset") or "story"
+    trained_on, trained_in = checkpoint_data(ckpt) if ckpt is not None else (None, None)
+    dataset = args.dataset = args.dataset or trained_on or "story"
     # same dataset and training state present: this is the same run going on; otherwise start a new one from
     # the checkpoint's weights (fine-tuning)
-    continuing = ckpt is not None and ckpt.get("dataset") == dataset and "step" in ckpt
+    continuing = ckpt is not None and trained_on == dataset and "step" in ckpt
     if args.data_dir is None:
-        args.data_dir = default_data_dir(ckpt_args)
+        args.data_dir = trained_in if trained_on == dataset else default_data_dir(ckpt_args)
     # the model's vocabulary, for the hint that prepares missing data: a checkpoint (or folder) of a custom one
     own_vocab = args.checkpoint if ckpt is not None and ckpt["tokenizer"].get("bpe") else None
     meta = load_meta(args.data_dir, dataset, args.tokenizer or own_vocab)

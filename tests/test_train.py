@@ -1248,7 +1248,8 @@ def test_a_new_model_defaults_to_tiny_on_cpu_and_small_on_cuda(env, tmp_path):
 
 def test_a_moved_dataset_trains_with_the_vocabulary_in_its_folder(tmp_path):
     """meta.json names a trained vocabulary by absolute path; a project moved (or data/ copied to another machine for
-    torchrun) still trains on its own tokenizer.tiktoken, and a different file there is refused by its hash."""
+    torchrun) still trains on its own tokenizer.tiktoken. Another vocabulary there (one left from before the data
+    was made with a --tokenizer since moved) is not taken for it: the recorded one is gone."""
     src = tmp_path / "mine.txt"
     src.write_text(story_text(30_000), encoding="utf-8")
     prepare.prepare("text", source=str(src), out_dir=str(tmp_path / "old"), name="mine", vocab_size=300)
@@ -1261,5 +1262,25 @@ def test_a_moved_dataset_trains_with_the_vocabulary_in_its_folder(tmp_path):
         (tmp_path / "new" / "mine" / "meta.json").read_text())["tokenizer_hash"]
     (tmp_path / "other.txt").write_text(story_text(5_000), encoding="utf-8")
     train_tokenizer([str(tmp_path / "other.txt")], 280, str(tmp_path / "new" / "mine" / "tokenizer.tiktoken"))
-    with pytest.raises(UserError, match="changed since"):
+    with pytest.raises(UserError, match=r"was prepared with tokenizer .*/old/mine/tokenizer\.tiktoken, which is gone: "
+                                        r"pass --tokenizer PATH to a copy of it$"):
         train.train(train.parse_args(argv + ["--overwrite"]))
+
+
+def test_a_checkpoint_naming_its_dataset_by_path_evaluates_and_resumes(env, tmp_path):
+    """Before --dataset took names only, `--dataset /abs/data/mini` (or mini/) went into the checkpoint as it was:
+    such a checkpoint is read as the name and its folder, so eval.py and a resume work (they were refused, and the
+    fix suggested made the resume a fine-tune)."""
+    first = train.train(args_for(env, tmp_path / "a", "--dataset", "mini", "--max_steps", "2"))["checkpoint"]
+    for stored in (os.path.join(env["data"], "mini"), "mini/"):
+        ckpt = load_checkpoint(first)
+        ckpt["dataset"] = stored
+        path = str(tmp_path / "b" / "mini_epoch1.pt")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        torch.save(ckpt, path)
+        assert train.checkpoint_data(ckpt) == ("mini", env["data"])
+        row = eval_py.evaluate_checkpoint(path, samples=0, eval_batches=1)["rows"][0]
+        assert row["dataset"] == "mini"
+        r = train.train(train.parse_args(["--checkpoint", path, "--max_steps", "1", "--device", "cpu", "--no-color",
+                                          "--overwrite"]))
+        assert r["steps"] == 3  # went on from step 2: the same run, not a fine-tune from step 0
