@@ -68,7 +68,9 @@ def load_checkpoint(path, map_location="cpu"):
         raise UserError(f"{path} is not a checkpoint of this project (no model/config/tokenizer entries); train one with train.py")
     # torch.load does not check the zip's CRC-32s: a file damaged inside a tensor (a disk, a copy) loaded as other
     # weights, silently (a review's 100 flipped bytes: eval loss 6.29 instead of 2.75). One pass over the file.
-    if zipfile.is_zipfile(path):  # a legacy (not zip) file has no checksums
+    with open(path, "rb") as f:  # a legacy (not zip) file has no checksums, and its tensor bytes may hold what
+        zipped = f.read(4) == b"PK\x03\x04"  # is_zipfile takes for a zip's end record
+    if zipped:
         try:
             with zipfile.ZipFile(path) as z:
                 bad = z.testzip()

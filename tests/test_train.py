@@ -614,6 +614,16 @@ def test_bad_checkpoints_are_one_line_errors(env, trained, tmp_path, capsys):
     (tmp_path / "flipped.pt").write_bytes(bytes(flipped))
     with pytest.raises(UserError, match=r"flipped\.pt is damaged: .* fails its checksum; use another checkpoint"):
         load_checkpoint(str(tmp_path / "flipped.pt"))
+    # a legacy (not zip) torch.save file whose tensor bytes hold a zip end record: healthy, not "damaged"
+    # (a small model, so that the record lies in the last 64 KiB, where is_zipfile looks for one)
+    save_checkpoint(str(tmp_path / "small.pt"), GPT(make_config("tiny", n_layer=1, n_embd=8, n_head=1, block_size=8,
+                                                                vocab_size=env["enc"].n_vocab)), env["enc"])
+    legacy = load_checkpoint(str(tmp_path / "small.pt"))
+    end_record = b"PK\x05\x06" + bytes(4) + b"\x01\x00\x01\x00" + b"\x2e\x00\x00\x00" + bytes(6)  # 1 entry
+    legacy["zz"] = torch.tensor(list(end_record), dtype=torch.uint8)
+    torch.save(legacy, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    assert zipfile.is_zipfile(tmp_path / "legacy.pt")
+    assert load_checkpoint(str(tmp_path / "legacy.pt"))["zz"].tolist() == list(end_record)
     # a byte torch.load never reads, but zipfile does: an entry's name, the directory's version field (tracebacks)
     data = open(good, "rb").read()
     with zipfile.ZipFile(good) as z:
