@@ -10,7 +10,9 @@ import errno
 import os
 import re
 import shutil
+import signal
 import sys
+import threading
 
 
 class UserError(Exception):
@@ -55,10 +57,19 @@ def os_error_line(e):
     return f"{e.strerror or e}{where}: {OS_FIXES[e.errno]}"
 
 
+def exit_on_sigterm(signum, frame):
+    """SIGTERM (`kill`, `timeout`, a job scheduler) ends a script as Ctrl-C does, through its clean-up (finally
+    blocks remove temporary files): its default ended the process on the spot. 143 is what a shell reports for a
+    process that SIGTERM ended. (train.py installs its own, which saves a checkpoint first.)"""
+    raise SystemExit(128 + signum)
+
+
 def run_main(main):
     """Run a script's main(); UserError, Ctrl-C and the file system's refusals (a full disk, no permission, a folder
     where a file should be) end in one clear line, and output piped into a reader that stops early (`| head`) in
-    none."""
+    none. SIGTERM ends it through its clean-up (exit_on_sigterm)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, exit_on_sigterm)
     try:
         return main()
     except UserError as e:
@@ -161,8 +172,12 @@ def remove_stale_tmp(folder, names, quiet_s=600):
                 continue  # alive under another user, or not a pid at all
             old = os.path.join(folder, name)
             with contextlib.suppress(OSError):
-                if os.path.isfile(old) and time.time() - os.path.getmtime(old) > quiet_s:
+                if time.time() - os.path.getmtime(old) <= quiet_s or os.path.islink(old):
+                    continue
+                if os.path.isfile(old):
                     os.remove(old)
+                elif os.path.isdir(old):  # an export's folder, written whole before its rename
+                    shutil.rmtree(old)
 
 
 def atomic_write_text(path, text):
@@ -174,6 +189,8 @@ def atomic_write_text(path, text):
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
+    # what a killed write of the same file left (gen.py --output, eval.py --json, meta.json, a metrics file)
+    remove_stale_tmp(os.path.dirname(os.path.abspath(path)), re.escape(os.path.basename(path)))
 
 
 def atomic_torch_save(obj, path):

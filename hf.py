@@ -26,11 +26,12 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 
 import torch
 
-from common import UserError, first_line, tmp_name
+from common import UserError, first_line, remove_stale_tmp, tmp_name
 from model import GPT, PRESETS, GPTConfig, swiglu_hidden
 from setup_tokenizer import SPECIAL_TOKENS, get_tokenizer, tokenizer_from_bpe, tokenizer_hash, tokenizer_state
 
@@ -548,4 +549,7 @@ def export_folder(model, enc, out_dir, dtype=torch.float32):
         os.rename(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    # what a killed export to the same place left (SIGKILL: no finally runs)
+    out_dir = os.path.abspath(out_dir.rstrip(os.sep))
+    remove_stale_tmp(os.path.dirname(out_dir), re.escape(os.path.basename(out_dir)))
     return sorted([*files, WEIGHTS])

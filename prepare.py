@@ -1262,13 +1262,6 @@ def ctrl_c_held():
             signal.raise_signal(caught[0])  # to the usual handler: KeyboardInterrupt, or main()'s exit for SIGTERM
 
 
-def exit_on_sigterm(signum, frame):
-    """SIGTERM (`kill`, `timeout`, a job scheduler) ends prepare.py as Ctrl-C does, through the clean-up: its default
-    ended the process on the spot, leaving temporary token files (twice the dataset) and a first build's folder
-    without meta.json. 143 is what a shell reports for a process that SIGTERM ended."""
-    raise SystemExit(143)
-
-
 def read_meta(folder):
     """The folder's meta.json, None when it has none or one that is no JSON object."""
     try:
@@ -1327,6 +1320,9 @@ def prepare(dataset, source=None, tokenizer=None, limit=None, val_fraction=DEFAU
     folder = os.path.join(out_dir, name)
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise UserError(f"{folder} is a file, not a dataset folder: pick another --name, or move the file")
+    # what a prepare killed mid-write (SIGKILL) left: token files (with a scratch suffix), meta, vocabulary (train_bpe's
+    # own temporary name of prepare's); here, so that a run that finds the dataset up to date removes them too
+    remove_stale_tmp(folder, r"(?:train|val)(?:_mask)?\.bin(?:\.[\w-]+)?|meta\.json|tokenizer\.tiktoken(?:\.\d+\.tmp)?")
     old = read_meta(folder)
     if old and not force and old.get("dataset") != dataset:
         raise UserError(f"{folder} holds the {old.get('dataset')!r} dataset (made by `{rebuild_command(old, folder)}`): "
@@ -1528,8 +1524,6 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
                     with contextlib.suppress(FileNotFoundError):
                         os.remove(os.path.join(folder, f"{s}_mask.bin"))
             fsync_replace(new_meta, meta_path)
-        # what a prepare killed mid-write (SIGKILL) left: token files (with a scratch suffix), meta, vocabulary
-        remove_stale_tmp(folder, r"(?:train|val)(?:_mask)?\.bin(?:\.[\w-]+)?|meta\.json|tokenizer\.tiktoken")
     finally:
         with ctrl_c_held():  # a Ctrl-C as the cleanup runs would leave temporary files behind
             for split in [*splits.values(), *(s for raw in scratch for s in raw.values())]:
@@ -1613,5 +1607,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, exit_on_sigterm)
-    run_main(main)
+    run_main(main)  # SIGTERM too ends it through the clean-up: its default left temporary token files (twice the
+    # dataset) and a first build's folder without meta.json

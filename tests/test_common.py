@@ -2,13 +2,15 @@
 should be), output paths checked before the work, and --device parsing."""
 import errno
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 
-from common import UserError, atomic_torch_save, check_output, pick_device, run_main
+from common import UserError, atomic_torch_save, atomic_write_text, check_output, pick_device, remove_stale_tmp, run_main
 
 
 def test_outputs_are_checked_before_any_work(tmp_path):
@@ -80,6 +82,18 @@ def test_a_save_removes_what_killed_saves_left_and_nothing_else(tmp_path):
             os.utime(f, (0, 0))
     atomic_torch_save({"step": 1}, path)
     assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(f) for f in [path] + kept)
+    # a text file's write (gen.py --output, eval.py --json) removes a killed write's of the same file, and an
+    # export's folder (hf.export_folder) a killed export's
+    out = tmp_path / "out.jsonl"
+    (tmp_path / f"out.jsonl.{dead.pid}.tmp").write_text("half")
+    os.mkdir(tmp_path / f"hf.{dead.pid}.tmp")
+    (tmp_path / f"hf.{dead.pid}.tmp" / "config.json").write_text("{}")
+    for f in (f"out.jsonl.{dead.pid}.tmp", f"hf.{dead.pid}.tmp"):
+        os.utime(tmp_path / f, (0, 0))
+    atomic_write_text(str(out), "whole\n")
+    assert not (tmp_path / f"out.jsonl.{dead.pid}.tmp").exists() and out.read_text() == "whole\n"
+    remove_stale_tmp(str(tmp_path), "hf")
+    assert not (tmp_path / f"hf.{dead.pid}.tmp").exists()
 
 
 @pytest.mark.parametrize("name", ["foo", "cuda:abc", "gpu"])
@@ -111,3 +125,23 @@ def test_output_piped_into_head_ends_quietly():
         os.path.abspath(__file__))), timeout=60)
     assert r.stdout == "line 0\nline 1\n"
     assert r.stderr == "" and r.returncode == 141
+
+
+def test_sigterm_ends_a_script_through_its_clean_up(tmp_path):
+    """`kill` or `timeout` (SIGTERM) ended export.py and gen.py --output on the spot, their temporary files left for
+    good; run_main makes it end a script as Ctrl-C does, through its finally blocks, with the shell's 143."""
+    cleaned = []
+
+    def main():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(10)
+        finally:
+            cleaned.append(True)
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as e:
+            run_main(main)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert e.value.code == 143 and cleaned == [True]
