@@ -68,8 +68,9 @@ def run_main(main):
     """Run a script's main(); UserError, Ctrl-C and the file system's refusals (a full disk, no permission, a folder
     where a file should be) end in one clear line, and output piped into a reader that stops early (`| head`) in
     none. SIGTERM ends it through its clean-up (exit_on_sigterm)."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, exit_on_sigterm)
+    # (put back on the way out: tests call scripts' mains through here, and pytest's own SIGTERM must still end it)
+    before = signal.signal(signal.SIGTERM, exit_on_sigterm) if threading.current_thread() is threading.main_thread() \
+        else None
     try:
         return main()
     except UserError as e:
@@ -90,6 +91,9 @@ def run_main(main):
             raise
         print(f"error: {os_error_line(e)}", file=sys.stderr)
         sys.exit(1)
+    finally:
+        if before is not None:
+            signal.signal(signal.SIGTERM, before)
 
 
 def seeded_generator(device, seed):
@@ -172,7 +176,12 @@ def remove_stale_tmp(folder, names, quiet_s=600):
                 continue  # alive under another user, or not a pid at all
             old = os.path.join(folder, name)
             with contextlib.suppress(OSError):
-                if time.time() - os.path.getmtime(old) <= quiet_s or os.path.islink(old):
+                if os.path.islink(old):
+                    continue
+                # a folder's own mtime stays while a file in it is written (an export on another machine)
+                changed = max([os.path.getmtime(old)] + [os.lstat(os.path.join(d, f)).st_mtime
+                                                         for d, _, files in os.walk(old) for f in files])
+                if time.time() - changed <= quiet_s:
                     continue
                 if os.path.isfile(old):
                     os.remove(old)

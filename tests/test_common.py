@@ -88,12 +88,16 @@ def test_a_save_removes_what_killed_saves_left_and_nothing_else(tmp_path):
     (tmp_path / f"out.jsonl.{dead.pid}.tmp").write_text("half")
     os.mkdir(tmp_path / f"hf.{dead.pid}.tmp")
     (tmp_path / f"hf.{dead.pid}.tmp" / "config.json").write_text("{}")
-    for f in (f"out.jsonl.{dead.pid}.tmp", f"hf.{dead.pid}.tmp"):
+    for f in (f"out.jsonl.{dead.pid}.tmp", f"hf.{dead.pid}.tmp/config.json", f"hf.{dead.pid}.tmp"):
         os.utime(tmp_path / f, (0, 0))
     atomic_write_text(str(out), "whole\n")
     assert not (tmp_path / f"out.jsonl.{dead.pid}.tmp").exists() and out.read_text() == "whole\n"
-    remove_stale_tmp(str(tmp_path), "hf")
-    assert not (tmp_path / f"hf.{dead.pid}.tmp").exists()
+    # a folder whose own mtime is old but a file in it is being written (an export on another machine) stays
+    os.mkdir(tmp_path / f"live.{dead.pid}.tmp")
+    (tmp_path / f"live.{dead.pid}.tmp" / "model.safetensors").write_text("being written")
+    os.utime(tmp_path / f"live.{dead.pid}.tmp", (0, 0))
+    remove_stale_tmp(str(tmp_path), "hf|live")
+    assert not (tmp_path / f"hf.{dead.pid}.tmp").exists() and (tmp_path / f"live.{dead.pid}.tmp").exists()
 
 
 @pytest.mark.parametrize("name", ["foo", "cuda:abc", "gpu"])
@@ -145,3 +149,10 @@ def test_sigterm_ends_a_script_through_its_clean_up(tmp_path):
     finally:
         signal.signal(signal.SIGTERM, before)
     assert e.value.code == 143 and cleaned == [True]
+    # and the caller's handler is back (tests run scripts' mains in pytest's process, whose SIGTERM must end it)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        run_main(lambda: None)
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, before)
