@@ -117,7 +117,9 @@ def check_output(path, option, folder=False, inputs=()):
         raise UserError(f"{option} {path} is a folder: give a file's path")
     for name, given in dict(inputs).items():
         for f in [given] if isinstance(given, str) else given or []:
-            if os.path.exists(path) and os.path.exists(f) and os.path.samefile(f, path):
+            # a folder's files too: a model folder's weights replaced by JSON, had the checkpoint been a folder
+            inside = [os.path.join(f, e) for e in os.listdir(f)] if os.path.isdir(f) else []
+            if os.path.exists(path) and any(os.path.exists(g) and os.path.samefile(g, path) for g in [f, *inside]):
                 raise UserError(f"{option} {path} is the {name} it reads: the result would replace it; give another "
                                 f"{option}")
     parent = path if folder else os.path.dirname(os.path.abspath(path))

@@ -484,3 +484,16 @@ def test_a_folder_of_nan_weights_is_refused(custom_enc, tmp_path, capsys):
     hf.export_folder(model, custom_enc, folder, torch.float32)  # export.py itself would refuse to load the model
     line = one_error_line(*run_cli(gen.main, [folder, "--prompt", "x", "--max_tokens", "1", *CPU], capsys)[::2])
     assert line.startswith(f"error: {folder} holds weights that are not finite (1 tensor(s) with nan or inf"), line
+
+
+def test_an_output_inside_the_model_folder_it_reads_is_refused(small_folder, tmp_path, capsys):
+    """gen.py --output (eval.py --json alike) naming a file of the HF folder it samples from wrote the completions
+    over the weights: refused, as an output that is a .pt checkpoint is."""
+    folder = broken(small_folder, tmp_path, lambda f: None)
+    (tmp_path / "p.txt").write_text("Hi\n")
+    weights = os.path.join(folder, "model.safetensors")
+    before = open(weights, "rb").read()
+    line = one_error_line(*run_cli(gen.main, [folder, "--prompt_file", str(tmp_path / "p.txt"), "--output", weights,
+                                              "--max_tokens", "1", *CPU], capsys)[::2])
+    assert "is the checkpoint it reads" in line, line
+    assert open(weights, "rb").read() == before
