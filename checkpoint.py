@@ -75,8 +75,8 @@ def load_checkpoint(path, map_location="cpu"):
             with zipfile.ZipFile(path) as z:
                 bad = z.testzip()
             damaged = bad and f"{bad} fails its checksum"
-        except Exception as e:  # noqa: BLE001 (a byte torch does not read: UnicodeDecodeError in a name, Not-
-            # ImplementedError for a version field, BadZipFile...; whatever zipfile chokes on is damage here)
+        except Exception as e:  # noqa: BLE001 whatever zipfile chokes on in a file torch read is damage: a bad
+            # byte in an entry's name (UnicodeDecodeError), in a version field (NotImplementedError), BadZipFile...
             damaged = f"its zip records do not read ({type(e).__name__})"
         if damaged:
             raise UserError(f"{path} is damaged: {damaged}; use another checkpoint (its _best.pt or an earlier one)")
