@@ -463,26 +463,28 @@ def off_target(args):
     return ", ".join(given) or None
 
 
-def check_targets(rows):
-    """Issue #6's targets, as one line each, for whatever this run measured."""
+def check_targets(rows, off=None):
+    """Issue #6's targets, as one line each, for whatever this run measured. off: why the run cannot be judged
+    against them (off_target), said instead of met / NOT met."""
+    def verdict(ok):
+        return f"(not judged: {off})" if off else "met" if ok else "NOT met"
     lines = []
     for r in rows:
         what = r["name"] + (f", {r['optimizer']}" if r.get("optimizer") else "")
         if r["section"] == "train" and r["name"].startswith("small ") and r["dtype"] == "bf16" and r["mfu"] is not None:
-            ok = "met" if r["mfu"] >= 0.5 else "NOT met"
-            lines.append(f"target small bf16 MFU >= 50%: {100 * r['mfu']:.1f}% ({what}) {ok}")
+            lines.append(f"target small bf16 MFU >= 50%: {100 * r['mfu']:.1f}% ({what}) {verdict(r['mfu'] >= 0.5)}")
         gpu = r["mem"] is not None  # only GPU rows measure memory
         if r["section"] == "train" and r["name"].startswith("gpt2 ") and r["dtype"] == "bf16" and gpu:
-            ok = "met" if r["mfu"] >= 0.5 else "NOT met"
-            lines.append(f"target gpt2 bf16 MFU >= 50% on a GPU: {100 * r['mfu']:.1f}% ({what}) {ok}")
+            lines.append(f"target gpt2 bf16 MFU >= 50% on a GPU: {100 * r['mfu']:.1f}% ({what}) "
+                         f"{verdict(r['mfu'] >= 0.5)}")
             if r["name"].startswith("gpt2 B8 T1024 "):
-                ok = "met" if r["mem"] <= 24e9 else "NOT met"
-                lines.append(f"target gpt2 B8 T1024 bf16 training in 24 GB: {r['mem'] / 1e9:.1f} GB ({what}) {ok}")
+                lines.append(f"target gpt2 B8 T1024 bf16 training in 24 GB: {r['mem'] / 1e9:.1f} GB ({what}) "
+                             f"{verdict(r['mem'] <= 24e9)}")
         if r["section"] == "ratio" and r["unit"] == "x" and r["name"].startswith("V4096 "):  # the target's vocabulary
-            ok = "met" if r["value"] >= 8 else "NOT met"
-            lines.append(f"target 4096-vocab / GPT-2-vocab fp32 >= 8x: {r['value']:.2f}x ({what}) {ok}")
+            lines.append(f"target 4096-vocab / GPT-2-vocab fp32 >= 8x: {r['value']:.2f}x ({what}) "
+                         f"{verdict(r['value'] >= 8)}")
         if r["section"] == "gen" and r["unit"] == "x" and r["name"].startswith("small B1"):
-            lines.append(f"target small B1 cache speed-up >= 5x: {r['value']:.2f}x {'met' if r['value'] >= 5 else 'NOT met'}")
+            lines.append(f"target small B1 cache speed-up >= 5x: {r['value']:.2f}x {verdict(r['value'] >= 5)}")
     return lines
 
 
@@ -669,9 +671,8 @@ def main(argv=None):
     table = format_table(rows)
     print()
     print(table)
-    off = off_target(args)
-    for line in check_targets(rows):
-        print(line if not off else f"{line.rsplit(' ', 2 if line.endswith('NOT met') else 1)[0]} (not judged: {off})")
+    for line in check_targets(rows, off_target(args)):
+        print(line)
     if not args.no_write:
         append_benchmarks(args.out, section_text(rows, device, argv, args.note, settings=settings_description(args),
                                                  machine=machine))
