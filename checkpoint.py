@@ -7,7 +7,6 @@ A Hugging Face model folder (config.json, model.safetensors, tokenizer files) re
 as a checkpoint without training state (hf.py converts it), so every script that
 takes a checkpoint takes such a folder too.
 """
-import contextlib
 import dataclasses
 import glob
 import os
@@ -18,7 +17,7 @@ import zipfile
 import torch
 
 import hf
-from common import UserError, atomic_torch_save, first_line
+from common import UserError, atomic_torch_save, first_line, starts_as_zip
 from model import GPT, GPTConfig
 from setup_tokenizer import tokenizer_from_state, tokenizer_state
 
@@ -68,9 +67,8 @@ def load_checkpoint(path, map_location="cpu"):
         raise UserError(f"{path} is not a checkpoint of this project (no model/config/tokenizer entries); train one with train.py")
     # torch.load does not check the zip's CRC-32s: a file damaged inside a tensor (a disk, a copy) loaded as other
     # weights, silently (a review's 100 flipped bytes: eval loss 6.29 instead of 2.75). One pass over the file.
-    with open(path, "rb") as f:  # a legacy (not zip) file has no checksums, and its tensor bytes may hold what
-        zipped = f.read(4) == b"PK\x03\x04"  # is_zipfile takes for a zip's end record
-    if zipped:
+    # (a legacy, not zip, file has no checksums, and its tensor bytes may hold what is_zipfile takes for a zip's end)
+    if starts_as_zip(path):
         try:
             with zipfile.ZipFile(path) as z:
                 bad = z.testzip()

@@ -153,6 +153,13 @@ def fsync_replace(tmp_path, path):
             os.close(dfd)
 
 
+def starts_as_zip(path):
+    """Whether the file begins with a zip's first local header, as every torch.save checkpoint does (whole or cut
+    short; a legacy torch.save file begins with a pickle)."""
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
+
+
 def tmp_name(path):
     """Temporary sibling of path; ends in .tmp so no reader mistakes it for the real file."""
     return f"{path}.{os.getpid()}.tmp"

@@ -25,7 +25,7 @@ import zipfile
 
 import tiktoken
 
-from common import UserError, atomic_write_text, check_output, require_utf8, run_main
+from common import UserError, atomic_write_text, check_output, require_utf8, run_main, starts_as_zip
 
 EOT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = (EOT, IM_START, IM_END)
@@ -119,10 +119,8 @@ def _load_tokenizer(name, stamp):
         if any(os.path.isfile(os.path.join(name, f)) for f in (TOKENIZER_JSON, VOCAB_JSON)):
             return read_tokenizer(name)[0]  # a Hugging Face model folder's (GPT-2's own files give "gpt2")
         raise not_a_vocabulary(f"{name} (a folder without {TOKENIZER_JSON} or {VOCAB_JSON})")
-    with open(name, "rb") as f:
-        zip_start = f.read(4) == b"PK\x03\x04"
-    if zipfile.is_zipfile(name) or zip_start:  # torch.save's format: a checkpoint (or one cut short, which
-        # load_checkpoint names as such rather than as no .tiktoken text)
+    if zipfile.is_zipfile(name) or starts_as_zip(name):  # torch.save's format: a checkpoint (or one cut short,
+        # which load_checkpoint names as such rather than as no .tiktoken text)
         return checkpoint_tokenizer(name)
     try:
         with open(name, encoding="utf-8") as f:
