@@ -277,11 +277,10 @@ def load_meta(data_dir, dataset, tokenizer=None):
     """The dataset's meta.json; a missing or broken dataset is a UserError naming prepare.py. tokenizer: the one the
     data must have (a model's checkpoint), for the command that prepares a missing dataset."""
     if not is_dataset_name(dataset):  # story/ named the files models/story/.pt; data/story suggested a bad --name
-        name = os.path.basename(os.path.normpath(dataset))
+        parent, name = os.path.split(os.path.normpath(dataset))
+        hint = f", as in --dataset {name}" + (f" --data_dir {parent}" if parent else "") if is_dataset_name(name) else ""
         raise UserError(f"--dataset {dataset} is a path: it takes a dataset's name, a folder of --data_dir ({data_dir})"
-                        + (f", as in --dataset {name}" + (f" --data_dir {os.path.dirname(os.path.normpath(dataset))}"
-                                                          if os.path.dirname(os.path.normpath(dataset)) else "")
-                           if is_dataset_name(name) else ""))
+                        f"{hint}")
     folder = os.path.join(data_dir, dataset)
     path = os.path.join(folder, "meta.json")
     out = [] if os.path.abspath(data_dir) == os.path.abspath(DEFAULT_OUT_DIR) else ["--out_dir", data_dir]
