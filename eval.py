@@ -29,7 +29,6 @@ import os
 import sys
 
 import numpy as np
-import torch
 
 from checkpoint import load_checkpoint, load_model
 from common import (UserError, atomic_write_text, check_output, pick_device, pick_dtype, retain_freed_memory,
