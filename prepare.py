@@ -1116,11 +1116,19 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
         k = (ks or val_counts({i: n}, kind, val_fraction, label, limit))[i]
         if k:
             out.move_tail(ends[n - k - 1] if k < n else start, k, splits["val"], table)
-        elif k is None and out.tokens - start >= 2:  # a single document (a whole book): cut it by tokens, as nanoGPT does
-            keep = start + min(out.tokens - start - 1, max(1, round((out.tokens - start) * (1 - val_fraction))))
+        elif k is None:  # a single document (a whole book): cut it by tokens, as nanoGPT does
+            size = out.tokens - start  # its text and its <|endoftext|>
+            if size < 3:  # one token of text: its tail would be the <|endoftext|> alone, nothing to evaluate on
+                continue
+            # val gets a token of text at least, besides the <|endoftext|>
+            keep = start + min(size - 2, max(1, round(size * (1 - val_fraction))))
             out.move_tail(keep, 0, splits["val"], table)
             out.documents, out.cut = out.documents - n, out.cut + n
             cut = True
+    if (val_fraction or splits["val"].tokens) and not splits["val"].bytes:
+        # train.py evaluates on val: a val of <|endoftext|> alone (one short document) or of nothing sent the user to
+        # prepare.py again, which found the dataset up to date
+        raise UserError(f"{label_of(streams)}: too little text to cut into train and val (val would hold none): add text")
     return kind
 
 

@@ -153,6 +153,22 @@ def test_single_document_is_cut_by_tokens(tmp_path, enc):
     assert meta["splits"]["train"]["bytes"] + meta["splits"]["val"]["bytes"] == len(book.encode())
 
 
+def test_a_short_single_document_gives_val_some_text_or_a_clear_error(tmp_path, enc):
+    """A one-line file cut by tokens gave val its <|endoftext|> alone: train.py then refused the val split and sent the
+    user back to the same prepare.py command, which found the dataset up to date."""
+    line = "Hello there, this is my only document."
+    meta = prepare.prepare("text", source=write(tmp_path / "one.jsonl", json.dumps({"text": line})),
+                           out_dir=str(tmp_path / "data"))
+    train, _ = load(tmp_path / "data" / "text", "train", meta)
+    val, _ = load(tmp_path / "data" / "text", "val", meta)
+    assert enc.decode(train.tolist() + val.tolist()) == line + EOT
+    assert meta["splits"]["val"]["bytes"] > 0 and enc.decode(val.tolist()).endswith(EOT) and len(val) >= 2
+    # one token of text: nothing to give val; no dataset is left behind
+    with pytest.raises(UserError, match=r"x\.txt: too little text to cut into train and val"):
+        prepare.prepare("text", source=write(tmp_path / "x.txt", "x"), out_dir=str(tmp_path / "data"), name="x")
+    assert not (tmp_path / "data" / "x").exists()
+
+
 def test_a_folder_of_one_document_files_keeps_whole_documents(tmp_path, enc, monkeypatch, capsys):
     """Each one-document .txt was cut by tokens like a book: every file's head ran into the next one's in train with
     no <|endoftext|> between, and val held the ends of all the notes. Now whole files go to val (its share over the
