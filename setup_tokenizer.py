@@ -270,6 +270,8 @@ def train_bpe(texts, vocab_size, out_path, source="the input"):
     if vocab_size < 256 + n_special:
         raise UserError(f"--vocab_size must be at least {256 + n_special} (256 bytes + {n_special} special tokens, then "
                         f"one per merge)")
+    if vocab_size > 1 << 32:  # prepare.py stores token ids as 32-bit integers (rustbpe's own limit is about the same)
+        raise UserError(f"--vocab_size must be at most {1 << 32:,} (token ids are stored as 32-bit integers)")
     # with no text rustbpe quietly returns the 256 bytes alone, whatever size was asked: refused, not a surprise later
     texts = (t for t in texts if t)
     first = next(texts, None)

@@ -155,6 +155,8 @@ def test_bad_tokenizer_inputs(tmp_path):
         train_tokenizer([str(latin1)], 100, str(tmp_path / "x.tiktoken"))
     with pytest.raises(UserError, match="at least 259"):
         train_tokenizer([str(latin1)], 258, str(tmp_path / "x.tiktoken"))
+    with pytest.raises(UserError, match="at most 4,294,967,296"):  # was rustbpe's OverflowError traceback
+        train_tokenizer([str(latin1)], (1 << 32) + 3, str(tmp_path / "x.tiktoken"))
     assert not (tmp_path / "x.tiktoken").exists()
     # the command line: --out over its own --input (the text was replaced by the vocabulary), non-UTF-8 to show
     import setup_tokenizer
