@@ -33,7 +33,7 @@ import time
 import torch
 
 from common import (UserError, atomic_write_text, autocast, check_output, cpu_has_bf16, pick_device, pick_dtype,
-                    retain_freed_memory, run_main, DTYPES)
+                    not_utf8, retain_freed_memory, run_main, DTYPES)
 from model import GPT, OPTIMIZERS, PRESETS, make_config
 from train import Forward
 
@@ -643,9 +643,8 @@ def main(argv=None):
         try:
             with open(args.data, encoding="utf-8") as f:
                 f.read()
-        except UnicodeDecodeError as e:
-            raise UserError(f"--data {args.data} is not UTF-8 text (bad byte at offset {e.start}); convert it, e.g. "
-                            f"`iconv -f latin1 -t utf-8`") from None
+        except UnicodeDecodeError:
+            raise not_utf8(args.data, f"--data {args.data}") from None
     if not args.no_write:
         check_output(args.out, "--out")
         try:  # appended to at the end, after minutes of measuring: read now
@@ -653,9 +652,8 @@ def main(argv=None):
                 f.read()
         except FileNotFoundError:
             pass
-        except UnicodeDecodeError as e:
-            raise UserError(f"--out {args.out} is not UTF-8 text (bad byte at offset {e.start}): give another file") \
-                from None
+        except UnicodeDecodeError:
+            raise not_utf8(args.out, f"--out {args.out}", "give another file") from None
     device = pick_device(args.device)
     args.malloc_retained = args.malloc == "retain" and retain_freed_memory()
     if args.threads:

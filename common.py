@@ -33,6 +33,24 @@ def require_utf8(text, what):
         raise UserError(f"{what} is not UTF-8 text: give it in UTF-8") from None
 
 
+def not_utf8(path, what=None, fix="convert it, e.g. `iconv -f latin1 -t utf-8`"):
+    """The UserError for a file that is not UTF-8 text, naming its first bad byte by line and by offset in the file (a
+    decoder reading in blocks gives the offset in its block, which told the user nothing). Only read on that error."""
+    line = offset = 0
+    try:
+        with open(path, "rb") as f:
+            for line, raw in enumerate(f, 1):  # b"\n" is never part of a multi-byte character: lines decode alone
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    offset += e.start
+                    break
+                offset += len(raw)
+    except OSError:
+        pass
+    return UserError(f"{what or path} is not UTF-8 text (line {line:,}, byte {offset:,} of the file): {fix}")
+
+
 def speaks_for_machine():
     """False in torchrun's processes other than each machine's first (LOCAL_RANK 0), which say nothing twice."""
     return os.environ.get("LOCAL_RANK", "0") == "0"

@@ -30,7 +30,7 @@ import time
 import torch
 
 from checkpoint import find_checkpoints, load_model
-from common import (UserError, atomic_write_text, autocast, check_output, first_line, pick_device, pick_dtype,
+from common import (UserError, atomic_write_text, autocast, check_output, first_line, not_utf8, pick_device, pick_dtype,
                     require_utf8, retain_freed_memory, run_main, seeded_generator)
 from setup_tokenizer import EOT, IM_END, IM_START, StreamDecoder, render_chat
 
@@ -257,8 +257,8 @@ def read_prompt_file(path):
         raise UserError(f"prompt file {path} not found")
     except IsADirectoryError:
         raise UserError(f"prompt file {path} is a folder: give a file's path")
-    except UnicodeDecodeError as e:
-        raise UserError(f"prompt file {path} is not UTF-8 text (bad byte at offset {e.start}); convert it, e.g. `iconv -f latin1 -t utf-8`")
+    except UnicodeDecodeError:
+        raise not_utf8(path, f"prompt file {path}") from None
     prompts = []
     for n, line in enumerate(lines, 1):
         if not line.strip():

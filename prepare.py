@@ -61,8 +61,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from tqdm import tqdm
 
-from common import (UserError, atomic_write_text, check_output, first_line, fsync_replace, remove_stale_tmp, run_main,
-                    tmp_name)
+from common import (UserError, atomic_write_text, check_output, first_line, fsync_replace, not_utf8, remove_stale_tmp,
+                    run_main, tmp_name)
 from setup_tokenizer import (EOT, IM_END, IM_START, get_tokenizer, read_text_chunks, tokenizer_hash, train_bpe,
                              warn_short_vocabulary)
 
@@ -253,7 +253,7 @@ def json_records(path):
                 for n, line in enumerate(f, 1):
                     if line.strip():
                         try:
-                            record = json.loads(line)
+                            record = json.loads(line.rstrip("\r\n"))  # an error at its end: this line's column
                         except json.JSONDecodeError as e:
                             raise UserError(f"{path} line {n}: malformed JSON ({e.msg}, column {e.colno})")
                         except ValueError as e:  # an integer of over 4,300 digits
@@ -280,8 +280,8 @@ def json_records(path):
                     data = without_surrogates(data)
             for i, record in enumerate(data if isinstance(data, list) else [data], 1):
                 yield f"{path} record {i}", record
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path} is not UTF-8 text (byte {e.start} of a read block): convert it, e.g. `iconv -f latin1 -t utf-8`")
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
     except FileNotFoundError:
         raise UserError(f"input file {path} not found")
 

@@ -25,7 +25,7 @@ import zipfile
 
 import tiktoken
 
-from common import UserError, atomic_write_text, check_output, require_utf8, run_main, starts_as_zip
+from common import UserError, atomic_write_text, check_output, not_utf8, require_utf8, run_main, starts_as_zip
 
 EOT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = (EOT, IM_START, IM_END)
@@ -246,8 +246,8 @@ def read_text_chunks(path, chunk_chars=1 << 22):
                 rest = block[cut:]
             if rest:
                 yield rest
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path} is not UTF-8 text (byte {e.start} of a read block): convert it, e.g. `iconv -f latin1 -t utf-8`")
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
     except FileNotFoundError:
         raise UserError(f"input file {path} not found")
 

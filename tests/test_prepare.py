@@ -314,11 +314,19 @@ def test_non_utf8_and_bad_input(tmp_path):
     bad.write_bytes("caf\u00e9 cr\u00e8me".encode("latin-1"))
     with pytest.raises(UserError, match="latin1.txt is not UTF-8"):
         prepare.prepare("text", source=str(bad), out_dir=out)
-    (tmp_path / "latin1.jsonl").write_bytes(b'{"text": "caf\xe9"}\n')
-    with pytest.raises(UserError, match="latin1.jsonl is not UTF-8"):
-        prepare.prepare("text", source=str(tmp_path / "latin1.jsonl"), out_dir=out)
+    # the bad byte by line and offset in the file, past the decoder's first read block (its offset in that block
+    # was all the message gave), in .jsonl and in plain text
+    good = b'{"text": "caf\xc3\xa9"}\n' * 4000
+    for name, data in (("latin1.jsonl", good + b'{"text": "caf\xe9"}\n'), ("latin1-big.txt", good + b"caf\xe9\n")):
+        (tmp_path / name).write_bytes(data)
+        at = data.index(b"\xe9")
+        with pytest.raises(UserError, match=rf"{name} is not UTF-8 text \(line 4,001, byte {at:,} of the file\)"):
+            prepare.prepare("text", source=str(tmp_path / name), out_dir=out)
     with pytest.raises(UserError, match=r"broken.jsonl line 2: malformed JSON"):
         prepare.prepare("chat", source=write(tmp_path / "broken.jsonl", '{"text": "ok"}\n{"text": oops}\n'), out_dir=out)
+    # a line cut short: the column is where its text ends (it was column 1, of the line after the newline)
+    with pytest.raises(UserError, match=r"cut.jsonl line 2: malformed JSON \(Expecting ',' delimiter, column 20\)"):
+        prepare.prepare("chat", source=write(tmp_path / "cut.jsonl", '{"text":"a"}\n{"text":"b", "x": 1\n{"text":"c"}\n'), out_dir=out)
     with pytest.raises(UserError, match=r"broken.json line 3: malformed JSON"):
         prepare.prepare("chat", source=write(tmp_path / "broken.json", '[\n{"text": "ok"},\n{"text" "no colon"}]'), out_dir=out)
     with pytest.raises(UserError, match="--source .*nope.txt: no such file"):
