@@ -729,6 +729,9 @@ def test_chitchat_is_deterministic(tmp_path, enc):
     spans = masked_spans(enc, ids, mask)
     assert spans and all(s.endswith(IM_END) for s in spans)
     assert "<|im_start|>system\n" in enc.decode(np.fromfile(tmp_path / "a" / "chitchat" / "train.bin", np.uint16).tolist())
+    # every conversation once: val (the tail) held 18 that train had too
+    docs = [json.dumps(d) for d in prepare.chitchat_docs()]
+    assert len(docs) == 5000 and len(set(docs)) == 5000
 
 
 def test_dailydialog_and_gsm8k_sources(tmp_path, enc):
