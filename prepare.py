@@ -356,6 +356,9 @@ def record_doc(record, where, dataset=None):
             raise UserError(f"{where}: unknown role {m['role']!r}; use system, user or assistant (or ShareGPT's human, gpt)")
         if not isinstance(m["content"], str):
             raise UserError(f"{where}: message content must be text, got {type(m['content']).__name__}")
+    replies = [m["content"] for m in messages if m["role"] == "assistant"]
+    if replies and not any(r.strip() for r in replies):  # (Alpaca's output ""): it would train empty answers, as an
+        return None                                       # empty text record would train nothing
     return messages or None
 
 

@@ -573,6 +573,10 @@ FORMATS = {  # name: (file name, file text, expected conversations)
         {"role": m["from"], "content": m["value"]} for m in sharegpt(c)["conversations"]]}) for c in CONVERSATIONS),
         CONVERSATIONS),
     "alpaca": ("a.json", json.dumps(ALPACA, indent=1), [alpaca_conv(r) for r in ALPACA]),
+    # a record with no answer (two in the mirror's alpaca_5000.json) is left out: it trained the model to say nothing
+    "alpaca-empty-outputs": ("e.json", json.dumps(ALPACA[:4] + [dict(ALPACA[4], output="")] + ALPACA[5:8] +
+                                                  [dict(ALPACA[8], output=" \n")] + ALPACA[9:]),
+                             [alpaca_conv(r) for i, r in enumerate(ALPACA) if i not in (4, 8)]),
     "qa": ("q.jsonl", "\n".join(json.dumps(r) for r in QA),
            [[{"role": "user", "content": r["question"]}, {"role": "assistant", "content": r["answer"]}] for r in QA]),
 }
