@@ -254,6 +254,14 @@ def test_history_overflow_drops_oldest_turns(enc, monkeypatch):
         else:
             assert len(info["prompt_ids"]) == 64 - 20
             assert enc.decode(info["prompt_ids"]).endswith("word <|im_end|>\n<|im_start|>assistant\n")
+    # a reply that runs into the end of the context stopped for that ("context"), not for the max_tokens it was given
+    # (chat_reply lowered them to what was left: the chat's [end: max_tokens] and eval.py's stop reason said so)
+    long = [system, {"role": "user", "content": "tell me " + "word " * 30}]
+    n = len(render_chat(enc, long, add_generation_prompt=True)[0])
+    info = {}
+    text, why = gen.chat_reply(la_model(enc, closer=" la"), enc, long, 20, info=info, temperature=1.0,
+                               generator=torch.Generator().manual_seed(0))
+    assert 64 - 20 < n < 64 and (why, info["new_tokens"]) == ("context", 64 - n + 1)  # the last one is never fed back
 
 
 def test_prompt_file_batch(ckpt, enc, tmp_path, capsys):
