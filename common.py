@@ -33,6 +33,18 @@ def require_utf8(text, what):
         raise UserError(f"{what} is not UTF-8 text: give it in UTF-8") from None
 
 
+def without_surrogates(x):
+    """x (parsed JSON) with each lone surrogate (JSON can spell half of a UTF-16 pair, \\ud800, alone) replaced by
+    U+FFFD, as tiktoken reads it: no UTF-8 text holds one, and printing or writing it fails."""
+    if isinstance(x, str):
+        return re.sub("[\ud800-\udfff]", "\ufffd", x)
+    if isinstance(x, list):
+        return [without_surrogates(v) for v in x]
+    if isinstance(x, dict):
+        return {k: without_surrogates(v) for k, v in x.items()}
+    return x
+
+
 def not_utf8(path, what=None, fix="convert it, e.g. `iconv -f latin1 -t utf-8`"):
     """The UserError for a file that is not UTF-8 text, naming its first bad byte by line and by offset in the file (a
     decoder reading in blocks gives the offset in its block, which told the user nothing). Only read on that error."""

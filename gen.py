@@ -31,7 +31,7 @@ import torch
 
 from checkpoint import find_checkpoints, load_model
 from common import (UserError, atomic_write_text, autocast, check_output, first_line, not_utf8, pick_device, pick_dtype,
-                    require_utf8, retain_freed_memory, run_main, seeded_generator)
+                    require_utf8, retain_freed_memory, run_main, seeded_generator, without_surrogates)
 from setup_tokenizer import EOT, IM_END, IM_START, StreamDecoder, render_chat
 
 TYPING_DELAY = 0.012  # seconds per token on a terminal: a readable rhythm for demos, never in pipes
@@ -273,7 +273,7 @@ def read_prompt_file(path):
             if isinstance(obj, dict):
                 if not isinstance(obj.get("prompt"), str):
                     raise UserError(f"{path} line {n}: a JSON line needs a \"prompt\" text field")
-                prompts.append(obj["prompt"])
+                prompts.append(without_surrogates(obj["prompt"]))  # "\ud800": printed, it failed after the run
                 continue
         prompts.append(line)
     if not prompts:

@@ -62,7 +62,7 @@ import numpy as np
 from tqdm import tqdm
 
 from common import (UserError, atomic_write_text, check_output, first_line, fsync_replace, not_utf8, remove_stale_tmp,
-                    run_main, tmp_name)
+                    run_main, tmp_name, without_surrogates)
 from setup_tokenizer import (EOT, IM_END, IM_START, get_tokenizer, read_text_chunks, tokenizer_hash, train_bpe,
                              warn_short_vocabulary)
 
@@ -230,17 +230,6 @@ def dailydialog_docs(path):
 # JSON can spell half of a UTF-16 pair (\ud800) alone, which no UTF-8 text holds: tiktoken reads it as U+FFFD, the
 # vocabulary trainer and the byte count failed on it
 SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-
-
-def without_surrogates(x):
-    """x (parsed JSON) with each lone surrogate replaced by U+FFFD, as tiktoken reads it."""
-    if isinstance(x, str):
-        return re.sub("[\ud800-\udfff]", "\ufffd", x)
-    if isinstance(x, list):
-        return [without_surrogates(v) for v in x]
-    if isinstance(x, dict):
-        return {k: without_surrogates(v) for k, v in x.items()}
-    return x
 
 
 def json_records(path):

@@ -274,6 +274,14 @@ def test_prompt_file_batch(ckpt, enc, tmp_path, capsys):
     for first in (json.dumps({"prompt": "The cat"}), "The cat"):
         src.write_text("\ufeff" + "\n".join([first] + lines[1:]) + "\n", encoding="utf-8")
         assert gen.read_prompt_file(str(src)) == prompts
+    # a lone surrogate escaped in a JSON line reads as U+FFFD, as tiktoken takes it: written or printed, it failed in a
+    # traceback after every prompt was generated
+    odd = tmp_path / "surrogate.txt"
+    odd.write_text('{"prompt": "\\ud800 x"}\n', encoding="utf-8")
+    assert gen.read_prompt_file(str(odd)) == ["\ufffd x"]
+    code, out, err = cli([ckpt, "--prompt_file", str(odd), "--output", str(tmp_path / "odd.jsonl"), "--max_tokens", "3"]
+                         + CPU, capsys)
+    assert code == 0 and json.loads((tmp_path / "odd.jsonl").read_text(encoding="utf-8"))["prompt"] == "\ufffd x", err
     src.write_text("\n".join(lines) + "\n", encoding="utf-8")
     out_path = tmp_path / "out.jsonl"
     code, out, err = cli([ckpt, "--prompt_file", str(src), "--output", str(out_path), "--temp", "0",
