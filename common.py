@@ -101,6 +101,10 @@ def run_main(main):
     # (put back on the way out: tests call scripts' mains through here, and pytest's own SIGTERM must still end it)
     before = signal.signal(signal.SIGTERM, exit_on_sigterm) if threading.current_thread() is threading.main_thread() \
         else None
+    # a terminal in latin-1 (an old locale, PYTHONIOENCODING) shows "?" for a character it cannot: a sample with an
+    # emoji ended gen.py in a UnicodeEncodeError traceback
+    with contextlib.suppress(AttributeError, ValueError):
+        sys.stdout.reconfigure(errors="replace")
     try:
         return main()
     except UserError as e:

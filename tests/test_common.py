@@ -131,6 +131,14 @@ def test_output_piped_into_head_ends_quietly():
     assert r.stderr == "" and r.returncode == 141
 
 
+def test_output_a_terminal_cannot_encode_is_replaced():
+    """A generated emoji on a latin-1 terminal (PYTHONIOENCODING, an old locale) was a UnicodeEncodeError traceback."""
+    script = "import common; common.run_main(lambda: print('caf\\u00e9 \\U0001f600'))"
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, cwd=os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))), env=dict(os.environ, PYTHONIOENCODING="latin-1"), timeout=60)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "café ?\n".encode("latin-1"), b"")
+
+
 def test_sigterm_ends_a_script_through_its_clean_up(tmp_path):
     """`kill` or `timeout` (SIGTERM) ended export.py and gen.py --output on the spot, their temporary files left for
     good; run_main makes it end a script as Ctrl-C does, through its finally blocks, with the shell's 143."""
