@@ -303,8 +303,8 @@ def positive_int(s):
 
 def temperature(s):
     v = float(s)
-    if not v >= 0:  # also rejects nan
-        raise argparse.ArgumentTypeError(f"must be >= 0 (0 = greedy), got {s}")
+    if not 0 <= v < float("inf"):  # also rejects nan; inf was written into serve.py's and eval.py's JSON, which no
+        raise argparse.ArgumentTypeError(f"must be a number >= 0 (0 = greedy), got {s}")  # parser reads
     return v
 
 
@@ -317,8 +317,8 @@ def probability(s):
 
 def penalty(s):
     v = float(s)
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0 (1 = off), got {s}")
+    if not 0 < v < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number > 0 (1 = off), got {s}")
     return v
 
 

@@ -356,7 +356,9 @@ def test_bad_input_errors(ckpt, tmp_path, capsys, monkeypatch):
                         ([ckpt, "--chat", "--system", "\udcff"], "--system is not UTF-8 text")):
         assert named in one_error_line(*cli(argv + CPU, capsys)[::2])
     # sampling settings out of range: argparse's usage and one error line naming the option
-    for flag, value in (("--top_p", "1.5"), ("--top_p", "0"), ("--temp", "-1"), ("--top_k", "0"), ("--max_tokens", "0")):
+    # (an infinite --temp was taken, and serve.py's /v1/models and eval.py's --json then wrote Infinity: not JSON)
+    for flag, value in (("--top_p", "1.5"), ("--top_p", "0"), ("--temp", "-1"), ("--temp", "inf"), ("--top_k", "0"),
+                        ("--max_tokens", "0"), ("--repetition_penalty", "inf")):
         with pytest.raises(SystemExit) as e:
             gen.parse_args([ckpt, flag, value])
         err = capsys.readouterr().err
