@@ -112,7 +112,8 @@ def run_main(main):
             print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
+        if speaks_for_machine():  # Ctrl-C reaches every torchrun process: one line a machine
+            print("\ninterrupted", file=sys.stderr)
         sys.exit(130)
     except BrokenPipeError:
         # the reader went away (`| head`): not an error worth a traceback. stdout goes to /dev/null, or Python's flush

@@ -780,7 +780,7 @@ class Metrics:
             # continuing: keep the history up to the checkpoint, drop records of steps that will be redone. By tokens
             # where both have them: a run continued with another global batch counts steps of another size.
             by = "tokens" if keep_until.get("tokens") is not None else "step"
-            with open(path, encoding="utf-8") as f:
+            with open(path, encoding="utf-8", errors="replace") as f:  # a damaged line is skipped, bytes or JSON
                 for line in f:
                     with contextlib.suppress(ValueError, TypeError, AttributeError):
                         rec = json.loads(line)
@@ -1234,6 +1234,10 @@ def train(args):
             and args.time_budget <= (ckpt_args.get("time_budget") or 0):
         raise UserError(f"{args.checkpoint} has used its {args.time_budget:g}-minute --time_budget: pass a larger one "
                         f"to train on, or --reset_epoch to start a new budget from its weights")
+    if continuing and not args.reset_epoch and args.patience and p.evals_since_best >= args.patience:
+        # (it trained one more evaluation interval each time, wrote over the checkpoint and stopped again)
+        raise UserError(f"{args.checkpoint} stopped early: no better val loss in its last {p.evals_since_best} "
+                        f"evaluations (--patience {args.patience}): pass a larger --patience, or --patience 0, to train on")
 
     # ---- model, optimizer, precision
     torch.manual_seed(args.seed)  # initial weights (a checkpoint's replace them) and dropout

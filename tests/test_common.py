@@ -121,6 +121,18 @@ def test_a_folder_of_checkpoints_given_as_one_lists_them(tmp_path):
         load_checkpoint(str(tmp_path / "run"))
 
 
+def test_ctrl_c_under_torchrun_says_interrupted_once_a_machine(monkeypatch, capsys):
+    """Ctrl-C reaches every process torchrun started: each printed "interrupted" (before the training loop, which
+    already had one rank say it)."""
+    def main():
+        raise KeyboardInterrupt
+    for rank, said in (("0", "\ninterrupted\n"), ("1", "")):
+        monkeypatch.setenv("LOCAL_RANK", rank)
+        with pytest.raises(SystemExit) as e:
+            run_main(main)
+        assert e.value.code == 130 and capsys.readouterr().err == said
+
+
 def test_output_piped_into_head_ends_quietly():
     """`python gen.py ... | head`: the reader closes the pipe early; the script stops without a traceback."""
     script = "import common; common.run_main(lambda: [print('line', i) for i in range(10**6)])"

@@ -357,6 +357,27 @@ def test_a_finished_budget_is_not_continued_by_a_step(env, tmp_path):
     assert train.train(train.parse_args(go_on + ["--time_budget", "0.04"]))["stopped"] == "time budget"
 
 
+def test_an_early_stop_is_not_continued_by_an_evaluation(env, tmp_path, monkeypatch):
+    """--patience stops a run whose val loss stops improving; continuing it trained one more evaluation interval, wrote
+    over the checkpoint and stopped again, each time. It now says what to pass."""
+    monkeypatch.setattr(train, "evaluate", lambda *a, **k: 5.0)  # the first evaluation is the best, then none better
+    s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--epochs", "5", "--patience", "2",
+                             "--eval_interval", "20"))
+    assert s["stopped"] == "early stop"
+    ckpt = s["checkpoint"]
+    before = open(ckpt, "rb").read()
+    go_on = ["--checkpoint", ckpt, "--data_dir", env["data"], "--device", "cpu", "--no-color"]
+    with pytest.raises(UserError, match=r"stopped early: no better val loss in its last 2 evaluations \(--patience 2\): "
+                                        r"pass a larger --patience, or --patience 0, to train on$"):
+        train.train(train.parse_args(go_on))
+    assert open(ckpt, "rb").read() == before
+    assert train.train(train.parse_args(go_on + ["--patience", "3"]))["stopped"] == "early stop"
+    # a metrics file with a damaged line (bytes that are not UTF-8) is read past, as a line of bad JSON is
+    with open(tmp_path / "mini_metrics.jsonl", "ab") as f:
+        f.write(b"\xff\xfe garbage\n")
+    assert train.train(train.parse_args(go_on + ["--patience", "0", "--max_steps", "1"]))["run_steps"] == 1
+
+
 def test_a_new_run_does_not_write_over_an_earlier_one(env, tmp_path):
     first = train.train(args_for(env, tmp_path / "m", "--dataset", "mini", "--max_steps", "2"))
     files = {f: (tmp_path / "m" / f).read_bytes() for f in os.listdir(tmp_path / "m")}
