@@ -123,7 +123,8 @@ class NoSource(UserError):
 
 
 class TokenizerGone(UserError):
-    """A dataset made again keeps its tokenizer, and that file is gone: a bare `python prepare.py` skips it."""
+    """A dataset made again keeps its tokenizer, and that file is gone or holds another vocabulary now: a bare
+    `python prepare.py` skips it."""
 
 
 # -----------------------------------------------------------------------------
@@ -1334,6 +1335,7 @@ def prepare(dataset, source=None, tokenizer=None, limit=None, val_fraction=DEFAU
     if old and not force and old.get("dataset") != dataset:
         raise UserError(f"{folder} holds the {old.get('dataset')!r} dataset (made by `{rebuild_command(old, folder)}`): "
                         f"pick another folder with --name, or replace it with --force")
+    kept_file = None  # the --tokenizer file kept: it must still hold the vocabulary the dataset was made with
     if tokenizer is None and vocab_size is None:
         # made again without a word about its vocabulary: the one it has, so checkpoints trained on it go on fitting
         # (a bare `prepare.py` turned a --vocab_size dataset into GPT-2's)
@@ -1348,6 +1350,7 @@ def prepare(dataset, source=None, tokenizer=None, limit=None, val_fraction=DEFAU
                 raise TokenizerGone(f"{folder} was made with tokenizer {tokenizer}, which is gone: pass --tokenizer "
                                     f"gpt2, or the path of its vocabulary (a checkpoint or .tiktoken file)")
             print(f"{folder}: keeping its tokenizer {tokenizer} (--tokenizer gpt2 for GPT-2's)")
+            kept_file = tokenizer
     tokenizer = tokenizer or "gpt2"
     # what rebuild_command needs to build the dataset again; paths made absolute, so it works from anywhere
     options = {"source": [os.path.abspath(p) for p in ([source] if isinstance(source, str) else source)] if source else None,
@@ -1381,6 +1384,12 @@ def prepare(dataset, source=None, tokenizer=None, limit=None, val_fraction=DEFAU
         enc = train_vocabulary(plan, vocab_size, new_vocab, limit, val_fraction, pack) if new_vocab else get_tokenizer(tokenizer)
         tokenizer = tokenizer if tokenizer == "gpt2" else os.path.abspath(tokenizer)
         tok_hash = tokenizer_hash(enc)
+        if kept_file and old.get("tokenizer_hash") not in (None, tok_hash):
+            # (it was re-tokenized with whatever the file now held, under "keeping its tokenizer": checkpoints trained
+            # on the dataset no longer fit it)
+            raise TokenizerGone(f"{folder} was made with tokenizer {kept_file}, which now holds another vocabulary: pass "
+                            f"--tokenizer {kept_file} to remake the dataset with it (checkpoints trained on the old one "
+                            f"will not fit), or put the old file back")
         fp = fingerprint(dataset, plan, tokenizer, tok_hash, limit, val_fraction, pack, mix)
         # text is never packed: any --pack gives the same files, so a text dataset's fingerprint leaves it out (it
         # was rebuilt for nothing after a --pack 0, and again without it)

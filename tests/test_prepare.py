@@ -493,6 +493,16 @@ def test_made_again_without_a_vocabulary_option_a_dataset_keeps_its_own(tmp_path
         prepare.prepare("text", source=src, out_dir=out, tokenizer="gpt2", vocab_size=300)
     # switched to GPT-2's, the folder's vocabulary stays: another dataset may be made with it
     assert os.path.exists(own["tokenizer"])
+    # the file kept now holds another vocabulary (retrained in place): said, not re-tokenized under "keeping its
+    # tokenizer", which left checkpoints trained on the dataset unfit for it; --tokenizer remakes it deliberately
+    other_bin = (tmp_path / "data" / "other" / "train.bin").read_bytes()
+    train_tokenizer([src], 280, own["tokenizer"])
+    with pytest.raises(prepare.TokenizerGone, match=r"other was made with tokenizer .*tokenizer\.tiktoken, which now "
+                                                    r"holds another vocabulary: pass --tokenizer .*tokenizer\.tiktoken to "
+                                                    r"remake the dataset with it"):
+        prepare.prepare("text", source=src, out_dir=out, name="other")
+    assert (tmp_path / "data" / "other" / "train.bin").read_bytes() == other_bin
+    assert prepare.prepare("text", source=src, out_dir=out, name="other", tokenizer=own["tokenizer"])["vocab_size"] == 280
     os.remove(own["tokenizer"])
     # the tokenizer kept is gone: said in one line (a bare prepare.py skips the dataset)
     with pytest.raises(prepare.TokenizerGone, match=r"other was made with tokenizer .*, which is gone: pass "
