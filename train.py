@@ -329,7 +329,7 @@ class Windows:
         n_tokens = os.path.getsize(path) // itemsize
         self.block_size = T
         self.n = max(0, (n_tokens - 1) // T)  # the last window needs T+1 tokens
-        if self.n == 0 and split == "val" and n_tokens <= 1:  # prepared with --val_fraction 0
+        if split == "val" and n_tokens == 0:  # prepared with --val_fraction 0 (one token: a val too short, said below)
             raise UserError(f"{path} has no tokens (--val_fraction 0?), and training evaluates on the val split: run "
                             f"`{prepare_with(meta, val_fraction=DEFAULT_VAL_FRACTION)}`")
         if self.n == 0:

@@ -842,6 +842,15 @@ def test_data_without_a_val_split_names_the_command_that_makes_one(tmp_path):
                                         r"--out_dir \S+data --vocab_size 300`$"):
         train.train(train.parse_args(["--data_dir", data, "--dataset", "old", "--device", "cpu", "--no-color",
                                       "--output_checkpoint", str(tmp_path / "m" / "x.pt")]))
+    # a val split of one token (prepare.py gave a short file's val its <|endoftext|> alone) is too short, not missing:
+    # the --val_fraction command above only found the dataset up to date
+    (tmp_path / "data" / "old" / "val.bin").write_bytes(np.array([0], np.uint16).tobytes())
+    meta = json.loads(path.read_text())
+    meta["splits"]["val"]["tokens"] = 1
+    path.write_text(json.dumps(meta))
+    with pytest.raises(UserError, match=r"val\.bin has 1 tokens, fewer than one window of --block_size 256 \+ 1"):
+        train.train(train.parse_args(["--data_dir", data, "--dataset", "old", "--device", "cpu", "--no-color",
+                                      "--output_checkpoint", str(tmp_path / "m" / "x.pt")]))
 
 
 def test_epochs_already_done(env, trained, tmp_path, monkeypatch):
