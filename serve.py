@@ -383,6 +383,12 @@ class Handler(BaseHTTPRequestHandler):
     def do_PATCH(self):
         self.dispatch("PATCH")
 
+    def do_OPTIONS(self):  # HTTP's own methods are 405 with Allow, as the others are (the standard library said 501)
+        self.dispatch("OPTIONS")
+
+    def do_TRACE(self):
+        self.dispatch("TRACE")
+
     def dispatch(self, method):
         api = self.server
         path = urlsplit(self.path).path

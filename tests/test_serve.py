@@ -297,6 +297,9 @@ def test_http_errors_get_openai_bodies(api):
     assert status == 405 and headers["Allow"] == "POST" and err["error"]["code"] == "method_not_allowed"
     status, err, headers = raw(api, b"DELETE /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
     assert status == 405 and headers["Allow"] == "GET"
+    for method in (b"OPTIONS", b"TRACE"):  # HTTP's own methods (they were 501 Not Implemented)
+        status, err, headers = raw(api, method + b" /v1/chat/completions HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert status == 405 and headers["Allow"] == "POST" and err["error"]["code"] == "method_not_allowed"
     # a body over the limit is refused before it is read, and the connection closes behind the answer
     status, err, headers = raw(api, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (serve.MAX_BODY + 1))
     assert status == 413 and headers["Connection"] == "close" and str(serve.MAX_BODY) in err["error"]["message"]
