@@ -293,6 +293,17 @@ SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "chatgpt"
                   "assistant": "assistant", "system": "system"}
 
 
+def turns_of(record, field, role, content, where):
+    """record[field], a list of turns that are {role: ..., content: ...} objects; else a UserError showing one (it was
+    Python's words: "string indices must be integers", "KeyError: 'content'")."""
+    turns = record[field]
+    if not isinstance(turns, list) or not all(isinstance(m, dict) and isinstance(m.get(role), str) and content in m
+                                              for m in turns):
+        raise UserError(f"{where}: `{field}` must be a list of turns like {{\"{role}\": \"user\", \"{content}\": "
+                        f"\"Hi!\"}}")
+    return turns
+
+
 def record_doc(record, where, dataset=None):
     """One record -> a document: conversations as `messages` [{role, content}], ShareGPT
     `conversations` [{from, value}], Alpaca instruction/input/output, question/answer or a
@@ -307,13 +318,14 @@ def record_doc(record, where, dataset=None):
     try:
         if "messages" in has:  # ShareGPT's role names are taken here too, as the error for an unknown role says
             messages = [{"role": SHAREGPT_ROLES.get(m["role"], m["role"]), "content": m["content"]}
-                        for m in record["messages"]]
+                        for m in turns_of(record, "messages", "role", "content", where)]
         elif "conversations" in has:
             messages = [{"role": SHAREGPT_ROLES.get(m["from"], m["from"]), "content": m["value"]}
-                        for m in record["conversations"]]
+                        for m in turns_of(record, "conversations", "from", "value", where)]
         elif "instruction" in has and "output" in has:
-            if record.get("input") and not isinstance(record["input"], str):  # else its repr() would train
-                raise UserError(f"{where}: `input` must be text, got {type(record['input']).__name__}")
+            for field in ("instruction", "input"):  # else a TypeError's words, or the input's repr() trained
+                if record.get(field) and not isinstance(record[field], str):
+                    raise UserError(f"{where}: `{field}` must be text, got {type(record[field]).__name__}")
             prompt = record["instruction"] + (f"\n\n{record['input']}" if record.get("input") else "")
             messages = alternate([prompt, record["output"]])
         elif "question" in has and "answer" in has:

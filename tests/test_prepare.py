@@ -331,6 +331,16 @@ def test_non_utf8_and_bad_input(tmp_path):
         prepare.prepare("chat", source=write(tmp_path / "broken.json", '[\n{"text": "ok"},\n{"text" "no colon"}]'), out_dir=out)
     with pytest.raises(UserError, match="--source .*nope.txt: no such file"):
         prepare.prepare("text", source=str(tmp_path / "nope.txt"), out_dir=out)
+    # malformed turns say what a turn looks like (it was Python's words: "string indices must be integers")
+    for i, (record, shape) in enumerate(((({"messages": ["hi"]}), '`messages` must be a list of turns like {"role": '
+                                                                   '"user", "content": "Hi!"}'),
+                                         ({"messages": [{"role": "user"}]}, "`messages` must be a list of turns"),
+                                         ({"messages": "hi"}, "`messages` must be a list of turns"),
+                                         ({"conversations": [{"value": "x"}]}, '`conversations` must be a list of turns '
+                                                                               'like {"from": "user", "value": "Hi!"}'),
+                                         ({"instruction": 5, "output": "x"}, "`instruction` must be text, got int"))):
+        with pytest.raises(UserError, match=rf"turns{i}.jsonl line 1: {re.escape(shape)}"):
+            prepare.prepare("chat", source=write(tmp_path / f"turns{i}.jsonl", json.dumps(record)), out_dir=out)
     with pytest.raises(UserError, match=r"odd.jsonl line 1: unknown role 'robot'"):
         prepare.prepare("chat", source=write(tmp_path / "odd.jsonl", json.dumps({"messages": [{"role": "robot", "content": "x"}]})), out_dir=out)
     with pytest.raises(UserError, match="mixes plain text and conversations"):
