@@ -1130,17 +1130,20 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
             out.move_tail(ends[n - k - 1] if k < n else start, k, splits["val"], table)
         elif k is None:  # a single document (a whole book): cut it by tokens, as nanoGPT does
             size = out.tokens - start  # its text and its <|endoftext|>
-            if size < 3:  # one token of text: its tail would be the <|endoftext|> alone, nothing to evaluate on
+            if size < 3:  # one token of text, too short to cut (val got its <|endoftext|> alone): val takes it whole, as
+                out.move_tail(start, n, splits["val"], table)  # the other sources may have given val nothing
                 continue
             # val gets a token of text at least, besides the <|endoftext|>
             keep = start + min(size - 2, max(1, round(size * (1 - val_fraction))))
             out.move_tail(keep, 0, splits["val"], table)
             out.documents, out.cut = out.documents - n, out.cut + n
             cut = True
-    if (val_fraction or splits["val"].tokens) and not splits["val"].bytes:
-        # train.py evaluates on val: a val of <|endoftext|> alone (one short document) or of nothing sent the user to
-        # prepare.py again, which found the dataset up to date
-        raise UserError(f"{label_of(streams)}: too little text to cut into train and val (val would hold none): add text")
+    # train.py evaluates on val: a val of <|endoftext|> alone (one short document) or of nothing sent the user to
+    # prepare.py again, which found the dataset up to date; a one-token text, whole in val, leaves train nothing
+    for name in ("train", "val"):
+        if not splits[name].bytes and ((val_fraction or splits["val"].tokens) if name == "val" else kind == "text"):
+            raise UserError(f"{label_of(streams)}: too little text to cut into train and val ({name} would hold none): "
+                            f"add text")
     return kind
 
 

@@ -163,10 +163,17 @@ def test_a_short_single_document_gives_val_some_text_or_a_clear_error(tmp_path, 
     val, _ = load(tmp_path / "data" / "text", "val", meta)
     assert enc.decode(train.tolist() + val.tolist()) == line + EOT
     assert meta["splits"]["val"]["bytes"] > 0 and enc.decode(val.tolist()).endswith(EOT) and len(val) >= 2
-    # one token of text: nothing to give val; no dataset is left behind
-    with pytest.raises(UserError, match=r"x\.txt: too little text to cut into train and val"):
+    # one token of text, too short to cut: val takes it whole, which leaves train nothing; no dataset is left behind
+    with pytest.raises(UserError, match=r"x\.txt: too little text to cut into train and val \(train would hold none\)"):
         prepare.prepare("text", source=write(tmp_path / "x.txt", "x"), out_dir=str(tmp_path / "data"), name="x")
     assert not (tmp_path / "data" / "x").exists()
+    # next to a file of long records (which give val none of them at this share), the short file is val, whole: it was
+    # refused when it sorted last, and trained on (val empty) before that
+    write(tmp_path / "ms" / "a.jsonl", "".join(json.dumps({"text": f"word {i} " * 1500}) + "\n" for i in range(3)))
+    write(tmp_path / "ms" / "b.txt", "Hi")
+    meta = prepare.prepare("text", source=str(tmp_path / "ms"), out_dir=str(tmp_path / "data"), name="ms")
+    val, _ = load(tmp_path / "data" / "ms", "val", meta)
+    assert enc.decode(val.tolist()) == "Hi" + EOT and meta["splits"]["train"]["documents"] == 3
 
 
 def test_a_folder_of_one_document_files_keeps_whole_documents(tmp_path, enc, monkeypatch, capsys):
