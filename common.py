@@ -45,22 +45,41 @@ def without_surrogates(x):
     return x
 
 
+def first_bad_utf8(path, block=1 << 20):
+    """(line, offset in the file) of the first byte of path that is not UTF-8, lines counted as Python's text files
+    count them (\n, \r\n or \r); None when there is none, or when path cannot be read again (a pipe, read already)."""
+    if not os.path.isfile(path):
+        return None
+    lines, base, rest, cr = 1, 0, b"", False  # rest: a character cut at the end of a block; cr: a block ended in \r
+    with open(path, "rb") as f:
+        while data := f.read(block):
+            data = rest + data
+            try:
+                data.decode("utf-8")
+                good, bad = len(data), None
+            except UnicodeDecodeError as e:
+                good, bad = e.start, e.end < len(data) or e.reason != "unexpected end of data"
+            if bad is None or not bad:  # whole, or a character cut at the block's end: on to the next block
+                seen, rest = data[:good], data[good:]
+            else:
+                seen = data[:good]
+            lines += seen.count(b"\n") + seen.count(b"\r") - seen.count(b"\r\n") - (cr and seen[:1] == b"\n")
+            cr = seen[-1:] == b"\r"
+            if bad:
+                return lines, base + good
+            base += len(seen)
+    return (lines, base) if rest else None  # the file ends inside a character
+
+
 def not_utf8(path, what=None, fix="convert it, e.g. `iconv -f latin1 -t utf-8`"):
     """The UserError for a file that is not UTF-8 text, naming its first bad byte by line and by offset in the file (a
     decoder reading in blocks gives the offset in its block, which told the user nothing). Only read on that error."""
-    line = offset = 0
     try:
-        with open(path, "rb") as f:
-            for line, raw in enumerate(f, 1):  # b"\n" is never part of a multi-byte character: lines decode alone
-                try:
-                    raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    offset += e.start
-                    break
-                offset += len(raw)
+        where = first_bad_utf8(path)
     except OSError:
-        pass
-    return UserError(f"{what or path} is not UTF-8 text (line {line:,}, byte {offset:,} of the file): {fix}")
+        where = None
+    at = f" (line {where[0]:,}, byte {where[1]:,} of the file)" if where else ""
+    return UserError(f"{what or path} is not UTF-8 text{at}: {fix}")
 
 
 def speaks_for_machine():

@@ -121,6 +121,26 @@ def test_a_folder_of_checkpoints_given_as_one_lists_them(tmp_path):
         load_checkpoint(str(tmp_path / "run"))
 
 
+def test_first_bad_utf8_names_line_and_offset_in_bounded_memory(tmp_path):
+    """Where a file stops being UTF-8, for the one-line error: read in blocks (a line at a time held a 400 MB file without
+    newlines in memory), lines counted as text files count them (a file of \r endings was one line), a pipe not read
+    twice (it said line 0, byte 0)."""
+    from common import first_bad_utf8, not_utf8
+    f = tmp_path / "f.txt"
+    for data, where in ((b"ab\r\ncd\ncaf\xc3\xa9\xff\n", (3, 12)), (b"ab\rcd\rcaf\xe9\r", (3, 9)),
+                        (b"\xef\xbb\xbfok\nok", None), (b"fine\ncut \xe2\x82", (2, 9)), (b"\xff", (1, 0))):
+        f.write_bytes(data)
+        for block in (1, 2, 3, 5, 1 << 20):  # characters, \r\n pairs and the bad byte cut across blocks alike
+            assert first_bad_utf8(str(f), block) == where, (data, block)
+    f.write_bytes(b"word " * 300_000 + "\u20ac".encode() + b"\xe9")
+    assert first_bad_utf8(str(f), 1 << 16) == (1, 1_500_003)
+    r, w = os.pipe()
+    os.close(w)
+    with pytest.raises(UserError, match=r"^pipe is not UTF-8 text: convert it"):
+        raise not_utf8(f"/dev/fd/{r}", "pipe")
+    os.close(r)
+
+
 def test_ctrl_c_under_torchrun_says_interrupted_once_a_machine(monkeypatch, capsys):
     """Ctrl-C reaches every process torchrun started: each printed "interrupted" (before the training loop, which
     already had one rank say it)."""
