@@ -4,6 +4,7 @@ writes, device and precision choice (checkpoints: checkpoint.py).
 Nothing model- or data-specific lives here. torch is imported where it is used:
 prepare.py and setup_tokenizer.py never need it (importing it takes ~2 s).
 """
+import codecs
 import contextlib
 import ctypes
 import errno
@@ -121,11 +122,20 @@ def run_main(main):
     before = signal.signal(signal.SIGTERM, exit_on_sigterm) if threading.current_thread() is threading.main_thread() \
         else None
     # a terminal in latin-1 (an old locale, PYTHONIOENCODING) shows "?" for a character it cannot: a sample with an
-    # emoji ended gen.py in a UnicodeEncodeError traceback
+    # emoji ended gen.py in a UnicodeEncodeError traceback. Not output to a file or pipe, data (gen.py --prompt_file's
+    # JSON lines) that "?" would corrupt without a word: that gets the one line below
     with contextlib.suppress(AttributeError, ValueError):
-        sys.stdout.reconfigure(errors="replace")
+        if sys.stdout.isatty():
+            sys.stdout.reconfigure(errors="replace")
     try:
         return main()
+    except UnicodeEncodeError as e:
+        out = getattr(sys.stdout, "encoding", None) or "utf-8"
+        if codecs.lookup(e.encoding).name != codecs.lookup(out).name or codecs.lookup(out).name == "utf-8":
+            raise  # not the output's encoding at fault (UTF-8 writes every character): a bug
+        print(f"error: the output's encoding ({out}) cannot write {ascii(e.object[e.start:e.end])}: set "
+              f"PYTHONIOENCODING=utf-8, or a UTF-8 locale", file=sys.stderr)
+        sys.exit(1)
     except UserError as e:
         if speaks_for_machine() or e.every_rank:
             print(f"error: {e}", file=sys.stderr)

@@ -2,6 +2,8 @@
 should be), output paths checked before the work, and --device parsing."""
 import errno
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -163,12 +165,23 @@ def test_output_piped_into_head_ends_quietly():
     assert r.stderr == "" and r.returncode == 141
 
 
-def test_output_a_terminal_cannot_encode_is_replaced():
-    """A generated emoji on a latin-1 terminal (PYTHONIOENCODING, an old locale) was a UnicodeEncodeError traceback."""
+def test_output_a_terminal_cannot_encode_is_replaced_and_data_refused(tmp_path):
+    """A generated emoji on a latin-1 terminal (PYTHONIOENCODING, an old locale) was a UnicodeEncodeError traceback: a
+    terminal shows "?"; output to a file or pipe (gen.py --prompt_file's JSON lines) gets one line naming the fix, not
+    a "?" in the data."""
     script = "import common; common.run_main(lambda: print('caf\\u00e9 \\U0001f600'))"
-    r = subprocess.run([sys.executable, "-c", script], capture_output=True, cwd=os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__))), env=dict(os.environ, PYTHONIOENCODING="latin-1"), timeout=60)
-    assert (r.returncode, r.stdout, r.stderr) == (0, "café ?\n".encode("latin-1"), b"")
+    env = dict(os.environ, PYTHONIOENCODING="latin-1")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, cwd=root, env=env, timeout=60)
+    assert (r.returncode, r.stdout) == (1, b"") and r.stderr.decode() == (
+        "error: the output's encoding (iso8859-1) cannot write '\\U0001f600': set PYTHONIOENCODING=utf-8, or a UTF-8 "
+        "locale\n")
+    # a terminal: `script` runs the command on a pseudo-terminal, whose output it copies to a file
+    if shutil.which("script"):
+        log = tmp_path / "tty.log"
+        r = subprocess.run(["script", "-qec", f"{shlex.quote(sys.executable)} -c {shlex.quote(script)}", str(log)],
+                           capture_output=True, cwd=root, env=env, timeout=60)
+        assert r.returncode == 0 and b"caf\xe9 ?" in log.read_bytes(), (r, log.read_bytes())
 
 
 def test_sigterm_ends_a_script_through_its_clean_up(tmp_path):
