@@ -1234,8 +1234,10 @@ def train(args):
             and args.time_budget <= (ckpt_args.get("time_budget") or 0):
         raise UserError(f"{args.checkpoint} has used its {args.time_budget:g}-minute --time_budget: pass a larger one "
                         f"to train on, or --reset_epoch to start a new budget from its weights")
-    if continuing and not args.reset_epoch and args.patience and p.evals_since_best >= args.patience:
-        # (it trained one more evaluation interval each time, wrote over the checkpoint and stopped again)
+    if continuing and not args.reset_epoch and ckpt.get("stopped_early") and args.patience \
+            and p.evals_since_best >= args.patience:
+        # (it trained one more evaluation interval each time, wrote over the checkpoint and stopped again; a run that
+        # stopped otherwise, --patience off, gets the evaluation a new --patience asks for)
         raise UserError(f"{args.checkpoint} stopped early: no better val loss in its last {p.evals_since_best} "
                         f"evaluations (--patience {args.patience}): pass a larger --patience, or --patience 0, to train on")
 
@@ -1314,7 +1316,7 @@ def train(args):
                             best_val_loss=p.best_val_loss, evals_since_best=p.evals_since_best, val_loss=last_val,
                             elapsed=p.elapsed + time.time() - t_run,
                             budget_elapsed=budget_spent + time.time() - t_run, schedule_origin=p.schedule_origin,
-                            budget_done=stopped == "time budget",
+                            budget_done=stopped == "time budget", stopped_early=stopped == "early stop",
                             data={"tokenizer_hash": meta.get("tokenizer_hash"), "folder": meta["folder"],
                                   "kind": meta.get("kind"),  # text or chat: gen.py --chat warns of a text-only model
                                   "train_tokens": meta.get("splits", {}).get("train", {}).get("tokens"),

@@ -372,6 +372,14 @@ def test_an_early_stop_is_not_continued_by_an_evaluation(env, tmp_path, monkeypa
         train.train(train.parse_args(go_on))
     assert open(ckpt, "rb").read() == before
     assert train.train(train.parse_args(go_on + ["--patience", "3"]))["stopped"] == "early stop"
+    # a run that did not stop early (--patience off, stopped by --max_steps) is not said to have: a --patience given
+    # now stops it at its next evaluation
+    s = train.train(args_for(env, tmp_path / "no", "--dataset", "mini", "--epochs", "5", "--max_steps", "20",
+                             "--eval_interval", "20"))
+    assert s["stopped"] != "early stop" and torch.load(s["checkpoint"], weights_only=True)["evals_since_best"] >= 2
+    s = train.train(train.parse_args(["--checkpoint", s["checkpoint"], "--data_dir", env["data"], "--device", "cpu",
+                                      "--no-color", "--patience", "2"]))
+    assert s["stopped"] == "early stop" and s["run_steps"] <= 10
     # a metrics file with a damaged line (bytes that are not UTF-8) is read past, as a line of bad JSON is
     with open(tmp_path / "mini_metrics.jsonl", "ab") as f:
         f.write(b"\xff\xfe garbage\n")
