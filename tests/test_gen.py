@@ -194,7 +194,7 @@ def test_chat_reset_in_process(la_ckpt, enc, capsys, monkeypatch):
     assert [int(n) for n in re.findall(r"prompt (\d+) tokens", err)] == [first, second]
 
 
-def test_history_overflow_drops_oldest_turns(enc, monkeypatch):
+def test_history_overflow_drops_oldest_turns(enc, monkeypatch, capsys):
     system = {"role": "system", "content": "You are a helpful assistant."}
     turns = []
     for i in range(6):
@@ -261,6 +261,7 @@ def test_history_overflow_drops_oldest_turns(enc, monkeypatch):
     info = {}
     text, why = gen.chat_reply(la_model(enc, closer=" la"), enc, long, 20, info=info, temperature=1.0,
                                generator=torch.Generator().manual_seed(0))
+    assert f"the reply gets {64 - n + 1} tokens at most" in capsys.readouterr().err
     assert 64 - 20 < n < 64 and (why, info["new_tokens"]) == ("context", 64 - n + 1)  # the last one is never fed back
 
 
