@@ -196,14 +196,16 @@ def chat_reply(model, enc, history, max_tokens, on_text=None, info=None, **sampl
     if len(ids) > budget:  # the system message and the newest one alone: never cut the system message
         if len(ids) < block:  # the reply takes what is left, as serve.py's does
             # (generation stops at the end of the context: "context", not the "max_tokens" that were not given; its
-            # last token is never fed back, so one more than the positions left)
-            print(f"warning: the conversation is {len(ids)} tokens but the context holds {block}: the reply gets "
-                  f"{block - len(ids) + 1} tokens at most", file=sys.stderr)
+            # last token is never fed back, so one more than the positions left, which may be all max_tokens asks)
+            if block - len(ids) + 1 < max_tokens:
+                print(f"warning: the conversation is {len(ids)} tokens but the context holds {block}: the reply gets "
+                      f"{block - len(ids) + 1} tokens at most", file=sys.stderr)
         else:  # the start of the newest message goes
             head = len(render_chat(enc, fitted[:1])[0]) if fitted[0]["role"] == "system" and len(fitted) > 1 else 0
             if head < budget:
                 print(f"warning: the conversation is {len(ids)} tokens but the context holds {block}: keeping the "
-                      f"system message and the last {budget - head} of the rest so {block - budget} can follow",
+                      f"system message and the last {budget - head} of the rest so "
+                      f"{min(max_tokens, block - budget + 1)} can follow",
                       file=sys.stderr)
                 ids = ids[:head] + ids[len(ids) - (budget - head):]
             else:

@@ -261,8 +261,14 @@ def test_history_overflow_drops_oldest_turns(enc, monkeypatch, capsys):
     info = {}
     text, why = gen.chat_reply(la_model(enc, closer=" la"), enc, long, 20, info=info, temperature=1.0,
                                generator=torch.Generator().manual_seed(0))
-    assert f"the reply gets {64 - n + 1} tokens at most" in capsys.readouterr().err
     assert 64 - 20 < n < 64 and (why, info["new_tokens"]) == ("context", 64 - n + 1)  # the last one is never fed back
+    assert f"the reply gets {64 - n + 1} tokens at most" in capsys.readouterr().err
+    # when what is left holds all max_tokens ask, nothing is said (the reply was not limited)
+    long = next(m for w in range(60) if len(render_chat(enc, m := [system, {"role": "user", "content": "tell " + "word " * w}],
+                                                        add_generation_prompt=True)[0]) == 64 - 10 + 1)
+    text, why = gen.chat_reply(la_model(enc, closer=" la"), enc, long, 10, info=info, temperature=1.0,
+                               generator=torch.Generator().manual_seed(0))
+    assert (why, info["new_tokens"], capsys.readouterr().err) == ("max_tokens", 10, "")
 
 
 def test_prompt_file_batch(ckpt, enc, tmp_path, capsys):
