@@ -4,7 +4,6 @@ writes, device and precision choice (checkpoints: checkpoint.py).
 Nothing model- or data-specific lives here. torch is imported where it is used:
 prepare.py and setup_tokenizer.py never need it (importing it takes ~2 s).
 """
-import codecs
 import contextlib
 import ctypes
 import errno
@@ -123,19 +122,21 @@ def run_main(main):
         else None
     # a terminal in latin-1 (an old locale, PYTHONIOENCODING) shows "?" for a character it cannot: a sample with an
     # emoji ended gen.py in a UnicodeEncodeError traceback. Not output to a file or pipe, data (gen.py --prompt_file's
-    # JSON lines) that "?" would corrupt without a word: that gets the one line below
+    # JSON lines) that "?" would corrupt without a word: that gets the one line below. Either way a file name that is
+    # not UTF-8 (held as surrogates) is written as its own bytes, not a failure after the work is done
     with contextlib.suppress(AttributeError, ValueError):
-        if sys.stdout.isatty():
-            sys.stdout.reconfigure(errors="replace")
+        sys.stdout.reconfigure(errors="replace" if sys.stdout.isatty() else "surrogateescape")
     try:
         return main()
     except UnicodeEncodeError as e:
-        out = getattr(sys.stdout, "encoding", None) or "utf-8"
-        if codecs.lookup(e.encoding).name != codecs.lookup(out).name or codecs.lookup(out).name == "utf-8":
-            raise  # not the output's encoding at fault (UTF-8 writes every character): a bug
-        print(f"error: the output's encoding ({out}) cannot write {ascii(e.object[e.start:e.end])}: set "
-              f"PYTHONIOENCODING=utf-8, or a UTF-8 locale", file=sys.stderr)
-        sys.exit(1)
+        out, errors = getattr(sys.stdout, "encoding", None), getattr(sys.stdout, "errors", None) or "strict"
+        try:  # the output's encoding at fault? (e.encoding is "charmap" for cp1252 and its kind: no name to compare)
+            e.object[e.start:e.end].encode(out or "utf-8", errors)
+        except UnicodeEncodeError:
+            print(f"error: the output's encoding ({out}) cannot write {ascii(e.object[e.start:e.end])}: set "
+                  f"PYTHONIOENCODING=utf-8, or a UTF-8 locale", file=sys.stderr)
+            sys.exit(1)
+        raise  # not the output's: a bug
     except UserError as e:
         if speaks_for_machine() or e.every_rank:
             print(f"error: {e}", file=sys.stderr)

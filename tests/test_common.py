@@ -176,6 +176,15 @@ def test_output_a_terminal_cannot_encode_is_replaced_and_data_refused(tmp_path):
     assert (r.returncode, r.stdout) == (1, b"") and r.stderr.decode() == (
         "error: the output's encoding (iso8859-1) cannot write '\\U0001f600': set PYTHONIOENCODING=utf-8, or a UTF-8 "
         "locale\n")
+    # cp1252 and its kind name themselves "charmap" in the error (it was a traceback); a file name that is not UTF-8,
+    # held as surrogates, is written as its own bytes to a UTF-8 pipe (a traceback after prepare.py's work, and its
+    # new dataset removed)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, cwd=root, timeout=60,
+                       env=dict(os.environ, PYTHONIOENCODING="cp1252"))
+    assert r.returncode == 1 and r.stderr.decode().startswith("error: the output's encoding (cp1252) cannot write")
+    r = subprocess.run([sys.executable, "-c", "import common; common.run_main(lambda: print('d\\udcff'))"],
+                       capture_output=True, cwd=root, timeout=60, env=dict(os.environ, PYTHONIOENCODING="utf-8"))
+    assert (r.returncode, r.stdout, r.stderr) == (0, b"d\xff\n", b"")
     # a terminal: `script` runs the command on a pseudo-terminal, whose output it copies to a file
     if shutil.which("script"):
         log = tmp_path / "tty.log"
