@@ -332,9 +332,9 @@ class Windows:
         if split == "val" and n_tokens == 0:  # prepared with --val_fraction 0 (one token: a val too short, said below)
             raise UserError(f"{path} has no tokens (--val_fraction 0?), and training evaluates on the val split: run "
                             f"`{prepare_with(meta, val_fraction=DEFAULT_VAL_FRACTION)}`")
-        if self.n == 0:
+        if self.n == 0:  # (one token: no --block_size would do)
             raise UserError(f"{path} has {n_tokens} tokens, fewer than one window of --block_size {T} + 1: "
-                            f"use a smaller --block_size or more data")
+                            + ("use a smaller --block_size or more data" if n_tokens > 1 else "prepare more data"))
         self.tokens = np.memmap(path, dtype=meta["dtype"], mode="r")  # (n_tokens,)
         self.meta, self.path = meta, path
         self.mask = None
@@ -1234,10 +1234,11 @@ def train(args):
             and args.time_budget <= (ckpt_args.get("time_budget") or 0):
         raise UserError(f"{args.checkpoint} has used its {args.time_budget:g}-minute --time_budget: pass a larger one "
                         f"to train on, or --reset_epoch to start a new budget from its weights")
-    if continuing and not args.reset_epoch and ckpt.get("stopped_early") and args.patience \
-            and p.evals_since_best >= args.patience:
-        # (it trained one more evaluation interval each time, wrote over the checkpoint and stopped again; a run that
-        # stopped otherwise, --patience off, gets the evaluation a new --patience asks for)
+    # a run --patience stopped (it trained one more evaluation interval each time, wrote over the checkpoint and stopped
+    # again); one stopped otherwise, --patience off, gets the evaluation a new --patience asks for. A checkpoint from
+    # before stopped_early: stopped by its --patience if it counted that many evaluations
+    if continuing and not args.reset_epoch and args.patience and p.evals_since_best >= args.patience \
+            and ckpt.get("stopped_early", 0 < (ckpt_args.get("patience") or 0) <= p.evals_since_best):
         raise UserError(f"{args.checkpoint} stopped early: no better val loss in its last {p.evals_since_best} "
                         f"evaluations (--patience {args.patience}): pass a larger --patience, or --patience 0, to train on")
 

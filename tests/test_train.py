@@ -371,6 +371,12 @@ def test_an_early_stop_is_not_continued_by_an_evaluation(env, tmp_path, monkeypa
                                         r"pass a larger --patience, or --patience 0, to train on$"):
         train.train(train.parse_args(go_on))
     assert open(ckpt, "rb").read() == before
+    # a checkpoint from before stopped_early: its own --patience and count say it
+    legacy = torch.load(ckpt, weights_only=True)
+    del legacy["stopped_early"]
+    torch.save(legacy, tmp_path / "legacy.pt")
+    with pytest.raises(UserError, match=r"legacy\.pt stopped early: no better val loss in its last 2 evaluations"):
+        train.train(train.parse_args(["--checkpoint", str(tmp_path / "legacy.pt")] + go_on[2:]))
     assert train.train(train.parse_args(go_on + ["--patience", "3"]))["stopped"] == "early stop"
     # a run that did not stop early (--patience off, stopped by --max_steps) is not said to have: a --patience given
     # now stops it at its next evaluation
@@ -856,7 +862,8 @@ def test_data_without_a_val_split_names_the_command_that_makes_one(tmp_path):
     meta = json.loads(path.read_text())
     meta["splits"]["val"]["tokens"] = 1
     path.write_text(json.dumps(meta))
-    with pytest.raises(UserError, match=r"val\.bin has 1 tokens, fewer than one window of --block_size 256 \+ 1"):
+    with pytest.raises(UserError, match=r"val\.bin has 1 tokens, fewer than one window of --block_size 256 \+ 1: "
+                                        r"prepare more data$"):  # (no --block_size would do)
         train.train(train.parse_args(["--data_dir", data, "--dataset", "old", "--device", "cpu", "--no-color",
                                       "--output_checkpoint", str(tmp_path / "m" / "x.pt")]))
 
