@@ -1151,7 +1151,8 @@ def train_docs(make_docs, budget, role, val_fraction, k, n, chars):
     """A stream's documents that write_splits puts in train: all but, of a "split" stream of n documents and chars
     characters (count_split_docs), the k last documents it moves to val (val_counts); of a single document (k None: a
     whole book, in pieces), which it cuts by tokens, the vocabulary being trained cannot say where: the first
-    1 - val_fraction of its characters, about the same on even text."""
+    1 - val_fraction of its characters, about the same on even text, and never all of them: a document short enough to
+    become one token goes to val whole, and its merges must not come from it."""
     if role != "split" or not val_fraction:
         yield from limited(make_docs(), budget, role)
         return
@@ -1165,7 +1166,7 @@ def train_docs(make_docs, budget, role, val_fraction, k, n, chars):
         elif left <= 0:
             continue
         else:
-            doc, left = (doc[0][:math.ceil(left)], doc[1]), left - len(doc[0])
+            doc, left = (doc[0][:int(left)], doc[1]), left - len(doc[0])
         yield doc
 
 

@@ -153,7 +153,7 @@ def test_single_document_is_cut_by_tokens(tmp_path, enc):
     assert meta["splits"]["train"]["bytes"] + meta["splits"]["val"]["bytes"] == len(book.encode())
 
 
-def test_a_short_single_document_gives_val_some_text_or_a_clear_error(tmp_path, enc):
+def test_a_short_single_document_gives_val_some_text_or_a_clear_error(tmp_path, enc, monkeypatch):
     """A one-line file cut by tokens gave val its <|endoftext|> alone: train.py then refused the val split and sent the
     user back to the same prepare.py command, which found the dataset up to date."""
     line = "Hello there, this is my only document."
@@ -167,6 +167,14 @@ def test_a_short_single_document_gives_val_some_text_or_a_clear_error(tmp_path, 
     with pytest.raises(UserError, match=r"x\.txt: too little text to cut into train and val \(train would hold none\)"):
         prepare.prepare("text", source=write(tmp_path / "x.txt", "x"), out_dir=str(tmp_path / "data"), name="x")
     assert not (tmp_path / "data" / "x").exists()
+    # a vocabulary sees no merge of such a document, which it could make one token, whole in val (it saw it all)
+    for text in ("zq", "q"):
+        write(tmp_path / "zq" / "z.txt", text)
+        seen = []
+        monkeypatch.setattr(prepare, "train_bpe", lambda texts, *a: seen.extend(texts) or get_tokenizer("gpt2"))
+        prepare.train_vocabulary(prepare.find_source("text", str(tmp_path / "zq")), 300, None, None, 0.1)
+        assert seen == ["z"] if text == "zq" else seen == [""] or seen == []
+        monkeypatch.undo()
     # next to a file of long records (which give val none of them at this share), the short file is val, whole: it was
     # refused when it sorted last, and trained on (val empty) before that
     write(tmp_path / "ms" / "a.jsonl", "".join(json.dumps({"text": f"word {i} " * 1500}) + "\n" for i in range(3)))
