@@ -178,8 +178,10 @@ def check_output(path, option, folder=False, inputs=()):
     """Fail now, with one line naming option, when path cannot be written: before hours of work, not at the end.
     Creates the folder (path itself when folder, else its parent) and writes and removes a probe file there.
     inputs: {option: path(s)} the command reads, which path must not be (the result would replace them)."""
-    if not folder and os.path.isdir(path):
-        raise UserError(f"{option} {path} is a folder: give a file's path")
+    if not path:
+        raise UserError(f"{option} is empty: give a path")
+    if not folder and (os.path.isdir(path) or path.endswith(("/", os.sep))):  # "out/" that is not there yet: written as
+        raise UserError(f"{option} {path} is a folder: give a file's path")  # out/.PID.tmp, and failed at the end
     for name, given in dict(inputs).items():
         for f in [given] if isinstance(given, str) else given or []:
             # a folder's files too: a model folder's weights replaced by JSON, had the checkpoint been a folder

@@ -96,10 +96,11 @@ def reply_stats(model, enc, histories, max_tokens, seed, **sampling):
 
 def evaluate_checkpoint(path, datasets=None, data_dir=None, split="val", block_size=None, batch_size=16,
                         eval_batches=None, samples=50, prompts=None, max_tokens=128, seed=1337, temp=0.8,
-                        top_k=200, top_p=None, device="auto", dtype="auto"):
+                        top_k=200, top_p=None, device="auto", dtype="auto", output=None):
     """Evaluate the checkpoint at path on each dataset (default: the one it was trained on); returns a dict with
     the checkpoint's description and one row per dataset (plus one for a prompts file): dataset, windows, loss,
-    ppl, bpb (None on conversation sets), replies, ended, mean_tokens (None where not measured)."""
+    ppl, bpb (None on conversation sets), replies, ended, mean_tokens (None where not measured).
+    output: where the caller writes the results (--json), refused before the evaluation if it is a dataset's file."""
     ckpt = load_checkpoint(path)
     ckpt_args = ckpt.get("args") or {}
     trained_on, trained_in = checkpoint_data(ckpt)
@@ -112,6 +113,8 @@ def evaluate_checkpoint(path, datasets=None, data_dir=None, split="val", block_s
     metas = [load_meta(data_dir, name, own_vocab) for name in datasets]
     for meta in metas:
         pick_tokenizer(argparse.Namespace(checkpoint=path, tokenizer=None), meta, ckpt)
+    if output:  # (its meta.json or val.bin was replaced by the results, and the dataset unreadable)
+        check_output(output, "--json", inputs={"dataset": [meta["folder"] for meta in metas]})
     prompt_list = read_prompt_file(prompts)[:samples] if prompts else None
     dev = pick_device(device)
     amp = pick_dtype(dev, dtype)
@@ -230,7 +233,7 @@ def main(argv=None):
         path, datasets=args.dataset, data_dir=args.data_dir, split=args.split,
         block_size=args.block_size, batch_size=args.batch_size, eval_batches=args.eval_batches, samples=args.samples,
         prompts=args.prompts, max_tokens=args.max_tokens, seed=args.seed, temp=args.temp, top_k=args.top_k,
-        top_p=args.top_p, device=args.device, dtype=args.dtype)
+        top_p=args.top_p, device=args.device, dtype=args.dtype, output=args.json if args.json != "-" else None)
     if args.json == "-":
         print(json.dumps(result, indent=2))
         return result

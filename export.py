@@ -36,7 +36,9 @@ def main(argv=None):
     # export is written next to OUT_DIR and renamed into place)
     check_out_dir(args.out_dir)
     if not os.path.isdir(args.out_dir):
-        check_output(args.out_dir, "OUT_DIR")
+        check_output(os.path.normpath(args.out_dir), "OUT_DIR")  # (hf/new/ is a folder's name, not a file's)
+    else:  # an empty folder: the export is written next to it, in its parent, which it failed in after the loading
+        check_output(os.path.dirname(os.path.abspath(args.out_dir)), "OUT_DIR's folder", folder=True)
     model, enc, _ = load_model(args.checkpoint)
     if model.config.vocab_size != enc.n_vocab:
         raise UserError(f"{args.checkpoint}: the model has {model.config.vocab_size} token ids but its tokenizer "

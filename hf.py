@@ -508,6 +508,9 @@ def check_out_dir(out_dir):
     the export, written next to it and renamed into place, cannot replace)."""
     if os.path.abspath(out_dir) == os.getcwd():
         raise UserError(f"OUT_DIR {out_dir!r} is the current folder: name a new one, as in hf-model")
+    if os.path.islink(out_dir.rstrip(os.sep)):  # the export, renamed into place, would replace the link, not fill its folder
+        raise UserError(f"OUT_DIR {out_dir} is a symbolic link: give the folder it points to, "
+                        f"{os.path.realpath(out_dir)}")
     if os.path.exists(out_dir) and not (os.path.isdir(out_dir) and not os.listdir(out_dir)):
         raise UserError(f"{out_dir} already exists and is not an empty folder: choose a new OUT_DIR or remove it first")
 

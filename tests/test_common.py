@@ -22,6 +22,11 @@ def test_outputs_are_checked_before_any_work(tmp_path):
     assert (tmp_path / "out").is_dir()
     with pytest.raises(UserError, match=r"^--output_checkpoint .* is a folder: give a file's path$"):
         check_output(str(tmp_path), "--output_checkpoint")
+    # a folder not there yet, or nothing: they passed, and the write failed after the work (setup_tokenizer.py --out)
+    with pytest.raises(UserError, match=r"^--out .*/later/ is a folder: give a file's path$"):
+        check_output(f"{tmp_path}/later/", "--out")
+    with pytest.raises(UserError, match=r"^--out is empty: give a path$"):
+        check_output("", "--out")
     (tmp_path / "a_file").write_text("x")
     with pytest.raises(UserError, match="a part of the path is a file, not a folder"):
         check_output(str(tmp_path / "a_file" / "x.pt"), "--output_checkpoint")

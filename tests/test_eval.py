@@ -5,6 +5,7 @@ tiny datasets and a model trained on them for a few steps.
 """
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -176,6 +177,19 @@ def test_bad_input_is_one_line(env, chat_ckpt, tmp_path, capsys):
     assert e.value.code == 0
 
 
+def test_json_over_the_dataset_evaluated_is_refused(env, chat_ckpt, capsys, monkeypatch):
+    """--json data/story/meta.json replaced the dataset's meta.json (or val.bin) with the results: refused before the
+    evaluation, the dataset untouched."""
+    monkeypatch.setattr(eval_py, "evaluate", lambda *a, **k: pytest.fail("evaluated before --json was checked"))
+    for name in ("meta.json", "val.bin"):
+        target = os.path.join(env["data"], "story", name)
+        before = open(target, "rb").read()
+        code, out, err = cli([chat_ckpt, "--dataset", "story", "--data_dir", env["data"], "--json", target, *CPU], capsys)
+        assert code == 1 and err == f"error: --json {target} is the dataset it reads: the result would replace it; " \
+                                    f"give another --json\n", err
+        assert open(target, "rb").read() == before
+
+
 def test_unusable_json_path_is_refused_before_evaluating(tmp_path, capsys, monkeypatch):
     # a folder, or a path through a file: one line naming --json, before the evaluation (not after it)
     (tmp_path / "file").write_text("")
@@ -184,7 +198,9 @@ def test_unusable_json_path_is_refused_before_evaluating(tmp_path, capsys, monke
     (tmp_path / "any.pt").write_bytes(b"a checkpoint")
     for path, words in ((tmp_path, "is a folder"), (tmp_path / "file" / "x.json", "a part of the path is a file"),
                         (tmp_path / "prompts.txt", "is the --prompts it reads: the result would replace it"),
-                        (tmp_path / "any.pt", "is the checkpoint it reads")):
+                        (tmp_path / "any.pt", "is the checkpoint it reads"),
+                        # a folder that is not there yet: it failed after the evaluation, in a traceback
+                        (f"{tmp_path}/new/", "is a folder: give a file's path")):
         code, out, err = cli([str(tmp_path / "any.pt"), "--json", str(path), "--prompts", str(tmp_path / "prompts.txt"),
                               *CPU], capsys)
         assert code == 1 and err.startswith(f"error: --json {path}") and words in err, err

@@ -438,12 +438,14 @@ def test_export_refuses_to_clobber(small_folder, tmp_path, capsys):
     assert os.listdir(out) == ["notes.txt"] and (out / "notes.txt").read_text() == "mine"
     line = one_error_line(*run_cli(export.main, [str(tmp_path / "nope.pt"), str(tmp_path / "x")], capsys)[::2])
     assert "nope.pt" in line and "not found" in line
-    # an empty folder is fine, and no temporary folder is left next to it
+    # an empty folder is fine, and no temporary folder is left next to it; so is a new one named with a final /
     empty = tmp_path / "empty"
     empty.mkdir()
     code, out_text, err = run_cli(export.main, [small_folder["ckpt"], str(empty)], capsys)
     assert code == 0 and "config.json" in os.listdir(empty), err
-    assert sorted(os.listdir(tmp_path)) == ["empty", "out"]
+    code, out_text, err = run_cli(export.main, [small_folder["ckpt"], f"{tmp_path}/new/"], capsys)
+    assert code == 0 and "config.json" in os.listdir(tmp_path / "new"), err
+    assert sorted(os.listdir(tmp_path)) == ["empty", "new", "out"]
 
 
 def test_export_refuses_an_unusable_place_before_loading(tmp_path, capsys, monkeypatch):
@@ -459,6 +461,19 @@ def test_export_refuses_an_unusable_place_before_loading(tmp_path, capsys, monke
     for here in (".", "", str(tmp_path / "here")):
         line = one_error_line(*run_cli(export.main, [str(tmp_path / "any.pt"), here], capsys)[::2])
         assert line == f"error: OUT_DIR {here!r} is the current folder: name a new one, as in hf-model", line
+    # a link to an empty folder: the export, renamed into place, failed on the link after the work
+    (tmp_path / "target").mkdir()
+    os.symlink(tmp_path / "target", tmp_path / "link")
+    line = one_error_line(*run_cli(export.main, [str(tmp_path / "any.pt"), str(tmp_path / "link")], capsys)[::2])
+    assert line == f"error: OUT_DIR {tmp_path / 'link'} is a symbolic link: give the folder it points to, " \
+                   f"{tmp_path / 'target'}", line
+    if os.geteuid() != 0:  # an empty OUT_DIR in a folder that takes no files (root may write anywhere)
+        (tmp_path / "ro" / "empty").mkdir(parents=True)
+        (tmp_path / "ro").chmod(0o500)
+        line = one_error_line(*run_cli(export.main, [str(tmp_path / "any.pt"), str(tmp_path / "ro" / "empty")],
+                                       capsys)[::2])
+        (tmp_path / "ro").chmod(0o700)
+        assert line.startswith(f"error: OUT_DIR's folder {tmp_path / 'ro'}: cannot write there"), line
 
 
 def test_init_from_bad_arguments(small_folder, tmp_path, capsys):
