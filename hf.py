@@ -378,6 +378,8 @@ def config_from_hf(raw, path):
                              dropout=0.0, bias=True, variant="gpt2")
         if kind == "llama":
             n_embd, n_head = raw["hidden_size"], raw["num_attention_heads"]
+            if not (isinstance(n_head, int) and n_head > 0):  # before the divisions below (a ZeroDivisionError traceback)
+                raise ValueError(f"num_attention_heads must be a positive int, got {n_head!r}")
             rope = raw.get("rope_parameters") or {}
             need(isinstance(rope, dict), "rope_parameters is not an object")
             need(raw.get("hidden_act", "silu") == "silu", f"hidden_act {raw.get('hidden_act')!r} is not silu")
@@ -414,7 +416,11 @@ def read_weights(folder):
     downloads, pytorch_model.bin (read with weights_only=True)."""
     files = [os.path.join(folder, WEIGHTS)]
     if not os.path.isfile(files[0]) and os.path.isfile(os.path.join(folder, WEIGHTS_INDEX)):
-        weight_map = _read_json(os.path.join(folder, WEIGHTS_INDEX)).get("weight_map") or {}
+        index = _read_json(os.path.join(folder, WEIGHTS_INDEX))
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not (isinstance(weight_map, dict) and weight_map and all(isinstance(f, str) for f in weight_map.values())):
+            raise UserError(f"{os.path.join(folder, WEIGHTS_INDEX)} has no weight_map of tensor names to file names: "
+                            f"download it again")  # (an AttributeError or TypeError traceback)
         files = [os.path.join(folder, f) for f in sorted(set(weight_map.values()))]
     if all(os.path.isfile(f) for f in files):
         st, tensors = _safetensors(), {}

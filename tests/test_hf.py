@@ -377,8 +377,14 @@ def edit_config(**kv):
     (lambda f: [(f / "tokenizer.json").unlink(), edit_json(f / "tokenizer_config.json",
                                                            lambda t: t.update(add_prefix_space=True))],
      "add_prefix_space is set"),
+    # a shard index that is JSON but not an index (an AttributeError or TypeError traceback)
+    (lambda f: [(f / "model.safetensors").unlink(), (f / "model.safetensors.index.json").write_text("[1]")],
+     "model.safetensors.index.json has no weight_map of tensor names to file names"),
+    (lambda f: [(f / "model.safetensors").unlink(),
+                (f / "model.safetensors.index.json").write_text('{"weight_map": {"a": 5}}')],
+     "model.safetensors.index.json has no weight_map"),
 ], ids=["no-config", "bad-json", "bert", "relu", "no-weights", "corrupt-weights", "shape", "layers", "no-tokenizer",
-        "prefix-space", "prefix-space-config", "prefix-space-vocab"])
+        "prefix-space", "prefix-space-config", "prefix-space-vocab", "index-list", "index-map"])
 def test_bad_folders_are_one_line_errors(small_folder, tmp_path, capsys, change, words):
     folder = broken(small_folder, tmp_path, change)
     line = one_error_line(*run_cli(gen.main, [folder, "--prompt", "x", "--max_tokens", "1", *CPU], capsys)[::2])
@@ -420,7 +426,10 @@ def test_llama_settings_model_py_lacks_are_refused(small_folder, tmp_path, custo
                           # it, two models (it loaded without a word); a Llama config without the key is untied too
                           (dict(tie_word_embeddings=False), "the embeddings are untied (tie_word_embeddings false)"),
                           (dict(tie_word_embeddings=None), "the embeddings are untied (no tie_word_embeddings, which "
-                                                           "for llama means untied)")):
+                                                           "for llama means untied)"),
+                          # (a ZeroDivisionError traceback)
+                          (dict(num_attention_heads=0, num_key_value_heads=None), "num_attention_heads must be a "
+                                                                                   "positive int, got 0")):
         config = json.loads((folder / "config.json").read_text())
         changed = {k: v for k, v in {**config, **change}.items() if v is not None}
         (folder / "config.json").write_text(json.dumps(changed))
