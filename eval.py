@@ -135,7 +135,8 @@ def evaluate_checkpoint(path, datasets=None, data_dir=None, split="val", block_s
         n_batches = eval_batches or math.ceil(len(windows) / batch_size)  # None: every window
         loss = evaluate(model, windows, batch_size, n_batches, dev, amp)
         row = {"dataset": name, "windows": len(eval_indices(len(windows), n_batches * batch_size)),
-               "loss": loss, "ppl": math.exp(min(loss, 50)), "bpb": bits_per_byte(loss, meta, split), **no_replies}
+               "loss": loss, "ppl": math.exp(loss) if loss < 700 else math.inf,  # (e^700: float's end; e^50 was said
+               "bpb": bits_per_byte(loss, meta, split), **no_replies}          # of a loss of 3,000)
         if meta.get("has_mask") and samples and prompt_list is None:
             row.update(reply_stats(model, enc, split_prompts(meta, split, enc, samples), max_tokens, seed, **sampling))
         rows.append(row)
@@ -234,13 +235,26 @@ def main(argv=None):
         block_size=args.block_size, batch_size=args.batch_size, eval_batches=args.eval_batches, samples=args.samples,
         prompts=args.prompts, max_tokens=args.max_tokens, seed=args.seed, temp=args.temp, top_k=args.top_k,
         top_p=args.top_p, device=args.device, dtype=args.dtype, output=args.json if args.json != "-" else None)
+    # a loss that is not finite (a model gone to inf) is null: json.dumps wrote Infinity, which is not JSON
+    text = json.dumps(finite_or_none(result), indent=2)
     if args.json == "-":
-        print(json.dumps(result, indent=2))
+        print(text)
         return result
     print(format_table(result))
     if args.json:
-        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
+        atomic_write_text(args.json, text + "\n")
     return result
+
+
+def finite_or_none(x):
+    """x with every float that is not finite (inf, nan) as None."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: finite_or_none(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [finite_or_none(v) for v in x]
+    return x
 
 
 if __name__ == "__main__":

@@ -177,6 +177,15 @@ def test_bad_input_is_one_line(env, chat_ckpt, tmp_path, capsys):
     assert e.value.code == 0
 
 
+def test_a_loss_past_floats_is_valid_json_and_ppl_is_not_capped(env, chat_ckpt, capsys, monkeypatch):
+    """A model gone to inf wrote "loss": Infinity (not JSON), and ppl was e^50 for any loss above 50."""
+    for loss, ppl in ((60.0, math.exp(60.0)), (3000.0, None), (math.inf, None)):
+        monkeypatch.setattr(eval_py, "evaluate", lambda *a, **k: loss)
+        code, out, err = cli([chat_ckpt, "--dataset", "story", "--data_dir", env["data"], "--json", "-", *CPU], capsys)
+        row = json.loads(out, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))["rows"][0]
+        assert code == 0 and row["ppl"] == ppl and row["loss"] == (loss if math.isfinite(loss) else None), out
+
+
 def test_json_over_the_dataset_evaluated_is_refused(env, chat_ckpt, capsys, monkeypatch):
     """--json data/story/meta.json replaced the dataset's meta.json (or val.bin) with the results: refused before the
     evaluation, the dataset untouched."""
