@@ -642,7 +642,8 @@ def main(argv=None):
     if args.data:  # before the other sections' minutes, not after them
         try:
             with open(args.data, encoding="utf-8") as f:
-                f.read()
+                if not f.read().strip():  # (0.00 MB/s was reported as a measurement)
+                    raise UserError(f"--data {args.data} holds no text: give a text file to tokenize")
         except UnicodeDecodeError:
             raise not_utf8(args.data, f"--data {args.data}") from None
     if not args.no_write:

@@ -160,6 +160,9 @@ def test_bad_input_is_refused_before_the_run(tmp_path, capsys, monkeypatch):
     latin1.write_bytes("caf\xe9\n".encode("latin-1"))
     with pytest.raises(UserError, match=r"^--data .*latin1.txt is not UTF-8 text"):
         bench.main(["--quick", "--no_write", "--malloc", "default", "--data", str(latin1)])
+    (tmp_path / "blank.txt").write_text(" \n")  # it reported 0.00 MB/s as a measurement
+    with pytest.raises(UserError, match=r"^--data .*blank.txt holds no text: give a text file to tokenize$"):
+        bench.main(["--quick", "--no_write", "--malloc", "default", "--data", str(tmp_path / "blank.txt")])
     (tmp_path / "a_file").write_text("")
     with pytest.raises(UserError, match=r"^--out .*a_file/b.md: a part of the path is a file"):
         bench.main(["--quick", "--malloc", "default", "--out", str(tmp_path / "a_file" / "b.md")])
