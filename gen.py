@@ -203,10 +203,10 @@ def chat_reply(model, enc, history, max_tokens, on_text=None, info=None, **sampl
         else:  # the start of the newest message goes
             head = len(render_chat(enc, fitted[:1])[0]) if fitted[0]["role"] == "system" and len(fitted) > 1 else 0
             if head < budget:
-                print(f"warning: the conversation is {len(ids)} tokens but the context holds {block}: keeping the "
-                      f"system message and the last {budget - head} of the rest so "
-                      f"{min(max_tokens, block - budget + 1)} can follow",
-                      file=sys.stderr)
+                kept = f"the system message and the last {budget - head} of the rest" if head else \
+                    f"its last {budget}"  # (no system message: it was said to keep one)
+                print(f"warning: the conversation is {len(ids)} tokens but the context holds {block}: keeping {kept} "
+                      f"so {min(max_tokens, block - budget + 1)} can follow", file=sys.stderr)
                 ids = ids[:head] + ids[len(ids) - (budget - head):]
             else:
                 ids = crop_prompt(model, ids, max_tokens, what="the conversation")

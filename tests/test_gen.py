@@ -254,6 +254,11 @@ def test_history_overflow_drops_oldest_turns(enc, monkeypatch, capsys):
         else:
             assert len(info["prompt_ids"]) == 64 - 20
             assert enc.decode(info["prompt_ids"]).endswith("word <|im_end|>\n<|im_start|>assistant\n")
+            assert "keeping the system message and the last" in capsys.readouterr().err
+    # no system message: the warning does not speak of one
+    text, why = gen.chat_reply(la_model(enc), enc, long[1:], 20, info=info, temperature=1.0,
+                               generator=torch.Generator().manual_seed(0))
+    assert len(info["prompt_ids"]) == 64 - 20 and "keeping its last 44 so 20 can follow" in capsys.readouterr().err
     # a reply that runs into the end of the context stopped for that ("context"), not for the max_tokens it was given
     # (chat_reply lowered them to what was left: the chat's [end: max_tokens] and eval.py's stop reason said so)
     long = [system, {"role": "user", "content": "tell me " + "word " * 30}]
