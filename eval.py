@@ -113,8 +113,11 @@ def evaluate_checkpoint(path, datasets=None, data_dir=None, split="val", block_s
     metas = [load_meta(data_dir, name, own_vocab) for name in datasets]
     for meta in metas:
         pick_tokenizer(argparse.Namespace(checkpoint=path, tokenizer=None), meta, ckpt)
-    if output:  # (its meta.json or val.bin was replaced by the results, and the dataset unreadable)
-        check_output(output, "--json", inputs={"dataset": [meta["folder"] for meta in metas]})
+    if output:  # (its meta.json or val.bin was replaced by the results, and the dataset unreadable; other files there,
+        # an earlier --json's, are not the dataset's)
+        check_output(output, "--json", inputs={"dataset": [
+            os.path.join(meta["folder"], f) for meta in metas for f in os.listdir(meta["folder"])
+            if f in ("meta.json", "tokenizer.tiktoken") or f.endswith(".bin")]})
     prompt_list = read_prompt_file(prompts)[:samples] if prompts else None
     dev = pick_device(device)
     amp = pick_dtype(dev, dtype)
@@ -135,8 +138,7 @@ def evaluate_checkpoint(path, datasets=None, data_dir=None, split="val", block_s
         n_batches = eval_batches or math.ceil(len(windows) / batch_size)  # None: every window
         loss = evaluate(model, windows, batch_size, n_batches, dev, amp)
         row = {"dataset": name, "windows": len(eval_indices(len(windows), n_batches * batch_size)),
-               "loss": loss, "ppl": math.exp(loss) if loss < 700 else math.inf,  # (e^700: float's end; e^50 was said
-               "bpb": bits_per_byte(loss, meta, split), **no_replies}          # of a loss of 3,000)
+               "loss": loss, "ppl": perplexity(loss), "bpb": bits_per_byte(loss, meta, split), **no_replies}
         if meta.get("has_mask") and samples and prompt_list is None:
             row.update(reply_stats(model, enc, split_prompts(meta, split, enc, samples), max_tokens, seed, **sampling))
         rows.append(row)
@@ -244,6 +246,14 @@ def main(argv=None):
     if args.json:
         atomic_write_text(args.json, text + "\n")
     return result
+
+
+def perplexity(loss):
+    """e^loss: inf past float's range (e^50 was said of a loss of 3,000), nan for a nan loss."""
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return math.inf
 
 
 def finite_or_none(x):

@@ -179,7 +179,7 @@ def test_bad_input_is_one_line(env, chat_ckpt, tmp_path, capsys):
 
 def test_a_loss_past_floats_is_valid_json_and_ppl_is_not_capped(env, chat_ckpt, capsys, monkeypatch):
     """A model gone to inf wrote "loss": Infinity (not JSON), and ppl was e^50 for any loss above 50."""
-    for loss, ppl in ((60.0, math.exp(60.0)), (3000.0, None), (math.inf, None)):
+    for loss, ppl in ((60.0, math.exp(60.0)), (709.0, math.exp(709.0)), (3000.0, None), (math.inf, None)):
         monkeypatch.setattr(eval_py, "evaluate", lambda *a, **k: loss)
         code, out, err = cli([chat_ckpt, "--dataset", "story", "--data_dir", env["data"], "--json", "-", *CPU], capsys)
         row = json.loads(out, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))["rows"][0]
@@ -197,6 +197,13 @@ def test_json_over_the_dataset_evaluated_is_refused(env, chat_ckpt, capsys, monk
         assert code == 1 and err == f"error: --json {target} is the dataset it reads: the result would replace it; " \
                                     f"give another --json\n", err
         assert open(target, "rb").read() == before
+    # another file there is no part of the dataset: an earlier run's results are written over, as anywhere
+    out = os.path.join(env["data"], "story", "eval.json")
+    for _ in range(2):
+        monkeypatch.setattr(eval_py, "evaluate", lambda *a, **k: 2.0)
+        code, _, err = cli([chat_ckpt, "--dataset", "story", "--data_dir", env["data"], "--json", out, *CPU], capsys)
+        assert code == 0 and json.load(open(out))["rows"][0]["loss"] == 2.0, err
+    os.remove(out)
 
 
 def test_unusable_json_path_is_refused_before_evaluating(tmp_path, capsys, monkeypatch):
