@@ -514,7 +514,7 @@ def check_out_dir(out_dir):
     the export, written next to it and renamed into place, cannot replace)."""
     if os.path.abspath(out_dir) == os.getcwd():
         raise UserError(f"OUT_DIR {out_dir!r} is the current folder: name a new one, as in hf-model")
-    if os.path.islink(out_dir.rstrip(os.sep)):  # the export, renamed into place, would replace the link, not fill its folder
+    if os.path.islink(os.path.normpath(out_dir)):  # the export, renamed into place, would replace the link, not fill its folder
         raise UserError(f"OUT_DIR {out_dir} is a symbolic link: give the folder it points to, "
                         f"{os.path.realpath(out_dir)}")
     if os.path.exists(out_dir) and not (os.path.isdir(out_dir) and not os.listdir(out_dir)):
@@ -527,6 +527,7 @@ def export_folder(model, enc, out_dir, dtype=torch.float32):
     renamed into place, so out_dir never holds half an export. Returns the file names."""
     cfg = model.config
     check_out_dir(out_dir)
+    out_dir = os.path.normpath(out_dir)  # hf/new/ and hf/new/. name hf/new (os.rmdir refused "hf/new/.")
     st = _safetensors()
     llama = cfg.variant == "modern"
     eot, im_end = enc._special_tokens[SPECIAL_TOKENS[0]], enc._special_tokens.get(SPECIAL_TOKENS[2])
@@ -540,7 +541,7 @@ def export_folder(model, enc, out_dir, dtype=torch.float32):
         files["tokenizer.tiktoken"] = enc.bpe_text
     # fresh contiguous copies: safetensors refuses views that share storage (q|k|v chunks, the tied matrix)
     tensors = {k: v.to(dtype=dtype, device="cpu").contiguous().clone() for k, v in hf_tensors(model).items()}
-    tmp = tmp_name(out_dir.rstrip(os.sep))
+    tmp = tmp_name(out_dir)
     os.makedirs(tmp)
     try:
         for name, text in files.items():

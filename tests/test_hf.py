@@ -454,7 +454,9 @@ def test_export_refuses_to_clobber(small_folder, tmp_path, capsys):
     assert code == 0 and "config.json" in os.listdir(empty), err
     code, out_text, err = run_cli(export.main, [small_folder["ckpt"], f"{tmp_path}/new/"], capsys)
     assert code == 0 and "config.json" in os.listdir(tmp_path / "new"), err
-    assert sorted(os.listdir(tmp_path)) == ["empty", "new", "out"]
+    code, out_text, err = run_cli(export.main, [small_folder["ckpt"], f"{tmp_path}/dot/."], capsys)  # (a traceback)
+    assert code == 0 and "config.json" in os.listdir(tmp_path / "dot"), err
+    assert sorted(os.listdir(tmp_path)) == ["dot", "empty", "new", "out"]
 
 
 def test_export_refuses_an_unusable_place_before_loading(tmp_path, capsys, monkeypatch):
@@ -473,9 +475,9 @@ def test_export_refuses_an_unusable_place_before_loading(tmp_path, capsys, monke
     # a link to an empty folder: the export, renamed into place, failed on the link after the work
     (tmp_path / "target").mkdir()
     os.symlink(tmp_path / "target", tmp_path / "link")
-    line = one_error_line(*run_cli(export.main, [str(tmp_path / "any.pt"), str(tmp_path / "link")], capsys)[::2])
-    assert line == f"error: OUT_DIR {tmp_path / 'link'} is a symbolic link: give the folder it points to, " \
-                   f"{tmp_path / 'target'}", line
+    for link in (str(tmp_path / "link"), f"{tmp_path}/link/."):
+        line = one_error_line(*run_cli(export.main, [str(tmp_path / "any.pt"), link], capsys)[::2])
+        assert line == f"error: OUT_DIR {link} is a symbolic link: give the folder it points to, {tmp_path / 'target'}"
     if os.geteuid() != 0:  # an empty OUT_DIR in a folder that takes no files (root may write anywhere)
         (tmp_path / "ro" / "empty").mkdir(parents=True)
         (tmp_path / "ro").chmod(0o500)
