@@ -123,9 +123,13 @@ def run_main(main):
     # a terminal in latin-1 (an old locale, PYTHONIOENCODING) shows "?" for a character it cannot: a sample with an
     # emoji ended gen.py in a UnicodeEncodeError traceback. Not output to a file or pipe, data (gen.py --prompt_file's
     # JSON lines) that "?" would corrupt without a word: that gets the one line below. Either way a file name that is
-    # not UTF-8 (held as surrogates) is written as its own bytes, not a failure after the work is done
-    with contextlib.suppress(AttributeError, ValueError):
-        sys.stdout.reconfigure(errors="replace" if sys.stdout.isatty() else "surrogateescape")
+    # not UTF-8 (held as surrogates) is written as its own bytes, not a failure after the work is done. Only Python's
+    # strict default is changed (a handler the user chose, PYTHONIOENCODING=ascii:replace, or pytest's capture, stays),
+    # and put back on the way out
+    strict = getattr(sys.stdout, "errors", None) == "strict"
+    with contextlib.suppress(AttributeError, ValueError, OSError):
+        if strict:
+            sys.stdout.reconfigure(errors="replace" if sys.stdout.isatty() else "surrogateescape")
     try:
         return main()
     except UnicodeEncodeError as e:
@@ -159,6 +163,9 @@ def run_main(main):
     finally:
         if before is not None:
             signal.signal(signal.SIGTERM, before)
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            if strict:
+                sys.stdout.reconfigure(errors="strict")
 
 
 def seeded_generator(device, seed):

@@ -190,6 +190,15 @@ def test_output_a_terminal_cannot_encode_is_replaced_and_data_refused(tmp_path):
     r = subprocess.run([sys.executable, "-c", "import common; common.run_main(lambda: print('d\\udcff'))"],
                        capture_output=True, cwd=root, timeout=60, env=dict(os.environ, PYTHONIOENCODING="utf-8"))
     assert (r.returncode, r.stdout, r.stderr) == (0, b"d\xff\n", b"")
+    # a handler the user chose is theirs: ascii:replace writes "?" to a pipe (it became the error line), and
+    # run_main leaves the stream as it found it (pytest's capture kept surrogateescape for the rest of the session)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, cwd=root, timeout=60,
+                       env=dict(os.environ, PYTHONIOENCODING="ascii:replace"))
+    assert (r.returncode, r.stdout, r.stderr) == (0, b"caf? ?\n", b"")
+    probe = "import common, sys; common.run_main(lambda: None); print(sys.stdout.errors)"
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, cwd=root, timeout=60,
+                       env=dict(os.environ, PYTHONIOENCODING="utf-8"))  # strict, which run_main changes while it runs
+    assert r.stdout == b"strict\n", r
     # a terminal: `script` runs the command on a pseudo-terminal, whose output it copies to a file
     if shutil.which("script"):
         log = tmp_path / "tty.log"
