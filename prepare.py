@@ -1151,13 +1151,16 @@ def train_docs(make_docs, budget, role, val_fraction, k, n, chars):
     """A stream's documents that write_splits puts in train: all but, of a "split" stream of n documents and chars
     characters (count_split_docs), the k last documents it moves to val (val_counts); of a single document (k None: a
     whole book, in pieces), which it cuts by tokens, the vocabulary being trained cannot say where: the first
-    1 - val_fraction of its characters, about the same on even text, and never all of them: a document short enough to
-    become one token goes to val whole, and its merges must not come from it."""
+    1 - val_fraction of its characters (rounded up), about the same on even text, and never all of them: a document
+    short enough to become one token goes to val whole, and its merges must not come from it."""
     if role != "split" or not val_fraction:
         yield from limited(make_docs(), budget, role)
         return
     keep = None if k is None else n - k  # documents
-    left = chars * (1 - val_fraction)  # characters, for a single document
+    # characters, for a single document; never all of them (a document of a few characters, one token once its merge is
+    # learnt, goes to val whole), which for one of 10 or more at the 0.1 share is the ceil of its share, as always:
+    # vocabularies trained again on the same text stay the same, and the checkpoints trained on them fit
+    left = min(chars * (1 - val_fraction), chars - 1)
     for doc in limited(make_docs(), budget, role):  # to the end, spending the budget as write_splits does
         if keep is not None:
             if keep <= 0:
@@ -1166,7 +1169,7 @@ def train_docs(make_docs, budget, role, val_fraction, k, n, chars):
         elif left <= 0:
             continue
         else:
-            doc, left = (doc[0][:int(left)], doc[1]), left - len(doc[0])
+            doc, left = (doc[0][:math.ceil(left)], doc[1]), left - len(doc[0])
         yield doc
 
 
