@@ -52,9 +52,9 @@ def crop_prompt(model, ids, max_tokens, what="prompt", warn=True):
     limit = model.config.block_size - reserve_for(model, max_tokens)
     if len(ids) <= limit:
         return ids
-    if warn:
-        print(f"warning: {what} is {len(ids)} tokens but the context holds {model.config.block_size}: "
-              f"keeping its last {limit} so {model.config.block_size - limit} can follow", file=sys.stderr)
+    if warn:  # (the last token generated is never fed back: one more than the positions left)
+        print(f"warning: {what} is {len(ids)} tokens but the context holds {model.config.block_size}: keeping its last "
+              f"{limit} so {min(max_tokens, model.config.block_size - limit + 1)} can follow", file=sys.stderr)
     return ids[-limit:]
 
 
