@@ -56,13 +56,10 @@ def first_bad_utf8(path, block=1 << 20):
             data = rest + data
             try:
                 data.decode("utf-8")
-                good, bad = len(data), None
-            except UnicodeDecodeError as e:
+                good, bad = len(data), False
+            except UnicodeDecodeError as e:  # not bad: a character cut at the block's end, whole with the next block
                 good, bad = e.start, e.end < len(data) or e.reason != "unexpected end of data"
-            if bad is None or not bad:  # whole, or a character cut at the block's end: on to the next block
-                seen, rest = data[:good], data[good:]
-            else:
-                seen = data[:good]
+            seen, rest = data[:good], data[good:]
             lines += seen.count(b"\n") + seen.count(b"\r") - seen.count(b"\r\n") - (cr and seen[:1] == b"\n")
             cr = seen[-1:] == b"\r"
             if bad:
