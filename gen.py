@@ -47,14 +47,17 @@ def reserve_for(model, max_tokens):
     return max(1, min(max_tokens, block_size // 2))
 
 
-def crop_prompt(model, ids, max_tokens, what="prompt", warn=True):
-    """Keep the end of a prompt too long to leave room for the reply, with one warning line."""
+def crop_prompt(model, ids, max_tokens, what="prompt", warn=True, slide=False):
+    """Keep the end of a prompt too long to leave room for the reply, with one warning line (slide: --nonstop's
+    generation, which slides on past the context)."""
     limit = model.config.block_size - reserve_for(model, max_tokens)
     if len(ids) <= limit:
         return ids
     if warn:  # (the last token generated is never fed back: one more than the positions left)
+        follow = "then --nonstop slides the context on" if slide else \
+            f"so {min(max_tokens, model.config.block_size - limit + 1)} can follow"
         print(f"warning: {what} is {len(ids)} tokens but the context holds {model.config.block_size}: keeping its last "
-              f"{limit} so {min(max_tokens, model.config.block_size - limit + 1)} can follow", file=sys.stderr)
+              f"{limit}, {follow}", file=sys.stderr)
     return ids[-limit:]
 
 
@@ -425,7 +428,7 @@ def main(argv=None):
     text_stops = () if args.nonstop else stop_ids(enc, (EOT,))
 
     def continue_text(text, echo):
-        ids = crop_prompt(model, encode_prompt(enc, text), max_tokens)
+        ids = crop_prompt(model, encode_prompt(enc, text), max_tokens, slide=args.nonstop)
         if echo and text:
             show(bold + text + plain)
         t0 = time.perf_counter()
@@ -435,7 +438,8 @@ def main(argv=None):
         return stopped_by
 
     if args.prompt_file:
-        ids = [crop_prompt(model, encode_prompt(enc, p), max_tokens, what=f"prompt {i + 1}") for i, p in enumerate(prompts)]
+        ids = [crop_prompt(model, encode_prompt(enc, p), max_tokens, what=f"prompt {i + 1}", slide=args.nonstop)
+               for i, p in enumerate(prompts)]
         t0 = time.perf_counter()
         results = complete_batch(model, enc, ids, max_tokens, text_stops, batch_size=args.batch_size or 8, **sampling)
         dt = time.perf_counter() - t0

@@ -322,8 +322,13 @@ def test_long_prompt_keeps_its_end(ckpt, enc, capsys):
     assert code == 0
     warnings = [line for line in err.splitlines() if line.startswith("warning:")]
     # the 33 it says can follow, as many as follow (the last token is never fed back: it said 32)
-    assert len(warnings) == 1 and "keeping its last 32 so 33 can follow" in warnings[0]
+    assert len(warnings) == 1 and "keeping its last 32, so 33 can follow" in warnings[0]
     assert "prompt 32 tokens, 33 new tokens" in err and "[end: context]" in out
+    # --nonstop slides on past the context: no count of what can follow (it said 33, and 100 followed)
+    code, out, err = cli([ckpt, "--prompt", prompt, "--max_tokens", "100", "--nonstop", "--verbose", "--seed", "0"] + CPU,
+                         capsys)
+    assert code == 0 and "keeping its last 32, then --nonstop slides the context on" in err
+    assert "prompt 32 tokens, 100 new tokens" in err, err
 
 
 def one_error_line(code, err):
