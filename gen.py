@@ -47,15 +47,21 @@ def reserve_for(model, max_tokens):
     return max(1, min(max_tokens, block_size // 2))
 
 
+def room_after(model, n):
+    """New tokens that can follow a prompt of n tokens without sliding: the context's positions left, and one more,
+    the last token generated, which is never fed back."""
+    return model.config.block_size - n + 1
+
+
 def crop_prompt(model, ids, max_tokens, what="prompt", warn=True, slide=False):
     """Keep the end of a prompt too long to leave room for the reply, with one warning line (slide: --nonstop's
     generation, which slides on past the context)."""
     limit = model.config.block_size - reserve_for(model, max_tokens)
     if len(ids) <= limit:
         return ids
-    if warn:  # (the last token generated is never fed back: one more than the positions left)
+    if warn:
         follow = "then --nonstop slides the context on" if slide else \
-            f"so {min(max_tokens, model.config.block_size - limit + 1)} can follow"
+            f"so {min(max_tokens, room_after(model, limit))} can follow"
         print(f"warning: {what} is {len(ids)} tokens but the context holds {model.config.block_size}: keeping its last "
               f"{limit}, {follow}", file=sys.stderr)
     return ids[-limit:]
@@ -198,18 +204,18 @@ def chat_reply(model, enc, history, max_tokens, on_text=None, info=None, **sampl
     ids, _ = render_chat(enc, fitted, add_generation_prompt=True)
     if len(ids) > budget:  # the system message and the newest one alone: never cut the system message
         if len(ids) < block:  # the reply takes what is left, as serve.py's does
-            # (generation stops at the end of the context: "context", not the "max_tokens" that were not given; its
-            # last token is never fed back, so one more than the positions left, which may be all max_tokens asks)
-            if block - len(ids) + 1 < max_tokens:
+            # (generation stops at the end of the context: "context", not the "max_tokens" that were not given; what
+            # is left may be all max_tokens asks)
+            if room_after(model, len(ids)) < max_tokens:
                 print(f"warning: the conversation is {len(ids)} tokens but the context holds {block}: the reply gets "
-                      f"{block - len(ids) + 1} tokens at most", file=sys.stderr)
+                      f"{room_after(model, len(ids))} tokens at most", file=sys.stderr)
         else:  # the start of the newest message goes
             head = len(render_chat(enc, fitted[:1])[0]) if fitted[0]["role"] == "system" and len(fitted) > 1 else 0
             if head < budget:
                 kept = f"the system message and the last {budget - head} of the rest" if head else \
                     f"its last {budget}"  # (no system message: it was said to keep one)
                 print(f"warning: the conversation is {len(ids)} tokens but the context holds {block}: keeping {kept} "
-                      f"so {min(max_tokens, block - budget + 1)} can follow", file=sys.stderr)
+                      f"so {min(max_tokens, room_after(model, budget))} can follow", file=sys.stderr)
                 ids = ids[:head] + ids[len(ids) - (budget - head):]
             else:
                 ids = crop_prompt(model, ids, max_tokens, what="the conversation")

@@ -560,6 +560,6 @@ def export_folder(model, enc, out_dir, dtype=torch.float32):
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     # what a killed export to the same place left (SIGKILL: no finally runs)
-    out_dir = os.path.abspath(out_dir.rstrip(os.sep))
+    out_dir = os.path.abspath(out_dir)
     remove_stale_tmp(os.path.dirname(out_dir), re.escape(os.path.basename(out_dir)))
     return sorted([*files, WEIGHTS])
