@@ -1406,9 +1406,9 @@ def prepare(dataset, source=None, tokenizer=None, limit=None, val_fraction=DEFAU
         if kept_file and old.get("tokenizer_hash") not in (None, tok_hash):
             # (it was re-tokenized with whatever the file now held, under "keeping its tokenizer": checkpoints trained
             # on the dataset no longer fit it)
-            raise TokenizerGone(f"{folder} was made with tokenizer {kept_file}, which now holds another vocabulary: pass "
-                            f"--tokenizer {kept_file} to remake the dataset with it (checkpoints trained on the old one "
-                            f"will not fit), or put the old file back")
+            raise TokenizerGone(f"{folder} was made with tokenizer {kept_file}, which now holds another vocabulary: "
+                                f"pass --tokenizer {kept_file} to remake the dataset with it (checkpoints trained on the "
+                                f"old one will not fit), or put the old file back")
         fp = fingerprint(dataset, plan, tokenizer, tok_hash, limit, val_fraction, pack, mix)
         # text is never packed: any --pack gives the same files, so a text dataset's fingerprint leaves it out (it
         # was rebuilt for nothing after a --pack 0, and again without it)
