@@ -4,6 +4,7 @@ writes, device and precision choice (checkpoints: checkpoint.py).
 Nothing model- or data-specific lives here. torch is imported where it is used:
 prepare.py and setup_tokenizer.py never need it (importing it takes ~2 s).
 """
+import argparse
 import contextlib
 import ctypes
 import errno
@@ -31,6 +32,14 @@ def require_utf8(text, what):
         text.encode("utf-8")
     except UnicodeEncodeError:
         raise UserError(f"{what} is not UTF-8 text: give it in UTF-8") from None
+
+
+def nonempty(text):
+    """argparse type of a path or name: '' (an unset shell variable, as in --checkpoint "$CKPT") is refused, where it
+    read as the option left out: a fresh model trained, the newest checkpoint sampled, results printed, not written."""
+    if not text:
+        raise argparse.ArgumentTypeError("is empty: give a value, or leave it out")
+    return text
 
 
 def without_surrogates(x):

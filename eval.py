@@ -31,7 +31,7 @@ import sys
 import numpy as np
 
 from checkpoint import load_checkpoint, load_model
-from common import (UserError, atomic_write_text, check_output, pick_device, pick_dtype, retain_freed_memory,
+from common import (UserError, atomic_write_text, check_output, nonempty, pick_device, pick_dtype, retain_freed_memory,
                     run_main, seeded_generator)
 from gen import CHAT_STOPS, chat_reply, default_checkpoint, positive_int, probability, read_prompt_file, temperature
 from prepare import document_ends
@@ -193,11 +193,11 @@ def count(s):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", nargs="?", help="a .pt file or a Hugging Face model folder (default: the newest .pt "
+    p.add_argument("checkpoint", type=nonempty, nargs="?", help="a .pt file or a Hugging Face model folder (default: the newest .pt "
                                                  "in models/)")
-    p.add_argument("--dataset", nargs="+", help="prepared datasets to evaluate on, a row each (default: the one the "
+    p.add_argument("--dataset", type=nonempty, nargs="+", help="prepared datasets to evaluate on, a row each (default: the one the "
                                                 "checkpoint was trained on)")
-    p.add_argument("--data_dir", help="where prepared datasets live (default: the checkpoint's, else data)")
+    p.add_argument("--data_dir", type=nonempty, help="where prepared datasets live (default: the checkpoint's, else data)")
     p.add_argument("--split", choices=["val", "train"], default="val", help="which split (default val)")
     p.add_argument("--block_size", type=positive_int, help="window length (default: the checkpoint's training one)")
     p.add_argument("--batch_size", type=positive_int, default=16, help="windows per forward pass (default 16)")
@@ -205,7 +205,7 @@ def parse_args(argv=None):
                    help="at most this many batches, spread over the split (default: every window)")
     p.add_argument("--samples", type=count, default=50,
                    help="replies sampled per conversation set, 0 = none (default 50)")
-    p.add_argument("--prompts", metavar="FILE", help="answer the first --samples prompts of this file (one per line, "
+    p.add_argument("--prompts", type=nonempty, metavar="FILE", help="answer the first --samples prompts of this file (one per line, "
                                                      "or JSON lines with a \"prompt\" field) instead")
     p.add_argument("--max_tokens", type=positive_int, default=128, help="new tokens a reply may take (default 128)")
     p.add_argument("--temp", type=temperature, default=0.8, help="sampling temperature, 0 = greedy (default 0.8)")
@@ -214,7 +214,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=1337, help="seed of the sampled replies (default 1337)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="autocast precision")
-    p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH; - prints JSON instead of the table")
+    p.add_argument("--json", type=nonempty, metavar="PATH", help="also write the results as JSON to PATH; - prints JSON instead of the table")
     args = p.parse_args(argv)
     # `eval.py --dataset story models/x.pt`: --dataset takes several names, so it took the checkpoint too. A dataset's
     # name has no folder in it (prepare.py --name), so a path last is the checkpoint.

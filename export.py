@@ -19,15 +19,15 @@ import argparse
 import os
 
 from checkpoint import load_model
-from common import DTYPES, UserError, check_output, run_main, torch_dtype
+from common import DTYPES, UserError, check_output, nonempty, run_main, torch_dtype
 from hf import check_out_dir, export_folder
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description="Write a checkpoint as a Hugging Face model folder (GPT2LMHeadModel for "
                                             "the gpt2 variant, LlamaForCausalLM for modern) with its tokenizer.")
-    p.add_argument("checkpoint", help="a .pt file from train.py (or a Hugging Face folder, to convert it again)")
-    p.add_argument("out_dir", help="the folder to write; it must not exist yet or be empty")
+    p.add_argument("checkpoint", type=nonempty, help="a .pt file from train.py (or a Hugging Face folder, to convert it again)")
+    p.add_argument("out_dir", type=nonempty, help="the folder to write; it must not exist yet or be empty")
     p.add_argument("--dtype", default="float32", choices=list(DTYPES),
                    help="weights' precision in model.safetensors (default float32, as trained; bfloat16 halves the size)")
     args = p.parse_args(argv)

@@ -30,8 +30,8 @@ import time
 import torch
 
 from checkpoint import find_checkpoints, load_model
-from common import (UserError, atomic_write_text, autocast, check_output, first_line, not_utf8, pick_device, pick_dtype,
-                    require_utf8, retain_freed_memory, run_main, seeded_generator, without_surrogates)
+from common import (UserError, atomic_write_text, autocast, check_output, first_line, nonempty, not_utf8, pick_device,
+                    pick_dtype, require_utf8, retain_freed_memory, run_main, seeded_generator, without_surrogates)
 from setup_tokenizer import EOT, IM_END, IM_START, StreamDecoder, render_chat
 
 TYPING_DELAY = 0.012  # seconds per token on a terminal: a readable rhythm for demos, never in pipes
@@ -336,11 +336,11 @@ def penalty(s):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Sample text from a trained GPT checkpoint, or chat with it.")
-    p.add_argument("checkpoint", nargs="?", help="a .pt file or a Hugging Face model folder (default: the newest .pt "
+    p.add_argument("checkpoint", type=nonempty, nargs="?", help="a .pt file or a Hugging Face model folder (default: the newest .pt "
                                                  "in models/)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prompt", help="text to continue (with --chat: one user message, then exit)")
-    src.add_argument("--prompt_file", help="many prompts: one per line, or JSON lines with a \"prompt\" field")
+    src.add_argument("--prompt_file", type=nonempty, help="many prompts: one per line, or JSON lines with a \"prompt\" field")
     p.add_argument("--interactive", action="store_true", help="read prompts line by line and continue each")
     p.add_argument("--chat", action="store_true", help="multi-turn ChatML chat (/reset clears history, /exit quits)")
     p.add_argument("--system", help="system message for --chat")
@@ -360,7 +360,7 @@ def parse_args(argv=None):
                    help="recompute the whole context every token (slow; for comparisons: the same text as the cache's "
                         "in fp32, while bf16 rounds a row and a matrix differently)")
     p.add_argument("--no_delay", action="store_true", help="no typing rhythm on a terminal (pipes never wait)")
-    p.add_argument("--output", help="--prompt_file: write the JSON lines here instead of stdout")
+    p.add_argument("--output", type=nonempty, help="--prompt_file: write the JSON lines here instead of stdout")
     p.add_argument("--verbose", action="store_true", help="model size, device, tokens/s (stderr) and [end: ...] markers (stdout)")
     return p.parse_args(argv)
 

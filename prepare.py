@@ -61,8 +61,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from tqdm import tqdm
 
-from common import (UserError, atomic_write_text, check_output, first_line, fsync_replace, not_utf8, remove_stale_tmp,
-                    run_main, tmp_name, without_surrogates)
+from common import (UserError, atomic_write_text, check_output, first_line, fsync_replace, nonempty, not_utf8,
+                    remove_stale_tmp, run_main, tmp_name, without_surrogates)
 from setup_tokenizer import (EOT, IM_END, IM_START, get_tokenizer, read_text_chunks, tokenizer_hash, train_bpe,
                              warn_short_vocabulary)
 
@@ -1591,10 +1591,10 @@ def main(argv=None):
     p.add_argument("--dataset", choices=DATASETS,
                    help="story (TinyStories), shakespeare (Tiny Shakespeare, 1 MB), dailydialog, chat (instructions, conversations), chitchat (generated small talk), "
                         "knowledge (question/answer), text (your --source files); default: every one it finds, or text with --source")
-    p.add_argument("--source", nargs="+", metavar="PATH",
+    p.add_argument("--source", type=nonempty, nargs="+", metavar="PATH",
                    help=".txt (documents separated by <|endoftext|>, else one per file), .jsonl/.json/.parquet records "
                         "(messages, ShareGPT conversations, Alpaca instruction/input/output, question/answer, text), or folders")
-    p.add_argument("--tokenizer", help="gpt2, the path of a .tiktoken file (setup_tokenizer.py train), or a "
+    p.add_argument("--tokenizer", type=nonempty, help="gpt2, the path of a .tiktoken file (setup_tokenizer.py train), or a "
                                         "checkpoint's, for its vocabulary (default: gpt2, or what the dataset has when "
                                         "it is made again)")
     p.add_argument("--vocab_size", type=int,
@@ -1607,8 +1607,8 @@ def main(argv=None):
                    help="the share of the documents kept for validation: the last of each source, counted over a "
                         "dataset's sources together")
     p.add_argument("--force", action="store_true", help="rebuild even if up to date, and replace a folder holding another dataset")
-    p.add_argument("--out_dir", default=DEFAULT_OUT_DIR, help="where dataset folders go")
-    p.add_argument("--name", help="the dataset's folder name (default: the dataset)")
+    p.add_argument("--out_dir", type=nonempty, default=DEFAULT_OUT_DIR, help="where dataset folders go")
+    p.add_argument("--name", type=nonempty, help="the dataset's folder name (default: the dataset)")
     p.add_argument("--no_extra", action="store_true", help="story: leave out the train-only extra stories (the mirror's TinyStories-train-head files)")
     p.add_argument("--mix", metavar="NAME:WEIGHT,...",
                    help=f"one dataset (--name, default mix) from several conversation sets ({', '.join(MIXABLE)}), "

@@ -44,7 +44,7 @@ from urllib.parse import unquote, urlsplit
 import torch
 
 from checkpoint import load_model
-from common import UserError, pick_device, pick_dtype, retain_freed_memory, run_main, seeded_generator
+from common import UserError, nonempty, pick_device, pick_dtype, retain_freed_memory, run_main, seeded_generator
 from gen import (CHAT_STOPS, default_checkpoint, encode_prompt, fit_history, positive_int, probability, reserve_for,
                  stop_ids, stream_completion, temperature)
 from setup_tokenizer import EOT, render_chat
@@ -617,7 +617,7 @@ def port(s):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Serve a checkpoint: an OpenAI-compatible HTTP API and a chat page.")
-    p.add_argument("checkpoint", nargs="?", help="a .pt file or a Hugging Face model folder (default: the newest .pt "
+    p.add_argument("checkpoint", type=nonempty, nargs="?", help="a .pt file or a Hugging Face model folder (default: the newest .pt "
                                                   "in models/)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; "
                                                         "0.0.0.0 for every network, with no authentication)")

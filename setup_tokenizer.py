@@ -25,7 +25,7 @@ import zipfile
 
 import tiktoken
 
-from common import UserError, atomic_write_text, check_output, not_utf8, require_utf8, run_main, starts_as_zip
+from common import UserError, atomic_write_text, check_output, nonempty, not_utf8, require_utf8, run_main, starts_as_zip
 
 EOT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = (EOT, IM_START, IM_END)
@@ -313,11 +313,11 @@ def main(argv=None):
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("show", help="print the tokens and ids of a text")
     s.add_argument("text")
-    s.add_argument("--tokenizer", default="gpt2", help="gpt2, the path of a .tiktoken file, or a checkpoint's")
+    s.add_argument("--tokenizer", type=nonempty, default="gpt2", help="gpt2, the path of a .tiktoken file, or a checkpoint's")
     t = sub.add_parser("train", help="train a byte-level BPE vocabulary on text files")
-    t.add_argument("--input", nargs="+", required=True, help="UTF-8 text files")
+    t.add_argument("--input", type=nonempty, nargs="+", required=True, help="UTF-8 text files")
     t.add_argument("--vocab_size", type=int, default=4096, help="total ids: 256 bytes + merges + 3 special tokens")
-    t.add_argument("--out", required=True, help="where to write the .tiktoken file")
+    t.add_argument("--out", type=nonempty, required=True, help="where to write the .tiktoken file")
     args = p.parse_args(argv)
 
     if args.cmd == "show":

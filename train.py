@@ -54,8 +54,8 @@ import torch
 from tqdm import tqdm
 
 from checkpoint import load_checkpoint, load_weights, nonfinite, save_checkpoint
-from common import (UserError, atomic_write_text, autocast, check_output, cpu_has_bf16, first_line, pick_device,
-                    pick_dtype, retain_freed_memory, run_main, speaks_for_machine, tmp_name)
+from common import (UserError, atomic_write_text, autocast, check_output, cpu_has_bf16, first_line, nonempty,
+                    pick_device, pick_dtype, retain_freed_memory, run_main, speaks_for_machine, tmp_name)
 from model import OPTIMIZERS, PRESETS, GPT, GPTConfig, make_config
 from prepare import (DATASETS, DEFAULT_OUT_DIR, DEFAULT_VAL_FRACTION, is_complete, is_dataset_name, meta_options,
                      rebuild_command)
@@ -122,10 +122,10 @@ def parse_args(argv=None):
                "      prepared in its vocabulary: prepare.py --dataset dailydialog --tokenizer models/story_best.pt)\n"
                "Training options left out when continuing on the same dataset keep the checkpoint's values.")
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", help="folder under --data_dir made by `python prepare.py --dataset X` "
+    g.add_argument("--dataset", type=nonempty, help="folder under --data_dir made by `python prepare.py --dataset X` "
                                      "(default: the checkpoint's dataset, else story)")
-    g.add_argument("--data_dir", help="where prepared datasets live (default: the checkpoint's, else data)")
-    g.add_argument("--tokenizer", help="gpt2, a .tiktoken path or a checkpoint's; only checked against the data's (default: the data's)")
+    g.add_argument("--data_dir", type=nonempty, help="where prepared datasets live (default: the checkpoint's, else data)")
+    g.add_argument("--tokenizer", type=nonempty, help="gpt2, a .tiktoken path or a checkpoint's; only checked against the data's (default: the data's)")
     g = p.add_argument_group("model (a new model; a checkpoint brings its own)")
     g.add_argument("--model", choices=list(PRESETS), help="size preset of a new model (default: tiny on CPU and MPS, "
                                                          "small on CUDA)")
@@ -149,10 +149,10 @@ def parse_args(argv=None):
                         "step again")
     g.add_argument("--max_steps", type=int, help="stop after this many optimizer steps in this run (the checkpoint "
                                                  "records the position inside the epoch; the schedule is unchanged)")
-    g.add_argument("--checkpoint", help="continue from this checkpoint (same dataset: exact resume; other: fine-tune)")
-    g.add_argument("--init_from", metavar="DIR", help="fine-tune a Hugging Face model folder (GPT-2 as downloaded, or "
+    g.add_argument("--checkpoint", type=nonempty, help="continue from this checkpoint (same dataset: exact resume; other: fine-tune)")
+    g.add_argument("--init_from", type=nonempty, metavar="DIR", help="fine-tune a Hugging Face model folder (GPT-2 as downloaded, or "
                                                       "export.py's output); its tokenizer must be the data's")
-    g.add_argument("--output_checkpoint", help="where to save; {dataset} and {epoch} are filled in (default: "
+    g.add_argument("--output_checkpoint", type=nonempty, help="where to save; {dataset} and {epoch} are filled in (default: "
                                                "models/{dataset}_epoch{epoch}.pt, models/{dataset}.pt with "
                                                "--time_budget; when continuing, the run's names next to the "
                                                "checkpoint given)")

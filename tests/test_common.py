@@ -40,6 +40,21 @@ def test_outputs_are_checked_before_any_work(tmp_path):
             check_output(str(ro / "x.pt"), "--output_checkpoint")
 
 
+@pytest.mark.parametrize("script, argv", [
+    # "" is what an unset shell variable gives (--checkpoint "$CKPT"): train.py trained a fresh model over it, gen.py
+    # sampled the newest checkpoint in models/, eval.py printed its table and wrote no --json, prepare.py read no file
+    ("train", ["--dataset", "story", "--checkpoint", ""]), ("train", ["--output_checkpoint", ""]),
+    ("train", ["--dataset", ""]), ("gen", [""]), ("gen", ["--prompt_file", ""]), ("eval", ["--json", ""]),
+    ("prepare", ["--source", "a.txt", ""]), ("setup_tokenizer", ["train", "--input", "a.txt", "--out", ""]),
+    ("serve", ["", "--port", "-1"]), ("export", ["", "hf/x"]), ("bench", ["--out", ""])])
+def test_an_empty_path_is_refused_not_read_as_left_out(script, argv, capsys):
+    main = __import__(script).main
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.splitlines()[-1].endswith(": is empty: give a value, or leave it out"), err
+
+
 def test_the_file_systems_refusals_end_in_one_line(capsys):
     def full():
         raise OSError(errno.ENOSPC, "No space left on device", "models/x.pt")
