@@ -405,6 +405,10 @@ def main(argv=None):
     if model.config.vocab_size > enc.n_vocab:
         raise UserError(f"{path}: the model has {model.config.vocab_size} token ids but its tokenizer only {enc.n_vocab}; the checkpoint is inconsistent")
     max_tokens = args.max_tokens or (10**9 if args.nonstop else 256)
+    if args.max_tokens and not args.nonstop and max_tokens > model.config.block_size:  # the rest never comes
+        print(f"warning: --max_tokens {max_tokens} is more than the context holds ({model.config.block_size}): "
+              f"{'a reply' if args.chat else 'a completion'} ends where it is full"
+              f"{'' if args.chat or args.prompt_file else '; --nonstop slides it on'}", file=sys.stderr)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
     generator = seeded_generator(device, seed)
     sampling = dict(dtype=dtype, temperature=args.temp, top_k=args.top_k, top_p=args.top_p,

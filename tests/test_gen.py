@@ -123,8 +123,13 @@ def test_context_end_and_nonstop(ckpt, capsys):
     assert code == 0 and "[end: context]" in out
     # 1 + 64 tokens: the last new token is predicted from a full 64-token window
     assert re.search(r"prompt 1 tokens, 64 new tokens", err)
+    # said up front, not only in --verbose's [end: context]: 100 were asked for
+    assert "warning: --max_tokens 100 is more than the context holds (64): a completion ends where it is full; " \
+           "--nonstop slides it on\n" in err
+    code, out, err = cli([ckpt, "--prompt", "Hi", "--max_tokens", "64", "--seed", "0"] + CPU, capsys)
+    assert code == 0 and "warning" not in err, err
     code, out, err = cli([ckpt, "--prompt", "Hi", "--max_tokens", "100", "--verbose", "--nonstop", "--seed", "0"] + CPU, capsys)
-    assert code == 0 and "[end: max_tokens]" in out
+    assert code == 0 and "[end: max_tokens]" in out and "warning" not in err
     assert re.search(r"100 new tokens", err)
 
 
@@ -322,7 +327,8 @@ def test_long_prompt_keeps_its_end(ckpt, enc, capsys):
     assert code == 0
     warnings = [line for line in err.splitlines() if line.startswith("warning:")]
     # the 33 it says can follow, as many as follow (the last token is never fed back: it said 32)
-    assert len(warnings) == 1 and "keeping its last 32, so 33 can follow" in warnings[0]
+    assert len(warnings) == 2 and "--max_tokens 100 is more than the context holds (64)" in warnings[0]
+    assert "keeping its last 32, so 33 can follow" in warnings[1]
     assert "prompt 32 tokens, 33 new tokens" in err and "[end: context]" in out
     # --nonstop slides on past the context: no count of what can follow (it said 33, and 100 followed)
     code, out, err = cli([ckpt, "--prompt", prompt, "--max_tokens", "100", "--nonstop", "--verbose", "--seed", "0"] + CPU,
