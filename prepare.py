@@ -1183,10 +1183,11 @@ def train_vocabulary(plan, vocab_size, path, limit, val_fraction, pack=None):
     conversations), with the same --limit, and save it as path: the val split stays unseen."""
     def texts():
         # mixed kinds, and --pack on text, refused here as write_splits would, before minutes of training a vocabulary
-        kind = None
+        kind, trained, cut = None, 0, 0  # characters trained on; of the documents cut into train and val
         for part in plan.get("parts", [plan]):  # a mix: --limit counts in each of its datasets, as in build()
             budget = {"split": limit, "train": limit, "val": 0}
             counts, chars, first = count_split_docs(part["streams"], budget) if val_fraction else ({}, {}, None)
+            cut += sum(chars.values())
             ks = val_counts(counts, first, val_fraction, label_of(part["streams"]), limit)
             for i, (role, label, make_docs) in enumerate(part["streams"]):
                 if role == "val":
@@ -1198,10 +1199,15 @@ def train_vocabulary(plan, vocab_size, path, limit, val_fraction, pack=None):
                     kind = doc_kind(doc)
                     if kind == "text" and pack:
                         raise text_packed(pack)
-                    if kind == "text":
-                        yield doc[0]
-                    else:
-                        yield from (m["content"] for m in doc)
+                    given = [doc[0]] if kind == "text" else [m["content"] for m in doc]
+                    trained += sum(map(len, given))
+                    yield from given
+        # a text of one character: val gets it, train none, and train_bpe's "no text to train on" was said of a file
+        # that holds text; as write_splits says it
+        if cut and not trained:
+            streams = [s for part in plan.get("parts", [plan]) for s in part["streams"]]
+            raise UserError(f"{label_of(streams)}: too little text to cut into train and val (train would hold none): "
+                            f"add text")
 
     t0 = time.time()
     enc = train_bpe(texts(), vocab_size, path, plan["description"])
@@ -1362,7 +1368,8 @@ def prepare(dataset, source=None, tokenizer=None, limit=None, val_fraction=DEFAU
         kept = meta_options(old, folder, odd={}) if old and old.get("dataset") == dataset else {}
         if kept.get("vocab_size"):
             vocab_size = kept["vocab_size"]
-            print(f"{folder}: keeping its own {vocab_size}-token vocabulary (--tokenizer gpt2 for GPT-2's)")
+            # (the size asked: a text that supports fewer merges has fewer, and "its own 300-token vocabulary" had 259)
+            print(f"{folder}: keeping its own vocabulary (--vocab_size {vocab_size}; --tokenizer gpt2 for GPT-2's)")
         elif kept.get("tokenizer") not in (None, "gpt2"):
             tokenizer = kept["tokenizer"]
             if not os.path.exists(tokenizer):

@@ -171,13 +171,18 @@ def test_a_short_single_document_gives_val_some_text_or_a_clear_error(tmp_path, 
     # and a book's share is what it always was, the ceil of 1 - val_fraction of its characters: a vocabulary trained again
     # on the same text (its file lost, --force) must be the same one, or the checkpoints trained on it no longer fit
     book = "".join(f"line {i}: the quick brown fox.\n" for i in range(500))[:12_542]
-    for text, learnt in (("zq", ["z"]), ("q", []), (book, [book[:11_288]])):
+    for text, learnt in (("zq", ["z"]), (book, [book[:11_288]])):
         write(tmp_path / "zq" / "z.txt", text)
         seen = []
         monkeypatch.setattr(prepare, "train_bpe", lambda texts, *a: seen.extend(texts) or get_tokenizer("gpt2"))
         prepare.train_vocabulary(prepare.find_source("text", str(tmp_path / "zq")), 300, None, None, 0.1)
         assert [t for t in seen if t] == learnt
         monkeypatch.undo()
+    # a file of one character: the vocabulary gets none of it, and said so as "no text to train on" in a file of text
+    with pytest.raises(UserError, match=r"q\.txt: too little text to cut into train and val \(train would hold none\)"):
+        prepare.prepare("text", source=write(tmp_path / "q.txt", "q"), out_dir=str(tmp_path / "data"), name="q",
+                        vocab_size=300)
+    assert not (tmp_path / "data" / "q").exists()
     # next to a file of long records (which give val none of them at this share), the short file is val, whole: it was
     # refused when it sorted last, and trained on (val empty) before that
     write(tmp_path / "ms" / "a.jsonl", "".join(json.dumps({"text": f"word {i} " * 1500}) + "\n" for i in range(3)))
@@ -512,7 +517,7 @@ def test_made_again_without_a_vocabulary_option_a_dataset_keeps_its_own(tmp_path
     capsys.readouterr()
     assert prepare.prepare("text", source=src, out_dir=out) == own
     said = capsys.readouterr().out
-    assert "keeping its own 300-token vocabulary (--tokenizer gpt2 for GPT-2's)" in said and "is up to date" in said
+    assert "keeping its own vocabulary (--vocab_size 300; --tokenizer gpt2 for GPT-2's)" in said and "is up to date" in said
     # a dataset made with another's vocabulary keeps that one, --force or not
     prepare.prepare("text", source=src, out_dir=out, name="other", tokenizer=own["tokenizer"])
     assert prepare.prepare("text", source=src, out_dir=out, name="other", force=True)["tokenizer"] == own["tokenizer"]
