@@ -208,8 +208,9 @@ def parse_args(argv=None):
                         "activation memory (a larger batch or context on a small GPU) for up to a third more compute "
                         "(default: the checkpoint's when continuing a run, else off)")
     g.add_argument("--no_color", "--no-color", dest="no_color", action="store_true", help="no ANSI colors in the output")
-    if not speaks_for_machine():  # under torchrun: one usage error a machine, not one a process
+    if not speaks_for_machine():  # under torchrun: one usage error (or --help) a machine, not one a process
         p.error = lambda message: sys.exit(2)
+        p.print_help = lambda file=None: None
     return p.parse_args(argv)
 
 
@@ -355,10 +356,12 @@ class Windows:
         rows = np.stack([self.tokens[s:s + T + 1] for s in starts]).astype(np.int64)  # (n, T+1)
         # an id past the vocabulary (a damaged file: the sizes check cannot see it) would be an IndexError in the
         # embedding, or, among the padding rows, a silent loss on a token that does not exist
+        # (under torchrun the rank reading that window alone meets it: said by that rank, not only by local rank 0,
+        # which had nothing to say and left "lost contact with the other ranks ... see its lines above")
         if rows.size and rows.max() >= self.meta["vocab_size"]:
             raise UserError(f"{self.path} holds token id {rows.max()}, beyond its {self.meta['vocab_size']}-token "
                             f"vocabulary (a damaged file): run `{rebuild_command(self.meta, self.meta['folder'])}` "
-                            f"again")
+                            f"again", every_rank=True)
         m = None
         if self.mask is not None:
             m = np.stack([self.mask[s + 1:s + T + 1] for s in starts])  # (n, T): mask of y, i.e. token t+1
@@ -853,6 +856,11 @@ class GracefulInterrupt:
 
     def handler(self, signum, frame):
         if self.requested:
+            # under torchrun a second one is no user's: a scheduler's signal to the whole job (scancel --signal=INT)
+            # reaches each rank, then torchrun passes its own on; quitting then left no save, and the other ranks
+            # "lost contact" (torchrun kills the ranks 30 s on, whatever they do)
+            if "LOCAL_RANK" in os.environ:
+                return
             raise KeyboardInterrupt
         self.requested, self.signum = True, signum
         if not quiet:  # under torchrun, which passes one Ctrl-C on to the ranks and kills them 30 s later

@@ -241,6 +241,35 @@ def test_ctrl_c_stops_every_rank_at_the_same_step_and_saves(env, tmp_path):
     assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
 
 
+def test_a_second_sigint_under_torchrun_still_saves(monkeypatch, capsys):
+    """A scheduler's SIGINT to the whole job (scancel --signal=INT) reaches each rank, then torchrun passes its own on:
+    the second quit at once, without the save the first asked for, and the other ranks lost contact."""
+    monkeypatch.setattr(train, "quiet", True)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    stop = train.GracefulInterrupt()
+    stop.handler(signal.SIGINT, None)
+    try:
+        stop.handler(signal.SIGINT, None)
+    except KeyboardInterrupt:  # (not left to escape: it would end the test session)
+        pytest.fail("a second SIGINT under torchrun quit without the save after this step")
+    assert stop.requested
+    monkeypatch.delenv("LOCAL_RANK")  # one process: a second Ctrl-C is the user's, and quits without saving
+    with pytest.raises(KeyboardInterrupt):
+        stop.handler(signal.SIGINT, None)
+
+
+def test_help_and_usage_errors_come_once_a_machine(monkeypatch, capsys):
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    for argv in (["--help"], ["--no_such_option"]):
+        with pytest.raises(SystemExit):
+            train.parse_args(argv)
+        assert capsys.readouterr() == ("", "")  # local rank 0 says it
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    with pytest.raises(SystemExit):
+        train.parse_args(["--help"])
+    assert capsys.readouterr().out.startswith("usage: ")
+
+
 def test_a_dead_rank_stops_the_others_and_the_checkpoint_stays_intact(env, tmp_path):
     out = tmp_path / "models"
     proc = long_run(env, out)
