@@ -1305,6 +1305,13 @@ def read_meta(folder):
     return meta if isinstance(meta, dict) else None
 
 
+def dataset_files(folder):
+    """The files of a dataset folder that are the dataset's (token files, meta.json, its vocabulary): what no output
+    of another script may replace. Other files there (an eval.py --json written beside it) are not."""
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    return [os.path.join(folder, f) for f in names if f in ("meta.json", "tokenizer.tiktoken") or f.endswith(".bin")]
+
+
 def is_complete(folder, meta):
     """The files meta.json describes are all there, with the sizes it gives."""
     try:

@@ -57,8 +57,8 @@ from checkpoint import load_checkpoint, load_weights, nonfinite, save_checkpoint
 from common import (UserError, atomic_write_text, autocast, check_output, cpu_has_bf16, first_line, nonempty,
                     pick_device, pick_dtype, retain_freed_memory, run_main, speaks_for_machine, tmp_name)
 from model import OPTIMIZERS, PRESETS, GPT, GPTConfig, make_config
-from prepare import (DATASETS, DEFAULT_OUT_DIR, DEFAULT_VAL_FRACTION, is_complete, is_dataset_name, meta_options,
-                     rebuild_command)
+from prepare import (DATASETS, DEFAULT_OUT_DIR, DEFAULT_VAL_FRACTION, dataset_files, is_complete, is_dataset_name,
+                     meta_options, rebuild_command)
 from setup_tokenizer import get_tokenizer, tokenizer_from_state, tokenizer_hash
 
 # Peak learning rates and batch sizes (windows) that train each preset well with AdamW(0.9, 0.95); small models
@@ -1147,8 +1147,10 @@ def train(args):
     run_id = (ckpt.get("run") if continuing else None) or secrets.token_hex(8)
     if dist.main:  # the files are rank 0's to write
         try:
+            # (not over the dataset's own files: --overwrite, which its refusal suggested, made val.bin a checkpoint)
             check_output(out_pattern.replace("{dataset}", dataset).replace("{epoch}", "1"),
-                         "--output_checkpoint" if given else "the checkpoint folder")
+                         "--output_checkpoint" if given else "the checkpoint folder",
+                         inputs={"dataset": dataset_files(meta["folder"])})
             # --reset_epoch numbers epochs from 1 again: its files would land on the run's own
             if not continuing or args.reset_epoch:
                 replaced = refuse_earlier_run(out_pattern, dataset, best_path, args.overwrite)

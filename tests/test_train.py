@@ -1121,6 +1121,15 @@ def test_output_checkpoint_folders(env, tmp_path):
         with pytest.raises(UserError, match=re.escape(words)):
             train.train(args_for(env, tmp_path, "--dataset", "mini", "--max_steps", "2", "--output_checkpoint", bad))
     assert not (tmp_path / "new").exists()
+    # a file of the dataset: its refusal ("holds an earlier run") suggested --overwrite, which made val.bin a checkpoint
+    shutil.copytree(os.path.join(env["data"], "mini"), tmp_path / "d" / "mini")
+    val = (tmp_path / "d" / "mini" / "val.bin").read_bytes()
+    for name in ("val.bin", "train.bin", "meta.json"):
+        with pytest.raises(UserError, match=r"^--output_checkpoint .* is the dataset it reads: the result would "
+                                            r"replace it; give another --output_checkpoint$"):
+            train.train(args_for(env, tmp_path, "--data_dir", tmp_path / "d", "--dataset", "mini", "--max_steps", "1",
+                                 "--overwrite", "--output_checkpoint", tmp_path / "d" / "mini" / name))
+    assert (tmp_path / "d" / "mini" / "val.bin").read_bytes() == val
     # braces in a folder the run did not name (a checkpoint's, continued next to it) are no typo of a placeholder
     (tmp_path / "{exp1}").mkdir()
     shutil.copy(s["checkpoint"], tmp_path / "{exp1}" / "ck.pt")
