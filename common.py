@@ -38,7 +38,7 @@ def nonempty(text):
     """argparse type of a path or name: '' (an unset shell variable, as in --checkpoint "$CKPT") is refused, where it
     read as the option left out: a fresh model trained, the newest checkpoint sampled, results printed, not written."""
     if not text:
-        raise argparse.ArgumentTypeError("is empty: give a value, or leave it out")
+        raise argparse.ArgumentTypeError("is empty: give a value")
     return text
 
 
