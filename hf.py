@@ -547,7 +547,14 @@ def export_folder(model, enc, out_dir, dtype=torch.float32):
         for name, text in files.items():
             with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
                 f.write(text)
-        st.save_file(tensors, os.path.join(tmp, WEIGHTS), metadata={"format": "pt"})
+        try:
+            st.save_file(tensors, os.path.join(tmp, WEIGHTS), metadata={"format": "pt"})
+        except Exception as e:  # safetensors' own error for the file system's (a full disk): an OSError again, whose
+            io = re.search(r"\(os error (\d+)\)", str(e))  # one line names the fix (common.run_main); else a bug
+            if io is None:
+                raise
+            n = int(io.group(1))
+            raise OSError(n, os.strerror(n), os.path.join(out_dir, WEIGHTS)) from None
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(os.path.join(tmp, WEIGHTS), 0o666 & ~umask)  # safetensors writes 0600; the other files follow the umask

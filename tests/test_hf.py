@@ -459,6 +459,21 @@ def test_export_refuses_to_clobber(small_folder, tmp_path, capsys):
     assert sorted(os.listdir(tmp_path)) == ["dot", "empty", "new", "out"]
 
 
+def test_a_full_disk_during_export_is_one_line_and_leaves_nothing(small_folder, tmp_path, capsys, monkeypatch):
+    """safetensors reports the file system's error as its own SafetensorError, which was a traceback."""
+    import safetensors
+    import safetensors.torch
+
+    def full(tensors, path, metadata=None):
+        open(path, "wb").write(b"half")
+        raise safetensors.SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    line = one_error_line(*run_cli(export.main, [small_folder["ckpt"], str(tmp_path / "hf")], capsys)[::2])
+    assert line == f"error: No space left on device: {tmp_path / 'hf' / 'model.safetensors'}: free some space or " \
+                   f"write elsewhere", line
+    assert os.listdir(tmp_path) == []  # no half export, under its name or a temporary one
+
+
 def test_export_refuses_an_unusable_place_before_loading(tmp_path, capsys, monkeypatch):
     # OUT_DIR through a file (or anywhere that cannot be written): one line naming OUT_DIR, before the load
     (tmp_path / "file").write_text("")
