@@ -83,7 +83,7 @@ def load_checkpoint(path, map_location="cpu"):
     tok = ckpt["tokenizer"]
     if not (isinstance(ckpt["model"], dict) and all(isinstance(v, torch.Tensor) for v in ckpt["model"].values())
             and isinstance(ckpt["config"], dict) and isinstance(tok, dict) and isinstance(tok.get("name"), str)
-            and "bpe" in tok):
+            and isinstance(tok.get("bpe", 0), (str, type(None)))):  # the vocabulary's text, or None for a named one
         raise UserError(f"{path} is a damaged checkpoint (its model, config or tokenizer entry is not what train.py "
                         f"writes); use another file from models/")
     return refuse_diverged(path, ckpt)
@@ -104,15 +104,26 @@ def refuse_diverged(path, ckpt):
     return ckpt
 
 
-def load_model(path_or_ckpt, device="cpu"):
-    """(model in eval mode on device, tokenizer, checkpoint dict) from a path or an already loaded dict."""
+def load_model(path_or_ckpt, device="cpu", name=None):
+    """(model in eval mode on device, tokenizer, checkpoint dict) from a path or an already loaded dict (name: its
+    path, for messages)."""
     ckpt = load_checkpoint(path_or_ckpt) if isinstance(path_or_ckpt, str) else path_or_ckpt
+    name = name or (path_or_ckpt if isinstance(path_or_ckpt, str) else "the checkpoint")
     try:
         model = GPT(GPTConfig(**ckpt["config"]))
     except (TypeError, ValueError) as e:
         raise UserError(f"checkpoint does not match this model code: its config {first_line(e)}")
+    except (RuntimeError, MemoryError) as e:  # a config edited to a context of 10**9: a 64 GB table of RoPE angles
+        raise UserError(f"{name}: its model (context {ckpt['config'].get('block_size')}, {ckpt['config'].get('n_layer')} "
+                        f"layers x {ckpt['config'].get('n_embd')}) does not fit in memory ({first_line(e)[:80]}): its "
+                        f"config is damaged, or the model needs a larger machine") from None
     load_weights(model, ckpt["model"])
     enc = tokenizer_from_state(ckpt["tokenizer"])
+    # a tokenizer with more ids than the model's embedding: an IndexError at the first such token (gen.py's traceback,
+    # serve.py's 500 to every request); fewer: ids the tokenizer cannot decode
+    if model.config.vocab_size != enc.n_vocab:
+        raise UserError(f"{name}: the model has {model.config.vocab_size} token ids but its tokenizer {enc.n_vocab}; "
+                        f"the checkpoint is inconsistent")
     return model.to(device).eval(), enc, ckpt
 
 

@@ -119,7 +119,7 @@ def evaluate_checkpoint(path, datasets=None, data_dir=None, split="val", block_s
     prompt_list = read_prompt_file(prompts)[:samples] if prompts else None
     dev = pick_device(device)
     amp = pick_dtype(dev, dtype)
-    model, enc, _ = load_model(ckpt, dev)
+    model, enc, _ = load_model(ckpt, dev, name=path)
     block_size = block_size or ckpt_args.get("block_size") or model.config.block_size
     if block_size > model.config.block_size:
         raise UserError(f"--block_size {block_size} is longer than the model's context ({model.config.block_size}); "

@@ -19,7 +19,7 @@ import argparse
 import os
 
 from checkpoint import load_model
-from common import DTYPES, UserError, check_output, nonempty, run_main, torch_dtype
+from common import DTYPES, check_output, nonempty, run_main, torch_dtype
 from hf import check_out_dir, export_folder
 
 
@@ -27,7 +27,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description="Write a checkpoint as a Hugging Face model folder (GPT2LMHeadModel for "
                                             "the gpt2 variant, LlamaForCausalLM for modern) with its tokenizer.")
     p.add_argument("checkpoint", type=nonempty, help="a .pt file from train.py (or a Hugging Face folder, to convert it again)")
-    p.add_argument("out_dir", type=nonempty, help="the folder to write; it must not exist yet or be empty")
+    p.add_argument("out_dir", help="the folder to write; it must not exist yet or be empty")
     p.add_argument("--dtype", default="float32", choices=list(DTYPES),
                    help="weights' precision in model.safetensors (default float32, as trained; bfloat16 halves the size)")
     args = p.parse_args(argv)
@@ -40,9 +40,6 @@ def main(argv=None):
     else:  # an empty folder: the export is written next to it, in its parent, which it failed in after the loading
         check_output(os.path.dirname(os.path.abspath(args.out_dir)), "OUT_DIR's folder", folder=True)
     model, enc, _ = load_model(args.checkpoint)
-    if model.config.vocab_size != enc.n_vocab:
-        raise UserError(f"{args.checkpoint}: the model has {model.config.vocab_size} token ids but its tokenizer "
-                        f"{enc.n_vocab}; the checkpoint is inconsistent")
     names = export_folder(model, enc, args.out_dir, torch_dtype(args.dtype))
     kind = "GPT2LMHeadModel" if model.config.variant == "gpt2" else "LlamaForCausalLM"
     print(f"wrote {args.out_dir}: {kind}, {model.config.n_layer} layers x {model.config.n_embd}, {enc.n_vocab:,} token "

@@ -402,8 +402,6 @@ def main(argv=None):
     if args.chat and (ckpt.get("data") or {}).get("kind") == "text":
         print(f"warning: {path} was trained on plain text ({ckpt.get('dataset')}), not on conversations: its replies "
               f"will not keep to the turn; fine-tune it on a chat set first (README: make chat-demo)", file=sys.stderr)
-    if model.config.vocab_size > enc.n_vocab:
-        raise UserError(f"{path}: the model has {model.config.vocab_size} token ids but its tokenizer only {enc.n_vocab}; the checkpoint is inconsistent")
     max_tokens = args.max_tokens or (10**9 if args.nonstop else 256)
     if args.max_tokens and not args.nonstop and max_tokens > model.config.block_size:  # the rest never comes
         print(f"warning: --max_tokens {max_tokens} is more than the context holds ({model.config.block_size}): "

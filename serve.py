@@ -647,8 +647,6 @@ def main(argv=None):
     device = pick_device(args.device, interactive=False)
     dtype = pick_dtype(device, args.dtype)
     model, enc, _ = load_model(path, device)
-    if model.config.vocab_size > enc.n_vocab:
-        raise UserError(f"{path}: the model has {model.config.vocab_size} token ids but its tokenizer only {enc.n_vocab}; the checkpoint is inconsistent")
     name = model_name(path)
     server = ApiServer(model, enc, name, args.host, args.port, dtype, args.temp, args.top_k, args.top_p,
                        args.max_tokens, args.max_queue)

@@ -3,6 +3,7 @@ gen.py: sampling determinism, KV cache vs full recomputation, chat turns and his
 batched prompt files, and the one-line errors. Tiny random models saved into tmp_path;
 nothing depends on train.py.
 """
+import copy
 import json
 import os
 import re
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 import gen
+import serve
 from checkpoint import save_checkpoint
 from conftest import run_cli
 from model import GPT, make_config
@@ -406,7 +408,7 @@ def test_unusable_prompt_file_or_output_is_refused_before_the_model_loads(ckpt, 
     assert prompts.read_text(encoding="utf-8") == "Hi\n"
 
 
-def test_broken_weights_or_config_are_one_line(enc, tmp_path, capsys):
+def test_broken_weights_or_config_are_one_line(enc, tmp_path, capsys, monkeypatch):
     # NaN weights (a diverged run) used to end in torch.multinomial's RuntimeError, a config value of the wrong
     # type in GPTConfig's ValueError: both are refused as the checkpoint loads
     model = tiny_model(enc)
@@ -425,6 +427,24 @@ def test_broken_weights_or_config_are_one_line(enc, tmp_path, capsys):
     torch.save(ckpt, str(tmp_path / "two.pt"))
     line = one_error_line(*cli([str(tmp_path / "two.pt"), "--prompt", "Hi"] + CPU, capsys)[::2])
     assert "does not match this model code" in line and "n_layer must be a positive int, got 'two'" in line
+    # edited in ways that ended in tracebacks: a tokenizer with more ids than the model (an IndexError in the
+    # embedding; serve.py answered 500 to every request), a vocabulary that is no text, a context of 10**9 (the RoPE
+    # table's allocation failed)
+    ckpt["config"]["n_layer"] = 2
+    small = GPT(make_config("tiny", n_layer=1, n_embd=32, n_head=2, block_size=64, vocab_size=512))
+    monkeypatch.setattr(serve, "ApiServer", lambda *a: pytest.fail("serve.py served a model that cannot generate"))
+    for what, edit, words in (
+            ("gpt2", lambda c: c.update(model=small.state_dict(), config=small.config.__dict__),
+             "the model has 512 token ids but its tokenizer 50259; the checkpoint is inconsistent"),
+            ("bpe", lambda c: c["tokenizer"].update(bpe=12345), "is a damaged checkpoint"),
+            ("ctx", lambda c: c["config"].update(block_size=10**12),  # past any machine's memory
+             "its model (context 1000000000000, 2 layers x 64) does not fit in memory")):
+        edited = copy.deepcopy(ckpt)
+        edit(edited)
+        torch.save(edited, str(tmp_path / f"{what}.pt"))
+        for main, argv in ((gen.main, ["--prompt", "Hi"]), (serve.main, ["--port", "0"])):
+            line = one_error_line(*run_cli(main, [str(tmp_path / f"{what}.pt"), *argv, *CPU], capsys)[::2])
+            assert words in line, (what, main, line)
 
 
 def test_missing_checkpoint_cli(tmp_path):
