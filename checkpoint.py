@@ -137,12 +137,14 @@ def load_weights(model, state_dict):
 
 def find_checkpoints(folder="models"):
     """Checkpoint files in folder, newest first."""
-    paths = glob.glob(os.path.join(folder, "*.pt"))
+    # and one folder down: make chat-demo writes models/chat-demo/, and "the newest checkpoint in models/" found none
+    paths = glob.glob(os.path.join(folder, "*.pt")) + glob.glob(os.path.join(folder, "*", "*.pt"))
     return sorted(paths, key=os.path.getmtime, reverse=True)
 
 
 def available_hint(folder="models"):
-    found = find_checkpoints(folder)
+    # Hugging Face model folders too (export.py's): every script that takes a checkpoint takes one
+    found = find_checkpoints(folder) + sorted(d for d in glob.glob(os.path.join(folder, "*")) if hf.is_hf_folder(d))
     if not found:
         return f"; no checkpoints in {os.path.join(folder, '')} yet: train one with `python train.py`"
     return "; available: " + ", ".join(found[:5]) + (" ..." if len(found) > 5 else "")

@@ -1,7 +1,7 @@
 """
 Sample from a trained model: continue a prompt, chat with it, or run a file of prompts.
 
-    python gen.py                                    # unconditional sample from the newest models/*.pt
+    python gen.py                                    # unconditional sample from the newest .pt in models/
     python gen.py models/story.pt --prompt "Once upon a time"
     python gen.py --interactive                      # each line you type is continued
     python gen.py --chat --system "You are terse."   # multi-turn ChatML chat; /reset, /exit, Ctrl-D
@@ -302,8 +302,8 @@ def default_checkpoint(folder="models"):
     else:
         names = sorted(os.listdir(folder))
         where = f"{folder}/ holds " + (", ".join(names[:8]) + (" ..." if len(names) > 8 else "") if names else "nothing")
-    raise UserError(f"no checkpoint given and no {folder}/*.pt found ({where}): train one with `python train.py` "
-                    f"or pass a checkpoint path")
+    raise UserError(f"no checkpoint given and no .pt file in {folder}/ or its folders ({where}): train one with "
+                    f"`python train.py` or pass a checkpoint path")
 
 
 def positive_int(s):
@@ -337,7 +337,7 @@ def penalty(s):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Sample text from a trained GPT checkpoint, or chat with it.")
     p.add_argument("checkpoint", type=nonempty, nargs="?", help="a .pt file or a Hugging Face model folder (default: the newest .pt "
-                                                 "in models/)")
+                                                 "in models/ or a folder in it)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prompt", help="text to continue (with --chat: one user message, then exit)")
     src.add_argument("--prompt_file", type=nonempty, help="many prompts: one per line, or JSON lines with a \"prompt\" field")

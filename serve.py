@@ -1,7 +1,7 @@
 """
 Serve a trained model over HTTP: an OpenAI-compatible API and a chat page.
 
-    python serve.py                                  # the newest models/*.pt on http://127.0.0.1:8000
+    python serve.py                                  # the newest .pt in models/ on http://127.0.0.1:8000
     python serve.py models/chat-demo/dailydialog_best.pt --port 8080
     python serve.py --host 0.0.0.0                   # reachable from other machines: there is no authentication
 
@@ -618,7 +618,7 @@ def port(s):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Serve a checkpoint: an OpenAI-compatible HTTP API and a chat page.")
     p.add_argument("checkpoint", type=nonempty, nargs="?", help="a .pt file or a Hugging Face model folder (default: the newest .pt "
-                                                  "in models/)")
+                                                  "in models/ or a folder in it)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; "
                                                         "0.0.0.0 for every network, with no authentication)")
     p.add_argument("--port", type=port, default=8000, help="port, 0-65535 (default 8000; 0 picks any free one)")

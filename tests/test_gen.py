@@ -7,6 +7,7 @@ import copy
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -368,6 +369,11 @@ def test_bad_input_errors(ckpt, tmp_path, capsys, monkeypatch):
     open("models/notes.txt", "w").close()
     line = one_error_line(*cli(CPU, capsys)[::2])
     assert "notes.txt" in line and "train.py" in line
+    # one folder down is looked in too: make chat-demo writes models/chat-demo/ alone, and "train one" was said
+    os.mkdir("models/chat-demo")
+    shutil.copy(ckpt, "models/chat-demo/dailydialog_best.pt")
+    code, out, err = cli(["--prompt", "Hi", "--max_tokens", "2", "--verbose"] + CPU, capsys)
+    assert code == 0 and err.startswith("models/chat-demo/dailydialog_best.pt: "), err
     # an option for another kind of run is refused, not ignored
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("Once\n")

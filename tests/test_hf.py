@@ -447,6 +447,11 @@ def test_export_refuses_to_clobber(small_folder, tmp_path, capsys):
     assert os.listdir(out) == ["notes.txt"] and (out / "notes.txt").read_text() == "mine"
     line = one_error_line(*run_cli(export.main, [str(tmp_path / "nope.pt"), str(tmp_path / "x")], capsys)[::2])
     assert "nope.pt" in line and "not found" in line
+    # a model folder next to it is one to offer (it said "no checkpoints in hf/ yet" beside an export)
+    shutil.copytree(small_folder["folder"], tmp_path / "hf-model")
+    line = one_error_line(*run_cli(export.main, [str(tmp_path / "nope"), str(tmp_path / "x")], capsys)[::2])
+    assert line.endswith(f"not found; available: {tmp_path / 'hf-model'}"), line
+    shutil.rmtree(tmp_path / "hf-model")
     # an empty folder is fine, and no temporary folder is left next to it; so is a new one named with a final /
     empty = tmp_path / "empty"
     empty.mkdir()
