@@ -238,7 +238,7 @@ def bench_ratio(preset, device, dtype, peaks, batch_size, block_size=None, small
         r["section"] = "ratio"
     ratio = r_fast["value"] / r_slow["value"]
     r_ratio = row("ratio", f"V{fast.config.vocab_size} {SHORT[dtype]} / V{GPT2_VOCAB} fp32", ratio, "x",
-                  note=f"{cfg_name(fast)}, same batch, {optimizer}, interleaved steps (issue #6 target: >= 8x)",
+                  note=f"{cfg_name(fast)}, same batch, {optimizer}, interleaved steps (target: >= 8x)",
                   optimizer=optimizer)
     return [r_fast, r_slow, r_ratio]
 
@@ -303,7 +303,7 @@ def bench_gen(preset, device, dtype, batch_sizes=(1, 8), prompt_len=16, new_toke
     if no_cache_batch and (no_cache_batch, True) in speed:
         ratio = speed[(no_cache_batch, True)] / speed[(no_cache_batch, False)]
         rows.append(row("gen", f"{name} B{no_cache_batch} cache / no cache", ratio, "x", dtype,
-                        note="issue #6 target for small at B1, 500 tokens: >= 5x"))
+                        note="target for small at B1, 500 tokens: >= 5x"))
     return rows
 
 
@@ -491,17 +491,22 @@ def check_targets(rows, off=None):
 # -----------------------------------------------------------------------------
 # the whole run
 
-def run(args, device, log=print):
-    """All selected sections; returns the rows (what main prints and writes). Importable for tests."""
+def selection(args, device):
+    """(sections, dtypes, optimizers, presets) the options ask for; a UserError for a name that is none."""
     only = parse_list(args.only, SECTIONS, "--only")
     if args.clock == "cpu" and (device.type != "cpu" or torch.get_num_threads() != 1):
         raise UserError("--clock cpu measures one busy thread: use it with --device cpu --threads 1")
-    set_clock(args.clock)
     dtypes = [pick_dtype(device, d) for d in parse_list(args.dtype, ("auto",) + tuple(DTYPES), "--dtype")]
     dtypes = list(dict.fromkeys(dtypes))  # 'auto,bfloat16' names one dtype twice
     optimizers = list(dict.fromkeys(parse_list(args.optimizer, OPTIMIZERS, "--optimizer")))
     model = args.model or ("tiny" if args.quick else "gpt2" if device.type == "cuda" else "tiny,small")
-    presets = parse_list(model, tuple(PRESETS), "--model")
+    return only, dtypes, optimizers, parse_list(model, tuple(PRESETS), "--model")
+
+
+def run(args, device, log=print):
+    """All selected sections; returns the rows (what main prints and writes). Importable for tests."""
+    only, dtypes, optimizers, presets = selection(args, device)
+    set_clock(args.clock)
     quick = args.quick
     gpu = device.type == "cuda"
     warmup = args.warmup if args.warmup is not None else (1 if quick else 3 if gpu else 2)
@@ -663,6 +668,7 @@ def main(argv=None):
         # as train.py: fp32 matmuls on tensor cores; the fp32 peak row says so
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    selection(args, device)  # a bad --only or --model is the one line, not after the header
     machine = machine_description(device)  # its load average before the run's own load
     print(machine)
     print(settings_description(args))

@@ -169,6 +169,12 @@ def test_bad_input_is_refused_before_the_run(tmp_path, capsys, monkeypatch):
     (tmp_path / "binary.md").write_bytes(b"\xff\xfe binary")  # read at the end, to append to: a traceback then
     with pytest.raises(UserError, match=r"^--out .*binary.md is not UTF-8 text"):
         bench.main(["--quick", "--malloc", "default", "--out", str(tmp_path / "binary.md")])
+    # a name that is none: the error is the only line (the machine's header came first)
+    capsys.readouterr()
+    for option, value in (("--only", "foo"), ("--model", "huge"), ("--optimizer", "sgd")):
+        with pytest.raises(UserError, match=f"^{option} '{value}': choose from "):
+            bench.main(["--quick", "--no_write", "--malloc", "default", option, value])
+        assert capsys.readouterr().out == ""
 
 
 def test_given_sizes_win_over_quick_and_the_command_is_kept_quoted(tmp_path, one_thread):
