@@ -72,12 +72,14 @@ def load_checkpoint(path, map_location="cpu"):
         try:
             with zipfile.ZipFile(path) as z:
                 bad = z.testzip()
-            damaged = bad and f"{bad} fails its checksum"
+            # (its part of the file, without the folder torch names entries under: the temporary name it was saved as)
+            damaged = bad and f"its part {bad.split('/', 1)[-1]} fails its checksum"
         except Exception as e:  # noqa: BLE001 whatever zipfile chokes on in a file torch read is damage: a bad
             # byte in an entry's name (UnicodeDecodeError), in a version field (NotImplementedError), BadZipFile...
             damaged = f"its zip records do not read ({type(e).__name__})"
         if damaged:
-            raise UserError(f"{path} is damaged: {damaged}; use another checkpoint (its _best.pt or an earlier one)")
+            other = "an earlier one" if path.endswith("_best.pt") else "its _best.pt or an earlier one"
+            raise UserError(f"{path} is damaged: {damaged}; use another checkpoint ({other})")
     if ckpt.get("format") != FORMAT:
         raise UserError(f"{path} has checkpoint format {ckpt.get('format')}, this code reads {FORMAT}; use the matching version of the code")
     tok = ckpt["tokenizer"]

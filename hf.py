@@ -518,7 +518,8 @@ def check_out_dir(out_dir):
         raise UserError(f"OUT_DIR {out_dir} is a symbolic link: give the folder it points to, "
                         f"{os.path.realpath(out_dir)}")
     if os.path.exists(out_dir) and not (os.path.isdir(out_dir) and not os.listdir(out_dir)):
-        raise UserError(f"{out_dir} already exists and is not an empty folder: choose a new OUT_DIR or remove it first")
+        what = "a folder that is not empty" if os.path.isdir(out_dir) else "a file"
+        raise UserError(f"{out_dir} already exists and is {what}: choose a new OUT_DIR or remove it first")
 
 
 def export_folder(model, enc, out_dir, dtype=torch.float32):

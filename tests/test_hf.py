@@ -443,7 +443,12 @@ def test_export_refuses_to_clobber(small_folder, tmp_path, capsys):
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     line = one_error_line(*run_cli(export.main, [small_folder["ckpt"], str(out)], capsys)[::2])
-    assert str(out) in line and "not an empty folder" in line
+    assert str(out) in line and "is a folder that is not empty" in line
+    (tmp_path / "file.json").write_text("{}")  # a file was called "not an empty folder"
+    line = one_error_line(*run_cli(export.main, [small_folder["ckpt"], str(tmp_path / "file.json")], capsys)[::2])
+    assert line == f"error: {tmp_path / 'file.json'} already exists and is a file: choose a new OUT_DIR or remove it " \
+                   f"first", line
+    os.remove(tmp_path / "file.json")
     assert os.listdir(out) == ["notes.txt"] and (out / "notes.txt").read_text() == "mine"
     line = one_error_line(*run_cli(export.main, [str(tmp_path / "nope.pt"), str(tmp_path / "x")], capsys)[::2])
     assert "nope.pt" in line and "not found" in line

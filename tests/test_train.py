@@ -647,8 +647,15 @@ def test_bad_checkpoints_are_one_line_errors(env, trained, tmp_path, capsys):
     at = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra) + info.file_size // 2
     flipped[at:at + 100] = bytes(b ^ 0xFF for b in flipped[at:at + 100])
     (tmp_path / "flipped.pt").write_bytes(bytes(flipped))
-    with pytest.raises(UserError, match=r"flipped\.pt is damaged: .* fails its checksum; use another checkpoint"):
+    # the part named as in the file, not under the temporary name it was saved as (x_epoch1.pt.3468/data/9); a _best.pt
+    # is not sent to its _best.pt
+    part = info.filename.split("/", 1)[1]
+    with pytest.raises(UserError, match=rf"flipped\.pt is damaged: its part {part} fails its checksum; use another "
+                                        rf"checkpoint \(its _best\.pt or an earlier one\)$"):
         load_checkpoint(str(tmp_path / "flipped.pt"))
+    (tmp_path / "flipped_best.pt").write_bytes(bytes(flipped))
+    with pytest.raises(UserError, match=r"flipped_best\.pt is damaged: .*; use another checkpoint \(an earlier one\)$"):
+        load_checkpoint(str(tmp_path / "flipped_best.pt"))
     # a legacy (not zip) torch.save file whose tensor bytes hold a zip end record: healthy, not "damaged"
     # (a small model, so that the record lies in the last 64 KiB, where is_zipfile looks for one)
     save_checkpoint(str(tmp_path / "small.pt"), GPT(make_config("tiny", n_layer=1, n_embd=8, n_head=1, block_size=8,
