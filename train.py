@@ -1072,8 +1072,51 @@ def ask_more_epochs(path, done):
 # -----------------------------------------------------------------------------
 # training
 
+@contextlib.contextmanager
+def run_lock(folder, dataset):
+    """Held while a run writes folder's files of dataset (its checkpoints, _best.pt and metrics): two runs started
+    together each passed refuse_earlier_run, before either had saved, and wrote over each other's files, both
+    reporting success. An flock: the system lets it go however the process ends."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock, as before
+        yield
+        return
+    path = os.path.join(folder, f".{dataset}.lock")
+    while True:
+        f = open(path, "a")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            raise UserError(f"another train.py is writing the {dataset} run in {os.path.join(folder, '')} (its "
+                            f"checkpoints, {dataset}_best.pt and metrics): wait for it to end, or give "
+                            f"--output_checkpoint another folder") from None
+        except OSError:  # a file system without locks (some network ones): no lock, as before
+            f.close()
+            yield
+            return
+        try:  # the file still there: not one the run before removed as this one opened it (then lock the new one)
+            if os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        f.close()
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(path)  # while still held: no lock file is left in the folder
+        f.close()
+
+
 def train(args):
     """Train as the options say; returns a summary dict (steps, tokens, losses, files)."""
+    with contextlib.ExitStack() as held:  # the run's lock, let go however training ends
+        return run_training(args, held)
+
+
+def run_training(args, held):
     global use_color, quiet
     use_color = not args.no_color and sys.stdout.isatty() and "NO_COLOR" not in os.environ
     quiet = not speaks_for_machine()  # until the ranks are known: then rank 0 alone
@@ -1151,6 +1194,7 @@ def train(args):
             check_output(out_pattern.replace("{dataset}", dataset).replace("{epoch}", "1"),
                          "--output_checkpoint" if given else "the checkpoint folder",
                          inputs={"dataset": dataset_files(meta["folder"])})
+            held.enter_context(run_lock(out_dir, dataset))
             # --reset_epoch numbers epochs from 1 again: its files would land on the run's own
             if not continuing or args.reset_epoch:
                 replaced = refuse_earlier_run(out_pattern, dataset, best_path, args.overwrite)

@@ -1106,6 +1106,23 @@ def test_bad_options_are_user_errors(env, tmp_path, trained):
     assert e.value.code == 0
 
 
+def test_two_runs_into_the_same_files_at_once_are_refused(env, tmp_path):
+    """Both passed the earlier-run check before either had saved, wrote over each other's checkpoints, best file and
+    metrics, and both reported success."""
+    out = tmp_path / "m"
+    out.mkdir()
+    with train.run_lock(str(out), "mini"):  # a run writing there now
+        with pytest.raises(UserError, match=r"^another train.py is writing the mini run in .*/m/ \(its checkpoints, "
+                                            r"mini_best.pt and metrics\): wait for it to end, or give "
+                                            r"--output_checkpoint another folder$"):
+            train.train(args_for(env, out, "--dataset", "mini", "--max_steps", "1"))
+        assert os.listdir(out) == [".mini.lock"]
+        # another dataset's run in the same folder writes other files
+        assert train.train(args_for(env, out, "--dataset", "chat", "--max_steps", "1"))["steps"] == 1
+    assert train.train(args_for(env, out, "--dataset", "mini", "--max_steps", "1"))["steps"] == 1
+    assert not [f for f in os.listdir(out) if f.endswith(".lock")]  # none left behind
+
+
 def test_output_checkpoint_folders(env, tmp_path):
     """{dataset} in the folder part puts the best file and metrics in the same folder (they went to a folder named
     '{dataset}'); {epoch} there, or a path that names a folder, is refused before training (it failed at the first
