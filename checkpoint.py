@@ -22,6 +22,14 @@ from model import GPT, GPTConfig
 from setup_tokenizer import tokenizer_from_state, tokenizer_state
 
 FORMAT = 1  # bump when the layout changes incompatibly
+NUMBER = (int, float)
+# the training state train.py writes, by entry: what each holds (a file edited and saved again passes torch.load and
+# the zip checksums, and a step of 'x' ended in a ValueError deep in a resume, or in eval.py's table)
+STATE_KINDS = {"step": int, "epoch": int, "epoch_step": int, "epoch_windows": int, "tokens": int,
+               "evals_since_best": int, "best_val_loss": (*NUMBER, type(None)), "val_loss": (*NUMBER, type(None)),
+               "elapsed": NUMBER, "budget_elapsed": NUMBER, "schedule_origin": (*NUMBER, type(None)), "budget_done": bool,
+               "stopped_early": bool, "dataset": str, "run": str, "args": dict, "data": dict, "rng": dict,
+               "optimizer": dict, "scaler": dict}
 
 
 def save_checkpoint(path, model, enc, **state):
@@ -88,6 +96,11 @@ def load_checkpoint(path, map_location="cpu"):
             and isinstance(tok.get("bpe", 0), (str, type(None)))):  # the vocabulary's text, or None for a named one
         raise UserError(f"{path} is a damaged checkpoint (its model, config or tokenizer entry is not what train.py "
                         f"writes); use another file from models/")
+    for k, kind in STATE_KINDS.items():
+        if k in ckpt and (not isinstance(ckpt[k], kind)
+                          or k == "rng" and not isinstance(ckpt[k].get("cpu"), torch.Tensor)):
+            raise UserError(f"{path} is a damaged checkpoint (its {k} entry, {repr(ckpt[k])[:40]}, is not what "
+                            f"train.py writes); use another file from models/")
     return refuse_diverged(path, ckpt)
 
 

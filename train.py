@@ -87,6 +87,7 @@ DEFAULTS = dict(epochs=1, seed=1337, batch_size=None, grad_accum=1, block_size=N
 BUDGET_WARMUP = 0.10
 UNLIMITED_EPOCHS = 10**6  # --time_budget without --epochs: the clock ends the run
 MODEL_SHAPE = ("n_layer", "n_head", "n_embd", "variant")  # fixed by a checkpoint's weights
+INT_OPTIONS = ("batch_size", "block_size")  # of DEFAULTS' None ones: the rest of those are numbers
 
 
 # -----------------------------------------------------------------------------
@@ -214,10 +215,28 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def inheritable(k, v):
+    """Whether v, a checkpoint's value of option k (DEFAULTS), is one train.py writes."""
+    if k == "optimizer":
+        return v in OPTIMIZERS
+    if k == "dtype":
+        return v in ("auto", "float32", "bfloat16", "float16")
+    if k in ("compile", "recompute_activations"):
+        return isinstance(v, bool)
+    if k == "warmup":  # steps, or a share as in "5%"
+        return isinstance(v, (int, float, str)) and not isinstance(v, bool)
+    return not isinstance(v, bool) and isinstance(v, int if isinstance(DEFAULTS[k], int) or k in INT_OPTIONS
+                                                  else (int, float))
+
+
 def resolve_args(args, ckpt_args, continuing, config, fine_tuning=False):
     """Fill the training options left as None: the checkpoint's value when continuing the same run, else the
     default. Returns a new Namespace of plain values (it goes into the checkpoint) and checks them."""
     a = argparse.Namespace(**vars(args))
+    for k, v in ckpt_args.items() if continuing else ():  # an edited checkpoint's lr of 'abc': a TypeError, later
+        if k in DEFAULTS and v is not None and not inheritable(k, v):
+            raise UserError(f"the checkpoint's {k}, {repr(v)[:40]}, is not what train.py writes (a damaged or edited "
+                            f"checkpoint): pass --{k}, or use another checkpoint")
     if a.time_budget is not None and a.epochs is None and (not continuing or ckpt_args.get("time_budget") is None):
         a.epochs = UNLIMITED_EPOCHS  # a budget ends the run (continuing one that had none too: its epochs would cap it)
     old_lr, old_min_lr = ckpt_args.get("lr"), ckpt_args.get("min_lr")
@@ -431,7 +450,7 @@ def refuse_earlier_run(out_pattern, dataset, best_path, overwrite=False):
     if found and not overwrite:
         what = f"{found[0]} and {len(found) - 1} more checkpoint(s) hold" if len(found) > 1 else f"{found[0]} holds"
         resume = found[-2] if len(found) > 1 and found[-1] == best_path else found[-1]  # the newest of the run's own
-        raise UserError(f"{what} an earlier run: continue it with --checkpoint {resume}, {ELSEWHERE}, or pass "
+        raise UserError(f"{what} an earlier run: continue it with --checkpoint {shlex.quote(resume)}, {ELSEWHERE}, or pass "
                         f"--overwrite to replace them")
     return found
 
@@ -466,7 +485,7 @@ def refuse_going_back(checkpoint, ckpt, out_pattern, dataset, best_path, overwri
         _, step, path = max(ahead, key=lambda a: a[0])
         raise UserError(f"{path} holds a later point of this run (step {step}, {checkpoint} is at step "
                         f"{ckpt.get('step')}), which continuing here would replace: continue from it with "
-                        f"--checkpoint {path}, {ELSEWHERE}, or pass --overwrite to replace it")
+                        f"--checkpoint {shlex.quote(path)}, {ELSEWHERE}, or pass --overwrite to replace it")
     return later
 
 
@@ -1569,7 +1588,7 @@ def run_training(args, held):
                             t_mark, tokens_mark = time.time(), 0  # tokens/s measures training, not evals and saves
                         if interrupted:
                             say(paint(f"interrupted at step {p.step:,}: saved {saved['path']}; continue with "
-                                      f"`{dist.command()} --checkpoint {saved['path']}`", "yellow"))
+                                      f"`{dist.command()} --checkpoint {shlex.quote(saved['path'])}`", "yellow"))
                             if interrupt.signum == signal.SIGTERM:
                                 raise SystemExit(128 + signal.SIGTERM)
                             raise KeyboardInterrupt if dist.main else SystemExit(130)  # one "interrupted" line
@@ -1615,7 +1634,7 @@ def run_training(args, held):
                summary["best_checkpoint"] else "before this run, which did not better it (no best file here)"))
     say(f"checkpoint {saved['path']}; metrics {metrics.path}" + (f", curve {summary['plot']}" if summary["plot"] else ""))
     if saved["best"] or saved["path"]:
-        say(paint(f"try it: python gen.py {saved['best'] or saved['path']}" + (" --chat" if meta.get("has_mask") else ""), "cyan"))
+        say(paint(f"try it: python gen.py {shlex.quote(saved['best'] or saved['path'])}" + (" --chat" if meta.get("has_mask") else ""), "cyan"))
     return summary
 
 

@@ -406,6 +406,11 @@ def test_a_new_run_does_not_write_over_an_earlier_one(env, tmp_path):
         train.train(train.parse_args(["--checkpoint", first["checkpoint"], "--reset_epoch", "--max_steps", "1",
                                       "--data_dir", env["data"], "--device", "cpu", "--no-color"]))
     assert {f: (tmp_path / "m" / f).read_bytes() for f in os.listdir(tmp_path / "m")} == files  # untouched
+    # the commands it suggests paste into a shell as they are, a folder with a space in its name included
+    spaced = tmp_path / "my runs"
+    s = train.train(args_for(env, spaced, "--dataset", "mini", "--max_steps", "1"))
+    with pytest.raises(train.UserError, match=re.escape(f"continue it with --checkpoint {shlex.quote(s['checkpoint'])}")):
+        train.train(args_for(env, spaced, "--dataset", "mini", "--max_steps", "1"))
     # a run that failed before its first save left metrics only: no run to keep, the next one goes ahead
     (tmp_path / "failed").mkdir()
     (tmp_path / "failed" / "mini_metrics.jsonl").write_text("")
@@ -607,7 +612,7 @@ def test_an_unusable_output_is_refused_before_training(env, tmp_path):
 def test_ctrl_c_saves_and_exits_130(env, tmp_path, sig, code):
     """Ctrl-C, or SIGTERM (a job scheduler's notice, `timeout`; it had killed the run, losing what came since the last
     save): the step finishes, is saved, and the run says how to continue."""
-    out = tmp_path / "models"
+    out = tmp_path / "my models"  # (a space: the command it gives to continue pastes into a shell as it is)
     out.mkdir()
     other = out / "keep.pt"
     other.write_bytes(b"previous checkpoint bytes")
@@ -630,7 +635,7 @@ def test_ctrl_c_saves_and_exits_130(env, tmp_path, sig, code):
     assert "Traceback" not in stderr
     line = stdout.split("interrupted at step ")[1].splitlines()[0]  # "N: saved PATH; continue with ..."
     at, path = int(line.split(":")[0].replace(",", "")), line.split("saved ")[1].split(";")[0]
-    assert "--checkpoint" in line and os.path.dirname(path) == str(out)
+    assert f"--checkpoint {shlex.quote(path)}`" in line and os.path.dirname(path) == str(out)
     ck = load_checkpoint(path)
     assert ck["step"] == at > first  # saved at the interrupt, not only at the interval
     assert load_checkpoint(str(ckpt))["step"] >= first
@@ -691,7 +696,10 @@ def test_bad_checkpoints_are_one_line_errors(env, trained, tmp_path, capsys):
                          torch.full_like(ck["model"]["lm_head.weight"], float("nan"))}}),
                          ("config", {"config": {**ck["config"], "n_layer": "two"}}),
                          ("vocab", {"config": {**ck["config"], "vocab_size": ck["config"]["vocab_size"] + 64}}),
-                         ("optimizer", {"optimizer": {"state": {}, "param_groups": []}})):
+                         ("optimizer", {"optimizer": {"state": {}, "param_groups": []}}),
+                         # edited and saved again (no checksum sees that): a ValueError, KeyError or TypeError in resume
+                         ("step", {"step": "x"}), ("rng", {"rng": {"torch": ck["rng"]["cpu"]}}), ("data", {"data": "x"}),
+                         ("args", {"args": {**ck["args"], "lr": "abc"}})):
         broken[name] = tmp_path / f"{name}.pt"
         torch.save({**ck, **change}, broken[name])
     for path, words in ((cut, "(truncated or corrupt?): PytorchStreamReader failed reading zip archive: failed finding "
@@ -701,7 +709,13 @@ def test_bad_checkpoints_are_one_line_errors(env, trained, tmp_path, capsys):
                         (broken["nan"], "holds weights that are not finite (1 tensor(s) with nan or inf, lm_head.weight"),
                         (broken["config"], "n_layer must be a positive int, got 'two'"),
                         (broken["vocab"], "does not match this model code: size mismatch for transformer.wte.weight"),
-                        (broken["optimizer"], "its optimizer state does not fit the model")):
+                        (broken["optimizer"], "its optimizer state does not fit the model"),
+                        (broken["step"], "step.pt is a damaged checkpoint (its step entry, 'x', is not what train.py "
+                                         "writes); use another file from models/"),
+                        (broken["rng"], "is a damaged checkpoint (its rng entry"),
+                        (broken["data"], "is a damaged checkpoint (its data entry, 'x',"),
+                        (broken["args"], "the checkpoint's lr, 'abc', is not what train.py writes (a damaged or edited "
+                                         "checkpoint): pass --lr, or use another checkpoint")):
         argv = ["--data_dir", env["data"], "--dataset", "story", "--checkpoint", str(path), "--device", "cpu",
                 "--epochs", "9", "--max_steps", "1", "--output_checkpoint", str(tmp_path / "out" / "x.pt")]
         with pytest.raises(SystemExit) as e:
