@@ -69,6 +69,19 @@ def test_the_file_systems_refusals_end_in_one_line(capsys):
         run_main(bug)
 
 
+def test_a_save_replaces_the_file_whole_never_writes_into_it(tmp_path):
+    """A new file renamed over the old one: a reader (or a kill) meets the old checkpoint or the new one, never half of
+    one, as writing into the file itself would give."""
+    path = tmp_path / "x.pt"
+    atomic_torch_save({"v": torch.arange(1000)}, str(path))
+    with open(path, "rb") as reader:
+        before = os.fstat(reader.fileno()).st_ino
+        atomic_torch_save({"v": torch.arange(5)}, str(path))
+        assert os.stat(path).st_ino != before  # another file now has the name
+        assert torch.load(reader, weights_only=True)["v"].tolist() == list(range(1000))  # the old one, whole
+    assert torch.load(path, weights_only=True)["v"].tolist() == list(range(5))
+
+
 def test_a_failed_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypatch):
     path = str(tmp_path / "x.pt")
     atomic_torch_save({"step": 1}, path)

@@ -68,6 +68,8 @@ def test_rows_are_train_evaluate(env, chat_ckpt):
         assert shapes == [(len(w), 64)] and huge == pytest.approx(loss, rel=1e-5)
     chat, story = r["rows"]
     assert story["bpb"] == pytest.approx(train.bits_per_byte(story["loss"], train.load_meta(env["data"], "story")))
+    # and that is bits per byte: 4 ln 2 nats a token are 4 bits, over 4 bytes a token
+    assert train.bits_per_byte(4 * math.log(2), {"splits": {"val": {"tokens": 100, "bytes": 400}}}) == pytest.approx(1)
     assert chat["bpb"] is None  # as train.py: no bits per byte on masked data
     assert chat["replies"] == 3 and 0 <= chat["ended"] <= 1 and 0 <= chat["mean_tokens"] <= 8
     assert story["replies"] is None and story["ended"] is None  # replies only on conversation sets

@@ -428,16 +428,17 @@ def test_generate_stops_at_stop_token():
     first = int((ref == stop).nonzero()[0])  # the stop token might already occur earlier
     out = collect(model, idx, 20, temperature=0, stop_tokens=(stop, 999999))[0]
     assert torch.equal(out, ref[:first + 1])  # the stop token is yielded, then nothing
-    # a batch stops only once every row has stopped
+    # a batch stops once every row has stopped, each at its own step (a row's stop is remembered: with the rows stopping
+    # at different steps, a batch that looked only at the latest tokens ran on to max_new_tokens)
     idx2 = torch.cat([idx, tokens(1, 4, seed=9)])
     ref2 = collect(model, idx2, 20, temperature=0)
-    s0 = int(ref2[0, 3])
-    out2 = collect(model, idx2, 20, temperature=0, stop_tokens=[s0])
-    row1_has = (ref2[1] == s0).nonzero()
-    if len(row1_has) == 0:
-        assert out2.shape[1] == 20
-    else:
-        assert out2.shape[1] == max(int((ref2[0] == s0).nonzero()[0]), int(row1_has[0])) + 1
+    stops = {int(ref2[0, -1]), int(ref2[1, 4])}
+    firsts = [next(i for i, t in enumerate(row.tolist()) if t in stops) for row in ref2]
+    # (what the seeds give, or the test would show nothing: the rows stop apart, and when the second stops the first
+    # writes no stop token)
+    assert firsts[0] != firsts[1] and int(ref2[firsts.index(min(firsts)), max(firsts)]) not in stops
+    out2 = collect(model, idx2, 20, temperature=0, stop_tokens=sorted(stops))
+    assert out2.shape[1] == max(firsts) + 1 < 20
 
 
 def peaked_model(variant):
@@ -483,6 +484,11 @@ def test_top_k_and_top_p(variant):
 
 
 def test_repetition_penalty():
+    # a seen token is made less likely whatever its logit's sign (CTRL): a negative one is multiplied, not divided,
+    # which would bring it up towards 0 and make the repetition more likely
+    logits = torch.tensor([[-1.0, -1.5, -3.0]])
+    assert GPT._sample(logits, torch.tensor([[0]]), 0, None, None, 2.0, None).item() == 1
+    assert GPT._sample(-logits, torch.tensor([[2]]), 0, None, None, 2.5, None).item() == 1  # 3.0 / 2.5 < 1.5
     model = tiny_model()
     idx = tokens(1, 4)
     plain = collect(model, idx, 30, temperature=0)[0]
@@ -613,6 +619,26 @@ def test_orthogonalize_on_the_gram_matrix_is_the_same_iteration(shape):
         ours, theirs = orthogonalize(low).double(), orthogonalize(low, gram=False).double()
         assert torch.linalg.matrix_norm(ours, ord=2).max() < 1.3
         assert (ours - plain).norm() < 1.2 * (theirs - plain).norm() + 0.02 * plain.norm()
+
+
+def test_muon_steps_along_nesterov_momentum(monkeypatch):
+    """Before orthogonalization, the update is the gradient pulled towards the momentum (Nesterov), scaled to AdamW's
+    RMS by 0.2 sqrt(the longer side): checked over two steps with the orthogonalization made the identity."""
+    import model as model_py
+    monkeypatch.setattr(model_py, "orthogonalize_shared", lambda x, steps: x)
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(4, 6))
+    start, lr, mu = p.detach().clone(), 0.1, 0.95
+    opt = Muon([p], lr=lr, momentum=mu)
+    g1, g2 = torch.randn(4, 6), torch.randn(4, 6)
+    buf = torch.zeros(4, 6)
+    want = start.clone()
+    for g in (g1, g2):
+        p.grad = g.clone()
+        opt.step()
+        buf = mu * buf + (1 - mu) * g
+        want -= lr * 0.2 * math.sqrt(6) * ((1 - mu) * g + mu * buf)
+    assert torch.allclose(p.detach(), want, atol=1e-6)
 
 
 def test_muon_state_round_trips_exactly():

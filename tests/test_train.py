@@ -950,14 +950,56 @@ def test_ranks_cover_the_epoch_once(env, world, start):
     assert sorted(seen) == sorted(train.epoch_order(len(w), 7, 1)[start:])
 
 
-def step_gradient(model, micro, n_targets=None, world=1):
+def step_gradient(model, micro, n_targets=None, world=1, grad_clip=0.0):
     """train_step's loss and gradient, the optimizer kept from changing or clearing anything."""
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     opt.zero_grad = lambda set_to_none=True: None
     model.zero_grad(set_to_none=True)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    loss = train.train_step(model, opt, scaler, micro, torch.device("cpu"), torch.float32, 0.0, n_targets, world)
+    loss = train.train_step(model, opt, scaler, micro, torch.device("cpu"), torch.float32, grad_clip, n_targets, world)
     return loss, torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+def test_grad_clip_scales_the_step_gradient_to_its_norm(env):
+    w = train.Windows(train.load_meta(env["data"], "mini"), "train", 64)
+    micro = list(w.micro_batches(np.arange(4), 4))
+    torch.manual_seed(0)
+    model = train.GPT(train.make_config("tiny", n_layer=1, n_embd=32, n_head=2, block_size=64, vocab_size=512))
+    _, raw = step_gradient(model, micro)
+    assert raw.norm() > 0.05
+    _, clipped = step_gradient(model, micro, grad_clip=0.05)
+    assert clipped.norm().item() == pytest.approx(0.05, rel=1e-4)
+    torch.testing.assert_close(clipped / clipped.norm(), raw / raw.norm())  # the same direction
+
+
+def test_evaluate_turns_dropout_off_and_gives_the_model_back_as_it_was(env):
+    """Val loss with dropout on is noise: the best checkpoint and --patience would compare it."""
+    w = train.Windows(train.load_meta(env["data"], "mini"), "val", 64)
+    torch.manual_seed(0)
+    model = train.GPT(train.make_config("tiny", n_layer=1, n_embd=32, n_head=2, block_size=64, vocab_size=512,
+                                        dropout=0.5))
+    model.eval()
+    want = train.evaluate(model, w, 4, 2, torch.device("cpu"), torch.float32)
+    model.train()
+    assert [train.evaluate(model, w, 4, 2, torch.device("cpu"), torch.float32) for _ in range(2)] == [want, want]
+    assert model.training
+
+
+def test_evaluation_windows_spread_over_the_split():
+    """Not the first windows alone: a val split's first documents are not the split."""
+    idx = train.eval_indices(1000, 10)
+    assert len(set(idx.tolist())) == 10 and idx[0] == 0 and idx[-1] == 999 and np.diff(idx).min() >= 100
+    assert train.eval_indices(7, 10).tolist() == list(range(7))
+
+
+@pytest.mark.parametrize("optimizer", train.OPTIMIZERS)
+def test_the_learning_rate_schedule_reaches_every_parameter_group(env, tmp_path, optimizer):
+    """Muon's AdamW half (embeddings, norms) and AdamW's no-decay group follow the warmup and decay too, not the peak."""
+    s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--max_steps", "3", "--warmup", "10", "--lr", "1e-3",
+                             "--optimizer", optimizer, "--eval_interval", "0"))
+    opt = torch.load(s["checkpoint"], weights_only=True)["optimizer"]
+    groups = [g for part in ((opt["muon"], opt["adamw"]) if "muon" in opt else (opt,)) for g in part["param_groups"]]
+    assert len(groups) >= 2 and {g["lr"] for g in groups} == {train.lr_at(2, 1e-3, 1e-4, 10, 3)}
 
 
 def test_all_padding_micro_batch_changes_nothing(env):
