@@ -99,6 +99,8 @@ def harmless(name, v):
     """Whether an OpenAI parameter this server does not implement asks for nothing: absent, off or the default."""
     if name in ("n", "best_of"):
         return v is None or (is_int(v) and v == 1)
+    if name == "logprobs":  # a completion's logprobs 0 asks for the chosen tokens' own (it was answered with null)
+        return v is None or v is False
     if name == "response_format":
         return v is None or v == {"type": "text"}
     return v is None or v is False or v == 0 or v in ("", [], {})
@@ -109,13 +111,17 @@ UNSUPPORTED = ("n", "best_of", "echo", "suffix", "logprobs", "top_logprobs", "lo
                "response_format", "frequency_penalty", "presence_penalty")
 
 
-def content_text(content, where):
-    """A message's content: a string, or OpenAI's list of text parts."""
+def content_text(content, where, role="user"):
+    """A message's content: a string, or OpenAI's list of text parts. An assistant's may also be null (a turn that
+    called a tool) or hold refusal parts, as OpenAI's client sends its earlier replies back."""
     if isinstance(content, str):
         return content
-    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-                                         for p in content):
-        return "".join(p["text"] for p in content)
+    if content is None and role == "assistant":
+        return ""
+    kinds = {"text": "text", "refusal": "refusal"} if role == "assistant" else {"text": "text"}
+    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") in kinds
+                                         and isinstance(p.get(kinds[p["type"]]), str) for p in content):
+        return "".join(p[kinds[p["type"]]] for p in content)
     raise ApiError(400, f"{where} must be a string or a list of text parts ({{\"type\": \"text\", \"text\": ...}})",
                    param=where, code="invalid_type")
 
@@ -134,8 +140,27 @@ def read_messages(req):
         if role not in ("system", "user", "assistant"):
             raise ApiError(400, f"messages[{i}].role must be system, user or assistant, got {json.dumps(role)}",
                            param=f"messages[{i}].role", code="invalid_value")
-        out.append({"role": role, "content": content_text(m.get("content"), f"messages[{i}].content")})
+        out.append({"role": role, "content": content_text(m.get("content"), f"messages[{i}].content", role)})
     return out
+
+
+def read_prompt(req, enc):
+    """A completion request's prompt as token ids. OpenAI's forms of one prompt: text, token ids, or either alone in a
+    list (LangChain sends ["..."]); several prompts are refused, as n > 1 is."""
+    p = req.get("prompt")
+    if isinstance(p, list) and len(p) == 1 and isinstance(p[0], (str, list)):
+        p = p[0]
+    if p is None:
+        raise ApiError(400, "prompt is required: the text to continue", param="prompt", code="missing_required_parameter")
+    if isinstance(p, str):
+        return encode_prompt(enc, p)
+    if isinstance(p, list) and p and all(is_int(t) for t in p):
+        if not all(0 <= t < enc.n_vocab for t in p):
+            raise ApiError(400, f"prompt holds token ids outside this model's vocabulary of {enc.n_vocab}", param="prompt",
+                           code="invalid_value")
+        return list(p)
+    raise ApiError(400, f"prompt must be a string or a list of token ids, or one of them in a list (one prompt per "
+                        f"request), got {json.dumps(p)[:80]}", param="prompt", code="invalid_type")
 
 
 def job_from_request(body, kind, api):
@@ -187,10 +212,7 @@ def job_from_request(body, kind, api):
         what = "the messages" + (" (after dropping the oldest turns)" if len(fitted) < len(messages) else "")
         stop_tokens = stop_ids(api.enc, CHAT_STOPS)
     else:
-        text = get(req, "prompt", "str", what="a string (one prompt per request)")
-        if text is None:
-            raise ApiError(400, "prompt is required: the text to continue", param="prompt", code="missing_required_parameter")
-        prompt, what = encode_prompt(api.enc, text), "the prompt"
+        prompt, what = read_prompt(req, api.enc), "the prompt"
         if max_tokens is None:
             max_tokens = max(1, min(api.max_tokens, block - len(prompt)))
         stop_tokens = stop_ids(api.enc, (EOT,))
@@ -394,7 +416,9 @@ class Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         self.body = None
         try:
-            if path.startswith("/v1/models/") and method == "GET":
+            if path.startswith("/v1/models/"):
+                if method != "GET":  # (it was "no such endpoint": client.models.delete raised NotFoundError)
+                    raise ApiError(405, f"/v1/models/{{model}} takes GET, not {method}", code="method_not_allowed")
                 name = unquote(path[len("/v1/models/"):])  # clients percent-encode it: "my%20chat"
                 if name != api.name:
                     raise ApiError(404, f"model {name!r} not found; this server serves {api.name!r}",
@@ -421,7 +445,7 @@ class Handler(BaseHTTPRequestHandler):
                 api.worker.cancel(job)
                 self.close_connection = True
         except ApiError as e:
-            headers = [("Allow", ", ".join(sorted(self.ROUTES[path])))] if e.status == 405 else []
+            headers = [("Allow", ", ".join(sorted(self.ROUTES.get(path, ["GET"]))))] if e.status == 405 else []
             if self.body is None and (self.headers.get("Content-Length", "0") != "0" or "Transfer-Encoding" in self.headers):
                 headers.append(("Connection", "close"))  # its unread body would be taken for the next request
             try:

@@ -213,6 +213,23 @@ def test_unknown_and_default_fields_are_accepted(api, enc):
     assert body["usage"]["prompt_tokens"] == len(render_chat(enc, CHAT, add_generation_prompt=True)[0])
 
 
+def test_openai_forms_of_a_prompt_and_of_an_assistant_turn_are_read(api, enc):
+    """What OpenAI's API takes and its client (or LangChain, which sends a prompt as ["..."]) sends: a prompt as token
+    ids, or alone in a list; an assistant turn whose content is null (it called a tool) or holds a refusal part."""
+    want = post(api, "/v1/completions", {"prompt": "Once upon", "max_tokens": 4, "temperature": 0})[1]
+    ids = enc.encode("Once upon")
+    for prompt in (["Once upon"], ids, [ids]):
+        status, body, _ = post(api, "/v1/completions", {"prompt": prompt, "max_tokens": 4, "temperature": 0})
+        assert status == 200 and body["choices"][0]["text"] == want["choices"][0]["text"], (prompt, body)
+        assert body["usage"]["prompt_tokens"] == len(ids)
+    for turn, said in (({"role": "assistant", "content": None}, ""),
+                       ({"role": "assistant", "content": [{"type": "refusal", "refusal": "I cannot"}]}, "I cannot")):
+        messages = [{"role": "user", "content": "Hi"}, turn, {"role": "user", "content": "ok"}]
+        status, body, _ = post(api, "/v1/chat/completions", {"messages": messages, "max_tokens": 2})
+        seen = [*messages[:1], {"role": "assistant", "content": said}, *messages[2:]]
+        assert status == 200 and body["usage"]["prompt_tokens"] == len(render_chat(enc, seen, True)[0]), body
+
+
 def test_long_chat_drops_oldest_turns(api, enc):
     turns = []
     for i in range(100):  # more messages than could ever fit: serve.py cuts them before fit_history
@@ -264,6 +281,12 @@ BAD = [  # (path, body, status, param, code)
     ("/v1/chat/completions", {"messages": MSG, "tools": [{"type": "function"}]}, 400, "tools", "unsupported_parameter"),
     ("/v1/completions", {}, 400, "prompt", "missing_required_parameter"),
     ("/v1/completions", {"prompt": ["a", "b"]}, 400, "prompt", "invalid_type"),
+    ("/v1/completions", {"prompt": [[1], [2]]}, 400, "prompt", "invalid_type"),
+    ("/v1/completions", {"prompt": [5, 10**9]}, 400, "prompt", "invalid_value"),
+    ("/v1/completions", {"prompt": "Hi", "logprobs": 0}, 400, "logprobs", "unsupported_parameter"),  # (null logprobs)
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": None}]}, 400, "messages[0].content", "invalid_type"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": "refusal", "refusal": "no"}]}]}, 400,
+     "messages[0].content", "invalid_type"),
     ("/v1/completions", {"prompt": "word " * 100}, 400, "prompt", "context_length_exceeded"),
     ("/v1/completions", {"prompt": "Hi", "max_tokens": BLOCK}, 400, "prompt", "context_length_exceeded"),
 ]
@@ -297,6 +320,8 @@ def test_http_errors_get_openai_bodies(api):
     assert status == 405 and headers["Allow"] == "POST" and err["error"]["code"] == "method_not_allowed"
     status, err, headers = raw(api, b"DELETE /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
     assert status == 405 and headers["Allow"] == "GET"
+    status, err, headers = raw(api, b"DELETE /v1/models/tiny HTTP/1.1\r\nHost: x\r\n\r\n")  # it was 404
+    assert status == 405 and headers["Allow"] == "GET" and err["error"]["code"] == "method_not_allowed"
     for method in (b"OPTIONS", b"TRACE"):  # HTTP's own methods (they were 501 Not Implemented)
         status, err, headers = raw(api, method + b" /v1/chat/completions HTTP/1.1\r\nHost: x\r\n\r\n")
         assert status == 405 and headers["Allow"] == "POST" and err["error"]["code"] == "method_not_allowed"
