@@ -223,8 +223,12 @@ def inheritable(k, v):
         return v in ("auto", "float32", "bfloat16", "float16")
     if k in ("compile", "recompute_activations"):
         return isinstance(v, bool)
-    if k == "warmup":  # steps, or a share as in "5%"
-        return isinstance(v, (int, float, str)) and not isinstance(v, bool)
+    if k == "warmup":  # steps, or a share as in "5%", as --warmup reads them
+        if isinstance(v, bool) or not isinstance(v, (int, str)):
+            return False
+        with contextlib.suppress(argparse.ArgumentTypeError):
+            return warmup_arg(str(v)) == v
+        return False
     return not isinstance(v, bool) and isinstance(v, int if isinstance(DEFAULTS[k], int) or k in INT_OPTIONS
                                                   else (int, float))
 
@@ -233,10 +237,14 @@ def resolve_args(args, ckpt_args, continuing, config, fine_tuning=False):
     """Fill the training options left as None: the checkpoint's value when continuing the same run, else the
     default. Returns a new Namespace of plain values (it goes into the checkpoint) and checks them."""
     a = argparse.Namespace(**vars(args))
-    for k, v in ckpt_args.items() if continuing else ():  # an edited checkpoint's lr of 'abc': a TypeError, later
-        if k in DEFAULTS and v is not None and not inheritable(k, v):
-            raise UserError(f"the checkpoint's {k}, {repr(v)[:40]}, is not what train.py writes (a damaged or edited "
-                            f"checkpoint): pass --{k}, or use another checkpoint")
+    # an edited checkpoint's lr of 'abc' was a TypeError, later: refused where it would be inherited, passed over where
+    # the command line gives the option (as the refusal says to)
+    bad = {k for k, v in ckpt_args.items() if continuing and k in DEFAULTS and v is not None and not inheritable(k, v)}
+    for k in sorted(bad):
+        if getattr(a, k) is None:
+            raise UserError(f"the checkpoint's {k}, {repr(ckpt_args[k])[:40]}, is not what train.py writes (a damaged "
+                            f"or edited checkpoint): pass --{k}, or use another checkpoint")
+    ckpt_args = {k: v for k, v in ckpt_args.items() if k not in bad}
     if a.time_budget is not None and a.epochs is None and (not continuing or ckpt_args.get("time_budget") is None):
         a.epochs = UNLIMITED_EPOCHS  # a budget ends the run (continuing one that had none too: its epochs would cap it)
     old_lr, old_min_lr = ckpt_args.get("lr"), ckpt_args.get("min_lr")
@@ -1113,7 +1121,11 @@ def run_lock(folder, dataset):
                             f"--output_checkpoint another folder") from None
         except OSError:  # a file system without locks (some network ones): no lock, as before
             f.close()
-            yield
+            try:
+                yield
+            finally:
+                with contextlib.suppress(OSError):
+                    os.remove(path)
             return
         try:  # the file still there: not one the run before removed as this one opened it (then lock the new one)
             if os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:

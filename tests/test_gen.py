@@ -367,8 +367,9 @@ def test_bad_input_errors(ckpt, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     os.mkdir("models")
     open("models/notes.txt", "w").close()
+    open("models/.story.lock", "w").close()  # what a killed train.py leaves: no file of the user's
     line = one_error_line(*cli(CPU, capsys)[::2])
-    assert "notes.txt" in line and "train.py" in line
+    assert "notes.txt" in line and "train.py" in line and ".story.lock" not in line
     # one folder down is looked in too: make chat-demo writes models/chat-demo/ alone, and "train one" was said
     os.mkdir("models/chat-demo")
     shutil.copy(ckpt, "models/chat-demo/dailydialog_best.pt")
