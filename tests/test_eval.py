@@ -7,6 +7,7 @@ import json
 import math
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,7 +17,7 @@ import train
 from checkpoint import load_model, save_checkpoint
 from conftest import run_cli
 from model import GPT, make_config
-from setup_tokenizer import IM_END
+from setup_tokenizer import IM_END, get_tokenizer
 from test_train import args_for, env, one_thread  # noqa: F401  (fixtures: the datasets, one CPU thread)
 
 CPU = ["--device", "cpu", "--dtype", "float32"]
@@ -224,3 +225,53 @@ def test_unusable_json_path_is_refused_before_evaluating(tmp_path, capsys, monke
         assert code == 1 and err.startswith(f"error: --json {path}") and words in err, err
         assert len(err.strip().splitlines()) == 1 and out == "", err
     assert (tmp_path / "prompts.txt").read_text() == "Hi\n" and (tmp_path / "any.pt").read_bytes() == b"a checkpoint"
+
+
+@pytest.fixture(scope="module")
+def enc():
+    return get_tokenizer("gpt2")
+
+
+def test_a_reply_ended_by_endoftext_is_not_ended(enc):
+    histories = [[{"role": "user", "content": f"Hi {i}"}] for i in range(3)]
+    sampling = dict(dtype=torch.float32, temperature=1.0, top_k=None, top_p=None)
+    r = eval_py.reply_stats(fixed_model(enc, enc.eot_token), enc, histories, 10, 0, **sampling)
+    assert r == {"replies": 3, "ended": 0.0, "mean_tokens": 0.0}
+
+
+def chat_set(tmp_path, convs, pack):
+    src = tmp_path / "c.jsonl"
+    src.write_text("\n".join(json.dumps({"messages": c}) for c in convs), encoding="utf-8")
+    prepare.prepare("chat", source=str(src), out_dir=str(tmp_path / "data"), name="c", pack=pack, val_fraction=0.5)
+    meta = json.loads((tmp_path / "data" / "c" / "meta.json").read_text())
+    return dict(meta, folder=str(tmp_path / "data" / "c"))
+
+
+def test_split_prompts_skip_padding_when_spreading(tmp_path, enc):
+    convs = [[{"role": "user", "content": f"Question {i}?" + " word" * (i % 9)},
+              {"role": "assistant", "content": f"Answer {i}."}] for i in range(60)]
+    meta = chat_set(tmp_path, convs, 64)
+    assert meta["splits"]["val"]["padding"] > 10
+    numbers = [int(p[-1]["content"].split()[1].rstrip("?")) for p in eval_py.split_prompts(meta, "val", enc, 3)]
+    val = sorted({int(m["content"].split()[1].rstrip("?")) for m in
+                  [p[-1] for p in eval_py.split_prompts(meta, "val", enc, 1000)]})
+    assert len(val) == 30
+    # the packer reorders conversations: the picks are spread over the split's conversations, padding left out
+    from prepare import document_ends
+    from setup_tokenizer import parse_chat
+    ids = np.memmap(os.path.join(meta["folder"], "val.bin"), dtype=meta["dtype"], mode="r")
+    ends = document_ends(ids, enc.eot_token)
+    starts = np.concatenate([[0], ends[:-1]])
+    order = [int(parse_chat(enc, ids[s:e])[0]["content"].split()[1].rstrip("?"))
+             for s, e in zip(starts, ends) if e - s > 1]
+    assert numbers == [order[i] for i in np.linspace(0, len(order) - 1, 3).round().astype(int)]
+
+
+def test_split_prompts_fall_back_past_conversations_without_a_user_message(tmp_path, enc):
+    convs = []
+    for i in range(40):
+        convs.append([{"role": "assistant", "content": f"Greeting {i}."}])
+        convs.append([{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": f"Answer {i}."}])
+    meta = chat_set(tmp_path, convs, 0)
+    prompts = eval_py.split_prompts(meta, "val", enc, 6)
+    assert len(prompts) == 6 and all(p[-1]["role"] == "user" for p in prompts)

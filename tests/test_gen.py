@@ -16,7 +16,8 @@ import torch
 
 import gen
 import serve
-from checkpoint import save_checkpoint
+from checkpoint import find_checkpoints, load_model, save_checkpoint
+from common import UserError
 from conftest import run_cli
 from model import GPT, make_config
 from setup_tokenizer import IM_END, IM_START, get_tokenizer, render_chat
@@ -488,3 +489,26 @@ def test_ctrl_c_keeps_the_text_so_far(enc):
                                   generator=torch.Generator().manual_seed(0))
     assert why == "interrupted" and text == "".join(shown) and len(ids) >= 3
     assert not torch.is_autocast_enabled("cpu")
+
+
+def tiny_of_vocab(vocab_size):
+    torch.manual_seed(0)
+    return GPT(make_config("tiny", n_layer=1, n_embd=32, n_head=2, block_size=32, vocab_size=vocab_size,
+                           variant="gpt2")).eval()
+
+
+def test_the_newest_checkpoint_comes_first(tmp_path, enc):
+    models = tmp_path / "models"
+    models.mkdir()
+    for i, name in enumerate(("new.pt", "mid.pt", "old.pt")):
+        (models / name).write_bytes(b"x")
+        os.utime(models / name, (1000 - i * 100, 1000 - i * 100))
+    assert find_checkpoints(str(models)) == [str(models / n) for n in ("new.pt", "mid.pt", "old.pt")]
+    assert gen.default_checkpoint(str(models)) == str(models / "new.pt")
+
+
+def test_a_model_with_more_ids_than_its_tokenizer_is_refused(tmp_path, enc):
+    path = str(tmp_path / "big.pt")
+    save_checkpoint(path, tiny_of_vocab(enc.n_vocab + 100), enc)
+    with pytest.raises(UserError, match="inconsistent"):
+        load_model(path)

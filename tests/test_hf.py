@@ -548,3 +548,22 @@ def test_an_output_inside_the_model_folder_it_reads_is_refused(small_folder, tmp
                                               "--max_tokens", "1", *CPU], capsys)[::2])
     assert "is the checkpoint it reads" in line, line
     assert open(weights, "rb").read() == before
+
+
+def test_gpt2_config_json_gives_the_context_as_n_ctx_too(enc):
+    cfg = make_config("tiny", n_layer=1, n_embd=32, n_head=2, block_size=32, vocab_size=enc.n_vocab, variant="gpt2")
+    c = hf.hf_config(cfg, enc, torch.float32)
+    assert c["n_positions"] == c["n_ctx"] == cfg.block_size == 32
+
+
+def test_an_untied_lm_head_is_refused(small_folder, tmp_path):
+    import shutil
+    import safetensors.torch as st
+    from checkpoint import load_checkpoint
+    folder = tmp_path / "untied"
+    shutil.copytree(small_folder["folder"], folder)
+    tensors = st.load_file(str(folder / "model.safetensors"))
+    tensors["lm_head.weight"] = tensors["transformer.wte.weight"] + 1.0
+    st.save_file(tensors, str(folder / "model.safetensors"))
+    with pytest.raises(common.UserError, match="not tied"):
+        load_checkpoint(str(folder))

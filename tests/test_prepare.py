@@ -1425,3 +1425,66 @@ def test_prepare_does_not_import_torch():
     r = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr
+
+
+def test_a_truncated_mask_file_is_rebuilt_not_up_to_date(tmp_path, capsys):
+    convs = [{"messages": [{"role": "user", "content": f"Q {i}?"}, {"role": "assistant", "content": f"A {i}."}]}
+             for i in range(20)]
+    src = tmp_path / "c.jsonl"
+    src.write_text("\n".join(json.dumps(c) for c in convs), encoding="utf-8")
+    kw = dict(source=str(src), out_dir=str(tmp_path / "data"), name="c")
+    meta = prepare.prepare("chat", **kw)
+    mask = tmp_path / "data" / "c" / "train_mask.bin"
+    mask.write_bytes(mask.read_bytes()[:-5])  # a copy cut short
+    capsys.readouterr()
+    prepare.prepare("chat", **kw)
+    assert "up to date" not in capsys.readouterr().out
+    assert os.path.getsize(mask) == meta["splits"]["train"]["tokens"]
+
+
+def test_a_records_system_field_becomes_the_system_message():
+    for record in ({"system": "Be terse.", "instruction": "Hi", "output": "Hello"},
+                   {"system": "Be terse.", "messages": [{"role": "user", "content": "Hi"},
+                                                        {"role": "assistant", "content": "Hello"}]}):
+        assert prepare.record_doc(record, "x") == [{"role": "system", "content": "Be terse."},
+                                                   {"role": "user", "content": "Hi"},
+                                                   {"role": "assistant", "content": "Hello"}]
+
+
+def test_a_conversation_that_exactly_fills_the_open_block_goes_in_it(tmp_path, enc):
+    out = prepare.Split(str(tmp_path), "train", np.uint16, True)
+    packer = prepare.Packer(out, 16, enc, prepare.token_bytes(enc))
+    doc = np.array([enc.encode_single_token(IM_START)] + [11] * 6 + [enc.eot_token], np.uint16)
+    for _ in range(2):
+        packer.add(doc, np.zeros(8, np.uint8))
+    packer.close()
+    # two conversations of 8 fill a block of 16 exactly: no padding but the closing <|endoftext|>
+    assert (out.tokens, out.padding) == (17, 1)
+    out.discard()
+
+
+def test_an_exchange_of_exactly_a_block_is_cut_between_its_turns(enc):
+    block = 32
+    packer = prepare.Packer(None, block, enc, None)
+    for words in range(1, 40):
+        second = [{"role": "user", "content": "ask " + "x " * words}, {"role": "assistant", "content": "yes " * 8}]
+        if len(render_chat(enc, second)[0]) == block:
+            break
+    else:
+        pytest.fail("no exchange of exactly a block")
+    conv = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}] + second
+    ids = np.array(render_chat(enc, conv)[0] + [enc.eot_token], np.uint32)
+    pieces = list(packer.pieces(ids, np.zeros(len(ids), np.uint8)))
+    assert len(ids) > block and all(len(p) <= block for p, _ in pieces), [len(p) for p, _ in pieces]
+
+
+def test_limit_counts_a_book_read_in_pieces_once(tmp_path, monkeypatch):
+    chunks = prepare.read_text_chunks
+    monkeypatch.setattr(prepare, "read_text_chunks", lambda path: chunks(path, chunk_chars=50))
+    books = [tmp_path / "a.txt", tmp_path / "b.txt"]
+    for i, b in enumerate(books):
+        b.write_text("".join(f"Book {i}, line {n}: the quick brown fox.\n" for n in range(40)), encoding="utf-8")
+    src = [str(b) for b in books]
+    whole = prepare.prepare("text", source=src, out_dir=str(tmp_path / "data"), name="whole")
+    limited = prepare.prepare("text", source=src, out_dir=str(tmp_path / "data"), name="lim", limit=2)
+    assert limited["splits"] == whole["splits"]  # two documents: both books, whole

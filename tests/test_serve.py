@@ -635,3 +635,26 @@ def test_the_served_name_is_the_file_or_folders(tmp_path):
     assert serve.model_name(str(tmp_path / "story-v1.5") + os.sep) == "story-v1.5"  # a shell's completion adds the /
     assert serve.model_name(str(tmp_path / "story_best.pt")) == "story_best"
     assert serve.model_name("models/run.v2.pt") == "run.v2"
+
+
+def test_stop_text_cuts_at_the_earliest_of_two_stop_strings():
+    st = serve.StopText(["ab", "b"])
+    assert st.push("xa") == ("x", False)
+    assert st.push("b") == ("", True)  # "ab" starts first: nothing of it is shown
+
+
+def test_empty_stop_strings_are_ignored_and_top_k_zero_is_no_limit(api):
+    body = {"prompt": "Once upon a time", "max_tokens": 6, "temperature": 1, "seed": 3}
+    status, plain, _ = post(api, "/v1/completions", body)
+    assert status == 200 and api.worker.recent[-1]["top_k"] == api.top_k  # absent: the server's default
+    status, empty, _ = post(api, "/v1/completions", dict(body, stop=["", "never appears"]))
+    assert status == 200 and empty["choices"][0]["text"] == plain["choices"][0]["text"] != ""
+    assert empty["choices"][0]["finish_reason"] == plain["choices"][0]["finish_reason"]
+    for top_k in (0, None):
+        assert post(api, "/v1/completions", dict(body, top_k=top_k))[0] == 200
+        assert api.worker.recent[-1]["top_k"] is None  # 0 or null: no limit, not the server's 200
+
+
+def test_max_completion_tokens_is_honoured(api):
+    status, body, _ = post(api, "/v1/completions", {"prompt": "Once upon a time", "max_completion_tokens": 3})
+    assert status == 200 and api.worker.recent[-1]["max_tokens"] == 3

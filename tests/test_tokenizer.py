@@ -279,3 +279,10 @@ def test_train_warns_when_the_text_supports_fewer_tokens_than_asked(tmp_path, ca
     n = get_tokenizer(str(out)).n_vocab
     assert code == 0 and n < 300 and f"trained {n} tokens" in out_text
     assert err == f"warning: --vocab_size 70000: the data only supports {n} tokens (no pair is left to merge); the vocabulary has {n}\n"
+
+
+def test_a_trained_vocabulary_learns_no_merge_of_the_separator(tmp_path):
+    src = tmp_path / "s.txt"
+    src.write_text("".join(f"Story {i} about a cat.\n{EOT}\n" for i in range(300)), encoding="utf-8")
+    enc = train_tokenizer([str(src)], 400, str(tmp_path / "v.tiktoken"))
+    assert not [t for t in enc._mergeable_ranks if b"endof" in t or b"<|" in t or b"|>" in t]
