@@ -119,7 +119,7 @@ def content_text(content, where, role="user"):
     if content is None and role == "assistant":
         return ""
     kinds = {"text": "text", "refusal": "refusal"} if role == "assistant" else {"text": "text"}
-    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") in kinds
+    if isinstance(content, list) and all(isinstance(p, dict) and isinstance(p.get("type"), str) and p["type"] in kinds
                                          and isinstance(p.get(kinds[p["type"]]), str) for p in content):
         return "".join(p[kinds[p["type"]]] for p in content)
     raise ApiError(400, f"{where} must be a string or a list of text parts ({{\"type\": \"text\", \"text\": ...}})",
@@ -159,8 +159,8 @@ def read_prompt(req, enc):
             raise ApiError(400, f"prompt holds token ids outside this model's vocabulary of {enc.n_vocab}", param="prompt",
                            code="invalid_value")
         return list(p)
-    raise ApiError(400, f"prompt must be a string or a list of token ids, or one of them in a list (one prompt per "
-                        f"request), got {json.dumps(p)[:80]}", param="prompt", code="invalid_type")
+    raise ApiError(400, f"prompt must be a string or a non-empty list of token ids, or one of them in a list (one "
+                        f"prompt per request), got {json.dumps(p)[:80]}", param="prompt", code="invalid_type")
 
 
 def job_from_request(body, kind, api):
@@ -326,10 +326,11 @@ class Worker(threading.Thread):
                 job.events.put(("error", f"generation failed: {type(e).__name__}: {e}"))
                 finish = "error"
             self.current = None
-            if finish not in ("cancelled", "error"):
-                job.events.put(("done", finish, tokens))
+            # recorded before the answer goes: a client (a test) reading recent after its answer finds its job
             self.recent.append(dict(id=job.id, prompt_tokens=len(job.prompt), completion_tokens=tokens, finish_reason=finish,
                                     max_tokens=job.max_tokens, **job.sampling))
+            if finish not in ("cancelled", "error"):
+                job.events.put(("done", finish, tokens))
             self.log(f"{job.id}: {len(job.prompt)} prompt + {tokens} tokens, {finish}, "
                      f"{time.perf_counter() - t0:.2f}s (queued {t0 - job.queued_at:.2f}s)")
 

@@ -233,18 +233,24 @@ def inheritable(k, v):
                                                   else (int, float))
 
 
+def readable_options(args, ckpt_args, continuing):
+    """The checkpoint's recorded options (ckpt_args) that a continued run may read: one that is not what train.py
+    writes (an edited checkpoint's lr of 'abc', a TypeError later) is refused where the run would inherit it, and left
+    out where the command line gives it, as the refusal says to (with its lr goes its min_lr, kept as a ratio to it)."""
+    bad = {k for k, v in ckpt_args.items() if continuing and k in DEFAULTS and v is not None and not inheritable(k, v)}
+    for k in sorted(bad):
+        if getattr(args, k) is None:
+            raise UserError(f"the checkpoint's {k}, {repr(ckpt_args[k])[:40]}, is not what train.py writes (a damaged "
+                            f"or edited checkpoint): pass --{k}, or use another checkpoint")
+    if "lr" in bad:
+        bad.add("min_lr")
+    return {k: v for k, v in ckpt_args.items() if k not in bad}
+
+
 def resolve_args(args, ckpt_args, continuing, config, fine_tuning=False):
     """Fill the training options left as None: the checkpoint's value when continuing the same run, else the
     default. Returns a new Namespace of plain values (it goes into the checkpoint) and checks them."""
     a = argparse.Namespace(**vars(args))
-    # an edited checkpoint's lr of 'abc' was a TypeError, later: refused where it would be inherited, passed over where
-    # the command line gives the option (as the refusal says to)
-    bad = {k for k, v in ckpt_args.items() if continuing and k in DEFAULTS and v is not None and not inheritable(k, v)}
-    for k in sorted(bad):
-        if getattr(a, k) is None:
-            raise UserError(f"the checkpoint's {k}, {repr(ckpt_args[k])[:40]}, is not what train.py writes (a damaged "
-                            f"or edited checkpoint): pass --{k}, or use another checkpoint")
-    ckpt_args = {k: v for k, v in ckpt_args.items() if k not in bad}
     if a.time_budget is not None and a.epochs is None and (not continuing or ckpt_args.get("time_budget") is None):
         a.epochs = UNLIMITED_EPOCHS  # a budget ends the run (continuing one that had none too: its epochs would cap it)
     old_lr, old_min_lr = ckpt_args.get("lr"), ckpt_args.get("min_lr")
@@ -1181,6 +1187,7 @@ def run_training(args, held):
         args.model = default_preset(device)
     config = model_config(args, meta, ckpt)
     warmup_given = args.warmup is not None
+    ckpt_args = readable_options(args, ckpt_args, continuing)
     args = resolve_args(args, ckpt_args, continuing, config, fine_tuning=ckpt is not None and not continuing)
 
     # ---- files, checked before anything is built: a budgeted run may repeat many epochs, hence one file for it
@@ -1337,7 +1344,7 @@ def run_training(args, held):
     optimizer = model.configure_optimizer(args.weight_decay, args.lr, BETAS, device.type, args.optimizer, dtype)
     # fp16 needs loss scaling against gradient underflow; bf16 and fp32 do not (the scaler is then a no-op)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    if continuing and ckpt.get("optimizer") and ckpt_args["optimizer"] != args.optimizer:
+    if continuing and ckpt.get("optimizer") and ckpt_args.get("optimizer") != args.optimizer:
         warn(f"--optimizer {args.optimizer}: the checkpoint's run used {ckpt_args['optimizer']}, whose state does not "
              f"carry over; {args.optimizer} starts afresh")
     elif continuing and ckpt.get("optimizer"):

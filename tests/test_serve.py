@@ -287,6 +287,8 @@ BAD = [  # (path, body, status, param, code)
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": None}]}, 400, "messages[0].content", "invalid_type"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": "refusal", "refusal": "no"}]}]}, 400,
      "messages[0].content", "invalid_type"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": ["text"], "text": "a"}]}]}, 400,
+     "messages[0].content", "invalid_type"),  # (a TypeError: the connection dropped, no answer)
     ("/v1/completions", {"prompt": "word " * 100}, 400, "prompt", "context_length_exceeded"),
     ("/v1/completions", {"prompt": "Hi", "max_tokens": BLOCK}, 400, "prompt", "context_length_exceeded"),
 ]

@@ -700,7 +700,8 @@ def test_bad_checkpoints_are_one_line_errors(env, trained, tmp_path, capsys):
                          # edited and saved again (no checksum sees that): a ValueError, KeyError or TypeError in resume
                          ("step", {"step": "x"}), ("rng", {"rng": {"torch": ck["rng"]["cpu"]}}), ("data", {"data": "x"}),
                          ("args", {"args": {**ck["args"], "lr": "abc"}}),
-                         ("warmup", {"args": {**ck["args"], "warmup": "abc"}})):
+                         ("warmup", {"args": {**ck["args"], "warmup": "abc"}}),
+                         ("accum", {"args": {**ck["args"], "grad_accum": "abc"}})):
         broken[name] = tmp_path / f"{name}.pt"
         torch.save({**ck, **change}, broken[name])
     for path, words in ((cut, "(truncated or corrupt?): PytorchStreamReader failed reading zip archive: failed finding "
@@ -717,7 +718,8 @@ def test_bad_checkpoints_are_one_line_errors(env, trained, tmp_path, capsys):
                         (broken["data"], "is a damaged checkpoint (its data entry, 'x',"),
                         (broken["args"], "the checkpoint's lr, 'abc', is not what train.py writes (a damaged or edited "
                                          "checkpoint): pass --lr, or use another checkpoint"),
-                        (broken["warmup"], "the checkpoint's warmup, 'abc', is not what train.py writes")):
+                        (broken["warmup"], "the checkpoint's warmup, 'abc', is not what train.py writes"),
+                        (broken["accum"], "the checkpoint's grad_accum, 'abc', is not what train.py writes")):
         argv = ["--data_dir", env["data"], "--dataset", "story", "--checkpoint", str(path), "--device", "cpu",
                 "--epochs", "9", "--max_steps", "1", "--output_checkpoint", str(tmp_path / "out" / "x.pt")]
         with pytest.raises(SystemExit) as e:
@@ -725,9 +727,14 @@ def test_bad_checkpoints_are_one_line_errors(env, trained, tmp_path, capsys):
         assert e.value.code == 1
         err = capsys.readouterr().err
         assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    # and the fix it names works (the option given, the checkpoint's is not needed): it was refused again
-    s = train.train(train.parse_args(argv[:5] + [str(broken["args"])] + argv[6:] + ["--lr", "1e-3"]))
-    assert s["run_steps"] == 1
+    # and the fix it names works (the option given, the checkpoint's is not read): it was refused again, and then a
+    # TypeError where the run read the recorded value again; the min_lr kept as a ratio to an lr that does not read
+    # falls back to the default, lr / 10
+    for name, given in (("args", ["--lr", "1e-3"]), ("accum", ["--grad_accum", "1"])):
+        s = train.train(train.parse_args(argv[:5] + [str(broken[name])] + argv[6:] + given + ["--overwrite"]))
+        assert s["run_steps"] == 1
+        if name == "args":
+            assert torch.load(s["checkpoint"], weights_only=True)["args"]["min_lr"] == pytest.approx(1e-4)
 
 
 def test_missing_data_names_a_prepare_command_that_runs(env, tmp_path):
