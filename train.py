@@ -233,18 +233,14 @@ def inheritable(k, v):
                                                   else (int, float))
 
 
-def readable_options(args, ckpt_args, continuing):
-    """The checkpoint's recorded options (ckpt_args) that a continued run may read: one that is not what train.py
-    writes (an edited checkpoint's lr of 'abc', a TypeError later) is refused where the run would inherit it, and left
-    out where the command line gives it, as the refusal says to (with its lr goes its min_lr, kept as a ratio to it)."""
-    bad = {k for k, v in ckpt_args.items() if continuing and k in DEFAULTS and v is not None and not inheritable(k, v)}
-    for k in sorted(bad):
-        if getattr(args, k) is None:
-            raise UserError(f"the checkpoint's {k}, {repr(ckpt_args[k])[:40]}, is not what train.py writes (a damaged "
-                            f"or edited checkpoint): pass --{k}, or use another checkpoint")
-    if "lr" in bad:
-        bad.add("min_lr")
-    return {k: v for k, v in ckpt_args.items() if k not in bad}
+def check_recorded_options(path, ckpt_args, continuing):
+    """A continued run reads the options its checkpoint recorded (ckpt_args), given on the command line or not: the
+    ratio of min_lr to lr, whether the seed or the batch changed the epoch's order and step count. One that is not
+    what train.py writes (an edited checkpoint's lr of 'abc': a TypeError, later) is refused, whatever is given."""
+    for k, v in ckpt_args.items() if continuing else ():
+        if k in DEFAULTS and v is not None and not inheritable(k, v):
+            raise UserError(f"{path} records {k} {repr(v)[:40]}, which is not what train.py writes (a damaged or edited "
+                            f"checkpoint): continue from another checkpoint")
 
 
 def resolve_args(args, ckpt_args, continuing, config, fine_tuning=False):
@@ -1187,7 +1183,7 @@ def run_training(args, held):
         args.model = default_preset(device)
     config = model_config(args, meta, ckpt)
     warmup_given = args.warmup is not None
-    ckpt_args = readable_options(args, ckpt_args, continuing)
+    check_recorded_options(args.checkpoint, ckpt_args, continuing)
     args = resolve_args(args, ckpt_args, continuing, config, fine_tuning=ckpt is not None and not continuing)
 
     # ---- files, checked before anything is built: a budgeted run may repeat many epochs, hence one file for it
@@ -1344,7 +1340,7 @@ def run_training(args, held):
     optimizer = model.configure_optimizer(args.weight_decay, args.lr, BETAS, device.type, args.optimizer, dtype)
     # fp16 needs loss scaling against gradient underflow; bf16 and fp32 do not (the scaler is then a no-op)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    if continuing and ckpt.get("optimizer") and ckpt_args.get("optimizer") != args.optimizer:
+    if continuing and ckpt.get("optimizer") and ckpt_args["optimizer"] != args.optimizer:
         warn(f"--optimizer {args.optimizer}: the checkpoint's run used {ckpt_args['optimizer']}, whose state does not "
              f"carry over; {args.optimizer} starts afresh")
     elif continuing and ckpt.get("optimizer"):

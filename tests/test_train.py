@@ -716,10 +716,10 @@ def test_bad_checkpoints_are_one_line_errors(env, trained, tmp_path, capsys):
                                          "writes); use another file from models/"),
                         (broken["rng"], "is a damaged checkpoint (its rng entry"),
                         (broken["data"], "is a damaged checkpoint (its data entry, 'x',"),
-                        (broken["args"], "the checkpoint's lr, 'abc', is not what train.py writes (a damaged or edited "
-                                         "checkpoint): pass --lr, or use another checkpoint"),
-                        (broken["warmup"], "the checkpoint's warmup, 'abc', is not what train.py writes"),
-                        (broken["accum"], "the checkpoint's grad_accum, 'abc', is not what train.py writes")):
+                        (broken["args"], "args.pt records lr 'abc', which is not what train.py writes (a damaged or "
+                                         "edited checkpoint): continue from another checkpoint"),
+                        (broken["warmup"], "warmup.pt records warmup 'abc', which is not what train.py writes"),
+                        (broken["accum"], "accum.pt records grad_accum 'abc', which is not what train.py writes")):
         argv = ["--data_dir", env["data"], "--dataset", "story", "--checkpoint", str(path), "--device", "cpu",
                 "--epochs", "9", "--max_steps", "1", "--output_checkpoint", str(tmp_path / "out" / "x.pt")]
         with pytest.raises(SystemExit) as e:
@@ -727,14 +727,11 @@ def test_bad_checkpoints_are_one_line_errors(env, trained, tmp_path, capsys):
         assert e.value.code == 1
         err = capsys.readouterr().err
         assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    # and the fix it names works (the option given, the checkpoint's is not read): it was refused again, and then a
-    # TypeError where the run read the recorded value again; the min_lr kept as a ratio to an lr that does not read
-    # falls back to the default, lr / 10
+    # given on the command line too: a continued run reads the recorded value still (the ratio of min_lr to lr, whether
+    # the batch changed its step count), where it was a TypeError, or quietly wrong
     for name, given in (("args", ["--lr", "1e-3"]), ("accum", ["--grad_accum", "1"])):
-        s = train.train(train.parse_args(argv[:5] + [str(broken[name])] + argv[6:] + given + ["--overwrite"]))
-        assert s["run_steps"] == 1
-        if name == "args":
-            assert torch.load(s["checkpoint"], weights_only=True)["args"]["min_lr"] == pytest.approx(1e-4)
+        with pytest.raises(UserError, match=f"{name}.pt records .* continue from another checkpoint$"):
+            train.train(train.parse_args(argv[:5] + [str(broken[name])] + argv[6:] + given))
 
 
 def test_missing_data_names_a_prepare_command_that_runs(env, tmp_path):
