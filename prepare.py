@@ -1142,9 +1142,13 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
     # prepare.py again, which found the dataset up to date; a one-token text, whole in val, leaves train nothing
     for name in ("train", "val"):
         if not splits[name].bytes and ((val_fraction or splits["val"].tokens) if name == "val" else kind == "text"):
-            raise UserError(f"{label_of(streams)}: too little text to cut into train and val ({name} would hold none): "
-                            f"add text")
+            raise too_little_text(streams, name)
     return kind
+
+
+def too_little_text(streams, split):
+    return UserError(f"{label_of(streams)}: too little text to cut into train and val ({split} would hold none): add "
+                     f"text")
 
 
 def train_docs(make_docs, budget, role, val_fraction, k, n, chars):
@@ -1205,9 +1209,7 @@ def train_vocabulary(plan, vocab_size, path, limit, val_fraction, pack=None):
         # a text of one character: val gets it, train none, and train_bpe's "no text to train on" was said of a file
         # that holds text; as write_splits says it
         if cut and not trained:
-            streams = [s for part in plan.get("parts", [plan]) for s in part["streams"]]
-            raise UserError(f"{label_of(streams)}: too little text to cut into train and val (train would hold none): "
-                            f"add text")
+            raise too_little_text([s for part in plan.get("parts", [plan]) for s in part["streams"]], "train")
 
     t0 = time.time()
     enc = train_bpe(texts(), vocab_size, path, plan["description"])
