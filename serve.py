@@ -118,10 +118,10 @@ def content_text(content, where, role="user"):
         return content
     if content is None and role == "assistant":
         return ""
-    kinds = {"text": "text", "refusal": "refusal"} if role == "assistant" else {"text": "text"}
+    kinds = ("text", "refusal") if role == "assistant" else ("text",)  # each part's text is under its type's name
     if isinstance(content, list) and all(isinstance(p, dict) and isinstance(p.get("type"), str) and p["type"] in kinds
-                                         and isinstance(p.get(kinds[p["type"]]), str) for p in content):
-        return "".join(p[kinds[p["type"]]] for p in content)
+                                         and isinstance(p.get(p["type"]), str) for p in content):
+        return "".join(p[p["type"]] for p in content)
     raise ApiError(400, f"{where} must be a string or a list of text parts ({{\"type\": \"text\", \"text\": ...}})",
                    param=where, code="invalid_type")
 
