@@ -455,8 +455,15 @@ class Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
 
     def read_body(self):
-        if "Transfer-Encoding" in self.headers:
-            raise ApiError(411, "send the body with a Content-Length header, not chunked", code="length_required")
+        coding = self.headers.get("Transfer-Encoding")
+        if coding is not None:
+            if coding.strip().lower() != "chunked":  # (RFC 9112: the only coding every HTTP/1.1 server reads)
+                raise ApiError(501, f"Transfer-Encoding {coding[:40]!r} is not supported; send the body with a "
+                                    "Content-Length, or chunked", code="not_implemented")
+            if "Content-Length" in self.headers:  # which one frames the body? (a request-smuggling shape)
+                raise ApiError(400, "send Content-Length or Transfer-Encoding: chunked, not both", code="invalid_request")
+            self.body = self.read_chunked()
+            return self.body
         length = self.headers.get("Content-Length")
         if length is None:
             raise ApiError(411, "a POST needs a Content-Length header and a JSON body", code="length_required")
@@ -468,6 +475,29 @@ class Handler(BaseHTTPRequestHandler):
             raise ApiError(413, f"the request body is {int(length)} bytes; the limit is {MAX_BODY}", code="request_too_large")
         self.body = self.rfile.read(int(length))
         return self.body
+
+    def read_chunked(self):
+        """A chunked body (curl -H 'Transfer-Encoding: chunked', clients that stream a request): the chunks' bytes."""
+        body = bytearray()
+        while True:
+            line = self.rfile.readline(1024)  # hex size, maybe ";extension", CRLF
+            size = line.split(b";")[0].strip()
+            if not (line.endswith(b"\n") and size and len(size) <= 16 and all(c in b"0123456789abcdefABCDEF" for c in size)):
+                raise ApiError(400, f"bad chunk size line {line[:40]!r} in a chunked body", code="invalid_request")
+            size = int(size, 16)
+            if len(body) + size > MAX_BODY:
+                raise ApiError(413, f"the request body is over {MAX_BODY} bytes, the limit", code="request_too_large")
+            if size == 0:
+                break
+            chunk = self.rfile.read(size + 2)  # the data and its CRLF
+            if len(chunk) != size + 2 or chunk[-2:] != b"\r\n":
+                raise ApiError(400, "a chunk of a chunked body does not end where its size says", code="invalid_request")
+            body += chunk[:-2]
+        for _ in range(100):  # trailer fields, ignored, up to the empty line that ends the message
+            line = self.rfile.readline(8192)
+            if line in (b"\r\n", b"\n", b""):
+                return bytes(body)
+        raise ApiError(400, "a chunked body's trailer does not end", code="invalid_request")
 
     # --- answers
 

@@ -337,8 +337,13 @@ def test_http_errors_get_openai_bodies(api):
         assert err["error"]["message"].startswith("Content-Length must be a non-negative number of bytes, got '")
     status, err, headers = raw(api, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n\r\n")
     assert status == 411
-    status, err, headers = raw(api, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n")
-    assert status == 411 and headers["Connection"] == "close"
+    # other transfer codings than chunked (which every HTTP/1.1 server reads: test_chunked_body) are 501; both
+    # framings at once are refused; either way the connection closes, since the body's end is not known
+    status, err, headers = raw(api, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n")
+    assert status == 501 and headers["Connection"] == "close" and "'gzip, chunked' is not supported" in err["error"]["message"]
+    status, err, headers = raw(api, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                                    b"Content-Length: 6\r\n\r\n2\r\n{}\r\n0\r\n\r\n")
+    assert status == 400 and headers["Connection"] == "close" and "not both" in err["error"]["message"]
     # the standard library's own refusals too
     status, err, headers = raw(api, b"BREW /pot HTTP/1.1\r\nHost: x\r\n\r\n")
     assert status == 501 and "BREW" in err["error"]["message"]
@@ -348,6 +353,28 @@ def test_http_errors_get_openai_bodies(api):
     assert e.value.status_code == 400 and "context holds 64 tokens" in e.value.message
     # and after all that the server still answers
     assert post(api, "/v1/completions", {"prompt": "Hi", "max_tokens": 2})[0] == 200
+
+
+def test_chunked_body(api):
+    """A body sent chunked (curl -H 'Transfer-Encoding: chunked', clients streaming a request) is read, with chunk
+    extensions and trailers, and the connection then serves the next request; it was a 411."""
+    conn = http.client.HTTPConnection(*api.server_address[:2], timeout=60)
+    body = json.dumps({"prompt": "Hi", "max_tokens": 2, "temperature": 0}).encode()
+    for _ in range(2):  # two requests on one connection: the first body was read to its end
+        conn.putrequest("POST", "/v1/completions")
+        conn.putheader("Transfer-Encoding", "chunked")
+        conn.endheaders()
+        conn.send(b"5;name=value\r\n%s\r\n%x\r\n%s\r\n0\r\nX-Trailer: 1\r\n\r\n" % (body[:5], len(body) - 5, body[5:]))
+        r = conn.getresponse()
+        out = json.loads(r.read())
+        assert r.status == 200 and out["usage"]["completion_tokens"] == 2
+    conn.close()
+    # a bad size line, a chunk longer than its size, and a body over the limit: clear errors, connection closed
+    for chunks, status, words in ((b"zz\r\n{}\r\n0\r\n\r\n", 400, "bad chunk size line"),
+                                  (b"3\r\n{}\r\n0\r\n\r\n", 400, "does not end where its size says"),
+                                  (b"%x\r\n" % (serve.MAX_BODY + 1), 413, "over")):
+        got, err, headers = raw(api, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks)
+        assert got == status and headers["Connection"] == "close" and words in err["error"]["message"]
 
 
 def test_context_length_message_reads_right(api, enc):
