@@ -182,7 +182,10 @@ def job_from_request(body, kind, api):
     get(req, "model", "str")  # any name: one model is served
     block = api.model.config.block_size
     stream = get(req, "stream", "bool") or False
-    include_usage = (get(req, "stream_options", "dict") or {}).get("include_usage") or False
+    options = get(req, "stream_options", "dict")
+    if options is not None and not stream:  # as OpenAI answers: its include_usage would be quietly ignored
+        raise ApiError(400, "stream_options is only allowed with stream: true", param="stream_options", code="invalid_value")
+    include_usage = (options or {}).get("include_usage") or False
     if not isinstance(include_usage, bool):
         raise ApiError(400, "stream_options.include_usage must be true or false", param="stream_options.include_usage",
                        code="invalid_type")

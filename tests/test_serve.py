@@ -272,6 +272,8 @@ BAD = [  # (path, body, status, param, code)
     ("/v1/chat/completions", {"messages": MSG, "stream": "yes"}, 400, "stream", "invalid_type"),
     ("/v1/chat/completions", {"messages": MSG, "stream": True, "stream_options": {"include_usage": 1}}, 400,
      "stream_options.include_usage", "invalid_type"),
+    # without stream its include_usage would be ignored (OpenAI refuses it too)
+    ("/v1/completions", {"prompt": "Hi", "stream_options": {"include_usage": True}}, 400, "stream_options", "invalid_value"),
     ("/v1/chat/completions", {"messages": MSG, "stop": ["a", "b", "c", "d", "e"]}, 400, "stop", "invalid_value"),
     ("/v1/chat/completions", {"messages": MSG, "stop": 3}, 400, "stop", "invalid_value"),
     ("/v1/chat/completions", {"messages": MSG, "seed": 1.5}, 400, "seed", "invalid_type"),
