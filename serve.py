@@ -382,6 +382,7 @@ class Handler(BaseHTTPRequestHandler):
     # streamed tokens would bunch up the same way
     disable_nagle_algorithm = True
 
+    REFUSALS = {414: "the request line is over 65,536 bytes: shorten the URL"}  # the standard library gives no text
     ROUTES = {"/": {"GET"}, "/health": {"GET"}, "/v1/models": {"GET"},
               "/v1/chat/completions": {"POST"}, "/v1/completions": {"POST"}}
 
@@ -415,11 +416,35 @@ class Handler(BaseHTTPRequestHandler):
     def do_TRACE(self):
         self.dispatch("TRACE")
 
+    def parse_request(self):
+        if self.raw_requestline in (b"\r\n", b"\n"):  # a client's stray CRLF after a body (RFC 9112 2.2): skip one
+            self.raw_requestline = self.rfile.readline(65537)
+        return super().parse_request()
+
+    def check_framing(self, method):
+        """RFC 9112's refusals of a request that a proxy in front could read otherwise: the connection closes behind
+        each, since where its body ends is not known. A body sent with a GET is read, so the next request starts right."""
+        h = self.headers
+        bad = h.defects or any("\n" in v for v in h.values())  # a header line with no colon, or a space before it
+        if bad:  # (the standard library then drops every header after it, Content-Length included)
+            self.close_connection = True
+            raise ApiError(400, "a header line is malformed (no colon, a space before it, or folded onto the next "
+                                "line)", code="invalid_request")
+        if self.request_version == "HTTP/1.1" and len(h.get_all("Host", [])) != 1:
+            self.close_connection = True
+            raise ApiError(400, "an HTTP/1.1 request needs one Host header", code="invalid_request")
+        if len(set(h.get_all("Content-Length", []))) > 1:
+            self.close_connection = True
+            raise ApiError(400, "the request has two different Content-Length headers; send one", code="invalid_request")
+        if method != "POST" and ("Content-Length" in h or "Transfer-Encoding" in h):
+            self.read_body()
+
     def dispatch(self, method):
         api = self.server
         path = urlsplit(self.path).path
         self.body = None
         try:
+            self.check_framing(method)
             if path.startswith("/v1/models/"):
                 if method != "GET":  # (it was "no such endpoint": client.models.delete raised NotFoundError)
                     raise ApiError(405, f"/v1/models/{{model}} takes GET, not {method}", code="method_not_allowed")
@@ -451,7 +476,7 @@ class Handler(BaseHTTPRequestHandler):
         except ApiError as e:
             headers = [("Allow", ", ".join(sorted(self.ROUTES.get(path, ["GET"]))))] if e.status == 405 else []
             if self.body is None and (self.headers.get("Content-Length", "0") != "0" or "Transfer-Encoding" in self.headers):
-                headers.append(("Connection", "close"))  # its unread body would be taken for the next request
+                self.close_connection = True  # its unread body would be taken for the next request
             try:
                 self.send_json(e.status, e.body(), headers)
             except OSError:
@@ -510,6 +535,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         for k, v in headers:
             self.send_header(k, v)
+        if self.close_connection:  # the client asked for it, or the request's end is unclear (RFC 9112 9.6)
+            self.send_header("Connection", "close")
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
@@ -521,8 +548,9 @@ class Handler(BaseHTTPRequestHandler):
         # the standard library's own refusals (a malformed request line, headers too long, an unknown method)
         # get an OpenAI error body too, not its HTML page
         self.close_connection = True
+        message = message or explain or self.REFUSALS.get(code) or f"{code} {self.responses.get(code, ('bad request',))[0]}"
         try:
-            self.send_json(code, ApiError(code, message or explain or "bad request").body(), [("Connection", "close")])
+            self.send_json(code, ApiError(code, message).body())
         except OSError:
             pass
 
@@ -578,6 +606,8 @@ class Handler(BaseHTTPRequestHandler):
                 self.send_header("Transfer-Encoding", "chunked")
             else:
                 self.close_connection = True  # HTTP/1.0: the end of the stream is the end of the connection
+            if self.close_connection:
+                self.send_header("Connection", "close")
             self.end_headers()
 
             def send(data):
@@ -587,7 +617,8 @@ class Handler(BaseHTTPRequestHandler):
             def chunk(delta=None, finish=None, text=""):
                 choice = ({"index": 0, "delta": delta or {}, "logprobs": None, "finish_reason": finish}
                           if job.kind == "chat" else {"index": 0, "text": text, "logprobs": None, "finish_reason": finish})
-                send(json.dumps(api.envelope(job, [choice], chunk=True)))
+                # with include_usage every chunk has "usage", null until the last (OpenAI's stream_options)
+                send(json.dumps(api.envelope(job, [choice], chunk=True, usage=None if job.include_usage else False)))
 
             if job.kind == "chat":
                 chunk({"role": "assistant", "content": ""})
@@ -646,10 +677,11 @@ class ApiServer(ThreadingHTTPServer):
                 "context_length": self.model.config.block_size,
                 "sampling_defaults": {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p}}
 
-    def envelope(self, job, choices, chunk=False, usage=None):
+    def envelope(self, job, choices, chunk=False, usage=False):
+        """The answer's object; usage: a dict, None (written as null) or False (left out)."""
         obj = {"id": job.id, "object": ("chat.completion" if job.kind == "chat" else "text_completion") + (".chunk" if chunk and job.kind == "chat" else ""),
                "created": job.created, "model": self.name, "choices": choices}
-        if usage:
+        if usage is not False:
             obj["usage"] = usage
         return obj
 

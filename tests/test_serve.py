@@ -135,6 +135,10 @@ def test_openai_client_streamed_chat(api):
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     assert finishes == [whole.choices[0].finish_reason]
     assert chunks[-1].choices == [] and chunks[-1].usage == whole.usage  # include_usage: one last chunk
+    # and every chunk before it has "usage": null, as OpenAI's do (a client may look it up; it was left out)
+    assert all("usage" in c.to_dict() and c.usage is None for c in chunks[:-1])
+    plain = list(client(api).chat.completions.create(stream=True, **kwargs))
+    assert not any("usage" in c.to_dict() for c in plain)
 
 
 def test_completions_and_stop_strings(api, enc):
@@ -355,6 +359,41 @@ def test_http_errors_get_openai_bodies(api):
     assert e.value.status_code == 400 and "context holds 64 tokens" in e.value.message
     # and after all that the server still answers
     assert post(api, "/v1/completions", {"prompt": "Hi", "max_tokens": 2})[0] == 200
+
+
+def test_http_framing(api):
+    """Requests whose framing a proxy in front might read otherwise (RFC 9112) are refused with 400, and the
+    connection closes behind each; a GET's body is read, so the request after it is answered; a stray CRLF before a
+    request line is skipped, and a client's Connection: close is echoed."""
+    def exchange(data, n=1):
+        with socket.create_connection(api.server_address[:2], timeout=60) as sock:
+            sock.sendall(data)
+            r = []
+            for _ in range(n):
+                resp = http.client.HTTPResponse(sock)
+                resp.begin()
+                r.append((resp.status, json.loads(resp.read()) if resp.status != 200 or n > 1 else resp.read(),
+                          dict(resp.getheaders())))
+            return r
+    # a GET with a body: the body was left on the connection and taken for the next request line (a 400)
+    body = b"GET /v1/nope HTTP/1.1\r\n\r\n"
+    (a, b) = exchange(b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+                      + b"\r\nGET /health HTTP/1.1\r\nHost: x\r\n\r\n", n=2)  # with a stray CRLF between them
+    assert a[0] == b[0] == 200 and a[1]["status"] == b[1]["status"] == "ok"
+    for request, words in [
+            (b"Content-Length: 41\r\nContent-Length: 5\r\n", "two different Content-Length headers"),
+            (b"Content-Length : 33\r\n", "header line is malformed"),  # (it dropped this and every header after)
+            (b"Bad Header\r\nContent-Length: 2\r\n", "header line is malformed"),
+            (b"X-Folded: a\r\n b\r\nContent-Length: 2\r\n", "header line is malformed")]:
+        ((status, err, headers),) = exchange(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n" + request + b"\r\n{}")
+        assert status == 400 and words in err["error"]["message"] and headers["Connection"] == "close", request
+    for hosts in (b"", b"Host: a\r\nHost: b\r\n"):
+        ((status, err, headers),) = exchange(b"GET /health HTTP/1.1\r\n" + hosts + b"\r\n")
+        assert status == 400 and "one Host header" in err["error"]["message"] and headers["Connection"] == "close"
+    ((status, _, headers),) = exchange(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert status == 200 and headers["Connection"] == "close"
+    ((status, err, headers),) = exchange(b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status == 414 and "shorten the URL" in err["error"]["message"]  # it said "bad request"
 
 
 def test_chunked_body(api):
