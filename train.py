@@ -1182,7 +1182,7 @@ def run_training(args, held):
     if args.model is None and ckpt is None:
         args.model = default_preset(device)
     config = model_config(args, meta, ckpt)
-    warmup_given = args.warmup is not None
+    warmup_given, batch_given = args.warmup is not None, args.batch_size is not None
     check_recorded_options(args.checkpoint, ckpt_args, continuing)
     args = resolve_args(args, ckpt_args, continuing, config, fine_tuning=ckpt is not None and not continuing)
 
@@ -1258,6 +1258,15 @@ def run_training(args, held):
 
     train_w = Windows(meta, "train", args.block_size)
     val_w = Windows(meta, "val", args.block_size)
+    per_rank = math.ceil(len(train_w) / dist.world)
+    if args.batch_size > per_rank:  # the rest of each batch would be padding (10**30 ended in a numpy TypeError)
+        more = (f"--batch_size {args.batch_size:,} is more than the {len(train_w):,} windows of {args.block_size} tokens "
+                f"in the train split" + (f" ({per_rank:,} a process)" if dist.world > 1 else ""))
+        if batch_given:
+            raise UserError(f"{more}: use --batch_size {per_rank} or less, or prepare more text")
+        if dist.main:  # a preset's or the checkpoint's batch on a small text: the same steps, without the padding
+            warn(f"{more}: batches of {per_rank}")
+        args.batch_size = per_rank
     packing = packing_warning(meta, args.block_size, config.block_size)
     if packing:
         warn(packing)

@@ -586,6 +586,22 @@ def test_settings_that_defeat_the_run_are_warned_of(env, tmp_path, capsys):
     assert "--dtype float16 is emulated on this CPU" in err
 
 
+def test_a_default_batch_larger_than_a_small_text_is_cut_to_it(env, tmp_path, capsys):
+    """A small text of fewer windows than the preset's batch trains in batches of all its windows, with a warning,
+    as it did padded (an explicit --batch_size that large is refused: test_bad_options_are_user_errors)."""
+    docs = [d for d in story_text(20_000).split("\n") if d.strip()][:16]
+    write_dataset(str(tmp_path), "few", env["enc"], env["tok"], docs, val_frac=0.4)
+    n = len(train.Windows(train.load_meta(str(tmp_path), "few"), "train", 64))
+    assert 1 < n < 16
+    summary = train.train(train.parse_args([
+        "--data_dir", str(tmp_path), "--dataset", "few", "--output_checkpoint", str(tmp_path / "{dataset}.pt"),
+        "--device", "cpu", "--dtype", "float32", "--no-color", "--n_layer", "1", "--n_head", "2", "--n_embd", "32",
+        "--block_size", "64", "--model", "small", "--epochs", "2", "--eval_interval", "0"]))  # small: batch 16
+    assert f"--batch_size 16 is more than the {n} windows of 64 tokens in the train split: batches of {n}" in capsys.readouterr().err
+    ck = torch.load(summary["checkpoint"], weights_only=True)
+    assert ck["args"]["batch_size"] == n and ck["step"] == 2  # an epoch is one step
+
+
 def test_a_continued_run_that_does_not_better_its_best_says_so(env, tmp_path, capsys):
     first = train.train(args_for(env, tmp_path / "a", "--dataset", "mini", "--max_steps", "2"))
     ck = load_checkpoint(first["checkpoint"])
@@ -1151,6 +1167,12 @@ def test_bad_options_are_user_errors(env, tmp_path, trained):
                              "--reset_epoch"))
     with pytest.raises(UserError, match="--batch_size"):
         train.train(args_for(env, tmp_path, "--dataset", "story", "--batch_size", "0"))
+    # a batch larger than the train split: all padding past the data (10**30 ended in a numpy TypeError)
+    n = len(train.Windows(train.load_meta(env["data"], "story"), "train", 64))
+    for batch in (str(n + 1), str(10**30)):
+        with pytest.raises(UserError, match=rf"^--batch_size {int(batch):,} is more than the {n:,} windows of 64 tokens "
+                                            rf"in the train split: use --batch_size {n} or less, or prepare more text$"):
+            train.train(args_for(env, tmp_path, "--dataset", "story", "--block_size", "64", "--batch_size", batch))
     with pytest.raises(UserError, match="share of the budget"):  # steps cannot be known before a budget ends
         train.train(args_for(env, tmp_path, "--dataset", "story", "--time_budget", "1", "--warmup", "100"))
     for bad in ("abc", "-5", "120%", "nan%"):
