@@ -1,7 +1,7 @@
 """
 Small pieces every script shares: the one-line error for bad input, atomic
-writes, device and precision choice (checkpoints: checkpoint.py).
-Nothing model- or data-specific lives here. torch is imported where it is used:
+writes and the files no output may replace, device and precision choice
+(checkpoints: checkpoint.py). Nothing model-specific lives here. torch is imported where it is used:
 prepare.py and setup_tokenizer.py never need it (importing it takes ~2 s).
 """
 import argparse
@@ -187,10 +187,28 @@ def first_line(e):
     return (lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0])[:200]
 
 
-def check_output(path, option, folder=False, inputs=()):
+def kept_file(path):
+    """What an existing file is that no script's output may replace (a checkpoint aside, which train.py's runs write
+    over by their own rules): a checkpoint, weights, a prepared dataset's file (its token files, meta.json, its
+    vocabulary; not other files there, as an eval.py --json written beside it); None for anything else."""
+    folder, name = os.path.split(os.path.realpath(path))
+    if os.path.isfile(os.path.join(folder, "meta.json")) and (name in ("meta.json", "tokenizer.tiktoken")
+                                                              or name.endswith(".bin")):
+        return f"a file of the dataset in {folder}"
+    if path.endswith(".safetensors"):
+        return "model weights"
+    try:
+        with open(path, "rb") as f:
+            return "a checkpoint (a zip archive)" if f.read(4) == b"PK\x03\x04" else None  # torch.save's format
+    except OSError:
+        return None
+
+
+def check_output(path, option, folder=False, inputs=(), checkpoint=False):
     """Fail now, with one line naming option, when path cannot be written: before hours of work, not at the end.
     Creates the folder (path itself when folder, else its parent) and writes and removes a probe file there.
-    inputs: {option: path(s)} the command reads, which path must not be (the result would replace them)."""
+    inputs: {option: path(s)} the command reads, which path must not be (the result would replace them). Nor may
+    path be a checkpoint or a dataset's file (kept_file), unless checkpoint: a checkpoint written over one."""
     if not path:
         raise UserError(f"{option} is empty: give a path")
     if not folder and (os.path.isdir(path) or path.endswith(("/", os.sep))):  # "out/" that is not there yet: written as
@@ -202,6 +220,9 @@ def check_output(path, option, folder=False, inputs=()):
             if os.path.exists(path) and any(os.path.exists(g) and os.path.samefile(g, path) for g in [f, *inside]):
                 raise UserError(f"{option} {path} is the {name} it reads: the result would replace it; give another "
                                 f"{option}")
+    kept = kept_file(path) if os.path.isfile(path) else None
+    if kept and not (checkpoint and kept.startswith("a checkpoint")):  # (eval.py --json over a checkpoint: 627 bytes)
+        raise UserError(f"{option} {path} is {kept}: the result would replace it; give another {option}")
     parent = path if folder else os.path.dirname(os.path.abspath(path))
     probe = tmp_name(os.path.join(parent, ".write-probe"))
     try:

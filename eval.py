@@ -34,7 +34,7 @@ from checkpoint import load_checkpoint, load_model
 from common import (UserError, atomic_write_text, check_output, nonempty, pick_device, pick_dtype, retain_freed_memory,
                     run_main, seeded_generator)
 from gen import CHAT_STOPS, chat_reply, default_checkpoint, positive_int, probability, read_prompt_file, temperature
-from prepare import dataset_files, document_ends
+from prepare import document_ends
 from setup_tokenizer import IM_END, parse_chat
 from train import (Windows, bits_per_byte, checkpoint_data, default_data_dir, eval_indices, evaluate, load_meta,
                    packing_warning, pick_tokenizer)
@@ -113,9 +113,8 @@ def evaluate_checkpoint(path, datasets=None, data_dir=None, split="val", block_s
     metas = [load_meta(data_dir, name, own_vocab) for name in datasets]
     for meta in metas:
         pick_tokenizer(argparse.Namespace(checkpoint=path, tokenizer=None), meta, ckpt)
-    if output:  # (its meta.json or val.bin was replaced by the results, and the dataset unreadable; other files there,
-        # an earlier --json's, are not the dataset's)
-        check_output(output, "--json", inputs={"dataset": [f for meta in metas for f in dataset_files(meta["folder"])]})
+    if output:  # (not over a dataset's meta.json or val.bin: check_output refuses those)
+        check_output(output, "--json")
     prompt_list = read_prompt_file(prompts)[:samples] if prompts else None
     dev = pick_device(device)
     amp = pick_dtype(dev, dtype)

@@ -20,6 +20,7 @@ References:
 import contextlib
 import inspect
 import math
+import os
 from dataclasses import dataclass, fields
 
 import torch
@@ -55,6 +56,11 @@ class GPTConfig:
                              f"n_embd/n_head = {self.n_embd}/{self.n_head} = {self.n_embd // self.n_head}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    def weight_bytes(self):
+        """The fp32 weights' bytes, from the shapes (12 C^2 a block, the embeddings, a context's tables): checked
+        before a model is built."""
+        return 4 * (self.n_layer * 12 * self.n_embd ** 2 + (self.vocab_size + 2 * self.block_size) * self.n_embd)
 
     @property
     def head_dim(self):
@@ -470,10 +476,21 @@ class MuonAdamW:
         self.adamw.load_state_dict(state["adamw"])
 
 
+def physical_memory():
+    """Bytes of RAM, None where the system does not say (Windows)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 class GPT(nn.Module):
 
     def __init__(self, config):
         super().__init__()
+        need, have = config.weight_bytes(), physical_memory()
+        if have and need > have:  # (--n_layer 10**12 filled memory for minutes; --n_embd 10**30: torch's traceback)
+            raise MemoryError(f"{need / 2**30:.3g} GiB of weights, more than the machine's {have / 2**30:.3g} GiB")
         self.config = config
         modules = dict(wte=nn.Embedding(config.padded_vocab_size, config.n_embd))
         if config.variant == "gpt2":

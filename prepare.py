@@ -81,6 +81,7 @@ BATCH_DOCS, BATCH_CHARS = 8192, 4 << 20
 # conversations are packed into blocks of the tiny and small presets' context (model.PRESETS, not
 # imported: prepare.py runs without torch)
 DEFAULT_PACK = 256
+MAX_PACK = 1 << 20  # past any model's context
 DEFAULT_OUT_DIR, DEFAULT_VAL_FRACTION = "data", 0.1  # prepare()'s and the command line's, which rebuild_command leaves out
 # conversations the packer holds back to choose from: more fill blocks better (on dailydialog at 256,
 # 64 leave 3.2% padding, 1000 leave 1.2%) and cost only their tokens in memory
@@ -1307,13 +1308,6 @@ def read_meta(folder):
     return meta if isinstance(meta, dict) else None
 
 
-def dataset_files(folder):
-    """The files of a dataset folder that are the dataset's (token files, meta.json, its vocabulary): what no output
-    of another script may replace. Other files there (an eval.py --json written beside it) are not."""
-    names = os.listdir(folder) if os.path.isdir(folder) else []
-    return [os.path.join(folder, f) for f in names if f in ("meta.json", "tokenizer.tiktoken") or f.endswith(".bin")]
-
-
 def is_complete(folder, meta):
     """The files meta.json describes are all there, with the sizes it gives."""
     try:
@@ -1353,8 +1347,9 @@ def prepare(dataset, source=None, tokenizer=None, limit=None, val_fraction=DEFAU
                         f"gives one: pass one of them")
     if not 0 <= val_fraction < 1:
         raise UserError(f"--val_fraction {val_fraction}: must be in [0, 1)")
-    if pack is not None and pack < 0:
-        raise UserError(f"--pack {pack}: give the training context in tokens (train.py --block_size), or 0 for no packing")
+    if pack is not None and not 0 <= pack <= MAX_PACK:  # (10**13: numpy's 18 TiB allocation error)
+        raise UserError(f"--pack {pack}: give the training context in tokens (train.py --block_size, at most "
+                        f"{MAX_PACK:,}), or 0 for no packing")
     name = name or dataset
     if not is_dataset_name(name):
         raise UserError(f"--name {name!r}: use letters, digits, '.', '-' and '_' (it names a folder in {out_dir})")
@@ -1626,7 +1621,7 @@ def main(argv=None):
     p.add_argument("--out_dir", type=nonempty, default=DEFAULT_OUT_DIR, help="where dataset folders go")
     p.add_argument("--name", type=nonempty, help="the dataset's folder name (default: the dataset)")
     p.add_argument("--no_extra", action="store_true", help="story: leave out the train-only extra stories (the mirror's TinyStories-train-head files)")
-    p.add_argument("--mix", metavar="NAME:WEIGHT,...",
+    p.add_argument("--mix", type=nonempty, metavar="NAME:WEIGHT,...",
                    help=f"one dataset (--name, default mix) from several conversation sets ({', '.join(MIXABLE)}), "
                         f"e.g. dailydialog:1,chat:2: each gets weight/sum of the train tokens (documents repeated or "
                         f"left out), val holds each one's validation split")

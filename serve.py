@@ -659,10 +659,10 @@ class ApiServer(ThreadingHTTPServer):
         self.worker = Worker(model, enc, dtype, max_queue, log)
         try:
             super().__init__((host, port), Handler)
-        except OSError as e:
-            fix = ("pick another --port, or stop what uses it" if e.errno in (errno.EADDRINUSE, errno.EACCES)
+        except (OSError, TypeError, UnicodeError) as e:  # ('ü..x': "encoding of hostname failed", a TypeError)
+            fix = ("pick another --port, or stop what uses it" if getattr(e, "errno", None) in (errno.EADDRINUSE, errno.EACCES)
                    else "check --host (an address or name of this machine)")
-            raise UserError(f"cannot listen on {host}:{port} ({e.strerror}): {fix}")
+            raise UserError(f"cannot listen on {host}:{port} ({getattr(e, 'strerror', None) or e}): {fix}")
         self.worker.start()
 
     @property
@@ -709,7 +709,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Serve a checkpoint: an OpenAI-compatible HTTP API and a chat page.")
     p.add_argument("checkpoint", type=nonempty, nargs="?", help="a .pt file or a Hugging Face model folder (default: the newest .pt "
                                                   "in models/ or a folder in it)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; "
+    p.add_argument("--host", type=nonempty, default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; "
                                                         "0.0.0.0 for every network, with no authentication)")
     p.add_argument("--port", type=port, default=8000, help="port, 0-65535 (default 8000; 0 picks any free one)")
     p.add_argument("--temp", type=temperature, default=0.8, help="temperature when a request gives none (default 0.8)")

@@ -54,10 +54,10 @@ import torch
 from tqdm import tqdm
 
 from checkpoint import load_checkpoint, load_weights, nonfinite, save_checkpoint
-from common import (UserError, atomic_write_text, autocast, check_output, cpu_has_bf16, first_line, nonempty,
-                    pick_device, pick_dtype, retain_freed_memory, run_main, speaks_for_machine, tmp_name)
+from common import (UserError, atomic_write_text, autocast, check_output, cpu_has_bf16, first_line,
+                    nonempty, pick_device, pick_dtype, retain_freed_memory, run_main, speaks_for_machine, tmp_name)
 from model import OPTIMIZERS, PRESETS, GPT, GPTConfig, make_config
-from prepare import (DATASETS, DEFAULT_OUT_DIR, DEFAULT_VAL_FRACTION, dataset_files, is_complete, is_dataset_name,
+from prepare import (DATASETS, DEFAULT_OUT_DIR, DEFAULT_VAL_FRACTION, is_complete, is_dataset_name,
                      meta_options, rebuild_command)
 from setup_tokenizer import get_tokenizer, tokenizer_from_state, tokenizer_hash
 
@@ -69,6 +69,7 @@ from setup_tokenizer import get_tokenizer, tokenizer_from_state, tokenizer_hash
 DEFAULT_LR = {"tiny": 4e-3, "small": 1e-3, "gpt2-75m": 6e-4, "gpt2": 6e-4}
 DEFAULT_BATCH_SIZE = {"tiny": 8}  # others: 16
 EVAL_SPACING = 3  # a budgeted run's evaluations take at most about 1 / (1 + EVAL_SPACING) of it
+MAX_LR = 1e5  # a sanity bound (0.05 is about the largest that trains anything here) that keeps Muon's update in float32
 FINETUNE_LR_DIVISOR = 3  # fine-tuning starts from trained weights: smaller steps keep what they know
 BETAS = (0.9, 0.95)
 
@@ -282,6 +283,9 @@ def resolve_args(args, ckpt_args, continuing, config, fine_tuning=False):
     for k in ("lr", "log_interval"):
         if getattr(a, k) <= 0:
             raise UserError(f"--{k} must be positive, got {getattr(a, k):g}")
+    if a.lr > MAX_LR:  # (1e39 overflowed float32 in Muon's update: a traceback, not the 'loss became nan' line)
+        raise UserError(f"--lr {a.lr:g} is far past any learning rate that trains (1e-4 to 0.05 are usual): give one "
+                        f"of at most {MAX_LR:g}")
     if a.min_lr > a.lr:
         raise UserError(f"--min_lr {a.min_lr:g} is above --lr {a.lr:g}: the cosine decay would climb; give a min_lr "
                         f"below lr (default lr/10)")
@@ -1153,6 +1157,8 @@ def run_training(args, held):
     global use_color, quiet
     use_color = not args.no_color and sys.stdout.isatty() and "NO_COLOR" not in os.environ
     quiet = not speaks_for_machine()  # until the ranks are known: then rank 0 alone
+    if args.reset_epoch and not args.checkpoint:  # (it was ignored: a new run starts at epoch 1 anyway)
+        raise UserError("--reset_epoch restarts a checkpoint's epochs and schedule: give it with --checkpoint")
     if args.init_from is not None:
         # hf.py reads the folder as a checkpoint without training state, so what follows is fine-tuning
         if args.checkpoint:
@@ -1224,10 +1230,10 @@ def run_training(args, held):
     run_id = (ckpt.get("run") if continuing else None) or secrets.token_hex(8)
     if dist.main:  # the files are rank 0's to write
         try:
-            # (not over the dataset's own files: --overwrite, which its refusal suggested, made val.bin a checkpoint)
+            # (not over a dataset's files, which check_output refuses: --overwrite, which its refusal suggested, made
+            # val.bin a checkpoint)
             check_output(out_pattern.replace("{dataset}", dataset).replace("{epoch}", "1"),
-                         "--output_checkpoint" if given else "the checkpoint folder",
-                         inputs={"dataset": dataset_files(meta["folder"])})
+                         "--output_checkpoint" if given else "the checkpoint folder", checkpoint=True)
             held.enter_context(run_lock(out_dir, dataset))
             # --reset_epoch numbers epochs from 1 again: its files would land on the run's own
             if not continuing or args.reset_epoch:
@@ -1341,7 +1347,12 @@ def run_training(args, held):
 
     # ---- model, optimizer, precision
     torch.manual_seed(args.seed)  # initial weights (a checkpoint's replace them) and dropout
-    model = GPT(config)
+    try:
+        model = GPT(config)
+    except (RuntimeError, MemoryError) as e:
+        raise UserError(f"the model ({config.n_layer} layers x {config.n_embd}, context {config.block_size}) does not "
+                        f"fit in memory ({first_line(e)[:80]}): use a smaller --n_layer or --n_embd, or a smaller "
+                        f"--model") from None
     if ckpt is not None:
         load_weights(model, ckpt["model"])
     model.to(device)
@@ -1456,8 +1467,8 @@ def run_training(args, held):
     if continuing and (p.step or p.epoch):
         say(paint(f"resume epoch {p.epoch + 1}, window {p.windows:,}/{len(train_w):,}, step {p.step:,}", "dim"))
 
-    def every(pct):
-        return max(1, round(spe * pct / 100)) if pct > 0 else None
+    def every(pct):  # (past the run: only at its end; 1e308 % overflowed to an OverflowError)
+        return max(1, round(min(spe * pct / 100, 2**62))) if pct > 0 else None
     log_every, eval_every, save_every = every(args.log_interval), every(args.eval_interval), every(args.save_interval)
     # A budgeted run may repeat a small dataset's epoch every few seconds: its logs, evaluations and saves follow
     # the clock instead, each when the run enters its next slice of pct % of the budget.

@@ -2,6 +2,7 @@
 should be), output paths checked before the work, and --device parsing."""
 import errno
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -46,13 +47,40 @@ def test_outputs_are_checked_before_any_work(tmp_path):
     ("train", ["--dataset", "story", "--checkpoint", ""]), ("train", ["--output_checkpoint", ""]),
     ("train", ["--dataset", ""]), ("gen", [""]), ("gen", ["--prompt_file", ""]), ("eval", ["--json", ""]),
     ("prepare", ["--source", "a.txt", ""]), ("setup_tokenizer", ["train", "--input", "a.txt", "--out", ""]),
-    ("serve", ["", "--port", "-1"]), ("export", ["", "hf/x"]), ("bench", ["--out", ""])])
+    ("serve", ["", "--port", "-1"]), ("export", ["", "hf/x"]), ("bench", ["--out", ""]),
+    ("prepare", ["--mix", ""]),  # it built every dataset, as a bare `prepare.py` does
+    ("serve", ["x.pt", "--host", ""])])  # it listened on every network (0.0.0.0), unasked
 def test_an_empty_path_is_refused_not_read_as_left_out(script, argv, capsys):
     main = __import__(script).main
     with pytest.raises(SystemExit) as e:
         main(argv)
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.splitlines()[-1].endswith(": is empty: give a value"), err
+
+
+def test_no_output_replaces_a_checkpoint_or_a_datasets_file(tmp_path):
+    """eval.py --json, gen.py --output, setup_tokenizer.py --out over a checkpoint or a dataset's file replaced it
+    (a 7.7 MB checkpoint became 627 bytes of JSON); train.py's checkpoints may replace checkpoints (by its own rules)."""
+    ckpt = tmp_path / "x.pt"
+    atomic_torch_save({"model": {}}, str(ckpt))
+    data = tmp_path / "story"
+    data.mkdir()
+    for name in ("meta.json", "train.bin", "tokenizer.tiktoken"):
+        (data / name).write_text("x")
+    (data / "notes.json").write_text("{}")  # a file beside a dataset is not the dataset's
+    (tmp_path / "w.safetensors").write_text("x")
+    for path, what in ((ckpt, "a checkpoint"), (data / "train.bin", f"a file of the dataset in {data}"),
+                       (data / "meta.json", "a file of the dataset"), (data / "tokenizer.tiktoken", "a file of the dataset"),
+                       (tmp_path / "w.safetensors", "model weights")):
+        with pytest.raises(UserError, match=rf"^--json {re.escape(str(path))} is {re.escape(what)}.*: the result would "
+                                            rf"replace it; give another --json$"):
+            check_output(str(path), "--json")
+    check_output(str(data / "notes.json"), "--json")
+    (tmp_path / "out.txt").write_text("an earlier run's output")
+    check_output(str(tmp_path / "out.txt"), "--output")  # written over on each run, as before
+    check_output(str(ckpt), "--output_checkpoint", checkpoint=True)
+    with pytest.raises(UserError, match="is a file of the dataset"):
+        check_output(str(data / "train.bin"), "--output_checkpoint", checkpoint=True)
 
 
 def test_the_file_systems_refusals_end_in_one_line(capsys):

@@ -197,8 +197,8 @@ def test_json_over_the_dataset_evaluated_is_refused(env, chat_ckpt, capsys, monk
         target = os.path.join(env["data"], "story", name)
         before = open(target, "rb").read()
         code, out, err = cli([chat_ckpt, "--dataset", "story", "--data_dir", env["data"], "--json", target, *CPU], capsys)
-        assert code == 1 and err == f"error: --json {target} is the dataset it reads: the result would replace it; " \
-                                    f"give another --json\n", err
+        assert code == 1 and err == f"error: --json {target} is a file of the dataset in {os.path.dirname(target)}: the " \
+                                    f"result would replace it; give another --json\n", err
         assert open(target, "rb").read() == before
     # another file there is no part of the dataset: an earlier run's results are written over, as anywhere
     out = os.path.join(env["data"], "story", "eval.json")

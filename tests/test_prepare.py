@@ -930,8 +930,9 @@ def test_pack_option(tmp_path, capsys, monkeypatch):
     with monkeypatch.context() as m, pytest.raises(UserError, match=r"--pack 64: only conversations are packed"):
         m.setattr(prepare, "train_bpe", lambda texts, *a: [*texts] and pytest.fail("a vocabulary was trained"))
         prepare.prepare("text", source=text, out_dir=out, name="text2", pack=64, vocab_size=300)
-    with pytest.raises(UserError, match="--pack -1"):
-        prepare.prepare("chat", source=src, out_dir=out, pack=-1)
+    for bad in (-1, prepare.MAX_PACK + 1, 10**30):  # 10**30: numpy's "Maximum allowed dimension exceeded"
+        with pytest.raises(UserError, match=rf"^--pack {bad}: give the training context in tokens"):
+            prepare.prepare("chat", source=src, out_dir=out, pack=bad)
     assert not os.path.exists(os.path.join(out, "text2"))
 
 

@@ -5,6 +5,7 @@ that hangs up, the command line, and the chat page in a headless Chromium. Serve
 test process on a free loopback port, with tiny random models saved or built here.
 """
 import http.client
+import io
 import json
 import os
 import random
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
@@ -365,20 +367,28 @@ def test_http_framing(api):
     """Requests whose framing a proxy in front might read otherwise (RFC 9112) are refused with 400, and the
     connection closes behind each; a GET's body is read, so the request after it is answered; a stray CRLF before a
     request line is skipped, and a client's Connection: close is echoed."""
+    class Unclosable(io.BytesIO):
+        def close(self):  # HTTPResponse closes its file at the end of a body: the next answer is in it too
+            pass
+
     def exchange(data, n=1):
+        """The n answers to data, read until the server closes the connection (as each exchange here ends)."""
         with socket.create_connection(api.server_address[:2], timeout=60) as sock:
             sock.sendall(data)
-            r = []
-            for _ in range(n):
-                resp = http.client.HTTPResponse(sock)
-                resp.begin()
-                r.append((resp.status, json.loads(resp.read()) if resp.status != 200 or n > 1 else resp.read(),
-                          dict(resp.getheaders())))
-            return r
+            got = b"".join(iter(lambda: sock.recv(65536), b""))
+        answers = Unclosable(got)
+        r = []
+        for _ in range(n):
+            resp = http.client.HTTPResponse(types.SimpleNamespace(makefile=lambda *a, **k: answers))
+            resp.begin()
+            r.append((resp.status, json.loads(resp.read()) if resp.status != 200 or n > 1 else resp.read(),
+                      dict(resp.getheaders())))
+        assert answers.read() == b""  # no answer more than the requests
+        return r
     # a GET with a body: the body was left on the connection and taken for the next request line (a 400)
     body = b"GET /v1/nope HTTP/1.1\r\n\r\n"
     (a, b) = exchange(b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
-                      + b"\r\nGET /health HTTP/1.1\r\nHost: x\r\n\r\n", n=2)  # with a stray CRLF between them
+                      + b"\r\nGET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", n=2)  # a stray CRLF between
     assert a[0] == b[0] == 200 and a[1]["status"] == b[1]["status"] == "ok"
     for request, words in [
             (b"Content-Length: 41\r\nContent-Length: 5\r\n", "two different Content-Length headers"),
@@ -604,6 +614,9 @@ def test_command_line_errors(ckpt, enc, tmp_path, capsys, monkeypatch):
     code, out, err = run_cli(serve.main, [ckpt, "--host", "nosuchhost.invalid", "--device", "cpu"], capsys)
     assert code == 1 and err.startswith("error: cannot listen on nosuchhost.invalid") and err.rstrip().endswith(
         "check --host (an address or name of this machine)")
+    code, out, err = run_cli(serve.main, [ckpt, "--host", "\u00fc..x", "--device", "cpu"], capsys)  # a TypeError's traceback
+    assert code == 1 and err == "error: cannot listen on \u00fc..x:8000 (encoding of hostname failed): check --host (an " \
+        "address or name of this machine)\n"
     # a checkpoint of NaN weights is refused at startup, before it could answer a request
     model = tiny_model(enc)
     with torch.no_grad():

@@ -1173,6 +1173,17 @@ def test_bad_options_are_user_errors(env, tmp_path, trained):
         with pytest.raises(UserError, match=rf"^--batch_size {int(batch):,} is more than the {n:,} windows of 64 tokens "
                                             rf"in the train split: use --batch_size {n} or less, or prepare more text$"):
             train.train(args_for(env, tmp_path, "--dataset", "story", "--block_size", "64", "--batch_size", batch))
+    # a model larger than the machine's memory: refused before it is built (--n_layer 10**12 filled memory for
+    # minutes; --n_embd 10**30 was torch's traceback)
+    for flag, value in (("--n_layer", 10**12), ("--n_embd", 10**30)):
+        with pytest.raises(UserError, match=r"^the model \(.*\) does not fit in memory \(.* GiB of weights, more than "
+                                            r"the machine's .* GiB\): use a smaller --n_layer or --n_embd"):
+            train.train(args_for(env, tmp_path, "--dataset", "story", flag, value, "--n_head", "1"))
+    with pytest.raises(UserError, match=r"^--reset_epoch restarts a checkpoint's epochs and schedule: give it with "
+                                        r"--checkpoint$"):  # it was ignored
+        train.train(args_for(env, tmp_path, "--dataset", "story", "--reset_epoch"))
+    with pytest.raises(UserError, match=r"^--lr 1e\+39 is far past any learning rate that trains"):  # Muon's traceback
+        train.train(args_for(env, tmp_path, "--dataset", "story", "--lr", "1e39", "--min_lr", "0"))
     with pytest.raises(UserError, match="share of the budget"):  # steps cannot be known before a budget ends
         train.train(args_for(env, tmp_path, "--dataset", "story", "--time_budget", "1", "--warmup", "100"))
     for bad in ("abc", "-5", "120%", "nan%"):
@@ -1236,7 +1247,7 @@ def test_output_checkpoint_folders(env, tmp_path):
     shutil.copytree(os.path.join(env["data"], "mini"), tmp_path / "d" / "mini")
     val = (tmp_path / "d" / "mini" / "val.bin").read_bytes()
     for name in ("val.bin", "train.bin", "meta.json"):
-        with pytest.raises(UserError, match=r"^--output_checkpoint .* is the dataset it reads: the result would "
+        with pytest.raises(UserError, match=r"^--output_checkpoint .* is a file of the dataset in .*: the result would "
                                             r"replace it; give another --output_checkpoint$"):
             train.train(args_for(env, tmp_path, "--data_dir", tmp_path / "d", "--dataset", "mini", "--max_steps", "1",
                                  "--overwrite", "--output_checkpoint", tmp_path / "d" / "mini" / name))
@@ -1336,7 +1347,7 @@ def test_a_diverging_run_never_saves_over_a_good_checkpoint(env, tmp_path):
     """The loss was checked at log points only: a save due between them wrote nan weights over the last good file,
     which the error then named as the last good checkpoint."""
     with pytest.raises(UserError, match="the (training loss|weights) became nan") as e:
-        train.train(args_for(env, tmp_path, "--dataset", "story", "--optimizer", "adamw", "--lr", "1e8",
+        train.train(args_for(env, tmp_path, "--dataset", "story", "--optimizer", "adamw", "--lr", "1e5",
                              "--warmup", "20", "--grad_clip", "0", "--log_interval", "100", "--save_interval", "0.1",
                              "--eval_interval", "0"))
     good = re.search(r"last good checkpoint: (\S+)$", str(e.value)).group(1)
@@ -1407,6 +1418,14 @@ def test_compile_traces_the_model_once_for_training_and_once_for_evaluation(env,
     w = train.Windows(train.load_meta(env["data"], "mini"), "train", 64)
     assert len(w) % 16, "the mini set no longer ends in a padded batch: the test would not cover it"
     assert len(graphs) == 2  # grad mode on (training) and off (evaluation)
+
+
+def test_intervals_past_the_run_act_at_its_end(env, tmp_path):
+    """--eval_interval 1e308 (% of an epoch) ended in an OverflowError; past the run, it is only the final one."""
+    summary = train.train(args_for(env, tmp_path, "--dataset", "mini", "--epochs", "1", "--eval_interval", "1e308",
+                                   "--log_interval", "1e308", "--save_interval", "1e308"))
+    rows = read_metrics(summary["metrics"])
+    assert [r["step"] for r in rows if r["val_loss"] is not None] == [summary["steps"]] and summary["val_loss"] > 0
 
 
 def test_warmup_as_a_share_of_all_steps(env, tmp_path):
