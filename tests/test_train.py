@@ -1480,3 +1480,37 @@ def test_a_checkpoint_naming_its_dataset_by_path_evaluates_and_resumes(env, tmp_
         r = train.train(train.parse_args(["--checkpoint", path, "--max_steps", "1", "--device", "cpu", "--no-color",
                                           "--overwrite"]))
         assert r["steps"] == 3  # went on from step 2: the same run, not a fine-tune from step 0
+
+
+def cut_dataset(env, data, name, tokens):
+    """A copy of the mini set under data/name with each split cut to tokens[split] tokens, meta.json to match."""
+    folder = data / name
+    shutil.copytree(os.path.join(env["data"], "mini"), folder)
+    meta = json.loads((folder / "meta.json").read_text())
+    for split, n in tokens.items():
+        ids = np.fromfile(folder / f"{split}.bin", dtype=np.uint16)
+        assert len(ids) > n
+        ids[:n].tofile(folder / f"{split}.bin")
+        meta["splits"][split]["tokens"] = n
+    (folder / "meta.json").write_text(json.dumps(meta))
+    return folder
+
+
+def test_a_split_of_a_whole_number_of_blocks_has_no_short_window(env, tmp_path):
+    """Each window needs block_size + 1 tokens: 128 tokens at block 64 are one window, not two (the second one token
+    short, which no batch can stack)."""
+    folder = cut_dataset(env, tmp_path / "data", "mini", {"train": 64 * 40, "val": 64 * 4})
+    meta = train.load_meta(str(tmp_path / "data"), "mini")
+    tokens = np.fromfile(folder / "train.bin", dtype=np.uint16).astype(np.int64)
+    for n, want in ((128, 1), (129, 2), (127, 1)):
+        tokens[:n].astype(np.uint16).tofile(tmp_path / "cut.bin")
+        w = train.Windows({**meta, "folder": str(tmp_path), "has_mask": False}, "cut", 64)
+        assert len(w) == want
+        x, y, _ = w.get(np.arange(want))
+        for i in range(want):
+            assert (x[i] == tokens[i * 64:i * 64 + 64]).all() and (y[i] == tokens[i * 64 + 1:i * 64 + 65]).all()
+    # end to end: every window of both splits trained on and evaluated
+    s = train.train(args_for(env, tmp_path, "--data_dir", str(tmp_path / "data"), "--dataset", "mini", "--epochs", "1",
+                             "--batch_size", "8", "--eval_batches", "100"))
+    assert s["steps"] == math.ceil(39 / 8)
+    assert len(train.Windows(meta, "val", 64)) == 3 and math.isfinite(s["val_loss"])
