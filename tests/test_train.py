@@ -1514,3 +1514,44 @@ def test_a_split_of_a_whole_number_of_blocks_has_no_short_window(env, tmp_path):
                              "--batch_size", "8", "--eval_batches", "100"))
     assert s["steps"] == math.ceil(39 / 8)
     assert len(train.Windows(meta, "val", 64)) == 3 and math.isfinite(s["val_loss"])
+
+
+def test_a_mask_file_cut_after_the_dataset_was_checked_is_named(env, tmp_path):
+    """load_meta compares every file with meta.json; a *_mask.bin cut short after that (or Windows read without it)
+    is still a one-line error naming the file and the command that makes it again, not a loss over a shorter mask."""
+    shutil.copytree(os.path.join(env["data"], "chat"), tmp_path / "data" / "chat")
+    meta = train.load_meta(str(tmp_path / "data"), "chat")
+    mask = tmp_path / "data" / "chat" / "train_mask.bin"
+    os.truncate(mask, 1000)
+    with pytest.raises(UserError, match=rf"^{re.escape(str(mask))} has 1000 entries for \d+ tokens: "
+                                        r"run `python prepare\.py --dataset chat .*` again$"):
+        train.Windows(meta, "train", 64)
+    # end to end: load_meta says it first
+    with pytest.raises(UserError, match=r"chat: the sizes of its \.bin files are not what meta\.json says .*"
+                                        r"run `python prepare\.py --dataset chat .*` again$"):
+        train.train(args_for(env, tmp_path, "--data_dir", str(tmp_path / "data"), "--dataset", "chat",
+                             "--max_steps", "1"))
+
+
+def test_an_error_reading_a_batch_reaches_the_training_loop(env, tmp_path):
+    """Batches are read in prefetch's thread: an error there is raised to the loop, not taken for the epoch's end
+    (which trained on part of the data, saved and reported the run done)."""
+    def steps():
+        yield 1
+        yield 2
+        raise UserError("boom")
+    it = train.prefetch(steps())
+    assert next(it) == 1 and next(it) == 2
+    with pytest.raises(UserError, match="^boom$"):
+        next(it)
+    # end to end: a token id past the vocabulary in the middle of train.bin (the sizes are right)
+    data = tmp_path / "data"
+    shutil.copytree(os.path.join(env["data"], "mini"), data / "mini")
+    train_bin = np.memmap(data / "mini" / "train.bin", dtype=np.uint16, mode="r+")
+    train_bin[len(train_bin) // 2] = 512
+    train_bin.flush()
+    del train_bin
+    with pytest.raises(UserError, match=r"train\.bin holds token id 512, beyond its 512-token vocabulary \(a damaged "
+                                        r"file\): run `python prepare\.py .*` again$") as e:
+        train.train(args_for(env, tmp_path, "--data_dir", str(data), "--dataset", "mini", "--epochs", "1"))
+    assert e.value.every_rank
