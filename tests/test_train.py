@@ -1555,3 +1555,14 @@ def test_an_error_reading_a_batch_reaches_the_training_loop(env, tmp_path):
                                         r"file\): run `python prepare\.py .*` again$") as e:
         train.train(args_for(env, tmp_path, "--data_dir", str(data), "--dataset", "mini", "--epochs", "1"))
     assert e.value.every_rank
+
+
+def test_evaluate_gives_a_model_in_eval_mode_back_in_eval_mode(env):
+    """eval.py and gen.py evaluate a model kept in eval mode: evaluate() leaves it so (dropout stays off after)."""
+    w = train.Windows(train.load_meta(env["data"], "mini"), "val", 64)
+    torch.manual_seed(0)
+    model = train.GPT(train.make_config("tiny", n_layer=1, n_embd=32, n_head=2, block_size=64, vocab_size=512,
+                                        dropout=0.5))
+    model.eval()
+    train.evaluate(model, w, 4, 1, torch.device("cpu"), torch.float32)
+    assert not any(m.training for m in model.modules())
