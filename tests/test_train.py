@@ -1566,3 +1566,21 @@ def test_evaluate_gives_a_model_in_eval_mode_back_in_eval_mode(env):
     model.eval()
     train.evaluate(model, w, 4, 1, torch.device("cpu"), torch.float32)
     assert not any(m.training for m in model.modules())
+
+
+def test_graceful_interrupt_gives_the_earlier_handlers_back(monkeypatch):
+    """GracefulInterrupt takes SIGINT and SIGTERM for a run and gives back the handlers from before it: a caller's
+    own (a notebook's, a test runner's), or Ctrl-C in a script that trains and goes on would save nothing and exit
+    130 no more."""
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    def mine(signum, frame):
+        pass
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        signal.signal(signal.SIGTERM, mine)
+        with train.GracefulInterrupt() as g:
+            assert signal.getsignal(signal.SIGINT) == g.handler and signal.getsignal(signal.SIGTERM) == g.handler
+        assert signal.getsignal(signal.SIGINT) is before[signal.SIGINT] and signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        for sig, h in before.items():
+            signal.signal(sig, h)
