@@ -1584,3 +1584,13 @@ def test_graceful_interrupt_gives_the_earlier_handlers_back(monkeypatch):
     finally:
         for sig, h in before.items():
             signal.signal(sig, h)
+
+
+def test_a_budgets_min_lr_defaults_to_a_hundredth_of_lr():
+    """A budget ends at a known moment, so its default decay goes to lr/100; a run of epochs or steps to lr/10."""
+    config = train.make_config("tiny")
+    assert train.resolve_args(train.parse_args(["--lr", "1e-3", "--time_budget", "5"]), {}, False,
+                              config).min_lr == pytest.approx(1e-5)
+    assert train.resolve_args(train.parse_args(["--lr", "1e-3"]), {}, False, config).min_lr == pytest.approx(1e-4)
+    assert train.resolve_args(train.parse_args(["--lr", "1e-3", "--time_budget", "5", "--min_lr", "3e-4"]), {}, False,
+                              config).min_lr == 3e-4
