@@ -1594,3 +1594,12 @@ def test_a_budgets_min_lr_defaults_to_a_hundredth_of_lr():
     assert train.resolve_args(train.parse_args(["--lr", "1e-3"]), {}, False, config).min_lr == pytest.approx(1e-4)
     assert train.resolve_args(train.parse_args(["--lr", "1e-3", "--time_budget", "5", "--min_lr", "3e-4"]), {}, False,
                               config).min_lr == 3e-4
+
+
+def test_a_min_lr_equal_to_lr_is_a_constant_learning_rate():
+    config = train.make_config("tiny")
+    a = train.resolve_args(train.parse_args(["--lr", "1e-3", "--min_lr", "1e-3"]), {}, False, config)
+    assert a.lr == a.min_lr == 1e-3
+    assert {train.lr_at(s, a.lr, a.min_lr, 10, 100) for s in range(10, 120)} == {1e-3}  # after the warmup
+    with pytest.raises(UserError, match=r"^--min_lr 0\.002 is above --lr 0\.001"):
+        train.resolve_args(train.parse_args(["--lr", "1e-3", "--min_lr", "2e-3"]), {}, False, config)
