@@ -1603,3 +1603,20 @@ def test_a_min_lr_equal_to_lr_is_a_constant_learning_rate():
     assert {train.lr_at(s, a.lr, a.min_lr, 10, 100) for s in range(10, 120)} == {1e-3}  # after the warmup
     with pytest.raises(UserError, match=r"^--min_lr 0\.002 is above --lr 0\.001"):
         train.resolve_args(train.parse_args(["--lr", "1e-3", "--min_lr", "2e-3"]), {}, False, config)
+
+
+def test_a_continued_run_takes_a_new_dropout(env, tmp_path):
+    """--dropout has no weights: given when continuing, the run trains with it and its checkpoints record it (and a
+    run continued without it keeps the checkpoint's)."""
+    first = train.train(args_for(env, tmp_path / "a", "--dataset", "mini", "--max_steps", "1"))["checkpoint"]
+    assert load_checkpoint(first)["config"]["dropout"] == 0.0
+
+    def go_on(ck, out, *extra):
+        return train.train(train.parse_args(["--checkpoint", ck, "--max_steps", "1", "--data_dir", env["data"],
+                                             "--output_checkpoint", str(tmp_path / out / "{dataset}_epoch{epoch}.pt"),
+                                             "--device", "cpu", "--no_color", *extra]))["checkpoint"]
+    same, dropped = go_on(first, "b"), go_on(first, "c", "--dropout", "0.1")
+    ck = load_checkpoint(dropped)
+    assert ck["config"]["dropout"] == 0.1 and load_checkpoint(same)["config"]["dropout"] == 0.0
+    assert any(not torch.equal(p, q) for p, q in zip(ck["model"].values(), load_checkpoint(same)["model"].values()))
+    assert load_checkpoint(go_on(dropped, "c"))["config"]["dropout"] == 0.1
