@@ -1620,3 +1620,25 @@ def test_a_continued_run_takes_a_new_dropout(env, tmp_path):
     assert ck["config"]["dropout"] == 0.1 and load_checkpoint(same)["config"]["dropout"] == 0.0
     assert any(not torch.equal(p, q) for p, q in zip(ck["model"].values(), load_checkpoint(same)["model"].values()))
     assert load_checkpoint(go_on(dropped, "c"))["config"]["dropout"] == 0.1
+
+
+def test_a_tokenizer_file_changed_since_the_data_was_prepared_is_refused(tmp_path):
+    """Data prepared with --tokenizer FILE, then FILE trained again in place: its token ids mean other text now, and
+    a model trained on the data with it would learn garbage and write it out as the new vocabulary's. Refused with
+    the command that prepares the data again, after which the model trains."""
+    src = tmp_path / "mine.txt"
+    src.write_text(story_text(30_000), encoding="utf-8")
+    tok, data = str(tmp_path / "vocab.tiktoken"), str(tmp_path / "data")
+    train_tokenizer([str(src)], 300, tok)
+    prepare.prepare("text", source=str(src), tokenizer=tok, out_dir=data, name="mine")
+    argv = ["--data_dir", data, "--dataset", "mine", "--output_checkpoint", str(tmp_path / "m" / "{dataset}.pt"),
+            "--n_layer", "1", "--n_embd", "32", "--n_head", "2", "--block_size", "32", "--max_steps", "1",
+            "--device", "cpu", "--no-color", "--overwrite"]
+    (tmp_path / "other.txt").write_text(story_text(5_000), encoding="utf-8")
+    new = train_tokenizer([str(tmp_path / "other.txt")], 280, tok)
+    with pytest.raises(UserError, match=rf"^tokenizer {re.escape(tok)} changed since {re.escape(data)}/mine was "
+                                        rf"prepared \(hash \S+, data \S+\): run `python prepare\.py .*` again$") as e:
+        train.train(train.parse_args(argv))
+    prepare.main(shlex.split(re.search(r"`python prepare\.py ([^`]*)`", str(e.value)).group(1)))
+    out = train.train(train.parse_args(argv))
+    assert load_checkpoint(out["checkpoint"])["tokenizer"]["hash"] == tokenizer_hash(new)
