@@ -1489,3 +1489,27 @@ def test_limit_counts_a_book_read_in_pieces_once(tmp_path, monkeypatch):
     whole = prepare.prepare("text", source=src, out_dir=str(tmp_path / "data"), name="whole")
     limited = prepare.prepare("text", source=src, out_dir=str(tmp_path / "data"), name="lim", limit=2)
     assert limited["splits"] == whole["splits"]  # two documents: both books, whole
+
+
+def test_lone_surrogates_in_chat_messages_read_as_tiktoken_reads_them(tmp_path):
+    """A lone surrogate escaped in JSON ("\\ud800") inside a chat record's `messages` or `conversations` list is read
+    as U+FFFD, as in a text record: left in, a --vocab_size build failed in a traceback."""
+    convs = [[{"role": "user", "content": f"Hi \\ud800 number {i}"},
+              {"role": "assistant", "content": f"Hello \\udfff back {i}, a pair \\ud83d\\ude00 stays"}] for i in range(6)]
+    messages = "\n".join('{"messages": [' + ", ".join(
+        '{"role": "%s", "content": "%s"}' % (m["role"], m["content"]) for m in c) + "]}" for c in convs)
+    names = {"user": "human", "assistant": "gpt"}
+    share = "[" + ", ".join('{"conversations": [' + ", ".join(
+        '{"from": "%s", "value": "%s"}' % (names[m["role"]], m["content"]) for m in c) + "]}" for c in convs) + "]"
+    for filename, text in (("m.jsonl", messages), ("s.json", share)):
+        src = write(tmp_path / filename, text)
+        for vocab_size in (None, 300):
+            name = f"{filename.split('.')[0]}{vocab_size}"
+            meta = prepare.prepare("chat", source=src, out_dir=str(tmp_path / "data"), name=name,
+                                   vocab_size=vocab_size, val_fraction=0.2, pack=0)
+            tok = get_tokenizer(meta["tokenizer"])
+            ids, mask = load(tmp_path / "data" / name, "train", meta)
+            assert tok.decode(ids.tolist()).startswith(
+                IM_START + "user\nHi \ufffd number 0" + IM_END + "\n" + IM_START + "assistant\n"
+                "Hello \ufffd back 0, a pair \U0001f600 stays" + IM_END), (filename, vocab_size)
+            assert "Hello \ufffd back 0, a pair \U0001f600 stays" + IM_END in masked_spans(tok, ids, mask)
