@@ -288,3 +288,48 @@ def test_sigterm_ends_a_script_through_its_clean_up(tmp_path):
         assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+def test_under_torchrun_an_error_one_rank_alone_meets_is_printed_by_that_rank(monkeypatch, capsys):
+    """A UserError every rank meets (bad input) is printed once a machine, by local rank 0; one a rank meets alone
+    (every_rank=True: its own GPU, its own shard) is printed by that rank, else it ended with no word of why."""
+    for rank in ("0", "1"):
+        monkeypatch.setenv("LOCAL_RANK", rank)
+        for every_rank in (False, True):
+            def main():
+                raise UserError("bad thing: fix it", every_rank=every_rank)
+            with pytest.raises(SystemExit) as e:
+                run_main(main)
+            said = "error: bad thing: fix it\n" if rank == "0" or every_rank else ""
+            assert e.value.code == 1 and capsys.readouterr().err == said, (rank, every_rank)
+
+
+@pytest.mark.parametrize("flags, has_bf16", [
+    ("fpu vme sse sse2 avx avx2 avx512f avx512bw avx512_bf16 avx512_vnni", True),  # Cooper Lake, Zen 4
+    ("fpu sse sse2 avx avx2 avx512f amx_bf16 amx_tile amx_int8", True),  # AMX alone
+    ("fpu vme sse sse2 avx avx2 avx512f avx512bw avx512_vnni avx512_fp16", False),  # no bf16 instructions
+])
+def test_cpu_has_bf16_reads_the_cpu_flags(monkeypatch, flags, has_bf16):
+    """A CPU whose flags list avx512_bf16 (or amx_bf16) has native bf16: --dtype auto picks bf16 autocast there."""
+    import io
+
+    import common
+    cpuinfo = f"processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: {flags}\nbugs\t\t: spectre_v1\n\n"
+
+    def fake_open(path, *args, **kwargs):
+        return io.StringIO(cpuinfo) if path == "/proc/cpuinfo" else open(path, *args, **kwargs)
+    monkeypatch.setattr(common, "open", fake_open, raising=False)  # common's open: the builtin elsewhere
+    assert common.cpu_has_bf16() is has_bf16
+    assert common.pick_dtype(torch.device("cpu")) == (torch.bfloat16 if has_bf16 else torch.float32)
+
+
+def test_autocast_computes_in_the_dtype_asked_for_and_float32_is_a_no_op():
+    from common import autocast
+    cpu = torch.device("cpu")
+    linear = torch.nn.Linear(8, 4)
+    x = torch.randn(2, 8)
+    with autocast(cpu, torch.bfloat16):
+        assert linear(x).dtype == torch.bfloat16
+    with autocast(cpu, torch.float32):
+        assert not torch.is_autocast_enabled("cpu") and linear(x).dtype == torch.float32
+    assert linear(x).dtype == torch.float32  # and nothing left on after either
