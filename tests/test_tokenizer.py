@@ -286,3 +286,15 @@ def test_a_trained_vocabulary_learns_no_merge_of_the_separator(tmp_path):
     src.write_text("".join(f"Story {i} about a cat.\n{EOT}\n" for i in range(300)), encoding="utf-8")
     enc = train_tokenizer([str(src)], 400, str(tmp_path / "v.tiktoken"))
     assert not [t for t in enc._mergeable_ranks if b"endof" in t or b"<|" in t or b"|>" in t]
+
+
+def test_cli_show_gives_a_special_token_as_one_id(gpt2, capsys):
+    """README's `python setup_tokenizer.py show "Hello <|im_start|> world"`: the ChatML token is one id, as the chat
+    renderer writes it (it ended in tiktoken's "disallowed special token" traceback)."""
+    code, out, err = run_in_process(setup_tokenizer.main, ["show", "Hello <|im_start|> world"], capsys)
+    assert code == 0 and err == "", err
+    special = gpt2.encode_single_token(IM_START)
+    rows = [line.split(None, 1) for line in out.splitlines()[:-1]]
+    assert [int(i) for i, _ in rows] == gpt2.encode("Hello ") + [special] + gpt2.encode(" world")
+    assert [shown for i, shown in rows if int(i) == special] == [repr(IM_START.encode())]
+    assert out.splitlines()[-1].startswith(f"{len(rows)} tokens, 24 bytes")
