@@ -567,3 +567,39 @@ def test_an_untied_lm_head_is_refused(small_folder, tmp_path):
     st.save_file(tensors, str(folder / "model.safetensors"))
     with pytest.raises(common.UserError, match="not tied"):
         load_checkpoint(str(folder))
+
+
+@pytest.mark.parametrize("variant, kind", [("gpt2", "GPT2LMHeadModel"), ("modern", "LlamaForCausalLM")])
+def test_export_dtype_writes_those_weights_and_names_the_model_class(custom_enc, tmp_path, capsys, variant, kind):
+    """`export.py CKPT OUT --dtype bfloat16` writes bf16 weights (half the file), said so in config.json; the line
+    printed names the class transformers will load: GPT2LMHeadModel for the gpt2 variant, LlamaForCausalLM for modern."""
+    model = our_model(custom_enc.n_vocab, variant)
+    ckpt = str(tmp_path / "model.pt")
+    save_checkpoint(ckpt, model, custom_enc)
+
+    def weights(out):
+        path = os.path.join(out, "model.safetensors")
+        with open(path, "rb") as f:
+            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+        header.pop("__metadata__", None)
+        with open(os.path.join(out, "config.json")) as f:
+            config = json.load(f)
+        return {t["dtype"] for t in header.values()}, os.path.getsize(path), config
+
+    sizes = {}
+    for dtype, st_dtype in (("float32", "F32"), ("bfloat16", "BF16")):
+        out = str(tmp_path / dtype)
+        code, stdout, err = run_cli(export.main, [ckpt, out] + (["--dtype", dtype] if dtype != "float32" else []), capsys)
+        assert code == 0 and err == "", err
+        assert stdout.startswith(f"wrote {out}: {kind}, 2 layers x 64, ") and f", {dtype}; files " in stdout
+        found, sizes[dtype], config = weights(out)
+        assert found == {st_dtype} and config["torch_dtype"] == dtype and config["architectures"] == [kind]
+    assert 0.45 < sizes["bfloat16"] / sizes["float32"] < 0.55
+    # and the bf16 folder reads back here as the model rounded to bf16
+    back, _, _ = load_model(str(tmp_path / "bfloat16"))
+    idx = torch.randint(0, custom_enc.n_vocab, (1, 32), generator=torch.Generator().manual_seed(1))
+    rounded = our_model(custom_enc.n_vocab, variant)
+    with torch.no_grad():
+        for p in rounded.parameters():
+            p.copy_(p.to(torch.bfloat16).float())
+        torch.testing.assert_close(back(idx)[0].float(), rounded(idx)[0], atol=1e-4, rtol=1e-4)
