@@ -302,3 +302,81 @@ def test_b1_bf16_logits_path_matches_onednn():
     assert torch.backends.mkldnn.enabled
     assert fast.shape == (1, 500)
     assert torch.allclose(fast, ref, atol=2e-2, rtol=2e-2)
+
+
+@pytest.fixture
+def one_second_steps(monkeypatch):
+    """Every timed interval lasts exactly one second (a clock that advances 1 s per reading), so the figures derived
+    from the times are known exactly."""
+    ticks = iter(range(10**9))
+    monkeypatch.setattr(bench, "clock", lambda: float(next(ticks)))
+
+
+def test_peak_counts_two_flops_per_multiply_add(one_second_steps, one_thread):
+    # an n x n @ n x n matmul is n^3 multiply-adds: 2 n^3 FLOPs (half of it would double every MFU)
+    rows = bench.run(quick_args("--only", "peak", "--dtype", "float32", "--peak_sizes", "64,32"), torch.device("cpu"),
+                     log=lambda *a: None)
+    assert [(r["name"], r["dtype"]) for r in rows][:2] == [("matmul 64x64", "fp32"), ("matmul 32x32", "fp32")]
+    assert [r["value"] for r in rows[:2]] == pytest.approx([2 * 64 ** 3 / 1e9, 2 * 32 ** 3 / 1e9])
+
+
+def test_training_tokens_per_second_and_mfu_against_the_best_peak(one_second_steps, one_thread):
+    # B2 x T32 tokens a one-second step; MFU against the best of the peak sizes (64's here, measured first)
+    args = quick_args("--only", "train", "--dtype", "float32", "--peak_sizes", "64,32", "--steps", "1")
+    rows = bench.run(args, torch.device("cpu"), log=lambda *a: None)
+    (tr,) = [r for r in rows if r["section"] == "train"]
+    assert tr["name"] == "tiny B2 T32 V512" and tr["value"] == pytest.approx(2 * 32)
+    fpt = bench.build_model("tiny", torch.device("cpu"), 32, 512).flops_per_token(32)
+    assert tr["mfu"] == pytest.approx(2 * 32 * fpt / (2 * 64 ** 3))
+
+
+def test_the_ratio_baseline_trains_in_fp32_whatever_the_dtype(monkeypatch, one_thread):
+    # the target compares the small vocabulary in bf16 with GPT-2's vocabulary in fp32: the baseline's forward must not
+    # run under bf16 autocast even when --dtype is bfloat16
+    logits_dtype = {}
+    real = bench.build_model
+
+    def recording(*a, **k):
+        model = real(*a, **k)
+        def hook(m, inp, out):
+            logits_dtype.setdefault(m.config.vocab_size, out[0].dtype)
+        model.register_forward_hook(hook)
+        return model
+    monkeypatch.setattr(bench, "build_model", recording)
+    rows = bench.bench_ratio("tiny", torch.device("cpu"), torch.bfloat16, {}, 1, block_size=16, small_vocab=512,
+                             warmup=0, iters=1)
+    assert logits_dtype == {512: torch.bfloat16, bench.GPT2_VOCAB: torch.float32}
+    assert [r["dtype"] for r in rows] == ["bf16", "fp32", ""]
+
+
+def test_the_ratio_target_is_eight_times():
+    rows = [bench.row("ratio", "V4096 bf16 / V50259 fp32", v, "x") for v in (5.0, 8.0)]
+    assert bench.check_targets(rows) == ["target 4096-vocab / GPT-2-vocab fp32 >= 8x: 5.00x (V4096 bf16 / V50259 fp32) "
+                                         "NOT met",
+                                         "target 4096-vocab / GPT-2-vocab fp32 >= 8x: 8.00x (V4096 bf16 / V50259 fp32) "
+                                         "met"]
+
+
+def test_a_section_appended_to_a_file_without_a_final_newline_starts_on_its_own_line(tmp_path):
+    out = tmp_path / "BENCH.md"
+    out.write_text("# Benchmarks\n\nedited by hand, no newline at the end", encoding="utf-8")
+    bench.append_benchmarks(str(out), "## 2025-01-01 00:00 — cpu\n")
+    assert out.read_text(encoding="utf-8") == \
+        "# Benchmarks\n\nedited by hand, no newline at the end\n\n## 2025-01-01 00:00 — cpu\n"
+
+
+def test_warmup_zero_is_accepted_and_negative_refused(one_second_steps, one_thread):
+    rows = bench.main(["--quick", "--no_write", "--device", "cpu", "--malloc", "default", "--only", "train",
+                       "--dtype", "float32", "--peak_sizes", "16", "--steps", "1", "--warmup", "0"])
+    assert [r["section"] for r in rows] == ["peak", "train"]
+    with pytest.raises(UserError, match=r"^--warmup must be >= 0, got -1$"):
+        bench.main(["--quick", "--no_write", "--malloc", "default", "--warmup", "-1"])
+
+
+def test_a_list_of_no_names_is_one_line(monkeypatch, capsys):
+    # "--only ," ran nothing and printed an empty table; "--dtype ," ended in an IndexError
+    monkeypatch.setattr(bench, "run", lambda *a, **k: pytest.fail("ran with an empty list"))
+    for option in ("--only", "--dtype", "--model", "--optimizer"):
+        with pytest.raises(UserError, match=f"^{option} ',': choose from "):
+            bench.main(["--quick", "--no_write", "--device", "cpu", "--malloc", "default", option, ","])
+    assert capsys.readouterr().out == ""
