@@ -32,14 +32,17 @@ import time
 
 import torch
 
-from common import (UserError, atomic_write_text, autocast, check_output, cpu_has_bf16, pick_device, pick_dtype,
-                    nonempty, not_utf8, retain_freed_memory, run_main, DTYPES)
+from common import (UserError, atomic_write_text, autocast, check_output, cpu_has_bf16, first_line, pick_device,
+                    pick_dtype, nonempty, not_utf8, retain_freed_memory, run_main, DTYPES)
 from model import GPT, OPTIMIZERS, PRESETS, make_config
-from train import Forward
+from train import Forward, is_oom
 
 SECTIONS = ("peak", "train", "gen", "ratio", "prepare")
 SHORT = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 GPT2_VOCAB = 50259  # what make_config gives by default: GPT-2's 50257 + 2 ChatML tokens
+# a bound on the size options: their tensors would take terabytes at least (a batch of 2**40 sequences, a vocabulary
+# of 2**40 embeddings), and sizes near int64's limit overflowed inside torch (a traceback); below it, fits() in run()
+MAX_SIZE = 2**40
 
 
 # -----------------------------------------------------------------------------
@@ -491,6 +494,18 @@ def check_targets(rows, off=None):
 # -----------------------------------------------------------------------------
 # the whole run
 
+@contextlib.contextmanager
+def fits(message):
+    """An allocation that fails for its size (a size too large for this machine's memory, or for a tensor at all)
+    ends in a UserError: message, which names the options to lower, and torch's own line. Other errors pass."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as e:
+        if not (isinstance(e, MemoryError) or is_oom(e) or "Storage size calculation overflowed" in str(e)):
+            raise
+        raise UserError(f"{message} ({first_line(e)})") from None
+
+
 def selection(args, device):
     """(sections, dtypes, optimizers, presets) the options ask for; a UserError for a name that is none."""
     only = parse_list(args.only, SECTIONS, "--only")
@@ -528,7 +543,8 @@ def run(args, device, log=print):
         wanted += ([dtypes[0], torch.float32] if "ratio" in only else [])
         peak_dtypes = list(dict.fromkeys(wanted))
         sizes = args.peak_sizes or ([256] if quick else [8192] if gpu else [2048, 4096])
-        new, peaks = bench_peak(device, peak_dtypes, sizes, warmup=1 if quick else 2, iters=2 if quick else 5)
+        with fits(f"the peak's matmuls of {','.join(map(str, sizes))} do not fit in memory: give smaller --peak_sizes"):
+            new, peaks = bench_peak(device, peak_dtypes, sizes, warmup=1 if quick else 2, iters=2 if quick else 5)
         emit(new)
 
     block = args.block_size or (32 if quick else None)
@@ -538,21 +554,27 @@ def run(args, device, log=print):
         for preset in presets:
             for dtype in dtypes:
                 for opt in optimizers:
-                    emit([bench_train(preset, device, dtype, peaks, bsz, block, vocab, args.variant, args.compile,
-                                      warmup, iters, args.recompute_activations, opt)])
+                    with fits(f"a training step of {preset} does not fit in memory: give a smaller --batch_size, "
+                              f"--block_size or --vocab_size, or another --model"):
+                        emit([bench_train(preset, device, dtype, peaks, bsz, block, vocab, args.variant, args.compile,
+                                          warmup, iters, args.recompute_activations, opt)])
     if "ratio" in only:
         small_vocab = args.ratio_vocab or (512 if quick else 4096)
         # two steps ~8x apart in length: 5 pairs left the ratio's medians ±10% from run to run on a shared CPU
         ratio_iters = args.steps if args.steps is not None else (2 if quick else 10)
         for opt in optimizers:  # Muon's orthogonalization adds the same time to both sides: a lower ratio
-            emit(bench_ratio(args.ratio_model, device, dtypes[0], peaks, bsz, block, small_vocab, args.variant,
-                             args.compile, warmup, ratio_iters, opt))
+            with fits(f"the ratio's training steps of {args.ratio_model} do not fit in memory: give a smaller "
+                      f"--batch_size, --block_size or --ratio_vocab, or another --ratio_model"):
+                emit(bench_ratio(args.ratio_model, device, dtypes[0], peaks, bsz, block, small_vocab, args.variant,
+                                 args.compile, warmup, ratio_iters, opt))
     if "gen" in only:
         new_tokens = args.new_tokens or (8 if quick else 500)  # given options win over --quick's sizes
         prompt = args.prompt_len or (4 if quick else 16)
         for preset in presets:
-            emit(bench_gen(preset, device, dtypes[0], (1, args.gen_batch or (2 if quick else 8)), prompt, new_tokens,
-                           vocab, args.variant))
+            with fits(f"generation with {preset} does not fit in memory: give a smaller --gen_batch, --new_tokens, "
+                      f"--prompt_len or --vocab_size, or another --model"):
+                emit(bench_gen(preset, device, dtypes[0], (1, args.gen_batch or (2 if quick else 8)), prompt,
+                               new_tokens, vocab, args.variant))
     if "prepare" in only:
         path = args.data or default_text_path()
         threads = 1 if args.clock == "cpu" else args.prepare_threads  # CPU time adds up over threads
@@ -604,7 +626,8 @@ def get_parser():
     p.add_argument("--optimizer", default=OPTIMIZERS[0],
                    help=f"the optimizer(s) of the training steps, comma-separated: {', '.join(OPTIMIZERS)}, as train.py's "
                         f"option; train and ratio rows for each (default {OPTIMIZERS[0]})")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice, one per core)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads, at most one per logical core (default: "
+                                                               "torch's choice, one per core)")
     p.add_argument("--clock", default="wall", choices=list(_CLOCKS),
                    help="wall (default) or cpu: this process's CPU time, for a CPU shared with other work; needs "
                         "--threads 1, and then gives single-core figures that other processes barely disturb")
@@ -640,6 +663,15 @@ def main(argv=None):
         v = getattr(args, name)
         if v is not None and v <= 0:
             raise UserError(f"--{name} must be positive, got {v}")
+    for name in ("batch_size", "block_size", "vocab_size", "new_tokens", "prompt_len", "gen_batch", "ratio_vocab",
+                 "peak_sizes"):  # past any machine's memory (MAX_SIZE); smaller ones that do not fit: fits() in run()
+        v = getattr(args, name)
+        if v is not None and max(v if isinstance(v, list) else [v]) > MAX_SIZE:
+            raise UserError(f"--{name} {','.join(map(str, v)) if isinstance(v, list) else v} is too large: give at "
+                            f"most {MAX_SIZE:,} (2**40), and far less fits in any machine's memory")
+    cores = os.cpu_count()
+    if args.threads and cores and args.threads > cores:  # libgomp aborted creating 2**31 threads, torch's int overflowed
+        raise UserError(f"--threads {args.threads}: this machine has {cores} logical cores; give at most {cores}")
     if args.warmup is not None and args.warmup < 0:
         raise UserError(f"--warmup must be >= 0, got {args.warmup}")
     if args.data and not os.path.isfile(args.data):

@@ -380,3 +380,48 @@ def test_a_list_of_no_names_is_one_line(monkeypatch, capsys):
         with pytest.raises(UserError, match=f"^{option} ',': choose from "):
             bench.main(["--quick", "--no_write", "--device", "cpu", "--malloc", "default", option, ","])
     assert capsys.readouterr().out == ""
+
+
+def one_line_error(capsys, argv):
+    """What a user sees of bench.py argv: its exit status and stderr."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        common.run_main(lambda: bench.main(["--quick", "--no_write", "--device", "cpu", "--malloc", "default", *argv]))
+    return e.value.code, capsys.readouterr().err
+
+
+def test_sizes_past_any_memory_are_refused_in_one_line(monkeypatch, capsys):
+    # they ended in tracebacks (an int64 overflow inside torch; libgomp aborting on 2**31 threads)
+    monkeypatch.setattr(bench, "run", lambda *a, **k: pytest.fail("measured before the input was checked"))
+    huge = "1" + "0" * 30
+    for section, option in (("train", "--vocab_size"), ("train", "--batch_size"), ("gen", "--gen_batch"),
+                            ("peak", "--peak_sizes")):
+        code, err = one_line_error(capsys, ["--only", section, option, huge])
+        assert code == 1 and err.startswith(f"error: {option} {huge} is too large: give at most ") \
+            and err.count("\n") == 1, err
+    code, err = one_line_error(capsys, ["--only", "peak", "--threads", huge])
+    assert code == 1 and err == f"error: --threads {huge}: this machine has {os.cpu_count()} logical cores; give at " \
+                                f"most {os.cpu_count()}\n"
+
+
+def test_what_does_not_fit_in_memory_names_the_options_to_lower(monkeypatch, capsys, one_thread):
+    # a matmul whose size torch cannot even count (nothing is allocated: the same on every machine)
+    code, err = one_line_error(capsys, ["--only", "peak", "--peak_sizes", str(2**40)])
+    assert code == 1 and err.startswith(f"error: the peak's matmuls of {2**40} do not fit in memory: give smaller "
+                                        f"--peak_sizes (Storage size calculation overflowed") and err.count("\n") == 1
+    # weights the machine cannot hold (model.GPT's MemoryError), an allocation it refuses (torch's RuntimeError)
+    for section, error, lower in (
+            ("train", MemoryError("3.2e+03 GiB of weights, more than the machine's 16 GiB"), "--batch_size, "),
+            ("gen", RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 4 TB"), "--gen_batch, "),
+            ("ratio", RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 4 TB"), "--ratio_vocab")):
+        def refuse(cfg, error=error):
+            raise error
+        monkeypatch.setattr(bench, "GPT", refuse)
+        code, err = one_line_error(capsys, ["--only", section, "--peak_sizes", "16"])
+        assert code == 1 and err.startswith("error: ") and "not fit in memory: give a smaller " in err and lower in err \
+            and err.endswith(f" ({error})\n") and err.count("\n") == 1, err
+    # any other error is not passed off as one of memory
+    monkeypatch.setattr(bench, "GPT", lambda cfg: (_ for _ in ()).throw(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="^a bug$"):
+        bench.main(["--quick", "--no_write", "--device", "cpu", "--malloc", "default", "--only", "train",
+                    "--peak_sizes", "16"])
