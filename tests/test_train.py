@@ -1005,6 +1005,7 @@ def test_evaluate_turns_dropout_off_and_gives_the_model_back_as_it_was(env):
                                         dropout=0.5))
     model.eval()
     want = train.evaluate(model, w, 4, 2, torch.device("cpu"), torch.float32)
+    assert not any(m.training for m in model.modules())  # eval.py's and gen.py's model stays in eval mode
     model.train()
     assert [train.evaluate(model, w, 4, 2, torch.device("cpu"), torch.float32) for _ in range(2)] == [want, want]
     assert model.training
@@ -1555,17 +1556,6 @@ def test_an_error_reading_a_batch_reaches_the_training_loop(env, tmp_path):
                                         r"file\): run `python prepare\.py .*` again$") as e:
         train.train(args_for(env, tmp_path, "--data_dir", str(data), "--dataset", "mini", "--epochs", "1"))
     assert e.value.every_rank
-
-
-def test_evaluate_gives_a_model_in_eval_mode_back_in_eval_mode(env):
-    """eval.py and gen.py evaluate a model kept in eval mode: evaluate() leaves it so (dropout stays off after)."""
-    w = train.Windows(train.load_meta(env["data"], "mini"), "val", 64)
-    torch.manual_seed(0)
-    model = train.GPT(train.make_config("tiny", n_layer=1, n_embd=32, n_head=2, block_size=64, vocab_size=512,
-                                        dropout=0.5))
-    model.eval()
-    train.evaluate(model, w, 4, 1, torch.device("cpu"), torch.float32)
-    assert not any(m.training for m in model.modules())
 
 
 def test_graceful_interrupt_gives_the_earlier_handlers_back(monkeypatch):
