@@ -8,6 +8,7 @@ import argparse
 import contextlib
 import ctypes
 import errno
+import json
 import os
 import re
 import shutil
@@ -187,13 +188,22 @@ def first_line(e):
     return (lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0])[:200]
 
 
+def is_dataset_folder(folder):
+    """The folder holds a meta.json that prepare.py wrote (another file of that name, an eval.py --json, is not one)."""
+    try:
+        with open(os.path.join(folder, "meta.json"), encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(meta, dict) and "splits" in meta and "vocab_size" in meta
+
+
 def kept_file(path):
     """What an existing file is that no script's output may replace (a checkpoint aside, which train.py's runs write
     over by their own rules): a checkpoint, weights, a prepared dataset's file (its token files, meta.json, its
     vocabulary; not other files there, as an eval.py --json written beside it); None for anything else."""
     folder, name = os.path.split(os.path.realpath(path))
-    if os.path.isfile(os.path.join(folder, "meta.json")) and (name in ("meta.json", "tokenizer.tiktoken")
-                                                              or name.endswith(".bin")):
+    if (name in ("meta.json", "tokenizer.tiktoken") or name.endswith(".bin")) and is_dataset_folder(folder):
         return f"a file of the dataset in {folder}"
     if path.endswith(".safetensors"):
         return "model weights"

@@ -477,8 +477,14 @@ class MuonAdamW:
 
 
 def physical_memory():
-    """Bytes of RAM, None where the system does not say (Windows)."""
+    """Bytes of RAM and swap, None where the system does not say (Windows)."""
     try:
+        with open("/proc/meminfo") as f:  # Linux: "MemTotal:  24576000 kB", "SwapTotal: ..."
+            kb = {line.split(":")[0]: int(line.split()[1]) for line in f if line.startswith(("MemTotal:", "SwapTotal:"))}
+        return 1024 * (kb["MemTotal"] + kb.get("SwapTotal", 0))
+    except (OSError, KeyError, ValueError, IndexError):
+        pass
+    try:  # macOS and other Unixes: RAM alone
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):
         return None
@@ -489,8 +495,8 @@ class GPT(nn.Module):
     def __init__(self, config):
         super().__init__()
         need, have = config.weight_bytes(), physical_memory()
-        if have and need > have:  # (--n_layer 10**12 filled memory for minutes; --n_embd 10**30: torch's traceback)
-            raise MemoryError(f"{need / 2**30:.3g} GiB of weights, more than the machine's {have / 2**30:.3g} GiB")
+        if have and need > have and not torch.empty(0).is_meta:  # (hf.py reads a folder's shapes on the meta device)  # (--n_layer 10**12 filled memory for minutes; --n_embd 10**30: torch's traceback)
+            raise MemoryError(f"{need / 2**30:.3g} GiB of weights, more than the machine's {have / 2**30:.3g} GiB of memory")
         self.config = config
         modules = dict(wte=nn.Embedding(config.padded_vocab_size, config.n_embd))
         if config.variant == "gpt2":

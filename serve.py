@@ -419,6 +419,10 @@ class Handler(BaseHTTPRequestHandler):
     def parse_request(self):
         if self.raw_requestline in (b"\r\n", b"\n"):  # a client's stray CRLF after a body (RFC 9112 2.2): skip one
             self.raw_requestline = self.rfile.readline(65537)
+            if len(self.raw_requestline) > 65536:  # as the standard library answers a long line it read itself
+                self.requestline, self.request_version, self.command = "", "", ""
+                self.send_error(414)
+                return False
         return super().parse_request()
 
     def check_framing(self, method):
@@ -483,9 +487,9 @@ class Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
 
     def read_body(self):
-        coding = self.headers.get("Transfer-Encoding")
-        if coding is not None:
-            if coding.strip().lower() != "chunked":  # (RFC 9112: the only coding every HTTP/1.1 server reads)
+        if "Transfer-Encoding" in self.headers:
+            coding = ", ".join(self.headers.get_all("Transfer-Encoding"))  # all its lines: "chunked" twice is no framing
+            if [c.strip().lower() for c in coding.split(",")] != ["chunked"]:  # (RFC 9112: what every server reads)
                 raise ApiError(501, f"Transfer-Encoding {coding[:40]!r} is not supported; send the body with a "
                                     "Content-Length, or chunked", code="not_implemented")
             if "Content-Length" in self.headers:  # which one frames the body? (a request-smuggling shape)

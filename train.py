@@ -1158,7 +1158,8 @@ def run_training(args, held):
     use_color = not args.no_color and sys.stdout.isatty() and "NO_COLOR" not in os.environ
     quiet = not speaks_for_machine()  # until the ranks are known: then rank 0 alone
     if args.reset_epoch and not args.checkpoint:  # (it was ignored: a new run starts at epoch 1 anyway)
-        raise UserError("--reset_epoch restarts a checkpoint's epochs and schedule: give it with --checkpoint")
+        raise UserError("--reset_epoch restarts a checkpoint's epochs and schedule: give it with --checkpoint (a new "
+                        "run, --init_from's too, starts at epoch 1)")
     if args.init_from is not None:
         # hf.py reads the folder as a checkpoint without training state, so what follows is fine-tuning
         if args.checkpoint:
@@ -1217,7 +1218,8 @@ def run_training(args, held):
     out_dir = os.path.dirname(out_pattern) or "."
     best_path = os.path.join(out_dir, f"{dataset}_best.pt")
     metrics_path = os.path.join(out_dir, f"{dataset}_metrics.jsonl")
-    for shared in (best_path, metrics_path):  # each save would write over the best file (or the metrics)
+    png_path = os.path.join(out_dir, f"{dataset}_loss.png")
+    for shared in (best_path, metrics_path, png_path):  # each save would write over the best file (or the metrics)
         if os.path.normpath(out_pattern.replace("{dataset}", dataset)) == os.path.normpath(shared):
             raise UserError(f"--output_checkpoint {out_pattern} is the run's {os.path.basename(shared)}, which train.py "
                             f"writes itself: name the checkpoints otherwise, as in "
@@ -1266,12 +1268,12 @@ def run_training(args, held):
     val_w = Windows(meta, "val", args.block_size)
     per_rank = math.ceil(len(train_w) / dist.world)
     if args.batch_size > per_rank:  # the rest of each batch would be padding (10**30 ended in a numpy TypeError)
-        more = (f"--batch_size {args.batch_size:,} is more than the {len(train_w):,} windows of {args.block_size} tokens "
-                f"in the train split" + (f" ({per_rank:,} a process)" if dist.world > 1 else ""))
+        more = (f"{args.batch_size:,} is more than the {len(train_w):,} windows of {args.block_size} tokens in the train "
+                f"split" + (f" ({per_rank:,} a process)" if dist.world > 1 else ""))
         if batch_given:
-            raise UserError(f"{more}: use --batch_size {per_rank} or less, or prepare more text")
+            raise UserError(f"--batch_size {more}: use --batch_size {per_rank} or less, or prepare more text")
         if dist.main:  # a preset's or the checkpoint's batch on a small text: the same steps, without the padding
-            warn(f"{more}: batches of {per_rank}")
+            warn(f"the {'checkpoint' if continuing else 'preset'}'s batch of {more}: batches of {per_rank}")
         args.batch_size = per_rank
     packing = packing_warning(meta, args.block_size, config.block_size)
     if packing:
@@ -1311,7 +1313,9 @@ def run_training(args, held):
             p.windows = 0
         if p.windows >= len(train_w):
             p.epoch, p.windows = p.epoch + 1, 0
-        was = ckpt_args.get("batch_size", 0) * ckpt_args.get("grad_accum", 1) * ckpt_args.get("world_size", 1)
+        was_world = ckpt_args.get("world_size", 1)
+        was_batch = min(ckpt_args.get("batch_size", 0), math.ceil(len(train_w) / was_world))  # as cut, if it was
+        was = was_batch * ckpt_args.get("grad_accum", 1) * was_world
         if (new_order or was != batches.windows_per_step) and not budget:
             # epochs of another length, or another global batch (other ranks or batch options): the lr schedule counts
             # steps of the new size, so place the run where the windows done so far put it, and its inherited warmup
@@ -1388,7 +1392,7 @@ def run_training(args, held):
     fwd = Forward(train_model, args.compile)  # compile the DDP model: its graphs break at the buckets (DDPOptimizer)
 
     # ---- files (their names were settled above)
-    metrics = Metrics(metrics_path, os.path.join(out_dir, f"{dataset}_loss.png"),
+    metrics = Metrics(metrics_path, png_path,
                       keep_until=ckpt if continuing and not args.reset_epoch else None, write=dist.main,
                       hold=bool(replaced))  # replaced with the rest of the earlier run's files, at the first save
 
@@ -1477,7 +1481,7 @@ def run_training(args, held):
     def budget_due(kind, pct, frac):
         if not pct > 0:
             return False
-        k = int(frac * 100 / pct)
+        k = int(min(frac * 100 / pct, 2**62))  # (--log_interval 1e-310: an OverflowError)
         last = slices.setdefault(kind, k)  # the first call only sets where the run starts
         slices[kind] = k
         return k > last

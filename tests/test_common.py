@@ -65,8 +65,9 @@ def test_no_output_replaces_a_checkpoint_or_a_datasets_file(tmp_path):
     atomic_torch_save({"model": {}}, str(ckpt))
     data = tmp_path / "story"
     data.mkdir()
-    for name in ("meta.json", "train.bin", "tokenizer.tiktoken"):
+    for name in ("train.bin", "tokenizer.tiktoken"):
         (data / name).write_text("x")
+    (data / "meta.json").write_text('{"vocab_size": 512, "splits": {}}')  # as prepare.py writes it, in short
     (data / "notes.json").write_text("{}")  # a file beside a dataset is not the dataset's
     (tmp_path / "w.safetensors").write_text("x")
     for path, what in ((ckpt, "a checkpoint"), (data / "train.bin", f"a file of the dataset in {data}"),
@@ -76,6 +77,13 @@ def test_no_output_replaces_a_checkpoint_or_a_datasets_file(tmp_path):
                                             rf"replace it; give another --json$"):
             check_output(str(path), "--json")
     check_output(str(data / "notes.json"), "--json")
+    # a meta.json of another kind (eval.py --json res/meta.json, run again) makes no dataset of its folder
+    res = tmp_path / "res"
+    res.mkdir()
+    (res / "meta.json").write_text('{"rows": []}')
+    (res / "x.bin").write_text("x")
+    check_output(str(res / "meta.json"), "--json")
+    check_output(str(res / "x.bin"), "--output")
     (tmp_path / "out.txt").write_text("an earlier run's output")
     check_output(str(tmp_path / "out.txt"), "--output")  # written over on each run, as before
     check_output(str(ckpt), "--output_checkpoint", checkpoint=True)

@@ -588,18 +588,32 @@ def test_settings_that_defeat_the_run_are_warned_of(env, tmp_path, capsys):
 
 def test_a_default_batch_larger_than_a_small_text_is_cut_to_it(env, tmp_path, capsys):
     """A small text of fewer windows than the preset's batch trains in batches of all its windows, with a warning,
-    as it did padded (an explicit --batch_size that large is refused: test_bad_options_are_user_errors)."""
+    as it did padded (an explicit --batch_size that large is refused: test_bad_options_are_user_errors). A checkpoint
+    that recorded the larger batch (trained padded, before) resumes on the same schedule as one that recorded the cut
+    (its warmup was rescaled as for another global batch)."""
     docs = [d for d in story_text(20_000).split("\n") if d.strip()][:16]
     write_dataset(str(tmp_path), "few", env["enc"], env["tok"], docs, val_frac=0.4)
     n = len(train.Windows(train.load_meta(str(tmp_path), "few"), "train", 64))
     assert 1 < n < 16
-    summary = train.train(train.parse_args([
-        "--data_dir", str(tmp_path), "--dataset", "few", "--output_checkpoint", str(tmp_path / "{dataset}.pt"),
-        "--device", "cpu", "--dtype", "float32", "--no-color", "--n_layer", "1", "--n_head", "2", "--n_embd", "32",
-        "--block_size", "64", "--model", "small", "--epochs", "2", "--eval_interval", "0"]))  # small: batch 16
-    assert f"--batch_size 16 is more than the {n} windows of 64 tokens in the train split: batches of {n}" in capsys.readouterr().err
+    base = ["--data_dir", str(tmp_path), "--device", "cpu", "--dtype", "float32", "--no-color", "--eval_interval", "0",
+            "--log_interval", "1"]
+    summary = train.train(train.parse_args(base + [
+        "--dataset", "few", "--output_checkpoint", str(tmp_path / "a" / "{dataset}.pt"), "--n_layer", "1", "--n_head",
+        "2", "--n_embd", "32", "--block_size", "64", "--model", "small", "--epochs", "6", "--max_steps", "2"]))
+    assert f"the preset's batch of 16 is more than the {n} windows of 64 tokens in the train split: batches of {n}" \
+        in capsys.readouterr().err
     ck = torch.load(summary["checkpoint"], weights_only=True)
     assert ck["args"]["batch_size"] == n and ck["step"] == 2  # an epoch is one step
+    os.makedirs(tmp_path / "b")
+    ck["args"]["batch_size"] = 16
+    torch.save(ck, tmp_path / "b" / "few.pt")
+    ends = [train.train(train.parse_args(base + ["--checkpoint", str(tmp_path / d / "few.pt"), "--max_steps", "3"]))
+            for d in "ab"]
+    assert "the checkpoint's batch of 16 is more than" in capsys.readouterr().err
+    lrs = [[(r["step"], r["lr"]) for r in read_metrics(e["metrics"]) if r["step"] > 2] for e in ends]
+    assert lrs[0] == lrs[1] and [step for step, _ in lrs[0]] == [3, 4, 5]
+    weights = [torch.load(e["checkpoint"], weights_only=True)["model"] for e in ends]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
 def test_a_continued_run_that_does_not_better_its_best_says_so(env, tmp_path, capsys):
@@ -1178,10 +1192,10 @@ def test_bad_options_are_user_errors(env, tmp_path, trained):
     # minutes; --n_embd 10**30 was torch's traceback)
     for flag, value in (("--n_layer", 10**12), ("--n_embd", 10**30)):
         with pytest.raises(UserError, match=r"^the model \(.*\) does not fit in memory \(.* GiB of weights, more than "
-                                            r"the machine's .* GiB\): use a smaller --n_layer or --n_embd"):
+                                            r"the machine's .* GiB of memory\): use a smaller --n_layer or --n_embd"):
             train.train(args_for(env, tmp_path, "--dataset", "story", flag, value, "--n_head", "1"))
     with pytest.raises(UserError, match=r"^--reset_epoch restarts a checkpoint's epochs and schedule: give it with "
-                                        r"--checkpoint$"):  # it was ignored
+                                        r"--checkpoint \(a new run, --init_from's too, starts at epoch 1\)$"):  # ignored
         train.train(args_for(env, tmp_path, "--dataset", "story", "--reset_epoch"))
     with pytest.raises(UserError, match=r"^--lr 1e\+39 is far past any learning rate that trains"):  # Muon's traceback
         train.train(args_for(env, tmp_path, "--dataset", "story", "--lr", "1e39", "--min_lr", "0"))
@@ -1240,7 +1254,8 @@ def test_output_checkpoint_folders(env, tmp_path):
                        # val loss), and the summary said "checkpoint None"
                        (str(tmp_path / "new" / "{dataset}_best.pt"), "is the run's mini_best.pt, which train.py "
                                                                      "writes itself: name the checkpoints otherwise"),
-                       (str(tmp_path / "new" / "mini_metrics.jsonl"), "is the run's mini_metrics.jsonl")):
+                       (str(tmp_path / "new" / "mini_metrics.jsonl"), "is the run's mini_metrics.jsonl"),
+                       (str(tmp_path / "new" / "mini_loss.png"), "is the run's mini_loss.png")):  # (each plot replaced it)
         with pytest.raises(UserError, match=re.escape(words)):
             train.train(args_for(env, tmp_path, "--dataset", "mini", "--max_steps", "2", "--output_checkpoint", bad))
     assert not (tmp_path / "new").exists()
@@ -1427,6 +1442,10 @@ def test_intervals_past_the_run_act_at_its_end(env, tmp_path):
                                    "--log_interval", "1e308", "--save_interval", "1e308"))
     rows = read_metrics(summary["metrics"])
     assert [r["step"] for r in rows if r["val_loss"] is not None] == [summary["steps"]] and summary["val_loss"] > 0
+    # and a budget's slices of 1e-310 % (an OverflowError too): a run that ends, evaluated
+    summary = train.train(args_for(env, tmp_path / "b", "--dataset", "mini", "--time_budget", "0.02", "--eval_interval",
+                                   "1e-310", "--log_interval", "1e-310"))
+    assert summary["stopped"] == "time budget" and summary["val_loss"] > 0
 
 
 def test_warmup_as_a_share_of_all_steps(env, tmp_path):
