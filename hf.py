@@ -477,8 +477,12 @@ def read_folder(folder):
             f"no tie_word_embeddings, which for {raw.get('model_type')} means untied"
         raise UserError(f"{folder}: {CONFIG} says the embeddings are untied ({said}) but there is no lm_head.weight; "
                         f"this project's models tie them: set tie_word_embeddings to true if the model was trained tied")
-    with torch.device("meta"):  # the HF names and shapes config.json implies, without allocating anything
-        expected = {k: v.shape for k, v in hf_tensors(GPT(hf_cfg)).items()}
+    try:
+        with torch.device("meta"):  # the HF names and shapes config.json implies, without allocating anything
+            expected = {k: v.shape for k, v in hf_tensors(GPT(hf_cfg)).items()}
+    except MemoryError as e:  # GPT's own check (10**11 layers took hours to build, even on the meta device)
+        raise UserError(f"{folder}: {CONFIG} implies a model that does not fit in memory ({first_line(e)}): the "
+                        f"config is damaged, or the model needs a larger machine") from None
     for k in [k for k in tensors if k.endswith((".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq"))]:
         if k not in expected:
             del tensors[k]  # buffers older transformers saved (causal mask, RoPE frequencies): derived, not weights

@@ -495,8 +495,8 @@ class GPT(nn.Module):
     def __init__(self, config):
         super().__init__()
         need, have = config.weight_bytes(), physical_memory()
-        if have and need > have and not torch.empty(0).is_meta:  # (hf.py reads a folder's shapes on the meta device)  # (--n_layer 10**12 filled memory for minutes; --n_embd 10**30: torch's traceback)
-            raise MemoryError(f"{need / 2**30:.3g} GiB of weights, more than the machine's {have / 2**30:.3g} GiB of memory")
+        if have and need > have:  # (--n_layer 10**12 filled memory for minutes; --n_embd 10**30: torch's traceback)
+            raise MemoryError(f"{min(need, 2**1000) / 2**30:.3g} GiB of weights, more than the machine's {have / 2**30:.3g} GiB of memory")
         self.config = config
         modules = dict(wte=nn.Embedding(config.padded_vocab_size, config.n_embd))
         if config.variant == "gpt2":

@@ -1190,7 +1190,7 @@ def test_bad_options_are_user_errors(env, tmp_path, trained):
             train.train(args_for(env, tmp_path, "--dataset", "story", "--block_size", "64", "--batch_size", batch))
     # a model larger than the machine's memory: refused before it is built (--n_layer 10**12 filled memory for
     # minutes; --n_embd 10**30 was torch's traceback)
-    for flag, value in (("--n_layer", 10**12), ("--n_embd", 10**30)):
+    for flag, value in (("--n_layer", 10**12), ("--n_embd", 10**30), ("--n_embd", 10**160)):  # (10**160: OverflowError)
         with pytest.raises(UserError, match=r"^the model \(.*\) does not fit in memory \(.* GiB of weights, more than "
                                             r"the machine's .* GiB of memory\): use a smaller --n_layer or --n_embd"):
             train.train(args_for(env, tmp_path, "--dataset", "story", flag, value, "--n_head", "1"))
