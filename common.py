@@ -188,14 +188,20 @@ def first_line(e):
     return (lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0])[:200]
 
 
-def is_dataset_folder(folder):
-    """The folder holds a meta.json that prepare.py wrote (another file of that name, an eval.py --json, is not one)."""
+def read_meta(folder):
+    """The folder's meta.json, None when it has none or one that is no JSON object."""
     try:
         with open(os.path.join(folder, "meta.json"), encoding="utf-8") as f:
             meta = json.load(f)
     except (OSError, ValueError, RecursionError):
-        return False
-    return isinstance(meta, dict) and "splits" in meta and "vocab_size" in meta
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def is_dataset_folder(folder):
+    """The folder holds a meta.json that prepare.py wrote (another file of that name, an eval.py --json, is not one)."""
+    meta = read_meta(folder) or {}
+    return "splits" in meta and "vocab_size" in meta
 
 
 def kept_file(path):

@@ -61,7 +61,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from tqdm import tqdm
 
-from common import (UserError, atomic_write_text, check_output, first_line, fsync_replace, nonempty, not_utf8,
+from common import (UserError, atomic_write_text, check_output, first_line, fsync_replace, nonempty, not_utf8, read_meta,
                     remove_stale_tmp, run_main, tmp_name, without_surrogates)
 from setup_tokenizer import (EOT, IM_END, IM_START, get_tokenizer, read_text_chunks, tokenizer_hash, train_bpe,
                              warn_short_vocabulary)
@@ -1296,16 +1296,6 @@ def ctrl_c_held():
             signal.signal(sig, handler)
         if caught:
             signal.raise_signal(caught[0])  # to the usual handler: KeyboardInterrupt, or main()'s exit for SIGTERM
-
-
-def read_meta(folder):
-    """The folder's meta.json, None when it has none or one that is no JSON object."""
-    try:
-        with open(os.path.join(folder, "meta.json"), encoding="utf-8") as f:
-            meta = json.load(f)
-    except (OSError, ValueError, RecursionError):
-        return None
-    return meta if isinstance(meta, dict) else None
 
 
 def is_complete(folder, meta):
