@@ -429,17 +429,19 @@ class Handler(BaseHTTPRequestHandler):
         """RFC 9112's refusals of a request that a proxy in front could read otherwise: the connection closes behind
         each, since where its body ends is not known. A body sent with a GET is read, so the next request starts right."""
         h = self.headers
-        bad = h.defects or any("\n" in v for v in h.values())  # a header line with no colon, or a space before it
-        if bad:  # (the standard library then drops every header after it, Content-Length included)
+        # a header line with no colon, or a space before it: the standard library then drops every header after it,
+        # Content-Length included
+        if h.defects or any("\n" in v for v in h.values()):
+            why = "a header line is malformed (no colon, a space before it, or folded onto the next line)"
+        elif self.request_version == "HTTP/1.1" and len(h.get_all("Host", [])) != 1:
+            why = "an HTTP/1.1 request needs one Host header"
+        elif len(set(h.get_all("Content-Length", []))) > 1:
+            why = "the request has two different Content-Length headers; send one"
+        else:
+            why = None
+        if why:
             self.close_connection = True
-            raise ApiError(400, "a header line is malformed (no colon, a space before it, or folded onto the next "
-                                "line)", code="invalid_request")
-        if self.request_version == "HTTP/1.1" and len(h.get_all("Host", [])) != 1:
-            self.close_connection = True
-            raise ApiError(400, "an HTTP/1.1 request needs one Host header", code="invalid_request")
-        if len(set(h.get_all("Content-Length", []))) > 1:
-            self.close_connection = True
-            raise ApiError(400, "the request has two different Content-Length headers; send one", code="invalid_request")
+            raise ApiError(400, why, code="invalid_request")
         if method != "POST" and ("Content-Length" in h or "Transfer-Encoding" in h):
             self.read_body()
 
