@@ -32,8 +32,8 @@ import time
 
 import torch
 
-from common import (UserError, atomic_write_text, autocast, check_output, cpu_has_bf16, first_line, pick_device,
-                    pick_dtype, nonempty, not_utf8, retain_freed_memory, run_main, DTYPES)
+from common import (UserError, atomic_write_text, autocast, check_output, cpu_bf16_is_faster, cpu_has_bf16, cpu_info,
+                    first_line, pick_device, pick_dtype, nonempty, not_utf8, retain_freed_memory, run_main, DTYPES)
 from model import GPT, OPTIMIZERS, PRESETS, make_config
 from train import Forward, is_oom
 
@@ -409,7 +409,13 @@ def machine_description(device):
         parts.append(f"GPU {props.name} ({props.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda})")
     # bf16 or not decides the dtype train.py picks and most of the speed on a CPU
     cap = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", lambda: "")()
-    cpu_flags = ", AVX-512 BF16/AMX" if cpu_has_bf16() else f", {cap + ' ' if cap else ''}without bf16"
+    flags = cpu_info()[1]
+    if "amx_bf16" in flags:
+        cpu_flags = ", AMX"
+    elif cpu_has_bf16():
+        cpu_flags = ", AVX-512 BF16" + ("" if cpu_bf16_is_faster() else " without AMX: auto dtype fp32")
+    else:
+        cpu_flags = f", {cap + ' ' if cap else ''}without bf16"
     parts.append(f"CPU {cpu_model()} ({os.cpu_count()} logical cores{cpu_flags}; torch threads {torch.get_num_threads()})")
     parts.append(f"torch {torch.__version__}, Python {platform.python_version()}, {platform.system()} {platform.release()}")
     if hasattr(os, "getloadavg"):
@@ -537,9 +543,11 @@ def run(args, device, log=print):
     peaks = {}
     if {"peak", "train", "ratio"} & set(only):
         # MFU needs the peak of each dtype trained in (fp32 too for the ratio's baseline)
-        # (the peak section: fp32 and what autocast picks here; a CPU without bf16 instructions emulates a bf16
-        # matmul on one thread: over 15 minutes for the 2048 and 4096 ones on a 2-core AVX2 EPYC; unless --dtype asks)
-        wanted = ([torch.float32, pick_dtype(device)] + dtypes if "peak" in only else []) + (dtypes if "train" in only else [])
+        # (the peak section: fp32, what autocast picks here, and bf16 on a CPU that has its instructions, faster than
+        # fp32 or not; a CPU without them emulates a bf16 matmul on one thread: over 15 minutes for the 2048 and 4096
+        # ones on a 2-core AVX2 EPYC; unless --dtype asks)
+        native_bf16 = [torch.bfloat16] if device.type == "cpu" and cpu_has_bf16() else []
+        wanted = ([torch.float32, pick_dtype(device)] + native_bf16 + dtypes if "peak" in only else []) + (dtypes if "train" in only else [])
         wanted += ([dtypes[0], torch.float32] if "ratio" in only else [])
         peak_dtypes = list(dict.fromkeys(wanted))
         sizes = args.peak_sizes or ([256] if quick else [8192] if gpu else [2048, 4096])
@@ -612,7 +620,7 @@ def get_parser():
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--dtype", default="auto",
                    help="autocast dtype(s), comma-separated: auto, float32, bfloat16, float16 (default auto: bf16 where "
-                        "the hardware has it). gen and ratio use the first")
+                        "the hardware does it faster than fp32). gen and ratio use the first")
     p.add_argument("--model", default=None, help="preset(s), comma-separated (default: tiny,small on CPU, gpt2 on GPU)")
     p.add_argument("--variant", default=None, choices=["gpt2", "modern"], help="model variant (default: the preset's: modern for tiny, gpt2 for the others)")
     p.add_argument("--only", default=",".join(SECTIONS), help=f"sections to run, comma-separated (default: all of {','.join(SECTIONS)})")

@@ -54,7 +54,7 @@ import torch
 from tqdm import tqdm
 
 from checkpoint import load_checkpoint, load_weights, nonfinite, save_checkpoint
-from common import (UserError, atomic_write_text, autocast, check_output, cpu_has_bf16, first_line,
+from common import (UserError, atomic_write_text, autocast, check_output, cpu_bf16_is_faster, cpu_has_bf16, first_line,
                     nonempty, pick_device, pick_dtype, retain_freed_memory, run_main, speaks_for_machine, tmp_name)
 from model import OPTIMIZERS, PRESETS, GPT, GPTConfig, make_config
 from prepare import (DATASETS, DEFAULT_OUT_DIR, DEFAULT_VAL_FRACTION, is_complete, is_dataset_name,
@@ -1260,6 +1260,9 @@ def run_training(args, held):
         # no matmul instructions for it: converted in software (fp16 on the AVX-512 BF16 EPYC: tiny's step 226 ms in
         # fp32, 3.6 s in fp16)
         warn(f"--dtype {args.dtype} is emulated on this CPU, slower than float32 (float16 many times): use --dtype auto")
+    elif device.type == "cpu" and dtype == torch.bfloat16 and not cpu_bf16_is_faster():
+        # instructions but no speed: Intel's AVX-512 BF16 without AMX, 1.5x slower steps than fp32 (BENCHMARKS.md)
+        warn(f"--dtype {args.dtype} is slower than float32 on this CPU (AVX-512 BF16 without AMX): use --dtype auto")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores, as nanoGPT does
         torch.backends.cudnn.allow_tf32 = True

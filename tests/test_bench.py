@@ -41,7 +41,7 @@ def test_quick_run_has_every_row(one_thread):
     for r in rows:
         assert r["value"] > 0 and r["value"] == r["value"], r  # positive, not NaN
 
-    # bf16's peak too where autocast would pick bf16 (a CPU with bf16 instructions)
+    # bf16's peak too on a CPU with bf16 instructions (whether autocast picks bf16 there or not)
     assert {(r["name"], r["dtype"]) for r in sec["peak"]} == {("matmul 256x256", "fp32")} | (
         {("matmul 256x256", "bf16")} if common.cpu_has_bf16() else set())
     assert all(r["unit"] == "GFLOP/s" for r in sec["peak"])
@@ -67,12 +67,20 @@ def test_quick_run_has_every_row(one_thread):
     assert "| train | tiny B2 T32 V512 | fp32 |" in table
 
 
-@pytest.mark.parametrize("has_bf16", [True, False])
-def test_peak_skips_bf16_on_a_cpu_that_would_emulate_it(has_bf16, monkeypatch, one_thread):
+@pytest.mark.parametrize("vendor, flags, peaks, says", [
+    ("AuthenticAMD", "avx2 avx512f avx512_bf16", ["fp32", "bf16"], ", AVX-512 BF16;"),
+    ("GenuineIntel", "avx2 avx512f avx512_bf16 amx_bf16 amx_tile", ["fp32", "bf16"], ", AMX;"),
+    # autocast picks fp32 there, and bf16's peak says why
+    ("GenuineIntel", "avx2 avx512f avx512_bf16", ["fp32", "bf16"], ", AVX-512 BF16 without AMX: auto dtype fp32;"),
+    ("GenuineIntel", "avx2 avx512f", ["fp32"], " without bf16;"),
+])
+def test_peak_measures_bf16_where_the_cpu_has_its_instructions(vendor, flags, peaks, says, monkeypatch, one_thread):
     # without bf16 instructions a bf16 matmul runs emulated on one thread: the default peak sizes took 15+ minutes
-    monkeypatch.setattr(common, "cpu_has_bf16", lambda: has_bf16)
+    for module in (common, bench):
+        monkeypatch.setattr(module, "cpu_info", lambda: (vendor, set(flags.split())))
     rows = bench.run(quick_args("--only", "peak"), torch.device("cpu"), log=lambda *a: None)
-    assert [r["dtype"] for r in rows] == (["fp32", "bf16"] if has_bf16 else ["fp32"])
+    assert [r["dtype"] for r in rows] == peaks
+    assert says in bench.machine_description(torch.device("cpu"))
     # asked for, it is measured
     rows = bench.run(quick_args("--only", "peak", "--dtype", "bfloat16"), torch.device("cpu"), log=lambda *a: None)
     assert [r["dtype"] for r in rows] == ["fp32", "bf16"]

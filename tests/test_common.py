@@ -312,23 +312,41 @@ def test_under_torchrun_an_error_one_rank_alone_meets_is_printed_by_that_rank(mo
             assert e.value.code == 1 and capsys.readouterr().err == said, (rank, every_rank)
 
 
-@pytest.mark.parametrize("flags, has_bf16", [
-    ("fpu vme sse sse2 avx avx2 avx512f avx512bw avx512_bf16 avx512_vnni", True),  # Cooper Lake, Zen 4
-    ("fpu sse sse2 avx avx2 avx512f amx_bf16 amx_tile amx_int8", True),  # AMX alone
-    ("fpu vme sse sse2 avx avx2 avx512f avx512bw avx512_vnni avx512_fp16", False),  # no bf16 instructions
+@pytest.mark.parametrize("vendor, flags, has_bf16, picks_bf16", [
+    ("AuthenticAMD", "fpu vme sse sse2 avx avx2 avx512f avx512bw avx512_bf16 avx512_vnni", True, True),  # Zen 4
+    ("GenuineIntel", "fpu sse sse2 avx avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8", True, True),  # Sapphire Rapids
+    ("GenuineIntel", "fpu sse sse2 avx avx2 avx512f amx_bf16 amx_tile amx_int8", True, True),  # AMX alone
+    # a Xeon whose VM hides AMX: bf16 matmuls at half fp32's speed, so fp32
+    ("GenuineIntel", "fpu vme sse sse2 avx avx2 avx512f avx512bw avx512_bf16 avx512_vnni avx512_fp16", True, False),
+    ("AuthenticAMD", "fpu vme sse sse2 avx avx2 avx512f avx512bw avx512_vnni", False, False),  # no bf16 instructions
+    ("GenuineIntel", "fpu vme sse sse2 avx avx2", False, False),
 ])
-def test_cpu_has_bf16_reads_the_cpu_flags(monkeypatch, flags, has_bf16):
-    """A CPU whose flags list avx512_bf16 (or amx_bf16) has native bf16: --dtype auto picks bf16 autocast there."""
+def test_auto_dtype_on_a_cpu_is_bf16_where_its_matmuls_outrun_fp32(monkeypatch, vendor, flags, has_bf16, picks_bf16):
+    """--dtype auto takes bf16 autocast on a CPU with AMX, or with AVX-512 BF16 on AMD; an Intel CPU with AVX-512 BF16
+    but no AMX has the instructions (so bf16 is not emulated there) but runs them no faster than fp32's FMAs."""
     import io
 
     import common
-    cpuinfo = f"processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: {flags}\nbugs\t\t: spectre_v1\n\n"
+    cpuinfo = (f"processor\t: 0\nvendor_id\t: {vendor}\ncpu family\t: 6\nflags\t\t: {flags}\nbugs\t\t: spectre_v1\n\n"
+               f"processor\t: 1\nvendor_id\t: {vendor}\nflags\t\t: fpu\n\n")
 
     def fake_open(path, *args, **kwargs):
         return io.StringIO(cpuinfo) if path == "/proc/cpuinfo" else open(path, *args, **kwargs)
     monkeypatch.setattr(common, "open", fake_open, raising=False)  # common's open: the builtin elsewhere
     assert common.cpu_has_bf16() is has_bf16
-    assert common.pick_dtype(torch.device("cpu")) == (torch.bfloat16 if has_bf16 else torch.float32)
+    assert common.cpu_bf16_is_faster() is picks_bf16
+    assert common.pick_dtype(torch.device("cpu")) == (torch.bfloat16 if picks_bf16 else torch.float32)
+    assert common.pick_dtype(torch.device("cpu"), "bfloat16") == torch.bfloat16  # asked for, given
+
+
+def test_cpu_info_without_proc_cpuinfo_is_no_flags(monkeypatch):
+    import common
+
+    def no_file(path, *args, **kwargs):
+        raise FileNotFoundError(path)
+    monkeypatch.setattr(common, "open", no_file, raising=False)
+    assert common.cpu_info() == ("", set())
+    assert common.pick_dtype(torch.device("cpu")) == torch.float32
 
 
 def test_autocast_computes_in_the_dtype_asked_for_and_float32_is_a_no_op():

@@ -586,6 +586,18 @@ def test_settings_that_defeat_the_run_are_warned_of(env, tmp_path, capsys):
     assert "--dtype float16 is emulated on this CPU" in err
 
 
+@pytest.mark.parametrize("faster", [True, False])
+def test_bf16_asked_for_on_a_cpu_where_it_is_slower_is_warned_of(env, tmp_path, capsys, monkeypatch, faster):
+    """An Intel CPU with AVX-512 BF16 but no AMX runs bf16 matmuls at half fp32's speed: --dtype auto takes fp32 there,
+    and an explicit --dtype bfloat16 (from a recipe for another machine) trains, with a word that it is slower."""
+    monkeypatch.setattr(train, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(train, "cpu_bf16_is_faster", lambda: faster)
+    train.train(args_for(env, tmp_path, "--dataset", "mini", "--max_steps", "1", "--dtype", "bfloat16"))
+    err = capsys.readouterr().err
+    assert ("--dtype bfloat16 is slower than float32 on this CPU" in err) is not faster
+    assert "emulated" not in err
+
+
 def test_a_default_batch_larger_than_a_small_text_is_cut_to_it(env, tmp_path, capsys):
     """A small text of fewer windows than the preset's batch trains in batches of all its windows, with a warning,
     as it did padded (an explicit --batch_size that large is refused: test_bad_options_are_user_errors). A checkpoint
