@@ -1317,7 +1317,11 @@ def run_training(args, held):
         if p.windows >= len(train_w):
             p.epoch, p.windows = p.epoch + 1, 0
         was_world = ckpt_args.get("world_size", 1)
-        was_batch = min(ckpt_args.get("batch_size", 0), math.ceil(len(train_w) / was_world))  # as cut, if it was
+        # the batch it trained in: a checkpoint from before batches were cut to a small text recorded the larger one,
+        # so cut it to the windows of the data it trained on (the data rebuilt smaller since cuts today's batch alone)
+        was_tokens, was_T = ckpt.get("data", {}).get("train_tokens"), ckpt_args.get("block_size") or args.block_size
+        was_windows = max(1, (was_tokens - 1) // was_T) if was_tokens else len(train_w)
+        was_batch = min(ckpt_args.get("batch_size", 0), math.ceil(was_windows / was_world))
         was = was_batch * ckpt_args.get("grad_accum", 1) * was_world
         if (new_order or was != batches.windows_per_step) and not budget:
             # epochs of another length, or another global batch (other ranks or batch options): the lr schedule counts

@@ -628,6 +628,32 @@ def test_a_default_batch_larger_than_a_small_text_is_cut_to_it(env, tmp_path, ca
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
+def test_a_batch_cut_by_data_rebuilt_smaller_rescales_the_inherited_warmup(env, tmp_path, capsys):
+    """A checkpoint that trained at the preset's batch of 16 on a larger text, resumed on that dataset rebuilt with
+    fewer windows than 16: the batch is cut to them, a smaller global batch, so the warmup it inherited is stretched
+    by 16 / n as for any other change of batch (it had been compared with the cut and kept as it was)."""
+    docs = [d for d in story_text(200_000).split("\n") if d.strip()]
+    write_dataset(str(tmp_path), "text", env["enc"], env["tok"], docs[:200], val_frac=0.1)
+    assert len(train.Windows(train.load_meta(str(tmp_path), "text"), "train", 64)) > 16
+    base = ["--data_dir", str(tmp_path), "--device", "cpu", "--dtype", "float32", "--no-color", "--eval_interval", "0"]
+    first = train.train(train.parse_args(base + [
+        "--dataset", "text", "--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size", "64", "--model",
+        "small", "--epochs", "2", "--max_steps", "2", "--output_checkpoint", str(tmp_path / "m" / "{dataset}.pt")]))
+    ck = torch.load(first["checkpoint"], weights_only=True)
+    assert ck["args"]["batch_size"] == 16
+    warmup = ck["args"]["warmup"]
+    write_dataset(str(tmp_path), "text", env["enc"], env["tok"], docs[:16], val_frac=0.4)
+    n = len(train.Windows(train.load_meta(str(tmp_path), "text"), "train", 64))
+    assert 1 < n < 16
+    capsys.readouterr()
+    end = train.train(train.parse_args(base + ["--checkpoint", first["checkpoint"], "--epochs", "4",
+                                               "--max_steps", "3"]))
+    assert "the checkpoint's batch of 16 is more than" in capsys.readouterr().err
+    ck = torch.load(end["checkpoint"], weights_only=True)
+    assert ck["args"]["batch_size"] == n
+    assert ck["args"]["warmup"] == max(1, round(warmup * 16 / n)) != warmup
+
+
 def test_a_continued_run_that_does_not_better_its_best_says_so(env, tmp_path, capsys):
     first = train.train(args_for(env, tmp_path / "a", "--dataset", "mini", "--max_steps", "2"))
     ck = load_checkpoint(first["checkpoint"])
