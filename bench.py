@@ -33,9 +33,9 @@ import time
 import torch
 
 from common import (UserError, atomic_write_text, autocast, check_output, cpu_bf16_is_faster, cpu_has_bf16, cpu_info,
-                    first_line, pick_device, pick_dtype, nonempty, not_utf8, retain_freed_memory, run_main, DTYPES)
+                    first_line, is_oom, pick_device, pick_dtype, nonempty, not_utf8, retain_freed_memory, run_main, DTYPES)
 from model import GPT, OPTIMIZERS, PRESETS, make_config
-from train import Forward, is_oom
+from train import Forward
 
 SECTIONS = ("peak", "train", "gen", "ratio", "prepare")
 SHORT = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -507,7 +507,7 @@ def fits(message):
     try:
         yield
     except (MemoryError, RuntimeError) as e:
-        if not (isinstance(e, MemoryError) or is_oom(e) or "Storage size calculation overflowed" in str(e)):
+        if not is_oom(e):
             raise
         raise UserError(f"{message} ({first_line(e)})") from None
 

@@ -17,7 +17,7 @@ import zipfile
 import torch
 
 import hf
-from common import UserError, atomic_torch_save, first_line, starts_as_zip
+from common import UserError, atomic_torch_save, first_line, is_oom, starts_as_zip
 from model import GPT, GPTConfig
 from setup_tokenizer import tokenizer_from_state, tokenizer_state
 
@@ -129,6 +129,8 @@ def load_model(path_or_ckpt, device="cpu", name=None):
     except (TypeError, ValueError) as e:
         raise UserError(f"checkpoint does not match this model code: its config {first_line(e)}")
     except (RuntimeError, MemoryError) as e:  # a config edited to a context of 10**9: a 64 GB table of RoPE angles
+        if not is_oom(e):
+            raise
         raise UserError(f"{name}: its model (context {ckpt['config'].get('block_size')}, {ckpt['config'].get('n_layer')} "
                         f"layers x {ckpt['config'].get('n_embd')}) does not fit in memory ({first_line(e)[:80]}): its "
                         f"config is damaged, or the model needs a larger machine") from None

@@ -354,6 +354,15 @@ def atomic_torch_save(obj, path):
 # -----------------------------------------------------------------------------
 # devices and precision
 
+def is_oom(e):
+    """Whether e is an allocation that failed for its size: out of host or device memory, or a tensor too large for
+    torch to size at all. Other errors (a bug's RuntimeError) are not, and keep their traceback."""
+    import torch
+    oom_types = (MemoryError,) + tuple(t for t in (getattr(torch, "OutOfMemoryError", None), torch.cuda.OutOfMemoryError) if t)
+    return isinstance(e, oom_types) or any(
+        sign in str(e) for sign in ("out of memory", "can't allocate memory", "Storage size calculation overflowed"))
+
+
 def cpu_info():
     """The CPU's vendor ("GenuineIntel", "AuthenticAMD", ...) and flags, from /proc/cpuinfo ("" and none elsewhere)."""
     vendor, flags = "", set()

@@ -55,7 +55,7 @@ from tqdm import tqdm
 
 from checkpoint import load_checkpoint, load_weights, nonfinite, save_checkpoint
 from common import (UserError, atomic_write_text, autocast, check_output, cpu_bf16_is_faster, cpu_has_bf16, first_line,
-                    nonempty, pick_device, pick_dtype, retain_freed_memory, run_main, speaks_for_machine, tmp_name)
+                    is_oom, nonempty, pick_device, pick_dtype, retain_freed_memory, run_main, speaks_for_machine, tmp_name)
 from model import OPTIMIZERS, PRESETS, GPT, GPTConfig, make_config
 from prepare import (DATASETS, DEFAULT_OUT_DIR, DEFAULT_VAL_FRACTION, is_complete, is_dataset_name,
                      meta_options, rebuild_command)
@@ -633,11 +633,6 @@ def lr_at(step, lr, min_lr, warmup, total_steps):
         return min_lr
     progress = (step - warmup) / max(1, total_steps - warmup)  # 0 -> 1
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
-
-
-def is_oom(e):
-    oom_types = tuple(t for t in (getattr(torch, "OutOfMemoryError", None), torch.cuda.OutOfMemoryError) if t)
-    return isinstance(e, oom_types) or "out of memory" in str(e) or "can't allocate memory" in str(e)
 
 
 class Forward:
@@ -1361,6 +1356,8 @@ def run_training(args, held):
     try:
         model = GPT(config)
     except (RuntimeError, MemoryError) as e:
+        if not is_oom(e):
+            raise
         raise UserError(f"the model ({config.n_layer} layers x {config.n_embd}, context {config.block_size}) does not "
                         f"fit in memory ({first_line(e)[:80]}): use a smaller --n_layer or --n_embd, or a smaller "
                         f"--model") from None

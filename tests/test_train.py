@@ -1211,6 +1211,30 @@ def test_lr_schedule():
     assert lrs[60] == pytest.approx(0.55) and lrs[110] == pytest.approx(0.1) and lrs[119] == 0.1
 
 
+@pytest.mark.parametrize("error, oom", [
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried to "
+                  "allocate 68719476736 bytes"), True),
+    (MemoryError("64 GiB of weights, more than the machine's 24 GiB of memory"), True),
+    (RuntimeError("Storage size calculation overflowed with sizes=[1000000000000, 10000000000]"), True),
+    (RuntimeError("mat1 and mat2 shapes cannot be multiplied (2x3 and 4x5)"), False),  # a bug: its traceback
+])
+def test_a_model_build_that_fails_for_memory_is_one_line_and_a_bug_is_not(env, tmp_path, monkeypatch, error, oom):
+    """train.py's model build and checkpoint.load_model (gen.py, eval.py, serve.py) say "does not fit in memory" for an
+    allocation that failed for its size; any other error keeps its traceback instead of being called a memory one."""
+    import checkpoint
+
+    def fail(config):
+        raise error
+    first = train.train(args_for(env, tmp_path, "--dataset", "mini", "--max_steps", "1"))
+    for module, call in ((train, lambda: train.train(args_for(env, tmp_path / "b", "--dataset", "mini", "--max_steps", "1"))),
+                         (checkpoint, lambda: load_model(first["checkpoint"]))):
+        monkeypatch.setattr(module, "GPT", fail)
+        with pytest.raises(UserError if oom else type(error)) as e:
+            call()
+        assert ("does not fit in memory" in str(e.value)) is oom
+        assert (str(error)[:40] in str(e.value)) if oom else e.value is error
+
+
 def test_bad_options_are_user_errors(env, tmp_path, trained):
     with pytest.raises(UserError, match="--block_size"):
         train.train(args_for(env, tmp_path, "--checkpoint", trained["summary"]["checkpoint"], "--block_size", "128",
