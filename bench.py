@@ -678,8 +678,10 @@ def main(argv=None):
             raise UserError(f"--{name} {','.join(map(str, v)) if isinstance(v, list) else v} is too large: give at "
                             f"most {MAX_SIZE:,} (2**40), and far less fits in any machine's memory")
     cores = os.cpu_count()
-    if args.threads and cores and args.threads > cores:  # libgomp aborted creating 2**31 threads, torch's int overflowed
-        raise UserError(f"--threads {args.threads}: this machine has {cores} logical cores; give at most {cores}")
+    for name in ("threads", "prepare_threads"):  # libgomp aborted creating 2**31 threads, torch's int overflowed
+        v = getattr(args, name)  # (the tokenizer's: a thread per line of the sample, thousands, at no gain)
+        if v and cores and v > cores:
+            raise UserError(f"--{name} {v}: this machine has {cores} logical cores; give at most {cores}")
     if args.warmup is not None and args.warmup < 0:
         raise UserError(f"--warmup must be >= 0, got {args.warmup}")
     if args.data and not os.path.isfile(args.data):

@@ -407,9 +407,10 @@ def test_sizes_past_any_memory_are_refused_in_one_line(monkeypatch, capsys):
         code, err = one_line_error(capsys, ["--only", section, option, huge])
         assert code == 1 and err.startswith(f"error: {option} {huge} is too large: give at most ") \
             and err.count("\n") == 1, err
-    code, err = one_line_error(capsys, ["--only", "peak", "--threads", huge])
-    assert code == 1 and err == f"error: --threads {huge}: this machine has {os.cpu_count()} logical cores; give at " \
-                                f"most {os.cpu_count()}\n"
+    for section, option in (("peak", "--threads"), ("prepare", "--prepare_threads")):
+        code, err = one_line_error(capsys, ["--only", section, option, huge])
+        assert code == 1 and err == f"error: {option} {huge}: this machine has {os.cpu_count()} logical cores; give " \
+                                    f"at most {os.cpu_count()}\n"
 
 
 def test_what_does_not_fit_in_memory_names_the_options_to_lower(monkeypatch, capsys, one_thread):
