@@ -654,6 +654,35 @@ def test_a_batch_cut_by_data_rebuilt_smaller_rescales_the_inherited_warmup(env, 
     assert ck["args"]["warmup"] == max(1, round(warmup * 16 / n)) != warmup
 
 
+def test_a_batch_cut_by_the_data_it_trained_on_counts_windows_of_the_block_it_trained_in(env, tmp_path):
+    """A checkpoint from before batches were cut recorded the preset's 16 for a text of fewer windows of 64; resumed
+    with --block_size 32, the same text has 16 or more windows, so today's batch is 16 and not cut. It trained in
+    batches of its windows of 64, not of 32: the global batch grew, and the inherited warmup shrinks with it."""
+    docs = [d for d in story_text(20_000).split("\n") if d.strip()]
+    for k in range(4, len(docs)):  # a text of 8-15 windows of 64, so 16 or more of 32
+        write_dataset(str(tmp_path), "few", env["enc"], env["tok"], docs[:k], val_frac=0.4)
+        meta = train.load_meta(str(tmp_path), "few")
+        n = len(train.Windows(meta, "train", 64))
+        if n >= 8:
+            break
+    assert 8 <= n < 16 <= len(train.Windows(meta, "train", 32))
+    base = ["--data_dir", str(tmp_path), "--device", "cpu", "--dtype", "float32", "--no-color", "--eval_interval", "0"]
+    first = train.train(train.parse_args(base + [
+        "--dataset", "few", "--output_checkpoint", str(tmp_path / "a" / "{dataset}.pt"), "--n_layer", "1", "--n_head",
+        "2", "--n_embd", "32", "--block_size", "64", "--model", "small", "--epochs", "6", "--max_steps", "1",
+        "--warmup", "32"]))
+    ck = torch.load(first["checkpoint"], weights_only=True)
+    assert ck["args"]["batch_size"] == n
+    ck["args"]["batch_size"] = 16  # as a checkpoint from before the cut recorded it
+    torch.save(ck, tmp_path / "old.pt")
+    end = train.train(train.parse_args(base + ["--checkpoint", str(tmp_path / "old.pt"), "--block_size", "32",
+                                               "--max_steps", "2", "--output_checkpoint",
+                                               str(tmp_path / "b" / "{dataset}.pt")]))
+    ck = torch.load(end["checkpoint"], weights_only=True)
+    assert ck["args"]["batch_size"] == 16
+    assert ck["args"]["warmup"] == round(32 * n / 16) != 32
+
+
 def test_a_continued_run_that_does_not_better_its_best_says_so(env, tmp_path, capsys):
     first = train.train(args_for(env, tmp_path / "a", "--dataset", "mini", "--max_steps", "2"))
     ck = load_checkpoint(first["checkpoint"])
