@@ -360,7 +360,8 @@ def is_oom(e):
     import torch
     oom_types = (MemoryError,) + tuple(t for t in (getattr(torch, "OutOfMemoryError", None), torch.cuda.OutOfMemoryError) if t)
     return isinstance(e, oom_types) or any(
-        sign in str(e) for sign in ("out of memory", "can't allocate memory", "Storage size calculation overflowed"))
+        sign in str(e) for sign in ("out of memory", "can't allocate memory", "not enough memory",  # (Windows')
+                                    "Storage size calculation overflowed"))
 
 
 def cpu_info():
