@@ -635,6 +635,11 @@ def lr_at(step, lr, min_lr, warmup, total_steps):
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
 
 
+def is_count(v):
+    """Whether v, read from a checkpoint, is a positive int (not a bool, which is one to Python)."""
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
 class Forward:
     """model(x, y, mask), through torch.compile when asked; if compiling fails, one warning and eager from then on."""
 
@@ -1314,8 +1319,10 @@ def run_training(args, held):
         was_world = ckpt_args.get("world_size", 1)
         # the batch it trained in: a checkpoint from before batches were cut to a small text recorded the larger one,
         # so cut it to the windows of the data it trained on (the data rebuilt smaller since cuts today's batch alone)
-        was_tokens, was_T = ckpt.get("data", {}).get("train_tokens"), ckpt_args.get("block_size") or args.block_size
-        was_windows = max(1, (was_tokens - 1) // was_T) if was_tokens else len(train_w)
+        # (what is no count, in an edited checkpoint, is not read: a string's TypeError, a block of -64's one window)
+        was_tokens, was_T = ckpt.get("data", {}).get("train_tokens"), ckpt_args.get("block_size")
+        was_T = was_T if is_count(was_T) else args.block_size
+        was_windows = max(1, (was_tokens - 1) // was_T) if is_count(was_tokens) else len(train_w)
         was_batch = min(ckpt_args.get("batch_size", 0), math.ceil(was_windows / was_world))
         was = was_batch * ckpt_args.get("grad_accum", 1) * was_world
         if (new_order or was != batches.windows_per_step) and not budget:

@@ -683,6 +683,25 @@ def test_a_batch_cut_by_the_data_it_trained_on_counts_windows_of_the_block_it_tr
     assert ck["args"]["warmup"] == round(32 * n / 16) != 32
 
 
+@pytest.mark.parametrize("entry, value", [(("data", "train_tokens"), "abc"), (("data", "train_tokens"), None),
+                                          (("data", "train_tokens"), [1, 2]), (("data", "train_tokens"), True),
+                                          (("args", "block_size"), -64), (("args", "block_size"), 0)])
+def test_a_checkpoint_whose_recorded_data_size_is_no_count_resumes_as_it_trained(env, tmp_path, entry, value):
+    """The data entry's train_tokens and the recorded block_size say how many windows the checkpoint's batch was cut
+    to: edited to what is no count (a string: a TypeError; a block of -64: one window, so the batch of 16 counted as
+    1 and the warmup of 16 inherited as 1), they are not read, and the batch is cut by today's data, as before."""
+    first = train.train(args_for(env, tmp_path, "--dataset", "mini", "--max_steps", "1", "--warmup", "16"))
+    ck = torch.load(first["checkpoint"], weights_only=True)
+    assert (ck["args"]["batch_size"], ck["args"]["warmup"]) == (16, 16)
+    ck[entry[0]][entry[1]] = value
+    torch.save(ck, str(tmp_path / "edited.pt"))
+    r = train.train(train.parse_args(["--checkpoint", str(tmp_path / "edited.pt"), "--max_steps", "2", "--block_size",
+                                      "64", "--data_dir", env["data"], "--device", "cpu", "--no-color",
+                                      "--output_checkpoint", str(tmp_path / "b" / "{dataset}.pt")]))
+    assert r["steps"] == 2
+    assert torch.load(r["checkpoint"], weights_only=True)["args"]["warmup"] == 16
+
+
 def test_a_continued_run_that_does_not_better_its_best_says_so(env, tmp_path, capsys):
     first = train.train(args_for(env, tmp_path / "a", "--dataset", "mini", "--max_steps", "2"))
     ck = load_checkpoint(first["checkpoint"])
