@@ -407,7 +407,8 @@ def machine_description(device):
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         parts.append(f"GPU {props.name} ({props.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda})")
-    # bf16 or not decides the dtype train.py picks and most of the speed on a CPU
+    # bf16 instructions, and whether they outrun fp32 (AMX; AVX-512 BF16 on AMD), decide the dtype train.py picks and
+    # most of the speed on a CPU
     cap = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", lambda: "")()
     flags = cpu_info()[1]
     if "amx_bf16" in flags:

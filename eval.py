@@ -12,7 +12,7 @@ split), on assistant tokens only for conversation sets; perplexity is exp(loss);
 train.py for plain text, compare models across tokenizers. Windows default to the checkpoint's training
 --block_size, so the numbers compare with its training log (whose evaluations take --eval_batches 40 batches spread
 over the split: the same numbers with --eval_batches 40 --batch_size <its batch size> and its --dtype, which auto
-makes bf16 on CPUs that have it; close ones over all windows).
+makes bf16 on CPUs where it outruns fp32; close ones over all windows).
 
 Replies, for each conversation set: --samples conversations spread evenly over the split, each cut after its
 first user message, are answered as gen.py --chat answers (gen.chat_reply, sampling with --temp/--top_k/--top_p);

@@ -410,8 +410,8 @@ class Muon(torch.optim.Optimizer):
     decoupled weight decay carry over (Liu et al. 2025, "Muon is Scalable for LLM Training", arXiv:2502.16982).
     torch.optim.Muon (torch >= 2.9) does the same one matrix at a time and in bf16, which a CPU without bf16
     instructions emulates: tiny's training step took 3-4x as long on a 2-core AVX2 EPYC. Here the matrices of one shape
-    (the same one in every block) are orthogonalized together, in bf16 where training runs in bf16 (the hardware has
-    it), else in fp32 (ns_dtype); under torchrun the ranks share that work (orthogonalize_shared)."""
+    (the same one in every block) are orthogonalized together, in bf16 where training runs in bf16 (the hardware
+    does it faster than fp32), else in fp32 (ns_dtype); under torchrun the ranks share that work (orthogonalize_shared)."""
 
     def __init__(self, params, lr, weight_decay=0.0, momentum=0.95, ns_steps=5, ns_dtype=torch.float32):
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum, ns_steps=ns_steps))

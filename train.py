@@ -201,7 +201,8 @@ def parse_args(argv=None):
     g.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
     g.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
                    help="autocast precision (default: the checkpoint's when continuing a run, else auto: bf16 where "
-                        "the hardware has it, fp16 on older GPUs, else fp32)")
+                        "the hardware does it faster than fp32 (GPUs that have it; CPUs with AMX, or AVX-512 BF16 on "
+                        "AMD), fp16 on older GPUs, else fp32)")
     g.add_argument("--compile", action=argparse.BooleanOptionalAction,
                    help="torch.compile the model (falls back to eager if it fails; default: the checkpoint's when "
                         "continuing a run, else off)")
