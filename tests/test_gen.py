@@ -40,11 +40,11 @@ def tiny_model(enc, seed=0, block_size=64, variant="gpt2"):
     return GPT(config).eval()
 
 
-def la_model(enc, closer=IM_END):
+def la_model(enc, closer=IM_END, block_size=64):
     """A model that answers ' la la ...' and closes its turn: ln_f's weight is zeroed, so the final
     hidden state is its bias e_0 whatever the input, and the logits are lm_head's column 0. Every token
     gets -30 there except ' la' and closer, <|im_end|> (both 0), so each step ends the turn with p = 1/2."""
-    model = tiny_model(enc)
+    model = tiny_model(enc, block_size=block_size)
     la, end = enc.encode_single_token(" la"), enc.encode_single_token(closer)
     with torch.no_grad():
         model.transformer.ln_f.weight.zero_()
@@ -512,3 +512,129 @@ def test_a_model_with_more_ids_than_its_tokenizer_is_refused(tmp_path, enc):
     save_checkpoint(path, tiny_of_vocab(enc.n_vocab + 100), enc)
     with pytest.raises(UserError, match="inconsistent"):
         load_model(path)
+
+
+def test_an_unconditional_sample_and_a_prompt_spelling_a_special_token(ckpt, enc, capsys):
+    """gen.py without --prompt samples unconditionally (from <|endoftext|>, where every document starts), and a prompt
+    may spell <|endoftext|> to mark a document start: both are runs, not errors."""
+    code, out, err = cli([ckpt, "--max_tokens", "3", "--seed", "0", "--verbose"] + CPU, capsys)
+    assert code == 0 and "prompt 1 tokens, 3 new tokens" in err, err
+    code, out, err = cli([ckpt, "--prompt", "<|endoftext|>Once", "--max_tokens", "3", "--seed", "0", "--verbose"] + CPU,
+                         capsys)
+    assert code == 0 and out.startswith("<|endoftext|>Once"), err
+    assert f"prompt {len(enc.encode('<|endoftext|>Once', allowed_special='all'))} tokens" in err
+
+
+def test_a_prompt_that_just_fits_is_kept_whole_without_a_warning(enc, capsys):
+    model = tiny_model(enc)  # a 64-token window: a prompt of 32 leaves room for min(100, 64 // 2) = 32 new tokens
+    ids = enc.encode(" ".join(f"w{i}" for i in range(200)))
+    assert gen.crop_prompt(model, ids[:32], 100) == ids[:32]
+    assert capsys.readouterr().err == ""
+    assert gen.crop_prompt(model, ids[:33], 100) == ids[1:33]
+    assert "keeping its last 32" in capsys.readouterr().err
+
+
+def test_a_batch_row_ends_at_its_own_stop_token(enc):
+    """--prompt_file generates prompts of one length together until every row has stopped: a row that stopped earlier
+    ends there, and what the others generate after that is no part of its completion."""
+    model = la_model(enc, closer="<|endoftext|>")  # ' la' or <|endoftext|>, each with p = 1/2
+    prompts = [enc.encode(f"Story {i}") for i in range(8)]  # all of one length: one batch
+    assert len({len(p) for p in prompts}) == 1
+    torch.manual_seed(0)
+    results = gen.complete_batch(model, enc, prompts, 40, (enc.eot_token,), temperature=1.0,
+                                 generator=torch.Generator().manual_seed(0))
+    assert all(why == "<|endoftext|>" and set(text.split()) <= {"la"} for text, why in results), results
+    assert len({text for text, _ in results}) > 1  # (the rows did stop at different steps)
+
+
+def test_sampling_options_take_what_their_help_says(ckpt):
+    # --top_p is in (0, 1]: 1 is every token (nucleus sampling off); a --repetition_penalty of 0 or less is refused
+    assert gen.parse_args([ckpt, "--top_p", "1"]).top_p == 1.0
+    for value in ("0", "-1"):
+        with pytest.raises(SystemExit):
+            gen.parse_args([ckpt, "--repetition_penalty", value])
+    args = gen.parse_args([ckpt])
+    assert (args.temp, args.top_k, args.top_p, args.repetition_penalty) == (0.8, 200, None, 1.0)
+
+
+def test_max_tokens_defaults_to_256(enc, tmp_path, capsys):
+    path = str(tmp_path / "long.pt")
+    save_checkpoint(path, la_model(enc, closer=" la", block_size=512), enc)  # ' la' forever, in a 512-token window
+    code, out, err = cli([path, "--prompt", "Hi", "--verbose", "--seed", "0"] + CPU, capsys)
+    assert code == 0 and "[end: max_tokens]" in out and "prompt 1 tokens, 256 new tokens" in err, err
+
+
+def test_nonstop_runs_past_endoftext(enc, tmp_path, capsys):
+    """--nonstop generates until --max_tokens: a story model's <|endoftext|> starts the next story, it does not end."""
+    path = str(tmp_path / "eot.pt")
+    save_checkpoint(path, la_model(enc, closer="<|endoftext|>"), enc)  # <|endoftext|> with p = 1/2 each step
+    code, out, err = cli([path, "--prompt", "Hi", "--max_tokens", "20", "--temp", "1", "--verbose", "--seed", "0"] + CPU,
+                         capsys)
+    assert code == 0 and "[end: <|endoftext|>]" in out  # (without --nonstop it ends there)
+    code, out, err = cli([path, "--prompt", "Hi", "--max_tokens", "20", "--temp", "1", "--nonstop", "--verbose",
+                          "--seed", "0"] + CPU, capsys)
+    assert code == 0 and "[end: max_tokens]" in out and "prompt 1 tokens, 20 new tokens" in err, err
+
+
+def test_chat_reset_keeps_the_system_message(la_ckpt, enc, capsys, monkeypatch):
+    import io
+    monkeypatch.setattr(sys, "stdin", io.StringIO("hello\n/reset\nhi\n"))
+    code, out, err = cli([la_ckpt, "--chat", "--system", "be brief", "--verbose", "--seed", "1", "--temp", "1",
+                          "--max_tokens", "20"] + CPU, capsys)
+    assert code == 0 and out.count("[end: ") == 2
+    # after /reset the second turn is a first turn again, under the same system message
+    system = {"role": "system", "content": "be brief"}
+    first = len(render_chat(enc, [system, {"role": "user", "content": "hello"}], add_generation_prompt=True)[0])
+    second = len(render_chat(enc, [system, {"role": "user", "content": "hi"}], add_generation_prompt=True)[0])
+    assert [int(n) for n in re.findall(r"prompt (\d+) tokens", err)] == [first, second]
+
+
+def test_num_samples_and_interactive_prompts_on_the_command_line(ckpt, capsys, monkeypatch):
+    # --num_samples N: N completions of the prompt, each with its [end: ...] marker, between separator lines
+    code, out, err = cli([ckpt, "--prompt", "Hi", "--num_samples", "3", "--max_tokens", "2", "--verbose", "--seed", "0"]
+                         + CPU, capsys)
+    assert code == 0 and out.count("[end: max_tokens]") == 3 and out.count("-" * 40 + "\n") == 2, out
+    # --interactive with stdin piped: each line is echoed, then continued (the transcript shows what was continued)
+    import io
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Once\n\nThe end\n"))
+    code, out, err = cli([ckpt, "--interactive", "--max_tokens", "2", "--verbose", "--seed", "0"] + CPU, capsys)
+    replies = out.split("[end: max_tokens]\n")
+    assert code == 0 and len(replies) == 3 and replies[-1] == "", out
+    assert replies[0].startswith("Once") and replies[1].startswith("The end"), out
+
+
+def test_top_p_reaches_the_sampler(ckpt, capsys):
+    # a nucleus this small holds the most likely token alone: sampling at temperature 1 is then greedy decoding
+    greedy = cli([ckpt, "--prompt", "Hi", "--max_tokens", "12", "--temp", "0"] + CPU, capsys)
+    for seed in ("0", "1"):
+        assert cli([ckpt, "--prompt", "Hi", "--max_tokens", "12", "--temp", "1", "--top_p", "1e-6", "--seed", seed] + CPU,
+                   capsys) == greedy
+    assert cli([ckpt, "--prompt", "Hi", "--max_tokens", "12", "--temp", "1", "--seed", "0"] + CPU, capsys) != greedy
+
+
+def test_nonstop_is_refused_with_a_prompt_file(ckpt, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Once\n", encoding="utf-8")
+    line = one_error_line(*cli([ckpt, "--prompt_file", str(prompts), "--nonstop", "--max_tokens", "2"] + CPU, capsys)[::2])
+    assert "--nonstop streams text past the context window" in line
+
+
+def test_a_checkpoint_loads_for_sampling_only_when_it_can_be_sampled_as_saved(enc, tmp_path):
+    # a model trained with dropout samples without it: load_model gives it in eval mode, so greedy decoding repeats
+    torch.manual_seed(0)
+    dropout = GPT(make_config("tiny", n_layer=2, n_embd=64, n_head=2, block_size=64, vocab_size=enc.n_vocab,
+                              variant="gpt2", dropout=0.5))
+    save_checkpoint(str(tmp_path / "dropout.pt"), dropout, enc)
+    model, _, _ = load_model(str(tmp_path / "dropout.pt"))
+    runs = [gen.complete(model, enc, enc.encode("Once upon a time"), 12, temperature=0)[0] for _ in range(3)]
+    assert runs[0] == runs[1] == runs[2]
+    # weights gone to inf (not only nan) are a diverged run; a checkpoint of another format is refused by name
+    model = tiny_model(enc)
+    with torch.no_grad():
+        model.lm_head.weight[3, 0] = float("inf")
+    save_checkpoint(str(tmp_path / "inf.pt"), model, enc)
+    with pytest.raises(UserError, match=r"inf\.pt holds weights that are not finite \(\d tensor\(s\) with nan or inf"):
+        load_model(str(tmp_path / "inf.pt"))
+    save_checkpoint(str(tmp_path / "v2.pt"), tiny_model(enc), enc, format=2)
+    with pytest.raises(UserError, match=r"v2\.pt has checkpoint format 2, this code reads 1"):
+        load_model(str(tmp_path / "v2.pt"))
