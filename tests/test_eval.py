@@ -275,3 +275,65 @@ def test_split_prompts_fall_back_past_conversations_without_a_user_message(tmp_p
     meta = chat_set(tmp_path, convs, 0)
     prompts = eval_py.split_prompts(meta, "val", enc, 6)
     assert len(prompts) == 6 and all(p[-1]["role"] == "user" for p in prompts)
+
+
+def coin_model(enc, a, b):
+    """fixed_model's, with two tokens at 0: each step says a or b with p = 1/2."""
+    model = fixed_model(enc, a)
+    with torch.no_grad():
+        model.lm_head.weight[b, 0] = 0.0
+    return model
+
+
+def test_reply_stats_follow_the_seed(enc):
+    # replies that end at a random step: the same seed gives the same statistics, another seed others
+    histories = [[{"role": "user", "content": f"Hi {i}"}] for i in range(8)]
+    sampling = dict(dtype=torch.float32, temperature=1.0, top_k=None, top_p=None)
+    model = coin_model(enc, enc.encode_single_token(IM_END), enc.encode_ordinary(" the")[0])
+    runs = [eval_py.reply_stats(model, enc, histories, 10, seed, **sampling) for seed in (0, 0, 1)]
+    assert runs[0] == runs[1] != runs[2]
+
+
+def test_top_p_reaches_the_replies(env, tmp_path):
+    # the replies are sampled with --top_p: a nucleus of one token leaves no chance, so every reply takes the same turn
+    # (each ends at once, or none does), where sampling from both tokens ends some and not others
+    enc = env["enc"]
+    path = str(tmp_path / "coin.pt")
+    save_checkpoint(path, coin_model(enc, enc.encode_single_token(IM_END), enc.encode_ordinary(" the")[0]), enc,
+                    dataset="chat")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("".join(f"Hello {i}!\n" for i in range(8)), encoding="utf-8")
+    rows = {top_p: eval_py.evaluate_checkpoint(path, data_dir=env["data"], prompts=str(prompts), max_tokens=1, temp=1.0,
+                                               top_p=top_p, device="cpu", dtype="float32", eval_batches=1)["rows"][-1]
+            for top_p in (None, 0.25)}
+    assert 0 < rows[None]["ended"] < 1
+    assert (rows[0.25]["ended"], rows[0.25]["mean_tokens"]) in ((1.0, 0.0), (0.0, 1.0))
+
+
+def test_cli_options_and_the_table(env, chat_ckpt, capsys, monkeypatch):
+    # --samples 0 samples nothing (0 is a count, not refused); a negative one is refused
+    assert eval_py.parse_args(["m.pt", "--samples", "0"]).samples == 0
+    with pytest.raises(SystemExit):
+        eval_py.parse_args(["m.pt", "--samples", "-1"])
+    # a checkpoint named last without a folder (x.pt, not there yet) is the checkpoint, not a dataset
+    assert eval_py.parse_args(["--dataset", "story", "x.pt"]).checkpoint == "x.pt"
+    # the table says top_p when it was used, and a perplexity past float's range as inf (not nan: no loss was nan)
+    monkeypatch.setattr(eval_py, "evaluate", lambda *a, **k: 3000.0)
+    code, out, err = cli([chat_ckpt, "--dataset", "story", "--data_dir", env["data"], "--top_p", "0.9", *CPU], capsys)
+    assert code == 0 and ", top_p 0.9, seed 1337" in out, err
+    story = next(line.split() for line in out.splitlines() if line.startswith("story"))
+    assert story[2:4] == ["3000.0000", "inf"], out
+
+
+def test_split_prompts_wrap_around_past_the_last_conversations(tmp_path, enc):
+    """When the evenly spread pick at the end of the split has no user message, nor has anything after it, an
+    untaken conversation before it takes its place: --samples 2 still gives 2 replies."""
+    from setup_tokenizer import render_chat
+    convs = [[{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": f"Answer {i}."}]
+             for i in range(3)] + [[{"role": "assistant", "content": f"Greeting {i}."}] for i in range(2)]
+    ids = [t for c in convs for t in render_chat(enc, c)[0] + [enc.eot_token]]
+    folder = tmp_path / "c"
+    folder.mkdir()
+    np.array(ids, dtype=np.uint16).tofile(folder / "val.bin")
+    prompts = eval_py.split_prompts({"folder": str(folder), "dtype": "uint16"}, "val", enc, 2)
+    assert [p[-1]["content"] for p in prompts] == ["Question 0?", "Question 1?"]
