@@ -340,6 +340,13 @@ def test_cache_overflow_raises():
         model(tokens(1, 1), cache=cache)
 
 
+def test_cache_of_another_batch_size_raises():
+    # a cache for one row given two: writing them would broadcast into it, and the logits be silently wrong
+    model = tiny_model()
+    with pytest.raises(ValueError, match="batch size 2 does not match the cache's 1"):
+        model(tokens(2, 4), cache=model.new_cache(1))
+
+
 # ---------------------------------------------------------------- generate
 
 @pytest.mark.parametrize("B", [1, 2, 9])  # a few fp32 rows take a transposed copy of the head (model.py), more do not
@@ -481,6 +488,22 @@ def test_top_k_and_top_p(variant):
     # without restriction the same draws leave the nucleus
     first = collect(model, idx, 1, generator=g)[:, 0]
     assert not set(first.tolist()) <= nucleus
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_top_k_with_top_p(variant):
+    # gen.py samples with --top_k 200 by default, so a --top_p nucleus is cut from the k best (as in Hugging Face's
+    # samplers, top_p applies to their distribution): top_p chosen so that nucleus is their 5 most likely tokens
+    model = peaked_model(variant)
+    idx = tokens(1, 5).repeat(400, 1)
+    with torch.no_grad():
+        probs = F.softmax(model(idx[:1])[0][0, -1], dim=-1)
+    sp, si = torch.sort(probs, descending=True)
+    cum = (sp[:200] / sp[:200].sum()).cumsum(0)
+    p = float(cum[3] + cum[4]) / 2
+    g = torch.Generator().manual_seed(0)
+    first = collect(model, idx, 1, top_k=200, top_p=p, generator=g)[:, 0]
+    assert set(first.tolist()) == set(si[:5].tolist())
 
 
 def test_repetition_penalty():
