@@ -357,13 +357,18 @@ class Windows:
     """One split as non-overlapping windows of block_size+1 tokens at stride block_size, read lazily from the
     memmap (never loaded whole). Window i covers tokens [i*T, i*T + T + 1)."""
 
+    @staticmethod
+    def count(n_tokens, block_size):
+        """How many windows n_tokens hold: the last one needs block_size + 1 tokens."""
+        return max(0, (n_tokens - 1) // block_size)
+
     def __init__(self, meta, split, block_size):
         folder, T = meta["folder"], block_size
         path = os.path.join(folder, f"{split}.bin")
         itemsize = np.dtype(meta["dtype"]).itemsize
         n_tokens = os.path.getsize(path) // itemsize
         self.block_size = T
-        self.n = max(0, (n_tokens - 1) // T)  # the last window needs T+1 tokens
+        self.n = self.count(n_tokens, T)
         if split == "val" and n_tokens == 0:  # prepared with --val_fraction 0 (one token: a val too short, said below)
             raise UserError(f"{path} has no tokens (--val_fraction 0?), and training evaluates on the val split: run "
                             f"`{prepare_with(meta, val_fraction=DEFAULT_VAL_FRACTION)}`")
@@ -1323,7 +1328,7 @@ def run_training(args, held):
         # (what is no count, in an edited checkpoint, is not read: a string's TypeError, a block of -64's one window)
         was_tokens, was_T = ckpt.get("data", {}).get("train_tokens"), ckpt_args.get("block_size")
         was_T = was_T if is_count(was_T) else args.block_size
-        was_windows = max(1, (was_tokens - 1) // was_T) if is_count(was_tokens) else len(train_w)
+        was_windows = max(1, Windows.count(was_tokens, was_T)) if is_count(was_tokens) else len(train_w)
         was_batch = min(ckpt_args.get("batch_size", 0), math.ceil(was_windows / was_world))
         was = was_batch * ckpt_args.get("grad_accum", 1) * was_world
         if (new_order or was != batches.windows_per_step) and not budget:
