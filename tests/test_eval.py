@@ -160,6 +160,18 @@ def test_a_checkpoint_after_dataset_is_the_checkpoint(tmp_path, monkeypatch):
     assert eval_py.parse_args([]).checkpoint is None
 
 
+def test_a_checkpoint_naming_its_dataset_by_path_is_evaluated_there(env, chat_ckpt, tmp_path, monkeypatch):
+    """Checkpoints from before --dataset took names only hold the data's path (/abs/data/chat): eval.py evaluates the
+    folder it names, not a dataset of that name in ./data, which here does not exist."""
+    ckpt = torch.load(chat_ckpt, weights_only=True)
+    ckpt["dataset"], ckpt["args"]["data_dir"] = os.path.join(os.path.abspath(env["data"]), "chat"), "gone"
+    torch.save(ckpt, tmp_path / "old.pt")
+    monkeypatch.chdir(tmp_path)
+    r = eval_py.evaluate_checkpoint(str(tmp_path / "old.pt"), batch_size=4, samples=0, device="cpu", dtype="float32")
+    windows = len(train.Windows(train.load_meta(env["data"], "chat"), "val", 64))
+    assert [(row["dataset"], row["windows"]) for row in r["rows"]] == [("chat", windows)]
+
+
 def test_bad_input_is_one_line(env, chat_ckpt, tmp_path, capsys):
     anonymous = str(tmp_path / "anonymous.pt")
     save_checkpoint(anonymous, fixed_model(env["enc"], 0), env["enc"])  # no dataset recorded

@@ -286,7 +286,8 @@ def test_history_overflow_drops_oldest_turns(enc, monkeypatch, capsys):
 
 
 def test_prompt_file_batch(ckpt, enc, tmp_path, capsys):
-    prompts = ["The cat", "The dog", "A long time ago in a land far away", "Hello", '{"not": json'] + ["The sun"]
+    # a text line is the prompt as written: its spaces are tokens too (" The" is another id than "The")
+    prompts = ["The cat", "The dog", "A long time ago in a land far away", "Hello", '{"not": json'] + ["  The sun "]
     lines = prompts[:3] + ["", json.dumps({"prompt": prompts[3], "id": 7})] + prompts[4:]
     src = tmp_path / "prompts.txt"
     src.write_text("\n".join(lines) + "\n", encoding="utf-8")
