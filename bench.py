@@ -19,6 +19,9 @@ Every timing follows a warm-up, with the device synchronised around it; training
 several repetitions, generation rows one run of --new_tokens tokens each.
 On a shared machine (other processes busy) the numbers drop and scatter; --note records that in BENCHMARKS.md.
 """
+import common  # first (it is light): Ctrl-C while torch loads then ends in one line, not a traceback from its import
+common.quiet_ctrl_c(__name__)
+
 import argparse
 import contextlib
 import datetime

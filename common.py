@@ -120,6 +120,22 @@ def exit_on_sigterm(signum, frame):
     raise SystemExit(128 + signum)
 
 
+def quiet_ctrl_c(name):
+    """Called first thing by a script that loads torch (a second or more; longer from a cold disk), with its __name__:
+    run as a script, Ctrl-C before run_main starts ends in one line, where it was a traceback from inside torch's
+    import. It exits on the spot (nothing is written before main), not by an exception a half-done import could
+    catch. run_main gives Ctrl-C back to Python, whose KeyboardInterrupt the scripts clean up after."""
+    if name == "__main__" and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, interrupted_while_loading)
+
+
+def interrupted_while_loading(signum, frame):
+    if speaks_for_machine():  # as run_main's: one line a machine under torchrun
+        with contextlib.suppress(OSError, ValueError):
+            print("\ninterrupted", file=sys.stderr, flush=True)
+    os._exit(130)
+
+
 def run_main(main):
     """Run a script's main(); UserError, Ctrl-C and the file system's refusals (a full disk, no permission, a folder
     where a file should be) end in one clear line, and output piped into a reader that stops early (`| head`) in
@@ -127,6 +143,8 @@ def run_main(main):
     # (put back on the way out: tests call scripts' mains through here, and pytest's own SIGTERM must still end it)
     before = signal.signal(signal.SIGTERM, exit_on_sigterm) if threading.current_thread() is threading.main_thread() \
         else None
+    if signal.getsignal(signal.SIGINT) is interrupted_while_loading:  # (quiet_ctrl_c's, from the imports)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     # a terminal in latin-1 (an old locale, PYTHONIOENCODING) shows "?" for a character it cannot: a sample with an
     # emoji ended gen.py in a UnicodeEncodeError traceback. Not output to a file or pipe, data (gen.py --prompt_file's
     # JSON lines) that "?" would corrupt without a word: that gets the one line below. Either way a file name that is

@@ -21,6 +21,9 @@ length without the closing token. With --prompts FILE the first --samples lines 
 each) are the prompts instead, in a row of their own. Sampling restarts from --seed for each row, so the same
 checkpoint and options give the same numbers.
 """
+import common  # first (it is light): Ctrl-C while torch loads then ends in one line, not a traceback from its import
+common.quiet_ctrl_c(__name__)
+
 import argparse
 import itertools
 import json

@@ -19,6 +19,9 @@ every completion is followed by a line `[end: REASON]` on stdout, where REASON i
 stop token (`<|im_end|>`, `<|endoftext|>`), `max_tokens`, `context` or `interrupted`,
 so a transcript splits unambiguously into replies. Statistics go to stderr.
 """
+import common  # first (it is light): Ctrl-C while torch loads then ends in one line, not a traceback from its import
+common.quiet_ctrl_c(__name__)
+
 import argparse
 import contextlib
 import json

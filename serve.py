@@ -25,6 +25,9 @@ One worker thread owns the model (torch runs one forward at a time well, not sev
 requests queue to it in arrival order, up to --max_queue waiting (then 503). A client that hangs up,
 streaming or waiting in the queue, cancels its request at the next token and frees the worker.
 """
+import common  # first (it is light): Ctrl-C while torch loads then ends in one line, not a traceback from its import
+common.quiet_ctrl_c(__name__)
+
 import argparse
 import collections
 import errno

@@ -31,6 +31,9 @@ which may repeat many epochs), written every --save_interval % of an epoch, at e
 errors; story_best.pt, the lowest val loss so far; story_metrics.jsonl, one JSON record per log/eval point;
 story_loss.png, the loss curves.
 """
+import common  # first (it is light): Ctrl-C while torch loads then ends in one line, not a traceback from its import
+common.quiet_ctrl_c(__name__)
+
 import argparse
 import contextlib
 import dataclasses

@@ -13,6 +13,7 @@ import time
 import pytest
 import torch
 
+import common
 from common import UserError, atomic_torch_save, atomic_write_text, check_output, pick_device, remove_stale_tmp, run_main
 
 
@@ -359,3 +360,27 @@ def test_autocast_computes_in_the_dtype_asked_for_and_float32_is_a_no_op():
     with autocast(cpu, torch.float32):
         assert not torch.is_autocast_enabled("cpu") and linear(x).dtype == torch.float32
     assert linear(x).dtype == torch.float32  # and nothing left on after either
+
+
+@pytest.mark.parametrize("script", ["train.py", "gen.py", "eval.py", "serve.py", "bench.py", "export.py"])
+def test_ctrl_c_while_torch_loads_is_one_line(script, tmp_path):
+    """Ctrl-C in the second or more a script spends importing torch was a traceback from inside torch's import: a
+    stand-in torch that presses Ctrl-C as it loads sees the script end in one line, with the shell's 130."""
+    fake = tmp_path / "torch"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("import os, signal, time\nos.kill(os.getpid(), signal.SIGINT)\ntime.sleep(60)\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, os.path.join(root, script), "--help"], capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=str(tmp_path)), timeout=60)
+    assert (r.returncode, r.stdout, r.stderr) == (130, "", "\ninterrupted\n")
+
+
+def test_run_main_gives_ctrl_c_back_to_python():
+    """Once main runs, Ctrl-C is Python's KeyboardInterrupt again, which the scripts clean up after (train.py saves)."""
+    common.quiet_ctrl_c("__main__")
+    try:
+        assert common.run_main(lambda: signal.getsignal(signal.SIGINT)) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    common.quiet_ctrl_c("train")  # imported, not run: a test's or a user's Ctrl-C is theirs
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
