@@ -1508,7 +1508,10 @@ def run_training(args, held):
 
     # ---- the loop
     run_steps, run_tokens, stopped = 0, 0, "done"
-    loss_acc, loss_n = torch.zeros((), device=device), 0  # train loss since the last record, summed on the device
+    # train loss since the last record: each step's mean times its counted targets, summed on the device, and their
+    # number, so the record is the mean per target as evaluate() measures it (a step of chat windows without an
+    # assistant token has a loss of 0 over 0 targets: counted as a step, it pulled the train loss towards 0)
+    loss_acc, loss_n = torch.zeros((), device=device), 0
     t_mark, tokens_mark = time.time(), 0  # for tokens/s, restarted after each record, eval and save
     tps = 0.0
     budget_spent = p.budget_elapsed  # a continued budgeted run goes on with its clock
@@ -1550,7 +1553,7 @@ def run_training(args, held):
                                       "minute on a small CPU, seconds once cached)", "dim"))
                             t_first = time.time()
                         loss_acc += train_step(fwd, optimizer, scaler, micro, device, dtype, args.grad_clip,
-                                               n_targets, dist.world)
+                                               n_targets, dist.world) * n_targets
                         if args.compile and not run_steps:
                             say(paint(f"first step {time.time() - t_first:.1f} s", "dim"))
                         p.step += 1
@@ -1559,7 +1562,7 @@ def run_training(args, held):
                         run_steps += 1
                         run_tokens += n_windows * args.block_size
                         tokens_mark += n_windows * args.block_size
-                        loss_n += 1
+                        loss_n += n_targets
                         estep += 1
                         bar.update(1)
                         end_of_epoch = p.windows >= len(train_w)
@@ -1599,20 +1602,24 @@ def run_training(args, held):
                         if due_log:
                             if dist.world > 1:  # each rank holds its share of every step's loss
                                 torch.distributed.all_reduce(loss_acc)
-                            train_loss = loss_acc.item() / loss_n  # the only host sync of the loop
-                            if not math.isfinite(train_loss):
-                                raise UserError(f"the training loss became {train_loss} at step {p.step}: {diverged()}")
+                            loss_sum = loss_acc.item()  # the only host sync of the loop
+                            if not math.isfinite(loss_sum):
+                                raise UserError(f"the training loss became {loss_sum} at step {p.step}: {diverged()}")
+                            # None: no step since the last record counted a target (chat windows without a reply)
+                            train_loss = loss_sum / loss_n if loss_n else None
+                            shown = "-" if train_loss is None else f"{train_loss:.4f}"
                             tps = tokens_mark / max(time.time() - t_mark, 1e-9)
                             rec = {"run": run_id, "step": p.step, "epoch": round(p.epoch + p.windows / len(train_w), 4),
-                                   "tokens": p.tokens, "train_loss": round(train_loss, 5), "val_loss": None,
+                                   "tokens": p.tokens,
+                                   "train_loss": None if train_loss is None else round(train_loss, 5), "val_loss": None,
                                    "lr": lr, "tokens_per_s": round(tps, 1),
                                    "elapsed": round(p.elapsed + time.time() - t_run, 2)}
                             loss_acc.zero_()
                             loss_n = 0
-                            bar.set_postfix(loss=f"{train_loss:.3f}", lr=f"{lr:.1e}", tok_s=f"{tps:,.0f}", refresh=False)
+                            bar.set_postfix(loss=shown, lr=f"{lr:.1e}", tok_s=f"{tps:,.0f}", refresh=False)
                             if bar.disable and not due_eval:
                                 left = (spe - estep) * tok_step / max(tps, 1e-9)
-                                say(f"step {p.step:,} (epoch {rec['epoch']:.2f}): loss {train_loss:.4f}, lr {lr:.2e}, "
+                                say(f"step {p.step:,} (epoch {rec['epoch']:.2f}): loss {shown}, lr {lr:.2e}, "
                                     f"{tps:,.0f} tokens/s, epoch ends in {fmt_time(left)}")
                             if due_eval:
                                 last_val = evaluate(model, val_w, args.batch_size, args.eval_batches, device, dtype,
@@ -1626,7 +1633,7 @@ def run_training(args, held):
                                 rec.update(val_loss=round(last_val, 5), val_ppl=round(math.exp(min(last_val, 50)), 3),
                                            val_bpb=None if bpb is None else round(bpb, 5), best=improved)
                                 say(f"{paint(f'step {p.step:,}', 'bold')} (epoch {rec['epoch']:.2f}): train "
-                                    f"{train_loss:.4f}, val {paint(f'{last_val:.4f}', 'green' if improved else 'yellow')} "
+                                    f"{shown}, val {paint(f'{last_val:.4f}', 'green' if improved else 'yellow')} "
                                     f"(ppl {math.exp(min(last_val, 50)):.2f}" + (f", {bpb:.3f} bpb" if bpb else "") +
                                     f"), lr {lr:.2e}, {tps:,.0f} tokens/s" + (paint("  * best", "green") if improved else ""))
                                 if improved:

@@ -1199,6 +1199,27 @@ def test_masked_loss_counts_assistant_tokens_only(env):
     assert loss2.item() == pytest.approx(loss.item(), rel=1e-6)
 
 
+def test_logged_train_loss_is_per_assistant_token(env, tmp_path):
+    """Chat windows that hold no assistant token count no target: the train loss logged is the mean per target trained
+    on, as evaluate() measures it (such windows were steps of loss 0, which pulled the logged loss towards 0)."""
+    words = story_text(30_000).split()
+    convs = [[{"role": "user", "content": " ".join(words[i * 80:(i + 1) * 80])}, {"role": "assistant", "content": "Yes."}]
+             for i in range(40)]  # long questions, short replies: many windows of 64 see only a question
+    write_dataset(str(tmp_path / "data"), "questions", env["enc"], env["tok"], convs, chat=True)
+    meta = train.load_meta(str(tmp_path / "data"), "questions")
+    w = train.Windows(meta, "train", 64)
+    assert 0 < sum(w.count_targets([i]) == 0 for i in range(len(w))) < len(w)
+    # a learning rate too small to move the weights: the logged loss is the one of the final weights
+    s = train.train(args_for(env, tmp_path / "out", "--data_dir", tmp_path / "data", "--dataset", "questions",
+                             "--batch_size", "1", "--lr", "1e-12", "--min_lr", "1e-12", "--weight_decay", "0",
+                             "--eval_interval", "0", "--log_interval", "100"))
+    recs = [r for r in read_metrics(s["metrics"]) if r["train_loss"] is not None]
+    assert recs[-1]["step"] == len(w)  # one record for the whole epoch
+    model, _, _ = load_model(s["checkpoint"])
+    loss = train.evaluate(model, w, 16, len(w), torch.device("cpu"), torch.float32)
+    assert recs[-1]["train_loss"] == pytest.approx(loss, rel=1e-3)
+
+
 def test_packed_chat_trains_on_whole_assistant_replies(env, tmp_path, capsys):
     """A chat set from prepare.py, packed for the windows: the masked targets of each window decode to whole assistant
     replies with their <|im_end|>, exactly those of the data; fine-tuning a story model on it takes a third of the lr."""
