@@ -681,7 +681,11 @@ def train_step(fwd, optimizer, scaler, micro, device, dtype, grad_clip, n_target
     gradients, each rank's loss is scaled by world to make that a sum, and only the last micro-batch all-reduces.
     Returns this rank's share of the step's loss as a 0-d device tensor: no host sync here."""
     counted = [count_targets(y, m) for _, y, m, _ in micro]  # on the host: the batches are still CPU tensors
-    n_targets = max(sum(counted) if n_targets is None else n_targets, 1)
+    n_targets = sum(counted) if n_targets is None else n_targets
+    if n_targets == 0:  # chat windows without an assistant token (on every rank: n_targets is the step's): no step.
+        # Their gradient is 0, but an optimizer step on it still moved every weight by about lr (momentum, weight
+        # decay; Muon orthogonalizes what momentum holds into a full-size update)
+        return torch.zeros((), device=device)
     no_sync = getattr(getattr(fwd, "model", fwd), "no_sync", None)  # a DDP model's: skip the all-reduce
     total = torch.zeros((), device=device)
     for i, (x, y, m, _) in enumerate(micro):

@@ -1199,6 +1199,25 @@ def test_masked_loss_counts_assistant_tokens_only(env):
     assert loss2.item() == pytest.approx(loss.item(), rel=1e-6)
 
 
+@pytest.mark.parametrize("optimizer", train.OPTIMIZERS)
+def test_a_step_without_assistant_tokens_leaves_the_weights(env, optimizer):
+    """A step whose windows hold no target under the loss mask has nothing to learn: the weights stay as they are
+    (the optimizer stepped on its zero gradient, and momentum and weight decay moved every weight by about lr)."""
+    w = train.Windows(train.load_meta(env["data"], "chat"), "train", 64)
+    (x, y, m, idx), = list(w.micro_batches(np.array([3, 5]), 2))
+    torch.manual_seed(0)
+    model = train.GPT(train.make_config("tiny", n_layer=1, n_embd=32, n_head=2, block_size=64,
+                                        vocab_size=w.meta["vocab_size"]))
+    opt = model.configure_optimizer(0.1, 1e-2, optimizer=optimizer)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    cpu = torch.device("cpu")
+    train.train_step(model, opt, scaler, [(x, y, m, idx)], cpu, torch.float32, 1.0)  # momentum to carry on
+    before = [p.detach().clone() for p in model.parameters()]
+    loss = train.train_step(model, opt, scaler, [(x, y, torch.zeros_like(m), idx)], cpu, torch.float32, 1.0)
+    assert loss.item() == 0
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+
+
 def test_logged_train_loss_is_per_assistant_token(env, tmp_path):
     """Chat windows that hold no assistant token count no target: the train loss logged is the mean per target trained
     on, as evaluate() measures it (such windows were steps of loss 0, which pulled the logged loss towards 0)."""
