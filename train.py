@@ -604,6 +604,13 @@ class Batches:
         # ceil: every window is seen; the last step of an epoch is short
         self.steps_per_epoch = math.ceil(len(windows) / self.windows_per_step)
 
+    def steps_done(self, start):
+        """Steps of an epoch counted as done at window position `start`: so many that the steps the rest of the epoch
+        takes end it at its last step. A checkpoint of another global batch may stop inside a step of this size:
+        counting that step whole had put the epoch's end, and every later step, one step late (the run's last one past
+        the lr schedule's end)."""
+        return self.steps_per_epoch - math.ceil((len(self.windows) - start) / self.windows_per_step)
+
     def epoch(self, epoch, start=0):
         """Steps of `epoch` from window position `start` of its order (a resumed epoch starts past 0). Each step is
         (micro, n, n_targets): this rank's list of (x, y, m, idx) micro-batches, and the windows of the step on all
@@ -1342,7 +1349,7 @@ def run_training(args, held):
             # epochs of another length, or another global batch (other ranks or batch options): the lr schedule counts
             # steps of the new size, so place the run where the windows done so far put it, and its inherited warmup
             # with it
-            p.step = p.epoch * spe + math.ceil(p.windows / batches.windows_per_step)
+            p.step = p.epoch * spe + batches.steps_done(p.windows)
             if not warmup_given and was and args.warmup:
                 args.warmup = max(1, round(args.warmup * was / batches.windows_per_step))
         if args.reset_epoch:  # same weights, optimizer and best val loss; epochs and schedule from zero
@@ -1447,7 +1454,7 @@ def run_training(args, held):
         if dist.main:  # every rank holds the same weights and optimizer state
             save_checkpoint(path, model, enc, optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
                             dataset=dataset, run=run_id, epoch=p.epoch,
-                            epoch_step=math.ceil(p.windows / batches.windows_per_step),
+                            epoch_step=batches.steps_done(p.windows),
                             epoch_windows=p.windows, step=p.step, tokens=p.tokens, rng=rng_state(),
                             args=dict(vars(args), world_size=dist.world),
                             best_val_loss=p.best_val_loss, evals_since_best=p.evals_since_best, val_loss=last_val,
@@ -1530,7 +1537,7 @@ def run_training(args, held):
         with GracefulInterrupt() as interrupt:
             while p.epoch < args.epochs and stopped == "done":
                 epoch = p.epoch
-                estep = p.windows // batches.windows_per_step  # steps done in this epoch
+                estep = batches.steps_done(p.windows)
                 steps = batches.epoch(epoch, p.windows)
                 bar = tqdm(total=spe, initial=estep, desc=f"epoch {epoch + 1}/{args.epochs}", unit="step",
                            dynamic_ncols=True, disable=not sys.stderr.isatty() or quiet, file=sys.stderr)

@@ -683,6 +683,20 @@ def test_a_batch_cut_by_the_data_it_trained_on_counts_windows_of_the_block_it_tr
     assert ck["args"]["warmup"] == round(32 * n / 16) != 32
 
 
+def test_a_run_continued_in_larger_steps_ends_its_epoch_on_the_epochs_last_step(env, tmp_path):
+    """1 window done, continued in steps of 8 (as one process continued on 2 ranks, or with a larger batch): the
+    epoch's other windows take ceil((n - 1) / 8) steps, and the run is placed so that they end it at its last step.
+    Counting the step begun as a whole one had put the epoch's end one step late: n // 8 + 1 steps for an epoch of
+    ceil(n / 8), every later epoch shifted with it and the last step past the schedule's end."""
+    n = len(train.Windows(train.load_meta(env["data"], "mini"), "train", 64))
+    assert n % 8 != 1  # else the step begun is the epoch's last one anyway
+    first = train.train(args_for(env, tmp_path, "--dataset", "mini", "--batch_size", "1", "--max_steps", "1",
+                                 "--eval_interval", "0"))
+    r = train.train(train.parse_args(["--checkpoint", first["checkpoint"], "--batch_size", "8", "--data_dir",
+                                      env["data"], "--device", "cpu", "--no-color"]))
+    assert r["stopped"] == "done" and r["epochs_done"] == 1 and r["steps"] == math.ceil(n / 8)
+
+
 @pytest.mark.parametrize("entry, value", [(("data", "train_tokens"), "abc"), (("data", "train_tokens"), None),
                                           (("data", "train_tokens"), [1, 2]), (("data", "train_tokens"), True),
                                           (("args", "block_size"), -64), (("args", "block_size"), 0)])
