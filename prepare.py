@@ -67,9 +67,9 @@ from setup_tokenizer import (EOT, IM_END, IM_START, get_tokenizer, read_text_chu
                              warn_short_vocabulary)
 
 FORMAT = 1   # layout of meta.json and the .bin files
-VERSION = 5  # bump when the same inputs would give other tokens or counts, so existing datasets rebuild
+VERSION = 6  # bump when the same inputs would give other tokens or counts, so existing datasets rebuild
             # (2: special tokens count no bytes of text; 4: val counted over a dataset's files together, byte-order
-            # marks dropped, separators found after a long first document)
+            # marks dropped, separators found after a long first document; 6: a message's "weight" 0 masks its reply)
 DATASETS = ("story", "shakespeare", "dailydialog", "chat", "chitchat", "knowledge", "text")
 EVERYTHING = ("story", "shakespeare", "dailydialog", "chat", "knowledge", "chitchat")  # what a bare `python prepare.py` builds
 MIXABLE = ("dailydialog", "chat", "knowledge", "chitchat")  # the conversation sets, which --mix combines
@@ -291,7 +291,8 @@ def parquet_records(path):
 
 
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "chatgpt": "assistant",
-                  "assistant": "assistant", "system": "system"}
+                  "assistant": "assistant", "system": "system",
+                  "developer": "system"}  # OpenAI's newer name for the system message, as serve.py reads it
 
 
 def turns_of(record, field, role, content, where):
@@ -318,7 +319,9 @@ def record_doc(record, where, dataset=None):
     has = {k for k, v in record.items() if v is not None}
     try:
         if "messages" in has:  # ShareGPT's role names are taken here too, as the error for an unknown role says
+            # a "weight" is OpenAI's fine-tuning format's: 0 leaves an assistant reply out of the loss (render_chat)
             messages = [{"role": SHAREGPT_ROLES.get(m["role"], m["role"]), "content": m["content"]}
+                        | ({"weight": m["weight"]} if m.get("weight") is not None else {})
                         for m in turns_of(record, "messages", "role", "content", where)]
         elif "conversations" in has:
             messages = [{"role": SHAREGPT_ROLES.get(m["from"], m["from"]), "content": m["value"]}
@@ -359,9 +362,13 @@ def record_doc(record, where, dataset=None):
             raise UserError(f"{where}: unknown role {m['role']!r}; use system, user or assistant (or ShareGPT's human, gpt)")
         if not isinstance(m["content"], str):
             raise UserError(f"{where}: message content must be text, got {type(m['content']).__name__}")
-    replies = [m["content"] for m in messages if m["role"] == "assistant"]
-    if replies and not any(r.strip() for r in replies):  # (Alpaca's output ""): it would train empty answers, as an
-        return None                                       # empty text record would train nothing
+        if "weight" in m and (isinstance(m["weight"], bool) or m["weight"] not in (0, 1)):
+            raise UserError(f"{where}: a message's weight must be 0 (not trained on) or 1, got {m['weight']!r}")
+    replies = [m["content"] for m in messages if m["role"] == "assistant" and m.get("weight", 1)]
+    # replies all empty (Alpaca's output "") or weighted 0: it would train empty answers, or nothing, as an empty
+    # text record would
+    if any(m["role"] == "assistant" for m in messages) and not any(r.strip() for r in replies):
+        return None
     return messages or None
 
 
@@ -967,7 +974,7 @@ def encode_batch(enc, batch, kind, dtype):
             ids.append(end)
             ids += newline
             mask += bytes(len(head))
-            mask += (b"\1" if m["role"] == "assistant" else b"\0") * (len(body) + 1)
+            mask += (b"\1" if m["role"] == "assistant" and m.get("weight", 1) else b"\0") * (len(body) + 1)
             mask += bytes(len(newline))
         ids.append(eot)
         mask.append(0)

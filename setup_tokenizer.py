@@ -166,7 +166,8 @@ def render_chat(enc, messages, add_generation_prompt=False):
     """messages [{role, content}] -> (ids, mask), as
         <|im_start|>role\\ncontent<|im_end|>\\n ...
     mask is 1 on assistant content and its closing <|im_end|>, 0 elsewhere, so a
-    model learns to write replies and to end them, never to imitate the user.
+    model learns to write replies and to end them, never to imitate the user (nor a reply
+    whose "weight" is 0: OpenAI's fine-tuning format leaves those out of the loss).
     add_generation_prompt appends <|im_start|>assistant\\n for the model to continue."""
     start, end = enc.encode_single_token(IM_START), enc.encode_single_token(IM_END)
     newline = enc.encode_ordinary("\n")
@@ -181,7 +182,7 @@ def render_chat(enc, messages, add_generation_prompt=False):
         # special-token strings typed by a user are encoded as plain text, never as control tokens
         body = enc.encode_ordinary(content) + [end]
         ids += head + body + newline
-        on = 1 if role == "assistant" else 0
+        on = 1 if role == "assistant" and m.get("weight", 1) else 0
         mask += [0] * len(head) + [on] * len(body) + [0] * len(newline)
     if add_generation_prompt:
         head = [start] + enc.encode_ordinary("assistant\n")

@@ -366,6 +366,11 @@ def test_non_utf8_and_bad_input(tmp_path):
             prepare.prepare("chat", source=write(tmp_path / f"turns{i}.jsonl", json.dumps(record)), out_dir=out)
     with pytest.raises(UserError, match=r"odd.jsonl line 1: unknown role 'robot'"):
         prepare.prepare("chat", source=write(tmp_path / "odd.jsonl", json.dumps({"messages": [{"role": "robot", "content": "x"}]})), out_dir=out)
+    for weight in (0.5, True, "0"):  # OpenAI's fine-tuning files weigh a reply 0 or 1, nothing else
+        with pytest.raises(UserError, match=rf"w.jsonl line 1: a message's weight must be 0 \(not trained on\) or 1, "
+                                            rf"got {re.escape(repr(weight))}$"):
+            prepare.prepare("chat", source=write(tmp_path / "w.jsonl", json.dumps({"messages": [
+                {"role": "user", "content": "x"}, {"role": "assistant", "content": "y", "weight": weight}]})), out_dir=out)
     with pytest.raises(UserError, match="mixes plain text and conversations"):
         prepare.prepare("chat", source=write(tmp_path / "mixed.jsonl", json.dumps({"text": "a"}) + "\n" + json.dumps({"question": "q", "answer": "a"})), out_dir=out)
     # with --vocab_size, before the vocabulary is trained (it was refused after minutes of training one)
@@ -608,6 +613,15 @@ def alpaca_conv(r):
             {"role": "assistant", "content": r["output"]}]
 
 
+OPENAI_WEIGHTED = [
+    [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "Hi!"},
+     {"role": "assistant", "content": "Whatever.", "weight": 0}, {"role": "user", "content": "Hi?"},
+     {"role": "assistant", "content": "Hello.", "weight": 1}],
+    [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4"}],
+    [{"role": "user", "content": "And 3+3?"}, {"role": "assistant", "content": "6", "weight": 1.0}],
+    [{"role": "user", "content": "Ugh."}, {"role": "assistant", "content": "Ugh.", "weight": 0}],
+]
+
 FORMATS = {  # name: (file name, file text, expected conversations)
     "messages": ("m.jsonl", "\n".join(json.dumps({"messages": c}) for c in CONVERSATIONS), CONVERSATIONS),
     "sharegpt": ("s.json", json.dumps([sharegpt(c) for c in CONVERSATIONS]), CONVERSATIONS),
@@ -615,6 +629,10 @@ FORMATS = {  # name: (file name, file text, expected conversations)
     "messages-sharegpt-roles": ("h.jsonl", "\n".join(json.dumps({"messages": [
         {"role": m["from"], "content": m["value"]} for m in sharegpt(c)["conversations"]]}) for c in CONVERSATIONS),
         CONVERSATIONS),
+    # OpenAI's fine-tuning files: "developer" is its newer name for the system message, and a reply weighted 0 is
+    # context, not trained on (its mask 0); a conversation whose every reply is weighted 0 trains nothing: left out
+    "openai-weights": ("w.jsonl", "\n".join(json.dumps({"messages": c}) for c in OPENAI_WEIGHTED), [
+        [dict(m, role="system") if m["role"] == "developer" else m for m in c] for c in OPENAI_WEIGHTED[:-1]]),
     "alpaca": ("a.json", json.dumps(ALPACA, indent=1), [alpaca_conv(r) for r in ALPACA]),
     # a record with no answer (two in the mirror's alpaca_5000.json) is left out: it trained the model to say nothing
     "alpaca-empty-outputs": ("e.json", json.dumps(ALPACA[:4] + [dict(ALPACA[4], output="")] + ALPACA[5:8] +
@@ -645,7 +663,7 @@ def test_chat_formats(tmp_path, enc, fmt):
             want_ids += i + [enc.eot_token]
             want_mask += m + [0]
         assert ids.tolist() == want_ids and mask.tolist() == want_mask
-        replies = [m["content"] + IM_END for conv in part for m in conv if m["role"] == "assistant"]
+        replies = [m["content"] + IM_END for conv in part for m in conv if m["role"] == "assistant" and m.get("weight", 1)]
         assert masked_spans(enc, ids, mask) == replies
         assert meta["splits"][split]["bytes"] == text_bytes(enc, ids)
 
@@ -899,7 +917,7 @@ def test_packing_keeps_conversations_inside_blocks(tmp_path, enc):
             assert sum((ids[s:e - 1].tolist() for s, e in spans), []) == conv_ids
             assert sum((mask[s:e - 1].tolist() for s, e in spans), []) == conv_mask
         # masked tokens decode to exactly the assistant replies, each with its <|im_end|>
-        replies = [m["content"] + IM_END for conv in part for m in conv if m["role"] == "assistant"]
+        replies = [m["content"] + IM_END for conv in part for m in conv if m["role"] == "assistant" and m.get("weight", 1)]
         assert Counter(masked_spans(enc, ids, mask)) == Counter(replies)
     assert crossing == 1  # conversation 7's long reply
 
