@@ -1090,8 +1090,9 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
     pack: the --pack asked for, refused on plain text before anything is tokenized."""
     dtype = np.uint16 if enc.n_vocab <= 1 << 16 else np.uint32
     table = token_bytes(enc)
-    # --limit N: the first N documents of each source, and of a source's own validation split
-    # the share val_fraction would give it, so a quick demo stays quick
+    # --limit N: the first N documents, counted over the files of a dataset in order (not N of each: `--dataset chat
+    # --limit 300` takes its Alpaca file's first 300), N more of train-only files, and of a source's own validation
+    # split the share val_fraction would give it, so a quick demo stays quick
     budget = {"split": limit, "train": limit, "val": limit and max(1, round(limit * val_fraction))}
     # the first document decides whether masks are written; every stream is opened lazily
     kind, opened = None, []
