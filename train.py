@@ -465,13 +465,17 @@ def earlier_run_files(out_pattern, dataset, best_path):
     return found + ([best_path] if os.path.exists(best_path) else [])
 
 
-def refuse_earlier_run(out_pattern, dataset, best_path, overwrite=False):
+def refuse_earlier_run(out_pattern, dataset, best_path, overwrite=False, reset=False):
     """A new run (not the checkpoint's own, continued) must not write over an earlier run's checkpoints (see
     earlier_run_files) unless overwrite; returns the files it replaces. (Metrics alone are no run to keep: a run that
-    failed before its first save leaves just them.)"""
+    failed before its first save leaves just them.) reset: the new run is a --reset_epoch, whose user gave the
+    checkpoint to continue and wants its epochs anew: "continue it with --checkpoint" would send them in a circle."""
     found = earlier_run_files(out_pattern, dataset, best_path)
     if found and not overwrite:
         what = f"{found[0]} and {len(found) - 1} more checkpoint(s) hold" if len(found) > 1 else f"{found[0]} holds"
+        if reset:
+            raise UserError(f"{what} an earlier run, which --reset_epoch (epochs numbered from 1 again) would write "
+                            f"over: {ELSEWHERE}, or pass --overwrite to replace them")
         resume = found[-2] if len(found) > 1 and found[-1] == best_path else found[-1]  # the newest of the run's own
         raise UserError(f"{what} an earlier run: continue it with --checkpoint {shlex.quote(resume)}, {ELSEWHERE}, or pass "
                         f"--overwrite to replace them")
@@ -1259,7 +1263,8 @@ def run_training(args, held):
             held.enter_context(run_lock(out_dir, dataset))
             # --reset_epoch numbers epochs from 1 again: its files would land on the run's own
             if not continuing or args.reset_epoch:
-                replaced = refuse_earlier_run(out_pattern, dataset, best_path, args.overwrite)
+                replaced = refuse_earlier_run(out_pattern, dataset, best_path, args.overwrite,
+                                              reset=continuing and args.reset_epoch)
             else:
                 replaced = refuse_going_back(args.checkpoint, ckpt, out_pattern, dataset, best_path, args.overwrite)
         except UserError as e:

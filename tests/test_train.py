@@ -401,10 +401,14 @@ def test_a_new_run_does_not_write_over_an_earlier_one(env, tmp_path):
                                               r"another folder with --output_checkpoint DIR/\{dataset\}_epoch\{epoch\}"
                                               r"\.pt, or pass --overwrite to replace them$"):
         train.train(args_for(env, tmp_path / "m", "--dataset", "mini", "--max_steps", "1", "--n_layer", "1"))
-    # --reset_epoch numbers its epochs from 1 again: in the run's own folder it would replace them
-    with pytest.raises(train.UserError, match=r"hold an earlier run"):
+    # --reset_epoch numbers its epochs from 1 again: in the run's own folder it would replace them. The way out is
+    # not "continue it with --checkpoint", which the user just did: it sent them in a circle
+    with pytest.raises(train.UserError, match=r"hold an earlier run, which --reset_epoch \(epochs numbered from 1 "
+                                              r"again\) would write over: write this one to another folder with "
+                                              r"--output_checkpoint DIR/.*, or pass --overwrite to replace them$") as e:
         train.train(train.parse_args(["--checkpoint", first["checkpoint"], "--reset_epoch", "--max_steps", "1",
                                       "--data_dir", env["data"], "--device", "cpu", "--no-color"]))
+    assert "continue it" not in str(e.value)
     assert {f: (tmp_path / "m" / f).read_bytes() for f in os.listdir(tmp_path / "m")} == files  # untouched
     # the commands it suggests paste into a shell as they are, a folder with a space in its name included
     spaced = tmp_path / "my runs"
