@@ -1666,8 +1666,10 @@ def run_training(args, held):
                         if due_eval:
                             reserve = time.time() - t_extra
                             last_eval_clock = clock
-                        if due_log or due_save:
-                            t_mark, tokens_mark = time.time(), 0  # tokens/s measures training, not evals and saves
+                        # tokens/s measures training, not evals and saves, nor the first step: a cold torch.compile's
+                        # 30-60 s made the first log's rate 20x too low and its "epoch ends in" hours too late
+                        if due_log or due_save or run_steps == 1:
+                            t_mark, tokens_mark = time.time(), 0
                         if interrupted:
                             say(paint(f"interrupted at step {p.step:,}: saved {saved['path']}; continue with "
                                       f"`{dist.command()} --checkpoint {shlex.quote(saved['path'])}`", "yellow"))

@@ -1577,6 +1577,16 @@ def test_a_slow_first_step_does_not_use_up_a_budgets_warmup(env, tmp_path, monke
     assert max(lrs) > 0.8e-3 and lrs[-1] < 0.2e-3  # the whole schedule still fits in what was left
 
 
+def test_a_slow_first_step_is_not_in_the_first_logs_tokens_per_s(env, tmp_path, monkeypatch):
+    # a cold torch.compile's first step (30-60 s on a small CPU) is no training speed: counted in, the first log said
+    # 358 tokens/s where training ran at 8,000, and an "epoch ends in" hours away
+    on_step(monkeypatch, 1, lambda: time.sleep(2))
+    s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--epochs", 2, "--log_interval", 34,
+                             "--eval_interval", 0, "--save_interval", 0))  # a log every 3 of an epoch's 9 steps
+    rates = [r["tokens_per_s"] for r in read_metrics(s["metrics"])]
+    assert len(rates) >= 3 and rates[0] > 0.2 * max(rates[1:]), rates
+
+
 def test_a_continued_budgets_slow_first_step_does_not_advance_its_schedule(env, tmp_path, monkeypatch):
     """Continuing a budgeted run compiles again: the schedule waits for that first step, as a new run's does, rather
     than skipping the part of the decay the recompile took."""
