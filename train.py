@@ -330,9 +330,10 @@ def load_meta(data_dir, dataset, tokenizer=None):
         have = sorted(n for n in os.listdir(data_dir) if os.path.isfile(os.path.join(data_dir, n, "meta.json"))) \
             if os.path.isdir(data_dir) else []
         text = shlex.join(["python", "prepare.py", "--dataset", "text", "--source", "FILE", "--name", dataset, *out])
+        named = shlex.join(["python", "prepare.py", "--dataset", "NAME", *out])  # where this run looks, in its vocabulary
         raise UserError(f"no prepared dataset {dataset!r} ({path} is missing; {data_dir} has "
                         f"{', '.join(have) or 'none'}): prepare your own text under that name with `{text}`, or one "
-                        f"of {', '.join(DATASETS[:-1])} with `python prepare.py --dataset NAME`")
+                        f"of {', '.join(DATASETS[:-1])} with `{named}`")
     try:
         with open(path, encoding="utf-8") as f:
             meta = json.load(f)

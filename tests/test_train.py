@@ -879,7 +879,7 @@ def test_missing_data_names_a_prepare_command_that_runs(env, tmp_path):
                                         rf"prepare your own "
                                         rf"text under that name with `python prepare.py --dataset text --source FILE "
                                         rf"--name nope --out_dir {data}`, or one of story, .* with `python prepare.py "
-                                        rf"--dataset NAME`$"):
+                                        rf"--dataset NAME --out_dir {data}`$"):
         train.train(args_for(env, tmp_path, "--dataset", "nope"))
     # a path for a name: story/ wrote models/story/.pt, and data/story suggested a --name prepare.py refuses
     for path, fix in (("mini/", ", as in --dataset mini$"), (os.path.join(env["data"], "mini"),
@@ -905,6 +905,12 @@ def test_missing_data_names_a_prepare_command_that_runs(env, tmp_path):
     hint = shlex.split(re.search(r"`python prepare.py (.*?)`", str(e.value)).group(1))
     prepare.main([str(tmp_path / "notes.txt") if a == "FILE" else a for a in hint])
     assert train.load_meta(str(data), "nope")["dataset"] == "text"
+    # a mistyped built-in name (eval.py --dataset shakespear): the built-in sets' command makes them in the model's
+    # vocabulary too; without --out_dir and --tokenizer it made data/shakespeare in GPT-2's, and the run still failed
+    with pytest.raises(UserError) as e:
+        train.load_meta(str(data), "shakespear", tokenizer=ck)
+    named = shlex.join(["python", "prepare.py", "--dataset", "NAME", "--out_dir", str(data), "--tokenizer", ck])
+    assert str(e.value).endswith(f"with `{named}`"), str(e.value)
 
 
 @pytest.mark.parametrize("damage", ["truncated", "val cut", "meta a list", "train.bin a folder", "id past vocab"])
