@@ -222,15 +222,24 @@ def is_dataset_folder(folder):
     return "splits" in meta and "vocab_size" in meta
 
 
+# what a Hugging Face model folder (export.py's, a downloaded one) is made of besides its .safetensors weights
+MODEL_FOLDER_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json", "pytorch_model.bin",
+                      "pytorch_model.bin.index.json", "tokenizer.json", "tokenizer_config.json", "vocab.json",
+                      "merges.txt", "special_tokens_map.json")
+
+
 def kept_file(path):
     """What an existing file is that no script's output may replace (a checkpoint aside, which train.py's runs write
     over by their own rules): a checkpoint, weights, a prepared dataset's file (its token files, meta.json, its
-    vocabulary; not other files there, as an eval.py --json written beside it); None for anything else."""
+    vocabulary; not other files there, as an eval.py --json written beside it), a model folder's config and tokenizer
+    files; None for anything else."""
     folder, name = os.path.split(os.path.realpath(path))
     if (name in ("meta.json", "tokenizer.tiktoken") or name.endswith(".bin")) and is_dataset_folder(folder):
         return f"a file of the dataset in {folder}"
     if path.endswith(".safetensors"):
         return "model weights"
+    if name in MODEL_FOLDER_FILES and os.path.isfile(os.path.join(folder, "config.json")):
+        return f"a file of the model folder {folder}"  # (bench.py --out over its config.json: the folder no longer loaded)
     try:
         with open(path, "rb") as f:
             return "a checkpoint (a zip archive)" if f.read(4) == b"PK\x03\x04" else None  # torch.save's format

@@ -71,13 +71,19 @@ def test_no_output_replaces_a_checkpoint_or_a_datasets_file(tmp_path):
     (data / "meta.json").write_text('{"vocab_size": 512, "splits": {}}')  # as prepare.py writes it, in short
     (data / "notes.json").write_text("{}")  # a file beside a dataset is not the dataset's
     (tmp_path / "w.safetensors").write_text("x")
+    hf = tmp_path / "hf"  # a model folder (export.py's): bench.py --out over its config.json, and it loaded no more
+    hf.mkdir()
+    for name in ("config.json", "tokenizer.json", "notes.json"):
+        (hf / name).write_text("{}")
     for path, what in ((ckpt, "a checkpoint"), (data / "train.bin", f"a file of the dataset in {data}"),
                        (data / "meta.json", "a file of the dataset"), (data / "tokenizer.tiktoken", "a file of the dataset"),
-                       (tmp_path / "w.safetensors", "model weights")):
+                       (tmp_path / "w.safetensors", "model weights"), (hf / "config.json", f"a file of the model folder {hf}"),
+                       (hf / "tokenizer.json", "a file of the model folder")):
         with pytest.raises(UserError, match=rf"^--json {re.escape(str(path))} is {re.escape(what)}.*: the result would "
                                             rf"replace it; give another --json$"):
             check_output(str(path), "--json")
     check_output(str(data / "notes.json"), "--json")
+    check_output(str(hf / "notes.json"), "--json")  # the user's own file beside a model, written over on each run
     # a meta.json of another kind (eval.py --json res/meta.json, run again) makes no dataset of its folder
     res = tmp_path / "res"
     res.mkdir()
