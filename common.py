@@ -78,13 +78,22 @@ def first_bad_utf8(path, block=1 << 20):
     return (lines, base) if rest else None  # the file ends inside a character
 
 
-def not_utf8(path, what=None, fix="convert it, e.g. `iconv -f latin1 -t utf-8`"):
+# Windows' "Unicode" text: the latin1 conversion made it UTF-8 with a NUL after each letter
+UTF16_FIX = "it is UTF-16: convert it, e.g. `iconv -f utf-16 -t utf-8`"
+UTF16LE_FIX = "UTF-16 without a byte-order mark? convert it, e.g. `iconv -f utf-16le -t utf-8`"
+
+
+def not_utf8(path, what=None, fix=None):
     """The UserError for a file that is not UTF-8 text, naming its first bad byte by line and by offset in the file (a
     decoder reading in blocks gives the offset in its block, which told the user nothing). Only read on that error."""
     try:
         where = first_bad_utf8(path)
+        if fix is None and os.path.isfile(path):
+            with open(path, "rb") as f:
+                fix = UTF16_FIX if f.read(2) in (b"\xff\xfe", b"\xfe\xff") else None
     except OSError:
         where = None
+    fix = fix or "convert it, e.g. `iconv -f latin1 -t utf-8`"
     at = f" (line {where[0]:,}, byte {where[1]:,} of the file)" if where else ""
     return UserError(f"{what or path} is not UTF-8 text{at}: {fix}")
 

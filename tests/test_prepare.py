@@ -410,6 +410,22 @@ def test_non_utf8_and_bad_input(tmp_path):
         prepare.prepare("text", source=empty, out_dir=out, vocab_size=300)
     assert not os.path.exists(os.path.join(out, "text", "train.bin"))
 
+def test_utf16_text_is_refused_naming_its_conversion(tmp_path):
+    """Windows' "Unicode" text is UTF-16. Without a byte-order mark its ASCII letters are valid UTF-8 with a NUL after
+    each, and the dataset trained on "O\\0n\\0c\\0e\\0"; with one, the error said to convert it from latin1, which does
+    the same. Both name the conversion that works, and no dataset is written."""
+    out = str(tmp_path / "data")
+    text = "Once upon a time.\nThe end.\n"
+    for name, data, fix in (("bom.txt", text.encode("utf-16"), "iconv -f utf-16 -t utf-8"),
+                            ("nobom.txt", text.encode("utf-16-le"), "iconv -f utf-16le -t utf-8")):
+        src = tmp_path / name
+        src.write_bytes(data)
+        with pytest.raises(UserError, match=rf"^{re.escape(str(src))} .*UTF-16.*`{fix}`"):
+            prepare.prepare("text", source=str(src), out_dir=out, name="u")
+        assert not os.path.exists(os.path.join(out, "u"))
+        with pytest.raises(UserError, match=rf"`{fix}`"):  # a vocabulary trained on it too
+            train_tokenizer([str(src)], 300, str(tmp_path / "v.tiktoken"))
+
 
 def test_unusable_out_dir_is_one_line_before_any_work(tmp_path, capsys, monkeypatch):
     src = write(tmp_path / "c.txt", EOT.join(DOCS))
