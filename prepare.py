@@ -577,11 +577,15 @@ def find_source(dataset, source=None, extra=True, limit=None):
         files = []
         for path in [source] if isinstance(source, str) else source:
             if os.path.isdir(path):
-                found = []
-                for d, subs, names in os.walk(path):
+                found, entered = [], {os.path.realpath(path)}
+                # linked folders too (a corpus on another disk: skipped, its documents were lost unsaid), each once (a
+                # link back up is a loop)
+                for d, subs, names in os.walk(path, followlinks=True):
                     # not hidden folders (.ipynb_checkpoints, .git) nor a dataset prepare.py wrote (meta.json)
                     subs[:] = sorted(s for s in subs if not s.startswith(".")
-                                     and (read_meta(os.path.join(d, s)) or {}).get("format") != FORMAT)
+                                     and (read_meta(os.path.join(d, s)) or {}).get("format") != FORMAT
+                                     and os.path.realpath(os.path.join(d, s)) not in entered)
+                    entered.update(os.path.realpath(os.path.join(d, s)) for s in subs)
                     # nor the meta.json of a dataset written into the folder itself (--out_dir/--name the folder)
                     ours = d == path and (read_meta(d) or {}).get("format") == FORMAT
                     for f in names:

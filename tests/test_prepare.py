@@ -799,6 +799,23 @@ def test_source_files_upper_case_overlapping_broken_and_odd_meta(tmp_path, enc):
     meta = prepare.prepare("text", source=str(src), out_dir=str(tmp_path / "data"), name="odd")
     assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == 10
 
+def test_source_folder_reads_linked_folders_once(tmp_path, enc):
+    """A folder that links to others (corpora kept on another disk) lost their documents without a word: the walk did
+    not enter a linked folder, though it read a linked file. Entered now, each folder once, a link back to one
+    already read (a loop) too."""
+    corpus = tmp_path / "disk" / "corpus"
+    write(corpus / "b.txt", EOT.join(f"b{i}" for i in range(5)))
+    src = tmp_path / "src"
+    write(src / "a.txt", EOT.join(f"a{i}" for i in range(5)))
+    (src / "more").symlink_to(corpus, target_is_directory=True)
+    (corpus / "back").symlink_to(src, target_is_directory=True)  # a loop
+    (src / "again").symlink_to(corpus, target_is_directory=True)  # the same folder twice
+    meta = prepare.prepare("text", source=str(src), out_dir=str(tmp_path / "data"))
+    train, _ = load(tmp_path / "data" / "text", "train", meta)
+    val, _ = load(tmp_path / "data" / "text", "val", meta)
+    docs = enc.decode(train.tolist()).split(EOT)[:-1] + enc.decode(val.tolist()).split(EOT)[:-1]
+    assert sorted(docs) == [f"{c}{i}" for c in "ab" for i in range(5)]
+
 
 def test_chitchat_is_deterministic(tmp_path, enc):
     a = prepare.prepare("chitchat", out_dir=str(tmp_path / "a"))
