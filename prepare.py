@@ -246,7 +246,9 @@ def json_records(path):
                         try:
                             record = json.loads(line.rstrip("\r\n"))  # an error at its end: this line's column
                         except json.JSONDecodeError as e:
-                            raise UserError(f"{path} line {n}: malformed JSON ({e.msg}, column {e.colno})")
+                            array = n == 1 and line.strip() == "["  # a pretty-printed array's first line
+                            hint = "; it looks like one JSON array: name it .json" if array else ""
+                            raise UserError(f"{path} line {n}: malformed JSON ({e.msg}, column {e.colno}){hint}")
                         except ValueError as e:  # an integer of over 4,300 digits
                             raise UserError(f"{path} line {n}: JSON that cannot be read ({first_line(e)})")
                         except RecursionError:
@@ -260,7 +262,12 @@ def json_records(path):
                         return
                     data = json.loads(text)
                 except json.JSONDecodeError as e:
-                    raise UserError(f"{path} line {e.lineno}: malformed JSON ({e.msg}, column {e.colno})")
+                    hint = ""
+                    if e.msg == "Extra data":  # JSON Lines, as datasets' to_json() writes whatever the name, if its
+                        with contextlib.suppress(ValueError):  # first line is a whole record
+                            json.loads(text[:e.pos].splitlines()[0])
+                            hint = "; it looks like one record per line (JSON Lines): name it .jsonl"
+                    raise UserError(f"{path} line {e.lineno}: malformed JSON ({e.msg}, column {e.colno}){hint}")
                 except UnicodeDecodeError:
                     raise  # read() of a file that is not UTF-8: said below
                 except ValueError as e:  # an integer of over 4,300 digits

@@ -410,6 +410,23 @@ def test_non_utf8_and_bad_input(tmp_path):
         prepare.prepare("text", source=empty, out_dir=out, vocab_size=300)
     assert not os.path.exists(os.path.join(out, "text", "train.bin"))
 
+
+def test_json_lines_named_json_and_an_array_named_jsonl_name_the_rename(tmp_path):
+    """datasets' to_json() writes one record per line whatever the file is called, so a user's export is often a .json
+    of JSON Lines; a pretty-printed array named .jsonl is the other way round. Both said only "malformed JSON (Extra
+    data)" or "(Expecting value)", which sent the user looking for a broken record; now the rename is named."""
+    out = str(tmp_path / "data")
+    lines = write(tmp_path / "export.json", '{"text": "a"}\n{"text": "b"}\n')
+    with pytest.raises(UserError, match=r"export\.json line 2: .*one record per line.*name it \.jsonl"):
+        prepare.prepare("text", source=lines, out_dir=out, name="x")
+    array = write(tmp_path / "pretty.jsonl", '[\n  {"text": "a"},\n  {"text": "b"}\n]\n')
+    with pytest.raises(UserError, match=r"pretty\.jsonl line 1: .*one JSON array.*name it \.json"):
+        prepare.prepare("text", source=array, out_dir=out, name="x")
+    # a broken record in a real .json still says where, and nothing about renaming
+    with pytest.raises(UserError, match=r"broken\.json line 2: malformed JSON \(Extra data, column 17\)$"):
+        prepare.prepare("text", source=write(tmp_path / "broken.json", '[{"text": "a"}\n, {"text": "b"}]]\n'), out_dir=out)
+
+
 def test_utf16_text_is_refused_naming_its_conversion(tmp_path):
     """Windows' "Unicode" text is UTF-16. Without a byte-order mark its ASCII letters are valid UTF-8 with a NUL after
     each, and the dataset trained on "O\\0n\\0c\\0e\\0"; with one, the error said to convert it from latin1, which does
