@@ -611,11 +611,13 @@ def find_source(dataset, source=None, extra=True, limit=None):
                 raise UserError(f"--source {path}: unsupported file type; use {', '.join(SUFFIXES)}")
             else:
                 files.append(path)
-        # a file given twice (a file and its folder, overlapping folders) is read once: twice, its documents were
-        # duplicated and its val documents were in train as well
+        # a file given twice (a file and its folder, overlapping folders, links) is read once: twice, its documents
+        # were duplicated and its val documents were in train as well. Known by its inode, as a hard link is (its path
+        # where a filesystem gives none: 0 for all would keep one file)
         unique = {}
         for f in files:
-            unique.setdefault(os.path.realpath(f), os.path.abspath(f))
+            st = os.stat(f)
+            unique.setdefault((st.st_dev, st.st_ino) if st.st_ino else os.path.realpath(f), os.path.abspath(f))
         files = list(unique.values())
         return {"description": "--source " + ", ".join(files), "files": files,
                 "streams": [("split", f, functools.partial(file_docs, f, dataset)) for f in files]}

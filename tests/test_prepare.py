@@ -833,6 +833,19 @@ def test_source_folder_reads_linked_folders_once(tmp_path, enc):
     docs = enc.decode(train.tolist()).split(EOT)[:-1] + enc.decode(val.tolist()).split(EOT)[:-1]
     assert sorted(docs) == [f"{c}{i}" for c in "ab" for i in range(5)]
 
+def test_source_file_hard_linked_twice_is_read_once(tmp_path, enc):
+    """A file in two folders by hard link (cp -al, a backup beside the data) is one file, as a symlinked one is: it was
+    read twice, every document duplicated and its val documents in train too."""
+    src = tmp_path / "src"
+    write(src / "a" / "x.txt", EOT.join(f"x{i}" for i in range(10)))
+    (src / "b").mkdir()
+    os.link(src / "a" / "x.txt", src / "b" / "x.txt")
+    meta = prepare.prepare("text", source=str(src), out_dir=str(tmp_path / "data"))
+    train, _ = load(tmp_path / "data" / "text", "train", meta)
+    val, _ = load(tmp_path / "data" / "text", "val", meta)
+    docs = enc.decode(train.tolist()).split(EOT)[:-1] + enc.decode(val.tolist()).split(EOT)[:-1]
+    assert sorted(docs) == sorted(f"x{i}" for i in range(10))
+
 
 def test_chitchat_is_deterministic(tmp_path, enc):
     a = prepare.prepare("chitchat", out_dir=str(tmp_path / "a"))
