@@ -80,7 +80,13 @@ def first_bad_utf8(path, block=1 << 20):
 
 # Windows' "Unicode" text: the latin1 conversion made it UTF-8 with a NUL after each letter
 UTF16_FIX = "it is UTF-16: convert it, e.g. `iconv -f utf-16 -t utf-8`"
-UTF16LE_FIX = "UTF-16 without a byte-order mark? convert it, e.g. `iconv -f utf-16le -t utf-8`"
+
+
+def holds_nul(path):
+    """The UserError for text that holds NUL, as UTF-16 without a byte-order mark read as UTF-8 does after every ASCII
+    letter: valid UTF-8, which trained on "O\\0n\\0c\\0e\\0"."""
+    return UserError(f"{path} holds NUL bytes, which text does not: UTF-16 without a byte-order mark? convert it, e.g. "
+                     f"`iconv -f utf-16le -t utf-8`; stray ones: remove them, e.g. `tr -d '\\000'`")
 
 
 def not_utf8(path, what=None, fix=None):

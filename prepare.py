@@ -61,8 +61,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from tqdm import tqdm
 
-from common import (UserError, atomic_write_text, check_output, first_line, fsync_replace, nonempty, not_utf8, read_meta,
-                    remove_stale_tmp, run_main, tmp_name, without_surrogates)
+from common import (UserError, atomic_write_text, check_output, first_line, fsync_replace, holds_nul, nonempty, not_utf8,
+                    read_meta, remove_stale_tmp, run_main, tmp_name, without_surrogates)
 from setup_tokenizer import (EOT, IM_END, IM_START, get_tokenizer, read_text_chunks, tokenizer_hash, train_bpe,
                              warn_short_vocabulary)
 
@@ -243,6 +243,8 @@ def json_records(path):
             with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark (Notepad, Excel) is not JSON
                 for n, line in enumerate(f, 1):
                     if line.strip():
+                        if "\0" in line:  # (else "malformed JSON" at column 2 of what an editor shows as good JSON)
+                            raise holds_nul(path)
                         try:
                             record = json.loads(line.rstrip("\r\n"))  # an error at its end: this line's column
                         except json.JSONDecodeError as e:
@@ -260,6 +262,8 @@ def json_records(path):
                     text = f.read()
                     if not text.strip():  # an empty file holds no records, as an empty .jsonl or .txt does
                         return
+                    if "\0" in text:
+                        raise holds_nul(path)
                     data = json.loads(text)
                 except json.JSONDecodeError as e:
                     hint = ""

@@ -25,7 +25,7 @@ import zipfile
 
 import tiktoken
 
-from common import (UTF16LE_FIX, UserError, atomic_write_text, check_output, nonempty, not_utf8, require_utf8, run_main,
+from common import (UserError, atomic_write_text, check_output, holds_nul, nonempty, not_utf8, require_utf8, run_main,
                     starts_as_zip)
 
 EOT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
@@ -240,8 +240,8 @@ def read_text_chunks(path, chunk_chars=1 << 22):
                 block = f.read(chunk_chars)
                 if not block:
                     break
-                if "\0" in block:  # no text holds NUL; UTF-16 read as UTF-8 does, after every ASCII letter
-                    raise UserError(f"{path} holds NUL bytes, which text does not: {UTF16LE_FIX}")
+                if "\0" in block:
+                    raise holds_nul(path)
                 block = rest + block
                 cut = block.rfind("\n") + 1
                 if cut == 0:  # one very long line: emit as is

@@ -442,6 +442,11 @@ def test_utf16_text_is_refused_naming_its_conversion(tmp_path):
         assert not os.path.exists(os.path.join(out, "u"))
         with pytest.raises(UserError, match=rf"`{fix}`"):  # a vocabulary trained on it too
             train_tokenizer([str(src)], 300, str(tmp_path / "v.tiktoken"))
+    # JSON records: said as "malformed JSON" at column 2 of what an editor shows as good JSON
+    for name, data in (("rows.jsonl", '{"text": "a"}\n{"text": "b"}\n'), ("rows.json", '[{"text": "a"}]')):
+        (tmp_path / name).write_bytes(data.encode("utf-16-le"))
+        with pytest.raises(UserError, match=rf"{name} holds NUL bytes.*`iconv -f utf-16le -t utf-8`"):
+            prepare.prepare("text", source=str(tmp_path / name), out_dir=out, name="u")
 
 
 def test_unusable_out_dir_is_one_line_before_any_work(tmp_path, capsys, monkeypatch):
