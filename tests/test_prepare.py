@@ -442,6 +442,12 @@ def test_utf16_text_is_refused_naming_its_conversion(tmp_path):
         assert not os.path.exists(os.path.join(out, "u"))
         with pytest.raises(UserError, match=rf"`{fix}`"):  # a vocabulary trained on it too
             train_tokenizer([str(src)], 300, str(tmp_path / "v.tiktoken"))
+    # a stray NUL in text is no UTF-16: trained on as any other character (a corpus is not refused for one)
+    stray = "Once\0 upon a time." + EOT + "The end."
+    meta = prepare.prepare("text", source=write(tmp_path / "stray.txt", stray), out_dir=out, name="s", val_fraction=0.5)
+    enc = get_tokenizer("gpt2")
+    assert EOT.join(enc.decode(load(tmp_path / "data" / "s", split, meta)[0].tolist()).removesuffix(EOT)
+                    for split in ("train", "val")) == stray
     # JSON records: said as "malformed JSON" at column 2 of what an editor shows as good JSON
     for name, data in (("rows.jsonl", '{"text": "a"}\n{"text": "b"}\n'), ("rows.json", '[{"text": "a"}]')):
         (tmp_path / name).write_bytes(data.encode("utf-16-le"))
@@ -838,6 +844,7 @@ def test_source_folder_reads_linked_folders_once(tmp_path, enc):
     docs = enc.decode(train.tolist()).split(EOT)[:-1] + enc.decode(val.tolist()).split(EOT)[:-1]
     assert sorted(docs) == [f"{c}{i}" for c in "ab" for i in range(5)]
 
+
 def test_source_file_hard_linked_twice_is_read_once(tmp_path, enc):
     """A file in two folders by hard link (cp -al, a backup beside the data) is one file, as a symlinked one is: it was
     read twice, every document duplicated and its val documents in train too."""
@@ -850,6 +857,7 @@ def test_source_file_hard_linked_twice_is_read_once(tmp_path, enc):
     val, _ = load(tmp_path / "data" / "text", "val", meta)
     docs = enc.decode(train.tolist()).split(EOT)[:-1] + enc.decode(val.tolist()).split(EOT)[:-1]
     assert sorted(docs) == sorted(f"x{i}" for i in range(10))
+
 
 
 def test_chitchat_is_deterministic(tmp_path, enc):
