@@ -54,6 +54,7 @@ import re
 import shlex
 import shutil
 import signal
+import sys
 import time
 from array import array
 from concurrent.futures import ThreadPoolExecutor
@@ -74,6 +75,8 @@ DATASETS = ("story", "shakespeare", "dailydialog", "chat", "chitchat", "knowledg
 EVERYTHING = ("story", "shakespeare", "dailydialog", "chat", "knowledge", "chitchat")  # what a bare `python prepare.py` builds
 MIXABLE = ("dailydialog", "chat", "knowledge", "chitchat")  # the conversation sets, which --mix combines
 SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
+# what prepare.py writes in a dataset's folder besides meta.json: no source's files, when --source is that folder
+OWN_FILES = ("train.bin", "val.bin", "train_mask.bin", "val_mask.bin", "tokenizer.tiktoken")
 THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 # a batch is what one threaded encode call gets: large enough to keep every core busy,
 # small enough that its Python token lists stay a few tens of MB whatever the corpus size
@@ -588,7 +591,7 @@ def find_source(dataset, source=None, extra=True, limit=None):
         files = []
         for path in [source] if isinstance(source, str) else source:
             if os.path.isdir(path):
-                found, entered = [], {os.path.realpath(path)}
+                found, entered, others = [], {os.path.realpath(path)}, {}
                 # linked folders too (a corpus on another disk: skipped, its documents were lost unsaid), each once (a
                 # link back up is a loop)
                 for d, subs, names in os.walk(path, followlinks=True):
@@ -600,14 +603,21 @@ def find_source(dataset, source=None, extra=True, limit=None):
                     # nor the meta.json of a dataset written into the folder itself (--out_dir/--name the folder)
                     ours = d == path and (read_meta(d) or {}).get("format") == FORMAT
                     for f in names:
-                        if suffix(f) in SUFFIXES and not f.startswith(".") and not (ours and f == "meta.json"):
-                            if not os.path.exists(os.path.join(d, f)):
-                                raise UserError(f"--source {path}: {os.path.join(d, f)} is a broken link: remove or "
-                                                f"mend it")
-                            found.append(os.path.join(d, f))
+                        if f.startswith(".") or (ours and f in ("meta.json", *OWN_FILES)):
+                            continue
+                        if suffix(f) not in SUFFIXES:
+                            others[suffix(f) or "no suffix"] = others.get(suffix(f) or "no suffix", 0) + 1
+                            continue
+                        if not os.path.exists(os.path.join(d, f)):
+                            raise UserError(f"--source {path}: {os.path.join(d, f)} is a broken link: remove or mend it")
+                        found.append(os.path.join(d, f))
                 found.sort()
                 if not found:
                     raise UserError(f"--source {path}: no {', '.join(SUFFIXES)} files in this folder")
+                if others:  # a .md or .txt.gz among the .txt files was left out without a word
+                    kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(others.items(), key=lambda kv: -kv[1]))
+                    print(f"warning: --source {path}: left out {sum(others.values()):,} file(s) of other types "
+                          f"({kinds}); prepare.py reads {', '.join(SUFFIXES)}", file=sys.stderr)
                 files += found
             elif not os.path.exists(path):
                 raise UserError(f"--source {path}: no such file or folder")

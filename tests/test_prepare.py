@@ -845,6 +845,23 @@ def test_source_folder_reads_linked_folders_once(tmp_path, enc):
     assert sorted(docs) == [f"{c}{i}" for c in "ab" for i in range(5)]
 
 
+def test_source_folder_says_which_files_it_left_out(tmp_path, capsys):
+    """A .md, a .txt.gz or a file without a suffix among a folder's .txt files was left out without a word (their text
+    missing from the model); one line now counts them by type. Hidden files and the dataset prepare.py wrote into
+    the folder itself are no one's text: not counted."""
+    src = tmp_path / "src"
+    write(src / "a.txt", EOT.join(f"a{i}" for i in range(5)))
+    for name in ("notes.md", "more.md", "b.txt.gz", "LICENSE", ".DS_Store"):
+        write(src / name, "x")
+    prepare.prepare("text", source=str(src), out_dir=str(tmp_path), name="src")  # its files go into src itself
+    assert capsys.readouterr().err == (f"warning: --source {src}: left out 4 file(s) of other types (2 .md, 1 .gz, "
+                                       f"1 no suffix); prepare.py reads .txt, .jsonl, .json, .parquet\n")
+    for name in ("notes.md", "more.md", "b.txt.gz", "LICENSE"):
+        os.remove(src / name)
+    prepare.prepare("text", source=str(src), out_dir=str(tmp_path / "data"))
+    assert capsys.readouterr().err == ""
+
+
 def test_source_file_hard_linked_twice_is_read_once(tmp_path, enc):
     """A file in two folders by hard link (cp -al, a backup beside the data) is one file, as a symlinked one is: it was
     read twice, every document duplicated and its val documents in train too."""
