@@ -70,7 +70,8 @@ from setup_tokenizer import (EOT, IM_END, IM_START, get_tokenizer, read_text_chu
 FORMAT = 1   # layout of meta.json and the .bin files
 VERSION = 6  # bump when the same inputs would give other tokens or counts, so existing datasets rebuild
             # (2: special tokens count no bytes of text; 4: val counted over a dataset's files together, byte-order
-            # marks dropped, separators found after a long first document; 6: a message's "weight" 0 masks its reply)
+            # marks dropped, separators found after a long first document; 6: a message's "weight" 0 masks its
+            # reply, a one-document file over twice val's share of the text is cut by tokens)
 DATASETS = ("story", "shakespeare", "dailydialog", "chat", "chitchat", "knowledge", "text")
 EVERYTHING = ("story", "shakespeare", "dailydialog", "chat", "knowledge", "chitchat")  # what a bare `python prepare.py` builds
 MIXABLE = ("dailydialog", "chat", "knowledge", "chitchat")  # the conversation sets, which --mix combines
@@ -1053,9 +1054,10 @@ def check_splittable(n, kind, label, limit):
         raise UserError(f"{label} holds one conversation, and a val split needs 2 or more: add conversations")
 
 
-def val_counts(counts, kind, val_fraction, label, limit):
+def val_counts(counts, kind, val_fraction, label, limit, chars=None):
     """How many of the last documents of each "split" source go to val: {stream index: k}, None for a single text
-    document (a book) cut by tokens instead. counts {stream index: documents}, in order. The share is
+    document (a book) cut by tokens instead. counts {stream index: documents}, in order; chars {stream index:
+    characters of plain text}, where known. The share is
     val_fraction over the dataset's sources together: cut one by one, every source gave val a document at least, and
     a folder of files of 2 or 3 conversations kept a third to a half of them out of training. A large file still
     gives about val_fraction of its own; the last source with documents makes sure val has one, and train keeps one."""
@@ -1066,10 +1068,14 @@ def val_counts(counts, kind, val_fraction, label, limit):
     # whole one at its share (a handful of books: each gives val its tail); with more, whole documents go to val
     # (a folder of one-document notes validated on the ends of every note)
     few = round(sum(counts.values()) * val_fraction) == 0
+    # and so is one over twice val's share of all the text: a folder of short notes and a book gave val the book
+    # whole (train kept 52 tokens of 90k) when the count came to it
+    total = sum((chars or {}).values())
     ks, seen, taken = {}, 0, 0
     for i in given:
         n = counts[i]
-        if n == 1 and (len(given) == 1 or (kind == "text" and few)):
+        big = chars and chars.get(i, 0) > 2 * total * val_fraction
+        if n == 1 and (len(given) == 1 or (kind == "text" and (few or big))):
             ks[i] = None
             continue
         seen += n
@@ -1141,8 +1147,10 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
     # several sources share the val count: counted first (a pass that reads without tokenizing); one is counted
     # as it is written
     split = [i for i, (role, _, _) in enumerate(streams) if role == "split"]
-    ks = val_counts(count_split_docs(streams, budget)[0], kind, val_fraction, label_of(streams), limit) \
-        if len(split) > 1 and val_fraction else None
+    ks = None
+    if len(split) > 1 and val_fraction:
+        counts, chars, _ = count_split_docs(streams, budget)
+        ks = val_counts(counts, kind, val_fraction, label_of(streams), limit, chars)
     cut = False  # train ends with a book's head, cut from its tail by tokens
     for i, role, label, docs in opened:
         out = splits["val" if role == "val" else "train"]
@@ -1228,7 +1236,7 @@ def train_vocabulary(plan, vocab_size, path, limit, val_fraction, pack=None):
             budget = {"split": limit, "train": limit, "val": 0}
             counts, chars, first = count_split_docs(part["streams"], budget) if val_fraction else ({}, {}, None)
             cut += sum(chars.values())
-            ks = val_counts(counts, first, val_fraction, label_of(part["streams"]), limit)
+            ks = val_counts(counts, first, val_fraction, label_of(part["streams"]), limit, chars)
             for i, (role, label, make_docs) in enumerate(part["streams"]):
                 if role == "val":
                     continue  # a source's own validation split

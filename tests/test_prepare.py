@@ -237,6 +237,19 @@ def test_a_folder_of_one_document_files_keeps_whole_documents(tmp_path, enc, mon
     prepare.train_vocabulary(prepare.find_source("text", str(tmp_path / "books")), 300, None, None, 0.1)
     learnt = "".join(seen)
     assert learnt.startswith(books[0][:len(heads[0]) - 200]) and books[1][:len(heads[1]) - 200] in learnt
+    # notes and a book: whole notes go to val, and the book, over twice val's share of the text, is cut by tokens;
+    # the count came to the book (last by name) and val got it whole: train kept 52 tokens of 90k
+    for i, note in enumerate(notes):
+        write(tmp_path / "mixed" / f"n{i}.txt", note)
+    write(tmp_path / "mixed" / "z_book.txt", "\n".join(books[:2] * 5))
+    meta = prepare.prepare("text", source=str(tmp_path / "mixed"), out_dir=str(tmp_path / "data"), name="mixed")
+    assert (meta["splits"]["train"]["documents"], meta["splits"]["val"]["documents"], meta["cut_documents"]) == (
+        9, 1, 1)
+    assert 0.08 < meta["splits"]["val"]["tokens"] / (meta["splits"]["train"]["tokens"] +
+                                                     meta["splits"]["val"]["tokens"]) < 0.15
+    seen.clear()  # the vocabulary learns from what train holds: the book's head, not all of it
+    prepare.train_vocabulary(prepare.find_source("text", str(tmp_path / "mixed")), 300, None, None, 0.1)
+    assert 0.85 < sum(map(len, seen)) / (sum(map(len, notes)) + len("\n".join(books[:2] * 5))) < 0.95
 
 
 def test_separators_after_a_long_first_document_still_separate(tmp_path, monkeypatch):
