@@ -352,7 +352,8 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, help="random seed; the same seed gives the same text (default: random, shown by --verbose)")
     p.add_argument("--temp", type=temperature, default=0.8, help="sampling temperature, 0 = greedy (default 0.8)")
     p.add_argument("--top_k", type=positive_int, default=200, help="sample among the k most likely tokens (default 200)")
-    p.add_argument("--top_p", type=probability, default=None, help="nucleus sampling: smallest set of tokens with this total probability, in (0, 1]")
+    p.add_argument("--top_p", type=probability, default=None, help="nucleus sampling: the smallest set of tokens with this total probability, in (0, 1], "
+                                                                     "taken among the --top_k (as Hugging Face does)")
     p.add_argument("--repetition_penalty", type=penalty, default=1.0, help="> 1 discourages tokens already in the context (default 1 = off)")
     p.add_argument("--max_tokens", type=positive_int, default=None, help="new tokens per completion or reply (default 256)")
     p.add_argument("--num_samples", type=positive_int, default=1, help="samples for --prompt or an unconditional run")
