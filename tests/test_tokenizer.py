@@ -298,3 +298,18 @@ def test_cli_show_gives_a_special_token_as_one_id(gpt2, capsys):
     assert [int(i) for i, _ in rows] == gpt2.encode("Hello ") + [special] + gpt2.encode(" world")
     assert [shown for i, shown in rows if int(i) == special] == [repr(IM_START.encode())]
     assert out.splitlines()[-1].startswith(f"{len(rows)} tokens, 24 bytes")
+
+
+def test_cli_train_refuses_record_files_and_names_prepares_training(tmp_path, capsys):
+    """A chat .jsonl read as text trained a vocabulary of its JSON syntax ('{"role": "', '\\u00e9' escapes); prepare.py
+    --vocab_size trains on the messages' contents. Refused, naming that command, before anything is trained or written."""
+    out = tmp_path / "v.tiktoken"
+    for name in ("chats.jsonl", "alpaca.JSON", "rows.parquet"):
+        path = tmp_path / name
+        path.write_text('{"messages": [{"role": "user", "content": "caf\\u00e9"}]}\n' * 50, encoding="utf-8")
+        code, _, err = run_in_process(setup_tokenizer.main, ["train", "--input", str(path), "--vocab_size", "300",
+                                                             "--out", str(out)], capsys)
+        assert (code, err) == (1, f"error: --input {path} holds records, whose syntax this would train on as text: "
+                                  f"train on their text with `python prepare.py --source {path} --vocab_size 300 --name "
+                                  f"NAME` (it writes data/NAME/tokenizer.tiktoken)\n")
+        assert not out.exists()
