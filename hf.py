@@ -260,6 +260,12 @@ def _read_tokenizer(folder):
         if result is None or result <= last or "".join(pair) in specials:
             raise UserError(f"{where}: merge {' '.join(pair)!r} is out of id order or makes no token of the vocabulary; "
                             f"only BPE vocabularies whose merge order is their id order convert exactly")
+        # HF joins only the pairs its merges list, tiktoken any two parts that make a token: the same ids only when a
+        # token's merge is the one BPE reaches on its bytes (abc listed as "a bc" after "a b": HF leaves "ab c")
+        parts = [bytes(byte_of[c] for c in p) for p in pair]
+        if _merge_parts(ranks, b"".join(parts), result) != parts:
+            raise UserError(f"{where}: merge {' '.join(pair)!r} is not the one BPE reaches on its token's bytes, so "
+                            f"tiktoken would give other ids than transformers; this vocabulary cannot convert exactly")
         last = result
     if len(merges) != n - 256:
         raise UserError(f"{where}: {len(merges)} merges for {n - 256} multi-byte tokens: not a BPE vocabulary that "

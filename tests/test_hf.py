@@ -606,3 +606,22 @@ def test_export_dtype_writes_those_weights_and_names_the_model_class(custom_enc,
         for p in rounded.parameters():
             p.copy_(p.to(torch.bfloat16).float())
         torch.testing.assert_close(back(idx)[0].float(), rounded(idx)[0], atol=1e-4, rtol=1e-4)
+
+
+def test_a_merge_bpe_would_not_reach_is_refused(small_folder, custom_enc, tmp_path, capsys):
+    """transformers joins only the pairs merges.txt lists, tiktoken any two parts that make a token: a token listed as
+    another split than BPE reaches on its bytes ("the" as "t he" where "th" comes first) was imported, and the model
+    then read "the" as one token here, "th" "e" in transformers."""
+    chars, ranks = hf.byte_chars(), custom_enc._mergeable_ranks
+    merges = dict(zip(sorted((r for t, r in ranks.items() if len(t) > 1)), hf.recover_merges(ranks)))
+    # a token whose bytes also split into two other tokens, both of lower ids
+    token, other = next((t, (t[:k], t[k:])) for t, r in ranks.items() for k in range(1, len(t))
+                        if len(t) > 2 and (t[:k], t[k:]) != merges[r] and ranks.get(t[:k], r) < r and ranks.get(t[k:], r) < r)
+    listed = " ".join(hf.spell(p, chars) for p in merges[ranks[token]])
+
+    def change(folder):
+        edit_json(folder / "tokenizer.json", lambda t: t["model"].update(merges=[
+            " ".join(hf.spell(p, chars) for p in other) if m == listed else m for m in t["model"]["merges"]]))
+    folder = broken(small_folder, tmp_path, change)
+    line = one_error_line(*run_cli(gen.main, [folder, "--prompt", "x", "--max_tokens", "1", *CPU], capsys)[::2])
+    assert "is not the one BPE reaches on its token's bytes" in line, line
