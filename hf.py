@@ -46,7 +46,8 @@ NORM_EPS = 1e-5       # model.py's LayerNorm and RMSNorm epsilon
 CHAT_TEMPLATE = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] "
                  "+ '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
                  "{% endif %}")  # setup_tokenizer.render_chat's layout; tokenized whole, so GPT-2's vocabulary merges a
-# message's leading "\n\n" with the role's "\n", where render_chat encodes the parts apart (the one difference)
+# message's leading "\n\n" with the role's "\n", where render_chat encodes the parts apart; and a message that spells
+# <|im_end|> gets the control token there (a template cannot escape it), where render_chat keeps it text
 
 
 def is_hf_folder(path):
