@@ -84,13 +84,20 @@ def reply_stats(model, enc, histories, max_tokens, seed, **sampling):
     mean_tokens (new tokens without the closing one)}. Sampling starts from seed."""
     device = next(model.parameters()).device
     generator = seeded_generator(device, seed)
-    ended, lengths = 0, []
+    ended, lengths, short = 0, [], 0
     for history in histories:
         info = {}
-        _, stopped_by = chat_reply(model, enc, history, max_tokens, info=info, generator=generator, **sampling)
+        # gen.py's warning for a prompt the context cuts, said once for all of them below (it was a line a prompt)
+        _, stopped_by = chat_reply(model, enc, history, max_tokens, info=info, warn=False, generator=generator,
+                                   **sampling)
         ended += stopped_by == IM_END
         lengths.append(info["new_tokens"] - (stopped_by in CHAT_STOPS))
+        short += info["short"]
     n = len(histories)
+    if short:
+        print(f"warning: {short} of {n} prompts did not fit the context ({model.config.block_size}) with room for "
+              f"--max_tokens {max_tokens}: cut at the start or given fewer tokens, as gen.py --chat does",
+              file=sys.stderr)
     return {"replies": n, "ended": ended / n if n else None, "mean_tokens": sum(lengths) / n if n else None}
 
 

@@ -196,35 +196,40 @@ def fit_history(enc, messages, budget):
     return head + rest[first:]
 
 
-def chat_reply(model, enc, history, max_tokens, on_text=None, info=None, **sampling):
+def chat_reply(model, enc, history, max_tokens, on_text=None, info=None, warn=True, **sampling):
     """The assistant's next reply to history (a list of {role, content} ending with the user's
     message): (text, stopped_by). The turn ends at <|im_end|> (or CHAT_STOPS' others); the model sees
-    the newest turns that fit. info, a dict if given, receives prompt_ids, new_tokens and dropped
-    (how many of the oldest messages the context could not hold)."""
+    the newest turns that fit. info, a dict if given, receives prompt_ids, new_tokens, dropped
+    (how many of the oldest messages the context could not hold) and short (whether the context cut the
+    newest message or leaves the reply fewer than max_tokens: a warning line unless warn is False)."""
     block = model.config.block_size
     budget = block - reserve_for(model, max_tokens)
     fitted = fit_history(enc, history, budget)
     ids, _ = render_chat(enc, fitted, add_generation_prompt=True)
+    short = False
     if len(ids) > budget:  # the system message and the newest one alone: never cut the system message
         if len(ids) < block:  # the reply takes what is left, as serve.py's does
             # (generation stops at the end of the context: "context", not the "max_tokens" that were not given; what
             # is left may be all max_tokens asks)
-            if room_after(model, len(ids)) < max_tokens:
+            short = room_after(model, len(ids)) < max_tokens
+            if short and warn:
                 print(f"warning: the conversation is {len(ids)} tokens but the context holds {block}: the reply gets "
                       f"{room_after(model, len(ids))} tokens at most", file=sys.stderr)
         else:  # the start of the newest message goes
+            short = True
             head = len(render_chat(enc, fitted[:1])[0]) if fitted[0]["role"] == "system" and len(fitted) > 1 else 0
             if head < budget:
                 kept = f"the system message and the last {budget - head} of the rest" if head else \
                     f"its last {budget}"  # (no system message: it was said to keep one)
-                print(f"warning: the conversation is {len(ids)} tokens but the context holds {block}: keeping {kept} "
-                      f"so {min(max_tokens, room_after(model, budget))} can follow", file=sys.stderr)
+                if warn:
+                    print(f"warning: the conversation is {len(ids)} tokens but the context holds {block}: keeping "
+                          f"{kept} so {min(max_tokens, room_after(model, budget))} can follow", file=sys.stderr)
                 ids = ids[:head] + ids[len(ids) - (budget - head):]
             else:
-                ids = crop_prompt(model, ids, max_tokens, what="the conversation")
+                ids = crop_prompt(model, ids, max_tokens, what="the conversation", warn=warn)
     new, text, stopped_by = complete(model, enc, ids, max_tokens, stop_ids(enc, CHAT_STOPS), on_text, **sampling)
     if info is not None:
-        info.update(prompt_ids=ids, new_tokens=len(new), dropped=len(history) - len(fitted))
+        info.update(prompt_ids=ids, new_tokens=len(new), dropped=len(history) - len(fitted), short=short)
     return text, stopped_by
 
 

@@ -12,12 +12,13 @@ import pytest
 import torch
 
 import eval as eval_py
+import gen as gen_py
 import prepare
 import train
 from checkpoint import load_model, save_checkpoint
 from conftest import run_cli
 from model import GPT, make_config
-from setup_tokenizer import IM_END, get_tokenizer
+from setup_tokenizer import IM_END, get_tokenizer, render_chat
 from test_train import args_for, env, one_thread  # noqa: F401  (fixtures: the datasets, one CPU thread)
 
 CPU = ["--device", "cpu", "--dtype", "float32"]
@@ -99,6 +100,26 @@ def test_reply_stats_count_endings_exactly(env, tmp_path):
     assert chat["dataset"] == "chat" and chat["replies"] is None
     assert listed == {"dataset": str(prompts), "windows": None, "loss": None, "ppl": None, "bpb": None,
                       "replies": 2, "ended": 1.0, "mean_tokens": 0.0}
+
+
+def test_prompts_the_context_cuts_are_one_warning(env, capsys):
+    """gen.py's warning for a conversation the context cuts came once a prompt: 20 of them in eval.py's output. Now
+    one line counts them; the replies are what gen.py --chat gives them (its start cut, or fewer tokens)."""
+    enc = env["enc"]
+    word = fixed_model(enc, enc.encode_ordinary(" the")[0])  # context 64
+    sampling = dict(dtype=torch.float32, temperature=1.0, top_k=None, top_p=None)
+    long = [{"role": "user", "content": "word " * 80}]  # cut at the start
+    limited = next(h for w in range(80) if 56 < len(render_chat(enc, h := [{"role": "user", "content": "word " * w}],
+                                                                add_generation_prompt=True)[0]) < 64)  # fits, with
+    # room for fewer than 10 tokens
+    histories = [long, [{"role": "user", "content": "Hi"}], long, limited]
+    stats = eval_py.reply_stats(word, enc, histories, 10, 0, **sampling)
+    assert capsys.readouterr().err == ("warning: 3 of 4 prompts did not fit the context (64) with room for --max_tokens "
+                                       "10: cut at the start or given fewer tokens, as gen.py --chat does\n")
+    assert stats["mean_tokens"] < 10  # the limited reply's shorter length counts
+    info = {}
+    gen_py.chat_reply(word, enc, long, 10, info=info, generator=torch.Generator().manual_seed(0), **sampling)
+    assert info["short"] and "warning: the conversation is" in capsys.readouterr().err  # gen.py --chat still warns
 
 
 def test_prompts_come_from_the_split(env, chat_ckpt, tmp_path, capsys):
