@@ -390,3 +390,14 @@ def test_run_main_gives_ctrl_c_back_to_python():
         signal.signal(signal.SIGINT, signal.default_int_handler)
     common.quiet_ctrl_c("train")  # imported, not run: a test's or a user's Ctrl-C is theirs
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ignored_ctrl_c_stays_ignored():
+    """A script's `python train.py &` starts with Ctrl-C ignored, as its shell does for a background job: the Ctrl-C
+    pressed for the script ended the run too, the run's handler taken over while torch loaded and then given back."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        common.quiet_ctrl_c("__main__")
+        assert common.run_main(lambda: signal.getsignal(signal.SIGINT)) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
