@@ -597,10 +597,14 @@ def find_source(dataset, source=None, extra=True, limit=None):
                 # link back up is a loop)
                 for d, subs, names in os.walk(path, followlinks=True):
                     # not hidden folders (.ipynb_checkpoints, .git) nor a dataset prepare.py wrote (meta.json)
-                    subs[:] = sorted(s for s in subs if not s.startswith(".")
-                                     and (read_meta(os.path.join(d, s)) or {}).get("format") != FORMAT
-                                     and os.path.realpath(os.path.join(d, s)) not in entered)
-                    entered.update(os.path.realpath(os.path.join(d, s)) for s in subs)
+                    kept = []
+                    for s in sorted(subs):
+                        real = os.path.realpath(os.path.join(d, s))
+                        if not s.startswith(".") and real not in entered \
+                                and (read_meta(os.path.join(d, s)) or {}).get("format") != FORMAT:
+                            entered.add(real)  # as it is kept: two links side by side to one folder enter it once
+                            kept.append(s)
+                    subs[:] = kept
                     # nor the meta.json of a dataset written into the folder itself (--out_dir/--name the folder)
                     ours = d == path and (read_meta(d) or {}).get("format") == FORMAT
                     for f in names:

@@ -840,18 +840,21 @@ def test_source_files_upper_case_overlapping_broken_and_odd_meta(tmp_path, enc):
     meta = prepare.prepare("text", source=str(src), out_dir=str(tmp_path / "data"), name="odd")
     assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == 10
 
-def test_source_folder_reads_linked_folders_once(tmp_path, enc):
+def test_source_folder_reads_linked_folders_once(tmp_path, enc, capsys):
     """A folder that links to others (corpora kept on another disk) lost their documents without a word: the walk did
     not enter a linked folder, though it read a linked file. Entered now, each folder once, a link back to one
     already read (a loop) too."""
     corpus = tmp_path / "disk" / "corpus"
     write(corpus / "b.txt", EOT.join(f"b{i}" for i in range(5)))
+    write(corpus / "b.md", "x")
     src = tmp_path / "src"
     write(src / "a.txt", EOT.join(f"a{i}" for i in range(5)))
+    write(src / "a.md", "x")
     (src / "more").symlink_to(corpus, target_is_directory=True)
     (corpus / "back").symlink_to(src, target_is_directory=True)  # a loop
     (src / "again").symlink_to(corpus, target_is_directory=True)  # the same folder twice
     meta = prepare.prepare("text", source=str(src), out_dir=str(tmp_path / "data"))
+    assert "left out 2 file(s) of other types (2 .md)" in capsys.readouterr().err  # each folder's once
     train, _ = load(tmp_path / "data" / "text", "train", meta)
     val, _ = load(tmp_path / "data" / "text", "val", meta)
     docs = enc.decode(train.tolist()).split(EOT)[:-1] + enc.decode(val.tolist()).split(EOT)[:-1]
