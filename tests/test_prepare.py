@@ -384,6 +384,11 @@ def test_non_utf8_and_bad_input(tmp_path):
                                             rf"got {re.escape(repr(weight))}$"):
             prepare.prepare("chat", source=write(tmp_path / "w.jsonl", json.dumps({"messages": [
                 {"role": "user", "content": "x"}, {"role": "assistant", "content": "y", "weight": weight}]})), out_dir=out)
+    # null, as a table export fills in for the messages that have none: trained on, as without a weight
+    meta = prepare.prepare("chat", source=write(tmp_path / "w.jsonl", "\n".join(json.dumps({"messages": [
+        {"role": "user", "content": "x"}, {"role": "assistant", "content": "y", "weight": None}]}) for _ in range(2))),
+        out_dir=out, name="w")
+    assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == 2
     with pytest.raises(UserError, match="mixes plain text and conversations"):
         prepare.prepare("chat", source=write(tmp_path / "mixed.jsonl", json.dumps({"text": "a"}) + "\n" + json.dumps({"question": "q", "answer": "a"})), out_dir=out)
     # with --vocab_size, before the vocabulary is trained (it was refused after minutes of training one)
@@ -435,6 +440,11 @@ def test_json_lines_named_json_and_an_array_named_jsonl_name_the_rename(tmp_path
     array = write(tmp_path / "pretty.jsonl", '[\n  {"text": "a"},\n  {"text": "b"}\n]\n')
     with pytest.raises(UserError, match=r"pretty\.jsonl line 1: .*one JSON array.*name it \.json"):
         prepare.prepare("text", source=array, out_dir=out, name="x")
+    # a "[" further down a .jsonl is a broken record, no array; a .json broken at its start has no first record
+    with pytest.raises(UserError, match=r"late\.jsonl line 2: malformed JSON \(Expecting value, column 2\)$"):
+        prepare.prepare("text", source=write(tmp_path / "late.jsonl", '{"text": "a"}\n[\n'), out_dir=out, name="x")
+    with pytest.raises(UserError, match=r"start\.json line 1: malformed JSON \(Expecting value, column 1\)$"):
+        prepare.prepare("text", source=write(tmp_path / "start.json", 'text: a\n'), out_dir=out, name="x")
     # a broken record in a real .json still says where, and nothing about renaming
     with pytest.raises(UserError, match=r"broken\.json line 2: malformed JSON \(Extra data, column 17\)$"):
         prepare.prepare("text", source=write(tmp_path / "broken.json", '[{"text": "a"}\n, {"text": "b"}]]\n'), out_dir=out)
@@ -447,6 +457,7 @@ def test_utf16_text_is_refused_naming_its_conversion(tmp_path):
     out = str(tmp_path / "data")
     text = "Once upon a time.\nThe end.\n"
     for name, data, fix in (("bom.txt", text.encode("utf-16"), "iconv -f utf-16 -t utf-8"),
+                            ("bom-be.txt", b"\xfe\xff" + text.encode("utf-16-be"), "iconv -f utf-16 -t utf-8"),
                             ("nobom.txt", text.encode("utf-16-le"), "iconv -f utf-16le -t utf-8")):
         src = tmp_path / name
         src.write_bytes(data)
