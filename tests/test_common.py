@@ -84,6 +84,8 @@ def test_no_output_replaces_a_checkpoint_or_a_datasets_file(tmp_path):
             check_output(str(path), "--json")
     check_output(str(data / "notes.json"), "--json")
     check_output(str(hf / "notes.json"), "--json")  # the user's own file beside a model, written over on each run
+    (tmp_path / "vocab.json").write_text("{}")  # a model folder's name, in no model folder (no config.json)
+    check_output(str(tmp_path / "vocab.json"), "--json")
     # a meta.json of another kind (eval.py --json res/meta.json, run again) makes no dataset of its folder
     res = tmp_path / "res"
     res.mkdir()
