@@ -1261,6 +1261,12 @@ def test_logged_train_loss_is_per_assistant_token(env, tmp_path):
     model, _, _ = load_model(s["checkpoint"])
     loss = train.evaluate(model, w, 16, len(w), torch.device("cpu"), torch.float32)
     assert recs[-1]["train_loss"] == pytest.approx(loss, rel=1e-3)
+    # logged every step: a step of such a window has no train loss to show (it was 0.0, a perfect model's)
+    s = train.train(args_for(env, tmp_path / "each", "--data_dir", tmp_path / "data", "--dataset", "questions",
+                             "--batch_size", "1", "--eval_interval", "0", "--log_interval", "0.01"))
+    steps = read_metrics(s["metrics"])  # the last with the end of epoch evaluation
+    assert len(steps) == len(w)
+    assert sum(r["train_loss"] is None for r in steps) == sum(w.count_targets([i]) == 0 for i in range(len(w)))
 
 
 def test_packed_chat_trains_on_whole_assistant_replies(env, tmp_path, capsys):
