@@ -877,15 +877,19 @@ def test_source_folder_says_which_files_it_left_out(tmp_path, capsys):
     missing from the model); one line now counts them by type. Hidden files and the dataset prepare.py wrote into
     the folder itself are no one's text: not counted."""
     src = tmp_path / "src"
-    write(src / "a.txt", EOT.join(f"a{i}" for i in range(5)))
+    write(src / "a.jsonl", "\n".join(json.dumps({"messages": [{"role": "user", "content": f"Hi {i}!"},
+                                                              {"role": "assistant", "content": "Hello."}]})
+                                     for i in range(5)))
     for name in ("notes.md", "more.md", "b.txt.gz", "LICENSE", ".DS_Store"):
         write(src / name, "x")
-    prepare.prepare("text", source=str(src), out_dir=str(tmp_path), name="src")  # its files go into src itself
+    # its files go into src itself: token files, masks (a chat set) and vocabulary (trained)
+    prepare.prepare("chat", source=str(src), out_dir=str(tmp_path), name="src", vocab_size=262)
+    assert {"train_mask.bin", "tokenizer.tiktoken"} <= set(os.listdir(src))
     assert capsys.readouterr().err == (f"warning: --source {src}: left out 4 file(s) of other types (2 .md, 1 .gz, "
                                        f"1 no suffix); prepare.py reads .txt, .jsonl, .json, .parquet\n")
     for name in ("notes.md", "more.md", "b.txt.gz", "LICENSE"):
         os.remove(src / name)
-    prepare.prepare("text", source=str(src), out_dir=str(tmp_path / "data"))
+    prepare.prepare("chat", source=str(src), out_dir=str(tmp_path / "data"))
     assert capsys.readouterr().err == ""
 
 
