@@ -1,5 +1,6 @@
 """common.py: the one-line errors for what the machine refuses (full disk, no permission, a folder where a file
 should be), output paths checked before the work, and --device parsing."""
+import concurrent.futures
 import errno
 import os
 import re
@@ -391,6 +392,11 @@ def test_run_main_gives_ctrl_c_back_to_python():
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     common.quiet_ctrl_c("train")  # imported, not run: a test's or a user's Ctrl-C is theirs
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # run in a thread (runpy from a notebook's or a harness's), where only the main thread may set a handler: no
+    # ValueError before main
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(common.quiet_ctrl_c, "__main__").result()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
