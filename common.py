@@ -82,11 +82,13 @@ def first_bad_utf8(path, block=1 << 20):
 UTF16_FIX = "it is UTF-16: convert it, e.g. `iconv -f utf-16 -t utf-8`"
 
 
-def holds_nul(path):
+def holds_nul(path, text=""):
     """The UserError for text that holds NUL, as UTF-16 without a byte-order mark read as UTF-8 does after every ASCII
-    letter: valid UTF-8, which trained on "O\\0n\\0c\\0e\\0"."""
+    letter: valid UTF-8, which trained on "O\\0n\\0c\\0e\\0". text: what was read from its start, whose NUL before
+    the first letter says big-endian (iconv's utf-16le on it gives other characters)."""
+    order = "be" if text[:1] == "\0" else "le"
     return UserError(f"{path} holds NUL bytes, which text does not: UTF-16 without a byte-order mark? convert it, e.g. "
-                     f"`iconv -f utf-16le -t utf-8`; stray ones: remove them, e.g. `tr -d '\\000'`")
+                     f"`iconv -f utf-16{order} -t utf-8`; stray ones: remove them, e.g. `tr -d '\\000'`")
 
 
 def not_utf8(path, what=None, fix=None):

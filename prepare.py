@@ -248,7 +248,7 @@ def json_records(path):
                 for n, line in enumerate(f, 1):
                     if line.strip():
                         if "\0" in line:  # (else "malformed JSON" at column 2 of what an editor shows as good JSON)
-                            raise holds_nul(path)
+                            raise holds_nul(path, line if n == 1 else "")
                         try:
                             record = json.loads(line.rstrip("\r\n"))  # an error at its end: this line's column
                         except json.JSONDecodeError as e:
@@ -267,7 +267,7 @@ def json_records(path):
                     if not text.strip():  # an empty file holds no records, as an empty .jsonl or .txt does
                         return
                     if "\0" in text:
-                        raise holds_nul(path)
+                        raise holds_nul(path, text)
                     data = json.loads(text)
                 except json.JSONDecodeError as e:
                     hint = ""

@@ -243,7 +243,7 @@ def read_text_chunks(path, chunk_chars=1 << 22):
                 # UTF-16 without a byte-order mark reads as UTF-8 with a NUL after each ASCII letter: refused. A stray
                 # NUL in a large corpus is trained on, as before, not the reason a day's prepare stops
                 if block.count("\0") * 8 > len(block):
-                    raise holds_nul(path)
+                    raise holds_nul(path, block)
                 block = rest + block
                 cut = block.rfind("\n") + 1
                 if cut == 0:  # one very long line: emit as is

@@ -458,7 +458,9 @@ def test_utf16_text_is_refused_naming_its_conversion(tmp_path):
     text = "Once upon a time.\nThe end.\n"
     for name, data, fix in (("bom.txt", text.encode("utf-16"), "iconv -f utf-16 -t utf-8"),
                             ("bom-be.txt", b"\xfe\xff" + text.encode("utf-16-be"), "iconv -f utf-16 -t utf-8"),
-                            ("nobom.txt", text.encode("utf-16-le"), "iconv -f utf-16le -t utf-8")):
+                            ("nobom.txt", text.encode("utf-16-le"), "iconv -f utf-16le -t utf-8"),
+                            # big-endian: the NUL comes before each letter (utf-16le made it other characters)
+                            ("nobom-be.txt", text.encode("utf-16-be"), "iconv -f utf-16be -t utf-8")):
         src = tmp_path / name
         src.write_bytes(data)
         with pytest.raises(UserError, match=rf"^{re.escape(str(src))} .*UTF-16.*`{fix}`"):
@@ -474,9 +476,10 @@ def test_utf16_text_is_refused_naming_its_conversion(tmp_path):
                     for split in ("train", "val")) == stray
     # JSON records: said as "malformed JSON" at column 2 of what an editor shows as good JSON
     for name, data in (("rows.jsonl", '{"text": "a"}\n{"text": "b"}\n'), ("rows.json", '[{"text": "a"}]')):
-        (tmp_path / name).write_bytes(data.encode("utf-16-le"))
-        with pytest.raises(UserError, match=rf"{name} holds NUL bytes.*`iconv -f utf-16le -t utf-8`"):
-            prepare.prepare("text", source=str(tmp_path / name), out_dir=out, name="u")
+        for order in ("le", "be"):
+            (tmp_path / name).write_bytes(data.encode(f"utf-16-{order}"))
+            with pytest.raises(UserError, match=rf"{name} holds NUL bytes.*`iconv -f utf-16{order} -t utf-8`"):
+                prepare.prepare("text", source=str(tmp_path / name), out_dir=out, name="u")
 
 
 def test_unusable_out_dir_is_one_line_before_any_work(tmp_path, capsys, monkeypatch):
