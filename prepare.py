@@ -42,6 +42,7 @@ in $DATA_MIRROR (see its README.md), then the Hugging Face hub.
 """
 import argparse
 import bisect
+import collections
 import contextlib
 import functools
 import hashlib
@@ -65,7 +66,7 @@ from tqdm import tqdm
 from common import (UserError, atomic_write_text, check_output, first_line, fsync_replace, holds_nul, nonempty, not_utf8,
                     read_meta, remove_stale_tmp, run_main, tmp_name, without_surrogates)
 from setup_tokenizer import (EOT, IM_END, IM_START, get_tokenizer, read_text_chunks, tokenizer_hash, train_bpe,
-                             warn_short_vocabulary)
+                             trained_on, warn_short_vocabulary)
 
 FORMAT = 1   # layout of meta.json and the .bin files
 VERSION = 6  # bump when the same inputs would give other tokens or counts, so existing datasets rebuild
@@ -379,7 +380,7 @@ def record_doc(record, where, dataset=None):
             raise UserError(f"{where}: message content must be text, got {type(m['content']).__name__}")
         if "weight" in m and (isinstance(m["weight"], bool) or m["weight"] not in (0, 1)):
             raise UserError(f"{where}: a message's weight must be 0 (not trained on) or 1, got {m['weight']!r}")
-    replies = [m["content"] for m in messages if m["role"] == "assistant" and m.get("weight", 1)]
+    replies = [m["content"] for m in messages if trained_on(m)]
     # replies all empty (Alpaca's output "") or weighted 0: it would train empty answers, or nothing, as an empty
     # text record would
     if any(m["role"] == "assistant" for m in messages) and not any(r.strip() for r in replies):
@@ -592,7 +593,7 @@ def find_source(dataset, source=None, extra=True, limit=None):
         files = []
         for path in [source] if isinstance(source, str) else source:
             if os.path.isdir(path):
-                found, entered, others = [], {os.path.realpath(path)}, {}
+                found, entered, others = [], {os.path.realpath(path)}, collections.Counter()
                 # linked folders too (a corpus on another disk: skipped, its documents were lost unsaid), each once (a
                 # link back up is a loop)
                 for d, subs, names in os.walk(path, followlinks=True):
@@ -611,7 +612,7 @@ def find_source(dataset, source=None, extra=True, limit=None):
                         if f.startswith(".") or (ours and f in ("meta.json", *OWN_FILES)):
                             continue
                         if suffix(f) not in SUFFIXES:
-                            others[suffix(f) or "no suffix"] = others.get(suffix(f) or "no suffix", 0) + 1
+                            others[suffix(f) or "no suffix"] += 1
                             continue
                         if not os.path.exists(os.path.join(d, f)):
                             raise UserError(f"--source {path}: {os.path.join(d, f)} is a broken link: remove or mend it")
@@ -620,7 +621,7 @@ def find_source(dataset, source=None, extra=True, limit=None):
                 if not found:
                     raise UserError(f"--source {path}: no {', '.join(SUFFIXES)} files in this folder")
                 if others:  # a .md or .txt.gz among the .txt files was left out without a word
-                    kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(others.items(), key=lambda kv: -kv[1]))
+                    kinds = ", ".join(f"{n} {kind}" for kind, n in others.most_common())
                     print(f"warning: --source {path}: left out {sum(others.values()):,} file(s) of other types "
                           f"({kinds}); prepare.py reads {', '.join(SUFFIXES)}", file=sys.stderr)
                 files += found
@@ -1006,7 +1007,7 @@ def encode_batch(enc, batch, kind, dtype):
             ids.append(end)
             ids += newline
             mask += bytes(len(head))
-            mask += (b"\1" if m["role"] == "assistant" and m.get("weight", 1) else b"\0") * (len(body) + 1)
+            mask += (b"\1" if trained_on(m) else b"\0") * (len(body) + 1)
             mask += bytes(len(newline))
         ids.append(eot)
         mask.append(0)

@@ -163,6 +163,12 @@ def tokenizer_hash(enc):
 # -----------------------------------------------------------------------------
 # ChatML
 
+def trained_on(message):
+    """Whether the loss counts a chat message: an assistant's reply, unless its "weight" is 0 (OpenAI's fine-tuning
+    format leaves such replies out)."""
+    return message["role"] == "assistant" and bool(message.get("weight", 1))
+
+
 def render_chat(enc, messages, add_generation_prompt=False):
     """messages [{role, content}] -> (ids, mask), as
         <|im_start|>role\\ncontent<|im_end|>\\n ...
@@ -183,7 +189,7 @@ def render_chat(enc, messages, add_generation_prompt=False):
         # special-token strings typed by a user are encoded as plain text, never as control tokens
         body = enc.encode_ordinary(content) + [end]
         ids += head + body + newline
-        on = 1 if role == "assistant" and m.get("weight", 1) else 0
+        on = int(trained_on(m))
         mask += [0] * len(head) + [on] * len(body) + [0] * len(newline)
     if add_generation_prompt:
         head = [start] + enc.encode_ordinary("assistant\n")
