@@ -273,6 +273,25 @@ def _without_onednn(active=True):
         torch.backends.mkldnn.enabled = prev
 
 
+@contextlib.contextmanager
+def _without_cudnn_attention(active=True):
+    """SDPA's cuDNN backend off inside (flash or memory-efficient attention run instead); a no-op unless active.
+    PyTorch prefers cuDNN's fused attention on Hopper GPUs, and cuDNN builds an execution plan for every new shape:
+    decoding, whose keys grow by one each token, built one per token. On an H200 (torch 2.11, cuDNN 9) gpt2 B1 and B8
+    generated 20 steps a second, ~50 ms each, cache or no cache; 3.8 ms a token once every length had been seen.
+    Training steps keep one shape, so they keep cuDNN."""
+    flag = getattr(torch.backends.cuda, "enable_cudnn_sdp", None)  # torch >= 2.4
+    if not active or flag is None:
+        yield
+        return
+    prev = torch.backends.cuda.cudnn_sdp_enabled()
+    flag(False)
+    try:
+        yield
+    finally:
+        flag(prev)
+
+
 def _cpu_bf16_matmul(weight):
     """Whether a CPU matmul with this weight runs in bf16: bf16 weights, or bf16 autocast."""
     return weight.dtype == torch.bfloat16 or (torch.is_autocast_enabled("cpu")
@@ -685,7 +704,7 @@ class GPT(nn.Module):
         # for a single new token, the lm_head alone after a prompt. From 2 rows on, oneDNN wins (B8: -25%).
         bf16 = idx.device.type == "cpu" and _cpu_bf16_matmul(self.lm_head.weight)
         one_row = idx.size(0) == 1 and bf16
-        with _without_onednn(one_row and idx.size(1) == 1):
+        with _without_onednn(one_row and idx.size(1) == 1), _without_cudnn_attention(idx.device.type == "cuda"):
             x = self._trunk(idx, cache)[:, -1, :]
         # fp32 only: under bf16 autocast the copy, not being a parameter, would be cast again every token (small B1
         # decoding on the AVX-512 BF16 EPYC ran at 37-88 tokens/s with it instead of 165-210)

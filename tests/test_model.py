@@ -426,6 +426,43 @@ def test_generate_greedy_cache_equals_no_cache(variant):
     assert torch.equal(logits[:, idx.size(1) - 1:].argmax(-1), a)
 
 
+def test_decoding_turns_cudnn_attention_off_and_back_on():
+    # cuDNN builds a plan per attention shape, one per decoded token (50 ms each on an H200): decoding runs without it,
+    # and leaves the switch as it found it, also when the step fails
+    import model as model_mod
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    with model_mod._without_cudnn_attention(True):
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    with pytest.raises(KeyboardInterrupt):
+        with model_mod._without_cudnn_attention(True):
+            raise KeyboardInterrupt
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(False)  # a user's choice stays
+    try:
+        with model_mod._without_cudnn_attention(True):
+            pass
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(True)
+    with model_mod._without_cudnn_attention(False):
+        assert torch.backends.cuda.cudnn_sdp_enabled()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_generation_on_cuda_runs_no_cudnn_attention():
+    from torch.profiler import ProfilerActivity, profile
+    model = GPT(make_config("tiny", block_size=64, vocab_size=512, variant="gpt2")).cuda().eval()
+    idx = tokens(1, 6, vocab=512).cuda()
+    with torch.autocast("cuda", dtype=torch.bfloat16), profile(activities=[ProfilerActivity.CPU]) as prof:
+        out = collect(model, idx, 12, temperature=0)
+    names = {e.name for e in prof.events()}
+    assert out.shape == (1, 12)
+    assert "aten::scaled_dot_product_attention" in names
+    assert not [n for n in names if "cudnn" in n and "attention" in n], sorted(names)
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+
+
 def test_generate_stops_at_stop_token():
     model = tiny_model()
     idx = tokens(1, 4)
