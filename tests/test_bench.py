@@ -216,16 +216,20 @@ def test_gen_block_size_fits_without_sliding():
 
 
 def test_targets_name_what_each_row_meets():
-    rows = [bench.row("train", "small B8 T256 V50259", 1500, "tokens/s", torch.bfloat16, 0.70),
-            dict(bench.row("train", "gpt2 B8 T1024 V50259", 1e5, "tokens/s", torch.bfloat16, 0.42), mem=25.3e9),
-            bench.row("ratio", "V4096 bf16 / V50259 fp32", 8.3, "x"),
-            bench.row("gen", "small B1 cache / no cache", 4.2, "x")]
-    lines = bench.check_targets(rows)
-    assert lines == ["target small bf16 MFU >= 50%: 70.0% (small B8 T256 V50259) met",
-                     "target gpt2 bf16 MFU >= 50% on a GPU: 42.0% (gpt2 B8 T1024 V50259) NOT met",
-                     "target gpt2 B8 T1024 bf16 training in 24 GB: 25.3 GB (gpt2 B8 T1024 V50259) NOT met",
-                     "target 4096-vocab / GPT-2-vocab fp32 >= 8x: 8.30x (V4096 bf16 / V50259 fp32) met",
-                     "target small B1 cache speed-up >= 5x: 4.20x NOT met"]
+    cpu = [bench.row("train", "small B8 T256 V50259", 1500, "tokens/s", torch.bfloat16, 0.70),
+           bench.row("ratio", "V4096 bf16 / V50259 fp32", 8.3, "x"),
+           bench.row("gen", "small B1 cache / no cache", 4.2, "x")]
+    assert bench.check_targets(cpu) == ["target small bf16 MFU >= 50%: 70.0% (small B8 T256 V50259) met",
+                                        "target 4096-vocab / GPT-2-vocab fp32 >= 8x: 8.30x (V4096 bf16 / V50259 fp32) met",
+                                        "target small B1 cache speed-up >= 5x: 4.20x NOT met"]
+    gpu = [dict(bench.row("train", "gpt2 B8 T1024 V50259", 1e5, "tokens/s", torch.bfloat16, 0.42), mem=25.3e9),
+           dict(bench.row("train", "gpt2 B32 T1024 V50259", 1e5, "tokens/s", torch.bfloat16, 0.57), mem=19.6e9)]
+    assert bench.check_targets(gpu, gpu=True) == [
+        "target gpt2 bf16 MFU >= 50% on a GPU: 42.0% (gpt2 B8 T1024 V50259) NOT met",
+        "target gpt2 B8 T1024 bf16 training in 24 GB: 25.3 GB (gpt2 B8 T1024 V50259) NOT met",
+        "target gpt2 bf16 MFU >= 50% on a GPU: 57.0% (gpt2 B32 T1024 V50259) met"]
+    # the CPU's targets are not a GPU's: an H200 decodes small at B1 launch-bound, 1.3x with the cache (BENCHMARKS.md)
+    assert bench.check_targets(cpu, gpu=True) == []
 
 
 def test_each_optimizer_gets_its_rows(one_thread):
