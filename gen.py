@@ -144,9 +144,13 @@ def complete(model, enc, prompt_ids, max_tokens, stop_tokens=(), on_text=None, *
     return ids, "".join(pieces), stopped_by or why_stopped(enc, ids, stop_tokens, max_tokens)
 
 
-def complete_batch(model, enc, prompts, max_tokens, stop_tokens=(), batch_size=8, **sampling):
+def complete_batch(model, enc, prompts, max_tokens, stop_tokens=(), batch_size=8, seed=None, **sampling):
     """Completions of many token lists: prompts of equal length share a batch (no padding needed,
-    so every row sees exactly what it would alone). Returns [(text, stopped_by)] in input order."""
+    so every row sees exactly what it would alone). Returns [(text, stopped_by)] in input order.
+    seed: each row samples from its own generator started from it, as `gen.py --prompt P --seed S` does, so a
+    completion depends on neither --batch_size nor the other prompts of the file (one generator for them all made
+    adding a line change every completion after it); None: sampling's generator, shared."""
+    device = next(model.parameters()).device if seed is not None else None
     by_len = {}
     for i, p in enumerate(prompts):
         by_len.setdefault(len(p), []).append(i)
@@ -157,6 +161,8 @@ def complete_batch(model, enc, prompts, max_tokens, stop_tokens=(), batch_size=8
             outs = [[] for _ in rows]
             done = [False] * len(rows)
             # generate() runs until every row has hit a stop token; each row is cut at its own
+            if seed is not None:
+                sampling["generator"] = [seeded_generator(device, seed) for _ in rows]
             for step in sample_steps(model, [prompts[i] for i in rows], max_tokens, stop_tokens=stop_tokens, **sampling):
                 for r, t in enumerate(step):
                     if not done[r]:
@@ -458,7 +464,8 @@ def main(argv=None):
         ids = [crop_prompt(model, encode_prompt(enc, p), max_tokens, what=f"prompt {i + 1}", slide=args.nonstop)
                for i, p in enumerate(prompts)]
         t0 = time.perf_counter()
-        results = complete_batch(model, enc, ids, max_tokens, text_stops, batch_size=args.batch_size or 8, **sampling)
+        results = complete_batch(model, enc, ids, max_tokens, text_stops, batch_size=args.batch_size or 8, seed=seed,
+                                 **sampling)
         dt = time.perf_counter() - t0
         lines = "".join(json.dumps({"prompt": p, "completion": text}, ensure_ascii=False) + "\n"
                         for p, (text, _) in zip(prompts, results))

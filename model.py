@@ -765,7 +765,10 @@ class GPT(nn.Module):
             drop = drop_sorted if sorted_idx is None else torch.zeros_like(drop_sorted).scatter(1, sorted_idx, drop_sorted)
             logits = logits.masked_fill(drop, float("-inf"))
         probs = F.softmax(logits, dim=-1)
-        choice = torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1) column
+        if isinstance(generator, (list, tuple)):  # one per row: a row's draws do not depend on the rows beside it
+            choice = torch.cat([torch.multinomial(probs[r:r + 1], 1, generator=g) for r, g in enumerate(generator)])
+        else:
+            choice = torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1) column
         return (choice if ids is None else ids.gather(1, choice)).squeeze(1)
 
     @torch.no_grad()
@@ -776,7 +779,8 @@ class GPT(nn.Module):
         Stops after max_new_tokens, once every row has produced one of stop_tokens (that token is yielded), or at the
         context limit unless slide=True. Call model.eval() first: dropout is not switched off here.
         use_cache=False recomputes the whole window every step (the reference path); both paths see the same window,
-        so greedy decoding gives the same tokens either way.
+        so greedy decoding gives the same tokens either way. generator: one torch.Generator for the batch, or a list
+        of one per row, so that a row samples what it would alone (gen.py --prompt_file).
         """
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
@@ -784,6 +788,8 @@ class GPT(nn.Module):
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         if idx.dim() != 2 or idx.size(1) == 0:
             raise ValueError(f"idx must be a non-empty (B, T) tensor, got shape {tuple(idx.shape)}")
+        if isinstance(generator, (list, tuple)) and len(generator) != idx.size(0):
+            raise ValueError(f"{len(generator)} generators for {idx.size(0)} rows: give one per row, or one in all")
         if max_new_tokens <= 0:
             return
         block_size = self.config.block_size

@@ -548,6 +548,24 @@ def test_a_batch_row_ends_at_its_own_stop_token(enc):
     assert len({text for text, _ in results}) > 1  # (the rows did stop at different steps)
 
 
+def test_a_prompt_file_completion_is_what_the_prompt_gives_alone(enc):
+    """gen.py --prompt_file --seed S: each prompt's completion is what --prompt with --seed S gives, whatever
+    --batch_size and whatever other prompts the file holds (one shared generator made every completion depend on
+    the lines before it)."""
+    from common import seeded_generator
+    model = la_model(enc, closer="<|endoftext|>")  # ' la' or <|endoftext|>, p = 1/2 each, whatever the prompt
+    prompts = [enc.encode(f"Story {i}") for i in range(8)] + [enc.encode("A")]  # two lengths, two groups
+    eot = (enc.eot_token,)
+    _, text, why = gen.complete(model, enc, prompts[0], 40, eot, temperature=1.0, generator=seeded_generator("cpu", 7))
+    for batch_size in (1, 3, 8):
+        results = gen.complete_batch(model, enc, prompts, 40, eot, batch_size=batch_size, seed=7, temperature=1.0)
+        assert results == [(text, why)] * len(prompts), batch_size
+    other = gen.complete_batch(model, enc, prompts, 40, eot, seed=8, temperature=1.0)
+    assert {t for t, _ in other} != {text}  # (the seed does matter: 1/2**k that it would not)
+    with pytest.raises(ValueError, match="2 generators for 1 rows"):
+        list(model.generate(torch.tensor([prompts[0]]), 4, generator=[seeded_generator("cpu", 1)] * 2))
+
+
 def test_sampling_options_take_what_their_help_says(ckpt):
     # --top_p is in (0, 1]: 1 is every token (nucleus sampling off); a --repetition_penalty of 0 or less is refused
     assert gen.parse_args([ckpt, "--top_p", "1"]).top_p == 1.0
