@@ -528,6 +528,10 @@ def check_out_dir(out_dir):
     if os.path.islink(os.path.normpath(out_dir)):  # the export, renamed into place, would replace the link, not fill its folder
         raise UserError(f"OUT_DIR {out_dir} is a symbolic link: give the folder it points to, "
                         f"{os.path.realpath(out_dir)}")
+    if os.path.ismount(os.path.normpath(out_dir)):  # (a container's volume, empty) os.rmdir failed with EBUSY, in a
+        # traceback after the export was written: a mount point cannot be replaced by the folder renamed into place
+        raise UserError(f"OUT_DIR {out_dir} is a mount point, which the export (written next to it and renamed into "
+                        f"place) cannot replace: name a new folder in it, as in {os.path.join(out_dir, 'hf-model')}")
     if os.path.exists(out_dir) and not (os.path.isdir(out_dir) and not os.listdir(out_dir)):
         what = "a folder that is not empty" if os.path.isdir(out_dir) else "a file"
         raise UserError(f"{out_dir} already exists and is {what}: choose a new OUT_DIR or remove it first")

@@ -506,6 +506,13 @@ def test_export_refuses_an_unusable_place_before_loading(tmp_path, capsys, monke
     for link in (str(tmp_path / "link"), f"{tmp_path}/link/."):
         line = one_error_line(*run_cli(export.main, [str(tmp_path / "any.pt"), link], capsys)[::2])
         assert line == f"error: OUT_DIR {link} is a symbolic link: give the folder it points to, {tmp_path / 'target'}"
+    # an empty mount point (a container's volume): os.rmdir failed with EBUSY, in a traceback after the export
+    (tmp_path / "volume").mkdir()
+    monkeypatch.setattr(os.path, "ismount", lambda p: os.path.abspath(p) == str(tmp_path / "volume"))
+    line = one_error_line(*run_cli(export.main, [str(tmp_path / "any.pt"), str(tmp_path / "volume")], capsys)[::2])
+    assert line == f"error: OUT_DIR {tmp_path / 'volume'} is a mount point, which the export (written next to it " \
+                   f"and renamed into place) cannot replace: name a new folder in it, as in " \
+                   f"{tmp_path / 'volume' / 'hf-model'}", line
     if os.geteuid() != 0:  # an empty OUT_DIR in a folder that takes no files (root may write anywhere)
         (tmp_path / "ro" / "empty").mkdir(parents=True)
         (tmp_path / "ro").chmod(0o500)
