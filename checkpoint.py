@@ -17,7 +17,7 @@ import zipfile
 import torch
 
 import hf
-from common import UserError, atomic_torch_save, first_line, is_oom, starts_as_zip
+from common import MODEL_FOLDER_FILES, UserError, atomic_torch_save, first_line, is_oom, starts_as_zip
 from model import GPT, GPTConfig
 from setup_tokenizer import tokenizer_from_state, tokenizer_state
 
@@ -55,6 +55,11 @@ def load_checkpoint(path, map_location="cpu"):
         raise UserError(f"checkpoint {path} not found{available_hint(folder if os.path.isdir(folder) else 'models')}")
     if hf.is_hf_folder(path):
         return refuse_diverged(path, {"format": FORMAT, **hf.read_folder(path)})
+    folder = os.path.dirname(path) or "."
+    if (path.endswith(".safetensors") or os.path.basename(path) in MODEL_FOLDER_FILES) and hf.is_hf_folder(folder):
+        # export.py's weights or config given for the model: torch reads a .safetensors file as a plain state dict,
+        # and the error said "train one with train.py" to a user holding the model
+        raise UserError(f"{path} is a file of the Hugging Face model folder {folder}: pass the folder itself")
     if os.path.isdir(path):
         raise UserError(f"{path} is a folder without {hf.CONFIG}: neither a checkpoint file nor a Hugging Face "
                         f"model folder{available_hint(path if find_checkpoints(path) else 'models')}")

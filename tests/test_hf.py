@@ -394,6 +394,16 @@ def test_bad_folders_are_one_line_errors(small_folder, tmp_path, capsys, change,
     assert words in line, line
 
 
+def test_a_file_of_a_model_folder_given_as_the_checkpoint_names_the_folder(small_folder, capsys):
+    """torch.load reads model.safetensors as a state dict: export.py's weights given for the model said "not a checkpoint
+    of this project ...; train one with train.py" (and its config.json "corrupt, or not written by torch.save?")."""
+    for name in ("model.safetensors", "config.json"):
+        path = os.path.join(small_folder["folder"], name)
+        line = one_error_line(*run_cli(gen.main, [path, "--prompt", "x", "--max_tokens", "1", *CPU], capsys)[::2])
+        assert line == f"error: {path} is a file of the Hugging Face model folder {small_folder['folder']}: pass the " \
+                       f"folder itself", line
+
+
 def test_a_prefix_space_that_codegens_config_sets_is_refused(small_folder, tmp_path, capsys):
     """CodeGen's, GPT-NeoX's and Qwen2's classes take tokenizer_config.json's setting as GPT-2's do: accepted
     silently, such a folder gave other ids than transformers'."""
