@@ -299,6 +299,7 @@ class Worker(threading.Thread):
         self.waiting, self.lock = set(), threading.Lock()
         self.recent = collections.deque(maxlen=256)  # what became of the latest jobs: the log, and tests, read it
         self.current = None  # the job being generated
+        self.halted = threading.Event()  # Ctrl-C: the running job stops at its next token, the waiting ones never start
 
     def submit(self, job):
         with self.lock:
@@ -317,14 +318,21 @@ class Worker(threading.Thread):
     def stop(self):
         self.jobs.put(None)  # a sentinel behind the waiting jobs
 
+    def halt(self, timeout=30):
+        """Stop now and wait for the worker to leave torch: Python exiting under a daemon thread that is inside
+        torch aborts the process ("terminate called without an active exception", SIGABRT)."""
+        self.halted.set()
+        self.jobs.put(None)  # wakes an idle worker
+        self.join(timeout)  # one token's forward pass, as a rule; past the timeout the server exits anyway
+
     def run(self):
-        while (job := self.jobs.get()) is not None:
+        while not self.halted.is_set() and (job := self.jobs.get()) is not None:
             with self.lock:
                 self.waiting.discard(job.id)
             t0 = time.perf_counter()
             tokens, finish = 0, "cancelled"
             try:
-                if not job.cancelled.is_set():  # a client that left while queued costs nothing
+                if not (job.cancelled.is_set() or self.halted.is_set()):  # a client that left while queued costs nothing
                     self.current = job
                     tokens, finish = self.generate(job)
             except Exception as e:  # a bug must not kill the worker: the request gets a 500, the server goes on
@@ -350,7 +358,7 @@ class Worker(threading.Thread):
         tokens, finish = 0, "length"  # the context check in parse_request leaves max_tokens as the only other end
         try:
             for tok, piece in steps:
-                if job.cancelled.is_set():
+                if job.cancelled.is_set() or self.halted.is_set():
                     return tokens, "cancelled"
                 if tok is not None:  # None: the flush of a character cut off at the very end
                     tokens += 1
@@ -758,6 +766,7 @@ def main(argv=None):
         print("stopped", file=sys.stderr)
     finally:
         server.server_close()
+        server.worker.halt()
 
 
 if __name__ == "__main__":

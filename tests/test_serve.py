@@ -605,6 +605,29 @@ def test_command_line_serves_on_loopback(ckpt):
     assert p.returncode == 0, err
 
 
+def test_ctrl_c_while_a_reply_streams_stops_cleanly(enc, tmp_path):
+    """Ctrl-C while the worker is inside torch: it aborted ("terminate called without an active exception", SIGABRT,
+    a core dump), since Python exited under a daemon thread still running the model."""
+    torch.manual_seed(0)
+    config = make_config("tiny", n_layer=2, n_embd=64, n_head=2, block_size=1024, vocab_size=enc.n_vocab, variant="gpt2")
+    path = str(tmp_path / "long.pt")
+    save_checkpoint(path, GPT(config).eval(), enc)  # 1,000 tokens take seconds: the reply is mid-way at Ctrl-C
+    p = subprocess.Popen([sys.executable, os.path.join(ROOT, "serve.py"), path, "--port", "0", "--device", "cpu"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = p.stdout.readline()
+        m = re.search(r"on http://127\.0\.0\.1:(\d+)", line)
+        assert m, line
+        sock = socket.create_connection(("127.0.0.1", int(m.group(1))), timeout=60)
+        sock.sendall(completion_request(max_tokens=1000, stream=True))
+        read_until_text(sock)
+    finally:
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+    sock.close()
+    assert p.returncode == 0 and "terminate" not in err, err
+
+
 def test_command_line_errors(ckpt, enc, tmp_path, capsys, monkeypatch):
     code, out, err = run_cli(serve.main, [str(tmp_path / "nope.pt"), "--device", "cpu"], capsys)
     assert code == 1 and err.count("\n") == 1 and "nope.pt" in err and "not found" in err
