@@ -336,7 +336,10 @@ class Worker(threading.Thread):
                     self.current = job
                     tokens, finish = self.generate(job)
             except Exception as e:  # a bug must not kill the worker: the request gets a 500, the server goes on
-                traceback.print_exc()
+                try:
+                    traceback.print_exc()
+                except OSError:  # stderr gone, as below
+                    pass
                 job.events.put(("error", f"generation failed: {type(e).__name__}: {e}"))
                 finish = "error"
             self.current = None
@@ -345,8 +348,11 @@ class Worker(threading.Thread):
                                     max_tokens=job.max_tokens, **job.sampling))
             if finish not in ("cancelled", "error"):
                 job.events.put(("done", finish, tokens))
-            self.log(f"{job.id}: {len(job.prompt)} prompt + {tokens} tokens, {finish}, "
-                     f"{time.perf_counter() - t0:.2f}s (queued {t0 - job.queued_at:.2f}s)")
+            try:
+                self.log(f"{job.id}: {len(job.prompt)} prompt + {tokens} tokens, {finish}, "
+                         f"{time.perf_counter() - t0:.2f}s (queued {t0 - job.queued_at:.2f}s)")
+            except OSError:  # stderr's reader gone (a `| tee` that ended, a closed terminal): the worker died of it,
+                pass         # and every later request waited for it forever while /health said ok
 
     def generate(self, job):
         generator = None

@@ -574,6 +574,34 @@ def test_a_model_that_fails_gets_500s_and_the_server_goes_on(enc):
     finally:
         api.close()
 
+
+def test_a_log_that_cannot_be_written_leaves_the_worker_serving(enc, monkeypatch):
+    """stderr's reader gone (`serve.py 2>&1 | tee log` that ended, a closed terminal): the worker's log line, or the
+    traceback of a failed generation, raised BrokenPipeError in the worker, which died; every request after it waited
+    forever while /health said ok."""
+    class Gone:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        flush = write
+
+    model = tiny_model(enc)
+    api = serve.ApiServer(model, enc, "gone", port=0)  # its own log: a line on stderr per request
+    threading.Thread(target=api.serve_forever, daemon=True).start()
+    monkeypatch.setattr(sys, "stderr", Gone())
+    try:
+        body = {"prompt": "Hi", "max_tokens": 2, "temperature": 1}
+        assert [post(api, "/v1/completions", body)[0] for _ in range(2)] == [200, 200]
+        with torch.no_grad():
+            model.lm_head.weight[0, 0] = float("nan")
+        assert post(api, "/v1/completions", body)[0] == 500
+        with torch.no_grad():
+            model.lm_head.weight[0, 0] = 0.0
+        assert post(api, "/v1/completions", body)[0] == 200 and api.worker.is_alive()
+    finally:
+        monkeypatch.undo()
+        api.close()
+
 # -----------------------------------------------------------------------------
 # the command line
 
