@@ -595,7 +595,15 @@ class Handler(BaseHTTPRequestHandler):
         """A closed connection reads as end-of-file: readable, with nothing to read."""
         sock = self.connection
         try:
-            if not select.select([sock], [], [], 0)[0]:
+            # poll, not select: select() refuses a descriptor past 1023 (FD_SETSIZE), which a server holding a thousand
+            # connections hands out, and each request on one read as hung up (Windows has no poll, nor that limit)
+            if hasattr(select, "poll"):
+                poller = select.poll()
+                poller.register(sock, select.POLLIN)
+                readable = poller.poll(0)
+            else:
+                readable = select.select([sock], [], [], 0)[0]
+            if not readable:
                 return False
             return sock.recv(1, socket.MSG_PEEK) == b""
         except (OSError, ValueError):

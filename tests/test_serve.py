@@ -526,6 +526,21 @@ def test_hung_up_clients_free_the_worker(enc):
         api.close()
 
 
+@pytest.mark.skipif(not hasattr(os, "sysconf") or os.sysconf("SC_OPEN_MAX") < 1200, reason="needs 1,200 open files")
+def test_a_connection_past_descriptor_1023_is_answered(api):
+    """A server holding a thousand connections hands out descriptors past 1023, which select() refuses (FD_SETSIZE):
+    the hung-up check read every request on one as its client gone, and closed it unanswered."""
+    held = []
+    try:
+        while not held or held[-1] < 1100:  # the lowest free descriptors first: the next sockets get ones past 1100
+            held.append(os.open(os.devnull, os.O_RDONLY))
+        status, body, _ = post(api, "/v1/completions", {"prompt": "Hi", "max_tokens": 2})
+        assert status == 200 and body["usage"]["completion_tokens"] == 2
+    finally:
+        for fd in held:
+            os.close(fd)
+
+
 def test_full_queue_gets_503(enc):
     gate = threading.Event()  # the worker stays in its first request until the gate opens
     api = start(la_model(enc, gate=gate), enc, name="la", max_queue=1)
