@@ -4,6 +4,7 @@ text gen.py samples with the same seed), streaming, stop strings, bad requests, 
 that hangs up, the command line, and the chat page in a headless Chromium. Servers run in a thread of the
 test process on a free loopback port, with tiny random models saved or built here.
 """
+import contextlib
 import http.client
 import io
 import json
@@ -627,25 +628,33 @@ def ckpt(enc, tmp_path_factory):
     return path
 
 
-def test_command_line_serves_on_loopback(ckpt):
-    assert serve.parse_args([]).host == "127.0.0.1"
-    p = subprocess.Popen([sys.executable, os.path.join(ROOT, "serve.py"), ckpt, "--port", "0", "--device", "cpu"],
+@contextlib.contextmanager
+def served(path):
+    """serve.py PATH in a subprocess on a free port: yields (process, port), then Ctrl-C; the process's stderr is then
+    in process.err."""
+    p = subprocess.Popen([sys.executable, os.path.join(ROOT, "serve.py"), path, "--port", "0", "--device", "cpu"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = p.stdout.readline()
         m = re.search(r"on http://127\.0\.0\.1:(\d+)", line)
         assert m, line
-        conn = http.client.HTTPConnection("127.0.0.1", int(m.group(1)), timeout=60)
+        yield p, int(m.group(1))
+    finally:
+        p.send_signal(signal.SIGINT)  # Ctrl-C: a clean stop
+        _, p.err = p.communicate(timeout=60)
+
+
+def test_command_line_serves_on_loopback(ckpt):
+    assert serve.parse_args([]).host == "127.0.0.1"
+    with served(ckpt) as (p, port):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         conn.request("GET", "/v1/models")
         assert json.loads(conn.getresponse().read())["data"][0]["id"] == "tiny"
         conn.request("GET", "/")
         r = conn.getresponse()
         assert r.status == 200 and r.getheader("Content-Type").startswith("text/html") and b"/v1/chat/completions" in r.read()
         conn.close()
-    finally:
-        p.send_signal(signal.SIGINT)  # Ctrl-C: a clean stop
-        out, err = p.communicate(timeout=60)
-    assert p.returncode == 0, err
+    assert p.returncode == 0, p.err
 
 
 def test_ctrl_c_while_a_reply_streams_stops_cleanly(enc, tmp_path):
@@ -655,20 +664,12 @@ def test_ctrl_c_while_a_reply_streams_stops_cleanly(enc, tmp_path):
     config = make_config("tiny", n_layer=2, n_embd=64, n_head=2, block_size=1024, vocab_size=enc.n_vocab, variant="gpt2")
     path = str(tmp_path / "long.pt")
     save_checkpoint(path, GPT(config).eval(), enc)  # 1,000 tokens take seconds: the reply is mid-way at Ctrl-C
-    p = subprocess.Popen([sys.executable, os.path.join(ROOT, "serve.py"), path, "--port", "0", "--device", "cpu"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        line = p.stdout.readline()
-        m = re.search(r"on http://127\.0\.0\.1:(\d+)", line)
-        assert m, line
-        sock = socket.create_connection(("127.0.0.1", int(m.group(1))), timeout=60)
+    with served(path) as (p, port):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=60)
         sock.sendall(completion_request(max_tokens=1000, stream=True))
         read_until_text(sock)
-    finally:
-        p.send_signal(signal.SIGINT)
-        out, err = p.communicate(timeout=60)
     sock.close()
-    assert p.returncode == 0 and "terminate" not in err, err
+    assert p.returncode == 0 and "terminate" not in p.err, p.err
 
 
 def test_command_line_errors(ckpt, enc, tmp_path, capsys, monkeypatch):
