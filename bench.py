@@ -384,8 +384,11 @@ def fmt_value(v):
     return f"{v:.2f}"
 
 
+TABLE_HEADER = "| section | benchmark | dtype | value | unit | MFU | notes |"
+
+
 def format_table(rows):
-    lines = ["| section | benchmark | dtype | value | unit | MFU | notes |",
+    lines = [TABLE_HEADER,
              "|---|---|---|---:|---|---:|---|"]
     for r in rows:
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else ""
@@ -703,7 +706,12 @@ def main(argv=None):
         check_output(args.out, "--out")
         try:  # appended to at the end, after minutes of measuring: read now
             with open(args.out, encoding="utf-8") as f:
-                f.read()
+                old = f.read()
+            # only a file bench.py writes (its title, or a table of it pasted into notes) takes a table: --out train.py
+            # or --out given the --data file had a markdown table appended to a script or a corpus
+            if old.strip() and not (old.startswith("# Benchmarks") or TABLE_HEADER in old):
+                raise UserError(f"--out {args.out} is not a BENCHMARKS file (no '# Benchmarks' title, no bench.py "
+                                f"table): the table would be appended to it; give another --out, or --no_write")
         except FileNotFoundError:
             pass
         except UnicodeDecodeError:

@@ -439,3 +439,25 @@ def test_what_does_not_fit_in_memory_names_the_options_to_lower(monkeypatch, cap
     with pytest.raises(RuntimeError, match="^a bug$"):
         bench.main(["--quick", "--no_write", "--device", "cpu", "--malloc", "default", "--only", "train",
                     "--peak_sizes", "16"])
+
+
+def test_out_must_be_a_benchmarks_file(tmp_path, monkeypatch, one_thread):
+    # --out train.py, or --out the --data file, had the table appended to a script or a corpus
+    monkeypatch.setattr(bench, "run", lambda *a, **k: pytest.fail("measured before --out was checked"))
+    for name, text in (("train.py", "import torch\n"), ("corpus.txt", "Once upon a time.\n")):
+        p = tmp_path / name
+        p.write_text(text, encoding="utf-8")
+        with pytest.raises(UserError, match=rf"^--out .*{name} is not a BENCHMARKS file"):
+            bench.main(["--quick", "--malloc", "default", "--device", "cpu", "--out", str(p)])
+        assert p.read_text(encoding="utf-8") == text
+    with pytest.raises(UserError, match=r"^--out .*corpus.txt is not a BENCHMARKS file"):
+        bench.main(["--quick", "--malloc", "default", "--device", "cpu", "--only", "prepare",
+                    "--data", str(tmp_path / "corpus.txt"), "--out", str(tmp_path / "corpus.txt")])
+    monkeypatch.undo()
+    # an empty file, one bench.py wrote, or notes holding one of its tables take the table
+    (tmp_path / "empty.md").write_text("")
+    (tmp_path / "notes.md").write_text("# Notes\n\n" + bench.format_table([]) + "\n")
+    for name in ("empty.md", "notes.md", "new.md", "new.md"):
+        bench.main(["--quick", "--malloc", "default", "--device", "cpu", "--only", "peak", "--peak_sizes", "16",
+                    "--out", str(tmp_path / name)])
+    assert (tmp_path / "new.md").read_text().count("\n## ") == 2
