@@ -38,7 +38,7 @@ import torch
 from common import (UserError, atomic_write_text, autocast, check_output, cpu_bf16_is_faster, cpu_has_bf16, cpu_info,
                     first_line, is_oom, pick_device, pick_dtype, nonempty, not_utf8, retain_freed_memory, run_main, DTYPES)
 from model import GPT, OPTIMIZERS, PRESETS, make_config
-from train import Forward
+from train import DEFAULTS as TRAIN_DEFAULTS, Forward
 
 SECTIONS = ("peak", "train", "gen", "ratio", "prepare")
 SHORT = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -157,8 +157,8 @@ def build_model(preset, device, block_size=None, vocab_size=None, variant=None, 
 
 def make_train_step(model, device, dtype, batch_size, compile=False, seed=0, optimizer=OPTIMIZERS[0]):
     """A closure doing one full training step on a fixed synthetic batch (no data loading in the timing):
-    forward + loss under autocast, backward, optimizer step (train.py's), zero_grad. Returns (step, compiled()),
-    compiled() saying whether the steps run compiled (known after the first one)."""
+    forward + loss under autocast, backward, gradient clipping and optimizer step (train.py's), zero_grad. Returns
+    (step, compiled()), compiled() saying whether the steps run compiled (known after the first one)."""
     cfg = model.config
     model.train()
     g = torch.Generator(device="cpu").manual_seed(seed)
@@ -176,9 +176,14 @@ def make_train_step(model, device, dtype, batch_size, compile=False, seed=0, opt
             _, loss = fwd(x, y)
         if scaler is None:
             loss.backward()
-            opt.step()
         else:
             scaler.scale(loss).backward()
+            scaler.unscale_(opt)  # clip the true gradients, as train.py
+        # train.py clips the gradient norm by default: a pass over every gradient (30 ms of small's 1.3 s CPU step)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), TRAIN_DEFAULTS["grad_clip"])
+        if scaler is None:
+            opt.step()
+        else:
             scaler.step(opt)
             scaler.update()
         opt.zero_grad(set_to_none=True)

@@ -461,3 +461,18 @@ def test_out_must_be_a_benchmarks_file(tmp_path, monkeypatch, one_thread):
         bench.main(["--quick", "--malloc", "default", "--device", "cpu", "--only", "peak", "--peak_sizes", "16",
                     "--out", str(tmp_path / name)])
     assert (tmp_path / "new.md").read_text().count("\n## ") == 2
+
+
+def test_the_timed_training_step_clips_gradients_as_train_py(monkeypatch):
+    # train.py clips the gradient norm by default (a pass over every gradient, ~2% of small's CPU step): a step
+    # without it overstated train.py's tokens/s
+    from train import DEFAULTS
+    clipped = []
+    real = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda params, max_norm, *a, **k:
+                        clipped.append(max_norm) or real(params, max_norm, *a, **k))
+    model = bench.build_model("tiny", torch.device("cpu"), 16, 512, None)
+    for dtype in (torch.float32, torch.float16):  # fp16: clipped after the GradScaler unscales
+        step, _ = bench.make_train_step(model, torch.device("cpu"), dtype, 1)
+        step()
+    assert clipped == [DEFAULTS["grad_clip"]] * 2
