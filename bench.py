@@ -531,6 +531,9 @@ def selection(args, device):
     only = parse_list(args.only, SECTIONS, "--only")
     if args.clock == "cpu" and (device.type != "cpu" or torch.get_num_threads() != 1):
         raise UserError("--clock cpu measures one busy thread: use it with --device cpu --threads 1")
+    if args.clock == "cpu" and args.prepare_threads not in (None, 1):  # run() tokenizes on one thread then
+        raise UserError(f"--prepare_threads {args.prepare_threads}: --clock cpu adds up the CPU time of every thread, "
+                        f"so the tokenizer runs on one; give 1 or leave it out")
     dtypes = [pick_dtype(device, d) for d in parse_list(args.dtype, ("auto",) + tuple(DTYPES), "--dtype")]
     dtypes = list(dict.fromkeys(dtypes))  # 'auto,bfloat16' names one dtype twice
     optimizers = list(dict.fromkeys(parse_list(args.optimizer, OPTIMIZERS, "--optimizer")))

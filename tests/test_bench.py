@@ -476,3 +476,16 @@ def test_the_timed_training_step_clips_gradients_as_train_py(monkeypatch):
         step, _ = bench.make_train_step(model, torch.device("cpu"), dtype, 1)
         step()
     assert clipped == [DEFAULTS["grad_clip"]] * 2
+
+
+def test_cpu_clock_and_prepare_threads_conflict_in_one_line(monkeypatch, capsys):
+    # --clock cpu tokenizes on one thread: --prepare_threads 2 was silently measured with 1
+    monkeypatch.setattr(bench, "run", lambda *a, **k: pytest.fail("measured with a conflicting option"))
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        code, err = one_line_error(capsys, ["--only", "prepare", "--clock", "cpu", "--threads", "1",
+                                            "--prepare_threads", "2"])
+    finally:
+        torch.set_num_threads(n)
+    assert code == 1 and err.startswith("error: --prepare_threads 2: --clock cpu ") and err.count("\n") == 1, err
