@@ -673,7 +673,7 @@ def get_parser():
                                                                   "4096; --quick 512)")
     p.add_argument("--data", type=nonempty, default=None, help="text file for prepare (default: $DATA_MIRROR/tinystories/TinyStories-sample.txt, else generated)")
     p.add_argument("--prepare_threads", type=int, default=None, help="tokenizer threads (default: every core)")
-    p.add_argument("--out", type=nonempty, default="BENCHMARKS.md", help="file the table is appended to (default BENCHMARKS.md)")
+    p.add_argument("--out", type=nonempty, default=None, help="file the table is appended to (default BENCHMARKS.md)")
     p.add_argument("--no_write", action="store_true", help="print only, leave BENCHMARKS.md alone")
     p.add_argument("--note", default=None, help="a remark stored with the table, e.g. 'machine shared with a training run'")
     p.add_argument("--quick", action="store_true", help="tiny sizes, a few seconds: checks that everything runs, numbers mean little")
@@ -710,6 +710,9 @@ def main(argv=None):
                     raise UserError(f"--data {args.data} holds no text: give a text file to tokenize")
         except UnicodeDecodeError:
             raise not_utf8(args.data, f"--data {args.data}") from None
+    if args.no_write and (args.out or args.note):  # what they ask for would be dropped without a word
+        raise UserError(f"--no_write writes nothing: give {'--out' if args.out else '--note'} or --no_write, not both")
+    args.out = args.out or "BENCHMARKS.md"
     if not args.no_write:
         check_output(args.out, "--out")
         try:  # appended to at the end, after minutes of measuring: read now

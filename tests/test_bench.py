@@ -489,3 +489,12 @@ def test_cpu_clock_and_prepare_threads_conflict_in_one_line(monkeypatch, capsys)
     finally:
         torch.set_num_threads(n)
     assert code == 1 and err.startswith("error: --prepare_threads 2: --clock cpu ") and err.count("\n") == 1, err
+
+
+def test_no_write_with_out_or_note_is_one_line(monkeypatch, capsys, tmp_path):
+    # --out and --note were dropped without a word under --no_write
+    monkeypatch.setattr(bench, "run", lambda *a, **k: pytest.fail("measured with a conflicting option"))
+    for option, value in (("--out", str(tmp_path / "B.md")), ("--note", "busy machine")):
+        code, err = one_line_error(capsys, [option, value])
+        assert code == 1 and err == f"error: --no_write writes nothing: give {option} or --no_write, not both\n", err
+    assert not (tmp_path / "B.md").exists()
