@@ -1642,7 +1642,9 @@ def run_training(args, held):
                                 last_val = evaluate(model, val_w, args.batch_size, args.eval_batches, device, dtype,
                                                     fwd, dist)
                                 bpb = bits_per_byte(last_val, meta)
-                                improved = p.best_val_loss is None or last_val < p.best_val_loss
+                                # a best file that goes at the first save (--overwrite) bars nothing: judged against
+                                # it, an evaluation at that save was never a best, and a later, worse one became one
+                                improved = p.best_val_loss is None or best_goes or last_val < p.best_val_loss
                                 if improved:
                                     p.best_val_loss, p.evals_since_best = last_val, 0
                                 else:

@@ -1856,3 +1856,20 @@ def test_a_tokenizer_file_changed_since_the_data_was_prepared_is_refused(tmp_pat
     prepare.main(shlex.split(re.search(r"`python prepare\.py ([^`]*)`", str(e.value)).group(1)))
     out = train.train(train.parse_args(argv))
     assert load_checkpoint(out["checkpoint"])["tokenizer"]["hash"] == tokenizer_hash(new)
+
+
+def test_a_removed_best_files_bar_is_dropped_before_the_evaluation_at_the_first_save(env, tmp_path, monkeypatch):
+    """--overwrite removes the run's best file at the new run's first save and drops its val loss as the bar; an
+    evaluation at that step (evaluations and saves share their default interval) was judged against the bar first, so
+    it was never a best, and the next, worse one became _best.pt."""
+    first = train.train(args_for(env, tmp_path, "--dataset", "mini", "--epochs", "1"))
+    assert first["best_checkpoint"]  # the bar the new run's files replace
+    vals = iter([first["best_val_loss"] + 3.0, first["best_val_loss"] + 3.2, first["best_val_loss"] + 3.1])
+    monkeypatch.setattr(train, "evaluate", lambda *a, **k: next(vals))
+    r = train.train(train.parse_args(["--checkpoint", first["checkpoint"], "--reset_epoch", "--overwrite",
+                                      "--max_steps", "3", "--eval_interval", "1", "--save_interval", "1",
+                                      "--data_dir", env["data"], "--device", "cpu", "--no-color"]))
+    best = load_checkpoint(r["best_checkpoint"])
+    assert (best["step"], best["val_loss"]) == (1, first["best_val_loss"] + 3.0)
+    assert r["best_val_loss"] == first["best_val_loss"] + 3.0
+    assert [rec["best"] for rec in read_metrics(r["metrics"]) if rec["val_loss"] is not None] == [True, False, False]
