@@ -1641,6 +1641,9 @@ def run_training(args, held):
                             if due_eval:
                                 last_val = evaluate(model, val_w, args.batch_size, args.eval_batches, device, dtype,
                                                     fwd, dist)
+                                if not math.isfinite(last_val):  # this step's update broke the weights (its loss was
+                                    # finite): not a record (NaN is no JSON) nor a checkpoint, as a nan training loss
+                                    raise UserError(f"the val loss became {last_val} at step {p.step}: {diverged()}")
                                 bpb = bits_per_byte(last_val, meta)
                                 # a best file that goes at the first save (--overwrite) bars nothing: judged against
                                 # it, an evaluation at that save was never a best, and a later, worse one became one

@@ -1873,3 +1873,16 @@ def test_a_removed_best_files_bar_is_dropped_before_the_evaluation_at_the_first_
     assert (best["step"], best["val_loss"]) == (1, first["best_val_loss"] + 3.0)
     assert r["best_val_loss"] == first["best_val_loss"] + 3.0
     assert [rec["best"] for rec in read_metrics(r["metrics"]) if rec["val_loss"] is not None] == [True, False, False]
+
+
+def test_a_val_loss_gone_to_nan_stops_the_run_and_leaves_the_metrics_json(env, tmp_path):
+    """Weights that went nan in a step whose own loss was finite gave a val loss of nan: the run went on (its bar was
+    an earlier evaluation's) and the metrics file got a line with NaN, which is not JSON (jq, JSON.parse refuse it)."""
+    with pytest.raises(UserError, match="the (training loss|val loss|weights) became nan") as e:
+        train.train(args_for(env, tmp_path, "--dataset", "story", "--optimizer", "adamw", "--lr", "1e5",
+                             "--warmup", "20", "--grad_clip", "0", "--log_interval", "100", "--save_interval", "0",
+                             "--eval_interval", "0.1", "--eval_batches", "1"))
+    with open(tmp_path / "story_metrics.jsonl") as f:
+        lines = f.read().splitlines()
+    assert lines and not any("NaN" in line or "Infinity" in line for line in lines), (str(e.value), lines[-2:])
+    assert all(json.loads(line)["val_loss"] is not None for line in lines)
