@@ -1707,6 +1707,9 @@ def run_training(args, held):
         raise
 
     # ---- summary
+    # the curve is drawn at evaluations: the records after the last one (a run stopped by --max_steps, or one without
+    # any evaluation, whose folder may hold an earlier run's curve) would be left out of it
+    metrics.plot(f"{dataset}: {args.model} {config.variant}")
     p.elapsed += time.time() - t_run
     run_time = time.time() - t_run
     best_bpb = None if p.best_val_loss is None else bits_per_byte(p.best_val_loss, meta)

@@ -1886,3 +1886,39 @@ def test_a_val_loss_gone_to_nan_stops_the_run_and_leaves_the_metrics_json(env, t
         lines = f.read().splitlines()
     assert lines and not any("NaN" in line or "Infinity" in line for line in lines), (str(e.value), lines[-2:])
     assert all(json.loads(line)["val_loss"] is not None for line in lines)
+
+
+def test_the_loss_curve_is_drawn_at_the_end_of_the_run(env, tmp_path, monkeypatch):
+    """The curve was drawn at evaluations only: one stopped by --max_steps (or a budget's --eval_interval 0 run) left
+    its last records out, or no curve at all, and with --overwrite the earlier run's curve stayed, named as this one's.
+    matplotlib is replaced by a stand-in that records what is drawn."""
+    import types
+    drawn = []
+
+    class Axes:
+        def plot(self, xs, ys, label=None, **k):
+            drawn.append((label, list(xs)))
+
+        def __getattr__(self, name):  # set_xlabel, legend, grid, ...
+            return lambda *a, **k: None
+
+    class Figure:
+        def __init__(self, **k):
+            drawn.clear()
+
+        def subplots(self):
+            return Axes()
+
+        def savefig(self, path, **k):
+            with open(path, "wb") as f:
+                f.write(b"png")
+    figure = types.ModuleType("matplotlib.figure")
+    figure.Figure = Figure
+    monkeypatch.setitem(sys.modules, "matplotlib", types.ModuleType("matplotlib"))
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", figure)
+    first = train.train(args_for(env, tmp_path, "--dataset", "mini", "--epochs", "1"))
+    assert first["plot"] and drawn
+    s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--max_steps", "3", "--eval_interval", "0",
+                             "--overwrite"))
+    assert s["plot"] == first["plot"]
+    assert drawn == [("train", [r["tokens"] for r in read_metrics(s["metrics"])])] and len(drawn[0][1]) == 3
