@@ -426,6 +426,24 @@ def test_generate_greedy_cache_equals_no_cache(variant):
     assert torch.equal(logits[:, idx.size(1) - 1:].argmax(-1), a)
 
 
+def test_a_row_with_its_own_generator_samples_what_it_would_alone():
+    # gen.py --prompt_file --seed: each row of a batch draws from its own distribution with its own generator, so it
+    # samples what its prompt does alone; as many generators as rows, or a ValueError (not rows silently dropped)
+    model = tiny_model()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(30)  # peaked distributions, a different one for each prompt
+    idx = tokens(3, 5)
+    seeds = (7, 7, 8)
+    batch = collect(model, idx, 20, generator=[torch.Generator().manual_seed(s) for s in seeds])
+    for r, s in enumerate(seeds):
+        alone = collect(model, idx[r:r + 1], 20, generator=torch.Generator().manual_seed(s))
+        assert torch.equal(batch[r], alone[0]), r
+    assert not torch.equal(batch[0], batch[1])  # (one seed, two prompts: two draws)
+    for n in (2, 4):
+        with pytest.raises(ValueError, match=f"^{n} generators for 3 rows"):
+            collect(model, idx, 4, generator=[torch.Generator().manual_seed(0) for _ in range(n)])
+
+
 def test_decoding_turns_cudnn_attention_off_and_back_on():
     # cuDNN builds a plan per attention shape, one per decoded token (50 ms each on an H200): decoding runs without it,
     # and leaves the switch as it found it, also when the step fails
