@@ -566,6 +566,22 @@ def test_a_prompt_file_completion_is_what_the_prompt_gives_alone(enc):
         list(model.generate(torch.tensor([prompts[0]]), 4, generator=[seeded_generator("cpu", 1)] * 2))
 
 
+def test_a_prompt_file_with_a_seed_completes_each_line_as_prompt_does(ckpt, tmp_path, capsys):
+    # gen.py --prompt_file F --seed S: each line's completion is what --prompt LINE --seed S prints, whatever the lines
+    # beside it in the file (the seed must reach the batch: one shared generator made them depend on each other)
+    prompts = ["The cat", "The dog", "The sun"]  # one length: one batch
+    src = tmp_path / "prompts.txt"
+    src.write_text("\n".join(prompts) + "\n", encoding="utf-8")
+    opts = ["--seed", "5", "--temp", "1", "--max_tokens", "8"] + CPU
+    code, out, err = cli([ckpt, "--prompt_file", str(src)] + opts, capsys)
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["prompt"] for r in rows] == prompts
+    for r in rows:
+        code, alone, err = cli([ckpt, "--prompt", r["prompt"]] + opts, capsys)
+        assert code == 0 and alone == r["prompt"] + r["completion"] + "\n", (alone, r)
+
+
 def test_sampling_options_take_what_their_help_says(ckpt):
     # --top_p is in (0, 1]: 1 is every token (nucleus sampling off); a --repetition_penalty of 0 or less is refused
     assert gen.parse_args([ckpt, "--top_p", "1"]).top_p == 1.0
