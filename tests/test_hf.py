@@ -394,7 +394,7 @@ def test_bad_folders_are_one_line_errors(small_folder, tmp_path, capsys, change,
     assert words in line, line
 
 
-def test_a_file_of_a_model_folder_given_as_the_checkpoint_names_the_folder(small_folder, capsys):
+def test_a_file_of_a_model_folder_given_as_the_checkpoint_names_the_folder(small_folder, tmp_path, capsys, monkeypatch):
     """torch.load reads model.safetensors as a state dict: export.py's weights given for the model said "not a checkpoint
     of this project ...; train one with train.py" (and its config.json "corrupt, or not written by torch.save?")."""
     for name in ("model.safetensors", "config.json"):
@@ -402,6 +402,21 @@ def test_a_file_of_a_model_folder_given_as_the_checkpoint_names_the_folder(small
         line = one_error_line(*run_cli(gen.main, [path, "--prompt", "x", "--max_tokens", "1", *CPU], capsys)[::2])
         assert line == f"error: {path} is a file of the Hugging Face model folder {small_folder['folder']}: pass the " \
                        f"folder itself", line
+    # a checkpoint kept in the folder is a checkpoint still; a tokenizer.json away from any config.json is no folder's
+    folder = broken(small_folder, tmp_path, lambda f: shutil.copy(small_folder["ckpt"], f / "model.pt"))
+    code, out, err = run_cli(gen.main, [os.path.join(folder, "model.pt"), "--prompt", "x", "--max_tokens", "1", *CPU],
+                             capsys)
+    assert code == 0, err
+    (tmp_path / "loose").mkdir()
+    shutil.copy(os.path.join(small_folder["folder"], "tokenizer.json"), tmp_path / "loose")
+    path = str(tmp_path / "loose" / "tokenizer.json")
+    line = one_error_line(*run_cli(gen.main, [path, "--prompt", "x", "--max_tokens", "1", *CPU], capsys)[::2])
+    assert line.startswith(f"error: {path} is not a checkpoint"), line
+    # named from inside the folder (gen.py model.safetensors there): the same line, naming the current folder
+    monkeypatch.chdir(small_folder["folder"])
+    line = one_error_line(*run_cli(gen.main, ["model.safetensors", "--prompt", "x", "--max_tokens", "1", *CPU],
+                                   capsys)[::2])
+    assert line == "error: model.safetensors is a file of the Hugging Face model folder .: pass the folder itself", line
 
 
 def test_a_prefix_space_that_codegens_config_sets_is_refused(small_folder, tmp_path, capsys):
