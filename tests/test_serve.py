@@ -527,6 +527,31 @@ def test_hung_up_clients_free_the_worker(enc):
         api.close()
 
 
+def test_halt_stops_the_reply_being_generated_and_an_idle_worker(enc):
+    """Ctrl-C: serve.py waits (Worker.halt) for the worker to leave torch before it exits: the reply being generated
+    stops at its next token rather than running on to max_tokens, and an idle worker wakes and leaves at once."""
+    api = start(la_model(enc, delay=0.2), enc, name="la")  # 60 tokens: 12 s
+    try:
+        sock = socket.create_connection(api.server_address[:2])
+        sock.sendall(completion_request(max_tokens=60, stream=True))
+        read_until_text(sock)
+        t0 = time.monotonic()
+        api.worker.halt(timeout=30)
+        assert not api.worker.is_alive() and time.monotonic() - t0 < 5
+        (done,) = api.worker.recent
+        assert done["finish_reason"] == "cancelled" and done["completion_tokens"] < 60
+        sock.close()
+    finally:
+        api.close()
+    idle = start(tiny_model(enc), enc)
+    try:
+        t0 = time.monotonic()
+        idle.worker.halt(timeout=30)
+        assert not idle.worker.is_alive() and time.monotonic() - t0 < 5
+    finally:
+        idle.close()
+
+
 @pytest.mark.skipif(not hasattr(os, "sysconf") or os.sysconf("SC_OPEN_MAX") < 1200, reason="needs 1,200 open files")
 def test_a_connection_past_descriptor_1023_is_answered(api):
     """A server holding a thousand connections hands out descriptors past 1023, which select() refuses (FD_SETSIZE):
