@@ -60,6 +60,9 @@ def load_checkpoint(path, map_location="cpu"):
         # export.py's weights or config given for the model: torch reads a .safetensors file as a plain state dict,
         # and the error said "train one with train.py" to a user holding the model
         raise UserError(f"{path} is a file of the Hugging Face model folder {folder}: pass the folder itself")
+    if path.endswith(".safetensors"):  # torch.load reads it with safetensors: a state dict, or a damaged file's traceback
+        raise UserError(f"{path} is a safetensors file with no Hugging Face model folder around it (no {hf.CONFIG} "
+                        f"beside it): not a checkpoint; use a checkpoint written by train.py, or the model's folder")
     if os.path.isdir(path):
         raise UserError(f"{path} is a folder without {hf.CONFIG}: neither a checkpoint file nor a Hugging Face "
                         f"model folder{available_hint(path if find_checkpoints(path) else 'models')}")

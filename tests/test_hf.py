@@ -412,6 +412,13 @@ def test_a_file_of_a_model_folder_given_as_the_checkpoint_names_the_folder(small
     path = str(tmp_path / "loose" / "tokenizer.json")
     line = one_error_line(*run_cli(gen.main, [path, "--prompt", "x", "--max_tokens", "1", *CPU], capsys)[::2])
     assert line.startswith(f"error: {path} is not a checkpoint"), line
+    # weights away from their config.json: torch.load read them with safetensors, whose error was a traceback
+    shutil.copy(os.path.join(small_folder["folder"], "model.safetensors"), tmp_path / "loose")
+    (tmp_path / "loose" / "cut.safetensors").write_bytes(b"xx")
+    for name in ("model.safetensors", "cut.safetensors"):
+        path = str(tmp_path / "loose" / name)
+        line = one_error_line(*run_cli(gen.main, [path, "--prompt", "x", "--max_tokens", "1", *CPU], capsys)[::2])
+        assert line.startswith(f"error: {path} is a safetensors file with no Hugging Face model folder"), line
     # named from inside the folder (gen.py model.safetensors there): the same line, naming the current folder
     monkeypatch.chdir(small_folder["folder"])
     line = one_error_line(*run_cli(gen.main, ["model.safetensors", "--prompt", "x", "--max_tokens", "1", *CPU],
