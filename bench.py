@@ -38,7 +38,7 @@ import torch
 from common import (UserError, atomic_write_text, autocast, check_output, cpu_bf16_is_faster, cpu_has_bf16, cpu_info,
                     first_line, is_oom, pick_device, pick_dtype, nonempty, not_utf8, retain_freed_memory, run_main, DTYPES)
 from model import GPT, OPTIMIZERS, PRESETS, make_config
-from train import DEFAULTS as TRAIN_DEFAULTS, Forward
+from train import DEFAULTS as TRAIN_DEFAULTS, Forward, train_step
 
 SECTIONS = ("peak", "train", "gen", "ratio", "prepare")
 SHORT = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -168,25 +168,13 @@ def make_train_step(model, device, dtype, batch_size, compile=False, seed=0, opt
     opt = model.configure_optimizer(weight_decay=0.1, lr=1e-4, device_type=device.type, optimizer=optimizer, dtype=dtype)
     # train.py's: a compile that fails (at the first call, where it happens: no C++ compiler, say) warns and runs eager
     fwd = Forward(model, compile)
-    # fp16 needs loss scaling to train; include its cost so fp16 timings are honest
-    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+    # train.py's step itself: fp16's loss scaling (its cost in the fp16 timings), the gradient clipping train.py does
+    # by default (a pass over every gradient: 30 ms of small's 1.3 s CPU step), the optimizer step, zero_grad
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    micro = [(x, y, None, None)]
 
     def step():
-        with autocast(device, dtype):
-            _, loss = fwd(x, y)
-        if scaler is None:
-            loss.backward()
-        else:
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)  # clip the true gradients, as train.py
-        # train.py clips the gradient norm by default: a pass over every gradient (30 ms of small's 1.3 s CPU step)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), TRAIN_DEFAULTS["grad_clip"])
-        if scaler is None:
-            opt.step()
-        else:
-            scaler.step(opt)
-            scaler.update()
-        opt.zero_grad(set_to_none=True)
+        train_step(fwd, opt, scaler, micro, device, dtype, TRAIN_DEFAULTS["grad_clip"])
 
     return step, lambda: fwd.fn is not fwd.model
 
