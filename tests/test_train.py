@@ -1499,8 +1499,11 @@ def test_out_of_memory_saves_then_names_the_options(env, tmp_path, monkeypatch):
     assert load_checkpoint(str(tmp_path / "mini_epoch1.pt"))["step"] == 2  # the two good steps were kept
 
 
-def test_time_budget_ends_the_run_and_spans_the_schedule(env, tmp_path):
+def test_time_budget_ends_the_run_and_spans_the_schedule(env, tmp_path, monkeypatch):
     budget_min = 0.1  # 6 s: many epochs of the mini set, so the clock, not --epochs, ends the run
+    # evaluations follow the clock's slices alone here: spaced by their cost (tested below), one disk stall of ~1 s at
+    # the first save on a CI machine postponed the next for 4 s of the 6, and left 4 evaluations
+    monkeypatch.setattr(train, "EVAL_SPACING", 0)
     t0 = time.time()
     s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--time_budget", budget_min, "--lr", "1e-3",
                              "--warmup", "30%", "--output_checkpoint", str(tmp_path / "{dataset}.pt")))
