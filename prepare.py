@@ -69,10 +69,11 @@ from setup_tokenizer import (EOT, IM_END, IM_START, get_tokenizer, read_text_chu
                              trained_on, warn_short_vocabulary)
 
 FORMAT = 1   # layout of meta.json and the .bin files
-VERSION = 6  # bump when the same inputs would give other tokens or counts, so existing datasets rebuild
+VERSION = 7  # bump when the same inputs would give other tokens or counts, so existing datasets rebuild
             # (2: special tokens count no bytes of text; 4: val counted over a dataset's files together, byte-order
             # marks dropped, separators found after a long first document; 6: a message's "weight" 0 masks its
-            # reply, a one-document file over twice val's share of the text is cut by tokens)
+            # reply, a one-document file over twice val's share of the text is cut by tokens; 7: a conversation set's
+            # own validation split leaves out the conversations train has)
 DATASETS = ("story", "shakespeare", "dailydialog", "chat", "chitchat", "knowledge", "text")
 EVERYTHING = ("story", "shakespeare", "dailydialog", "chat", "knowledge", "chitchat")  # what a bare `python prepare.py` builds
 MIXABLE = ("dailydialog", "chat", "knowledge", "chitchat")  # the conversation sets, which --mix combines
@@ -1121,6 +1122,24 @@ def limited(docs, budget, role):
         yield doc
 
 
+def conversation_key(doc):
+    """What tells conversations apart: their roles and words, case and spacing ignored."""
+    return hash(tuple((m["role"], " ".join(m["content"].lower().split())) for m in doc))
+
+
+def seen_in_train(docs, seen, role):
+    """A conversation stream's documents, noting train's in seen and leaving out of a "val" stream those seen: DailyDialog's
+    validation file repeats 89 of its 1,000 dialogues from train (98 with case and spacing ignored), and a val loss
+    over dialogues the model was trained on reads better than the model is."""
+    for doc in docs:
+        key = conversation_key(doc) if doc_kind(doc) == "chat" else None  # (plain text among them: batches() refuses it)
+        if role != "val":
+            seen.add(key)
+        elif key in seen:
+            continue
+        yield doc
+
+
 def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, scratch="", pack=None):
     """Tokenize every stream into temporary train/val files (added to splits as soon as they exist, so the
     caller can remove them on failure; scratch tells apart the temporary files of several such calls);
@@ -1157,13 +1176,21 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
         counts, chars, _ = count_split_docs(streams, budget)
         ks = val_counts(counts, kind, val_fraction, label_of(streams), limit, chars)
     cut = False  # train ends with a book's head, cut from its tail by tokens
+    # conversations train has, when a source's own validation split follows (its streams come after train's); plain
+    # text is left as it is (TinyStories' 2.1M stories would be held in memory)
+    seen = set() if kind == "chat" and any(role == "val" for role, _, _ in streams) else None
     for i, role, label, docs in opened:
         out = splits["val" if role == "val" else "train"]
         if cut and role != "val":  # end it, or it runs into the next file's text as one document
             out.write(np.array([enc.eot_token], dtype), None, 0, 0)
             cut = False
         start, ends = out.tokens, array("q")  # document ends of this stream, for the val cut
-        for batch in batches(limited(docs, budget, role), kind, label):
+        if seen is None:
+            docs = limited(docs, budget, role)
+        else:  # train notes what it takes (within --limit); val's --limit counts what it keeps
+            docs = limited(seen_in_train(docs, seen, role), budget, role) if role == "val" else \
+                seen_in_train(limited(docs, budget, role), seen, role)
+        for batch in batches(docs, kind, label):
             ids, mask, batch_ends = encode_batch(enc, batch, kind, dtype)
             if role == "split":
                 ends.extend(out.tokens + e for e in batch_ends)
@@ -1571,7 +1598,8 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
             "vocab_size": enc.n_vocab, "eot_token": enc.eot_token, "dtype": splits["train"].dtype.name,
             "has_mask": has_mask, "source": plan["description"],
             "val_split": "each dataset's own validation split, unweighted" if mixed else
-                         "the source's own validation split" if "val" in roles else
+                         "the source's own validation split" + (", less the conversations train has" if kind == "chat" else "")
+                         if "val" in roles else
                          f"the last {val_fraction:g} of the documents, counted over the sources together (of a single document's tokens)"
                          + ("; train-only extra files excluded" if "train" in roles else ""),
             "limit": limit, "pack": block, "fingerprint": text_fp if kind == "text" and text_fp else fp,

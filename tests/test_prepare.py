@@ -1529,6 +1529,33 @@ def test_mirror_dailydialog(tmp_path, enc):
     assert all(s.endswith(IM_END) for s in masked_spans(enc, ids, mask))
 
 
+def test_a_chat_sets_own_val_split_leaves_out_the_conversations_train_has(tmp_path, monkeypatch, enc):
+    # DailyDialog's validation file repeats 89 of its 1,000 dialogues from train: its val loss was partly on
+    # dialogues the model had trained on
+    fake_mirror(tmp_path / "mirror")
+    val = tmp_path / "mirror" / "dailydialog" / "dialogues_validation.txt"
+    val.write_text(val.read_text() + "dd7 hello there __eou__ dd7 reply ok ok __eou__\n"  # train's 8th, word for word
+                   "DD9  Hello there __eou__ dd9 reply ok ok ok ok __eou__\n"  # train's 10th, other case and spacing
+                   "dd59 hello there __eou__ dd59 reply ok ok ok ok __eou__\n")  # train's 60th, beyond --limit 50
+    monkeypatch.setenv("DATA_MIRROR", str(tmp_path / "mirror"))
+    for limit, kept in ((None, 6), (50, 6 + 1)):
+        meta = prepare.prepare("dailydialog", out_dir=str(tmp_path / "data"), name=f"dd{limit}", limit=limit,
+                               val_fraction=0.5)  # --limit 50 takes 25 val dialogues: all there are
+        ids, _ = load(tmp_path / "data" / f"dd{limit}", "val", meta)
+        text = enc.decode(ids.tolist())
+        assert meta["splits"]["val"]["documents"] == kept and text.count("ddval") == 12
+        assert "dd7 " not in text and "dd9 " not in text.lower() and ("dd59 " in text) == (limit == 50)
+        assert "less the conversations train has" in meta["val_split"]
+    # the hub's validation split too
+    monkeypatch.setenv("DATA_MIRROR", str(tmp_path / "no-mirror"))
+    rows = {"train": [{"dialog": ["Hi , there !", "Hello ."]}, {"dialog": ["Why ?", "Because ."]}],
+            "validation": [{"dialog": ["Why ?", "Because ."]}, {"dialog": ["Who ?", "Me ."]}]}
+    monkeypatch.setattr(prepare, "load_hub", lambda path, config, split, streaming=False: rows[split])
+    meta = prepare.prepare("dailydialog", out_dir=str(tmp_path / "data"), name="hub")
+    ids, _ = load(tmp_path / "data" / "hub", "val", meta)
+    assert meta["splits"]["val"]["documents"] == 1 and "Who?" in enc.decode(ids.tolist())
+
+
 @needs_mirror
 def test_mirror_shakespeare_byte_level(tmp_path):
     # --vocab_size 259: the 256 bytes and the special tokens, no merges; on ASCII text a token is a character,
