@@ -73,7 +73,7 @@ VERSION = 7  # bump when the same inputs would give other tokens or counts, so e
             # (2: special tokens count no bytes of text; 4: val counted over a dataset's files together, byte-order
             # marks dropped, separators found after a long first document; 6: a message's "weight" 0 masks its
             # reply, a one-document file over twice val's share of the text is cut by tokens; 7: a conversation set's
-            # own validation split leaves out the conversations train has)
+            # own validation split leaves out the conversations train has, an empty reply is not trained on)
 DATASETS = ("story", "shakespeare", "dailydialog", "chat", "chitchat", "knowledge", "text")
 EVERYTHING = ("story", "shakespeare", "dailydialog", "chat", "knowledge", "chitchat")  # what a bare `python prepare.py` builds
 MIXABLE = ("dailydialog", "chat", "knowledge", "chitchat")  # the conversation sets, which --mix combines
@@ -381,6 +381,10 @@ def record_doc(record, where, dataset=None):
             raise UserError(f"{where}: message content must be text, got {type(m['content']).__name__}")
         if "weight" in m and (isinstance(m["weight"], bool) or m["weight"] not in (0, 1)):
             raise UserError(f"{where}: a message's weight must be 0 (not trained on) or 1, got {m['weight']!r}")
+        if m["role"] == "assistant" and not m["content"].strip():
+            # an empty reply among others (a ShareGPT scrape that failed, a null answer exported as "") stays, out of the
+            # loss: trained on, it taught the model to close its turn at once, answering a question with nothing
+            m["weight"] = 0
     replies = [m["content"] for m in messages if trained_on(m)]
     # replies all empty (Alpaca's output "") or weighted 0: it would train empty answers, or nothing, as an empty
     # text record would

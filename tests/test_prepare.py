@@ -1624,6 +1624,23 @@ def test_a_records_system_field_becomes_the_system_message():
                                                    {"role": "assistant", "content": "Hello"}]
 
 
+def test_an_empty_reply_among_others_is_not_trained_on(tmp_path, enc):
+    # its mask was on the <|im_end|> right after "assistant\n": the model learnt to answer some questions with nothing
+    records = [{"messages": [{"role": "user", "content": f"Q{i}"}, {"role": "assistant", "content": " " * (i % 2)},
+                             {"role": "user", "content": f"Again {i}?"}, {"role": "assistant", "content": f"A{i}."}]}
+               for i in range(4)]
+    records += [{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": ""},
+                                   {"from": "human", "value": "Hi?"}, {"from": "gpt", "value": "Hello."}]}]
+    meta = prepare.prepare("chat", source=write(tmp_path / "c.jsonl", "\n".join(map(json.dumps, records))),
+                           out_dir=str(tmp_path / "data"), pack=0)
+    spans = []
+    for split in ("train", "val"):
+        ids, mask = load(tmp_path / "data" / "chat", split, meta)
+        spans += masked_spans(enc, ids, mask)
+        assert enc.decode(ids.tolist()).count("<|im_start|>assistant\n") == 2 * meta["splits"][split]["documents"]
+    assert spans == [f"A{i}." + IM_END for i in range(4)] + ["Hello." + IM_END]
+
+
 def test_a_conversation_that_exactly_fills_the_open_block_goes_in_it(tmp_path, enc):
     out = prepare.Split(str(tmp_path), "train", np.uint16, True)
     packer = prepare.Packer(out, 16, enc, prepare.token_bytes(enc))
