@@ -73,7 +73,8 @@ VERSION = 7  # bump when the same inputs would give other tokens or counts, so e
             # (2: special tokens count no bytes of text; 4: val counted over a dataset's files together, byte-order
             # marks dropped, separators found after a long first document; 6: a message's "weight" 0 masks its
             # reply, a one-document file over twice val's share of the text is cut by tokens; 7: a conversation set's
-            # own validation split leaves out the conversations train has, an empty reply is not trained on)
+            # own validation split leaves out the conversations train has, an empty reply is not trained on, a
+            # ShareGPT turn's "weight" counts as a `messages` turn's does)
 DATASETS = ("story", "shakespeare", "dailydialog", "chat", "chitchat", "knowledge", "text")
 EVERYTHING = ("story", "shakespeare", "dailydialog", "chat", "knowledge", "chitchat")  # what a bare `python prepare.py` builds
 MIXABLE = ("dailydialog", "chat", "knowledge", "chitchat")  # the conversation sets, which --mix combines
@@ -312,20 +313,29 @@ SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "chatgpt"
                   "developer": "system"}  # OpenAI's newer name for the system message, as serve.py reads it
 
 
-def turns_of(record, field, role, content, where):
-    """record[field], a list of turns that are {role: ..., content: ...} objects; else a UserError showing one (it was
-    Python's words: "string indices must be integers", "KeyError: 'content'")."""
+def turns_of(record, field, where):
+    """record[field], a list of turns, each OpenAI's {role, content} or ShareGPT's {from, value} whatever the field's name
+    (unsloth's standardize_sharegpt writes `conversations` of role/content, LLaMA-Factory reads `messages` of
+    from/value: they were refused), as [{role, content}]; else a UserError showing a turn (it was Python's words:
+    "string indices must be integers", "KeyError: 'content'")."""
+    spellings = (("from", "value"), ("role", "content")) if field == "conversations" else (("role", "content"), ("from", "value"))
+
+    def spelling(m):
+        return next(((r, c) for r, c in spellings if isinstance(m.get(r), str) and c in m), None)
     turns = record[field]
-    if not isinstance(turns, list) or not all(isinstance(m, dict) and isinstance(m.get(role), str) and content in m
-                                              for m in turns):
-        raise UserError(f"{where}: `{field}` must be a list of turns like {{\"{role}\": \"user\", \"{content}\": "
-                        f"\"Hi!\"}}")
-    return turns
+    if not isinstance(turns, list) or not all(isinstance(m, dict) and spelling(m) for m in turns):
+        (r, c), (r2, c2) = spellings
+        raise UserError(f"{where}: `{field}` must be a list of turns like {{\"{r}\": \"user\", \"{c}\": \"Hi!\"}} "
+                        f"or {{\"{r2}\": \"user\", \"{c2}\": \"Hi!\"}}")
+    # a "weight" is OpenAI's fine-tuning format's: 0 leaves an assistant reply out of the loss (render_chat)
+    return [{"role": SHAREGPT_ROLES.get(m[r], m[r]), "content": m[c]}
+            | ({"weight": m["weight"]} if m.get("weight") is not None else {})
+            for m, (r, c) in ((m, spelling(m)) for m in turns)]
 
 
 def record_doc(record, where, dataset=None):
     """One record -> a document: conversations as `messages` [{role, content}], ShareGPT
-    `conversations` [{from, value}], Alpaca instruction/input/output, question/answer or a
+    `conversations` [{from, value}] (either turn spelling under either name), Alpaca instruction/input/output, question/answer or a
     `dialog` list of turns; a `text` field (or a bare string) is a plain document."""
     if isinstance(record, str):
         return (record.strip(), True) if record.strip() else None
@@ -336,13 +346,9 @@ def record_doc(record, where, dataset=None):
     has = {k for k, v in record.items() if v is not None}
     try:
         if "messages" in has:  # ShareGPT's role names are taken here too, as the error for an unknown role says
-            # a "weight" is OpenAI's fine-tuning format's: 0 leaves an assistant reply out of the loss (render_chat)
-            messages = [{"role": SHAREGPT_ROLES.get(m["role"], m["role"]), "content": m["content"]}
-                        | ({"weight": m["weight"]} if m.get("weight") is not None else {})
-                        for m in turns_of(record, "messages", "role", "content", where)]
+            messages = turns_of(record, "messages", where)
         elif "conversations" in has:
-            messages = [{"role": SHAREGPT_ROLES.get(m["from"], m["from"]), "content": m["value"]}
-                        for m in turns_of(record, "conversations", "from", "value", where)]
+            messages = turns_of(record, "conversations", where)
         elif "instruction" in has and "output" in has:
             for field in ("instruction", "input"):  # else a TypeError's words, or the input's repr() trained
                 if record.get(field) and not isinstance(record[field], str):

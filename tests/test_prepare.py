@@ -704,6 +704,12 @@ FORMATS = {  # name: (file name, file text, expected conversations)
     # context, not trained on (its mask 0); a conversation whose every reply is weighted 0 trains nothing: left out
     "openai-weights": ("w.jsonl", "\n".join(json.dumps({"messages": c}) for c in OPENAI_WEIGHTED), [
         [dict(m, role="system") if m["role"] == "developer" else m for m in c] for c in OPENAI_WEIGHTED[:-1]]),
+    # either turn spelling under either name: unsloth's standardize_sharegpt writes `conversations` of role/content,
+    # LLaMA-Factory reads `messages` of from/value (both were refused)
+    "conversations-role-content": ("cr.jsonl", "\n".join(json.dumps({"conversations": c}) for c in CONVERSATIONS),
+                                   CONVERSATIONS),
+    "messages-from-value": ("mf.json", json.dumps([{"messages": sharegpt(c)["conversations"]} for c in CONVERSATIONS]),
+                            CONVERSATIONS),
     "alpaca": ("a.json", json.dumps(ALPACA, indent=1), [alpaca_conv(r) for r in ALPACA]),
     # a record with no answer (two in the mirror's alpaca_5000.json) is left out: it trained the model to say nothing
     "alpaca-empty-outputs": ("e.json", json.dumps(ALPACA[:4] + [dict(ALPACA[4], output="")] + ALPACA[5:8] +
