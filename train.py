@@ -197,7 +197,8 @@ def parse_args(argv=None):
                                                        f"--time_budget), 0 = only at epoch ends or the end of the "
                                                        f"budget (default: {d['save_interval']:g})")
     g.add_argument("--eval_batches", type=int, help=f"at most this many val batches per evaluation, spread over the "
-                                                    f"split (default: {d['eval_batches']})")
+                                                    f"split; under torchrun on each rank, so that an evaluation "
+                                                    f"takes the same time (default: {d['eval_batches']})")
     g.add_argument("--patience", type=int, help="stop early after this many evaluations without a better val loss, "
                                                 "0 = never (default: 0)")
     g = p.add_argument_group("system")
