@@ -197,8 +197,9 @@ def parse_args(argv=None):
                                                        f"--time_budget), 0 = only at epoch ends or the end of the "
                                                        f"budget (default: {d['save_interval']:g})")
     g.add_argument("--eval_batches", type=int, help=f"at most this many val batches per evaluation, spread over the "
-                                                    f"split; under torchrun on each rank, so that an evaluation "
-                                                    f"takes the same time (default: {d['eval_batches']})")
+                                                    f"split, under torchrun on each rank (default: "
+                                                    f"{d['eval_batches']}; left out when continuing: the val windows "
+                                                    f"the run evaluated, whatever its batches and ranks now)")
     g.add_argument("--patience", type=int, help="stop early after this many evaluations without a better val loss, "
                                                 "0 = never (default: 0)")
     g = p.add_argument_group("system")
@@ -734,15 +735,15 @@ def eval_indices(n_windows, n_max):
 
 
 @torch.no_grad()
-def evaluate(model, windows, batch_size, max_batches, device, dtype, fwd=None, dist=None):
+def evaluate(model, windows, batch_size, max_batches, device, dtype, fwd=None, dist=None, n_windows=None):
     """Mean loss per counted target token (mask != 0 on chat data) over up to max_batches batches of the split.
     Under torchrun the ranks share max_batches * world batches, each taking every world-th window, and the sums are
-    all-reduced."""
+    all-reduced. n_windows: at most that many windows, all ranks together, instead (in batches of batch_size)."""
     fwd = fwd or model
     was_training = model.training
     model.eval()
     world = dist.world if dist else 1
-    idx = eval_indices(len(windows), max_batches * batch_size * world)  # max_batches of batch_size on each rank
+    idx = eval_indices(len(windows), n_windows or max_batches * batch_size * world)  # max_batches of batch_size a rank
     if world > 1:
         idx = idx[dist.rank::world]
     # a split of fewer windows than a batch makes one batch of them, not a batch padded to batch_size (eval.py
@@ -1216,6 +1217,7 @@ def run_training(args, held):
         args.model = default_preset(device)
     config = model_config(args, meta, ckpt)
     warmup_given, batch_given = args.warmup is not None, args.batch_size is not None
+    eval_given = args.eval_batches is not None
     check_recorded_options(args.checkpoint, ckpt_args, continuing)
     args = resolve_args(args, ckpt_args, continuing, config, fine_tuning=ckpt is not None and not continuing)
 
@@ -1312,6 +1314,8 @@ def run_training(args, held):
                       rank=dist.rank, world=dist.world)
     spe = batches.steps_per_epoch
     total_steps = args.epochs * spe
+    eval_windows = args.eval_batches * args.batch_size * dist.world  # val windows an evaluation takes (a continued run
+    # keeps its run's: below)
     budget = args.time_budget * 60 if args.time_budget else None  # seconds
     budget_warmup = None  # with a budget: the share of it that warms up
     if budget:
@@ -1352,6 +1356,15 @@ def run_training(args, held):
         was_windows = max(1, Windows.count(was_tokens, was_T)) if is_count(was_tokens) else len(train_w)
         was_batch = min(ckpt_args.get("batch_size", 0), math.ceil(was_windows / was_world))
         was = was_batch * ckpt_args.get("grad_accum", 1) * was_world
+        # evaluations take the val windows the run took, whatever the batches: continued in other ones (--batch_size 8
+        # --grad_accum 2 for 16, as the out-of-memory error advises, or on other ranks) they took eval_batches of the
+        # new size, another subset of the split, whose loss the best file and --patience compared with the run's
+        # earlier ones. (Checkpoints from before eval_windows: what their options made.)
+        was_eval = ckpt.get("eval_windows")
+        if not is_count(was_eval) and is_count(ckpt_args.get("eval_batches")) and is_count(was_batch):
+            was_eval = ckpt_args["eval_batches"] * was_batch * was_world
+        if not eval_given and is_count(was_eval):
+            eval_windows = was_eval
         if (new_order or was != batches.windows_per_step) and not budget:
             # epochs of another length, or another global batch (other ranks or batch options): the lr schedule counts
             # steps of the new size, so place the run where the windows done so far put it, and its inherited warmup
@@ -1463,6 +1476,7 @@ def run_training(args, held):
                             dataset=dataset, run=run_id, epoch=p.epoch,
                             epoch_step=batches.steps_done(p.windows),
                             epoch_windows=p.windows, step=p.step, tokens=p.tokens, rng=rng_state(),
+                            eval_windows=eval_windows,
                             args=dict(vars(args), world_size=dist.world),
                             best_val_loss=p.best_val_loss, evals_since_best=p.evals_since_best, val_loss=last_val,
                             elapsed=p.elapsed + time.time() - t_run,
@@ -1641,7 +1655,7 @@ def run_training(args, held):
                                     f"{tps:,.0f} tokens/s, epoch ends in {fmt_time(left)}")
                             if due_eval:
                                 last_val = evaluate(model, val_w, args.batch_size, args.eval_batches, device, dtype,
-                                                    fwd, dist)
+                                                    fwd, dist, n_windows=eval_windows)
                                 if not math.isfinite(last_val):  # this step's update broke the weights (its loss was
                                     # finite): not a record (NaN is no JSON) nor a checkpoint, as a nan training loss
                                     raise UserError(f"the val loss became {last_val} at step {p.step}: {diverged()}")

@@ -345,6 +345,33 @@ def test_another_global_batch_carries_the_warmup_and_the_history_over(env, tmp_p
     assert load_checkpoint(r["checkpoint"])["args"]["warmup"] == 8
 
 
+
+def test_a_run_continued_in_smaller_batches_evaluates_the_same_val_windows(env, tmp_path):
+    """Continued with --batch_size 4 --grad_accum 2 for 8 (what the out-of-memory error advises), a run trains the same
+    steps; its evaluations must take the same val windows too, or its val loss measures another subset of the split
+    than the best file's and --patience's earlier ones (a subset of eval_batches x 4 windows instead of x 8)."""
+    common = ["--dataset", "story", "--optimizer", "adamw", "--eval_interval", "0.1", "--eval_batches", "2"]
+    whole = train.train(args_for(env, tmp_path / "whole", *common, "--batch_size", "8", "--max_steps", "4"))
+    part = train.train(args_for(env, tmp_path / "part", *common, "--batch_size", "8", "--max_steps", "2"))
+    val = train.Windows(train.load_meta(env["data"], "story"), "val", 64)
+    assert len(val) > 2 * 8  # the evaluations take a subset of the split
+    args = args_for(env, tmp_path / "part", "--checkpoint", part["checkpoint"], "--batch_size", "4", "--grad_accum", "2",
+                    "--max_steps", "2", fresh=False)
+    rest = train.train(args)
+    a, b = load_checkpoint(whole["checkpoint"])["model"], load_checkpoint(rest["checkpoint"])["model"]
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-6, msg=k)
+    want = [r["val_loss"] for r in read_metrics(whole["metrics"]) if r["val_loss"] is not None]
+    got = [r["val_loss"] for r in read_metrics(rest["metrics"]) if r["val_loss"] is not None]
+    assert len(got) == len(want) == 4
+    assert got == pytest.approx(want, abs=1e-4)
+    # and on from there, in the batches of the continued run: still the run's windows
+    again = train.train(args_for(env, tmp_path / "part", "--checkpoint", rest["checkpoint"], "--max_steps", "1",
+                                 fresh=False))
+    model, _, _ = load_model(again["checkpoint"])
+    loss = train.evaluate(model, val, 8, 2, torch.device("cpu"), torch.float32)
+    assert read_metrics(again["metrics"])[-1]["val_loss"] == pytest.approx(loss, abs=1e-4)
+    assert load_checkpoint(again["checkpoint"])["args"]["batch_size"] == 4
 def test_a_finished_budget_is_not_continued_by_a_step(env, tmp_path):
     """Continuing a run whose --time_budget ran out trained one more step each time; it now says what to pass."""
     out = str(tmp_path / "{dataset}.pt")
