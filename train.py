@@ -1365,6 +1365,19 @@ def run_training(args, held):
             was_eval = ckpt_args["eval_batches"] * was_batch * was_world
         if not eval_given and is_count(was_eval):
             eval_windows = was_eval
+        # a val loss over windows of another length, or over another val split (the data prepared again), does not
+        # compare with the checkpoint's best: held against it, a shorter context (which alone raises the loss) made no
+        # evaluation a best again and --patience stopped the run however it learned. The next evaluation starts a bar.
+        was_val = ckpt.get("data", {}).get("val_tokens")
+        now_val = meta.get("splits", {}).get("val", {}).get("tokens")
+        other_T = is_count(ckpt_args.get("block_size")) and ckpt_args["block_size"] != args.block_size
+        other_val = is_count(was_val) and is_count(now_val) and was_val != now_val
+        if p.best_val_loss is not None and (other_T or other_val):
+            warn(f"the checkpoint's best val loss {p.best_val_loss:.4f} was measured "
+                 + (f"in windows of {ckpt_args['block_size']} tokens, not {args.block_size}" if other_T
+                    else "on another val split") + f": no bar to this run's, whose next evaluation makes a new best "
+                 f"file ({os.path.basename(best_path)})")
+            p.best_val_loss, p.evals_since_best = None, 0
         if (new_order or was != batches.windows_per_step) and not budget:
             # epochs of another length, or another global batch (other ranks or batch options): the lr schedule counts
             # steps of the new size, so place the run where the windows done so far put it, and its inherited warmup

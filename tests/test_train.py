@@ -372,6 +372,28 @@ def test_a_run_continued_in_smaller_batches_evaluates_the_same_val_windows(env, 
     loss = train.evaluate(model, val, 8, 2, torch.device("cpu"), torch.float32)
     assert read_metrics(again["metrics"])[-1]["val_loss"] == pytest.approx(loss, abs=1e-4)
     assert load_checkpoint(again["checkpoint"])["args"]["batch_size"] == 4
+
+
+def test_a_run_continued_in_windows_of_another_length_sets_a_new_best_bar(env, tmp_path, capsys):
+    """A val loss over windows of 32 tokens does not compare with the checkpoint's best over windows of 64 (a shorter
+    context alone raises it): held against that bar, no evaluation was a best again and --patience stopped the run
+    however it learned. Here the bar is made unreachable (0.1): in windows of 64 it holds, in windows of 32 the first
+    evaluation starts a new one."""
+    first = train.train(args_for(env, tmp_path, "--dataset", "mini", "--max_steps", "2", "--eval_interval", "0.1",
+                                 "--patience", "1"))
+    ck = load_checkpoint(first["checkpoint"])
+    assert ck["args"]["block_size"] == 64 and ck["best_val_loss"] is not None
+    ck["best_val_loss"], ck["evals_since_best"] = 0.1, 0
+    torch.save(ck, first["checkpoint"])
+    common = ["--checkpoint", first["checkpoint"], "--max_steps", "1", "--overwrite"]
+    same = train.train(args_for(env, tmp_path / "same", *common, fresh=False))
+    assert same["best_val_loss"] == 0.1 and same["stopped"] == "early stop"  # its windows: the bar holds
+    capsys.readouterr()
+    r = train.train(args_for(env, tmp_path / "short", *common, "--block_size", "32", fresh=False))
+    assert "windows of 64 tokens" in capsys.readouterr().err
+    recs = [rec for rec in read_metrics(r["metrics"]) if rec["val_loss"] is not None]
+    assert recs[-1]["best"] and r["best_val_loss"] == pytest.approx(recs[-1]["val_loss"], abs=1e-5)
+    assert r["stopped"] == "max_steps" and load_checkpoint(r["checkpoint"])["evals_since_best"] == 0
 def test_a_finished_budget_is_not_continued_by_a_step(env, tmp_path):
     """Continuing a run whose --time_budget ran out trained one more step each time; it now says what to pass."""
     out = str(tmp_path / "{dataset}.pt")
