@@ -23,6 +23,7 @@ gen.py, eval.py and train.py --init_from take one where they take a checkpoint.
 """
 import base64
 import dataclasses
+import errno
 import json
 import math
 import os
@@ -577,9 +578,17 @@ def export_folder(model, enc, out_dir, dtype=torch.float32):
         for name in os.listdir(tmp):
             with open(os.path.join(tmp, name), "rb+") as f:
                 os.fsync(f.fileno())
-        if os.path.isdir(out_dir):
-            os.rmdir(out_dir)  # empty, checked above
-        os.rename(tmp, out_dir)
+        try:
+            if os.path.isdir(out_dir):
+                os.rmdir(out_dir)  # empty, checked above
+            os.rename(tmp, out_dir)
+        except OSError as e:
+            # another export to the same OUT_DIR, started together, renamed its folder into place while this one was
+            # written: ENOTEMPTY (EEXIST on some systems) was a traceback. Its folder stays; this one is removed below
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            raise UserError(f"{out_dir} already exists and is a folder that is not empty (written while this export "
+                            f"ran: another export to it?): choose a new OUT_DIR or remove it first") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     # what a killed export to the same place left (SIGKILL: no finally runs)

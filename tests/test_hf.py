@@ -664,3 +664,20 @@ def test_a_merge_bpe_would_not_reach_is_refused(small_folder, custom_enc, tmp_pa
     folder = broken(small_folder, tmp_path, change)
     line = one_error_line(*run_cli(gen.main, [folder, "--prompt", "x", "--max_tokens", "1", *CPU], capsys)[::2])
     assert "is not the one BPE reaches on its token's bytes" in line, line
+
+
+def test_an_export_that_another_one_beat_to_out_dir_is_one_line(small_folder, tmp_path, capsys, monkeypatch):
+    """Two exports to one new OUT_DIR, started together: both found it free, the first renamed its folder into place,
+    and the second's rename (or rmdir) failed with ENOTEMPTY, in a traceback. The first's export stays whole."""
+    out = tmp_path / "hf"
+    real_fsync = os.fsync
+
+    def other_export_lands(fd):  # while this export is written: the other one renames its folder into place
+        if not out.exists():
+            out.mkdir()
+            (out / "config.json").write_text("{}")
+        real_fsync(fd)
+    monkeypatch.setattr(os, "fsync", other_export_lands)
+    line = one_error_line(*run_cli(export.main, [small_folder["ckpt"], str(out)], capsys)[::2])
+    assert line.startswith(f"error: {out} already exists and is a folder that is not empty") and "OUT_DIR" in line, line
+    assert os.listdir(out) == ["config.json"] and os.listdir(tmp_path) == ["hf"]  # the other's kept; no temporary left
