@@ -40,6 +40,9 @@ records what each source contributed.
 Sources, first found wins: --source files (.txt, .jsonl, .json, .parquet), the local mirror
 in $DATA_MIRROR (see its README.md), then the Hugging Face hub.
 """
+import common  # first (it is light): Ctrl-C while numpy and tiktoken load then ends in one line, not a traceback
+common.quiet_ctrl_c(__name__)
+
 import argparse
 import bisect
 import collections

@@ -11,6 +11,9 @@ token, tiktoken's own format) and is used wherever a script takes --tokenizer.
 Its special tokens follow the byte-level vocabulary in the same order as GPT-2's:
 <|endoftext|>, <|im_start|>, <|im_end|>.
 """
+import common  # first (it is light): Ctrl-C while tiktoken loads then ends in one line, not a traceback
+common.quiet_ctrl_c(__name__)
+
 import argparse
 import base64
 import codecs

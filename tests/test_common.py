@@ -409,3 +409,16 @@ def test_ignored_ctrl_c_stays_ignored():
         assert common.run_main(lambda: signal.getsignal(signal.SIGINT)) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@pytest.mark.parametrize("script, module", [("prepare.py", "numpy"), ("setup_tokenizer.py", "tiktoken")])
+def test_ctrl_c_while_numpy_or_tiktoken_loads_is_one_line(script, module, tmp_path):
+    """The scripts without torch spend a fifth of a second importing numpy and tiktoken: Ctrl-C then was a traceback
+    from inside the import too."""
+    fake = tmp_path / module
+    fake.mkdir()
+    (fake / "__init__.py").write_text("import os, signal, time\nos.kill(os.getpid(), signal.SIGINT)\ntime.sleep(60)\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, os.path.join(root, script), "--help"], capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=str(tmp_path)), timeout=60)
+    assert (r.returncode, r.stdout, r.stderr) == (130, "", "\ninterrupted\n")
