@@ -1261,9 +1261,9 @@ def run_training(args, held):
     if dist.main:  # the files are rank 0's to write
         try:
             # (not over a dataset's files, which check_output refuses: --overwrite, which its refusal suggested, made
-            # val.bin a checkpoint)
+            # val.bin a checkpoint). The default's message names the option too: it is how to write elsewhere
             check_output(out_pattern.replace("{dataset}", dataset).replace("{epoch}", "1"),
-                         "--output_checkpoint" if given else "the checkpoint folder", checkpoint=True)
+                         "--output_checkpoint" if given else "--output_checkpoint (default)", checkpoint=True)
             held.enter_context(run_lock(out_dir, dataset))
             # --reset_epoch numbers epochs from 1 again: its files would land on the run's own
             if not continuing or args.reset_epoch:

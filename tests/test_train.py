@@ -1580,6 +1580,18 @@ def test_out_of_memory_saves_then_names_the_options(env, tmp_path, monkeypatch):
     assert load_checkpoint(str(tmp_path / "mini_epoch1.pt"))["step"] == 2  # the two good steps were kept
 
 
+def test_an_unwritable_default_output_names_the_option(env, tmp_path, monkeypatch):
+    # models/ unwritable (here a file in its place): the message said "the checkpoint folder models/mini_epoch1.pt",
+    # a file's path, and not how to write elsewhere
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").write_text("not a folder")
+    a = train.parse_args(["--data_dir", env["data"], "--dataset", "mini", "--device", "cpu", "--max_steps", "1",
+                          "--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size", "64"])
+    with pytest.raises(UserError, match=r"^--output_checkpoint \(default\) models/mini_epoch1\.pt: a part of the path is a file"):
+        train.train(a)
+    assert (tmp_path / "models").read_text() == "not a folder"
+
+
 def test_time_budget_ends_the_run_and_spans_the_schedule(env, tmp_path, monkeypatch):
     budget_min = 0.1  # 6 s: 1/8-s steps and 1/4-s evaluations fit 3 epochs of the mini set; the clock ends the run
     # on the real clock a loaded CI machine fitted 10 steps (one epoch) in the 6 s, and its last ones came too early
