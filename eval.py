@@ -36,7 +36,8 @@ import numpy as np
 from checkpoint import load_checkpoint, load_model
 from common import (UserError, atomic_write_text, check_output, nonempty, pick_device, pick_dtype, retain_freed_memory,
                     run_main, seeded_generator)
-from gen import CHAT_STOPS, chat_reply, default_checkpoint, positive_int, probability, read_prompt_file, temperature
+from gen import (CHAT_STOPS, chat_reply, default_checkpoint, positive_int, probability, read_prompt_file, temperature,
+                 top_k_arg)
 from prepare import document_ends
 from setup_tokenizer import IM_END, parse_chat
 from train import (Windows, bits_per_byte, checkpoint_data, default_data_dir, eval_indices, evaluate, load_meta,
@@ -172,7 +173,7 @@ def format_table(result):
     lines = [f"{r['checkpoint']}: {r['model'] or 'model'} {r['variant']} ({r['n_layer']} layers x {r['n_embd']}, "
              f"{r['params'] / 1e6:.1f}M parameters){trained}; tokenizer {r['tokenizer']}",
              f"{r['split']} split in windows of {r['block_size']} tokens; replies: at most {s['max_tokens']} new tokens, "
-             f"temp {s['temperature']:g}, top_k {s['top_k']}" + (f", top_p {s['top_p']:g}" if s["top_p"] else "")
+             f"temp {s['temperature']:g}, top_k {s['top_k'] or 'off'}" + (f", top_p {s['top_p']:g}" if s["top_p"] else "")
              + f", seed {s['seed']}", ""]
 
     def cell(value, fmt):
@@ -216,7 +217,8 @@ def parse_args(argv=None):
                                                      "or JSON lines with a \"prompt\" field) instead")
     p.add_argument("--max_tokens", type=positive_int, default=128, help="new tokens a reply may take (default 128)")
     p.add_argument("--temp", type=temperature, default=0.8, help="sampling temperature, 0 = greedy (default 0.8)")
-    p.add_argument("--top_k", type=positive_int, default=200, help="sample among the k most likely tokens (default 200)")
+    p.add_argument("--top_k", type=top_k_arg, default=200, help="sample among the k most likely tokens, 0 = no limit "
+                                                                 "(default 200)")
     p.add_argument("--top_p", type=probability, help="nucleus sampling, in (0, 1]")
     p.add_argument("--seed", type=int, default=1337, help="seed of the sampled replies (default 1337)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")

@@ -327,6 +327,14 @@ def positive_int(s):
     return v
 
 
+def top_k_arg(s):
+    """--top_k: a count >= 1, or 0 for no limit (None), as a request's top_k of 0 means in serve.py's API."""
+    v = int(s)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 1, or 0 for no limit, got {v}")
+    return v or None
+
+
 def temperature(s):
     v = float(s)
     if not 0 <= v < float("inf"):  # also rejects nan; inf was written into serve.py's and eval.py's JSON, which no
@@ -362,7 +370,8 @@ def parse_args(argv=None):
                    help="slide the context window and ignore <|endoftext|>: generate until --max_tokens (default: no limit) or Ctrl-C")
     p.add_argument("--seed", type=int, help="random seed; the same seed gives the same text (default: random, shown by --verbose)")
     p.add_argument("--temp", type=temperature, default=0.8, help="sampling temperature, 0 = greedy (default 0.8)")
-    p.add_argument("--top_k", type=positive_int, default=200, help="sample among the k most likely tokens (default 200)")
+    p.add_argument("--top_k", type=top_k_arg, default=200, help="sample among the k most likely tokens, 0 = no limit "
+                                                                 "(default 200)")
     p.add_argument("--top_p", type=probability, default=None, help="nucleus sampling: the smallest set of tokens with this total probability, in (0, 1], "
                                                                      "taken among the --top_k (as Hugging Face does)")
     p.add_argument("--repetition_penalty", type=penalty, default=1.0, help="> 1 discourages tokens already in the context (default 1 = off)")

@@ -49,7 +49,7 @@ import torch
 from checkpoint import load_model
 from common import UserError, nonempty, pick_device, pick_dtype, retain_freed_memory, run_main, seeded_generator
 from gen import (CHAT_STOPS, default_checkpoint, encode_prompt, fit_history, positive_int, probability, reserve_for,
-                 stop_ids, stream_completion, temperature)
+                 stop_ids, stream_completion, temperature, top_k_arg)
 from setup_tokenizer import EOT, render_chat
 
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "chat.html")
@@ -744,7 +744,8 @@ def parse_args(argv=None):
                                                         "0.0.0.0 for every network, with no authentication)")
     p.add_argument("--port", type=port, default=8000, help="port, 0-65535 (default 8000; 0 picks any free one)")
     p.add_argument("--temp", type=temperature, default=0.8, help="temperature when a request gives none (default 0.8)")
-    p.add_argument("--top_k", type=positive_int, default=200, help="top_k when a request gives none (default 200)")
+    p.add_argument("--top_k", type=top_k_arg, default=200, help="top_k when a request gives none, 0 = no limit "
+                                                                 "(default 200)")
     p.add_argument("--top_p", type=probability, default=None, help="top_p when a request gives none (default: off)")
     p.add_argument("--max_tokens", type=positive_int, default=256,
                    help="new tokens when a request gives no max_tokens (default 256; for a chat at most half the "

@@ -354,6 +354,10 @@ def test_cli_options_and_the_table(env, chat_ckpt, capsys, monkeypatch):
     monkeypatch.setattr(eval_py, "evaluate", lambda *a, **k: 3000.0)
     code, out, err = cli([chat_ckpt, "--dataset", "story", "--data_dir", env["data"], "--top_p", "0.9", *CPU], capsys)
     assert code == 0 and ", top_p 0.9, seed 1337" in out, err
+    # --top_k 0 is no limit, as in gen.py and serve.py's API: the table says so
+    assert eval_py.parse_args(["m.pt", "--top_k", "0"]).top_k is None
+    code, out, err = cli([chat_ckpt, "--dataset", "story", "--data_dir", env["data"], "--top_k", "0", *CPU], capsys)
+    assert code == 0 and "temp 0.8, top_k off, seed 1337" in out, err
     story = next(line.split() for line in out.splitlines() if line.startswith("story"))
     assert story[2:4] == ["3000.0000", "inf"], out
 

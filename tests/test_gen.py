@@ -392,7 +392,7 @@ def test_bad_input_errors(ckpt, tmp_path, capsys, monkeypatch):
         assert named in one_error_line(*cli(argv + CPU, capsys)[::2])
     # sampling settings out of range: argparse's usage and one error line naming the option
     # (an infinite --temp was taken, and serve.py's /v1/models and eval.py's --json then wrote Infinity: not JSON)
-    for flag, value in (("--top_p", "1.5"), ("--top_p", "0"), ("--temp", "-1"), ("--temp", "inf"), ("--top_k", "0"),
+    for flag, value in (("--top_p", "1.5"), ("--top_p", "0"), ("--temp", "-1"), ("--temp", "inf"), ("--top_k", "-1"),
                         ("--max_tokens", "0"), ("--repetition_penalty", "inf")):
         with pytest.raises(SystemExit) as e:
             gen.parse_args([ckpt, flag, value])
@@ -590,6 +590,14 @@ def test_sampling_options_take_what_their_help_says(ckpt):
             gen.parse_args([ckpt, "--repetition_penalty", value])
     args = gen.parse_args([ckpt])
     assert (args.temp, args.top_k, args.top_p, args.repetition_penalty) == (0.8, 200, None, 1.0)
+
+
+def test_top_k_zero_is_no_limit(ckpt, capsys):
+    # as a request's top_k of 0 in serve.py's API (and Hugging Face's): every token, not an error, so --top_p can
+    # take its set among all of them; eval.py and serve.py read --top_k with the same function
+    assert gen.parse_args([ckpt, "--top_k", "0"]).top_k is None
+    code, out, err = cli([ckpt, "--prompt", "Hi", "--top_k", "0", "--max_tokens", "4", "--seed", "1"] + CPU, capsys)
+    assert code == 0 and out.startswith("Hi"), err
 
 
 def test_max_tokens_defaults_to_256(enc, tmp_path, capsys):

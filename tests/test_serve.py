@@ -730,6 +730,10 @@ def test_command_line_errors(ckpt, enc, tmp_path, capsys, monkeypatch):
         last = capsys.readouterr().err.splitlines()[-1]
         assert e.value.code == 2 and "error: argument --port: must be 0-65535 (0 picks any free port)" in last, last
     assert serve.parse_args([ckpt, "--port", "0"]).port == 0 and serve.parse_args([ckpt, "--port", "65535"]).port == 65535
+    # --top_k 0 is no limit, as a request's top_k of 0 is (and gen.py's --top_k 0), not an error
+    assert serve.parse_args([ckpt, "--top_k", "0"]).top_k is None
+    with pytest.raises(SystemExit):
+        serve.parse_args([ckpt, "--top_k", "-1"])
 
 
 # -----------------------------------------------------------------------------
