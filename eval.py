@@ -5,7 +5,7 @@ the model ends its replies. One row per dataset, as a table or JSON.
     python eval.py models/dailydialog_best.pt                          # the dataset it was trained on
     python eval.py models/story_best.pt --dataset story dailydialog     # a row for each
     python eval.py models/chat_best.pt --samples 50 --seed 1 --json results.json
-    python eval.py models/chat_best.pt --prompts prompts.txt            # replies to a fixed list instead
+    python eval.py models/chat_best.pt --prompt_file prompts.txt        # replies to a fixed list instead
 
 Loss is train.py's evaluate() over the split's windows (all of them, or --eval_batches batches spread over the
 split), on assistant tokens only for conversation sets; perplexity is exp(loss); bits per byte, reported by
@@ -17,7 +17,7 @@ makes bf16 on CPUs where it outruns fp32; close ones over all windows).
 Replies, for each conversation set: --samples conversations spread evenly over the split, each cut after its
 first user message, are answered as gen.py --chat answers (gen.chat_reply, sampling with --temp/--top_k/--top_p);
 "ended" is the share of replies closed by <|im_end|> within --max_tokens new tokens, "mean tokens" their mean
-length without the closing token. With --prompts FILE the first --samples lines of the file (one user message
+length without the closing token. With --prompt_file FILE the first --samples lines of the file (one user message
 each) are the prompts instead, in a row of their own. Sampling restarts from --seed for each row, so the same
 checkpoint and options give the same numbers.
 """
@@ -213,8 +213,10 @@ def parse_args(argv=None):
                    help="at most this many batches, spread over the split (default: every window)")
     p.add_argument("--samples", type=count, default=50,
                    help="replies sampled per conversation set, 0 = none (default 50)")
-    p.add_argument("--prompts", type=nonempty, metavar="FILE", help="answer the first --samples prompts of this file (one per line, "
-                                                     "or JSON lines with a \"prompt\" field) instead")
+    # --prompt_file, as gen.py names the same file in the same format; --prompts, its first name, still works
+    p.add_argument("--prompt_file", "--prompts", dest="prompts", type=nonempty, metavar="FILE",
+                   help="answer the first --samples prompts of this file (one per line, or JSON lines with a \"prompt\" "
+                        "field, as gen.py --prompt_file) instead")
     p.add_argument("--max_tokens", type=positive_int, default=128, help="new tokens a reply may take (default 128)")
     p.add_argument("--temp", type=temperature, default=0.8, help="sampling temperature, 0 = greedy (default 0.8)")
     p.add_argument("--top_k", type=top_k_arg, default=200, help="sample among the k most likely tokens, 0 = no limit "
@@ -240,7 +242,7 @@ def main(argv=None):
     args = parse_args(argv)
     path = args.checkpoint or default_checkpoint()
     if args.json and args.json != "-":  # - is stdout; checked before the evaluation, not after
-        check_output(args.json, "--json", inputs={"--prompts": args.prompts, "checkpoint": path})
+        check_output(args.json, "--json", inputs={"--prompt_file": args.prompts, "checkpoint": path})
     result = evaluate_checkpoint(
         path, datasets=args.dataset, data_dir=args.data_dir, split=args.split,
         block_size=args.block_size, batch_size=args.batch_size, eval_batches=args.eval_batches, samples=args.samples,

@@ -249,11 +249,11 @@ def test_unusable_json_path_is_refused_before_evaluating(tmp_path, capsys, monke
     (tmp_path / "prompts.txt").write_text("Hi\n")
     (tmp_path / "any.pt").write_bytes(b"a checkpoint")
     for path, words in ((tmp_path, "is a folder"), (tmp_path / "file" / "x.json", "a part of the path is a file"),
-                        (tmp_path / "prompts.txt", "is the --prompts it reads: the result would replace it"),
+                        (tmp_path / "prompts.txt", "is the --prompt_file it reads: the result would replace it"),
                         (tmp_path / "any.pt", "is the checkpoint it reads"),
                         # a folder that is not there yet: it failed after the evaluation, in a traceback
                         (f"{tmp_path}/new/", "is a folder: give a file's path")):
-        code, out, err = cli([str(tmp_path / "any.pt"), "--json", str(path), "--prompts", str(tmp_path / "prompts.txt"),
+        code, out, err = cli([str(tmp_path / "any.pt"), "--json", str(path), "--prompt_file", str(tmp_path / "prompts.txt"),
                               *CPU], capsys)
         assert code == 1 and err.startswith(f"error: --json {path}") and words in err, err
         assert len(err.strip().splitlines()) == 1 and out == "", err
@@ -354,6 +354,9 @@ def test_cli_options_and_the_table(env, chat_ckpt, capsys, monkeypatch):
     monkeypatch.setattr(eval_py, "evaluate", lambda *a, **k: 3000.0)
     code, out, err = cli([chat_ckpt, "--dataset", "story", "--data_dir", env["data"], "--top_p", "0.9", *CPU], capsys)
     assert code == 0 and ", top_p 0.9, seed 1337" in out, err
+    # the file of prompts is --prompt_file, as gen.py names the same file in the same format; --prompts still works
+    assert eval_py.parse_args(["m.pt", "--prompt_file", "p.txt"]).prompts == "p.txt"
+    assert eval_py.parse_args(["m.pt", "--prompts", "p.txt"]).prompts == "p.txt"
     # --top_k 0 is no limit, as in gen.py and serve.py's API: the table says so
     assert eval_py.parse_args(["m.pt", "--top_k", "0"]).top_k is None
     code, out, err = cli([chat_ckpt, "--dataset", "story", "--data_dir", env["data"], "--top_k", "0", *CPU], capsys)
