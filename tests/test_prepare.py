@@ -494,6 +494,16 @@ def test_unusable_out_dir_is_one_line_before_any_work(tmp_path, capsys, monkeypa
         assert run_cli(prepare.main, argv, capsys) == (1, "", f"error: {line}\n")
 
 
+def test_data_dir_is_out_dir(tmp_path, monkeypatch):
+    # the folder train.py and eval.py read datasets from is their --data_dir: prepare.py takes that name too
+    # (--data_dir here was 'unrecognized arguments')
+    src, folder, seen = write(tmp_path / "c.txt", EOT.join(DOCS)), str(tmp_path / "datasets"), []
+    monkeypatch.setattr(prepare, "prepare", lambda *a, **k: seen.append(k["out_dir"]))
+    for option in ("--data_dir", "--out_dir"):
+        prepare.main(["--dataset", "text", "--source", src, option, folder])
+    assert seen == [folder, folder]
+
+
 def test_uint32_for_large_vocabularies(tmp_path):
     # 256 bytes + 65,281 two-byte tokens: the special tokens land above 65535
     ranks = [bytes([i]) for i in range(256)] + [bytes([a, b]) for a in range(256) for b in range(256)][:65281]
