@@ -43,6 +43,16 @@ def nonempty(text):
     return text
 
 
+def number(text, kind):
+    """text as kind (int or float), for an argparse type function that checks a range too: one that is no number
+    gets argparse's own line for type=int or type=float ("invalid int value: '1.5'"), as every script's plain
+    number options do, not one naming the function ("invalid positive_int value")."""
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}") from None
+
+
 def without_surrogates(x):
     """x (parsed JSON) with each lone surrogate (JSON can spell half of a UTF-16 pair, \\ud800, alone) replaced by
     U+FFFD, as tiktoken reads it: no UTF-8 text holds one, and printing or writing it fails."""

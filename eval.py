@@ -34,8 +34,8 @@ import sys
 import numpy as np
 
 from checkpoint import load_checkpoint, load_model
-from common import (UserError, atomic_write_text, check_output, nonempty, pick_device, pick_dtype, retain_freed_memory,
-                    run_main, seeded_generator)
+from common import (UserError, atomic_write_text, check_output, nonempty, number, pick_device, pick_dtype,
+                    retain_freed_memory, run_main, seeded_generator)
 from gen import (CHAT_STOPS, chat_reply, default_checkpoint, positive_int, probability, read_prompt_file, temperature,
                  top_k_arg)
 from prepare import document_ends
@@ -193,7 +193,7 @@ def format_table(result):
 # the command line
 
 def count(s):
-    v = int(s)
+    v = number(s, int)
     if v < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
     return v

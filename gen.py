@@ -33,8 +33,8 @@ import time
 import torch
 
 from checkpoint import find_checkpoints, load_model
-from common import (UserError, atomic_write_text, autocast, check_output, first_line, nonempty, not_utf8, pick_device,
-                    pick_dtype, require_utf8, retain_freed_memory, run_main, seeded_generator, without_surrogates)
+from common import (UserError, atomic_write_text, autocast, check_output, first_line, nonempty, not_utf8, number,
+                    pick_device, pick_dtype, require_utf8, retain_freed_memory, run_main, seeded_generator, without_surrogates)
 from setup_tokenizer import EOT, IM_END, IM_START, StreamDecoder, render_chat
 
 TYPING_DELAY = 0.012  # seconds per token on a terminal: a readable rhythm for demos, never in pipes
@@ -321,7 +321,7 @@ def default_checkpoint(folder="models"):
 
 
 def positive_int(s):
-    v = int(s)
+    v = number(s, int)
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
     return v
@@ -329,28 +329,28 @@ def positive_int(s):
 
 def top_k_arg(s):
     """--top_k: a count >= 1, or 0 for no limit (None), as a request's top_k of 0 means in serve.py's API."""
-    v = int(s)
+    v = number(s, int)
     if v < 0:
         raise argparse.ArgumentTypeError(f"must be >= 1, or 0 for no limit, got {v}")
     return v or None
 
 
 def temperature(s):
-    v = float(s)
+    v = number(s, float)
     if not 0 <= v < float("inf"):  # also rejects nan; inf was written into serve.py's and eval.py's JSON, which no
         raise argparse.ArgumentTypeError(f"must be a number >= 0 (0 = greedy), got {s}")  # parser reads
     return v
 
 
 def probability(s):
-    v = float(s)
+    v = number(s, float)
     if not 0 < v <= 1:
         raise argparse.ArgumentTypeError(f"must be in (0, 1], got {s}")
     return v
 
 
 def penalty(s):
-    v = float(s)
+    v = number(s, float)
     if not 0 < v < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a number > 0 (1 = off), got {s}")
     return v

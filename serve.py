@@ -47,7 +47,7 @@ from urllib.parse import unquote, urlsplit
 import torch
 
 from checkpoint import load_model
-from common import UserError, nonempty, pick_device, pick_dtype, retain_freed_memory, run_main, seeded_generator
+from common import UserError, nonempty, number, pick_device, pick_dtype, retain_freed_memory, run_main, seeded_generator
 from gen import (CHAT_STOPS, default_checkpoint, encode_prompt, fit_history, positive_int, probability, reserve_for,
                  stop_ids, stream_completion, temperature, top_k_arg)
 from setup_tokenizer import EOT, render_chat
@@ -730,7 +730,7 @@ class ApiServer(ThreadingHTTPServer):
 # the command line
 
 def port(s):
-    v = int(s)
+    v = number(s, int)
     if not 0 <= v <= 65535:  # else socket.bind raises OverflowError, a traceback
         raise argparse.ArgumentTypeError(f"must be 0-65535 (0 picks any free port), got {v}")
     return v

@@ -60,6 +60,23 @@ def test_an_empty_path_is_refused_not_read_as_left_out(script, argv, capsys):
     assert e.value.code == 2 and err.splitlines()[-1].endswith(": is empty: give a value"), err
 
 
+@pytest.mark.parametrize("script, option, value, kind", [
+    # options read by a function that checks a range too (common.number) and plain type=int/float ones alike: the
+    # ranged ones said "invalid positive_int value", "invalid temperature value", ... naming a function, not a type
+    ("gen", "--max_tokens", "1.5", "int"), ("gen", "--top_k", "x", "int"), ("gen", "--temp", "warm", "float"),
+    ("gen", "--top_p", "x", "float"), ("gen", "--repetition_penalty", "x", "float"), ("eval", "--samples", "x", "int"),
+    ("eval", "--batch_size", "1.5", "int"), ("serve", "--port", "http", "int"), ("serve", "--max_queue", "x", "int"),
+    ("train", "--max_steps", "1.5", "int"), ("train", "--lr", "x", "float"), ("bench", "--steps", "1.5", "int"),
+    ("prepare", "--limit", "1.5", "int")])
+def test_a_non_number_is_the_same_line_in_every_script(script, option, value, kind, capsys):
+    main = __import__(script).main
+    with pytest.raises(SystemExit) as e:
+        main(["x.pt", option, value] if script in ("gen", "eval", "serve") else [option, value])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.splitlines()[-1].endswith(f"error: argument {option}: invalid {kind} value: "
+                                                                f"{value!r}"), err
+
+
 def test_no_output_replaces_a_checkpoint_or_a_datasets_file(tmp_path):
     """eval.py --json, gen.py --output, setup_tokenizer.py --out over a checkpoint or a dataset's file replaced it
     (a 7.7 MB checkpoint became 627 bytes of JSON); train.py's checkpoints may replace checkpoints (by its own rules)."""
