@@ -36,8 +36,8 @@ import numpy as np
 from checkpoint import load_checkpoint, load_model
 from common import (UserError, atomic_write_text, check_output, nonempty, number, pick_device, pick_dtype,
                     retain_freed_memory, run_main, seeded_generator)
-from gen import (CHAT_STOPS, chat_reply, default_checkpoint, positive_int, probability, read_prompt_file, temperature,
-                 top_k_arg)
+from gen import (CHAT_STOPS, add_checkpoint_argument, chat_reply, default_checkpoint, parse_checkpoint, positive_int,
+                 probability, read_prompt_file, temperature, top_k_arg)
 from prepare import document_ends
 from setup_tokenizer import IM_END, parse_chat
 from train import (Windows, bits_per_byte, checkpoint_data, default_data_dir, eval_indices, evaluate, load_meta,
@@ -201,8 +201,7 @@ def count(s):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", type=nonempty, nargs="?", help="a .pt file or a Hugging Face model folder (default: the newest .pt "
-                                                 "in models/ or a folder in it)")
+    add_checkpoint_argument(p)
     p.add_argument("--dataset", type=nonempty, nargs="+", help="prepared datasets to evaluate on, a row each (default: the one the "
                                                 "checkpoint was trained on)")
     p.add_argument("--data_dir", type=nonempty, help="where prepared datasets live (default: the checkpoint's, else data)")
@@ -226,7 +225,7 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="autocast precision")
     p.add_argument("--json", type=nonempty, metavar="PATH", help="also write the results as JSON to PATH; - prints JSON instead of the table")
-    args = p.parse_args(argv)
+    args = parse_checkpoint(p, p.parse_args(argv))
     # `eval.py --dataset story models/x.pt`: --dataset takes several names, so it took the checkpoint too. A dataset's
     # name has no folder in it (prepare.py --name), so a path last is the checkpoint.
     last = (args.dataset or [""])[-1]

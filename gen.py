@@ -307,6 +307,24 @@ def read_prompt_file(path):
     return prompts
 
 
+def add_checkpoint_argument(p):
+    """The checkpoint of gen.py, eval.py and serve.py: a positional, or --checkpoint as train.py spells it (`gen.py
+    --checkpoint x.pt`, a habit from train.py, was "unrecognized arguments"). parse_checkpoint merges the two."""
+    p.add_argument("checkpoint", type=nonempty, nargs="?", help="a .pt file or a Hugging Face model folder (default: the "
+                                                                "newest .pt in models/ or a folder in it)")
+    p.add_argument("--checkpoint", dest="checkpoint_option", type=nonempty, help=argparse.SUPPRESS)
+
+
+def parse_checkpoint(p, args):
+    """args with the checkpoint given either way in args.checkpoint (add_checkpoint_argument)."""
+    given = vars(args).pop("checkpoint_option")
+    if given is not None:
+        if args.checkpoint is not None:
+            p.error(f"two checkpoints, {args.checkpoint} and --checkpoint {given}: give one")
+        args.checkpoint = given
+    return args
+
+
 def default_checkpoint(folder="models"):
     found = find_checkpoints(folder)
     if found:
@@ -358,8 +376,7 @@ def penalty(s):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Sample text from a trained GPT checkpoint, or chat with it.")
-    p.add_argument("checkpoint", type=nonempty, nargs="?", help="a .pt file or a Hugging Face model folder (default: the newest .pt "
-                                                 "in models/ or a folder in it)")
+    add_checkpoint_argument(p)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prompt", help="text to continue (with --chat: one user message, then exit)")
     src.add_argument("--prompt_file", type=nonempty, help="many prompts: one per line, or JSON lines with a \"prompt\" field")
@@ -386,7 +403,7 @@ def parse_args(argv=None):
     p.add_argument("--no_delay", action="store_true", help="no typing rhythm on a terminal (pipes never wait)")
     p.add_argument("--output", type=nonempty, help="--prompt_file: write the JSON lines here instead of stdout")
     p.add_argument("--verbose", action="store_true", help="model size, device, tokens/s (stderr) and [end: ...] markers (stdout)")
-    return p.parse_args(argv)
+    return parse_checkpoint(p, p.parse_args(argv))
 
 
 def main(argv=None):

@@ -48,8 +48,8 @@ import torch
 
 from checkpoint import load_model
 from common import UserError, nonempty, number, pick_device, pick_dtype, retain_freed_memory, run_main, seeded_generator
-from gen import (CHAT_STOPS, default_checkpoint, encode_prompt, fit_history, positive_int, probability, reserve_for,
-                 stop_ids, stream_completion, temperature, top_k_arg)
+from gen import (CHAT_STOPS, add_checkpoint_argument, default_checkpoint, encode_prompt, fit_history, parse_checkpoint,
+                 positive_int, probability, reserve_for, stop_ids, stream_completion, temperature, top_k_arg)
 from setup_tokenizer import EOT, render_chat
 
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "chat.html")
@@ -738,8 +738,7 @@ def port(s):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Serve a checkpoint: an OpenAI-compatible HTTP API and a chat page.")
-    p.add_argument("checkpoint", type=nonempty, nargs="?", help="a .pt file or a Hugging Face model folder (default: the newest .pt "
-                                                  "in models/ or a folder in it)")
+    add_checkpoint_argument(p)
     p.add_argument("--host", type=nonempty, default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; "
                                                         "0.0.0.0 for every network, with no authentication)")
     p.add_argument("--port", type=port, default=8000, help="port, 0-65535 (default 8000; 0 picks any free one)")
@@ -753,7 +752,7 @@ def parse_args(argv=None):
     p.add_argument("--max_queue", type=positive_int, default=64, help="requests that may wait for the model; more get 503 (default 64)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="autocast precision")
-    return p.parse_args(argv)
+    return parse_checkpoint(p, p.parse_args(argv))
 
 
 def model_name(path):

@@ -681,3 +681,15 @@ def test_a_checkpoint_loads_for_sampling_only_when_it_can_be_sampled_as_saved(en
     save_checkpoint(str(tmp_path / "v2.pt"), tiny_model(enc), enc, format=2)
     with pytest.raises(UserError, match=r"v2\.pt has checkpoint format 2, this code reads 1"):
         load_model(str(tmp_path / "v2.pt"))
+
+
+@pytest.mark.parametrize("script", ["gen", "eval", "serve"])
+def test_the_checkpoint_is_taken_as_train_py_spells_it_too(script, capsys):
+    # `gen.py --checkpoint models/x.pt`, train.py's spelling, was "unrecognized arguments: --checkpoint"
+    parse_args = __import__(script).parse_args
+    assert parse_args(["--checkpoint", "models/x.pt"]).checkpoint == "models/x.pt"
+    assert parse_args(["models/x.pt"]).checkpoint == "models/x.pt"
+    assert parse_args([]).checkpoint is None  # the newest in models/, found later
+    with pytest.raises(SystemExit):
+        parse_args(["models/x.pt", "--checkpoint", "models/y.pt"])
+    assert "two checkpoints, models/x.pt and --checkpoint models/y.pt: give one" in capsys.readouterr().err
