@@ -278,7 +278,10 @@ def read_prompt_file(path):
     """Prompts from a file: one per line, or JSON lines with a "prompt" field (blank lines skipped)."""
     try:
         with open(path, encoding="utf-8-sig") as f:  # a byte-order mark (Notepad, Excel) is no part of the prompt
-            lines = f.read().splitlines()
+            # lines end at a newline only (open() makes \r\n and \r one): splitlines() also cut at U+2028, U+0085 or a
+            # form feed, which a prompt may hold, and a JSON line too (JSON leaves U+2028 unescaped, as --output writes
+            # it), whose halves then ran as two text prompts
+            lines = f.read().split("\n")
     except FileNotFoundError:
         raise UserError(f"prompt file {path} not found")
     except IsADirectoryError:

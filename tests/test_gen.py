@@ -693,3 +693,12 @@ def test_the_checkpoint_is_taken_as_train_py_spells_it_too(script, capsys):
     with pytest.raises(SystemExit):
         parse_args(["models/x.pt", "--checkpoint", "models/y.pt"])
     assert "two checkpoints, models/x.pt and --checkpoint models/y.pt: give one" in capsys.readouterr().err
+
+
+def test_a_prompt_file_line_ends_at_a_newline_only(tmp_path):
+    # U+2028, U+0085 and a form feed are characters of a line, not line ends: gen.py's own --output leaves U+2028
+    # unescaped in its JSON, and read back as a prompt file that line ran as two broken text prompts
+    src = tmp_path / "prompts.jsonl"
+    src.write_text(json.dumps({"prompt": "a\u2028b", "completion": "c"}, ensure_ascii=False) + "\n"
+                   + "page\x0cbreak\r\nx\x85y\n", encoding="utf-8")
+    assert gen.read_prompt_file(str(src)) == ["a\u2028b", "page\x0cbreak", "x\x85y"]
