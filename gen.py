@@ -258,9 +258,9 @@ class Printer:
         self.out.flush()
 
 
-def read_lines(prompt, tty):
-    """User lines until EOF; Ctrl-C at the prompt gives a fresh prompt (as in a shell). Bytes that are not UTF-8
-    become U+FFFD, not a traceback that ends the session."""
+def read_lines(prompt, tty, quit_hint="Ctrl-D or /exit quits"):
+    """User lines until EOF; Ctrl-C at the prompt gives a fresh prompt (as in a shell), and quit_hint. Bytes that are
+    not UTF-8 become U+FFFD, not a traceback that ends the session."""
     with contextlib.suppress(AttributeError, ValueError):  # a replaced sys.stdin (tests) may not reconfigure
         sys.stdin.reconfigure(errors="replace")
     while True:
@@ -271,7 +271,7 @@ def read_lines(prompt, tty):
                 print()
             return
         except KeyboardInterrupt:
-            print("\n(Ctrl-D or /exit quits)" if tty else "", file=sys.stderr)
+            print(f"\n({quit_hint})" if tty else "", file=sys.stderr)
 
 
 def read_prompt_file(path):
@@ -529,7 +529,8 @@ def main(argv=None):
             if tty_in:
                 show("\n")  # air between turns on a terminal; a piped transcript stays one line per reply
     elif args.interactive:
-        for line in read_lines(bold + "> " + plain, tty_in):
+        # no /exit here: every line is text to continue, that one too
+        for line in read_lines(bold + "> " + plain, tty_in, quit_hint="Ctrl-D quits"):
             if line.strip():
                 continue_text(line, echo=not tty_in)
     else:

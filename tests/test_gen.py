@@ -702,3 +702,23 @@ def test_a_prompt_file_line_ends_at_a_newline_only(tmp_path):
     src.write_text(json.dumps({"prompt": "a\u2028b", "completion": "c"}, ensure_ascii=False) + "\n"
                    + "page\x0cbreak\r\nx\x85y\n", encoding="utf-8")
     assert gen.read_prompt_file(str(src)) == ["a\u2028b", "page\x0cbreak", "x\x85y"]
+
+
+def test_ctrl_c_at_the_interactive_prompt_does_not_offer_exit(ckpt, capsys, monkeypatch):
+    # --interactive continues every line, "/exit" too: Ctrl-C's hint said "Ctrl-D or /exit quits", as in --chat
+    import builtins
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    keys = iter([KeyboardInterrupt, EOFError])
+
+    def typed(prompt=""):
+        raise next(keys)
+
+    monkeypatch.setattr(sys, "stdin", Terminal())
+    monkeypatch.setattr(builtins, "input", typed)
+    code, out, err = cli([ckpt, "--interactive", "--max_tokens", "2"] + CPU, capsys)
+    assert code == 0 and "(Ctrl-D quits)" in err and "/exit" not in err, err
