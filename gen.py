@@ -263,12 +263,17 @@ def read_lines(prompt, tty, quit_hint="Ctrl-D or /exit quits"):
     not UTF-8 become U+FFFD, not a traceback that ends the session."""
     with contextlib.suppress(AttributeError, ValueError):  # a replaced sys.stdin (tests) may not reconfigure
         sys.stdin.reconfigure(errors="replace")
+    # the prompt goes where the user looks: with stdout redirected (gen.py --interactive > out.txt) input() wrote it
+    # into the file, a "> " before every continuation there, and none on the terminal
+    screen = sys.stdout if sys.stdout.isatty() else sys.stderr
     while True:
         try:
-            yield input(prompt if tty else "")
+            if tty and screen is sys.stderr:
+                print(prompt, end="", file=screen, flush=True)
+            yield input(prompt if tty and screen is sys.stdout else "")
         except EOFError:
             if tty:
-                print()
+                print(file=screen)
             return
         except KeyboardInterrupt:
             print(f"\n({quit_hint})" if tty else "", file=sys.stderr)

@@ -722,3 +722,29 @@ def test_ctrl_c_at_the_interactive_prompt_does_not_offer_exit(ckpt, capsys, monk
     monkeypatch.setattr(builtins, "input", typed)
     code, out, err = cli([ckpt, "--interactive", "--max_tokens", "2"] + CPU, capsys)
     assert code == 0 and "(Ctrl-D quits)" in err and "/exit" not in err, err
+
+
+def test_the_prompt_of_a_terminal_session_with_stdout_redirected_goes_to_stderr(ckpt, capsys, monkeypatch):
+    # gen.py --interactive > out.txt, typed at a terminal: input("> ") wrote its prompt into the file, before every
+    # continuation, and the terminal showed none
+    import builtins
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    keys, asked = iter(["Once", EOFError]), []
+
+    def typed(prompt=""):
+        asked.append(prompt)  # what input() itself writes to stdout
+        key = next(keys)
+        if key is EOFError:
+            raise key
+        return key
+
+    monkeypatch.setattr(sys, "stdin", Terminal())
+    monkeypatch.setattr(builtins, "input", typed)
+    code, out, err = cli([ckpt, "--interactive", "--max_tokens", "2", "--seed", "0"] + CPU, capsys)
+    assert code == 0 and asked == ["", ""] and err.count("> ") == 2, (asked, err)
+    assert out.count("\n") == 1 and ">" not in out, out  # the continuation and its newline alone
