@@ -257,6 +257,8 @@ def test_cli_train_refuses_bad_input_and_output_before_training(tmp_path, capsys
     monkeypatch.setattr(setup_tokenizer, "train_bpe", lambda *a: trained.append(a) or train(*a))
     cases = [  # argv after `train`, the one line on stderr
         (["--input", str(tmp_path)], f"--input {tmp_path} is a folder: give the text files in it, e.g. {tmp_path}/*.txt"),
+        # a typo in the last input: found once every other file had been read
+        (["--input", str(text), str(tmp_path / "typo.txt")], f"input file {tmp_path / 'typo.txt'} not found"),
         (["--input", str(text), "--out", str(tmp_path)], f"--out {tmp_path} is a folder: give a file's path"),
         (["--input", str(text), "--out", str(text / "v.tiktoken")],
          f"--out {text / 'v.tiktoken'}: a part of the path is a file, not a folder"),
