@@ -128,7 +128,12 @@ def _load_tokenizer(name, stamp):
         return checkpoint_tokenizer(name)
     try:
         with open(name, encoding="utf-8") as f:
-            return tokenizer_from_bpe(f.read(), source=name)
+            # its first line first: a foreign file of gigabytes (a model.safetensors, a corpus) was read whole, twice
+            # its size in memory (killed for it on a laptop), before parsing said it is no vocabulary
+            head = f.readline(1 << 16)
+            if head.strip() and len(head.split()) != 2:
+                raise not_a_vocabulary(name)
+            return tokenizer_from_bpe(head + f.read(), source=name)
     except (UnicodeDecodeError, UserError) as e:  # a binary file (a .tiktoken file is ASCII), or no ranks
         if name.endswith(".pt"):  # an empty or legacy checkpoint, most likely: its own error says what is wrong
             return checkpoint_tokenizer(name)

@@ -222,6 +222,24 @@ def test_a_folder_or_a_binary_file_is_no_vocabulary(tmp_path, capsys):
         get_tokenizer(str(good)))
 
 
+def test_a_large_foreign_file_is_refused_from_its_first_line(tmp_path):
+    """--tokenizer given a model's weights or a corpus: refused from its first line, not read whole first (a file of
+    gigabytes took twice its size in memory before the error; a laptop killed it)."""
+    import tracemalloc
+    big = tmp_path / "corpus.txt"
+    with open(big, "w") as f:  # sparse: 64 MB of NUL (valid UTF-8) after a line of prose, no disk spent
+        f.write("Once upon a time, there was a little dog.\n")
+        f.truncate(64 << 20)
+    tracemalloc.start()
+    try:
+        with pytest.raises(UserError, match="is not a .tiktoken vocabulary"):
+            get_tokenizer(str(big))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, peak
+
+
 def run_cli(*args, env=None):
     return subprocess.run([sys.executable, "setup_tokenizer.py", *args], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=120)
