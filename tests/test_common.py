@@ -48,6 +48,7 @@ def test_outputs_are_checked_before_any_work(tmp_path):
     # sampled the newest checkpoint in models/, eval.py printed its table and wrote no --json, prepare.py read no file
     ("train", ["--dataset", "story", "--checkpoint", ""]), ("train", ["--output_checkpoint", ""]),
     ("train", ["--dataset", ""]), ("gen", [""]), ("gen", ["--prompt_file", ""]), ("eval", ["--json", ""]),
+    ("gen", ["--checkpoint", ""]),  # train.py's spelling, which gen/eval/serve take too: the very "$CKPT" habit
     ("prepare", ["--source", "a.txt", ""]), ("setup_tokenizer", ["train", "--input", "a.txt", "--out", ""]),
     ("serve", ["", "--port", "-1"]), ("export", ["", "hf/x"]), ("bench", ["--out", ""]),
     ("prepare", ["--mix", ""]),  # it built every dataset, as a bare `prepare.py` does
