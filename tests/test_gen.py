@@ -713,7 +713,7 @@ def test_ctrl_c_at_the_interactive_prompt_does_not_offer_exit(ckpt, capsys, monk
         def isatty(self):
             return True
 
-    keys = iter([KeyboardInterrupt, EOFError])
+    keys = iter([KeyboardInterrupt, EOFError] * 2)
 
     def typed(prompt=""):
         raise next(keys)
@@ -722,6 +722,9 @@ def test_ctrl_c_at_the_interactive_prompt_does_not_offer_exit(ckpt, capsys, monk
     monkeypatch.setattr(builtins, "input", typed)
     code, out, err = cli([ckpt, "--interactive", "--max_tokens", "2"] + CPU, capsys)
     assert code == 0 and "(Ctrl-D quits)" in err and "/exit" not in err, err
+    # --chat does quit at /exit: its hint still says so
+    code, out, err = cli([ckpt, "--chat", "--max_tokens", "2"] + CPU, capsys)
+    assert code == 0 and "(Ctrl-D or /exit quits)" in err, err
 
 
 def test_the_prompt_of_a_terminal_session_with_stdout_redirected_goes_to_stderr(ckpt, capsys, monkeypatch):
@@ -748,3 +751,29 @@ def test_the_prompt_of_a_terminal_session_with_stdout_redirected_goes_to_stderr(
     code, out, err = cli([ckpt, "--interactive", "--max_tokens", "2", "--seed", "0"] + CPU, capsys)
     assert code == 0 and asked == ["", ""] and err.count("> ") == 2, (asked, err)
     assert out.count("\n") == 1 and ">" not in out, out  # the continuation and its newline alone
+
+
+def test_a_terminal_session_with_stdout_on_the_terminal_gives_input_its_prompt(ckpt, capsys, monkeypatch):
+    # the other side of the redirect above: stdout a terminal too, input() itself writes the prompt, which readline's
+    # line editing (a long line, the history) redraws with the line; printed apart, it was wiped by the first redraw
+    import builtins
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    keys, asked = iter(["Once", EOFError]), []
+
+    def typed(prompt=""):
+        asked.append(prompt)
+        key = next(keys)
+        if key is EOFError:
+            raise key
+        return key
+
+    monkeypatch.setattr(sys, "stdin", Terminal())
+    monkeypatch.setattr(sys, "stdout", Terminal())
+    monkeypatch.setattr(builtins, "input", typed)
+    code, _, err = cli([ckpt, "--interactive", "--max_tokens", "2", "--seed", "0", "--no_delay"] + CPU, capsys)
+    assert code == 0 and asked == ["\033[1m> \033[0m"] * 2 and "> " not in err, (asked, err)
