@@ -1554,13 +1554,15 @@ def test_a_chat_sets_own_val_split_leaves_out_the_conversations_train_has(tmp_pa
                    "DD9  Hello there __eou__ dd9 reply ok ok ok ok __eou__\n"  # train's 10th, other case and spacing
                    "dd59 hello there __eou__ dd59 reply ok ok ok ok __eou__\n")  # train's 60th, beyond --limit 50
     monkeypatch.setenv("DATA_MIRROR", str(tmp_path / "mirror"))
-    for limit, kept in ((None, 6), (50, 6 + 1)):
+    # --limit 50 takes 25 val dialogues: all there are. --limit 20 at 0.35 takes 7, counted among those it keeps: the
+    # 6 ddval and dd59, past the two it leaves out (counted before, val had 5 of the 7 asked for)
+    for limit, fraction, kept in ((None, 0.5, 6), (50, 0.5, 6 + 1), (20, 0.35, 6 + 1)):
         meta = prepare.prepare("dailydialog", out_dir=str(tmp_path / "data"), name=f"dd{limit}", limit=limit,
-                               val_fraction=0.5)  # --limit 50 takes 25 val dialogues: all there are
+                               val_fraction=fraction)
         ids, _ = load(tmp_path / "data" / f"dd{limit}", "val", meta)
         text = enc.decode(ids.tolist())
         assert meta["splits"]["val"]["documents"] == kept and text.count("ddval") == 12
-        assert "dd7 " not in text and "dd9 " not in text.lower() and ("dd59 " in text) == (limit == 50)
+        assert "dd7 " not in text and "dd9 " not in text.lower() and ("dd59 " in text) == (limit is not None)
         assert "less the conversations train has" in meta["val_split"]
     # the hub's validation split too
     monkeypatch.setenv("DATA_MIRROR", str(tmp_path / "no-mirror"))
