@@ -222,22 +222,29 @@ def test_a_folder_or_a_binary_file_is_no_vocabulary(tmp_path, capsys):
         get_tokenizer(str(good)))
 
 
-def test_a_large_foreign_file_is_refused_from_its_first_line(tmp_path):
+def test_a_large_foreign_file_is_refused_from_its_first_line(tmp_path, custom):
     """--tokenizer given a model's weights or a corpus: refused from its first line, not read whole first (a file of
     gigabytes took twice its size in memory before the error; a laptop killed it)."""
     import tracemalloc
-    big = tmp_path / "corpus.txt"
+    big, one_line = tmp_path / "corpus.txt", tmp_path / "minified.json"
     with open(big, "w") as f:  # sparse: 64 MB of NUL (valid UTF-8) after a line of prose, no disk spent
         f.write("Once upon a time, there was a little dog.\n")
         f.truncate(64 << 20)
-    tracemalloc.start()
-    try:
-        with pytest.raises(UserError, match="is not a .tiktoken vocabulary"):
-            get_tokenizer(str(big))
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert peak < 8 << 20, peak
+    with open(one_line, "w") as f:  # and a file of one line (a minified JSON): its first line is all of it
+        f.truncate(64 << 20)
+    for path in (big, one_line):
+        tracemalloc.start()
+        try:
+            with pytest.raises(UserError, match="is not a .tiktoken vocabulary"):
+                get_tokenizer(str(path))
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 8 << 20, (path, peak)
+    # a vocabulary whose first line is blank (an edit, a concatenation) is still one, as tiktoken reads it
+    blank = tmp_path / "blank.tiktoken"
+    blank.write_text("\n" + custom[1].read_text())
+    assert get_tokenizer(str(blank)).encode("Once upon a time") == custom[0].encode("Once upon a time")
 
 
 def run_cli(*args, env=None):
