@@ -373,6 +373,21 @@ def test_a_run_continued_in_smaller_batches_evaluates_the_same_val_windows(env, 
     loss = train.evaluate(model, val, 8, 2, torch.device("cpu"), torch.float32)
     assert read_metrics(again["metrics"])[-1]["val_loss"] == pytest.approx(loss, abs=1e-4)
     assert load_checkpoint(again["checkpoint"])["args"]["batch_size"] == 4
+    # --eval_batches given when continuing is the user's new choice: eval_batches batches of the run's batch size now
+    fewer = train.train(args_for(env, tmp_path / "fewer", "--checkpoint", rest["checkpoint"], "--max_steps", "1",
+                                 "--eval_batches", "1", fresh=False))
+    model, _, _ = load_model(fewer["checkpoint"])
+    loss = train.evaluate(model, val, 4, 1, torch.device("cpu"), torch.float32)
+    assert read_metrics(fewer["metrics"])[-1]["val_loss"] == pytest.approx(loss, abs=1e-4)
+    # a checkpoint from before eval_windows was recorded: the windows its own options took (eval_batches x its batch)
+    ck = load_checkpoint(whole["checkpoint"])  # (part's file is again's now)
+    del ck["eval_windows"]
+    torch.save(ck, tmp_path / "old.pt")
+    old = train.train(args_for(env, tmp_path / "old", "--checkpoint", tmp_path / "old.pt", "--batch_size", "4",
+                               "--grad_accum", "2", "--max_steps", "1", fresh=False))
+    model, _, _ = load_model(old["checkpoint"])
+    loss = train.evaluate(model, val, 8, 2, torch.device("cpu"), torch.float32)
+    assert read_metrics(old["metrics"])[-1]["val_loss"] == pytest.approx(loss, abs=1e-4)
 
 
 def test_a_run_continued_in_windows_of_another_length_sets_a_new_best_bar(env, tmp_path, capsys):
