@@ -410,6 +410,27 @@ def test_a_run_continued_in_windows_of_another_length_sets_a_new_best_bar(env, t
     recs = [rec for rec in read_metrics(r["metrics"]) if rec["val_loss"] is not None]
     assert recs[-1]["best"] and r["best_val_loss"] == pytest.approx(recs[-1]["val_loss"], abs=1e-5)
     assert r["stopped"] == "max_steps" and load_checkpoint(r["checkpoint"])["evals_since_best"] == 0
+    # the dataset prepared again (another val split, here of another size): its loss does not compare either
+    ck["data"]["val_tokens"] += 1
+    torch.save(ck, tmp_path / "reprepared.pt")
+    common[1] = str(tmp_path / "reprepared.pt")
+    capsys.readouterr()
+    r = train.train(args_for(env, tmp_path / "reprepared", *common, fresh=False))
+    assert "on another val split" in capsys.readouterr().err
+    assert r["stopped"] == "max_steps" and r["best_val_loss"] != 0.1
+    # a checkpoint with no best yet has no bar to lift: nothing to say, in windows of another length too
+    ck["best_val_loss"], ck["data"]["val_tokens"] = None, ck["data"]["val_tokens"] - 1
+    torch.save(ck, tmp_path / "no_best.pt")
+    common[1] = str(tmp_path / "no_best.pt")
+    r = train.train(args_for(env, tmp_path / "no_best", *common, "--block_size", "32", fresh=False))
+    assert "no bar" not in capsys.readouterr().err and r["stopped"] == "max_steps"
+    # a checkpoint that does not record its val split's size (an older one): its bar holds, as it did
+    ck["best_val_loss"] = 0.1
+    del ck["data"]["val_tokens"]
+    torch.save(ck, tmp_path / "older.pt")
+    common[1] = str(tmp_path / "older.pt")
+    r = train.train(args_for(env, tmp_path / "older", *common, fresh=False))
+    assert r["best_val_loss"] == 0.1 and r["stopped"] == "early stop"
 def test_a_finished_budget_is_not_continued_by_a_step(env, tmp_path):
     """Continuing a run whose --time_budget ran out trained one more step each time; it now says what to pass."""
     out = str(tmp_path / "{dataset}.pt")
