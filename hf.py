@@ -585,6 +585,10 @@ def export_folder(model, enc, out_dir, dtype=torch.float32):
         except OSError as e:
             # another export to the same OUT_DIR, started together, renamed its folder into place while this one was
             # written: ENOTEMPTY (EEXIST on some systems) was a traceback. Its folder stays; this one is removed below
+            if e.errno == errno.ENOTDIR and os.path.isfile(out_dir):  # (a file put there meanwhile: its error named
+                # the temporary folder, "hf.1234.tmp: a part of the path is a file", not the path the user gave)
+                raise UserError(f"{out_dir} is a file (put there while this export ran): choose a new OUT_DIR or move "
+                                f"the file") from None
             if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                 raise
             raise UserError(f"{out_dir} already exists and is a folder that is not empty (written while this export "
