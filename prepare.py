@@ -38,7 +38,8 @@ run). Validation holds each source's own validation documents once, unweighted. 
 records what each source contributed.
 
 Sources, first found wins: --source files (.txt, .jsonl, .json, .parquet), the local mirror
-in $DATA_MIRROR (see its README.md), then the Hugging Face hub.
+in $DATA_MIRROR (see its README.md), then the Hugging Face hub (shakespeare: char-rnn's file, downloaded
+once into ~/.cache/gpt-trainer; chitchat is generated here and takes no source).
 """
 import common  # first (it is light): Ctrl-C while numpy and tiktoken load then ends in one line, not a traceback
 common.quiet_ctrl_c(__name__)
@@ -94,7 +95,7 @@ DEFAULT_PACK = 256
 MAX_PACK = 1 << 20  # past any model's context
 DEFAULT_OUT_DIR, DEFAULT_VAL_FRACTION = "data", 0.1  # prepare()'s and the command line's, which rebuild_command leaves out
 # conversations the packer holds back to choose from: more fill blocks better (on dailydialog at 256,
-# 64 leave 3.2% padding, 1000 leave 1.2%) and cost only their tokens in memory
+# 64 leave 3.6% padding, 1000 leave 2.2%) and cost only their tokens in memory
 PACK_LOOKAHEAD = 1000
 MIX_SEED = 1337  # which documents a mix repeats or leaves out, and their order: the same every run
 

@@ -907,9 +907,10 @@ class Metrics:
 
 class GracefulInterrupt:
     """First Ctrl-C: finish the current step, save, exit 130. A second one quits at once (atomic saves keep the
-    previous checkpoint intact). Outside the main thread Ctrl-C stays a plain KeyboardInterrupt. In one process
-    SIGTERM (a job scheduler's notice, `timeout`) does the same and exits 143; under torchrun, which sends it to stop
-    the ranks when one fails, it exits at once (init_distributed)."""
+    previous checkpoint intact); under torchrun it is ignored, and the save goes on (see handler). Outside the main
+    thread Ctrl-C stays a plain KeyboardInterrupt. In one process SIGTERM (a job scheduler's notice, `timeout`) does
+    the same and exits 143; under torchrun, which sends it to stop the ranks when one fails, it exits at once
+    (init_distributed)."""
 
     def __init__(self):
         self.requested, self.signum, self.old = False, None, {}
