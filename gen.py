@@ -288,11 +288,11 @@ def read_prompt_file(path):
             # it), whose halves then ran as two text prompts
             lines = f.read().split("\n")
     except FileNotFoundError:
-        raise UserError(f"prompt file {path} not found")
+        raise UserError(f"--prompt_file {path} not found")
     except IsADirectoryError:
-        raise UserError(f"prompt file {path} is a folder: give a file's path")
+        raise UserError(f"--prompt_file {path} is a folder: give a file's path")
     except UnicodeDecodeError:
-        raise not_utf8(path, f"prompt file {path}") from None
+        raise not_utf8(path, f"--prompt_file {path}") from None
     prompts = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
@@ -311,7 +311,7 @@ def read_prompt_file(path):
                 continue
         prompts.append(line)
     if not prompts:
-        raise UserError(f"prompt file {path} holds no prompts (one per line, or JSON lines with a \"prompt\" field)")
+        raise UserError(f"--prompt_file {path} holds no prompts (one per line, or JSON lines with a \"prompt\" field)")
     return prompts
 
 

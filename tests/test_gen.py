@@ -407,7 +407,7 @@ def test_unusable_prompt_file_or_output_is_refused_before_the_model_loads(ckpt, 
     (tmp_path / "file").write_text("")
     monkeypatch.setattr(gen, "load_model", lambda *a, **k: pytest.fail("the model loaded before its input was checked"))
     line = one_error_line(*cli([ckpt, "--prompt_file", str(tmp_path)] + CPU, capsys)[::2])
-    assert line == f"error: prompt file {tmp_path} is a folder: give a file's path"
+    assert line == f"error: --prompt_file {tmp_path} is a folder: give a file's path"
     for out, words in ((tmp_path, "is a folder"), (tmp_path / "file" / "out.jsonl", "a part of the path is a file"),
                        # the prompts themselves: they were replaced by the completions
                        (prompts, "is the --prompt_file it reads: the result would replace it; give another --output"),
