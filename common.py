@@ -53,6 +53,16 @@ def number(text, kind):
         raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}") from None
 
 
+def parts_text(content, kinds=("text",)):
+    """OpenAI's list of content parts, [{"type": "text", "text": "Hi"}, ...], as one string (each part's text is under
+    its type's name; kinds: the types taken); None when content is no such list. serve.py's requests and prepare.py's
+    `messages` records read it alike."""
+    if isinstance(content, list) and all(isinstance(p, dict) and isinstance(p.get("type"), str) and p["type"] in kinds
+                                         and isinstance(p.get(p["type"]), str) for p in content):
+        return "".join(p[p["type"]] for p in content)
+    return None
+
+
 def without_surrogates(x):
     """x (parsed JSON) with each lone surrogate (JSON can spell half of a UTF-16 pair, \\ud800, alone) replaced by
     U+FFFD, as tiktoken reads it: no UTF-8 text holds one, and printing or writing it fails."""

@@ -68,7 +68,7 @@ import numpy as np
 from tqdm import tqdm
 
 from common import (UserError, atomic_write_text, check_output, first_line, fsync_replace, holds_nul, nonempty, not_utf8,
-                    read_meta, remove_stale_tmp, run_main, tmp_name, without_surrogates)
+                    parts_text, read_meta, remove_stale_tmp, run_main, tmp_name, without_surrogates)
 from setup_tokenizer import (EOT, IM_END, IM_START, get_tokenizer, read_text_chunks, tokenizer_hash, train_bpe,
                              trained_on, warn_short_vocabulary)
 
@@ -387,8 +387,12 @@ def record_doc(record, where, dataset=None):
     for m in messages:
         if m["role"] not in ("system", "user", "assistant"):
             raise UserError(f"{where}: unknown role {m['role']!r}; use system, user or assistant (or ShareGPT's human, gpt)")
-        if not isinstance(m["content"], str):
-            raise UserError(f"{where}: message content must be text, got {type(m['content']).__name__}")
+        if not isinstance(m["content"], str):  # OpenAI's text parts, as serve.py takes them (a logged API chat)
+            text = parts_text(m["content"], ("text", "refusal") if m["role"] == "assistant" else ("text",))
+            if text is None:
+                raise UserError(f"{where}: message content must be text or a list of text parts ({{\"type\": \"text\", "
+                                f"\"text\": ...}}), got {type(m['content']).__name__}")
+            m["content"] = text
         if "weight" in m and (isinstance(m["weight"], bool) or m["weight"] not in (0, 1)):
             raise UserError(f"{where}: a message's weight must be 0 (not trained on) or 1, got {m['weight']!r}")
         if m["role"] == "assistant" and not m["content"].strip():

@@ -47,7 +47,8 @@ from urllib.parse import unquote, urlsplit
 import torch
 
 from checkpoint import load_model
-from common import UserError, nonempty, number, pick_device, pick_dtype, retain_freed_memory, run_main, seeded_generator
+from common import (UserError, nonempty, number, parts_text, pick_device, pick_dtype, retain_freed_memory, run_main,
+                    seeded_generator)
 from gen import (CHAT_STOPS, add_checkpoint_argument, default_checkpoint, encode_prompt, fit_history, parse_checkpoint,
                  positive_int, probability, reserve_for, stop_ids, stream_completion, temperature, top_k_arg)
 from setup_tokenizer import EOT, render_chat
@@ -121,10 +122,9 @@ def content_text(content, where, role="user"):
         return content
     if content is None and role == "assistant":
         return ""
-    kinds = ("text", "refusal") if role == "assistant" else ("text",)  # each part's text is under its type's name
-    if isinstance(content, list) and all(isinstance(p, dict) and isinstance(p.get("type"), str) and p["type"] in kinds
-                                         and isinstance(p.get(p["type"]), str) for p in content):
-        return "".join(p[p["type"]] for p in content)
+    text = parts_text(content, ("text", "refusal") if role == "assistant" else ("text",))
+    if text is not None:
+        return text
     raise ApiError(400, f"{where} must be a string or a list of text parts ({{\"type\": \"text\", \"text\": ...}})",
                    param=where, code="invalid_type")
 

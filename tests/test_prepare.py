@@ -1642,6 +1642,19 @@ def test_a_records_system_field_becomes_the_system_message():
                                                    {"role": "assistant", "content": "Hello"}]
 
 
+def test_openai_text_parts_read_as_the_string_they_join():
+    # content as a list of text parts (OpenAI's newer format, what serve.py takes and a logged API chat holds) was
+    # refused; it reads as serve.py reads it, and other parts (an image) are still one clear line
+    parts = {"messages": [{"role": "user", "content": [{"type": "text", "text": "Hi, "}, {"type": "text", "text": "you"}]},
+                          {"role": "assistant", "content": [{"type": "text", "text": "Hello"}]}]}
+    assert prepare.record_doc(parts, "x") == [{"role": "user", "content": "Hi, you"},
+                                              {"role": "assistant", "content": "Hello"}]
+    image = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x.png"}}]},
+                          {"role": "assistant", "content": "Hello"}]}
+    with pytest.raises(UserError, match=r"^x: message content must be text or a list of text parts"):
+        prepare.record_doc(image, "x")
+
+
 def test_an_empty_reply_among_others_is_not_trained_on(tmp_path, enc):
     # its mask was on the <|im_end|> right after "assistant\n": the model learnt to answer some questions with nothing
     records = [{"messages": [{"role": "user", "content": f"Q{i}"}, {"role": "assistant", "content": " " * (i % 2)},
