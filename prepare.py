@@ -332,14 +332,15 @@ def turns_of(record, field, where):
         raise UserError(f"{where}: `{field}` must be a list of turns like {{\"{r}\": \"user\", \"{c}\": \"Hi!\"}} "
                         f"or {{\"{r2}\": \"user\", \"{c2}\": \"Hi!\"}}")
     # a "weight" is OpenAI's fine-tuning format's: 0 leaves an assistant reply out of the loss (render_chat)
-    return [{"role": SHAREGPT_ROLES.get(m[r], m[r]), "content": m[c]}
+    # (roles capitalised as some exports write them, "Human", "USER", are the same roles)
+    return [{"role": SHAREGPT_ROLES.get(m[r].lower(), m[r]), "content": m[c]}
             | ({"weight": m["weight"]} if m.get("weight") is not None else {})
             for m, (r, c) in ((m, spelling(m)) for m in turns)]
 
 
 def record_doc(record, where, dataset=None):
-    """One record -> a document: conversations as `messages` [{role, content}], ShareGPT
-    `conversations` [{from, value}] (either turn spelling under either name), Alpaca instruction/input/output, question/answer or a
+    """One record -> a document: conversations as `messages` (or `conversation`) [{role, content}], ShareGPT
+    `conversations` [{from, value}] (either turn spelling under any of the names), Alpaca instruction/input/output, question/answer or a
     `dialog` list of turns; a `text` field (or a bare string) is a plain document."""
     if isinstance(record, str):
         return (record.strip(), True) if record.strip() else None
@@ -353,6 +354,8 @@ def record_doc(record, where, dataset=None):
             messages = turns_of(record, "messages", where)
         elif "conversations" in has:
             messages = turns_of(record, "conversations", where)
+        elif "conversation" in has:  # lmsys-chat-1m's and WildChat's name for OpenAI's list of {role, content}
+            messages = turns_of(record, "conversation", where)
         elif "instruction" in has and "output" in has:
             for field in ("instruction", "input"):  # else a TypeError's words, or the input's repr() trained
                 if record.get(field) and not isinstance(record[field], str):
@@ -377,7 +380,8 @@ def record_doc(record, where, dataset=None):
                 raise UserError(f"{where}: `text` must be a string, got {type(text).__name__}")
             return (text.strip(), True) if text.strip() else None
         else:
-            raise UserError(f"{where}: no messages, conversations, instruction/output, question/answer or text field")
+            raise UserError(f"{where}: no messages, conversations, conversation, instruction/output, question/answer or "
+                            f"text field")
     except (KeyError, TypeError) as e:
         raise UserError(f"{where}: malformed conversation ({type(e).__name__}: {e})")
     if record.get("system") is not None and not isinstance(record["system"], str):  # not dropped unsaid

@@ -1655,6 +1655,20 @@ def test_openai_text_parts_read_as_the_string_they_join():
         prepare.record_doc(image, "x")
 
 
+def test_lmsys_conversation_records_and_capitalised_roles_are_read():
+    # lmsys-chat-1m and WildChat name the list `conversation`; some ShareGPT exports write "Human"/"GPT" or "USER":
+    # both were "no messages, conversations ... field" or "unknown role 'Human'"
+    want = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    assert prepare.record_doc({"conversation": [{"role": "user", "content": "Hi"},
+                                                {"role": "assistant", "content": "Hello"}]}, "x") == want
+    assert prepare.record_doc({"conversations": [{"from": "Human", "value": "Hi"},
+                                                 {"from": "GPT", "value": "Hello"}]}, "x") == want
+    assert prepare.record_doc({"messages": [{"role": "USER", "content": "Hi"},
+                                            {"role": "Assistant", "content": "Hello"}]}, "x") == want
+    with pytest.raises(UserError, match="unknown role 'Bob'"):
+        prepare.record_doc({"messages": [{"role": "Bob", "content": "Hi"}]}, "x")
+
+
 def test_an_empty_reply_among_others_is_not_trained_on(tmp_path, enc):
     # its mask was on the <|im_end|> right after "assistant\n": the model learnt to answer some questions with nothing
     records = [{"messages": [{"role": "user", "content": f"Q{i}"}, {"role": "assistant", "content": " " * (i % 2)},
