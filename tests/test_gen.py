@@ -3,7 +3,9 @@ gen.py: sampling determinism, KV cache vs full recomputation, chat turns and his
 batched prompt files, and the one-line errors. Tiny random models saved into tmp_path;
 nothing depends on train.py.
 """
+import builtins
 import copy
+import io
 import json
 import os
 import re
@@ -704,22 +706,30 @@ def test_a_prompt_file_line_ends_at_a_newline_only(tmp_path):
     assert gen.read_prompt_file(str(src)) == ["a\u2028b", "page\x0cbreak", "x\x85y"]
 
 
-def test_ctrl_c_at_the_interactive_prompt_does_not_offer_exit(ckpt, capsys, monkeypatch):
-    # --interactive continues every line, "/exit" too: Ctrl-C's hint said "Ctrl-D or /exit quits", as in --chat
-    import builtins
-    import io
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
 
-    class Terminal(io.StringIO):
-        def isatty(self):
-            return True
 
-    keys = iter([KeyboardInterrupt, EOFError] * 2)
+def type_at_terminal(monkeypatch, keys):
+    """stdin a terminal whose input() returns each of keys in turn, or raises it (EOFError: Ctrl-D); returns the
+    prompts input() was given, which it writes to stdout itself."""
+    keys, asked = iter(keys), []
 
     def typed(prompt=""):
-        raise next(keys)
-
+        asked.append(prompt)
+        key = next(keys)
+        if isinstance(key, type) and issubclass(key, BaseException):
+            raise key
+        return key
     monkeypatch.setattr(sys, "stdin", Terminal())
     monkeypatch.setattr(builtins, "input", typed)
+    return asked
+
+
+def test_ctrl_c_at_the_interactive_prompt_does_not_offer_exit(ckpt, capsys, monkeypatch):
+    # --interactive continues every line, "/exit" too: Ctrl-C's hint said "Ctrl-D or /exit quits", as in --chat
+    type_at_terminal(monkeypatch, [KeyboardInterrupt, EOFError] * 2)
     code, out, err = cli([ckpt, "--interactive", "--max_tokens", "2"] + CPU, capsys)
     assert code == 0 and "(Ctrl-D quits)" in err and "/exit" not in err, err
     # --chat does quit at /exit: its hint still says so
@@ -730,24 +740,7 @@ def test_ctrl_c_at_the_interactive_prompt_does_not_offer_exit(ckpt, capsys, monk
 def test_the_prompt_of_a_terminal_session_with_stdout_redirected_goes_to_stderr(ckpt, capsys, monkeypatch):
     # gen.py --interactive > out.txt, typed at a terminal: input("> ") wrote its prompt into the file, before every
     # continuation, and the terminal showed none
-    import builtins
-    import io
-
-    class Terminal(io.StringIO):
-        def isatty(self):
-            return True
-
-    keys, asked = iter(["Once", EOFError]), []
-
-    def typed(prompt=""):
-        asked.append(prompt)  # what input() itself writes to stdout
-        key = next(keys)
-        if key is EOFError:
-            raise key
-        return key
-
-    monkeypatch.setattr(sys, "stdin", Terminal())
-    monkeypatch.setattr(builtins, "input", typed)
+    asked = type_at_terminal(monkeypatch, ["Once", EOFError])
     code, out, err = cli([ckpt, "--interactive", "--max_tokens", "2", "--seed", "0"] + CPU, capsys)
     assert code == 0 and asked == ["", ""] and err.count("> ") == 2, (asked, err)
     assert out.count("\n") == 1 and ">" not in out, out  # the continuation and its newline alone
@@ -756,24 +749,7 @@ def test_the_prompt_of_a_terminal_session_with_stdout_redirected_goes_to_stderr(
 def test_a_terminal_session_with_stdout_on_the_terminal_gives_input_its_prompt(ckpt, capsys, monkeypatch):
     # the other side of the redirect above: stdout a terminal too, input() itself writes the prompt, which readline's
     # line editing (a long line, the history) redraws with the line; printed apart, it was wiped by the first redraw
-    import builtins
-    import io
-
-    class Terminal(io.StringIO):
-        def isatty(self):
-            return True
-
-    keys, asked = iter(["Once", EOFError]), []
-
-    def typed(prompt=""):
-        asked.append(prompt)
-        key = next(keys)
-        if key is EOFError:
-            raise key
-        return key
-
-    monkeypatch.setattr(sys, "stdin", Terminal())
+    asked = type_at_terminal(monkeypatch, ["Once", EOFError])
     monkeypatch.setattr(sys, "stdout", Terminal())
-    monkeypatch.setattr(builtins, "input", typed)
     code, _, err = cli([ckpt, "--interactive", "--max_tokens", "2", "--seed", "0", "--no_delay"] + CPU, capsys)
     assert code == 0 and asked == ["\033[1m> \033[0m"] * 2 and "> " not in err, (asked, err)
