@@ -160,10 +160,11 @@ def exit_on_sigterm(signum, frame):
 def quiet_ctrl_c(name):
     """Called first thing by a script that loads torch (a second or more; longer from a cold disk), or numpy and
     tiktoken (prepare.py, setup_tokenizer.py: a fifth of one), with its __name__: run as a script, Ctrl-C before
-    run_main starts ends in one line, where it was a traceback from inside torch's import. It exits on the spot (nothing is written before main), not by an exception a half-done import could
-    catch. run_main gives Ctrl-C back to Python, whose KeyboardInterrupt the scripts clean up after. Ctrl-C ignored
-    (a script's `python train.py &`, which its shell starts so) stays ignored: taken over, run_main's hand-back let
-    the terminal's Ctrl-C for the script end the run too."""
+    run_main starts ends in one line, where it was a traceback from inside torch's import. It exits on the spot
+    (nothing is written before main), not by an exception a half-done import could catch. run_main gives Ctrl-C
+    back to Python, whose KeyboardInterrupt the scripts clean up after. Ctrl-C ignored (a script's `python train.py
+    &`, which its shell starts so) stays ignored: taken over, run_main's hand-back let the terminal's Ctrl-C for the
+    script end the run too."""
     if name == "__main__" and threading.current_thread() is threading.main_thread() \
             and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, interrupted_while_loading)
