@@ -141,8 +141,9 @@ def parse_args(argv=None):
                                                                   "modern (RoPE, RMSNorm, SwiGLU); default: the "
                                                                   "preset's (modern for tiny, gpt2 for the others)")
     g.add_argument("--dropout", type=float, help="dropout probability (default: 0, or the checkpoint's)")
-    g.add_argument("--block_size", type=int, help="training context in tokens (default: the model's maximum, "
-                                                  "256 for tiny/small, 1024 for gpt2-75m/gpt2)")
+    g.add_argument("--block_size", type=int, help="training context in tokens; a new model's maximum context too "
+                                                  "(default: the model's maximum, 256 for tiny/small, 1024 for "
+                                                  "gpt2-75m/gpt2)")
     g = p.add_argument_group("run")
     g.add_argument("--epochs", type=int, help=f"total epochs to reach, counting those a checkpoint already did "
                                               f"(default: {d['epochs']}); the lr schedule spans all of them")
