@@ -17,7 +17,8 @@ Output when stdin is piped (scripts and tests): no prompt markers, no colours, n
 delay. --interactive and --chat print each reply followed by a newline; with --verbose
 every completion is followed by a line `[end: REASON]` on stdout, where REASON is the
 stop token (`<|im_end|>`, `<|endoftext|>`), `max_tokens`, `context` or `interrupted`,
-so a transcript splits unambiguously into replies. Statistics go to stderr.
+so a transcript splits unambiguously into replies. --prompt_file writes a JSON line per prompt: {"prompt",
+"completion", "end": REASON}. Statistics go to stderr.
 """
 import common  # first (it is light): Ctrl-C while torch loads then ends in one line, not a traceback from its import
 common.quiet_ctrl_c(__name__)
@@ -409,7 +410,8 @@ def parse_args(argv=None):
                    help="recompute the whole context every token (slow; for comparisons: the same text as the cache's "
                         "in fp32, while bf16 rounds a row and a matrix differently)")
     p.add_argument("--no_delay", action="store_true", help="no typing rhythm on a terminal (pipes never wait)")
-    p.add_argument("--output", type=nonempty, help="--prompt_file: write the JSON lines here instead of stdout")
+    p.add_argument("--output", type=nonempty, help="--prompt_file: write the JSON lines ({prompt, completion, end}) "
+                                                   "here instead of stdout")
     p.add_argument("--verbose", action="store_true", help="model size, device, tokens/s (stderr) and [end: ...] markers (stdout)")
     return parse_checkpoint(p, p.parse_args(argv))
 
@@ -501,8 +503,10 @@ def main(argv=None):
         results = complete_batch(model, enc, ids, max_tokens, text_stops, batch_size=args.batch_size or 8, seed=seed,
                                  **sampling)
         dt = time.perf_counter() - t0
-        lines = "".join(json.dumps({"prompt": p, "completion": text}, ensure_ascii=False) + "\n"
-                        for p, (text, _) in zip(prompts, results))
+        # "end": why the completion ended, as --verbose's [end: REASON] says (a reader could not tell a story that
+        # ended from one cut off by --max_tokens)
+        lines = "".join(json.dumps({"prompt": p, "completion": text, "end": end}, ensure_ascii=False) + "\n"
+                        for p, (text, end) in zip(prompts, results))
         if args.output:
             atomic_write_text(args.output, lines)
         else:

@@ -313,12 +313,14 @@ def test_prompt_file_batch(ckpt, enc, tmp_path, capsys):
     assert code == 0, err
     rows = [json.loads(line) for line in out_path.read_text(encoding="utf-8").splitlines()]
     assert [r["prompt"] for r in rows] == prompts
-    assert all(set(r) == {"prompt", "completion"} for r in rows)
-    # "The cat", "The dog" and "The sun" share a batch; each row must match its own single run
+    assert all(set(r) == {"prompt", "completion", "end"} for r in rows)
+    # "The cat", "The dog" and "The sun" share a batch; each row must match its own single run, and say why it ended
+    # as that run does (the stop token, max_tokens or context)
     model = tiny_model(enc)
     for r in rows:
-        ids, text, _ = gen.complete(model, enc, enc.encode(r["prompt"]), 12, stop_tokens=(enc.eot_token,), temperature=0)
-        assert r["completion"] == text
+        ids, text, end = gen.complete(model, enc, enc.encode(r["prompt"]), 12, stop_tokens=(enc.eot_token,),
+                                      temperature=0)
+        assert (r["completion"], r["end"]) == (text, end)
     # without --output the JSON lines go to stdout
     code, out, err = cli([ckpt, "--prompt_file", str(src), "--temp", "0", "--max_tokens", "12"] + CPU, capsys)
     assert code == 0 and [json.loads(line) for line in out.splitlines()] == rows
