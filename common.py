@@ -53,10 +53,11 @@ def number(text, kind):
         raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}") from None
 
 
-def parts_text(content, kinds=("text",)):
+def parts_text(content, role="user"):
     """OpenAI's list of content parts, [{"type": "text", "text": "Hi"}, ...], as one string (each part's text is under
-    its type's name; kinds: the types taken); None when content is no such list. serve.py's requests and prepare.py's
-    `messages` records read it alike."""
+    its type's name; an assistant's may also hold refusal parts, as OpenAI's client sends its earlier replies back);
+    None when content is no such list. serve.py's requests and prepare.py's `messages` records read it alike."""
+    kinds = ("text", "refusal") if role == "assistant" else ("text",)
     if isinstance(content, list) and all(isinstance(p, dict) and isinstance(p.get("type"), str) and p["type"] in kinds
                                          and isinstance(p.get(p["type"]), str) for p in content):
         return "".join(p[p["type"]] for p in content)

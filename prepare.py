@@ -392,7 +392,7 @@ def record_doc(record, where, dataset=None):
         if m["role"] not in ("system", "user", "assistant"):
             raise UserError(f"{where}: unknown role {m['role']!r}; use system, user or assistant (or ShareGPT's human, gpt)")
         if not isinstance(m["content"], str):  # OpenAI's text parts, as serve.py takes them (a logged API chat)
-            text = parts_text(m["content"], ("text", "refusal") if m["role"] == "assistant" else ("text",))
+            text = parts_text(m["content"], m["role"])
             if text is None:
                 raise UserError(f"{where}: message content must be text or a list of text parts ({{\"type\": \"text\", "
                                 f"\"text\": ...}}), got {type(m['content']).__name__}")

@@ -122,7 +122,7 @@ def content_text(content, where, role="user"):
         return content
     if content is None and role == "assistant":
         return ""
-    text = parts_text(content, ("text", "refusal") if role == "assistant" else ("text",))
+    text = parts_text(content, role)
     if text is not None:
         return text
     raise ApiError(400, f"{where} must be a string or a list of text parts ({{\"type\": \"text\", \"text\": ...}})",
