@@ -315,21 +315,35 @@ class CrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, targets, weight, n_valid):
         # logits (N, Vp) any float dtype, targets (N,) long (-1 where weight is 0), weight (N,) fp32 -> () fp32
-        logp = torch.log_softmax(logits.float(), dim=-1)  # (N, Vp), kept for backward as F.cross_entropy keeps it
+        ctx.compiled = torch.compiler.is_compiling()  # False when AOTAutograd traces backward: decided here
+        if ctx.compiled:
+            # backward recomputes the log-softmax from the logits and each row's logsumexp, which inductor fuses into
+            # its one pass: nothing N x V is written here, and backward reads the logits (bf16 under autocast) instead
+            # of an fp32 copy, 4.9 -> 2.4 GB of memory traffic for gpt2 at B8 x 1024. On an H200 its step went from
+            # 393k to 417k tokens/s; on a CPU, where exp is the cost, it is as fast as before
+            lse = torch.logsumexp(logits.float(), dim=-1)  # (N,)
+            logp = logits.float() - lse[:, None]  # (N, Vp), fused into its readers below, never stored
+            saved = logits, lse
+        else:
+            # eager: ATen's fused log_softmax kernel, kept for backward as F.cross_entropy keeps it (a logsumexp and a
+            # recomputation would be three more passes over N x V)
+            logp = torch.log_softmax(logits.float(), dim=-1)  # (N, Vp)
+            saved = logp, None
         targets = targets.clamp(min=0)  # an ignored position reads logit 0, times its weight 0
         ctx.n_valid = n_valid if n_valid < logp.size(1) else None
         valid = None
         if ctx.n_valid:
             valid = torch.log1p(-torch.exp(logp[:, n_valid:]).sum(1))  # (N,) log(1 - m), the real ids' share
-        ctx.save_for_backward(logp, targets, weight, valid)
+        ctx.save_for_backward(*saved, targets, weight, valid)
         ctx.logits_dtype = logits.dtype
-        ctx.compiled = torch.compiler.is_compiling()  # False when AOTAutograd traces backward: decided here
         logq = logp.gather(1, targets[:, None]).squeeze(1)  # (N,)
         return -((logq if valid is None else logq - valid) * weight).sum()
 
     @staticmethod
     def backward(ctx, grad):
-        logp, targets, weight, valid = ctx.saved_tensors
+        logp, lse, targets, weight, valid = ctx.saved_tensors
+        if lse is not None:  # compiled: logp holds the logits
+            logp = logp.float() - lse[:, None]  # (N, Vp)
         scale = (weight * grad)[:, None]  # (N, 1)
         p_scale = scale if valid is None else scale * torch.exp(-valid)[:, None]  # the padded softmax -> the real one
         if ctx.compiled:
