@@ -16,7 +16,8 @@ Sections (--only, comma-separated): peak, train, gen, ratio, prepare. MFU = mode
 the share of what this machine can really do, not of a datasheet number.
 
 Every timing follows a warm-up, with the device synchronised around it; training and prepare rows are the median of
-several repetitions, generation rows one run of --new_tokens tokens each.
+several repetitions (on a GPU each of 5 steps back to back, as train.py runs them), generation rows one run of
+--new_tokens tokens each.
 On a shared machine (other processes busy) the numbers drop and scatter; --note records that in BENCHMARKS.md.
 """
 import common  # first (it is light): Ctrl-C while torch loads then ends in one line, not a traceback from its import
@@ -74,18 +75,27 @@ def sync(device):
         torch.mps.synchronize()
 
 
-def timed(fn, device, warmup, iters):
-    """Seconds of each of `iters` calls of fn() after `warmup` untimed ones (which absorb allocation,
-    kernel selection and torch.compile)."""
+def back_to_back(device):
+    """Calls a GPU sample runs back to back, as train.py runs its steps: a sync after each call would leave the GPU
+    idle while the host launches the next one's first kernels, which training never waits for (gpt2 B8 on an H200:
+    17.7 ms of kernels in a 19.4 ms step timed alone). A CPU runs each call to its end anyway."""
+    return 5 if device.type == "cuda" else 1
+
+
+def timed(fn, device, warmup, iters, group=1):
+    """Seconds per call of fn(), `iters` samples after `warmup` untimed calls (which absorb allocation, kernel
+    selection and torch.compile); each sample times `group` calls back to back, the device synchronised around
+    them."""
     for _ in range(warmup):
         fn()
     sync(device)
     times = []
     for _ in range(iters):
         t0 = clock()
-        fn()
+        for _ in range(group):
+            fn()
         sync(device)
-        times.append(clock() - t0)
+        times.append((clock() - t0) / group)
     return times
 
 
@@ -125,7 +135,7 @@ def measure_peak(device, dtype, n, warmup=2, iters=5):
     g = torch.Generator(device="cpu").manual_seed(0)
     a = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
     b = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
-    t = statistics.median(timed(lambda: torch.mm(a, b), device, warmup, iters))
+    t = statistics.median(timed(lambda: torch.mm(a, b), device, warmup, iters, back_to_back(device)))
     return 2 * n ** 3 / t
 
 
@@ -139,7 +149,9 @@ def bench_peak(device, dtypes, sizes, warmup=2, iters=5):
             f = measure_peak(device, dtype, n, warmup, iters)
             peaks[dtype] = max(peaks.get(dtype, 0.0), f)
             tf32 = " (TF32 allowed)" if device.type == "cuda" and dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else ""
-            rows.append(row("peak", f"matmul {n}x{n}", f / scale, unit, dtype, note=f"median of {iters}{tf32}"))
+            group = back_to_back(device)
+            runs = f"median of {iters}" + (f" runs of {group}" if group > 1 else "")
+            rows.append(row("peak", f"matmul {n}x{n}", f / scale, unit, dtype, note=runs + tf32))
     return rows, peaks
 
 
@@ -162,8 +174,12 @@ def make_train_step(model, device, dtype, batch_size, compile=False, seed=0, opt
     cfg = model.config
     model.train()
     g = torch.Generator(device="cpu").manual_seed(seed)
-    x = torch.randint(0, cfg.vocab_size, (batch_size, cfg.block_size), generator=g).to(device)
-    y = torch.randint(0, cfg.vocab_size, (batch_size, cfg.block_size), generator=g).to(device)
+    # on the host, pinned for a GPU, as train.py's loader hands them over: train_step counts the targets there (on
+    # the device that count would sync every step) and copies the batch without blocking
+    x = torch.randint(0, cfg.vocab_size, (batch_size, cfg.block_size), generator=g)
+    y = torch.randint(0, cfg.vocab_size, (batch_size, cfg.block_size), generator=g)
+    if device.type == "cuda":
+        x, y = x.pin_memory(), y.pin_memory()
     # a small lr: random tokens must not blow the weights up over the warm-up and timed steps
     opt = model.configure_optimizer(weight_decay=0.1, lr=1e-4, device_type=device.type, optimizer=optimizer, dtype=dtype)
     # train.py's: a compile that fails (at the first call, where it happens: no C++ compiler, say) warns and runs eager
@@ -179,7 +195,7 @@ def make_train_step(model, device, dtype, batch_size, compile=False, seed=0, opt
     return step, lambda: fwd.fn is not fwd.model
 
 
-def train_row(model, device, dtype, batch_size, seconds, peaks, compiled, optimizer, label=None, iters=None):
+def train_row(model, device, dtype, batch_size, seconds, peaks, compiled, optimizer, label=None, iters=None, group=1):
     cfg = model.config
     scale, unit = flop_unit(device)
     t = statistics.median(seconds)
@@ -190,7 +206,7 @@ def train_row(model, device, dtype, batch_size, seconds, peaks, compiled, optimi
     name = label or f"{cfg_name(model)} B{batch_size} T{cfg.block_size} V{cfg.vocab_size}"
     note = f"step {t * 1e3:.0f} ms, {achieved / scale:.1f} {unit}, {optimizer}" + (", compiled" if compiled else "")
     if iters:
-        note += f", median of {iters}"
+        note += f", median of {iters}" + (f" runs of {group} steps" if group > 1 else "")
     return row("train", name, tps, "tokens/s", dtype, mfu, note, optimizer)
 
 
@@ -212,8 +228,9 @@ def bench_train(preset, device, dtype, peaks, batch_size, block_size=None, vocab
     model.recompute_activations = recompute_activations  # train.py's option of that name
     step, compiled = make_train_step(model, device, dtype, batch_size, compile, optimizer=optimizer)
     # torch.compile compiles on the first call: give it an extra warm-up step so no timed step recompiles
-    seconds = timed(step, device, warmup + (1 if compile else 0), iters)
-    r = train_row(model, device, dtype, batch_size, seconds, peaks, compiled(), optimizer, iters=iters)
+    group = back_to_back(device)
+    seconds = timed(step, device, warmup + (1 if compile else 0), iters, group)
+    r = train_row(model, device, dtype, batch_size, seconds, peaks, compiled(), optimizer, iters=iters, group=group)
     if recompute_activations:
         r["note"] += ", activations recomputed"
     if device.type == "cuda":  # weights, AdamW state, activations and gradients at their peak
