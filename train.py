@@ -1561,6 +1561,7 @@ def run_training(args, held):
     loss_acc, loss_n = torch.zeros((), device=device), 0
     t_mark, tokens_mark = time.time(), 0  # for tokens/s, restarted after each record, eval and save
     tps = 0.0
+    train_s, train_tokens = 0.0, 0  # the logged intervals summed: the run's training speed, for the summary
     budget_spent = p.budget_elapsed  # a continued budgeted run goes on with its clock
     reserve = 0.0  # seconds the last evaluation and saves took: a budgeted run stops early enough to fit them
     clock = budget_spent  # seconds of the budget spent, as all ranks agree after each step
@@ -1656,6 +1657,7 @@ def run_training(args, held):
                             train_loss = loss_sum / loss_n if loss_n else None
                             shown = "-" if train_loss is None else f"{train_loss:.4f}"
                             tps = tokens_mark / max(time.time() - t_mark, 1e-9)
+                            train_s, train_tokens = train_s + time.time() - t_mark, train_tokens + tokens_mark
                             rec = {"run": run_id, "step": p.step, "epoch": round(p.epoch + p.windows / len(train_w), 4),
                                    "tokens": p.tokens,
                                    "train_loss": None if train_loss is None else round(train_loss, 5), "val_loss": None,
@@ -1745,11 +1747,17 @@ def run_training(args, held):
     best_bpb = None if p.best_val_loss is None else bits_per_byte(p.best_val_loss, meta)
     summary = {"stopped": stopped, "steps": p.step, "run_steps": run_steps, "epochs_done": p.epoch,
                "tokens": run_tokens, "elapsed": run_time, "tokens_per_s": run_tokens / max(run_time, 1e-9),
+               "train_tokens_per_s": train_tokens / train_s if train_s > 0 else None,
                "val_loss": last_val, "best_val_loss": p.best_val_loss, "best_val_bpb": best_bpb,
                "checkpoint": saved["path"], "best_checkpoint": saved["best"],
                "metrics": metrics.path, "plot": metrics.png_path if os.path.exists(metrics.png_path) else None}
+    rate = f"{summary['tokens_per_s']:,.0f} tokens/s"
+    if summary["train_tokens_per_s"] and summary["train_tokens_per_s"] > 1.1 * summary["tokens_per_s"]:
+        # a short run on a GPU: compiling, evaluating and saving took most of it (200 steps of small on an H200
+        # trained at 240k tokens/s and said 24,708 here)
+        rate += f" overall, {summary['train_tokens_per_s']:,.0f} while training"
     say(paint(f"{stopped}: {run_steps:,} steps, {fmt_count(run_tokens)} tokens in {fmt_time(run_time)} "
-              f"({summary['tokens_per_s']:,.0f} tokens/s); {p.epoch} " +
+              f"({rate}); {p.epoch} " +
               (f"epoch(s) in the {args.time_budget:g} min budget" if budget else f"of {args.epochs} epoch(s) done"), "bold"))
     if p.best_val_loss is not None:
         say(f"best val loss {p.best_val_loss:.4f} (ppl {math.exp(min(p.best_val_loss, 50)):.2f}"

@@ -1741,6 +1741,20 @@ def test_a_slow_first_step_is_not_in_the_first_logs_tokens_per_s(env, tmp_path, 
     assert len(rates) >= 3 and rates[0] == pytest.approx(max(rates[1:])), rates
 
 
+def test_the_summary_gives_the_training_speed_beside_the_runs(env, tmp_path, monkeypatch, capsys):
+    # a short GPU run spends most of its time compiling and evaluating: 200 steps of small on an H200 trained at 240k
+    # tokens/s and the closing line said 24,708, as if that were the speed
+    on_step(monkeypatch, 1, lambda: clock.advance(20))
+    clock = StepClock(monkeypatch, evaluation=1.0)
+    s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--epochs", 2, "--log_interval", 23,
+                             "--eval_interval", 45, "--save_interval", 0))
+    rates = [r["tokens_per_s"] for r in read_metrics(s["metrics"])]
+    assert min(rates) <= s["train_tokens_per_s"] <= max(rates), rates  # (an epoch's padded last step: fewer tokens)
+    assert s["tokens_per_s"] < s["train_tokens_per_s"] / 5  # the 20-s first step and the evaluations count there
+    assert f"({s['tokens_per_s']:,.0f} tokens/s overall, {s['train_tokens_per_s']:,.0f} while training)" in \
+        capsys.readouterr().out
+
+
 def test_a_continued_budgets_slow_first_step_does_not_advance_its_schedule(env, tmp_path, monkeypatch):
     """Continuing a budgeted run compiles again: the schedule waits for that first step, as a new run's does, rather
     than skipping the part of the decay the recompile took."""
