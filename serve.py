@@ -30,10 +30,12 @@ common.quiet_ctrl_c(__name__)
 
 import argparse
 import collections
+import contextlib
 import errno
 import json
 import os
 import queue
+import re
 import select
 import socket
 import sys
@@ -433,6 +435,37 @@ class Handler(BaseHTTPRequestHandler):
     def do_TRACE(self):
         self.dispatch("TRACE")
 
+    def end_headers(self):
+        # every answer (errors and streams too) tells a browser page of an allowed origin that it may read it
+        origin = self.cors_origin()
+        if origin:
+            self.send_header("Access-Control-Allow-Origin", origin)
+            if origin != "*":
+                self.send_header("Vary", "Origin")
+        super().end_headers()
+
+    def cors_origin(self):
+        """The Access-Control-Allow-Origin for this request under --cors, or None (no --cors, or another origin)."""
+        allowed = self.server.cors
+        if "*" in allowed:
+            return "*"
+        origin = getattr(self, "headers", None) and self.headers.get("Origin")  # (none yet: a malformed request line)
+        return origin if origin in allowed else None
+
+    def preflight(self, path):
+        """A browser's CORS preflight (OPTIONS with Access-Control-Request-Method) from an origin --cors allows:
+        204 with what the route takes. Without --cors, OPTIONS stays a 405, and a page of another origin cannot
+        send the API a JSON request."""
+        methods = self.ROUTES.get(path, {"GET"}) | {"OPTIONS"}
+        self.send_response(204)
+        self.send_header("Access-Control-Allow-Methods", ", ".join(sorted(methods)))
+        # the headers the page asked to send (Authorization, Content-Type, the openai client's own X-Stainless-*)
+        self.send_header("Access-Control-Allow-Headers", self.headers.get("Access-Control-Request-Headers") or "Content-Type")
+        self.send_header("Access-Control-Max-Age", "86400")
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+
     def parse_request(self):
         if self.raw_requestline in (b"\r\n", b"\n"):  # a client's stray CRLF after a body (RFC 9112 2.2): skip one
             self.raw_requestline = self.rfile.readline(65537)
@@ -468,6 +501,9 @@ class Handler(BaseHTTPRequestHandler):
         self.body = None
         try:
             self.check_framing(method)
+            known = path in self.ROUTES or path.startswith("/v1/models/")
+            if method == "OPTIONS" and known and "Access-Control-Request-Method" in self.headers and self.cors_origin():
+                return self.preflight(path)
             if path.startswith("/v1/models/"):
                 if method != "GET":  # (it was "no such endpoint": client.models.delete raised NotFoundError)
                     raise ApiError(405, f"/v1/models/{{model}} takes GET, not {method}", code="method_not_allowed")
@@ -680,14 +716,18 @@ class ApiServer(ThreadingHTTPServer):
     request_queue_size = 128  # the listen backlog: socketserver's 5 makes a burst of clients wait a second for a SYN retry
 
     def __init__(self, model, enc, name, host="127.0.0.1", port=8000, dtype=torch.float32, temperature=0.8,
-                 top_k=200, top_p=None, max_tokens=256, max_queue=64, log=None):
+                 top_k=200, top_p=None, max_tokens=256, max_queue=64, log=None, cors=()):
         self.model, self.enc, self.name = model, enc, name
+        self.cors = tuple(cors)  # origins whose pages may call the API from a browser ("*": any)
         self.temperature, self.top_k, self.top_p, self.max_tokens = temperature, top_k, top_p, max_tokens
         self.created = int(time.time())
         with open(PAGE, "rb") as f:
             self.page = f.read()
         log = log or (lambda line: print(f"{time.strftime('%H:%M:%S')} {line}", file=sys.stderr, flush=True))
         self.worker = Worker(model, enc, dtype, max_queue, log)
+        with contextlib.suppress(OSError, UnicodeError, TypeError):  # a name that does not resolve: bind says so below
+            # an IPv6 address or name (--host ::, ::1) needs an IPv6 socket; socketserver's is IPv4 only
+            self.address_family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
         try:
             super().__init__((host, port), Handler)
         except (OSError, TypeError, UnicodeError) as e:  # ('ü..x': "encoding of hostname failed", a TypeError)
@@ -696,10 +736,16 @@ class ApiServer(ThreadingHTTPServer):
             raise UserError(f"cannot listen on {host}:{port} ({getattr(e, 'strerror', None) or e}): {fix}")
         self.worker.start()
 
+    def server_bind(self):
+        if self.address_family == socket.AF_INET6:  # --host :: listens on IPv4 too, as 0.0.0.0 and :: do together
+            with contextlib.suppress(OSError, AttributeError):
+                self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
     @property
     def url(self):
         host, port = self.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     def model_card(self):
         # sampling_defaults (an extension, as context_length): what a request that leaves them out gets, which the
@@ -736,12 +782,24 @@ def port(s):
     return v
 
 
+def origins(s):
+    out = tuple(o.strip().rstrip("/") for o in s.split(",") if o.strip())
+    bad = [o for o in out if o != "*" and not re.fullmatch(r"https?://[^/\s]+", o)]
+    if not out or bad:  # a page's Origin is scheme://host[:port], nothing more: another form never matches
+        raise argparse.ArgumentTypeError(f"expected origins like http://localhost:3000 (scheme://host[:port]) or *, "
+                                         f"got {(bad or [s])[0]!r}")
+    return out
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Serve a checkpoint: an OpenAI-compatible HTTP API and a chat page.")
     add_checkpoint_argument(p)
     p.add_argument("--host", type=nonempty, default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; "
                                                         "0.0.0.0 for every network, with no authentication)")
     p.add_argument("--port", type=port, default=8000, help="port, 0-65535 (default 8000; 0 picks any free one)")
+    p.add_argument("--cors", type=origins, default=(), metavar="ORIGINS",
+                   help="let web pages of these origins call the API from a browser: comma-separated, e.g. "
+                        "http://localhost:3000, or * for any (default: none; the chat page at / needs none)")
     p.add_argument("--temp", type=temperature, default=0.8, help="temperature when a request gives none (default 0.8)")
     p.add_argument("--top_k", type=top_k_arg, default=200, help="top_k when a request gives none, 0 = no limit "
                                                                  "(default 200)")
@@ -770,7 +828,7 @@ def main(argv=None):
     model, enc, _ = load_model(path, device)
     name = model_name(path)
     server = ApiServer(model, enc, name, args.host, args.port, dtype, args.temp, args.top_k, args.top_p,
-                       args.max_tokens, args.max_queue)
+                       args.max_tokens, args.max_queue, cors=args.cors)
     print(f"serving {name} ({model.num_params(non_embedding=False) / 1e6:.1f}M parameters, context "
           f"{model.config.block_size}, {device} {str(dtype).removeprefix('torch.')}) on {server.url}: "
           f"chat page at {server.url}/, API at {server.url}/v1; Ctrl-C stops", flush=True)

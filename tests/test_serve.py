@@ -842,3 +842,88 @@ def test_empty_stop_strings_are_ignored_and_top_k_zero_is_no_limit(api):
 def test_max_completion_tokens_is_honoured(api):
     status, body, _ = post(api, "/v1/completions", {"prompt": "Once upon a time", "max_completion_tokens": 3})
     assert status == 200 and api.worker.recent[-1]["max_tokens"] == 3
+
+
+def head(api, method, path, headers, body=None, host=None):
+    """(status, headers with lower-case names, body bytes) of one request."""
+    conn = http.client.HTTPConnection(host or api.server_address[0], api.server_address[1], timeout=60)
+    conn.request(method, path, body, headers)
+    r = conn.getresponse()
+    out = r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    conn.close()
+    return out
+
+
+def test_cors_lets_the_pages_of_the_allowed_origins_call_the_api(enc):
+    # a web page served from elsewhere (a chat UI on localhost:3000) sends JSON to the API only after a preflight
+    # that the server answers, and reads an answer only if it names the page's origin
+    page = "http://localhost:3000"
+    ask = {"Origin": page, "Access-Control-Request-Method": "POST",
+           "Access-Control-Request-Headers": "authorization, content-type"}
+    body = json.dumps({"prompt": "Hi", "max_tokens": 2})
+    api = start(tiny_model(enc), enc, cors=(page,))
+    try:
+        status, h, data = head(api, "OPTIONS", "/v1/chat/completions", ask)
+        assert status == 204 and data == b"" and h["access-control-allow-origin"] == page
+        assert h["access-control-allow-methods"] == "OPTIONS, POST"
+        assert h["access-control-allow-headers"] == "authorization, content-type" and h["vary"] == "Origin"
+        for stream in (False, True):  # answers and streams alike
+            status, h, _ = head(api, "POST", "/v1/completions", {"Origin": page, "Content-Type": "application/json"},
+                                json.dumps({"prompt": "Hi", "max_tokens": 2, "stream": stream}))
+            assert status == 200 and h["access-control-allow-origin"] == page, stream
+        status, h, _ = head(api, "GET", "/v1/nowhere", {"Origin": page})  # errors too: the page reads the message
+        assert status == 404 and h["access-control-allow-origin"] == page
+        # another origin's page gets no preflight and no permission to read
+        status, h, _ = head(api, "OPTIONS", "/v1/chat/completions", {**ask, "Origin": "http://evil.example"})
+        assert status == 405 and "access-control-allow-origin" not in h
+        status, h, _ = head(api, "POST", "/v1/completions", {"Origin": "http://evil.example"}, body)
+        assert status == 200 and "access-control-allow-origin" not in h
+    finally:
+        api.close()
+    api = start(tiny_model(enc), enc, cors=("*",))
+    try:
+        status, h, _ = head(api, "OPTIONS", "/v1/models/tiny", {**ask, "Access-Control-Request-Method": "GET"})
+        assert status == 204 and h["access-control-allow-origin"] == "*" and h["access-control-allow-methods"] == "GET, OPTIONS"
+    finally:
+        api.close()
+
+
+def test_without_cors_no_page_of_another_origin_is_let_in(api):
+    status, h, _ = head(api, "OPTIONS", "/v1/chat/completions", {"Origin": "http://localhost:3000",
+                                                                 "Access-Control-Request-Method": "POST"})
+    assert status == 405 and "access-control-allow-origin" not in h
+    status, h, _ = head(api, "POST", "/v1/completions", {"Origin": "http://localhost:3000"},
+                        json.dumps({"prompt": "Hi", "max_tokens": 1}))
+    assert status == 200 and "access-control-allow-origin" not in h
+
+
+def test_cors_origins_are_checked_on_the_command_line(capsys):
+    assert serve.parse_args(["--cors", "http://localhost:3000, https://a.example/"]).cors == \
+        ("http://localhost:3000", "https://a.example")
+    for bad in ("localhost:3000", "http://a.example/chat", ","):  # no scheme, a path, nothing: never an Origin
+        with pytest.raises(SystemExit):
+            serve.parse_args(["--cors", bad])
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert "expected origins like http://localhost:3000" in err, err
+
+
+def ipv6_loopback():
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback here")
+def test_an_ipv6_host_is_served(enc):
+    # socketserver listens on IPv4 only: --host ::1 failed with "Address family not supported", --host :: the same
+    for host, reach in (("::1", "::1"), ("::", "127.0.0.1")):  # ::, like 0.0.0.0, takes IPv4 clients too
+        api = start(tiny_model(enc), enc, host=host)
+        try:
+            assert api.url == f"http://[{host}]:{api.server_address[1]}"
+            status, _, data = head(api, "GET", "/v1/models", {}, host=reach)
+            assert status == 200 and json.loads(data)["data"][0]["id"] == "tiny"
+        finally:
+            api.close()
