@@ -465,18 +465,41 @@ def section_text(rows, device, argv=None, note=None, when=None, settings=None, m
     return "\n".join(out)
 
 
+@contextlib.contextmanager
+def turn_at(path):
+    """Hold path's advisory lock (creating the file, empty, when missing): runs that finish at once take turns. The
+    atomic write replaces the file, so a run that waited on the old one looks again (its lock would guard nothing)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; runs finishing in the same millisecond are rare
+        yield
+        return
+    while True:
+        try:
+            f = open(path, "a", encoding="utf-8")
+        except PermissionError:  # a read-only file in a writable folder: the atomic write replaces it all the same
+            yield
+            return
+        with f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            with contextlib.suppress(FileNotFoundError):
+                if os.fstat(f.fileno()).st_ino == os.stat(path).st_ino:
+                    yield
+                    return
+
+
 def append_benchmarks(path, text):
     """Append one dated section to path, creating it with a title when missing; written atomically, so an
-    interrupted run never leaves half a table."""
-    if os.path.exists(path):
+    interrupted run never leaves half a table, and in turn, so two runs finishing together keep both sections."""
+    with turn_at(path):
         with open(path, encoding="utf-8") as f:
             old = f.read()
-        if old and not old.endswith("\n"):
+        if not old:
+            old = ("# Benchmarks\n\nAppended by `python bench.py` (see its --help): one section per run, newest "
+                   "last. MFU is against the matmul peak measured in the same run.\n")
+        elif not old.endswith("\n"):
             old += "\n"
-    else:
-        old = ("# Benchmarks\n\nAppended by `python bench.py` (see its --help): one section per run, newest last. "
-               "MFU is against the matmul peak measured in the same run.\n")
-    atomic_write_text(path, old + "\n" + text)
+        atomic_write_text(path, old + "\n" + text)
 
 
 def off_target(args):

@@ -2,6 +2,8 @@
 
 import os
 import sys
+import threading
+import time
 
 import pytest
 import torch
@@ -538,3 +540,24 @@ def test_gpu_samples_run_steps_back_to_back(monkeypatch, one_second_steps):
     assert syncs == [2 + i * group for i in range(4)]  # after the warm-up, then once per sample
     assert seconds == [1 / group] * 3  # each sample's second (one_second_steps) shared by its steps
 
+
+
+def test_two_runs_finishing_together_keep_both_sections(tmp_path, monkeypatch):
+    # each run reads the file, adds its section and replaces the file: the second to read, before the first had
+    # written, dropped the first's section
+    path = str(tmp_path / "BENCHMARKS.md")
+    real, first = bench.atomic_write_text, threading.Event()
+    second = threading.Thread(target=lambda: (first.wait(), bench.append_benchmarks(path, "## second\n")))
+    second.start()
+
+    def slow_write(p, text):  # the first run is mid-write when the second finishes
+        if threading.current_thread() is not second:
+            first.set()
+            time.sleep(0.5)
+        real(p, text)
+    monkeypatch.setattr(bench, "atomic_write_text", slow_write)
+    bench.append_benchmarks(path, "## first\n")
+    second.join(30)
+    text = open(path, encoding="utf-8").read()
+    assert text.startswith("# Benchmarks\n") and text.count("# Benchmarks") == 1
+    assert "## first\n" in text and "## second\n" in text
