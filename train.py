@@ -1564,6 +1564,7 @@ def run_training(args, held):
     train_s, train_tokens = 0.0, 0  # the logged intervals summed: the run's training speed, for the summary
     budget_spent = p.budget_elapsed  # a continued budgeted run goes on with its clock
     reserve = 0.0  # seconds the last evaluation and saves took: a budgeted run stops early enough to fit them
+    step_times = []  # the last two steps' seconds (not the first's: a cold compile): a budget's next step must fit
     clock = budget_spent  # seconds of the budget spent, as all ranks agree after each step
     # A budgeted run evaluates at each --eval_interval slice of the clock, once EVAL_SPACING times the last
     # evaluation's cost has passed in training since it ended: an evaluation that takes longer than a slice (GPT-2's
@@ -1600,8 +1601,11 @@ def run_training(args, held):
                             say(paint("compiling the model: its first step and first evaluation take longer (about a "
                                       "minute on a small CPU, seconds once cached)", "dim"))
                             t_first = time.time()
+                        t_step = time.time()
                         loss_acc += train_step(fwd, optimizer, scaler, micro, device, dtype, args.grad_clip,
                                                n_targets, dist.world) * n_targets
+                        if run_steps:
+                            step_times = step_times[-1:] + [time.time() - t_step]
                         if args.compile and not run_steps:
                             say(paint(f"first step {time.time() - t_first:.1f} s", "dim"))
                         p.step += 1
@@ -1620,14 +1624,18 @@ def run_training(args, held):
                             stopped = "max_steps"
                         # every rank must take the same decisions: the slowest rank's clock, and Ctrl-C on any
                         now = budget_spent + time.time() - t_run
-                        clock, clock_reserved, interrupted = dist.agree(now, now + reserve, interrupt.requested)
+                        # the stop also leaves room for one more step (the faster of the last two: one slow step, a
+                        # stall, does not end the run): stopped at the budget minus the evaluation alone, the run
+                        # passed it by up to a step, 10 s for gpt2 on a CPU
+                        clock, clock_reserved, clock_next, interrupted = dist.agree(
+                            now, now + reserve, now + reserve + min(step_times, default=0.0), interrupt.requested)
                         if budget and run_steps == 1:
                             # the schedule starts once the first step (a cold compile) is done: a new budget's here, a
                             # continued one's moves on by this first step's time, so that a recompile neither uses up
                             # the warmup nor skips part of the decay
                             p.schedule_origin = clock if p.schedule_origin is None else \
                                 p.schedule_origin + clock - budget_spent
-                        if budget and clock_reserved >= budget:
+                        if budget and clock_next >= budget:
                             stopped = "time budget"
                         t_extra = time.time()
                         if budget:
@@ -1635,6 +1643,9 @@ def run_training(args, held):
                             eval_cost = clock_reserved - clock  # the last evaluation's (and saves'), as agreed
                             due_eval = budget_due("eval", args.eval_interval, frac) and (
                                 last_eval_clock is None or clock >= last_eval_clock + (1 + EVAL_SPACING) * eval_cost)
+                            if due_eval and stopped == "done" and clock_next + eval_cost >= budget:
+                                # this evaluation, a step and the final one would pass the budget: this one is final
+                                stopped = "time budget"
                             # the end of the run, by the clock or by --epochs, is evaluated and saved
                             last = stopped == "time budget" or (end_of_epoch and p.epoch >= args.epochs)
                             due_eval = due_eval or last
