@@ -837,6 +837,7 @@ class Metrics:
         """keep_until: the checkpoint a run continues, whose history is kept; hold: leave the files as they are (an
         earlier run's, which --overwrite replaces) until release()."""
         self.path, self.png_path, self.records, self.write = path, png_path, [], write
+        self.plotted = None  # (records, title) of the last curve drawn: the end of a run draws it again only if new
         self.held = hold and write
         if not write:  # another rank writes them
             return
@@ -885,7 +886,7 @@ class Metrics:
         except ImportError:
             return
         xlabel, train, val = self.curves()
-        if not train and not val:
+        if (not train and not val) or self.plotted == (len(self.records), title):
             return
         fig = Figure(figsize=(7, 4))
         ax = fig.subplots()
@@ -901,6 +902,7 @@ class Metrics:
         try:
             fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
             os.replace(tmp, self.png_path)
+            self.plotted = (len(self.records), title)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(tmp)

@@ -2039,7 +2039,7 @@ def test_the_loss_curve_is_drawn_at_the_end_of_the_run(env, tmp_path, monkeypatc
     its last records out, or no curve at all, and with --overwrite the earlier run's curve stayed, named as this one's.
     matplotlib is replaced by a stand-in that records what is drawn."""
     import types
-    drawn = []
+    drawn, saved = [], []
 
     class Axes:
         def plot(self, xs, ys, label=None, **k):
@@ -2056,6 +2056,7 @@ def test_the_loss_curve_is_drawn_at_the_end_of_the_run(env, tmp_path, monkeypatc
             return Axes()
 
         def savefig(self, path, **k):
+            saved.append(path)
             with open(path, "wb") as f:
                 f.write(b"png")
     figure = types.ModuleType("matplotlib.figure")
@@ -2064,6 +2065,8 @@ def test_the_loss_curve_is_drawn_at_the_end_of_the_run(env, tmp_path, monkeypatc
     monkeypatch.setitem(sys.modules, "matplotlib.figure", figure)
     first = train.train(args_for(env, tmp_path, "--dataset", "mini", "--epochs", "1"))
     assert first["plot"] and drawn
+    # drawn at each evaluation, and not again at the end when no record came after the last (~1 s on a small CPU)
+    assert len(saved) == len([r for r in read_metrics(first["metrics"]) if r["val_loss"] is not None])
     s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--max_steps", "3", "--eval_interval", "0",
                              "--overwrite"))
     assert s["plot"] == first["plot"]
