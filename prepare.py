@@ -73,12 +73,13 @@ from setup_tokenizer import (EOT, IM_END, IM_START, get_tokenizer, read_text_chu
                              trained_on, warn_short_vocabulary)
 
 FORMAT = 1   # layout of meta.json and the .bin files
-VERSION = 7  # bump when the same inputs would give other tokens or counts, so existing datasets rebuild
+VERSION = 8  # bump when the same inputs would give other tokens or counts, so existing datasets rebuild
             # (2: special tokens count no bytes of text; 4: val counted over a dataset's files together, byte-order
             # marks dropped, separators found after a long first document; 6: a message's "weight" 0 masks its
             # reply, a one-document file over twice val's share of the text is cut by tokens; 7: a conversation set's
             # own validation split leaves out the conversations train has, an empty reply is not trained on, a
-            # ShareGPT turn's "weight" counts as a `messages` turn's does)
+            # ShareGPT turn's "weight" counts as a `messages` turn's does; 8: a val cut from the same sources as train
+            # leaves out the documents train has)
 DATASETS = ("story", "shakespeare", "dailydialog", "chat", "chitchat", "knowledge", "text")
 EVERYTHING = ("story", "shakespeare", "dailydialog", "chat", "knowledge", "chitchat")  # what a bare `python prepare.py` builds
 MIXABLE = ("dailydialog", "chat", "knowledge", "chitchat")  # the conversation sets, which --mix combines
@@ -798,6 +799,36 @@ class Split:
         self.documents, other.documents = self.documents - documents, other.documents + documents
         self.bytes, other.bytes = self.bytes - moved_bytes, other.bytes + moved_bytes
 
+    def drop_documents(self, drop, eot, token_bytes):
+        """Remove the documents (each ending with <|endoftext|>) whose index is in the set drop, moving the ones after
+        them up in place: runs of kept documents are copied forward, a block at a time."""
+        ids = self.arrays()[0]
+        ends = document_ends(ids, eot).tolist()
+        runs, dropped_bytes = [], 0  # [start, end) of the kept runs, in tokens
+        for i, (a, b) in enumerate(zip([0, *ends], ends)):
+            if i in drop:
+                dropped_bytes += int(token_bytes[ids[a:b]].sum())
+            elif runs and runs[-1][1] == a:
+                runs[-1][1] = b
+            else:
+                runs.append([a, b])
+        del ids  # (the memmap, before the files shrink under it)
+        for i, f in enumerate(self.files):
+            size = self.dtype.itemsize if i == 0 else 1
+            at = 0  # never past what is still to be read: the copy only moves data towards the start
+            for a, b in runs:
+                for start in range(a * size, b * size, size << 23):
+                    f.seek(start)
+                    block = f.read(min(size << 23, b * size - start))
+                    f.seek(at)
+                    f.write(block)
+                    at += len(block)
+            f.truncate(at)
+            f.seek(0, os.SEEK_END)
+        self.tokens = sum(b - a for a, b in runs)
+        self.documents -= len(drop)
+        self.bytes -= dropped_bytes
+
     def arrays(self):
         """What was written so far as read-only memmaps: (ids, mask or None); None when nothing was."""
         for f in self.files:
@@ -1144,9 +1175,25 @@ def limited(docs, budget, role):
         yield doc
 
 
-def conversation_key(doc):
-    """What tells conversations apart: their roles and words, case and spacing ignored."""
-    return hash(tuple((m["role"], " ".join(m["content"].lower().split())) for m in doc))
+def document_key(doc, before=None):
+    """What tells documents apart: a conversation's roles and words, a text's words, case and spacing ignored. A long
+    text comes in pieces: before is the key of the pieces before this one (None: the first)."""
+    if doc_kind(doc) == "chat":
+        return hash(tuple((m["role"], " ".join(m["content"].lower().split())) for m in doc))
+    return hash((before, " ".join(doc[0].lower().split())))
+
+
+def keyed(docs, keys):
+    """docs as they come, appending to keys (an array "q") the document_key of each document as it ends."""
+    before = None
+    for doc in docs:
+        key = document_key(doc, before)
+        if ends_document(doc):
+            keys.append(key)
+            before = None
+        else:
+            before = key
+        yield doc
 
 
 def seen_in_train(docs, seen, role):
@@ -1154,7 +1201,7 @@ def seen_in_train(docs, seen, role):
     validation file repeats 89 of its 1,000 dialogues from train (98 with case and spacing ignored), and a val loss
     over dialogues the model was trained on reads better than the model is."""
     for doc in docs:
-        key = conversation_key(doc) if doc_kind(doc) == "chat" else None  # (plain text among them: batches() refuses it)
+        key = document_key(doc) if doc_kind(doc) == "chat" else None  # (plain text among them: batches() refuses it)
         if role != "val":
             seen.add(key)
         elif key in seen:
@@ -1193,6 +1240,7 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
     # several sources share the val count: counted first (a pass that reads without tokenizing); one is counted
     # as it is written
     split = [i for i, (role, _, _) in enumerate(streams) if role == "split"]
+    roles = {role for role, _, _ in streams}
     ks = None
     if len(split) > 1 and val_fraction:
         counts, chars, _ = count_split_docs(streams, budget)
@@ -1201,6 +1249,11 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
     # conversations train has, when a source's own validation split follows (its streams come after train's); plain
     # text is left as it is (TinyStories' 2.1M stories would be held in memory)
     seen = set() if kind == "chat" and any(role == "val" for role, _, _ in streams) else None
+    # and a document train has is left out of a val cut from the same sources: DailyDialog's train file repeats 756 of
+    # its 11,118 dialogues (718 word for word), and 99 of the 1,112 its tail gave val were in train. Train's keys are
+    # 8 bytes a document (of text too); val's, in its order, None for a book's tail (its head is train's)
+    train_keys, val_keys = array("q"), []
+    dedup = val_fraction and "split" in roles and "val" not in roles
     for i, role, label, docs in opened:
         out = splits["val" if role == "val" else "train"]
         if cut and role != "val":  # end it, or it runs into the next file's text as one document
@@ -1212,6 +1265,9 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
         else:  # train notes what it takes (within --limit); val's --limit counts what it keeps
             docs = limited(seen_in_train(docs, seen, role), budget, role) if role == "val" else \
                 seen_in_train(limited(docs, budget, role), seen, role)
+        keys = array("q")  # of this stream's documents, in order
+        if dedup:
+            docs = keyed(docs, keys)
         for batch in batches(docs, kind, label):
             ids, mask, batch_ends = encode_batch(enc, batch, kind, dtype)
             if role == "split":
@@ -1219,6 +1275,7 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
             out.write(ids, mask, len(batch_ends), int(table[ids].sum()))
             progress.update(len(batch_ends))
         if role != "split" or val_fraction == 0 or out.tokens == start:
+            train_keys.extend(keys)
             continue
         # val is the tail of each source (val_counts), not a random sample: the same documents every run,
         # so validation losses stay comparable across runs and tokenizers
@@ -1226,16 +1283,34 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
         k = (ks or val_counts({i: n}, kind, val_fraction, label, limit))[i]
         if k:
             out.move_tail(ends[n - k - 1] if k < n else start, k, splits["val"], table)
+            train_keys.extend(keys[:n - k])
+            val_keys += keys[n - k:]
         elif k is None:  # a single document (a whole book): cut it by tokens, as nanoGPT does
             size = out.tokens - start  # its text and its <|endoftext|>
             if size < 3:  # one token of text, too short to cut (val got its <|endoftext|> alone): val takes it whole, as
                 out.move_tail(start, n, splits["val"], table)  # the other sources may have given val nothing
+                val_keys += keys
                 continue
             # val gets a token of text at least, besides the <|endoftext|>
             keep = start + min(size - 2, max(1, round(size * (1 - val_fraction))))
             out.move_tail(keep, 0, splits["val"], table)
             out.documents, out.cut = out.documents - n, out.cut + n
             cut = True
+            train_keys.extend(keys)
+            val_keys.append(None)
+        else:
+            train_keys.extend(keys)
+    candidates = [i for i, key in enumerate(val_keys) if key is not None]
+    drop = set()
+    if train_keys and candidates:  # (train's keys stay an array: np.isin sorts it, no set of millions of ints)
+        hits = np.isin(np.array([val_keys[i] for i in candidates], np.int64), np.frombuffer(train_keys, np.int64))
+        drop = {i for i, hit in zip(candidates, hits.tolist()) if hit}
+    if drop and len(drop) == len(val_keys):  # val keeps them: train.py needs a val split, and nothing else is left
+        print(f"warning: {label_of(streams)}: every document of the val split is also in train (the text repeats "
+              f"them), so the val loss reads better than the model is: add documents that are not repeated",
+              file=sys.stderr)
+    elif drop:
+        splits["val"].drop_documents(drop, enc.eot_token, table)
     # train.py evaluates on val: a val of <|endoftext|> alone (one short document) or of nothing sent the user to
     # prepare.py again, which found the dataset up to date; a one-token text, whole in val, leaves train nothing
     for name in ("train", "val"):
@@ -1622,7 +1697,8 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
             "val_split": "each dataset's own validation split, unweighted" if mixed else
                          "the source's own validation split" + (", less the conversations train has" if kind == "chat" else "")
                          if "val" in roles else
-                         f"the last {val_fraction:g} of the documents, counted over the sources together (of a single document's tokens)"
+                         f"the last {val_fraction:g} of the documents, counted over the sources together (of a single document's tokens), "
+                         f"less those train has"
                          + ("; train-only extra files excluded" if "train" in roles else ""),
             "limit": limit, "pack": block, "fingerprint": text_fp if kind == "text" and text_fp else fp,
             "options": options,

@@ -1574,6 +1574,39 @@ def test_a_chat_sets_own_val_split_leaves_out_the_conversations_train_has(tmp_pa
     assert meta["splits"]["val"]["documents"] == 1 and "Who?" in enc.decode(ids.tolist())
 
 
+def test_a_val_cut_from_trains_sources_leaves_out_the_documents_train_has(tmp_path, enc, capsys):
+    # DailyDialog's train file given as --source repeats dialogues within itself: 99 of the 1,112 its tail gave val
+    # were in train too, and the val loss read better than the model was
+    out = str(tmp_path / "data")
+    dialogues = [f"d{i} hello __eou__ d{i} reply" + " ok" * (i % 4) + " __eou__" for i in range(30)]
+    dialogues[27] = dialogues[3]  # word for word
+    dialogues[28] = dialogues[4].upper().replace(" __EOU__", "  __eou__")  # other case and spacing
+    meta = prepare.prepare("dailydialog", source=write(tmp_path / "dialogues.txt", "\n".join(dialogues) + "\n"),
+                           out_dir=out, pack=0)  # val: the last 3 of 30
+    ids, _ = load(tmp_path / "data" / "dailydialog", "val", meta)
+    check_sizes(tmp_path / "data" / "dailydialog", meta)
+    assert enc.decode(ids.tolist()).count(IM_START + "user") == 1 and "d29 hello" in enc.decode(ids.tolist())
+    assert meta["splits"]["val"]["documents"] == 1 and meta["splits"]["train"]["documents"] == 27
+    assert meta["splits"]["val"]["bytes"] == text_bytes(enc, ids) and "less those train has" in meta["val_split"]
+    # plain text, in several files: a later file's train documents count too, and whole one-document files
+    docs = [f"Note {i}: the cat sat on the mat." for i in range(30)]
+    folder = tmp_path / "notes"
+    write(folder / "a.txt", EOT.join(docs[:10]))    # val: a's last (Note 9)
+    write(folder / "b.txt", EOT.join([" NOTE 9:  the cat sat on the mat. "] + docs[11:30]))  # val: b's last 2
+    write(folder / "c.txt", docs[29].lower())       # one document, in train: Note 29 again
+    meta = prepare.prepare("text", source=str(folder), out_dir=out, name="notes")
+    ids, _ = load(tmp_path / "data" / "notes", "val", meta)
+    check_sizes(tmp_path / "data" / "notes", meta)
+    assert enc.decode(ids.tolist()) == docs[28] + EOT and meta["splits"]["val"]["documents"] == 1
+    assert meta["splits"]["val"]["bytes"] == len(docs[28]) and meta["splits"]["train"]["documents"] == 28
+    # a file of nothing but repeats keeps its val split, which train.py needs, and says what it is worth
+    capsys.readouterr()
+    meta = prepare.prepare("text", source=write(tmp_path / "same.txt", EOT.join(["The same."] * 10)), out_dir=out,
+                           name="same")
+    assert meta["splits"]["val"]["documents"] == 1 and meta["splits"]["train"]["documents"] == 9
+    assert "every document of the val split is also in train" in capsys.readouterr().err
+
+
 @needs_mirror
 def test_mirror_shakespeare_byte_level(tmp_path):
     # --vocab_size 259: the 256 bytes and the special tokens, no merges; on ASCII text a token is a character,
