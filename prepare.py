@@ -1485,6 +1485,14 @@ def is_complete(folder, meta):
         return False
 
 
+def check_writable(folder):
+    """Fail with one line naming the dataset's folder when it cannot be made or written: checked as the first write
+    (a vocabulary's training, a build) is about to start, not sooner, so that a dataset up to date in a read-only
+    folder is said to be, and not at the end of the work."""
+    with ctrl_c_held():  # the probe file is made and removed whole: a Ctrl-C in between left it in the dataset
+        check_output(folder, "the dataset folder", folder=True)
+
+
 def prepare(dataset, source=None, tokenizer=None, limit=None, val_fraction=DEFAULT_VAL_FRACTION, force=False,
             out_dir=DEFAULT_OUT_DIR, name=None, extra=True, vocab_size=None, pack=None, mix=None):
     """Build (or find up to date) out_dir/name from dataset's source; returns its meta.json as a dict.
@@ -1520,8 +1528,10 @@ def prepare(dataset, source=None, tokenizer=None, limit=None, val_fraction=DEFAU
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise UserError(f"{folder} is a file, not a dataset folder: pick another --name, or move the file")
     # what a prepare killed mid-write (SIGKILL) left: token files (with a scratch suffix), meta, vocabulary (train_bpe's
-    # own temporary name of prepare's); here, so that a run that finds the dataset up to date removes them too
-    remove_stale_tmp(folder, r"(?:train|val)(?:_mask)?\.bin(?:\.[\w-]+)?|meta\.json|tokenizer\.tiktoken(?:\.\d+\.tmp)?")
+    # own temporary name of prepare's), check_writable's probe; here, so that a run that finds the dataset up to date
+    # removes them too
+    remove_stale_tmp(folder, r"(?:train|val)(?:_mask)?\.bin(?:\.[\w-]+)?|meta\.json|tokenizer\.tiktoken(?:\.\d+\.tmp)?"
+                             r"|\.write-probe")
     old = read_meta(folder)
     if old and not force and old.get("dataset") != dataset:
         raise UserError(f"{folder} holds the {old.get('dataset')!r} dataset (made by `{rebuild_command(old, folder)}`): "
@@ -1568,7 +1578,7 @@ def prepare(dataset, source=None, tokenizer=None, limit=None, val_fraction=DEFAU
         old_own = old and old.get("version", 1) < 4 and old.get("tokenizer") == os.path.abspath(tokenizer)
         known = (old or {}).get("vocab_fingerprint", vocab_fp if old_own and current == vocab_size else None)
         if force or current is None or current > vocab_size or known != vocab_fp:
-            os.makedirs(folder, exist_ok=True)
+            check_writable(folder)  # before minutes of training
             new_vocab = tmp_name(tokenizer)
         elif current < vocab_size:  # this data supports no more: training again would give the same
             warn_short_vocabulary(vocab_size, current)
@@ -1595,6 +1605,7 @@ def prepare(dataset, source=None, tokenizer=None, limit=None, val_fraction=DEFAU
                 atomic_write_text(os.path.join(folder, "meta.json"), json.dumps(old, indent=2) + "\n")
             print(f"{folder} is up to date")
             return old
+        check_writable(folder)
         meta = build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_fraction, new_vocab, pack, options,
                      vocab_fp, text_fp)
     except BaseException:
@@ -1795,7 +1806,10 @@ def main(argv=None):
                         f"(then it is cut before a user message); train with --block_size BLOCK. 0 = one after the other "
                         f"(default: {DEFAULT_PACK}, the tiny and small models' context; plain text is never packed)")
     args = p.parse_args(argv)
-    check_output(args.out_dir, "--out_dir", folder=True)  # before any reading or tokenizing
+    # before any reading or tokenizing; a folder that is there is checked by prepare() once it must write: a dataset up
+    # to date in a read-only one (a shared copy) is said to be, as nothing needs writing
+    if not os.path.isdir(args.out_dir):
+        check_output(args.out_dir, "--out_dir", folder=True)
 
     options = dict(tokenizer=args.tokenizer, limit=args.limit, val_fraction=args.val_fraction, force=args.force,
                    out_dir=args.out_dir, extra=not args.no_extra, vocab_size=args.vocab_size)

@@ -1,6 +1,7 @@
 """prepare.py on small corpora written to tmp_path, and on the local mirror when there is one.
 Never touches the network: the hub loader is replaced for every test."""
 import base64
+import errno
 import functools
 import itertools
 import json
@@ -18,6 +19,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
+import common
 import prepare
 from common import UserError
 from conftest import run_cli
@@ -492,6 +494,36 @@ def test_unusable_out_dir_is_one_line_before_any_work(tmp_path, capsys, monkeypa
     for out_dir, line in cases:
         argv = ["--dataset", "text", "--source", src, "--out_dir", out_dir]
         assert run_cli(prepare.main, argv, capsys) == (1, "", f"error: {line}\n")
+
+
+def read_only(monkeypatch, folder):
+    """folder and all in it as a read-only mount (or chmod -R a-w) would be, for root too, whom permissions do not stop:
+    a file opened there to be written fails with EACCES (check_output's probe, the token files, meta.json alike)."""
+    def opener(path, mode="r", *args, **kwargs):
+        if set(mode) & set("wax+") and os.path.abspath(path).startswith(os.path.join(folder, "")):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+        return open(path, mode, *args, **kwargs)
+    for module in (common, prepare):
+        monkeypatch.setattr(module, "open", opener, raising=False)
+
+
+def test_a_dataset_up_to_date_in_a_read_only_folder_is_said_to_be(tmp_path, monkeypatch, capsys):
+    # a shared copy of data/, read-only: nothing needs writing, and the check that --out_dir takes files refused it
+    src, out = write(tmp_path / "c.txt", EOT.join(DOCS)), str(tmp_path / "data")
+    argv = ["--source", src, "--out_dir", out, "--name", "notes"]
+    assert run_cli(prepare.main, argv, capsys)[0] == 0
+    folder = os.path.join(out, "notes")
+    before = snapshot(folder)
+    read_only(monkeypatch, out)
+    assert run_cli(prepare.main, argv, capsys) == (0, f"{folder} is up to date\n", "")
+    # a build that must write says so in one line naming the folder, before a vocabulary is trained or a token
+    # written (the temporary files' "Permission denied: data/notes/train.bin.unpacked.4242.tmp" came after reading)
+    monkeypatch.setattr(prepare, "train_bpe", lambda *a: pytest.fail("a vocabulary was trained"))
+    monkeypatch.setattr(prepare, "write_splits", lambda *a: pytest.fail("the data was tokenized"))
+    line = "cannot write there (Permission denied): check its permissions, or use another path"
+    for more in (["--force"], ["--limit", "5"], ["--vocab_size", "300"]):
+        assert run_cli(prepare.main, argv + more, capsys) == (1, "", f"error: the dataset folder {folder}: {line}\n")
+    assert snapshot(folder) == before
 
 
 def test_data_dir_is_out_dir(tmp_path, monkeypatch):
