@@ -143,9 +143,9 @@ def evaluate_checkpoint(path, datasets=None, data_dir=None, split="val", block_s
         warning = packing_warning(meta, block_size, model.config.block_size)
         if warning:
             print(f"warning: {warning}", file=sys.stderr)
-        n_batches = eval_batches or math.ceil(len(windows) / batch_size)  # None: every window
-        loss = evaluate(model, windows, batch_size, n_batches, dev, amp)
-        row = {"dataset": name, "windows": len(eval_indices(len(windows), n_batches * batch_size)),
+        eval_windows = eval_batches * batch_size if eval_batches else len(windows)  # None: every window
+        loss = evaluate(model, windows, batch_size, eval_windows, dev, amp)
+        row = {"dataset": name, "windows": len(eval_indices(len(windows), eval_windows)),
                "loss": loss, "ppl": perplexity(loss), "bpb": bits_per_byte(loss, meta, split), **no_replies}
         if meta.get("has_mask") and samples and prompt_list is None:
             row.update(reply_stats(model, enc, split_prompts(meta, split, enc, samples), max_tokens, seed, **sampling))

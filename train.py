@@ -736,15 +736,16 @@ def eval_indices(n_windows, n_max):
 
 
 @torch.no_grad()
-def evaluate(model, windows, batch_size, max_batches, device, dtype, fwd=None, dist=None, n_windows=None):
-    """Mean loss per counted target token (mask != 0 on chat data) over up to max_batches batches of the split.
-    Under torchrun the ranks share max_batches * world batches, each taking every world-th window, and the sums are
-    all-reduced. n_windows: at most that many windows, all ranks together, instead (in batches of batch_size)."""
+def evaluate(model, windows, batch_size, eval_windows, device, dtype, fwd=None, dist=None):
+    """Mean loss per counted target token (mask != 0 on chat data) over up to eval_windows windows spread over the
+    split (eval_indices), in batches of batch_size. Under torchrun the ranks share them, all ranks together, each
+    taking every world-th window, and the sums are all-reduced. (--eval_batches N is N * batch_size * world windows:
+    its callers convert it.)"""
     fwd = fwd or model
     was_training = model.training
     model.eval()
     world = dist.world if dist else 1
-    idx = eval_indices(len(windows), n_windows or max_batches * batch_size * world)  # max_batches of batch_size a rank
+    idx = eval_indices(len(windows), eval_windows)
     if world > 1:
         idx = idx[dist.rank::world]
     # a split of fewer windows than a batch makes one batch of them, not a batch padded to batch_size (eval.py
@@ -1684,8 +1685,8 @@ def run_training(args, held):
                                 say(f"step {p.step:,} (epoch {rec['epoch']:.2f}): loss {shown}, lr {lr:.2e}, "
                                     f"{tps:,.0f} tokens/s, epoch ends in {fmt_time(left)}")
                             if due_eval:
-                                last_val = evaluate(model, val_w, args.batch_size, args.eval_batches, device, dtype,
-                                                    fwd, dist, n_windows=eval_windows)
+                                last_val = evaluate(model, val_w, args.batch_size, eval_windows, device, dtype, fwd,
+                                                    dist)
                                 if not math.isfinite(last_val):  # this step's update broke the weights (its loss was
                                     # finite): not a record (NaN is no JSON) nor a checkpoint, as a nan training loss
                                     raise UserError(f"the val loss became {last_val} at step {p.step}: {diverged()}")

@@ -60,12 +60,12 @@ def test_rows_are_train_evaluate(env, chat_ckpt):
     for row in r["rows"]:
         meta = train.load_meta(env["data"], row["dataset"])
         w = train.Windows(meta, "val", 64)
-        loss = train.evaluate(model, w, 16, math.ceil(len(w) / 16), torch.device("cpu"), torch.float32)
+        loss = train.evaluate(model, w, 16, len(w), torch.device("cpu"), torch.float32)
         assert row["loss"] == pytest.approx(loss, rel=1e-6) and row["ppl"] == pytest.approx(math.exp(loss))
         assert row["windows"] == len(w)  # every window of the split
         # a batch larger than the split is one batch of its windows, not padding (--batch_size 100000 ran out of memory)
         shapes = []
-        huge = train.evaluate(model, w, 10**6, 1, torch.device("cpu"), torch.float32,
+        huge = train.evaluate(model, w, 10**6, len(w), torch.device("cpu"), torch.float32,
                               fwd=lambda x, y, m: shapes.append(x.shape) or model(x, y, m))
         assert shapes == [(len(w), 64)] and huge == pytest.approx(loss, rel=1e-5)
     chat, story = r["rows"]

@@ -304,7 +304,7 @@ def test_init_from_fine_tunes_a_gpt2_folder(hub_gpt2, enc, tmp_path, capsys):
     write_dataset(data, "story", enc, "gpt2", docs)
     start, _, _ = load_model(hub_gpt2["folder"])
     val = train.Windows(train.load_meta(data, "story"), "val", 64)
-    before = train.evaluate(start, val, 8, 4, torch.device("cpu"), torch.float32)
+    before = train.evaluate(start, val, 8, 4 * 8, torch.device("cpu"), torch.float32)
     out = tmp_path / "models"
     s = train.train(train.parse_args(["--init_from", hub_gpt2["folder"], "--data_dir", data, "--dataset", "story",
                                       "--output_checkpoint", str(out / "{dataset}.pt"), "--max_steps", "15",
@@ -313,7 +313,7 @@ def test_init_from_fine_tunes_a_gpt2_folder(hub_gpt2, enc, tmp_path, capsys):
     assert s["run_steps"] == 15
     tuned, enc2, ckpt = load_model(s["checkpoint"])
     assert enc2.name == "gpt2" and ckpt["args"]["init_from"] == hub_gpt2["folder"]
-    after = train.evaluate(tuned, val, 8, 4, torch.device("cpu"), torch.float32)
+    after = train.evaluate(tuned, val, 8, 4 * 8, torch.device("cpu"), torch.float32)
     assert after < before - 0.5, (before, after)
     # the fine-tuned checkpoint is an ordinary one: gen.py samples from it
     capsys.readouterr()  # train.py's log

@@ -183,7 +183,7 @@ def test_best_checkpoint_follows_val_loss(env, trained):
     # the weights in it really give that val loss
     model, _, _ = load_model(s["best_checkpoint"])
     val = train.Windows(train.load_meta(env["data"], "story"), "val", 64)
-    loss = train.evaluate(model, val, 8, 8, torch.device("cpu"), torch.float32)
+    loss = train.evaluate(model, val, 8, 8 * 8, torch.device("cpu"), torch.float32)
     assert loss == pytest.approx(min(vals), abs=1e-4)
     last = load_checkpoint(s["checkpoint"])
     assert last["epoch"] == 3 and last["epoch_step"] == 0 and os.path.basename(s["checkpoint"]) == "story_epoch3.pt"
@@ -370,14 +370,14 @@ def test_a_run_continued_in_smaller_batches_evaluates_the_same_val_windows(env, 
     again = train.train(args_for(env, tmp_path / "part", "--checkpoint", rest["checkpoint"], "--max_steps", "1",
                                  fresh=False))
     model, _, _ = load_model(again["checkpoint"])
-    loss = train.evaluate(model, val, 8, 2, torch.device("cpu"), torch.float32)
+    loss = train.evaluate(model, val, 8, 2 * 8, torch.device("cpu"), torch.float32)
     assert read_metrics(again["metrics"])[-1]["val_loss"] == pytest.approx(loss, abs=1e-4)
     assert load_checkpoint(again["checkpoint"])["args"]["batch_size"] == 4
     # --eval_batches given when continuing is the user's new choice: eval_batches batches of the run's batch size now
     fewer = train.train(args_for(env, tmp_path / "fewer", "--checkpoint", rest["checkpoint"], "--max_steps", "1",
                                  "--eval_batches", "1", fresh=False))
     model, _, _ = load_model(fewer["checkpoint"])
-    loss = train.evaluate(model, val, 4, 1, torch.device("cpu"), torch.float32)
+    loss = train.evaluate(model, val, 4, 1 * 4, torch.device("cpu"), torch.float32)
     assert read_metrics(fewer["metrics"])[-1]["val_loss"] == pytest.approx(loss, abs=1e-4)
     # a checkpoint from before eval_windows was recorded: the windows its own options took (eval_batches x its batch)
     ck = load_checkpoint(whole["checkpoint"])  # (part's file is again's now)
@@ -386,7 +386,7 @@ def test_a_run_continued_in_smaller_batches_evaluates_the_same_val_windows(env, 
     old = train.train(args_for(env, tmp_path / "old", "--checkpoint", tmp_path / "old.pt", "--batch_size", "4",
                                "--grad_accum", "2", "--max_steps", "1", fresh=False))
     model, _, _ = load_model(old["checkpoint"])
-    loss = train.evaluate(model, val, 8, 2, torch.device("cpu"), torch.float32)
+    loss = train.evaluate(model, val, 8, 2 * 8, torch.device("cpu"), torch.float32)
     assert read_metrics(old["metrics"])[-1]["val_loss"] == pytest.approx(loss, abs=1e-4)
 
 
@@ -1256,10 +1256,10 @@ def test_evaluate_turns_dropout_off_and_gives_the_model_back_as_it_was(env):
     model = train.GPT(train.make_config("tiny", n_layer=1, n_embd=32, n_head=2, block_size=64, vocab_size=512,
                                         dropout=0.5))
     model.eval()
-    want = train.evaluate(model, w, 4, 2, torch.device("cpu"), torch.float32)
+    want = train.evaluate(model, w, 4, 2 * 4, torch.device("cpu"), torch.float32)
     assert not any(m.training for m in model.modules())  # eval.py's and gen.py's model stays in eval mode
     model.train()
-    assert [train.evaluate(model, w, 4, 2, torch.device("cpu"), torch.float32) for _ in range(2)] == [want, want]
+    assert [train.evaluate(model, w, 4, 2 * 4, torch.device("cpu"), torch.float32) for _ in range(2)] == [want, want]
     assert model.training
 
 
