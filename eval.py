@@ -106,7 +106,7 @@ def reply_stats(model, enc, histories, max_tokens, seed, **sampling):
 # evaluation
 
 def evaluate_checkpoint(path, datasets=None, data_dir=None, split="val", block_size=None, batch_size=16,
-                        eval_batches=None, samples=50, prompts=None, max_tokens=128, seed=1337, temp=0.8,
+                        eval_batches=None, samples=50, prompt_file=None, max_tokens=128, seed=1337, temp=0.8,
                         top_k=200, top_p=None, device="auto", dtype="auto", output=None):
     """Evaluate the checkpoint at path on each dataset (default: the one it was trained on); returns a dict with
     the checkpoint's description and one row per dataset (plus one for a prompts file): dataset, windows, loss,
@@ -126,7 +126,7 @@ def evaluate_checkpoint(path, datasets=None, data_dir=None, split="val", block_s
         pick_tokenizer(argparse.Namespace(checkpoint=path, tokenizer=None), meta, ckpt)
     if output:  # (not over a dataset's meta.json or val.bin: check_output refuses those)
         check_output(output, "--json")
-    prompt_list = read_prompt_file(prompts)[:samples] if prompts else None
+    prompt_list = read_prompt_file(prompt_file)[:samples] if prompt_file else None
     dev = pick_device(device)
     amp = pick_dtype(dev, dtype)
     model, enc, _ = load_model(ckpt, dev, name=path)
@@ -151,7 +151,7 @@ def evaluate_checkpoint(path, datasets=None, data_dir=None, split="val", block_s
             row.update(reply_stats(model, enc, split_prompts(meta, split, enc, samples), max_tokens, seed, **sampling))
         rows.append(row)
     if prompt_list:
-        rows.append({"dataset": prompts, "windows": None, "loss": None, "ppl": None, "bpb": None,
+        rows.append({"dataset": prompt_file, "windows": None, "loss": None, "ppl": None, "bpb": None,
                      **reply_stats(model, enc, [[{"role": "user", "content": p}] for p in prompt_list],
                                    max_tokens, seed, **sampling)})
     config = model.config
@@ -213,7 +213,7 @@ def parse_args(argv=None):
     p.add_argument("--samples", type=count, default=50,
                    help="replies sampled per conversation set, 0 = none (default 50)")
     # --prompt_file, as gen.py names the same file in the same format; --prompts, its first name, still works
-    p.add_argument("--prompt_file", "--prompts", dest="prompts", type=nonempty, metavar="FILE",
+    p.add_argument("--prompt_file", "--prompts", dest="prompt_file", type=nonempty, metavar="FILE",
                    help="answer the first --samples prompts of this file (one per line, or JSON lines with a \"prompt\" "
                         "field, as gen.py --prompt_file) instead")
     p.add_argument("--max_tokens", type=positive_int, default=128, help="new tokens a reply may take (default 128)")
@@ -241,11 +241,11 @@ def main(argv=None):
     args = parse_args(argv)
     path = args.checkpoint or default_checkpoint()
     if args.json and args.json != "-":  # - is stdout; checked before the evaluation, not after
-        check_output(args.json, "--json", inputs={"--prompt_file": args.prompts, "checkpoint": path})
+        check_output(args.json, "--json", inputs={"--prompt_file": args.prompt_file, "checkpoint": path})
     result = evaluate_checkpoint(
         path, datasets=args.dataset, data_dir=args.data_dir, split=args.split,
         block_size=args.block_size, batch_size=args.batch_size, eval_batches=args.eval_batches, samples=args.samples,
-        prompts=args.prompts, max_tokens=args.max_tokens, seed=args.seed, temp=args.temp, top_k=args.top_k,
+        prompt_file=args.prompt_file, max_tokens=args.max_tokens, seed=args.seed, temp=args.temp, top_k=args.top_k,
         top_p=args.top_p, device=args.device, dtype=args.dtype, output=args.json if args.json != "-" else None)
     # a loss that is not finite (a model gone to inf) is null: json.dumps wrote Infinity, which is not JSON
     text = json.dumps(finite_or_none(result), indent=2)

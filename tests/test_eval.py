@@ -89,12 +89,12 @@ def test_reply_stats_count_endings_exactly(env, tmp_path):
     assert eval_py.reply_stats(ends, enc, histories, 10, 0, **sampling) == {"replies": 5, "ended": 1.0, "mean_tokens": 0.0}
     word = fixed_model(enc, enc.encode_ordinary(" the")[0])
     assert eval_py.reply_stats(word, enc, histories, 10, 0, **sampling) == {"replies": 5, "ended": 0.0, "mean_tokens": 10.0}
-    # --prompts FILE: its first --samples lines, in a row of their own instead of the split's prompts
+    # --prompt_file FILE: its first --samples lines, in a row of their own instead of the split's prompts
     path = str(tmp_path / "ends.pt")
     save_checkpoint(path, ends, enc, dataset="chat")
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("Hello!\nHow are you?\nBye.\n", encoding="utf-8")
-    r = eval_py.evaluate_checkpoint(path, data_dir=env["data"], prompts=str(prompts), samples=2, max_tokens=10,
+    r = eval_py.evaluate_checkpoint(path, data_dir=env["data"], prompt_file=str(prompts), samples=2, max_tokens=10,
                                     device="cpu", dtype="float32")
     chat, listed = r["rows"]
     assert chat["dataset"] == "chat" and chat["replies"] is None
@@ -336,7 +336,7 @@ def test_top_p_reaches_the_replies(env, tmp_path):
                     dataset="chat")
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("".join(f"Hello {i}!\n" for i in range(8)), encoding="utf-8")
-    rows = {top_p: eval_py.evaluate_checkpoint(path, data_dir=env["data"], prompts=str(prompts), max_tokens=1, temp=1.0,
+    rows = {top_p: eval_py.evaluate_checkpoint(path, data_dir=env["data"], prompt_file=str(prompts), max_tokens=1, temp=1.0,
                                                top_p=top_p, device="cpu", dtype="float32", eval_batches=1)["rows"][-1]
             for top_p in (None, 0.25)}
     assert 0 < rows[None]["ended"] < 1
@@ -355,8 +355,8 @@ def test_cli_options_and_the_table(env, chat_ckpt, capsys, monkeypatch):
     code, out, err = cli([chat_ckpt, "--dataset", "story", "--data_dir", env["data"], "--top_p", "0.9", *CPU], capsys)
     assert code == 0 and ", top_p 0.9, seed 1337" in out, err
     # the file of prompts is --prompt_file, as gen.py names the same file in the same format; --prompts still works
-    assert eval_py.parse_args(["m.pt", "--prompt_file", "p.txt"]).prompts == "p.txt"
-    assert eval_py.parse_args(["m.pt", "--prompts", "p.txt"]).prompts == "p.txt"
+    assert eval_py.parse_args(["m.pt", "--prompt_file", "p.txt"]).prompt_file == "p.txt"
+    assert eval_py.parse_args(["m.pt", "--prompts", "p.txt"]).prompt_file == "p.txt"
     # --top_k 0 is no limit, as in gen.py and serve.py's API: the table says so
     assert eval_py.parse_args(["m.pt", "--top_k", "0"]).top_k is None
     code, out, err = cli([chat_ckpt, "--dataset", "story", "--data_dir", env["data"], "--top_k", "0", *CPU], capsys)
