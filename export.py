@@ -22,18 +22,31 @@ import argparse
 import os
 
 from checkpoint import load_model
-from common import DTYPES, check_output, nonempty, run_main, torch_dtype
+from common import DTYPES, check_output, run_main, torch_dtype
+from gen import add_checkpoint_argument, parse_checkpoint
 from hf import check_out_dir, export_folder
 
 
-def main(argv=None):
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Write a checkpoint as a Hugging Face model folder (GPT2LMHeadModel for "
                                             "the gpt2 variant, LlamaForCausalLM for modern) with its tokenizer.")
-    p.add_argument("checkpoint", type=nonempty, help="a .pt file from train.py (or a Hugging Face folder, to convert it again)")
+    # the checkpoint as gen.py, eval.py and serve.py take it: CHECKPOINT OUT_DIR, or --checkpoint CHECKPOINT OUT_DIR
+    add_checkpoint_argument(p, help="a .pt file from train.py (or a Hugging Face folder, to convert it again); or "
+                                    "--checkpoint PATH")
     p.add_argument("out_dir", help="the folder to write; it must not exist yet or be empty")
     p.add_argument("--dtype", default="float32", choices=list(DTYPES),
                    help="weights' precision in model.safetensors (default float32, as trained; bfloat16 halves the size)")
-    args = p.parse_args(argv)
+    # intermixed: with the checkpoint optional, parse_args gave `CKPT --dtype bfloat16 OUT_DIR` the first path as
+    # OUT_DIR and refused the second ("unrecognized arguments"); all the positionals are matched together instead
+    args = parse_checkpoint(p, p.parse_intermixed_args(argv))
+    if args.checkpoint is None:  # no default here: the newest checkpoint is not a thing to export unasked
+        p.error("give the checkpoint and the folder to write: export.py CHECKPOINT OUT_DIR, or --checkpoint "
+                "CHECKPOINT OUT_DIR")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     # both before the seconds a big checkpoint takes to load: OUT_DIR is new or empty (an export never writes over
     # files), and a new one can be made where it is asked for (its folder is created and must take files; the
     # export is written next to OUT_DIR and renamed into place)

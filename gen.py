@@ -316,11 +316,12 @@ def read_prompt_file(path):
     return prompts
 
 
-def add_checkpoint_argument(p):
-    """The checkpoint of gen.py, eval.py and serve.py: a positional, or --checkpoint as train.py spells it (`gen.py
-    --checkpoint x.pt`, a habit from train.py, was "unrecognized arguments"). parse_checkpoint merges the two."""
-    p.add_argument("checkpoint", type=nonempty, nargs="?", help="a .pt file or a Hugging Face model folder (default: the "
-                                                                "newest .pt in models/ or a folder in it)")
+def add_checkpoint_argument(p, help="a .pt file or a Hugging Face model folder (default: the newest .pt in models/ or a "
+                                     "folder in it)"):
+    """The checkpoint of gen.py, eval.py, serve.py and export.py: a positional, or --checkpoint as train.py spells it
+    (`gen.py --checkpoint x.pt`, a habit from train.py, was "unrecognized arguments"). parse_checkpoint merges the
+    two; a script without a default checkpoint says so in help and refuses None itself."""
+    p.add_argument("checkpoint", type=nonempty, nargs="?", help=help)
     p.add_argument("--checkpoint", dest="checkpoint_option", type=nonempty, help=argparse.SUPPRESS)
 
 

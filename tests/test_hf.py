@@ -504,6 +504,25 @@ def test_export_refuses_to_clobber(small_folder, tmp_path, capsys):
     assert sorted(os.listdir(tmp_path)) == ["dot", "empty", "new", "out"]
 
 
+def test_export_takes_the_checkpoint_as_gen_py_does(small_folder, tmp_path, capsys):
+    """`export.py --checkpoint CKPT OUT_DIR`, train.py's spelling that gen.py, eval.py and serve.py take too, was
+    "unrecognized arguments: --checkpoint"; the positional forms, options anywhere among them, stay."""
+    want = ("x.pt", "hf/x", "bfloat16")
+    for argv in (["x.pt", "hf/x", "--dtype", "bfloat16"], ["--dtype", "bfloat16", "x.pt", "hf/x"],
+                 ["x.pt", "--dtype", "bfloat16", "hf/x"], ["--checkpoint", "x.pt", "hf/x", "--dtype", "bfloat16"],
+                 ["hf/x", "--dtype", "bfloat16", "--checkpoint", "x.pt"]):
+        args = export.parse_args(argv)
+        assert (args.checkpoint, args.out_dir, args.dtype) == want, argv
+    for argv, said in ((["x.pt", "hf/x", "--checkpoint", "y.pt"], "two checkpoints, x.pt and --checkpoint y.pt: give one"),
+                       (["hf/x"], "give the checkpoint and the folder to write"),  # no newest-checkpoint default here
+                       (["--checkpoint", "", "hf/x"], "is empty: give a value")):
+        with pytest.raises(SystemExit) as e:
+            export.parse_args(argv)
+        assert e.value.code == 2 and said in capsys.readouterr().err, argv
+    code, out, err = run_cli(export.main, ["--checkpoint", small_folder["ckpt"], str(tmp_path / "hf")], capsys)
+    assert code == 0 and "config.json" in os.listdir(tmp_path / "hf"), err
+
+
 def test_a_full_disk_during_export_is_one_line_and_leaves_nothing(small_folder, tmp_path, capsys, monkeypatch):
     """safetensors reports the file system's error as its own SafetensorError, which was a traceback."""
     import safetensors
