@@ -20,6 +20,7 @@ common.quiet_ctrl_c(__name__)
 
 import argparse
 import os
+import sys
 
 from checkpoint import load_model
 from common import DTYPES, check_output, run_main, torch_dtype
@@ -28,7 +29,9 @@ from hf import check_out_dir, export_folder
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="Write a checkpoint as a Hugging Face model folder (GPT2LMHeadModel for "
+    # the usage line says what is required (argparse's would show the checkpoint optional, as gen.py's is)
+    p = argparse.ArgumentParser(usage="%(prog)s [-h] [--dtype {float32,bfloat16,float16}] CHECKPOINT OUT_DIR",
+                                description="Write a checkpoint as a Hugging Face model folder (GPT2LMHeadModel for "
                                             "the gpt2 variant, LlamaForCausalLM for modern) with its tokenizer.")
     # the checkpoint as gen.py, eval.py and serve.py take it: CHECKPOINT OUT_DIR, or --checkpoint CHECKPOINT OUT_DIR
     add_checkpoint_argument(p, help="a .pt file from train.py (or a Hugging Face folder, to convert it again); or "
@@ -38,8 +41,9 @@ def parse_args(argv=None):
                    help="weights' precision in model.safetensors (default float32, as trained; bfloat16 halves the size)")
     # intermixed: with the checkpoint optional, parse_args gave `CKPT --dtype bfloat16 OUT_DIR` the first path as
     # OUT_DIR and refused the second ("unrecognized arguments"); all the positionals are matched together instead
-    args = parse_checkpoint(p, p.parse_intermixed_args(argv))
-    if args.checkpoint is None:  # no default here: the newest checkpoint is not a thing to export unasked
+    given = sys.argv[1:] if argv is None else argv
+    args = None if not given else parse_checkpoint(p, p.parse_intermixed_args(given))  # (none: "required: out_dir")
+    if args is None or args.checkpoint is None:  # no default here: the newest checkpoint is not a thing to export unasked
         p.error("give the checkpoint and the folder to write: export.py CHECKPOINT OUT_DIR, or --checkpoint "
                 "CHECKPOINT OUT_DIR")
     return args

@@ -515,10 +515,14 @@ def test_export_takes_the_checkpoint_as_gen_py_does(small_folder, tmp_path, caps
         assert (args.checkpoint, args.out_dir, args.dtype) == want, argv
     for argv, said in ((["x.pt", "hf/x", "--checkpoint", "y.pt"], "two checkpoints, x.pt and --checkpoint y.pt: give one"),
                        (["hf/x"], "give the checkpoint and the folder to write"),  # no newest-checkpoint default here
+                       ([], "give the checkpoint and the folder to write"),
                        (["--checkpoint", "", "hf/x"], "is empty: give a value")):
         with pytest.raises(SystemExit) as e:
             export.parse_args(argv)
         assert e.value.code == 2 and said in capsys.readouterr().err, argv
+    with pytest.raises(SystemExit):  # the usage line shows both required (argparse's had "[checkpoint] out_dir")
+        export.parse_args([])
+    assert "] CHECKPOINT OUT_DIR\n" in capsys.readouterr().err
     code, out, err = run_cli(export.main, ["--checkpoint", small_folder["ckpt"], str(tmp_path / "hf")], capsys)
     assert code == 0 and "config.json" in os.listdir(tmp_path / "hf"), err
 
