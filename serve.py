@@ -462,6 +462,10 @@ class Handler(BaseHTTPRequestHandler):
         # the headers the page asked to send (Authorization, Content-Type, the openai client's own X-Stainless-*)
         self.send_header("Access-Control-Allow-Headers", self.headers.get("Access-Control-Request-Headers") or "Content-Type")
         self.send_header("Access-Control-Max-Age", "86400")
+        if self.headers.get("Access-Control-Request-Private-Network") == "true":
+            # Chrome's Private Network Access: a public site's page (an allowed origin) reaching this machine's
+            # loopback or LAN address asks for this too, and without it the browser blocks the request
+            self.send_header("Access-Control-Allow-Private-Network", "true")
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()

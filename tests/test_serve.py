@@ -867,6 +867,9 @@ def test_cors_lets_the_pages_of_the_allowed_origins_call_the_api(enc):
         assert status == 204 and data == b"" and h["access-control-allow-origin"] == page
         assert h["access-control-allow-methods"] == "OPTIONS, POST"
         assert h["access-control-allow-headers"] == "authorization, content-type" and h["vary"] == "Origin"
+        assert "access-control-allow-private-network" not in h  # only when the browser asks (below)
+        status, h, _ = head(api, "OPTIONS", "/v1/chat/completions", {**ask, "Access-Control-Request-Private-Network": "true"})
+        assert status == 204 and h["access-control-allow-private-network"] == "true"
         for stream in (False, True):  # answers and streams alike
             status, h, _ = head(api, "POST", "/v1/completions", {"Origin": page, "Content-Type": "application/json"},
                                 json.dumps({"prompt": "Hi", "max_tokens": 2, "stream": stream}))
