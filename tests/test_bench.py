@@ -561,3 +561,69 @@ def test_two_runs_finishing_together_keep_both_sections(tmp_path, monkeypatch):
     text = open(path, encoding="utf-8").read()
     assert text.startswith("# Benchmarks\n") and text.count("# Benchmarks") == 1
     assert "## first\n" in text and "## second\n" in text
+
+
+def test_a_gpus_rows_are_per_call_and_say_how_they_were_timed(monkeypatch, one_second_steps, one_thread):
+    # on a GPU each sample runs its calls back to back: the peak and training rows are per matmul and per step (not per
+    # sample, 5x too slow), and their notes say so; a CPU's notes stay "median of N"
+    args = quick_args("--only", "peak,train", "--dtype", "float32", "--peak_sizes", "64", "--steps", "1")
+    rows = by_section(bench.run(args, torch.device("cpu"), log=lambda *a: None))
+    assert "runs of" not in rows["peak"][0]["note"] and "runs of" not in rows["train"][0]["note"]
+    monkeypatch.setattr(bench, "back_to_back", lambda device: 4)  # as a GPU's (one_second_steps: a sample is 1 s)
+    rows = by_section(bench.run(args, torch.device("cpu"), log=lambda *a: None))
+    peak, (tr,) = rows["peak"][0], rows["train"]
+    assert (peak["name"], peak["dtype"]) == ("matmul 64x64", "fp32")
+    assert peak["value"] == pytest.approx(4 * 2 * 64 ** 3 / 1e9) and " runs of 4" in peak["note"]
+    assert tr["value"] == pytest.approx(4 * 2 * 32) and " runs of 4 steps" in tr["note"]
+
+
+def test_a_read_only_benchmarks_file_is_replaced_all_the_same(tmp_path, monkeypatch):
+    # the section is written by replacing the file, which a read-only file in a writable folder allows: the lock taken
+    # first (opening it to append) must not fail the run at its end
+    path = str(tmp_path / "BENCHMARKS.md")
+    bench.append_benchmarks(path, "## first\n")
+
+    def opener(p, mode="r", *args, **kwargs):
+        if p == path and set(mode) & set("wax+"):
+            raise PermissionError(13, "Permission denied", p)
+        return open(p, mode, *args, **kwargs)
+    monkeypatch.setattr(bench, "open", opener, raising=False)
+    bench.append_benchmarks(path, "## second\n")
+    text = open(path, encoding="utf-8").read()
+    assert text.count("# Benchmarks") == 1 and "## first\n" in text and "## second\n" in text
+
+
+def test_three_runs_finishing_together_keep_every_section(tmp_path, monkeypatch):
+    # a run that waited for the lock on a file the first run has since replaced holds the lock of a file no one else
+    # takes: it must look again, or it writes beside the third run (which locked the new file) and one section is lost
+    path = str(tmp_path / "BENCHMARKS.md")
+    real = bench.atomic_write_text
+    first_writing, third_read = threading.Event(), threading.Event()
+    runs = {}
+
+    def run(name):
+        runs[threading.current_thread()] = name
+        bench.append_benchmarks(path, f"## {name}\n")
+
+    def slow_write(p, text):
+        name = runs.get(threading.current_thread(), "first")
+        if name == "first":  # the second run opens the file and waits for its lock meanwhile
+            first_writing.set()
+            time.sleep(0.5)
+            real(p, text)
+            third.start()  # the third opens the new file, locks it at once and reads it
+            assert third_read.wait(30)
+            return
+        if name == "third":
+            third_read.set()
+            time.sleep(0.5)  # the second, let in on the old file, writes meanwhile
+        real(p, text)
+    monkeypatch.setattr(bench, "atomic_write_text", slow_write)
+    second = threading.Thread(target=lambda: (first_writing.wait(), run("second")))
+    third = threading.Thread(target=run, args=("third",))
+    second.start()
+    bench.append_benchmarks(path, "## first\n")
+    second.join(30)
+    third.join(30)
+    text = open(path, encoding="utf-8").read()
+    assert text.count("# Benchmarks") == 1 and all(f"## {n}\n" in text for n in ("first", "second", "third")), text
