@@ -1756,6 +1756,64 @@ def test_the_summary_gives_the_training_speed_beside_the_runs(env, tmp_path, mon
         capsys.readouterr().out
 
 
+def test_a_budget_run_ends_within_a_step_of_its_budget(env, tmp_path, monkeypatch):
+    # the run stops once the last evaluation's cost and one more step would pass the budget, the next step timed as
+    # the faster of the last two: not an evaluation early (room for two), not past the budget when the steps do not
+    # divide it evenly, and not at a stall (one slow step, 1 s here, 4 s before the end)
+    clock = StepClock(monkeypatch, step=1 / 8, evaluation=1.0)
+    timed_step, start, stalled = train.train_step, clock.now, []
+
+    def stalling(*a, **k):
+        if not stalled and clock.now - start >= 3.5:  # after the one evaluation (at 25%, spaced by 4 s after it)
+            stalled.append(clock.now - start)
+            clock.advance(1 + 1 / 16)  # and off the 1/8-s grid from here
+        return timed_step(*a, **k)
+    stalling.unpatched = timed_step.unpatched
+    monkeypatch.setattr(train, "train_step", stalling)
+    s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--time_budget", 0.1, "--eval_interval", 25,
+                             "--output_checkpoint", str(tmp_path / "{dataset}.pt")))
+    assert s["stopped"] == "time budget" and stalled
+    assert 6 - 2 / 8 <= load_checkpoint(s["checkpoint"])["budget_elapsed"] <= 6, s["elapsed"]
+
+
+def test_a_cold_compile_over_half_the_budget_leaves_the_rest_to_training(env, tmp_path, monkeypatch):
+    # the first step's time (a cold torch.compile) is not a step the stop keeps room for: counted, a 4-s first step
+    # ended a 6-s budget right after it
+    on_step(monkeypatch, 1, lambda: clock.advance(4))
+    clock = StepClock(monkeypatch)
+    s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--time_budget", 0.1,
+                             "--output_checkpoint", str(tmp_path / "{dataset}.pt")))
+    assert s["stopped"] == "time budget" and s["run_steps"] >= 10, s["run_steps"]
+
+
+def test_a_budget_run_that_reaches_max_steps_says_so(env, tmp_path, monkeypatch):
+    # a scheduled evaluation near the end of the budget becomes the final one ("time budget"); at the step where
+    # --max_steps ends the run, the run stopped by --max_steps
+    StepClock(monkeypatch, step=1 / 8, evaluation=1 / 4)
+    monkeypatch.setattr(train, "EVAL_SPACING", 0)  # evaluations at each 10% slice of the clock
+    argv = ["--dataset", "mini", "--time_budget", 0.1]
+    by_clock = train.train(args_for(env, tmp_path / "a", *argv))
+    assert by_clock["stopped"] == "time budget"
+    s = train.train(args_for(env, tmp_path / "b", *argv, "--max_steps", by_clock["run_steps"]))
+    assert s["stopped"] == "max_steps" and s["run_steps"] == by_clock["run_steps"]
+
+
+def test_the_closing_line_gives_the_training_speed_only_when_it_differs(env, tmp_path, monkeypatch, capsys):
+    # a first step as long as the rest of the run halves the run's speed: both are given; a run that trained all
+    # along has one speed, given once (a log every 2 steps: the first step is no log's)
+    on_step(monkeypatch, 1, lambda: clock.advance(1))
+    clock = StepClock(monkeypatch)  # evaluations and saves take no time
+    argv = ["--dataset", "mini", "--max_steps", 9, "--log_interval", 23, "--eval_interval", 0, "--save_interval", 0]
+    s = train.train(args_for(env, tmp_path / "a", *argv))
+    assert 1.5 < s["train_tokens_per_s"] / s["tokens_per_s"] < 3
+    assert f"({s['tokens_per_s']:,.0f} tokens/s overall, {s['train_tokens_per_s']:,.0f} while training)" in \
+        capsys.readouterr().out
+    s = train.train(args_for(env, tmp_path / "b", *argv))  # (the slow step was the first run's)
+    assert s["train_tokens_per_s"] == pytest.approx(s["tokens_per_s"], rel=0.05)  # (the last step: a padded batch)
+    out = capsys.readouterr().out
+    assert f"({s['tokens_per_s']:,.0f} tokens/s); " in out and "overall" not in out
+
+
 def test_a_continued_budgets_slow_first_step_does_not_advance_its_schedule(env, tmp_path, monkeypatch):
     """Continuing a budgeted run compiles again: the schedule waits for that first step, as a new run's does, rather
     than skipping the part of the decay the recompile took."""
