@@ -654,10 +654,11 @@ def ckpt(enc, tmp_path_factory):
 
 
 @contextlib.contextmanager
-def served(path):
-    """serve.py PATH in a subprocess on a free port: yields (process, port), then Ctrl-C; the process's stderr is then
-    in process.err."""
-    p = subprocess.Popen([sys.executable, os.path.join(ROOT, "serve.py"), path, "--port", "0", "--device", "cpu"],
+def served(path, *options):
+    """serve.py PATH [options] in a subprocess on a free port: yields (process, port), then Ctrl-C; the process's
+    stderr is then in process.err."""
+    p = subprocess.Popen([sys.executable, os.path.join(ROOT, "serve.py"), path, "--port", "0", "--device", "cpu",
+                          *options],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = p.stdout.readline()
@@ -876,6 +877,11 @@ def test_cors_lets_the_pages_of_the_allowed_origins_call_the_api(enc):
             assert status == 200 and h["access-control-allow-origin"] == page, stream
         status, h, _ = head(api, "GET", "/v1/nowhere", {"Origin": page})  # errors too: the page reads the message
         assert status == 404 and h["access-control-allow-origin"] == page
+        # a preflight is answered for the API's routes only, and an OPTIONS that is no preflight is what it was
+        status, h, _ = head(api, "OPTIONS", "/v1/nowhere", ask)
+        assert status == 404 and "access-control-allow-methods" not in h
+        status, h, _ = head(api, "OPTIONS", "/v1/chat/completions", {"Origin": page})
+        assert status == 405 and "access-control-allow-methods" not in h
         # another origin's page gets no preflight and no permission to read
         status, h, _ = head(api, "OPTIONS", "/v1/chat/completions", {**ask, "Origin": "http://evil.example"})
         assert status == 405 and "access-control-allow-origin" not in h
@@ -887,6 +893,7 @@ def test_cors_lets_the_pages_of_the_allowed_origins_call_the_api(enc):
     try:
         status, h, _ = head(api, "OPTIONS", "/v1/models/tiny", {**ask, "Access-Control-Request-Method": "GET"})
         assert status == 204 and h["access-control-allow-origin"] == "*" and h["access-control-allow-methods"] == "GET, OPTIONS"
+        assert "vary" not in h  # the same answer for every origin: a cache keeps one
     finally:
         api.close()
 
@@ -900,14 +907,24 @@ def test_without_cors_no_page_of_another_origin_is_let_in(api):
     assert status == 200 and "access-control-allow-origin" not in h
 
 
-def test_cors_origins_are_checked_on_the_command_line(capsys):
+def test_cors_origins_are_checked_on_the_command_line(capsys, ckpt):
     assert serve.parse_args(["--cors", "http://localhost:3000, https://a.example/"]).cors == \
         ("http://localhost:3000", "https://a.example")
+    assert serve.parse_args(["--cors", "*"]).cors == ("*",)  # any origin
     for bad in ("localhost:3000", "http://a.example/chat", ","):  # no scheme, a path, nothing: never an Origin
         with pytest.raises(SystemExit):
             serve.parse_args(["--cors", bad])
         err = capsys.readouterr().err.strip().splitlines()[-1]
         assert "expected origins like http://localhost:3000" in err, err
+    # and the server serve.py starts lets them in
+    with served(ckpt, "--cors", "http://localhost:3000") as (p, port):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        conn.request("GET", "/v1/models", headers={"Origin": "http://localhost:3000"})
+        r = conn.getresponse()
+        r.read()
+        conn.close()
+        assert r.status == 200 and r.getheader("Access-Control-Allow-Origin") == "http://localhost:3000"
+    assert p.returncode == 0, p.err
 
 
 def ipv6_loopback():
