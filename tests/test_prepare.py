@@ -140,6 +140,11 @@ def test_a_rebuild_removes_token_files_a_killed_prepare_left(tmp_path):
         os.utime(folder / name, (0, 0))
     prepare.prepare("text", source=src, out_dir=str(tmp_path / "data"))
     assert sorted(os.listdir(folder)) == ["meta.json", f"notes.{dead.pid}.tmp", "train.bin", "val.bin"]
+    # and the probe a killed check that the folder takes files left
+    (folder / f".write-probe.{dead.pid}.tmp").write_bytes(b"")
+    os.utime(folder / f".write-probe.{dead.pid}.tmp", (0, 0))
+    prepare.prepare("text", source=src, out_dir=str(tmp_path / "data"))
+    assert sorted(os.listdir(folder)) == ["meta.json", f"notes.{dead.pid}.tmp", "train.bin", "val.bin"]
 
 
 def test_single_document_is_cut_by_tokens(tmp_path, enc):
@@ -524,6 +529,23 @@ def test_a_dataset_up_to_date_in_a_read_only_folder_is_said_to_be(tmp_path, monk
     for more in (["--force"], ["--limit", "5"], ["--vocab_size", "300"]):
         assert run_cli(prepare.main, argv + more, capsys) == (1, "", f"error: the dataset folder {folder}: {line}\n")
     assert snapshot(folder) == before
+
+
+def test_ctrl_c_as_the_folder_is_checked_leaves_no_probe_in_the_dataset(tmp_path, monkeypatch):
+    # the check that the dataset's folder takes files makes a file there and removes it: a Ctrl-C in between waits for
+    # the removal (it left the probe in the dataset, until a run 10 minutes later found it stale)
+    src, out = write(tmp_path / "c.txt", EOT.join(DOCS)), str(tmp_path / "data")
+    prepare.prepare("text", source=src, out_dir=out)
+
+    def opener(path, mode="r", *args, **kwargs):
+        f = open(path, mode, *args, **kwargs)
+        if ".write-probe" in str(path):  # made: Ctrl-C now
+            os.kill(os.getpid(), signal.SIGINT)
+        return f
+    monkeypatch.setattr(common, "open", opener, raising=False)
+    with pytest.raises(KeyboardInterrupt):
+        prepare.prepare("text", source=src, out_dir=out, force=True)
+    assert not [f for f in os.listdir(os.path.join(out, "text")) if f.startswith(".write-probe")]
 
 
 def test_data_dir_is_out_dir(tmp_path, monkeypatch):
@@ -1637,6 +1659,36 @@ def test_a_val_cut_from_trains_sources_leaves_out_the_documents_train_has(tmp_pa
                            name="same")
     assert meta["splits"]["val"]["documents"] == 1 and meta["splits"]["train"]["documents"] == 9
     assert "every document of the val split is also in train" in capsys.readouterr().err
+
+
+def test_the_val_documents_left_out_are_the_repeats_whatever_comes_before_them(tmp_path, enc, capsys):
+    # val is the tails of several sources, in order: a book cut by tokens (its tail has no document of its own to
+    # match) or a short file val took whole comes before another file's repeats, and it is the repeats that go
+    out = str(tmp_path / "data")
+    book = "".join(f"Line {i} of the book: the quick brown fox jumps over the lazy dog.\n" for i in range(40))
+    notes = [f"Note {i}: the cat sat on the mat." for i in range(28)]
+    write(tmp_path / "bk" / "a.txt", book)  # one document, a large share of the text: cut by tokens
+    write(tmp_path / "bk" / "b.txt", EOT.join(notes + [notes[0], notes[1], book]))  # val: its last 3, all repeats
+    meta = prepare.prepare("text", source=str(tmp_path / "bk"), out_dir=out, name="bk")
+    ids, _ = load(tmp_path / "data" / "bk", "val", meta)
+    check_sizes(tmp_path / "data" / "bk", meta)
+    val = enc.decode(ids.tolist())
+    assert "Note" not in val and len(val) < len(book) and (book + EOT).endswith(val), val  # the book's tail alone
+    assert meta["splits"]["val"]["bytes"] == text_bytes(enc, ids)
+    # a one-token file val takes whole, then a file whose val document (its last) is its first again
+    write(tmp_path / "sh" / "a.txt", "Hi")
+    write(tmp_path / "sh" / "b.txt", EOT.join(["Once there was a fox.", "It ran away.", "Once there was a fox."]))
+    meta = prepare.prepare("text", source=str(tmp_path / "sh"), out_dir=out, name="sh")
+    ids, _ = load(tmp_path / "data" / "sh", "val", meta)
+    assert enc.decode(ids.tolist()) == "Hi" + EOT and meta["splits"]["val"]["documents"] == 1
+    # a repeat between two documents val keeps: the documents after it move up, whole
+    docs = [f"Story {i}: a dog found a ball." for i in range(30)]
+    docs[28] = docs[5]  # val: the last 3
+    meta = prepare.prepare("text", source=write(tmp_path / "st.txt", EOT.join(docs)), out_dir=out, name="st")
+    ids, _ = load(tmp_path / "data" / "st", "val", meta)
+    check_sizes(tmp_path / "data" / "st", meta)
+    assert enc.decode(ids.tolist()) == docs[27] + EOT + docs[29] + EOT and meta["splits"]["val"]["documents"] == 2
+    assert "every document of the val split" not in capsys.readouterr().err
 
 
 @needs_mirror
