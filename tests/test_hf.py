@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 
 import pytest
@@ -504,7 +505,7 @@ def test_export_refuses_to_clobber(small_folder, tmp_path, capsys):
     assert sorted(os.listdir(tmp_path)) == ["dot", "empty", "new", "out"]
 
 
-def test_export_takes_the_checkpoint_as_gen_py_does(small_folder, tmp_path, capsys):
+def test_export_takes_the_checkpoint_as_gen_py_does(small_folder, tmp_path, capsys, monkeypatch):
     """`export.py --checkpoint CKPT OUT_DIR`, train.py's spelling that gen.py, eval.py and serve.py take too, was
     "unrecognized arguments: --checkpoint"; the positional forms, options anywhere among them, stay."""
     want = ("x.pt", "hf/x", "bfloat16")
@@ -513,6 +514,10 @@ def test_export_takes_the_checkpoint_as_gen_py_does(small_folder, tmp_path, caps
                  ["hf/x", "--dtype", "bfloat16", "--checkpoint", "x.pt"]):
         args = export.parse_args(argv)
         assert (args.checkpoint, args.out_dir, args.dtype) == want, argv
+    # as the script runs it: main() with no argv reads the command line
+    monkeypatch.setattr(sys, "argv", ["export.py", "x.pt", "hf/x", "--dtype", "bfloat16"])
+    args = export.parse_args()
+    assert (args.checkpoint, args.out_dir, args.dtype) == want
     for argv, said in ((["x.pt", "hf/x", "--checkpoint", "y.pt"], "two checkpoints, x.pt and --checkpoint y.pt: give one"),
                        (["hf/x"], "give the checkpoint and the folder to write"),  # no newest-checkpoint default here
                        ([], "give the checkpoint and the folder to write"),
