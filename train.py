@@ -1671,7 +1671,8 @@ def run_training(args, held):
                             train_loss = loss_sum / loss_n if loss_n else None
                             shown = "-" if train_loss is None else f"{train_loss:.4f}"
                             tps = tokens_mark / max(time.time() - t_mark, 1e-9)
-                            train_s, train_tokens = train_s + time.time() - t_mark, train_tokens + tokens_mark
+                            if run_steps > 1:  # (a record of the first step alone holds its compile)
+                                train_s, train_tokens = train_s + time.time() - t_mark, train_tokens + tokens_mark
                             rec = {"run": run_id, "step": p.step, "epoch": round(p.epoch + p.windows / len(train_w), 4),
                                    "tokens": p.tokens,
                                    "train_loss": None if train_loss is None else round(train_loss, 5), "val_loss": None,
