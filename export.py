@@ -30,7 +30,7 @@ from hf import check_out_dir, export_folder
 
 def parse_args(argv=None):
     # the usage line says what is required (argparse's would show the checkpoint optional, as gen.py's is)
-    p = argparse.ArgumentParser(usage="%(prog)s [-h] [--dtype {float32,bfloat16,float16}] CHECKPOINT OUT_DIR",
+    p = argparse.ArgumentParser(usage=f"%(prog)s [-h] [--dtype {{{','.join(DTYPES)}}}] CHECKPOINT OUT_DIR",
                                 description="Write a checkpoint as a Hugging Face model folder (GPT2LMHeadModel for "
                                             "the gpt2 variant, LlamaForCausalLM for modern) with its tokenizer.")
     # the checkpoint as gen.py, eval.py and serve.py take it: CHECKPOINT OUT_DIR, or --checkpoint CHECKPOINT OUT_DIR

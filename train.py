@@ -1603,14 +1603,14 @@ def run_training(args, held):
                         if args.compile and not run_steps:
                             say(paint("compiling the model: its first step and first evaluation take longer (about a "
                                       "minute on a small CPU, seconds once cached)", "dim"))
-                            t_first = time.time()
                         t_step = time.time()
                         loss_acc += train_step(fwd, optimizer, scaler, micro, device, dtype, args.grad_clip,
                                                n_targets, dist.world) * n_targets
+                        step_s = time.time() - t_step
                         if run_steps:
-                            step_times = step_times[-1:] + [time.time() - t_step]
-                        if args.compile and not run_steps:
-                            say(paint(f"first step {time.time() - t_first:.1f} s", "dim"))
+                            step_times = step_times[-1:] + [step_s]
+                        elif args.compile:
+                            say(paint(f"first step {step_s:.1f} s", "dim"))
                         p.step += 1
                         p.windows += n_windows
                         p.tokens += n_windows * args.block_size
@@ -1670,9 +1670,10 @@ def run_training(args, held):
                             # None: no step since the last record counted a target (chat windows without a reply)
                             train_loss = loss_sum / loss_n if loss_n else None
                             shown = "-" if train_loss is None else f"{train_loss:.4f}"
-                            tps = tokens_mark / max(time.time() - t_mark, 1e-9)
+                            interval = time.time() - t_mark
+                            tps = tokens_mark / max(interval, 1e-9)
                             if run_steps > 1:  # (a record of the first step alone holds its compile)
-                                train_s, train_tokens = train_s + time.time() - t_mark, train_tokens + tokens_mark
+                                train_s, train_tokens = train_s + interval, train_tokens + tokens_mark
                             rec = {"run": run_id, "step": p.step, "epoch": round(p.epoch + p.windows / len(train_w), 4),
                                    "tokens": p.tokens,
                                    "train_loss": None if train_loss is None else round(train_loss, 5), "val_loss": None,
