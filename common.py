@@ -15,6 +15,7 @@ import shutil
 import signal
 import sys
 import threading
+import time
 
 
 class UserError(Exception):
@@ -132,6 +133,20 @@ def speaks_for_machine():
     return os.environ.get("LOCAL_RANK", "0") == "0"
 
 
+def exit_after_the_first(code, first=None):
+    """Exit with code over a fault every torchrun process meets and one says: its machine's first (or the one of
+    rank 0: first=False in the others). Not at once in the others: torchrun stops them all (SIGTERM) the moment one
+    ends, and the first, a moment behind on a busy machine, was stopped before it said why (a CI run ended with no
+    error line at all). They wait for that SIGTERM, sent when the first ends; after LATE_FIRST_S seconds (the first
+    went on, which it should not) they end anyway."""
+    if not (speaks_for_machine() if first is None else first):
+        time.sleep(LATE_FIRST_S)
+    sys.exit(code)
+
+
+LATE_FIRST_S = 30
+
+
 # what the machine, not the code, got wrong: the file system's answer is the message, with the fix
 OS_FIXES = {
     errno.ENOSPC: "free some space or write elsewhere",
@@ -211,7 +226,8 @@ def run_main(main):
     except UserError as e:
         if speaks_for_machine() or e.every_rank:
             print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+            sys.exit(1)
+        exit_after_the_first(1)
     except KeyboardInterrupt:
         if speaks_for_machine():  # Ctrl-C reaches every torchrun process: one line a machine
             print("\ninterrupted", file=sys.stderr)
@@ -356,7 +372,6 @@ def remove_stale_tmp(folder, names, quiet_s=600):
     left (SIGKILL: no finally runs), so half-written checkpoints and token files do not pile up. Only ones whose
     process is gone from this machine and that nobody has written to for quiet_s seconds: a live process's write (or
     one on another machine, on a shared disk) is left alone, and so is any file of the user's."""
-    import time
     with contextlib.suppress(OSError):
         for name in os.listdir(folder):
             m = re.fullmatch(rf"(?:{names})\.(\d+)\.tmp", name)

@@ -57,8 +57,9 @@ import torch
 from tqdm import tqdm
 
 from checkpoint import load_checkpoint, load_weights, nonfinite, save_checkpoint
-from common import (UserError, atomic_write_text, autocast, check_output, cpu_bf16_is_faster, cpu_has_bf16, first_line,
-                    is_oom, nonempty, pick_device, pick_dtype, retain_freed_memory, run_main, speaks_for_machine, tmp_name)
+from common import (UserError, atomic_write_text, autocast, check_output, cpu_bf16_is_faster, cpu_has_bf16,
+                    exit_after_the_first, first_line, is_oom, nonempty, pick_device, pick_dtype, retain_freed_memory,
+                    run_main, speaks_for_machine, tmp_name)
 from model import OPTIMIZERS, PRESETS, GPT, GPTConfig, make_config
 from prepare import (DATASETS, DEFAULT_OUT_DIR, DEFAULT_VAL_FRACTION, is_complete, is_dataset_name,
                      meta_options, rebuild_command)
@@ -218,7 +219,7 @@ def parse_args(argv=None):
                         "(default: the checkpoint's when continuing a run, else off)")
     g.add_argument("--no_color", "--no-color", dest="no_color", action="store_true", help="no ANSI colors in the output")
     if not speaks_for_machine():  # under torchrun: one usage error (or --help) a machine, not one a process
-        p.error = lambda message: sys.exit(2)
+        p.error = lambda message: exit_after_the_first(2)
         p.print_help = lambda file=None: None
     return p.parse_args(argv)
 
@@ -1286,8 +1287,8 @@ def run_training(args, held):
     failed, best_goes = dist.agree(refused is not None, best_path in replaced)
     if refused is not None:
         raise refused
-    if failed:
-        raise SystemExit(1)
+    if failed:  # (rank 0 says why)
+        exit_after_the_first(1, first=dist.main)
 
     dtype = pick_dtype(device, args.dtype)
     if device.type == "cpu" and (dtype == torch.float16 or dtype == torch.bfloat16 and not cpu_has_bf16()):

@@ -329,6 +329,8 @@ def test_sigterm_ends_a_script_through_its_clean_up(tmp_path):
 def test_under_torchrun_an_error_one_rank_alone_meets_is_printed_by_that_rank(monkeypatch, capsys):
     """A UserError every rank meets (bad input) is printed once a machine, by local rank 0; one a rank meets alone
     (every_rank=True: its own GPU, its own shard) is printed by that rank, else it ended with no word of why."""
+    waits = []
+    monkeypatch.setattr(common.time, "sleep", waits.append)
     for rank in ("0", "1"):
         monkeypatch.setenv("LOCAL_RANK", rank)
         for every_rank in (False, True):
@@ -338,6 +340,10 @@ def test_under_torchrun_an_error_one_rank_alone_meets_is_printed_by_that_rank(mo
                 run_main(main)
             said = "error: bad thing: fix it\n" if rank == "0" or every_rank else ""
             assert e.value.code == 1 and capsys.readouterr().err == said, (rank, every_rank)
+            # the one that leaves the word to local rank 0 waits for torchrun to stop it, which follows rank 0's end:
+            # ending first, it had torchrun stop rank 0 before it said why
+            assert waits == ([common.LATE_FIRST_S] if rank == "1" and not every_rank else []), (rank, every_rank)
+            waits.clear()
 
 
 @pytest.mark.parametrize("vendor, flags, has_bf16, picks_bf16", [

@@ -14,6 +14,7 @@ import time
 import pytest
 import torch
 
+import common
 import train
 from checkpoint import load_checkpoint
 from test_train import ROOT, args_for, env, one_thread, read_metrics  # noqa: F401 (fixtures)
@@ -260,6 +261,7 @@ def test_a_second_sigint_under_torchrun_still_saves(monkeypatch, capsys):
 
 def test_help_and_usage_errors_come_once_a_machine(monkeypatch, capsys):
     monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(common, "LATE_FIRST_S", 0)  # (waits for rank 0's word: see the test below)
     for argv in (["--help"], ["--no_such_option"]):
         with pytest.raises(SystemExit):
             train.parse_args(argv)
@@ -347,6 +349,21 @@ def test_bad_input_under_torchrun_is_said_once(env, bad):
     _, err = r.communicate(timeout=240)
     assert r.returncode != 0
     assert err.count("error: ") == 1 and err.count("usage: ") == (1 if bad == ["--bogus"] else 0), err[-3000:]
+
+
+@pytest.mark.parametrize("bad", [["--dataset", "nosuch"], ["--bogus"]])
+def test_bad_input_is_said_when_the_first_process_is_late(env, tmp_path, bad):
+    """torchrun stops every process the moment one ends: local rank 0 a moment behind the other (a busy CI machine)
+    was stopped before it said why, and the run ended with torchrun's report alone."""
+    late = tmp_path / "late_first.py"
+    late.write_text(f"import os, runpy, sys, time\nsys.path.insert(0, {ROOT!r})\n"
+                    f"if os.environ['LOCAL_RANK'] == '0':\n    time.sleep(5)\n"
+                    f"runpy.run_path({os.path.join(ROOT, 'train.py')!r}, run_name='__main__')\n")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(late),
+                        "--no-color", "--device", "cpu", "--data_dir", env["data"], *bad], cwd=ROOT,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=240)
+    assert r.returncode != 0 and r.stderr.count("error: ") == 1, r.stderr[-3000:]
+    assert "nosuch" in r.stderr or "--bogus" in r.stderr
 
 
 def test_a_run_rank_0_refuses_ends_every_rank_quietly(env, runs):
