@@ -491,15 +491,22 @@ def turn_at(path):
 def append_benchmarks(path, text):
     """Append one dated section to path, creating it with a title when missing; written atomically, so an
     interrupted run never leaves half a table, and in turn, so two runs finishing together keep both sections."""
-    with turn_at(path):
-        with open(path, encoding="utf-8") as f:
-            old = f.read()
-        if not old:
-            old = ("# Benchmarks\n\nAppended by `python bench.py` (see its --help): one section per run, newest "
-                   "last. MFU is against the matmul peak measured in the same run.\n")
-        elif not old.endswith("\n"):
-            old += "\n"
-        atomic_write_text(path, old + "\n" + text)
+    new = not os.path.exists(path)
+    try:
+        with turn_at(path):
+            with open(path, encoding="utf-8") as f:
+                old = f.read()
+            if not old:
+                old = ("# Benchmarks\n\nAppended by `python bench.py` (see its --help): one section per run, "
+                       "newest last. MFU is against the matmul peak measured in the same run.\n")
+            elif not old.endswith("\n"):
+                old += "\n"
+            atomic_write_text(path, old + "\n" + text)
+    except BaseException:  # (a full disk, Ctrl-C): not the empty file the lock created in the file's place
+        with contextlib.suppress(OSError):
+            if new and os.path.getsize(path) == 0:
+                os.remove(path)
+        raise
 
 
 def off_target(args):

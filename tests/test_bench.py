@@ -593,6 +593,25 @@ def test_a_read_only_benchmarks_file_is_replaced_all_the_same(tmp_path, monkeypa
     assert text.count("# Benchmarks") == 1 and "## first\n" in text and "## second\n" in text
 
 
+def test_a_first_write_that_fails_leaves_no_empty_benchmarks_file(tmp_path, monkeypatch):
+    # the lock is taken on the file, created empty when missing: a failed first write left an empty BENCHMARKS.md
+    path = str(tmp_path / "BENCHMARKS.md")
+
+    def full(p, text):
+        raise OSError(28, "No space left on device", p)
+    monkeypatch.setattr(bench, "atomic_write_text", full)
+    with pytest.raises(OSError):
+        bench.append_benchmarks(path, "## first\n")
+    assert os.listdir(tmp_path) == []
+    monkeypatch.undo()
+    bench.append_benchmarks(path, "## first\n")
+    with pytest.raises(KeyboardInterrupt):  # a file that was there stays, whatever happens
+        with monkeypatch.context() as m:
+            m.setattr(bench, "atomic_write_text", lambda p, text: (_ for _ in ()).throw(KeyboardInterrupt))
+            bench.append_benchmarks(path, "## second\n")
+    assert open(path, encoding="utf-8").read().count("## first\n") == 1
+
+
 def test_three_runs_finishing_together_keep_every_section(tmp_path, monkeypatch):
     # a run that waited for the lock on a file the first run has since replaced holds the lock of a file no one else
     # takes: it must look again, or it writes beside the third run (which locked the new file) and one section is lost
