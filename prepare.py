@@ -417,9 +417,13 @@ def file_docs(path, dataset):
     if suffix(path) == ".txt":
         yield from (dailydialog_docs if dataset == "dailydialog" else text_docs)(path)
         return
+    first = None  # where the file's first document is, and its kind: a record of the other kind is named by its line
     for where, record in json_records(path):
         doc = record_doc(record, where, dataset)
         if doc:
+            first = first or (where, doc_kind(doc))
+            if doc_kind(doc) != first[1]:
+                raise mixed_kinds(where, doc_kind(doc), first[0])
             yield doc
 
 
@@ -1073,15 +1077,23 @@ def doc_kind(doc):
     return "chat" if isinstance(doc, list) else "text"
 
 
-def mixed_kinds(label):
-    return UserError(f"{label}: mixes plain text and conversations in one dataset; prepare them separately (--name)")
+KIND_NAMES = {"text": "plain text", "chat": "conversations"}
 
 
-def batches(docs, kind, label):
+def mixed_kinds(label, kind, first):
+    """The error for a document of kind in label when the dataset's first one (in first) is of the other kind. Both
+    are named: only the second was, and a folder of chats with a README.txt sorted first blamed the chats file."""
+    other = "chat" if kind == "text" else "text"
+    return UserError(f"{KIND_NAMES[other]} in {first} and {KIND_NAMES[kind]} in {label}: a dataset is one or the other; "
+                     f"leave one out, or prepare them separately (--name)")
+
+
+def batches(docs, kind, label, first):
+    """first: where the dataset's first document is, which decided kind."""
     batch, chars = [], 0
     for doc in docs:
         if doc_kind(doc) != kind:
-            raise mixed_kinds(label)
+            raise mixed_kinds(label, doc_kind(doc), first)
         batch.append(doc)
         chars += len(doc[0]) if kind == "text" else sum(len(m["content"]) for m in doc)
         if len(batch) >= BATCH_DOCS or chars >= BATCH_CHARS:
@@ -1221,14 +1233,14 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
     # split the share val_fraction would give it, so a quick demo stays quick
     budget = {"split": limit, "train": limit, "val": limit and max(1, round(limit * val_fraction))}
     # the first document decides whether masks are written; every stream is opened lazily
-    kind, opened = None, []
+    kind, first_label, opened = None, None, []
     for i, (role, label, make_docs) in enumerate(streams):
         docs = iter(make_docs())
         if kind is None:
             first = next(docs, None)
             if first is None:
                 continue
-            kind, docs = doc_kind(first), itertools.chain([first], docs)
+            kind, first_label, docs = doc_kind(first), label, itertools.chain([first], docs)
         opened.append((i, role, label, docs))
     if kind is None:
         raise UserError(f"no documents found in {', '.join(label for _, label, _ in streams)}")
@@ -1268,7 +1280,7 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
         keys = array("q")  # of this stream's documents, in order
         if dedup:
             docs = keyed(docs, keys)
-        for batch in batches(docs, kind, label):
+        for batch in batches(docs, kind, label, first_label):
             ids, mask, batch_ends = encode_batch(enc, batch, kind, dtype)
             if role == "split":
                 ends.extend(out.tokens + e for e in batch_ends)
@@ -1360,7 +1372,7 @@ def train_vocabulary(plan, vocab_size, path, limit, val_fraction, pack=None):
     conversations), with the same --limit, and save it as path: the val split stays unseen."""
     def texts():
         # mixed kinds, and --pack on text, refused here as write_splits would, before minutes of training a vocabulary
-        kind, trained, cut = None, 0, 0  # characters trained on; of the documents cut into train and val
+        kind, first_label, trained, cut = None, None, 0, 0  # characters trained on; of the documents cut into train and val
         for part in plan.get("parts", [plan]):  # a mix: --limit counts in each of its datasets, as in build()
             budget = {"split": limit, "train": limit, "val": 0}
             counts, chars, first = count_split_docs(part["streams"], budget) if val_fraction else ({}, {}, None)
@@ -1372,8 +1384,8 @@ def train_vocabulary(plan, vocab_size, path, limit, val_fraction, pack=None):
                 for doc in train_docs(make_docs, budget, role, val_fraction, ks.get(i), counts.get(i, 0),
                                       chars.get(i, 0)):
                     if kind is not None and doc_kind(doc) != kind:
-                        raise mixed_kinds(label)
-                    kind = doc_kind(doc)
+                        raise mixed_kinds(label, doc_kind(doc), first_label)
+                    kind, first_label = doc_kind(doc), first_label or label
                     if kind == "text" and pack:
                         raise text_packed(pack)
                     given = [doc[0]] if kind == "text" else [m["content"] for m in doc]

@@ -396,13 +396,22 @@ def test_non_utf8_and_bad_input(tmp_path):
         {"role": "user", "content": "x"}, {"role": "assistant", "content": "y", "weight": None}]}) for _ in range(2))),
         out_dir=out, name="w")
     assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == 2
-    with pytest.raises(UserError, match="mixes plain text and conversations"):
-        prepare.prepare("chat", source=write(tmp_path / "mixed.jsonl", json.dumps({"text": "a"}) + "\n" + json.dumps({"question": "q", "answer": "a"})), out_dir=out)
+    # the record of the other kind is named by its line, and so is the first one (a file of 50,000 lines was named alone)
+    with pytest.raises(UserError, match=r"^plain text in \S*mixed.jsonl line 1 and conversations in \S*mixed.jsonl line 3: "
+                                        r"a dataset is one or the other"):
+        prepare.prepare("chat", source=write(tmp_path / "mixed.jsonl", json.dumps({"text": "a"}) + "\n\n" + json.dumps({"question": "q", "answer": "a"})), out_dir=out)
     # with --vocab_size, before the vocabulary is trained (it was refused after minutes of training one)
     mixed = [json.dumps({"text": f"a story {i}"}) for i in range(20)] + [json.dumps({"question": "q", "answer": "a"})]
-    with pytest.raises(UserError, match="mixes plain text and conversations"):
+    with pytest.raises(UserError, match=r"mixed2.jsonl line 21: a dataset is one or the other"):
         prepare.train_vocabulary(prepare.find_source("text", write(tmp_path / "mixed2.jsonl", "\n".join(mixed))), 300,
                                  None, None, 0.0)
+    # a folder of chats and a README.txt that sorts first: the README is named, not the chats file as if it held text
+    chats = write(tmp_path / "chats" / "chats.jsonl", "\n".join(json.dumps({"question": f"q{i}", "answer": "a"}) for i in range(9)))
+    readme = write(tmp_path / "chats" / "README.txt", "My chats.")
+    for vocab_size in (None, 300):
+        with pytest.raises(UserError, match=rf"^plain text in {re.escape(readme)} and conversations in {re.escape(chats)}: a "
+                                            rf"dataset is one or the other; leave one out, or prepare them separately"):
+            prepare.prepare("chat", source=str(tmp_path / "chats"), out_dir=out, name="chats", vocab_size=vocab_size)
     with pytest.raises(UserError, match="val_fraction"):
         prepare.prepare("text", source=str(bad), val_fraction=1.0, out_dir=out)
     with pytest.raises(UserError, match=r"--vocab_size 300 trains the dataset's own vocabulary, and --tokenizer .* gives "
