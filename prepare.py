@@ -254,6 +254,9 @@ def json_records(path):
         elif suffix(path) == ".jsonl":
             with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark (Notepad, Excel) is not JSON
                 for n, line in enumerate(f, 1):
+                    # one in the middle too: files saved by Notepad, joined with `cat` (it was "malformed JSON (Unexpected
+                    # UTF-8 BOM (decode using utf-8-sig)")
+                    line = line.removeprefix("\ufeff")
                     if line.strip():
                         if "\0" in line:  # (else "malformed JSON" at column 2 of what an editor shows as good JSON)
                             raise holds_nul(path, line if n == 1 else "")

@@ -320,7 +320,7 @@ def test_chunk_boundaries_do_not_change_documents(tmp_path, monkeypatch):
 
 def test_null_fields_byte_order_marks_and_deep_json(tmp_path, enc):
     """What exports contain: rows of mixed shapes with every column, null where a row has none (parquet, pandas),
-    a UTF-8 byte-order mark (Notepad, Excel); and nesting too deep for json is one line, not a RecursionError."""
+    a UTF-8 byte-order mark (Notepad, Excel), in a .jsonl at any line's start (such files joined); and nesting too deep for json is one line, not a RecursionError."""
     rows = [{"instruction": "Add 1 and 1.", "input": None, "output": "2", "question": None, "answer": None, "text": None},
             {"instruction": None, "input": None, "output": None, "question": "Why?", "answer": "Because.", "text": None},
             {"instruction": None, "input": None, "output": None, "question": None, "answer": None, "text": None}] * 4
@@ -331,7 +331,10 @@ def test_null_fields_byte_order_marks_and_deep_json(tmp_path, enc):
     pq.write_table(pa.Table.from_pylist(rows), str(tmp_path / "rows.parquet"))
     bom = tmp_path / "bom"
     bom.mkdir()
-    (bom / "rows.jsonl").write_bytes(b"\xef\xbb\xbf" + "\n".join(json.dumps(r) for r in rows).encode())
+    def notepad(part):
+        return b"\xef\xbb\xbf" + "".join(json.dumps(r) + "\r\n" for r in part).encode()
+    # two Notepad files joined with `cat`: a byte-order mark starts a line mid-file too
+    (bom / "rows.jsonl").write_bytes(notepad(rows[:6]) + notepad(rows[6:]))
     (bom / "rows.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(rows).encode())
     for i, src in enumerate((str(tmp_path / "rows.parquet"), str(bom / "rows.jsonl"), str(bom / "rows.json"))):
         meta = prepare.prepare("chat", source=src, out_dir=out, name=f"rows{i}", pack=0, val_fraction=0.25)
