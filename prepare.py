@@ -1612,6 +1612,8 @@ def prepare(dataset, source=None, tokenizer=None, limit=None, val_fraction=DEFAU
         # was rebuilt for nothing after a --pack 0, and again without it)
         text_fp = fingerprint(dataset, plan, tokenizer, tok_hash, limit, val_fraction, 0, mix)
         same = old and old.get("fingerprint") == (text_fp if old.get("kind") == "text" else fp)
+        if same and pack and old.get("kind") == "text":  # refused as a first build does: not "up to date"
+            raise text_packed(pack)
         if same and not force and is_complete(folder, old):
             if new_vocab:  # retrained the same (a damaged or missing file)
                 fsync_replace(new_vocab, tokenizer)

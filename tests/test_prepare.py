@@ -1275,6 +1275,9 @@ def test_rerun_is_a_noop_force_and_changes_rebuild(tmp_path, capsys):
     for pack in (0, None):
         prepare.prepare("text", source=str(src), out_dir=out, pack=pack)
         assert "is up to date" in capsys.readouterr().out and snapshot(folder) == before
+    with pytest.raises(UserError, match=r"^--pack 64: only conversations are packed"):  # as a first build: no
+        prepare.prepare("text", source=str(src), out_dir=out, pack=64)  # "up to date" that --pack was taken
+    assert snapshot(folder) == before
     # but conversations put in its place are packed, and --pack matters to them again
     chats = write(tmp_path / "chats.jsonl", FORMATS["messages"][1])
     for pack, block in ((None, 256), (0, 0), (None, 256)):
