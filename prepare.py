@@ -766,6 +766,7 @@ class Split:
             self.files.append(open(tmp_name(p + scratch), "w+b"))
         self.tokens = self.documents = self.bytes = self.padding = 0
         self.cut = 0  # documents (books) cut by tokens, whose head is here and tail in val: counted in neither
+        self.repeats = 0  # documents left out of val because train has them (write_splits): counted in neither
 
     def write(self, ids, mask, documents, nbytes):
         self.files[0].write(ids.tobytes())
@@ -834,6 +835,7 @@ class Split:
             f.seek(0, os.SEEK_END)
         self.tokens = sum(b - a for a, b in runs)
         self.documents -= len(drop)
+        self.repeats += len(drop)
         self.bytes -= dropped_bytes
 
     def arrays(self):
@@ -1211,15 +1213,16 @@ def keyed(docs, keys):
         yield doc
 
 
-def seen_in_train(docs, seen, role):
-    """A conversation stream's documents, noting train's in seen and leaving out of a "val" stream those seen: DailyDialog's
-    validation file repeats 89 of its 1,000 dialogues from train (98 with case and spacing ignored), and a val loss
-    over dialogues the model was trained on reads better than the model is."""
+def seen_in_train(docs, seen, role, val):
+    """A conversation stream's documents, noting train's in seen and leaving out of a "val" stream those seen (counted
+    in the Split val): DailyDialog's validation file repeats 89 of its 1,000 dialogues from train (98 with case and
+    spacing ignored), and a val loss over dialogues the model was trained on reads better than the model is."""
     for doc in docs:
         key = document_key(doc) if doc_kind(doc) == "chat" else None  # (plain text among them: batches() refuses it)
         if role != "val":
             seen.add(key)
         elif key in seen:
+            val.repeats += 1
             continue
         yield doc
 
@@ -1278,8 +1281,8 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
         if seen is None:
             docs = limited(docs, budget, role)
         else:  # train notes what it takes (within --limit); val's --limit counts what it keeps
-            docs = limited(seen_in_train(docs, seen, role), budget, role) if role == "val" else \
-                seen_in_train(limited(docs, budget, role), seen, role)
+            docs = limited(seen_in_train(docs, seen, role, splits["val"]), budget, role) if role == "val" else \
+                seen_in_train(limited(docs, budget, role), seen, role, splits["val"])
         keys = array("q")  # of this stream's documents, in order
         if dedup:
             docs = keyed(docs, keys)
@@ -1735,6 +1738,9 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
                            "padding": splits[s].padding} for s in ("train", "val")},
             # whole documents are counted in a split; these, a book's head in train and its tail in val, in neither
             "cut_documents": splits["train"].cut,
+            # and these, val's documents that train has too, in none (counted as tokenized: in the splits packed or
+            # mixed from, or in val itself)
+            "val_repeats": splits["val"].repeats + sum(raw["val"].repeats for raw in scratch),
         }
         if mixed:
             meta["mix"] = mixed
@@ -1777,6 +1783,8 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
     # a single document (Tiny Shakespeare) is cut by tokens: its head trains and its tail, with the end, validates
     where = "cut into train and val" if cut == docs else f"{tr['documents']:,} train, {va['documents']:,} val" + (
         f", {cut:,} cut into train and val" if cut else "")
+    if meta["val_repeats"]:  # (a count short of the source's, without a word, read as documents lost)
+        where += f"; {meta['val_repeats']:,} left out of val, as train has them"
     print(f"{folder}: {docs:,} document{'' if docs == 1 else 's'} ({where}), "
           f"{tokens:,} tokens ({tr['tokens']:,} / {va['tokens']:,}), {mb:.1f} MB of text in {dt:.1f}s: "
           f"{mb / dt:.2f} MB/s, {tokens / dt / 1e6:.2f}M tokens/s")

@@ -1614,7 +1614,7 @@ def test_mirror_dailydialog(tmp_path, enc):
     assert all(s.endswith(IM_END) for s in masked_spans(enc, ids, mask))
 
 
-def test_a_chat_sets_own_val_split_leaves_out_the_conversations_train_has(tmp_path, monkeypatch, enc):
+def test_a_chat_sets_own_val_split_leaves_out_the_conversations_train_has(tmp_path, monkeypatch, enc, capsys):
     # DailyDialog's validation file repeats 89 of its 1,000 dialogues from train: its val loss was partly on
     # dialogues the model had trained on
     fake_mirror(tmp_path / "mirror")
@@ -1631,6 +1631,8 @@ def test_a_chat_sets_own_val_split_leaves_out_the_conversations_train_has(tmp_pa
         ids, _ = load(tmp_path / "data" / f"dd{limit}", "val", meta)
         text = enc.decode(ids.tolist())
         assert meta["splits"]["val"]["documents"] == kept and text.count("ddval") == 12
+        assert meta["val_repeats"] == (3 if limit is None else 2)  # and said: a val short of the file's read as lost
+        assert f"{kept} val; {meta['val_repeats']} left out of val, as train has them)" in capsys.readouterr().out
         assert "dd7 " not in text and "dd9 " not in text.lower() and ("dd59 " in text) == (limit is not None)
         assert "less the conversations train has" in meta["val_split"]
     # the hub's validation split too
@@ -1656,6 +1658,8 @@ def test_a_val_cut_from_trains_sources_leaves_out_the_documents_train_has(tmp_pa
     check_sizes(tmp_path / "data" / "dailydialog", meta)
     assert enc.decode(ids.tolist()).count(IM_START + "user") == 1 and "d29 hello" in enc.decode(ids.tolist())
     assert meta["splits"]["val"]["documents"] == 1 and meta["splits"]["train"]["documents"] == 27
+    assert meta["val_repeats"] == 2 and "(27 train, 1 val; 2 left out of val, as train has them)" in \
+        capsys.readouterr().out
     assert meta["splits"]["val"]["bytes"] == text_bytes(enc, ids) and "less those train has" in meta["val_split"]
     # plain text, in several files: a later file's train documents count too, and whole one-document files
     docs = [f"Note {i}: the cat sat on the mat." for i in range(30)]
@@ -1673,6 +1677,7 @@ def test_a_val_cut_from_trains_sources_leaves_out_the_documents_train_has(tmp_pa
     meta = prepare.prepare("text", source=write(tmp_path / "same.txt", EOT.join(["The same."] * 10)), out_dir=out,
                            name="same")
     assert meta["splits"]["val"]["documents"] == 1 and meta["splits"]["train"]["documents"] == 9
+    assert meta["val_repeats"] == 0  # (kept)
     assert "every document of the val split is also in train" in capsys.readouterr().err
 
 
