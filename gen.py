@@ -459,6 +459,12 @@ def main(argv=None):
         print(f"warning: --max_tokens {max_tokens} is more than the context holds ({model.config.block_size}): "
               f"{'a reply' if args.chat else 'a completion'} ends where it is full"
               f"{'' if args.chat or args.prompt_file else '; --nonstop slides it on'}", file=sys.stderr)
+    elif args.max_tokens and args.chat and \
+            max_tokens > (least := room_after(model, model.config.block_size - reserve_for(model, max_tokens))):
+        # (only a turn that crowds the history out was warned of: the others were cut short without a word)
+        print(f"warning: --max_tokens {max_tokens} is more than the half of the context "
+              f"({model.config.block_size}) kept for replies: a reply gets {least} tokens or more, as many as the conversation leaves",
+              file=sys.stderr)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
     generator = seeded_generator(device, seed)
     sampling = dict(dtype=dtype, temperature=args.temp, top_k=args.top_k, top_p=args.top_p,
