@@ -102,6 +102,9 @@ def first_bad_utf8(path, block=1 << 20):
 
 # Windows' "Unicode" text: the latin1 conversion made it UTF-8 with a NUL after each letter
 UTF16_FIX = "it is UTF-16: convert it, e.g. `iconv -f utf-16 -t utf-8`"
+# and NUL bytes besides (a token file given for its text: the latin1 advice converted a .bin into nonsense "text")
+BINARY_FIX = ("it holds NUL bytes: not text at all (a token file? give the text it was made from), or UTF-16 without a "
+              "byte-order mark (convert it, e.g. `iconv -f utf-16le -t utf-8`)")
 
 
 def holds_nul(path, text=""):
@@ -120,7 +123,8 @@ def not_utf8(path, what=None, fix=None):
         where = first_bad_utf8(path)
         if fix is None and os.path.isfile(path):
             with open(path, "rb") as f:
-                fix = UTF16_FIX if f.read(2) in (b"\xff\xfe", b"\xfe\xff") else None
+                head = f.read(1 << 16)
+            fix = UTF16_FIX if head[:2] in (b"\xff\xfe", b"\xfe\xff") else BINARY_FIX if b"\0" in head else None
     except OSError:
         where = None
     fix = fix or "convert it, e.g. `iconv -f latin1 -t utf-8`"

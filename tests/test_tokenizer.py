@@ -5,6 +5,7 @@ import subprocess
 import sys
 import zipfile
 
+import numpy as np
 import pytest
 
 import setup_tokenizer
@@ -149,8 +150,14 @@ def test_bad_tokenizer_inputs(tmp_path):
         get_tokenizer(str(holed))
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes("café crème".encode("latin-1"))
-    with pytest.raises(UserError, match="not UTF-8"):
+    with pytest.raises(UserError, match="not UTF-8.*: convert it, e.g. `iconv -f latin1 -t utf-8`$"):
         train_tokenizer([str(latin1)], 300, str(tmp_path / "x.tiktoken"))
+    # a dataset's token file given for its text: not text, which the latin1 advice would turn into nonsense
+    tokens = tmp_path / "train.bin"
+    np.array(get_tokenizer("gpt2").encode("The cat sat on the mat. " * 40 + "Caf\u00e9"), np.uint16).tofile(tokens)
+    with pytest.raises(UserError, match=r"train.bin is not UTF-8 text \(.*\): it holds NUL bytes: not text at all \(a "
+                                        r"token file\? give the text it was made from\)"):
+        train_tokenizer([str(tokens)], 300, str(tmp_path / "x.tiktoken"))
     with pytest.raises(UserError, match="vocab_size"):
         train_tokenizer([str(latin1)], 100, str(tmp_path / "x.tiktoken"))
     with pytest.raises(UserError, match="at least 259"):
