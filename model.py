@@ -76,7 +76,7 @@ class GPTConfig:
 PRESETS = {
     # tiny is the CPU preset, and the modern variant learns faster there: 2-minute runs on TinyStories with a
     # 4096-token vocabulary reached 1.05 val bits per byte against 1.24 for gpt2's (BENCHMARKS.md, issue 10)
-    "tiny":     dict(n_layer=4,  n_embd=128, n_head=4,  block_size=256, variant="modern"),  # ~0.8M non-embedding, CPU demos
+    "tiny":     dict(n_layer=4,  n_embd=128, n_head=4,  block_size=256, variant="modern"),  # ~0.86M non-embedding, CPU demos
     "small":    dict(n_layer=6,  n_embd=384, n_head=6,  block_size=256),   # ~10.6M non-embedding, ~30M total
     "gpt2-75m": dict(n_layer=10, n_embd=640, n_head=10, block_size=1024),  # ~49M non-embedding, ~82M total
     "gpt2":     dict(n_layer=12, n_embd=768, n_head=12, block_size=1024),  # GPT-2 small: 85M non-embedding, 124M total
