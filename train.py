@@ -501,12 +501,17 @@ def refuse_going_back(checkpoint, ckpt, out_pattern, dataset, best_path, overwri
             other = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except Exception:  # unreadable: nothing to keep
             continue
-        if not isinstance(other, dict) or other.get("dataset") != dataset:
+        if not isinstance(other, dict):
             continue
-        if ckpt.get("run") and other.get("run") and other["run"] != ckpt["run"]:
+        # a file of another dataset is another run's too: an --output_checkpoint without {dataset} names the same files
+        # for every dataset, and continuing a story run with models/run{epoch}.pt wrote over a chat run's run1.pt.
+        # (The checkpoint's own entry too: one from before --dataset took names records a path, as its run's files do.)
+        elsewhere = other.get("dataset") not in (dataset, ckpt.get("dataset"))
+        if elsewhere or ckpt.get("run") and other.get("run") and other["run"] != ckpt["run"]:
             if not overwrite:
-                raise UserError(f"{path} holds another run than {checkpoint}, which continuing here would write over: "
-                                f"{ELSEWHERE}, or pass --overwrite to replace it")
+                on = f" (of dataset {other.get('dataset')})" if elsewhere else ""
+                raise UserError(f"{path} holds another run{on} than {checkpoint}, which continuing here would write "
+                                f"over: {ELSEWHERE}, or pass --overwrite to replace it")
             later.append(path)
             continue
         if int(other.get("tokens", 0)) <= done:

@@ -553,6 +553,24 @@ def test_continuing_another_runs_checkpoint_next_to_a_run_is_refused(env, tmp_pa
     assert {rec["run"] for rec in read_metrics(tmp_path / "a" / "mini_metrics.jsonl")} == {run}
 
 
+def test_continuing_into_another_datasets_file_of_the_same_name_is_refused(env, tmp_path):
+    """An --output_checkpoint without {dataset} names the same files for every dataset: continuing a mini run with
+    run{epoch}.pt wrote over the chat run's run1.pt, no --overwrite asked (files of another dataset were skipped)."""
+    pattern = str(tmp_path / "shared" / "run{epoch}.pt")
+    train.train(args_for(env, tmp_path, "--dataset", "chat", "--max_steps", "1", "--output_checkpoint", pattern))
+    mini = train.train(args_for(env, tmp_path / "mini", "--dataset", "mini", "--max_steps", "1"))
+    theirs = tmp_path / "shared" / "run1.pt"
+    before = theirs.read_bytes()
+    go_on = ["--checkpoint", mini["checkpoint"], "--output_checkpoint", pattern, "--max_steps", "1",
+             "--data_dir", env["data"], "--device", "cpu", "--no-color"]
+    with pytest.raises(UserError, match=r"run1\.pt holds another run \(of dataset chat\) than .*mini_epoch1\.pt, which "
+                                        r"continuing here would write over: write this one to another folder"):
+        train.train(train.parse_args(go_on))
+    assert theirs.read_bytes() == before
+    r = train.train(train.parse_args(go_on + ["--overwrite"]))  # asked for: replaced
+    assert r["checkpoint"] == str(theirs) and load_checkpoint(str(theirs))["dataset"] == "mini"
+
+
 def test_reset_epoch_over_the_runs_own_best_file_drops_its_bar(env, tmp_path):
     """--reset_epoch --overwrite removed the run's best file but kept its val loss as the bar a new best file must
     beat: no best file was written until the new run beat a model that no longer existed."""
