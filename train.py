@@ -1134,7 +1134,13 @@ class Progress:
 
 
 def ask_more_epochs(path, done):
-    answer = input(f"{path} has already trained {done} epoch(s). How many more? [0 = stop] ").strip() or "0"
+    """The epochs to train on, as the user answers; None at the end of input (Ctrl-D, which was a traceback): no
+    answer, as without a terminal."""
+    try:
+        answer = input(f"{path} has already trained {done} epoch(s). How many more? [0 = stop] ").strip() or "0"
+    except EOFError:
+        print()  # the error line below the prompt, not after it
+        return None
     if not answer.isdigit():
         raise UserError(f"{answer!r} is not a number of epochs; pass --epochs N instead")
     return int(answer)

@@ -1195,6 +1195,12 @@ def test_epochs_already_done(env, trained, tmp_path, monkeypatch):
     # --reset_epoch starts a new count from the same weights
     s = train.train(args_for(env, tmp_path, "--checkpoint", ck, "--reset_epoch", "--max_steps", "2"))
     assert s["steps"] == 2 and load_checkpoint(s["checkpoint"])["epoch"] == 0
+    # in a terminal it asks how many more; Ctrl-D there ends in the same line, not an EOFError's traceback
+    monkeypatch.setattr(train, "is_interactive", lambda: True)
+    monkeypatch.setattr("builtins.input", lambda prompt: (_ for _ in ()).throw(EOFError("EOF when reading a line")))
+    with pytest.raises(UserError, match=r"has already trained 3 epoch\(s\) of story \(--epochs 3\): pass a larger "
+                                        r"--epochs"):
+        train.train(args_for(env, tmp_path / "eof", "--checkpoint", ck))
 
 
 def test_epoch_coverage(env):
