@@ -1420,6 +1420,12 @@ def run_training(args, held):
             and args.time_budget <= (ckpt_args.get("time_budget") or 0):
         raise UserError(f"{args.checkpoint} has used its {args.time_budget:g}-minute --time_budget: pass a larger one "
                         f"to train on, or --reset_epoch to start a new budget from its weights")
+    if budget and continuing and not args.reset_epoch and p.budget_elapsed >= budget:
+        # a budget interrupted (Ctrl-C) and continued with fewer minutes than it had spent, which a continued run
+        # counts: it trained one step past them and stopped, as "time budget: 1 steps"
+        raise UserError(f"{args.checkpoint} has trained {p.budget_elapsed / 60:.2f} minutes of its budget already, which "
+                        f"--time_budget {args.time_budget:g} counts: pass a larger one to train on, or --reset_epoch to "
+                        f"start a new budget from its weights")
     # a run --patience stopped (it trained one more evaluation interval each time, wrote over the checkpoint and stopped
     # again); one stopped otherwise, --patience off, gets the evaluation a new --patience asks for. A checkpoint from
     # before stopped_early: stopped by its --patience if it counted that many evaluations

@@ -441,6 +441,18 @@ def test_a_finished_budget_is_not_continued_by_a_step(env, tmp_path):
                                         r"on, or --reset_epoch to start a new budget from its weights$"):
         train.train(train.parse_args(go_on))
     assert train.train(train.parse_args(go_on + ["--time_budget", "0.04"]))["stopped"] == "time budget"
+    # a budget interrupted (here stopped by --max_steps) and continued with fewer minutes than it spent: it trained one
+    # step past them, each time
+    s = train.train(args_for(env, tmp_path / "cut", "--dataset", "mini", "--time_budget", "5", "--max_steps", "2",
+                             "--output_checkpoint", str(tmp_path / "cut" / "{dataset}.pt")))
+    ck = torch.load(s["checkpoint"], weights_only=True)
+    ck["budget_elapsed"] = 180.0
+    torch.save(ck, s["checkpoint"])
+    go_on = ["--checkpoint", s["checkpoint"], "--data_dir", env["data"], "--device", "cpu", "--no_color"]
+    with pytest.raises(UserError, match=r"mini.pt has trained 3.00 minutes of its budget already, which --time_budget 2 "
+                                        r"counts: pass a larger one to train on, or --reset_epoch"):
+        train.train(train.parse_args(go_on + ["--time_budget", "2"]))
+    assert train.train(train.parse_args(go_on + ["--max_steps", "1"]))["run_steps"] == 1  # its own 5 minutes: on
 
 
 def test_an_early_stop_is_not_continued_by_an_evaluation(env, tmp_path, monkeypatch):
