@@ -1742,7 +1742,10 @@ def run_training(args, held):
                         # 30-60 s made the first log's rate 20x too low and its "epoch ends in" hours too late
                         if due_log or due_save or run_steps == 1:
                             t_mark, tokens_mark = time.time(), 0
-                        if interrupted:
+                        # an interrupt in the run's last step (its epochs, budget or patience done, or --max_steps) lets
+                        # it end as it would have, with its summary: "interrupted ... continue with" and 130 told of a
+                        # run that had ended, whose continuation was then refused
+                        if interrupted and stopped == "done" and p.epoch < args.epochs:
                             say(paint(f"interrupted at step {p.step:,}: saved {saved['path']}; continue with "
                                       f"`{dist.command()} --checkpoint {shlex.quote(saved['path'])}`", "yellow"))
                             if interrupt.signum == signal.SIGTERM:

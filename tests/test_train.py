@@ -935,6 +935,17 @@ def test_ctrl_c_saves_and_exits_130(env, tmp_path, sig, code):
     assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
 
 
+def test_an_interrupt_in_the_last_step_of_a_run_lets_it_end(env, tmp_path, monkeypatch, capsys):
+    """SIGTERM (or Ctrl-C) during a run's last step said "interrupted ... continue with --checkpoint X" and exited 143
+    (130) for a run that had just ended: continuing it was refused (its epochs done), and its summary was lost."""
+    steps = math.ceil(len(train.Windows(train.load_meta(env["data"], "mini"), "train", 64)) / 16)
+    on_step(monkeypatch, steps, lambda: os.kill(os.getpid(), signal.SIGTERM))  # during the epoch's last step
+    s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--eval_interval", "0"))
+    assert s["stopped"] == "done" and s["epochs_done"] == 1 and s["steps"] == steps
+    assert load_checkpoint(s["checkpoint"])["epoch"] == 1
+    assert "interrupted" not in capsys.readouterr().out
+
+
 def test_bad_checkpoints_are_one_line_errors(env, trained, tmp_path, capsys):
     good = trained["summary"]["checkpoint"]
     # bytes flipped inside a tensor: torch.load reads other weights without a word; the zip's checksums catch it
