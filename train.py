@@ -455,8 +455,11 @@ def run_files(out_pattern, dataset):
     return sorted((f for f in found if own.fullmatch(os.path.basename(f))), key=os.path.getmtime)
 
 
-# the best file and metrics are named after the dataset in the checkpoints' folder: another file name there shares them
-ELSEWHERE = "write this one to another folder with --output_checkpoint DIR/{dataset}_epoch{epoch}.pt"
+def elsewhere(out_pattern):
+    """How to write the run to another folder instead, under its own file names. (The best file and metrics are named
+    after the dataset in the checkpoints' folder: another file name there shares them. And a --time_budget run's one
+    {dataset}.pt, told DIR/{dataset}_epoch{epoch}.pt, wrote a checkpoint for each of the many epochs it repeats.)"""
+    return f"write this one to another folder with --output_checkpoint DIR/{os.path.basename(out_pattern)}"
 
 
 def earlier_run_files(out_pattern, dataset, best_path):
@@ -480,10 +483,10 @@ def refuse_earlier_run(out_pattern, dataset, best_path, overwrite=False, reset=F
         what = f"{found[0]} and {len(found) - 1} more checkpoint(s) hold" if len(found) > 1 else f"{found[0]} holds"
         if reset:
             raise UserError(f"{what} an earlier run, which --reset_epoch (epochs numbered from 1 again) would write "
-                            f"over: {ELSEWHERE}, or pass --overwrite to replace them")
+                            f"over: {elsewhere(out_pattern)}, or pass --overwrite to replace them")
         resume = found[-2] if len(found) > 1 and found[-1] == best_path else found[-1]  # the newest of the run's own
-        raise UserError(f"{what} an earlier run: continue it with --checkpoint {shlex.quote(resume)}, {ELSEWHERE}, or pass "
-                        f"--overwrite to replace them")
+        raise UserError(f"{what} an earlier run: continue it with --checkpoint {shlex.quote(resume)}, "
+                        f"{elsewhere(out_pattern)}, or pass --overwrite to replace them")
     return found
 
 
@@ -506,12 +509,12 @@ def refuse_going_back(checkpoint, ckpt, out_pattern, dataset, best_path, overwri
         # a file of another dataset is another run's too: an --output_checkpoint without {dataset} names the same files
         # for every dataset, and continuing a story run with models/run{epoch}.pt wrote over a chat run's run1.pt.
         # (The checkpoint's own entry too: one from before --dataset took names records a path, as its run's files do.)
-        elsewhere = other.get("dataset") not in (dataset, ckpt.get("dataset"))
-        if elsewhere or ckpt.get("run") and other.get("run") and other["run"] != ckpt["run"]:
+        foreign = other.get("dataset") not in (dataset, ckpt.get("dataset"))
+        if foreign or ckpt.get("run") and other.get("run") and other["run"] != ckpt["run"]:
             if not overwrite:
-                on = f" (of dataset {other.get('dataset')})" if elsewhere else ""
+                on = f" (of dataset {other.get('dataset')})" if foreign else ""
                 raise UserError(f"{path} holds another run{on} than {checkpoint}, which continuing here would write "
-                                f"over: {ELSEWHERE}, or pass --overwrite to replace it")
+                                f"over: {elsewhere(out_pattern)}, or pass --overwrite to replace it")
             later.append(path)
             continue
         if int(other.get("tokens", 0)) <= done:
@@ -521,8 +524,8 @@ def refuse_going_back(checkpoint, ckpt, out_pattern, dataset, best_path, overwri
     if ahead and not overwrite:  # the newest point: naming the first found, the advice was refused in turn
         _, step, path = max(ahead, key=lambda a: a[0])
         raise UserError(f"{path} holds a later point of this run (step {step}, {checkpoint} is at step "
-                        f"{ckpt.get('step')}), which continuing here would replace: continue from it with "
-                        f"--checkpoint {shlex.quote(path)}, {ELSEWHERE}, or pass --overwrite to replace it")
+                        f"{ckpt.get('step')}), which continuing here would replace: continue from it with --checkpoint "
+                        f"{shlex.quote(path)}, {elsewhere(out_pattern)}, or pass --overwrite to replace it")
     return later
 
 

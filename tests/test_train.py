@@ -441,6 +441,11 @@ def test_a_finished_budget_is_not_continued_by_a_step(env, tmp_path):
                                         r"on, or --reset_epoch to start a new budget from its weights$"):
         train.train(train.parse_args(go_on))
     assert train.train(train.parse_args(go_on + ["--time_budget", "0.04"]))["stopped"] == "time budget"
+    # a new budgeted run here is told to write elsewhere under its own one file's name: DIR/{dataset}_epoch{epoch}.pt,
+    # which it was told, wrote a checkpoint for each of the many epochs it repeats
+    with pytest.raises(UserError, match=r"write this one to another folder with --output_checkpoint DIR/\{dataset\}\.pt, "
+                                        r"or pass --overwrite"):
+        train.train(args_for(env, tmp_path, "--dataset", "mini", "--time_budget", "0.02", "--output_checkpoint", out))
     # a budget interrupted (here stopped by --max_steps) and continued with fewer minutes than it spent: it trained one
     # step past them, each time
     s = train.train(args_for(env, tmp_path / "cut", "--dataset", "mini", "--time_budget", "5", "--max_steps", "2",
