@@ -513,7 +513,11 @@ def pick_device(name="auto", interactive=None):
             for i in range(n):
                 free, total = torch.cuda.mem_get_info(i)
                 print(f"  cuda:{i}  {torch.cuda.get_device_name(i)}  {free / 2**30:.1f} / {total / 2**30:.1f} GiB free")
-            answer = input(f"which GPU? [0-{n - 1}, default 0] ").strip() or "0"
+            try:
+                answer = input(f"which GPU? [0-{n - 1}, default 0] ").strip() or "0"
+            except EOFError:  # Ctrl-D: no answer (it was a traceback)
+                print()
+                raise UserError("no GPU chosen; pass --device cuda:N") from None
             if not answer.isdigit() or int(answer) >= n:
                 raise UserError(f"no GPU {answer!r}; pass --device cuda:N")
             return torch.device(f"cuda:{answer}")

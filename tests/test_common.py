@@ -212,6 +212,27 @@ def test_a_device_torch_knows_but_the_scripts_do_not_is_refused(name):
         pick_device(name)
 
 
+def test_several_gpus_on_a_terminal_are_asked_about(monkeypatch, capsys):
+    import builtins
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i: (70 * 2**30, 80 * 2**30))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: "H100")
+    for answer, want in (("1", "cuda:1"), ("", "cuda:0"), ("7", "no GPU '7'; pass --device cuda:N"), (EOFError,
+                         "no GPU chosen; pass --device cuda:N")):  # Ctrl-D: it was an EOFError traceback
+        def ask(prompt, answer=answer):
+            if answer is EOFError:
+                raise EOFError
+            return answer
+        monkeypatch.setattr(builtins, "input", ask)
+        try:
+            got = str(pick_device("auto", interactive=True))
+        except UserError as e:
+            got = str(e)
+        assert got == want and "cuda:1  H100  70.0 / 80.0 GiB free" in capsys.readouterr().out
+
+
 def test_a_folder_of_checkpoints_given_as_one_lists_them(tmp_path):
     from checkpoint import load_checkpoint
     (tmp_path / "run").mkdir()
