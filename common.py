@@ -284,10 +284,11 @@ def is_dataset_folder(folder):
     return "splits" in meta and "vocab_size" in meta
 
 
-# what a Hugging Face model folder (export.py's, a downloaded one) is made of besides its .safetensors weights
+# what a Hugging Face model folder (export.py's, a downloaded one) is made of besides its .safetensors weights; export.py
+# writes a custom vocabulary as tokenizer.tiktoken too (setup_tokenizer.py train --out over it replaced it unasked)
 MODEL_FOLDER_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json", "pytorch_model.bin",
                       "pytorch_model.bin.index.json", "tokenizer.json", "tokenizer_config.json", "vocab.json",
-                      "merges.txt", "special_tokens_map.json")
+                      "merges.txt", "special_tokens_map.json", "tokenizer.tiktoken")
 
 
 def kept_file(path):

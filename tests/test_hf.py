@@ -427,6 +427,23 @@ def test_a_file_of_a_model_folder_given_as_the_checkpoint_names_the_folder(small
     assert line == "error: model.safetensors is a file of the Hugging Face model folder .: pass the folder itself", line
 
 
+def test_no_output_replaces_an_exported_vocabulary(small_folder, tmp_path, capsys):
+    """export.py writes a custom vocabulary as tokenizer.tiktoken beside config.json (for prepare.py --tokenizer);
+    setup_tokenizer.py train --out over it replaced it with another vocabulary, where the README promises that no
+    output option writes over a model's files."""
+    import setup_tokenizer
+    folder = broken(small_folder, tmp_path, lambda f: None)
+    vocab = os.path.join(folder, "tokenizer.tiktoken")
+    before = open(vocab, encoding="utf-8").read()
+    text = tmp_path / "in.txt"
+    text.write_text("the cat sat on the mat " * 50)
+    line = one_error_line(*run_cli(setup_tokenizer.main, ["train", "--input", str(text), "--vocab_size", "300",
+                                                          "--out", vocab], capsys)[::2])
+    assert line == f"error: --out {vocab} is a file of the model folder {os.path.realpath(folder)}: the result would " \
+                   f"replace it; give another --out", line
+    assert open(vocab, encoding="utf-8").read() == before
+
+
 def test_a_prefix_space_that_codegens_config_sets_is_refused(small_folder, tmp_path, capsys):
     """CodeGen's, GPT-NeoX's and Qwen2's classes take tokenizer_config.json's setting as GPT-2's do: accepted
     silently, such a folder gave other ids than transformers'."""
