@@ -1545,6 +1545,9 @@ def prepare(dataset, source=None, tokenizer=None, limit=None, val_fraction=DEFAU
     folder = os.path.join(out_dir, name)
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise UserError(f"{folder} is a file, not a dataset folder: pick another --name, or move the file")
+    if os.path.isfile(os.path.join(folder, "config.json")):  # export.py's, whose tokenizer.tiktoken --vocab_size replaced
+        raise UserError(f"{folder} is a Hugging Face model folder (it has a config.json), not a dataset's: pick another "
+                        f"--name or --out_dir")
     # what a prepare killed mid-write (SIGKILL) left: token files (with a scratch suffix), meta, vocabulary (train_bpe's
     # own temporary name of prepare's), check_writable's probe; here, so that a run that finds the dataset up to date
     # removes them too

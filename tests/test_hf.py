@@ -442,6 +442,16 @@ def test_no_output_replaces_an_exported_vocabulary(small_folder, tmp_path, capsy
     assert line == f"error: --out {vocab} is a file of the model folder {os.path.realpath(folder)}: the result would " \
                    f"replace it; give another --out", line
     assert open(vocab, encoding="utf-8").read() == before
+    # nor a dataset prepared into the model's folder (--out_dir and --name naming it): its vocabulary was replaced
+    # by the dataset's own and the token files laid beside the weights
+    import prepare
+    files = sorted(os.listdir(folder))
+    line = one_error_line(*run_cli(prepare.main, ["--dataset", "text", "--source", str(text), "--vocab_size", "300",
+                                                  "--out_dir", os.path.dirname(folder), "--name",
+                                                  os.path.basename(folder)], capsys)[::2])
+    assert line == f"error: {folder} is a Hugging Face model folder (it has a config.json), not a dataset's: pick " \
+                   f"another --name or --out_dir", line
+    assert open(vocab, encoding="utf-8").read() == before and sorted(os.listdir(folder)) == files
 
 
 def test_a_prefix_space_that_codegens_config_sets_is_refused(small_folder, tmp_path, capsys):
