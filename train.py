@@ -1392,11 +1392,16 @@ def run_training(args, held):
         now_val = meta.get("splits", {}).get("val", {}).get("tokens")
         other_T = is_count(ckpt_args.get("block_size")) and ckpt_args["block_size"] != args.block_size
         other_val = is_count(was_val) and is_count(now_val) and was_val != now_val
-        if p.best_val_loss is not None and (other_T or other_val):
+        # or over other windows of the split: --eval_batches given anew (a quick look with 1 batch, held against the
+        # best of 50, made a best file of a worse model or let --patience stop a run that still learned)
+        other_eval = is_count(was_eval) and min(was_eval, len(val_w)) != min(eval_windows, len(val_w))
+        if p.best_val_loss is not None and (other_T or other_val or other_eval):
             warn(f"the checkpoint's best val loss {p.best_val_loss:.4f} was measured "
                  + (f"in windows of {ckpt_args['block_size']} tokens, not {args.block_size}" if other_T
-                    else "on another val split") + f": no bar to this run's, whose next evaluation makes a new best "
-                 f"file ({os.path.basename(best_path)})")
+                    else "on another val split" if other_val else
+                    f"on {min(was_eval, len(val_w)):,} val windows, not {min(eval_windows, len(val_w)):,}")
+                 + f": no bar to this run's, whose next evaluation makes a new best file "
+                 f"({os.path.basename(best_path)})")
             p.best_val_loss, p.evals_since_best = None, 0
         if (new_order or was != batches.windows_per_step) and not budget:
             # epochs of another length, or another global batch (other ranks or batch options): the lr schedule counts

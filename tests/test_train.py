@@ -418,6 +418,17 @@ def test_a_run_continued_in_windows_of_another_length_sets_a_new_best_bar(env, t
     r = train.train(args_for(env, tmp_path / "reprepared", *common, fresh=False))
     assert "on another val split" in capsys.readouterr().err
     assert r["stopped"] == "max_steps" and r["best_val_loss"] != 0.1
+    # nor one over other windows of the split: --eval_batches given anew, one window where the run took more
+    ck["data"]["val_tokens"] -= 1
+    torch.save(ck, tmp_path / "fewer.pt")
+    common[1] = str(tmp_path / "fewer.pt")
+    for batches, bar in ((1, None), (10**6, 0.1)):  # (all the windows, however many more asked: the same evaluation)
+        r = train.train(args_for(env, tmp_path / f"fewer{batches}", *common, "--eval_batches", batches,
+                                 "--batch_size", "1", fresh=False))
+        err = capsys.readouterr().err
+        said = re.search(r"measured on (\d+) val windows, not 1: no bar to this run's", err)
+        assert (said is not None and int(said.group(1)) > 1) == (not bar), err
+        assert (r["best_val_loss"] == 0.1) == (bar == 0.1), err
     # a checkpoint with no best yet has no bar to lift: nothing to say, in windows of another length too
     ck["best_val_loss"], ck["data"]["val_tokens"] = None, ck["data"]["val_tokens"] - 1
     torch.save(ck, tmp_path / "no_best.pt")
