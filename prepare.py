@@ -331,6 +331,12 @@ def turns_of(record, field, where):
     def spelling(m):
         return next(((r, c) for r, c in spellings if isinstance(m.get(r), str) and c in m), None)
     turns = record[field]
+    # OpenAI's function calling: a turn that calls a tool (tool_calls, content null or left out) and the tool's answer
+    # (role "tool") were "content must be text ..., got NoneType" or "unknown role 'tool'", which named no way out
+    if isinstance(turns, list) and any(isinstance(m, dict) and (m.get("tool_calls") or m.get("function_call") or
+                                                                m.get("role") in ("tool", "function")) for m in turns):
+        raise UserError(f"{where}: a tool call (OpenAI's tool_calls or a \"tool\" turn): only system, user and assistant "
+                        f"text is trained on; leave the conversations with tool calls out of the file")
     if not isinstance(turns, list) or not all(isinstance(m, dict) and spelling(m) for m in turns):
         (r, c), (r2, c2) = spellings
         raise UserError(f"{where}: `{field}` must be a list of turns like {{\"{r}\": \"user\", \"{c}\": \"Hi!\"}} "

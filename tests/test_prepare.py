@@ -389,6 +389,13 @@ def test_non_utf8_and_bad_input(tmp_path):
             prepare.prepare("chat", source=write(tmp_path / f"turns{i}.jsonl", json.dumps(record)), out_dir=out)
     with pytest.raises(UserError, match=r"odd.jsonl line 1: unknown role 'robot'"):
         prepare.prepare("chat", source=write(tmp_path / "odd.jsonl", json.dumps({"messages": [{"role": "robot", "content": "x"}]})), out_dir=out)
+    # OpenAI's fine-tuning files with function calling: a null content or role "tool" named no way out
+    call = {"role": "assistant", "content": None,
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}
+    for turns in ([{"role": "user", "content": "x"}, call], [{"role": "user", "content": "x"},
+                  {k: v for k, v in call.items() if k != "content"}], [{"role": "tool", "content": "42"}]):
+        with pytest.raises(UserError, match=r"tool.jsonl line 1: a tool call .*leave the conversations with tool calls out"):
+            prepare.prepare("chat", source=write(tmp_path / "tool.jsonl", json.dumps({"messages": turns})), out_dir=out)
     for weight in (0.5, True, "0"):  # OpenAI's fine-tuning files weigh a reply 0 or 1, nothing else
         with pytest.raises(UserError, match=rf"w.jsonl line 1: a message's weight must be 0 \(not trained on\) or 1, "
                                             rf"got {re.escape(repr(weight))}$"):
