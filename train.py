@@ -381,8 +381,15 @@ class Windows:
             raise UserError(f"{path} has no tokens (--val_fraction 0?), and training evaluates on the val split: run "
                             f"`{prepare_with(meta, val_fraction=DEFAULT_VAL_FRACTION)}`")
         if self.n == 0:  # (one token: no --block_size would do)
-            raise UserError(f"{path} has {n_tokens} tokens, fewer than one window of --block_size {T} + 1: "
-                            + ("use a smaller --block_size or more data" if n_tokens > 1 else "prepare more data"))
+            fix = "use a smaller --block_size or more data" if n_tokens > 1 else "prepare more data"
+            total = sum(meta.get("splits", {}).get(s, {}).get("tokens", 0) for s in ("train", "val"))
+            if split == "val" and n_tokens > 1 and str(meta.get("val_split")).startswith("the last") and total:
+                # a val cut from the text (a book's tail): twice the share of it that one window takes, if that
+                # leaves train the most (more data was the only way out named, for a book in hand)
+                share = math.ceil(200 * (T + 1) / total) / 100
+                if share <= 0.5:
+                    fix = f"use a smaller --block_size, or a larger val split: `{prepare_with(meta, val_fraction=share)}`"
+            raise UserError(f"{path} has {n_tokens} tokens, fewer than one window of --block_size {T} + 1: {fix}")
         self.tokens = np.memmap(path, dtype=meta["dtype"], mode="r")  # (n_tokens,)
         self.meta, self.path = meta, path
         self.mask = None

@@ -1225,6 +1225,22 @@ def test_data_without_a_val_split_names_the_command_that_makes_one(tmp_path):
                                       "--output_checkpoint", str(tmp_path / "m" / "x.pt")]))
 
 
+def test_a_val_split_shorter_than_a_window_names_a_val_fraction_that_makes_one(tmp_path):
+    # a book prepared with a small --val_fraction: more data was the only fix named, for the book the user has
+    src = tmp_path / "book.txt"
+    src.write_text(story_text(20_000).replace("<|endoftext|>", "\n"), encoding="utf-8")  # one document
+    data = str(tmp_path / "data")
+    meta = prepare.prepare("text", source=str(src), out_dir=data, name="bk", val_fraction=0.01, vocab_size=300)
+    assert 1 < meta["splits"]["val"]["tokens"] < 257
+    argv = ["--data_dir", data, "--dataset", "bk", "--device", "cpu", "--no-color", "--max_steps", "1", "--n_layer",
+            "1", "--n_embd", "32", "--n_head", "2", "--output_checkpoint", str(tmp_path / "m" / "x.pt")]
+    with pytest.raises(UserError, match=r"fewer than one window of --block_size 256 \+ 1: use a smaller --block_size, "
+                                        r"or a larger val split: `python prepare\.py ") as e:
+        train.train(train.parse_args(argv))
+    prepare.main(shlex.split(re.search(r"`python prepare\.py ([^`]*)`", str(e.value)).group(1)))
+    assert train.train(train.parse_args(argv))["steps"] == 1
+
+
 def test_epochs_already_done(env, trained, tmp_path, monkeypatch):
     monkeypatch.setattr(train, "is_interactive", lambda: False)
     ck = trained["summary"]["checkpoint"]  # 3 of 3 epochs done
