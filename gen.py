@@ -243,6 +243,13 @@ def chat_reply(model, enc, history, max_tokens, on_text=None, info=None, warn=Tr
 # -----------------------------------------------------------------------------
 # the command line
 
+def warn_if_trained_on_text(path, ckpt, replies="its replies"):
+    """make demo's story model answers a chat with a story that never ends its turn: the user is told why first."""
+    if (ckpt.get("data") or {}).get("kind") == "text":
+        print(f"warning: {path} was trained on plain text ({ckpt.get('dataset')}), not on conversations: {replies} "
+              f"will not keep to the turn; fine-tune it on a chat set first (README: make chat-demo)", file=sys.stderr)
+
+
 class Printer:
     """Streams text to stdout as it comes; on a terminal paces tokens for a readable rhythm."""
 
@@ -451,9 +458,8 @@ def main(argv=None):
     device = pick_device(args.device)
     dtype = pick_dtype(device, args.dtype)
     model, enc, ckpt = load_model(path, device)
-    if args.chat and (ckpt.get("data") or {}).get("kind") == "text":
-        print(f"warning: {path} was trained on plain text ({ckpt.get('dataset')}), not on conversations: its replies "
-              f"will not keep to the turn; fine-tune it on a chat set first (README: make chat-demo)", file=sys.stderr)
+    if args.chat:
+        warn_if_trained_on_text(path, ckpt)
     max_tokens = args.max_tokens or (10**9 if args.nonstop else 256)
     if args.max_tokens and not args.nonstop and max_tokens > model.config.block_size:  # the rest never comes
         print(f"warning: --max_tokens {max_tokens} is more than the context holds ({model.config.block_size}): "

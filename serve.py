@@ -52,7 +52,8 @@ from checkpoint import load_model
 from common import (UserError, nonempty, number, parts_text, pick_device, pick_dtype, retain_freed_memory, run_main,
                     seeded_generator)
 from gen import (CHAT_STOPS, add_checkpoint_argument, default_checkpoint, encode_prompt, fit_history, parse_checkpoint,
-                 positive_int, probability, reserve_for, stop_ids, stream_completion, temperature, top_k_arg)
+                 positive_int, probability, reserve_for, stop_ids, stream_completion, temperature, top_k_arg,
+                 warn_if_trained_on_text)
 from setup_tokenizer import EOT, render_chat
 
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "chat.html")
@@ -829,7 +830,9 @@ def main(argv=None):
     path = args.checkpoint or default_checkpoint()
     device = pick_device(args.device, interactive=False)
     dtype = pick_dtype(device, args.dtype)
-    model, enc, _ = load_model(path, device)
+    model, enc, ckpt = load_model(path, device)
+    # (as gen.py --chat: the chat page answered with a story that never ended its turn, without a word of why)
+    warn_if_trained_on_text(path, ckpt, "its chat replies (the chat page, /v1/chat/completions)")
     name = model_name(path)
     server = ApiServer(model, enc, name, args.host, args.port, dtype, args.temp, args.top_k, args.top_p,
                        args.max_tokens, args.max_queue, cors=args.cors)

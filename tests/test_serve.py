@@ -683,6 +683,18 @@ def test_command_line_serves_on_loopback(ckpt):
     assert p.returncode == 0, p.err
 
 
+def test_a_model_trained_on_plain_text_is_warned_of(enc, tmp_path):
+    """As gen.py --chat's: the chat page answered make demo's story model with a story that never ended its turn."""
+    for kind in ("text", "chat"):
+        path = str(tmp_path / f"{kind}.pt")
+        save_checkpoint(path, tiny_model(enc), enc, dataset="story", data={"kind": kind})
+        with served(path) as (p, port):
+            pass
+        warned = "trained on plain text (story), not on conversations: its chat replies (the chat page, " \
+                 "/v1/chat/completions) will not keep to the turn" in p.err
+        assert p.returncode == 0 and warned == (kind == "text"), p.err
+
+
 def test_ctrl_c_while_a_reply_streams_stops_cleanly(enc, tmp_path):
     """Ctrl-C while the worker is inside torch: it aborted ("terminate called without an active exception", SIGABRT,
     a core dump), since Python exited under a daemon thread still running the model."""
