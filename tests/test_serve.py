@@ -689,7 +689,10 @@ def test_a_model_trained_on_plain_text_is_warned_of(enc, tmp_path):
         path = str(tmp_path / f"{kind}.pt")
         save_checkpoint(path, tiny_model(enc), enc, dataset="story", data={"kind": kind})
         with served(path) as (p, port):
-            pass
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            conn.request("GET", "/v1/models")  # (serving: a Ctrl-C before is "interrupted", 130)
+            assert conn.getresponse().status == 200
+            conn.close()
         warned = "trained on plain text (story), not on conversations: its chat replies (the chat page, " \
                  "/v1/chat/completions) will not keep to the turn" in p.err
         assert p.returncode == 0 and warned == (kind == "text"), p.err
