@@ -245,8 +245,12 @@ def run_main(main):
     except OSError as e:
         if e.errno not in OS_FIXES:
             raise
-        print(f"error: {os_error_line(e)}", file=sys.stderr)
-        sys.exit(1)
+        # under torchrun every process reads the same files (rank 0 alone writes): one line a machine, as a
+        # UserError's (a train.bin without read permission was said by both ranks, at times in one line)
+        if speaks_for_machine():
+            print(f"error: {os_error_line(e)}", file=sys.stderr)
+            sys.exit(1)
+        exit_after_the_first(1)
     finally:
         if before is not None:
             signal.signal(signal.SIGTERM, before)

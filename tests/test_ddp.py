@@ -3,6 +3,7 @@ train.py under torchrun (DDP) on the CPU with gloo, 2 processes: the same loss c
 global batch, checkpoints that resume on another number of ranks at the same point of the epoch, and clean stops on
 Ctrl-C and on another rank's death. Each run is a real `python -m torch.distributed.run` of train.py.
 """
+import errno
 import math
 import os
 import shutil
@@ -270,6 +271,20 @@ def test_help_and_usage_errors_come_once_a_machine(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         train.parse_args(["--help"])
     assert capsys.readouterr().out.startswith("usage: ")
+
+
+def test_a_file_the_ranks_cannot_read_is_said_once_a_machine(monkeypatch, capsys):
+    """Every rank reads the same files: a train.bin without read permission was said by each process, at times
+    written into one line of the terminal."""
+    def unreadable():
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), "data/story/train.bin")
+    monkeypatch.setattr(common, "LATE_FIRST_S", 0)  # (waits for local rank 0's word)
+    for local_rank, said in (("1", ""), ("0", "error: Permission denied: data/story/train.bin: check its "
+                                              "permissions, or use another path\n")):
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+        with pytest.raises(SystemExit) as e:
+            common.run_main(unreadable)
+        assert e.value.code == 1 and capsys.readouterr().err == said
 
 
 def test_a_dead_rank_stops_the_others_and_the_checkpoint_stays_intact(env, tmp_path):
