@@ -1607,8 +1607,9 @@ def run_training(args, held):
     # 50k-wide head on a CPU: 5 s against a 1-minute budget's 6-s slices) had come after every step, 85% of the budget
     last_eval_clock = None
     model.train()
+    interrupt = GracefulInterrupt()
     try:
-        with GracefulInterrupt() as interrupt:
+        with interrupt:
             while p.epoch < args.epochs and stopped == "done":
                 epoch = p.epoch
                 estep = batches.steps_done(p.windows)
@@ -1786,6 +1787,11 @@ def run_training(args, held):
                             f"{'' if args.recompute_activations else ', --recompute_activations'} or a smaller "
                             f"--block_size ({first_line(e)})", every_rank=True) from e  # one GPU's alone, maybe
         if dist.world > 1 and is_peer_failure(e):
+            if interrupt.requested:
+                # Ctrl-C reached every rank, and another quit on it before its loop (where it waits for the step's
+                # end): this one ends as interrupted too. As a lost contact it waited for the SIGTERM torchrun sends
+                # when a rank fails, which torchrun, stopping on the Ctrl-C itself, never sent: killed 30 s later
+                raise KeyboardInterrupt from e
             raise UserError(f"lost contact with the other ranks at step {p.step:,} (did one fail? see its lines above): "
                             f"{first_line(e)[:100]}; last checkpoint: {saved['path'] or 'none'}") from e
         raise

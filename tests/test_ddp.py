@@ -3,6 +3,7 @@ train.py under torchrun (DDP) on the CPU with gloo, 2 processes: the same loss c
 global batch, checkpoints that resume on another number of ranks at the same point of the epoch, and clean stops on
 Ctrl-C and on another rank's death. Each run is a real `python -m torch.distributed.run` of train.py.
 """
+import contextlib
 import errno
 import math
 import os
@@ -379,6 +380,56 @@ def test_bad_input_is_said_when_the_first_process_is_late(env, tmp_path, bad):
                        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=240)
     assert r.returncode != 0 and r.stderr.count("error: ") == 1, r.stderr[-3000:]
     assert "nosuch" in r.stderr or "--bogus" in r.stderr
+
+
+CTRL_C_BEFORE_THE_LOOP = """
+import os, sys, time
+sys.path.insert(0, {root!r})
+import train
+rank, marks = os.environ["RANK"], {marks!r}
+metrics_init, train_step = train.Metrics.__init__, train.train_step
+
+def late(self, *args, **kwargs):  # set up for DDP, not yet in the training loop
+    metrics_init(self, *args, **kwargs)
+    if rank == {late!r}:
+        open(os.path.join(marks, "late"), "w").close()
+        time.sleep(60)
+
+def in_loop(*args, **kwargs):  # at the first step: its all-reduce waits for the late rank
+    if rank != {late!r}:
+        open(os.path.join(marks, "in_loop"), "w").close()
+    return train_step(*args, **kwargs)
+
+train.Metrics.__init__, train.train_step = late, in_loop
+train.main(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("late", ["0", "1"])
+def test_ctrl_c_while_a_rank_is_before_its_loop_ends_every_rank_at_once(env, tmp_path, late):
+    """Ctrl-C while one rank is still setting up (a busy machine): it quits on it, and the other, in its loop, lost
+    contact at the step's all-reduce. Said "error: lost contact ... did one fail?" (rank 0), or, rank 1, waited for a
+    SIGTERM that torchrun, stopping on the Ctrl-C, never sends, until torchrun killed it 30 s later."""
+    wrapper = tmp_path / "ctrl_c.py"
+    wrapper.write_text(CTRL_C_BEFORE_THE_LOOP.format(root=ROOT, marks=str(tmp_path), late=late))
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             str(wrapper), "--no-color", "--device", "cpu", "--data_dir", env["data"], "--dataset",
+                             "mini", "--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size", "64",
+                             "--batch_size", "4", "--output_checkpoint", tmp_path / "models" / "{dataset}.pt"],
+                            cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_for(tmp_path / "late", proc)
+        wait_for(tmp_path / "in_loop", proc)
+        time.sleep(1)
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C does to torchrun, which passes it on to the ranks
+        t = time.time()
+        _, err = proc.communicate(timeout=20)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # (ranks left waiting: the test failed)
+    assert proc.returncode != 0 and time.time() - t < 15, err[-3000:]
+    assert err.count("interrupted") == 1 and "error: " not in err, err[-3000:]
 
 
 def test_a_run_rank_0_refuses_ends_every_rank_quietly(env, runs):
