@@ -144,7 +144,10 @@ def exit_after_the_first(code, first=None):
     error line at all). They wait for that SIGTERM, sent when the first ends; after LATE_FIRST_S seconds (the first
     went on, which it should not) they end anyway."""
     if not (speaks_for_machine() if first is None else first):
-        time.sleep(LATE_FIRST_S)
+        # Ctrl-C meanwhile (a first process still loading, on a busy machine; torchrun passes it on) ends the wait: it
+        # was a traceback of the fault and of KeyboardInterrupt, from a process that says nothing
+        with contextlib.suppress(KeyboardInterrupt):
+            time.sleep(LATE_FIRST_S)
     sys.exit(code)
 
 

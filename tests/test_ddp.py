@@ -274,6 +274,22 @@ def test_help_and_usage_errors_come_once_a_machine(monkeypatch, capsys):
     assert capsys.readouterr().out.startswith("usage: ")
 
 
+def test_ctrl_c_while_waiting_for_the_first_process_adds_nothing(monkeypatch, capsys):
+    """A process that leaves the word to local rank 0 waits for torchrun's SIGTERM (see the test below): Ctrl-C in
+    that wait was a traceback of the bad input and of KeyboardInterrupt."""
+    def ctrl_c(seconds):
+        raise KeyboardInterrupt
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(common.time, "sleep", ctrl_c)
+    for bad in (lambda: train.load_meta("data", "nosuch"), lambda: train.parse_args(["--bogus"])):
+        try:
+            with pytest.raises(SystemExit) as e:
+                common.run_main(bad)
+        except KeyboardInterrupt:  # (not left to escape: it would end the test session)
+            pytest.fail("Ctrl-C while waiting for local rank 0 ended in a traceback")
+        assert e.value.code in (1, 2, 130) and capsys.readouterr() == ("", "")
+
+
 def test_a_file_the_ranks_cannot_read_is_said_once_a_machine(monkeypatch, capsys):
     """Every rank reads the same files: a train.bin without read permission was said by each process, at times
     written into one line of the terminal."""
