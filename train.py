@@ -1766,6 +1766,10 @@ def run_training(args, held):
                                       f"`{dist.command()} --checkpoint {shlex.quote(saved['path'])}`", "yellow"))
                             if interrupt.signum == signal.SIGTERM:
                                 raise SystemExit(128 + signal.SIGTERM)
+                            # the others end once rank 0 has saved: torchrun stops every rank (SIGTERM) when one ends
+                            # with an error unless the Ctrl-C reached it too (not so for one typed on another machine's
+                            # terminal): rank 0 was stopped mid-save, and this step's checkpoint and line were lost
+                            dist.agree(0)
                             raise KeyboardInterrupt if dist.main else SystemExit(130)  # one "interrupted" line
                         if stopped != "done":
                             break

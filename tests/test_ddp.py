@@ -244,6 +244,46 @@ def test_ctrl_c_stops_every_rank_at_the_same_step_and_saves(env, tmp_path):
     assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
 
 
+SLOW_SAVE = """
+import sys, time
+sys.path.insert(0, {root!r})
+import train
+save_checkpoint = train.save_checkpoint
+
+def slow_save(*args, **kwargs):  # a large model's checkpoint, a slow disk (rank 0 alone saves)
+    time.sleep(4)
+    return save_checkpoint(*args, **kwargs)
+
+train.save_checkpoint = slow_save
+train.main(sys.argv[1:])
+"""
+
+
+def test_ctrl_c_that_reaches_the_ranks_alone_still_saves(env, tmp_path):
+    """Ctrl-C typed on another machine's terminal reaches the ranks through the agreement of each step, not the
+    torchrun of rank 0's machine, which stops every rank (SIGTERM) when one ends with an error: the others ended at
+    once, and rank 0 was stopped mid-save, without its checkpoint or its "interrupted at step" line."""
+    wrapper = tmp_path / "slow_save.py"
+    wrapper.write_text(SLOW_SAVE.format(root=ROOT))
+    out = tmp_path / "models"
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             str(wrapper), "--no-color", "--device", "cpu", "--data_dir", env["data"], "--dataset",
+                             "story", "--output_checkpoint", out / "{dataset}.pt", "--n_layer", "1", "--n_head", "2",
+                             "--n_embd", "32", "--block_size", "64", "--batch_size", "4", "--epochs", "50",
+                             "--save_interval", "20", "--eval_interval", "0", "--dtype", "float32"],
+                            cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ckpt = out / "story.pt"
+    wait_for(ckpt, proc)
+    for pid in rank_pids(proc).values():  # the ranks, not torchrun
+        os.kill(pid, signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=90)
+    assert stdout.count("interrupted at step ") == 1, (stdout[-2000:], stderr[-3000:])
+    at = int(stdout.split("interrupted at step ")[1].split(":")[0].replace(",", ""))
+    assert load_checkpoint(str(ckpt))["step"] == at
+    assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
+
+
 def test_a_second_sigint_under_torchrun_still_saves(monkeypatch, capsys):
     """A scheduler's SIGINT to the whole job (scancel --signal=INT) reaches each rank, then torchrun passes its own on:
     the second quit at once, without the save the first asked for, and the other ranks lost contact."""
