@@ -1027,9 +1027,22 @@ def init_distributed(device_name):
         device = torch.device("cpu")
     else:
         raise UserError(f"--device {device_name} under torchrun: use cuda (NCCL) or cpu (gloo)")
-    td.init_process_group("nccl" if kind == "cuda" else "gloo")
-    # the clock and Ctrl-C are agreed on with host tensors: NCCL takes only device tensors, so a gloo group beside it
-    control = td.new_group(backend="gloo") if kind == "cuda" else None
+    # joining waits in C++ for every rank to join, where no Python signal handler runs: Ctrl-C while one rank was
+    # still loading (a busy machine), or torchrun's SIGTERM when one ended before joining, went unheard until torchrun
+    # killed the process 30 s later. Nothing is written yet: the system's default ends it at once (one ignored, as
+    # Ctrl-C in a script's `torchrun ... &`, stays so)
+    handlers = {}
+    with contextlib.suppress(ValueError):  # (not the main thread)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                handlers[sig] = signal.signal(sig, signal.SIG_DFL)
+    try:
+        td.init_process_group("nccl" if kind == "cuda" else "gloo")
+        # the clock and Ctrl-C are agreed on with host tensors: NCCL takes only device tensors, so a gloo group beside it
+        control = td.new_group(backend="gloo") if kind == "cuda" else None
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     # torchrun stops the other ranks with SIGTERM when one fails: exit through Python, so that a checkpoint being
     # written removes its temporary file (the previous checkpoint is never touched)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))

@@ -488,6 +488,53 @@ def test_ctrl_c_while_a_rank_is_before_its_loop_ends_every_rank_at_once(env, tmp
     assert err.count("interrupted") == 1 and "error: " not in err, err[-3000:]
 
 
+LATE_TO_JOIN = """
+import os, runpy, sys, time
+sys.path.insert(0, {root!r})
+import torch.distributed as td
+join = td.init_process_group
+
+def joining(*args, **kwargs):
+    open({mark!r}, "w").close()
+    return join(*args, **kwargs)
+
+if os.environ["RANK"] == "1":
+    time.sleep(60)  # still loading, on a busy machine
+td.init_process_group = joining
+runpy.run_path({train!r}, run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("how", ["ctrl_c", "death"])
+def test_a_rank_waiting_for_another_to_join_ends_at_once(env, tmp_path, how):
+    """Joining the process group waits in C++, where no Python signal handler runs: Ctrl-C while another rank was
+    still loading, or torchrun's SIGTERM when one ended before joining, went unheard until torchrun killed the waiting
+    rank 30 s later."""
+    mark = tmp_path / "joining"
+    wrapper = tmp_path / "late_to_join.py"
+    wrapper.write_text(LATE_TO_JOIN.format(root=ROOT, mark=str(mark), train=os.path.join(ROOT, "train.py")))
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             str(wrapper), "--no-color", "--device", "cpu", "--data_dir", env["data"], "--dataset",
+                             "mini", "--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size", "64",
+                             "--output_checkpoint", tmp_path / "models" / "{dataset}.pt"],
+                            cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_for(mark, proc)  # rank 0 waits for rank 1 to join
+        time.sleep(1)
+        if how == "ctrl_c":
+            proc.send_signal(signal.SIGINT)  # to torchrun, which passes it on to the ranks
+        else:
+            os.kill(rank_pids(proc)[1], signal.SIGKILL)  # torchrun then stops rank 0 (SIGTERM)
+        t = time.time()
+        _, err = proc.communicate(timeout=20)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # (ranks left waiting: the test failed)
+    assert proc.returncode != 0 and time.time() - t < 15, err[-3000:]
+    assert "forcefully exiting" not in err, err[-3000:]  # torchrun's SIGKILL
+
+
 def test_a_run_rank_0_refuses_ends_every_rank_quietly(env, runs):
     """Rank 0 alone checks the files; the others waited at the next collective and died there with a gloo traceback
     when it refused a run over an earlier one."""
