@@ -28,9 +28,11 @@ MODEL = ["--n_layer", "2", "--n_head", "2", "--n_embd", "64", "--block_size", "6
          "--dtype", "float32", "--lr", "4e-3", "--variant", "modern", "--log_interval", "0.001", "--save_interval", "0"]
 
 
-def torchrun(argv, nproc=2, launch=("--standalone",), device="cpu", **popen):
+def torchrun(argv, nproc=2, launch=("--standalone",), device="cpu", script=None, **popen):
+    """train.py (or script, a wrapper that runs it) under torchrun: a Popen if popen options are given, else the
+    finished run, which must succeed."""
     cmd = [sys.executable, "-m", "torch.distributed.run", *launch, f"--nproc_per_node={nproc}",
-           os.path.join(ROOT, "train.py"), "--no-color", "--device", device, *map(str, argv)]
+           str(script or os.path.join(ROOT, "train.py")), "--no-color", "--device", device, *map(str, argv)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if popen:
         return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -266,13 +268,10 @@ def test_ctrl_c_that_reaches_the_ranks_alone_still_saves(env, tmp_path):
     wrapper = tmp_path / "slow_save.py"
     wrapper.write_text(SLOW_SAVE.format(root=ROOT))
     out = tmp_path / "models"
-    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                             str(wrapper), "--no-color", "--device", "cpu", "--data_dir", env["data"], "--dataset",
-                             "story", "--output_checkpoint", out / "{dataset}.pt", "--n_layer", "1", "--n_head", "2",
-                             "--n_embd", "32", "--block_size", "64", "--batch_size", "4", "--epochs", "50",
-                             "--save_interval", "20", "--eval_interval", "0", "--dtype", "float32"],
-                            cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = torchrun(["--data_dir", env["data"], "--dataset", "story", "--output_checkpoint", out / "{dataset}.pt",
+                     "--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size", "64", "--batch_size", "4",
+                     "--epochs", "50", "--save_interval", "20", "--eval_interval", "0", "--dtype", "float32"],
+                    script=wrapper, stdin=subprocess.DEVNULL)
     ckpt = out / "story.pt"
     wait_for(ckpt, proc)
     for pid in rank_pids(proc).values():  # the ranks, not torchrun
@@ -431,11 +430,24 @@ def test_bad_input_is_said_when_the_first_process_is_late(env, tmp_path, bad):
     late.write_text(f"import os, runpy, sys, time\nsys.path.insert(0, {ROOT!r})\n"
                     f"if os.environ['LOCAL_RANK'] == '0':\n    time.sleep(5)\n"
                     f"runpy.run_path({os.path.join(ROOT, 'train.py')!r}, run_name='__main__')\n")
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(late),
-                        "--no-color", "--device", "cpu", "--data_dir", env["data"], *bad], cwd=ROOT,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=240)
-    assert r.returncode != 0 and r.stderr.count("error: ") == 1, r.stderr[-3000:]
-    assert "nosuch" in r.stderr or "--bogus" in r.stderr
+    r = torchrun(["--data_dir", env["data"], *bad], script=late, stdin=subprocess.DEVNULL)
+    _, err = r.communicate(timeout=240)
+    assert r.returncode != 0 and err.count("error: ") == 1, err[-3000:]
+    assert "nosuch" in err or "--bogus" in err
+
+
+def time_to_end(proc, act):
+    """(seconds, stderr) from act(), a second after, to the end of the torchrun proc (started in a session of its
+    own, whose ranks are killed on the way out: left waiting, the test failed)."""
+    try:
+        time.sleep(1)
+        act()
+        t = time.time()
+        _, err = proc.communicate(timeout=20)
+        return time.time() - t, err
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 CTRL_C_BEFORE_THE_LOOP = """
@@ -468,23 +480,15 @@ def test_ctrl_c_while_a_rank_is_before_its_loop_ends_every_rank_at_once(env, tmp
     SIGTERM that torchrun, stopping on the Ctrl-C, never sends, until torchrun killed it 30 s later."""
     wrapper = tmp_path / "ctrl_c.py"
     wrapper.write_text(CTRL_C_BEFORE_THE_LOOP.format(root=ROOT, marks=str(tmp_path), late=late))
-    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                             str(wrapper), "--no-color", "--device", "cpu", "--data_dir", env["data"], "--dataset",
-                             "mini", "--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size", "64",
-                             "--batch_size", "4", "--output_checkpoint", tmp_path / "models" / "{dataset}.pt"],
-                            cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        wait_for(tmp_path / "late", proc)
-        wait_for(tmp_path / "in_loop", proc)
-        time.sleep(1)
-        proc.send_signal(signal.SIGINT)  # what Ctrl-C does to torchrun, which passes it on to the ranks
-        t = time.time()
-        _, err = proc.communicate(timeout=20)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # (ranks left waiting: the test failed)
-    assert proc.returncode != 0 and time.time() - t < 15, err[-3000:]
+    proc = torchrun(["--data_dir", env["data"], "--dataset", "mini", "--n_layer", "1", "--n_head", "2", "--n_embd",
+                     "32", "--block_size", "64", "--batch_size", "4", "--output_checkpoint",
+                     tmp_path / "models" / "{dataset}.pt"], script=wrapper, stdin=subprocess.DEVNULL,
+                    start_new_session=True)
+    wait_for(tmp_path / "late", proc)
+    wait_for(tmp_path / "in_loop", proc)
+    # what Ctrl-C does to torchrun, which passes it on to the ranks
+    seconds, err = time_to_end(proc, lambda: proc.send_signal(signal.SIGINT))
+    assert proc.returncode != 0 and seconds < 15, err[-3000:]
     assert err.count("interrupted") == 1 and "error: " not in err, err[-3000:]
 
 
@@ -513,25 +517,14 @@ def test_a_rank_waiting_for_another_to_join_ends_at_once(env, tmp_path, how):
     mark = tmp_path / "joining"
     wrapper = tmp_path / "late_to_join.py"
     wrapper.write_text(LATE_TO_JOIN.format(root=ROOT, mark=str(mark), train=os.path.join(ROOT, "train.py")))
-    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                             str(wrapper), "--no-color", "--device", "cpu", "--data_dir", env["data"], "--dataset",
-                             "mini", "--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size", "64",
-                             "--output_checkpoint", tmp_path / "models" / "{dataset}.pt"],
-                            cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        wait_for(mark, proc)  # rank 0 waits for rank 1 to join
-        time.sleep(1)
-        if how == "ctrl_c":
-            proc.send_signal(signal.SIGINT)  # to torchrun, which passes it on to the ranks
-        else:
-            os.kill(rank_pids(proc)[1], signal.SIGKILL)  # torchrun then stops rank 0 (SIGTERM)
-        t = time.time()
-        _, err = proc.communicate(timeout=20)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # (ranks left waiting: the test failed)
-    assert proc.returncode != 0 and time.time() - t < 15, err[-3000:]
+    proc = torchrun(["--data_dir", env["data"], "--dataset", "mini", "--n_layer", "1", "--n_head", "2", "--n_embd",
+                     "32", "--block_size", "64", "--output_checkpoint", tmp_path / "models" / "{dataset}.pt"],
+                    script=wrapper, stdin=subprocess.DEVNULL, start_new_session=True)
+    wait_for(mark, proc)  # rank 0 waits for rank 1 to join
+    # Ctrl-C to torchrun, which passes it on to the ranks; or rank 1's death, on which torchrun stops rank 0 (SIGTERM)
+    seconds, err = time_to_end(proc, lambda: proc.send_signal(signal.SIGINT) if how == "ctrl_c" else
+                               os.kill(rank_pids(proc)[1], signal.SIGKILL))
+    assert proc.returncode != 0 and seconds < 15, err[-3000:]
     assert "forcefully exiting" not in err, err[-3000:]  # torchrun's SIGKILL
 
 
