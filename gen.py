@@ -468,8 +468,8 @@ def main(argv=None):
     elif args.max_tokens and args.chat and \
             max_tokens > (least := room_after(model, model.config.block_size - reserve_for(model, max_tokens))):
         # (only a turn that crowds the history out was warned of: the others were cut short without a word)
-        print(f"warning: --max_tokens {max_tokens} is more than the half of the context "
-              f"({model.config.block_size}) kept for replies: a reply gets {least} tokens or more, as many as the conversation leaves",
+        print(f"warning: --max_tokens {max_tokens} is more than the half of the context ({model.config.block_size}) "
+              f"kept for replies: a reply gets {least} tokens or more, as many as the conversation leaves",
               file=sys.stderr)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
     generator = seeded_generator(device, seed)

@@ -1384,7 +1384,8 @@ def train_vocabulary(plan, vocab_size, path, limit, val_fraction, pack=None):
     conversations), with the same --limit, and save it as path: the val split stays unseen."""
     def texts():
         # mixed kinds, and --pack on text, refused here as write_splits would, before minutes of training a vocabulary
-        kind, first_label, trained, cut = None, None, 0, 0  # characters trained on; of the documents cut into train and val
+        # the kind and where the first document is; characters trained on; of the documents cut into train and val
+        kind, first_label, trained, cut = None, None, 0, 0
         for part in plan.get("parts", [plan]):  # a mix: --limit counts in each of its datasets, as in build()
             budget = {"split": limit, "train": limit, "val": 0}
             counts, chars, first = count_split_docs(part["streams"], budget) if val_fraction else ({}, {}, None)
