@@ -1762,6 +1762,10 @@ def run_training(args, held):
                             metrics.log(rec)
                             if due_eval:
                                 metrics.plot(f"{dataset}: {args.model} {config.variant}")
+                        if due_eval and not interrupted:
+                            # a Ctrl-C during the evaluation (seconds on a large val split) stops the run here: it
+                            # trained the next step, then saved (one more agreement an evaluation: every rank has it)
+                            interrupted = bool(dist.agree(interrupt.requested)[0])
                         if due_save or stopped != "done" or interrupted:
                             save(out_path())
                         if due_eval:

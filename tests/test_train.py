@@ -962,6 +962,26 @@ def test_an_interrupt_in_the_last_step_of_a_run_lets_it_end(env, tmp_path, monke
     assert "interrupted" not in capsys.readouterr().out
 
 
+def test_ctrl_c_during_an_evaluation_saves_the_step_it_evaluated(env, tmp_path, monkeypatch, capsys):
+    """The interrupt was agreed on before the evaluation: a Ctrl-C during it (seconds on a large val split) trained
+    one more step, and the run stopped and saved after that one."""
+    evaluate, evals = train.evaluate, []
+
+    def ctrl_c_in_it(*args, **kwargs):
+        evals.append(1)
+        if len(evals) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return evaluate(*args, **kwargs)
+    monkeypatch.setattr(train, "evaluate", ctrl_c_in_it)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(args_for(env, tmp_path, "--dataset", "mini", "--eval_interval", "0.25", "--epochs", "2"))
+    out = capsys.readouterr().out
+    evaluated = int(re.findall(r"step ([\d,]+) \(epoch [\d.]+\): train", out)[1].replace(",", ""))
+    assert f"interrupted at step {evaluated:,}: saved" in out, out
+    ckpt = re.search(r"interrupted at step [\d,]+: saved (\S+);", out).group(1)
+    assert load_checkpoint(ckpt)["step"] == evaluated
+
+
 def test_bad_checkpoints_are_one_line_errors(env, trained, tmp_path, capsys):
     good = trained["summary"]["checkpoint"]
     # bytes flipped inside a tensor: torch.load reads other weights without a word; the zip's checksums catch it
