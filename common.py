@@ -154,6 +154,15 @@ def exit_after_the_first(code, first=None):
 LATE_FIRST_S = 30
 
 
+def exit_with_error(line, every_rank=False):
+    """Exit 1 after line ("error: ..."), said once a machine under torchrun, whose processes meet the same fault (the
+    others wait: exit_after_the_first); every_rank: by each process, for one it meets alone (its own GPU, shard)."""
+    if speaks_for_machine() or every_rank:
+        print(line, file=sys.stderr)
+        sys.exit(1)
+    exit_after_the_first(1)
+
+
 # what the machine, not the code, got wrong: the file system's answer is the message, with the fix
 OS_FIXES = {
     errno.ENOSPC: "free some space or write elsewhere",
@@ -231,10 +240,7 @@ def run_main(main):
             sys.exit(1)
         raise  # not the output's: a bug
     except UserError as e:
-        if speaks_for_machine() or e.every_rank:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(1)
-        exit_after_the_first(1)
+        exit_with_error(f"error: {e}", e.every_rank)
     except KeyboardInterrupt:
         if speaks_for_machine():  # Ctrl-C reaches every torchrun process: one line a machine
             print("\ninterrupted", file=sys.stderr)
@@ -250,10 +256,7 @@ def run_main(main):
             raise
         # under torchrun every process reads the same files (rank 0 alone writes): one line a machine, as a
         # UserError's (a train.bin without read permission was said by both ranks, at times in one line)
-        if speaks_for_machine():
-            print(f"error: {os_error_line(e)}", file=sys.stderr)
-            sys.exit(1)
-        exit_after_the_first(1)
+        exit_with_error(f"error: {os_error_line(e)}")
     finally:
         if before is not None:
             signal.signal(signal.SIGTERM, before)
@@ -492,6 +495,16 @@ def cpu_bf16_is_faster():
     return "amx_bf16" in flags or ("avx512_bf16" in flags and vendor == "AuthenticAMD")
 
 
+def ask(prompt):
+    """The user's answer to prompt, stripped; None at the end of input (Ctrl-D, which was an EOFError traceback), the
+    line ended so that what follows starts below the prompt."""
+    try:
+        return input(prompt).strip()
+    except EOFError:
+        print()
+        return None
+
+
 def pick_device(name="auto", interactive=None):
     """Resolve --device. 'auto' takes CUDA, then MPS, then CPU. With several CUDA
     devices and an interactive terminal, list them and ask (never under torchrun)."""
@@ -521,11 +534,10 @@ def pick_device(name="auto", interactive=None):
             for i in range(n):
                 free, total = torch.cuda.mem_get_info(i)
                 print(f"  cuda:{i}  {torch.cuda.get_device_name(i)}  {free / 2**30:.1f} / {total / 2**30:.1f} GiB free")
-            try:
-                answer = input(f"which GPU? [0-{n - 1}, default 0] ").strip() or "0"
-            except EOFError:  # Ctrl-D: no answer (it was a traceback)
-                print()
-                raise UserError("no GPU chosen; pass --device cuda:N") from None
+            answer = ask(f"which GPU? [0-{n - 1}, default 0] ")
+            if answer is None:
+                raise UserError("no GPU chosen; pass --device cuda:N")
+            answer = answer or "0"
             if not answer.isdigit() or int(answer) >= n:
                 raise UserError(f"no GPU {answer!r}; pass --device cuda:N")
             return torch.device(f"cuda:{answer}")

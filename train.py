@@ -57,7 +57,7 @@ import torch
 from tqdm import tqdm
 
 from checkpoint import load_checkpoint, load_weights, nonfinite, save_checkpoint
-from common import (UserError, atomic_write_text, autocast, check_output, cpu_bf16_is_faster, cpu_has_bf16,
+from common import (UserError, ask, atomic_write_text, autocast, check_output, cpu_bf16_is_faster, cpu_has_bf16,
                     exit_after_the_first, first_line, is_oom, nonempty, pick_device, pick_dtype, retain_freed_memory,
                     run_main, speaks_for_machine, tmp_name)
 from model import OPTIMIZERS, PRESETS, GPT, GPTConfig, make_config
@@ -1157,13 +1157,12 @@ class Progress:
 
 
 def ask_more_epochs(path, done):
-    """The epochs to train on, as the user answers; None at the end of input (Ctrl-D, which was a traceback): no
-    answer, as without a terminal."""
-    try:
-        answer = input(f"{path} has already trained {done} epoch(s). How many more? [0 = stop] ").strip() or "0"
-    except EOFError:
-        print()  # the error line below the prompt, not after it
+    """The epochs to train on, as the user answers; None at the end of input (Ctrl-D): no answer, as without a
+    terminal."""
+    answer = ask(f"{path} has already trained {done} epoch(s). How many more? [0 = stop] ")
+    if answer is None:
         return None
+    answer = answer or "0"
     if not answer.isdigit():
         raise UserError(f"{answer!r} is not a number of epochs; pass --epochs N instead")
     return int(answer)
