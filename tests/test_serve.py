@@ -655,8 +655,8 @@ def ckpt(enc, tmp_path_factory):
 
 @contextlib.contextmanager
 def served(path, *options):
-    """serve.py PATH [options] in a subprocess on a free port: yields (process, port), then Ctrl-C; the process's
-    stderr is then in process.err."""
+    """serve.py PATH [options] in a subprocess on a free port: yields (process, port) once it answers, then Ctrl-C;
+    the process's stderr is then in process.err."""
     p = subprocess.Popen([sys.executable, os.path.join(ROOT, "serve.py"), path, "--port", "0", "--device", "cpu",
                           *options],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -664,6 +664,10 @@ def served(path, *options):
         line = p.stdout.readline()
         m = re.search(r"on http://127\.0\.0\.1:(\d+)", line)
         assert m, line
+        conn = http.client.HTTPConnection("127.0.0.1", int(m.group(1)), timeout=60)
+        conn.request("GET", "/v1/models")  # serving: a Ctrl-C before is "interrupted" (130), not a clean stop
+        assert conn.getresponse().status == 200
+        conn.close()
         yield p, int(m.group(1))
     finally:
         p.send_signal(signal.SIGINT)  # Ctrl-C: a clean stop
@@ -689,10 +693,7 @@ def test_a_model_trained_on_plain_text_is_warned_of(enc, tmp_path):
         path = str(tmp_path / f"{kind}.pt")
         save_checkpoint(path, tiny_model(enc), enc, dataset="story", data={"kind": kind})
         with served(path) as (p, port):
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-            conn.request("GET", "/v1/models")  # (serving: a Ctrl-C before is "interrupted", 130)
-            assert conn.getresponse().status == 200
-            conn.close()
+            pass
         warned = "trained on plain text (story), not on conversations: its chat replies (the chat page, " \
                  "/v1/chat/completions) will not keep to the turn" in p.err
         assert p.returncode == 0 and warned == (kind == "text"), p.err
