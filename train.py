@@ -1172,25 +1172,25 @@ def ask_more_epochs(path, done):
 # training
 
 @contextlib.contextmanager
-def run_lock(folder, dataset):
-    """Held while a run writes folder's files of dataset (its checkpoints, _best.pt and metrics): two runs started
+def run_lock(folder, name, what):
+    """Held while a run writes folder's files named by name (a dataset's: its checkpoints, _best.pt and metrics; or
+    an --output_checkpoint's file name without {dataset}, which every dataset's run writes): two runs started
     together each passed refuse_earlier_run, before either had saved, and wrote over each other's files, both
-    reporting success. An flock: the system lets it go however the process ends."""
+    reporting success. what: those files, for the refusal. An flock: the system lets it go however the process ends."""
     try:
         import fcntl
     except ImportError:  # Windows: no lock, as before
         yield
         return
-    path = os.path.join(folder, f".{dataset}.lock")
+    path = os.path.join(folder, f".{name}.lock")
     while True:
         f = open(path, "a")
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.close()
-            raise UserError(f"another train.py is writing the {dataset} run in {os.path.join(folder, '')} (its "
-                            f"checkpoints, {dataset}_best.pt and metrics): wait for it to end, or give "
-                            f"--output_checkpoint another folder") from None
+            raise UserError(f"another train.py is writing {what}: wait for it to end, or give --output_checkpoint "
+                            f"another folder") from None
         except OSError:  # a file system without locks (some network ones): no lock, as before
             f.close()
             try:
@@ -1303,7 +1303,11 @@ def run_training(args, held):
             # val.bin a checkpoint). The default's message names the option too: it is how to write elsewhere
             check_output(out_pattern.replace("{dataset}", dataset).replace("{epoch}", "1"),
                          "--output_checkpoint" if given else "--output_checkpoint (default)", checkpoint=True)
-            held.enter_context(run_lock(out_dir, dataset))
+            held.enter_context(run_lock(out_dir, dataset, f"the {dataset} run in {os.path.join(out_dir, '')} (its "
+                                                           f"checkpoints, {dataset}_best.pt and metrics)"))
+            tail = os.path.basename(out_pattern)
+            if "{dataset}" not in tail:  # models/run{epoch}.pt: another dataset's run (its own lock above) writes them too
+                held.enter_context(run_lock(out_dir, tail, f"{os.path.join(out_dir, tail)} (another dataset's run)"))
             # --reset_epoch numbers epochs from 1 again: its files would land on the run's own
             if not continuing or args.reset_epoch:
                 replaced = refuse_earlier_run(out_pattern, dataset, best_path, args.overwrite,

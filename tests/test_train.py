@@ -1635,7 +1635,7 @@ def test_two_runs_into_the_same_files_at_once_are_refused(env, tmp_path):
     metrics, and both reported success."""
     out = tmp_path / "m"
     out.mkdir()
-    with train.run_lock(str(out), "mini"):  # a run writing there now
+    with train.run_lock(str(out), "mini", f"the mini run in {out}/ (its checkpoints, mini_best.pt and metrics)"):
         with pytest.raises(UserError, match=r"^another train.py is writing the mini run in .*/m/ \(its checkpoints, "
                                             r"mini_best.pt and metrics\): wait for it to end, or give "
                                             r"--output_checkpoint another folder$"):
@@ -1645,6 +1645,27 @@ def test_two_runs_into_the_same_files_at_once_are_refused(env, tmp_path):
         assert train.train(args_for(env, out, "--dataset", "chat", "--max_steps", "1"))["steps"] == 1
     assert train.train(args_for(env, out, "--dataset", "mini", "--max_steps", "1"))["steps"] == 1
     assert not [f for f in os.listdir(out) if f.endswith(".lock")]  # none left behind
+
+
+def test_two_datasets_runs_into_one_checkpoint_name_at_once_are_refused(env, tmp_path, monkeypatch):
+    """--output_checkpoint models/run{epoch}.pt names the same files for every dataset: a chat run started while a
+    mini run was writing them passed the checks (each held its own dataset's lock) and wrote over its run1.pt."""
+    out, pattern = tmp_path / "m", str(tmp_path / "m" / "run{epoch}.pt")
+    refuse, seen = train.refuse_earlier_run, []
+
+    def meanwhile(*a, **k):  # the mini run has passed its checks: the chat run starts now
+        found = refuse(*a, **k)
+        if not seen:
+            seen.append(1)
+            with pytest.raises(UserError, match=rf"^another train.py is writing {re.escape(pattern)} \(another "
+                                                r"dataset's run\): wait for it to end, or give --output_checkpoint "
+                                                r"another folder$"):
+                train.train(args_for(env, out, "--dataset", "chat", "--max_steps", "1", "--output_checkpoint", pattern))
+        return found
+    monkeypatch.setattr(train, "refuse_earlier_run", meanwhile)
+    s = train.train(args_for(env, out, "--dataset", "mini", "--max_steps", "1", "--output_checkpoint", pattern))
+    assert seen and load_checkpoint(s["checkpoint"])["dataset"] == "mini"
+    assert sorted(os.listdir(out)) == ["mini_best.pt", "mini_metrics.jsonl", "run1.pt"]  # no lock left behind
 
 
 def test_output_checkpoint_folders(env, tmp_path):
