@@ -78,7 +78,7 @@ def load_checkpoint(path, map_location="cpu"):
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
         # torch's own first sentence (miniz's advice after it would be cut off mid-word)
         raise UserError(f"{path} is not a readable checkpoint (truncated or corrupt?): "
-                        f"{first_line(e).split('. ')[0][:120]}; use another file from models/")
+                        f"{first_line(str(e).split('. ')[0], 120)}; use another file from models/")
     if not isinstance(ckpt, dict) or not {"model", "config", "tokenizer"} <= set(ckpt):
         raise UserError(f"{path} is not a checkpoint of this project (no model/config/tokenizer entries); train one with train.py")
     # torch.load does not check the zip's CRC-32s: a file damaged inside a tensor (a disk, a copy) loaded as other
@@ -140,7 +140,7 @@ def load_model(path_or_ckpt, device="cpu", name=None):
         if not is_oom(e):
             raise
         raise UserError(f"{name}: its model (context {ckpt['config'].get('block_size')}, {ckpt['config'].get('n_layer')} "
-                        f"layers x {ckpt['config'].get('n_embd')}) does not fit in memory ({first_line(e)[:80]}): its "
+                        f"layers x {ckpt['config'].get('n_embd')}) does not fit in memory ({first_line(e, 80)}): its "
                         f"config is damaged, or the model needs a larger machine") from None
     load_weights(model, ckpt["model"])
     enc = tokenizer_from_state(ckpt["tokenizer"])

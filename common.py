@@ -271,11 +271,13 @@ def seeded_generator(device, seed):
     return torch.Generator(device=device).manual_seed(seed % 2**64)
 
 
-def first_line(e):
-    """What an exception says, in one line. Skips a heading line ending in ':' (load_state_dict's "Error(s) in loading
-    state_dict for GPT:"), where the next line says what went wrong."""
+def first_line(e, width=200):
+    """What an exception says, in one line of at most width characters, cut between words ("..." says so: a cut
+    mid-word read as a typo). Skips a heading line ending in ':' (load_state_dict's "Error(s) in loading state_dict
+    for GPT:"), where the next line says what went wrong."""
     lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
-    return (lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0])[:200]
+    line = lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0]
+    return line if len(line) <= width else line[:width - 3].rsplit(" ", 1)[0] + "..."
 
 
 def read_meta(folder):

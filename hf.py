@@ -152,7 +152,7 @@ def _read_json(path):
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except (OSError, ValueError) as e:
-        raise UserError(f"{path} is not readable JSON ({str(e)[:100]}): copy the file again from the model's download")
+        raise UserError(f"{path} is not readable JSON ({first_line(e, 100)}): copy the file again from the model's download")
 
 
 def _hf_vocab(folder):
@@ -228,7 +228,7 @@ def read_tokenizer(folder):
     try:
         return _read_tokenizer(folder)
     except (KeyError, TypeError, ValueError, AttributeError) as e:  # JSON of another shape than a tokenizer's
-        raise UserError(f"{folder}: the tokenizer files are malformed ({type(e).__name__}: {str(e)[:80]}); copy them "
+        raise UserError(f"{folder}: the tokenizer files are malformed ({type(e).__name__}: {first_line(e, 80)}); copy them "
                         f"again from the model's download")
 
 
@@ -436,14 +436,14 @@ def read_weights(folder):
             try:
                 tensors.update(st.load_file(f))
             except Exception as e:  # safetensors' own error type for a truncated or foreign file
-                raise UserError(f"{f} is not a readable safetensors file ({str(e)[:100]}): download it again")
+                raise UserError(f"{f} is not a readable safetensors file ({first_line(e, 100)}): download it again")
         return tensors
     path = os.path.join(folder, WEIGHTS_BIN)
     if os.path.isfile(path):
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # truncated, corrupt, or pickled code weights_only refuses
-            raise UserError(f"{path} is not a readable state dict ({first_line(e)[:100]}): download it again")
+            raise UserError(f"{path} is not a readable state dict ({first_line(e, 100)}): download it again")
         if not isinstance(state, dict):
             raise UserError(f"{path} holds no state dict: download it again")
         return state

@@ -1817,7 +1817,7 @@ def run_training(args, held):
                 # when a rank fails, which torchrun, stopping on the Ctrl-C itself, never sent: killed 30 s later
                 raise KeyboardInterrupt from e
             raise UserError(f"lost contact with the other ranks at step {p.step:,} (did one fail? see its lines above): "
-                            f"{first_line(e)[:100]}; last checkpoint: {saved['path'] or 'none'}") from e
+                            f"{first_line(e, 100)}; last checkpoint: {saved['path'] or 'none'}") from e
         raise
 
     # ---- summary

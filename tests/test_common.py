@@ -133,6 +133,20 @@ def test_the_file_systems_refusals_end_in_one_line(capsys):
         run_main(bug)
 
 
+def test_a_librarys_message_in_an_error_line_is_cut_between_words():
+    """train.py's "lost contact with the other ranks" line kept gloo's message to 100 characters, cut mid-word
+    ("Connection closed by pe"), which read as a typo of the library's; so did hf.py's and checkpoint.py's."""
+    gloo = ("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:29500 "
+            "after a very long wait")
+    cut = common.first_line(RuntimeError(gloo), 100)
+    assert cut == "[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer..."
+    assert len(cut) <= 100 and gloo.startswith(cut[:-3])
+    assert common.first_line(RuntimeError("short\nmore"), 100) == "short"  # what fits is whole
+    heading = "Error(s) in loading state_dict for GPT:\n\tsize mismatch for wte.weight: " + "x" * 300
+    assert common.first_line(RuntimeError(heading), 100) == "size mismatch for wte.weight:..."  # a word too long
+    assert common.first_line(RuntimeError("x" * 300), 50) == "x" * 47 + "..."  # one word: cut, and said to be
+
+
 def test_a_save_replaces_the_file_whole_never_writes_into_it(tmp_path):
     """A new file renamed over the old one: a reader (or a kill) meets the old checkpoint or the new one, never half of
     one, as writing into the file itself would give."""
