@@ -135,6 +135,11 @@ class NoSource(UserError):
     """No --source, mirror or hub has the data: a bare `python prepare.py` skips the dataset."""
 
 
+class OtherSource(UserError):
+    """A dataset made from --source files, to be made again from the mirror or the hub: a bare `python prepare.py`
+    skips it."""
+
+
 class TokenizerGone(UserError):
     """A dataset made again keeps its tokenizer, and that file is gone or holds another vocabulary now: a bare
     `python prepare.py` skips it."""
@@ -1564,6 +1569,13 @@ def prepare(dataset, source=None, tokenizer=None, limit=None, val_fraction=DEFAU
     if old and not force and old.get("dataset") != dataset:
         raise UserError(f"{folder} holds the {old.get('dataset')!r} dataset (made by `{rebuild_command(old, folder)}`): "
                         f"pick another folder with --name, or replace it with --force")
+    # the user's own files are the dataset: made again from the mirror or the hub (a bare `prepare.py` after `--dataset
+    # chat --source mine.jsonl`, which the module docstring shows) it was replaced without a word
+    if old and not force and not source and old.get("dataset") == dataset \
+            and (meta_options(old, folder, odd={}) or {}).get("source"):
+        raise OtherSource(f"{folder} holds the {dataset!r} dataset made from your files (by "
+                          f"`{rebuild_command(old, folder)}`), not from {plan['description']}: run that to make it "
+                          f"again, pick another folder for this one with --name, or replace it with --force")
     kept_file = None  # the --tokenizer file kept: it must still hold the vocabulary the dataset was made with
     if tokenizer is None and vocab_size is None:
         # made again without a word about its vocabulary: the one it has, so checkpoints trained on it go on fitting
@@ -1862,7 +1874,7 @@ def main(argv=None):
         try:
             # --pack is for the conversation sets: the plain-text ones would refuse it
             prepare(dataset, pack=args.pack if dataset in MIXABLE else None, **options)
-        except (NoSource, TokenizerGone) as e:
+        except (NoSource, OtherSource, TokenizerGone) as e:
             print(f"skipping {dataset}: {e}")
 
 

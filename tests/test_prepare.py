@@ -1495,6 +1495,30 @@ def test_missing_source_names_source_and_mirror(tmp_path, monkeypatch, capsys):
     assert json.loads((tmp_path / "data" / "chitchat" / "meta.json").read_text())["kind"] == "chat"
 
 
+def test_a_dataset_of_your_files_is_not_replaced_by_the_mirrors(tmp_path, monkeypatch, capsys):
+    """`--dataset dailydialog --source mine.jsonl` (as the module docstring's `--dataset chat --source chats.jsonl`),
+    then a bare `python prepare.py`: the folder was rebuilt from the mirror, the user's dataset gone without a word. It
+    is skipped, named with the command that made it; --force replaces it."""
+    fake_mirror(tmp_path / "mirror")
+    monkeypatch.setenv("DATA_MIRROR", str(tmp_path / "mirror"))
+    out = str(tmp_path / "data")
+    mine = write(tmp_path / "mine.jsonl", "\n".join(json.dumps({"instruction": f"q{i}", "output": f"mine {i}"})
+                                                    for i in range(20)))
+    prepare.prepare("dailydialog", source=mine, out_dir=out)
+    folder = tmp_path / "data" / "dailydialog"
+    before = {f: (folder / f).read_bytes() for f in os.listdir(folder)}
+    prepare.main(["--out_dir", out, "--limit", "20"])
+    assert f"skipping dailydialog: {folder} holds the 'dailydialog' dataset made from your files (by `python " \
+           f"prepare.py --dataset dailydialog --source {mine} --out_dir {out}`)" in capsys.readouterr().out
+    assert {f: (folder / f).read_bytes() for f in os.listdir(folder)} == before
+    with pytest.raises(prepare.OtherSource, match=r"run that to make it again, pick another folder for this one with "
+                                                  r"--name, or replace it with --force"):
+        prepare.prepare("dailydialog", out_dir=out)
+    assert prepare.prepare("dailydialog", source=mine, out_dir=out)["source"] == f"--source {mine}"  # up to date
+    assert "up to date" in capsys.readouterr().out
+    assert "DATA_MIRROR" in prepare.prepare("dailydialog", out_dir=out, force=True)["source"]
+
+
 def test_hub_path(tmp_path, monkeypatch, enc):
     """Without --source or mirror the hub's rows are read, with the hub's own validation split."""
     monkeypatch.setenv("DATA_MIRROR", str(tmp_path / "no-mirror"))
