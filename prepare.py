@@ -355,7 +355,8 @@ def turns_of(record, field, where):
 
 def record_doc(record, where, dataset=None):
     """One record -> a document: conversations as `messages` (or `conversation`) [{role, content}], ShareGPT
-    `conversations` [{from, value}] (either turn spelling under any of the names), Alpaca instruction/input/output, question/answer or a
+    `conversations` [{from, value}] (either turn spelling under any of the names), Alpaca instruction/input/output
+    (and LLaMA-Factory's history of earlier [instruction, output] pairs), question/answer or a
     `dialog` list of turns; a `text` field (or a bare string) is a plain document."""
     if isinstance(record, str):
         return (record.strip(), True) if record.strip() else None
@@ -371,12 +372,20 @@ def record_doc(record, where, dataset=None):
             messages = turns_of(record, "conversations", where)
         elif "conversation" in has:  # lmsys-chat-1m's and WildChat's name for OpenAI's list of {role, content}
             messages = turns_of(record, "conversation", where)
-        elif "instruction" in has and "output" in has:
+        elif "instruction" in has and "output" in record:
             for field in ("instruction", "input"):  # else a TypeError's words, or the input's repr() trained
                 if record.get(field) and not isinstance(record[field], str):
                     raise UserError(f"{where}: `{field}` must be text, got {type(record[field]).__name__}")
+            # LLaMA-Factory's `history`, the turns before, as [instruction, output] pairs: left out, a multi-turn row
+            # trained as its last turn alone
+            history = record.get("history") or []
+            if not isinstance(history, list) or not all(isinstance(h, (list, tuple)) and len(h) == 2 and
+                                                         all(isinstance(t, str) for t in h) for h in history):
+                raise UserError(f"{where}: `history` must be a list of [instruction, output] pairs of text, the turns "
+                                f"before this one")
             prompt = record["instruction"] + (f"\n\n{record['input']}" if record.get("input") else "")
-            messages = alternate([prompt, record["output"]])
+            # a null output is an empty one (out of the loss, below): it was "no ... instruction/output ... field"
+            messages = alternate([t for h in history for t in h] + [prompt, record["output"] or ""])
         elif "question" in has and "answer" in has:
             answer = record["answer"]
             if dataset == "knowledge" and isinstance(answer, str):

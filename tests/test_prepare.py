@@ -384,7 +384,9 @@ def test_non_utf8_and_bad_input(tmp_path):
                                          ({"messages": "hi"}, "`messages` must be a list of turns"),
                                          ({"conversations": [{"value": "x"}]}, '`conversations` must be a list of turns '
                                                                                'like {"from": "user", "value": "Hi!"}'),
-                                         ({"instruction": 5, "output": "x"}, "`instruction` must be text, got int"))):
+                                         ({"instruction": 5, "output": "x"}, "`instruction` must be text, got int"),
+                                         ({"instruction": "a", "output": "b", "history": [["q", "r", "s"]]},
+                                          "`history` must be a list of [instruction, output] pairs of text"))):
         with pytest.raises(UserError, match=rf"turns{i}.jsonl line 1: {re.escape(shape)}"):
             prepare.prepare("chat", source=write(tmp_path / f"turns{i}.jsonl", json.dumps(record)), out_dir=out)
     with pytest.raises(UserError, match=r"odd.jsonl line 1: unknown role 'robot'"):
@@ -798,6 +800,13 @@ FORMATS = {  # name: (file name, file text, expected conversations)
     "alpaca-empty-outputs": ("e.json", json.dumps(ALPACA[:4] + [dict(ALPACA[4], output="")] + ALPACA[5:8] +
                                                   [dict(ALPACA[8], output=" \n")] + ALPACA[9:]),
                              [alpaca_conv(r) for i, r in enumerate(ALPACA) if i not in (4, 8)]),
+    # LLaMA-Factory's Alpaca rows with the turns before as `history` pairs (a multi-turn row trained as its last turn
+    # alone), and an output of null (stopped the whole file with "no ... instruction/output ... field")
+    "alpaca-history": ("ah.jsonl", "\n".join(json.dumps(dict(r, history=[["Hi.", "Hello!"], [f"Ready {i}?", "Yes."]][:i % 3]))
+                                             for i, r in enumerate(ALPACA)) + "\n" + json.dumps(dict(ALPACA[0], output=None)),
+                       [[{"role": "user", "content": t} if k % 2 == 0 else {"role": "assistant", "content": t}
+                         for k, t in enumerate([t for h in [["Hi.", "Hello!"], [f"Ready {i}?", "Yes."]][:i % 3] for t in h])]
+                        + alpaca_conv(r) for i, r in enumerate(ALPACA)]),
     "qa": ("q.jsonl", "\n".join(json.dumps(r) for r in QA),
            [[{"role": "user", "content": r["question"]}, {"role": "assistant", "content": r["answer"]}] for r in QA]),
 }
