@@ -8,6 +8,7 @@ import argparse
 import contextlib
 import ctypes
 import errno
+import glob
 import json
 import os
 import re
@@ -42,6 +43,17 @@ def nonempty(text):
     if not text:
         raise argparse.ArgumentTypeError("is empty: give a value")
     return text
+
+
+def expand_pattern(path, option):
+    """[path], or where no such path is and it holds a wildcard, the paths it matches: a pattern the shell did not
+    expand (quoted, or Windows' cmd and PowerShell, which leave * to the program) was "no such file"."""
+    if os.path.exists(path) or not any(c in path for c in "*?["):
+        return [path]
+    found = sorted(glob.glob(path, recursive=True))
+    if not found:
+        raise UserError(f"{option} {path}: no file or folder matches this pattern")
+    return found
 
 
 def number(text, kind):

@@ -67,8 +67,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from tqdm import tqdm
 
-from common import (UserError, atomic_write_text, check_output, first_line, fsync_replace, holds_nul, nonempty, not_utf8,
-                    parts_text, read_meta, remove_stale_tmp, run_main, tmp_name, without_surrogates)
+from common import (UserError, atomic_write_text, check_output, expand_pattern, first_line, fsync_replace, holds_nul,
+                    nonempty, not_utf8, parts_text, read_meta, remove_stale_tmp, run_main, tmp_name, without_surrogates)
 from setup_tokenizer import (EOT, IM_END, IM_START, get_tokenizer, read_text_chunks, tokenizer_hash, train_bpe,
                              trained_on, warn_short_vocabulary)
 
@@ -642,7 +642,8 @@ def find_source(dataset, source=None, extra=True, limit=None):
                 "streams": [("split", "chitchat", chitchat_docs)]}
     if source:
         files = []
-        for path in [source] if isinstance(source, str) else source:
+        for path in (p for given in ([source] if isinstance(source, str) else source)
+                     for p in expand_pattern(given, "--source")):
             if os.path.isdir(path):
                 found, entered, others = [], {os.path.realpath(path)}, collections.Counter()
                 # linked folders too (a corpus on another disk: skipped, its documents were lost unsaid), each once (a

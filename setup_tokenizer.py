@@ -28,8 +28,8 @@ import zipfile
 
 import tiktoken
 
-from common import (UserError, atomic_write_text, check_output, holds_nul, nonempty, not_utf8, require_utf8, run_main,
-                    starts_as_zip)
+from common import (UserError, atomic_write_text, check_output, expand_pattern, holds_nul, nonempty, not_utf8,
+                    require_utf8, run_main, starts_as_zip)
 
 EOT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = (EOT, IM_START, IM_END)
@@ -293,8 +293,9 @@ def train_bpe(texts, vocab_size, out_path, source="the input"):
     if vocab_size > 1 << 32:  # prepare.py stores token ids as 32-bit integers (rustbpe's own limit is about the same)
         raise UserError(f"--vocab_size must be at most {1 << 32:,} (token ids are stored as 32-bit integers)")
     # with no text rustbpe quietly returns the 256 bytes alone, whatever size was asked: refused, not a surprise later
+    # (nor blank lines alone: 264 tokens of whitespace merges; leading blank chunks are dropped, later ones kept)
     texts = (t for t in texts if t)
-    first = next(texts, None)
+    first = next((t for t in texts if t.strip()), None)
     if first is None:
         raise UserError(f"no text to train on in {source}: give files that hold text")
     bpe = rustbpe.Tokenizer()
@@ -357,6 +358,7 @@ def main(argv=None):
             print(f"{i:>6}  {enc.decode_single_token_bytes(i)!r}")
         print(f"{len(ids)} tokens, {len(args.text.encode())} bytes, vocabulary {enc.n_vocab} ({enc.name})")
     else:
+        args.input = [f for given in args.input for f in expand_pattern(given, "--input")]
         check_output(args.out, "--out", inputs={"--input": args.input})  # before the training, not after it
         t0 = time.time()
         size = sum(os.path.getsize(f) for f in args.input if os.path.exists(f))

@@ -952,6 +952,21 @@ def test_source_files_upper_case_overlapping_broken_and_odd_meta(tmp_path, enc):
     meta = prepare.prepare("text", source=str(src), out_dir=str(tmp_path / "data"), name="odd")
     assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == 10
 
+def test_a_source_pattern_the_shell_left_is_expanded(tmp_path, enc):
+    """--source 'notes/*.txt' quoted, or typed in Windows' cmd or PowerShell, which leave * to the program, was
+    "--source notes/*.txt: no such file or folder"."""
+    src = tmp_path / "notes"
+    write(src / "a.txt", EOT.join(f"a{i}" for i in range(5)))
+    write(src / "b.txt", EOT.join(f"b{i}" for i in range(5)))
+    write(src / "c.md", "left out")
+    meta = prepare.prepare("text", source=str(src / "*.txt"), out_dir=str(tmp_path / "data"))
+    assert meta["source"] == f"--source {src / 'a.txt'}, {src / 'b.txt'}"
+    assert sum(meta["splits"][s]["documents"] for s in ("train", "val")) == 10
+    with pytest.raises(UserError, match=rf"^--source {re.escape(str(src / '*.json'))}: no file or folder matches this "
+                                        rf"pattern$"):
+        prepare.prepare("text", source=str(src / "*.json"), out_dir=str(tmp_path / "data"), name="none")
+
+
 def test_source_folder_reads_linked_folders_once(tmp_path, enc, capsys):
     """A folder that links to others (corpora kept on another disk) lost their documents without a word: the walk did
     not enter a linked folder, though it read a linked file. Entered now, each folder once, a link back to one

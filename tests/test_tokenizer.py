@@ -302,7 +302,31 @@ def test_cli_train_refuses_bad_input_and_output_before_training(tmp_path, capsys
     # an empty file: no vocabulary of the 256 bytes alone, below the 260 minimum
     code, _, err = run_in_process(setup_tokenizer.main, ["train", "--input", str(empty), "--out", str(out)], capsys)
     assert (code, err) == (1, f"error: no text to train on in {empty}: give files that hold text\n")
+    # blank lines alone: a 264-token vocabulary of whitespace was trained
+    empty.write_text("\n\n  \r\n\t\n" * 100, encoding="utf-8")
+    code, _, err = run_in_process(setup_tokenizer.main, ["train", "--input", str(empty), "--out", str(out)], capsys)
+    assert (code, err) == (1, f"error: no text to train on in {empty}: give files that hold text\n")
     assert not out.exists()
+
+
+def test_cli_train_expands_a_pattern_the_shell_left(tmp_path, capsys):
+    """--input 'notes/*.txt' quoted, or typed in Windows' cmd or PowerShell, which leave * to the program, was
+    "input file notes/*.txt not found"."""
+    for name in ("a.txt", "b.txt"):
+        (tmp_path / name).write_text(f"{name} the cat sat on the mat. " * 50, encoding="utf-8")
+    out = tmp_path / "v.tiktoken"
+    code, stdout, _ = run_in_process(setup_tokenizer.main, ["train", "--input", str(tmp_path / "*.txt"), "--vocab_size",
+                                                            "280", "--out", str(out)], capsys)
+    assert code == 0 and out.exists()
+    assert setup_tokenizer.get_tokenizer(str(out)).encode("b.txt the") != []
+    # (the vocabulary saw both files: the same as naming them)
+    named = tmp_path / "named.tiktoken"
+    run_in_process(setup_tokenizer.main, ["train", "--input", str(tmp_path / "a.txt"), str(tmp_path / "b.txt"),
+                                          "--vocab_size", "280", "--out", str(named)], capsys)
+    assert out.read_bytes() == named.read_bytes()
+    code, _, err = run_in_process(setup_tokenizer.main, ["train", "--input", str(tmp_path / "*.md"), "--out",
+                                                         str(tmp_path / "w.tiktoken")], capsys)
+    assert (code, err) == (1, f"error: --input {tmp_path / '*.md'}: no file or folder matches this pattern\n")
 
 
 def test_train_warns_when_the_text_supports_fewer_tokens_than_asked(tmp_path, capsys):
