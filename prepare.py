@@ -1576,6 +1576,10 @@ def prepare(dataset, source=None, tokenizer=None, limit=None, val_fraction=DEFAU
     remove_stale_tmp(folder, r"(?:train|val)(?:_mask)?\.bin(?:\.[\w-]+)?|meta\.json|tokenizer\.tiktoken(?:\.\d+\.tmp)?"
                              r"|\.write-probe")
     old = read_meta(folder)
+    if old and not force and not isinstance(old.get("dataset"), str):  # another tool's (it was "the None dataset", made
+        # by a command that made no such thing)
+        raise UserError(f"{folder} holds a meta.json that names no dataset (another tool's, or damaged): pick another "
+                        f"folder with --name, or replace it with --force")
     if old and not force and old.get("dataset") != dataset:
         raise UserError(f"{folder} holds the {old.get('dataset')!r} dataset (made by `{rebuild_command(old, folder)}`): "
                         f"pick another folder with --name, or replace it with --force")

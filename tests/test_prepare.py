@@ -1495,10 +1495,13 @@ def test_rebuild_command_builds_the_same_dataset(tmp_path, monkeypatch, capsys):
         prepare.prepare("chitchat", out_dir=out, name="notes")
     assert str(e.value) == (f"{out}/notes holds the 'text' dataset (made by `{cases[0][1]}`): pick another folder "
                             f"with --name, or replace it with --force")
-    # a meta.json that does not say how it was made: the plain command, not a KeyError
+    # a meta.json that does not say how it was made (another tool's): not a KeyError, nor "the None dataset (made by
+    # `python prepare.py --dataset odd`)", a command that made no such thing
     write(tmp_path / "sets" / "odd" / "meta.json", json.dumps({"format": 1, "mix": [1]}))
-    with pytest.raises(UserError, match=r"sets/odd holds the None dataset \(made by `python prepare.py --dataset odd`\)"):
+    with pytest.raises(UserError, match=r"^.*sets/odd holds a meta.json that names no dataset \(another tool's, or "
+                                        r"damaged\): pick another folder with --name, or replace it with --force$"):
         prepare.prepare("chitchat", out_dir=out, name="odd")
+    assert prepare.prepare("chitchat", out_dir=out, name="odd", force=True)["dataset"] == "chitchat"
 
 
 def test_missing_source_names_source_and_mirror(tmp_path, monkeypatch, capsys):
