@@ -448,6 +448,11 @@ def atomic_torch_save(obj, path):
     os.makedirs(folder, exist_ok=True)
     tmp = tmp_name(path)
     try:
+        try:  # opened here first: a folder that takes no files (made read-only mid-run) failed in torch's writer as a
+            # RuntimeError traceback ("open file failed with strerror: Permission denied"); an OSError is one line
+            open(tmp, "wb").close()
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, path) from None
         try:
             torch.save(obj, tmp)
         except RuntimeError as e:  # torch's writer reports a failed write (a full disk) as a RuntimeError

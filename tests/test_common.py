@@ -176,6 +176,30 @@ def test_a_failed_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypatch
     assert os.listdir(tmp_path) == ["x.pt"]  # no temporary file left
 
 
+def test_a_checkpoint_save_into_a_folder_that_takes_no_files_ends_in_one_line(tmp_path, monkeypatch, capsys):
+    """A models/ folder made read-only during a run (or a read-only mount): torch's writer failed to open the file in a
+    RuntimeError traceback, at the run's next save; the file system's refusal, naming the checkpoint, is one line."""
+    path = str(tmp_path / "x.pt")
+    atomic_torch_save({"step": 1}, path)
+
+    def opener(f, mode="r", *args, **kwargs):  # what a folder without write permission does to a non-root user
+        if set(mode) & set("wax+"):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), f)
+        return open(f, mode, *args, **kwargs)
+
+    def refused(obj, f):  # torch's own open of the file, there
+        raise RuntimeError("[enforce fail at inline_container.cc:747] . open file failed with strerror: "
+                           "Permission denied")
+    monkeypatch.setattr(common, "open", opener, raising=False)
+    monkeypatch.setattr(torch, "save", refused)
+    with pytest.raises(SystemExit) as e:
+        run_main(lambda: atomic_torch_save({"step": 2}, path))
+    monkeypatch.undo()
+    assert e.value.code == 1
+    assert capsys.readouterr().err == f"error: Permission denied: {path}: check its permissions, or use another path\n"
+    assert torch.load(path, weights_only=True) == {"step": 1}
+
+
 def test_a_save_removes_what_killed_saves_left_and_nothing_else(tmp_path):
     """A process SIGKILLed mid-save (torchrun kills ranks 30 s after Ctrl-C) leaves its x.pt.<pid>.tmp; the next save
     into that folder removes such files, but not a live process's write in progress, a recent one, or other files."""
