@@ -66,6 +66,8 @@ def load_checkpoint(path, map_location="cpu"):
     if os.path.isdir(path):
         raise UserError(f"{path} is a folder without {hf.CONFIG}: neither a checkpoint file nor a Hugging Face "
                         f"model folder{available_hint(path if find_checkpoints(path) else 'models')}")
+    # a damaged file's way out: the run's others, wherever they are (it said "another file from models/" of any folder)
+    another = f"use another checkpoint ({'an earlier one' if path.endswith('_best.pt') else 'its _best.pt or an earlier one'})"
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, KeyError, IndexError, TypeError, AttributeError) as e:
@@ -78,7 +80,7 @@ def load_checkpoint(path, map_location="cpu"):
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
         # torch's own first sentence (miniz's advice after it would be cut off mid-word)
         raise UserError(f"{path} is not a readable checkpoint (truncated or corrupt?): "
-                        f"{first_line(str(e).split('. ')[0], 120)}; use another file from models/")
+                        f"{first_line(str(e).split('. ')[0], 120)}; {another}")
     if not isinstance(ckpt, dict) or not {"model", "config", "tokenizer"} <= set(ckpt):
         raise UserError(f"{path} is not a checkpoint of this project (no model/config/tokenizer entries); train one with train.py")
     # torch.load does not check the zip's CRC-32s: a file damaged inside a tensor (a disk, a copy) loaded as other
@@ -94,8 +96,7 @@ def load_checkpoint(path, map_location="cpu"):
             # byte in an entry's name (UnicodeDecodeError), in a version field (NotImplementedError), BadZipFile...
             damaged = f"its zip records do not read ({type(e).__name__})"
         if damaged:
-            other = "an earlier one" if path.endswith("_best.pt") else "its _best.pt or an earlier one"
-            raise UserError(f"{path} is damaged: {damaged}; use another checkpoint ({other})")
+            raise UserError(f"{path} is damaged: {damaged}; {another}")
     if ckpt.get("format") != FORMAT:
         raise UserError(f"{path} has checkpoint format {ckpt.get('format')}, this code reads {FORMAT}; use the matching version of the code")
     tok = ckpt["tokenizer"]
@@ -103,12 +104,12 @@ def load_checkpoint(path, map_location="cpu"):
             and isinstance(ckpt["config"], dict) and isinstance(tok, dict) and isinstance(tok.get("name"), str)
             and isinstance(tok.get("bpe", 0), (str, type(None)))):  # the vocabulary's text, or None for a named one
         raise UserError(f"{path} is a damaged checkpoint (its model, config or tokenizer entry is not what train.py "
-                        f"writes); use another file from models/")
+                        f"writes); {another}")
     for k, kind in STATE_KINDS.items():
         if k in ckpt and (not isinstance(ckpt[k], kind)
                           or k == "rng" and not isinstance(ckpt[k].get("cpu"), torch.Tensor)):
             raise UserError(f"{path} is a damaged checkpoint (its {k} entry, {repr(ckpt[k])[:40]}, is not what "
-                            f"train.py writes); use another file from models/")
+                            f"train.py writes); {another}")
     return refuse_diverged(path, ckpt)
 
 

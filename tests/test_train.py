@@ -1044,7 +1044,7 @@ def test_bad_checkpoints_are_one_line_errors(env, trained, tmp_path, capsys):
         broken[name] = tmp_path / f"{name}.pt"
         torch.save({**ck, **change}, broken[name])
     for path, words in ((cut, "(truncated or corrupt?): PytorchStreamReader failed reading zip archive: failed finding "
-                              "central directory; use another file from models/"), (foreign, "not a checkpoint of this project"),
+                              "central directory; use another checkpoint (its _best.pt or an earlier one)"), (foreign, "not a checkpoint of this project"),
                         (module, "holds pickled Python objects (torch.nn.modules.linear.Linear), which are never loaded"),
                         (broken["tokenizer"], "is a damaged checkpoint"),
                         (broken["nan"], "holds weights that are not finite (1 tensor(s) with nan or inf, lm_head.weight"),
@@ -1052,7 +1052,7 @@ def test_bad_checkpoints_are_one_line_errors(env, trained, tmp_path, capsys):
                         (broken["vocab"], "does not match this model code: size mismatch for transformer.wte.weight"),
                         (broken["optimizer"], "its optimizer state does not fit the model"),
                         (broken["step"], "step.pt is a damaged checkpoint (its step entry, 'x', is not what train.py "
-                                         "writes); use another file from models/"),
+                                         "writes); use another checkpoint (its _best.pt or an earlier one)"),
                         (broken["rng"], "is a damaged checkpoint (its rng entry"),
                         (broken["data"], "is a damaged checkpoint (its data entry, 'x',"),
                         (broken["args"], "args.pt records lr 'abc', which is not what train.py writes (a damaged or "
