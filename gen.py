@@ -419,7 +419,7 @@ def parse_args(argv=None):
                         "in fp32, while bf16 rounds a row and a matrix differently)")
     p.add_argument("--no_delay", action="store_true", help="no typing rhythm on a terminal (pipes never wait)")
     p.add_argument("--output", type=nonempty, help="--prompt_file: write the JSON lines ({prompt, completion, end}) "
-                                                   "here instead of stdout")
+                                                   "here instead of stdout (- is stdout)")
     p.add_argument("--verbose", action="store_true", help="model size, device, tokens/s (stderr) and [end: ...] markers (stdout)")
     return parse_checkpoint(p, p.parse_args(argv))
 
@@ -430,6 +430,8 @@ def main(argv=None):
         raise UserError("--chat reads its messages from the terminal (or --prompt); --prompt_file is for text completion")
     if args.output and not args.prompt_file:
         raise UserError("--output is for --prompt_file runs; redirect stdout to save other output")
+    if args.output == "-":  # stdout, as eval.py --json - and most tools read it (it wrote a file named "-")
+        args.output = None
     if args.interactive and (args.prompt is not None or args.prompt_file):
         raise UserError("--interactive reads its prompts from the terminal; drop --prompt/--prompt_file, or --interactive")
     if args.nonstop and (args.chat or args.prompt_file):

@@ -336,6 +336,18 @@ def test_prompt_file_batch(ckpt, enc, tmp_path, capsys):
     assert code == 0 and [json.loads(line) for line in out.splitlines()] == rows
 
 
+def test_output_dash_is_stdout(ckpt, tmp_path, capsys, monkeypatch):
+    """--output - prints the JSON lines, as eval.py --json - does: it wrote a file named "-" and printed nothing."""
+    monkeypatch.chdir(tmp_path)
+    src = tmp_path / "prompts.txt"
+    src.write_text("The cat\nThe dog\n", encoding="utf-8")
+    code, out, err = cli([ckpt, "--prompt_file", str(src), "--output", "-", "--temp", "0", "--max_tokens", "3"] + CPU,
+                         capsys)
+    assert code == 0, err
+    assert [json.loads(line)["prompt"] for line in out.splitlines()] == ["The cat", "The dog"]
+    assert not (tmp_path / "-").exists()
+
+
 def test_long_prompt_keeps_its_end(ckpt, enc, capsys):
     prompt = " ".join(f"w{i}" for i in range(200))
     ids = enc.encode(prompt)
