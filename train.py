@@ -217,6 +217,10 @@ def parse_args(argv=None):
                    help="keep only each block's input for the backward pass and compute the rest again: far less "
                         "activation memory (a larger batch or context on a small GPU) for up to a third more compute "
                         "(default: the checkpoint's when continuing a run, else off)")
+    # the switches off spelled as every other option is, with underscores (--no_color, gen.py's --no_cache):
+    # BooleanOptionalAction knows only --no-compile and --no-recompute_activations, and --no_compile was refused
+    for name in ("compile", "recompute_activations"):
+        g.add_argument(f"--no_{name}", dest=name, action="store_false", default=None, help=argparse.SUPPRESS)
     g.add_argument("--no_color", "--no-color", dest="no_color", action="store_true", help="no ANSI colors in the output")
     if not speaks_for_machine():  # under torchrun: one usage error (or --help) a machine, not one a process
         p.error = lambda message: exit_after_the_first(2)

@@ -298,6 +298,9 @@ def test_a_continued_run_keeps_compile_and_recomputation_unless_told(env, tmp_pa
     assert a.compile and a.recompute_activations
     a = train.resolve_args(train.parse_args(["--no-compile", "--no-recompute_activations"]), old, True, config)
     assert not a.compile and not a.recompute_activations
+    # spelled with underscores, as --no_color and every other option are
+    a = train.resolve_args(train.parse_args(["--no_compile", "--no_recompute_activations"]), old, True, config)
+    assert not a.compile and not a.recompute_activations
     a = train.resolve_args(train.parse_args([]), old, False, config)  # a new run (fine-tuning): off
     assert not a.compile and not a.recompute_activations
     first = train.train(args_for(env, tmp_path, "--dataset", "mini", "--max_steps", "1", "--recompute_activations"))
