@@ -12,8 +12,9 @@ Serve a trained model over HTTP: an OpenAI-compatible API and a chat page.
 
 Both POST endpoints take OpenAI's common parameters: model (any name is accepted), max_tokens or
 max_completion_tokens, temperature (0-2), top_p, stop (a string or up to 4), seed, stream (server-sent
-events) with stream_options.include_usage, n (1 only), and top_k as an extension. Parameters left out
-take this command's defaults (--temp, --top_k, --top_p and --max_tokens, as in gen.py).
+events) with stream_options.include_usage, n (1 only), and top_k and repetition_penalty (> 1 discourages tokens
+already in the context, as gen.py's option; default 1 = off) as extensions. Parameters left out take this command's
+defaults (--temp, --top_k, --top_p and --max_tokens, as in gen.py).
 
 Limits: max_tokens may not exceed the model's context; the prompt plus max_tokens must fit in it, else
 400 context_length_exceeded. A chat drops its oldest turns (never the system message) to make room, as
@@ -199,6 +200,9 @@ def job_from_request(body, kind, api):
     top_p = get(req, "top_p", "number", lambda v: 0 <= v <= 1, "a number from 0 to 1")
     top_k = get(req, "top_k", "int", lambda v: v >= 0, "an integer >= 1 (0 or null: no limit)")
     seed = get(req, "seed", "int", lambda v: -2**63 <= v < 2**64, "a 64-bit integer")
+    # gen.py's --repetition_penalty, by its name (vLLM's too): a field this server did not know, it was ignored without
+    # a word, the reply sampled as if it were 1
+    penalty = get(req, "repetition_penalty", "number", lambda v: 0 < v < float("inf"), "a number > 0 (1 = off)")
     stop = req.get("stop")
     stop = [stop] if isinstance(stop, str) else stop
     if stop is not None and not (isinstance(stop, list) and len(stop) <= MAX_STOP and all(isinstance(s, str) for s in stop)):
@@ -236,7 +240,8 @@ def job_from_request(body, kind, api):
                        param="messages" if kind == "chat" else "prompt", code="context_length_exceeded")
     sampling = dict(temperature=api.temperature if temp is None else temp,
                     top_k=api.top_k if "top_k" not in req else (top_k or None),
-                    top_p=api.top_p if top_p is None else top_p)
+                    top_p=api.top_p if top_p is None else top_p,
+                    repetition_penalty=1.0 if penalty is None else penalty)
     return Job(kind, prompt, max_tokens, stop_tokens, [s for s in stop or [] if s], sampling, seed, stream, include_usage)
 
 

@@ -856,6 +856,23 @@ def test_empty_stop_strings_are_ignored_and_top_k_zero_is_no_limit(api):
         assert api.worker.recent[-1]["top_k"] is None  # 0 or null: no limit, not the server's 200
 
 
+def test_repetition_penalty_is_honoured(api, enc):
+    """repetition_penalty, gen.py's option by its name, samples as gen.py does with it: it was ignored without a word."""
+    body = {"prompt": "Once upon a time", "max_tokens": 8, "temperature": 0}
+    status, plain, _ = post(api, "/v1/completions", body)
+    assert status == 200 and api.worker.recent[-1]["repetition_penalty"] == 1.0  # absent: off
+    status, penalized, _ = post(api, "/v1/completions", dict(body, repetition_penalty=5.0))
+    assert status == 200 and api.worker.recent[-1]["repetition_penalty"] == 5.0
+    _, want, _ = gen.complete(api.model, enc, enc.encode(body["prompt"]), 8, stop_tokens=(enc.eot_token,),
+                              temperature=0, repetition_penalty=5.0)
+    assert penalized["choices"][0]["text"] == want != plain["choices"][0]["text"]
+    for bad in (0, -1, float("inf")):
+        status, err, _ = post(api, "/v1/completions", dict(body, repetition_penalty=bad))
+        assert status == 400 and err["error"]["param"] == "repetition_penalty", err
+    status, err, _ = post(api, "/v1/completions", dict(body, repetition_penalty="high"))
+    assert status == 400 and err["error"]["code"] == "invalid_type", err
+
+
 def test_max_completion_tokens_is_honoured(api):
     status, body, _ = post(api, "/v1/completions", {"prompt": "Once upon a time", "max_completion_tokens": 3})
     assert status == 200 and api.worker.recent[-1]["max_tokens"] == 3
