@@ -157,6 +157,9 @@ def parse_args(argv=None):
     g.add_argument("--max_steps", type=int, help="stop after this many optimizer steps in this run (the checkpoint "
                                                  "records the position inside the epoch; the schedule is unchanged)")
     g.add_argument("--checkpoint", type=nonempty, help="continue from this checkpoint (same dataset: exact resume; other: fine-tune)")
+    # or as gen.py, eval.py, serve.py and export.py take it, first (`train.py models/x.pt --epochs 2`, a habit from them,
+    # was "unrecognized arguments")
+    g.add_argument("checkpoint_given", nargs="?", type=nonempty, metavar="CHECKPOINT", help=argparse.SUPPRESS)
     g.add_argument("--init_from", type=nonempty, metavar="DIR", help="fine-tune a Hugging Face model folder (GPT-2 as downloaded, or "
                                                       "export.py's output); its tokenizer must be the data's")
     g.add_argument("--output_checkpoint", type=nonempty, help="where to save; {dataset} and {epoch} are filled in (default: "
@@ -225,7 +228,13 @@ def parse_args(argv=None):
     if not speaks_for_machine():  # under torchrun: one usage error (or --help) a machine, not one a process
         p.error = lambda message: exit_after_the_first(2)
         p.print_help = lambda file=None: None
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    given = vars(args).pop("checkpoint_given")
+    if given is not None:
+        if args.checkpoint is not None:
+            p.error(f"two checkpoints, {given} and --checkpoint {args.checkpoint}: give one")
+        args.checkpoint = given
+    return args
 
 
 def inheritable(k, v):

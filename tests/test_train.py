@@ -309,6 +309,17 @@ def test_a_continued_run_keeps_compile_and_recomputation_unless_told(env, tmp_pa
     assert load_checkpoint(r["checkpoint"])["args"]["recompute_activations"] is True
 
 
+def test_the_checkpoint_may_come_first_as_in_the_other_scripts(capsys):
+    """`train.py models/x.pt --epochs 2`, as gen.py, eval.py, serve.py and export.py take a checkpoint, is --checkpoint:
+    it was "unrecognized arguments"."""
+    args = train.parse_args(["models/x.pt", "--epochs", "2"])
+    assert (args.checkpoint, args.epochs) == ("models/x.pt", 2) and "checkpoint_given" not in vars(args)
+    assert train.parse_args(["--checkpoint", "models/x.pt"]).checkpoint == "models/x.pt"
+    with pytest.raises(SystemExit):
+        train.parse_args(["models/x.pt", "--checkpoint", "models/y.pt"])
+    assert "two checkpoints, models/x.pt and --checkpoint models/y.pt: give one" in capsys.readouterr().err
+
+
 def test_a_continued_run_takes_a_new_weight_decay(env, tmp_path):
     """--weight_decay given when continuing applies: the optimizer state loaded from the checkpoint carried the old one
     in its groups, and the new value was recorded but not used."""
