@@ -36,8 +36,8 @@ import numpy as np
 from checkpoint import load_checkpoint, load_model
 from common import (UserError, atomic_write_text, check_output, nonempty, number, pick_device, pick_dtype,
                     retain_freed_memory, run_main, seeded_generator)
-from gen import (CHAT_STOPS, add_checkpoint_argument, chat_reply, default_checkpoint, parse_checkpoint, positive_int,
-                 probability, read_prompt_file, temperature, top_k_arg)
+from gen import (CHAT_STOPS, add_checkpoint_argument, add_sampling_arguments, chat_reply, default_checkpoint,
+                 parse_checkpoint, positive_int, read_prompt_file)
 from prepare import document_ends
 from setup_tokenizer import IM_END, parse_chat
 from train import (Windows, bits_per_byte, checkpoint_data, default_data_dir, eval_indices, evaluate, load_meta,
@@ -107,7 +107,7 @@ def reply_stats(model, enc, histories, max_tokens, seed, **sampling):
 
 def evaluate_checkpoint(path, datasets=None, data_dir=None, split="val", block_size=None, batch_size=16,
                         eval_batches=None, samples=50, prompt_file=None, max_tokens=128, seed=1337, temp=0.8,
-                        top_k=200, top_p=None, device="auto", dtype="auto", output=None):
+                        top_k=200, top_p=None, repetition_penalty=1.0, device="auto", dtype="auto", output=None):
     """Evaluate the checkpoint at path on each dataset (default: the one it was trained on); returns a dict with
     the checkpoint's description and one row per dataset (plus one for a prompts file): dataset, windows, loss,
     ppl, bpb (None on conversation sets), replies, ended, mean_tokens (None where not measured).
@@ -134,7 +134,7 @@ def evaluate_checkpoint(path, datasets=None, data_dir=None, split="val", block_s
     if block_size > model.config.block_size:
         raise UserError(f"--block_size {block_size} is longer than the model's context ({model.config.block_size}); "
                         f"use --block_size {model.config.block_size} or less")
-    sampling = dict(dtype=amp, temperature=temp, top_k=top_k, top_p=top_p)
+    sampling = dict(dtype=amp, temperature=temp, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
     no_replies = {"replies": None, "ended": None, "mean_tokens": None}
 
     rows = []
@@ -160,7 +160,7 @@ def evaluate_checkpoint(path, datasets=None, data_dir=None, split="val", block_s
         "n_embd": config.n_embd, "params": model.num_params(non_embedding=False), "trained_on": ckpt.get("dataset"),
         "step": ckpt.get("step"), "tokenizer": enc.name, "split": split, "block_size": block_size,
         "sampling": {"samples": samples, "max_tokens": max_tokens, "temperature": temp, "top_k": top_k,
-                     "top_p": top_p, "seed": seed},
+                     "top_p": top_p, "repetition_penalty": repetition_penalty, "seed": seed},
         "rows": rows,
     }
 
@@ -174,6 +174,7 @@ def format_table(result):
              f"{r['params'] / 1e6:.1f}M parameters){trained}; tokenizer {r['tokenizer']}",
              f"{r['split']} split in windows of {r['block_size']} tokens; replies: at most {s['max_tokens']} new tokens, "
              f"temp {s['temperature']:g}, top_k {s['top_k'] or 'off'}" + (f", top_p {s['top_p']:g}" if s["top_p"] else "")
+             + (f", repetition_penalty {s['repetition_penalty']:g}" if s.get("repetition_penalty", 1) != 1 else "")
              + f", seed {s['seed']}", ""]
 
     def cell(value, fmt):
@@ -217,10 +218,7 @@ def parse_args(argv=None):
                    help="answer the first --samples prompts of this file (one per line, or JSON lines with a \"prompt\" "
                         "field, as gen.py --prompt_file) instead")
     p.add_argument("--max_tokens", type=positive_int, default=128, help="new tokens a reply may take (default 128)")
-    p.add_argument("--temp", type=temperature, default=0.8, help="sampling temperature, 0 = greedy (default 0.8)")
-    p.add_argument("--top_k", type=top_k_arg, default=200, help="sample among the k most likely tokens, 0 = no limit "
-                                                                 "(default 200)")
-    p.add_argument("--top_p", type=probability, help="nucleus sampling, in (0, 1]")
+    add_sampling_arguments(p)
     p.add_argument("--seed", type=int, default=1337, help="seed of the sampled replies (default 1337)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="autocast precision")
@@ -246,7 +244,7 @@ def main(argv=None):
         path, datasets=args.dataset, data_dir=args.data_dir, split=args.split,
         block_size=args.block_size, batch_size=args.batch_size, eval_batches=args.eval_batches, samples=args.samples,
         prompt_file=args.prompt_file, max_tokens=args.max_tokens, seed=args.seed, temp=args.temp, top_k=args.top_k,
-        top_p=args.top_p, device=args.device, dtype=args.dtype, output=args.json if args.json != "-" else None)
+        top_p=args.top_p, repetition_penalty=args.repetition_penalty, device=args.device, dtype=args.dtype, output=args.json if args.json != "-" else None)
     # a loss that is not finite (a model gone to inf) is null: json.dumps wrote Infinity, which is not JSON
     text = json.dumps(finite_or_none(result), indent=2)
     if args.json == "-":

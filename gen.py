@@ -391,6 +391,19 @@ def penalty(s):
     return v
 
 
+def add_sampling_arguments(p, when="", seed=None):
+    """--temp, --top_k, --top_p and --repetition_penalty: one definition for gen.py, eval.py and serve.py (eval.py had
+    no --repetition_penalty, though it answers "as gen.py --chat does"). when: serve.py's " when a request gives none"."""
+    p.add_argument("--temp", type=temperature, default=0.8, help=f"sampling temperature{when}, 0 = greedy (default 0.8)")
+    p.add_argument("--top_k", type=top_k_arg, default=200, help=f"sample among the k most likely tokens{when}, 0 = no "
+                                                                 f"limit (default 200)")
+    p.add_argument("--top_p", type=probability, default=None, help=f"nucleus sampling{when}: the smallest set of tokens "
+                                                                     f"with this total probability, in (0, 1], taken "
+                                                                     f"among the --top_k, as Hugging Face does (default: off)")
+    p.add_argument("--repetition_penalty", type=penalty, default=1.0,
+                   help=f"> 1 discourages tokens already in the context{when} (default 1 = off)")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Sample text from a trained GPT checkpoint, or chat with it.")
     add_checkpoint_argument(p)
@@ -403,12 +416,7 @@ def parse_args(argv=None):
     p.add_argument("--nonstop", action="store_true",
                    help="slide the context window and ignore <|endoftext|>: generate until --max_tokens (default: no limit) or Ctrl-C")
     p.add_argument("--seed", type=int, help="random seed; the same seed gives the same text (default: random, shown by --verbose)")
-    p.add_argument("--temp", type=temperature, default=0.8, help="sampling temperature, 0 = greedy (default 0.8)")
-    p.add_argument("--top_k", type=top_k_arg, default=200, help="sample among the k most likely tokens, 0 = no limit "
-                                                                 "(default 200)")
-    p.add_argument("--top_p", type=probability, default=None, help="nucleus sampling: the smallest set of tokens with this total probability, in (0, 1], "
-                                                                     "taken among the --top_k (as Hugging Face does)")
-    p.add_argument("--repetition_penalty", type=penalty, default=1.0, help="> 1 discourages tokens already in the context (default 1 = off)")
+    add_sampling_arguments(p)
     p.add_argument("--max_tokens", type=positive_int, default=None, help="new tokens per completion or reply (default 256)")
     p.add_argument("--num_samples", type=positive_int, default=1, help="samples for --prompt or an unconditional run")
     p.add_argument("--batch_size", type=positive_int, help="--prompt_file: prompts of equal length generated together (default 8)")

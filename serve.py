@@ -13,8 +13,8 @@ Serve a trained model over HTTP: an OpenAI-compatible API and a chat page.
 Both POST endpoints take OpenAI's common parameters: model (any name is accepted), max_tokens or
 max_completion_tokens, temperature (0-2), top_p, stop (a string or up to 4), seed, stream (server-sent
 events) with stream_options.include_usage, n (1 only), and top_k and repetition_penalty (> 1 discourages tokens
-already in the context, as gen.py's option; default 1 = off) as extensions. Parameters left out take this command's
-defaults (--temp, --top_k, --top_p and --max_tokens, as in gen.py).
+already in the context, as gen.py's option) as extensions. Parameters left out take this command's
+defaults (--temp, --top_k, --top_p, --repetition_penalty and --max_tokens, as in gen.py).
 
 Limits: max_tokens may not exceed the model's context; the prompt plus max_tokens must fit in it, else
 400 context_length_exceeded. A chat drops its oldest turns (never the system message) to make room, as
@@ -52,8 +52,8 @@ import torch
 from checkpoint import load_model
 from common import (UserError, nonempty, number, parts_text, pick_device, pick_dtype, retain_freed_memory, run_main,
                     seeded_generator)
-from gen import (CHAT_STOPS, add_checkpoint_argument, default_checkpoint, encode_prompt, fit_history, parse_checkpoint,
-                 positive_int, probability, reserve_for, stop_ids, stream_completion, temperature, top_k_arg,
+from gen import (CHAT_STOPS, add_checkpoint_argument, add_sampling_arguments, default_checkpoint, encode_prompt,
+                 fit_history, parse_checkpoint, positive_int, reserve_for, stop_ids, stream_completion,
                  warn_if_trained_on_text)
 from setup_tokenizer import EOT, render_chat
 
@@ -241,7 +241,7 @@ def job_from_request(body, kind, api):
     sampling = dict(temperature=api.temperature if temp is None else temp,
                     top_k=api.top_k if "top_k" not in req else (top_k or None),
                     top_p=api.top_p if top_p is None else top_p,
-                    repetition_penalty=1.0 if penalty is None else penalty)
+                    repetition_penalty=api.repetition_penalty if penalty is None else penalty)
     return Job(kind, prompt, max_tokens, stop_tokens, [s for s in stop or [] if s], sampling, seed, stream, include_usage)
 
 
@@ -726,10 +726,11 @@ class ApiServer(ThreadingHTTPServer):
     request_queue_size = 128  # the listen backlog: socketserver's 5 makes a burst of clients wait a second for a SYN retry
 
     def __init__(self, model, enc, name, host="127.0.0.1", port=8000, dtype=torch.float32, temperature=0.8,
-                 top_k=200, top_p=None, max_tokens=256, max_queue=64, log=None, cors=()):
+                 top_k=200, top_p=None, max_tokens=256, max_queue=64, log=None, cors=(), repetition_penalty=1.0):
         self.model, self.enc, self.name = model, enc, name
         self.cors = tuple(cors)  # origins whose pages may call the API from a browser ("*": any)
         self.temperature, self.top_k, self.top_p, self.max_tokens = temperature, top_k, top_p, max_tokens
+        self.repetition_penalty = repetition_penalty
         self.created = int(time.time())
         with open(PAGE, "rb") as f:
             self.page = f.read()
@@ -762,7 +763,8 @@ class ApiServer(ThreadingHTTPServer):
         # chat page shows in its empty fields (not max_tokens: a request's depends on its prompt and kind)
         return {"id": self.name, "object": "model", "created": self.created, "owned_by": "gpt-trainer",
                 "context_length": self.model.config.block_size,
-                "sampling_defaults": {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p}}
+                "sampling_defaults": {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p,
+                                      "repetition_penalty": self.repetition_penalty}}
 
     def envelope(self, job, choices, chunk=False, usage=False):
         """The answer's object; usage: a dict, None (written as null) or False (left out)."""
@@ -810,10 +812,7 @@ def parse_args(argv=None):
     p.add_argument("--cors", type=origins, default=(), metavar="ORIGINS",
                    help="let web pages of these origins call the API from a browser: comma-separated, e.g. "
                         "http://localhost:3000, or * for any (default: none; the chat page at / needs none)")
-    p.add_argument("--temp", type=temperature, default=0.8, help="temperature when a request gives none (default 0.8)")
-    p.add_argument("--top_k", type=top_k_arg, default=200, help="top_k when a request gives none, 0 = no limit "
-                                                                 "(default 200)")
-    p.add_argument("--top_p", type=probability, default=None, help="top_p when a request gives none (default: off)")
+    add_sampling_arguments(p, " when a request gives none")
     p.add_argument("--max_tokens", type=positive_int, default=256,
                    help="new tokens when a request gives no max_tokens (default 256; for a chat at most half the "
                         "context, so the history keeps the rest, else cut to what the prompt leaves)")
@@ -840,7 +839,7 @@ def main(argv=None):
     warn_if_trained_on_text(path, ckpt, "its chat replies (the chat page, /v1/chat/completions)")
     name = model_name(path)
     server = ApiServer(model, enc, name, args.host, args.port, dtype, args.temp, args.top_k, args.top_p,
-                       args.max_tokens, args.max_queue, cors=args.cors)
+                       args.max_tokens, args.max_queue, cors=args.cors, repetition_penalty=args.repetition_penalty)
     print(f"serving {name} ({model.num_params(non_embedding=False) / 1e6:.1f}M parameters, context "
           f"{model.config.block_size}, {device} {str(dtype).removeprefix('torch.')}) on {server.url}: "
           f"chat page at {server.url}/, API at {server.url}/v1; Ctrl-C stops", flush=True)

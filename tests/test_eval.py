@@ -343,6 +343,24 @@ def test_top_p_reaches_the_replies(env, tmp_path):
     assert (rows[0.25]["ended"], rows[0.25]["mean_tokens"]) in ((1.0, 0.0), (0.0, 1.0))
 
 
+def test_repetition_penalty_reaches_the_replies(env, chat_ckpt, tmp_path, capsys, monkeypatch):
+    """eval.py answers "as gen.py --chat answers", but had no --repetition_penalty: a model chatted with one could not
+    be measured as it was used."""
+    seen = []
+    reply = eval_py.chat_reply
+    monkeypatch.setattr(eval_py, "chat_reply", lambda *a, **k: seen.append(k["repetition_penalty"]) or reply(*a, **k))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Hello!\nHow are you?\n", encoding="utf-8")
+    code, out, err = cli([chat_ckpt, "--prompt_file", str(prompts), "--max_tokens", "2", "--repetition_penalty", "1.3",
+                          "--data_dir", env["data"], "--eval_batches", "1", *CPU], capsys)
+    assert code == 0 and seen == [1.3, 1.3], err
+    assert ", top_k 200, repetition_penalty 1.3, seed 1337" in out
+    seen.clear()
+    code, out, err = cli([chat_ckpt, "--prompt_file", str(prompts), "--max_tokens", "2", "--data_dir", env["data"],
+                          "--eval_batches", "1", *CPU], capsys)
+    assert code == 0 and seen == [1.0, 1.0] and ", top_k 200, seed 1337" in out, err  # off: not said
+
+
 def test_cli_options_and_the_table(env, chat_ckpt, capsys, monkeypatch):
     # --samples 0 samples nothing (0 is a count, not refused); a negative one is refused
     assert eval_py.parse_args(["m.pt", "--samples", "0"]).samples == 0

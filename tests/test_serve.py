@@ -871,6 +871,16 @@ def test_repetition_penalty_is_honoured(api, enc):
         assert status == 400 and err["error"]["param"] == "repetition_penalty", err
     status, err, _ = post(api, "/v1/completions", dict(body, repetition_penalty="high"))
     assert status == 400 and err["error"]["code"] == "invalid_type", err
+    # serve.py --repetition_penalty, as gen.py's: the default of a request that gives none, as --temp is
+    assert serve.parse_args(["m.pt", "--repetition_penalty", "5"]).repetition_penalty == 5.0
+    other = start(api.model, enc, repetition_penalty=5.0)
+    try:
+        status, answer, _ = post(other, "/v1/completions", body)
+        assert status == 200 and answer["choices"][0]["text"] == want
+        listed = client(other).models.list().data[0].model_extra["sampling_defaults"]
+        assert listed == {"temperature": 0.8, "top_k": 200, "top_p": None, "repetition_penalty": 5.0}
+    finally:
+        other.close()
 
 
 def test_max_completion_tokens_is_honoured(api):
