@@ -38,7 +38,7 @@ import torch
 
 from common import (UserError, atomic_write_text, autocast, check_output, cpu_bf16_is_faster, cpu_has_bf16, cpu_info,
                     first_line, is_oom, pick_device, pick_dtype, nonempty, not_utf8, retain_freed_memory, run_main, DTYPES)
-from model import GPT, OPTIMIZERS, PRESETS, make_config
+from model import GPT, OPTIMIZERS, PRESETS, VARIANTS, make_config
 from train import DEFAULTS as TRAIN_DEFAULTS, Forward, train_step
 
 SECTIONS = ("peak", "train", "gen", "ratio", "prepare")
@@ -674,7 +674,7 @@ def get_parser():
                    help="autocast dtype(s), comma-separated: auto, float32, bfloat16, float16 (default auto: bf16 where "
                         "the hardware does it faster than fp32). gen and ratio use the first")
     p.add_argument("--model", default=None, help="preset(s), comma-separated (default: tiny,small on CPU, gpt2 on GPU)")
-    p.add_argument("--variant", default=None, choices=["gpt2", "modern"], help="model variant (default: the preset's: modern for tiny, gpt2 for the others)")
+    p.add_argument("--variant", default=None, choices=VARIANTS, help="model variant (default: the preset's: modern for tiny, gpt2 for the others)")
     p.add_argument("--only", default=",".join(SECTIONS), help=f"sections to run, comma-separated (default: all of {','.join(SECTIONS)})")
     p.add_argument("--batch_size", type=int, default=None, help="training batch size (default 8)")
     p.add_argument("--block_size", type=int, default=None, help="training sequence length (default: the preset's)")

@@ -67,7 +67,8 @@ def load_checkpoint(path, map_location="cpu"):
         raise UserError(f"{path} is a folder without {hf.CONFIG}: neither a checkpoint file nor a Hugging Face "
                         f"model folder{available_hint(path if find_checkpoints(path) else 'models')}")
     # a damaged file's way out: the run's others, wherever they are (it said "another file from models/" of any folder)
-    another = f"use another checkpoint ({'an earlier one' if path.endswith('_best.pt') else 'its _best.pt or an earlier one'})"
+    another = "use another checkpoint (" + ("an earlier one" if path.endswith("_best.pt") else
+                                            "its _best.pt or an earlier one") + ")"
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, KeyError, IndexError, TypeError, AttributeError) as e:

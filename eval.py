@@ -34,7 +34,7 @@ import sys
 import numpy as np
 
 from checkpoint import load_checkpoint, load_model
-from common import (UserError, atomic_write_text, check_output, nonempty, number, pick_device, pick_dtype,
+from common import (DTYPES, UserError, atomic_write_text, check_output, nonempty, number, pick_device, pick_dtype,
                     retain_freed_memory, run_main, seeded_generator)
 from gen import (CHAT_STOPS, add_checkpoint_argument, add_sampling_arguments, chat_reply, default_checkpoint,
                  parse_checkpoint, positive_int, read_prompt_file)
@@ -221,7 +221,7 @@ def parse_args(argv=None):
     add_sampling_arguments(p)
     p.add_argument("--seed", type=int, default=1337, help="seed of the sampled replies (default 1337)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="autocast precision")
+    p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="autocast precision")
     p.add_argument("--json", type=nonempty, metavar="PATH", help="also write the results as JSON to PATH; - prints JSON instead of the table")
     args = parse_checkpoint(p, p.parse_args(argv))
     # `eval.py --dataset story models/x.pt`: --dataset takes several names, so it took the checkpoint too. A dataset's
@@ -244,7 +244,8 @@ def main(argv=None):
         path, datasets=args.dataset, data_dir=args.data_dir, split=args.split,
         block_size=args.block_size, batch_size=args.batch_size, eval_batches=args.eval_batches, samples=args.samples,
         prompt_file=args.prompt_file, max_tokens=args.max_tokens, seed=args.seed, temp=args.temp, top_k=args.top_k,
-        top_p=args.top_p, repetition_penalty=args.repetition_penalty, device=args.device, dtype=args.dtype, output=args.json if args.json != "-" else None)
+        top_p=args.top_p, repetition_penalty=args.repetition_penalty, device=args.device, dtype=args.dtype,
+        output=args.json if args.json != "-" else None)
     # a loss that is not finite (a model gone to inf) is null: json.dumps wrote Infinity, which is not JSON
     text = json.dumps(finite_or_none(result), indent=2)
     if args.json == "-":

@@ -34,8 +34,9 @@ import time
 import torch
 
 from checkpoint import find_checkpoints, load_model
-from common import (UserError, atomic_write_text, autocast, check_output, first_line, nonempty, not_utf8, number,
-                    pick_device, pick_dtype, require_utf8, retain_freed_memory, run_main, seeded_generator, without_surrogates)
+from common import (DTYPES, UserError, atomic_write_text, autocast, check_output, first_line, nonempty, not_utf8,
+                    number, pick_device, pick_dtype, require_utf8, retain_freed_memory, run_main, seeded_generator,
+                    without_surrogates)
 from setup_tokenizer import EOT, IM_END, IM_START, StreamDecoder, render_chat
 
 TYPING_DELAY = 0.012  # seconds per token on a terminal: a readable rhythm for demos, never in pipes
@@ -391,9 +392,10 @@ def penalty(s):
     return v
 
 
-def add_sampling_arguments(p, when="", seed=None):
+def add_sampling_arguments(p, when=""):
     """--temp, --top_k, --top_p and --repetition_penalty: one definition for gen.py, eval.py and serve.py (eval.py had
-    no --repetition_penalty, though it answers "as gen.py --chat does"). when: serve.py's " when a request gives none"."""
+    no --repetition_penalty, though it answers "as gen.py --chat does"). when: serve.py's " when a request gives
+    none"."""
     p.add_argument("--temp", type=temperature, default=0.8, help=f"sampling temperature{when}, 0 = greedy (default 0.8)")
     p.add_argument("--top_k", type=top_k_arg, default=200, help=f"sample among the k most likely tokens{when}, 0 = no "
                                                                  f"limit (default 200)")
@@ -421,7 +423,7 @@ def parse_args(argv=None):
     p.add_argument("--num_samples", type=positive_int, default=1, help="samples for --prompt or an unconditional run")
     p.add_argument("--batch_size", type=positive_int, help="--prompt_file: prompts of equal length generated together (default 8)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="autocast precision")
+    p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="autocast precision")
     p.add_argument("--no_cache", action="store_true",
                    help="recompute the whole context every token (slow; for comparisons: the same text as the cache's "
                         "in fp32, while bf16 rounds a row and a matrix differently)")

@@ -50,7 +50,7 @@ from urllib.parse import unquote, urlsplit
 import torch
 
 from checkpoint import load_model
-from common import (UserError, nonempty, number, parts_text, pick_device, pick_dtype, retain_freed_memory, run_main,
+from common import (DTYPES, UserError, nonempty, number, parts_text, pick_device, pick_dtype, retain_freed_memory, run_main,
                     seeded_generator)
 from gen import (CHAT_STOPS, add_checkpoint_argument, add_sampling_arguments, default_checkpoint, encode_prompt,
                  fit_history, parse_checkpoint, positive_int, reserve_for, stop_ids, stream_completion,
@@ -818,7 +818,7 @@ def parse_args(argv=None):
                         "context, so the history keeps the rest, else cut to what the prompt leaves)")
     p.add_argument("--max_queue", type=positive_int, default=64, help="requests that may wait for the model; more get 503 (default 64)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="autocast precision")
+    p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="autocast precision")
     return parse_checkpoint(p, p.parse_args(argv))
 
 

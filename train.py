@@ -57,10 +57,10 @@ import torch
 from tqdm import tqdm
 
 from checkpoint import load_checkpoint, load_weights, nonfinite, save_checkpoint
-from common import (UserError, ask, atomic_write_text, autocast, check_output, cpu_bf16_is_faster, cpu_has_bf16,
+from common import (DTYPES, UserError, ask, atomic_write_text, autocast, check_output, cpu_bf16_is_faster, cpu_has_bf16,
                     exit_after_the_first, first_line, is_oom, nonempty, pick_device, pick_dtype, retain_freed_memory,
                     run_main, speaks_for_machine, tmp_name)
-from model import OPTIMIZERS, PRESETS, GPT, GPTConfig, make_config
+from model import OPTIMIZERS, PRESETS, VARIANTS, GPT, GPTConfig, make_config
 from prepare import (DATASETS, DEFAULT_OUT_DIR, DEFAULT_VAL_FRACTION, is_complete, is_dataset_name,
                      meta_options, rebuild_command)
 from setup_tokenizer import get_tokenizer, tokenizer_from_state, tokenizer_hash
@@ -138,7 +138,7 @@ def parse_args(argv=None):
     g.add_argument("--n_layer", type=int, help="override the preset's number of blocks")
     g.add_argument("--n_head", type=int, help="override the preset's attention heads")
     g.add_argument("--n_embd", type=int, help="override the preset's width")
-    g.add_argument("--variant", choices=["gpt2", "modern"], help="gpt2 (learned positions, LayerNorm, GELU) or "
+    g.add_argument("--variant", choices=VARIANTS, help="gpt2 (learned positions, LayerNorm, GELU) or "
                                                                   "modern (RoPE, RMSNorm, SwiGLU); default: the "
                                                                   "preset's (modern for tiny, gpt2 for the others)")
     g.add_argument("--dropout", type=float, help="dropout probability (default: 0, or the checkpoint's)")
@@ -209,7 +209,7 @@ def parse_args(argv=None):
                                                 "0 = never (default: 0)")
     g = p.add_argument_group("system")
     g.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
-    g.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
+    g.add_argument("--dtype", choices=["auto", *DTYPES],
                    help="autocast precision (default: the checkpoint's when continuing a run, else auto: bf16 where "
                         "the hardware does it faster than fp32 (GPUs that have it; CPUs with AMX, or AVX-512 BF16 on "
                         "AMD), fp16 on older GPUs, else fp32)")
