@@ -56,6 +56,12 @@ def expand_pattern(path, option):
     return found
 
 
+def color_ok(stream):
+    """Whether stream takes ANSI styling: a terminal, without NO_COLOR set (no-color.org: set and not empty), which
+    gen.py's bold prompts ignored while train.py's colors heeded it."""
+    return stream.isatty() and not os.environ.get("NO_COLOR")
+
+
 def number(text, kind):
     """text as kind (int or float), for an argparse type function that checks a range too: one that is no number
     gets argparse's own line for type=int or type=float ("invalid int value: '1.5'"), as every script's plain

@@ -34,9 +34,9 @@ import time
 import torch
 
 from checkpoint import find_checkpoints, load_model
-from common import (DTYPES, UserError, atomic_write_text, autocast, check_output, first_line, nonempty, not_utf8,
-                    number, pick_device, pick_dtype, require_utf8, retain_freed_memory, run_main, seeded_generator,
-                    without_surrogates)
+from common import (DTYPES, UserError, atomic_write_text, autocast, check_output, color_ok, first_line, nonempty,
+                    not_utf8, number, pick_device, pick_dtype, require_utf8, retain_freed_memory, run_main,
+                    seeded_generator, without_surrogates)
 from setup_tokenizer import EOT, IM_END, IM_START, StreamDecoder, render_chat
 
 TYPING_DELAY = 0.012  # seconds per token on a terminal: a readable rhythm for demos, never in pipes
@@ -490,7 +490,7 @@ def main(argv=None):
                     generator=generator, slide=args.nonstop)
     tty_in, tty_out = sys.stdin.isatty(), sys.stdout.isatty()
     show = Printer(TYPING_DELAY if tty_out and not args.no_delay else 0.0)
-    bold, plain = ("\033[1m", "\033[0m") if tty_out else ("", "")
+    bold, plain = ("\033[1m", "\033[0m") if color_ok(sys.stdout) else ("", "")
 
     def log(msg):
         if args.verbose:

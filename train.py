@@ -57,9 +57,9 @@ import torch
 from tqdm import tqdm
 
 from checkpoint import load_checkpoint, load_weights, nonfinite, save_checkpoint
-from common import (DTYPES, UserError, ask, atomic_write_text, autocast, check_output, cpu_bf16_is_faster, cpu_has_bf16,
-                    exit_after_the_first, first_line, is_oom, nonempty, pick_device, pick_dtype, retain_freed_memory,
-                    run_main, speaks_for_machine, tmp_name)
+from common import (DTYPES, UserError, ask, atomic_write_text, autocast, check_output, color_ok, cpu_bf16_is_faster,
+                    cpu_has_bf16, exit_after_the_first, first_line, is_oom, nonempty, pick_device, pick_dtype,
+                    retain_freed_memory, run_main, speaks_for_machine, tmp_name)
 from model import OPTIMIZERS, PRESETS, VARIANTS, GPT, GPTConfig, make_config
 from prepare import (DATASETS, DEFAULT_OUT_DIR, DEFAULT_VAL_FRACTION, is_complete, is_dataset_name,
                      meta_options, rebuild_command)
@@ -1234,7 +1234,7 @@ def train(args):
 
 def run_training(args, held):
     global use_color, quiet
-    use_color = not args.no_color and sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    use_color = not args.no_color and color_ok(sys.stdout)
     quiet = not speaks_for_machine()  # until the ranks are known: then rank 0 alone
     if args.reset_epoch and not args.checkpoint:  # (it was ignored: a new run starts at epoch 1 anyway)
         raise UserError("--reset_epoch restarts a checkpoint's epochs and schedule: give it with --checkpoint (a new "

@@ -215,6 +215,17 @@ def test_chat_reset_in_process(la_ckpt, enc, capsys, monkeypatch):
     assert code == 0 and "warning" not in err, err
 
 
+def test_no_color_leaves_the_chat_prompts_plain(la_ckpt, capsys, monkeypatch):
+    """NO_COLOR (no-color.org) on a terminal: train.py's colors heeded it, gen.py's bold prompts did not."""
+    for no_color, styled in (("", True), ("1", False)):
+        monkeypatch.setenv("NO_COLOR", no_color)  # (set but empty: not set, as the convention says)
+        monkeypatch.setattr(sys, "stdin", io.StringIO("hello\n"))
+        for stream in (sys.stdin, sys.stdout):
+            monkeypatch.setattr(stream, "isatty", lambda: True)
+        code, out, err = cli([la_ckpt, "--chat", "--seed", "1", "--max_tokens", "4", "--no_delay"] + CPU, capsys)
+        assert code == 0 and ("\033[1m" in out) == styled, (out, err)
+
+
 def test_history_overflow_drops_oldest_turns(enc, monkeypatch, capsys):
     system = {"role": "system", "content": "You are a helpful assistant."}
     turns = []
