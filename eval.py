@@ -232,6 +232,9 @@ def parse_args(argv=None):
         args.checkpoint = args.dataset.pop()
         if not args.dataset:
             p.error(f"--dataset needs a dataset's name before the checkpoint {args.checkpoint}")
+    if args.prompt_file and args.samples == 0:  # the file's row was left out without a word
+        p.error(f"--samples 0 answers none of --prompt_file {args.prompt_file}'s prompts: give a count, or drop "
+                f"--prompt_file")
     return args
 
 

@@ -364,6 +364,10 @@ def test_repetition_penalty_reaches_the_replies(env, chat_ckpt, tmp_path, capsys
 def test_cli_options_and_the_table(env, chat_ckpt, capsys, monkeypatch):
     # --samples 0 samples nothing (0 is a count, not refused); a negative one is refused
     assert eval_py.parse_args(["m.pt", "--samples", "0"]).samples == 0
+    with pytest.raises(SystemExit):  # with a file of prompts: its row was left out without a word
+        eval_py.parse_args(["m.pt", "--samples", "0", "--prompt_file", "p.txt"])
+    assert "--samples 0 answers none of --prompt_file p.txt's prompts: give a count, or drop --prompt_file" in \
+        capsys.readouterr().err
     with pytest.raises(SystemExit):
         eval_py.parse_args(["m.pt", "--samples", "-1"])
     # a checkpoint named last without a folder (x.pt, not there yet) is the checkpoint, not a dataset
