@@ -7,6 +7,7 @@ A Hugging Face model folder (config.json, model.safetensors, tokenizer files) re
 as a checkpoint without training state (hf.py converts it), so every script that
 takes a checkpoint takes such a folder too.
 """
+import argparse
 import dataclasses
 import glob
 import os
@@ -17,12 +18,33 @@ import zipfile
 import torch
 
 import hf
-from common import MODEL_FOLDER_FILES, UserError, atomic_torch_save, first_line, is_oom, starts_as_zip
+from common import MODEL_FOLDER_FILES, UserError, atomic_torch_save, first_line, is_oom, nonempty, starts_as_zip
 from model import GPT, GPTConfig
 from setup_tokenizer import tokenizer_from_state, tokenizer_state
 
 FORMAT = 1  # bump when the layout changes incompatibly
 NUMBER = (int, float)
+
+
+def add_checkpoint_argument(p, help="a .pt file or a Hugging Face model folder (default: the newest .pt in models/ or a "
+                                     "folder in it)", shown="first"):
+    """Every script's checkpoint, given first (`gen.py x.pt`) or as --checkpoint: each way, a habit from the other
+    scripts, was "unrecognized arguments" somewhere. help goes to the way the script shows: first (gen.py, eval.py,
+    serve.py, export.py) or, with shown="option", --checkpoint (train.py, where it is optional: a new model without).
+    parse_checkpoint merges the two; a script without a default checkpoint says so in help and refuses None itself."""
+    p.add_argument("checkpoint", type=nonempty, nargs="?", help=help if shown == "first" else argparse.SUPPRESS)
+    p.add_argument("--checkpoint", dest="checkpoint_option", type=nonempty, metavar="CHECKPOINT",
+                   help=help if shown == "option" else argparse.SUPPRESS)
+
+
+def parse_checkpoint(p, args):
+    """args with the checkpoint given either way in args.checkpoint (add_checkpoint_argument)."""
+    given = vars(args).pop("checkpoint_option")
+    if given is not None:
+        if args.checkpoint is not None:
+            p.error(f"two checkpoints, {args.checkpoint} and --checkpoint {given}: give one")
+        args.checkpoint = given
+    return args
 # the training state train.py writes, by entry: what each holds (a file edited and saved again passes torch.load and
 # the zip checksums, and a step of 'x' ended in a ValueError deep in a resume, or in eval.py's table)
 STATE_KINDS = {"step": int, "epoch": int, "epoch_step": int, "epoch_windows": int, "tokens": int, "eval_windows": int,

@@ -22,9 +22,8 @@ import argparse
 import os
 import sys
 
-from checkpoint import load_model
+from checkpoint import add_checkpoint_argument, load_model, parse_checkpoint
 from common import DTYPES, check_output, run_main, torch_dtype
-from gen import add_checkpoint_argument, parse_checkpoint
 from hf import check_out_dir, export_folder
 
 

@@ -33,7 +33,7 @@ import time
 
 import torch
 
-from checkpoint import find_checkpoints, load_model
+from checkpoint import add_checkpoint_argument, find_checkpoints, load_model, parse_checkpoint
 from common import (DTYPES, UserError, atomic_write_text, autocast, check_output, color_ok, first_line, nonempty,
                     not_utf8, number, pick_device, pick_dtype, require_utf8, retain_freed_memory, run_main,
                     seeded_generator, without_surrogates)
@@ -322,25 +322,6 @@ def read_prompt_file(path):
     if not prompts:
         raise UserError(f"--prompt_file {path} holds no prompts (one per line, or JSON lines with a \"prompt\" field)")
     return prompts
-
-
-def add_checkpoint_argument(p, help="a .pt file or a Hugging Face model folder (default: the newest .pt in models/ or a "
-                                     "folder in it)"):
-    """The checkpoint of gen.py, eval.py, serve.py and export.py: a positional, or --checkpoint as train.py spells it
-    (`gen.py --checkpoint x.pt`, a habit from train.py, was "unrecognized arguments"). parse_checkpoint merges the
-    two; a script without a default checkpoint says so in help and refuses None itself."""
-    p.add_argument("checkpoint", type=nonempty, nargs="?", help=help)
-    p.add_argument("--checkpoint", dest="checkpoint_option", type=nonempty, help=argparse.SUPPRESS)
-
-
-def parse_checkpoint(p, args):
-    """args with the checkpoint given either way in args.checkpoint (add_checkpoint_argument)."""
-    given = vars(args).pop("checkpoint_option")
-    if given is not None:
-        if args.checkpoint is not None:
-            p.error(f"two checkpoints, {args.checkpoint} and --checkpoint {given}: give one")
-        args.checkpoint = given
-    return args
 
 
 def default_checkpoint(folder="models"):

@@ -56,7 +56,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from checkpoint import load_checkpoint, load_weights, nonfinite, save_checkpoint
+from checkpoint import (add_checkpoint_argument, load_checkpoint, load_weights, nonfinite, parse_checkpoint,
+                        save_checkpoint)
 from common import (DTYPES, UserError, ask, atomic_write_text, autocast, check_output, color_ok, cpu_bf16_is_faster,
                     cpu_has_bf16, exit_after_the_first, first_line, is_oom, nonempty, pick_device, pick_dtype,
                     retain_freed_memory, run_main, speaks_for_machine, tmp_name)
@@ -156,10 +157,8 @@ def parse_args(argv=None):
                         "step again")
     g.add_argument("--max_steps", type=int, help="stop after this many optimizer steps in this run (the checkpoint "
                                                  "records the position inside the epoch; the schedule is unchanged)")
-    g.add_argument("--checkpoint", type=nonempty, help="continue from this checkpoint (same dataset: exact resume; other: fine-tune)")
-    # or as gen.py, eval.py, serve.py and export.py take it, first (`train.py models/x.pt --epochs 2`, a habit from them,
-    # was "unrecognized arguments")
-    g.add_argument("checkpoint_given", nargs="?", type=nonempty, metavar="CHECKPOINT", help=argparse.SUPPRESS)
+    add_checkpoint_argument(g, "continue from this checkpoint (same dataset: exact resume; other: fine-tune)",
+                            shown="option")
     g.add_argument("--init_from", type=nonempty, metavar="DIR", help="fine-tune a Hugging Face model folder (GPT-2 as downloaded, or "
                                                       "export.py's output); its tokenizer must be the data's")
     g.add_argument("--output_checkpoint", type=nonempty, help="where to save; {dataset} and {epoch} are filled in (default: "
@@ -228,13 +227,7 @@ def parse_args(argv=None):
     if not speaks_for_machine():  # under torchrun: one usage error (or --help) a machine, not one a process
         p.error = lambda message: exit_after_the_first(2)
         p.print_help = lambda file=None: None
-    args = p.parse_args(argv)
-    given = vars(args).pop("checkpoint_given")
-    if given is not None:
-        if args.checkpoint is not None:
-            p.error(f"two checkpoints, {given} and --checkpoint {args.checkpoint}: give one")
-        args.checkpoint = given
-    return args
+    return parse_checkpoint(p, p.parse_args(argv))
 
 
 def inheritable(k, v):
