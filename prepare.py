@@ -1664,9 +1664,12 @@ def prepare(dataset, source=None, tokenizer=None, limit=None, val_fraction=DEFAU
         check_writable(folder)
         meta = build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_fraction, new_vocab, pack, options,
                      vocab_fp, text_fp)
-    except BaseException:
-        if created:
-            shutil.rmtree(folder, ignore_errors=True)  # a failed first build leaves no folder behind
+    except BaseException as e:
+        # a failed or interrupted first build leaves no folder behind; not one complete (meta.json is written last) whose
+        # summary failed to print: `prepare.py | head -1` under PYTHONUNBUFFERED=1 (as Docker images set) printed "N
+        # documents ...", the pipe was gone for the next line, and the dataset the user had read about was removed
+        if created and (read_meta(folder) is None or isinstance(e, (KeyboardInterrupt, SystemExit))):
+            shutil.rmtree(folder, ignore_errors=True)
         raise
     finally:
         if new_vocab:

@@ -1394,6 +1394,38 @@ def test_sigterm_cleans_up_as_ctrl_c_does(tmp_path):
     assert not folder.exists()  # a first build: nothing left, as after Ctrl-C
 
 
+def test_a_reader_gone_after_the_summary_keeps_the_new_dataset(tmp_path, monkeypatch, capsys):
+    """`prepare.py | head -1` with stdout unbuffered (PYTHONUNBUFFERED=1, as Docker images set): head took the summary's
+    first line and left, the next line raised BrokenPipeError, and a first build's folder, complete and just said to be
+    made, was removed as after a failure. It stays; the run still ends (run_main: exit 141)."""
+    src = write(tmp_path / "chats.jsonl", "".join(json.dumps({"messages": c}) + "\n" for c in CONVERSATIONS))
+    out, folder = str(tmp_path / "data"), tmp_path / "data" / "chat"
+
+    class HeadGone:  # a pipe whose reader left after the first line
+        read = ""
+
+        def write(self, text):
+            if "\n" in self.read:
+                raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+            HeadGone.read += text
+            return len(text)
+
+        def flush(self):
+            pass
+
+    stdout = sys.stdout
+    monkeypatch.setattr(sys, "stdout", HeadGone())
+    with pytest.raises(BrokenPipeError):
+        prepare.prepare("chat", source=src, out_dir=out)
+    monkeypatch.setattr(sys, "stdout", stdout)
+    assert re.fullmatch(r".*/chat: \d+ documents .*\n", HeadGone.read)  # what the user read
+    meta = common.read_meta(folder)
+    assert meta and prepare.is_complete(folder, meta)
+    capsys.readouterr()
+    prepare.prepare("chat", source=src, out_dir=out)
+    assert "is up to date" in capsys.readouterr().out
+
+
 def test_interrupted_commit_leaves_the_old_dataset_or_the_new_one(tmp_path, monkeypatch):
     """A rebuild interrupted at each of its file-system steps in turn (every fsync, rename and removal, from the new
     vocabulary to the cleanup): Ctrl-C leaves the old dataset or the complete new one, never a mix, never nothing;
