@@ -754,8 +754,9 @@ def main(argv=None):
             with open(args.out, encoding="utf-8") as f:
                 old = f.read()
             # only a file bench.py writes (its title, or a table of it pasted into notes) takes a table: --out train.py
-            # or --out given the --data file had a markdown table appended to a script or a corpus
-            if old.strip() and not (old.startswith("# Benchmarks") or TABLE_HEADER in old):
+            # or --out given the --data file had a markdown table appended to a script or a corpus. The header must
+            # begin a line: bench.py holds it in a string (--out bench.py had a table appended to the script itself)
+            if old.strip() and not (old.startswith("# Benchmarks") or "\n" + TABLE_HEADER in "\n" + old):
                 raise UserError(f"--out {args.out} is not a BENCHMARKS file (no '# Benchmarks' title, no bench.py "
                                 f"table): the table would be appended to it; give another --out, or --no_write")
         except FileNotFoundError:

@@ -462,6 +462,11 @@ def test_out_must_be_a_benchmarks_file(tmp_path, monkeypatch, one_thread):
     with pytest.raises(UserError, match=r"^--out .*corpus.txt is not a BENCHMARKS file"):
         bench.main(["--quick", "--malloc", "default", "--device", "cpu", "--only", "prepare",
                     "--data", str(tmp_path / "corpus.txt"), "--out", str(tmp_path / "corpus.txt")])
+    # bench.py itself holds the table's header, in a string: it is no file of tables all the same
+    script = tmp_path / "bench.py"
+    script.write_text(open(bench.__file__, encoding="utf-8").read(), encoding="utf-8")
+    with pytest.raises(UserError, match=r"^--out .*bench.py is not a BENCHMARKS file"):
+        bench.main(["--quick", "--malloc", "default", "--device", "cpu", "--out", str(script)])
     monkeypatch.undo()
     # an empty or blank file, one bench.py wrote (or its title kept by hand), or notes holding one of its tables take
     # the table
