@@ -641,6 +641,8 @@ def run(args, device, log=print):
         try:
             emit(bench_prepare(path, threads, repeats=1 if quick else 3, quick=quick))
         except UserError as e:  # no GPT-2 BPE files offline: keep the other sections' results
+            if not rows:  # there are none (--only prepare): the one line, not a section without a figure appended
+                raise
             log(f"prepare skipped: {e}")
     return rows
 

@@ -117,6 +117,21 @@ def test_prepare_on_a_given_file(tmp_path, monkeypatch):
     assert "\n" in text and mbs["value"] * 1e6 == pytest.approx(sum(len(line.encode()) for line in text.split("\n")))
 
 
+def test_prepare_without_the_bpe_files_is_skipped_and_alone_is_one_line(tmp_path, monkeypatch, one_thread):
+    # offline without GPT-2's BPE files: the other sections' rows are kept; asked for alone, an empty table had been
+    # appended to BENCHMARKS.md under a dated heading, as if it were a run's figures
+    def offline(*a, **k):
+        raise UserError("cannot load the GPT-2 BPE files (offline?)")
+    monkeypatch.setattr(bench, "bench_prepare", offline)
+    out = tmp_path / "BENCH.md"
+    said = []
+    rows = bench.run(quick_args("--only", "peak,prepare", "--peak_sizes", "16"), torch.device("cpu"), log=said.append)
+    assert {r["section"] for r in rows} == {"peak"} and said[-1].startswith("prepare skipped: cannot load")
+    with pytest.raises(UserError, match=r"^cannot load the GPT-2 BPE files"):
+        bench.main(["--quick", "--malloc", "default", "--device", "cpu", "--only", "prepare", "--out", str(out)])
+    assert not out.exists()
+
+
 def test_the_load_average_written_is_the_starts_and_quick_figures_are_not_judged(tmp_path, one_thread, monkeypatch,
                                                                                  capsys):
     """The machine line was made again when the section was written, after the run's own load: its \"load average
