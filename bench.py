@@ -355,7 +355,10 @@ def bench_prepare(path=None, threads=None, repeats=3, quick=False):
     (prepare.encode_texts: a share of the lines per thread), with `threads` threads (default: every core)."""
     import prepare  # tiktoken only when this section runs
     from setup_tokenizer import get_tokenizer
-    enc = get_tokenizer("gpt2")
+    try:
+        enc = get_tokenizer("gpt2")
+    except UserError as e:  # its fix offers prepare.py's --tokenizer, an option bench.py has not ('unrecognized')
+        raise UserError(str(e).replace("or use --tokenizer PATH.tiktoken", "or leave prepare out of --only")) from None
     threads = threads or prepare.THREADS
     if path:
         with open(path, encoding="utf-8") as f:

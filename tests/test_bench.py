@@ -132,6 +132,24 @@ def test_prepare_without_the_bpe_files_is_skipped_and_alone_is_one_line(tmp_path
     assert not out.exists()
 
 
+def test_prepare_offline_names_a_fix_bench_py_takes(monkeypatch):
+    # setup_tokenizer's line offered --tokenizer PATH.tiktoken: prepare.py's option, which bench.py refuses
+    import tiktoken
+    import setup_tokenizer
+
+    def offline(name):
+        raise ConnectionError("no network")
+    monkeypatch.setattr(tiktoken, "get_encoding", offline)
+    setup_tokenizer._load_tokenizer.cache_clear()
+    try:
+        with pytest.raises(UserError) as e:
+            bench.bench_prepare(None, threads=1, repeats=1, quick=True)
+    finally:
+        setup_tokenizer._load_tokenizer.cache_clear()  # later tests load the real files
+    assert "TIKTOKEN_CACHE_DIR" in str(e.value) and "--tokenizer" not in str(e.value)
+    assert str(e.value).endswith("or leave prepare out of --only (ConnectionError)")
+
+
 def test_the_load_average_written_is_the_starts_and_quick_figures_are_not_judged(tmp_path, one_thread, monkeypatch,
                                                                                  capsys):
     """The machine line was made again when the section was written, after the run's own load: its \"load average
