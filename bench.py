@@ -357,8 +357,8 @@ def bench_prepare(path=None, threads=None, repeats=3, quick=False):
     from setup_tokenizer import get_tokenizer
     try:
         enc = get_tokenizer("gpt2")
-    except UserError as e:  # its fix offers prepare.py's --tokenizer, an option bench.py has not ('unrecognized')
-        raise UserError(str(e).replace("or use --tokenizer PATH.tiktoken", "or leave prepare out of --only")) from None
+    except UserError as e:  # offline without the BPE files: the other sections need none
+        raise UserError(f"{e}, or leave prepare out of --only") from None
     threads = threads or prepare.THREADS
     if path:
         with open(path, encoding="utf-8") as f:

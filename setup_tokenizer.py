@@ -110,9 +110,11 @@ def _load_tokenizer(name, stamp):
         try:
             base = tiktoken.get_encoding("gpt2")
         except Exception as e:  # offline without the BPE files: requests' ConnectionError and friends
+            # (the fix every script takes: "or use --tokenizer PATH.tiktoken" named prepare.py's option to gen.py,
+            # eval.py, serve.py and bench.py, which refuse it, and to train.py, whose --tokenizer only checks)
             raise UserError(
                 "cannot load the GPT-2 BPE files (offline?): set TIKTOKEN_CACHE_DIR to a folder holding "
-                f"tiktoken's cached gpt2 files, or use --tokenizer PATH.tiktoken ({type(e).__name__})")
+                f"tiktoken's cached gpt2 files ({type(e).__name__})")
         enc = _build("gpt2", base._mergeable_ranks)
         enc.bpe_text = None
         return enc

@@ -133,7 +133,8 @@ def test_prepare_without_the_bpe_files_is_skipped_and_alone_is_one_line(tmp_path
 
 
 def test_prepare_offline_names_a_fix_bench_py_takes(monkeypatch):
-    # setup_tokenizer's line offered --tokenizer PATH.tiktoken: prepare.py's option, which bench.py refuses
+    # setup_tokenizer's line offered --tokenizer PATH.tiktoken: prepare.py's option, which bench.py refuses (as gen.py,
+    # eval.py and serve.py do)
     import tiktoken
     import setup_tokenizer
 
@@ -147,7 +148,7 @@ def test_prepare_offline_names_a_fix_bench_py_takes(monkeypatch):
     finally:
         setup_tokenizer._load_tokenizer.cache_clear()  # later tests load the real files
     assert "TIKTOKEN_CACHE_DIR" in str(e.value) and "--tokenizer" not in str(e.value)
-    assert str(e.value).endswith("or leave prepare out of --only (ConnectionError)")
+    assert str(e.value).endswith("cached gpt2 files (ConnectionError), or leave prepare out of --only")
 
 
 def test_the_load_average_written_is_the_starts_and_quick_figures_are_not_judged(tmp_path, one_thread, monkeypatch,
