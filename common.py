@@ -402,6 +402,30 @@ def tmp_name(path):
     return f"{path}.{os.getpid()}.tmp"
 
 
+def process_runs(pid):
+    """Whether process pid runs on this machine (True for one of another user's). os.kill(pid, 0) asks on POSIX; on
+    Windows signal 0 is CTRL_C_EVENT, sent to the console's processes rather than asked: a stale file of a pid now
+    taken by a console program interrupted it, or this very run at its next save, and a pid no process had was an
+    error that ended the clean-up."""
+    if sys.platform == "win32":
+        import _winapi
+        try:  # PROCESS_QUERY_LIMITED_INFORMATION: what GetExitCodeProcess needs, granted for most processes
+            handle = _winapi.OpenProcess(0x1000, False, pid)
+        except OSError as e:
+            return e.winerror != 87  # ERROR_INVALID_PARAMETER: no such process; access denied: one runs
+        try:
+            return _winapi.GetExitCodeProcess(handle) == _winapi.STILL_ACTIVE
+        finally:
+            _winapi.CloseHandle(handle)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
 def remove_stale_tmp(folder, names, quiet_s=600):
     """Delete the tmp_name() files of the files the regex names matches in folder that processes killed mid-write
     left (SIGKILL: no finally runs), so half-written checkpoints and token files do not pile up. Only ones whose
@@ -413,12 +437,10 @@ def remove_stale_tmp(folder, names, quiet_s=600):
             if not m or int(m.group(1)) == os.getpid():
                 continue
             try:
-                os.kill(int(m.group(1)), 0)
-                continue  # its process still runs
-            except ProcessLookupError:
-                pass
-            except (PermissionError, OverflowError):
-                continue  # alive under another user, or not a pid at all
+                if process_runs(int(m.group(1))):
+                    continue  # its process still runs (or one under another user)
+            except OverflowError:
+                continue  # not a pid at all
             old = os.path.join(folder, name)
             with contextlib.suppress(OSError):
                 if os.path.islink(old):

@@ -237,6 +237,33 @@ def test_a_save_removes_what_killed_saves_left_and_nothing_else(tmp_path):
     assert not (tmp_path / f"hf.{dead.pid}.tmp").exists() and (tmp_path / f"live.{dead.pid}.tmp").exists()
 
 
+def test_stale_temporary_files_on_windows_are_told_apart_without_a_signal(tmp_path, monkeypatch):
+    """On Windows os.kill(pid, 0) sends CTRL_C_EVENT to the console instead of asking whether pid runs: the clean-up
+    after each save interrupted console programs (or the run itself) and never told a dead pid from a live one. The
+    process is looked up instead (simulated here: this machine is Linux)."""
+    import types
+    killed = []
+    monkeypatch.setattr(os, "kill", lambda pid, sig: killed.append((pid, sig)))  # Windows': no error, a Ctrl-C sent
+    monkeypatch.setattr(sys, "platform", "win32")
+    live, dead = 4242, 4444
+    no_process = OSError(errno.EINVAL, "The parameter is incorrect")
+    no_process.winerror = 87
+
+    def open_process(access, inherit, pid):
+        if pid != live:
+            raise no_process
+        return 7
+
+    monkeypatch.setitem(sys.modules, "_winapi", types.SimpleNamespace(
+        OpenProcess=open_process, GetExitCodeProcess=lambda handle: 259, STILL_ACTIVE=259, CloseHandle=lambda h: None))
+    for pid in (live, dead):
+        (tmp_path / f"x.pt.{pid}.tmp").write_bytes(b"half a checkpoint")
+        os.utime(tmp_path / f"x.pt.{pid}.tmp", (0, 0))
+    remove_stale_tmp(str(tmp_path), r"x\.pt")
+    assert killed == []
+    assert sorted(os.listdir(tmp_path)) == [f"x.pt.{live}.tmp"]
+
+
 @pytest.mark.parametrize("name", ["foo", "cuda:abc", "gpu"])
 def test_a_device_that_is_no_device_is_named(name):
     with pytest.raises(UserError, match=f"--device {name}: not a device; use auto, cpu, cuda, cuda:N or mps"):
