@@ -725,9 +725,12 @@ def train_step(fwd, optimizer, scaler, micro, device, dtype, grad_clip, n_target
         return torch.zeros((), device=device)
     no_sync = getattr(getattr(fwd, "model", fwd), "no_sync", None)  # a DDP model's: skip the all-reduce
     total = torch.zeros((), device=device)
+    # asynchronous copies only to CUDA, from the pinned batches (Batches pins them there): to MPS from pageable memory
+    # one may read the source after it was freed, silently training on other numbers (pytorch issues 139550, 189690)
+    copy_async = device.type == "cuda"
     for i, (x, y, m, _) in enumerate(micro):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        m = None if m is None else m.to(device, non_blocking=True)
+        x, y = x.to(device, non_blocking=copy_async), y.to(device, non_blocking=copy_async)
+        m = None if m is None else m.to(device, non_blocking=copy_async)
         with no_sync() if no_sync and i < len(micro) - 1 else contextlib.nullcontext():
             with autocast(device, dtype):
                 _, loss = fwd(x, y, m)
