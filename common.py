@@ -360,7 +360,9 @@ def check_output(path, option, folder=False, inputs=(), checkpoint=False):
     if kept and not (checkpoint and kept.startswith("a checkpoint")):  # (eval.py --json over a checkpoint: 627 bytes)
         raise UserError(f"{option} {path} is {kept}: the result would replace it; give another {option}")
     parent = path if folder else os.path.dirname(os.path.abspath(path))
-    probe = tmp_name(os.path.join(parent, ".write-probe"))
+    # a file's probe is the very name its atomic write takes (tmp_name): one longer than the system allows (past 255
+    # bytes, or Windows' 260 characters of path), which a short probe passed, failed at the end, after the work
+    probe = tmp_name(os.path.join(parent, ".write-probe") if folder else os.path.abspath(path))
     try:
         os.makedirs(parent, exist_ok=True)
         with open(probe, "w"):

@@ -200,6 +200,15 @@ def test_a_checkpoint_save_into_a_folder_that_takes_no_files_ends_in_one_line(tm
     assert torch.load(path, weights_only=True) == {"step": 1}
 
 
+def test_a_file_name_too_long_for_its_temporary_write_is_refused_before_the_work(tmp_path):
+    """The write goes to NAME.<pid>.tmp first: a name that fits the system's limit only without that suffix (a deep
+    folder on Windows, at 260 characters of path, alike) passed the check, and the write failed after the work."""
+    path = str(tmp_path / ("a" * 246 + ".jsonl"))  # 252 bytes: a file of that name may be, its .<pid>.tmp not
+    with pytest.raises(UserError, match=r"^--output .*: cannot write there \(File name too long\): use a shorter path$"):
+        check_output(path, "--output")
+    assert os.listdir(tmp_path) == []
+
+
 def test_a_save_removes_what_killed_saves_left_and_nothing_else(tmp_path):
     """A process SIGKILLed mid-save (torchrun kills ranks 30 s after Ctrl-C) leaves its x.pt.<pid>.tmp; the next save
     into that folder removes such files, but not a live process's write in progress, a recent one, or other files."""
