@@ -263,13 +263,14 @@ def run_main(main):
         if speaks_for_machine():  # Ctrl-C reaches every torchrun process: one line a machine
             print("\ninterrupted", file=sys.stderr)
         sys.exit(130)
-    except BrokenPipeError:
-        # the reader went away (`| head`): not an error worth a traceback. stdout goes to /dev/null, or Python's flush
-        # at exit would fail on the closed pipe again; 141 is what a shell reports for a process killed by SIGPIPE
-        with contextlib.suppress(OSError, ValueError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(141)
     except OSError as e:
+        if isinstance(e, BrokenPipeError) or closed_pipe_on_windows(e):
+            # the reader went away (`| head`): not an error worth a traceback. stdout goes to /dev/null, or Python's
+            # flush at exit would fail on the closed pipe again; 141 is what a shell reports for a process killed by
+            # SIGPIPE
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(141)
         if e.errno not in OS_FIXES:
             raise
         # under torchrun every process reads the same files (rank 0 alone writes): one line a machine, as a
@@ -281,6 +282,19 @@ def run_main(main):
         with contextlib.suppress(AttributeError, ValueError, OSError):
             if strict:
                 sys.stdout.reconfigure(errors="strict")
+
+
+def closed_pipe_on_windows(e):
+    """Whether e is how Windows says that stdout's reader went away (`| head` in Git Bash, PowerShell's
+    `| Select-Object -First 5`): an OSError EINVAL, not BrokenPipeError (python/cpython#79935), which was a traceback.
+    Told from another EINVAL by stdout's flush failing again on what it still holds."""
+    if sys.platform != "win32" or e.errno != errno.EINVAL or e.filename is not None:
+        return False
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        return True
+    return False
 
 
 def seeded_generator(device, seed):
