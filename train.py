@@ -808,6 +808,8 @@ def rng_state():
     state = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.backends.mps.is_available():  # a Mac's GPU draws the dropout masks of a run on it from its own generator:
+        state["mps"] = torch.mps.get_rng_state()  # without it a resumed --dropout run drew other masks, not exact
     return state
 
 
@@ -815,6 +817,8 @@ def set_rng_state(state):
     torch.set_rng_state(state["cpu"])
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
+    if isinstance(state.get("mps"), torch.Tensor) and torch.backends.mps.is_available():
+        torch.mps.set_rng_state(state["mps"])
 
 
 # -----------------------------------------------------------------------------

@@ -280,6 +280,20 @@ def test_batches_go_to_a_device_other_than_cuda_in_copies_that_wait(monkeypatch)
     assert len(asked) >= 3 and not any(asked)
 
 
+def test_a_macs_gpu_generator_is_saved_and_restored(monkeypatch):
+    """On MPS dropout draws from the device's own generator, which checkpoints left out: a resumed --dropout run on a
+    Mac drew other masks than the run it continued. (No MPS here: its generator is stood in for.)"""
+    mps = {"state": torch.tensor([1, 2, 3], dtype=torch.uint8)}
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    monkeypatch.setattr(torch.mps, "get_rng_state", lambda: mps["state"].clone())
+    monkeypatch.setattr(torch.mps, "set_rng_state", lambda t: mps.update(state=t.clone()))
+    saved = train.rng_state()
+    mps["state"] = torch.tensor([9, 9, 9], dtype=torch.uint8)  # drawn from since
+    train.set_rng_state(saved)
+    assert mps["state"].tolist() == [1, 2, 3]
+    train.set_rng_state({"cpu": torch.get_rng_state()})  # a checkpoint from before (or from a CUDA run) still loads
+
+
 def test_recomputed_activations_train_the_same_model(env, tmp_path):
     # dropout on: the blocks run again in the backward pass and must draw the same masks
     common = ["--dataset", "mini", "--max_steps", "6", "--dropout", "0.1", "--eval_interval", "0"]
