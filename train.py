@@ -29,7 +29,7 @@ share of them (see Batches); rank 0 alone logs and writes files, and checkpoints
 Files, for --dataset story (next to --output_checkpoint): story_epoch{N}.pt (story.pt for a --time_budget run,
 which may repeat many epochs), written every --save_interval % of an epoch, at each epoch's end, on Ctrl-C and on
 errors; story_best.pt, the lowest val loss so far; story_metrics.jsonl, one JSON record per log/eval point;
-story_loss.png, the loss curves.
+story_loss.png, the loss curves, when matplotlib is installed (it is not in requirements.txt).
 """
 import common  # first (it is light): Ctrl-C while torch loads then ends in one line, not a traceback from its import
 common.quiet_ctrl_c(__name__)
