@@ -703,11 +703,18 @@ class Forward:
         try:
             return self.fn(*args)  # compilation happens lazily, at the first call of each mode/shape
         except Exception as e:
-            if is_oom(e):
+            if not self.fall_back(e):
                 raise
-            warn(f"torch.compile failed ({type(e).__name__}: {first_line(e)}); running eagerly")
-            self.fn = self.model
             return self.model(*args)
+
+    def fall_back(self, e):
+        """After e, raised by what torch.compile made (its backward too, compiled at its first call): one warning and
+        eager from then on, True; False when the model runs eagerly already, or e is running out of memory."""
+        if self.fn is self.model or is_oom(e):
+            return False
+        warn(f"torch.compile failed ({type(e).__name__}: {first_line(e)}); running eagerly")
+        self.fn = self.model
+        return True
 
 
 def train_step(fwd, optimizer, scaler, micro, device, dtype, grad_clip, n_targets=None, world=1):
@@ -735,7 +742,16 @@ def train_step(fwd, optimizer, scaler, micro, device, dtype, grad_clip, n_target
             with autocast(device, dtype):
                 _, loss = fwd(x, y, m)
             loss = loss * (counted[i] / n_targets)
-            scaler.scale(loss * world).backward()
+            try:
+                scaler.scale(loss * world).backward()
+            except Exception as e:
+                # the compiled backward failed to build (a C++ compiler stopped by a terminal's Ctrl-C, which reaches
+                # the whole process group, or a real compile error): a traceback, not the save Ctrl-C promises. The
+                # step again eagerly, its gradients from scratch; not with several ranks, which reduced theirs
+                if world > 1 or not getattr(fwd, "fall_back", lambda e: False)(e):
+                    raise
+                optimizer.zero_grad(set_to_none=True)
+                return train_step(fwd, optimizer, scaler, micro, device, dtype, grad_clip, n_targets, world)
         total += loss.detach().float()
     if grad_clip > 0:
         scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones

@@ -1497,6 +1497,51 @@ def test_masked_loss_counts_assistant_tokens_only(env):
     assert loss2.item() == pytest.approx(loss.item(), rel=1e-6)
 
 
+def test_a_compiled_backward_that_fails_to_build_redoes_the_step_eagerly(env, capsys):
+    """torch.compile builds the backward at its first call: a failure there (Ctrl-C in a terminal reaches the C++
+    compiler too, a CppCompileError) ended the run in a traceback, the save Ctrl-C promises not made. Now one warning
+    and the step redone eagerly, gradients from scratch: the same weights as an eager step."""
+    w = train.Windows(train.load_meta(env["data"], "chat"), "train", 64)
+    micro = list(w.micro_batches(np.array([3, 5, 8, 9]), 2))  # two micro-batches: the failure comes in the second
+    assert len(micro) == 2
+    cpu = torch.device("cpu")
+    models = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        models.append(train.GPT(train.make_config("tiny", n_layer=1, n_embd=32, n_head=2, block_size=64,
+                                                  vocab_size=w.meta["vocab_size"])))
+    eager, failing = models
+
+    class BuildFails(torch.autograd.Function):  # what a compiled graph whose backward cannot be built does
+        @staticmethod
+        def forward(ctx, loss):
+            return loss.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            raise RuntimeError("CppCompileError: C++ compile error")
+
+    calls = []
+
+    def compiled(*args):
+        logits, loss = failing(*args)
+        calls.append(1)
+        return logits, (BuildFails.apply(loss) if len(calls) == 2 else loss)
+
+    fwd = train.Forward(failing)
+    fwd.fn = compiled
+    results = []
+    for model, f in ((eager, eager), (failing, fwd)):
+        opt = model.configure_optimizer(0.01, 0.1)
+        scaler = torch.amp.GradScaler("cpu", enabled=False)
+        results.append(train.train_step(f, opt, scaler, micro, cpu, torch.float32, 1.0))
+    assert fwd.fn is failing  # eager from then on
+    assert "torch.compile failed (RuntimeError: CppCompileError" in capsys.readouterr().err
+    assert results[1].item() == pytest.approx(results[0].item(), rel=1e-6)
+    for a, b in zip(eager.parameters(), failing.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("optimizer", train.OPTIMIZERS)
 def test_a_step_without_assistant_tokens_leaves_the_weights(env, optimizer):
     """A step whose windows hold no target under the loss mask has nothing to learn: the weights stay as they are
