@@ -192,8 +192,10 @@ def find_checkpoints(folder="models"):
 
 
 def available_hint(folder="models"):
-    # Hugging Face model folders too (export.py's): every script that takes a checkpoint takes one
-    found = find_checkpoints(folder) + sorted(d for d in glob.glob(os.path.join(folder, "*")) if hf.is_hf_folder(d))
+    # Hugging Face model folders too (export.py's): every script that takes a checkpoint takes one; not the temporary
+    # folder of an export killed mid-write (its config.json is written first), offered until a later one removes it
+    found = find_checkpoints(folder) + sorted(d for d in glob.glob(os.path.join(folder, "*"))
+                                              if hf.is_hf_folder(d) and not re.search(r"\.\d+\.tmp$", d))
     if not found:
         return f"; no checkpoints in {os.path.join(folder, '')} yet: train one with `python train.py`"
     return "; available: " + ", ".join(found[:5]) + (" ..." if len(found) > 5 else "")

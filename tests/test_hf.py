@@ -517,9 +517,12 @@ def test_export_refuses_to_clobber(small_folder, tmp_path, capsys):
     assert "nope.pt" in line and "not found" in line
     # a model folder next to it is one to offer (it said "no checkpoints in hf/ yet" beside an export)
     shutil.copytree(small_folder["folder"], tmp_path / "hf-model")
+    # (not the temporary folder an export killed mid-write left, its config.json written first)
+    shutil.copytree(small_folder["folder"], tmp_path / "hf-model.4242.tmp")
     line = one_error_line(*run_cli(export.main, [str(tmp_path / "nope"), str(tmp_path / "x")], capsys)[::2])
     assert line.endswith(f"not found; available: {tmp_path / 'hf-model'}"), line
     shutil.rmtree(tmp_path / "hf-model")
+    shutil.rmtree(tmp_path / "hf-model.4242.tmp")
     # an empty folder is fine, and no temporary folder is left next to it; so is a new one named with a final /
     empty = tmp_path / "empty"
     empty.mkdir()
