@@ -1760,6 +1760,15 @@ def test_two_datasets_runs_into_one_checkpoint_name_at_once_are_refused(env, tmp
     assert sorted(os.listdir(out)) == ["mini_best.pt", "mini_metrics.jsonl", "run1.pt"]  # no lock left behind
 
 
+def test_a_checkpoint_name_that_is_the_datasets_does_not_refuse_its_own_run(env, tmp_path):
+    """--output_checkpoint models/mini for --dataset mini: the file name's lock (for other datasets' runs) was the
+    dataset's own lock file, which the run already held, and the run refused itself as "another train.py"."""
+    out = tmp_path / "m"
+    s = train.train(args_for(env, out, "--dataset", "mini", "--max_steps", "1", "--output_checkpoint", str(out / "mini")))
+    assert s["checkpoint"] == str(out / "mini") and load_checkpoint(s["checkpoint"])["dataset"] == "mini"
+    assert not [f for f in os.listdir(out) if f.endswith(".lock")]  # none left behind
+
+
 def test_output_checkpoint_folders(env, tmp_path):
     """{dataset} in the folder part puts the best file and metrics in the same folder (they went to a folder named
     '{dataset}'); {epoch} there, or a path that names a folder, is refused before training (it failed at the first
