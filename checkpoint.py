@@ -101,9 +101,10 @@ def load_checkpoint(path, map_location="cpu"):
                 if global_ else "is not a checkpoint (corrupt, or not written by torch.save?)")
         raise UserError(f"{path} {what}; use a checkpoint written by train.py") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        # torch's own first sentence (miniz's advice after it would be cut off mid-word)
+        # torch's own first sentence (miniz's advice after it would be cut off mid-word); none (an empty file's
+        # EOFError): the error's name, as first_line gives it, not "str", the name of the empty text's type
         raise UserError(f"{path} is not a readable checkpoint (truncated or corrupt?): "
-                        f"{first_line(str(e).split('. ')[0], 120)}; {another}")
+                        f"{first_line(str(e).split('. ')[0] or type(e).__name__, 120)}; {another}")
     if not isinstance(ckpt, dict) or not {"model", "config", "tokenizer"} <= set(ckpt):
         raise UserError(f"{path} is not a checkpoint of this project (no model/config/tokenizer entries); train one with train.py")
     # torch.load does not check the zip's CRC-32s: a file damaged inside a tensor (a disk, a copy) loaded as other

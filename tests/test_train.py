@@ -1029,6 +1029,15 @@ def test_ctrl_c_during_an_evaluation_saves_the_step_it_evaluated(env, tmp_path, 
     assert load_checkpoint(ckpt)["step"] == evaluated
 
 
+def test_an_empty_checkpoint_file_names_what_torch_said(tmp_path):
+    """A checkpoint file of 0 bytes (a copy cut off at its start): torch's EOFError says nothing, and the line read
+    "(truncated or corrupt?): str", the name of the empty text's type."""
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(UserError, match=r"empty\.pt is not a readable checkpoint \(truncated or corrupt\?\): "
+                                        r"EOFError; use another checkpoint \(its _best\.pt or an earlier one\)$"):
+        load_checkpoint(str(tmp_path / "empty.pt"))
+
+
 def test_bad_checkpoints_are_one_line_errors(env, trained, tmp_path, capsys):
     good = trained["summary"]["checkpoint"]
     # bytes flipped inside a tensor: torch.load reads other weights without a word; the zip's checksums catch it
