@@ -1554,6 +1554,28 @@ def test_missing_source_names_source_and_mirror(tmp_path, monkeypatch, capsys):
     assert json.loads((tmp_path / "data" / "chitchat" / "meta.json").read_text())["kind"] == "chat"
 
 
+def test_offline_without_the_gpt2_files_names_prepares_own_ways_out(tmp_path, monkeypatch):
+    """The GPT-2 files' offline line dropped "or use --tokenizer PATH.tiktoken" (other scripts refuse that option):
+    prepare.py, which takes it and --vocab_size, was left with TIKTOKEN_CACHE_DIR alone."""
+    import tiktoken
+    import setup_tokenizer
+
+    def offline(name):
+        raise ConnectionError("no network")
+    monkeypatch.setattr(tiktoken, "get_encoding", offline)
+    setup_tokenizer._load_tokenizer.cache_clear()
+    src = write(tmp_path / "notes.txt", EOT.join(f"note {i}" for i in range(20)))
+    try:
+        with pytest.raises(UserError, match=r"^cannot load the GPT-2 BPE files \(offline\?\): set TIKTOKEN_CACHE_DIR "
+                                            r".*\(ConnectionError\), or give the data a vocabulary of its own with "
+                                            r"--vocab_size 4096 \(or --tokenizer PATH.tiktoken\)$"):
+            prepare.prepare("text", source=src, out_dir=str(tmp_path / "data"))
+    finally:
+        setup_tokenizer._load_tokenizer.cache_clear()  # later tests load the real files
+    assert not (tmp_path / "data" / "text").exists()
+    assert prepare.prepare("text", source=src, out_dir=str(tmp_path / "data"), vocab_size=260)["vocab_size"] == 260
+
+
 def test_a_dataset_of_your_files_is_not_replaced_by_the_mirrors(tmp_path, monkeypatch, capsys):
     """`--dataset dailydialog --source mine.jsonl` (as the module docstring's `--dataset chat --source chats.jsonl`),
     then a bare `python prepare.py`: the folder was rebuilt from the mirror, the user's dataset gone without a word. It
