@@ -346,7 +346,7 @@ def test_the_checkpoint_may_come_first_as_in_the_other_scripts(capsys):
     """`train.py models/x.pt --epochs 2`, as gen.py, eval.py, serve.py and export.py take a checkpoint, is --checkpoint:
     it was "unrecognized arguments"."""
     args = train.parse_args(["models/x.pt", "--epochs", "2"])
-    assert (args.checkpoint, args.epochs) == ("models/x.pt", 2) and "checkpoint_given" not in vars(args)
+    assert (args.checkpoint, args.epochs) == ("models/x.pt", 2) and "checkpoint_option" not in vars(args)
     assert train.parse_args(["--checkpoint", "models/x.pt"]).checkpoint == "models/x.pt"
     with pytest.raises(SystemExit):
         train.parse_args(["models/x.pt", "--checkpoint", "models/y.pt"])
