@@ -309,7 +309,10 @@ def first_line(e, width=200):
     for GPT:"), where the next line says what went wrong."""
     lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
     line = lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0]
-    return line if len(line) <= width else line[:width - 3].rsplit(" ", 1)[0] + "..."
+    if len(line) <= width:
+        return line
+    head = line[:width - 3]  # a word the cut ends inside goes ("... by pe" read as a typo); one it ends after stays
+    return (head if line[width - 3] == " " else head.rsplit(" ", 1)[0]).rstrip() + "..."
 
 
 def read_meta(folder):

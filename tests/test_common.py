@@ -145,6 +145,7 @@ def test_a_librarys_message_in_an_error_line_is_cut_between_words():
     heading = "Error(s) in loading state_dict for GPT:\n\tsize mismatch for wte.weight: " + "x" * 300
     assert common.first_line(RuntimeError(heading), 100) == "size mismatch for wte.weight:..."  # a word too long
     assert common.first_line(RuntimeError("x" * 300), 50) == "x" * 47 + "..."  # one word: cut, and said to be
+    assert common.first_line(RuntimeError("abc def ghi"), 10) == "abc def..."  # a cut just after a word keeps it
 
 
 def test_a_save_replaces_the_file_whole_never_writes_into_it(tmp_path):
