@@ -1335,10 +1335,11 @@ def run_training(args, held):
             held.enter_context(run_lock(out_dir, dataset, f"the {dataset} run in {os.path.join(out_dir, '')} (its "
                                                            f"checkpoints, {dataset}_best.pt and metrics)"))
             tail = os.path.basename(out_pattern)
-            # models/run{epoch}.pt: another dataset's run (its own lock above) writes them too. A name that is the
-            # dataset's (models/mini for mini) is that lock's already: a second flock of it refused the run itself
-            if "{dataset}" not in tail and tail != dataset:
-                held.enter_context(run_lock(out_dir, tail, f"{os.path.join(out_dir, tail)} (another dataset's run)"))
+            # models/run{epoch}.pt: another dataset's run (its own lock above) writes them too. Its lock file is named
+            # apart from every dataset's (no + in a dataset's name): models/mini for mini took mini's own lock again,
+            # and the run refused itself
+            if "{dataset}" not in tail:
+                held.enter_context(run_lock(out_dir, "+" + tail, f"{os.path.join(out_dir, tail)} (another dataset's run)"))
             # --reset_epoch numbers epochs from 1 again: its files would land on the run's own
             if not continuing or args.reset_epoch:
                 replaced = refuse_earlier_run(out_pattern, dataset, best_path, args.overwrite,
