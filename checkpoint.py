@@ -25,6 +25,14 @@ from setup_tokenizer import tokenizer_from_state, tokenizer_state
 FORMAT = 1  # bump when the layout changes incompatibly
 NUMBER = (int, float)
 
+# the training state train.py writes, by entry: what each holds (a file edited and saved again passes torch.load and
+# the zip checksums, and a step of 'x' ended in a ValueError deep in a resume, or in eval.py's table)
+STATE_KINDS = {"step": int, "epoch": int, "epoch_step": int, "epoch_windows": int, "tokens": int, "eval_windows": int,
+               "evals_since_best": int, "best_val_loss": (*NUMBER, type(None)), "val_loss": (*NUMBER, type(None)),
+               "elapsed": NUMBER, "budget_elapsed": NUMBER, "schedule_origin": (*NUMBER, type(None)), "budget_done": bool,
+               "stopped_early": bool, "dataset": str, "run": str, "args": dict, "data": dict, "rng": dict,
+               "optimizer": dict, "scaler": dict}
+
 
 def add_checkpoint_argument(p, help="a .pt file or a Hugging Face model folder (default: the newest .pt in models/ or a "
                                      "folder in it)", shown="first"):
@@ -45,13 +53,6 @@ def parse_checkpoint(p, args):
             p.error(f"two checkpoints, {args.checkpoint} and --checkpoint {given}: give one")
         args.checkpoint = given
     return args
-# the training state train.py writes, by entry: what each holds (a file edited and saved again passes torch.load and
-# the zip checksums, and a step of 'x' ended in a ValueError deep in a resume, or in eval.py's table)
-STATE_KINDS = {"step": int, "epoch": int, "epoch_step": int, "epoch_windows": int, "tokens": int, "eval_windows": int,
-               "evals_since_best": int, "best_val_loss": (*NUMBER, type(None)), "val_loss": (*NUMBER, type(None)),
-               "elapsed": NUMBER, "budget_elapsed": NUMBER, "schedule_origin": (*NUMBER, type(None)), "budget_done": bool,
-               "stopped_early": bool, "dataset": str, "run": str, "args": dict, "data": dict, "rng": dict,
-               "optimizer": dict, "scaler": dict}
 
 
 def save_checkpoint(path, model, enc, **state):
