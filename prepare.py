@@ -788,6 +788,7 @@ class Split:
         self.tokens = self.documents = self.bytes = self.padding = 0
         self.cut = 0  # documents (books) cut by tokens, whose head is here and tail in val: counted in neither
         self.repeats = 0  # documents left out of val because train has them (write_splits): counted in neither
+        self.replaced = 0  # files commit() has renamed into place
 
     def write(self, ids, mask, documents, nbytes):
         self.files[0].write(ids.tobytes())
@@ -879,6 +880,7 @@ class Split:
         for f, path in zip(self.files, self.paths):
             f.close()
             fsync_replace(f.name, path)
+            self.replaced += 1
 
     def discard(self):
         for f in self.files:
@@ -1802,10 +1804,21 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
             split.sync()
         atomic_write_text(new_meta, json.dumps(meta, indent=2) + "\n")  # new_vocab is on disk already (train_bpe)
         with ctrl_c_held():
+            old_meta = read_meta(folder)
             with contextlib.suppress(FileNotFoundError):
                 os.remove(meta_path)
-            for split in splits.values():
-                split.commit()
+            try:
+                for split in splits.values():
+                    split.commit()
+            except PermissionError as e:
+                # Windows refuses to replace a file another process holds open (a train.py or eval.py reading the
+                # dataset): the old meta.json was gone, and the old dataset with it. Back while no file is replaced
+                kept = old_meta is not None and not any(s.replaced for s in splits.values())
+                if kept:
+                    atomic_write_text(meta_path, json.dumps(old_meta, indent=2) + "\n")
+                now = "the dataset is as it was" if kept else "until then there is no dataset there"
+                raise UserError(f"cannot replace {e.filename2 or e.filename or folder} (a train.py or eval.py reading "
+                                f"{folder} has it open?): run this again once it ends; {now}") from None
             if new_vocab:
                 fsync_replace(new_vocab, tokenizer)
             if not has_mask:  # a chat set rebuilt as text must not keep stale masks

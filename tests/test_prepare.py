@@ -1426,6 +1426,34 @@ def test_a_reader_gone_after_the_summary_keeps_the_new_dataset(tmp_path, monkeyp
     assert "is up to date" in capsys.readouterr().out
 
 
+def test_a_rebuild_windows_refuses_over_open_files_keeps_the_old_dataset(tmp_path, monkeypatch):
+    """On Windows a file another process holds open (train.py's memmap of train.bin) cannot be replaced: the rebuild
+    had removed meta.json first, then failed with "Permission denied", and the old dataset was gone."""
+    src = write(tmp_path / "chats.jsonl", "".join(json.dumps({"messages": c}) + "\n" for c in CONVERSATIONS))
+    out, folder = str(tmp_path / "data"), tmp_path / "data" / "chat"
+    prepare.prepare("chat", source=src, out_dir=out)
+    before = {f: (folder / f).read_bytes() for f in os.listdir(folder)}
+    replace = os.replace
+
+    def held_open(name):
+        def windows_replace(a, b):
+            if os.path.basename(b) == name:
+                raise PermissionError(13, "Access is denied", str(a), None, str(b))
+            return replace(a, b)
+        return windows_replace
+    monkeypatch.setattr(os, "replace", held_open("train.bin"))  # the first file the rebuild renames into place
+    with pytest.raises(UserError, match=r"^cannot replace .*/chat/train\.bin \(a train\.py or eval\.py reading .*/chat "
+                                        r"has it open\?\): run this again once it ends; the dataset is as it was$"):
+        prepare.prepare("chat", source=src, out_dir=out, val_fraction=0.2)
+    assert {f: (folder / f).read_bytes() for f in os.listdir(folder)} == before
+    # val.bin held (eval.py's), train.bin replaced before: no dataset until the run again, said so
+    monkeypatch.setattr(os, "replace", held_open("val.bin"))
+    with pytest.raises(UserError, match=r"run this again once it ends; until then there is no dataset there$"):
+        prepare.prepare("chat", source=src, out_dir=out, val_fraction=0.2)
+    monkeypatch.setattr(os, "replace", replace)
+    assert prepare.prepare("chat", source=src, out_dir=out, val_fraction=0.2)["splits"]["val"]["documents"] > 0
+
+
 def test_interrupted_commit_leaves_the_old_dataset_or_the_new_one(tmp_path, monkeypatch):
     """A rebuild interrupted at each of its file-system steps in turn (every fsync, rename and removal, from the new
     vocabulary to the cleanup): Ctrl-C leaves the old dataset or the complete new one, never a mix, never nothing;
