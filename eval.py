@@ -173,7 +173,7 @@ def format_table(result):
              f"{r['params'] / 1e6:.1f}M parameters){trained}; tokenizer {r['tokenizer']}",
              f"{r['split']} split in windows of {r['block_size']} tokens; replies: at most {s['max_tokens']} new tokens, "
              f"temp {s['temperature']:g}, top_k {s['top_k'] or 'off'}" + (f", top_p {s['top_p']:g}" if s["top_p"] else "")
-             + (f", repetition_penalty {s['repetition_penalty']:g}" if s.get("repetition_penalty", 1) != 1 else "")
+             + (f", repetition_penalty {s['repetition_penalty']:g}" if s["repetition_penalty"] != 1 else "")
              + f", seed {s['seed']}", ""]
 
     def cell(value, fmt):

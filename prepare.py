@@ -1639,13 +1639,16 @@ def prepare(dataset, source=None, tokenizer=None, limit=None, val_fraction=DEFAU
         elif current < vocab_size:  # this data supports no more: training again would give the same
             warn_short_vocabulary(vocab_size, current)
     try:
-        try:
-            enc = train_vocabulary(plan, vocab_size, new_vocab, limit, val_fraction, pack) if new_vocab else get_tokenizer(tokenizer)
-        except UserError as e:  # offline without GPT-2's BPE files: prepare.py's own ways out too, which the line
-            if tokenizer != "gpt2":  # (now one for every script) no longer names
-                raise
-            raise UserError(f"{e}, or give the data a vocabulary of its own with --vocab_size 4096 (or --tokenizer "
-                            f"PATH.tiktoken)") from None
+        if new_vocab:
+            enc = train_vocabulary(plan, vocab_size, new_vocab, limit, val_fraction, pack)
+        else:
+            try:
+                enc = get_tokenizer(tokenizer)
+            except UserError as e:  # offline without GPT-2's BPE files: prepare.py's own ways out too, which the
+                if tokenizer != "gpt2":  # line (now one for every script) no longer names
+                    raise
+                raise UserError(f"{e}, or give the data a vocabulary of its own with --vocab_size 4096 (or "
+                                f"--tokenizer PATH.tiktoken)") from None
         tokenizer = tokenizer if tokenizer == "gpt2" else os.path.abspath(tokenizer)
         tok_hash = tokenizer_hash(enc)
         if kept_file and old.get("tokenizer_hash") not in (None, tok_hash):
