@@ -38,7 +38,7 @@ import torch
 
 from common import (UserError, atomic_write_text, autocast, check_output, cpu_bf16_is_faster, cpu_has_bf16, cpu_info,
                     first_line, is_oom, pick_device, pick_dtype, nonempty, not_utf8, retain_freed_memory, run_main, DTYPES)
-from model import GPT, OPTIMIZERS, PRESETS, VARIANTS, make_config
+from model import GPT, OPTIMIZERS, PRESETS, VARIANTS, make_config, physical_memory
 from train import DEFAULTS as TRAIN_DEFAULTS, Forward, train_step
 
 SECTIONS = ("peak", "train", "gen", "ratio", "prepare")
@@ -132,6 +132,9 @@ def row(section, name, value, unit, dtype=None, mfu=None, note="", optimizer=Non
 
 def measure_peak(device, dtype, n, warmup=2, iters=5):
     """FLOP/s of an n x n @ n x n matmul in dtype (2 n^3 FLOPs), median of iters."""
+    need, have = n * n * (3 * torch.empty((), dtype=dtype).element_size() + 4), physical_memory()  # a, b, a@b, fp32 randn
+    if device.type == "cpu" and have and need > have:  # (the system killed the process, no line said why)
+        raise MemoryError(f"{need / 2**30:.3g} GiB, more than the machine's {have / 2**30:.3g} GiB")
     g = torch.Generator(device="cpu").manual_seed(0)
     a = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
     b = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)

@@ -376,6 +376,14 @@ def test_peak_counts_two_flops_per_multiply_add(one_second_steps, one_thread):
     assert [r["value"] for r in rows[:2]] == pytest.approx([2 * 64 ** 3 / 1e9, 2 * 32 ** 3 / 1e9])
 
 
+def test_peak_sizes_past_the_machines_memory_are_refused_before_allocating(monkeypatch, one_thread):
+    # a --peak_sizes whose matrices pass the RAM was killed by the system (no line said why) rather than refused
+    monkeypatch.setattr(bench, "physical_memory", lambda: 64 * 64 * 10)  # fits 32 x 32, not 64 x 64 (4 + 3 x 4 bytes)
+    with pytest.raises(UserError, match=r"matmuls of 32,64 do not fit in memory: give smaller --peak_sizes"):
+        bench.run(quick_args("--only", "peak", "--dtype", "float32", "--peak_sizes", "32,64"), torch.device("cpu"),
+                  log=lambda *a: None)
+
+
 def test_training_tokens_per_second_and_mfu_against_the_best_peak(one_second_steps, one_thread):
     # B2 x T32 tokens a one-second step; MFU against the best of the peak sizes (64's here, measured first)
     args = quick_args("--only", "train", "--dtype", "float32", "--peak_sizes", "64,32", "--steps", "1")
