@@ -1740,8 +1740,10 @@ def run_training(args, held):
                             due_eval = end_of_epoch or (eval_every and estep % eval_every == 0)
                             due_save = end_of_epoch or (save_every and estep % save_every == 0)
                             due_log = estep % log_every == 0
-                        # the last step of a run is always logged
-                        due_log = due_log or due_eval or stopped != "done" or interrupted
+                        # the last step of a run is always logged, and every save is at a record: the loss summed
+                        # since the last record is in no checkpoint, and a run resumed from a save between records
+                        # logged its first train loss over its own steps alone
+                        due_log = due_log or due_eval or due_save or stopped != "done" or interrupted
 
                         if due_log:
                             if dist.world > 1:  # each rank holds its share of every step's loss

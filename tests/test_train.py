@@ -237,6 +237,33 @@ def test_exact_resume(env, tmp_path, dtype, optimizer):
     assert a["best_val_loss"] == b["best_val_loss"]
 
 
+def test_a_run_resumed_from_a_save_between_records_logs_the_losses_of_the_run_it_continues(env, tmp_path, monkeypatch):
+    # saves every 20% of the epoch, records every 50%: a save between two records once held the steps since the last
+    # record in no file, so the resumed run's first record averaged its own steps alone (another train_loss)
+    common = ["--dataset", "mini", "--epochs", "1", "--batch_size", "4", "--log_interval", "50",
+              "--save_interval", "20", "--eval_interval", "100"]
+    kept = {}
+    real_save = train.save_checkpoint
+
+    def save_and_keep(path, *a, **kw):  # a copy of the first save that is not at the end of the epoch
+        real_save(path, *a, **kw)
+        if not kept and kw["epoch_step"]:
+            kept.update(step=kw["step"], path=str(tmp_path / "copy.pt"))
+            shutil.copy(path, kept["path"])
+    monkeypatch.setattr(train, "save_checkpoint", save_and_keep)
+    one = train.train(args_for(env, tmp_path / "one", *common))
+    monkeypatch.undo()
+    everything = {r["step"]: r["train_loss"] for r in read_metrics(one["metrics"]) if r["train_loss"] is not None}
+    assert kept and one["steps"] > kept["step"] + 1
+    os.makedirs(tmp_path / "two")
+    resumed_from = str(tmp_path / "two" / "mini_epoch0.pt")
+    shutil.move(kept["path"], resumed_from)
+    rest = train.train(args_for(env, tmp_path / "two", "--checkpoint", resumed_from, fresh=False))
+    after = {r["step"]: r["train_loss"] for r in read_metrics(rest["metrics"]) if r["train_loss"] is not None}
+    assert after and min(after) > kept["step"]
+    assert after == {s: everything[s] for s in after}
+
+
 def test_continuing_keeps_the_runs_optimizer(env, tmp_path, capsys):
     # a checkpoint from before --optimizer (AdamW's state, no "optimizer" in its args) continues with AdamW, exactly
     common = ["--dataset", "mini", "--epochs", "3", "--eval_interval", "0", "--save_interval", "0"]
