@@ -198,7 +198,7 @@ def make_train_step(model, device, dtype, batch_size, compile=False, seed=0, opt
     return step, lambda: fwd.fn is not fwd.model
 
 
-def train_row(model, device, dtype, batch_size, seconds, peaks, compiled, optimizer, label=None, iters=None, group=1):
+def train_row(model, device, dtype, batch_size, seconds, peaks, compiled, optimizer, iters=None, group=1):
     cfg = model.config
     scale, unit = flop_unit(device)
     t = statistics.median(seconds)
@@ -206,7 +206,7 @@ def train_row(model, device, dtype, batch_size, seconds, peaks, compiled, optimi
     achieved = tps * model.flops_per_token(cfg.block_size)
     peak = peaks.get(dtype)
     mfu = achieved / peak if peak else None
-    name = label or f"{cfg_name(model)} B{batch_size} T{cfg.block_size} V{cfg.vocab_size}"
+    name = f"{cfg_name(model)} B{batch_size} T{cfg.block_size} V{cfg.vocab_size}"
     note = f"step {t * 1e3:.0f} ms, {achieved / scale:.1f} {unit}, {optimizer}" + (", compiled" if compiled else "")
     if iters:
         note += f", median of {iters}" + (f" runs of {group} steps" if group > 1 else "")
