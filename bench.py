@@ -272,18 +272,19 @@ def gen_block_size(preset, prompt_len, new_tokens):
     return max(PRESETS[preset]["block_size"], need)
 
 
-def run_generate(model, device, dtype, idx, new_tokens, use_cache, seed=0, keep_cast_weights=True):
-    """Consume model.generate as gen.py does (autocast entered around each step, temperature 0.8, top_k 200);
-    returns the number of tokens produced (all rows).
+def run_generate(model, device, dtype, idx, new_tokens, use_cache, seed=0):
+    """Consume model.generate as gen.py does (temperature 0.8, top_k 200, the weights cast once); returns the number
+    of tokens produced (all rows).
 
-    keep_cast_weights: autocast keeps the bf16 copies of the weights only until the outermost autocast context
-    exits, so a context per step re-casts every weight every token (on CPU a B1 step reads the fp32 weights and
+    Autocast is entered around each step only (gen.py holds one region over the whole generation), so nothing of this
+    loop runs under it. Autocast keeps the bf16 copies of the weights only until the outermost autocast context exits,
+    so a context per step alone would re-cast every weight every token (on CPU a B1 step reads the fp32 weights and
     writes bf16 ones: ~4x slower for small). An outer *disabled* autocast context keeps the nesting level above
-    zero, so the copies live across steps, while nothing runs under autocast between steps."""
+    zero, so the copies live across steps."""
     g = torch.Generator(device=device).manual_seed(seed)
     steps = model.generate(idx, new_tokens, temperature=0.8, top_k=200, use_cache=use_cache, generator=g)
     n = 0
-    outer = torch.autocast(device.type, enabled=False) if keep_cast_weights and dtype != torch.float32 else None
+    outer = torch.autocast(device.type, enabled=False) if dtype != torch.float32 else None
     with outer or contextlib.nullcontext():
         while True:
             with autocast(device, dtype):
