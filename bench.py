@@ -457,9 +457,9 @@ def settings_description(args):
             + ("; activations recomputed" if getattr(args, "recompute_activations", False) else ""))
 
 
-def section_text(rows, device, argv=None, note=None, when=None, settings=None, machine=None):
+def section_text(rows, device, argv=None, note=None, settings=None, machine=None):
     """machine: machine_description(device) as it was at the start (its load average is the start's)."""
-    when = when or datetime.datetime.now()
+    when = datetime.datetime.now()
     cmd = shlex.join(["python", "bench.py", *(argv or [])])  # quoted as typed: it can be pasted back
     out = [f"## {when:%Y-%m-%d %H:%M} — {device.type}", "",
            f"- machine: {machine or machine_description(device)}",
