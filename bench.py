@@ -450,11 +450,10 @@ def machine_description(device):
 
 def settings_description(args):
     """How the numbers were taken, beyond the command line's defaults."""
-    malloc = "freed memory retained" if getattr(args, "malloc_retained", False) else "allocator default"
+    malloc = "freed memory retained" if args.malloc_retained else "allocator default"
     clock = "process CPU time (one thread)" if args.clock == "cpu" else "wall time"
     return (f"clock {clock}; glibc malloc {malloc}; torch.compile {'on' if args.compile else 'off'}; "
-            f"optimizer {getattr(args, 'optimizer', OPTIMIZERS[0])}"
-            + ("; activations recomputed" if getattr(args, "recompute_activations", False) else ""))
+            f"optimizer {args.optimizer}" + ("; activations recomputed" if args.recompute_activations else ""))
 
 
 def section_text(rows, device, argv=None, note=None, settings=None, machine=None):
