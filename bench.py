@@ -297,16 +297,14 @@ def run_generate(model, device, dtype, idx, new_tokens, use_cache, seed=0):
 
 
 def bench_gen(preset, device, dtype, batch_sizes=(1, 8), prompt_len=16, new_tokens=500, vocab_size=None,
-              variant=None, no_cache_batch=1):
-    """Generation tokens/s: every batch size with the KV cache, and no_cache_batch also without it
-    (full recomputation of the window each token), plus the cache's speed-up at that batch size."""
+              variant=None):
+    """Generation tokens/s: every batch size with the KV cache, and batch 1 also without it (full recomputation of
+    the window each token), plus the cache's speed-up at batch 1."""
     block = gen_block_size(preset, prompt_len, new_tokens)
     model = build_model(preset, device, block, vocab_size, variant).eval()
     name = cfg_name(model)
     rows, speed = [], {}
-    runs = [(b, True) for b in dict.fromkeys(batch_sizes)]  # --gen_batch 1 names B1 twice
-    if no_cache_batch:
-        runs.insert(0, (no_cache_batch, False))
+    runs = [(1, False)] + [(b, True) for b in dict.fromkeys(batch_sizes)]  # --gen_batch 1 names B1 twice
     for b, use_cache in runs:
         g = torch.Generator(device="cpu").manual_seed(b)
         idx = torch.randint(0, model.config.vocab_size, (b, prompt_len), generator=g).to(device)
@@ -320,9 +318,9 @@ def bench_gen(preset, device, dtype, batch_sizes=(1, 8), prompt_len=16, new_toke
         rows.append(row("gen", f"{name} B{b} {'KV cache' if use_cache else 'no cache'}", n / t, "tokens/s", dtype,
                         note=f"prompt {prompt_len} + {new_tokens} new, block_size {block} (no sliding), {t:.2f} s"
                              + ("" if dtype == torch.float32 else ", weights cast once")))
-    if no_cache_batch and (no_cache_batch, True) in speed:
-        ratio = speed[(no_cache_batch, True)] / speed[(no_cache_batch, False)]
-        rows.append(row("gen", f"{name} B{no_cache_batch} cache / no cache", ratio, "x", dtype,
+    if (1, True) in speed:
+        ratio = speed[(1, True)] / speed[(1, False)]
+        rows.append(row("gen", f"{name} B1 cache / no cache", ratio, "x", dtype,
                         note="target for small at B1, 500 tokens: >= 5x"))
     return rows
 
