@@ -254,8 +254,8 @@ def warn_if_trained_on_text(path, ckpt, replies="its replies"):
 class Printer:
     """Streams text to stdout as it comes; on a terminal paces tokens for a readable rhythm."""
 
-    def __init__(self, delay=0.0, out=None):
-        self.delay, self.out, self.last = delay, out or sys.stdout, 0.0
+    def __init__(self, delay=0.0):
+        self.delay, self.out, self.last = delay, sys.stdout, 0.0
 
     def __call__(self, piece):
         if self.delay:
