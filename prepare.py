@@ -896,8 +896,8 @@ class Packer:
     closed with <|endoftext|> padding (mask 0), a document longer than a block is cut between its turns."""
     FLUSH_TOKENS = 1 << 20  # documents are gathered into writes of about this many tokens
 
-    def __init__(self, out, block, enc, table, lookahead=PACK_LOOKAHEAD):
-        self.out, self.block, self.table, self.lookahead = out, block, table, lookahead
+    def __init__(self, out, block, enc, table):
+        self.out, self.block, self.table = out, block, table
         self.eot, self.im_start = enc.eot_token, enc.encode_single_token(IM_START)
         self.user_head = [self.im_start] + enc.encode_ordinary("user\n")  # how a user message starts
         self.pos = 0                       # tokens already in the open block
@@ -920,7 +920,7 @@ class Packer:
             i = bisect.bisect_right(self.lengths, len(piece[0]))
             self.lengths.insert(i, len(piece[0]))
             self.waiting.insert(i, piece)
-            if len(self.waiting) > self.lookahead:
+            if len(self.waiting) > PACK_LOOKAHEAD:
                 self.place_one()
 
     def pieces(self, ids, mask):
