@@ -368,7 +368,7 @@ class Worker(threading.Thread):
         stops = StopText(job.stop)
         steps = stream_completion(self.model, self.enc, job.prompt, job.max_tokens, job.stop_tokens,
                                   dtype=self.dtype, generator=generator, **job.sampling)
-        tokens, finish = 0, "length"  # the context check in parse_request leaves max_tokens as the only other end
+        tokens, finish = 0, "length"  # the context check in job_from_request leaves max_tokens as the only other end
         try:
             for tok, piece in steps:
                 if job.cancelled.is_set() or self.halted.is_set():
