@@ -15,11 +15,11 @@ over the split: the same numbers with --eval_batches 40 --batch_size <its batch 
 makes bf16 on CPUs where it outruns fp32; close ones over all windows).
 
 Replies, for each conversation set: --samples conversations spread evenly over the split, each cut after its
-first user message, are answered as gen.py --chat answers (gen.chat_reply, sampling with --temp/--top_k/--top_p);
-"ended" is the share of replies closed by <|im_end|> within --max_tokens new tokens, "mean tokens" their mean
-length without the closing token. With --prompt_file FILE the first --samples lines of the file (one user message
-each) are the prompts instead, in a row of their own. Sampling restarts from --seed for each row, so the same
-checkpoint and options give the same numbers.
+first user message, are answered as gen.py --chat answers (gen.chat_reply, sampling with --temp/--top_k/--top_p/
+--repetition_penalty); "ended" is the share of replies closed by <|im_end|> within --max_tokens new tokens, "mean
+tokens" their mean length without the closing token. With --prompt_file FILE the first --samples lines of the file
+(one user message each) are the prompts instead, in a row of their own. Sampling restarts from --seed for each row,
+so the same checkpoint and options give the same numbers.
 """
 import common  # first (it is light): Ctrl-C while torch loads then ends in one line, not a traceback from its import
 common.quiet_ctrl_c(__name__)
