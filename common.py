@@ -653,7 +653,8 @@ def retain_freed_memory():
     and ~1 s of kernel time per small bf16 step, a third of it. With mmap and trimming off, a step reuses the
     previous step's pages: small bf16 B8 3.55 -> 2.48 CPU-s a step, tiny V4096 0.285 -> 0.218 (one thread).
     The price: the process keeps its peak memory (small: max RSS 2.4 -> 3.3 GB). Linux glibc only; returns
-    whether it applied. Process-wide and permanent, so a script's main() calls it, not its importable functions."""
+    whether it applied. Process-wide and permanent, so a script calls it when run as a command (under
+    `if __name__ == "__main__"`; bench.py's main, as its --malloc says), not in its importable functions."""
     if not sys.platform.startswith("linux"):
         return False
     try:
