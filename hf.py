@@ -33,7 +33,7 @@ import shutil
 import torch
 
 from common import UserError, first_line, remove_stale_tmp, tmp_name
-from model import GPT, PRESETS, GPTConfig, swiglu_hidden
+from model import GPT, NORM_EPS, PRESETS, ROPE_THETA, GPTConfig, swiglu_hidden
 from setup_tokenizer import SPECIAL_TOKENS, get_tokenizer, tokenizer_from_bpe, tokenizer_hash, tokenizer_state
 
 CONFIG = "config.json"
@@ -42,8 +42,6 @@ WEIGHTS_INDEX = "model.safetensors.index.json"  # sharded: several safetensors f
 WEIGHTS_BIN = "pytorch_model.bin"  # older downloads: a pickled state dict
 TOKENIZER_JSON = "tokenizer.json"
 VOCAB_JSON, MERGES_TXT = "vocab.json", "merges.txt"
-ROPE_THETA = 10000.0  # model.py's RoPE base
-NORM_EPS = 1e-5       # model.py's LayerNorm and RMSNorm epsilon
 CHAT_TEMPLATE = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] "
                  "+ '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
                  "{% endif %}")  # setup_tokenizer.render_chat's layout; tokenized whole, so GPT-2's vocabulary merges a

@@ -29,6 +29,8 @@ import torch.utils.checkpoint
 from torch.nn import functional as F
 
 VARIANTS = ("gpt2", "modern")
+ROPE_THETA = 10000.0  # the RoPE base: angle i of position t is t / ROPE_THETA^(2i / head_dim)
+NORM_EPS = 1e-5  # LayerNorm's default epsilon, and RMSNorm's here (hf.py writes both into exports)
 
 
 @dataclass
@@ -240,8 +242,8 @@ class SwiGLU(nn.Module):
 
 def make_norm(config):
     if config.variant == "modern":
-        return nn.RMSNorm(config.n_embd, eps=1e-5)
-    return nn.LayerNorm(config.n_embd, bias=config.bias)
+        return nn.RMSNorm(config.n_embd, eps=NORM_EPS)
+    return nn.LayerNorm(config.n_embd, eps=NORM_EPS, bias=config.bias)
 
 
 class Block(nn.Module):
@@ -551,7 +553,7 @@ class GPT(nn.Module):
             # RoPE angles for every position up to block_size, shared by all layers. Non-persistent: derived data,
             # not part of checkpoints.
             hs = config.head_dim
-            inv_freq = 1.0 / (10000.0 ** (torch.arange(0, hs, 2, dtype=torch.float32) / hs))  # (hs/2,)
+            inv_freq = 1.0 / (ROPE_THETA ** (torch.arange(0, hs, 2, dtype=torch.float32) / hs))  # (hs/2,)
             angles = torch.outer(torch.arange(config.block_size, dtype=torch.float32), inv_freq)  # (block_size, hs/2)
             self.register_buffer("rope_cos", angles.cos(), persistent=False)
             self.register_buffer("rope_sin", angles.sin(), persistent=False)
