@@ -1562,7 +1562,7 @@ def prepare(dataset, source=None, tokenizer=None, limit=None, val_fraction=DEFAU
     if pack is not None and not 0 <= pack <= MAX_PACK:  # (10**13: numpy's 18 TiB allocation error)
         raise UserError(f"--pack {pack}: give the training context in tokens (train.py --block_size, at most "
                         f"{MAX_PACK:,}), or 0 for no packing")
-    name = name or dataset
+    named, name = bool(name), name or dataset
     if not is_dataset_name(name):
         raise UserError(f"--name {name!r}: use letters, digits, '.', '-' and '_' (it names a folder in {out_dir})")
     plan = find_mix_source(mix, extra, limit) if dataset == "mix" else find_source(dataset, source, extra, limit)
@@ -1592,6 +1592,13 @@ def prepare(dataset, source=None, tokenizer=None, limit=None, val_fraction=DEFAU
         raise OtherSource(f"{folder} holds the {dataset!r} dataset made from your files (by "
                           f"`{rebuild_command(old, folder)}`), not from {plan['description']}: run that to make it "
                           f"again, pick another folder for this one with --name, or replace it with --force")
+    # other files of the user's into the folder no --name chose (data/text, every --source's without one): the dataset
+    # a model was trained on was replaced without a word, as another dataset's folder is not (a --name given is the
+    # user's choice of folder: made again there)
+    was = (meta_options(old, folder, odd={}) or {}).get("source") if old and old.get("dataset") == dataset else None
+    if was and source and not named and not force and set(was) != {os.path.abspath(p) for p in ([source] if isinstance(source, str) else source)}:
+        raise UserError(f"{folder} holds the dataset made from {', '.join(was)} (by `{rebuild_command(old, folder)}`): "
+                        f"pick another folder for this one with --name, or replace it with --force")
     kept_file = None  # the --tokenizer file kept: it must still hold the vocabulary the dataset was made with
     if tokenizer is None and vocab_size is None:
         # made again without a word about its vocabulary: the one it has, so checkpoints trained on it go on fitting

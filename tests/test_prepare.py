@@ -1628,6 +1628,27 @@ def test_a_dataset_of_your_files_is_not_replaced_by_the_mirrors(tmp_path, monkey
     assert "DATA_MIRROR" in prepare.prepare("dailydialog", out_dir=out, force=True)["source"]
 
 
+def test_a_dataset_of_your_files_is_not_replaced_by_other_files_without_force(tmp_path):
+    """`--source a.txt`, then `--source b.txt`: both build data/text, and the dataset a model was trained on was
+    replaced without a word. Refused, naming the command that made it; the same files (in another order) rebuild as
+    before, --name keeps both (and is made again from other files: a folder the user chose) and --force replaces it."""
+    out = str(tmp_path / "data")
+    a = write(tmp_path / "a.txt", EOT.join(f"note {i} about apples" for i in range(30)))
+    b = write(tmp_path / "b.txt", EOT.join(f"note {i} about bananas" for i in range(30)))
+    prepare.prepare("text", source=[a], out_dir=out, vocab_size=280)
+    folder = tmp_path / "data" / "text"
+    before = {f: (folder / f).read_bytes() for f in os.listdir(folder)}
+    with pytest.raises(UserError, match=rf"^{re.escape(str(folder))} holds the dataset made from {re.escape(a)} \(by "
+                                        rf"`python prepare.py --dataset text --source {re.escape(a)} .*`\): pick another folder for "
+                                        rf"this one with --name, or replace it with --force$"):
+        prepare.prepare("text", source=[b], out_dir=out, vocab_size=280)
+    assert {f: (folder / f).read_bytes() for f in os.listdir(folder)} == before
+    assert prepare.prepare("text", source=[b], out_dir=out, vocab_size=280, name="bananas")["source"] == f"--source {b}"
+    assert prepare.prepare("text", source=[a], out_dir=out, vocab_size=280, name="bananas")["source"] == f"--source {a}"
+    prepare.prepare("text", source=[a, b], out_dir=out, vocab_size=280, force=True)
+    assert prepare.prepare("text", source=[b, a], out_dir=out, vocab_size=280)["source"] == f"--source {b}, {a}"
+
+
 def test_hub_path(tmp_path, monkeypatch, enc):
     """Without --source or mirror the hub's rows are read, with the hub's own validation split."""
     monkeypatch.setenv("DATA_MIRROR", str(tmp_path / "no-mirror"))
