@@ -1314,6 +1314,8 @@ def test_rerun_is_a_noop_force_and_changes_rebuild(tmp_path, capsys):
     for pack, block in ((None, 256), (0, 0), (None, 256)):
         assert prepare.prepare("text", source=chats, out_dir=out, name="swap", pack=pack)["pack"] == block
         assert prepare.prepare("text", source=chats, out_dir=out, name="swap", pack=pack)["pack"] == block
+    prepare.prepare("text", source=str(src), out_dir=out, name="swap")  # text in the conversations' place: no masks
+    assert sorted(os.listdir(tmp_path / "data" / "swap")) == ["meta.json", "train.bin", "val.bin"]
     prepare.prepare("text", source=str(src), out_dir=out, name="swap2")  # text, then conversations in its folder
     assert prepare.prepare("text", source=chats, out_dir=out, name="swap2")["pack"] == 256
     assert prepare.prepare("text", source=chats, out_dir=out, name="swap2", pack=0)["pack"] == 0
@@ -1322,7 +1324,11 @@ def test_rerun_is_a_noop_force_and_changes_rebuild(tmp_path, capsys):
     after = snapshot(folder)
     assert {f: v[2] for f, v in after.items()} == {f: v[2] for f, v in before.items()}
     assert after["train.bin"][0] != before["train.bin"][0]
-    # changed options and changed input rebuild
+    # changed options and changed input rebuild: --limit both ways (make demo's --limit 10000, then the whole set, was
+    # not to be "up to date" with 10,000 documents)
+    for limit, n in ((5, 5), (None, len(DOCS))):
+        meta = prepare.prepare("text", source=str(src), out_dir=out, limit=limit)
+        assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == n
     assert prepare.prepare("text", source=str(src), out_dir=out, val_fraction=0.2)["splits"]["val"]["documents"] == round(len(DOCS) * 0.2)
     write(src, EOT.join(DOCS + ["One more story."]))
     meta = prepare.prepare("text", source=str(src), out_dir=out, val_fraction=0.2)
