@@ -161,29 +161,31 @@ def load_model(path_or_ckpt, device="cpu", name=None):
     try:
         model = GPT(GPTConfig(**ckpt["config"]))
     except (TypeError, ValueError) as e:
-        raise UserError(f"checkpoint does not match this model code: its config {first_line(e)}")
+        raise UserError(f"{name} does not match this model code (its config: {first_line(e)}): a damaged checkpoint, "
+                        f"or one from another version of the code; use another one")
     except (RuntimeError, MemoryError) as e:  # a config edited to a context of 10**9: a 64 GB table of RoPE angles
         if not is_oom(e):
             raise
         raise UserError(f"{name}: its model (context {ckpt['config'].get('block_size')}, {ckpt['config'].get('n_layer')} "
                         f"layers x {ckpt['config'].get('n_embd')}) does not fit in memory ({first_line(e, 80)}): its "
                         f"config is damaged, or the model needs a larger machine") from None
-    load_weights(model, ckpt["model"])
+    load_weights(model, ckpt["model"], name)
     enc = tokenizer_from_state(ckpt["tokenizer"])
     # a tokenizer with more ids than the model's embedding: an IndexError at the first such token (gen.py's traceback,
     # serve.py's 500 to every request); fewer: ids the tokenizer cannot decode
     if model.config.vocab_size != enc.n_vocab:
-        raise UserError(f"{name}: the model has {model.config.vocab_size} token ids but its tokenizer {enc.n_vocab}; "
-                        f"the checkpoint is inconsistent")
+        raise UserError(f"{name}: the model has {model.config.vocab_size} token ids but its tokenizer {enc.n_vocab}: "
+                        f"a damaged or edited checkpoint; use another one")
     return model.to(device).eval(), enc, ckpt
 
 
-def load_weights(model, state_dict):
-    """model.load_state_dict, with a mismatch as one line saying what differs."""
+def load_weights(model, state_dict, name="the checkpoint"):
+    """model.load_state_dict, with a mismatch as one line saying what differs (name: the checkpoint's path)."""
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as e:
-        raise UserError(f"checkpoint does not match this model code: {first_line(e)}") from None
+        raise UserError(f"{name} does not match this model code ({first_line(e)}): a damaged checkpoint, or one from "
+                        f"another version of the code; use another one") from None
 
 
 def find_checkpoints(folder="models"):

@@ -1158,6 +1158,11 @@ def model_config(args, meta, ckpt):
         if clash:
             raise UserError(f"{args.checkpoint} fixes the model's shape; {', '.join(clash)} would change it: "
                             f"leave the model options out when continuing from a checkpoint")
+        try:  # the checkpoint's own config first: damage to it is not "bad model options" the user gave
+            GPTConfig(**cfg)
+        except (ValueError, TypeError) as e:
+            raise UserError(f"{args.checkpoint} does not match this model code (its config: {first_line(e)}): a "
+                            f"damaged checkpoint, or one from another version of the code; use another one") from None
         if args.dropout is not None:  # dropout has no weights: free to change
             cfg["dropout"] = args.dropout
         config = GPTConfig(**cfg)
@@ -1508,7 +1513,7 @@ def run_training(args, held):
                         f"fit in memory ({first_line(e)[:80]}): use a smaller --n_layer or --n_embd, or a smaller "
                         f"--model") from None
     if ckpt is not None:
-        load_weights(model, ckpt["model"])
+        load_weights(model, ckpt["model"], args.checkpoint)
     model.to(device)
     model.recompute_activations = args.recompute_activations
     optimizer = model.configure_optimizer(args.weight_decay, args.lr, BETAS, device.type, args.optimizer, dtype)

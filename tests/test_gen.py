@@ -472,7 +472,9 @@ def test_broken_weights_or_config_are_one_line(enc, tmp_path, capsys, monkeypatc
     ckpt["config"]["n_layer"] = "two"
     torch.save(ckpt, str(tmp_path / "two.pt"))
     line = one_error_line(*cli([str(tmp_path / "two.pt"), "--prompt", "Hi"] + CPU, capsys)[::2])
-    assert "does not match this model code" in line and "n_layer must be a positive int, got 'two'" in line
+    assert line == (f"error: {tmp_path / 'two.pt'} does not match this model code (its config: n_layer must be a "
+                    "positive int, got 'two'): a damaged checkpoint, or one from another version of the code; use "
+                    "another one")
     # edited in ways that ended in tracebacks: a tokenizer with more ids than the model (an IndexError in the
     # embedding; serve.py answered 500 to every request), a vocabulary that is no text, a context of 10**9 (the RoPE
     # table's allocation failed)
@@ -481,7 +483,7 @@ def test_broken_weights_or_config_are_one_line(enc, tmp_path, capsys, monkeypatc
     monkeypatch.setattr(serve, "ApiServer", lambda *a: pytest.fail("serve.py served a model that cannot generate"))
     for what, edit, words in (
             ("gpt2", lambda c: c.update(model=small.state_dict(), config=small.config.__dict__),
-             "the model has 512 token ids but its tokenizer 50259; the checkpoint is inconsistent"),
+             "the model has 512 token ids but its tokenizer 50259: a damaged or edited checkpoint; use another one"),
             ("bpe", lambda c: c["tokenizer"].update(bpe=12345), "is a damaged checkpoint"),
             ("ctx", lambda c: c["config"].update(block_size=10**12),  # past any machine's memory
              "its model (context 1000000000000, 2 layers x 64) does not fit in memory")):

@@ -1146,8 +1146,12 @@ def test_bad_checkpoints_are_one_line_errors(env, trained, tmp_path, capsys):
                         (module, "holds pickled Python objects (torch.nn.modules.linear.Linear), which are never loaded"),
                         (broken["tokenizer"], "is a damaged checkpoint"),
                         (broken["nan"], "holds weights that are not finite (1 tensor(s) with nan or inf, lm_head.weight"),
-                        (broken["config"], "n_layer must be a positive int, got 'two'"),
-                        (broken["vocab"], "does not match this model code: size mismatch for transformer.wte.weight"),
+                        # the checkpoint's config, not "bad model options" the user never gave
+                        (broken["config"], "config.pt does not match this model code (its config: n_layer must be a "
+                                           "positive int, got 'two'): a damaged checkpoint, or one from another "
+                                           "version of the code; use another one"),
+                        (broken["vocab"], "vocab.pt does not match this model code (size mismatch for "
+                                          "transformer.wte.weight"),
                         (broken["optimizer"], "its optimizer state does not fit the model"),
                         (broken["step"], "step.pt is a damaged checkpoint (its step entry, 'x', is not what train.py "
                                          "writes); use another checkpoint (its _best.pt or an earlier one)"),
