@@ -297,7 +297,7 @@ def read_prompt_file(path):
             # it), whose halves then ran as two text prompts
             lines = f.read().split("\n")
     except FileNotFoundError:
-        raise UserError(f"--prompt_file {path} not found")
+        raise UserError(f"--prompt_file {path}: no such file")
     except IsADirectoryError:
         raise UserError(f"--prompt_file {path} is a folder: give a file's path")
     except UnicodeDecodeError:

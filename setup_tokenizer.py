@@ -317,7 +317,7 @@ def train_tokenizer(files, vocab_size, out_path):
     from prepare import SUFFIXES, suffix  # here: prepare.py imports this module
     for path in files:  # refused before training, not when its turn comes
         if not os.path.exists(path):  # a typo in the last of several inputs was found after reading all the others
-            raise UserError(f"input file {path} not found")
+            raise UserError(f"--input {path}: no such file")
         if os.path.isdir(path):
             raise UserError(f"--input {path} is a folder: give the text files in it, e.g. {os.path.join(path, '*.txt')}")
         if suffix(path) in SUFFIXES and suffix(path) != ".txt":

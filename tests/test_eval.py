@@ -202,7 +202,7 @@ def test_bad_input_is_one_line(env, chat_ckpt, tmp_path, capsys):
                         # in the model's own vocabulary, as train.py's hint (it made data eval.py then refused)
                         ([chat_ckpt, "--dataset", "nope"], f"--tokenizer {chat_ckpt}"),
                         ([chat_ckpt, "--block_size", "128"], "--block_size 128 is longer than the model's context"),
-                        ([chat_ckpt, "--prompts", str(tmp_path / "none.txt")], f"--prompt_file {tmp_path / 'none.txt'} not found"),
+                        ([chat_ckpt, "--prompts", str(tmp_path / "none.txt")], f"--prompt_file {tmp_path / 'none.txt'}: no such file"),
                         ([chat_ckpt, "--prompts", str(tmp_path)], f"--prompt_file {tmp_path} is a folder"),
                         ([anonymous], "pass --dataset NAME")):
         code, out, err = cli(argv + ["--data_dir", env["data"], *CPU], capsys)

@@ -290,7 +290,7 @@ def test_cli_train_refuses_bad_input_and_output_before_training(tmp_path, capsys
     cases = [  # argv after `train`, the one line on stderr
         (["--input", str(tmp_path)], f"--input {tmp_path} is a folder: give the text files in it, e.g. {tmp_path}/*.txt"),
         # a typo in the last input: found once every other file had been read
-        (["--input", str(text), str(tmp_path / "typo.txt")], f"input file {tmp_path / 'typo.txt'} not found"),
+        (["--input", str(text), str(tmp_path / "typo.txt")], f"--input {tmp_path / 'typo.txt'}: no such file"),
         (["--input", str(text), "--out", str(tmp_path)], f"--out {tmp_path} is a folder: give a file's path"),
         (["--input", str(text), "--out", str(text / "v.tiktoken")],
          f"--out {text / 'v.tiktoken'}: a part of the path is a file, not a folder"),
@@ -311,7 +311,7 @@ def test_cli_train_refuses_bad_input_and_output_before_training(tmp_path, capsys
 
 def test_cli_train_expands_a_pattern_the_shell_left(tmp_path, capsys):
     """--input 'notes/*.txt' quoted, or typed in Windows' cmd or PowerShell, which leave * to the program, was
-    "input file notes/*.txt not found"."""
+    "--input notes/*.txt: no such file"."""
     for name in ("a.txt", "b.txt"):
         (tmp_path / name).write_text(f"{name} the cat sat on the mat. " * 50, encoding="utf-8")
     out = tmp_path / "v.tiktoken"
