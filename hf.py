@@ -467,7 +467,8 @@ def read_folder(folder):
     hf_cfg = config_from_hf(raw, path)  # vocab_size = the HF embedding's rows
     enc, n_hf = read_tokenizer(folder)
     if n_hf > hf_cfg.vocab_size:
-        raise UserError(f"{folder}: the tokenizer has {n_hf} ids but the model only {hf_cfg.vocab_size} embedding rows")
+        raise UserError(f"{folder}: the tokenizer has {n_hf} ids but the model only {hf_cfg.vocab_size} embedding rows "
+                        f"(another model's tokenizer files?): copy them again from the model's download")
     tensors = read_weights(folder)
     if hf_cfg.variant == "gpt2" and not any(k.startswith("transformer.") for k in tensors):
         # GPT-2 on the hub was saved from GPT2Model: the same names without the prefix
@@ -500,7 +501,8 @@ def read_folder(folder):
                         + (f"unexpected {extra[:2]}" if extra else "") + "; copy the folder again from the download")
     for k, shape in expected.items():
         if tensors[k].shape != shape:
-            raise UserError(f"{folder}: weight {k} has shape {tuple(tensors[k].shape)} but {CONFIG} implies {tuple(shape)}")
+            raise UserError(f"{folder}: weight {k} has shape {tuple(tensors[k].shape)} but {CONFIG} implies "
+                            f"{tuple(shape)}; copy the folder again from the download")
 
     cfg = dataclasses.replace(hf_cfg, vocab_size=enc.n_vocab)
     state = {}

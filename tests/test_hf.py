@@ -365,11 +365,13 @@ def edit_config(**kv):
     (edit_config(activation_function="relu"), "activation_function"),
     (lambda f: (f / "model.safetensors").unlink(), "has no weights"),
     (lambda f: (f / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{trunc"), "not a readable safetensors"),
-    (edit_config(n_positions=128), "shape"),
+    (edit_config(n_positions=128), "has shape (64, 64) but config.json implies (128, 64); copy the folder again"),
     # shapes past the machine's memory are read on the meta device: the shape line, not model.py's MemoryError
     (edit_config(n_embd=100000), "config.json implies a model that does not fit in memory"),
     (edit_config(n_layer=10**11), "config.json implies a model that does not fit in memory"),  # (it ran for hours)
     (edit_config(n_layer=3), "do not match"),
+    (edit_config(vocab_size=300), "the tokenizer has 400 ids but the model only 300 embedding rows (another model's "
+                                  "tokenizer files?): copy them again from the model's download"),
     (lambda f: [(f / n).unlink() for n in ("tokenizer.json", "vocab.json", "merges.txt")], "no tokenizer files"),
     # a space put before the text: other ids than transformers' (it was imported without a word). The generic fast
     # class takes tokenizer.json's setting, GPT-2's classes tokenizer_config.json's
@@ -387,7 +389,7 @@ def edit_config(**kv):
     (lambda f: [(f / "model.safetensors").unlink(),
                 (f / "model.safetensors.index.json").write_text('{"weight_map": {"a": 5}}')],
      "model.safetensors.index.json has no weight_map"),
-], ids=["no-config", "bad-json", "bert", "relu", "no-weights", "corrupt-weights", "shape", "huge", "huge-layers", "layers", "no-tokenizer",
+], ids=["no-config", "bad-json", "bert", "relu", "no-weights", "corrupt-weights", "shape", "huge", "huge-layers", "layers", "vocab", "no-tokenizer",
         "prefix-space", "prefix-space-config", "prefix-space-vocab", "index-list", "index-map"])
 def test_bad_folders_are_one_line_errors(small_folder, tmp_path, capsys, change, words):
     folder = broken(small_folder, tmp_path, change)
