@@ -1272,7 +1272,7 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
             kind, first_label, docs = doc_kind(first), label, itertools.chain([first], docs)
         opened.append((i, role, label, docs))
     if kind is None:
-        raise UserError(f"no documents found in {', '.join(label for _, label, _ in streams)}")
+        raise UserError(f"no documents found in {', '.join(label for _, label, _ in streams)}: give files that hold text")
     if kind == "text" and pack:
         raise text_packed(pack)
     for name in ("train", "val"):

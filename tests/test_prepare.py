@@ -267,7 +267,7 @@ def test_separators_after_a_long_first_document_still_separate(tmp_path, monkeyp
     meta = prepare.prepare("text", source=write(tmp_path / "long.txt", text), out_dir=str(tmp_path / "data"))
     assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == 10
     # a file of whitespace alone holds no document (it was one of blanks)
-    with pytest.raises(UserError, match="no documents found"):
+    with pytest.raises(UserError, match="no documents found in .*blank.txt: give files that hold text$"):
         prepare.prepare("text", source=write(tmp_path / "blank.txt", " \n\n  \n"), out_dir=str(tmp_path / "data"),
                         name="blank")
 
