@@ -158,11 +158,9 @@ def load_model(path_or_ckpt, device="cpu", name=None):
     path, for messages)."""
     ckpt = load_checkpoint(path_or_ckpt) if isinstance(path_or_ckpt, str) else path_or_ckpt
     name = name or (path_or_ckpt if isinstance(path_or_ckpt, str) else "the checkpoint")
+    config = checkpoint_config(ckpt, name)
     try:
-        model = GPT(GPTConfig(**ckpt["config"]))
-    except (TypeError, ValueError) as e:
-        raise UserError(f"{name} does not match this model code (its config: {first_line(e)}): a damaged checkpoint, "
-                        f"or one from another version of the code; use another one")
+        model = GPT(config)
     except (RuntimeError, MemoryError) as e:  # a config edited to a context of 10**9: a 64 GB table of RoPE angles
         if not is_oom(e):
             raise
@@ -177,6 +175,16 @@ def load_model(path_or_ckpt, device="cpu", name=None):
         raise UserError(f"{name}: the model has {model.config.vocab_size} token ids but its tokenizer {enc.n_vocab}: "
                         f"a damaged or edited checkpoint; use another one")
     return model.to(device).eval(), enc, ckpt
+
+
+def checkpoint_config(ckpt, name):
+    """The GPTConfig a loaded checkpoint holds; damage to it (or a config of another version of the code) is one line
+    naming the file, not "bad model options" the user never gave."""
+    try:
+        return GPTConfig(**ckpt["config"])
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{name} does not match this model code (its config: {first_line(e)}): a damaged checkpoint, "
+                        f"or one from another version of the code; use another one") from None
 
 
 def load_weights(model, state_dict, name="the checkpoint"):

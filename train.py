@@ -56,8 +56,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from checkpoint import (add_checkpoint_argument, load_checkpoint, load_weights, nonfinite, parse_checkpoint,
-                        save_checkpoint)
+from checkpoint import (add_checkpoint_argument, checkpoint_config, load_checkpoint, load_weights, nonfinite,
+                        parse_checkpoint, save_checkpoint)
 from common import (DTYPES, UserError, ask, atomic_write_text, autocast, check_output, color_ok, cpu_bf16_is_faster,
                     cpu_has_bf16, exit_after_the_first, first_line, is_oom, nonempty, pick_device, pick_dtype,
                     retain_freed_memory, run_main, speaks_for_machine, tmp_name)
@@ -1158,11 +1158,7 @@ def model_config(args, meta, ckpt):
         if clash:
             raise UserError(f"{args.checkpoint} fixes the model's shape; {', '.join(clash)} would change it: "
                             f"leave the model options out when continuing from a checkpoint")
-        try:  # the checkpoint's own config first: damage to it is not "bad model options" the user gave
-            GPTConfig(**cfg)
-        except (ValueError, TypeError) as e:
-            raise UserError(f"{args.checkpoint} does not match this model code (its config: {first_line(e)}): a "
-                            f"damaged checkpoint, or one from another version of the code; use another one") from None
+        checkpoint_config(ckpt, args.checkpoint)  # its own config first: damage to it is no "bad model options"
         if args.dropout is not None:  # dropout has no weights: free to change
             cfg["dropout"] = args.dropout
         config = GPTConfig(**cfg)
