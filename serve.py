@@ -38,6 +38,7 @@ import os
 import queue
 import re
 import select
+import signal
 import socket
 import sys
 import threading
@@ -848,7 +849,24 @@ def main(argv=None):
         print("stopped", file=sys.stderr)
     finally:
         server.server_close()
-        server.worker.halt()
+        main_thread = threading.current_thread() is threading.main_thread()
+        before = {s: signal.signal(s, leave_at_once) for s in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
+        try:
+            server.worker.halt()
+            if server.worker.is_alive():  # still inside torch past halt's timeout
+                leave_at_once(signal.SIGINT, None)
+        finally:
+            for s, handler in before.items():
+                signal.signal(s, handler)
+
+
+def leave_at_once(signum, frame):
+    """Ctrl-C again (or SIGTERM) while serve.py waits for the worker to leave torch (seconds, for a long prompt on a big
+    model): exit now, by os._exit. Python's own exit under a thread inside torch aborts the process ("terminate called
+    without an active exception", SIGABRT, a core dump); os._exit skips the clean-up that aborts."""
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.flush()
+    os._exit(128 + signum)
 
 
 if __name__ == "__main__":

@@ -654,10 +654,13 @@ def ckpt(enc, tmp_path_factory):
 
 
 @contextlib.contextmanager
-def served(path, *options):
+def served(path, *options, prelude=None):
     """serve.py PATH [options] in a subprocess on a free port: yields (process, port) once it answers, then Ctrl-C;
-    the process's stderr is then in process.err."""
-    p = subprocess.Popen([sys.executable, os.path.join(ROOT, "serve.py"), path, "--port", "0", "--device", "cpu",
+    the process's stderr is then in process.err. prelude: Python code run first in that process (a patch)."""
+    run = [] if prelude is None else [
+        "-c", f"import os, runpy, sys\nsys.path.insert(0, {ROOT!r})\n{prelude}\n"
+              "sys.argv = sys.argv[1:]\nrunpy.run_path(sys.argv[0], run_name='__main__')"]
+    p = subprocess.Popen([sys.executable, *run, os.path.join(ROOT, "serve.py"), path, "--port", "0", "--device", "cpu",
                           *options],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -712,6 +715,46 @@ def test_ctrl_c_while_a_reply_streams_stops_cleanly(enc, tmp_path):
         read_until_text(sock)
     sock.close()
     assert p.returncode == 0 and "terminate" not in p.err, p.err
+
+
+SLOW_FORWARD = """
+import time, torch, model
+next_logits = model.GPT._next_logits
+
+def slow(self, *args, **kwargs):  # a forward pass of a big model on a long prompt: seconds inside torch
+    a, end = torch.ones(300, 300), time.monotonic() + 20
+    while time.monotonic() < end:
+        a @ a
+    return next_logits(self, *args, **kwargs)
+
+model.GPT._next_logits = slow
+"""
+
+
+@pytest.mark.parametrize("again", [signal.SIGINT, signal.SIGTERM])
+def test_a_second_signal_while_the_worker_is_inside_torch_exits_at_once(ckpt, again):
+    """Ctrl-C waits for the worker to leave torch; Ctrl-C again (or SIGTERM) in that wait, seconds for a long prompt
+    on a big model, exited under it: "terminate called without an active exception", SIGABRT and a core dump."""
+    with served(ckpt, prelude=SLOW_FORWARD) as (p, port):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+        sock.sendall(completion_request(max_tokens=4))
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+
+        def generating():
+            conn.request("GET", "/health")
+            return json.loads(conn.getresponse().read())["generating"]
+
+        wait_for(generating, "the worker to start the reply")
+        conn.close()
+        time.sleep(0.2)  # inside the slow forward pass
+        p.send_signal(signal.SIGINT)
+        time.sleep(0.5)  # Ctrl-C seen: the server waits for the worker
+        if again == signal.SIGTERM:
+            p.send_signal(again)
+            p.wait(timeout=60)  # (served sends SIGINT itself, to a process still running)
+    sock.close()
+    assert p.returncode == (143 if again == signal.SIGTERM else 130), p.err
+    assert "terminate" not in p.err and p.err.count("stopped") == 1, p.err
 
 
 def test_command_line_errors(ckpt, enc, tmp_path, capsys, monkeypatch):
