@@ -1595,8 +1595,10 @@ def prepare(dataset, source=None, tokenizer=None, limit=None, val_fraction=DEFAU
     # other files of the user's into the folder no --name chose (data/text, every --source's without one): the dataset
     # a model was trained on was replaced without a word, as another dataset's folder is not (a --name given is the
     # user's choice of folder: made again there)
+    # (absolute, as options records them: the same files named from another working folder are the same dataset)
+    sources = [os.path.abspath(p) for p in ([source] if isinstance(source, str) else source)] if source else None
     was = (meta_options(old, folder, odd={}) or {}).get("source") if old and old.get("dataset") == dataset else None
-    if was and source and not named and not force and set(was) != {os.path.abspath(p) for p in ([source] if isinstance(source, str) else source)}:
+    if was and sources and not named and not force and set(was) != set(sources):
         raise UserError(f"{folder} holds the dataset made from {', '.join(was)} (by `{rebuild_command(old, folder)}`): "
                         f"pick another folder for this one with --name, or replace it with --force")
     kept_file = None  # the --tokenizer file kept: it must still hold the vocabulary the dataset was made with
@@ -1618,7 +1620,7 @@ def prepare(dataset, source=None, tokenizer=None, limit=None, val_fraction=DEFAU
             kept_file = tokenizer
     tokenizer = tokenizer or "gpt2"
     # what rebuild_command needs to build the dataset again; paths made absolute, so it works from anywhere
-    options = {"source": [os.path.abspath(p) for p in ([source] if isinstance(source, str) else source)] if source else None,
+    options = {"source": sources,
                "tokenizer": tokenizer if tokenizer == "gpt2" else os.path.abspath(tokenizer), "vocab_size": vocab_size,
                "limit": limit, "val_fraction": val_fraction, "pack": pack, "mix": mix, "extra": extra}
     created = not os.path.isdir(folder)
