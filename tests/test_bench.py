@@ -470,10 +470,14 @@ def test_sizes_past_any_memory_are_refused_in_one_line(monkeypatch, capsys):
 
 
 def test_what_does_not_fit_in_memory_names_the_options_to_lower(monkeypatch, capsys, one_thread):
-    # a matmul whose size torch cannot even count (nothing is allocated: the same on every machine)
-    code, err = one_line_error(capsys, ["--only", "peak", "--peak_sizes", str(2**40)])
-    assert code == 1 and err.startswith(f"error: the peak's matmuls of {2**40} do not fit in memory: give smaller "
-                                        f"--peak_sizes (Storage size calculation overflowed") and err.count("\n") == 1
+    # a matmul past any machine's memory (refused before allocating), and, where the memory is unknown, one whose
+    # size torch cannot even count (nothing is allocated: the same on every machine)
+    for memory, why in ((bench.physical_memory, "more than the machine's "),
+                        (lambda: None, "Storage size calculation overflowed")):
+        monkeypatch.setattr(bench, "physical_memory", memory)
+        code, err = one_line_error(capsys, ["--only", "peak", "--peak_sizes", str(2**40)])
+        assert code == 1 and err.startswith(f"error: the peak's matmuls of {2**40} do not fit in memory: give smaller "
+                                            f"--peak_sizes (") and why in err and err.count("\n") == 1, err
     # weights the machine cannot hold (model.GPT's MemoryError), an allocation it refuses (torch's RuntimeError)
     for section, error, lower in (
             ("train", MemoryError("3.2e+03 GiB of weights, more than the machine's 16 GiB"), "--batch_size, "),
