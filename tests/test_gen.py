@@ -550,7 +550,8 @@ def test_the_newest_checkpoint_comes_first(tmp_path, enc):
 def test_a_model_with_more_ids_than_its_tokenizer_is_refused(tmp_path, enc):
     path = str(tmp_path / "big.pt")
     save_checkpoint(path, tiny_of_vocab(enc.n_vocab + 100), enc)
-    with pytest.raises(UserError, match="inconsistent"):
+    with pytest.raises(UserError, match=rf"^{re.escape(path)}: the model has {enc.n_vocab + 100} token ids but its "
+                                        rf"tokenizer {enc.n_vocab}: a damaged or edited checkpoint; use another one$"):
         load_model(path)
 
 
