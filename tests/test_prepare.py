@@ -1655,6 +1655,24 @@ def test_a_dataset_of_your_files_is_not_replaced_by_other_files_without_force(tm
     assert prepare.prepare("text", source=[b, a], out_dir=out, vocab_size=280)["source"] == f"--source {b}, {a}"
 
 
+def test_the_same_files_named_another_way_rebuild_their_dataset(tmp_path, capsys):
+    """The folder, its files, a pattern of them: the same dataset, made again (not "holds the dataset made from
+    corpus", which only --force passed); and so for a dataset from before meta.json kept the options, whose source
+    lists the files the folder held."""
+    out = str(tmp_path / "data")
+    corpus = tmp_path / "corpus"
+    files = [write(corpus / f"{n}.txt", EOT.join(f"note {i} about {n}" for i in range(30))) for n in ("a", "b")]
+    prepare.prepare("text", source=str(corpus), out_dir=out)
+    capsys.readouterr()
+    for same in (files, [str(corpus / "*.txt")], [files[1], files[0]]):
+        assert prepare.prepare("text", source=same, out_dir=out)["splits"]["train"]["documents"] > 0
+    meta_path = tmp_path / "data" / "text" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["options"]
+    meta_path.write_text(json.dumps(meta))
+    assert prepare.prepare("text", source=str(corpus), out_dir=out)["splits"]["train"]["documents"] > 0
+
+
 def test_hub_path(tmp_path, monkeypatch, enc):
     """Without --source or mirror the hub's rows are read, with the hub's own validation split."""
     monkeypatch.setenv("DATA_MIRROR", str(tmp_path / "no-mirror"))
