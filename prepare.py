@@ -1592,9 +1592,9 @@ def prepare(dataset, source=None, tokenizer=None, limit=None, val_fraction=DEFAU
         raise OtherSource(f"{folder} holds the {dataset!r} dataset made from your files (by "
                           f"`{rebuild_command(old, folder)}`), not from {plan['description']}: run that to make it "
                           f"again, pick another folder for this one with --name, or replace it with --force")
-    # other files of the user's into the folder no --name chose (data/text, every --source's without one): the dataset
-    # a model was trained on was replaced without a word, as another dataset's folder is not (a --name given is the
-    # user's choice of folder: made again there)
+    # other files of the user's into the folder no --name chose (data/<dataset>, every --source's without one; data/text
+    # by default): the dataset a model was trained on was replaced without a word, as another dataset's folder is not
+    # (a --name given is the user's choice of folder: made again there)
     # (absolute, as options records them: the same files named from another working folder are the same dataset)
     sources = [os.path.abspath(p) for p in ([source] if isinstance(source, str) else source)] if source else None
     was = (meta_options(old, folder, odd={}) or {}).get("source") if old and old.get("dataset") == dataset else None
