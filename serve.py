@@ -853,8 +853,11 @@ def main(argv=None):
         before = {s: signal.signal(s, leave_at_once) for s in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
         try:
             server.worker.halt()
-            if server.worker.is_alive():  # still inside torch past halt's timeout
-                leave_at_once(signal.SIGINT, None)
+            if server.worker.is_alive():  # still inside torch past halt's timeout: Python's exit would abort
+                print("the reply being generated did not stop in time: exiting without waiting for it", file=sys.stderr)
+                # the status of the signal that stopped the server: SIGTERM's SystemExit is in flight, Ctrl-C's
+                # KeyboardInterrupt was handled above
+                leave_at_once(signal.SIGTERM if isinstance(sys.exc_info()[1], SystemExit) else signal.SIGINT, None)
         finally:
             for s, handler in before.items():
                 signal.signal(s, handler)

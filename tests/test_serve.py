@@ -731,22 +731,46 @@ model.GPT._next_logits = slow
 """
 
 
+def start_a_reply(port):
+    """A completion request, once the worker is inside its (slow) forward pass; returns the open socket."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+    sock.sendall(completion_request(max_tokens=4))
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+
+    def generating():
+        conn.request("GET", "/health")
+        return json.loads(conn.getresponse().read())["generating"]
+
+    wait_for(generating, "the worker to start the reply")
+    conn.close()
+    time.sleep(0.2)  # inside the slow forward pass
+    return sock
+
+
+def test_a_worker_that_outlasts_the_wait_exits_with_the_stopping_signals_status(ckpt):
+    """SIGTERM (a job scheduler's stop) while the worker stays inside torch past halt's wait: the exit said 130, a
+    Ctrl-C's, without a word of the reply left running. (The wait, 30 s, cut to 1 s here.)"""
+    short_wait = SLOW_FORWARD + """
+import threading
+join = threading.Thread.join
+threading.Thread.join = lambda self, timeout=None: join(self, None if timeout is None else min(timeout, 1))
+"""
+    with served(ckpt, prelude=short_wait) as (p, port):
+        sock = start_a_reply(port)
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=60)
+    sock.close()
+    assert p.returncode == 143, p.err
+    assert "the reply being generated did not stop in time: exiting without waiting for it" in p.err, p.err
+    assert "terminate" not in p.err, p.err
+
+
 @pytest.mark.parametrize("again", [signal.SIGINT, signal.SIGTERM])
 def test_a_second_signal_while_the_worker_is_inside_torch_exits_at_once(ckpt, again):
     """Ctrl-C waits for the worker to leave torch; Ctrl-C again (or SIGTERM) in that wait, seconds for a long prompt
     on a big model, exited under it: "terminate called without an active exception", SIGABRT and a core dump."""
     with served(ckpt, prelude=SLOW_FORWARD) as (p, port):
-        sock = socket.create_connection(("127.0.0.1", port), timeout=60)
-        sock.sendall(completion_request(max_tokens=4))
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-
-        def generating():
-            conn.request("GET", "/health")
-            return json.loads(conn.getresponse().read())["generating"]
-
-        wait_for(generating, "the worker to start the reply")
-        conn.close()
-        time.sleep(0.2)  # inside the slow forward pass
+        sock = start_a_reply(port)
         p.send_signal(signal.SIGINT)
         time.sleep(0.5)  # Ctrl-C seen: the server waits for the worker
         if again == signal.SIGTERM:
