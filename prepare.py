@@ -1598,6 +1598,8 @@ def prepare(dataset, source=None, tokenizer=None, limit=None, val_fraction=DEFAU
     # (absolute, as options records them: the same files named from another working folder are the same dataset)
     sources = [os.path.abspath(p) for p in ([source] if isinstance(source, str) else source)] if source else None
     was = (meta_options(old, folder, odd={}) or {}).get("source") if old and old.get("dataset") == dataset else None
+    if not (isinstance(was, list) and all(isinstance(p, str) for p in was)):  # (damaged: says nothing, not a TypeError)
+        was = None
     # nor the same files named another way (a folder, its files, a pattern): meta.json's source lists each file read
     same_files = was and set(str(old.get("source")).removeprefix("--source ").split(", ")) == set(plan["files"])
     if was and sources and not named and not force and set(was) != set(sources) and not same_files:

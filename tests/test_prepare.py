@@ -1671,6 +1671,11 @@ def test_the_same_files_named_another_way_rebuild_their_dataset(tmp_path, capsys
     del meta["options"]
     meta_path.write_text(json.dumps(meta))
     assert prepare.prepare("text", source=str(corpus), out_dir=out)["splits"]["train"]["documents"] > 0
+    # a damaged record of the files (a number): no TypeError, it says nothing
+    meta = json.loads(meta_path.read_text())
+    meta["options"]["source"] = 5
+    meta_path.write_text(json.dumps(meta))
+    assert prepare.prepare("text", source=str(corpus), out_dir=out)["splits"]["train"]["documents"] > 0
 
 
 def test_hub_path(tmp_path, monkeypatch, enc):
