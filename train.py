@@ -1768,9 +1768,18 @@ def run_training(args, held):
                             loss_n = 0
                             bar.set_postfix(loss=shown, lr=f"{lr:.1e}", tok_s=f"{tps:,.0f}", refresh=False)
                             if bar.disable and not due_eval:
-                                left = (spe - estep) * tok_step / max(tps, 1e-9)
+                                # whichever ends first: the epoch, or the budget or --max_steps, which end the run
+                                # (a budgeted run said "epoch ends in 4s" with 2 s of its budget left, an epoch it
+                                # never finished; on a large dataset hours past a budget of minutes)
+                                s_per_step = tok_step / max(tps, 1e-9)
+                                ends = [((spe - estep) * s_per_step, "epoch")]
+                                if budget:
+                                    ends.append((max(0.0, budget - clock), "budget"))
+                                if args.max_steps:
+                                    ends.append(((args.max_steps - run_steps) * s_per_step, "run"))
+                                left, what = min(ends, key=lambda e: e[0])
                                 say(f"step {p.step:,} (epoch {rec['epoch']:.2f}): loss {shown}, lr {lr:.2e}, "
-                                    f"{tps:,.0f} tokens/s, epoch ends in {fmt_time(left)}")
+                                    f"{tps:,.0f} tokens/s, {what} ends in {fmt_time(left)}")
                             if due_eval:
                                 last_val = evaluate(model, val_w, args.batch_size, eval_windows, device, dtype, fwd,
                                                     dist)

@@ -2006,6 +2006,29 @@ def test_a_slow_first_step_does_not_use_up_a_budgets_warmup(env, tmp_path, monke
     assert max(lrs) > 0.8e-3 and lrs[-1] < 0.2e-3  # the whole schedule still fits in what was left
 
 
+def test_log_lines_count_down_to_what_ends_first(env, tmp_path, monkeypatch, capsys):
+    # a budget that ends before the epoch (or --max_steps) ends the run: "epoch ends in 4s" was said with 2 s of a
+    # budget left, of an epoch the run never finished
+    StepClock(monkeypatch)  # 1/8-s steps: a 3-s budget takes 24, fewer than an epoch of the story set
+    quiet = ["--log_interval", 10, "--eval_interval", 0, "--save_interval", 0]
+    s = train.train(args_for(env, tmp_path / "a", "--dataset", "story", "--time_budget", 0.05, *quiet))
+    assert s["steps"] < train.Batches(train.Windows(train.load_meta(env["data"], "story"), "train", 64), 16, 1,
+                                      0).steps_per_epoch, "the budget no longer ends inside the epoch"
+    elapsed = {r["step"]: r["elapsed"] for r in read_metrics(s["metrics"])}
+    lines = re.findall(r"^step (\d+) \(epoch [\d.]+\): loss .* (\w+) ends in (\d+)s$", capsys.readouterr().out, re.M)
+    assert len(lines) >= 3, lines
+    assert all(what == "budget" and int(left) == int(3 - elapsed[int(step)]) for step, what, left in lines), lines
+    # --max_steps ends the run before its epoch, whose end the last ones are no more about; an epoch that ends first is
+    s = train.train(args_for(env, tmp_path / "b", "--dataset", "story", "--max_steps", 20, "--log_interval", 20,
+                             "--eval_interval", 0, "--save_interval", 0))
+    lines = re.findall(r"^step (\d+) .* (\w+) ends in (\d+)s$", capsys.readouterr().out, re.M)
+    assert [what for _, what, _ in lines] == ["run"] * len(lines) and lines[-1][2] == "0", lines
+    s = train.train(args_for(env, tmp_path / "c", "--dataset", "mini", "--time_budget", 0.05, *quiet))
+    assert s["epochs_done"] >= 2
+    lines = re.findall(r"^step (\d+) .* (\w+) ends in (\d+)s$", capsys.readouterr().out, re.M)
+    assert "epoch" in [what for _, what, _ in lines], lines
+
+
 def test_a_slow_first_step_is_not_in_the_first_logs_tokens_per_s(env, tmp_path, monkeypatch):
     # a cold torch.compile's first step (30-60 s on a small CPU) is no training speed: counted in, the first log said
     # 358 tokens/s where training ran at 8,000, and an "epoch ends in" hours away
