@@ -1663,7 +1663,9 @@ def run_training(args, held):
                 epoch = p.epoch
                 estep = batches.steps_done(p.windows)
                 steps = batches.epoch(epoch, p.windows)
-                bar = tqdm(total=spe, initial=estep, desc=f"epoch {epoch + 1}/{args.epochs}", unit="step",
+                # a budget without --epochs ends by the clock: "epoch 1/1000000" counted towards no such end
+                of = f"/{args.epochs}" if args.epochs < UNLIMITED_EPOCHS else ""
+                bar = tqdm(total=spe, initial=estep, desc=f"epoch {epoch + 1}{of}", unit="step",
                            dynamic_ncols=True, disable=not sys.stderr.isatty() or quiet, file=sys.stderr)
                 try:
                     for micro, n_windows, n_targets in steps:

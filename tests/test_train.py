@@ -2029,6 +2029,23 @@ def test_log_lines_count_down_to_what_ends_first(env, tmp_path, monkeypatch, cap
     assert "epoch" in [what for _, what, _ in lines], lines
 
 
+def test_the_bar_counts_epochs_towards_epochs_given_only(env, tmp_path, monkeypatch):
+    # a --time_budget without --epochs repeats epochs until the clock ends the run: its bar said "epoch 1/1000000"
+    bars = []
+
+    class Bar(train.tqdm):  # (say() writes through the class)
+        def __init__(self, *a, **k):
+            bars.append(k["desc"])
+            super().__init__(*a, **k)
+    monkeypatch.setattr(train, "tqdm", Bar)
+    StepClock(monkeypatch)
+    train.train(args_for(env, tmp_path / "a", "--dataset", "mini", "--time_budget", 0.05))
+    assert len(bars) >= 2 and bars[:2] == ["epoch 1", "epoch 2"], bars
+    bars.clear()
+    train.train(args_for(env, tmp_path / "b", "--dataset", "mini", "--time_budget", 0.05, "--epochs", 2))
+    assert bars == ["epoch 1/2", "epoch 2/2"], bars
+
+
 def test_a_slow_first_step_is_not_in_the_first_logs_tokens_per_s(env, tmp_path, monkeypatch):
     # a cold torch.compile's first step (30-60 s on a small CPU) is no training speed: counted in, the first log said
     # 358 tokens/s where training ran at 8,000, and an "epoch ends in" hours away
