@@ -990,6 +990,18 @@ class GracefulInterrupt:
             signal.signal(sig, old)
 
 
+def draws_a_bar(stream):
+    """Whether a progress bar on stream is seen: a terminal, one that has a width. A pseudo-terminal nobody sized (`script
+    -qc CMD /dev/null | tee log`) reports 0 columns, at which tqdm drew the bar as nothing, and the log lines a bar
+    stands in for were not written either: such a run gets the plain lines."""
+    if not stream.isatty():
+        return False
+    try:
+        return os.get_terminal_size(stream.fileno()).columns > 0
+    except (OSError, ValueError):  # no size to ask for: tqdm's own fallback width
+        return True
+
+
 def is_interactive():
     return sys.stdin.isatty() and "LOCAL_RANK" not in os.environ  # never prompt from torchrun's ranks
 
@@ -1666,7 +1678,7 @@ def run_training(args, held):
                 # a budget without --epochs ends by the clock: "epoch 1/1000000" counted towards no such end
                 of = f"/{args.epochs}" if args.epochs < UNLIMITED_EPOCHS else ""
                 bar = tqdm(total=spe, initial=estep, desc=f"epoch {epoch + 1}{of}", unit="step",
-                           dynamic_ncols=True, disable=not sys.stderr.isatty() or quiet, file=sys.stderr)
+                           dynamic_ncols=True, disable=not draws_a_bar(sys.stderr) or quiet, file=sys.stderr)
                 try:
                     for micro, n_windows, n_targets in steps:
                         if budget:  # the schedule runs on the clock: warmup over a share of the budget, then cosine

@@ -3,6 +3,7 @@ train.py: loss goes down on real text, exact resume (fp32 and bf16), Ctrl-C save
 tokenizer mismatches are one-line errors, the best checkpoint follows val loss, masked loss, epoch coverage.
 Tiny models (2 layers x 64) on a tiny custom vocabulary, so the whole file runs in well under a minute on 2 cores.
 """
+import contextlib
 import json
 import math
 import os
@@ -2044,6 +2045,38 @@ def test_the_bar_counts_epochs_towards_epochs_given_only(env, tmp_path, monkeypa
     bars.clear()
     train.train(args_for(env, tmp_path / "b", "--dataset", "mini", "--time_budget", 0.05, "--epochs", 2))
     assert bars == ["epoch 1/2", "epoch 2/2"], bars
+
+
+def test_a_terminal_without_a_width_gets_the_plain_lines(env, tmp_path):
+    # a pseudo-terminal nobody sized (`script -qc CMD /dev/null | tee log`) reports 0 columns: tqdm drew the bar as
+    # nothing there, and the log lines a bar stands in for were not written either: the run showed its evaluations alone
+    fcntl, pty, termios = (pytest.importorskip(m) for m in ("fcntl", "pty", "termios"))  # (not on Windows)
+    import struct
+
+    def run(columns):
+        master, slave = pty.openpty()  # 0 x 0 until someone sets a size
+        if columns:
+            fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+        cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--data_dir", env["data"], "--dataset", "mini",
+               "--output_checkpoint", str(tmp_path / str(columns) / "{dataset}_epoch{epoch}.pt"), "--n_layer", "1",
+               "--n_head", "2", "--n_embd", "32", "--block_size", "64", "--max_steps", "4", "--log_interval", "1",
+               "--eval_interval", "0", "--device", "cpu", "--no-color"]
+        try:
+            proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=slave, text=True, timeout=240,
+                                  env={**os.environ, "OMP_NUM_THREADS": "1"})
+            os.close(slave)
+            bar = b""
+            with contextlib.suppress(OSError):  # (EIO once all is read and the other end is closed)
+                while chunk := os.read(master, 65536):
+                    bar += chunk
+        finally:
+            os.close(master)
+        assert proc.returncode == 0, (proc.stdout, bar)
+        return proc.stdout, bar.decode(errors="replace")
+    out, bar = run(0)
+    assert re.findall(r"^step (\d) \(epoch", out, re.M) == ["1", "2", "3", "4"], out
+    out, bar = run(100)  # a terminal with a width: the bar, and no lines in its place
+    assert "epoch 1/1" in bar and "4/" in bar and "ends in" not in out, (out, bar)
 
 
 def test_a_slow_first_step_is_not_in_the_first_logs_tokens_per_s(env, tmp_path, monkeypatch):
