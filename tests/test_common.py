@@ -566,3 +566,35 @@ def test_ignored_ctrl_c_stays_ignored():
         assert common.run_main(lambda: signal.getsignal(signal.SIGINT)) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+ONEDNN_CACHES = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
+
+
+def test_onednn_keeps_a_bounded_number_of_kernels_set_before_torch_loads():
+    """oneDNN keeps a kernel for every matmul shape it meets, 1024 by default, ~1 MB each: serve.py in bf16 on a CPU grew
+    by ~1 GB over requests of varied prompt lengths. common (every script's first import, before torch) caps both its
+    caches, unless the user set them: a subprocess without them sees the cap before torch is imported, and the kernel
+    of the first of 65 bf16 matmul shapes built again (evicted), where the default cache held it."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k not in ONEDNN_CACHES}
+    probe = "import os, sys, common; print('torch' in sys.modules, *(os.environ[k] for k in {!r}))".format(ONEDNN_CACHES)
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=root, env=env, timeout=60)
+    assert r.stdout.split() == ["False", "64", "64"], r.stderr
+    mine = dict(env, **{k: "1024" for k in ONEDNN_CACHES})
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=root, env=mine, timeout=60)
+    assert r.stdout.split() == ["False", "1024", "1024"], r.stderr
+
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch has no oneDNN")
+    matmuls = ("import common, torch\ntorch.set_num_threads(1)\nw = torch.randn(64, 64)\n"
+               "with torch.autocast('cpu', torch.bfloat16):\n"
+               "    for t in [*range(2, 67), 2]:\n        torch.nn.functional.linear(torch.randn(t, 64), w)\n")
+    r = subprocess.run([sys.executable, "-c", matmuls], capture_output=True, text=True, cwd=root,
+                       env=dict(env, ONEDNN_VERBOSE="2"), timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = [line.split(",") for line in r.stdout.splitlines() if line.startswith("onednn_verbose,")]
+    builds = [f[3] for f in lines if len(f) > 5 and f[3].startswith("create:") and f[-2] == "2x64:64x64"]
+    if not builds:
+        pytest.skip("bf16 matmuls on this CPU run without oneDNN")
+    assert builds == ["create:cache_miss", "create:cache_miss"]
