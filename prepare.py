@@ -1605,6 +1605,13 @@ def prepare(dataset, source=None, tokenizer=None, limit=None, val_fraction=DEFAU
     if was and sources and not named and not force and set(was) != set(sources) and not same_files:
         raise UserError(f"{folder} holds the dataset made from {', '.join(was)} (by `{rebuild_command(old, folder)}`): "
                         f"pick another folder for this one with --name, or replace it with --force")
+    # nor the mirror's or the hub's data by your files (`--dataset story --source mine.txt` after `make demo`): the
+    # other way round from OtherSource
+    made_from = old.get("source") if old and old.get("dataset") == dataset else None
+    if made_from and sources and not named and not force and not str(made_from).startswith("--source "):
+        raise UserError(f"{folder} holds the {dataset!r} dataset made from {made_from} (by "
+                        f"`{rebuild_command(old, folder)}`), not from your files: pick another folder for this one with "
+                        f"--name, or replace it with --force")
     kept_file = None  # the --tokenizer file kept: it must still hold the vocabulary the dataset was made with
     if tokenizer is None and vocab_size is None:
         # made again without a word about its vocabulary: the one it has, so checkpoints trained on it go on fitting

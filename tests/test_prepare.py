@@ -1610,6 +1610,27 @@ def test_offline_without_the_gpt2_files_names_prepares_own_ways_out(tmp_path, mo
     assert prepare.prepare("text", source=src, out_dir=str(tmp_path / "data"), vocab_size=260)["vocab_size"] == 260
 
 
+def test_the_mirrors_dataset_is_not_replaced_by_your_files_without_a_name(tmp_path, monkeypatch):
+    """After `make demo` (data/dailydialog from the mirror, say), `--dataset dailydialog --source mine.jsonl` replaced
+    the folder a model was trained on without a word. Refused, naming the command that made it; --name keeps both,
+    --force replaces it."""
+    fake_mirror(tmp_path / "mirror")
+    monkeypatch.setenv("DATA_MIRROR", str(tmp_path / "mirror"))
+    out = str(tmp_path / "data")
+    prepare.prepare("dailydialog", out_dir=out, limit=20)
+    folder = tmp_path / "data" / "dailydialog"
+    before = {f: (folder / f).read_bytes() for f in os.listdir(folder)}
+    mine = write(tmp_path / "mine.jsonl", "\n".join(json.dumps({"instruction": f"q{i}", "output": f"mine {i}"})
+                                                    for i in range(20)))
+    with pytest.raises(UserError, match=rf"^{re.escape(str(folder))} holds the 'dailydialog' dataset made from .*DATA_MIRROR"
+                                        rf".* \(by `python prepare.py --dataset dailydialog .*`\), not from your files: "
+                                        rf"pick another folder for this one with --name, or replace it with --force$"):
+        prepare.prepare("dailydialog", source=mine, out_dir=out)
+    assert {f: (folder / f).read_bytes() for f in os.listdir(folder)} == before
+    assert prepare.prepare("dailydialog", source=mine, out_dir=out, name="mine")["source"] == f"--source {mine}"
+    assert prepare.prepare("dailydialog", source=mine, out_dir=out, force=True)["source"] == f"--source {mine}"
+
+
 def test_a_dataset_of_your_files_is_not_replaced_by_the_mirrors(tmp_path, monkeypatch, capsys):
     """`--dataset dailydialog --source mine.jsonl` (as the module docstring's `--dataset chat --source chats.jsonl`),
     then a bare `python prepare.py`: the folder was rebuilt from the mirror, the user's dataset gone without a word. It
