@@ -61,7 +61,7 @@ from checkpoint import (add_checkpoint_argument, checkpoint_config, load_checkpo
 from common import (DTYPES, UserError, ask, atomic_write_text, autocast, check_output, color_ok, cpu_bf16_is_faster,
                     cpu_has_bf16, exit_after_the_first, first_line, is_oom, nonempty, pick_device, pick_dtype,
                     retain_freed_memory, run_main, speaks_for_machine, tmp_name)
-from model import OPTIMIZERS, PRESETS, VARIANTS, GPT, GPTConfig, make_config
+from model import OPTIMIZERS, PRESETS, VARIANTS, GPT, make_config
 from prepare import (DATASETS, DEFAULT_OUT_DIR, DEFAULT_VAL_FRACTION, is_complete, is_dataset_name,
                      meta_options, rebuild_command)
 from setup_tokenizer import get_tokenizer, tokenizer_from_state, tokenizer_hash
@@ -1170,10 +1170,9 @@ def model_config(args, meta, ckpt):
         if clash:
             raise UserError(f"{args.checkpoint} fixes the model's shape; {', '.join(clash)} would change it: "
                             f"leave the model options out when continuing from a checkpoint")
-        checkpoint_config(ckpt, args.checkpoint)  # its own config first: damage to it is no "bad model options"
+        config = checkpoint_config(ckpt, args.checkpoint)  # damage to it is no "bad model options" the user gave
         if args.dropout is not None:  # dropout has no weights: free to change
-            cfg["dropout"] = args.dropout
-        config = GPTConfig(**cfg)
+            config = dataclasses.replace(config, dropout=args.dropout)
     except (ValueError, TypeError) as e:
         raise UserError(f"bad model options: {e}")
     if config.vocab_size < int(meta["vocab_size"]):
