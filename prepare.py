@@ -1585,33 +1585,32 @@ def prepare(dataset, source=None, tokenizer=None, limit=None, val_fraction=DEFAU
     if old and not force and old.get("dataset") != dataset:
         raise UserError(f"{folder} holds the {old.get('dataset')!r} dataset (made by `{rebuild_command(old, folder)}`): "
                         f"pick another folder with --name, or replace it with --force")
+    same = old and old.get("dataset") == dataset
+    # the --source files it was made from (absolute, as options records them), and those given now
+    was = (meta_options(old, folder, odd={}) or {}).get("source") if same else None
+    sources = [os.path.abspath(p) for p in ([source] if isinstance(source, str) else source)] if source else None
     # the user's own files are the dataset: made again from the mirror or the hub (a bare `prepare.py` after `--dataset
     # chat --source mine.jsonl`, which the module docstring shows) it was replaced without a word
-    if old and not force and not source and old.get("dataset") == dataset \
-            and (meta_options(old, folder, odd={}) or {}).get("source"):
+    if was and not force and not source:
         raise OtherSource(f"{folder} holds the {dataset!r} dataset made from your files (by "
                           f"`{rebuild_command(old, folder)}`), not from {plan['description']}: run that to make it "
                           f"again, pick another folder for this one with --name, or replace it with --force")
-    # other files of the user's into the folder no --name chose (data/<dataset>, every --source's without one; data/text
-    # by default): the dataset a model was trained on was replaced without a word, as another dataset's folder is not
-    # (a --name given is the user's choice of folder: made again there)
-    # (absolute, as options records them: the same files named from another working folder are the same dataset)
-    sources = [os.path.abspath(p) for p in ([source] if isinstance(source, str) else source)] if source else None
-    was = (meta_options(old, folder, odd={}) or {}).get("source") if old and old.get("dataset") == dataset else None
-    if not (isinstance(was, list) and all(isinstance(p, str) for p in was)):  # (damaged: says nothing, not a TypeError)
-        was = None
-    # nor the same files named another way (a folder, its files, a pattern): meta.json's source lists each file read
-    same_files = was and set(str(old.get("source")).removeprefix("--source ").split(", ")) == set(plan["files"])
-    if was and sources and not named and not force and set(was) != set(sources) and not same_files:
-        raise UserError(f"{folder} holds the dataset made from {', '.join(was)} (by `{rebuild_command(old, folder)}`): "
-                        f"pick another folder for this one with --name, or replace it with --force")
-    # nor the mirror's or the hub's data by your files (`--dataset story --source mine.txt` after `make demo`): the
-    # other way round from OtherSource
-    made_from = old.get("source") if old and old.get("dataset") == dataset else None
-    if made_from and sources and not named and not force and not str(made_from).startswith("--source "):
-        raise UserError(f"{folder} holds the {dataset!r} dataset made from {made_from} (by "
-                        f"`{rebuild_command(old, folder)}`), not from your files: pick another folder for this one with "
-                        f"--name, or replace it with --force")
+    # --source files into the folder no --name chose (data/<dataset>, every --source's without one; data/text by
+    # default): the dataset a model was trained on, made from other files or from the mirror's or the hub's data
+    # (`--dataset story --source mine.txt` after `make demo`), was replaced without a word, as another dataset's folder
+    # is not (a --name given is the user's choice of folder: made again there)
+    made_from = same and old.get("source")  # meta.json's description: "--source " and each file read, or the mirror's
+    if made_from and sources and not named and not force:
+        if not str(made_from).startswith("--source "):
+            raise UserError(f"{folder} holds the {dataset!r} dataset made from {made_from} (by "
+                            f"`{rebuild_command(old, folder)}`), not from your files: pick another folder for this one "
+                            f"with --name, or replace it with --force")
+        # not the same files named another way (a folder, its files, a pattern), nor a damaged record (no TypeError)
+        if isinstance(was, list) and all(isinstance(p, str) for p in was) and set(was) != set(sources) \
+                and set(made_from.removeprefix("--source ").split(", ")) != set(plan["files"]):
+            raise UserError(f"{folder} holds the dataset made from {', '.join(was)} (by "
+                            f"`{rebuild_command(old, folder)}`): pick another folder for this one with --name, or "
+                            f"replace it with --force")
     kept_file = None  # the --tokenizer file kept: it must still hold the vocabulary the dataset was made with
     if tokenizer is None and vocab_size is None:
         # made again without a word about its vocabulary: the one it has, so checkpoints trained on it go on fitting
