@@ -24,6 +24,8 @@ from setup_tokenizer import tokenizer_from_state, tokenizer_state
 
 FORMAT = 1  # bump when the layout changes incompatibly
 NUMBER = (int, float)
+# the way out of a checkpoint whose config or weights this model code does not take
+NOT_THIS_CODE = "a damaged checkpoint, or one from another version of the code; use another one"
 
 # the training state train.py writes, by entry: what each holds (a file edited and saved again passes torch.load and
 # the zip checksums, and a step of 'x' ended in a ValueError deep in a resume, or in eval.py's table)
@@ -183,8 +185,7 @@ def checkpoint_config(ckpt, name):
     try:
         return GPTConfig(**ckpt["config"])
     except (TypeError, ValueError) as e:
-        raise UserError(f"{name} does not match this model code (its config: {first_line(e)}): a damaged checkpoint, "
-                        f"or one from another version of the code; use another one") from None
+        raise UserError(f"{name} does not match this model code (its config: {first_line(e)}): {NOT_THIS_CODE}") from None
 
 
 def load_weights(model, state_dict, name="the checkpoint"):
@@ -192,8 +193,7 @@ def load_weights(model, state_dict, name="the checkpoint"):
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as e:
-        raise UserError(f"{name} does not match this model code ({first_line(e)}): a damaged checkpoint, or one from "
-                        f"another version of the code; use another one") from None
+        raise UserError(f"{name} does not match this model code ({first_line(e)}): {NOT_THIS_CODE}") from None
 
 
 def find_checkpoints(folder="models"):
