@@ -132,7 +132,7 @@ def row(section, name, value, unit, dtype=None, mfu=None, note="", optimizer=Non
 
 def measure_peak(device, dtype, n, warmup=2, iters=5):
     """FLOP/s of an n x n @ n x n matmul in dtype (2 n^3 FLOPs), median of iters."""
-    need, have = n * n * (3 * torch.empty((), dtype=dtype).element_size() + 4), physical_memory()  # a, b, a@b, fp32 randn
+    need, have = n * n * (3 * dtype.itemsize + 4), physical_memory()  # a, b, a@b, fp32 randn
     if device.type == "cpu" and have and need > have:  # (the system killed the process, no line said why)
         raise MemoryError(f"{need / 2**30:.3g} GiB, more than the machine's {have / 2**30:.3g} GiB")
     g = torch.Generator(device="cpu").manual_seed(0)
