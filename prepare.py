@@ -1848,6 +1848,10 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
                     with contextlib.suppress(FileNotFoundError):
                         os.remove(os.path.join(folder, f"{s}_mask.bin"))
             fsync_replace(new_meta, meta_path)
+    except OSError as e:
+        if not e.filename:  # a full disk fails a write(), which names no file: name the folder being written
+            e.filename = folder
+        raise
     finally:
         with ctrl_c_held():  # a Ctrl-C as the cleanup runs would leave temporary files behind
             for split in [*splits.values(), *(s for raw in scratch for s in raw.values())]:

@@ -522,6 +522,23 @@ def test_unusable_out_dir_is_one_line_before_any_work(tmp_path, capsys, monkeypa
         assert run_cli(prepare.main, argv, capsys) == (1, "", f"error: {line}\n")
 
 
+def test_a_full_disk_names_the_dataset_folder_and_keeps_the_old_dataset(tmp_path, capsys, monkeypatch):
+    # a write() that finds the disk full raises an OSError naming no file: "No space left on device: free some
+    # space or write elsewhere" left the user to guess which disk
+    src, out = write(tmp_path / "c.txt", EOT.join(DOCS)), str(tmp_path / "data")
+    argv = ["--source", src, "--out_dir", out, "--name", "notes"]
+    assert run_cli(prepare.main, argv, capsys)[0] == 0
+    folder = os.path.join(out, "notes")
+    before = snapshot(folder)
+
+    def full(self):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(prepare.Split, "sync", full)
+    line = f"error: {os.strerror(errno.ENOSPC)}: {folder}: free some space or write elsewhere\n"
+    assert run_cli(prepare.main, argv + ["--force"], capsys) == (1, "", line)
+    assert snapshot(folder) == before
+
+
 def read_only(monkeypatch, folder):
     """folder and all in it as a read-only mount (or chmod -R a-w) would be, for root too, whom permissions do not stop:
     a file opened there to be written fails with EACCES (check_output's probe, the token files, meta.json alike)."""
