@@ -1646,7 +1646,12 @@ def prepare(dataset, source=None, tokenizer=None, limit=None, val_fraction=DEFAU
         # kept while what it was trained on and its size stay the same (a rebuild for another --pack needs no new
         # one), so checkpoints trained on it go on fitting; other data (--source, --limit, --no_extra...) gets a
         # vocabulary of its own, or a short one (the data supported no more merges) would stay short for good
-        vocab_fp = fingerprint(dataset, plan, f"trained, {vocab_size} ids", None, limit, val_fraction, mix=mix,
+        # a mix's weights decide how often train repeats each source's documents, not the text the vocabulary learns
+        # from (train_vocabulary reads each source once): other weights keep it; other sources, or their order, do not
+        learnt, sources = plan, None
+        if mix:
+            learnt, sources = dict(plan, description="; ".join(p["description"] for p in plan["parts"])), list(mix)
+        vocab_fp = fingerprint(dataset, learnt, f"trained, {vocab_size} ids", None, limit, val_fraction, mix=sources,
                                version=None)
         # a dataset from before vocab_fingerprint (VERSION 4) that was built on this vocabulary keeps it once (its
         # checkpoints go on fitting), as then; not one built with another tokenizer (gpt2), whose text may differ

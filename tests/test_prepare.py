@@ -1291,6 +1291,22 @@ def test_mix_follows_the_weights(tmp_path, monkeypatch, enc, capsys):
     assert meta["vocab_size"] == 300 and len(small.encode_ordinary("ddval")) < 5 and len(small.encode_ordinary("kn")) == 1
 
 
+def test_other_mix_weights_keep_the_mixs_vocabulary(tmp_path, monkeypatch, capsys):
+    """A mix's vocabulary learns each source's train text once, whatever the weights: other weights rebuild the tokens
+    with it (it was trained again: minutes on a real mix, for the same vocabulary); other sources train a new one."""
+    fake_mirror(tmp_path / "mirror")
+    monkeypatch.setenv("DATA_MIRROR", str(tmp_path / "mirror"))
+    out, vocab = str(tmp_path / "data"), tmp_path / "data" / "mix" / "tokenizer.tiktoken"
+    prepare.prepare("mix", mix={"dailydialog": 1, "knowledge": 1}, out_dir=out, vocab_size=300)
+    trained = vocab.read_bytes()
+    capsys.readouterr()
+    meta = prepare.prepare("mix", mix={"dailydialog": 1, "knowledge": 3}, out_dir=out, vocab_size=300)
+    assert "trained a" not in capsys.readouterr().out and vocab.read_bytes() == trained
+    assert meta["mix"]["knowledge"]["weight"] == 3 and meta["tokenizer_hash"] == tokenizer_hash(get_tokenizer(str(vocab)))
+    prepare.prepare("mix", mix={"dailydialog": 1}, out_dir=out, vocab_size=300)
+    assert "trained a" in capsys.readouterr().out
+
+
 def test_mix_bad_input(tmp_path):
     for spec, words in (("story:1", "'story' is not a conversation dataset"), ("nope", "'nope' is not a conversation"),
                         ("dailydialog:0", "weight of dailydialog must be a positive number"),
