@@ -1259,8 +1259,9 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
     table = token_bytes(enc)
     # --limit N: the first N documents, counted over the files of a dataset in order (not N of each: `--dataset chat
     # --limit 300` takes its Alpaca file's first 300), N more of train-only files, and of a source's own validation
-    # split the share val_fraction would give it, so a quick demo stays quick
-    budget = {"split": limit, "train": limit, "val": limit and max(1, round(limit * val_fraction))}
+    # split the share val_fraction would give it, so a quick demo stays quick. --val_fraction 0 keeps no val, a source's
+    # own split none either (it kept one document of it with --limit, and all of them without)
+    budget = {"split": limit, "train": limit, "val": (limit and max(1, round(limit * val_fraction))) if val_fraction else 0}
     # the first document decides whether masks are written; every stream is opened lazily
     kind, first_label, opened = None, None, []
     for i, (role, label, make_docs) in enumerate(streams):
@@ -1799,7 +1800,8 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
             "tokenizer": tokenizer, "tokenizer_name": enc.name, "tokenizer_hash": tok_hash,
             "vocab_size": enc.n_vocab, "eot_token": enc.eot_token, "dtype": splits["train"].dtype.name,
             "has_mask": has_mask, "source": plan["description"],
-            "val_split": "each dataset's own validation split, unweighted" if mixed else
+            "val_split": "none (--val_fraction 0)" if not val_fraction else
+                         "each dataset's own validation split, unweighted" if mixed else
                          "the source's own validation split" + (", less the conversations train has" if kind == "chat" else "")
                          if "val" in roles else
                          f"the last {val_fraction:g} of the documents, counted over the sources together (of a single document's tokens), "
@@ -1905,7 +1907,7 @@ def main(argv=None):
                                                "split, N * val_fraction")
     p.add_argument("--val_fraction", type=float, default=DEFAULT_VAL_FRACTION,
                    help="the share of the documents kept for validation: the last of each source, counted over a "
-                        "dataset's sources together")
+                        "dataset's sources together (0: no val split, a source's own validation split left out too)")
     p.add_argument("--force", action="store_true", help="rebuild even if up to date, and replace a folder holding another dataset")
     p.add_argument("--out_dir", "--data_dir", dest="out_dir", type=nonempty, default=DEFAULT_OUT_DIR,
                    help="where dataset folders go (the folder train.py and eval.py take as --data_dir; default data)")

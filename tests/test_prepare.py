@@ -1307,6 +1307,21 @@ def test_other_mix_weights_keep_the_mixs_vocabulary(tmp_path, monkeypatch, capsy
     assert "trained a" in capsys.readouterr().out
 
 
+def test_val_fraction_0_keeps_no_val_split_with_or_without_limit(tmp_path, monkeypatch):
+    """--val_fraction 0 on a set with its own validation split (DailyDialog) keeps none of it, --limit or not: --limit
+    kept one dialogue of it (its share, at least one) and no --limit all of them."""
+    fake_mirror(tmp_path / "mirror")
+    monkeypatch.setenv("DATA_MIRROR", str(tmp_path / "mirror"))
+    out = str(tmp_path / "data")
+    for limit in (None, 20):
+        meta = prepare.prepare("dailydialog", out_dir=out, name=f"dd{limit}", limit=limit, val_fraction=0)
+        assert meta["splits"]["val"]["documents"] == 0 and meta["splits"]["train"]["documents"] == (limit or 60)
+        assert meta["val_split"] == "none (--val_fraction 0)"
+    # its share otherwise: 2 of 20, all 6 without --limit
+    assert prepare.prepare("dailydialog", out_dir=out, name="d", limit=20)["splits"]["val"]["documents"] == 2
+    assert prepare.prepare("dailydialog", out_dir=out, name="all")["splits"]["val"]["documents"] == 6
+
+
 def test_mix_bad_input(tmp_path):
     for spec, words in (("story:1", "'story' is not a conversation dataset"), ("nope", "'nope' is not a conversation"),
                         ("dailydialog:0", "weight of dailydialog must be a positive number"),
