@@ -1093,11 +1093,13 @@ def init_distributed(device_name):
 # -----------------------------------------------------------------------------
 # setup
 
-def prepare_with(meta, **changes):
-    """The prepare.py command that builds meta's dataset again with some of its options changed."""
+def prepare_with(meta, name=None, **changes):
+    """The prepare.py command that builds meta's dataset again with some of its options changed; name: in a new folder
+    of that name next to it, which leaves it as it is."""
     # every option the dataset was made with (a meta.json from before "options" says them otherwise)
     options = meta_options(meta, meta["folder"], odd={})
-    return rebuild_command(dict(meta, options=dict(options, **changes)), meta["folder"])
+    folder = os.path.join(os.path.dirname(meta["folder"]), name) if name else meta["folder"]
+    return rebuild_command(dict(meta, options=dict(options, **changes)), folder)
 
 
 def pick_tokenizer(args, meta, ckpt):
@@ -1106,21 +1108,27 @@ def pick_tokenizer(args, meta, ckpt):
     want = meta.get("tokenizer_hash")
 
     def with_tokenizer(name):  # gpt2, or a path: a .tiktoken file, or a checkpoint, whose vocabulary prepare.py reads
-        return prepare_with(meta, vocab_size=None, tokenizer=name if name == "gpt2" else os.path.abspath(name))
+        # in a folder of its own: made again in place, the dataset the models of its own vocabulary were trained on was
+        # gone (and with it their val loss to compare)
+        tag = "gpt2" if name == "gpt2" else re.sub(r"[^\w.-]", "-", os.path.splitext(os.path.basename(name))[0])
+        new = f"{os.path.basename(meta['folder'])}-{tag}"
+        command = prepare_with(meta, new, vocab_size=None, tokenizer=name if name == "gpt2" else os.path.abspath(name))
+        return f"`{command}`, then --dataset {new}"
     if ckpt is not None:
         have = ckpt["tokenizer"].get("hash")
         if have != want:
             raise UserError(f"{args.checkpoint} uses tokenizer {ckpt['tokenizer'].get('name')} ({have}) but "
                             f"{meta['folder']} was prepared with {meta.get('tokenizer_name', meta.get('tokenizer'))} "
-                            f"({want}): prepare the data with the checkpoint's tokenizer "
-                            f"(`{with_tokenizer('gpt2' if ckpt['tokenizer'].get('bpe') is None else args.checkpoint)}`)"
+                            f"({want}): prepare the data with the checkpoint's tokenizer in a folder of its own "
+                            f"({with_tokenizer('gpt2' if ckpt['tokenizer'].get('bpe') is None else args.checkpoint)})"
                             f" or train a new model")
     if args.tokenizer:
         enc = get_tokenizer(args.tokenizer)
         if tokenizer_hash(enc) != want:
             raise UserError(f"--tokenizer {args.tokenizer} ({tokenizer_hash(enc)}) is not the tokenizer {meta['folder']} "
                             f"was prepared with ({meta.get('tokenizer_name', meta.get('tokenizer'))}, {want}): drop "
-                            f"--tokenizer or run `{with_tokenizer(args.tokenizer)}`")
+                            f"--tokenizer, or prepare the data with it in a folder of its own: "
+                            f"{with_tokenizer(args.tokenizer)}")
         if ckpt is None:
             return enc
     if ckpt is not None:

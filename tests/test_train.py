@@ -1283,8 +1283,9 @@ def test_tokenizer_mismatch_is_an_error(env, trained, tmp_path):
 
 def test_a_tokenizer_mismatch_names_a_command_that_fixes_it(env, tmp_path):
     """A model trained on a --source set, then the set prepared again with another vocabulary: the error gives the
-    prepare.py command (--source, --name and all) that prepares it with the model's vocabulary, read from the
-    checkpoint itself, after which the model trains on it."""
+    prepare.py command (--source and all) that prepares it with the model's vocabulary, read from the checkpoint
+    itself, in a folder of its own (in place, it replaced the dataset the other vocabulary's models were trained on),
+    after which the model trains on it there."""
     src = tmp_path / "mine.txt"
     src.write_text(story_text(60_000), encoding="utf-8")
     data = str(tmp_path / "data")
@@ -1296,12 +1297,20 @@ def test_a_tokenizer_mismatch_names_a_command_that_fixes_it(env, tmp_path):
     prepare.prepare("text", source=str(src), out_dir=data, name="mine", vocab_size=280)
     go_on = train.parse_args(["--checkpoint", first["checkpoint"], "--data_dir", data, "--max_steps", "1",
                               "--device", "cpu", "--no-color"])
-    with pytest.raises(UserError, match=r"prepare the data with the checkpoint's tokenizer \(`python prepare\.py ") as e:
+    with pytest.raises(UserError, match=r"prepare the data with the checkpoint's tokenizer in a folder of its own \(`python "
+                                        r"prepare\.py ") as e:
         train.train(go_on)
-    argv = shlex.split(re.search(r"`python prepare\.py ([^`]*)`", str(e.value)).group(1))
+    command, new = re.search(r"`python prepare\.py ([^`]*)`, then --dataset (\S+)\)", str(e.value)).groups()
+    argv = shlex.split(command)
     assert argv[argv.index("--tokenizer") + 1] == os.path.abspath(first["checkpoint"]) and "--source" in argv
+    assert argv[argv.index("--name") + 1] == new != "mine"
+    def files(folder):
+        return {f: (tmp_path / "data" / folder / f).read_bytes() for f in ("meta.json", "train.bin", "tokenizer.tiktoken")}
+    mine = files("mine")
     prepare.main(argv)
-    assert train.train(go_on)["steps"] == 2
+    assert files("mine") == mine  # the 280-token set is as it was
+    go_on.dataset, go_on.output_checkpoint = new, str(tmp_path / "ft" / "{dataset}_epoch{epoch}.pt")
+    assert train.train(go_on)["steps"] == 1  # (another dataset's name: fine-tuning, its steps counted afresh)
     # a GPT-2-vocabulary model: the command says --tokenizer gpt2, or the set would keep the vocabulary it has (and
     # the same error come back)
     enc_ck, gpt2 = str(tmp_path / "g.pt"), get_tokenizer("gpt2")
@@ -1312,9 +1321,10 @@ def test_a_tokenizer_mismatch_names_a_command_that_fixes_it(env, tmp_path):
                                       "1", "--output_checkpoint", str(tmp_path / "ft" / "{dataset}.pt"), "--device",
                                       "cpu", "--no-color"]))
     argv = shlex.split(re.search(r"`python prepare\.py ([^`]*)`", str(e.value)).group(1))
-    assert argv[argv.index("--tokenizer") + 1] == "gpt2"
-    assert prepare.main(argv) is None and json.loads((tmp_path / "data" / "mine" / "meta.json").read_text())[
+    assert argv[argv.index("--tokenizer") + 1] == "gpt2" and argv[argv.index("--name") + 1] == "mine-gpt2"
+    assert prepare.main(argv) is None and json.loads((tmp_path / "data" / "mine-gpt2" / "meta.json").read_text())[
         "tokenizer"] == "gpt2"
+    assert files("mine") == mine
 
 
 def test_data_without_a_val_split_names_the_command_that_makes_one(tmp_path):
