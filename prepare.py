@@ -1833,6 +1833,8 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
             split.sync()
         atomic_write_text(new_meta, json.dumps(meta, indent=2) + "\n")  # new_vocab is on disk already (train_bpe)
         with ctrl_c_held():
+            # read again, not prepare()'s copy from before the minutes of tokenizing: what a refused commit puts back
+            # below is what this removes, whatever ran in the folder meanwhile
             old_meta = read_meta(folder)
             with contextlib.suppress(FileNotFoundError):
                 os.remove(meta_path)
