@@ -375,7 +375,8 @@ def config_from_hf(raw, path):
             need(raw.get("activation_function", "gelu_new") in ("gelu_new", "gelu_pytorch_tanh"),
                  f"activation_function {raw.get('activation_function')!r} is not GELU's tanh approximation")
             need(raw.get("n_inner") in (None, 4 * n_embd), f"n_inner {raw.get('n_inner')} is not 4 * n_embd")
-            need(math.isclose(raw.get("layer_norm_epsilon", 1e-5), NORM_EPS), "layer_norm_epsilon is not 1e-5")
+            eps = raw.get("layer_norm_epsilon", 1e-5)  # (transformers' default)
+            need(math.isclose(eps, NORM_EPS), f"layer_norm_epsilon {eps} is not model.py's {NORM_EPS}")
             need(raw.get("scale_attn_weights", True) and not raw.get("scale_attn_by_inverse_layer_idx", False),
                  "the attention scaling is not 1/sqrt(head_dim)")
             need(not raw.get("add_cross_attention", False), "it has cross-attention")
@@ -393,8 +394,10 @@ def config_from_hf(raw, path):
             need(raw.get("head_dim") in (None, n_embd // n_head), "head_dim is not hidden_size / num_attention_heads")
             need(raw.get("intermediate_size") == swiglu_hidden(n_embd),
                  f"intermediate_size {raw.get('intermediate_size')} is not model.py's {swiglu_hidden(n_embd)} for this width")
-            need(math.isclose(raw.get("rms_norm_eps", 1e-6), NORM_EPS), "rms_norm_eps is not 1e-5")
-            need(rope.get("rope_theta", raw.get("rope_theta", ROPE_THETA)) == ROPE_THETA, "RoPE's base is not 10000")
+            eps = raw.get("rms_norm_eps", 1e-6)  # (transformers' default)
+            need(math.isclose(eps, NORM_EPS), f"rms_norm_eps {eps} is not model.py's {NORM_EPS}")
+            theta = rope.get("rope_theta", raw.get("rope_theta", ROPE_THETA))
+            need(theta == ROPE_THETA, f"RoPE's base (rope_theta) {theta} is not model.py's {ROPE_THETA:g}")
             need(not raw.get("rope_scaling") and rope.get("rope_type", "default") == "default", "it scales RoPE")
             need(bool(raw.get("attention_bias", False)) == bool(raw.get("mlp_bias", False)),
                  "attention_bias and mlp_bias differ")

@@ -484,7 +484,10 @@ def test_llama_settings_model_py_lacks_are_refused(small_folder, tmp_path, custo
     save_checkpoint(ckpt, our_model(custom_enc.n_vocab, "modern"), custom_enc)
     export.main([ckpt, str(tmp_path / "llama")])
     folder = tmp_path / "llama"
-    for change, words in ((dict(num_key_value_heads=1), "GQA"), (dict(rope_theta=500000.0), "RoPE"),
+    # the value found and model.py's (it said "is not 10000" whatever model.py's ROPE_THETA)
+    for change, words in ((dict(num_key_value_heads=1), "GQA"),
+                          (dict(rope_theta=500000.0), "RoPE's base (rope_theta) 500000.0 is not model.py's 10000"),
+                          (dict(rms_norm_eps=1e-6), "rms_norm_eps 1e-06 is not model.py's 1e-05"),
                           (dict(intermediate_size=256), "intermediate_size"),
                           (dict(rope_parameters=[1]), "rope_parameters is not an object"),
                           # untied with no lm_head.weight: transformers gives the head random values, ours would tie
