@@ -132,7 +132,10 @@ def row(section, name, value, unit, dtype=None, mfu=None, note="", optimizer=Non
 
 def measure_peak(device, dtype, n, warmup=2, iters=5):
     """FLOP/s of an n x n @ n x n matmul in dtype (2 n^3 FLOPs), median of iters."""
-    need, have = n * n * (3 * dtype.itemsize + 4), physical_memory()  # a, b, a@b, fp32 randn
+    # at most a, b and a@b, or a and b as b's fp32 randn is converted (a no-op in fp32): 12 bytes an element in fp32,
+    # 8 in bf16 (it counted a randn beside a@b too, 16 and 10, and refused sizes that fit)
+    i = dtype.itemsize
+    need, have = n * n * max(3 * i, 2 * i + 4), physical_memory()
     if device.type == "cpu" and have and need > have:  # (the system killed the process, no line said why)
         raise MemoryError(f"{need / 2**30:.3g} GiB, more than the machine's {have / 2**30:.3g} GiB")
     g = torch.Generator(device="cpu").manual_seed(0)

@@ -378,10 +378,18 @@ def test_peak_counts_two_flops_per_multiply_add(one_second_steps, one_thread):
 
 def test_peak_sizes_past_the_machines_memory_are_refused_before_allocating(monkeypatch, one_thread):
     # a --peak_sizes whose matrices pass the RAM was killed by the system (no line said why) rather than refused
-    monkeypatch.setattr(bench, "physical_memory", lambda: 64 * 64 * 10)  # fits 32 x 32, not 64 x 64 (4 + 3 x 4 bytes)
+    monkeypatch.setattr(bench, "physical_memory", lambda: 64 * 64 * 10)  # fits 32 x 32, not 64 x 64 (3 x 4 bytes)
     with pytest.raises(UserError, match=r"matmuls of 32,64 do not fit in memory: give smaller --peak_sizes"):
         bench.run(quick_args("--only", "peak", "--dtype", "float32", "--peak_sizes", "32,64"), torch.device("cpu"),
                   log=lambda *a: None)
+    # what fits is what the matmul holds at once: a, b and a@b in fp32 (12 bytes an element); in bf16 a and b, and b's
+    # fp32 randn as it is converted (8). A byte less is refused (it refused 16 and 10 bytes: sizes that fit)
+    for dtype, per_element in ((torch.float32, 12), (torch.bfloat16, 8)):
+        monkeypatch.setattr(bench, "physical_memory", lambda: 64 * 64 * per_element)
+        assert bench.measure_peak(torch.device("cpu"), dtype, 64, warmup=0, iters=1) > 0
+        monkeypatch.setattr(bench, "physical_memory", lambda: 64 * 64 * per_element - 1)
+        with pytest.raises(MemoryError, match="more than the machine's"):
+            bench.measure_peak(torch.device("cpu"), dtype, 64, warmup=0, iters=1)
 
 
 def test_training_tokens_per_second_and_mfu_against_the_best_peak(one_second_steps, one_thread):
