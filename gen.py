@@ -366,10 +366,24 @@ def probability(s):
     return v
 
 
+PENALTY_RULE = "a number > 0 (1 = off)"
+
+
+def penalty_value(v):
+    """A repetition penalty as the float sampling takes, or None when it breaks PENALTY_RULE: the one rule for
+    --repetition_penalty and serve.py's repetition_penalty field. A JSON integer too big for a float (10**400) was
+    taken there by a rule of its own and failed inside torch, a 500."""
+    try:
+        v = float(v)
+    except OverflowError:
+        return None
+    return v if 0 < v < float("inf") else None  # (nan is neither)
+
+
 def penalty(s):
-    v = number(s, float)
-    if not 0 < v < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number > 0 (1 = off), got {s}")
+    v = penalty_value(number(s, float))
+    if v is None:
+        raise argparse.ArgumentTypeError(f"must be {PENALTY_RULE}, got {s}")
     return v
 
 

@@ -53,8 +53,8 @@ import torch
 from checkpoint import add_checkpoint_argument, load_model, parse_checkpoint
 from common import (DTYPES, UserError, nonempty, number, parts_text, pick_device, pick_dtype, retain_freed_memory,
                     run_main, seeded_generator)
-from gen import (CHAT_STOPS, add_sampling_arguments, default_checkpoint, encode_prompt, fit_history, positive_int,
-                 reserve_for, stop_ids, stream_completion, warn_if_trained_on_text)
+from gen import (CHAT_STOPS, PENALTY_RULE, add_sampling_arguments, default_checkpoint, encode_prompt, fit_history,
+                 penalty_value, positive_int, reserve_for, stop_ids, stream_completion, warn_if_trained_on_text)
 from setup_tokenizer import EOT, render_chat
 
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "chat.html")
@@ -202,7 +202,7 @@ def job_from_request(body, kind, api):
     seed = get(req, "seed", "int", lambda v: -2**63 <= v < 2**64, "a 64-bit integer")
     # gen.py's --repetition_penalty, by its name (vLLM's too): a field this server did not know, it was ignored without
     # a word, the reply sampled as if it were 1
-    penalty = get(req, "repetition_penalty", "number", lambda v: 0 < v < float("inf"), "a number > 0 (1 = off)")
+    penalty = get(req, "repetition_penalty", "number", lambda v: penalty_value(v) is not None, PENALTY_RULE)
     stop = req.get("stop")
     stop = [stop] if isinstance(stop, str) else stop
     if stop is not None and not (isinstance(stop, list) and len(stop) <= MAX_STOP and all(isinstance(s, str) for s in stop)):
@@ -241,7 +241,7 @@ def job_from_request(body, kind, api):
     sampling = dict(temperature=api.temperature if temp is None else temp,
                     top_k=api.top_k if "top_k" not in req else (top_k or None),
                     top_p=api.top_p if top_p is None else top_p,
-                    repetition_penalty=api.repetition_penalty if penalty is None else penalty)
+                    repetition_penalty=api.repetition_penalty if penalty is None else penalty_value(penalty))
     return Job(kind, prompt, max_tokens, stop_tokens, [s for s in stop or [] if s], sampling, seed, stream, include_usage)
 
 

@@ -938,6 +938,12 @@ def test_repetition_penalty_is_honoured(api, enc):
         assert status == 400 and err["error"]["param"] == "repetition_penalty", err
     status, err, _ = post(api, "/v1/completions", dict(body, repetition_penalty="high"))
     assert status == 400 and err["error"]["code"] == "invalid_type", err
+    # gen.py's rule, not one of serve.py's own: a JSON integer too big for a float is refused as "1e400" is by
+    # --repetition_penalty (it was taken, and failed inside torch: a 500), one that fits is sampled with as its float
+    status, err, _ = post(api, "/v1/completions", dict(body, repetition_penalty=10**400))
+    assert status == 400 and err["error"]["message"].startswith("repetition_penalty must be a number > 0 (1 = off)"), err
+    status, _, _ = post(api, "/v1/completions", dict(body, repetition_penalty=10**300))
+    assert status == 200 and api.worker.recent[-1]["repetition_penalty"] == 1e300
     # serve.py --repetition_penalty, as gen.py's: the default of a request that gives none, as --temp is
     assert serve.parse_args(["m.pt", "--repetition_penalty", "5"]).repetition_penalty == 5.0
     other = start(api.model, enc, repetition_penalty=5.0)
