@@ -843,10 +843,11 @@ def main(argv=None):
     print(f"serving {name} ({model.num_params(non_embedding=False) / 1e6:.1f}M parameters, context "
           f"{model.config.block_size}, {device} {str(dtype).removeprefix('torch.')}) on {server.url}: "
           f"chat page at {server.url}/, API at {server.url}/v1; Ctrl-C stops", flush=True)
+    interrupted = False
     try:
         server.serve_forever()
     except KeyboardInterrupt:
-        print("stopped", file=sys.stderr)
+        interrupted = True  # "stopped" is said once the worker has left, after its line for the reply it cut short
     finally:
         server.server_close()
         main_thread = threading.current_thread() is threading.main_thread()
@@ -861,6 +862,8 @@ def main(argv=None):
         finally:
             for s, handler in before.items():
                 signal.signal(s, handler)
+    if interrupted:
+        print("stopped", file=sys.stderr)
 
 
 def leave_at_once(signum, frame):
