@@ -24,7 +24,8 @@ a 400. Other fields of OpenAI's API that would change the answer (n > 1, logprob
 
 One worker thread owns the model (torch runs one forward at a time well, not several on one model):
 requests queue to it in arrival order, up to --max_queue waiting (then 503). A client that hangs up,
-streaming or waiting in the queue, cancels its request at the next token and frees the worker.
+streaming or waiting in the queue, cancels its request at the next token and frees the worker; one that only closes
+its sending side (`nc -N`) gets its answer.
 """
 import common  # first (it is light): Ctrl-C while torch loads then ends in one line, not a traceback from its import
 common.quiet_ctrl_c(__name__)
@@ -508,7 +509,7 @@ class Handler(BaseHTTPRequestHandler):
     def dispatch(self, method):
         api = self.server
         path = urlsplit(self.path).path
-        self.body = None
+        self.body, self.probed = None, False
         try:
             self.check_framing(method)
             known = path in self.ROUTES or path.startswith("/v1/models/")
@@ -623,22 +624,26 @@ class Handler(BaseHTTPRequestHandler):
         except OSError:
             pass
 
-    def events(self, job):
-        """The worker's events for job as they come; raises ClientGone once the client has hung up."""
+    def events(self, job, probe=None):
+        """The worker's events for job as they come; raises ClientGone once the client has hung up. probe: writes
+        what the client ignores (client_gone)."""
         while True:
             try:
                 event = job.events.get(timeout=POLL)
             except queue.Empty:
                 event = None
-            if self.client_gone():
+            if self.client_gone(probe):
                 raise ClientGone
             if event is not None:
                 yield event
                 if event[0] != "text":
                     return
 
-    def client_gone(self):
-        """A closed connection reads as end-of-file: readable, with nothing to read."""
+    def client_gone(self, probe=None):
+        """Whether the connection was reset: the client hung up. End-of-file alone is not that: a client may close its
+        sending side once its request is sent and wait for the answer (`nc -N`), which was dropped unanswered, and
+        one that hung up sent no more than that either. Once end-of-file is read, probe (if given) writes what the
+        client ignores, once: a closed socket answers it with a reset, which the next look sees."""
         sock = self.connection
         try:
             # poll, not select: select() refuses a descriptor past 1023 (FD_SETSIZE), which a server holding a thousand
@@ -646,18 +651,26 @@ class Handler(BaseHTTPRequestHandler):
             if hasattr(select, "poll"):
                 poller = select.poll()
                 poller.register(sock, select.POLLIN)
-                readable = poller.poll(0)
+                ready = poller.poll(0)
+                if ready and ready[0][1] & (select.POLLERR | select.POLLHUP):  # reset (HUP: both ways closed)
+                    return True
             else:
-                readable = select.select([sock], [], [], 0)[0]
-            if not readable:
+                ready = select.select([sock], [], [], 0)[0]
+            if not ready or sock.recv(1, socket.MSG_PEEK) != b"":  # (a reset raises, below)
                 return False
-            return sock.recv(1, socket.MSG_PEEK) == b""
+            if probe and not self.probed:
+                self.probed = True
+                probe()
+            return False
         except (OSError, ValueError):
             return True
 
     def answer(self, job):
         pieces = []
-        for event in self.events(job):
+        # the probe: an interim 100 (Continue), which an HTTP/1.1 client reads past (RFC 9110 15.2); an HTTP/1.0
+        # client takes no interim answer, so one that hangs up is found when its answer is written
+        probe = None if self.request_version != "HTTP/1.1" else lambda: self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        for event in self.events(job, probe):
             if event[0] == "text":
                 pieces.append(event[1])
             elif event[0] == "error":
@@ -687,9 +700,11 @@ class Handler(BaseHTTPRequestHandler):
                 self.send_header("Connection", "close")
             self.end_headers()
 
-            def send(data):
-                data = f"data: {data}\n\n".encode()
+            def write(data):
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
+
+            def send(data):
+                write(f"data: {data}\n\n".encode())
 
             def chunk(delta=None, finish=None, text=""):
                 choice = ({"index": 0, "delta": delta or {}, "logprobs": None, "finish_reason": finish}
@@ -699,7 +714,8 @@ class Handler(BaseHTTPRequestHandler):
 
             if job.kind == "chat":
                 chunk({"role": "assistant", "content": ""})
-            for event in self.events(job):
+            # the probe: an event stream's comment, which clients skip (a stream still queued writes nothing else)
+            for event in self.events(job, probe=lambda: write(b":\n\n")):
                 if event[0] == "text":
                     chunk({"content": event[1]}, text=event[1])
                 elif event[0] == "error":  # headers are gone: the error travels as an event, as OpenAI's does

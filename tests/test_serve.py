@@ -11,6 +11,7 @@ import json
 import os
 import random
 import re
+import select
 import shutil
 import signal
 import socket
@@ -524,6 +525,59 @@ def test_hung_up_clients_free_the_worker(enc):
         status, body, _ = post(api, "/v1/completions", {"prompt": "la", "max_tokens": 3})
         assert status == 200 and body["choices"][0]["text"] == " la la la"
     finally:
+        api.close()
+
+
+def parse_answer(data):
+    """The final answer in data, the bytes a connection received (interim 1xx answers skipped): (status, body)."""
+    class Unclosable(io.BytesIO):
+        def close(self):
+            pass
+
+    r = http.client.HTTPResponse(types.SimpleNamespace(makefile=lambda *a, **k: Unclosable(data)))
+    r.begin()
+    return r.status, r.read()
+
+
+def test_a_client_that_closes_its_sending_side_gets_its_answer(enc):
+    """A client may close its sending side once its request is sent and wait for the answer (`nc -N`, a proxy): that
+    end-of-file was taken for a client gone, and the request dropped unanswered, streamed or not. (A client that hangs
+    up is told from it by the reset its socket answers to what the server writes: test_hung_up_clients_free_the_worker.)"""
+    gate = threading.Event()  # the worker holds the request at its first token until the server has seen end-of-file
+    api = start(la_model(enc, gate=gate), enc, name="la")
+    try:
+        for stream in (False, True):
+            gate.clear()
+            sock = socket.create_connection(api.server_address[:2], timeout=60)
+            sock.sendall(completion_request(max_tokens=3, temperature=0, stream=stream))
+            sock.shutdown(socket.SHUT_WR)
+            wait_for(lambda: api.worker.current is not None, "the request to start")
+            job, got = api.worker.current, [b""]
+
+            def server_saw_the_end():
+                # it writes something past a stream's headers (an answer's 100 Continue, an event stream's comment)
+                # once it has read end-of-file; the server that dropped the request cancelled it instead
+                if select.select([sock], [], [], 0)[0]:
+                    data = sock.recv(65536)
+                    got[0] += data
+                    if not data:
+                        return True
+                return job.cancelled.is_set() or (got[0].partition(b"\r\n\r\n")[2] if stream else got[0]) != b""
+            wait_for(server_saw_the_end, "the server to read the client's end-of-file")
+            gate.set()
+            got = got[0] + b"".join(iter(lambda: sock.recv(65536), b""))  # up to the server's close, after the answer
+            sock.close()
+            status, body = parse_answer(got)
+            assert status == 200, got
+            if stream:
+                events = [e.removeprefix("data: ") for e in body.decode().split("\n\n") if e.startswith("data: ")]
+                assert events[-1] == "[DONE]" and "".join(json.loads(e)["choices"][0]["text"] for e in events[:-1]) \
+                    == " la la la", got
+            else:
+                assert json.loads(body)["choices"][0]["text"] == " la la la", got
+            assert api.worker.recent[-1]["finish_reason"] == "length"
+    finally:
+        gate.set()
         api.close()
 
 
