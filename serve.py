@@ -25,7 +25,8 @@ a 400. Other fields of OpenAI's API that would change the answer (n > 1, logprob
 One worker thread owns the model (torch runs one forward at a time well, not several on one model):
 requests queue to it in arrival order, up to --max_queue waiting (then 503). A client that hangs up,
 streaming or waiting in the queue, cancels its request at the next token and frees the worker; one that only closes
-its sending side (`nc -N`) gets its answer.
+its sending side (`nc -N`) gets its answer. Ctrl-C (or SIGTERM) stops the reply being generated at its next token;
+it and the waiting requests are answered 503 server_shutting_down before the server exits.
 """
 import common  # first (it is light): Ctrl-C while torch loads then ends in one line, not a traceback from its import
 common.quiet_ctrl_c(__name__)
@@ -62,6 +63,7 @@ PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "chat.html")
 MAX_BODY = 1 << 20      # bytes of JSON a request may send: far more than any context here holds as text
 MAX_STOP = 4            # stop strings per request, as OpenAI allows
 POLL = 0.2              # seconds between checks that a waiting client is still connected
+ANSWER_WAIT = 5         # seconds a stopping server gives the requests it holds to send their answers
 
 
 class ApiError(Exception):
@@ -77,6 +79,11 @@ class ApiError(Exception):
 
 class ClientGone(Exception):
     """The client closed its connection: stop working for it."""
+
+
+def shutting_down():
+    return ApiError(503, "the server is shutting down: this request was not finished; retry it once the server is back",
+                    type="server_error", code="server_shutting_down")
 
 
 # -----------------------------------------------------------------------------
@@ -257,7 +264,7 @@ class Job:
         self.sampling, self.seed, self.stream, self.include_usage = sampling, seed, stream, include_usage
         self.id = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
         self.created = int(time.time())
-        self.events = queue.Queue()  # ("text", piece)..., then ("done", finish_reason, tokens) or ("error", message)
+        self.events = queue.Queue()  # ("text", piece)..., then ("done", finish_reason, tokens) or ("error", ApiError)
         self.cancelled = threading.Event()
         self.queued_at = time.perf_counter()
 
@@ -311,12 +318,14 @@ class Worker(threading.Thread):
         self.halted = threading.Event()  # Ctrl-C: the running job stops at its next token, the waiting ones never start
 
     def submit(self, job):
-        with self.lock:
+        with self.lock:  # (put under it too: halt's sentinel is never ahead of a job submitted before it)
+            if self.halted.is_set():
+                raise shutting_down()
             if len(self.waiting) >= self.max_queue:
                 raise ApiError(503, f"the server is busy: {self.max_queue} requests are waiting; retry shortly",
                                type="server_error", code="overloaded")
             self.waiting.add(job.id)
-        self.jobs.put(job)
+            self.jobs.put(job)
 
     def cancel(self, job):
         """The client hung up: a waiting job gives up its place now, a running one stops at its next token."""
@@ -330,8 +339,9 @@ class Worker(threading.Thread):
     def halt(self, timeout=30):
         """Stop now and wait for the worker to leave torch: Python exiting under a daemon thread that is inside
         torch aborts the process ("terminate called without an active exception", SIGABRT)."""
-        self.halted.set()
-        self.jobs.put(None)  # wakes an idle worker
+        with self.lock:
+            self.halted.set()
+            self.jobs.put(None)  # wakes an idle worker
         self.join(timeout)  # one token's forward pass, as a rule; past the timeout the server exits anyway
 
     def run(self):
@@ -349,7 +359,8 @@ class Worker(threading.Thread):
                     traceback.print_exc()
                 except OSError:  # stderr gone, as below
                     pass
-                job.events.put(("error", f"generation failed: {type(e).__name__}: {e}"))
+                job.events.put(("error", ApiError(500, f"generation failed: {type(e).__name__}: {e}", type="server_error",
+                                                  code="internal_error")))
                 finish = "error"
             self.current = None
             # recorded before the answer goes: a client (a test) reading recent after its answer finds its job
@@ -357,11 +368,20 @@ class Worker(threading.Thread):
                                     max_tokens=job.max_tokens, **job.sampling))
             if finish not in ("cancelled", "error"):
                 job.events.put(("done", finish, tokens))
+            elif finish == "cancelled" and not job.cancelled.is_set():  # cut short by halt: its client is told why
+                job.events.put(("error", shutting_down()))
             try:
                 self.log(f"{job.id}: {len(job.prompt)} prompt + {tokens} tokens, {finish}, "
                          f"{time.perf_counter() - t0:.2f}s (queued {t0 - job.queued_at:.2f}s)")
             except OSError:  # stderr's reader gone (a `| tee` that ended, a closed terminal): the worker died of it,
                 pass         # and every later request waited for it forever while /health said ok
+        # halted: the requests still waiting are answered that the server stops, not dropped when the process exits
+        with self.lock:
+            while not self.jobs.empty():
+                job = self.jobs.get()
+                if job is not None and not job.cancelled.is_set():
+                    job.events.put(("error", shutting_down()))
+            self.waiting.clear()
 
     def generate(self, job):
         generator = None
@@ -507,6 +527,10 @@ class Handler(BaseHTTPRequestHandler):
             self.read_body()
 
     def dispatch(self, method):
+        with self.server.answering():  # a stopping server waits for the answers under way (ApiServer.halt)
+            self.route(method)
+
+    def route(self, method):
         api = self.server
         path = urlsplit(self.path).path
         self.body, self.probed = None, False
@@ -545,6 +569,8 @@ class Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
         except ApiError as e:
             headers = [("Allow", ", ".join(sorted(self.ROUTES.get(path, ["GET"]))))] if e.status == 405 else []
+            if e.code == "server_shutting_down":  # its client is not to send the next request on this connection
+                self.close_connection = True
             if self.body is None and (self.headers.get("Content-Length", "0") != "0" or "Transfer-Encoding" in self.headers):
                 self.close_connection = True  # its unread body would be taken for the next request
             try:
@@ -674,7 +700,7 @@ class Handler(BaseHTTPRequestHandler):
             if event[0] == "text":
                 pieces.append(event[1])
             elif event[0] == "error":
-                raise ApiError(500, event[1], type="server_error", code="internal_error")
+                raise event[1]
             else:
                 _, finish, tokens = event
         text = "".join(pieces)
@@ -719,7 +745,7 @@ class Handler(BaseHTTPRequestHandler):
                 if event[0] == "text":
                     chunk({"content": event[1]}, text=event[1])
                 elif event[0] == "error":  # headers are gone: the error travels as an event, as OpenAI's does
-                    send(json.dumps(ApiError(500, event[1], type="server_error", code="internal_error").body()))
+                    send(json.dumps(event[1].body()))
                 else:
                     _, finish, tokens = event
                     chunk(finish=finish)
@@ -752,6 +778,7 @@ class ApiServer(ThreadingHTTPServer):
             self.page = f.read()
         log = log or (lambda line: print(f"{time.strftime('%H:%M:%S')} {line}", file=sys.stderr, flush=True))
         self.worker = Worker(model, enc, dtype, max_queue, log)
+        self.under_way, self.answered = 0, threading.Condition()  # requests being answered (answering, halt)
         with contextlib.suppress(OSError, UnicodeError, TypeError):  # a name that does not resolve: bind says so below
             # an IPv6 address or name (--host ::, ::1) needs an IPv6 socket; socketserver's is IPv4 only
             self.address_family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
@@ -793,6 +820,30 @@ class ApiServer(ThreadingHTTPServer):
     @staticmethod
     def usage(job, tokens):
         return {"prompt_tokens": len(job.prompt), "completion_tokens": tokens, "total_tokens": len(job.prompt) + tokens}
+
+    @contextlib.contextmanager
+    def answering(self):
+        with self.answered:
+            self.under_way += 1
+        try:
+            yield
+        finally:
+            with self.answered:
+                self.under_way -= 1
+                self.answered.notify_all()
+
+    def halt(self, timeout=30):
+        """Ctrl-C's stop, once serve_forever has left: no new connections, the reply being generated stops at its next
+        token (Worker.halt), and the requests under way get their answers (503 or a stream's error event for those cut
+        short or never started), for up to ANSWER_WAIT seconds, before the process exits and drops their connections.
+        Whether the worker left torch within timeout."""
+        self.server_close()
+        self.worker.halt(timeout)
+        if self.worker.is_alive():
+            return False
+        with self.answered:
+            self.answered.wait_for(lambda: not self.under_way, ANSWER_WAIT)
+        return True
 
     def close(self):
         self.shutdown()
@@ -863,14 +914,12 @@ def main(argv=None):
     try:
         server.serve_forever()
     except KeyboardInterrupt:
-        interrupted = True  # "stopped" is said once the worker has left, after its line for the reply it cut short
+        interrupted = True  # "stopped" is said once it has (halt), after the worker's line for the reply it cut short
     finally:
-        server.server_close()
         main_thread = threading.current_thread() is threading.main_thread()
         before = {s: signal.signal(s, leave_at_once) for s in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
         try:
-            server.worker.halt()
-            if server.worker.is_alive():  # still inside torch past halt's timeout: Python's exit would abort
+            if not server.halt():  # the worker still inside torch past halt's timeout: Python's exit would abort
                 print("the reply being generated did not stop in time: exiting without waiting for it", file=sys.stderr)
                 # the status of the signal that stopped the server: SIGTERM's SystemExit is in flight, Ctrl-C's
                 # KeyboardInterrupt was handled above

@@ -606,6 +606,50 @@ def test_halt_stops_the_reply_being_generated_and_an_idle_worker(enc):
         idle.close()
 
 
+def test_requests_under_way_when_the_server_stops_are_answered(enc):
+    """Ctrl-C or SIGTERM (ApiServer.halt, which then waits for these answers: test_ctrl_c_while_a_reply_streams_stops_
+    cleanly) while requests are under way: the reply being generated stops at its next token and the waiting ones never
+    start, as before, but each client is told why: a 503 server_shutting_down, or that error as the last event of a
+    stream already begun. Each got a dropped connection when the process exited."""
+    def ask(stream):
+        conn = http.client.HTTPConnection(*api.server_address[:2], timeout=30)
+        conn.request("POST", "/v1/completions", json.dumps({"prompt": "la", "max_tokens": 8, "stream": stream}))
+        r = conn.getresponse()
+        out = r.status, r.read(), r.getheader("Connection")  # (a stream read to its last chunk)
+        conn.close()
+        return out
+
+    for running_streams in (False, True):
+        gate = threading.Event()  # the worker stays inside its first forward pass until the halt has begun
+        api = start(la_model(enc, gate=gate), enc, name="la")
+        try:
+            with ThreadPoolExecutor(3) as pool:
+                running = pool.submit(ask, running_streams)
+                wait_for(lambda: api.worker.current is not None, "the first request to start")
+                waiting = [pool.submit(ask, stream) for stream in (False, True)]
+                wait_for(lambda: len(api.worker.waiting) == 2, "two requests to queue")
+                halt = threading.Thread(target=api.worker.halt, kwargs=dict(timeout=30))
+                halt.start()
+                wait_for(api.worker.halted.is_set, "the halt to begin")
+                gate.set()
+                halt.join(60)
+                answers = [running.result(), *(f.result() for f in waiting)]
+                assert ask(False)[0] == 503  # and a request that comes during the wait
+            for (status, body, connection), stream in zip(answers, (running_streams, False, True)):
+                if stream:
+                    events = [e for e in body.decode().split("\n\n") if e.startswith("data: ")]
+                    assert status == 200 and json.loads(events[-1].removeprefix("data: "))["error"]["code"] \
+                        == "server_shutting_down", body
+                else:
+                    err = json.loads(body)["error"]
+                    assert status == 503 and err["code"] == "server_shutting_down", body
+                    assert err["message"].startswith("the server is shutting down") and connection == "close"
+            assert [r["finish_reason"] for r in api.worker.recent] == ["cancelled"]  # the waiting two never started
+        finally:
+            gate.set()
+            api.close()
+
+
 @pytest.mark.skipif(not hasattr(os, "sysconf") or os.sysconf("SC_OPEN_MAX") < 1200, reason="needs 1,200 open files")
 def test_a_connection_past_descriptor_1023_is_answered(api):
     """A server holding a thousand connections hands out descriptors past 1023, which select() refuses (FD_SETSIZE):
@@ -767,8 +811,11 @@ def test_ctrl_c_while_a_reply_streams_stops_cleanly(enc, tmp_path):
         sock = socket.create_connection(("127.0.0.1", port), timeout=60)
         sock.sendall(completion_request(max_tokens=1000, stream=True))
         read_until_text(sock)
+    rest = b"".join(iter(lambda: sock.recv(65536), b""))
     sock.close()
     assert p.returncode == 0 and "terminate" not in p.err, p.err
+    # the stream was told why it ended, and ended as a stream does (its last chunk), before the process exited
+    assert b'"code": "server_shutting_down"' in rest and rest.endswith(b"\r\n0\r\n\r\n"), rest
     # "stopped" is the last line, said once the worker has left: its line for the reply it cut short came after it
     *before, last = p.err.splitlines()
     assert last == "stopped" and ", cancelled, " in before[-1], p.err
