@@ -61,6 +61,7 @@ from setup_tokenizer import EOT, render_chat
 
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "chat.html")
 MAX_BODY = 1 << 20      # bytes of JSON a request may send: far more than any context here holds as text
+DRAIN, DRAIN_WAIT = 64 << 20, 10  # bytes and seconds of a refused, unread body dropped after its answer (linger)
 MAX_STOP = 4            # stop strings per request, as OpenAI allows
 POLL = 0.2              # seconds between checks that a waiting client is still connected
 ANSWER_WAIT = 5         # seconds a stopping server gives the requests it holds to send their answers
@@ -432,11 +433,33 @@ class Handler(BaseHTTPRequestHandler):
     ROUTES = {"/": {"GET"}, "/health": {"GET"}, "/v1/models": {"GET"},
               "/v1/chat/completions": {"POST"}, "/v1/completions": {"POST"}}
 
+    unread_body = False  # an answer went before the request's body was read (linger)
+
     def handle(self):
         try:
             super().handle()
         except ConnectionError:  # reset between requests (a browser closing its idle keep-alive connection): no one to answer
             self.close_connection = True
+        if self.unread_body:
+            self.linger()
+
+    def linger(self):
+        """After an answer sent before the request's body was read (a 413, a framing refusal): end the connection's
+        sending side, so the client has the whole answer, and read and drop what the client still sends, up to DRAIN
+        bytes or DRAIN_WAIT seconds (no client makes the server read without end), before closing. Closed at once, with
+        the body unread, the connection was reset under a client that sends all of its body before it reads the answer
+        (Python's http.client, so requests and the openai client): a 20 MB upload got BrokenPipeError, not the 413."""
+        deadline, left = time.monotonic() + DRAIN_WAIT, DRAIN
+        try:
+            self.connection.shutdown(socket.SHUT_WR)
+            while left > 0 and (wait := deadline - time.monotonic()) > 0:
+                self.connection.settimeout(wait)
+                data = self.rfile.read1(min(left, 1 << 16))
+                if not data:  # the client has sent all and closed
+                    return
+                left -= len(data)
+        except OSError:  # the wait is over (TimeoutError), or the client reset the connection
+            pass
 
     def do_GET(self):
         self.dispatch("GET")
@@ -572,7 +595,7 @@ class Handler(BaseHTTPRequestHandler):
             if e.code == "server_shutting_down":  # its client is not to send the next request on this connection
                 self.close_connection = True
             if self.body is None and (self.headers.get("Content-Length", "0") != "0" or "Transfer-Encoding" in self.headers):
-                self.close_connection = True  # its unread body would be taken for the next request
+                self.close_connection = self.unread_body = True  # it would be taken for the next request
             try:
                 self.send_json(e.status, e.body(), headers)
             except OSError:

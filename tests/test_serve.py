@@ -435,6 +435,26 @@ def test_chunked_body(api):
         assert got == status and headers["Connection"] == "close" and words in err["error"]["message"]
 
 
+def test_a_body_over_the_limit_gets_its_413(api, monkeypatch):
+    """Python's http.client (under requests and the openai client) sends all of a body before it reads the answer: the
+    server answered 413 and closed with the body unread, and a 20 MB upload ended in BrokenPipeError or a reset, no
+    413. The server now reads and drops what follows the answer, up to serve.DRAIN bytes: no further."""
+    for body in (b"x" * (20 << 20), iter([b"x" * (1 << 20)] * 20)):  # a Content-Length, then chunked
+        conn = http.client.HTTPConnection(*api.server_address[:2], timeout=60)
+        conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+        r = conn.getresponse()
+        assert r.status == 413 and json.loads(r.read())["error"]["code"] == "request_too_large"
+        conn.close()
+    monkeypatch.setattr(serve, "DRAIN", 1 << 20)
+    with socket.create_connection(api.server_address[:2], timeout=60) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % 10**12)
+        sent, block = 0, b"x" * (1 << 20)
+        with pytest.raises(OSError):  # the server closes once it has dropped DRAIN bytes, and the connection resets
+            while sent < 1 << 30:  # (socket buffers hold some megabytes: a gigabyte is far past them)
+                sock.sendall(block)
+                sent += len(block)
+
+
 def test_context_length_message_reads_right(api, enc):
     # one sentence for one prompt and for several messages (it said "the prompt take 1")
     status, err, _ = post(api, "/v1/completions", {"prompt": "Hi", "max_tokens": BLOCK})
