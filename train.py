@@ -1572,6 +1572,10 @@ def run_training(args, held):
         return out_pattern.replace("{dataset}", dataset).replace("{epoch}", str(n))
 
     last_val = None
+    # the random state at the start of the step in progress, None between steps: a save on the way out of an error
+    # inside a step records it, not the state after the step's dropout masks were drawn, so the run resumed from it
+    # redoes that step as the run would have (with the drawn state it drew other masks: another model)
+    step_rng = None
     # what this run wrote; a best file from an earlier run counts only when continuing that run
     saved = {"path": None, "step": p.step, "best": best_path if continuing and os.path.exists(best_path) else None}
 
@@ -1594,7 +1598,7 @@ def run_training(args, held):
             save_checkpoint(path, model, enc, optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
                             dataset=dataset, run=run_id, epoch=p.epoch,
                             epoch_step=batches.steps_done(p.windows),
-                            epoch_windows=p.windows, step=p.step, tokens=p.tokens, rng=rng_state(),
+                            epoch_windows=p.windows, step=p.step, tokens=p.tokens, rng=step_rng or rng_state(),
                             eval_windows=eval_windows,
                             args=dict(vars(args), world_size=dist.world),
                             best_val_loss=p.best_val_loss, evals_since_best=p.evals_since_best, val_loss=last_val,
@@ -1707,9 +1711,11 @@ def run_training(args, held):
                         if args.compile and not run_steps:
                             say(paint("compiling the model: its first step and first evaluation take longer (about a "
                                       "minute on a small CPU, seconds once cached)", "dim"))
+                        step_rng = rng_state()  # as the step finds it (see save)
                         t_step = time.time()
                         loss_acc += train_step(fwd, optimizer, scaler, micro, device, dtype, args.grad_clip,
                                                n_targets, dist.world) * n_targets
+                        step_rng = None
                         step_s = time.time() - t_step
                         if run_steps:
                             step_times = step_times[-1:] + [step_s]

@@ -238,6 +238,33 @@ def test_exact_resume(env, tmp_path, dtype, optimizer):
     assert a["best_val_loss"] == b["best_val_loss"]
 
 
+def test_a_run_resumed_from_the_save_on_an_error_mid_step_is_the_run_that_went_on(env, tmp_path, monkeypatch, capsys):
+    # an error inside a step (a failing device, out of memory in its backward) saves the steps before it; that save
+    # recorded the random state after the failed step had drawn its dropout masks, so the resumed run redid the step
+    # with other masks: another model than the run that never failed
+    common = ["--dataset", "mini", "--dropout", "0.1", "--batch_size", "4", "--eval_interval", "0",
+              "--save_interval", "0", "--max_steps", "6"]
+    one = train.train(args_for(env, tmp_path / "one", *common))
+    forward, calls = GPT.forward, []
+
+    def fails_in_the_fourth_step(self, *a, **k):
+        out = forward(self, *a, **k)  # the step's masks drawn
+        calls.append(self.training)
+        if calls.count(True) == 4:
+            raise RuntimeError("a device failed")
+        return out
+    monkeypatch.setattr(GPT, "forward", fails_in_the_fourth_step)
+    with pytest.raises(RuntimeError, match="a device failed"):
+        train.train(args_for(env, tmp_path / "two", *common))
+    monkeypatch.undo()
+    saved = str(tmp_path / "two" / "mini_epoch1.pt")
+    assert f"saved {saved} (step 3) before stopping on the error below" in capsys.readouterr().err
+    rest = train.train(args_for(env, tmp_path / "two", "--checkpoint", saved, "--max_steps", 3, fresh=False))
+    assert rest["steps"] == one["steps"] == 6
+    a, b = load_checkpoint(one["checkpoint"]), load_checkpoint(rest["checkpoint"])
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+
 def test_a_run_resumed_from_a_save_between_records_logs_the_losses_of_the_run_it_continues(env, tmp_path, monkeypatch):
     # saves every 20% of the epoch, records every 50%: a save between two records once held the steps since the last
     # record in no file, so the resumed run's first record averaged its own steps alone (another train_loss)
