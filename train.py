@@ -1861,14 +1861,15 @@ def run_training(args, held):
                             # with an error unless the Ctrl-C reached it too (not so for one typed on another machine's
                             # terminal): rank 0 was stopped mid-save, and this step's checkpoint and line were lost
                             dist.agree(0)
-                            raise KeyboardInterrupt if dist.main else SystemExit(130)  # one "interrupted" line
+                            # the line above says it all: a KeyboardInterrupt added run_main's bare "interrupted"
+                            raise SystemExit(130)
                         if stopped != "done":
                             break
                 finally:
                     bar.close()
                     steps.close()
     except KeyboardInterrupt:
-        raise  # saved above at a step boundary, or a second Ctrl-C: quit without touching any file
+        raise  # a second Ctrl-C (the first saves and exits above): quit without touching any file
     except Exception as e:
         # keep the progress made since the last save: the weights are consistent unless the optimizer itself failed
         # (UserError: NaN weights). Not with several ranks: another rank's failure may leave this one mid-step.

@@ -1068,6 +1068,19 @@ def test_ctrl_c_saves_and_exits_130(env, tmp_path, sig, code):
     assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
 
 
+def test_ctrl_c_says_interrupted_in_one_line(env, tmp_path, monkeypatch, capsys):
+    # the line that says where the run was saved and how to continue it was followed by a bare "interrupted"
+    on_step(monkeypatch, 3, lambda: os.kill(os.getpid(), signal.SIGINT))
+    with pytest.raises(SystemExit) as e:
+        train.main(["--data_dir", env["data"], "--dataset", "mini", "--output_checkpoint",
+                    str(tmp_path / "{dataset}.pt"), "--n_layer", "1", "--n_head", "2", "--n_embd", "32",
+                    "--block_size", "64", "--eval_interval", "0", "--device", "cpu", "--no-color"])
+    out, err = capsys.readouterr()
+    assert e.value.code == 130
+    assert re.findall(r"^.*interrupted.*$", out + err, re.M) == [
+        f"interrupted at step 3: saved {tmp_path / 'mini.pt'}; continue with "
+        f"`python train.py --checkpoint {shlex.quote(str(tmp_path / 'mini.pt'))}`"], (out, err)
+
 def test_an_interrupt_in_the_last_step_of_a_run_lets_it_end(env, tmp_path, monkeypatch, capsys):
     """SIGTERM (or Ctrl-C) during a run's last step said "interrupted ... continue with --checkpoint X" and exited 143
     (130) for a run that had just ended: continuing it was refused (its epochs done), and its summary was lost."""
@@ -1090,7 +1103,7 @@ def test_ctrl_c_during_an_evaluation_saves_the_step_it_evaluated(env, tmp_path, 
             os.kill(os.getpid(), signal.SIGINT)
         return evaluate(*args, **kwargs)
     monkeypatch.setattr(train, "evaluate", ctrl_c_in_it)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit, match="^130$"):
         train.train(args_for(env, tmp_path, "--dataset", "mini", "--eval_interval", "0.25", "--epochs", "2"))
     out = capsys.readouterr().out
     evaluated = int(re.findall(r"step ([\d,]+) \(epoch [\d.]+\): train", out)[1].replace(",", ""))
