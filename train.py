@@ -870,6 +870,8 @@ def fmt_count(n):
 
 
 def fmt_time(s):
+    if 0 < s < 1:  # a run under a second, or the last second of one, said "in 0s": as if none were spent or left
+        return f"{s:.1f}s" if s >= 0.05 else "<0.1s"
     s = int(s)
     if s >= 3600:
         return f"{s // 3600}h{s % 3600 // 60:02d}m"

@@ -2080,6 +2080,16 @@ def test_log_lines_count_down_to_what_ends_first(env, tmp_path, monkeypatch, cap
     assert "epoch" in [what for _, what, _ in lines], lines
 
 
+def test_times_under_a_second_are_given_in_tenths(env, tmp_path, monkeypatch, capsys):
+    # a run under a second said "in 0s", and so did the log lines of its last second: as if no time were spent or left
+    StepClock(monkeypatch, step=0.3)
+    train.train(args_for(env, tmp_path, "--dataset", "mini", "--max_steps", 3, "--log_interval", 1,
+                         "--eval_interval", 0, "--save_interval", 0))
+    out = capsys.readouterr().out
+    assert re.findall(r" run ends in (\S+)$", out, re.M) == ["0.6s", "0.3s", "0s"], out  # none left: 0
+    assert "max_steps: 3 steps, 3.1k tokens in 0.9s (" in out, out
+    assert [train.fmt_time(s) for s in (0.04, 1.5, 59.9, 75, 3725)] == ["<0.1s", "1s", "59s", "1m15s", "1h02m"]
+
 def test_the_bar_counts_epochs_towards_epochs_given_only(env, tmp_path, monkeypatch):
     # a --time_budget without --epochs repeats epochs until the clock ends the run: its bar said "epoch 1/1000000"
     bars = []
