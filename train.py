@@ -1579,7 +1579,8 @@ def run_training(args, held):
     # redoes that step as the run would have (with the drawn state it drew other masks: another model)
     step_rng = None
     # what this run wrote; a best file from an earlier run counts only when continuing that run
-    saved = {"path": None, "step": p.step, "best": best_path if continuing and os.path.exists(best_path) else None}
+    saved = {"path": None, "step": p.step, "best": best_path if continuing and os.path.exists(best_path) else None,
+             "seconds": 0.0}  # (the last save's)
 
     def diverged():
         fp32 = "" if dtype == torch.float32 else " or use --dtype float32"
@@ -1588,6 +1589,7 @@ def run_training(args, held):
 
     def save(path):
         nonlocal best_goes
+        t_save = time.time()
         # weights gone to nan or inf in the step just taken (its loss, computed before the update, was finite) must
         # not replace a good checkpoint; the check is a pass over the weights, small beside the save itself
         if nonfinite(model.named_parameters()):
@@ -1611,6 +1613,7 @@ def run_training(args, held):
                                   "kind": meta.get("kind"),  # text or chat: gen.py --chat warns of a text-only model
                                   "train_tokens": meta.get("splits", {}).get("train", {}).get("tokens"),
                                   "val_tokens": meta.get("splits", {}).get("val", {}).get("tokens")})
+        saved["seconds"] = time.time() - t_save
         if path == best_path:
             saved["best"] = path
         else:
@@ -1674,6 +1677,10 @@ def run_training(args, held):
     train_s, train_tokens = 0.0, 0  # the logged intervals summed: the run's training speed, for the summary
     budget_spent = p.budget_elapsed  # a continued budgeted run goes on with its clock
     reserve = 0.0  # seconds the last evaluation and saves took: a budgeted run stops early enough to fit them
+    # an evaluation's cost in training steps: its batches are a step's forward pass alone, a third of its compute (the
+    # backward is twice the forward), and an evaluation of tiny on a CPU took 0.26-0.39 of a step a batch; half leaves
+    # room (a toy model's steps, mostly overhead, took up to 0.74 of one: a short evaluation all the same)
+    eval_steps = min(eval_windows, len(val_w)) / batches.windows_per_step / 2
     step_times = []  # the last two steps' seconds (not the first's: a cold compile): a budget's next step must fit
     clock = budget_spent  # seconds of the budget spent, as all ranks agree after each step
     # A budgeted run evaluates at each --eval_interval slice of the clock, once EVAL_SPACING times the last
@@ -1739,6 +1746,11 @@ def run_training(args, held):
                             stopped = "max_steps"
                         # every rank must take the same decisions: the slowest rank's clock, and Ctrl-C on any
                         now = budget_spent + time.time() - t_run
+                        if last_eval_clock is None:
+                            # no evaluation measured yet (with --eval_interval 0 the final one is the first): the stop
+                            # keeps room for one all the same, and for its saves (the best file and the checkpoint);
+                            # with none, a 6-s budget ended 6.20 s in
+                            reserve = eval_steps * min(step_times, default=0.0) + 2 * saved["seconds"]
                         # the stop also leaves room for one more step (the faster of the last two: one slow step, a
                         # stall, does not end the run): stopped at the budget minus the evaluation alone, the run
                         # passed it by up to a step, 10 s for gpt2 on a CPU

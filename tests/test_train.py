@@ -2191,6 +2191,17 @@ def test_a_budget_run_ends_within_a_step_of_its_budget(env, tmp_path, monkeypatc
     assert 6 - 2 / 8 <= load_checkpoint(s["checkpoint"])["budget_elapsed"] <= 6, s["elapsed"]
 
 
+def test_a_budget_run_without_evaluations_keeps_room_for_its_final_one(env, tmp_path, monkeypatch):
+    # --eval_interval 0: the final evaluation was the run's first, whose cost nothing had measured, and no room was
+    # left for it (a 6-s budget ended 6.20 s in). Its batches are a step's forward pass alone: a third of a step each
+    val = min(len(train.Windows(train.load_meta(env["data"], "mini"), "val", 64)), 8 * 4)  # --eval_batches 8 of 4
+    StepClock(monkeypatch, step=1 / 8, evaluation=val / 4 * (1 / 8) / 3)
+    s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--time_budget", 0.1, "--eval_interval", 0,
+                             "--batch_size", 4,
+                             "--output_checkpoint", str(tmp_path / "{dataset}.pt")))
+    assert s["stopped"] == "time budget" and s["val_loss"] is not None
+    assert 6 - 1 <= s["elapsed"] <= 6, s["elapsed"]  # the whole run, its final evaluation and saves included
+
 def test_a_cold_compile_over_half_the_budget_leaves_the_rest_to_training(env, tmp_path, monkeypatch):
     # the first step's time (a cold torch.compile) is not a step the stop keeps room for: counted, a 4-s first step
     # ended a 6-s budget right after it
