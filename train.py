@@ -1603,6 +1603,7 @@ def run_training(args, held):
                             dataset=dataset, run=run_id, epoch=p.epoch,
                             epoch_step=batches.steps_done(p.windows),
                             epoch_windows=p.windows, step=p.step, tokens=p.tokens, rng=step_rng or rng_state(),
+                            loss_since_record=[loss_acc.item(), loss_n],  # (0 but in the save on an error, below)
                             eval_windows=eval_windows,
                             args=dict(vars(args), world_size=dist.world),
                             best_val_loss=p.best_val_loss, evals_since_best=p.evals_since_best, val_loss=last_val,
@@ -1672,6 +1673,12 @@ def run_training(args, held):
     # number, so the record is the mean per target as evaluate() measures it (a step of chat windows without an
     # assistant token has a loss of 0 over 0 targets: counted as a step, it pulled the train loss towards 0)
     loss_acc, loss_n = torch.zeros((), device=device), 0
+    # every save is at a record but the one on the way out of an error: it holds the sum, which the run resumed from it
+    # goes on from (its first record averaged its own steps alone), rank 0 alone (the ranks' shares are all-reduced)
+    since = ckpt.get("loss_since_record") if continuing and not args.reset_epoch else None
+    if isinstance(since, list) and len(since) == 2 and isinstance(since[0], float) and is_count(since[1]):
+        loss_acc += since[0] if dist.main else 0.0
+        loss_n = since[1]
     t_mark, tokens_mark = time.time(), 0  # for tokens/s, restarted after each record, eval and save
     tps = 0.0
     train_s, train_tokens = 0.0, 0  # the logged intervals summed: the run's training speed, for the summary

@@ -241,9 +241,10 @@ def test_exact_resume(env, tmp_path, dtype, optimizer):
 def test_a_run_resumed_from_the_save_on_an_error_mid_step_is_the_run_that_went_on(env, tmp_path, monkeypatch, capsys):
     # an error inside a step (a failing device, out of memory in its backward) saves the steps before it; that save
     # recorded the random state after the failed step had drawn its dropout masks, so the resumed run redid the step
-    # with other masks: another model than the run that never failed
+    # with other masks: another model than the run that never failed. And the save, between two records (every 4
+    # steps here), held no loss of the steps since the last one: the resumed run's first record averaged its own alone
     common = ["--dataset", "mini", "--dropout", "0.1", "--batch_size", "4", "--eval_interval", "0",
-              "--save_interval", "0", "--max_steps", "6"]
+              "--save_interval", "0", "--log_interval", "10", "--max_steps", "6"]
     one = train.train(args_for(env, tmp_path / "one", *common))
     forward, calls = GPT.forward, []
 
@@ -264,6 +265,9 @@ def test_a_run_resumed_from_the_save_on_an_error_mid_step_is_the_run_that_went_o
     a, b = load_checkpoint(one["checkpoint"]), load_checkpoint(rest["checkpoint"])
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+    losses = [[(r["step"], r["train_loss"]) for r in read_metrics(s["metrics"])] for s in (one, rest)]
+    assert losses[0] == losses[1] and len(losses[0]) == 2, losses
+
 
 def test_a_run_resumed_from_a_save_between_records_logs_the_losses_of_the_run_it_continues(env, tmp_path, monkeypatch):
     # saves every 20% of the epoch, records every 50%: a save between two records once held the steps since the last
@@ -1080,6 +1084,7 @@ def test_ctrl_c_says_interrupted_in_one_line(env, tmp_path, monkeypatch, capsys)
     assert re.findall(r"^.*interrupted.*$", out + err, re.M) == [
         f"interrupted at step 3: saved {tmp_path / 'mini.pt'}; continue with "
         f"`python train.py --checkpoint {shlex.quote(str(tmp_path / 'mini.pt'))}`"], (out, err)
+
 
 def test_an_interrupt_in_the_last_step_of_a_run_lets_it_end(env, tmp_path, monkeypatch, capsys):
     """SIGTERM (or Ctrl-C) during a run's last step said "interrupted ... continue with --checkpoint X" and exited 143
@@ -2090,6 +2095,7 @@ def test_times_under_a_second_are_given_in_tenths(env, tmp_path, monkeypatch, ca
     assert "max_steps: 3 steps, 3.1k tokens in 0.9s (" in out, out
     assert [train.fmt_time(s) for s in (0.04, 1.5, 59.9, 75, 3725)] == ["<0.1s", "1s", "59s", "1m15s", "1h02m"]
 
+
 def test_the_bar_counts_epochs_towards_epochs_given_only(env, tmp_path, monkeypatch):
     # a --time_budget without --epochs repeats epochs until the clock ends the run: its bar said "epoch 1/1000000"
     bars = []
@@ -2201,6 +2207,7 @@ def test_a_budget_run_without_evaluations_keeps_room_for_its_final_one(env, tmp_
                              "--output_checkpoint", str(tmp_path / "{dataset}.pt")))
     assert s["stopped"] == "time budget" and s["val_loss"] is not None
     assert 6 - 1 <= s["elapsed"] <= 6, s["elapsed"]  # the whole run, its final evaluation and saves included
+
 
 def test_a_cold_compile_over_half_the_budget_leaves_the_rest_to_training(env, tmp_path, monkeypatch):
     # the first step's time (a cold torch.compile) is not a step the stop keeps room for: counted, a 4-s first step
