@@ -522,14 +522,19 @@ def test_unusable_out_dir_is_one_line_before_any_work(tmp_path, capsys, monkeypa
         assert run_cli(prepare.main, argv, capsys) == (1, "", f"error: {line}\n")
 
 
-def test_a_full_disk_names_the_dataset_folder_and_keeps_the_old_dataset(tmp_path, capsys, monkeypatch):
-    # a write() that finds the disk full raises an OSError naming no file: "No space left on device: free some
-    # space or write elsewhere" left the user to guess which disk
+def built_notes(tmp_path, capsys):
+    """A dataset built by prepare.main in tmp_path/data/notes: (its argv, its folder, snapshot of its files)."""
     src, out = write(tmp_path / "c.txt", EOT.join(DOCS)), str(tmp_path / "data")
     argv = ["--source", src, "--out_dir", out, "--name", "notes"]
     assert run_cli(prepare.main, argv, capsys)[0] == 0
     folder = os.path.join(out, "notes")
-    before = snapshot(folder)
+    return argv, folder, snapshot(folder)
+
+
+def test_a_full_disk_names_the_dataset_folder_and_keeps_the_old_dataset(tmp_path, capsys, monkeypatch):
+    # a write() that finds the disk full raises an OSError naming no file: "No space left on device: free some
+    # space or write elsewhere" left the user to guess which disk
+    argv, folder, before = built_notes(tmp_path, capsys)
 
     def full(self):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -552,12 +557,8 @@ def read_only(monkeypatch, folder):
 
 def test_a_dataset_up_to_date_in_a_read_only_folder_is_said_to_be(tmp_path, monkeypatch, capsys):
     # a shared copy of data/, read-only: nothing needs writing, and the check that --out_dir takes files refused it
-    src, out = write(tmp_path / "c.txt", EOT.join(DOCS)), str(tmp_path / "data")
-    argv = ["--source", src, "--out_dir", out, "--name", "notes"]
-    assert run_cli(prepare.main, argv, capsys)[0] == 0
-    folder = os.path.join(out, "notes")
-    before = snapshot(folder)
-    read_only(monkeypatch, out)
+    argv, folder, before = built_notes(tmp_path, capsys)
+    read_only(monkeypatch, str(tmp_path / "data"))
     assert run_cli(prepare.main, argv, capsys) == (0, f"{folder} is up to date\n", "")
     # a build that must write says so in one line naming the folder, before a vocabulary is trained or a token
     # written (the temporary files' "Permission denied: data/notes/train.bin.unpacked.4242.tmp" came after reading)
