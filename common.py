@@ -487,6 +487,81 @@ def remove_stale_tmp(folder, names, quiet_s=600):
                     shutil.rmtree(old)
 
 
+@contextlib.contextmanager
+def held_lock(path, busy):
+    """Held while a command writes the files the lock file path guards: another that asks for it meanwhile gets
+    UserError(busy). An flock, which the system lets go however the process ends (kill -9 included). Without fcntl
+    (Windows) the file is made with O_EXCL and holds the pid, and is taken over once that process is gone (a process
+    killed without its finally leaves it). Where the file cannot be made or locked (a read-only folder, which takes no
+    writes either, or a network file system without locks): no lock."""
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None
+    while True:
+        try:
+            if fcntl is None:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            else:
+                f = open(path, "a")
+        except FileExistsError:
+            if lock_holder_runs(path):
+                raise UserError(busy) from None
+            with contextlib.suppress(FileNotFoundError):  # its process is gone: a stale file
+                os.remove(path)
+            continue
+        except OSError:
+            yield
+            return
+        if fcntl is None:
+            with os.fdopen(fd, "w") as f:
+                f.write(str(os.getpid()))
+            break
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            raise UserError(busy) from None
+        except OSError:
+            f.close()
+            try:
+                yield
+            finally:
+                with contextlib.suppress(OSError):
+                    os.remove(path)
+            return
+        try:  # the file still there: not one the holder before removed as this one opened it (then lock the new one)
+            if os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        f.close()
+    try:
+        yield
+    finally:
+        try:
+            with contextlib.suppress(OSError):
+                os.remove(path)  # (an flock's while still held): no lock file is left in the folder
+        finally:  # (a Ctrl-C in the removal: the flock still goes, not held on by an open file until it is collected)
+            if fcntl is not None:
+                f.close()
+
+
+def lock_holder_runs(path, young_s=10):
+    """Whether the process named in held_lock's O_EXCL file still runs; a file without a pid yet, written this
+    instant, counts as held while it is young."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            pid = f.read().strip()
+        if pid.isdigit():
+            return process_runs(int(pid))
+        return time.time() - os.path.getmtime(path) < young_s
+    except FileNotFoundError:
+        return False
+    except (OSError, OverflowError):
+        return True
+
+
 def atomic_write_text(path, text):
     tmp = tmp_name(path)
     try:

@@ -67,8 +67,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from tqdm import tqdm
 
-from common import (UserError, atomic_write_text, check_output, expand_pattern, first_line, fsync_replace, holds_nul,
-                    nonempty, not_utf8, parts_text, read_meta, remove_stale_tmp, run_main, tmp_name, without_surrogates)
+from common import (UserError, atomic_write_text, check_output, expand_pattern, first_line, fsync_replace, held_lock,
+                    holds_nul, nonempty, not_utf8, parts_text, read_meta, remove_stale_tmp, run_main, tmp_name,
+                    without_surrogates)
 from setup_tokenizer import (EOT, IM_END, IM_START, get_tokenizer, read_text_chunks, tokenizer_hash, train_bpe,
                              trained_on, warn_short_vocabulary)
 
@@ -1544,6 +1545,14 @@ def prepare(dataset, source=None, tokenizer=None, limit=None, val_fraction=DEFAU
     vocabulary the dataset has (its own, or the --tokenizer it was made with) when it is made again, else gpt2.
     pack: block size conversations are packed for (None: DEFAULT_PACK, 0: not packed; text never is).
     mix: {dataset: weight} for dataset "mix", several conversation sets in one (see the module docstring)."""
+    with contextlib.ExitStack() as held:  # the folder's lock (make_dataset takes it), let go however the build ends
+        return make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, out_dir, name, extra,
+                            vocab_size, pack, mix)
+
+
+def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, out_dir, name, extra, vocab_size, pack,
+                 mix):
+    """prepare(), holding the dataset folder's lock in held once the folder is known."""
     if dataset == "mix":
         if not mix:
             raise UserError("a mix needs its datasets and weights: --mix dailydialog:1,chat:2")
@@ -1573,6 +1582,14 @@ def prepare(dataset, source=None, tokenizer=None, limit=None, val_fraction=DEFAU
     if os.path.isfile(os.path.join(folder, "config.json")):  # export.py's, whose tokenizer.tiktoken --vocab_size replaced
         raise UserError(f"{folder} is a Hugging Face model folder (it has a config.json), not a dataset's: pick another "
                         f"--name or --out_dir")
+    # two prepare.py building one folder at once: each read the folder before the other wrote it, their renames could
+    # interleave (one's train.bin, the other's meta.json), and the one interrupted or failing first, taking the folder
+    # for its own first build, removed it whole: the other's dataset with it, built and reported complete. Beside the
+    # folder, which a failed first build removes
+    with contextlib.suppress(OSError):  # (one that cannot be made takes no dataset either: check_writable says so)
+        os.makedirs(out_dir, exist_ok=True)
+    held.enter_context(held_lock(os.path.join(out_dir, f".{name}.prepare.lock"), f"another prepare.py is building "
+                                 f"{folder}: wait for it to end, or build this one elsewhere with --name"))
     # what a prepare killed mid-write (SIGKILL) left: token files (with a scratch suffix), meta, vocabulary (train_bpe's
     # own temporary name of prepare's), check_writable's probe; here, so that a run that finds the dataset up to date
     # removes them too

@@ -59,8 +59,8 @@ from tqdm import tqdm
 from checkpoint import (add_checkpoint_argument, checkpoint_config, load_checkpoint, load_weights, nonfinite,
                         parse_checkpoint, save_checkpoint)
 from common import (DTYPES, UserError, ask, atomic_write_text, autocast, check_output, color_ok, cpu_bf16_is_faster,
-                    cpu_has_bf16, exit_after_the_first, first_line, is_oom, nonempty, pick_device, pick_dtype,
-                    retain_freed_memory, run_main, speaks_for_machine, tmp_name)
+                    cpu_has_bf16, exit_after_the_first, first_line, held_lock, is_oom, nonempty, pick_device,
+                    pick_dtype, retain_freed_memory, run_main, speaks_for_machine, tmp_name)
 from model import OPTIMIZERS, PRESETS, VARIANTS, GPT, make_config
 from prepare import (DATASETS, DEFAULT_OUT_DIR, DEFAULT_VAL_FRACTION, is_complete, is_dataset_name,
                      meta_options, rebuild_command)
@@ -1222,46 +1222,13 @@ def ask_more_epochs(path, done):
 # -----------------------------------------------------------------------------
 # training
 
-@contextlib.contextmanager
 def run_lock(folder, name, what):
     """Held while a run writes folder's files named by name (a dataset's: its checkpoints, _best.pt and metrics; or
     an --output_checkpoint's file name without {dataset}, which every dataset's run writes): two runs started
     together each passed refuse_earlier_run, before either had saved, and wrote over each other's files, both
-    reporting success. what: those files, for the refusal. An flock: the system lets it go however the process ends."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no lock, as before
-        yield
-        return
-    path = os.path.join(folder, f".{name}.lock")
-    while True:
-        f = open(path, "a")
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.close()
-            raise UserError(f"another train.py is writing {what}: wait for it to end, or give --output_checkpoint "
-                            f"another folder") from None
-        except OSError:  # a file system without locks (some network ones): no lock, as before
-            f.close()
-            try:
-                yield
-            finally:
-                with contextlib.suppress(OSError):
-                    os.remove(path)
-            return
-        try:  # the file still there: not one the run before removed as this one opened it (then lock the new one)
-            if os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
-                break
-        except FileNotFoundError:
-            pass
-        f.close()
-    try:
-        yield
-    finally:
-        with contextlib.suppress(OSError):
-            os.remove(path)  # while still held: no lock file is left in the folder
-        f.close()
+    reporting success. what: those files, for the refusal."""
+    return held_lock(os.path.join(folder, f".{name}.lock"), f"another train.py is writing {what}: wait for it to end, "
+                                                            f"or give --output_checkpoint another folder")
 
 
 def train(args):

@@ -308,6 +308,35 @@ def test_stale_temporary_files_on_windows_are_told_apart_without_a_signal(tmp_pa
     assert sorted(os.listdir(tmp_path)) == [f"x.pt.{live}.tmp"]
 
 
+@pytest.mark.parametrize("fcntl", [True, False], ids=["flock", "no-fcntl"])
+def test_a_lock_refuses_a_second_holder_and_outlives_no_killed_one(tmp_path, monkeypatch, fcntl):
+    """held_lock, which two train.py (or prepare.py) writing the same files take: a second holder is refused while the
+    first runs, and the lock goes with a holder killed by SIGKILL, its finally never run. Without fcntl (Windows) there
+    was no lock at all; the file made with O_EXCL holds the pid, and a dead one's file is taken over."""
+    path, busy = str(tmp_path / ".x.lock"), "another one is writing x"
+    hide = "import sys; sys.modules['fcntl'] = None; " if not fcntl else ""
+    if not fcntl:
+        monkeypatch.setitem(sys.modules, "fcntl", None)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    holder = subprocess.Popen([sys.executable, "-c", f"{hide}import common, time\nwith common.held_lock({path!r}, "
+                               f"'busy'):\n    print('held', flush=True); time.sleep(60)"], cwd=root,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(UserError, match=f"^{busy}$"):
+            with common.held_lock(path, busy):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    assert os.path.exists(path)  # what the killed holder left
+    with common.held_lock(path, busy):
+        with pytest.raises(UserError, match=f"^{busy}$"):  # in one process too: train.py's tests hold it so
+            with common.held_lock(path, busy):
+                pass
+    assert os.listdir(tmp_path) == []  # let go, no file left
+
+
 @pytest.mark.parametrize("name", ["foo", "cuda:abc", "gpu"])
 def test_a_device_that_is_no_device_is_named(name):
     with pytest.raises(UserError, match=f"--device {name}: not a device; use auto, cpu, cuda, cuda:N or mps"):

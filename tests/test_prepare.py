@@ -1430,6 +1430,30 @@ def test_interrupted_run_leaves_no_bin_and_keeps_the_old_dataset(tmp_path, monke
     assert sorted(os.listdir(folder)) == ["train.bin", "val.bin"]  # new train.bin, old val.bin, no meta.json
 
 
+def test_a_second_prepare_of_a_folder_being_built_is_refused(tmp_path, monkeypatch):
+    """A prepare.py started while another built the same folder built it too and said it was complete; the first,
+    then interrupted (Ctrl-C), removed the folder it had made for its first build, and that dataset with it."""
+    src, out = write(tmp_path / "c.txt", EOT.join(DOCS)), str(tmp_path / "data")
+    folder = os.path.join(out, "notes")
+    encode, seen = prepare.encode_batch, []
+
+    def meanwhile(*args):  # the first build is tokenizing: the second starts now, and then the first is interrupted
+        if not seen:
+            seen.append(1)
+            with pytest.raises(UserError, match=rf"^another prepare.py is building {re.escape(folder)}: wait for it to "
+                                                r"end, or build this one elsewhere with --name$"):
+                prepare.prepare("text", source=src, out_dir=out, name="notes", limit=10)
+            raise KeyboardInterrupt
+        return encode(*args)
+    monkeypatch.setattr(prepare, "encode_batch", meanwhile)
+    with pytest.raises(KeyboardInterrupt):
+        prepare.prepare("text", source=src, out_dir=out, name="notes")
+    assert seen and os.listdir(out) == []  # the interrupted first build leaves nothing, its lock neither
+    meta = prepare.prepare("text", source=src, out_dir=out, name="notes")  # the folder is free again
+    check_sizes(folder, meta)
+    assert os.listdir(out) == ["notes"]
+
+
 def test_sigterm_cleans_up_as_ctrl_c_does(tmp_path):
     """`kill` or `timeout` (SIGTERM) ended prepare.py on the spot: its temporary token files stayed for good and a
     first build's folder was left without meta.json. It now runs the same clean-up as Ctrl-C and exits 143."""
