@@ -397,6 +397,12 @@ class Windows:
                     fix = f"use a smaller --block_size, or a larger val split: `{prepare_with(meta, val_fraction=share)}`"
             raise UserError(f"{path} has {n_tokens} tokens, fewer than one window of --block_size {T} + 1: {fix}")
         self.tokens = np.memmap(path, dtype=meta["dtype"], mode="r")  # (n_tokens,)
+        # the file read, not one load_meta's size check saw: a prepare.py rebuilding the folder as this run started (its
+        # renames between the two) gave a run new token files under the old meta.json, and the tokenizer it names
+        expected = meta.get("splits", {}).get(split, {}).get("tokens")
+        if expected is not None and len(self.tokens) != expected:
+            raise UserError(f"{path} holds {len(self.tokens):,} tokens, not the {expected:,} its meta.json said a moment "
+                            f"ago: a prepare.py rebuilt {folder} as this run started; run this again")
         self.meta, self.path = meta, path
         self.mask = None
         if meta.get("has_mask"):

@@ -1833,6 +1833,23 @@ def test_bad_options_are_user_errors(env, tmp_path, trained):
     assert e.value.code == 0
 
 
+def test_token_files_replaced_after_meta_json_was_read_are_refused(env, tmp_path):
+    """A prepare.py rebuilding the dataset as a run started renamed new token files in between load_meta's size check
+    and the memmaps: the run trained on the new tokens with the old meta.json and its tokenizer, saying nothing."""
+    data = tmp_path / "data"
+    shutil.copytree(os.path.join(env["data"], "mini"), data / "mini")
+    meta = train.load_meta(str(data), "mini")
+    ids = np.fromfile(data / "mini" / "train.bin", dtype=meta["dtype"])
+    (data / "mini" / "train.bin").write_bytes(np.concatenate([ids, ids]).tobytes())  # the rebuild lands now
+    with pytest.raises(UserError, match=r"^.*/mini/train.bin holds [\d,]+ tokens, not the [\d,]+ its meta.json said a "
+                                        r"moment ago: a prepare.py rebuilt .*/mini as this run started; run this again$"):
+        train.Windows(meta, "train", 64)
+    new = json.loads((data / "mini" / "meta.json").read_text())  # and its meta.json: a run started again reads them
+    new["splits"]["train"]["tokens"] *= 2
+    (data / "mini" / "meta.json").write_text(json.dumps(new))
+    assert len(train.Windows(train.load_meta(str(data), "mini"), "train", 64)) == (2 * len(ids) - 1) // 64
+
+
 def test_two_runs_into_the_same_files_at_once_are_refused(env, tmp_path):
     """Both passed the earlier-run check before either had saved, wrote over each other's checkpoints, best file and
     metrics, and both reported success."""
