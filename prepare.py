@@ -48,6 +48,7 @@ import argparse
 import bisect
 import collections
 import contextlib
+import errno
 import functools
 import hashlib
 import itertools
@@ -1875,7 +1876,9 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
                         os.remove(os.path.join(folder, f"{s}_mask.bin"))
             fsync_replace(new_meta, meta_path)
     except OSError as e:
-        if not e.filename:  # a full disk fails a write(), which names no file: name the folder being written
+        # a full disk fails a write(), which names no file: name the folder being written. Not another error's: a
+        # source's read error named the wrong file, and one without an errno ("[Errno None] None: data/x") lost its text
+        if e.errno in (errno.ENOSPC, errno.EDQUOT) and not e.filename:
             e.filename = folder
         raise
     finally:

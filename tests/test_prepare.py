@@ -544,6 +544,21 @@ def test_a_full_disk_names_the_dataset_folder_and_keeps_the_old_dataset(tmp_path
     assert snapshot(folder) == before
 
 
+def test_other_os_errors_keep_their_own_words(tmp_path, capsys, monkeypatch):
+    # only a full disk's error is given the folder: one without an errno (a library's OSError("...")) had its text
+    # replaced by "[Errno None] None: data/notes", and a read error of a source named the folder, not the source
+    argv, folder, before = built_notes(tmp_path, capsys)
+    for error, said in ((OSError("the storage driver went away"), "the storage driver went away"),
+                        (OSError(errno.EIO, os.strerror(errno.EIO)), f"[Errno {errno.EIO}] {os.strerror(errno.EIO)}")):
+        def fail(self, error=error):
+            raise error
+        monkeypatch.setattr(prepare.Split, "sync", fail)
+        with pytest.raises(OSError) as e:
+            prepare.main(argv + ["--force"])
+        assert str(e.value) == said and e.value.filename is None
+        assert snapshot(folder) == before
+
+
 def read_only(monkeypatch, folder):
     """folder and all in it as a read-only mount (or chmod -R a-w) would be, for root too, whom permissions do not stop:
     a file opened there to be written fails with EACCES (check_output's probe, the token files, meta.json alike)."""
