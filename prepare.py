@@ -1672,10 +1672,15 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
             learnt, sources = dict(plan, description="; ".join(p["description"] for p in plan["parts"])), list(mix)
         vocab_fp = fingerprint(dataset, learnt, f"trained, {vocab_size} ids", None, limit, val_fraction, mix=sources,
                                version=None)
+        # a mix's vocabulary made before that, fingerprinted with the weights: the same weights again keep it (it was
+        # trained again, minutes, on the next `prepare.py` of its unchanged command)
+        by_weights = mix and fingerprint(dataset, plan, f"trained, {vocab_size} ids", None, limit, val_fraction, mix=mix,
+                                         version=None)
         # a dataset from before vocab_fingerprint (VERSION 4) that was built on this vocabulary keeps it once (its
         # checkpoints go on fitting), as then; not one built with another tokenizer (gpt2), whose text may differ
         old_own = old and old.get("version", 1) < 4 and old.get("tokenizer") == os.path.abspath(tokenizer)
         known = (old or {}).get("vocab_fingerprint", vocab_fp if old_own and current == vocab_size else None)
+        known = vocab_fp if by_weights and known == by_weights else known
         if force or current is None or current > vocab_size or known != vocab_fp:
             check_writable(folder)  # before minutes of training
             new_vocab = tmp_name(tokenizer)

@@ -1323,6 +1323,25 @@ def test_other_mix_weights_keep_the_mixs_vocabulary(tmp_path, monkeypatch, capsy
     assert "trained a" in capsys.readouterr().out
 
 
+def test_a_mixs_vocabulary_from_before_the_weights_left_its_fingerprint_is_kept(tmp_path, monkeypatch, capsys):
+    """A mix prepared before its vocabulary's fingerprint left out the weights (it had them): its unchanged command
+    finds it up to date, the vocabulary kept, not trained again for minutes, and the fingerprint moves to today's."""
+    fake_mirror(tmp_path / "mirror")
+    monkeypatch.setenv("DATA_MIRROR", str(tmp_path / "mirror"))
+    mix, out = {"dailydialog": 1, "knowledge": 2}, str(tmp_path / "data")
+    meta = prepare.prepare("mix", mix=mix, out_dir=out, vocab_size=300)
+    then = prepare.fingerprint("mix", prepare.find_mix_source(mix), "trained, 300 ids", None, None,
+                               prepare.DEFAULT_VAL_FRACTION, mix=mix, version=None)  # (as it was made then)
+    assert then != meta["vocab_fingerprint"]
+    path = tmp_path / "data" / "mix" / "meta.json"
+    path.write_text(json.dumps(dict(meta, vocab_fingerprint=then)))
+    capsys.readouterr()
+    assert prepare.prepare("mix", mix=mix, out_dir=out, vocab_size=300)["vocab_fingerprint"] == meta["vocab_fingerprint"]
+    said = capsys.readouterr().out
+    assert "up to date" in said and "trained a" not in said
+    assert json.loads(path.read_text())["vocab_fingerprint"] == meta["vocab_fingerprint"]
+
+
 def test_val_fraction_0_keeps_no_val_split_with_or_without_limit(tmp_path, monkeypatch):
     """--val_fraction 0 on a set with its own validation split (DailyDialog) keeps none of it, --limit or not: --limit
     kept one dialogue of it (its share, at least one) and no --limit all of them."""
