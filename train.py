@@ -1115,10 +1115,13 @@ def pick_tokenizer(args, meta, ckpt):
     meta.json names. Any mismatch of token ids is a UserError (training would silently learn garbage)."""
     want = meta.get("tokenizer_hash")
 
-    def with_tokenizer(name):  # gpt2, or a path: a .tiktoken file, or a checkpoint, whose vocabulary prepare.py reads
-        # in a folder of its own: made again in place, the dataset the models of its own vocabulary were trained on was
-        # gone (and with it their val loss to compare)
-        tag = "gpt2" if name == "gpt2" else re.sub(r"[^\w.-]", "-", os.path.splitext(os.path.basename(name))[0])
+    def with_tokenizer(name, vocab):  # gpt2, or a path: a .tiktoken file, or a checkpoint, whose vocabulary prepare.py
+        # reads; vocab: its tokenizer_hash. In a folder of its own: made again in place, the dataset the models of its
+        # own vocabulary were trained on was gone (and with it their val loss to compare). The folder's name holds the
+        # vocabulary's hash: by the file's name alone two vocabularies shared one (every dataset's own is
+        # tokenizer.tiktoken), and the second's command made the first's folder again in place
+        stem = os.path.splitext(os.path.basename(os.path.normpath(name)))[0]
+        tag = "gpt2" if name == "gpt2" else re.sub(r"[^\w.-]", "-", stem + (f"-{vocab[:8]}" if isinstance(vocab, str) else ""))
         new = f"{os.path.basename(meta['folder'])}-{tag}"
         command = prepare_with(meta, new, vocab_size=None, tokenizer=name if name == "gpt2" else os.path.abspath(name))
         return f"`{command}`, then --dataset {new}"
@@ -1128,7 +1131,7 @@ def pick_tokenizer(args, meta, ckpt):
             raise UserError(f"{args.checkpoint} uses tokenizer {ckpt['tokenizer'].get('name')} ({have}) but "
                             f"{meta['folder']} was prepared with {meta.get('tokenizer_name', meta.get('tokenizer'))} "
                             f"({want}): prepare the data with the checkpoint's tokenizer in a folder of its own "
-                            f"({with_tokenizer('gpt2' if ckpt['tokenizer'].get('bpe') is None else args.checkpoint)})"
+                            f"({with_tokenizer('gpt2' if ckpt['tokenizer'].get('bpe') is None else args.checkpoint, have)})"
                             f" or train a new model")
     if args.tokenizer:
         enc = get_tokenizer(args.tokenizer)
@@ -1136,7 +1139,7 @@ def pick_tokenizer(args, meta, ckpt):
             raise UserError(f"--tokenizer {args.tokenizer} ({tokenizer_hash(enc)}) is not the tokenizer {meta['folder']} "
                             f"was prepared with ({meta.get('tokenizer_name', meta.get('tokenizer'))}, {want}): drop "
                             f"--tokenizer, or prepare the data with it in a folder of its own: "
-                            f"{with_tokenizer(args.tokenizer)}")
+                            f"{with_tokenizer(args.tokenizer, tokenizer_hash(enc))}")
         if ckpt is None:
             return enc
     if ckpt is not None:

@@ -1326,6 +1326,25 @@ def test_tokenizer_mismatch_is_an_error(env, trained, tmp_path):
         train.train(args_for(env, tmp_path, "--dataset", "story", "--tokenizer", str(env["root"] / "tok300.tiktoken")))
 
 
+def test_a_tokenizer_mismatchs_new_folder_is_one_of_that_vocabulary(env, tmp_path):
+    """Two vocabularies in files of one name (every dataset's own is tokenizer.tiktoken, every run's checkpoint may be
+    ckpt.pt) get two folders: given one, the second command made the first one's folder again in its vocabulary, the
+    dataset the first's models were trained on gone, as the folder of its own was to prevent."""
+    lines = (env["root"] / "tok300.tiktoken").read_text().splitlines(keepends=True)
+    names = []
+    for part, n in (("a", 300), ("b", 290), ("c", 300)):
+        vocab = tmp_path / part / "tokenizer.tiktoken"
+        vocab.parent.mkdir()
+        vocab.write_text("".join(lines[:n]))
+        with pytest.raises(UserError, match="in a folder of its own") as e:
+            train.train(args_for(env, tmp_path, "--dataset", "story", "--tokenizer", vocab))
+        command, new = re.search(r"`python prepare\.py ([^`]*)`, then --dataset (\S+)$", str(e.value)).groups()
+        argv = shlex.split(command)
+        assert argv[argv.index("--name") + 1] == new and prepare.is_dataset_name(new)
+        names.append(new)
+    assert names[0] != names[1] and names[0] == names[2]  # (the same vocabulary again: its folder, up to date)
+
+
 def test_a_tokenizer_mismatch_names_a_command_that_fixes_it(env, tmp_path):
     """A model trained on a --source set, then the set prepared again with another vocabulary: the error gives the
     prepare.py command (--source and all) that prepares it with the model's vocabulary, read from the checkpoint
