@@ -701,7 +701,10 @@ class Handler(BaseHTTPRequestHandler):
                 poller = select.poll()
                 poller.register(sock, select.POLLIN)
                 ready = poller.poll(0)
-                if ready and ready[0][1] & (select.POLLERR | select.POLLHUP):  # reset (HUP: both ways closed)
+                # a reset; not POLLHUP, which is both ways closed on Linux but end-of-file alone on macOS (its poll is
+                # kqueue's EV_EOF), where a client that closed its sending side was taken for gone (a reset there is
+                # no POLLERR: recv raises it, below)
+                if ready and ready[0][1] & select.POLLERR:
                     return True
             else:
                 ready = select.select([sock], [], [], 0)[0]
