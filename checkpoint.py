@@ -8,6 +8,7 @@ as a checkpoint without training state (hf.py converts it), so every script that
 takes a checkpoint takes such a folder too.
 """
 import argparse
+import contextlib
 import dataclasses
 import glob
 import os
@@ -91,11 +92,24 @@ def load_checkpoint(path, map_location="cpu"):
     if os.path.isdir(path):
         raise UserError(f"{path} is a folder without {hf.CONFIG}: neither a checkpoint file nor a Hugging Face "
                         f"model folder{available_hint(path if find_checkpoints(path) else 'models')}")
+    try:
+        # opened once: torch.load and the checksum pass below read the same file, which a train.py saving or
+        # --overwrite-ing may replace or remove meanwhile (the checksum pass then met no file: "damaged")
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise UserError(f"checkpoint {path} was removed as it was opened (by a train.py writing there?): run this again, "
+                        f"or pass another checkpoint") from None
+    with f:
+        return read_checkpoint(path, f, map_location)
+
+
+def read_checkpoint(path, f, map_location):
+    """load_checkpoint's reading and checks of the file f opened at path."""
     # a damaged file's way out: the run's others, wherever they are (it said "another file from models/" of any folder)
     another = "use another checkpoint (" + ("an earlier one" if path.endswith("_best.pt") else
                                             "its _best.pt or an earlier one") + ")"
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(f, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, KeyError, IndexError, TypeError, AttributeError) as e:
         # torch's message is a screenful of advice about weights_only=False, which this project never uses; a file that
         # is no zip goes to torch's legacy reader, whose unpickler fails on text ("hello") with the other errors
@@ -113,9 +127,9 @@ def load_checkpoint(path, map_location="cpu"):
     # torch.load does not check the zip's CRC-32s: a file damaged inside a tensor (a disk, a copy) loaded as other
     # weights, silently (a review's 100 flipped bytes: eval loss 6.29 instead of 2.75). One pass over the file.
     # (a legacy, not zip, file has no checksums, and its tensor bytes may hold what is_zipfile takes for a zip's end)
-    if starts_as_zip(path):
+    if starts_as_zip(f):
         try:
-            with zipfile.ZipFile(path) as z:
+            with zipfile.ZipFile(f) as z:
                 bad = z.testzip()
             # (its part of the file, without the folder torch names entries under: the temporary name it was saved as)
             damaged = bad and f"its part {bad.split('/', 1)[-1]} fails its checksum"
@@ -199,8 +213,11 @@ def load_weights(model, state_dict, name="the checkpoint"):
 def find_checkpoints(folder="models"):
     """Checkpoint files in folder, newest first."""
     # and one folder down: make chat-demo writes models/chat-demo/, and "the newest checkpoint in models/" found none
-    paths = glob.glob(os.path.join(folder, "*.pt")) + glob.glob(os.path.join(folder, "*", "*.pt"))
-    return sorted(paths, key=os.path.getmtime, reverse=True)
+    found = []
+    for path in glob.glob(os.path.join(folder, "*.pt")) + glob.glob(os.path.join(folder, "*", "*.pt")):
+        with contextlib.suppress(FileNotFoundError):  # removed since the listing (a train.py --overwrite): not there
+            found.append((os.path.getmtime(path), path))
+    return [path for _, path in sorted(found, key=lambda found: found[0], reverse=True)]
 
 
 def available_hint(folder="models"):

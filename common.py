@@ -421,11 +421,14 @@ def fsync_replace(tmp_path, path):
             os.close(dfd)
 
 
-def starts_as_zip(path):
-    """Whether the file begins with a zip's first local header, as every torch.save checkpoint does (whole or cut
-    short; a legacy torch.save file begins with a pickle)."""
-    with open(path, "rb") as f:
-        return f.read(4) == b"PK\x03\x04"
+def starts_as_zip(file):
+    """Whether the file (a path, or a file open in binary mode) begins with a zip's first local header, as every
+    torch.save checkpoint does (whole or cut short; a legacy torch.save file begins with a pickle)."""
+    if isinstance(file, (str, os.PathLike)):
+        with open(file, "rb") as f:
+            return starts_as_zip(f)
+    file.seek(0)
+    return file.read(4) == b"PK\x03\x04"
 
 
 def tmp_name(path):

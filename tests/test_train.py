@@ -1126,6 +1126,31 @@ def test_an_empty_checkpoint_file_names_what_torch_said(tmp_path):
         load_checkpoint(str(tmp_path / "empty.pt"))
 
 
+def test_a_checkpoint_replaced_or_removed_as_it_loads_loads_whole(trained, tmp_path, monkeypatch):
+    """gen.py or eval.py loading a checkpoint while a train.py replaces it at a save, or removes it (--overwrite): the
+    file torch.load read is the one whose checksums are tested (they were read from the path again: a removed file's
+    "its zip records do not read (FileNotFoundError)" called it damaged, and a replaced one's tested the new file)."""
+    path, good = str(tmp_path / "m.pt"), trained["summary"]["checkpoint"]
+    (tmp_path / "empty").write_bytes(b"")
+    load, step = torch.load, load_checkpoint(good)["step"]
+    for change in (os.remove, lambda p: os.replace(tmp_path / "empty", p)):  # (train.py saves by a rename)
+        shutil.copy(good, path)
+
+        def load_then_change(f, *args, change=change, **kwargs):
+            ckpt = load(f, *args, **kwargs)
+            change(path)
+            return ckpt
+        monkeypatch.setattr(torch, "load", load_then_change)
+        assert load_checkpoint(path)["step"] == step
+        monkeypatch.setattr(torch, "load", load)
+    # removed before it was opened (after the look that it is there): one line
+    os.remove(path)
+    monkeypatch.setattr(os.path, "exists", lambda p: True)
+    with pytest.raises(UserError, match=r"m\.pt was removed as it was opened \(by a train\.py writing there\?\): run "
+                                        r"this again, or pass another checkpoint$"):
+        load_checkpoint(path)
+
+
 def test_bad_checkpoints_are_one_line_errors(env, trained, tmp_path, capsys):
     good = trained["summary"]["checkpoint"]
     # bytes flipped inside a tensor: torch.load reads other weights without a word; the zip's checksums catch it
