@@ -591,15 +591,33 @@ class Handler(BaseHTTPRequestHandler):
                 api.worker.cancel(job)
                 self.close_connection = True
         except ApiError as e:
-            headers = [("Allow", ", ".join(sorted(self.ROUTES.get(path, ["GET"]))))] if e.status == 405 else []
-            if e.code == "server_shutting_down":  # its client is not to send the next request on this connection
-                self.close_connection = True
-            if self.body is None and (self.headers.get("Content-Length", "0") != "0" or "Transfer-Encoding" in self.headers):
-                self.close_connection = self.unread_body = True  # it would be taken for the next request
+            self.refuse(e, path)
+
+    def refuse(self, e, path):
+        """Answer the ApiError e, OpenAI's error body, to the request for path."""
+        headers = [("Allow", ", ".join(sorted(self.ROUTES.get(path, ["GET"]))))] if e.status == 405 else []
+        if e.code == "server_shutting_down":  # its client is not to send the next request on this connection
+            self.close_connection = True
+        if self.body is None and (self.headers.get("Content-Length", "0") != "0" or "Transfer-Encoding" in self.headers):
+            self.close_connection = self.unread_body = True  # it would be taken for the next request
+        try:
+            self.send_json(e.status, e.body(), headers)
+        except OSError:
+            self.close_connection = True
+
+    def handle_expect_100(self):
+        """A client that waits for "100 Continue" before it sends its body (curl, for one over 1 KiB) is refused a
+        Content-Length over MAX_BODY at once: it was told 100 first, and uploaded all of it before its 413. A body
+        within the limit gets its 100, and is read."""
+        if "Content-Length" in self.headers and "Transfer-Encoding" not in self.headers:  # (chunked: no size to judge)
             try:
-                self.send_json(e.status, e.body(), headers)
-            except OSError:
-                self.close_connection = True
+                self.declared_length()
+            except ApiError as e:
+                self.body = None
+                with self.server.answering():
+                    self.refuse(e, urlsplit(self.path).path)
+                return False  # the request is done: no do_POST
+        return super().handle_expect_100()
 
     def read_body(self):
         if "Transfer-Encoding" in self.headers:
@@ -611,6 +629,11 @@ class Handler(BaseHTTPRequestHandler):
                 raise ApiError(400, "send Content-Length or Transfer-Encoding: chunked, not both", code="invalid_request")
             self.body = self.read_chunked()
             return self.body
+        self.body = self.rfile.read(self.declared_length())
+        return self.body
+
+    def declared_length(self):
+        """The request's Content-Length, in bytes; refused (411, 400, 413) when absent, malformed or over MAX_BODY."""
         length = self.headers.get("Content-Length")
         if length is None:
             raise ApiError(411, "a POST needs a Content-Length header and a JSON body", code="length_required")
@@ -620,8 +643,7 @@ class Handler(BaseHTTPRequestHandler):
                            code="invalid_request")
         if int(length) > MAX_BODY:
             raise ApiError(413, f"the request body is {int(length)} bytes; the limit is {MAX_BODY}", code="request_too_large")
-        self.body = self.rfile.read(int(length))
-        return self.body
+        return int(length)
 
     def read_chunked(self):
         """A chunked body (curl -H 'Transfer-Encoding: chunked', clients that stream a request): the chunks' bytes."""

@@ -455,6 +455,30 @@ def test_a_body_over_the_limit_gets_its_413(api, monkeypatch):
                 sent += len(block)
 
 
+def test_a_client_waiting_for_100_continue_is_refused_a_body_over_the_limit_at_once(api):
+    """curl sends a body over 1 KiB with "Expect: 100-continue" and waits for the 100 before uploading it: a body over
+    the limit was told 100 Continue, and got its 413 only once all of it was sent. A body within it still gets its 100."""
+    head = b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nConnection: close\r\n"
+    with socket.create_connection(api.server_address[:2], timeout=60) as sock:
+        sock.sendall(head + b"Content-Length: %d\r\n\r\n" % (serve.MAX_BODY + 1))
+        got = b"".join(iter(lambda: sock.recv(65536), b""))  # up to the server's close, after its answer
+    assert got.startswith(b"HTTP/1.1 413 "), got
+    assert json.loads(parse_answer(got)[1])["error"]["code"] == "request_too_large"
+    body = json.dumps({"prompt": "Hi", "max_tokens": 1}).encode()
+    with socket.create_connection(api.server_address[:2], timeout=60) as sock:
+        sock.sendall(head + b"Content-Length: %d\r\n\r\n" % len(body))
+        got = b""
+        while b"\r\n\r\n" not in got:
+            data = sock.recv(65536)
+            assert data, got
+            got += data
+        assert got == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(body)
+        got += b"".join(iter(lambda: sock.recv(65536), b""))
+    status, answer = parse_answer(got)
+    assert status == 200 and json.loads(answer)["usage"]["completion_tokens"] == 1, got
+
+
 def test_context_length_message_reads_right(api, enc):
     # one sentence for one prompt and for several messages (it said "the prompt take 1")
     status, err, _ = post(api, "/v1/completions", {"prompt": "Hi", "max_tokens": BLOCK})
