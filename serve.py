@@ -958,12 +958,14 @@ def main(argv=None):
     print(f"serving {name} ({model.num_params(non_embedding=False) / 1e6:.1f}M parameters, context "
           f"{model.config.block_size}, {device} {str(dtype).removeprefix('torch.')}) on {server.url}: "
           f"chat page at {server.url}/, API at {server.url}/v1; Ctrl-C stops", flush=True)
-    interrupted = False
+    signalled = False
     try:
         server.serve_forever()
     except KeyboardInterrupt:
-        interrupted = True  # "stopped" is said once it has (halt), after the worker's line for the reply it cut short
+        signalled = True  # "stopped" is said once it has (halt), after the worker's line for the reply it cut short
     finally:
+        # SIGTERM's SystemExit (exit_on_sigterm) is in flight: it stops the server as Ctrl-C does, and says so too
+        signalled = signalled or isinstance(sys.exc_info()[1], SystemExit)
         main_thread = threading.current_thread() is threading.main_thread()
         before = {s: signal.signal(s, leave_at_once) for s in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
         try:
@@ -975,8 +977,9 @@ def main(argv=None):
         finally:
             for s, handler in before.items():
                 signal.signal(s, handler)
-    if interrupted:
-        print("stopped", file=sys.stderr)
+        if signalled:  # (here: SIGTERM's exit, 143, goes on past this finally, and a closed stderr does not change it)
+            with contextlib.suppress(OSError, ValueError):
+                print("stopped", file=sys.stderr)
 
 
 def leave_at_once(signum, frame):
