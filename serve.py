@@ -8,6 +8,7 @@ Serve a trained model over HTTP: an OpenAI-compatible API and a chat page.
     POST /v1/chat/completions   messages -> the assistant's reply (ChatML, ends at <|im_end|>)
     POST /v1/completions        prompt -> its continuation (ends at <|endoftext|>)
     GET  /v1/models             the one model served, named after the checkpoint file
+    GET  /health                {"status": "ok"}; 503 "stopping" once Ctrl-C or SIGTERM has begun the server's stop
     GET  /                      the chat page (chat.html): streams replies, temperature/top-p/max-token controls
 
 Both POST endpoints take OpenAI's common parameters: model (any name is accepted), max_tokens or
@@ -579,8 +580,13 @@ class Handler(BaseHTTPRequestHandler):
             if path == "/":
                 return self.send_bytes(200, api.page, "text/html; charset=utf-8")
             if path == "/health":
-                return self.send_json(200, {"status": "ok", "generating": api.worker.current is not None,
-                                            "queued": len(api.worker.waiting)})
+                # a stopping server (Ctrl-C, SIGTERM) refuses requests: a load balancer is told so, on its connection's
+                # last answer, and sends the next ones elsewhere
+                stopping = api.worker.halted.is_set()
+                self.close_connection |= stopping
+                return self.send_json(503 if stopping else 200, {"status": "stopping" if stopping else "ok",
+                                                                  "generating": api.worker.current is not None,
+                                                                  "queued": len(api.worker.waiting)})
             if path == "/v1/models":
                 return self.send_json(200, {"object": "list", "data": [api.model_card()]})
             job = job_from_request(self.read_body(), "chat" if path == "/v1/chat/completions" else "text", api)

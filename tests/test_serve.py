@@ -721,6 +721,25 @@ def test_requests_under_way_when_the_server_stops_are_answered(enc):
             api.close()
 
 
+def test_health_says_stopping_once_the_stop_has_begun(enc):
+    """A load balancer asks /health (on a keep-alive connection, which outlives the listening socket) to know where to
+    send requests: it said ok while the server was stopping and refusing every request with 503."""
+    api = start(tiny_model(enc), enc)
+    try:
+        conn = http.client.HTTPConnection(*api.server_address[:2], timeout=60)
+        conn.request("GET", "/health")
+        r = conn.getresponse()
+        assert r.status == 200 and json.loads(r.read())["status"] == "ok"
+        api.shutdown()  # Ctrl-C's way: serve_forever leaves, then ApiServer.halt
+        assert api.halt(timeout=30)
+        conn.request("GET", "/health")
+        r = conn.getresponse()
+        assert (r.status, json.loads(r.read())["status"], r.getheader("Connection")) == (503, "stopping", "close")
+        conn.close()
+    finally:
+        api.close()
+
+
 @pytest.mark.skipif(not hasattr(os, "sysconf") or os.sysconf("SC_OPEN_MAX") < 1200, reason="needs 1,200 open files")
 def test_a_connection_past_descriptor_1023_is_answered(api):
     """A server holding a thousand connections hands out descriptors past 1023, which select() refuses (FD_SETSIZE):
