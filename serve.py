@@ -800,6 +800,9 @@ class Handler(BaseHTTPRequestHandler):
                     chunk({"content": event[1]}, text=event[1])
                 elif event[0] == "error":  # headers are gone: the error travels as an event, as OpenAI's does
                     send(json.dumps(event[1].body()))
+                    # nor can they say Connection: close, as a 503's do: the connection closes after the last chunk,
+                    # else the client's next request on it met the process's exit, a dropped connection
+                    self.close_connection |= event[1].code == "server_shutting_down"
                 else:
                     _, finish, tokens = event
                     chunk(finish=finish)

@@ -681,14 +681,19 @@ def test_requests_under_way_when_the_server_stops_are_answered(enc):
     """Ctrl-C or SIGTERM (ApiServer.halt, which then waits for these answers: test_ctrl_c_while_a_reply_streams_stops_
     cleanly) while requests are under way: the reply being generated stops at its next token and the waiting ones never
     start, as before, but each client is told why: a 503 server_shutting_down, or that error as the last event of a
-    stream already begun. Each got a dropped connection when the process exited."""
+    stream already begun. Each got a dropped connection when the process exited. Each connection then closes (a stream's,
+    which cannot say Connection: close, after its last chunk): a client's next request on it was dropped."""
     def ask(stream):
         conn = http.client.HTTPConnection(*api.server_address[:2], timeout=30)
         conn.request("POST", "/v1/completions", json.dumps({"prompt": "la", "max_tokens": 8, "stream": stream}))
         r = conn.getresponse()
         out = r.status, r.read(), r.getheader("Connection")  # (a stream read to its last chunk)
+        try:  # (http.client drops its socket after an answer that says Connection: close)
+            closed = conn.sock is None or conn.sock.recv(1) == b""  # the server's close; left open, a timeout
+        except TimeoutError:
+            closed = False
         conn.close()
-        return out
+        return (*out, closed)
 
     for running_streams in (False, True):
         gate = threading.Event()  # the worker stays inside its first forward pass until the halt has begun
@@ -706,7 +711,8 @@ def test_requests_under_way_when_the_server_stops_are_answered(enc):
                 halt.join(60)
                 answers = [running.result(), *(f.result() for f in waiting)]
                 assert ask(False)[0] == 503  # and a request that comes during the wait
-            for (status, body, connection), stream in zip(answers, (running_streams, False, True)):
+            for (status, body, connection, closed), stream in zip(answers, (running_streams, False, True)):
+                assert closed, body
                 if stream:
                     events = [e for e in body.decode().split("\n\n") if e.startswith("data: ")]
                     assert status == 200 and json.loads(events[-1].removeprefix("data: "))["error"]["code"] \
