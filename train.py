@@ -877,7 +877,9 @@ def fmt_count(n):
 
 def fmt_time(s):
     if 0 < s < 1:  # a run under a second, or the last second of one, said "in 0s": as if none were spent or left
-        return f"{s:.1f}s" if s >= 0.05 else "<0.1s"
+        if s < 0.95:
+            return f"{s:.1f}s" if s >= 0.05 else "<0.1s"
+        s = 1  # tenths that round to a whole second are said as one: "1.0s" read as another format than "1s"
     s = int(s)
     if s >= 3600:
         return f"{s // 3600}h{s % 3600 // 60:02d}m"

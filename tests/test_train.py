@@ -2155,6 +2155,8 @@ def test_times_under_a_second_are_given_in_tenths(env, tmp_path, monkeypatch, ca
     assert re.findall(r" run ends in (\S+)$", out, re.M) == ["0.6s", "0.3s", "0s"], out  # none left: 0
     assert "max_steps: 3 steps, 3.1k tokens in 0.9s (" in out, out
     assert [train.fmt_time(s) for s in (0.04, 1.5, 59.9, 75, 3725)] == ["<0.1s", "1s", "59s", "1m15s", "1h02m"]
+    # tenths that round to a whole second: in the whole seconds' format ("1.0s" beside "1s")
+    assert [train.fmt_time(s) for s in (0.94, 0.95, 0.96, 0.999, 1.0)] == ["0.9s", "1s", "1s", "1s", "1s"]
 
 
 def test_the_bar_counts_epochs_towards_epochs_given_only(env, tmp_path, monkeypatch):
