@@ -550,6 +550,34 @@ def held_lock(path, busy):
                 f.close()
 
 
+def lock_is_held(path):
+    """Whether a held_lock(path) is held now (by another command, which this one must wait for). Asked by taking the
+    flock without waiting and letting it go at once: a command taking it in that instant is refused as if one ran.
+    Without fcntl: whether the O_EXCL file's process runs."""
+    try:
+        import fcntl
+    except ImportError:
+        return lock_holder_runs(path)
+    try:
+        f = open(path, "rb")  # (read alone: no file is made, and one in a read-only folder is read)
+    except OSError:  # no file: no holder
+        return False
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:  # a file system without locks: held_lock holds none there
+            return False
+        return False  # (let go as the file closes)
+
+
+def prepare_lock(out_dir, name):
+    """The lock file prepare.py holds while it builds out_dir/name (beside the folder, which a failed first build
+    removes)."""
+    return os.path.join(out_dir, f".{name}.prepare.lock")
+
+
 def lock_holder_runs(path, young_s=10):
     """Whether the process named in held_lock's O_EXCL file still runs; a file without a pid yet, written this
     instant, counts as held while it is young."""

@@ -69,8 +69,8 @@ import numpy as np
 from tqdm import tqdm
 
 from common import (UserError, atomic_write_text, check_output, expand_pattern, first_line, fsync_replace, held_lock,
-                    holds_nul, nonempty, not_utf8, parts_text, read_meta, remove_stale_tmp, run_main, tmp_name,
-                    without_surrogates)
+                    holds_nul, nonempty, not_utf8, parts_text, prepare_lock, read_meta, remove_stale_tmp, run_main,
+                    tmp_name, without_surrogates)
 from setup_tokenizer import (EOT, IM_END, IM_START, get_tokenizer, read_text_chunks, tokenizer_hash, train_bpe,
                              trained_on, warn_short_vocabulary)
 
@@ -1589,7 +1589,7 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
     # folder, which a failed first build removes
     with contextlib.suppress(OSError):  # (one that cannot be made takes no dataset either: check_writable says so)
         os.makedirs(out_dir, exist_ok=True)
-    held.enter_context(held_lock(os.path.join(out_dir, f".{name}.prepare.lock"), f"another prepare.py is building "
+    held.enter_context(held_lock(prepare_lock(out_dir, name), f"another prepare.py is building "
                                  f"{folder}: wait for it to end, or build this one elsewhere with --name"))
     # what a prepare killed mid-write (SIGKILL) left: token files (with a scratch suffix), meta, vocabulary (train_bpe's
     # own temporary name of prepare's), check_writable's probe; here, so that a run that finds the dataset up to date

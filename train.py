@@ -59,8 +59,8 @@ from tqdm import tqdm
 from checkpoint import (add_checkpoint_argument, checkpoint_config, load_checkpoint, load_weights, nonfinite,
                         parse_checkpoint, save_checkpoint)
 from common import (DTYPES, UserError, ask, atomic_write_text, autocast, check_output, color_ok, cpu_bf16_is_faster,
-                    cpu_has_bf16, exit_after_the_first, first_line, held_lock, is_oom, nonempty, pick_device,
-                    pick_dtype, retain_freed_memory, run_main, speaks_for_machine, tmp_name)
+                    cpu_has_bf16, exit_after_the_first, first_line, held_lock, is_oom, lock_is_held, nonempty,
+                    pick_device, pick_dtype, prepare_lock, retain_freed_memory, run_main, speaks_for_machine, tmp_name)
 from model import OPTIMIZERS, PRESETS, VARIANTS, GPT, make_config
 from prepare import (DATASETS, DEFAULT_OUT_DIR, DEFAULT_VAL_FRACTION, is_complete, is_dataset_name,
                      meta_options, rebuild_command)
@@ -335,6 +335,9 @@ def load_meta(data_dir, dataset, tokenizer=None):
     out += ["--tokenizer", tokenizer] if tokenizer and tokenizer != "gpt2" else []
     fix = f"run `{shlex.join(['python', 'prepare.py', '--dataset', dataset, *out])}`"
     if not os.path.exists(path):
+        if lock_is_held(prepare_lock(data_dir, dataset)):  # its first build: the command named below would be refused
+            raise UserError(f"{folder} is being built by a prepare.py (it has no meta.json yet): wait for that "
+                            f"prepare.py to end, then run this again")
         if dataset in DATASETS and dataset != "text":  # text needs --source
             raise UserError(f"no prepared dataset {dataset!r} ({path} is missing): {fix} first")
         have = sorted(n for n in os.listdir(data_dir) if os.path.isfile(os.path.join(data_dir, n, "meta.json"))) \

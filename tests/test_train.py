@@ -26,7 +26,7 @@ import eval as eval_py
 import prepare
 import train
 from checkpoint import load_checkpoint, load_model, save_checkpoint
-from common import UserError
+from common import UserError, held_lock, prepare_lock
 from model import GPT, make_config
 from setup_tokenizer import EOT, IM_END, get_tokenizer, render_chat, tokenizer_hash, train_tokenizer
 
@@ -1289,6 +1289,33 @@ def test_missing_data_names_a_prepare_command_that_runs(env, tmp_path):
         train.load_meta(str(data), "shakespear", tokenizer=ck)
     named = shlex.join(["python", "prepare.py", "--dataset", "NAME", "--out_dir", str(data), "--tokenizer", ck])
     assert str(e.value).endswith(f"with `{named}`"), str(e.value)
+
+
+@pytest.mark.parametrize("fcntl", [True, False], ids=["flock", "no-fcntl"])
+def test_data_that_a_prepare_builds_now_says_to_wait_for_it(env, tmp_path, monkeypatch, fcntl):
+    """train.py or eval.py started while prepare.py builds a dataset for the first time (no meta.json yet) said to run
+    prepare.py, whose command was refused then as "another prepare.py is building": they say to wait for it. Without
+    fcntl (Windows) the lock is a file holding its holder's pid."""
+    if not fcntl:
+        monkeypatch.setitem(sys.modules, "fcntl", None)
+    mini = train.train(args_for(env, tmp_path / "m", "--dataset", "mini", "--max_steps", "1"))["checkpoint"]
+    data = tmp_path / "data"
+    (data / "notes").mkdir(parents=True)  # the build's folder, its meta.json written last
+    folder = re.escape(str(data / "notes"))
+    args = args_for(env, tmp_path / "out", "--dataset", "notes", "--data_dir", str(data))
+    with held_lock(prepare_lock(str(data), "notes"), "another prepare.py is building"):  # as prepare.py holds it
+        with pytest.raises(UserError, match=rf"^{folder} is being built by a prepare.py .*: wait for that prepare.py to "
+                                            rf"end, then run this again$"):
+            train.train(args)
+        with pytest.raises(UserError, match=rf"^{folder} is being built by a prepare.py"):
+            eval_py.evaluate_checkpoint(mini, datasets=["notes"], data_dir=str(data), samples=0)
+    # a prepare.py killed mid-build leaves its lock file, held by none: the command that prepares the data
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], stdout=subprocess.PIPE, text=True)
+    (data / ".notes.prepare.lock").write_text(dead.stdout.strip())
+    for run in (lambda: train.train(args),
+                lambda: eval_py.evaluate_checkpoint(mini, datasets=["notes"], data_dir=str(data), samples=0)):
+        with pytest.raises(UserError, match=r"no prepared dataset 'notes' .*prepare your own text"):
+            run()
 
 
 @pytest.mark.parametrize("damage", ["truncated", "val cut", "meta a list", "train.bin a folder", "id past vocab"])
