@@ -1003,6 +1003,40 @@ class GracefulInterrupt:
             signal.signal(sig, old)
 
 
+def time_left(s_per_step, epoch_steps, budget_s=None, run_steps=None):
+    """What ends next and in how many seconds, as (seconds, what): the epoch, or the budget or --max_steps, which end
+    the run (a budgeted run said "epoch ends in 4s" with 2 s of its budget left, an epoch it never finished; on a large
+    dataset hours past a budget of minutes). epoch_steps, run_steps: the steps left to each; s_per_step None: no step
+    timed yet, the budget's end alone is known (None where there is none)."""
+    ends = [] if s_per_step is None else [(epoch_steps * s_per_step, "epoch")]
+    if budget_s is not None:
+        ends.append((max(0.0, budget_s), "budget"))
+    if run_steps is not None and s_per_step is not None:
+        ends.append((run_steps * s_per_step, "run"))
+    return min(ends, key=lambda e: e[0], default=None)
+
+
+class EpochBar(tqdm):
+    """An epoch's progress bar, saying what ends next and when as the log lines it stands in for do (time_left): tqdm's
+    own time left is the epoch's, and a --time_budget or --max_steps run ends where it ends, possibly mid-epoch (a
+    3-s budget's bar said 6 s were left). ends(s_per_step, epoch_steps): time_left of the run, at the bar's rate."""
+
+    def __init__(self, *args, ends, **kwargs):
+        self.ends = ends  # (before tqdm's __init__, which draws the bar)
+        super().__init__(*args, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, {ends}, {rate_fmt}{postfix}]",
+                         **kwargs)
+
+    @property
+    def format_dict(self):
+        d = super().format_dict  # (drawn once more as it closes, disabled then)
+        rate = d["rate"]  # steps/s (smoothed), None until a step is timed, and at close: the mean rate, as tqdm says
+        if rate is None and d["elapsed"] and d["n"] > d["initial"]:
+            rate = (d["n"] - d["initial"]) / d["elapsed"]
+        end = self.ends(1 / rate if rate else None, d["total"] - d["n"])
+        d["ends"] = f"{end[1]} ends in {fmt_time(end[0])}" if end else "ends in ?"
+        return d
+
+
 def draws_a_bar(stream):
     """Whether a progress bar on stream is seen: a terminal, one that has a width. A pseudo-terminal nobody sized (`script
     -qc CMD /dev/null | tee log`) reports 0 columns, at which tqdm drew the bar as nothing, and the log lines a bar
@@ -1685,8 +1719,11 @@ def run_training(args, held):
                 steps = batches.epoch(epoch, p.windows)
                 # a budget without --epochs ends by the clock: "epoch 1/1000000" counted towards no such end
                 of = f"/{args.epochs}" if args.epochs < UNLIMITED_EPOCHS else ""
-                bar = tqdm(total=spe, initial=estep, desc=f"epoch {epoch + 1}{of}", unit="step",
-                           dynamic_ncols=True, disable=not draws_a_bar(sys.stderr) or quiet, file=sys.stderr)
+                bar = EpochBar(total=spe, initial=estep, desc=f"epoch {epoch + 1}{of}", unit="step",
+                               dynamic_ncols=True, disable=not draws_a_bar(sys.stderr) or quiet, file=sys.stderr,
+                               ends=lambda s_per_step, epoch_steps: time_left(
+                                   s_per_step, epoch_steps, budget - (budget_spent + time.time() - t_run) if budget
+                                   else None, args.max_steps - run_steps if args.max_steps else None))
                 try:
                     for micro, n_windows, n_targets in steps:
                         if budget:  # the schedule runs on the clock: warmup over a share of the budget, then cosine
@@ -1797,16 +1834,9 @@ def run_training(args, held):
                             loss_n = 0
                             bar.set_postfix(loss=shown, lr=f"{lr:.1e}", tok_s=f"{tps:,.0f}", refresh=False)
                             if bar.disable and not due_eval:
-                                # whichever ends first: the epoch, or the budget or --max_steps, which end the run
-                                # (a budgeted run said "epoch ends in 4s" with 2 s of its budget left, an epoch it
-                                # never finished; on a large dataset hours past a budget of minutes)
-                                s_per_step = tok_step / max(tps, 1e-9)
-                                ends = [((spe - estep) * s_per_step, "epoch")]
-                                if budget:
-                                    ends.append((max(0.0, budget - clock), "budget"))
-                                if args.max_steps:
-                                    ends.append(((args.max_steps - run_steps) * s_per_step, "run"))
-                                left, what = min(ends, key=lambda e: e[0])
+                                left, what = time_left(tok_step / max(tps, 1e-9), spe - estep,
+                                                       budget - clock if budget else None,
+                                                       args.max_steps - run_steps if args.max_steps else None)
                                 say(f"step {p.step:,} (epoch {rec['epoch']:.2f}): loss {shown}, lr {lr:.2e}, "
                                     f"{tps:,.0f} tokens/s, {what} ends in {fmt_time(left)}")
                             if due_eval:

@@ -2190,17 +2190,51 @@ def test_the_bar_counts_epochs_towards_epochs_given_only(env, tmp_path, monkeypa
     # a --time_budget without --epochs repeats epochs until the clock ends the run: its bar said "epoch 1/1000000"
     bars = []
 
-    class Bar(train.tqdm):  # (say() writes through the class)
+    class Bar(train.EpochBar):
         def __init__(self, *a, **k):
             bars.append(k["desc"])
             super().__init__(*a, **k)
-    monkeypatch.setattr(train, "tqdm", Bar)
+    monkeypatch.setattr(train, "EpochBar", Bar)
     StepClock(monkeypatch)
     train.train(args_for(env, tmp_path / "a", "--dataset", "mini", "--time_budget", 0.05))
     assert len(bars) >= 2 and bars[:2] == ["epoch 1", "epoch 2"], bars
     bars.clear()
     train.train(args_for(env, tmp_path / "b", "--dataset", "mini", "--time_budget", 0.05, "--epochs", 2))
     assert bars == ["epoch 1/2", "epoch 2/2"], bars
+
+
+def test_the_bar_says_when_the_run_ends(env, tmp_path, monkeypatch, capsys):
+    """The bar's time left was tqdm's, the epoch's: a --time_budget run ending mid-epoch said 6 s were left with 3 s
+    of its budget to go. It says what ends first, as the log lines it stands in for do."""
+    import tqdm.std
+    clock = StepClock(monkeypatch)  # steps of 1/8 s, for the bar too
+    monkeypatch.setattr(tqdm.std, "time", lambda: clock.now)
+    monkeypatch.setattr(train, "draws_a_bar", lambda stream: True)
+
+    def frames(*extra):
+        train.train(args_for(env, tmp_path, "--dataset", "story", "--eval_interval", 0, "--save_interval", 0,
+                             "--overwrite", *extra))
+        shown = []  # (step, of steps, what ends, in) of each drawing, or its [...] where it says no end
+        for n, total, times in re.findall(r"\| (\d+)/(\d+) \[([^\]]*)\]", capsys.readouterr().err):
+            end = re.match(r"[\d:]+, (?:(\w+) )?ends in ([^,]+),", times)
+            shown.append((int(n), int(total), *(end.groups("") if end else (None, times))))
+        assert shown, "no bar drawn"
+        return shown
+    # a 3-s budget of steps of 1/8 s: 24 steps, of an epoch over twice as long
+    shown = frames("--time_budget", 0.05)
+    steps = [n for n, _, _, _ in shown]
+    assert shown[-1][1] > 2 * 24 and max(steps) <= 24 + 1, shown
+    # (the first drawing, before any step, knows the budget's end alone)
+    assert all(what == "budget" for _, _, what, _ in shown), shown
+    at = {n: left for n, _, _, left in shown}  # (a step's last drawing)
+    assert [at[0], at[8], at[16]] == ["3s", "2s", "1s"], shown
+    # --max_steps: the run's end, at the bar's rate; no end known before a step is timed
+    shown = frames("--max_steps", 8)
+    at = {n: (what, left) for n, _, what, left in shown}
+    assert [at[0], at[4], at[7]] == [("", "?"), ("run", "0.5s"), ("run", "0.1s")], shown
+    # neither: the epoch's
+    shown = frames("--max_steps", 10**6)
+    assert {what for n, _, what, _ in shown if n} == {"epoch"} and shown[-1][3] == "0s", shown
 
 
 def test_a_terminal_without_a_width_gets_the_plain_lines(env, tmp_path):
