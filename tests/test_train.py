@@ -1555,6 +1555,43 @@ def test_ranks_cover_the_epoch_once(env, world, start):
     assert sorted(seen) == sorted(train.epoch_order(len(w), 7, 1)[start:])
 
 
+def test_a_run_stopped_and_continued_in_other_batches_trains_on_each_window_once_an_epoch(env, tmp_path, monkeypatch):
+    """The promise of real epochs end to end, through the training loop's bookkeeping (not Batches alone): a run
+    stopped by --max_steps and continued twice with another --batch_size and --grad_accum (global batches of 6, 4
+    and 5 windows, none dividing the epoch, the second run crossing an epoch's end) trains on every window of an
+    epoch once, in that epoch's order, the next epoch in another; --reset_epoch then begins the first order again."""
+    n = len(train.Windows(train.load_meta(env["data"], "mini"), "train", 64))
+    assert n % 6 and n % 4 and n % 5
+    seen = []
+    real = train.train_step
+
+    def recording(fwd, optimizer, scaler, micro, *a, **k):
+        step = [int(i) for *_, idx in micro for i in idx]
+        assert len(step) == len(set(step))  # a window at most once in a step
+        seen.append(step)
+        return real(fwd, optimizer, scaler, micro, *a, **k)
+    monkeypatch.setattr(train, "train_step", recording)
+    common = ["--data_dir", env["data"], "--device", "cpu", "--no-color", "--eval_interval", "0", "--save_interval",
+              "0"]
+    first = train.train(args_for(env, tmp_path, "--dataset", "mini", "--epochs", "2", "--batch_size", "3",
+                                 "--grad_accum", "2", "--n_layer", "1", "--eval_interval", "0", "--save_interval", "0",
+                                 "--max_steps", "3", "--seed", "5"))
+    past_the_epoch = math.ceil((n - 18) / 4) + 2
+    mid = train.train(train.parse_args(["--checkpoint", first["checkpoint"], "--batch_size", "4", "--grad_accum", "1",
+                                        "--max_steps", str(past_the_epoch), *common]))
+    assert mid["stopped"] == "max_steps" and mid["epochs_done"] == 1
+    rest = train.train(train.parse_args(["--checkpoint", mid["checkpoint"], "--batch_size", "5", *common]))
+    assert rest["stopped"] == "done" and rest["epochs_done"] == 2
+    seed = load_checkpoint(rest["checkpoint"])["args"]["seed"]
+    epochs = [train.epoch_order(n, seed, e).tolist() for e in (0, 1)]
+    assert epochs[0] != epochs[1] and sorted(epochs[0]) == list(range(n))
+    assert [i for step in seen for i in step] == epochs[0] + epochs[1]
+    seen.clear()
+    again = train.train(train.parse_args(["--checkpoint", rest["checkpoint"], "--reset_epoch", "--epochs", "1",
+                                          "--output_checkpoint", str(tmp_path / "again" / "{dataset}.pt"), *common]))
+    assert again["epochs_done"] == 1 and [i for step in seen for i in step] == epochs[0]
+
+
 def step_gradient(model, micro, n_targets=None, world=1, grad_clip=0.0):
     """train_step's loss and gradient, the optimizer kept from changing or clearing anything."""
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
