@@ -11,8 +11,9 @@ Loss is train.py's evaluate() over the split's windows (all of them, or --eval_b
 split), on assistant tokens only for conversation sets; perplexity is exp(loss); bits per byte, reported by
 train.py for plain text, compare models across tokenizers. Windows default to the checkpoint's training
 --block_size, so the numbers compare with its training log (whose evaluations take --eval_batches 40 batches spread
-over the split: the same numbers with --eval_batches 40 --batch_size <its batch size> and its --dtype, which auto
-makes bf16 on CPUs where it outruns fp32; close ones over all windows).
+over the split, of its batch size on each torchrun process, as its first run took them when continued in others: the
+checkpoint's eval_windows; the same numbers with --eval_batches 40 --batch_size <its batch size x processes> and its
+--dtype, which auto makes bf16 on CPUs where it outruns fp32; close ones over all windows).
 
 Replies, for each conversation set: --samples conversations spread evenly over the split, each cut after its
 first user message, are answered as gen.py --chat answers (gen.chat_reply, sampling with --temp/--top_k/--top_p/
