@@ -12,7 +12,7 @@ script code, real epochs instead of random windows, and exact resume.
 
 Epochs. The train split is cut into non-overlapping windows of block_size+1 tokens at stride block_size
 (x = w[:-1], y = w[1:], so the token at a window's border is a target once and an input once). An epoch
-visits every window exactly once, in an order drawn from seed+epoch. An optimizer step takes
+visits every window exactly once, in an order drawn from (seed, epoch). An optimizer step takes
 batch_size*grad_accum windows, so an epoch is ceil(windows / (batch_size*grad_accum)) steps; the last
 one is short (its missing rows are padding with ignored targets, which keeps tensor shapes fixed). prepare.py packs
 conversation sets in blocks of meta.json's "pack" tokens, so windows of that size (or a multiple) never cut a
@@ -20,7 +20,7 @@ conversation; another --block_size gets a warning.
 
 Resume. A checkpoint records the completed epochs, how many windows of the current epoch are done, the
 global step (the learning rate is a pure function of it), the optimizer and the RNG state; the window
-order is re-derived from seed+epoch. So N steps in one go and N/2 steps + resume for N/2 give identical
+order is re-derived from (seed, epoch). So N steps in one go and N/2 steps + resume for N/2 give identical
 weights. Continuing on another --dataset is fine-tuning: same weights, fresh optimizer and epoch count.
 
 Several processes. Under torchrun each optimizer step takes batch_size*grad_accum*world windows and each rank its
@@ -56,8 +56,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from checkpoint import (add_checkpoint_argument, checkpoint_config, load_checkpoint, load_weights, nonfinite,
-                        parse_checkpoint, save_checkpoint)
+from checkpoint import (NOT_THIS_CODE, add_checkpoint_argument, checkpoint_config, load_checkpoint, load_weights,
+                        nonfinite, parse_checkpoint, save_checkpoint)
 from common import (DTYPES, UserError, ask, atomic_write_text, autocast, check_output, color_ok, cpu_bf16_is_faster,
                     cpu_has_bf16, exit_after_the_first, first_line, held_lock, is_oom, lock_is_held, nonempty,
                     pick_device, pick_dtype, prepare_lock, retain_freed_memory, run_main, speaks_for_machine, tmp_name)
@@ -580,9 +580,21 @@ def checkpoint_data(ckpt):
     return name, data_dir
 
 
-def epoch_order(n_windows, seed, epoch):
+# how an epoch's order is seeded, recorded in checkpoints: 1 seeded it by seed + epoch, so --seed 2's first epoch was
+# --seed 1's second (runs compared across neighbouring seeds shared their data orders); 2 mixes the two (stream_seed).
+# A run goes on with its checkpoint's, or resuming mid-epoch would repeat some windows and skip others
+ORDER_SCHEME = 2
+
+
+def stream_seed(*parts):
+    """One seed for a random stream named by parts (integers: the run's --seed, an epoch, a rank...), unrelated to the
+    stream of any other parts: a sum of them is shared by neighbours (seed 1, epoch 1 = seed 2, epoch 0)."""
+    return int(np.random.SeedSequence([x % 2**64 for x in parts]).generate_state(1, np.uint64)[0])
+
+
+def epoch_order(n_windows, seed, epoch, scheme=ORDER_SCHEME):
     """The window order of an epoch: a permutation that depends only on (seed, epoch), so a resumed run re-derives it."""
-    g = torch.Generator().manual_seed(seed + epoch)
+    g = torch.Generator().manual_seed(stream_seed(seed, epoch) if scheme >= 2 else seed + epoch)
     return torch.randperm(n_windows, generator=g).numpy()
 
 
@@ -636,8 +648,9 @@ class Batches:
     process with a world times larger batch. Positions in the order are global, so a checkpoint resumes on any
     number of ranks."""
 
-    def __init__(self, windows, batch_size, grad_accum, seed, pin=False, rank=0, world=1):
+    def __init__(self, windows, batch_size, grad_accum, seed, pin=False, rank=0, world=1, scheme=ORDER_SCHEME):
         self.windows, self.batch_size, self.seed, self.pin, self.rank = windows, batch_size, seed, pin, rank
+        self.scheme = scheme  # epoch_order's
         self.rank_windows = batch_size * grad_accum   # per rank and step
         self.windows_per_step = self.rank_windows * world  # all ranks together
         # ceil: every window is seen; the last step of an epoch is short
@@ -656,7 +669,7 @@ class Batches:
         ranks and the targets the loss counts in them (every rank reads the whole step's masks, which spares an
         all-reduce). At the epoch's end a step may hold fewer than grad_accum micro-batches, the same number on every
         rank."""
-        order = epoch_order(len(self.windows), self.seed, epoch)[start:]
+        order = epoch_order(len(self.windows), self.seed, epoch, self.scheme)[start:]
         R, B = self.rank_windows, self.batch_size
 
         def steps():
@@ -1422,8 +1435,13 @@ def run_training(args, held):
     packing = packing_warning(meta, args.block_size, config.block_size)
     if packing:
         warn(packing)
+    # a continued run keeps its orders (a checkpoint from before ORDER_SCHEME: the first)
+    order_scheme = ckpt.get("order_scheme", 1) if continuing else ORDER_SCHEME
+    if order_scheme not in (1, ORDER_SCHEME):
+        raise UserError(f"{args.checkpoint} orders its epochs by a scheme this code does not know ({order_scheme}): "
+                        f"{NOT_THIS_CODE}")
     batches = Batches(train_w, args.batch_size, args.grad_accum, args.seed, pin=device.type == "cuda",
-                      rank=dist.rank, world=dist.world)
+                      rank=dist.rank, world=dist.world, scheme=order_scheme)
     spe = batches.steps_per_epoch
     total_steps = args.epochs * spe
     eval_windows = args.eval_batches * args.batch_size * dist.world  # val windows an evaluation takes (a continued run
@@ -1618,7 +1636,7 @@ def run_training(args, held):
                             dataset=dataset, run=run_id, epoch=p.epoch,
                             epoch_step=batches.steps_done(p.windows),
                             epoch_windows=p.windows, step=p.step, tokens=p.tokens, rng=step_rng or rng_state(),
-                            loss_since_record=[loss_acc.item(), loss_n],  # (0 but in the save on an error, below)
+                            loss_since_record=[loss_acc.item(), loss_n], order_scheme=order_scheme,  # (0 but in the save on an error, below)
                             eval_windows=eval_windows,
                             args=dict(vars(args), world_size=dist.world),
                             best_val_loss=p.best_val_loss, evals_since_best=p.evals_since_best, val_loss=last_val,
@@ -1741,7 +1759,7 @@ def run_training(args, held):
                         if dist.rank and config.dropout:
                             # dropout draws other masks on each rank; rank 0 keeps the single-process stream, saved in
                             # checkpoints, and the others seed each step afresh, so a resumed run draws the same masks
-                            torch.manual_seed(args.seed + 1_000_003 * dist.rank + p.step)
+                            torch.manual_seed(stream_seed(args.seed, dist.rank, p.step))
                         if args.compile and not run_steps:
                             say(paint("compiling the model: its first step and first evaluation take longer (about a "
                                       "minute on a small CPU, seconds once cached)", "dim"))

@@ -1555,13 +1555,8 @@ def test_ranks_cover_the_epoch_once(env, world, start):
     assert sorted(seen) == sorted(train.epoch_order(len(w), 7, 1)[start:])
 
 
-def test_a_run_stopped_and_continued_in_other_batches_trains_on_each_window_once_an_epoch(env, tmp_path, monkeypatch):
-    """The promise of real epochs end to end, through the training loop's bookkeeping (not Batches alone): a run
-    stopped by --max_steps and continued twice with another --batch_size and --grad_accum (global batches of 6, 4
-    and 5 windows, none dividing the epoch, the second run crossing an epoch's end) trains on every window of an
-    epoch once, in that epoch's order, the next epoch in another; --reset_epoch then begins the first order again."""
-    n = len(train.Windows(train.load_meta(env["data"], "mini"), "train", 64))
-    assert n % 6 and n % 4 and n % 5
+def record_windows(monkeypatch):
+    """A list that each training step appends the windows it trained on to (train.train_step recording them)."""
     seen = []
     real = train.train_step
 
@@ -1571,6 +1566,39 @@ def test_a_run_stopped_and_continued_in_other_batches_trains_on_each_window_once
         seen.append(step)
         return real(fwd, optimizer, scaler, micro, *a, **k)
     monkeypatch.setattr(train, "train_step", recording)
+    return seen
+
+
+def test_neighbouring_seeds_draw_unrelated_epoch_orders(env, tmp_path, monkeypatch):
+    """Epoch orders seeded by seed + epoch made --seed 2's first epoch --seed 1's second: runs compared across seeds
+    1, 2, 3 saw the same data orders, shifted by an epoch. A checkpoint from then goes on in its own orders, or its
+    epoch, resumed midway, would repeat some windows and skip others."""
+    n = len(train.Windows(train.load_meta(env["data"], "mini"), "train", 64))
+    for seed in range(3):
+        assert not np.array_equal(train.epoch_order(n, seed + 1, 0), train.epoch_order(n, seed, 1))
+    assert np.array_equal(train.epoch_order(n, 2, 0, scheme=1), train.epoch_order(n, 1, 1, scheme=1))  # (as it was)
+    seen = record_windows(monkeypatch)
+    first = train.train(args_for(env, tmp_path, "--dataset", "mini", "--batch_size", "3", "--n_layer", "1",
+                                 "--eval_interval", "0", "--save_interval", "0", "--max_steps", "2", "--seed", "5"))
+    assert [i for step in seen for i in step] == train.epoch_order(n, 5, 0)[:6].tolist()
+    old = torch.load(first["checkpoint"], weights_only=True)
+    del old["order_scheme"]  # a checkpoint written before order_scheme
+    torch.save(old, first["checkpoint"])
+    seen.clear()
+    train.train(train.parse_args(["--checkpoint", first["checkpoint"], "--max_steps", "2", "--data_dir", env["data"],
+                                  "--device", "cpu", "--no-color", "--eval_interval", "0", "--save_interval", "0"]))
+    assert [i for step in seen for i in step] == train.epoch_order(n, 5, 0, scheme=1)[6:12].tolist()
+    assert load_checkpoint(first["checkpoint"])["order_scheme"] == 1  # and it stays so
+
+
+def test_a_run_stopped_and_continued_in_other_batches_trains_on_each_window_once_an_epoch(env, tmp_path, monkeypatch):
+    """The promise of real epochs end to end, through the training loop's bookkeeping (not Batches alone): a run
+    stopped by --max_steps and continued twice with another --batch_size and --grad_accum (global batches of 6, 4
+    and 5 windows, none dividing the epoch, the second run crossing an epoch's end) trains on every window of an
+    epoch once, in that epoch's order, the next epoch in another; --reset_epoch then begins the first order again."""
+    n = len(train.Windows(train.load_meta(env["data"], "mini"), "train", 64))
+    assert n % 6 and n % 4 and n % 5
+    seen = record_windows(monkeypatch)
     common = ["--data_dir", env["data"], "--device", "cpu", "--no-color", "--eval_interval", "0", "--save_interval",
               "0"]
     first = train.train(args_for(env, tmp_path, "--dataset", "mini", "--epochs", "2", "--batch_size", "3",
