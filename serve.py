@@ -612,9 +612,9 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def handle_expect_100(self):
-        """A client that waits for "100 Continue" before it sends its body (curl, for one over 1 KiB) is refused a
-        Content-Length over MAX_BODY at once: it was told 100 first, and uploaded all of it before its 413. A body
-        within the limit gets its 100, and is read."""
+        """A client that waits for "100 Continue" before it sends its body (curl, for one over 1 MiB: every body it
+        sends over MAX_BODY) is refused a Content-Length over MAX_BODY at once: it was told 100 first, and uploaded all
+        of it before its 413. A body within the limit gets its 100, and is read."""
         if "Content-Length" in self.headers and "Transfer-Encoding" not in self.headers:  # (chunked: no size to judge)
             try:
                 self.declared_length()

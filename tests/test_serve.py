@@ -456,8 +456,9 @@ def test_a_body_over_the_limit_gets_its_413(api, monkeypatch):
 
 
 def test_a_client_waiting_for_100_continue_is_refused_a_body_over_the_limit_at_once(api):
-    """curl sends a body over 1 KiB with "Expect: 100-continue" and waits for the 100 before uploading it: a body over
-    the limit was told 100 Continue, and got its 413 only once all of it was sent. A body within it still gets its 100."""
+    """curl sends a body over 1 MiB (so every one over the limit) with "Expect: 100-continue" and waits for the 100
+    before uploading it: a body over the limit was told 100 Continue, and got its 413 only once all of it was sent. A
+    body within it still gets its 100."""
     head = b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nConnection: close\r\n"
     with socket.create_connection(api.server_address[:2], timeout=60) as sock:
         sock.sendall(head + b"Content-Length: %d\r\n\r\n" % (serve.MAX_BODY + 1))
