@@ -1,6 +1,7 @@
 """
 Small pieces every script shares: the one-line error for bad input, atomic
-writes and the files no output may replace, device and precision choice
+writes and the files no output may replace, the lock that keeps a second command off the files
+one writes (held_lock: a train.py run's checkpoints, a prepare.py's dataset), device and precision choice
 (checkpoints: checkpoint.py). Nothing model-specific lives here. torch is imported where it is used:
 prepare.py and setup_tokenizer.py never need it (importing it takes ~2 s).
 """
