@@ -1717,6 +1717,7 @@ def run_training(args, held):
     train_s, train_tokens = 0.0, 0  # the logged intervals summed: the run's training speed, for the summary
     budget_spent = p.budget_elapsed  # a continued budgeted run goes on with its clock
     reserve = 0.0  # seconds the last evaluation and saves took: a budgeted run stops early enough to fit them
+    held_back = 0.0  # (agreed by the ranks: the lr schedule's end)
     # an evaluation's cost in training steps: its batches are a step's forward pass alone, a third of its compute (the
     # backward is twice the forward), and an evaluation of tiny on a CPU took 0.26-0.39 of a step a batch; half leaves
     # room (a toy model's steps, mostly overhead, took up to 0.74 of one: a short evaluation all the same)
@@ -1750,8 +1751,11 @@ def run_training(args, held):
                             spent = 0.0
                             if p.schedule_origin is not None:
                                 now = budget_spent + time.time() - t_run if dist.world == 1 else clock
-                                spent = (now - p.schedule_origin) / max(budget - p.schedule_origin, 1e-9)
-                            lr = lr_at(int(spent * 10_000), args.lr, args.min_lr, round(budget_warmup * 10_000), 10_000)
+                                # the decay ends where the run does, before the time it keeps for its final
+                                # evaluation and saves: at the budget's end, a run whose final evaluation took a
+                                # quarter of it stopped with its lr at 15% of the way down, not near --min_lr
+                                spent = (now - p.schedule_origin) / max(budget - held_back - p.schedule_origin, 1e-9)
+                            lr = lr_at(int(min(spent, 1.0) * 10_000), args.lr, args.min_lr, round(budget_warmup * 10_000), 10_000)
                         else:
                             lr = lr_at(p.step, args.lr, args.min_lr, args.warmup, total_steps)
                         for group in optimizer.param_groups:
@@ -1799,6 +1803,7 @@ def run_training(args, held):
                         # passed it by up to a step, 10 s for gpt2 on a CPU
                         clock, clock_reserved, clock_next, interrupted = dist.agree(
                             now, now + reserve, now + reserve + min(step_times, default=0.0), interrupt.requested)
+                        held_back = clock_reserved - clock  # the reserve, as every rank agrees it
                         if budget and run_steps == 1:
                             # the schedule starts once the first step (a cold compile) is done: a new budget's here, a
                             # continued one's moves on by this first step's time, so that a recompile neither uses up

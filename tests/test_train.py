@@ -2398,6 +2398,23 @@ def test_a_budget_run_without_evaluations_keeps_room_for_its_final_one(env, tmp_
     assert 6 - 1 <= s["elapsed"] <= 6, s["elapsed"]  # the whole run, its final evaluation and saves included
 
 
+def test_a_budget_runs_lr_decay_ends_before_the_time_kept_for_the_final_evaluation(env, tmp_path, monkeypatch):
+    # the lr's cosine spanned the whole budget, while the run stops early enough to fit its final evaluation and saves:
+    # with a final evaluation of a quarter of a 6-s budget, the last steps trained at ~20% of the way from --min_lr to
+    # --lr. Batch 1, --eval_interval 0: the stop keeps half a step per val window for the evaluation, which takes that
+    val = len(train.Windows(train.load_meta(env["data"], "mini"), "val", 64))
+    reserve = val / 2 * (1 / 8)
+    assert 1 < reserve < 3
+    StepClock(monkeypatch, step=1 / 8, evaluation=reserve)
+    s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--time_budget", 0.1, "--eval_interval", 0,
+                             "--batch_size", 1, "--eval_batches", 1000, "--lr", 1e-2, "--min_lr", 1e-4,
+                             "--output_checkpoint", str(tmp_path / "{dataset}.pt")))
+    assert s["stopped"] == "time budget" and s["elapsed"] <= 6
+    with open(s["metrics"]) as f:
+        last = [json.loads(line) for line in f][-1]
+    assert last["lr"] < 1e-4 + 0.03 * (1e-2 - 1e-4), last
+
+
 def test_a_cold_compile_over_half_the_budget_leaves_the_rest_to_training(env, tmp_path, monkeypatch):
     # the first step's time (a cold torch.compile) is not a step the stop keeps room for: counted, a 4-s first step
     # ended a 6-s budget right after it
