@@ -139,7 +139,7 @@ def evaluate_checkpoint(path, datasets=None, data_dir=None, split="val", block_s
 
     rows = []
     for name, meta in zip(datasets, metas):
-        windows = Windows(meta, split, block_size)
+        windows = Windows(meta, split, block_size, evaluating=True)
         warning = packing_warning(meta, block_size, model.config.block_size)
         if warning:
             print(f"warning: {warning}", file=sys.stderr)

@@ -379,7 +379,8 @@ class Windows:
         """How many windows n_tokens hold: the last one needs block_size + 1 tokens."""
         return max(0, (n_tokens - 1) // block_size)
 
-    def __init__(self, meta, split, block_size):
+    def __init__(self, meta, split, block_size, evaluating=False):
+        """evaluating: for eval.py, which can read another split (an empty val's way out); else for training."""
         folder, T = meta["folder"], block_size
         path = os.path.join(folder, f"{split}.bin")
         itemsize = np.dtype(meta["dtype"]).itemsize
@@ -387,8 +388,10 @@ class Windows:
         self.block_size = T
         self.n = self.count(n_tokens, T)
         if split == "val" and n_tokens == 0:  # prepared with --val_fraction 0 (one token: a val too short, said below)
-            raise UserError(f"{path} has no tokens (--val_fraction 0?), and training evaluates on the val split: run "
-                            f"`{prepare_with(meta, val_fraction=DEFAULT_VAL_FRACTION)}`")
+            make = f"`{prepare_with(meta, val_fraction=DEFAULT_VAL_FRACTION)}`"
+            raise UserError(f"{path} has no tokens (--val_fraction 0?): evaluate the train split (--split train), or "
+                            f"make a val split: run {make}" if evaluating else
+                            f"{path} has no tokens (--val_fraction 0?), and training evaluates on the val split: run {make}")
         if self.n == 0:  # (one token: no --block_size would do)
             fix = "use a smaller --block_size or more data" if n_tokens > 1 else "prepare more data"
             total = sum(meta.get("splits", {}).get(s, {}).get("tokens", 0) for s in ("train", "val"))

@@ -1453,6 +1453,14 @@ def test_data_without_a_val_split_names_the_command_that_makes_one(tmp_path):
                                         r"--name mine --out_dir \S+data`$"):
         train.train(train.parse_args(["--data_dir", data, "--dataset", "mine", "--device", "cpu", "--no-color",
                                       "--output_checkpoint", str(tmp_path / "m" / "x.pt")]))
+    # eval.py, which can read the train split instead: it said training evaluates on the val split
+    save_checkpoint(str(tmp_path / "m.pt"), GPT(make_config("tiny", n_layer=1, n_embd=8, n_head=1, block_size=8,
+                                                            vocab_size=get_tokenizer("gpt2").n_vocab)),
+                    get_tokenizer("gpt2"))
+    with pytest.raises(UserError, match=r"val\.bin has no tokens \(--val_fraction 0\?\): evaluate the train split "
+                                        r"\(--split train\), or make a val split: run `python prepare\.py "):
+        eval_py.evaluate_checkpoint(str(tmp_path / "m.pt"), ["mine"], data, device="cpu")
+    assert eval_py.evaluate_checkpoint(str(tmp_path / "m.pt"), ["mine"], data, split="train", device="cpu")
     # a meta.json from before its "options": the command keeps what the dataset says of them (its own vocabulary
     # here), not GPT-2's
     prepare.prepare("text", source=str(src), out_dir=data, name="old", val_fraction=0, vocab_size=300)
