@@ -1639,7 +1639,8 @@ def run_training(args, held):
                             dataset=dataset, run=run_id, epoch=p.epoch,
                             epoch_step=batches.steps_done(p.windows),
                             epoch_windows=p.windows, step=p.step, tokens=p.tokens, rng=step_rng or rng_state(),
-                            loss_since_record=[loss_acc.item(), loss_n], order_scheme=order_scheme,  # (0 but in the save on an error, below)
+                            loss_since_record=[loss_acc.item(), loss_n],  # (0 but in the save on an error, below)
+                            order_scheme=order_scheme,
                             eval_windows=eval_windows,
                             args=dict(vars(args), world_size=dist.world),
                             best_val_loss=p.best_val_loss, evals_since_best=p.evals_since_best, val_loss=last_val,
@@ -1721,6 +1722,11 @@ def run_training(args, held):
     budget_spent = p.budget_elapsed  # a continued budgeted run goes on with its clock
     reserve = 0.0  # seconds the last evaluation and saves took: a budgeted run stops early enough to fit them
     held_back = 0.0  # (agreed by the ranks: the lr schedule's end)
+
+    def run_ends(s_per_step, epoch_steps, spent):
+        """time_left of this run, for the bar and the log lines alike: spent, the seconds of the budget spent."""
+        return time_left(s_per_step, epoch_steps, budget - spent if budget else None,
+                         args.max_steps - run_steps if args.max_steps else None)
     # an evaluation's cost in training steps: its batches are a step's forward pass alone, a third of its compute (the
     # backward is twice the forward), and an evaluation of tiny on a CPU took 0.26-0.39 of a step a batch; half leaves
     # room (a toy model's steps, mostly overhead, took up to 0.74 of one: a short evaluation all the same)
@@ -1743,9 +1749,8 @@ def run_training(args, held):
                 of = f"/{args.epochs}" if args.epochs < UNLIMITED_EPOCHS else ""
                 bar = EpochBar(total=spe, initial=estep, desc=f"epoch {epoch + 1}{of}", unit="step",
                                dynamic_ncols=True, disable=not draws_a_bar(sys.stderr) or quiet, file=sys.stderr,
-                               ends=lambda s_per_step, epoch_steps: time_left(
-                                   s_per_step, epoch_steps, budget - (budget_spent + time.time() - t_run) if budget
-                                   else None, args.max_steps - run_steps if args.max_steps else None))
+                               ends=lambda s_per_step, epoch_steps: run_ends(s_per_step, epoch_steps,
+                                                                             budget_spent + time.time() - t_run))
                 try:
                     for micro, n_windows, n_targets in steps:
                         if budget:  # the schedule runs on the clock: warmup over a share of the budget, then cosine
@@ -1756,9 +1761,10 @@ def run_training(args, held):
                                 now = budget_spent + time.time() - t_run if dist.world == 1 else clock
                                 # the decay ends where the run does, before the time it keeps for its final
                                 # evaluation and saves: at the budget's end, a run whose final evaluation took a
-                                # quarter of it stopped with its lr at 15% of the way down, not near --min_lr
+                                # quarter of it stopped with its lr ~25% of the way from --min_lr to --lr
                                 spent = (now - p.schedule_origin) / max(budget - held_back - p.schedule_origin, 1e-9)
-                            lr = lr_at(int(min(spent, 1.0) * 10_000), args.lr, args.min_lr, round(budget_warmup * 10_000), 10_000)
+                            lr = lr_at(int(min(spent, 1.0) * 10_000), args.lr, args.min_lr, round(budget_warmup * 10_000),
+                                       10_000)
                         else:
                             lr = lr_at(p.step, args.lr, args.min_lr, args.warmup, total_steps)
                         for group in optimizer.param_groups:
@@ -1860,9 +1866,7 @@ def run_training(args, held):
                             loss_n = 0
                             bar.set_postfix(loss=shown, lr=f"{lr:.1e}", tok_s=f"{tps:,.0f}", refresh=False)
                             if bar.disable and not due_eval:
-                                left, what = time_left(tok_step / max(tps, 1e-9), spe - estep,
-                                                       budget - clock if budget else None,
-                                                       args.max_steps - run_steps if args.max_steps else None)
+                                left, what = run_ends(tok_step / max(tps, 1e-9), spe - estep, clock)
                                 say(f"step {p.step:,} (epoch {rec['epoch']:.2f}): loss {shown}, lr {lr:.2e}, "
                                     f"{tps:,.0f} tokens/s, {what} ends in {fmt_time(left)}")
                             if due_eval:
