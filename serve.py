@@ -976,15 +976,15 @@ def main(argv=None):
         signalled = True  # "stopped" is said once it has (halt), after the worker's line for the reply it cut short
     finally:
         # SIGTERM's SystemExit (exit_on_sigterm) is in flight: it stops the server as Ctrl-C does, and says so too
-        signalled = signalled or isinstance(sys.exc_info()[1], SystemExit)
+        by_sigterm = isinstance(sys.exc_info()[1], SystemExit)
+        signalled = signalled or by_sigterm
         main_thread = threading.current_thread() is threading.main_thread()
         before = {s: signal.signal(s, leave_at_once) for s in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
         try:
             if not server.halt():  # the worker still inside torch past halt's timeout: Python's exit would abort
                 print("the reply being generated did not stop in time: exiting without waiting for it", file=sys.stderr)
-                # the status of the signal that stopped the server: SIGTERM's SystemExit is in flight, Ctrl-C's
-                # KeyboardInterrupt was handled above
-                leave_at_once(signal.SIGTERM if isinstance(sys.exc_info()[1], SystemExit) else signal.SIGINT, None)
+                # the status of the signal that stopped the server
+                leave_at_once(signal.SIGTERM if by_sigterm else signal.SIGINT, None)
         finally:
             for s, handler in before.items():
                 signal.signal(s, handler)
