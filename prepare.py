@@ -1667,10 +1667,10 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
         # vocabulary of its own, or a short one (the data supported no more merges) would stay short for good
         # a mix's weights decide how often train repeats each source's documents, not the text the vocabulary learns
         # from (train_vocabulary reads each source once): other weights keep it; other sources, or their order, do not
-        learnt, sources = plan, None
+        learnt, parts = plan, None
         if mix:
-            learnt, sources = dict(plan, description="; ".join(p["description"] for p in plan["parts"])), list(mix)
-        vocab_fp = fingerprint(dataset, learnt, f"trained, {vocab_size} ids", None, limit, val_fraction, mix=sources,
+            learnt, parts = dict(plan, description="; ".join(p["description"] for p in plan["parts"])), list(mix)
+        vocab_fp = fingerprint(dataset, learnt, f"trained, {vocab_size} ids", None, limit, val_fraction, mix=parts,
                                version=None)
         # a mix's vocabulary made before that, fingerprinted with the weights: the same weights again keep it (it was
         # trained again, minutes, on the next `prepare.py` of its unchanged command)
