@@ -281,9 +281,9 @@ def run_generate(model, device, dtype, idx, new_tokens, use_cache, seed=0):
 
     Here autocast is entered around each step (gen.py holds one region over the whole generation), so that this loop's
     own code between steps runs outside it. Autocast keeps its bf16 copies of the weights only until the outermost
-    autocast context exits, so a context per step alone would re-cast every weight every token (on CPU a B1 step reads the fp32 weights and
-    writes bf16 ones: ~4x slower for small). An outer *disabled* autocast context keeps the nesting level above
-    zero, so the copies live across steps."""
+    autocast context exits, so a context per step alone would re-cast every weight every token (on CPU a B1 step
+    reads the fp32 weights and writes bf16 ones: ~4x slower for small). An outer *disabled* autocast context keeps the
+    nesting level above zero, so the copies live across steps."""
     g = torch.Generator(device=device).manual_seed(seed)
     steps = model.generate(idx, new_tokens, temperature=0.8, top_k=200, use_cache=use_cache, generator=g)
     n = 0

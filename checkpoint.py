@@ -217,7 +217,7 @@ def find_checkpoints(folder="models"):
     for path in glob.glob(os.path.join(folder, "*.pt")) + glob.glob(os.path.join(folder, "*", "*.pt")):
         with contextlib.suppress(FileNotFoundError):  # removed since the listing (a train.py --overwrite): not there
             found.append((os.path.getmtime(path), path))
-    return [path for _, path in sorted(found, key=lambda found: found[0], reverse=True)]
+    return [path for _, path in sorted(found, key=lambda mtime_path: mtime_path[0], reverse=True)]
 
 
 def available_hint(folder="models"):
