@@ -491,6 +491,15 @@ def remove_stale_tmp(folder, names, quiet_s=600):
                     shutil.rmtree(old)
 
 
+def fcntl_module():
+    """fcntl, or None where the system has none (Windows): imported at each lock, so that a test can hide it."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    return fcntl
+
+
 @contextlib.contextmanager
 def held_lock(path, busy):
     """Held while a command writes the files the lock file path guards: another that asks for it meanwhile gets
@@ -498,10 +507,7 @@ def held_lock(path, busy):
     (Windows) the file is made with O_EXCL and holds the pid, and is taken over once that process is gone (a process
     killed without its finally leaves it). Where the file cannot be made or locked (a read-only folder, which takes no
     writes either, or a network file system without locks): no lock."""
-    try:
-        import fcntl
-    except ImportError:
-        fcntl = None
+    fcntl = fcntl_module()
     while True:
         try:
             if fcntl is None:
@@ -555,9 +561,8 @@ def lock_is_held(path):
     """Whether a held_lock(path) is held now (by another command, which this one must wait for). Asked by taking the
     flock without waiting and letting it go at once: a command taking it in that instant is refused as if one ran.
     Without fcntl: whether the O_EXCL file's process runs."""
-    try:
-        import fcntl
-    except ImportError:
+    fcntl = fcntl_module()
+    if fcntl is None:
         return lock_holder_runs(path)
     try:
         f = open(path, "rb")  # (read alone: no file is made, and one in a read-only folder is read)
