@@ -528,7 +528,7 @@ def held_lock(path, busy):
                 f.write(str(os.getpid()))
             break
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            flock_soon(fcntl, f)
         except BlockingIOError:
             f.close()
             raise UserError(busy) from None
@@ -557,9 +557,23 @@ def held_lock(path, busy):
                 f.close()
 
 
+def flock_soon(fcntl, f, wait_s=0.5):
+    """held_lock's flock, tried again for wait_s before BlockingIOError: lock_is_held asks by taking it for an instant
+    (no portable way asks without), and a command taking it in that instant was refused as if another one ran. One
+    that does run holds it for its whole run; its refusal only comes wait_s later."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+
+
 def lock_is_held(path):
     """Whether a held_lock(path) is held now (by another command, which this one must wait for). Asked by taking the
-    flock without waiting and letting it go at once: a command taking it in that instant is refused as if one ran.
+    flock without waiting and letting it go at once (a command taking it in that instant tries again: flock_soon).
     Without fcntl: whether the O_EXCL file's process runs."""
     fcntl = fcntl_module()
     if fcntl is None:

@@ -9,7 +9,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+import types
 
 import pytest
 import torch
@@ -335,6 +337,36 @@ def test_a_lock_refuses_a_second_holder_and_outlives_no_killed_one(tmp_path, mon
             with common.held_lock(path, busy):
                 pass
     assert os.listdir(tmp_path) == []  # let go, no file left
+
+
+def test_a_lock_is_not_refused_to_a_command_taking_it_as_another_asks_whether_it_is_held(tmp_path, monkeypatch):
+    """lock_is_held (train.py asking whether a prepare.py builds its data) takes the flock for an instant: a prepare.py
+    taking the lock in that instant was refused as "another prepare.py is building" though none ran. The question is
+    held here at that instant (its flock taken), until held_lock's first try has been turned away."""
+    fcntl = pytest.importorskip("fcntl")  # (without it no question takes a lock)
+    path, busy = str(tmp_path / ".x.lock"), "another one is writing x"
+    open(path, "w").close()  # a held_lock's file, as one just made it
+    asked, turned_away = threading.Event(), threading.Event()
+
+    def flock(f, op):
+        try:
+            fcntl.flock(f, op)
+        except BlockingIOError:
+            turned_away.set()  # held_lock's try, while the question holds the flock
+            raise
+        if op & fcntl.LOCK_SH:  # the question has the flock: hold it until held_lock has tried once
+            asked.set()
+            assert turned_away.wait(10)
+
+    monkeypatch.setattr(common, "fcntl_module", lambda: types.SimpleNamespace(
+        flock=flock, LOCK_EX=fcntl.LOCK_EX, LOCK_SH=fcntl.LOCK_SH, LOCK_NB=fcntl.LOCK_NB, LOCK_UN=fcntl.LOCK_UN))
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        held = pool.submit(common.lock_is_held, path)
+        assert asked.wait(10)
+        with common.held_lock(path, busy):  # not refused: nobody held the lock, one only asked
+            assert turned_away.is_set()  # (the moment this test is about came)
+        assert held.result() is False
+    assert os.listdir(tmp_path) == []
 
 
 @pytest.mark.parametrize("name", ["foo", "cuda:abc", "gpu"])
