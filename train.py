@@ -1054,13 +1054,15 @@ class EpochBar(tqdm):
 
 
 def draws_a_bar(stream):
-    """Whether a progress bar on stream is seen: a terminal, one that has a width. A pseudo-terminal nobody sized (`script
-    -qc CMD /dev/null | tee log`) reports 0 columns, at which tqdm drew the bar as nothing, and the log lines a bar
-    stands in for were not written either: such a run gets the plain lines."""
+    """Whether a progress bar on stream is seen: a terminal, one that has a width and a height. A pseudo-terminal nobody
+    sized (`script -qc CMD /dev/null | tee log`) reports 0 columns, at which tqdm drew the bar as nothing, and the log
+    lines a bar stands in for were not written either: such a run gets the plain lines. So does one with columns but 0
+    rows (`stty rows 0`): tqdm takes its last row as rows - 1 and draws no bar below it."""
     if not stream.isatty():
         return False
     try:
-        return os.get_terminal_size(stream.fileno()).columns > 0
+        size = os.get_terminal_size(stream.fileno())
+        return size.columns > 0 and size.lines > 0
     except (OSError, ValueError):  # no size to ask for: tqdm's own fallback width
         return True
 

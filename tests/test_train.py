@@ -2325,16 +2325,18 @@ def test_the_bar_says_when_the_run_ends(env, tmp_path, monkeypatch, capsys):
 
 def test_a_terminal_without_a_width_gets_the_plain_lines(env, tmp_path):
     # a pseudo-terminal nobody sized (`script -qc CMD /dev/null | tee log`) reports 0 columns: tqdm drew the bar as
-    # nothing there, and the log lines a bar stands in for were not written either: the run showed its evaluations alone
+    # nothing there, and the log lines a bar stands in for were not written either: the run showed its evaluations
+    # alone. So with columns but 0 rows (`stty rows 0`): tqdm draws no bar below its last row, the -1st
     fcntl, pty, termios = (pytest.importorskip(m) for m in ("fcntl", "pty", "termios"))  # (not on Windows)
     import struct
 
-    def run(columns):
+    def run(columns, rows=24):
         master, slave = pty.openpty()  # 0 x 0 until someone sets a size
         if columns:
-            fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+            fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
         cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--data_dir", env["data"], "--dataset", "mini",
-               "--output_checkpoint", str(tmp_path / str(columns) / "{dataset}_epoch{epoch}.pt"), "--n_layer", "1",
+               "--output_checkpoint", str(tmp_path / f"{columns}x{rows}" / "{dataset}_epoch{epoch}.pt"),
+               "--n_layer", "1",
                "--n_head", "2", "--n_embd", "32", "--block_size", "64", "--max_steps", "4", "--log_interval", "1",
                "--eval_interval", "0", "--device", "cpu", "--no-color"]
         try:
@@ -2349,8 +2351,9 @@ def test_a_terminal_without_a_width_gets_the_plain_lines(env, tmp_path):
             os.close(master)
         assert proc.returncode == 0, (proc.stdout, bar)
         return proc.stdout, bar.decode(errors="replace")
-    out, bar = run(0)
-    assert re.findall(r"^step (\d) \(epoch", out, re.M) == ["1", "2", "3", "4"], out
+    for columns, rows in ((0, 0), (80, 0)):
+        out, bar = run(columns, rows)
+        assert re.findall(r"^step (\d) \(epoch", out, re.M) == ["1", "2", "3", "4"], (columns, rows, out)
     out, bar = run(100)  # a terminal with a width: the bar, and no lines in its place
     assert "epoch 1/1" in bar and "4/" in bar and "ends in" not in out, (out, bar)
 
