@@ -562,23 +562,14 @@ class Handler(BaseHTTPRequestHandler):
         self.body, self.probed = None, False
         try:
             self.check_framing(method)
-            known = path in self.ROUTES or path.startswith("/v1/models/")
-            if method == "OPTIONS" and known and "Access-Control-Request-Method" in self.headers and self.cors_origin():
+            if self.check_route(method, path):
                 return self.preflight(path)
             if path.startswith("/v1/models/"):
-                if method != "GET":  # (it was "no such endpoint": client.models.delete raised NotFoundError)
-                    raise ApiError(405, f"/v1/models/{{model}} takes GET, not {method}", code="method_not_allowed")
                 name = unquote(path[len("/v1/models/"):])  # clients percent-encode it: "my%20chat"
                 if name != api.name:
                     raise ApiError(404, f"model {name!r} not found; this server serves {api.name!r}",
                                    param="model", code="model_not_found")
                 return self.send_json(200, api.model_card())
-            if path not in self.ROUTES:
-                raise ApiError(404, f"no such endpoint {method} {path}: try POST /v1/chat/completions, "
-                                    "POST /v1/completions, GET /v1/models or the chat page at /", code="not_found")
-            if method not in self.ROUTES[path]:
-                allowed = ", ".join(sorted(self.ROUTES[path]))
-                raise ApiError(405, f"{path} takes {allowed}, not {method}", code="method_not_allowed")
             if path == "/":
                 return self.send_bytes(200, api.page, "text/html; charset=utf-8")
             if path == "/health":
@@ -601,6 +592,25 @@ class Handler(BaseHTTPRequestHandler):
         except ApiError as e:
             self.refuse(e, path)
 
+    def check_route(self, method, path):
+        """Refuses (404, 405) a path this server does not serve, or a method the path does not take: decided by the
+        request's head alone, before its body is read (route, and handle_expect_100). Whether it is a CORS preflight,
+        which route answers."""
+        known = path in self.ROUTES or path.startswith("/v1/models/")
+        if method == "OPTIONS" and known and "Access-Control-Request-Method" in self.headers and self.cors_origin():
+            return True
+        if path.startswith("/v1/models/"):
+            if method != "GET":  # (it was "no such endpoint": client.models.delete raised NotFoundError)
+                raise ApiError(405, f"/v1/models/{{model}} takes GET, not {method}", code="method_not_allowed")
+            return False
+        if path not in self.ROUTES:
+            raise ApiError(404, f"no such endpoint {method} {path}: try POST /v1/chat/completions, "
+                                "POST /v1/completions, GET /v1/models or the chat page at /", code="not_found")
+        if method not in self.ROUTES[path]:
+            allowed = ", ".join(sorted(self.ROUTES[path]))
+            raise ApiError(405, f"{path} takes {allowed}, not {method}", code="method_not_allowed")
+        return False
+
     def refuse(self, e, path):
         """Answer the ApiError e, OpenAI's error body, to the request for path."""
         headers = [("Allow", ", ".join(sorted(self.ROUTES.get(path, ["GET"]))))] if e.status == 405 else []
@@ -615,16 +625,20 @@ class Handler(BaseHTTPRequestHandler):
 
     def handle_expect_100(self):
         """A client that waits for "100 Continue" before it sends its body (curl, for one over 1 MiB: every body it
-        sends over MAX_BODY) is refused a Content-Length over MAX_BODY at once: it was told 100 first, and uploaded all
-        of it before its 413. A body within the limit gets its 100, and is read."""
-        if "Content-Length" in self.headers and "Transfer-Encoding" not in self.headers:  # (chunked: no size to judge)
-            try:
+        sends over MAX_BODY) is refused at once what its request's head decides: a path or method the server refuses
+        (404, 405), a Content-Length over MAX_BODY. It was told 100 first, and uploaded all of its body before the
+        refusal. Another gets its 100, and its body is read."""
+        path = urlsplit(self.path).path
+        try:
+            if hasattr(self, "do_" + self.command):  # (another method gets the standard library's 501, as without Expect)
+                self.check_route("GET" if self.command == "HEAD" else self.command, path)  # (as do_HEAD dispatches)
+            if "Content-Length" in self.headers and "Transfer-Encoding" not in self.headers:  # (chunked: no size to judge)
                 self.declared_length()
-            except ApiError as e:
-                self.body = None
-                with self.server.answering():
-                    self.refuse(e, urlsplit(self.path).path)
-                return False  # the request is done: no do_POST
+        except ApiError as e:
+            self.body = None
+            with self.server.answering():
+                self.refuse(e, path)
+            return False  # the request is done: no do_POST
         return super().handle_expect_100()
 
     def read_body(self):

@@ -480,6 +480,26 @@ def test_a_client_waiting_for_100_continue_is_refused_a_body_over_the_limit_at_o
     assert status == 200 and json.loads(answer)["usage"]["completion_tokens"] == 1, got
 
 
+def test_a_client_waiting_for_100_continue_is_refused_an_unknown_path_or_method_at_once(api):
+    """A body sent with "Expect: 100-continue" to a path the server refuses anyway (a typo, a method the path does not
+    take) was told 100 Continue first: the client uploaded all of its body before it heard the 404 or 405."""
+    for method, path, status, code in (("POST", "/v1/chat/completion", 404, "not_found"),
+                                       ("PUT", "/v1/completions", 405, "method_not_allowed"),
+                                       ("POST", "/health", 405, "method_not_allowed"),
+                                       ("PATCH", "/v1/models/tiny", 405, "method_not_allowed")):
+        with socket.create_connection(api.server_address[:2], timeout=60) as sock:
+            sock.sendall(b"%s %s HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 10\r\n\r\n"
+                         % (method.encode(), path.encode()))
+            got = b""
+            while b"\r\n\r\n" not in got:  # the first answer's head: the refusal, not a 100
+                data = sock.recv(65536)
+                assert data, got
+                got += data
+            assert got.startswith(b"HTTP/1.1 %d " % status), (method, path, got)
+            got += b"".join(iter(lambda: sock.recv(65536), b""))  # up to the server's close, the body never sent
+        assert json.loads(parse_answer(got)[1])["error"]["code"] == code, got
+
+
 def test_context_length_message_reads_right(api, enc):
     # one sentence for one prompt and for several messages (it said "the prompt take 1")
     status, err, _ = post(api, "/v1/completions", {"prompt": "Hi", "max_tokens": BLOCK})
