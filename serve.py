@@ -910,8 +910,10 @@ class ApiServer(ThreadingHTTPServer):
         token (Worker.halt), and the requests under way get their answers (503 or a stream's error event for those cut
         short or never started), for up to ANSWER_WAIT seconds, before the process exits and drops their connections.
         Whether the worker left torch within timeout."""
+        # the worker's halt first, which /health reads: it said ok between the listening socket's close and the halt
+        self.worker.halt(timeout=0)
         self.server_close()
-        self.worker.halt(timeout)
+        self.worker.join(timeout)
         if self.worker.is_alive():
             return False
         with self.answered:

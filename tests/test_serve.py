@@ -750,20 +750,33 @@ def test_requests_under_way_when_the_server_stops_are_answered(enc):
 
 def test_health_says_stopping_once_the_stop_has_begun(enc):
     """A load balancer asks /health (on a keep-alive connection, which outlives the listening socket) to know where to
-    send requests: it said ok while the server was stopping and refusing every request with 503."""
+    send requests: it said ok while the server was stopping and refusing every request with 503, and then still for an
+    instant, between the listening socket's close and the worker's halt."""
     api = start(tiny_model(enc), enc)
-    try:
-        conn = http.client.HTTPConnection(*api.server_address[:2], timeout=60)
+    conns = [http.client.HTTPConnection(*api.server_address[:2], timeout=60) for _ in range(2)]
+
+    def health(conn):
         conn.request("GET", "/health")
         r = conn.getresponse()
-        assert r.status == 200 and json.loads(r.read())["status"] == "ok"
+        return r.status, json.loads(r.read())["status"], r.getheader("Connection")
+
+    during = []
+    server_close = api.server_close
+
+    def closing():  # the listening socket's close: asked at that instant
+        if not during:  # (once: api.close closes it again)
+            during.append(health(conns[1]))
+        server_close()
+
+    try:
+        assert [health(conn)[:2] for conn in conns] == [(200, "ok")] * 2
+        api.server_close = closing
         api.shutdown()  # Ctrl-C's way: serve_forever leaves, then ApiServer.halt
         assert api.halt(timeout=30)
-        conn.request("GET", "/health")
-        r = conn.getresponse()
-        assert (r.status, json.loads(r.read())["status"], r.getheader("Connection")) == (503, "stopping", "close")
-        conn.close()
+        assert during == [health(conns[0])] == [(503, "stopping", "close")]
     finally:
+        for conn in conns:
+            conn.close()
         api.close()
 
 
