@@ -346,6 +346,12 @@ class Worker(threading.Thread):
         with self.lock:
             self.halted.set()
             self.jobs.put(None)  # wakes an idle worker
+            # said at once: a big model's forward pass takes seconds, and a Ctrl-C answered by nothing seemed lost.
+            # (Under the lock, as the worker drops its reply: this line comes before the worker's own for it.)
+            if self.current is not None:
+                with contextlib.suppress(OSError):  # (stderr gone: the stop goes on, as the worker's log does)
+                    self.log("stopping: waiting for the reply being generated to stop at its next token "
+                             "(Ctrl-C again exits at once)")
         self.join(timeout)  # one token's forward pass, as a rule; past the timeout the server exits anyway
 
     def run(self):
@@ -366,7 +372,8 @@ class Worker(threading.Thread):
                 job.events.put(("error", ApiError(500, f"generation failed: {type(e).__name__}: {e}", type="server_error",
                                                   code="internal_error")))
                 finish = "error"
-            self.current = None
+            with self.lock:  # (halt says it waits for this reply, or sees it done)
+                self.current = None
             # recorded before the answer goes: a client (a test) reading recent after its answer finds its job
             self.recent.append(dict(id=job.id, prompt_tokens=len(job.prompt), completion_tokens=tokens, finish_reason=finish,
                                     max_tokens=job.max_tokens, **job.sampling))

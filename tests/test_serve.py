@@ -75,7 +75,8 @@ def la_model(enc, delay=0.0, gate=None):
 
 
 def start(model, enc, name="tiny", **kwargs):
-    api = serve.ApiServer(model, enc, name, port=0, log=lambda line: None, **kwargs)
+    kwargs.setdefault("log", lambda line: None)
+    api = serve.ApiServer(model, enc, name, port=0, **kwargs)
     threading.Thread(target=api.serve_forever, daemon=True).start()
     return api
 
@@ -748,6 +749,37 @@ def test_requests_under_way_when_the_server_stops_are_answered(enc):
             api.close()
 
 
+def test_a_stop_that_waits_for_the_reply_being_generated_says_so_at_once(enc):
+    """Ctrl-C while a big model is inside a forward pass (seconds): the server said nothing until the worker had left
+    torch, and the Ctrl-C seemed lost. It now says at once, in a line before the worker's own for that reply, that it
+    waits for it; a server with no reply under way stops without that line."""
+    lines = []
+    gate = threading.Event()  # the worker stays inside its first forward pass until the test has read the line
+    api = start(la_model(enc, gate=gate), enc, name="la", log=lines.append)
+    try:
+        sock = socket.create_connection(api.server_address[:2], timeout=60)
+        sock.sendall(completion_request(max_tokens=4))
+        wait_for(lambda: api.worker.current is not None, "the reply to start")
+        api.shutdown()  # Ctrl-C's way: serve_forever leaves, then ApiServer.halt
+        halt = threading.Thread(target=api.halt, kwargs=dict(timeout=30))
+        halt.start()
+        wait_for(lambda: lines, "the server to say it stops", limit=10)  # (the gate holds the worker for 60 s)
+        assert api.worker.is_alive() and lines == [
+            "stopping: waiting for the reply being generated to stop at its next token (Ctrl-C again exits at once)"]
+        gate.set()
+        halt.join(60)
+        assert len(lines) == 2 and ", cancelled, " in lines[1], lines
+        sock.close()
+    finally:
+        gate.set()
+        api.close()
+    lines.clear()
+    idle = start(tiny_model(enc), enc, log=lines.append)
+    idle.shutdown()
+    assert idle.halt(timeout=30) and lines == []
+    idle.close()
+
+
 def test_health_says_stopping_once_the_stop_has_begun(enc):
     """A load balancer asks /health (on a keep-alive connection, which outlives the listening socket) to know where to
     send requests: it said ok while the server was stopping and refusing every request with 503, and then still for an
@@ -986,6 +1018,19 @@ def start_a_reply(port):
     return sock
 
 
+def stderr_until(p, text, limit=10):
+    """What process p writes to stderr up to text, read as it comes (communicate reads the rest); fails after limit
+    seconds."""
+    got, deadline = b"", time.monotonic() + limit
+    while text.encode() not in got:
+        left = deadline - time.monotonic()
+        assert left > 0 and select.select([p.stderr], [], [], left)[0], f"no {text!r} in {limit} s: {got}"
+        data = os.read(p.stderr.fileno(), 65536)
+        assert data, got
+        got += data
+    return got.decode()
+
+
 def test_a_worker_that_outlasts_the_wait_exits_with_the_stopping_signals_status(ckpt):
     """SIGTERM (a job scheduler's stop) while the worker stays inside torch past halt's wait: the exit said 130, a
     Ctrl-C's, without a word of the reply left running. (The wait, 30 s, cut to 1 s here.)"""
@@ -1011,7 +1056,8 @@ def test_a_second_signal_while_the_worker_is_inside_torch_exits_at_once(ckpt, ag
     with served(ckpt, prelude=SLOW_FORWARD) as (p, port):
         sock = start_a_reply(port)
         p.send_signal(signal.SIGINT)
-        time.sleep(0.5)  # Ctrl-C seen: the server waits for the worker
+        # Ctrl-C seen: the server says at once that it waits for the worker (it said nothing until the worker left)
+        stderr_until(p, "stopping: waiting for the reply being generated")
         if again == signal.SIGTERM:
             p.send_signal(again)
             p.wait(timeout=60)  # (served sends SIGINT itself, to a process still running)
