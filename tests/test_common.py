@@ -369,6 +369,48 @@ def test_a_lock_is_not_refused_to_a_command_taking_it_as_another_asks_whether_it
     assert os.listdir(tmp_path) == []
 
 
+def test_a_lock_file_made_this_instant_without_its_pid_yet_is_held(tmp_path, monkeypatch):
+    """Without fcntl (Windows) the lock is a file made with O_EXCL, its pid written a moment later: a second command
+    finding it empty in that moment must not take it for a dead holder's (removed and taken, both commands ran). One
+    left empty long ago (its process killed between the two) is taken over."""
+    monkeypatch.setitem(sys.modules, "fcntl", None)
+    path, busy = tmp_path / ".x.lock", "another one is writing x"
+    path.write_text("")  # made, its pid not yet written
+    with pytest.raises(UserError, match=f"^{busy}$"):
+        with common.held_lock(str(path), busy):
+            pass
+    assert path.read_text() == ""  # the first command's file, left to it
+    os.utime(path, (time.time() - 60, time.time() - 60))
+    with common.held_lock(str(path), busy):
+        assert path.read_text() == str(os.getpid())
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_lock_file_removed_as_it_was_opened_is_not_held(tmp_path, monkeypatch):
+    """The holder before removes the lock file as it lets go: a command that opened the file just before that removal
+    and locked it held a lock on a file no longer in the folder, and the next command made a new file and locked that:
+    two holders at once. The removed file is let go and the one in the folder taken."""
+    fcntl = pytest.importorskip("fcntl")
+    path, busy = str(tmp_path / ".x.lock"), "another one is writing x"
+    removed = []
+
+    def flock(f, op):
+        if not removed:  # the holder before lets go between this command's open and its flock
+            removed.append(f.name)
+            os.remove(path)
+        fcntl.flock(f, op)
+
+    monkeypatch.setattr(common, "fcntl_module", lambda: types.SimpleNamespace(
+        flock=flock, LOCK_EX=fcntl.LOCK_EX, LOCK_SH=fcntl.LOCK_SH, LOCK_NB=fcntl.LOCK_NB, LOCK_UN=fcntl.LOCK_UN))
+    with common.held_lock(path, busy):
+        assert removed and os.path.exists(path)
+        assert common.lock_is_held(path)  # the file in the folder is the one held
+        with pytest.raises(UserError, match=f"^{busy}$"):  # a third command is refused
+            with common.held_lock(path, busy):
+                pass
+    assert os.listdir(tmp_path) == []
+
+
 @pytest.mark.parametrize("name", ["foo", "cuda:abc", "gpu"])
 def test_a_device_that_is_no_device_is_named(name):
     with pytest.raises(UserError, match=f"--device {name}: not a device; use auto, cpu, cuda, cuda:N or mps"):
