@@ -2323,6 +2323,28 @@ def test_the_bar_says_when_the_run_ends(env, tmp_path, monkeypatch, capsys):
     assert {what for n, _, what, _ in shown if n} == {"epoch"} and shown[-1][3] == "0s", shown
 
 
+def test_the_bar_of_a_run_past_its_budget_says_no_time_below_zero(env, tmp_path, monkeypatch, capsys):
+    """A step that stalls past the budget (a disk, a swap) ends the run after it: the bar's last drawing, at its close,
+    is past the budget's end, where the budget ends in 0s, not in -2s."""
+    import tqdm.std
+    clock = StepClock(monkeypatch)
+    monkeypatch.setattr(tqdm.std, "time", lambda: clock.now)
+    monkeypatch.setattr(train, "draws_a_bar", lambda stream: True)
+    step, calls = train.train_step, []
+
+    def stalls(*a, **k):  # the fourth step takes 5 s of a 3-s budget
+        out = step(*a, **k)
+        calls.append(1)
+        if len(calls) == 4:
+            clock.advance(5)
+        return out
+    monkeypatch.setattr(train, "train_step", stalls)
+    s = train.train(args_for(env, tmp_path, "--dataset", "story", "--time_budget", 0.05, "--eval_interval", 0,
+                             "--save_interval", 0))
+    assert s["stopped"] == "time budget" and s["steps"] == 4
+    shown = re.findall(r"\| (\d+)/\d+ \[[\d:]+, budget ends in ([^,]+),", capsys.readouterr().err)
+    assert shown and shown[-1] == ("4", "0s"), shown
+
 def test_a_terminal_without_a_width_gets_the_plain_lines(env, tmp_path):
     # a pseudo-terminal nobody sized (`script -qc CMD /dev/null | tee log`) reports 0 columns: tqdm drew the bar as
     # nothing there, and the log lines a bar stands in for were not written either: the run showed its evaluations
