@@ -1610,6 +1610,13 @@ def test_neighbouring_seeds_draw_unrelated_epoch_orders(env, tmp_path, monkeypat
                                   "--device", "cpu", "--no-color", "--eval_interval", "0", "--save_interval", "0"]))
     assert [i for step in seen for i in step] == train.epoch_order(n, 5, 0, scheme=1)[6:12].tolist()
     assert load_checkpoint(first["checkpoint"])["order_scheme"] == 1  # and it stays so
+    # a checkpoint of a later version's scheme: its orders are not these, and its epoch resumed midway in them would
+    # repeat some windows and skip others
+    old = torch.load(first["checkpoint"], weights_only=True)
+    torch.save(dict(old, order_scheme=3), first["checkpoint"])
+    with pytest.raises(UserError, match=r"orders its epochs by a scheme this code does not know \(3\)"):
+        train.train(train.parse_args(["--checkpoint", first["checkpoint"], "--max_steps", "2", "--data_dir", env["data"],
+                                      "--device", "cpu", "--no-color"]))
 
 
 def test_a_run_stopped_and_continued_in_other_batches_trains_on_each_window_once_an_epoch(env, tmp_path, monkeypatch):
