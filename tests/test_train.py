@@ -2004,10 +2004,13 @@ def test_token_files_replaced_after_meta_json_was_read_are_refused(env, tmp_path
     shutil.copytree(os.path.join(env["data"], "mini"), data / "mini")
     meta = train.load_meta(str(data), "mini")
     ids = np.fromfile(data / "mini" / "train.bin", dtype=meta["dtype"])
-    (data / "mini" / "train.bin").write_bytes(np.concatenate([ids, ids]).tobytes())  # the rebuild lands now
-    with pytest.raises(UserError, match=r"^.*/mini/train.bin holds [\d,]+ tokens, not the [\d,]+ its meta.json said a "
-                                        r"moment ago: a prepare.py rebuilt .*/mini as this run started; run this again$"):
-        train.Windows(meta, "train", 64)
+    for rebuilt in (np.concatenate([ids, ids]), ids[: len(ids) // 2]):  # the rebuild lands now: more data, or less
+        (data / "mini" / "train.bin").write_bytes(rebuilt.tobytes())
+        with pytest.raises(UserError, match=rf"^.*/mini/train.bin holds {len(rebuilt):,} tokens, not the {len(ids):,} its "
+                                            r"meta.json said a moment ago: a prepare.py rebuilt .*/mini as this run "
+                                            r"started; run this again$"):
+            train.Windows(meta, "train", 64)
+    (data / "mini" / "train.bin").write_bytes(np.concatenate([ids, ids]).tobytes())
     new = json.loads((data / "mini" / "meta.json").read_text())  # and its meta.json: a run started again reads them
     new["splits"]["train"]["tokens"] *= 2
     (data / "mini" / "meta.json").write_text(json.dumps(new))
