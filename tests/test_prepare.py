@@ -531,15 +531,16 @@ def built_notes(tmp_path, capsys):
     return argv, folder, snapshot(folder)
 
 
-def test_a_full_disk_names_the_dataset_folder_and_keeps_the_old_dataset(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT], ids=["disk full", "quota exceeded"])
+def test_a_full_disk_names_the_dataset_folder_and_keeps_the_old_dataset(tmp_path, capsys, monkeypatch, code):
     # a write() that finds the disk full raises an OSError naming no file: "No space left on device: free some
-    # space or write elsewhere" left the user to guess which disk
+    # space or write elsewhere" left the user to guess which disk (or, past a user's quota, which of its file systems)
     argv, folder, before = built_notes(tmp_path, capsys)
 
     def full(self):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        raise OSError(code, os.strerror(code))
     monkeypatch.setattr(prepare.Split, "sync", full)
-    line = f"error: {os.strerror(errno.ENOSPC)}: {folder}: free some space or write elsewhere\n"
+    line = f"error: {os.strerror(code)}: {folder}: free some space or write elsewhere\n"
     assert run_cli(prepare.main, argv + ["--force"], capsys) == (1, "", line)
     assert snapshot(folder) == before
 
