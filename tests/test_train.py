@@ -2454,6 +2454,22 @@ def test_a_budget_run_without_evaluations_keeps_room_for_its_final_one(env, tmp_
     assert 6 - 1 <= s["elapsed"] <= 6, s["elapsed"]  # the whole run, its final evaluation and saves included
 
 
+def test_a_budget_run_without_evaluations_keeps_room_for_its_final_saves(env, tmp_path, monkeypatch):
+    # the final evaluation is followed by two saves (the best file and the checkpoint), which the stop keeps room for
+    # as the last save took (here the one at half the budget): saves of half a second (a large model, a slow disk) took
+    # a 6-s run up to a second past it
+    clock = StepClock(monkeypatch, step=1 / 8)
+    save = train.save_checkpoint
+
+    def slow_save(*a, **k):
+        save(*a, **k)
+        clock.advance(0.5)
+    monkeypatch.setattr(train, "save_checkpoint", slow_save)
+    s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--time_budget", 0.1, "--eval_interval", 0,
+                             "--save_interval", 50, "--output_checkpoint", str(tmp_path / "{dataset}.pt")))
+    assert s["stopped"] == "time budget" and s["val_loss"] is not None
+    assert 6 - 1 <= s["elapsed"] <= 6, s["elapsed"]  # the whole run, its final saves included
+
 def test_a_budget_runs_lr_decay_ends_before_the_time_kept_for_the_final_evaluation(env, tmp_path, monkeypatch):
     # the lr's cosine spanned the whole budget, while the run stops early enough to fit its final evaluation and saves:
     # with a final evaluation of a quarter of a 6-s budget, the last steps trained at ~20% of the way from --min_lr to
