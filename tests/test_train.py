@@ -296,6 +296,23 @@ def test_a_run_resumed_from_a_save_between_records_logs_the_losses_of_the_run_it
     assert after == {s: everything[s] for s in after}
 
 
+def test_a_reset_epoch_run_logs_its_own_losses_not_those_its_checkpoint_held_since_a_record(env, tmp_path):
+    # a save between two records holds the loss of the steps since the last one, which the run continued from it goes
+    # on from; --reset_epoch starts a new schedule at step 0, whose first record is its own steps' mean alone
+    first = train.train(args_for(env, tmp_path / "one", "--dataset", "mini", "--max_steps", 2, "--eval_interval", 0,
+                                 "--save_interval", 0))
+    ckpt = torch.load(first["checkpoint"], weights_only=True)
+    losses = []
+    for name, since in (("held", [50.0, 5]), ("none", [0.0, 0])):
+        path = str(tmp_path / f"{name}.pt")
+        torch.save(dict(ckpt, loss_since_record=since), path)
+        r = train.train(train.parse_args(["--checkpoint", path, "--reset_epoch", "--max_steps", "2", "--log_interval",
+                                          "1", "--eval_interval", "0", "--save_interval", "0", "--data_dir", env["data"],
+                                          "--output_checkpoint", str(tmp_path / name / "{dataset}.pt"), "--device",
+                                          "cpu", "--no-color"]))
+        losses.append([(m["step"], m["train_loss"]) for m in read_metrics(r["metrics"]) if m["train_loss"] is not None])
+    assert losses[0] == losses[1] and losses[0] and all(loss < 20 for _, loss in losses[0]), losses
+
 def test_continuing_keeps_the_runs_optimizer(env, tmp_path, capsys):
     # a checkpoint from before --optimizer (AdamW's state, no "optimizer" in its args) continues with AdamW, exactly
     common = ["--dataset", "mini", "--epochs", "3", "--eval_interval", "0", "--save_interval", "0"]
