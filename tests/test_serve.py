@@ -456,14 +456,28 @@ def test_a_body_over_the_limit_gets_its_413(api, monkeypatch):
                 sent += len(block)
 
 
-def test_a_client_waiting_for_100_continue_is_refused_a_body_over_the_limit_at_once(api):
+def test_a_client_waiting_for_100_continue_is_refused_a_body_over_the_limit_at_once(api, monkeypatch):
     """curl sends a body over 1 MiB (so every one over the limit) with "Expect: 100-continue" and waits for the 100
     before uploading it: a body over the limit was told 100 Continue, and got its 413 only once all of it was sent. A
-    body within it still gets its 100."""
+    body within it still gets its 100. The connection ends with the answer, for a client that reads up to its end
+    (`Connection: close`), not after the serve.DRAIN_WAIT seconds the server waits for a body still to come, and that
+    wait ends when the client closes its side."""
+    lingered = []
+    linger = serve.Handler.linger
+
+    def timed(self):
+        t0 = time.monotonic()
+        linger(self)
+        lingered.append(time.monotonic() - t0)
+    monkeypatch.setattr(serve.Handler, "linger", timed)
     head = b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nConnection: close\r\n"
+    t0 = time.monotonic()
     with socket.create_connection(api.server_address[:2], timeout=60) as sock:
         sock.sendall(head + b"Content-Length: %d\r\n\r\n" % (serve.MAX_BODY + 1))
         got = b"".join(iter(lambda: sock.recv(65536), b""))  # up to the server's close, after its answer
+    assert time.monotonic() - t0 < serve.DRAIN_WAIT / 2
+    wait_for(lambda: lingered, "the server to let the connection go")
+    assert lingered[0] < serve.DRAIN_WAIT / 2, lingered
     assert got.startswith(b"HTTP/1.1 413 "), got
     assert json.loads(parse_answer(got)[1])["error"]["code"] == "request_too_large"
     body = json.dumps({"prompt": "Hi", "max_tokens": 1}).encode()
