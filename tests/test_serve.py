@@ -794,6 +794,35 @@ def test_a_stop_that_waits_for_the_reply_being_generated_says_so_at_once(enc):
     idle.close()
 
 
+def test_the_stop_waits_for_the_answers_under_way(enc, monkeypatch):
+    """ApiServer.halt returns, and serve.py exits, once the requests under way have their answers: the worker's
+    "shutting down" reached a handler that was still to write it when the process exited, and the client got a dropped
+    connection. A handler slow to write (a busy machine) shows it: its answer has gone when halt returns."""
+    gate, sent = threading.Event(), []
+    send_json = serve.Handler.send_json
+
+    def slow_send(self, status, *a, **k):
+        time.sleep(0.5)
+        send_json(self, status, *a, **k)
+        sent.append(status)
+    monkeypatch.setattr(serve.Handler, "send_json", slow_send)
+    api = start(la_model(enc, gate=gate), enc, name="la")
+    try:
+        sock = socket.create_connection(api.server_address[:2], timeout=60)
+        sock.sendall(completion_request(max_tokens=4))
+        wait_for(lambda: api.worker.current is not None, "the request to start")
+        threading.Thread(target=lambda: (api.worker.halted.wait(60), gate.set())).start()  # once the stop has begun
+        api.shutdown()  # Ctrl-C's way: serve_forever leaves, then ApiServer.halt
+        assert api.halt(timeout=30)
+        assert sent == [503]
+        status, body = parse_answer(b"".join(iter(lambda: sock.recv(65536), b"")))
+        assert status == 503 and json.loads(body)["error"]["code"] == "server_shutting_down"
+        sock.close()
+    finally:
+        gate.set()
+        api.close()
+
+
 def test_health_says_stopping_once_the_stop_has_begun(enc):
     """A load balancer asks /health (on a keep-alive connection, which outlives the listening socket) to know where to
     send requests: it said ok while the server was stopping and refusing every request with 503, and then still for an
