@@ -1765,8 +1765,8 @@ def run_training(args, held):
                                 # evaluation and saves: at the budget's end, a run whose final evaluation took a
                                 # quarter of it stopped with its lr ~25% of the way from --min_lr to --lr
                                 spent = (now - p.schedule_origin) / max(budget - held_back - p.schedule_origin, 1e-9)
-                            lr = lr_at(int(min(spent, 1.0) * 10_000), args.lr, args.min_lr, round(budget_warmup * 10_000),
-                                       10_000)
+                            # (past the decay's end: lr_at's --min_lr)
+                            lr = lr_at(int(spent * 10_000), args.lr, args.min_lr, round(budget_warmup * 10_000), 10_000)
                         else:
                             lr = lr_at(p.step, args.lr, args.min_lr, args.warmup, total_steps)
                         for group in optimizer.param_groups:
