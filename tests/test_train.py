@@ -1615,6 +1615,10 @@ def test_neighbouring_seeds_draw_unrelated_epoch_orders(env, tmp_path, monkeypat
     for seed in range(3):
         assert not np.array_equal(train.epoch_order(n, seed + 1, 0), train.epoch_order(n, seed, 1))
     assert np.array_equal(train.epoch_order(n, 2, 0, scheme=1), train.epoch_order(n, 1, 1, scheme=1))  # (as it was)
+    # a negative --seed (which --seed takes, as torch does) draws its orders too, others than its positive's
+    s = train.train(args_for(env, tmp_path / "negative", "--dataset", "mini", "--seed", -1, "--n_layer", 1,
+                             "--max_steps", 1, "--eval_interval", 0, "--save_interval", 0))
+    assert s["steps"] == 1 and not np.array_equal(train.epoch_order(n, -1, 0), train.epoch_order(n, 1, 0))
     seen = record_windows(monkeypatch)
     first = train.train(args_for(env, tmp_path, "--dataset", "mini", "--batch_size", "3", "--n_layer", "1",
                                  "--eval_interval", "0", "--save_interval", "0", "--max_steps", "2", "--seed", "5"))
