@@ -834,17 +834,15 @@ class Split:
     def drop_documents(self, drop, eot, token_bytes):
         """Remove the documents (each ending with <|endoftext|>) whose index is in the set drop, moving the ones after
         them up in place: runs of kept documents are copied forward, a block at a time."""
-        ids = self.arrays()[0]
-        ends = document_ends(ids, eot).tolist()
+        ends = split_ends(self, eot).tolist()
         runs, dropped_bytes = [], 0  # [start, end) of the kept runs, in tokens
         for i, (a, b) in enumerate(zip([0, *ends], ends)):
             if i in drop:
-                dropped_bytes += int(token_bytes[ids[a:b]].sum())
+                dropped_bytes += int(token_bytes[read_tokens(self, a, b)].sum())
             elif runs and runs[-1][1] == a:
                 runs[-1][1] = b
             else:
                 runs.append([a, b])
-        del ids  # (the memmap, before the files shrink under it)
         for i, f in enumerate(self.files):
             size = self.dtype.itemsize if i == 0 else 1
             at = 0  # never past what is still to be read: the copy only moves data towards the start
@@ -861,15 +859,6 @@ class Split:
         self.documents -= len(drop)
         self.repeats += len(drop)
         self.bytes -= dropped_bytes
-
-    def arrays(self):
-        """What was written so far as read-only memmaps: (ids, mask or None); None when nothing was."""
-        for f in self.files:
-            f.flush()
-        if not self.tokens:
-            return None
-        mask = np.memmap(self.files[1].name, dtype=np.uint8, mode="r") if len(self.files) > 1 else None
-        return np.memmap(self.files[0].name, dtype=self.dtype, mode="r"), mask
 
     def sync(self):
         """Flush the files to disk: the slow part of committing, done while the old dataset is still whole."""
@@ -1008,16 +997,46 @@ def document_ends(ids, eot, chunk=1 << 24):
     return ends.astype(np.int64)
 
 
-def split_documents(split, eot):
-    """(ids, mask or None) of each document written to a Split, in order."""
-    arrays = split.arrays()
-    if arrays is None:
-        return
-    ids, mask = arrays
-    start = 0
-    for end in document_ends(ids, eot).tolist():
-        yield ids[start:end], None if mask is None else mask[start:end]
-        start = end
+def read_tokens(split, start, stop, mask=False):
+    """Tokens [start, stop) of a Split's file (mask: of its mask file), read with one pread. Not from a memmap of the
+    file: every page a memmap has read stays counted in the process's memory while it is open, and packing a 300 MB
+    chat set showed its whole unpacked file, 180 MB, held (RssFile): 30 GB for a 10B-token set."""
+    dtype = np.dtype(np.uint8 if mask else split.dtype)
+    f = split.files[1 if mask else 0]
+    f.flush()
+    return np.frombuffer(os.pread(f.fileno(), (stop - start) * dtype.itemsize, start * dtype.itemsize), dtype)
+
+
+def split_ends(split, eot, chunk=1 << 22):
+    """document_ends of what was written to a Split, read chunk tokens at a time (read_tokens: no memmap)."""
+    ends = [np.flatnonzero(read_tokens(split, a, min(a + chunk, split.tokens)) == eot) + (a + 1)
+            for a in range(0, split.tokens, chunk)]
+    ends = np.concatenate(ends) if ends else np.zeros(0, np.int64)
+    if split.tokens and (not len(ends) or ends[-1] != split.tokens):
+        ends = np.append(ends, split.tokens)
+    return ends.astype(np.int64)
+
+
+def split_documents(split, eot, chunk=1 << 22):
+    """(ids, mask or None) of each document written to a Split, in order, read chunk tokens at a time (read_tokens:
+    no memmap). Each its own array, no view of a chunk: the packer holds documents back, and a short one it held
+    long would have kept its whole chunk in memory."""
+    masked = len(split.files) > 1
+    ids, mask, at = np.zeros(0, split.dtype), np.zeros(0, np.uint8), 0  # at: tokens read; ids, mask: not yet yielded
+    while at < split.tokens:
+        stop = min(at + chunk, split.tokens)
+        ids = np.concatenate([ids, read_tokens(split, at, stop)])
+        if masked:
+            mask = np.concatenate([mask, read_tokens(split, at, stop, mask=True)])
+        at = stop
+        ends = np.flatnonzero(ids == eot) + 1
+        if at == split.tokens and (not len(ends) or ends[-1] != len(ids)):  # text after the last <|endoftext|>
+            ends = np.append(ends, len(ids))
+        start = 0
+        for end in ends.tolist():  # (a chunk's documents)
+            yield ids[start:end].copy(), mask[start:end].copy() if masked else None
+            start = end
+        ids, mask = ids[start:], mask[start:]
 
 
 def mix_choice(doc_tokens, weights, seed=MIX_SEED):
@@ -1760,8 +1779,7 @@ def mix_splits(folder, plan, enc, splits, scratch, limit, val_fraction, block, p
             raise UserError(f"--mix: {part['dataset']} has no training documents left (--limit {limit}?)")
         raws.append(raw)
     eot = enc.eot_token
-    arrays = [raw["train"].arrays() for raw in raws]
-    ends = [document_ends(ids, eot) for ids, _ in arrays]
+    ends = [split_ends(raw["train"], eot) for raw in raws]
     starts = [np.concatenate([[0], e[:-1]]) for e in ends]
     picks = mix_choice([e - s for s, e in zip(starts, ends)], [part["weight"] for part in plan["parts"]])
     for part, p in zip(plan["parts"], picks):
@@ -1773,8 +1791,11 @@ def mix_splits(folder, plan, enc, splits, scratch, limit, val_fraction, block, p
     doc = np.concatenate(picks)
     order = np.random.default_rng(MIX_SEED).permutation(len(doc))
     splits["train"] = Split(folder, "train", raws[0]["train"].dtype, True)
-    pack_split(splits["train"], ((arrays[i][0][starts[i][d]:ends[i][d]], arrays[i][1][starts[i][d]:ends[i][d]])
-                                 for i, d in zip(source[order].tolist(), doc[order].tolist())), block, enc)
+    # a document at a time (read_tokens: the order jumps all over the files, and a memmap of them kept every page read)
+    trains = [raw["train"] for raw in raws]
+    pack_split(splits["train"], ((read_tokens(trains[i], starts[i][d], ends[i][d]),
+                                  read_tokens(trains[i], starts[i][d], ends[i][d], mask=True))
+                                 for i, d in zip(source[order], doc[order])), block, enc)
     # validation: every dataset's own validation documents, once each, so the val loss is over distinct text
     splits["val"] = Split(folder, "val", raws[0]["val"].dtype, True)
     pack_split(splits["val"], itertools.chain.from_iterable(split_documents(raw["val"], eot) for raw in raws), block, enc)

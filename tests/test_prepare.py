@@ -1196,6 +1196,33 @@ def test_packing_keeps_conversations_inside_blocks(tmp_path, enc):
     assert crossing == 1  # conversation 7's long reply
 
 
+def test_packing_reads_the_unpacked_tokens_in_chunks_not_through_a_memmap(tmp_path, enc, monkeypatch):
+    # every page a memmap has read stays counted in the process's memory: packing a 300 MB chat set held its whole
+    # unpacked file (180 MB), and a 10B-token set would show 30 GB
+    eot = enc.eot_token
+    docs = [[5, 6, eot], [7] * 9 + [eot], [eot], [8, 9, 10, 11, eot], [12, 13]]  # one longer than a chunk; text at the end
+    split = prepare.Split(str(tmp_path), "train", np.uint16, True)
+    for d in docs:
+        split.write(np.array(d, np.uint16), (np.array(d) % 2).astype(np.uint8), 1, 0)
+
+    def no_memmap(*a, **k):
+        raise AssertionError("np.memmap of a split's file")
+    monkeypatch.setattr(np, "memmap", no_memmap)
+    got = list(prepare.split_documents(split, eot, chunk=4))
+    assert [ids.tolist() for ids, _ in got] == docs
+    assert [m.tolist() for _, m in got] == [[t % 2 for t in d] for d in docs]
+    # each its own array: a document the packer holds back must not keep its whole chunk in memory
+    assert all(ids.base is None and m.base is None for ids, m in got)
+    assert prepare.split_ends(split, eot, chunk=4).tolist() == np.cumsum([len(d) for d in docs]).tolist()
+    split.discard()
+    # and a packed chat set, its repeats left out of val, prepared end to end without one
+    convs = packing_conversations()
+    convs[-1] = convs[0]  # in train and in val: dropped from val
+    src = write(tmp_path / "c.jsonl", "\n".join(json.dumps({"messages": c}) for c in convs))
+    meta = prepare.prepare("chat", source=src, out_dir=str(tmp_path / "data"), pack=64, val_fraction=0.2)
+    assert meta["splits"]["val"]["documents"] == 7 and meta["pack"] == 64
+
+
 def test_pack_option(tmp_path, capsys, monkeypatch):
     src = write(tmp_path / "c.jsonl", "\n".join(json.dumps({"messages": c}) for c in packing_conversations()))
     out, folder = str(tmp_path / "data"), str(tmp_path / "data" / "chat")
