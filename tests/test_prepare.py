@@ -1223,6 +1223,23 @@ def test_packing_reads_the_unpacked_tokens_in_chunks_not_through_a_memmap(tmp_pa
     assert meta["splits"]["val"]["documents"] == 7 and meta["pack"] == 64
 
 
+def test_the_val_cut_finds_the_last_documents_reading_backwards(tmp_path, enc):
+    # the cut held every document end of a source in memory (8 bytes a document, as many as the corpus has); it reads
+    # the tail of the stream instead, a chunk at a time, whatever the chunk boundaries
+    eot = enc.eot_token
+    split = prepare.Split(str(tmp_path), "train", np.uint16, False)
+    split.write(np.array([1, 2, eot], np.uint16), None, 1, 0)  # an earlier stream's
+    start, docs = split.tokens, [[5, 6, eot], [7] * 9 + [eot], [eot], [8, 9, 10, 11, eot]]
+    for d in docs:
+        split.write(np.array(d, np.uint16), None, 1, 0)
+    ends = (start + np.cumsum([len(d) for d in docs])).tolist()
+    for chunk in (1, 3, 4, 100):
+        for k in range(1, len(docs) + 1):
+            want = ends[len(docs) - k - 1] if k < len(docs) else start
+            assert prepare.last_documents_start(split, start, k, eot, chunk=chunk) == want, (chunk, k)
+    split.discard()
+
+
 def test_pack_option(tmp_path, capsys, monkeypatch):
     src = write(tmp_path / "c.jsonl", "\n".join(json.dumps({"messages": c}) for c in packing_conversations()))
     out, folder = str(tmp_path / "data"), str(tmp_path / "data" / "chat")
