@@ -1285,6 +1285,19 @@ def seen_in_train(docs, seen, role, val):
         yield doc
 
 
+def keys_in(keys, among, chunk=1 << 20):
+    """Which of keys (int64) are among the keys `among` (int64, one per train document: many more): keys sorted, among
+    looked up in them a chunk at a time. np.isin sorted the two together, a copy of train's keys and its argsort at
+    the end of the run, about 35 bytes a train document (500 MB for 15M documents)."""
+    ordered = np.unique(keys)
+    found = np.zeros(len(ordered), bool)
+    for a in range(0, len(among) if len(ordered) else 0, chunk):
+        part = among[a:a + chunk]
+        at = np.minimum(np.searchsorted(ordered, part), len(ordered) - 1)
+        found[at[ordered[at] == part]] = True
+    return found[np.searchsorted(ordered, keys)] if len(ordered) else np.zeros(0, bool)
+
+
 def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, scratch="", pack=None):
     """Tokenize every stream into temporary train/val files (added to splits as soon as they exist, so the
     caller can remove them on failure; scratch tells apart the temporary files of several such calls);
@@ -1377,8 +1390,8 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
             train_keys.extend(keys)
     candidates = [i for i, key in enumerate(val_keys) if key is not None]
     drop = set()
-    if train_keys and candidates:  # (train's keys stay an array: np.isin sorts it, no set of millions of ints)
-        hits = np.isin(np.array([val_keys[i] for i in candidates], np.int64), np.frombuffer(train_keys, np.int64))
+    if train_keys and candidates:  # (train's keys stay an array, no set of millions of ints)
+        hits = keys_in(np.array([val_keys[i] for i in candidates], np.int64), np.frombuffer(train_keys, np.int64))
         drop = {i for i, hit in zip(candidates, hits.tolist()) if hit}
     if drop and len(drop) == len(val_keys):  # val keeps them: train.py needs a val split, and nothing else is left
         print(f"warning: {label_of(streams)}: every document of the val split is also in train (the text repeats "

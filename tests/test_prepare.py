@@ -1240,6 +1240,21 @@ def test_the_val_cut_finds_the_last_documents_reading_backwards(tmp_path, enc):
     split.discard()
 
 
+def test_val_repeats_are_looked_up_in_trains_keys_a_chunk_at_a_time(monkeypatch):
+    # np.isin sorted all of train's document keys together with val's: a copy and an argsort of an array of a key per
+    # train document, at the end of a big run
+    rng = np.random.default_rng(0)
+    train = rng.integers(-2**63, 2**63 - 1, 1000, dtype=np.int64)
+    val = np.concatenate([train[[3, 999, 500, 3]], rng.integers(-2**63, 2**63 - 1, 50, dtype=np.int64)])
+    rng.shuffle(val)
+    looked_up, searchsorted = [], np.searchsorted
+    monkeypatch.setattr(np, "isin", None)
+    monkeypatch.setattr(np, "searchsorted", lambda a, v, *x, **k: looked_up.append(len(v)) or searchsorted(a, v, *x, **k))
+    assert prepare.keys_in(val, train, chunk=64).tolist() == [x in set(train.tolist()) for x in val.tolist()]
+    assert max(looked_up) <= 64
+    assert prepare.keys_in(np.zeros(0, np.int64), train).tolist() == []
+
+
 def test_pack_option(tmp_path, capsys, monkeypatch):
     src = write(tmp_path / "c.jsonl", "\n".join(json.dumps({"messages": c}) for c in packing_conversations()))
     out, folder = str(tmp_path / "data"), str(tmp_path / "data" / "chat")
