@@ -403,6 +403,10 @@ class Windows:
                     fix = f"use a smaller --block_size, or a larger val split: `{prepare_with(meta, val_fraction=share)}`"
             raise UserError(f"{path} has {n_tokens} tokens, fewer than one window of --block_size {T} + 1: {fix}")
         self.tokens = np.memmap(path, dtype=meta["dtype"], mode="r")  # (n_tokens,)
+        # windows are read from these with pread, not sliced from the memmaps: every page a memmap has read stays in the
+        # process's RSS while it is open, and an epoch's random windows read all of them (an eighth of an epoch of 1.65M
+        # windows showed the whole 660 MB train.bin held; a 10B-token set's 20 GB would be)
+        self.files = [open(path, "rb")]
         # the file read, not one load_meta's size check saw: a prepare.py rebuilding the folder as this run started (its
         # renames between the two) gave a run new token files under the old meta.json, and the tokenizer it names
         expected = meta.get("splits", {}).get(split, {}).get("tokens")
@@ -414,6 +418,7 @@ class Windows:
         if meta.get("has_mask"):
             mask_path = os.path.join(folder, f"{split}_mask.bin")
             self.mask = np.memmap(mask_path, dtype=np.uint8, mode="r")  # (n_tokens,) 1 where the loss counts
+            self.files.append(open(mask_path, "rb"))
             if len(self.mask) != n_tokens:
                 raise UserError(f"{mask_path} has {len(self.mask)} entries for {n_tokens} tokens: "
                                 f"run `{rebuild_command(meta, folder)}` again")
@@ -421,11 +426,16 @@ class Windows:
     def __len__(self):
         return self.n
 
+    def read(self, start, n, mask=False):
+        """Tokens [start, start + n) (mask: their loss mask) with one pread (see self.files)."""
+        dtype = np.dtype(np.uint8) if mask else self.tokens.dtype
+        return np.frombuffer(os.pread(self.files[mask].fileno(), n * dtype.itemsize, int(start) * dtype.itemsize), dtype)
+
     def get(self, idx):
         """Windows idx (n,) -> x, y (n, T) int64 and the loss mask of each target m (n, T) uint8 or None, numpy."""
         T = self.block_size
         starts = np.asarray(idx, dtype=np.int64) * T
-        rows = np.stack([self.tokens[s:s + T + 1] for s in starts]).astype(np.int64)  # (n, T+1)
+        rows = np.stack([self.read(s, T + 1) for s in starts]).astype(np.int64)  # (n, T+1)
         # an id past the vocabulary (a damaged file: the sizes check cannot see it) would be an IndexError in the
         # embedding, or, among the padding rows, a silent loss on a token that does not exist
         # (under torchrun the rank reading that window alone meets it: said by that rank, not only by local rank 0,
@@ -436,7 +446,7 @@ class Windows:
                             f"again", every_rank=True)
         m = None
         if self.mask is not None:
-            m = np.stack([self.mask[s + 1:s + T + 1] for s in starts])  # (n, T): mask of y, i.e. token t+1
+            m = np.stack([self.read(s + 1, T, mask=True) for s in starts])  # (n, T): mask of y, i.e. token t+1
         # contiguous: views of rows would have a row stride of T+1 and padded batches T, and torch.compile's guards
         # on strides would recompile the model for each (8-30 s on a small CPU, at every epoch's end)
         return np.ascontiguousarray(rows[:, :-1]), np.ascontiguousarray(rows[:, 1:]), m
@@ -446,7 +456,7 @@ class Windows:
         if self.mask is None:
             return len(idx) * self.block_size
         T = self.block_size
-        return sum(int(np.count_nonzero(self.mask[s + 1:s + T + 1])) for s in np.asarray(idx, dtype=np.int64) * T)
+        return sum(int(np.count_nonzero(self.read(s + 1, T, mask=True))) for s in np.asarray(idx, dtype=np.int64) * T)
 
     def micro_batches(self, idx, batch_size, pin=False, count=None):
         """Yield (x, y, m, idx) CPU tensors of exactly batch_size rows for consecutive chunks of idx; a short last
