@@ -372,7 +372,7 @@ def load_meta(data_dir, dataset, tokenizer=None):
 
 class Windows:
     """One split as non-overlapping windows of block_size+1 tokens at stride block_size, read lazily from the
-    memmap (never loaded whole). Window i covers tokens [i*T, i*T + T + 1)."""
+    file, a window at a time (never loaded whole). Window i covers tokens [i*T, i*T + T + 1)."""
 
     @staticmethod
     def count(n_tokens, block_size):
