@@ -411,6 +411,22 @@ def test_a_lock_file_removed_as_it_was_opened_is_not_held(tmp_path, monkeypatch)
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("has_pread", [True, False])
+def test_read_at_reads_a_file_being_written_and_leaves_it_where_it_was(tmp_path, monkeypatch, has_pread):
+    """prepare.py reads back what it wrote to a token file (the val cut, packing) and goes on writing it; train.py's
+    loader reads from a thread. Windows has no os.pread: there a seek stands in, and the writing must go on at the end,
+    not over the bytes just read."""
+    if not has_pread:
+        monkeypatch.delattr(os, "pread", raising=False)
+    with open(tmp_path / "t.bin", "w+b") as f:
+        f.write(bytes(range(10)))
+        f.flush()
+        assert common.read_at(f, 8, 5) == bytes([8, 9])  # (fewer at its end)
+        assert common.read_at(f, 3, 4) == bytes([3, 4, 5, 6])
+        f.write(bytes([10, 11]))
+    assert (tmp_path / "t.bin").read_bytes() == bytes(range(12))
+
+
 @pytest.mark.parametrize("name", ["foo", "cuda:abc", "gpu"])
 def test_a_device_that_is_no_device_is_named(name):
     with pytest.raises(UserError, match=f"--device {name}: not a device; use auto, cpu, cuda, cuda:N or mps"):

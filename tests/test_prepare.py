@@ -1196,6 +1196,24 @@ def test_packing_keeps_conversations_inside_blocks(tmp_path, enc):
     assert crossing == 1  # conversation 7's long reply
 
 
+def test_a_system_without_pread_prepares_the_same_files(tmp_path, monkeypatch):
+    """Packing, the val cut and the val dedup read back the token files being written (common.read_at): on Windows,
+    which has no os.pread, by a seek that must not move where the writing goes on."""
+    convs = packing_conversations()
+    convs[-1] = convs[0]  # in train and in val: dropped from val
+    # two sources: the second is written after the first's val cut read the file back
+    src = [write(tmp_path / f"c{i}.jsonl", "\n".join(json.dumps({"messages": c}) for c in convs[i::2])) for i in (0, 1)]
+    built = {}
+    for has_pread in (True, False):
+        if not has_pread:
+            monkeypatch.delattr(os, "pread", raising=False)
+        out = tmp_path / str(has_pread)
+        prepare.prepare("chat", source=src, out_dir=str(out), pack=64, val_fraction=0.2)
+        built[has_pread] = {f: (out / "chat" / f).read_bytes() for f in sorted(os.listdir(out / "chat"))
+                            if f.endswith(".bin")}
+    assert built[True] and built[False] == built[True]
+
+
 def test_packing_reads_the_unpacked_tokens_in_chunks_not_through_a_memmap(tmp_path, enc, monkeypatch):
     # every page a memmap has read stays counted in the process's memory: packing a 300 MB chat set held its whole
     # unpacked file (180 MB), and a 10B-token set would show 30 GB
