@@ -25,9 +25,11 @@ common.quiet_ctrl_c(__name__)
 
 import argparse
 import contextlib
+import importlib
 import json
 import os
 import random
+import re
 import sys
 import time
 
@@ -275,6 +277,14 @@ def read_lines(prompt, tty, quit_hint="Ctrl-D or /exit quits"):
     # the prompt goes where the user looks: with stdout redirected (gen.py --interactive > out.txt) input() wrote it
     # into the file, a "> " before every continuation there, and none on the terminal
     screen = sys.stdout if sys.stdout.isatty() else sys.stderr
+    if tty and screen is sys.stdout:  # (input() edits with readline only when both are a terminal)
+        # line editing (arrow keys, Ctrl-A/E) and the session's earlier lines on the up arrow, as Python's own prompt
+        # has: without readline, input() took an arrow key's escape sequence into the message ("ab^[[DX")
+        with contextlib.suppress(ImportError):  # (Windows' Python has none: its console edits the line itself)
+            importlib.import_module("readline")  # imported, it serves input()
+            # readline counts the prompt's width without the bold's escape codes only when they are marked \001..\002:
+            # unmarked, a line edited past the terminal's width was redrawn a few columns off
+            prompt = re.sub("(\033\\[[0-9;]*m)", "\001\\1\002", prompt)
     while True:
         try:
             if tty and screen is sys.stderr:

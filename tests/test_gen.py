@@ -801,3 +801,42 @@ def test_a_terminal_session_with_stdout_on_the_terminal_gives_input_its_prompt(c
     monkeypatch.setattr(sys, "stdout", Terminal())
     code, _, err = cli([ckpt, "--interactive", "--max_tokens", "2", "--seed", "0", "--no_delay"] + CPU, capsys)
     assert code == 0 and asked == ["\033[1m> \033[0m"] * 2 and "> " not in err, (asked, err)
+
+
+def test_lines_typed_at_a_terminal_can_be_edited_and_recalled():
+    """gen.py --chat and --interactive read the user's lines with input(), which edits a line only once readline is
+    imported: an arrow key's escape sequence went into the message ("ab^[[DX"), and no earlier line came back on the
+    up arrow. Typed into a pseudo-terminal: a, b, left, X, Enter; then up, Enter."""
+    pty = pytest.importorskip("pty")
+    pytest.importorskip("readline")  # (where Python has none, as on Windows, the console edits lines itself)
+    import select
+    import time
+    master, slave = pty.openpty()
+    code = (f"import sys; sys.path.insert(0, {ROOT!r}); import gen\n"
+            "for line in gen.read_lines('\\033[1m> \\033[0m', True): print(repr(line), flush=True)")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=slave, stdout=slave, stderr=slave)
+    os.close(slave)
+    out = b""
+
+    def until(token, count=1):
+        nonlocal out
+        end = time.time() + 30
+        while out.count(token) < count and time.time() < end:
+            if select.select([master], [], [], 0.2)[0]:
+                try:
+                    out += os.read(master, 4096)
+                except OSError:  # the child has gone
+                    break
+        assert out.count(token) >= count, out
+
+    try:
+        until(b"> ")
+        os.write(master, b"ab\x1b[DX\r")
+        until(b"'aXb'")
+        os.write(master, b"\x1b[A\r")  # the line before, again
+        until(b"'aXb'", count=2)
+        os.write(master, b"\x04")  # Ctrl-D
+        assert proc.wait(30) == 0
+    finally:
+        proc.kill()
+        os.close(master)
