@@ -539,9 +539,9 @@ class Handler(BaseHTTPRequestHandler):
                 return False
         return super().parse_request()
 
-    def check_framing(self, method):
+    def check_framing(self):
         """RFC 9112's refusals of a request that a proxy in front could read otherwise: the connection closes behind
-        each, since where its body ends is not known. A body sent with a GET is read, so the next request starts right."""
+        each, since where its body ends is not known. Decided by the request's head alone (route, handle_expect_100)."""
         h = self.headers
         # a header line with no colon, or a space before it: the standard library then drops every header after it,
         # Content-Length included
@@ -556,8 +556,6 @@ class Handler(BaseHTTPRequestHandler):
         if why:
             self.close_connection = True
             raise ApiError(400, why, code="invalid_request")
-        if method != "POST" and ("Content-Length" in h or "Transfer-Encoding" in h):
-            self.read_body()
 
     def dispatch(self, method):
         with self.server.answering():  # a stopping server waits for the answers under way (ApiServer.halt)
@@ -568,7 +566,9 @@ class Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         self.body, self.probed = None, False
         try:
-            self.check_framing(method)
+            self.check_framing()
+            if method != "POST" and ("Content-Length" in self.headers or "Transfer-Encoding" in self.headers):
+                self.read_body()  # a body sent with a GET is read, so the next request starts right
             if self.check_route(method, path):
                 return self.preflight(path)
             if path.startswith("/v1/models/"):
@@ -632,11 +632,14 @@ class Handler(BaseHTTPRequestHandler):
 
     def handle_expect_100(self):
         """A client that waits for "100 Continue" before it sends its body (curl, for one over 1 MiB: every body it
-        sends over MAX_BODY) is refused at once what its request's head decides: a path or method the server refuses
-        (404, 405), a Content-Length over MAX_BODY. It was told 100 first, and uploaded all of its body before the
+        sends over MAX_BODY) is refused at once what its request's head decides: a framing it refuses (400), a path or
+        method it refuses (404, 405), a Content-Length over MAX_BODY. It was told 100 first, and uploaded all of its body before the
         refusal. Another gets its 100, and its body is read."""
         path = urlsplit(self.path).path
         try:
+            # its framing first, as route decides: a 404 or 405 for a request whose body's end is unclear (two
+            # Content-Lengths, a malformed header line that hid one) kept the connection, and took the rest for a request
+            self.check_framing()
             if hasattr(self, "do_" + self.command):  # (another method gets the standard library's 501, as without Expect)
                 self.check_route("GET" if self.command == "HEAD" else self.command, path)  # (as do_HEAD dispatches)
             if "Content-Length" in self.headers and "Transfer-Encoding" not in self.headers:  # (chunked: no size to judge)

@@ -513,6 +513,21 @@ def test_a_client_waiting_for_100_continue_is_refused_an_unknown_path_or_method_
             assert got.startswith(b"HTTP/1.1 %d " % status), (method, path, got)
             got += b"".join(iter(lambda: sock.recv(65536), b""))  # up to the server's close, the body never sent
         assert json.loads(parse_answer(got)[1])["error"]["code"] == code, got
+    # and a request whose body's end is unclear is refused that first (400), as without the Expect, and its connection
+    # closes: its 404 kept it, and what followed on it was answered as a request
+    for framing in (b"Content-Length: 0\r\nContent-Length: 5\r\n", b"Bad Header\r\nContent-Length: 5\r\n"):
+        with socket.create_connection(api.server_address[:2], timeout=60) as sock:
+            sock.sendall(b"POST /v1/chat/completion HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n" + framing + b"\r\n")
+            got = b""
+            while b"\r\n\r\n" not in got:
+                data = sock.recv(65536)
+                assert data, got
+                got += data
+            with contextlib.suppress(OSError):  # (a server that closed already may reset it)
+                sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+                got += b"".join(iter(lambda: sock.recv(65536), b""))
+        assert got.startswith(b"HTTP/1.1 400 ") and b"Connection: close" in got.split(b"\r\n\r\n")[0], got
+        assert got.count(b"HTTP/1.1 ") == 1 and b"header" in got, got
 
 
 def test_context_length_message_reads_right(api, enc):
