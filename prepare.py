@@ -987,13 +987,15 @@ class Packer:
         self.flush()
 
 
-def document_ends(ids, eot, chunk=1 << 24):
+def document_ends(ids, eot, chunk=1 << 24, read=None):
     """Offsets just past each <|endoftext|> of a token array, and its end if text follows the last one;
-    read in chunks, so a big memmap is never compared whole."""
-    ends = [np.flatnonzero(ids[i:i + chunk] == eot) + (i + 1) for i in range(0, len(ids), chunk)]
+    read in chunks, so a big memmap is never compared whole. With read (split_ends), ids is only the number of tokens,
+    and read(a, b) gives tokens [a, b)."""
+    n, read = (ids, read) if read else (len(ids), lambda a, b: ids[a:b])
+    ends = [np.flatnonzero(read(i, min(i + chunk, n)) == eot) + (i + 1) for i in range(0, n, chunk)]
     ends = np.concatenate(ends) if ends else np.zeros(0, np.int64)
-    if len(ids) and (not len(ends) or ends[-1] != len(ids)):
-        ends = np.append(ends, len(ids))
+    if n and (not len(ends) or ends[-1] != n):
+        ends = np.append(ends, n)
     return ends.astype(np.int64)
 
 
@@ -1009,12 +1011,7 @@ def read_tokens(split, start, stop, mask=False):
 
 def split_ends(split, eot, chunk=1 << 22):
     """document_ends of what was written to a Split, read chunk tokens at a time (read_tokens: no memmap)."""
-    ends = [np.flatnonzero(read_tokens(split, a, min(a + chunk, split.tokens)) == eot) + (a + 1)
-            for a in range(0, split.tokens, chunk)]
-    ends = np.concatenate(ends) if ends else np.zeros(0, np.int64)
-    if split.tokens and (not len(ends) or ends[-1] != split.tokens):
-        ends = np.append(ends, split.tokens)
-    return ends.astype(np.int64)
+    return document_ends(split.tokens, eot, chunk, read=functools.partial(read_tokens, split))
 
 
 def last_documents_start(split, start, k, eot, chunk=1 << 22):
