@@ -633,8 +633,8 @@ class Handler(BaseHTTPRequestHandler):
     def handle_expect_100(self):
         """A client that waits for "100 Continue" before it sends its body (curl, for one over 1 MiB: every body it
         sends over MAX_BODY) is refused at once what its request's head decides: a framing it refuses (400), a path or
-        method it refuses (404, 405), a Content-Length over MAX_BODY. It was told 100 first, and uploaded all of its body before the
-        refusal. Another gets its 100, and its body is read."""
+        method it refuses (404, 405), a Content-Length over MAX_BODY. It was told 100 first, and uploaded all of its
+        body before the refusal. Another gets its 100, and its body is read."""
         path = urlsplit(self.path).path
         try:
             # its framing first, as route decides: a 404 or 405 for a request whose body's end is unclear (two
