@@ -452,6 +452,14 @@ def read_at(f, offset, n):
             f.seek(at)
 
 
+def read_items(f, start, n, dtype):
+    """Items [start, start + n) of a file of numpy dtype items (a token file's tokens, a mask file's flags) open as f,
+    as an array, by read_at (no memmap). numpy imported here: scripts that never read token files keep without it."""
+    import numpy as np
+    dtype = np.dtype(dtype)
+    return np.frombuffer(read_at(f, int(start) * dtype.itemsize, int(n) * dtype.itemsize), dtype)
+
+
 def tmp_name(path):
     """Temporary sibling of path; ends in .tmp so no reader mistakes it for the real file."""
     return f"{path}.{os.getpid()}.tmp"

@@ -69,7 +69,7 @@ import numpy as np
 from tqdm import tqdm
 
 from common import (UserError, atomic_write_text, check_output, expand_pattern, first_line, fsync_replace, held_lock,
-                    holds_nul, nonempty, not_utf8, parts_text, prepare_lock, read_at, read_meta, remove_stale_tmp,
+                    holds_nul, nonempty, not_utf8, parts_text, prepare_lock, read_items, read_meta, remove_stale_tmp,
                     run_main, tmp_name, without_surrogates)
 from setup_tokenizer import (EOT, IM_END, IM_START, get_tokenizer, read_text_chunks, tokenizer_hash, train_bpe,
                              trained_on, warn_short_vocabulary)
@@ -1000,13 +1000,12 @@ def document_ends(ids, eot, chunk=1 << 24, read=None):
 
 
 def read_tokens(split, start, stop, mask=False):
-    """Tokens [start, stop) of a Split's file (mask: of its mask file), read with read_at, not from a memmap of the
+    """Tokens [start, stop) of a Split's file (mask: of its mask file), read with read_items, not from a memmap of the
     file, whose pages read stay counted in the process's memory: packing a 300 MB chat set showed its whole unpacked
     file, 180 MB, held (RssFile), 30 GB for a 10B-token set."""
-    dtype = np.dtype(np.uint8 if mask else split.dtype)
     f = split.files[1 if mask else 0]
     f.flush()
-    return np.frombuffer(read_at(f, int(start) * dtype.itemsize, (stop - start) * dtype.itemsize), dtype)
+    return read_items(f, start, stop - start, np.uint8 if mask else split.dtype)
 
 
 def split_ends(split, eot, chunk=1 << 22):

@@ -60,7 +60,7 @@ from checkpoint import (NOT_THIS_CODE, add_checkpoint_argument, checkpoint_confi
                         nonfinite, parse_checkpoint, save_checkpoint)
 from common import (DTYPES, UserError, ask, atomic_write_text, autocast, check_output, color_ok, cpu_bf16_is_faster,
                     cpu_has_bf16, exit_after_the_first, first_line, held_lock, is_oom, lock_is_held, nonempty,
-                    pick_device, pick_dtype, prepare_lock, read_at, retain_freed_memory, run_main, speaks_for_machine,
+                    pick_device, pick_dtype, prepare_lock, read_items, retain_freed_memory, run_main, speaks_for_machine,
                     tmp_name)
 from model import OPTIMIZERS, PRESETS, VARIANTS, GPT, make_config
 from prepare import (DATASETS, DEFAULT_OUT_DIR, DEFAULT_VAL_FRACTION, is_complete, is_dataset_name,
@@ -428,9 +428,8 @@ class Windows:
         return self.n
 
     def read(self, start, n, mask=False):
-        """Tokens [start, start + n) (mask: their loss mask), read from the file (read_at; see self.files)."""
-        dtype = np.dtype(np.uint8) if mask else self.tokens.dtype
-        return np.frombuffer(read_at(self.files[mask], int(start) * dtype.itemsize, n * dtype.itemsize), dtype)
+        """Tokens [start, start + n) (mask: their loss mask), read from the file (read_items; see self.files)."""
+        return read_items(self.files[mask], start, n, np.uint8 if mask else self.tokens.dtype)
 
     def get(self, idx):
         """Windows idx (n,) -> x, y (n, T) int64 and the loss mask of each target m (n, T) uint8 or None, numpy."""
