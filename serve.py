@@ -1021,13 +1021,42 @@ def main(argv=None):
 
 def leave_at_once(signum, frame):
     """Ctrl-C again (or SIGTERM) while serve.py waits for the worker to leave torch (seconds, for a long prompt on a big
-    model): exit now, by os._exit. Python's own exit under a thread inside torch aborts the process ("terminate called
-    without an active exception", SIGABRT, a core dump); os._exit skips the clean-up that aborts."""
-    with contextlib.suppress(OSError, ValueError):
-        sys.stderr.flush()
-    os._exit(128 + signum)
+    model): exit now, with the status of the signal. Python's own exit under a thread inside torch aborts the process
+    ("terminate called without an active exception", SIGABRT, a core dump)."""
+    leave(128 + signum)
+
+
+def leave(code):
+    """Exit with code by os._exit, once stdout and stderr are flushed: it skips the interpreter's finalization, whose
+    teardown of torch's and the connections' threads can abort the process ("terminate called without an active
+    exception", SIGABRT). serve.py writes no files and registers no atexit clean-up that this would skip."""
+    for f in (sys.stdout, sys.stderr):
+        # (RuntimeError: leave_at_once's signal came in the middle of a write to that stream)
+        with contextlib.suppress(OSError, ValueError, RuntimeError):
+            f.flush()
+    os._exit(code)
+
+
+def run_and_leave(main):
+    """run_main(main), then leave() with the status Python's exit would have given: 0, or a SystemExit's (1 for an
+    error, 130 for Ctrl-C while loading, 141 for a closed pipe, 143 for SIGTERM), or 1 after a bug's traceback. A
+    clean stop aborted in Python's exit once in a full test run: after "stopped", the worker joined, answers sent."""
+    try:
+        run_main(main)
+        code = 0
+    except SystemExit as e:  # as Python reads it: None is 0, a message is printed and is 1
+        code = 0 if e.code is None else e.code
+        if not isinstance(code, int):
+            with contextlib.suppress(OSError, ValueError):
+                print(code, file=sys.stderr)
+            code = 1
+    except Exception:
+        with contextlib.suppress(OSError, ValueError):
+            sys.excepthook(*sys.exc_info())
+        code = 1
+    leave(code)
 
 
 if __name__ == "__main__":
     retain_freed_memory()  # as in gen.py: a CPU step reuses its pages
-    run_main(main)
+    run_and_leave(main)

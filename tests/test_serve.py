@@ -971,16 +971,21 @@ def ckpt(enc, tmp_path_factory):
     return path
 
 
-@contextlib.contextmanager
-def served(path, *options, prelude=None):
-    """serve.py PATH [options] in a subprocess on a free port: yields (process, port) once it answers, then Ctrl-C;
-    the process's stderr is then in process.err. prelude: Python code run first in that process (a patch)."""
+def serve_command(path, *options, prelude=None):
+    """The command line of serve.py PATH [options] on a free port; prelude: Python code run first (a patch)."""
     run = [] if prelude is None else [
         "-c", f"import os, runpy, sys\nsys.path.insert(0, {ROOT!r})\n{prelude}\n"
               "sys.argv = sys.argv[1:]\nrunpy.run_path(sys.argv[0], run_name='__main__')"]
-    p = subprocess.Popen([sys.executable, *run, os.path.join(ROOT, "serve.py"), path, "--port", "0", "--device", "cpu",
-                          *options],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return [sys.executable, *run, os.path.join(ROOT, "serve.py"), path, "--port", "0", "--device", "cpu", *options]
+
+
+@contextlib.contextmanager
+def served(path, *options, prelude=None, env=None):
+    """serve.py PATH [options] in a subprocess on a free port: yields (process, port) once it answers, then Ctrl-C;
+    the process's stdout after its first line and its stderr are then in process.out and process.err. prelude:
+    Python code run first in that process (a patch); env: its environment, if not this one."""
+    p = subprocess.Popen(serve_command(path, *options, prelude=prelude), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env=env)
     try:
         line = p.stdout.readline()
         m = re.search(r"on http://127\.0\.0\.1:(\d+)", line)
@@ -992,7 +997,7 @@ def served(path, *options, prelude=None):
         yield p, int(m.group(1))
     finally:
         p.send_signal(signal.SIGINT)  # Ctrl-C: a clean stop
-        _, p.err = p.communicate(timeout=60)
+        p.out, p.err = p.communicate(timeout=60)
 
 
 def test_command_line_serves_on_loopback(ckpt):
@@ -1044,6 +1049,46 @@ def test_ctrl_c_while_a_reply_streams_stops_cleanly(enc, tmp_path, stop):
     # "stopped" is the last line, said once the worker has left: its line for the reply it cut short came after it
     *before, last = p.err.splitlines()
     assert last == "stopped" and ", cancelled, " in before[-1], p.err
+
+
+WATCH_THE_EXIT = """
+import atexit, common
+atexit.register(os.write, 2, b"interpreter finalized\\n")  # Python's own exit runs it, os._exit does not
+run_main = common.run_main
+
+def run_main_then_print(main):
+    try:
+        return run_main(main)
+    finally:
+        print("run_main returned")  # to stdout, a pipe: held in its buffer, not flushed
+
+common.run_main = run_main_then_print
+"""
+
+
+@pytest.mark.parametrize("how", ["Ctrl-C", "SIGTERM", "port in use"])
+def test_serve_exits_by_os_exit_with_pythons_status_and_all_its_output(ckpt, how):
+    """A clean stop (stopped said, the worker joined, the answers sent) once aborted in the interpreter's exit,
+    "terminate called without an active exception" (SIGABRT), as pytest's own exit did (conftest.py): serve.py leaves
+    by os._exit, past that teardown. Its status stays Python's (0 for Ctrl-C's clean stop, 143 for SIGTERM, 1 for an
+    error), and what stdout still holds in its buffer, piped, is written, not lost with the process."""
+    # stdout buffered, as Python buffers a pipe: PYTHONUNBUFFERED (set where tests run in Docker) writes through
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if how == "port in use":
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            p = subprocess.run(serve_command(ckpt, "--port", str(busy.getsockname()[1]), prelude=WATCH_THE_EXIT),
+                               capture_output=True, text=True, timeout=120, env=env)
+        p.out, p.err = p.stdout, p.stderr
+    else:
+        with served(ckpt, prelude=WATCH_THE_EXIT, env=env) as (p, port):
+            if how == "SIGTERM":
+                p.send_signal(signal.SIGTERM)
+                p.wait(timeout=60)  # (served sends SIGINT itself, to a process still running)
+    said = {"Ctrl-C": "stopped", "SIGTERM": "stopped", "port in use": "error: cannot listen on 127.0.0.1:"}[how]
+    assert p.returncode == {"Ctrl-C": 0, "SIGTERM": 143, "port in use": 1}[how] and said in p.err, p.err
+    assert "interpreter finalized" not in p.err and p.out == "run_main returned\n", (p.out, p.err)
 
 
 SLOW_FORWARD = """
