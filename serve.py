@@ -347,7 +347,7 @@ class Worker(threading.Thread):
             self.halted.set()
             self.jobs.put(None)  # wakes an idle worker
             # said at once: a big model's forward pass takes seconds, and a Ctrl-C answered by nothing seemed lost.
-            # (Under the lock, as the worker drops its reply: this line comes before the worker's own for it.)
+            # (Under the lock, as the worker takes up and drops its reply: said of every reply begun, before its line)
             if self.current is not None:
                 with contextlib.suppress(OSError):  # (stderr gone: the stop goes on, as the worker's log does)
                     self.log("stopping: waiting for the reply being generated to stop at its next token "
@@ -358,11 +358,14 @@ class Worker(threading.Thread):
         while not self.halted.is_set() and (job := self.jobs.get()) is not None:
             with self.lock:
                 self.waiting.discard(job.id)
+                # under the lock, as halt reads current: a Ctrl-C between the check and the assignment found none and
+                # said nothing of the reply it then waited for (a long prompt's forward pass, seconds on a big model)
+                if not (job.cancelled.is_set() or self.halted.is_set()):  # a client gone while queued costs nothing
+                    self.current = job
             t0 = time.perf_counter()
             tokens, finish = 0, "cancelled"
             try:
-                if not (job.cancelled.is_set() or self.halted.is_set()):  # a client that left while queued costs nothing
-                    self.current = job
+                if self.current is job:
                     tokens, finish = self.generate(job)
             except Exception as e:  # a bug must not kill the worker: the request gets a 500, the server goes on
                 try:

@@ -809,6 +809,44 @@ def test_a_stop_that_waits_for_the_reply_being_generated_says_so_at_once(enc):
     idle.close()
 
 
+def test_a_stop_at_the_instant_the_worker_takes_up_a_reply_says_it_waits_for_it(enc):
+    """The worker set current (the reply being generated, which halt reads to say it waits) outside the lock: a Ctrl-C
+    between its check for a halt and that assignment found no reply, said nothing, and the stop then waited without a
+    word for the reply's first forward pass (seconds for a long prompt on a big model). Here the halt comes at that
+    very instant, and says it waits for the reply."""
+    lines, halts = [], []
+    gate = threading.Event()  # the worker stays inside its first forward pass until the halt has said its piece
+
+    class Worker(serve.Worker):
+        @property
+        def current(self):
+            return vars(self).get("current")
+
+        @current.setter
+        def current(self, job):
+            if job is not None and not halts:  # Ctrl-C now, as the worker takes up the job
+                halts.append(threading.Thread(target=self.halt, kwargs=dict(timeout=0)))
+                halts[0].start()
+                halts[0].join(1)  # done, unless the worker holds the lock halt takes (it goes on once let go)
+            vars(self)["current"] = job
+
+    worker = Worker(la_model(enc, gate=gate), enc, torch.float32, 4, lines.append)
+    worker.start()
+    try:
+        job = serve.Job("text", enc.encode("la"), 4, (), [], {}, None, False, False)
+        worker.submit(job)
+        wait_for(lambda: halts and not halts[0].is_alive(), "the halt")
+        gate.set()
+        assert job.events.get(timeout=60)[1].code == "server_shutting_down"
+        worker.join(60)
+        assert not worker.is_alive() and [r["finish_reason"] for r in worker.recent] == ["cancelled"]
+        # the reply was begun (its forward pass ran), so the stop said it waits for it, before the reply's own line
+        assert len(lines) == 2 and lines[0].startswith("stopping: waiting for the reply being generated"), lines
+    finally:
+        gate.set()
+        worker.halt(timeout=10)
+
+
 def test_the_stop_waits_for_the_answers_under_way(enc, monkeypatch):
     """ApiServer.halt returns, and serve.py exits, once the requests under way have their answers: the worker's
     "shutting down" reached a handler that was still to write it when the process exited, and the client got a dropped
