@@ -987,16 +987,27 @@ class Packer:
         self.flush()
 
 
+def chunk_ends(n, eot, chunk, read):
+    """(a, tokens, ends) for each chunk [a, a + chunk) of n tokens, in order: tokens as read(a, b) gives them, ends the
+    offsets just past each <|endoftext|> in it, and n in the last chunk's if text follows the last <|endoftext|> (a
+    document without its end token). A chunk at a time, so that split_documents, which goes through a whole file,
+    holds one chunk's ends, not 8 bytes a document of the file as document_ends' answer does."""
+    for a in range(0, n, chunk):
+        b = min(a + chunk, n)
+        tokens = read(a, b)
+        ends = np.flatnonzero(tokens == eot) + (a + 1)
+        if b == n and tokens[-1] != eot:  # text after the last <|endoftext|>
+            ends = np.append(ends, n)
+        yield a, tokens, ends
+
+
 def document_ends(ids, eot, chunk=1 << 24, read=None):
     """Offsets just past each <|endoftext|> of a token array, and its end if text follows the last one;
     read in chunks, so a big memmap is never compared whole. With read (split_ends), ids is only the number of tokens,
     and read(a, b) gives tokens [a, b)."""
     n, read = (ids, read) if read else (len(ids), lambda a, b: ids[a:b])
-    ends = [np.flatnonzero(read(i, min(i + chunk, n)) == eot) + (i + 1) for i in range(0, n, chunk)]
-    ends = np.concatenate(ends) if ends else np.zeros(0, np.int64)
-    if n and (not len(ends) or ends[-1] != n):
-        ends = np.append(ends, n)
-    return ends.astype(np.int64)
+    ends = [ends for _, _, ends in chunk_ends(n, eot, chunk, read)]
+    return (np.concatenate(ends) if ends else np.zeros(0, np.int64)).astype(np.int64)
 
 
 def read_tokens(split, start, stop, mask=False):
@@ -1032,21 +1043,19 @@ def split_documents(split, eot, chunk=1 << 22):
     no memmap). Each its own array, no view of a chunk: the packer holds documents back, and a short one it held
     long would have kept its whole chunk in memory."""
     masked = len(split.files) > 1
-    ids, mask, at = np.zeros(0, split.dtype), np.zeros(0, np.uint8), 0  # at: tokens read; ids, mask: not yet yielded
-    while at < split.tokens:
-        stop = min(at + chunk, split.tokens)
-        ids = np.concatenate([ids, read_tokens(split, at, stop)])
-        if masked:
-            mask = np.concatenate([mask, read_tokens(split, at, stop, mask=True)])
-        at = stop
-        ends = np.flatnonzero(ids == eot) + 1
-        if at == split.tokens and (not len(ends) or ends[-1] != len(ids)):  # text after the last <|endoftext|>
-            ends = np.append(ends, len(ids))
+    # the pieces of the document the chunks so far end inside, each chunk searched once: a chunk's leftover was joined
+    # to the next chunk and searched again with it, quadratic in a document of many chunks (over 4M tokens)
+    held_ids, held_mask = [], []
+    for a, ids, ends in chunk_ends(split.tokens, eot, chunk, functools.partial(read_tokens, split)):
+        mask = read_tokens(split, a, a + len(ids), mask=True) if masked else None
         start = 0
-        for end in ends.tolist():  # (a chunk's documents)
-            yield ids[start:end].copy(), mask[start:end].copy() if masked else None
-            start = end
-        ids, mask = ids[start:], mask[start:]
+        for end in (ends - a).tolist():  # (a chunk's documents)
+            held_ids.append(ids[start:end])
+            held_mask.append(mask[start:end] if masked else None)
+            yield np.concatenate(held_ids), np.concatenate(held_mask) if masked else None  # (copies: no view)
+            held_ids, held_mask, start = [], [], end
+        held_ids.append(ids[start:])
+        held_mask.append(mask[start:] if masked else None)
 
 
 def mix_choice(doc_tokens, weights, seed=MIX_SEED):

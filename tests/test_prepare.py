@@ -1241,6 +1241,36 @@ def test_packing_reads_the_unpacked_tokens_in_chunks_not_through_a_memmap(tmp_pa
     assert meta["splits"]["val"]["documents"] == 7 and meta["pack"] == 64
 
 
+def test_a_document_of_many_chunks_is_searched_and_copied_once(tmp_path, enc, monkeypatch):
+    # split_documents joined what a chunk left of a document to the next chunk and searched the whole again: a
+    # document over many chunks (4M tokens each) was searched and copied again at each, quadratic in its length
+    eot, chunk = enc.eot_token, 5
+    docs = [[5, eot], [7] * 400 + [eot], [8, 9, eot], [3] * 201]  # one of 80 chunks; text after the last end
+    split = prepare.Split(str(tmp_path), "train", np.uint16, True)
+    for d in docs:
+        split.write(np.array(d, np.uint16), np.ones(len(d), np.uint8), 1, 0)
+    searched, copied = [], []
+    flatnonzero, concatenate = np.flatnonzero, np.concatenate
+
+    def counting_flatnonzero(a):
+        searched.append(np.size(a))
+        return flatnonzero(a)
+
+    def counting_concatenate(arrays, *a, **k):
+        out = concatenate(arrays, *a, **k)
+        copied.append(out.size)
+        return out
+    monkeypatch.setattr(np, "flatnonzero", counting_flatnonzero)
+    monkeypatch.setattr(np, "concatenate", counting_concatenate)
+    got = list(prepare.split_documents(split, eot, chunk=chunk))
+    monkeypatch.undo()
+    assert [ids.tolist() for ids, _ in got] == docs and [len(m) for _, m in got] == [len(d) for d in docs]
+    n = split.tokens
+    assert sum(searched) == n  # each token once (the old way: 20,709 of these 607)
+    assert sum(copied) <= 2 * n  # each token and its mask flag once into its document (the old way: 41,418)
+    split.discard()
+
+
 def test_the_val_cut_finds_the_last_documents_reading_backwards(tmp_path, enc):
     # the cut held every document end of a source in memory (8 bytes a document, as many as the corpus has); it reads
     # the tail of the stream instead, a chunk at a time, whatever the chunk boundaries
