@@ -384,8 +384,14 @@ class Windows:
         """evaluating: for eval.py, which can read another split (an empty val's way out); else for training."""
         folder, T = meta["folder"], block_size
         path = os.path.join(folder, f"{split}.bin")
-        itemsize = np.dtype(meta["dtype"]).itemsize
-        n_tokens = os.path.getsize(path) // itemsize
+        self.dtype = np.dtype(meta["dtype"])
+        # windows are read from these with pread (read_items), not sliced from memmaps: every page a memmap has read
+        # stays in the process's RSS while it is open, and an epoch's random windows read all of them (an eighth of an
+        # epoch of 1.65M windows showed the whole 660 MB train.bin held; a 10B-token set's 20 GB would be)
+        self.files = [open(path, "rb")]
+        # sizes from the files open, the ones read, not from their paths: a prepare.py rebuilding the folder as this run
+        # started (its renames) gave a run new token files under the old meta.json, and the tokenizer it names
+        n_tokens = os.fstat(self.files[0].fileno()).st_size // self.dtype.itemsize
         self.block_size = T
         self.n = self.count(n_tokens, T)
         if split == "val" and n_tokens == 0:  # prepared with --val_fraction 0 (one token: a val too short, said below)
@@ -403,33 +409,30 @@ class Windows:
                 if share <= 0.5:
                     fix = f"use a smaller --block_size, or a larger val split: `{prepare_with(meta, val_fraction=share)}`"
             raise UserError(f"{path} has {n_tokens} tokens, fewer than one window of --block_size {T} + 1: {fix}")
-        self.tokens = np.memmap(path, dtype=meta["dtype"], mode="r")  # (n_tokens,)
-        # windows are read from these with pread, not sliced from the memmaps: every page a memmap has read stays in the
-        # process's RSS while it is open, and an epoch's random windows read all of them (an eighth of an epoch of 1.65M
-        # windows showed the whole 660 MB train.bin held; a 10B-token set's 20 GB would be)
-        self.files = [open(path, "rb")]
-        # the file read, not one load_meta's size check saw: a prepare.py rebuilding the folder as this run started (its
-        # renames between the two) gave a run new token files under the old meta.json, and the tokenizer it names
-        expected = meta.get("splits", {}).get(split, {}).get("tokens")
-        if expected is not None and len(self.tokens) != expected:
-            raise UserError(f"{path} holds {len(self.tokens):,} tokens, not the {expected:,} its meta.json said a moment "
+        expected = meta.get("splits", {}).get(split, {}).get("tokens")  # (load_meta's size check saw the paths' files)
+        if expected is not None and n_tokens != expected:
+            raise UserError(f"{path} holds {n_tokens:,} tokens, not the {expected:,} its meta.json said a moment "
                             f"ago: a prepare.py rebuilt {folder} as this run started; run this again")
         self.meta, self.path = meta, path
-        self.mask = None
         if meta.get("has_mask"):
             mask_path = os.path.join(folder, f"{split}_mask.bin")
-            self.mask = np.memmap(mask_path, dtype=np.uint8, mode="r")  # (n_tokens,) 1 where the loss counts
-            self.files.append(open(mask_path, "rb"))
-            if len(self.mask) != n_tokens:
-                raise UserError(f"{mask_path} has {len(self.mask)} entries for {n_tokens} tokens: "
+            self.files.append(open(mask_path, "rb"))  # (n_tokens,) uint8, 1 where the loss counts
+            n_mask = os.fstat(self.files[1].fileno()).st_size
+            if n_mask != n_tokens:
+                raise UserError(f"{mask_path} has {n_mask} entries for {n_tokens} tokens: "
                                 f"run `{rebuild_command(meta, folder)}` again")
+
+    @property
+    def masked(self):
+        """Whether the split has a loss mask (a chat set's): the loss counts only the targets under it."""
+        return len(self.files) > 1
 
     def __len__(self):
         return self.n
 
     def read(self, start, n, mask=False):
         """Tokens [start, start + n) (mask: their loss mask), read from the file (read_items; see self.files)."""
-        return read_items(self.files[mask], start, n, np.uint8 if mask else self.tokens.dtype)
+        return read_items(self.files[mask], start, n, np.uint8 if mask else self.dtype)
 
     def get(self, idx):
         """Windows idx (n,) -> x, y (n, T) int64 and the loss mask of each target m (n, T) uint8 or None, numpy."""
@@ -445,7 +448,7 @@ class Windows:
                             f"vocabulary (a damaged file): run `{rebuild_command(self.meta, self.meta['folder'])}` "
                             f"again", every_rank=True)
         m = None
-        if self.mask is not None:
+        if self.masked:
             m = np.stack([self.read(s + 1, T, mask=True) for s in starts])  # (n, T): mask of y, i.e. token t+1
         # contiguous: views of rows would have a row stride of T+1 and padded batches T, and torch.compile's guards
         # on strides would recompile the model for each (8-30 s on a small CPU, at every epoch's end)
@@ -453,7 +456,7 @@ class Windows:
 
     def count_targets(self, idx):
         """How many targets of windows idx the loss counts: all of them, or those under the loss mask."""
-        if self.mask is None:
+        if not self.masked:
             return len(idx) * self.block_size
         T = self.block_size
         return sum(int(np.count_nonzero(self.read(s + 1, T, mask=True))) for s in np.asarray(idx, dtype=np.int64) * T)
@@ -470,7 +473,7 @@ class Windows:
                 x, y, m = self.get(chunk)
             else:  # this rank is past the epoch's end: nothing but padding
                 x = y = np.zeros((0, self.block_size), np.int64)
-                m = None if self.mask is None else np.zeros((0, self.block_size), np.uint8)
+                m = np.zeros((0, self.block_size), np.uint8) if self.masked else None
             pad = batch_size - len(chunk)
             if pad:
                 x = np.pad(x, ((0, pad), (0, 0)))
@@ -1688,7 +1691,7 @@ def run_training(args, held):
     what = ("continuing" if continuing else "fine-tuning") + f" {args.checkpoint}" if ckpt else "new model"
     say(paint(f"data   {dataset}: {fmt_count(len(train_w) * args.block_size)} train tokens in {len(train_w):,} windows "
               f"of {args.block_size}, {fmt_count(len(val_w) * args.block_size)} val; tokenizer {enc.name} "
-              f"({config.vocab_size:,} ids){', loss on masked tokens only' if train_w.mask is not None else ''}", "dim"))
+              f"({config.vocab_size:,} ids){', loss on masked tokens only' if train_w.masked else ''}", "dim"))
     say(paint(f"model  {what}: {args.model} {config.variant}, {config.n_layer} layers x {config.n_embd}, "
               f"{fmt_count(n_all)} params ({fmt_count(n_core)} non-embedding), context {config.block_size}", "dim"))
     run_for = f"{args.time_budget:g} min" + (f" (at most {args.epochs} epochs)" if args.epochs < UNLIMITED_EPOCHS else "") \

@@ -6,6 +6,7 @@ Tiny models (2 layers x 64) on a tiny custom vocabulary, so the whole file runs 
 import contextlib
 import json
 import math
+import mmap
 import os
 import re
 import shlex
@@ -1769,18 +1770,19 @@ def test_a_step_is_the_same_however_it_is_cut_into_micro_batches_and_ranks(env):
     torch.testing.assert_close(sum(g for _, g in shares) / 2, grad_1, atol=1e-6, rtol=1e-4)
 
 
-def test_windows_are_read_with_pread_not_through_the_memmap(env):
+def test_windows_are_read_with_pread_not_through_a_memmap(env, monkeypatch):
     # every page a memmap has read stays in the process's RSS while it is open: an epoch's random windows showed the
     # whole train.bin held (660 MB after an eighth of an epoch of 1.65M windows; 20 GB for a 10B-token set)
     meta = train.load_meta(env["data"], "chat")
-    w = train.Windows(meta, "train", 64)
     ids = np.fromfile(os.path.join(meta["folder"], "train.bin"), dtype=meta["dtype"])
     mask = np.fromfile(os.path.join(meta["folder"], "train_mask.bin"), dtype=np.uint8)
 
-    class Unread(np.ndarray):  # the memmaps' lengths still answer; a slice of them fails
-        def __getitem__(self, key):
-            raise AssertionError("a window sliced from the memmap")
-    w.tokens, w.mask = w.tokens.view(Unread), w.mask.view(Unread)
+    def no_memmap(*a, **k):
+        raise AssertionError("np.memmap of a split's file")
+    monkeypatch.setattr(np, "memmap", no_memmap)
+    monkeypatch.setattr(mmap, "mmap", no_memmap)
+    w = train.Windows(meta, "train", 64)
+    assert len(w) == (len(ids) - 1) // 64
     idx = np.array([len(w) - 1, 0, 7])
     x, y, m = w.get(idx)
     for r, i in enumerate(idx):
@@ -1920,7 +1922,7 @@ def test_packed_chat_trains_on_whole_assistant_replies(env, tmp_path, capsys):
     enc = env["enc"]
     for split, part in (("train", convs[:-6]), ("val", convs[-6:])):
         w = train.Windows(meta, split, 64)
-        ends = prepare.document_ends(w.tokens, enc.eot_token)
+        ends = prepare.document_ends(np.fromfile(w.path, dtype=meta["dtype"]), enc.eot_token)
         assert (np.diff(ends, prepend=0) > 1).sum() > len(part)  # conversations and pieces of the longer ones
         spans = []
         for x, y, m, idx in w.micro_batches(np.arange(len(w)), 16):
@@ -2056,6 +2058,28 @@ def test_token_files_replaced_after_meta_json_was_read_are_refused(env, tmp_path
     new["splits"]["train"]["tokens"] *= 2
     (data / "mini" / "meta.json").write_text(json.dumps(new))
     assert len(train.Windows(train.load_meta(str(data), "mini"), "train", 64)) == (2 * len(ids) - 1) // 64
+
+
+def test_token_files_replaced_as_windows_opens_them_are_refused(env, tmp_path, monkeypatch):
+    # the sizes checked are the open files', the ones read: taken from the paths, a rebuild's rename landing between
+    # that look and the open had the run read new tokens under the old meta.json, and its tokenizer, saying nothing
+    data = tmp_path / "data"
+    shutil.copytree(os.path.join(env["data"], "chat"), data / "chat")
+    meta = train.load_meta(str(data), "chat")
+    for name in ("train.bin", "train_mask.bin"):
+        path = data / "chat" / name
+        old = path.read_bytes()
+
+        def open_rebuilt(file, *a, **k):  # the rebuild lands just as Windows opens the file
+            if os.path.basename(file) == name:
+                (data / "new").write_bytes(old * 2)
+                os.replace(data / "new", path)
+            return open(file, *a, **k)
+        monkeypatch.setattr(train, "open", open_rebuilt, raising=False)
+        with pytest.raises(UserError, match="holds .* tokens, not the .* its meta.json said|has .* entries for .* tokens"):
+            train.Windows(meta, "train", 64)
+        monkeypatch.undo()
+        path.write_bytes(old)
 
 
 def test_two_runs_into_the_same_files_at_once_are_refused(env, tmp_path):
