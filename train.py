@@ -615,7 +615,7 @@ def epoch_order(n_windows, seed, epoch, scheme=ORDER_SCHEME):
 
 
 def prefetch(iterable, depth=2):
-    """Iterate in a background thread, depth items ahead: the next batch is read from the memmap (and pinned)
+    """Iterate in a background thread, depth items ahead: the next batch is read from the token files (and pinned)
     while the model works on this one. Errors in the thread are raised here."""
     q = queue.Queue(maxsize=depth)
     stop = threading.Event()
