@@ -485,6 +485,43 @@ class Windows:
             yield (*tensors, chunk)
 
 
+def output_paths(args, ckpt_args, continuing, dataset):
+    """The run's files (out_pattern, its folder, the best file, metrics, loss curve), checked before anything is built;
+    a run continued without --output_checkpoint gets its own file names, set in args."""
+    # a budgeted run may repeat many epochs, hence one file for it
+    default_out = "{dataset}.pt" if args.time_budget else "{dataset}_epoch{epoch}.pt"
+    given = args.output_checkpoint is not None
+    if not given and continuing:
+        # the run's own file names, next to the checkpoint given: a copy resumed elsewhere writes there, not over
+        # the files the run went on to write where it started
+        args.output_checkpoint = os.path.join(os.path.dirname(args.checkpoint),
+                                              os.path.basename(ckpt_args.get("output_checkpoint") or default_out))
+    out_pattern = args.output_checkpoint or os.path.join("models", default_out)
+    head, tail = os.path.split(out_pattern)
+    if tail in ("", ".", ".."):  # a folder not made yet passed the checks and failed at the first save, after training
+        raise UserError(f"--output_checkpoint {out_pattern} names a folder: give a file in it, as in "
+                        f"{os.path.join(out_pattern, default_out)}")
+    if "{epoch}" in head:
+        raise UserError(f"--output_checkpoint {out_pattern}: {{epoch}} goes in the file's name, not in its folder")
+    # (the whole path the user gave: not braces in the folder of a checkpoint continued where it lies)
+    unknown = sorted(set(re.findall(r"\{[^{}]*\}", out_pattern)) - {"{dataset}", "{epoch}"}) if given else []
+    if unknown:  # a typo ({datset}) became part of the file's name
+        raise UserError(f"--output_checkpoint {out_pattern}: {', '.join(unknown)} is no placeholder; the file's name "
+                        f"may hold {{dataset}} and {{epoch}}")
+    # {dataset} in the folder: the best file and metrics go there too, not to a folder named "{dataset}"
+    out_pattern = os.path.join(head.replace("{dataset}", dataset), tail)
+    out_dir = os.path.dirname(out_pattern) or "."
+    best_path = os.path.join(out_dir, f"{dataset}_best.pt")
+    metrics_path = os.path.join(out_dir, f"{dataset}_metrics.jsonl")
+    png_path = os.path.join(out_dir, f"{dataset}_loss.png")
+    for shared in (best_path, metrics_path, png_path):  # each save would write over the best file (or the metrics)
+        if os.path.normpath(out_pattern.replace("{dataset}", dataset)) == os.path.normpath(shared):
+            raise UserError(f"--output_checkpoint {out_pattern} is the run's {os.path.basename(shared)}, which train.py "
+                            f"writes itself: name the checkpoints otherwise, as in "
+                            f"{os.path.join(out_dir, '{dataset}_epoch{epoch}.pt')}")
+    return out_pattern, out_dir, best_path, metrics_path, png_path
+
+
 def run_files(out_pattern, dataset):
     # the checkpoints out_pattern names, any epoch (digits only: story_epoch1_keep.pt is the user's copy), oldest first
     named = out_pattern.replace("{dataset}", dataset)
@@ -1357,37 +1394,9 @@ def run_training(args, held):
     check_recorded_options(args.checkpoint, ckpt_args, continuing)
     args = resolve_args(args, ckpt_args, continuing, config, fine_tuning=ckpt is not None and not continuing)
 
-    # ---- files, checked before anything is built: a budgeted run may repeat many epochs, hence one file for it
-    default_out = "{dataset}.pt" if args.time_budget else "{dataset}_epoch{epoch}.pt"
-    given = args.output_checkpoint is not None
-    if not given and continuing:
-        # the run's own file names, next to the checkpoint given: a copy resumed elsewhere writes there, not over
-        # the files the run went on to write where it started
-        args.output_checkpoint = os.path.join(os.path.dirname(args.checkpoint),
-                                              os.path.basename(ckpt_args.get("output_checkpoint") or default_out))
-    out_pattern = args.output_checkpoint or os.path.join("models", default_out)
-    head, tail = os.path.split(out_pattern)
-    if tail in ("", ".", ".."):  # a folder not made yet passed the checks and failed at the first save, after training
-        raise UserError(f"--output_checkpoint {out_pattern} names a folder: give a file in it, as in "
-                        f"{os.path.join(out_pattern, default_out)}")
-    if "{epoch}" in head:
-        raise UserError(f"--output_checkpoint {out_pattern}: {{epoch}} goes in the file's name, not in its folder")
-    # (the whole path the user gave: not braces in the folder of a checkpoint continued where it lies)
-    unknown = sorted(set(re.findall(r"\{[^{}]*\}", out_pattern)) - {"{dataset}", "{epoch}"}) if given else []
-    if unknown:  # a typo ({datset}) became part of the file's name
-        raise UserError(f"--output_checkpoint {out_pattern}: {', '.join(unknown)} is no placeholder; the file's name "
-                        f"may hold {{dataset}} and {{epoch}}")
-    # {dataset} in the folder: the best file and metrics go there too, not to a folder named "{dataset}"
-    out_pattern = os.path.join(head.replace("{dataset}", dataset), tail)
-    out_dir = os.path.dirname(out_pattern) or "."
-    best_path = os.path.join(out_dir, f"{dataset}_best.pt")
-    metrics_path = os.path.join(out_dir, f"{dataset}_metrics.jsonl")
-    png_path = os.path.join(out_dir, f"{dataset}_loss.png")
-    for shared in (best_path, metrics_path, png_path):  # each save would write over the best file (or the metrics)
-        if os.path.normpath(out_pattern.replace("{dataset}", dataset)) == os.path.normpath(shared):
-            raise UserError(f"--output_checkpoint {out_pattern} is the run's {os.path.basename(shared)}, which train.py "
-                            f"writes itself: name the checkpoints otherwise, as in "
-                            f"{os.path.join(out_dir, '{dataset}_epoch{epoch}.pt')}")
+    # ---- files, checked before anything is built
+    given = args.output_checkpoint is not None  # (output_paths names a continued run's own files)
+    out_pattern, out_dir, best_path, metrics_path, png_path = output_paths(args, ckpt_args, continuing, dataset)
     # with --overwrite: files of an earlier run (or later points of this one) to remove (see save); rank 0's refusal
     replaced, refused = [], None
     # which run a checkpoint and a metrics record belong to: a run continued keeps its id (with --reset_epoch too: its
