@@ -1347,6 +1347,22 @@ def run_lock(folder, name, what):
                                                             f"or give --output_checkpoint another folder")
 
 
+def training_dtype(device, name):
+    """pick_dtype's dtype for --dtype name, warning of one this CPU emulates or runs slower; TF32 matmuls on CUDA."""
+    dtype = pick_dtype(device, name)
+    if device.type == "cpu" and (dtype == torch.float16 or dtype == torch.bfloat16 and not cpu_has_bf16()):
+        # no matmul instructions for it: converted in software (fp16 on the AVX-512 BF16 EPYC: tiny's step 226 ms in
+        # fp32, 3.6 s in fp16)
+        warn(f"--dtype {name} is emulated on this CPU, slower than float32 (float16 many times): use --dtype auto")
+    elif device.type == "cpu" and dtype == torch.bfloat16 and not cpu_bf16_is_faster():
+        # instructions but no speed: Intel's AVX-512 BF16 without AMX, 1.5x slower steps than fp32 (BENCHMARKS.md)
+        warn(f"--dtype {name} is slower than float32 on this CPU (AVX-512 BF16 without AMX): use --dtype auto")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores, as nanoGPT does
+        torch.backends.cudnn.allow_tf32 = True
+    return dtype
+
+
 def train(args):
     """Train as the options say; returns a summary dict (steps, tokens, losses, files)."""
     with contextlib.ExitStack() as held:  # the run's lock, let go however training ends
@@ -1436,17 +1452,7 @@ def run_training(args, held):
     if failed:  # (rank 0 says why)
         exit_after_the_first(1, first=dist.main)
 
-    dtype = pick_dtype(device, args.dtype)
-    if device.type == "cpu" and (dtype == torch.float16 or dtype == torch.bfloat16 and not cpu_has_bf16()):
-        # no matmul instructions for it: converted in software (fp16 on the AVX-512 BF16 EPYC: tiny's step 226 ms in
-        # fp32, 3.6 s in fp16)
-        warn(f"--dtype {args.dtype} is emulated on this CPU, slower than float32 (float16 many times): use --dtype auto")
-    elif device.type == "cpu" and dtype == torch.bfloat16 and not cpu_bf16_is_faster():
-        # instructions but no speed: Intel's AVX-512 BF16 without AMX, 1.5x slower steps than fp32 (BENCHMARKS.md)
-        warn(f"--dtype {args.dtype} is slower than float32 on this CPU (AVX-512 BF16 without AMX): use --dtype auto")
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores, as nanoGPT does
-        torch.backends.cudnn.allow_tf32 = True
+    dtype = training_dtype(device, args.dtype)
 
     train_w = Windows(meta, "train", args.block_size)
     val_w = Windows(meta, "val", args.block_size)
