@@ -745,6 +745,22 @@ def default_warmup(total_steps):
     return max(1, min(1000, max(round(0.02 * total_steps), min(100, round(0.10 * total_steps)))))
 
 
+def budget_and_warmup(args, total_steps):
+    """The --time_budget in seconds (or None), the share of it that warms up, and --warmup in steps of total_steps."""
+    budget = args.time_budget * 60 if args.time_budget else None  # seconds
+    budget_warmup, warmup = None, args.warmup  # with a budget: the share of it that warms up
+    if budget:
+        budget_warmup = BUDGET_WARMUP if warmup is None else warmup_share(warmup)
+    elif warmup is None:
+        warmup = default_warmup(total_steps)
+    elif isinstance(warmup, str):
+        warmup = max(1, round(warmup_share(warmup) * total_steps))
+    if not budget and warmup > total_steps:
+        warn(f"--warmup {warmup} is longer than the run's {total_steps} steps: the learning rate never reaches "
+             f"--lr {args.lr:g}")
+    return budget, budget_warmup, warmup
+
+
 def lr_at(step, lr, min_lr, warmup, total_steps):
     """Learning rate of optimizer step `step` (0-based): linear warmup to lr, then cosine decay to min_lr at
     total_steps. A pure function of the step, so a resumed run continues the same curve."""
@@ -1479,17 +1495,7 @@ def run_training(args, held):
     total_steps = args.epochs * spe
     eval_windows = args.eval_batches * args.batch_size * dist.world  # val windows an evaluation takes (a continued run
     # keeps its run's: below)
-    budget = args.time_budget * 60 if args.time_budget else None  # seconds
-    budget_warmup = None  # with a budget: the share of it that warms up
-    if budget:
-        budget_warmup = BUDGET_WARMUP if args.warmup is None else warmup_share(args.warmup)
-    elif args.warmup is None:
-        args.warmup = default_warmup(total_steps)
-    elif isinstance(args.warmup, str):
-        args.warmup = max(1, round(warmup_share(args.warmup) * total_steps))
-    if not budget and args.warmup > total_steps:
-        warn(f"--warmup {args.warmup} is longer than the run's {total_steps} steps: the learning rate never reaches "
-             f"--lr {args.lr:g}")
+    budget, budget_warmup, args.warmup = budget_and_warmup(args, total_steps)
 
     p = Progress()
     if continuing:
