@@ -1339,6 +1339,75 @@ class Progress:
     schedule_origin: float = None
 
 
+def resumed_progress(args, ckpt, ckpt_args, meta, train_w, val_w, batches, eval_windows, budget, best_path,
+                     warmup_given, eval_given):
+    """A continued run's Progress, val windows an evaluation takes and warmup: its checkpoint's, fitted to today's."""
+    warmup = args.warmup
+    p = Progress(epoch=int(ckpt.get("epoch", 0)), windows=int(ckpt.get("epoch_windows", 0)),
+                 step=int(ckpt["step"]), tokens=int(ckpt.get("tokens", 0)),
+                 best_val_loss=ckpt.get("best_val_loss"), evals_since_best=int(ckpt.get("evals_since_best", 0)),
+                 elapsed=float(ckpt.get("elapsed", 0.0)),
+                 budget_elapsed=float(ckpt.get("budget_elapsed", ckpt.get("elapsed", 0.0))),
+                 schedule_origin=ckpt.get("schedule_origin", 0.0))  # older checkpoints: the budget's start
+    if ckpt_args.get("time_budget") is None:  # a budget given to a run that had none starts now, all of it
+        p.budget_elapsed, p.schedule_origin = 0.0, None
+    # the epoch's window order is another: going on from the position would repeat some windows, skip others
+    new_order = ckpt_args.get("block_size") != args.block_size or ckpt.get("data", {}).get("train_tokens") != \
+        meta.get("splits", {}).get("train", {}).get("tokens") or ckpt_args.get("seed", args.seed) != args.seed
+    if new_order:
+        if p.windows:
+            warn("the data, --block_size or --seed changed since the checkpoint: its epoch starts over")
+        p.windows = 0
+    if p.windows >= len(train_w):
+        p.epoch, p.windows = p.epoch + 1, 0
+    was_world = ckpt_args.get("world_size", 1)
+    # the batch it trained in: a checkpoint from before batches were cut to a small text recorded the larger one,
+    # so cut it to the windows of the data it trained on (the data rebuilt smaller since cuts today's batch alone)
+    # (what is no count, in an edited checkpoint, is not read: a string's TypeError, a block of -64's one window)
+    was_tokens, was_T = ckpt.get("data", {}).get("train_tokens"), ckpt_args.get("block_size")
+    was_T = was_T if is_count(was_T) else args.block_size
+    was_windows = max(1, Windows.count(was_tokens, was_T)) if is_count(was_tokens) else len(train_w)
+    was_batch = min(ckpt_args.get("batch_size", 0), math.ceil(was_windows / was_world))
+    was = was_batch * ckpt_args.get("grad_accum", 1) * was_world
+    # evaluations take the val windows the run took, whatever the batches: continued in other ones (--batch_size 8
+    # --grad_accum 2 for 16, as the out-of-memory error advises, or on other ranks) they took eval_batches of the
+    # new size, another subset of the split, whose loss the best file and --patience compared with the run's
+    # earlier ones. (Checkpoints from before eval_windows: what their options made.)
+    was_eval = ckpt.get("eval_windows")
+    if not is_count(was_eval) and is_count(ckpt_args.get("eval_batches")) and is_count(was_batch):
+        was_eval = ckpt_args["eval_batches"] * was_batch * was_world
+    if not eval_given and is_count(was_eval):
+        eval_windows = was_eval
+    # a val loss over windows of another length, or over another val split (the data prepared again), does not
+    # compare with the checkpoint's best: held against it, a shorter context (which alone raises the loss) made no
+    # evaluation a best again and --patience stopped the run however it learned. The next evaluation starts a bar.
+    was_val = ckpt.get("data", {}).get("val_tokens")
+    now_val = meta.get("splits", {}).get("val", {}).get("tokens")
+    other_T = is_count(ckpt_args.get("block_size")) and ckpt_args["block_size"] != args.block_size
+    other_val = is_count(was_val) and is_count(now_val) and was_val != now_val
+    # or over other windows of the split: --eval_batches given anew (a quick look with 1 batch, held against the
+    # best of 50, made a best file of a worse model or let --patience stop a run that still learned)
+    other_eval = is_count(was_eval) and min(was_eval, len(val_w)) != min(eval_windows, len(val_w))
+    if p.best_val_loss is not None and (other_T or other_val or other_eval):
+        warn(f"the checkpoint's best val loss {p.best_val_loss:.4f} was measured "
+             + (f"in windows of {ckpt_args['block_size']} tokens, not {args.block_size}" if other_T
+                else "on another val split" if other_val else
+                f"on {min(was_eval, len(val_w)):,} val windows, not {min(eval_windows, len(val_w)):,}")
+             + f": no bar to this run's, whose next evaluation makes a new best file "
+             f"({os.path.basename(best_path)})")
+        p.best_val_loss, p.evals_since_best = None, 0
+    if (new_order or was != batches.windows_per_step) and not budget:
+        # epochs of another length, or another global batch (other ranks or batch options): the lr schedule counts
+        # steps of the new size, so place the run where the windows done so far put it, and its inherited warmup
+        # with it
+        p.step = p.epoch * batches.steps_per_epoch + batches.steps_done(p.windows)
+        if not warmup_given and was and warmup:
+            warmup = max(1, round(warmup * was / batches.windows_per_step))
+    if args.reset_epoch:  # same weights, optimizer and best val loss; epochs and schedule from zero
+        p = Progress(tokens=p.tokens, best_val_loss=p.best_val_loss, elapsed=p.elapsed)
+    return p, eval_windows, warmup
+
+
 def ask_more_epochs(path, done):
     """The epochs to train on, as the user answers; None at the end of input (Ctrl-D): no answer, as without a
     terminal."""
@@ -1499,68 +1568,8 @@ def run_training(args, held):
 
     p = Progress()
     if continuing:
-        p = Progress(epoch=int(ckpt.get("epoch", 0)), windows=int(ckpt.get("epoch_windows", 0)),
-                     step=int(ckpt["step"]), tokens=int(ckpt.get("tokens", 0)),
-                     best_val_loss=ckpt.get("best_val_loss"), evals_since_best=int(ckpt.get("evals_since_best", 0)),
-                     elapsed=float(ckpt.get("elapsed", 0.0)),
-                     budget_elapsed=float(ckpt.get("budget_elapsed", ckpt.get("elapsed", 0.0))),
-                     schedule_origin=ckpt.get("schedule_origin", 0.0))  # older checkpoints: the budget's start
-        if ckpt_args.get("time_budget") is None:  # a budget given to a run that had none starts now, all of it
-            p.budget_elapsed, p.schedule_origin = 0.0, None
-        # the epoch's window order is another: going on from the position would repeat some windows, skip others
-        new_order = ckpt_args.get("block_size") != args.block_size or ckpt.get("data", {}).get("train_tokens") != \
-            meta.get("splits", {}).get("train", {}).get("tokens") or ckpt_args.get("seed", args.seed) != args.seed
-        if new_order:
-            if p.windows:
-                warn("the data, --block_size or --seed changed since the checkpoint: its epoch starts over")
-            p.windows = 0
-        if p.windows >= len(train_w):
-            p.epoch, p.windows = p.epoch + 1, 0
-        was_world = ckpt_args.get("world_size", 1)
-        # the batch it trained in: a checkpoint from before batches were cut to a small text recorded the larger one,
-        # so cut it to the windows of the data it trained on (the data rebuilt smaller since cuts today's batch alone)
-        # (what is no count, in an edited checkpoint, is not read: a string's TypeError, a block of -64's one window)
-        was_tokens, was_T = ckpt.get("data", {}).get("train_tokens"), ckpt_args.get("block_size")
-        was_T = was_T if is_count(was_T) else args.block_size
-        was_windows = max(1, Windows.count(was_tokens, was_T)) if is_count(was_tokens) else len(train_w)
-        was_batch = min(ckpt_args.get("batch_size", 0), math.ceil(was_windows / was_world))
-        was = was_batch * ckpt_args.get("grad_accum", 1) * was_world
-        # evaluations take the val windows the run took, whatever the batches: continued in other ones (--batch_size 8
-        # --grad_accum 2 for 16, as the out-of-memory error advises, or on other ranks) they took eval_batches of the
-        # new size, another subset of the split, whose loss the best file and --patience compared with the run's
-        # earlier ones. (Checkpoints from before eval_windows: what their options made.)
-        was_eval = ckpt.get("eval_windows")
-        if not is_count(was_eval) and is_count(ckpt_args.get("eval_batches")) and is_count(was_batch):
-            was_eval = ckpt_args["eval_batches"] * was_batch * was_world
-        if not eval_given and is_count(was_eval):
-            eval_windows = was_eval
-        # a val loss over windows of another length, or over another val split (the data prepared again), does not
-        # compare with the checkpoint's best: held against it, a shorter context (which alone raises the loss) made no
-        # evaluation a best again and --patience stopped the run however it learned. The next evaluation starts a bar.
-        was_val = ckpt.get("data", {}).get("val_tokens")
-        now_val = meta.get("splits", {}).get("val", {}).get("tokens")
-        other_T = is_count(ckpt_args.get("block_size")) and ckpt_args["block_size"] != args.block_size
-        other_val = is_count(was_val) and is_count(now_val) and was_val != now_val
-        # or over other windows of the split: --eval_batches given anew (a quick look with 1 batch, held against the
-        # best of 50, made a best file of a worse model or let --patience stop a run that still learned)
-        other_eval = is_count(was_eval) and min(was_eval, len(val_w)) != min(eval_windows, len(val_w))
-        if p.best_val_loss is not None and (other_T or other_val or other_eval):
-            warn(f"the checkpoint's best val loss {p.best_val_loss:.4f} was measured "
-                 + (f"in windows of {ckpt_args['block_size']} tokens, not {args.block_size}" if other_T
-                    else "on another val split" if other_val else
-                    f"on {min(was_eval, len(val_w)):,} val windows, not {min(eval_windows, len(val_w)):,}")
-                 + f": no bar to this run's, whose next evaluation makes a new best file "
-                 f"({os.path.basename(best_path)})")
-            p.best_val_loss, p.evals_since_best = None, 0
-        if (new_order or was != batches.windows_per_step) and not budget:
-            # epochs of another length, or another global batch (other ranks or batch options): the lr schedule counts
-            # steps of the new size, so place the run where the windows done so far put it, and its inherited warmup
-            # with it
-            p.step = p.epoch * spe + batches.steps_done(p.windows)
-            if not warmup_given and was and args.warmup:
-                args.warmup = max(1, round(args.warmup * was / batches.windows_per_step))
-        if args.reset_epoch:  # same weights, optimizer and best val loss; epochs and schedule from zero
-            p = Progress(tokens=p.tokens, best_val_loss=p.best_val_loss, elapsed=p.elapsed)
+        p, eval_windows, args.warmup = resumed_progress(args, ckpt, ckpt_args, meta, train_w, val_w, batches,
+                                                        eval_windows, budget, best_path, warmup_given, eval_given)
 
     if p.epoch >= args.epochs:
         msg = (f"{args.checkpoint} has already trained {p.epoch} epoch(s) of {dataset} (--epochs {args.epochs}): "
