@@ -1448,6 +1448,53 @@ def training_dtype(device, name):
     return dtype
 
 
+def build_model(args, config, ckpt, ckpt_args, continuing, device, dtype, dist):
+    """The model, its optimizer and loss scaler, and the Forward that trains it, with a continued run's state."""
+    torch.manual_seed(args.seed)  # initial weights (a checkpoint's replace them) and dropout
+    try:
+        model = GPT(config)
+    except (RuntimeError, MemoryError) as e:
+        if not is_oom(e):
+            raise
+        raise UserError(f"the model ({config.n_layer} layers x {config.n_embd}, context {config.block_size}) does not "
+                        f"fit in memory ({first_line(e)[:80]}): use a smaller --n_layer or --n_embd, or a smaller "
+                        f"--model") from None
+    if ckpt is not None:
+        load_weights(model, ckpt["model"], args.checkpoint)
+    model.to(device)
+    model.recompute_activations = args.recompute_activations
+    optimizer = model.configure_optimizer(args.weight_decay, args.lr, BETAS, device.type, args.optimizer, dtype)
+    # fp16 needs loss scaling against gradient underflow; bf16 and fp32 do not (the scaler is then a no-op)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    if continuing and ckpt.get("optimizer") and ckpt_args["optimizer"] != args.optimizer:
+        warn(f"--optimizer {args.optimizer}: the checkpoint's run used {ckpt_args['optimizer']}, whose state does not "
+             f"carry over; {args.optimizer} starts afresh")
+    elif continuing and ckpt.get("optimizer"):
+        decay = [g["weight_decay"] for g in optimizer.param_groups]  # --weight_decay's, which the state would undo
+        try:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise UserError(f"{args.checkpoint}: its optimizer state does not fit the model ({first_line(e)}): a "
+                            f"damaged checkpoint, or one from another version of the code; use another one") from None
+        for group, wd in zip(optimizer.param_groups, decay):
+            group["weight_decay"] = wd
+        if ckpt.get("scaler") and scaler.is_enabled():
+            scaler.load_state_dict(ckpt["scaler"])
+    if continuing and not args.reset_epoch and ckpt.get("rng"):
+        set_rng_state(ckpt["rng"])
+    train_model = model
+    if dist.world > 1:
+        # DDP copies rank 0's weights to every rank, then all-reduces gradients in buckets during backward;
+        # broadcast_buffers=False: the only buffers (RoPE tables) are constants, and evaluations, which ranks run
+        # on shares of different sizes, must not wait on each other
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        no_buffer_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
+                          else {"broadcast_buffers": False})  # its older name
+        train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None, **no_buffer_sync)
+    fwd = Forward(train_model, args.compile)  # compile the DDP model: its graphs break at the buckets (DDPOptimizer)
+    return model, optimizer, scaler, fwd
+
+
 def train(args):
     """Train as the options say; returns a summary dict (steps, tokens, losses, files)."""
     with contextlib.ExitStack() as held:  # the run's lock, let go however training ends
@@ -1601,48 +1648,7 @@ def run_training(args, held):
                         f"evaluations (--patience {args.patience}): pass a larger --patience, or --patience 0, to train on")
 
     # ---- model, optimizer, precision
-    torch.manual_seed(args.seed)  # initial weights (a checkpoint's replace them) and dropout
-    try:
-        model = GPT(config)
-    except (RuntimeError, MemoryError) as e:
-        if not is_oom(e):
-            raise
-        raise UserError(f"the model ({config.n_layer} layers x {config.n_embd}, context {config.block_size}) does not "
-                        f"fit in memory ({first_line(e)[:80]}): use a smaller --n_layer or --n_embd, or a smaller "
-                        f"--model") from None
-    if ckpt is not None:
-        load_weights(model, ckpt["model"], args.checkpoint)
-    model.to(device)
-    model.recompute_activations = args.recompute_activations
-    optimizer = model.configure_optimizer(args.weight_decay, args.lr, BETAS, device.type, args.optimizer, dtype)
-    # fp16 needs loss scaling against gradient underflow; bf16 and fp32 do not (the scaler is then a no-op)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    if continuing and ckpt.get("optimizer") and ckpt_args["optimizer"] != args.optimizer:
-        warn(f"--optimizer {args.optimizer}: the checkpoint's run used {ckpt_args['optimizer']}, whose state does not "
-             f"carry over; {args.optimizer} starts afresh")
-    elif continuing and ckpt.get("optimizer"):
-        decay = [g["weight_decay"] for g in optimizer.param_groups]  # --weight_decay's, which the state would undo
-        try:
-            optimizer.load_state_dict(ckpt["optimizer"])
-        except (ValueError, KeyError, TypeError) as e:
-            raise UserError(f"{args.checkpoint}: its optimizer state does not fit the model ({first_line(e)}): a "
-                            f"damaged checkpoint, or one from another version of the code; use another one") from None
-        for group, wd in zip(optimizer.param_groups, decay):
-            group["weight_decay"] = wd
-        if ckpt.get("scaler") and scaler.is_enabled():
-            scaler.load_state_dict(ckpt["scaler"])
-    if continuing and not args.reset_epoch and ckpt.get("rng"):
-        set_rng_state(ckpt["rng"])
-    train_model = model
-    if dist.world > 1:
-        # DDP copies rank 0's weights to every rank, then all-reduces gradients in buckets during backward;
-        # broadcast_buffers=False: the only buffers (RoPE tables) are constants, and evaluations, which ranks run
-        # on shares of different sizes, must not wait on each other
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        no_buffer_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
-                          else {"broadcast_buffers": False})  # its older name
-        train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None, **no_buffer_sync)
-    fwd = Forward(train_model, args.compile)  # compile the DDP model: its graphs break at the buckets (DDPOptimizer)
+    model, optimizer, scaler, fwd = build_model(args, config, ckpt, ckpt_args, continuing, device, dtype, dist)
 
     # ---- files (their names were settled above)
     metrics = Metrics(metrics_path, png_path,
