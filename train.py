@@ -1432,6 +1432,27 @@ def run_lock(folder, name, what):
                                                             f"or give --output_checkpoint another folder")
 
 
+def claim_files(held, args, ckpt, continuing, dataset, out_pattern, out_dir, best_path, given):
+    """Rank 0's hold on the run's files (path checked, locks held, earlier run refused): what --overwrite replaces."""
+    # (not over a dataset's files, which check_output refuses: --overwrite, which its refusal suggested, made
+    # val.bin a checkpoint). The default's message names the option too: it is how to write elsewhere
+    check_output(out_pattern.replace("{dataset}", dataset).replace("{epoch}", "1"),
+                 "--output_checkpoint" if given else "--output_checkpoint (default)", checkpoint=True)
+    held.enter_context(run_lock(out_dir, dataset, f"the {dataset} run in {os.path.join(out_dir, '')} (its "
+                                                   f"checkpoints, {dataset}_best.pt and metrics)"))
+    tail = os.path.basename(out_pattern)
+    # models/run{epoch}.pt: another dataset's run (its own lock above) writes them too. Its lock file is named
+    # apart from every dataset's (no + in a dataset's name): models/mini for mini took mini's own lock again,
+    # and the run refused itself
+    if "{dataset}" not in tail:
+        held.enter_context(run_lock(out_dir, "+" + tail, f"{os.path.join(out_dir, tail)} (another dataset's run)"))
+    # --reset_epoch numbers epochs from 1 again: its files would land on the run's own
+    if not continuing or args.reset_epoch:
+        return refuse_earlier_run(out_pattern, dataset, best_path, args.overwrite,
+                                  reset=continuing and args.reset_epoch)
+    return refuse_going_back(args.checkpoint, ckpt, out_pattern, dataset, best_path, args.overwrite)
+
+
 def training_dtype(device, name):
     """pick_dtype's dtype for --dtype name, warning of one this CPU emulates or runs slower; TF32 matmuls on CUDA."""
     dtype = pick_dtype(device, name)
@@ -1553,24 +1574,7 @@ def run_training(args, held):
     run_id = (ckpt.get("run") if continuing else None) or secrets.token_hex(8)
     if dist.main:  # the files are rank 0's to write
         try:
-            # (not over a dataset's files, which check_output refuses: --overwrite, which its refusal suggested, made
-            # val.bin a checkpoint). The default's message names the option too: it is how to write elsewhere
-            check_output(out_pattern.replace("{dataset}", dataset).replace("{epoch}", "1"),
-                         "--output_checkpoint" if given else "--output_checkpoint (default)", checkpoint=True)
-            held.enter_context(run_lock(out_dir, dataset, f"the {dataset} run in {os.path.join(out_dir, '')} (its "
-                                                           f"checkpoints, {dataset}_best.pt and metrics)"))
-            tail = os.path.basename(out_pattern)
-            # models/run{epoch}.pt: another dataset's run (its own lock above) writes them too. Its lock file is named
-            # apart from every dataset's (no + in a dataset's name): models/mini for mini took mini's own lock again,
-            # and the run refused itself
-            if "{dataset}" not in tail:
-                held.enter_context(run_lock(out_dir, "+" + tail, f"{os.path.join(out_dir, tail)} (another dataset's run)"))
-            # --reset_epoch numbers epochs from 1 again: its files would land on the run's own
-            if not continuing or args.reset_epoch:
-                replaced = refuse_earlier_run(out_pattern, dataset, best_path, args.overwrite,
-                                              reset=continuing and args.reset_epoch)
-            else:
-                replaced = refuse_going_back(args.checkpoint, ckpt, out_pattern, dataset, best_path, args.overwrite)
+            replaced = claim_files(held, args, ckpt, continuing, dataset, out_pattern, out_dir, best_path, given)
         except UserError as e:
             refused = e
         if args.checkpoint and os.path.isfile(args.checkpoint):  # the file this run starts from stays, unless written
