@@ -1469,7 +1469,7 @@ def training_dtype(device, name):
     return dtype
 
 
-def build_model(args, config, ckpt, ckpt_args, continuing, device, dtype, dist):
+def build_training(args, config, ckpt, ckpt_args, continuing, device, dtype, dist):
     """The model, its optimizer and loss scaler, and the Forward that trains it, with a continued run's state."""
     torch.manual_seed(args.seed)  # initial weights (a checkpoint's replace them) and dropout
     try:
@@ -1652,7 +1652,7 @@ def run_training(args, held):
                         f"evaluations (--patience {args.patience}): pass a larger --patience, or --patience 0, to train on")
 
     # ---- model, optimizer, precision
-    model, optimizer, scaler, fwd = build_model(args, config, ckpt, ckpt_args, continuing, device, dtype, dist)
+    model, optimizer, scaler, fwd = build_training(args, config, ckpt, ckpt_args, continuing, device, dtype, dist)
 
     # ---- files (their names were settled above)
     metrics = Metrics(metrics_path, png_path,
