@@ -38,6 +38,7 @@ import argparse
 import collections
 import contextlib
 import errno
+import ipaddress
 import json
 import os
 import queue
@@ -433,6 +434,24 @@ class Worker(threading.Thread):
 # -----------------------------------------------------------------------------
 # HTTP
 
+def loopback_name(host):
+    """Whether host (a Host header's "name[:port]" or "[v6][:port]", or an address) names this machine's loopback:
+    localhost, a name under .localhost (which browsers resolve to loopback themselves, never by DNS) or a loopback
+    address. A name that DNS points at 127.0.0.1 is not: a web page's site may point its own name there."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        host = host[1:].partition("]")[0]
+    elif host.count(":") == 1:  # name:port (more than one colon: an IPv6 address, from server_address)
+        host = host.partition(":")[0]
+    host = host.removesuffix(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.partition("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: the openai client reuses its connection
     server_version = "gpt-trainer-serve"
@@ -570,6 +589,7 @@ class Handler(BaseHTTPRequestHandler):
         self.body, self.probed = None, False
         try:
             self.check_framing()
+            self.check_host()
             if method != "POST" and ("Content-Length" in self.headers or "Transfer-Encoding" in self.headers):
                 self.read_body()  # a body sent with a GET is read, so the next request starts right
             if self.check_route(method, path):
@@ -601,6 +621,20 @@ class Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
         except ApiError as e:
             self.refuse(e, path)
+
+    def check_host(self):
+        """DNS rebinding: a web page whose own name its site points at 127.0.0.1 is, to the browser, of this server's
+        origin, and reads every answer, which no CORS header would let it. A server on a loopback address (the
+        default) answers requests for a loopback name or address only; one on 0.0.0.0 or a network address is reached
+        by names of its own, and answers any. A request with no Host (HTTP/1.0) comes from no browser."""
+        host = self.headers.get("Host")
+        if host is None or not self.server.loopback or loopback_name(host):
+            return
+        port = self.server.server_address[1]
+        raise ApiError(403, f"this server listens on loopback and answers requests for localhost or a loopback address, "
+                            f"not {host[:80]!r} (a page of another site reaching it through DNS rebinding): open "
+                            f"http://127.0.0.1:{port}/ or http://localhost:{port}/ (behind a proxy: pass it the "
+                            f"upstream's Host)", code="host_not_allowed")
 
     def check_route(self, method, path):
         """Refuses (404, 405) a path this server does not serve, or a method the path does not take: decided by the
@@ -643,6 +677,7 @@ class Handler(BaseHTTPRequestHandler):
             # its framing first, as route decides: a 404 or 405 for a request whose body's end is unclear (two
             # Content-Lengths, a malformed header line that hid one) kept the connection, and took the rest for a request
             self.check_framing()
+            self.check_host()
             if hasattr(self, "do_" + self.command):  # (another method gets the standard library's 501, as without Expect)
                 self.check_route("GET" if self.command == "HEAD" else self.command, path)  # (as do_HEAD dispatches)
             if "Content-Length" in self.headers and "Transfer-Encoding" not in self.headers:  # (chunked: no size to judge)
@@ -874,6 +909,7 @@ class ApiServer(ThreadingHTTPServer):
             fix = ("pick another --port, or stop what uses it" if getattr(e, "errno", None) in (errno.EADDRINUSE, errno.EACCES)
                    else "check --host (an address or name of this machine)")
             raise UserError(f"cannot listen on {host}:{port} ({getattr(e, 'strerror', None) or e}): {fix}")
+        self.loopback = loopback_name(self.server_address[0])  # only this machine reaches it (Handler.check_host)
         self.worker.start()
 
     def server_bind(self):

@@ -327,40 +327,40 @@ def raw(api, request):
 
 
 def test_http_errors_get_openai_bodies(api):
-    status, err, headers = raw(api, b"GET /v1/nowhere HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, err, headers = raw(api, b"GET /v1/nowhere HTTP/1.1\r\nHost: localhost\r\n\r\n")
     assert status == 404 and "/v1/chat/completions" in err["error"]["message"]
-    status, err, headers = raw(api, b"GET /v1/completions HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, err, headers = raw(api, b"GET /v1/completions HTTP/1.1\r\nHost: localhost\r\n\r\n")
     assert status == 405 and headers["Allow"] == "POST" and err["error"]["code"] == "method_not_allowed"
-    status, err, headers = raw(api, b"DELETE /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, err, headers = raw(api, b"DELETE /v1/models HTTP/1.1\r\nHost: localhost\r\n\r\n")
     assert status == 405 and headers["Allow"] == "GET"
-    status, err, headers = raw(api, b"DELETE /v1/models/tiny HTTP/1.1\r\nHost: x\r\n\r\n")  # it was 404
+    status, err, headers = raw(api, b"DELETE /v1/models/tiny HTTP/1.1\r\nHost: localhost\r\n\r\n")  # it was 404
     assert status == 405 and headers["Allow"] == "GET" and err["error"]["code"] == "method_not_allowed"
     for method in (b"OPTIONS", b"TRACE"):  # HTTP's own methods (they were 501 Not Implemented)
-        status, err, headers = raw(api, method + b" /v1/chat/completions HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, err, headers = raw(api, method + b" /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n\r\n")
         assert status == 405 and headers["Allow"] == "POST" and err["error"]["code"] == "method_not_allowed"
     # a body over the limit is refused before it is read, and the connection closes behind the answer
-    status, err, headers = raw(api, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (serve.MAX_BODY + 1))
+    status, err, headers = raw(api, b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n" % (serve.MAX_BODY + 1))
     assert status == 413 and headers["Connection"] == "close" and str(serve.MAX_BODY) in err["error"]["message"]
     # a Content-Length that is no byte count: 400, and the connection closes (its body, if any, is unread)
     for length in (b"-5", b"\xb2", b"7" * 5000):  # '\xb2' is latin-1 for '\u00b2', which str.isdigit() takes
-        status, err, headers = raw(api, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %s\r\n\r\n" % length)
+        status, err, headers = raw(api, b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Length: %s\r\n\r\n" % length)
         assert status == 400 and headers["Connection"] == "close"
         assert err["error"]["message"].startswith("Content-Length must be a non-negative number of bytes, got '")
-    status, err, headers = raw(api, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, err, headers = raw(api, b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\n\r\n")
     assert status == 411
     # other transfer codings than chunked (which every HTTP/1.1 server reads: test_chunked_body) are 501; both
     # framings at once are refused; either way the connection closes, since the body's end is not known
-    status, err, headers = raw(api, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n")
+    status, err, headers = raw(api, b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: gzip, chunked\r\n\r\n")
     assert status == 501 and headers["Connection"] == "close" and "'gzip, chunked' is not supported" in err["error"]["message"]
     for second in (b"identity", b"chunked"):  # two lines: "chunked, identity" is no chunked framing (TE.TE smuggling)
-        status, err, headers = raw(api, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        status, err, headers = raw(api, b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n"
                                         b"Transfer-Encoding: %s\r\n\r\n2\r\n{}\r\n0\r\n\r\n" % second)
         assert status == 501 and headers["Connection"] == "close", second
-    status, err, headers = raw(api, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+    status, err, headers = raw(api, b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n"
                                     b"Content-Length: 6\r\n\r\n2\r\n{}\r\n0\r\n\r\n")
     assert status == 400 and headers["Connection"] == "close" and "not both" in err["error"]["message"]
     # the standard library's own refusals too
-    status, err, headers = raw(api, b"BREW /pot HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, err, headers = raw(api, b"BREW /pot HTTP/1.1\r\nHost: localhost\r\n\r\n")
     assert status == 501 and "BREW" in err["error"]["message"]
     # the official client raises its error class with the server's message
     with pytest.raises(openai.BadRequestError) as e:
@@ -394,23 +394,23 @@ def test_http_framing(api):
         return r
     # a GET with a body: the body was left on the connection and taken for the next request line (a 400)
     body = b"GET /v1/nope HTTP/1.1\r\n\r\n"
-    (a, b) = exchange(b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
-                      + b"\r\nGET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", n=2)  # a stray CRLF between
+    (a, b) = exchange(b"GET /health HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+                      + b"\r\nGET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", n=2)  # a stray CRLF between
     assert a[0] == b[0] == 200 and a[1]["status"] == b[1]["status"] == "ok"
     for request, words in [
             (b"Content-Length: 41\r\nContent-Length: 5\r\n", "two different Content-Length headers"),
             (b"Content-Length : 33\r\n", "header line is malformed"),  # (it dropped this and every header after)
             (b"Bad Header\r\nContent-Length: 2\r\n", "header line is malformed"),
             (b"X-Folded: a\r\n b\r\nContent-Length: 2\r\n", "header line is malformed")]:
-        ((status, err, headers),) = exchange(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n" + request + b"\r\n{}")
+        ((status, err, headers),) = exchange(b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\n" + request + b"\r\n{}")
         assert status == 400 and words in err["error"]["message"] and headers["Connection"] == "close", request
     for hosts in (b"", b"Host: a\r\nHost: b\r\n"):
         ((status, err, headers),) = exchange(b"GET /health HTTP/1.1\r\n" + hosts + b"\r\n")
         assert status == 400 and "one Host header" in err["error"]["message"] and headers["Connection"] == "close"
-    ((status, _, headers),) = exchange(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    ((status, _, headers),) = exchange(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
     assert status == 200 and headers["Connection"] == "close"
     for stray in (b"", b"\r\n"):  # (after a stray CRLF it was a bare JSON body, no status line)
-        ((status, err, headers),) = exchange(stray + b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        ((status, err, headers),) = exchange(stray + b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\nHost: localhost\r\n\r\n")
         assert status == 414 and "shorten the URL" in err["error"]["message"]  # it said "bad request"
 
 
@@ -432,7 +432,7 @@ def test_chunked_body(api):
     for chunks, status, words in ((b"zz\r\n{}\r\n0\r\n\r\n", 400, "bad chunk size line"),
                                   (b"3\r\n{}\r\n0\r\n\r\n", 400, "does not end where its size says"),
                                   (b"%x\r\n" % (serve.MAX_BODY + 1), 413, "over")):
-        got, err, headers = raw(api, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks)
+        got, err, headers = raw(api, b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks)
         assert got == status and headers["Connection"] == "close" and words in err["error"]["message"]
 
 
@@ -448,7 +448,7 @@ def test_a_body_over_the_limit_gets_its_413(api, monkeypatch):
         conn.close()
     monkeypatch.setattr(serve, "DRAIN", 1 << 20)
     with socket.create_connection(api.server_address[:2], timeout=60) as sock:
-        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % 10**12)
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n" % 10**12)
         sent, block = 0, b"x" * (1 << 20)
         with pytest.raises(OSError):  # the server closes once it has dropped DRAIN bytes, and the connection resets
             while sent < 1 << 30:  # (socket buffers hold some megabytes: a gigabyte is far past them)
@@ -470,7 +470,7 @@ def test_a_client_waiting_for_100_continue_is_refused_a_body_over_the_limit_at_o
         linger(self)
         lingered.append(time.monotonic() - t0)
     monkeypatch.setattr(serve.Handler, "linger", timed)
-    head = b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nConnection: close\r\n"
+    head = b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\nConnection: close\r\n"
     t0 = time.monotonic()
     with socket.create_connection(api.server_address[:2], timeout=60) as sock:
         sock.sendall(head + b"Content-Length: %d\r\n\r\n" % (serve.MAX_BODY + 1))
@@ -503,7 +503,7 @@ def test_a_client_waiting_for_100_continue_is_refused_an_unknown_path_or_method_
                                        ("POST", "/health", 405, "method_not_allowed"),
                                        ("PATCH", "/v1/models/tiny", 405, "method_not_allowed")):
         with socket.create_connection(api.server_address[:2], timeout=60) as sock:
-            sock.sendall(b"%s %s HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 10\r\n\r\n"
+            sock.sendall(b"%s %s HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\nContent-Length: 10\r\n\r\n"
                          % (method.encode(), path.encode()))
             got = b""
             while b"\r\n\r\n" not in got:  # the first answer's head: the refusal, not a 100
@@ -517,14 +517,14 @@ def test_a_client_waiting_for_100_continue_is_refused_an_unknown_path_or_method_
     # closes: its 404 kept it, and what followed on it was answered as a request
     for framing in (b"Content-Length: 0\r\nContent-Length: 5\r\n", b"Bad Header\r\nContent-Length: 5\r\n"):
         with socket.create_connection(api.server_address[:2], timeout=60) as sock:
-            sock.sendall(b"POST /v1/chat/completion HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n" + framing + b"\r\n")
+            sock.sendall(b"POST /v1/chat/completion HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\n" + framing + b"\r\n")
             got = b""
             while b"\r\n\r\n" not in got:
                 data = sock.recv(65536)
                 assert data, got
                 got += data
             with contextlib.suppress(OSError):  # (a server that closed already may reset it)
-                sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+                sock.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
                 got += b"".join(iter(lambda: sock.recv(65536), b""))
         assert got.startswith(b"HTTP/1.1 400 ") and b"Connection: close" in got.split(b"\r\n\r\n")[0], got
         assert got.count(b"HTTP/1.1 ") == 1 and b"header" in got, got
@@ -595,7 +595,7 @@ def wait_for(condition, what, limit=60):
 
 def completion_request(**body):
     body = json.dumps({"prompt": "la", **body}).encode()
-    return b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    return b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
 
 
 class XnuPoll:
@@ -1448,6 +1448,29 @@ def test_without_cors_no_page_of_another_origin_is_let_in(api):
     status, h, _ = head(api, "POST", "/v1/completions", {"Origin": "http://localhost:3000"},
                         json.dumps({"prompt": "Hi", "max_tokens": 1}))
     assert status == 200 and "access-control-allow-origin" not in h
+
+
+def test_a_page_that_reaches_the_loopback_server_by_another_name_is_refused(api, enc):
+    """DNS rebinding: a site points its own name at 127.0.0.1, and its page, of the server's origin to the browser,
+    read every answer, which the missing CORS headers were to keep from it."""
+    port = api.server_address[1]
+    body = json.dumps({"prompt": "Hi", "max_tokens": 1}).encode()
+    for host in (b"evil.example:%d" % port, b"evil.example", b"localhost.evil.example", b"127.0.0.1.nip.io:%d" % port):
+        for request in (b"GET / HTTP/1.1\r\nHost: %s\r\n\r\n" % host,
+                        b"POST /v1/completions HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n\r\n%s" % (host, len(body), body)):
+            status, err, _ = raw(api, request)
+            assert status == 403 and err["error"]["code"] == "host_not_allowed", (host, err)
+            assert f"http://127.0.0.1:{port}/" in err["error"]["message"]
+    for host in (b"localhost:%d" % port, b"LocalHost.", b"chat.localhost", b"127.0.0.1", b"127.0.0.2:80", b"[::1]:%d" % port):
+        status, _, _ = raw(api, b"GET /v1/models HTTP/1.1\r\nHost: %s\r\n\r\n" % host)
+        assert status == 200, host
+    # a server on every network is reached by the machine's own names, whatever they are
+    other = start(tiny_model(enc), enc, host="0.0.0.0")
+    try:
+        status, _, _ = raw(other, b"GET /v1/models HTTP/1.1\r\nHost: my-box.lan:8000\r\n\r\n")
+        assert status == 200
+    finally:
+        other.close()
 
 
 def test_cors_origins_are_checked_on_the_command_line(capsys, ckpt):
