@@ -918,6 +918,17 @@ class ApiServer(ThreadingHTTPServer):
                 self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         super().server_bind()
 
+    def get_request(self):
+        try:
+            return super().get_request()
+        except OSError as e:
+            # out of file descriptors (a client holding a thousand connections, under ulimit -n 1024): the connection
+            # waiting to be accepted keeps the listening socket readable, and serve_forever spun a core on accept's
+            # failures, away from the reply being generated, until a descriptor was freed. Wait as a poll's time.
+            if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                time.sleep(POLL)
+            raise  # (socketserver drops an accept's OSError and goes on)
+
     @property
     def url(self):
         host, port = self.server_address[:2]
