@@ -45,6 +45,14 @@ def test_preset_dims(name):
     assert cfg.padded_vocab_size == 50304 and cfg.padded_vocab_size % 64 == 0
 
 
+def test_presets_are_the_shapes_the_readme_gives():
+    # test_preset_dims reads PRESETS itself, so a preset changed there passed it; a user's `--model small` names these
+    shapes = {name: (c.n_layer, c.n_embd, c.n_head, c.block_size, c.variant) for name in PRESETS
+              for c in [make_config(name)]}
+    assert shapes == {"tiny": (4, 128, 4, 256, "modern"), "small": (6, 384, 6, 256, "gpt2"),
+                      "gpt2-75m": (10, 640, 10, 1024, "gpt2"), "gpt2": (12, 768, 12, 1024, "gpt2")}
+
+
 def test_gpt2_preset_is_124m():
     # meta device: shapes only, nothing allocated
     with torch.device("meta"):
