@@ -1387,6 +1387,29 @@ def test_bits_per_byte_of_an_older_dataset_are_flagged(env, tmp_path, capsys):
     assert "was prepared by an older prepare.py, which counted each <|endoftext|> as 13 bytes" in capsys.readouterr().err
 
 
+def test_evaluations_give_bits_per_byte_beside_loss_and_perplexity(env, tmp_path, capsys):
+    """Issue 10: quality in bits per byte of text, comparable across vocabularies, in each eval line, the metrics and
+    the closing summary; none on chat data, whose loss covers the assistant's tokens only."""
+    s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--max_steps", "3", "--eval_interval", "1",
+                             "--save_interval", "0"))
+    out = capsys.readouterr().out
+    split = train.load_meta(env["data"], "mini")["splits"]["val"]
+    recs = [r for r in read_metrics(s["metrics"]) if r["val_loss"] is not None]
+    shown = re.findall(r"val ([\d.]+) \(ppl ([\d.]+), ([\d.]+) bpb\)", out)
+    assert len(recs) == len(shown) == 3
+    for r, (loss, ppl, bpb) in zip(recs, shown):
+        expected = r["val_loss"] * split["tokens"] / (split["bytes"] * math.log(2))  # nats a token -> bits a byte
+        assert r["val_bpb"] == pytest.approx(expected, rel=1e-4) and float(bpb) == pytest.approx(expected, abs=1e-3)
+        assert float(loss) == pytest.approx(r["val_loss"], abs=1e-4) and float(ppl) == pytest.approx(r["val_ppl"], abs=0.01)
+    assert s["best_val_bpb"] == pytest.approx(min(r["val_bpb"] for r in recs), rel=1e-4)
+    assert re.search(rf"best val loss [\d.]+ \(ppl [\d.]+, {s['best_val_bpb']:.3f} bpb\)", out)
+    c = train.train(args_for(env, tmp_path / "chat", "--dataset", "chat", "--max_steps", "1", "--eval_interval", "1",
+                             "--save_interval", "0"))
+    out = capsys.readouterr().out
+    assert c["best_val_loss"] is not None and c["best_val_bpb"] is None and "bpb" not in out
+    assert all(r["val_bpb"] is None for r in read_metrics(c["metrics"]))
+
+
 def test_tokenizer_mismatch_is_an_error(env, trained, tmp_path):
     # a checkpoint made with one vocabulary on data prepared with another
     with pytest.raises(UserError, match="tokenizer"):
