@@ -2671,6 +2671,22 @@ def test_a_new_model_defaults_to_tiny_on_cpu_and_small_on_cuda(env, tmp_path):
     assert ck["args"]["model"] == "tiny" and ck["args"]["batch_size"] == 16  # tiny (args_for asks batch 16)
 
 
+def test_a_new_run_gets_the_defaults_the_cpu_study_picked():
+    """Issue 10: what a user leaves out is what measured best on a 2-core CPU (BENCHMARKS.md; the README gives it):
+    tiny in the modern variant, context 256, batch 8, Muon at lr 4e-3 decaying to lr/100 in a --time_budget, 10% of
+    it warming up. On a CUDA GPU small at batch 16."""
+    cpu = train.default_preset(torch.device("cpu"))
+    config = train.make_config(cpu)
+    assert (cpu, config.variant, config.n_layer, config.n_embd, config.n_head, config.block_size) == \
+        ("tiny", "modern", 4, 128, 4, 256)
+    a = train.resolve_args(train.parse_args(["--time_budget", "2"]), {}, False, config)
+    assert (a.model, a.batch_size, a.block_size, a.lr, a.optimizer) == ("tiny", 8, 256, 4e-3, "muon")
+    assert a.min_lr == pytest.approx(4e-5) and train.budget_and_warmup(a, 1000)[:2] == (120, 0.10)
+    gpu = train.default_preset(torch.device("cuda", 0))
+    g = train.resolve_args(train.parse_args(["--model", gpu]), {}, False, train.make_config(gpu))
+    assert (g.model, g.batch_size) == ("small", 16)
+
+
 def test_a_moved_dataset_trains_with_the_vocabulary_in_its_folder(tmp_path):
     """meta.json names a trained vocabulary by absolute path; a project moved (or data/ copied to another machine for
     torchrun) still trains on its own tokenizer.tiktoken. Another vocabulary there (one left from before the data
