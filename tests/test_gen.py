@@ -227,6 +227,22 @@ def test_no_color_leaves_the_chat_prompts_plain(la_ckpt, capsys, monkeypatch):
         assert code == 0 and ("\033[1m" in out) == styled, (out, err)
 
 
+def test_a_terminal_gets_the_typing_rhythm_and_a_pipe_never_waits(ckpt, capsys, monkeypatch):
+    """Issue 4: tokens are paced on a terminal for demos unless --no_delay; piped output (benchmarks, scripts) is
+    never held back."""
+    sleeps = []
+    monkeypatch.setattr(gen.time, "sleep", sleeps.append)
+    argv = [ckpt, "--prompt", "Hi", "--max_tokens", "8", "--temp", "0"] + CPU
+    waited = []
+    for tty, extra in ((False, []), (True, []), (True, ["--no_delay"])):
+        monkeypatch.setattr(sys.stdout, "isatty", lambda tty=tty: tty)
+        sleeps.clear()
+        code, out, err = cli(argv + extra, capsys)
+        assert code == 0, err
+        waited.append(sum(sleeps))
+    assert waited[0] == waited[2] == 0 and 0 < waited[1] <= 8 * gen.TYPING_DELAY
+
+
 def test_history_overflow_drops_oldest_turns(enc, monkeypatch, capsys):
     system = {"role": "system", "content": "You are a helpful assistant."}
     turns = []
