@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 
@@ -191,6 +192,23 @@ def test_export_round_trips_here(exported, enc):
     # every file readable as the umask makes files (safetensors alone wrote its own 0600)
     modes = {name: os.stat(os.path.join(exported["out"], name)).st_mode & 0o777 for name in os.listdir(exported["out"])}
     assert len(set(modes.values())) == 1, modes
+
+
+def test_export_and_import_need_no_transformers(tmp_path):
+    """transformers is a test-only dependency: on a machine with requirements.txt alone export.py writes both layouts
+    and the scripts read them back."""
+    code = ["import sys; sys.modules['transformers'] = None  # any import of it fails",
+            "import export; from checkpoint import load_model, save_checkpoint; from model import GPT, make_config",
+            "from setup_tokenizer import get_tokenizer; enc = get_tokenizer('gpt2')"]
+    for variant in ("gpt2", "modern"):
+        ckpt, out = str(tmp_path / f"{variant}.pt"), str(tmp_path / variant)
+        code += [f"save_checkpoint({ckpt!r}, GPT(make_config('tiny', n_layer=1, n_embd=32, n_head=2, block_size=32, "
+                 f"vocab_size=enc.n_vocab, variant={variant!r})), enc)",
+                 f"export.main([{ckpt!r}, {out!r}]); print('read', load_model({out!r})[0].config.variant)"]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-c", "\n".join(code)], cwd=root, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert [line for line in r.stdout.splitlines() if line.startswith("read ")] == ["read gpt2", "read modern"]
 
 
 def test_gpt2_tokenizer_files_are_gpt2s_own(tmp_path, enc):
