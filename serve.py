@@ -38,6 +38,7 @@ import argparse
 import collections
 import contextlib
 import errno
+import io
 import ipaddress
 import json
 import os
@@ -69,6 +70,10 @@ DRAIN, DRAIN_WAIT = 64 << 20, 10  # bytes and seconds of a refused, unread body 
 MAX_STOP = 4            # stop strings per request, as OpenAI allows
 POLL = 0.2              # seconds between checks that a waiting client is still connected
 ANSWER_WAIT = 5         # seconds a stopping server gives the requests it holds to send their answers
+# seconds a request has to arrive whole, head and body, from its first byte: the largest one taken (a MAX_BODY body)
+# crosses a 1 Mbit/s link, a poor Wi-Fi's, in 9 s: a sixth of this. The socket's own timeout restarts with every byte,
+# so a client that trickled one a minute (slowloris) held its thread and connection forever
+REQUEST_WAIT = 60
 
 
 class ApiError(Exception):
@@ -84,6 +89,10 @@ class ApiError(Exception):
 
 class ClientGone(Exception):
     """The client closed its connection: stop working for it."""
+
+
+class LateRequest(Exception):
+    """A request still arriving past its REQUEST_WAIT: answered 408, and its connection closed."""
 
 
 def shutting_down():
@@ -452,10 +461,43 @@ def loopback_name(host):
         return False
 
 
+class RequestReader(io.RawIOBase):
+    """The connection's bytes as the handler's rfile reads them: each read of a request ends by the request's
+    deadline (Handler.deadline, None between requests), raising LateRequest; no thread watches the clock."""
+
+    def __init__(self, raw, handler):
+        super().__init__()
+        self.raw, self.handler = raw, handler
+
+    def readable(self):
+        return True
+
+    def readinto(self, b):
+        deadline, sock = self.handler.deadline, self.handler.connection
+        if deadline is None:
+            return self.raw.readinto(b)
+        wait, left = sock.gettimeout(), deadline - time.monotonic()
+        if left <= 0:
+            raise LateRequest
+        sock.settimeout(left if wait is None else min(wait, left))
+        try:
+            return self.raw.readinto(b)
+        except TimeoutError:
+            raise LateRequest from None
+        finally:
+            sock.settimeout(wait)  # what we write keeps the connection's own timeout
+
+    def close(self):
+        self.raw.close()
+        super().close()
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: the openai client reuses its connection
     server_version = "gpt-trainer-serve"
-    timeout = 120  # seconds a connection may sit idle, or a client not read what we send, before we drop it
+    # seconds a connection may sit idle between requests, or a client not read what we send, before we drop it (a
+    # request itself has REQUEST_WAIT)
+    timeout = 120
     # TCP_NODELAY: headers and body go out in two writes, and with Nagle's algorithm the second waits for the
     # client's delayed ACK, 40 ms per answer (20 keep-alive clients: 450 requests/s with it, 2-6k without);
     # streamed tokens would bunch up the same way
@@ -466,6 +508,30 @@ class Handler(BaseHTTPRequestHandler):
               "/v1/chat/completions": {"POST"}, "/v1/completions": {"POST"}}
 
     unread_body = False  # an answer went before the request's body was read (linger)
+    deadline = None  # when the request being read must have arrived whole (handle_one_request)
+
+    def setup(self):
+        super().setup()
+        self.rfile = io.BufferedReader(RequestReader(self.rfile.detach(), self))
+
+    def handle_one_request(self):
+        """One request, given REQUEST_WAIT from its first byte to arrive whole, else answered 408 and its connection
+        closed. The wait for that first byte is a keep-alive connection's idle time: it has the socket's timeout, as
+        before. Nor is the answer timed: it reads nothing (client_gone peeks at the socket itself)."""
+        try:
+            self.rfile.peek(1)  # the first byte (or end-of-file, on which the standard library closes the connection)
+        except TimeoutError:
+            self.close_connection = True
+            return
+        self.deadline = time.monotonic() + REQUEST_WAIT
+        self.requestline = self.request_version = self.command = ""  # a request line still coming has none (send_error)
+        try:
+            super().handle_one_request()
+        except LateRequest:
+            self.send_error(408, f"the request did not arrive whole within {REQUEST_WAIT} seconds of its first byte; "
+                                 f"send it at once")
+        finally:
+            self.deadline = None
 
     def handle(self):
         try:

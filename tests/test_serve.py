@@ -532,6 +532,67 @@ def test_a_client_waiting_for_100_continue_is_refused_an_unknown_path_or_method_
         assert got.count(b"HTTP/1.1 ") == 1 and b"header" in got, got
 
 
+def test_a_request_that_trickles_in_is_cut_off_at_its_deadline(api, monkeypatch):
+    """A client that sends a byte at a time, each sooner than the socket's timeout (120 s), restarts that timeout with
+    every byte (slowloris): trickling its request line, its headers or its body, it held a thread and a connection
+    forever. A request now has serve.REQUEST_WAIT from its first byte to arrive whole, else a 408 closes its connection;
+    the server answers others meanwhile and after. A keep-alive connection's idle time, before its first request or
+    between two, is not the request's: it keeps the socket's timeout, and a big body sent at once is read whole."""
+    monkeypatch.setattr(serve, "REQUEST_WAIT", 2.5)
+    address = api.server_address[:2]
+    keep_alive = http.client.HTTPConnection(*address, timeout=60)
+    keep_alive.request("GET", "/health")
+    assert keep_alive.getresponse().read() and keep_alive.sock
+    sock_before = keep_alive.sock
+    quiet = socket.create_connection(address, timeout=60)  # its request comes once the others are cut off
+    starts = [b"GET /v1/mod", b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Slow: ",
+              b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n{"]
+    slow = [socket.create_connection(address, timeout=60) for _ in starts]
+    t0 = time.monotonic()
+    for sock, start in zip(slow, starts):
+        sock.sendall(start)
+    got, ended, answered = {}, {}, []
+    # a byte a second, checked for an answer before each: none is sent at the deadline's instant (2.5 s), which would
+    # meet a closed socket
+    for tick in range(1, 4 * int(serve.REQUEST_WAIT)):
+        time.sleep(max(0.0, t0 + tick - time.monotonic()))
+        for i, sock in enumerate(slow):
+            if i not in ended and select.select([sock], [], [], 0)[0]:
+                got[i] = b"".join(iter(lambda: sock.recv(65536), b""))  # up to the server's close
+                ended[i] = time.monotonic() - t0
+            elif i not in ended:
+                sock.sendall(b"a")
+        if len(ended) == len(slow):
+            break
+        if not answered:  # meanwhile a request that arrives at once is answered
+            answered.append(post(api, "/v1/completions", {"prompt": "Hi", "max_tokens": 2})[0])
+    assert answered == [200]
+    for i, sock in enumerate(slow):
+        sock.close()
+        assert i in ended, f"the server still reads {starts[i]!r} trickling in after {4 * serve.REQUEST_WAIT} s"
+        assert serve.REQUEST_WAIT <= ended[i] < serve.REQUEST_WAIT + 5, ended  # (+5: a guard, not a speed requirement)
+        status, body = parse_answer(got[i])
+        assert status == 408 and b"Connection: close" in got[i].split(b"\r\n\r\n")[0], got[i]
+        assert "did not arrive whole" in json.loads(body)["error"]["message"]
+    # idle longer than the deadline: the keep-alive connection serves its next request, and a new one its first
+    assert time.monotonic() - t0 > serve.REQUEST_WAIT
+    keep_alive.request("GET", "/health")
+    r = keep_alive.getresponse()
+    assert r.status == 200 and json.loads(r.read())["status"] == "ok" and keep_alive.sock is sock_before
+    keep_alive.close()
+    quiet.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    assert parse_answer(b"".join(iter(lambda: quiet.recv(65536), b"")))[0] == 200
+    quiet.close()
+    body = {"prompt": "Hi", "max_tokens": 1, "pad": ""}  # (a field it does not know: ignored)
+    body["pad"] = "x" * (serve.MAX_BODY - len(json.dumps(body)))
+    status, out, _ = post(api, "/v1/completions", body)
+    assert status == 200 and out["usage"]["completion_tokens"] == 1
+    # and a connection that sends nothing is still dropped at the socket's timeout, without a word
+    monkeypatch.setattr(serve.Handler, "timeout", 0.5)
+    with socket.create_connection(address, timeout=60) as sock:
+        assert sock.recv(65536) == b""
+
+
 def test_context_length_message_reads_right(api, enc):
     # one sentence for one prompt and for several messages (it said "the prompt take 1")
     status, err, _ = post(api, "/v1/completions", {"prompt": "Hi", "max_tokens": BLOCK})
