@@ -518,12 +518,8 @@ class Handler(BaseHTTPRequestHandler):
         """One request, given REQUEST_WAIT from its first byte to arrive whole, else answered 408 and its connection
         closed. The wait for that first byte is a keep-alive connection's idle time: it has the socket's timeout, as
         before. Nor is the answer timed: it reads nothing (client_gone peeks at the socket itself)."""
-        try:
-            self.rfile.peek(1)  # the first byte (or end-of-file, on which the standard library closes the connection)
-        except TimeoutError:
-            self.close_connection = True
+        if not self.wait_for_request():
             return
-        self.deadline = time.monotonic() + REQUEST_WAIT
         self.requestline = self.request_version = self.command = ""  # a request line still coming has none (send_error)
         try:
             super().handle_one_request()
@@ -532,6 +528,18 @@ class Handler(BaseHTTPRequestHandler):
                                  f"send it at once")
         finally:
             self.deadline = None
+
+    def wait_for_request(self):
+        """Waits for a request's first byte (or end-of-file, on which the standard library closes the connection) with
+        the socket's idle timeout, then starts the request's deadline; False, the connection to close, if none came."""
+        self.deadline = None
+        try:
+            self.rfile.peek(1)
+        except TimeoutError:
+            self.close_connection = True
+            return False
+        self.deadline = time.monotonic() + REQUEST_WAIT
+        return True
 
     def handle(self):
         try:
@@ -620,6 +628,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def parse_request(self):
         if self.raw_requestline in (b"\r\n", b"\n"):  # a client's stray CRLF after a body (RFC 9112 2.2): skip one
+            # the wait for the request after it is idle time, as before the CRLF: counted in the request's deadline, a
+            # keep-alive connection idle for it was sent a 408 unasked, which the client's next request there read
+            if not self.wait_for_request():
+                return False
             self.raw_requestline = self.rfile.readline(65537)
             if len(self.raw_requestline) > 65536:  # as the standard library answers a long line it read itself
                 self.requestline, self.request_version, self.command = "", "", ""

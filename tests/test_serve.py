@@ -593,6 +593,35 @@ def test_a_request_that_trickles_in_is_cut_off_at_its_deadline(api, monkeypatch)
         assert sock.recv(65536) == b""
 
 
+def test_the_wait_after_a_stray_crlf_is_idle_time_not_the_requests(api, monkeypatch):
+    """A client's stray CRLF after a request (RFC 9112 2.2, which parse_request skips) began the next request's
+    REQUEST_WAIT: the connection then sitting idle, as keep-alive ones do, was sent a 408 nobody asked for and closed,
+    and an HTTP client that reused it read that 408 as the answer to its next request. The wait for the request after
+    it is idle time, with the socket's timeout; that request, once begun, has its deadline."""
+    monkeypatch.setattr(serve, "REQUEST_WAIT", 1.0)
+    with socket.create_connection(api.server_address[:2], timeout=60) as sock:
+        def answer():  # (status, body) of the next answer, read up to its end and no further
+            head = b""
+            while not head.endswith(b"\r\n\r\n"):
+                data = sock.recv(1)
+                assert data, head
+                head += data
+            body, length = b"", int(re.search(rb"Content-Length: (\d+)", head).group(1))
+            while len(body) < length:
+                body += sock.recv(length - len(body))
+            return int(head.split()[1]), body
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n\r\n")
+        assert answer()[0] == 200
+        time.sleep(2.5 * serve.REQUEST_WAIT)  # idle, past the deadline
+        assert not select.select([sock], [], [], 0)[0], sock.recv(100)  # nothing sent, the connection kept
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n\r\nGET /hea")  # another stray CRLF, then trickling
+        status, body = answer()
+        assert status == 200 and json.loads(body)["status"] == "ok"
+        t0 = time.monotonic()
+        status, body = answer()  # the request begun after the stray CRLF has its deadline
+        assert status == 408 and serve.REQUEST_WAIT * 0.9 <= time.monotonic() - t0 < serve.REQUEST_WAIT + 5
+
+
 def test_context_length_message_reads_right(api, enc):
     # one sentence for one prompt and for several messages (it said "the prompt take 1")
     status, err, _ = post(api, "/v1/completions", {"prompt": "Hi", "max_tokens": BLOCK})
