@@ -443,16 +443,22 @@ class Worker(threading.Thread):
 # -----------------------------------------------------------------------------
 # HTTP
 
-def loopback_name(host):
-    """Whether host (a Host header's "name[:port]" or "[v6][:port]", or an address) names this machine's loopback:
-    localhost, a name under .localhost (which browsers resolve to loopback themselves, never by DNS) or a loopback
-    address. A name that DNS points at 127.0.0.1 is not: a web page's site may point its own name there."""
+def host_name(host):
+    """The name or address of a Host header's "name[:port]" or "[v6][:port]" (or of an address), in lower case and
+    without a trailing dot, as names compare."""
     host = host.strip().lower()
     if host.startswith("["):
         host = host[1:].partition("]")[0]
     elif host.count(":") == 1:  # name:port (more than one colon: an IPv6 address, from server_address)
         host = host.partition(":")[0]
-    host = host.removesuffix(".")
+    return host.removesuffix(".")
+
+
+def loopback_name(host):
+    """Whether host (a Host header, or an address) names this machine's loopback: localhost, a name under .localhost
+    (which browsers resolve to loopback themselves, never by DNS) or a loopback address. A name that DNS points at
+    127.0.0.1 is not: a web page's site may point its own name there."""
+    host = host_name(host)
     if host == "localhost" or host.endswith(".localhost"):
         return True
     try:
@@ -704,15 +710,18 @@ class Handler(BaseHTTPRequestHandler):
         """DNS rebinding: a web page whose own name its site points at 127.0.0.1 is, to the browser, of this server's
         origin, and reads every answer, which no CORS header would let it. A server on a loopback address (the
         default) answers requests for a loopback name or address only; one on 0.0.0.0 or a network address is reached
-        by names of its own, and answers any. A request with no Host (HTTP/1.0) comes from no browser."""
+        by names of its own, and answers any. A request with no Host (HTTP/1.0) comes from no browser. --allowed_hosts
+        names more (a proxy that passes on its own public name: a Codespaces or Jupyter proxy's)."""
         host = self.headers.get("Host")
-        if host is None or not self.server.loopback or loopback_name(host):
+        allowed = self.server.allowed_hosts
+        if host is None or not self.server.loopback or loopback_name(host) or "*" in allowed \
+                or host_name(host) in allowed:
             return
         port = self.server.server_address[1]
         raise ApiError(403, f"this server listens on loopback and answers requests for localhost or a loopback address, "
                             f"not {host[:80]!r} (a page of another site reaching it through DNS rebinding): open "
-                            f"http://127.0.0.1:{port}/ or http://localhost:{port}/ (behind a proxy: pass it the "
-                            f"upstream's Host)", code="host_not_allowed")
+                            f"http://127.0.0.1:{port}/ or http://localhost:{port}/ (behind a proxy that passes on its "
+                            f"own name: --allowed_hosts {host_name(host)[:80]})", code="host_not_allowed")
 
     def check_route(self, method, path):
         """Refuses (404, 405) a path this server does not serve, or a method the path does not take: decided by the
@@ -967,9 +976,10 @@ class ApiServer(ThreadingHTTPServer):
     request_queue_size = 128  # the listen backlog: socketserver's 5 makes a burst of clients wait a second for a SYN retry
 
     def __init__(self, model, enc, name, host="127.0.0.1", port=8000, dtype=torch.float32, temperature=0.8,
-                 top_k=200, top_p=None, max_tokens=256, max_queue=64, log=None, cors=(), repetition_penalty=1.0):
+                 top_k=200, top_p=None, max_tokens=256, max_queue=64, log=None, cors=(), repetition_penalty=1.0, allowed_hosts=()):
         self.model, self.enc, self.name = model, enc, name
         self.cors = tuple(cors)  # origins whose pages may call the API from a browser ("*": any)
+        self.allowed_hosts = tuple(allowed_hosts)  # names a loopback server answers besides its own ("*": any)
         self.temperature, self.top_k, self.top_p, self.max_tokens = temperature, top_k, top_p, max_tokens
         self.repetition_penalty = repetition_penalty
         self.created = int(time.time())
@@ -1083,6 +1093,17 @@ def origins(s):
     return out
 
 
+def host_names(s):
+    given = [h.strip() for h in s.split(",") if h.strip()]
+    # (a scheme's "https://" would pass as a name and a port)
+    bad = [h for h in given if h != "*" and ("/" in h or not re.fullmatch(r"[a-z0-9._-]+|[0-9a-f:.]+", host_name(h)))]
+    out = tuple(host_name(h) for h in given)
+    if not out or bad:  # a URL or a path never equals a request's Host name
+        raise argparse.ArgumentTypeError(f"expected host names like myname.example (no scheme, no path) or *, got "
+                                         f"{(bad or [s])[0]!r}")
+    return out
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Serve a checkpoint: an OpenAI-compatible HTTP API and a chat page.")
     add_checkpoint_argument(p)
@@ -1092,6 +1113,10 @@ def parse_args(argv=None):
     p.add_argument("--cors", type=origins, default=(), metavar="ORIGINS",
                    help="let web pages of these origins call the API from a browser: comma-separated, e.g. "
                         "http://localhost:3000, or * for any (default: none; the chat page at / needs none)")
+    p.add_argument("--allowed_hosts", type=host_names, default=(), metavar="NAMES",
+                   help="on a loopback --host, answer requests for these names too (comma-separated, or * for any): "
+                        "behind a proxy that passes on its own name (default: localhost and loopback addresses only, "
+                        "against DNS rebinding)")
     add_sampling_arguments(p, " when a request gives none")
     p.add_argument("--max_tokens", type=positive_int, default=256,
                    help="new tokens when a request gives no max_tokens (default 256; for a chat at most half the "
@@ -1119,7 +1144,8 @@ def main(argv=None):
     warn_if_trained_on_text(path, ckpt, "its chat replies (the chat page, /v1/chat/completions)")
     name = model_name(path)
     server = ApiServer(model, enc, name, args.host, args.port, dtype, args.temp, args.top_k, args.top_p,
-                       args.max_tokens, args.max_queue, cors=args.cors, repetition_penalty=args.repetition_penalty)
+                       args.max_tokens, args.max_queue, cors=args.cors, repetition_penalty=args.repetition_penalty,
+                       allowed_hosts=args.allowed_hosts)
     print(f"serving {name} ({model.num_params(non_embedding=False) / 1e6:.1f}M parameters, context "
           f"{model.config.block_size}, {device} {str(dtype).removeprefix('torch.')}) on {server.url}: "
           f"chat page at {server.url}/, API at {server.url}/v1; Ctrl-C stops", flush=True)

@@ -1584,6 +1584,30 @@ def test_a_page_that_reaches_the_loopback_server_by_another_name_is_refused(api,
         other.close()
 
 
+def test_a_loopback_server_behind_a_proxy_answers_the_names_it_is_given(capsys, enc):
+    """A proxy that passes on its own public name (Codespaces, a Jupyter proxy) got the DNS-rebinding refusal with no
+    way round it but --host 0.0.0.0, which opens the server to the whole network: --allowed_hosts names it."""
+    assert serve.parse_args(["--allowed_hosts", "Box-8000.App.Example., proxy.lan:443"]).allowed_hosts == \
+        ("box-8000.app.example", "proxy.lan")
+    for bad in ("https://box.example", "box.example/chat", ","):  # a URL, a path, nothing: never a Host's name
+        with pytest.raises(SystemExit):
+            serve.parse_args(["--allowed_hosts", bad])
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert "expected host names like" in err, err
+    named = start(tiny_model(enc), enc, allowed_hosts=("box-8000.app.example",))
+    anyone = start(tiny_model(enc), enc, allowed_hosts=("*",))
+    try:
+        request = b"GET /v1/models HTTP/1.1\r\nHost: %s\r\n\r\n"
+        assert raw(named, request % b"BOX-8000.app.example:443")[0] == 200
+        assert raw(named, request % b"localhost")[0] == 200  # its own names still
+        status, err, _ = raw(named, request % b"evil.example")
+        assert status == 403 and "--allowed_hosts evil.example" in err["error"]["message"]  # the fix, named
+        assert raw(anyone, request % b"evil.example")[0] == 200
+    finally:
+        named.close()
+        anyone.close()
+
+
 def test_cors_origins_are_checked_on_the_command_line(capsys, ckpt):
     assert serve.parse_args(["--cors", "http://localhost:3000, https://a.example/"]).cors == \
         ("http://localhost:3000", "https://a.example")
