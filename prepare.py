@@ -37,7 +37,8 @@ above its natural share has documents repeated, one below it a random subset (se
 run). Validation holds each source's own validation documents once, unweighted. meta.json's "mix"
 records what each source contributed.
 
-Sources, first found wins: --source files (.txt, .jsonl, .json, .parquet), the local mirror
+Sources, first found wins: --source files (.txt, .jsonl, .json, .parquet) or a hub dataset of such records
+(--source hf:NAME[:CONFIG[:SPLIT]], streamed; val is its validation split, else train's tail), the local mirror
 in $DATA_MIRROR (see its README.md), then the Hugging Face hub (shakespeare: char-rnn's file, downloaded
 once into ~/.cache/gpt-trainer; chitchat is generated here and takes no source).
 """
@@ -460,12 +461,15 @@ def load_hub(path, config, split, streaming=False):
     return datasets.load_dataset(path, config, split=split, streaming=streaming)
 
 
-def hub_docs(dataset, split, streaming=False):
-    path, config = HUB[dataset][:2]
-    try:
-        rows = load_hub(path, config, split, streaming)
-    except Exception as e:  # offline, unknown dataset, script datasets no longer supported...
-        raise NoSource(no_source(dataset, f"the Hugging Face hub failed: {type(e).__name__}: {first_line(e)}"))
+def hub_docs(dataset, split, streaming=False, path=None, rows=None):
+    """The documents of a hub split's rows, each read as a --source record is. path and rows: a --source hf: set's
+    spec and split (default: HUB[dataset]'s, loaded here)."""
+    if rows is None:
+        path, config = HUB[dataset][:2]
+        try:
+            rows = load_hub(path, config, split, streaming)
+        except Exception as e:  # offline, unknown dataset, script datasets no longer supported...
+            raise NoSource(no_source(dataset, f"the Hugging Face hub failed: {type(e).__name__}: {first_line(e)}"))
     rows, i = iter(rows), 0
     while True:
         try:
@@ -479,6 +483,50 @@ def hub_docs(dataset, split, streaming=False):
         doc = record_doc(row, f"{path} {split} row {i}", dataset)
         if doc:
             yield doc
+
+
+def hub_source(spec, dataset):
+    """--source hf:NAME[:CONFIG[:SPLIT]], a Hugging Face hub dataset (or a local folder of data files, which datasets
+    reads as one), streamed: --limit reads what it takes, and a huge set is never downloaded whole (each pass over it,
+    the val count's or a vocabulary's, reads it again). Train is SPLIT (default train, or the set's only split), val
+    the set's own validation split where it has one, else train's tail, as of a file."""
+    path, config, split, *more = spec[len("hf:"):].split(":") + [None, None]
+    if not path or any(more):
+        raise UserError(f"--source {spec}: give hf:NAME, hf:NAME:CONFIG or hf:NAME:CONFIG:SPLIT (hf:NAME::SPLIT for "
+                        f"the default config)")
+    import datasets  # slow to import, and only needed here
+    try:
+        builder = datasets.load_dataset_builder(path, config or None)
+        files = builder.config.data_files or {}
+        splits = [str(s) for s in files or builder.info.splits or []]  # (NamedSplit: a str's equal, not one)
+        split = split or ("train" if "train" in splits or len(splits) != 1 else splits[0])
+        if split not in splits:
+            raise UserError(f"--source {spec}: no split {split!r} in this dataset; name one of {', '.join(splits)} as "
+                            f"hf:{path}:{config or ''}:SPLIT")
+        val = "validation" if "validation" in splits and split != "validation" else None
+        rows = builder.as_streaming_dataset()  # a parquet set's schema is read here: hub failures come now
+    except UserError:
+        raise
+    except Exception as e:  # one line naming the likely way out
+        if isinstance(e, ConnectionError):
+            fix = "go online (and unset HF_DATASETS_OFFLINE and HF_HUB_OFFLINE), or pass its files as --source PATH"
+        elif "gated" in str(e):
+            fix = f"ask for access at https://huggingface.co/datasets/{path} and log in (`hf auth login` or HF_TOKEN)"
+        elif isinstance(e, FileNotFoundError):
+            fix = "check the name, OWNER/NAME as https://huggingface.co/datasets spells it"
+        elif isinstance(e, ValueError):  # a config missing or unknown: the message lists them
+            fix = f"give one as hf:{path}:CONFIG"
+        else:  # a loading script, which datasets no longer runs
+            fix = "download its data files and pass them as --source PATH"
+        raise UserError(f"--source {spec}: the Hugging Face hub failed ({type(e).__name__}: "
+                        f"{first_line(' '.join(str(e).split()))}); {fix}") from None
+    # a local folder's files are fingerprinted as --source files are; a hub set by its revision (a commit)
+    local = [f for s in (split, val) if s for f in files.get(s, []) if os.path.isfile(f)]
+    revision = "" if local else f", revision {builder.hash}"
+    streams = [("train", split), ("val", val)] if val else [("split", split)]
+    return {"description": f"--source {spec} (Hugging Face datasets: {split}{f', val {val}' if val else ''}{revision})",
+            "files": local, "streams": [(role, f"{spec} {s}", functools.partial(hub_docs, dataset, s, path=spec,
+                                                                                 rows=rows[s])) for role, s in streams]}
 
 
 def fetch(url):
@@ -643,6 +691,12 @@ def find_source(dataset, source=None, extra=True, limit=None):
         return {"description": "generated by prepare.py (chitchat templates, seed 1337, distinct)", "files": [],
                 "streams": [("split", "chitchat", chitchat_docs)]}
     if source:
+        given = [source] if isinstance(source, str) else list(source)
+        if any(s.startswith("hf:") for s in given):
+            if len(given) > 1:
+                raise UserError(f"--source {' '.join(given)}: a hub dataset (hf:) is read alone: give it as the only "
+                                f"--source")
+            return hub_source(given[0], dataset)
         files = []
         for path in (p for given in ([source] if isinstance(source, str) else source)
                      for p in expand_pattern(given, "--source")):
@@ -1656,7 +1710,8 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
     same = old and old.get("dataset") == dataset
     # the --source files it was made from (absolute, as options records them), and those given now
     was = (meta_options(old, folder, odd={}) or {}).get("source") if same else None
-    sources = [os.path.abspath(p) for p in ([source] if isinstance(source, str) else source)] if source else None
+    sources = [p if p.startswith("hf:") else os.path.abspath(p)  # (a hub name is no path)
+               for p in ([source] if isinstance(source, str) else source)] if source else None
     # the user's own files are the dataset: made again from the mirror or the hub (a bare `prepare.py` after `--dataset
     # chat --source mine.jsonl`, which the module docstring shows) it was replaced without a word
     if was and not force and not source:
@@ -1973,7 +2028,10 @@ def main(argv=None):
                         "knowledge (question/answer), text (your --source files); default: every one it finds, or text with --source")
     p.add_argument("--source", type=nonempty, nargs="+", metavar="PATH",
                    help=".txt (documents separated by <|endoftext|>, else one per file), .jsonl/.json/.parquet records "
-                        "(messages, ShareGPT conversations, Alpaca instruction/input/output, question/answer, text), or folders")
+                        "(messages, ShareGPT conversations, Alpaca instruction/input/output, question/answer, text), or folders; "
+                        "or hf:NAME[:CONFIG[:SPLIT]], a Hugging Face hub dataset of such records, streamed (hf:NAME::SPLIT: "
+                        "the default config; split default train), val its validation split if it has one, else "
+                        "--val_fraction of train")
     p.add_argument("--tokenizer", type=nonempty, help="gpt2, the path of a .tiktoken file (setup_tokenizer.py train), or a "
                                         "checkpoint's, for its vocabulary (default: gpt2, or what the dataset has when "
                                         "it is made again)")

@@ -1,5 +1,6 @@
 """prepare.py on small corpora written to tmp_path, and on the local mirror when there is one.
-Never touches the network: the hub loader is replaced for every test."""
+Never touches the network: the hub loader is replaced for every test, and --source hf: reads local folders
+offline (conftest sets HF_DATASETS_OFFLINE)."""
 import base64
 import errno
 import functools
@@ -1961,6 +1962,110 @@ def test_hub_path(tmp_path, monkeypatch, enc):
     meta = prepare.prepare("dailydialog", out_dir=str(tmp_path / "data"))
     ids, mask = load(tmp_path / "data" / "dailydialog", "train", meta)
     assert masked_spans(enc, ids, mask) == ["Hello." + IM_END] * 3
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """datasets' cache (where its builders leave lock files) in tmp_path, not the user's."""
+    import datasets
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+
+
+def test_a_hub_source_is_streamed_and_read_as_source_files_are(tmp_path, enc, capsys, monkeypatch, hub_cache):
+    """--source hf:NAME goes through datasets.load_dataset's own code (offline, a local folder of data files is a hub
+    name): its rows are read as a .jsonl file's records, val is the set's validation split, --limit reads no more rows
+    than it takes, and the fingerprint knows the source."""
+    texts = [f"Note {i}: {DOCS[i]}" for i in range(20)]
+    rows = [{"text": t} for t in texts[:7]] + [{"text": "  "}, {"text": None}] + [{"text": t} for t in texts[7:]]
+    train = write(tmp_path / "set" / "train.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    write(tmp_path / "set" / "validation.jsonl", json.dumps({"text": "A val note."}) + "\n")
+    out, spec = str(tmp_path / "data"), f"hf:{tmp_path / 'set'}"
+    argv = ["--source", spec, "--name", "hub", "--out_dir", out]
+    assert run_cli(prepare.main, argv, capsys)[0] == 0
+    meta = prepare.read_meta(os.path.join(out, "hub"))
+    assert meta["source"] == f"--source {spec} (Hugging Face datasets: train, val validation)"
+    assert meta["val_split"] == "the source's own validation split"
+    assert (meta["splits"]["train"]["documents"], meta["splits"]["val"]["documents"]) == (20, 1)
+    val, _ = load(os.path.join(out, "hub"), "val", meta)
+    assert enc.decode(val.tolist()) == "A val note." + EOT
+    # the same tokens as the file given as --source, whose blank and null rows are skipped alike
+    local = prepare.prepare("text", source=train, out_dir=out, name="local", val_fraction=0)
+    assert np.array_equal(load(os.path.join(out, "hub"), "train", meta)[0],
+                          load(os.path.join(out, "local"), "train", local)[0])
+    # made again: up to date, by the command meta.json gives (the name kept as given, not made a path)
+    command = prepare.rebuild_command(meta, os.path.join(out, "hub"))
+    assert command == shlex.join(["python", "prepare.py", "--dataset", "text", "--source", spec, "--name", "hub",
+                                  "--out_dir", out])
+    capsys.readouterr()
+    assert run_cli(prepare.main, shlex.split(command)[2:], capsys) == (0, f"{out}/hub is up to date\n", "")
+    # a changed file rebuilds
+    with open(train, "a") as f:
+        f.write(json.dumps({"text": "One more note."}) + "\n")
+    assert prepare.prepare("text", source=spec, out_dir=out, name="hub")["splits"]["train"]["documents"] == 21
+    # --limit reads the rows it takes and no more: 4 of train (the blank and null rows come later), 1 of val
+    read = []
+    real = prepare.record_doc
+    monkeypatch.setattr(prepare, "record_doc", lambda record, where, dataset=None: read.append(where) or
+                        real(record, where, dataset))
+    meta = prepare.prepare("text", source=spec, out_dir=out, name="few", limit=4)
+    assert read == [f"{spec} train row {i}" for i in range(1, 5)] + [f"{spec} validation row 1"]
+    assert (meta["splits"]["train"]["documents"], meta["splits"]["val"]["documents"]) == (4, 1)
+    # rows with nothing to train on stop the run as a file's records do, naming the row
+    write(tmp_path / "odd" / "train.jsonl", json.dumps({"title": "no text"}) + "\n")
+    with pytest.raises(UserError, match=r"^hf:.*/odd train row 1: no messages, conversations, conversation, "
+                                        r"instruction/output, question/answer or text field$"):
+        prepare.prepare("text", source=f"hf:{tmp_path / 'odd'}", out_dir=out, name="hub")
+    assert prepare.read_meta(os.path.join(out, "hub"))["splits"]["train"]["documents"] == 21  # kept
+
+
+def test_a_hub_sources_config_and_split_and_its_val_without_a_validation_split(tmp_path, enc, hub_cache):
+    """hf:NAME:CONFIG:SPLIT picks a config and a split; a set without a validation split gives val its train split's
+    tail, as a file does."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    (tmp_path / "chats").mkdir()
+    for name, part in (("sft", CONVERSATIONS), ("gen", CONVERSATIONS[:2])):
+        pq.write_table(pa.Table.from_pylist([{"messages": c} for c in part]), tmp_path / "chats" / f"{name}.parquet")
+    write(tmp_path / "chats" / "README.md", "---\nconfigs:\n- config_name: chat\n  data_files:\n  - split: train_sft\n"
+                                            "    path: sft.parquet\n  - split: test_gen\n    path: gen.parquet\n---\n")
+    out, spec = str(tmp_path / "data"), f"hf:{tmp_path / 'chats'}:chat"
+    meta = prepare.prepare("chat", source=f"{spec}:train_sft", out_dir=out, pack=0)
+    assert meta["source"] == f"--source {spec}:train_sft (Hugging Face datasets: train_sft)"
+    assert (meta["splits"]["train"]["documents"], meta["splits"]["val"]["documents"]) == (11, 1)
+    local = prepare.prepare("chat", source=write(tmp_path / "c.jsonl", "".join(json.dumps({"messages": c}) + "\n"
+                                                                             for c in CONVERSATIONS)),
+                            out_dir=out, name="local", pack=0)
+    for split in ("train", "val"):
+        assert all(np.array_equal(a, b) for a, b in zip(load(os.path.join(out, "chat"), split, meta),
+                                                        load(os.path.join(out, "local"), split, local)))
+    # which split, when the set has no train split and several others: said, with the syntax
+    with pytest.raises(UserError, match=rf"^--source {re.escape(spec)}: no split 'train' in this dataset; name one of "
+                                        rf"train_sft, test_gen as {re.escape(spec)}:SPLIT$"):
+        prepare.prepare("chat", source=spec, out_dir=out, name="other")
+    with pytest.raises(UserError, match=r"^--source hf:.*chats:nope: the Hugging Face hub failed \(ValueError: "
+                                        r"BuilderConfig 'nope' not found. Available: \['chat'\]\); give one as "
+                                        r"hf:.*chats:CONFIG$"):
+        prepare.prepare("chat", source=f"hf:{tmp_path / 'chats'}:nope", out_dir=out, name="other")
+    assert not os.path.exists(os.path.join(out, "other"))
+
+
+def test_a_hub_source_that_cannot_be_read_is_one_line_naming_the_fix(tmp_path, capsys, hub_cache):
+    """An unknown or unreachable hub set is one line at once (HF_DATASETS_OFFLINE=1: online, the hub's own answer),
+    as is a malformed spec or a hub set given with files."""
+    out = str(tmp_path / "data")
+    start = time.monotonic()
+    code, stdout, err = run_cli(prepare.main, ["--source", "hf:nobody/no-such-set", "--out_dir", out], capsys)
+    assert (code, stdout) == (1, "") and time.monotonic() - start < 10
+    assert err == ("error: --source hf:nobody/no-such-set: the Hugging Face hub failed (ConnectionError: Couldn't reach "
+                   "'nobody/no-such-set' on the Hub (OfflineModeIsEnabled)); go online (and unset HF_DATASETS_OFFLINE "
+                   "and HF_HUB_OFFLINE), or pass its files as --source PATH\n")
+    assert run_cli(prepare.main, ["--source", "hf:a/b:c:d:e", "--out_dir", out], capsys) == \
+        (1, "", "error: --source hf:a/b:c:d:e: give hf:NAME, hf:NAME:CONFIG or hf:NAME:CONFIG:SPLIT (hf:NAME::SPLIT "
+                "for the default config)\n")
+    notes = write(tmp_path / "notes.txt", "Some notes.")
+    assert run_cli(prepare.main, ["--source", "hf:a/b", notes, "--out_dir", out], capsys) == \
+        (1, "", f"error: --source hf:a/b {notes}: a hub dataset (hf:) is read alone: give it as the only --source\n")
+    assert not os.path.exists(out) or os.listdir(out) == []
 
 
 def test_shakespeare_is_downloaded_once(tmp_path, monkeypatch, enc):
