@@ -183,9 +183,13 @@ class CausalSelfAttention(nn.Module):
         # x (B, T, C); rope: (cos, sin) for positions pos..pos+T-1 or None; kv: this layer's (k, v) cache slices
         # of shape (B, nh, max_len, hs) or None; attn_mask: (T, pos+T) bool, only for a chunk at pos > 0.
         B, T, C = x.size()
-        q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # 3x (B, nh, T, hs)
+        qkv = self.c_attn(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, nh, T, hs)
         if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            # q and k rotated in one call: half the ops of two (a B1 decoding step is mostly per-op overhead)
+            q, k = apply_rope(qkv[:2], *rope).unbind(0)  # 2x (B, nh, T, hs), contiguous
+            v = qkv[2]
+        else:
+            q, k, v = qkv.unbind(0)  # 3x (B, nh, T, hs)
         if kv is not None:
             k_cache, v_cache = kv
             k_cache[:, :, pos:pos + T] = k
