@@ -109,6 +109,9 @@ class KVCache:
         shape = (n_layer, batch_size, n_head, max_len, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
+        # each layer's (k, v) views, taken once: indexing k[i] and v[i] for every layer of every token are ops too
+        # (not unbind's: views that one op returns several of refuse in-place writes under autograd)
+        self.layers = [(self.k[i], self.v[i]) for i in range(n_layer)]
         self.pos = 0
 
     @property
@@ -195,9 +198,10 @@ class CausalSelfAttention(nn.Module):
             k_cache[:, :, pos:pos + T] = k
             v_cache[:, :, pos:pos + T] = v
             if pos > 0:
-                # attend over everything cached so far; .to() is a no-op unless the cache has another dtype
-                k = k_cache[:, :, :pos + T].to(q.dtype)  # (B, nh, pos+T, hs)
-                v = v_cache[:, :, :pos + T].to(q.dtype)
+                # attend over everything cached so far
+                k, v = k_cache[:, :, :pos + T], v_cache[:, :, :pos + T]  # (B, nh, pos+T, hs)
+                if k.dtype != q.dtype:  # a cache of another dtype (.to() issues an op even where it changes nothing)
+                    k, v = k.to(q.dtype), v.to(q.dtype)
         # pos == 0: q and k have the same length, so is_causal is exact. pos > 0 and T == 1: the single query may see
         # every cached key, no mask. pos > 0 and T > 1: is_causal would align the mask top-left, hence the explicit one.
         dropout_p = self.dropout if self.training else 0.0
@@ -650,7 +654,7 @@ class GPT(nn.Module):
                 # the non-reentrant form: works under torch.compile, and replays dropout with the same random state
                 x = torch.utils.checkpoint.checkpoint(block, x, rope, use_reentrant=False)
             else:
-                kv = None if cache is None else (cache.k[i], cache.v[i])
+                kv = None if cache is None else cache.layers[i]
                 x = block(x, rope, kv, pos, attn_mask)
         if cache is not None:
             cache.pos = pos + T
