@@ -698,8 +698,7 @@ def find_source(dataset, source=None, extra=True, limit=None):
                                 f"--source")
             return hub_source(given[0], dataset)
         files = []
-        for path in (p for given in ([source] if isinstance(source, str) else source)
-                     for p in expand_pattern(given, "--source")):
+        for path in (p for pattern in given for p in expand_pattern(pattern, "--source")):
             if os.path.isdir(path):
                 found, entered, others = [], {os.path.realpath(path)}, collections.Counter()
                 # linked folders too (a corpus on another disk: skipped, its documents were lost unsaid), each once (a
