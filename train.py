@@ -485,12 +485,12 @@ class Windows:
             yield (*tensors, chunk)
 
 
-def output_paths(args, ckpt_args, continuing, dataset):
+def output_paths(args, ckpt_args, continuing, dataset, given):
     """The run's files (out_pattern, its folder, the best file, metrics, loss curve), checked before anything is built;
-    a run continued without --output_checkpoint gets its own file names, set in args."""
+    a run continued without --output_checkpoint gets its own file names, set in args. given: whether the user gave
+    --output_checkpoint."""
     # a budgeted run may repeat many epochs, hence one file for it
     default_out = "{dataset}.pt" if args.time_budget else "{dataset}_epoch{epoch}.pt"
-    given = args.output_checkpoint is not None
     if not given and continuing:
         # the run's own file names, next to the checkpoint given: a copy resumed elsewhere writes there, not over
         # the files the run went on to write where it started
@@ -1564,8 +1564,8 @@ def run_training(args, held):
     args = resolve_args(args, ckpt_args, continuing, config, fine_tuning=ckpt is not None and not continuing)
 
     # ---- files, checked before anything is built
-    given = args.output_checkpoint is not None  # (output_paths names a continued run's own files)
-    out_pattern, out_dir, best_path, metrics_path, png_path = output_paths(args, ckpt_args, continuing, dataset)
+    given = args.output_checkpoint is not None  # (before output_paths names a continued run's own files in args)
+    out_pattern, out_dir, best_path, metrics_path, png_path = output_paths(args, ckpt_args, continuing, dataset, given)
     # with --overwrite: files of an earlier run (or later points of this one) to remove (see save); rank 0's refusal
     replaced, refused = [], None
     # which run a checkpoint and a metrics record belong to: a run continued keeps its id (with --reset_epoch too: its
