@@ -246,8 +246,17 @@ class StreamDecoder:
 # -----------------------------------------------------------------------------
 # training a custom vocabulary
 
+def special_token_start(text):
+    """The length of the longest end of text that is the start of a special token (0 when none)."""
+    for k in range(max(map(len, SPECIAL_TOKENS)) - 1, 0, -1):
+        if len(text) >= k and any(tok.startswith(text[-k:]) for tok in SPECIAL_TOKENS):
+            return k
+    return 0
+
+
 def read_text_chunks(path, chunk_chars=1 << 22):
-    """Yield a text file in pieces of about chunk_chars, cut after a newline, in bounded memory.
+    """Yield a text file in pieces of about chunk_chars, cut after a newline (in a line longer than that, never inside a
+    special token), in bounded memory.
     Non-UTF-8 input is a UserError naming the file."""
     try:
         with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark (Notepad) is not text
@@ -262,9 +271,11 @@ def read_text_chunks(path, chunk_chars=1 << 22):
                     raise holds_nul(path, block)
                 block = rest + block
                 cut = block.rfind("\n") + 1
-                if cut == 0:  # one very long line: emit as is
-                    cut = len(block)
-                yield block[:cut]
+                if cut == 0:  # one very long line: cut anywhere but inside a special token (no newline is in one):
+                    # train_tokenizer, which splits each piece at <|endoftext|>, trained on the halves as text
+                    cut = len(block) - special_token_start(block)
+                if cut:
+                    yield block[:cut]
                 rest = block[cut:]
             if rest:
                 yield rest

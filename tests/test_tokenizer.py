@@ -371,3 +371,18 @@ def test_cli_train_refuses_record_files_and_names_prepares_training(tmp_path, ca
                                   f"train on their text with `python prepare.py --source {path} --vocab_size 300 --name "
                                   f"NAME` (it writes data/NAME/tokenizer.tiktoken)\n")
         assert not out.exists()
+
+
+def test_a_separator_in_one_long_line_is_never_trained_on(tmp_path, monkeypatch):
+    """A file of one line (documents joined by <|endoftext|>, no newline) is read in pieces cut anywhere: a cut inside
+    the separator left "<|endo" and "ftext|>" in the text the vocabulary was trained on."""
+    docs = [f"story number {i} about a cat" for i in range(40)]
+    src = tmp_path / "one_line.txt"
+    src.write_text(EOT.join(docs), encoding="utf-8")
+    seen = []
+    monkeypatch.setattr(setup_tokenizer, "train_bpe", lambda texts, *a: seen.append(list(texts)))
+    chunks = setup_tokenizer.read_text_chunks
+    for size in range(1, 2 * len(EOT)):  # every offset of a cut in the separator
+        monkeypatch.setattr(setup_tokenizer, "read_text_chunks", lambda path: chunks(path, chunk_chars=size))
+        train_tokenizer([str(src)], 300, str(tmp_path / "v.tiktoken"))
+        assert "".join(seen.pop()) == "".join(docs), size  # the documents' text, all of it and nothing else
