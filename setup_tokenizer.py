@@ -68,6 +68,8 @@ def parse_bpe(text, source="tokenizer"):
                 ranks[base64.b64decode(token)] = int(rank)
     except ValueError:  # binascii.Error is one too
         raise not_a_vocabulary(source) from None
+    if not ranks:  # a copy that wrote nothing (a full disk, a failed download): "ranks must be 0..N-1" would hide that
+        raise UserError(f"{source} is empty: copy it again, or retrain it with `python setup_tokenizer.py train`")
     if sorted(ranks.values()) != list(range(len(ranks))) or not all(bytes([b]) in ranks for b in range(256)):
         raise UserError(f"{source}: ranks must be 0..N-1 and cover all 256 bytes; retrain it with `python setup_tokenizer.py train`")
     return ranks

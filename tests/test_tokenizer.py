@@ -142,6 +142,11 @@ def test_bad_tokenizer_inputs(tmp_path):
     junk.write_text("this is not a vocabulary\n")
     with pytest.raises(UserError, match="not a .tiktoken"):
         get_tokenizer(str(junk))
+    empty = tmp_path / "empty.tiktoken"  # a copy that wrote nothing
+    for text in ("", "\n\n"):
+        empty.write_text(text)
+        with pytest.raises(UserError, match=f"^{re.escape(str(empty))} is empty: copy it again, or retrain it"):
+            get_tokenizer(str(empty))
     # every byte must have a token, or text holding the missing one cannot be encoded (rustbpe panics)
     ranks = [bytes([b]) for b in range(256) if b != ord("h")] + [b"ab"]
     holed = tmp_path / "holed.tiktoken"
