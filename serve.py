@@ -469,7 +469,9 @@ def loopback_name(host):
 
 class RequestReader(io.RawIOBase):
     """The connection's bytes as the handler's rfile reads them: each read of a request ends by the request's
-    deadline (Handler.deadline, None between requests), raising LateRequest; no thread watches the clock."""
+    deadline (Handler.deadline, None between requests), raising LateRequest; no thread watches the clock. It reads the
+    socket itself: the standard library's reader (raw, kept for its close) refuses every read after one that timed out,
+    and the rest of a 408's request is read after it (linger)."""
 
     def __init__(self, raw, handler):
         super().__init__()
@@ -481,13 +483,13 @@ class RequestReader(io.RawIOBase):
     def readinto(self, b):
         deadline, sock = self.handler.deadline, self.handler.connection
         if deadline is None:
-            return self.raw.readinto(b)
+            return sock.recv_into(b)
         wait, left = sock.gettimeout(), deadline - time.monotonic()
         if left <= 0:
             raise LateRequest
         sock.settimeout(left if wait is None else min(wait, left))
         try:
-            return self.raw.readinto(b)
+            return sock.recv_into(b)
         except TimeoutError:
             raise LateRequest from None
         finally:
@@ -532,6 +534,9 @@ class Handler(BaseHTTPRequestHandler):
         except LateRequest:
             self.send_error(408, f"the request did not arrive whole within {REQUEST_WAIT} seconds of its first byte; "
                                  f"send it at once")
+            # the rest is still coming: dropped after the answer, as a 413's body is, else the client's next write of
+            # it met the closed connection's reset (BrokenPipeError), and it never read the 408
+            self.unread_body = True
         finally:
             self.deadline = None
 
@@ -556,7 +561,7 @@ class Handler(BaseHTTPRequestHandler):
             self.linger()
 
     def linger(self):
-        """After an answer sent before the request's body was read (a 413, a framing refusal): end the connection's
+        """After an answer sent before the request's body was read (a 413, a framing refusal, a 408): end the connection's
         sending side, so the client has the whole answer, and read and drop what the client still sends, up to DRAIN
         bytes or DRAIN_WAIT seconds (no client makes the server read without end), before closing. Closed at once, with
         the body unread, the connection was reset under a client that sends all of its body before it reads the answer

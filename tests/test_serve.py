@@ -593,6 +593,25 @@ def test_a_request_that_trickles_in_is_cut_off_at_its_deadline(api, monkeypatch)
         assert sock.recv(65536) == b""
 
 
+def test_a_body_still_coming_at_the_deadline_gets_its_408(api, monkeypatch):
+    """A client that sends all of its body before it reads the answer (Python's http.client, so requests and the openai
+    client), on a link too slow for REQUEST_WAIT: the server answered 408 and closed with the body still coming, and the
+    client's next write met a reset, BrokenPipeError, not the 408. The server now drops what follows its answer, as
+    after a 413 (linger)."""
+    monkeypatch.setattr(serve, "REQUEST_WAIT", 0.5)
+
+    def trickle():  # 1.5 s of body: it is still coming when the deadline passes
+        for _ in range(15):
+            time.sleep(0.1)
+            yield b"x" * 100
+    for headers in ({"Content-Length": "1500"}, {}):  # a Content-Length, then chunked
+        conn = http.client.HTTPConnection(*api.server_address[:2], timeout=60)
+        conn.request("POST", "/v1/completions", trickle(), {"Content-Type": "application/json", **headers})
+        r = conn.getresponse()
+        assert r.status == 408 and "did not arrive whole" in json.loads(r.read())["error"]["message"]
+        conn.close()
+
+
 def test_the_wait_after_a_stray_crlf_is_idle_time_not_the_requests(api, monkeypatch):
     """A client's stray CRLF after a request (RFC 9112 2.2, which parse_request skips) began the next request's
     REQUEST_WAIT: the connection then sitting idle, as keep-alive ones do, was sent a 408 nobody asked for and closed,
