@@ -25,7 +25,8 @@ a 400. Other fields of OpenAI's API that would change the answer (n > 1, logprob
 400 unsupported_parameter; fields this server does not know are ignored, as OpenAI ignores extra ones.
 
 One worker thread owns the model (torch runs one forward at a time well, not several on one model):
-requests queue to it in arrival order, up to --max_queue waiting (then 503). A client that hangs up,
+requests queue to it in arrival order, up to --max_queue waiting (then 503); connections, a thread each, up to
+--max_connections open at once (then 503). A client that hangs up,
 streaming or waiting in the queue, cancels its request at the next token and frees the worker; one that only closes
 its sending side (`nc -N`) gets its answer. Ctrl-C (or SIGTERM) stops the reply being generated at its next token;
 it and the waiting requests are answered 503 server_shutting_down (a stream already begun: that error as its last
@@ -981,8 +982,13 @@ class ApiServer(ThreadingHTTPServer):
     request_queue_size = 128  # the listen backlog: socketserver's 5 makes a burst of clients wait a second for a SYN retry
 
     def __init__(self, model, enc, name, host="127.0.0.1", port=8000, dtype=torch.float32, temperature=0.8,
-                 top_k=200, top_p=None, max_tokens=256, max_queue=64, log=None, cors=(), repetition_penalty=1.0, allowed_hosts=()):
+                 top_k=200, top_p=None, max_tokens=256, max_queue=64, log=None, cors=(), repetition_penalty=1.0, allowed_hosts=(),
+                 max_connections=128):
         self.model, self.enc, self.name = model, enc, name
+        # connections served at once, each by a thread of its own (process_request); those turned away past them, their
+        # answer sent, until their clients have sent all and closed (turn_away)
+        self.max_connections, self.slots = max_connections, threading.BoundedSemaphore(max_connections)
+        self.turned_away = collections.deque()  # (when to close it at the latest, socket), oldest first
         self.cors = tuple(cors)  # origins whose pages may call the API from a browser ("*": any)
         self.allowed_hosts = tuple(allowed_hosts)  # names a loopback server answers besides its own ("*": any)
         self.temperature, self.top_k, self.top_p, self.max_tokens = temperature, top_k, top_p, max_tokens
@@ -1021,6 +1027,79 @@ class ApiServer(ThreadingHTTPServer):
             if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                 time.sleep(POLL)
             raise  # (socketserver drops an accept's OSError and goes on)
+
+    def process_request(self, request, client_address):
+        # each connection holds a thread while it is open, idle keep-alive ones too: a client opening thousands held as
+        # many threads and descriptors, with no limit
+        if not self.slots.acquire(blocking=False):
+            return self.turn_away(request)
+        try:
+            super().process_request(request, client_address)  # (its thread releases the slot)
+        except BaseException:  # the thread did not start
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def turn_away(self, sock):
+        """A connection past max_connections: answered 503 overloaded, as a full queue's requests are, by the accepting
+        thread itself. A client behind a proxy is told why (the proxy passes the 503 on, or tries another server); a
+        connection closed unanswered reads as a crash there (a 502), and one left unaccepted waits for the proxy's
+        timeout (a 504, a minute later). The socket is then kept, its sending side closed, and what the client still
+        sends dropped (service_actions), as linger does: closed at once, it reset the connection under a client that
+        sends all of its request before it reads the answer (http.client writes a POST's head and body apart), which
+        met BrokenPipeError, not the 503."""
+        err = ApiError(503, f"the server is busy: {self.max_connections} connections are open; retry shortly",
+                       type="server_error", code="overloaded")
+        body = json.dumps(err.body()).encode()
+        # (--cors's own origins are not named: the request, its Origin with it, is not read)
+        cors = "Access-Control-Allow-Origin: *\r\n" if "*" in self.cors else ""
+        head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+                f"Connection: close\r\n{cors}\r\n")
+        try:
+            sock.setblocking(False)  # the accepting thread waits for no client: a new connection's buffer takes this
+            sock.sendall(head.encode() + body)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:  # the client is gone already
+            return self.shutdown_request(sock)
+        self.turned_away.append((time.monotonic() + DRAIN_WAIT, sock))
+        if len(self.turned_away) > self.max_connections:  # a flood of them: they hold no thread, but descriptors
+            self.shutdown_request(self.turned_away.popleft()[1])
+
+    def service_actions(self):
+        """serve_forever's call after each connection it accepts, and at least every half a second: the connections
+        turned away are read, what they send dropped, and each closed once its client has, or after DRAIN_WAIT."""
+        super().service_actions()
+        now, kept = time.monotonic(), collections.deque()
+        for deadline, sock in self.turned_away:
+            if deadline > now and not self.drained(sock):
+                kept.append((deadline, sock))
+            else:
+                self.shutdown_request(sock)
+        self.turned_away = kept
+
+    @staticmethod
+    def drained(sock):
+        """Reads and drops what sock has received, a little at a time (the accepting thread does it): whether its client
+        has closed or reset the connection."""
+        try:
+            for _ in range(16):
+                if not sock.recv(1 << 16):
+                    return True
+        except BlockingIOError:  # nothing more for now
+            return False
+        except OSError:
+            return True
+        return False
+
+    def server_close(self):
+        super().server_close()
+        while self.turned_away:
+            self.shutdown_request(self.turned_away.popleft()[1])
 
     @property
     def url(self):
@@ -1127,6 +1206,9 @@ def parse_args(argv=None):
                    help="new tokens when a request gives no max_tokens (default 256; for a chat at most half the "
                         "context, so the history keeps the rest, else cut to what the prompt leaves)")
     p.add_argument("--max_queue", type=positive_int, default=64, help="requests that may wait for the model; more get 503 (default 64)")
+    p.add_argument("--max_connections", type=positive_int, default=128,
+                   help="connections open at once, idle keep-alive ones included (a thread each); more get 503 "
+                        "(default 128: the full queue, the reply being generated and as many idle)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="autocast precision")
     return parse_checkpoint(p, p.parse_args(argv))
@@ -1150,7 +1232,7 @@ def main(argv=None):
     name = model_name(path)
     server = ApiServer(model, enc, name, args.host, args.port, dtype, args.temp, args.top_k, args.top_p,
                        args.max_tokens, args.max_queue, cors=args.cors, repetition_penalty=args.repetition_penalty,
-                       allowed_hosts=args.allowed_hosts)
+                       allowed_hosts=args.allowed_hosts, max_connections=args.max_connections)
     print(f"serving {name} ({model.num_params(non_embedding=False) / 1e6:.1f}M parameters, context "
           f"{model.config.block_size}, {device} {str(dtype).removeprefix('torch.')}) on {server.url}: "
           f"chat page at {server.url}/, API at {server.url}/v1; Ctrl-C stops", flush=True)

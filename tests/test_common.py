@@ -69,6 +69,7 @@ def test_an_empty_path_is_refused_not_read_as_left_out(script, argv, capsys):
     ("gen", "--max_tokens", "1.5", "int"), ("gen", "--top_k", "x", "int"), ("gen", "--temp", "warm", "float"),
     ("gen", "--top_p", "x", "float"), ("gen", "--repetition_penalty", "x", "float"), ("eval", "--samples", "x", "int"),
     ("eval", "--batch_size", "1.5", "int"), ("serve", "--port", "http", "int"), ("serve", "--max_queue", "x", "int"),
+    ("serve", "--max_connections", "x", "int"),
     ("train", "--max_steps", "1.5", "int"), ("train", "--lr", "x", "float"), ("bench", "--steps", "1.5", "int"),
     ("prepare", "--limit", "1.5", "int")])
 def test_a_non_number_is_the_same_line_in_every_script(script, option, value, kind, capsys):

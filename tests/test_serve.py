@@ -1079,6 +1079,37 @@ def test_full_queue_gets_503(enc):
         api.close()
 
 
+def test_connections_past_the_limit_get_503(enc):
+    """Each connection holds a thread, an idle keep-alive one too: a client that opened thousands held as many threads
+    and descriptors, with no limit. Past max_connections (--max_connections) a connection is answered at once, 503
+    overloaded in the error body of the queue's 503, and closed; the connections held are served on, and one that
+    closes gives its place back."""
+    api = start(tiny_model(enc), enc, max_connections=2)
+    try:
+        held = [http.client.HTTPConnection(*api.server_address[:2], timeout=60) for _ in range(2)]
+        for conn in held:  # each served once, then idle: a thread each
+            conn.request("GET", "/health")
+            assert conn.getresponse().read()
+        for _ in range(3):
+            status, err, headers = raw(api, b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            assert status == 503 and err["error"]["code"] == "overloaded" and headers["Connection"] == "close", err
+            assert "2 connections" in err["error"]["message"]
+        status, err, _ = post(api, "/v1/completions", {"prompt": "Hi", "max_tokens": 2})  # a body sent, never read
+        assert status == 503 and err["error"]["code"] == "overloaded"
+        wait_for(lambda: not api.turned_away, "the server to let the connections turned away go, their clients gone")
+        held[0].close()
+
+        def served():
+            with contextlib.suppress(OSError):
+                return raw(api, b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")[0] == 200
+        wait_for(served, "a closed connection to give its place back")
+        held[1].request("GET", "/health")
+        assert held[1].getresponse().status == 200
+        held[1].close()
+    finally:
+        api.close()
+
+
 def test_a_model_that_fails_gets_500s_and_the_server_goes_on(enc):
     # NaN weights (a diverged run) make sampling raise in torch.multinomial: each request gets OpenAI's 500 body
     # (inside the stream once it has begun), the worker lives on and answers the next one
