@@ -75,6 +75,10 @@ ANSWER_WAIT = 5         # seconds a stopping server gives the requests it holds 
 # crosses a 1 Mbit/s link, a poor Wi-Fi's, in 9 s: a sixth of this. The socket's own timeout restarts with every byte,
 # so a client that trickled one a minute (slowloris) held its thread and connection forever
 REQUEST_WAIT = 60
+# seconds an answer may wait, in all, for its client to take what is written (ReplyWriter): the largest one (a stream of
+# a whole context's events, hundreds of KB) crosses a 1 Mbit/s link in seconds. The socket's timeout bounds each write
+# alone, and a stream's every event is one: a client that read a little now and then held its thread 120 s an event
+WRITE_WAIT = 60
 
 
 class ApiError(Exception):
@@ -501,6 +505,42 @@ class RequestReader(io.RawIOBase):
         super().close()
 
 
+class ReplyWriter(io.BufferedIOBase):
+    """The handler's wfile: writes to the connection, each request's answer waiting for its client to take them
+    WRITE_WAIT seconds in all (Handler.write_left), past which a write raises TimeoutError. Only the waits count: what
+    the socket's buffers take at once costs nothing, however long the reply or busy the process."""
+
+    def __init__(self, handler):
+        super().__init__()
+        self.handler = handler
+
+    def writable(self):
+        return True
+
+    def write(self, b):
+        handler, sock = self.handler, self.handler.connection
+        wait = sock.gettimeout()
+        with memoryview(b) as view:
+            try:
+                sock.settimeout(0)
+                try:
+                    sent = sock.send(view)
+                except BlockingIOError:  # the buffers are full
+                    sent = 0
+                if sent < len(view):
+                    if handler.write_left <= 0:
+                        raise TimeoutError(f"the client took no more of its answer in {WRITE_WAIT} s")
+                    sock.settimeout(handler.write_left if wait is None else min(wait, handler.write_left))
+                    t0 = time.monotonic()
+                    try:
+                        sock.sendall(view[sent:])
+                    finally:
+                        handler.write_left -= time.monotonic() - t0
+            finally:
+                sock.settimeout(wait)
+            return len(view)
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: the openai client reuses its connection
     server_version = "gpt-trainer-serve"
@@ -522,6 +562,7 @@ class Handler(BaseHTTPRequestHandler):
     def setup(self):
         super().setup()
         self.rfile = io.BufferedReader(RequestReader(self.rfile.detach(), self))
+        self.wfile, self.write_left = ReplyWriter(self), WRITE_WAIT  # (the standard library's wfile holds nothing to close)
 
     def handle_one_request(self):
         """One request, given REQUEST_WAIT from its first byte to arrive whole, else answered 408 and its connection
@@ -551,6 +592,7 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return False
         self.deadline = time.monotonic() + REQUEST_WAIT
+        self.write_left = WRITE_WAIT  # seconds its answer may wait for the client to read it (ReplyWriter)
         return True
 
     def handle(self):

@@ -814,6 +814,37 @@ def test_a_client_that_closes_its_sending_side_gets_its_answer(enc, polls):
         api.close()
 
 
+def test_a_client_that_reads_a_stream_slowly_is_dropped_and_its_reply_stopped(enc, monkeypatch):
+    """The socket's timeout bounds each write alone, and each event of a stream is one: a client that read a little
+    now and then, once the socket's buffers were full, held its thread and connection 120 s an event, hours for a long
+    reply, and went on being generated for. An answer now waits serve.WRITE_WAIT seconds in all for its client to take
+    what is written: past them the connection is dropped and the reply stops at its next token."""
+    monkeypatch.setattr(serve, "WRITE_WAIT", 1.0)
+
+    def big_events(*args, **kwargs):  # 16 KB events, 3 MB a second: far faster than the client below reads
+        for _ in range(3000):
+            time.sleep(0.005)
+            yield 1, "x" * (16 << 10)
+    monkeypatch.setattr(serve, "stream_completion", big_events)
+    api = start(tiny_model(enc), enc)
+    try:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # (before connect: a small window)
+        sock.connect(api.server_address[:2])
+        sock.settimeout(60)
+        sock.sendall(completion_request(max_tokens=60, stream=True))
+        t0 = time.monotonic()
+        while not api.worker.recent and time.monotonic() - t0 < 10:  # 10 KB a second, so every write makes progress
+            time.sleep(0.1)
+            assert sock.recv(1024)
+        assert api.worker.recent and api.worker.recent[-1]["finish_reason"] == "cancelled", api.worker.recent
+        got = b"".join(iter(lambda: sock.recv(1 << 16), b""))  # what the buffers held, then the server's close
+        assert not got.endswith(b"0\r\n\r\n")  # cut short: no end of the chunked stream
+        sock.close()
+    finally:
+        api.close()
+
+
 def test_halt_stops_the_reply_being_generated_and_an_idle_worker(enc):
     """Ctrl-C: serve.py waits (Worker.halt) for the worker to leave torch before it exits: the reply being generated
     stops at its next token rather than running on to max_tokens, and an idle worker wakes and leaves at once."""
