@@ -1865,8 +1865,9 @@ def run_training(args, held):
                         # the stop also leaves room for one more step (the faster of the last two: one slow step, a
                         # stall, does not end the run): stopped at the budget minus the evaluation alone, the run
                         # passed it by up to a step, 10 s for gpt2 on a CPU
-                        clock, clock_reserved, clock_next, interrupted = dist.agree(
-                            now, now + reserve, now + reserve + min(step_times, default=0.0), interrupt.requested)
+                        clock, clock_reserved, clock_next, save_s, interrupted = dist.agree(
+                            now, now + reserve, now + reserve + min(step_times, default=0.0), saved["seconds"],
+                            interrupt.requested)
                         held_back = clock_reserved - clock  # the reserve, as every rank agrees it
                         if budget and run_steps == 1:
                             # the schedule starts once the first step (a cold compile) is done: a new budget's here, a
@@ -1885,10 +1886,15 @@ def run_training(args, held):
                             if due_eval and stopped == "done" and clock_next + eval_cost >= budget:
                                 # this evaluation, a step and the final one would pass the budget: this one is final
                                 stopped = "time budget"
+                            due_save = budget_due("save", args.save_interval, frac)
+                            if due_save and stopped == "done" and p.epoch < args.epochs and \
+                                    clock_next + save_s >= budget:
+                                # this save, a step and the final evaluation would pass the budget (the step was
+                                # judged to fit before the save took its time): this one is final
+                                stopped = "time budget"
                             # the end of the run, by the clock or by --epochs, is evaluated and saved
                             last = stopped == "time budget" or (end_of_epoch and p.epoch >= args.epochs)
-                            due_eval = due_eval or last
-                            due_save = budget_due("save", args.save_interval, frac) or last
+                            due_eval, due_save = due_eval or last, due_save or last
                             due_log = budget_due("log", args.log_interval, frac)
                         else:
                             due_eval = end_of_epoch or (eval_every and estep % eval_every == 0)

@@ -2546,17 +2546,31 @@ def test_a_budget_run_without_evaluations_keeps_room_for_its_final_saves(env, tm
     # the final evaluation is followed by two saves (the best file and the checkpoint), which the stop keeps room for
     # as the last save took (here the one at half the budget): saves of half a second (a large model, a slow disk) took
     # a 6-s run up to a second past it
-    clock = StepClock(monkeypatch, step=1 / 8)
-    save = train.save_checkpoint
-
-    def slow_save(*a, **k):
-        save(*a, **k)
-        clock.advance(0.5)
-    monkeypatch.setattr(train, "save_checkpoint", slow_save)
+    slow_saves(monkeypatch, StepClock(monkeypatch, step=1 / 8), 0.5)
     s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--time_budget", 0.1, "--eval_interval", 0,
                              "--save_interval", 50, "--output_checkpoint", str(tmp_path / "{dataset}.pt")))
     assert s["stopped"] == "time budget" and s["val_loss"] is not None
     assert 6 - 1 <= s["elapsed"] <= 6, s["elapsed"]  # the whole run, its final saves included
+
+
+def test_a_budget_runs_periodic_save_is_counted_before_it_takes_another_step(env, tmp_path, monkeypatch):
+    # the stop judged that one more step and the final evaluation fitted before this step's --save_interval save took
+    # its time: with half-second saves, the step after the save and the final evaluation passed a 6-s budget by 0.375 s
+    slow_saves(monkeypatch, StepClock(monkeypatch, step=1 / 8, evaluation=1 / 4), 0.5)
+    s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--time_budget", 0.1, "--save_interval", 10,
+                             "--output_checkpoint", str(tmp_path / "{dataset}.pt")))
+    assert s["stopped"] == "time budget" and s["val_loss"] is not None
+    assert 6 - 1 <= s["elapsed"] <= 6, s["elapsed"]  # the whole run, its final evaluation and saves included
+
+
+def slow_saves(monkeypatch, clock, seconds):
+    """Each checkpoint write takes `seconds` of the StepClock's time (a large model, a slow disk)."""
+    save = train.save_checkpoint
+
+    def slow_save(*a, **k):
+        save(*a, **k)
+        clock.advance(seconds)
+    monkeypatch.setattr(train, "save_checkpoint", slow_save)
 
 def test_a_budget_runs_lr_decay_ends_before_the_time_kept_for_the_final_evaluation(env, tmp_path, monkeypatch):
     # the lr's cosine spanned the whole budget, while the run stops early enough to fit its final evaluation and saves:
