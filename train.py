@@ -1671,7 +1671,7 @@ def run_training(args, held):
     step_rng = None
     # what this run wrote; a best file from an earlier run counts only when continuing that run
     saved = {"path": None, "step": p.step, "best": best_path if continuing and os.path.exists(best_path) else None,
-             "seconds": 0.0}  # (the last save's)
+             "seconds": 0.0, "total": 0.0}  # (the last save's, all of the run's)
 
     def diverged():
         fp32 = "" if dtype == torch.float32 else " or use --dtype float32"
@@ -1707,6 +1707,7 @@ def run_training(args, held):
                                   "train_tokens": meta.get("splits", {}).get("train", {}).get("tokens"),
                                   "val_tokens": meta.get("splits", {}).get("val", {}).get("tokens")})
         saved["seconds"] = time.time() - t_save
+        saved["total"] += saved["seconds"]
         if path == best_path:
             saved["best"] = path
         else:
@@ -1775,7 +1776,7 @@ def run_training(args, held):
     tps = 0.0
     train_s, train_tokens = 0.0, 0  # the logged intervals summed: the run's training speed, for the summary
     budget_spent = p.budget_elapsed  # a continued budgeted run goes on with its clock
-    reserve = 0.0  # seconds the last evaluation and saves took: a budgeted run stops early enough to fit them
+    reserve = 0.0  # seconds the final evaluation and saves will take: a budgeted run stops early enough to fit them
     held_back = 0.0  # (agreed by the ranks: the lr schedule's end)
 
     def run_ends(s_per_step, epoch_steps, spent):
@@ -1877,10 +1878,10 @@ def run_training(args, held):
                                 p.schedule_origin + clock - budget_spent
                         if budget and clock_next >= budget:
                             stopped = "time budget"
-                        t_extra = time.time()
+                        t_extra, saves_before = time.time(), saved["total"]
                         if budget:
                             frac = clock / budget
-                            eval_cost = clock_reserved - clock  # the last evaluation's (and saves'), as agreed
+                            eval_cost = clock_reserved - clock  # an evaluation's and its two saves', as agreed
                             due_eval = budget_due("eval", args.eval_interval, frac) and (
                                 last_eval_clock is None or clock >= last_eval_clock + (1 + EVAL_SPACING) * eval_cost)
                             if due_eval and stopped == "done" and clock_next + eval_cost >= budget:
@@ -1966,7 +1967,9 @@ def run_training(args, held):
                         if due_save or stopped != "done" or interrupted:
                             save(out_path())
                         if due_eval:
-                            reserve = time.time() - t_extra
+                            # the final evaluation's: this one's time without the saves it happened to make, and the
+                            # two that follow the final one (the best file, the checkpoint) at the last save's cost
+                            reserve = time.time() - t_extra - (saved["total"] - saves_before) + 2 * saved["seconds"]
                             last_eval_clock = clock
                         # tokens/s measures training, not evals and saves, nor the first step: a cold torch.compile's
                         # 30-60 s made the first log's rate 20x too low and its "epoch ends in" hours too late

@@ -2563,6 +2563,17 @@ def test_a_budget_runs_periodic_save_is_counted_before_it_takes_another_step(env
     assert 6 - 1 <= s["elapsed"] <= 6, s["elapsed"]  # the whole run, its final evaluation and saves included
 
 
+def test_a_budget_run_keeps_room_for_both_saves_after_its_final_evaluation(env, tmp_path, monkeypatch):
+    # the room kept was the time the last evaluation took with the saves it happened to make: without --save_interval
+    # they made the best file alone (or none, not bettering it), the final one makes the checkpoint too, and with
+    # half-second saves the run passed a 6-s budget by 0.375 s
+    slow_saves(monkeypatch, StepClock(monkeypatch, step=1 / 8, evaluation=1 / 4), 0.5)
+    s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--time_budget", 0.1, "--save_interval", 0,
+                             "--output_checkpoint", str(tmp_path / "{dataset}.pt")))
+    assert s["stopped"] == "time budget" and s["val_loss"] is not None
+    assert 6 - 1 <= s["elapsed"] <= 6, s["elapsed"]  # the whole run, its final evaluation and saves included
+
+
 def slow_saves(monkeypatch, clock, seconds):
     """Each checkpoint write takes `seconds` of the StepClock's time (a large model, a slow disk)."""
     save = train.save_checkpoint
