@@ -1615,6 +1615,7 @@ def run_training(args, held):
     total_steps = args.epochs * spe
     eval_windows = args.eval_batches * args.batch_size * dist.world  # val windows an evaluation takes (a continued run
     # keeps its run's: below)
+    run_warmup = args.warmup  # (a share of the run, or None for the default: of its length, which the user may change)
     budget, budget_warmup, args.warmup = budget_and_warmup(args, total_steps)
 
     p = Progress()
@@ -1632,6 +1633,8 @@ def run_training(args, held):
             return {"stopped": "already done", "steps": p.step, "run_steps": 0}
         args.epochs = p.epoch + more
         total_steps = args.epochs * spe
+        if not budget and not isinstance(run_warmup, int):  # as with --epochs given: a share of the longer run's steps
+            args.warmup = budget_and_warmup(argparse.Namespace(**{**vars(args), "warmup": run_warmup}), total_steps)[2]
 
     if budget and continuing and not args.reset_epoch and ckpt.get("budget_done") \
             and args.time_budget <= (ckpt_args.get("time_budget") or 0):

@@ -1556,6 +1556,25 @@ def test_epochs_already_done(env, trained, tmp_path, monkeypatch):
         train.train(args_for(env, tmp_path / "eof", "--checkpoint", ck))
 
 
+def test_epochs_added_at_the_prompt_train_as_the_same_epochs_given(env, tmp_path, monkeypatch, capsys):
+    # answering "how many more?" with 1 is --epochs 2: a warmup given as a share of the run is of its new length (it
+    # was of the finished run's, another learning rate than --epochs 2 gave)
+    first = train.train(args_for(env, tmp_path, "--dataset", "mini", "--epochs", "1"))
+    spe = first["steps"]
+
+    def more(name, *extra):
+        capsys.readouterr()
+        s = train.train(args_for(env, tmp_path / name, "--checkpoint", first["checkpoint"], "--warmup", "80%",
+                                 "--max_steps", 1, *extra, fresh=False))
+        plan = re.search(r"\(warmup (\d+)\)", capsys.readouterr().out).group(1)
+        return int(plan), load_checkpoint(s["checkpoint"])["args"]["warmup"], read_metrics(s["metrics"])[-1]["lr"]
+    given = more("given", "--epochs", 2)
+    monkeypatch.setattr(train, "is_interactive", lambda: True)
+    monkeypatch.setattr("builtins.input", lambda prompt: "1")
+    asked = more("asked")
+    assert asked == given and given[:2] == (round(0.8 * 2 * spe),) * 2, (asked, given)
+
+
 def test_epoch_coverage(env):
     meta = train.load_meta(env["data"], "mini")
     w = train.Windows(meta, "train", 64)
