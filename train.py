@@ -1629,8 +1629,14 @@ def run_training(args, held):
         more = ask_more_epochs(args.checkpoint, p.epoch) if is_interactive() else None
         if more is None:
             raise UserError(msg)
-        if more == 0:
-            return {"stopped": "already done", "steps": p.step, "run_steps": 0}
+        if more == 0:  # a run's summary (below), of a run that trained nothing: its checkpoint's
+            return {"stopped": "already done", "steps": p.step, "run_steps": 0, "epochs_done": p.epoch, "tokens": 0,
+                    "elapsed": 0.0, "tokens_per_s": 0.0, "train_tokens_per_s": None, "val_loss": ckpt.get("val_loss"),
+                    "best_val_loss": p.best_val_loss,
+                    "best_val_bpb": None if p.best_val_loss is None else bits_per_byte(p.best_val_loss, meta),
+                    "checkpoint": args.checkpoint, "best_checkpoint": best_path if os.path.exists(best_path) else None,
+                    "metrics": metrics_path if os.path.exists(metrics_path) else None,
+                    "plot": png_path if os.path.exists(png_path) else None}
         args.epochs = p.epoch + more
         total_steps = args.epochs * spe
         if not budget and not isinstance(run_warmup, int):  # as with --epochs given: a share of the longer run's steps

@@ -1575,6 +1575,18 @@ def test_epochs_added_at_the_prompt_train_as_the_same_epochs_given(env, tmp_path
     assert asked == given and given[:2] == (round(0.8 * 2 * spe),) * 2, (asked, given)
 
 
+def test_no_more_epochs_at_the_prompt_sums_up_the_finished_run(env, tmp_path, monkeypatch):
+    # answering 0 returned 3 of a run's summary keys: a caller reading its checkpoint or val loss failed on a KeyError
+    first = train.train(args_for(env, tmp_path, "--dataset", "mini", "--epochs", "1"))
+    monkeypatch.setattr(train, "is_interactive", lambda: True)
+    monkeypatch.setattr("builtins.input", lambda prompt: "0")
+    s = train.train(args_for(env, tmp_path, "--checkpoint", first["checkpoint"], fresh=False))
+    assert s.keys() == first.keys()
+    assert s["stopped"] == "already done" and (s["run_steps"], s["tokens"], s["steps"]) == (0, 0, first["steps"])
+    same = ("epochs_done", "val_loss", "best_val_loss", "best_val_bpb", "checkpoint", "best_checkpoint", "metrics")
+    assert [s[k] for k in same] == [first[k] for k in same] and s["val_loss"] is not None
+
+
 def test_epoch_coverage(env):
     meta = train.load_meta(env["data"], "mini")
     w = train.Windows(meta, "train", 64)
