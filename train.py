@@ -156,8 +156,9 @@ def parse_args(argv=None):
                         "epochs repeat until it ends (unless --epochs is given), and the last checkpoint is written "
                         "when it ends; a continued run counts its earlier time, its schedule waiting for its first "
                         "step again")
-    g.add_argument("--max_steps", type=int, help="stop after this many optimizer steps in this run (the checkpoint "
-                                                 "records the position inside the epoch; the schedule is unchanged)")
+    g.add_argument("--max_steps", type=int, help="stop after this many optimizer steps in this run, evaluated (unless "
+                                                 "--eval_interval 0) and saved there (the checkpoint records the "
+                                                 "position inside the epoch; the schedule is unchanged)")
     add_checkpoint_argument(g, "continue from this checkpoint (same dataset: exact resume; other: fine-tune)",
                             shown="option")
     g.add_argument("--init_from", type=nonempty, metavar="DIR", help="fine-tune a Hugging Face model folder (GPT-2 as downloaded, or "
@@ -1902,12 +1903,17 @@ def run_training(args, held):
                                 # this save, a step and the final evaluation would pass the budget (the step was
                                 # judged to fit before the save took its time): this one is final
                                 stopped = "time budget"
-                            # the end of the run, by the clock or by --epochs, is evaluated and saved
-                            last = stopped == "time budget" or (end_of_epoch and p.epoch >= args.epochs)
+                            # the end of the run, by the clock, --epochs or --max_steps (which --eval_interval 0
+                            # leaves to the saves alone, as without a budget), is evaluated and saved
+                            last = stopped == "time budget" or (end_of_epoch and p.epoch >= args.epochs) or (
+                                stopped == "max_steps" and args.eval_interval > 0)
                             due_eval, due_save = due_eval or last, due_save or last
                             due_log = budget_due("log", args.log_interval, frac)
                         else:
-                            due_eval = end_of_epoch or (eval_every and estep % eval_every == 0)
+                            # and the end of a --max_steps run: stopped between evaluations, its checkpoint held the
+                            # val loss of an earlier step (or none) and the run ended without saying where it stood
+                            due_eval = end_of_epoch or (eval_every and (estep % eval_every == 0
+                                                                        or stopped == "max_steps"))
                             due_save = end_of_epoch or (save_every and estep % save_every == 0)
                             due_log = estep % log_every == 0
                         # the last step of a run is always logged, and every save is at a record: the loss summed
@@ -2028,8 +2034,9 @@ def run_training(args, held):
         raise
 
     # ---- summary
-    # the curve is drawn at evaluations: the records after the last one (a run stopped by --max_steps, or one without
-    # any evaluation, whose folder may hold an earlier run's curve) would be left out of it
+    # the curve is drawn at evaluations: the records after the last one (a run stopped by --max_steps with
+    # --eval_interval 0, or one without any evaluation, whose folder may hold an earlier run's curve) would be left
+    # out of it
     metrics.plot(f"{dataset}: {args.model} {config.variant}")
     p.elapsed += time.time() - t_run
     run_time = time.time() - t_run

@@ -2654,6 +2654,18 @@ def test_a_budget_run_that_reaches_max_steps_says_so(env, tmp_path, monkeypatch)
     assert s["stopped"] == "max_steps" and s["run_steps"] == by_clock["run_steps"]
 
 
+@pytest.mark.parametrize("budget", [[], ["--time_budget", 5]])
+def test_a_run_stopped_by_max_steps_is_evaluated_at_its_end(env, tmp_path, monkeypatch, budget):
+    # --max_steps between two evaluations (every 4 steps of the mini set's 9, or 40% of the budget) ended the run
+    # without one: its checkpoint held an earlier step's val loss, or none, and no line said where the run stood
+    StepClock(monkeypatch)
+    s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--max_steps", 5, "--eval_interval", 40, *budget))
+    assert s["stopped"] == "max_steps"
+    ck = load_checkpoint(s["checkpoint"])
+    evals = [r["step"] for r in read_metrics(s["metrics"]) if r["val_loss"] is not None]
+    assert evals[-1:] == [ck["step"]] == [5] and ck["val_loss"] == s["val_loss"] is not None, evals
+
+
 def test_the_closing_line_gives_the_training_speed_only_when_it_differs(env, tmp_path, monkeypatch, capsys):
     # a first step as long as the rest of the run halves the run's speed: both are given; a run that trained all
     # along has one speed, given once (a log every 2 steps: the first step is no log's)
