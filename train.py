@@ -1889,6 +1889,12 @@ def run_training(args, held):
                         if budget and clock_next >= budget:
                             stopped = "time budget"
                         t_extra, saves_before = time.time(), saved["total"]
+                        # A --max_steps run stopped between evaluations is evaluated too (--eval_interval 0 leaves it
+                        # to the saves alone): without, its checkpoint held an earlier step's val loss, or none, and
+                        # the run ended without saying where it stood. As a pause, not judged: no best file and no
+                        # --patience count, so a run continued from it keeps the best and stops early where the
+                        # run in one go does (exact resume)
+                        pause_eval = False
                         if budget:
                             frac = clock / budget
                             eval_cost = clock_reserved - clock  # an evaluation's and its two saves', as agreed
@@ -1903,17 +1909,15 @@ def run_training(args, held):
                                 # this save, a step and the final evaluation would pass the budget (the step was
                                 # judged to fit before the save took its time): this one is final
                                 stopped = "time budget"
-                            # the end of the run, by the clock, --epochs or --max_steps (which --eval_interval 0
-                            # leaves to the saves alone, as without a budget), is evaluated and saved
-                            last = stopped == "time budget" or (end_of_epoch and p.epoch >= args.epochs) or (
-                                stopped == "max_steps" and args.eval_interval > 0)
-                            due_eval, due_save = due_eval or last, due_save or last
+                            # the end of the run, by the clock or by --epochs, is evaluated and saved
+                            last = stopped == "time budget" or (end_of_epoch and p.epoch >= args.epochs)
+                            pause_eval = stopped == "max_steps" and args.eval_interval > 0 and not (due_eval or last)
+                            due_eval, due_save = due_eval or last or pause_eval, due_save or last
                             due_log = budget_due("log", args.log_interval, frac)
                         else:
-                            # and the end of a --max_steps run: stopped between evaluations, its checkpoint held the
-                            # val loss of an earlier step (or none) and the run ended without saying where it stood
-                            due_eval = end_of_epoch or (eval_every and (estep % eval_every == 0
-                                                                        or stopped == "max_steps"))
+                            due_eval = end_of_epoch or (eval_every and estep % eval_every == 0)
+                            pause_eval = bool(eval_every) and stopped == "max_steps" and not due_eval
+                            due_eval = due_eval or pause_eval
                             due_save = end_of_epoch or (save_every and estep % save_every == 0)
                             due_log = estep % log_every == 0
                         # the last step of a run is always logged, and every save is at a record: the loss summed
@@ -1955,15 +1959,16 @@ def run_training(args, held):
                                 bpb = bits_per_byte(last_val, meta)
                                 # a best file that goes at the first save (--overwrite) bars nothing: judged against
                                 # it, an evaluation at that save was never a best, and a later, worse one became one
-                                improved = p.best_val_loss is None or best_goes or last_val < p.best_val_loss
+                                better = p.best_val_loss is None or best_goes or last_val < p.best_val_loss
+                                improved = better and not pause_eval
                                 if improved:
                                     p.best_val_loss, p.evals_since_best = last_val, 0
-                                else:
+                                elif not pause_eval:
                                     p.evals_since_best += 1
                                 rec.update(val_loss=round(last_val, 5), val_ppl=round(math.exp(min(last_val, 50)), 3),
                                            val_bpb=None if bpb is None else round(bpb, 5), best=improved)
                                 say(f"{paint(f'step {p.step:,}', 'bold')} (epoch {rec['epoch']:.2f}): train "
-                                    f"{shown}, val {paint(f'{last_val:.4f}', 'green' if improved else 'yellow')} "
+                                    f"{shown}, val {paint(f'{last_val:.4f}', 'green' if better else 'yellow')} "
                                     f"(ppl {math.exp(min(last_val, 50)):.2f}" + (f", {bpb:.3f} bpb" if bpb else "") +
                                     f"), lr {lr:.2e}, {tps:,.0f} tokens/s" + (paint("  * best", "green") if improved else ""))
                                 if improved:

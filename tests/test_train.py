@@ -2666,6 +2666,24 @@ def test_a_run_stopped_by_max_steps_is_evaluated_at_its_end(env, tmp_path, monke
     assert evals[-1:] == [ck["step"]] == [5] and ck["val_loss"] == s["val_loss"] is not None, evals
 
 
+def test_a_max_steps_pause_is_evaluated_but_not_judged(env, tmp_path, monkeypatch):
+    # the evaluation at a --max_steps stop between evaluations is a pause's: judged as the others are (a best file, a
+    # --patience count), it made a run split into pieces stop early sooner than the run in one go (no exact resume)
+    monkeypatch.setattr(train, "evaluate", lambda *a, **k: 5.0)  # the first evaluation is the best, then none better
+    common = ["--dataset", "mini", "--epochs", "5", "--patience", "2", "--eval_interval", "50"]
+    one = train.train(args_for(env, tmp_path / "one", *common))
+    assert one["stopped"] == "early stop"
+    part = train.train(args_for(env, tmp_path / "two", *common, "--max_steps", 3))  # between the first two evaluations
+    ck = load_checkpoint(part["checkpoint"])
+    assert part["stopped"] == "max_steps" and ck["step"] == 3 and ck["val_loss"] == 5.0  # evaluated there
+    rest = train.train(args_for(env, tmp_path / "two", "--checkpoint", part["checkpoint"], fresh=False))
+    assert (rest["stopped"], rest["steps"]) == ("early stop", one["steps"])
+    a, b = load_checkpoint(one["checkpoint"]), load_checkpoint(rest["checkpoint"])
+    assert (a["best_val_loss"], a["evals_since_best"]) == (b["best_val_loss"], b["evals_since_best"])
+    # the best file is the first regular evaluation's, in both
+    assert load_checkpoint(one["best_checkpoint"])["step"] == load_checkpoint(rest["best_checkpoint"])["step"]
+
+
 def test_the_closing_line_gives_the_training_speed_only_when_it_differs(env, tmp_path, monkeypatch, capsys):
     # a first step as long as the rest of the run halves the run's speed: both are given; a run that trained all
     # along has one speed, given once (a log every 2 steps: the first step is no log's)
