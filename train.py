@@ -1409,6 +1409,13 @@ def resumed_progress(args, ckpt, ckpt_args, meta, train_w, val_w, batches, eval_
     return p, eval_windows, warmup
 
 
+def run_summary(p, meta, **run):
+    """What train() returns: the run's own figures (stopped, run_steps, tokens, elapsed, tokens_per_s,
+    train_tokens_per_s, val_loss and the files) and where the training stands (steps, epochs, the best val loss)."""
+    return {**run, "steps": p.step, "epochs_done": p.epoch, "best_val_loss": p.best_val_loss,
+            "best_val_bpb": None if p.best_val_loss is None else bits_per_byte(p.best_val_loss, meta)}
+
+
 def ask_more_epochs(path, done):
     """The epochs to train on, as the user answers; None at the end of input (Ctrl-D): no answer, as without a
     terminal."""
@@ -1631,13 +1638,11 @@ def run_training(args, held):
         if more is None:
             raise UserError(msg)
         if more == 0:  # a run's summary (below), of a run that trained nothing: its checkpoint's
-            return {"stopped": "already done", "steps": p.step, "run_steps": 0, "epochs_done": p.epoch, "tokens": 0,
-                    "elapsed": 0.0, "tokens_per_s": 0.0, "train_tokens_per_s": None, "val_loss": ckpt.get("val_loss"),
-                    "best_val_loss": p.best_val_loss,
-                    "best_val_bpb": None if p.best_val_loss is None else bits_per_byte(p.best_val_loss, meta),
-                    "checkpoint": args.checkpoint, "best_checkpoint": best_path if os.path.exists(best_path) else None,
-                    "metrics": metrics_path if os.path.exists(metrics_path) else None,
-                    "plot": png_path if os.path.exists(png_path) else None}
+            return run_summary(p, meta, stopped="already done", run_steps=0, tokens=0, elapsed=0.0, tokens_per_s=0.0,
+                               train_tokens_per_s=None, val_loss=ckpt.get("val_loss"), checkpoint=args.checkpoint,
+                               best_checkpoint=best_path if os.path.exists(best_path) else None,
+                               metrics=metrics_path if os.path.exists(metrics_path) else None,
+                               plot=png_path if os.path.exists(png_path) else None)
         args.epochs = p.epoch + more
         total_steps = args.epochs * spe
         if not budget and not isinstance(run_warmup, int):  # as with --epochs given: a share of the longer run's steps
@@ -2045,13 +2050,12 @@ def run_training(args, held):
     metrics.plot(f"{dataset}: {args.model} {config.variant}")
     p.elapsed += time.time() - t_run
     run_time = time.time() - t_run
-    best_bpb = None if p.best_val_loss is None else bits_per_byte(p.best_val_loss, meta)
-    summary = {"stopped": stopped, "steps": p.step, "run_steps": run_steps, "epochs_done": p.epoch,
-               "tokens": run_tokens, "elapsed": run_time, "tokens_per_s": run_tokens / max(run_time, 1e-9),
-               "train_tokens_per_s": train_tokens / train_s if train_s > 0 else None,
-               "val_loss": last_val, "best_val_loss": p.best_val_loss, "best_val_bpb": best_bpb,
-               "checkpoint": saved["path"], "best_checkpoint": saved["best"],
-               "metrics": metrics.path, "plot": metrics.png_path if os.path.exists(metrics.png_path) else None}
+    summary = run_summary(p, meta, stopped=stopped, run_steps=run_steps, tokens=run_tokens, elapsed=run_time,
+                          tokens_per_s=run_tokens / max(run_time, 1e-9),
+                          train_tokens_per_s=train_tokens / train_s if train_s > 0 else None, val_loss=last_val,
+                          checkpoint=saved["path"], best_checkpoint=saved["best"], metrics=metrics.path,
+                          plot=metrics.png_path if os.path.exists(metrics.png_path) else None)
+    best_bpb = summary["best_val_bpb"]
     rate = f"{summary['tokens_per_s']:,.0f} tokens/s"
     if summary["train_tokens_per_s"] and summary["train_tokens_per_s"] > 1.1 * summary["tokens_per_s"]:
         # a short run on a GPU: compiling, evaluating and saving took most of it (200 steps of small on an H200
