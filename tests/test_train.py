@@ -2573,33 +2573,21 @@ def test_a_budget_run_without_evaluations_keeps_room_for_its_final_one(env, tmp_
     assert 6 - 1 <= s["elapsed"] <= 6, s["elapsed"]  # the whole run, its final evaluation and saves included
 
 
-def test_a_budget_run_without_evaluations_keeps_room_for_its_final_saves(env, tmp_path, monkeypatch):
-    # the final evaluation is followed by two saves (the best file and the checkpoint), which the stop keeps room for
-    # as the last save took (here the one at half the budget): saves of half a second (a large model, a slow disk) took
-    # a 6-s run up to a second past it
-    slow_saves(monkeypatch, StepClock(monkeypatch, step=1 / 8), 0.5)
-    s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--time_budget", 0.1, "--eval_interval", 0,
-                             "--save_interval", 50, "--output_checkpoint", str(tmp_path / "{dataset}.pt")))
-    assert s["stopped"] == "time budget" and s["val_loss"] is not None
-    assert 6 - 1 <= s["elapsed"] <= 6, s["elapsed"]  # the whole run, its final saves included
-
-
-def test_a_budget_runs_periodic_save_is_counted_before_it_takes_another_step(env, tmp_path, monkeypatch):
+@pytest.mark.parametrize("options,evaluation", [
+    # no evaluations: the final saves take what the last save took (here the one at half the budget); saves of half a
+    # second (a large model, a slow disk) took a 6-s run up to a second past it
+    (("--eval_interval", 0, "--save_interval", 50), None),
     # the stop judged that one more step and the final evaluation fitted before this step's --save_interval save took
-    # its time: with half-second saves, the step after the save and the final evaluation passed a 6-s budget by 0.375 s
-    slow_saves(monkeypatch, StepClock(monkeypatch, step=1 / 8, evaluation=1 / 4), 0.5)
-    s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--time_budget", 0.1, "--save_interval", 10,
-                             "--output_checkpoint", str(tmp_path / "{dataset}.pt")))
-    assert s["stopped"] == "time budget" and s["val_loss"] is not None
-    assert 6 - 1 <= s["elapsed"] <= 6, s["elapsed"]  # the whole run, its final evaluation and saves included
-
-
-def test_a_budget_run_keeps_room_for_both_saves_after_its_final_evaluation(env, tmp_path, monkeypatch):
+    # its time: the step after the save and the final evaluation passed the budget by 0.375 s
+    (("--save_interval", 10), 1 / 4),
     # the room kept was the time the last evaluation took with the saves it happened to make: without --save_interval
-    # they made the best file alone (or none, not bettering it), the final one makes the checkpoint too, and with
-    # half-second saves the run passed a 6-s budget by 0.375 s
-    slow_saves(monkeypatch, StepClock(monkeypatch, step=1 / 8, evaluation=1 / 4), 0.5)
-    s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--time_budget", 0.1, "--save_interval", 0,
+    # they made the best file alone (or none, not bettering it), the final one makes the checkpoint too: 0.375 s past
+    (("--save_interval", 0), 1 / 4),
+])
+def test_a_budget_run_keeps_room_for_its_slow_saves(env, tmp_path, monkeypatch, options, evaluation):
+    clock = StepClock(monkeypatch, step=1 / 8, **({} if evaluation is None else {"evaluation": evaluation}))
+    slow_saves(monkeypatch, clock, 0.5)
+    s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--time_budget", 0.1, *options,
                              "--output_checkpoint", str(tmp_path / "{dataset}.pt")))
     assert s["stopped"] == "time budget" and s["val_loss"] is not None
     assert 6 - 1 <= s["elapsed"] <= 6, s["elapsed"]  # the whole run, its final evaluation and saves included
