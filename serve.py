@@ -1077,7 +1077,9 @@ class ApiServer(ThreadingHTTPServer):
             return self.turn_away(request)
         try:
             super().process_request(request, client_address)  # (its thread releases the slot)
-        except BaseException:  # the thread did not start
+        # the thread did not start (RuntimeError). Not a Ctrl-C's KeyboardInterrupt: it can land in Thread.start after
+        # the thread began, which then released the slot a second time (ValueError); a stopping server needs none back
+        except Exception:
             self.slots.release()
             raise
 

@@ -1141,6 +1141,49 @@ def test_connections_past_the_limit_get_503(enc):
         api.close()
 
 
+def test_a_ctrl_c_as_a_connections_thread_starts_gives_its_place_back_once(enc, monkeypatch):
+    """Ctrl-C reaches serve_forever's thread inside Thread.start after the connection's thread has begun (while start
+    waits for it to run): that thread gives the connection's place back when it ends, and process_request, taking the
+    start for failed, gave it back too. The semaphore, released past its bound, raised ValueError in the thread: a
+    traceback on the way out (or, with another place taken meanwhile, one connection more than --max_connections)."""
+    api = start(tiny_model(enc), enc, max_connections=2)
+    errors, threads, real_start = [], [], threading.Thread.start
+    monkeypatch.setattr(threading, "excepthook", lambda args: errors.append(args.exc_value))
+
+    def start_then_ctrl_c(thread):
+        threads.append(thread)
+        real_start(thread)
+        raise KeyboardInterrupt
+
+    def cannot_start(thread):
+        raise RuntimeError("can't start new thread")
+    try:
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            client = socket.create_connection(listener.getsockname())
+            conn, address = listener.accept()
+        with monkeypatch.context() as m:
+            m.setattr(threading.Thread, "start", start_then_ctrl_c)
+            with pytest.raises(KeyboardInterrupt):
+                api.process_request(conn, address)
+        client.close()  # the connection's thread reads end-of-file and ends
+        threads[0].join(60)
+        assert not threads[0].is_alive() and errors == []
+        # a thread that cannot start (RuntimeError: too many threads): its place is given back by process_request
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            client = socket.create_connection(listener.getsockname())
+            conn, address = listener.accept()
+        with monkeypatch.context() as m:
+            m.setattr(threading.Thread, "start", cannot_start)
+            with pytest.raises(RuntimeError):
+                api.process_request(conn, address)
+        conn.close()
+        client.close()
+        assert api.slots.acquire(blocking=False) and api.slots.acquire(blocking=False)  # both places free, once each
+        assert not api.slots.acquire(blocking=False)
+    finally:
+        api.close()
+
+
 def test_a_model_that_fails_gets_500s_and_the_server_goes_on(enc):
     # NaN weights (a diverged run) make sampling raise in torch.multinomial: each request gets OpenAI's 500 body
     # (inside the stream once it has begun), the worker lives on and answers the next one
@@ -1729,3 +1772,4 @@ def test_an_ipv6_host_is_served(enc):
             assert status == 200 and json.loads(data)["data"][0]["id"] == "tiny"
         finally:
             api.close()
+
