@@ -1402,12 +1402,23 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
     # 8 bytes a document (of text too); val's, in its order, None for a book's tail (its head is train's)
     train_keys, val_keys = array("q"), []
     dedup = val_fraction and "split" in roles and "val" not in roles
+
+    def write(docs, out, label):
+        """Tokenize docs into the Split out; returns how many documents ended."""
+        n = 0
+        for batch in batches(docs, kind, label, first_label):
+            ids, mask, batch_ends = encode_batch(enc, batch, kind, dtype)
+            n += len(batch_ends)
+            out.write(ids, mask, len(batch_ends), int(table[ids].sum()))
+            progress.update(len(batch_ends))
+        return n
+
     for i, role, label, docs in opened:
         out = splits["val" if role == "val" else "train"]
         if cut and role != "val":  # end it, or it runs into the next file's text as one document
             out.write(np.array([enc.eot_token], dtype), None, 0, 0)
             cut = False
-        start, n = out.tokens, 0  # where this stream starts, and its documents, for the val cut
+        start = out.tokens  # where this stream starts, for the val cut
         if seen is None:
             docs = limited(docs, budget, role)
         else:  # train notes what it takes (within --limit); val's --limit counts what it keeps
@@ -1416,11 +1427,7 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
         keys = array("q")  # of this stream's documents, in order
         if dedup:
             docs = keyed(docs, keys)
-        for batch in batches(docs, kind, label, first_label):
-            ids, mask, batch_ends = encode_batch(enc, batch, kind, dtype)
-            n += len(batch_ends)
-            out.write(ids, mask, len(batch_ends), int(table[ids].sum()))
-            progress.update(len(batch_ends))
+        n = write(docs, out, label)  # its documents
         if role != "split" or val_fraction == 0 or out.tokens == start:
             train_keys.extend(keys)
             continue
@@ -1446,15 +1453,22 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
             val_keys.append(None)
         else:
             train_keys.extend(keys)
+    val = splits["val"]
+    if seen is not None and val.repeats and not val.documents:
+        # a source's own validation split that train has whole is kept, as a val cut from train's sources is (below):
+        # left out, val held nothing, and train.py needs one (it failed as "too little text" of a set with text enough)
+        own = [(i, label) for i, role, label, _ in opened if role == "val"]
+        warn_all_in_train(", ".join(label for _, label in own))
+        val.repeats = 0
+        for i, label in own:  # read again, within --limit's share, which the documents left out did not spend
+            write(limited(streams[i][2](), budget, "val"), val, label)
     candidates = [i for i, key in enumerate(val_keys) if key is not None]
     drop = set()
     if train_keys and candidates:  # (train's keys stay an array, no set of millions of ints)
         hits = keys_in(np.array([val_keys[i] for i in candidates], np.int64), np.frombuffer(train_keys, np.int64))
         drop = {i for i, hit in zip(candidates, hits.tolist()) if hit}
     if drop and len(drop) == len(val_keys):  # val keeps them: train.py needs a val split, and nothing else is left
-        print(f"warning: {label_of(streams)}: every document of the val split is also in train (the text repeats "
-              f"them), so the val loss reads better than the model is: add documents that are not repeated",
-              file=sys.stderr)
+        warn_all_in_train(label_of(streams))
     elif drop:
         splits["val"].drop_documents(drop, enc.eot_token, table)
     # train.py evaluates on val: a val of <|endoftext|> alone (one short document) or of nothing sent the user to
@@ -1463,6 +1477,12 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
         if not splits[name].bytes and ((val_fraction or splits["val"].tokens) if name == "val" else kind == "text"):
             raise too_little_text(streams, name)
     return kind
+
+
+def warn_all_in_train(label):
+    """Said of a val split kept though train has every document of it."""
+    print(f"warning: {label}: every document of the val split is also in train (the text repeats them), so the val loss "
+          f"reads better than the model is: add documents that are not repeated", file=sys.stderr)
 
 
 def too_little_text(streams, split):

@@ -2176,6 +2176,24 @@ def test_a_chat_sets_own_val_split_leaves_out_the_conversations_train_has(tmp_pa
     assert meta["splits"]["val"]["documents"] == 1 and "Who?" in enc.decode(ids.tolist())
 
 
+def test_an_own_val_split_that_train_has_whole_is_kept_as_a_val_cut_is(tmp_path, monkeypatch, enc, capsys):
+    # a validation split of nothing but train's conversations (a quick set whose validation file is a copy of some of
+    # train): left out whole, it failed with "too little text to cut into train and val (val would hold none): add
+    # text", of a set with text enough; it is kept and said, as a val cut from train's sources is
+    fake_mirror(tmp_path / "mirror")
+    train = (tmp_path / "mirror" / "dailydialog" / "dialogues_train.txt").read_text().splitlines()
+    (tmp_path / "mirror" / "dailydialog" / "dialogues_validation.txt").write_text("\n".join(train[:8]) + "\n")
+    monkeypatch.setenv("DATA_MIRROR", str(tmp_path / "mirror"))
+    for limit, kept in ((None, 8), (30, 3)):  # --limit 30: val's share, 3
+        meta = prepare.prepare("dailydialog", out_dir=str(tmp_path / "data"), name=f"dd{limit}", limit=limit)
+        check_sizes(tmp_path / "data" / f"dd{limit}", meta)
+        ids, _ = load(tmp_path / "data" / f"dd{limit}", "val", meta)
+        assert meta["splits"]["val"]["documents"] == kept and meta["val_repeats"] == 0
+        assert enc.decode(ids.tolist()).count(IM_START + "user") == kept and "dd0 hello" in enc.decode(ids.tolist())
+        err = capsys.readouterr().err
+        assert "dialogues_validation.txt: every document of the val split is also in train" in err, err
+
+
 def test_a_val_cut_from_trains_sources_leaves_out_the_documents_train_has(tmp_path, enc, capsys):
     # DailyDialog's train file given as --source repeats dialogues within itself: 99 of the 1,112 its tail gave val
     # were in train too, and the val loss read better than the model was
