@@ -1329,17 +1329,18 @@ def keyed(docs, keys):
         yield doc
 
 
-def seen_in_train(docs, seen, role, val):
-    """A conversation stream's documents, noting train's in seen and leaving out of a "val" stream those seen (counted
-    in the Split val): DailyDialog's validation file repeats 89 of its 1,000 dialogues from train (98 with case and
-    spacing ignored), and a val loss over dialogues the model was trained on reads better than the model is."""
+def unseen(docs, ordered, val):
+    """A source's own validation split's conversations less those train has, whose keys (document_key) are ordered,
+    sorted; those left out are counted in the Split val: DailyDialog's validation file repeats 89 of its 1,000
+    dialogues from train (98 with case and spacing ignored), and a val loss over dialogues the model was trained on
+    reads better than the model is."""
     for doc in docs:
-        key = document_key(doc) if doc_kind(doc) == "chat" else None  # (plain text among them: batches() refuses it)
-        if role != "val":
-            seen.add(key)
-        elif key in seen:
-            val.repeats += 1
-            continue
+        if doc_kind(doc) == "chat":  # (plain text among them: batches() refuses it)
+            key = document_key(doc)
+            at = int(np.searchsorted(ordered, key))
+            if at < len(ordered) and ordered[at] == key:
+                val.repeats += 1
+                continue
         yield doc
 
 
@@ -1394,14 +1395,15 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
         counts, chars, _ = count_split_docs(streams, budget)
         ks = val_counts(counts, kind, val_fraction, label_of(streams), limit, chars)
     cut = False  # train ends with a book's head, cut from its tail by tokens
-    # conversations train has, when a source's own validation split follows (its streams come after train's); plain
-    # text is left as it is (TinyStories' 2.1M stories would be held in memory)
-    seen = set() if kind == "chat" and any(role == "val" for role, _, _ in streams) else None
-    # and a document train has is left out of a val cut from the same sources: DailyDialog's train file repeats 756 of
-    # its 11,118 dialogues (718 word for word), and 99 of the 1,112 its tail gave val were in train. Train's keys are
-    # 8 bytes a document (of text too); val's, in its order, None for a book's tail (its head is train's)
-    train_keys, val_keys = array("q"), []
+    # A document train has is left out of val, known by its key (document_key), train's kept as 8 bytes a document:
+    # - of a source's own validation split, as it is read, so that its --limit share counts what val keeps (its
+    #   streams follow train's, sorted once); conversations alone, plain text is left as it is
+    own_val = kind == "chat" and "val" in roles and val_fraction
+    # - of a val cut from the same sources, once every source is read (a later file's train documents count too):
+    #   DailyDialog's train file repeats 756 of its 11,118 dialogues (718 word for word), and 99 of the 1,112 its tail
+    #   gave val were in train. Val's keys in its order, None for a book's tail (its head is train's)
     dedup = val_fraction and "split" in roles and "val" not in roles
+    train_keys, val_keys, ordered = array("q"), [], None  # ordered: train's keys sorted, for own_val
 
     def write(docs, out, label):
         """Tokenize docs into the Split out; returns how many documents ended."""
@@ -1419,13 +1421,13 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
             out.write(np.array([enc.eot_token], dtype), None, 0, 0)
             cut = False
         start = out.tokens  # where this stream starts, for the val cut
-        if seen is None:
-            docs = limited(docs, budget, role)
-        else:  # train notes what it takes (within --limit); val's --limit counts what it keeps
-            docs = limited(seen_in_train(docs, seen, role, splits["val"]), budget, role) if role == "val" else \
-                seen_in_train(limited(docs, budget, role), seen, role, splits["val"])
         keys = array("q")  # of this stream's documents, in order
-        if dedup:
+        if role == "val" and own_val:
+            if ordered is None:
+                ordered = np.sort(np.frombuffer(train_keys, np.int64))
+            docs = unseen(docs, ordered, out)
+        docs = limited(docs, budget, role)
+        if dedup or (own_val and role != "val"):  # train's, within --limit
             docs = keyed(docs, keys)
         n = write(docs, out, label)  # its documents
         if role != "split" or val_fraction == 0 or out.tokens == start:
@@ -1454,7 +1456,7 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
         else:
             train_keys.extend(keys)
     val = splits["val"]
-    if seen is not None and val.repeats and not val.documents:
+    if own_val and val.repeats and not val.documents:
         # a source's own validation split that train has whole is kept, as a val cut from train's sources is (below):
         # left out, val held nothing, and train.py needs one (it failed as "too little text" of a set with text enough)
         own = [(i, label) for i, role, label, _ in opened if role == "val"]
