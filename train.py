@@ -1978,7 +1978,9 @@ def run_training(args, held):
                                     f"), lr {lr:.2e}, {tps:,.0f} tokens/s" + (paint("  * best", "green") if improved else ""))
                                 if improved:
                                     save(best_path)
-                                if args.patience and p.evals_since_best >= args.patience:
+                                # (a pause's stops nothing: a run continued with a new --patience stopped at
+                                # it, an evaluation before the run in one go did)
+                                if args.patience and not pause_eval and p.evals_since_best >= args.patience:
                                     stopped = "early stop"
                                     say(paint(f"no better val loss in {args.patience} evaluations: stopping early "
                                               f"(--patience)", "yellow"))

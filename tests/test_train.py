@@ -2672,6 +2672,25 @@ def test_a_max_steps_pause_is_evaluated_but_not_judged(env, tmp_path, monkeypatc
     assert load_checkpoint(one["best_checkpoint"])["step"] == load_checkpoint(rest["best_checkpoint"])["step"]
 
 
+def test_a_max_steps_pause_does_not_stop_a_run_early(env, tmp_path, monkeypatch):
+    # --patience given to a run continued from one that counted evaluations without a better val loss stops it at its
+    # next evaluation: a pause's stopped it there, "early stop" before the evaluation the run in one go stopped at
+    monkeypatch.setattr(train, "evaluate", lambda *a, **k: 5.0)  # the first evaluation is the best, then none better
+    base = train.train(args_for(env, tmp_path / "base", "--dataset", "mini", "--epochs", "5", "--eval_interval", "50",
+                                "--max_steps", 9))  # an epoch's end: 2 evaluations since the best
+    assert load_checkpoint(base["checkpoint"])["evals_since_best"] == 2
+
+    def go_on(name, *extra, checkpoint=base["checkpoint"]):
+        return train.train(args_for(env, tmp_path / name, "--checkpoint", checkpoint, "--patience", 2, *extra,
+                                    fresh=False))
+    one = go_on("one")
+    assert one["stopped"] == "early stop" and one["steps"] > 10
+    part = go_on("two", "--max_steps", 1)  # a pause, before that evaluation
+    assert part["stopped"] == "max_steps" and not load_checkpoint(part["checkpoint"])["stopped_early"]
+    rest = go_on("two", checkpoint=part["checkpoint"])
+    assert (rest["stopped"], rest["steps"]) == ("early stop", one["steps"])
+
+
 def test_the_closing_line_gives_the_training_speed_only_when_it_differs(env, tmp_path, monkeypatch, capsys):
     # a first step as long as the rest of the run halves the run's speed: both are given; a run that trained all
     # along has one speed, given once (a log every 2 steps: the first step is no log's)
