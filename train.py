@@ -157,8 +157,10 @@ def parse_args(argv=None):
                         "when it ends; a continued run counts its earlier time, its schedule waiting for its first "
                         "step again")
     g.add_argument("--max_steps", type=int, help="stop after this many optimizer steps in this run, evaluated (unless "
-                                                 "--eval_interval 0) and saved there (the checkpoint records the "
-                                                 "position inside the epoch; the schedule is unchanged)")
+                                                 "--eval_interval 0; between evaluations as a pause, not judged for "
+                                                 "the best file or --patience, so a continued run goes on as one run "
+                                                 "would) and saved there (the checkpoint records the position inside "
+                                                 "the epoch; the schedule is unchanged)")
     add_checkpoint_argument(g, "continue from this checkpoint (same dataset: exact resume; other: fine-tune)",
                             shown="option")
     g.add_argument("--init_from", type=nonempty, metavar="DIR", help="fine-tune a Hugging Face model folder (GPT-2 as downloaded, or "
@@ -1975,7 +1977,11 @@ def run_training(args, held):
                                 say(f"{paint(f'step {p.step:,}', 'bold')} (epoch {rec['epoch']:.2f}): train "
                                     f"{shown}, val {paint(f'{last_val:.4f}', 'green' if better else 'yellow')} "
                                     f"(ppl {math.exp(min(last_val, 50)):.2f}" + (f", {bpb:.3f} bpb" if bpb else "") +
-                                    f"), lr {lr:.2e}, {tps:,.0f} tokens/s" + (paint("  * best", "green") if improved else ""))
+                                    f"), lr {lr:.2e}, {tps:,.0f} tokens/s" + (paint("  * best", "green") if improved else "")
+                                    # (a better val loss, green, with no "* best" and the summary naming an earlier
+                                    # best file: the line says why)
+                                    + (paint("  (a --max_steps pause: not judged for the best file or --patience)",
+                                             "dim") if pause_eval else ""))
                                 if improved:
                                     save(best_path)
                                 # (a pause's stops nothing: a run continued with a new --patience stopped at

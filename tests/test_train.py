@@ -2672,6 +2672,19 @@ def test_a_max_steps_pause_is_evaluated_but_not_judged(env, tmp_path, monkeypatc
     assert load_checkpoint(one["best_checkpoint"])["step"] == load_checkpoint(rest["best_checkpoint"])["step"]
 
 
+def test_a_max_steps_pause_says_it_is_not_judged(env, tmp_path, monkeypatch, capsys):
+    # a pause's better val loss was shown as a best's is (green) without "* best", and the summary then named the
+    # earlier best file: its line says why no best file was made
+    losses = iter([5.0, 4.0])  # the pause's is the better
+    monkeypatch.setattr(train, "evaluate", lambda *a, **k: next(losses))
+    s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--eval_interval", "50", "--max_steps", 6))
+    assert s["stopped"] == "max_steps" and (s["val_loss"], s["best_val_loss"]) == (4.0, 5.0)
+    lines = [line for line in capsys.readouterr().out.splitlines() if ", val " in line]
+    assert len(lines) == 2 and "* best" in lines[0] and "not judged" not in lines[0], lines
+    assert lines[1].startswith("step 6 ") and "* best" not in lines[1] and \
+        lines[1].endswith("(a --max_steps pause: not judged for the best file or --patience)"), lines
+
+
 def test_a_max_steps_pause_does_not_stop_a_run_early(env, tmp_path, monkeypatch):
     # --patience given to a run continued from one that counted evaluations without a better val loss stops it at its
     # next evaluation: a pause's stopped it there, "early stop" before the evaluation the run in one go stopped at
