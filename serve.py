@@ -472,6 +472,26 @@ def loopback_name(host):
         return False
 
 
+def drain(sock):
+    """After an answer sent before its request was read (a 413, a framing refusal, a 408: Handler.linger; a connection
+    turned away: ApiServer.turn_away): end the connection's sending side, so the client has the whole answer, and read
+    and drop what the client still sends, up to DRAIN bytes or DRAIN_WAIT seconds (no client makes the server read
+    without end), before closing. Closed at once, with the body unread, the connection was reset under a client that
+    sends all of its body before it reads the answer (Python's http.client, so requests and the openai client): a 20 MB
+    upload got BrokenPipeError, not the 413."""
+    deadline, left = time.monotonic() + DRAIN_WAIT, DRAIN
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        while left > 0 and (wait := deadline - time.monotonic()) > 0:
+            sock.settimeout(wait)
+            data = sock.recv(min(left, 1 << 16))
+            if not data:  # the client has sent all and closed
+                return
+            left -= len(data)
+    except OSError:  # the wait is over (TimeoutError), or the client reset the connection
+        pass
+
+
 class RequestReader(io.RawIOBase):
     """The connection's bytes as the handler's rfile reads them: each read of a request ends by the request's
     deadline (Handler.deadline, None between requests), raising LateRequest; no thread watches the clock. It reads the
@@ -604,22 +624,8 @@ class Handler(BaseHTTPRequestHandler):
             self.linger()
 
     def linger(self):
-        """After an answer sent before the request's body was read (a 413, a framing refusal, a 408): end the connection's
-        sending side, so the client has the whole answer, and read and drop what the client still sends, up to DRAIN
-        bytes or DRAIN_WAIT seconds (no client makes the server read without end), before closing. Closed at once, with
-        the body unread, the connection was reset under a client that sends all of its body before it reads the answer
-        (Python's http.client, so requests and the openai client): a 20 MB upload got BrokenPipeError, not the 413."""
-        deadline, left = time.monotonic() + DRAIN_WAIT, DRAIN
-        try:
-            self.connection.shutdown(socket.SHUT_WR)
-            while left > 0 and (wait := deadline - time.monotonic()) > 0:
-                self.connection.settimeout(wait)
-                data = self.rfile.read1(min(left, 1 << 16))
-                if not data:  # the client has sent all and closed
-                    return
-                left -= len(data)
-        except OSError:  # the wait is over (TimeoutError), or the client reset the connection
-            pass
+        """After an answer sent before the request's body was read (a 413, a framing refusal, a 408)."""
+        drain(self.connection)
 
     def do_GET(self):
         self.dispatch("GET")
@@ -1020,17 +1026,16 @@ class Handler(BaseHTTPRequestHandler):
 
 class ApiServer(ThreadingHTTPServer):
     """The HTTP server (a thread per connection) and the model's worker."""
-    daemon_threads = True  # a hung connection never keeps the process alive
     request_queue_size = 128  # the listen backlog: socketserver's 5 makes a burst of clients wait a second for a SYN retry
 
     def __init__(self, model, enc, name, host="127.0.0.1", port=8000, dtype=torch.float32, temperature=0.8,
                  top_k=200, top_p=None, max_tokens=256, max_queue=64, log=None, cors=(), repetition_penalty=1.0, allowed_hosts=(),
                  max_connections=128):
         self.model, self.enc, self.name = model, enc, name
-        # connections served at once, each by a thread of its own (process_request); those turned away past them, their
-        # answer sent, until their clients have sent all and closed (turn_away)
+        # connections served at once, each by a thread of its own (process_request), and as many turned away past
+        # them, each by a short-lived thread too (turn_away)
         self.max_connections, self.slots = max_connections, threading.BoundedSemaphore(max_connections)
-        self.turned_away = collections.deque()  # (when to close it at the latest, socket), oldest first
+        self.refusals = threading.BoundedSemaphore(max_connections)
         self.cors = tuple(cors)  # origins whose pages may call the API from a browser ("*": any)
         self.allowed_hosts = tuple(allowed_hosts)  # names a loopback server answers besides its own ("*": any)
         self.temperature, self.top_k, self.top_p, self.max_tokens = temperature, top_k, top_p, max_tokens
@@ -1073,14 +1078,20 @@ class ApiServer(ThreadingHTTPServer):
     def process_request(self, request, client_address):
         # each connection holds a thread while it is open, idle keep-alive ones too: a client opening thousands held as
         # many threads and descriptors, with no limit
-        if not self.slots.acquire(blocking=False):
-            return self.turn_away(request)
+        if self.slots.acquire(blocking=False):
+            places, work = self.slots, self.process_request_thread
+        elif self.refusals.acquire(blocking=False):
+            places, work = self.refusals, self.turn_away
+        else:  # a flood past both: closed unanswered, holding nothing
+            return self.shutdown_request(request)
+        # daemon: a hung connection never keeps the process alive
+        thread = threading.Thread(target=work, args=(request, client_address), daemon=True)
         try:
-            super().process_request(request, client_address)  # (its thread releases the slot)
+            thread.start()  # (the thread gives the place back)
         # the thread did not start (RuntimeError). Not a Ctrl-C's KeyboardInterrupt: it can land in Thread.start after
-        # the thread began, which then released the slot a second time (ValueError); a stopping server needs none back
+        # the thread began, which then released the place a second time (ValueError); a stopping server needs none back
         except Exception:
-            self.slots.release()
+            places.release()
             raise
 
     def process_request_thread(self, request, client_address):
@@ -1089,14 +1100,12 @@ class ApiServer(ThreadingHTTPServer):
         finally:
             self.slots.release()
 
-    def turn_away(self, sock):
-        """A connection past max_connections: answered 503 overloaded, as a full queue's requests are, by the accepting
-        thread itself. A client behind a proxy is told why (the proxy passes the 503 on, or tries another server); a
-        connection closed unanswered reads as a crash there (a 502), and one left unaccepted waits for the proxy's
-        timeout (a 504, a minute later). The socket is then kept, its sending side closed, and what the client still
-        sends dropped (service_actions), as linger does: closed at once, it reset the connection under a client that
-        sends all of its request before it reads the answer (http.client writes a POST's head and body apart), which
-        met BrokenPipeError, not the 503."""
+    def turn_away(self, sock, client_address):
+        """A connection past max_connections: answered 503 overloaded, as a full queue's requests are, unread. A client
+        behind a proxy is told why (the proxy passes the 503 on, or tries another server); a connection closed
+        unanswered reads as a crash there (a 502), and one left unaccepted waits for the proxy's timeout (a 504, a
+        minute later). Then drained, as linger does: http.client writes a POST's head and body apart, and the second
+        write met the closed connection's reset (BrokenPipeError), not the 503."""
         err = ApiError(503, f"the server is busy: {self.max_connections} connections are open; retry shortly",
                        type="server_error", code="overloaded")
         body = json.dumps(err.body()).encode()
@@ -1105,45 +1114,14 @@ class ApiServer(ThreadingHTTPServer):
         head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
                 f"Connection: close\r\n{cors}\r\n")
         try:
-            sock.setblocking(False)  # the accepting thread waits for no client: a new connection's buffer takes this
+            sock.settimeout(DRAIN_WAIT)  # (a new connection's buffer takes this at once)
             sock.sendall(head.encode() + body)
-            sock.shutdown(socket.SHUT_WR)
+            drain(sock)
         except OSError:  # the client is gone already
-            return self.shutdown_request(sock)
-        self.turned_away.append((time.monotonic() + DRAIN_WAIT, sock))
-        if len(self.turned_away) > self.max_connections:  # a flood of them: they hold no thread, but descriptors
-            self.shutdown_request(self.turned_away.popleft()[1])
-
-    def service_actions(self):
-        """serve_forever's call after each connection it accepts, and at least every half a second: the connections
-        turned away are read, what they send dropped, and each closed once its client has, or after DRAIN_WAIT."""
-        super().service_actions()
-        now, kept = time.monotonic(), collections.deque()
-        for deadline, sock in self.turned_away:
-            if deadline > now and not self.drained(sock):
-                kept.append((deadline, sock))
-            else:
-                self.shutdown_request(sock)
-        self.turned_away = kept
-
-    @staticmethod
-    def drained(sock):
-        """Reads and drops what sock has received, a little at a time (the accepting thread does it): whether its client
-        has closed or reset the connection."""
-        try:
-            for _ in range(16):
-                if not sock.recv(1 << 16):
-                    return True
-        except BlockingIOError:  # nothing more for now
-            return False
-        except OSError:
-            return True
-        return False
-
-    def server_close(self):
-        super().server_close()
-        while self.turned_away:
-            self.shutdown_request(self.turned_away.popleft()[1])
+            pass
+        finally:
+            self.shutdown_request(sock)
+            self.refusals.release()
 
     @property
     def url(self):
