@@ -1194,10 +1194,12 @@ def test_a_ctrl_c_as_a_connections_thread_starts_gives_its_place_back_once(enc, 
 
     def cannot_start(thread):
         raise RuntimeError("can't start new thread")
-    try:
+    def connected():  # (a client's socket, and the server side as serve_forever's accept gives it)
         with socket.create_server(("127.0.0.1", 0)) as listener:
             client = socket.create_connection(listener.getsockname())
-            conn, address = listener.accept()
+            return (client, *listener.accept())
+    try:
+        client, conn, address = connected()
         with monkeypatch.context() as m:
             m.setattr(threading.Thread, "start", start_then_ctrl_c)
             with pytest.raises(KeyboardInterrupt):
@@ -1206,9 +1208,7 @@ def test_a_ctrl_c_as_a_connections_thread_starts_gives_its_place_back_once(enc, 
         threads[0].join(60)
         assert not threads[0].is_alive() and errors == []
         # a thread that cannot start (RuntimeError: too many threads): its place is given back by process_request
-        with socket.create_server(("127.0.0.1", 0)) as listener:
-            client = socket.create_connection(listener.getsockname())
-            conn, address = listener.accept()
+        client, conn, address = connected()
         with monkeypatch.context() as m:
             m.setattr(threading.Thread, "start", cannot_start)
             with pytest.raises(RuntimeError):
