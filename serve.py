@@ -26,7 +26,7 @@ a 400. Other fields of OpenAI's API that would change the answer (n > 1, logprob
 
 One worker thread owns the model (torch runs one forward at a time well, not several on one model):
 requests queue to it in arrival order, up to --max_queue waiting (then 503); connections, a thread each, up to
---max_connections open at once (then a new one closes the one idle the longest; none idle: 503). A client that hangs up,
+--max_connections open at once (then 503). A client that hangs up,
 streaming or waiting in the queue, cancels its request at the next token and frees the worker; one that only closes
 its sending side (`nc -N`) gets its answer. Ctrl-C (or SIGTERM) stops the reply being generated at its next token;
 it and the waiting requests are answered 503 server_shutting_down (a stream already begun: that error as its last
@@ -71,7 +71,6 @@ DRAIN, DRAIN_WAIT = 64 << 20, 10  # bytes and seconds of a refused, unread body 
 MAX_STOP = 4            # stop strings per request, as OpenAI allows
 POLL = 0.2              # seconds between checks that a waiting client is still connected
 ANSWER_WAIT = 5         # seconds a stopping server gives the requests it holds to send their answers
-ROOM_WAIT = 1           # seconds a connection past --max_connections waits for the place of the idle one closed for it
 # seconds a request has to arrive whole, head and body, from its first byte: the largest one taken (a MAX_BODY body)
 # crosses a 1 Mbit/s link, a poor Wi-Fi's, in 9 s: a sixth of this. The socket's own timeout restarts with every byte,
 # so a client that trickled one a minute (slowloris) held its thread and connection forever
@@ -605,23 +604,11 @@ class Handler(BaseHTTPRequestHandler):
 
     def wait_for_request(self):
         """Waits for a request's first byte (or end-of-file, on which the standard library closes the connection) with
-        the socket's idle timeout, then starts the request's deadline; False, the connection to close, if none came or
-        the connection was closed meanwhile to make room for a new one (ApiServer.make_room)."""
-        self.deadline, idle = None, self.server.idle
-        with self.server.idle_lock:
-            idle[self] = None
+        the socket's idle timeout, then starts the request's deadline; False, the connection to close, if none came."""
+        self.deadline = None
         try:
             self.rfile.peek(1)
         except TimeoutError:
-            self.close_connection = True
-            return False
-        finally:
-            # busy from here, before anything more is read: make_room closes no connection with a request under way (one
-            # it closed as a request came: the request is dropped unanswered, as at the idle timeout)
-            with self.server.idle_lock:
-                closed = self not in idle
-                idle.pop(self, None)
-        if closed:
             self.close_connection = True
             return False
         self.deadline = time.monotonic() + REQUEST_WAIT
@@ -1049,8 +1036,6 @@ class ApiServer(ThreadingHTTPServer):
         # them, each by a short-lived thread too (turn_away)
         self.max_connections, self.slots = max_connections, threading.BoundedSemaphore(max_connections)
         self.refusals = threading.BoundedSemaphore(max_connections)
-        # the handlers waiting for their connection's next request, longest waiting first (make_room)
-        self.idle, self.idle_lock = {}, threading.Lock()
         self.cors = tuple(cors)  # origins whose pages may call the API from a browser ("*": any)
         self.allowed_hosts = tuple(allowed_hosts)  # names a loopback server answers besides its own ("*": any)
         self.temperature, self.top_k, self.top_p, self.max_tokens = temperature, top_k, top_p, max_tokens
@@ -1093,7 +1078,7 @@ class ApiServer(ThreadingHTTPServer):
     def process_request(self, request, client_address):
         # each connection holds a thread while it is open, idle keep-alive ones too: a client opening thousands held as
         # many threads and descriptors, with no limit
-        if self.slots.acquire(blocking=False) or self.make_room():
+        if self.slots.acquire(blocking=False):
             places, work = self.slots, self.process_request_thread
         elif self.refusals.acquire(blocking=False):
             places, work = self.refusals, self.turn_away
@@ -1108,22 +1093,6 @@ class ApiServer(ThreadingHTTPServer):
         except Exception:
             places.release()
             raise
-
-    def make_room(self):
-        """All places taken: closes the connection idle the longest, waiting for its next request or its first (its
-        handler's wait_for_request), as nginx does, and takes its place once its thread has ended, waiting ROOM_WAIT at
-        most (the accepting thread waits: that thread's read returns end-of-file at once); whether it did. Else one
-        client holding max_connections idle keep-alive connections turned every other away. Clients that pool their
-        connections (requests, httpx under the openai client) see one closed before they reuse it, and open another."""
-        with self.idle_lock:
-            if not self.idle:
-                return False
-            handler = next(iter(self.idle))
-            del self.idle[handler]
-            # under the lock: the handler's thread, which closes the socket when it ends, waits for it first
-            with contextlib.suppress(OSError):
-                handler.connection.shutdown(socket.SHUT_RDWR)
-        return self.slots.acquire(timeout=ROOM_WAIT)
 
     def process_request_thread(self, request, client_address):
         try:
@@ -1260,9 +1229,8 @@ def parse_args(argv=None):
                         "context, so the history keeps the rest, else cut to what the prompt leaves)")
     p.add_argument("--max_queue", type=positive_int, default=64, help="requests that may wait for the model; more get 503 (default 64)")
     p.add_argument("--max_connections", type=positive_int, default=128,
-                   help="connections open at once, idle keep-alive ones included (a thread each); a new one past it "
-                        "closes the one idle the longest, or, none idle, gets 503 (default 128: the full queue, the "
-                        "reply being generated and as many idle)")
+                   help="connections open at once, idle keep-alive ones included (a thread each); more get 503 "
+                        "(default 128: the full queue, the reply being generated and as many idle)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="autocast precision")
     return parse_checkpoint(p, p.parse_args(argv))

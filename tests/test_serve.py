@@ -1112,18 +1112,15 @@ def test_full_queue_gets_503(enc):
 
 def test_connections_past_the_limit_get_503(enc):
     """Each connection holds a thread, an idle keep-alive one too: a client that opened thousands held as many threads
-    and descriptors, with no limit. Past max_connections (--max_connections), none idle (each with a request under
-    way, which no new connection cuts short), a connection is answered at once, 503 overloaded in the error body of the
-    queue's 503, and closed; the connections held are served on, and one that closes gives its place back. As many
-    are turned away at once, each by a thread of its own: past them a connection is closed unanswered."""
+    and descriptors, with no limit. Past max_connections (--max_connections) a connection is answered at once, 503
+    overloaded in the error body of the queue's 503, and closed; the connections held are served on, and one that
+    closes gives its place back."""
     api = start(tiny_model(enc), enc, max_connections=2, cors=["*"])
-    body = json.dumps({"prompt": "Hi", "max_tokens": 1}).encode()
     try:
-        held = [socket.create_connection(api.server_address[:2], timeout=60) for _ in range(2)]
-        for sock in held:  # each mid-request, its body still coming: a thread each, neither idle
-            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n%s"
-                         % (len(body), body[:1]))
-        wait_for(lambda: not api.slots._value and not api.idle, "the server to read both requests")
+        held = [http.client.HTTPConnection(*api.server_address[:2], timeout=60) for _ in range(2)]
+        for conn in held:  # each served once, then idle: a thread each
+            conn.request("GET", "/health")
+            assert conn.getresponse().read()
         for _ in range(3):
             status, err, headers = raw(api, b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
             assert status == 503 and err["error"]["code"] == "overloaded" and headers["Connection"] == "close", err
@@ -1132,48 +1129,15 @@ def test_connections_past_the_limit_get_503(enc):
         status, err, _ = post(api, "/v1/completions", b"x" * (8 << 20))
         assert status == 503 and err["error"]["code"] == "overloaded"
         wait_for(lambda: api.refusals._value == 2, "the server to let the connections turned away go, their clients gone")
-        turned_away = [socket.create_connection(api.server_address[:2], timeout=60) for _ in range(2)]
-        wait_for(lambda: not api.refusals._value, "the server to turn both away")  # (their clients still connected)
-        with socket.create_connection(api.server_address[:2], timeout=60) as sock:
-            assert sock.recv(1) == b""  # closed unanswered
-        for sock in turned_away:
-            assert sock.recv(65536).startswith(b"HTTP/1.1 503 ")
-            sock.close()
         held[0].close()
 
         def served():
             with contextlib.suppress(OSError):
                 return raw(api, b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")[0] == 200
         wait_for(served, "a closed connection to give its place back")
-        held[1].sendall(body[1:])
-        r = http.client.HTTPResponse(held[1])
-        r.begin()
-        assert r.status == 200 and json.loads(r.read())["choices"]
-        held[1].close()
-    finally:
-        api.close()
-
-
-def test_idle_connections_make_room_for_new_ones(enc):
-    """With max_connections idle keep-alive connections open, all of them one client's, every other client got 503
-    (before --max_connections, it took a thousand, the descriptor limit). As nginx does, the connection idle the
-    longest is now closed to make room for a new one, which is served; the others serve on."""
-    api = start(tiny_model(enc), enc, max_connections=2)
-    try:
-        held = []
-        for n in (1, 2):
-            conn = http.client.HTTPConnection(*api.server_address[:2], timeout=60)
-            conn.request("GET", "/health")
-            assert conn.getresponse().read()
-            held.append(conn)
-            wait_for(lambda: len(api.idle) == n, "the connection to wait for its next request")  # (idle in this order)
-        status, health, _ = raw(api, b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        assert status == 200 and health["status"] == "ok", health
-        assert held[0].sock.recv(1) == b""  # the one idle the longest, closed
         held[1].request("GET", "/health")
         assert held[1].getresponse().status == 200
-        for conn in held:
-            conn.close()
+        held[1].close()
     finally:
         api.close()
 
