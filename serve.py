@@ -1030,7 +1030,7 @@ class ApiServer(ThreadingHTTPServer):
 
     def __init__(self, model, enc, name, host="127.0.0.1", port=8000, dtype=torch.float32, temperature=0.8,
                  top_k=200, top_p=None, max_tokens=256, max_queue=64, log=None, cors=(), repetition_penalty=1.0, allowed_hosts=(),
-                 max_connections=128):
+                 max_connections=256):
         self.model, self.enc, self.name = model, enc, name
         # connections served at once, each by a thread of its own (process_request), and as many turned away past
         # them, each by a short-lived thread too (turn_away)
@@ -1228,9 +1228,10 @@ def parse_args(argv=None):
                    help="new tokens when a request gives no max_tokens (default 256; for a chat at most half the "
                         "context, so the history keeps the rest, else cut to what the prompt leaves)")
     p.add_argument("--max_queue", type=positive_int, default=64, help="requests that may wait for the model; more get 503 (default 64)")
-    p.add_argument("--max_connections", type=positive_int, default=128,
-                   help="connections open at once, idle keep-alive ones included (a thread each); more get 503 "
-                        "(default 128: the full queue, the reply being generated and as many idle)")
+    p.add_argument("--max_connections", type=positive_int, default=256,
+                   help="connections open at once, idle keep-alive ones included (a thread and a descriptor each; "
+                        "idle ones close after 2 minutes); more get 503 (default 256: the full queue, the reply being "
+                        "generated and three times as many idle, with room for as many refused under 1,024 descriptors)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="autocast precision")
     return parse_checkpoint(p, p.parse_args(argv))
