@@ -1896,12 +1896,6 @@ def run_training(args, held):
                         if budget and clock_next >= budget:
                             stopped = "time budget"
                         t_extra, saves_before = time.time(), saved["total"]
-                        # A --max_steps run stopped between evaluations is evaluated too (--eval_interval 0 leaves it
-                        # to the saves alone): without, its checkpoint held an earlier step's val loss, or none, and
-                        # the run ended without saying where it stood. As a pause, not judged: no best file and no
-                        # --patience count, so a run continued from it keeps the best and stops early where the
-                        # run in one go does (exact resume)
-                        pause_eval = False
                         if budget:
                             frac = clock / budget
                             eval_cost = clock_reserved - clock  # an evaluation's and its two saves', as agreed
@@ -1918,15 +1912,19 @@ def run_training(args, held):
                                 stopped = "time budget"
                             # the end of the run, by the clock or by --epochs, is evaluated and saved
                             last = stopped == "time budget" or (end_of_epoch and p.epoch >= args.epochs)
-                            pause_eval = stopped == "max_steps" and args.eval_interval > 0 and not (due_eval or last)
-                            due_eval, due_save = due_eval or last or pause_eval, due_save or last
+                            due_eval, due_save = due_eval or last, due_save or last
                             due_log = budget_due("log", args.log_interval, frac)
                         else:
                             due_eval = end_of_epoch or (eval_every and estep % eval_every == 0)
-                            pause_eval = bool(eval_every) and stopped == "max_steps" and not due_eval
-                            due_eval = due_eval or pause_eval
                             due_save = end_of_epoch or (save_every and estep % save_every == 0)
                             due_log = estep % log_every == 0
+                        # A --max_steps run stopped between evaluations is evaluated too (--eval_interval 0 leaves it
+                        # to the saves alone): without, its checkpoint held an earlier step's val loss, or none, and
+                        # the run ended without saying where it stood. As a pause, not judged: no best file and no
+                        # --patience count, so a run continued from it keeps the best and stops early where the
+                        # run in one go does (exact resume)
+                        pause_eval = stopped == "max_steps" and args.eval_interval > 0 and not due_eval
+                        due_eval = due_eval or pause_eval
                         # the last step of a run is always logged, and every save is at a record: the loss summed
                         # since the last record is in no checkpoint, and a run resumed from a save between records
                         # logged its first train loss over its own steps alone
