@@ -751,17 +751,21 @@ def default_warmup(total_steps):
 def budget_and_warmup(args, total_steps):
     """The --time_budget in seconds (or None), the share of it that warms up, and --warmup in steps of total_steps."""
     budget = args.time_budget * 60 if args.time_budget else None  # seconds
-    budget_warmup, warmup = None, args.warmup  # with a budget: the share of it that warms up
-    if budget:
-        budget_warmup = BUDGET_WARMUP if warmup is None else warmup_share(warmup)
-    elif warmup is None:
+    if budget:  # the share of it that warms up
+        return budget, BUDGET_WARMUP if args.warmup is None else warmup_share(args.warmup), args.warmup
+    return budget, None, warmup_steps(args.warmup, total_steps, args.lr)
+
+
+def warmup_steps(warmup, total_steps, lr):
+    """--warmup (steps, a share as "5%", or None for the default) in steps of a run of total_steps."""
+    if warmup is None:
         warmup = default_warmup(total_steps)
     elif isinstance(warmup, str):
         warmup = max(1, round(warmup_share(warmup) * total_steps))
-    if not budget and warmup > total_steps:
+    if warmup > total_steps:
         warn(f"--warmup {warmup} is longer than the run's {total_steps} steps: the learning rate never reaches "
-             f"--lr {args.lr:g}")
-    return budget, budget_warmup, warmup
+             f"--lr {lr:g}")
+    return warmup
 
 
 def lr_at(step, lr, min_lr, warmup, total_steps):
@@ -1648,7 +1652,7 @@ def run_training(args, held):
         args.epochs = p.epoch + more
         total_steps = args.epochs * spe
         if not budget and not isinstance(run_warmup, int):  # as with --epochs given: a share of the longer run's steps
-            args.warmup = budget_and_warmup(argparse.Namespace(**{**vars(args), "warmup": run_warmup}), total_steps)[2]
+            args.warmup = warmup_steps(run_warmup, total_steps, args.lr)
 
     if budget and continuing and not args.reset_epoch and ckpt.get("budget_done") \
             and args.time_budget <= (ckpt_args.get("time_budget") or 0):
