@@ -157,13 +157,12 @@ def text_docs(path):
     """A .txt file: documents separated by the literal <|endoftext|> (TinyStories style), else
     the whole file is one document, streamed in pieces cut after a newline. Elsewhere special-token
     strings stay plain text: they are encoded with encode_ordinary."""
-    separated, blank, tail = False, True, ""
+    separated, blank = False, True
     for chunk in read_text_chunks(path):  # a first look, as far as the first separator (a book: the whole file)
         blank = blank and not chunk.strip()
-        if EOT in tail + chunk:  # a separator cut in two by the chunks counts too
+        if EOT in chunk:  # (read_text_chunks cuts no special token in two)
             separated = True
             break
-        tail = (tail + chunk)[-len(EOT):]
     if blank and not separated:
         return
     if not separated:
@@ -178,7 +177,7 @@ def text_docs(path):
         return
     rest = ""
     for chunk in read_text_chunks(path):
-        # what follows the last separator waits for the next chunk: a separator cut in two is joined again
+        # what follows the last separator waits for the next chunk: the document it begins goes on there
         *docs, rest = (rest + chunk).split(EOT)
         yield from ((d.strip(), True) for d in docs if d.strip())
     if rest.strip():
