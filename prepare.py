@@ -76,13 +76,13 @@ from setup_tokenizer import (EOT, IM_END, IM_START, get_tokenizer, read_text_chu
                              trained_on, warn_short_vocabulary)
 
 FORMAT = 1   # layout of meta.json and the .bin files
-VERSION = 8  # bump when the same inputs would give other tokens or counts, so existing datasets rebuild
+VERSION = 9  # bump when the same inputs would give other tokens or counts, so existing datasets rebuild
             # (2: special tokens count no bytes of text; 4: val counted over a dataset's files together, byte-order
             # marks dropped, separators found after a long first document; 6: a message's "weight" 0 masks its
             # reply, a one-document file over twice val's share of the text is cut by tokens; 7: a conversation set's
             # own validation split leaves out the conversations train has, an empty reply is not trained on, a
             # ShareGPT turn's "weight" counts as a `messages` turn's does; 8: a val cut from the same sources as train
-            # leaves out the documents train has)
+            # leaves out the documents train has; 9: so does a plain text set's own validation split)
 DATASETS = ("story", "shakespeare", "dailydialog", "chat", "chitchat", "knowledge", "text")
 EVERYTHING = ("story", "shakespeare", "dailydialog", "chat", "knowledge", "chitchat")  # what a bare `python prepare.py` builds
 MIXABLE = ("dailydialog", "chat", "knowledge", "chitchat")  # the conversation sets, which --mix combines
@@ -1329,17 +1329,22 @@ def keyed(docs, keys):
 
 
 def unseen(docs, ordered, val):
-    """A source's own validation split's conversations less those train has, whose keys (document_key) are ordered,
-    sorted; those left out are counted in the Split val: DailyDialog's validation file repeats 89 of its 1,000
-    dialogues from train (98 with case and spacing ignored), and a val loss over dialogues the model was trained on
-    reads better than the model is."""
+    """A source's own validation split less the documents train has, whose keys (document_key) are ordered, sorted;
+    those left out are counted in the Split val: DailyDialog's validation file repeats 89 of its 1,000 dialogues from
+    train (98 with case and spacing ignored), 5 of the mirror's 3,117 TinyStories sample stories are among train's first
+    5,511, and a val loss over documents the model was trained on reads better than the model is. Only a whole
+    document is looked up: a text in pieces (text_docs' file of one document, a book) would have to be held whole
+    first, and no validation split comes so (a hub split's rows are whole, as are the documents of a text file cut by
+    <|endoftext|>)."""
+    first = True  # doc begins a document
     for doc in docs:
-        if doc_kind(doc) == "chat":  # (plain text among them: batches() refuses it)
+        if first and ends_document(doc):
             key = document_key(doc)
             at = int(np.searchsorted(ordered, key))
             if at < len(ordered) and ordered[at] == key:
                 val.repeats += 1
                 continue
+        first = ends_document(doc)
         yield doc
 
 
@@ -1396,8 +1401,8 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
     cut = False  # train ends with a book's head, cut from its tail by tokens
     # A document train has is left out of val, known by its key (document_key), train's kept as 8 bytes a document:
     # - of a source's own validation split, as it is read, so that its --limit share counts what val keeps (its
-    #   streams follow train's, sorted once); conversations alone, plain text is left as it is
-    own_val = kind == "chat" and "val" in roles and val_fraction
+    #   streams follow train's, sorted once)
+    own_val = "val" in roles and val_fraction
     # - of a val cut from the same sources, once every source is read (a later file's train documents count too):
     #   DailyDialog's train file repeats 756 of its 11,118 dialogues (718 word for word), and 99 of the 1,112 its tail
     #   gave val were in train. Val's keys in its order, None for a book's tail (its head is train's)
@@ -1951,7 +1956,7 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
             "has_mask": has_mask, "source": plan["description"],
             "val_split": "none (--val_fraction 0)" if not val_fraction else
                          "each dataset's own validation split, unweighted" if mixed else
-                         "the source's own validation split" + (", less the conversations train has" if kind == "chat" else "")
+                         "the source's own validation split, less the documents train has"
                          if "val" in roles else
                          f"the last {val_fraction:g} of the documents, counted over the sources together (of a single document's tokens), "
                          f"less those train has"

@@ -1984,7 +1984,7 @@ def test_a_hub_source_is_streamed_and_read_as_source_files_are(tmp_path, enc, ca
     assert run_cli(prepare.main, argv, capsys)[0] == 0
     meta = prepare.read_meta(os.path.join(out, "hub"))
     assert meta["source"] == f"--source {spec} (Hugging Face datasets: train, val validation)"
-    assert meta["val_split"] == "the source's own validation split"
+    assert meta["val_split"] == "the source's own validation split, less the documents train has"
     assert (meta["splits"]["train"]["documents"], meta["splits"]["val"]["documents"]) == (20, 1)
     val, _ = load(os.path.join(out, "hub"), "val", meta)
     assert enc.decode(val.tolist()) == "A val note." + EOT
@@ -2165,7 +2165,7 @@ def test_a_chat_sets_own_val_split_leaves_out_the_conversations_train_has(tmp_pa
         assert meta["val_repeats"] == (3 if limit is None else 2)  # and said: a val short of the file's read as lost
         assert f"{kept} val; {meta['val_repeats']} left out of val, as train has them)" in capsys.readouterr().out
         assert "dd7 " not in text and "dd9 " not in text.lower() and ("dd59 " in text) == (limit is not None)
-        assert "less the conversations train has" in meta["val_split"]
+        assert "less the documents train has" in meta["val_split"]
     # the hub's validation split too
     monkeypatch.setenv("DATA_MIRROR", str(tmp_path / "no-mirror"))
     rows = {"train": [{"dialog": ["Hi , there !", "Hello ."]}, {"dialog": ["Why ?", "Because ."]}],
@@ -2174,6 +2174,36 @@ def test_a_chat_sets_own_val_split_leaves_out_the_conversations_train_has(tmp_pa
     meta = prepare.prepare("dailydialog", out_dir=str(tmp_path / "data"), name="hub")
     ids, _ = load(tmp_path / "data" / "hub", "val", meta)
     assert meta["splits"]["val"]["documents"] == 1 and "Who?" in enc.decode(ids.tolist())
+
+
+def test_a_text_sets_own_val_split_leaves_out_the_documents_train_has(tmp_path, monkeypatch, enc, capsys, hub_cache):
+    # TinyStories' validation split repeats stories of train (5 of the mirror's 3,117-story sample are among train's
+    # first 5,511): a plain text set's own split was kept whole, conversations' alone were looked up
+    monkeypatch.setenv("DATA_MIRROR", str(tmp_path / "no-mirror"))
+    stories = [f"Story {i}: a cat named Tom found a ball." for i in range(20)]
+    rows = {"train": [{"text": t} for t in stories],
+            "validation": [{"text": "  STORY 3:  a cat named tom found a ball. "}, {"text": "A new story."}]}
+    monkeypatch.setattr(prepare, "load_hub", lambda path, config, split, streaming=False: rows[split])
+    meta = prepare.prepare("story", out_dir=str(tmp_path / "data"))
+    ids, _ = load(tmp_path / "data" / "story", "val", meta)
+    check_sizes(tmp_path / "data" / "story", meta)
+    assert enc.decode(ids.tolist()) == "A new story." + EOT and meta["splits"]["val"]["bytes"] == len("A new story.")
+    assert (meta["splits"]["train"]["documents"], meta["splits"]["val"]["documents"], meta["val_repeats"]) == (20, 1, 1)
+    assert "(20 train, 1 val; 1 left out of val, as train has them)" in capsys.readouterr().out
+    assert meta["val_split"] == "the source's own validation split, less the documents train has"
+    # a --source hf: set's validation split too, within --limit's share counting what val keeps (2 at 20 x 0.1)
+    write(tmp_path / "set" / "train.jsonl", "".join(json.dumps(r) + "\n" for r in rows["train"]))
+    write(tmp_path / "set" / "validation.jsonl", "".join(json.dumps({"text": t}) + "\n" for t in
+                                                         [stories[0], "Val one.", stories[19], "Val two.", "Val 3."]))
+    meta = prepare.prepare("text", source=f"hf:{tmp_path / 'set'}", out_dir=str(tmp_path / "data"), limit=20)
+    ids, _ = load(tmp_path / "data" / "text", "val", meta)
+    assert enc.decode(ids.tolist()) == "Val one." + EOT + "Val two." + EOT and meta["val_repeats"] == 2
+    # a text in pieces (a book) is looked up whole or not at all: its last piece, a train document's words, stays
+    val = prepare.Split(str(tmp_path), "v", np.uint16, False)
+    book = [("Chapter one.", False), ("The end.", True)]
+    ordered = np.array([prepare.document_key(("The end.", True))], np.int64)
+    assert list(prepare.unseen(book + [("The end.", True)], ordered, val)) == book and val.repeats == 1
+    val.discard()
 
 
 def test_an_own_val_split_that_train_has_whole_is_kept_as_a_val_cut_is(tmp_path, monkeypatch, enc, capsys):
