@@ -82,7 +82,8 @@ VERSION = 9  # bump when the same inputs would give other tokens or counts, so e
             # reply, a one-document file over twice val's share of the text is cut by tokens; 7: a conversation set's
             # own validation split leaves out the conversations train has, an empty reply is not trained on, a
             # ShareGPT turn's "weight" counts as a `messages` turn's does; 8: a val cut from the same sources as train
-            # leaves out the documents train has; 9: so does a plain text set's own validation split)
+            # leaves out the documents train has; 9: so does a plain text set's own validation split, and val keeps one
+            # copy of a document it repeats)
 DATASETS = ("story", "shakespeare", "dailydialog", "chat", "chitchat", "knowledge", "text")
 EVERYTHING = ("story", "shakespeare", "dailydialog", "chat", "knowledge", "chitchat")  # what a bare `python prepare.py` builds
 MIXABLE = ("dailydialog", "chat", "knowledge", "chitchat")  # the conversation sets, which --mix combines
@@ -841,7 +842,7 @@ class Split:
             self.files.append(open(tmp_name(p + scratch), "w+b"))
         self.tokens = self.documents = self.bytes = self.padding = 0
         self.cut = 0  # documents (books) cut by tokens, whose head is here and tail in val: counted in neither
-        self.repeats = 0  # documents left out of val because train has them (write_splits): counted in neither
+        self.repeats = 0  # documents left out of val because train or val has them (write_splits): counted in neither
         self.replaced = 0  # files commit() has renamed into place
 
     def write(self, ids, mask, documents, nbytes):
@@ -1329,21 +1330,23 @@ def keyed(docs, keys):
 
 
 def unseen(docs, ordered, val):
-    """A source's own validation split less the documents train has, whose keys (document_key) are ordered, sorted;
-    those left out are counted in the Split val: DailyDialog's validation file repeats 89 of its 1,000 dialogues from
-    train (98 with case and spacing ignored), 5 of the mirror's 3,117 TinyStories sample stories are among train's first
-    5,511, and a val loss over documents the model was trained on reads better than the model is. Only a whole
+    """A source's own validation split less the documents train has, whose keys (document_key) are ordered, sorted, and
+    less those it has had already; those left out are counted in the Split val: DailyDialog's validation file repeats
+    89 of its 1,000 dialogues from train (98 with case and spacing ignored) and 3 more within itself, 5 of the mirror's
+    3,117 TinyStories sample stories are among train's first 5,511; a val loss over documents the model was trained on
+    reads better than the model is, and one that counts a document twice weighs it twice. Only a whole
     document is looked up: a text in pieces (text_docs' file of one document, a book) would have to be held whole
     first, and no validation split comes so (a hub split's rows are whole, as are the documents of a text file cut by
     <|endoftext|>)."""
-    first = True  # doc begins a document
+    first, kept = True, set()  # doc begins a document; kept: the keys of the documents val keeps (as many as val's)
     for doc in docs:
         if first and ends_document(doc):
             key = document_key(doc)
             at = int(np.searchsorted(ordered, key))
-            if at < len(ordered) and ordered[at] == key:
+            if key in kept or (at < len(ordered) and ordered[at] == key):
                 val.repeats += 1
                 continue
+            kept.add(key)
         first = ends_document(doc)
         yield doc
 
@@ -1399,7 +1402,8 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
         counts, chars, _ = count_split_docs(streams, budget)
         ks = val_counts(counts, kind, val_fraction, label_of(streams), limit, chars)
     cut = False  # train ends with a book's head, cut from its tail by tokens
-    # A document train has is left out of val, known by its key (document_key), train's kept as 8 bytes a document:
+    # A document train has, or val has already, is left out of val, known by its key (document_key), train's kept as 8
+    # bytes a document:
     # - of a source's own validation split, as it is read, so that its --limit share counts what val keeps (its
     #   streams follow train's, sorted once)
     own_val = "val" in roles and val_fraction
@@ -1473,6 +1477,11 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
     if train_keys and candidates:  # (train's keys stay an array, no set of millions of ints)
         hits = keys_in(np.array([val_keys[i] for i in candidates], np.int64), np.frombuffer(train_keys, np.int64))
         drop = {i for i, hit in zip(candidates, hits.tolist()) if hit}
+    kept = set()  # and a document val has already, as unseen() leaves it out of a source's own validation split
+    for i in candidates:
+        if val_keys[i] in kept:
+            drop.add(i)
+        kept.add(val_keys[i])
     if drop and len(drop) == len(val_keys):  # val keeps them: train.py needs a val split, and nothing else is left
         warn_all_in_train(label_of(streams))
     elif drop:
@@ -1956,10 +1965,10 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
             "has_mask": has_mask, "source": plan["description"],
             "val_split": "none (--val_fraction 0)" if not val_fraction else
                          "each dataset's own validation split, unweighted" if mixed else
-                         "the source's own validation split, less the documents train has"
+                         "the source's own validation split, each document once and none train has"
                          if "val" in roles else
                          f"the last {val_fraction:g} of the documents, counted over the sources together (of a single document's tokens), "
-                         f"less those train has"
+                         f"each once and none train has"
                          + ("; train-only extra files excluded" if "train" in roles else ""),
             "limit": limit, "pack": block, "fingerprint": text_fp if kind == "text" and text_fp else fp,
             "options": options,
@@ -2033,7 +2042,7 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
     where = "cut into train and val" if cut == docs else f"{tr['documents']:,} train, {va['documents']:,} val" + (
         f", {cut:,} cut into train and val" if cut else "")
     if meta["val_repeats"]:  # (a count short of the source's, without a word, read as documents lost)
-        where += f"; {meta['val_repeats']:,} left out of val, as train has them"
+        where += f"; {meta['val_repeats']:,} left out of val, as train or val has them already"
     print(f"{folder}: {docs:,} document{'' if docs == 1 else 's'} ({where}), "
           f"{tokens:,} tokens ({tr['tokens']:,} / {va['tokens']:,}), {mb:.1f} MB of text in {dt:.1f}s: "
           f"{mb / dt:.2f} MB/s, {tokens / dt / 1e6:.2f}M tokens/s")

@@ -1984,7 +1984,7 @@ def test_a_hub_source_is_streamed_and_read_as_source_files_are(tmp_path, enc, ca
     assert run_cli(prepare.main, argv, capsys)[0] == 0
     meta = prepare.read_meta(os.path.join(out, "hub"))
     assert meta["source"] == f"--source {spec} (Hugging Face datasets: train, val validation)"
-    assert meta["val_split"] == "the source's own validation split, less the documents train has"
+    assert meta["val_split"] == "the source's own validation split, each document once and none train has"
     assert (meta["splits"]["train"]["documents"], meta["splits"]["val"]["documents"]) == (20, 1)
     val, _ = load(os.path.join(out, "hub"), "val", meta)
     assert enc.decode(val.tolist()) == "A val note." + EOT
@@ -2163,9 +2163,9 @@ def test_a_chat_sets_own_val_split_leaves_out_the_conversations_train_has(tmp_pa
         text = enc.decode(ids.tolist())
         assert meta["splits"]["val"]["documents"] == kept and text.count("ddval") == 12
         assert meta["val_repeats"] == (3 if limit is None else 2)  # and said: a val short of the file's read as lost
-        assert f"{kept} val; {meta['val_repeats']} left out of val, as train has them)" in capsys.readouterr().out
+        assert f"{kept} val; {meta['val_repeats']} left out of val, as train or val has them already)" in capsys.readouterr().out
         assert "dd7 " not in text and "dd9 " not in text.lower() and ("dd59 " in text) == (limit is not None)
-        assert "less the documents train has" in meta["val_split"]
+        assert "each document once and none train has" in meta["val_split"]
     # the hub's validation split too
     monkeypatch.setenv("DATA_MIRROR", str(tmp_path / "no-mirror"))
     rows = {"train": [{"dialog": ["Hi , there !", "Hello ."]}, {"dialog": ["Why ?", "Because ."]}],
@@ -2189,8 +2189,8 @@ def test_a_text_sets_own_val_split_leaves_out_the_documents_train_has(tmp_path, 
     check_sizes(tmp_path / "data" / "story", meta)
     assert enc.decode(ids.tolist()) == "A new story." + EOT and meta["splits"]["val"]["bytes"] == len("A new story.")
     assert (meta["splits"]["train"]["documents"], meta["splits"]["val"]["documents"], meta["val_repeats"]) == (20, 1, 1)
-    assert "(20 train, 1 val; 1 left out of val, as train has them)" in capsys.readouterr().out
-    assert meta["val_split"] == "the source's own validation split, less the documents train has"
+    assert "(20 train, 1 val; 1 left out of val, as train or val has them already)" in capsys.readouterr().out
+    assert meta["val_split"] == "the source's own validation split, each document once and none train has"
     # a --source hf: set's validation split too, within --limit's share counting what val keeps (2 at 20 x 0.1)
     write(tmp_path / "set" / "train.jsonl", "".join(json.dumps(r) + "\n" for r in rows["train"]))
     write(tmp_path / "set" / "validation.jsonl", "".join(json.dumps({"text": t}) + "\n" for t in
@@ -2224,6 +2224,28 @@ def test_an_own_val_split_that_train_has_whole_is_kept_as_a_val_cut_is(tmp_path,
         assert "dialogues_validation.txt: every document of the val split is also in train" in err, err
 
 
+def test_val_keeps_one_copy_of_a_document_it_repeats(tmp_path, monkeypatch, enc, capsys):
+    # DailyDialog's validation file repeats 3 of its dialogues (not in train) within itself: each counted twice in the
+    # val loss, which weighed them double. A source's own validation split keeps the first copy
+    fake_mirror(tmp_path / "mirror")
+    val = tmp_path / "mirror" / "dailydialog" / "dialogues_validation.txt"
+    val.write_text(val.read_text() + "DDVAL2  hi __eou__ ddval2 bye __eou__\n" + "ddval4 hi __eou__ ddval4 bye __eou__\n")
+    monkeypatch.setenv("DATA_MIRROR", str(tmp_path / "mirror"))
+    meta = prepare.prepare("dailydialog", out_dir=str(tmp_path / "data"), pack=0)
+    ids, _ = load(tmp_path / "data" / "dailydialog", "val", meta)
+    check_sizes(tmp_path / "data" / "dailydialog", meta)
+    text = enc.decode(ids.tolist())
+    assert [text.lower().count(f"ddval{i} hi") for i in range(6)] == [1] * 6 and meta["splits"]["val"]["documents"] == 6
+    assert meta["val_repeats"] == 2 and "(60 train, 6 val; 2 left out of val, as train or val has them already)" in \
+        capsys.readouterr().out
+    # and a val cut from train's sources: a file whose tail holds a document twice, which train has not
+    docs = [f"Note {i}: the cat sat on the mat." for i in range(30)]
+    docs[29] = docs[27]  # val: the last 3
+    meta = prepare.prepare("text", source=write(tmp_path / "notes.txt", EOT.join(docs)), out_dir=str(tmp_path / "data"))
+    ids, _ = load(tmp_path / "data" / "text", "val", meta)
+    assert enc.decode(ids.tolist()) == docs[27] + EOT + docs[28] + EOT and meta["val_repeats"] == 1
+
+
 def test_a_val_cut_from_trains_sources_leaves_out_the_documents_train_has(tmp_path, enc, capsys):
     # DailyDialog's train file given as --source repeats dialogues within itself: 99 of the 1,112 its tail gave val
     # were in train too, and the val loss read better than the model was
@@ -2237,9 +2259,9 @@ def test_a_val_cut_from_trains_sources_leaves_out_the_documents_train_has(tmp_pa
     check_sizes(tmp_path / "data" / "dailydialog", meta)
     assert enc.decode(ids.tolist()).count(IM_START + "user") == 1 and "d29 hello" in enc.decode(ids.tolist())
     assert meta["splits"]["val"]["documents"] == 1 and meta["splits"]["train"]["documents"] == 27
-    assert meta["val_repeats"] == 2 and "(27 train, 1 val; 2 left out of val, as train has them)" in \
+    assert meta["val_repeats"] == 2 and "(27 train, 1 val; 2 left out of val, as train or val has them already)" in \
         capsys.readouterr().out
-    assert meta["splits"]["val"]["bytes"] == text_bytes(enc, ids) and "less those train has" in meta["val_split"]
+    assert meta["splits"]["val"]["bytes"] == text_bytes(enc, ids) and "each once and none train has" in meta["val_split"]
     # plain text, in several files: a later file's train documents count too, and whole one-document files
     docs = [f"Note {i}: the cat sat on the mat." for i in range(30)]
     folder = tmp_path / "notes"
