@@ -1783,6 +1783,7 @@ def run_training(args, held):
 
     # ---- the loop
     run_steps, run_tokens, stopped = 0, 0, "done"
+    pause_eval = False  # (the step's evaluation is a --max_steps pause: see below)
     # train loss since the last record: each step's mean times its counted targets, summed on the device, and their
     # number, so the record is the mean per target as evaluate() measures it (a step of chat windows without an
     # assistant token has a loss of 0 over 0 targets: counted as a step, it pulled the train loss towards 0)
@@ -2065,7 +2066,10 @@ def run_training(args, held):
                           train_tokens_per_s=train_tokens / train_s if train_s > 0 else None, val_loss=last_val,
                           checkpoint=saved["path"], best_checkpoint=saved["best"], metrics=metrics.path,
                           plot=metrics.png_path if os.path.exists(metrics.png_path) else None)
-    best_bpb = summary["best_val_bpb"]
+
+    def measured(loss):
+        bpb = bits_per_byte(loss, meta)
+        return f"{loss:.4f} (ppl {math.exp(min(loss, 50)):.2f}" + (f", {bpb:.3f} bpb" if bpb else "") + ")"
     rate = f"{summary['tokens_per_s']:,.0f} tokens/s"
     if summary["train_tokens_per_s"] and summary["train_tokens_per_s"] > 1.1 * summary["tokens_per_s"]:
         # a short run on a GPU: compiling, evaluating and saving took most of it (200 steps of small on an H200
@@ -2075,12 +2079,18 @@ def run_training(args, held):
               f"({rate}); {p.epoch} " +
               (f"epoch(s) in the {args.time_budget:g} min budget" if budget else f"of {args.epochs} epoch(s) done"), "bold"))
     if p.best_val_loss is not None:
-        say(f"best val loss {p.best_val_loss:.4f} (ppl {math.exp(min(p.best_val_loss, 50)):.2f}"
-            + (f", {best_bpb:.3f} bpb" if best_bpb else "") + ") " + (f"in {summary['best_checkpoint']}" if
-               summary["best_checkpoint"] else "before this run, which did not better it (no best file here)"))
+        say(f"best val loss {measured(p.best_val_loss)} " + (f"in {summary['best_checkpoint']}" if
+            summary["best_checkpoint"] else "before this run, which did not better it (no best file here)"))
+    # a --max_steps pause that measured better than the best: its weights, in the checkpoint just written, are the
+    # better model, though not judged; "try it" named the best file, the worse one
+    pause_better = pause_eval and p.best_val_loss is not None and last_val < p.best_val_loss
+    if pause_better:
+        say(f"val loss {measured(last_val)} at the --max_steps pause, lower but not judged for the best file: "
+            f"those weights are in {saved['path']}")
     say(f"checkpoint {saved['path']}; metrics {metrics.path}" + (f", curve {summary['plot']}" if summary["plot"] else ""))
     if saved["best"] or saved["path"]:
-        say(paint(f"try it: python gen.py {shlex.quote(saved['best'] or saved['path'])}" + (" --chat" if meta.get("has_mask") else ""), "cyan"))
+        tried = saved["path"] if pause_better else saved["best"] or saved["path"]
+        say(paint(f"try it: python gen.py {shlex.quote(tried)}" + (" --chat" if meta.get("has_mask") else ""), "cyan"))
     return summary
 
 

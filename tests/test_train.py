@@ -2679,10 +2679,20 @@ def test_a_max_steps_pause_says_it_is_not_judged(env, tmp_path, monkeypatch, cap
     monkeypatch.setattr(train, "evaluate", lambda *a, **k: next(losses))
     s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--eval_interval", "50", "--max_steps", 6))
     assert s["stopped"] == "max_steps" and (s["val_loss"], s["best_val_loss"]) == (4.0, 5.0)
-    lines = [line for line in capsys.readouterr().out.splitlines() if ", val " in line]
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if ", val " in line]
     assert len(lines) == 2 and "* best" in lines[0] and "not judged" not in lines[0], lines
     assert lines[1].startswith("step 6 ") and "* best" not in lines[1] and \
         lines[1].endswith("(a --max_steps pause: not judged for the best file or --patience)"), lines
+    # the summary named the best file, worse than the checkpoint just written, as the model to try: it says where the
+    # better weights are, and the command tries them
+    assert "val loss 4.0000 (ppl 54.60, " in out and f"those weights are in {s['checkpoint']}\n" in out, out
+    assert out.rstrip().endswith(f"try it: python gen.py {s['checkpoint']}"), out
+    # a pause no better than the best: the best file is the one to try
+    losses = iter([4.0, 5.0])
+    s = train.train(args_for(env, tmp_path / "worse", "--dataset", "mini", "--eval_interval", "50", "--max_steps", 6))
+    out = capsys.readouterr().out
+    assert "those weights" not in out and out.rstrip().endswith(f"try it: python gen.py {s['best_checkpoint']}"), out
 
 
 def test_a_max_steps_pause_does_not_stop_a_run_early(env, tmp_path, monkeypatch):
