@@ -34,7 +34,7 @@ STATE_KINDS = {"step": int, "epoch": int, "epoch_step": int, "epoch_windows": in
                "evals_since_best": int, "best_val_loss": (*NUMBER, type(None)), "val_loss": (*NUMBER, type(None)),
                "elapsed": NUMBER, "budget_elapsed": NUMBER, "schedule_origin": (*NUMBER, type(None)), "budget_done": bool,
                "stopped_early": bool, "dataset": str, "run": str, "args": dict, "data": dict, "rng": dict,
-               "optimizer": dict, "scaler": dict, "order_scheme": int}
+               "optimizer": dict, "scaler": dict, "order_scheme": int, "save_seconds": NUMBER}
 
 
 def add_checkpoint_argument(p, help="a .pt file or a Hugging Face model folder (default: the newest .pt in models/ or a "

@@ -1690,9 +1690,13 @@ def run_training(args, held):
     # inside a step records it, not the state after the step's dropout masks were drawn, so the run resumed from it
     # redoes that step as the run would have (with the drawn state it drew other masks: another model)
     step_rng = None
-    # what this run wrote; a best file from an earlier run counts only when continuing that run
+    # what this run wrote; a best file from an earlier run counts only when continuing that run. A continued run's
+    # last save is the one its checkpoint recorded until it saves: a budget keeps room for its final saves at that
+    # cost, and one with --save_interval 0 that never bettered its best measured none before them (it kept no room,
+    # and passed the budget by a save)
+    recorded = ckpt.get("save_seconds", 0.0) if continuing else 0.0
     saved = {"path": None, "step": p.step, "best": best_path if continuing and os.path.exists(best_path) else None,
-             "seconds": 0.0, "total": 0.0}  # (the last save's, all of the run's)
+             "seconds": recorded if 0 <= recorded < math.inf else 0.0, "total": 0.0}  # (the last save's, the run's)
 
     def diverged():
         fp32 = "" if dtype == torch.float32 else " or use --dtype float32"
@@ -1723,6 +1727,7 @@ def run_training(args, held):
                             elapsed=p.elapsed + time.time() - t_run,
                             budget_elapsed=budget_spent + time.time() - t_run, schedule_origin=p.schedule_origin,
                             budget_done=stopped == "time budget", stopped_early=stopped == "early stop",
+                            save_seconds=saved["seconds"],  # (this save's is not known until it is written)
                             data={"tokenizer_hash": meta.get("tokenizer_hash"), "folder": meta["folder"],
                                   "kind": meta.get("kind"),  # text or chat: gen.py --chat warns of a text-only model
                                   "train_tokens": meta.get("splits", {}).get("train", {}).get("tokens"),

@@ -2593,6 +2593,22 @@ def test_a_budget_run_keeps_room_for_its_slow_saves(env, tmp_path, monkeypatch, 
     assert 6 - 1 <= s["elapsed"] <= 6, s["elapsed"]  # the whole run, its final evaluation and saves included
 
 
+@pytest.mark.parametrize("evaluations", [0, 10])
+def test_a_continued_budget_run_keeps_room_for_saves_it_has_not_timed(env, tmp_path, monkeypatch, evaluations):
+    # continued with --save_interval 0, a run that never betters its best makes no save before its final one: it kept
+    # room for none, and its checkpoint save took a 6-s budget 0.375 s past it. It times them by its checkpoint's
+    monkeypatch.setattr(train, "evaluate", lambda *a, **k: 5.0)  # the first run's first evaluation stays the best
+    clock = StepClock(monkeypatch, step=1 / 8, evaluation=1 / 4)
+    slow_saves(monkeypatch, clock, 0.5)
+    first = train.train(args_for(env, tmp_path, "--dataset", "mini", "--time_budget", 0.1, "--max_steps", 10,
+                                 "--save_interval", 0, "--output_checkpoint", str(tmp_path / "{dataset}.pt")))
+    spent = load_checkpoint(first["checkpoint"])["budget_elapsed"]  # (its best file and checkpoint saves timed)
+    s = train.train(train.parse_args(["--checkpoint", first["checkpoint"], "--eval_interval", str(evaluations),
+                                      "--data_dir", env["data"], "--device", "cpu", "--no_color"]))
+    assert s["stopped"] == "time budget" and s["best_checkpoint"] == first["best_checkpoint"]
+    assert 6 - 1 <= spent + s["elapsed"] <= 6, (spent, s["elapsed"])  # its final evaluation and save included
+
+
 def slow_saves(monkeypatch, clock, seconds):
     """Each checkpoint write takes `seconds` of the StepClock's time (a large model, a slow disk)."""
     save = train.save_checkpoint
