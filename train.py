@@ -1817,8 +1817,9 @@ def run_training(args, held):
     step_times = []  # the last two steps' seconds (not the first's: a cold compile): a budget's next step must fit
     clock = budget_spent  # seconds of the budget spent, as all ranks agree after each step
     # A budgeted run evaluates at each --eval_interval slice of the clock, once EVAL_SPACING times the last
-    # evaluation's cost has passed in training since it ended: an evaluation that takes longer than a slice (GPT-2's
-    # 50k-wide head on a CPU: 5 s against a 1-minute budget's 6-s slices) had come after every step, 85% of the budget
+    # evaluation's cost (its time and two saves', as the final one's: the reserve) has passed since it ended: an
+    # evaluation that takes longer than a slice (GPT-2's 50k-wide head on a CPU: 5 s against a 1-minute budget's 6-s
+    # slices) had come after every step, 85% of the budget
     last_eval_clock = None
     model.train()
     interrupt = GracefulInterrupt()
@@ -1912,8 +1913,10 @@ def run_training(args, held):
                             due_eval = budget_due("eval", args.eval_interval, frac) and (
                                 last_eval_clock is None or clock >= last_eval_clock + (1 + EVAL_SPACING) * eval_cost)
                             if due_eval and stopped == "done" and clock_next + eval_cost >= budget:
-                                # this evaluation, a step and the final one would pass the budget: this one is final
-                                stopped = "time budget"
+                                # this evaluation, a step and the final one would pass the budget: the final one, an
+                                # evaluation's time later at most, takes its place (made the final one, it ended the
+                                # run up to an evaluation's time early, its lr short of the decay's end)
+                                due_eval = False
                             due_save = budget_due("save", args.save_interval, frac)
                             if due_save and stopped == "done" and p.epoch < args.epochs and \
                                     clock_next + save_s >= budget:

@@ -2646,16 +2646,31 @@ def test_a_cold_compile_over_half_the_budget_leaves_the_rest_to_training(env, tm
     assert s["stopped"] == "time budget" and s["run_steps"] >= 10, s["run_steps"]
 
 
-def test_a_budget_run_that_reaches_max_steps_says_so(env, tmp_path, monkeypatch):
-    # a scheduled evaluation near the end of the budget becomes the final one ("time budget"); at the step where
-    # --max_steps ends the run, the run stopped by --max_steps
+def test_a_budget_run_that_reaches_max_steps_says_so(env, tmp_path, monkeypatch, capsys):
+    # a scheduled evaluation near the end of the budget, which would leave no room for a step and the final one, is
+    # skipped; at the step where --max_steps ends the run it is the run's last: made and judged (not a pause's), and
+    # the run stopped by --max_steps
     StepClock(monkeypatch, step=1 / 8, evaluation=1 / 4)
     monkeypatch.setattr(train, "EVAL_SPACING", 0)  # evaluations at each 10% slice of the clock
     argv = ["--dataset", "mini", "--time_budget", 0.1]
     by_clock = train.train(args_for(env, tmp_path / "a", *argv))
-    assert by_clock["stopped"] == "time budget"
-    s = train.train(args_for(env, tmp_path / "b", *argv, "--max_steps", by_clock["run_steps"]))
-    assert s["stopped"] == "max_steps" and s["run_steps"] == by_clock["run_steps"]
+    recs = read_metrics(by_clock["metrics"])
+    skipped = [r["step"] for r in recs[:-1] if r["val_loss"] is None]  # its slice's log, without the evaluation
+    assert by_clock["stopped"] == "time budget" and len(skipped) == 1, recs
+    s = train.train(args_for(env, tmp_path / "b", *argv, "--max_steps", skipped[0]))
+    assert s["stopped"] == "max_steps" and s["run_steps"] == skipped[0] and s["val_loss"] is not None
+    assert "pause" not in capsys.readouterr().out
+
+
+def test_a_budgets_last_scheduled_evaluation_leaves_the_rest_to_training(env, tmp_path, monkeypatch):
+    # an evaluation due when it, a step and the final one would pass the budget became the final one: the run ended up
+    # to an evaluation's time early (5.125 s of 6 with 7/8-s evaluations), its lr short of the decay's end (1.3e-3
+    # from 1e-2 to 1e-4). It is skipped: the final one comes at the end of the budget
+    StepClock(monkeypatch, step=1 / 8, evaluation=7 / 8)
+    s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--time_budget", 0.1, "--lr", 1e-2, "--min_lr", 1e-4,
+                             "--output_checkpoint", str(tmp_path / "{dataset}.pt")))
+    assert s["stopped"] == "time budget" and 6 - 2 / 8 <= s["elapsed"] <= 6, s["elapsed"]
+    assert read_metrics(s["metrics"])[-1]["lr"] < 1e-4 + 0.03 * (1e-2 - 1e-4)
 
 
 @pytest.mark.parametrize("budget", [[], ["--time_budget", 5]])
