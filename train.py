@@ -1921,8 +1921,10 @@ def run_training(args, held):
                             if due_save and stopped == "done" and p.epoch < args.epochs and \
                                     clock_next + save_s >= budget:
                                 # this save, a step and the final evaluation would pass the budget (the step was
-                                # judged to fit before the save took its time): this one is final
-                                stopped = "time budget"
+                                # judged to fit before the save took its time): skipped as a late evaluation is, the
+                                # final save, a save's time later at most, takes its place (made the final one, it ended
+                                # the run up to a save's time early)
+                                due_save = False
                             # the end of the run, by the clock or by --epochs, is evaluated and saved
                             last = stopped == "time budget" or (end_of_epoch and p.epoch >= args.epochs)
                             due_eval, due_save = due_eval or last, due_save or last

@@ -2673,6 +2673,19 @@ def test_a_budgets_last_scheduled_evaluation_leaves_the_rest_to_training(env, tm
     assert read_metrics(s["metrics"])[-1]["lr"] < 1e-4 + 0.03 * (1e-2 - 1e-4)
 
 
+def test_a_budgets_last_scheduled_save_leaves_the_rest_to_training(env, tmp_path, monkeypatch):
+    # a --save_interval save due when it, a step and the final evaluation would pass the budget became the final one:
+    # the run ended up to a save's time early (5.625 s of 6 with 7/8-s saves). It is skipped, as a late evaluation is.
+    # (--eval_interval 0: the final evaluation takes what the stop reckons, a third of a step a batch)
+    val = min(len(train.Windows(train.load_meta(env["data"], "mini"), "val", 64)), 8 * 4)  # --eval_batches 8 of 4
+    clock = StepClock(monkeypatch, step=1 / 8, evaluation=val / 4 * (1 / 8) / 3)
+    slow_saves(monkeypatch, clock, 7 / 8)
+    s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--time_budget", 0.1, "--save_interval", 20,
+                             "--eval_interval", 0, "--batch_size", 4,
+                             "--output_checkpoint", str(tmp_path / "{dataset}.pt")))
+    assert s["stopped"] == "time budget" and 6 - 2 / 8 <= s["elapsed"] <= 6, s["elapsed"]
+
+
 @pytest.mark.parametrize("budget", [[], ["--time_budget", 5]])
 def test_a_run_stopped_by_max_steps_is_evaluated_at_its_end(env, tmp_path, monkeypatch, budget):
     # --max_steps between two evaluations (every 4 steps of the mini set's 9, or 40% of the budget) ended the run
