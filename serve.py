@@ -68,6 +68,7 @@ from setup_tokenizer import EOT, render_chat
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "chat.html")
 MAX_BODY = 1 << 20      # bytes of JSON a request may send: far more than any context here holds as text
 DRAIN, DRAIN_WAIT = 64 << 20, 10  # bytes and seconds of a refused, unread body dropped after its answer (linger)
+HEAD, HEAD_WAIT = 16 << 10, 1  # bytes and seconds of a turned-away request's head read for its Origin (turn_away)
 MAX_STOP = 4            # stop strings per request, as OpenAI allows
 POLL = 0.2              # seconds between checks that a waiting client is still connected
 ANSWER_WAIT = 5         # seconds a stopping server gives the requests it holds to send their answers
@@ -653,20 +654,14 @@ class Handler(BaseHTTPRequestHandler):
 
     def end_headers(self):
         # every answer (errors and streams too) tells a browser page of an allowed origin that it may read it
-        origin = self.cors_origin()
-        if origin:
-            self.send_header("Access-Control-Allow-Origin", origin)
-            if origin != "*":
-                self.send_header("Vary", "Origin")
+        for name, value in self.cors_headers():
+            self.send_header(name, value)
         super().end_headers()
 
-    def cors_origin(self):
-        """The Access-Control-Allow-Origin for this request under --cors, or None (no --cors, or another origin)."""
-        allowed = self.server.cors
-        if "*" in allowed:
-            return "*"
+    def cors_headers(self):
+        """This request's CORS headers under --cors (ApiServer.cors_headers): none without, or for another origin."""
         origin = getattr(self, "headers", None) and self.headers.get("Origin")  # (none yet: a malformed request line)
-        return origin if origin in allowed else None
+        return self.server.cors_headers(origin)
 
     def preflight(self, path):
         """A browser's CORS preflight (OPTIONS with Access-Control-Request-Method) from an origin --cors allows:
@@ -782,7 +777,7 @@ class Handler(BaseHTTPRequestHandler):
         request's head alone, before its body is read (route, and handle_expect_100). Whether it is a CORS preflight,
         which route answers."""
         known = path in self.ROUTES or path.startswith("/v1/models/")
-        if method == "OPTIONS" and known and "Access-Control-Request-Method" in self.headers and self.cors_origin():
+        if method == "OPTIONS" and known and "Access-Control-Request-Method" in self.headers and self.cors_headers():
             return True
         if path.startswith("/v1/models/"):
             if method != "GET":  # (it was "no such endpoint": client.models.delete raised NotFoundError)
@@ -1101,19 +1096,34 @@ class ApiServer(ThreadingHTTPServer):
             self.slots.release()
 
     def turn_away(self, sock, client_address):
-        """A connection past max_connections: answered 503 overloaded, as a full queue's requests are, unread. A client
-        behind a proxy is told why (the proxy passes the 503 on, or tries another server); a connection closed
-        unanswered reads as a crash there (a 502), and one left unaccepted waits for the proxy's timeout (a 504, a
-        minute later). Then drained, as linger does: http.client writes a POST's head and body apart, and the second
-        write met the closed connection's reset (BrokenPipeError), not the 503."""
+        """A connection past max_connections: answered 503 overloaded, as a full queue's requests are, unread (but for
+        its head's Origin, under --cors). A client behind a proxy is told why (the proxy passes the 503 on, or tries
+        another server); a connection closed unanswered reads as a crash there (a 502), and one left unaccepted waits
+        for the proxy's timeout (a 504, a minute later). Then drained, as linger does: http.client writes a POST's head
+        and body apart, and the second write met the closed connection's reset (BrokenPipeError), not the 503."""
         err = ApiError(503, f"the server is busy: {self.max_connections} connections are open; retry shortly",
                        type="server_error", code="overloaded")
         body = json.dumps(err.body()).encode()
-        # (--cors's own origins are not named: the request, its Origin with it, is not read)
-        cors = "Access-Control-Allow-Origin: *\r\n" if "*" in self.cors else ""
-        head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-                f"Connection: close\r\n{cors}\r\n")
+        origin, got, deadline = None, b"", time.monotonic() + HEAD_WAIT
         try:
+            # --cors naming origins: the 503 names the request's where it is one of them, as any error does (else the
+            # page got an opaque network error in its place), so the request's head is read for its Origin, up to HEAD
+            # bytes or HEAD_WAIT seconds (a browser's comes with the connection; a client silent that long: without)
+            with contextlib.suppress(TimeoutError):
+                while (self.cors and "*" not in self.cors and b"\r\n\r\n" not in got and len(got) < HEAD
+                       and (wait := deadline - time.monotonic()) > 0):
+                    sock.settimeout(wait)
+                    if not (data := sock.recv(HEAD)):
+                        break
+                    got += data
+            # a whole line of the head (not of a body after it): an Origin cut short, "http://allowed" of
+            # "http://allowed.evil", is none
+            end = got.find(b"\r\n\r\n")
+            if match := re.search(rb"^origin:[ \t]*(\S*)\r\n", got[:end + 2] if end >= 0 else got, re.I | re.M):
+                origin = match[1].decode("latin-1")
+            cors = "".join(f"{name}: {value}\r\n" for name, value in self.cors_headers(origin))
+            head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(body)}\r\nConnection: close\r\n{cors}\r\n")
             sock.settimeout(DRAIN_WAIT)  # (a new connection's buffer takes this at once)
             sock.sendall(head.encode() + body)
             drain(sock)
@@ -1122,6 +1132,13 @@ class ApiServer(ThreadingHTTPServer):
         finally:
             self.shutdown_request(sock)
             self.refusals.release()
+
+    def cors_headers(self, origin):
+        """The CORS headers of an answer to a request from origin (its Origin header, or None) under --cors: none
+        without --cors or for another origin, else that its pages may read it (Handler.end_headers, turn_away)."""
+        if "*" in self.cors:
+            return [("Access-Control-Allow-Origin", "*")]  # the same answer for every origin: a cache keeps one
+        return [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")] if origin in self.cors else []
 
     @property
     def url(self):

@@ -1142,6 +1142,47 @@ def test_connections_past_the_limit_get_503(enc):
         api.close()
 
 
+def test_a_connection_past_the_limit_lets_an_allowed_page_read_its_503(enc):
+    """--cors naming origins: a page of one of them reads any error, and the 503 of a connection turned away past
+    --max_connections too (it named no origin but *: the browser gave the page an opaque network error in its place).
+    A page of another origin reads none, nor one whose Origin only begins as an allowed one does."""
+    page = "http://localhost:3000"
+    api = start(tiny_model(enc), enc, max_connections=1, cors=(page,))
+
+    def refusals_free():  # the one place for a connection turned away: the last one's (else this one is dropped)
+        wait_for(lambda: api.refusals._value == 1, "the last connection turned away to be let go")
+
+    def turned_away(*parts):  # the request's head sent in parts, a moment apart
+        refusals_free()
+        with socket.create_connection(api.server_address[:2], timeout=60) as sock:
+            for part in parts:
+                time.sleep(0.2)
+                sock.sendall(part)
+            r = http.client.HTTPResponse(sock)
+            r.begin()
+            assert r.status == 503 and json.loads(r.read())["error"]["code"] == "overloaded"
+            return {k.lower(): v for k, v in r.getheaders()}
+    try:
+        held = http.client.HTTPConnection(*api.server_address[:2], timeout=60)
+        held.request("GET", "/health")
+        assert held.getresponse().read()
+        refusals_free()
+        status, h, _ = head(api, "POST", "/v1/completions", {"Origin": page, "Content-Type": "application/json"},
+                            json.dumps({"prompt": "Hi", "max_tokens": 2}))
+        assert status == 503 and h["access-control-allow-origin"] == page and h["vary"] == "Origin"
+        h = turned_away(b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\n", b"Origin: %s\r\n\r\n" % page.encode())
+        assert h["access-control-allow-origin"] == page
+        refusals_free()
+        status, h, _ = head(api, "GET", "/v1/models", {"Origin": "http://evil.example"})
+        assert status == 503 and "access-control-allow-origin" not in h
+        # a head that stops there, past serve.HEAD_WAIT, is answered without reading the rest
+        h = turned_away(b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\nOrigin: %s" % page.encode())  # (.evil.example)
+        assert "access-control-allow-origin" not in h
+        held.close()
+    finally:
+        api.close()
+
+
 def test_a_ctrl_c_as_a_connections_thread_starts_gives_its_place_back_once(enc, monkeypatch):
     """Ctrl-C reaches serve_forever's thread inside Thread.start after the connection's thread has begun (while start
     waits for it to run): that thread gives the connection's place back when it ends, and process_request, taking the
