@@ -1083,11 +1083,20 @@ class ApiServer(ThreadingHTTPServer):
         thread = threading.Thread(target=work, args=(request, client_address), daemon=True)
         try:
             thread.start()  # (the thread gives the place back)
-        # the thread did not start (RuntimeError). Not a Ctrl-C's KeyboardInterrupt: it can land in Thread.start after
-        # the thread began, which then released the place a second time (ValueError); a stopping server needs none back
-        except Exception:
+        # the thread did not start (RuntimeError: the process's threads are spent, ulimit -u or memory). Not a Ctrl-C's
+        # KeyboardInterrupt: it can land in Thread.start after the thread began, which then released the place a second
+        # time (ValueError); a stopping server needs none back
+        except Exception as e:
             places.release()
-            raise
+            # answered 503 overloaded here, as past max_connections, and closed, with one line in the log, where
+            # socketserver printed a traceback and closed it unanswered. Only what the socket takes at once (a new
+            # connection's buffer takes it all): this thread accepts the next connections, and waits for no client
+            with contextlib.suppress(OSError):
+                self.worker.log(f"a connection turned away: no thread to serve it ({e})")
+            with contextlib.suppress(OSError):
+                request.setblocking(False)
+                request.sendall(self.overloaded("no thread to serve another connection"))
+            self.shutdown_request(request)
 
     def process_request_thread(self, request, client_address):
         try:
@@ -1101,9 +1110,6 @@ class ApiServer(ThreadingHTTPServer):
         another server); a connection closed unanswered reads as a crash there (a 502), and one left unaccepted waits
         for the proxy's timeout (a 504, a minute later). Then drained, as linger does: http.client writes a POST's head
         and body apart, and the second write met the closed connection's reset (BrokenPipeError), not the 503."""
-        err = ApiError(503, f"the server is busy: {self.max_connections} connections are open; retry shortly",
-                       type="server_error", code="overloaded")
-        body = json.dumps(err.body()).encode()
         origin, got, deadline = None, b"", time.monotonic() + HEAD_WAIT
         try:
             # --cors naming origins: the 503 names the request's where it is one of them, as any error does (else the
@@ -1121,17 +1127,23 @@ class ApiServer(ThreadingHTTPServer):
             end = got.find(b"\r\n\r\n")
             if match := re.search(rb"^origin:[ \t]*(\S*)\r\n", got[:end + 2] if end >= 0 else got, re.I | re.M):
                 origin = match[1].decode("latin-1")
-            cors = "".join(f"{name}: {value}\r\n" for name, value in self.cors_headers(origin))
-            head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                    f"Content-Length: {len(body)}\r\nConnection: close\r\n{cors}\r\n")
             sock.settimeout(DRAIN_WAIT)  # (a new connection's buffer takes this at once)
-            sock.sendall(head.encode() + body)
+            sock.sendall(self.overloaded(f"{self.max_connections} connections are open", origin))
             drain(sock)
         except OSError:  # the client is gone already
             pass
         finally:
             self.shutdown_request(sock)
             self.refusals.release()
+
+    def overloaded(self, why, origin=None):
+        """The whole answer, 503 overloaded (a full queue's error body), to a connection turned away unread because
+        why, with the CORS headers of a request from origin."""
+        body = json.dumps(ApiError(503, f"the server is busy: {why}; retry shortly", type="server_error",
+                                   code="overloaded").body()).encode()
+        cors = "".join(f"{name}: {value}\r\n" for name, value in self.cors_headers(origin))
+        return (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+                f"Connection: close\r\n{cors}\r\n").encode() + body
 
     def cors_headers(self, origin):
         """The CORS headers of an answer to a request from origin (its Origin header, or None) under --cors: none

@@ -1197,8 +1197,6 @@ def test_a_ctrl_c_as_a_connections_thread_starts_gives_its_place_back_once(enc, 
         real_start(thread)
         raise KeyboardInterrupt
 
-    def cannot_start(thread):
-        raise RuntimeError("can't start new thread")
     def connected():  # (a client's socket, and the server side as serve_forever's accept gives it)
         with socket.create_server(("127.0.0.1", 0)) as listener:
             client = socket.create_connection(listener.getsockname())
@@ -1212,14 +1210,29 @@ def test_a_ctrl_c_as_a_connections_thread_starts_gives_its_place_back_once(enc, 
         client.close()  # the connection's thread reads end-of-file and ends
         threads[0].join(60)
         assert not threads[0].is_alive() and errors == []
-        # a thread that cannot start (RuntimeError: too many threads): its place is given back by process_request
-        client, conn, address = connected()
+        assert api.slots.acquire(blocking=False) and api.slots.acquire(blocking=False)  # both places free, once each
+        assert not api.slots.acquire(blocking=False)
+    finally:
+        api.close()
+
+
+def test_a_connection_whose_thread_cannot_start_is_answered_503(enc, monkeypatch, capfd):
+    """The process's threads spent (ulimit -u, memory): a connection's thread does not start (RuntimeError), and
+    socketserver printed a traceback and closed the connection unanswered (a crash, to a proxy in front). It is
+    answered 503 overloaded, as past --max_connections, in one line of the log, and its place is given back once."""
+    logged = []
+    api = start(tiny_model(enc), enc, max_connections=2, log=logged.append)
+
+    def cannot_start(thread):
+        raise RuntimeError("can't start new thread")
+    try:
         with monkeypatch.context() as m:
             m.setattr(threading.Thread, "start", cannot_start)
-            with pytest.raises(RuntimeError):
-                api.process_request(conn, address)
-        conn.close()
-        client.close()
+            for _ in range(3):  # more than the places: each is given back
+                status, err, headers = raw(api, b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                assert status == 503 and err["error"]["code"] == "overloaded" and headers["Connection"] == "close"
+        assert logged == ["a connection turned away: no thread to serve it (can't start new thread)"] * 3
+        assert "Traceback" not in capfd.readouterr().err
         assert api.slots.acquire(blocking=False) and api.slots.acquire(blocking=False)  # both places free, once each
         assert not api.slots.acquire(blocking=False)
     finally:
