@@ -818,7 +818,9 @@ def test_a_client_that_reads_a_stream_slowly_is_dropped_and_its_reply_stopped(en
     """The socket's timeout bounds each write alone, and each event of a stream is one: a client that read a little
     now and then, once the socket's buffers were full, held its thread and connection 120 s an event, hours for a long
     reply, and went on being generated for. An answer now waits serve.WRITE_WAIT seconds in all for its client to take
-    what is written: past them the connection is dropped and the reply stops at its next token."""
+    what is written: past them the connection is reset and the reply stops at its next token. Closed gracefully
+    instead, the server's kernel kept the unsent answer (MBs of a reply cut short anyway), and sent it on to a client
+    that read on, past the server's close."""
     monkeypatch.setattr(serve, "WRITE_WAIT", 1.0)
 
     def big_events(*args, **kwargs):  # 16 KB events, 3 MB a second: far faster than the client below reads
@@ -838,8 +840,9 @@ def test_a_client_that_reads_a_stream_slowly_is_dropped_and_its_reply_stopped(en
             time.sleep(0.1)
             assert sock.recv(1024)
         assert api.worker.recent and api.worker.recent[-1]["finish_reason"] == "cancelled", api.worker.recent
-        got = b"".join(iter(lambda: sock.recv(1 << 16), b""))  # what the buffers held, then the server's close
-        assert not got.endswith(b"0\r\n\r\n")  # cut short: no end of the chunked stream
+        with pytest.raises(ConnectionResetError):  # what this side's buffer held, then the server's reset
+            while sock.recv(1 << 16):
+                pass
         sock.close()
     finally:
         api.close()
