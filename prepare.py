@@ -757,11 +757,9 @@ def find_source(dataset, source=None, extra=True, limit=None):
         found = {role: [os.path.join(mirror, f) for f in spec.get(role, []) if os.path.isfile(os.path.join(mirror, f))]
                  for role in ("main", "val", "extra")}
         if found["main"]:
-            docs = {"story": text_docs, "shakespeare": text_docs, "dailydialog": dailydialog_docs}.get(dataset) or \
-                functools.partial(file_docs, dataset=dataset)
             main_role = "train" if found["val"] else "split"
-            streams = [(main_role, f, functools.partial(docs, f)) for f in found["main"]]
-            streams += [("val", f, functools.partial(docs, f)) for f in found["val"]]
+            streams = [(main_role, f, functools.partial(file_docs, f, dataset)) for f in found["main"]]
+            streams += [("val", f, functools.partial(file_docs, f, dataset)) for f in found["val"]]
             if extra:
                 streams += [("train", f, functools.partial(extra_docs, f, found["extra"][:i], found["main"]))
                             for i, f in enumerate(found["extra"])]
