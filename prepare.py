@@ -368,13 +368,12 @@ def record_doc(record, where, dataset=None):
     # the shape by the fields that hold something: a parquet file or a pandas export of mixed records gives every row
     # every column, null where the row has none (an Alpaca row's question, a QA row's instruction)
     has = {k for k, v in record.items() if v is not None}
+    # the turns' names: `messages` takes ShareGPT's role names too, as the error for an unknown role says;
+    # `conversation` is lmsys-chat-1m's and WildChat's name for OpenAI's list of {role, content}
+    turns_field = next((f for f in ("messages", "conversations", "conversation") if f in has), None)
     try:
-        if "messages" in has:  # ShareGPT's role names are taken here too, as the error for an unknown role says
-            messages = turns_of(record, "messages", where)
-        elif "conversations" in has:
-            messages = turns_of(record, "conversations", where)
-        elif "conversation" in has:  # lmsys-chat-1m's and WildChat's name for OpenAI's list of {role, content}
-            messages = turns_of(record, "conversation", where)
+        if turns_field:
+            messages = turns_of(record, turns_field, where)
         elif "instruction" in has and "output" in record:
             for field in ("instruction", "input"):  # else a TypeError's words, or the input's repr() trained
                 if record.get(field) and not isinstance(record[field], str):
