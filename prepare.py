@@ -1232,17 +1232,6 @@ def label_of(streams):
     return labels[0] + (f" (and {len(labels) - 1} more file(s))" if len(labels) > 1 else "") if labels else "the data"
 
 
-def check_splittable(n, kind, label, limit):
-    """A dataset cut into train and val (no validation split of its own) that gives a single conversation has no turn
-    boundary the cut could respect: one conversation cut by tokens trains on half a turn and validates on the rest."""
-    if n == 1 and kind == "chat":
-        if limit == 1:
-            raise UserError(f"--limit 1 takes one conversation from {label}, and a val split needs 2 or more: give "
-                            f"--limit 2 or more")
-        # (not --val_fraction 0: train.py evaluates on the val split)
-        raise UserError(f"{label} holds one conversation, and a val split needs 2 or more: add conversations")
-
-
 def val_counts(counts, kind, val_fraction, label, limit, chars=None):
     """How many of the last documents of each "split" source go to val: {stream index: k}, None for a single text
     document (a book) cut by tokens instead. counts {stream index: documents}, in order; chars {stream index:
@@ -1252,7 +1241,13 @@ def val_counts(counts, kind, val_fraction, label, limit, chars=None):
     gives about val_fraction of its own; the last source with documents makes sure val has one, and train keeps one."""
     given = [i for i, n in counts.items() if n]
     if kind == "chat" and sum(counts.values()) == 1:
-        check_splittable(1, kind, label, limit)
+        # a single conversation has no turn boundary the cut could respect: cut by tokens, it would train on half a
+        # turn and validate on the rest
+        if limit == 1:
+            raise UserError(f"--limit 1 takes one conversation from {label}, and a val split needs 2 or more: give "
+                            f"--limit 2 or more")
+        # (not --val_fraction 0: train.py evaluates on the val split)
+        raise UserError(f"{label} holds one conversation, and a val split needs 2 or more: add conversations")
     # a single text document in a source is a book, cut by tokens, when the documents are too few to give val a
     # whole one at its share (a handful of books: each gives val its tail); with more, whole documents go to val
     # (a folder of one-document notes validated on the ends of every note)
