@@ -680,6 +680,43 @@ def chitchat_docs(n=5000, seed=1337):
 # -----------------------------------------------------------------------------
 # where a dataset comes from
 
+def folder_files(path):
+    """The files of a --source folder and its folders that prepare.py reads (SUFFIXES), sorted; others are named in a
+    warning."""
+    found, entered, others = [], {os.path.realpath(path)}, collections.Counter()
+    # linked folders too (a corpus on another disk: skipped, its documents were lost unsaid), each once (a
+    # link back up is a loop)
+    for d, subs, names in os.walk(path, followlinks=True):
+        # not hidden folders (.ipynb_checkpoints, .git) nor a dataset prepare.py wrote (meta.json)
+        kept = []
+        for s in sorted(subs):
+            real = os.path.realpath(os.path.join(d, s))
+            if not s.startswith(".") and real not in entered \
+                    and (read_meta(os.path.join(d, s)) or {}).get("format") != FORMAT:
+                entered.add(real)  # as it is kept: two links side by side to one folder enter it once
+                kept.append(s)
+        subs[:] = kept
+        # nor the meta.json of a dataset written into the folder itself (--out_dir/--name the folder)
+        ours = d == path and (read_meta(d) or {}).get("format") == FORMAT
+        for f in names:
+            if f.startswith(".") or (ours and f in ("meta.json", *OWN_FILES)):
+                continue
+            if suffix(f) not in SUFFIXES:
+                others[suffix(f) or "no suffix"] += 1
+                continue
+            if not os.path.exists(os.path.join(d, f)):
+                raise UserError(f"--source {path}: {os.path.join(d, f)} is a broken link: remove or mend it")
+            found.append(os.path.join(d, f))
+    found.sort()
+    if not found:
+        raise UserError(f"--source {path}: no {', '.join(SUFFIXES)} files in this folder")
+    if others:  # a .md or .txt.gz among the .txt files was left out without a word
+        kinds = ", ".join(f"{n} {kind}" for kind, n in others.most_common())
+        print(f"warning: --source {path}: left out {sum(others.values()):,} file(s) of other types "
+              f"({kinds}); prepare.py reads {', '.join(SUFFIXES)}", file=sys.stderr)
+    return found
+
+
 def find_source(dataset, source=None, extra=True, limit=None):
     """Where a dataset's documents come from: {description, files (for the fingerprint), streams};
     each stream is (role, label, make_docs), role "split" (train, its tail to val), "train" or "val".
@@ -699,38 +736,7 @@ def find_source(dataset, source=None, extra=True, limit=None):
         files = []
         for path in (p for pattern in given for p in expand_pattern(pattern, "--source")):
             if os.path.isdir(path):
-                found, entered, others = [], {os.path.realpath(path)}, collections.Counter()
-                # linked folders too (a corpus on another disk: skipped, its documents were lost unsaid), each once (a
-                # link back up is a loop)
-                for d, subs, names in os.walk(path, followlinks=True):
-                    # not hidden folders (.ipynb_checkpoints, .git) nor a dataset prepare.py wrote (meta.json)
-                    kept = []
-                    for s in sorted(subs):
-                        real = os.path.realpath(os.path.join(d, s))
-                        if not s.startswith(".") and real not in entered \
-                                and (read_meta(os.path.join(d, s)) or {}).get("format") != FORMAT:
-                            entered.add(real)  # as it is kept: two links side by side to one folder enter it once
-                            kept.append(s)
-                    subs[:] = kept
-                    # nor the meta.json of a dataset written into the folder itself (--out_dir/--name the folder)
-                    ours = d == path and (read_meta(d) or {}).get("format") == FORMAT
-                    for f in names:
-                        if f.startswith(".") or (ours and f in ("meta.json", *OWN_FILES)):
-                            continue
-                        if suffix(f) not in SUFFIXES:
-                            others[suffix(f) or "no suffix"] += 1
-                            continue
-                        if not os.path.exists(os.path.join(d, f)):
-                            raise UserError(f"--source {path}: {os.path.join(d, f)} is a broken link: remove or mend it")
-                        found.append(os.path.join(d, f))
-                found.sort()
-                if not found:
-                    raise UserError(f"--source {path}: no {', '.join(SUFFIXES)} files in this folder")
-                if others:  # a .md or .txt.gz among the .txt files was left out without a word
-                    kinds = ", ".join(f"{n} {kind}" for kind, n in others.most_common())
-                    print(f"warning: --source {path}: left out {sum(others.values()):,} file(s) of other types "
-                          f"({kinds}); prepare.py reads {', '.join(SUFFIXES)}", file=sys.stderr)
-                files += found
+                files += folder_files(path)
             elif not os.path.exists(path):
                 raise UserError(f"--source {path}: no such file or folder")
             elif suffix(path) not in SUFFIXES:
