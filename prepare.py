@@ -176,16 +176,23 @@ def text_docs(path):
             prev = chunk
         yield prev, True
         return
+    yield from separated_docs(path, lambda text: text.split(EOT))
+
+
+def separated_docs(path, split):
+    """The documents of a text file that split (str -> list of documents) cuts at its separators, stripped, the
+    empty ones left out."""
     rest = ""
     for chunk in read_text_chunks(path):
         # what follows the last separator waits for the next chunk: the document it begins goes on there
-        *docs, rest = (rest + chunk).split(EOT)
+        *docs, rest = split(rest + chunk)
         yield from ((d.strip(), True) for d in docs if d.strip())
     if rest.strip():
         yield rest.strip(), True
 
 
-# a single newline between two non-empty lines: TinyStories-train-head's story separator
+# a single newline between two non-empty lines: TinyStories-train-head's story separator (a newline at the very end
+# of a chunk is none: it waits for the next chunk)
 STORY_BREAK = re.compile(r"(?<!\n)\n(?!\n|\Z)")
 
 
@@ -193,12 +200,7 @@ def story_line_docs(path):
     """TinyStories-train-head.txt: stories separated by a single newline, paragraphs by a blank
     line (upstream lost the real separators, so the few stories whose paragraphs were single
     newlines come out as several documents)."""
-    rest = ""
-    for chunk in read_text_chunks(path):
-        *docs, rest = STORY_BREAK.split(rest + chunk)  # a newline at the very end waits for the next chunk
-        yield from ((d.strip(), True) for d in docs if d.strip())
-    if rest.strip():
-        yield rest.strip(), True
+    return separated_docs(path, STORY_BREAK.split)
 
 
 def extra_docs(path, earlier=(), main=()):
