@@ -1742,8 +1742,9 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
         raise UserError(f"{folder} holds the {old.get('dataset')!r} dataset (made by `{rebuild_command(old, folder)}`): "
                         f"pick another folder with --name, or replace it with --force")
     same = old and old.get("dataset") == dataset
+    made_with = meta_options(old, folder, odd={}) if same else {}  # its options (a meta.json too odd to say: none)
     # the --source files it was made from (absolute, as options records them), and those given now
-    was = (meta_options(old, folder, odd={}) or {}).get("source") if same else None
+    was = made_with.get("source")
     sources = [p if p.startswith("hf:") else os.path.abspath(p)  # (a hub name is no path)
                for p in ([source] if isinstance(source, str) else source)] if source else None
     # the user's own files are the dataset: made again from the mirror or the hub (a bare `prepare.py` after `--dataset
@@ -1773,13 +1774,12 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
         # made again without a word about its vocabulary: the one it has, so checkpoints trained on it go on fitting
         # (a bare `prepare.py` turned a --vocab_size dataset into GPT-2's)
         # (a meta.json too odd to say: rebuilt as new)
-        kept = meta_options(old, folder, odd={}) if old and old.get("dataset") == dataset else {}
-        if kept.get("vocab_size"):
-            vocab_size = kept["vocab_size"]
+        if made_with.get("vocab_size"):
+            vocab_size = made_with["vocab_size"]
             # (the size asked: a text that supports fewer merges has fewer, and "its own 300-token vocabulary" had 259)
             print(f"{folder}: keeping its own vocabulary (--vocab_size {vocab_size}; --tokenizer gpt2 for GPT-2's)")
-        elif kept.get("tokenizer") not in (None, "gpt2"):
-            tokenizer = kept["tokenizer"]
+        elif made_with.get("tokenizer") not in (None, "gpt2"):
+            tokenizer = made_with["tokenizer"]
             if not os.path.exists(tokenizer):
                 raise TokenizerGone(f"{folder} was made with tokenizer {tokenizer}, which is gone: pass --tokenizer "
                                     f"gpt2, or the path of its vocabulary (a checkpoint or .tiktoken file)")
