@@ -842,9 +842,7 @@ class Split:
     def __init__(self, folder, name, dtype, has_mask, scratch=""):
         self.dtype = np.dtype(dtype)
         self.paths = [os.path.join(folder, f"{name}.bin")] + ([os.path.join(folder, f"{name}_mask.bin")] if has_mask else [])
-        self.files = []
-        for p in self.paths:
-            self.files.append(open(tmp_name(p + scratch), "w+b"))
+        self.files = [open(tmp_name(p + scratch), "w+b") for p in self.paths]
         self.tokens = self.documents = self.bytes = self.padding = 0
         self.cut = 0  # documents (books) cut by tokens, whose head is here and tail in val: counted in neither
         self.repeats = 0  # documents left out of val because train or val has them (write_splits): counted in neither
