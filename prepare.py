@@ -1362,6 +1362,22 @@ def keys_in(keys, among, chunk=1 << 20):
     return found[np.searchsorted(ordered, keys)] if len(ordered) else np.zeros(0, bool)
 
 
+def repeated(val_keys, train_keys):
+    """The indices of val's documents, keys (document_key) val_keys in order (None: a book's tail, whose head is train's),
+    that train has, its keys train_keys (an array "q"), or val has before them."""
+    candidates = [i for i, key in enumerate(val_keys) if key is not None]
+    drop = set()
+    if train_keys and candidates:  # (train's keys stay an array, no set of millions of ints)
+        hits = keys_in(np.array([val_keys[i] for i in candidates], np.int64), np.frombuffer(train_keys, np.int64))
+        drop = {i for i, hit in zip(candidates, hits.tolist()) if hit}
+    kept = set()  # and a document val has already, as unseen() leaves it out of a source's own validation split
+    for i in candidates:
+        if val_keys[i] in kept:
+            drop.add(i)
+        kept.add(val_keys[i])
+    return drop
+
+
 def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, scratch="", pack=None):
     """Tokenize every stream into temporary train/val files (added to splits as soon as they exist, so the
     caller can remove them on failure; scratch tells apart the temporary files of several such calls);
@@ -1470,16 +1486,7 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
         val.repeats = 0
         for i, label in own:  # read again, within --limit's share, which the documents left out did not spend
             write(limited(streams[i][2](), budget, "val"), val, label)
-    candidates = [i for i, key in enumerate(val_keys) if key is not None]
-    drop = set()
-    if train_keys and candidates:  # (train's keys stay an array, no set of millions of ints)
-        hits = keys_in(np.array([val_keys[i] for i in candidates], np.int64), np.frombuffer(train_keys, np.int64))
-        drop = {i for i, hit in zip(candidates, hits.tolist()) if hit}
-    kept = set()  # and a document val has already, as unseen() leaves it out of a source's own validation split
-    for i in candidates:
-        if val_keys[i] in kept:
-            drop.add(i)
-        kept.add(val_keys[i])
+    drop = repeated(val_keys, train_keys)
     if drop and len(drop) == len(val_keys):  # val keeps them: train.py needs a val split, and nothing else is left
         warn_all_in_train(label_of(streams))
     elif drop:
