@@ -1680,6 +1680,42 @@ def check_writable(folder):
         check_output(folder, "the dataset folder", folder=True)
 
 
+def own_vocabulary(dataset, plan, folder, old, vocab_size, limit, val_fraction, mix, force):
+    """The dataset's own vocabulary (--vocab_size), part of the dataset: retrained when asked to rebuild or when its
+    size changes. Returns its path, the fingerprint of what it is trained on, and the temporary file to train it into
+    (None: the one there is kept)."""
+    tokenizer = os.path.join(folder, "tokenizer.tiktoken")
+    try:
+        current = get_tokenizer(tokenizer).n_vocab if os.path.exists(tokenizer) else None
+    except UserError:  # damaged (a disk error, an editor): retrained like a missing one, it is the dataset's own
+        current = None
+    # kept while what it was trained on and its size stay the same (a rebuild for another --pack needs no new
+    # one), so checkpoints trained on it go on fitting; other data (--source, --limit, --no_extra...) gets a
+    # vocabulary of its own, or a short one (the data supported no more merges) would stay short for good
+    # a mix's weights decide how often train repeats each source's documents, not the text the vocabulary learns
+    # from (train_vocabulary reads each source once): other weights keep it; other sources, or their order, do not
+    learnt, parts = plan, None
+    if mix:
+        learnt, parts = dict(plan, description="; ".join(p["description"] for p in plan["parts"])), list(mix)
+    vocab_fp = fingerprint(dataset, learnt, f"trained, {vocab_size} ids", None, limit, val_fraction, mix=parts,
+                           version=None)
+    # a mix's vocabulary made before that, fingerprinted with the weights: the same weights again keep it (it was
+    # trained again, minutes, on the next `prepare.py` of its unchanged command)
+    by_weights = mix and fingerprint(dataset, plan, f"trained, {vocab_size} ids", None, limit, val_fraction, mix=mix,
+                                     version=None)
+    # a dataset from before vocab_fingerprint (VERSION 4) that was built on this vocabulary keeps it once (its
+    # checkpoints go on fitting), as then; not one built with another tokenizer (gpt2), whose text may differ
+    old_own = old and old.get("version", 1) < 4 and old.get("tokenizer") == os.path.abspath(tokenizer)
+    known = (old or {}).get("vocab_fingerprint", vocab_fp if old_own and current == vocab_size else None)
+    known = vocab_fp if by_weights and known == by_weights else known
+    if force or current is None or current > vocab_size or known != vocab_fp:
+        check_writable(folder)  # before minutes of training
+        return tokenizer, vocab_fp, tmp_name(tokenizer)
+    if current < vocab_size:  # this data supports no more: training again would give the same
+        warn_short_vocabulary(vocab_size, current)
+    return tokenizer, vocab_fp, None
+
+
 def prepare(dataset, source=None, tokenizer=None, limit=None, val_fraction=DEFAULT_VAL_FRACTION, force=False,
             out_dir=DEFAULT_OUT_DIR, name=None, extra=True, vocab_size=None, pack=None, mix=None):
     """Build (or find up to date) out_dir/name from dataset's source; returns its meta.json as a dict.
@@ -1799,36 +1835,8 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
     # a freshly trained vocabulary (a temporary file, renamed into place with the token files) and its inputs' fingerprint
     new_vocab, vocab_fp = None, None
     if vocab_size is not None:
-        # the vocabulary is part of the dataset: retrained when asked to rebuild or when its size changes
-        tokenizer = os.path.join(folder, "tokenizer.tiktoken")
-        try:
-            current = get_tokenizer(tokenizer).n_vocab if os.path.exists(tokenizer) else None
-        except UserError:  # damaged (a disk error, an editor): retrained like a missing one, it is the dataset's own
-            current = None
-        # kept while what it was trained on and its size stay the same (a rebuild for another --pack needs no new
-        # one), so checkpoints trained on it go on fitting; other data (--source, --limit, --no_extra...) gets a
-        # vocabulary of its own, or a short one (the data supported no more merges) would stay short for good
-        # a mix's weights decide how often train repeats each source's documents, not the text the vocabulary learns
-        # from (train_vocabulary reads each source once): other weights keep it; other sources, or their order, do not
-        learnt, parts = plan, None
-        if mix:
-            learnt, parts = dict(plan, description="; ".join(p["description"] for p in plan["parts"])), list(mix)
-        vocab_fp = fingerprint(dataset, learnt, f"trained, {vocab_size} ids", None, limit, val_fraction, mix=parts,
-                               version=None)
-        # a mix's vocabulary made before that, fingerprinted with the weights: the same weights again keep it (it was
-        # trained again, minutes, on the next `prepare.py` of its unchanged command)
-        by_weights = mix and fingerprint(dataset, plan, f"trained, {vocab_size} ids", None, limit, val_fraction, mix=mix,
-                                         version=None)
-        # a dataset from before vocab_fingerprint (VERSION 4) that was built on this vocabulary keeps it once (its
-        # checkpoints go on fitting), as then; not one built with another tokenizer (gpt2), whose text may differ
-        old_own = old and old.get("version", 1) < 4 and old.get("tokenizer") == os.path.abspath(tokenizer)
-        known = (old or {}).get("vocab_fingerprint", vocab_fp if old_own and current == vocab_size else None)
-        known = vocab_fp if by_weights and known == by_weights else known
-        if force or current is None or current > vocab_size or known != vocab_fp:
-            check_writable(folder)  # before minutes of training
-            new_vocab = tmp_name(tokenizer)
-        elif current < vocab_size:  # this data supports no more: training again would give the same
-            warn_short_vocabulary(vocab_size, current)
+        tokenizer, vocab_fp, new_vocab = own_vocabulary(dataset, plan, folder, old, vocab_size, limit, val_fraction,
+                                                        mix, force)
     try:
         if new_vocab:
             enc = train_vocabulary(plan, vocab_size, new_vocab, limit, val_fraction, pack)
