@@ -1937,8 +1937,8 @@ def mix_splits(folder, plan, enc, splits, scratch, limit, val_fraction, block, p
             for part, raw, s, e, p in zip(plan["parts"], raws, starts, ends, picks)}
 
 
-def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_fraction, new_vocab=None, pack=None,
-          options=None, vocab_fp=None, text_fp=None):
+def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_fraction, new_vocab, pack, options,
+          vocab_fp, text_fp):
     """Tokenize plan's streams into folder; the old files stay until everything new is written. options: prepare()'s
     arguments, kept in meta.json for rebuild_command; vocab_fp: what the dataset's own vocabulary was trained on;
     text_fp: the fingerprint, should the documents turn out to be text (no --pack in it)."""
@@ -1983,7 +1983,7 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
                          f"the last {val_fraction:g} of the documents, counted over the sources together (of a single document's tokens), "
                          f"each once and none train has"
                          + ("; train-only extra files excluded" if "train" in roles else ""),
-            "limit": limit, "pack": block, "fingerprint": text_fp if kind == "text" and text_fp else fp,
+            "limit": limit, "pack": block, "fingerprint": text_fp if kind == "text" else fp,
             "options": options,
             # tokens include the padding; bytes are those of the documents alone
             "splits": {s: {"tokens": splits[s].tokens, "documents": splits[s].documents, "bytes": splits[s].bytes,
