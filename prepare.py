@@ -256,6 +256,20 @@ def dailydialog_docs(path):
 SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
+def json_loads(text, where):
+    """json.loads(text), without surrogate halves (SURROGATE_ESCAPE). JSON it cannot read is a UserError naming where,
+    but malformed JSON, a json.JSONDecodeError, which the caller says with its hint."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        raise
+    except ValueError as e:  # an integer of over 4,300 digits
+        raise UserError(f"{where}: JSON that cannot be read ({first_line(e)})")
+    except RecursionError:
+        raise UserError(f"{where}: JSON nested too deeply to read")
+    return without_surrogates(data) if SURROGATE_ESCAPE.search(text) else data
+
+
 def json_records(path):
     """(where, record) for each record of a .jsonl, .json or .parquet file; where names file and line."""
     try:
@@ -270,41 +284,29 @@ def json_records(path):
                     if line.strip():
                         if "\0" in line:  # (else "malformed JSON" at column 2 of what an editor shows as good JSON)
                             raise holds_nul(path, line if n == 1 else "")
-                        try:
-                            record = json.loads(line.rstrip("\r\n"))  # an error at its end: this line's column
+                        try:  # (an error at its end: this line's column)
+                            record = json_loads(line.rstrip("\r\n"), f"{path} line {n}")
                         except json.JSONDecodeError as e:
                             array = n == 1 and line.strip() == "["  # a pretty-printed array's first line
                             hint = "; it looks like one JSON array: name it .json" if array else ""
                             raise UserError(f"{path} line {n}: malformed JSON ({e.msg}, column {e.colno}){hint}")
-                        except ValueError as e:  # an integer of over 4,300 digits
-                            raise UserError(f"{path} line {n}: JSON that cannot be read ({first_line(e)})")
-                        except RecursionError:
-                            raise UserError(f"{path} line {n}: JSON nested too deeply to read")
-                        yield f"{path} line {n}", without_surrogates(record) if SURROGATE_ESCAPE.search(line) else record
+                        yield f"{path} line {n}", record
         else:  # .json is parsed whole: use .jsonl for corpora bigger than memory
             with open(path, encoding="utf-8-sig") as f:
-                try:
-                    text = f.read()
-                    if not text.strip():  # an empty file holds no records, as an empty .jsonl or .txt does
-                        return
-                    if "\0" in text:
-                        raise holds_nul(path, text)
-                    data = json.loads(text)
-                except json.JSONDecodeError as e:
-                    hint = ""
-                    if e.msg == "Extra data":  # JSON Lines, as datasets' to_json() writes whatever the name, if its
-                        with contextlib.suppress(ValueError):  # first line is a whole record
-                            json.loads(text[:e.pos].splitlines()[0])
-                            hint = "; it looks like one record per line (JSON Lines): name it .jsonl"
-                    raise UserError(f"{path} line {e.lineno}: malformed JSON ({e.msg}, column {e.colno}){hint}")
-                except UnicodeDecodeError:
-                    raise  # read() of a file that is not UTF-8: said below
-                except ValueError as e:  # an integer of over 4,300 digits
-                    raise UserError(f"{path}: JSON that cannot be read ({first_line(e)})")
-                except RecursionError:
-                    raise UserError(f"{path}: JSON nested too deeply to read")
-                if SURROGATE_ESCAPE.search(text):
-                    data = without_surrogates(data)
+                text = f.read()
+            if not text.strip():  # an empty file holds no records, as an empty .jsonl or .txt does
+                return
+            if "\0" in text:
+                raise holds_nul(path, text)
+            try:
+                data = json_loads(text, path)
+            except json.JSONDecodeError as e:
+                hint = ""
+                if e.msg == "Extra data":  # JSON Lines, as datasets' to_json() writes whatever the name, if its
+                    with contextlib.suppress(ValueError):  # first line is a whole record
+                        json.loads(text[:e.pos].splitlines()[0])
+                        hint = "; it looks like one record per line (JSON Lines): name it .jsonl"
+                raise UserError(f"{path} line {e.lineno}: malformed JSON ({e.msg}, column {e.colno}){hint}")
             for i, record in enumerate(data if isinstance(data, list) else [data], 1):
                 yield f"{path} record {i}", record
     except UnicodeDecodeError:
