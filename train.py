@@ -1422,6 +1422,69 @@ def run_summary(p, meta, **run):
             "best_val_bpb": None if p.best_val_loss is None else bits_per_byte(p.best_val_loss, meta)}
 
 
+def banner_lines(args, dataset, what, enc, config, model, train_w, val_w, batches, world, budget, budget_warmup,
+                 device, dtype, resumed=None):
+    """The lines a run starts with: its data, its model (what: "new model", or continuing or fine-tuning which
+    checkpoint), how it trains, and where a resumed run (resumed: its Progress) goes on from."""
+    n_all, n_core = model.num_params(non_embedding=False), model.num_params()
+    tok_step = batches.windows_per_step * args.block_size
+    spe = batches.steps_per_epoch
+    lines = [f"data   {dataset}: {fmt_count(len(train_w) * args.block_size)} train tokens in {len(train_w):,} windows "
+             f"of {args.block_size}, {fmt_count(len(val_w) * args.block_size)} val; tokenizer {enc.name} "
+             f"({config.vocab_size:,} ids){', loss on masked tokens only' if train_w.masked else ''}",
+             f"model  {what}: {args.model} {config.variant}, {config.n_layer} layers x {config.n_embd}, "
+             f"{fmt_count(n_all)} params ({fmt_count(n_core)} non-embedding), context {config.block_size}"]
+    run_for = f"{args.time_budget:g} min" + (f" (at most {args.epochs} epochs)" if args.epochs < UNLIMITED_EPOCHS else "") \
+        + f", epochs of {spe:,}" if budget else f"{args.epochs} epoch(s) x {spe:,}"
+    ranks = f"{world} ranks x " if world > 1 else ""
+    lines.append(f"train  {run_for} steps of {ranks}{args.batch_size}x{args.grad_accum}x{args.block_size} "
+                 f"= {tok_step:,} tokens, {args.optimizer} lr {args.lr:.2g} -> {args.min_lr:.2g} (warmup "
+                 + (f"{budget_warmup:.0%} of the budget" if budget else f"{args.warmup}") + "), "
+                 f"{device} {str(dtype).replace('torch.', '')}{', compiled' if args.compile else ''}"
+                 f"{', activations recomputed' if args.recompute_activations else ''}")
+    if resumed is not None and (resumed.step or resumed.epoch):
+        lines.append(f"resume epoch {resumed.epoch + 1}, window {resumed.windows:,}/{len(train_w):,}, "
+                     f"step {resumed.step:,}")
+    return lines
+
+
+def measured(loss, meta):
+    """A val loss as the lines show it: '2.3480 (ppl 10.46, 0.859 bpb)' (no bpb where the data has no byte count)."""
+    bpb = bits_per_byte(loss, meta)
+    return f"{loss:.4f} (ppl {math.exp(min(loss, 50)):.2f}" + (f", {bpb:.3f} bpb" if bpb else "") + ")"
+
+
+def summary_lines(summary, meta, args, budget, pause_eval):
+    """The lines a run ends with, from its run_summary: what it trained and why it stopped, its best val loss, its
+    files and the command to try the model. pause_eval: its last evaluation was a --max_steps pause."""
+    rate = f"{summary['tokens_per_s']:,.0f} tokens/s"
+    if summary["train_tokens_per_s"] and summary["train_tokens_per_s"] > 1.1 * summary["tokens_per_s"]:
+        # a short run on a GPU: compiling, evaluating and saving took most of it (200 steps of small on an H200
+        # trained at 240k tokens/s and said 24,708 here)
+        rate += f" overall, {summary['train_tokens_per_s']:,.0f} while training"
+    lines = [paint(f"{summary['stopped']}: {summary['run_steps']:,} steps, {fmt_count(summary['tokens'])} tokens in "
+                   f"{fmt_time(summary['elapsed'])} ({rate}); {summary['epochs_done']} " +
+                   (f"epoch(s) in the {args.time_budget:g} min budget" if budget else
+                    f"of {args.epochs} epoch(s) done"), "bold")]
+    best, last_val = summary["best_val_loss"], summary["val_loss"]
+    if best is not None:
+        lines.append(f"best val loss {measured(best, meta)} " + (f"in {summary['best_checkpoint']}" if
+                     summary["best_checkpoint"] else "before this run, which did not better it (no best file here)"))
+    # a --max_steps pause that measured better than the best: its weights, in the checkpoint just written, are the
+    # better model, though not judged; "try it" named the best file, the worse one
+    pause_better = pause_eval and best is not None and last_val < best
+    if pause_better:
+        lines.append(f"val loss {measured(last_val, meta)} at the --max_steps pause, lower but not judged for the best "
+                     f"file: those weights are in {summary['checkpoint']}")
+    lines.append(f"checkpoint {summary['checkpoint']}; metrics {summary['metrics']}"
+                 + (f", curve {summary['plot']}" if summary["plot"] else ""))
+    if summary["best_checkpoint"] or summary["checkpoint"]:
+        tried = summary["checkpoint"] if pause_better else summary["best_checkpoint"] or summary["checkpoint"]
+        lines.append(paint(f"try it: python gen.py {shlex.quote(tried)}" + (" --chat" if meta.get("has_mask") else ""),
+                           "cyan"))
+    return lines
+
+
 def ask_more_epochs(path, done):
     """The epochs to train on, as the user answers; None at the end of input (Ctrl-D): no answer, as without a
     terminal."""
@@ -1753,23 +1816,11 @@ def run_training(args, held):
 
     # ---- banner
     t_run = time.time()
-    n_all, n_core = model.num_params(non_embedding=False), model.num_params()
     tok_step = batches.windows_per_step * args.block_size
     what = ("continuing" if continuing else "fine-tuning") + f" {args.checkpoint}" if ckpt else "new model"
-    say(paint(f"data   {dataset}: {fmt_count(len(train_w) * args.block_size)} train tokens in {len(train_w):,} windows "
-              f"of {args.block_size}, {fmt_count(len(val_w) * args.block_size)} val; tokenizer {enc.name} "
-              f"({config.vocab_size:,} ids){', loss on masked tokens only' if train_w.masked else ''}", "dim"))
-    say(paint(f"model  {what}: {args.model} {config.variant}, {config.n_layer} layers x {config.n_embd}, "
-              f"{fmt_count(n_all)} params ({fmt_count(n_core)} non-embedding), context {config.block_size}", "dim"))
-    run_for = f"{args.time_budget:g} min" + (f" (at most {args.epochs} epochs)" if args.epochs < UNLIMITED_EPOCHS else "") \
-        + f", epochs of {spe:,}" if budget else f"{args.epochs} epoch(s) x {spe:,}"
-    ranks = f"{dist.world} ranks x " if dist.world > 1 else ""
-    say(paint(f"train  {run_for} steps of {ranks}{args.batch_size}x{args.grad_accum}x{args.block_size} "
-              f"= {tok_step:,} tokens, {args.optimizer} lr {args.lr:.2g} -> {args.min_lr:.2g} (warmup " + (f"{budget_warmup:.0%} of the budget" if budget else f"{args.warmup}") + "), "
-              f"{device} {str(dtype).replace('torch.', '')}{', compiled' if args.compile else ''}"
-              f"{', activations recomputed' if args.recompute_activations else ''}", "dim"))
-    if continuing and (p.step or p.epoch):
-        say(paint(f"resume epoch {p.epoch + 1}, window {p.windows:,}/{len(train_w):,}, step {p.step:,}", "dim"))
+    for line in banner_lines(args, dataset, what, enc, config, model, train_w, val_w, batches, dist.world, budget,
+                             budget_warmup, device, dtype, p if continuing else None):
+        say(paint(line, "dim"))
 
     def every(pct):  # (past the run: only at its end; 1e308 % overflowed to an OverflowError)
         return max(1, round(min(spe * pct / 100, 2**62))) if pct > 0 else None
@@ -2076,31 +2127,8 @@ def run_training(args, held):
                           train_tokens_per_s=train_tokens / train_s if train_s > 0 else None, val_loss=last_val,
                           checkpoint=saved["path"], best_checkpoint=saved["best"], metrics=metrics.path,
                           plot=metrics.png_path if os.path.exists(metrics.png_path) else None)
-
-    def measured(loss):
-        bpb = bits_per_byte(loss, meta)
-        return f"{loss:.4f} (ppl {math.exp(min(loss, 50)):.2f}" + (f", {bpb:.3f} bpb" if bpb else "") + ")"
-    rate = f"{summary['tokens_per_s']:,.0f} tokens/s"
-    if summary["train_tokens_per_s"] and summary["train_tokens_per_s"] > 1.1 * summary["tokens_per_s"]:
-        # a short run on a GPU: compiling, evaluating and saving took most of it (200 steps of small on an H200
-        # trained at 240k tokens/s and said 24,708 here)
-        rate += f" overall, {summary['train_tokens_per_s']:,.0f} while training"
-    say(paint(f"{stopped}: {run_steps:,} steps, {fmt_count(run_tokens)} tokens in {fmt_time(run_time)} "
-              f"({rate}); {p.epoch} " +
-              (f"epoch(s) in the {args.time_budget:g} min budget" if budget else f"of {args.epochs} epoch(s) done"), "bold"))
-    if p.best_val_loss is not None:
-        say(f"best val loss {measured(p.best_val_loss)} " + (f"in {summary['best_checkpoint']}" if
-            summary["best_checkpoint"] else "before this run, which did not better it (no best file here)"))
-    # a --max_steps pause that measured better than the best: its weights, in the checkpoint just written, are the
-    # better model, though not judged; "try it" named the best file, the worse one
-    pause_better = pause_eval and p.best_val_loss is not None and last_val < p.best_val_loss
-    if pause_better:
-        say(f"val loss {measured(last_val)} at the --max_steps pause, lower but not judged for the best file: "
-            f"those weights are in {saved['path']}")
-    say(f"checkpoint {saved['path']}; metrics {metrics.path}" + (f", curve {summary['plot']}" if summary["plot"] else ""))
-    if saved["best"] or saved["path"]:
-        tried = saved["path"] if pause_better else saved["best"] or saved["path"]
-        say(paint(f"try it: python gen.py {shlex.quote(tried)}" + (" --chat" if meta.get("has_mask") else ""), "cyan"))
+    for line in summary_lines(summary, meta, args, budget, pause_eval):
+        say(line)
     return summary
 
 
