@@ -1485,16 +1485,40 @@ def summary_lines(summary, meta, args, budget, pause_eval):
     return lines
 
 
-def ask_more_epochs(path, done):
-    """The epochs to train on, as the user answers; None at the end of input (Ctrl-D): no answer, as without a
-    terminal."""
-    answer = ask(f"{path} has already trained {done} epoch(s). How many more? [0 = stop] ")
+def more_epochs(args, dataset, done):
+    """The epochs a continued run whose checkpoint has trained its --epochs (done of them) trains on, as the user
+    answers at a terminal (0: none); refused without a terminal, or at the end of input (Ctrl-D): no answer."""
+    answer = ask(f"{args.checkpoint} has already trained {done} epoch(s). How many more? [0 = stop] ") \
+        if is_interactive() else None
     if answer is None:
-        return None
+        raise UserError(f"{args.checkpoint} has already trained {done} epoch(s) of {dataset} (--epochs {args.epochs}): "
+                        f"pass a larger --epochs to continue its schedule, or --reset_epoch to start a new one from its "
+                        f"weights")
     answer = answer or "0"
     if not answer.isdigit():
         raise UserError(f"{answer!r} is not a number of epochs; pass --epochs N instead")
     return int(answer)
+
+
+def refuse_ended_run(args, ckpt, ckpt_args, p, budget):
+    """Refuses to continue ckpt (p: where it stands) where it ended for good under these options: its --time_budget
+    used, or stopped early by its --patience."""
+    if budget and ckpt.get("budget_done") and args.time_budget <= (ckpt_args.get("time_budget") or 0):
+        raise UserError(f"{args.checkpoint} has used its {args.time_budget:g}-minute --time_budget: pass a larger one "
+                        f"to train on, or --reset_epoch to start a new budget from its weights")
+    if budget and p.budget_elapsed >= budget:
+        # a budget interrupted (Ctrl-C) and continued with fewer minutes than it had spent, which a continued run
+        # counts: it trained one step past them and stopped, as "time budget: 1 steps"
+        raise UserError(f"{args.checkpoint} has trained {p.budget_elapsed / 60:.2f} minutes of its budget already, which "
+                        f"--time_budget {args.time_budget:g} counts: pass a larger one to train on, or --reset_epoch to "
+                        f"start a new budget from its weights")
+    # a run --patience stopped (it trained one more evaluation interval each time, wrote over the checkpoint and stopped
+    # again); one stopped otherwise, --patience off, gets the evaluation a new --patience asks for. A checkpoint from
+    # before stopped_early: stopped by its --patience if it counted that many evaluations
+    if args.patience and p.evals_since_best >= args.patience \
+            and ckpt.get("stopped_early", 0 < (ckpt_args.get("patience") or 0) <= p.evals_since_best):
+        raise UserError(f"{args.checkpoint} stopped early: no better val loss in its last {p.evals_since_best} "
+                        f"evaluations (--patience {args.patience}): pass a larger --patience, or --patience 0, to train on")
 
 
 # -----------------------------------------------------------------------------
@@ -1701,11 +1725,7 @@ def run_training(args, held):
                                                         eval_windows, budget, best_path, warmup_given, eval_given)
 
     if p.epoch >= args.epochs:
-        msg = (f"{args.checkpoint} has already trained {p.epoch} epoch(s) of {dataset} (--epochs {args.epochs}): "
-               f"pass a larger --epochs to continue its schedule, or --reset_epoch to start a new one from its weights")
-        more = ask_more_epochs(args.checkpoint, p.epoch) if is_interactive() else None
-        if more is None:
-            raise UserError(msg)
+        more = more_epochs(args, dataset, p.epoch)
         if more == 0:  # a run's summary (below), of a run that trained nothing: its checkpoint's
             return run_summary(p, meta, stopped="already done", run_steps=0, tokens=0, elapsed=0.0, tokens_per_s=0.0,
                                train_tokens_per_s=None, val_loss=ckpt.get("val_loss"), checkpoint=args.checkpoint,
@@ -1717,23 +1737,8 @@ def run_training(args, held):
         if not budget and not isinstance(run_warmup, int):  # as with --epochs given: a share of the longer run's steps
             args.warmup = warmup_steps(run_warmup, total_steps, args.lr)
 
-    if budget and continuing and not args.reset_epoch and ckpt.get("budget_done") \
-            and args.time_budget <= (ckpt_args.get("time_budget") or 0):
-        raise UserError(f"{args.checkpoint} has used its {args.time_budget:g}-minute --time_budget: pass a larger one "
-                        f"to train on, or --reset_epoch to start a new budget from its weights")
-    if budget and continuing and not args.reset_epoch and p.budget_elapsed >= budget:
-        # a budget interrupted (Ctrl-C) and continued with fewer minutes than it had spent, which a continued run
-        # counts: it trained one step past them and stopped, as "time budget: 1 steps"
-        raise UserError(f"{args.checkpoint} has trained {p.budget_elapsed / 60:.2f} minutes of its budget already, which "
-                        f"--time_budget {args.time_budget:g} counts: pass a larger one to train on, or --reset_epoch to "
-                        f"start a new budget from its weights")
-    # a run --patience stopped (it trained one more evaluation interval each time, wrote over the checkpoint and stopped
-    # again); one stopped otherwise, --patience off, gets the evaluation a new --patience asks for. A checkpoint from
-    # before stopped_early: stopped by its --patience if it counted that many evaluations
-    if continuing and not args.reset_epoch and args.patience and p.evals_since_best >= args.patience \
-            and ckpt.get("stopped_early", 0 < (ckpt_args.get("patience") or 0) <= p.evals_since_best):
-        raise UserError(f"{args.checkpoint} stopped early: no better val loss in its last {p.evals_since_best} "
-                        f"evaluations (--patience {args.patience}): pass a larger --patience, or --patience 0, to train on")
+    if continuing and not args.reset_epoch:
+        refuse_ended_run(args, ckpt, ckpt_args, p, budget)
 
     # ---- model, optimizer, precision
     model, optimizer, scaler, fwd = build_training(args, config, ckpt, ckpt_args, continuing, device, dtype, dist)
