@@ -779,6 +779,68 @@ def lr_at(step, lr, min_lr, warmup, total_steps):
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
 
 
+def step_lr(args, p, total_steps, budget=None, budget_warmup=None, now=None, held_back=0.0):
+    """The lr of the step about to be taken (p: where the run stands). On --epochs, by its step of total_steps. On a
+    --time_budget (seconds), by the clock (now: the seconds of it spent): warmup over a share of the budget
+    (budget_warmup), then cosine, from the end of the first step on (see Progress.schedule_origin), to the budget
+    less held_back, the seconds the run keeps for its final evaluation and saves."""
+    if not budget:
+        return lr_at(p.step, args.lr, args.min_lr, args.warmup, total_steps)
+    spent = 0.0
+    if p.schedule_origin is not None:
+        # the decay ends where the run does, before the time it keeps for its final evaluation and saves: at the
+        # budget's end, a run whose final evaluation took a quarter of it stopped with its lr ~25% of the way from
+        # --min_lr to --lr
+        spent = (now - p.schedule_origin) / max(budget - held_back - p.schedule_origin, 1e-9)
+    # (past the decay's end: lr_at's --min_lr)
+    return lr_at(int(spent * 10_000), args.lr, args.min_lr, round(budget_warmup * 10_000), 10_000)
+
+
+def entered_slice(slices, kind, pct, frac):
+    """Whether a budgeted run, frac of its budget spent, has entered its next slice of pct % of the budget since the
+    last call for kind ("log", "eval" or "save"); slices holds where each kind stood. A budgeted run may repeat a
+    small dataset's epoch every few seconds: its logs, evaluations and saves follow the clock instead of its steps."""
+    if not pct > 0:
+        return False
+    k = int(min(frac * 100 / pct, 2**62))  # (--log_interval 1e-310: an OverflowError)
+    last = slices.setdefault(kind, k)  # the first call only sets where the run starts
+    slices[kind] = k
+    return k > last
+
+
+def budget_decisions(args, p, slices, budget, clock, eval_cost, clock_next, save_s, last_eval_clock, stopped,
+                     end_of_epoch):
+    """What a --time_budget run (budget: seconds) does after a step, from the clocks every rank agreed on: clock, the
+    seconds of the budget spent; eval_cost, the final evaluation's and its two saves' seconds; clock_next, when one
+    more step and the final evaluation would end; save_s, the last save's seconds. Returns (stopped, due_eval,
+    due_save, due_log): stopped, the reason the run stops ("done": it goes on), and what is due at this step.
+    last_eval_clock: the clock when the last evaluation ended (None before the first); slices: entered_slice's."""
+    if clock_next >= budget:
+        stopped = "time budget"
+    frac = clock / budget
+    # A budgeted run evaluates at each --eval_interval slice of the clock, once EVAL_SPACING times the last
+    # evaluation's cost (its time and two saves', as the final one's: the reserve) has passed since it ended: an
+    # evaluation that takes longer than a slice (GPT-2's 50k-wide head on a CPU: 5 s against a 1-minute budget's 6-s
+    # slices) had come after every step, 85% of the budget
+    due_eval = entered_slice(slices, "eval", args.eval_interval, frac) and (
+        last_eval_clock is None or clock >= last_eval_clock + (1 + EVAL_SPACING) * eval_cost)
+    if due_eval and stopped == "done" and clock_next + eval_cost >= budget:
+        # this evaluation, a step and the final one would pass the budget: the final one, an evaluation's time later
+        # at most, takes its place (made the final one, it ended the run up to an evaluation's time early, its lr
+        # short of the decay's end)
+        due_eval = False
+    due_save = entered_slice(slices, "save", args.save_interval, frac)
+    if due_save and stopped == "done" and p.epoch < args.epochs and clock_next + save_s >= budget:
+        # this save, a step and the final evaluation would pass the budget (the step was judged to fit before the
+        # save took its time): skipped as a late evaluation is, the final save, a save's time later at most, takes
+        # its place (made the final one, it ended the run up to a save's time early)
+        due_save = False
+    # the end of the run, by the clock or by --epochs, is evaluated and saved
+    last = stopped == "time budget" or (end_of_epoch and p.epoch >= args.epochs)
+    due_log = entered_slice(slices, "log", args.log_interval, frac)
+    return stopped, due_eval or last, due_save or last, due_log
+
+
 def is_count(v):
     """Whether v, read from a checkpoint, is a positive int (not a bool, which is one to Python)."""
     return isinstance(v, int) and not isinstance(v, bool) and v > 0
@@ -1345,6 +1407,18 @@ class Progress:
     # step (compiling again) moves it on by its own time
     schedule_origin: float = None
 
+    def judge(self, val_loss, no_bar=False, pause=False):
+        """Counts an evaluation's val_loss towards the best and --patience; returns (better, improved): whether it
+        beats the best (no_bar: the best bars nothing), and whether it became the best (not at a --max_steps pause,
+        which is not judged)."""
+        better = self.best_val_loss is None or no_bar or val_loss < self.best_val_loss
+        improved = better and not pause
+        if improved:
+            self.best_val_loss, self.evals_since_best = val_loss, 0
+        elif not pause:
+            self.evals_since_best += 1
+        return better, improved
+
 
 def resumed_progress(args, ckpt, ckpt_args, meta, train_w, val_w, batches, eval_windows, budget, best_path,
                      warmup_given, eval_given):
@@ -1448,10 +1522,23 @@ def banner_lines(args, dataset, what, enc, config, model, train_w, val_w, batche
     return lines
 
 
-def measured(loss, meta):
-    """A val loss as the lines show it: '2.3480 (ppl 10.46, 0.859 bpb)' (no bpb where the data has no byte count)."""
+def measured(loss, meta, color=None):
+    """A val loss as the lines show it: '2.3480 (ppl 10.46, 0.859 bpb)' (no bpb where the data has no byte count),
+    the loss painted color."""
     bpb = bits_per_byte(loss, meta)
-    return f"{loss:.4f} (ppl {math.exp(min(loss, 50)):.2f}" + (f", {bpb:.3f} bpb" if bpb else "") + ")"
+    shown = f"{loss:.4f}" if color is None else paint(f"{loss:.4f}", color)
+    return f"{shown} (ppl {math.exp(min(loss, 50)):.2f}" + (f", {bpb:.3f} bpb" if bpb else "") + ")"
+
+
+def eval_line(step, epoch, train_loss, val_loss, meta, lr, tokens_per_s, better, improved, pause=False):
+    """An evaluation's line: its step and epoch, the train loss since the last record (as shown: "-" for none), the
+    val loss (green when better than the best), the lr and speed, and whether it became the best (Progress.judge)."""
+    return (f"{paint(f'step {step:,}', 'bold')} (epoch {epoch:.2f}): train {train_loss}, "
+            f"val {measured(val_loss, meta, 'green' if better else 'yellow')}, lr {lr:.2e}, {tokens_per_s:,.0f} tokens/s"
+            + (paint("  * best", "green") if improved else "")
+            # (a better val loss, green, with no "* best" and the summary naming an earlier best file: the line says
+            # why)
+            + (paint("  (a --max_steps pause: not judged for the best file or --patience)", "dim") if pause else ""))
 
 
 def summary_lines(summary, meta, args, budget, pause_eval):
@@ -1830,17 +1917,7 @@ def run_training(args, held):
     def every(pct):  # (past the run: only at its end; 1e308 % overflowed to an OverflowError)
         return max(1, round(min(spe * pct / 100, 2**62))) if pct > 0 else None
     log_every, eval_every, save_every = every(args.log_interval), every(args.eval_interval), every(args.save_interval)
-    # A budgeted run may repeat a small dataset's epoch every few seconds: its logs, evaluations and saves follow
-    # the clock instead, each when the run enters its next slice of pct % of the budget.
-    slices = {}
-
-    def budget_due(kind, pct, frac):
-        if not pct > 0:
-            return False
-        k = int(min(frac * 100 / pct, 2**62))  # (--log_interval 1e-310: an OverflowError)
-        last = slices.setdefault(kind, k)  # the first call only sets where the run starts
-        slices[kind] = k
-        return k > last
+    slices = {}  # a budgeted run's logs, evaluations and saves follow the clock instead (see entered_slice)
 
     # ---- the loop
     run_steps, run_tokens, stopped = 0, 0, "done"
@@ -1872,11 +1949,7 @@ def run_training(args, held):
     eval_steps = min(eval_windows, len(val_w)) / batches.windows_per_step / 2
     step_times = []  # the last two steps' seconds (not the first's: a cold compile): a budget's next step must fit
     clock = budget_spent  # seconds of the budget spent, as all ranks agree after each step
-    # A budgeted run evaluates at each --eval_interval slice of the clock, once EVAL_SPACING times the last
-    # evaluation's cost (its time and two saves', as the final one's: the reserve) has passed since it ended: an
-    # evaluation that takes longer than a slice (GPT-2's 50k-wide head on a CPU: 5 s against a 1-minute budget's 6-s
-    # slices) had come after every step, 85% of the budget
-    last_eval_clock = None
+    last_eval_clock = None  # the clock when the last evaluation ended (see budget_decisions)
     model.train()
     interrupt = GracefulInterrupt()
     try:
@@ -1893,20 +1966,9 @@ def run_training(args, held):
                                                                              budget_spent + time.time() - t_run))
                 try:
                     for micro, n_windows, n_targets in steps:
-                        if budget:  # the schedule runs on the clock: warmup over a share of the budget, then cosine
-                            # (several ranks take the clock they agreed on: their weights must stay identical)
-                            # from the end of the first step on (see Progress.schedule_origin)
-                            spent = 0.0
-                            if p.schedule_origin is not None:
-                                now = budget_spent + time.time() - t_run if dist.world == 1 else clock
-                                # the decay ends where the run does, before the time it keeps for its final
-                                # evaluation and saves: at the budget's end, a run whose final evaluation took a
-                                # quarter of it stopped with its lr ~25% of the way from --min_lr to --lr
-                                spent = (now - p.schedule_origin) / max(budget - held_back - p.schedule_origin, 1e-9)
-                            # (past the decay's end: lr_at's --min_lr)
-                            lr = lr_at(int(spent * 10_000), args.lr, args.min_lr, round(budget_warmup * 10_000), 10_000)
-                        else:
-                            lr = lr_at(p.step, args.lr, args.min_lr, args.warmup, total_steps)
+                        # (several ranks take the clock they agreed on: their weights must stay identical)
+                        now = budget_spent + time.time() - t_run if dist.world == 1 else clock
+                        lr = step_lr(args, p, total_steps, budget, budget_warmup, now, held_back)
                         for group in optimizer.param_groups:
                             group["lr"] = lr
                         if dist.rank and config.dropout:
@@ -1960,31 +2022,11 @@ def run_training(args, held):
                             # the warmup nor skips part of the decay
                             p.schedule_origin = clock if p.schedule_origin is None else \
                                 p.schedule_origin + clock - budget_spent
-                        if budget and clock_next >= budget:
-                            stopped = "time budget"
                         t_extra, saves_before = time.time(), saved["total"]
                         if budget:
-                            frac = clock / budget
-                            eval_cost = clock_reserved - clock  # an evaluation's and its two saves', as agreed
-                            due_eval = budget_due("eval", args.eval_interval, frac) and (
-                                last_eval_clock is None or clock >= last_eval_clock + (1 + EVAL_SPACING) * eval_cost)
-                            if due_eval and stopped == "done" and clock_next + eval_cost >= budget:
-                                # this evaluation, a step and the final one would pass the budget: the final one, an
-                                # evaluation's time later at most, takes its place (made the final one, it ended the
-                                # run up to an evaluation's time early, its lr short of the decay's end)
-                                due_eval = False
-                            due_save = budget_due("save", args.save_interval, frac)
-                            if due_save and stopped == "done" and p.epoch < args.epochs and \
-                                    clock_next + save_s >= budget:
-                                # this save, a step and the final evaluation would pass the budget (the step was
-                                # judged to fit before the save took its time): skipped as a late evaluation is, the
-                                # final save, a save's time later at most, takes its place (made the final one, it ended
-                                # the run up to a save's time early)
-                                due_save = False
-                            # the end of the run, by the clock or by --epochs, is evaluated and saved
-                            last = stopped == "time budget" or (end_of_epoch and p.epoch >= args.epochs)
-                            due_eval, due_save = due_eval or last, due_save or last
-                            due_log = budget_due("log", args.log_interval, frac)
+                            stopped, due_eval, due_save, due_log = budget_decisions(
+                                args, p, slices, budget, clock, held_back, clock_next, save_s, last_eval_clock,
+                                stopped, end_of_epoch)
                         else:
                             due_eval = end_of_epoch or (eval_every and estep % eval_every == 0)
                             due_save = end_of_epoch or (save_every and estep % save_every == 0)
@@ -2035,22 +2077,11 @@ def run_training(args, held):
                                 bpb = bits_per_byte(last_val, meta)
                                 # a best file that goes at the first save (--overwrite) bars nothing: judged against
                                 # it, an evaluation at that save was never a best, and a later, worse one became one
-                                better = p.best_val_loss is None or best_goes or last_val < p.best_val_loss
-                                improved = better and not pause_eval
-                                if improved:
-                                    p.best_val_loss, p.evals_since_best = last_val, 0
-                                elif not pause_eval:
-                                    p.evals_since_best += 1
+                                better, improved = p.judge(last_val, no_bar=best_goes, pause=pause_eval)
                                 rec.update(val_loss=round(last_val, 5), val_ppl=round(math.exp(min(last_val, 50)), 3),
                                            val_bpb=None if bpb is None else round(bpb, 5), best=improved)
-                                say(f"{paint(f'step {p.step:,}', 'bold')} (epoch {rec['epoch']:.2f}): train "
-                                    f"{shown}, val {paint(f'{last_val:.4f}', 'green' if better else 'yellow')} "
-                                    f"(ppl {math.exp(min(last_val, 50)):.2f}" + (f", {bpb:.3f} bpb" if bpb else "") +
-                                    f"), lr {lr:.2e}, {tps:,.0f} tokens/s" + (paint("  * best", "green") if improved else "")
-                                    # (a better val loss, green, with no "* best" and the summary naming an earlier
-                                    # best file: the line says why)
-                                    + (paint("  (a --max_steps pause: not judged for the best file or --patience)",
-                                             "dim") if pause_eval else ""))
+                                say(eval_line(p.step, rec["epoch"], shown, last_val, meta, lr, tps, better, improved,
+                                              pause_eval))
                                 if improved:
                                     save(best_path)
                                 # (a pause's stops nothing: a run continued with a new --patience stopped at
