@@ -1657,6 +1657,21 @@ def training_dtype(device, name):
     return dtype
 
 
+def fitted_batch_size(args, n_windows, dist, batch_given, continuing):
+    """--batch_size, cut to the n_windows of the train split a process gets; refused where the user gave it."""
+    per_rank = math.ceil(n_windows / dist.world)
+    if args.batch_size <= per_rank:
+        return args.batch_size
+    # the rest of each batch would be padding (10**30 ended in a numpy TypeError)
+    more = (f"{args.batch_size:,} is more than the {n_windows:,} windows of {args.block_size} tokens in the train "
+            f"split" + (f" ({per_rank:,} a process)" if dist.world > 1 else ""))
+    if batch_given:
+        raise UserError(f"--batch_size {more}: use --batch_size {per_rank} or less, or prepare more text")
+    if dist.main:  # a preset's or the checkpoint's batch on a small text: the same steps, without the padding
+        warn(f"the {'checkpoint' if continuing else 'preset'}'s batch of {more}: batches of {per_rank}")
+    return per_rank
+
+
 def build_training(args, config, ckpt, ckpt_args, continuing, device, dtype, dist):
     """The model, its optimizer and loss scaler, and the Forward that trains it, with a continued run's state."""
     torch.manual_seed(args.seed)  # initial weights (a checkpoint's replace them) and dropout
@@ -1702,6 +1717,14 @@ def build_training(args, config, ckpt, ckpt_args, continuing, device, dtype, dis
         train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None, **no_buffer_sync)
     fwd = Forward(train_model, args.compile)  # compile the DDP model: its graphs break at the buckets (DDPOptimizer)
     return model, optimizer, scaler, fwd
+
+
+def oom_error(args, e):
+    """The UserError of a run out of memory (e) in its loop: the options that make its steps smaller."""
+    return UserError(f"out of memory with --batch_size {args.batch_size} x --block_size {args.block_size}: use a "
+                     f"smaller --batch_size (and a larger --grad_accum to keep the tokens per step)"
+                     f"{'' if args.recompute_activations else ', --recompute_activations'} or a smaller --block_size "
+                     f"({first_line(e)})", every_rank=True)  # one GPU's alone, maybe
 
 
 def train(args):
@@ -1780,15 +1803,7 @@ def run_training(args, held):
 
     train_w = Windows(meta, "train", args.block_size)
     val_w = Windows(meta, "val", args.block_size)
-    per_rank = math.ceil(len(train_w) / dist.world)
-    if args.batch_size > per_rank:  # the rest of each batch would be padding (10**30 ended in a numpy TypeError)
-        more = (f"{args.batch_size:,} is more than the {len(train_w):,} windows of {args.block_size} tokens in the train "
-                f"split" + (f" ({per_rank:,} a process)" if dist.world > 1 else ""))
-        if batch_given:
-            raise UserError(f"--batch_size {more}: use --batch_size {per_rank} or less, or prepare more text")
-        if dist.main:  # a preset's or the checkpoint's batch on a small text: the same steps, without the padding
-            warn(f"the {'checkpoint' if continuing else 'preset'}'s batch of {more}: batches of {per_rank}")
-        args.batch_size = per_rank
+    args.batch_size = fitted_batch_size(args, len(train_w), dist, batch_given, continuing)
     packing = packing_warning(meta, args.block_size, config.block_size)
     if packing:
         warn(packing)
@@ -2137,10 +2152,7 @@ def run_training(args, held):
                 save(out_path())
                 warn(f"saved {saved['path']} (step {p.step:,}) before stopping on the error below")
         if is_oom(e) and not isinstance(e, UserError):
-            raise UserError(f"out of memory with --batch_size {args.batch_size} x --block_size {args.block_size}: "
-                            f"use a smaller --batch_size (and a larger --grad_accum to keep the tokens per step)"
-                            f"{'' if args.recompute_activations else ', --recompute_activations'} or a smaller "
-                            f"--block_size ({first_line(e)})", every_rank=True) from e  # one GPU's alone, maybe
+            raise oom_error(args, e) from e
         if dist.world > 1 and is_peer_failure(e):
             if interrupt.requested:
                 # Ctrl-C reached every rank, and another quit on it before its loop (where it waits for the step's
