@@ -1486,12 +1486,14 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
         own = [(i, label) for i, role, label, _ in opened if role == "val"]
         warn_all_in_train(", ".join(label for _, label in own))
         val.repeats = 0
-        for i, label in own:  # read again, within --limit's share, which the documents left out did not spend
-            write(limited(streams[i][2](), budget, "val"), val, label)
+        for i, label in own:  # read again, within --limit's share, which the documents left out did not spend; each
+            # once all the same (a copy of train's head repeats what train repeats: kept twice, it weighed double)
+            write(limited(unseen(streams[i][2](), np.zeros(0, np.int64), val), budget, "val"), val, label)
     drop = repeated(val_keys, train_keys)
     if drop and len(drop) == len(val_keys):  # val keeps them: train.py needs a val split, and nothing else is left
         warn_all_in_train(label_of(streams))
-    elif drop:
+        drop = repeated(val_keys, array("q"))  # each once all the same
+    if drop:
         splits["val"].drop_documents(drop, enc.eot_token, table)
     # train.py evaluates on val: a val of <|endoftext|> alone (one short document) or of nothing sent the user to
     # prepare.py again, which found the dataset up to date; a one-token text, whole in val, leaves train nothing

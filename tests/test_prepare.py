@@ -2246,6 +2246,28 @@ def test_val_keeps_one_copy_of_a_document_it_repeats(tmp_path, monkeypatch, enc,
     assert enc.decode(ids.tolist()) == docs[27] + EOT + docs[28] + EOT and meta["val_repeats"] == 1
 
 
+def test_a_val_kept_though_train_has_it_keeps_one_copy_of_each_document(tmp_path, monkeypatch, enc, capsys):
+    # every val document in train: val is kept (train.py needs one), and it kept every copy of a document it repeats,
+    # weighing it double in the val loss, as val did before it kept one copy. A source's own validation split (a quick
+    # set's validation file copied from train, which repeats a dialogue) and a val cut from train's sources alike
+    fake_mirror(tmp_path / "mirror")
+    train = (tmp_path / "mirror" / "dailydialog" / "dialogues_train.txt").read_text().splitlines()
+    (tmp_path / "mirror" / "dailydialog" / "dialogues_validation.txt").write_text("\n".join(train[:3] + train[:1]) + "\n")
+    monkeypatch.setenv("DATA_MIRROR", str(tmp_path / "mirror"))
+    meta = prepare.prepare("dailydialog", out_dir=str(tmp_path / "data"), pack=0)
+    check_sizes(tmp_path / "data" / "dailydialog", meta)
+    ids, _ = load(tmp_path / "data" / "dailydialog", "val", meta)
+    assert [enc.decode(ids.tolist()).count(f"dd{i} hello") for i in range(3)] == [1, 1, 1], enc.decode(ids.tolist())
+    assert meta["splits"]["val"]["documents"] == 3 and meta["val_repeats"] == 1
+    assert "every document of the val split is also in train" in capsys.readouterr().err
+    docs = [f"Note {i}: the cat sat on the mat." for i in range(30)]
+    docs[27:] = [docs[0]] * 3  # val: the last 3, one document train has
+    meta = prepare.prepare("text", source=write(tmp_path / "notes.txt", EOT.join(docs)), out_dir=str(tmp_path / "data"))
+    ids, _ = load(tmp_path / "data" / "text", "val", meta)
+    assert enc.decode(ids.tolist()) == docs[0] + EOT and meta["val_repeats"] == 2
+    assert "every document of the val split is also in train" in capsys.readouterr().err
+
+
 def test_a_val_cut_from_trains_sources_leaves_out_the_documents_train_has(tmp_path, enc, capsys):
     # DailyDialog's train file given as --source repeats dialogues within itself: 99 of the 1,112 its tail gave val
     # were in train too, and the val loss read better than the model was
