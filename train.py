@@ -824,10 +824,11 @@ def budget_decisions(args, p, slices, budget, clock, eval_cost, clock_next, save
     # slices) had come after every step, 85% of the budget
     due_eval = entered_slice(slices, "eval", args.eval_interval, frac) and (
         last_eval_clock is None or clock >= last_eval_clock + (1 + EVAL_SPACING) * eval_cost)
-    if due_eval and stopped == "done" and clock_next + eval_cost >= budget:
+    if due_eval and stopped in ("done", "max_steps") and clock_next + eval_cost >= budget:
         # this evaluation, a step and the final one would pass the budget: the final one, an evaluation's time later
         # at most, takes its place (made the final one, it ended the run up to an evaluation's time early, its lr
-        # short of the decay's end)
+        # short of the decay's end). At a --max_steps stop too: its evaluation is then a pause, not judged, as the run
+        # in one go skips it (judged, the run continued from it counted an evaluation the run in one go never made)
         due_eval = False
     due_save = entered_slice(slices, "save", args.save_interval, frac)
     if due_save and stopped == "done" and p.epoch < args.epochs and clock_next + save_s >= budget:

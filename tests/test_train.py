@@ -2648,8 +2648,9 @@ def test_a_cold_compile_over_half_the_budget_leaves_the_rest_to_training(env, tm
 
 def test_a_budget_run_that_reaches_max_steps_says_so(env, tmp_path, monkeypatch, capsys):
     # a scheduled evaluation near the end of the budget, which would leave no room for a step and the final one, is
-    # skipped; at the step where --max_steps ends the run it is the run's last: made and judged (not a pause's), and
-    # the run stopped by --max_steps
+    # skipped; at the step where --max_steps ends the run it is the run's last, made as a pause (not judged for the
+    # best file or --patience, as the run in one go skips it: judged, the run continued from it could count an
+    # evaluation the run in one go never made), and the run stopped by --max_steps
     StepClock(monkeypatch, step=1 / 8, evaluation=1 / 4)
     monkeypatch.setattr(train, "EVAL_SPACING", 0)  # evaluations at each 10% slice of the clock
     argv = ["--dataset", "mini", "--time_budget", 0.1]
@@ -2659,7 +2660,7 @@ def test_a_budget_run_that_reaches_max_steps_says_so(env, tmp_path, monkeypatch,
     assert by_clock["stopped"] == "time budget" and len(skipped) == 1, recs
     s = train.train(args_for(env, tmp_path / "b", *argv, "--max_steps", skipped[0]))
     assert s["stopped"] == "max_steps" and s["run_steps"] == skipped[0] and s["val_loss"] is not None
-    assert "pause" not in capsys.readouterr().out
+    assert "a --max_steps pause" in capsys.readouterr().out and read_metrics(s["metrics"])[-1]["best"] is False
 
 
 def test_a_budgets_last_scheduled_evaluation_leaves_the_rest_to_training(env, tmp_path, monkeypatch):
