@@ -158,13 +158,15 @@ def test_a_time_budget_ends_every_rank_at_the_same_step(env, tmp_path):
     """The budget's clock is agreed on by the ranks each step: the learning rate, the evaluations and the end are
     the same on both, so the run ends together (a rank that went on alone would hang in its next all-reduce)."""
     out = tmp_path / "budget"
+    budget = 4.8  # seconds: 7 epochs of mini on a busy 1-core machine, where the test asks for more than 1
     r = torchrun(["--data_dir", env["data"], "--dataset", "mini", "--output_checkpoint", out / "{dataset}.pt",
-                  "--batch_size", "4", "--time_budget", "0.15", *MODEL])
+                  "--batch_size", "4", "--time_budget", budget / 60, *MODEL])
     assert r.stdout.count("time budget: ") == 1, r.stdout[-2000:]
     ck = load_checkpoint(str(out / "mini.pt"))
     recs = read_metrics(out / "mini_metrics.jsonl")
     assert ck["step"] == recs[-1]["step"] and recs[-1]["val_loss"] is not None  # evaluated when the budget ended
-    assert ck["epoch"] > 1 and 0.8 * 9 < ck["elapsed"] < 9 + 5  # stopped early enough to fit the last eval and save
+    # stopped early enough to fit the last eval and save
+    assert ck["epoch"] > 1 and 0.8 * budget < ck["elapsed"] < budget + 5
 
 
 def test_two_nodes_meet_at_a_rendezvous_endpoint(env, runs):
@@ -253,7 +255,7 @@ import train
 save_checkpoint = train.save_checkpoint
 
 def slow_save(*args, **kwargs):  # a large model's checkpoint, a slow disk (rank 0 alone saves)
-    time.sleep(4)
+    time.sleep(2)  # ample: torchrun stops the ranks within its 0.1-s monitor interval of another's end
     return save_checkpoint(*args, **kwargs)
 
 train.save_checkpoint = slow_save
@@ -428,7 +430,7 @@ def test_bad_input_is_said_when_the_first_process_is_late(env, tmp_path, bad):
     was stopped before it said why, and the run ended with torchrun's report alone."""
     late = tmp_path / "late_first.py"
     late.write_text(f"import os, runpy, sys, time\nsys.path.insert(0, {ROOT!r})\n"
-                    f"if os.environ['LOCAL_RANK'] == '0':\n    time.sleep(5)\n"
+                    f"if os.environ['LOCAL_RANK'] == '0':\n    time.sleep(2)\n"  # (torchrun stops the rest in 0.1 s)
                     f"runpy.run_path({os.path.join(ROOT, 'train.py')!r}, run_name='__main__')\n")
     r = torchrun(["--data_dir", env["data"], *bad], script=late, stdin=subprocess.DEVNULL)
     _, err = r.communicate(timeout=240)
