@@ -28,6 +28,7 @@ import prepare
 import train
 from checkpoint import load_checkpoint, load_model, save_checkpoint
 from common import UserError, held_lock, prepare_lock
+from conftest import run_cli
 from model import GPT, make_config
 from setup_tokenizer import EOT, IM_END, get_tokenizer, render_chat, tokenizer_hash, train_tokenizer
 
@@ -2474,7 +2475,7 @@ def test_the_bar_of_a_run_past_its_budget_says_no_time_below_zero(env, tmp_path,
     shown = re.findall(r"\| (\d+)/\d+ \[[\d:]+, budget ends in ([^,]+),", capsys.readouterr().err)
     assert shown and shown[-1] == ("4", "0s"), shown
 
-def test_a_terminal_without_a_width_gets_the_plain_lines(env, tmp_path):
+def test_a_terminal_without_a_width_gets_the_plain_lines(env, tmp_path, monkeypatch, capsys):
     # a pseudo-terminal nobody sized (`script -qc CMD /dev/null | tee log`) reports 0 columns: tqdm drew the bar as
     # nothing there, and the log lines a bar stands in for were not written either: the run showed its evaluations
     # alone. So with columns but 0 rows (`stty rows 0`): tqdm draws no bar below its last row, the -1st
@@ -2482,26 +2483,28 @@ def test_a_terminal_without_a_width_gets_the_plain_lines(env, tmp_path):
     import struct
 
     def run(columns, rows=24):
+        """train.py's main with its stderr on a pseudo-terminal of that size (in this process: train.py in one of its
+        own took 4-5 s a run to load torch, where the ctrl-c tests run it so): (stdout, what the terminal got)."""
         master, slave = pty.openpty()  # 0 x 0 until someone sets a size
         if columns:
             fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
-        cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--data_dir", env["data"], "--dataset", "mini",
-               "--output_checkpoint", str(tmp_path / f"{columns}x{rows}" / "{dataset}_epoch{epoch}.pt"),
-               "--n_layer", "1",
-               "--n_head", "2", "--n_embd", "32", "--block_size", "64", "--max_steps", "4", "--log_interval", "1",
-               "--eval_interval", "0", "--device", "cpu", "--no-color"]
+        argv = ["--data_dir", env["data"], "--dataset", "mini",
+                "--output_checkpoint", str(tmp_path / f"{columns}x{rows}" / "{dataset}_epoch{epoch}.pt"),
+                "--n_layer", "1",
+                "--n_head", "2", "--n_embd", "32", "--block_size", "64", "--max_steps", "4", "--log_interval", "1",
+                "--eval_interval", "0", "--device", "cpu", "--no-color"]
         try:
-            proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=slave, text=True, timeout=240,
-                                  env={**os.environ, "OMP_NUM_THREADS": "1"})
-            os.close(slave)
+            with open(slave, "w", encoding="utf-8") as terminal, monkeypatch.context() as m:  # (closes slave)
+                m.setattr(sys, "stderr", terminal)
+                code, out, _ = run_cli(train.main, argv, capsys)
             bar = b""
             with contextlib.suppress(OSError):  # (EIO once all is read and the other end is closed)
                 while chunk := os.read(master, 65536):
                     bar += chunk
         finally:
             os.close(master)
-        assert proc.returncode == 0, (proc.stdout, bar)
-        return proc.stdout, bar.decode(errors="replace")
+        assert code == 0, (out, bar)
+        return out, bar.decode(errors="replace")
     for columns, rows in ((0, 0), (80, 0)):
         out, bar = run(columns, rows)
         assert re.findall(r"^step (\d) \(epoch", out, re.M) == ["1", "2", "3", "4"], (columns, rows, out)
