@@ -327,13 +327,13 @@ def test_init_from_fine_tunes_a_gpt2_folder(hub_gpt2, enc, tmp_path, capsys):
     out = tmp_path / "models"
     s = train.train(train.parse_args(["--init_from", hub_gpt2["folder"], "--data_dir", data, "--dataset", "story",
                                       "--output_checkpoint", str(out / "{dataset}.pt"), "--max_steps", "15",
-                                      "--batch_size", "8", "--eval_batches", "4", "--eval_interval", "0",
+                                      "--batch_size", "4", "--eval_batches", "4", "--eval_interval", "0",
                                       "--no-color", *CPU]))
     assert s["run_steps"] == 15
     tuned, enc2, ckpt = load_model(s["checkpoint"])
     assert enc2.name == "gpt2" and ckpt["args"]["init_from"] == hub_gpt2["folder"]
     after = train.evaluate(tuned, val, 8, 4 * 8, torch.device("cpu"), torch.float32)
-    assert after < before - 0.5, (before, after)
+    assert after < before - 0.5, (before, after)  # (11.06 -> 9.91 here: 4 windows a step)
     # the fine-tuned checkpoint is an ordinary one: gen.py samples from it
     capsys.readouterr()  # train.py's log
     code, out_text, err = run_cli(gen.main, [s["checkpoint"], "--prompt", "Once", "--max_tokens", "5", "--seed", "1",
