@@ -952,7 +952,9 @@ def test_a_source_folder_skips_hidden_folders_and_prepared_datasets(tmp_path):
     write(src / "more" / "meta.json", json.dumps({"messages": CONVERSATIONS[1]}))  # data that happens to be named so
     for _ in range(2):
         meta = prepare.prepare("chat", source=str(src), out_dir=str(src), name="mine")
-        assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == 2 * len(CONVERSATIONS) + 1
+        # (b.jsonl repeats a.jsonl: the val cut from its tail, all in train, keeps one copy of what it repeats)
+        assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] + meta["val_repeats"] == \
+            2 * len(CONVERSATIONS) + 1
     # the dataset written into the source folder itself: its meta.json was read back as records and refused
     notes = tmp_path / "notes"
     for i in range(10):
