@@ -475,6 +475,10 @@ def main(argv=None):
     device = pick_device(args.device)
     dtype = pick_dtype(device, args.dtype)
     model, enc, ckpt = load_model(path, device)
+    if not args.checkpoint and not args.verbose:  # (--verbose's first line names it)
+        # which of models/ is "the newest" is not the user's to guess: after a fine-tune it is the chat run's last
+        # checkpoint, not the best file its "try it" named, and a story prompt came back in ChatML without a word
+        print(f"using {path}, the newest checkpoint in models/", file=sys.stderr)
     if args.chat:
         warn_if_trained_on_text(path, ckpt)
     max_tokens = args.max_tokens or (10**9 if args.nonstop else 256)

@@ -433,6 +433,9 @@ def test_bad_input_errors(ckpt, tmp_path, capsys, monkeypatch):
     shutil.copy(ckpt, "models/chat-demo/dailydialog_best.pt")
     code, out, err = cli(["--prompt", "Hi", "--max_tokens", "2", "--verbose"] + CPU, capsys)
     assert code == 0 and err.startswith("models/chat-demo/dailydialog_best.pt: "), err
+    # and without --verbose the checkpoint picked is named too: the user did not choose it
+    code, out, err = cli(["--prompt", "Hi", "--max_tokens", "2"] + CPU, capsys)
+    assert code == 0 and err == "using models/chat-demo/dailydialog_best.pt, the newest checkpoint in models/\n", err
     # an option for another kind of run is refused, not ignored
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("Once\n")
