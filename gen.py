@@ -489,9 +489,11 @@ def main(argv=None):
     elif args.max_tokens and args.chat and \
             max_tokens > (least := room_after(model, model.config.block_size - reserve_for(model, max_tokens))):
         # (only a turn that crowds the history out was warned of: the others were cut short without a word)
+        # ("or more" held only while the newest message fits the other half: a longer one leaves less, and its own
+        # warning then says how much; a 64-token context was told 33 or more, then 20 at most)
         print(f"warning: --max_tokens {max_tokens} is more than the half of the context ({model.config.block_size}) "
-              f"kept for replies: a reply gets {least} tokens or more, as many as the conversation leaves",
-              file=sys.stderr)
+              f"kept for replies: a reply gets {least} tokens or more, as many as the conversation leaves, fewer after "
+              f"a message longer than the other half", file=sys.stderr)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
     generator = seeded_generator(device, seed)
     sampling = dict(dtype=dtype, temperature=args.temp, top_k=args.top_k, top_p=args.top_p,

@@ -204,10 +204,11 @@ def test_chat_reset_in_process(la_ckpt, enc, capsys, monkeypatch):
     first = len(render_chat(enc, [{"role": "user", "content": "hello"}], add_generation_prompt=True)[0])
     second = len(render_chat(enc, [{"role": "user", "content": "hi"}], add_generation_prompt=True)[0])
     assert [int(n) for n in re.findall(r"prompt (\d+) tokens", err)] == [first, second]
-    # the history keeps half the 64-token context: a reply may get 33 tokens, never fewer, and 40 were asked for (a
-    # reply was cut short without a word unless the history had to be cut too)
+    # the history keeps half the 64-token context: a reply may get 33 tokens, fewer only after a message longer than
+    # the other half, and 40 were asked for (a reply was cut short without a word unless the history had to be cut too)
     assert err.count("warning: ") == 1 and "warning: --max_tokens 40 is more than the half of the context (64) kept " \
-        "for replies: a reply gets 33 tokens or more, as many as the conversation leaves\n" in err
+        "for replies: a reply gets 33 tokens or more, as many as the conversation leaves, fewer after a message " \
+        "longer than the other half\n" in err
     monkeypatch.setattr(sys, "stdin", io.StringIO("hello\n"))
     code, out, err = cli([la_ckpt, "--chat", "--seed", "1", "--max_tokens", "33"] + CPU, capsys)
     assert code == 0 and "warning" not in err, err
