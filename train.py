@@ -1139,8 +1139,10 @@ class GracefulInterrupt:
             raise KeyboardInterrupt
         self.requested, self.signum = True, signum
         if not quiet:  # under torchrun, which passes one Ctrl-C on to the ranks and kills them 30 s later
-            again = "" if "LOCAL_RANK" in os.environ else " (press Ctrl-C to quit without saving)"
             name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+            # (after a Ctrl-C, "press Ctrl-C to quit" read as if the first had not been taken)
+            again = "" if "LOCAL_RANK" in os.environ else \
+                f" (Ctrl-C{' again' if signum == signal.SIGINT else ''} quits without saving)"
             tqdm.write(f"\n{name}: saving after this step{again}", file=sys.stderr)
 
     def __enter__(self):
