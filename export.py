@@ -63,7 +63,8 @@ def main(argv=None):
     kind = "GPT2LMHeadModel" if model.config.variant == "gpt2" else "LlamaForCausalLM"
     print(f"wrote {args.out_dir}: {kind}, {model.config.n_layer} layers x {model.config.n_embd}, {enc.n_vocab:,} token "
           f"ids ({enc.name}), {args.dtype}; files {', '.join(names)}")
-    print(f"load it with AutoModelForCausalLM.from_pretrained({args.out_dir!r}) and AutoTokenizer.from_pretrained(...)")
+    print(f"load it with AutoModelForCausalLM.from_pretrained({args.out_dir!r}) and "
+          f"AutoTokenizer.from_pretrained({args.out_dir!r}), or give it to gen.py, eval.py or serve.py as a checkpoint")
 
 
 if __name__ == "__main__":
