@@ -1140,13 +1140,20 @@ class GracefulInterrupt:
         self.requested, self.signum = True, signum
         if not quiet:  # under torchrun, which passes one Ctrl-C on to the ranks and kills them 30 s later
             name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
-            # (after a Ctrl-C, "press Ctrl-C to quit" read as if the first had not been taken)
+            # (after a Ctrl-C, "press Ctrl-C to quit" read as if the first had not been taken; with Ctrl-C ignored,
+            # a second SIGTERM is what quits)
+            quits = signal.SIGINT if signal.SIGINT in self.old else signal.SIGTERM
             again = "" if "LOCAL_RANK" in os.environ else \
-                f" (Ctrl-C{' again' if signum == signal.SIGINT else ''} quits without saving)"
+                f" ({'Ctrl-C' if quits == signal.SIGINT else 'SIGTERM'}{' again' if signum == quits else ''} quits " \
+                f"without saving)"
             tqdm.write(f"\n{name}: saving after this step{again}", file=sys.stderr)
 
     def __enter__(self):
-        signals = [signal.SIGINT] + ([] if "LOCAL_RANK" in os.environ else [signal.SIGTERM])
+        # Ctrl-C ignored stays ignored, as common.quiet_ctrl_c leaves it: a script's `python train.py &` (its shell
+        # starts a background job so) was stopped by the Ctrl-C pressed for the script, taken over here for the
+        # whole of training; SIGTERM still stops it with a save
+        ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        signals = ([] if ignored else [signal.SIGINT]) + ([] if "LOCAL_RANK" in os.environ else [signal.SIGTERM])
         with contextlib.suppress(ValueError):  # ValueError: not the main thread
             for sig in signals:
                 self.old[sig] = signal.signal(sig, self.handler)

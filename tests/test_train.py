@@ -2984,6 +2984,23 @@ def test_graceful_interrupt_gives_the_earlier_handlers_back(monkeypatch):
             signal.signal(sig, h)
 
 
+def test_graceful_interrupt_leaves_an_ignored_ctrl_c_ignored(monkeypatch):
+    """A script's `python train.py &` starts with Ctrl-C ignored, as its shell does for a background job: the Ctrl-C
+    pressed for the script stopped the run (GracefulInterrupt took SIGINT over for all of training), though
+    common.quiet_ctrl_c leaves it ignored for the rest. SIGTERM still stops it with a save."""
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        with train.GracefulInterrupt() as g:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and signal.getsignal(signal.SIGTERM) == g.handler
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and signal.getsignal(signal.SIGTERM) is before[
+            signal.SIGTERM]
+    finally:
+        for sig, h in before.items():
+            signal.signal(sig, h)
+
+
 def test_a_budgets_min_lr_defaults_to_a_hundredth_of_lr():
     """A budget ends at a known moment, so its default decay goes to lr/100; a run of epochs or steps to lr/10."""
     config = train.make_config("tiny")
