@@ -2059,7 +2059,7 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
     where = "cut into train and val" if cut == docs else f"{tr['documents']:,} train, {va['documents']:,} val" + (
         f", {cut:,} cut into train and val" if cut else "")
     if meta["val_repeats"]:  # (a count short of the source's, without a word, read as documents lost)
-        where += f"; {meta['val_repeats']:,} left out of val, as train or val has them already"
+        where += f"; {meta['val_repeats']:,} left out of val (already in train or val)"
     print(f"{folder}: {docs:,} document{'' if docs == 1 else 's'} ({where}), "
           f"{tokens:,} tokens ({tr['tokens']:,} / {va['tokens']:,}), {mb:.1f} MB of text in {dt:.1f}s: "
           f"{mb / dt:.2f} MB/s, {tokens / dt / 1e6:.2f}M tokens/s")

@@ -1443,11 +1443,15 @@ def resumed_progress(args, ckpt, ckpt_args, meta, train_w, val_w, batches, eval_
     if ckpt_args.get("time_budget") is None:  # a budget given to a run that had none starts now, all of it
         p.budget_elapsed, p.schedule_origin = 0.0, None
     # the epoch's window order is another: going on from the position would repeat some windows, skip others
-    new_order = ckpt_args.get("block_size") != args.block_size or ckpt.get("data", {}).get("train_tokens") != \
-        meta.get("splits", {}).get("train", {}).get("tokens") or ckpt_args.get("seed", args.seed) != args.seed
-    if new_order:
+    # (each named, with its values: "the data, --block_size or --seed changed" left the user to find which)
+    changed = [f"{name} ({was} -> {now})" for name, was, now in (
+        ("the data's train tokens", ckpt.get("data", {}).get("train_tokens"),
+         meta.get("splits", {}).get("train", {}).get("tokens")),
+        ("--block_size", ckpt_args.get("block_size"), args.block_size),
+        ("--seed", ckpt_args.get("seed", args.seed), args.seed)) if was != now]
+    if changed:
         if p.windows:
-            warn("the data, --block_size or --seed changed since the checkpoint: its epoch starts over")
+            warn(f"{' and '.join(changed)} changed since the checkpoint: its epoch starts over")
         p.windows = 0
     if p.windows >= len(train_w):
         p.epoch, p.windows = p.epoch + 1, 0
@@ -1487,7 +1491,7 @@ def resumed_progress(args, ckpt, ckpt_args, meta, train_w, val_w, batches, eval_
              + f": no bar to this run's, whose next evaluation makes a new best file "
              f"({os.path.basename(best_path)})")
         p.best_val_loss, p.evals_since_best = None, 0
-    if (new_order or was != batches.windows_per_step) and not budget:
+    if (changed or was != batches.windows_per_step) and not budget:
         # epochs of another length, or another global batch (other ranks or batch options): the lr schedule counts
         # steps of the new size, so place the run where the windows done so far put it, and its inherited warmup
         # with it

@@ -2165,7 +2165,7 @@ def test_a_chat_sets_own_val_split_leaves_out_the_conversations_train_has(tmp_pa
         text = enc.decode(ids.tolist())
         assert meta["splits"]["val"]["documents"] == kept and text.count("ddval") == 12
         assert meta["val_repeats"] == (3 if limit is None else 2)  # and said: a val short of the file's read as lost
-        assert f"{kept} val; {meta['val_repeats']} left out of val, as train or val has them already)" in capsys.readouterr().out
+        assert f"{kept} val; {meta['val_repeats']} left out of val (already in train or val))" in capsys.readouterr().out
         assert "dd7 " not in text and "dd9 " not in text.lower() and ("dd59 " in text) == (limit is not None)
         assert "each document once and none train has" in meta["val_split"]
     # the hub's validation split too
@@ -2191,7 +2191,7 @@ def test_a_text_sets_own_val_split_leaves_out_the_documents_train_has(tmp_path, 
     check_sizes(tmp_path / "data" / "story", meta)
     assert enc.decode(ids.tolist()) == "A new story." + EOT and meta["splits"]["val"]["bytes"] == len("A new story.")
     assert (meta["splits"]["train"]["documents"], meta["splits"]["val"]["documents"], meta["val_repeats"]) == (20, 1, 1)
-    assert "(20 train, 1 val; 1 left out of val, as train or val has them already)" in capsys.readouterr().out
+    assert "(20 train, 1 val; 1 left out of val (already in train or val))" in capsys.readouterr().out
     assert meta["val_split"] == "the source's own validation split, each document once and none train has"
     # a --source hf: set's validation split too, within --limit's share counting what val keeps (2 at 20 x 0.1)
     write(tmp_path / "set" / "train.jsonl", "".join(json.dumps(r) + "\n" for r in rows["train"]))
@@ -2238,7 +2238,7 @@ def test_val_keeps_one_copy_of_a_document_it_repeats(tmp_path, monkeypatch, enc,
     check_sizes(tmp_path / "data" / "dailydialog", meta)
     text = enc.decode(ids.tolist())
     assert [text.lower().count(f"ddval{i} hi") for i in range(6)] == [1] * 6 and meta["splits"]["val"]["documents"] == 6
-    assert meta["val_repeats"] == 2 and "(60 train, 6 val; 2 left out of val, as train or val has them already)" in \
+    assert meta["val_repeats"] == 2 and "(60 train, 6 val; 2 left out of val (already in train or val))" in \
         capsys.readouterr().out
     # and a val cut from train's sources: a file whose tail holds a document twice, which train has not
     docs = [f"Note {i}: the cat sat on the mat." for i in range(30)]
@@ -2283,7 +2283,7 @@ def test_a_val_cut_from_trains_sources_leaves_out_the_documents_train_has(tmp_pa
     check_sizes(tmp_path / "data" / "dailydialog", meta)
     assert enc.decode(ids.tolist()).count(IM_START + "user") == 1 and "d29 hello" in enc.decode(ids.tolist())
     assert meta["splits"]["val"]["documents"] == 1 and meta["splits"]["train"]["documents"] == 27
-    assert meta["val_repeats"] == 2 and "(27 train, 1 val; 2 left out of val, as train or val has them already)" in \
+    assert meta["val_repeats"] == 2 and "(27 train, 1 val; 2 left out of val (already in train or val))" in \
         capsys.readouterr().out
     assert meta["splits"]["val"]["bytes"] == text_bytes(enc, ids) and "each once and none train has" in meta["val_split"]
     # plain text, in several files: a later file's train documents count too, and whole one-document files

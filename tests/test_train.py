@@ -877,7 +877,7 @@ def test_a_new_seed_mid_epoch_starts_the_epoch_over(env, tmp_path, capsys):
     capsys.readouterr()
     r = train.train(train.parse_args(["--checkpoint", first["checkpoint"], "--seed", "7", "--max_steps", "1",
                                       "--data_dir", env["data"], "--device", "cpu", "--no_color"]))
-    assert "--seed changed since the checkpoint: its epoch starts over" in capsys.readouterr().err
+    assert "warning: --seed (1337 -> 7) changed since the checkpoint: its epoch starts over" in capsys.readouterr().err
     ck = load_checkpoint(r["checkpoint"])
     assert (ck["epoch"], ck["epoch_windows"], ck["args"]["seed"]) == (0, 16, 7)
 
