@@ -1444,9 +1444,11 @@ def resumed_progress(args, ckpt, ckpt_args, meta, train_w, val_w, batches, eval_
         p.budget_elapsed, p.schedule_origin = 0.0, None
     # the epoch's window order is another: going on from the position would repeat some windows, skip others
     # (each named, with its values: "the data, --block_size or --seed changed" left the user to find which)
+    def tokens(n):
+        return f"{n:,}" if is_count(n) else n
     changed = [f"{name} ({was} -> {now})" for name, was, now in (
-        ("the data's train tokens", ckpt.get("data", {}).get("train_tokens"),
-         meta.get("splits", {}).get("train", {}).get("tokens")),
+        ("the data's train tokens", tokens(ckpt.get("data", {}).get("train_tokens")),
+         tokens(meta.get("splits", {}).get("train", {}).get("tokens"))),
         ("--block_size", ckpt_args.get("block_size"), args.block_size),
         ("--seed", ckpt_args.get("seed", args.seed), args.seed)) if was != now]
     if changed:

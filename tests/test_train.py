@@ -2315,7 +2315,7 @@ def test_a_budget_run_that_runs_out_of_epochs_is_saved_and_evaluated(env, tmp_pa
     assert r["stopped"] == "time budget" and r["epochs_done"] >= 1 and r["steps"] > 3
 
 
-def test_changed_epochs_place_the_run_in_the_schedule_again(env, tmp_path):
+def test_changed_epochs_place_the_run_in_the_schedule_again(env, tmp_path, capsys):
     """Continued with another --block_size (or on data of another size), the epoch starts over and its steps are of
     another count: the run is placed by the epochs done (it kept its step, and the cosine never finished)."""
     first = train.train(args_for(env, tmp_path, "--dataset", "story", "--max_steps", "5", "--epochs", "2"))
@@ -2323,6 +2323,8 @@ def test_changed_epochs_place_the_run_in_the_schedule_again(env, tmp_path):
                                       "--output_checkpoint", str(tmp_path / "b32" / "{dataset}_epoch{epoch}.pt"),
                                       "--data_dir", env["data"], "--device", "cpu", "--no_color"]))
     assert load_checkpoint(r["checkpoint"])["step"] == 1  # step 0 of epoch 1's new count, then one step
+    assert "warning: --block_size (64 -> 32) changed since the checkpoint: its epoch starts over" in \
+        capsys.readouterr().err
 
 
 def test_a_diverging_run_never_saves_over_a_good_checkpoint(env, tmp_path):
