@@ -54,6 +54,7 @@ import threading
 import time
 import traceback
 import uuid
+from http.client import HTTPException, parse_headers
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
@@ -70,6 +71,7 @@ PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "chat.html")
 MAX_BODY = 1 << 20      # bytes of JSON a request may send: far more than any context here holds as text
 DRAIN, DRAIN_WAIT = 64 << 20, 10  # bytes and seconds of a refused, unread body dropped after its answer (linger)
 HEAD, HEAD_WAIT = 16 << 10, 1  # bytes and seconds of a turned-away request's head read for its Origin (turn_away)
+HEAD_END = re.compile(rb"\n\r?\n")  # the empty line that ends a request's head, its lines ended by CRLF or LF (request_head)
 MAX_STOP = 4            # stop strings per request, as OpenAI allows
 POLL = 0.2              # seconds between checks that a waiting client is still connected
 ANSWER_WAIT = 5         # seconds a stopping server gives the requests it holds to send their answers
@@ -492,6 +494,23 @@ def drain(sock):
             left -= len(data)
     except OSError:  # the wait is over (TimeoutError), or the client reset the connection
         pass
+
+
+def request_head(data):
+    """(method, path, headers) of the request whose first bytes, read unparsed, are data (ApiServer.turn_away), as
+    Handler reads them: its lines end in CRLF or a bare LF (RFC 9112 2.2; the standard library takes either), and its
+    head at the first empty line. A line cut short at data's end is left out (an Origin "http://allowed" of
+    "http://allowed.evil" is none), and a head that the standard library cannot read (over 100 headers) has none."""
+    end = HEAD_END.search(data)
+    lines = data[:end.end()] if end else data[:data.rfind(b"\n") + 1]
+    first, _, rest = lines.partition(b"\n")
+    method, _, target = first.decode("latin-1").partition(" ")
+    path, headers = "", parse_headers(io.BytesIO(b""))
+    with contextlib.suppress(ValueError):  # ("http://[x": an IPv6 address unclosed)
+        path = urlsplit(target.partition(" ")[0]).path
+    with contextlib.suppress(HTTPException):
+        headers = parse_headers(io.BytesIO(rest))
+    return method, path, headers
 
 
 class RequestReader(io.RawIOBase):
@@ -1118,23 +1137,19 @@ class ApiServer(ThreadingHTTPServer):
         another server); a connection closed unanswered reads as a crash there (a 502), and one left unaccepted waits
         for the proxy's timeout (a 504, a minute later). Then drained, as linger does: http.client writes a POST's head
         and body apart, and the second write met the closed connection's reset (BrokenPipeError), not the 503."""
-        origin, got, deadline = None, b"", time.monotonic() + HEAD_WAIT
+        got, deadline = b"", time.monotonic() + HEAD_WAIT
         try:
             # --cors naming origins: the 503 names the request's where it is one of them, as any error does (else the
             # page got an opaque network error in its place), so the request's head is read for its Origin, up to HEAD
             # bytes or HEAD_WAIT seconds (a browser's comes with the connection; a client silent that long: without)
             with contextlib.suppress(TimeoutError):
-                while (self.cors and "*" not in self.cors and b"\r\n\r\n" not in got and len(got) < HEAD
+                while (self.cors and "*" not in self.cors and not HEAD_END.search(got) and len(got) < HEAD
                        and (wait := deadline - time.monotonic()) > 0):
                     sock.settimeout(wait)
                     if not (data := sock.recv(HEAD)):
                         break
                     got += data
-            # a whole line of the head (not of a body after it): an Origin cut short, "http://allowed" of
-            # "http://allowed.evil", is none
-            end = got.find(b"\r\n\r\n")
-            if match := re.search(rb"^origin:[ \t]*(\S*)\r\n", got[:end + 2] if end >= 0 else got, re.I | re.M):
-                origin = match[1].decode("latin-1")
+            origin = request_head(got)[2].get("Origin")
             sock.settimeout(DRAIN_WAIT)  # (a new connection's buffer takes this at once)
             sock.sendall(self.overloaded(f"{self.max_connections} connections are open", origin))
             drain(sock)
