@@ -496,6 +496,13 @@ def drain(sock):
         pass
 
 
+def malformed(headers):
+    """Whether a request's head has a header line the standard library misreads (Handler.check_framing refuses it): one
+    with no colon, or a space before it (it drops every header after it, Content-Length included), or one folded onto
+    the next (its value holds the line break)."""
+    return bool(headers.defects) or any("\n" in v for v in headers.values())
+
+
 def request_head(data):
     """(method, path, headers) of the request whose first bytes, read unparsed, are data (ApiServer.turn_away), as
     Handler reads them: its lines end in CRLF or a bare LF (RFC 9112 2.2; the standard library takes either), and its
@@ -690,20 +697,32 @@ class Handler(BaseHTTPRequestHandler):
         origin = getattr(self, "headers", None) and self.headers.get("Origin")  # (none yet: a malformed request line)
         return self.server.cors_headers(origin)
 
-    def preflight(self, path):
-        """A browser's CORS preflight (OPTIONS with Access-Control-Request-Method) from an origin --cors allows:
-        204 with what the route takes. Without --cors, OPTIONS stays a 405, and a page of another origin cannot
-        send the API a JSON request."""
-        methods = self.ROUTES.get(path, {"GET"}) | {"OPTIONS"}
-        self.send_response(204)
-        self.send_header("Access-Control-Allow-Methods", ", ".join(sorted(methods)))
+    @classmethod
+    def preflight_headers(cls, api, method, path, headers):
+        """A browser's CORS preflight (OPTIONS with Access-Control-Request-Method) for a route of the API, from an
+        origin --cors allows: the headers of its 204, with what the route takes, but for the CORS ones every answer
+        has (ApiServer.cors_headers); None for another request. Without --cors, OPTIONS stays a 405, and a page of
+        another origin cannot send the API a JSON request. (preflight; ApiServer.turn_away, past --max_connections)"""
+        known = path in cls.ROUTES or path.startswith("/v1/models/")
+        if method != "OPTIONS" or not known or "Access-Control-Request-Method" not in headers \
+                or not api.cors_headers(headers.get("Origin")):
+            return None
+        methods = cls.ROUTES.get(path, {"GET"}) | {"OPTIONS"}
         # the headers the page asked to send (Authorization, Content-Type, the openai client's own X-Stainless-*)
-        self.send_header("Access-Control-Allow-Headers", self.headers.get("Access-Control-Request-Headers") or "Content-Type")
-        self.send_header("Access-Control-Max-Age", "86400")
-        if self.headers.get("Access-Control-Request-Private-Network") == "true":
+        answer = [("Access-Control-Allow-Methods", ", ".join(sorted(methods))),
+                  ("Access-Control-Allow-Headers", headers.get("Access-Control-Request-Headers") or "Content-Type"),
+                  ("Access-Control-Max-Age", "86400")]
+        if headers.get("Access-Control-Request-Private-Network") == "true":
             # Chrome's Private Network Access: a public site's page (an allowed origin) reaching this machine's
             # loopback or LAN address asks for this too, and without it the browser blocks the request
-            self.send_header("Access-Control-Allow-Private-Network", "true")
+            answer.append(("Access-Control-Allow-Private-Network", "true"))
+        return answer
+
+    def preflight(self, path):
+        """Answers the request, a CORS preflight (preflight_headers): 204."""
+        self.send_response(204)
+        for name, value in self.preflight_headers(self.server, "OPTIONS", path, self.headers):
+            self.send_header(name, value)
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
@@ -727,7 +746,7 @@ class Handler(BaseHTTPRequestHandler):
         h = self.headers
         # a header line with no colon, or a space before it: the standard library then drops every header after it,
         # Content-Length included
-        if h.defects or any("\n" in v for v in h.values()):
+        if malformed(h):
             why = "a header line is malformed (no colon, a space before it, or folded onto the next line)"
         elif self.request_version == "HTTP/1.1" and len(h.get_all("Host", [])) != 1:
             why = "an HTTP/1.1 request needs one Host header"
@@ -803,8 +822,7 @@ class Handler(BaseHTTPRequestHandler):
         """Refuses (404, 405) a path this server does not serve, or a method the path does not take: decided by the
         request's head alone, before its body is read (route, and handle_expect_100). Whether it is a CORS preflight,
         which route answers."""
-        known = path in self.ROUTES or path.startswith("/v1/models/")
-        if method == "OPTIONS" and known and "Access-Control-Request-Method" in self.headers and self.cors_headers():
+        if self.preflight_headers(self.server, method, path, self.headers) is not None:
             return True
         if path.startswith("/v1/models/"):
             if method != "GET":  # (it was "no such endpoint": client.models.delete raised NotFoundError)
@@ -1122,7 +1140,7 @@ class ApiServer(ThreadingHTTPServer):
                 self.worker.log(f"a connection turned away: no thread to serve it ({e})")
             with contextlib.suppress(OSError):
                 request.setblocking(False)
-                request.sendall(self.overloaded("no thread to serve another connection"))
+                request.sendall(self.busy_answer("no thread to serve another connection"))
             self.shutdown_request(request)
 
     def process_request_thread(self, request, client_address):
@@ -1133,25 +1151,23 @@ class ApiServer(ThreadingHTTPServer):
 
     def turn_away(self, sock, client_address):
         """A connection past max_connections: answered 503 overloaded, as a full queue's requests are, unread (but for
-        its head's Origin, under --cors). A client behind a proxy is told why (the proxy passes the 503 on, or tries
+        its head, under --cors: busy_answer). A client behind a proxy is told why (the proxy passes the 503 on, or tries
         another server); a connection closed unanswered reads as a crash there (a 502), and one left unaccepted waits
         for the proxy's timeout (a 504, a minute later). Then drained, as linger does: http.client writes a POST's head
         and body apart, and the second write met the closed connection's reset (BrokenPipeError), not the 503."""
         got, deadline = b"", time.monotonic() + HEAD_WAIT
         try:
-            # --cors naming origins: the 503 names the request's where it is one of them, as any error does (else the
-            # page got an opaque network error in its place), so the request's head is read for its Origin, up to HEAD
-            # bytes or HEAD_WAIT seconds (a browser's comes with the connection; a client silent that long: without)
+            # under --cors, the request's head is read (busy_answer), up to HEAD bytes or HEAD_WAIT seconds (a
+            # browser's comes with the connection; a client silent that long: answered as if it sent none)
             with contextlib.suppress(TimeoutError):
-                while (self.cors and "*" not in self.cors and not HEAD_END.search(got) and len(got) < HEAD
+                while (self.cors and not HEAD_END.search(got) and len(got) < HEAD
                        and (wait := deadline - time.monotonic()) > 0):
                     sock.settimeout(wait)
                     if not (data := sock.recv(HEAD)):
                         break
                     got += data
-            origin = request_head(got)[2].get("Origin")
             sock.settimeout(DRAIN_WAIT)  # (a new connection's buffer takes this at once)
-            sock.sendall(self.overloaded(f"{self.max_connections} connections are open", origin))
+            sock.sendall(self.busy_answer(f"{self.max_connections} connections are open", got))
             drain(sock)
         except OSError:  # the client is gone already
             pass
@@ -1159,18 +1175,31 @@ class ApiServer(ThreadingHTTPServer):
             self.shutdown_request(sock)
             self.refusals.release()
 
-    def overloaded(self, why, origin=None):
-        """The whole answer, 503 overloaded (a full queue's error body), to a connection turned away unread because
-        why, with the CORS headers of a request from origin."""
-        body = json.dumps(ApiError(503, f"the server is busy: {why}; retry shortly", type="server_error",
-                                   code="overloaded").body()).encode()
-        cors = "".join(f"{name}: {value}\r\n" for name, value in self.cors_headers(origin))
-        return (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-                f"Connection: close\r\n{cors}\r\n").encode() + body
+    def busy_answer(self, why, got=b""):
+        """The whole answer to a connection turned away because why, of which got was read (its request's head, some
+        of it or none: request_head): 503 overloaded, a full queue's error body, with the CORS headers of the request's
+        origin, as any error has (--cors naming origins: else the page got an opaque network error in its place). A
+        CORS preflight (Handler.preflight_headers) gets its 204, as ever: a browser takes a preflight answered
+        otherwise for a network error, whatever its headers, and the page never saw the 503 of the request after it,
+        which it could show. Cached (Access-Control-Max-Age) as ever too: the 204 is the same, busy or not.
+        (The request's Host is not checked, as Handler.check_host does: the 204 lets a page of an allowed origin send
+        a request, which meets that check, or the 503.)"""
+        method, path, headers = request_head(got)
+        cors = self.cors_headers(headers.get("Origin"))
+        preflight = None if malformed(headers) else Handler.preflight_headers(self, method, path, headers)
+        if preflight is not None:
+            status, body, fields = "204 No Content", b"", preflight
+        else:
+            status = "503 Service Unavailable"
+            body = json.dumps(ApiError(503, f"the server is busy: {why}; retry shortly", type="server_error",
+                                       code="overloaded").body()).encode()
+            fields = [("Content-Type", "application/json"), ("Content-Length", len(body))]
+        fields = "".join(f"{name}: {value}\r\n" for name, value in [*fields, ("Connection", "close"), *cors])
+        return f"HTTP/1.1 {status}\r\n{fields}\r\n".encode("latin-1") + body
 
     def cors_headers(self, origin):
         """The CORS headers of an answer to a request from origin (its Origin header, or None) under --cors: none
-        without --cors or for another origin, else that its pages may read it (Handler.end_headers, turn_away)."""
+        without --cors or for another origin, else that its pages may read it (Handler.end_headers, busy_answer)."""
         if "*" in self.cors:
             return [("Access-Control-Allow-Origin", "*")]  # the same answer for every origin: a cache keeps one
         return [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")] if origin in self.cors else []

@@ -1128,6 +1128,10 @@ def test_connections_past_the_limit_get_503(enc):
             status, err, headers = raw(api, b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
             assert status == 503 and err["error"]["code"] == "overloaded" and headers["Connection"] == "close", err
             assert "2 connections" in err["error"]["message"] and headers["Access-Control-Allow-Origin"] == "*"
+        wait_for(lambda: api.refusals._value == 2, "the connections turned away to be let go")
+        status, h, _ = head(api, "OPTIONS", "/v1/completions", {"Origin": "http://any.example",
+                                                                "Access-Control-Request-Method": "POST"})
+        assert status == 204 and h["access-control-allow-origin"] == "*"  # its preflight too (next test)
         # a body sent, never read: the client still writes it (past the sockets' buffers) when its answer comes
         status, err, _ = post(api, "/v1/completions", b"x" * (8 << 20))
         assert status == 503 and err["error"]["code"] == "overloaded"
@@ -1148,9 +1152,16 @@ def test_connections_past_the_limit_get_503(enc):
 def test_a_connection_past_the_limit_lets_an_allowed_page_read_its_503(enc):
     """--cors naming origins: a page of one of them reads any error, and the 503 of a connection turned away past
     --max_connections too (it named no origin but *: the browser gave the page an opaque network error in its place).
-    A page of another origin reads none, nor one whose Origin only begins as an allowed one does."""
+    A page of another origin reads none, nor one whose Origin only begins as an allowed one does. Its preflight is
+    answered as ever (a browser takes any other answer to one for a network error, whatever its headers: the page never
+    saw the 503 of the request after it)."""
     page = "http://localhost:3000"
     api = start(tiny_model(enc), enc, max_connections=1, cors=(page,))
+    ask = {"Origin": page, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type",
+           "Access-Control-Request-Private-Network": "true"}
+
+    def cors(h):
+        return {k: v for k, v in h.items() if k.startswith("access-control-") or k == "vary"}
 
     def refusals_free():  # the one place for a connection turned away: the last one's (else this one is dropped)
         wait_for(lambda: api.refusals._value == 1, "the last connection turned away to be let go")
@@ -1166,9 +1177,18 @@ def test_a_connection_past_the_limit_lets_an_allowed_page_read_its_503(enc):
             assert r.status == 503 and json.loads(r.read())["error"]["code"] == "overloaded"
             return {k.lower(): v for k, v in r.getheaders()}
     try:
+        status, served, _ = head(api, "OPTIONS", "/v1/completions", ask)
+        assert status == 204 and cors(served)["access-control-allow-origin"] == page
+        wait_for(lambda: api.slots._value == 1, "the preflight's connection to give its place back")
         held = http.client.HTTPConnection(*api.server_address[:2], timeout=60)
         held.request("GET", "/health")
         assert held.getresponse().read()
+        refusals_free()
+        status, h, data = head(api, "OPTIONS", "/v1/completions", ask)
+        assert status == 204 and data == b"" and cors(h) == cors(served) and h["connection"] == "close"
+        refusals_free()
+        status, h, _ = head(api, "OPTIONS", "/v1/completions", {**ask, "Origin": "http://evil.example"})
+        assert status == 503 and "access-control-allow-origin" not in h  # (as when served: a 405)
         refusals_free()
         status, h, _ = head(api, "POST", "/v1/completions", {"Origin": page, "Content-Type": "application/json"},
                             json.dumps({"prompt": "Hi", "max_tokens": 2}))
