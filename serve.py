@@ -1134,13 +1134,19 @@ class ApiServer(ThreadingHTTPServer):
         except Exception as e:
             places.release()
             # answered 503 overloaded here, as past max_connections, and closed, with one line in the log, where
-            # socketserver printed a traceback and closed it unanswered. Only what the socket takes at once (a new
-            # connection's buffer takes it all): this thread accepts the next connections, and waits for no client
+            # socketserver printed a traceback and closed it unanswered. This thread accepts the next connections, and
+            # waits for no client: it reads, under --cors, what of the request's head has come (a browser's comes with
+            # the connection, and the failed start gave it time) for its origin or its preflight (busy_answer), and
+            # sends what the socket takes at once (a new connection's buffer takes it all). Nor is the rest of the
+            # request drained, as turn_away's is: a client still sending a large body meets the close's reset
             with contextlib.suppress(OSError):
                 self.worker.log(f"a connection turned away: no thread to serve it ({e})")
             with contextlib.suppress(OSError):
                 request.setblocking(False)
-                request.sendall(self.busy_answer("no thread to serve another connection"))
+                got = b""
+                with contextlib.suppress(BlockingIOError):  # (none yet)
+                    got = request.recv(HEAD) if self.cors else b""
+                request.sendall(self.busy_answer("no thread to serve another connection", got))
             self.shutdown_request(request)
 
     def process_request_thread(self, request, client_address):

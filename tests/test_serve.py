@@ -1267,6 +1267,39 @@ def test_a_connection_whose_thread_cannot_start_is_answered_503(enc, monkeypatch
         api.close()
 
 
+def test_a_connection_whose_thread_cannot_start_lets_an_allowed_page_read_its_503(enc, monkeypatch):
+    """--cors naming origins: the 503 of a connection whose thread cannot start names the request's origin, and its
+    preflight gets its 204, as past --max_connections, from what of its head has come when the start fails (a
+    browser's comes with the connection): it was answered unread, and the browser gave the page a network error."""
+    page = "http://localhost:3000"
+    api = start(tiny_model(enc), enc, max_connections=2, cors=(page,))
+
+    def cannot_start(thread):
+        raise RuntimeError("can't start new thread")
+
+    def answer(request):  # (status, headers) of the answer to a connection that sent request, its thread not started
+        with socket.create_server(("127.0.0.1", 0)) as listener, \
+                socket.create_connection(listener.getsockname(), timeout=60) as sock:
+            conn, address = listener.accept()
+            sock.sendall(request)
+            assert select.select([conn], [], [], 60)[0]
+            with monkeypatch.context() as m:
+                m.setattr(threading.Thread, "start", cannot_start)
+                api.process_request(conn, address)
+            r = http.client.HTTPResponse(sock)
+            r.begin()
+            r.read()
+            return r.status, {k.lower(): v for k, v in r.getheaders()}
+    try:
+        status, h = answer(b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\nOrigin: %s\r\n\r\n" % page.encode())
+        assert status == 503 and h["access-control-allow-origin"] == page
+        status, h = answer(b"OPTIONS /v1/completions HTTP/1.1\r\nHost: localhost\r\nOrigin: %s\r\n"
+                           b"Access-Control-Request-Method: POST\r\n\r\n" % page.encode())
+        assert status == 204 and h["access-control-allow-origin"] == page and h["access-control-allow-methods"]
+    finally:
+        api.close()
+
+
 def test_a_model_that_fails_gets_500s_and_the_server_goes_on(enc):
     # NaN weights (a diverged run) make sampling raise in torch.multinomial: each request gets OpenAI's 500 body
     # (inside the stream once it has begun), the worker lives on and answers the next one
