@@ -73,6 +73,18 @@ def save_checkpoint(path, model, enc, **state):
     atomic_torch_save(ckpt, path)
 
 
+def tensor_bytes(state):
+    """The bytes of the tensors in state (a state dict: nested dicts, lists and tuples), about what a checkpoint of it
+    writes (a tensor held twice, as tied weights are, counts twice)."""
+    if isinstance(state, torch.Tensor):
+        return state.nbytes
+    if isinstance(state, dict):
+        return sum(tensor_bytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(tensor_bytes(v) for v in state)
+    return 0  # numbers, strings, None
+
+
 def load_checkpoint(path, map_location="cpu"):
     """The checkpoint's dict, or a Hugging Face folder's as one; a missing, truncated, corrupt or foreign file is
     one clear UserError."""

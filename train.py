@@ -57,7 +57,7 @@ import torch
 from tqdm import tqdm
 
 from checkpoint import (NOT_THIS_CODE, add_checkpoint_argument, checkpoint_config, load_checkpoint, load_weights,
-                        nonfinite, parse_checkpoint, save_checkpoint)
+                        nonfinite, parse_checkpoint, save_checkpoint, tensor_bytes)
 from common import (DTYPES, UserError, ask, atomic_write_text, autocast, check_output, color_ok, cpu_bf16_is_faster,
                     cpu_has_bf16, exit_after_the_first, first_line, held_lock, is_oom, lock_is_held, nonempty,
                     pick_device, pick_dtype, prepare_lock, read_items, retain_freed_memory, run_main, speaks_for_machine,
@@ -75,6 +75,13 @@ from setup_tokenizer import get_tokenizer, tokenizer_from_state, tokenizer_hash
 DEFAULT_LR = {"tiny": 4e-3, "small": 1e-3, "gpt2-75m": 6e-4, "gpt2": 6e-4}
 DEFAULT_BATCH_SIZE = {"tiny": 8}  # others: 16
 EVAL_SPACING = 3  # a budgeted run's evaluations take at most about 1 / (1 + EVAL_SPACING) of it
+# the write speed a run assumes for a checkpoint save before it has timed one: a budget keeps room for its final two
+# saves, which with --eval_interval 0 --save_interval 0 are its first (it kept none: a 6-s budget with 0.5-s saves
+# ended 6.875 s in). On the 2-core test machine's disk the slowest saves, a file's first few, wrote 150-210 MB of
+# training state a second (tiny's 15 MB in 0.10 s, small's 112 MB in 0.74 s), later ones 3x as fast: 100 MB/s
+# covers them, and a hard disk. Counting the bytes takes a millisecond; timing the state's serialization into memory
+# took as long as a fast save (small: 0.1-0.4 s), held a second copy of the state, and missed the disk's 3-5x
+SAVE_BYTES_PER_S = 100e6
 MAX_LR = 1e5  # a sanity bound (0.05 is about the largest that trains anything here) that keeps Muon's update in float32
 FINETUNE_LR_DIVISOR = 3  # fine-tuning starts from trained weights: smaller steps keep what they know
 BETAS = (0.9, 0.95)
@@ -840,6 +847,12 @@ def budget_decisions(args, p, slices, budget, clock, eval_cost, clock_next, save
     last = stopped == "time budget" or (end_of_epoch and p.epoch >= args.epochs)
     due_log = entered_slice(slices, "log", args.log_interval, frac)
     return stopped, due_eval or last, due_save or last, due_log
+
+
+def save_estimate(model, optimizer):
+    """A checkpoint save's seconds, from the bytes of the training state it writes (see SAVE_BYTES_PER_S): after the
+    run's first step, which makes the optimizer's state."""
+    return (tensor_bytes(model.state_dict()) + tensor_bytes(optimizer.state_dict())) / SAVE_BYTES_PER_S
 
 
 def is_count(v):
@@ -1913,7 +1926,8 @@ def run_training(args, held):
                             elapsed=p.elapsed + time.time() - t_run,
                             budget_elapsed=budget_spent + time.time() - t_run, schedule_origin=p.schedule_origin,
                             budget_done=stopped == "time budget", stopped_early=stopped == "early stop",
-                            save_seconds=saved["seconds"],  # (this save's is not known until it is written)
+                            # the last save's (the estimate before the first): this one's is not known until written
+                            save_seconds=saved["seconds"],
                             data={"tokenizer_hash": meta.get("tokenizer_hash"), "folder": meta["folder"],
                                   "kind": meta.get("kind"),  # text or chat: gen.py --chat warns of a text-only model
                                   "train_tokens": meta.get("splits", {}).get("train", {}).get("tokens"),
@@ -2033,6 +2047,10 @@ def run_training(args, held):
                             p.epoch, p.windows = epoch + 1, 0
                         if args.max_steps and run_steps >= args.max_steps:
                             stopped = "max_steps"
+                        if run_steps == 1 and not saved["seconds"]:
+                            # no save timed yet, by this run or the checkpoint it continues: its bytes estimate one,
+                            # for the room a budget keeps and for the checkpoint to record (see SAVE_BYTES_PER_S)
+                            saved["seconds"] = save_estimate(model, optimizer)
                         # every rank must take the same decisions: the slowest rank's clock, and Ctrl-C on any
                         now = budget_spent + time.time() - t_run
                         if last_eval_clock is None:

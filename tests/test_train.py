@@ -2614,6 +2614,47 @@ def test_a_continued_budget_run_keeps_room_for_saves_it_has_not_timed(env, tmp_p
     assert 6 - 1 <= spent + s["elapsed"] <= 6, (spent, s["elapsed"])  # its final evaluation and save included
 
 
+def test_a_budget_run_keeps_room_for_saves_before_it_has_timed_one(env, tmp_path, monkeypatch):
+    # --eval_interval 0 --save_interval 0: the final evaluation's two saves (the best file, the checkpoint) are the
+    # run's first, and it kept no room for them: with 0.5-s saves a 6-s budget ended 6.875 s in. The run reckons them
+    # from its state's bytes, at the speed this slow disk writes (its files take about 0.5 s). (The final evaluation
+    # takes no time here: the stop keeps room for it by the steps' time, as it must.)
+    clock = StepClock(monkeypatch, step=1 / 8)
+    slow_disk(monkeypatch, clock, 2.5e6)
+    s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--time_budget", 0.1, "--eval_interval", 0,
+                             "--save_interval", 0, "--output_checkpoint", str(tmp_path / "{dataset}.pt")))
+    assert s["stopped"] == "time budget" and s["val_loss"] is not None
+    assert 6 - 1 <= s["elapsed"] <= 6, s["elapsed"]  # the whole run, its final evaluation and saves included
+
+
+def test_a_budget_run_continued_from_its_first_save_keeps_room_for_its_saves(env, tmp_path, monkeypatch):
+    # a checkpoint that was its run's first save recorded that the last save took 0 s (none was timed), and the run
+    # continued from it, whose final saves (--eval_interval 0 --save_interval 0) are its first too, kept no room for
+    # them: 0.5-s saves took a 6-s budget past its end
+    clock = StepClock(monkeypatch, step=1 / 8)
+    slow_disk(monkeypatch, clock, 2.5e6)
+    first = train.train(args_for(env, tmp_path, "--dataset", "mini", "--time_budget", 0.1, "--max_steps", 10,
+                                 "--eval_interval", 0, "--save_interval", 0,
+                                 "--output_checkpoint", str(tmp_path / "{dataset}.pt")))
+    spent = load_checkpoint(first["checkpoint"])["budget_elapsed"]
+    s = train.train(train.parse_args(["--checkpoint", first["checkpoint"], "--data_dir", env["data"],
+                                      "--device", "cpu", "--no_color"]))
+    assert s["stopped"] == "time budget" and s["val_loss"] is not None
+    assert 6 - 1 <= spent + s["elapsed"] <= 6, (spent, s["elapsed"])  # its final evaluation and saves included
+
+
+def slow_disk(monkeypatch, clock, bytes_per_s):
+    """Each checkpoint write takes the StepClock's time for its file's bytes at bytes_per_s, the speed train.py is
+    told (SAVE_BYTES_PER_S) to reckon a save it has not timed at: a slow disk, or a large model."""
+    monkeypatch.setattr(train, "SAVE_BYTES_PER_S", bytes_per_s)
+    save = train.save_checkpoint
+
+    def slow_save(path, *a, **k):
+        save(path, *a, **k)
+        clock.advance(os.path.getsize(path) / bytes_per_s)
+    monkeypatch.setattr(train, "save_checkpoint", slow_save)
+
+
 def slow_saves(monkeypatch, clock, seconds):
     """Each checkpoint write takes `seconds` of the StepClock's time (a large model, a slow disk)."""
     save = train.save_checkpoint
