@@ -819,9 +819,11 @@ def budget_decisions(args, p, slices, budget, clock, eval_cost, clock_next, save
                      end_of_epoch):
     """What a --time_budget run (budget: seconds) does after a step, from the clocks every rank agreed on: clock, the
     seconds of the budget spent; eval_cost, the final evaluation's and its two saves' seconds; clock_next, when one
-    more step and the final evaluation would end; save_s, the last save's seconds. Returns (stopped, due_eval,
-    due_save, due_log): stopped, the reason the run stops ("done": it goes on), and what is due at this step.
-    last_eval_clock: the clock when the last evaluation ended (None before the first); slices: entered_slice's."""
+    more step and the final evaluation would end; save_s, the last save's seconds (see save_estimate). Returns
+    (stopped, due_eval, due_save, due_log): stopped, the reason the run stops ("done": it goes on), and what is due at
+    this step.
+    last_eval_clock: the clock when the last evaluation began, at its step's end (None before the first): it ended
+    about eval_cost later, hence 1 + EVAL_SPACING of them from there; slices: entered_slice's."""
     if clock_next >= budget:
         stopped = "time budget"
     frac = clock / budget
@@ -1994,7 +1996,7 @@ def run_training(args, held):
     eval_steps = min(eval_windows, len(val_w)) / batches.windows_per_step / 2
     step_times = []  # the last two steps' seconds (not the first's: a cold compile): a budget's next step must fit
     clock = budget_spent  # seconds of the budget spent, as all ranks agree after each step
-    last_eval_clock = None  # the clock when the last evaluation ended (see budget_decisions)
+    last_eval_clock = None  # the clock when the last evaluation began (see budget_decisions)
     model.train()
     interrupt = GracefulInterrupt()
     try:
