@@ -1984,8 +1984,10 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
                          "each dataset's own validation split, unweighted" if mixed else
                          "the source's own validation split, each document once and none train has"
                          if "val" in roles else
-                         f"the last {val_fraction:g} of the documents, counted over the sources together (of a single document's tokens), "
-                         f"each once and none train has"
+                         # (train.py reads "the last" as a val cut from the text)
+                         f"the last documents of each source, {val_fraction:g} of all of them counted over the sources "
+                         f"together (a folder of one-document files gives files spread through it, not its last ones; a "
+                         f"book, its last {val_fraction:g} of tokens), each once and none train has"
                          + ("; train-only extra files excluded" if "train" in roles else ""),
             "limit": limit, "pack": block, "fingerprint": text_fp if kind == "text" else fp,
             "options": options,
@@ -2094,7 +2096,8 @@ def main(argv=None):
                                                "split, N * val_fraction")
     p.add_argument("--val_fraction", type=float, default=DEFAULT_VAL_FRACTION,
                    help="the share of the documents kept for validation: the last of each source, counted over a "
-                        "dataset's sources together (0: no val split, a source's own validation split left out too)")
+                        "dataset's sources together (a folder of one-document files gives files spread through it, not "
+                        "its last ones; 0: no val split, a source's own validation split left out too)")
     p.add_argument("--force", action="store_true", help="rebuild even if up to date, and replace a folder holding another dataset")
     p.add_argument("--out_dir", "--data_dir", dest="out_dir", type=nonempty, default=DEFAULT_OUT_DIR,
                    help="where dataset folders go (the folder train.py and eval.py take as --data_dir; default data)")

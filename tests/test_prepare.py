@@ -214,6 +214,9 @@ def test_a_folder_of_one_document_files_keeps_whole_documents(tmp_path, enc, mon
     val, _ = load(folder, "val", meta)
     in_val = [n for n in notes if enc.decode(val.tolist()) == n + EOT]  # the file where the share comes to one
     assert len(in_val) == 1 and enc.decode(train.tolist()) == "".join(n + EOT for n in notes if n not in in_val)
+    # not the last file, and meta.json says so (it said "the last 0.1 of the documents", of a val of files 6, 15, 26)
+    assert in_val != notes[-1:] and "a folder of one-document files gives files spread through it, not its last " \
+                                    "ones" in meta["val_split"] and meta["val_split"].startswith("the last")
     seen = []  # the vocabulary learns from the train files, whole
     monkeypatch.setattr(prepare, "train_bpe", lambda texts, *a: seen.extend(texts) or get_tokenizer("gpt2"))
     prepare.train_vocabulary(prepare.find_source("text", str(tmp_path / "notes")), 300, None, None, 0.1)
