@@ -34,7 +34,8 @@ padding would be learned. The tokens are written unpacked first, then packed: tw
 Mixing (--mix NAME:WEIGHT,...). Each dataset is tokenized on its own; the mix keeps the total train size
 of its sources put together and gives each source WEIGHT / (sum of weights) of its tokens: a source
 above its natural share has documents repeated, one below it a random subset (seeded: the same every
-run). Validation holds each source's own validation documents once, unweighted. meta.json's "mix"
+run). Validation holds each source's own validation documents once, unweighted, less those another source trains
+on or validates on before it. meta.json's "mix"
 records what each source contributed.
 
 Sources, first found wins: --source files (.txt, .jsonl, .json, .parquet) or a hub dataset of such records
@@ -1380,11 +1381,13 @@ def repeated(val_keys, train_keys):
     return drop
 
 
-def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, scratch="", pack=None):
+def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, scratch="", pack=None, doc_keys=None):
     """Tokenize every stream into temporary train/val files (added to splits as soon as they exist, so the
     caller can remove them on failure; scratch tells apart the temporary files of several such calls);
     returns the kind, "text" or "chat".
-    pack: the --pack asked for, refused on plain text before anything is tokenized."""
+    pack: the --pack asked for, refused on plain text before anything is tokenized. doc_keys: a dict that gets the
+    document_keys of train's documents ("train", an array "q") and of val's in order ("val", None for a book's tail),
+    for a mix, whose val leaves out what another of its datasets has (mix_splits)."""
     dtype = np.uint16 if enc.n_vocab <= 1 << 16 else np.uint32
     table = token_bytes(enc)
     # --limit N: the first N documents, counted over the files of a dataset in order (not N of each: `--dataset chat
@@ -1428,6 +1431,7 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
     #   gave val were in train. Val's keys in its order, None for a book's tail (its head is train's)
     dedup = val_fraction and "split" in roles and "val" not in roles
     train_keys, val_keys, ordered = array("q"), [], None  # ordered: train's keys sorted, for own_val
+    own_keys = array("q")  # of the documents val keeps of a source's own validation split, for doc_keys
 
     def write(docs, out, label):
         """Tokenize docs into the Split out; returns how many documents ended."""
@@ -1451,9 +1455,12 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
                 ordered = np.sort(np.frombuffer(train_keys, np.int64))
             docs = unseen(docs, ordered, out)
         docs = limited(docs, budget, role)
-        if dedup or (own_val and role != "val"):  # train's, within --limit
+        if dedup or own_val:  # train's, within --limit (and val's own, for doc_keys)
             docs = keyed(docs, keys)
         n = write(docs, out, label)  # its documents
+        if role == "val":
+            own_keys.extend(keys)
+            continue
         if role != "split" or val_fraction == 0 or out.tokens == start:
             train_keys.extend(keys)
             continue
@@ -1488,13 +1495,18 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
         val.repeats = 0
         for i, label in own:  # read again, within --limit's share, which the documents left out did not spend; each
             # once all the same (a copy of train's head repeats what train repeats: kept twice, it weighed double)
-            write(limited(unseen(streams[i][2](), np.zeros(0, np.int64), val), budget, "val"), val, label)
+            again = array("q")
+            write(keyed(limited(unseen(streams[i][2](), np.zeros(0, np.int64), val), budget, "val"), again), val, label)
+            own_keys.extend(again)
     drop = repeated(val_keys, train_keys)
     if drop and len(drop) == len(val_keys):  # val keeps them: train.py needs a val split, and nothing else is left
         warn_all_in_train(label_of(streams))
         drop = repeated(val_keys, array("q"))  # each once all the same
     if drop:
         splits["val"].drop_documents(drop, enc.eot_token, table)
+    if doc_keys is not None:  # (a val cut from the sources, or a source's own validation split: never both)
+        doc_keys["train"] = train_keys
+        doc_keys["val"] = [key for i, key in enumerate(val_keys) if i not in drop] + list(own_keys)
     # train.py evaluates on val: a val of <|endoftext|> alone (one short document) or of nothing sent the user to
     # prepare.py again, which found the dataset up to date; a one-token text, whole in val, leaves train nothing
     for name in ("train", "val"):
@@ -1903,18 +1915,28 @@ def pack_split(out, docs, block, enc):
 def mix_splits(folder, plan, enc, splits, scratch, limit, val_fraction, block, progress):
     """A mix's train and val splits (into splits, temporary until committed) from each of its datasets,
     tokenized first into scratch splits of their own; returns what each dataset contributed."""
-    raws = []
+    raws, keys = [], []
     for part in plan["parts"]:
-        raw = {}
+        raw, part_keys = {}, {}
         scratch.append(raw)
         # --limit counts in each dataset, as it does for a dataset on its own
-        kind = write_splits(folder, part["streams"], enc, raw, limit, val_fraction, progress, f".{part['dataset']}", block)
+        kind = write_splits(folder, part["streams"], enc, raw, limit, val_fraction, progress, f".{part['dataset']}", block,
+                            part_keys)
         if kind != "chat":
             raise UserError(f"--mix: {part['dataset']} is plain text; a mix is made of conversation sets")
         if not raw["train"].tokens:
             raise UserError(f"--mix: {part['dataset']} has no training documents left (--limit {limit}?)")
         raws.append(raw)
+        keys.append(part_keys)
     eot = enc.eot_token
+    drops = repeated_across(keys)
+    if any(drops) and sum(map(len, drops)) == sum(raw["val"].documents for raw in raws):  # kept, as write_splits does
+        warn_all_in_train(", ".join(part["dataset"] for part in plan["parts"]))
+        drops = []
+    table = token_bytes(enc)
+    for raw, drop in zip(raws, drops):
+        if drop:
+            raw["val"].drop_documents(drop, eot, table)
     ends = [split_ends(raw["train"], eot) for raw in raws]
     starts = [np.concatenate([[0], e[:-1]]) for e in ends]
     picks = mix_choice([e - s for s, e in zip(starts, ends)], [part["weight"] for part in plan["parts"]])
@@ -1939,6 +1961,26 @@ def mix_splits(folder, plan, enc, splits, scratch, limit, val_fraction, block, p
                               "train_tokens": int((e - s)[p].sum()), "train_documents": len(p),
                               "val_tokens": raw["val"].tokens, "val_documents": raw["val"].documents}
             for part, raw, s, e, p in zip(plan["parts"], raws, starts, ends, picks)}
+
+
+def repeated_across(keys):
+    """The indices of each mix dataset's val documents that another of its datasets has in train, or an earlier one
+    in val ([set], one a dataset; keys: each dataset's doc_keys from write_splits), as repeated() finds them within one:
+    a document one dataset trains on and another validates on made the mix's val loss read better than the model is.
+    Against every train document of the others, picked for the mix or not, so that val stays the same whatever the
+    weights."""
+    drops, kept = [], set()
+    for j, part in enumerate(keys):
+        candidates = [i for i, key in enumerate(part["val"]) if key is not None]
+        found = np.array([part["val"][i] for i in candidates], np.int64)
+        hits = np.zeros(len(candidates), bool)
+        for other in keys[:j] + keys[j + 1:]:
+            if len(candidates) and other["train"]:
+                hits |= keys_in(found, np.frombuffer(other["train"], np.int64))
+        drop = {i for i, hit in zip(candidates, hits.tolist()) if hit or part["val"][i] in kept}
+        kept.update(part["val"][i] for i in candidates if i not in drop)
+        drops.append(drop)
+    return drops
 
 
 def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_fraction, new_vocab, pack, options,
@@ -1981,7 +2023,8 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
             "vocab_size": enc.n_vocab, "eot_token": enc.eot_token, "dtype": splits["train"].dtype.name,
             "has_mask": has_mask, "source": plan["description"],
             "val_split": "none (--val_fraction 0)" if not val_fraction else
-                         "each dataset's own validation split, unweighted" if mixed else
+                         "each dataset's own validation split, unweighted, each document once and none a dataset's "
+                         "train has" if mixed else
                          "the source's own validation split, each document once and none train has"
                          if "val" in roles else
                          # (train.py reads "the last" as a val cut from the text)

@@ -1421,6 +1421,37 @@ def test_mix_follows_the_weights(tmp_path, monkeypatch, enc, capsys):
     assert meta["vocab_size"] == 300 and len(small.encode_ordinary("ddval")) < 5 and len(small.encode_ordinary("kn")) == 1
 
 
+def test_a_mixs_val_leaves_out_what_another_of_its_datasets_has(tmp_path, monkeypatch, enc, capsys):
+    """A document one dataset of a mix validates on and another trains on (or validates on too) was in the mix's val:
+    each dataset left out only its own repeats, so the val loss read better than the model is, or weighed it twice."""
+    fake_mirror(tmp_path / "mirror")
+    qa = [json.loads(line) for line in (tmp_path / "mirror" / "gsm8k" / "train.jsonl").read_text().splitlines()]
+    qa[5] = {"question": "ddval0 hi", "answer": "ddval0 bye"}  # in knowledge's train, and dailydialog's own val
+    qa[95] = {"question": "dd3 Hello  there", "answer": "dd3 reply ok ok ok"}  # in its val (the tail), dd's train
+    qa[97] = {"question": "ddval1 hi", "answer": "ddval1 bye"}  # in both vals
+    write(tmp_path / "mirror" / "gsm8k" / "train.jsonl", "\n".join(json.dumps(r) for r in qa) + "\n")
+    monkeypatch.setenv("DATA_MIRROR", str(tmp_path / "mirror"))
+    capsys.readouterr()
+    for weights in ({"dailydialog": 1, "knowledge": 1}, {"dailydialog": 1, "knowledge": 9}):  # whatever the weights
+        meta = prepare.prepare("mix", mix=weights, out_dir=str(tmp_path / "data"), pack=64)
+        val, _ = load(tmp_path / "data" / "mix", "val", meta)
+        markers = source_tokens(enc, val)[1]
+        assert sorted(markers) == sorted([f"ddval{i}" for i in range(1, 6)] + [f"kn{i}" for i in range(90, 100)
+                                                                             if i not in (95, 97)])
+        assert (meta["mix"]["dailydialog"]["val_documents"], meta["mix"]["knowledge"]["val_documents"],
+                meta["val_repeats"]) == (5, 8, 3)
+        assert "(already in train or val)" in capsys.readouterr().out
+        train, _ = load(tmp_path / "data" / "mix", "train", meta)
+        assert "ddval1" not in source_tokens(enc, train)[1]  # (in neither dataset's train)
+    # every val document in another dataset's train: val keeps them (train.py needs one), each once, with a warning
+    qa[:6] = [{"question": f"ddval{i} hi", "answer": f"ddval{i} bye"} for i in range(6)]
+    qa[90:] = [{"question": f"dd{i} hello there", "answer": f"dd{i} reply" + " ok" * (i % 5)} for i in range(10)]
+    write(tmp_path / "mirror" / "gsm8k" / "train.jsonl", "\n".join(json.dumps(r) for r in qa) + "\n")
+    meta = prepare.prepare("mix", mix={"dailydialog": 1, "knowledge": 1}, out_dir=str(tmp_path / "data"), pack=64)
+    assert (meta["mix"]["dailydialog"]["val_documents"], meta["mix"]["knowledge"]["val_documents"]) == (6, 10)
+    assert "every document of the val split is also in train" in capsys.readouterr().err
+
+
 def test_other_mix_weights_keep_the_mixs_vocabulary(tmp_path, monkeypatch, capsys):
     """A mix's vocabulary learns each source's train text once, whatever the weights: other weights rebuild the tokens
     with it (it was trained again: minutes on a real mix, for the same vocabulary); other sources train a new one."""
