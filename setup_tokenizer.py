@@ -60,6 +60,28 @@ def not_a_vocabulary(source):
 
 def parse_bpe(text, source="tokenizer"):
     """The mergeable ranks of a .tiktoken file's text."""
+    try:
+        return bpe_ranks(text, source)
+    except UserError as e:
+        error = e
+    # a copy or download that stopped mid-line (every line ends with a newline, the last one too): the lines before
+    # are a whole vocabulary's first ones, and its last line is a token without its rank or with part of it, said as
+    # "not a .tiktoken vocabulary" or "ranks must be 0..N-1", which named no copy. One cut at a line break reads as a
+    # smaller vocabulary, as one trained smaller on the same text (it has those very lines)
+    whole = text[:text.rfind("\n") + 1]
+    try:
+        cut = not text.endswith("\n") and whole.strip() and bpe_ranks(whole, source, head=True)
+    except UserError:
+        cut = False
+    if not cut:
+        raise error
+    raise UserError(f"{source} is cut short (its last line {text[len(whole):][:40]!r} is incomplete: a copy or download "
+                    f"that stopped?): copy it again, or retrain it with `python setup_tokenizer.py train`")
+
+
+def bpe_ranks(text, source, head=False):
+    """parse_bpe's ranks, without the word on a file cut short; head: the text may be a vocabulary's first lines alone,
+    which need not hold all 256 bytes yet."""
     ranks = {}
     try:
         for line in text.splitlines():
@@ -70,7 +92,7 @@ def parse_bpe(text, source="tokenizer"):
         raise not_a_vocabulary(source) from None
     if not ranks:  # a copy that wrote nothing (a full disk, a failed download): "ranks must be 0..N-1" would hide that
         raise UserError(f"{source} is empty: copy it again, or retrain it with `python setup_tokenizer.py train`")
-    if sorted(ranks.values()) != list(range(len(ranks))) or not all(bytes([b]) in ranks for b in range(256)):
+    if sorted(ranks.values()) != list(range(len(ranks))) or not (head or all(bytes([b]) in ranks for b in range(256))):
         raise UserError(f"{source}: ranks must be 0..N-1 and cover all 256 bytes; retrain it with `python setup_tokenizer.py train`")
     return ranks
 

@@ -153,6 +153,20 @@ def test_bad_tokenizer_inputs(tmp_path):
     holed.write_text("".join(f"{base64.b64encode(t).decode()} {i}\n" for i, t in enumerate(ranks)))
     with pytest.raises(UserError, match="ranks must be 0..N-1 and cover all 256 bytes"):
         get_tokenizer(str(holed))
+    # a copy or download that stopped mid-line: named as such at every cut, in the first 256 lines or after, where it
+    # was "not a .tiktoken vocabulary" or "ranks must be 0..N-1" (a holed file's retrain advice)
+    whole = "".join(f"{base64.b64encode(bytes([b])).decode()} {b}\n" for b in range(256)) + "YWI= 256\nYWJj 257\n"
+    cut = tmp_path / "cut.tiktoken"
+    for n in (9, 1000, 1001, 1002, len(whole) - 11, len(whole) - 7, len(whole) - 2):
+        cut.write_text(whole[:n])
+        with pytest.raises(UserError, match=f"^{re.escape(str(cut))} is cut short \\(its last line '.+' is incomplete: "
+                                            f"a copy or download that stopped\\?\\): copy it again"):
+            get_tokenizer(str(cut))
+    cut.write_text(whole.replace("YWI= 256", "YWI= 2"))  # a bad rank inside: no cut, the ranks' own error
+    with pytest.raises(UserError, match="ranks must be 0..N-1"):
+        get_tokenizer(str(cut))
+    cut.write_text(whole[:-1])  # its last newline alone missing: whole
+    assert get_tokenizer(str(cut)).n_vocab == 258 + 3
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes("café crème".encode("latin-1"))
     with pytest.raises(UserError, match="not UTF-8.*: convert it, e.g. `iconv -f latin1 -t utf-8`$"):
