@@ -73,8 +73,8 @@ from tqdm import tqdm
 from common import (UserError, atomic_write_text, check_output, expand_pattern, first_line, fsync_replace, held_lock,
                     holds_nul, nonempty, not_utf8, parts_text, prepare_lock, read_items, read_meta, remove_stale_tmp,
                     run_main, tmp_name, without_surrogates)
-from setup_tokenizer import (EOT, IM_END, IM_START, get_tokenizer, read_text_chunks, tokenizer_hash, train_bpe,
-                             trained_on, warn_short_vocabulary)
+from setup_tokenizer import (EOT, IM_END, IM_START, fewer_ids, get_tokenizer, read_text_chunks, tokenizer_hash,
+                             train_bpe, trained_on, warn_short_vocabulary)
 
 FORMAT = 1   # layout of meta.json and the .bin files
 VERSION = 9  # bump when the same inputs would give other tokens or counts, so existing datasets rebuild
@@ -1869,9 +1869,10 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
         if kept_file and old.get("tokenizer_hash") not in (None, tok_hash):
             # (it was re-tokenized with whatever the file now held, under "keeping its tokenizer": checkpoints trained
             # on the dataset no longer fit it)
-            raise TokenizerGone(f"{folder} was made with tokenizer {kept_file}, which now holds another vocabulary: "
-                                f"pass --tokenizer {kept_file} to remake the dataset with it (checkpoints trained on the "
-                                f"old one will not fit), or put the old file back")
+            short = fewer_ids(enc, old.get("vocab_size"))
+            raise TokenizerGone(f"{folder} was made with tokenizer {kept_file}, which now holds another vocabulary"
+                                f"{f' ({short})' if short else ''}: pass --tokenizer {kept_file} to remake the dataset "
+                                f"with it (checkpoints trained on the old one will not fit), or put the old file back")
         fp = fingerprint(dataset, plan, tokenizer, tok_hash, limit, val_fraction, pack, mix)
         # text is never packed: any --pack gives the same files, so a text dataset's fingerprint leaves it out (it
         # was rebuilt for nothing after a --pack 0, and again without it)

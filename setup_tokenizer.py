@@ -166,6 +166,16 @@ def _load_tokenizer(name, stamp):
         raise e if isinstance(e, UserError) else not_a_vocabulary(name) from None
 
 
+def fewer_ids(enc, n_vocab):
+    """What to say of a vocabulary file that now reads as enc where it gave n_vocab ids (meta.json's vocab_size): one
+    cut at a line break (a copy or download that stopped) loads as a smaller vocabulary, as one trained again smaller
+    on the same text does (it has those very lines); "" when it is not smaller."""
+    if not n_vocab or enc.n_vocab >= n_vocab:
+        return ""
+    return (f"{enc.n_vocab:,} token ids where it had {n_vocab:,}: cut short by a copy or download that stopped, or "
+            f"trained again smaller")
+
+
 def checkpoint_tokenizer(path):
     from checkpoint import load_checkpoint  # here: checkpoint.py imports this module, and torch
     return tokenizer_from_state(load_checkpoint(path)["tokenizer"])

@@ -65,7 +65,7 @@ from common import (DTYPES, UserError, ask, atomic_write_text, autocast, check_o
 from model import OPTIMIZERS, PRESETS, VARIANTS, GPT, make_config
 from prepare import (DATASETS, DEFAULT_OUT_DIR, DEFAULT_VAL_FRACTION, is_complete, is_dataset_name,
                      meta_options, rebuild_command)
-from setup_tokenizer import get_tokenizer, tokenizer_from_state, tokenizer_hash
+from setup_tokenizer import fewer_ids, get_tokenizer, tokenizer_from_state, tokenizer_hash
 
 # Peak learning rates and batch sizes (windows) that train each preset well with AdamW(0.9, 0.95); small models
 # tolerate (and need) larger steps. tiny's were measured on a 2-core CPU with --time_budget 2 on TinyStories
@@ -1372,8 +1372,11 @@ def pick_tokenizer(args, meta, ckpt):
                         f"to a copy of it")
     enc = get_tokenizer(name)
     if tokenizer_hash(enc) != want:
-        raise UserError(f"tokenizer {name} changed since {meta['folder']} was prepared (hash {tokenizer_hash(enc)}, "
-                        f"data {want}): run `{rebuild_command(meta, meta['folder'])}` again")
+        # (its own vocabulary, --vocab_size, is trained again by the command; another file is said cut short there too)
+        short = fewer_ids(enc, meta.get("vocab_size"))
+        raise UserError(f"tokenizer {name} changed since {meta['folder']} was prepared ({short + '; ' if short else ''}"
+                        f"hash {tokenizer_hash(enc)}, data {want}): {'put the whole file back, or ' if short else ''}"
+                        f"run `{rebuild_command(meta, meta['folder'])}` again")
     return enc
 
 

@@ -730,8 +730,9 @@ def test_made_again_without_a_vocabulary_option_a_dataset_keeps_its_own(tmp_path
     other_bin = (tmp_path / "data" / "other" / "train.bin").read_bytes()
     train_tokenizer([src], 280, own["tokenizer"])
     with pytest.raises(prepare.TokenizerGone, match=r"other was made with tokenizer .*tokenizer\.tiktoken, which now "
-                                                    r"holds another vocabulary: pass --tokenizer .*tokenizer\.tiktoken to "
-                                                    r"remake the dataset with it"):
+                                                    r"holds another vocabulary \(280 token ids where it had 300: cut short "
+                                                    r"by a copy or download that stopped, or trained again smaller\): pass "
+                                                    r"--tokenizer .*tokenizer\.tiktoken to remake the dataset with it"):
         prepare.prepare("text", source=src, out_dir=out, name="other")
     assert (tmp_path / "data" / "other" / "train.bin").read_bytes() == other_bin
     assert prepare.prepare("text", source=src, out_dir=out, name="other", tokenizer=own["tokenizer"])["vocab_size"] == 280

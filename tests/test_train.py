@@ -3092,6 +3092,17 @@ def test_a_tokenizer_file_changed_since_the_data_was_prepared_is_refused(tmp_pat
     argv = ["--data_dir", data, "--dataset", "mine", "--output_checkpoint", str(tmp_path / "m" / "{dataset}.pt"),
             "--n_layer", "1", "--n_embd", "32", "--n_head", "2", "--block_size", "32", "--max_steps", "1",
             "--device", "cpu", "--no-color", "--overwrite"]
+    # a copy cut at a line break (a copy or download that stopped) reads as a smaller vocabulary: said so, with the fix
+    whole = open(tok).read()
+    with open(tok, "w") as f:
+        f.write("".join(whole.splitlines(keepends=True)[:280]))
+    with pytest.raises(UserError, match=rf"^tokenizer {re.escape(tok)} changed since {re.escape(data)}/mine was "
+                                        rf"prepared \(283 token ids where it had 300: cut short by a copy or download "
+                                        rf"that stopped, or trained again smaller; hash \S+, data \S+\): put the whole "
+                                        rf"file back, or run `python prepare\.py .*` again$"):
+        train.train(train.parse_args(argv))
+    with open(tok, "w") as f:
+        f.write(whole)
     (tmp_path / "other.txt").write_text(story_text(5_000), encoding="utf-8")
     # the same --vocab_size, as a vocabulary trained again in place mostly has: the hash tells it apart by its merges
     new = train_tokenizer([str(tmp_path / "other.txt")], 300, tok)
