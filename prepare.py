@@ -77,14 +77,15 @@ from setup_tokenizer import (EOT, IM_END, IM_START, fewer_ids, get_tokenizer, re
                              train_bpe, trained_on, warn_short_vocabulary)
 
 FORMAT = 1   # layout of meta.json and the .bin files
-VERSION = 9  # bump when the same inputs would give other tokens or counts, so existing datasets rebuild
-            # (2: special tokens count no bytes of text; 4: val counted over a dataset's files together, byte-order
-            # marks dropped, separators found after a long first document; 6: a message's "weight" 0 masks its
-            # reply, a one-document file over twice val's share of the text is cut by tokens; 7: a conversation set's
-            # own validation split leaves out the conversations train has, an empty reply is not trained on, a
-            # ShareGPT turn's "weight" counts as a `messages` turn's does; 8: a val cut from the same sources as train
-            # leaves out the documents train has; 9: so does a plain text set's own validation split, and val keeps one
-            # copy of a document it repeats)
+VERSION = 10  # bump when the same inputs would give other tokens or counts, so existing datasets rebuild
+             # (2: special tokens count no bytes of text; 4: val counted over a dataset's files together, byte-order
+             # marks dropped, separators found after a long first document; 6: a message's "weight" 0 masks its
+             # reply, a one-document file over twice val's share of the text is cut by tokens; 7: a conversation set's
+             # own validation split leaves out the conversations train has, an empty reply is not trained on, a
+             # ShareGPT turn's "weight" counts as a `messages` turn's does; 8: a val cut from the same sources as train
+             # leaves out the documents train has; 9: so does a plain text set's own validation split, and val keeps one
+             # copy of a document it repeats; 10: a mix's val leaves out what another of its datasets trains on, or
+             # validates on before it)
 DATASETS = ("story", "shakespeare", "dailydialog", "chat", "chitchat", "knowledge", "text")
 EVERYTHING = ("story", "shakespeare", "dailydialog", "chat", "knowledge", "chitchat")  # what a bare `python prepare.py` builds
 MIXABLE = ("dailydialog", "chat", "knowledge", "chitchat")  # the conversation sets, which --mix combines
