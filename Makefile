@@ -46,14 +46,15 @@ demo: install
 
 # a story model that learns to chat: its own pretraining on stories (in models/chat-demo, apart from make demo's),
 # fine-tuning on dialogue (loss on the assistant's turns only), a scripted chat, then how the two models end their
-# replies (eval.py)
+# replies (eval.py). The dialogue set, in the story model's vocabulary, goes to data/chat-demo: a data/dailydialog
+# of the user's own, which checkpoints may be trained on, stays as it is
 chat-demo: install
 	$(BIN)/python prepare.py --dataset story --vocab_size 4096 --limit $(DEMO_STORIES)
 	$(BIN)/python train.py --dataset story --model tiny --time_budget $(CHAT_STORY_MINUTES) --output_checkpoint models/chat-demo/{dataset}.pt --overwrite
-	$(BIN)/python prepare.py --dataset dailydialog --tokenizer models/chat-demo/story_best.pt
-	$(BIN)/python train.py --dataset dailydialog --checkpoint models/chat-demo/story_best.pt --time_budget $(CHAT_TUNE_MINUTES) --output_checkpoint models/chat-demo/{dataset}.pt --overwrite
+	$(BIN)/python prepare.py --dataset dailydialog --tokenizer models/chat-demo/story_best.pt --out_dir data/chat-demo
+	$(BIN)/python train.py --dataset dailydialog --data_dir data/chat-demo --checkpoint models/chat-demo/story_best.pt --time_budget $(CHAT_TUNE_MINUTES) --output_checkpoint models/chat-demo/{dataset}.pt --overwrite
 	printf '$(CHAT_SCRIPT)\n' | $(BIN)/python gen.py models/chat-demo/dailydialog_best.pt --chat --seed 42 --max_tokens 60
-	$(BIN)/python eval.py models/chat-demo/story_best.pt --dataset dailydialog
+	$(BIN)/python eval.py models/chat-demo/story_best.pt --dataset dailydialog --data_dir data/chat-demo
 	$(BIN)/python eval.py models/chat-demo/dailydialog_best.pt
 
 test: install
