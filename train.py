@@ -984,7 +984,24 @@ def evaluate(model, windows, batch_size, eval_windows, device, dtype, fwd=None, 
         sums = torch.stack([loss_sum, torch.tensor(float(count), device=device)])
         torch.distributed.all_reduce(sums)
         loss_sum, count = sums[0], int(sums[1].item())
-    return loss_sum.item() / max(count, 1)
+    if count == 0:  # (train.py checks before training: check_eval_targets)
+        raise no_eval_targets(windows, eval_windows)
+    return loss_sum.item() / count
+
+
+def no_eval_targets(windows, eval_windows):
+    """The error for an evaluation whose windows hold no target the loss counts: chat windows (--eval_batches of them,
+    short ones) before or between the replies. They measure nothing, and 0 / 1 was a loss of 0 (eval.py's ppl 1.00;
+    train.py's best val loss, never beaten again)."""
+    return UserError(f"the {len(eval_indices(len(windows), eval_windows))} window(s) of {windows.block_size} tokens "
+                     f"evaluated in {windows.path} hold no assistant token, the only ones a chat set's loss counts: "
+                     f"evaluate more windows (a larger --eval_batches) or longer ones (a larger --block_size)")
+
+
+def check_eval_targets(windows, eval_windows):
+    """no_eval_targets before a run trains, not at its first evaluation (reads the masks of those windows alone)."""
+    if windows.masked and not windows.count_targets(eval_indices(len(windows), eval_windows)):
+        raise no_eval_targets(windows, eval_windows)
 
 
 def bits_per_byte(loss, meta, split="val"):
@@ -1859,6 +1876,7 @@ def run_training(args, held):
     if continuing:
         p, eval_windows, args.warmup = resumed_progress(args, ckpt, ckpt_args, meta, train_w, val_w, batches,
                                                         eval_windows, budget, best_path, warmup_given, eval_given)
+    check_eval_targets(val_w, eval_windows)
 
     if p.epoch >= args.epochs:
         more = more_epochs(args, dataset, p.epoch)

@@ -213,6 +213,17 @@ def test_bad_input_is_one_line(env, chat_ckpt, tmp_path, capsys):
     assert e.value.code == 0
 
 
+def test_windows_without_an_assistant_token_are_an_error_not_a_loss_of_0(env, chat_ckpt, capsys):
+    """A chat set's loss counts assistant tokens only: windows that hold none measured nothing, and were reported as a
+    loss of 0.0000 and a perplexity of 1.00, a perfect model. The split's first window of 4 tokens ends before the
+    first reply (a conversation opens with a user or system turn)."""
+    code, out, err = cli([chat_ckpt, "--data_dir", env["data"], "--block_size", "4", "--eval_batches", "1",
+                          "--batch_size", "1", "--samples", "0", *CPU], capsys)
+    assert code == 1 and "0.0000" not in out, out
+    assert "no assistant token" in err and "--eval_batches" in err and "--block_size" in err, err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
+
+
 def test_a_loss_past_floats_is_valid_json_and_ppl_is_not_capped(env, chat_ckpt, capsys, monkeypatch):
     """A model gone to inf wrote "loss": Infinity (not JSON), and ppl was e^50 for any loss above 50."""
     for loss, ppl in ((60.0, math.exp(60.0)), (709.0, math.exp(709.0)), (3000.0, None), (math.inf, None)):

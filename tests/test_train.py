@@ -1961,6 +1961,18 @@ def test_logged_train_loss_is_per_assistant_token(env, tmp_path):
     assert sum(r["train_loss"] is None for r in steps) == sum(w.count_targets([i]) == 0 for i in range(len(w)))
 
 
+def test_val_windows_without_an_assistant_token_are_refused_before_training(env, tmp_path, monkeypatch):
+    """An evaluation of chat windows that hold no assistant token measures nothing: it was a val loss of 0, the best
+    file's, which no later evaluation could beat. The val split's first window of 4 tokens ends before the first reply
+    (a conversation opens with a user or system turn), and --eval_batches 1 --batch_size 1 evaluates it alone."""
+    monkeypatch.setattr(train, "train_step", lambda *a, **k: pytest.fail("trained before refusing"))
+    with pytest.raises(UserError, match=r"the 1 window\(s\) of 4 tokens evaluated in .*val.bin hold no assistant "
+                                        r"token.*a larger --eval_batches.*a larger --block_size"):
+        train.train(args_for(env, tmp_path, "--dataset", "chat", "--block_size", "4", "--batch_size", "1",
+                             "--eval_batches", "1", "--max_steps", "2"))
+    assert not os.listdir(tmp_path)  # nothing written
+
+
 def test_packed_chat_trains_on_whole_assistant_replies(env, tmp_path, capsys):
     """A chat set from prepare.py, packed for the windows: the masked targets of each window decode to whole assistant
     replies with their <|im_end|>, exactly those of the data; fine-tuning a story model on it takes a third of the lr."""
