@@ -8,7 +8,8 @@ the model ends its replies. One row per dataset, as a table or JSON.
     python eval.py models/chat_best.pt --prompt_file prompts.txt        # replies to a fixed list instead
 
 Loss is train.py's evaluate() over the split's windows (all of them, or --eval_batches batches spread over the
-split), on assistant tokens only for conversation sets; perplexity is exp(loss); bits per byte, reported by
+split: side by side, as training reads them, so each token is scored once but the split's first and its last
+(tokens - 1) mod --block_size, fewer than a window), on assistant tokens only for conversation sets; perplexity is exp(loss); bits per byte, reported by
 train.py for plain text, compare models across tokenizers. Windows default to the checkpoint's training
 --block_size, so the numbers compare with its training log (whose evaluations take --eval_batches 40 batches spread
 over the split, of its batch size on each torchrun process, as its first run took them when continued in others: the
