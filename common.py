@@ -364,8 +364,7 @@ def kept_file(path):
     if name in MODEL_FOLDER_FILES and os.path.isfile(os.path.join(folder, "config.json")):
         return f"a file of the model folder {folder}"  # (bench.py --out over its config.json: the folder no longer loaded)
     try:
-        with open(path, "rb") as f:
-            return "a checkpoint (a zip archive)" if f.read(4) == b"PK\x03\x04" else None  # torch.save's format
+        return "a checkpoint (a zip archive)" if starts_as_zip(path) else None
     except OSError:
         return None
 
