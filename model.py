@@ -101,7 +101,8 @@ def make_config(preset="tiny", **overrides):
 class KVCache:
     """
     Static cache of keys and values for every layer: k, v of shape (n_layer, B, n_head, max_len, head_dim).
-    `pos` is how many positions are filled; GPT.forward writes positions pos..pos+T-1 and advances it.
+    `pos` is how many positions are filled; GPT._trunk (forward's and generation's) writes positions pos..pos+T-1
+    and advances it.
     Preallocating means no torch.cat per step (which would copy the whole cache every token).
     """
 
@@ -202,13 +203,13 @@ class CausalSelfAttention(nn.Module):
                 k, v = k_cache[:, :, :pos + T], v_cache[:, :, :pos + T]  # (B, nh, pos+T, hs)
                 if k.dtype != q.dtype:  # a cache of another dtype (.to() issues an op even where it changes nothing)
                     k, v = k.to(q.dtype), v.to(q.dtype)
-        # pos == 0: q and k have the same length, so is_causal is exact. pos > 0 and T == 1: the single query may see
-        # every cached key, no mask. pos > 0 and T > 1: is_causal would align the mask top-left, hence the explicit one.
         dropout_p = self.dropout if self.training else 0.0
-        # (a prompt filling an empty cache too: the same attention, so its first token is what full recomputation gives)
         if pos == 0 and x.device.type == "cpu" and q.dtype != torch.float32 and T <= EXPLICIT_ATTENTION_MAX_T:
+            # (a prompt filling an empty cache too: the same attention, so its first token is what recomputation gives)
             y = explicit_attention(q, k, v, dropout_p)
         else:
+            # pos == 0: q and k have the same length, so is_causal is exact. pos > 0 and T == 1: the single query may
+            # see every cached key, no mask. pos > 0 and T > 1: is_causal would align the mask top-left: attn_mask.
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=(pos == 0),
                                                dropout_p=dropout_p)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble all head outputs side by side
