@@ -439,14 +439,12 @@ def parse_args(argv=None):
     return parse_checkpoint(p, p.parse_args(argv))
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def check_options(args):
+    """A UserError for options that do not go together, or a --prompt or --system that is not UTF-8."""
     if args.chat and args.prompt_file:
         raise UserError("--chat reads its messages from the terminal (or --prompt); --prompt_file is for text completion")
     if args.output and not args.prompt_file:
         raise UserError("--output is for --prompt_file runs; redirect stdout to save other output")
-    if args.output == "-":  # stdout, as eval.py --json - and most tools read it (it wrote a file named "-")
-        args.output = None
     if args.interactive and (args.prompt is not None or args.prompt_file):
         raise UserError("--interactive reads its prompts from the terminal; drop --prompt/--prompt_file, or --interactive")
     if args.nonstop and (args.chat or args.prompt_file):
@@ -467,6 +465,13 @@ def main(argv=None):
     if args.num_samples > 1 and (args.prompt_file or args.chat or args.interactive):
         raise UserError("--num_samples is for --prompt or an unconditional run: a --prompt_file gives one completion per "
                         "line (repeat a line for more), --chat and --interactive one per message")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    check_options(args)
+    if args.output == "-":  # stdout, as eval.py --json - and most tools read it (it wrote a file named "-")
+        args.output = None
     # bad input fails before the model loads and generates, not after
     prompts = read_prompt_file(args.prompt_file) if args.prompt_file else None
     path = args.checkpoint or default_checkpoint()
