@@ -376,8 +376,9 @@ def check_output(path, option, folder=False, inputs=(), checkpoint=False):
     path be a checkpoint or a dataset's file (kept_file), unless checkpoint: a checkpoint written over one."""
     if not path:
         raise UserError(f"{option} is empty: give a path")
-    if not folder and (os.path.isdir(path) or path.endswith(("/", os.sep))):  # "out/" that is not there yet: written as
-        raise UserError(f"{option} {path} is a folder: give a file's path")  # out/.PID.tmp, and failed at the end
+    # a folder's path, or one to make ("out/", which was written as out/.PID.tmp and failed at the end)
+    if not folder and (os.path.isdir(path) or path.endswith(("/", os.sep))):
+        raise UserError(f"{option} {path} is a folder: give a file's path")
     for name, given in dict(inputs).items():
         for f in [given] if isinstance(given, str) else given or []:
             # a folder's files too: a model folder's weights replaced by JSON, had the checkpoint been a folder

@@ -364,8 +364,8 @@ def top_k_arg(s):
 
 def temperature(s):
     v = number(s, float)
-    if not 0 <= v < float("inf"):  # also rejects nan; inf was written into serve.py's and eval.py's JSON, which no
-        raise argparse.ArgumentTypeError(f"must be a number >= 0 (0 = greedy), got {s}")  # parser reads
+    if not 0 <= v < float("inf"):  # nan too; inf was written into serve.py's and eval.py's JSON, which no parser reads
+        raise argparse.ArgumentTypeError(f"must be a number >= 0 (0 = greedy), got {s}")
     return v
 
 
