@@ -6,7 +6,9 @@ Two variants share the same skeleton (token embedding -> n_layer pre-norm blocks
             nanoGPT / HF GPT-2 (transformer.wte, transformer.h.N.attn.c_attn, ...) so export is a renaming.
 - "modern": rotary position embeddings (RoPE), RMSNorm, SwiGLU MLP, optionally no biases.
 
-Sampling uses a static (preallocated) KV cache so every new token costs one position of compute.
+Sampling uses a static (preallocated) KV cache so every new token costs one position of compute. The loss is
+CrossEntropy, a cross-entropy over the real vocabulary with its backward written out; configure_optimizer gives
+train.py Muon (orthogonalized updates for the blocks' matrices) with AdamW for the rest, or AdamW alone.
 
 References:
 1) GPT-2: https://github.com/openai/gpt-2/blob/master/src/model.py
@@ -15,6 +17,7 @@ References:
 4) SwiGLU: Shazeer 2020, https://arxiv.org/abs/2002.05202 ; RMSNorm: Zhang & Sennrich 2019
 5) FLOPs per token: PaLM, Chowdhery et al. 2022, appendix B
 6) repetition penalty: CTRL, Keskar et al. 2019 ; nucleus sampling: Holtzman et al. 2019
+7) Muon: Jordan et al. 2024, https://kellerjordan.github.io/posts/muon/
 """
 
 import contextlib
