@@ -601,8 +601,8 @@ class GPT(nn.Module):
     def flops_per_token(self, seq_len=None):
         """
         Training FLOPs per token (forward + backward), PaLM appendix B: 6*N + 12*L*H*Q*T.
-        N counts every weight that takes part in a matmul, including the tied wte/lm_head once; the wpe table is
-        left out because a lookup does no FLOPs (as in nanoGPT's estimate_mfu).
+        N counts every parameter but the wpe table, a lookup that does no FLOPs (as in nanoGPT's estimate_mfu): the
+        matmuls' weights, the tied wte/lm_head once (as lm_head), and the biases and gains, a rounding error.
         """
         cfg = self.config
         T = cfg.block_size if seq_len is None else seq_len
