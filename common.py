@@ -422,44 +422,6 @@ def fsync_replace(tmp_path, path):
             os.close(dfd)
 
 
-def starts_as_zip(file):
-    """Whether the file (a path, or a file open in binary mode) begins with a zip's first local header, as every
-    torch.save checkpoint does (whole or cut short; a legacy torch.save file begins with a pickle)."""
-    if isinstance(file, (str, os.PathLike)):
-        with open(file, "rb") as f:
-            return starts_as_zip(f)
-    file.seek(0)
-    return file.read(4) == b"PK\x03\x04"
-
-
-READ_AT_LOCK = threading.Lock()  # read_at's, where a seek stands in for pread
-
-
-def read_at(f, offset, n):
-    """n bytes of the open file f from byte offset (fewer at its end), leaving its position as it was. Token files are
-    read so rather than through a memmap: every page a memmap has read stays counted in the process's memory while it
-    is open (an eighth of an epoch's random windows showed a whole 660 MB train.bin held: 20 GB for a 10B-token set).
-    os.pread where the system has it; Windows has none: a seek and a read, under a lock (train.py's loader reads from
-    a thread), and back to where a file being written was (prepare.py reads what it wrote, and goes on writing)."""
-    if hasattr(os, "pread"):
-        return os.pread(f.fileno(), n, offset)
-    with READ_AT_LOCK:
-        at = f.tell()
-        try:
-            f.seek(offset)
-            return f.read(n)
-        finally:
-            f.seek(at)
-
-
-def read_items(f, start, n, dtype):
-    """Items [start, start + n) of a file of numpy dtype items (a token file's tokens, a mask file's flags) open as f,
-    as an array, by read_at (no memmap). numpy imported here: scripts that never read token files keep without it."""
-    import numpy as np
-    dtype = np.dtype(dtype)
-    return np.frombuffer(read_at(f, int(start) * dtype.itemsize, int(n) * dtype.itemsize), dtype)
-
-
 def tmp_name(path):
     """Temporary sibling of path; ends in .tmp so no reader mistakes it for the real file."""
     return f"{path}.{os.getpid()}.tmp"
@@ -518,6 +480,50 @@ def remove_stale_tmp(folder, names, quiet_s=600):
                 elif os.path.isdir(old):  # an export's folder, written whole before its rename
                     shutil.rmtree(old)
 
+
+def atomic_write_text(path, text):
+    tmp = tmp_name(path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        fsync_replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+    # what a killed write of the same file left (gen.py --output, eval.py --json, meta.json, a metrics file)
+    remove_stale_tmp(os.path.dirname(os.path.abspath(path)), re.escape(os.path.basename(path)))
+
+
+def atomic_torch_save(obj, path):
+    """torch.save that never leaves a half-written file at path, even on Ctrl-C or a full disk."""
+    import torch
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = tmp_name(path)
+    try:
+        try:  # opened here first: a folder that takes no files (made read-only mid-run) failed in torch's writer as a
+            # RuntimeError traceback ("open file failed with strerror: Permission denied"); an OSError is one line
+            open(tmp, "wb").close()
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, path) from None
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as e:  # torch's writer reports a failed write (a full disk) as a RuntimeError
+            if not any(sign in str(e) for sign in ("PytorchStreamWriter", "basic_ios", "unexpected pos")):
+                raise
+            free = shutil.disk_usage(folder).free
+            raise UserError(f"could not write {path} ({free / 1e6:.0f} MB free there): free some space or write "
+                            f"elsewhere; the previous file, if any, is untouched") from None
+        fsync_replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+    # another checkpoint's (a killed save's may be named otherwise), and train.py's metrics and loss curve
+    remove_stale_tmp(folder, r".+\.pt|.+_metrics\.jsonl|.+_loss\.png")
+
+
+# -----------------------------------------------------------------------------
+# locks: one command at a time writes a run's checkpoints or a dataset
 
 def fcntl_module():
     """fcntl, or None where the system has none (Windows): imported at each lock, so that a test can hide it."""
@@ -641,45 +647,45 @@ def lock_holder_runs(path, young_s=10):
         return True
 
 
-def atomic_write_text(path, text):
-    tmp = tmp_name(path)
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        fsync_replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-    # what a killed write of the same file left (gen.py --output, eval.py --json, meta.json, a metrics file)
-    remove_stale_tmp(os.path.dirname(os.path.abspath(path)), re.escape(os.path.basename(path)))
+# -----------------------------------------------------------------------------
+# reading files: a checkpoint's format, token files without a memmap
+
+def starts_as_zip(file):
+    """Whether the file (a path, or a file open in binary mode) begins with a zip's first local header, as every
+    torch.save checkpoint does (whole or cut short; a legacy torch.save file begins with a pickle)."""
+    if isinstance(file, (str, os.PathLike)):
+        with open(file, "rb") as f:
+            return starts_as_zip(f)
+    file.seek(0)
+    return file.read(4) == b"PK\x03\x04"
 
 
-def atomic_torch_save(obj, path):
-    """torch.save that never leaves a half-written file at path, even on Ctrl-C or a full disk."""
-    import torch
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = tmp_name(path)
-    try:
-        try:  # opened here first: a folder that takes no files (made read-only mid-run) failed in torch's writer as a
-            # RuntimeError traceback ("open file failed with strerror: Permission denied"); an OSError is one line
-            open(tmp, "wb").close()
-        except OSError as e:
-            raise OSError(e.errno, e.strerror, path) from None
+READ_AT_LOCK = threading.Lock()  # read_at's, where a seek stands in for pread
+
+
+def read_at(f, offset, n):
+    """n bytes of the open file f from byte offset (fewer at its end), leaving its position as it was. Token files are
+    read so rather than through a memmap: every page a memmap has read stays counted in the process's memory while it
+    is open (an eighth of an epoch's random windows showed a whole 660 MB train.bin held: 20 GB for a 10B-token set).
+    os.pread where the system has it; Windows has none: a seek and a read, under a lock (train.py's loader reads from
+    a thread), and back to where a file being written was (prepare.py reads what it wrote, and goes on writing)."""
+    if hasattr(os, "pread"):
+        return os.pread(f.fileno(), n, offset)
+    with READ_AT_LOCK:
+        at = f.tell()
         try:
-            torch.save(obj, tmp)
-        except RuntimeError as e:  # torch's writer reports a failed write (a full disk) as a RuntimeError
-            if not any(sign in str(e) for sign in ("PytorchStreamWriter", "basic_ios", "unexpected pos")):
-                raise
-            free = shutil.disk_usage(folder).free
-            raise UserError(f"could not write {path} ({free / 1e6:.0f} MB free there): free some space or write "
-                            f"elsewhere; the previous file, if any, is untouched") from None
-        fsync_replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-    # another checkpoint's (a killed save's may be named otherwise), and train.py's metrics and loss curve
-    remove_stale_tmp(folder, r".+\.pt|.+_metrics\.jsonl|.+_loss\.png")
+            f.seek(offset)
+            return f.read(n)
+        finally:
+            f.seek(at)
+
+
+def read_items(f, start, n, dtype):
+    """Items [start, start + n) of a file of numpy dtype items (a token file's tokens, a mask file's flags) open as f,
+    as an array, by read_at (no memmap). numpy imported here: scripts that never read token files keep without it."""
+    import numpy as np
+    dtype = np.dtype(dtype)
+    return np.frombuffer(read_at(f, int(start) * dtype.itemsize, int(n) * dtype.itemsize), dtype)
 
 
 # -----------------------------------------------------------------------------
