@@ -147,6 +147,21 @@ def holds_nul(path, text=""):
                      f"`iconv -f utf-16{order} -t utf-8`; stray ones: remove them, e.g. `tr -d '\\000'`")
 
 
+# UTF-8 text with a stray byte (a chat log with emoji, one line pasted from elsewhere): the latin1 advice turned every
+# character beyond ASCII into two or more others ("caf\u00c3\u00a9") and the file was then accepted, garbled
+STRAY_BYTE_FIX = ("the text around it is UTF-8, so a stray byte? drop such bytes, e.g. `iconv -c -f utf-8 -t utf-8`, "
+                  "or mend that line (converting from latin1 would garble its other characters)")
+
+
+def utf8_around(path, at, span=1 << 16):
+    """Whether the span bytes of path on either side of offset at hold a character beyond ASCII in valid UTF-8, as
+    latin1 or cp1252 text next to ASCII hardly ever does: the file is UTF-8, but for its byte at."""
+    with open(path, "rb") as f:
+        f.seek(max(0, at - span))
+        data = f.read(at - max(0, at - span) + 1 + span)
+    return re.search("[\x80-\ufffc\U00010000-\U0010ffff]", data.decode("utf-8", "replace")) is not None
+
+
 def not_utf8(path, what=None, fix=None):
     """The UserError for a file that is not UTF-8 text, naming its first bad byte by line and by offset in the file (a
     decoder reading in blocks gives the offset in its block, which told the user nothing). Only read on that error."""
@@ -156,6 +171,8 @@ def not_utf8(path, what=None, fix=None):
             with open(path, "rb") as f:
                 head = f.read(1 << 16)
             fix = UTF16_FIX if head[:2] in (b"\xff\xfe", b"\xfe\xff") else BINARY_FIX if b"\0" in head else None
+        if fix is None and where and utf8_around(path, where[1]):
+            fix = STRAY_BYTE_FIX
     except OSError:
         where = None
     fix = fix or "convert it, e.g. `iconv -f latin1 -t utf-8`"

@@ -490,6 +490,24 @@ def test_first_bad_utf8_names_line_and_offset_in_bounded_memory(tmp_path):
     os.close(r)
 
 
+def test_a_stray_byte_in_utf8_text_is_not_answered_with_a_latin1_conversion(tmp_path):
+    """A chat log with emoji and accents and one stray byte: `iconv -f latin1 -t utf-8`, the advice for latin1 text,
+    turned every emoji and accent into mojibake, and prepare.py then took the garbled file. Dropping the byte is the
+    fix there; a latin1 file still gets the conversion."""
+    from common import not_utf8
+    f = tmp_path / "chats.jsonl"
+    for before, after in ((b'{"text": "caf\xc3\xa9 \xf0\x9f\x98\x80"}\n' * 3, b""),
+                          (b'{"text": "ok"}\n' * 3, b'{"text": "m\xc3\xaame"}\n')):  # the UTF-8 before or after it
+        f.write_bytes(before + b'{"text": "bad \xff byte"}\n' + after)
+        assert str(not_utf8(str(f))).endswith(": the text around it is UTF-8, so a stray byte? drop such bytes, e.g. "
+                                              "`iconv -c -f utf-8 -t utf-8`, or mend that line (converting from latin1 "
+                                              "would garble its other characters)")
+    f.write_bytes('{"text": "caf\u00e9 cr\u00e8me"}\n'.encode("latin-1"))
+    assert str(not_utf8(str(f))).endswith(": convert it, e.g. `iconv -f latin1 -t utf-8`")
+    f.write_bytes('{"text": "ok"}\n{"text": "\u201cquoted\u201d"}\n'.encode("cp1252"))
+    assert str(not_utf8(str(f))).endswith(": convert it, e.g. `iconv -f latin1 -t utf-8`")
+
+
 def test_ctrl_c_under_torchrun_says_interrupted_once_a_machine(monkeypatch, capsys):
     """Ctrl-C reaches every process torchrun started: each printed "interrupted" (before the training loop, which
     already had one rank say it)."""
