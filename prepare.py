@@ -370,7 +370,10 @@ def record_doc(record, where, dataset=None):
     if isinstance(record, str):
         return (record.strip(), True) if record.strip() else None
     if not isinstance(record, dict):
-        raise UserError(f"{where}: expected an object or a string, got {type(record).__name__}")
+        # a conversation's bare list of turns, as some chat exports write a line: the error said only "got list"
+        turns = isinstance(record, list) and record and all(isinstance(t, dict) for t in record)
+        raise UserError(f"{where}: expected an object or a string, got {type(record).__name__}" + (
+            '; a conversation\'s turns? give each as {"messages": [...]}' if turns else ""))
     # the shape by the fields that hold something: a parquet file or a pandas export of mixed records gives every row
     # every column, null where the row has none (an Alpaca row's question, a QA row's instruction)
     has = {k for k, v in record.items() if v is not None}

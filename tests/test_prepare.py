@@ -393,6 +393,11 @@ def test_non_utf8_and_bad_input(tmp_path):
                                           "`history` must be a list of [instruction, output] pairs of text"))):
         with pytest.raises(UserError, match=rf"turns{i}.jsonl line 1: {re.escape(shape)}"):
             prepare.prepare("chat", source=write(tmp_path / f"turns{i}.jsonl", json.dumps(record)), out_dir=out)
+    # a line holding a conversation's bare list of turns, as some chat exports write: it said only "got list"
+    bare = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    with pytest.raises(UserError, match=r'bare.jsonl line 1: expected an object or a string, got list; a '
+                                        r'conversation\'s turns\? give each as \{"messages": \[\.\.\.\]\}$'):
+        prepare.prepare("chat", source=write(tmp_path / "bare.jsonl", json.dumps(bare)), out_dir=out)
     with pytest.raises(UserError, match=r"odd.jsonl line 1: unknown role 'robot'"):
         prepare.prepare("chat", source=write(tmp_path / "odd.jsonl", json.dumps({"messages": [{"role": "robot", "content": "x"}]})), out_dir=out)
     # OpenAI's fine-tuning files with function calling: a null content or role "tool" named no way out
