@@ -487,6 +487,25 @@ def test_json_lines_named_json_and_an_array_named_jsonl_name_the_rename(tmp_path
         prepare.prepare("text", source=write(tmp_path / "broken.json", '[{"text": "a"}\n, {"text": "b"}]]\n'), out_dir=out)
 
 
+def test_chat_records_in_a_txt_file_name_the_rename(tmp_path):
+    """A chat log of JSON Lines saved as .txt was read as plain text, under --dataset chat too: one document of raw
+    JSON, trained on as words with no loss mask, and only "1 document" said so. Plain text that starts with other
+    JSON, or with a brace, is still text."""
+    out = str(tmp_path / "data")
+    chat = '{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}\n' * 20
+    for dataset in ("chat", "text"):
+        with pytest.raises(UserError, match=r"chats\.txt: its first line is a JSON record of `messages`, but a \.txt "
+                                            r"file is read as plain text \(its JSON trained on as words\): name it "
+                                            r"\.jsonl$"):
+            prepare.prepare(dataset, source=write(tmp_path / "chats.txt", "\n" + chat), out_dir=out, name="c")
+    assert not os.path.exists(os.path.join(out, "c"))
+    meta = prepare.prepare("chat", source=write(tmp_path / "chats.jsonl", chat), out_dir=out, name="c")
+    assert meta["has_mask"]
+    for i, text in enumerate(('{"level": "info", "msg": "started"}\nand then some words\n', "{braces} and words\n")):
+        meta = prepare.prepare("text", source=write(tmp_path / f"log{i}.txt", text * 20), out_dir=out, name=f"log{i}")
+        assert meta["kind"] == "text"
+
+
 def test_utf16_text_is_refused_naming_its_conversion(tmp_path):
     """Windows' "Unicode" text is UTF-16. Without a byte-order mark its ASCII letters are valid UTF-8 with a NUL after
     each, and the dataset trained on "O\\0n\\0c\\0e\\0"; with one, the error said to convert it from latin1, which does
