@@ -1540,10 +1540,12 @@ def resumed_progress(args, ckpt, ckpt_args, meta, train_w, val_w, batches, eval_
     return p, eval_windows, warmup
 
 
-def run_summary(p, meta, **run):
+def run_summary(p, meta, epoch_windows, **run):
     """What train() returns: the run's own figures (stopped, run_steps, tokens, elapsed, tokens_per_s,
-    train_tokens_per_s, val_loss and the files) and where the training stands (steps, epochs, the best val loss)."""
-    return {**run, "steps": p.step, "epochs_done": p.epoch, "best_val_loss": p.best_val_loss,
+    train_tokens_per_s, val_loss and the files) and where the training stands (steps, epochs done, the epoch it is at
+    as the log gives it, the best val loss). epoch_windows: the train windows of an epoch."""
+    return {**run, "steps": p.step, "epochs_done": p.epoch, "epoch": round(p.epoch + p.windows / epoch_windows, 4),
+            "best_val_loss": p.best_val_loss,
             "best_val_bpb": None if p.best_val_loss is None else bits_per_byte(p.best_val_loss, meta)}
 
 
@@ -1601,9 +1603,10 @@ def summary_lines(summary, meta, args, budget, pause_eval):
         # trained at 240k tokens/s and said 24,708 here)
         rate += f" overall, {summary['train_tokens_per_s']:,.0f} while training"
     lines = [paint(f"{summary['stopped']}: {summary['run_steps']:,} steps, {fmt_count(summary['tokens'])} tokens in "
-                   f"{fmt_time(summary['elapsed'])} ({rate}); {summary['epochs_done']} " +
-                   (f"epoch(s) in the {args.time_budget:g} min budget" if budget else
-                    f"of {args.epochs} epoch(s) done"), "bold")]
+                   f"{fmt_time(summary['elapsed'])} ({rate}); " +
+                   # (a budget's epochs as the log gives them: "0 epoch(s)" after half of one read as nothing trained)
+                   (f"{summary['epoch']:.2f} epochs in the {args.time_budget:g} min budget" if budget else
+                    f"{summary['epochs_done']} of {args.epochs} epoch(s) done"), "bold")]
     best, last_val = summary["best_val_loss"], summary["val_loss"]
     if best is not None:
         lines.append(f"best val loss {measured(best, meta)} " + (f"in {summary['best_checkpoint']}" if
@@ -1881,7 +1884,7 @@ def run_training(args, held):
     if p.epoch >= args.epochs:
         more = more_epochs(args, dataset, p.epoch)
         if more == 0:  # a run's summary (below), of a run that trained nothing: its checkpoint's
-            return run_summary(p, meta, stopped="already done", run_steps=0, tokens=0, elapsed=0.0, tokens_per_s=0.0,
+            return run_summary(p, meta, len(train_w), stopped="already done", run_steps=0, tokens=0, elapsed=0.0, tokens_per_s=0.0,
                                train_tokens_per_s=None, val_loss=ckpt.get("val_loss"), checkpoint=args.checkpoint,
                                best_checkpoint=best_path if os.path.exists(best_path) else None,
                                metrics=metrics_path if os.path.exists(metrics_path) else None,
@@ -2227,7 +2230,7 @@ def run_training(args, held):
     metrics.plot(f"{dataset}: {args.model} {config.variant}")
     p.elapsed += time.time() - t_run
     run_time = time.time() - t_run
-    summary = run_summary(p, meta, stopped=stopped, run_steps=run_steps, tokens=run_tokens, elapsed=run_time,
+    summary = run_summary(p, meta, len(train_w), stopped=stopped, run_steps=run_steps, tokens=run_tokens, elapsed=run_time,
                           tokens_per_s=run_tokens / max(run_time, 1e-9),
                           train_tokens_per_s=train_tokens / train_s if train_s > 0 else None, val_loss=last_val,
                           checkpoint=saved["path"], best_checkpoint=saved["best"], metrics=metrics.path,

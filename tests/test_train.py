@@ -2276,7 +2276,7 @@ def test_an_unwritable_default_output_names_the_option(env, tmp_path, monkeypatc
     assert (tmp_path / "models").read_text() == "not a folder"
 
 
-def test_time_budget_ends_the_run_and_spans_the_schedule(env, tmp_path, monkeypatch):
+def test_time_budget_ends_the_run_and_spans_the_schedule(env, tmp_path, monkeypatch, capsys):
     budget_min = 0.1  # 6 s: 1/8-s steps and 1/4-s evaluations fit 3 epochs of the mini set; the clock ends the run
     # on the real clock a loaded CI machine fitted 10 steps (one epoch) in the 6 s, and its last ones came too early
     # in the decay; a stall at a save moved the evaluations (see StepClock)
@@ -2305,6 +2305,10 @@ def test_time_budget_ends_the_run_and_spans_the_schedule(env, tmp_path, monkeypa
     assert 5 <= len(evals) <= 11 and len(recs) <= 12, (len(evals), len(recs))
     mid_epoch = [r["epoch"] for r in evals if abs(r["epoch"] - round(r["epoch"])) > 0.02]
     assert len(mid_epoch) >= len(evals) // 2, [r["epoch"] for r in evals]
+    # the summary gives the epochs as the log does, not the whole ones done ("0 epoch(s)" after half of one read as
+    # nothing trained)
+    assert s["epoch"] == recs[-1]["epoch"] > s["epochs_done"]
+    assert f"; {s['epoch']:.2f} epochs in the 0.1 min budget" in capsys.readouterr().out
 
 
 def test_a_budget_run_that_runs_out_of_epochs_is_saved_and_evaluated(env, tmp_path, monkeypatch):
