@@ -765,7 +765,7 @@ class Handler(BaseHTTPRequestHandler):
     def route(self, method):
         api = self.server
         path = urlsplit(self.path).path
-        self.body, self.probed = None, False
+        self.body, self.probed, submitted = None, False, False
         try:
             self.check_framing()
             self.check_host()
@@ -793,13 +793,16 @@ class Handler(BaseHTTPRequestHandler):
                 return self.send_json(200, {"object": "list", "data": [api.model_card()]})
             job = job_from_request(self.read_body(), "chat" if path == "/v1/chat/completions" else "text", api)
             api.worker.submit(job)
+            submitted = True
             try:
                 (self.stream if job.stream else self.answer)(job)
             except ClientGone:
                 api.worker.cancel(job)
                 self.close_connection = True
         except ApiError as e:
-            self.refuse(e, path)
+            # (not the error of a job the worker took: its own line says what became of it, or the server stopped
+            # while it waited, as the stop's line says)
+            self.refuse(e, path, log=not submitted)
 
     def check_host(self):
         """DNS rebinding: a web page whose own name its site points at 127.0.0.1 is, to the browser, of this server's
@@ -836,17 +839,29 @@ class Handler(BaseHTTPRequestHandler):
             raise ApiError(405, f"{path} takes {allowed}, not {method}", code="method_not_allowed")
         return False
 
-    def refuse(self, e, path):
-        """Answer the ApiError e, OpenAI's error body, to the request for path."""
+    def refuse(self, e, path, log=True):
+        """Answer the ApiError e, OpenAI's error body, to the request for path; log: with a line in the log."""
         headers = [("Allow", ", ".join(sorted(self.ROUTES.get(path, ["GET"]))))] if e.status == 405 else []
         if e.code == "server_shutting_down":  # its client is not to send the next request on this connection
             self.close_connection = True
         if self.body is None and (self.headers.get("Content-Length", "0") != "0" or "Transfer-Encoding" in self.headers):
             self.close_connection = self.unread_body = True  # it would be taken for the next request
+        if log:  # (before the answer, as the worker's line for a reply: a client that reads its answer finds it there)
+            self.log_refusal(e.status, e.message)
         try:
             self.send_json(e.status, e.body(), headers)
         except OSError:
             self.close_connection = True
+
+    def log_refusal(self, status, message):
+        """A line in the log for a request answered with an error, as the worker writes one for each reply: a client
+        refused (a context too long, a bad field, a full queue) left nothing there, and its operator no clue. Escaped:
+        the path is the client's, and a terminal would act on its control characters."""
+        what = "a request"
+        with contextlib.suppress(ValueError):  # ("http://[x": an IPv6 address unclosed)
+            what = f"{self.command} {urlsplit(self.path).path}" if getattr(self, "command", None) else what
+        with contextlib.suppress(OSError):  # (stderr's reader gone: see Worker.run)
+            self.server.worker.log(repr(f"{what}: {status} {message}")[1:-1])
 
     def handle_expect_100(self):
         """A client that waits for "100 Continue" before it sends its body (curl, for one over 1 MiB: every body it
@@ -941,6 +956,7 @@ class Handler(BaseHTTPRequestHandler):
         # get an OpenAI error body too, not its HTML page
         self.close_connection = True
         message = message or explain or self.REFUSALS.get(code) or f"{code} {self.responses.get(code, ('bad request',))[0]}"
+        self.log_refusal(code, message)
         try:
             self.send_json(code, ApiError(code, message).body())
         except OSError:

@@ -954,6 +954,23 @@ def test_a_stop_that_waits_for_the_reply_being_generated_says_so_at_once(enc):
     idle.close()
 
 
+def test_a_refused_request_is_a_line_in_the_log(enc):
+    """A request answered with an error (a context too long, a bad field, a path not served) is a line in the log, as
+    each reply is: it left nothing there, and the operator no clue why a client got no answer. The path is the
+    client's, escaped (a terminal acts on its control characters)."""
+    lines = []
+    api = start(tiny_model(enc), enc, log=lines.append)
+    try:
+        status, body, _ = post(api, "/v1/completions", {"prompt": "Hi", "max_tokens": -1})
+        assert status == 400 and lines == [f"POST /v1/completions: 400 {body['error']['message']}"], lines
+        status, _, _ = raw(api, b"GET /\x1b[2Jgone HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert status == 404 and len(lines) == 2 and lines[1].startswith("GET /\\x1b[2Jgone: 404 "), lines
+        status, _, _ = raw(api, b"BREW / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")  # the standard library's refusal
+        assert status == 501 and len(lines) == 3 and lines[2].startswith("BREW /: 501 "), lines
+    finally:
+        api.close()
+
+
 def test_a_stop_at_the_instant_the_worker_takes_up_a_reply_says_it_waits_for_it(enc):
     """The worker set current (the reply being generated, which halt reads to say it waits) outside the lock: a Ctrl-C
     between its check for a halt and that assignment found no reply, said nothing, and the stop then waited without a
