@@ -873,6 +873,9 @@ class Split:
         self.tokens = self.documents = self.bytes = self.padding = 0
         self.cut = 0  # documents (books) cut by tokens, whose head is here and tail in val: counted in neither
         self.repeats = 0  # documents left out of val because train or val has them (write_splits): counted in neither
+        # conversations longer than a block, packed in pieces (Packer.pieces), and of them those cut inside an
+        # exchange (a user message and what follows it) longer than a block too, a reply from its question
+        self.in_pieces = self.cut_exchanges = 0
         self.replaced = 0  # files commit() has renamed into place
 
     def write(self, ids, mask, documents, nbytes):
@@ -984,7 +987,10 @@ class Packer:
         if not self.block:
             self.emit(ids, mask)
             return
-        for piece in self.pieces(ids, mask):
+        inside = False  # cut inside an exchange: a piece after the first that starts with no user message
+        for k, piece in enumerate(self.pieces(ids, mask)):
+            self.out.in_pieces += k == 1
+            inside |= k > 0 and piece[0][:len(self.user_head)].tolist() != self.user_head
             if len(piece[0]) > self.block:  # a single turn longer than a block: it starts a block and crosses
                 while self.pos and self.lengths and self.lengths[0] <= self.block - self.pos:
                     self.place_one()        # first fill what is left of the open block
@@ -996,6 +1002,7 @@ class Packer:
             self.waiting.insert(i, piece)
             if len(self.waiting) > PACK_LOOKAHEAD:
                 self.place_one()
+        self.out.cut_exchanges += inside
 
     def pieces(self, ids, mask):
         """A document that fits a block as it is; a longer one cut into pieces of at most a block with their
@@ -2061,7 +2068,8 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
             "options": options,
             # tokens include the padding; bytes are those of the documents alone
             "splits": {s: {"tokens": splits[s].tokens, "documents": splits[s].documents, "bytes": splits[s].bytes,
-                           "padding": splits[s].padding} for s in ("train", "val")},
+                           "padding": splits[s].padding, "in_pieces": splits[s].in_pieces,
+                           "cut_exchanges": splits[s].cut_exchanges} for s in ("train", "val")},
             # whole documents are counted in a split; these, a book's head in train and its tail in val, in neither
             "cut_documents": splits["train"].cut,
             # and these, val's documents that train has too, in none (counted as tokenized: in the splits packed or
@@ -2134,8 +2142,14 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
           f"{tokens:,} tokens ({tr['tokens']:,} / {va['tokens']:,}), {mb:.1f} MB of text in {dt:.1f}s: "
           f"{mb / dt:.2f} MB/s, {tokens / dt / 1e6:.2f}M tokens/s")
     if block:
+        # (a conversation longer than a block trains in pieces, and an exchange longer than one without all of its
+        # question: said, as the README's rules were the only word of it)
+        pieces, inside = tr["in_pieces"] + va["in_pieces"], tr["cut_exchanges"] + va["cut_exchanges"]
         print(f"  packed in blocks of {block} tokens (train.py --block_size {block}): "
-              f"{(tr['padding'] + va['padding']) / max(tokens, 1):.1%} padding")
+              f"{(tr['padding'] + va['padding']) / max(tokens, 1):.1%} padding"
+              + (f"; {pieces:,} conversation{'s' * (pieces != 1)} longer than a block in pieces" if pieces else "")
+              + (f", {inside:,} of them cut inside an exchange longer than a block (a reply there trains without all "
+                 f"of its question; a larger --pack and train.py --block_size keep more whole)" if inside else ""))
     for source, m in (mixed or {}).items():
         print(f"  {source}: weight {m['weight']:g}, {m['train_tokens'] / max(tr['tokens'] - tr['padding'], 1):.1%} of the "
               f"train tokens ({m['train_documents']:,} documents), {m['val_documents']:,} val documents")

@@ -1169,7 +1169,7 @@ def documents(ids, eot):
     return [(s, e) for s, e in zip([0, *ends[:-1]], ends) if e - s > 1]
 
 
-def test_packing_keeps_conversations_inside_blocks(tmp_path, enc):
+def test_packing_keeps_conversations_inside_blocks(tmp_path, enc, capsys):
     B = 64
     convs = packing_conversations()
     src = write(tmp_path / "c.jsonl", "\n".join(json.dumps({"messages": c}) for c in convs))
@@ -1224,7 +1224,13 @@ def test_packing_keeps_conversations_inside_blocks(tmp_path, enc):
         # masked tokens decode to exactly the assistant replies, each with its <|im_end|>
         replies = [m["content"] + IM_END for conv in part for m in conv if m["role"] == "assistant" and m.get("weight", 1)]
         assert Counter(masked_spans(enc, ids, mask)) == Counter(replies)
+        # counted (and said): the conversations in pieces, and those cut inside an exchange, a reply from its question
+        assert meta["splits"][split]["in_pieces"] == sum(len(spans) > 1 for spans in by_conv.values()) > 0
+        assert meta["splits"][split]["cut_exchanges"] == (7 in by_conv)
     assert crossing == 1  # conversation 7's long reply
+    pieces = meta["splits"]["train"]["in_pieces"] + meta["splits"]["val"]["in_pieces"]
+    assert f"; {pieces} conversations longer than a block in pieces, 1 of them cut inside an exchange longer than a " \
+           f"block (a reply there trains without all of its question" in capsys.readouterr().out
 
 
 def test_a_system_without_pread_prepares_the_same_files(tmp_path, monkeypatch):
