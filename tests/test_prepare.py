@@ -2173,7 +2173,7 @@ needs_mirror = pytest.mark.skipif(not (MIRROR and os.path.isdir(MIRROR)), reason
 
 
 @needs_mirror
-def test_mirror_story(tmp_path, enc):
+def test_mirror_story(tmp_path, enc, capsys):
     prepare.main(["--dataset", "story", "--limit", "200", "--out_dir", str(tmp_path / "data")])
     meta = json.loads((tmp_path / "data" / "story" / "meta.json").read_text())
     check_sizes(tmp_path / "data" / "story", meta)
@@ -2181,6 +2181,9 @@ def test_mirror_story(tmp_path, enc):
     # 200 stories split 180 / 20, plus 200 train-only stories (--limit counts the extra files together: all from
     # TinyStories-train-head.txt, the first)
     assert meta["splits"]["val"]["documents"] == 20 and meta["splits"]["train"]["documents"] == 380
+    # and says why 400 documents came of --limit 200
+    assert "  --limit 200: the first 200 documents of the files val is cut from, and 200 more of the train-only extra " \
+           "files (--no_extra leaves them out)\n" in capsys.readouterr().out
     assert "TinyStories-train-head-lowercase.txt" in meta["source"]
     val, _ = load(tmp_path / "data" / "story", "val", meta)
     stories = enc.decode(val.tolist()).split(EOT)
