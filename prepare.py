@@ -2143,8 +2143,8 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
           f"{mb / dt:.2f} MB/s, {tokens / dt / 1e6:.2f}M tokens/s")
     if limit and any(role == "train" for role, _, _ in plan.get("streams", ())):
         # (--limit 2000 gave 4,000 documents, without a word of why)
-        print(f"  --limit {limit:,}: the first {limit:,} documents of the files val is cut from, and {limit:,} more of "
-              f"the train-only extra files (--no_extra leaves them out)")
+        print(f"  --limit {limit:,} counts the files val is cut from and the train-only extra files apart: at most "
+              f"{limit:,} documents of each (--no_extra leaves the extra ones out)")
     if block:
         # (a conversation longer than a block trains in pieces, and an exchange longer than one without all of its
         # question: said, as the README's rules were the only word of it)

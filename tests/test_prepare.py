@@ -2182,8 +2182,8 @@ def test_mirror_story(tmp_path, enc, capsys):
     # TinyStories-train-head.txt, the first)
     assert meta["splits"]["val"]["documents"] == 20 and meta["splits"]["train"]["documents"] == 380
     # and says why 400 documents came of --limit 200
-    assert "  --limit 200: the first 200 documents of the files val is cut from, and 200 more of the train-only extra " \
-           "files (--no_extra leaves them out)\n" in capsys.readouterr().out
+    assert "  --limit 200 counts the files val is cut from and the train-only extra files apart: at most 200 documents " \
+           "of each (--no_extra leaves the extra ones out)\n" in capsys.readouterr().out
     assert "TinyStories-train-head-lowercase.txt" in meta["source"]
     val, _ = load(tmp_path / "data" / "story", "val", meta)
     stories = enc.decode(val.tolist()).split(EOT)
