@@ -1816,11 +1816,12 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
         os.makedirs(out_dir, exist_ok=True)
     held.enter_context(held_lock(prepare_lock(out_dir, name), f"another prepare.py is building "
                                  f"{folder}: wait for it to end, or build this one elsewhere with --name"))
-    # what a prepare killed mid-write (SIGKILL) left: token files (with a scratch suffix), meta, vocabulary (train_bpe's
+    # what a prepare killed mid-write (SIGKILL) left: token files (with a scratch suffix), meta (build's new meta.json
+    # is itself written by atomic_write_text under a temporary name of its temporary name), vocabulary (train_bpe's
     # own temporary name of prepare's), check_writable's probe; here, so that a run that finds the dataset up to date
     # removes them too
-    remove_stale_tmp(folder, r"(?:train|val)(?:_mask)?\.bin(?:\.[\w-]+)?|meta\.json|tokenizer\.tiktoken(?:\.\d+\.tmp)?"
-                             r"|\.write-probe")
+    remove_stale_tmp(folder, r"(?:train|val)(?:_mask)?\.bin(?:\.[\w-]+)?|(?:meta\.json|tokenizer\.tiktoken)"
+                             r"(?:\.\d+\.tmp)?|\.write-probe")
     old = read_meta(folder)
     if old and not force and not isinstance(old.get("dataset"), str):  # another tool's (it was "the None dataset", made
         # by a command that made no such thing)

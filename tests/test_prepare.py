@@ -135,8 +135,10 @@ def test_a_rebuild_removes_token_files_a_killed_prepare_left(tmp_path):
     prepare.prepare("text", source=src, out_dir=str(tmp_path / "data"))
     assert sorted(os.listdir(folder)) == ["meta.json", f"notes.{dead.pid}.tmp", "train.bin", "val.bin"]
     # a run that finds the dataset up to date removes them too (the usual run after a killed --force rebuild), and
-    # a vocabulary's (train_bpe's temporary name of prepare's: a double suffix)
-    for name in (f"train.bin.unpacked.{dead.pid}.tmp", f"tokenizer.tiktoken.{dead.pid}.tmp.{dead.pid}.tmp"):
+    # a vocabulary's (train_bpe's temporary name of prepare's: a double suffix), and a meta.json's (atomic_write_text's
+    # of build's: killed while it wrote the new meta.json)
+    for name in (f"train.bin.unpacked.{dead.pid}.tmp", f"tokenizer.tiktoken.{dead.pid}.tmp.{dead.pid}.tmp",
+                 f"meta.json.{dead.pid}.tmp.{dead.pid}.tmp"):
         (folder / name).write_bytes(b"\0" * 1000)
         os.utime(folder / name, (0, 0))
     prepare.prepare("text", source=src, out_dir=str(tmp_path / "data"))
