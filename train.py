@@ -1682,12 +1682,13 @@ def claim_files(held, args, ckpt, continuing, dataset, out_pattern, out_dir, bes
                  "--output_checkpoint" if given else "--output_checkpoint (default)", checkpoint=True)
     held.enter_context(run_lock(out_dir, dataset, f"the {dataset} run in {os.path.join(out_dir, '')} (its "
                                                    f"checkpoints, {dataset}_best.pt and metrics)"))
-    tail = os.path.basename(out_pattern)
-    # models/run{epoch}.pt: another dataset's run (its own lock above) writes them too. Its lock file is named
-    # apart from every dataset's (no + in a dataset's name): models/mini for mini took mini's own lock again,
+    # models/run{epoch}.pt: another dataset's run (its own lock above) writes them too; and so does one given
+    # models/mini.pt while mini's run writes its models/{dataset}.pt (each held only its own dataset's lock: both
+    # reported success, one with the other's checkpoint), hence the name with {dataset} filled in. Its lock file is
+    # named apart from every dataset's (no + in a dataset's name): models/mini for mini took mini's own lock again,
     # and the run refused itself
-    if "{dataset}" not in tail:
-        held.enter_context(run_lock(out_dir, "+" + tail, f"{os.path.join(out_dir, tail)} (another dataset's run)"))
+    tail = os.path.basename(out_pattern).replace("{dataset}", dataset)
+    held.enter_context(run_lock(out_dir, "+" + tail, f"{os.path.join(out_dir, tail)} (another dataset's run)"))
     # --reset_epoch numbers epochs from 1 again: its files would land on the run's own
     if not continuing or args.reset_epoch:
         return refuse_earlier_run(out_pattern, dataset, best_path, args.overwrite,

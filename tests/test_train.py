@@ -2187,6 +2187,29 @@ def test_two_datasets_runs_into_one_checkpoint_name_at_once_are_refused(env, tmp
     assert sorted(os.listdir(out)) == ["mini_best.pt", "mini_metrics.jsonl", "run1.pt"]  # no lock left behind
 
 
+def test_a_checkpoint_named_as_another_datasets_run_names_its_own_is_refused_while_that_run_writes(env, tmp_path,
+                                                                                                    monkeypatch):
+    """--output_checkpoint models/mini.pt for a chat run, started while mini's run wrote models/{dataset}.pt (the same
+    file): each held only its own dataset's lock, both reported success, and models/mini.pt held one of the two."""
+    out = tmp_path / "m"
+    refuse, seen = train.refuse_earlier_run, []
+
+    def meanwhile(*a, **k):  # the mini run has passed its checks: the chat run starts now
+        found = refuse(*a, **k)
+        if not seen:
+            seen.append(1)
+            with pytest.raises(UserError, match=rf"^another train.py is writing {re.escape(str(out / 'mini.pt'))} "
+                                                r"\(another dataset's run\)"):
+                train.train(args_for(env, out, "--dataset", "chat", "--max_steps", "1", "--output_checkpoint",
+                                     str(out / "mini.pt")))
+        return found
+    monkeypatch.setattr(train, "refuse_earlier_run", meanwhile)
+    s = train.train(args_for(env, out, "--dataset", "mini", "--max_steps", "1", "--output_checkpoint",
+                             str(out / "{dataset}.pt")))
+    assert seen and load_checkpoint(s["checkpoint"])["dataset"] == "mini"
+    assert sorted(os.listdir(out)) == ["mini.pt", "mini_best.pt", "mini_metrics.jsonl"]  # no lock left behind
+
+
 def test_a_checkpoint_name_that_is_the_datasets_does_not_refuse_its_own_run(env, tmp_path):
     """--output_checkpoint models/mini for --dataset mini: the file name's lock (for other datasets' runs) was the
     dataset's own lock file, which the run already held, and the run refused itself as "another train.py"."""
