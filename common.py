@@ -498,12 +498,25 @@ def remove_stale_tmp(folder, names, quiet_s=600):
                     shutil.rmtree(old)
 
 
+@contextlib.contextmanager
+def naming_full_disk(path):
+    """A full disk fails a write() or fsync(), whose OSError names no file: "No space left on device: free some space"
+    left the user to guess which disk. Name path."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT) and not e.filename:
+            e.filename = path
+        raise
+
+
 def atomic_write_text(path, text):
     tmp = tmp_name(path)
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        fsync_replace(tmp, path)
+        with naming_full_disk(path):
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text)
+            fsync_replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
@@ -531,7 +544,8 @@ def atomic_torch_save(obj, path):
             free = shutil.disk_usage(folder).free
             raise UserError(f"could not write {path} ({free / 1e6:.0f} MB free there): free some space or write "
                             f"elsewhere; the previous file, if any, is untouched") from None
-        fsync_replace(tmp, path)
+        with naming_full_disk(path):
+            fsync_replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)

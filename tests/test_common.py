@@ -164,6 +164,21 @@ def test_a_save_replaces_the_file_whole_never_writes_into_it(tmp_path):
     assert torch.load(path, weights_only=True)["v"].tolist() == list(range(5))
 
 
+def test_a_full_disk_names_the_file_being_written(tmp_path, capsys, monkeypatch):
+    """A write() or fsync() that finds the disk full raises an OSError naming no file: setup_tokenizer.py train --out,
+    eval.py --json, a prepared dataset's vocabulary or a checkpoint's last flush ended in "error: No space left on
+    device: free some space or write elsewhere", which left the user to guess which disk."""
+    def fsync(fd):  # where a file system that allocates late (ext4, XFS, NFS) reports it
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(os, "fsync", fsync)
+    for path, write in ((tmp_path / "a.tiktoken", lambda p: atomic_write_text(p, "x")),
+                        (tmp_path / "x.pt", lambda p: atomic_torch_save({"step": 1}, p))):
+        with pytest.raises(SystemExit):
+            run_main(lambda: write(str(path)))
+        assert capsys.readouterr().err == f"error: No space left on device: {path}: free some space or write elsewhere\n"
+        assert os.listdir(tmp_path) == []  # nor a temporary file left
+
+
 def test_a_failed_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypatch):
     path = str(tmp_path / "x.pt")
     atomic_torch_save({"step": 1}, path)
