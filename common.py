@@ -538,12 +538,19 @@ def atomic_torch_save(obj, path):
             raise OSError(e.errno, e.strerror, path) from None
         try:
             torch.save(obj, tmp)
+            full = False
         except RuntimeError as e:  # torch's writer reports a failed write (a full disk) as a RuntimeError
             if not any(sign in str(e) for sign in ("PytorchStreamWriter", "basic_ios", "unexpected pos")):
                 raise
+            full = True
+        if full:
+            # the space as the user finds it once the partial file is gone: measured with it there (and, inside the
+            # except, still held open by torch's writer in the traceback's frames) it said "0 MB free there" where 5 MB
+            # were, for a checkpoint of 7
+            os.remove(tmp)
             free = shutil.disk_usage(folder).free
             raise UserError(f"could not write {path} ({free / 1e6:.0f} MB free there): free some space or write "
-                            f"elsewhere; the previous file, if any, is untouched") from None
+                            f"elsewhere; the previous file, if any, is untouched")
         with naming_full_disk(path):
             fsync_replace(tmp, path)
     finally:
