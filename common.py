@@ -578,7 +578,7 @@ def held_lock(path, busy):
     UserError(busy). An flock, which the system lets go however the process ends (kill -9 included). Without fcntl
     (Windows) the file is made with O_EXCL and holds the pid, and is taken over once that process is gone (a process
     killed without its finally leaves it). Where the file cannot be made or locked (a read-only folder, which takes no
-    writes either, or a network file system without locks): no lock."""
+    writes either, or a network file system without locks): no lock. Yields whether it holds one."""
     fcntl = fcntl_module()
     while True:
         try:
@@ -593,7 +593,7 @@ def held_lock(path, busy):
                 os.remove(path)
             continue
         except OSError:
-            yield
+            yield False
             return
         if fcntl is None:
             with os.fdopen(fd, "w") as f:
@@ -607,7 +607,7 @@ def held_lock(path, busy):
         except OSError:
             f.close()
             try:
-                yield
+                yield False
             finally:
                 with contextlib.suppress(OSError):
                     os.remove(path)
@@ -619,7 +619,7 @@ def held_lock(path, busy):
             pass
         f.close()
     try:
-        yield
+        yield True
     finally:
         try:
             with contextlib.suppress(OSError):

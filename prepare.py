@@ -1814,14 +1814,16 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
     # folder, which a failed first build removes
     with contextlib.suppress(OSError):  # (one that cannot be made takes no dataset either: check_writable says so)
         os.makedirs(out_dir, exist_ok=True)
-    held.enter_context(held_lock(prepare_lock(out_dir, name), f"another prepare.py is building "
-                                 f"{folder}: wait for it to end, or build this one elsewhere with --name"))
-    # what a prepare killed mid-write (SIGKILL) left: token files (with a scratch suffix), meta (build's new meta.json
-    # is itself written by atomic_write_text under a temporary name of its temporary name), vocabulary (train_bpe's
-    # own temporary name of prepare's), check_writable's probe; here, so that a run that finds the dataset up to date
-    # removes them too
+    locked = held.enter_context(held_lock(prepare_lock(out_dir, name), f"another prepare.py is building "
+                                          f"{folder}: wait for it to end, or build this one elsewhere with --name"))
+    # what a prepare killed mid-write (SIGKILL, the OOM killer) left: token files (with a scratch suffix), meta (build's
+    # new meta.json is itself written by atomic_write_text under a temporary name of its temporary name), vocabulary
+    # (train_bpe's own temporary name of prepare's), check_writable's probe; here, so that a run that finds the dataset
+    # up to date removes them too. With the folder's lock held no other prepare writes them (one on another machine
+    # holds the lock too): a gone process's are removed at once, where waiting for 10 quiet minutes left a killed
+    # build's token files (gigabytes of a big corpus) beside the rebuild run right after it, until a later run
     remove_stale_tmp(folder, r"(?:train|val)(?:_mask)?\.bin(?:\.[\w-]+)?|(?:meta\.json|tokenizer\.tiktoken)"
-                             r"(?:\.\d+\.tmp)?|\.write-probe")
+                             r"(?:\.\d+\.tmp)?|\.write-probe", quiet_s=0 if locked else 600)
     old = read_meta(folder)
     if old and not force and not isinstance(old.get("dataset"), str):  # another tool's (it was "the None dataset", made
         # by a command that made no such thing)

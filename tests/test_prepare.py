@@ -148,6 +148,15 @@ def test_a_rebuild_removes_token_files_a_killed_prepare_left(tmp_path):
     os.utime(folder / f".write-probe.{dead.pid}.tmp", (0, 0))
     prepare.prepare("text", source=src, out_dir=str(tmp_path / "data"))
     assert sorted(os.listdir(folder)) == ["meta.json", f"notes.{dead.pid}.tmp", "train.bin", "val.bin"]
+    # the usual case: prepare.py run again at once after the kill (files written a moment ago). They stayed beside the
+    # rebuild until a run 10 minutes later; under the folder's lock no other prepare writes them
+    (folder / f"train.bin.unpacked.{dead.pid}.tmp").write_bytes(b"\0" * 1000)
+    prepare.prepare("text", source=src, out_dir=str(tmp_path / "data"))
+    assert sorted(os.listdir(folder)) == ["meta.json", f"notes.{dead.pid}.tmp", "train.bin", "val.bin"]
+    # and a live process's (its pid ours: not a killed one's) stays
+    (folder / f"train.bin.unpacked.{os.getppid()}.tmp").write_bytes(b"\0" * 1000)
+    prepare.prepare("text", source=src, out_dir=str(tmp_path / "data"))
+    assert f"train.bin.unpacked.{os.getppid()}.tmp" in os.listdir(folder)
 
 
 def test_single_document_is_cut_by_tokens(tmp_path, enc):
