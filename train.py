@@ -60,8 +60,8 @@ from checkpoint import (NOT_THIS_CODE, add_checkpoint_argument, checkpoint_confi
                         nonfinite, parse_checkpoint, save_checkpoint, tensor_bytes)
 from common import (DTYPES, UserError, ask, atomic_write_text, autocast, check_output, color_ok, cpu_bf16_is_faster,
                     cpu_has_bf16, exit_after_the_first, first_line, held_lock, is_oom, lock_is_held, nonempty,
-                    pick_device, pick_dtype, prepare_lock, read_items, retain_freed_memory, run_main, speaks_for_machine,
-                    tmp_name)
+                    pick_device, pick_dtype, prepare_lock, read_items, remove_stale_tmp, retain_freed_memory, run_main,
+                    speaks_for_machine, tmp_name)
 from model import OPTIMIZERS, PRESETS, VARIANTS, GPT, make_config
 from prepare import (DATASETS, DEFAULT_OUT_DIR, DEFAULT_VAL_FRACTION, is_complete, is_dataset_name,
                      meta_options, rebuild_command)
@@ -1680,15 +1680,22 @@ def claim_files(held, args, ckpt, continuing, dataset, out_pattern, out_dir, bes
     # val.bin a checkpoint). The default's message names the option too: it is how to write elsewhere
     check_output(out_pattern.replace("{dataset}", dataset).replace("{epoch}", "1"),
                  "--output_checkpoint" if given else "--output_checkpoint (default)", checkpoint=True)
-    held.enter_context(run_lock(out_dir, dataset, f"the {dataset} run in {os.path.join(out_dir, '')} (its "
-                                                   f"checkpoints, {dataset}_best.pt and metrics)"))
+    locked = held.enter_context(run_lock(out_dir, dataset, f"the {dataset} run in {os.path.join(out_dir, '')} (its "
+                                                            f"checkpoints, {dataset}_best.pt and metrics)"))
     # models/run{epoch}.pt: another dataset's run (its own lock above) writes them too; and so does one given
     # models/mini.pt while mini's run writes its models/{dataset}.pt (each held only its own dataset's lock: both
     # reported success, one with the other's checkpoint), hence the name with {dataset} filled in. Its lock file is
     # named apart from every dataset's (no + in a dataset's name): models/mini for mini took mini's own lock again,
     # and the run refused itself
     tail = os.path.basename(out_pattern).replace("{dataset}", dataset)
-    held.enter_context(run_lock(out_dir, "+" + tail, f"{os.path.join(out_dir, tail)} (another dataset's run)"))
+    locked &= held.enter_context(run_lock(out_dir, "+" + tail, f"{os.path.join(out_dir, tail)} (another dataset's run)"))
+    if locked:
+        # a save killed mid-write (kill -9, the OOM killer) left its temporary file, a checkpoint's size, until a save
+        # in the folder 10 quiet minutes later (atomic_torch_save: another machine may write there): with this run's
+        # locks held no other run writes these names, so they go now
+        names = [re.escape(tail).replace(re.escape("{epoch}"), r"\d+"), re.escape(os.path.basename(best_path)),
+                 re.escape(f"{dataset}_metrics.jsonl"), re.escape(f"{dataset}_loss.png")]
+        remove_stale_tmp(out_dir, "|".join(names), quiet_s=0)
     # --reset_epoch numbers epochs from 1 again: its files would land on the run's own
     if not continuing or args.reset_epoch:
         return refuse_earlier_run(out_pattern, dataset, best_path, args.overwrite,

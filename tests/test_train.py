@@ -1963,6 +1963,22 @@ def test_logged_train_loss_is_per_assistant_token(env, tmp_path):
     assert sum(r["train_loss"] is None for r in steps) == sum(w.count_targets([i]) == 0 for i in range(len(w)))
 
 
+def test_a_run_removes_at_once_what_its_killed_saves_left(env, tmp_path):
+    """A save killed mid-write (kill -9, the OOM killer) leaves its temporary file, a checkpoint's size, which a save
+    removed only once it had been quiet 10 minutes (another machine may write to a shared folder): the run that holds
+    the locks of those names removes it at its start. Another dataset's, and a live process's, stay."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no process has now
+    tmp_path.mkdir(exist_ok=True)
+    own = [f"mini_epoch3.pt.{dead.pid}.tmp", f"mini_best.pt.{dead.pid}.tmp", f"mini_metrics.jsonl.{dead.pid}.tmp"]
+    kept = [f"other_epoch1.pt.{dead.pid}.tmp", f"mini_epoch1.pt.{os.getppid()}.tmp"]  # another run's; a live pid's
+    for name in own + kept:
+        (tmp_path / name).write_bytes(b"half a checkpoint")  # just written: not quiet for 10 minutes
+    train.train(args_for(env, tmp_path, "--dataset", "mini", "--max_steps", 1))
+    left = set(os.listdir(tmp_path))
+    assert not left & set(own) and set(kept) <= left, left
+
+
 def test_val_windows_without_an_assistant_token_are_refused_before_training(env, tmp_path, monkeypatch):
     """An evaluation of chat windows that hold no assistant token measures nothing: it was a val loss of 0, the best
     file's, which no later evaluation could beat. The val split's first window of 4 tokens ends before the first reply
