@@ -306,16 +306,17 @@ def test_explicit_cpu_attention_matches_sdpa(variant, T, monkeypatch):
 # ---------------------------------------------------------------- KV cache
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_cache_token_by_token_matches_full_forward(variant):
+@pytest.mark.parametrize("prefill", [5, 1])  # 1: gen.py's unconditional sample, which starts from <|endoftext|> alone
+def test_cache_token_by_token_matches_full_forward(variant, prefill):
     model = tiny_model(variant)
     idx = tokens(2, 24)
     full, _ = model(idx)
     cache = model.new_cache(2)
     assert isinstance(cache, KVCache)
     assert cache.k.shape == (2, 2, 2, 32, 16) and cache.v.shape == cache.k.shape and cache.pos == 0
-    parts = [model(idx[:, :5], cache=cache)[0]]
-    assert cache.pos == 5
-    for t in range(5, 24):
+    parts = [model(idx[:, :prefill], cache=cache)[0]]
+    assert cache.pos == prefill
+    for t in range(prefill, 24):
         parts.append(model(idx[:, t:t + 1], cache=cache)[0])
     assert cache.pos == 24
     torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-5, rtol=0)
