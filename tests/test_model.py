@@ -570,6 +570,22 @@ def test_top_k_with_top_p(variant):
     assert set(first.tolist()) == set(si[:5].tolist())
 
 
+@pytest.mark.parametrize("top_k", [None, 4])  # 4: the path that samples among topk's columns, as gen.py's --top_k 200
+def test_top_p_is_taken_from_the_tempered_distribution(top_k):
+    # gen.py --temp T --top_p P: the nucleus is the smallest set of tokens holding P of the distribution sampled, the one
+    # the temperature gives, as Hugging Face's samplers take it (temperature first). Cut from the untempered one, a
+    # --temp 2 nucleus missed a token and a --temp 0.5 one kept a token too many
+    logits = torch.tensor([0.5, 0.3, 0.15, 0.05]).log().repeat(2000, 1)  # 2000 draws of one distribution
+    no_context = torch.zeros(2000, 0, dtype=torch.long)
+    g = torch.Generator().manual_seed(0)
+    # temperature 2: probabilities ~ [0.38, 0.29, 0.21, 0.12], 0.7 reached with the third (untempered: the second)
+    drawn = GPT._sample(logits, no_context, 2.0, top_k, 0.7, 1.0, g)
+    assert set(drawn.tolist()) == {0, 1, 2}
+    # temperature 0.5: ~ [0.68, 0.25, 0.06, 0.01], 0.6 reached with the first alone (untempered: the second)
+    drawn = GPT._sample(logits, no_context, 0.5, top_k, 0.6, 1.0, g)
+    assert set(drawn.tolist()) == {0}
+
+
 def test_repetition_penalty():
     # a seen token is made less likely whatever its logit's sign (CTRL): a negative one is multiplied, not divided,
     # which would bring it up towards 0 and make the repetition more likely
