@@ -272,8 +272,11 @@ def test_history_overflow_drops_oldest_turns(enc, monkeypatch, capsys):
                 rest = rest[1:]
         return head + rest
 
-    for h in (history, history[1:], history[2:], history[1:-1]):
-        for b in range(0, full + 5):
+    # short messages too (6 tokens each: "ok"), as many as the budget holds; fit_history looks at the newest
+    # budget // 4 + 1 messages only, which a bound too tight made fewer than fit
+    chit = [{"role": r, "content": "ok"} for _ in range(12) for r in ("user", "assistant")] + [history[-1]]
+    for h in (history, history[1:], history[2:], history[1:-1], [system] + chit, chit):
+        for b in range(0, len(render_chat(enc, h, add_generation_prompt=True)[0]) + 5):
             assert gen.fit_history(enc, h, b) == plain(h, b), (len(h), b)
     # a session of thousands of turns renders only the newest messages that could fit: a flat cost per reply (the
     # whole history rendered once for each message dropped took seconds a reply after a few hundred turns)
