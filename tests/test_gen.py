@@ -297,7 +297,7 @@ def test_history_overflow_drops_oldest_turns(enc, monkeypatch, capsys):
     # and when they fill the whole context the start of the newest message goes, never the system message (the
     # start of the window was cut, system message and all)
     sys_ids = render_chat(enc, [system])[0]
-    for words, max_tokens in ((30, 20), (60, 20)):
+    for words, max_tokens in ((30, 20), (41, 20), (60, 20)):  # 41: they fill the 64-token context exactly
         long = [system, {"role": "user", "content": "tell me " + "word " * words}]
         n = len(render_chat(enc, long, add_generation_prompt=True)[0])
         info = {}
