@@ -1501,6 +1501,16 @@ def resumed_progress(args, ckpt, ckpt_args, meta, train_w, val_w, batches, eval_
     was_windows = max(1, Windows.count(was_tokens, was_T)) if is_count(was_tokens) else len(train_w)
     was_batch = min(ckpt_args.get("batch_size", 0), math.ceil(was_windows / was_world))
     was = was_batch * ckpt_args.get("grad_accum", 1) * was_world
+    world, now = batches.windows_per_step // batches.rank_windows, batches.windows_per_step
+    if was and was_world != world and was != now:
+        # --batch_size and --grad_accum are per process and inherited as such: continued on other ranks, the run took
+        # another global batch without a word, other steps than the run it continues (2 -> 1 ranks: half the batch)
+        keep = (f"--grad_accum {was // (args.batch_size * world)}" if was % (args.batch_size * world) == 0 else
+                f"--batch_size {was // (args.grad_accum * world)}" if was % (args.grad_accum * world) == 0 else
+                f"a --batch_size x --grad_accum x {world} processes of {was:,}")
+        warn(f"the checkpoint's run took {was:,} windows a step on {was_world} process(es), this one {now:,} on "
+             f"{world} (--batch_size and --grad_accum are per process): not the same steps as that run; {keep} "
+             f"keeps its {was:,}")
     # evaluations take the val windows the run took, whatever the batches: continued in other ones (--batch_size 8
     # --grad_accum 2 for 16, as the out-of-memory error advises, or on other ranks) they took eval_batches of the
     # new size, another subset of the split, whose loss the best file and --patience compared with the run's

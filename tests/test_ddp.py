@@ -89,12 +89,13 @@ def test_two_ranks_follow_one_process_with_the_same_global_batch(runs):
     assert ck["step"] == STEPS and ck["epoch_windows"] == 8 * STEPS and ck["args"]["world_size"] == 2
 
 
-def test_a_two_rank_checkpoint_resumes_in_one_process(env, runs):
+def test_a_two_rank_checkpoint_resumes_in_one_process(env, runs, capsys):
     # the batch is per rank: one process takes twice as much to keep the global batch of the 2-rank run
     out = runs["out"] / "resumed1"
     r = train.train(args_for(env, out, "--checkpoint", runs["two"], "--batch_size", "8", "--grad_accum", "1",
                              "--max_steps", STEPS,
                              "--output_checkpoint", out / "{dataset}.pt", fresh=False))
+    assert "windows a step" not in capsys.readouterr().err  # the same global batch: nothing to warn of
     assert r["steps"] == 2 * STEPS
     one = losses(runs["one"]["metrics"])
     resumed = losses(r["metrics"])
@@ -144,12 +145,17 @@ def test_overwriting_the_best_file_drops_its_bar_on_every_rank(env, runs, tmp_pa
     assert "stopping early" in r.stdout + r.stderr and (tmp_path / "half" / "story_best.pt").exists()
 
 
-def test_another_global_batch_keeps_the_place_in_the_schedule(env, runs):
+def test_another_global_batch_keeps_the_place_in_the_schedule(env, runs, capsys):
     # resumed on one process with the per-rank batch options: half the global batch, so twice the steps per
     # epoch; the step count follows the windows done, which keeps the learning rate where the run was
     out = runs["out"] / "smaller"
     r = train.train(args_for(env, out, "--checkpoint", runs["two"], "--max_steps", 1, "--output_checkpoint",
                              out / "{dataset}.pt", fresh=False))
+    # said, with the option that keeps the run's 2 ranks x 2 x 2 windows (it was silent: the user scaling down got
+    # another run than the one continued)
+    assert ("the checkpoint's run took 8 windows a step on 2 process(es), this one 4 on 1 (--batch_size and "
+            "--grad_accum are per process): not the same steps as that run; --grad_accum 4 keeps its 8"
+            ) in capsys.readouterr().err
     ck = load_checkpoint(r["checkpoint"])
     assert ck["epoch_windows"] == 8 * STEPS + 4 and ck["step"] == 2 * STEPS + 1
 
