@@ -1802,7 +1802,15 @@ def oom_error(args, e):
 def train(args):
     """Train as the options say; returns a summary dict (steps, tokens, losses, files)."""
     with contextlib.ExitStack() as held:  # the run's lock, let go however training ends
-        return run_training(args, held)
+        try:
+            return run_training(args, held)
+        except Exception as e:
+            # a rank lost while the ranks set up (the training loop says its own, with the step): another machine
+            # without the files (see run_training), met at the first agreement, was a gloo traceback
+            if is_peer_failure(e) and torch.distributed.is_available() and torch.distributed.is_initialized():
+                raise UserError(f"lost contact with the other ranks before training (did one fail? see its lines, on "
+                                f"its machine): {first_line(e, 100)}") from e
+            raise
 
 
 def run_training(args, held):
@@ -1820,6 +1828,11 @@ def run_training(args, held):
             raise UserError(f"--init_from {args.init_from} is not a folder: it takes a Hugging Face model folder "
                             f"(config.json, model.safetensors, tokenizer files); a .pt checkpoint goes to --checkpoint")
         args = argparse.Namespace(**{**vars(args), "checkpoint": args.init_from})
+    # under torchrun the ranks join before the files are read: a machine of several without them (its data/ or the
+    # checkpoint not copied) ended before joining, and the others waited in the join for its ranks, with no word, for
+    # 30 minutes (its timeout; their torchrun does not learn of another machine's failure). Joined, they lose contact
+    # at once. (One process picks its device after the files' errors: no device prompt before them)
+    joined = init_distributed(args.device) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
     ckpt = load_checkpoint(args.checkpoint) if args.checkpoint else None
     ckpt_args = (ckpt or {}).get("args") or {}
     if ckpt is not None:
@@ -1836,7 +1849,7 @@ def run_training(args, held):
     own_vocab = args.checkpoint if ckpt is not None and ckpt["tokenizer"].get("bpe") else None
     meta = load_meta(args.data_dir, dataset, args.tokenizer or own_vocab)
     enc = pick_tokenizer(args, meta, ckpt)
-    dist, device = init_distributed(args.device)  # before the model: a new one's default size depends on it
+    dist, device = joined or init_distributed(args.device)  # before the model: a new one's default size depends on it
     quiet = not dist.main
     if args.model is None and ckpt is None:
         args.model = default_preset(device)

@@ -194,6 +194,31 @@ def test_two_nodes_meet_at_a_rendezvous_endpoint(env, runs):
     assert_same_curve(two, one, sorted(two))
 
 
+def test_a_machine_without_the_data_ends_the_other_at_once(env, tmp_path):
+    """Two machines, one without data/ (not copied there): its ranks failed before joining the process group, and the
+    other machine's waited in the join, with no word, for its 30-minute timeout (torchrun does not learn of another
+    machine's failure). Joined first, they lose contact at once and say so."""
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    launch = ("--nnodes=2", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=test")
+    argv = ["--dataset", "mini", "--output_checkpoint", tmp_path / "models" / "{dataset}.pt", *MODEL, "--max_steps", 2]
+    nodes = [torchrun(["--data_dir", data, *argv], nproc=1, launch=launch, stdin=subprocess.DEVNULL,
+                      start_new_session=True) for data in (env["data"], tmp_path / "not_copied")]
+    try:
+        logs = [node.communicate(timeout=60)[1] for node in nodes]
+    except subprocess.TimeoutExpired:
+        pytest.fail("the machine with the data waited for the other's ranks, which had ended")
+    finally:
+        for node in nodes:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(node.pid, signal.SIGKILL)
+    assert [node.returncode for node in nodes] == [1, 1], logs
+    assert "not_copied" in logs[1] and "lost contact with the other ranks before training" in logs[0], logs
+    assert "]: Traceback" not in logs[0], logs[0][-3000:]  # no rank's ("[rank0]: Traceback"); torchrun's own stays
+
+
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs (NCCL)")
 def test_two_gpus_with_nccl_follow_one_gpu(env, tmp_path):
     run = ["--dataset", "story", "--max_steps", STEPS, *MODEL, "--eval_interval", "0"]
