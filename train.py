@@ -39,6 +39,7 @@ import contextlib
 import dataclasses
 import gc
 import glob
+import hashlib
 import inspect
 import json
 import math
@@ -1278,6 +1279,25 @@ class Dist:
         return tuple(t.tolist())
 
 
+def check_same_files(dist, meta, ckpt, checkpoint):
+    """Under torchrun each rank reads its own copy of the data and of the checkpoint it continues: on several machines
+    copies made by hand (README), which may differ (a prepare.py run again on one, an older checkpoint). Different
+    ones trained on without a word, from other optimizer states and epoch positions, or, epochs of other lengths,
+    ended in gloo's abort ("collective mismatch") a few steps on. Refused before anything is built, on every machine."""
+    if dist.world == 1:
+        return
+
+    def fingerprint(x):  # 48 bits: exact in the float64 Dist.agree takes
+        return int(hashlib.sha256(json.dumps(x, sort_keys=True, default=str).encode()).hexdigest()[:12], 16)
+    mine = (fingerprint({k: meta.get(k) for k in ("splits", "tokenizer_hash", "vocab_size", "dtype", "has_mask")}),
+            fingerprint(None if ckpt is None else [ckpt.get(k) for k in ("run", "step", "tokens")]))
+    most = dist.agree(*mine, *(-v for v in mine))  # the largest of each, and the smallest
+    for i, (what, path) in enumerate((("data", meta["folder"]), ("checkpoint", checkpoint))):
+        if most[i] != -most[i + len(mine)]:
+            raise UserError(f"the ranks read different copies of the {what} ({path}): every machine needs the same; "
+                            f"copy it to each again from the first machine, or put it on a shared file system")
+
+
 def is_peer_failure(e):
     """An error raised inside a collective because another rank went away (gloo: connection reset or closed; NCCL:
     a DistBackendError), rather than a fault of this rank's own."""
@@ -1851,6 +1871,7 @@ def run_training(args, held):
     enc = pick_tokenizer(args, meta, ckpt)
     dist, device = joined or init_distributed(args.device)  # before the model: a new one's default size depends on it
     quiet = not dist.main
+    check_same_files(dist, meta, ckpt, args.checkpoint)
     if args.model is None and ckpt is None:
         args.model = default_preset(device)
     config = model_config(args, meta, ckpt)

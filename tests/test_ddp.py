@@ -194,29 +194,47 @@ def test_two_nodes_meet_at_a_rendezvous_endpoint(env, runs):
     assert_same_curve(two, one, sorted(two))
 
 
-def test_a_machine_without_the_data_ends_the_other_at_once(env, tmp_path):
-    """Two machines, one without data/ (not copied there): its ranks failed before joining the process group, and the
-    other machine's waited in the join, with no word, for its 30-minute timeout (torchrun does not learn of another
-    machine's failure). Joined first, they lose contact at once and say so."""
+def two_machines(argvs):
+    """Two torchrun agents, one process each, that meet at a rendezvous endpoint as on two machines, each with its
+    own argv: their stderr, once both ended (60 s at most: they were killed, and the test failed)."""
     import socket
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     launch = ("--nnodes=2", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=test")
-    argv = ["--dataset", "mini", "--output_checkpoint", tmp_path / "models" / "{dataset}.pt", *MODEL, "--max_steps", 2]
-    nodes = [torchrun(["--data_dir", data, *argv], nproc=1, launch=launch, stdin=subprocess.DEVNULL,
-                      start_new_session=True) for data in (env["data"], tmp_path / "not_copied")]
+    nodes = [torchrun(argv, nproc=1, launch=launch, stdin=subprocess.DEVNULL, start_new_session=True)
+             for argv in argvs]
     try:
         logs = [node.communicate(timeout=60)[1] for node in nodes]
     except subprocess.TimeoutExpired:
-        pytest.fail("the machine with the data waited for the other's ranks, which had ended")
+        pytest.fail("a machine's ranks waited for the other's, which had ended")
     finally:
         for node in nodes:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(node.pid, signal.SIGKILL)
     assert [node.returncode for node in nodes] == [1, 1], logs
+    assert not [log for log in logs if "]: Traceback" in log], logs  # no rank's ("[rank0]: ..."); torchrun's stays
+    return logs
+
+
+def test_a_machine_without_the_data_ends_the_other_at_once(env, tmp_path):
+    """Two machines, one without data/ (not copied there): its ranks failed before joining the process group, and the
+    other machine's waited in the join, with no word, for its 30-minute timeout (torchrun does not learn of another
+    machine's failure). Joined first, they lose contact at once and say so."""
+    argv = ["--dataset", "mini", "--output_checkpoint", tmp_path / "models" / "{dataset}.pt", *MODEL, "--max_steps", 2]
+    logs = two_machines([["--data_dir", data, *argv] for data in (env["data"], tmp_path / "not_copied")])
     assert "not_copied" in logs[1] and "lost contact with the other ranks before training" in logs[0], logs
-    assert "]: Traceback" not in logs[0], logs[0][-3000:]  # no rank's ("[rank0]: Traceback"); torchrun's own stays
+
+
+def test_machines_with_other_copies_of_the_data_are_refused(env, tmp_path):
+    """Each machine reads its own copy of data/: copies that differed (another dataset, or a prepare.py run again on
+    one) trained on without a word, or, epochs of other lengths, ended in gloo's abort ("collective mismatch")."""
+    shutil.copytree(os.path.join(env["data"], "story"), tmp_path / "other" / "mini")
+    argv = ["--dataset", "mini", "--output_checkpoint", tmp_path / "models" / "{dataset}.pt", *MODEL, "--max_steps", 2]
+    logs = two_machines([["--data_dir", data, *argv] for data in (env["data"], tmp_path / "other")])
+    for log in logs:  # each machine says it
+        assert log.count("error: the ranks read different copies of the data") == 1, logs
+    assert not os.path.exists(tmp_path / "models")  # refused before anything is written
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs (NCCL)")
