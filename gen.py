@@ -281,7 +281,11 @@ def read_lines(prompt, tty, quit_hint="Ctrl-D or /exit quits"):
         # line editing (arrow keys, Ctrl-A/E) and the session's earlier lines on the up arrow, as Python's own prompt
         # has: without readline, input() took an arrow key's escape sequence into the message ("ab^[[DX")
         with contextlib.suppress(ImportError):  # (Windows' Python has none: its console edits the line itself)
-            importlib.import_module("readline")  # imported, it serves input()
+            readline = importlib.import_module("readline")  # imported, it serves input()
+            if "libedit" not in (readline.__doc__ or ""):  # (macOS's libedit reads no GNU settings)
+                # a pasted block of lines is one message, sent by Enter, as in ollama: Python turns GNU readline's
+                # bracketed paste off for its REPL, and each pasted line went as a message of its own, with a reply
+                readline.parse_and_bind("set enable-bracketed-paste on")
             # readline counts the prompt's width without the bold's escape codes only when they are marked \001..\002:
             # unmarked, a line edited past the terminal's width was redrawn a few columns off
             prompt = re.sub("(\033\\[[0-9;]*m)", "\001\\1\002", prompt)

@@ -834,7 +834,8 @@ def test_a_terminal_session_with_stdout_on_the_terminal_gives_input_its_prompt(c
 def test_lines_typed_at_a_terminal_can_be_edited_and_recalled():
     """gen.py --chat and --interactive read the user's lines with input(), which edits a line only once readline is
     imported: an arrow key's escape sequence went into the message ("ab^[[DX"), and no earlier line came back on the
-    up arrow. Typed into a pseudo-terminal: a, b, left, X, Enter; then up, Enter."""
+    up arrow. Typed into a pseudo-terminal: a, b, left, X, Enter; then up, Enter; then two lines pasted (as a terminal
+    sends a paste once the program asks for bracketed paste) and Enter: one message, not one per line with a reply each."""
     pty = pytest.importorskip("pty")
     pytest.importorskip("readline")  # (where Python has none, as on Windows, the console edits lines itself)
     import select
@@ -867,6 +868,12 @@ def test_lines_typed_at_a_terminal_can_be_edited_and_recalled():
         until(answered)
         os.write(master, b"\x1b[A\r")  # the line before, again
         until(answered, count=2)
+        # a terminal marks a paste only when the program asks it to (readline's own binding takes a marked one as one
+        # line either way): unasked, it sends the pasted lines as if typed, each ending with Enter
+        assert b"\x1b[?2004h" in out, out
+        os.write(master, b"\x1b[200~one\rtwo\x1b[201~")
+        os.write(master, b"\r")
+        until(rb"'one\\ntwo'[^']*> ")
         os.write(master, b"\x04")  # Ctrl-D
         assert proc.wait(30) == 0
     finally:
