@@ -41,6 +41,7 @@ from common import (DTYPES, UserError, atomic_write_text, autocast, check_output
                     seeded_generator, without_surrogates)
 from setup_tokenizer import EOT, IM_END, IM_START, StreamDecoder, render_chat
 
+CHAT_HELP = "/reset clears the history, /exit or Ctrl-D quits, Ctrl-C stops a reply"
 TYPING_DELAY = 0.012  # seconds per token on a terminal: a readable rhythm for demos, never in pipes
 
 
@@ -561,18 +562,24 @@ def main(argv=None):
     elif args.chat:
         history = [{"role": "system", "content": args.system}] if args.system else []
         lines = [args.prompt] if args.prompt is not None else read_lines(bold + "> " + plain, tty_in)
+        if tty_in and args.prompt is None:  # a bare "> " told no one how to leave or start over
+            print(f"({CHAT_HELP})", file=sys.stderr)
         for line in lines:
-            cmd = line.strip()
-            if not cmd:
+            # (the training sets' turns are stripped: a pasted block's last newline is no part of the message)
+            message = line.strip()
+            if not message:
                 continue
-            if cmd == "/exit":
+            if message == "/exit":
                 break
-            if cmd == "/reset":
+            if message == "/reset":
                 history = history[:1] if args.system else []
                 if tty_in:
                     print("(history cleared)", file=sys.stderr)
                 continue
-            history.append({"role": "user", "content": line})
+            if re.fullmatch(r"/(\w+|\?)", message):  # /help, /quit, ollama's /bye: they went to the model as messages
+                print(f"({message} is not a command: {CHAT_HELP})", file=sys.stderr)
+                continue
+            history.append({"role": "user", "content": message})
             t0, info = time.perf_counter(), {}
             text, stopped_by = chat_reply(model, enc, history, max_tokens, show, info, **sampling)
             # the reply joins the history even when cut short (Ctrl-C, max_tokens): it is what was said

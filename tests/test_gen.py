@@ -708,6 +708,27 @@ def test_chat_reset_keeps_the_system_message(la_ckpt, enc, capsys, monkeypatch):
     assert [int(n) for n in re.findall(r"prompt (\d+) tokens", err)] == [first, second]
 
 
+def test_chat_commands_are_told_and_a_mistyped_one_is_not_a_message(la_ckpt, enc, capsys, monkeypatch):
+    # /help, /quit, /bye went to the model as messages, each with a reply; they are told the commands instead. A message
+    # that merely starts with a slash is a message, and one with spaces around it (a pasted block's last newline) is
+    # the stripped text the training sets' turns are
+    monkeypatch.setattr(sys, "stdin", io.StringIO("/help\n/quit\n/?\n/usr/bin is a folder\n  hello  \n"))
+    code, out, err = cli([la_ckpt, "--chat", "--verbose", "--seed", "1", "--max_tokens", "4"] + CPU, capsys)
+    assert code == 0 and out.count("[end: ") == 2, out
+    assert all(f"({c} is not a command: {gen.CHAT_HELP})" in err for c in ("/help", "/quit", "/?")), err
+    first = [{"role": "user", "content": "/usr/bin is a folder"}]
+    assert [int(n) for n in re.findall(r"prompt (\d+) tokens", err)][0] == \
+        len(render_chat(enc, first, add_generation_prompt=True)[0]), err
+    monkeypatch.setattr(sys, "stdin", io.StringIO("  hello  \n"))
+    code, out, err = cli([la_ckpt, "--chat", "--verbose", "--seed", "1", "--max_tokens", "4"] + CPU, capsys)
+    assert code == 0 and re.findall(r"prompt (\d+) tokens", err) == \
+        [str(len(render_chat(enc, [{"role": "user", "content": "hello"}], add_generation_prompt=True)[0]))], err
+    # a terminal session starts by naming the commands (a bare "> " told no one how to leave or start over)
+    type_at_terminal(monkeypatch, [EOFError])
+    code, out, err = cli([la_ckpt, "--chat", "--max_tokens", "2"] + CPU, capsys)
+    assert code == 0 and f"({gen.CHAT_HELP})" in err and "/reset" in gen.CHAT_HELP and "/exit" in gen.CHAT_HELP, err
+
+
 def test_num_samples_and_interactive_prompts_on_the_command_line(ckpt, capsys, monkeypatch):
     # --num_samples N: N completions of the prompt, each with its [end: ...] marker, between separator lines
     code, out, err = cli([ckpt, "--prompt", "Hi", "--num_samples", "3", "--max_tokens", "2", "--verbose", "--seed", "0"]
