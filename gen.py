@@ -272,9 +272,10 @@ class Printer:
 
 def read_lines(prompt, tty, quit_hint="Ctrl-D or /exit quits"):
     """User lines until EOF; Ctrl-C at the prompt gives a fresh prompt (as in a shell), and quit_hint. Bytes that are
-    not UTF-8 become U+FFFD, not a traceback that ends the session."""
+    not UTF-8 become U+FFFD, not a traceback that ends the session; a line ends at \\r\\n or \\r too, as in a
+    --prompt_file (a file with Windows line ends, piped, had --interactive continue "Once\\r")."""
     with contextlib.suppress(AttributeError, ValueError):  # a replaced sys.stdin (tests) may not reconfigure
-        sys.stdin.reconfigure(errors="replace")
+        sys.stdin.reconfigure(errors="replace", newline=None)
     # the prompt goes where the user looks: with stdout redirected (gen.py --interactive > out.txt) input() wrote it
     # into the file, a "> " before every continuation there, and none on the terminal
     screen = sys.stdout if sys.stdout.isatty() else sys.stderr

@@ -743,6 +743,15 @@ def test_num_samples_and_interactive_prompts_on_the_command_line(ckpt, capsys, m
     assert replies[0].startswith("Once") and replies[1].startswith("The end"), out
 
 
+def test_piped_lines_with_windows_line_ends_are_the_lines(ckpt):
+    # a prompt file with \r\n line ends piped into --interactive: each prompt was continued from "Once\r", a \r a
+    # --prompt_file never keeps (and the echo's \r sent a terminal's cursor back over it)
+    r = subprocess.run([sys.executable, GEN, ckpt, "--interactive", "--verbose", "--seed", "0", "--max_tokens", "2"] + CPU,
+                       input=b"Once\r\nThe end\r\n", capture_output=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.count(b"[end: ") == 2 and b"\r" not in r.stdout, (r.stdout, r.stderr[-2000:])
+    assert r.stdout.startswith(b"Once") and b"\nThe end" in r.stdout, r.stdout
+
+
 def test_top_p_reaches_the_sampler(ckpt, capsys):
     # a nucleus this small holds the most likely token alone: sampling at temperature 1 is then greedy decoding
     greedy = cli([ckpt, "--prompt", "Hi", "--max_tokens", "12", "--temp", "0"] + CPU, capsys)
