@@ -2144,8 +2144,10 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
     print(f"{folder}: {docs:,} document{'' if docs == 1 else 's'} ({where}), "
           f"{tokens:,} tokens ({tr['tokens']:,} / {va['tokens']:,}), {mb:.1f} MB of text in {dt:.1f}s: "
           f"{mb / dt:.2f} MB/s, {tokens / dt / 1e6:.2f}M tokens/s")
-    if limit and any(role == "train" for role, _, _ in plan.get("streams", ())):
-        # (--limit 2000 gave 4,000 documents, without a word of why)
+    if limit and any({"split", "train"} <= {role for role, _, _ in p["streams"]} for p in plan.get("parts", [plan])):
+        # (--limit 2000 gave 4,000 documents, without a word of why). Not said of a source's own validation split,
+        # whose train files are "train" too (DailyDialog has no extra files, and no val cut from its files), nor of a
+        # mix, whose streams are its datasets' together (DailyDialog's "train" and chat's "split")
         print(f"  --limit {limit:,} counts the files val is cut from and the train-only extra files apart: at most "
               f"{limit:,} documents of each (--no_extra leaves the extra ones out)")
     if block:

@@ -1544,6 +1544,21 @@ def test_val_fraction_0_keeps_no_val_split_with_or_without_limit(tmp_path, monke
     assert prepare.prepare("dailydialog", out_dir=out, name="all")["splits"]["val"]["documents"] == 6
 
 
+def test_the_limit_line_is_said_only_of_a_set_with_train_only_extra_files(tmp_path, monkeypatch, capsys):
+    """The --limit line (the story set's: the files val is cut from and the train-only extra files, each up to the
+    limit) was said of every set with files of role "train": DailyDialog's, which has its own validation file and no
+    extra ones, and a mix of it, whose streams are its datasets' together."""
+    fake_mirror(tmp_path / "mirror")
+    monkeypatch.setenv("DATA_MIRROR", str(tmp_path / "mirror"))
+    out = str(tmp_path / "data")
+    for dataset, mix in (("dailydialog", None), ("mix", {"dailydialog": 1, "knowledge": 1})):
+        capsys.readouterr()
+        prepare.prepare(dataset, mix=mix, out_dir=out, limit=20)
+        said = capsys.readouterr().out
+        assert "20 train" in said or "dailydialog: weight 1" in said, said  # (its summary, where the line would be)
+        assert "--limit" not in said, said
+
+
 def test_mix_bad_input(tmp_path):
     for spec, words in (("story:1", "'story' is not a conversation dataset"), ("nope", "'nope' is not a conversation"),
                         ("dailydialog:0", "weight of dailydialog must be a positive number"),
