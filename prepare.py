@@ -184,7 +184,7 @@ def text_docs(path):
 
 
 # the fields of a conversation record (record_doc)
-CHAT_FIELDS = ("messages", "conversations", "conversation", "instruction", "question")
+CHAT_FIELDS = ("messages", "conversations", "conversation", "instruction", "question", "dialog")
 
 
 def refuse_chat_records(path, text):

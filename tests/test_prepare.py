@@ -510,6 +510,10 @@ def test_chat_records_in_a_txt_file_name_the_rename(tmp_path):
                                             r"\.jsonl$"):
             prepare.prepare(dataset, source=write(tmp_path / "chats.txt", "\n" + chat), out_dir=out, name="c")
     assert not os.path.exists(os.path.join(out, "c"))
+    # a DailyDialog-style record too, which record_doc reads as a conversation
+    with pytest.raises(UserError, match=r"dialog\.txt: its first line is a JSON record of `dialog`"):
+        prepare.prepare("chat", source=write(tmp_path / "dialog.txt", '{"dialog": ["Hi", "Hello"]}\n' * 20),
+                        out_dir=out, name="c")
     meta = prepare.prepare("chat", source=write(tmp_path / "chats.jsonl", chat), out_dir=out, name="c")
     assert meta["has_mask"]
     for i, text in enumerate(('{"level": "info", "msg": "started"}\nand then some words\n', "{braces} and words\n")):
