@@ -237,6 +237,18 @@ def test_machines_with_other_copies_of_the_data_are_refused(env, tmp_path):
     assert not os.path.exists(tmp_path / "models")  # refused before anything is written
 
 
+def test_machines_with_other_copies_of_the_checkpoint_are_refused(env, tmp_path):
+    """Each machine reads its own copy of the checkpoint it continues: an older one on one machine resumed its ranks
+    from another step, optimizer state and place in the epoch. (Here two runs' checkpoints, of one step each.)"""
+    copies = [train.train(args_for(env, tmp_path / name, "--dataset", "mini", "--max_steps", 1, *MODEL, "--seed", seed,
+                                   "--eval_interval", 0))["checkpoint"] for name, seed in (("a", 1), ("b", 2))]
+    logs = two_machines([["--data_dir", env["data"], "--checkpoint", ckpt, "--max_steps", 1, "--output_checkpoint",
+                          tmp_path / "models" / "{dataset}.pt"] for ckpt in copies])
+    for log in logs:  # each machine says it
+        assert log.count("error: the ranks read different copies of the checkpoint") == 1, logs
+    assert not os.path.exists(tmp_path / "models")  # refused before anything is written
+
+
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs (NCCL)")
 def test_two_gpus_with_nccl_follow_one_gpu(env, tmp_path):
     run = ["--dataset", "story", "--max_steps", STEPS, *MODEL, "--eval_interval", "0"]
