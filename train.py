@@ -1697,9 +1697,9 @@ def refuse_ended_run(args, ckpt, ckpt_args, p, budget):
 
 def run_lock(folder, name, what):
     """Held while a run writes folder's files named by name (a dataset's: its checkpoints, _best.pt and metrics; or
-    an --output_checkpoint's file name without {dataset}, which every dataset's run writes): two runs started
-    together each passed refuse_earlier_run, before either had saved, and wrote over each other's files, both
-    reporting success. what: those files, for the refusal."""
+    an --output_checkpoint's file name, {dataset} filled in, which another dataset's run may write too): two runs
+    started together each passed refuse_earlier_run, before either had saved, and wrote over each other's files, both
+    reporting success. what: those files, for the refusal. Yields whether it holds the lock (held_lock)."""
     return held_lock(os.path.join(folder, f".{name}.lock"), f"another train.py is writing {what}: wait for it to end, "
                                                             f"or give --output_checkpoint another folder")
 
