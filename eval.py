@@ -7,14 +7,14 @@ the model ends its replies. One row per dataset, as a table or JSON.
     python eval.py models/chat_best.pt --samples 50 --seed 1 --json results.json
     python eval.py models/chat_best.pt --prompt_file prompts.txt        # replies to a fixed list instead
 
-Loss is train.py's evaluate() over the split's windows (all of them, or --eval_batches batches spread over the
-split: side by side, as training reads them, so each token is scored once but the split's first and its last
-(tokens - 1) mod --block_size, fewer than a window), on assistant tokens only for conversation sets; perplexity is exp(loss); bits per byte, reported by
-train.py for plain text, compare models across tokenizers. Windows default to the checkpoint's training
---block_size, so the numbers compare with its training log (whose evaluations take --eval_batches 40 batches spread
-over the split, of its batch size on each torchrun process, as its first run took them when continued in others: the
-checkpoint's eval_windows; the same numbers with --eval_batches 40 --batch_size <its batch size x processes> and its
---dtype, which auto makes bf16 on CPUs where it outruns fp32; close ones over all windows).
+Loss is train.py's evaluate() over the split's windows (all of them, or --eval_batches batches spread over the split:
+side by side, as training reads them, so each token is scored once but the split's first and its last (tokens - 1)
+mod --block_size, fewer than a window), on assistant tokens only for conversation sets; perplexity is exp(loss); bits
+per byte, reported by train.py for plain text, compare models across tokenizers. Windows default to the checkpoint's
+training --block_size, so the numbers compare with its training log (whose evaluations take --eval_batches 40 batches
+spread over the split, of its batch size on each torchrun process, as its first run took them when continued in
+others: the checkpoint's eval_windows; the same numbers with --eval_batches 40 --batch_size <its batch size x
+processes> and its --dtype, which auto makes bf16 on CPUs where it outruns fp32; close ones over all windows).
 
 Replies, for each conversation set: --samples conversations spread evenly over the split, each cut after its
 first user message, are answered as gen.py --chat answers (gen.chat_reply, sampling with --temp/--top_k/--top_p/
