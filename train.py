@@ -1704,8 +1704,9 @@ def run_lock(folder, name, what):
                                                             f"or give --output_checkpoint another folder")
 
 
-def claim_files(held, args, ckpt, continuing, dataset, out_pattern, out_dir, best_path, given):
-    """Rank 0's hold on the run's files (path checked, locks held, earlier run refused): what --overwrite replaces."""
+def claim_files(held, args, ckpt, continuing, dataset, out_pattern, out_dir, best_path, given, others):
+    """Rank 0's hold on the run's files (path checked, locks held, earlier run refused): what --overwrite replaces.
+    others: the paths of its metrics and loss curve."""
     # (not over a dataset's files, which check_output refuses: --overwrite, which its refusal suggested, made
     # val.bin a checkpoint). The default's message names the option too: it is how to write elsewhere
     check_output(out_pattern.replace("{dataset}", dataset).replace("{epoch}", "1"),
@@ -1723,8 +1724,8 @@ def claim_files(held, args, ckpt, continuing, dataset, out_pattern, out_dir, bes
         # a save killed mid-write (kill -9, the OOM killer) left its temporary file, a checkpoint's size, until a save
         # in the folder 10 quiet minutes later (atomic_torch_save: another machine may write there): with this run's
         # locks held no other run writes these names, so they go now
-        names = [re.escape(tail).replace(re.escape("{epoch}"), r"\d+"), re.escape(os.path.basename(best_path)),
-                 re.escape(f"{dataset}_metrics.jsonl"), re.escape(f"{dataset}_loss.png")]
+        names = [re.escape(tail).replace(re.escape("{epoch}"), r"\d+"),
+                 *(re.escape(os.path.basename(path)) for path in (best_path, *others))]
         remove_stale_tmp(out_dir, "|".join(names), quiet_s=0)
     # --reset_epoch numbers epochs from 1 again: its files would land on the run's own
     if not continuing or args.reset_epoch:
@@ -1891,7 +1892,8 @@ def run_training(args, held):
     run_id = (ckpt.get("run") if continuing else None) or secrets.token_hex(8)
     if dist.main:  # the files are rank 0's to write
         try:
-            replaced = claim_files(held, args, ckpt, continuing, dataset, out_pattern, out_dir, best_path, given)
+            replaced = claim_files(held, args, ckpt, continuing, dataset, out_pattern, out_dir, best_path, given,
+                                   (metrics_path, png_path))
         except UserError as e:
             refused = e
         if args.checkpoint and os.path.isfile(args.checkpoint):  # the file this run starts from stays, unless written
