@@ -163,7 +163,7 @@ def text_docs(path):
     separated, blank = False, True
     for chunk in read_text_chunks(path):  # a first look, as far as the first separator (a book: the whole file)
         if blank:
-            refuse_chat_records(path, chunk)
+            refuse_records(path, chunk)
         blank = blank and not chunk.strip()
         if EOT in chunk:  # (read_text_chunks cuts no special token in two)
             separated = True
@@ -183,22 +183,24 @@ def text_docs(path):
     yield from separated_docs(path, lambda text: text.split(EOT))
 
 
-# the fields of a conversation record (record_doc)
-CHAT_FIELDS = ("messages", "conversations", "conversation", "instruction", "question", "dialog")
+# the fields record_doc reads a record by
+RECORD_FIELDS = ("messages", "conversations", "conversation", "instruction", "question", "dialog", "text")
 
 
-def refuse_chat_records(path, text):
-    """A UserError when text, the start of the .txt file path, is a JSON record of a conversation on its first line:
-    a chat log saved as .txt was read as one plain-text document, under --dataset chat too, and its JSON trained on as
-    words, with no loss mask, said by nothing but its count ("1 document")."""
+def refuse_records(path, text):
+    """A UserError when text, the start of the .txt file path, is a JSON record on its first line (an object of a
+    field record_doc reads, or a conversation's bare list of turns): a chat log saved as .txt was read as one
+    plain-text document, under --dataset chat too, and its JSON trained on as words, with no loss mask, said by
+    nothing but its count ("1 document")."""
     line = text.lstrip().partition("\n")[0]
-    if line.startswith("{"):
+    if line[:1] in ("{", "["):
         with contextlib.suppress(ValueError):
             record = json.loads(line)
-            field = next((f for f in CHAT_FIELDS if isinstance(record, dict) and f in record), None)
-            if field:
-                raise UserError(f"{path}: its first line is a JSON record of `{field}`, but a .txt file is read as "
-                                f"plain text (its JSON trained on as words): name it .jsonl")
+            turns = isinstance(record, list) and record and all(isinstance(t, dict) for t in record)
+            field = next((f for f in RECORD_FIELDS if isinstance(record, dict) and f in record), None)
+            if field or turns:
+                raise UserError(f"{path}: its first line is a JSON record ({f'of `{field}`' if field else 'turns'}), "
+                                f"but a .txt file is read as plain text (its JSON trained on as words): name it .jsonl")
 
 
 def separated_docs(path, split):

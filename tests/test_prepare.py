@@ -505,18 +505,26 @@ def test_chat_records_in_a_txt_file_name_the_rename(tmp_path):
     out = str(tmp_path / "data")
     chat = '{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}\n' * 20
     for dataset in ("chat", "text"):
-        with pytest.raises(UserError, match=r"chats\.txt: its first line is a JSON record of `messages`, but a \.txt "
-                                            r"file is read as plain text \(its JSON trained on as words\): name it "
-                                            r"\.jsonl$"):
+        with pytest.raises(UserError, match=r"chats\.txt: its first line is a JSON record \(of `messages`\), but a "
+                                            r"\.txt file is read as plain text \(its JSON trained on as words\): name "
+                                            r"it \.jsonl$"):
             prepare.prepare(dataset, source=write(tmp_path / "chats.txt", "\n" + chat), out_dir=out, name="c")
     assert not os.path.exists(os.path.join(out, "c"))
     # a DailyDialog-style record too, which record_doc reads as a conversation
-    with pytest.raises(UserError, match=r"dialog\.txt: its first line is a JSON record of `dialog`"):
+    with pytest.raises(UserError, match=r"dialog\.txt: its first line is a JSON record \(of `dialog`\)"):
         prepare.prepare("chat", source=write(tmp_path / "dialog.txt", '{"dialog": ["Hi", "Hello"]}\n' * 20),
+                        out_dir=out, name="c")
+    # and a text record, and a conversation's bare list of turns: JSON Lines all the same
+    with pytest.raises(UserError, match=r"texts\.txt: its first line is a JSON record \(of `text`\)"):
+        prepare.prepare("text", source=write(tmp_path / "texts.txt", '{"text": "Once upon a time."}\n' * 20),
+                        out_dir=out, name="c")
+    with pytest.raises(UserError, match=r"turns\.txt: its first line is a JSON record \(turns\)"):
+        prepare.prepare("chat", source=write(tmp_path / "turns.txt", '[{"role": "user", "content": "Hi"}]\n' * 20),
                         out_dir=out, name="c")
     meta = prepare.prepare("chat", source=write(tmp_path / "chats.jsonl", chat), out_dir=out, name="c")
     assert meta["has_mask"]
-    for i, text in enumerate(('{"level": "info", "msg": "started"}\nand then some words\n', "{braces} and words\n")):
+    for i, text in enumerate(('{"level": "info", "msg": "started"}\nand then some words\n', "{braces} and words\n",
+                              "[1, 2, 3] and words\n")):
         meta = prepare.prepare("text", source=write(tmp_path / f"log{i}.txt", text * 20), out_dir=out, name=f"log{i}")
         assert meta["kind"] == "text"
 
