@@ -2184,31 +2184,14 @@ def test_two_runs_into_the_same_files_at_once_are_refused(env, tmp_path):
     assert not [f for f in os.listdir(out) if f.endswith(".lock")]  # none left behind
 
 
-def test_two_datasets_runs_into_one_checkpoint_name_at_once_are_refused(env, tmp_path, monkeypatch):
-    """--output_checkpoint models/run{epoch}.pt names the same files for every dataset: a chat run started while a
-    mini run was writing them passed the checks (each held its own dataset's lock) and wrote over its run1.pt."""
-    out, pattern = tmp_path / "m", str(tmp_path / "m" / "run{epoch}.pt")
-    refuse, seen = train.refuse_earlier_run, []
-
-    def meanwhile(*a, **k):  # the mini run has passed its checks: the chat run starts now
-        found = refuse(*a, **k)
-        if not seen:
-            seen.append(1)
-            with pytest.raises(UserError, match=rf"^another train.py is writing {re.escape(pattern)} \(another "
-                                                r"dataset's run\): wait for it to end, or give --output_checkpoint "
-                                                r"another folder$"):
-                train.train(args_for(env, out, "--dataset", "chat", "--max_steps", "1", "--output_checkpoint", pattern))
-        return found
-    monkeypatch.setattr(train, "refuse_earlier_run", meanwhile)
-    s = train.train(args_for(env, out, "--dataset", "mini", "--max_steps", "1", "--output_checkpoint", pattern))
-    assert seen and load_checkpoint(s["checkpoint"])["dataset"] == "mini"
-    assert sorted(os.listdir(out)) == ["mini_best.pt", "mini_metrics.jsonl", "run1.pt"]  # no lock left behind
-
-
-def test_a_checkpoint_named_as_another_datasets_run_names_its_own_is_refused_while_that_run_writes(env, tmp_path,
-                                                                                                    monkeypatch):
-    """--output_checkpoint models/mini.pt for a chat run, started while mini's run wrote models/{dataset}.pt (the same
-    file): each held only its own dataset's lock, both reported success, and models/mini.pt held one of the two."""
+@pytest.mark.parametrize("mini_name, chat_name, files", [
+    ("run{epoch}.pt", "run{epoch}.pt", ["mini_best.pt", "mini_metrics.jsonl", "run1.pt"]),
+    ("{dataset}.pt", "mini.pt", ["mini.pt", "mini_best.pt", "mini_metrics.jsonl"])])
+def test_two_datasets_runs_into_one_checkpoint_name_at_once_are_refused(env, tmp_path, monkeypatch, mini_name,
+                                                                         chat_name, files):
+    """--output_checkpoint models/run{epoch}.pt names the same files for every dataset, and models/mini.pt for a chat
+    run the file mini's run writes as models/{dataset}.pt: a chat run started while the mini run was writing them
+    passed the checks (each held its own dataset's lock), both reported success, and one file held the other's."""
     out = tmp_path / "m"
     refuse, seen = train.refuse_earlier_run, []
 
@@ -2216,16 +2199,17 @@ def test_a_checkpoint_named_as_another_datasets_run_names_its_own_is_refused_whi
         found = refuse(*a, **k)
         if not seen:
             seen.append(1)
-            with pytest.raises(UserError, match=rf"^another train.py is writing {re.escape(str(out / 'mini.pt'))} "
-                                                r"\(another dataset's run\)"):
+            with pytest.raises(UserError, match=rf"^another train.py is writing {re.escape(str(out / chat_name))} "
+                                                r"\(another dataset's run\): wait for it to end, or give "
+                                                r"--output_checkpoint another folder$"):
                 train.train(args_for(env, out, "--dataset", "chat", "--max_steps", "1", "--output_checkpoint",
-                                     str(out / "mini.pt")))
+                                     str(out / chat_name)))
         return found
     monkeypatch.setattr(train, "refuse_earlier_run", meanwhile)
     s = train.train(args_for(env, out, "--dataset", "mini", "--max_steps", "1", "--output_checkpoint",
-                             str(out / "{dataset}.pt")))
+                             str(out / mini_name)))
     assert seen and load_checkpoint(s["checkpoint"])["dataset"] == "mini"
-    assert sorted(os.listdir(out)) == ["mini.pt", "mini_best.pt", "mini_metrics.jsonl"]  # no lock left behind
+    assert sorted(os.listdir(out)) == files  # no lock left behind
 
 
 def test_a_checkpoint_name_that_is_the_datasets_does_not_refuse_its_own_run(env, tmp_path):
