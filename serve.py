@@ -75,6 +75,7 @@ HEAD_END = re.compile(rb"\n\r?\n")  # the empty line that ends a request's head,
 MAX_STOP = 4            # stop strings per request, as OpenAI allows
 POLL = 0.2              # seconds between checks that a waiting client is still connected
 ANSWER_WAIT = 5         # seconds a stopping server gives the requests it holds to send their answers
+TURNED_AWAY_LOG = 60    # seconds between the log's lines on connections turned away past --max_connections
 # seconds a request has to arrive whole, head and body, from its first byte: the largest one taken (a MAX_BODY body)
 # crosses a 1 Mbit/s link, a poor Wi-Fi's, in 9 s: a sixth of this. The socket's own timeout restarts with every byte,
 # so a client that trickled one a minute (slowloris) held its thread and connection forever
@@ -1091,6 +1092,7 @@ class ApiServer(ThreadingHTTPServer):
         # connections served at once, each by a thread of its own (process_request), and as many turned away past
         # them, each by a short-lived thread too (turn_away)
         self.max_connections, self.slots = max_connections, threading.BoundedSemaphore(max_connections)
+        self.turned_away, self.turned_away_said = 0, float("-inf")  # since the log's last line on them (note_turned_away)
         self.refusals = threading.BoundedSemaphore(max_connections)
         self.cors = tuple(cors)  # origins whose pages may call the API from a browser ("*": any)
         self.allowed_hosts = tuple(allowed_hosts)  # names a loopback server answers besides its own ("*": any)
@@ -1138,7 +1140,9 @@ class ApiServer(ThreadingHTTPServer):
             places, work = self.slots, self.process_request_thread
         elif self.refusals.acquire(blocking=False):
             places, work = self.refusals, self.turn_away
+            self.note_turned_away()
         else:  # a flood past both: closed unanswered, holding nothing
+            self.note_turned_away()
             return self.shutdown_request(request)
         # daemon: a hung connection never keeps the process alive
         thread = threading.Thread(target=work, args=(request, client_address), daemon=True)
@@ -1164,6 +1168,17 @@ class ApiServer(ThreadingHTTPServer):
                     got = request.recv(HEAD) if self.cors else b""
                 request.sendall(self.busy_answer("no thread to serve another connection", got))
             self.shutdown_request(request)
+
+    def note_turned_away(self):
+        """Counts a connection turned away past --max_connections (from the accepting thread alone), said in the log
+        at the first and then at most every TURNED_AWAY_LOG seconds with the count since: nothing told the operator
+        why clients got 503s, and a line each would flood the log just as the server is overloaded."""
+        self.turned_away += 1
+        if time.monotonic() - self.turned_away_said >= TURNED_AWAY_LOG:
+            with contextlib.suppress(OSError):  # (stderr's reader gone: see Worker.run)
+                self.worker.log(f"{self.turned_away:,} connection(s) turned away with 503 since the last such line: "
+                                f"{self.max_connections:,} are open (--max_connections)")
+            self.turned_away, self.turned_away_said = 0, time.monotonic()
 
     def process_request_thread(self, request, client_address):
         try:

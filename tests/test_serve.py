@@ -1130,12 +1130,13 @@ def test_full_queue_gets_503(enc):
         api.close()
 
 
-def test_connections_past_the_limit_get_503(enc):
+def test_connections_past_the_limit_get_503(enc, monkeypatch):
     """Each connection holds a thread, an idle keep-alive one too: a client that opened thousands held as many threads
     and descriptors, with no limit. Past max_connections (--max_connections) a connection is answered at once, 503
     overloaded in the error body of the queue's 503, and closed; the connections held are served on, and one that
-    closes gives its place back."""
-    api = start(tiny_model(enc), enc, max_connections=2, cors=["*"])
+    closes gives its place back. The log says so, at the first and then once a minute with the count since."""
+    lines = []
+    api = start(tiny_model(enc), enc, max_connections=2, cors=["*"], log=lines.append)
     try:
         held = [http.client.HTTPConnection(*api.server_address[:2], timeout=60) for _ in range(2)]
         for conn in held:  # each served once, then idle: a thread each
@@ -1145,13 +1146,17 @@ def test_connections_past_the_limit_get_503(enc):
             status, err, headers = raw(api, b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
             assert status == 503 and err["error"]["code"] == "overloaded" and headers["Connection"] == "close", err
             assert "2 connections" in err["error"]["message"] and headers["Access-Control-Allow-Origin"] == "*"
+        said = "connection(s) turned away with 503 since the last such line: 2 are open (--max_connections)"
+        assert lines == [f"1 {said}"], lines
         wait_for(lambda: api.refusals._value == 2, "the connections turned away to be let go")
         status, h, _ = head(api, "OPTIONS", "/v1/completions", {"Origin": "http://any.example",
                                                                 "Access-Control-Request-Method": "POST"})
         assert status == 204 and h["access-control-allow-origin"] == "*"  # its preflight too (next test)
         # a body sent, never read: the client still writes it (past the sockets' buffers) when its answer comes
+        monkeypatch.setattr(serve, "TURNED_AWAY_LOG", 0)  # (the minute has passed)
         status, err, _ = post(api, "/v1/completions", b"x" * (8 << 20))
         assert status == 503 and err["error"]["code"] == "overloaded"
+        assert lines[1] == f"4 {said}", lines  # the two after the first, the preflight, and this one
         wait_for(lambda: api.refusals._value == 2, "the server to let the connections turned away go, their clients gone")
         held[0].close()
 
