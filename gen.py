@@ -43,6 +43,11 @@ from setup_tokenizer import EOT, IM_END, IM_START, StreamDecoder, render_chat
 
 CHAT_HELP = "/reset clears the history, /exit or Ctrl-D quits, Ctrl-C stops a reply"
 TYPING_DELAY = 0.012  # seconds per token on a terminal: a readable rhythm for demos, never in pipes
+# what a terminal shows for the control characters it would obey (\n and \t aside): a model's ESC c cleared the screen,
+# its \r wrote over the line, ESC ]0;... retitled the window. C0 ones and DEL as their control pictures (␛ ␍ ␈), C1 ones
+# (xterm obeys them in UTF-8 too), which have none, as less shows them
+VISIBLE = {c: chr(0x2400 + c) for c in range(0x20) if chr(c) not in "\n\t"} | {0x7F: "\u2421"} | \
+    {c: f"<U+{c:04X}>" for c in range(0x80, 0xA0)}
 
 
 # -----------------------------------------------------------------------------
@@ -255,18 +260,23 @@ def warn_if_trained_on_text(path, ckpt, replies="its replies"):
 
 
 class Printer:
-    """Streams text to stdout as it comes; on a terminal paces tokens for a readable rhythm."""
+    """Streams text to stdout as it comes. On a terminal (terminal=True) the text's control characters show as VISIBLE
+    has them, and delay paces tokens for a readable rhythm; a pipe gets the text as it is."""
 
-    def __init__(self, delay=0.0):
-        self.delay, self.out, self.last = delay, sys.stdout, 0.0
+    def __init__(self, delay=0.0, terminal=False):
+        self.delay, self.out, self.last, self.terminal = delay, sys.stdout, 0.0, terminal
 
-    def __call__(self, piece):
+    def __call__(self, text, style=("", "")):
+        """text (the model's, or a prompt echoed) between style's two escape codes, gen.py's own (bold): written as
+        they are. One write: a Ctrl-C comes before it or after."""
         if self.delay:
             wait = self.last + self.delay - time.perf_counter()
             if wait > 0:  # only pad fast models; a slow one already streams slower than this
                 time.sleep(wait)
             self.last = time.perf_counter()
-        self.out.write(piece)
+        if self.terminal:
+            text = text.translate(VISIBLE)
+        self.out.write(style[0] + text + style[1])
         self.out.flush()
 
 
@@ -511,7 +521,7 @@ def main(argv=None):
                     repetition_penalty=args.repetition_penalty, use_cache=not args.no_cache,
                     generator=generator, slide=args.nonstop)
     tty_in, tty_out = sys.stdin.isatty(), sys.stdout.isatty()
-    show = Printer(TYPING_DELAY if tty_out and not args.no_delay else 0.0)
+    show = Printer(TYPING_DELAY if tty_out and not args.no_delay else 0.0, terminal=tty_out)
     bold, plain = ("\033[1m", "\033[0m") if color_ok(sys.stdout) else ("", "")
 
     def log(msg):
@@ -536,7 +546,7 @@ def main(argv=None):
     def continue_text(text, echo):
         ids = crop_prompt(model, encode_prompt(enc, text), max_tokens, slide=args.nonstop)
         if echo and text:
-            show(bold + text + plain)
+            show(text, (bold, plain))
         t0 = time.perf_counter()
         new, _, stopped_by = complete(model, enc, ids, max_tokens, text_stops, show, **sampling)
         show("\n")

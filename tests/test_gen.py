@@ -246,6 +246,24 @@ def test_a_terminal_gets_the_typing_rhythm_and_a_pipe_never_waits(ckpt, capsys, 
     assert waited[0] == waited[2] == 0 and 0 < waited[1] <= (8 + 1) * gen.TYPING_DELAY
 
 
+def test_control_characters_a_model_writes_show_on_a_terminal_and_pass_a_pipe_as_they_are(ckpt, enc, capsys,
+                                                                                        monkeypatch):
+    """A model's ESC c cleared the user's screen, its \\r wrote over the line and ESC ]0;...BEL retitled the window: on a
+    terminal they show as symbols, gen.py's own bold around the echoed prompt still works, and a character split across
+    tokens still comes whole; a pipe gets the bytes the model wrote."""
+    written = "\x1bc\x1b]0;pwned\x07 over\rx\x08\x9b2J\tcaf\u00e9\n"
+    ids = enc.encode("\x1bc\x1b]0;pwned\x07 over\rx\x08\x9b2J\tcaf") + [enc.encode_single_token(b) for b in
+                                                                       (b"\xc3", b"\xa9")] + enc.encode("\n")
+    monkeypatch.setattr(gen, "sample_steps", lambda *a, **k: iter([[t] for t in ids]))
+    argv = [ckpt, "--prompt", "Hi", "--max_tokens", str(len(ids)), "--no_delay"] + CPU
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    for tty, shown in ((False, "Hi" + written + "\n"),
+                       (True, "\033[1mHi\033[0m␛c␛]0;pwned␇ over␍x␈<U+009B>2J\tcaf\u00e9\n\n")):
+        monkeypatch.setattr(sys.stdout, "isatty", lambda tty=tty: tty)
+        code, out, err = cli(argv, capsys)
+        assert code == 0 and out == shown, (tty, out, err)
+
+
 def test_history_overflow_drops_oldest_turns(enc, monkeypatch, capsys):
     system = {"role": "system", "content": "You are a helpful assistant."}
     turns = []
