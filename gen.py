@@ -30,8 +30,10 @@ import json
 import os
 import random
 import re
+import shutil
 import sys
 import time
+import unicodedata
 
 import torch
 
@@ -259,12 +261,48 @@ def warn_if_trained_on_text(path, ckpt, replies="its replies"):
               f"will not keep to the turn; fine-tune it on a chat set first (README: make chat-demo)", file=sys.stderr)
 
 
+def columns(ch):
+    """How many columns ch takes on a terminal, as wcwidth counts near enough: 2 for a wide (CJK) one, 0 for a
+    combining mark or a format character."""
+    if unicodedata.category(ch) in ("Mn", "Me", "Cf"):
+        return 0
+    return 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+
+
 class Printer:
     """Streams text to stdout as it comes. On a terminal (terminal=True) the text's control characters show as VISIBLE
-    has them, and delay paces tokens for a readable rhythm; a pipe gets the text as it is."""
+    has them, lines break between words, and delay paces tokens for a readable rhythm; a pipe gets the text as it is."""
 
     def __init__(self, delay=0.0, terminal=False):
         self.delay, self.out, self.last, self.terminal = delay, sys.stdout, 0.0, terminal
+        self.column, self.word = 0, ""  # where the cursor is, and the word it ends, which a line break may yet move
+
+    def wrap(self, text):
+        """text with the line breaks that keep its words whole on the terminal, as ollama's: each character is written
+        as it comes, and one that does not fit takes the word it ends to the next line (back over it, clear it, newline,
+        write it again), so the typing rhythm stays; the terminal broke a long reply's lines in mid-word."""
+        # never the last column: a terminal moves the cursor past it only at the next character, and going back over
+        # the word from there lands a column short. The width is asked each time: the window may be resized
+        room = shutil.get_terminal_size().columns - 1
+        out = []
+        for ch in text:
+            width = 8 - self.column % 8 if ch == "\t" else 0 if ch == "\n" else columns(ch)
+            if ch == "\n":
+                self.column = 0
+            elif self.column + width > room and self.column:
+                if ch in " \t":  # the line break takes the space's place
+                    ch, width, self.column = "\n", 0, 0
+                elif self.word and (back := sum(map(columns, self.word))) + width <= room:  # the word moves down whole
+                    out.append((f"\033[{back}D\033[K" if back else "") + "\n" + self.word)
+                    self.column = back
+                else:  # a word longer than the line breaks where it must
+                    out.append("\n")
+                    self.column, self.word = 0, ""
+            out.append(ch)
+            self.column += width
+            # a space ends a word; so does a wide character: CJK writes no spaces, and breaks between any two
+            self.word = "" if ch in " \t\n" or width > 1 else self.word + ch
+        return "".join(out)
 
     def __call__(self, text, style=("", "")):
         """text (the model's, or a prompt echoed) between style's two escape codes, gen.py's own (bold): written as
@@ -275,7 +313,7 @@ class Printer:
                 time.sleep(wait)
             self.last = time.perf_counter()
         if self.terminal:
-            text = text.translate(VISIBLE)
+            text = self.wrap(text.translate(VISIBLE))
         self.out.write(style[0] + text + style[1])
         self.out.flush()
 

@@ -264,6 +264,45 @@ def test_control_characters_a_model_writes_show_on_a_terminal_and_pass_a_pipe_as
         assert code == 0 and out == shown, (tty, out, err)
 
 
+def screen(out, width):
+    """The lines a terminal width columns wide shows for out: as a terminal, it wraps at its edge (once a character
+    comes past it) and obeys \\n, ESC [ n D (back n columns) and ESC [ K (clear to the end of the line); bold is no
+    character."""
+    lines, row, col = [[]], 0, 0
+    for m in re.finditer(r"\033\[(\d*)([A-Za-z])|(.)", out, re.S):
+        n, code, ch = m.groups()
+        if code == "D":
+            col = max(0, min(col, width - 1) - int(n or 1))
+        elif code == "K":
+            del lines[row][col:]
+        elif ch is not None:
+            if ch == "\n" or col == width:
+                row, col = row + 1, 0
+                lines.append([])
+            if ch != "\n":
+                lines[row][col:col + 1] = [ch] if col < len(lines[row]) else [" "] * (col - len(lines[row])) + [ch]
+                col += 1
+    return ["".join(line).rstrip() for line in lines]
+
+
+def test_a_long_reply_breaks_its_lines_between_words_on_a_terminal(ckpt, enc, capsys, monkeypatch):
+    """The terminal broke a long reply's lines wherever its edge fell, in mid-word: on a terminal a word that does not
+    fit goes to the next line whole, as it streams (token by token, or character by character, which moves a word
+    already written), one longer than a line breaks at the edge; a pipe gets no line break the model did not write."""
+    text = " quick brown fox jumps over the lazy dog supercalifragilisticexpialidocious end"
+    monkeypatch.setenv("COLUMNS", "20")  # (shutil.get_terminal_size reads it first)
+    for ids in (enc.encode(text), [enc.encode_single_token(c) for c in text]):
+        monkeypatch.setattr(gen, "sample_steps", lambda *a, ids=ids, **k: iter([[t] for t in ids]))
+        argv = [ckpt, "--prompt", "The", "--max_tokens", str(len(ids)), "--no_delay"] + CPU
+        monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+        code, out, err = cli(argv, capsys)
+        assert code == 0 and screen(out, 20) == ["The quick brown fox", "jumps over the lazy", "dog",
+                                                 "supercalifragilisti", "cexpialidocious end", ""], (ids, out, err)
+        monkeypatch.setattr(sys.stdout, "isatty", lambda: False)
+        code, out, err = cli(argv, capsys)
+        assert code == 0 and out == "The" + text + "\n", (out, err)
+
+
 def test_history_overflow_drops_oldest_turns(enc, monkeypatch, capsys):
     system = {"role": "system", "content": "You are a helpful assistant."}
     turns = []
