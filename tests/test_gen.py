@@ -264,6 +264,23 @@ def test_control_characters_a_model_writes_show_on_a_terminal_and_pass_a_pipe_as
         assert code == 0 and out == shown, (tty, out, err)
 
 
+def test_a_prompt_file_printed_on_a_terminal_escapes_every_control_character(ckpt, enc, tmp_path, capsys,
+                                                                            monkeypatch):
+    """JSON lines escape the C0 controls but not the C1 ones, which xterm obeys as it does ESC [ (U+009B 2J cleared the
+    screen): on a terminal they are escaped too, the lines' values the same as a pipe's, which gets the bytes as ever."""
+    src = tmp_path / "prompts.txt"
+    src.write_text("Hi\n", encoding="utf-8")
+    ids = enc.encode("\x9b2J\x1bc\x7f")
+    monkeypatch.setattr(gen, "sample_steps", lambda *a, **k: iter([[t] for t in ids]))
+    argv = [ckpt, "--prompt_file", str(src), "--max_tokens", str(len(ids))] + CPU
+    shown = {}
+    for tty in (False, True):
+        monkeypatch.setattr(sys.stdout, "isatty", lambda tty=tty: tty)
+        code, shown[tty], err = cli(argv, capsys)
+        assert code == 0 and json.loads(shown[tty])["completion"] == "\x9b2J\x1bc\x7f", (shown[tty], err)
+    assert "\x9b" in shown[False] and not re.search("[\x00-\x09\x0b-\x1f\x7f-\x9f]", shown[True]), shown
+
+
 def screen(out, width):
     """The lines a terminal width columns wide shows for out: as a terminal, it wraps at its edge (once a character
     comes past it) and obeys \\n, ESC [ n D (back n columns) and ESC [ K (clear to the end of the line); bold is no
