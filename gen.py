@@ -605,7 +605,7 @@ def main(argv=None):
         if args.output:
             atomic_write_text(args.output, lines)
         else:
-            if tty_out:  # JSON escapes the C0 controls, not DEL and the C1 ones (VISIBLE): escaped, the value is the same
+            if tty_out:  # JSON escapes the C0 controls, not DEL and the C1 ones (VISIBLE): escaped, same value
                 lines = re.sub("[\x7f-\x9f]", lambda m: f"\\u{ord(m.group()):04x}", lines)
             sys.stdout.write(lines)
             sys.stdout.flush()

@@ -248,8 +248,8 @@ def test_a_terminal_gets_the_typing_rhythm_and_a_pipe_never_waits(ckpt, capsys, 
 
 def test_control_characters_a_model_writes_show_on_a_terminal_and_pass_a_pipe_as_they_are(ckpt, enc, capsys,
                                                                                         monkeypatch):
-    """A model's ESC c cleared the user's screen, its \\r wrote over the line and ESC ]0;...BEL retitled the window: on a
-    terminal they show as symbols, gen.py's own bold around the echoed prompt still works, and a character split across
+    """A model's ESC c cleared the user's screen, its \\r wrote over the line and ESC ]0;...BEL retitled the window: on
+    a terminal they show as symbols, gen.py's own bold around the echoed prompt still works, and a character split across
     tokens still comes whole; a pipe gets the bytes the model wrote."""
     written = "\x1bc\x1b]0;pwned\x07 over\rx\x08\x9b2J\tcaf\u00e9\n"
     ids = enc.encode("\x1bc\x1b]0;pwned\x07 over\rx\x08\x9b2J\tcaf") + [enc.encode_single_token(b) for b in
@@ -267,7 +267,8 @@ def test_control_characters_a_model_writes_show_on_a_terminal_and_pass_a_pipe_as
 def test_a_prompt_file_printed_on_a_terminal_escapes_every_control_character(ckpt, enc, tmp_path, capsys,
                                                                             monkeypatch):
     """JSON lines escape the C0 controls but not the C1 ones, which xterm obeys as it does ESC [ (U+009B 2J cleared the
-    screen): on a terminal they are escaped too, the lines' values the same as a pipe's, which gets the bytes as ever."""
+    screen): on a terminal they are escaped too, the lines' values the same as a pipe's, which gets the bytes as
+    ever."""
     src = tmp_path / "prompts.txt"
     src.write_text("Hi\n", encoding="utf-8")
     ids = enc.encode("\x9b2J\x1bc\x7f")
