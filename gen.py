@@ -271,10 +271,13 @@ def columns(ch):
 
 class Printer:
     """Streams text to stdout as it comes. On a terminal (terminal=True) the text's control characters show as VISIBLE
-    has them, lines break between words, and delay paces tokens for a readable rhythm; a pipe gets the text as it is."""
+    has them, lines break between words (where the terminal moves its cursor as told: not TERM=dumb, as Emacs' shell
+    buffers are, nor Windows' console, which obeys escape codes only where a program turns them on), and delay paces
+    tokens for a readable rhythm; a pipe gets the text as it is."""
 
     def __init__(self, delay=0.0, terminal=False):
         self.delay, self.out, self.last, self.terminal = delay, sys.stdout, 0.0, terminal
+        self.wraps = terminal and os.environ.get("TERM") != "dumb" and sys.platform != "win32"
         self.column, self.word = 0, ""  # where the cursor is, and the word it ends, which a line break may yet move
 
     def wrap(self, text):
@@ -313,7 +316,9 @@ class Printer:
                 time.sleep(wait)
             self.last = time.perf_counter()
         if self.terminal:
-            text = self.wrap(text.translate(VISIBLE))
+            text = text.translate(VISIBLE)
+        if self.wraps:
+            text = self.wrap(text)
         self.out.write(style[0] + text + style[1])
         self.out.flush()
 

@@ -319,6 +319,11 @@ def test_a_long_reply_breaks_its_lines_between_words_on_a_terminal(ckpt, enc, ca
         monkeypatch.setattr(sys.stdout, "isatty", lambda: False)
         code, out, err = cli(argv, capsys)
         assert code == 0 and out == "The" + text + "\n", (out, err)
+    # a terminal that moves no cursor as told (Emacs' shell buffer) gets the lines as they come
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    monkeypatch.setenv("TERM", "dumb")
+    code, out, err = cli(argv, capsys)
+    assert code == 0 and out == "\033[1mThe\033[0m" + text + "\n", (out, err)  # (bold, as before)
 
 
 def test_history_overflow_drops_oldest_turns(enc, monkeypatch, capsys):
