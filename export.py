@@ -58,8 +58,9 @@ def main(argv=None):
         check_output(os.path.normpath(args.out_dir), "OUT_DIR")  # (hf/new/ is a folder's name, not a file's)
     else:  # an empty folder: the export is written next to it, in its parent, which it failed in after the loading
         check_output(os.path.dirname(os.path.abspath(args.out_dir)), "OUT_DIR's folder", folder=True)
-    model, enc, _ = load_model(args.checkpoint)
-    names = export_folder(model, enc, args.out_dir, torch_dtype(args.dtype))
+    model, enc, ckpt = load_model(args.checkpoint)
+    # the training window goes along: eval.py's windows default to it (config.json's gpt_trainer, which hf.py reads)
+    names = export_folder(model, enc, args.out_dir, torch_dtype(args.dtype), (ckpt.get("args") or {}).get("block_size"))
     kind = "GPT2LMHeadModel" if model.config.variant == "gpt2" else "LlamaForCausalLM"
     print(f"wrote {args.out_dir}: {kind}, {model.config.n_layer} layers x {model.config.n_embd}, {enc.n_vocab:,} token "
           f"ids ({enc.name}), {args.dtype}; files {', '.join(names)}")

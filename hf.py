@@ -42,6 +42,11 @@ WEIGHTS_INDEX = "model.safetensors.index.json"  # sharded: several safetensors f
 WEIGHTS_BIN = "pytorch_model.bin"  # older downloads: a pickled state dict
 TOKENIZER_JSON = "tokenizer.json"
 VOCAB_JSON, MERGES_TXT = "vocab.json", "merges.txt"
+# config.json's key for what this project trained with and transformers' config has no field for, read back by
+# read_folder so that eval.py takes the folder as it takes the .pt: the training window (--block_size, which eval.py's
+# windows default to; the context is only the model's limit). transformers keeps a key it does not know as a config
+# attribute, unused, and saves it again
+OWN_CONFIG = "gpt_trainer"
 CHAT_TEMPLATE = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] "
                  "+ '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
                  "{% endif %}")  # setup_tokenizer.render_chat's layout; tokenized whole, so GPT-2's vocabulary merges a
@@ -340,11 +345,14 @@ def hf_tensors(model):
     return out
 
 
-def hf_config(cfg, enc, dtype):
-    """config.json for our GPTConfig: GPT2LMHeadModel's for the gpt2 variant, LlamaForCausalLM's for modern."""
+def hf_config(cfg, enc, dtype, block_size=None):
+    """config.json for our GPTConfig: GPT2LMHeadModel's for the gpt2 variant, LlamaForCausalLM's for modern.
+    block_size: the training window (train.py's --block_size), when it was shorter than the context."""
     eot = enc._special_tokens[SPECIAL_TOKENS[0]]
+    own = {"block_size": block_size or cfg.block_size}
     shared = {"vocab_size": cfg.vocab_size, "bos_token_id": eot, "eos_token_id": eot, "tie_word_embeddings": True,
-              "initializer_range": 0.02, "torch_dtype": str(dtype).removeprefix("torch."), "use_cache": True}
+              "initializer_range": 0.02, "torch_dtype": str(dtype).removeprefix("torch."), "use_cache": True,
+              OWN_CONFIG: own}
     if cfg.variant == "gpt2":
         return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_positions": cfg.block_size,
                 "n_ctx": cfg.block_size, "n_embd": cfg.n_embd, "n_layer": cfg.n_layer, "n_head": cfg.n_head,
@@ -412,6 +420,21 @@ def config_from_hf(raw, path):
                     f"this project reads gpt2 (GPT2LMHeadModel) and llama (LlamaForCausalLM, as export.py writes it)")
 
 
+def own_config(raw, path, context):
+    """config.json's OWN_CONFIG settings (export.py's), {} for a folder from elsewhere; values that are not what
+    export.py writes are a UserError."""
+    own = raw.get(OWN_CONFIG, {})
+    fix = f"remove {OWN_CONFIG} from it (the context then stands for the training --block_size)"
+    if not isinstance(own, dict):
+        raise UserError(f"{path}: {OWN_CONFIG} is not an object: {fix}")
+    kinds = {"block_size": lambda v: type(v) is int and 1 <= v <= context}
+    for k, v in own.items():
+        if k in kinds and not kinds[k](v):
+            raise UserError(f"{path}: {OWN_CONFIG}'s {k} {v!r} is not what export.py writes (the context is {context}): "
+                            f"{fix}")
+    return own
+
+
 def _safetensors():
     try:
         import safetensors.torch
@@ -468,6 +491,7 @@ def read_folder(folder):
     if not isinstance(raw, dict):
         raise UserError(f"{path} is not a model config (a JSON object): copy it again from the model's download")
     hf_cfg = config_from_hf(raw, path)  # vocab_size = the HF embedding's rows
+    own = own_config(raw, path, hf_cfg.block_size)
     enc, n_hf = read_tokenizer(folder)
     if n_hf > hf_cfg.vocab_size:
         raise UserError(f"{folder}: the tokenizer has {n_hf} ids but the model only {hf_cfg.vocab_size} embedding rows "
@@ -518,7 +542,8 @@ def read_folder(folder):
     rows[:n_hf] = wte
     state["transformer.wte.weight"] = state["lm_head.weight"] = rows
     return {"model": state, "config": dataclasses.asdict(cfg), "tokenizer": tokenizer_state(enc),
-            "args": {"model": nearest_preset(cfg)}, "hf_folder": folder}
+            "args": {"model": nearest_preset(cfg), **({"block_size": own["block_size"]} if "block_size" in own else {})},
+            "hf_folder": folder}
 
 
 # -----------------------------------------------------------------------------
@@ -541,9 +566,9 @@ def check_out_dir(out_dir):
         raise UserError(f"{out_dir} already exists and is {what}: choose a new OUT_DIR or remove it first")
 
 
-def export_folder(model, enc, out_dir, dtype=torch.float32):
+def export_folder(model, enc, out_dir, dtype=torch.float32, block_size=None):
     """Write model and tokenizer as an HF folder: config.json, generation_config.json, model.safetensors and the
-    tokenizer files. out_dir must not exist or be empty; everything is written into a temporary sibling first and
+    tokenizer files; block_size: the training window, when shorter than the context (hf_config). out_dir must not exist or be empty; everything is written into a temporary sibling first and
     renamed into place, so out_dir never holds half an export. Returns the file names."""
     cfg = model.config
     check_out_dir(out_dir)
@@ -552,7 +577,7 @@ def export_folder(model, enc, out_dir, dtype=torch.float32):
     llama = cfg.variant == "modern"
     eot, im_end = enc._special_tokens[SPECIAL_TOKENS[0]], enc._special_tokens.get(SPECIAL_TOKENS[2])
     files = {
-        CONFIG: json.dumps(hf_config(cfg, enc, dtype), indent=2) + "\n",
+        CONFIG: json.dumps(hf_config(cfg, enc, dtype, block_size), indent=2) + "\n",
         "generation_config.json": json.dumps({"bos_token_id": eot, "pad_token_id": eot,
                                               "eos_token_id": [eot] + ([im_end] if im_end is not None else [])}, indent=2) + "\n",
         **tokenizer_files(enc, cfg.block_size, llama=llama),

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import common
+import eval as eval_py
 import export
 import gen
 import hf
@@ -192,6 +193,26 @@ def test_export_round_trips_here(exported, enc):
     # every file readable as the umask makes files (safetensors alone wrote its own 0600)
     modes = {name: os.stat(os.path.join(exported["out"], name)).st_mode & 0o777 for name in os.listdir(exported["out"])}
     assert len(set(modes.values())) == 1, modes
+
+
+def test_an_exported_folder_evaluates_in_its_training_windows(enc, tmp_path):
+    """eval.py's windows default to the training --block_size, not the context: on the export as on the .pt."""
+    data = str(tmp_path / "data")
+    write_dataset(data, "story", enc, "gpt2", [d for d in story_text(20_000).split("\n") if d.strip()])
+    ckpt = str(tmp_path / "model.pt")
+    save_checkpoint(ckpt, our_model(enc.n_vocab), enc, dataset="story", args={"block_size": 16})  # context 64
+    folder = str(tmp_path / "hf")
+    export.main([ckpt, folder])
+    runs = [eval_py.evaluate_checkpoint(p, ["story"], data, samples=0, device="cpu", dtype="float32")
+            for p in (ckpt, folder)]
+    assert [r["block_size"] for r in runs] == [16, 16]
+    assert runs[1]["rows"][0]["loss"] == pytest.approx(runs[0]["rows"][0]["loss"], rel=1e-5)
+    # transformers keeps the key it does not know, unused: the folder loads, and saves it again
+    transformers = pytest.importorskip("transformers")
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(folder)
+    theirs.save_pretrained(str(tmp_path / "saved"))
+    shutil.copy(os.path.join(folder, "tokenizer.json"), tmp_path / "saved")
+    assert load_model(str(tmp_path / "saved"))[2]["args"]["block_size"] == 16
 
 
 def test_export_and_import_need_no_transformers(tmp_path):
@@ -407,8 +428,12 @@ def edit_config(**kv):
     (lambda f: [(f / "model.safetensors").unlink(),
                 (f / "model.safetensors.index.json").write_text('{"weight_map": {"a": 5}}')],
      "model.safetensors.index.json has no weight_map"),
+    # export.py's own settings, edited past the context: eval.py's windows would be refused as longer than it
+    (edit_config(gpt_trainer={"block_size": 128}), "gpt_trainer's block_size 128 is not what export.py writes (the "
+                                                   "context is 64): remove gpt_trainer from it"),
 ], ids=["no-config", "bad-json", "bert", "relu", "no-weights", "corrupt-weights", "shape", "huge", "huge-layers", "layers", "vocab", "no-tokenizer",
-        "prefix-space", "prefix-space-config", "prefix-space-vocab", "index-list", "index-map"])
+        "prefix-space", "prefix-space-config", "prefix-space-vocab", "index-list", "index-map",
+        "own-block"])
 def test_bad_folders_are_one_line_errors(small_folder, tmp_path, capsys, change, words):
     folder = broken(small_folder, tmp_path, change)
     line = one_error_line(*run_cli(gen.main, [folder, "--prompt", "x", "--max_tokens", "1", *CPU], capsys)[::2])
