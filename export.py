@@ -62,6 +62,10 @@ def main(argv=None):
     # the training window goes along: eval.py's windows default to it (config.json's gpt_trainer, which hf.py reads)
     names = export_folder(model, enc, args.out_dir, torch_dtype(args.dtype), (ckpt.get("args") or {}).get("block_size"))
     kind = "GPT2LMHeadModel" if model.config.variant == "gpt2" else "LlamaForCausalLM"
+    if model.config.variant == "modern" and model.config.dropout:  # (hf.py and so --init_from read it all back)
+        print(f"warning: {kind} has attention dropout only: fine-tuning in transformers drops nothing on the "
+              f"embeddings or the attention and MLP outputs, where this model trained with dropout "
+              f"{model.config.dropout:g} on each (inference is unaffected)", file=sys.stderr)
     print(f"wrote {args.out_dir}: {kind}, {model.config.n_layer} layers x {model.config.n_embd}, {enc.n_vocab:,} token "
           f"ids ({enc.name}), {args.dtype}; files {', '.join(names)}")
     print(f"load it with AutoModelForCausalLM.from_pretrained({args.out_dir!r}) and "

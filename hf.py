@@ -43,9 +43,10 @@ WEIGHTS_BIN = "pytorch_model.bin"  # older downloads: a pickled state dict
 TOKENIZER_JSON = "tokenizer.json"
 VOCAB_JSON, MERGES_TXT = "vocab.json", "merges.txt"
 # config.json's key for what this project trained with and transformers' config has no field for, read back by
-# read_folder so that eval.py takes the folder as it takes the .pt: the training window (--block_size, which eval.py's
-# windows default to; the context is only the model's limit). transformers keeps a key it does not know as a config
-# attribute, unused, and saves it again
+# read_folder so that eval.py and train.py --init_from take the folder as they take the .pt: the training window
+# (--block_size, which eval.py's windows default to; the context is only the model's limit), dropout (read from
+# GPT-2's config, the hub's GPT-2 would fine-tune with 0.1 where it has 0 here, and Llama's has attention dropout only).
+# transformers keeps a key it does not know as a config attribute, unused, and saves it again
 OWN_CONFIG = "gpt_trainer"
 CHAT_TEMPLATE = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] "
                  "+ '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
@@ -349,7 +350,7 @@ def hf_config(cfg, enc, dtype, block_size=None):
     """config.json for our GPTConfig: GPT2LMHeadModel's for the gpt2 variant, LlamaForCausalLM's for modern.
     block_size: the training window (train.py's --block_size), when it was shorter than the context."""
     eot = enc._special_tokens[SPECIAL_TOKENS[0]]
-    own = {"block_size": block_size or cfg.block_size}
+    own = {"block_size": block_size or cfg.block_size, "dropout": cfg.dropout}
     shared = {"vocab_size": cfg.vocab_size, "bos_token_id": eot, "eos_token_id": eot, "tie_word_embeddings": True,
               "initializer_range": 0.02, "torch_dtype": str(dtype).removeprefix("torch."), "use_cache": True,
               OWN_CONFIG: own}
@@ -424,10 +425,11 @@ def own_config(raw, path, context):
     """config.json's OWN_CONFIG settings (export.py's), {} for a folder from elsewhere; values that are not what
     export.py writes are a UserError."""
     own = raw.get(OWN_CONFIG, {})
-    fix = f"remove {OWN_CONFIG} from it (the context then stands for the training --block_size)"
+    fix = f"remove {OWN_CONFIG} from it (the context then stands for the training --block_size, dropout is 0)"
     if not isinstance(own, dict):
         raise UserError(f"{path}: {OWN_CONFIG} is not an object: {fix}")
-    kinds = {"block_size": lambda v: type(v) is int and 1 <= v <= context}
+    kinds = {"block_size": lambda v: type(v) is int and 1 <= v <= context,
+             "dropout": lambda v: type(v) in (int, float) and 0 <= v < 1}
     for k, v in own.items():
         if k in kinds and not kinds[k](v):
             raise UserError(f"{path}: {OWN_CONFIG}'s {k} {v!r} is not what export.py writes (the context is {context}): "
@@ -531,7 +533,7 @@ def read_folder(folder):
             raise UserError(f"{folder}: weight {k} has shape {tuple(tensors[k].shape)} but {CONFIG} implies "
                             f"{tuple(shape)}; copy the folder again from the download")
 
-    cfg = dataclasses.replace(hf_cfg, vocab_size=enc.n_vocab)
+    cfg = dataclasses.replace(hf_cfg, vocab_size=enc.n_vocab, dropout=float(own.get("dropout", 0.0)))
     state = {}
     for ours, theirs, transposed in tensor_map(hf_cfg):
         parts = [tensors[name].float() for name in theirs]

@@ -4,6 +4,7 @@ HF GPT-2 folders (as a user downloads them) load here with the same logits, trai
 gen.py samples from one, and bad folders are one-line errors. Models are built locally (2 layers x 64, no
 downloads); the tests that run transformers skip without it.
 """
+import dataclasses
 import hashlib
 import json
 import os
@@ -213,6 +214,23 @@ def test_an_exported_folder_evaluates_in_its_training_windows(enc, tmp_path):
     theirs.save_pretrained(str(tmp_path / "saved"))
     shutil.copy(os.path.join(folder, "tokenizer.json"), tmp_path / "saved")
     assert load_model(str(tmp_path / "saved"))[2]["args"]["block_size"] == 16
+
+
+@pytest.mark.parametrize("variant", ["gpt2", "modern"])
+def test_an_exported_models_dropout_reads_back_and_what_llama_lacks_is_said(custom_enc, tmp_path, capsys, variant):
+    model = our_model(custom_enc.n_vocab, variant)
+    model.config = dataclasses.replace(model.config, dropout=0.1)
+    ckpt, folder = str(tmp_path / "model.pt"), str(tmp_path / "hf")
+    save_checkpoint(ckpt, model, custom_enc)
+    code, out, err = run_cli(export.main, [ckpt, folder], capsys)
+    assert code == 0, err
+    warned = [line for line in err.splitlines() if line.startswith("warning:")]
+    if variant == "modern":  # Llama's config has attention dropout only: transformers' fine-tuning would drop less
+        assert len(warned) == 1 and "attention dropout only" in warned[0] and "dropout 0.1" in warned[0], err
+    else:  # GPT-2's config has all of it (resid_pdrop, embd_pdrop, attn_pdrop)
+        assert not warned, err
+    # train.py --init_from fine-tunes with the checkpoint config's dropout (unless --dropout), as --checkpoint the .pt
+    assert load_model(folder)[2]["config"]["dropout"] == 0.1
 
 
 def test_export_and_import_need_no_transformers(tmp_path):
