@@ -45,8 +45,9 @@ VOCAB_JSON, MERGES_TXT = "vocab.json", "merges.txt"
 # config.json's key for what this project trained with and transformers' config has no field for, read back by
 # read_folder so that eval.py and train.py --init_from take the folder as they take the .pt: the training window
 # (--block_size, which eval.py's windows default to; the context is only the model's limit), dropout (read from
-# GPT-2's config, the hub's GPT-2 would fine-tune with 0.1 where it has 0 here, and Llama's has attention dropout only).
-# transformers keeps a key it does not know as a config attribute, unused, and saves it again
+# GPT-2's config, the hub's GPT-2 would fine-tune with 0.1 where it has 0 here, and Llama's has attention dropout only)
+# and a gpt2-variant model's want of biases (HF's GPT-2 always has them: the export's zeros). transformers keeps a key
+# it does not know as a config attribute, unused, and saves it again
 OWN_CONFIG = "gpt_trainer"
 CHAT_TEMPLATE = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] "
                  "+ '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
@@ -331,7 +332,7 @@ def tensor_map(cfg):
 
 def hf_tensors(model):
     """{HF name: tensor} of our model; the embedding loses its padding rows, and a gpt2-variant model without
-    biases gets zero ones (HF's GPT-2 always has them; zeros change nothing)."""
+    biases gets zero ones (HF's GPT-2 always has them; zeros change nothing; read_folder drops them again)."""
     cfg = model.config
     sd = model.state_dict()
     out = {}
@@ -351,6 +352,8 @@ def hf_config(cfg, enc, dtype, block_size=None):
     block_size: the training window (train.py's --block_size), when it was shorter than the context."""
     eot = enc._special_tokens[SPECIAL_TOKENS[0]]
     own = {"block_size": block_size or cfg.block_size, "dropout": cfg.dropout}
+    if cfg.variant == "gpt2":
+        own["bias"] = cfg.bias
     shared = {"vocab_size": cfg.vocab_size, "bos_token_id": eot, "eos_token_id": eot, "tie_word_embeddings": True,
               "initializer_range": 0.02, "torch_dtype": str(dtype).removeprefix("torch."), "use_cache": True,
               OWN_CONFIG: own}
@@ -429,7 +432,7 @@ def own_config(raw, path, context):
     if not isinstance(own, dict):
         raise UserError(f"{path}: {OWN_CONFIG} is not an object: {fix}")
     kinds = {"block_size": lambda v: type(v) is int and 1 <= v <= context,
-             "dropout": lambda v: type(v) in (int, float) and 0 <= v < 1}
+             "dropout": lambda v: type(v) in (int, float) and 0 <= v < 1, "bias": lambda v: type(v) is bool}
     for k, v in own.items():
         if k in kinds and not kinds[k](v):
             raise UserError(f"{path}: {OWN_CONFIG}'s {k} {v!r} is not what export.py writes (the context is {context}): "
@@ -538,6 +541,13 @@ def read_folder(folder):
     for ours, theirs, transposed in tensor_map(hf_cfg):
         parts = [tensors[name].float() for name in theirs]
         state[ours] = torch.cat([p.t() if transposed else p for p in parts], dim=0).contiguous()
+    biases = [k for k in state if k.endswith(".bias")]
+    if cfg.variant == "gpt2" and own.get("bias") is False and not any(state[k].any() for k in biases):
+        # export.py's zeros for a model without biases: none again, or --init_from would train them. (Trained in
+        # transformers since, they are weights now, kept)
+        cfg = dataclasses.replace(cfg, bias=False)
+        for k in biases:
+            del state[k]
     # embedding rows: the tokenizer's ids keep theirs; added ChatML tokens and padding rows start at the mean
     wte = state["transformer.wte.weight"][:n_hf]  # (n_hf, C)
     rows = wte.mean(dim=0, keepdim=True).expand(cfg.padded_vocab_size, -1).clone()  # (padded_vocab_size, C)

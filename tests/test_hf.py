@@ -183,6 +183,9 @@ def test_export_round_trips_here(exported, enc):
     # the folder reads back as the same model and tokenizer, through the loader every script uses
     model, enc2, ckpt = load_model(exported["out"])
     assert tokenizer_hash(enc2) == tokenizer_hash(enc) and enc2.name == "gpt2"
+    # the same config: a gpt2-variant model without biases has none again (HF's GPT-2 holds zeros), so that
+    # train.py --init_from does not train biases that fine-tuning the .pt would not have
+    assert model.config == exported["model"].config
     idx = torch.randint(0, enc.n_vocab, (1, 64), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert torch.equal(model(idx)[0], exported["model"](idx)[0])
@@ -231,6 +234,21 @@ def test_an_exported_models_dropout_reads_back_and_what_llama_lacks_is_said(cust
         assert not warned, err
     # train.py --init_from fine-tunes with the checkpoint config's dropout (unless --dropout), as --checkpoint the .pt
     assert load_model(folder)[2]["config"]["dropout"] == 0.1
+
+
+def test_biases_trained_since_the_export_are_kept(custom_enc, tmp_path):
+    """A gpt2-variant model without biases exports zeros, which read back as none; once transformers has trained
+    them (no longer all zero) they are weights of the model, kept."""
+    st = pytest.importorskip("safetensors.torch")
+    folder = str(tmp_path / "hf")
+    hf.export_folder(our_model(custom_enc.n_vocab, "gpt2", bias=False), custom_enc, folder)
+    assert not load_model(folder)[0].config.bias
+    path = os.path.join(folder, "model.safetensors")
+    tensors = st.load_file(path)
+    tensors["transformer.h.1.mlp.c_fc.bias"][3] = 0.5
+    st.save_file(tensors, path, metadata={"format": "pt"})
+    model = load_model(folder)[0]
+    assert model.config.bias and model.transformer.h[1].mlp.c_fc.bias[3] == 0.5
 
 
 def test_export_and_import_need_no_transformers(tmp_path):
