@@ -435,8 +435,8 @@ def own_config(raw, path, context):
              "dropout": lambda v: type(v) in (int, float) and 0 <= v < 1, "bias": lambda v: type(v) is bool}
     for k, v in own.items():
         if k in kinds and not kinds[k](v):
-            raise UserError(f"{path}: {OWN_CONFIG}'s {k} {v!r} is not what export.py writes (the context is {context}): "
-                            f"{fix}")
+            raise UserError(f"{path}: {OWN_CONFIG}'s {k} {v!r} is not what export.py writes (the context is "
+                            f"{context}): {fix}")
     return own
 
 
@@ -554,7 +554,7 @@ def read_folder(folder):
     rows[:n_hf] = wte
     state["transformer.wte.weight"] = state["lm_head.weight"] = rows
     return {"model": state, "config": dataclasses.asdict(cfg), "tokenizer": tokenizer_state(enc),
-            "args": {"model": nearest_preset(cfg), **({"block_size": own["block_size"]} if "block_size" in own else {})},
+            "args": {"model": nearest_preset(cfg), **{k: own[k] for k in ("block_size",) if k in own}},
             "hf_folder": folder}
 
 
@@ -580,8 +580,9 @@ def check_out_dir(out_dir):
 
 def export_folder(model, enc, out_dir, dtype=torch.float32, block_size=None):
     """Write model and tokenizer as an HF folder: config.json, generation_config.json, model.safetensors and the
-    tokenizer files; block_size: the training window, when shorter than the context (hf_config). out_dir must not exist or be empty; everything is written into a temporary sibling first and
-    renamed into place, so out_dir never holds half an export. Returns the file names."""
+    tokenizer files (block_size: the training window, when shorter than the context: hf_config). out_dir must not
+    exist or be empty; everything is written into a temporary sibling first and renamed into place, so out_dir never
+    holds half an export. Returns the file names."""
     cfg = model.config
     check_out_dir(out_dir)
     out_dir = os.path.normpath(out_dir)  # hf/new/ and hf/new/. name hf/new (os.rmdir refused "hf/new/.")
