@@ -28,8 +28,8 @@ import zipfile
 
 import tiktoken
 
-from common import (UserError, atomic_write_text, check_output, expand_pattern, holds_nul, nonempty, not_utf8,
-                    require_utf8, run_main, starts_as_zip)
+from common import (UserError, atomic_write_text, check_output, expand_pattern, holds_nul, kept_file, nonempty,
+                    not_utf8, require_utf8, run_main, starts_as_zip)
 
 EOT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = (EOT, IM_START, IM_END)
@@ -365,6 +365,11 @@ def train_tokenizer(files, vocab_size, out_path):
             raise UserError(f"--input {path}: no such file")
         if os.path.isdir(path):
             raise UserError(f"--input {path} is a folder: give the text files in it, e.g. {os.path.join(path, '*.txt')}")
+        # a dataset's token file of a small vocabulary passes for text (few NULs, bytes valid as UTF-8: a 307-id one
+        # trained 4,096 tokens of its ids' bytes), and a vocabulary gave one of base64: refused, as the checkpoint is
+        kept = kept_file(path) or ("a vocabulary" if path.endswith(".tiktoken") else None)
+        if kept:
+            raise UserError(f"--input {path} is {kept}, not text: give the text files it was made from")
         if suffix(path) in SUFFIXES and suffix(path) != ".txt":
             # read as text, a chat .jsonl spends merges on its JSON ('{"role": "', '\\u00e9'): its conversations took
             # 23% more tokens than with prepare.py's vocabulary, of fewer ids, trained on their contents

@@ -405,3 +405,28 @@ def test_a_separator_in_one_long_line_is_never_trained_on(tmp_path, monkeypatch)
         monkeypatch.setattr(setup_tokenizer, "read_text_chunks", lambda path: chunks(path, chunk_chars=size))
         train_tokenizer([str(src)], 300, str(tmp_path / "v.tiktoken"))
         assert "".join(seen.pop()) == "".join(docs), size  # the documents' text, all of it and nothing else
+
+
+def test_cli_train_refuses_a_datasets_files_a_vocabulary_and_a_checkpoint(tmp_path, capsys):
+    """A dataset's token file of a small vocabulary passes for text (its ids' bytes are valid UTF-8, few of them NUL):
+    it trained a 4,096-token vocabulary of them; a .tiktoken file, one of base64. Refused before training, as a
+    checkpoint, naming what each is."""
+    import prepare  # here: it imports numpy and reads the datasets' table
+    src = tmp_path / "notes.txt"
+    src.write_text("the cat sat on the mat and the dog ran far away.\n" * 400, encoding="utf-8")
+    assert run_in_process(prepare.main, ["--source", str(src), "--out_dir", str(tmp_path / "data"), "--name", "notes",
+                                         "--vocab_size", "300"], capsys)[0] == 0
+    folder = tmp_path / "data" / "notes"
+    vocab = tmp_path / "mine.tiktoken"
+    vocab.write_text((folder / "tokenizer.tiktoken").read_text())
+    checkpoint = tmp_path / "model.pt"
+    with zipfile.ZipFile(checkpoint, "w") as z:
+        z.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
+    out = tmp_path / "v.tiktoken"
+    for path, what in [(folder / "train.bin", f"a file of the dataset in {folder}"),
+                       (folder / "tokenizer.tiktoken", f"a file of the dataset in {folder}"),
+                       (vocab, "a vocabulary"), (checkpoint, "a checkpoint (a zip archive)")]:
+        code, _, err = run_in_process(setup_tokenizer.main, ["train", "--input", str(src), str(path), "--out", str(out)],
+                                      capsys)
+        assert (code, err) == (1, f"error: --input {path} is {what}, not text: give the text files it was made from\n")
+        assert not out.exists()
