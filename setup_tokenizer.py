@@ -392,7 +392,8 @@ def train_tokenizer(files, vocab_size, out_path):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description="Show how text tokenizes, or train a custom BPE vocabulary.")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    # the metavar: without a command, argparse's error named the dest ("required: cmd"), not the commands to give
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="{show,train}")
     s = sub.add_parser("show", help="print the tokens and ids of a text")
     s.add_argument("text")
     s.add_argument("--tokenizer", type=nonempty, default="gpt2", help="gpt2, the path of a .tiktoken file, or a checkpoint's")

@@ -430,3 +430,9 @@ def test_cli_train_refuses_a_datasets_files_a_vocabulary_and_a_checkpoint(tmp_pa
                                       capsys)
         assert (code, err) == (1, f"error: --input {path} is {what}, not text: give the text files it was made from\n")
         assert not out.exists()
+
+
+def test_cli_without_a_command_names_the_commands(capsys):
+    """`python setup_tokenizer.py` alone said "the following arguments are required: cmd", a word of the code's."""
+    code, out, err = run_in_process(setup_tokenizer.main, [], capsys)
+    assert code == 2 and err.splitlines()[-1].endswith(": error: the following arguments are required: {show,train}")
