@@ -28,8 +28,8 @@ import zipfile
 
 import tiktoken
 
-from common import (UserError, atomic_write_text, check_output, expand_pattern, holds_nul, kept_file, nonempty,
-                    not_utf8, require_utf8, run_main, starts_as_zip)
+from common import (UserError, atomic_write_text, check_output, expand_pattern, holds_nul, is_dataset_folder,
+                    kept_file, nonempty, not_utf8, read_meta, require_utf8, run_main, starts_as_zip)
 
 EOT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = (EOT, IM_START, IM_END)
@@ -148,6 +148,11 @@ def _load_tokenizer(name, stamp):
         from hf import TOKENIZER_JSON, VOCAB_JSON, read_tokenizer  # here: hf.py imports this module, and torch
         if any(os.path.isfile(os.path.join(name, f)) for f in (TOKENIZER_JSON, VOCAB_JSON)):
             return read_tokenizer(name)[0]  # a Hugging Face model folder's (GPT-2's own files give "gpt2")
+        if is_dataset_folder(name):  # its vocabulary is a file in it (or gpt2, or the --tokenizer it was made with),
+            # which "a folder without tokenizer.json" and a list of what else to pass left to be found
+            own = os.path.join(name, "tokenizer.tiktoken")
+            raise UserError(f"{name} is a dataset's folder, not a vocabulary: pass the one it was made with, "
+                            f"{own if os.path.isfile(own) else read_meta(name).get('tokenizer', 'gpt2')}")
         raise not_a_vocabulary(f"{name} (a folder without {TOKENIZER_JSON} or {VOCAB_JSON})")
     if zipfile.is_zipfile(name) or starts_as_zip(name):  # torch.save's format: a checkpoint (or one cut short,
         # which load_checkpoint names as such rather than as no .tiktoken text)

@@ -407,16 +407,21 @@ def test_a_separator_in_one_long_line_is_never_trained_on(tmp_path, monkeypatch)
         assert "".join(seen.pop()) == "".join(docs), size  # the documents' text, all of it and nothing else
 
 
+def prepared(tmp_path, capsys, *options, name="notes"):
+    """A text dataset prepare.py made in tmp_path/data/NAME with options: (its source file, its folder)."""
+    import prepare  # here: it imports numpy and reads the datasets' table
+    src = tmp_path / "notes.txt"
+    src.write_text("the cat sat on the mat and the dog ran far away.\n" * 400, encoding="utf-8")
+    assert run_in_process(prepare.main, ["--source", str(src), "--out_dir", str(tmp_path / "data"), "--name", name,
+                                         *options], capsys)[0] == 0
+    return src, tmp_path / "data" / name
+
+
 def test_cli_train_refuses_a_datasets_files_a_vocabulary_and_a_checkpoint(tmp_path, capsys):
     """A dataset's token file of a small vocabulary passes for text (its ids' bytes are valid UTF-8, few of them NUL):
     it trained a 4,096-token vocabulary of them; a .tiktoken file, one of base64. Refused before training, as a
     checkpoint, naming what each is."""
-    import prepare  # here: it imports numpy and reads the datasets' table
-    src = tmp_path / "notes.txt"
-    src.write_text("the cat sat on the mat and the dog ran far away.\n" * 400, encoding="utf-8")
-    assert run_in_process(prepare.main, ["--source", str(src), "--out_dir", str(tmp_path / "data"), "--name", "notes",
-                                         "--vocab_size", "300"], capsys)[0] == 0
-    folder = tmp_path / "data" / "notes"
+    src, folder = prepared(tmp_path, capsys, "--vocab_size", "300")
     vocab = tmp_path / "mine.tiktoken"
     vocab.write_text((folder / "tokenizer.tiktoken").read_text())
     checkpoint = tmp_path / "model.pt"
@@ -436,3 +441,14 @@ def test_cli_without_a_command_names_the_commands(capsys):
     """`python setup_tokenizer.py` alone said "the following arguments are required: cmd", a word of the code's."""
     code, out, err = run_in_process(setup_tokenizer.main, [], capsys)
     assert code == 2 and err.splitlines()[-1].endswith(": error: the following arguments are required: {show,train}")
+
+
+def test_a_datasets_folder_as_tokenizer_names_its_vocabulary(gpt2, tmp_path, capsys):
+    """--tokenizer data/NAME (the vocabulary of that dataset, one would think) said "a folder without tokenizer.json or
+    vocab.json" and listed what else to pass, leaving its tokenizer.tiktoken, or gpt2, to be found."""
+    for options, name, fix in [(["--vocab_size", "300"], "own", "{folder}/tokenizer.tiktoken"), ([], "gpt2", "gpt2")]:
+        _, folder = prepared(tmp_path, capsys, *options, name=name)
+        with pytest.raises(UserError) as e:
+            get_tokenizer(str(folder))
+        assert str(e.value) == (f"{folder} is a dataset's folder, not a vocabulary: pass the one it was made with, "
+                                f"{fix.format(folder=folder)}")
