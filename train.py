@@ -1632,7 +1632,8 @@ def summary_lines(summary, meta, args, budget, pause_eval):
         # a short run on a GPU: compiling, evaluating and saving took most of it (200 steps of small on an H200
         # trained at 240k tokens/s and said 24,708 here)
         rate += f" overall, {summary['train_tokens_per_s']:,.0f} while training"
-    lines = [paint(f"{summary['stopped']}: {summary['run_steps']:,} steps, {fmt_count(summary['tokens'])} tokens in "
+    steps = summary["run_steps"]
+    lines = [paint(f"{summary['stopped']}: {steps:,} step{'s' * (steps != 1)}, {fmt_count(summary['tokens'])} tokens in "
                    f"{fmt_time(summary['elapsed'])} ({rate}); " +
                    # (a budget's epochs as the log gives them: "0 epoch(s)" after half of one read as nothing trained)
                    (f"{summary['epoch']:.2f} epochs in the {args.time_budget:g} min budget" if budget else
