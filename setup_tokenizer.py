@@ -366,6 +366,8 @@ def train_tokenizer(files, vocab_size, out_path):
     """train_bpe on text files, read in bounded memory."""
     from prepare import SUFFIXES, suffix  # here: prepare.py imports this module
     for path in files:  # refused before training, not when its turn comes
+        if path == "-" and not os.path.exists(path):  # the usual name of standard input, which "no such file" hid
+            raise UserError("--input -: give /dev/stdin to read standard input")
         if not os.path.exists(path):  # a typo in the last of several inputs was found after reading all the others
             raise UserError(f"--input {path}: no such file")
         if os.path.isdir(path):

@@ -435,6 +435,9 @@ def test_cli_train_refuses_a_datasets_files_a_vocabulary_and_a_checkpoint(tmp_pa
                                       capsys)
         assert (code, err) == (1, f"error: --input {path} is {what}, not text: give the text files it was made from\n")
         assert not out.exists()
+    # and standard input by its usual name, "-": "no such file" said nothing of /dev/stdin
+    code, _, err = run_in_process(setup_tokenizer.main, ["train", "--input", "-", "--out", str(out)], capsys)
+    assert (code, err) == (1, "error: --input -: give /dev/stdin to read standard input\n") and not out.exists()
 
 
 def test_cli_without_a_command_names_the_commands(capsys):
