@@ -279,6 +279,7 @@ class Printer:
         self.delay, self.out, self.last, self.terminal = delay, sys.stdout, 0.0, terminal
         self.wraps = terminal and os.environ.get("TERM") != "dumb" and sys.platform != "win32"
         self.column, self.word = 0, ""  # where the cursor is, and the word it ends, which a line break may yet move
+        self.cr = ""  # a \r that ended the last text, which a \n may yet follow (gpt2 writes them as two tokens)
 
     def wrap(self, text):
         """text with the line breaks that keep its words whole on the terminal, as ollama's: each character is written
@@ -315,8 +316,11 @@ class Printer:
             if wait > 0:  # only pad fast models; a slow one already streams slower than this
                 time.sleep(wait)
             self.last = time.perf_counter()
-        if self.terminal:
-            text = text.translate(VISIBLE)
+        if self.terminal:  # \r\n ends a line as \n does, and shows as it: a ␍ at each line's end of a CRLF text
+            text, self.cr = self.cr + text, ""
+            if text.endswith("\r"):  # (held back: only an unseen \r, which the reply's closing \n comes after)
+                text, self.cr = text[:-1], "\r"
+            text = text.replace("\r\n", "\n").translate(VISIBLE)
         if self.wraps:
             text = self.wrap(text)
         self.out.write(style[0] + text + style[1])

@@ -264,6 +264,21 @@ def test_control_characters_a_model_writes_show_on_a_terminal_and_pass_a_pipe_as
         assert code == 0 and out == shown, (tty, out, err)
 
 
+def test_a_crlf_line_end_shows_as_a_line_end_on_a_terminal(ckpt, enc, capsys, monkeypatch):
+    """\r\n ends a line on a terminal as \n does: shown as a \r, each line of a CRLF text (a hub GPT-2's, which writes
+    \r and \n as two tokens, a chat set's) ended in a ␍. A \r alone, which writes over the line, still shows; a pipe gets
+    the bytes."""
+    text = " one\r\ntwo\r\n\r\nthree\rx\r"
+    ids = [enc.encode_single_token(c) for c in text]
+    monkeypatch.setattr(gen, "sample_steps", lambda *a, **k: iter([[t] for t in ids]))
+    argv = [ckpt, "--prompt", "Hi", "--max_tokens", str(len(ids)), "--no_delay"] + CPU
+    monkeypatch.setenv("NO_COLOR", "1")
+    for tty, shown in ((False, "Hi" + text + "\n"), (True, "Hi one\ntwo\n\nthree␍x\n")):
+        monkeypatch.setattr(sys.stdout, "isatty", lambda tty=tty: tty)
+        code, out, err = cli(argv, capsys)
+        assert code == 0 and out == shown, (tty, out, err)
+
+
 def test_a_prompt_file_printed_on_a_terminal_escapes_every_control_character(ckpt, enc, tmp_path, capsys,
                                                                             monkeypatch):
     """JSON lines escape the C0 controls but not the C1 ones, which xterm obeys as it does ESC [ (U+009B 2J cleared the
