@@ -194,7 +194,7 @@ def refuse_records(path, text):
     nothing but its count ("1 document")."""
     line = text.lstrip().partition("\n")[0]
     if line[:1] in ("{", "["):
-        with contextlib.suppress(ValueError):
+        with contextlib.suppress(ValueError, RecursionError):  # (a line of a thousand ['s: text, not a traceback)
             record = json.loads(line)
             turns = isinstance(record, list) and record and all(isinstance(t, dict) for t in record)
             field = next((f for f in RECORD_FIELDS if isinstance(record, dict) and f in record), None)

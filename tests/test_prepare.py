@@ -524,7 +524,7 @@ def test_chat_records_in_a_txt_file_name_the_rename(tmp_path):
     meta = prepare.prepare("chat", source=write(tmp_path / "chats.jsonl", chat), out_dir=out, name="c")
     assert meta["has_mask"]
     for i, text in enumerate(('{"level": "info", "msg": "started"}\nand then some words\n', "{braces} and words\n",
-                              "[1, 2, 3] and words\n")):
+                              "[1, 2, 3] and words\n", "[]\n{}\nwords\n", "[" * 5000 + " nested past json's reach\n")):
         meta = prepare.prepare("text", source=write(tmp_path / f"log{i}.txt", text * 20), out_dir=out, name=f"log{i}")
         assert meta["kind"] == "text"
 
