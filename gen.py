@@ -293,7 +293,7 @@ class Printer:
             width = 8 - self.column % 8 if ch == "\t" else 0 if ch == "\n" else columns(ch)
             if ch == "\n":
                 self.column = 0
-            elif self.column + width > room and self.column:
+            elif width and self.column + width > room and self.column:  # (a combining mark stays on its letter's line)
                 if ch in " \t":  # the line break takes the space's place
                     ch, width, self.column = "\n", 0, 0
                 elif self.word and (back := sum(map(columns, self.word))) + width <= room:  # the word moves down whole

@@ -341,6 +341,21 @@ def test_a_long_reply_breaks_its_lines_between_words_on_a_terminal(ckpt, enc, ca
     assert code == 0 and out == "\033[1mThe\033[0m" + text + "\n", (out, err)  # (bold, as before)
 
 
+def test_a_combining_mark_stays_on_its_letters_line_on_the_narrowest_terminal(ckpt, enc, capsys, monkeypatch):
+    """Where a line holds no more than one letter (a terminal 1 or 2 columns wide, or one made narrower mid-reply), the
+    accent that follows it went to a line of its own, apart from the letter it belongs to: it takes no column."""
+    text = " e\u0301x"  # (é decomposed, as macOS' file names and some corpora write it)
+    ids = enc.encode(text)
+    monkeypatch.setattr(gen, "sample_steps", lambda *a, **k: iter([[t] for t in ids]))
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.setenv("TERM", "xterm")
+    for width in ("1", "2"):
+        monkeypatch.setenv("COLUMNS", width)
+        code, out, err = cli([ckpt, "--prompt", "Hi", "--max_tokens", str(len(ids)), "--no_delay"] + CPU, capsys)
+        assert code == 0 and "e\u0301" in out.split("\n"), (width, out, err)
+
+
 def test_history_overflow_drops_oldest_turns(enc, monkeypatch, capsys):
     system = {"role": "system", "content": "You are a helpful assistant."}
     turns = []
