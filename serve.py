@@ -1176,8 +1176,9 @@ class ApiServer(ThreadingHTTPServer):
         self.turned_away += 1
         if time.monotonic() - self.turned_away_said >= TURNED_AWAY_LOG:
             with contextlib.suppress(OSError):  # (stderr's reader gone: see Worker.run)
-                self.worker.log(f"{self.turned_away:,} connection(s) turned away with 503 since the last such line: "
-                                f"{self.max_connections:,} are open (--max_connections)")
+                self.worker.log(f"{self.turned_away:,} connection(s) turned away since the last such line (503, or "
+                                f"closed unanswered past twice as many): {self.max_connections:,} are open "
+                                f"(--max_connections)")
             self.turned_away, self.turned_away_said = 0, time.monotonic()
 
     def process_request_thread(self, request, client_address):
