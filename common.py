@@ -498,15 +498,22 @@ def remove_stale_tmp(folder, names, quiet_s=600):
                     shutil.rmtree(old)
 
 
+def name_full_disk(e, path):
+    """A full disk fails a write() or fsync(), whose OSError names no file: "No space left on device: free some space"
+    left the user to guess which disk. Names path in e (an OSError) where it is one of those. Not another error's: a
+    source's read error would name the wrong file, and one without an errno ("[Errno None] None: data/x") lose its
+    text."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT) and not e.filename:
+        e.filename = path
+
+
 @contextlib.contextmanager
 def naming_full_disk(path):
-    """A full disk fails a write() or fsync(), whose OSError names no file: "No space left on device: free some space"
-    left the user to guess which disk. Name path."""
+    """name_full_disk for the writes inside."""
     try:
         yield
     except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EDQUOT) and not e.filename:
-            e.filename = path
+        name_full_disk(e, path)
         raise
 
 

@@ -50,7 +50,6 @@ import argparse
 import bisect
 import collections
 import contextlib
-import errno
 import functools
 import hashlib
 import itertools
@@ -71,8 +70,8 @@ import numpy as np
 from tqdm import tqdm
 
 from common import (UserError, atomic_write_text, check_output, expand_pattern, first_line, fsync_replace, held_lock,
-                    holds_nul, nonempty, not_utf8, parts_text, prepare_lock, read_items, read_meta, remove_stale_tmp,
-                    run_main, tmp_name, without_surrogates)
+                    holds_nul, name_full_disk, nonempty, not_utf8, parts_text, prepare_lock, read_items, read_meta,
+                    remove_stale_tmp, run_main, tmp_name, without_surrogates)
 from setup_tokenizer import (EOT, IM_END, IM_START, fewer_ids, get_tokenizer, read_text_chunks, tokenizer_hash,
                              train_bpe, trained_on, warn_short_vocabulary)
 
@@ -2121,10 +2120,7 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
                         os.remove(os.path.join(folder, f"{s}_mask.bin"))
             fsync_replace(new_meta, meta_path)
     except OSError as e:
-        # a full disk fails a write(), which names no file: name the folder being written. Not another error's: a
-        # source's read error named the wrong file, and one without an errno ("[Errno None] None: data/x") lost its text
-        if e.errno in (errno.ENOSPC, errno.EDQUOT) and not e.filename:
-            e.filename = folder
+        name_full_disk(e, folder)  # the folder being written
         raise
     finally:
         with ctrl_c_held():  # a Ctrl-C as the cleanup runs would leave temporary files behind

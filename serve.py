@@ -110,6 +110,11 @@ def shutting_down():
                     type="server_error", code="server_shutting_down")
 
 
+def overloaded(why):
+    """The 503 of a request the server has no room for, because why: its queue is full, or its connections are."""
+    return ApiError(503, f"the server is busy: {why}; retry shortly", type="server_error", code="overloaded")
+
+
 # -----------------------------------------------------------------------------
 # requests: validation and the prompt
 
@@ -346,8 +351,7 @@ class Worker(threading.Thread):
             if self.halted.is_set():
                 raise shutting_down()
             if len(self.waiting) >= self.max_queue:
-                raise ApiError(503, f"the server is busy: {self.max_queue} requests are waiting; retry shortly",
-                               type="server_error", code="overloaded")
+                raise overloaded(f"{self.max_queue} requests are waiting")
             self.waiting.add(job.id)
             self.jobs.put(job)
 
@@ -1229,8 +1233,7 @@ class ApiServer(ThreadingHTTPServer):
             status, body, fields = "204 No Content", b"", preflight
         else:
             status = "503 Service Unavailable"
-            body = json.dumps(ApiError(503, f"the server is busy: {why}; retry shortly", type="server_error",
-                                       code="overloaded").body()).encode()
+            body = json.dumps(overloaded(why).body()).encode()
             fields = [("Content-Type", "application/json"), ("Content-Length", len(body))]
         fields = "".join(f"{name}: {value}\r\n" for name, value in [*fields, ("Connection", "close"), *cors])
         return f"HTTP/1.1 {status}\r\n{fields}\r\n".encode("latin-1") + body

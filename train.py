@@ -1472,6 +1472,10 @@ class Progress:
     # step (compiling again) moves it on by its own time
     schedule_origin: float = None
 
+    def epoch_at(self, epoch_windows):
+        """Where the run is in epochs, as its log and metrics give it (epoch_windows: the train windows of an epoch)."""
+        return round(self.epoch + self.windows / epoch_windows, 4)
+
     def judge(self, val_loss, no_bar=False, pause=False):
         """Counts an evaluation's val_loss towards the best and --patience; returns (better, improved): whether it
         beats the best (no_bar: the best bars nothing), and whether it became the best (not at a --max_steps pause,
@@ -1574,7 +1578,7 @@ def run_summary(p, meta, epoch_windows, **run):
     """What train() returns: the run's own figures (stopped, run_steps, tokens, elapsed, tokens_per_s,
     train_tokens_per_s, val_loss and the files) and where the training stands (steps, epochs done, the epoch it is at
     as the log gives it, the best val loss). epoch_windows: the train windows of an epoch."""
-    return {**run, "steps": p.step, "epochs_done": p.epoch, "epoch": round(p.epoch + p.windows / epoch_windows, 4),
+    return {**run, "steps": p.step, "epochs_done": p.epoch, "epoch": p.epoch_at(epoch_windows),
             "best_val_loss": p.best_val_loss,
             "best_val_bpb": None if p.best_val_loss is None else bits_per_byte(p.best_val_loss, meta)}
 
@@ -2186,7 +2190,7 @@ def run_training(args, held):
                             tps = tokens_mark / max(interval, 1e-9)
                             if run_steps > 1:  # (a record of the first step alone holds its compile)
                                 train_s, train_tokens = train_s + interval, train_tokens + tokens_mark
-                            rec = {"run": run_id, "step": p.step, "epoch": round(p.epoch + p.windows / len(train_w), 4),
+                            rec = {"run": run_id, "step": p.step, "epoch": p.epoch_at(len(train_w)),
                                    "tokens": p.tokens,
                                    "train_loss": None if train_loss is None else round(train_loss, 5), "val_loss": None,
                                    "lr": lr, "tokens_per_s": round(tps, 1),
