@@ -182,8 +182,15 @@ def text_docs(path):
     yield from separated_docs(path, lambda text: text.split(EOT))
 
 
-# the fields record_doc reads a record by
-RECORD_FIELDS = ("messages", "conversations", "conversation", "instruction", "question", "dialog", "text")
+# the fields record_doc reads a record by: a list of turns under the first three
+TURNS_FIELDS = ("messages", "conversations", "conversation")
+RECORD_FIELDS = (*TURNS_FIELDS, "instruction", "question", "dialog", "text")
+
+
+def bare_turns(record):
+    """Whether a JSON record is a conversation's turns without their field (a list of objects), as some chat exports
+    write a line."""
+    return isinstance(record, list) and bool(record) and all(isinstance(t, dict) for t in record)
 
 
 def refuse_records(path, text):
@@ -195,9 +202,8 @@ def refuse_records(path, text):
     if line[:1] in ("{", "["):
         with contextlib.suppress(ValueError, RecursionError):  # (a line of a thousand ['s: text, not a traceback)
             record = json.loads(line)
-            turns = isinstance(record, list) and record and all(isinstance(t, dict) for t in record)
             field = next((f for f in RECORD_FIELDS if isinstance(record, dict) and f in record), None)
-            if field or turns:
+            if field or bare_turns(record):
                 raise UserError(f"{path}: its first line is a JSON record ({f'of `{field}`' if field else 'turns'}), "
                                 f"but a .txt file is read as plain text (its JSON trained on as words): name it .jsonl")
 
@@ -391,16 +397,15 @@ def record_doc(record, where, dataset=None):
     if isinstance(record, str):
         return (record.strip(), True) if record.strip() else None
     if not isinstance(record, dict):
-        # a conversation's bare list of turns, as some chat exports write a line: the error said only "got list"
-        turns = isinstance(record, list) and record and all(isinstance(t, dict) for t in record)
+        # (the error said only "got list")
         raise UserError(f"{where}: expected an object or a string, got {type(record).__name__}" + (
-            '; a conversation\'s turns? give each as {"messages": [...]}' if turns else ""))
+            '; a conversation\'s turns? give each as {"messages": [...]}' if bare_turns(record) else ""))
     # the shape by the fields that hold something: a parquet file or a pandas export of mixed records gives every row
     # every column, null where the row has none (an Alpaca row's question, a QA row's instruction)
     has = {k for k, v in record.items() if v is not None}
     # the turns' names: `messages` takes ShareGPT's role names too, as the error for an unknown role says;
     # `conversation` is lmsys-chat-1m's and WildChat's name for OpenAI's list of {role, content}
-    turns_field = next((f for f in ("messages", "conversations", "conversation") if f in has), None)
+    turns_field = next((f for f in TURNS_FIELDS if f in has), None)
     try:
         if turns_field:
             messages = turns_of(record, turns_field, where)
@@ -1397,14 +1402,17 @@ def keys_in(keys, among, chunk=1 << 20):
     return found[np.searchsorted(ordered, keys)] if len(ordered) else np.zeros(0, bool)
 
 
-def repeated(val_keys, train_keys):
+def repeated(val_keys, *trains):
     """The indices of val's documents, keys (document_key) val_keys in order (None: a book's tail, whose head is train's),
-    that train has, its keys train_keys (an array "q"), or val has before them."""
+    that a train has, its keys one of trains (arrays "q": a dataset's, or a mix's other datasets'), or val has before
+    them."""
     candidates = [i for i, key in enumerate(val_keys) if key is not None]
-    drop = set()
-    if train_keys and candidates:  # (train's keys stay an array, no set of millions of ints)
-        hits = keys_in(np.array([val_keys[i] for i in candidates], np.int64), np.frombuffer(train_keys, np.int64))
-        drop = {i for i, hit in zip(candidates, hits.tolist()) if hit}
+    found = np.array([val_keys[i] for i in candidates], np.int64)
+    hits = np.zeros(len(candidates), bool)
+    for train in trains:
+        if train and candidates:  # (train's keys stay an array, no set of millions of ints)
+            hits |= keys_in(found, np.frombuffer(train, np.int64))
+    drop = {i for i, hit in zip(candidates, hits.tolist()) if hit}
     kept = set()  # and a document val has already, as unseen() leaves it out of a source's own validation split
     for i in candidates:
         if val_keys[i] in kept:
@@ -1533,7 +1541,7 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
     drop = repeated(val_keys, train_keys)
     if drop and len(drop) == len(val_keys):  # val keeps them: train.py needs a val split, and nothing else is left
         warn_all_in_train(label_of(streams))
-        drop = repeated(val_keys, array("q"))  # each once all the same
+        drop = repeated(val_keys)  # each once all the same
     if drop:
         splits["val"].drop_documents(drop, enc.eot_token, table)
     if doc_keys is not None:  # (a val cut from the sources, or a source's own validation split: never both)
@@ -2005,16 +2013,11 @@ def repeated_across(keys):
     a document one dataset trains on and another validates on made the mix's val loss read better than the model is.
     Against every train document of the others, picked for the mix or not, so that val stays the same whatever the
     weights."""
-    drops, kept = [], set()
+    drops, kept = [], []  # kept: the val keys the datasets before keep, ahead of this one's
     for j, part in enumerate(keys):
-        candidates = [i for i, key in enumerate(part["val"]) if key is not None]
-        found = np.array([part["val"][i] for i in candidates], np.int64)
-        hits = np.zeros(len(candidates), bool)
-        for other in keys[:j] + keys[j + 1:]:
-            if len(candidates) and other["train"]:
-                hits |= keys_in(found, np.frombuffer(other["train"], np.int64))
-        drop = {i for i, hit in zip(candidates, hits.tolist()) if hit or part["val"][i] in kept}
-        kept.update(part["val"][i] for i in candidates if i not in drop)
+        drop = repeated(kept + part["val"], *(other["train"] for other in keys[:j] + keys[j + 1:]))
+        drop = {i - len(kept) for i in drop if i >= len(kept)}  # (the earlier datasets' were judged in their turn)
+        kept += [key for i, key in enumerate(part["val"]) if i not in drop]
         drops.append(drop)
     return drops
 
