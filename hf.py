@@ -554,7 +554,7 @@ def read_folder(folder):
     rows[:n_hf] = wte
     state["transformer.wte.weight"] = state["lm_head.weight"] = rows
     return {"model": state, "config": dataclasses.asdict(cfg), "tokenizer": tokenizer_state(enc),
-            "args": {"model": nearest_preset(cfg), **{k: own[k] for k in ("block_size",) if k in own}},
+            "args": {"model": nearest_preset(cfg), **({"block_size": own["block_size"]} if "block_size" in own else {})},
             "hf_folder": folder}
 
 
