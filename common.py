@@ -361,11 +361,14 @@ def is_dataset_folder(folder):
     return "splits" in meta and "vocab_size" in meta
 
 
+# the file name of a custom vocabulary (.tiktoken text) in a prepared dataset's folder and in export.py's model folder
+VOCAB_FILE = "tokenizer.tiktoken"
+
 # what a Hugging Face model folder (export.py's, a downloaded one) is made of besides its .safetensors weights; export.py
 # writes a custom vocabulary as tokenizer.tiktoken too (setup_tokenizer.py train --out over it replaced it unasked)
 MODEL_FOLDER_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json", "pytorch_model.bin",
                       "pytorch_model.bin.index.json", "tokenizer.json", "tokenizer_config.json", "vocab.json",
-                      "merges.txt", "special_tokens_map.json", "tokenizer.tiktoken")
+                      "merges.txt", "special_tokens_map.json", VOCAB_FILE)
 
 
 def kept_file(path):
@@ -374,7 +377,7 @@ def kept_file(path):
     vocabulary; not other files there, as an eval.py --json written beside it), a model folder's config and tokenizer
     files; None for anything else."""
     folder, name = os.path.split(os.path.realpath(path))
-    if (name in ("meta.json", "tokenizer.tiktoken") or name.endswith(".bin")) and is_dataset_folder(folder):
+    if (name in ("meta.json", VOCAB_FILE) or name.endswith(".bin")) and is_dataset_folder(folder):
         return f"a file of the dataset in {folder}"
     if path.endswith(".safetensors"):
         return "model weights"

@@ -32,7 +32,7 @@ import shutil
 
 import torch
 
-from common import UserError, first_line, remove_stale_tmp, tmp_name
+from common import VOCAB_FILE, UserError, first_line, remove_stale_tmp, tmp_name
 from model import GPT, NORM_EPS, PRESETS, ROPE_THETA, GPTConfig, swiglu_hidden
 from setup_tokenizer import SPECIAL_TOKENS, get_tokenizer, tokenizer_from_bpe, tokenizer_hash, tokenizer_state
 
@@ -596,7 +596,7 @@ def export_folder(model, enc, out_dir, dtype=torch.float32, block_size=None):
         **tokenizer_files(enc, cfg.block_size, llama=llama),
     }
     if enc.bpe_text is not None:  # a custom vocabulary as this project stores it: prepare.py --tokenizer takes it
-        files["tokenizer.tiktoken"] = enc.bpe_text
+        files[VOCAB_FILE] = enc.bpe_text
     # fresh contiguous copies: safetensors refuses views that share storage (q|k|v chunks, the tied matrix)
     tensors = {k: v.to(dtype=dtype, device="cpu").contiguous().clone() for k, v in hf_tensors(model).items()}
     tmp = tmp_name(out_dir)

@@ -69,9 +69,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from tqdm import tqdm
 
-from common import (UserError, atomic_write_text, check_output, expand_pattern, first_line, fsync_replace, held_lock,
-                    holds_nul, name_full_disk, nonempty, not_utf8, parts_text, prepare_lock, read_items, read_meta,
-                    remove_stale_tmp, run_main, tmp_name, without_surrogates)
+from common import (VOCAB_FILE, UserError, atomic_write_text, check_output, expand_pattern, first_line, fsync_replace,
+                    held_lock, holds_nul, name_full_disk, nonempty, not_utf8, parts_text, prepare_lock, read_items,
+                    read_meta, remove_stale_tmp, run_main, tmp_name, without_surrogates)
 from setup_tokenizer import (EOT, IM_END, IM_START, fewer_ids, get_tokenizer, read_text_chunks, tokenizer_hash,
                              train_bpe, trained_on, warn_short_vocabulary)
 
@@ -90,7 +90,7 @@ EVERYTHING = ("story", "shakespeare", "dailydialog", "chat", "knowledge", "chitc
 MIXABLE = ("dailydialog", "chat", "knowledge", "chitchat")  # the conversation sets, which --mix combines
 SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
 # what prepare.py writes in a dataset's folder besides meta.json: no source's files, when --source is that folder
-OWN_FILES = ("train.bin", "val.bin", "train_mask.bin", "val_mask.bin", "tokenizer.tiktoken")
+OWN_FILES = ("train.bin", "val.bin", "train_mask.bin", "val_mask.bin", VOCAB_FILE)
 THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 # a batch is what one threaded encode call gets: large enough to keep every core busy,
 # small enough that its Python token lists stay a few tens of MB whatever the corpus size
@@ -1645,7 +1645,7 @@ def meta_options(meta, folder, odd=None):
         return meta.get("options") or {
             "source": meta["source"][len("--source "):].split(", ") if meta.get("source", "").startswith("--source ") else None,
             "tokenizer": meta.get("tokenizer", "gpt2"), "limit": meta.get("limit"),
-            "vocab_size": meta.get("vocab_size") if meta.get("tokenizer") == os.path.abspath(os.path.join(folder, "tokenizer.tiktoken")) else None,
+            "vocab_size": meta.get("vocab_size") if meta.get("tokenizer") == os.path.abspath(os.path.join(folder, VOCAB_FILE)) else None,
             "pack": meta.get("pack") if meta.get("kind") == "chat" and meta.get("pack") != DEFAULT_PACK else None,
             "mix": {source: m["weight"] for source, m in meta["mix"].items()} if meta.get("mix") else None}
     except (KeyError, TypeError, AttributeError, ValueError):
@@ -1740,7 +1740,7 @@ def own_vocabulary(dataset, plan, folder, old, vocab_size, limit, val_fraction, 
     """The dataset's own vocabulary (--vocab_size), part of the dataset: retrained when asked to rebuild or when its
     size changes. Returns its path, the fingerprint of what it is trained on, and the temporary file to train it into
     (None: the one there is kept)."""
-    tokenizer = os.path.join(folder, "tokenizer.tiktoken")
+    tokenizer = os.path.join(folder, VOCAB_FILE)
     try:
         current = get_tokenizer(tokenizer).n_vocab if os.path.exists(tokenizer) else None
     except UserError:  # damaged (a disk error, an editor): retrained like a missing one, it is the dataset's own

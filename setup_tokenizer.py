@@ -28,8 +28,8 @@ import zipfile
 
 import tiktoken
 
-from common import (UserError, atomic_write_text, check_output, expand_pattern, holds_nul, is_dataset_folder,
-                    kept_file, nonempty, not_utf8, read_meta, require_utf8, run_main, starts_as_zip)
+from common import (VOCAB_FILE, UserError, atomic_write_text, check_output, expand_pattern, holds_nul,
+                    is_dataset_folder, kept_file, nonempty, not_utf8, read_meta, require_utf8, run_main, starts_as_zip)
 
 EOT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = (EOT, IM_START, IM_END)
@@ -150,7 +150,7 @@ def _load_tokenizer(name, stamp):
             return read_tokenizer(name)[0]  # a Hugging Face model folder's (GPT-2's own files give "gpt2")
         if is_dataset_folder(name):  # its vocabulary is a file in it (or gpt2, or the --tokenizer it was made with),
             # which "a folder without tokenizer.json" and a list of what else to pass left to be found
-            own = os.path.join(name, "tokenizer.tiktoken")
+            own = os.path.join(name, VOCAB_FILE)
             raise UserError(f"{name} is a dataset's folder, not a vocabulary: pass the one it was made with, "
                             f"{own if os.path.isfile(own) else read_meta(name).get('tokenizer', 'gpt2')}")
         raise not_a_vocabulary(f"{name} (a folder without {TOKENIZER_JSON} or {VOCAB_JSON})")

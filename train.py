@@ -59,10 +59,10 @@ from tqdm import tqdm
 
 from checkpoint import (NOT_THIS_CODE, add_checkpoint_argument, checkpoint_config, load_checkpoint, load_weights,
                         nonfinite, parse_checkpoint, save_checkpoint, tensor_bytes)
-from common import (DTYPES, UserError, ask, atomic_write_text, autocast, check_output, color_ok, cpu_bf16_is_faster,
-                    cpu_has_bf16, exit_after_the_first, first_line, held_lock, is_oom, lock_is_held, nonempty,
-                    pick_device, pick_dtype, prepare_lock, read_items, remove_stale_tmp, retain_freed_memory, run_main,
-                    speaks_for_machine, tmp_name)
+from common import (DTYPES, VOCAB_FILE, UserError, ask, atomic_write_text, autocast, check_output, color_ok,
+                    cpu_bf16_is_faster, cpu_has_bf16, exit_after_the_first, first_line, held_lock, is_oom, lock_is_held,
+                    nonempty, pick_device, pick_dtype, prepare_lock, read_items, remove_stale_tmp, retain_freed_memory,
+                    run_main, speaks_for_machine, tmp_name)
 from model import OPTIMIZERS, PRESETS, VARIANTS, GPT, make_config
 from prepare import (DATASETS, DEFAULT_OUT_DIR, DEFAULT_VAL_FRACTION, is_complete, is_dataset_name,
                      meta_options, rebuild_command)
@@ -1399,7 +1399,7 @@ def pick_tokenizer(args, meta, ckpt):
     if ckpt is not None:
         return tokenizer_from_state(ckpt["tokenizer"])
     name = meta.get("tokenizer", "gpt2")
-    own = os.path.join(meta["folder"], "tokenizer.tiktoken")
+    own = os.path.join(meta["folder"], VOCAB_FILE)
     if name != "gpt2" and not os.path.exists(name) and os.path.isfile(own) and own_hash(own) == want:
         # meta.json names it by absolute path: a project moved or data/ copied to another machine has it here (not
         # an older vocabulary left there when the data was made again with another --tokenizer, since moved)
