@@ -300,7 +300,9 @@ def json_loads(text, where):
 
 
 def json_records(path):
-    """(where, record) for each record of a .jsonl, .json or .parquet file; where names file and line."""
+    """(where, record) for each record of a .jsonl, .json or .parquet file; where names file and line. A line of a
+    .jsonl that is not JSON is a bad record, given as its UserError (good_docs says it, or leaves it out); a .json
+    that is not JSON, or a file that is not text, is the whole file's problem, raised."""
     try:
         if suffix(path) == ".parquet":
             yield from parquet_records(path)
@@ -318,7 +320,9 @@ def json_records(path):
                         except json.JSONDecodeError as e:
                             array = n == 1 and line.strip() == "["  # a pretty-printed array's first line
                             hint = "; it looks like one JSON array: name it .json" if array else ""
-                            raise UserError(f"{path} line {n}: malformed JSON ({e.msg}, column {e.colno}){hint}")
+                            record = UserError(f"{path} line {n}: malformed JSON ({e.msg}, column {e.colno}){hint}")
+                        except UserError as e:
+                            record = e
                         yield f"{path} line {n}", record
         else:  # .json is parsed whole: use .jsonl for corpora bigger than memory
             with open(path, encoding="utf-8-sig") as f:
@@ -472,14 +476,56 @@ def record_doc(record, where, dataset=None):
     return messages or None
 
 
-def file_docs(path, dataset):
-    """Documents of one --source file, read by its suffix."""
+def places(wheres, most=10):
+    """"lines 17, 40" of wheres ["f.jsonl line 17", "f.jsonl line 40"], the first most of them, "..." for the rest."""
+    numbers = [where.rsplit(" ", 1)[1] for where in wheres[:most]]
+    return (f"{wheres[0].rsplit(' ', 2)[1]}{'s' * (len(wheres) > 1)} {', '.join(numbers)}"
+            f"{', ...' if len(wheres) > most else ''}")
+
+
+def good_docs(records, label, dataset, skipped=None, scan=True):
+    """(where, document) of each record of records, the (where, record) of one file or hub split (label), a record
+    that is no JSON given as its UserError. A bad record (that, or one record_doc refuses) stops the run, named as
+    always, and with scan the file's other bad records counted and located too, read (parsed and checked, not
+    tokenized) to its end: a file with three bad lines took three runs, each after minutes of tokenizing, to find
+    them (not a streamed hub split, which would be downloaded whole for it). skipped, a dict (--skip_bad_records):
+    bad records are left out instead, each where under skipped[label] (a dict: once, however many passes read it);
+    a label none of whose records is good still stops the run, as nothing of it is left to train on."""
+    bad, first, good = [], None, False
+    for where, record in records:
+        try:
+            if isinstance(record, UserError):
+                raise record
+            doc = record_doc(record, where, dataset)
+        except UserError as e:
+            if skipped is None and not scan:
+                raise
+            bad.append(where)
+            first = first or e
+            if skipped is not None:
+                skipped.setdefault(label, {})[where] = None
+            continue
+        good = True
+        if doc and (skipped is not None or not bad):  # (once one is bad, and not skipped, the rest is only read)
+            yield where, doc
+    if not bad or (good and skipped is not None):
+        return
+    if skipped is not None:
+        raise UserError(f"{first}; no record of {label} is good ({len(bad):,} bad), so --skip_bad_records leaves "
+                        f"nothing of it to train on: fix it")
+    more, them = bad[1:], "them" if len(bad) > 1 else "it"
+    raise UserError(f"{first}" + (f"; {len(more):,} more bad record{'s' * (len(more) > 1)} in the file: "
+                                  f"{places(more)}" if more else "")
+                    + (f"; fix {them}, or pass --skip_bad_records to leave {them} out" if good else ""))
+
+
+def file_docs(path, dataset, skipped=None):
+    """Documents of one --source file, read by its suffix. skipped: good_docs's, for --skip_bad_records."""
     if suffix(path) == ".txt":
         yield from (dailydialog_docs if dataset == "dailydialog" else text_docs)(path)
         return
     first = None  # where the file's first document is, and its kind: a record of the other kind is named by its line
-    for where, record in json_records(path):
-        doc = record_doc(record, where, dataset)
+    for where, doc in good_docs(json_records(path), path, dataset, skipped):
         if doc:
             first = first or (where, doc_kind(doc))
             if doc_kind(doc) != first[1]:
@@ -495,31 +541,32 @@ def load_hub(path, config, split, streaming=False):
     return datasets.load_dataset(path, config, split=split, streaming=streaming)
 
 
-def hub_docs(dataset, split, streaming=False, path=None, rows=None):
+def hub_docs(dataset, split, streaming=False, path=None, rows=None, skipped=None):
     """The documents of a hub split's rows, each read as a --source record is. path and rows: a --source hf: set's
-    spec and split (default: HUB[dataset]'s, loaded here)."""
+    spec and split (default: HUB[dataset]'s, loaded here). skipped: good_docs's, for --skip_bad_records."""
     if rows is None:
         path, config = HUB[dataset][:2]
         try:
             rows = load_hub(path, config, split, streaming)
         except Exception as e:  # offline, unknown dataset, script datasets no longer supported...
             raise NoSource(no_source(dataset, f"the Hugging Face hub failed: {type(e).__name__}: {first_line(e)}"))
-    rows, i = iter(rows), 0
-    while True:
-        try:
-            row = next(rows)
-        except StopIteration:
-            return
-        except Exception as e:  # streamed rows are downloaded as they are read: the connection can fail here too
-            raise UserError(f"{path} {split}: the Hugging Face hub failed after {i:,} rows ({type(e).__name__}: "
-                            f"{first_line(e)}); run the command again") from e
-        i += 1
-        doc = record_doc(row, f"{path} {split} row {i}", dataset)
-        if doc:
-            yield doc
+
+    def records():
+        i, it = 0, iter(rows)
+        while True:
+            try:
+                row = next(it)
+            except StopIteration:
+                return
+            except Exception as e:  # streamed rows are downloaded as they are read: the connection can fail here too
+                raise UserError(f"{path} {split}: the Hugging Face hub failed after {i:,} rows ({type(e).__name__}: "
+                                f"{first_line(e)}); run the command again") from e
+            i += 1
+            yield f"{path} {split} row {i}", row
+    yield from (doc for _, doc in good_docs(records(), f"{path} {split}", dataset, skipped, scan=False))
 
 
-def hub_source(spec, dataset):
+def hub_source(spec, dataset, skipped=None):
     """--source hf:NAME[:CONFIG[:SPLIT]], a Hugging Face hub dataset (or a local folder of data files, which datasets
     reads as one), streamed: --limit reads what it takes, and a huge set is never downloaded whole (each pass over it,
     the val count's or a vocabulary's, reads it again). Train is SPLIT (default train, or the set's only split), val
@@ -560,7 +607,8 @@ def hub_source(spec, dataset):
     streams = [("train", split), ("val", val)] if val else [("split", split)]
     return {"description": f"--source {spec} (Hugging Face datasets: {split}{f', val {val}' if val else ''}{revision})",
             "files": local, "streams": [(role, f"{spec} {s}", functools.partial(hub_docs, dataset, s, path=spec,
-                                                                                 rows=rows[s])) for role, s in streams]}
+                                                                                 rows=rows[s], skipped=skipped))
+                                    for role, s in streams]}
 
 
 def fetch(url):
@@ -752,10 +800,10 @@ def folder_files(path):
     return found
 
 
-def find_source(dataset, source=None, extra=True, limit=None):
+def find_source(dataset, source=None, extra=True, limit=None, skipped=None):
     """Where a dataset's documents come from: {description, files (for the fingerprint), streams};
     each stream is (role, label, make_docs), role "split" (train, its tail to val), "train" or "val".
-    limit: --limit, with which hub datasets are streamed."""
+    limit: --limit, with which hub datasets are streamed. skipped: good_docs's, for --skip_bad_records."""
     if dataset == "chitchat":
         if source:
             raise UserError("--dataset chitchat is generated; it takes no --source")
@@ -767,7 +815,7 @@ def find_source(dataset, source=None, extra=True, limit=None):
             if len(given) > 1:
                 raise UserError(f"--source {' '.join(given)}: a hub dataset (hf:) is read alone: give it as the only "
                                 f"--source")
-            return hub_source(given[0], dataset)
+            return hub_source(given[0], dataset, skipped)
         files = []
         for path in (p for pattern in given for p in expand_pattern(pattern, "--source")):
             if os.path.isdir(path):
@@ -787,7 +835,7 @@ def find_source(dataset, source=None, extra=True, limit=None):
             unique.setdefault((st.st_dev, st.st_ino) if st.st_ino else os.path.realpath(f), os.path.abspath(f))
         files = list(unique.values())
         return {"description": "--source " + ", ".join(files), "files": files,
-                "streams": [("split", f, functools.partial(file_docs, f, dataset)) for f in files]}
+                "streams": [("split", f, functools.partial(file_docs, f, dataset, skipped)) for f in files]}
     if dataset == "text":
         raise NoSource("--dataset text needs --source PATH (text, JSON lines, JSON or parquet files, or folders of them)")
 
@@ -798,8 +846,8 @@ def find_source(dataset, source=None, extra=True, limit=None):
                  for role in ("main", "val", "extra")}
         if found["main"]:
             main_role = "train" if found["val"] else "split"
-            streams = [(main_role, f, functools.partial(file_docs, f, dataset)) for f in found["main"]]
-            streams += [("val", f, functools.partial(file_docs, f, dataset)) for f in found["val"]]
+            streams = [(main_role, f, functools.partial(file_docs, f, dataset, skipped)) for f in found["main"]]
+            streams += [("val", f, functools.partial(file_docs, f, dataset, skipped)) for f in found["val"]]
             if extra:
                 streams += [("train", f, functools.partial(extra_docs, f, found["extra"][:i], found["main"]))
                             for i, f in enumerate(found["extra"])]
@@ -813,9 +861,10 @@ def find_source(dataset, source=None, extra=True, limit=None):
     # offline (HF_DATASETS_OFFLINE=1) only datasets' cache can answer, and streaming never reads it
     streaming = limit is not None and os.environ.get("HF_DATASETS_OFFLINE", "").lower() not in ("1", "true", "yes", "on")
     streams = [("train" if val_split else "split", f"{path} {train_split}",
-                functools.partial(hub_docs, dataset, train_split, streaming))]
+                functools.partial(hub_docs, dataset, train_split, streaming, skipped=skipped))]
     if val_split:
-        streams.append(("val", f"{path} {val_split}", functools.partial(hub_docs, dataset, val_split, streaming)))
+        streams.append(("val", f"{path} {val_split}", functools.partial(hub_docs, dataset, val_split, streaming,
+                                                                         skipped=skipped)))
     return {"description": f"Hugging Face hub {path}" + (f" ({config})" if config else ""), "files": [], "streams": streams}
 
 
@@ -841,19 +890,22 @@ def parse_mix(spec):
     return mix
 
 
-def find_mix_source(mix, extra=True, limit=None):
+def find_mix_source(mix, extra=True, limit=None, skipped=None):
     """A mix's plan: each source's own plan (and weight) under "parts"; its streams and files together
     (what a vocabulary is trained on and what the fingerprint watches)."""
-    parts = [{"dataset": name, "weight": weight, **find_source(name, None, extra, limit)}
+    parts = [{"dataset": name, "weight": weight, **find_source(name, None, extra, limit, skipped)}
              for name, weight in mix.items()]
     return {"description": "; ".join(f"{p['dataset']} (weight {p['weight']:g}): {p['description']}" for p in parts),
             "files": [f for p in parts for f in p["files"]],
             "streams": [s for p in parts for s in p["streams"]], "parts": parts}
 
 
-def fingerprint(dataset, plan, tokenizer, tok_hash, limit, val_fraction, pack=None, mix=None, version=VERSION):
+def fingerprint(dataset, plan, tokenizer, tok_hash, limit, val_fraction, pack=None, mix=None, version=VERSION,
+                skip_bad_records=False):
     """Changes when anything that decides the tokens does: input files (path, size, mtime), tokenizer, options.
-    version None: not prepare.py's (a vocabulary's inputs: a new version need not change the ids of checkpoints)."""
+    version None: not prepare.py's (a vocabulary's inputs: a new version need not change the ids of checkpoints).
+    skip_bad_records: in it only when given (a dataset made before it stays up to date), so that the same command
+    without it, which stops at the bad records, is no "up to date" of a dataset made leaving them out."""
     files = []
     for f in plan["files"]:
         st = os.stat(f)
@@ -861,6 +913,8 @@ def fingerprint(dataset, plan, tokenizer, tok_hash, limit, val_fraction, pack=No
     state = {"format": FORMAT, "version": version, "dataset": dataset, "source": plan["description"],
              "files": files, "tokenizer": tokenizer, "tokenizer_hash": tok_hash, "limit": limit,
              "val_fraction": val_fraction, "pack": DEFAULT_PACK if pack is None else pack, "mix": mix}  # --pack 256: the default
+    if skip_bad_records:
+        state["skip_bad_records"] = True
     return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -1689,6 +1743,8 @@ def rebuild_command(meta, folder=None):
             args += ["--pack", str(o["pack"])]
         if o.get("extra") is False:
             args.append("--no_extra")
+        if o.get("skip_bad_records"):
+            args.append("--skip_bad_records")
         return shlex.join(["python", "prepare.py", *args])
     except (KeyError, TypeError, AttributeError, ValueError):
         return shlex.join(["python", "prepare.py", "--dataset", os.path.basename(folder)])
@@ -1773,20 +1829,22 @@ def own_vocabulary(dataset, plan, folder, old, vocab_size, limit, val_fraction, 
 
 
 def prepare(dataset, source=None, tokenizer=None, limit=None, val_fraction=DEFAULT_VAL_FRACTION, force=False,
-            out_dir=DEFAULT_OUT_DIR, name=None, extra=True, vocab_size=None, pack=None, mix=None):
+            out_dir=DEFAULT_OUT_DIR, name=None, extra=True, vocab_size=None, pack=None, mix=None, skip_bad_records=False):
     """Build (or find up to date) out_dir/name from dataset's source; returns its meta.json as a dict.
     vocab_size: tokenize with a vocabulary of that size trained on this data (out_dir/name/tokenizer.tiktoken)
     instead of --tokenizer; small vocabularies make small models several times faster. Neither given: the
     vocabulary the dataset has (its own, or the --tokenizer it was made with) when it is made again, else gpt2.
     pack: block size conversations are packed for (None: DEFAULT_PACK, 0: not packed; text never is).
-    mix: {dataset: weight} for dataset "mix", several conversation sets in one (see the module docstring)."""
+    mix: {dataset: weight} for dataset "mix", several conversation sets in one (see the module docstring).
+    skip_bad_records: leave out the records of a .jsonl, .json or .parquet file (or hub rows) that are no JSON or of no
+    shape record_doc reads, said in the summary, instead of stopping at the first (good_docs)."""
     with contextlib.ExitStack() as held:  # the folder's lock (make_dataset takes it), let go however the build ends
         return make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, out_dir, name, extra,
-                            vocab_size, pack, mix)
+                            vocab_size, pack, mix, skip_bad_records)
 
 
 def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, out_dir, name, extra, vocab_size, pack,
-                 mix):
+                 mix, skip_bad_records=False):
     """prepare(), holding the dataset folder's lock in held once the folder is known."""
     if dataset == "mix":
         if not mix:
@@ -1810,7 +1868,10 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
     named, name = bool(name), name or dataset
     if not is_dataset_name(name):
         raise UserError(f"--name {name!r}: use letters, digits, '.', '-' and '_' (it names a folder in {out_dir})")
-    plan = find_mix_source(mix, extra, limit) if dataset == "mix" else find_source(dataset, source, extra, limit)
+    skipped = {} if skip_bad_records else None  # the bad records left out, by file (good_docs), for build's summary
+    plan = find_mix_source(mix, extra, limit, skipped) if dataset == "mix" else \
+        find_source(dataset, source, extra, limit, skipped)
+    plan["skipped"] = skipped
     folder = os.path.join(out_dir, name)
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise UserError(f"{folder} is a file, not a dataset folder: pick another --name, or move the file")
@@ -1889,7 +1950,8 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
     # what rebuild_command needs to build the dataset again; paths made absolute, so it works from anywhere
     options = {"source": sources,
                "tokenizer": tokenizer if tokenizer == "gpt2" else os.path.abspath(tokenizer), "vocab_size": vocab_size,
-               "limit": limit, "val_fraction": val_fraction, "pack": pack, "mix": mix, "extra": extra}
+               "limit": limit, "val_fraction": val_fraction, "pack": pack, "mix": mix, "extra": extra,
+               "skip_bad_records": skip_bad_records}
     created = not os.path.isdir(folder)
     # a freshly trained vocabulary (a temporary file, renamed into place with the token files) and its inputs' fingerprint
     new_vocab, vocab_fp = None, None
@@ -1916,10 +1978,12 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
             raise TokenizerGone(f"{folder} was made with tokenizer {kept_file}, which now holds another vocabulary"
                                 f"{f' ({short})' if short else ''}: pass --tokenizer {kept_file} to remake the dataset "
                                 f"with it (checkpoints trained on the old one will not fit), or put the old file back")
-        fp = fingerprint(dataset, plan, tokenizer, tok_hash, limit, val_fraction, pack, mix)
+        fp = fingerprint(dataset, plan, tokenizer, tok_hash, limit, val_fraction, pack, mix,
+                         skip_bad_records=skip_bad_records)
         # text is never packed: any --pack gives the same files, so a text dataset's fingerprint leaves it out (it
         # was rebuilt for nothing after a --pack 0, and again without it)
-        text_fp = fingerprint(dataset, plan, tokenizer, tok_hash, limit, val_fraction, 0, mix)
+        text_fp = fingerprint(dataset, plan, tokenizer, tok_hash, limit, val_fraction, 0, mix,
+                              skip_bad_records=skip_bad_records)
         same = old and old.get("fingerprint") == (text_fp if old.get("kind") == "text" else fp)
         if same and pack and old.get("kind") == "text":  # refused as a first build does: not "up to date"
             raise text_packed(pack)
@@ -2160,6 +2224,9 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
               + (f"; {pieces:,} conversation{'s' * (pieces != 1)} longer than a block in pieces" if pieces else "")
               + (f", {inside:,} of them cut inside an exchange longer than a block (a reply there trains without all "
                  f"of its question; a larger --pack and train.py --block_size keep more whole)" if inside else ""))
+    for label, wheres in (plan.get("skipped") or {}).items():  # (with --limit: of the records read)
+        print(f"  --skip_bad_records: left out {len(wheres):,} bad record{'s' * (len(wheres) > 1)} of {label}: "
+              f"{places(list(wheres))}")
     for source, m in (mixed or {}).items():
         print(f"  {source}: weight {m['weight']:g}, {m['train_tokens'] / max(tr['tokens'] - tr['padding'], 1):.1%} of the "
               f"train tokens ({m['train_documents']:,} documents), {m['val_documents']:,} val documents")
@@ -2203,6 +2270,10 @@ def main(argv=None):
                    help=f"lay conversations out in blocks of BLOCK tokens that none crosses unless longer than a block "
                         f"(then it is cut before a user message); train with --block_size BLOCK. 0 = one after the other "
                         f"(default: {DEFAULT_PACK}, the tiny and small models' context; plain text is never packed)")
+    p.add_argument("--skip_bad_records", action="store_true",
+                   help="leave out the records of .jsonl/.json/.parquet files (and hub rows) that are malformed JSON or "
+                        "of no shape prepare.py reads, said in the summary, instead of stopping at the first; a file "
+                        "with no good record still stops it")
     args = p.parse_args(argv)
     # before any reading or tokenizing; a folder that is there is checked by prepare() once it must write: a dataset up
     # to date in a read-only one (a shared copy) is said to be, as nothing needs writing
@@ -2210,7 +2281,8 @@ def main(argv=None):
         check_output(args.out_dir, "--out_dir", folder=True)
 
     options = dict(tokenizer=args.tokenizer, limit=args.limit, val_fraction=args.val_fraction, force=args.force,
-                   out_dir=args.out_dir, extra=not args.no_extra, vocab_size=args.vocab_size)
+                   out_dir=args.out_dir, extra=not args.no_extra, vocab_size=args.vocab_size,
+                   skip_bad_records=args.skip_bad_records)
     if args.mix:
         if args.dataset or args.source:
             raise UserError("--mix builds one dataset from the datasets it names: drop --dataset and --source")

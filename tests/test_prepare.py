@@ -477,6 +477,69 @@ def test_non_utf8_and_bad_input(tmp_path):
     assert not os.path.exists(os.path.join(out, "text", "train.bin"))
 
 
+def test_bad_records_are_named_together_or_left_out(tmp_path, capsys):
+    """A bad record (malformed JSON, a record of no shape prepare.py reads) stops the run, named as before, with the
+    file's other bad records counted and located, read without tokenizing: a file with three bad lines took three runs
+    to find them. --skip_bad_records leaves them out, says so, and is kept in meta.json: the same command finds the
+    dataset up to date, the command without it stops at the records it left out."""
+    out = str(tmp_path / "data")
+    lines = [json.dumps({"text": d}) for d in DOCS[:30]]
+    for n, line in ((5, '{"text": oops}'), (17, json.dumps({"title": "no text"})), (26, json.dumps({"messages": "hi"}))):
+        lines.insert(n - 1, line)
+    src = write(tmp_path / "notes.jsonl", "\n".join(lines) + "\n")
+    with pytest.raises(UserError, match=rf"^{re.escape(src)} line 5: malformed JSON \(Expecting value, column 10\); 2 "
+                                        rf"more bad records in the file: lines 17, 26; fix them, or pass "
+                                        rf"--skip_bad_records to leave them out$"):
+        prepare.prepare("text", source=src, out_dir=out, name="notes")
+    argv = ["--source", src, "--name", "notes", "--out_dir", out, "--skip_bad_records"]
+    prepare.main(argv)
+    assert f"\n  --skip_bad_records: left out 3 bad records of {src}: lines 5, 17, 26\n" in capsys.readouterr().out
+    # the tokens of the good records alone
+    meta = prepare.read_meta(os.path.join(out, "notes"))
+    good = write(tmp_path / "good" / "notes.jsonl", "".join(json.dumps({"text": d}) + "\n" for d in DOCS[:30]))
+    clean = prepare.prepare("text", source=good, out_dir=out, name="clean")
+    assert meta["splits"] == clean["splits"]
+    for split in ("train", "val"):
+        assert np.array_equal(load(os.path.join(out, "notes"), split, meta)[0],
+                              load(os.path.join(out, "clean"), split, clean)[0])
+    command = prepare.rebuild_command(meta, os.path.join(out, "notes"))
+    assert command == shlex.join(["python", "prepare.py", "--dataset", "text", "--source", src, "--name", "notes",
+                                  "--out_dir", out, "--skip_bad_records"])
+    capsys.readouterr()
+    prepare.main(shlex.split(command)[2:])
+    assert capsys.readouterr().out == f"{os.path.join(out, 'notes')} is up to date\n"
+    with pytest.raises(UserError, match=r"notes\.jsonl line 5: malformed JSON .*; 2 more bad records in the file"):
+        prepare.main(argv[:-1])
+    assert prepare.read_meta(os.path.join(out, "notes")) == meta  # kept
+    # a parquet file's rows and a .json's records alike; past ten places, "..."
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    rows = [{"question": f"Q{i}?", "answer": f"A{i}." if i % 2 else None} for i in range(30)]  # rows 1, 3... bad
+    pq.write_table(pa.Table.from_pylist(rows), str(tmp_path / "qa.parquet"))
+    with pytest.raises(UserError, match=r"qa\.parquet row 1: no messages, .* field; 14 more bad records in the file: "
+                                        r"rows 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, \.\.\.; fix them, or pass "):
+        prepare.prepare("chat", source=str(tmp_path / "qa.parquet"), out_dir=out, name="qa")
+    meta = prepare.prepare("chat", source=str(tmp_path / "qa.parquet"), out_dir=out, name="qa", skip_bad_records=True)
+    assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == 15
+    assert "left out 15 bad records of" in capsys.readouterr().out
+    records = [{"text": d} if i not in (1, 4) else {"text": 5} for i, d in enumerate(DOCS[:10])]
+    src = write(tmp_path / "r.json", json.dumps(records))
+    prepare.prepare("text", source=src, out_dir=out, name="r", skip_bad_records=True)
+    assert f"left out 2 bad records of {src}: records 2, 5\n" in capsys.readouterr().out
+    # a file of nothing else stops the run all the same (a folder's other files have records): nothing of it to train
+    # on; not skippable, its error names no --skip_bad_records
+    bad = write(tmp_path / "folder" / "bad.jsonl", '{"title": "a"}\n{"title": "b"}\n')
+    write(tmp_path / "folder" / "good.jsonl", "".join(json.dumps({"text": d}) + "\n" for d in DOCS[:10]))
+    with pytest.raises(UserError, match=rf"^{re.escape(bad)} line 1: no messages, .* field; 1 more bad record in the "
+                                        rf"file: line 2$"):
+        prepare.prepare("text", source=str(tmp_path / "folder"), out_dir=out, name="folder")
+    with pytest.raises(UserError, match=rf"^{re.escape(bad)} line 1: no messages, .* field; no record of "
+                                        rf"{re.escape(bad)} is good \(2 bad\), so --skip_bad_records leaves nothing of "
+                                        rf"it to train on: fix it$"):
+        prepare.prepare("text", source=str(tmp_path / "folder"), out_dir=out, name="folder", skip_bad_records=True)
+    assert not os.path.exists(os.path.join(out, "folder"))
+
+
 def test_json_lines_named_json_and_an_array_named_jsonl_name_the_rename(tmp_path):
     """datasets' to_json() writes one record per line whatever the file is called, so a user's export is often a .json
     of JSON Lines; a pretty-printed array named .jsonl is the other way round. Both said only "malformed JSON (Extra
@@ -489,7 +552,8 @@ def test_json_lines_named_json_and_an_array_named_jsonl_name_the_rename(tmp_path
     with pytest.raises(UserError, match=r"pretty\.jsonl line 1: .*one JSON array.*name it \.json"):
         prepare.prepare("text", source=array, out_dir=out, name="x")
     # a "[" further down a .jsonl is a broken record, no array; a .json broken at its start has no first record
-    with pytest.raises(UserError, match=r"late\.jsonl line 2: malformed JSON \(Expecting value, column 2\)$"):
+    with pytest.raises(UserError, match=r"late\.jsonl line 2: malformed JSON \(Expecting value, column 2\); fix it, or "
+                                        r"pass --skip_bad_records to leave it out$"):
         prepare.prepare("text", source=write(tmp_path / "late.jsonl", '{"text": "a"}\n[\n'), out_dir=out, name="x")
     with pytest.raises(UserError, match=r"start\.json line 1: malformed JSON \(Expecting value, column 1\)$"):
         prepare.prepare("text", source=write(tmp_path / "start.json", 'text: a\n'), out_dir=out, name="x")
@@ -1506,6 +1570,32 @@ def test_a_mixs_val_leaves_out_what_another_of_its_datasets_has(tmp_path, monkey
     assert "every document of the val split is also in train" in capsys.readouterr().err
 
 
+def test_a_mixs_bad_records_are_named_or_left_out_as_a_datasets(tmp_path, monkeypatch, capsys):
+    """A bad record in one of a mix's datasets stops the run as it does that dataset's own, and --skip_bad_records
+    leaves it out: the mix of what is left."""
+    fake_mirror(tmp_path / "mirror")
+    fake_mirror(tmp_path / "clean")
+    qa = tmp_path / "mirror" / "gsm8k" / "train.jsonl"
+    lines = qa.read_text().splitlines()
+    lines[41] = '{"question": "kn41 cut'
+    qa.write_text("\n".join(lines) + "\n")
+    (tmp_path / "clean" / "gsm8k" / "train.jsonl").write_text("\n".join(lines[:41] + lines[42:]) + "\n")
+    monkeypatch.setenv("DATA_MIRROR", str(tmp_path / "mirror"))
+    out = str(tmp_path / "data")
+    argv = ["--mix", "dailydialog:1,knowledge:2", "--out_dir", out, "--pack", "64"]
+    with pytest.raises(UserError, match=rf"^{re.escape(str(qa))} line 42: malformed JSON \(.*\); fix it, or pass "
+                                        rf"--skip_bad_records to leave it out$"):
+        prepare.main(argv)
+    prepare.main(argv + ["--skip_bad_records"])
+    assert f"  --skip_bad_records: left out 1 bad record of {qa}: line 42\n" in capsys.readouterr().out
+    meta = prepare.read_meta(os.path.join(out, "mix"))
+    monkeypatch.setenv("DATA_MIRROR", str(tmp_path / "clean"))
+    clean = prepare.prepare("mix", mix={"dailydialog": 1, "knowledge": 2}, out_dir=out, name="clean", pack=64)
+    assert meta["splits"] == clean["splits"] and meta["mix"] == clean["mix"]
+    assert np.array_equal(load(os.path.join(out, "mix"), "train", meta)[0],
+                          load(os.path.join(out, "clean"), "train", clean)[0])
+
+
 def test_other_mix_weights_keep_the_mixs_vocabulary(tmp_path, monkeypatch, capsys):
     """A mix's vocabulary learns each source's train text once, whatever the weights: other weights rebuild the tokens
     with it (it was trained again: minutes on a real mix, for the same vocabulary); other sources train a new one."""
@@ -2121,6 +2211,16 @@ def test_a_hub_source_is_streamed_and_read_as_source_files_are(tmp_path, enc, ca
                                         r"instruction/output, question/answer or text field$"):
         prepare.prepare("text", source=f"hf:{tmp_path / 'odd'}", out_dir=out, name="hub")
     assert prepare.read_meta(os.path.join(out, "hub"))["splits"]["train"]["documents"] == 21  # kept
+    # --skip_bad_records leaves them out as it does a file's records; a split of nothing else still stops the run
+    with pytest.raises(UserError, match=r"odd train row 1: no messages, .*; no record of hf:.*/odd train is good \(1 "
+                                        r"bad\), so --skip_bad_records leaves nothing of it to train on: fix it$"):
+        prepare.prepare("text", source=f"hf:{tmp_path / 'odd'}", out_dir=out, name="odd", skip_bad_records=True)
+    write(tmp_path / "odd" / "train.jsonl", "".join(json.dumps(r) + "\n" for r in [{"text": t} for t in texts[:5]] +
+                                                    [{"messages": "hi"}] + [{"text": t} for t in texts[5:10]]))
+    capsys.readouterr()
+    meta = prepare.prepare("text", source=f"hf:{tmp_path / 'odd'}", out_dir=out, name="odd", skip_bad_records=True)
+    assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == 10
+    assert f"left out 1 bad record of hf:{tmp_path / 'odd'} train: row 6\n" in capsys.readouterr().out
 
 
 def test_a_hub_sources_config_and_split_and_its_val_without_a_validation_split(tmp_path, enc, hub_cache):
