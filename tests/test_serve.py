@@ -267,6 +267,7 @@ BAD = [  # (path, body, status, param, code)
     ("/v1/chat/completions", {}, 400, "messages", "missing_required_parameter"),
     ("/v1/chat/completions", {"messages": "hi"}, 400, "messages", "invalid_type"),
     ("/v1/chat/completions", {"messages": []}, 400, "messages", "invalid_value"),
+    ("/v1/chat/completions", {"messages": ["hi"]}, 400, "messages[0]", "invalid_type"),  # (m.get: no answer)
     ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "x"}]}, 400, "messages[0].role", "invalid_value"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": 5}]}, 400, "messages[0].content", "invalid_type"),
     ("/v1/chat/completions", {"messages": MSG, "temperature": "hot"}, 400, "temperature", "invalid_type"),
@@ -433,9 +434,42 @@ def test_chunked_body(api):
     # a bad size line, a chunk longer than its size, and a body over the limit: clear errors, connection closed
     for chunks, status, words in ((b"zz\r\n{}\r\n0\r\n\r\n", 400, "bad chunk size line"),
                                   (b"3\r\n{}\r\n0\r\n\r\n", 400, "does not end where its size says"),
+                                  # trailer lines without end: read up to a bound, not until the request's deadline
+                                  (b"2\r\n{}\r\n0\r\n" + b"X-Trailer: 1\r\n" * 100, 400, "trailer does not end"),
                                   (b"%x\r\n" % (serve.MAX_BODY + 1), 413, "over")):
         got, err, headers = raw(api, b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks)
         assert got == status and headers["Connection"] == "close" and words in err["error"]["message"]
+
+
+def test_head_requests_and_http_1_0_clients_are_answered(api):
+    """HEAD (an uptime monitor's or load balancer's check) gets GET's status and headers, no body. An HTTP/1.0 client
+    (nginx proxies with HTTP/1.0 unless told otherwise) gets its stream unchunked, ended by the connection's close,
+    with the events and text an HTTP/1.1 client gets."""
+    def exchange(request):
+        """What the server sends until it closes the connection: (head, body)."""
+        with socket.create_connection(api.server_address[:2], timeout=60) as sock:
+            sock.sendall(request)
+            got = b"".join(iter(lambda: sock.recv(65536), b""))
+        head, _, body = got.partition(b"\r\n\r\n")
+        return head, body
+    for path in (b"/health", b"/"):
+        got, empty = exchange(b"HEAD %s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n" % path)
+        head, body = exchange(b"GET %s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n" % path)
+        assert got.startswith(b"HTTP/1.1 200 ") and empty == b"" and body, path
+        length = re.search(rb"\r\nContent-Length: (\d+)\r\n", got)
+        assert length and int(length.group(1)) == len(body), got
+    request = {"prompt": "Once upon a time", "max_tokens": 6, "temperature": 1, "seed": 3}
+    status, whole, _ = post(api, "/v1/completions", request)
+    assert status == 200
+    data = json.dumps({**request, "stream": True}).encode()
+    head, body = exchange(b"POST /v1/completions HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                          b"\r\n%s" % (len(data), data))
+    assert head.startswith(b"HTTP/1.1 200 ") and b"\r\nConnection: close" in head and b"Transfer-Encoding" not in head
+    events = body.split(b"\n\n")
+    assert events[-2:] == [b"data: [DONE]", b""] and all(e.startswith(b"data: {") for e in events[:-2]), body
+    chunks = [json.loads(e.removeprefix(b"data: "))["choices"][0] for e in events[:-2]]
+    assert "".join(c["text"] for c in chunks) == whole["choices"][0]["text"]
+    assert chunks[-1]["finish_reason"] == whole["choices"][0]["finish_reason"]
 
 
 def test_a_body_over_the_limit_gets_its_413(api, monkeypatch):
