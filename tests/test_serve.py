@@ -1206,6 +1206,41 @@ def test_connections_past_the_limit_get_503(enc, monkeypatch):
         api.close()
 
 
+def test_a_flood_past_twice_the_limit_is_closed_unanswered_and_the_server_goes_on(enc, monkeypatch):
+    """Past --max_connections served and as many being turned away (503, then drained), a connection is closed at
+    once, unanswered: a flood of them holds no thread and no descriptor, and is counted in the log's line. Once the
+    connections turned away go, the next one gets its 503 again, and once a served one closes, an answer."""
+    monkeypatch.setattr(serve, "DRAIN_WAIT", 60)  # the connection turned away keeps its place while its client is silent
+    lines = []
+    api = start(tiny_model(enc), enc, max_connections=1, log=lines.append)
+    try:
+        held = http.client.HTTPConnection(*api.server_address[:2], timeout=60)
+        held.request("GET", "/health")
+        assert held.getresponse().read()
+        with socket.create_connection(api.server_address[:2], timeout=60) as turned_away:
+            r = http.client.HTTPResponse(turned_away)
+            r.begin()
+            assert r.status == 503 and json.loads(r.read())["error"]["code"] == "overloaded"
+            assert api.refusals._value == 0  # (drained, until its client closes or DRAIN_WAIT)
+            monkeypatch.setattr(serve, "TURNED_AWAY_LOG", 0)
+            with socket.create_connection(api.server_address[:2], timeout=60) as flood:
+                flood.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                with contextlib.suppress(ConnectionResetError):  # (closed with the request unread)
+                    assert flood.recv(65536) == b""
+            assert len(lines) == 2 and lines[1].startswith("1 connection(s) turned away"), lines  # counted
+        wait_for(lambda: api.refusals._value == 1, "the connection turned away to be let go")
+        status, err, _ = raw(api, b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert status == 503 and err["error"]["code"] == "overloaded"
+        held.close()
+
+        def served():
+            with contextlib.suppress(OSError):
+                return raw(api, b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")[0] == 200
+        wait_for(served, "a closed connection to give its place back")
+    finally:
+        api.close()
+
+
 def test_a_connection_past_the_limit_lets_an_allowed_page_read_its_503(enc):
     """--cors naming origins: a page of one of them reads any error, and the 503 of a connection turned away past
     --max_connections too (it named no origin but *: the browser gave the page an opaque network error in its place).
