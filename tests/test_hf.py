@@ -433,6 +433,38 @@ def edit_config(**kv):
     return change
 
 
+def as_bin(folder):
+    """The folder's weights as older downloads hold them: pytorch_model.bin, no model.safetensors."""
+    from safetensors.torch import load_file
+    torch.save(load_file(str(folder / "model.safetensors")), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+
+
+def as_shards(folder):
+    """The folder's weights in two shards and their index, as the hub holds a large model's."""
+    from safetensors.torch import load_file, save_file
+    tensors = load_file(str(folder / "model.safetensors"))
+    (folder / "model.safetensors").unlink()
+    names = sorted(tensors)
+    shards = {f"model-0000{k + 1}-of-00002.safetensors": names[k::2] for k in range(2)}
+    for shard, part in shards.items():
+        save_file({n: tensors[n] for n in part}, str(folder / shard))
+    index = {"metadata": {}, "weight_map": {n: shard for shard, part in shards.items() for n in part}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+
+
+def special_at(token, i):
+    def change(t):
+        for added in t["added_tokens"]:
+            if added["content"] == token:
+                added["id"] = t["model"]["vocab"][token] = i
+    return lambda f: edit_json(f / "tokenizer.json", change)
+
+
+def merges(change):
+    return lambda f: edit_json(f / "tokenizer.json", lambda t: t["model"].update(merges=change(t["model"]["merges"])))
+
+
 @pytest.mark.parametrize("change, words", [
     (lambda f: (f / "config.json").unlink(), "without config.json"),
     (lambda f: (f / "config.json").write_text("{not json"), "not readable JSON"),
@@ -464,16 +496,50 @@ def edit_config(**kv):
     (lambda f: [(f / "model.safetensors").unlink(),
                 (f / "model.safetensors.index.json").write_text('{"weight_map": {"a": 5}}')],
      "model.safetensors.index.json has no weight_map"),
+    (lambda f: [as_shards(f), (f / "model-00002-of-00002.safetensors").unlink()],
+     "has no weights (model-00002-of-00002.safetensors, or pytorch_model.bin)"),
+    (lambda f: [as_bin(f), (f / "pytorch_model.bin").write_bytes(b"PK\x03\x04 cut short")], "pytorch_model.bin is not a readable state dict"),
+    (lambda f: [as_bin(f), torch.save([1, 2], f / "pytorch_model.bin")], "pytorch_model.bin holds no state dict"),
+    # tokenizers that are not GPT-2's byte-level BPE, or whose ids tiktoken would not give (Llama 2's SentencePiece
+    # BPE, a model's own special tokens, SmolLM's <|endoftext|> at id 0): refused, not imported with other ids
+    (lambda f: edit_json(f / "tokenizer.json", lambda t: t.update(pre_tokenizer={"type": "Metaspace"})),
+     "tokenizer.json is not GPT-2-style byte-level BPE (model BPE, pre-tokenizer Metaspace)"),
+    (lambda f: edit_json(f / "tokenizer.json", lambda t: t["model"]["vocab"].update({"\u2581the": 400})),
+     "token '\u2581the' is not spelled in GPT-2's byte alphabet"),
+    (lambda f: edit_json(f / "tokenizer.json", lambda t: t["added_tokens"].append({"id": 401, "content": "[PAD]"})),
+     "added tokens ['[PAD]'] are not among"),
+    (special_at("<|endoftext|>", 0), "<|endoftext|> has id 0, but this project's tokenizers put it at"),
+    (lambda f: edit_json(f / "tokenizer.json", lambda t: [t.update(added_tokens=t["added_tokens"][1:]),
+                                                          t["model"]["vocab"].pop("<|endoftext|>")]),
+     "<|endoftext|> is missing while later special tokens are there"),
+    (lambda f: edit_json(f / "tokenizer.json", lambda t: t["model"].update(vocab={
+        k: v + (v >= 300 and k not in hf.SPECIAL_TOKENS) for k, v in t["model"]["vocab"].items()})),
+     "the byte-level token ids must be 0..396 and cover all 256 bytes"),
+    (merges(lambda m: [m[1], m[0], *m[2:]]), "is out of id order or makes no token of the vocabulary"),
+    (merges(lambda m: m[:-1]), "merges for"),
+    (merges(lambda m: 5), "the tokenizer files are malformed (TypeError"),  # JSON of another shape: no traceback
     # export.py's own settings, edited past the context: eval.py's windows would be refused as longer than it
     (edit_config(gpt_trainer={"block_size": 128}), "gpt_trainer's block_size 128 is not what export.py writes (the "
                                                    "context is 64): remove gpt_trainer from it"),
 ], ids=["no-config", "bad-json", "bert", "relu", "no-weights", "corrupt-weights", "shape", "huge", "huge-layers", "layers", "vocab", "no-tokenizer",
-        "prefix-space", "prefix-space-config", "prefix-space-vocab", "index-list", "index-map",
-        "own-block"])
+        "prefix-space", "prefix-space-config", "prefix-space-vocab", "index-list", "index-map", "shard-missing",
+        "bin-corrupt", "bin-no-dict", "sentencepiece", "not-byte-level", "unknown-special", "special-id",
+        "special-missing", "id-gap", "merge-order", "merge-missing", "merges-malformed", "own-block"])
 def test_bad_folders_are_one_line_errors(small_folder, tmp_path, capsys, change, words):
     folder = broken(small_folder, tmp_path, change)
     line = one_error_line(*run_cli(gen.main, [folder, "--prompt", "x", "--max_tokens", "1", *CPU], capsys)[::2])
     assert words in line, line
+
+
+@pytest.mark.parametrize("layout", [as_bin, as_shards], ids=["pytorch_model.bin", "shards"])
+def test_older_and_sharded_weight_files_read_as_the_same_model(small_folder, tmp_path, layout):
+    """A folder as older downloads hold it (pytorch_model.bin, read with weights_only) or as the hub holds a large
+    model (shards named by model.safetensors.index.json) reads as the same model as model.safetensors gives."""
+    model, _, _ = load_model(small_folder["folder"])
+    other, _, _ = load_model(broken(small_folder, tmp_path, layout))
+    assert model.state_dict().keys() == other.state_dict().keys()
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, other.state_dict()[k]), k
 
 
 def test_a_file_of_a_model_folder_given_as_the_checkpoint_names_the_folder(small_folder, tmp_path, capsys, monkeypatch):
