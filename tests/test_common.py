@@ -431,6 +431,26 @@ def test_a_lock_file_removed_as_it_was_opened_is_not_held(tmp_path, monkeypatch)
     assert os.listdir(tmp_path) == []
 
 
+def test_a_file_system_without_locks_runs_the_command_unlocked(tmp_path, monkeypatch):
+    """A network file system without locks (NFS without its lock daemon: flock fails with ENOLCK) takes no lock: the
+    command runs (held_lock yields False) and leaves no lock file, and lock_is_held says no one holds it: not an
+    OSError ending every train.py and prepare.py there, nor a lock taken for held forever."""
+    fcntl = pytest.importorskip("fcntl")
+
+    def flock(f, op):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(common, "fcntl_module", lambda: types.SimpleNamespace(
+        flock=flock, LOCK_EX=fcntl.LOCK_EX, LOCK_SH=fcntl.LOCK_SH, LOCK_NB=fcntl.LOCK_NB, LOCK_UN=fcntl.LOCK_UN))
+    path = str(tmp_path / ".x.lock")
+    with common.held_lock(path, "another one is writing x") as held:
+        assert held is False
+        assert common.lock_is_held(path) is False
+        with common.held_lock(path, "another one is writing x") as again:  # nor is a second command refused
+            assert again is False
+    assert os.listdir(tmp_path) == []
+
+
 @pytest.mark.parametrize("has_pread", [True, False])
 def test_read_at_reads_a_file_being_written_and_leaves_it_where_it_was(tmp_path, monkeypatch, has_pread):
     """prepare.py reads back what it wrote to a token file (the val cut, packing) and goes on writing it; train.py's
