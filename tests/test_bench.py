@@ -117,6 +117,17 @@ def test_prepare_on_a_given_file(tmp_path, monkeypatch):
     assert "\n" in text and mbs["value"] * 1e6 == pytest.approx(sum(len(line.encode()) for line in text.split("\n")))
 
 
+def test_prepare_without_the_mirror_tokenizes_generated_text_and_says_so(monkeypatch):
+    # a machine without $DATA_MIRROR (every user's but this project's own): generated English-like text, named in the
+    # rows' note, so the figures are not taken for TinyStories'
+    monkeypatch.delenv("DATA_MIRROR", raising=False)
+    try:
+        mbs, tps = bench.bench_prepare(None, threads=1, repeats=1, quick=True)
+    except UserError as e:
+        pytest.skip(f"no GPT-2 BPE files here: {e}")
+    assert mbs["note"].startswith("generated text, 0.2 MB") and tps["note"] == mbs["note"] and tps["value"] > 0
+
+
 def test_prepare_without_the_bpe_files_is_skipped_and_alone_is_one_line(tmp_path, monkeypatch, one_thread):
     # offline without GPT-2's BPE files: the other sections' rows are kept; asked for alone, an empty table had been
     # appended to BENCHMARKS.md under a dated heading, as if it were a run's figures
@@ -205,6 +216,8 @@ def test_bad_input_is_refused_before_the_run(tmp_path, capsys, monkeypatch):
         with pytest.raises(SystemExit):
             bench.get_parser().parse_args(["--peak_sizes", bad])
     assert "--peak_sizes" in capsys.readouterr().err
+    with pytest.raises(UserError, match=r"^--data .*nowhere.txt: no such file$"):
+        bench.main(["--quick", "--no_write", "--malloc", "default", "--data", str(tmp_path / "nowhere.txt")])
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes("caf\xe9\n".encode("latin-1"))
     with pytest.raises(UserError, match=r"^--data .*latin1.txt is not UTF-8 text"):
