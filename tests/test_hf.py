@@ -498,7 +498,8 @@ def merges(change):
      "model.safetensors.index.json has no weight_map"),
     (lambda f: [as_shards(f), (f / "model-00002-of-00002.safetensors").unlink()],
      "has no weights (model-00002-of-00002.safetensors, or pytorch_model.bin)"),
-    (lambda f: [as_bin(f), (f / "pytorch_model.bin").write_bytes(b"PK\x03\x04 cut short")], "pytorch_model.bin is not a readable state dict"),
+    (lambda f: [as_bin(f), (f / "pytorch_model.bin").write_bytes(b"PK\x03\x04 cut short")],
+     "pytorch_model.bin is not a readable state dict"),
     (lambda f: [as_bin(f), torch.save([1, 2], f / "pytorch_model.bin")], "pytorch_model.bin holds no state dict"),
     # tokenizers that are not GPT-2's byte-level BPE, or whose ids tiktoken would not give (Llama 2's SentencePiece
     # BPE, a model's own special tokens, SmolLM's <|endoftext|> at id 0): refused, not imported with other ids

@@ -1210,7 +1210,7 @@ def test_a_flood_past_twice_the_limit_is_closed_unanswered_and_the_server_goes_o
     """Past --max_connections served and as many being turned away (503, then drained), a connection is closed at
     once, unanswered: a flood of them holds no thread and no descriptor, and is counted in the log's line. Once the
     connections turned away go, the next one gets its 503 again, and once a served one closes, an answer."""
-    monkeypatch.setattr(serve, "DRAIN_WAIT", 60)  # the connection turned away keeps its place while its client is silent
+    monkeypatch.setattr(serve, "DRAIN_WAIT", 60)  # a connection turned away keeps its place while its client is silent
     lines = []
     api = start(tiny_model(enc), enc, max_connections=1, log=lines.append)
     try:
