@@ -345,16 +345,19 @@ def load_meta(data_dir, dataset, tokenizer=None):
     path = os.path.join(folder, "meta.json")
     out = [] if os.path.abspath(data_dir) == os.path.abspath(DEFAULT_OUT_DIR) else ["--out_dir", data_dir]
     out += ["--tokenizer", tokenizer] if tokenizer and tokenizer != "gpt2" else []
-    fix = f"run `{shlex.join(['python', 'prepare.py', '--dataset', dataset, *out])}`"
+    built_in = dataset in DATASETS and dataset != "text"  # text needs --source
+    text = shlex.join(["python", "prepare.py", "--dataset", "text", "--source", "FILE", "--name", dataset, *out])
+    # (another name is no --dataset prepare.py takes: `prepare.py --dataset mine` was its usage error)
+    fix = f"run `{shlex.join(['python', 'prepare.py', '--dataset', dataset, *out])}`" if built_in else \
+        f"make it with `{text}`"
     if not os.path.exists(path):
         if lock_is_held(prepare_lock(data_dir, dataset)):  # its first build: the command named below would be refused
             raise UserError(f"{folder} is being built by a prepare.py (it has no meta.json yet): wait for that "
                             f"prepare.py to end, then run this again")
-        if dataset in DATASETS and dataset != "text":  # text needs --source
+        if built_in:
             raise UserError(f"no prepared dataset {dataset!r} ({path} is missing): {fix} first")
         have = sorted(n for n in os.listdir(data_dir) if os.path.isfile(os.path.join(data_dir, n, "meta.json"))) \
             if os.path.isdir(data_dir) else []
-        text = shlex.join(["python", "prepare.py", "--dataset", "text", "--source", "FILE", "--name", dataset, *out])
         named = shlex.join(["python", "prepare.py", "--dataset", "NAME", *out])  # where this run looks, in its vocabulary
         raise UserError(f"no prepared dataset {dataset!r} ({path} is missing; {data_dir} has "
                         f"{', '.join(have) or 'none'}): prepare your own text under that name with `{text}`, or one "
