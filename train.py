@@ -1674,8 +1674,10 @@ def more_epochs(args, dataset, done):
                         f"pass a larger --epochs to continue its schedule, or --reset_epoch to start a new one from its "
                         f"weights")
     answer = answer or "0"
-    if not answer.isdigit():
-        raise UserError(f"{answer!r} is not a number of epochs; pass --epochs N instead")
+    if not answer.isdecimal():  # (isdigit() took "²", int()'s ValueError)
+        # --epochs counts them all, not the more asked for: `--epochs 2` after 3 done was refused as done again
+        raise UserError(f"{answer!r} is not a number of epochs: answer the question with one (0 to stop), or pass "
+                        f"--epochs N for N in all, more than the {done} done")
     return int(answer)
 
 

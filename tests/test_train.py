@@ -1560,6 +1560,12 @@ def test_epochs_already_done(env, trained, tmp_path, monkeypatch):
     with pytest.raises(UserError, match=r"has already trained 3 epoch\(s\) of story \(--epochs 3\): pass a larger "
                                         r"--epochs"):
         train.train(args_for(env, tmp_path / "eof", "--checkpoint", ck))
+    # an answer that is no number: one line saying that --epochs counts all of them ("²" passed isdigit(): a traceback)
+    for answer in ("two", "²", "-1"):
+        monkeypatch.setattr("builtins.input", lambda prompt: answer)
+        with pytest.raises(UserError, match=rf"^'{answer}' is not a number of epochs: answer the question with one \(0 "
+                                            rf"to stop\), or pass --epochs N for N in all, more than the 3 done$"):
+            train.train(args_for(env, tmp_path / "nan", "--checkpoint", ck))
 
 
 def test_epochs_added_at_the_prompt_train_as_the_same_epochs_given(env, tmp_path, monkeypatch, capsys):
