@@ -2391,6 +2391,19 @@ def test_a_diverging_run_never_saves_over_a_good_checkpoint(env, tmp_path):
     assert ck["step"] >= 1 and all(torch.isfinite(t).all() for t in ck["model"].values())
 
 
+def test_a_training_loss_gone_to_nan_stops_the_run_at_its_next_log(env, tmp_path):
+    """A diverged run stops at the first log point whose loss is nan or inf, saying what to do, rather than train on
+    nan weights to its end; no checkpoint is written from them."""
+    with pytest.raises(UserError, match=r"^the training loss became (nan|inf) at step (\d+): lower --lr \(now "
+                                        r"100000\); last good checkpoint: none$") as e:
+        train.train(args_for(env, tmp_path, "--dataset", "story", "--optimizer", "adamw", "--lr", "1e5",
+                             "--warmup", "1", "--grad_clip", "0", "--log_interval", "1", "--save_interval", "0",
+                             "--eval_interval", "0"))
+    spe = math.ceil(len(train.Windows(train.load_meta(env["data"], "story"), "train", 64)) / 16)
+    assert int(e.value.args[0].split("at step ")[1].split(":")[0]) < spe // 2, (str(e.value), spe)
+    assert not list(tmp_path.glob("*.pt"))
+
+
 def test_slow_evaluations_leave_a_budget_to_training(env, tmp_path, monkeypatch):
     """An evaluation longer than the budget's 10% slices (GPT-2's 50k-wide head on a CPU: 5 s against a 1-minute
     budget's 6-s slices) came after every step and took 85% of the budget. They are spaced by 3 times their cost."""
