@@ -303,12 +303,12 @@ def resolve_args(args, ckpt_args, continuing, config, fine_tuning=False):
     for k in ("epochs", "batch_size", "grad_accum", "block_size", "eval_batches"):
         if getattr(a, k) < 1:
             raise UserError(f"--{k} must be at least 1, got {getattr(a, k)}")
-    for k in ("lr", "min_lr", "weight_decay", "grad_clip", "eval_interval", "save_interval", "patience"):
-        if getattr(a, k) < 0:
-            raise UserError(f"--{k} must not be negative, got {getattr(a, k)}")
-    for k in ("lr", "log_interval"):
+    for k in ("lr", "log_interval"):  # (lr first: a min_lr of lr / 10 is negative too, and no --min_lr was given)
         if getattr(a, k) <= 0:
             raise UserError(f"--{k} must be positive, got {getattr(a, k):g}")
+    for k in ("min_lr", "weight_decay", "grad_clip", "eval_interval", "save_interval", "patience"):
+        if getattr(a, k) < 0:
+            raise UserError(f"--{k} must not be negative, got {getattr(a, k)}")
     if a.lr > MAX_LR:  # (1e39 overflowed float32 in Muon's update: a traceback, not the 'loss became nan' line)
         raise UserError(f"--lr {a.lr:g} is far past any learning rate that trains (1e-4 to 0.05 are usual): give one "
                         f"of at most {MAX_LR:g}")

@@ -2127,6 +2127,17 @@ def test_bad_options_are_user_errors(env, tmp_path, trained):
                         ("--eval_interval", "inf"), ("--log_interval", "inf"), ("--grad_clip", "inf")):
         with pytest.raises(UserError, match=rf"^{flag} must be a finite number, got {value}$"):
             train.resolve_args(train.parse_args([flag, value]), {}, False, config)
+    # out of range: each named with what it takes (--lr -1 was "must not be negative", and then --lr 0 refused)
+    for given, said in ((["--lr", "-1"], "--lr must be positive, got -1"), (["--lr", "0"], "--lr must be positive, got 0"),
+                        (["--log_interval", "0"], "--log_interval must be positive, got 0"),
+                        (["--min_lr", "-1"], "--min_lr must not be negative, got -1.0"),
+                        (["--patience", "-1"], "--patience must not be negative, got -1"),
+                        (["--time_budget", "0"], "--time_budget must be a positive number of minutes, got 0"),
+                        (["--max_steps", "0"], "--max_steps must be at least 1, got 0"),
+                        (["--n_embd", "65", "--n_head", "2"],
+                         r"bad model options: n_embd \(65\) must be divisible by n_head \(2\)")):
+        with pytest.raises(UserError, match=f"^{said}$"):
+            train.train(args_for(env, tmp_path, "--dataset", "story", *given, fresh=given[0] != "--n_embd"))
     for seed in (str(-2**62), str(2**62), "99999999999999999999999"):  # torch's generators take 64 bits: a traceback
         with pytest.raises(UserError, match=rf"^--seed must be between -2\*\*62 and 2\*\*62, got {seed}$"):
             train.resolve_args(train.parse_args(["--seed", seed]), {}, False, config)
