@@ -1523,6 +1523,14 @@ def test_mix_follows_the_weights(tmp_path, monkeypatch, enc, capsys):
     assert sorted(masked_spans(enc, val, val_mask)) == sorted([f"ddval{i} bye" + IM_END for i in range(6)] +
                                                               [f"kn{i} it is {2 * i}." + IM_END for i in range(90, 100)])
 
+    # --pack 0: the same documents and replies one after the other, each closed by its <|endoftext|>, no padding
+    unpacked = prepare.prepare("mix", mix={"dailydialog": 1, "knowledge": 3}, name="unpacked", out_dir=out, pack=0)
+    ids0, mask0 = load(tmp_path / "data" / "unpacked", "train", unpacked)
+    assert unpacked["pack"] == 0 and unpacked["splits"]["train"]["padding"] == 0
+    assert Counter(source_tokens(enc, ids0)[1]) == counts
+    assert Counter(masked_spans(enc, ids0, mask0)) == Counter(masked_spans(enc, ids, mask))
+    assert (ids0 == enc.eot_token).sum() == unpacked["splits"]["train"]["documents"] == len(markers)
+
     # the same mix again is a no-op; --force rebuilds the same bytes; other weights rebuild
     before = snapshot(folder)
     capsys.readouterr()
