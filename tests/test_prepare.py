@@ -1530,6 +1530,13 @@ def test_mix_follows_the_weights(tmp_path, monkeypatch, enc, capsys):
     assert Counter(source_tokens(enc, ids0)[1]) == counts
     assert Counter(masked_spans(enc, ids0, mask0)) == Counter(masked_spans(enc, ids, mask))
     assert (ids0 == enc.eot_token).sum() == unpacked["splits"]["train"]["documents"] == len(markers)
+    # written in many small writes (a big corpus's flushes of about Packer.FLUSH_TOKENS): the same files
+    flush = prepare.Packer.FLUSH_TOKENS
+    monkeypatch.setattr(prepare.Packer, "FLUSH_TOKENS", 50)
+    prepare.prepare("mix", mix={"dailydialog": 1, "knowledge": 3}, name="flushed", out_dir=out, pack=64)
+    tokens_files = {f: v[2] for f, v in snapshot(folder).items() if f.endswith(".bin")}
+    assert {f: v[2] for f, v in snapshot(tmp_path / "data" / "flushed").items() if f.endswith(".bin")} == tokens_files
+    monkeypatch.setattr(prepare.Packer, "FLUSH_TOKENS", flush)
 
     # the same mix again is a no-op; --force rebuilds the same bytes; other weights rebuild
     before = snapshot(folder)
