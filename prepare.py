@@ -1708,11 +1708,23 @@ def meta_options(meta, folder, odd=None):
         return odd
 
 
+def new_command(folder, *more):
+    """The prepare.py command that makes a dataset in folder with no meta.json to say how it was made (missing, or too
+    damaged): one of prepare.py's own by its name, any other name from the user's files (FILE, as --dataset text: a
+    bare `--dataset mine` was prepare.py's usage error); more: options added (train.py's --tokenizer)."""
+    name, out_dir = os.path.basename(folder), os.path.dirname(folder) or "."
+    args = ["--dataset", name] if name in DATASETS and name != "text" else \
+        ["--dataset", "text", "--source", "FILE", "--name", name]
+    if os.path.abspath(out_dir) != os.path.abspath(DEFAULT_OUT_DIR):
+        args += ["--out_dir", out_dir]
+    return shlex.join(["python", "prepare.py", *args, *more])
+
+
 def rebuild_command(meta, folder=None):
     """The prepare.py command line that builds meta.json's dataset again, for the hints of every script: run on an
     intact dataset it says "up to date". folder: where the dataset is (default meta["folder"], which train.py's
     load_meta sets, else data/<name>): its name and parent give --name and --out_dir. A meta.json too damaged to say
-    gives `python prepare.py --dataset <the folder's name>`."""
+    gives new_command's."""
     meta = meta if isinstance(meta, dict) else {}
     folder = os.path.normpath(folder or meta.get("folder") or os.path.join(DEFAULT_OUT_DIR, str(meta.get("name"))))
     try:
@@ -1747,7 +1759,7 @@ def rebuild_command(meta, folder=None):
             args.append("--skip_bad_records")
         return shlex.join(["python", "prepare.py", *args])
     except (KeyError, TypeError, AttributeError, ValueError):
-        return shlex.join(["python", "prepare.py", "--dataset", os.path.basename(folder)])
+        return new_command(folder)
 
 
 @contextlib.contextmanager

@@ -65,7 +65,7 @@ from common import (DTYPES, VOCAB_FILE, UserError, ask, atomic_write_text, autoc
                     run_main, speaks_for_machine, tmp_name)
 from model import OPTIMIZERS, PRESETS, VARIANTS, GPT, make_config
 from prepare import (DATASETS, DEFAULT_OUT_DIR, DEFAULT_VAL_FRACTION, is_complete, is_dataset_name,
-                     meta_options, rebuild_command)
+                     meta_options, new_command, rebuild_command)
 from setup_tokenizer import fewer_ids, get_tokenizer, tokenizer_from_state, tokenizer_hash
 
 # Peak learning rates and batch sizes (windows) that train each preset well with AdamW(0.9, 0.95); small models
@@ -343,13 +343,11 @@ def load_meta(data_dir, dataset, tokenizer=None):
                         f"{hint}")
     folder = os.path.join(data_dir, dataset)
     path = os.path.join(folder, "meta.json")
-    out = [] if os.path.abspath(data_dir) == os.path.abspath(DEFAULT_OUT_DIR) else ["--out_dir", data_dir]
-    out += ["--tokenizer", tokenizer] if tokenizer and tokenizer != "gpt2" else []
+    tok = ["--tokenizer", tokenizer] if tokenizer and tokenizer != "gpt2" else []
+    out = ([] if os.path.abspath(data_dir) == os.path.abspath(DEFAULT_OUT_DIR) else ["--out_dir", data_dir]) + tok
     built_in = dataset in DATASETS and dataset != "text"  # text needs --source
-    text = shlex.join(["python", "prepare.py", "--dataset", "text", "--source", "FILE", "--name", dataset, *out])
-    # (another name is no --dataset prepare.py takes: `prepare.py --dataset mine` was its usage error)
-    fix = f"run `{shlex.join(['python', 'prepare.py', '--dataset', dataset, *out])}`" if built_in else \
-        f"make it with `{text}`"
+    made = new_command(folder, *tok)  # (another name is made of the user's FILE: `--dataset mine` is no command)
+    fix = f"{'run' if built_in else 'make it with'} `{made}`"
     if not os.path.exists(path):
         if lock_is_held(prepare_lock(data_dir, dataset)):  # its first build: the command named below would be refused
             raise UserError(f"{folder} is being built by a prepare.py (it has no meta.json yet): wait for that "
@@ -360,7 +358,7 @@ def load_meta(data_dir, dataset, tokenizer=None):
             if os.path.isdir(data_dir) else []
         named = shlex.join(["python", "prepare.py", "--dataset", "NAME", *out])  # where this run looks, in its vocabulary
         raise UserError(f"no prepared dataset {dataset!r} ({path} is missing; {data_dir} has "
-                        f"{', '.join(have) or 'none'}): prepare your own text under that name with `{text}`, or one "
+                        f"{', '.join(have) or 'none'}): prepare your own text under that name with `{made}`, or one "
                         f"of {', '.join(DATASETS[:-1])} with `{named}`")
     try:
         with open(path, encoding="utf-8") as f:

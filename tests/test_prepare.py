@@ -1994,6 +1994,18 @@ def test_rebuild_command_builds_the_same_dataset(tmp_path, monkeypatch, capsys):
                                         r"damaged\): pick another folder with --name, or replace it with --force$"):
         prepare.prepare("chitchat", out_dir=out, name="odd")
     assert prepare.prepare("chitchat", out_dir=out, name="odd", force=True)["dataset"] == "chitchat"
+    # one too damaged to say how the dataset was made: the command that makes one in that folder anew (it was
+    # `--dataset notes`, prepare.py's usage error, without the --out_dir it is in)
+    for folder, command in ((os.path.join(out, "chat"), f"python prepare.py --dataset chat --out_dir {out}"),
+                            (os.path.join("data", "talk"), "python prepare.py --dataset text --source FILE --name talk"),
+                            (os.path.join(out, "notes"),
+                             f"python prepare.py --dataset text --source FILE --name notes --out_dir {out}")):
+        assert prepare.rebuild_command({"format": 1}, folder) == command
+    # the hint, run where the meta.json is unreadable (train.py's load_meta gives it too): it makes the dataset. (One
+    # that reads as another tool's is kept unless --force, which prepare.py then says.)
+    write(tmp_path / "sets" / "notes" / "meta.json", "{")
+    prepare.main([src if a == "FILE" else a for a in shlex.split(command)[2:]])
+    assert prepare.read_meta(os.path.join(out, "notes"))["options"]["source"] == [src]
 
 
 def test_missing_source_names_source_and_mirror(tmp_path, monkeypatch, capsys):

@@ -1337,8 +1337,8 @@ def test_data_that_a_prepare_builds_now_says_to_wait_for_it(env, tmp_path, monke
             run()
 
 
-@pytest.mark.parametrize("damage", ["truncated", "val cut", "meta a list", "meta cut", "train.bin a folder",
-                                    "id past vocab"])
+@pytest.mark.parametrize("damage", ["truncated", "val cut", "meta a list", "meta cut", "meta of no dataset",
+                                    "train.bin a folder", "id past vocab"])
 def test_a_damaged_dataset_is_named_not_trained_on(env, trained, tmp_path, damage):
     """A truncated .bin would otherwise train on part of the data and report the run done."""
     import shutil
@@ -1353,6 +1353,11 @@ def test_a_damaged_dataset_is_named_not_trained_on(env, trained, tmp_path, damag
         (folder / "meta.json").write_text("[1, 2]")
     elif damage == "meta cut":  # (a JSONDecodeError)
         (folder / "meta.json").write_text((folder / "meta.json").read_text()[:40])
+    elif damage == "meta of no dataset":  # read, but it cannot say how the dataset was made
+        meta = json.loads((folder / "meta.json").read_text())
+        del meta["dataset"]
+        (folder / "meta.json").write_text(json.dumps(meta))
+        os.truncate(folder / "train.bin", 1000)
     elif damage == "id past vocab":  # the sizes are right: an IndexError in the embedding, or (an id among the
         # padding rows, as here) a silent loss on a token that does not exist
         meta = json.loads((folder / "meta.json").read_text())
@@ -1371,8 +1376,8 @@ def test_a_damaged_dataset_is_named_not_trained_on(env, trained, tmp_path, damag
         (folder / "train.bin").mkdir()
     # the command that built it, from meta.json; with it gone, the one that makes a dataset of that name (mini is none
     # of prepare.py's own: `prepare.py --dataset mini` was its usage error)
-    rebuild = f"make it with `python prepare.py --dataset text --source FILE --name mini --out_dir {data}" \
-        if damage.startswith("meta") else f"run `python prepare.py --dataset mini --out_dir {data} --tokenizer"
+    rebuild = f"python prepare.py --dataset text --source FILE --name mini --out_dir {data}" \
+        if damage.startswith("meta") else f"python prepare.py --dataset mini --out_dir {data} --tokenizer"
     with pytest.raises(UserError, match=r"(not what meta.json says|is not a dataset this code reads|meta.json is "
                                         rf"unreadable|train.bin is missing|beyond its).*{re.escape(rebuild)}.*` again$"):
         train.train(args_for(env, tmp_path, "--data_dir", str(data), "--dataset", "mini", "--max_steps", "1"))
