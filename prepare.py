@@ -442,7 +442,7 @@ def record_doc(record, where, dataset=None):
             if text is None:  # an empty row, as an empty string is
                 return None
             if not isinstance(text, str):
-                raise UserError(f"{where}: `text` must be a string, got {type(text).__name__}")
+                raise UserError(f"{where}: `text` must be text, got {type(text).__name__}")  # (as other fields say)
             return (text.strip(), True) if text.strip() else None
         else:
             raise UserError(f"{where}: no messages, conversations, conversation, instruction/output, question/answer or "
@@ -1879,7 +1879,8 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
                         f"{MAX_PACK:,}), or 0 for no packing")
     named, name = bool(name), name or dataset
     if not is_dataset_name(name):
-        raise UserError(f"--name {name!r}: use letters, digits, '.', '-' and '_' (it names a folder in {out_dir})")
+        raise UserError(f"--name {name!r}: use letters, digits, '.', '-' and '_', not a path (it names a folder in "
+                        f"{out_dir})")  # ('..' is of those characters)
     skipped = {} if skip_bad_records else None  # the bad records left out, by file (good_docs), for build's summary
     plan = find_mix_source(mix, extra, limit, skipped) if dataset == "mix" else \
         find_source(dataset, source, extra, limit, skipped)

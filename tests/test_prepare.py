@@ -463,10 +463,16 @@ def test_non_utf8_and_bad_input(tmp_path):
     for record, field in (({"instruction": "Sum", "input": [1, 2], "output": "3"}, "input"),
                           ({"instruction": "Hi", "input": {"a": 1}, "output": "ok"}, "input"),
                           ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}],
-                            "system": ["Be brief."]}, "system")):
+                            "system": ["Be brief."]}, "system"), ({"text": 5}, "text")):
         with pytest.raises(UserError, match=rf"typed.jsonl line 1: `{field}` must be text, got "):
             prepare.prepare("text", source=write(tmp_path / "typed.jsonl", json.dumps(record)), out_dir=out,
                             val_fraction=0)
+    # a --name that is a path would write outside --out_dir (over another folder's files)
+    for name in ("../up", "a/b", "..", "."):
+        with pytest.raises(UserError, match=rf"^--name '{re.escape(name)}': use letters, digits, '.', '-' and '_', not "
+                                            rf"a path \(it names a folder in {re.escape(out)}\)$"):
+            prepare.prepare("text", source=write(tmp_path / "ok.txt", "some text"), out_dir=out, name=name)
+    assert not (tmp_path / "up").exists()
     os.makedirs(out, exist_ok=True)
     write(tmp_path / "data" / "afile", "")
     with pytest.raises(UserError, match=r"afile is a file, not a dataset folder: pick another --name"):
