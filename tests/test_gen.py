@@ -559,6 +559,11 @@ def test_bad_input_errors(ckpt, tmp_path, capsys, monkeypatch):
                         ([ckpt, "--chat", "--prompt", " "], "--chat --prompt gives one user message, and this one is "
                                                             "empty"),
                         ([ckpt, "--chat", "--interactive"], "--chat and --interactive are two ways"),
+                        ([ckpt, "--chat", "--prompt_file", str(prompts)], "--chat reads its messages from the terminal"),
+                        ([ckpt, "--prompt", "x", "--output", str(tmp_path / "o.txt")], "--output is for --prompt_file"),
+                        ([ckpt, "--interactive", "--prompt", "x"], "--interactive reads its prompts from the terminal"),
+                        ([ckpt, "--prompt", "x", "--system", "Be brief."], "--system sets the system message of a "
+                                                                           "--chat session; add --chat"),
                         # bytes the locale could not decode: Python keeps them as lone surrogates, which stdout refuses
                         ([ckpt, "--prompt", "ab\udcffcd"], "--prompt is not UTF-8 text"),
                         ([ckpt, "--chat", "--system", "\udcff"], "--system is not UTF-8 text")):
@@ -844,6 +849,18 @@ def test_num_samples_and_interactive_prompts_on_the_command_line(ckpt, capsys, m
     code, out, err = cli([ckpt, "--prompt", "Hi", "--num_samples", "3", "--max_tokens", "2", "--verbose", "--seed", "0"]
                          + CPU, capsys)
     assert code == 0 and out.count("[end: max_tokens]") == 3 and out.count("-" * 40 + "\n") == 2, out
+    # Ctrl-C in the first of them ends the run there, not that sample alone
+    calls = []
+
+    def interrupted(*a, **k):
+        calls.append(1)
+        raise KeyboardInterrupt
+        yield
+    with monkeypatch.context() as m:
+        m.setattr(gen, "sample_steps", interrupted)
+        code, out, err = cli([ckpt, "--prompt", "Hi", "--num_samples", "3", "--max_tokens", "2", "--verbose"] + CPU,
+                             capsys)
+    assert (code, len(calls), out.count("[end: "), out.count("-" * 40)) == (0, 1, 1, 0), (code, out)
     # --interactive with stdin piped: each line is echoed, then continued (the transcript shows what was continued)
     import io
     monkeypatch.setattr(sys, "stdin", io.StringIO("Once\n\nThe end\n"))
