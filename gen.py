@@ -243,8 +243,9 @@ def chat_reply(model, enc, history, max_tokens, on_text=None, info=None, warn=Tr
                     print(f"warning: the conversation is {len(ids)} tokens but the context holds {block}: keeping "
                           f"{kept} so {min(max_tokens, room_after(model, budget))} can follow", file=sys.stderr)
                 ids = ids[:head] + ids[len(ids) - (budget - head):]
-            else:
-                ids = crop_prompt(model, ids, max_tokens, what="the conversation", warn=warn)
+            else:  # the system message alone fills the context: its start goes too, said so
+                ids = crop_prompt(model, ids, max_tokens, what="the conversation (its system message alone fills the "
+                                  "context: cut too)", warn=warn)
     new, text, stopped_by = complete(model, enc, ids, max_tokens, stop_ids(enc, CHAT_STOPS), on_text, **sampling)
     if info is not None:
         info.update(prompt_ids=ids, new_tokens=len(new), dropped=len(history) - len(fitted), short=short)

@@ -424,6 +424,12 @@ def test_history_overflow_drops_oldest_turns(enc, monkeypatch, capsys):
     text, why = gen.chat_reply(la_model(enc), enc, long[1:], 20, info=info, temperature=1.0,
                                generator=torch.Generator().manual_seed(0))
     assert len(info["prompt_ids"]) == 64 - 20 and "keeping its last 44 so 20 can follow" in capsys.readouterr().err
+    # a system message that alone fills the context is cut too, and the warning says so
+    huge = [{"role": "system", "content": "rule " * 60}, {"role": "user", "content": "hi"}]
+    text, why = gen.chat_reply(la_model(enc), enc, huge, 20, info=info, temperature=1.0,
+                               generator=torch.Generator().manual_seed(0))
+    err = capsys.readouterr().err
+    assert len(info["prompt_ids"]) == 64 - 20 and "its system message alone fills the context: cut too" in err, err
     # a reply that runs into the end of the context stopped for that ("context"), not for the max_tokens it was given
     # (chat_reply lowered them to what was left: the chat's [end: max_tokens] and eval.py's stop reason said so)
     long = [system, {"role": "user", "content": "tell me " + "word " * 30}]
