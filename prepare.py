@@ -476,11 +476,15 @@ def record_doc(record, where, dataset=None):
     return messages or None
 
 
-def places(wheres, most=10):
-    """"lines 17, 40" of wheres ["f.jsonl line 17", "f.jsonl line 40"], the first most of them, "..." for the rest."""
-    numbers = [where.rsplit(" ", 1)[1] for where in wheres[:most]]
-    return (f"{wheres[0].rsplit(' ', 2)[1]}{'s' * (len(wheres) > 1)} {', '.join(numbers)}"
-            f"{', ...' if len(wheres) > most else ''}")
+PLACES = 10  # the bad records an error or the summary locates by line; the rest are counted, "..."
+
+
+def places(wheres, count):
+    """"lines 17, 40" of wheres ["f.jsonl line 17", "f.jsonl line 40"], the places of the first of count bad records
+    (PLACES at most), and "..." for the rest."""
+    numbers = [where.rsplit(" ", 1)[1] for where in wheres[:PLACES]]
+    return (f"{wheres[0].rsplit(' ', 2)[1]}{'s' * (count > 1)} {', '.join(numbers)}"
+            f"{', ...' if count > len(numbers) else ''}")
 
 
 def good_docs(records, label, dataset, skipped=None, scan=True):
@@ -489,9 +493,11 @@ def good_docs(records, label, dataset, skipped=None, scan=True):
     always, and with scan the file's other bad records counted and located too, read (parsed and checked, not
     tokenized) to its end: a file with three bad lines took three runs, each after minutes of tokenizing, to find
     them (not a streamed hub split, which would be downloaded whole for it). skipped, a dict (--skip_bad_records):
-    bad records are left out instead, each where under skipped[label] (a dict: once, however many passes read it);
+    bad records are left out instead, counted and the first located under skipped[label] ({"count", "wheres"});
     a label none of whose records is good still stops the run, as nothing of it is left to train on."""
-    bad, first, good = [], None, False
+    # the bad records are counted, and only the first PLACES + 1 kept (the first, and those places() names): a file of
+    # millions held a string for each, gigabytes
+    bad, wheres, first, good = 0, [], None, False
     for where, record in records:
         try:
             if isinstance(record, UserError):
@@ -500,10 +506,16 @@ def good_docs(records, label, dataset, skipped=None, scan=True):
         except UserError as e:
             if skipped is None and not scan:
                 raise
-            bad.append(where)
+            bad += 1
             first = first or e
+            if len(wheres) <= PLACES:
+                wheres.append(where)
             if skipped is not None:
-                skipped.setdefault(label, {})[where] = None
+                left = skipped.setdefault(label, {"count": 0, "wheres": []})
+                # each pass over a file (the val count, a vocabulary's, the tokenizing) reads it from its start, so its
+                # nth bad record is every pass's nth: the most one pass has read are the ones left out
+                if bad > left["count"]:
+                    left["count"], left["wheres"] = bad, wheres[:PLACES]
             continue
         good = True
         if doc and (skipped is not None or not bad):  # (once one is bad, and not skipped, the rest is only read)
@@ -511,11 +523,11 @@ def good_docs(records, label, dataset, skipped=None, scan=True):
     if not bad or (good and skipped is not None):
         return
     if skipped is not None:
-        raise UserError(f"{first}; no record of {label} is good ({len(bad):,} bad), so --skip_bad_records leaves "
+        raise UserError(f"{first}; no record of {label} is good ({bad:,} bad), so --skip_bad_records leaves "
                         f"nothing of it to train on: fix it")
-    more, them = bad[1:], "them" if len(bad) > 1 else "it"
-    raise UserError(f"{first}" + (f"; {len(more):,} more bad record{'s' * (len(more) > 1)} in the file: "
-                                  f"{places(more)}" if more else "")
+    more, them = bad - 1, "them" if bad > 1 else "it"
+    raise UserError(f"{first}" + (f"; {more:,} more bad record{'s' * (more > 1)} in the file: "
+                                  f"{places(wheres[1:], more)}" if more else "")
                     + (f"; fix {them}, or pass --skip_bad_records to leave {them} out" if good else ""))
 
 
@@ -2237,9 +2249,9 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
               + (f"; {pieces:,} conversation{'s' * (pieces != 1)} longer than a block in pieces" if pieces else "")
               + (f", {inside:,} of them cut inside an exchange longer than a block (a reply there trains without all "
                  f"of its question; a larger --pack and train.py --block_size keep more whole)" if inside else ""))
-    for label, wheres in (plan.get("skipped") or {}).items():  # (with --limit: of the records read)
-        print(f"  --skip_bad_records: left out {len(wheres):,} bad record{'s' * (len(wheres) > 1)} of {label}: "
-              f"{places(list(wheres))}")
+    for label, left in (plan.get("skipped") or {}).items():  # (with --limit: of the records read)
+        print(f"  --skip_bad_records: left out {left['count']:,} bad record{'s' * (left['count'] > 1)} of {label}: "
+              f"{places(left['wheres'], left['count'])}")
     for source, m in (mixed or {}).items():
         print(f"  {source}: weight {m['weight']:g}, {m['train_tokens'] / max(tr['tokens'] - tr['padding'], 1):.1%} of the "
               f"train tokens ({m['train_documents']:,} documents), {m['val_documents']:,} val documents")

@@ -546,6 +546,32 @@ def test_bad_records_are_named_together_or_left_out(tmp_path, capsys):
     assert not os.path.exists(os.path.join(out, "folder"))
 
 
+def test_bad_records_are_counted_in_little_memory(tmp_path, capsys):
+    """A file's bad records are read to its end to be counted (and, skipped, on every pass over it): one kept for each
+    held a string, gigabytes for a file of millions (an export of another shape, a scrape). The first are located,
+    the rest counted."""
+    import tracemalloc
+    src = write(tmp_path / "many.jsonl", json.dumps({"text": "the one good record"}) + "\n" +
+                '{"title": "no text"}\n' * 30_000)
+    peaks = []
+    for skipped in (None, {}):
+        tracemalloc.start()
+        try:
+            if skipped is None:
+                with pytest.raises(UserError, match=r"many\.jsonl line 2: no messages, .*; 29,999 more bad records in "
+                                                    r"the file: lines 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, \.\.\.; fix"):
+                    list(prepare.file_docs(src, "text"))
+            else:
+                assert len(list(prepare.file_docs(src, "text", skipped))) == 1
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+    assert max(peaks) < 1e6, peaks  # (a string each: 5 MB)
+    prepare.main(["--source", src, "--out_dir", str(tmp_path / "data"), "--skip_bad_records"])
+    assert (f"  --skip_bad_records: left out 30,000 bad records of {src}: lines 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, ...\n"
+            in capsys.readouterr().out)
+
+
 def test_json_lines_named_json_and_an_array_named_jsonl_name_the_rename(tmp_path):
     """datasets' to_json() writes one record per line whatever the file is called, so a user's export is often a .json
     of JSON Lines; a pretty-printed array named .jsonl is the other way round. Both said only "malformed JSON (Extra
