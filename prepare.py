@@ -504,8 +504,8 @@ def good_docs(records, label, dataset, skipped=None, scan=True):
                 raise record
             doc = record_doc(record, where, dataset)
         except UserError as e:
-            if skipped is None and not scan:
-                raise
+            if skipped is None and not scan:  # (said as a file's is: the hub's bad rows stopped a run unsaid)
+                raise UserError(f"{e}; pass --skip_bad_records to leave out the split's bad rows") from None
             bad += 1
             first = first or e
             if len(wheres) <= PLACES:

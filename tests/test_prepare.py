@@ -2264,10 +2264,12 @@ def test_a_hub_source_is_streamed_and_read_as_source_files_are(tmp_path, enc, ca
     meta = prepare.prepare("text", source=spec, out_dir=out, name="few", limit=4)
     assert read == [f"{spec} train row {i}" for i in range(1, 5)] + [f"{spec} validation row 1"]
     assert (meta["splits"]["train"]["documents"], meta["splits"]["val"]["documents"]) == (4, 1)
-    # rows with nothing to train on stop the run as a file's records do, naming the row
+    # rows with nothing to train on stop the run as a file's records do, naming the row and the option that leaves
+    # them out (without reading on: a streamed split would be downloaded whole)
     write(tmp_path / "odd" / "train.jsonl", json.dumps({"title": "no text"}) + "\n")
     with pytest.raises(UserError, match=r"^hf:.*/odd train row 1: no messages, conversations, conversation, "
-                                        r"instruction/output, question/answer or text field$"):
+                                        r"instruction/output, question/answer or text field; pass --skip_bad_records "
+                                        r"to leave out the split's bad rows$"):
         prepare.prepare("text", source=f"hf:{tmp_path / 'odd'}", out_dir=out, name="hub")
     assert prepare.read_meta(os.path.join(out, "hub"))["splits"]["train"]["documents"] == 21  # kept
     # --skip_bad_records leaves them out as it does a file's records; a split of nothing else still stops the run
