@@ -477,6 +477,7 @@ def record_doc(record, where, dataset=None):
 
 
 PLACES = 10  # the bad records an error or the summary locates by line; the rest are counted, "..."
+ALL_BAD = 1000  # bad records, none good before them, at which a file is refused unread to its end
 
 
 def places(wheres, count):
@@ -510,6 +511,10 @@ def good_docs(records, label, dataset, skipped=None, scan=True):
             first = first or e
             if len(wheres) <= PLACES:
                 wheres.append(where)
+            if skipped is None and not good and bad == ALL_BAD:
+                # a file of another shape altogether (prompt/completion records, say) was read to its end before its
+                # error: minutes for gigabytes
+                raise UserError(f"{first}; the first {bad:,} records of {label} are all bad (not read on)")
             if skipped is not None:
                 left = skipped.setdefault(label, {"count": 0, "wheres": []})
                 # each pass over a file (the val count, a vocabulary's, the tokenizing) reads it from its start, so its

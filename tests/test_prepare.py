@@ -544,6 +544,12 @@ def test_bad_records_are_named_together_or_left_out(tmp_path, capsys):
                                         rf"it to train on: fix it$"):
         prepare.prepare("text", source=str(tmp_path / "folder"), out_dir=out, name="folder", skip_bad_records=True)
     assert not os.path.exists(os.path.join(out, "folder"))
+    # a file of another shape altogether is refused at its first ALL_BAD records, not read to its end (minutes for
+    # gigabytes) for a count of nothing but bad records
+    other = write(tmp_path / "other.jsonl", '{"prompt": "a", "completion": "b"}\n' * (prepare.ALL_BAD + 5) + "{oops\n")
+    with pytest.raises(UserError, match=rf"^{re.escape(other)} line 1: no messages, .* field; the first "
+                                        rf"{prepare.ALL_BAD:,} records of {re.escape(other)} are all bad \(not read on\)$"):
+        prepare.prepare("text", source=other, out_dir=out, name="other")
 
 
 def test_bad_records_are_counted_in_little_memory(tmp_path, capsys):
