@@ -73,7 +73,8 @@ class GPTConfig:
 
     @property
     def padded_vocab_size(self):
-        # rows of wte / lm_head: a multiple of 64 keeps the biggest matmul on fast, aligned shapes
+        # rows of wte / lm_head (Vp in shape comments): a multiple of 64 keeps the biggest matmul on fast, aligned
+        # shapes
         return (self.vocab_size + 63) // 64 * 64
 
 
@@ -163,8 +164,8 @@ def explicit_attention(q, k, v, dropout_p=0.0):
     for lo, hi in ((0, T // 2), (T // 2, T)):
         if lo == hi:  # T == 1
             continue
-        # query lo+i sees keys 0..lo+i
-        bias = torch.full((hi - lo, hi), float("-inf"), dtype=q.dtype, device=q.device).triu(lo + 1)  # 0 or -inf
+        # query lo+i sees keys 0..lo+i: bias (hi-lo, hi), 0 where it may look, -inf where not
+        bias = torch.full((hi - lo, hi), float("-inf"), dtype=q.dtype, device=q.device).triu(lo + 1)
         att = torch.baddbmm(bias.expand(B * nh, hi - lo, hi), q[:, :, lo:hi].reshape(B * nh, hi - lo, hs),
                             k[:, :, :hi].reshape(B * nh, hi, hs).transpose(1, 2), alpha=1.0 / math.sqrt(hs))  # (B*nh, hi-lo, hi)
         att = att.softmax(dim=-1)
@@ -215,8 +216,8 @@ class CausalSelfAttention(nn.Module):
             # see every cached key, no mask. pos > 0 and T > 1: is_causal would align the mask top-left: attn_mask.
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=(pos == 0),
                                                dropout_p=dropout_p)  # (B, nh, T, hs)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble all head outputs side by side
-        return self.resid_dropout(self.c_proj(y))
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): all heads' outputs side by side
+        return self.resid_dropout(self.c_proj(y))  # (B, T, C)
 
 
 class MLP(nn.Module):
@@ -229,6 +230,7 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
+        # x (B, T, C) -> c_fc (B, T, 4C) -> c_proj (B, T, C)
         return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
 
 
@@ -249,7 +251,7 @@ class SwiGLU(nn.Module):
 
     def forward(self, x):
         gate, up = self.c_fc(x).chunk(2, dim=-1)  # 2x (B, T, hidden)
-        return self.dropout(self.c_proj(F.silu(gate) * up))
+        return self.dropout(self.c_proj(F.silu(gate) * up))  # (B, T, C)
 
 
 def make_norm(config):
@@ -268,6 +270,7 @@ class Block(nn.Module):
         self.mlp = SwiGLU(config) if config.variant == "modern" else MLP(config)
 
     def forward(self, x, rope=None, kv=None, pos=0, attn_mask=None):
+        # x (B, T, C) -> (B, T, C): pre-norm, each sublayer adds its output to the residual stream
         x = x + self.attn(self.ln_1(x), rope, kv, pos, attn_mask)
         x = x + self.mlp(self.ln_2(x))
         return x
@@ -662,7 +665,7 @@ class GPT(nn.Module):
                 x = block(x, rope, kv, pos, attn_mask)
         if cache is not None:
             cache.pos = pos + T
-        return self.transformer.ln_f(x)
+        return self.transformer.ln_f(x)  # (B, T, C)
 
     def forward(self, idx, targets=None, loss_mask=None, cache=None):
         """
@@ -677,17 +680,17 @@ class GPT(nn.Module):
         if targets is not None:
             # the padded logits go in whole (slicing first would copy the biggest tensor in the model); the loss is
             # over the real vocabulary's softmax, the one generation samples (CrossEntropy)
-            flat_targets = targets.reshape(-1)
+            flat_targets = targets.reshape(-1)  # (B*T,)
             weight = (flat_targets != -1).float()  # (B*T,) each position's share of the loss
             if loss_mask is not None:
                 weight = weight * loss_mask.reshape(-1).float()
             loss = cross_entropy(logits.view(-1, logits.size(-1)), flat_targets, weight / weight.sum().clamp(min=1.0),
-                                 self.config.vocab_size)
+                                 self.config.vocab_size)  # (B*T, Vp) -> () fp32
             # training needs only the loss: logits that autograd still tracked would cost torch.compile's backward a
             # zero-filled gradient the size of the logits, added in (tiny's compiled bf16 step: -1 ms of ~90)
             logits = logits.detach()
         # a view over the real vocabulary, so nobody can sample a padding id
-        return logits[..., :self.config.vocab_size], loss
+        return logits[..., :self.config.vocab_size], loss  # (B, T, vocab_size)
 
     def configure_optimizer(self, weight_decay, lr, betas=(0.9, 0.95), device_type="cpu", optimizer=OPTIMIZERS[0],
                             dtype=torch.float32):
@@ -733,7 +736,7 @@ class GPT(nn.Module):
         bf16 = idx.device.type == "cpu" and _cpu_bf16_matmul(self.lm_head.weight)
         one_row = idx.size(0) == 1 and bf16
         with _without_onednn(one_row and idx.size(1) == 1), _without_cudnn_attention(idx.device.type == "cuda"):
-            x = self._trunk(idx, cache)[:, -1, :]
+            x = self._trunk(idx, cache)[:, -1, :]  # (B, C)
         # fp32 only: under bf16 autocast the copy, not being a parameter, would be cast again every token (small B1
         # decoding on the AVX-512 BF16 EPYC ran at 37-88 tokens/s with it instead of 165-210)
         if (x.device.type == "cpu" and x.size(0) <= 8 and not bf16
@@ -741,8 +744,8 @@ class GPT(nn.Module):
             logits = x @ self._lm_head_t()  # (B, C) @ (C, Vp)
         else:
             with _without_onednn(one_row):
-                logits = self.lm_head(x)
-        return logits[:, :self.config.vocab_size].float()
+                logits = self.lm_head(x)  # (B, Vp)
+        return logits[:, :self.config.vocab_size].float()  # (B, vocab_size)
 
     def _lm_head_t(self):
         # The lm_head weight as a contiguous (C, Vp) copy, made again whenever the weight changes. A few fp32 rows
@@ -768,7 +771,7 @@ class GPT(nn.Module):
             # CTRL: make every token already in the context less likely, whatever the sign of its logit (a penalty
             # below 1e-6 is 1e-6: in fp32 1e-46 is 0, and a logit divided by it inf)
             repetition_penalty = max(repetition_penalty, 1e-6)
-            seen = logits.gather(1, context)
+            seen = logits.gather(1, context)  # (B, L) the logits of the tokens seen
             seen = torch.where(seen > 0, seen / repetition_penalty, seen * repetition_penalty)
             logits = logits.scatter(1, context, seen)
         if temperature == 0:
@@ -825,12 +828,12 @@ class GPT(nn.Module):
         context = idx[:, -block_size:]  # (B, L) all tokens so far: the (cropped) prompt, then each new token
         start = 0                       # the model sees context[:, start:], never more than block_size tokens
         stop = torch.tensor(list(stop_tokens), dtype=torch.long, device=idx.device) if len(stop_tokens) else None
-        stopped = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
+        stopped = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)  # (B,) rows that have hit a stop token
 
         cache = None
         if use_cache:
             cache = self.new_cache(idx.size(0))
-            logits = self._next_logits(context, cache)  # prefill the prompt once
+            logits = self._next_logits(context, cache)  # (B, vocab_size); prefill the prompt once
         for step in range(max_new_tokens):
             if not use_cache:
                 logits = self._next_logits(context[:, start:])
