@@ -323,9 +323,9 @@ class CrossEntropy(torch.autograd.Function):
     8.4-9.0 ms for V 4096 in bf16 and 255-267 -> 236-256 ms for V 50304 in fp32. Eager the same as F.cross_entropy.
 
     n_valid: the real vocabulary, when the logits have padding columns beyond it (padded_vocab_size). The softmax is
-    over the real ids only, the distribution gen.py samples, so the loss is its negative log-likelihood (the padding
-    ids never being targets, their share m of the padded softmax had been counted as loss: eval.py gave another number
-    for an exported model, whose padding differs). A log_softmax of the sliced logits, a strided view, took twice as
+    over the real ids only, the distribution gen.py samples, so the loss is its negative log-likelihood whatever the
+    padding (the padded softmax would count the padding's share m as loss, and eval.py would measure an exported
+    model, padded otherwise, differently). A log_softmax of the sliced logits, a strided view, took twice as
     long in eager fp32 (V 50259 of 50304: 420 against 200-235 ms), so the padded softmax stays and is rescaled:
     log q_t = log p_t - log(1 - m), and the gradient is p / (1 - m) - onehot, 0 in the padding columns."""
 
@@ -627,7 +627,8 @@ class GPT(nn.Module):
                        cfg.head_dim, dtype, w.device)
 
     def _trunk(self, idx, cache=None):
-        """Everything up to and including the final norm: idx (B, T) -> (B, T, C)."""
+        """Everything up to and including the final norm: idx (B, T) -> (B, T, C). With a cache, the T new positions
+        start at cache.pos, their keys and values are written into it, and cache.pos advances by T."""
         cfg = self.config
         B, T = idx.size()
         # all checks on Python ints: no host-device sync
