@@ -402,7 +402,7 @@ class Windows:
         # epoch of 1.65M windows showed the whole 660 MB train.bin held; a 10B-token set's 20 GB would be)
         self.files = [open(path, "rb")]
         # sizes from the files open, the ones read, not from their paths: a prepare.py rebuilding the folder as this run
-        # started (its renames) gave a run new token files under the old meta.json, and the tokenizer it names
+        # starts may rename new token files in under the meta.json read a moment ago (the check below says so)
         n_tokens = os.fstat(self.files[0].fileno()).st_size // self.dtype.itemsize
         self.block_size = T
         self.n = self.count(n_tokens, T)
@@ -452,9 +452,9 @@ class Windows:
         starts = np.asarray(idx, dtype=np.int64) * T
         rows = np.stack([self.read(s, T + 1) for s in starts]).astype(np.int64)  # (n, T+1)
         # an id past the vocabulary (a damaged file: the sizes check cannot see it) would be an IndexError in the
-        # embedding, or, among the padding rows, a silent loss on a token that does not exist
-        # (under torchrun the rank reading that window alone meets it: said by that rank, not only by local rank 0,
-        # which had nothing to say and left "lost contact with the other ranks ... see its lines above")
+        # embedding, or, among the padding rows, a silent loss on a token that does not exist. every_rank: under
+        # torchrun only the rank reading that window meets it, and local rank 0, which did not, would leave "lost
+        # contact"
         if rows.size and rows.max() >= self.meta["vocab_size"]:
             raise UserError(f"{self.path} holds token id {rows.max()}, beyond its {self.meta['vocab_size']}-token "
                             f"vocabulary (a damaged file): run `{rebuild_command(self.meta, self.meta['folder'])}` "
@@ -474,7 +474,8 @@ class Windows:
         return sum(int(np.count_nonzero(self.read(s + 1, T, mask=True))) for s in np.asarray(idx, dtype=np.int64) * T)
 
     def micro_batches(self, idx, batch_size, pin=False, count=None):
-        """Yield (x, y, m, idx) CPU tensors of exactly batch_size rows for consecutive chunks of idx; a short last
+        """Yield (x, y, m, idx) for consecutive chunks of idx: CPU tensors (batch_size, T) (m None without a loss
+        mask) and the chunk's window indices. Every batch has exactly batch_size rows; a short last
         chunk is padded with rows whose targets are -1 (ignored), so shapes and strides never change (no recompiles).
         count: yield that many micro-batches, the ones past idx's end all padding (a rank with fewer windows
         than another still joins every gradient all-reduce)."""
@@ -724,8 +725,8 @@ class Batches:
     def steps_done(self, start):
         """Steps of an epoch counted as done at window position `start`: so many that the steps the rest of the epoch
         takes end it at its last step. A checkpoint of another global batch may stop inside a step of this size:
-        counting that step whole had put the epoch's end, and every later step, one step late (the run's last one past
-        the lr schedule's end)."""
+        counting that step whole would put the epoch's end, and every later step, one step late (the run's last one
+        past the lr schedule's end)."""
         return self.steps_per_epoch - math.ceil((len(self.windows) - start) / self.windows_per_step)
 
     def epoch(self, epoch, start=0):
@@ -905,27 +906,28 @@ def train_step(fwd, optimizer, scaler, micro, device, dtype, grad_clip, n_target
     counted = [count_targets(y, m) for _, y, m, _ in micro]  # on the host: the batches are still CPU tensors
     n_targets = sum(counted) if n_targets is None else n_targets
     if n_targets == 0:  # chat windows without an assistant token (on every rank: n_targets is the step's): no step.
-        # Their gradient is 0, but an optimizer step on it still moved every weight by about lr (momentum, weight
+        # Their gradient is 0, but an optimizer step on it would still move every weight by about lr (momentum, weight
         # decay; Muon orthogonalizes what momentum holds into a full-size update)
         return torch.zeros((), device=device)
     no_sync = getattr(getattr(fwd, "model", fwd), "no_sync", None)  # a DDP model's: skip the all-reduce
-    total = torch.zeros((), device=device)
+    total = torch.zeros((), device=device)  # () this rank's share of the step's loss
     # asynchronous copies only to CUDA, from the pinned batches (Batches pins them there): to MPS from pageable memory
     # one may read the source after it was freed, silently training on other numbers (pytorch issues 139550, 189690)
     copy_async = device.type == "cuda"
     for i, (x, y, m, _) in enumerate(micro):
-        x, y = x.to(device, non_blocking=copy_async), y.to(device, non_blocking=copy_async)
-        m = None if m is None else m.to(device, non_blocking=copy_async)
+        x, y = x.to(device, non_blocking=copy_async), y.to(device, non_blocking=copy_async)  # (B, T) int64 each
+        m = None if m is None else m.to(device, non_blocking=copy_async)  # (B, T) uint8
         with no_sync() if no_sync and i < len(micro) - 1 else contextlib.nullcontext():
             with autocast(device, dtype):
-                _, loss = fwd(x, y, m)
+                _, loss = fwd(x, y, m)  # () the mean over this micro-batch's counted targets
             loss = loss * (counted[i] / n_targets)
             try:
                 scaler.scale(loss * world).backward()
             except Exception as e:
                 # the compiled backward failed to build (a C++ compiler stopped by a terminal's Ctrl-C, which reaches
-                # the whole process group, or a real compile error): a traceback, not the save Ctrl-C promises. The
-                # step again eagerly, its gradients from scratch; not with several ranks, which reduced theirs
+                # the whole process group, or a real compile error): rather than a traceback where Ctrl-C promises a
+                # save, the step again eagerly, its gradients from scratch; not with several ranks, which have
+                # all-reduced theirs already
                 if world > 1 or not getattr(fwd, "fall_back", lambda e: False)(e):
                     raise
                 optimizer.zero_grad(set_to_none=True)
@@ -959,7 +961,7 @@ def evaluate(model, windows, batch_size, eval_windows, device, dtype, fwd=None, 
     """Mean loss per counted target token (mask != 0 on chat data) over up to eval_windows windows spread over the
     split (eval_indices), in batches of batch_size. Under torchrun the ranks share them, all ranks together, each
     taking every world-th window, and the sums are all-reduced. (--eval_batches N is N * batch_size * world windows:
-    its callers convert it.)"""
+    its callers convert it.) fwd: the Forward that trains the model (compiled, or DDP's), else model itself."""
     fwd = fwd or model
     was_training = model.training
     model.eval()
@@ -968,17 +970,17 @@ def evaluate(model, windows, batch_size, eval_windows, device, dtype, fwd=None, 
     if world > 1:
         idx = idx[dist.rank::world]
     # a split of fewer windows than a batch makes one batch of them, not a batch padded to batch_size (eval.py
-    # --batch_size 100000 on 32 windows ran out of memory)
+    # --batch_size 100000 on 32 windows would run out of memory)
     batch_size = max(1, min(batch_size, len(idx)))
-    loss_sum, count = torch.zeros((), device=device), 0
-    for x, y, m, chunk in windows.micro_batches(idx, batch_size):
+    loss_sum, count = torch.zeros((), device=device), 0  # () summed on the device: no host sync per batch
+    for x, y, m, _ in windows.micro_batches(idx, batch_size):  # (B, T) each
         n = count_targets(y, m)  # the model's loss is a mean over them: weigh it by their number (known on the host)
         if n == 0:
             continue
         x, y = x.to(device), y.to(device)
         m = None if m is None else m.to(device)
         with autocast(device, dtype):
-            _, loss = fwd(x, y, m)
+            _, loss = fwd(x, y, m)  # () the mean over the batch's n counted targets
         loss_sum += loss.float() * n
         count += n
     model.train(was_training)
@@ -993,8 +995,8 @@ def evaluate(model, windows, batch_size, eval_windows, device, dtype, fwd=None, 
 
 def no_eval_targets(windows, eval_windows):
     """The error for an evaluation whose windows hold no target the loss counts: chat windows (--eval_batches of them,
-    short ones) before or between the replies. They measure nothing, and 0 / 1 was a loss of 0 (eval.py's ppl 1.00;
-    train.py's best val loss, never beaten again)."""
+    short ones) before or between the replies. They measure nothing, and 0 / 1 would be a loss of 0 (eval.py's ppl
+    1.00; train.py's best val loss, never beaten again)."""
     return UserError(f"the {len(eval_indices(len(windows), eval_windows))} window(s) of {windows.block_size} tokens "
                      f"evaluated in {windows.path} hold no assistant token, the only ones a chat set's loss counts: "
                      f"evaluate more windows (a larger --eval_batches) or longer ones (a larger --block_size)")
