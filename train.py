@@ -1200,23 +1200,24 @@ class GracefulInterrupt:
             signal.signal(sig, old)
 
 
-def time_left(s_per_step, epoch_steps, budget_s=None, run_steps=None):
+def time_left(s_per_step, epoch_steps_left, budget_s=None, run_steps_left=None):
     """What ends next and in how many seconds, as (seconds, what): the epoch, or the budget or --max_steps, which end
-    the run (a budgeted run said "epoch ends in 4s" with 2 s of its budget left, an epoch it never finished; on a large
-    dataset hours past a budget of minutes). epoch_steps, run_steps: the steps left to each; s_per_step None: no step
-    timed yet, the budget's end alone is known (None where there is none)."""
-    ends = [] if s_per_step is None else [(epoch_steps * s_per_step, "epoch")]
+    the run (the epoch's end alone would tell a budgeted run "epoch ends in 4s" with 2 s of its budget left; on a large
+    dataset, hours past a budget of minutes). epoch_steps_left, run_steps_left: the steps left to the epoch and to
+    --max_steps; s_per_step None: no step timed yet, the budget's end alone is known (None where there is none)."""
+    ends = [] if s_per_step is None else [(epoch_steps_left * s_per_step, "epoch")]
     if budget_s is not None:
         ends.append((max(0.0, budget_s), "budget"))
-    if run_steps is not None and s_per_step is not None:
-        ends.append((run_steps * s_per_step, "run"))
+    if run_steps_left is not None and s_per_step is not None:
+        ends.append((run_steps_left * s_per_step, "run"))
     return min(ends, key=lambda e: e[0], default=None)
 
 
 class EpochBar(tqdm):
     """An epoch's progress bar, saying what ends next and when as the log lines it stands in for do (time_left): tqdm's
     own time left is the epoch's, and a --time_budget or --max_steps run ends where it ends, possibly mid-epoch (a
-    3-s budget's bar said 6 s were left). ends(s_per_step, epoch_steps): time_left of the run, at the bar's rate."""
+    3-s budget's bar would say 6 s were left). ends(s_per_step, epoch_steps_left): time_left of the run, at the bar's
+    rate."""
 
     def __init__(self, *args, ends, **kwargs):
         self.ends = ends  # (before tqdm's __init__, which draws the bar)
@@ -1475,9 +1476,9 @@ class Progress:
     # step (compiling again) moves it on by its own time
     schedule_origin: float = None
 
-    def epoch_at(self, epoch_windows):
-        """Where the run is in epochs, as its log and metrics give it (epoch_windows: the train windows of an epoch)."""
-        return round(self.epoch + self.windows / epoch_windows, 4)
+    def epoch_at(self, windows_per_epoch):
+        """Where the run is in epochs, as its log and metrics give it (windows_per_epoch: the train split's windows)."""
+        return round(self.epoch + self.windows / windows_per_epoch, 4)
 
     def judge(self, val_loss, no_bar=False, pause=False):
         """Counts an evaluation's val_loss towards the best and --patience; returns (better, improved): whether it
@@ -1577,11 +1578,11 @@ def resumed_progress(args, ckpt, ckpt_args, meta, train_w, val_w, batches, eval_
     return p, eval_windows, warmup
 
 
-def run_summary(p, meta, epoch_windows, **run):
+def run_summary(p, meta, windows_per_epoch, **run):
     """What train() returns: the run's own figures (stopped, run_steps, tokens, elapsed, tokens_per_s,
     train_tokens_per_s, val_loss and the files) and where the training stands (steps, epochs done, the epoch it is at
-    as the log gives it, the best val loss). epoch_windows: the train windows of an epoch."""
-    return {**run, "steps": p.step, "epochs_done": p.epoch, "epoch": p.epoch_at(epoch_windows),
+    as the log gives it, the best val loss). windows_per_epoch: the train windows of an epoch."""
+    return {**run, "steps": p.step, "epochs_done": p.epoch, "epoch": p.epoch_at(windows_per_epoch),
             "best_val_loss": p.best_val_loss,
             "best_val_bpb": None if p.best_val_loss is None else bits_per_byte(p.best_val_loss, meta)}
 
@@ -2074,9 +2075,9 @@ def run_training(args, held):
     reserve = 0.0  # seconds the final evaluation and saves will take: a budgeted run stops early enough to fit them
     held_back = 0.0  # (agreed by the ranks: the lr schedule's end)
 
-    def run_ends(s_per_step, epoch_steps, spent):
+    def run_ends(s_per_step, epoch_steps_left, spent):
         """time_left of this run, for the bar and the log lines alike: spent, the seconds of the budget spent."""
-        return time_left(s_per_step, epoch_steps, budget - spent if budget else None,
+        return time_left(s_per_step, epoch_steps_left, budget - spent if budget else None,
                          args.max_steps - run_steps if args.max_steps else None)
     # an evaluation's cost in training steps: its batches are a step's forward pass alone, a third of its compute (the
     # backward is twice the forward), and an evaluation of tiny on a CPU took 0.26-0.39 of a step a batch; half leaves
@@ -2091,16 +2092,16 @@ def run_training(args, held):
         with interrupt:
             while p.epoch < args.epochs and stopped == "done":
                 epoch = p.epoch
-                estep = batches.steps_done(p.windows)
+                epoch_step = batches.steps_done(p.windows)  # steps of this epoch done, as checkpoints record it
                 steps = batches.epoch(epoch, p.windows)
                 # a budget without --epochs ends by the clock: "epoch 1/1000000" counted towards no such end
                 of = f"/{args.epochs}" if args.epochs < UNLIMITED_EPOCHS else ""
-                bar = EpochBar(total=spe, initial=estep, desc=f"epoch {epoch + 1}{of}", unit="step",
+                bar = EpochBar(total=spe, initial=epoch_step, desc=f"epoch {epoch + 1}{of}", unit="step",
                                dynamic_ncols=True, disable=not draws_a_bar(sys.stderr) or quiet, file=sys.stderr,
-                               ends=lambda s_per_step, epoch_steps: run_ends(s_per_step, epoch_steps,
-                                                                             budget_spent + time.time() - t_run))
+                               ends=lambda s_per_step, steps_left: run_ends(s_per_step, steps_left,
+                                                                            budget_spent + time.time() - t_run))
                 try:
-                    for micro, n_windows, n_targets in steps:
+                    for micro, step_windows, n_targets in steps:  # (see Batches.epoch)
                         # (several ranks take the clock they agreed on: their weights must stay identical)
                         now = budget_spent + time.time() - t_run if dist.world == 1 else clock
                         lr = step_lr(args, p, total_steps, budget, budget_warmup, now, held_back)
@@ -2124,13 +2125,13 @@ def run_training(args, held):
                         elif args.compile:
                             say(paint(f"first step {step_s:.1f} s", "dim"))
                         p.step += 1
-                        p.windows += n_windows
-                        p.tokens += n_windows * args.block_size
+                        p.windows += step_windows
+                        p.tokens += step_windows * args.block_size
                         run_steps += 1
-                        run_tokens += n_windows * args.block_size
-                        tokens_mark += n_windows * args.block_size
+                        run_tokens += step_windows * args.block_size
+                        tokens_mark += step_windows * args.block_size
                         loss_n += n_targets
-                        estep += 1
+                        epoch_step += 1
                         bar.update(1)
                         end_of_epoch = p.windows >= len(train_w)
                         if end_of_epoch:
@@ -2167,9 +2168,9 @@ def run_training(args, held):
                                 args, p, slices, budget, clock, held_back, clock_next, save_s, last_eval_clock,
                                 stopped, end_of_epoch)
                         else:
-                            due_eval = end_of_epoch or (eval_every and estep % eval_every == 0)
-                            due_save = end_of_epoch or (save_every and estep % save_every == 0)
-                            due_log = estep % log_every == 0
+                            due_eval = end_of_epoch or (eval_every and epoch_step % eval_every == 0)
+                            due_save = end_of_epoch or (save_every and epoch_step % save_every == 0)
+                            due_log = epoch_step % log_every == 0
                         # A --max_steps run stopped between evaluations is evaluated too (--eval_interval 0 leaves it
                         # to the saves alone): without, its checkpoint held an earlier step's val loss, or none, and
                         # the run ended without saying where it stood. As a pause, not judged: no best file and no
@@ -2204,7 +2205,7 @@ def run_training(args, held):
                             loss_n = 0
                             bar.set_postfix(loss=shown, lr=f"{lr:.1e}", tok_s=f"{tps:,.0f}", refresh=False)
                             if bar.disable and not due_eval:
-                                left, what = run_ends(tok_step / max(tps, 1e-9), spe - estep, clock)
+                                left, what = run_ends(tok_step / max(tps, 1e-9), spe - epoch_step, clock)
                                 say(f"step {p.step:,} (epoch {rec['epoch']:.2f}): loss {shown}, lr {lr:.2e}, "
                                     f"{tps:,.0f} tokens/s, {what} ends in {fmt_time(left)}")
                             if due_eval:
