@@ -798,9 +798,9 @@ def step_lr(args, p, total_steps, budget=None, budget_warmup=None, now=None, hel
         return lr_at(p.step, args.lr, args.min_lr, args.warmup, total_steps)
     spent = 0.0
     if p.schedule_origin is not None:
-        # the decay ends where the run does, before the time it keeps for its final evaluation and saves: at the
-        # budget's end, a run whose final evaluation took a quarter of it stopped with its lr ~25% of the way from
-        # --min_lr to --lr
+        # the decay ends where the run does, before the time it keeps for its final evaluation and saves: decayed to
+        # the budget's end, a run whose final evaluation takes a quarter of it would stop with its lr ~25% of the way
+        # from --min_lr to --lr
         spent = (now - p.schedule_origin) / max(budget - held_back - p.schedule_origin, 1e-9)
     # (past the decay's end: lr_at's --min_lr)
     return lr_at(int(spent * 10_000), args.lr, args.min_lr, round(budget_warmup * 10_000), 10_000)
@@ -833,20 +833,21 @@ def budget_decisions(args, p, slices, budget, clock, eval_cost, clock_next, save
     # A budgeted run evaluates at each --eval_interval slice of the clock, once EVAL_SPACING times the last
     # evaluation's cost (its time and two saves', as the final one's: the reserve) has passed since it ended: an
     # evaluation that takes longer than a slice (GPT-2's 50k-wide head on a CPU: 5 s against a 1-minute budget's 6-s
-    # slices) had come after every step, 85% of the budget
+    # slices) would otherwise come after every step, 85% of the budget
     due_eval = entered_slice(slices, "eval", args.eval_interval, frac) and (
         last_eval_clock is None or clock >= last_eval_clock + (1 + EVAL_SPACING) * eval_cost)
     if due_eval and stopped in ("done", "max_steps") and clock_next + eval_cost >= budget:
         # this evaluation, a step and the final one would pass the budget: the final one, an evaluation's time later
-        # at most, takes its place (made the final one, it ended the run up to an evaluation's time early, its lr
+        # at most, takes its place (made the final one, it would end the run up to an evaluation's time early, its lr
         # short of the decay's end). At a --max_steps stop too: its evaluation is then a pause, not judged, as the run
-        # in one go skips it (judged, the run continued from it counted an evaluation the run in one go never made)
+        # in one go skips it (judged, the run continued from it would count an evaluation the run in one go never
+        # made)
         due_eval = False
     due_save = entered_slice(slices, "save", args.save_interval, frac)
     if due_save and stopped == "done" and p.epoch < args.epochs and clock_next + save_s >= budget:
         # this save, a step and the final evaluation would pass the budget (the step was judged to fit before the
         # save took its time): skipped as a late evaluation is, the final save, a save's time later at most, takes
-        # its place (made the final one, it ended the run up to a save's time early)
+        # its place (made the final one, it would end the run up to a save's time early)
         due_save = False
     # the end of the run, by the clock or by --epochs, is evaluated and saved
     last = stopped == "time budget" or (end_of_epoch and p.epoch >= args.epochs)
@@ -1838,7 +1839,7 @@ def train(args):
             return run_training(args, held)
         except Exception as e:
             # a rank lost while the ranks set up (the training loop says its own, with the step): another machine
-            # without the files (see run_training), met at the first agreement, was a gloo traceback
+            # without the files (see run_training), met at the first agreement, would be a gloo traceback
             if is_peer_failure(e) and torch.distributed.is_available() and torch.distributed.is_initialized():
                 raise UserError(f"lost contact with the other ranks before training (did one fail? see its lines, on "
                                 f"its machine): {first_line(e, 100)}") from e
@@ -1849,7 +1850,7 @@ def run_training(args, held):
     global use_color, quiet
     use_color = not args.no_color and color_ok(sys.stdout)
     quiet = not speaks_for_machine()  # until the ranks are known: then rank 0 alone
-    if args.reset_epoch and not args.checkpoint:  # (it was ignored: a new run starts at epoch 1 anyway)
+    if args.reset_epoch and not args.checkpoint:  # (a new run starts at epoch 1 anyway: it would do nothing)
         raise UserError("--reset_epoch restarts a checkpoint's epochs and schedule: give it with --checkpoint (a new "
                         "run, --init_from's too, starts at epoch 1)")
     if args.init_from is not None:
@@ -1860,10 +1861,10 @@ def run_training(args, held):
             raise UserError(f"--init_from {args.init_from} is not a folder: it takes a Hugging Face model folder "
                             f"(config.json, model.safetensors, tokenizer files); a .pt checkpoint goes to --checkpoint")
         args = argparse.Namespace(**{**vars(args), "checkpoint": args.init_from})
-    # under torchrun the ranks join before the files are read: a machine of several without them (its data/ or the
-    # checkpoint not copied) ended before joining, and the others waited in the join for its ranks, with no word, for
-    # 30 minutes (its timeout; their torchrun does not learn of another machine's failure). Joined, they lose contact
-    # at once. (One process picks its device after the files' errors: no device prompt before them)
+    # under torchrun the ranks join before the files are read, so that a machine without them (its data/ or the
+    # checkpoint not copied) fails after joining and the others lose contact at once: failing before, it would leave
+    # them waiting in the join, with no word, for its 30-minute timeout (their torchrun does not learn of another
+    # machine's failure). (One process picks its device after the files' errors: no device prompt before them)
     joined = init_distributed(args.device) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
     ckpt = load_checkpoint(args.checkpoint) if args.checkpoint else None
     ckpt_args = (ckpt or {}).get("args") or {}
@@ -1978,12 +1979,12 @@ def run_training(args, held):
     last_val = None
     # the random state at the start of the step in progress, None between steps: a save on the way out of an error
     # inside a step records it, not the state after the step's dropout masks were drawn, so the run resumed from it
-    # redoes that step as the run would have (with the drawn state it drew other masks: another model)
+    # redoes that step as the run would have (with the drawn state it would draw other masks: another model)
     step_rng = None
     # what this run wrote; a best file from an earlier run counts only when continuing that run. A continued run's
     # last save is the one its checkpoint recorded until it saves: a budget keeps room for its final saves at that
-    # cost, and one with --save_interval 0 that never bettered its best measured none before them (it kept no room,
-    # and passed the budget by a save)
+    # cost (one with --save_interval 0 that never betters its best measures none before them: it would keep no room,
+    # and pass the budget by a save)
     recorded = ckpt.get("save_seconds", 0.0) if continuing else 0.0
     saved = {"path": None, "step": p.step, "best": best_path if continuing and os.path.exists(best_path) else None,
              "seconds": recorded if 0 <= recorded < math.inf else 0.0, "total": 0.0}  # (the last save's, the run's)
@@ -2060,10 +2061,11 @@ def run_training(args, held):
     pause_eval = False  # (the step's evaluation is a --max_steps pause: see below)
     # train loss since the last record: each step's mean times its counted targets, summed on the device, and their
     # number, so the record is the mean per target as evaluate() measures it (a step of chat windows without an
-    # assistant token has a loss of 0 over 0 targets: counted as a step, it pulled the train loss towards 0)
+    # assistant token has a loss of 0 over 0 targets: counted as a step, it would pull the train loss towards 0)
     loss_acc, loss_n = torch.zeros((), device=device), 0
     # every save is at a record but the one on the way out of an error: it holds the sum, which the run resumed from it
-    # goes on from (its first record averaged its own steps alone), rank 0 alone (the ranks' shares are all-reduced)
+    # goes on from (else its first record would average its own steps alone), rank 0 alone (the ranks' shares are
+    # all-reduced)
     since = ckpt.get("loss_since_record") if continuing and not args.reset_epoch else None
     if isinstance(since, list) and len(since) == 2 and isinstance(since[0], float) and is_count(since[1]):
         loss_acc += since[0] if dist.main else 0.0
@@ -2150,8 +2152,8 @@ def run_training(args, held):
                             # with none, a 6-s budget ended 6.20 s in
                             reserve = eval_steps * min(step_times, default=0.0) + 2 * saved["seconds"]
                         # the stop also leaves room for one more step (the faster of the last two: one slow step, a
-                        # stall, does not end the run): stopped at the budget minus the evaluation alone, the run
-                        # passed it by up to a step, 10 s for gpt2 on a CPU
+                        # stall, does not end the run): stopped at the budget minus the evaluation alone, a run would
+                        # pass it by up to a step, 10 s for gpt2 on a CPU
                         clock, clock_reserved, clock_next, save_s, interrupted = dist.agree(
                             now, now + reserve, now + reserve + min(step_times, default=0.0), saved["seconds"],
                             interrupt.requested)
@@ -2172,15 +2174,15 @@ def run_training(args, held):
                             due_save = end_of_epoch or (save_every and epoch_step % save_every == 0)
                             due_log = epoch_step % log_every == 0
                         # A --max_steps run stopped between evaluations is evaluated too (--eval_interval 0 leaves it
-                        # to the saves alone): without, its checkpoint held an earlier step's val loss, or none, and
-                        # the run ended without saying where it stood. As a pause, not judged: no best file and no
+                        # to the saves alone): else its checkpoint would hold an earlier step's val loss, or none, and
+                        # the run would end without saying where it stands. As a pause, not judged: no best file and no
                         # --patience count, so a run continued from it keeps the best and stops early where the
                         # run in one go does (exact resume)
                         pause_eval = stopped == "max_steps" and args.eval_interval > 0 and not due_eval
                         due_eval = due_eval or pause_eval
                         # the last step of a run is always logged, and every save is at a record: the loss summed
                         # since the last record is in no checkpoint, and a run resumed from a save between records
-                        # logged its first train loss over its own steps alone
+                        # would log its first train loss over its own steps alone
                         due_log = due_log or due_eval or due_save or stopped != "done" or interrupted
 
                         if due_log:
@@ -2216,7 +2218,8 @@ def run_training(args, held):
                                     raise UserError(f"the val loss became {last_val} at step {p.step}: {diverged()}")
                                 bpb = bits_per_byte(last_val, meta)
                                 # a best file that goes at the first save (--overwrite) bars nothing: judged against
-                                # it, an evaluation at that save was never a best, and a later, worse one became one
+                                # it, an evaluation at that save would never be a best, and a later, worse one would
+                                # be one
                                 better, improved = p.judge(last_val, no_bar=best_goes, pause=pause_eval)
                                 rec.update(val_loss=round(last_val, 5), val_ppl=round(math.exp(min(last_val, 50)), 3),
                                            val_bpb=None if bpb is None else round(bpb, 5), best=improved)
@@ -2224,8 +2227,8 @@ def run_training(args, held):
                                               pause_eval))
                                 if improved:
                                     save(best_path)
-                                # (a pause's stops nothing: a run continued with a new --patience stopped at
-                                # it, an evaluation before the run in one go did)
+                                # (a pause stops nothing: a run continued from it with a new --patience would stop
+                                # there, an evaluation before the run in one go)
                                 if args.patience and not pause_eval and p.evals_since_best >= args.patience:
                                     stopped = "early stop"
                                     say(paint(f"no better val loss in {args.patience} evaluations: stopping early "
@@ -2245,12 +2248,12 @@ def run_training(args, held):
                             reserve = time.time() - t_extra - (saved["total"] - saves_before) + 2 * saved["seconds"]
                             last_eval_clock = clock
                         # tokens/s measures training, not evals and saves, nor the first step: a cold torch.compile's
-                        # 30-60 s made the first log's rate 20x too low and its "epoch ends in" hours too late
+                        # 30-60 s would make the first log's rate 20x too low and its "epoch ends in" hours too late
                         if due_log or due_save or run_steps == 1:
                             t_mark, tokens_mark = time.time(), 0
                         # an interrupt in the run's last step (its epochs, budget or patience done, or --max_steps) lets
-                        # it end as it would have, with its summary: "interrupted ... continue with" and 130 told of a
-                        # run that had ended, whose continuation was then refused
+                        # it end as it would have, with its summary, not "interrupted ... continue with" and exit 130
+                        # for a run that has ended, whose continuation would be refused
                         if interrupted and stopped == "done" and p.epoch < args.epochs:
                             say(paint(f"interrupted at step {p.step:,}: saved {saved['path']}; continue with "
                                       f"`{dist.command()} --checkpoint {shlex.quote(saved['path'])}`", "yellow"))
@@ -2258,9 +2261,10 @@ def run_training(args, held):
                                 raise SystemExit(128 + signal.SIGTERM)
                             # the others end once rank 0 has saved: torchrun stops every rank (SIGTERM) when one ends
                             # with an error unless the Ctrl-C reached it too (not so for one typed on another machine's
-                            # terminal): rank 0 was stopped mid-save, and this step's checkpoint and line were lost
+                            # terminal): ending sooner, they could stop rank 0 mid-save, and this step's checkpoint and
+                            # line would be lost
                             dist.agree(0)
-                            # the line above says it all: a KeyboardInterrupt added run_main's bare "interrupted"
+                            # the line above says it all: a KeyboardInterrupt would add run_main's bare "interrupted"
                             raise SystemExit(130)
                         if stopped != "done":
                             break
@@ -2281,8 +2285,9 @@ def run_training(args, held):
         if dist.world > 1 and is_peer_failure(e):
             if interrupt.requested:
                 # Ctrl-C reached every rank, and another quit on it before its loop (where it waits for the step's
-                # end): this one ends as interrupted too. As a lost contact it waited for the SIGTERM torchrun sends
-                # when a rank fails, which torchrun, stopping on the Ctrl-C itself, never sent: killed 30 s later
+                # end): this one ends as interrupted too. As a lost contact it would wait for the SIGTERM torchrun
+                # sends when a rank fails, which torchrun, stopping on the Ctrl-C itself, never sends, and be killed
+                # 30 s later
                 raise KeyboardInterrupt from e
             raise UserError(f"lost contact with the other ranks at step {p.step:,} (did one fail? see its lines above): "
                             f"{first_line(e, 100)}; last checkpoint: {saved['path'] or 'none'}") from e
