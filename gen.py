@@ -160,8 +160,8 @@ def complete_batch(model, enc, prompts, max_tokens, stop_tokens=(), batch_size=8
     """Completions of many token lists: prompts of equal length share a batch (no padding needed,
     so every row sees exactly what it would alone). Returns [(text, stopped_by)] in input order.
     seed: each row samples from its own generator started from it, as `gen.py --prompt P --seed S` does, so a
-    completion depends on neither --batch_size nor the other prompts of the file (one generator for them all made
-    adding a line change every completion after it); None: sampling's generator, shared."""
+    completion depends on neither --batch_size nor the other prompts of the file (with one generator for them all,
+    adding a line would change every completion after it); None: sampling's generator, shared."""
     device = next(model.parameters()).device if seed is not None else None
     by_len = {}
     for i, p in enumerate(prompts):
@@ -196,12 +196,13 @@ def complete_batch(model, enc, prompts, max_tokens, stop_tokens=(), batch_size=8
 def fit_history(enc, messages, budget):
     """Drop the oldest turns until the rendered conversation (with the assistant's generation
     prompt) fits in budget tokens. A leading system message stays; the newest message always
-    stays, even alone and too long (the caller then keeps its end)."""
+    stays, even alone and too long (the caller then keeps its end); what is kept never opens on an
+    assistant's answer whose question was dropped."""
     head = messages[:1] if messages and messages[0]["role"] == "system" else []
     rest = messages[len(head):]
     # every message renders to 4 tokens or more, so no more than the newest budget // 4 + 1 can fit, and render_chat
     # renders message by message, so each is rendered once and their lengths add up: the cost stays flat however
-    # long a gen.py --chat session gets (re-rendering the whole history per dropped message took 1.6 s a reply
+    # long a gen.py --chat session gets (re-rendering the whole history per dropped message would take 1.6 s a reply
     # after 400 turns, 8 s after 1,000)
     start = max(0, len(rest) - (budget // 4 + 1))
     sizes = [len(render_chat(enc, [m])[0]) for m in rest[start:]]
@@ -220,29 +221,30 @@ def chat_reply(model, enc, history, max_tokens, on_text=None, info=None, warn=Tr
     the newest turns that fit. info, a dict if given, receives prompt_ids, new_tokens, dropped
     (how many of the oldest messages the context could not hold) and short (whether the context cut the
     newest message or leaves the reply fewer than max_tokens: a warning line unless warn is False)."""
-    block = model.config.block_size
-    budget = block - reserve_for(model, max_tokens)
+    block_size = model.config.block_size
+    budget = block_size - reserve_for(model, max_tokens)
     fitted = fit_history(enc, history, budget)
     ids, _ = render_chat(enc, fitted, add_generation_prompt=True)
     short = False
-    if len(ids) > budget:  # the system message and the newest one alone: never cut the system message
-        if len(ids) < block:  # the reply takes what is left, as serve.py's does
+    if len(ids) > budget:  # over budget with fit_history down to the system message and the newest one
+        if len(ids) < block_size:  # the reply takes what is left, as serve.py's does
             # (generation stops at the end of the context: "context", not the "max_tokens" that were not given; what
             # is left may be all max_tokens asks)
             short = room_after(model, len(ids)) < max_tokens
             if short and warn:
-                print(f"warning: the conversation is {len(ids)} tokens but the context holds {block}: the reply gets "
-                      f"{room_after(model, len(ids))} tokens at most", file=sys.stderr)
+                print(f"warning: the conversation is {len(ids)} tokens but the context holds {block_size}: the reply "
+                      f"gets {room_after(model, len(ids))} tokens at most", file=sys.stderr)
         else:  # the start of the newest message goes
             short = True
-            head = len(render_chat(enc, fitted[:1])[0]) if fitted[0]["role"] == "system" and len(fitted) > 1 else 0
-            if head < budget:
-                kept = f"the system message and the last {budget - head} of the rest" if head else \
-                    f"its last {budget}"  # (no system message: it was said to keep one)
+            has_system = fitted[0]["role"] == "system" and len(fitted) > 1
+            system_len = len(render_chat(enc, fitted[:1])[0]) if has_system else 0  # its tokens, kept whole
+            if system_len < budget:
+                kept = f"the system message and the last {budget - system_len} of the rest" if system_len else \
+                    f"its last {budget}"  # (without a system message, none to name)
                 if warn:
-                    print(f"warning: the conversation is {len(ids)} tokens but the context holds {block}: keeping "
-                          f"{kept} so {min(max_tokens, room_after(model, budget))} can follow", file=sys.stderr)
-                ids = ids[:head] + ids[len(ids) - (budget - head):]
+                    print(f"warning: the conversation is {len(ids)} tokens but the context holds {block_size}: "
+                          f"keeping {kept} so {min(max_tokens, room_after(model, budget))} can follow", file=sys.stderr)
+                ids = ids[:system_len] + ids[len(ids) - (budget - system_len):]
             else:  # the system message alone fills the context: its start goes too, said so
                 ids = crop_prompt(model, ids, max_tokens, what="the conversation (its system message alone fills the "
                                   "context: cut too)", warn=warn)
@@ -534,7 +536,7 @@ def check_options(args):
 def main(argv=None):
     args = parse_args(argv)
     check_options(args)
-    if args.output == "-":  # stdout, as eval.py --json - and most tools read it (it wrote a file named "-")
+    if args.output == "-":  # stdout, as eval.py --json - and most tools read it (not a file named "-")
         args.output = None
     # bad input fails before the model loads and generates, not after
     prompts = read_prompt_file(args.prompt_file) if args.prompt_file else None
@@ -546,7 +548,7 @@ def main(argv=None):
     model, enc, ckpt = load_model(path, device)
     if not args.checkpoint and not args.verbose:  # (--verbose's first line names it)
         # which of models/ is "the newest" is not the user's to guess: after a fine-tune it is the chat run's last
-        # checkpoint, not the best file its "try it" named, and a story prompt came back in ChatML without a word
+        # checkpoint, not the best file its "try it" named, and a story prompt would come back in ChatML unexplained
         print(f"using {path}, the newest checkpoint in models/", file=sys.stderr)
     if args.chat:
         warn_if_trained_on_text(path, ckpt)
@@ -557,9 +559,10 @@ def main(argv=None):
               f"{'' if args.chat or args.prompt_file else '; --nonstop slides it on'}", file=sys.stderr)
     elif args.max_tokens and args.chat and \
             max_tokens > (least := room_after(model, model.config.block_size - reserve_for(model, max_tokens))):
-        # (only a turn that crowds the history out was warned of: the others were cut short without a word)
-        # ("or more" held only while the newest message fits the other half: a longer one leaves less, and its own
-        # warning then says how much; a 64-token context was told 33 or more, then 20 at most)
+        # (chat_reply warns only of a turn whose history crowds the reply out: every other turn would be cut short
+        # without a word. "or more" holds while the newest message fits the other half; after a longer one, which
+        # leaves less, chat_reply's warning says how much: a 64-token context is told 33 or more here, 20 at most
+        # after such a message)
         print(f"warning: --max_tokens {max_tokens} is more than the half of the context ({model.config.block_size}) "
               f"kept for replies: a reply gets {least} tokens or more, as many as the conversation leaves, fewer after "
               f"a message longer than the other half", file=sys.stderr)
@@ -608,7 +611,7 @@ def main(argv=None):
         results = complete_batch(model, enc, ids, max_tokens, text_stops, batch_size=args.batch_size or 8, seed=seed,
                                  **sampling)
         dt = time.perf_counter() - t0
-        # "end": why the completion ended, as --verbose's [end: REASON] says (a reader could not tell a story that
+        # "end": why the completion ended, as --verbose's [end: REASON] says (so a reader can tell a story that
         # ended from one cut off by --max_tokens)
         lines = "".join(json.dumps({"prompt": p, "completion": text, "end": end}, ensure_ascii=False) + "\n"
                         for p, (text, end) in zip(prompts, results))
@@ -623,7 +626,7 @@ def main(argv=None):
     elif args.chat:
         history = [{"role": "system", "content": args.system}] if args.system else []
         lines = [args.prompt] if args.prompt is not None else read_lines(bold + "> " + plain, tty_in)
-        if tty_in and args.prompt is None:  # a bare "> " told no one how to leave or start over
+        if tty_in and args.prompt is None:  # a bare "> " would tell no one how to leave or start over
             print(f"({CHAT_HELP})", file=sys.stderr)
         for line in lines:
             # (the training sets' turns are stripped: a pasted block's last newline is no part of the message)
@@ -637,7 +640,7 @@ def main(argv=None):
                 if tty_in:
                     print("(history cleared)", file=sys.stderr)
                 continue
-            if re.fullmatch(r"/(\w+|\?)", message):  # /help, /quit, ollama's /bye: they went to the model as messages
+            if re.fullmatch(r"/(\w+|\?)", message):  # /help, /quit, ollama's /bye: meant for gen.py, not the model
                 print(f"({message} is not a command: {CHAT_HELP})", file=sys.stderr)
                 continue
             history.append({"role": "user", "content": message})
