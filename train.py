@@ -1507,7 +1507,7 @@ def resumed_progress(args, ckpt, ckpt_args, meta, train_w, val_w, batches, eval_
     if ckpt_args.get("time_budget") is None:  # a budget given to a run that had none starts now, all of it
         p.budget_elapsed, p.schedule_origin = 0.0, None
     # the epoch's window order is another: going on from the position would repeat some windows, skip others
-    # (each named, with its values: "the data, --block_size or --seed changed" left the user to find which)
+    # (each change named, with its values, so the user need not find which)
     def tokens(n):
         return f"{n:,}" if is_count(n) else n
     changed = [f"{name} ({was} -> {now})" for name, was, now in (
@@ -1532,8 +1532,8 @@ def resumed_progress(args, ckpt, ckpt_args, meta, train_w, val_w, batches, eval_
     was = was_batch * ckpt_args.get("grad_accum", 1) * was_world
     world, now = batches.windows_per_step // batches.rank_windows, batches.windows_per_step
     if was and was_world != world and was != now:
-        # --batch_size and --grad_accum are per process and inherited as such: continued on other ranks, the run took
-        # another global batch without a word, other steps than the run it continues (2 -> 1 ranks: half the batch)
+        # --batch_size and --grad_accum are per process and inherited as such: continued on other ranks, the run takes
+        # another global batch, other steps than the run it continues (2 -> 1 ranks: half the batch), said here
         keep = (f"--grad_accum {was // (args.batch_size * world)}" if was % (args.batch_size * world) == 0 else
                 f"--batch_size {was // (args.grad_accum * world)}" if was % (args.grad_accum * world) == 0 else
                 f"a --batch_size x --grad_accum x {world} processes of {was:,}")
@@ -1541,8 +1541,8 @@ def resumed_progress(args, ckpt, ckpt_args, meta, train_w, val_w, batches, eval_
              f"{world} (--batch_size and --grad_accum are per process): not the same steps as that run; {keep} "
              f"keeps its {was:,}")
     # evaluations take the val windows the run took, whatever the batches: continued in other ones (--batch_size 8
-    # --grad_accum 2 for 16, as the out-of-memory error advises, or on other ranks) they took eval_batches of the
-    # new size, another subset of the split, whose loss the best file and --patience compared with the run's
+    # --grad_accum 2 for 16, as the out-of-memory error advises, or on other ranks), eval_batches of the new size
+    # would be another subset of the split, whose loss the best file and --patience would compare with the run's
     # earlier ones. (Checkpoints from before eval_windows: what their options made.)
     was_eval = ckpt.get("eval_windows")
     if not is_count(was_eval) and is_count(ckpt_args.get("eval_batches")) and is_count(was_batch):
@@ -1550,14 +1550,15 @@ def resumed_progress(args, ckpt, ckpt_args, meta, train_w, val_w, batches, eval_
     if not eval_given and is_count(was_eval):
         eval_windows = was_eval
     # a val loss over windows of another length, or over another val split (the data prepared again), does not
-    # compare with the checkpoint's best: held against it, a shorter context (which alone raises the loss) made no
-    # evaluation a best again and --patience stopped the run however it learned. The next evaluation starts a bar.
+    # compare with the checkpoint's best: held against it, a shorter context (which alone raises the loss) would make
+    # no evaluation a best again, and --patience would stop the run however it learned. The next evaluation starts a
+    # bar.
     was_val = ckpt.get("data", {}).get("val_tokens")
     now_val = meta.get("splits", {}).get("val", {}).get("tokens")
     other_T = is_count(ckpt_args.get("block_size")) and ckpt_args["block_size"] != args.block_size
     other_val = is_count(was_val) and is_count(now_val) and was_val != now_val
     # or over other windows of the split: --eval_batches given anew (a quick look with 1 batch, held against the
-    # best of 50, made a best file of a worse model or let --patience stop a run that still learned)
+    # best of 50, could make a best file of a worse model or let --patience stop a run that still learns)
     other_eval = is_count(was_eval) and min(was_eval, len(val_w)) != min(eval_windows, len(val_w))
     if p.best_val_loss is not None and (other_T or other_val or other_eval):
         warn(f"the checkpoint's best val loss {p.best_val_loss:.4f} was measured "
