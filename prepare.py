@@ -95,6 +95,7 @@ THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 
 # a batch is what one threaded encode call gets: large enough to keep every core busy,
 # small enough that its Python token lists stay a few tens of MB whatever the corpus size
 BATCH_DOCS, BATCH_CHARS = 8192, 4 << 20
+SAY_VOCABULARY_BYTES = 100 << 20  # input at which training a vocabulary is said before it starts (about 10 s)
 # conversations are packed into blocks of the tiny and small presets' context (model.PRESETS, not
 # imported: prepare.py runs without torch)
 DEFAULT_PACK = 256
@@ -1698,6 +1699,14 @@ def train_vocabulary(plan, vocab_size, path, limit, val_fraction, pack=None):
         if cut and not trained:
             raise too_little_text([s for part in plan.get("parts", [plan]) for s in part["streams"]], "train")
 
+    # said first where it takes a while: nothing else is shown meanwhile (the tokenizing that follows has its bar), and
+    # on 360 MB of stories one core read it and trained for 34 s; text of many distinct words takes far longer, and
+    # memory, in the merges that end it, during which Ctrl-C is heard only at their end (rustbpe holds the interpreter)
+    size = sum(os.path.getsize(f) for part in plan.get("parts", [plan]) for f in part.get("files", ()) if os.path.isfile(f))
+    if size >= SAY_VOCABULARY_BYTES:
+        print(f"training a {vocab_size:,}-token vocabulary on {size / 1e6:,.0f} MB of input (its train text): about "
+              f"a minute a GB on one core, more where the text has many distinct words (Ctrl-C waits for the final "
+              f"merges)", flush=True)
     t0 = time.time()
     enc = train_bpe(texts(), vocab_size, path, plan["description"])
     print(f"trained a {enc.n_vocab}-token vocabulary on the data in {time.time() - t0:.1f}s")
