@@ -818,41 +818,94 @@ def entered_slice(slices, kind, pct, frac):
     return k > last
 
 
-def budget_decisions(args, p, slices, budget, clock, eval_cost, clock_next, save_s, last_eval_clock, stopped,
-                     end_of_epoch):
-    """What a --time_budget run (budget: seconds) does after a step, from the clocks every rank agreed on: clock, the
-    seconds of the budget spent; eval_cost, the final evaluation's and its two saves' seconds; clock_next, when one
-    more step and the final evaluation would end; save_s, the last save's seconds (see save_estimate). Returns
-    (stopped, due_eval, due_save, due_log): stopped, the reason the run stops ("done": it goes on), and what is due at
-    this step.
-    last_eval_clock: the clock when the last evaluation began, at its step's end (None before the first): it ended
-    about eval_cost later, hence 1 + EVAL_SPACING of them from there; slices: entered_slice's."""
-    if clock_next >= budget:
-        stopped = "time budget"
-    frac = clock / budget
-    # A budgeted run evaluates at each --eval_interval slice of the clock, once EVAL_SPACING times the last
-    # evaluation's cost (its time and two saves', as the final one's: the reserve) has passed since it ended: an
-    # evaluation that takes longer than a slice (GPT-2's 50k-wide head on a CPU: 5 s against a 1-minute budget's 6-s
-    # slices) would otherwise come after every step, 85% of the budget
-    due_eval = entered_slice(slices, "eval", args.eval_interval, frac) and (
-        last_eval_clock is None or clock >= last_eval_clock + (1 + EVAL_SPACING) * eval_cost)
-    if due_eval and stopped in ("done", "max_steps") and clock_next + eval_cost >= budget:
-        # this evaluation, a step and the final one would pass the budget: the final one, an evaluation's time later
-        # at most, takes its place (made the final one, it would end the run up to an evaluation's time early, its lr
-        # short of the decay's end). At a --max_steps stop too: its evaluation is then a pause, not judged, as the run
-        # in one go skips it (judged, the run continued from it would count an evaluation the run in one go never
-        # made)
-        due_eval = False
-    due_save = entered_slice(slices, "save", args.save_interval, frac)
-    if due_save and stopped == "done" and p.epoch < args.epochs and clock_next + save_s >= budget:
-        # this save, a step and the final evaluation would pass the budget (the step was judged to fit before the
-        # save took its time): skipped as a late evaluation is, the final save, a save's time later at most, takes
-        # its place (made the final one, it would end the run up to a save's time early)
-        due_save = False
-    # the end of the run, by the clock or by --epochs, is evaluated and saved
-    last = stopped == "time budget" or (end_of_epoch and p.epoch >= args.epochs)
-    due_log = entered_slice(slices, "log", args.log_interval, frac)
-    return stopped, due_eval or last, due_save or last, due_log
+class RunClock:
+    """A run's clock, in seconds of its --time_budget spent (kept without one too: the log lines' "ends in" read it),
+    and the room a budget keeps for the final evaluation and its saves. Every rank takes the same decisions: after
+    each step they agree on the slowest one's clock (agree), and the budget's decisions read only what they agreed."""
+
+    def __init__(self, budget, start, t_run, eval_steps):
+        self.budget = budget  # seconds, or None
+        self.start = start  # seconds of it spent before this run: a continued budgeted run goes on with its clock
+        self.t_run = t_run  # time.time() when this run started
+        self.eval_steps = eval_steps  # an evaluation's cost in training steps, until one is measured
+        # the last two steps' seconds (not the first's: a cold compile): a budget's next step must fit
+        self.step_times = []
+        # seconds the final evaluation and saves will take: a budgeted run stops early enough to fit them
+        self.reserve = 0.0
+        self.held_back = 0.0  # (the reserve as the ranks agreed it: the lr schedule's end)
+        self.agreed = start  # seconds of the budget spent, as all ranks agree after each step
+        self.next = None  # when one more step and the final evaluation would end, as all ranks agree
+        self.last_eval = None  # the agreed clock when the last evaluation began (see decisions)
+        self.slices = {}  # a budgeted run's logs, evaluations and saves follow the clock instead (see entered_slice)
+
+    def now(self):
+        """Seconds of the budget spent now, by this rank's clock."""
+        return self.start + time.time() - self.t_run
+
+    def agree(self, dist, save_s, interrupted):
+        """After a step: the clock, the reserve and when the next step would end as every rank agrees them (the slowest
+        rank's), in the step's one agreement, which carries the last save's seconds (save_s) and Ctrl-C (interrupted) on
+        any rank too: returns those two, agreed."""
+        now = self.now()
+        if self.last_eval is None:
+            # no evaluation measured yet (with --eval_interval 0 the final one is the first): the stop keeps room for
+            # one all the same, and for its saves (the best file and the checkpoint); with none, a 6-s budget ended
+            # 6.20 s in
+            self.reserve = self.eval_steps * min(self.step_times, default=0.0) + 2 * save_s
+        # the stop also leaves room for one more step (the faster of the last two: one slow step, a stall, does not
+        # end the run): stopped at the budget minus the evaluation alone, a run would pass it by up to a step, 10 s for
+        # gpt2 on a CPU
+        self.agreed, reserved, self.next, save_s, interrupted = dist.agree(
+            now, now + self.reserve, now + self.reserve + min(self.step_times, default=0.0), save_s, interrupted)
+        self.held_back = reserved - self.agreed  # the reserve, as every rank agrees it
+        return save_s, interrupted
+
+    def start_schedule(self, p):
+        """After a budgeted run's first step: the schedule starts once the first step (a cold compile) is done: a new
+        budget's here, a continued one's moves on by this first step's time, so that a recompile neither uses up the
+        warmup nor skips part of the decay."""
+        p.schedule_origin = self.agreed if p.schedule_origin is None else p.schedule_origin + self.agreed - self.start
+
+    def evaluated(self, seconds, save_s):
+        """After an evaluation at this step, of seconds without the saves it happened to make: the final evaluation's
+        reserve is its time and the two saves that follow the final one (the best file, the checkpoint) at the last
+        save's cost (save_s)."""
+        self.reserve = seconds + 2 * save_s
+        self.last_eval = self.agreed
+
+    def decisions(self, args, p, save_s, stopped, end_of_epoch):
+        """What a --time_budget run does after a step, from the clocks every rank agreed on (agree): save_s, the last
+        save's seconds (see save_estimate), as agreed; stopped, why the run stops so far. Returns (stopped, due_eval,
+        due_save, due_log): stopped, the reason the run stops ("done": it goes on), and what is due at this step.
+        An evaluation's cost is the reserve (held_back: its time and its two saves', as the final one's); the last one
+        began at last_eval, at its step's end, and ended about that cost later, hence 1 + EVAL_SPACING of them from
+        there."""
+        if self.next >= self.budget:
+            stopped = "time budget"
+        frac = self.agreed / self.budget
+        # A budgeted run evaluates at each --eval_interval slice of the clock, once EVAL_SPACING times the last
+        # evaluation's cost (its time and two saves', as the final one's: the reserve) has passed since it ended: an
+        # evaluation that takes longer than a slice (GPT-2's 50k-wide head on a CPU: 5 s against a 1-minute budget's 6-s
+        # slices) would otherwise come after every step, 85% of the budget
+        due_eval = entered_slice(self.slices, "eval", args.eval_interval, frac) and (
+            self.last_eval is None or self.agreed >= self.last_eval + (1 + EVAL_SPACING) * self.held_back)
+        if due_eval and stopped in ("done", "max_steps") and self.next + self.held_back >= self.budget:
+            # this evaluation, a step and the final one would pass the budget: the final one, an evaluation's time
+            # later at most, takes its place (made the final one, it would end the run up to an evaluation's time
+            # early, its lr short of the decay's end). At a --max_steps stop too: its evaluation is then a pause, not
+            # judged, as the run in one go skips it (judged, the run continued from it would count an evaluation the
+            # run in one go never made)
+            due_eval = False
+        due_save = entered_slice(self.slices, "save", args.save_interval, frac)
+        if due_save and stopped == "done" and p.epoch < args.epochs and self.next + save_s >= self.budget:
+            # this save, a step and the final evaluation would pass the budget (the step was judged to fit before the
+            # save took its time): skipped as a late evaluation is, the final save, a save's time later at most, takes
+            # its place (made the final one, it would end the run up to a save's time early)
+            due_save = False
+        # the end of the run, by the clock or by --epochs, is evaluated and saved
+        last = stopped == "time budget" or (end_of_epoch and p.epoch >= args.epochs)
+        due_log = entered_slice(self.slices, "log", args.log_interval, frac)
+        return stopped, due_eval or last, due_save or last, due_log
 
 
 def save_estimate(model, optimizer):
@@ -2017,7 +2070,7 @@ def run_training(args, held):
                             args=dict(vars(args), world_size=dist.world),
                             best_val_loss=p.best_val_loss, evals_since_best=p.evals_since_best, val_loss=last_val,
                             elapsed=p.elapsed + time.time() - t_run,
-                            budget_elapsed=budget_spent + time.time() - t_run, schedule_origin=p.schedule_origin,
+                            budget_elapsed=clock.now(), schedule_origin=p.schedule_origin,
                             budget_done=stopped == "time budget", stopped_early=stopped == "early stop",
                             # the last save's (the estimate before the first): this one's is not known until written
                             save_seconds=saved["seconds"],
@@ -2055,7 +2108,6 @@ def run_training(args, held):
     def every(pct):  # (past the run: only at its end; 1e308 % overflowed to an OverflowError)
         return max(1, round(min(spe * pct / 100, 2**62))) if pct > 0 else None
     log_every, eval_every, save_every = every(args.log_interval), every(args.eval_interval), every(args.save_interval)
-    slices = {}  # a budgeted run's logs, evaluations and saves follow the clock instead (see entered_slice)
 
     # ---- the loop
     run_steps, run_tokens, stopped = 0, 0, "done"
@@ -2074,9 +2126,6 @@ def run_training(args, held):
     t_mark, tokens_mark = time.time(), 0  # for tokens/s, restarted after each record, eval and save
     tps = 0.0
     train_s, train_tokens = 0.0, 0  # the logged intervals summed: the run's training speed, for the summary
-    budget_spent = p.budget_elapsed  # a continued budgeted run goes on with its clock
-    reserve = 0.0  # seconds the final evaluation and saves will take: a budgeted run stops early enough to fit them
-    held_back = 0.0  # (agreed by the ranks: the lr schedule's end)
 
     def run_ends(s_per_step, epoch_steps_left, spent):
         """time_left of this run, for the bar and the log lines alike: spent, the seconds of the budget spent."""
@@ -2086,9 +2135,7 @@ def run_training(args, held):
     # backward is twice the forward), and an evaluation of tiny on a CPU took 0.26-0.39 of a step a batch; half leaves
     # room (a toy model's steps, mostly overhead, took up to 0.74 of one: a short evaluation all the same)
     eval_steps = min(eval_windows, len(val_w)) / batches.windows_per_step / 2
-    step_times = []  # the last two steps' seconds (not the first's: a cold compile): a budget's next step must fit
-    clock = budget_spent  # seconds of the budget spent, as all ranks agree after each step
-    last_eval_clock = None  # the clock when the last evaluation began (see budget_decisions)
+    clock = RunClock(budget, p.budget_elapsed, t_run, eval_steps)
     model.train()
     interrupt = GracefulInterrupt()
     try:
@@ -2101,13 +2148,12 @@ def run_training(args, held):
                 of = f"/{args.epochs}" if args.epochs < UNLIMITED_EPOCHS else ""
                 bar = EpochBar(total=spe, initial=epoch_step, desc=f"epoch {epoch + 1}{of}", unit="step",
                                dynamic_ncols=True, disable=not draws_a_bar(sys.stderr) or quiet, file=sys.stderr,
-                               ends=lambda s_per_step, steps_left: run_ends(s_per_step, steps_left,
-                                                                            budget_spent + time.time() - t_run))
+                               ends=lambda s_per_step, steps_left: run_ends(s_per_step, steps_left, clock.now()))
                 try:
                     for micro, step_windows, n_targets in steps:  # (see Batches.epoch)
                         # (several ranks take the clock they agreed on: their weights must stay identical)
-                        now = budget_spent + time.time() - t_run if dist.world == 1 else clock
-                        lr = step_lr(args, p, total_steps, budget, budget_warmup, now, held_back)
+                        now = clock.now() if dist.world == 1 else clock.agreed
+                        lr = step_lr(args, p, total_steps, budget, budget_warmup, now, clock.held_back)
                         for group in optimizer.param_groups:
                             group["lr"] = lr
                         if dist.rank and config.dropout:
@@ -2124,7 +2170,7 @@ def run_training(args, held):
                         step_rng = None
                         step_s = time.time() - t_step
                         if run_steps:
-                            step_times = step_times[-1:] + [step_s]
+                            clock.step_times = clock.step_times[-1:] + [step_s]
                         elif args.compile:
                             say(paint(f"first step {step_s:.1f} s", "dim"))
                         p.step += 1
@@ -2146,30 +2192,13 @@ def run_training(args, held):
                             # for the room a budget keeps and for the checkpoint to record (see SAVE_BYTES_PER_S)
                             saved["seconds"] = save_estimate(model, optimizer)
                         # every rank must take the same decisions: the slowest rank's clock, and Ctrl-C on any
-                        now = budget_spent + time.time() - t_run
-                        if last_eval_clock is None:
-                            # no evaluation measured yet (with --eval_interval 0 the final one is the first): the stop
-                            # keeps room for one all the same, and for its saves (the best file and the checkpoint);
-                            # with none, a 6-s budget ended 6.20 s in
-                            reserve = eval_steps * min(step_times, default=0.0) + 2 * saved["seconds"]
-                        # the stop also leaves room for one more step (the faster of the last two: one slow step, a
-                        # stall, does not end the run): stopped at the budget minus the evaluation alone, a run would
-                        # pass it by up to a step, 10 s for gpt2 on a CPU
-                        clock, clock_reserved, clock_next, save_s, interrupted = dist.agree(
-                            now, now + reserve, now + reserve + min(step_times, default=0.0), saved["seconds"],
-                            interrupt.requested)
-                        held_back = clock_reserved - clock  # the reserve, as every rank agrees it
+                        save_s, interrupted = clock.agree(dist, saved["seconds"], interrupt.requested)
                         if budget and run_steps == 1:
-                            # the schedule starts once the first step (a cold compile) is done: a new budget's here, a
-                            # continued one's moves on by this first step's time, so that a recompile neither uses up
-                            # the warmup nor skips part of the decay
-                            p.schedule_origin = clock if p.schedule_origin is None else \
-                                p.schedule_origin + clock - budget_spent
+                            clock.start_schedule(p)
                         t_extra, saves_before = time.time(), saved["total"]
                         if budget:
-                            stopped, due_eval, due_save, due_log = budget_decisions(
-                                args, p, slices, budget, clock, held_back, clock_next, save_s, last_eval_clock,
-                                stopped, end_of_epoch)
+                            stopped, due_eval, due_save, due_log = clock.decisions(args, p, save_s, stopped,
+                                                                                   end_of_epoch)
                         else:
                             due_eval = end_of_epoch or (eval_every and epoch_step % eval_every == 0)
                             due_save = end_of_epoch or (save_every and epoch_step % save_every == 0)
@@ -2208,7 +2237,7 @@ def run_training(args, held):
                             loss_n = 0
                             bar.set_postfix(loss=shown, lr=f"{lr:.1e}", tok_s=f"{tps:,.0f}", refresh=False)
                             if bar.disable and not due_eval:
-                                left, what = run_ends(tok_step / max(tps, 1e-9), spe - epoch_step, clock)
+                                left, what = run_ends(tok_step / max(tps, 1e-9), spe - epoch_step, clock.agreed)
                                 say(f"step {p.step:,} (epoch {rec['epoch']:.2f}): loss {shown}, lr {lr:.2e}, "
                                     f"{tps:,.0f} tokens/s, {what} ends in {fmt_time(left)}")
                             if due_eval:
@@ -2244,10 +2273,7 @@ def run_training(args, held):
                         if due_save or stopped != "done" or interrupted:
                             save(out_path())
                         if due_eval:
-                            # the final evaluation's: this one's time without the saves it happened to make, and the
-                            # two that follow the final one (the best file, the checkpoint) at the last save's cost
-                            reserve = time.time() - t_extra - (saved["total"] - saves_before) + 2 * saved["seconds"]
-                            last_eval_clock = clock
+                            clock.evaluated(time.time() - t_extra - (saved["total"] - saves_before), saved["seconds"])
                         # tokens/s measures training, not evals and saves, nor the first step: a cold torch.compile's
                         # 30-60 s would make the first log's rate 20x too low and its "epoch ends in" hours too late
                         if due_log or due_save or run_steps == 1:
