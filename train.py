@@ -2240,32 +2240,32 @@ def run_training(args, held):
                                 left, what = run_ends(tok_step / max(tps, 1e-9), spe - epoch_step, clock.agreed)
                                 say(f"step {p.step:,} (epoch {rec['epoch']:.2f}): loss {shown}, lr {lr:.2e}, "
                                     f"{tps:,.0f} tokens/s, {what} ends in {fmt_time(left)}")
-                            if due_eval:
-                                last_val = evaluate(model, val_w, args.batch_size, eval_windows, device, dtype, fwd,
-                                                    dist)
-                                if not math.isfinite(last_val):  # this step's update broke the weights (its loss was
-                                    # finite): not a record (NaN is no JSON) nor a checkpoint, as a nan training loss
-                                    raise UserError(f"the val loss became {last_val} at step {p.step}: {diverged()}")
-                                bpb = bits_per_byte(last_val, meta)
-                                # a best file that goes at the first save (--overwrite) bars nothing: judged against
-                                # it, an evaluation at that save would never be a best, and a later, worse one would
-                                # be one
-                                better, improved = p.judge(last_val, no_bar=best_goes, pause=pause_eval)
-                                rec.update(val_loss=round(last_val, 5), val_ppl=round(math.exp(min(last_val, 50)), 3),
-                                           val_bpb=None if bpb is None else round(bpb, 5), best=improved)
-                                say(eval_line(p.step, rec["epoch"], shown, last_val, meta, lr, tps, better, improved,
-                                              pause_eval))
-                                if improved:
-                                    save(best_path)
-                                # (a pause stops nothing: a run continued from it with a new --patience would stop
-                                # there, an evaluation before the run in one go)
-                                if args.patience and not pause_eval and p.evals_since_best >= args.patience:
-                                    stopped = "early stop"
-                                    say(paint(f"no better val loss in {args.patience} evaluations: stopping early "
-                                              f"(--patience)", "yellow"))
+                        # (every evaluation is at a record, rec: due_eval implies due_log)
+                        if due_eval:
+                            last_val = evaluate(model, val_w, args.batch_size, eval_windows, device, dtype, fwd, dist)
+                            if not math.isfinite(last_val):  # this step's update broke the weights (its loss was
+                                # finite): not a record (NaN is no JSON) nor a checkpoint, as a nan training loss
+                                raise UserError(f"the val loss became {last_val} at step {p.step}: {diverged()}")
+                            bpb = bits_per_byte(last_val, meta)
+                            # a best file that goes at the first save (--overwrite) bars nothing: judged against it, an
+                            # evaluation at that save would never be a best, and a later, worse one would be one
+                            better, improved = p.judge(last_val, no_bar=best_goes, pause=pause_eval)
+                            rec.update(val_loss=round(last_val, 5), val_ppl=round(math.exp(min(last_val, 50)), 3),
+                                       val_bpb=None if bpb is None else round(bpb, 5), best=improved)
+                            say(eval_line(p.step, rec["epoch"], shown, last_val, meta, lr, tps, better, improved,
+                                          pause_eval))
+                            if improved:
+                                save(best_path)
+                            # (a pause stops nothing: a run continued from it with a new --patience would stop
+                            # there, an evaluation before the run in one go)
+                            if args.patience and not pause_eval and p.evals_since_best >= args.patience:
+                                stopped = "early stop"
+                                say(paint(f"no better val loss in {args.patience} evaluations: stopping early "
+                                          f"(--patience)", "yellow"))
+                        if due_log:
                             metrics.log(rec)
-                            if due_eval:
-                                metrics.plot(f"{dataset}: {args.model} {config.variant}")
+                        if due_eval:
+                            metrics.plot(f"{dataset}: {args.model} {config.variant}")
                         if due_eval and not interrupted:
                             # a Ctrl-C during the evaluation (seconds on a large val split) stops the run here: it
                             # trained the next step, then saved (one more agreement an evaluation: every rank has it)
