@@ -1253,6 +1253,20 @@ class GracefulInterrupt:
         for sig, old in self.old.items():
             signal.signal(sig, old)
 
+    def exit_saved(self, dist, step, path):
+        """Ends the run interrupted after its step `step`, saved at path: says how to continue it, and exits 130
+        (SIGTERM: 143)."""
+        say(paint(f"interrupted at step {step:,}: saved {path}; continue with "
+                  f"`{dist.command()} --checkpoint {shlex.quote(path)}`", "yellow"))
+        if self.signum == signal.SIGTERM:
+            raise SystemExit(128 + signal.SIGTERM)
+        # the others end once rank 0 has saved: torchrun stops every rank (SIGTERM) when one ends with an error unless
+        # the Ctrl-C reached it too (not so for one typed on another machine's terminal): ending sooner, they could
+        # stop rank 0 mid-save, and this step's checkpoint and line would be lost
+        dist.agree(0)
+        # the line above says it all: a KeyboardInterrupt would add run_main's bare "interrupted"
+        raise SystemExit(130)
+
 
 def time_left(s_per_step, epoch_steps_left, budget_s=None, run_steps_left=None):
     """What ends next and in how many seconds, as (seconds, what): the epoch, or the budget or --max_steps, which end
@@ -2282,17 +2296,7 @@ def run_training(args, held):
                         # it end as it would have, with its summary, not "interrupted ... continue with" and exit 130
                         # for a run that has ended, whose continuation would be refused
                         if interrupted and stopped == "done" and p.epoch < args.epochs:
-                            say(paint(f"interrupted at step {p.step:,}: saved {saved['path']}; continue with "
-                                      f"`{dist.command()} --checkpoint {shlex.quote(saved['path'])}`", "yellow"))
-                            if interrupt.signum == signal.SIGTERM:
-                                raise SystemExit(128 + signal.SIGTERM)
-                            # the others end once rank 0 has saved: torchrun stops every rank (SIGTERM) when one ends
-                            # with an error unless the Ctrl-C reached it too (not so for one typed on another machine's
-                            # terminal): ending sooner, they could stop rank 0 mid-save, and this step's checkpoint and
-                            # line would be lost
-                            dist.agree(0)
-                            # the line above says it all: a KeyboardInterrupt would add run_main's bare "interrupted"
-                            raise SystemExit(130)
+                            interrupt.exit_saved(dist, p.step, saved["path"])
                         if stopped != "done":
                             break
                 finally:
