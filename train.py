@@ -2165,6 +2165,7 @@ def run_training(args, held):
                                ends=lambda s_per_step, steps_left: run_ends(s_per_step, steps_left, clock.now()))
                 try:
                     for micro, step_windows, n_targets in steps:  # (see Batches.epoch)
+                        # -- the step
                         # (several ranks take the clock they agreed on: their weights must stay identical)
                         now = clock.now() if dist.world == 1 else clock.agreed
                         lr = step_lr(args, p, total_steps, budget, budget_warmup, now, clock.held_back)
@@ -2205,11 +2206,12 @@ def run_training(args, held):
                             # no save timed yet, by this run or the checkpoint it continues: its bytes estimate one,
                             # for the room a budget keeps and for the checkpoint to record (see SAVE_BYTES_PER_S)
                             saved["seconds"] = save_estimate(model, optimizer)
+                        # -- what is due
                         # every rank must take the same decisions: the slowest rank's clock, and Ctrl-C on any
                         save_s, interrupted = clock.agree(dist, saved["seconds"], interrupt.requested)
                         if budget and run_steps == 1:
                             clock.start_schedule(p)
-                        t_extra, saves_before = time.time(), saved["total"]
+                        t_extra, saves_before = time.time(), saved["total"]  # (an evaluation's time: see evaluated)
                         if budget:
                             stopped, due_eval, due_save, due_log = clock.decisions(args, p, save_s, stopped,
                                                                                    end_of_epoch)
@@ -2229,6 +2231,7 @@ def run_training(args, held):
                         # would log its first train loss over its own steps alone
                         due_log = due_log or due_eval or due_save or stopped != "done" or interrupted
 
+                        # -- log, evaluate, save
                         if due_log:
                             if dist.world > 1:  # each rank holds its share of every step's loss
                                 torch.distributed.all_reduce(loss_acc)
@@ -2292,6 +2295,7 @@ def run_training(args, held):
                         # 30-60 s would make the first log's rate 20x too low and its "epoch ends in" hours too late
                         if due_log or due_save or run_steps == 1:
                             t_mark, tokens_mark = time.time(), 0
+                        # -- stop?
                         # an interrupt in the run's last step (its epochs, budget or patience done, or --max_steps) lets
                         # it end as it would have, with its summary, not "interrupted ... continue with" and exit 130
                         # for a run that has ended, whose continuation would be refused
