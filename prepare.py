@@ -1941,15 +1941,16 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
     if old and not force and old.get("dataset") != dataset:
         raise UserError(f"{folder} holds the {old.get('dataset')!r} dataset (made by `{rebuild_command(old, folder)}`): "
                         f"pick another folder with --name, or replace it with --force")
-    same = old and old.get("dataset") == dataset
-    made_with = meta_options(old, folder, odd={}) if same else {}  # its options (a meta.json too odd to say: none)
+    same_dataset = old and old.get("dataset") == dataset
+    # its options (a meta.json too odd to say: none)
+    made_with = meta_options(old, folder, odd={}) if same_dataset else {}
     # the --source files it was made from (absolute, as options records them), and those given now
-    was = made_with.get("source")
+    old_sources = made_with.get("source")
     sources = [p if p.startswith("hf:") else os.path.abspath(p)  # (a hub name is no path)
                for p in ([source] if isinstance(source, str) else source)] if source else None
     # the user's own files are the dataset: made again from the mirror or the hub (a bare `prepare.py` after `--dataset
     # chat --source mine.jsonl`, which the module docstring shows) it was replaced without a word
-    if was and not force and not source:
+    if old_sources and not force and not source:
         raise OtherSource(f"{folder} holds the {dataset!r} dataset made from your files (by "
                           f"`{rebuild_command(old, folder)}`), not from {plan['description']}: run that to make it "
                           f"again, pick another folder for this one with --name, or replace it with --force")
@@ -1957,16 +1958,18 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
     # default): the dataset a model was trained on, made from other files or from the mirror's or the hub's data
     # (`--dataset story --source mine.txt` after `make demo`), was replaced without a word, as another dataset's folder
     # is not (a --name given is the user's choice of folder: made again there)
-    made_from = same and old.get("source")  # meta.json's description: "--source " and each file read, or the mirror's
-    if made_from and sources and not named and not force:
-        if not str(made_from).startswith("--source "):
-            raise UserError(f"{folder} holds the {dataset!r} dataset made from {made_from} (by "
+    # its plan["description"]: "--source " and each file read, or the mirror's or the hub's
+    old_description = same_dataset and old.get("source")
+    if old_description and sources and not named and not force:
+        if not str(old_description).startswith("--source "):
+            raise UserError(f"{folder} holds the {dataset!r} dataset made from {old_description} (by "
                             f"`{rebuild_command(old, folder)}`), not from your files: pick another folder for this one "
                             f"with --name, or replace it with --force")
         # not the same files named another way (a folder, its files, a pattern), nor a damaged record (no TypeError)
-        if isinstance(was, list) and all(isinstance(p, str) for p in was) and set(was) != set(sources) \
-                and set(made_from.removeprefix("--source ").split(", ")) != set(plan["files"]):
-            raise UserError(f"{folder} holds the dataset made from {', '.join(was)} (by "
+        if isinstance(old_sources, list) and all(isinstance(p, str) for p in old_sources) \
+                and set(old_sources) != set(sources) \
+                and set(old_description.removeprefix("--source ").split(", ")) != set(plan["files"]):
+            raise UserError(f"{folder} holds the dataset made from {', '.join(old_sources)} (by "
                             f"`{rebuild_command(old, folder)}`): pick another folder for this one with --name, or "
                             f"replace it with --force")
     kept_file = None  # the --tokenizer file kept: it must still hold the vocabulary the dataset was made with
@@ -2023,10 +2026,10 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
         # was rebuilt for nothing after a --pack 0, and again without it)
         text_fp = fingerprint(dataset, plan, tokenizer, tok_hash, limit, val_fraction, 0, mix,
                               skip_bad_records=skip_bad_records)
-        same = old and old.get("fingerprint") == (text_fp if old.get("kind") == "text" else fp)
-        if same and pack and old.get("kind") == "text":  # refused as a first build does: not "up to date"
+        unchanged = old and old.get("fingerprint") == (text_fp if old.get("kind") == "text" else fp)
+        if unchanged and pack and old.get("kind") == "text":  # refused as a first build does: not "up to date"
             raise text_packed(pack)
-        if same and not force and is_complete(folder, old):
+        if unchanged and not force and is_complete(folder, old):
             if new_vocab:  # retrained the same (a damaged or missing file)
                 fsync_replace(new_vocab, tokenizer)
             if vocab_fp and old.get("vocab_fingerprint") != vocab_fp:  # a meta.json from before vocab_fingerprint
