@@ -1526,13 +1526,13 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
 
     # several sources share the val count: counted first (a pass that reads without tokenizing); one is counted
     # as it is written
-    split = [i for i, (role, _, _) in enumerate(streams) if role == "split"]
+    split_streams = [i for i, (role, _, _) in enumerate(streams) if role == "split"]
     roles = {role for role, _, _ in streams}
     ks = None
-    if len(split) > 1 and val_fraction:
+    if len(split_streams) > 1 and val_fraction:
         counts, chars, _ = count_split_docs(streams, budget)
         ks = val_counts(counts, kind, val_fraction, label_of(streams), limit, chars)
-    cut = False  # train ends with a book's head, cut from its tail by tokens
+    unended_book = False  # train ends with a book's head, cut from its tail by tokens
     # A document train has, or val has already, is left out of val, known by its key (document_key), train's kept as 8
     # bytes a document:
     # - of a source's own validation split, as it is read, so that its --limit share counts what val keeps (its
@@ -1557,9 +1557,9 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
 
     for i, role, label, docs in opened:
         out = splits["val" if role == "val" else "train"]
-        if cut and role != "val":  # end it, or it runs into the next file's text as one document
+        if unended_book and role != "val":  # end it, or it runs into the next file's text as one document
             out.write(np.array([enc.eot_token], dtype), None, 0, 0)
-            cut = False
+            unended_book = False
         start = out.tokens  # where this stream starts, for the val cut
         keys = array("q")  # of this stream's documents, in order
         if role == "val" and own_val:
@@ -1593,7 +1593,7 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
             keep = start + min(size - 2, max(1, round(size * (1 - val_fraction))))
             out.move_tail(keep, 0, splits["val"], table)
             out.documents, out.cut = out.documents - n, out.cut + n
-            cut = True
+            unended_book = True
             train_keys.extend(keys)
             val_keys.append(None)
         else:
@@ -2062,13 +2062,14 @@ def pack_split(out, docs, block, enc):
     packer.close()
 
 
-def mix_splits(folder, plan, enc, splits, scratch, limit, val_fraction, block, progress):
+def mix_splits(folder, plan, enc, splits, raw_splits, limit, val_fraction, block, progress):
     """A mix's train and val splits (into splits, temporary until committed) from each of its datasets,
-    tokenized first into scratch splits of their own; returns what each dataset contributed."""
+    tokenized first into splits of their own (each dataset's {"train", "val"} appended to raw_splits as soon as it
+    exists, for build to remove); returns what each dataset contributed."""
     raws, keys = [], []
     for part in plan["parts"]:
         raw, part_keys = {}, {}
-        scratch.append(raw)
+        raw_splits.append(raw)
         # --limit counts in each dataset, as it does for a dataset on its own
         kind = write_splits(folder, part["streams"], enc, raw, limit, val_fraction, progress, f".{part['dataset']}", block,
                             part_keys)
@@ -2137,16 +2138,16 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
     meta_path = os.path.join(folder, "meta.json")
     new_meta = tmp_name(meta_path)
     t0 = time.time()
-    splits, scratch = {}, []  # the dataset's splits, and the unpacked or per-source ones they are made from
+    splits, raw_splits = {}, []  # the dataset's splits, and the unpacked or per-source ones they are made from
     mixed = None
     try:
         with tqdm(desc=f"{folder}", unit=" docs", unit_scale=True, disable=None, leave=False) as progress:
             if "parts" in plan:
                 kind, block = "chat", DEFAULT_PACK if pack is None else pack
-                mixed = mix_splits(folder, plan, enc, splits, scratch, limit, val_fraction, block, progress)
+                mixed = mix_splits(folder, plan, enc, splits, raw_splits, limit, val_fraction, block, progress)
             else:
                 raw = {}
-                scratch.append(raw)
+                raw_splits.append(raw)
                 kind = write_splits(folder, plan["streams"], enc, raw, limit, val_fraction, progress, ".unpacked", pack)
                 block = (DEFAULT_PACK if pack is None else pack) if kind == "chat" else 0
                 if block:
@@ -2155,7 +2156,7 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
                         pack_split(splits[s], split_documents(raw[s], enc.eot_token), block, enc)
                 else:  # the tokenized files are the dataset
                     splits.update(raw)
-                    scratch.remove(raw)
+                    raw_splits.remove(raw)
         for s, what in (("train", "to train on"), ("val", "in its val split")):
             if kind == "chat" and splits[s].tokens and not splits[s].any_masked():  # a loss of 0, learning nothing
                 raise UserError(f"{plan['description']}: no assistant replies {what} (a chat set's loss is on the "
@@ -2187,7 +2188,7 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
             "cut_documents": splits["train"].cut,
             # and these, val's documents that train has too, in none (counted as tokenized: in the splits packed or
             # mixed from, or in val itself)
-            "val_repeats": splits["val"].repeats + sum(raw["val"].repeats for raw in scratch),
+            "val_repeats": splits["val"].repeats + sum(raw["val"].repeats for raw in raw_splits),
         }
         if mixed:
             meta["mix"] = mixed
@@ -2233,7 +2234,7 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
         raise
     finally:
         with ctrl_c_held():  # a Ctrl-C as the cleanup runs would leave temporary files behind
-            for split in [*splits.values(), *(s for raw in scratch for s in raw.values())]:
+            for split in [*splits.values(), *(s for raw in raw_splits for s in raw.values())]:
                 split.discard()  # only temporary files are left to remove; after commit() there are none
             with contextlib.suppress(FileNotFoundError):
                 os.remove(new_meta)
