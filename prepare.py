@@ -2162,22 +2162,12 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
                 raise UserError(f"{plan['description']}: no assistant replies {what} (a chat set's loss is on the "
                                 f"assistant's turns alone): give conversations with assistant messages")
         has_mask = kind == "chat"
-        roles = {role for role, _, _ in plan["streams"]}
         meta = {
             "format": FORMAT, "version": VERSION, "dataset": dataset, "name": name, "kind": kind,
             "tokenizer": tokenizer, "tokenizer_name": enc.name, "tokenizer_hash": tok_hash,
             "vocab_size": enc.n_vocab, "eot_token": enc.eot_token, "dtype": splits["train"].dtype.name,
             "has_mask": has_mask, "source": plan["description"],
-            "val_split": "none (--val_fraction 0)" if not val_fraction else
-                         "each dataset's own validation split, unweighted, each document once and none a dataset's "
-                         "train has" if mixed else
-                         "the source's own validation split, each document once and none train has"
-                         if "val" in roles else
-                         # (train.py reads "the last" as a val cut from the text)
-                         f"the last documents of each source, {val_fraction:g} of all of them counted over the sources "
-                         f"together (a folder of one-document files gives files spread through it, not its last ones; a "
-                         f"book, its last {val_fraction:g} of tokens), each once and none train has"
-                         + ("; train-only extra files excluded" if "train" in roles else ""),
+            "val_split": val_split_description(plan, val_fraction, mixed),
             "limit": limit, "pack": block, "fingerprint": text_fp if kind == "text" else fp,
             "options": options,
             # tokens include the padding; bytes are those of the documents alone
@@ -2239,7 +2229,30 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
             with contextlib.suppress(FileNotFoundError):
                 os.remove(new_meta)
 
-    dt = max(time.time() - t0, 1e-9)
+    print_summary(folder, meta, plan, limit, max(time.time() - t0, 1e-9))
+    return meta
+
+
+def val_split_description(plan, val_fraction, mixed):
+    """meta.json's "val_split": where the val documents of plan's dataset come from (mixed: it is a mix)."""
+    roles = {role for role, _, _ in plan["streams"]}
+    if not val_fraction:
+        return "none (--val_fraction 0)"
+    if mixed:
+        return "each dataset's own validation split, unweighted, each document once and none a dataset's train has"
+    if "val" in roles:
+        return "the source's own validation split, each document once and none train has"
+    # (train.py reads "the last" as a val cut from the text)
+    return (f"the last documents of each source, {val_fraction:g} of all of them counted over the sources together (a "
+            f"folder of one-document files gives files spread through it, not its last ones; a book, its last "
+            f"{val_fraction:g} of tokens), each once and none train has"
+            + ("; train-only extra files excluded" if "train" in roles else ""))
+
+
+def print_summary(folder, meta, plan, limit, dt):
+    """The lines said of a dataset just built into folder from plan, its meta.json meta, in dt seconds: its counts and
+    speed, then what --limit, packing, --skip_bad_records and a mix did."""
+    block, mixed = meta["pack"], meta.get("mix")
     tr, va = meta["splits"]["train"], meta["splits"]["val"]
     tokens, mb = tr["tokens"] + va["tokens"], (tr["bytes"] + va["bytes"]) / 1e6
     cut = meta["cut_documents"]
@@ -2273,7 +2286,6 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
     for source, m in (mixed or {}).items():
         print(f"  {source}: weight {m['weight']:g}, {m['train_tokens'] / max(tr['tokens'] - tr['padding'], 1):.1%} of the "
               f"train tokens ({m['train_documents']:,} documents), {m['val_documents']:,} val documents")
-    return meta
 
 
 def main(argv=None):
