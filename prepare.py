@@ -1917,10 +1917,9 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
     if os.path.isfile(os.path.join(folder, "config.json")):  # export.py's, whose tokenizer.tiktoken --vocab_size replaced
         raise UserError(f"{folder} is a Hugging Face model folder (it has a config.json), not a dataset's: pick another "
                         f"--name or --out_dir")
-    # two prepare.py building one folder at once: each read the folder before the other wrote it, their renames could
-    # interleave (one's train.bin, the other's meta.json), and the one interrupted or failing first, taking the folder
-    # for its own first build, removed it whole: the other's dataset with it, built and reported complete. Beside the
-    # folder, which a failed first build removes
+    # one prepare.py at a time in a folder: two would interleave their renames (one's train.bin, the other's
+    # meta.json), and the first to fail, taking the folder for its own first build, would remove it with the other's
+    # finished dataset. The lock lies beside the folder, which a failed first build removes
     with contextlib.suppress(OSError):  # (one that cannot be made takes no dataset either: check_writable says so)
         os.makedirs(out_dir, exist_ok=True)
     locked = held.enter_context(held_lock(prepare_lock(out_dir, name), f"another prepare.py is building "
@@ -1929,13 +1928,11 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
     # new meta.json is itself written by atomic_write_text under a temporary name of its temporary name), vocabulary
     # (train_bpe's own temporary name of prepare's), check_writable's probe; here, so that a run that finds the dataset
     # up to date removes them too. With the folder's lock held no other prepare writes them (one on another machine
-    # holds the lock too): a gone process's are removed at once, where waiting for 10 quiet minutes left a killed
-    # build's token files (gigabytes of a big corpus) beside the rebuild run right after it, until a later run
+    # holds the lock too), so they go at once, not after 10 quiet minutes: a killed build's token files can be gigabytes
     remove_stale_tmp(folder, r"(?:train|val)(?:_mask)?\.bin(?:\.[\w-]+)?|(?:meta\.json|tokenizer\.tiktoken)"
                              r"(?:\.\d+\.tmp)?|\.write-probe", quiet_s=0 if locked else 600)
     old = read_meta(folder)
-    if old and not force and not isinstance(old.get("dataset"), str):  # another tool's (it was "the None dataset", made
-        # by a command that made no such thing)
+    if old and not force and not isinstance(old.get("dataset"), str):  # (no dataset rebuild_command could name)
         raise UserError(f"{folder} holds a meta.json that names no dataset (another tool's, or damaged): pick another "
                         f"folder with --name, or replace it with --force")
     if old and not force and old.get("dataset") != dataset:
@@ -1948,16 +1945,15 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
     old_sources = made_with.get("source")
     sources = [p if p.startswith("hf:") else os.path.abspath(p)  # (a hub name is no path)
                for p in ([source] if isinstance(source, str) else source)] if source else None
-    # the user's own files are the dataset: made again from the mirror or the hub (a bare `prepare.py` after `--dataset
-    # chat --source mine.jsonl`, which the module docstring shows) it was replaced without a word
+    # made from the user's own files: not replaced unasked by the mirror's or the hub's data (a bare `prepare.py` after
+    # `--dataset chat --source mine.jsonl`, as the module docstring shows)
     if old_sources and not force and not source:
         raise OtherSource(f"{folder} holds the {dataset!r} dataset made from your files (by "
                           f"`{rebuild_command(old, folder)}`), not from {plan['description']}: run that to make it "
                           f"again, pick another folder for this one with --name, or replace it with --force")
-    # --source files into the folder no --name chose (data/<dataset>, every --source's without one; data/text by
-    # default): the dataset a model was trained on, made from other files or from the mirror's or the hub's data
-    # (`--dataset story --source mine.txt` after `make demo`), was replaced without a word, as another dataset's folder
-    # is not (a --name given is the user's choice of folder: made again there)
+    # --source files into a folder no --name chose (data/<dataset>; data/text by default) replace no dataset made from
+    # other files or from the mirror's or the hub's data (`--dataset story --source mine.txt` after `make demo`), as
+    # they replace no other dataset: a model may be trained on it. A --name given is the user's choice: made again there
     # its plan["description"]: "--source " and each file read, or the mirror's or the hub's
     old_description = same_dataset and old.get("source")
     if old_description and sources and not named and not force:
@@ -1975,11 +1971,10 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
     kept_file = None  # the --tokenizer file kept: it must still hold the vocabulary the dataset was made with
     if tokenizer is None and vocab_size is None:
         # made again without a word about its vocabulary: the one it has, so checkpoints trained on it go on fitting
-        # (a bare `prepare.py` turned a --vocab_size dataset into GPT-2's)
         # (a meta.json too odd to say: rebuilt as new)
         if made_with.get("vocab_size"):
             vocab_size = made_with["vocab_size"]
-            # (the size asked: a text that supports fewer merges has fewer, and "its own 300-token vocabulary" had 259)
+            # (the size asked, not the size it has: a text that supports fewer merges has fewer)
             print(f"{folder}: keeping its own vocabulary (--vocab_size {vocab_size}; --tokenizer gpt2 for GPT-2's)")
         elif made_with.get("tokenizer") not in (None, "gpt2"):
             tokenizer = made_with["tokenizer"]
@@ -2006,24 +2001,23 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
         else:
             try:
                 enc = get_tokenizer(tokenizer)
-            except UserError as e:  # offline without GPT-2's BPE files: prepare.py's own ways out too, which the
-                if tokenizer != "gpt2":  # line (now one for every script) no longer names
+            except UserError as e:  # offline without GPT-2's BPE files: the line every script says, and prepare.py's
+                if tokenizer != "gpt2":  # own ways out
                     raise
                 raise UserError(f"{e}, or give the data a vocabulary of its own with --vocab_size 4096 (or "
                                 f"--tokenizer PATH.tiktoken)") from None
         tokenizer = tokenizer if tokenizer == "gpt2" else os.path.abspath(tokenizer)
         tok_hash = tokenizer_hash(enc)
         if kept_file and old.get("tokenizer_hash") not in (None, tok_hash):
-            # (it was re-tokenized with whatever the file now held, under "keeping its tokenizer": checkpoints trained
-            # on the dataset no longer fit it)
+            # (re-tokenized with whatever the file holds now, checkpoints trained on the dataset would no longer fit)
             short = fewer_ids(enc, old.get("vocab_size"))
             raise TokenizerGone(f"{folder} was made with tokenizer {kept_file}, which now holds another vocabulary"
                                 f"{f' ({short})' if short else ''}: pass --tokenizer {kept_file} to remake the dataset "
                                 f"with it (checkpoints trained on the old one will not fit), or put the old file back")
         fp = fingerprint(dataset, plan, tokenizer, tok_hash, limit, val_fraction, pack, mix,
                          skip_bad_records=skip_bad_records)
-        # text is never packed: any --pack gives the same files, so a text dataset's fingerprint leaves it out (it
-        # was rebuilt for nothing after a --pack 0, and again without it)
+        # text is never packed: any --pack gives the same files, so a text dataset's fingerprint leaves it out (a
+        # --pack 0, or none, rebuilds nothing)
         text_fp = fingerprint(dataset, plan, tokenizer, tok_hash, limit, val_fraction, 0, mix,
                               skip_bad_records=skip_bad_records)
         unchanged = old and old.get("fingerprint") == (text_fp if old.get("kind") == "text" else fp)
@@ -2041,9 +2035,8 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
         meta = build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_fraction, new_vocab, pack, options,
                      vocab_fp, text_fp)
     except BaseException as e:
-        # a failed or interrupted first build leaves no folder behind; not one complete (meta.json is written last) whose
-        # summary failed to print: `prepare.py | head -1` under PYTHONUNBUFFERED=1 (as Docker images set) printed "N
-        # documents ...", the pipe was gone for the next line, and the dataset the user had read about was removed
+        # a failed or interrupted first build leaves no folder behind; but a complete one (meta.json is written last)
+        # stays when only its summary fails to print: `prepare.py | head -1` closes the pipe after the first line
         if created and (read_meta(folder) is None or isinstance(e, (KeyboardInterrupt, SystemExit))):
             shutil.rmtree(folder, ignore_errors=True)
         raise
