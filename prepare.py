@@ -538,7 +538,9 @@ def good_docs(records, label, dataset, skipped=None, scan=True):
 
 
 def file_docs(path, dataset, skipped=None):
-    """Documents of one --source file, read by its suffix. skipped: good_docs's, for --skip_bad_records."""
+    """Documents of one file (a --source file or the mirror's), read by its suffix: a .txt as text (DailyDialog's
+    release as its dialogues), others as records (record_doc), all of the kind of the first. dataset: the dataset
+    being made, whose own tidying record_doc applies. skipped: good_docs's, for --skip_bad_records."""
     if suffix(path) == ".txt":
         yield from (dailydialog_docs if dataset == "dailydialog" else text_docs)(path)
         return
@@ -819,9 +821,13 @@ def folder_files(path):
 
 
 def find_source(dataset, source=None, extra=True, limit=None, skipped=None):
-    """Where a dataset's documents come from: {description, files (for the fingerprint), streams};
-    each stream is (role, label, make_docs), role "split" (train, its tail to val), "train" or "val".
-    limit: --limit, with which hub datasets are streamed. skipped: good_docs's, for --skip_bad_records."""
+    """Where a dataset's documents come from, its plan: {description (meta.json's "source"), files (for the
+    fingerprint), streams}; each stream is (role, label, make_docs), role "split" (train, its tail to val), "train" or
+    "val", label the file or split for messages, and make_docs() a fresh iterator of its documents at each call (a
+    stream is read again to count val's share and to train a vocabulary before it is tokenized).
+    source: --source's paths or patterns (or one hf:NAME); none: the mirror, a download or the hub. extra: the
+    mirror's train-only extra files too (no --no_extra). limit: --limit, with which hub datasets are streamed.
+    skipped: good_docs's, for --skip_bad_records."""
     if dataset == "chitchat":
         if source:
             raise UserError("--dataset chitchat is generated; it takes no --source")
@@ -957,6 +963,7 @@ class Split:
         self.replaced = 0  # files commit() has renamed into place
 
     def write(self, ids, mask, documents, nbytes):
+        """Append token ids and their mask (None for text), which end `documents` documents and spell nbytes bytes."""
         self.files[0].write(ids.tobytes())
         if mask is not None:
             self.files[1].write(mask.tobytes())
@@ -1325,7 +1332,8 @@ def mixed_kinds(label, kind, first):
 
 
 def batches(docs, kind, label, first):
-    """first: where the dataset's first document is, which decided kind."""
+    """docs in lists of at most BATCH_DOCS documents or BATCH_CHARS characters, for encode_batch. A document not of
+    kind, that of the dataset's first document (found in first), is refused naming both places (label: docs')."""
     batch, chars = [], 0
     for doc in docs:
         if doc_kind(doc) != kind:
@@ -1494,9 +1502,11 @@ def repeated(val_keys, *trains):
 
 
 def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, scratch="", pack=None, doc_keys=None):
-    """Tokenize every stream into temporary train/val files (added to splits as soon as they exist, so the
-    caller can remove them on failure; scratch tells apart the temporary files of several such calls);
-    returns the kind, "text" or "chat".
+    """Tokenize every stream of a plan (find_source) with enc into temporary train and val Splits in folder, added to
+    the dict splits as soon as they exist, so the caller can remove them on failure (scratch, a suffix of their
+    temporary names, tells apart the files of several such calls); returns the kind, "text" or "chat". Val is each
+    "split" stream's tail (val_counts) and the "val" streams, less what train has or val has already. limit and
+    val_fraction: --limit and --val_fraction; progress: a tqdm counting documents.
     pack: the --pack asked for, refused on plain text before anything is tokenized. doc_keys: a dict that gets the
     document_keys of train's documents ("train", an array "q") and of val's in order ("val", None for a book's tail),
     for a mix, whose val leaves out what another of its datasets has (mix_splits)."""
@@ -2124,9 +2134,12 @@ def repeated_across(keys):
 
 def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_fraction, new_vocab, pack, options,
           vocab_fp, text_fp):
-    """Tokenize plan's streams into folder; the old files stay until everything new is written. options: prepare()'s
-    arguments, kept in meta.json for rebuild_command; vocab_fp: what the dataset's own vocabulary was trained on;
-    text_fp: the fingerprint, should the documents turn out to be text (no --pack in it)."""
+    """Tokenize plan's streams (find_source) with enc into folder, write its meta.json and say what was made; returns
+    the meta. The old files stay until everything new is written. tokenizer and tok_hash: what meta.json records of
+    enc; fp: the fingerprint (text_fp instead should the documents turn out to be text: no --pack in it); new_vocab:
+    a freshly trained vocabulary's temporary file, renamed into place with the token files; pack: --pack (None:
+    DEFAULT_PACK); options: prepare()'s arguments, kept in meta.json for rebuild_command; vocab_fp: what the dataset's
+    own vocabulary was trained on."""
     os.makedirs(folder, exist_ok=True)
     meta_path = os.path.join(folder, "meta.json")
     new_meta = tmp_name(meta_path)
