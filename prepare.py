@@ -310,8 +310,7 @@ def json_records(path):
         elif suffix(path) == ".jsonl":
             with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark (Notepad, Excel) is not JSON
                 for n, line in enumerate(f, 1):
-                    # one in the middle too: files saved by Notepad, joined with `cat` (it was "malformed JSON (Unexpected
-                    # UTF-8 BOM (decode using utf-8-sig)")
+                    # one in the middle too: files saved by Notepad, joined with `cat`
                     line = line.removeprefix("\ufeff")
                     if line.strip():
                         if "\0" in line:  # (else "malformed JSON" at column 2 of what an editor shows as good JSON)
@@ -370,8 +369,8 @@ SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "chatgpt"
 def turns_of(record, field, where):
     """record[field], a list of turns, each OpenAI's {role, content} or ShareGPT's {from, value} whatever the field's name
     (unsloth's standardize_sharegpt writes `conversations` of role/content, LLaMA-Factory reads `messages` of
-    from/value: they were refused), as [{role, content}]; else a UserError showing a turn (it was Python's words:
-    "string indices must be integers", "KeyError: 'content'")."""
+    from/value), as [{role, content}]; else a UserError showing what a turn looks like. where: the record's place (file
+    and line), for messages."""
     spellings = (("from", "value"), ("role", "content")) if field == "conversations" else (("role", "content"), ("from", "value"))
 
     def spelling(m):
@@ -398,11 +397,13 @@ def record_doc(record, where, dataset=None):
     """One record -> a document: conversations as `messages` (or `conversation`) [{role, content}], ShareGPT
     `conversations` [{from, value}] (either turn spelling under any of the names), Alpaca instruction/input/output
     (and LLaMA-Factory's history of earlier [instruction, output] pairs), question/answer or a
-    `dialog` list of turns; a `text` field (or a bare string) is a plain document."""
+    `dialog` list of turns; a `text` field (or a bare string) is a plain document. None for a record with nothing to
+    train on (empty text, no reply that is not empty); a UserError naming where (file and line) for a record of no
+    shape read here. dataset: knowledge drops GSM8K's calculator annotations, dailydialog tidies DailyDialog's
+    spacing."""
     if isinstance(record, str):
         return (record.strip(), True) if record.strip() else None
     if not isinstance(record, dict):
-        # (the error said only "got list")
         raise UserError(f"{where}: expected an object or a string, got {type(record).__name__}" + (
             '; a conversation\'s turns? give each as {"messages": [...]}' if bare_turns(record) else ""))
     # the shape by the fields that hold something: a parquet file or a pandas export of mixed records gives every row
@@ -426,7 +427,7 @@ def record_doc(record, where, dataset=None):
                 raise UserError(f"{where}: `history` must be a list of [instruction, output] pairs of text, the turns "
                                 f"before this one")
             prompt = record["instruction"] + (f"\n\n{record['input']}" if record.get("input") else "")
-            # a null output is an empty one (out of the loss, below): it was "no ... instruction/output ... field"
+            # a null output is an empty one (out of the loss, below)
             messages = alternate([t for h in history for t in h] + [prompt, record["output"] or ""])
         elif "question" in has and "answer" in has:
             answer = record["answer"]
@@ -1515,7 +1516,7 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
     # --limit N: the first N documents, counted over the files of a dataset in order (not N of each: `--dataset chat
     # --limit 300` takes its Alpaca file's first 300), N more of train-only files, and of a source's own validation
     # split the share val_fraction would give it, so a quick demo stays quick. --val_fraction 0 keeps no val, a source's
-    # own split none either (it kept one document of it with --limit, and all of them without)
+    # own split none either
     budget = {"split": limit, "train": limit, "val": (limit and max(1, round(limit * val_fraction))) if val_fraction else 0}
     # the first document decides whether masks are written; every stream is opened lazily
     kind, first_label, opened = None, None, []
@@ -1611,7 +1612,7 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
     val = splits["val"]
     if own_val and val.repeats and not val.documents:
         # a source's own validation split that train has whole is kept, as a val cut from train's sources is (below):
-        # left out, val held nothing, and train.py needs one (it failed as "too little text" of a set with text enough)
+        # train.py needs a val split
         own = [(i, label) for i, role, label, _ in opened if role == "val"]
         warn_all_in_train(", ".join(label for _, label in own))
         val.repeats = 0
@@ -2266,20 +2267,20 @@ def print_summary(folder, meta, plan, limit, dt):
     # a single document (Tiny Shakespeare) is cut by tokens: its head trains and its tail, with the end, validates
     where = "cut into train and val" if cut == docs else f"{tr['documents']:,} train, {va['documents']:,} val" + (
         f", {cut:,} cut into train and val" if cut else "")
-    if meta["val_repeats"]:  # (a count short of the source's, without a word, read as documents lost)
+    if meta["val_repeats"]:  # (else a count short of the source's reads as documents lost)
         where += f"; {meta['val_repeats']:,} left out of val (already in train or val)"
     print(f"{folder}: {docs:,} document{'' if docs == 1 else 's'} ({where}), "
           f"{tokens:,} tokens ({tr['tokens']:,} / {va['tokens']:,}), {mb:.1f} MB of text in {dt:.1f}s: "
           f"{mb / dt:.2f} MB/s, {tokens / dt / 1e6:.2f}M tokens/s")
     if limit and any({"split", "train"} <= {role for role, _, _ in p["streams"]} for p in plan.get("parts", [plan])):
-        # (--limit 2000 gave 4,000 documents, without a word of why). Not said of a source's own validation split,
+        # (else --limit 2000 giving 4,000 documents is a puzzle). Not said of a source's own validation split,
         # whose train files are "train" too (DailyDialog has no extra files, and no val cut from its files), nor of a
         # mix, whose streams are its datasets' together (DailyDialog's "train" and chat's "split")
         print(f"  --limit {limit:,} counts the files val is cut from and the train-only extra files apart: at most "
               f"{limit:,} documents of each (--no_extra leaves the extra ones out)")
     if block:
         # (a conversation longer than a block trains in pieces, and an exchange longer than one without all of its
-        # question: said, as the README's rules were the only word of it)
+        # question: said here, not only in the README)
         pieces, inside = tr["in_pieces"] + va["in_pieces"], tr["cut_exchanges"] + va["cut_exchanges"]
         print(f"  packed in blocks of {block} tokens (train.py --block_size {block}): "
               f"{(tr['padding'] + va['padding']) / max(tokens, 1):.1%} padding"
