@@ -985,8 +985,9 @@ class Split:
         finally:
             f.seek(0, os.SEEK_END)
 
-    def move_tail(self, keep, documents, other, token_bytes):
-        """Move every token after the first `keep` (and the last `documents` document ends) to the end of other."""
+    def move_tail(self, keep, documents, other, table):
+        """Move every token after the first `keep` (and the last `documents` document ends) to the end of the Split
+        other. table: token_bytes(enc), which counts the bytes moved."""
         moved_bytes = 0
         for i, (f, g) in enumerate(zip(self.files, other.files)):
             size = self.dtype.itemsize if i == 0 else 1
@@ -995,7 +996,7 @@ class Split:
             while block := f.read(size << 20):  # (1M tokens: their byte count's int64 lookup is 8 MB, not 64)
                 g.write(block)
                 if i == 0:
-                    moved_bytes += int(token_bytes[np.frombuffer(block, self.dtype)].sum())
+                    moved_bytes += int(table[np.frombuffer(block, self.dtype)].sum())
             f.truncate(keep * size)
             f.seek(0, os.SEEK_END)
         moved = self.tokens - keep
@@ -1003,14 +1004,15 @@ class Split:
         self.documents, other.documents = self.documents - documents, other.documents + documents
         self.bytes, other.bytes = self.bytes - moved_bytes, other.bytes + moved_bytes
 
-    def drop_documents(self, drop, eot, token_bytes):
-        """Remove the documents (each ending with <|endoftext|>) whose index is in the set drop, moving the ones after
-        them up in place: runs of kept documents are copied forward, a block at a time."""
+    def drop_documents(self, drop, eot, table):
+        """Remove the documents (each ending with <|endoftext|>, eot) whose index is in the set drop, moving the ones
+        after them up in place: runs of kept documents are copied forward, a block at a time. table: token_bytes(enc),
+        which counts the bytes dropped."""
         ends = split_ends(self, eot).tolist()
         runs, dropped_bytes = [], 0  # [start, end) of the kept runs, in tokens
         for i, (a, b) in enumerate(zip([0, *ends], ends)):
             if i in drop:
-                dropped_bytes += int(token_bytes[read_tokens(self, a, b)].sum())
+                dropped_bytes += int(table[read_tokens(self, a, b)].sum())
             elif runs and runs[-1][1] == a:
                 runs[-1][1] = b
             else:
@@ -1056,7 +1058,8 @@ class Packer:
     """Writes documents (token ids ending with <|endoftext|>, and their mask) into a Split. block 0: as they
     come. block > 0: in blocks of block tokens that no document crosses where avoidable (see the module
     docstring): the longest waiting document that fits the open block goes next, a block nothing fits is
-    closed with <|endoftext|> padding (mask 0), a document longer than a block is cut between its turns."""
+    closed with <|endoftext|> padding (mask 0), a document longer than a block is cut between its turns.
+    enc: the tokenizer, for its special tokens; table: token_bytes(enc), for the Split's byte count."""
     FLUSH_TOKENS = 1 << 20  # documents are gathered into writes of about this many tokens
 
     def __init__(self, out, block, enc, table):
