@@ -908,6 +908,42 @@ class RunClock:
         return stopped, due_eval or last, due_save or last, due_log
 
 
+class TrainTally:
+    """The train loss of the steps since the last record (a metrics line), which each step adds to and each record
+    takes: each step's mean times its counted targets, summed on the device, and their number, so the record is the
+    mean per target as evaluate() measures it (a step of chat windows without an assistant token has a loss of 0 over
+    0 targets: counted as a step, it would pull the train loss towards 0)."""
+
+    def __init__(self, device, since=None, main=True):
+        """since: a checkpoint's loss_since_record, which this run goes on from; rank 0 (main) alone holds its sum (the
+        ranks' shares are all-reduced)."""
+        self.loss, self.targets = torch.zeros((), device=device), 0
+        if isinstance(since, list) and len(since) == 2 and isinstance(since[0], float) and is_count(since[1]):
+            self.loss += since[0] if main else 0.0
+            self.targets = since[1]
+
+    def add(self, loss, n_targets):
+        """A step's mean loss (a tensor on the device: no host sync) over its n_targets counted targets."""
+        self.loss += loss * n_targets
+        self.targets += n_targets
+
+    def take(self, dist):
+        """At a record: (the loss summed over every rank, the mean train loss), and the tally starts over. The mean is
+        None where no step since the last record counted a target (chat windows without a reply); a sum gone nan or
+        inf is the caller's to refuse."""
+        if dist.world > 1:  # each rank holds its share of every step's loss
+            torch.distributed.all_reduce(self.loss)
+        loss_sum = self.loss.item()  # the loop's only host sync
+        train_loss = loss_sum / self.targets if self.targets else None
+        self.loss.zero_()
+        self.targets = 0
+        return loss_sum, train_loss
+
+    def loss_since_record(self):
+        """[sum, targets], a checkpoint's: 0 but in the save on the way out of an error (every other is at a record)."""
+        return [self.loss.item(), self.targets]
+
+
 def save_estimate(model, optimizer):
     """A checkpoint save's seconds, from the bytes of the training state it writes (see SAVE_BYTES_PER_S): after the
     run's first step, which makes the optimizer's state."""
@@ -2078,7 +2114,7 @@ def run_training(args, held):
                             dataset=dataset, run=run_id, epoch=p.epoch,
                             epoch_step=batches.steps_done(p.windows),
                             epoch_windows=p.windows, step=p.step, tokens=p.tokens, rng=step_rng or rng_state(),
-                            loss_since_record=[loss_acc.item(), loss_n],  # (0 but in the save on an error, below)
+                            loss_since_record=tally.loss_since_record(),
                             order_scheme=order_scheme,
                             eval_windows=eval_windows,
                             args=dict(vars(args), world_size=dist.world),
@@ -2126,17 +2162,10 @@ def run_training(args, held):
     # ---- the loop
     run_steps, run_tokens, stopped = 0, 0, "done"
     pause_eval = False  # (the step's evaluation is a --max_steps pause: see below)
-    # train loss since the last record: each step's mean times its counted targets, summed on the device, and their
-    # number, so the record is the mean per target as evaluate() measures it (a step of chat windows without an
-    # assistant token has a loss of 0 over 0 targets: counted as a step, it would pull the train loss towards 0)
-    loss_acc, loss_n = torch.zeros((), device=device), 0
-    # every save is at a record but the one on the way out of an error: it holds the sum, which the run resumed from it
-    # goes on from (else its first record would average its own steps alone), rank 0 alone (the ranks' shares are
-    # all-reduced)
+    # every save is at a record but the one on the way out of an error: it holds the train loss since the last record,
+    # which the run resumed from it goes on from (else its first record would average its own steps alone)
     since = ckpt.get("loss_since_record") if continuing and not args.reset_epoch else None
-    if isinstance(since, list) and len(since) == 2 and isinstance(since[0], float) and is_count(since[1]):
-        loss_acc += since[0] if dist.main else 0.0
-        loss_n = since[1]
+    tally = TrainTally(device, since, main=dist.main)
     t_mark, tokens_mark = time.time(), 0  # for tokens/s, restarted after each record, eval and save
     tps = 0.0
     train_s, train_tokens = 0.0, 0  # the logged intervals summed: the run's training speed, for the summary
@@ -2180,8 +2209,8 @@ def run_training(args, held):
                                       "minute on a small CPU, seconds once cached)", "dim"))
                         step_rng = rng_state()  # as the step finds it (see save)
                         t_step = time.time()
-                        loss_acc += train_step(fwd, optimizer, scaler, micro, device, dtype, args.grad_clip,
-                                               n_targets, dist.world) * n_targets
+                        tally.add(train_step(fwd, optimizer, scaler, micro, device, dtype, args.grad_clip, n_targets,
+                                             dist.world), n_targets)
                         step_rng = None
                         step_s = time.time() - t_step
                         if run_steps:
@@ -2194,7 +2223,6 @@ def run_training(args, held):
                         run_steps += 1
                         run_tokens += step_windows * args.block_size
                         tokens_mark += step_windows * args.block_size
-                        loss_n += n_targets
                         epoch_step += 1
                         bar.update(1)
                         end_of_epoch = p.windows >= len(train_w)
@@ -2233,13 +2261,9 @@ def run_training(args, held):
 
                         # -- log, evaluate, save
                         if due_log:
-                            if dist.world > 1:  # each rank holds its share of every step's loss
-                                torch.distributed.all_reduce(loss_acc)
-                            loss_sum = loss_acc.item()  # the only host sync of the loop
+                            loss_sum, train_loss = tally.take(dist)  # (the loop's only host sync)
                             if not math.isfinite(loss_sum):
                                 raise UserError(f"the training loss became {loss_sum} at step {p.step}: {diverged()}")
-                            # None: no step since the last record counted a target (chat windows without a reply)
-                            train_loss = loss_sum / loss_n if loss_n else None
                             shown = "-" if train_loss is None else f"{train_loss:.4f}"
                             interval = time.time() - t_mark
                             tps = tokens_mark / max(interval, 1e-9)
@@ -2250,8 +2274,6 @@ def run_training(args, held):
                                    "train_loss": None if train_loss is None else round(train_loss, 5), "val_loss": None,
                                    "lr": lr, "tokens_per_s": round(tps, 1),
                                    "elapsed": round(p.elapsed + time.time() - t_run, 2)}
-                            loss_acc.zero_()
-                            loss_n = 0
                             bar.set_postfix(loss=shown, lr=f"{lr:.1e}", tok_s=f"{tps:,.0f}", refresh=False)
                             if bar.disable and not due_eval:
                                 left, what = run_ends(tok_step / max(tps, 1e-9), spe - epoch_step, clock.agreed)
