@@ -909,10 +909,10 @@ class RunClock:
 
 
 class TrainTally:
-    """The train loss of the steps since the last record (a metrics line), which each step adds to and each record
-    takes: each step's mean times its counted targets, summed on the device, and their number, so the record is the
-    mean per target as evaluate() measures it (a step of chat windows without an assistant token has a loss of 0 over
-    0 targets: counted as a step, it would pull the train loss towards 0)."""
+    """The train loss and tokens/s of the steps since the last record (a metrics line), which each step adds to and
+    each record takes. The loss: each step's mean times its counted targets, summed on the device, and their number,
+    so the record is the mean per target as evaluate() measures it (a step of chat windows without an assistant token
+    has a loss of 0 over 0 targets: counted as a step, it would pull the train loss towards 0)."""
 
     def __init__(self, device, since=None, main=True):
         """since: a checkpoint's loss_since_record, which this run goes on from; rank 0 (main) alone holds its sum (the
@@ -921,23 +921,39 @@ class TrainTally:
         if isinstance(since, list) and len(since) == 2 and isinstance(since[0], float) and is_count(since[1]):
             self.loss += since[0] if main else 0.0
             self.targets = since[1]
+        self.t_mark, self.tokens = time.time(), 0  # for tokens/s, restarted after each record, eval and save
+        self.train_s, self.train_tokens = 0.0, 0  # the timed intervals summed: the run's speed (train_tokens_per_s)
 
-    def add(self, loss, n_targets):
-        """A step's mean loss (a tensor on the device: no host sync) over its n_targets counted targets."""
+    def add(self, loss, n_targets, tokens):
+        """A step's mean loss (a tensor on the device: no host sync) over its n_targets counted targets, and tokens."""
         self.loss += loss * n_targets
         self.targets += n_targets
+        self.tokens += tokens
 
-    def take(self, dist):
-        """At a record: (the loss summed over every rank, the mean train loss), and the tally starts over. The mean is
-        None where no step since the last record counted a target (chat windows without a reply); a sum gone nan or
-        inf is the caller's to refuse."""
+    def take(self, dist, timed):
+        """At a record: (the loss summed over every rank, the mean train loss, tokens/s since restart_timer), and the
+        loss starts over. The mean is None where no step since the last record counted a target (chat windows without
+        a reply); a sum gone nan or inf is the caller's to refuse. timed: the interval counts towards
+        train_tokens_per_s."""
         if dist.world > 1:  # each rank holds its share of every step's loss
             torch.distributed.all_reduce(self.loss)
         loss_sum = self.loss.item()  # the loop's only host sync
         train_loss = loss_sum / self.targets if self.targets else None
+        interval = time.time() - self.t_mark
+        tps = self.tokens / max(interval, 1e-9)
+        if timed:
+            self.train_s, self.train_tokens = self.train_s + interval, self.train_tokens + self.tokens
         self.loss.zero_()
         self.targets = 0
-        return loss_sum, train_loss
+        return loss_sum, train_loss, tps
+
+    def restart_timer(self):
+        """tokens/s counts from here (after a record, an evaluation or a save: see the loop)."""
+        self.t_mark, self.tokens = time.time(), 0
+
+    def train_tokens_per_s(self):
+        """The run's training speed, for its summary: the timed intervals' tokens over their seconds (None: none)."""
+        return self.train_tokens / self.train_s if self.train_s > 0 else None
 
     def loss_since_record(self):
         """[sum, targets], a checkpoint's: 0 but in the save on the way out of an error (every other is at a record)."""
@@ -2166,9 +2182,6 @@ def run_training(args, held):
     # which the run resumed from it goes on from (else its first record would average its own steps alone)
     since = ckpt.get("loss_since_record") if continuing and not args.reset_epoch else None
     tally = TrainTally(device, since, main=dist.main)
-    t_mark, tokens_mark = time.time(), 0  # for tokens/s, restarted after each record, eval and save
-    tps = 0.0
-    train_s, train_tokens = 0.0, 0  # the logged intervals summed: the run's training speed, for the summary
 
     def run_ends(s_per_step, epoch_steps_left, spent):
         """time_left of this run, for the bar and the log lines alike: spent, the seconds of the budget spent."""
@@ -2210,7 +2223,7 @@ def run_training(args, held):
                         step_rng = rng_state()  # as the step finds it (see save)
                         t_step = time.time()
                         tally.add(train_step(fwd, optimizer, scaler, micro, device, dtype, args.grad_clip, n_targets,
-                                             dist.world), n_targets)
+                                             dist.world), n_targets, step_windows * args.block_size)
                         step_rng = None
                         step_s = time.time() - t_step
                         if run_steps:
@@ -2222,7 +2235,6 @@ def run_training(args, held):
                         p.tokens += step_windows * args.block_size
                         run_steps += 1
                         run_tokens += step_windows * args.block_size
-                        tokens_mark += step_windows * args.block_size
                         epoch_step += 1
                         bar.update(1)
                         end_of_epoch = p.windows >= len(train_w)
@@ -2261,14 +2273,11 @@ def run_training(args, held):
 
                         # -- log, evaluate, save
                         if due_log:
-                            loss_sum, train_loss = tally.take(dist)  # (the loop's only host sync)
+                            # (the loop's only host sync; a record of the first step alone holds its compile: untimed)
+                            loss_sum, train_loss, tps = tally.take(dist, timed=run_steps > 1)
                             if not math.isfinite(loss_sum):
                                 raise UserError(f"the training loss became {loss_sum} at step {p.step}: {diverged()}")
                             shown = "-" if train_loss is None else f"{train_loss:.4f}"
-                            interval = time.time() - t_mark
-                            tps = tokens_mark / max(interval, 1e-9)
-                            if run_steps > 1:  # (a record of the first step alone holds its compile)
-                                train_s, train_tokens = train_s + interval, train_tokens + tokens_mark
                             rec = {"run": run_id, "step": p.step, "epoch": p.epoch_at(len(train_w)),
                                    "tokens": p.tokens,
                                    "train_loss": None if train_loss is None else round(train_loss, 5), "val_loss": None,
@@ -2316,7 +2325,7 @@ def run_training(args, held):
                         # tokens/s measures training, not evals and saves, nor the first step: a cold torch.compile's
                         # 30-60 s would make the first log's rate 20x too low and its "epoch ends in" hours too late
                         if due_log or due_save or run_steps == 1:
-                            t_mark, tokens_mark = time.time(), 0
+                            tally.restart_timer()
                         # -- stop?
                         # an interrupt in the run's last step (its epochs, budget or patience done, or --max_steps) lets
                         # it end as it would have, with its summary, not "interrupted ... continue with" and exit 130
@@ -2359,7 +2368,7 @@ def run_training(args, held):
     run_time = time.time() - t_run
     summary = run_summary(p, meta, len(train_w), stopped=stopped, run_steps=run_steps, tokens=run_tokens, elapsed=run_time,
                           tokens_per_s=run_tokens / max(run_time, 1e-9),
-                          train_tokens_per_s=train_tokens / train_s if train_s > 0 else None, val_loss=last_val,
+                          train_tokens_per_s=tally.train_tokens_per_s(), val_loss=last_val,
                           checkpoint=saved["path"], best_checkpoint=saved["best"], metrics=metrics.path,
                           plot=metrics.png_path if os.path.exists(metrics.png_path) else None)
     for line in summary_lines(summary, meta, args, budget, pause_eval):
