@@ -1943,7 +1943,7 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
     # (train_bpe's own temporary name of prepare's), check_writable's probe; here, so that a run that finds the dataset
     # up to date removes them too. With the folder's lock held no other prepare writes them (one on another machine
     # holds the lock too), so they go at once, not after 10 quiet minutes: a killed build's token files can be gigabytes
-    remove_stale_tmp(folder, r"(?:train|val)(?:_mask)?\.bin(?:\.[\w-]+)?|(?:meta\.json|tokenizer\.tiktoken)"
+    remove_stale_tmp(folder, rf"(?:train|val)(?:_mask)?\.bin(?:\.[\w-]+)?|(?:meta\.json|{re.escape(VOCAB_FILE)})"
                              r"(?:\.\d+\.tmp)?|\.write-probe", quiet_s=0 if locked else 600)
     old = read_meta(folder)
     if old and not force and not isinstance(old.get("dataset"), str):  # (no dataset rebuild_command could name)

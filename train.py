@@ -842,6 +842,10 @@ class RunClock:
         """Seconds of the budget spent now, by this rank's clock."""
         return self.start + time.time() - self.t_run
 
+    def timed_step(self, seconds):
+        """A step after the run's first took seconds (the first, a cold compile, is not kept)."""
+        self.step_times = self.step_times[-1:] + [seconds]
+
     def agree(self, dist, save_s, interrupted):
         """After a step: the clock, the reserve and when the next step would end as every rank agrees them (the slowest
         rank's), in the step's one agreement, which carries the last save's seconds (save_s) and Ctrl-C (interrupted) on
@@ -2222,19 +2226,20 @@ def run_training(args, held):
                                       "minute on a small CPU, seconds once cached)", "dim"))
                         step_rng = rng_state()  # as the step finds it (see save)
                         t_step = time.time()
+                        step_tokens = step_windows * args.block_size
                         tally.add(train_step(fwd, optimizer, scaler, micro, device, dtype, args.grad_clip, n_targets,
-                                             dist.world), n_targets, step_windows * args.block_size)
+                                             dist.world), n_targets, step_tokens)
                         step_rng = None
                         step_s = time.time() - t_step
                         if run_steps:
-                            clock.step_times = clock.step_times[-1:] + [step_s]
+                            clock.timed_step(step_s)
                         elif args.compile:
                             say(paint(f"first step {step_s:.1f} s", "dim"))
                         p.step += 1
                         p.windows += step_windows
-                        p.tokens += step_windows * args.block_size
+                        p.tokens += step_tokens
                         run_steps += 1
-                        run_tokens += step_windows * args.block_size
+                        run_tokens += step_tokens
                         epoch_step += 1
                         bar.update(1)
                         end_of_epoch = p.windows >= len(train_w)
