@@ -480,6 +480,7 @@ def record_doc(record, where, dataset=None):
 
 PLACES = 10  # the bad records an error or the summary locates by line; the rest are counted, "..."
 ALL_BAD = 1000  # bad records, none good before them, at which a file is refused unread to its end
+OTHER_FILES = 3  # the other files with bad records an error names, with as many places each; the rest are counted
 
 
 def places(wheres, count):
@@ -490,23 +491,49 @@ def places(wheres, count):
             f"{', ...' if count > len(numbers) else ''}")
 
 
-def good_docs(records, label, dataset, skipped=None, scan=True):
-    """(where, document) of each record of records, the (where, record) of one file or hub split (label), a record
-    that is no JSON given as its UserError. A bad record (that, or one record_doc refuses) stops the run, named as
-    always, and with scan the file's other bad records counted and located too, read (parsed and checked, not
-    tokenized) to its end: a file with three bad lines took three runs, each after minutes of tokenizing, to find
-    them (not a streamed hub split, which would be downloaded whole for it). skipped, a dict (--skip_bad_records):
-    bad records are left out instead, counted and the first located under skipped[label] ({"count", "wheres"});
-    a label none of whose records is good still stops the run, as nothing of it is left to train on."""
-    # the bad records are counted, and only the first PLACES + 1 kept (the first, and those places() names): a file of
-    # millions held a string for each, gigabytes
-    bad, wheres, first, good = 0, [], None, False
+class BadRecords(UserError):
+    """good_docs's error for the bad records of one file (label): said, what it says of them (count, how many), and
+    skippable, whether --skip_bad_records would leave something of the file to train on; kept apart so that
+    make_dataset can say the other files' bad records (with_other_files) before the way out (way_out)."""
+
+    def __init__(self, label, said, count, skippable):
+        super().__init__(said + (way_out(count) if skippable else ""))
+        self.label, self.said, self.count, self.skippable = label, said, count, skippable
+
+
+def way_out(count):
+    them = "them" if count > 1 else "it"
+    return f"; fix {them}, or pass --skip_bad_records to leave {them} out"
+
+
+def checked(records, dataset):
+    """(where, document, None) of each good record of records (good_docs'), (where, None, the UserError that says
+    why) of each bad one: one that is no JSON (json_records gives its UserError) or that record_doc refuses."""
     for where, record in records:
         try:
             if isinstance(record, UserError):
                 raise record
             doc = record_doc(record, where, dataset)
         except UserError as e:
+            yield where, None, e
+            continue
+        yield where, doc, None
+
+
+def good_docs(records, label, dataset, skipped=None, scan=True):
+    """(where, document) of each record of records, the (where, record) of one file or hub split (label), a record
+    that is no JSON given as its UserError. A bad record (that, or one record_doc refuses) stops the run, named as
+    always, and with scan the file's other bad records counted and located too, read (parsed and checked, not
+    tokenized) to its end: a file with three bad lines took three runs, each after minutes of tokenizing, to find
+    them (not a streamed hub split, which would be downloaded whole for it); the other files' are make_dataset's
+    (with_other_files), raised as BadRecords. skipped, a dict (--skip_bad_records):
+    bad records are left out instead, counted and the first located under skipped[label] ({"count", "wheres"});
+    a label none of whose records is good still stops the run, as nothing of it is left to train on."""
+    # the bad records are counted, and only the first PLACES + 1 kept (the first, and those places() names): a file of
+    # millions held a string for each, gigabytes
+    bad, wheres, first, good = 0, [], None, False
+    for where, doc, e in checked(records, dataset):
+        if e:
             if skipped is None and not scan:  # (said as a file's is: the hub's bad rows stopped a run unsaid)
                 raise UserError(f"{e}; pass --skip_bad_records to leave out the split's bad rows") from None
             bad += 1
@@ -516,7 +543,8 @@ def good_docs(records, label, dataset, skipped=None, scan=True):
             if skipped is None and not good and bad == ALL_BAD:
                 # a file of another shape altogether (prompt/completion records, say) was read to its end before its
                 # error: minutes for gigabytes
-                raise UserError(f"{first}; the first {bad:,} records of {label} are all bad (not read on)")
+                raise BadRecords(label, f"{first}; the first {bad:,} records of {label} are all bad (not read on)",
+                                 bad, False)
             if skipped is not None:
                 left = skipped.setdefault(label, {"count": 0, "wheres": []})
                 # each pass over a file (the val count, a vocabulary's, the tokenizing) reads it from its start, so its
@@ -532,10 +560,56 @@ def good_docs(records, label, dataset, skipped=None, scan=True):
     if skipped is not None:
         raise UserError(f"{first}; no record of {label} is good ({bad:,} bad), so --skip_bad_records leaves "
                         f"nothing of it to train on: fix it")
-    more, them = bad - 1, "them" if bad > 1 else "it"
-    raise UserError(f"{first}" + (f"; {more:,} more bad record{'s' * (more > 1)} in the file: "
-                                  f"{places(wheres[1:], more)}" if more else "")
-                    + (f"; fix {them}, or pass --skip_bad_records to leave {them} out" if good else ""))
+    more = bad - 1
+    raise BadRecords(label, f"{first}" + (f"; {more:,} more bad record{'s' * (more > 1)} in the file: "
+                                          f"{places(wheres[1:], more)}" if more else ""), bad, good)
+
+
+def bad_records(path):
+    """(count, wheres, good) of the bad records of a .jsonl, .json or .parquet file, found as good_docs finds them
+    (parsed and checked, not tokenized), read to its end, or to its ALL_BAD-th bad record when none before is good;
+    wheres: the first OTHER_FILES's places, good: whether it has a good record."""
+    bad, wheres, good = 0, [], False
+    for where, _, e in checked(json_records(path), None):  # (the dataset only tidies what is good)
+        if not e:
+            good = True
+            continue
+        bad += 1
+        if len(wheres) < OTHER_FILES:
+            wheres.append(where)
+        if not good and bad == ALL_BAD:
+            break
+    return bad, wheres, good
+
+
+def with_other_files(e, plan):
+    """e, the BadRecords of one of plan's files, saying the bad records of the plan's other files too, but for those the
+    run has read already: a folder with three bad files took three runs to learn of them. Those are the files before
+    it, read in order, and good, in the pass that met it; not a source's own validation files, which the vocabulary's
+    pass leaves unread. A file that cannot be read at all (not UTF-8, a .json that is no JSON) is its own error, said
+    when the run reaches it."""
+    streams = plan["streams"]
+    at = next((i for i, (_, label, _) in enumerate(streams) if label == e.label), None)
+    if at is None:  # (a hub split's)
+        return e
+    found = []
+    for i, (role, label, _) in enumerate(streams):
+        if (i > at or (i < at and role == "val")) and suffix(label) in (".jsonl", ".json", ".parquet") \
+                and os.path.isfile(label):
+            with contextlib.suppress(UserError):
+                if (count := bad_records(label))[0]:
+                    found.append((label, *count))
+    if not found:
+        return e
+
+    def said(label, bad, wheres, good):
+        how = f"{bad:,}" if good else f"its first {bad:,} all" if bad == ALL_BAD else f"all {bad:,}"
+        return f"{label} ({how} bad: {places(wheres, bad)})"
+    more = len(found) - OTHER_FILES
+    named = ", ".join(said(*f) for f in found[:OTHER_FILES]) + (f", and {more} more" if more > 0 else "")
+    skippable = e.skippable and all(good for *_, good in found)
+    return BadRecords(e.label, f"{e.said}; bad records in {len(found)} other file{'s' * (len(found) > 1)} too: {named}",
+                      e.count + sum(bad for _, bad, _, _ in found), skippable)
 
 
 def file_docs(path, dataset, skipped=None):
@@ -2053,6 +2127,9 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
         # stays when only its summary fails to print: `prepare.py | head -1` closes the pipe after the first line
         if created and (read_meta(folder) is None or isinstance(e, (KeyboardInterrupt, SystemExit))):
             shutil.rmtree(folder, ignore_errors=True)
+        # with --limit, not: the run may never read the other files, and they may be far more than it reads
+        if isinstance(e, BadRecords) and limit is None:
+            raise with_other_files(e, plan) from None
         raise
     finally:
         if new_vocab:

@@ -552,6 +552,46 @@ def test_bad_records_are_named_together_or_left_out(tmp_path, capsys):
         prepare.prepare("text", source=other, out_dir=out, name="other")
 
 
+def test_bad_records_of_the_other_files_are_named_too(tmp_path):
+    """A bad record names, with its own file's other bad records, those of the files the run has yet to read, read
+    without tokenizing: a folder with three bad files took three runs to learn of them. A few places each, the files
+    past OTHER_FILES counted; --skip_bad_records is the way out only where it leaves something of every file. Not with
+    --limit, with which the run may never read them."""
+    out = str(tmp_path / "data")
+    good = [json.dumps({"text": d}) for d in DOCS[:5]]
+    folder = tmp_path / "notes"
+    first = write(folder / "a.jsonl", "\n".join(good[:2] + ["{oops"] + good[2:]) + "\n")
+    write(folder / "b.jsonl", "\n".join(good) + "\n")
+    c = write(folder / "c.jsonl", "\n".join(good[:1] + ['{"title": "x"}'] * 5 + good[1:]) + "\n")
+    d = write(folder / "d.json", json.dumps([{"text": 5}] + [{"text": d} for d in DOCS[:3]] + [[1]]))
+    start = rf"^{re.escape(first)} line 3: malformed JSON \(Expecting property name enclosed in double quotes, column 2\)"
+    with pytest.raises(UserError, match=rf"{start}; bad records in 2 other files too: {re.escape(c)} \(5 bad: lines 2, "
+                                        rf"3, 4, \.\.\.\), {re.escape(d)} \(2 bad: records 1, 5\); fix them, or pass "
+                                        rf"--skip_bad_records to leave them out$"):
+        prepare.prepare("text", source=str(folder), out_dir=out, name="notes")
+    # with --limit the others are not read: the error is the first file's alone
+    with pytest.raises(UserError, match=rf"{start}; fix it, or pass --skip_bad_records to leave it out$"):
+        prepare.prepare("text", source=str(folder), out_dir=out, name="notes", limit=4)
+    # a file with no good record: --skip_bad_records would stop at it, so it is no way out
+    e = write(folder / "e.jsonl", '{"title": "x"}\n' * 2)
+    with pytest.raises(UserError, match=rf"{re.escape(d)} \(2 bad: records 1, 5\), {re.escape(e)} \(all 2 bad: lines "
+                                        rf"1, 2\)$"):
+        prepare.prepare("text", source=str(folder), out_dir=out, name="notes")
+    # past OTHER_FILES files, the rest are counted
+    for name in ("f", "g"):
+        write(folder / f"{name}.jsonl", "\n".join(good + ["{"]))
+    with pytest.raises(UserError, match=rf"; bad records in 5 other files too: {re.escape(c)} .*, {re.escape(e)} \(all "
+                                        rf"2 bad: lines 1, 2\), and 2 more$"):
+        prepare.prepare("text", source=str(folder), out_dir=out, name="notes")
+    assert not os.path.exists(os.path.join(out, "notes"))
+    # read before the bad one, a file is good, but a source's own validation file, which the vocabulary's pass leaves
+    # unread
+    error = prepare.BadRecords(c, "c's", 5, True)
+    streams = [("train", first, None), ("val", e, None), ("train", c, None), ("val", d, None)]
+    assert str(prepare.with_other_files(error, {"streams": streams})) == (
+        f"c's; bad records in 2 other files too: {e} (all 2 bad: lines 1, 2), {d} (2 bad: records 1, 5)")
+
+
 def test_bad_records_are_counted_in_little_memory(tmp_path, capsys):
     """A file's bad records are read to its end to be counted (and, skipped, on every pass over it): one kept for each
     held a string, gigabytes for a file of millions (an export of another shape, a scrape). The first are located,
