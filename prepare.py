@@ -506,9 +506,24 @@ def way_out(count):
     return f"; fix {them}, or pass --skip_bad_records to leave {them} out"
 
 
+class OtherKind(UserError):
+    """checked's bad record of the other kind (where, and kind, its own) than the first document of its file (where
+    that is: first)."""
+
+    def __init__(self, where, kind, first):
+        other = "chat" if kind == "text" else "text"
+        super().__init__(f"{where}: {'a conversation' if kind == 'chat' else 'plain text'} among {KIND_NAMES[other]} "
+                         f"(from {first} on)")
+        self.where, self.kind, self.first = where, kind, first
+
+
 def checked(records, dataset):
     """(where, document, None) of each good record of records (good_docs'), (where, None, the UserError that says
-    why) of each bad one: one that is no JSON (json_records gives its UserError) or that record_doc refuses."""
+    why) of each bad one: one that is no JSON (json_records gives its UserError), that record_doc refuses, or whose
+    document is of the other kind than the first one's (OtherKind: a dataset is one or the other, and the first
+    records say which a file is; a plain-text row among a parquet file's conversations is a bad record as a row of no
+    shape is, counted, located and skippable, where it was never skippable and named alone)."""
+    first = None  # the first document's kind, and where it is
     for where, record in records:
         try:
             if isinstance(record, UserError):
@@ -517,6 +532,11 @@ def checked(records, dataset):
         except UserError as e:
             yield where, None, e
             continue
+        if doc:
+            first = first or (doc_kind(doc), where)
+            if doc_kind(doc) != first[0]:
+                yield where, None, OtherKind(where, doc_kind(doc), first[1])
+                continue
         yield where, doc, None
 
 
@@ -532,7 +552,10 @@ def good_docs(records, label, dataset, skipped=None, scan=True):
     # the bad records are counted, and only the first PLACES + 1 kept (the first, and those places() names): a file of
     # millions held a string for each, gigabytes
     bad, wheres, first, good = 0, [], None, False
+    kept, strays, stray = 0, 0, None  # documents of the file's kind, and of the other (OtherKind), the first of them
     for where, doc, e in checked(records, dataset):
+        if isinstance(e, OtherKind):
+            strays, stray = strays + 1, stray or e
         if e:
             if skipped is None and not scan:  # (said as a file's is: the hub's bad rows stopped a run unsaid)
                 raise UserError(f"{e}; pass --skip_bad_records to leave out the split's bad rows") from None
@@ -552,9 +575,13 @@ def good_docs(records, label, dataset, skipped=None, scan=True):
                 if bad > left["count"]:
                     left["count"], left["wheres"] = bad, wheres[:PLACES]
             continue
-        good = True
+        good, kept = True, kept + bool(doc)
         if doc and (skipped is not None or not bad):  # (once one is bad, and not skipped, the rest is only read)
             yield where, doc
+    if strays and strays >= kept:
+        # the first records are the odd ones (a stray conversation atop plain text): leaving out the others would keep
+        # them alone. Not skippable, both places named
+        raise mixed_kinds(stray.where, stray.kind, stray.first)
     if not bad or (good and skipped is not None):
         return
     if skipped is not None:
@@ -614,18 +641,13 @@ def with_other_files(e, plan):
 
 def file_docs(path, dataset, skipped=None):
     """Documents of one file (a --source file or the mirror's), read by its suffix: a .txt as text (DailyDialog's
-    release as its dialogues), others as records (record_doc), all of the kind of the first. dataset: the dataset
-    being made, whose own tidying record_doc applies. skipped: good_docs's, for --skip_bad_records."""
+    release as its dialogues), others as records (record_doc), a record of the other kind than the first a bad one
+    (checked). dataset: the dataset being made, whose own tidying record_doc applies. skipped: good_docs's, for
+    --skip_bad_records."""
     if suffix(path) == ".txt":
         yield from (dailydialog_docs if dataset == "dailydialog" else text_docs)(path)
         return
-    first = None  # where the file's first document is, and its kind: a record of the other kind is named by its line
-    for where, doc in good_docs(json_records(path), path, dataset, skipped):
-        if doc:
-            first = first or (where, doc_kind(doc))
-            if doc_kind(doc) != first[1]:
-                raise mixed_kinds(where, doc_kind(doc), first[0])
-            yield doc
+    yield from (doc for _, doc in good_docs(json_records(path), path, dataset, skipped))
 
 
 def load_hub(path, config, split, streaming=False):
@@ -1962,8 +1984,9 @@ def prepare(dataset, source=None, tokenizer=None, limit=None, val_fraction=DEFAU
     vocabulary the dataset has (its own, or the --tokenizer it was made with) when it is made again, else gpt2.
     pack: block size conversations are packed for (None: DEFAULT_PACK, 0: not packed; text never is).
     mix: {dataset: weight} for dataset "mix", several conversation sets in one (see the module docstring).
-    skip_bad_records: leave out the records of a .jsonl, .json or .parquet file (or hub rows) that are no JSON or of no
-    shape record_doc reads, said in the summary, instead of stopping at the first (good_docs)."""
+    skip_bad_records: leave out the records of a .jsonl, .json or .parquet file (or hub rows) that are no JSON, of no
+    shape record_doc reads or of the other kind than the file's first, said in the summary, instead of stopping at the
+    first (good_docs)."""
     with contextlib.ExitStack() as held:  # the folder's lock (make_dataset takes it), let go however the build ends
         return make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, out_dir, name, extra,
                             vocab_size, pack, mix, skip_bad_records)
@@ -2413,9 +2436,11 @@ def main(argv=None):
                         f"(then it is cut before a user message); train with --block_size BLOCK. 0 = one after the other "
                         f"(default: {DEFAULT_PACK}, the tiny and small models' context; plain text is never packed)")
     p.add_argument("--skip_bad_records", action="store_true",
-                   help="leave out the records of .jsonl/.json/.parquet files (and hub rows) that are malformed JSON or "
-                        "of no shape prepare.py reads, said in the summary, instead of stopping at the first; a file "
-                        "with no good record still stops it")
+                   help="leave out the records of .jsonl/.json/.parquet files (and hub rows) that are malformed JSON, "
+                        "of no shape prepare.py reads, or plain text in a file whose first records are conversations (or "
+                        "the reverse), said in the summary, instead of stopping at the first; a file "
+                        "with no good record, or with no more of its first records' kind than of the other, still "
+                        "stops it")
     args = p.parse_args(argv)
     # before any reading or tokenizing; a folder that is there is checked by prepare() once it must write: a dataset up
     # to date in a read-only one (a shared copy) is said to be, as nothing needs writing

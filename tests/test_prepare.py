@@ -434,7 +434,8 @@ def test_non_utf8_and_bad_input(tmp_path):
         prepare.prepare("chat", source=write(tmp_path / "mixed.jsonl", json.dumps({"text": "a"}) + "\n\n" + json.dumps({"question": "q", "answer": "a"})), out_dir=out)
     # with --vocab_size, before the vocabulary is trained (it was refused after minutes of training one)
     mixed = [json.dumps({"text": f"a story {i}"}) for i in range(20)] + [json.dumps({"question": "q", "answer": "a"})]
-    with pytest.raises(UserError, match=r"mixed2.jsonl line 21: a dataset is one or the other"):
+    with pytest.raises(UserError, match=r"mixed2.jsonl line 21: a conversation among plain text \(from \S*mixed2.jsonl "
+                                        r"line 1 on\); fix it, or pass --skip_bad_records to leave it out$"):
         prepare.train_vocabulary(prepare.find_source("text", write(tmp_path / "mixed2.jsonl", "\n".join(mixed))), 300,
                                  None, None, 0.0)
     # a folder of chats and a README.txt that sorts first: the README is named, not the chats file as if it held text
@@ -590,6 +591,32 @@ def test_bad_records_of_the_other_files_are_named_too(tmp_path):
     streams = [("train", first, None), ("val", e, None), ("train", c, None), ("val", d, None)]
     assert str(prepare.with_other_files(error, {"streams": streams})) == (
         f"c's; bad records in 2 other files too: {e} (all 2 bad: lines 1, 2), {d} (2 bad: records 1, 5)")
+
+
+def test_a_record_of_the_other_kind_is_a_bad_record(tmp_path, capsys):
+    """A plain-text record in a file whose first records are conversations (or the reverse) is a bad record: counted
+    and located with the others, and left out by --skip_bad_records; it stopped every run, named alone, even with
+    --skip_bad_records. A file with no more of its first records' kind than of the other is refused as before: leaving
+    out the rest would keep the odd first ones alone."""
+    out = str(tmp_path / "data")
+    chats = [json.dumps({"question": f"Q{i}?", "answer": f"A{i}."}) for i in range(10)]
+    for n in (4, 9):
+        chats.insert(n - 1, json.dumps({"text": "a note"}))
+    src = write(tmp_path / "qa.jsonl", "\n".join(chats) + "\n")
+    with pytest.raises(UserError, match=rf"^{re.escape(src)} line 4: plain text among conversations \(from "
+                                        rf"{re.escape(src)} line 1 on\); 1 more bad record in the file: line 9; fix them, "
+                                        rf"or pass --skip_bad_records to leave them out$"):
+        prepare.prepare("chat", source=src, out_dir=out, name="qa")
+    prepare.main(["--dataset", "chat", "--source", src, "--name", "qa", "--out_dir", out, "--skip_bad_records"])
+    assert f"\n  --skip_bad_records: left out 2 bad records of {src}: lines 4, 9\n" in capsys.readouterr().out
+    meta = prepare.read_meta(os.path.join(out, "qa"))
+    assert meta["kind"] == "chat" and meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == 10
+    # the first record the odd one: not left to stand alone, skipped or not
+    odd = write(tmp_path / "odd.jsonl", "\n".join(chats[:1] + [json.dumps({"text": d}) for d in DOCS[:3]]))
+    for skip in (False, True):
+        with pytest.raises(UserError, match=rf"^conversations in {re.escape(odd)} line 1 and plain text in "
+                                            rf"{re.escape(odd)} line 2: a dataset is one or the other"):
+            prepare.prepare("text", source=odd, out_dir=out, name="odd", skip_bad_records=skip)
 
 
 def test_bad_records_are_counted_in_little_memory(tmp_path, capsys):
