@@ -674,7 +674,7 @@ class Handler(BaseHTTPRequestHandler):
         self.dispatch("POST")
 
     def do_HEAD(self):
-        self.dispatch("GET")  # send_bytes leaves the body out
+        self.dispatch("HEAD")  # routed as GET (check_route); send_bytes leaves the body out
 
     def do_PUT(self):
         self.dispatch("PUT")
@@ -832,14 +832,16 @@ class Handler(BaseHTTPRequestHandler):
         which route answers."""
         if self.preflight_headers(self.server, method, path, self.headers) is not None:
             return True
+        # HEAD is GET without the body, and takes its routes; a refusal names the method the client sent
+        routed = "GET" if method == "HEAD" else method
         if path.startswith("/v1/models/"):
-            if method != "GET":  # (it was "no such endpoint": client.models.delete raised NotFoundError)
+            if routed != "GET":  # (it was "no such endpoint": client.models.delete raised NotFoundError)
                 raise ApiError(405, f"/v1/models/{{model}} takes GET, not {method}", code="method_not_allowed")
             return False
         if path not in self.ROUTES:
             raise ApiError(404, f"no such endpoint {method} {path}: try POST /v1/chat/completions, "
                                 "POST /v1/completions, GET /v1/models or the chat page at /", code="not_found")
-        if method not in self.ROUTES[path]:
+        if routed not in self.ROUTES[path]:
             allowed = ", ".join(sorted(self.ROUTES[path]))
             raise ApiError(405, f"{path} takes {allowed}, not {method}", code="method_not_allowed")
         return False
@@ -880,7 +882,7 @@ class Handler(BaseHTTPRequestHandler):
             self.check_framing()
             self.check_host()
             if hasattr(self, "do_" + self.command):  # (another method gets the standard library's 501, as without Expect)
-                self.check_route("GET" if self.command == "HEAD" else self.command, path)  # (as do_HEAD dispatches)
+                self.check_route(self.command, path)
             if "Content-Length" in self.headers and "Transfer-Encoding" not in self.headers:  # (chunked: no size to judge)
                 self.declared_length()
         except ApiError as e:

@@ -1001,6 +1001,12 @@ def test_a_refused_request_is_a_line_in_the_log(enc):
         assert status == 404 and len(lines) == 2 and lines[1].startswith("GET /\\x1b[2Jgone: 404 "), lines
         status, _, _ = raw(api, b"BREW / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")  # the standard library's refusal
         assert status == 501 and len(lines) == 3 and lines[2].startswith("BREW /: 501 "), lines
+        # HEAD is answered as GET is, but its refusals name it: they said "no such endpoint GET /nowhere" and
+        # "takes POST, not GET", a method the client never sent
+        for path, said in (("/nowhere", "404 no such endpoint HEAD /nowhere:"),
+                           ("/v1/completions", "405 /v1/completions takes POST, not HEAD")):
+            status, _, _ = head(api, "HEAD", path, {})
+            assert status == int(said[:3]) and lines[-1].startswith(f"HEAD {path}: {said}"), lines
     finally:
         api.close()
 
