@@ -26,7 +26,8 @@ a 400. Other fields of OpenAI's API that would change the answer (n > 1, logprob
 
 One worker thread owns the model (torch runs one forward at a time well, not several on one model):
 requests queue to it in arrival order, up to --max_queue waiting (then 503); connections, a thread each, up to
---max_connections open at once (then 503). A client that hangs up,
+--max_connections open at once (past it, a new one takes the place of the one silent the longest, idle or trickling its
+request; with every one being answered, 503). A client that hangs up,
 streaming or waiting in the queue, cancels its request at the next token and frees the worker; one that only closes
 its sending side (`nc -N`) gets its answer. Ctrl-C (or SIGTERM) stops the reply being generated at its next token;
 it and the waiting requests are answered 503 server_shutting_down (a stream already begun: that error as its last
@@ -103,6 +104,11 @@ class ClientGone(Exception):
 
 class LateRequest(Exception):
     """A request still arriving past its REQUEST_WAIT: answered 408, and its connection closed."""
+
+
+class Evicted(ConnectionAbortedError):
+    """The connection, the one silent the longest when a new one came at --max_connections, was closed to give that
+    one its place (ApiServer.evict): its thread ends, as for a client that hung up (Handler.handle)."""
 
 
 def shutting_down():
@@ -540,18 +546,19 @@ class RequestReader(io.RawIOBase):
 
     def readinto(self, b):
         deadline, sock = self.handler.deadline, self.handler.connection
-        if deadline is None:
-            return sock.recv_into(b)
-        wait, left = sock.gettimeout(), deadline - time.monotonic()
-        if left <= 0:
-            raise LateRequest
-        sock.settimeout(left if wait is None else min(wait, left))
-        try:
-            return sock.recv_into(b)
-        except TimeoutError:
-            raise LateRequest from None
-        finally:
-            sock.settimeout(wait)  # what we write keeps the connection's own timeout
+        with self.handler.server.silent_while(sock):  # (a new connection at --max_connections may take its place)
+            if deadline is None:
+                return sock.recv_into(b)
+            wait, left = sock.gettimeout(), deadline - time.monotonic()
+            if left <= 0:
+                raise LateRequest
+            sock.settimeout(left if wait is None else min(wait, left))
+            try:
+                return sock.recv_into(b)
+            except TimeoutError:
+                raise LateRequest from None
+            finally:
+                sock.settimeout(wait)  # what we write keeps the connection's own timeout
 
     def close(self):
         self.raw.close()
@@ -664,8 +671,11 @@ class Handler(BaseHTTPRequestHandler):
             self.linger()
 
     def linger(self):
-        """After an answer sent before the request's body was read (a 413, a framing refusal, a 408)."""
-        drain(self.connection)
+        """After an answer sent before the request's body was read (a 413, a framing refusal, a 408). Silent meanwhile,
+        its answer sent: a new connection at --max_connections may take its place (ApiServer.evict), else a client that
+        sent a 413's head and nothing more held its place DRAIN_WAIT, and a few such clients every place."""
+        with contextlib.suppress(Evicted), self.server.silent_while(self.connection):
+            drain(self.connection)
 
     def do_GET(self):
         self.dispatch("GET")
@@ -1100,6 +1110,9 @@ class ApiServer(ThreadingHTTPServer):
         self.max_connections, self.slots = max_connections, threading.BoundedSemaphore(max_connections)
         self.turned_away, self.turned_away_said = 0, float("-inf")  # since the log's last line on them (note_turned_away)
         self.refusals = threading.BoundedSemaphore(max_connections)
+        # the connections whose threads wait in a read of a request (silent_while), the one waiting the longest first,
+        # and those of them closed to give a new connection their place (evict), under silence_lock
+        self.silent, self.evicted, self.silence_lock = {}, set(), threading.Lock()
         self.cors = tuple(cors)  # origins whose pages may call the API from a browser ("*": any)
         self.allowed_hosts = tuple(allowed_hosts)  # names a loopback server answers besides its own ("*": any)
         self.temperature, self.top_k, self.top_p, self.max_tokens = temperature, top_k, top_p, max_tokens
@@ -1142,7 +1155,7 @@ class ApiServer(ThreadingHTTPServer):
     def process_request(self, request, client_address):
         # each connection holds a thread while it is open, idle keep-alive ones too: a client opening thousands held as
         # many threads and descriptors, with no limit
-        if self.slots.acquire(blocking=False):
+        if self.slots.acquire(blocking=False) or self.evict():
             places, work = self.slots, self.process_request_thread
         elif self.refusals.acquire(blocking=False):
             places, work = self.refusals, self.turn_away
@@ -1191,7 +1204,47 @@ class ApiServer(ThreadingHTTPServer):
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self.slots.release()
+            with self.silence_lock:
+                evicted = request in self.evicted
+                self.evicted.discard(request)
+            if not evicted:  # (an evicted connection's place is the new connection's already)
+                self.slots.release()
+
+    @contextlib.contextmanager
+    def silent_while(self, sock):
+        """The connection sock is silent while its thread waits in a read of a request (RequestReader): for its first
+        byte (an idle keep-alive connection, or a new one) or for the rest (a slow upload, or a client trickling bytes
+        to hold the connection, slowloris). Raises Evicted after the read if evict closed it meanwhile."""
+        with self.silence_lock:
+            self.silent[sock] = None  # (the last: waiting the shortest)
+        try:
+            yield
+        finally:
+            with self.silence_lock:
+                self.silent.pop(sock, None)
+                evicted = sock in self.evicted
+            if evicted:
+                raise Evicted
+
+    def evict(self):
+        """At --max_connections: closes the connection silent the longest, if one is (silent_while), and hands its
+        place to the new one; whether one was. Idle keep-alive connections, or clients trickling their requests, held
+        every place, a few of them reopened now and then, and every other client got 503 for as long as they liked;
+        nginx too closes idle connections to make room. One being answered (queued, generated, written) reads nothing,
+        and a client sends its request at once, so the one silent the longest is an idle or trickling one. Its thread,
+        woken by the shutdown, ends at once (Evicted) without giving back the place (process_request_thread): for that
+        moment the threads are one more than the places."""
+        with self.silence_lock:
+            if not self.silent:
+                return False
+            sock = next(iter(self.silent))
+            del self.silent[sock]
+            self.evicted.add(sock)
+            # under the lock: its thread cannot have closed it (its read's end takes the lock first). Its client sees
+            # the connection close, as when it is idle for Handler.timeout, and retries on a new one
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        return True
 
     def turn_away(self, sock, client_address):
         """A connection past max_connections: answered 503 overloaded, as a full queue's requests are, unread (but for
@@ -1354,8 +1407,10 @@ def parse_args(argv=None):
     p.add_argument("--max_queue", type=positive_int, default=64, help="requests that may wait for the model; more get 503 (default 64)")
     p.add_argument("--max_connections", type=positive_int, default=256,
                    help="connections open at once, idle keep-alive ones included (a thread and a descriptor each; "
-                        "idle ones close after 2 minutes); more get 503 (default 256: the full queue, the reply being "
-                        "generated and three times as many idle, with room for as many refused under 1,024 descriptors)")
+                        "idle ones close after 2 minutes); past it a new one takes the place of the one silent the "
+                        "longest (idle, or trickling its request), and gets 503 only when every one is being answered "
+                        "(default 256: the full queue, the reply being generated and three times as many idle, with "
+                        "room for as many refused under 1,024 descriptors)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="autocast precision")
     return parse_checkpoint(p, p.parse_args(argv))

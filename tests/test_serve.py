@@ -1144,6 +1144,17 @@ def test_a_server_out_of_descriptors_waits_for_one_instead_of_spinning(api, monk
         assert sock.makefile("rb").readline().startswith(b"HTTP/1.1 200")
 
 
+def busy(api, pool, n=1):
+    """n completion requests, sent from pool's threads to api's worker held by its gate (la_model): one generating,
+    the others queued. Their connections are being answered, never silent, so a new connection at --max_connections
+    takes none of their places (ApiServer.evict). Futures of (status, body, headers), which come once the gate opens."""
+    asked = []
+    for _ in range(n):
+        asked.append(pool.submit(post, api, "/v1/completions", {"prompt": "la", "max_tokens": 1}))
+        wait_for(lambda: (api.worker.current is not None) + len(api.worker.waiting) == len(asked), "a request to queue")
+    return asked
+
+
 def test_full_queue_gets_503(enc):
     gate = threading.Event()  # the worker stays in its first request until the gate opens
     api = start(la_model(enc, gate=gate), enc, name="la", max_queue=1)
@@ -1171,17 +1182,15 @@ def test_full_queue_gets_503(enc):
 
 
 def test_connections_past_the_limit_get_503(enc, monkeypatch):
-    """Each connection holds a thread, an idle keep-alive one too: a client that opened thousands held as many threads
-    and descriptors, with no limit. Past max_connections (--max_connections) a connection is answered at once, 503
+    """Each connection holds a thread: a client that opened thousands held as many threads and descriptors, with no
+    limit. Past max_connections (--max_connections), all of them being answered, a connection is answered at once, 503
     overloaded in the error body of the queue's 503, and closed; the connections held are served on, and one that
     closes gives its place back. The log says so, at the first and then once a minute with the count since."""
-    lines = []
-    api = start(tiny_model(enc), enc, max_connections=2, cors=["*"], log=lines.append)
+    lines, gate = [], threading.Event()
+    api = start(la_model(enc, gate=gate), enc, name="la", max_connections=2, cors=["*"], log=lines.append)
     try:
-        held = [http.client.HTTPConnection(*api.server_address[:2], timeout=60) for _ in range(2)]
-        for conn in held:  # each served once, then idle: a thread each
-            conn.request("GET", "/health")
-            assert conn.getresponse().read()
+        pool = ThreadPoolExecutor(2)
+        held = busy(api, pool, 2)
         for _ in range(3):
             status, err, headers = raw(api, b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
             assert status == 503 and err["error"]["code"] == "overloaded" and headers["Connection"] == "close", err
@@ -1199,16 +1208,63 @@ def test_connections_past_the_limit_get_503(enc, monkeypatch):
         assert status == 503 and err["error"]["code"] == "overloaded"
         assert lines[1] == f"4 {said}", lines  # the two after the first, the preflight, and this one
         wait_for(lambda: api.refusals._value == 2, "the server to let the connections turned away go, their clients gone")
-        held[0].close()
+        gate.set()
+        assert [asked.result()[0] for asked in held] == [200, 200]  # (and their connections closed)
 
         def served():
             with contextlib.suppress(OSError):
                 return raw(api, b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")[0] == 200
         wait_for(served, "a closed connection to give its place back")
-        held[1].request("GET", "/health")
-        assert held[1].getresponse().status == 200
-        held[1].close()
     finally:
+        gate.set()
+        api.close()
+
+
+def test_a_new_connection_at_the_limit_takes_the_place_of_the_one_silent_the_longest(enc, monkeypatch):
+    """At --max_connections, connections that sent nothing (idle keep-alive ones), or trickled their requests a byte now
+    and then (slowloris), or never sent the body of their 413 (lingering DRAIN_WAIT) held every place, and every new
+    client got 503 for as long as their clients liked (reopened after Handler.timeout, REQUEST_WAIT or DRAIN_WAIT). A
+    new connection now takes the place of the one silent the longest, closed (its client sees it close, as at its idle
+    timeout); one being answered keeps its place."""
+    monkeypatch.setattr(serve, "DRAIN_WAIT", 60)  # (the lingering one closes by its eviction, not this)
+    gate = threading.Event()
+    api = start(la_model(enc, gate=gate), enc, name="la", max_connections=4)
+    address = api.server_address[:2]
+    try:
+        pool = ThreadPoolExecutor(1)
+        held = busy(api, pool)
+        lingering = socket.create_connection(address, timeout=60)
+        lingering.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n"
+                          % (serve.MAX_BODY + 1))
+        r = http.client.HTTPResponse(lingering)
+        r.begin()
+        assert r.status == 413 and r.read()
+        time.sleep(0.2)
+        slow = socket.create_connection(address, timeout=60)
+        slow.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")  # the rest, a byte now and then
+        time.sleep(0.2)  # (its read of the rest begins: from then on it is silent)
+        idle = http.client.HTTPConnection(*address, timeout=60)
+        idle.request("GET", "/health")
+        assert idle.getresponse().read()
+        time.sleep(0.2)
+        clients = []
+        for gone in (lingering, slow, idle.sock):  # each new client is served, in the place of the one silent the longest
+            clients.append(http.client.HTTPConnection(*address, timeout=60))
+            clients[-1].request("GET", "/health")
+            r = clients[-1].getresponse()
+            assert r.status == 200 and json.loads(r.read())["status"] == "ok"
+            gone.settimeout(10)  # (a guard, not a speed requirement: it is closed at once)
+            assert gone.recv(65536) == b""  # closed, unanswered (the lingering one's sending side was, after its 413)
+        for sock in (lingering, slow, idle):
+            sock.close()
+        gate.set()
+        assert held[0].result()[0] == 200
+        for conn in clients:  # and their connections serve on: none took the place of another new client
+            conn.request("GET", "/health")
+            assert conn.getresponse().status == 200
+            conn.close()
+    finally:
+        gate.set()
         api.close()
 
 
@@ -1217,12 +1273,11 @@ def test_a_flood_past_twice_the_limit_is_closed_unanswered_and_the_server_goes_o
     once, unanswered: a flood of them holds no thread and no descriptor, and is counted in the log's line. Once the
     connections turned away go, the next one gets its 503 again, and once a served one closes, an answer."""
     monkeypatch.setattr(serve, "DRAIN_WAIT", 60)  # a connection turned away keeps its place while its client is silent
-    lines = []
-    api = start(tiny_model(enc), enc, max_connections=1, log=lines.append)
+    lines, gate = [], threading.Event()
+    api = start(la_model(enc, gate=gate), enc, name="la", max_connections=1, log=lines.append)
     try:
-        held = http.client.HTTPConnection(*api.server_address[:2], timeout=60)
-        held.request("GET", "/health")
-        assert held.getresponse().read()
+        pool = ThreadPoolExecutor(1)
+        held = busy(api, pool)
         with socket.create_connection(api.server_address[:2], timeout=60) as turned_away:
             r = http.client.HTTPResponse(turned_away)
             r.begin()
@@ -1237,13 +1292,15 @@ def test_a_flood_past_twice_the_limit_is_closed_unanswered_and_the_server_goes_o
         wait_for(lambda: api.refusals._value == 1, "the connection turned away to be let go")
         status, err, _ = raw(api, b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
         assert status == 503 and err["error"]["code"] == "overloaded"
-        held.close()
+        gate.set()
+        assert held[0].result()[0] == 200
 
         def served():
             with contextlib.suppress(OSError):
                 return raw(api, b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")[0] == 200
         wait_for(served, "a closed connection to give its place back")
     finally:
+        gate.set()
         api.close()
 
 
@@ -1253,8 +1310,8 @@ def test_a_connection_past_the_limit_lets_an_allowed_page_read_its_503(enc):
     A page of another origin reads none, nor one whose Origin only begins as an allowed one does. Its preflight is
     answered as ever (a browser takes any other answer to one for a network error, whatever its headers: the page never
     saw the 503 of the request after it)."""
-    page = "http://localhost:3000"
-    api = start(tiny_model(enc), enc, max_connections=1, cors=(page,))
+    page, gate = "http://localhost:3000", threading.Event()
+    api = start(la_model(enc, gate=gate), enc, name="la", max_connections=1, cors=(page,))
     ask = {"Origin": page, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type",
            "Access-Control-Request-Private-Network": "true"}
 
@@ -1278,9 +1335,8 @@ def test_a_connection_past_the_limit_lets_an_allowed_page_read_its_503(enc):
         status, served, _ = head(api, "OPTIONS", "/v1/completions", ask)
         assert status == 204 and cors(served)["access-control-allow-origin"] == page
         wait_for(lambda: api.slots._value == 1, "the preflight's connection to give its place back")
-        held = http.client.HTTPConnection(*api.server_address[:2], timeout=60)
-        held.request("GET", "/health")
-        assert held.getresponse().read()
+        pool = ThreadPoolExecutor(1)
+        held = busy(api, pool)
         refusals_free()
         status, h, data = head(api, "OPTIONS", "/v1/completions", ask)
         assert status == 204 and data == b"" and cors(h) == cors(served) and h["connection"] == "close"
@@ -1305,8 +1361,10 @@ def test_a_connection_past_the_limit_lets_an_allowed_page_read_its_503(enc):
         # a head that stops there, past serve.HEAD_WAIT, is answered without reading the rest
         h = turned_away(b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\nOrigin: %s" % page.encode())  # (.evil.example)
         assert "access-control-allow-origin" not in h
-        held.close()
+        gate.set()
+        assert held[0].result()[0] == 200
     finally:
+        gate.set()
         api.close()
 
 
