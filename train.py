@@ -1270,7 +1270,7 @@ class GracefulInterrupt:
     previous checkpoint intact); under torchrun it is ignored, and the save goes on (see handler). Outside the main
     thread Ctrl-C stays a plain KeyboardInterrupt. In one process SIGTERM (a job scheduler's notice, `timeout`) does
     the same and exits 143; under torchrun, which sends it to stop the ranks when one fails, it exits at once
-    (init_distributed)."""
+    (init_distributed), in training saying so (stopped_by_sigterm)."""
 
     def __init__(self):
         self.requested, self.signum, self.old = False, None, {}
@@ -1303,7 +1303,21 @@ class GracefulInterrupt:
         with contextlib.suppress(ValueError):  # ValueError: not the main thread
             for sig in signals:
                 self.old[sig] = signal.signal(sig, self.handler)
+            if "LOCAL_RANK" in os.environ:
+                self.old[signal.SIGTERM] = signal.signal(signal.SIGTERM, self.stopped_by_sigterm)
         return self
+
+    @staticmethod
+    def stopped_by_sigterm(signum, frame):
+        """Under torchrun, in training: SIGTERM ends this rank at once, as init_distributed's does, with a line on any
+        rank. A rank sent it alone (`kill`, a scheduler's notice to one process) ended without a word: torchrun's
+        report said "exitcode 143" and rank 0 "lost contact ... see its lines", which were none. (Outside the loop it
+        stays quiet: there torchrun sends it to the ranks waiting for the first to say a fault, as it ends.)"""
+        with contextlib.suppress(Exception):  # (a signal amid another write to stderr: ending matters more)
+            print(f"rank {os.environ.get('RANK', '?')}: stopped by SIGTERM, without saving (torchrun sends it to every "
+                  f"rank when one ends; to stop a run with a save, send torchrun SIGINT, e.g. scancel --signal=INT)",
+                  file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum)  # through the clean-up: a checkpoint being written removes its temporary file
 
     def __exit__(self, *exc):
         for sig, old in self.old.items():

@@ -421,6 +421,21 @@ def test_a_dead_rank_stops_the_others_and_the_checkpoint_stays_intact(env, tmp_p
     assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
 
 
+def test_a_rank_sent_sigterm_alone_says_why_it_stopped(env, tmp_path):
+    """SIGTERM to one rank (`kill`, a scheduler's notice to one process) ends it at once, as torchrun's own does: it
+    ended without a word, torchrun's report said "exitcode 143", and rank 0 "lost contact ... see its lines above"."""
+    out = tmp_path / "models"
+    proc = long_run(env, out)
+    ckpt = out / "story.pt"
+    wait_for(ckpt, proc)
+    os.kill(rank_pids(proc)[1], signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=90)
+    assert proc.returncode != 0
+    assert stderr.count("rank 1: stopped by SIGTERM, without saving") == 1, stderr[-3000:]
+    assert "[rank0]: Traceback" not in stderr and "[rank1]: Traceback" not in stderr, stderr[-3000:]
+    assert load_checkpoint(str(ckpt))["step"] > 0 and not [f for f in os.listdir(out) if f.endswith(".tmp")]
+
+
 def test_inner_accumulation_steps_skip_the_all_reduce(env):
     """DDP all-reduces in the backward of every forward unless inside no_sync(): train_step uses it for all but the
     last micro-batch of a step."""
