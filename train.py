@@ -37,6 +37,7 @@ common.quiet_ctrl_c(__name__)
 import argparse
 import contextlib
 import dataclasses
+import datetime
 import gc
 import glob
 import hashlib
@@ -83,6 +84,12 @@ EVAL_SPACING = 3  # a budgeted run's evaluations take at most about 1 / (1 + EVA
 # covers them, and a hard disk. Counting the bytes takes a millisecond; timing the state's serialization into memory
 # took as long as a fast save (small: 0.1-0.4 s), held a second copy of the state, and missed the disk's 3-5x
 SAVE_BYTES_PER_S = 100e6
+# under torchrun, how long a rank waits for the others in a collective before it ends with an error: gloo's own 30
+# minutes left a run with one rank stuck (a hung GPU, a stalled file system) silent that long. The longest wait a
+# healthy run has is the others' for rank 0's checkpoint save (at SAVE_BYTES_PER_S, 10 minutes is 60 GB of training
+# state: a 5B-parameter model with AdamW) or for the slowest rank's first --compile step: 10 minutes, NCCL's own
+# default, leaves room for both; --dist_timeout raises it
+DIST_TIMEOUT_MIN = 10.0
 MAX_LR = 1e5  # a sanity bound (0.05 is about the largest that trains anything here) that keeps Muon's update in float32
 FINETUNE_LR_DIVISOR = 3  # fine-tuning starts from trained weights: smaller steps keep what they know
 BETAS = (0.9, 0.95)
@@ -118,6 +125,17 @@ def warmup_arg(text):
     if not value >= 0 or (share and not value <= 100):  # written so that nan% fails too
         raise argparse.ArgumentTypeError(f"{text!r}: a warmup is 0 to 100% of the run, or 0 or more steps")
     return text.strip() if share else value
+
+
+def minutes_arg(text):
+    """argparse type of a positive, finite number of minutes (--dist_timeout)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of minutes") from None
+    if not 0 < value < math.inf:  # written so that nan fails too
+        raise argparse.ArgumentTypeError(f"{text!r}: give a positive number of minutes")
+    return value
 
 
 def warmup_share(warmup):
@@ -235,6 +253,10 @@ def parse_args(argv=None):
     # BooleanOptionalAction knows only --no-compile and --no-recompute_activations, and --no_compile was refused
     for name in ("compile", "recompute_activations"):
         g.add_argument(f"--no_{name}", dest=name, action="store_false", default=None, help=argparse.SUPPRESS)
+    g.add_argument("--dist_timeout", type=minutes_arg, default=DIST_TIMEOUT_MIN, metavar="MINUTES",
+                   help=f"under torchrun, how long a process waits for the others (a stuck one, or rank 0 saving a "
+                        f"checkpoint) before it ends with an error (default: {DIST_TIMEOUT_MIN:g}); raise it for a "
+                        f"checkpoint save or first --compile step that takes longer")
     g.add_argument("--no_color", "--no-color", dest="no_color", action="store_true", help="no ANSI colors in the output")
     if not speaks_for_machine():  # under torchrun: one usage error (or --help) a machine, not one a process
         p.error = lambda message: exit_after_the_first(2)
@@ -1447,9 +1469,22 @@ def is_peer_failure(e):
     return isinstance(e, dist_error) or (isinstance(e, RuntimeError) and ("gloo" in str(e) or "NCCL" in str(e)))
 
 
-def init_distributed(device_name):
+def timed_out(e, when, minutes, last=""):
+    """The UserError for e, a collective's failure (is_peer_failure) when (as in "at step 12"), if it was the
+    --dist_timeout running out (gloo: "Timed out waiting 600000ms"; NCCL: "... timeout"): a rank that hangs, not
+    one gone. Said by every rank that waited: the one that speaks for its machine may be the one stuck. None for
+    another failure."""
+    if "timed out" not in str(e).lower() and "timeout" not in str(e).lower():
+        return None
+    return UserError(f"no word from another rank in {minutes:g} minute(s) {when} (--dist_timeout): one is stuck (see "
+                     f"its lines, on its machine), or its checkpoint save or first --compile step took longer, which "
+                     f"a larger --dist_timeout allows{last}", every_rank=True)
+
+
+def init_distributed(device_name, timeout_min=DIST_TIMEOUT_MIN):
     """(Dist, device). Under torchrun (WORLD_SIZE > 1) join the process group: NCCL on CUDA, where each rank takes
-    its LOCAL_RANK GPU, and gloo on CPU; otherwise just pick the device."""
+    its LOCAL_RANK GPU, and gloo on CPU, a collective waiting timeout_min minutes at most (see DIST_TIMEOUT_MIN);
+    otherwise just pick the device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Dist(), pick_device(device_name)
@@ -1482,9 +1517,10 @@ def init_distributed(device_name):
             if signal.getsignal(sig) is not signal.SIG_IGN:
                 handlers[sig] = signal.signal(sig, signal.SIG_DFL)
     try:
-        td.init_process_group("nccl" if kind == "cuda" else "gloo")
+        timeout = datetime.timedelta(minutes=timeout_min)
+        td.init_process_group("nccl" if kind == "cuda" else "gloo", timeout=timeout)
         # the clock and Ctrl-C are agreed on with host tensors: NCCL takes only device tensors, so a gloo group beside it
-        control = td.new_group(backend="gloo") if kind == "cuda" else None
+        control = td.new_group(backend="gloo", timeout=timeout) if kind == "cuda" else None
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
@@ -1979,8 +2015,9 @@ def train(args):
             # a rank lost while the ranks set up (the training loop says its own, with the step): another machine
             # without the files (see run_training), met at the first agreement, would be a gloo traceback
             if is_peer_failure(e) and torch.distributed.is_available() and torch.distributed.is_initialized():
-                raise UserError(f"lost contact with the other ranks before training (did one fail? see its lines, on "
-                                f"its machine): {first_line(e, 100)}") from e
+                raise timed_out(e, "before training", args.dist_timeout) or UserError(
+                    f"lost contact with the other ranks before training (did one fail? see its lines, on its "
+                    f"machine): {first_line(e, 100)}") from e
             raise
 
 
@@ -2001,9 +2038,9 @@ def run_training(args, held):
         args = argparse.Namespace(**{**vars(args), "checkpoint": args.init_from})
     # under torchrun the ranks join before the files are read, so that a machine without them (its data/ or the
     # checkpoint not copied) fails after joining and the others lose contact at once: failing before, it would leave
-    # them waiting in the join, with no word, for its 30-minute timeout (their torchrun does not learn of another
+    # them waiting in the join, with no word, for --dist_timeout (their torchrun does not learn of another
     # machine's failure). (One process picks its device after the files' errors: no device prompt before them)
-    joined = init_distributed(args.device) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
+    joined = init_distributed(args.device, args.dist_timeout) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
     ckpt = load_checkpoint(args.checkpoint) if args.checkpoint else None
     ckpt_args = (ckpt or {}).get("args") or {}
     if ckpt is not None:
@@ -2020,7 +2057,8 @@ def run_training(args, held):
     own_vocab = args.checkpoint if ckpt is not None and ckpt["tokenizer"].get("bpe") else None
     meta = load_meta(args.data_dir, dataset, args.tokenizer or own_vocab)
     enc = pick_tokenizer(args, meta, ckpt)
-    dist, device = joined or init_distributed(args.device)  # before the model: a new one's default size depends on it
+    # (before the model: a new one's default size depends on it)
+    dist, device = joined or init_distributed(args.device, args.dist_timeout)
     quiet = not dist.main
     check_same_files(dist, meta, ckpt, args.checkpoint)
     if args.model is None and ckpt is None:
@@ -2374,8 +2412,10 @@ def run_training(args, held):
                 # sends when a rank fails, which torchrun, stopping on the Ctrl-C itself, never sends, and be killed
                 # 30 s later
                 raise KeyboardInterrupt from e
-            raise UserError(f"lost contact with the other ranks at step {p.step:,} (did one fail? see its lines above): "
-                            f"{first_line(e, 100)}; last checkpoint: {saved['path'] or 'none'}") from e
+            last = f"; last checkpoint: {saved['path'] or 'none'}"
+            raise timed_out(e, f"at step {p.step:,}", args.dist_timeout, last) or UserError(
+                f"lost contact with the other ranks at step {p.step:,} (did one fail? see its lines above): "
+                f"{first_line(e, 100)}{last}") from e
         raise
 
     # ---- summary

@@ -436,6 +436,58 @@ def test_a_rank_sent_sigterm_alone_says_why_it_stopped(env, tmp_path):
     assert load_checkpoint(str(ckpt))["step"] > 0 and not [f for f in os.listdir(out) if f.endswith(".tmp")]
 
 
+STUCK_RANK = """
+import os, sys, time
+sys.path.insert(0, {root!r})
+import train
+train_step, calls = train.train_step, [0]
+
+def stuck(*args, **kwargs):  # rank 1 hangs in its third step (a hung GPU, a stalled file system), alive
+    calls[0] += 1
+    if os.environ["RANK"] == "1" and calls[0] == 3:
+        open({mark!r}, "w").close()
+        time.sleep(120)
+    return train_step(*args, **kwargs)
+
+train.train_step = stuck
+train.main(sys.argv[1:])
+"""
+
+
+def test_a_stuck_rank_ends_the_run_after_dist_timeout(env, tmp_path):
+    """A rank that hangs, not dies, left the others waiting in the step's all-reduce for gloo's 30 minutes, without a
+    word: --dist_timeout bounds the wait (10 minutes by default), and the line says what it was and how to allow more."""
+    mark = tmp_path / "stuck"
+    wrapper = tmp_path / "stuck_rank.py"
+    wrapper.write_text(STUCK_RANK.format(root=ROOT, mark=str(mark)))
+    proc = torchrun(["--data_dir", env["data"], "--dataset", "mini", "--n_layer", "1", "--n_head", "2", "--n_embd",
+                     "32", "--block_size", "64", "--batch_size", "4", "--epochs", "50", "--eval_interval", "0",
+                     "--save_interval", "0", "--dist_timeout", "0.05", "--output_checkpoint",
+                     tmp_path / "models" / "{dataset}.pt"], script=wrapper, stdin=subprocess.DEVNULL,
+                    start_new_session=True)
+    try:
+        wait_for(mark, proc)
+        t = time.time()
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the other rank still waited for the stuck one a minute on, past --dist_timeout's 3 s")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode != 0 and time.time() - t < 30, err[-3000:]
+    assert err.count("error: no word from another rank in 0.05 minute(s) at step 2 (--dist_timeout): one is stuck "
+                     "(see its lines, on its machine)") == 1, err[-3000:]
+    assert "rank 1: stopped by SIGTERM" in err, err[-3000:]  # torchrun's, once rank 0 ended: said by the stuck one
+    assert "[rank0]: Traceback" not in err, err[-3000:]
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "nan", "inf", "ten"])
+def test_a_dist_timeout_that_is_no_wait_is_refused(bad, capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(["--dist_timeout", bad])
+    assert "argument --dist_timeout: " in capsys.readouterr().err
+
+
 def test_inner_accumulation_steps_skip_the_all_reduce(env):
     """DDP all-reduces in the backward of every forward unless inside no_sync(): train_step uses it for all but the
     last micro-batch of a step."""
