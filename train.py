@@ -1763,9 +1763,10 @@ def run_summary(p, meta, windows_per_epoch, **run):
 
 
 def banner_lines(args, dataset, what, enc, config, model, train_w, val_w, batches, world, budget, budget_warmup,
-                 device, dtype, resumed=None):
+                 device, dtype, resumed=None, was_world=None):
     """The lines a run starts with: its data, its model (what: "new model", or continuing or fine-tuning which
-    checkpoint), how it trains, and where a resumed run (resumed: its Progress) goes on from."""
+    checkpoint), how it trains, and where a resumed run (resumed: its Progress; was_world: the processes it ran on)
+    goes on from."""
     n_all, n_core = model.num_params(non_embedding=False), model.num_params()
     tok_step = batches.windows_per_step * args.block_size
     spe = batches.steps_per_epoch
@@ -1783,8 +1784,13 @@ def banner_lines(args, dataset, what, enc, config, model, train_w, val_w, batche
                  f"{device} {str(dtype).replace('torch.', '')}{', compiled' if args.compile else ''}"
                  f"{', activations recomputed' if args.recompute_activations else ''}")
     if resumed is not None and (resumed.step or resumed.epoch):
+        # on other ranks a run goes on as it would have to float summation order, bar dropout: each rank draws the
+        # masks of its windows (see the training loop), so other ranks draw others, and resume is no longer exact
+        other_masks = config.dropout and was_world is not None and was_world != world
         lines.append(f"resume epoch {resumed.epoch + 1}, window {resumed.windows:,}/{len(train_w):,}, "
-                     f"step {resumed.step:,}")
+                     f"step {resumed.step:,}" + (f" (dropout: the run drew its masks in {was_world} process(es), this "
+                                                  f"one in {world}, so it goes on with other masks, not bit for bit "
+                                                  f"as on {was_world})" if other_masks else ""))
     return lines
 
 
@@ -2224,7 +2230,8 @@ def run_training(args, held):
     tok_step = batches.windows_per_step * args.block_size
     what = ("continuing" if continuing else "fine-tuning") + f" {args.checkpoint}" if ckpt else "new model"
     for line in banner_lines(args, dataset, what, enc, config, model, train_w, val_w, batches, dist.world, budget,
-                             budget_warmup, device, dtype, p if continuing else None):
+                             budget_warmup, device, dtype, p if continuing else None,
+                             ckpt_args.get("world_size", 1) if continuing else None):
         say(paint(line, "dim"))
 
     def every(pct):  # (past the run: only at its end; 1e308 % overflowed to an OverflowError)

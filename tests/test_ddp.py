@@ -118,19 +118,26 @@ def test_a_one_process_checkpoint_resumes_on_two_ranks(env, runs):
     assert load_checkpoint(str(out / "story.pt"))["epoch_windows"] == 16 * STEPS
 
 
-def test_a_two_rank_run_with_dropout_resumes_exactly(env, tmp_path):
+def test_a_two_rank_run_with_dropout_resumes_exactly(env, tmp_path, capsys):
     """Dropout draws each rank's masks from its own random stream; only rank 0's is in the checkpoint, so the others
     must draw the same masks after a resume by construction: 2 epochs in one go equal the first epoch's checkpoint
     continued for the second, bit for bit."""
     whole = tmp_path / "whole"
     torchrun(["--data_dir", env["data"], "--dataset", "mini", "--batch_size", "4", *MODEL, "--dropout", "0.1",
               "--eval_interval", "0", "--epochs", "2", "--output_checkpoint", whole / "{dataset}_{epoch}.pt"])
-    torchrun(["--checkpoint", whole / "mini_1.pt", "--output_checkpoint", tmp_path / "resumed" / "{dataset}_{epoch}.pt"])
+    r = torchrun(["--checkpoint", whole / "mini_1.pt", "--output_checkpoint",
+                  tmp_path / "resumed" / "{dataset}_{epoch}.pt"])
     a, b = losses(whole / "mini_metrics.jsonl"), losses(tmp_path / "resumed" / "mini_metrics.jsonl")
     assert len(b) > 3 and set(b) < set(a)
     assert all(b[s] == a[s] for s in b), assert_same_curve(b, a, sorted(b))  # bit for bit, else show the curves
     ck_a, ck_b = load_checkpoint(str(whole / "mini_2.pt")), load_checkpoint(str(tmp_path / "resumed" / "mini_2.pt"))
     assert ck_a["step"] == ck_b["step"] and all(torch.equal(ck_a["model"][k], ck_b["model"][k]) for k in ck_a["model"])
+    # on another number of processes the masks are others: said where the resume is, as the one thing not exact
+    assert "dropout: the run drew" not in r.stdout
+    train.train(train.parse_args(["--checkpoint", str(whole / "mini_1.pt"), "--batch_size", "8", "--max_steps", "1",
+                                  "--output_checkpoint", str(tmp_path / "one" / "{dataset}_{epoch}.pt"), "--no-color"]))
+    assert ("(dropout: the run drew its masks in 2 process(es), this one in 1, so it goes on with other masks, "
+            "not bit for bit as on 2)") in capsys.readouterr().out
 
 
 def test_overwriting_the_best_file_drops_its_bar_on_every_rank(env, runs, tmp_path):
