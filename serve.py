@@ -507,6 +507,16 @@ def drain(sock):
         pass
 
 
+def readable(sock):
+    """Whether sock has bytes (or its end) waiting to be read, at once. (poll, not select, where there is one: see
+    Handler.client_gone)"""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(0))
+    return bool(select.select([sock], [], [], 0)[0])
+
+
 def malformed(headers):
     """Whether a request's head has a header line the standard library misreads (Handler.check_framing refuses it): one
     with no colon, or a space before it (it drops every header after it, Content-Length included), or one folded onto
@@ -1235,9 +1245,11 @@ class ApiServer(ThreadingHTTPServer):
         woken by the shutdown, ends at once (Evicted) without giving back the place (process_request_thread): for that
         moment the threads are one more than the places."""
         with self.silence_lock:
-            if not self.silent:
+            # one with bytes waiting is silent no more: its request (a keep-alive client's next, a new connection's
+            # first) has come, and its thread, not yet woken, is about to read it; closed, it was dropped unanswered
+            sock = next((s for s in self.silent if not readable(s)), None)
+            if sock is None:
                 return False
-            sock = next(iter(self.silent))
             del self.silent[sock]
             self.evicted.add(sock)
             # under the lock: its thread cannot have closed it (its read's end takes the lock first). Its client sees

@@ -1268,6 +1268,32 @@ def test_a_new_connection_at_the_limit_takes_the_place_of_the_one_silent_the_lon
         api.close()
 
 
+def test_a_connection_whose_request_has_come_is_not_taken_for_silent(enc):
+    """A connection's thread is silent from the start of its read (ApiServer.silent_while) until it is woken and takes
+    the GIL: a keep-alive client's next request, or a new connection's first, can have come meanwhile (four keep-alive
+    clients sending back to back at --max_connections 4, and a new connection every 20 ms: over a quarter of the
+    evictions). Closed, its request was dropped unanswered, for a new connection that sent nothing yet. Played here
+    with two such reads, as handler threads': the first (silent the longer) has its bytes waiting, unread."""
+    api = start(tiny_model(enc), enc, max_connections=2)
+    came, came_peer = socket.socketpair()
+    idle, idle_peer = socket.socketpair()
+    try:
+        with contextlib.ExitStack() as reads:
+            reads.enter_context(api.silent_while(came))
+            reads.enter_context(contextlib.suppress(serve.Evicted))  # (the idle one's, at the end of its read)
+            reads.enter_context(api.silent_while(idle))
+            came_peer.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            assert api.evict()  # the new connection takes the idle one's place
+            idle_peer.settimeout(10)
+            assert idle_peer.recv(1) == b""  # closed
+        assert came.recv(65536).startswith(b"GET /health")  # (its read, woken, goes on, and it is answered)
+        assert api.evicted == {idle}
+    finally:
+        for sock in (came, came_peer, idle, idle_peer):
+            sock.close()
+        api.close()
+
+
 def test_a_flood_past_twice_the_limit_is_closed_unanswered_and_the_server_goes_on(enc, monkeypatch):
     """Past --max_connections served and as many being turned away (503, then drained), a connection is closed at
     once, unanswered: a flood of them holds no thread and no descriptor, and is counted in the log's line. Once the
