@@ -26,8 +26,8 @@ a 400. Other fields of OpenAI's API that would change the answer (n > 1, logprob
 
 One worker thread owns the model (torch runs one forward at a time well, not several on one model):
 requests queue to it in arrival order, up to --max_queue waiting (then 503); connections, a thread each, up to
---max_connections open at once (past it, a new one takes the place of the one silent the longest, idle or trickling its
-request; with every one being answered, 503). A client that hangs up,
+--max_connections open at once (past it, a new one takes the place of the one waiting the longest, a second or more,
+for its request, idle or trickling it; with none such, 503). A client that hangs up,
 streaming or waiting in the queue, cancels its request at the next token and frees the worker; one that only closes
 its sending side (`nc -N`) gets its answer. Ctrl-C (or SIGTERM) stops the reply being generated at its next token;
 it and the waiting requests are answered 503 server_shutting_down (a stream already begun: that error as its last
@@ -85,6 +85,10 @@ REQUEST_WAIT = 60
 # a whole context's events, hundreds of KB) crosses a 1 Mbit/s link in seconds. The socket's timeout bounds each write
 # alone, and a stream's every event is one: a client that read a little now and then held its thread 120 s an event
 WRITE_WAIT = 60
+# seconds a connection must have waited for its request (idle, or that request trickling in) before a new connection at
+# --max_connections may take its place (ApiServer.evict): a busy keep-alive client, silent for milliseconds between
+# its requests, lost its connection to each newcomer, which the next newcomer took in turn
+EVICT_AFTER = 1
 
 
 class ApiError(Exception):
@@ -556,7 +560,10 @@ class RequestReader(io.RawIOBase):
 
     def readinto(self, b):
         deadline, sock = self.handler.deadline, self.handler.connection
-        with self.handler.server.silent_while(sock):  # (a new connection at --max_connections may take its place)
+        # (a new connection at --max_connections may take its place.) Waiting since the request's first byte, not this
+        # read's start: a client trickling a byte now and then (slowloris) is never silent long in one read
+        since = None if deadline is None else deadline - REQUEST_WAIT
+        with self.handler.server.silent_while(sock, since):
             if deadline is None:
                 return sock.recv_into(b)
             wait, left = sock.gettimeout(), deadline - time.monotonic()
@@ -1221,12 +1228,13 @@ class ApiServer(ThreadingHTTPServer):
                 self.slots.release()
 
     @contextlib.contextmanager
-    def silent_while(self, sock):
+    def silent_while(self, sock, since=None):
         """The connection sock is silent while its thread waits in a read of a request (RequestReader): for its first
         byte (an idle keep-alive connection, or a new one) or for the rest (a slow upload, or a client trickling bytes
-        to hold the connection, slowloris). Raises Evicted after the read if evict closed it meanwhile."""
+        to hold the connection, slowloris), waiting for it since since (a time.monotonic(); None: now). Raises Evicted
+        after the read if evict closed it meanwhile."""
         with self.silence_lock:
-            self.silent[sock] = None  # (the last: waiting the shortest)
+            self.silent[sock] = time.monotonic() if since is None else since
         try:
             yield
         finally:
@@ -1237,17 +1245,19 @@ class ApiServer(ThreadingHTTPServer):
                 raise Evicted
 
     def evict(self):
-        """At --max_connections: closes the connection silent the longest, if one is (silent_while), and hands its
-        place to the new one; whether one was. Idle keep-alive connections, or clients trickling their requests, held
-        every place, a few of them reopened now and then, and every other client got 503 for as long as they liked;
+        """At --max_connections: closes the connection waiting the longest for its request (silent_while), if one has
+        waited EVICT_AFTER or more, and hands its place to the new one; whether one was. Idle keep-alive connections, or
+        clients trickling their requests, held every place, a few of them reopened now and then, and every other client got 503 for as long as they liked;
         nginx too closes idle connections to make room. One being answered (queued, generated, written) reads nothing,
-        and a client sends its request at once, so the one silent the longest is an idle or trickling one. Its thread,
+        and a client sends its request at once, so the one waiting the longest is an idle or trickling one. Its thread,
         woken by the shutdown, ends at once (Evicted) without giving back the place (process_request_thread): for that
         moment the threads are one more than the places."""
         with self.silence_lock:
             # one with bytes waiting is silent no more: its request (a keep-alive client's next, a new connection's
             # first) has come, and its thread, not yet woken, is about to read it; closed, it was dropped unanswered
-            sock = next((s for s in self.silent if not readable(s)), None)
+            now = time.monotonic()
+            sock = min((s for s, since in self.silent.items() if now - since >= EVICT_AFTER and not readable(s)),
+                       key=self.silent.get, default=None)
             if sock is None:
                 return False
             del self.silent[sock]
@@ -1419,8 +1429,8 @@ def parse_args(argv=None):
     p.add_argument("--max_queue", type=positive_int, default=64, help="requests that may wait for the model; more get 503 (default 64)")
     p.add_argument("--max_connections", type=positive_int, default=256,
                    help="connections open at once, idle keep-alive ones included (a thread and a descriptor each; "
-                        "idle ones close after 2 minutes); past it a new one takes the place of the one silent the "
-                        "longest (idle, or trickling its request), and gets 503 only when every one is being answered "
+                        "idle ones close after 2 minutes); past it a new one takes the place of the one waiting the "
+                        "longest, a second or more, for its request (idle, or trickling it), else gets 503 "
                         "(default 256: the full queue, the reply being generated and three times as many idle, with "
                         "room for as many refused under 1,024 descriptors)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")

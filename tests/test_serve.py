@@ -1227,6 +1227,7 @@ def test_a_new_connection_at_the_limit_takes_the_place_of_the_one_silent_the_lon
     new connection now takes the place of the one silent the longest, closed (its client sees it close, as at its idle
     timeout); one being answered keeps its place."""
     monkeypatch.setattr(serve, "DRAIN_WAIT", 60)  # (the lingering one closes by its eviction, not this)
+    monkeypatch.setattr(serve, "EVICT_AFTER", 0.1)  # (each waits 0.2 s or more before the next comes)
     gate = threading.Event()
     api = start(la_model(enc, gate=gate), enc, name="la", max_connections=4)
     address = api.server_address[:2]
@@ -1268,12 +1269,13 @@ def test_a_new_connection_at_the_limit_takes_the_place_of_the_one_silent_the_lon
         api.close()
 
 
-def test_a_connection_whose_request_has_come_is_not_taken_for_silent(enc):
+def test_a_connection_whose_request_has_come_is_not_taken_for_silent(enc, monkeypatch):
     """A connection's thread is silent from the start of its read (ApiServer.silent_while) until it is woken and takes
     the GIL: a keep-alive client's next request, or a new connection's first, can have come meanwhile (four keep-alive
     clients sending back to back at --max_connections 4, and a new connection every 20 ms: over a quarter of the
     evictions). Closed, its request was dropped unanswered, for a new connection that sent nothing yet. Played here
     with two such reads, as handler threads': the first (silent the longer) has its bytes waiting, unread."""
+    monkeypatch.setattr(serve, "EVICT_AFTER", 0)
     api = start(tiny_model(enc), enc, max_connections=2)
     came, came_peer = socket.socketpair()
     idle, idle_peer = socket.socketpair()
@@ -1291,6 +1293,58 @@ def test_a_connection_whose_request_has_come_is_not_taken_for_silent(enc):
     finally:
         for sock in (came, came_peer, idle, idle_peer):
             sock.close()
+        api.close()
+
+
+def test_a_busy_keep_alive_connection_keeps_its_place_at_the_limit(enc):
+    """A client sending its requests one after another on a keep-alive connection is silent for milliseconds between
+    them: a new connection at --max_connections took its place each time (and the next newcomer the newcomer's), its
+    next request dropped with the connection. Only one that has waited EVICT_AFTER for its request gives way; the
+    newcomer gets its 503."""
+    api = start(tiny_model(enc), enc, max_connections=1)
+    try:
+        client = http.client.HTTPConnection(*api.server_address[:2], timeout=60)
+        client.request("GET", "/health")
+        assert client.getresponse().read()
+        with socket.create_connection(api.server_address[:2], timeout=60) as newcomer:
+            r = http.client.HTTPResponse(newcomer)
+            r.begin()
+            assert r.status == 503 and json.loads(r.read())["error"]["code"] == "overloaded"
+        client.request("GET", "/health")  # (the same connection: it was not closed)
+        assert client.getresponse().status == 200 and client.sock is not None
+        client.close()
+    finally:
+        api.close()
+
+
+def test_a_client_trickling_its_request_gives_way_at_the_limit(enc, monkeypatch):
+    """A client that sends its request a byte at a time (slowloris) is never silent long in one read: it has waited
+    for its request since the request's first byte, and gives its place to a new connection once that is
+    EVICT_AFTER ago, however often it sends a byte."""
+    monkeypatch.setattr(serve, "EVICT_AFTER", 0.5)
+    api = start(tiny_model(enc), enc, max_connections=1)
+    stop = threading.Event()
+    try:
+        slow = socket.create_connection(api.server_address[:2], timeout=60)
+        slow.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
+
+        def trickle():  # a byte every 50 ms, until the connection is closed
+            with contextlib.suppress(OSError):
+                while not stop.wait(0.05):
+                    slow.sendall(b"a")
+        trickling = threading.Thread(target=trickle, daemon=True)
+        trickling.start()
+        time.sleep(1)  # (twice EVICT_AFTER: its request began that long ago)
+        client = http.client.HTTPConnection(*api.server_address[:2], timeout=60)
+        client.request("GET", "/health")
+        r = client.getresponse()
+        assert r.status == 200 and json.loads(r.read())["status"] == "ok"
+        client.close()
+        slow.settimeout(10)
+        assert slow.recv(65536) == b""  # closed, unanswered
+    finally:
+        stop.set()
+        slow.close()
         api.close()
 
 
