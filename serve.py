@@ -1125,7 +1125,8 @@ class ApiServer(ThreadingHTTPServer):
         # connections served at once, each by a thread of its own (process_request), and as many turned away past
         # them, each by a short-lived thread too (turn_away)
         self.max_connections, self.slots = max_connections, threading.BoundedSemaphore(max_connections)
-        self.turned_away, self.turned_away_said = 0, float("-inf")  # since the log's last line on them (note_turned_away)
+        # connections past max_connections, turned away and given another's place, since the log's line on them
+        self.turned_away, self.made_room, self.at_limit_said = 0, 0, float("-inf")  # (note_at_limit)
         self.refusals = threading.BoundedSemaphore(max_connections)
         # the connections whose threads wait in a read of a request (silent_while), the one waiting the longest first,
         # and those of them closed to give a new connection their place (evict), under silence_lock
@@ -1172,13 +1173,16 @@ class ApiServer(ThreadingHTTPServer):
     def process_request(self, request, client_address):
         # each connection holds a thread while it is open, idle keep-alive ones too: a client opening thousands held as
         # many threads and descriptors, with no limit
-        if self.slots.acquire(blocking=False) or self.evict():
+        if self.slots.acquire(blocking=False):
             places, work = self.slots, self.process_request_thread
+        elif self.evict():
+            places, work = self.slots, self.process_request_thread
+            self.note_at_limit(made_room=True)
         elif self.refusals.acquire(blocking=False):
             places, work = self.refusals, self.turn_away
-            self.note_turned_away()
+            self.note_at_limit()
         else:  # a flood past both: closed unanswered, holding nothing
-            self.note_turned_away()
+            self.note_at_limit()
             return self.shutdown_request(request)
         # daemon: a hung connection never keeps the process alive
         thread = threading.Thread(target=work, args=(request, client_address), daemon=True)
@@ -1205,17 +1209,23 @@ class ApiServer(ThreadingHTTPServer):
                 request.sendall(self.busy_answer("no thread to serve another connection", got))
             self.shutdown_request(request)
 
-    def note_turned_away(self):
-        """Counts a connection turned away past --max_connections (from the accepting thread alone), said in the log
-        at the first and then at most every TURNED_AWAY_LOG seconds with the count since: nothing told the operator
-        why clients got 503s, and a line each would flood the log just as the server is overloaded."""
-        self.turned_away += 1
-        if time.monotonic() - self.turned_away_said >= TURNED_AWAY_LOG:
+    def note_at_limit(self, made_room=False):
+        """Counts a connection past --max_connections (from the accepting thread alone), turned away or, made_room,
+        given the place of one waiting for its request (evict), said in the log at the first and then at most every
+        TURNED_AWAY_LOG seconds with the counts since: nothing told the operator why clients got 503s, or lost their
+        idle connections, and a line each would flood the log just as the server is overloaded."""
+        if made_room:
+            self.made_room += 1
+        else:
+            self.turned_away += 1
+        if time.monotonic() - self.at_limit_said >= TURNED_AWAY_LOG:
+            said = [f"{self.turned_away:,} connection(s) turned away (503, or closed unanswered past twice as many)"
+                    ] if self.turned_away else []
+            said += [f"{self.made_room:,} waiting for a request closed to make room"] if self.made_room else []
             with contextlib.suppress(OSError):  # (stderr's reader gone: see Worker.run)
-                self.worker.log(f"{self.turned_away:,} connection(s) turned away since the last such line (503, or "
-                                f"closed unanswered past twice as many): {self.max_connections:,} are open "
+                self.worker.log(f"{' and '.join(said)} since the last such line: {self.max_connections:,} are open "
                                 f"(--max_connections)")
-            self.turned_away, self.turned_away_said = 0, time.monotonic()
+            self.turned_away, self.made_room, self.at_limit_said = 0, 0, time.monotonic()
 
     def process_request_thread(self, request, client_address):
         try:

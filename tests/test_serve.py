@@ -1195,7 +1195,7 @@ def test_connections_past_the_limit_get_503(enc, monkeypatch):
             status, err, headers = raw(api, b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
             assert status == 503 and err["error"]["code"] == "overloaded" and headers["Connection"] == "close", err
             assert "2 connections" in err["error"]["message"] and headers["Access-Control-Allow-Origin"] == "*"
-        said = ("connection(s) turned away since the last such line (503, or closed unanswered past twice as many): 2 are "
+        said = ("connection(s) turned away (503, or closed unanswered past twice as many) since the last such line: 2 are "
                 "open (--max_connections)")
         assert lines == [f"1 {said}"], lines
         wait_for(lambda: api.refusals._value == 2, "the connections turned away to be let go")
@@ -1228,8 +1228,8 @@ def test_a_new_connection_at_the_limit_takes_the_place_of_the_one_silent_the_lon
     timeout); one being answered keeps its place."""
     monkeypatch.setattr(serve, "DRAIN_WAIT", 60)  # (the lingering one closes by its eviction, not this)
     monkeypatch.setattr(serve, "EVICT_AFTER", 0.1)  # (each waits 0.2 s or more before the next comes)
-    gate = threading.Event()
-    api = start(la_model(enc, gate=gate), enc, name="la", max_connections=4)
+    lines, gate = [], threading.Event()
+    api = start(la_model(enc, gate=gate), enc, name="la", max_connections=4, log=lines.append)
     address = api.server_address[:2]
     try:
         pool = ThreadPoolExecutor(1)
@@ -1256,6 +1256,9 @@ def test_a_new_connection_at_the_limit_takes_the_place_of_the_one_silent_the_lon
             assert r.status == 200 and json.loads(r.read())["status"] == "ok"
             gone.settimeout(10)  # (a guard, not a speed requirement: it is closed at once)
             assert gone.recv(65536) == b""  # closed, unanswered (the lingering one's sending side was, after its 413)
+        # the log says so, at the first and then once a minute with the count since (as for those turned away)
+        assert [line for line in lines if "room" in line] == [
+            "1 waiting for a request closed to make room since the last such line: 4 are open (--max_connections)"]
         for sock in (lingering, slow, idle):
             sock.close()
         gate.set()
