@@ -903,6 +903,39 @@ def test_a_long_vocabulary_training_is_said_before_it_starts(tmp_path, monkeypat
                         f"one core, more where the text has many distinct words (Ctrl-C waits for the final merges)\n"]
 
 
+def test_a_vocabulary_learns_from_at_most_vocab_text_chars_spread_over_the_input(tmp_path, monkeypatch, capsys):
+    """rustbpe holds every distinct word it has seen in memory (45 MB of random words peaked at 1.6 GB), so a multi-GB
+    corpus took many GB: a vocabulary learns from at most VOCAB_TEXT_CHARS of the train text, documents spread over
+    the input where its files say its size (not only its start), its first ones where they do not (--limit), said."""
+    docs = [f"document {i} says" + f" word{i}" * (20 + i % 5) for i in range(200)]
+    src = write(tmp_path / "many.txt", EOT.join(docs))
+    train = docs[:180]  # val: the last 0.1
+    seen, n = [], get_tokenizer("gpt2").n_vocab  # (what the stand-in for train_bpe returns)
+    monkeypatch.setattr(prepare, "train_bpe", lambda texts, *a: seen.extend(texts) or get_tokenizer("gpt2"))
+
+    def learnt(cap, limit=None):
+        seen.clear()
+        monkeypatch.setattr(prepare, "VOCAB_TEXT_CHARS", cap)
+        prepare.train_vocabulary(prepare.find_source("text", src), 300, None, limit, 0.1)
+        return list(seen), re.sub(r" in [\d.]+s\n$", "", capsys.readouterr().out)  # (the time left out)
+
+    # an input within the cap is learnt whole, said as before
+    assert learnt(os.path.getsize(src)) == (train, f"trained a {n}-token vocabulary on the data")
+    # a quarter of the cap: about a quarter of the documents, the first, middle and last ones among them
+    cap = os.path.getsize(src) // 4
+    sample, said = learnt(cap)
+    assert set(sample) < set(train) and sum(map(len, sample)) <= cap and 40 <= len(sample) <= 50
+    assert sample[0] == train[0] and train.index(sample[-1]) > 170 and any(train.index(d) in range(80, 100) for d in sample)
+    mb = lambda chars: f"{chars / 1e6:,.0f} MB"
+    assert said == (f"trained a {n}-token vocabulary on {mb(sum(map(len, sample)))} of its train text (25% of the "
+                     f"documents of the {mb(os.path.getsize(src))} of input, spread over it; at most {mb(cap)}, "
+                     f"VOCAB_TEXT_CHARS: memory grows with the distinct words learnt)")
+    assert learnt(cap)[0] == sample  # the same sample each time: the same vocabulary, which checkpoints fit
+    # --limit's first documents, of a size no file says: the first of them, up to the cap (the last one cut there)
+    sample, said = learnt(1000, limit=100)
+    assert "".join(sample) == "".join(train)[:1000] and "on the first 0 MB of its train text (at most 0 MB" in said
+
+
 def test_a_vocabulary_is_trained_again_when_its_data_changes(tmp_path, capsys):
     """--vocab_size under the same --name with other data (another --source, --limit...) trains a vocabulary on that
     data: one trained on other text was kept, and one the old data left short stayed short, with a warning that
