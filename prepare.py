@@ -191,7 +191,16 @@ def text_docs(path):
 
 # the fields record_doc reads a record by: a list of turns under the first three
 TURNS_FIELDS = ("messages", "conversations", "conversation")
-RECORD_FIELDS = (*TURNS_FIELDS, "instruction", "question", "dialog", "text")
+# the instruction shapes' (prompt, reply, input) fields, read as a user turn (the input, if any, after a blank line) and
+# its reply (TRL's conversational prompt/completion: lists of turns). The first pair whose two fields both hold
+# something is read: in a record of several, the one earlier here
+PAIRS = (("instruction", "output", "input"),  # Alpaca (a seed task's `instances`, its input/output pairs: record_docs)
+         ("instruction", "response", "context"),  # Databricks Dolly
+         ("question", "answer", None),  # GSM8K
+         ("prompt", "completion", None),  # OpenAI's legacy fine-tuning files, TRL's prompt-completion
+         ("prompt", "response", None),
+         ("query", "response", None))  # MetaMathQA
+RECORD_FIELDS = (*TURNS_FIELDS, *dict.fromkeys(p for p, _, _ in PAIRS), "dialog", "text")
 
 
 def bare_turns(record):
@@ -399,10 +408,36 @@ def turns_of(record, field, where):
             for m, (r, c) in ((m, spelling(m)) for m in turns)]
 
 
+def said(record, field, role, where):
+    """record[field], a prompt's or a reply's, as turns: text is one turn of role (null: an empty one), a list under
+    prompt or completion is turns (TRL's conversational form, [{role, content}])."""
+    value = record[field]
+    if isinstance(value, list) and field in ("prompt", "completion"):
+        return turns_of(record, field, where)
+    if value is not None and not isinstance(value, str):  # else a TypeError's words, or its repr() trained
+        raise UserError(f"{where}: `{field}` must be text, got {type(value).__name__}")
+    return [{"role": role, "content": value or ""}]
+
+
+def record_docs(record, where, dataset=None):
+    """record_doc's documents of one record: one, or one for each of a Self-Instruct seed task's `instances` (Alpaca's
+    seed_tasks.jsonl), the instruction with each input/output pair, as an Alpaca record of them would be: each pair is
+    an example of its own, not a turn of one conversation."""
+    if not isinstance(record, dict) or record.get("instances") is None or record.get("instruction") is None or \
+            any(record.get(f) is not None for f in (*TURNS_FIELDS, "output")):  # (those read first, as record_doc would)
+        return [record_doc(record, where, dataset)]
+    instances = record["instances"]
+    if not isinstance(instances, list) or not all(isinstance(i, dict) and "output" in i for i in instances):
+        raise UserError(f"{where}: `instances` must be a list of {{\"input\": ..., \"output\": ...}} examples of the "
+                        f"instruction")
+    return [record_doc({**record, "input": i.get("input"), "output": i["output"]}, where, dataset) for i in instances]
+
+
 def record_doc(record, where, dataset=None):
     """One record -> a document: conversations as `messages` (or `conversation`) [{role, content}], ShareGPT
-    `conversations` [{from, value}] (either turn spelling under any of the names), Alpaca instruction/input/output
-    (and LLaMA-Factory's history of earlier [instruction, output] pairs), question/answer or a
+    `conversations` [{from, value}] (either turn spelling under any of the names), a prompt and its reply of one of
+    PAIRS (Alpaca's instruction/input/output, Dolly's instruction/context/response, question/answer,
+    prompt/completion...: LLaMA-Factory's history of earlier [instruction, output] pairs before it) or a
     `dialog` list of turns; a `text` field (or a bare string) is a plain document. None for a record with nothing to
     train on (empty text, no reply that is not empty); a UserError naming where (file and line) for a record of no
     shape read here. dataset: knowledge drops GSM8K's calculator annotations, dailydialog tidies DailyDialog's
@@ -418,13 +453,16 @@ def record_doc(record, where, dataset=None):
     # the turns' names: `messages` takes ShareGPT's role names too, as the error for an unknown role says;
     # `conversation` is lmsys-chat-1m's and WildChat's name for OpenAI's list of {role, content}
     turns_field = next((f for f in TURNS_FIELDS if f in has), None)
+    # (else Alpaca's with a null output, an empty one: out of the loss, below)
+    pair = next((p for p in PAIRS if p[0] in has and p[1] in has), None) or \
+        (PAIRS[0] if "instruction" in has and "output" in record else None)
     try:
         if turns_field:
             messages = turns_of(record, turns_field, where)
-        elif "instruction" in has and "output" in record:
-            for field in ("instruction", "input"):  # else a TypeError's words, or the input's repr() trained
-                if record.get(field) and not isinstance(record[field], str):
-                    raise UserError(f"{where}: `{field}` must be text, got {type(record[field]).__name__}")
+        elif pair:
+            prompt, reply, extra = pair
+            if extra and record.get(extra) and not isinstance(record[extra], str):  # else its repr() trained
+                raise UserError(f"{where}: `{extra}` must be text, got {type(record[extra]).__name__}")
             # LLaMA-Factory's `history`, the turns before, as [instruction, output] pairs: left out, a multi-turn row
             # trained as its last turn alone
             history = record.get("history") or []
@@ -432,14 +470,12 @@ def record_doc(record, where, dataset=None):
                                                          all(isinstance(t, str) for t in h) for h in history):
                 raise UserError(f"{where}: `history` must be a list of [instruction, output] pairs of text, the turns "
                                 f"before this one")
-            prompt = record["instruction"] + (f"\n\n{record['input']}" if record.get("input") else "")
-            # a null output is an empty one (out of the loss, below)
-            messages = alternate([t for h in history for t in h] + [prompt, record["output"] or ""])
-        elif "question" in has and "answer" in has:
-            answer = record["answer"]
-            if dataset == "knowledge" and isinstance(answer, str):
-                answer = re.sub(r"<<[^<>]*>>", "", answer)  # GSM8K's calculator annotations: 48/2 = <<48/2=24>>24
-            messages = alternate([record["question"], answer])
+            asked, answered = said(record, prompt, "user", where), said(record, reply, "assistant", where)
+            if extra and record.get(extra):
+                asked[0]["content"] += f"\n\n{record[extra]}"  # (an instruction is text: one turn)
+            if dataset == "knowledge" and reply == "answer":  # GSM8K's calculator annotations: 48/2 = <<48/2=24>>24
+                answered[0]["content"] = re.sub(r"<<[^<>]*>>", "", answered[0]["content"])
+            messages = alternate([t for h in history for t in h]) + asked + answered
         elif "dialog" in has:
             if not isinstance(record["dialog"], list) or not all(isinstance(t, str) for t in record["dialog"]):
                 raise TypeError("`dialog` must be a list of strings, one per turn")
@@ -453,8 +489,8 @@ def record_doc(record, where, dataset=None):
                 raise UserError(f"{where}: `text` must be text, got {type(text).__name__}")  # (as other fields say)
             return (text.strip(), True) if text.strip() else None
         else:
-            raise UserError(f"{where}: no messages, conversations, conversation, instruction/output, question/answer or "
-                            f"text field")
+            raise UserError(f"{where}: no {', '.join(TURNS_FIELDS)}, {', '.join(f'{p}/{r}' for p, r, _ in PAIRS)}, "
+                            f"instruction/instances, dialog or text field")
     except (KeyError, TypeError) as e:
         raise UserError(f"{where}: malformed conversation ({type(e).__name__}: {e})")
     if record.get("system") is not None and not isinstance(record["system"], str):  # not dropped unsaid
@@ -534,16 +570,17 @@ def checked(records, dataset):
         try:
             if isinstance(record, UserError):
                 raise record
-            doc = record_doc(record, where, dataset)
+            docs = record_docs(record, where, dataset)
         except UserError as e:
             yield where, None, e
             continue
-        if doc:
-            first = first or (doc_kind(doc), where)
-            if doc_kind(doc) != first[0]:
-                yield where, None, OtherKind(where, doc_kind(doc), first[1])
-                continue
-        yield where, doc, None
+        for doc in docs or [None]:  # (a seed task of no instances: a record with nothing to train on)
+            if doc:
+                first = first or (doc_kind(doc), where)
+                if doc_kind(doc) != first[0]:
+                    yield where, None, OtherKind(where, doc_kind(doc), first[1])
+                    continue
+            yield where, doc, None
 
 
 def good_docs(records, label, dataset, skipped=None, scan=True):
@@ -570,7 +607,7 @@ def good_docs(records, label, dataset, skipped=None, scan=True):
             if len(wheres) <= PLACES:
                 wheres.append(where)
             if skipped is None and not good and bad == ALL_BAD:
-                # a file of another shape altogether (prompt/completion records, say) was read to its end before its
+                # a file of another shape altogether (prompt/chosen/rejected records, say) was read to its end before its
                 # error: minutes for gigabytes
                 raise BadRecords(label, f"{first}; the first {bad:,} records of {label} are all bad (not read on)",
                                  bad, False)
@@ -2430,7 +2467,8 @@ def main(argv=None):
                         "knowledge (question/answer), text (your --source files); default: every one it finds, or text with --source")
     p.add_argument("--source", type=nonempty, nargs="+", metavar="PATH",
                    help=".txt (documents separated by <|endoftext|>, else one per file), .jsonl/.json/.parquet records "
-                        "(messages, ShareGPT conversations, Alpaca instruction/input/output, question/answer, text), or folders; "
+                        "(messages, ShareGPT conversations, instruction/input/output or instances, instruction/context/"
+                        "response, question/answer, prompt/completion, prompt/response, query/response, text), or folders; "
                         "or hf:NAME[:CONFIG[:SPLIT]], a Hugging Face hub dataset of such records, streamed (hf:NAME::SPLIT: "
                         "the default config; split default train), val its validation split if it has one, else "
                         "--val_fraction of train")

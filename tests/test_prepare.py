@@ -547,7 +547,8 @@ def test_bad_records_are_named_together_or_left_out(tmp_path, capsys):
     assert not os.path.exists(os.path.join(out, "folder"))
     # a file of another shape altogether is refused at its first ALL_BAD records, not read to its end (minutes for
     # gigabytes) for a count of nothing but bad records
-    other = write(tmp_path / "other.jsonl", '{"prompt": "a", "completion": "b"}\n' * (prepare.ALL_BAD + 5) + "{oops\n")
+    other = write(tmp_path / "other.jsonl", '{"prompt": "a", "chosen": "b", "rejected": "c"}\n' * (prepare.ALL_BAD + 5)
+                  + "{oops\n")
     with pytest.raises(UserError, match=rf"^{re.escape(other)} line 1: no messages, .* field; the first "
                                         rf"{prepare.ALL_BAD:,} records of {re.escape(other)} are all bad \(not read on\)$"):
         prepare.prepare("text", source=other, out_dir=out, name="other")
@@ -1066,6 +1067,10 @@ def sharegpt(conv):
 
 
 ALPACA = [{"instruction": f"Add {i} and {i}.", "input": "" if i % 2 else f"Numbers: {i}, {i}", "output": f"{2 * i}"} for i in range(10)]
+# Self-Instruct's seed tasks, some of two instances
+SEED_TASKS = [{"id": f"seed_task_{i}", "name": "add", "instruction": r["instruction"], "is_classification": False,
+               "instances": [{"input": r["input"], "output": r["output"]}] + [{"input": "0, 0", "output": "0"}] * (i % 2)}
+              for i, r in enumerate(ALPACA)]
 QA = [{"question": f"Q{i}: why is the sky blue?", "answer": f"Rayleigh scattering ({i})."} for i in range(10)]
 
 
@@ -1114,6 +1119,21 @@ FORMATS = {  # name: (file name, file text, expected conversations)
                         + alpaca_conv(r) for i, r in enumerate(ALPACA)]),
     "qa": ("q.jsonl", "\n".join(json.dumps(r) for r in QA),
            [[{"role": "user", "content": r["question"]}, {"role": "assistant", "content": r["answer"]}] for r in QA]),
+    # the instruction sets of other shapes (each was refused on every line as "no messages, conversations ... field"):
+    # Self-Instruct's seed tasks (the mirror's alpaca_seed_tasks.jsonl), each of a task's instances an example of its
+    # own; Databricks Dolly; OpenAI's legacy prompt/completion and TRL's, whose conversational form is lists of turns;
+    # prompt/response and MetaMathQA's query/response
+    "seed-tasks": ("s.jsonl", "\n".join(json.dumps(t) for t in SEED_TASKS),
+                   [alpaca_conv({"instruction": t["instruction"], **x}) for t in SEED_TASKS for x in t["instances"]]),
+    "dolly": ("d.jsonl", "\n".join(json.dumps({"instruction": r["instruction"], "context": r["input"],
+                                               "response": r["output"], "category": "closed_qa"}) for r in ALPACA),
+              [alpaca_conv(r) for r in ALPACA]),
+    **{name: (f"{name}.jsonl", "\n".join(json.dumps({p: r["question"], c: r["answer"]}) for r in QA),
+              [[{"role": "user", "content": r["question"]}, {"role": "assistant", "content": r["answer"]}] for r in QA])
+       for name, p, c in (("prompt-completion", "prompt", "completion"), ("prompt-response", "prompt", "response"),
+                          ("query-response", "query", "response"))},
+    "trl-conversational": ("t.jsonl", "\n".join(json.dumps({"prompt": c[:-1], "completion": c[-1:]}) for c in CONVERSATIONS),
+                           CONVERSATIONS),
 }
 
 
@@ -2391,7 +2411,9 @@ def test_a_hub_source_is_streamed_and_read_as_source_files_are(tmp_path, enc, ca
     # them out (without reading on: a streamed split would be downloaded whole)
     write(tmp_path / "odd" / "train.jsonl", json.dumps({"title": "no text"}) + "\n")
     with pytest.raises(UserError, match=r"^hf:.*/odd train row 1: no messages, conversations, conversation, "
-                                        r"instruction/output, question/answer or text field; pass --skip_bad_records "
+                                        r"instruction/output, instruction/response, question/answer, "
+                                        r"prompt/completion, prompt/response, query/response, instruction/instances, "
+                                        r"dialog or text field; pass --skip_bad_records "
                                         r"to leave out the split's bad rows$"):
         prepare.prepare("text", source=f"hf:{tmp_path / 'odd'}", out_dir=out, name="hub")
     assert prepare.read_meta(os.path.join(out, "hub"))["splits"]["train"]["documents"] == 21  # kept
@@ -2792,6 +2814,39 @@ def test_a_records_system_field_becomes_the_system_message():
         assert prepare.record_doc(record, "x") == [{"role": "system", "content": "Be terse."},
                                                    {"role": "user", "content": "Hi"},
                                                    {"role": "assistant", "content": "Hello"}]
+
+
+def test_a_record_of_several_shapes_is_read_by_the_first_that_holds_something():
+    """The precedence README states: a list of turns, then PAIRS in order, a pair whose reply is null passed over (a
+    mixed parquet file's Dolly row has Alpaca's output column, null), Alpaca's null output an empty reply."""
+    def read(**record):
+        doc = prepare.record_doc(record, "x")
+        return doc and [m["content"] for m in doc]
+    assert read(messages=[{"role": "user", "content": "M"}, {"role": "assistant", "content": "m"}],
+                instruction="I", output="O") == ["M", "m"]
+    assert read(instruction="I", output="O", response="R", question="Q", answer="A") == ["I", "O"]
+    assert read(instruction="I", input=None, output=None, context="C", response="R") == ["I\n\nC", "R"]
+    assert read(question="Q", answer="A", prompt="P", completion="C") == ["Q", "A"]
+    assert read(prompt="P", completion=None, response="R", query="Q") == ["P", "R"]
+    assert read(query="Q", response="R", text="T") == ["Q", "R"]
+    assert read(instruction="I", output=None) is None  # nothing to train on, as before
+    assert read(system="S", prompt="P", completion="C") == ["S", "P", "C"]
+    # a seed task's instances are several documents of one record; else one
+    assert prepare.record_docs({"instruction": "I", "instances": [{"input": "a", "output": "b"}, {"output": "c"}]}, "x") \
+        == [[{"role": "user", "content": "I\n\na"}, {"role": "assistant", "content": "b"}],
+            [{"role": "user", "content": "I"}, {"role": "assistant", "content": "c"}]]
+    for first in ({"output": "O"}, {"messages": [{"role": "user", "content": "I"}, {"role": "assistant", "content": "O"}]}):
+        assert prepare.record_docs({"instruction": "I", "instances": [{"output": "b"}] * 2, **first}, "x") == \
+            [[{"role": "user", "content": "I"}, {"role": "assistant", "content": "O"}]]
+    # fields of the wrong type: one line naming the field
+    for record, error in (({"prompt": 5, "completion": "c"}, "`prompt` must be text, got int"),
+                          ({"query": ["q"], "response": "r"}, "`query` must be text, got list"),
+                          ({"instruction": "i", "context": [1], "response": "r"}, "`context` must be text, got list"),
+                          ({"prompt": [{"x": 1}], "completion": "c"}, "`prompt` must be a list of turns like"),
+                          ({"instruction": "i", "instances": [{"input": "a"}]}, "`instances` must be a list of "),
+                          ({"instruction": "i", "instances": "a"}, "`instances` must be a list of ")):
+        with pytest.raises(UserError, match=rf"^x: {re.escape(error)}"):
+            prepare.record_docs(record, "x")
 
 
 def test_openai_text_parts_read_as_the_string_they_join():
