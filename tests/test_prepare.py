@@ -1132,8 +1132,10 @@ FORMATS = {  # name: (file name, file text, expected conversations)
               [[{"role": "user", "content": r["question"]}, {"role": "assistant", "content": r["answer"]}] for r in QA])
        for name, p, c in (("prompt-completion", "prompt", "completion"), ("prompt-response", "prompt", "response"),
                           ("query-response", "query", "response"))},
+    # TRL trains on the completion alone: a multi-turn prompt's replies are context, out of the loss (they were trained)
     "trl-conversational": ("t.jsonl", "\n".join(json.dumps({"prompt": c[:-1], "completion": c[-1:]}) for c in CONVERSATIONS),
-                           CONVERSATIONS),
+                           [[dict(m, weight=0) if m["role"] == "assistant" else m for m in c[:-1]] + c[-1:]
+                            for c in CONVERSATIONS]),
 }
 
 
