@@ -411,14 +411,16 @@ def turns_of(record, field, where):
 def said(record, field, role, where):
     """record[field], a prompt's or a reply's, as turns: text is one turn of role (null: an empty one), a list under
     prompt or completion is turns (TRL's conversational form, [{role, content}]). TRL trains on the completion alone:
-    a prompt's replies (a multi-turn prompt's, or its last turn) are context, weighted 0."""
+    a prompt's replies (a multi-turn prompt's, or its last turn) are context, weighted 0, and a completion of no
+    turns is an empty reply, as "" is (the record left out: it was kept, a question with no reply, tokens that train
+    nothing)."""
     value = record[field]
     turns = field in ("prompt", "completion")
     if isinstance(value, list) and turns:
         listed = turns_of(record, field, where)
         if field == "prompt":
             return [m | {"weight": 0} if m["role"] == "assistant" else m for m in listed]
-        return listed
+        return listed or [{"role": role, "content": ""}]
     if value is not None and not isinstance(value, str):  # else a TypeError's words, or its repr() trained
         raise UserError(f"{where}: `{field}` must be text, got {type(value).__name__}")
     return [{"role": role, "content": value or ""}]

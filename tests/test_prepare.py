@@ -2833,6 +2833,11 @@ def test_a_record_of_several_shapes_is_read_by_the_first_that_holds_something():
     assert read(query="Q", response="R", text="T") == ["Q", "R"]
     assert read(instruction="I", output=None) is None  # nothing to train on, as before
     assert read(system="S", prompt="P", completion="C") == ["S", "P", "C"]
+    # TRL's completion of no turns is an empty reply, as "" is: left out (it was kept: a question with no reply,
+    # nothing of it trained)
+    for prompt in ([{"role": "user", "content": "P"}],
+                   [{"role": "user", "content": "P"}, {"role": "assistant", "content": "A"}]):
+        assert read(prompt=prompt, completion=[]) is None and read(prompt=prompt, completion="") is None
     # a seed task's instances are several documents of one record; else one
     assert prepare.record_docs({"instruction": "I", "instances": [{"input": "a", "output": "b"}, {"output": "c"}]}, "x") \
         == [[{"role": "user", "content": "I\n\na"}, {"role": "assistant", "content": "b"}],
