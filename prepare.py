@@ -422,7 +422,7 @@ def said(record, field, role, where):
             return [m | {"weight": 0} if m["role"] == "assistant" else m for m in listed]
         return listed or [{"role": role, "content": ""}]
     if value is not None and not isinstance(value, str):  # else a TypeError's words, or its repr() trained
-        raise UserError(f"{where}: `{field}` must be text, got {type(value).__name__}")
+        raise UserError(f"{where}: `{field}` must be text{' or a list of turns' * turns}, got {type(value).__name__}")
     return [{"role": role, "content": value or ""}]
 
 

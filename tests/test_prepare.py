@@ -2846,7 +2846,11 @@ def test_a_record_of_several_shapes_is_read_by_the_first_that_holds_something():
         assert prepare.record_docs({"instruction": "I", "instances": [{"output": "b"}] * 2, **first}, "x") == \
             [[{"role": "user", "content": "I"}, {"role": "assistant", "content": "O"}]]
     # fields of the wrong type: one line naming the field
-    for record, error in (({"prompt": 5, "completion": "c"}, "`prompt` must be text, got int"),
+    # (a prompt or completion may be turns too: "must be text" named half of the fix)
+    for record, error in (({"prompt": 5, "completion": "c"}, "`prompt` must be text or a list of turns, got int"),
+                          ({"prompt": "p", "completion": {"role": "assistant", "content": "c"}},
+                           "`completion` must be text or a list of turns, got dict"),
+                          ({"prompt": "p", "response": {"text": "r"}}, "`response` must be text, got dict"),
                           ({"query": ["q"], "response": "r"}, "`query` must be text, got list"),
                           ({"instruction": "i", "context": [1], "response": "r"}, "`context` must be text, got list"),
                           ({"prompt": [{"x": 1}], "completion": "c"}, "`prompt` must be a list of turns like"),
