@@ -460,9 +460,11 @@ def record_doc(record, where, dataset=None):
     # the turns' names: `messages` takes ShareGPT's role names too, as the error for an unknown role says;
     # `conversation` is lmsys-chat-1m's and WildChat's name for OpenAI's list of {role, content}
     turns_field = next((f for f in TURNS_FIELDS if f in has), None)
-    # (else Alpaca's with a null output, an empty one: out of the loss, below)
+    # (else the first whose reply is null, an empty one: out of the loss, below. Alpaca's alone was: a Dolly row of null
+    # response was left out of a parquet file that has Alpaca's columns too, and refused as having no such field in one
+    # that has not)
     pair = next((p for p in PAIRS if p[0] in has and p[1] in has), None) or \
-        (PAIRS[0] if "instruction" in has and "output" in record else None)
+        next((p for p in PAIRS if p[0] in has and p[1] in record), None)
     try:
         if turns_field:
             messages = turns_of(record, turns_field, where)

@@ -521,7 +521,8 @@ def test_bad_records_are_named_together_or_left_out(tmp_path, capsys):
     # a parquet file's rows and a .json's records alike; past ten places, "..."
     import pyarrow as pa
     import pyarrow.parquet as pq
-    rows = [{"question": f"Q{i}?", "answer": f"A{i}." if i % 2 else None} for i in range(30)]  # rows 1, 3... bad
+    # rows 1, 3... bad: an answer with no question (a null answer is an empty one, left out as "" is)
+    rows = [{"question": f"Q{i}?" if i % 2 else None, "answer": f"A{i}."} for i in range(30)]
     pq.write_table(pa.Table.from_pylist(rows), str(tmp_path / "qa.parquet"))
     with pytest.raises(UserError, match=r"qa\.parquet row 1: no messages, .* field; 14 more bad records in the file: "
                                         r"rows 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, \.\.\.; fix them, or pass "):
@@ -2820,7 +2821,8 @@ def test_a_records_system_field_becomes_the_system_message():
 
 def test_a_record_of_several_shapes_is_read_by_the_first_that_holds_something():
     """The precedence README states: a list of turns, then PAIRS in order, a pair whose reply is null passed over (a
-    mixed parquet file's Dolly row has Alpaca's output column, null), Alpaca's null output an empty reply."""
+    mixed parquet file's Dolly row has Alpaca's output column, null), a null reply an empty one where no pair holds
+    both."""
     def read(**record):
         doc = prepare.record_doc(record, "x")
         return doc and [m["content"] for m in doc]
@@ -2832,6 +2834,11 @@ def test_a_record_of_several_shapes_is_read_by_the_first_that_holds_something():
     assert read(prompt="P", completion=None, response="R", query="Q") == ["P", "R"]
     assert read(query="Q", response="R", text="T") == ["Q", "R"]
     assert read(instruction="I", output=None) is None  # nothing to train on, as before
+    # any shape's null reply is an empty one, as Alpaca's: a Dolly row of null response was refused as having no
+    # instruction/response field, unless the file had Alpaca's columns too (then left out)
+    for record in ({"instruction": "I", "context": None, "response": None}, {"question": "Q", "answer": None},
+                   {"prompt": "P", "completion": None}, {"query": "Q", "response": None}):
+        assert read(**record) is None and read(**record, output=None, input=None) is None
     assert read(system="S", prompt="P", completion="C") == ["S", "P", "C"]
     # TRL's completion of no turns is an empty reply, as "" is: left out (it was kept: a question with no reply,
     # nothing of it trained)
