@@ -1831,6 +1831,18 @@ def text_packed(pack):
                      f"included); drop --pack")
 
 
+def text_bytes(path):
+    """About how many bytes of text a file of the input holds (train_vocabulary's measure of it): its size, but a
+    parquet file's data uncompressed, as its footer says; compressed, the hub's shards hold several times their size,
+    and a vocabulary's sample reached VOCAB_TEXT_CHARS a fraction of the way in, said to be spread over all of it."""
+    if suffix(path) == ".parquet":
+        import pyarrow.parquet as pq  # comes with datasets
+        with contextlib.suppress(OSError, ValueError):  # (not a parquet file: said where its records are read)
+            meta = pq.ParquetFile(path).metadata
+            return sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    return os.path.getsize(path)
+
+
 def train_vocabulary(plan, vocab_size, path, limit, val_fraction, pack=None):
     """Train a BPE vocabulary of vocab_size on the dataset's own train text (message contents for
     conversations), with the same --limit, and save it as path: the val split stays unseen."""
@@ -1873,7 +1885,7 @@ def train_vocabulary(plan, vocab_size, path, limit, val_fraction, pack=None):
     # said first where it takes a while: nothing else is shown meanwhile (the tokenizing that follows has its bar), and
     # on 360 MB of stories one core read it and trained for 34 s; text of many distinct words takes far longer, and
     # memory, in the merges that end it, during which Ctrl-C is heard only at their end (rustbpe holds the interpreter)
-    size = sum(os.path.getsize(f) for part in plan.get("parts", [plan]) for f in part.get("files", ()) if os.path.isfile(f))
+    size = sum(text_bytes(f) for part in plan.get("parts", [plan]) for f in part.get("files", ()) if os.path.isfile(f))
     # an input over VOCAB_TEXT_CHARS gives the cap's share of its documents (or pieces of long ones), spread over it;
     # one whose files do not say its size (a hub split, --limit's first documents) its first ones, up to the cap
     spread = size if limit is None and size > VOCAB_TEXT_CHARS else 0

@@ -938,6 +938,26 @@ def test_a_vocabulary_learns_from_at_most_vocab_text_chars_spread_over_the_input
     assert "".join(sample) == "".join(train)[:1000] and "on the first 0 MB of its train text (at most 0 MB" in said
 
 
+def test_a_vocabulary_sample_of_a_parquet_file_is_spread_over_all_of_it(tmp_path, monkeypatch):
+    """A parquet file holds several times its size in text (compressed): its size on disk, taken for its text's,
+    gave a sample that reached VOCAB_TEXT_CHARS a fraction of the way in, so the vocabulary learnt from its start alone
+    (a folder of the hub's parquet shards: its first shards), said to be spread over it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    docs = [f"document {i} says" + f" word{i}" * 200 for i in range(200)]
+    src = str(tmp_path / "many.parquet")
+    pq.write_table(pa.Table.from_pylist([{"text": d} for d in docs]), src, compression="zstd")
+    assert os.path.getsize(src) * 4 < sum(map(len, docs))  # (what the test is about)
+    seen = []
+    monkeypatch.setattr(prepare, "train_bpe", lambda texts, *a: seen.extend(texts) or get_tokenizer("gpt2"))
+    monkeypatch.setattr(prepare, "VOCAB_TEXT_CHARS", os.path.getsize(src) - 1)  # a quarter of the text, or less
+    prepare.train_vocabulary(prepare.find_source("text", src), 300, None, None, 0.1)
+    train = docs[:180]
+    learnt = [int(d.split()[1]) for d in seen]  # (the last one cut at the cap)
+    assert seen[0] == train[0] and max(learnt) > 170 and any(i in range(70, 110) for i in learnt), learnt
+    assert sum(map(len, seen)) <= prepare.VOCAB_TEXT_CHARS
+
+
 def test_a_vocabulary_is_trained_again_when_its_data_changes(tmp_path, capsys):
     """--vocab_size under the same --name with other data (another --source, --limit...) trains a vocabulary on that
     data: one trained on other text was kept, and one the old data left short stayed short, with a warning that
