@@ -595,6 +595,21 @@ def test_bad_records_of_the_other_files_are_named_too(tmp_path):
         f"c's; bad records in 2 other files too: {e} (all 2 bad: lines 1, 2), {d} (2 bad: records 1, 5)")
 
 
+def test_another_file_of_another_shape_altogether_is_named_unread_to_its_end(tmp_path):
+    """Another file none of whose first ALL_BAD records is good (an export of another shape) is named with those, not
+    read on (minutes for gigabytes), as its own error would be; and --skip_bad_records, which would stop at it, is not
+    offered as the way out."""
+    good = [json.dumps({"text": d}) for d in DOCS[:5]]
+    folder = tmp_path / "notes"
+    first = write(folder / "a.jsonl", "\n".join(good[:2] + ["{oops"] + good[2:]) + "\n")
+    other = write(folder / "b.jsonl", '{"prompt": "p", "completion": "c"}\n' * (prepare.ALL_BAD + 500) + good[0])
+    with pytest.raises(UserError) as e:
+        prepare.prepare("text", source=str(folder), out_dir=str(tmp_path / "data"), name="notes")
+    assert str(e.value).startswith(f"{first} line 3: malformed JSON")
+    assert str(e.value).endswith(f"; bad records in 1 other file too: {other} (its first {prepare.ALL_BAD:,} all bad: "
+                                 f"lines 1, 2, 3, ...)")
+
+
 def test_a_record_of_the_other_kind_is_a_bad_record(tmp_path, capsys):
     """A plain-text record in a file whose first records are conversations (or the reverse) is a bad record: counted
     and located with the others, and left out by --skip_bad_records; it stopped every run, named alone, even with
