@@ -488,6 +488,48 @@ def test_a_stuck_rank_ends_the_run_after_dist_timeout(env, tmp_path):
     assert "[rank0]: Traceback" not in err, err[-3000:]
 
 
+STUCK_READING = """
+import os, sys, time
+sys.path.insert(0, {root!r})
+import train
+load_meta = train.load_meta
+
+def stuck(*args, **kwargs):  # rank 1 hangs reading the dataset (a stalled file system), alive, before training
+    if os.environ["RANK"] == "1":
+        open({mark!r}, "w").close()
+        time.sleep(120)
+    return load_meta(*args, **kwargs)
+
+train.load_meta = stuck
+train.main(sys.argv[1:])
+"""
+
+
+def test_a_rank_stuck_before_training_ends_the_run_after_dist_timeout(env, tmp_path):
+    """A rank that hangs before training (reading its files from a stalled file system) leaves the others waiting in
+    the ranks' first agreement: --dist_timeout bounds that wait too, and the line says so, with where it was."""
+    mark = tmp_path / "stuck"
+    wrapper = tmp_path / "stuck_reading.py"
+    wrapper.write_text(STUCK_READING.format(root=ROOT, mark=str(mark)))
+    proc = torchrun(["--data_dir", env["data"], "--dataset", "mini", "--n_layer", "1", "--n_head", "2", "--n_embd",
+                     "32", "--block_size", "64", "--batch_size", "4", "--max_steps", "2", "--eval_interval", "0",
+                     "--dist_timeout", "0.05", "--output_checkpoint", tmp_path / "models" / "{dataset}.pt"],
+                    script=wrapper, stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(mark, proc)
+        t = time.time()
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the other rank still waited for the stuck one a minute on, past --dist_timeout's 3 s")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode != 0 and time.time() - t < 30, err[-3000:]
+    assert err.count("error: no word from another rank in 0.05 minute(s) before training (--dist_timeout): one is "
+                     "stuck (see its lines, on its machine)") == 1, err[-3000:]
+    assert "[rank0]: Traceback" not in err and not os.path.exists(tmp_path / "models" / "mini.pt"), err[-3000:]
+
+
 @pytest.mark.parametrize("bad", ["0", "-1", "nan", "inf", "ten"])
 def test_a_dist_timeout_that_is_no_wait_is_refused(bad, capsys):
     with pytest.raises(SystemExit):
