@@ -1220,6 +1220,28 @@ def test_connections_past_the_limit_get_503(enc, monkeypatch):
         api.close()
 
 
+def test_the_line_on_connections_past_the_limit_counts_both_those_turned_away_and_those_closed(monkeypatch):
+    """Past --max_connections the log says, at the first and then once a TURNED_AWAY_LOG, how many connections were
+    turned away and how many waiting for a request were closed to make room since its last such line: an operator
+    whose clients got 503s, or lost their idle connections, learns both, and that --max_connections is the cause."""
+    lines = []
+    api = types.SimpleNamespace(turned_away=0, made_room=0, at_limit_said=float("-inf"), max_connections=4,
+                                worker=types.SimpleNamespace(log=lines.append))
+
+    def note(made_room=False):
+        serve.ApiServer.note_at_limit(api, made_room)
+    note(made_room=True)
+    for made_room in (False, True, False, False):  # within the minute: counted, not said
+        note(made_room)
+    limit = "since the last such line: 4 are open (--max_connections)"
+    assert lines == [f"1 waiting for a request closed to make room {limit}"]
+    monkeypatch.setattr(serve, "TURNED_AWAY_LOG", 0)
+    note()
+    note(made_room=True)
+    assert lines[1:] == [f"4 connection(s) turned away (503, or closed unanswered past twice as many) and 1 waiting for a "
+                         f"request closed to make room {limit}", f"1 waiting for a request closed to make room {limit}"]
+
+
 def test_a_new_connection_at_the_limit_takes_the_place_of_the_one_silent_the_longest(enc, monkeypatch):
     """At --max_connections, connections that sent nothing (idle keep-alive ones), or trickled their requests a byte now
     and then (slowloris), or never sent the body of their 413 (lingering DRAIN_WAIT) held every place, and every new
