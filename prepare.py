@@ -532,6 +532,9 @@ def record_doc(record, where, dataset=None):
 PLACES = 10  # the bad records an error or the summary locates by line; the rest are counted, "..."
 ALL_BAD = 1000  # bad records, none good before them, at which a file is refused unread to its end
 OTHER_FILES = 3  # the other files with bad records an error names, with as many places each; the rest are counted
+# the most of the other files an error reads for their bad records (with_other_files): ~5 s on one core, where a folder
+# of 50 GB kept the error waiting, unsaid, for 4 minutes
+OTHER_FILES_BYTES = 1 << 30
 
 
 def places(wheres, count):
@@ -666,20 +669,25 @@ def with_other_files(e, plan):
     run has read already: a folder with three bad files took three runs to learn of them. Those are the files before
     it, read in order, and good, in the pass that met it; not a source's own validation files, which the vocabulary's
     pass leaves unread. A file that cannot be read at all (not UTF-8, a .json that is no JSON) is its own error, said
-    when the run reaches it."""
+    when the run reaches it. Those past OTHER_FILES_BYTES are counted, not read."""
     streams = plan["streams"]
     at = next((i for i, (_, label, _) in enumerate(streams) if label == e.label), None)
     if at is None:  # (a hub split's)
         return e
-    found = []
+    found, read, unread = [], 0, 0
     for i, (role, label, _) in enumerate(streams):
         if (i > at or (i < at and role == "val")) and suffix(label) in (".jsonl", ".json", ".parquet") \
                 and os.path.isfile(label):
+            if read + os.path.getsize(label) > OTHER_FILES_BYTES:
+                unread += 1
+                continue
+            read += os.path.getsize(label)
             with contextlib.suppress(UserError):
                 if (count := bad_records(label))[0]:
                     found.append((label, *count))
+    more_files = f"; {unread:,} other file{'s' * (unread > 1)} not read for them (past {OTHER_FILES_BYTES >> 20:,} MB)"
     if not found:
-        return e
+        return BadRecords(e.label, e.said + more_files, e.count, e.skippable) if unread else e
 
     def said(label, bad, wheres, good):
         how = f"{bad:,}" if good else f"its first {bad:,} all" if bad == ALL_BAD else f"all {bad:,}"
@@ -687,8 +695,8 @@ def with_other_files(e, plan):
     more = len(found) - OTHER_FILES
     named = ", ".join(said(*f) for f in found[:OTHER_FILES]) + (f", and {more} more" if more > 0 else "")
     skippable = e.skippable and all(good for *_, good in found)
-    return BadRecords(e.label, f"{e.said}; bad records in {len(found)} other file{'s' * (len(found) > 1)} too: {named}",
-                      e.count + sum(bad for _, bad, _, _ in found), skippable)
+    return BadRecords(e.label, f"{e.said}; bad records in {len(found)} other file{'s' * (len(found) > 1)} too: {named}"
+                      + (more_files if unread else ""), e.count + sum(bad for _, bad, _, _ in found), skippable)
 
 
 def file_docs(path, dataset, skipped=None):

@@ -595,6 +595,22 @@ def test_bad_records_of_the_other_files_are_named_too(tmp_path):
         f"c's; bad records in 2 other files too: {e} (all 2 bad: lines 1, 2), {d} (2 bad: records 1, 5)")
 
 
+def test_the_other_files_read_for_bad_records_are_bounded(tmp_path, monkeypatch):
+    """The other files an error reads for their bad records stop at OTHER_FILES_BYTES, the rest counted, not read: a
+    folder of 50 GB kept the error waiting, unsaid, for minutes."""
+    good = [json.dumps({"text": d}) for d in DOCS[:5]]
+    files = [write(tmp_path / f"{name}.jsonl", "\n".join(good + ["{oops"]) + "\n") for name in "abcd"]
+    monkeypatch.setattr(prepare, "OTHER_FILES_BYTES", os.path.getsize(files[1]) + 1)  # b's alone
+    streams = [("train", f, None) for f in files]
+    error = prepare.BadRecords(files[0], "a's", 1, True)
+    said = str(prepare.with_other_files(error, {"streams": streams}))
+    assert said == (f"a's; bad records in 1 other file too: {files[1]} (1 bad: line 6); 2 other files not read for "
+                    f"them (past 0 MB); fix them, or pass --skip_bad_records to leave them out")
+    monkeypatch.setattr(prepare, "OTHER_FILES_BYTES", 1)  # none
+    assert str(prepare.with_other_files(error, {"streams": streams})) == (
+        "a's; 3 other files not read for them (past 0 MB); fix it, or pass --skip_bad_records to leave it out")
+
+
 def test_another_file_of_another_shape_altogether_is_named_unread_to_its_end(tmp_path):
     """Another file none of whose first ALL_BAD records is good (an export of another shape) is named with those, not
     read on (minutes for gigabytes), as its own error would be; and --skip_bad_records, which would stop at it, is not
