@@ -1469,16 +1469,16 @@ def is_peer_failure(e):
     return isinstance(e, dist_error) or (isinstance(e, RuntimeError) and ("gloo" in str(e) or "NCCL" in str(e)))
 
 
-def timed_out(e, when, minutes, last=""):
+def timed_out(e, when, minutes, slow, last=""):
     """The UserError for e, a collective's failure (is_peer_failure) when (as in "at step 12"), if it was the
     --dist_timeout running out (gloo: "Timed out waiting 600000ms"; NCCL: "... timeout"): a rank that hangs, not
     one gone. Said by every rank that waited: the one that speaks for its machine may be the one stuck. None for
-    another failure."""
+    another failure. slow: what a healthy rank may have been doing that long."""
     if "timed out" not in str(e).lower() and "timeout" not in str(e).lower():
         return None
     return UserError(f"no word from another rank in {minutes:g} minute(s) {when} (--dist_timeout): one is stuck (see "
-                     f"its lines, on its machine), or its checkpoint save or first --compile step took longer, which "
-                     f"a larger --dist_timeout allows{last}", every_rank=True)
+                     f"its lines, on its machine), or {slow} took longer, which a larger --dist_timeout allows{last}",
+                     every_rank=True)
 
 
 def init_distributed(device_name, timeout_min=DIST_TIMEOUT_MIN):
@@ -2021,7 +2021,8 @@ def train(args):
             # a rank lost while the ranks set up (the training loop says its own, with the step): another machine
             # without the files (see run_training), met at the first agreement, would be a gloo traceback
             if is_peer_failure(e) and torch.distributed.is_available() and torch.distributed.is_initialized():
-                raise timed_out(e, "before training", args.dist_timeout) or UserError(
+                slow = "its reading of the data and checkpoint"
+                raise timed_out(e, "before training", args.dist_timeout, slow) or UserError(
                     f"lost contact with the other ranks before training (did one fail? see its lines, on its "
                     f"machine): {first_line(e, 100)}") from e
             raise
@@ -2420,7 +2421,8 @@ def run_training(args, held):
                 # 30 s later
                 raise KeyboardInterrupt from e
             last = f"; last checkpoint: {saved['path'] or 'none'}"
-            raise timed_out(e, f"at step {p.step:,}", args.dist_timeout, last) or UserError(
+            raise timed_out(e, f"at step {p.step:,}", args.dist_timeout, "its checkpoint save or first --compile step",
+                            last) or UserError(
                 f"lost contact with the other ranks at step {p.step:,} (did one fail? see its lines above): "
                 f"{first_line(e, 100)}{last}") from e
         raise
