@@ -618,7 +618,7 @@ def test_another_file_of_another_shape_altogether_is_named_unread_to_its_end(tmp
     good = [json.dumps({"text": d}) for d in DOCS[:5]]
     folder = tmp_path / "notes"
     first = write(folder / "a.jsonl", "\n".join(good[:2] + ["{oops"] + good[2:]) + "\n")
-    other = write(folder / "b.jsonl", '{"prompt": "p", "completion": "c"}\n' * (prepare.ALL_BAD + 500) + good[0])
+    other = write(folder / "b.jsonl", '{"prompt": "p", "chosen": "c", "rejected": "r"}\n' * (prepare.ALL_BAD + 500) + good[0])
     with pytest.raises(UserError) as e:
         prepare.prepare("text", source=str(folder), out_dir=str(tmp_path / "data"), name="notes")
     assert str(e.value).startswith(f"{first} line 3: malformed JSON")
