@@ -72,8 +72,8 @@ from tqdm import tqdm
 from common import (VOCAB_FILE, UserError, atomic_write_text, check_output, expand_pattern, first_line, fsync_replace,
                     held_lock, holds_nul, name_full_disk, nonempty, not_utf8, parts_text, prepare_lock, read_items,
                     read_meta, remove_stale_tmp, run_main, tmp_name, without_surrogates)
-from setup_tokenizer import (EOT, IM_END, IM_START, fewer_ids, get_tokenizer, read_text_chunks, tokenizer_hash,
-                             train_bpe, trained_on, warn_short_vocabulary)
+from setup_tokenizer import (EOT, IM_END, IM_START, VocabSample, fewer_ids, get_tokenizer, read_text_chunks,
+                             tokenizer_hash, train_bpe, trained_on, warn_short_vocabulary)
 
 FORMAT = 1   # layout of meta.json and the .bin files
 VERSION = 10  # bump when the same inputs would give other tokens or counts, so existing datasets rebuild
@@ -96,12 +96,6 @@ THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 
 # small enough that its Python token lists stay a few tens of MB whatever the corpus size
 BATCH_DOCS, BATCH_CHARS = 8192, 4 << 20
 SAY_VOCABULARY_BYTES = 100 << 20  # input at which training a vocabulary is said before it starts (about 10 s)
-# the most train text (characters) a --vocab_size vocabulary learns from: rustbpe holds every distinct word it has seen
-# in memory, about 330 bytes each (45 MB of random words, 4.9M distinct, peaked at 1.6 GB), so memory grew with the
-# corpus without end; a GB of stories numbered one by one peaks at 340 MB (250 MB: 126 MB) in 76 s on one core. A
-# larger input gives it the cap's share of its documents, spread over it (train_vocabulary). nanochat's 65k-token
-# vocabulary learns from 2B characters of web text; this project's are smaller
-VOCAB_TEXT_CHARS = 10 ** 9
 # conversations are packed into blocks of the tiny and small presets' context (model.PRESETS, not
 # imported: prepare.py runs without torch)
 DEFAULT_PACK = 256
@@ -1854,10 +1848,11 @@ def text_bytes(path):
 def train_vocabulary(plan, vocab_size, path, limit, val_fraction, pack=None):
     """Train a BPE vocabulary of vocab_size on the dataset's own train text (message contents for
     conversations), with the same --limit, and save it as path: the val split stays unseen."""
-    def texts():
-        # mixed kinds, and --pack on text, refused here as write_splits would, before minutes of training a vocabulary
-        # the kind and where the first document is; characters trained on; of the documents cut into train and val
-        kind, first_label, trained, cut, owed = None, None, 0, 0, spread
+    def docs():
+        # the train documents the sample is taken from, each as its texts; mixed kinds, and --pack on text, refused here
+        # (in those the sample leaves out too) as write_splits would, before minutes of training a vocabulary
+        # the kind and where the first document is; characters of the documents cut into train and val
+        kind, first_label, cut = None, None, 0
         for part in plan.get("parts", [plan]):  # a mix: --limit counts in each of its datasets, as in build()
             budget = {"split": limit, "train": limit, "val": 0}
             counts, chars, first = count_split_docs(part["streams"], budget) if val_fraction else ({}, {}, None)
@@ -1873,43 +1868,25 @@ def train_vocabulary(plan, vocab_size, path, limit, val_fraction, pack=None):
                     kind, first_label = doc_kind(doc), first_label or label
                     if kind == "text" and pack:
                         raise text_packed(pack)
-                    if spread:  # a document each time the cap's share of the input adds up to one, the first too
-                        owed += VOCAB_TEXT_CHARS
-                        if owed < spread:
-                            continue
-                        owed -= spread
-                    for text in [doc[0]] if kind == "text" else [m["content"] for m in doc]:
-                        if trained >= VOCAB_TEXT_CHARS:  # more: not read (a streamed hub split downloads as it is)
-                            learnt["capped"] = True
-                            return
-                        text = text[:VOCAB_TEXT_CHARS - trained]  # (the text itself, under the cap)
-                        trained = learnt["chars"] = trained + len(text)
-                        yield text
+                    yield [doc[0]] if kind == "text" else [m["content"] for m in doc]
         # a text of one character: val gets it, train none, and train_bpe's "no text to train on" was said of a file
-        # that holds text; as write_splits says it
-        if cut and not trained:
+        # that holds text; as write_splits says it (the sample has taken its texts of every document before)
+        if cut and not sample.chars:
             raise too_little_text([s for part in plan.get("parts", [plan]) for s in part["streams"]], "train")
 
     # said first where it takes a while: nothing else is shown meanwhile (the tokenizing that follows has its bar), and
     # on 360 MB of stories one core read it and trained for 34 s; text of many distinct words takes far longer, and
     # memory, in the merges that end it, during which Ctrl-C is heard only at their end (rustbpe holds the interpreter)
     size = sum(text_bytes(f) for part in plan.get("parts", [plan]) for f in part.get("files", ()) if os.path.isfile(f))
-    # an input over VOCAB_TEXT_CHARS gives the cap's share of its documents (or pieces of long ones), spread over it;
-    # one whose files do not say its size (a hub split, --limit's first documents) its first ones, up to the cap
-    spread = size if limit is None and size > VOCAB_TEXT_CHARS else 0
-    share = f"{min(100 * VOCAB_TEXT_CHARS / size, 99.9):.3g}% of the documents of " if spread else ""  # (never 100%)
-    learnt = {"chars": 0, "capped": False}  # texts()'s: characters learnt from, and whether the cap ended the reading
+    # --limit's first documents say no size (as a hub split's files do not): their first ones, up to the cap
+    sample = VocabSample(size if limit is None else 0)
     if size >= SAY_VOCABULARY_BYTES:
-        print(f"training a {vocab_size:,}-token vocabulary on {share}{size / 1e6:,.0f} MB of input (its train text): "
-              f"about a minute a GB on one core, more where the text has many distinct words (Ctrl-C waits for the "
-              f"final merges)", flush=True)
+        print(f"training a {vocab_size:,}-token vocabulary on {sample.share()}{size / 1e6:,.0f} MB of input (its "
+              f"train text): about a minute a GB on one core, more where the text has many distinct words (Ctrl-C "
+              f"waits for the final merges)", flush=True)
     t0 = time.time()
-    enc = train_bpe(texts(), vocab_size, path, plan["description"])
-    on = "the data"
-    if spread or learnt["capped"]:  # a sample: of what, and why
-        on = (f"{'' if spread else 'the first '}{learnt['chars'] / 1e6:,.0f} MB of its train text ("
-              f"{f'{share}the {size / 1e6:,.0f} MB of input, spread over it; ' if spread else ''}at most "
-              f"{VOCAB_TEXT_CHARS / 1e6:,.0f} MB, VOCAB_TEXT_CHARS: memory grows with the distinct words learnt)")
+    enc = train_bpe(sample.texts(docs()), vocab_size, path, plan["description"])
+    on = sample.said("its train text") or "the data"  # a sample: of what, and why
     print(f"trained a {enc.n_vocab}-token vocabulary on {on} in {time.time() - t0:.1f}s")
     return enc
 

@@ -37,6 +37,12 @@ ROLES = ("system", "user", "assistant")
 # tiktoken's GPT-2 pre-tokenization regex, used for custom vocabularies too so a
 # custom tokenizer splits text exactly where GPT-2's does
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+# the most text (characters) a vocabulary learns from, here and in prepare.py --vocab_size: rustbpe holds every distinct
+# word it has seen in memory, about 330 bytes each (45 MB of random words, 4.9M distinct, peaked at 1.6 GB), so memory
+# grew with the corpus without end; a GB of stories numbered one by one peaks at 340 MB (250 MB: 126 MB) in 76 s on one
+# core. A larger input gives it the cap's share of its documents, spread over it (VocabSample). nanochat's 65k-token
+# vocabulary learns from 2B characters of web text; this project's are smaller
+VOCAB_TEXT_CHARS = 10 ** 9
 
 
 # -----------------------------------------------------------------------------
@@ -362,8 +368,51 @@ def train_bpe(texts, vocab_size, out_path, source="the input"):
     return tokenizer_from_bpe(text)
 
 
-def train_tokenizer(files, vocab_size, out_path):
-    """train_bpe on text files, read in bounded memory."""
+class VocabSample:
+    """The text a vocabulary learns from, of an input of size bytes (0: not known): all of it within VOCAB_TEXT_CHARS;
+    over it, the cap's share of its documents (or pieces of long ones), spread over it; of a size not known (a pipe, a
+    hub split, --limit's first documents), its first ones, up to the cap. The same input gives the same sample each
+    time: the same vocabulary, which checkpoints fit."""
+
+    def __init__(self, size):
+        self.size = size
+        self.spread = size if size > VOCAB_TEXT_CHARS else 0
+        self.chars, self.capped = 0, False  # texts()'s: characters learnt from, and whether the cap ended the reading
+
+    def share(self):
+        """How an input over the cap is sampled, to go before the size of the input it names; "" when it is not."""
+        # (never 100%)
+        return f"{min(100 * VOCAB_TEXT_CHARS / self.size, 99.9):.3g}% of the documents of " if self.spread else ""
+
+    def texts(self, docs):
+        """The texts to learn from, of docs (each a list of texts: a document's, or a conversation's contents)."""
+        owed = self.spread
+        for doc in docs:
+            if self.spread:  # a document each time the cap's share of the input adds up to one, the first too
+                owed += VOCAB_TEXT_CHARS
+                if owed < self.spread:
+                    continue
+                owed -= self.spread
+            for text in doc:
+                if self.chars >= VOCAB_TEXT_CHARS:  # more: not read (a streamed hub split downloads as it is)
+                    self.capped = True
+                    return
+                text = text[:VOCAB_TEXT_CHARS - self.chars]  # (the text itself, under the cap)
+                self.chars += len(text)
+                yield text
+
+    def said(self, of):
+        """What a sample was learnt from, of (the text it was taken from) and why; "" when it was all of the input."""
+        if not (self.spread or self.capped):
+            return ""
+        return (f"{'' if self.spread else 'the first '}{self.chars / 1e6:,.0f} MB of {of} ("
+                f"{f'{self.share()}the {self.size / 1e6:,.0f} MB of input, spread over it; ' if self.spread else ''}"
+                f"at most {VOCAB_TEXT_CHARS / 1e6:,.0f} MB, VOCAB_TEXT_CHARS: memory grows with the distinct words "
+                f"learnt)")
+
+
+def train_tokenizer(files, vocab_size, out_path, sample=None):
+    """train_bpe on text files, read in bounded memory, on a VocabSample of them (sample: one to say, else made here)."""
     from prepare import SUFFIXES, suffix  # here: prepare.py imports this module
     for path in files:  # refused before training, not when its turn comes
         if path == "-" and not os.path.exists(path):  # the usual name of standard input, which "no such file" hid
@@ -384,15 +433,23 @@ def train_tokenizer(files, vocab_size, out_path):
                             f"text with `python prepare.py --source {path} --vocab_size {vocab_size} --name NAME` "
                             f"(it writes data/NAME/tokenizer.tiktoken)")
 
-    def texts():
+    def docs():
         for path in files:
             for chunk in read_text_chunks(path):
                 # special tokens separate documents; they must never become merges
                 for doc in chunk.split(EOT):
                     if doc:
-                        yield doc
+                        yield [doc]
 
-    return train_bpe(texts(), vocab_size, out_path, ", ".join(files))
+    sample = sample or files_sample(files)
+    return train_bpe(sample.texts(docs()), vocab_size, out_path, ", ".join(files))
+
+
+def files_sample(files):
+    """The VocabSample of text files, spread over them by their sizes. A pipe (/dev/stdin) says no size: the first
+    documents of the input, up to the cap, not a share reckoned on the other files' sizes alone (reaching the cap before
+    the end of the input, said to be spread over it)."""
+    return VocabSample(sum(map(os.path.getsize, files)) if all(os.path.isfile(f) for f in files) else 0)
 
 
 # -----------------------------------------------------------------------------
@@ -422,8 +479,10 @@ def main(argv=None):
         check_output(args.out, "--out", inputs={"--input": args.input})  # before the training, not after it
         t0 = time.time()
         size = sum(os.path.getsize(f) for f in args.input if os.path.exists(f))
-        enc = train_tokenizer(args.input, args.vocab_size, args.out)
-        print(f"trained {enc.n_vocab} tokens on {size / 1e6:.1f} MB in {time.time() - t0:.1f}s -> {args.out}")
+        sample = files_sample(args.input)
+        enc = train_tokenizer(args.input, args.vocab_size, args.out, sample)
+        on = sample.said("the text") or f"{size / 1e6:.1f} MB"
+        print(f"trained {enc.n_vocab} tokens on {on} in {time.time() - t0:.1f}s -> {args.out}")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import pytest
 
 import common
 import prepare
+import setup_tokenizer
 from common import UserError
 from conftest import run_cli
 from setup_tokenizer import EOT, IM_END, IM_START, get_tokenizer, render_chat, tokenizer_hash, train_tokenizer
@@ -948,7 +949,7 @@ def test_a_vocabulary_learns_from_at_most_vocab_text_chars_spread_over_the_input
 
     def learnt(cap, limit=None):
         seen.clear()
-        monkeypatch.setattr(prepare, "VOCAB_TEXT_CHARS", cap)
+        monkeypatch.setattr(setup_tokenizer, "VOCAB_TEXT_CHARS", cap)
         prepare.train_vocabulary(prepare.find_source("text", src), 300, None, limit, 0.1)
         return list(seen), re.sub(r" in [\d.]+s\n$", "", capsys.readouterr().out)  # (the time left out)
 
@@ -981,12 +982,12 @@ def test_a_vocabulary_sample_of_a_parquet_file_is_spread_over_all_of_it(tmp_path
     assert os.path.getsize(src) * 4 < sum(map(len, docs))  # (what the test is about)
     seen = []
     monkeypatch.setattr(prepare, "train_bpe", lambda texts, *a: seen.extend(texts) or get_tokenizer("gpt2"))
-    monkeypatch.setattr(prepare, "VOCAB_TEXT_CHARS", os.path.getsize(src) - 1)  # a quarter of the text, or less
+    monkeypatch.setattr(setup_tokenizer, "VOCAB_TEXT_CHARS", os.path.getsize(src) - 1)  # a quarter of the text, or less
     prepare.train_vocabulary(prepare.find_source("text", src), 300, None, None, 0.1)
     train = docs[:180]
     learnt = [int(d.split()[1]) for d in seen]  # (the last one cut at the cap)
     assert seen[0] == train[0] and max(learnt) > 170 and any(i in range(70, 110) for i in learnt), learnt
-    assert sum(map(len, seen)) <= prepare.VOCAB_TEXT_CHARS
+    assert sum(map(len, seen)) <= setup_tokenizer.VOCAB_TEXT_CHARS
 
 
 def test_a_vocabulary_is_trained_again_when_its_data_changes(tmp_path, capsys):

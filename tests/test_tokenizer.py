@@ -348,6 +348,46 @@ def test_cli_train_expands_a_pattern_the_shell_left(tmp_path, capsys):
     assert (code, err) == (1, f"error: --input {tmp_path / '*.md'}: no file or folder matches this pattern\n")
 
 
+def test_cli_train_learns_from_at_most_vocab_text_chars_spread_over_the_files(tmp_path, capsys, monkeypatch):
+    """rustbpe holds every distinct word it has seen in memory (45 MB of random words peaked at 1.6 GB), and train read
+    all of its input: a vocabulary learns from at most VOCAB_TEXT_CHARS of it, as prepare.py --vocab_size's does,
+    documents spread over the files by their sizes (not the first file's alone), said; within the cap all of it, as
+    before; with a pipe, which says no size, the first documents."""
+    docs = [[f"{name} story {i}" + f" word{i}" * (20 + i % 5) for i in range(n)] for name, n in (("a", 150), ("b", 50))]
+    files = [tmp_path / "a.txt", tmp_path / "b.txt"]
+    for path, ds in zip(files, docs):
+        path.write_text(EOT.join(ds), encoding="utf-8")
+    size = sum(map(os.path.getsize, files))
+    seen, train, out = [], setup_tokenizer.train_bpe, tmp_path / "v.tiktoken"
+    monkeypatch.setattr(setup_tokenizer, "train_bpe", lambda texts, *a: train(seen.extend(texts) or seen, *a))
+
+    def learnt(cap):
+        seen.clear()
+        monkeypatch.setattr(setup_tokenizer, "VOCAB_TEXT_CHARS", cap)
+        code, said, err = run_in_process(setup_tokenizer.main, ["train", "--input", *map(str, files), "--vocab_size",
+                                                                "300", "--out", str(out)], capsys)
+        assert code == 0, err
+        return list(seen), re.sub(rf" in [\d.]+s -> {re.escape(str(out))}\n$", "", said)  # (the time left out)
+
+    # within the cap: all of it, said as before
+    assert learnt(size) == (docs[0] + docs[1], "trained 300 tokens on 0.0 MB")
+    # a quarter of the cap: about a quarter of each file's documents, the first, middle and last ones among them
+    cap = size // 4
+    sample, said = learnt(cap)
+    a, b = [[d for d in sample if d in ds] for ds in docs]
+    assert a + b == sample and sum(map(len, sample)) <= cap and 35 <= len(a) <= 38 and 11 <= len(b) <= 13
+    assert a[0] == docs[0][0] and any(docs[0].index(d) in range(70, 80) for d in a) and docs[1].index(b[-1]) > 45
+    assert said == ("trained 300 tokens on 0 MB of the text (25% of the documents of the 0 MB of input, spread over it; "
+                    "at most 0 MB, VOCAB_TEXT_CHARS: memory grows with the distinct words learnt)")
+    assert learnt(cap)[0] == sample  # the same sample each time: the same vocabulary
+    # a pipe after a.txt: its first documents, up to the cap (a share of a.txt's size alone reached the cap in a.txt)
+    r = subprocess.run([sys.executable, "-c", f"import setup_tokenizer as s; s.VOCAB_TEXT_CHARS = {cap}; s.main("
+                        f"{['train', '--input', str(files[0]), '/dev/stdin', '--vocab_size', '300', '--out', str(out)]})"],
+                       cwd=ROOT, input=files[1].read_text(encoding="utf-8"), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("trained 300 tokens on the first 0 MB of the text (at most 0 MB, VOCAB_TEXT_CHARS: ")
+
+
 def test_train_warns_when_the_text_supports_fewer_tokens_than_asked(tmp_path, capsys):
     text, out = tmp_path / "c.txt", tmp_path / "v.tiktoken"
     text.write_text("the cat sat on the mat. " * 50, encoding="utf-8")
