@@ -185,9 +185,9 @@ def text_docs(path):
 
 # the fields record_doc reads a record by: a list of turns under the first three
 TURNS_FIELDS = ("messages", "conversations", "conversation")
-# the instruction shapes' (prompt, reply, input) fields, read as a user turn (the input, if any, after a blank line) and
-# its reply (TRL's conversational prompt/completion: lists of turns). The first pair whose two fields both hold
-# something is read: in a record of several, the one earlier here
+# the (prompt, reply, input) fields of the prompt-and-reply shapes, read as a user turn (the input, if any, after a
+# blank line) and its reply (TRL's conversational prompt/completion: lists of turns); a record of several is read by the
+# one first here
 PAIRS = (("instruction", "output", "input"),  # Alpaca (a seed task's `instances`, its input/output pairs: record_docs)
          ("instruction", "response", "context"),  # Databricks Dolly
          ("question", "answer", None),  # GSM8K
@@ -402,12 +402,11 @@ def turns_of(record, field, where):
             for m, (r, c) in ((m, spelling(m)) for m in turns)]
 
 
-def said(record, field, role, where):
-    """record[field], a prompt's or a reply's, as turns: text is one turn of role (null: an empty one), a list under
-    prompt or completion is turns (TRL's conversational form, [{role, content}]). TRL trains on the completion alone:
-    a prompt's replies (a multi-turn prompt's, or its last turn) are context, weighted 0, and a completion of no
-    turns is an empty reply, as "" is (the record left out: it was kept, a question with no reply, tokens that train
-    nothing)."""
+def as_turns(record, field, role, where):
+    """record[field], a prompt or a reply, as turns: text is one turn of role (null: an empty one), a list under
+    prompt or completion is turns (TRL's conversational form, [{role, content}]). TRL trains on the completion alone,
+    so a prompt's replies are context, weighted 0; a completion of no turns is an empty reply, as "" is (the record
+    is then left out, having nothing to train on)."""
     value = record[field]
     turns = field in ("prompt", "completion")
     if isinstance(value, list) and turns:
@@ -424,8 +423,10 @@ def record_docs(record, where, dataset=None):
     """record_doc's documents of one record: one, or one for each of a Self-Instruct seed task's `instances` (Alpaca's
     seed_tasks.jsonl), the instruction with each input/output pair, as an Alpaca record of them would be: each pair is
     an example of its own, not a turn of one conversation."""
-    if not isinstance(record, dict) or record.get("instances") is None or record.get("instruction") is None or \
-            any(record.get(f) is not None for f in (*TURNS_FIELDS, "output")):  # (those read first, as record_doc would)
+    # (a record with turns or an output is read by those, as record_doc reads it)
+    seed_task = isinstance(record, dict) and record.get("instances") is not None and \
+        record.get("instruction") is not None and all(record.get(f) is None for f in (*TURNS_FIELDS, "output"))
+    if not seed_task:
         return [record_doc(record, where, dataset)]
     instances = record["instances"]
     if not isinstance(instances, list) or not all(isinstance(i, dict) and "output" in i for i in instances):
@@ -454,9 +455,8 @@ def record_doc(record, where, dataset=None):
     # the turns' names: `messages` takes ShareGPT's role names too, as the error for an unknown role says;
     # `conversation` is lmsys-chat-1m's and WildChat's name for OpenAI's list of {role, content}
     turns_field = next((f for f in TURNS_FIELDS if f in has), None)
-    # (else the first whose reply is null, an empty one: out of the loss, below. Alpaca's alone was: a Dolly row of null
-    # response was left out of a parquet file that has Alpaca's columns too, and refused as having no such field in one
-    # that has not)
+    # the first pair whose fields both hold something, else the first whose reply is there but null (an empty reply,
+    # out of the loss below): a parquet file gives every row every column
     pair = next((p for p in PAIRS if p[0] in has and p[1] in has), None) or \
         next((p for p in PAIRS if p[0] in has and p[1] in record), None)
     try:
@@ -473,7 +473,7 @@ def record_doc(record, where, dataset=None):
                                                          all(isinstance(t, str) for t in h) for h in history):
                 raise UserError(f"{where}: `history` must be a list of [instruction, output] pairs of text, the turns "
                                 f"before this one")
-            asked, answered = said(record, prompt, "user", where), said(record, reply, "assistant", where)
+            asked, answered = as_turns(record, prompt, "user", where), as_turns(record, reply, "assistant", where)
             if extra and record.get(extra):
                 asked[0]["content"] += f"\n\n{record[extra]}"  # (an instruction is text: one turn)
             if dataset == "knowledge" and reply == "answer":  # GSM8K's calculator annotations: 48/2 = <<48/2=24>>24
