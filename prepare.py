@@ -540,23 +540,19 @@ def places(wheres, count):
 
 
 class BadRecords(UserError):
-    """good_docs's error for the bad records of one file (label): said, what it says of them (count, how many), and
-    skippable, whether --skip_bad_records would leave something of the file to train on; kept apart so that
-    make_dataset can say the other files' bad records (with_other_files) before the way out (way_out)."""
+    """good_docs's error for the bad records of one file (label): text says what they are, count how many, and
+    skippable whether --skip_bad_records would leave something of the file to train on. Its parts are kept so that
+    make_dataset can add the other files' bad records (with_other_files) before the way out."""
 
-    def __init__(self, label, said, count, skippable):
-        super().__init__(said + (way_out(count) if skippable else ""))
-        self.label, self.said, self.count, self.skippable = label, said, count, skippable
-
-
-def way_out(count):
-    them = "them" if count > 1 else "it"
-    return f"; fix {them}, or pass --skip_bad_records to leave {them} out"
+    def __init__(self, label, text, count, skippable):
+        them = "them" if count > 1 else "it"
+        super().__init__(text + (f"; fix {them}, or pass --skip_bad_records to leave {them} out" if skippable else ""))
+        self.label, self.text, self.count, self.skippable = label, text, count, skippable
 
 
 class OtherKind(UserError):
-    """checked's bad record of the other kind (where, and kind, its own) than the first document of its file (where
-    that is: first)."""
+    """The bad record at where whose document is of the other kind (its own: kind) than its file's first (at first):
+    checked_records'."""
 
     def __init__(self, where, kind, first):
         other = "chat" if kind == "text" else "text"
@@ -565,12 +561,11 @@ class OtherKind(UserError):
         self.where, self.kind, self.first = where, kind, first
 
 
-def checked(records, dataset):
-    """(where, document, None) of each good record of records (good_docs'), (where, None, the UserError that says
-    why) of each bad one: one that is no JSON (json_records gives its UserError), that record_doc refuses, or whose
-    document is of the other kind than the first one's (OtherKind: a dataset is one or the other, and the first
-    records say which a file is; a plain-text row among a parquet file's conversations is a bad record as a row of no
-    shape is, counted, located and skippable, where it was never skippable and named alone)."""
+def checked_records(records, dataset):
+    """(where, document, None) of each good record of records (good_docs'), (where, None, the UserError saying why) of
+    each bad one: no JSON (json_records gives its UserError), refused by record_doc, or of the other kind than the
+    file's first document (OtherKind: a dataset is one or the other, and its first records say which; a stray row is a
+    bad record like any other, counted, located and skippable)."""
     first = None  # the first document's kind, and where it is
     for where, record in records:
         try:
@@ -591,7 +586,7 @@ def checked(records, dataset):
 
 def good_docs(records, label, dataset, skipped=None, scan=True):
     """(where, document) of each record of records, the (where, record) of one file or hub split (label), a record
-    that is no JSON given as its UserError. A bad record (that, or one record_doc refuses) stops the run, named as
+    that is no JSON given as its UserError. A bad record (checked_records) stops the run, named as
     always, and with scan the file's other bad records counted and located too, read (parsed and checked, not
     tokenized) to its end: a file with three bad lines took three runs, each after minutes of tokenizing, to find
     them (not a streamed hub split, which would be downloaded whole for it); the other files' are make_dataset's
@@ -602,7 +597,7 @@ def good_docs(records, label, dataset, skipped=None, scan=True):
     # millions held a string for each, gigabytes
     bad, wheres, first, good = 0, [], None, False
     kept, strays, stray = 0, 0, None  # documents of the file's kind, and of the other (OtherKind), the first of them
-    for where, doc, e in checked(records, dataset):
+    for where, doc, e in checked_records(records, dataset):
         if isinstance(e, OtherKind):
             strays, stray = strays + 1, stray or e
         if e:
@@ -644,9 +639,9 @@ def good_docs(records, label, dataset, skipped=None, scan=True):
 def bad_records(path):
     """(count, wheres, good) of the bad records of a .jsonl, .json or .parquet file, found as good_docs finds them
     (parsed and checked, not tokenized), read to its end, or to its ALL_BAD-th bad record when none before is good;
-    wheres: the first OTHER_FILES's places, good: whether it has a good record."""
+    wheres: the places of the first OTHER_FILES, good: whether it has a good record."""
     bad, wheres, good = 0, [], False
-    for where, _, e in checked(json_records(path), None):  # (the dataset only tidies what is good)
+    for where, _, e in checked_records(json_records(path), None):  # (the dataset only tidies what is good)
         if not e:
             good = True
             continue
@@ -659,44 +654,49 @@ def bad_records(path):
 
 
 def with_other_files(e, plan):
-    """e, the BadRecords of one of plan's files, saying the bad records of the plan's other files too, but for those the
-    run has read already: a folder with three bad files took three runs to learn of them. Those are the files before
-    it, read in order, and good, in the pass that met it; not a source's own validation files, which the vocabulary's
-    pass leaves unread. A file that cannot be read at all (not UTF-8, a .json that is no JSON) is its own error, said
-    when the run reaches it. Those past OTHER_FILES_BYTES are counted, not read."""
+    """e, the BadRecords of one of plan's files, with the bad records of the plan's files the run has not read yet
+    added: a folder with three bad files took three runs to learn of them. The files read are those before it, in
+    the pass that met it, but a source's own validation files (the vocabulary's pass skips them). A file that cannot
+    be read at all (not UTF-8, a .json that is no JSON) is its own error, said when the run reaches it. Files past
+    OTHER_FILES_BYTES are counted, not read."""
     streams = plan["streams"]
     at = next((i for i, (_, label, _) in enumerate(streams) if label == e.label), None)
     if at is None:  # (a hub split's)
         return e
-    found, read, unread = [], 0, 0
+    found, read, unread = [], 0, 0  # (label, bad, wheres, good) of each file with bad records; bytes read; files not
     for i, (role, label, _) in enumerate(streams):
-        if (i > at or (i < at and role == "val")) and suffix(label) in (".jsonl", ".json", ".parquet") \
-                and os.path.isfile(label):
-            if read + os.path.getsize(label) > OTHER_FILES_BYTES:
-                unread += 1
-                continue
-            read += os.path.getsize(label)
-            with contextlib.suppress(UserError):
-                if (count := bad_records(label))[0]:
-                    found.append((label, *count))
-    more_files = f"; {unread:,} other file{'s' * (unread > 1)} not read for them (past {OTHER_FILES_BYTES >> 20:,} MB)"
-    if not found:
-        return BadRecords(e.label, e.said + more_files, e.count, e.skippable) if unread else e
+        not_read_yet = i > at or (i < at and role == "val")
+        if not (not_read_yet and suffix(label) in (".jsonl", ".json", ".parquet") and os.path.isfile(label)):
+            continue
+        size = os.path.getsize(label)
+        if read + size > OTHER_FILES_BYTES:
+            unread += 1
+            continue
+        read += size
+        with contextlib.suppress(UserError):
+            bad, wheres, good = bad_records(label)
+            if bad:
+                found.append((label, bad, wheres, good))
 
-    def said(label, bad, wheres, good):
+    def named(label, bad, wheres, good):
         how = f"{bad:,}" if good else f"its first {bad:,} all" if bad == ALL_BAD else f"all {bad:,}"
         return f"{label} ({how} bad: {places(wheres, bad)})"
-    more = len(found) - OTHER_FILES
-    named = ", ".join(said(*f) for f in found[:OTHER_FILES]) + (f", and {more} more" if more > 0 else "")
-    skippable = e.skippable and all(good for *_, good in found)
-    return BadRecords(e.label, f"{e.said}; bad records in {len(found)} other file{'s' * (len(found) > 1)} too: {named}"
-                      + (more_files if unread else ""), e.count + sum(bad for _, bad, _, _ in found), skippable)
+    text, count, skippable = e.text, e.count, e.skippable
+    if found:
+        more = len(found) - OTHER_FILES
+        files = ", ".join(named(*f) for f in found[:OTHER_FILES]) + (f", and {more} more" if more > 0 else "")
+        text += f"; bad records in {len(found)} other file{'s' * (len(found) > 1)} too: {files}"
+        count += sum(bad for _, bad, _, _ in found)
+        skippable = skippable and all(good for *_, good in found)
+    if unread:
+        text += f"; {unread:,} other file{'s' * (unread > 1)} not read for them (past {OTHER_FILES_BYTES >> 20:,} MB)"
+    return BadRecords(e.label, text, count, skippable) if found or unread else e
 
 
 def file_docs(path, dataset, skipped=None):
     """Documents of one file (a --source file or the mirror's), read by its suffix: a .txt as text (DailyDialog's
     release as its dialogues), others as records (record_doc), a record of the other kind than the first a bad one
-    (checked). dataset: the dataset being made, whose own tidying record_doc applies. skipped: good_docs's, for
+    (checked_records). dataset: the dataset being made, whose own tidying record_doc applies. skipped: good_docs's, for
     --skip_bad_records."""
     if suffix(path) == ".txt":
         yield from (dailydialog_docs if dataset == "dailydialog" else text_docs)(path)
