@@ -1834,9 +1834,9 @@ def text_packed(pack):
 
 
 def text_bytes(path):
-    """About how many bytes of text a file of the input holds (train_vocabulary's measure of it): its size, but a
-    parquet file's data uncompressed, as its footer says; compressed, the hub's shards hold several times their size,
-    and a vocabulary's sample reached VOCAB_TEXT_CHARS a fraction of the way in, said to be spread over all of it."""
+    """About how many bytes of text a file of the input holds (train_vocabulary's measure): its size, but a parquet
+    file's data uncompressed, as its footer says. The hub's compressed shards hold several times their size: a sample
+    spread by that filled VOCAB_TEXT_CHARS a fraction of the way in."""
     if suffix(path) == ".parquet":
         import pyarrow.parquet as pq  # comes with datasets
         with contextlib.suppress(OSError, ValueError):  # (not a parquet file: said where its records are read)

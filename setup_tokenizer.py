@@ -38,10 +38,10 @@ ROLES = ("system", "user", "assistant")
 # custom tokenizer splits text exactly where GPT-2's does
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
 # the most text (characters) a vocabulary learns from, here and in prepare.py --vocab_size: rustbpe holds every distinct
-# word it has seen in memory, about 330 bytes each (45 MB of random words, 4.9M distinct, peaked at 1.6 GB), so memory
-# grew with the corpus without end; a GB of stories numbered one by one peaks at 340 MB (250 MB: 126 MB) in 76 s on one
-# core. A larger input gives it the cap's share of its documents, spread over it (VocabSample). nanochat's 65k-token
-# vocabulary learns from 2B characters of web text; this project's are smaller
+# word it has seen, about 330 bytes each (45 MB of random words, 4.9M distinct, peaked at 1.6 GB), so its memory grew
+# with the corpus; a GB of stories numbered one by one peaks at 340 MB, in 76 s on one core. A larger input gives it a
+# sample of its documents spread over it (VocabSample). (nanochat's 65k-token vocabulary learns from 2B characters of
+# web text; this project's are smaller)
 VOCAB_TEXT_CHARS = 10 ** 9
 
 
@@ -388,7 +388,7 @@ class VocabSample:
         """The texts to learn from, of docs (each a list of texts: a document's, or a conversation's contents)."""
         owed = self.spread
         for doc in docs:
-            if self.spread:  # a document each time the cap's share of the input adds up to one, the first too
+            if self.spread:  # VOCAB_TEXT_CHARS / spread of the documents, evenly spaced, the first one too
                 owed += VOCAB_TEXT_CHARS
                 if owed < self.spread:
                     continue
@@ -403,12 +403,11 @@ class VocabSample:
 
     def said(self, of):
         """What a sample was learnt from, of (the text it was taken from) and why; "" when it was all of the input."""
-        if not (self.spread or self.capped):
-            return ""
-        return (f"{'' if self.spread else 'the first '}{self.chars / 1e6:,.0f} MB of {of} ("
-                f"{f'{self.share()}the {self.size / 1e6:,.0f} MB of input, spread over it; ' if self.spread else ''}"
-                f"at most {VOCAB_TEXT_CHARS / 1e6:,.0f} MB, VOCAB_TEXT_CHARS: memory grows with the distinct words "
-                f"learnt)")
+        why = f"at most {VOCAB_TEXT_CHARS / 1e6:,.0f} MB, VOCAB_TEXT_CHARS: memory grows with the distinct words learnt"
+        if self.spread:
+            return (f"{self.chars / 1e6:,.0f} MB of {of} ({self.share()}the {self.size / 1e6:,.0f} MB of input, spread "
+                    f"over it; {why})")
+        return f"the first {self.chars / 1e6:,.0f} MB of {of} ({why})" if self.capped else ""
 
 
 def train_tokenizer(files, vocab_size, out_path, sample=None):
