@@ -76,7 +76,7 @@ HEAD_END = re.compile(rb"\n\r?\n")  # the empty line that ends a request's head,
 MAX_STOP = 4            # stop strings per request, as OpenAI allows
 POLL = 0.2              # seconds between checks that a waiting client is still connected
 ANSWER_WAIT = 5         # seconds a stopping server gives the requests it holds to send their answers
-TURNED_AWAY_LOG = 60    # seconds between the log's lines on connections turned away past --max_connections
+AT_LIMIT_LOG = 60       # seconds between the log's lines on connections past --max_connections (note_at_limit)
 # seconds a request has to arrive whole, head and body, from its first byte: the largest one taken (a MAX_BODY body)
 # crosses a 1 Mbit/s link, a poor Wi-Fi's, in 9 s: a sixth of this. The socket's own timeout restarts with every byte,
 # so a client that trickled one a minute (slowloris) held its thread and connection forever
@@ -87,7 +87,7 @@ REQUEST_WAIT = 60
 WRITE_WAIT = 60
 # seconds a connection must have waited for its request (idle, or that request trickling in) before a new connection at
 # --max_connections may take its place (ApiServer.evict): a busy keep-alive client, silent for milliseconds between
-# its requests, lost its connection to each newcomer, which the next newcomer took in turn
+# its requests, keeps its own
 EVICT_AFTER = 1
 
 
@@ -560,8 +560,8 @@ class RequestReader(io.RawIOBase):
 
     def readinto(self, b):
         deadline, sock = self.handler.deadline, self.handler.connection
-        # (a new connection at --max_connections may take its place.) Waiting since the request's first byte, not this
-        # read's start: a client trickling a byte now and then (slowloris) is never silent long in one read
+        # silent, so a new connection at --max_connections may take its place; since the request's first byte, not
+        # this read's start: a client trickling a byte now and then (slowloris) is never silent long in one read
         since = None if deadline is None else deadline - REQUEST_WAIT
         with self.handler.server.silent_while(sock, since):
             if deadline is None:
@@ -689,8 +689,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def linger(self):
         """After an answer sent before the request's body was read (a 413, a framing refusal, a 408). Silent meanwhile,
-        its answer sent: a new connection at --max_connections may take its place (ApiServer.evict), else a client that
-        sent a 413's head and nothing more held its place DRAIN_WAIT, and a few such clients every place."""
+        so a new connection at --max_connections may take its place (ApiServer.evict): a client that sent a 413's head
+        and nothing more would hold its place DRAIN_WAIT, and a few such clients every place."""
         with contextlib.suppress(Evicted), self.server.silent_while(self.connection):
             drain(self.connection)
 
@@ -1128,7 +1128,7 @@ class ApiServer(ThreadingHTTPServer):
         # connections past max_connections, turned away and given another's place, since the log's line on them
         self.turned_away, self.made_room, self.at_limit_said = 0, 0, float("-inf")  # (note_at_limit)
         self.refusals = threading.BoundedSemaphore(max_connections)
-        # the connections whose threads wait in a read of a request (silent_while), the one waiting the longest first,
+        # the connections whose threads wait in a read of a request (silent_while), each with when it began waiting,
         # and those of them closed to give a new connection their place (evict), under silence_lock
         self.silent, self.evicted, self.silence_lock = {}, set(), threading.Lock()
         self.cors = tuple(cors)  # origins whose pages may call the API from a browser ("*": any)
@@ -1212,18 +1212,18 @@ class ApiServer(ThreadingHTTPServer):
     def note_at_limit(self, made_room=False):
         """Counts a connection past --max_connections (from the accepting thread alone), turned away or, made_room,
         given the place of one waiting for its request (evict), said in the log at the first and then at most every
-        TURNED_AWAY_LOG seconds with the counts since: nothing told the operator why clients got 503s, or lost their
+        AT_LIMIT_LOG seconds with the counts since: nothing told the operator why clients got 503s, or lost their
         idle connections, and a line each would flood the log just as the server is overloaded."""
         if made_room:
             self.made_room += 1
         else:
             self.turned_away += 1
-        if time.monotonic() - self.at_limit_said >= TURNED_AWAY_LOG:
-            said = [f"{self.turned_away:,} connection(s) turned away (503, or closed unanswered past twice as many)"
-                    ] if self.turned_away else []
-            said += [f"{self.made_room:,} waiting for a request closed to make room"] if self.made_room else []
+        if time.monotonic() - self.at_limit_said >= AT_LIMIT_LOG:
+            counts = [f"{self.turned_away:,} connection(s) turned away (503, or closed unanswered past twice as many)"
+                      ] if self.turned_away else []
+            counts += [f"{self.made_room:,} waiting for a request closed to make room"] if self.made_room else []
             with contextlib.suppress(OSError):  # (stderr's reader gone: see Worker.run)
-                self.worker.log(f"{' and '.join(said)} since the last such line: {self.max_connections:,} are open "
+                self.worker.log(f"{' and '.join(counts)} since the last such line: {self.max_connections:,} are open "
                                 f"(--max_connections)")
             self.turned_away, self.made_room, self.at_limit_said = 0, 0, time.monotonic()
 
@@ -1255,13 +1255,13 @@ class ApiServer(ThreadingHTTPServer):
                 raise Evicted
 
     def evict(self):
-        """At --max_connections: closes the connection waiting the longest for its request (silent_while), if one has
-        waited EVICT_AFTER or more, and hands its place to the new one; whether one was. Idle keep-alive connections, or
-        clients trickling their requests, held every place, a few of them reopened now and then, and every other client got 503 for as long as they liked;
-        nginx too closes idle connections to make room. One being answered (queued, generated, written) reads nothing,
-        and a client sends its request at once, so the one waiting the longest is an idle or trickling one. Its thread,
-        woken by the shutdown, ends at once (Evicted) without giving back the place (process_request_thread): for that
-        moment the threads are one more than the places."""
+        """At --max_connections: closes the connection waiting the longest for its request (silent_while), if it has
+        waited EVICT_AFTER or more, and hands its place to the new one; whether one was. Else a few idle keep-alive or
+        slowloris clients hold every place, and every other client gets 503 (nginx too closes idle connections to make
+        room). One being answered (queued, generated, written) reads nothing, and a client sends its request at once,
+        so the one waiting the longest is idle or trickling. Its thread, woken by the shutdown, ends at once (Evicted)
+        without giving back the place (process_request_thread): for that moment the threads are one more than the
+        places."""
         with self.silence_lock:
             # one with bytes waiting is silent no more: its request (a keep-alive client's next, a new connection's
             # first) has come, and its thread, not yet woken, is about to read it; closed, it was dropped unanswered

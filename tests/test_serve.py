@@ -1203,7 +1203,7 @@ def test_connections_past_the_limit_get_503(enc, monkeypatch):
                                                                 "Access-Control-Request-Method": "POST"})
         assert status == 204 and h["access-control-allow-origin"] == "*"  # its preflight too (next test)
         # a body sent, never read: the client still writes it (past the sockets' buffers) when its answer comes
-        monkeypatch.setattr(serve, "TURNED_AWAY_LOG", 0)  # (the minute has passed)
+        monkeypatch.setattr(serve, "AT_LIMIT_LOG", 0)  # (the minute has passed)
         status, err, _ = post(api, "/v1/completions", b"x" * (8 << 20))
         assert status == 503 and err["error"]["code"] == "overloaded"
         assert lines[1] == f"4 {said}", lines  # the two after the first, the preflight, and this one
@@ -1221,7 +1221,7 @@ def test_connections_past_the_limit_get_503(enc, monkeypatch):
 
 
 def test_the_line_on_connections_past_the_limit_counts_both_those_turned_away_and_those_closed(monkeypatch):
-    """Past --max_connections the log says, at the first and then once a TURNED_AWAY_LOG, how many connections were
+    """Past --max_connections the log says, at the first and then once a AT_LIMIT_LOG, how many connections were
     turned away and how many waiting for a request were closed to make room since its last such line: an operator
     whose clients got 503s, or lost their idle connections, learns both, and that --max_connections is the cause."""
     lines = []
@@ -1235,7 +1235,7 @@ def test_the_line_on_connections_past_the_limit_counts_both_those_turned_away_an
         note(made_room)
     limit = "since the last such line: 4 are open (--max_connections)"
     assert lines == [f"1 waiting for a request closed to make room {limit}"]
-    monkeypatch.setattr(serve, "TURNED_AWAY_LOG", 0)
+    monkeypatch.setattr(serve, "AT_LIMIT_LOG", 0)
     note()
     note(made_room=True)
     assert lines[1:] == [f"4 connection(s) turned away (503, or closed unanswered past twice as many) and 1 waiting for a "
@@ -1388,7 +1388,7 @@ def test_a_flood_past_twice_the_limit_is_closed_unanswered_and_the_server_goes_o
             r.begin()
             assert r.status == 503 and json.loads(r.read())["error"]["code"] == "overloaded"
             assert api.refusals._value == 0  # (drained, until its client closes or DRAIN_WAIT)
-            monkeypatch.setattr(serve, "TURNED_AWAY_LOG", 0)
+            monkeypatch.setattr(serve, "AT_LIMIT_LOG", 0)
             with socket.create_connection(api.server_address[:2], timeout=60) as flood:
                 flood.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
                 with contextlib.suppress(ConnectionResetError):  # (closed with the request unread)
