@@ -1321,20 +1321,19 @@ class GracefulInterrupt:
         # starts a background job so) was stopped by the Ctrl-C pressed for the script, taken over here for the
         # whole of training; SIGTERM still stops it with a save
         ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-        signals = ([] if ignored else [signal.SIGINT]) + ([] if "LOCAL_RANK" in os.environ else [signal.SIGTERM])
+        handlers = {} if ignored else {signal.SIGINT: self.handler}
+        handlers[signal.SIGTERM] = self.stopped_by_sigterm if "LOCAL_RANK" in os.environ else self.handler
         with contextlib.suppress(ValueError):  # ValueError: not the main thread
-            for sig in signals:
-                self.old[sig] = signal.signal(sig, self.handler)
-            if "LOCAL_RANK" in os.environ:
-                self.old[signal.SIGTERM] = signal.signal(signal.SIGTERM, self.stopped_by_sigterm)
+            for sig, handler in handlers.items():
+                self.old[sig] = signal.signal(sig, handler)
         return self
 
     @staticmethod
     def stopped_by_sigterm(signum, frame):
-        """Under torchrun, in training: SIGTERM ends this rank at once, as init_distributed's does, with a line on any
-        rank. A rank sent it alone (`kill`, a scheduler's notice to one process) ended without a word: torchrun's
-        report said "exitcode 143" and rank 0 "lost contact ... see its lines", which were none. (Outside the loop it
-        stays quiet: there torchrun sends it to the ranks waiting for the first to say a fault, as it ends.)"""
+        """Under torchrun, in training: SIGTERM ends this rank at once, as init_distributed's does, saying so on any
+        rank: one sent it alone (`kill`, a scheduler's notice to one process) ended without a word, and rank 0's "lost
+        contact ... see its lines" found none. (Outside the loop it stays quiet: there torchrun sends it to the ranks
+        waiting for the first to say a fault, as it ends.)"""
         with contextlib.suppress(Exception):  # (a signal amid another write to stderr: ending matters more)
             print(f"rank {os.environ.get('RANK', '?')}: stopped by SIGTERM, without saving (torchrun sends it to every "
                   f"rank when one ends; to stop a run with a save, send torchrun SIGINT, e.g. scancel --signal=INT)",
@@ -1469,11 +1468,11 @@ def is_peer_failure(e):
     return isinstance(e, dist_error) or (isinstance(e, RuntimeError) and ("gloo" in str(e) or "NCCL" in str(e)))
 
 
-def timed_out(e, when, minutes, slow, last=""):
+def timeout_error(e, when, minutes, slow, last=""):
     """The UserError for e, a collective's failure (is_peer_failure) when (as in "at step 12"), if it was the
     --dist_timeout running out (gloo: "Timed out waiting 600000ms"; NCCL: "... timeout"): a rank that hangs, not
     one gone. Said by every rank that waited: the one that speaks for its machine may be the one stuck. None for
-    another failure. slow: what a healthy rank may have been doing that long."""
+    another failure. slow: what a healthy rank may have been doing that long; last: said at the end."""
     if "timed out" not in str(e).lower() and "timeout" not in str(e).lower():
         return None
     return UserError(f"no word from another rank in {minutes:g} minute(s) {when} (--dist_timeout): one is stuck (see "
@@ -1787,10 +1786,10 @@ def banner_lines(args, dataset, what, enc, config, model, train_w, val_w, batche
         # on other ranks a run goes on as it would have to float summation order, bar dropout: each rank draws the
         # masks of its windows (see the training loop), so other ranks draw others, and resume is no longer exact
         other_masks = config.dropout and was_world is not None and was_world != world
+        masks = f" (dropout: the run drew its masks in {was_world} process(es), this one in {world}, so it goes on " \
+                f"with other masks, not bit for bit as on {was_world})" if other_masks else ""
         lines.append(f"resume epoch {resumed.epoch + 1}, window {resumed.windows:,}/{len(train_w):,}, "
-                     f"step {resumed.step:,}" + (f" (dropout: the run drew its masks in {was_world} process(es), this "
-                                                  f"one in {world}, so it goes on with other masks, not bit for bit "
-                                                  f"as on {was_world})" if other_masks else ""))
+                     f"step {resumed.step:,}{masks}")
     return lines
 
 
@@ -2022,7 +2021,7 @@ def train(args):
             # without the files (see run_training), met at the first agreement, would be a gloo traceback
             if is_peer_failure(e) and torch.distributed.is_available() and torch.distributed.is_initialized():
                 slow = "its reading of the data and checkpoint"
-                raise timed_out(e, "before training", args.dist_timeout, slow) or UserError(
+                raise timeout_error(e, "before training", args.dist_timeout, slow) or UserError(
                     f"lost contact with the other ranks before training (did one fail? see its lines, on its "
                     f"machine): {first_line(e, 100)}") from e
             raise
@@ -2421,8 +2420,8 @@ def run_training(args, held):
                 # 30 s later
                 raise KeyboardInterrupt from e
             last = f"; last checkpoint: {saved['path'] or 'none'}"
-            raise timed_out(e, f"at step {p.step:,}", args.dist_timeout, "its checkpoint save or first --compile step",
-                            last) or UserError(
+            raise timeout_error(e, f"at step {p.step:,}", args.dist_timeout,
+                                "its checkpoint save or first --compile step", last) or UserError(
                 f"lost contact with the other ranks at step {p.step:,} (did one fail? see its lines above): "
                 f"{first_line(e, 100)}{last}") from e
         raise
