@@ -73,7 +73,7 @@ from common import (VOCAB_FILE, UserError, atomic_write_text, check_output, expa
                     held_lock, holds_nul, name_full_disk, nonempty, not_utf8, parts_text, prepare_lock, read_items,
                     read_meta, remove_stale_tmp, run_main, tmp_name, without_surrogates)
 from setup_tokenizer import (EOT, IM_END, IM_START, VocabSample, fewer_ids, get_tokenizer, read_text_chunks,
-                             tokenizer_hash, train_bpe, trained_on, warn_short_vocabulary)
+                             say_training, tokenizer_hash, train_bpe, trained_on, warn_short_vocabulary)
 
 FORMAT = 1   # layout of meta.json and the .bin files
 VERSION = 10  # bump when the same inputs would give other tokens or counts, so existing datasets rebuild
@@ -95,7 +95,6 @@ THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 
 # a batch is what one threaded encode call gets: large enough to keep every core busy,
 # small enough that its Python token lists stay a few tens of MB whatever the corpus size
 BATCH_DOCS, BATCH_CHARS = 8192, 4 << 20
-SAY_VOCABULARY_BYTES = 100 << 20  # input at which training a vocabulary is said before it starts (about 10 s)
 # conversations are packed into blocks of the tiny and small presets' context (model.PRESETS, not
 # imported: prepare.py runs without torch)
 DEFAULT_PACK = 256
@@ -1874,16 +1873,10 @@ def train_vocabulary(plan, vocab_size, path, limit, val_fraction, pack=None):
         if cut and not sample.chars:
             raise too_little_text([s for part in plan.get("parts", [plan]) for s in part["streams"]], "train")
 
-    # said first where it takes a while: nothing else is shown meanwhile (the tokenizing that follows has its bar), and
-    # on 360 MB of stories one core read it and trained for 34 s; text of many distinct words takes far longer, and
-    # memory, in the merges that end it, during which Ctrl-C is heard only at their end (rustbpe holds the interpreter)
     size = sum(text_bytes(f) for part in plan.get("parts", [plan]) for f in part.get("files", ()) if os.path.isfile(f))
     # --limit's first documents say no size (as a hub split's files do not): their first ones, up to the cap
     sample = VocabSample(size if limit is None else 0)
-    if size >= SAY_VOCABULARY_BYTES:
-        print(f"training a {vocab_size:,}-token vocabulary on {sample.share()}{size / 1e6:,.0f} MB of input (its "
-              f"train text): about a minute a GB on one core, more where the text has many distinct words (Ctrl-C "
-              f"waits for the final merges)", flush=True)
+    say_training(vocab_size, sample, size, " (its train text)")
     t0 = time.time()
     enc = train_bpe(sample.texts(docs()), vocab_size, path, plan["description"])
     on = sample.said("its train text") or "the data"  # a sample: of what, and why

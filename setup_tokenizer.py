@@ -43,6 +43,7 @@ GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|
 # sample of its documents spread over it (VocabSample). (nanochat's 65k-token vocabulary learns from 2B characters of
 # web text; this project's are smaller)
 VOCAB_TEXT_CHARS = 10 ** 9
+SAY_VOCABULARY_BYTES = 100 << 20  # input at which training a vocabulary is said before it starts (about 10 s)
 
 
 # -----------------------------------------------------------------------------
@@ -410,6 +411,17 @@ class VocabSample:
         return f"the first {self.chars / 1e6:,.0f} MB of {of} ({why})" if self.capped else ""
 
 
+def say_training(vocab_size, sample, size, what=""):
+    """The line said before a vocabulary of vocab_size trains on an input of size bytes (what: which text of it) of
+    SAY_VOCABULARY_BYTES or more: nothing else is shown meanwhile, 360 MB of stories take 34 s on one core, text of
+    many distinct words far longer, and Ctrl-C in the merges that end it is heard only at their end (rustbpe holds the
+    interpreter)."""
+    if size >= SAY_VOCABULARY_BYTES:
+        print(f"training a {vocab_size:,}-token vocabulary on {sample.share()}{size / 1e6:,.0f} MB of input{what}: "
+              f"about a minute a GB on one core, more where the text has many distinct words (Ctrl-C waits for the "
+              f"final merges)", flush=True)
+
+
 def train_tokenizer(files, vocab_size, out_path, sample=None):
     """train_bpe on text files, read in bounded memory, on a VocabSample of them (sample: one to say, else made here)."""
     from prepare import SUFFIXES, suffix  # here: prepare.py imports this module
@@ -479,6 +491,7 @@ def main(argv=None):
         t0 = time.time()
         size = sum(os.path.getsize(f) for f in args.input if os.path.exists(f))
         sample = files_sample(args.input)
+        say_training(args.vocab_size, sample, size)
         enc = train_tokenizer(args.input, args.vocab_size, args.out, sample)
         on = sample.said("the text") or f"{size / 1e6:.1f} MB"
         print(f"trained {enc.n_vocab} tokens on {on} in {time.time() - t0:.1f}s -> {args.out}")

@@ -930,7 +930,7 @@ def test_a_long_vocabulary_training_is_said_before_it_starts(tmp_path, monkeypat
     monkeypatch.setattr(prepare, "train_bpe", lambda *a: said.append(capsys.readouterr().out) or train_bpe(*a))
     prepare.prepare("text", source=corpus, out_dir=out, vocab_size=300, name="small")
     capsys.readouterr()
-    monkeypatch.setattr(prepare, "SAY_VOCABULARY_BYTES", os.path.getsize(corpus))
+    monkeypatch.setattr(setup_tokenizer, "SAY_VOCABULARY_BYTES", os.path.getsize(corpus))
     prepare.prepare("text", source=corpus, out_dir=out, vocab_size=300, name="large")
     mb = f"{os.path.getsize(corpus) / 1e6:,.0f}"
     assert said == ["", f"training a 300-token vocabulary on {mb} MB of input (its train text): about a minute a GB on "

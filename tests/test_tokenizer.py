@@ -388,6 +388,21 @@ def test_cli_train_learns_from_at_most_vocab_text_chars_spread_over_the_files(tm
     assert r.stdout.startswith("trained 300 tokens on the first 0 MB of the text (at most 0 MB, VOCAB_TEXT_CHARS: ")
 
 
+def test_cli_train_says_a_large_input_before_it_trains(tmp_path, capsys, monkeypatch):
+    """train was silent until its end, a minute a GB and more (its merges deaf to Ctrl-C): an input of
+    SAY_VOCABULARY_BYTES or more is said before it trains, as prepare.py --vocab_size says it; a small one is not."""
+    src = tmp_path / "a.txt"
+    src.write_text(EOT.join(f"story {i}" + f" word{i}" * 20 for i in range(50)), encoding="utf-8")
+    argv = ["train", "--input", str(src), "--vocab_size", "300", "--out", str(tmp_path / "v.tiktoken")]
+    code, said, err = run_in_process(setup_tokenizer.main, argv, capsys)
+    assert code == 0 and said.startswith("trained 300 tokens"), err
+    monkeypatch.setattr(setup_tokenizer, "SAY_VOCABULARY_BYTES", os.path.getsize(src))
+    code, said, err = run_in_process(setup_tokenizer.main, argv, capsys)
+    assert code == 0 and said.startswith("training a 300-token vocabulary on 0 MB of input: about a minute a GB on one "
+                                         "core, more where the text has many distinct words (Ctrl-C waits for the "
+                                         "final merges)\ntrained 300 tokens"), err
+
+
 def test_train_warns_when_the_text_supports_fewer_tokens_than_asked(tmp_path, capsys):
     text, out = tmp_path / "c.txt", tmp_path / "v.tiktoken"
     text.write_text("the cat sat on the mat. " * 50, encoding="utf-8")
