@@ -625,6 +625,12 @@ def good_docs(records, label, dataset, skipped=None, scan=True):
         # the first records are the odd ones (a stray conversation atop plain text): leaving out the others would keep
         # them alone. Not skippable, both places named
         raise mixed_kinds(stray.where, stray.kind, stray.first)
+    if good and not kept and (not bad or skipped is not None):
+        # every record read and none with a reply or text (TRL's completions all [], a reply column all null: the wrong
+        # field, an export that lost it) was "no documents found: give files that hold text", or, beside a good file,
+        # nothing said
+        raise UserError(f"{label}: none of its records has anything to train on (every reply, or text, is empty or "
+                        f"null): fill them in, or leave the file out")
     if not bad or (good and skipped is not None):
         return
     if skipped is not None:

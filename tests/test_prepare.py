@@ -2919,6 +2919,26 @@ def test_a_record_of_several_shapes_is_read_by_the_first_that_holds_something():
             prepare.record_docs(record, "x")
 
 
+def test_a_file_of_records_with_nothing_to_train_on_says_so(tmp_path):
+    """A file whose every record is read but has nothing to train on (TRL's completions all [], Alpaca's outputs all
+    "", a reply column all null: the wrong field, or an export that lost it) was "no documents found ...: give files
+    that hold text", for a file of text; its error says why, beside a good file too (it was left out unsaid)."""
+    out = str(tmp_path / "data")
+    empty = [{"prompt": [{"role": "user", "content": "Q"}], "completion": []}, {"instruction": "I", "output": ""},
+             {"prompt": "P", "completion": None}]
+    write(tmp_path / "mine" / "empty.jsonl", "".join(json.dumps(r) + "\n" for r in empty))
+    with pytest.raises(UserError, match=r"^.*empty\.jsonl: none of its records has anything to train on \(every "
+                                        r"reply, or text, is empty or null\): fill them in, or leave the file out$"):
+        prepare.prepare("text", source=str(tmp_path / "mine"), out_dir=out, name="mine")
+    write(tmp_path / "mine" / "good.jsonl", "".join(json.dumps({"prompt": f"P{i}", "completion": f"C{i}"}) + "\n"
+                                                    for i in range(20)))
+    with pytest.raises(UserError, match=r"empty\.jsonl: none of its records has anything to train on"):
+        prepare.prepare("text", source=str(tmp_path / "mine"), out_dir=out, name="mine")
+    # a file with one record to train on among empty ones is read, the empty ones left out as before
+    write(tmp_path / "mine" / "empty.jsonl", "".join(json.dumps(r) + "\n" for r in empty + [{"prompt": "P", "completion": "C"}]))
+    meta = prepare.prepare("text", source=str(tmp_path / "mine"), out_dir=out, name="mine")
+    assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == 21
+
 def test_openai_text_parts_read_as_the_string_they_join():
     # content as a list of text parts (OpenAI's newer format, what serve.py takes and a logged API chat holds) was
     # refused; it reads as serve.py reads it, and other parts (an image) are still one clear line
