@@ -390,6 +390,9 @@ def read_prompt_file(path):
             except (ValueError, RecursionError) as e:  # JSON, but past what Python reads: an integer of 4,300 digits
                 raise UserError(f"{path} line {n}: JSON that cannot be read ({type(e).__name__}: {first_line(e)})")
             if isinstance(obj, dict):
+                if isinstance(obj.get("prompt"), list):  # (it has the field: "needs a prompt field" misled)
+                    raise UserError(f"{path} line {n}: a JSON line's \"prompt\" must be text, got a list (TRL's "
+                                    f"turns?): give each prompt as its user message's text")
                 if not isinstance(obj.get("prompt"), str):
                     raise UserError(f"{path} line {n}: a JSON line needs a \"prompt\" text field")
                 prompts.append(without_surrogates(obj["prompt"]))  # "\ud800": printed, it failed after the run

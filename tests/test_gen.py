@@ -943,6 +943,16 @@ def test_a_prompt_file_line_ends_at_a_newline_only(tmp_path):
     assert gen.read_prompt_file(str(src)) == ["a\u2028b", "page\x0cbreak", "x\x85y"]
 
 
+def test_a_prompt_file_line_of_turns_says_a_prompt_is_text(tmp_path):
+    # a line of TRL's conversational prompt (a list of turns, as prepare.py reads) was told it "needs a \"prompt\" text
+    # field", which it has: the error names what is wrong with it
+    src = tmp_path / "trl.jsonl"
+    src.write_text(json.dumps({"prompt": [{"role": "user", "content": "Hi"}], "completion": []}) + "\n")
+    with pytest.raises(UserError, match=r"trl\.jsonl line 1: a JSON line's \"prompt\" must be text, got a list "
+                                        r"\(TRL's turns\?\): give each prompt as its user message's text$"):
+        gen.read_prompt_file(str(src))
+
+
 class Terminal(io.StringIO):
     def isatty(self):
         return True
