@@ -538,6 +538,24 @@ def places(wheres, count):
             f"{', ...' if count > len(numbers) else ''}")
 
 
+class LeftOut:
+    """The records good_docs leaves out, by file or hub split (label), for the summary, each {"count", "wheres"}
+    (counted, the first PLACES located): under bad the bad ones, with skip_bad (--skip_bad_records; else a bad record
+    stops the run), and under empty those with nothing to train on (record_doc's None: an empty or null reply, a TRL
+    completion [], empty text), left out unsaid, a user's 300 records giving "291 documents" and no reason."""
+
+    def __init__(self, skip_bad=False):
+        self.skip_bad, self.bad, self.empty = skip_bad, {}, {}
+
+    def note(self, records, label, count, wheres):
+        """count records of label (self.bad or self.empty) left out so far, the first at wheres."""
+        # each pass over a file (the val count, a vocabulary's, the tokenizing) reads it from its start, so its nth
+        # record left out is every pass's nth: the most one pass has read are the ones left out
+        left = records.setdefault(label, {"count": 0, "wheres": []})
+        if count > left["count"]:
+            left["count"], left["wheres"] = count, wheres[:PLACES]
+
+
 class BadRecords(UserError):
     """good_docs's error for the bad records of one file (label): text says what they are, count how many, and
     skippable whether --skip_bad_records would leave something of the file to train on. Its parts are kept so that
@@ -583,57 +601,61 @@ def checked_records(records, dataset):
             yield where, doc, None
 
 
-def good_docs(records, label, dataset, skipped=None, scan=True):
+def good_docs(records, label, dataset, left=None, scan=True):
     """(where, document) of each record of records, the (where, record) of one file or hub split (label), a record
     that is no JSON given as its UserError. A bad record (checked_records) stops the run, named as
     always, and with scan the file's other bad records counted and located too, read (parsed and checked, not
     tokenized) to its end: a file with three bad lines took three runs, each after minutes of tokenizing, to find
     them (not a streamed hub split, which would be downloaded whole for it); the other files' are make_dataset's
-    (with_other_files), raised as BadRecords. skipped, a dict (--skip_bad_records):
-    bad records are left out instead, counted and the first located under skipped[label] ({"count", "wheres"});
-    a label none of whose records is good still stops the run, as nothing of it is left to train on."""
+    (with_other_files), raised as BadRecords. left, a LeftOut: the records with nothing to train on counted and the
+    first located under left.empty[label], and with left.skip_bad (--skip_bad_records) the bad records left out
+    instead, under left.bad[label]; a label none of whose records is good still stops the run, as nothing of it is left
+    to train on."""
     # the bad records are counted, and only the first PLACES + 1 kept (the first, and those places() names): a file of
     # millions held a string for each, gigabytes
     bad, wheres, first, good = 0, [], None, False
+    skipping = left is not None and left.skip_bad
+    empty, empty_wheres = 0, []  # the records with nothing to train on, and the first's places
     kept, strays, stray = 0, 0, None  # documents of the file's kind, and of the other (OtherKind), the first of them
     for where, doc, e in checked_records(records, dataset):
         if isinstance(e, OtherKind):
             strays, stray = strays + 1, stray or e
         if e:
-            if skipped is None and not scan:  # (said as a file's is: the hub's bad rows stopped a run unsaid)
+            if not skipping and not scan:  # (said as a file's is: the hub's bad rows stopped a run unsaid)
                 raise UserError(f"{e}; pass --skip_bad_records to leave out the split's bad rows") from None
             bad += 1
             first = first or e
             if len(wheres) <= PLACES:
                 wheres.append(where)
-            if skipped is None and not good and bad == ALL_BAD:
+            if not skipping and not good and bad == ALL_BAD:
                 # a file of another shape altogether (prompt/chosen/rejected records, say) was read to its end before its
                 # error: minutes for gigabytes
                 raise BadRecords(label, f"{first}; the first {bad:,} records of {label} are all bad (not read on)",
                                  bad, False)
-            if skipped is not None:
-                left = skipped.setdefault(label, {"count": 0, "wheres": []})
-                # each pass over a file (the val count, a vocabulary's, the tokenizing) reads it from its start, so its
-                # nth bad record is every pass's nth: the most one pass has read are the ones left out
-                if bad > left["count"]:
-                    left["count"], left["wheres"] = bad, wheres[:PLACES]
+            if skipping:
+                left.note(left.bad, label, bad, wheres)
             continue
         good, kept = True, kept + bool(doc)
-        if doc and (skipped is not None or not bad):  # (once one is bad, and not skipped, the rest is only read)
+        if not doc and left is not None and where not in empty_wheres[-1:]:  # (a seed task's instances: one record)
+            empty += 1
+            if len(empty_wheres) < PLACES:
+                empty_wheres.append(where)
+            left.note(left.empty, label, empty, empty_wheres)
+        if doc and (skipping or not bad):  # (once one is bad, and not skipped, the rest is only read)
             yield where, doc
     if strays and strays >= kept:
         # the first records are the odd ones (a stray conversation atop plain text): leaving out the others would keep
         # them alone. Not skippable, both places named
         raise mixed_kinds(stray.where, stray.kind, stray.first)
-    if good and not kept and (not bad or skipped is not None):
+    if good and not kept and (not bad or skipping):
         # every record read and none with a reply or text (TRL's completions all [], a reply column all null: the wrong
         # field, an export that lost it) was "no documents found: give files that hold text", or, beside a good file,
         # nothing said
         raise UserError(f"{label}: none of its records has anything to train on (every reply, or text, is empty or "
                         f"null): fill them in, or leave the file out")
-    if not bad or (good and skipped is not None):
+    if not bad or (good and skipping):
         return
-    if skipped is not None:
+    if skipping:
         raise UserError(f"{first}; no record of {label} is good ({bad:,} bad), so --skip_bad_records leaves "
                         f"nothing of it to train on: fix it")
     more = bad - 1
@@ -698,15 +720,15 @@ def with_other_files(e, plan):
     return BadRecords(e.label, text, count, skippable) if found or unread else e
 
 
-def file_docs(path, dataset, skipped=None):
+def file_docs(path, dataset, left=None):
     """Documents of one file (a --source file or the mirror's), read by its suffix: a .txt as text (DailyDialog's
     release as its dialogues), others as records (record_doc), a record of the other kind than the first a bad one
-    (checked_records). dataset: the dataset being made, whose own tidying record_doc applies. skipped: good_docs's, for
-    --skip_bad_records."""
+    (checked_records). dataset: the dataset being made, whose own tidying record_doc applies. left: good_docs's
+    LeftOut."""
     if suffix(path) == ".txt":
         yield from (dailydialog_docs if dataset == "dailydialog" else text_docs)(path)
         return
-    yield from (doc for _, doc in good_docs(json_records(path), path, dataset, skipped))
+    yield from (doc for _, doc in good_docs(json_records(path), path, dataset, left))
 
 
 def load_hub(path, config, split, streaming=False):
@@ -717,9 +739,9 @@ def load_hub(path, config, split, streaming=False):
     return datasets.load_dataset(path, config, split=split, streaming=streaming)
 
 
-def hub_docs(dataset, split, streaming=False, path=None, rows=None, skipped=None):
+def hub_docs(dataset, split, streaming=False, path=None, rows=None, left=None):
     """The documents of a hub split's rows, each read as a --source record is. path and rows: a --source hf: set's
-    spec and split (default: HUB[dataset]'s, loaded here). skipped: good_docs's, for --skip_bad_records."""
+    spec and split (default: HUB[dataset]'s, loaded here). left: good_docs's LeftOut."""
     if rows is None:
         path, config = HUB[dataset][:2]
         try:
@@ -739,10 +761,10 @@ def hub_docs(dataset, split, streaming=False, path=None, rows=None, skipped=None
                                 f"{first_line(e)}); run the command again") from e
             i += 1
             yield f"{path} {split} row {i}", row
-    yield from (doc for _, doc in good_docs(records(), f"{path} {split}", dataset, skipped, scan=False))
+    yield from (doc for _, doc in good_docs(records(), f"{path} {split}", dataset, left, scan=False))
 
 
-def hub_source(spec, dataset, skipped=None):
+def hub_source(spec, dataset, left=None):
     """--source hf:NAME[:CONFIG[:SPLIT]], a Hugging Face hub dataset (or a local folder of data files, which datasets
     reads as one), streamed: --limit reads what it takes, and a huge set is never downloaded whole (each pass over it,
     the val count's or a vocabulary's, reads it again). Train is SPLIT (default train, or the set's only split), val
@@ -783,7 +805,7 @@ def hub_source(spec, dataset, skipped=None):
     streams = [("train", split), ("val", val)] if val else [("split", split)]
     return {"description": f"--source {spec} (Hugging Face datasets: {split}{f', val {val}' if val else ''}{revision})",
             "files": local, "streams": [(role, f"{spec} {s}", functools.partial(hub_docs, dataset, s, path=spec,
-                                                                                 rows=rows[s], skipped=skipped))
+                                                                                 rows=rows[s], left=left))
                                     for role, s in streams]}
 
 
@@ -976,14 +998,14 @@ def folder_files(path):
     return found
 
 
-def find_source(dataset, source=None, extra=True, limit=None, skipped=None):
+def find_source(dataset, source=None, extra=True, limit=None, left=None):
     """Where a dataset's documents come from, its plan: {description (meta.json's "source"), files (for the
     fingerprint), streams}; each stream is (role, label, make_docs), role "split" (train, its tail to val), "train" or
     "val", label the file or split for messages, and make_docs() a fresh iterator of its documents at each call (a
     stream is read again to count val's share and to train a vocabulary before it is tokenized).
     source: --source's paths or patterns (or one hf:NAME); none: the mirror, a download or the hub. extra: the
     mirror's train-only extra files too (no --no_extra). limit: --limit, with which hub datasets are streamed.
-    skipped: good_docs's, for --skip_bad_records."""
+    left: good_docs's LeftOut."""
     if dataset == "chitchat":
         if source:
             raise UserError("--dataset chitchat is generated; it takes no --source")
@@ -995,7 +1017,7 @@ def find_source(dataset, source=None, extra=True, limit=None, skipped=None):
             if len(given) > 1:
                 raise UserError(f"--source {' '.join(given)}: a hub dataset (hf:) is read alone: give it as the only "
                                 f"--source")
-            return hub_source(given[0], dataset, skipped)
+            return hub_source(given[0], dataset, left)
         files = []
         for path in (p for pattern in given for p in expand_pattern(pattern, "--source")):
             if os.path.isdir(path):
@@ -1015,7 +1037,7 @@ def find_source(dataset, source=None, extra=True, limit=None, skipped=None):
             unique.setdefault((st.st_dev, st.st_ino) if st.st_ino else os.path.realpath(f), os.path.abspath(f))
         files = list(unique.values())
         return {"description": "--source " + ", ".join(files), "files": files,
-                "streams": [("split", f, functools.partial(file_docs, f, dataset, skipped)) for f in files]}
+                "streams": [("split", f, functools.partial(file_docs, f, dataset, left)) for f in files]}
     if dataset == "text":
         raise NoSource("--dataset text needs --source PATH (text, JSON lines, JSON or parquet files, or folders of them)")
 
@@ -1026,8 +1048,8 @@ def find_source(dataset, source=None, extra=True, limit=None, skipped=None):
                  for role in ("main", "val", "extra")}
         if found["main"]:
             main_role = "train" if found["val"] else "split"
-            streams = [(main_role, f, functools.partial(file_docs, f, dataset, skipped)) for f in found["main"]]
-            streams += [("val", f, functools.partial(file_docs, f, dataset, skipped)) for f in found["val"]]
+            streams = [(main_role, f, functools.partial(file_docs, f, dataset, left)) for f in found["main"]]
+            streams += [("val", f, functools.partial(file_docs, f, dataset, left)) for f in found["val"]]
             if extra:
                 streams += [("train", f, functools.partial(extra_docs, f, found["extra"][:i], found["main"]))
                             for i, f in enumerate(found["extra"])]
@@ -1041,10 +1063,10 @@ def find_source(dataset, source=None, extra=True, limit=None, skipped=None):
     # offline (HF_DATASETS_OFFLINE=1) only datasets' cache can answer, and streaming never reads it
     streaming = limit is not None and os.environ.get("HF_DATASETS_OFFLINE", "").lower() not in ("1", "true", "yes", "on")
     streams = [("train" if val_split else "split", f"{path} {train_split}",
-                functools.partial(hub_docs, dataset, train_split, streaming, skipped=skipped))]
+                functools.partial(hub_docs, dataset, train_split, streaming, left=left))]
     if val_split:
         streams.append(("val", f"{path} {val_split}", functools.partial(hub_docs, dataset, val_split, streaming,
-                                                                         skipped=skipped)))
+                                                                         left=left)))
     return {"description": f"Hugging Face hub {path}" + (f" ({config})" if config else ""), "files": [], "streams": streams}
 
 
@@ -1070,10 +1092,10 @@ def parse_mix(spec):
     return mix
 
 
-def find_mix_source(mix, extra=True, limit=None, skipped=None):
+def find_mix_source(mix, extra=True, limit=None, left=None):
     """A mix's plan: each source's own plan (and weight) under "parts"; its streams and files together
     (what a vocabulary is trained on and what the fingerprint watches)."""
-    parts = [{"dataset": name, "weight": weight, **find_source(name, None, extra, limit, skipped)}
+    parts = [{"dataset": name, "weight": weight, **find_source(name, None, extra, limit, left)}
              for name, weight in mix.items()]
     return {"description": "; ".join(f"{p['dataset']} (weight {p['weight']:g}): {p['description']}" for p in parts),
             "files": [f for p in parts for f in p["files"]],
@@ -2085,10 +2107,10 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
     if not is_dataset_name(name):
         raise UserError(f"--name {name!r}: use letters, digits, '.', '-' and '_', not a path (it names a folder in "
                         f"{out_dir})")  # ('..' is of those characters)
-    skipped = {} if skip_bad_records else None  # the bad records left out, by file (good_docs), for build's summary
-    plan = find_mix_source(mix, extra, limit, skipped) if dataset == "mix" else \
-        find_source(dataset, source, extra, limit, skipped)
-    plan["skipped"] = skipped
+    left = LeftOut(skip_bad_records)  # the records left out, by file (good_docs), for build's summary
+    plan = find_mix_source(mix, extra, limit, left) if dataset == "mix" else \
+        find_source(dataset, source, extra, limit, left)
+    plan["left_out"] = left
     folder = os.path.join(out_dir, name)
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise UserError(f"{folder} is a file, not a dataset folder: pick another --name, or move the file")
@@ -2428,7 +2450,8 @@ def val_split_description(plan, val_fraction, mixed):
 
 def print_summary(folder, meta, plan, limit, dt):
     """The lines said of a dataset just built into folder from plan, its meta.json meta, in dt seconds: its counts and
-    speed, then what --limit, packing, --skip_bad_records and a mix did."""
+    speed, then what --limit, packing, the records left out (--skip_bad_records's, and those with nothing to train
+    on) and a mix did."""
     block, mixed = meta["pack"], meta.get("mix")
     tr, va = meta["splits"]["train"], meta["splits"]["val"]
     tokens, mb = tr["tokens"] + va["tokens"], (tr["bytes"] + va["bytes"]) / 1e6
@@ -2457,9 +2480,13 @@ def print_summary(folder, meta, plan, limit, dt):
               + (f"; {pieces:,} conversation{'s' * (pieces != 1)} longer than a block in pieces" if pieces else "")
               + (f", {inside:,} of them cut inside an exchange longer than a block (a reply there trains without all "
                  f"of its question; a larger --pack and train.py --block_size keep more whole)" if inside else ""))
-    for label, left in (plan.get("skipped") or {}).items():  # (with --limit: of the records read)
+    left_out = plan.get("left_out") or LeftOut()
+    for label, left in left_out.bad.items():  # (with --limit: of the records read)
         print(f"  --skip_bad_records: left out {left['count']:,} bad record{'s' * (left['count'] > 1)} of {label}: "
               f"{places(left['wheres'], left['count'])}")
+    for label, left in left_out.empty.items():  # (else 300 records gave "291 documents", no reason said)
+        print(f"  left out {left['count']:,} record{'s' * (left['count'] > 1)} of {label} with nothing to train on "
+              f"(an empty or null reply, or empty text): {places(left['wheres'], left['count'])}")
     for source, m in (mixed or {}).items():
         print(f"  {source}: weight {m['weight']:g}, {m['train_tokens'] / max(tr['tokens'] - tr['padding'], 1):.1%} of the "
               f"train tokens ({m['train_documents']:,} documents), {m['val_documents']:,} val documents")

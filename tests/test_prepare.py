@@ -653,6 +653,32 @@ def test_a_record_of_the_other_kind_is_a_bad_record(tmp_path, capsys):
             prepare.prepare("text", source=odd, out_dir=out, name="odd", skip_bad_records=skip)
 
 
+def test_records_with_nothing_to_train_on_are_said_in_the_summary(tmp_path, capsys):
+    """Records with nothing to train on (an empty or null reply, a TRL completion [], empty text) are left out, and the
+    summary says how many and where, per file: 300 records gave "291 documents" and no reason. A seed task's empty
+    instances are one record; a file with none says nothing."""
+    out = str(tmp_path / "data")
+    rows = [{"question": f"Q{i}?", "answer": f"A{i}."} for i in range(12)]
+    rows[2]["answer"], rows[6]["answer"] = "", None
+    rows[9] = {"prompt": [{"role": "user", "content": "hi"}], "completion": []}
+    rows[10] = {"instruction": "Say it.", "instances": [{"input": "a", "output": ""}, {"input": "b", "output": " "}]}
+    src = write(tmp_path / "qa.jsonl", "\n".join(json.dumps(r) for r in rows) + "\n")
+    whole = write(tmp_path / "whole.jsonl", "\n".join(json.dumps(r) for r in rows[:2]) + "\n")
+    prepare.main(["--dataset", "chat", "--source", src, whole, "--name", "qa", "--out_dir", out])
+    said = capsys.readouterr().out
+    assert f"\n  left out 4 records of {src} with nothing to train on (an empty or null reply, or empty text): lines 3, " \
+           f"7, 10, 11\n" in said, said
+    assert said.count("nothing to train on") == 1  # (whole.jsonl's records all trained)
+    meta = prepare.read_meta(os.path.join(out, "qa"))
+    assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == 12 - 4 + 2
+    # past PLACES, counted; text records too
+    texts = write(tmp_path / "t.jsonl", "\n".join(json.dumps({"text": "" if i % 2 else DOCS[i % len(DOCS)]})
+                                                  for i in range(30)) + "\n")
+    prepare.main(["--source", texts, "--name", "t", "--out_dir", out])
+    assert f"  left out 15 records of {texts} with nothing to train on (an empty or null reply, or empty text): lines " \
+           f"2, 4, 6, 8, 10, 12, 14, 16, 18, 20, ...\n" in capsys.readouterr().out
+
+
 def test_bad_records_are_counted_in_little_memory(tmp_path, capsys):
     """A file's bad records are read to its end to be counted (and, skipped, on every pass over it): one kept for each
     held a string, gigabytes for a file of millions (an export of another shape, a scrape). The first are located,
@@ -661,15 +687,15 @@ def test_bad_records_are_counted_in_little_memory(tmp_path, capsys):
     src = write(tmp_path / "many.jsonl", json.dumps({"text": "the one good record"}) + "\n" +
                 '{"title": "no text"}\n' * 30_000)
     peaks = []
-    for skipped in (None, {}):
+    for left in (None, prepare.LeftOut(skip_bad=True)):
         tracemalloc.start()
         try:
-            if skipped is None:
+            if left is None:
                 with pytest.raises(UserError, match=r"many\.jsonl line 2: no messages, .*; 29,999 more bad records in "
                                                     r"the file: lines 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, \.\.\.; fix"):
                     list(prepare.file_docs(src, "text"))
             else:
-                assert len(list(prepare.file_docs(src, "text", skipped))) == 1
+                assert len(list(prepare.file_docs(src, "text", left))) == 1
             peaks.append(tracemalloc.get_traced_memory()[1])
         finally:
             tracemalloc.stop()
