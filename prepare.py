@@ -558,13 +558,14 @@ class LeftOut:
 
 class BadRecords(UserError):
     """good_docs's error for the bad records of one file (label): text says what they are, count how many, and
-    skippable whether --skip_bad_records would leave something of the file to train on. Its parts are kept so that
-    make_dataset can add the other files' bad records (with_other_files) before the way out."""
+    skippable whether --skip_bad_records would leave something of the file to train on, kind that of its first good
+    document (None: none). Its parts are kept so that make_dataset can add the other files' bad records
+    (with_other_files) before the way out."""
 
-    def __init__(self, label, text, count, skippable):
+    def __init__(self, label, text, count, skippable, kind=None):
         them = "them" if count > 1 else "it"
         super().__init__(text + (f"; fix {them}, or pass --skip_bad_records to leave {them} out" if skippable else ""))
-        self.label, self.text, self.count, self.skippable = label, text, count, skippable
+        self.label, self.text, self.count, self.skippable, self.kind = label, text, count, skippable, kind
 
 
 class OtherKind(UserError):
@@ -613,7 +614,7 @@ def good_docs(records, label, dataset, left=None, scan=True):
     to train on."""
     # the bad records are counted, and only the first PLACES + 1 kept (the first, and those places() names): a file of
     # millions held a string for each, gigabytes
-    bad, wheres, first, good = 0, [], None, False
+    bad, wheres, first, good, kind = 0, [], None, False, None
     skipping = left is not None and left.skip_bad
     empty, empty_wheres = 0, []  # the records with nothing to train on, and the first's places
     kept, strays, stray = 0, 0, None  # documents of the file's kind, and of the other (OtherKind), the first of them
@@ -635,7 +636,7 @@ def good_docs(records, label, dataset, left=None, scan=True):
             if skipping:
                 left.note(left.bad, label, bad, wheres)
             continue
-        good, kept = True, kept + bool(doc)
+        good, kept, kind = True, kept + bool(doc), kind or (doc and doc_kind(doc))
         if not doc and left is not None and where not in empty_wheres[-1:]:  # (a seed task's instances: one record)
             empty += 1
             if len(empty_wheres) < PLACES:
@@ -660,24 +661,27 @@ def good_docs(records, label, dataset, left=None, scan=True):
                         f"nothing of it to train on: fix it")
     more = bad - 1
     raise BadRecords(label, f"{first}" + (f"; {more:,} more bad record{'s' * (more > 1)} in the file: "
-                                          f"{places(wheres[1:], more)}" if more else ""), bad, good)
+                                          f"{places(wheres[1:], more)}" if more else ""), bad, good, kind)
 
 
-def bad_records(path):
-    """(count, wheres, good) of the bad records of a .jsonl, .json or .parquet file, found as good_docs finds them
+def bad_records(path, kind=None):
+    """(count, wheres, good, other) of the bad records of a .jsonl, .json or .parquet file, found as good_docs finds them
     (parsed and checked, not tokenized), read to its end, or to its ALL_BAD-th bad record when none before is good;
-    wheres: the places of the first OTHER_FILES, good: whether it has a good record."""
-    bad, wheres, good = 0, [], False
-    for where, _, e in checked_records(json_records(path), None):  # (the dataset only tidies what is good)
+    wheres: the places of the first OTHER_FILES, good: whether it has a good record. other: the file's first document
+    is not of kind, the dataset's (the run stops at it, a dataset being one or the other): read no further."""
+    bad, wheres, good, first = 0, [], False, None  # first: the kind of the file's first document
+    for where, doc, e in checked_records(json_records(path), None):  # (the dataset only tidies what is good)
         if not e:
-            good = True
+            good, first = True, first or (doc and doc_kind(doc))
+            if kind and first and first != kind:
+                return bad, wheres, good, True
             continue
         bad += 1
         if len(wheres) < OTHER_FILES:
             wheres.append(where)
         if not good and bad == ALL_BAD:
             break
-    return bad, wheres, good
+    return bad, wheres, good, False
 
 
 def with_other_files(e, plan):
@@ -685,12 +689,15 @@ def with_other_files(e, plan):
     added: a folder with three bad files took three runs to learn of them. The files read are those before it, in
     the pass that met it, but a source's own validation files (the vocabulary's pass skips them). A file that cannot
     be read at all (not UTF-8, a .json that is no JSON) is its own error, said when the run reaches it. Files past
-    OTHER_FILES_BYTES are counted, not read."""
+    OTHER_FILES_BYTES are counted, not read. A file whose documents are of the other kind than e's file (conversations
+    among plain text) is named as such, not by the bad records its own first record's kind finds: the run stops at it
+    (mixed_kinds), --skip_bad_records or not."""
     streams = plan["streams"]
     at = next((i for i, (_, label, _) in enumerate(streams) if label == e.label), None)
     if at is None:  # (a hub split's)
         return e
-    found, read, unread = [], 0, 0  # (label, bad, wheres, good) of each file with bad records; bytes read; files not
+    # (label, bad, wheres, good) of each file with bad records; the files of the other kind; bytes read; files not
+    found, others, read, unread = [], [], 0, 0
     for i, (role, label, _) in enumerate(streams):
         not_read_yet = i > at or (i < at and role == "val")
         if not (not_read_yet and suffix(label) in (".jsonl", ".json", ".parquet") and os.path.isfile(label)):
@@ -701,8 +708,10 @@ def with_other_files(e, plan):
             continue
         read += size
         with contextlib.suppress(UserError):
-            bad, wheres, good = bad_records(label)
-            if bad:
+            bad, wheres, good, other = bad_records(label, e.kind)
+            if other:
+                others.append(label)
+            elif bad:
                 found.append((label, bad, wheres, good))
 
     def named(label, bad, wheres, good):
@@ -715,9 +724,17 @@ def with_other_files(e, plan):
         text += f"; bad records in {len(found)} other file{'s' * (len(found) > 1)} too: {files}"
         count += sum(bad for _, bad, _, _ in found)
         skippable = skippable and all(good for *_, good in found)
+    if others:
+        more = len(others) - OTHER_FILES
+        kind, them = "text" if e.kind == "chat" else "chat", "them" if len(others) > 1 else "it"
+        text += (f"; {KIND_NAMES[kind]} in {len(others)} other file{'s' * (len(others) > 1)} where {e.label} holds "
+                 f"{KIND_NAMES[e.kind]}, a dataset being one or the other: {', '.join(others[:OTHER_FILES])}"
+                 + (f", and {more} more" if more > 0 else "") + f" (leave {them} out, or prepare {them} separately with "
+                                                             f"--name)")
+        skippable = False  # (the run stops at them skipping or not)
     if unread:
         text += f"; {unread:,} other file{'s' * (unread > 1)} not read for them (past {OTHER_FILES_BYTES >> 20:,} MB)"
-    return BadRecords(e.label, text, count, skippable) if found or unread else e
+    return BadRecords(e.label, text, count, skippable, e.kind) if found or others or unread else e
 
 
 def file_docs(path, dataset, left=None):

@@ -596,6 +596,31 @@ def test_bad_records_of_the_other_files_are_named_too(tmp_path):
         f"c's; bad records in 2 other files too: {e} (all 2 bad: lines 1, 2), {d} (2 bad: records 1, 5)")
 
 
+def test_another_file_of_the_other_kind_is_named_as_such(tmp_path):
+    """Beside a bad record, another file of the other kind than the dataset's (conversations among plain text) is named
+    as such, the run stopping at it --skip_bad_records or not (a dataset is one or the other): judged by its own first
+    record, a file wholly of conversations was not named at all, and one with a stray text record was '1 bad'."""
+    good = [json.dumps({"text": d}) for d in DOCS[:5]]
+    chats = [json.dumps({"question": f"Q{i}?", "answer": f"A{i}."}) for i in range(4)]
+    folder = tmp_path / "notes"
+    first = write(folder / "a.jsonl", "\n".join(good[:2] + ["{oops"] + good[2:]) + "\n")
+    b = write(folder / "b.jsonl", "\n".join(chats) + "\n")
+    c = write(folder / "c.jsonl", "\n".join(chats[:2] + good[:1] + chats[2:]) + "\n")
+    d = write(folder / "d.jsonl", "\n".join(good[:2] + ['{"title": "x"}']) + "\n")
+    with pytest.raises(UserError) as e:
+        prepare.prepare("text", source=str(folder), out_dir=str(tmp_path / "data"), name="notes")
+    assert str(e.value) == (
+        f"{first} line 3: malformed JSON (Expecting property name enclosed in double quotes, column 2); bad records in 1 "
+        f"other file too: {d} (1 bad: line 3); conversations in 2 other files where {first} holds plain text, a "
+        f"dataset being one or the other: {b}, {c} (leave them out, or prepare them separately with --name)")
+    # a file of the dataset's kind with a stray record of the other is one bad record of its own, as before
+    os.remove(b)
+    write(folder / "c.jsonl", "\n".join(good[:2] + chats[:1] + good[2:]) + "\n")
+    with pytest.raises(UserError, match=rf"; bad records in 2 other files too: {re.escape(c)} \(1 bad: line 3\), "
+                                        rf"{re.escape(d)} \(1 bad: line 3\); fix them, or pass --skip_bad_records"):
+        prepare.prepare("text", source=str(folder), out_dir=str(tmp_path / "data"), name="notes")
+
+
 def test_the_other_files_read_for_bad_records_are_bounded(tmp_path, monkeypatch):
     """The other files an error reads for their bad records stop at OTHER_FILES_BYTES, the rest counted, not read: a
     folder of 50 GB kept the error waiting, unsaid, for minutes."""
