@@ -447,31 +447,30 @@ STUCK_RANK = """
 import os, sys, time
 sys.path.insert(0, {root!r})
 import train
-train_step, calls = train.train_step, [0]
+original, calls = train.{name}, [0]
 
-def stuck(*args, **kwargs):  # rank 1 hangs in its third step (a hung GPU, a stalled file system), alive
+def stuck(*args, **kwargs):  # rank 1 hangs in its {call}th call (a hung GPU, a stalled file system), alive
     calls[0] += 1
-    if os.environ["RANK"] == "1" and calls[0] == 3:
+    if os.environ["RANK"] == "1" and calls[0] == {call}:
         open({mark!r}, "w").close()
         time.sleep(120)
-    return train_step(*args, **kwargs)
+    return original(*args, **kwargs)
 
-train.train_step = stuck
+train.{name} = stuck
 train.main(sys.argv[1:])
 """
 
 
-def test_a_stuck_rank_ends_the_run_after_dist_timeout(env, tmp_path):
-    """A rank that hangs, not dies, left the others waiting in the step's all-reduce for gloo's 30 minutes, without a
-    word: --dist_timeout bounds the wait (10 minutes by default), and the line says what it was and how to allow more."""
+def stuck_run(env, tmp_path, name, call, *argv):
+    """A two-rank run with --dist_timeout 0.05 (3 s) whose rank 1 hangs in its call-th call of train's name: the run's
+    stderr, once it ends, within 30 s of the hang."""
     mark = tmp_path / "stuck"
     wrapper = tmp_path / "stuck_rank.py"
-    wrapper.write_text(STUCK_RANK.format(root=ROOT, mark=str(mark)))
+    wrapper.write_text(STUCK_RANK.format(root=ROOT, mark=str(mark), name=name, call=call))
     proc = torchrun(["--data_dir", env["data"], "--dataset", "mini", "--n_layer", "1", "--n_head", "2", "--n_embd",
-                     "32", "--block_size", "64", "--batch_size", "4", "--epochs", "50", "--eval_interval", "0",
-                     "--save_interval", "0", "--dist_timeout", "0.05", "--output_checkpoint",
-                     tmp_path / "models" / "{dataset}.pt"], script=wrapper, stdin=subprocess.DEVNULL,
-                    start_new_session=True)
+                     "32", "--block_size", "64", "--batch_size", "4", "--eval_interval", "0", "--dist_timeout", "0.05",
+                     "--output_checkpoint", tmp_path / "models" / "{dataset}.pt", *argv], script=wrapper,
+                    stdin=subprocess.DEVNULL, start_new_session=True)
     try:
         wait_for(mark, proc)
         t = time.time()
@@ -482,49 +481,23 @@ def test_a_stuck_rank_ends_the_run_after_dist_timeout(env, tmp_path):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode != 0 and time.time() - t < 30, err[-3000:]
+    return err
+
+
+def test_a_stuck_rank_ends_the_run_after_dist_timeout(env, tmp_path):
+    """A rank that hangs, not dies, left the others waiting in the step's all-reduce for gloo's 30 minutes, without a
+    word: --dist_timeout bounds the wait (10 minutes by default), and the line says what it was and how to allow more."""
+    err = stuck_run(env, tmp_path, "train_step", 3, "--epochs", "50", "--save_interval", "0")
     assert err.count("error: no word from another rank in 0.05 minute(s) at step 2 (--dist_timeout): one is stuck "
                      "(see its lines, on its machine)") == 1, err[-3000:]
     assert "rank 1: stopped by SIGTERM" in err, err[-3000:]  # torchrun's, once rank 0 ended: said by the stuck one
     assert "[rank0]: Traceback" not in err, err[-3000:]
 
 
-STUCK_READING = """
-import os, sys, time
-sys.path.insert(0, {root!r})
-import train
-load_meta = train.load_meta
-
-def stuck(*args, **kwargs):  # rank 1 hangs reading the dataset (a stalled file system), alive, before training
-    if os.environ["RANK"] == "1":
-        open({mark!r}, "w").close()
-        time.sleep(120)
-    return load_meta(*args, **kwargs)
-
-train.load_meta = stuck
-train.main(sys.argv[1:])
-"""
-
-
 def test_a_rank_stuck_before_training_ends_the_run_after_dist_timeout(env, tmp_path):
     """A rank that hangs before training (reading its files from a stalled file system) leaves the others waiting in
     the ranks' first agreement: --dist_timeout bounds that wait too, and the line says so, with where it was."""
-    mark = tmp_path / "stuck"
-    wrapper = tmp_path / "stuck_reading.py"
-    wrapper.write_text(STUCK_READING.format(root=ROOT, mark=str(mark)))
-    proc = torchrun(["--data_dir", env["data"], "--dataset", "mini", "--n_layer", "1", "--n_head", "2", "--n_embd",
-                     "32", "--block_size", "64", "--batch_size", "4", "--max_steps", "2", "--eval_interval", "0",
-                     "--dist_timeout", "0.05", "--output_checkpoint", tmp_path / "models" / "{dataset}.pt"],
-                    script=wrapper, stdin=subprocess.DEVNULL, start_new_session=True)
-    try:
-        wait_for(mark, proc)
-        t = time.time()
-        _, err = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        pytest.fail("the other rank still waited for the stuck one a minute on, past --dist_timeout's 3 s")
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode != 0 and time.time() - t < 30, err[-3000:]
+    err = stuck_run(env, tmp_path, "load_meta", 1, "--max_steps", "2")
     assert err.count("error: no word from another rank in 0.05 minute(s) before training (--dist_timeout): one is "
                      "stuck (see its lines, on its machine), or its reading of the data and checkpoint took longer") == 1, \
         err[-3000:]
