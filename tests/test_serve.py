@@ -1155,6 +1155,14 @@ def busy(api, pool, n=1):
     return asked
 
 
+def wait_for_a_place(api):
+    """Until a new connection to api is served (200), a closed one having given its place back."""
+    def served():
+        with contextlib.suppress(OSError):
+            return raw(api, b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")[0] == 200
+    wait_for(served, "a closed connection to give its place back")
+
+
 def test_full_queue_gets_503(enc):
     gate = threading.Event()  # the worker stays in its first request until the gate opens
     api = start(la_model(enc, gate=gate), enc, name="la", max_queue=1)
@@ -1210,11 +1218,7 @@ def test_connections_past_the_limit_get_503(enc, monkeypatch):
         wait_for(lambda: api.refusals._value == 2, "the server to let the connections turned away go, their clients gone")
         gate.set()
         assert [asked.result()[0] for asked in held] == [200, 200]  # (and their connections closed)
-
-        def served():
-            with contextlib.suppress(OSError):
-                return raw(api, b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")[0] == 200
-        wait_for(served, "a closed connection to give its place back")
+        wait_for_a_place(api)
     finally:
         gate.set()
         api.close()
@@ -1399,11 +1403,7 @@ def test_a_flood_past_twice_the_limit_is_closed_unanswered_and_the_server_goes_o
         assert status == 503 and err["error"]["code"] == "overloaded"
         gate.set()
         assert held[0].result()[0] == 200
-
-        def served():
-            with contextlib.suppress(OSError):
-                return raw(api, b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")[0] == 200
-        wait_for(served, "a closed connection to give its place back")
+        wait_for_a_place(api)
     finally:
         gate.set()
         api.close()
