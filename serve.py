@@ -512,12 +512,15 @@ def drain(sock):
 
 
 def readable(sock):
-    """Whether sock has bytes (or its end) waiting to be read, at once. (poll, not select, where there is one: see
-    Handler.client_gone)"""
+    """Whether sock has bytes (or its end, or an error) waiting to be read, at once: poll's events for it where there is
+    poll (POLLERR among them: a reset), else (Windows) True or False."""
+    # poll, not select: select() refuses a descriptor past 1023 (FD_SETSIZE), which a server holding a thousand
+    # connections hands out, and each request on one read as hung up (Windows has no poll, nor that limit)
     if hasattr(select, "poll"):
         poller = select.poll()
         poller.register(sock, select.POLLIN)
-        return bool(poller.poll(0))
+        ready = poller.poll(0)
+        return ready[0][1] if ready else 0
     return bool(select.select([sock], [], [], 0)[0])
 
 
@@ -1018,19 +1021,12 @@ class Handler(BaseHTTPRequestHandler):
         client ignores, once: a closed socket answers it with a reset, which the next look sees."""
         sock = self.connection
         try:
-            # poll, not select: select() refuses a descriptor past 1023 (FD_SETSIZE), which a server holding a thousand
-            # connections hands out, and each request on one read as hung up (Windows has no poll, nor that limit)
-            if hasattr(select, "poll"):
-                poller = select.poll()
-                poller.register(sock, select.POLLIN)
-                ready = poller.poll(0)
-                # a reset; not POLLHUP, which is both ways closed on Linux but end-of-file alone on macOS (its poll is
-                # kqueue's EV_EOF), where a client that closed its sending side was taken for gone (a reset there is
-                # no POLLERR: recv raises it, below)
-                if ready and ready[0][1] & select.POLLERR:
-                    return True
-            else:
-                ready = select.select([sock], [], [], 0)[0]
+            ready = readable(sock)
+            # a reset; not POLLHUP, which is both ways closed on Linux but end-of-file alone on macOS (its poll is
+            # kqueue's EV_EOF), where a client that closed its sending side was taken for gone (a reset there is no
+            # POLLERR: recv raises it, below)
+            if hasattr(select, "poll") and ready & select.POLLERR:
+                return True
             if not ready or sock.recv(1, socket.MSG_PEEK) != b"":  # (a reset raises, below)
                 return False
             if probe and not self.probed:
