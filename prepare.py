@@ -573,8 +573,8 @@ class OtherKind(UserError):
     checked_records'."""
 
     def __init__(self, where, kind, first):
-        other = "chat" if kind == "text" else "text"
-        super().__init__(f"{where}: {'a conversation' if kind == 'chat' else 'plain text'} among {KIND_NAMES[other]} "
+        super().__init__(f"{where}: {'a conversation' if kind == 'chat' else 'plain text'} among "
+                         f"{KIND_NAMES[OTHER_KIND[kind]]} "
                          f"(from {first} on)")
         self.where, self.kind, self.first = where, kind, first
 
@@ -717,20 +717,21 @@ def with_other_files(e, plan):
     def named(label, bad, wheres, good):
         how = f"{bad:,}" if good else f"its first {bad:,} all" if bad == ALL_BAD else f"all {bad:,}"
         return f"{label} ({how} bad: {places(wheres, bad)})"
+
+    def listed(names):  # the first OTHER_FILES, the rest counted
+        more = len(names) - OTHER_FILES
+        return ", ".join(names[:OTHER_FILES]) + (f", and {more} more" if more > 0 else "")
     text, count, skippable = e.text, e.count, e.skippable
     if found:
-        more = len(found) - OTHER_FILES
-        files = ", ".join(named(*f) for f in found[:OTHER_FILES]) + (f", and {more} more" if more > 0 else "")
+        files = listed([named(*f) for f in found])
         text += f"; bad records in {len(found)} other file{'s' * (len(found) > 1)} too: {files}"
         count += sum(bad for _, bad, _, _ in found)
         skippable = skippable and all(good for *_, good in found)
     if others:
-        more = len(others) - OTHER_FILES
-        kind, them = "text" if e.kind == "chat" else "chat", "them" if len(others) > 1 else "it"
-        text += (f"; {KIND_NAMES[kind]} in {len(others)} other file{'s' * (len(others) > 1)} where {e.label} holds "
-                 f"{KIND_NAMES[e.kind]}, a dataset being one or the other: {', '.join(others[:OTHER_FILES])}"
-                 + (f", and {more} more" if more > 0 else "") + f" (leave {them} out, or prepare {them} separately with "
-                                                             f"--name)")
+        them = "them" if len(others) > 1 else "it"
+        text += (f"; {KIND_NAMES[OTHER_KIND[e.kind]]} in {len(others)} other file{'s' * (len(others) > 1)} where "
+                 f"{e.label} holds {KIND_NAMES[e.kind]}, a dataset being one or the other: {listed(others)} (leave "
+                 f"{them} out, or prepare {them} separately with --name)")
         skippable = False  # (the run stops at them skipping or not)
     if unread:
         text += f"; {unread:,} other file{'s' * (unread > 1)} not read for them (past {OTHER_FILES_BYTES >> 20:,} MB)"
@@ -1519,13 +1520,13 @@ def doc_kind(doc):
 
 
 KIND_NAMES = {"text": "plain text", "chat": "conversations"}
+OTHER_KIND = {"text": "chat", "chat": "text"}  # a dataset is one or the other
 
 
 def mixed_kinds(label, kind, first):
     """The error for a document of kind in label when the dataset's first one (in first) is of the other kind. Both
     are named: only the second was, and a folder of chats with a README.txt sorted first blamed the chats file."""
-    other = "chat" if kind == "text" else "text"
-    return UserError(f"{KIND_NAMES[other]} in {first} and {KIND_NAMES[kind]} in {label}: a dataset is one or the other; "
+    return UserError(f"{KIND_NAMES[OTHER_KIND[kind]]} in {first} and {KIND_NAMES[kind]} in {label}: a dataset is one or the other; "
                      f"leave one out, or prepare them separately (--name)")
 
 
