@@ -453,6 +453,7 @@ def train_tokenizer(files, vocab_size, out_path, sample=None):
                         yield [doc]
 
     sample = sample or files_sample(files)
+    say_training(vocab_size, sample, sum(map(os.path.getsize, files)))  # (after the checks: a bad input is one line)
     return train_bpe(sample.texts(docs()), vocab_size, out_path, ", ".join(files))
 
 
@@ -491,7 +492,6 @@ def main(argv=None):
         t0 = time.time()
         size = sum(os.path.getsize(f) for f in args.input if os.path.exists(f))
         sample = files_sample(args.input)
-        say_training(args.vocab_size, sample, size)
         enc = train_tokenizer(args.input, args.vocab_size, args.out, sample)
         on = sample.said("the text") or f"{size / 1e6:.1f} MB"
         print(f"trained {enc.n_vocab} tokens on {on} in {time.time() - t0:.1f}s -> {args.out}")

@@ -401,6 +401,13 @@ def test_cli_train_says_a_large_input_before_it_trains(tmp_path, capsys, monkeyp
     assert code == 0 and said.startswith("training a 300-token vocabulary on 0 MB of input: about a minute a GB on one "
                                          "core, more where the text has many distinct words (Ctrl-C waits for the "
                                          "final merges)\ntrained 300 tokens"), err
+    # a bad input is its error alone, not the line and then the error
+    records = tmp_path / "a.jsonl"
+    records.write_text('{"text": "a story"}\n' * 50, encoding="utf-8")
+    monkeypatch.setattr(setup_tokenizer, "SAY_VOCABULARY_BYTES", 1)
+    code, said, err = run_in_process(setup_tokenizer.main, ["train", "--input", str(records), "--vocab_size", "300",
+                                                            "--out", str(tmp_path / "w.tiktoken")], capsys)
+    assert code == 1 and said == "" and err.startswith(f"error: --input {records} holds records"), (said, err)
 
 
 def test_train_warns_when_the_text_supports_fewer_tokens_than_asked(tmp_path, capsys):
