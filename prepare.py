@@ -616,7 +616,7 @@ def good_docs(records, label, dataset, left=None, scan=True):
     # millions held a string for each, gigabytes
     bad, wheres, first, good, kind = 0, [], None, False, None
     skipping = left is not None and left.skip_bad
-    empty, empty_wheres = 0, []  # the records with nothing to train on, and the first's places
+    empty, empty_wheres, last_empty = 0, [], None  # the records with nothing to train on, the first's places, the last's
     kept, strays, stray = 0, 0, None  # documents of the file's kind, and of the other (OtherKind), the first of them
     for where, doc, e in checked_records(records, dataset):
         if isinstance(e, OtherKind):
@@ -637,8 +637,8 @@ def good_docs(records, label, dataset, left=None, scan=True):
                 left.note(left.bad, label, bad, wheres)
             continue
         good, kept, kind = True, kept + bool(doc), kind or (doc and doc_kind(doc))
-        if not doc and left is not None and where not in empty_wheres[-1:]:  # (a seed task's instances: one record)
-            empty += 1
+        if not doc and left is not None and where != last_empty:  # (a seed task's instances: one record)
+            empty, last_empty = empty + 1, where
             if len(empty_wheres) < PLACES:
                 empty_wheres.append(where)
             left.note(left.empty, label, empty, empty_wheres)

@@ -702,6 +702,10 @@ def test_records_with_nothing_to_train_on_are_said_in_the_summary(tmp_path, caps
     prepare.main(["--source", texts, "--name", "t", "--out_dir", out])
     assert f"  left out 15 records of {texts} with nothing to train on (an empty or null reply, or empty text): lines " \
            f"2, 4, 6, 8, 10, 12, 14, 16, 18, 20, ...\n" in capsys.readouterr().out
+    # a seed task of empty instances past PLACES is one record too
+    more = write(tmp_path / "more.jsonl", "\n".join(json.dumps(r) for r in rows + [rows[2]] * 8 + [rows[10]]) + "\n")
+    prepare.main(["--dataset", "chat", "--source", more, "--name", "more", "--out_dir", out])
+    assert f"  left out 13 records of {more} with nothing to train on" in capsys.readouterr().out
 
 
 def test_bad_records_are_counted_in_little_memory(tmp_path, capsys):
