@@ -231,7 +231,17 @@ class MLP(nn.Module):
 
     def forward(self, x):
         # x (B, T, C) -> c_fc (B, T, 4C) -> c_proj (B, T, C)
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+        return self.dropout(self.c_proj(gelu_tanh(self.c_fc(x))))
+
+
+def gelu_tanh(x):
+    """F.gelu(x, approximate="tanh"). Compiled, as x * sigmoid(2z), the same function (0.5 (1 + tanh z) = sigmoid 2z):
+    inductor's CPU code computes tanh with Sleef's tanh and sigmoid with one exp, and the tanh form took twice as long,
+    forward and backward (small's (2048, 1536) in bf16 on the 2-core AMX Xeon: 7.7 -> 3.7 ms a layer, outputs within
+    bf16's rounding of each other). Eager, ATen's one fused gelu kernel beats the four ops of the sigmoid form."""
+    if not torch.compiler.is_compiling():
+        return F.gelu(x, approximate="tanh")
+    return x * torch.sigmoid(1.5957691216057308 * (x + 0.044715 * x * x * x))  # 2 sqrt(2/pi) = 1.5957691...
 
 
 def swiglu_hidden(n_embd):

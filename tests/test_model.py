@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from model import GPT, OPTIMIZERS, PRESETS, GPTConfig, KVCache, Muon, cross_entropy, make_config, orthogonalize  # noqa: E402
+from model import GPT, OPTIMIZERS, PRESETS, GPTConfig, KVCache, Muon, cross_entropy, gelu_tanh, make_config, orthogonalize  # noqa: E402
 
 VARIANTS = ["gpt2", "modern"]
 VOCAB = 1000  # not a multiple of 64, so padding is exercised (padded to 1024)
@@ -220,6 +220,23 @@ def test_cross_entropy_backward_is_autograds():
         loss = fn(logits)
         torch.testing.assert_close(loss, ref)
         torch.testing.assert_close(torch.autograd.grad(3 * loss, logits)[0], want)
+
+
+def test_gelu_tanh_compiled_is_eagers():
+    # compiled, model.gelu_tanh is written as x * sigmoid(2z) (a faster exp on a CPU than Sleef's tanh): the same
+    # function and gradient as F.gelu's tanh form, out to where either saturates, in fp32 and under bf16 autocast
+    x = torch.cat([torch.linspace(-30, 30, 601), torch.tensor([-1e4, 1e4, 0.0])]).requires_grad_()
+    ref = F.gelu(x, approximate="tanh")
+    ref_grad = torch.autograd.grad(ref.sum(), x)[0]
+    compiled = torch.compile(gelu_tanh)
+    y = compiled(x)
+    torch.testing.assert_close(y, ref, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(torch.autograd.grad(y.sum(), x)[0], ref_grad, atol=1e-5, rtol=1e-4)
+    assert torch.equal(gelu_tanh(x), ref)  # eager: F.gelu itself
+    low = x.detach().bfloat16().requires_grad_()
+    y = compiled(low)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), F.gelu(low.float(), approximate="tanh"), atol=1e-2, rtol=1e-2)
 
 
 def reference_forward(model, idx):
