@@ -378,8 +378,10 @@ class CrossEntropy(torch.autograd.Function):
             # dtype. The eager form below compiles into three passes over a full fp32 N x V temporary (exp, the
             # indexed subtraction, the cast): tiny's V 4096 in bf16 14-20 ms -> 8.4-9.0 ms, V 50304 in fp32
             # 426-435 -> 236-256 ms, on the 2-core AVX-512 EPYC. Eager this form takes 2.3x as long (its temporaries).
-            column = torch.arange(logp.size(1), device=logp.device)
-            g = torch.exp(logp) * p_scale - (column == targets[:, None]).float() * scale
+            # int32 column indices: the compares of int64 ones took a quarter of the pass on a CPU, four AVX-512
+            # registers per 16 values (V 50304 in bf16, N 2048, 2-core AMX Xeon: 77 -> 57 ms)
+            column = torch.arange(logp.size(1), device=logp.device, dtype=torch.int32)
+            g = torch.exp(logp) * p_scale - (column == targets.int()[:, None]).float() * scale
             if ctx.n_valid:
                 g = torch.where(column < ctx.n_valid, g, 0.0)
             return g.to(ctx.logits_dtype), None, None, None
