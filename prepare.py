@@ -1700,23 +1700,19 @@ def repeated(val_keys, *trains):
     return drop
 
 
-def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, scratch="", pack=None, doc_keys=None):
-    """Tokenize every stream of a plan (find_source) with enc into temporary train and val Splits in folder, added to
-    the dict splits as soon as they exist, so the caller can remove them on failure (scratch, a suffix of their
-    temporary names, tells apart the files of several such calls); returns the kind, "text" or "chat". Val is each
-    "split" stream's tail (val_counts) and the "val" streams, less what train has or val has already. limit and
-    val_fraction: --limit and --val_fraction; progress: a tqdm counting documents.
-    pack: the --pack asked for, refused on plain text before anything is tokenized. doc_keys: a dict that gets the
-    document_keys of train's documents ("train", an array "q") and of val's in order ("val", None for a book's tail),
-    for a mix, whose val leaves out what another of its datasets has (mix_splits)."""
-    dtype = np.uint16 if enc.n_vocab <= 1 << 16 else np.uint32
-    table = token_bytes(enc)
-    # --limit N: the first N documents, counted over the files of a dataset in order (not N of each: `--dataset chat
-    # --limit 300` takes its Alpaca file's first 300), N more of train-only files, and of a source's own validation
-    # split the share val_fraction would give it, so a quick demo stays quick. --val_fraction 0 keeps no val, a source's
-    # own split none either
-    budget = {"split": limit, "train": limit, "val": (limit and max(1, round(limit * val_fraction))) if val_fraction else 0}
-    # the first document decides whether masks are written; every stream is opened lazily
+def limit_budget(limit, val_fraction):
+    """What --limit lets each role of stream (find_source) read: {role: documents, None for all}, spent by limited().
+    The first N documents, counted over the files of a dataset in order (not N of each: `--dataset chat --limit 300`
+    takes its Alpaca file's first 300), N more of train-only files, and of a source's own validation split the share
+    val_fraction would give it, so a quick demo stays quick. --val_fraction 0 keeps no val, a source's own split none
+    either."""
+    return {"split": limit, "train": limit, "val": (limit and max(1, round(limit * val_fraction))) if val_fraction else 0}
+
+
+def open_streams(streams):
+    """Open every stream of a plan lazily: ([(stream index, role, label, documents)], the kind of the first document,
+    the label of its stream). The first document decides the dataset's kind, and so whether masks are written, before
+    anything is tokenized; the streams before it, empty, are left out."""
     kind, first_label, opened = None, None, []
     for i, (role, label, make_docs) in enumerate(streams):
         docs = iter(make_docs())
@@ -1728,31 +1724,76 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
         opened.append((i, role, label, docs))
     if kind is None:
         raise UserError(f"no documents found in {', '.join(label for _, label, _ in streams)}: give files that hold text")
+    return opened, kind, first_label
+
+
+def move_val_share(out, val, start, n, k, eot, val_fraction, table):
+    """Move a "split" stream's share of val from the Split out, where it was just written (from token start on, n
+    documents), to the Split val: its last k documents (val_counts), or, k None, its single document (a whole book) cut
+    by tokens, as nanoGPT does. Val is the tail of each source, not a random sample: the same documents every run, so
+    validation losses stay comparable across runs and tokenizers. Returns how many of the stream's first documents
+    train keeps whole (the rest went to val whole), and whether train now ends with a book's head, which no
+    <|endoftext|> ends yet (its tail went to val)."""
+    if k:
+        out.move_tail(last_documents_start(out, start, k, eot), k, val, table)
+        return n - k, False
+    if k is not None:  # 0: val takes none of this source's documents
+        return n, False
+    size = out.tokens - start  # the book's text and its <|endoftext|>
+    if size < 3:  # one token of text, too short to cut (val got its <|endoftext|> alone): val takes it whole, as the
+        out.move_tail(start, n, val, table)  # other sources may have given val nothing
+        return 0, False
+    # val gets a token of text at least, besides the <|endoftext|>
+    keep = start + min(size - 2, max(1, round(size * (1 - val_fraction))))
+    out.move_tail(keep, 0, val, table)
+    out.documents, out.cut = out.documents - n, out.cut + n
+    return n, True
+
+
+def write_own_val_again(streams, opened, val, budget, write):
+    """A source's own validation split that train has whole is kept, as a val cut from train's sources is
+    (write_splits): train.py needs a val split. Its streams are read again into the Split val, within --limit's share
+    (budget, which the documents left out did not spend), each document once all the same (a copy of train's head
+    repeats what train repeats: kept twice, it weighed double). write: write_splits' tokenizer of documents into a
+    Split. Returns the document_keys of the documents written, in order."""
+    own = [(i, label) for i, role, label, _ in opened if role == "val"]
+    warn_all_in_train(", ".join(label for _, label in own))
+    val.repeats = 0
+    own_keys = array("q")
+    for i, label in own:
+        again = array("q")
+        write(keyed(limited(unseen(streams[i][2](), np.zeros(0, np.int64), val), budget, "val"), again), val, label)
+        own_keys.extend(again)
+    return own_keys
+
+
+def check_text_left(splits, kind, val_fraction, streams):
+    """train.py evaluates on val: a val of <|endoftext|> alone (one short document) or of nothing sent the user to
+    prepare.py again, which found the dataset up to date; a one-token text, whole in val, leaves train nothing."""
+    if not splits["train"].bytes and kind == "text":
+        raise too_little_text(streams, "train")
+    if not splits["val"].bytes and (val_fraction or splits["val"].tokens):
+        raise too_little_text(streams, "val")
+
+
+def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, scratch="", pack=None, doc_keys=None):
+    """Tokenize every stream of a plan (find_source) with enc into temporary train and val Splits in folder, added to
+    the dict splits as soon as they exist, so the caller can remove them on failure (scratch, a suffix of their
+    temporary names, tells apart the files of several such calls); returns the kind, "text" or "chat". Val is each
+    "split" stream's tail (val_counts) and the "val" streams, less what train has or val has already. limit and
+    val_fraction: --limit and --val_fraction; progress: a tqdm counting documents.
+    pack: the --pack asked for, refused on plain text before anything is tokenized. doc_keys: a dict that gets the
+    document_keys of train's documents ("train", an array "q") and of val's in order ("val", None for a book's tail),
+    for a mix, whose val leaves out what another of its datasets has (mix_splits)."""
+    dtype = np.uint16 if enc.n_vocab <= 1 << 16 else np.uint32
+    table = token_bytes(enc)
+    budget = limit_budget(limit, val_fraction)
+    opened, kind, first_label = open_streams(streams)
     if kind == "text" and pack:
         raise text_packed(pack)
     for name in ("train", "val"):
         splits[name] = Split(folder, name, dtype, kind == "chat", scratch)
-
-    # several sources share the val count: counted first (a pass that reads without tokenizing); one is counted
-    # as it is written
-    split_streams = [i for i, (role, _, _) in enumerate(streams) if role == "split"]
-    roles = {role for role, _, _ in streams}
-    ks = None
-    if len(split_streams) > 1 and val_fraction:
-        counts, chars, _ = count_split_docs(streams, budget)
-        ks = val_counts(counts, kind, val_fraction, label_of(streams), limit, chars)
-    unended_book = False  # train ends with a book's head, cut from its tail by tokens
-    # A document train has, or val has already, is left out of val, known by its key (document_key), train's kept as 8
-    # bytes a document:
-    # - of a source's own validation split, as it is read, so that its --limit share counts what val keeps (its
-    #   streams follow train's, sorted once)
-    own_val = "val" in roles and val_fraction
-    # - of a val cut from the same sources, once every source is read (a later file's train documents count too):
-    #   DailyDialog's train file repeats 756 of its 11,118 dialogues (718 word for word), and 99 of the 1,112 its tail
-    #   gave val were in train. Val's keys in its order, None for a book's tail (its head is train's)
-    dedup = val_fraction and "split" in roles and "val" not in roles
-    train_keys, val_keys, ordered = array("q"), [], None  # ordered: train's keys sorted, for own_val
-    own_keys = array("q")  # of the documents val keeps of a source's own validation split, for doc_keys
+    train, val = splits["train"], splits["val"]
 
     def write(docs, out, label):
         """Tokenize docs into the Split out; returns how many documents ended."""
@@ -1764,8 +1805,27 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
             progress.update(len(batch_ends))
         return n
 
+    # several sources share the val count: counted first (a pass that reads without tokenizing); one is counted
+    # as it is written
+    roles = [role for role, _, _ in streams]
+    ks = None
+    if roles.count("split") > 1 and val_fraction:
+        counts, chars, _ = count_split_docs(streams, budget)
+        ks = val_counts(counts, kind, val_fraction, label_of(streams), limit, chars)
+    # A document train has, or val has already, is left out of val, known by its key (document_key), train's kept as 8
+    # bytes a document:
+    # - of a source's own validation split, as it is read, so that its --limit share counts what val keeps (its
+    #   streams follow train's, sorted once)
+    own_val = "val" in roles and val_fraction
+    # - of a val cut from the same sources, once every source is read (a later file's train documents count too):
+    #   DailyDialog's train file repeats 756 of its 11,118 dialogues (718 word for word), and 99 of the 1,112 its tail
+    #   gave val were in train. Val's keys in its order, None for a book's tail (its head is train's)
+    dedup = val_fraction and "split" in roles and "val" not in roles
+    train_keys, val_keys, ordered = array("q"), [], None  # ordered: train's keys sorted, for own_val
+    own_keys = array("q")  # of the documents val keeps of a source's own validation split, for doc_keys
+    unended_book = False  # train ends with a book's head, cut from its tail by tokens (move_val_share)
     for i, role, label, docs in opened:
-        out = splits["val" if role == "val" else "train"]
+        out = val if role == "val" else train
         if unended_book and role != "val":  # end it, or it runs into the next file's text as one document
             out.write(np.array([enc.eot_token], dtype), None, 0, 0)
             unended_book = False
@@ -1781,58 +1841,27 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
         n = write(docs, out, label)  # its documents
         if role == "val":
             own_keys.extend(keys)
-            continue
-        if role != "split" or val_fraction == 0 or out.tokens == start:
+        elif role != "split" or val_fraction == 0 or out.tokens == start:
             train_keys.extend(keys)
-            continue
-        # val is the tail of each source (val_counts), not a random sample: the same documents every run,
-        # so validation losses stay comparable across runs and tokenizers
-        k = (ks or val_counts({i: n}, kind, val_fraction, label, limit))[i]
-        if k:
-            out.move_tail(last_documents_start(out, start, k, enc.eot_token), k, splits["val"], table)
-            train_keys.extend(keys[:n - k])
-            val_keys += keys[n - k:]
-        elif k is None:  # a single document (a whole book): cut it by tokens, as nanoGPT does
-            size = out.tokens - start  # its text and its <|endoftext|>
-            if size < 3:  # one token of text, too short to cut (val got its <|endoftext|> alone): val takes it whole, as
-                out.move_tail(start, n, splits["val"], table)  # the other sources may have given val nothing
-                val_keys += keys
-                continue
-            # val gets a token of text at least, besides the <|endoftext|>
-            keep = start + min(size - 2, max(1, round(size * (1 - val_fraction))))
-            out.move_tail(keep, 0, splits["val"], table)
-            out.documents, out.cut = out.documents - n, out.cut + n
-            unended_book = True
-            train_keys.extend(keys)
-            val_keys.append(None)
         else:
-            train_keys.extend(keys)
-    val = splits["val"]
+            k = (ks or val_counts({i: n}, kind, val_fraction, label, limit))[i]
+            kept, unended_book = move_val_share(out, val, start, n, k, enc.eot_token, val_fraction, table)
+            train_keys.extend(keys[:kept])
+            val_keys += keys[kept:]
+            if unended_book:
+                val_keys.append(None)
     if own_val and val.repeats and not val.documents:
-        # a source's own validation split that train has whole is kept, as a val cut from train's sources is (below):
-        # train.py needs a val split
-        own = [(i, label) for i, role, label, _ in opened if role == "val"]
-        warn_all_in_train(", ".join(label for _, label in own))
-        val.repeats = 0
-        for i, label in own:  # read again, within --limit's share, which the documents left out did not spend; each
-            # once all the same (a copy of train's head repeats what train repeats: kept twice, it weighed double)
-            again = array("q")
-            write(keyed(limited(unseen(streams[i][2](), np.zeros(0, np.int64), val), budget, "val"), again), val, label)
-            own_keys.extend(again)
+        own_keys.extend(write_own_val_again(streams, opened, val, budget, write))
     drop = repeated(val_keys, train_keys)
     if drop and len(drop) == len(val_keys):  # val keeps them: train.py needs a val split, and nothing else is left
         warn_all_in_train(label_of(streams))
         drop = repeated(val_keys)  # each once all the same
     if drop:
-        splits["val"].drop_documents(drop, enc.eot_token, table)
+        val.drop_documents(drop, enc.eot_token, table)
     if doc_keys is not None:  # (a val cut from the sources, or a source's own validation split: never both)
         doc_keys["train"] = train_keys
         doc_keys["val"] = [key for i, key in enumerate(val_keys) if i not in drop] + list(own_keys)
-    # train.py evaluates on val: a val of <|endoftext|> alone (one short document) or of nothing sent the user to
-    # prepare.py again, which found the dataset up to date; a one-token text, whole in val, leaves train nothing
-    for name in ("train", "val"):
-        if not splits[name].bytes and ((val_fraction or splits["val"].tokens) if name == "val" else kind == "text"):
-            raise too_little_text(streams, name)
+    check_text_left(splits, kind, val_fraction, streams)
     return kind
 
 
