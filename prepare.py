@@ -2128,9 +2128,9 @@ def prepare(dataset, source=None, tokenizer=None, limit=None, val_fraction=DEFAU
                             vocab_size, pack, mix, skip_bad_records)
 
 
-def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, out_dir, name, extra, vocab_size, pack,
-                 mix, skip_bad_records=False):
-    """prepare(), holding the dataset folder's lock in held once the folder is known."""
+def check_arguments(dataset, source, tokenizer, limit, val_fraction, pack, mix, vocab_size, name, out_dir):
+    """Refuse prepare()'s arguments that make no dataset, each with its own line, before any file is looked for.
+    name: the dataset's folder name (--name, default the dataset's)."""
     if dataset == "mix":
         if not mix:
             raise UserError("a mix needs its datasets and weights: --mix dailydialog:1,chat:2")
@@ -2150,35 +2150,43 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
     if pack is not None and not 0 <= pack <= MAX_PACK:  # (10**13: numpy's 18 TiB allocation error)
         raise UserError(f"--pack {pack}: give the training context in tokens (train.py --block_size, at most "
                         f"{MAX_PACK:,}), or 0 for no packing")
-    named, name = bool(name), name or dataset
     if not is_dataset_name(name):
         raise UserError(f"--name {name!r}: use letters, digits, '.', '-' and '_', not a path (it names a folder in "
                         f"{out_dir})")  # ('..' is of those characters)
-    left = LeftOut(skip_bad_records)  # the records left out, by file (good_docs), for build's summary
-    plan = find_mix_source(mix, extra, limit, left) if dataset == "mix" else \
-        find_source(dataset, source, extra, limit, left)
-    plan["left_out"] = left
+
+
+def lock_folder(held, out_dir, name):
+    """The dataset's folder, out_dir/name, refused when it is a file or a model's, with its lock held in held. One
+    prepare.py at a time in a folder: two would interleave their renames (one's train.bin, the other's meta.json), and
+    the first to fail, taking the folder for its own first build, would remove it with the other's finished dataset.
+    The lock lies beside the folder, which a failed first build removes. What a killed prepare.py left in the folder
+    goes here, so that a run that finds the dataset up to date removes it too."""
     folder = os.path.join(out_dir, name)
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise UserError(f"{folder} is a file, not a dataset folder: pick another --name, or move the file")
     if os.path.isfile(os.path.join(folder, "config.json")):  # export.py's, whose tokenizer.tiktoken --vocab_size replaced
         raise UserError(f"{folder} is a Hugging Face model folder (it has a config.json), not a dataset's: pick another "
                         f"--name or --out_dir")
-    # one prepare.py at a time in a folder: two would interleave their renames (one's train.bin, the other's
-    # meta.json), and the first to fail, taking the folder for its own first build, would remove it with the other's
-    # finished dataset. The lock lies beside the folder, which a failed first build removes
     with contextlib.suppress(OSError):  # (one that cannot be made takes no dataset either: check_writable says so)
         os.makedirs(out_dir, exist_ok=True)
     locked = held.enter_context(held_lock(prepare_lock(out_dir, name), f"another prepare.py is building "
                                           f"{folder}: wait for it to end, or build this one elsewhere with --name"))
     # what a prepare killed mid-write (SIGKILL, the OOM killer) left: token files (with a scratch suffix), meta (build's
     # new meta.json is itself written by atomic_write_text under a temporary name of its temporary name), vocabulary
-    # (train_bpe's own temporary name of prepare's), check_writable's probe; here, so that a run that finds the dataset
-    # up to date removes them too. With the folder's lock held no other prepare writes them (one on another machine
-    # holds the lock too), so they go at once, not after 10 quiet minutes: a killed build's token files can be gigabytes
+    # (train_bpe's own temporary name of prepare's), check_writable's probe. With the folder's lock held no other
+    # prepare writes them (one on another machine holds the lock too), so they go at once, not after 10 quiet minutes:
+    # a killed build's token files can be gigabytes
     remove_stale_tmp(folder, rf"(?:train|val)(?:_mask)?\.bin(?:\.[\w-]+)?|(?:meta\.json|{re.escape(VOCAB_FILE)})"
                              r"(?:\.\d+\.tmp)?|\.write-probe", quiet_s=0 if locked else 600)
-    old = read_meta(folder)
+    return folder
+
+
+def old_options(folder, old, dataset, sources, plan, named, force):
+    """The options (meta_options) that made the dataset folder holds (old: its meta.json, None when there is none),
+    {} when it is another dataset or its meta.json is too odd to say. Unless force, a build that would replace another
+    dataset is refused, and so is one that would replace a dataset made from the user's own files with other data.
+    sources: the --source files given now (absolute), None for none; plan: what find_source found; named: --name was
+    given."""
     if old and not force and not isinstance(old.get("dataset"), str):  # (no dataset rebuild_command could name)
         raise UserError(f"{folder} holds a meta.json that names no dataset (another tool's, or damaged): pick another "
                         f"folder with --name, or replace it with --force")
@@ -2186,15 +2194,12 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
         raise UserError(f"{folder} holds the {old.get('dataset')!r} dataset (made by `{rebuild_command(old, folder)}`): "
                         f"pick another folder with --name, or replace it with --force")
     same_dataset = old and old.get("dataset") == dataset
-    # its options (a meta.json too odd to say: none)
     made_with = meta_options(old, folder, odd={}) if same_dataset else {}
-    # the --source files it was made from (absolute, as options records them), and those given now
+    # the --source files it was made from (absolute, as options records them)
     old_sources = made_with.get("source")
-    sources = [p if p.startswith("hf:") else os.path.abspath(p)  # (a hub name is no path)
-               for p in ([source] if isinstance(source, str) else source)] if source else None
     # made from the user's own files: not replaced unasked by the mirror's or the hub's data (a bare `prepare.py` after
     # `--dataset chat --source mine.jsonl`, as the module docstring shows)
-    if old_sources and not force and not source:
+    if old_sources and not force and not sources:
         raise OtherSource(f"{folder} holds the {dataset!r} dataset made from your files (by "
                           f"`{rebuild_command(old, folder)}`), not from {plan['description']}: run that to make it "
                           f"again, pick another folder for this one with --name, or replace it with --force")
@@ -2215,21 +2220,84 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
             raise UserError(f"{folder} holds the dataset made from {', '.join(old_sources)} (by "
                             f"`{rebuild_command(old, folder)}`): pick another folder for this one with --name, or "
                             f"replace it with --force")
+    return made_with
+
+
+def kept_vocabulary(folder, made_with):
+    """The vocabulary of a dataset made again without a word about its vocabulary (no --tokenizer, no --vocab_size):
+    the one it has, so checkpoints trained on it go on fitting. Returns (--vocab_size, --tokenizer) from made_with, its
+    options (meta_options; {}: a new dataset, or a meta.json too odd to say, rebuilt as new), said; (None, None) for
+    gpt2's."""
+    if made_with.get("vocab_size"):
+        # (the size asked, not the size it has: a text that supports fewer merges has fewer)
+        print(f"{folder}: keeping its own vocabulary (--vocab_size {made_with['vocab_size']}; --tokenizer gpt2 for "
+              f"GPT-2's)")
+        return made_with["vocab_size"], None
+    tokenizer = made_with.get("tokenizer")
+    if tokenizer in (None, "gpt2"):
+        return None, None
+    if not os.path.exists(tokenizer):
+        raise TokenizerGone(f"{folder} was made with tokenizer {tokenizer}, which is gone: pass --tokenizer "
+                            f"gpt2, or the path of its vocabulary (a checkpoint or .tiktoken file)")
+    print(f"{folder}: keeping its tokenizer {tokenizer} (--tokenizer gpt2 for GPT-2's)")
+    return None, tokenizer
+
+
+def dataset_tokenizer(tokenizer):
+    """get_tokenizer, but offline without GPT-2's BPE files it says prepare.py's own ways out besides the line every
+    script says."""
+    try:
+        return get_tokenizer(tokenizer)
+    except UserError as e:
+        if tokenizer != "gpt2":
+            raise
+        raise UserError(f"{e}, or give the data a vocabulary of its own with --vocab_size 4096 (or "
+                        f"--tokenizer PATH.tiktoken)") from None
+
+
+def check_same_vocabulary(folder, kept_file, old, enc, tok_hash):
+    """A --tokenizer file a dataset keeps (kept_vocabulary) must still hold the vocabulary it was made with (old: its
+    meta.json): re-tokenized with whatever the file holds now, checkpoints trained on the dataset would no longer fit.
+    enc: what the file holds now, tok_hash its tokenizer_hash."""
+    if old.get("tokenizer_hash") not in (None, tok_hash):
+        short = fewer_ids(enc, old.get("vocab_size"))
+        raise TokenizerGone(f"{folder} was made with tokenizer {kept_file}, which now holds another vocabulary"
+                            f"{f' ({short})' if short else ''}: pass --tokenizer {kept_file} to remake the dataset "
+                            f"with it (checkpoints trained on the old one will not fit), or put the old file back")
+
+
+def keep_up_to_date(folder, old, tokenizer, new_vocab, vocab_fp):
+    """A dataset found up to date is kept as it is: a vocabulary of its own that was trained again (new_vocab, its
+    temporary file; a damaged or missing one) trains the same, and goes into place as tokenizer; a meta.json from before
+    vocab_fingerprint gets it (vocab_fp). Says so; returns the meta."""
+    if new_vocab:
+        fsync_replace(new_vocab, tokenizer)
+    if vocab_fp and old.get("vocab_fingerprint") != vocab_fp:
+        old = dict(old, vocab_fingerprint=vocab_fp)
+        atomic_write_text(os.path.join(folder, "meta.json"), json.dumps(old, indent=2) + "\n")
+    print(f"{folder} is up to date")
+    return old
+
+
+def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, out_dir, name, extra, vocab_size, pack,
+                 mix, skip_bad_records=False):
+    """prepare(), holding the dataset folder's lock in held once the folder is known."""
+    named, name = bool(name), name or dataset
+    check_arguments(dataset, source, tokenizer, limit, val_fraction, pack, mix, vocab_size, name, out_dir)
+    left = LeftOut(skip_bad_records)  # the records left out, by file (good_docs), for build's summary
+    plan = find_mix_source(mix, extra, limit, left) if dataset == "mix" else \
+        find_source(dataset, source, extra, limit, left)
+    plan["left_out"] = left
+    folder = lock_folder(held, out_dir, name)
+    old = read_meta(folder)
+    # the --source files given now, absolute as options records them (a hub name is no path)
+    sources = [p if p.startswith("hf:") else os.path.abspath(p)
+               for p in ([source] if isinstance(source, str) else source)] if source else None
+    made_with = old_options(folder, old, dataset, sources, plan, named, force)
     kept_file = None  # the --tokenizer file kept: it must still hold the vocabulary the dataset was made with
     if tokenizer is None and vocab_size is None:
-        # made again without a word about its vocabulary: the one it has, so checkpoints trained on it go on fitting
-        # (a meta.json too odd to say: rebuilt as new)
-        if made_with.get("vocab_size"):
-            vocab_size = made_with["vocab_size"]
-            # (the size asked, not the size it has: a text that supports fewer merges has fewer)
-            print(f"{folder}: keeping its own vocabulary (--vocab_size {vocab_size}; --tokenizer gpt2 for GPT-2's)")
-        elif made_with.get("tokenizer") not in (None, "gpt2"):
-            tokenizer = made_with["tokenizer"]
-            if not os.path.exists(tokenizer):
-                raise TokenizerGone(f"{folder} was made with tokenizer {tokenizer}, which is gone: pass --tokenizer "
-                                    f"gpt2, or the path of its vocabulary (a checkpoint or .tiktoken file)")
-            print(f"{folder}: keeping its tokenizer {tokenizer} (--tokenizer gpt2 for GPT-2's)")
-            kept_file = tokenizer
+        vocab_size, tokenizer = kept_vocabulary(folder, made_with)
+        kept_file = tokenizer
     tokenizer = tokenizer or "gpt2"
     # what rebuild_command needs to build the dataset again; paths made absolute, so it works from anywhere
     options = {"source": sources,
@@ -2243,24 +2311,12 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
         tokenizer, vocab_fp, new_vocab = own_vocabulary(dataset, plan, folder, old, vocab_size, limit, val_fraction,
                                                         mix, force)
     try:
-        if new_vocab:
-            enc = train_vocabulary(plan, vocab_size, new_vocab, limit, val_fraction, pack)
-        else:
-            try:
-                enc = get_tokenizer(tokenizer)
-            except UserError as e:  # offline without GPT-2's BPE files: the line every script says, and prepare.py's
-                if tokenizer != "gpt2":  # own ways out
-                    raise
-                raise UserError(f"{e}, or give the data a vocabulary of its own with --vocab_size 4096 (or "
-                                f"--tokenizer PATH.tiktoken)") from None
+        enc = train_vocabulary(plan, vocab_size, new_vocab, limit, val_fraction, pack) if new_vocab else \
+            dataset_tokenizer(tokenizer)
         tokenizer = tokenizer if tokenizer == "gpt2" else os.path.abspath(tokenizer)
         tok_hash = tokenizer_hash(enc)
-        if kept_file and old.get("tokenizer_hash") not in (None, tok_hash):
-            # (re-tokenized with whatever the file holds now, checkpoints trained on the dataset would no longer fit)
-            short = fewer_ids(enc, old.get("vocab_size"))
-            raise TokenizerGone(f"{folder} was made with tokenizer {kept_file}, which now holds another vocabulary"
-                                f"{f' ({short})' if short else ''}: pass --tokenizer {kept_file} to remake the dataset "
-                                f"with it (checkpoints trained on the old one will not fit), or put the old file back")
+        if kept_file:
+            check_same_vocabulary(folder, kept_file, old, enc, tok_hash)
         fp = fingerprint(dataset, plan, tokenizer, tok_hash, limit, val_fraction, pack, mix,
                          skip_bad_records=skip_bad_records)
         # text is never packed: any --pack gives the same files, so a text dataset's fingerprint leaves it out (a
@@ -2271,16 +2327,10 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
         if unchanged and pack and old.get("kind") == "text":  # refused as a first build does: not "up to date"
             raise text_packed(pack)
         if unchanged and not force and is_complete(folder, old):
-            if new_vocab:  # retrained the same (a damaged or missing file)
-                fsync_replace(new_vocab, tokenizer)
-            if vocab_fp and old.get("vocab_fingerprint") != vocab_fp:  # a meta.json from before vocab_fingerprint
-                old = dict(old, vocab_fingerprint=vocab_fp)
-                atomic_write_text(os.path.join(folder, "meta.json"), json.dumps(old, indent=2) + "\n")
-            print(f"{folder} is up to date")
-            return old
+            return keep_up_to_date(folder, old, tokenizer, new_vocab, vocab_fp)
         check_writable(folder)
-        meta = build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_fraction, new_vocab, pack, options,
-                     vocab_fp, text_fp)
+        return build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_fraction, new_vocab, pack,
+                     options, vocab_fp, text_fp)
     except BaseException as e:
         # a failed or interrupted first build leaves no folder behind; but a complete one (meta.json is written last)
         # stays when only its summary fails to print: `prepare.py | head -1` closes the pipe after the first line
@@ -2294,7 +2344,6 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
         if new_vocab:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(new_vocab)
-    return meta
 
 
 def pack_split(out, docs, block, enc):
