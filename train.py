@@ -2028,8 +2028,55 @@ def train(args):
 
 
 def run_training(args, held):
-    global use_color, quiet
+    """train()'s run, its locks going into held (an ExitStack): set up in phases (start_run: options, checkpoint, data,
+    ranks; claim_outputs: its files; plan_run: batches and schedule; build_training: model and optimizer), then
+    trained (Run.train) and summed up (Run.summary). Returns the summary."""
+    global use_color
     use_color = not args.no_color and color_ok(sys.stdout)
+    args, ckpt, ckpt_args, continuing, meta, enc, dist, device, config, options_given = start_run(args)
+    dataset = args.dataset
+    out_pattern, best_path, metrics_path, png_path, replaced, best_goes, run_id = claim_outputs(
+        args, held, ckpt, ckpt_args, continuing, dist)
+    dtype = training_dtype(device, args.dtype)
+    train_w, val_w, batches, order_scheme, total_steps, budget, budget_warmup, run_warmup, eval_windows, p = plan_run(
+        args, ckpt, ckpt_args, continuing, meta, config, dist, device, options_given, best_path)
+
+    if p.epoch >= args.epochs:
+        more = more_epochs(args, dataset, p.epoch)
+        if more == 0:  # a run's summary (Run.summary), of a run that trained nothing: its checkpoint's
+            return run_summary(p, meta, len(train_w), stopped="already done", run_steps=0, tokens=0, elapsed=0.0,
+                               tokens_per_s=0.0, train_tokens_per_s=None, val_loss=ckpt.get("val_loss"),
+                               checkpoint=args.checkpoint,
+                               best_checkpoint=best_path if os.path.exists(best_path) else None,
+                               metrics=metrics_path if os.path.exists(metrics_path) else None,
+                               plot=png_path if os.path.exists(png_path) else None)
+        args.epochs = p.epoch + more
+        total_steps = args.epochs * batches.steps_per_epoch
+        if not budget and not isinstance(run_warmup, int):  # as with --epochs given: a share of the longer run's steps
+            args.warmup = warmup_steps(run_warmup, total_steps, args.lr)
+
+    if continuing and not args.reset_epoch:
+        refuse_ended_run(args, ckpt, ckpt_args, p, budget)
+
+    model, optimizer, scaler, fwd = build_training(args, config, ckpt, ckpt_args, continuing, device, dtype, dist)
+    run = Run(args=args, ckpt=ckpt, ckpt_args=ckpt_args, continuing=continuing, dataset=dataset, meta=meta, enc=enc,
+              config=config, dist=dist, device=device, dtype=dtype,
+              out_pattern=out_pattern, best_path=best_path, metrics_path=metrics_path, png_path=png_path,
+              replaced=replaced, best_goes=best_goes, run_id=run_id,
+              train_w=train_w, val_w=val_w, batches=batches, order_scheme=order_scheme, total_steps=total_steps,
+              budget=budget, budget_warmup=budget_warmup, eval_windows=eval_windows, p=p,
+              model=model, optimizer=optimizer, scaler=scaler, fwd=fwd)
+    run.train()
+    return run.summary()
+
+
+def start_run(args):
+    """A run's start, before its files: the options checked, the ranks joined (torchrun), the checkpoint, data and
+    tokenizer it takes, the device, its model's config, and the options resolved (resolve_args). Returns (args, ckpt,
+    ckpt_args, continuing, meta, enc, dist, device, config, options_given): continuing, whether it goes on with the
+    checkpoint's run (else a new one, fine-tuning its weights where there is one); options_given, the names of the
+    options the user gave of those resolve_args derives otherwise (warmup, batch_size, eval_batches)."""
+    global quiet
     quiet = not speaks_for_machine()  # until the ranks are known: then rank 0 alone
     if args.reset_epoch and not args.checkpoint:  # (a new run starts at epoch 1 anyway: it would do nothing)
         raise UserError("--reset_epoch restarts a checkpoint's epochs and schedule: give it with --checkpoint (a new "
@@ -2070,12 +2117,19 @@ def run_training(args, held):
     if args.model is None and ckpt is None:
         args.model = default_preset(device)
     config = model_config(args, meta, ckpt)
-    warmup_given, batch_given = args.warmup is not None, args.batch_size is not None
-    eval_given = args.eval_batches is not None
+    options_given = {name for name in ("warmup", "batch_size", "eval_batches") if getattr(args, name) is not None}
     check_recorded_options(args.checkpoint, ckpt_args, continuing)
     args = resolve_args(args, ckpt_args, continuing, config, fine_tuning=ckpt is not None and not continuing)
+    return args, ckpt, ckpt_args, continuing, meta, enc, dist, device, config, options_given
 
-    # ---- files, checked before anything is built
+
+def claim_outputs(args, held, ckpt, ckpt_args, continuing, dist):
+    """The run's files, settled and claimed before anything is built (rank 0's: it alone writes them; every rank ends
+    where it refuses them). held: the ExitStack that holds the run's locks. Returns (out_pattern, best_path,
+    metrics_path, png_path, replaced, best_goes, run_id): replaced, the earlier run's files --overwrite removes at the
+    first save; best_goes, whether the best file is one of them; run_id, the run's id in its checkpoints and
+    metrics."""
+    dataset = args.dataset
     given = args.output_checkpoint is not None  # (before output_paths names a continued run's own files in args)
     out_pattern, out_dir, best_path, metrics_path, png_path = output_paths(args, ckpt_args, continuing, dataset, given)
     # with --overwrite: files of an earlier run (or later points of this one) to remove (see save); rank 0's refusal
@@ -2100,12 +2154,18 @@ def run_training(args, held):
         raise refused
     if failed:  # (rank 0 says why)
         exit_after_the_first(1, first=dist.main)
+    return out_pattern, best_path, metrics_path, png_path, replaced, best_goes, run_id
 
-    dtype = training_dtype(device, args.dtype)
 
+def plan_run(args, ckpt, ckpt_args, continuing, meta, config, dist, device, options_given, best_path):
+    """The run's windows and batches (--batch_size fitted to the train split), its schedule (steps, --time_budget,
+    warmup) and where it stands: a continued run's Progress and the val windows its evaluations take
+    (resumed_progress). Returns (train_w, val_w, batches, order_scheme, total_steps, budget, budget_warmup,
+    run_warmup, eval_windows, p): run_warmup, --warmup as the run has it (a share, or None), for a run given more
+    epochs (run_training)."""
     train_w = Windows(meta, "train", args.block_size)
     val_w = Windows(meta, "val", args.block_size)
-    args.batch_size = fitted_batch_size(args, len(train_w), dist, batch_given, continuing)
+    args.batch_size = fitted_batch_size(args, len(train_w), dist, "batch_size" in options_given, continuing)
     packing = packing_warning(meta, args.block_size, config.block_size)
     if packing:
         warn(packing)
@@ -2116,8 +2176,7 @@ def run_training(args, held):
                         f"{NOT_THIS_CODE}")
     batches = Batches(train_w, args.batch_size, args.grad_accum, args.seed, pin=device.type == "cuda",
                       rank=dist.rank, world=dist.world, scheme=order_scheme)
-    spe = batches.steps_per_epoch
-    total_steps = args.epochs * spe
+    total_steps = args.epochs * batches.steps_per_epoch
     eval_windows = args.eval_batches * args.batch_size * dist.world  # val windows an evaluation takes (a continued run
     # keeps its run's: below)
     run_warmup = args.warmup  # (a share of the run, or None for the default: of its length, which the user may change)
@@ -2126,80 +2185,112 @@ def run_training(args, held):
     p = Progress()
     if continuing:
         p, eval_windows, args.warmup = resumed_progress(args, ckpt, ckpt_args, meta, train_w, val_w, batches,
-                                                        eval_windows, budget, best_path, warmup_given, eval_given)
+                                                        eval_windows, budget, best_path,
+                                                        "warmup" in options_given, "eval_batches" in options_given)
     check_eval_targets(val_w, eval_windows)
+    return train_w, val_w, batches, order_scheme, total_steps, budget, budget_warmup, run_warmup, eval_windows, p
 
-    if p.epoch >= args.epochs:
-        more = more_epochs(args, dataset, p.epoch)
-        if more == 0:  # a run's summary (below), of a run that trained nothing: its checkpoint's
-            return run_summary(p, meta, len(train_w), stopped="already done", run_steps=0, tokens=0, elapsed=0.0, tokens_per_s=0.0,
-                               train_tokens_per_s=None, val_loss=ckpt.get("val_loss"), checkpoint=args.checkpoint,
-                               best_checkpoint=best_path if os.path.exists(best_path) else None,
-                               metrics=metrics_path if os.path.exists(metrics_path) else None,
-                               plot=png_path if os.path.exists(png_path) else None)
-        args.epochs = p.epoch + more
-        total_steps = args.epochs * spe
-        if not budget and not isinstance(run_warmup, int):  # as with --epochs given: a share of the longer run's steps
-            args.warmup = warmup_steps(run_warmup, total_steps, args.lr)
 
-    if continuing and not args.reset_epoch:
-        refuse_ended_run(args, ckpt, ckpt_args, p, budget)
+@dataclasses.dataclass(eq=False)
+class Run:
+    """A run set up by run_training, and the state its loop, saves and summary share. train() runs the loop:
+    train_epoch takes each step (take_step), then logs, evaluates and saves where due (record: due_points,
+    log_record, evaluation); save writes a checkpoint; summary() ends the run with what the module's train()
+    returns."""
+    args: argparse.Namespace
+    ckpt: dict                  # the checkpoint it starts from, or None
+    ckpt_args: dict             # that checkpoint's options ({} for none)
+    continuing: bool            # the checkpoint's run going on (else a new run, fine-tuning where there is one)
+    dataset: str
+    meta: dict
+    enc: object                 # the tokenizer, saved in checkpoints
+    config: object              # the model's config
+    dist: object                # the ranks (Dist)
+    device: torch.device
+    dtype: torch.dtype
+    out_pattern: str            # --output_checkpoint, {dataset} and {epoch} to fill in
+    best_path: str
+    metrics_path: str
+    png_path: str
+    replaced: list              # an earlier run's files --overwrite removes at the first save
+    best_goes: bool             # the best file is one of them: no bar to this run's evaluations until then
+    run_id: str
+    train_w: Windows
+    val_w: Windows
+    batches: Batches
+    order_scheme: int
+    total_steps: int            # the lr schedule's steps (without a --time_budget)
+    budget: float               # --time_budget in seconds, or None
+    budget_warmup: float
+    eval_windows: int           # val windows an evaluation takes
+    p: Progress                 # where the training stands
+    model: GPT
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    fwd: Forward
 
-    # ---- model, optimizer, precision
-    model, optimizer, scaler, fwd = build_training(args, config, ckpt, ckpt_args, continuing, device, dtype, dist)
+    def __post_init__(self):
+        args, ckpt, continuing, p = self.args, self.ckpt, self.continuing, self.p
+        # (hold: replaced with the rest of the earlier run's files, at the first save)
+        self.metrics = Metrics(self.metrics_path, self.png_path,
+                               keep_until=ckpt if continuing and not args.reset_epoch else None, write=self.dist.main,
+                               hold=bool(self.replaced))
+        self.last_val = None
+        # the random state at the start of the step in progress, None between steps: a save on the way out of an
+        # error inside a step records it, not the state after the step's dropout masks were drawn, so the run resumed
+        # from it redoes that step as the run would have (with the drawn state it would draw other masks: another
+        # model)
+        self.step_rng = None
+        # what this run wrote; a best file from an earlier run counts only when continuing that run. A continued run's
+        # last save is the one its checkpoint recorded until it saves: a budget keeps room for its final saves at that
+        # cost (one with --save_interval 0 that never betters its best measures none before them: it would keep no
+        # room, and pass the budget by a save)
+        # (seconds: the last save's; total: the run's)
+        recorded = ckpt.get("save_seconds", 0.0) if continuing else 0.0
+        self.saved = {"path": None, "step": p.step,
+                      "best": self.best_path if continuing and os.path.exists(self.best_path) else None,
+                      "seconds": recorded if 0 <= recorded < math.inf else 0.0, "total": 0.0}
+        self.run_steps, self.run_tokens, self.stopped = 0, 0, "done"
+        self.pause_eval = False  # (the step's evaluation is a --max_steps pause: see due_points)
 
-    # ---- files (their names were settled above)
-    metrics = Metrics(metrics_path, png_path,
-                      keep_until=ckpt if continuing and not args.reset_epoch else None, write=dist.main,
-                      hold=bool(replaced))  # replaced with the rest of the earlier run's files, at the first save
+    def out_path(self):
+        """The checkpoint a save writes: named after the epoch in progress; a finished epoch keeps its own number."""
+        n = max(1, self.p.epoch + (1 if self.p.windows else 0))
+        return self.out_pattern.replace("{dataset}", self.dataset).replace("{epoch}", str(n))
 
-    def out_path():
-        # named after the epoch in progress; a finished epoch keeps its own number
-        n = max(1, p.epoch + (1 if p.windows else 0))
-        return out_pattern.replace("{dataset}", dataset).replace("{epoch}", str(n))
+    def diverged(self):
+        """What a run whose loss or weights became nan or inf can do: the end of its error."""
+        fp32 = "" if self.dtype == torch.float32 else " or use --dtype float32"
+        good = self.saved["path"] or (self.args.checkpoint if self.continuing else None) or "none"
+        return f"lower --lr (now {self.args.lr:g}){fp32}; last good checkpoint: {good}"
 
-    last_val = None
-    # the random state at the start of the step in progress, None between steps: a save on the way out of an error
-    # inside a step records it, not the state after the step's dropout masks were drawn, so the run resumed from it
-    # redoes that step as the run would have (with the drawn state it would draw other masks: another model)
-    step_rng = None
-    # what this run wrote; a best file from an earlier run counts only when continuing that run. A continued run's
-    # last save is the one its checkpoint recorded until it saves: a budget keeps room for its final saves at that
-    # cost (one with --save_interval 0 that never betters its best measures none before them: it would keep no room,
-    # and pass the budget by a save)
-    recorded = ckpt.get("save_seconds", 0.0) if continuing else 0.0
-    saved = {"path": None, "step": p.step, "best": best_path if continuing and os.path.exists(best_path) else None,
-             "seconds": recorded if 0 <= recorded < math.inf else 0.0, "total": 0.0}  # (the last save's, the run's)
-
-    def diverged():
-        fp32 = "" if dtype == torch.float32 else " or use --dtype float32"
-        good = saved["path"] or (args.checkpoint if continuing else None) or "none"
-        return f"lower --lr (now {args.lr:g}){fp32}; last good checkpoint: {good}"
-
-    def save(path):
-        nonlocal best_goes
+    def save(self, path):
+        """Writes the run's checkpoint to path (rank 0; the best file where path is best_path), refusing weights gone
+        nan or inf; the first one removes what --overwrite replaces."""
+        args, p, dist, saved, replaced = self.args, self.p, self.dist, self.saved, self.replaced
         t_save = time.time()
         # weights gone to nan or inf in the step just taken (its loss, computed before the update, was finite) must
         # not replace a good checkpoint; the check is a pass over the weights, small beside the save itself
-        if nonfinite(model.named_parameters()):
-            raise UserError(f"the weights became nan or inf at step {p.step}: {diverged()}")
-        if best_goes:
-            best_goes = False
-            if path != best_path:  # the run's next evaluation makes a best file again
+        if nonfinite(self.model.named_parameters()):
+            raise UserError(f"the weights became nan or inf at step {p.step}: {self.diverged()}")
+        if self.best_goes:
+            self.best_goes = False
+            if path != self.best_path:  # the run's next evaluation makes a best file again
                 p.best_val_loss, p.evals_since_best = None, 0
         if dist.main:  # every rank holds the same weights and optimizer state
-            save_checkpoint(path, model, enc, optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
-                            dataset=dataset, run=run_id, epoch=p.epoch,
-                            epoch_step=batches.steps_done(p.windows),
-                            epoch_windows=p.windows, step=p.step, tokens=p.tokens, rng=step_rng or rng_state(),
-                            loss_since_record=tally.loss_since_record(),
-                            order_scheme=order_scheme,
-                            eval_windows=eval_windows,
+            meta = self.meta
+            save_checkpoint(path, self.model, self.enc, optimizer=self.optimizer.state_dict(),
+                            scaler=self.scaler.state_dict(), dataset=self.dataset, run=self.run_id, epoch=p.epoch,
+                            epoch_step=self.batches.steps_done(p.windows),
+                            epoch_windows=p.windows, step=p.step, tokens=p.tokens, rng=self.step_rng or rng_state(),
+                            loss_since_record=self.tally.loss_since_record(),
+                            order_scheme=self.order_scheme,
+                            eval_windows=self.eval_windows,
                             args=dict(vars(args), world_size=dist.world),
-                            best_val_loss=p.best_val_loss, evals_since_best=p.evals_since_best, val_loss=last_val,
-                            elapsed=p.elapsed + time.time() - t_run,
-                            budget_elapsed=clock.now(), schedule_origin=p.schedule_origin,
-                            budget_done=stopped == "time budget", stopped_early=stopped == "early stop",
+                            best_val_loss=p.best_val_loss, evals_since_best=p.evals_since_best, val_loss=self.last_val,
+                            elapsed=p.elapsed + time.time() - self.t_run,
+                            budget_elapsed=self.clock.now(), schedule_origin=p.schedule_origin,
+                            budget_done=self.stopped == "time budget", stopped_early=self.stopped == "early stop",
                             # the last save's (the estimate before the first): this one's is not known until written
                             save_seconds=saved["seconds"],
                             data={"tokenizer_hash": meta.get("tokenizer_hash"), "folder": meta["folder"],
@@ -2208,7 +2299,7 @@ def run_training(args, held):
                                   "val_tokens": meta.get("splits", {}).get("val", {}).get("tokens")})
         saved["seconds"] = time.time() - t_save
         saved["total"] += saved["seconds"]
-        if path == best_path:
+        if path == self.best_path:
             saved["best"] = path
         else:
             saved.update(path=path, step=p.step)
@@ -2220,227 +2311,287 @@ def run_training(args, held):
                 if os.path.abspath(f) != os.path.abspath(path):
                     with contextlib.suppress(FileNotFoundError):
                         os.remove(f)
-            if best_path in replaced and path != best_path:
+            if self.best_path in replaced and path != self.best_path:
                 saved["best"] = None
             replaced.clear()
-            metrics.release()
+            self.metrics.release()
 
-    # ---- banner
-    t_run = time.time()
-    tok_step = batches.windows_per_step * args.block_size
-    what = ("continuing" if continuing else "fine-tuning") + f" {args.checkpoint}" if ckpt else "new model"
-    for line in banner_lines(args, dataset, what, enc, config, model, train_w, val_w, batches, dist.world, budget,
-                             budget_warmup, device, dtype, p if continuing else None,
-                             ckpt_args.get("world_size", 1) if continuing else None):
-        say(paint(line, "dim"))
-
-    def every(pct):  # (past the run: only at its end; 1e308 % overflowed to an OverflowError)
-        return max(1, round(min(spe * pct / 100, 2**62))) if pct > 0 else None
-    log_every, eval_every, save_every = every(args.log_interval), every(args.eval_interval), every(args.save_interval)
-
-    # ---- the loop
-    run_steps, run_tokens, stopped = 0, 0, "done"
-    pause_eval = False  # (the step's evaluation is a --max_steps pause: see below)
-    # every save is at a record but the one on the way out of an error: it holds the train loss since the last record,
-    # which the run resumed from it goes on from (else its first record would average its own steps alone)
-    since = ckpt.get("loss_since_record") if continuing and not args.reset_epoch else None
-    tally = TrainTally(device, since, main=dist.main)
-
-    def run_ends(s_per_step, epoch_steps_left, spent):
+    def run_ends(self, s_per_step, epoch_steps_left, spent):
         """time_left of this run, for the bar and the log lines alike: spent, the seconds of the budget spent."""
-        return time_left(s_per_step, epoch_steps_left, budget - spent if budget else None,
-                         args.max_steps - run_steps if args.max_steps else None)
-    # an evaluation's cost in training steps: its batches are a step's forward pass alone, a third of its compute (the
-    # backward is twice the forward), and an evaluation of tiny on a CPU took 0.26-0.39 of a step a batch; half leaves
-    # room (a toy model's steps, mostly overhead, took up to 0.74 of one: a short evaluation all the same)
-    eval_steps = min(eval_windows, len(val_w)) / batches.windows_per_step / 2
-    clock = RunClock(budget, p.budget_elapsed, t_run, eval_steps)
-    model.train()
-    interrupt = GracefulInterrupt()
-    try:
-        with interrupt:
-            while p.epoch < args.epochs and stopped == "done":
-                epoch = p.epoch
-                epoch_step = batches.steps_done(p.windows)  # steps of this epoch done, as checkpoints record it
-                steps = batches.epoch(epoch, p.windows)
-                # a budget without --epochs ends by the clock: "epoch 1/1000000" counted towards no such end
-                of = f"/{args.epochs}" if args.epochs < UNLIMITED_EPOCHS else ""
-                bar = EpochBar(total=spe, initial=epoch_step, desc=f"epoch {epoch + 1}{of}", unit="step",
-                               dynamic_ncols=True, disable=not draws_a_bar(sys.stderr) or quiet, file=sys.stderr,
-                               ends=lambda s_per_step, steps_left: run_ends(s_per_step, steps_left, clock.now()))
-                try:
-                    for micro, step_windows, n_targets in steps:  # (see Batches.epoch)
-                        # -- the step
-                        # (several ranks take the clock they agreed on: their weights must stay identical)
-                        now = clock.now() if dist.world == 1 else clock.agreed
-                        lr = step_lr(args, p, total_steps, budget, budget_warmup, now, clock.held_back)
-                        for group in optimizer.param_groups:
-                            group["lr"] = lr
-                        if dist.rank and config.dropout:
-                            # dropout draws other masks on each rank; rank 0 keeps the single-process stream, saved in
-                            # checkpoints, and the others seed each step afresh, so a resumed run draws the same masks
-                            torch.manual_seed(stream_seed(args.seed, dist.rank, p.step))
-                        if args.compile and not run_steps:
-                            say(paint("compiling the model: its first step and first evaluation take longer (about a "
-                                      "minute on a small CPU, seconds once cached)", "dim"))
-                        step_rng = rng_state()  # as the step finds it (see save)
-                        t_step = time.time()
-                        step_tokens = step_windows * args.block_size
-                        tally.add(train_step(fwd, optimizer, scaler, micro, device, dtype, args.grad_clip, n_targets,
-                                             dist.world), n_targets, step_tokens)
-                        step_rng = None
-                        step_s = time.time() - t_step
-                        if run_steps:
-                            clock.timed_step(step_s)
-                        elif args.compile:
-                            say(paint(f"first step {step_s:.1f} s", "dim"))
-                        p.step += 1
-                        p.windows += step_windows
-                        p.tokens += step_tokens
-                        run_steps += 1
-                        run_tokens += step_tokens
-                        epoch_step += 1
-                        bar.update(1)
-                        end_of_epoch = p.windows >= len(train_w)
-                        if end_of_epoch:
-                            p.epoch, p.windows = epoch + 1, 0
-                        if args.max_steps and run_steps >= args.max_steps:
-                            stopped = "max_steps"
-                        if run_steps == 1 and not saved["seconds"]:
-                            # no save timed yet, by this run or the checkpoint it continues: its bytes estimate one,
-                            # for the room a budget keeps and for the checkpoint to record (see SAVE_BYTES_PER_S)
-                            saved["seconds"] = save_estimate(model, optimizer)
-                        # -- what is due
-                        # every rank must take the same decisions: the slowest rank's clock, and Ctrl-C on any
-                        save_s, interrupted = clock.agree(dist, saved["seconds"], interrupt.requested)
-                        if budget and run_steps == 1:
-                            clock.start_schedule(p)
-                        t_extra, saves_before = time.time(), saved["total"]  # (an evaluation's time: see evaluated)
-                        if budget:
-                            stopped, due_eval, due_save, due_log = clock.decisions(args, p, save_s, stopped,
-                                                                                   end_of_epoch)
-                        else:
-                            due_eval = end_of_epoch or (eval_every and epoch_step % eval_every == 0)
-                            due_save = end_of_epoch or (save_every and epoch_step % save_every == 0)
-                            due_log = epoch_step % log_every == 0
-                        # A --max_steps run stopped between evaluations is evaluated too (--eval_interval 0 leaves it
-                        # to the saves alone): else its checkpoint would hold an earlier step's val loss, or none, and
-                        # the run would end without saying where it stands. As a pause, not judged: no best file and no
-                        # --patience count, so a run continued from it keeps the best and stops early where the
-                        # run in one go does (exact resume)
-                        pause_eval = stopped == "max_steps" and args.eval_interval > 0 and not due_eval
-                        due_eval = due_eval or pause_eval
-                        # the last step of a run is always logged, and every save is at a record: the loss summed
-                        # since the last record is in no checkpoint, and a run resumed from a save between records
-                        # would log its first train loss over its own steps alone
-                        due_log = due_log or due_eval or due_save or stopped != "done" or interrupted
+        return time_left(s_per_step, epoch_steps_left, self.budget - spent if self.budget else None,
+                         self.args.max_steps - self.run_steps if self.args.max_steps else None)
 
-                        # -- log, evaluate, save
-                        if due_log:
-                            # (the loop's only host sync; a record of the first step alone holds its compile: untimed)
-                            loss_sum, train_loss, tps = tally.take(dist, timed=run_steps > 1)
-                            if not math.isfinite(loss_sum):
-                                raise UserError(f"the training loss became {loss_sum} at step {p.step}: {diverged()}")
-                            shown = "-" if train_loss is None else f"{train_loss:.4f}"
-                            rec = {"run": run_id, "step": p.step, "epoch": p.epoch_at(len(train_w)),
-                                   "tokens": p.tokens,
-                                   "train_loss": None if train_loss is None else round(train_loss, 5), "val_loss": None,
-                                   "lr": lr, "tokens_per_s": round(tps, 1),
-                                   "elapsed": round(p.elapsed + time.time() - t_run, 2)}
-                            bar.set_postfix(loss=shown, lr=f"{lr:.1e}", tok_s=f"{tps:,.0f}", refresh=False)
-                            if bar.disable and not due_eval:
-                                left, what = run_ends(tok_step / max(tps, 1e-9), spe - epoch_step, clock.agreed)
-                                say(f"step {p.step:,} (epoch {rec['epoch']:.2f}): loss {shown}, lr {lr:.2e}, "
-                                    f"{tps:,.0f} tokens/s, {what} ends in {fmt_time(left)}")
-                        # (every evaluation is at a record, rec: due_eval implies due_log)
-                        if due_eval:
-                            last_val = evaluate(model, val_w, args.batch_size, eval_windows, device, dtype, fwd, dist)
-                            if not math.isfinite(last_val):  # this step's update broke the weights (its loss was
-                                # finite): not a record (NaN is no JSON) nor a checkpoint, as a nan training loss
-                                raise UserError(f"the val loss became {last_val} at step {p.step}: {diverged()}")
-                            bpb = bits_per_byte(last_val, meta)
-                            # a best file that goes at the first save (--overwrite) bars nothing: judged against it, an
-                            # evaluation at that save would never be a best, and a later, worse one would be one
-                            better, improved = p.judge(last_val, no_bar=best_goes, pause=pause_eval)
-                            rec.update(val_loss=round(last_val, 5), val_ppl=round(math.exp(min(last_val, 50)), 3),
-                                       val_bpb=None if bpb is None else round(bpb, 5), best=improved)
-                            say(eval_line(p.step, rec["epoch"], shown, last_val, meta, lr, tps, better, improved,
-                                          pause_eval))
-                            if improved:
-                                save(best_path)
-                            # (a pause stops nothing: a run continued from it with a new --patience would stop
-                            # there, an evaluation before the run in one go)
-                            if args.patience and not pause_eval and p.evals_since_best >= args.patience:
-                                stopped = "early stop"
-                                say(paint(f"no better val loss in {args.patience} evaluations: stopping early "
-                                          f"(--patience)", "yellow"))
-                        if due_log:
-                            metrics.log(rec)
-                        if due_eval:
-                            metrics.plot(f"{dataset}: {args.model} {config.variant}")
-                        if due_eval and not interrupted:
-                            # a Ctrl-C during the evaluation (seconds on a large val split) stops the run here: it
-                            # trained the next step, then saved (one more agreement an evaluation: every rank has it)
-                            interrupted = bool(dist.agree(interrupt.requested)[0])
-                        if due_save or stopped != "done" or interrupted:
-                            save(out_path())
-                        if due_eval:
-                            clock.evaluated(time.time() - t_extra - (saved["total"] - saves_before), saved["seconds"])
-                        # tokens/s measures training, not evals and saves, nor the first step: a cold torch.compile's
-                        # 30-60 s would make the first log's rate 20x too low and its "epoch ends in" hours too late
-                        if due_log or due_save or run_steps == 1:
-                            tally.restart_timer()
-                        # -- stop?
-                        # an interrupt in the run's last step (its epochs, budget or patience done, or --max_steps) lets
-                        # it end as it would have, with its summary, not "interrupted ... continue with" and exit 130
-                        # for a run that has ended, whose continuation would be refused
-                        if interrupted and stopped == "done" and p.epoch < args.epochs:
-                            interrupt.exit_saved(dist, p.step, saved["path"])
-                        if stopped != "done":
-                            break
-                finally:
-                    bar.close()
-                    steps.close()
-    except KeyboardInterrupt:
-        raise  # a second Ctrl-C (the first saves and exits above): quit without touching any file
-    except Exception as e:
-        # keep the progress made since the last save: the weights are consistent unless the optimizer itself failed
-        # (UserError: NaN weights). Not with several ranks: another rank's failure may leave this one mid-step.
-        if run_steps and saved["step"] != p.step and not isinstance(e, UserError) and dist.world == 1:
-            with contextlib.suppress(Exception):
-                save(out_path())
-                warn(f"saved {saved['path']} (step {p.step:,}) before stopping on the error below")
+    def train(self):
+        """The run's banner, then its loop: epochs of steps until its epochs, budget, --max_steps or --patience end it
+        (Ctrl-C saves and exits: GracefulInterrupt). On an error it saves the progress since the last save where the
+        weights are whole, and says what to do."""
+        args, p, dist = self.args, self.p, self.dist
+        self.t_run = time.time()
+        self.tok_step = self.batches.windows_per_step * args.block_size
+        what = (("continuing" if self.continuing else "fine-tuning") + f" {args.checkpoint}" if self.ckpt
+                else "new model")
+        for line in banner_lines(args, self.dataset, what, self.enc, self.config, self.model, self.train_w, self.val_w,
+                                 self.batches, dist.world, self.budget, self.budget_warmup, self.device, self.dtype,
+                                 p if self.continuing else None,
+                                 self.ckpt_args.get("world_size", 1) if self.continuing else None):
+            say(paint(line, "dim"))
+
+        spe = self.batches.steps_per_epoch
+
+        def every(pct):  # (past the run: only at its end; 1e308 % overflowed to an OverflowError)
+            return max(1, round(min(spe * pct / 100, 2**62))) if pct > 0 else None
+        self.log_every, self.eval_every, self.save_every = (every(args.log_interval), every(args.eval_interval),
+                                                            every(args.save_interval))
+
+        # every save is at a record but the one on the way out of an error: it holds the train loss since the last
+        # record, which the run resumed from it goes on from (else its first record would average its own steps alone)
+        since = self.ckpt.get("loss_since_record") if self.continuing and not args.reset_epoch else None
+        self.tally = TrainTally(self.device, since, main=dist.main)
+        # an evaluation's cost in training steps: its batches are a step's forward pass alone, a third of its compute
+        # (the backward is twice the forward), and an evaluation of tiny on a CPU took 0.26-0.39 of a step a batch;
+        # half leaves room (a toy model's steps, mostly overhead, took up to 0.74 of one: a short evaluation all the
+        # same)
+        eval_steps = min(self.eval_windows, len(self.val_w)) / self.batches.windows_per_step / 2
+        self.clock = RunClock(self.budget, p.budget_elapsed, self.t_run, eval_steps)
+        self.model.train()
+        self.interrupt = GracefulInterrupt()
+        try:
+            with self.interrupt:
+                while p.epoch < args.epochs and self.stopped == "done":
+                    self.train_epoch()
+        except KeyboardInterrupt:
+            raise  # a second Ctrl-C (the first saves and exits above): quit without touching any file
+        except Exception as e:
+            # keep the progress made since the last save: the weights are consistent unless the optimizer itself
+            # failed (UserError: NaN weights). Not with several ranks: another rank's failure may leave this one
+            # mid-step.
+            if self.run_steps and self.saved["step"] != p.step and not isinstance(e, UserError) and dist.world == 1:
+                with contextlib.suppress(Exception):
+                    self.save(self.out_path())
+                    warn(f"saved {self.saved['path']} (step {p.step:,}) before stopping on the error below")
+            error = self.loop_error(e)
+            if error is None:
+                raise
+            raise error from e
+
+    def loop_error(self, e):
+        """The error the loop's error e ends the run in, None for e itself: a UserError out of memory or on a rank
+        lost (KeyboardInterrupt where Ctrl-C ended another rank first)."""
+        args, p, dist = self.args, self.p, self.dist
         if is_oom(e) and not isinstance(e, UserError):
-            raise oom_error(args, e) from e
+            return oom_error(args, e)
         if dist.world > 1 and is_peer_failure(e):
-            if interrupt.requested:
+            if self.interrupt.requested:
                 # Ctrl-C reached every rank, and another quit on it before its loop (where it waits for the step's
                 # end): this one ends as interrupted too. As a lost contact it would wait for the SIGTERM torchrun
                 # sends when a rank fails, which torchrun, stopping on the Ctrl-C itself, never sends, and be killed
                 # 30 s later
-                raise KeyboardInterrupt from e
-            last = f"; last checkpoint: {saved['path'] or 'none'}"
-            raise timeout_error(e, f"at step {p.step:,}", args.dist_timeout,
-                                "its checkpoint save or first --compile step", last) or UserError(
+                return KeyboardInterrupt()
+            last = f"; last checkpoint: {self.saved['path'] or 'none'}"
+            return timeout_error(e, f"at step {p.step:,}", args.dist_timeout,
+                                 "its checkpoint save or first --compile step", last) or UserError(
                 f"lost contact with the other ranks at step {p.step:,} (did one fail? see its lines above): "
-                f"{first_line(e, 100)}{last}") from e
-        raise
+                f"{first_line(e, 100)}{last}")
+        return None
 
-    # ---- summary
-    # the curve is drawn at evaluations: the records after the last one (a run stopped by --max_steps with
-    # --eval_interval 0, or one without any evaluation, whose folder may hold an earlier run's curve) would be left
-    # out of it
-    metrics.plot(f"{dataset}: {args.model} {config.variant}")
-    p.elapsed += time.time() - t_run
-    run_time = time.time() - t_run
-    summary = run_summary(p, meta, len(train_w), stopped=stopped, run_steps=run_steps, tokens=run_tokens, elapsed=run_time,
-                          tokens_per_s=run_tokens / max(run_time, 1e-9),
-                          train_tokens_per_s=tally.train_tokens_per_s(), val_loss=last_val,
-                          checkpoint=saved["path"], best_checkpoint=saved["best"], metrics=metrics.path,
-                          plot=metrics.png_path if os.path.exists(metrics.png_path) else None)
-    for line in summary_lines(summary, meta, args, budget, pause_eval):
-        say(line)
-    return summary
+    def train_epoch(self):
+        """The steps of the epoch in progress (from where it stands) until it ends or the run stops, its progress bar
+        on a terminal: each step taken, then logged, evaluated and saved where due."""
+        args, p = self.args, self.p
+        epoch = p.epoch
+        epoch_step = self.batches.steps_done(p.windows)  # steps of this epoch done, as checkpoints record it
+        steps = self.batches.epoch(epoch, p.windows)
+        # a budget without --epochs ends by the clock: "epoch 1/1000000" counted towards no such end
+        of = f"/{args.epochs}" if args.epochs < UNLIMITED_EPOCHS else ""
+        bar = EpochBar(total=self.batches.steps_per_epoch, initial=epoch_step, desc=f"epoch {epoch + 1}{of}",
+                       unit="step", dynamic_ncols=True, disable=not draws_a_bar(sys.stderr) or quiet, file=sys.stderr,
+                       ends=lambda s_per_step, steps_left: self.run_ends(s_per_step, steps_left, self.clock.now()))
+        try:
+            for micro, step_windows, n_targets in steps:  # (see Batches.epoch)
+                lr = self.take_step(micro, step_windows, n_targets)
+                epoch_step += 1
+                bar.update(1)
+                end_of_epoch = p.windows >= len(self.train_w)
+                if end_of_epoch:
+                    p.epoch, p.windows = epoch + 1, 0
+                if args.max_steps and self.run_steps >= args.max_steps:
+                    self.stopped = "max_steps"
+                if self.run_steps == 1 and not self.saved["seconds"]:
+                    # no save timed yet, by this run or the checkpoint it continues: its bytes estimate one,
+                    # for the room a budget keeps and for the checkpoint to record (see SAVE_BYTES_PER_S)
+                    self.saved["seconds"] = save_estimate(self.model, self.optimizer)
+                self.record(lr, epoch_step, end_of_epoch, bar)
+                if self.stopped != "done":
+                    break
+        finally:
+            bar.close()
+            steps.close()
+
+    def take_step(self, micro, step_windows, n_targets):
+        """One optimizer step on micro (its micro-batches, step_windows windows, n_targets targets) at the schedule's
+        lr, counted in the Progress and the run's figures; returns the lr."""
+        args, p, dist, clock = self.args, self.p, self.dist, self.clock
+        # (several ranks take the clock they agreed on: their weights must stay identical)
+        now = clock.now() if dist.world == 1 else clock.agreed
+        lr = step_lr(args, p, self.total_steps, self.budget, self.budget_warmup, now, clock.held_back)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        if dist.rank and self.config.dropout:
+            # dropout draws other masks on each rank; rank 0 keeps the single-process stream, saved in
+            # checkpoints, and the others seed each step afresh, so a resumed run draws the same masks
+            torch.manual_seed(stream_seed(args.seed, dist.rank, p.step))
+        if args.compile and not self.run_steps:
+            say(paint("compiling the model: its first step and first evaluation take longer (about a "
+                      "minute on a small CPU, seconds once cached)", "dim"))
+        self.step_rng = rng_state()  # as the step finds it (see save)
+        t_step = time.time()
+        step_tokens = step_windows * args.block_size
+        self.tally.add(train_step(self.fwd, self.optimizer, self.scaler, micro, self.device, self.dtype,
+                                  args.grad_clip, n_targets, dist.world), n_targets, step_tokens)
+        self.step_rng = None
+        step_s = time.time() - t_step
+        if self.run_steps:
+            clock.timed_step(step_s)
+        elif args.compile:
+            say(paint(f"first step {step_s:.1f} s", "dim"))
+        p.step += 1
+        p.windows += step_windows
+        p.tokens += step_tokens
+        self.run_steps += 1
+        self.run_tokens += step_tokens
+        return lr
+
+    def due_points(self, epoch_step, end_of_epoch, save_s, interrupted):
+        """What is due after a step (epoch_step of its epoch), from what the ranks agreed (save_s: a save's seconds;
+        interrupted: Ctrl-C on any): returns (due_eval, due_save, due_log), the same on every rank. A budget's clock
+        may stop the run (stopped), and a --max_steps stop between evaluations is evaluated as a pause (pause_eval)."""
+        args, p = self.args, self.p
+        if self.budget:
+            self.stopped, due_eval, due_save, due_log = self.clock.decisions(args, p, save_s, self.stopped,
+                                                                             end_of_epoch)
+        else:
+            due_eval = end_of_epoch or (self.eval_every and epoch_step % self.eval_every == 0)
+            due_save = end_of_epoch or (self.save_every and epoch_step % self.save_every == 0)
+            due_log = epoch_step % self.log_every == 0
+        # A --max_steps run stopped between evaluations is evaluated too (--eval_interval 0 leaves it
+        # to the saves alone): else its checkpoint would hold an earlier step's val loss, or none, and
+        # the run would end without saying where it stands. As a pause, not judged: no best file and no
+        # --patience count, so a run continued from it keeps the best and stops early where the
+        # run in one go does (exact resume)
+        self.pause_eval = self.stopped == "max_steps" and args.eval_interval > 0 and not due_eval
+        due_eval = due_eval or self.pause_eval
+        # the last step of a run is always logged, and every save is at a record: the loss summed
+        # since the last record is in no checkpoint, and a run resumed from a save between records
+        # would log its first train loss over its own steps alone
+        due_log = due_log or due_eval or due_save or self.stopped != "done" or interrupted
+        return due_eval, due_save, due_log
+
+    def record(self, lr, epoch_step, end_of_epoch, bar):
+        """After a step (at lr, epoch_step of its epoch): its log record, evaluation and save where due
+        (due_points), and the run's stop where one is due; Ctrl-C saves and exits here."""
+        args, p, dist, saved = self.args, self.p, self.dist, self.saved
+        # every rank must take the same decisions: the slowest rank's clock, and Ctrl-C on any
+        save_s, interrupted = self.clock.agree(dist, saved["seconds"], self.interrupt.requested)
+        if self.budget and self.run_steps == 1:
+            self.clock.start_schedule(p)
+        t_extra, saves_before = time.time(), saved["total"]  # (an evaluation's time: see clock.evaluated)
+        due_eval, due_save, due_log = self.due_points(epoch_step, end_of_epoch, save_s, interrupted)
+        if due_log:
+            rec, shown, tps = self.log_record(lr, epoch_step, bar, due_eval)
+        # (every evaluation is at a record, rec: due_eval implies due_log)
+        if due_eval:
+            self.evaluation(rec, shown, lr, tps)
+        if due_log:
+            self.metrics.log(rec)
+        if due_eval:
+            self.metrics.plot(f"{self.dataset}: {args.model} {self.config.variant}")
+        if due_eval and not interrupted:
+            # a Ctrl-C during the evaluation (seconds on a large val split) stops the run here: it
+            # trained the next step, then saved (one more agreement an evaluation: every rank has it)
+            interrupted = bool(dist.agree(self.interrupt.requested)[0])
+        if due_save or self.stopped != "done" or interrupted:
+            self.save(self.out_path())
+        if due_eval:
+            self.clock.evaluated(time.time() - t_extra - (saved["total"] - saves_before), saved["seconds"])
+        # tokens/s measures training, not evals and saves, nor the first step: a cold torch.compile's
+        # 30-60 s would make the first log's rate 20x too low and its "epoch ends in" hours too late
+        if due_log or due_save or self.run_steps == 1:
+            self.tally.restart_timer()
+        # -- stop?
+        # an interrupt in the run's last step (its epochs, budget or patience done, or --max_steps) lets
+        # it end as it would have, with its summary, not "interrupted ... continue with" and exit 130
+        # for a run that has ended, whose continuation would be refused
+        if interrupted and self.stopped == "done" and p.epoch < args.epochs:
+            self.interrupt.exit_saved(dist, p.step, saved["path"])
+
+    def log_record(self, lr, epoch_step, bar, due_eval):
+        """The metrics record of the steps since the last one (the train loss over them: the loop's only host sync),
+        shown on the bar, or in a log line where there is no bar nor an evaluation's line; returns (rec, the train
+        loss as shown, tokens/s)."""
+        args, p = self.args, self.p
+        # (a record of the first step alone holds its compile: untimed)
+        loss_sum, train_loss, tps = self.tally.take(self.dist, timed=self.run_steps > 1)
+        if not math.isfinite(loss_sum):
+            raise UserError(f"the training loss became {loss_sum} at step {p.step}: {self.diverged()}")
+        shown = "-" if train_loss is None else f"{train_loss:.4f}"
+        rec = {"run": self.run_id, "step": p.step, "epoch": p.epoch_at(len(self.train_w)),
+               "tokens": p.tokens,
+               "train_loss": None if train_loss is None else round(train_loss, 5), "val_loss": None,
+               "lr": lr, "tokens_per_s": round(tps, 1),
+               "elapsed": round(p.elapsed + time.time() - self.t_run, 2)}
+        bar.set_postfix(loss=shown, lr=f"{lr:.1e}", tok_s=f"{tps:,.0f}", refresh=False)
+        if bar.disable and not due_eval:
+            left, what = self.run_ends(self.tok_step / max(tps, 1e-9), self.batches.steps_per_epoch - epoch_step,
+                                       self.clock.agreed)
+            say(f"step {p.step:,} (epoch {rec['epoch']:.2f}): loss {shown}, lr {lr:.2e}, "
+                f"{tps:,.0f} tokens/s, {what} ends in {fmt_time(left)}")
+        return rec, shown, tps
+
+    def evaluation(self, rec, shown, lr, tps):
+        """An evaluation on the val windows, added to the step's record rec and said in its line; judged for the best
+        file (saved) and --patience (which may stop the run), unless a --max_steps pause."""
+        args, p = self.args, self.p
+        self.last_val = evaluate(self.model, self.val_w, args.batch_size, self.eval_windows, self.device, self.dtype,
+                                 self.fwd, self.dist)
+        if not math.isfinite(self.last_val):  # this step's update broke the weights (its loss was
+            # finite): not a record (NaN is no JSON) nor a checkpoint, as a nan training loss
+            raise UserError(f"the val loss became {self.last_val} at step {p.step}: {self.diverged()}")
+        bpb = bits_per_byte(self.last_val, self.meta)
+        # a best file that goes at the first save (--overwrite) bars nothing: judged against it, an
+        # evaluation at that save would never be a best, and a later, worse one would be one
+        better, improved = p.judge(self.last_val, no_bar=self.best_goes, pause=self.pause_eval)
+        rec.update(val_loss=round(self.last_val, 5), val_ppl=round(math.exp(min(self.last_val, 50)), 3),
+                   val_bpb=None if bpb is None else round(bpb, 5), best=improved)
+        say(eval_line(p.step, rec["epoch"], shown, self.last_val, self.meta, lr, tps, better, improved,
+                      self.pause_eval))
+        if improved:
+            self.save(self.best_path)
+        # (a pause stops nothing: a run continued from it with a new --patience would stop
+        # there, an evaluation before the run in one go)
+        if args.patience and not self.pause_eval and p.evals_since_best >= args.patience:
+            self.stopped = "early stop"
+            say(paint(f"no better val loss in {args.patience} evaluations: stopping early "
+                      f"(--patience)", "yellow"))
+
+    def summary(self):
+        """The run's end: its loss curve drawn, its summary (run_summary) said in its closing lines and returned."""
+        args, p, metrics = self.args, self.p, self.metrics
+        # the curve is drawn at evaluations: the records after the last one (a run stopped by --max_steps with
+        # --eval_interval 0, or one without any evaluation, whose folder may hold an earlier run's curve) would be
+        # left out of it
+        metrics.plot(f"{self.dataset}: {args.model} {self.config.variant}")
+        p.elapsed += time.time() - self.t_run
+        run_time = time.time() - self.t_run
+        summary = run_summary(p, self.meta, len(self.train_w), stopped=self.stopped, run_steps=self.run_steps,
+                              tokens=self.run_tokens, elapsed=run_time,
+                              tokens_per_s=self.run_tokens / max(run_time, 1e-9),
+                              train_tokens_per_s=self.tally.train_tokens_per_s(), val_loss=self.last_val,
+                              checkpoint=self.saved["path"], best_checkpoint=self.saved["best"], metrics=metrics.path,
+                              plot=metrics.png_path if os.path.exists(metrics.png_path) else None)
+        for line in summary_lines(summary, self.meta, args, self.budget, self.pause_eval):
+            say(line)
+        return summary
+
 
 
 def main(argv=None):
