@@ -2528,7 +2528,7 @@ class Run:
         """The metrics record of the steps since the last one (the train loss over them: the loop's only host sync),
         shown on the bar, or in a log line where there is no bar nor an evaluation's line; returns (rec, the train
         loss as shown, tokens/s)."""
-        args, p = self.args, self.p
+        p = self.p
         # (a record of the first step alone holds its compile: untimed)
         loss_sum, train_loss, tps = self.tally.take(self.dist, timed=self.run_steps > 1)
         if not math.isfinite(loss_sum):
