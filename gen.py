@@ -536,16 +536,23 @@ def check_options(args):
                         "line (repeat a line for more), --chat and --interactive one per message")
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    check_options(args)
-    if args.output == "-":  # stdout, as eval.py --json - and most tools read it (not a file named "-")
+def read_inputs(args):
+    """(prompts, path): the --prompt_file's prompts (None without one) and the checkpoint's path (the newest in models/
+    without one), --output checked against both (not to be either). Bad input fails here, before the model loads and
+    generates, not after. --output - becomes None: stdout, as eval.py --json - and most tools read it (not a file
+    named "-")."""
+    if args.output == "-":
         args.output = None
-    # bad input fails before the model loads and generates, not after
     prompts = read_prompt_file(args.prompt_file) if args.prompt_file else None
     path = args.checkpoint or default_checkpoint()
     if args.output:
         check_output(args.output, "--output", inputs={"--prompt_file": args.prompt_file, "checkpoint": path})
+    return prompts, path
+
+
+def open_checkpoint(args, path):
+    """(model, enc, device, dtype): path's model on --device and its tokenizer, after the stderr lines the user needs
+    first: which checkpoint "the newest" is, and that a --chat is with a model trained on plain text."""
     device = pick_device(args.device)
     dtype = pick_dtype(device, args.dtype)
     model, enc, ckpt = load_model(path, device)
@@ -555,6 +562,13 @@ def main(argv=None):
         print(f"using {path}, the newest checkpoint in models/", file=sys.stderr)
     if args.chat:
         warn_if_trained_on_text(path, ckpt)
+    return model, enc, device, dtype
+
+
+def max_tokens_for(args, model):
+    """New tokens per completion or reply: --max_tokens, else 256 (no limit with --nonstop, which runs until Ctrl-C).
+    A --max_tokens the context cannot give is warned of once, here: past the context (a completion or reply ends
+    where it is full), or, for --chat, past the half of it kept for replies."""
     max_tokens = args.max_tokens or (10**9 if args.nonstop else 256)
     if args.max_tokens and not args.nonstop and max_tokens > model.config.block_size:  # the rest never comes
         print(f"warning: --max_tokens {max_tokens} is more than the context holds ({model.config.block_size}): "
@@ -569,6 +583,15 @@ def main(argv=None):
         print(f"warning: --max_tokens {max_tokens} is more than the half of the context ({model.config.block_size}) "
               f"kept for replies: a reply gets {least} tokens or more, as many as the conversation leaves, fewer after "
               f"a message longer than the other half", file=sys.stderr)
+    return max_tokens
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    check_options(args)
+    prompts, path = read_inputs(args)
+    model, enc, device, dtype = open_checkpoint(args, path)
+    max_tokens = max_tokens_for(args, model)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
     generator = seeded_generator(device, seed)
     sampling = dict(dtype=dtype, temperature=args.temp, top_k=args.top_k, top_p=args.top_p,
