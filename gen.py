@@ -586,6 +586,126 @@ def max_tokens_for(args, model):
     return max_tokens
 
 
+class Session:
+    """What gen.py's modes share: the model and its tokenizer, the tokens per completion, the sampling settings, and
+    where text and statistics go. A terminal gets the typing rhythm, bold prompts and line breaks between words, a pipe
+    the text as it is (scripts and tests read it); --verbose adds statistics on stderr and [end: REASON] on stdout."""
+
+    def __init__(self, args, model, enc, max_tokens, sampling):
+        self.args, self.model, self.enc, self.max_tokens, self.sampling = args, model, enc, max_tokens, sampling
+        self.tty_in, self.tty_out = sys.stdin.isatty(), sys.stdout.isatty()
+        self.show = Printer(TYPING_DELAY if self.tty_out and not args.no_delay else 0.0, terminal=self.tty_out)
+        self.bold, self.plain = ("\033[1m", "\033[0m") if color_ok(sys.stdout) else ("", "")
+        # text never stops at <|endoftext|> with --nonstop: a story model simply starts the next story
+        self.text_stops = () if args.nonstop else stop_ids(enc, (EOT,))
+
+    def log(self, msg):
+        """A --verbose line: on stderr, out of the text's way."""
+        if self.args.verbose:
+            print(msg, file=sys.stderr)
+
+    def report(self, stopped_by, prompt_len, new, t0, extra=""):
+        """--verbose's end of a completion or reply started at t0: why it stopped, and its speed."""
+        # the marker goes to stdout, between completions, so a piped transcript splits into replies
+        if self.args.verbose:
+            dt = time.perf_counter() - t0
+            print(f"[end: {stopped_by}]", flush=True)
+            self.log(f"prompt {prompt_len} tokens, {new} new tokens in {dt:.2f}s: {new / max(dt, 1e-9):.1f} "
+                     f"tokens/s{extra}")
+
+    def continue_text(self, text, echo):
+        """Stream a continuation of text, then a newline; echo: text is shown first, in bold (not where the terminal
+        shows it already, as the line just typed). Returns why the completion stopped."""
+        ids = crop_prompt(self.model, encode_prompt(self.enc, text), self.max_tokens, slide=self.args.nonstop)
+        if echo and text:
+            self.show(text, (self.bold, self.plain))
+        t0 = time.perf_counter()
+        new, _, stopped_by = complete(self.model, self.enc, ids, self.max_tokens, self.text_stops, self.show,
+                                      **self.sampling)
+        self.show("\n")
+        self.report(stopped_by, len(ids), len(new), t0)
+        return stopped_by
+
+
+def run_prompt(session):
+    """--prompt, or an unconditional sample: --num_samples completions, a line of dashes between them; Ctrl-C ends the
+    one being generated and the run."""
+    args = session.args
+    for i in range(args.num_samples):
+        if i:
+            session.show("-" * 40 + "\n")
+        if session.continue_text(args.prompt or "", echo=True) == "interrupted":
+            break
+
+
+def run_interactive(session):
+    """--interactive: each line read (a blank one aside) is continued, until Ctrl-D."""
+    # no /exit here: every line is text to continue, that one too
+    for line in read_lines(session.bold + "> " + session.plain, session.tty_in, quit_hint="Ctrl-D quits"):
+        if line.strip():
+            session.continue_text(line, echo=not session.tty_in)
+
+
+def run_chat(session):
+    """--chat: each line read is a user message (--prompt: the one message), answered from the history the context
+    holds; /reset and /exit as CHAT_HELP says, any other /word answered with that help rather than sent to the model."""
+    args, model, enc, show, tty_in = session.args, session.model, session.enc, session.show, session.tty_in
+    history = [{"role": "system", "content": args.system}] if args.system else []
+    lines = [args.prompt] if args.prompt is not None else read_lines(session.bold + "> " + session.plain, tty_in)
+    if tty_in and args.prompt is None:  # a bare "> " would tell no one how to leave or start over
+        print(f"({CHAT_HELP})", file=sys.stderr)
+    for line in lines:
+        # (the training sets' turns are stripped: a pasted block's last newline is no part of the message)
+        message = line.strip()
+        if not message:
+            continue
+        if message == "/exit":
+            break
+        if message == "/reset":
+            history = history[:1] if args.system else []
+            if tty_in:
+                print("(history cleared)", file=sys.stderr)
+            continue
+        if re.fullmatch(r"/(\w+|\?)", message):  # /help, /quit, ollama's /bye: meant for gen.py, not the model
+            print(f"({message} is not a command: {CHAT_HELP})", file=sys.stderr)
+            continue
+        history.append({"role": "user", "content": message})
+        t0, info = time.perf_counter(), {}
+        text, stopped_by = chat_reply(model, enc, history, session.max_tokens, show, info, **session.sampling)
+        # the reply joins the history even when cut short (Ctrl-C, max_tokens): it is what was said
+        history.append({"role": "assistant", "content": text})
+        show("\n")
+        session.report(stopped_by, len(info["prompt_ids"]), info["new_tokens"], t0,
+                       f", {info['dropped']} oldest messages dropped to fit the context" if info["dropped"] else "")
+        if tty_in:
+            show("\n")  # air between turns on a terminal; a piped transcript stays one line per reply
+
+
+def run_prompt_file(session, prompts, seed):
+    """--prompt_file: a JSON line per prompt, {prompt, completion, end}, in the file's order, to --output (written
+    whole, when all are done) or stdout. Prompts of equal length are generated together, --batch_size at a time; each
+    samples from its own generator started from seed (complete_batch says why)."""
+    args, model, enc, max_tokens = session.args, session.model, session.enc, session.max_tokens
+    ids = [crop_prompt(model, encode_prompt(enc, p), max_tokens, what=f"prompt {i + 1}", slide=args.nonstop)
+           for i, p in enumerate(prompts)]
+    t0 = time.perf_counter()
+    results = complete_batch(model, enc, ids, max_tokens, session.text_stops, batch_size=args.batch_size or 8,
+                             seed=seed, **session.sampling)
+    dt = time.perf_counter() - t0
+    # "end": why the completion ended, as --verbose's [end: REASON] says (so a reader can tell a story that
+    # ended from one cut off by --max_tokens)
+    lines = "".join(json.dumps({"prompt": p, "completion": text, "end": end}, ensure_ascii=False) + "\n"
+                    for p, (text, end) in zip(prompts, results))
+    if args.output:
+        atomic_write_text(args.output, lines)
+    else:
+        if session.tty_out:  # JSON escapes the C0 controls, not DEL and the C1 ones (VISIBLE): escaped, same value
+            lines = re.sub("[\x7f-\x9f]", lambda m: f"\\u{ord(m.group()):04x}", lines)
+        sys.stdout.write(lines)
+        sys.stdout.flush()
+    session.log(f"{len(prompts)} prompts in {dt:.2f}s")
+
+
 def main(argv=None):
     args = parse_args(argv)
     check_options(args)
@@ -597,99 +717,19 @@ def main(argv=None):
     sampling = dict(dtype=dtype, temperature=args.temp, top_k=args.top_k, top_p=args.top_p,
                     repetition_penalty=args.repetition_penalty, use_cache=not args.no_cache,
                     generator=generator, slide=args.nonstop)
-    tty_in, tty_out = sys.stdin.isatty(), sys.stdout.isatty()
-    show = Printer(TYPING_DELAY if tty_out and not args.no_delay else 0.0, terminal=tty_out)
-    bold, plain = ("\033[1m", "\033[0m") if color_ok(sys.stdout) else ("", "")
-
-    def log(msg):
-        if args.verbose:
-            print(msg, file=sys.stderr)
-
-    log(f"{path}: {model.num_params(non_embedding=False) / 1e6:.2f}M parameters "
-        f"({model.num_params() / 1e6:.2f}M non-embedding), {model.config.variant}, context {model.config.block_size}, "
-        f"vocab {enc.name} {enc.n_vocab} | device {device}, dtype {str(dtype).removeprefix('torch.')}, "
-        f"{'no ' if args.no_cache else ''}KV cache, seed {seed}")
-
-    def report(stopped_by, prompt_len, new, t0, extra=""):
-        # the marker goes to stdout, between completions, so a piped transcript splits into replies
-        if args.verbose:
-            dt = time.perf_counter() - t0
-            print(f"[end: {stopped_by}]", flush=True)
-            log(f"prompt {prompt_len} tokens, {new} new tokens in {dt:.2f}s: {new / max(dt, 1e-9):.1f} tokens/s{extra}")
-
-    # text never stops at <|endoftext|> with --nonstop: a story model simply starts the next story
-    text_stops = () if args.nonstop else stop_ids(enc, (EOT,))
-
-    def continue_text(text, echo):
-        ids = crop_prompt(model, encode_prompt(enc, text), max_tokens, slide=args.nonstop)
-        if echo and text:
-            show(text, (bold, plain))
-        t0 = time.perf_counter()
-        new, _, stopped_by = complete(model, enc, ids, max_tokens, text_stops, show, **sampling)
-        show("\n")
-        report(stopped_by, len(ids), len(new), t0)
-        return stopped_by
-
+    session = Session(args, model, enc, max_tokens, sampling)
+    session.log(f"{path}: {model.num_params(non_embedding=False) / 1e6:.2f}M parameters "
+                f"({model.num_params() / 1e6:.2f}M non-embedding), {model.config.variant}, context "
+                f"{model.config.block_size}, vocab {enc.name} {enc.n_vocab} | device {device}, dtype "
+                f"{str(dtype).removeprefix('torch.')}, {'no ' if args.no_cache else ''}KV cache, seed {seed}")
     if args.prompt_file:
-        ids = [crop_prompt(model, encode_prompt(enc, p), max_tokens, what=f"prompt {i + 1}", slide=args.nonstop)
-               for i, p in enumerate(prompts)]
-        t0 = time.perf_counter()
-        results = complete_batch(model, enc, ids, max_tokens, text_stops, batch_size=args.batch_size or 8, seed=seed,
-                                 **sampling)
-        dt = time.perf_counter() - t0
-        # "end": why the completion ended, as --verbose's [end: REASON] says (so a reader can tell a story that
-        # ended from one cut off by --max_tokens)
-        lines = "".join(json.dumps({"prompt": p, "completion": text, "end": end}, ensure_ascii=False) + "\n"
-                        for p, (text, end) in zip(prompts, results))
-        if args.output:
-            atomic_write_text(args.output, lines)
-        else:
-            if tty_out:  # JSON escapes the C0 controls, not DEL and the C1 ones (VISIBLE): escaped, same value
-                lines = re.sub("[\x7f-\x9f]", lambda m: f"\\u{ord(m.group()):04x}", lines)
-            sys.stdout.write(lines)
-            sys.stdout.flush()
-        log(f"{len(prompts)} prompts in {dt:.2f}s")
+        run_prompt_file(session, prompts, seed)
     elif args.chat:
-        history = [{"role": "system", "content": args.system}] if args.system else []
-        lines = [args.prompt] if args.prompt is not None else read_lines(bold + "> " + plain, tty_in)
-        if tty_in and args.prompt is None:  # a bare "> " would tell no one how to leave or start over
-            print(f"({CHAT_HELP})", file=sys.stderr)
-        for line in lines:
-            # (the training sets' turns are stripped: a pasted block's last newline is no part of the message)
-            message = line.strip()
-            if not message:
-                continue
-            if message == "/exit":
-                break
-            if message == "/reset":
-                history = history[:1] if args.system else []
-                if tty_in:
-                    print("(history cleared)", file=sys.stderr)
-                continue
-            if re.fullmatch(r"/(\w+|\?)", message):  # /help, /quit, ollama's /bye: meant for gen.py, not the model
-                print(f"({message} is not a command: {CHAT_HELP})", file=sys.stderr)
-                continue
-            history.append({"role": "user", "content": message})
-            t0, info = time.perf_counter(), {}
-            text, stopped_by = chat_reply(model, enc, history, max_tokens, show, info, **sampling)
-            # the reply joins the history even when cut short (Ctrl-C, max_tokens): it is what was said
-            history.append({"role": "assistant", "content": text})
-            show("\n")
-            report(stopped_by, len(info["prompt_ids"]), info["new_tokens"], t0,
-                   f", {info['dropped']} oldest messages dropped to fit the context" if info["dropped"] else "")
-            if tty_in:
-                show("\n")  # air between turns on a terminal; a piped transcript stays one line per reply
+        run_chat(session)
     elif args.interactive:
-        # no /exit here: every line is text to continue, that one too
-        for line in read_lines(bold + "> " + plain, tty_in, quit_hint="Ctrl-D quits"):
-            if line.strip():
-                continue_text(line, echo=not tty_in)
+        run_interactive(session)
     else:
-        for i in range(args.num_samples):
-            if i:
-                show("-" * 40 + "\n")
-            if continue_text(args.prompt or "", echo=True) == "interrupted":
-                break
+        run_prompt(session)
 
 
 if __name__ == "__main__":
