@@ -2034,7 +2034,6 @@ def run_training(args, held):
     global use_color
     use_color = not args.no_color and color_ok(sys.stdout)
     args, ckpt, ckpt_args, continuing, meta, enc, dist, device, config, options_given = start_run(args)
-    dataset = args.dataset
     out_pattern, best_path, metrics_path, png_path, replaced, best_goes, run_id = claim_outputs(
         args, held, ckpt, ckpt_args, continuing, dist)
     dtype = training_dtype(device, args.dtype)
@@ -2042,7 +2041,7 @@ def run_training(args, held):
         args, ckpt, ckpt_args, continuing, meta, config, dist, device, options_given, best_path)
 
     if p.epoch >= args.epochs:
-        more = more_epochs(args, dataset, p.epoch)
+        more = more_epochs(args, args.dataset, p.epoch)
         if more == 0:  # a run's summary (Run.summary), of a run that trained nothing: its checkpoint's
             return run_summary(p, meta, len(train_w), stopped="already done", run_steps=0, tokens=0, elapsed=0.0,
                                tokens_per_s=0.0, train_tokens_per_s=None, val_loss=ckpt.get("val_loss"),
@@ -2059,7 +2058,7 @@ def run_training(args, held):
         refuse_ended_run(args, ckpt, ckpt_args, p, budget)
 
     model, optimizer, scaler, fwd = build_training(args, config, ckpt, ckpt_args, continuing, device, dtype, dist)
-    run = Run(args=args, ckpt=ckpt, ckpt_args=ckpt_args, continuing=continuing, dataset=dataset, meta=meta, enc=enc,
+    run = Run(args=args, ckpt=ckpt, ckpt_args=ckpt_args, continuing=continuing, meta=meta, enc=enc,
               config=config, dist=dist, device=device, dtype=dtype,
               out_pattern=out_pattern, best_path=best_path, metrics_path=metrics_path, png_path=png_path,
               replaced=replaced, best_goes=best_goes, run_id=run_id,
@@ -2201,7 +2200,6 @@ class Run:
     ckpt: dict                  # the checkpoint it starts from, or None
     ckpt_args: dict             # that checkpoint's options ({} for none)
     continuing: bool            # the checkpoint's run going on (else a new run, fine-tuning where there is one)
-    dataset: str
     meta: dict
     enc: object                 # the tokenizer, saved in checkpoints
     config: object              # the model's config
@@ -2256,7 +2254,7 @@ class Run:
     def out_path(self):
         """The checkpoint a save writes: named after the epoch in progress; a finished epoch keeps its own number."""
         n = max(1, self.p.epoch + (1 if self.p.windows else 0))
-        return self.out_pattern.replace("{dataset}", self.dataset).replace("{epoch}", str(n))
+        return self.out_pattern.replace("{dataset}", self.args.dataset).replace("{epoch}", str(n))
 
     def diverged(self):
         """What a run whose loss or weights became nan or inf can do: the end of its error."""
@@ -2280,7 +2278,7 @@ class Run:
         if dist.main:  # every rank holds the same weights and optimizer state
             meta = self.meta
             save_checkpoint(path, self.model, self.enc, optimizer=self.optimizer.state_dict(),
-                            scaler=self.scaler.state_dict(), dataset=self.dataset, run=self.run_id, epoch=p.epoch,
+                            scaler=self.scaler.state_dict(), dataset=args.dataset, run=self.run_id, epoch=p.epoch,
                             epoch_step=self.batches.steps_done(p.windows),
                             epoch_windows=p.windows, step=p.step, tokens=p.tokens, rng=self.step_rng or rng_state(),
                             loss_since_record=self.tally.loss_since_record(),
@@ -2330,7 +2328,7 @@ class Run:
         self.tok_step = self.batches.windows_per_step * args.block_size
         what = (("continuing" if self.continuing else "fine-tuning") + f" {args.checkpoint}" if self.ckpt
                 else "new model")
-        for line in banner_lines(args, self.dataset, what, self.enc, self.config, self.model, self.train_w, self.val_w,
+        for line in banner_lines(args, args.dataset, what, self.enc, self.config, self.model, self.train_w, self.val_w,
                                  self.batches, dist.world, self.budget, self.budget_warmup, self.device, self.dtype,
                                  p if self.continuing else None,
                                  self.ckpt_args.get("world_size", 1) if self.continuing else None):
@@ -2504,7 +2502,7 @@ class Run:
         if due_log:
             self.metrics.log(rec)
         if due_eval:
-            self.metrics.plot(f"{self.dataset}: {args.model} {self.config.variant}")
+            self.metrics.plot(f"{args.dataset}: {args.model} {self.config.variant}")
         if due_eval and not interrupted:
             # a Ctrl-C during the evaluation (seconds on a large val split) stops the run here: it
             # trained the next step, then saved (one more agreement an evaluation: every rank has it)
@@ -2579,7 +2577,7 @@ class Run:
         # the curve is drawn at evaluations: the records after the last one (a run stopped by --max_steps with
         # --eval_interval 0, or one without any evaluation, whose folder may hold an earlier run's curve) would be
         # left out of it
-        metrics.plot(f"{self.dataset}: {args.model} {self.config.variant}")
+        metrics.plot(f"{args.dataset}: {args.model} {self.config.variant}")
         p.elapsed += time.time() - self.t_run
         run_time = time.time() - self.t_run
         summary = run_summary(p, self.meta, len(self.train_w), stopped=self.stopped, run_steps=self.run_steps,
