@@ -5,8 +5,9 @@
 #
 #     OUT=/some/folder bash tools/gpu_session.sh          # the device tool sets $OUT to the folder that comes back
 #
-# A session is short (15 minutes of device time, all tries together), so each step has its own time limit and
-# writes its log under $OUT as it goes: a session cut off still returns the steps that ran. steps.log says what each
+# A session is short (15 minutes of device time, all tries together; 10 minutes a command), so each step has its own
+# time limit, the most important first, together 580 s, and writes its log under $OUT as it goes: a session cut off
+# still returns the steps that ran. steps.log says what each
 # step ran, its exit status and seconds; bench.md collects bench.py's tables, for BENCHMARKS.md. Needs
 # TIKTOKEN_CACHE_DIR (default .dev/tiktoken-cache: carry a copy of ../shared/tiktoken-cache there) and, for the
 # train.py step, data/story (carry it, or the step is skipped). DEVICE=cpu QUICK=1 tries the script itself on a CPU in
@@ -31,19 +32,19 @@ step() {  # step NAME SECONDS COMMAND...: the command's output in $OUT/NAME.log,
 }
 
 bench=("$PY" bench.py --device "$DEVICE" --compile --out "$OUT/bench.md" "${quick[@]}")
-step machine 30 bash -c "nvidia-smi || lscpu; $PY -c 'import torch, sys; print(sys.version); print(torch.__version__, torch.version.cuda)'"
+step machine 20 bash -c "nvidia-smi || lscpu; $PY -c 'import torch, sys; print(sys.version); print(torch.__version__, torch.version.cuda)'"
 # issue 6's GPU target: gpt2 at block 1024, bf16, compiled, flash attention, 50% MFU; both optimizers
-step bench 300 "${bench[@]}" --optimizer adamw,muon
-step bench-b16 150 "${bench[@]}" --optimizer adamw --only train --batch_size 16
+step bench 240 "${bench[@]}" --optimizer adamw,muon
+step bench-b16 90 "${bench[@]}" --optimizer adamw --only train --batch_size 16
 # the memory target's option: peak memory with and without recomputation
-step recompute 150 "${bench[@]}" --optimizer adamw --only train --recompute_activations
-step tests 150 "$PY" -m pytest -q -x -k "cuda or gpus" tests/test_bench.py tests/test_model.py tests/test_ddp.py
+step recompute 90 "${bench[@]}" --optimizer adamw --only train --recompute_activations
+step tests 60 "$PY" -m pytest -q -x -k "cuda or gpus" tests/test_bench.py tests/test_model.py tests/test_ddp.py
 if [ -f data/story/meta.json ]; then
     steps=200
     if [ -n "${QUICK:-}" ]; then steps=5; fi
-    step train 150 "$PY" train.py --dataset story --device "$DEVICE" --compile --max_steps "$steps" --overwrite \
+    step train 60 "$PY" train.py --dataset story --device "$DEVICE" --compile --max_steps "$steps" --overwrite \
         --output_checkpoint "$OUT/story.pt"
-    step gen 60 "$PY" gen.py "$OUT/story.pt" --device "$DEVICE" --prompt "Once upon a time" --max_tokens 100 --seed 1
+    step gen 20 "$PY" gen.py "$OUT/story.pt" --device "$DEVICE" --prompt "Once upon a time" --max_tokens 100 --seed 1
     rm -f "$OUT"/*.pt  # (too large to come back)
 else
     echo "== train, gen: skipped (no data/story: carry it)" | tee -a "$OUT/steps.log"
