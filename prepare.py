@@ -76,7 +76,7 @@ from setup_tokenizer import (EOT, IM_END, IM_START, VocabSample, fewer_ids, get_
                              say_training, tokenizer_hash, train_bpe, trained_on, warn_short_vocabulary)
 
 FORMAT = 1   # layout of meta.json and the .bin files
-VERSION = 10  # bump when the same inputs would give other tokens or counts, so existing datasets rebuild
+VERSION = 11  # bump when the same inputs would give other tokens or counts, so existing datasets rebuild
              # (2: special tokens count no bytes of text; 4: val counted over a dataset's files together, byte-order
              # marks dropped, separators found after a long first document; 6: a message's "weight" 0 masks its
              # reply, a one-document file over twice val's share of the text is cut by tokens; 7: a conversation set's
@@ -84,7 +84,8 @@ VERSION = 10  # bump when the same inputs would give other tokens or counts, so 
              # ShareGPT turn's "weight" counts as a `messages` turn's does; 8: a val cut from the same sources as train
              # leaves out the documents train has; 9: so does a plain text set's own validation split, and val keeps one
              # copy of a document it repeats; 10: a mix's val leaves out what another of its datasets trains on, or
-             # validates on before it)
+             # validates on before it; 11: GSM8K's calculator annotations dropped by the record's shape, not the
+             # dataset's name)
 DATASETS = ("story", "shakespeare", "dailydialog", "chat", "chitchat", "knowledge", "text")
 EVERYTHING = ("story", "shakespeare", "dailydialog", "chat", "knowledge", "chitchat")  # what a bare `python prepare.py` builds
 MIXABLE = ("dailydialog", "chat", "knowledge", "chitchat")  # the conversation sets, which --mix combines
@@ -193,6 +194,9 @@ PAIRS = (("instruction", "output", "input"),  # Alpaca (a seed task's `instances
          ("prompt", "completion", None),  # OpenAI's legacy fine-tuning files, TRL's prompt-completion
          ("prompt", "response", None),
          ("query", "response", None))  # MetaMathQA
+# the last line of a GSM8K answer, the final answer (#### 72): the record's shape that record_doc drops calculator
+# annotations of
+GSM8K_FINAL = re.compile(r"(?:^|\n)#### [^\n]*\s*$")
 RECORD_FIELDS = (*TURNS_FIELDS, *dict.fromkeys(p for p, _, _ in PAIRS), "dialog", "text")
 
 
@@ -441,8 +445,8 @@ def record_doc(record, where, dataset=None):
     prompt/completion...: LLaMA-Factory's history of earlier [instruction, output] pairs before it) or a
     `dialog` list of turns; a `text` field (or a bare string) is a plain document. None for a record with nothing to
     train on (empty text, no reply that is not empty); a UserError naming where (file and line) for a record of no
-    shape read here. dataset: knowledge drops GSM8K's calculator annotations, dailydialog tidies DailyDialog's
-    spacing."""
+    shape read here. GSM8K's records (question, and an answer whose last line is its `#### ` final answer) lose their
+    calculator annotations. dataset: dailydialog tidies DailyDialog's spacing."""
     if isinstance(record, str):
         return (record.strip(), True) if record.strip() else None
     if not isinstance(record, dict):
@@ -475,7 +479,10 @@ def record_doc(record, where, dataset=None):
             asked, answered = as_turns(record, prompt, "user", where), as_turns(record, reply, "assistant", where)
             if extra and record.get(extra):
                 asked[0]["content"] += f"\n\n{record[extra]}"  # (an instruction is text: one turn)
-            if dataset == "knowledge" and reply == "answer":  # GSM8K's calculator annotations: 48/2 = <<48/2=24>>24
+            if reply == "answer" and GSM8K_FINAL.search(answered[0]["content"]):
+                # GSM8K's calculator annotations (48/2 = <<48/2=24>>24), noise to a model with no calculator, known by
+                # the record's shape: its file as --source (`--dataset chat`, hf:openai/gsm8k) kept them. Not by the
+                # dataset's name: another question/answer set may write << and >> (C++'s cout << x; cin >> y)
                 answered[0]["content"] = re.sub(r"<<[^<>]*>>", "", answered[0]["content"])
             messages = alternate([t for h in history for t in h]) + asked + answered
         elif "dialog" in has:

@@ -1508,6 +1508,16 @@ def test_dailydialog_and_gsm8k_sources(tmp_path, enc):
     ids, mask = load(tmp_path / "data" / "knowledge", "train", meta)
     assert masked_spans(enc, ids, mask) == [f"He has {i}+{i} = {2 * i}.\n#### {2 * i}" + IM_END for i in range(9)]
     assert enc.decode(ids.tolist()).startswith("<|im_start|>user\nTom has 0 apples and buys 0. How many?<|im_end|>\n")
+    # the annotations go by the record's shape (an answer ending in GSM8K's `#### ` line), not the dataset's name: the
+    # same file as a chat set kept them, and another question/answer set's << and >> (C++) were cut out of knowledge
+    meta = prepare.prepare("chat", source=str(tmp_path / "gsm8k.jsonl"), out_dir=str(tmp_path / "data"), pack=0)
+    ids, mask = load(tmp_path / "data" / "chat", "train", meta)
+    assert masked_spans(enc, ids, mask) == [f"He has {i}+{i} = {2 * i}.\n#### {2 * i}" + IM_END for i in range(9)]
+    code = [{"question": f"How do I print x and read y? ({i})", "answer": "cout << x; cin >> y;"} for i in range(10)]
+    meta = prepare.prepare("knowledge", source=write(tmp_path / "cpp.jsonl", "\n".join(json.dumps(r) for r in code)),
+                           out_dir=str(tmp_path / "data"), name="cpp", pack=0)
+    ids, mask = load(tmp_path / "data" / "cpp", "train", meta)
+    assert masked_spans(enc, ids, mask) == ["cout << x; cin >> y;" + IM_END] * 9
 
 
 def test_tidy_dailydialog():
