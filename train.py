@@ -1956,11 +1956,14 @@ def fitted_batch_size(args, n_windows, dist, batch_given, continuing):
     return per_rank
 
 
-def build_training(args, config, ckpt, ckpt_args, continuing, device, dtype, dist):
-    """The model, its optimizer and loss scaler, and the Forward that trains it, with a continued run's state."""
+def build_training(run):
+    """The model, its optimizer and loss scaler, and the Forward that trains it, with a continued run's state: fills in
+    run's model, optimizer, scaler and fwd."""
+    args, ckpt, ckpt_args, continuing, dist = run.args, run.ckpt, run.ckpt_args, run.continuing, run.dist
+    config, device, dtype = run.config, run.device, run.dtype
     torch.manual_seed(args.seed)  # initial weights (a checkpoint's replace them) and dropout
     try:
-        model = GPT(config)
+        run.model = GPT(config)
     except (RuntimeError, MemoryError) as e:
         if not is_oom(e):
             raise
@@ -1968,29 +1971,29 @@ def build_training(args, config, ckpt, ckpt_args, continuing, device, dtype, dis
                         f"fit in memory ({first_line(e)[:80]}): use a smaller --n_layer or --n_embd, or a smaller "
                         f"--model") from None
     if ckpt is not None:
-        load_weights(model, ckpt["model"], args.checkpoint)
-    model.to(device)
-    model.recompute_activations = args.recompute_activations
-    optimizer = model.configure_optimizer(args.weight_decay, args.lr, BETAS, device.type, args.optimizer, dtype)
+        load_weights(run.model, ckpt["model"], args.checkpoint)
+    run.model.to(device)
+    run.model.recompute_activations = args.recompute_activations
+    run.optimizer = run.model.configure_optimizer(args.weight_decay, args.lr, BETAS, device.type, args.optimizer, dtype)
     # fp16 needs loss scaling against gradient underflow; bf16 and fp32 do not (the scaler is then a no-op)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    run.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     if continuing and ckpt.get("optimizer") and ckpt_args["optimizer"] != args.optimizer:
         warn(f"--optimizer {args.optimizer}: the checkpoint's run used {ckpt_args['optimizer']}, whose state does not "
              f"carry over; {args.optimizer} starts afresh")
     elif continuing and ckpt.get("optimizer"):
-        decay = [g["weight_decay"] for g in optimizer.param_groups]  # --weight_decay's, which the state would undo
+        decay = [g["weight_decay"] for g in run.optimizer.param_groups]  # --weight_decay's, which the state would undo
         try:
-            optimizer.load_state_dict(ckpt["optimizer"])
+            run.optimizer.load_state_dict(ckpt["optimizer"])
         except (ValueError, KeyError, TypeError) as e:
             raise UserError(f"{args.checkpoint}: its optimizer state does not fit the model ({first_line(e)}): a "
                             f"damaged checkpoint, or one from another version of the code; use another one") from None
-        for group, wd in zip(optimizer.param_groups, decay):
+        for group, wd in zip(run.optimizer.param_groups, decay):
             group["weight_decay"] = wd
-        if ckpt.get("scaler") and scaler.is_enabled():
-            scaler.load_state_dict(ckpt["scaler"])
+        if ckpt.get("scaler") and run.scaler.is_enabled():
+            run.scaler.load_state_dict(ckpt["scaler"])
     if continuing and not args.reset_epoch and ckpt.get("rng"):
         set_rng_state(ckpt["rng"])
-    train_model = model
+    train_model = run.model
     if dist.world > 1:
         # DDP copies rank 0's weights to every rank, then all-reduces gradients in buckets during backward;
         # broadcast_buffers=False: the only buffers (RoPE tables) are constants, and evaluations, which ranks run
@@ -1998,9 +2001,9 @@ def build_training(args, config, ckpt, ckpt_args, continuing, device, dtype, dis
         from torch.nn.parallel import DistributedDataParallel as DDP
         no_buffer_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
                           else {"broadcast_buffers": False})  # its older name
-        train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None, **no_buffer_sync)
-    fwd = Forward(train_model, args.compile)  # compile the DDP model: its graphs break at the buckets (DDPOptimizer)
-    return model, optimizer, scaler, fwd
+        train_model = DDP(run.model, device_ids=[device.index] if device.type == "cuda" else None, **no_buffer_sync)
+    # compile the DDP model: its graphs break at the buckets (DDPOptimizer)
+    run.fwd = Forward(train_model, args.compile)
 
 
 def oom_error(args, e):
@@ -2028,53 +2031,45 @@ def train(args):
 
 
 def run_training(args, held):
-    """train()'s run, its locks going into held (an ExitStack): set up in phases (start_run: options, checkpoint, data,
-    ranks; claim_outputs: its files; plan_run: batches and schedule; build_training: model and optimizer), then
-    trained (Run.train) and summed up (Run.summary). Returns the summary."""
+    """train()'s run, its locks going into held (an ExitStack): set up in phases, each filling in its fields of the Run
+    (start_run makes it: options, checkpoint, data, ranks; claim_outputs: its files; plan_run: batches and schedule;
+    build_training: model and optimizer), then trained (Run.train) and summed up (Run.summary). Returns the summary."""
     global use_color
     use_color = not args.no_color and color_ok(sys.stdout)
-    args, ckpt, ckpt_args, continuing, meta, enc, dist, device, config, options_given = start_run(args)
-    out_pattern, best_path, metrics_path, png_path, replaced, best_goes, run_id = claim_outputs(
-        args, held, ckpt, ckpt_args, continuing, dist)
-    dtype = training_dtype(device, args.dtype)
-    train_w, val_w, batches, order_scheme, total_steps, budget, budget_warmup, run_warmup, eval_windows, p = plan_run(
-        args, ckpt, ckpt_args, continuing, meta, config, dist, device, options_given, best_path)
+    run, options_given = start_run(args)
+    claim_outputs(run, held)
+    run.dtype = training_dtype(run.device, run.args.dtype)
+    run_warmup = plan_run(run, options_given)
 
+    args, ckpt, p = run.args, run.ckpt, run.p
     if p.epoch >= args.epochs:
         more = more_epochs(args, args.dataset, p.epoch)
         if more == 0:  # a run's summary (Run.summary), of a run that trained nothing: its checkpoint's
-            return run_summary(p, meta, len(train_w), stopped="already done", run_steps=0, tokens=0, elapsed=0.0,
-                               tokens_per_s=0.0, train_tokens_per_s=None, val_loss=ckpt.get("val_loss"),
+            return run_summary(p, run.meta, len(run.train_w), stopped="already done", run_steps=0, tokens=0,
+                               elapsed=0.0, tokens_per_s=0.0, train_tokens_per_s=None, val_loss=ckpt.get("val_loss"),
                                checkpoint=args.checkpoint,
-                               best_checkpoint=best_path if os.path.exists(best_path) else None,
-                               metrics=metrics_path if os.path.exists(metrics_path) else None,
-                               plot=png_path if os.path.exists(png_path) else None)
+                               best_checkpoint=run.best_path if os.path.exists(run.best_path) else None,
+                               metrics=run.metrics_path if os.path.exists(run.metrics_path) else None,
+                               plot=run.png_path if os.path.exists(run.png_path) else None)
         args.epochs = p.epoch + more
-        total_steps = args.epochs * batches.steps_per_epoch
-        if not budget and not isinstance(run_warmup, int):  # as with --epochs given: a share of the longer run's steps
-            args.warmup = warmup_steps(run_warmup, total_steps, args.lr)
+        run.total_steps = args.epochs * run.batches.steps_per_epoch
+        if not run.budget and not isinstance(run_warmup, int):  # as with --epochs given: a share of the longer run
+            args.warmup = warmup_steps(run_warmup, run.total_steps, args.lr)
 
-    if continuing and not args.reset_epoch:
-        refuse_ended_run(args, ckpt, ckpt_args, p, budget)
+    if run.continuing and not args.reset_epoch:
+        refuse_ended_run(args, ckpt, run.ckpt_args, p, run.budget)
 
-    model, optimizer, scaler, fwd = build_training(args, config, ckpt, ckpt_args, continuing, device, dtype, dist)
-    run = Run(args=args, ckpt=ckpt, ckpt_args=ckpt_args, continuing=continuing, meta=meta, enc=enc,
-              config=config, dist=dist, device=device, dtype=dtype,
-              out_pattern=out_pattern, best_path=best_path, metrics_path=metrics_path, png_path=png_path,
-              replaced=replaced, best_goes=best_goes, run_id=run_id,
-              train_w=train_w, val_w=val_w, batches=batches, order_scheme=order_scheme, total_steps=total_steps,
-              budget=budget, budget_warmup=budget_warmup, eval_windows=eval_windows, p=p,
-              model=model, optimizer=optimizer, scaler=scaler, fwd=fwd)
+    build_training(run)
     run.train()
     return run.summary()
 
 
 def start_run(args):
     """A run's start, before its files: the options checked, the ranks joined (torchrun), the checkpoint, data and
-    tokenizer it takes, the device, its model's config, and the options resolved (resolve_args). Returns (args, ckpt,
-    ckpt_args, continuing, meta, enc, dist, device, config, options_given): continuing, whether it goes on with the
-    checkpoint's run (else a new one, fine-tuning its weights where there is one); options_given, the names of the
-    options the user gave of those resolve_args derives otherwise (warmup, batch_size, eval_batches)."""
+    tokenizer it takes, the device, its model's config, and the options resolved (resolve_args). Returns (run,
+    options_given): run, the Run with these in its fields (args, ckpt, ckpt_args, continuing, meta, enc, config, dist,
+    device); options_given, the names of the options the user gave of those resolve_args derives otherwise (warmup,
+    batch_size, eval_batches)."""
     global quiet
     quiet = not speaks_for_machine()  # until the ranks are known: then rank 0 alone
     if args.reset_epoch and not args.checkpoint:  # (a new run starts at epoch 1 anyway: it would do nothing)
@@ -2119,28 +2114,30 @@ def start_run(args):
     options_given = {name for name in ("warmup", "batch_size", "eval_batches") if getattr(args, name) is not None}
     check_recorded_options(args.checkpoint, ckpt_args, continuing)
     args = resolve_args(args, ckpt_args, continuing, config, fine_tuning=ckpt is not None and not continuing)
-    return args, ckpt, ckpt_args, continuing, meta, enc, dist, device, config, options_given
+    return Run(args=args, ckpt=ckpt, ckpt_args=ckpt_args, continuing=continuing, meta=meta, enc=enc, config=config,
+               dist=dist, device=device), options_given
 
 
-def claim_outputs(args, held, ckpt, ckpt_args, continuing, dist):
+def claim_outputs(run, held):
     """The run's files, settled and claimed before anything is built (rank 0's: it alone writes them; every rank ends
-    where it refuses them). held: the ExitStack that holds the run's locks. Returns (out_pattern, best_path,
-    metrics_path, png_path, replaced, best_goes, run_id): replaced, the earlier run's files --overwrite removes at the
-    first save; best_goes, whether the best file is one of them; run_id, the run's id in its checkpoints and
-    metrics."""
+    where it refuses them). held: the ExitStack that holds the run's locks. Fills in run's out_pattern, best_path,
+    metrics_path, png_path, replaced (the earlier run's files --overwrite removes at the first save), best_goes
+    (whether the best file is one of them) and run_id (the run's id in its checkpoints and metrics)."""
+    args, ckpt, continuing, dist = run.args, run.ckpt, run.continuing, run.dist
     dataset = args.dataset
     given = args.output_checkpoint is not None  # (before output_paths names a continued run's own files in args)
-    out_pattern, out_dir, best_path, metrics_path, png_path = output_paths(args, ckpt_args, continuing, dataset, given)
+    run.out_pattern, out_dir, run.best_path, run.metrics_path, run.png_path = output_paths(
+        args, run.ckpt_args, continuing, dataset, given)
     # with --overwrite: files of an earlier run (or later points of this one) to remove (see save); rank 0's refusal
     replaced, refused = [], None
     # which run a checkpoint and a metrics record belong to: a run continued keeps its id (with --reset_epoch too: its
     # tokens go on counting, so its files and the earlier ones of the run still order by them), a new one
     # (fine-tuning included) draws one; older checkpoints have none (and a continued one gets one)
-    run_id = (ckpt.get("run") if continuing else None) or secrets.token_hex(8)
+    run.run_id = (ckpt.get("run") if continuing else None) or secrets.token_hex(8)
     if dist.main:  # the files are rank 0's to write
         try:
-            replaced = claim_files(held, args, ckpt, continuing, dataset, out_pattern, out_dir, best_path, given,
-                                   (metrics_path, png_path))
+            replaced = claim_files(held, args, ckpt, continuing, dataset, run.out_pattern, out_dir, run.best_path,
+                                   given, (run.metrics_path, run.png_path))
         except UserError as e:
             refused = e
         if args.checkpoint and os.path.isfile(args.checkpoint):  # the file this run starts from stays, unless written
@@ -2148,54 +2145,55 @@ def claim_outputs(args, held, ckpt, ckpt_args, continuing, dist):
     # every rank learns whether rank 0 refused (it says why; the others end quietly, not in a lost connection), and
     # whether the best file goes at the first save, and its val loss with it (no bar to a file that is gone): each
     # rank decides --patience's early stop
-    failed, best_goes = dist.agree(refused is not None, best_path in replaced)
+    failed, run.best_goes = dist.agree(refused is not None, run.best_path in replaced)
     if refused is not None:
         raise refused
     if failed:  # (rank 0 says why)
         exit_after_the_first(1, first=dist.main)
-    return out_pattern, best_path, metrics_path, png_path, replaced, best_goes, run_id
+    run.replaced = replaced
 
 
-def plan_run(args, ckpt, ckpt_args, continuing, meta, config, dist, device, options_given, best_path):
+def plan_run(run, options_given):
     """The run's windows and batches (--batch_size fitted to the train split), its schedule (steps, --time_budget,
     warmup) and where it stands: a continued run's Progress and the val windows its evaluations take
-    (resumed_progress). Returns (train_w, val_w, batches, order_scheme, total_steps, budget, budget_warmup,
-    run_warmup, eval_windows, p): run_warmup, --warmup as the run has it (a share, or None), for a run given more
-    epochs (run_training)."""
-    train_w = Windows(meta, "train", args.block_size)
-    val_w = Windows(meta, "val", args.block_size)
-    args.batch_size = fitted_batch_size(args, len(train_w), dist, "batch_size" in options_given, continuing)
-    packing = packing_warning(meta, args.block_size, config.block_size)
+    (resumed_progress). Fills in run's train_w, val_w, batches, order_scheme, total_steps, budget, budget_warmup,
+    eval_windows and p; returns run_warmup, --warmup as the run has it (a share, or None), for a run given more epochs
+    (run_training)."""
+    args, ckpt, continuing, meta, dist = run.args, run.ckpt, run.continuing, run.meta, run.dist
+    run.train_w = Windows(meta, "train", args.block_size)
+    run.val_w = Windows(meta, "val", args.block_size)
+    args.batch_size = fitted_batch_size(args, len(run.train_w), dist, "batch_size" in options_given, continuing)
+    packing = packing_warning(meta, args.block_size, run.config.block_size)
     if packing:
         warn(packing)
     # a continued run keeps its orders (a checkpoint from before ORDER_SCHEME: the first)
-    order_scheme = ckpt.get("order_scheme", 1) if continuing else ORDER_SCHEME
-    if order_scheme not in (1, ORDER_SCHEME):
-        raise UserError(f"{args.checkpoint} orders its epochs by a scheme this code does not know ({order_scheme}): "
-                        f"{NOT_THIS_CODE}")
-    batches = Batches(train_w, args.batch_size, args.grad_accum, args.seed, pin=device.type == "cuda",
-                      rank=dist.rank, world=dist.world, scheme=order_scheme)
-    total_steps = args.epochs * batches.steps_per_epoch
-    eval_windows = args.eval_batches * args.batch_size * dist.world  # val windows an evaluation takes (a continued run
-    # keeps its run's: below)
+    run.order_scheme = ckpt.get("order_scheme", 1) if continuing else ORDER_SCHEME
+    if run.order_scheme not in (1, ORDER_SCHEME):
+        raise UserError(f"{args.checkpoint} orders its epochs by a scheme this code does not know "
+                        f"({run.order_scheme}): {NOT_THIS_CODE}")
+    run.batches = Batches(run.train_w, args.batch_size, args.grad_accum, args.seed, pin=run.device.type == "cuda",
+                          rank=dist.rank, world=dist.world, scheme=run.order_scheme)
+    run.total_steps = args.epochs * run.batches.steps_per_epoch
+    # val windows an evaluation takes (a continued run keeps its run's: below)
+    run.eval_windows = args.eval_batches * args.batch_size * dist.world
     run_warmup = args.warmup  # (a share of the run, or None for the default: of its length, which the user may change)
-    budget, budget_warmup, args.warmup = budget_and_warmup(args, total_steps)
+    run.budget, run.budget_warmup, args.warmup = budget_and_warmup(args, run.total_steps)
 
-    p = Progress()
+    run.p = Progress()
     if continuing:
-        p, eval_windows, args.warmup = resumed_progress(args, ckpt, ckpt_args, meta, train_w, val_w, batches,
-                                                        eval_windows, budget, best_path,
-                                                        "warmup" in options_given, "eval_batches" in options_given)
-    check_eval_targets(val_w, eval_windows)
-    return train_w, val_w, batches, order_scheme, total_steps, budget, budget_warmup, run_warmup, eval_windows, p
+        run.p, run.eval_windows, args.warmup = resumed_progress(
+            args, ckpt, run.ckpt_args, meta, run.train_w, run.val_w, run.batches, run.eval_windows, run.budget,
+            run.best_path, "warmup" in options_given, "eval_batches" in options_given)
+    check_eval_targets(run.val_w, run.eval_windows)
+    return run_warmup
 
 
 @dataclasses.dataclass(eq=False)
 class Run:
-    """A run set up by run_training, and the state its loop, saves and summary share. train() runs the loop:
-    train_epoch takes each step (take_step), then logs, evaluates and saves where due (record: due_points,
-    log_record, evaluation); save writes a checkpoint; summary() ends the run with what the module's train()
-    returns."""
+    """A run, set up in phases by run_training (start_run makes it, the phases after it fill in the rest of its
+    fields), and the state its loop, saves and summary share. train() runs the loop: train_epoch takes each step
+    (take_step), then logs, evaluates and saves where due (record: due_points, log_record, evaluation); save writes a
+    checkpoint; summary() ends the run with what the module's train() returns."""
     args: argparse.Namespace
     ckpt: dict                  # the checkpoint it starts from, or None
     ckpt_args: dict             # that checkpoint's options ({} for none)
@@ -2205,51 +2203,28 @@ class Run:
     config: object              # the model's config
     dist: object                # the ranks (Dist)
     device: torch.device
-    dtype: torch.dtype
-    out_pattern: str            # --output_checkpoint, {dataset} and {epoch} to fill in
-    best_path: str
-    metrics_path: str
-    png_path: str
-    replaced: list              # an earlier run's files --overwrite removes at the first save
-    best_goes: bool             # the best file is one of them: no bar to this run's evaluations until then
-    run_id: str
-    train_w: Windows
-    val_w: Windows
-    batches: Batches
-    order_scheme: int
-    total_steps: int            # the lr schedule's steps (without a --time_budget)
-    budget: float               # --time_budget in seconds, or None
-    budget_warmup: float
-    eval_windows: int           # val windows an evaluation takes
-    p: Progress                 # where the training stands
-    model: GPT
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
-    fwd: Forward
-
-    def __post_init__(self):
-        args, ckpt, continuing, p = self.args, self.ckpt, self.continuing, self.p
-        # (hold: replaced with the rest of the earlier run's files, at the first save)
-        self.metrics = Metrics(self.metrics_path, self.png_path,
-                               keep_until=ckpt if continuing and not args.reset_epoch else None, write=self.dist.main,
-                               hold=bool(self.replaced))
-        self.last_val = None
-        # the random state at the start of the step in progress, None between steps: a save on the way out of an
-        # error inside a step records it, not the state after the step's dropout masks were drawn, so the run resumed
-        # from it redoes that step as the run would have (with the drawn state it would draw other masks: another
-        # model)
-        self.step_rng = None
-        # what this run wrote; a best file from an earlier run counts only when continuing that run. A continued run's
-        # last save is the one its checkpoint recorded until it saves: a budget keeps room for its final saves at that
-        # cost (one with --save_interval 0 that never betters its best measures none before them: it would keep no
-        # room, and pass the budget by a save)
-        # (seconds: the last save's; total: the run's)
-        recorded = ckpt.get("save_seconds", 0.0) if continuing else 0.0
-        self.saved = {"path": None, "step": p.step,
-                      "best": self.best_path if continuing and os.path.exists(self.best_path) else None,
-                      "seconds": recorded if 0 <= recorded < math.inf else 0.0, "total": 0.0}
-        self.run_steps, self.run_tokens, self.stopped = 0, 0, "done"
-        self.pause_eval = False  # (the step's evaluation is a --max_steps pause: see due_points)
+    # (the fields above are start_run's; the rest are filled in by the phases that follow, in run_training)
+    dtype: torch.dtype = None
+    out_pattern: str = None     # --output_checkpoint, {dataset} and {epoch} to fill in
+    best_path: str = None
+    metrics_path: str = None
+    png_path: str = None
+    replaced: list = None       # an earlier run's files --overwrite removes at the first save
+    best_goes: bool = None      # the best file is one of them: no bar to this run's evaluations until then
+    run_id: str = None
+    train_w: Windows = None
+    val_w: Windows = None
+    batches: Batches = None
+    order_scheme: int = None
+    total_steps: int = None     # the lr schedule's steps (without a --time_budget)
+    budget: float = None        # --time_budget in seconds, or None
+    budget_warmup: float = None
+    eval_windows: int = None    # val windows an evaluation takes
+    p: Progress = None          # where the training stands
+    model: GPT = None
+    optimizer: torch.optim.Optimizer = None
+    scaler: torch.amp.GradScaler = None
+    fwd: Forward = None
 
     def out_path(self):
         """The checkpoint a save writes: named after the epoch in progress; a finished epoch keeps its own number."""
@@ -2320,18 +2295,39 @@ class Run:
                          self.args.max_steps - self.run_steps if self.args.max_steps else None)
 
     def train(self):
-        """The run's banner, then its loop: epochs of steps until its epochs, budget, --max_steps or --patience end it
-        (Ctrl-C saves and exits: GracefulInterrupt). On an error it saves the progress since the last save where the
-        weights are whole, and says what to do."""
-        args, p, dist = self.args, self.p, self.dist
+        """The run's metrics file (Metrics), its banner, then its loop: epochs of steps until its epochs, budget,
+        --max_steps or --patience end it (Ctrl-C saves and exits: GracefulInterrupt). On an error it saves the progress
+        since the last save where the weights are whole, and says what to do."""
+        args, ckpt, continuing, p, dist = self.args, self.ckpt, self.continuing, self.p, self.dist
+        # (hold: replaced with the rest of the earlier run's files, at the first save)
+        self.metrics = Metrics(self.metrics_path, self.png_path,
+                               keep_until=ckpt if continuing and not args.reset_epoch else None, write=dist.main,
+                               hold=bool(self.replaced))
+        self.last_val = None
+        # the random state at the start of the step in progress, None between steps: a save on the way out of an
+        # error inside a step records it, not the state after the step's dropout masks were drawn, so the run resumed
+        # from it redoes that step as the run would have (with the drawn state it would draw other masks: another
+        # model)
+        self.step_rng = None
+        # what this run wrote; a best file from an earlier run counts only when continuing that run. A continued run's
+        # last save is the one its checkpoint recorded until it saves: a budget keeps room for its final saves at that
+        # cost (one with --save_interval 0 that never betters its best measures none before them: it would keep no
+        # room, and pass the budget by a save)
+        # (seconds: the last save's; total: the run's)
+        recorded = ckpt.get("save_seconds", 0.0) if continuing else 0.0
+        self.saved = {"path": None, "step": p.step,
+                      "best": self.best_path if continuing and os.path.exists(self.best_path) else None,
+                      "seconds": recorded if 0 <= recorded < math.inf else 0.0, "total": 0.0}
+        self.run_steps, self.run_tokens, self.stopped = 0, 0, "done"
+        self.pause_eval = False  # (the step's evaluation is a --max_steps pause: see due_points)
         self.t_run = time.time()
         self.tok_step = self.batches.windows_per_step * args.block_size
-        what = (("continuing" if self.continuing else "fine-tuning") + f" {args.checkpoint}" if self.ckpt
+        what = (("continuing" if continuing else "fine-tuning") + f" {args.checkpoint}" if ckpt
                 else "new model")
         for line in banner_lines(args, args.dataset, what, self.enc, self.config, self.model, self.train_w, self.val_w,
                                  self.batches, dist.world, self.budget, self.budget_warmup, self.device, self.dtype,
-                                 p if self.continuing else None,
-                                 self.ckpt_args.get("world_size", 1) if self.continuing else None):
+                                 p if continuing else None,
+                                 self.ckpt_args.get("world_size", 1) if continuing else None):
             say(paint(line, "dim"))
 
         spe = self.batches.steps_per_epoch
@@ -2343,7 +2339,7 @@ class Run:
 
         # every save is at a record but the one on the way out of an error: it holds the train loss since the last
         # record, which the run resumed from it goes on from (else its first record would average its own steps alone)
-        since = self.ckpt.get("loss_since_record") if self.continuing and not args.reset_epoch else None
+        since = ckpt.get("loss_since_record") if continuing and not args.reset_epoch else None
         self.tally = TrainTally(self.device, since, main=dist.main)
         # an evaluation's cost in training steps: its batches are a step's forward pass alone, a third of its compute
         # (the backward is twice the forward), and an evaluation of tiny on a CPU took 0.26-0.39 of a step a batch;
