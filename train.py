@@ -1666,9 +1666,11 @@ class Progress:
         return better, improved
 
 
-def resumed_progress(args, ckpt, ckpt_args, meta, train_w, val_w, batches, eval_windows, budget, best_path,
-                     warmup_given, eval_given):
-    """A continued run's Progress, val windows an evaluation takes and warmup: its checkpoint's, fitted to today's."""
+def resumed_progress(run, warmup_given, eval_given):
+    """A continued run's Progress, val windows an evaluation takes and warmup: its checkpoint's, fitted to today's
+    (run: a Run as plan_run has it, its batches and a new run's eval_windows and budget set)."""
+    args, ckpt, ckpt_args, meta, batches = run.args, run.ckpt, run.ckpt_args, run.meta, run.batches
+    train_w, val_w, eval_windows, best_path = run.train_w, run.val_w, run.eval_windows, run.best_path
     warmup = args.warmup
     p = Progress(epoch=int(ckpt.get("epoch", 0)), windows=int(ckpt.get("epoch_windows", 0)),
                  step=int(ckpt["step"]), tokens=int(ckpt.get("tokens", 0)),
@@ -1740,7 +1742,7 @@ def resumed_progress(args, ckpt, ckpt_args, meta, train_w, val_w, batches, eval_
              + f": no bar to this run's, whose next evaluation makes a new best file "
              f"({os.path.basename(best_path)})")
         p.best_val_loss, p.evals_since_best = None, 0
-    if (changed or was != batches.windows_per_step) and not budget:
+    if (changed or was != batches.windows_per_step) and not run.budget:
         # epochs of another length, or another global batch (other ranks or batch options): the lr schedule counts
         # steps of the new size, so place the run where the windows done so far put it, and its inherited warmup
         # with it
@@ -2181,9 +2183,8 @@ def plan_run(run, options_given):
 
     run.p = Progress()
     if continuing:
-        run.p, run.eval_windows, args.warmup = resumed_progress(
-            args, ckpt, run.ckpt_args, meta, run.train_w, run.val_w, run.batches, run.eval_windows, run.budget,
-            run.best_path, "warmup" in options_given, "eval_batches" in options_given)
+        run.p, run.eval_windows, args.warmup = resumed_progress(run, "warmup" in options_given,
+                                                                "eval_batches" in options_given)
     check_eval_targets(run.val_w, run.eval_windows)
     return run_warmup
 
