@@ -28,6 +28,15 @@ from model import GPT, make_config
 from setup_tokenizer import EOT, IM_END, IM_START, get_tokenizer, render_chat, tokenizer_hash, train_bpe
 from test_train import one_thread, story_text, write_dataset  # noqa: F401  (one_thread: a fixture)
 
+
+def transformers_or_skip():
+    """transformers for its models, or a skip where it is missing or cannot run them on this torch (transformers 5 wants torch >= 2.6
+    and pip, which knows no such bound, installs it beside torch 2.4 all the same: its models then raise ImportError)."""
+    transformers = pytest.importorskip("transformers")
+    if not transformers.is_torch_available():
+        pytest.skip(f"transformers {transformers.__version__} runs no models on torch {torch.__version__}")
+    return transformers
+
 CPU = ["--device", "cpu", "--dtype", "float32"]
 # special tokens inside text, unicode (accents, CJK, emoji with a modifier, a ligature), runs of spaces, tabs and
 # newlines (also at the end), contractions, digits: where byte-level BPE implementations could disagree
@@ -98,7 +107,7 @@ def gpt2_original_files():
 def hub_gpt2(tmp_path_factory):
     """A folder laid out like GPT-2 downloaded from the hub: a random 2-layer GPT2LMHeadModel with GPT-2's
     50257-id vocabulary, saved by transformers itself, and GPT-2's original vocab.json + merges.txt."""
-    transformers = pytest.importorskip("transformers")
+    transformers = transformers_or_skip()
     folder = tmp_path_factory.mktemp("hub") / "gpt2"
     torch.manual_seed(0)
     config = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=2, n_positions=64, vocab_size=50257)
@@ -127,7 +136,7 @@ def exported(request, enc, tmp_path_factory):
 
 
 def test_export_loads_in_transformers_with_the_same_logits(exported, enc):
-    transformers = pytest.importorskip("transformers")
+    transformers = transformers_or_skip()
     theirs = transformers.AutoModelForCausalLM.from_pretrained(exported["out"]).eval()
     ours = exported["model"]
     kind = "GPT2LMHeadModel" if ours.config.variant == "gpt2" else "LlamaForCausalLM"
@@ -144,7 +153,7 @@ def test_export_loads_in_transformers_with_the_same_logits(exported, enc):
 
 
 def test_export_tokenizer_gives_the_same_ids(exported, enc):
-    transformers = pytest.importorskip("transformers")
+    transformers = pytest.importorskip("transformers")  # (its tokenizers need no torch)
     tok = transformers.AutoTokenizer.from_pretrained(exported["out"])
     for text in TEXTS:
         ids = enc.encode(text, allowed_special="all")
@@ -212,7 +221,7 @@ def test_an_exported_folder_evaluates_in_its_training_windows(enc, tmp_path):
     assert [r["block_size"] for r in runs] == [16, 16]
     assert runs[1]["rows"][0]["loss"] == pytest.approx(runs[0]["rows"][0]["loss"], rel=1e-5)
     # transformers keeps the key it does not know, unused: the folder loads, and saves it again
-    transformers = pytest.importorskip("transformers")
+    transformers = transformers_or_skip()
     theirs = transformers.AutoModelForCausalLM.from_pretrained(folder)
     theirs.save_pretrained(str(tmp_path / "saved"))
     shutil.copy(os.path.join(folder, "tokenizer.json"), tmp_path / "saved")
@@ -280,7 +289,7 @@ def test_gpt2_tokenizer_files_are_gpt2s_own(tmp_path, enc):
 
 
 def test_custom_vocabulary_exports_with_the_same_ids(custom_enc, tmp_path):
-    transformers = pytest.importorskip("transformers")
+    transformers = pytest.importorskip("transformers")  # (its tokenizers need no torch)
     tokenizers = pytest.importorskip("tokenizers")
     ckpt = str(tmp_path / "custom.pt")
     save_checkpoint(ckpt, our_model(custom_enc.n_vocab, "modern"), custom_enc)
@@ -326,7 +335,7 @@ def test_hub_layout_without_prefix_and_with_mask_buffers(hub_gpt2, tmp_path):
     # GPT-2 on the hub was saved from GPT2Model: names without "transformer.", plus the causal-mask buffers
     # older transformers saved ("h.0.attn.bias"); and it has a tokenizer.json besides vocab.json + merges.txt,
     # here as transformers writes one. All of it reads as the same model and the gpt2 tokenizer.
-    transformers = pytest.importorskip("transformers")
+    transformers = transformers_or_skip()
     from safetensors.torch import load_file, save_file
     folder = tmp_path / "gpt2"
     shutil.copytree(hub_gpt2["folder"], folder)
@@ -345,7 +354,7 @@ def test_hub_layout_without_prefix_and_with_mask_buffers(hub_gpt2, tmp_path):
 
 def test_llama_folder_imports_with_the_same_logits(tmp_path, enc):
     # a LlamaForCausalLM made by transformers, in the shape model.py's modern variant has
-    transformers = pytest.importorskip("transformers")
+    transformers = transformers_or_skip()
     config = transformers.LlamaConfig(hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=2,
                                       num_key_value_heads=2, max_position_embeddings=64, vocab_size=50257,
                                       rms_norm_eps=1e-5, tie_word_embeddings=True, attention_bias=True, mlp_bias=True)

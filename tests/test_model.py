@@ -474,7 +474,15 @@ def test_decoding_turns_cudnn_attention_off_and_back_on():
     # cuDNN builds a plan per attention shape, one per decoded token (50 ms each on an H200): decoding runs without it,
     # and leaves the switch as it found it, also when the step fails
     import model as model_mod
-    assert torch.backends.cuda.cudnn_sdp_enabled()
+    default = torch.backends.cuda.cudnn_sdp_enabled()  # (off in torch 2.4, on in 2.11 and 2.13)
+    torch.backends.cuda.enable_cudnn_sdp(True)
+    try:
+        check_cudnn_attention_switch(model_mod)
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(default)
+
+
+def check_cudnn_attention_switch(model_mod):
     with model_mod._without_cudnn_attention(True):
         assert not torch.backends.cuda.cudnn_sdp_enabled()
     assert torch.backends.cuda.cudnn_sdp_enabled()
@@ -483,12 +491,10 @@ def test_decoding_turns_cudnn_attention_off_and_back_on():
             raise KeyboardInterrupt
     assert torch.backends.cuda.cudnn_sdp_enabled()
     torch.backends.cuda.enable_cudnn_sdp(False)  # a user's choice stays
-    try:
-        with model_mod._without_cudnn_attention(True):
-            pass
-        assert not torch.backends.cuda.cudnn_sdp_enabled()
-    finally:
-        torch.backends.cuda.enable_cudnn_sdp(True)
+    with model_mod._without_cudnn_attention(True):
+        pass
+    assert not torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(True)
     with model_mod._without_cudnn_attention(False):
         assert torch.backends.cuda.cudnn_sdp_enabled()
 

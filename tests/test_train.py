@@ -2939,7 +2939,11 @@ def test_intervals_past_the_run_act_at_its_end(env, tmp_path):
                                    "--log_interval", "1e308", "--save_interval", "1e308"))
     rows = read_metrics(summary["metrics"])
     assert [r["step"] for r in rows if r["val_loss"] is not None] == [summary["steps"]] and summary["val_loss"] > 0
-    # and a budget's slices of 1e-310 % (an OverflowError too): a run that ends, evaluated
+    # and a budget's slices of 1e-310 % (an OverflowError too): a run that ends, evaluated. (Not where the process reads
+    # denormals as zero: torch 2.4's compiled CPU kernels, loaded by an earlier test, turn that on, and --log_interval
+    # is then refused as 0)
+    if 1e-310 == 0:
+        return
     summary = train.train(args_for(env, tmp_path / "b", "--dataset", "mini", "--time_budget", "0.02", "--eval_interval",
                                    "1e-310", "--log_interval", "1e-310"))
     assert summary["stopped"] == "time budget" and summary["val_loss"] > 0
