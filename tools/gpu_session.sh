@@ -38,7 +38,7 @@ step bench 240 "${bench[@]}" --optimizer adamw,muon
 step bench-b16 90 "${bench[@]}" --optimizer adamw --only train --batch_size 16
 # the memory target's option: peak memory with and without recomputation
 step recompute 90 "${bench[@]}" --optimizer adamw --only train --recompute_activations
-step tests 60 "$PY" -m pytest -q -x -k "cuda or gpus" tests/test_bench.py tests/test_model.py tests/test_ddp.py
+step tests 60 "$PY" -m pytest -q -k "cuda or gpus" tests/test_bench.py tests/test_model.py tests/test_ddp.py
 if [ -f data/story/meta.json ]; then
     steps=200
     if [ -n "${QUICK:-}" ]; then steps=5; fi
