@@ -30,12 +30,14 @@ from test_train import one_thread, story_text, write_dataset  # noqa: F401  (one
 
 
 def transformers_or_skip():
-    """transformers for its models, or a skip where it is missing or cannot run them on this torch (transformers 5 wants torch >= 2.6
-    and pip, which knows no such bound, installs it beside torch 2.4 all the same: its models then raise ImportError)."""
+    """transformers for its models, or a skip where it is missing or cannot run them on this torch (transformers 5
+    wants torch >= 2.6, and pip, which knows no such bound, installs it beside torch 2.4 all the same: its models then
+    raise ImportError)."""
     transformers = pytest.importorskip("transformers")
     if not transformers.is_torch_available():
         pytest.skip(f"transformers {transformers.__version__} runs no models on torch {torch.__version__}")
     return transformers
+
 
 CPU = ["--device", "cpu", "--dtype", "float32"]
 # special tokens inside text, unicode (accents, CJK, emoji with a modifier, a ligature), runs of spaces, tabs and

@@ -7,11 +7,10 @@
 #
 # A session is short (15 minutes of device time, all tries together; 10 minutes a command), so each step has its own
 # time limit, the most important first, together 580 s, and writes its log under $OUT as it goes: a session cut off
-# still returns the steps that ran. steps.log says what each
-# step ran, its exit status and seconds; bench.md collects bench.py's tables, for BENCHMARKS.md. Needs
-# TIKTOKEN_CACHE_DIR (default .dev/tiktoken-cache: carry a copy of ../shared/tiktoken-cache there) and, for the
-# train.py step, data/story (carry it, or the step is skipped). DEVICE=cpu QUICK=1 tries the script itself on a CPU in
-# a minute (tiny sizes).
+# still returns the steps that ran. steps.log says what each step ran, its exit status and seconds; bench.md collects
+# bench.py's tables, for BENCHMARKS.md. Needs TIKTOKEN_CACHE_DIR (default .dev/tiktoken-cache: carry a copy of
+# ../shared/tiktoken-cache there) and, for the train.py step, data/story (carry it, or the step is skipped).
+# DEVICE=cpu QUICK=1 tries the script itself on a CPU (tiny sizes; about 4 minutes on 2 cores, compiling).
 set -u
 OUT=${OUT:-gpu-session}
 PY=${PY:-python3}
