@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 import types
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
@@ -1941,6 +1942,18 @@ def test_chat_page_streams_a_reply_in_chromium(enc, tmp_path):
     finally:
         browser.quit()
         api.close()
+
+
+def test_the_chat_page_reaches_the_api_under_the_path_it_was_loaded_from():
+    # behind a proxy that serves the server under a path of its own (jupyter-server-proxy's /user/me/proxy/8000/), the
+    # page's "/v1/models" went to the proxy's root: the page's every request is to resolve under the page's own path
+    with open(serve.PAGE, encoding="utf-8") as f:
+        urls = re.findall(r"fetch\(\"([^\"]*)\"", f.read())
+    assert len(urls) == 2, urls  # /v1/models and /v1/chat/completions
+    base = "https://hub.example/user/me/proxy/8000/"
+    for url in urls:
+        resolved = urllib.parse.urljoin(base, url)
+        assert resolved.startswith(base) and "/" + resolved[len(base):] in serve.Handler.ROUTES, (url, resolved)
 
 
 def test_the_served_name_is_the_file_or_folders(tmp_path):
