@@ -145,7 +145,10 @@ def get(req, name, kind, check=None, what=None):
           "str": lambda x: isinstance(x, str), "list": lambda x: isinstance(x, list),
           "dict": lambda x: isinstance(x, dict)}[kind](v)
     if not ok or (check and not check(v)):
-        raise ApiError(400, f"{name} must be {what or 'a ' + kind}, got {json.dumps(v)[:80]}", param=name,
+        # the type in JSON's words: the client wrote JSON, not Python (not "a dict", "a bool")
+        kind = {"int": "an integer", "number": "a number", "bool": "a boolean", "str": "a string", "list": "an array",
+                "dict": "an object"}[kind]
+        raise ApiError(400, f"{name} must be {what or kind}, got {json.dumps(v)[:80]}", param=name,
                        code="invalid_type" if not ok else "invalid_value")
     return v
 

@@ -316,6 +316,8 @@ def test_bad_request_gets_400(api, path, body, status, param, code):
     assert set(err) == {"error"} and set(err["error"]) == {"message", "type", "param", "code"}
     assert err["error"]["param"] == param and err["error"]["code"] == code
     assert err["error"]["type"] == "invalid_request_error" and len(err["error"]["message"]) > 10
+    # types in JSON's words, as the client wrote them: "stream must be a boolean", not Python's "a bool"
+    assert not re.search(r"must be an? (dict|bool|str|int)\b", err["error"]["message"]), err
 
 
 def raw(api, request):
