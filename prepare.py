@@ -438,6 +438,17 @@ def record_docs(record, where, dataset=None):
     return [record_doc({**record, "input": i.get("input"), "output": i["output"]}, where, dataset) for i in instances]
 
 
+def plain_text(text, where):
+    """A text record's document, None when empty; a UserError for a conversation already rendered in ChatML (a chat
+    template applied before saving, as many SFT sets' text column is): read as plain text, its <|im_start|> and
+    <|im_end|> were trained on as words, leaving no token to end a reply at, and the user's turns were in the loss."""
+    if text.lstrip().startswith(IM_START):
+        raise UserError(f"{where}: a conversation written out in ChatML ({IM_START}role ... {IM_END}), which plain text "
+                        f"would train on as words, every turn in the loss: give it as `messages` "
+                        f"[{{\"role\": \"user\", \"content\": ...}}, {{\"role\": \"assistant\", ...}}]")
+    return (text.strip(), True) if text.strip() else None
+
+
 def record_doc(record, where, dataset=None):
     """One record -> a document: conversations as `messages` (or `conversation`) [{role, content}], ShareGPT
     `conversations` [{from, value}] (either turn spelling under any of the names), a prompt and its reply of one of
@@ -448,7 +459,7 @@ def record_doc(record, where, dataset=None):
     shape read here. GSM8K's records (question, and an answer whose last line is its `#### ` final answer) lose their
     calculator annotations. dataset: dailydialog tidies DailyDialog's spacing."""
     if isinstance(record, str):
-        return (record.strip(), True) if record.strip() else None
+        return plain_text(record, where)
     if not isinstance(record, dict):
         raise UserError(f"{where}: expected an object or a string, got {type(record).__name__}" + (
             '; a conversation\'s turns? give each as {"messages": [...]}' if bare_turns(record) else ""))
@@ -496,7 +507,7 @@ def record_doc(record, where, dataset=None):
                 return None
             if not isinstance(text, str):
                 raise UserError(f"{where}: `text` must be text, got {type(text).__name__}")  # (as other fields say)
-            return (text.strip(), True) if text.strip() else None
+            return plain_text(text, where)
         else:
             raise UserError(f"{where}: no {', '.join(TURNS_FIELDS)}, {', '.join(f'{p}/{r}' for p, r, _ in PAIRS)}, "
                             f"instruction/instances, dialog or text field")

@@ -3109,3 +3109,20 @@ def test_lone_surrogates_in_chat_messages_read_as_tiktoken_reads_them(tmp_path):
                 IM_START + "user\nHi \ufffd number 0" + IM_END + "\n" + IM_START + "assistant\n"
                 "Hello \ufffd back 0, a pair \U0001f600 stays" + IM_END), (filename, vocab_size)
             assert "Hello \ufffd back 0, a pair \U0001f600 stays" + IM_END in masked_spans(tok, ids, mask)
+
+
+def test_a_conversation_written_out_in_chatml_is_a_bad_record(tmp_path):
+    """A `text` record holding a conversation already rendered in ChatML (a chat template applied before saving, as
+    many SFT sets' text column is) was read as plain text, under --dataset chat too, with no word: its <|im_start|>
+    and <|im_end|> trained on as words, no real token to end a reply at, and the user's turns in the loss."""
+    chatml = "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello<|im_end|>\n"
+    error = r"a conversation written out in ChatML .*: give it as `messages` \[\{\"role\": \"user\""
+    for record in ({"text": chatml}, {"text": "\n" + chatml}, chatml):
+        with pytest.raises(UserError, match=rf"^x: {error}"):
+            prepare.record_doc(record, "x")
+    with pytest.raises(UserError, match=rf"c\.jsonl line 1: {error}"):
+        prepare.prepare("chat", source=write(tmp_path / "c.jsonl", json.dumps({"text": chatml}) + "\n"),
+                        out_dir=str(tmp_path / "data"))
+    # text that merely names the tokens is still text
+    assert prepare.record_doc({"text": "ChatML opens a turn with <|im_start|>."}, "x") == \
+        ("ChatML opens a turn with <|im_start|>.", True)
