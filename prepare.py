@@ -461,7 +461,10 @@ def record_doc(record, where, dataset=None):
     if isinstance(record, str):
         return plain_text(record, where)
     if not isinstance(record, dict):
+        # a list of records (json.dump(records) saved as .jsonl) is no conversation's turns to wrap in "messages"
+        records = bare_turns(record) and any(f in record[0] for f in RECORD_FIELDS)
         raise UserError(f"{where}: expected an object or a string, got {type(record).__name__}" + (
+            "; a list of records? give one a line (JSON Lines), or the whole array as a .json file" if records else
             '; a conversation\'s turns? give each as {"messages": [...]}' if bare_turns(record) else ""))
     # the shape by the fields that hold something: a parquet file or a pandas export of mixed records gives every row
     # every column, null where the row has none (an Alpaca row's question, a QA row's instruction)

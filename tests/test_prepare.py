@@ -410,6 +410,12 @@ def test_non_utf8_and_bad_input(tmp_path):
     with pytest.raises(UserError, match=r'bare.jsonl line 1: expected an object or a string, got list; a '
                                         r'conversation\'s turns\? give each as \{"messages": \[\.\.\.\]\}$'):
         prepare.prepare("chat", source=write(tmp_path / "bare.jsonl", json.dumps(bare)), out_dir=out)
+    # a JSON array of records written on one line as .jsonl (json.dump(records, f) to a .jsonl name): the hint said
+    # these records were a conversation's turns, to be wrapped in {"messages": ...}, which nests them wrongly
+    records = [{"messages": bare}, {"instruction": "Hi", "output": "Hello"}]
+    with pytest.raises(UserError, match=r'array.jsonl line 1: expected an object or a string, got list; a list of '
+                                        r'records\? give one a line \(JSON Lines\), or the whole array as a \.json file$'):
+        prepare.prepare("chat", source=write(tmp_path / "array.jsonl", json.dumps(records)), out_dir=out)
     with pytest.raises(UserError, match=r"odd.jsonl line 1: unknown role 'robot'"):
         prepare.prepare("chat", source=write(tmp_path / "odd.jsonl", json.dumps({"messages": [{"role": "robot", "content": "x"}]})), out_dir=out)
     # OpenAI's fine-tuning files with function calling: a null content or role "tool" named no way out
