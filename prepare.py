@@ -352,6 +352,13 @@ def json_records(path):
                         json.loads(text[:e.pos].splitlines()[0])
                         hint = "; it looks like one record per line (JSON Lines): name it .jsonl"
                 raise UserError(f"{path} line {e.lineno}: malformed JSON ({e.msg}, column {e.colno}){hint}")
+            if isinstance(data, dict) and data and all(isinstance(v, dict) for v in data.values()):
+                # pandas' DataFrame.to_json() default, {column: {row: value}}: read as one record, it was "`input` must
+                # be text, got dict", naming no way out
+                columns = ", ".join(list(data)[:4]) + ", ..." * (len(data) > 4)
+                raise UserError(f"{path}: one JSON object of columns ({columns}) by row, as pandas' "
+                                f"to_json() writes by default: write it with to_json(PATH, orient=\"records\", "
+                                f"lines=True) to a .jsonl file")
             for i, record in enumerate(data if isinstance(data, list) else [data], 1):
                 yield f"{path} record {i}", record
     except UnicodeDecodeError:

@@ -410,6 +410,12 @@ def test_non_utf8_and_bad_input(tmp_path):
     with pytest.raises(UserError, match=r'bare.jsonl line 1: expected an object or a string, got list; a '
                                         r'conversation\'s turns\? give each as \{"messages": \[\.\.\.\]\}$'):
         prepare.prepare("chat", source=write(tmp_path / "bare.jsonl", json.dumps(bare)), out_dir=out)
+    # pandas' DataFrame.to_json() default, one object of columns by row: "`input` must be text, got dict"
+    columns = {"instruction": {"0": "Hi", "1": "Bye"}, "input": {"0": "", "1": ""}, "output": {"0": "Hello", "1": "Bye"}}
+    with pytest.raises(UserError, match=r'cols.json: one JSON object of columns \(instruction, input, output\) by row, as '
+                                        r'pandas\' to_json\(\) writes by default: write it with to_json\(PATH, '
+                                        r'orient="records", lines=True\) to a \.jsonl file$'):
+        prepare.prepare("chat", source=write(tmp_path / "cols.json", json.dumps(columns)), out_dir=out)
     # a JSON array of records written on one line as .jsonl (json.dump(records, f) to a .jsonl name): the hint said
     # these records were a conversation's turns, to be wrapped in {"messages": ...}, which nests them wrongly
     records = [{"messages": bare}, {"instruction": "Hi", "output": "Hello"}]
