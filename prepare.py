@@ -206,12 +206,20 @@ def bare_turns(record):
     return isinstance(record, list) and bool(record) and all(isinstance(t, dict) for t in record)
 
 
+# a text (a record's, or a .txt file's start) that is a chat template's output
+CHATML_TEXT = (f"a conversation written out in ChatML ({IM_START}role ... {IM_END}), which plain text would train on as "
+               f"words, every turn in the loss")
+
+
 def refuse_records(path, text):
     """A UserError when text, the start of the .txt file path, is a JSON record on its first line (an object of a
     field record_doc reads, or a conversation's bare list of turns): a chat log saved as .txt was read as one
     plain-text document, under --dataset chat too, and its JSON trained on as words, with no loss mask, said by
     nothing but its count ("1 document")."""
     line = text.lstrip().partition("\n")[0]
+    if line.startswith(IM_START):  # a chat template's output saved as text: plain text trains its markers as words
+        raise UserError(f"{path}: {CHATML_TEXT}; a .txt file is read as plain text: write the conversations as .jsonl "
+                        f"records of `messages`")
     if line[:1] in ("{", "["):
         with contextlib.suppress(ValueError, RecursionError):  # (a line of a thousand ['s: text, not a traceback)
             record = json.loads(line)
@@ -450,8 +458,7 @@ def plain_text(text, where):
     template applied before saving, as many SFT sets' text column is): read as plain text, its <|im_start|> and
     <|im_end|> were trained on as words, leaving no token to end a reply at, and the user's turns were in the loss."""
     if text.lstrip().startswith(IM_START):
-        raise UserError(f"{where}: a conversation written out in ChatML ({IM_START}role ... {IM_END}), which plain text "
-                        f"would train on as words, every turn in the loss: give it as `messages` "
+        raise UserError(f"{where}: {CHATML_TEXT}: give it as `messages` "
                         f"[{{\"role\": \"user\", \"content\": ...}}, {{\"role\": \"assistant\", ...}}]")
     return (text.strip(), True) if text.strip() else None
 

@@ -3135,6 +3135,13 @@ def test_a_conversation_written_out_in_chatml_is_a_bad_record(tmp_path):
     with pytest.raises(UserError, match=rf"c\.jsonl line 1: {error}"):
         prepare.prepare("chat", source=write(tmp_path / "c.jsonl", json.dumps({"text": chatml}) + "\n"),
                         out_dir=str(tmp_path / "data"))
+    # the same in a .txt file, which is read as plain text whatever --dataset says
+    for dataset in ("chat", "text"):
+        with pytest.raises(UserError, match=r"c\.txt: a conversation written out in ChatML .*, every turn in the loss; a \.txt file is read as plain text: write the "
+                                            r"conversations as \.jsonl records of `messages`$"):
+            prepare.prepare(dataset, source=write(tmp_path / "c.txt", ("\n" + chatml + "<|endoftext|>") * 3),
+                            out_dir=str(tmp_path / "data"), name="c")
+    assert not os.path.exists(tmp_path / "data" / "c")
     # text that merely names the tokens is still text
     assert prepare.record_doc({"text": "ChatML opens a turn with <|im_start|>."}, "x") == \
         ("ChatML opens a turn with <|im_start|>.", True)
