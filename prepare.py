@@ -469,7 +469,7 @@ def record_doc(record, where, dataset=None):
     PAIRS (Alpaca's instruction/input/output, Dolly's instruction/context/response, question/answer,
     prompt/completion...: LLaMA-Factory's history of earlier [instruction, output] pairs before it) or a
     `dialog` list of turns; a `text` field (or a bare string) is a plain document. None for a record with nothing to
-    train on (empty text, no reply that is not empty); a UserError naming where (file and line) for a record of no
+    train on (empty text, no assistant reply that is not empty); a UserError naming where (file and line) for a record of no
     shape read here. GSM8K's records (question, and an answer whose last line is its `#### ` final answer) lose their
     calculator annotations. dataset: dailydialog tidies DailyDialog's spacing."""
     if isinstance(record, str):
@@ -550,11 +550,11 @@ def record_doc(record, where, dataset=None):
             # loss: trained on, it taught the model to close its turn at once, answering a question with nothing
             m["weight"] = 0
     replies = [m["content"] for m in messages if trained_on(m)]
-    # replies all empty (Alpaca's output "") or weighted 0: it would train empty answers, or nothing, as an empty
-    # text record would
-    if any(m["role"] == "assistant" for m in messages) and not any(r.strip() for r in replies):
+    # no reply, or replies all empty (Alpaca's output "") or weighted 0: nothing under the loss mask, as an empty text
+    # record has nothing (a conversation of user turns alone was kept unsaid, windows of context for no loss)
+    if not any(r.strip() for r in replies):
         return None
-    return messages or None
+    return messages
 
 
 PLACES = 10  # the bad records an error or the summary locates by line; the rest are counted, "..."
@@ -576,8 +576,8 @@ def places(wheres, count):
 class LeftOut:
     """The records good_docs leaves out, by file or hub split (label), for the summary, each {"count", "wheres"}
     (counted, the first PLACES located): under bad the bad ones, with skip_bad (--skip_bad_records; else a bad record
-    stops the run), and under empty those with nothing to train on (record_doc's None: an empty or null reply, a TRL
-    completion [], empty text), left out unsaid, a user's 300 records giving "291 documents" and no reason."""
+    stops the run), and under empty those with nothing to train on (record_doc's None: no reply, an empty or null one,
+    a TRL completion [], empty text), left out unsaid, a user's 300 records giving "291 documents" and no reason."""
 
     def __init__(self, skip_bad=False):
         self.skip_bad, self.bad, self.empty = skip_bad, {}, {}
@@ -687,8 +687,8 @@ def good_docs(records, label, dataset, left=None, scan=True):
         # every record read and none with a reply or text (TRL's completions all [], a reply column all null: the wrong
         # field, an export that lost it) was "no documents found: give files that hold text", or, beside a good file,
         # nothing said
-        raise UserError(f"{label}: none of its records has anything to train on (every reply, or text, is empty or "
-                        f"null): fill them in, or leave the file out")
+        raise UserError(f"{label}: none of its records has anything to train on (every assistant reply, or text, is "
+                        f"missing, empty or null): fill them in, or leave the file out")
     if not bad or (good and skipping):
         return
     if skipping:
@@ -2617,7 +2617,7 @@ def print_summary(folder, meta, plan, limit, dt):
               f"{places(left['wheres'], left['count'])}")
     for label, left in left_out.empty.items():  # (else 300 records gave "291 documents", no reason said)
         print(f"  left out {left['count']:,} record{'s' * (left['count'] > 1)} of {label} with nothing to train on "
-              f"(an empty or null reply, or empty text): {places(left['wheres'], left['count'])}")
+              f"(no reply, an empty or null one, or empty text): {places(left['wheres'], left['count'])}")
     for source, m in (mixed or {}).items():
         print(f"  {source}: weight {m['weight']:g}, {m['train_tokens'] / max(tr['tokens'] - tr['padding'], 1):.1%} of the "
               f"train tokens ({m['train_documents']:,} documents), {m['val_documents']:,} val documents")

@@ -691,33 +691,34 @@ def test_a_record_of_the_other_kind_is_a_bad_record(tmp_path, capsys):
 
 
 def test_records_with_nothing_to_train_on_are_said_in_the_summary(tmp_path, capsys):
-    """Records with nothing to train on (an empty or null reply, a TRL completion [], empty text) are left out, and the
-    summary says how many and where, per file: 300 records gave "291 documents" and no reason. A seed task's empty
+    """Records with nothing to train on (no reply, an empty or null one, a TRL completion [], empty text) are left out,
+    and the summary says how many and where, per file: 300 records gave "291 documents" and no reason. A seed task's empty
     instances are one record; a file with none says nothing."""
     out = str(tmp_path / "data")
     rows = [{"question": f"Q{i}?", "answer": f"A{i}."} for i in range(12)]
     rows[2]["answer"], rows[6]["answer"] = "", None
     rows[9] = {"prompt": [{"role": "user", "content": "hi"}], "completion": []}
+    rows[4] = {"messages": [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Q4?"}]}  # no reply
     rows[10] = {"instruction": "Say it.", "instances": [{"input": "a", "output": ""}, {"input": "b", "output": " "}]}
     src = write(tmp_path / "qa.jsonl", "\n".join(json.dumps(r) for r in rows) + "\n")
     whole = write(tmp_path / "whole.jsonl", "\n".join(json.dumps(r) for r in rows[:2]) + "\n")
     prepare.main(["--dataset", "chat", "--source", src, whole, "--name", "qa", "--out_dir", out])
     said = capsys.readouterr().out
-    assert f"\n  left out 4 records of {src} with nothing to train on (an empty or null reply, or empty text): lines 3, " \
-           f"7, 10, 11\n" in said, said
+    assert f"\n  left out 5 records of {src} with nothing to train on (no reply, an empty or null one, or empty text): lines " \
+           f"3, 5, 7, 10, 11\n" in said, said
     assert said.count("nothing to train on") == 1  # (whole.jsonl's records all trained)
     meta = prepare.read_meta(os.path.join(out, "qa"))
-    assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == 12 - 4 + 2
+    assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == 12 - 5 + 2
     # past PLACES, counted; text records too
     texts = write(tmp_path / "t.jsonl", "\n".join(json.dumps({"text": "" if i % 2 else DOCS[i % len(DOCS)]})
                                                   for i in range(30)) + "\n")
     prepare.main(["--source", texts, "--name", "t", "--out_dir", out])
-    assert f"  left out 15 records of {texts} with nothing to train on (an empty or null reply, or empty text): lines " \
+    assert f"  left out 15 records of {texts} with nothing to train on (no reply, an empty or null one, or empty text): lines " \
            f"2, 4, 6, 8, 10, 12, 14, 16, 18, 20, ...\n" in capsys.readouterr().out
     # a seed task of empty instances past PLACES is one record too
     more = write(tmp_path / "more.jsonl", "\n".join(json.dumps(r) for r in rows + [rows[2]] * 8 + [rows[10]]) + "\n")
     prepare.main(["--dataset", "chat", "--source", more, "--name", "more", "--out_dir", out])
-    assert f"  left out 13 records of {more} with nothing to train on" in capsys.readouterr().out
+    assert f"  left out 14 records of {more} with nothing to train on" in capsys.readouterr().out
 
 
 def test_bad_records_are_counted_in_little_memory(tmp_path, capsys):
@@ -1340,18 +1341,25 @@ def test_a_folder_of_small_files_gives_val_its_share(tmp_path, enc, monkeypatch)
 
 
 def test_a_chat_set_without_replies_is_refused(tmp_path):
-    """Conversations without an assistant turn leave nothing under the loss mask: train.py 'trained' at loss 0."""
+    """Conversations without an assistant turn leave nothing under the loss mask: train.py 'trained' at loss 0. Among
+    others they are left out (they were kept, unsaid: windows of context trained on for no loss), and the val split
+    takes conversations with replies: its loss is never 0, "best" at every evaluation."""
     convs = [[{"role": "system", "content": "Be kind."}, {"role": "user", "content": f"Hello {i}"}] for i in range(20)]
     src = write(tmp_path / "q.jsonl", "\n".join(json.dumps({"messages": c}) for c in convs))
-    with pytest.raises(UserError, match=r"q\.jsonl: no assistant replies to train on .*: give conversations with "
-                                        r"assistant messages$"):
+    with pytest.raises(UserError, match=r"q\.jsonl: none of its records has anything to train on \(every assistant "
+                                        r"reply, or text, is missing, empty or null\): fill them in, or leave the file "
+                                        r"out$"):
         prepare.prepare("chat", source=src, out_dir=str(tmp_path / "data"))
     assert not (tmp_path / "data" / "chat").exists()
-    # replies in train but none in val: a val loss of 0, "best" at every evaluation
     replies = [c + [{"role": "assistant", "content": "Hi."}] for c in convs[:18]] + convs[18:]
     src = write(tmp_path / "r.jsonl", "\n".join(json.dumps({"messages": c}) for c in replies))
-    with pytest.raises(UserError, match=r"r\.jsonl: no assistant replies in its val split"):
-        prepare.prepare("chat", source=src, out_dir=str(tmp_path / "data"), pack=0)
+    meta = prepare.prepare("chat", source=src, out_dir=str(tmp_path / "data"), pack=0)
+    assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == 18
+    eot = get_tokenizer("gpt2").eot_token
+    for split in ("train", "val"):  # every conversation kept has a reply under the mask
+        ids, mask = load(str(tmp_path / "data" / "chat"), split, meta)
+        ends = prepare.document_ends(ids, eot)
+        assert len(ends) and all(mask[s:e].any() for s, e in zip([0, *ends[:-1]], ends)), split
 
 
 def test_a_source_folder_skips_hidden_folders_and_prepared_datasets(tmp_path):
@@ -3005,7 +3013,7 @@ def test_a_file_of_records_with_nothing_to_train_on_says_so(tmp_path):
              {"prompt": "P", "completion": None}]
     write(tmp_path / "mine" / "empty.jsonl", "".join(json.dumps(r) + "\n" for r in empty))
     with pytest.raises(UserError, match=r"^.*empty\.jsonl: none of its records has anything to train on \(every "
-                                        r"reply, or text, is empty or null\): fill them in, or leave the file out$"):
+                                        r"assistant reply, or text, is missing, empty or null\): fill them in, or leave the file out$"):
         prepare.prepare("text", source=str(tmp_path / "mine"), out_dir=out, name="mine")
     write(tmp_path / "mine" / "good.jsonl", "".join(json.dumps({"prompt": f"P{i}", "completion": f"C{i}"}) + "\n"
                                                     for i in range(20)))
