@@ -562,6 +562,10 @@ def open_checkpoint(args, path):
         print(f"using {path}, the newest checkpoint in models/", file=sys.stderr)
     if args.chat:
         warn_if_trained_on_text(path, ckpt)
+    elif (ckpt.get("data") or {}).get("kind") == "chat":
+        # a chat model continuing a text writes its own ChatML turns (<|im_end|> printed as text): say the other way
+        print(f"note: {path} was fine-tuned on conversations ({ckpt.get('dataset')}): this continues the text as it "
+              f"stands; gen.py --chat answers it as a chat", file=sys.stderr)
     return model, enc, device, dtype
 
 

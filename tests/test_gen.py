@@ -186,12 +186,17 @@ def test_chat_piped_session(la_ckpt, enc):
 
 
 def test_chat_with_a_model_trained_on_plain_text_is_warned_of(enc, tmp_path, capsys):
-    """make demo's story model answers --chat with a story that never ends its turn: the user is told why."""
+    """make demo's story model answers --chat with a story that never ends its turn: the user is told why. A chat
+    model given --prompt continues the text with turns of its own (<|im_end|> as text): --chat is named."""
     for kind, warned in (("text", True), ("chat", False), (None, False)):
         path = str(tmp_path / f"{kind}.pt")
         save_checkpoint(path, la_model(enc), enc, dataset="story", data={"kind": kind} if kind else {})
         code, out, err = cli([path, "--chat", "--prompt", "hi", "--max_tokens", "2", "--seed", "0"] + CPU, capsys)
         assert code == 0 and ("trained on plain text (story), not on conversations" in err) == warned, err
+        # and the other way round: --prompt given a chat model continues the text, writing ChatML of its own
+        code, out, err = cli([path, "--prompt", "hi", "--max_tokens", "2", "--seed", "0"] + CPU, capsys)
+        assert code == 0 and (f"note: {path} was fine-tuned on conversations (story): this continues the text as it "
+                              f"stands; gen.py --chat answers it as a chat\n" in err) == (kind == "chat"), err
 
 
 def test_chat_reset_in_process(la_ckpt, enc, capsys, monkeypatch):
