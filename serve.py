@@ -846,11 +846,12 @@ class Handler(BaseHTTPRequestHandler):
         """DNS rebinding: a web page whose own name its site points at 127.0.0.1 is, to the browser, of this server's
         origin, and reads every answer, which no CORS header would let it. A server on a loopback address (the
         default) answers requests for a loopback name or address only; one on 0.0.0.0 or a network address is reached
-        by names of its own, and answers any. A request with no Host (HTTP/1.0) comes from no browser. --allowed_hosts
-        names more (a proxy that passes on its own public name: a Codespaces or Jupyter proxy's)."""
+        by names of its own, and answers any. A request with no Host (HTTP/1.0), or an empty one, comes from no browser
+        (an empty one was refused, naming "--allowed_hosts " with nothing after it). --allowed_hosts names more (a
+        proxy that passes on its own public name: a Codespaces or Jupyter proxy's)."""
         host = self.headers.get("Host")
         allowed = self.server.allowed_hosts
-        if host is None or not self.server.loopback or loopback_name(host) or "*" in allowed \
+        if not host or not self.server.loopback or loopback_name(host) or "*" in allowed \
                 or host_name(host) in allowed:
             return
         port = self.server.server_address[1]
