@@ -493,6 +493,8 @@ def main(argv=None):
         size = sum(os.path.getsize(f) for f in args.input if os.path.exists(f))
         sample = files_sample(args.input)
         enc = train_tokenizer(args.input, args.vocab_size, args.out, sample)
+        if not all(map(os.path.isfile, args.input)):  # a pipe (/dev/stdin) has no size ("on 0.0 MB"): what was read
+            size = sample.chars  # of the input, all of it under the cap (characters, as said() counts them)
         on = sample.said("the text") or f"{size / 1e6:.1f} MB"
         print(f"trained {enc.n_vocab} tokens on {on} in {time.time() - t0:.1f}s -> {args.out}")
 

@@ -386,6 +386,10 @@ def test_cli_train_learns_from_at_most_vocab_text_chars_spread_over_the_files(tm
                        cwd=ROOT, input=files[1].read_text(encoding="utf-8"), capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("trained 300 tokens on the first 0 MB of the text (at most 0 MB, VOCAB_TEXT_CHARS: ")
+    # a pipe within the cap: the size of what it read, not the 0 bytes a pipe's stat gives ("on 0.0 MB")
+    r = subprocess.run([sys.executable, "setup_tokenizer.py", "train", "--input", "/dev/stdin", "--vocab_size", "300",
+                        "--out", str(out)], cwd=ROOT, input="word " * 60_000, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and re.match(r"trained \d+ tokens on 0.3 MB in ", r.stdout), (r.stdout, r.stderr)
 
 
 def test_cli_train_says_a_large_input_before_it_trains(tmp_path, capsys, monkeypatch):
