@@ -375,10 +375,12 @@ def kept_file(path):
     """What an existing file is that no script's output may replace (a checkpoint aside, which train.py's runs write
     over by their own rules): a checkpoint, weights, a prepared dataset's file (its token files, meta.json, its
     vocabulary; not other files there, as an eval.py --json written beside it), a model folder's config and tokenizer
-    files; None for anything else."""
+    files, a vocabulary (.tiktoken: a dataset made with --tokenizer FILE reads it again); None for anything else."""
     folder, name = os.path.split(os.path.realpath(path))
     if (name in ("meta.json", VOCAB_FILE) or name.endswith(".bin")) and is_dataset_folder(folder):
         return f"a file of the dataset in {folder}"
+    if name.endswith(".tiktoken"):
+        return "a vocabulary"
     if path.endswith(".safetensors"):
         return "model weights"
     if name in MODEL_FOLDER_FILES and os.path.isfile(os.path.join(folder, "config.json")):
@@ -389,11 +391,12 @@ def kept_file(path):
         return None
 
 
-def check_output(path, option, folder=False, inputs=(), checkpoint=False):
+def check_output(path, option, folder=False, inputs=(), checkpoint=False, vocabulary=False):
     """Fail now, with one line naming option, when path cannot be written: before hours of work, not at the end.
     Creates the folder (path itself when folder, else its parent) and writes and removes a probe file there.
     inputs: {option: path(s)} the command reads, which path must not be (the result would replace them). Nor may
-    path be a checkpoint or a dataset's file (kept_file), unless checkpoint: a checkpoint written over one."""
+    path be a checkpoint, a vocabulary or a dataset's file (kept_file), unless checkpoint: a checkpoint written over
+    one, or vocabulary: a vocabulary retrained in place (not a dataset's own)."""
     if not path:
         raise UserError(f"{option} is empty: give a path")
     # a folder's path, or one to make ("out/", which was written as out/.PID.tmp and failed at the end)
@@ -407,7 +410,8 @@ def check_output(path, option, folder=False, inputs=(), checkpoint=False):
                 raise UserError(f"{option} {path} is the {name} it reads: the result would replace it; give another "
                                 f"{option}")
     kept = kept_file(path) if os.path.isfile(path) else None
-    if kept and not (checkpoint and kept.startswith("a checkpoint")):  # (eval.py --json over a checkpoint: 627 bytes)
+    # (eval.py --json over a checkpoint: 627 bytes; over a vocabulary outside data/: JSON, and its dataset unreadable)
+    if kept and not (checkpoint and kept.startswith("a checkpoint")) and not (vocabulary and kept == "a vocabulary"):
         raise UserError(f"{option} {path} is {kept}: the result would replace it; give another {option}")
     parent = path if folder else os.path.dirname(os.path.abspath(path))
     # a file's probe is the very name its atomic write takes (tmp_name): one longer than the system allows (past 255

@@ -434,7 +434,7 @@ def train_tokenizer(files, vocab_size, out_path, sample=None):
             raise UserError(f"--input {path} is a folder: give the text files in it, e.g. {os.path.join(path, '*.txt')}")
         # a dataset's token file of a small vocabulary passes for text (few NULs, bytes valid as UTF-8: a 307-id one
         # trained 4,096 tokens of its ids' bytes), and a vocabulary gave one of base64: refused, as the checkpoint is
-        kept = kept_file(path) or ("a vocabulary" if path.endswith(".tiktoken") else None)
+        kept = kept_file(path)
         if kept:
             raise UserError(f"--input {path} is {kept}, not text: give the text files it was made from")
         if suffix(path) in SUFFIXES and suffix(path) != ".txt":
@@ -488,7 +488,7 @@ def main(argv=None):
         print(f"{len(ids)} tokens, {len(args.text.encode())} bytes, vocabulary {enc.n_vocab} ({enc.name})")
     else:
         args.input = [f for given in args.input for f in expand_pattern(given, "--input")]
-        check_output(args.out, "--out", inputs={"--input": args.input})  # before the training, not after it
+        check_output(args.out, "--out", inputs={"--input": args.input}, vocabulary=True)  # before the training, not after it
         t0 = time.time()
         size = sum(os.path.getsize(f) for f in args.input if os.path.exists(f))
         sample = files_sample(args.input)

@@ -37,6 +37,16 @@ def test_outputs_are_checked_before_any_work(tmp_path):
         check_output(str(tmp_path / "a_file" / "x.pt"), "--output_checkpoint")
     with pytest.raises(UserError, match="a part of the path is a file, not a folder"):
         check_output(str(tmp_path / "a_file" / "sub"), "--out_dir", folder=True)
+    # a vocabulary outside data/ (prepare.py --tokenizer FILE reads it again): eval.py --json or gen.py --output over it
+    # wrote JSON there; setup_tokenizer.py retrains one in place
+    vocab = tmp_path / "v.tiktoken"
+    vocab.write_text("IQ== 0\n")
+    for option in ("--json", "--output", "--out"):
+        with pytest.raises(UserError, match=rf"^{option} .*v\.tiktoken is a vocabulary: the result would replace it; "
+                                            rf"give another {option}$"):
+            check_output(str(vocab), option)
+    check_output(str(vocab), "--out", vocabulary=True)
+    assert vocab.read_text() == "IQ== 0\n"
     if os.geteuid() != 0:  # root may write anywhere
         ro = tmp_path / "ro"
         ro.mkdir()
