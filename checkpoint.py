@@ -19,7 +19,7 @@ import zipfile
 import torch
 
 import hf
-from common import MODEL_FOLDER_FILES, UserError, atomic_torch_save, first_line, is_oom, nonempty, starts_as_zip
+from common import UserError, atomic_torch_save, first_line, is_oom, model_folder_file, nonempty, starts_as_zip
 from model import GPT, GPTConfig
 from setup_tokenizer import tokenizer_from_state, tokenizer_state
 
@@ -93,11 +93,10 @@ def load_checkpoint(path, map_location="cpu"):
         raise UserError(f"checkpoint {path} not found{available_hint(folder if os.path.isdir(folder) else 'models')}")
     if hf.is_hf_folder(path):
         return refuse_diverged(path, {"format": FORMAT, **hf.read_folder(path)})
-    folder = os.path.dirname(path) or "."
-    if (path.endswith(".safetensors") or os.path.basename(path) in MODEL_FOLDER_FILES) and hf.is_hf_folder(folder):
-        # export.py's weights or config given for the model: torch reads a .safetensors file as a plain state dict,
-        # and the error said "train one with train.py" to a user holding the model
-        raise UserError(f"{path} is a file of the Hugging Face model folder {folder}: pass the folder itself")
+    # export.py's weights or config given for the model: torch reads a .safetensors file as a plain state dict, and
+    # the error said "train one with train.py" to a user holding the model
+    if model_folder_file(path):
+        raise model_folder_file(path)
     if path.endswith(".safetensors"):  # torch.load reads it with safetensors: a state dict, or a damaged file's traceback
         raise UserError(f"{path} is a safetensors file with no Hugging Face model folder around it (no {hf.CONFIG} "
                         f"beside it): not a checkpoint; use a checkpoint written by train.py, or the model's folder")

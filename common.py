@@ -371,6 +371,16 @@ MODEL_FOLDER_FILES = ("config.json", "generation_config.json", "model.safetensor
                       "merges.txt", "special_tokens_map.json", VOCAB_FILE)
 
 
+def model_folder_file(path):
+    """The error for path, a file of a Hugging Face model folder (its weights, config or tokenizer files, a config.json
+    beside them), given where the folder goes; None for any other path."""
+    folder, name = os.path.split(path)
+    folder = folder or "."
+    if (name.endswith(".safetensors") or name in MODEL_FOLDER_FILES) and os.path.isfile(os.path.join(folder, "config.json")):
+        return UserError(f"{path} is a file of the Hugging Face model folder {folder}: pass the folder itself")
+    return None
+
+
 def kept_file(path):
     """What an existing file is that no script's output may replace (a checkpoint aside, which train.py's runs write
     over by their own rules): a checkpoint, weights, a prepared dataset's file (its token files, meta.json, its

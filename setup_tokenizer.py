@@ -29,7 +29,7 @@ import zipfile
 import tiktoken
 
 from common import (VOCAB_FILE, UserError, atomic_write_text, check_output, expand_pattern, holds_nul,
-                    is_dataset_folder, kept_file, nonempty, not_utf8, read_meta, require_utf8, run_main, starts_as_zip)
+                    is_dataset_folder, kept_file, model_folder_file, nonempty, not_utf8, read_meta, require_utf8, run_main, starts_as_zip)
 
 EOT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = (EOT, IM_START, IM_END)
@@ -60,8 +60,9 @@ def _build(name, ranks):
 
 
 def not_a_vocabulary(source):
-    """The error for a file that is no .tiktoken vocabulary: junk text, a binary file, a folder."""
-    return UserError(f"{source} is not a .tiktoken vocabulary (lines of `base64 rank`): pass a file written by "
+    """The error for a file that is no .tiktoken vocabulary: junk text, a binary file, a folder, a Hugging Face model
+    folder's vocab.json (whose folder is the way in)."""
+    return model_folder_file(source) or UserError(f"{source} is not a .tiktoken vocabulary (lines of `base64 rank`): pass a file written by "
                      f"`python setup_tokenizer.py train`, a checkpoint, a Hugging Face model folder, or gpt2")
 
 

@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -188,6 +189,12 @@ def test_an_exported_folder_is_a_tokenizer_for_prepare(exported, enc, custom_enc
     os.mkdir(tmp_path / "empty")
     with pytest.raises(common.UserError, match=r"empty \(a folder without tokenizer.json or vocab.json\) is not a .tiktoken"):
         get_tokenizer(str(tmp_path / "empty"))
+    # a file of the folder (its vocab.json, as other tools take): "not a .tiktoken vocabulary" named no folder
+    for name in ("vocab.json", "tokenizer.json", "config.json"):
+        path = os.path.join(out, name)
+        with pytest.raises(common.UserError, match=rf"^{re.escape(path)} is a file of the Hugging Face model folder "
+                                                   rf"{re.escape(out)}: pass the folder itself$"):
+            get_tokenizer(path)
 
 
 def test_export_round_trips_here(exported, enc):
