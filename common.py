@@ -389,12 +389,12 @@ def kept_file(path):
     folder, name = os.path.split(os.path.realpath(path))
     if (name in ("meta.json", VOCAB_FILE) or name.endswith(".bin")) and is_dataset_folder(folder):
         return f"a file of the dataset in {folder}"
-    if name.endswith(".tiktoken"):
-        return "a vocabulary"
     if path.endswith(".safetensors"):
         return "model weights"
     if name in MODEL_FOLDER_FILES and os.path.isfile(os.path.join(folder, "config.json")):
         return f"a file of the model folder {folder}"  # (bench.py --out over its config.json: the folder no longer loaded)
+    if name.endswith(".tiktoken"):  # (after a dataset's and a model folder's own, which are theirs, not to retrain)
+        return "a vocabulary"
     try:
         return "a checkpoint (a zip archive)" if starts_as_zip(path) else None
     except OSError:
