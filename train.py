@@ -2536,10 +2536,13 @@ class Run:
                "elapsed": round(p.elapsed + time.time() - self.t_run, 2)}
         bar.set_postfix(loss=shown, lr=f"{lr:.1e}", tok_s=f"{tps:,.0f}", refresh=False)
         if bar.disable and not due_eval:
-            left, what = self.run_ends(self.tok_step / max(tps, 1e-9), self.batches.steps_per_epoch - epoch_step,
-                                       self.clock.agreed)
-            say(f"step {p.step:,} (epoch {rec['epoch']:.2f}): loss {shown}, lr {lr:.2e}, "
-                f"{tps:,.0f} tokens/s, {what} ends in {fmt_time(left)}")
+            # the run's first step alone is no speed (a cold torch.compile's: "121 tokens/s, epoch ends in 9m36s" where
+            # training ran at 16k), nor a time left from it: a budget's end is known without it
+            timed = self.run_steps > 1
+            end = self.run_ends(self.tok_step / max(tps, 1e-9) if timed else None,
+                                self.batches.steps_per_epoch - epoch_step, self.clock.agreed)
+            say(f"step {p.step:,} (epoch {rec['epoch']:.2f}): loss {shown}, lr {lr:.2e}"
+                + (f", {tps:,.0f} tokens/s" if timed else "") + (f", {end[1]} ends in {fmt_time(end[0])}" if end else ""))
         return rec, shown, tps
 
     def evaluation(self, rec, shown, lr, tps):
