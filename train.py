@@ -1344,11 +1344,12 @@ class GracefulInterrupt:
         for sig, old in self.old.items():
             signal.signal(sig, old)
 
-    def exit_saved(self, dist, step, path):
-        """Ends the run interrupted after its step `step`, saved at path: says how to continue it, and exits 130
-        (SIGTERM: 143)."""
+    def exit_saved(self, dist, step, path, steps_left=None):
+        """Ends the run interrupted after its step `step`, saved at path: says how to continue it (steps_left: what is
+        left of its --max_steps, which a continued run does not inherit), and exits 130 (SIGTERM: 143)."""
+        more = f" --max_steps {steps_left}" if steps_left else ""
         say(paint(f"interrupted at step {step:,}: saved {path}; continue with "
-                  f"`{dist.command()} --checkpoint {shlex.quote(path)}`", "yellow"))
+                  f"`{dist.command()} --checkpoint {shlex.quote(path)}{more}`", "yellow"))
         if self.signum == signal.SIGTERM:
             raise SystemExit(128 + signal.SIGTERM)
         # the others end once rank 0 has saved: torchrun stops every rank (SIGTERM) when one ends with an error unless
@@ -2517,7 +2518,7 @@ class Run:
         # it end as it would have, with its summary, not "interrupted ... continue with" and exit 130
         # for a run that has ended, whose continuation would be refused
         if interrupted and self.stopped == "done" and p.epoch < args.epochs:
-            self.interrupt.exit_saved(dist, p.step, saved["path"])
+            self.interrupt.exit_saved(dist, p.step, saved["path"], args.max_steps and args.max_steps - self.run_steps)
 
     def log_record(self, lr, epoch_step, bar, due_eval):
         """The metrics record of the steps since the last one (the train loss over them: the loop's only host sync),

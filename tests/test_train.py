@@ -1103,6 +1103,15 @@ def test_ctrl_c_says_interrupted_in_one_line(env, tmp_path, monkeypatch, capsys)
     assert re.findall(r"^.*interrupted.*$", out + err, re.M) == [
         f"interrupted at step 3: saved {tmp_path / 'mini.pt'}; continue with "
         f"`python train.py --checkpoint {shlex.quote(str(tmp_path / 'mini.pt'))}`"], (out, err)
+    # a run of --max_steps, which a continued run does not inherit: the command goes on for the steps left (it trained
+    # the rest of the epochs instead)
+    on_step(monkeypatch, 2, lambda: os.kill(os.getpid(), signal.SIGINT))
+    with pytest.raises(SystemExit):
+        train.main(["--data_dir", env["data"], "--dataset", "mini", "--output_checkpoint",
+                    str(tmp_path / "m" / "{dataset}.pt"), "--n_layer", "1", "--n_head", "2", "--n_embd", "32",
+                    "--block_size", "64", "--eval_interval", "0", "--device", "cpu", "--no-color", "--max_steps", "5"])
+    out, err = capsys.readouterr()
+    assert out.rstrip().endswith(f"--checkpoint {shlex.quote(str(tmp_path / 'm' / 'mini.pt'))} --max_steps 3`"), out
 
 
 def test_an_interrupt_in_the_last_step_of_a_run_lets_it_end(env, tmp_path, monkeypatch, capsys):
