@@ -2356,7 +2356,12 @@ class Run:
                 while p.epoch < args.epochs and self.stopped == "done":
                     self.train_epoch()
         except KeyboardInterrupt:
-            raise  # a second Ctrl-C (the first saves and exits above): quit without touching any file
+            # a second Ctrl-C (the first saves and exits above): quit without touching any file, naming the one that
+            # holds the run (a bare "interrupted" left it to be found)
+            last = self.saved["path"] or (args.checkpoint if continuing else None)
+            print(f"\nquit at step {p.step:,} without saving; the run's last checkpoint: {last or 'none yet'}",
+                  file=sys.stderr)
+            raise SystemExit(130) from None
         except Exception as e:
             # keep the progress made since the last save: the weights are consistent unless the optimizer itself
             # failed (UserError: NaN weights). Not with several ranks: another rank's failure may leave this one

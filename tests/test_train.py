@@ -1114,6 +1114,28 @@ def test_ctrl_c_says_interrupted_in_one_line(env, tmp_path, monkeypatch, capsys)
     assert out.rstrip().endswith(f"--checkpoint {shlex.quote(str(tmp_path / 'm' / 'mini.pt'))} --max_steps 3`"), out
 
 
+def test_a_second_ctrl_c_quits_naming_the_runs_last_checkpoint(env, tmp_path, monkeypatch, capsys):
+    # the second Ctrl-C quits without a save: it said a bare "interrupted", leaving the file that holds the run to be
+    # found (the continued one's --checkpoint where this run saved none)
+    argv = ["--data_dir", env["data"], "--dataset", "mini", "--output_checkpoint", str(tmp_path / "{dataset}.pt"),
+            "--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size", "64", "--eval_interval", "0",
+            "--save_interval", "0", "--device", "cpu", "--no-color"]
+    twice = lambda: [os.kill(os.getpid(), signal.SIGINT) for _ in range(2)]  # noqa: E731
+    for continued, last in ((False, "none yet"), (True, str(tmp_path / "mini.pt"))):
+        if continued:
+            train.main(argv + ["--max_steps", "2"])
+            argv += ["--checkpoint", last]
+        before = os.path.exists(last) and load_checkpoint(last)["step"]
+        on_step(monkeypatch, 2, twice)
+        with pytest.raises(SystemExit) as e:
+            train.main(argv)
+        out, err = capsys.readouterr()
+        assert e.value.code == 130
+        assert err.rstrip().splitlines()[-1] == f"quit at step {3 if continued else 1} without saving; the run's last " \
+                                                f"checkpoint: {last}", err
+        assert "interrupted" not in err and (not continued or load_checkpoint(last)["step"] == before == 2)
+
+
 def test_an_interrupt_in_the_last_step_of_a_run_lets_it_end(env, tmp_path, monkeypatch, capsys):
     """SIGTERM (or Ctrl-C) during a run's last step said "interrupted ... continue with --checkpoint X" and exited 143
     (130) for a run that had just ended: continuing it was refused (its epochs done), and its summary was lost."""
