@@ -50,6 +50,14 @@ def require_utf8(text, what):
         raise UserError(f"{what} is not UTF-8 text: give it in UTF-8") from None
 
 
+def json_kind(v):
+    """What a value read from JSON is, in JSON's words ("an array", not Python's "list"): the user wrote JSON."""
+    if isinstance(v, bool):  # (before int: True is an int in Python)
+        return "a boolean"
+    kinds = ((type(None), "null"), (dict, "an object"), (list, "an array"), (str, "a string"), ((int, float), "a number"))
+    return next((name for t, name in kinds if isinstance(v, t)), type(v).__name__)
+
+
 def nonempty(text):
     """argparse type of a path or name: '' (an unset shell variable, as in --checkpoint "$CKPT") is refused, where it
     read as the option left out: a fresh model trained, the newest checkpoint sampled, results printed, not written."""

@@ -70,8 +70,8 @@ import numpy as np
 from tqdm import tqdm
 
 from common import (VOCAB_FILE, UserError, atomic_write_text, check_output, expand_pattern, first_line, fsync_replace,
-                    held_lock, holds_nul, name_full_disk, nonempty, not_utf8, parts_text, prepare_lock, read_items,
-                    read_meta, remove_stale_tmp, run_main, tmp_name, without_surrogates)
+                    held_lock, holds_nul, json_kind, name_full_disk, nonempty, not_utf8, parts_text, prepare_lock,
+                    read_items, read_meta, remove_stale_tmp, run_main, tmp_name, without_surrogates)
 from setup_tokenizer import (EOT, IM_END, IM_START, VocabSample, fewer_ids, get_tokenizer, read_text_chunks,
                              say_training, tokenizer_hash, train_bpe, trained_on, warn_short_vocabulary)
 
@@ -433,7 +433,7 @@ def as_turns(record, field, role, where):
             return [m | {"weight": 0} if m["role"] == "assistant" else m for m in listed]
         return listed or [{"role": role, "content": ""}]
     if value is not None and not isinstance(value, str):  # else a TypeError's words, or its repr() trained
-        raise UserError(f"{where}: `{field}` must be text{' or a list of turns' * turns}, got {type(value).__name__}")
+        raise UserError(f"{where}: `{field}` must be text{' or a list of turns' * turns}, got {json_kind(value)}")
     return [{"role": role, "content": value or ""}]
 
 
@@ -477,7 +477,7 @@ def record_doc(record, where, dataset=None):
     if not isinstance(record, dict):
         # a list of records (json.dump(records) saved as .jsonl) is no conversation's turns to wrap in "messages"
         records = bare_turns(record) and any(f in record[0] for f in RECORD_FIELDS)
-        raise UserError(f"{where}: expected an object or a string, got {type(record).__name__}" + (
+        raise UserError(f"{where}: expected an object or a string, got {json_kind(record)}" + (
             "; a list of records? give one a line (JSON Lines), or the whole array as a .json file" if records else
             '; a conversation\'s turns? give each as {"messages": [...]}' if bare_turns(record) else ""))
     # the shape by the fields that hold something: a parquet file or a pandas export of mixed records gives every row
@@ -496,7 +496,7 @@ def record_doc(record, where, dataset=None):
         elif pair:
             prompt, reply, extra = pair
             if extra and record.get(extra) and not isinstance(record[extra], str):  # else its repr() trained
-                raise UserError(f"{where}: `{extra}` must be text, got {type(record[extra]).__name__}")
+                raise UserError(f"{where}: `{extra}` must be text, got {json_kind(record[extra])}")
             # LLaMA-Factory's `history`, the turns before, as [instruction, output] pairs: left out, a multi-turn row
             # trained as its last turn alone
             history = record.get("history") or []
@@ -523,7 +523,7 @@ def record_doc(record, where, dataset=None):
             if text is None:  # an empty row, as an empty string is
                 return None
             if not isinstance(text, str):
-                raise UserError(f"{where}: `text` must be text, got {type(text).__name__}")  # (as other fields say)
+                raise UserError(f"{where}: `text` must be text, got {json_kind(text)}")  # (as other fields say)
             return plain_text(text, where)
         else:
             raise UserError(f"{where}: no {', '.join(TURNS_FIELDS)}, {', '.join(f'{p}/{r}' for p, r, _ in PAIRS)}, "
@@ -531,7 +531,7 @@ def record_doc(record, where, dataset=None):
     except (KeyError, TypeError) as e:
         raise UserError(f"{where}: malformed conversation ({type(e).__name__}: {e})")
     if record.get("system") is not None and not isinstance(record["system"], str):  # not dropped unsaid
-        raise UserError(f"{where}: `system` must be text, got {type(record['system']).__name__}")
+        raise UserError(f"{where}: `system` must be text, got {json_kind(record['system'])}")
     if record.get("system") and messages and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": record["system"]})
     for m in messages:
@@ -541,7 +541,7 @@ def record_doc(record, where, dataset=None):
             text = parts_text(m["content"], m["role"])
             if text is None:
                 raise UserError(f"{where}: message content must be text or a list of text parts ({{\"type\": \"text\", "
-                                f"\"text\": ...}}), got {type(m['content']).__name__}")
+                                f"\"text\": ...}}), got {json_kind(m['content'])}")
             m["content"] = text
         if "weight" in m and (isinstance(m["weight"], bool) or m["weight"] not in (0, 1)):
             raise UserError(f"{where}: a message's weight must be 0 (not trained on) or 1, got {m['weight']!r}")

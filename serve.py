@@ -62,7 +62,7 @@ from urllib.parse import unquote, urlsplit
 import torch
 
 from checkpoint import add_checkpoint_argument, load_model, parse_checkpoint
-from common import (DTYPES, UserError, nonempty, number, parts_text, pick_device, pick_dtype, retain_freed_memory,
+from common import (DTYPES, UserError, json_kind, nonempty, number, parts_text, pick_device, pick_dtype, retain_freed_memory,
                     run_main, seeded_generator)
 from gen import (CHAT_STOPS, PENALTY_RULE, add_sampling_arguments, default_checkpoint, encode_prompt, fit_history,
                  penalty_value, positive_int, reserve_for, stop_ids, stream_completion, warn_if_trained_on_text)
@@ -230,7 +230,7 @@ def job_from_request(body, kind, api):
     except RecursionError:
         raise ApiError(400, "the request body nests too deeply to parse; send a JSON object", code="invalid_json")
     if not isinstance(req, dict):
-        raise ApiError(400, f"the request body must be a JSON object, got {type(req).__name__}", code="invalid_json")
+        raise ApiError(400, f"the request body must be a JSON object, got {json_kind(req)}", code="invalid_json")
     for name in UNSUPPORTED:
         if not harmless(name, req.get(name)):
             raise ApiError(400, f"{name}={json.dumps(req[name])[:80]} is not supported by this server"

@@ -400,14 +400,14 @@ def test_non_utf8_and_bad_input(tmp_path):
                                          ({"messages": "hi"}, "`messages` must be a list of turns"),
                                          ({"conversations": [{"value": "x"}]}, '`conversations` must be a list of turns '
                                                                                'like {"from": "user", "value": "Hi!"}'),
-                                         ({"instruction": 5, "output": "x"}, "`instruction` must be text, got int"),
+                                         ({"instruction": 5, "output": "x"}, "`instruction` must be text, got a number"),
                                          ({"instruction": "a", "output": "b", "history": [["q", "r", "s"]]},
                                           "`history` must be a list of [instruction, output] pairs of text"))):
         with pytest.raises(UserError, match=rf"turns{i}.jsonl line 1: {re.escape(shape)}"):
             prepare.prepare("chat", source=write(tmp_path / f"turns{i}.jsonl", json.dumps(record)), out_dir=out)
     # a line holding a conversation's bare list of turns, as some chat exports write: it said only "got list"
     bare = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
-    with pytest.raises(UserError, match=r'bare.jsonl line 1: expected an object or a string, got list; a '
+    with pytest.raises(UserError, match=r'bare.jsonl line 1: expected an object or a string, got an array; a '
                                         r'conversation\'s turns\? give each as \{"messages": \[\.\.\.\]\}$'):
         prepare.prepare("chat", source=write(tmp_path / "bare.jsonl", json.dumps(bare)), out_dir=out)
     # pandas' DataFrame.to_json() default, one object of columns by row: "`input` must be text, got dict"
@@ -419,7 +419,7 @@ def test_non_utf8_and_bad_input(tmp_path):
     # a JSON array of records written on one line as .jsonl (json.dump(records, f) to a .jsonl name): the hint said
     # these records were a conversation's turns, to be wrapped in {"messages": ...}, which nests them wrongly
     records = [{"messages": bare}, {"instruction": "Hi", "output": "Hello"}]
-    with pytest.raises(UserError, match=r'array.jsonl line 1: expected an object or a string, got list; a list of '
+    with pytest.raises(UserError, match=r'array.jsonl line 1: expected an object or a string, got an array; a list of '
                                         r'records\? give one a line \(JSON Lines\), or the whole array as a \.json file$'):
         prepare.prepare("chat", source=write(tmp_path / "array.jsonl", json.dumps(records)), out_dir=out)
     with pytest.raises(UserError, match=r"odd.jsonl line 1: unknown role 'robot'"):
@@ -2991,12 +2991,15 @@ def test_a_record_of_several_shapes_is_read_by_the_first_that_holds_something():
             [[{"role": "user", "content": "I"}, {"role": "assistant", "content": "O"}]]
     # fields of the wrong type: one line naming the field
     # (a prompt or completion may be turns too: "must be text" named half of the fix)
-    for record, error in (({"prompt": 5, "completion": "c"}, "`prompt` must be text or a list of turns, got int"),
+    for record, error in (({"prompt": 5, "completion": "c"}, "`prompt` must be text or a list of turns, got a number"),
                           ({"prompt": "p", "completion": {"role": "assistant", "content": "c"}},
-                           "`completion` must be text or a list of turns, got dict"),
-                          ({"prompt": "p", "response": {"text": "r"}}, "`response` must be text, got dict"),
-                          ({"query": ["q"], "response": "r"}, "`query` must be text, got list"),
-                          ({"instruction": "i", "context": [1], "response": "r"}, "`context` must be text, got list"),
+                           "`completion` must be text or a list of turns, got an object"),
+                          ({"prompt": "p", "response": {"text": "r"}}, "`response` must be text, got an object"),
+                          ({"query": ["q"], "response": "r"}, "`query` must be text, got an array"),
+                          ({"instruction": "i", "context": [1], "response": "r"}, "`context` must be text, got an array"),
+                          ({"text": True}, "`text` must be text, got a boolean"),  # (JSON's words, not "got bool")
+                          ({"messages": [{"role": "user", "content": None}]}, "message content must be text or a list "
+                           'of text parts ({"type": "text", "text": ...}), got null'),
                           ({"prompt": [{"x": 1}], "completion": "c"}, "`prompt` must be a list of turns like"),
                           ({"instruction": "i", "instances": [{"input": "a"}]}, "`instances` must be a list of "),
                           ({"instruction": "i", "instances": "a"}, "`instances` must be a list of ")):
