@@ -1155,6 +1155,18 @@ def find_mix_source(mix, extra=True, limit=None, left=None):
             "streams": [s for p in parts for s in p["streams"]], "parts": parts}
 
 
+def file_states(plan):
+    """(size, modification time) of each file of a plan (find_source), None for one gone."""
+    states = []
+    for f in plan["files"]:
+        try:
+            st = os.stat(f)
+            states.append((st.st_size, st.st_mtime_ns))
+        except OSError:
+            states.append(None)
+    return states
+
+
 def fingerprint(dataset, plan, tokenizer, tok_hash, limit, val_fraction, pack=None, mix=None, version=VERSION,
                 skip_bad_records=False):
     """Changes when anything that decides the tokens does: input files (path, size, mtime), tokenizer, options.
@@ -2468,6 +2480,7 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
     meta_path = os.path.join(folder, "meta.json")
     new_meta = tmp_name(meta_path)
     t0 = time.time()
+    read_from = file_states(plan)  # what the files are as their passes (val's count, the tokens) start
     splits, raw_splits = {}, []  # the dataset's splits, and the unpacked or per-source ones they are made from
     mixed = None
     try:
@@ -2514,6 +2527,12 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
             meta["mix"] = mixed
         if vocab_fp:
             meta["vocab_fingerprint"] = vocab_fp
+        # a file written to as it was read (a download or export still going) gave its passes other documents: val's
+        # share, counted first, was cut from documents the tokens no longer had, and meta.json's counts were wrong
+        changed = [f for f, a, b in zip(plan["files"], read_from, file_states(plan)) if a != b]
+        if changed:
+            raise UserError(f"{changed[0]} changed while prepare.py read it (still being written?): run this again once "
+                            f"it is complete; {folder} is as it was")
         # The new files replace the old in two steps; what an interruption leaves:
         # 1. every new file is flushed to disk under its temporary name (seconds for a big train.bin), the new
         #    meta.json too: the old dataset is untouched, and the temporary files are removed on the way out.

@@ -334,6 +334,31 @@ def test_chunk_boundaries_do_not_change_documents(tmp_path, monkeypatch):
     assert (list(prepare.text_docs(corpus)), list(prepare.story_line_docs(stories))) == whole
 
 
+def test_a_file_written_to_as_it_is_read_is_refused_and_the_old_dataset_kept(tmp_path, monkeypatch):
+    """A file that shrank between val's count (a first pass over several files) and its tokens gave val the 37 documents
+    the count said of a file that then held 2: meta.json said 299 train and 74 val documents of files holding 334 and
+    39. The run stops, naming the file, and the dataset made before stays as it was."""
+    out = str(tmp_path / "data")
+    first = write(tmp_path / "src" / "1.txt", EOT.join(DOCS))
+    second = write(tmp_path / "src" / "2.txt", EOT.join(DOCS))
+    prepare.prepare("text", source=[first, second], out_dir=out, name="notes")
+    folder = os.path.join(out, "notes")
+    before = snapshot(folder)
+    reads, text_docs = [], prepare.text_docs
+
+    def still_written(path):  # its second read, the tokens' (the first: val's count)
+        reads.append(path)
+        if reads.count(second) == 2:
+            write(tmp_path / "src" / "2.txt", "one short document" + EOT + "and another")
+        return text_docs(path)
+    monkeypatch.setattr(prepare, "text_docs", still_written)
+    with pytest.raises(UserError, match=rf"^{re.escape(second)} changed while prepare.py read it \(still being "
+                                        rf"written\?\): run this again once it is complete; {re.escape(folder)} is as "
+                                        rf"it was$"):
+        prepare.prepare("text", source=[first, second], out_dir=out, name="notes", force=True)
+    assert snapshot(folder) == before
+
+
 def test_null_fields_byte_order_marks_and_deep_json(tmp_path, enc):
     """What exports contain: rows of mixed shapes with every column, null where a row has none (parquet, pandas),
     a UTF-8 byte-order mark (Notepad, Excel), in a .jsonl at any line's start (such files joined); and nesting too deep for json is one line, not a RecursionError."""
