@@ -1086,6 +1086,9 @@ def find_source(dataset, source=None, extra=True, limit=None, left=None):
         # where a filesystem gives none: 0 for all would keep one file)
         unique = {}
         for f in files:
+            if not os.path.isfile(f):  # a named pipe (mkfifo) ends at its first read: the next one waited for ever
+                raise UserError(f"--source {f}: not a regular file (a named pipe?); prepare.py reads its files more than "
+                                f"once: save it to a file")
             st = os.stat(f)
             unique.setdefault((st.st_dev, st.st_ino) if st.st_ino else os.path.realpath(f), os.path.abspath(f))
         files = list(unique.values())

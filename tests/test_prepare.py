@@ -1470,6 +1470,38 @@ def test_source_folder_reads_linked_folders_once(tmp_path, enc, capsys):
     assert sorted(docs) == [f"{c}{i}" for c in "ab" for i in range(5)]
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX's")
+def test_a_named_pipe_is_refused_not_waited_on(tmp_path):
+    """A named pipe ends at its first read (text_docs' look for separators), and the next read's open waited for a
+    writer for ever, as a folder holding one did: refused at once. Here a thread keeps opening the pipe for writing,
+    so that a prepare.py reading it gets to the end of its reads rather than hanging."""
+    import threading
+    src = tmp_path / "src"
+    write(src / "a.txt", EOT.join(DOCS))
+    pipe = src / "notes.txt"
+    os.mkfifo(pipe)
+    done = threading.Event()
+
+    def writer():
+        while not done.is_set():
+            try:
+                os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))  # (no reader: ENXIO)
+            except OSError:
+                pass
+            time.sleep(0.01)
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    try:
+        for source in (str(pipe), str(src)):
+            with pytest.raises(UserError, match=rf"^--source {re.escape(str(pipe))}: not a regular file \(a named "
+                                                rf"pipe\?\); prepare.py reads its files more than once: save it to a "
+                                                rf"file$"):
+                prepare.prepare("text", source=source, out_dir=str(tmp_path / "data"))
+    finally:
+        done.set()
+        thread.join()
+
+
 def test_source_folder_says_which_files_it_left_out(tmp_path, capsys):
     """A .md, a .txt.gz or a file without a suffix among a folder's .txt files was left out without a word (their text
     missing from the model); one line now counts them by type. Hidden files and the dataset prepare.py wrote into
