@@ -2623,7 +2623,7 @@ def print_summary(folder, meta, plan, limit, dt):
         # whose train files are "train" too (DailyDialog has no extra files, and no val cut from its files), nor of a
         # mix, whose streams are its datasets' together (DailyDialog's "train" and chat's "split")
         print(f"  --limit {limit:,} counts the files val is cut from and the train-only extra files apart: at most "
-              f"{limit:,} documents of each (--no_extra leaves the extra ones out)")
+              f"{limit:,} document{'s' * (limit > 1)} of each (--no_extra leaves the extra ones out)")
     if block:
         # (a conversation longer than a block trains in pieces, and an exchange longer than one without all of its
         # question: said here, not only in the README)

@@ -158,9 +158,11 @@ def _load_tokenizer(name, stamp):
             return read_tokenizer(name)[0]  # a Hugging Face model folder's (GPT-2's own files give "gpt2")
         if is_dataset_folder(name):  # its vocabulary is a file in it (or gpt2, or the --tokenizer it was made with),
             # which "a folder without tokenizer.json" and a list of what else to pass left to be found
-            own = os.path.join(name, VOCAB_FILE)
-            raise UserError(f"{name} is a dataset's folder, not a vocabulary: pass the one it was made with, "
-                            f"{own if os.path.isfile(own) else read_meta(name).get('tokenizer', 'gpt2')}")
+            # (what its meta.json says: a vocabulary of an earlier build stays in the folder when it is remade with
+            # gpt2, and was named in its place; the folder's own under the folder's name now, wherever it was made)
+            own, made_with = os.path.join(name, VOCAB_FILE), read_meta(name).get("tokenizer", "gpt2")
+            made_with = own if os.path.basename(made_with) == VOCAB_FILE and os.path.isfile(own) else made_with
+            raise UserError(f"{name} is a dataset's folder, not a vocabulary: pass the one it was made with, {made_with}")
         raise not_a_vocabulary(f"{name} (a folder without {TOKENIZER_JSON} or {VOCAB_JSON})")
     if zipfile.is_zipfile(name) or starts_as_zip(name):  # torch.save's format: a checkpoint (or one cut short,
         # which load_checkpoint names as such rather than as no .tiktoken text)

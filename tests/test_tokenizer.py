@@ -521,3 +521,9 @@ def test_a_datasets_folder_as_tokenizer_names_its_vocabulary(gpt2, tmp_path, cap
             get_tokenizer(str(folder))
         assert str(e.value) == (f"{folder} is a dataset's folder, not a vocabulary: pass the one it was made with, "
                                 f"{fix.format(folder=folder)}")
+    # remade with gpt2, the folder keeps its earlier vocabulary (a later --vocab_size of its size takes it again): it
+    # was named as the one the dataset was made with
+    _, folder = prepared(tmp_path, capsys, "--tokenizer", "gpt2", name="own")
+    assert os.path.isfile(folder / "tokenizer.tiktoken")
+    with pytest.raises(UserError, match=r"not a vocabulary: pass the one it was made with, gpt2$"):
+        get_tokenizer(str(folder))
