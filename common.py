@@ -13,6 +13,7 @@ import glob
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import sys
@@ -155,6 +156,17 @@ def holds_nul(path, text=""):
                      f"`iconv -f utf-16{order} -t utf-8`; stray ones: remove them, e.g. `tr -d '\\000'`")
 
 
+# a compressed file under a text name (a download kept as it came) was "not text at all (a token file?)": the tool that
+# decompresses it, by its magic number
+DECOMPRESS = {b"\x1f\x8b": "gunzip", b"\xfd7zXZ\x00": "unxz", b"\x28\xb5\x2f\xfd": "unzstd",
+              **{b"BZh%d" % n: "bunzip2" for n in range(1, 10)}}
+
+
+def decompress_fix(path, head):
+    """The way out for a file whose first bytes, head, are a compressed file's; None for any other."""
+    tool = next((t for magic, t in DECOMPRESS.items() if head.startswith(magic)), None)
+    return tool and f"it is compressed: decompress it first, e.g. `{tool} -c {shlex.quote(path)} > text.txt`"
+
 # UTF-8 text with a stray byte (a chat log with emoji, one line pasted from elsewhere): the latin1 advice turned every
 # character beyond ASCII into two or more others ("caf\u00c3\u00a9") and the file was then accepted, garbled
 STRAY_BYTE_FIX = ("the text around it is UTF-8, so a stray byte? drop such bytes, e.g. `iconv -c -f utf-8 -t utf-8`, "
@@ -178,7 +190,8 @@ def not_utf8(path, what=None, fix=None):
         if fix is None and os.path.isfile(path):
             with open(path, "rb") as f:
                 head = f.read(1 << 16)
-            fix = UTF16_FIX if head[:2] in (b"\xff\xfe", b"\xfe\xff") else BINARY_FIX if b"\0" in head else None
+            fix = UTF16_FIX if head[:2] in (b"\xff\xfe", b"\xfe\xff") else \
+                decompress_fix(path, head) or (BINARY_FIX if b"\0" in head else None)
         if fix is None and where and utf8_around(path, where[1]):
             fix = STRAY_BYTE_FIX
     except OSError:

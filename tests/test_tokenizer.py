@@ -177,6 +177,14 @@ def test_bad_tokenizer_inputs(tmp_path):
     with pytest.raises(UserError, match=r"train.bin is not UTF-8 text \(.*\): it holds NUL bytes: not text at all \(a "
                                         r"token file\? give the text it was made from\)"):
         train_tokenizer([str(tokens)], 300, str(tmp_path / "x.tiktoken"))
+    # a compressed download under a text name: "not text at all (a token file?)" named no way out
+    import bz2, gzip, lzma  # noqa: E401
+    for name, compress, tool in (("g.txt", gzip.compress, "gunzip"), ("b.txt", bz2.compress, "bunzip2"),
+                                 ("x.txt", lzma.compress, "unxz")):
+        (tmp_path / name).write_bytes(compress(("The cat sat on the mat. " * 40).encode()))
+        with pytest.raises(UserError, match=rf"{name} is not UTF-8 text \(.*\): it is compressed: decompress it first, "
+                                            rf"e.g. `{tool} -c .*{name} > text.txt`$"):
+            train_tokenizer([str(tmp_path / name)], 300, str(tmp_path / "x.tiktoken"))
     with pytest.raises(UserError, match="vocab_size"):
         train_tokenizer([str(latin1)], 100, str(tmp_path / "x.tiktoken"))
     with pytest.raises(UserError, match="at least 259"):
