@@ -532,8 +532,10 @@ def check_options(args):
         raise UserError("--batch_size is for --prompt_file runs (prompts generated together); for several samples of one "
                         "prompt use --num_samples")
     if args.num_samples > 1 and (args.prompt_file or args.chat or args.interactive):
+        # (a line repeated in the file is completed the same: each row samples from --seed as --prompt does alone)
         raise UserError("--num_samples is for --prompt or an unconditional run: a --prompt_file gives one completion per "
-                        "line (repeat a line for more), --chat and --interactive one per message")
+                        "line (a repeated line the same one: run it again with another --seed for more), --chat and "
+                        "--interactive one per message")
 
 
 def read_inputs(args):

@@ -784,6 +784,18 @@ def test_a_prompt_file_with_a_seed_completes_each_line_as_prompt_does(ckpt, tmp_
         assert code == 0 and alone == r["prompt"] + r["completion"] + "\n", (alone, r)
 
 
+def test_num_samples_with_a_prompt_file_points_to_another_seed(ckpt, tmp_path, capsys):
+    # a line repeated in a --prompt_file gets the very completion of its first copy (each row samples from --seed, as
+    # --prompt alone does), so the error's "repeat a line for more" gave no more samples: another --seed does
+    src = tmp_path / "prompts.txt"
+    src.write_text("Once\nOnce\n", encoding="utf-8")
+    code, out, err = cli([ckpt, "--prompt_file", str(src), "--seed", "3", "--temp", "1", "--max_tokens", "8"] + CPU, capsys)
+    first, second = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and first == second, err
+    line = one_error_line(*cli([ckpt, "--prompt_file", str(src), "--num_samples", "3"] + CPU, capsys)[::2])
+    assert "repeat a line" not in line and "another --seed" in line, line
+
+
 def test_sampling_options_take_what_their_help_says(ckpt):
     # --top_p is in (0, 1]: 1 is every token (nucleus sampling off); a --repetition_penalty of 0 or less is refused
     assert gen.parse_args([ckpt, "--top_p", "1"]).top_p == 1.0
