@@ -161,7 +161,9 @@ def complete_batch(model, enc, prompts, max_tokens, stop_tokens=(), batch_size=8
     so every row sees exactly what it would alone). Returns [(text, stopped_by)] in input order.
     seed: each row samples from its own generator started from it, as `gen.py --prompt P --seed S` does, so a
     completion depends on neither --batch_size nor the other prompts of the file (with one generator for them all,
-    adding a line would change every completion after it); None: sampling's generator, shared."""
+    adding a line would change every completion after it); None: sampling's generator, shared. In fp32 only: in bf16
+    on a CPU a batch of rows rounds otherwise than one row (model._next_logits steps a single row without oneDNN), so
+    a row's text parts from what it gives alone after some tokens (batch_size=1 gives exactly that)."""
     device = next(model.parameters()).device if seed is not None else None
     by_len = {}
     for i, p in enumerate(prompts):
