@@ -850,7 +850,9 @@ class GPT(nn.Module):
         for step in range(max_new_tokens):
             if not use_cache:
                 logits = self._next_logits(context[:, start:])
-            tok = self._sample(logits, context, temperature, top_k, top_p, repetition_penalty, generator)  # (B,)
+            # the repetition penalty looks at the window the model sees: with slide, tokens slid out of it are no longer
+            # "in the context" (as a long prompt's cropped start never was), and the full history grew its cost every token
+            tok = self._sample(logits, context[:, start:], temperature, top_k, top_p, repetition_penalty, generator)  # (B,)
             yield tok
             context = torch.cat((context, tok[:, None]), dim=1)
             if stop is not None:

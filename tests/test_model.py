@@ -624,6 +624,20 @@ def test_repetition_penalty():
     assert len(set(seen)) == len(seen)
 
 
+def test_repetition_penalty_sees_the_window_when_sliding(monkeypatch):
+    # with slide (gen.py --nonstop) the penalty is on the tokens the model sees, the window, as a cropped prompt's
+    # start never was: the whole history grew without end, its cost with it, and penalized tokens long slid out
+    model = tiny_model()  # block_size 32
+    widths = []
+    sample = GPT._sample
+    monkeypatch.setattr(GPT, "_sample", staticmethod(lambda logits, context, *a: widths.append(context.size(1))
+                                                     or sample(logits, context, *a)))
+    for use_cache in (True, False):
+        widths.clear()
+        collect(model, tokens(1, 8), 100, temperature=0, repetition_penalty=1.3, slide=True, use_cache=use_cache)
+        assert len(widths) == 100 and max(widths) == 32, use_cache
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_generate_context_limit_and_slide(variant):
     model = tiny_model(variant)  # block_size 32
