@@ -838,8 +838,8 @@ class GPT(nn.Module):
             return
         block_size = self.config.block_size
         keep = max(1, block_size // 2)  # tokens kept when the window slides
-        context = idx[:, -block_size:]  # (B, L) all tokens so far: the (cropped) prompt, then each new token
-        start = 0                       # the model sees context[:, start:], never more than block_size tokens
+        # (B, L) the tokens the model sees, never more than block_size: the (cropped) prompt, then each new token
+        context = idx[:, -block_size:]
         stop = torch.tensor(list(stop_tokens), dtype=torch.long, device=idx.device) if len(stop_tokens) else None
         stopped = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)  # (B,) rows that have hit a stop token
 
@@ -849,10 +849,10 @@ class GPT(nn.Module):
             logits = self._next_logits(context, cache)  # (B, vocab_size); prefill the prompt once
         for step in range(max_new_tokens):
             if not use_cache:
-                logits = self._next_logits(context[:, start:])
+                logits = self._next_logits(context)
             # the repetition penalty looks at the window the model sees: with slide, tokens slid out of it are no longer
-            # "in the context" (as a long prompt's cropped start never was), and the full history grew its cost every token
-            tok = self._sample(logits, context[:, start:], temperature, top_k, top_p, repetition_penalty, generator)  # (B,)
+            # "in the context" (as a long prompt's cropped start never was)
+            tok = self._sample(logits, context, temperature, top_k, top_p, repetition_penalty, generator)  # (B,)
             yield tok
             context = torch.cat((context, tok[:, None]), dim=1)
             if stop is not None:
@@ -861,15 +861,17 @@ class GPT(nn.Module):
                     return
             if step == max_new_tokens - 1:
                 return  # don't pay for a forward whose logits nobody will use
-            if context.size(1) - start > block_size:
+            if context.size(1) > block_size:
                 if not slide:
                     return
                 # learned absolute positions rule out a rolling cache: restart the window on the most recent
                 # block_size//2 tokens, which leaves room to generate another block_size//2 tokens before the next slide
-                start = context.size(1) - keep
+                # (what slid out is dropped: the whole history, copied on every new token, made --nonstop slower the
+                # longer it ran)
+                context = context[:, -keep:]
                 if use_cache:
                     cache.reset()
-                    logits = self._next_logits(context[:, start:], cache)
+                    logits = self._next_logits(context, cache)
                 continue
             if use_cache:
                 logits = self._next_logits(tok[:, None], cache)  # one new position
