@@ -402,11 +402,21 @@ def model_folder_file(path):
     return None
 
 
+def is_run_metrics(path):
+    """Whether path's first line is a record of train.py's metrics (a run's id, its step and tokens)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            record = json.loads(f.readline(1 << 16))
+        return isinstance(record, dict) and {"run", "step", "tokens"} <= set(record)
+    return False
+
+
 def kept_file(path):
     """What an existing file is that no script's output may replace (a checkpoint aside, which train.py's runs write
     over by their own rules): a checkpoint, weights, a prepared dataset's file (its token files, meta.json, its
     vocabulary; not other files there, as an eval.py --json written beside it), a model folder's config and tokenizer
-    files, a vocabulary (.tiktoken: a dataset made with --tokenizer FILE reads it again); None for anything else."""
+    files, a vocabulary (.tiktoken: a dataset made with --tokenizer FILE reads it again), a run's metrics; None for
+    anything else."""
     folder, name = os.path.split(os.path.realpath(path))
     if (name in ("meta.json", VOCAB_FILE) or name.endswith(".bin")) and is_dataset_folder(folder):
         return f"a file of the dataset in {folder}"
@@ -416,6 +426,8 @@ def kept_file(path):
         return f"a file of the model folder {folder}"  # (bench.py --out over its config.json: the folder no longer loaded)
     if name.endswith(".tiktoken"):  # (after a dataset's and a model folder's own, which are theirs, not to retrain)
         return "a vocabulary"
+    if name.endswith("_metrics.jsonl") and is_run_metrics(path):  # (gen.py --output over it: the run's history gone)
+        return "a training run's metrics"
     try:
         return "a checkpoint (a zip archive)" if starts_as_zip(path) else None
     except OSError:

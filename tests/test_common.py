@@ -47,6 +47,14 @@ def test_outputs_are_checked_before_any_work(tmp_path):
             check_output(str(vocab), option)
     check_output(str(vocab), "--out", vocabulary=True)
     assert vocab.read_text() == "IQ== 0\n"
+    # a run's metrics (gen.py --output models/story_metrics.jsonl: its history gone); a file of another's records is not
+    metrics = tmp_path / "story_metrics.jsonl"
+    metrics.write_text('{"run": "ab12", "step": 10, "epoch": 0.1, "tokens": 20480, "train_loss": 5.1}\n')
+    with pytest.raises(UserError, match=r"^--output .*story_metrics\.jsonl is a training run's metrics: the result "
+                                        r"would replace it; give another --output$"):
+        check_output(str(metrics), "--output")
+    metrics.write_text('{"prompt": "Once", "completion": " upon", "end": "max_tokens"}\n')
+    check_output(str(metrics), "--output")
     if os.geteuid() != 0:  # root may write anywhere
         ro = tmp_path / "ro"
         ro.mkdir()
