@@ -95,8 +95,9 @@ def load_checkpoint(path, map_location="cpu"):
         return refuse_diverged(path, {"format": FORMAT, **hf.read_folder(path)})
     # export.py's weights or config given for the model: torch reads a .safetensors file as a plain state dict, and
     # the error said "train one with train.py" to a user holding the model
-    if model_folder_file(path):
-        raise model_folder_file(path)
+    error = model_folder_file(path)
+    if error:
+        raise error
     if path.endswith(".safetensors"):  # torch.load reads it with safetensors: a state dict, or a damaged file's traceback
         raise UserError(f"{path} is a safetensors file with no Hugging Face model folder around it (no {hf.CONFIG} "
                         f"beside it): not a checkpoint; use a checkpoint written by train.py, or the model's folder")

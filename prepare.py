@@ -469,9 +469,9 @@ def record_doc(record, where, dataset=None):
     PAIRS (Alpaca's instruction/input/output, Dolly's instruction/context/response, question/answer,
     prompt/completion...: LLaMA-Factory's history of earlier [instruction, output] pairs before it) or a
     `dialog` list of turns; a `text` field (or a bare string) is a plain document. None for a record with nothing to
-    train on (empty text, no assistant reply that is not empty); a UserError naming where (file and line) for a record of no
-    shape read here. GSM8K's records (question, and an answer whose last line is its `#### ` final answer) lose their
-    calculator annotations. dataset: dailydialog tidies DailyDialog's spacing."""
+    train on (empty text, no assistant reply that is not empty); a UserError naming where (file and line) for a record
+    of no shape read here. GSM8K's records (question, and an answer whose last line is its `#### ` final answer) lose
+    their calculator annotations. dataset: dailydialog tidies DailyDialog's spacing."""
     if isinstance(record, str):
         return plain_text(record, where)
     if not isinstance(record, dict):

@@ -62,8 +62,8 @@ from urllib.parse import unquote, urlsplit
 import torch
 
 from checkpoint import add_checkpoint_argument, load_model, parse_checkpoint
-from common import (DTYPES, UserError, json_kind, nonempty, number, parts_text, pick_device, pick_dtype, retain_freed_memory,
-                    run_main, seeded_generator)
+from common import (DTYPES, UserError, json_kind, nonempty, number, parts_text, pick_device, pick_dtype,
+                    retain_freed_memory, run_main, seeded_generator)
 from gen import (CHAT_STOPS, PENALTY_RULE, add_sampling_arguments, default_checkpoint, encode_prompt, fit_history,
                  penalty_value, positive_int, reserve_for, stop_ids, stream_completion, warn_if_trained_on_text)
 from setup_tokenizer import EOT, render_chat

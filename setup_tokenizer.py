@@ -29,7 +29,8 @@ import zipfile
 import tiktoken
 
 from common import (VOCAB_FILE, UserError, atomic_write_text, check_output, expand_pattern, holds_nul,
-                    is_dataset_folder, kept_file, model_folder_file, nonempty, not_utf8, read_meta, require_utf8, run_main, starts_as_zip)
+                    is_dataset_folder, kept_file, model_folder_file, nonempty, not_utf8, read_meta, require_utf8,
+                    run_main, starts_as_zip)
 
 EOT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = (EOT, IM_START, IM_END)
@@ -62,8 +63,9 @@ def _build(name, ranks):
 def not_a_vocabulary(source):
     """The error for a file that is no .tiktoken vocabulary: junk text, a binary file, a folder, a Hugging Face model
     folder's vocab.json (whose folder is the way in)."""
-    return model_folder_file(source) or UserError(f"{source} is not a .tiktoken vocabulary (lines of `base64 rank`): pass a file written by "
-                     f"`python setup_tokenizer.py train`, a checkpoint, a Hugging Face model folder, or gpt2")
+    return model_folder_file(source) or UserError(
+        f"{source} is not a .tiktoken vocabulary (lines of `base64 rank`): pass a file written by `python "
+        f"setup_tokenizer.py train`, a checkpoint, a Hugging Face model folder, or gpt2")
 
 
 def parse_bpe(text, source="tokenizer"):
@@ -491,7 +493,8 @@ def main(argv=None):
         print(f"{len(ids)} tokens, {len(args.text.encode())} bytes, vocabulary {enc.n_vocab} ({enc.name})")
     else:
         args.input = [f for given in args.input for f in expand_pattern(given, "--input")]
-        check_output(args.out, "--out", inputs={"--input": args.input}, vocabulary=True)  # before the training, not after it
+        # before the training, not after it; a vocabulary retrained in place, unless a dataset's or model folder's
+        check_output(args.out, "--out", inputs={"--input": args.input}, vocabulary=True)
         t0 = time.time()
         size = sum(os.path.getsize(f) for f in args.input if os.path.exists(f))
         sample = files_sample(args.input)
