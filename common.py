@@ -452,6 +452,10 @@ def check_output(path, option, folder=False, inputs=(), checkpoint=False, vocabu
             if os.path.exists(path) and any(os.path.exists(g) and os.path.samefile(g, path) for g in [f, *inside]):
                 raise UserError(f"{option} {path} is the {name} it reads: the result would replace it; give another "
                                 f"{option}")
+    if special_file(path):  # /dev/null, a named pipe: written through (fsync_replace)
+        if not os.access(path, os.W_OK):
+            raise UserError(f"{option} {path}: cannot write there (permission denied): choose another path")
+        return
     kept = kept_file(path) if os.path.isfile(path) else None
     # (eval.py --json over a checkpoint: 627 bytes; over a vocabulary outside data/: JSON, and its dataset unreadable)
     if kept and not (checkpoint and kept.startswith("a checkpoint")) and not (vocabulary and kept == "a vocabulary"):
@@ -475,8 +479,19 @@ def check_output(path, option, folder=False, inputs=(), checkpoint=False, vocabu
 # -----------------------------------------------------------------------------
 # atomic writes: a file either keeps its old content or gets the complete new one
 
+def special_file(path):
+    """Whether path is there and neither a regular file nor a folder (/dev/null, a named pipe): written through, never
+    renamed over."""
+    return os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path)
+
+
 def fsync_replace(tmp_path, path):
-    """Flush tmp_path to disk and rename it over path (atomic on POSIX)."""
+    """Flush tmp_path to disk and rename it over path (atomic on POSIX); into a special_file, copied through."""
+    if special_file(path):  # renamed over, --json /dev/null run as root made the machine's /dev/null a file of JSON
+        with open(tmp_path, "rb") as src, open(path, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        os.remove(tmp_path)
+        return
     with open(tmp_path, "rb+") as f:
         os.fsync(f.fileno())
     os.replace(tmp_path, path)
@@ -568,6 +583,10 @@ def naming_full_disk(path):
 
 
 def atomic_write_text(path, text):
+    if special_file(path):  # (no temporary file beside /dev/null: written through, as fsync_replace would)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        return
     tmp = tmp_name(path)
     try:
         with naming_full_disk(path):

@@ -63,6 +63,24 @@ def test_outputs_are_checked_before_any_work(tmp_path):
             check_output(str(ro / "x.pt"), "--output_checkpoint")
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_a_save_into_a_pipe_or_device_is_written_through(tmp_path):
+    """A checkpoint saved over /dev/null (or a named pipe) was renamed over it: as root the machine's /dev/null became a
+    file. A FIFO stands for it here (the test must not risk the real one); test_eval.py has eval.py --json's."""
+    import stat
+    import threading
+    import torch
+    fifo = str(tmp_path / "null.pt")
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(open(fifo, "rb").read()))
+    reader.start()
+    atomic_torch_save({"x": torch.arange(3)}, fifo)
+    reader.join(timeout=30)
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and got and got[0][:2] == b"PK"  # the archive went through the pipe
+    assert sorted(os.listdir(tmp_path)) == ["null.pt"]  # no temporary file left beside it
+
+
 @pytest.mark.parametrize("script, argv", [
     # "" is what an unset shell variable gives (--checkpoint "$CKPT"): train.py trained a fresh model over it, gen.py
     # sampled the newest checkpoint in models/, eval.py printed its table and wrote no --json, prepare.py read no file

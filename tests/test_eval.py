@@ -6,6 +6,7 @@ tiny datasets and a model trained on them for a few steps.
 import json
 import math
 import os
+import stat
 
 import numpy as np
 import pytest
@@ -269,6 +270,25 @@ def test_unusable_json_path_is_refused_before_evaluating(tmp_path, capsys, monke
         assert code == 1 and err.startswith(f"error: --json {path}") and words in err, err
         assert len(err.strip().splitlines()) == 1 and out == "", err
     assert (tmp_path / "prompts.txt").read_text() == "Hi\n" and (tmp_path / "any.pt").read_bytes() == b"a checkpoint"
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_json_to_a_pipe_or_device_is_written_through(env, chat_ckpt, tmp_path, capsys, monkeypatch):
+    """--json /dev/null (or a named pipe) was renamed over: run as root, the machine's /dev/null became a regular file
+    of JSON. A path that is not a regular file is written in place, and stays what it was. (A named pipe stands for
+    /dev/null here: the test must not risk the real one.)"""
+    monkeypatch.setattr(eval_py, "evaluate", lambda *a, **k: 2.0)
+    fifo = str(tmp_path / "results")
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # a reader first: opening for writing then does not block
+    try:
+        code, out, err = cli([chat_ckpt, "--dataset", "story", "--data_dir", env["data"], "--json", fifo, *CPU], capsys)
+        assert code == 0, err
+        assert stat.S_ISFIFO(os.stat(fifo).st_mode)  # still the pipe, not a file renamed over it
+        assert json.loads(os.read(reader, 1 << 16))["rows"][0]["loss"] == 2.0
+    finally:
+        os.close(reader)
+    assert sorted(os.listdir(tmp_path)) == ["results"]  # no probe or temporary file left beside it
 
 
 @pytest.fixture(scope="module")
