@@ -2233,11 +2233,19 @@ class Run:
         n = max(1, self.p.epoch + (1 if self.p.windows else 0))
         return self.out_pattern.replace("{dataset}", self.args.dataset).replace("{epoch}", str(n))
 
+    def last_checkpoint(self):
+        """The file that holds the run as far as it was saved: this run's last save, else the checkpoint it continues
+        (None for a new run that saved none)."""
+        return self.saved["path"] or (self.args.checkpoint if self.continuing else None)
+
+    def max_steps_left(self):
+        """What is left of --max_steps in this run (None without it)."""
+        return self.args.max_steps - self.run_steps if self.args.max_steps else None
+
     def diverged(self):
         """What a run whose loss or weights became nan or inf can do: the end of its error."""
         fp32 = "" if self.dtype == torch.float32 else " or use --dtype float32"
-        good = self.saved["path"] or (self.args.checkpoint if self.continuing else None) or "none"
-        return f"lower --lr (now {self.args.lr:g}){fp32}; last good checkpoint: {good}"
+        return f"lower --lr (now {self.args.lr:g}){fp32}; last good checkpoint: {self.last_checkpoint() or 'none'}"
 
     def save(self, path):
         """Writes the run's checkpoint to path (rank 0; the best file where path is best_path), refusing weights gone
@@ -2294,7 +2302,7 @@ class Run:
     def run_ends(self, s_per_step, epoch_steps_left, spent):
         """time_left of this run, for the bar and the log lines alike: spent, the seconds of the budget spent."""
         return time_left(s_per_step, epoch_steps_left, self.budget - spent if self.budget else None,
-                         self.args.max_steps - self.run_steps if self.args.max_steps else None)
+                         self.max_steps_left())
 
     def train(self):
         """The run's metrics file (Metrics), its banner, then its loop: epochs of steps until its epochs, budget,
@@ -2358,9 +2366,8 @@ class Run:
         except KeyboardInterrupt:
             # a second Ctrl-C (the first saves and exits above): quit without touching any file, naming the one that
             # holds the run (a bare "interrupted" left it to be found)
-            last = self.saved["path"] or (args.checkpoint if continuing else None)
-            print(f"\nquit at step {p.step:,} without saving; the run's last checkpoint: {last or 'none yet'}",
-                  file=sys.stderr)
+            print(f"\nquit at step {p.step:,} without saving; the run's last checkpoint: "
+                  f"{self.last_checkpoint() or 'none yet'}", file=sys.stderr)
             raise SystemExit(130) from None
         except Exception as e:
             # keep the progress made since the last save: the weights are consistent unless the optimizer itself
@@ -2523,15 +2530,16 @@ class Run:
         # it end as it would have, with its summary, not "interrupted ... continue with" and exit 130
         # for a run that has ended, whose continuation would be refused
         if interrupted and self.stopped == "done" and p.epoch < args.epochs:
-            self.interrupt.exit_saved(dist, p.step, saved["path"], args.max_steps and args.max_steps - self.run_steps)
+            self.interrupt.exit_saved(dist, p.step, saved["path"], self.max_steps_left())
 
     def log_record(self, lr, epoch_step, bar, due_eval):
         """The metrics record of the steps since the last one (the train loss over them: the loop's only host sync),
         shown on the bar, or in a log line where there is no bar nor an evaluation's line; returns (rec, the train
         loss as shown, tokens/s)."""
         p = self.p
-        # (a record of the first step alone holds its compile: untimed)
-        loss_sum, train_loss, tps = self.tally.take(self.dist, timed=self.run_steps > 1)
+        # (a record of the first step alone holds its compile: untimed, in the run's speed and in the log line below)
+        timed = self.run_steps > 1
+        loss_sum, train_loss, tps = self.tally.take(self.dist, timed=timed)
         if not math.isfinite(loss_sum):
             raise UserError(f"the training loss became {loss_sum} at step {p.step}: {self.diverged()}")
         shown = "-" if train_loss is None else f"{train_loss:.4f}"
@@ -2544,7 +2552,6 @@ class Run:
         if bar.disable and not due_eval:
             # the run's first step alone is no speed (a cold torch.compile's: "121 tokens/s, epoch ends in 9m36s" where
             # training ran at 16k), nor a time left from it: a budget's end is known without it
-            timed = self.run_steps > 1
             end = self.run_ends(self.tok_step / max(tps, 1e-9) if timed else None,
                                 self.batches.steps_per_epoch - epoch_step, self.clock.agreed)
             say(f"step {p.step:,} (epoch {rec['epoch']:.2f}): loss {shown}, lr {lr:.2e}"
