@@ -496,11 +496,11 @@ def main(argv=None):
         # before the training, not after it; a vocabulary retrained in place, unless a dataset's or model folder's
         check_output(args.out, "--out", inputs={"--input": args.input}, vocabulary=True)
         t0 = time.time()
-        size = sum(os.path.getsize(f) for f in args.input if os.path.exists(f))
         sample = files_sample(args.input)
         enc = train_tokenizer(args.input, args.vocab_size, args.out, sample)
-        if not all(map(os.path.isfile, args.input)):  # a pipe (/dev/stdin) has no size ("on 0.0 MB"): what was read
-            size = sample.chars  # of the input, all of it under the cap (characters, as said() counts them)
+        # the files' sizes; a pipe's (/dev/stdin) is 0 ("on 0.0 MB"): what was read of the input, all of it under the
+        # cap (characters, as said() counts them)
+        size = sum(map(os.path.getsize, args.input)) if all(map(os.path.isfile, args.input)) else sample.chars
         on = sample.said("the text") or f"{size / 1e6:.1f} MB"
         print(f"trained {enc.n_vocab} tokens on {on} in {time.time() - t0:.1f}s -> {args.out}")
 
