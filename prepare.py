@@ -1158,13 +1158,18 @@ def find_mix_source(mix, extra=True, limit=None, left=None):
             "streams": [s for p in parts for s in p["streams"]], "parts": parts}
 
 
+def file_state(path):
+    """What says a file changed: its size and modification time (a fingerprint's, and build's check of its inputs)."""
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
+
+
 def file_states(plan):
-    """(size, modification time) of each file of a plan (find_source), None for one gone."""
+    """file_state of each file of a plan (find_source), None for one gone."""
     states = []
     for f in plan["files"]:
         try:
-            st = os.stat(f)
-            states.append((st.st_size, st.st_mtime_ns))
+            states.append(file_state(f))
         except OSError:
             states.append(None)
     return states
@@ -1176,10 +1181,7 @@ def fingerprint(dataset, plan, tokenizer, tok_hash, limit, val_fraction, pack=No
     version None: not prepare.py's (a vocabulary's inputs: a new version need not change the ids of checkpoints).
     skip_bad_records: in it only when given (a dataset made before it stays up to date), so that the same command
     without it, which stops at the bad records, is no "up to date" of a dataset made leaving them out."""
-    files = []
-    for f in plan["files"]:
-        st = os.stat(f)
-        files.append([f, st.st_size, st.st_mtime_ns])
+    files = [[f, *file_state(f)] for f in plan["files"]]
     state = {"format": FORMAT, "version": version, "dataset": dataset, "source": plan["description"],
              "files": files, "tokenizer": tokenizer, "tokenizer_hash": tok_hash, "limit": limit,
              "val_fraction": val_fraction, "pack": DEFAULT_PACK if pack is None else pack, "mix": mix}  # --pack 256: the default
