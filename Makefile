@@ -57,8 +57,11 @@ chat-demo: install
 	$(BIN)/python eval.py models/chat-demo/story_best.pt --dataset dailydialog --data_dir data/chat-demo
 	$(BIN)/python eval.py models/chat-demo/dailydialog_best.pt
 
+# the suite in TEST_WORKERS processes at once (pytest-xdist); TEST_WORKERS=0 runs it in this one process
+TEST_WORKERS ?= 2
+
 test: install
-	HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q tests
+	HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) tests
 
 clean:
 	rm -rf $(VENV) data/*/ models/
