@@ -7,6 +7,7 @@ test process on a free loopback port, with tiny random models saved or built her
 import contextlib
 import errno
 import http.client
+import http.server
 import io
 import json
 import os
@@ -1874,21 +1875,30 @@ def test_command_line_errors(ckpt, enc, tmp_path, capsys, monkeypatch):
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
 
-@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="needs Debian's chromium and chromium-driver (.ci/run installs them)")
-def test_chat_page_streams_a_reply_in_chromium(enc, tmp_path):
+needs_chromium = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
+                                    reason="needs Debian's chromium and chromium-driver (.ci/run installs them)")
+
+
+def chromium(profile):
+    """A headless Chromium driven by selenium, its profile in the folder profile."""
     webdriver = pytest.importorskip("selenium.webdriver")
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    api = start(la_model(enc, delay=0.05), enc, name="la", temperature=0.3, top_p=0.7)  # 12 tokens in 0.6 s
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     # the network is closed here: without these flags Chromium waits on connections of its own
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
-                 "--disable-background-networking", "--disable-component-update", f"--user-data-dir={tmp_path}"):
+                 "--disable-background-networking", "--disable-component-update", f"--user-data-dir={profile}"):
         options.add_argument(flag)
-    browser = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    return webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+
+
+@needs_chromium
+def test_chat_page_streams_a_reply_in_chromium(enc, tmp_path):
+    browser = chromium(tmp_path)  # (first: it skips without selenium)
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    api = start(la_model(enc, delay=0.05), enc, name="la", temperature=0.3, top_p=0.7)  # 12 tokens in 0.6 s
     try:
         wait = WebDriverWait(browser, 60)
         browser.get(api.url + "/")
@@ -1948,14 +1958,79 @@ def test_chat_page_streams_a_reply_in_chromium(enc, tmp_path):
 
 def test_the_chat_page_reaches_the_api_under_the_path_it_was_loaded_from():
     # behind a proxy that serves the server under a path of its own (jupyter-server-proxy's /user/me/proxy/8000/), the
-    # page's "/v1/models" went to the proxy's root: the page's every request is to resolve under the page's own path
+    # page's "/v1/models" went to the proxy's root: the page's every request is to the API in the page's own folder
     with open(serve.PAGE, encoding="utf-8") as f:
-        urls = re.findall(r"fetch\(\"([^\"]*)\"", f.read())
+        urls = re.findall(r"fetch\(API \+ \"([^\"]*)\"", f.read())
     assert len(urls) == 2, urls  # /v1/models and /v1/chat/completions
-    base = "https://hub.example/user/me/proxy/8000/"
     for url in urls:
-        resolved = urllib.parse.urljoin(base, url)
-        assert resolved.startswith(base) and "/" + resolved[len(base):] in serve.Handler.ROUTES, (url, resolved)
+        assert "/" + url in serve.Handler.ROUTES, url
+
+
+class PrefixProxy(http.server.ThreadingHTTPServer):
+    """A proxy that serves the server at url under a path of its own, PREFIX, as jupyter-server-proxy does: PREFIX
+    and PREFIX/ are the server's /, PREFIX/x its /x; what is outside PREFIX is the proxy's own (404 here). Replies are
+    passed on whole, once the server has sent them."""
+    PREFIX = "/user/me/proxy/8000"
+
+    def __init__(self, url):
+        target = urllib.parse.urlsplit(url)
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                path = self.path.split("?")[0]
+                if path != PrefixProxy.PREFIX and not path.startswith(PrefixProxy.PREFIX + "/"):
+                    self.send_error(404)
+                    return
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) or None
+                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
+                conn.request(self.command, self.path[len(PrefixProxy.PREFIX):] or "/", body,
+                             {"Content-Type": self.headers.get("Content-Type") or "text/plain"})
+                r = conn.getresponse()
+                data = r.read()
+                conn.close()
+                self.send_response(r.status)
+                self.send_header("Content-Type", r.getheader("Content-Type") or "text/plain")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_POST = do_GET
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server_address[1]}{self.PREFIX}"
+
+
+@needs_chromium
+def test_the_chat_page_behind_a_proxy_path_answers_with_or_without_its_last_slash(enc, tmp_path):
+    """Opened at .../proxy/8000 (no last slash: a link or a typed address, which such proxies serve as well), the
+    page's relative "v1/models" resolved to .../proxy/v1/models, one folder up, outside the server: no model name,
+    and every message an error."""
+    browser = chromium(tmp_path)
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    api = start(la_model(enc), enc, name="la")
+    proxy = PrefixProxy(api.url)
+    try:
+        wait = WebDriverWait(browser, 60)
+        for url in (proxy.url, proxy.url + "/"):
+            browser.get(url)
+            wait.until(lambda b: "la" in b.find_element(By.ID, "model").text)  # the page reached /v1/models
+            browser.find_element(By.ID, "max_tokens").send_keys("3")
+            browser.find_element(By.ID, "input").send_keys("hello")
+            browser.find_element(By.ID, "send").click()
+            wait.until(lambda b: b.find_element(By.TAG_NAME, "body").get_attribute("data-busy") == "false"
+                       and b.find_elements(By.CSS_SELECTOR, ".msg.assistant, .msg.error"))
+            assert not browser.find_elements(By.CSS_SELECTOR, ".msg.error"), url
+            assert browser.find_element(By.CSS_SELECTOR, ".msg.assistant .text").text.split() == ["la"] * 3, url
+    finally:
+        browser.quit()
+        proxy.shutdown()
+        api.close()
 
 
 def test_the_served_name_is_the_file_or_folders(tmp_path):
