@@ -2395,7 +2395,7 @@ class Run:
                 # sends when a rank fails, which torchrun, stopping on the Ctrl-C itself, never sends, and be killed
                 # 30 s later
                 return KeyboardInterrupt()
-            last = f"; last checkpoint: {self.saved['path'] or 'none'}"
+            last = f"; last checkpoint: {self.last_checkpoint() or 'none'}"  # (a continued run's own, before it saves)
             return timeout_error(e, f"at step {p.step:,}", args.dist_timeout,
                                  "its checkpoint save or first --compile step", last) or UserError(
                 f"lost contact with the other ranks at step {p.step:,} (did one fail? see its lines above): "

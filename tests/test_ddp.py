@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import pytest
 import torch
@@ -720,3 +721,18 @@ def test_ranks_share_muons_orthogonalization(tmp_path):
                        timeout=120)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert "ok0" in r.stdout and "ok1" in r.stdout
+
+
+def test_a_continued_run_that_loses_a_rank_before_saving_names_the_checkpoint_it_continued(tmp_path):
+    """A rank lost before the run's first save: "last checkpoint: none" sent a user who continued from story.pt to
+    start over; the checkpoint continued holds the run as far as it was saved."""
+    run = types.SimpleNamespace(args=train.parse_args(["--checkpoint", "models/story.pt", "--dist_timeout", "10"]),
+                                p=types.SimpleNamespace(step=7), dist=types.SimpleNamespace(world=2),
+                                interrupt=types.SimpleNamespace(requested=False), saved={"path": None}, continuing=True)
+    run.last_checkpoint = lambda: train.Run.last_checkpoint(run)
+    lost = RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer")
+    assert str(train.Run.loop_error(run, lost)).endswith("; last checkpoint: models/story.pt")
+    run.saved["path"] = "models/story_epoch2.pt"  # once it saved, its own save
+    assert str(train.Run.loop_error(run, lost)).endswith("; last checkpoint: models/story_epoch2.pt")
+    run.continuing, run.saved["path"] = False, None  # a new run that saved nothing has none
+    assert str(train.Run.loop_error(run, lost)).endswith("; last checkpoint: none")
