@@ -334,8 +334,9 @@ class Printer:
 
 def read_lines(prompt, tty, quit_hint="Ctrl-D or /exit quits"):
     """User lines until EOF; Ctrl-C at the prompt gives a fresh prompt (as in a shell), and quit_hint. Bytes that are
-    not UTF-8 become U+FFFD, not a traceback that ends the session; a line ends at \\r\\n or \\r too, as in a
-    --prompt_file (a file with Windows line ends, piped, had --interactive continue "Once\\r")."""
+    not UTF-8 become U+FFFD, not a traceback that ends the session; a line ends at \\r\\n or \\r too, and a byte-order
+    mark opening the input is dropped, as in a --prompt_file (a file with Windows line ends, piped, had --interactive
+    continue "Once\\r")."""
     with contextlib.suppress(AttributeError, ValueError):  # a replaced sys.stdin (tests) may not reconfigure
         sys.stdin.reconfigure(errors="replace", newline=None)
     # the prompt goes where the user looks: with stdout redirected (gen.py --interactive > out.txt) input() wrote it
@@ -353,11 +354,16 @@ def read_lines(prompt, tty, quit_hint="Ctrl-D or /exit quits"):
             # readline counts the prompt's width without the bold's escape codes only when they are marked \001..\002:
             # unmarked, a line edited past the terminal's width was redrawn a few columns off
             prompt = re.sub("(\033\\[[0-9;]*m)", "\001\\1\002", prompt)
+    first = True
     while True:
         try:
             if tty and screen is sys.stderr:
                 print(prompt, end="", file=screen, flush=True)
-            yield input(prompt if tty and screen is sys.stdout else "")
+            line = input(prompt if tty and screen is sys.stdout else "")
+            # a file saved by Notepad, piped, begins with a byte-order mark, which a --prompt_file never keeps: it was
+            # echoed and sent to the model as the first message's first character
+            yield line.removeprefix("\ufeff") if first else line
+            first = False
         except EOFError:
             if tty:
                 print(file=screen)

@@ -902,6 +902,16 @@ def test_piped_lines_with_windows_line_ends_are_the_lines(ckpt):
     assert r.stdout.startswith(b"Once") and b"\nThe end" in r.stdout, r.stdout
 
 
+def test_a_byte_order_mark_opening_piped_input_is_no_part_of_the_first_line(ckpt, capsys, monkeypatch):
+    # a file saved by Notepad, piped into --interactive (or --chat): its BOM was echoed and continued as the first
+    # prompt's first character, where a --prompt_file drops it
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\ufeffOnce\n\ufeffThe end\n"))
+    code, out, err = cli([ckpt, "--interactive", "--max_tokens", "2", "--verbose", "--seed", "0"] + CPU, capsys)
+    replies = out.split("[end: max_tokens]\n")
+    assert code == 0 and replies[0].startswith("Once"), out
+    assert replies[1].startswith("\ufeffThe end"), out  # (only the input's first: inside a text it is a character)
+
+
 def test_top_p_reaches_the_sampler(ckpt, capsys):
     # a nucleus this small holds the most likely token alone: sampling at temperature 1 is then greedy decoding
     greedy = cli([ckpt, "--prompt", "Hi", "--max_tokens", "12", "--temp", "0"] + CPU, capsys)
