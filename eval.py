@@ -38,7 +38,7 @@ import numpy as np
 from checkpoint import add_checkpoint_argument, load_checkpoint, load_model, parse_checkpoint
 from common import (DTYPES, UserError, atomic_write_text, check_output, nonempty, number, pick_device, pick_dtype,
                     retain_freed_memory, run_main, seeded_generator)
-from gen import CHAT_STOPS, add_sampling_arguments, chat_reply, default_checkpoint, positive_int, read_prompt_file
+from gen import CHAT_STOPS, add_sampling_arguments, chat_reply, columns, default_checkpoint, positive_int, read_prompt_file
 from prepare import document_ends
 from setup_tokenizer import IM_END, parse_chat
 from train import (Windows, bits_per_byte, checkpoint_data, default_data_dir, eval_indices, evaluate, load_meta,
@@ -181,11 +181,16 @@ def format_table(result):
     def cell(value, fmt):
         return "-" if value is None else format(value, fmt)
 
-    width = max(len("dataset"), *(len(row["dataset"]) for row in r["rows"]))
+    def padded(name, width):
+        """name and the spaces that make it width columns wide on a terminal: a CJK name's characters take two
+        columns each, and a table padded by its length in characters came out that much askew"""
+        return name + " " * (width - sum(map(columns, name)))
+
+    width = max(len("dataset"), *(sum(map(columns, row["dataset"])) for row in r["rows"]))
     lines.append(f"{'dataset':<{width}}  {'windows':>7}  {'loss':>7}  {'ppl':>9}  {'bpb':>6}  "
                  f"{'replies':>7}  {'ended':>6}  {'mean tokens':>11}")
     for row in r["rows"]:
-        lines.append(f"{row['dataset']:<{width}}  {cell(row['windows'], ',d'):>7}  {cell(row['loss'], '.4f'):>7}  "
+        lines.append(f"{padded(row['dataset'], width)}  {cell(row['windows'], ',d'):>7}  {cell(row['loss'], '.4f'):>7}  "
                      f"{cell(row['ppl'], ',.2f'):>9}  {cell(row['bpb'], '.3f'):>6}  {cell(row['replies'], 'd'):>7}  "
                      f"{cell(row['ended'], '.0%'):>6}  {cell(row['mean_tokens'], '.1f'):>11}")
     return "\n".join(lines)

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import stat
+import unicodedata
 
 import numpy as np
 import pytest
@@ -430,3 +431,21 @@ def test_split_prompts_wrap_around_past_the_last_conversations(tmp_path, enc):
     np.array(ids, dtype=np.uint16).tofile(folder / "val.bin")
     prompts = eval_py.split_prompts({"folder": str(folder), "dtype": "uint16"}, "val", enc, 2)
     assert [p[-1]["content"] for p in prompts] == ["Question 0?", "Question 1?"]
+
+
+def test_the_table_lines_up_under_wide_dataset_names():
+    # a dataset named in Chinese (prepare.py --name 中文), or a --prompt_file's path in Japanese: each of its characters
+    # takes two columns on a terminal, and the table, padded by characters, shifted that row's numbers right
+    row = {"windows": 1, "loss": 1.0, "ppl": 2.7, "bpb": 1.0, "replies": None, "ended": None, "mean_tokens": None}
+    result = {"checkpoint": "m.pt", "model": "tiny", "variant": "modern", "n_layer": 1, "n_embd": 8, "params": 1,
+              "trained_on": None, "step": None, "tokenizer": "gpt2", "split": "val", "block_size": 8,
+              "sampling": {"samples": 0, "max_tokens": 1, "temperature": 0.8, "top_k": None, "top_p": None,
+                           "repetition_penalty": 1.0, "seed": 0},
+              "rows": [dict(row, dataset=name) for name in ("中文小说集", "story", "e\u0301te\u0301")]}
+    header, *rows = eval_py.format_table(result).splitlines()[-4:]
+
+    def width(text):  # columns on a terminal
+        return sum(2 if unicodedata.east_asian_width(c) == "W" else 0 if unicodedata.combining(c) else 1 for c in text)
+    # where the windows column ends: the header's "windows", each row's count of 1
+    ends = [width(header[:header.index("windows") + 7])] + [width(line[:line.index(" 1 ") + 2]) for line in rows]
+    assert len(set(ends)) == 1, (header, *rows)
