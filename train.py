@@ -2101,6 +2101,14 @@ def start_run(args):
     # same dataset and training state present: this is the same run going on; otherwise start a new one from
     # the checkpoint's weights (fine-tuning)
     continuing = ckpt is not None and trained_on == dataset and "step" in ckpt
+    if args.reset_epoch and ckpt is not None and not continuing:
+        # a new run from the checkpoint's weights starts at epoch 1 with a fresh optimizer anyway: the flag, whose help
+        # promises to keep the optimizer, did nothing, and a user who meant to continue the run learnt nothing of it
+        why = (f"{args.checkpoint} has no training state (weights only)" if trained_on == dataset or not trained_on
+               else f"{args.checkpoint} was trained on {trained_on}, so training it on {dataset} is fine-tuning")
+        raise UserError(f"--reset_epoch restarts the epochs and schedule of a run continued on its own dataset, keeping "
+                        f"its optimizer; {why}: a new run, which starts at epoch 1 with a fresh optimizer anyway: leave "
+                        f"--reset_epoch out")
     if args.data_dir is None:
         args.data_dir = trained_in if trained_on == dataset else default_data_dir(ckpt_args)
     # the model's vocabulary, for the hint that prepares missing data: a checkpoint (or folder) of a custom one

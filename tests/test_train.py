@@ -2331,6 +2331,30 @@ def test_fine_tuning_on_other_data_starts_fresh(env, trained, tmp_path):
     assert os.path.basename(s["checkpoint"]) == "chat_epoch1.pt"
 
 
+def test_reset_epoch_on_a_fine_tune_is_refused_not_ignored(env, tmp_path):
+    """--reset_epoch keeps a run's optimizer and restarts its epochs; on another dataset (fine-tuning) or from weights
+    alone there is no run to restart: the flag was silently ignored, the optimizer dropped though its help said kept."""
+    first = train.train(args_for(env, tmp_path / "a", "--dataset", "mini", "--max_steps", "1"))["checkpoint"]
+    with pytest.raises(UserError, match=r"^--reset_epoch restarts the epochs and schedule of a run continued on its own "
+                                        r"dataset, keeping its optimizer; .* was trained on mini, so training it on "
+                                        r"chat is fine-tuning: a new run, which starts at epoch 1 with a fresh optimizer "
+                                        r"anyway: leave --reset_epoch out$"):
+        train.train(args_for(env, tmp_path / "b", "--dataset", "chat", "--checkpoint", first, "--reset_epoch",
+                             fresh=False))
+    weights = load_checkpoint(first)
+    del weights["step"]  # no training state: what a run from it does is a new run too
+    bare = str(tmp_path / "bare.pt")
+    torch.save(weights, bare)
+    with pytest.raises(UserError, match=r"bare.pt has no training state \(weights only\): a new run"):
+        train.train(args_for(env, tmp_path / "c", "--checkpoint", bare, "--reset_epoch", fresh=False))
+    # without the flag the fine-tune runs, and the same run's --reset_epoch still does
+    train.train(args_for(env, tmp_path / "b", "--dataset", "chat", "--checkpoint", first, "--max_steps", "1",
+                         fresh=False))
+    r = train.train(args_for(env, tmp_path / "a", "--checkpoint", first, "--reset_epoch", "--max_steps", "1",
+                             "--overwrite", fresh=False))
+    assert r["steps"] == 1
+
+
 def test_out_of_memory_saves_then_names_the_options(env, tmp_path, monkeypatch):
     real, calls = train.train_step, []
 
