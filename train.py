@@ -174,8 +174,9 @@ def parse_args(argv=None):
                                                   "(default: the model's maximum, 256 for tiny/small, 1024 for "
                                                   "gpt2-75m/gpt2)")
     g = p.add_argument_group("run")
-    g.add_argument("--epochs", type=int, help=f"total epochs to reach, counting those a checkpoint already did "
-                                              f"(default: {d['epochs']}); the lr schedule spans all of them")
+    g.add_argument("--epochs", type=int, help=f"total epochs to reach, counting those a checkpoint's run already did "
+                                              f"when it goes on (a fine-tune counts from 0) (default: "
+                                              f"{d['epochs']}); the lr schedule spans all of them")
     g.add_argument("--time_budget", type=float, metavar="MINUTES",
                    help="train for this many minutes of wall-clock time, evaluations and saves included: the lr "
                         "schedule (warmup, cosine decay) spans the budget from the end of the first (compiling) step, "
@@ -200,7 +201,9 @@ def parse_args(argv=None):
                                                             "earlier point its later ones (refused otherwise); they "
                                                             "are removed at the new run's first save")
     g.add_argument("--reset_epoch", action="store_true", help="restart the epoch count and lr schedule of a "
-                                                              "checkpoint, keeping its weights and optimizer")
+                                                              "checkpoint's run on its own dataset, keeping its "
+                                                              "weights and optimizer (a fine-tune starts afresh "
+                                                              "anyway)")
     g.add_argument("--seed", type=int, help=f"seeds the initial weights, dropout and epoch orders (default: {d['seed']})")
     g = p.add_argument_group("optimization")
     g.add_argument("--batch_size", type=int, help="windows per forward pass (default: " + ", ".join(
@@ -217,7 +220,8 @@ def parse_args(argv=None):
                                                      f"{BUDGET_WARMUP * 100:g}%% of a time budget)")
     g.add_argument("--optimizer", choices=OPTIMIZERS,
                    help="muon: Muon for the weight matrices inside the blocks, AdamW for the embedding, gains and biases; "
-                        f"adamw: AdamW for everything (default: {d['optimizer']}, or the checkpoint's)")
+                        f"adamw: AdamW for everything (default: {d['optimizer']}, or the checkpoint's when "
+                        f"continuing its run; a fine-tune's optimizer is new, {d['optimizer']} unless given)")
     g.add_argument("--weight_decay", type=float, help=f"weight decay on matrices (default: {d['weight_decay']})")
     g.add_argument("--grad_clip", type=float, help=f"clip the gradient norm to this, 0 = off (default: {d['grad_clip']})")
     g = p.add_argument_group("evaluation and logging")

@@ -2355,6 +2355,21 @@ def test_reset_epoch_on_a_fine_tune_is_refused_not_ignored(env, tmp_path):
     assert r["steps"] == 1
 
 
+def test_a_fine_tune_takes_a_new_optimizer_as_its_help_says(capsys):
+    """A fine-tune (another dataset) takes no option of the checkpoint's run, its optimizer's kind neither: an AdamW
+    run fine-tunes with Muon unless told. --help said "default: muon, or the checkpoint's", which it is not then, and
+    that --epochs counted the checkpoint's epochs, which a fine-tune does not."""
+    config = train.make_config("tiny")
+    old = {"optimizer": "adamw", "model": "tiny"}
+    assert train.resolve_args(train.parse_args([]), old, True, config).optimizer == "adamw"  # continuing: the run's
+    assert train.resolve_args(train.parse_args([]), old, False, config).optimizer == "muon"  # fine-tuning: new
+    with pytest.raises(SystemExit):
+        train.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "or the checkpoint's when continuing its run; a fine-tune's optimizer is new, muon unless given" in text
+    assert "(a fine-tune counts from 0)" in text and "(a fine-tune starts afresh anyway)" in text
+
+
 def test_out_of_memory_saves_then_names_the_options(env, tmp_path, monkeypatch):
     real, calls = train.train_step, []
 
