@@ -28,7 +28,7 @@ longer than a block, before any turn (<|im_start|>); only a single turn longer t
 a boundary. The file ends with a whole block and one more <|endoftext|>, so train.py's last window (it reads
 BLOCK + 1 tokens) exists. Every block starts with <|im_start|> or padding, both mask 0 (but inside a turn
 longer than a block), so the target a window takes from the next block never counts. Train with
---block_size BLOCK (or a multiple of it). Plain text is never packed: it trains on every token, so
+--block_size BLOCK (a multiple of it keeps the blocks whole, not a longer conversation's pieces together). Plain text is never packed: it trains on every token, so
 padding would be learned. The tokens are written unpacked first, then packed: twice the disk for a moment.
 
 Mixing (--mix NAME:WEIGHT,...). Each dataset is tokenized on its own; the mix keeps the total train size

@@ -645,11 +645,23 @@ def refuse_going_back(checkpoint, ckpt, out_pattern, dataset, best_path, overwri
 
 def packing_warning(meta, block_size, context):
     """A line saying why block_size wastes the data's packing, or None. prepare.py packs conversations into blocks
-    of meta["pack"] tokens that none crosses; windows keep them whole when block_size is a multiple of that.
+    of meta["pack"] tokens that none crosses; windows keep them whole when block_size is a multiple of that, but a
+    multiple leaves apart the pieces of conversations longer than a block that its windows could hold whole.
     context: the model's, which --block_size cannot pass."""
     pack = meta.get("pack") or 0
-    if not pack or block_size % pack == 0:
+    if not pack:
         return None
+    if block_size % pack == 0:
+        # windows of several blocks keep whole what the packing kept whole, but a conversation longer than a block was
+        # cut into pieces that lie in blocks apart: a window of block_size could have held it (GPT-2's 1024 on the
+        # default pack of 256: DailyDialog's 1,640 in pieces, a reply cut from its question where one exchange is long)
+        pieces = ((meta.get("splits") or {}).get("train") or {}).get("in_pieces") or 0
+        if block_size == pack or not pieces:
+            return None
+        return (f"{meta['folder']} is packed in blocks of {pack} tokens, but windows have {block_size}: its {pieces:,} "
+                f"train conversations longer than {pack} tokens are cut in pieces that lie in blocks apart, where "
+                f"windows of {block_size} could hold those up to {block_size} whole; prepare the data again for them: "
+                f"`{prepare_with(meta, pack=block_size)}`")
     fit = f"use --block_size {pack} (or a multiple), or " if pack <= context else ""
     return (f"{meta['folder']} is packed in blocks of {pack} tokens but windows have {block_size}: some conversations "
             f"will be cut between windows; {fit}prepare the data again for them: `{prepare_with(meta, pack=block_size)}`")

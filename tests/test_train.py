@@ -2083,6 +2083,17 @@ def test_packed_chat_trains_on_whole_assistant_replies(env, tmp_path, capsys):
     assert "use --block_size" not in err
     meta = {"pack": 64, "folder": "data/x", "dataset": "chat", "options": {}}
     assert "use --block_size 64 (or a multiple)" in train.packing_warning(meta, 48, 128)
+    # windows of several blocks (GPT-2's 1024 on the default pack of 256) keep the blocks whole, but conversations cut in
+    # pieces at the pack size lie apart, which the larger window could have held: said, with the command that packs
+    # them at the window's size; nothing when none was cut
+    cut = dict(meta, splits={"train": {"in_pieces": 7}})
+    assert train.packing_warning(cut, 128, 128) == (
+        "data/x is packed in blocks of 64 tokens, but windows have 128: its 7 train conversations longer than 64 tokens "
+        "are cut in pieces that lie in blocks apart, where windows of 128 could hold those up to 128 whole; prepare "
+        "the data again for them: `python prepare.py --dataset chat --name x --pack 128`")
+    assert train.packing_warning(cut, 64, 128) is None  # the windows are the blocks: nothing to gain
+    assert train.packing_warning(dict(meta, splits={"train": {"in_pieces": 0}}), 128, 128) is None
+    assert train.packing_warning(meta, 128, 128) is None  # (a meta.json without the counts)
 
 
 def test_default_warmup_is_long_enough_for_a_short_run():
