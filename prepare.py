@@ -1132,7 +1132,10 @@ def parse_mix(spec):
     for item in spec.split(","):
         name, _, weight = item.strip().partition(":")
         if name not in MIXABLE:
-            raise UserError(f"--mix {spec}: {name!r} is not a conversation dataset; mix {', '.join(MIXABLE)}")
+            # (said of a chat set of the user's own, "not a conversation dataset" was untrue and named no way in)
+            raise UserError(f"--mix {spec}: {name!r} is not one of the conversation sets --mix weighs "
+                            f"({', '.join(MIXABLE)}); files of your own go into one dataset together with --source "
+                            f"(--source mine.jsonl theirs.jsonl --name NAME)")
         try:
             w = float(weight) if weight else 1.0
         except ValueError:

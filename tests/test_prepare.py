@@ -2049,7 +2049,11 @@ def test_the_limit_line_is_said_only_of_a_set_with_train_only_extra_files(tmp_pa
 
 
 def test_mix_bad_input(tmp_path):
-    for spec, words in (("story:1", "'story' is not a conversation dataset"), ("nope", "'nope' is not a conversation"),
+    # a chat set of one's own is no built-in one: said so, with the way to put one's files together
+    for spec, words in (("story:1", re.escape("'story' is not one of the conversation sets --mix weighs (dailydialog, "
+                                              "chat, knowledge, chitchat); files of your own go into one dataset "
+                                              "together with --source (--source mine.jsonl theirs.jsonl --name NAME)") + "$"),
+                        ("nope", "'nope' is not one of the conversation sets"),
                         ("dailydialog:0", "weight of dailydialog must be a positive number"),
                         ("chat:x", "weight of chat must be a positive"), ("chat:1,chat:2", "chat is named twice"),
                         ("chat:1e308,chitchat:1e308", "the weights are too large to add up; they are relative, as in "
