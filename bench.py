@@ -21,6 +21,7 @@ several repetitions (on a GPU each of 5 steps back to back, as train.py runs the
 On a shared machine (other processes busy) the numbers drop and scatter; --note records that in BENCHMARKS.md.
 """
 import common  # first (it is light): Ctrl-C while torch loads then ends in one line, not a traceback from its import
+common.mend_standard_streams(__name__)
 common.quiet_ctrl_c(__name__)
 
 import argparse

@@ -271,6 +271,24 @@ def quiet_ctrl_c(name):
         signal.signal(signal.SIGINT, interrupted_while_loading)
 
 
+def mend_standard_streams(name):
+    """Called first thing by a script, with its __name__: standard streams that were closed (`python gen.py >&- 2>&-`,
+    a service started without them) are opened on the null device. Python leaves sys.stdout None then, and train.py
+    and gen.py ended in an AttributeError traceback (stdout.isatty()) that nobody saw, exit 1 with no word (stderr
+    closed too). And the descriptor left free (1 or 2) went to the next file opened, a checkpoint or token file, into
+    which torch's own C++ messages to stderr would have been written."""
+    if name != "__main__":
+        return
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)  # (the lowest free descriptor: fd itself, those below it being open)
+    for stream, mode in (("stdin", "r"), ("stdout", "w"), ("stderr", "w")):
+        if getattr(sys, stream) is None:
+            setattr(sys, stream, open(os.devnull, mode, encoding="utf-8"))
+
+
 def interrupted_while_loading(signum, frame):
     if speaks_for_machine():  # as run_main's: one line a machine under torchrun
         with contextlib.suppress(OSError, ValueError):

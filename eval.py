@@ -24,6 +24,7 @@ tokens" their mean length without the closing token. With --prompt_file FILE the
 so the same checkpoint and options give the same numbers.
 """
 import common  # first (it is light): Ctrl-C while torch loads then ends in one line, not a traceback from its import
+common.mend_standard_streams(__name__)
 common.quiet_ctrl_c(__name__)
 
 import argparse

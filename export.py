@@ -16,6 +16,7 @@ that takes a checkpoint takes such a folder, e.g. GPT-2 as downloaded from the h
 The conversion itself is in hf.py.
 """
 import common  # first (it is light): Ctrl-C while torch loads then ends in one line, not a traceback from its import
+common.mend_standard_streams(__name__)
 common.quiet_ctrl_c(__name__)
 
 import argparse

@@ -21,6 +21,7 @@ so a transcript splits unambiguously into replies. --prompt_file writes a JSON l
 "completion", "end": REASON}. Statistics go to stderr.
 """
 import common  # first (it is light): Ctrl-C while torch loads then ends in one line, not a traceback from its import
+common.mend_standard_streams(__name__)
 common.quiet_ctrl_c(__name__)
 
 import argparse

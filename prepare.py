@@ -44,6 +44,7 @@ in $DATA_MIRROR (see its README.md), then the Hugging Face hub (shakespeare: cha
 once into ~/.cache/gpt-trainer; chitchat is generated here and takes no source).
 """
 import common  # first (it is light): Ctrl-C while numpy and tiktoken load then ends in one line, not a traceback
+common.mend_standard_streams(__name__)
 common.quiet_ctrl_c(__name__)
 
 import argparse

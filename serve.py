@@ -34,6 +34,7 @@ it and the waiting requests are answered 503 server_shutting_down (a stream alre
 event) before the server exits.
 """
 import common  # first (it is light): Ctrl-C while torch loads then ends in one line, not a traceback from its import
+common.mend_standard_streams(__name__)
 common.quiet_ctrl_c(__name__)
 
 import argparse

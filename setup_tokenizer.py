@@ -12,6 +12,7 @@ Its special tokens follow the byte-level vocabulary in the same order as GPT-2's
 <|endoftext|>, <|im_start|>, <|im_end|>.
 """
 import common  # first (it is light): Ctrl-C while tiktoken loads then ends in one line, not a traceback
+common.mend_standard_streams(__name__)
 common.quiet_ctrl_c(__name__)
 
 import argparse

@@ -32,6 +32,7 @@ errors; story_best.pt, the lowest val loss so far; story_metrics.jsonl, one JSON
 story_loss.png, the loss curves, when matplotlib is installed (it is not in requirements.txt).
 """
 import common  # first (it is light): Ctrl-C while torch loads then ends in one line, not a traceback from its import
+common.mend_standard_streams(__name__)
 common.quiet_ctrl_c(__name__)
 
 import argparse

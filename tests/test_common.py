@@ -605,6 +605,38 @@ def test_output_piped_into_head_ends_quietly():
     assert r.stderr == "" and r.returncode == 141
 
 
+def test_closed_standard_streams_are_opened_on_the_null_device(tmp_path):
+    """`python gen.py >&- 2>&- <&-` (a service started without them): Python's sys.stdout is then None, which train.py
+    and gen.py met in an AttributeError traceback, exit 1; and the free descriptor 2 went to the next file opened, into
+    which a C++ library's message to stderr would have been written."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "out.bin"
+    script = (f"import common, os, sys; common.mend_standard_streams(__name__); f = open({str(out)!r}, 'wb'); "
+              f"os.write(2, b'a C++ warning'); f.write(b'data'); f.close(); "
+              f"print(sys.stdout.isatty(), sys.stderr.isatty(), sys.stdin.read(), file=sys.stderr)")
+
+    def closed(*fds):
+        return lambda: [os.close(fd) for fd in fds]
+
+    r = subprocess.run([sys.executable, "-c", script], cwd=root, timeout=60, preexec_fn=closed(0, 1, 2))
+    assert r.returncode == 0 and out.read_bytes() == b"data"
+    # a real script, each stream closed alone and all together: a sample written (to nowhere) and exit 0
+    import gen
+    from checkpoint import save_checkpoint
+    from model import GPT, make_config
+    from setup_tokenizer import get_tokenizer
+    enc = get_tokenizer("gpt2")
+    ckpt = str(tmp_path / "tiny.pt")
+    save_checkpoint(ckpt, GPT(make_config("tiny", n_layer=1, n_embd=32, n_head=2, block_size=16,
+                                          vocab_size=enc.n_vocab)), enc)
+    argv = [sys.executable, gen.__file__, ckpt, "--max_tokens", "4", "--device", "cpu"]
+    for fds in ((1,), (2,), (0, 1, 2)):
+        r = subprocess.run(argv, cwd=tmp_path, timeout=120, preexec_fn=closed(*fds),
+                           stdout=None if 1 in fds else subprocess.DEVNULL,
+                           stderr=None if 2 in fds else subprocess.PIPE)
+        assert r.returncode == 0, (fds, r.stderr)
+
+
 def test_output_a_terminal_cannot_encode_is_replaced_and_data_refused(tmp_path):
     """A generated emoji on a latin-1 terminal (PYTHONIOENCODING, an old locale) was a UnicodeEncodeError traceback: a
     terminal shows "?"; output to a file or pipe (gen.py --prompt_file's JSON lines) gets one line naming the fix, not
