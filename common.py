@@ -80,8 +80,9 @@ def expand_pattern(path, option):
 
 def color_ok(stream):
     """Whether stream takes ANSI styling: a terminal, without NO_COLOR set (no-color.org: set and not empty), which
-    gen.py's bold prompts ignored while train.py's colors heeded it."""
-    return stream.isatty() and not os.environ.get("NO_COLOR")
+    gen.py's bold prompts ignored while train.py's colors heeded it, and not TERM=dumb (Emacs' shell and compile
+    buffers, an editor's terminal, which showed train.py's colors as ^[[2m), as git and ls leave it plain."""
+    return stream.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
 
 
 def number(text, kind):
