@@ -61,8 +61,8 @@ from tqdm import tqdm
 
 from checkpoint import (NOT_THIS_CODE, add_checkpoint_argument, checkpoint_config, load_checkpoint, load_weights,
                         nonfinite, parse_checkpoint, save_checkpoint, tensor_bytes)
-from common import (DTYPES, VOCAB_FILE, UserError, ask, atomic_write_text, autocast, check_output, color_ok,
-                    cpu_bf16_is_faster, cpu_has_bf16, exit_after_the_first, first_line, held_lock, is_oom, lock_is_held,
+from common import (DTYPES, VOCAB_FILE, UserError, ask, atomic_write_text, autocast, check_output,
+                    closed_pipe_on_windows, color_ok, cpu_bf16_is_faster, cpu_has_bf16, exit_after_the_first, first_line, held_lock, is_oom, lock_is_held,
                     nonempty, pick_device, pick_dtype, prepare_lock, read_items, remove_stale_tmp, retain_freed_memory,
                     run_main, speaks_for_machine, tmp_name)
 from model import OPTIMIZERS, PRESETS, VARIANTS, GPT, make_config
@@ -2401,7 +2401,11 @@ class Run:
             if self.run_steps and self.saved["step"] != p.step and not isinstance(e, UserError) and dist.world == 1:
                 with contextlib.suppress(Exception):
                     self.save(self.out_path())
-                    warn(f"saved {self.saved['path']} (step {p.step:,}) before stopping on the error below")
+                    # a closed pipe (`| head`, a `| tee` killed) ends the run without an error line (run_main): "the
+                    # error below" pointed at nothing
+                    why = "its output's reader went away (a closed pipe)" if isinstance(e, BrokenPipeError) or \
+                        closed_pipe_on_windows(e) else "the error below"
+                    warn(f"saved {self.saved['path']} (step {p.step:,}) before stopping on {why}")
             error = self.loop_error(e)
             if error is None:
                 raise

@@ -240,6 +240,26 @@ def test_exact_resume(env, tmp_path, dtype, optimizer):
     assert a["best_val_loss"] == b["best_val_loss"]
 
 
+def test_a_closed_pipe_saves_the_run_and_says_why(env, tmp_path, monkeypatch, capsys):
+    """`python train.py | head`: the reader goes away, the steps so far are saved, and the warning said "before
+    stopping on the error below", where run_main prints none for a closed pipe (the exit code, 141, says it)."""
+    lines = []
+
+    def closed_after_the_first_lines(line=""):
+        lines.append(line)
+        if len(lines) > 3:
+            raise BrokenPipeError(32, "Broken pipe")
+    monkeypatch.setattr(train, "say", closed_after_the_first_lines)
+    with pytest.raises(BrokenPipeError):
+        train.train(args_for(env, tmp_path, "--dataset", "mini", "--eval_interval", "2", "--log_interval", "1",
+                             "--max_steps", "6"))
+    err = capsys.readouterr().err
+    saved = str(tmp_path / "mini_epoch1.pt")
+    assert f"saved {saved} (step " in err and "before stopping on its output's reader went away (a closed pipe)" in \
+        err and "the error below" not in err, err
+    assert load_checkpoint(saved)["step"] > 0
+
+
 def test_a_run_resumed_from_the_save_on_an_error_mid_step_is_the_run_that_went_on(env, tmp_path, monkeypatch, capsys):
     # an error inside a step (a failing device, out of memory in its backward) saves the steps before it; that save
     # recorded the random state after the failed step had drawn its dropout masks, so the resumed run redid the step
