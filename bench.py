@@ -38,7 +38,7 @@ import time
 import torch
 
 from common import (UserError, atomic_write_text, autocast, check_output, cpu_bf16_is_faster, cpu_has_bf16, cpu_info,
-                    first_line, is_oom, pick_device, pick_dtype, nonempty, not_utf8, retain_freed_memory, run_main, DTYPES)
+                    first_line, is_oom, pick_device, pick_dtype, path_arg, not_utf8, retain_freed_memory, run_main, DTYPES)
 from model import GPT, OPTIMIZERS, PRESETS, VARIANTS, make_config, physical_memory
 from train import DEFAULTS as TRAIN_DEFAULTS, Forward, train_step
 
@@ -716,9 +716,9 @@ def get_parser():
     p.add_argument("--ratio_model", default="tiny", choices=list(PRESETS), help="preset for the ratio section (default tiny)")
     p.add_argument("--ratio_vocab", type=int, default=None, help="the small vocabulary of the ratio section (default "
                                                                   "4096; --quick 512)")
-    p.add_argument("--data", type=nonempty, default=None, help="text file for prepare (default: $DATA_MIRROR/tinystories/TinyStories-sample.txt, else generated)")
+    p.add_argument("--data", type=path_arg, default=None, help="text file for prepare (default: $DATA_MIRROR/tinystories/TinyStories-sample.txt, else generated)")
     p.add_argument("--prepare_threads", type=int, default=None, help="tokenizer threads (default: every core)")
-    p.add_argument("--out", type=nonempty, default=None, help="file the table is appended to (default BENCHMARKS.md)")
+    p.add_argument("--out", type=path_arg, default=None, help="file the table is appended to (default BENCHMARKS.md)")
     p.add_argument("--no_write", action="store_true", help="print only, leave BENCHMARKS.md alone")
     p.add_argument("--note", default=None, help="a remark stored with the table, e.g. 'machine shared with a training run'")
     p.add_argument("--quick", action="store_true", help="tiny sizes, a few seconds: checks that everything runs, numbers mean little")

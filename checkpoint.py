@@ -19,7 +19,7 @@ import zipfile
 import torch
 
 import hf
-from common import UserError, atomic_torch_save, first_line, is_oom, model_folder_file, nonempty, starts_as_zip
+from common import UserError, atomic_torch_save, first_line, is_oom, model_folder_file, path_arg, starts_as_zip
 from model import GPT, GPTConfig
 from setup_tokenizer import tokenizer_from_state, tokenizer_state
 
@@ -43,8 +43,8 @@ def add_checkpoint_argument(p, help="a .pt file or a Hugging Face model folder (
     scripts, was "unrecognized arguments" somewhere. help goes to the way the script shows: first (gen.py, eval.py,
     serve.py, export.py) or, with shown="option", --checkpoint (train.py, where it is optional: a new model without).
     parse_checkpoint merges the two; a script without a default checkpoint says so in help and refuses None itself."""
-    p.add_argument("checkpoint", type=nonempty, nargs="?", help=help if shown == "first" else argparse.SUPPRESS)
-    p.add_argument("--checkpoint", dest="checkpoint_option", type=nonempty, metavar="CHECKPOINT",
+    p.add_argument("checkpoint", type=path_arg, nargs="?", help=help if shown == "first" else argparse.SUPPRESS)
+    p.add_argument("--checkpoint", dest="checkpoint_option", type=path_arg, metavar="CHECKPOINT",
                    help=help if shown == "option" else argparse.SUPPRESS)
 
 

@@ -67,6 +67,13 @@ def nonempty(text):
     return text
 
 
+def path_arg(text):
+    """argparse type of a path: nonempty's, with a leading ~ (~user) expanded as the shell does for a word of its own.
+    The shell leaves it in `--out_dir=~/data` and `--json=~/r.json`, which wrote into a folder named ~ in the working
+    directory (one `rm -rf ~` away from the user's home)."""
+    return os.path.expanduser(nonempty(text))
+
+
 def expand_pattern(path, option):
     """[path], or where no such path is and it holds a wildcard, the paths it matches: a pattern the shell did not
     expand (quoted, or Windows' cmd and PowerShell, which leave * to the program) was "no such file"."""

@@ -37,7 +37,7 @@ import sys
 import numpy as np
 
 from checkpoint import add_checkpoint_argument, load_checkpoint, load_model, parse_checkpoint
-from common import (DTYPES, UserError, atomic_write_text, check_output, nonempty, number, pick_device, pick_dtype,
+from common import (DTYPES, UserError, atomic_write_text, check_output, nonempty, path_arg, number, pick_device, pick_dtype,
                     retain_freed_memory, run_main, seeded_generator)
 from gen import CHAT_STOPS, add_sampling_arguments, chat_reply, columns, default_checkpoint, positive_int, read_prompt_file
 from prepare import document_ends
@@ -212,7 +212,7 @@ def parse_args(argv=None):
     add_checkpoint_argument(p)
     p.add_argument("--dataset", type=nonempty, nargs="+", help="prepared datasets to evaluate on, a row each (default: the one the "
                                                 "checkpoint was trained on)")
-    p.add_argument("--data_dir", type=nonempty, help="where prepared datasets live (default: the checkpoint's, else data)")
+    p.add_argument("--data_dir", type=path_arg, help="where prepared datasets live (default: the checkpoint's, else data)")
     p.add_argument("--split", choices=["val", "train"], default="val", help="which split (default val)")
     p.add_argument("--block_size", type=positive_int, help="window length (default: the checkpoint's training one)")
     p.add_argument("--batch_size", type=positive_int, default=16, help="windows per forward pass (default 16)")
@@ -221,7 +221,7 @@ def parse_args(argv=None):
     p.add_argument("--samples", type=count, default=50,
                    help="replies sampled per conversation set, 0 = none (default 50)")
     # --prompt_file, as gen.py names the same file in the same format; --prompts, its first name, still works
-    p.add_argument("--prompt_file", "--prompts", dest="prompt_file", type=nonempty, metavar="FILE",
+    p.add_argument("--prompt_file", "--prompts", dest="prompt_file", type=path_arg, metavar="FILE",
                    help="answer the first --samples prompts of this file (one per line, or JSON lines with a \"prompt\" "
                         "field, as gen.py --prompt_file) instead")
     p.add_argument("--max_tokens", type=positive_int, default=128, help="new tokens a reply may take (default 128)")
@@ -229,7 +229,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=1337, help="seed of the sampled replies (default 1337)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="autocast precision")
-    p.add_argument("--json", type=nonempty, metavar="PATH", help="also write the results as JSON to PATH; - prints JSON instead of the table")
+    p.add_argument("--json", type=path_arg, metavar="PATH", help="also write the results as JSON to PATH; - prints JSON instead of the table")
     args = parse_checkpoint(p, p.parse_args(argv))
     # `eval.py --dataset story models/x.pt`: --dataset takes several names, so it took the checkpoint too. A dataset's
     # name has no folder in it (prepare.py --name), so a path last is the checkpoint.

@@ -24,7 +24,7 @@ import os
 import sys
 
 from checkpoint import add_checkpoint_argument, load_model, parse_checkpoint
-from common import DTYPES, check_output, run_main, torch_dtype
+from common import DTYPES, check_output, path_arg, run_main, torch_dtype
 from hf import check_out_dir, export_folder
 
 
@@ -36,7 +36,7 @@ def parse_args(argv=None):
     # the checkpoint as gen.py, eval.py and serve.py take it: CHECKPOINT OUT_DIR, or --checkpoint CHECKPOINT OUT_DIR
     add_checkpoint_argument(p, help="a .pt file from train.py (or a Hugging Face folder, to convert it again); or "
                                     "--checkpoint PATH")
-    p.add_argument("out_dir", help="the folder to write; it must not exist yet or be empty")
+    p.add_argument("out_dir", type=path_arg, help="the folder to write; it must not exist yet or be empty")
     p.add_argument("--dtype", default="float32", choices=list(DTYPES),
                    help="weights' precision in model.safetensors (default float32, as trained; bfloat16 halves the size)")
     # intermixed: with the checkpoint optional, parse_args gave `CKPT --dtype bfloat16 OUT_DIR` the first path as

@@ -39,7 +39,7 @@ import unicodedata
 import torch
 
 from checkpoint import add_checkpoint_argument, find_checkpoints, load_model, parse_checkpoint
-from common import (DTYPES, UserError, atomic_write_text, autocast, check_output, color_ok, first_line, nonempty,
+from common import (DTYPES, UserError, atomic_write_text, autocast, check_output, color_ok, first_line, path_arg,
                     not_utf8, number, pick_device, pick_dtype, require_utf8, retain_freed_memory, run_main,
                     seeded_generator, without_surrogates)
 from setup_tokenizer import EOT, IM_END, IM_START, StreamDecoder, render_chat
@@ -494,7 +494,7 @@ def parse_args(argv=None):
     add_checkpoint_argument(p)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prompt", help="text to continue (with --chat: one user message, then exit)")
-    src.add_argument("--prompt_file", type=nonempty, help="many prompts: one per line, or JSON lines with a \"prompt\" field")
+    src.add_argument("--prompt_file", type=path_arg, help="many prompts: one per line, or JSON lines with a \"prompt\" field")
     p.add_argument("--interactive", action="store_true", help="read prompts line by line and continue each")
     p.add_argument("--chat", action="store_true", help="multi-turn ChatML chat (/reset clears history, /exit quits)")
     p.add_argument("--system", help="system message for --chat")
@@ -511,7 +511,7 @@ def parse_args(argv=None):
                    help="recompute the whole context every token (slow; for comparisons: the same text as the cache's "
                         "in fp32, while bf16 rounds a row and a matrix differently)")
     p.add_argument("--no_delay", action="store_true", help="no typing rhythm on a terminal (pipes never wait)")
-    p.add_argument("--output", type=nonempty, help="--prompt_file: write the JSON lines ({prompt, completion, end}) "
+    p.add_argument("--output", type=path_arg, help="--prompt_file: write the JSON lines ({prompt, completion, end}) "
                                                    "here instead of stdout (- is stdout)")
     p.add_argument("--verbose", action="store_true", help="model size, device, tokens/s (stderr) and [end: ...] markers (stdout)")
     return parse_checkpoint(p, p.parse_args(argv))

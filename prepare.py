@@ -71,7 +71,7 @@ import numpy as np
 from tqdm import tqdm
 
 from common import (VOCAB_FILE, UserError, atomic_write_text, check_output, expand_pattern, first_line, fsync_replace,
-                    held_lock, holds_nul, json_kind, name_full_disk, nonempty, not_utf8, parts_text, prepare_lock,
+                    held_lock, holds_nul, json_kind, name_full_disk, nonempty, path_arg, not_utf8, parts_text, prepare_lock,
                     read_items, read_meta, remove_stale_tmp, run_main, tmp_name, without_surrogates)
 from setup_tokenizer import (EOT, IM_END, IM_START, VocabSample, fewer_ids, get_tokenizer, read_text_chunks,
                              say_training, tokenizer_hash, train_bpe, trained_on, warn_short_vocabulary)
@@ -2656,14 +2656,14 @@ def main(argv=None):
     p.add_argument("--dataset", choices=DATASETS,
                    help="story (TinyStories), shakespeare (Tiny Shakespeare, 1 MB), dailydialog, chat (instructions, conversations), chitchat (generated small talk), "
                         "knowledge (question/answer), text (your --source files); default: every one it finds, or text with --source")
-    p.add_argument("--source", type=nonempty, nargs="+", metavar="PATH",
+    p.add_argument("--source", type=path_arg, nargs="+", metavar="PATH",
                    help=".txt (documents separated by <|endoftext|>, else one per file), .jsonl/.json/.parquet records "
                         "(messages, ShareGPT conversations, instruction/input/output or instances, instruction/context/"
                         "response, question/answer, prompt/completion, prompt/response, query/response, text), or folders; "
                         "or hf:NAME[:CONFIG[:SPLIT]], a Hugging Face hub dataset of such records, streamed (hf:NAME::SPLIT: "
                         "the default config; split default train), val its validation split if it has one, else "
                         "--val_fraction of train")
-    p.add_argument("--tokenizer", type=nonempty, help="gpt2, the path of a .tiktoken file (setup_tokenizer.py train), or a "
+    p.add_argument("--tokenizer", type=path_arg, help="gpt2, the path of a .tiktoken file (setup_tokenizer.py train), or a "
                                         "checkpoint's, for its vocabulary (default: gpt2, or what the dataset has when "
                                         "it is made again)")
     p.add_argument("--vocab_size", type=int,
@@ -2677,7 +2677,7 @@ def main(argv=None):
                         "dataset's sources together (a folder of one-document files gives files spread through it, not "
                         "its last ones; 0: no val split, a source's own validation split left out too)")
     p.add_argument("--force", action="store_true", help="rebuild even if up to date, and replace a folder holding another dataset")
-    p.add_argument("--out_dir", "--data_dir", dest="out_dir", type=nonempty, default=DEFAULT_OUT_DIR,
+    p.add_argument("--out_dir", "--data_dir", dest="out_dir", type=path_arg, default=DEFAULT_OUT_DIR,
                    help="where dataset folders go (the folder train.py and eval.py take as --data_dir; default data)")
     p.add_argument("--name", type=nonempty, help="the dataset's folder name (default: the dataset)")
     p.add_argument("--no_extra", action="store_true", help="story: leave out the train-only extra stories (the mirror's TinyStories-train-head files)")

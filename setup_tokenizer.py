@@ -30,7 +30,7 @@ import zipfile
 import tiktoken
 
 from common import (VOCAB_FILE, UserError, atomic_write_text, check_output, expand_pattern, holds_nul,
-                    is_dataset_folder, kept_file, model_folder_file, nonempty, not_utf8, read_meta, require_utf8,
+                    is_dataset_folder, kept_file, model_folder_file, path_arg, not_utf8, read_meta, require_utf8,
                     run_main, starts_as_zip)
 
 EOT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
@@ -478,11 +478,11 @@ def main(argv=None):
     sub = p.add_subparsers(dest="cmd", required=True, metavar="{show,train}")
     s = sub.add_parser("show", help="print the tokens and ids of a text")
     s.add_argument("text")
-    s.add_argument("--tokenizer", type=nonempty, default="gpt2", help="gpt2, the path of a .tiktoken file, or a checkpoint's")
+    s.add_argument("--tokenizer", type=path_arg, default="gpt2", help="gpt2, the path of a .tiktoken file, or a checkpoint's")
     t = sub.add_parser("train", help="train a byte-level BPE vocabulary on text files")
-    t.add_argument("--input", type=nonempty, nargs="+", required=True, help="UTF-8 text files")
+    t.add_argument("--input", type=path_arg, nargs="+", required=True, help="UTF-8 text files")
     t.add_argument("--vocab_size", type=int, default=4096, help="total ids: 256 bytes + merges + 3 special tokens")
-    t.add_argument("--out", type=nonempty, required=True, help="where to write the .tiktoken file")
+    t.add_argument("--out", type=path_arg, required=True, help="where to write the .tiktoken file")
     args = p.parse_args(argv)
 
     if args.cmd == "show":

@@ -63,7 +63,7 @@ from checkpoint import (NOT_THIS_CODE, add_checkpoint_argument, checkpoint_confi
                         nonfinite, parse_checkpoint, save_checkpoint, tensor_bytes)
 from common import (DTYPES, VOCAB_FILE, UserError, ask, atomic_write_text, autocast, check_output,
                     closed_pipe_on_windows, color_ok, cpu_bf16_is_faster, cpu_has_bf16, exit_after_the_first, first_line, held_lock, is_oom, lock_is_held,
-                    nonempty, pick_device, pick_dtype, prepare_lock, read_items, remove_stale_tmp, retain_freed_memory,
+                    nonempty, path_arg, pick_device, pick_dtype, prepare_lock, read_items, remove_stale_tmp, retain_freed_memory,
                     run_main, speaks_for_machine, tmp_name)
 from model import OPTIMIZERS, PRESETS, VARIANTS, GPT, make_config
 from prepare import (DATASETS, DEFAULT_OUT_DIR, DEFAULT_VAL_FRACTION, is_complete, is_dataset_name,
@@ -159,8 +159,8 @@ def parse_args(argv=None):
     g = p.add_argument_group("data")
     g.add_argument("--dataset", type=nonempty, help="folder under --data_dir made by `python prepare.py --dataset X` "
                                      "(default: the checkpoint's dataset, else story)")
-    g.add_argument("--data_dir", type=nonempty, help="where prepared datasets live (default: the checkpoint's, else data)")
-    g.add_argument("--tokenizer", type=nonempty, help="gpt2, a .tiktoken path or a checkpoint's; only checked against the data's (default: the data's)")
+    g.add_argument("--data_dir", type=path_arg, help="where prepared datasets live (default: the checkpoint's, else data)")
+    g.add_argument("--tokenizer", type=path_arg, help="gpt2, a .tiktoken path or a checkpoint's; only checked against the data's (default: the data's)")
     g = p.add_argument_group("model (a new model; a checkpoint brings its own)")
     g.add_argument("--model", choices=list(PRESETS), help="size preset of a new model (default: tiny on CPU and MPS, "
                                                          "small on CUDA)")
@@ -191,9 +191,9 @@ def parse_args(argv=None):
                                                  "the epoch; the schedule is unchanged)")
     add_checkpoint_argument(g, "continue from this checkpoint (same dataset: exact resume; other: fine-tune)",
                             shown="option")
-    g.add_argument("--init_from", type=nonempty, metavar="DIR", help="fine-tune a Hugging Face model folder (GPT-2 as downloaded, or "
+    g.add_argument("--init_from", type=path_arg, metavar="DIR", help="fine-tune a Hugging Face model folder (GPT-2 as downloaded, or "
                                                       "export.py's output); its tokenizer must be the data's")
-    g.add_argument("--output_checkpoint", type=nonempty, help="where to save; {dataset} and {epoch} are filled in (default: "
+    g.add_argument("--output_checkpoint", type=path_arg, help="where to save; {dataset} and {epoch} are filled in (default: "
                                                "models/{dataset}_epoch{epoch}.pt, models/{dataset}.pt with "
                                                "--time_budget; when continuing, the run's names next to the "
                                                "checkpoint given)")

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import common
+from conftest import run_cli
 from common import UserError, atomic_torch_save, atomic_write_text, check_output, pick_device, remove_stale_tmp, run_main
 
 
@@ -88,7 +89,7 @@ def test_a_save_into_a_pipe_or_device_is_written_through(tmp_path):
     ("train", ["--dataset", ""]), ("gen", [""]), ("gen", ["--prompt_file", ""]), ("eval", ["--json", ""]),
     ("gen", ["--checkpoint", ""]),  # train.py's spelling, which gen/eval/serve take too: the very "$CKPT" habit
     ("prepare", ["--source", "a.txt", ""]), ("setup_tokenizer", ["train", "--input", "a.txt", "--out", ""]),
-    ("serve", ["", "--port", "-1"]), ("export", ["", "hf/x"]), ("bench", ["--out", ""]),
+    ("serve", ["", "--port", "-1"]), ("export", ["", "hf/x"]), ("export", ["x.pt", ""]), ("bench", ["--out", ""]),
     ("prepare", ["--mix", ""]),  # it built every dataset, as a bare `prepare.py` does
     ("serve", ["x.pt", "--host", ""])])  # it listened on every network (0.0.0.0), unasked
 def test_an_empty_path_is_refused_not_read_as_left_out(script, argv, capsys):
@@ -97,6 +98,38 @@ def test_an_empty_path_is_refused_not_read_as_left_out(script, argv, capsys):
         main(argv)
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.splitlines()[-1].endswith(": is empty: give a value"), err
+
+
+def test_a_path_given_with_a_tilde_the_shell_left_is_in_the_home_folder(tmp_path, monkeypatch, capsys):
+    """`--out_dir=~/data`: the shell expands ~ in a word of its own, not after `=`, and the scripts wrote into a folder
+    named ~ in the working directory. Every path option expands it, as the shell would have."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    assert common.path_arg("~/x.pt") == str(home / "x.pt") and common.path_arg("a/~/x") == "a/~/x"
+    import eval as eval_script
+    import export
+    import gen
+    import train
+    for parse, argv, got in (
+            (train.parse_args, ["--output_checkpoint=~/m/x.pt", "--data_dir=~/d", "--init_from=~/hf",
+                                "--tokenizer=~/t.tiktoken"],
+             lambda a: [a.output_checkpoint, a.data_dir, a.init_from, a.tokenizer]),
+            (train.parse_args, ["--checkpoint=~/m/x.pt"], lambda a: [a.checkpoint]),
+            (gen.parse_args, ["~/m/x.pt", "--prompt_file=~/p.txt", "--output=~/o.jsonl"],
+             lambda a: [a.checkpoint, a.prompt_file, a.output]),
+            (eval_script.parse_args, ["~/m/x.pt", "--json=~/r.json", "--data_dir=~/d", "--prompt_file=~/p.txt"],
+             lambda a: [a.checkpoint, a.json, a.data_dir, a.prompt_file]),
+            (export.parse_args, ["~/m/x.pt", "~/hf"], lambda a: [a.checkpoint, a.out_dir])):
+        assert all(p.startswith(str(home) + os.sep) for p in got(parse(argv))), (argv, got(parse(argv)))
+    # the scripts whose parser is inside main: prepare.py writes its dataset in the home folder
+    import prepare
+    (work / "a.txt").write_text("Once upon a time there was a cat.\n<|endoftext|>\nThe end of another story.\n")
+    code, out, err = run_cli(prepare.main, ["--dataset", "text", "--source=~/../work/a.txt", "--name", "cats",
+                                            "--out_dir=~/data"], capsys)
+    assert code == 0 and os.path.isfile(home / "data" / "cats" / "meta.json") and not os.path.exists(work / "~"), err
 
 
 @pytest.mark.parametrize("script, option, value, kind", [
