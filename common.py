@@ -482,6 +482,9 @@ def check_output(path, option, folder=False, inputs=(), checkpoint=False, vocabu
         if not os.access(path, os.W_OK):
             raise UserError(f"{option} {path}: cannot write there (permission denied): choose another path")
         return
+    if read_only(path):
+        raise UserError(f"{option} {path}: cannot write there (the file is read-only): check its permissions, or use "
+                        f"another path")
     kept = kept_file(path) if os.path.isfile(path) else None
     # (eval.py --json over a checkpoint: 627 bytes; over a vocabulary outside data/: JSON, and its dataset unreadable)
     if kept and not (checkpoint and kept.startswith("a checkpoint")) and not (vocabulary and kept == "a vocabulary"):
@@ -511,8 +514,21 @@ def special_file(path):
     return os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path)
 
 
+def read_only(path):
+    """Whether path is a file this process may not write (chmod a-w, another user's): a rename in its folder, which
+    the folder's permissions allow, replaced it all the same (eval.py --json over a file made read-only to keep it)."""
+    return os.path.isfile(path) and not os.access(path, os.W_OK)
+
+
+def refuse_read_only(path):
+    """The PermissionError (run_main's one line) for writing over a read_only path."""
+    if read_only(path):
+        raise PermissionError(errno.EACCES, "Permission denied (the file is read-only)", path)
+
+
 def fsync_replace(tmp_path, path):
-    """Flush tmp_path to disk and rename it over path (atomic on POSIX); into a special_file, copied through."""
+    """Flush tmp_path to disk and rename it over path (atomic on POSIX); into a special_file, copied through. A file
+    replaced keeps its permissions: the new one had the umask's, and a private file (chmod 600) became readable by all."""
     if special_file(path):  # renamed over, --json /dev/null run as root made the machine's /dev/null a file of JSON
         with open(tmp_path, "rb") as src, open(path, "wb") as dst:
             shutil.copyfileobj(src, dst)
@@ -520,6 +536,8 @@ def fsync_replace(tmp_path, path):
         return
     with open(tmp_path, "rb+") as f:
         os.fsync(f.fileno())
+    with contextlib.suppress(FileNotFoundError):  # (after the fsync: one of 444 is not opened for writing)
+        os.chmod(tmp_path, os.stat(path).st_mode & 0o7777)
     os.replace(tmp_path, path)
     # make the rename itself durable
     with contextlib.suppress(OSError):
@@ -609,6 +627,7 @@ def naming_full_disk(path):
 
 
 def atomic_write_text(path, text):
+    refuse_read_only(path)
     if special_file(path):  # (no temporary file beside /dev/null: written through, as fsync_replace would)
         with open(path, "w", encoding="utf-8") as f:
             f.write(text)
@@ -629,6 +648,7 @@ def atomic_write_text(path, text):
 def atomic_torch_save(obj, path):
     """torch.save that never leaves a half-written file at path, even on Ctrl-C or a full disk."""
     import torch
+    refuse_read_only(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tmp = tmp_name(path)

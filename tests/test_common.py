@@ -233,6 +233,37 @@ def test_a_save_replaces_the_file_whole_never_writes_into_it(tmp_path):
     assert torch.load(path, weights_only=True)["v"].tolist() == list(range(5))
 
 
+def test_a_save_keeps_the_files_permissions_and_a_read_only_one_is_not_replaced(tmp_path, monkeypatch, capsys):
+    """The rename that replaces a file needs only its folder's permission: a file made read-only (chmod 444, to keep
+    it) was replaced by eval.py --json all the same, and a private one (600) came back readable by all (the umask's
+    644). A replaced file keeps its mode; a read-only one is refused before the work and at the write."""
+    private, kept = tmp_path / "private.json", tmp_path / "kept.json"
+    private.write_text("old")
+    os.chmod(private, 0o600)
+    atomic_write_text(str(private), "new")
+    ckpt = tmp_path / "x.pt"
+    atomic_torch_save({"v": torch.arange(3)}, str(ckpt))
+    os.chmod(ckpt, 0o640)
+    atomic_torch_save({"v": torch.arange(5)}, str(ckpt))
+    assert (private.read_text(), os.stat(private).st_mode & 0o777, os.stat(ckpt).st_mode & 0o777) == ("new", 0o600,
+                                                                                                       0o640)
+    kept.write_text("old")
+    os.chmod(kept, 0o444)
+    if os.geteuid() == 0:  # root may write any file: os.access answers as for another user
+        access = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode, **k: access(p, mode, **k) and not (
+            mode & os.W_OK and os.path.isfile(p) and not os.stat(p).st_mode & 0o222))
+    with pytest.raises(UserError, match=r"^--json .*kept.json: cannot write there \(the file is read-only\): check its "
+                                        r"permissions, or use another path$"):
+        check_output(str(kept), "--json")
+    for save in (lambda: atomic_write_text(str(kept), "new"), lambda: atomic_torch_save({}, str(kept))):
+        with pytest.raises(SystemExit) as e:
+            run_main(save)
+        assert e.value.code == 1 and capsys.readouterr().err == (
+            f"error: Permission denied (the file is read-only): {kept}: check its permissions, or use another path\n")
+    assert kept.read_text() == "old" and sorted(os.listdir(tmp_path)) == ["kept.json", "private.json", "x.pt"]
+
+
 def test_a_full_disk_names_the_file_being_written(tmp_path, capsys, monkeypatch):
     """A write() or fsync() that finds the disk full raises an OSError naming no file: setup_tokenizer.py train --out,
     eval.py --json, a prepared dataset's vocabulary or a checkpoint's last flush ended in "error: No space left on
