@@ -489,10 +489,10 @@ def check_output(path, option, folder=False, inputs=(), checkpoint=False, vocabu
     # (eval.py --json over a checkpoint: 627 bytes; over a vocabulary outside data/: JSON, and its dataset unreadable)
     if kept and not (checkpoint and kept.startswith("a checkpoint")) and not (vocabulary and kept == "a vocabulary"):
         raise UserError(f"{option} {path} is {kept}: the result would replace it; give another {option}")
-    parent = path if folder else os.path.dirname(os.path.abspath(path))
+    parent = path if folder else os.path.dirname(os.path.abspath(link_target(path)))
     # a file's probe is the very name its atomic write takes (tmp_name): one longer than the system allows (past 255
     # bytes, or Windows' 260 characters of path), which a short probe passed, failed at the end, after the work
-    probe = tmp_name(os.path.join(parent, ".write-probe") if folder else os.path.abspath(path))
+    probe = tmp_name(os.path.join(parent, ".write-probe") if folder else os.path.abspath(link_target(path)))
     try:
         os.makedirs(parent, exist_ok=True)
         with open(probe, "w"):
@@ -546,6 +546,14 @@ def fsync_replace(tmp_path, path):
             os.fsync(dfd)
         finally:
             os.close(dfd)
+
+
+def link_target(path):
+    """path, or the file a symbolic link at path points to (a link's link too): what an atomic write replaces. Renamed
+    over, the link became a file of its own (models/x.pt linked to a bigger disk: the new checkpoint on the small one,
+    the old one left where the link pointed); its temporary file goes beside the target, as a rename from the link's
+    folder fails across file systems (EXDEV)."""
+    return os.path.realpath(path) if os.path.islink(path) else path
 
 
 def tmp_name(path):
@@ -627,6 +635,7 @@ def naming_full_disk(path):
 
 
 def atomic_write_text(path, text):
+    path = link_target(path)
     refuse_read_only(path)
     if special_file(path):  # (no temporary file beside /dev/null: written through, as fsync_replace would)
         with open(path, "w", encoding="utf-8") as f:
@@ -648,6 +657,7 @@ def atomic_write_text(path, text):
 def atomic_torch_save(obj, path):
     """torch.save that never leaves a half-written file at path, even on Ctrl-C or a full disk."""
     import torch
+    path = link_target(path)
     refuse_read_only(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)

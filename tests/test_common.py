@@ -264,6 +264,29 @@ def test_a_save_keeps_the_files_permissions_and_a_read_only_one_is_not_replaced(
     assert kept.read_text() == "old" and sorted(os.listdir(tmp_path)) == ["kept.json", "private.json", "x.pt"]
 
 
+def test_a_save_through_a_symbolic_link_replaces_the_file_it_points_to(tmp_path):
+    """models/x.pt linked to a file on a bigger disk (/dev/shm here, another file system where there is one): the
+    rename replaced the link with a file of its own, the new checkpoint on the small disk and the old one left behind.
+    The file pointed to is replaced, its temporary file beside it (a rename across file systems fails: EXDEV)."""
+    elsewhere = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else str(tmp_path)
+    target = os.path.join(elsewhere, f"test-link-target-{os.getpid()}")
+    os.makedirs(target, exist_ok=True)
+    try:
+        for name, save, read in (("x.pt", lambda p: atomic_torch_save({"v": torch.arange(5)}, p),
+                                  lambda p: torch.load(p, weights_only=True)["v"].tolist() == list(range(5))),
+                                 ("r.json", lambda p: atomic_write_text(p, "new"), lambda p: open(p).read() == "new")):
+            real, link = os.path.join(target, name), tmp_path / name
+            with open(real, "w") as f:
+                f.write("old")
+            os.symlink(real, link)
+            check_output(str(link), "--out", checkpoint=True)
+            save(str(link))
+            assert os.path.islink(link) and read(real), name
+        assert sorted(os.listdir(target)) == ["r.json", "x.pt"]
+    finally:
+        shutil.rmtree(target)
+
+
 def test_a_full_disk_names_the_file_being_written(tmp_path, capsys, monkeypatch):
     """A write() or fsync() that finds the disk full raises an OSError naming no file: setup_tokenizer.py train --out,
     eval.py --json, a prepared dataset's vocabulary or a checkpoint's last flush ended in "error: No space left on
