@@ -119,7 +119,7 @@ def evaluate_checkpoint(path, datasets=None, data_dir=None, split="val", block_s
     trained_on, trained_in = checkpoint_data(ckpt)
     if not datasets and not trained_on:
         raise UserError(f"{path} does not name the data it was trained on: pass --dataset NAME")
-    data_dir = data_dir or (trained_in if datasets in (None, [], [trained_on]) else default_data_dir(ckpt_args))
+    data_dir = data_dir or (trained_in if datasets in (None, [], [trained_on]) else default_data_dir(ckpt))
     datasets = datasets or [trained_on]
     # every dataset is checked before the first is evaluated: a bad name or tokenizer fails at once
     own_vocab = path if ckpt["tokenizer"].get("bpe") else None  # the prepare hint then uses the model's vocabulary

@@ -668,17 +668,22 @@ def packing_warning(meta, block_size, context):
             f"will be cut between windows; {fit}prepare the data again for them: `{prepare_with(meta, pack=block_size)}`")
 
 
-def default_data_dir(ckpt_args):
-    """Where a checkpoint's run found its data, if that folder is still there; else data/."""
-    return ckpt_args.get("data_dir") if os.path.isdir(ckpt_args.get("data_dir") or "") else "data"
+def default_data_dir(ckpt, dataset=""):
+    """Where a checkpoint's run found its data, if that folder (holding dataset, if named) is still there: its
+    --data_dir as given, from the working directory, else as its run saw it (a relative one continued or evaluated
+    from another folder fell back to ./data, "no prepared dataset: run prepare.py", or took another dataset of the
+    name there); else data/."""
+    given = (ckpt.get("args") or {}).get("data_dir")
+    seen = (ckpt.get("data") or {}).get("data_dir")  # (absolute; checkpoints since it was recorded)
+    return next((d for d in (given, seen) if d and os.path.isdir(os.path.join(d, dataset))), "data")
 
 
 def checkpoint_data(ckpt):
     """(dataset name, data folder) a checkpoint was trained on, (None, None) when it names none. Checkpoints from before
     --dataset took names only may hold a path (story/, /abs/data/story), which stands for its last part in the folder
     before it."""
-    ckpt_args = ckpt.get("args") or {}
-    name, data_dir = ckpt.get("dataset"), default_data_dir(ckpt_args)
+    name = ckpt.get("dataset")
+    data_dir = default_data_dir(ckpt, name if name and is_dataset_name(name) else "")
     if name and not is_dataset_name(name):
         full = os.path.normpath(os.path.join(data_dir, name))
         name, data_dir = os.path.basename(full), os.path.dirname(full)
@@ -2127,7 +2132,7 @@ def start_run(args):
                         f"its optimizer; {why}: a new run, which starts at epoch 1 with a fresh optimizer anyway: leave "
                         f"--reset_epoch out")
     if args.data_dir is None:
-        args.data_dir = trained_in if trained_on == dataset else default_data_dir(ckpt_args)
+        args.data_dir = trained_in if trained_on == dataset else default_data_dir(ckpt or {}, dataset)
     # the model's vocabulary, for the hint that prepares missing data: a checkpoint (or folder) of a custom one
     own_vocab = args.checkpoint if ckpt is not None and ckpt["tokenizer"].get("bpe") else None
     meta = load_meta(args.data_dir, dataset, args.tokenizer or own_vocab)
@@ -2302,6 +2307,7 @@ class Run:
                             # the last save's (the estimate before the first): this one's is not known until written
                             save_seconds=saved["seconds"],
                             data={"tokenizer_hash": meta.get("tokenizer_hash"), "folder": meta["folder"],
+                                  "data_dir": os.path.abspath(args.data_dir),  # (found from another working directory)
                                   "kind": meta.get("kind"),  # text or chat: gen.py --chat warns of a text-only model
                                   "train_tokens": meta.get("splits", {}).get("train", {}).get("tokens"),
                                   "val_tokens": meta.get("splits", {}).get("val", {}).get("tokens")})

@@ -3136,6 +3136,27 @@ def test_a_checkpoint_naming_its_dataset_by_path_evaluates_and_resumes(env, tmp_
         assert r["steps"] == 3  # went on from step 2: the same run, not a fine-tune from step 0
 
 
+def test_a_run_with_a_relative_data_dir_goes_on_and_evaluates_from_another_folder(env, tmp_path, monkeypatch):
+    """`--data_dir mydata` is kept as given: continued or evaluated from another working directory, the checkpoint
+    looked in ./data instead ("no prepared dataset: run prepare.py", or another dataset of the name there). The folder
+    as the run saw it is recorded and looked in when the one as given is not there."""
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    shutil.copytree(os.path.join(env["data"], "mini"), project / "mydata" / "mini")
+    elsewhere.mkdir()
+    monkeypatch.chdir(project)
+    first = train.train(train.parse_args(["--data_dir", "mydata", "--dataset", "mini", "--output_checkpoint",
+                                          "models/{dataset}.pt", "--n_layer", "1", "--n_head", "2", "--n_embd", "32",
+                                          "--block_size", "32", "--max_steps", "2", "--eval_batches", "1",
+                                          "--device", "cpu", "--no-color"]))
+    path = str(project / first["checkpoint"])
+    monkeypatch.chdir(elsewhere)
+    assert train.checkpoint_data(load_checkpoint(path)) == ("mini", str(project / "mydata"))
+    assert eval_py.evaluate_checkpoint(path, samples=0, eval_batches=1)["rows"][0]["dataset"] == "mini"
+    r = train.train(train.parse_args(["--checkpoint", path, "--max_steps", "1", "--device", "cpu", "--no-color"]))
+    assert r["steps"] == 3  # the same run, gone on
+    assert not os.path.exists(elsewhere / "data")
+
+
 def cut_dataset(env, data, name, tokens):
     """A copy of the mini set under data/name with each split cut to tokens[split] tokens, meta.json to match."""
     folder = data / name
