@@ -424,6 +424,20 @@ def config_from_hf(raw, path):
                     f"this project reads gpt2 (GPT2LMHeadModel) and llama (LlamaForCausalLM, as export.py writes it)")
 
 
+def folder_context(folder):
+    """The context in tokens of a Hugging Face model folder, as read_folder reads it from config.json (GPT-2's
+    n_positions or n_ctx, Llama's max_position_embeddings); None when it has no config.json of a model this project
+    reads (its tokenizer files may still serve as a vocabulary)."""
+    path = os.path.join(folder, CONFIG)
+    if not os.path.isfile(path):
+        return None
+    try:
+        raw = _read_json(path)
+        return config_from_hf(raw, path).block_size if isinstance(raw, dict) else None
+    except UserError:
+        return None
+
+
 def own_config(raw, path, context):
     """config.json's OWN_CONFIG settings (export.py's), {} for a folder from elsewhere; values that are not what
     export.py writes are a UserError."""

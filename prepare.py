@@ -7,6 +7,7 @@ Turn stories, dialogues and instruction data into token files for train.py.
     python prepare.py --dataset text --source notes/ --name notes
     python prepare.py --dataset chat --source chats.jsonl --tokenizer tokenizers/story4k.tiktoken
     python prepare.py --mix dailydialog:1,chat:2 --name mychat   # several chat sets in one, by weight
+    python prepare.py --dataset dailydialog --tokenizer models/story_best.pt   # its vocabulary, packed at its context
 
 Each dataset becomes a folder data/<name>/ with
     train.bin, val.bin              token ids, uint16 when the vocabulary fits, else uint32 (np.memmap them)
@@ -15,8 +16,9 @@ Each dataset becomes a folder data/<name>/ with
     meta.json                       written last: a folder is a complete dataset exactly when it has one
 Documents are each followed by <|endoftext|>; conversations are ChatML (setup_tokenizer.render_chat).
 
-Packing (conversation sets, --pack BLOCK, default 256: the tiny and small models' context). train.py cuts
-a split into windows of BLOCK tokens at stride BLOCK, so a conversation that straddles a multiple of BLOCK
+Packing (conversation sets, --pack BLOCK; default: the context of the model --tokenizer names, a checkpoint or a
+Hugging Face model folder, which train.py fine-tunes at its context; else 256, the tiny and small models').
+train.py cuts a split into windows of BLOCK tokens at stride BLOCK, so a conversation that straddles a multiple of BLOCK
 is cut in two: the second window trains on replies whose question it cannot see. Packed, the file is a
 sequence of blocks of BLOCK tokens and no conversation crosses a block boundary unless it is longer than a
 block: conversations wait in a buffer of PACK_LOOKAHEAD, each block takes the longest waiting one that
@@ -73,8 +75,9 @@ from tqdm import tqdm
 from common import (VOCAB_FILE, UserError, atomic_write_text, check_output, expand_pattern, first_line, fsync_replace,
                     held_lock, holds_nul, json_kind, name_full_disk, nonempty, path_arg, not_utf8, parts_text, prepare_lock,
                     read_items, read_meta, remove_stale_tmp, run_main, tmp_name, without_surrogates)
-from setup_tokenizer import (EOT, IM_END, IM_START, VocabSample, fewer_ids, get_tokenizer, read_text_chunks,
-                             say_training, tokenizer_hash, train_bpe, trained_on, warn_short_vocabulary)
+from setup_tokenizer import (EOT, IM_END, IM_START, VocabSample, fewer_ids, get_tokenizer, model_context,
+                             read_text_chunks, say_training, tokenizer_hash, train_bpe, trained_on,
+                             warn_short_vocabulary)
 
 FORMAT = 1   # layout of meta.json and the .bin files
 VERSION = 11  # bump when the same inputs would give other tokens or counts, so existing datasets rebuild
@@ -98,7 +101,7 @@ THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 
 # small enough that its Python token lists stay a few tens of MB whatever the corpus size
 BATCH_DOCS, BATCH_CHARS = 8192, 4 << 20
 # conversations are packed into blocks of the tiny and small presets' context (model.PRESETS, not
-# imported: prepare.py runs without torch)
+# imported: prepare.py runs without torch), or of the context of the model --tokenizer names (default_pack)
 DEFAULT_PACK = 256
 MAX_PACK = 1 << 20  # past any model's context
 DEFAULT_OUT_DIR, DEFAULT_VAL_FRACTION = "data", 0.1  # prepare()'s and the command line's, which rebuild_command leaves out
@@ -2174,7 +2177,8 @@ def prepare(dataset, source=None, tokenizer=None, limit=None, val_fraction=DEFAU
     vocab_size: tokenize with a vocabulary of that size trained on this data (out_dir/name/tokenizer.tiktoken)
     instead of --tokenizer; small vocabularies make small models several times faster. Neither given: the
     vocabulary the dataset has (its own, or the --tokenizer it was made with) when it is made again, else gpt2.
-    pack: block size conversations are packed for (None: DEFAULT_PACK, 0: not packed; text never is).
+    pack: block size conversations are packed for (None: default_pack's, the context of the model tokenizer names or
+    DEFAULT_PACK; 0: not packed; text never is).
     mix: {dataset: weight} for dataset "mix", several conversation sets in one (see the module docstring).
     skip_bad_records: leave out the records of a .jsonl, .json or .parquet file (or hub rows) that are no JSON, of no
     shape record_doc reads or of the other kind than the file's first, said in the summary, instead of stopping at the
@@ -2299,6 +2303,16 @@ def kept_vocabulary(folder, made_with):
     return None, tokenizer
 
 
+def default_pack(tokenizer):
+    """The block conversations are packed in without --pack, for tokenizer (get_tokenizer's name; None: a vocabulary of
+    the data's own): the context of the model it names, a checkpoint or a Hugging Face model folder, as the data is
+    prepared for that model, which train.py fine-tunes at its context by default; else (gpt2, a .tiktoken file)
+    DEFAULT_PACK. The context is read with the vocabulary (model_context): call it after get_tokenizer, with the same
+    name, and a checkpoint is loaded once."""
+    context = tokenizer and model_context(tokenizer)
+    return context if context and context <= MAX_PACK else DEFAULT_PACK  # (past MAX_PACK: an edited config)
+
+
 def dataset_tokenizer(tokenizer):
     """get_tokenizer, but offline without GPT-2's BPE files it says prepare.py's own ways out besides the line every
     script says."""
@@ -2369,11 +2383,14 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
     try:
         enc = train_vocabulary(plan, vocab_size, new_vocab, limit, val_fraction, pack) if new_vocab else \
             dataset_tokenizer(tokenizer)
+        # what conversations are packed in: --pack, else the context of the model --tokenizer names (options keep the
+        # --pack given, None: rebuild_command's --tokenizer gives the same again)
+        block = pack if pack is not None else default_pack(None if vocab_size is not None else tokenizer)
         tokenizer = tokenizer if tokenizer == "gpt2" else os.path.abspath(tokenizer)
         tok_hash = tokenizer_hash(enc)
         if kept_file:
             check_same_vocabulary(folder, kept_file, old, enc, tok_hash)
-        fp = fingerprint(dataset, plan, tokenizer, tok_hash, limit, val_fraction, pack, mix,
+        fp = fingerprint(dataset, plan, tokenizer, tok_hash, limit, val_fraction, block, mix,
                          skip_bad_records=skip_bad_records)
         # text is never packed: any --pack gives the same files, so a text dataset's fingerprint leaves it out (a
         # --pack 0, or none, rebuilds nothing)
@@ -2386,7 +2403,7 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
             return keep_up_to_date(folder, old, tokenizer, new_vocab, vocab_fp)
         check_writable(folder)
         return build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_fraction, new_vocab, pack,
-                     options, vocab_fp, text_fp)
+                     block, options, vocab_fp, text_fp)
     except BaseException as e:
         # a failed or interrupted first build leaves no folder behind; but a complete one (meta.json is written last)
         # stays when only its summary fails to print: `prepare.py | head -1` closes the pipe after the first line
@@ -2477,14 +2494,15 @@ def repeated_across(keys):
     return drops
 
 
-def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_fraction, new_vocab, pack, options,
-          vocab_fp, text_fp):
+def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_fraction, new_vocab, pack, block,
+          options, vocab_fp, text_fp):
     """Tokenize plan's streams (find_source) with enc into folder, write its meta.json and say what was made; returns
     the meta. The old files stay until everything new is written. tokenizer and tok_hash: what meta.json records of
     enc; fp: the fingerprint (text_fp instead should the documents turn out to be text: no --pack in it); new_vocab:
-    a freshly trained vocabulary's temporary file, renamed into place with the token files; pack: --pack (None:
-    DEFAULT_PACK); options: prepare()'s arguments, kept in meta.json for rebuild_command; vocab_fp: what the dataset's
-    own vocabulary was trained on."""
+    a freshly trained vocabulary's temporary file, renamed into place with the token files; pack: --pack as given
+    (None: none; refused on plain text); block: what conversations are packed in (pack, or default_pack's); options:
+    prepare()'s arguments, kept in meta.json for rebuild_command; vocab_fp: what the dataset's own vocabulary was
+    trained on."""
     os.makedirs(folder, exist_ok=True)
     meta_path = os.path.join(folder, "meta.json")
     new_meta = tmp_name(meta_path)
@@ -2495,13 +2513,13 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
     try:
         with tqdm(desc=f"{folder}", unit=" docs", unit_scale=True, disable=None, leave=False) as progress:
             if "parts" in plan:
-                kind, block = "chat", DEFAULT_PACK if pack is None else pack
+                kind = "chat"
                 mixed = mix_splits(folder, plan, enc, splits, raw_splits, limit, val_fraction, block, progress)
             else:
                 raw = {}
                 raw_splits.append(raw)
                 kind = write_splits(folder, plan["streams"], enc, raw, limit, val_fraction, progress, ".unpacked", pack)
-                block = (DEFAULT_PACK if pack is None else pack) if kind == "chat" else 0
+                block = block if kind == "chat" else 0
                 if block:
                     for s in ("train", "val"):
                         splits[s] = Split(folder, s, raw[s].dtype, True)
@@ -2634,7 +2652,10 @@ def print_summary(folder, meta, plan, limit, dt):
         # (a conversation longer than a block trains in pieces, and an exchange longer than one without all of its
         # question: said here, not only in the README)
         pieces, inside = tr["in_pieces"] + va["in_pieces"], tr["cut_exchanges"] + va["cut_exchanges"]
-        print(f"  packed in blocks of {block} tokens (train.py --block_size {block}): "
+        # (without --pack, a block other than DEFAULT_PACK is the model's that --tokenizer names: default_pack)
+        whose = "the context of the model --tokenizer names; " if (meta.get("options") or {}).get("pack") is None \
+            and block != DEFAULT_PACK else ""
+        print(f"  packed in blocks of {block} tokens ({whose}train.py --block_size {block}): "
               f"{(tr['padding'] + va['padding']) / max(tokens, 1):.1%} padding"
               + (f"; {pieces:,} conversation{'s' * (pieces != 1)} longer than a block in pieces" if pieces else "")
               + (f", {inside:,} of them cut inside an exchange longer than a block (a reply there trains without all "
@@ -2664,7 +2685,8 @@ def main(argv=None):
                         "the default config; split default train), val its validation split if it has one, else "
                         "--val_fraction of train")
     p.add_argument("--tokenizer", type=path_arg, help="gpt2, the path of a .tiktoken file (setup_tokenizer.py train), or a "
-                                        "checkpoint's, for its vocabulary (default: gpt2, or what the dataset has when "
+                                        "checkpoint's or a Hugging Face model folder's, for its vocabulary and its "
+                                        "context (--pack's default) (default: gpt2, or what the dataset has when "
                                         "it is made again)")
     p.add_argument("--vocab_size", type=int,
                    help="train a vocabulary of this size on the data itself (saved as data/<name>/tokenizer.tiktoken) "
@@ -2688,7 +2710,8 @@ def main(argv=None):
     p.add_argument("--pack", type=int, metavar="BLOCK",
                    help=f"lay conversations out in blocks of BLOCK tokens that none crosses unless longer than a block "
                         f"(then it is cut before a user message); train with --block_size BLOCK. 0 = one after the other "
-                        f"(default: {DEFAULT_PACK}, the tiny and small models' context; plain text is never packed)")
+                        f"(default: the context of the model --tokenizer names, a checkpoint or model folder, else "
+                        f"{DEFAULT_PACK}, the tiny and small models'; plain text is never packed)")
     p.add_argument("--skip_bad_records", action="store_true",
                    help="leave out the records of .jsonl/.json/.parquet files (and hub rows) that are malformed JSON, "
                         "of no shape prepare.py reads, or plain text in a file whose first records are conversations (or "

@@ -122,7 +122,15 @@ def get_tokenizer(name="gpt2"):
     <|im_end|> 50258), the path of a .tiktoken file trained by this script, or a checkpoint's
     (.pt) path or a Hugging Face model folder: the vocabulary it carries, so data can be prepared
     for a model whose vocabulary lives only in its checkpoint."""
-    return _load_tokenizer(name, file_stamp(name))
+    return _load_tokenizer(name, file_stamp(name))[0]
+
+
+def model_context(name):
+    """The context in tokens of the model whose vocabulary get_tokenizer(name) reads: a checkpoint's (its config's
+    block_size) or a Hugging Face model folder's (n_positions or max_position_embeddings, as hf.py reads config.json);
+    None for gpt2, a .tiktoken file, or a folder of tokenizer files that no model config of this project's kinds goes
+    with. Read with the vocabulary and cached with it: a checkpoint get_tokenizer has read is not loaded again."""
+    return _load_tokenizer(name, file_stamp(name))[1]
 
 
 def file_stamp(path):
@@ -141,6 +149,8 @@ def file_stamp(path):
 
 @functools.lru_cache(maxsize=8)
 def _load_tokenizer(name, stamp):
+    """(tokenizer, model context or None) of get_tokenizer's name; stamp: file_stamp's, so that a changed file is read
+    again."""
     if name == "gpt2":
         try:
             base = tiktoken.get_encoding("gpt2")
@@ -152,13 +162,15 @@ def _load_tokenizer(name, stamp):
                 f"tiktoken's cached gpt2 files ({type(e).__name__})")
         enc = _build("gpt2", base._mergeable_ranks)
         enc.bpe_text = None
-        return enc
+        return enc, None
     if not os.path.exists(name):
         raise UserError(f"tokenizer {name!r} not found: use 'gpt2' or the path of a .tiktoken file from `python setup_tokenizer.py train`")
     if os.path.isdir(name):
-        from hf import TOKENIZER_JSON, VOCAB_JSON, read_tokenizer  # here: hf.py imports this module, and torch
+        # (imported here: hf.py imports this module, and torch)
+        from hf import TOKENIZER_JSON, VOCAB_JSON, folder_context, read_tokenizer
         if any(os.path.isfile(os.path.join(name, f)) for f in (TOKENIZER_JSON, VOCAB_JSON)):
-            return read_tokenizer(name)[0]  # a Hugging Face model folder's (GPT-2's own files give "gpt2")
+            # a Hugging Face model folder's (GPT-2's own files give "gpt2"); its context from config.json alone
+            return read_tokenizer(name)[0], folder_context(name)
         if is_dataset_folder(name):  # its vocabulary is a file in it (or gpt2, or the --tokenizer it was made with),
             # which "a folder without tokenizer.json" and a list of what else to pass left to be found
             # (what its meta.json says: a vocabulary of an earlier build stays in the folder when it is remade with
@@ -177,7 +189,7 @@ def _load_tokenizer(name, stamp):
             head = f.readline(1 << 16)
             if head.strip() and len(head.split()) != 2:
                 raise not_a_vocabulary(name)
-            return tokenizer_from_bpe(head + f.read(), source=name)
+            return tokenizer_from_bpe(head + f.read(), source=name), None
     except (UnicodeDecodeError, UserError) as e:  # a binary file (a .tiktoken file is ASCII), or no ranks
         if name.endswith(".pt"):  # an empty or legacy checkpoint, most likely: its own error says what is wrong
             return checkpoint_tokenizer(name)
@@ -195,8 +207,12 @@ def fewer_ids(enc, n_vocab):
 
 
 def checkpoint_tokenizer(path):
+    """(tokenizer, context) of a checkpoint file: its vocabulary and its config's block_size (None if that is no
+    positive int: a damaged config, which the scripts that load the model refuse), from one load."""
     from checkpoint import load_checkpoint  # here: checkpoint.py imports this module, and torch
-    return tokenizer_from_state(load_checkpoint(path)["tokenizer"])
+    ckpt = load_checkpoint(path)
+    context = ckpt["config"].get("block_size")
+    return tokenizer_from_state(ckpt["tokenizer"]), context if type(context) is int and context > 0 else None
 
 
 def tokenizer_state(enc):

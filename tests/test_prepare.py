@@ -1799,6 +1799,64 @@ def test_val_repeats_are_looked_up_in_trains_keys_a_chunk_at_a_time(monkeypatch)
     assert prepare.keys_in(np.zeros(0, np.int64), train).tolist() == []
 
 
+def test_a_model_named_as_tokenizer_packs_at_its_context(tmp_path, capsys, monkeypatch):
+    """--tokenizer naming a model (a checkpoint, a Hugging Face model folder) prepares the data for it: without --pack,
+    conversations are packed in blocks of its context, which train.py fine-tunes it at (they were packed at 256 whatever
+    the model's, and train.py warned and gave a command with --pack). The checkpoint is loaded once; the fingerprint,
+    rebuild_command and the summary follow the block used. --pack given is kept; gpt2 and a .tiktoken file, which
+    name no model, keep DEFAULT_PACK; plain text is never packed."""
+    import checkpoint  # here: they import torch, which prepare.py does not
+    import hf
+    from model import GPT, GPTConfig
+    enc = get_tokenizer("gpt2")
+
+    def model(context, variant="gpt2"):
+        return GPT(GPTConfig(block_size=context, vocab_size=enc.n_vocab, n_layer=1, n_head=2, n_embd=16,
+                             variant=variant))
+    ck = str(tmp_path / "m64.pt")
+    checkpoint.save_checkpoint(ck, model(64), enc)
+    src = write(tmp_path / "c.jsonl", "\n".join(json.dumps({"messages": c}) for c in packing_conversations()))
+    out, folder = str(tmp_path / "data"), str(tmp_path / "data" / "chat")
+    loads, real_load = [], checkpoint.load_checkpoint
+    with monkeypatch.context() as m:
+        m.setattr(checkpoint, "load_checkpoint", lambda *a, **k: loads.append(a[0]) or real_load(*a, **k))
+        setup_tokenizer._load_tokenizer.cache_clear()
+        meta = prepare.prepare("chat", source=src, tokenizer=ck, out_dir=out)
+    assert len(loads) == 1  # its vocabulary and its context from one load
+    assert meta["pack"] == 64 and meta["options"]["pack"] is None
+    assert "packed in blocks of 64 tokens (the context of the model --tokenizer names; train.py --block_size 64)" \
+        in capsys.readouterr().out
+    ids, mask = load(folder, "train", meta)
+    assert len(ids) % 64 == 1 and ids[0] == enc.encode_single_token(IM_START)  # blocks of 64, and one more token
+    # the same again, without --pack or with --pack 64, or by its rebuild command (no --pack: the model's again), or
+    # bare (the tokenizer kept): up to date
+    command = prepare.rebuild_command(meta, folder)
+    assert "--pack" not in command and f"--tokenizer {ck}" in command
+    for again in ({"tokenizer": ck}, {"tokenizer": ck, "pack": 64}, {}):
+        prepare.prepare("chat", source=src, out_dir=out, **again)
+        assert "is up to date" in capsys.readouterr().out
+    prepare.main(shlex.split(command)[2:])
+    assert "is up to date" in capsys.readouterr().out
+    # --pack given wins
+    assert prepare.prepare("chat", source=src, tokenizer=ck, out_dir=out, pack=32)["pack"] == 32
+    assert "packed in blocks of 32 tokens (train.py --block_size 32)" in capsys.readouterr().out
+    # a Hugging Face model folder: the context in its config.json (GPT-2's n_positions, Llama's
+    # max_position_embeddings), read without its weights
+    for variant, context in (("gpt2", 128), ("modern", 96)):
+        hf.export_folder(model(context, variant), enc, str(tmp_path / variant))
+        assert prepare.prepare("chat", source=src, tokenizer=str(tmp_path / variant), out_dir=out,
+                               name=variant)["pack"] == context
+    # no model named: DEFAULT_PACK
+    tiktoken_file = str(tmp_path / "v.tiktoken")
+    setup_tokenizer.train_bpe(["c1 t2 question why yes answer system very long " * 50], 280, tiktoken_file, "text")
+    for tokenizer in ("gpt2", tiktoken_file):
+        assert prepare.prepare("chat", source=src, tokenizer=tokenizer, out_dir=out, name="named")["pack"] == \
+            prepare.DEFAULT_PACK
+    # plain text with a model's vocabulary: not packed, and not refused as --pack on text is
+    text = write(tmp_path / "t.txt", EOT.join(DOCS))
+    assert prepare.prepare("text", source=text, tokenizer=ck, out_dir=out)["pack"] == 0
+
+
 def test_pack_option(tmp_path, capsys, monkeypatch):
     src = write(tmp_path / "c.jsonl", "\n".join(json.dumps({"messages": c}) for c in packing_conversations()))
     out, folder = str(tmp_path / "data"), str(tmp_path / "data" / "chat")

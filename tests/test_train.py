@@ -2060,7 +2060,9 @@ def test_val_windows_without_an_assistant_token_are_refused_before_training(env,
 
 def test_packed_chat_trains_on_whole_assistant_replies(env, tmp_path, capsys):
     """A chat set from prepare.py, packed for the windows: the masked targets of each window decode to whole assistant
-    replies with their <|im_end|>, exactly those of the data; fine-tuning a story model on it takes a third of the lr."""
+    replies with their <|im_end|>, exactly those of the data; fine-tuning a story model on it takes a third of the lr.
+    Prepared with the model as --tokenizer and no --pack, it is packed at the model's context, which fine-tuning
+    trains at: no --pack, --block_size nor warning (it was packed at 256, and the run warned)."""
     sents = [t.strip() for t in story_text(20_000).replace("\n", " ").split(".") if len(t.strip()) > 10]
     convs = [[{"role": "user", "content": f"Tell me sentence {i}."}, {"role": "assistant", "content": sents[i][:60] + "."}]
              for i in range(60)]  # each reply shorter than a window: a window holds it whole
@@ -2068,8 +2070,10 @@ def test_packed_chat_trains_on_whole_assistant_replies(env, tmp_path, capsys):
         conv += [{"role": "user", "content": f"And then {i}?"}, {"role": "assistant", "content": sents[i + 60][:60]}] * 3
     src = tmp_path / "convs.jsonl"
     src.write_text("\n".join(json.dumps({"messages": c}) for c in convs), encoding="utf-8")
-    meta = prepare.prepare("chat", source=str(src), tokenizer=env["tok"], out_dir=str(tmp_path / "data"), name="packed",
-                           pack=64)
+    story = train.train(args_for(env, tmp_path / "story", "--dataset", "mini", "--max_steps", "1"))  # context 64
+    meta = prepare.prepare("chat", source=str(src), tokenizer=story["checkpoint"], out_dir=str(tmp_path / "data"),
+                           name="packed")
+    assert meta["pack"] == 64
     meta = train.load_meta(str(tmp_path / "data"), "packed")
     enc = env["enc"]
     for split, part in (("train", convs[:-6]), ("val", convs[-6:])):
@@ -2090,10 +2094,11 @@ def test_packed_chat_trains_on_whole_assistant_replies(env, tmp_path, capsys):
                 assert not run  # a reply never runs into the next window
         assert Counter(spans) == Counter(msg["content"] + IM_END for c in part for msg in c if msg["role"] == "assistant")
 
-    story = train.train(args_for(env, tmp_path / "story", "--dataset", "mini", "--max_steps", "1"))
+    capsys.readouterr()
     s = train.train(args_for(env, tmp_path, "--data_dir", str(tmp_path / "data"), "--dataset", "packed", "--checkpoint",
                              story["checkpoint"], "--max_steps", "1", fresh=False))
-    assert load_checkpoint(s["checkpoint"])["args"]["lr"] == pytest.approx(train.DEFAULT_LR["tiny"] / train.FINETUNE_LR_DIVISOR)
+    ran = load_checkpoint(s["checkpoint"])["args"]
+    assert ran["lr"] == pytest.approx(train.DEFAULT_LR["tiny"] / train.FINETUNE_LR_DIVISOR) and ran["block_size"] == 64
     assert "packed in blocks" not in capsys.readouterr().err  # windows of 64 match the packing: no warning
     train.train(args_for(env, tmp_path / "b48", "--data_dir", str(tmp_path / "data"), "--dataset", "packed",
                          "--block_size", "48", "--max_steps", "1"))
