@@ -66,7 +66,7 @@ from common import (DTYPES, VOCAB_FILE, UserError, ask, atomic_write_text, autoc
                     nonempty, path_arg, pick_device, pick_dtype, prepare_lock, read_items, remove_stale_tmp, retain_freed_memory,
                     run_main, speaks_for_machine, tmp_name)
 from model import OPTIMIZERS, PRESETS, VARIANTS, GPT, make_config
-from prepare import (DATASETS, DEFAULT_OUT_DIR, DEFAULT_VAL_FRACTION, is_complete, is_dataset_name,
+from prepare import (DATASETS, DEFAULT_OUT_DIR, DEFAULT_PACK, DEFAULT_VAL_FRACTION, is_complete, is_dataset_name,
                      meta_options, new_command, rebuild_command)
 from setup_tokenizer import fewer_ids, get_tokenizer, tokenizer_from_state, tokenizer_hash
 
@@ -1569,23 +1569,29 @@ def pick_tokenizer(args, meta, ckpt):
     meta.json names. Any mismatch of token ids is a UserError (training would silently learn garbage)."""
     want = meta.get("tokenizer_hash")
 
-    def with_tokenizer(name, vocab):  # gpt2, or a path: a .tiktoken file, or a checkpoint, whose vocabulary prepare.py
-        # reads; vocab: its tokenizer_hash. In a folder of its own: made again in place, the dataset the models of its
-        # own vocabulary were trained on was gone (and with it their val loss to compare). The folder's name holds the
-        # vocabulary's hash: by the file's name alone two vocabularies shared one (every dataset's own is
-        # tokenizer.tiktoken), and the second's command made the first's folder again in place
+    def with_tokenizer(name, vocab, context=None):  # gpt2, or a path: a .tiktoken file, or a checkpoint, whose
+        # vocabulary prepare.py reads; vocab: its tokenizer_hash. In a folder of its own: made again in place, the
+        # dataset the models of its own vocabulary were trained on was gone (and with it their val loss to compare).
+        # The folder's name holds the vocabulary's hash: by the file's name alone two vocabularies shared one (every
+        # dataset's own is tokenizer.tiktoken), and the second's command made the first's folder again in place
         stem = os.path.splitext(os.path.basename(os.path.normpath(name)))[0]
         tag = "gpt2" if name == "gpt2" else re.sub(r"[^\w.-]", "-", stem + (f"-{vocab[:8]}" if isinstance(vocab, str) else ""))
         new = f"{os.path.basename(meta['folder'])}-{tag}"
-        command = prepare_with(meta, new, vocab_size=None, tokenizer=name if name == "gpt2" else os.path.abspath(name))
+        # gpt2 by name packs a chat set at DEFAULT_PACK, where a checkpoint's path packs at its context (default_pack):
+        # a GPT-2-vocabulary model of another context (GPT-2's own 1024) gets its --pack, or training on the set warned
+        pack = {"pack": context} if name == "gpt2" and meta.get("kind") == "chat" and context not in (None, DEFAULT_PACK) \
+            else {}
+        command = prepare_with(meta, new, vocab_size=None, tokenizer=name if name == "gpt2" else os.path.abspath(name),
+                               **pack)
         return f"`{command}`, then --dataset {new}"
     if ckpt is not None:
         have = ckpt["tokenizer"].get("hash")
         if have != want:
+            own = ckpt["tokenizer"].get("bpe") is not None
             raise UserError(f"{args.checkpoint} uses tokenizer {ckpt['tokenizer'].get('name')} ({have}) but "
                             f"{meta['folder']} was prepared with {meta.get('tokenizer_name', meta.get('tokenizer'))} "
                             f"({want}): prepare the data with the checkpoint's tokenizer in a folder of its own "
-                            f"({with_tokenizer('gpt2' if ckpt['tokenizer'].get('bpe') is None else args.checkpoint, have)})"
+                            f"({with_tokenizer(args.checkpoint if own else 'gpt2', have, ckpt['config'].get('block_size'))})"
                             f" or train a new model")
     if args.tokenizer:
         enc = get_tokenizer(args.tokenizer)

@@ -1500,6 +1500,27 @@ def test_a_tokenizer_mismatchs_new_folder_is_one_of_that_vocabulary(env, tmp_pat
     assert names[0] != names[1] and names[0] == names[2]  # (the same vocabulary again: its folder, up to date)
 
 
+def test_a_gpt2_vocabulary_models_command_packs_a_chat_set_at_its_context(env, tmp_path):
+    """A GPT-2-vocabulary model (GPT-2 itself: context 1024) on a chat set of another vocabulary: the command that
+    prepares the set for it names gpt2, which packs at 256 where a checkpoint's path packs at its context, so the
+    fine-tune it led to warned of the packing. The command gives the model's context as --pack (a text set none)."""
+    gpt2 = get_tokenizer("gpt2")
+    argvs = {}
+    for context in (32, 256):
+        ck = str(tmp_path / f"g{context}.pt")
+        save_checkpoint(ck, GPT(make_config("tiny", n_layer=1, n_embd=32, n_head=2, block_size=context,
+                                            vocab_size=gpt2.n_vocab)), gpt2, dataset="story")
+        for dataset in ("chat", "story"):
+            with pytest.raises(UserError, match=r"prepare the data with the checkpoint's tokenizer") as e:
+                train.train(args_for(env, tmp_path / "out", "--checkpoint", ck, "--dataset", dataset, "--max_steps", "1",
+                                     fresh=False))
+            argvs[context, dataset] = shlex.split(re.search(r"`python prepare\.py ([^`]*)`", str(e.value)).group(1))
+    chat32 = argvs[32, "chat"]
+    assert chat32[chat32.index("--tokenizer") + 1] == "gpt2" and chat32[chat32.index("--pack") + 1] == "32"
+    assert "--pack" not in argvs[256, "chat"]  # the default pack is that context already
+    assert "--pack" not in argvs[32, "story"] and "--pack" not in argvs[256, "story"]  # text is never packed
+
+
 def test_a_tokenizer_mismatch_names_a_command_that_fixes_it(env, tmp_path):
     """A model trained on a --source set, then the set prepared again with another vocabulary: the error gives the
     prepare.py command (--source and all) that prepares it with the model's vocabulary, read from the checkpoint
