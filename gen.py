@@ -98,6 +98,12 @@ def stop_ids(enc, names):
     return tuple(enc.encode_single_token(n) for n in names)
 
 
+# what to try when a model's scores overflow (sample_steps), by the dtype it ran in
+OVERFLOW_FIX = {torch.float16: "float16's range is the narrowest: try --dtype bfloat16 or float32",
+                torch.bfloat16: "try --dtype float32",
+                None: "its weights are finite but too large (a run that diverged?): an earlier checkpoint may not be"}
+
+
 def sample_steps(model, prompts, max_tokens, dtype=torch.float32, temperature=0.8, top_k=None, top_p=None,
                  repetition_penalty=1.0, stop_tokens=(), use_cache=True, generator=None, slide=False):
     """Yield the next token of each prompt (a list of B ints) per step. prompts: B token lists of equal length."""
@@ -110,8 +116,12 @@ def sample_steps(model, prompts, max_tokens, dtype=torch.float32, temperature=0.
     # until the region ends, so entering it per step would re-cast every weight for every token (3x slower
     # for the small preset on CPU). The caller's code between steps runs inside it too; ours only decodes.
     with autocast(device, dtype):
-        for tok in steps:
-            yield tok.tolist()  # one host sync per step, which streaming needs anyway
+        try:
+            for tok in steps:
+                yield tok.tolist()  # one host sync per step, which streaming needs anyway
+        except FloatingPointError as e:  # (generate's, on nan or inf scores: what to try depends on the dtype)
+            raise UserError(f"{e} in {str(dtype).removeprefix('torch.')}: {OVERFLOW_FIX.get(dtype, OVERFLOW_FIX[None])}") \
+                from None
 
 
 def why_stopped(enc, ids, stop_tokens, max_tokens):

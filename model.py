@@ -824,7 +824,8 @@ class GPT(nn.Module):
         context limit unless slide=True. Call model.eval() first: dropout is not switched off here.
         use_cache=False recomputes the whole window every step (the reference path); both paths see the same window,
         so greedy decoding gives the same tokens either way. generator: one torch.Generator for the batch, or a list
-        of one per row, so that a row samples what it would alone (gen.py --prompt_file).
+        of one per row, so that a row samples what it would alone (gen.py --prompt_file). A FloatingPointError when the
+        scores of a row still generating are nan or inf, before anything is sampled from them.
         """
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
@@ -850,6 +851,16 @@ class GPT(nn.Module):
         for step in range(max_new_tokens):
             if not use_cache:
                 logits = self._next_logits(context)
+            # a model whose activations overflow (float16, or weights grown huge but finite: checkpoints with nan or inf
+            # weights are refused at load) scores nan or inf: sampling failed inside torch.multinomial ("probability
+            # tensor contains either inf, nan or element < 0"; on CUDA a device-side assert, which breaks the process's
+            # CUDA context for good), and greedy took a nan for the maximum, writing token 0 on and on. The row maxima
+            # catch it (nan propagates through amax; +inf, and a row all -inf, are no finite maximum either) in one
+            # host sync a step, before any sampling; rows that have stopped no longer count
+            peak = logits.amax(dim=-1)  # (B,)
+            if bool((~torch.isfinite(peak) & ~stopped).any()):
+                raise FloatingPointError(f"the model's scores for new token {step + 1} are not finite (nan or inf): "
+                                         f"its activations overflow")
             # the repetition penalty looks at the window the model sees: with slide, tokens slid out of it are no longer
             # "in the context" (as a long prompt's cropped start never was)
             tok = self._sample(logits, context, temperature, top_k, top_p, repetition_penalty, generator)  # (B,)

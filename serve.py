@@ -410,7 +410,10 @@ class Worker(threading.Thread):
                     traceback.print_exc()
                 except OSError:  # stderr gone, as below
                     pass
-                job.events.put(("error", ApiError(500, f"generation failed: {type(e).__name__}: {e}", type="server_error",
+                # (a UserError says what went wrong in its words, as gen.py's line: scores that overflow, and the --dtype
+                # to try; a bug's message needs its type)
+                why = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+                job.events.put(("error", ApiError(500, f"generation failed: {why}", type="server_error",
                                                   code="internal_error")))
                 finish = "error"
             with self.lock:  # (halt says it waits for this reply, or sees it done)

@@ -650,6 +650,24 @@ def test_broken_weights_or_config_are_one_line(enc, tmp_path, capsys, monkeypatc
             assert words in line, (what, main, line)
 
 
+def test_weights_that_overflow_as_the_model_runs_are_one_line(enc, tmp_path, capsys):
+    # finite weights pass the load's check, but scores that overflow to nan ended sampling in torch.multinomial's
+    # traceback, and greedy decoding printed token 0 ("!") again and again, with exit status 0
+    model = tiny_model(enc)
+    with torch.no_grad():
+        model.transformer.ln_f.weight.fill_(3e38)
+    path = str(tmp_path / "huge.pt")
+    save_checkpoint(path, model, enc)
+    for temp in ("1", "0"):
+        code, out, err = cli([path, "--prompt", "Hi", "--temp", temp] + CPU, capsys)
+        assert one_error_line(code, err) == (
+            "error: the model's scores for new token 1 are not finite (nan or inf): its activations overflow in "
+            "float32: its weights are finite but too large (a run that diverged?): an earlier checkpoint may not be")
+        assert out == "Hi"  # (the prompt, echoed before generation began)
+    code, _, err = cli([path, "--prompt", "Hi", "--device", "cpu", "--dtype", "bfloat16"], capsys)
+    assert one_error_line(code, err).endswith("overflow in bfloat16: try --dtype float32")
+
+
 def test_missing_checkpoint_cli(tmp_path):
     # the real interpreter: exit code 1 and a single line on stderr, no traceback
     r = subprocess.run([sys.executable, GEN, "--device", "cpu"], cwd=tmp_path, capture_output=True, text=True, timeout=120)

@@ -670,6 +670,37 @@ def test_generate_long_prompt_is_cropped():
     assert a.shape[1] == 5 and torch.equal(a, b)
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_scores_that_overflow_at_run_time_stop_generation_before_any_sampling(variant):
+    # finite weights whose activations overflow (load_model refuses only nan or inf weights) gave nan scores: sampling
+    # failed in torch.multinomial (a device-side assert on CUDA) and greedy took the nan for the maximum, token 0
+    # on and on, without a word
+    model = tiny_model(variant)
+    with torch.no_grad():
+        model.transformer.ln_f.weight.fill_(3e38)  # the head's dot products overflow
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    for temperature, top_k, use_cache in ((0, None, True), (1.0, None, True), (1.0, 5, False), (0, None, False)):
+        with pytest.raises(FloatingPointError, match=r"^the model's scores for new token 1 are not finite"):
+            collect(model, tokens(2, 4), 5, temperature=temperature, top_k=top_k, use_cache=use_cache)
+    # a row that has hit its stop token no longer counts: the others go on (generate goes on computing every row)
+    model = tiny_model(variant)
+    stop, steps = 7, []
+
+    def next_logits(idx, cache=None):
+        logits = GPT._next_logits(model, idx, cache)  # (2, V)
+        logits[:, stop] = float("-inf")
+        if not steps:
+            logits[1, stop] = 100.0  # row 1 stops at its first token
+        else:
+            logits[1] = float("nan")  # then its scores go bad
+        steps.append(1)
+        return logits
+
+    model._next_logits = next_logits  # (the instance attribute shadows the method generate calls)
+    out = collect(model, tokens(2, 4), 6, temperature=0, stop_tokens=(stop,))
+    assert out.shape == (2, 6) and out[1, 0] == stop and int(out[0].eq(stop).sum()) == 0
+
+
 def test_generate_streams_without_grad():
     model = tiny_model()
     grad_modes = []

@@ -1581,10 +1581,14 @@ def test_a_model_that_fails_gets_500s_and_the_server_goes_on(enc):
         with pytest.raises(openai.APIError) as e:
             list(client(api).chat.completions.create(model="nan", messages=MSG, max_tokens=2, stream=True))
         assert "generation failed" in e.value.message
+        # greedy too: it took the nan for the largest score, and answered 200 with token 0 ("!") over and over
+        status, err, _ = post(api, "/v1/completions", {"prompt": "Hi", "max_tokens": 2, "temperature": 0})
+        assert status == 500 and err["error"]["message"].startswith(
+            "generation failed: the model's scores for new token 1 are not finite (nan or inf)")
         with torch.no_grad():
             model.lm_head.weight[0, 0] = 0.0
         assert post(api, "/v1/completions", {"prompt": "Hi", "max_tokens": 2})[0] == 200
-        assert api.worker.is_alive() and [r["finish_reason"] for r in api.worker.recent] == ["error"] * 3 + ["length"]
+        assert api.worker.is_alive() and [r["finish_reason"] for r in api.worker.recent] == ["error"] * 4 + ["length"]
     finally:
         api.close()
 
