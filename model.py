@@ -778,15 +778,19 @@ class GPT(nn.Module):
         return self._lm_head_t_cache
 
     @staticmethod
-    def _sample(logits, context, temperature, top_k, top_p, repetition_penalty, generator):
-        # logits (B, V) fp32, context (B, L) tokens seen so far -> (B,) next tokens
+    def _sample(logits, context, temperature, top_k, top_p, repetition_penalty, generator, exempt=None):
+        # logits (B, V) fp32, context (B, L) tokens seen so far -> (B,) next tokens; exempt: (S,) ids the repetition
+        # penalty leaves alone
         if repetition_penalty != 1.0:
             # CTRL: make every token already in the context less likely, whatever the sign of its logit (a penalty
             # below 1e-6 is 1e-6: in fp32 1e-46 is 0, and a logit divided by it inf)
             repetition_penalty = max(repetition_penalty, 1e-6)
             seen = logits.gather(1, context)  # (B, L) the logits of the tokens seen
             seen = torch.where(seen > 0, seen / repetition_penalty, seen * repetition_penalty)
-            logits = logits.scatter(1, context, seen)
+            penalized = logits.scatter(1, context, seen)
+            if exempt is not None:  # (B, S) as they were
+                penalized[:, exempt] = logits[:, exempt]
+            logits = penalized
         if temperature == 0:
             return logits.argmax(dim=-1)
         # from the row's maximum, so a tiny temperature divides into -inf at worst, never inf (and then nan); one
@@ -862,8 +866,10 @@ class GPT(nn.Module):
                 raise FloatingPointError(f"the model's scores for new token {step + 1} are not finite (nan or inf): "
                                          f"its activations overflow")
             # the repetition penalty looks at the window the model sees: with slide, tokens slid out of it are no longer
-            # "in the context" (as a long prompt's cropped start never was)
-            tok = self._sample(logits, context, temperature, top_k, top_p, repetition_penalty, generator)  # (B,)
+            # "in the context" (as a long prompt's cropped start never was). It spares the stop tokens: a chat's history
+            # holds an <|im_end|> for every turn, and penalized each time, a reply grew less likely to end the longer
+            # the conversation (a content word's repetition is what the penalty is for, not the turns' structure)
+            tok = self._sample(logits, context, temperature, top_k, top_p, repetition_penalty, generator, stop)  # (B,)
             yield tok
             context = torch.cat((context, tok[:, None]), dim=1)
             if stop is not None:

@@ -622,6 +622,15 @@ def test_repetition_penalty():
     out = collect(model, idx, 30, temperature=0, repetition_penalty=1e6)[0]
     seen = out.tolist() + idx[0].tolist()
     assert len(set(seen)) == len(seen)
+    # stop tokens are spared: a chat's history holds an <|im_end|> a turn, and penalized, a reply grew less likely to
+    # end the longer the conversation went on
+    assert GPT._sample(logits, torch.tensor([[0]]), 0, None, None, 2.0, None, torch.tensor([0])).item() == 0
+    scores = torch.zeros(1, model.config.padded_vocab_size)
+    scores[0, 5], scores[0, 6] = 10.0, 5.0  # 5 first, 6 second
+    model._next_logits = lambda *a: scores  # (1, V) whatever the context
+    prompt = torch.tensor([[1, 5, 2]])  # 5 seen: penalized to 10 / 4 < 5, and 6 comes first
+    assert collect(model, prompt, 1, temperature=0, repetition_penalty=4.0)[0].tolist() == [6]
+    assert collect(model, prompt, 1, temperature=0, repetition_penalty=4.0, stop_tokens=(5,))[0].tolist() == [5]
 
 
 def test_repetition_penalty_sees_the_window_when_sliding(monkeypatch):
