@@ -295,6 +295,7 @@ class Printer:
         self.delay, self.out, self.last, self.terminal = delay, sys.stdout, 0.0, terminal
         self.wraps = terminal and os.environ.get("TERM") != "dumb" and sys.platform != "win32"
         self.column, self.word = 0, ""  # where the cursor is, and the word it ends, which a line break may yet move
+        self.mid_line = False  # whether the last text written left its line open
         self.cr = ""  # a \r that ended the last text, which a \n may yet follow (gpt2 writes them as two tokens)
 
     def wrap(self, text):
@@ -341,6 +342,8 @@ class Printer:
             text = self.wrap(text)
         self.out.write(style[0] + text + style[1])
         self.out.flush()
+        if text:
+            self.mid_line = not text.endswith("\n")
 
 
 def read_lines(prompt, tty, quit_hint="Ctrl-D or /exit quits"):
@@ -747,14 +750,21 @@ def main(argv=None):
                 f"({model.num_params() / 1e6:.2f}M non-embedding), {model.config.variant}, context "
                 f"{model.config.block_size}, vocab {enc.name} {enc.n_vocab} | device {device}, dtype "
                 f"{str(dtype).removeprefix('torch.')}, {'no ' if args.no_cache else ''}KV cache, seed {seed}")
-    if args.prompt_file:
-        run_prompt_file(session, prompts, seed)
-    elif args.chat:
-        run_chat(session)
-    elif args.interactive:
-        run_interactive(session)
-    else:
-        run_prompt(session)
+    try:
+        if args.prompt_file:
+            run_prompt_file(session, prompts, seed)
+        elif args.chat:
+            run_chat(session)
+        elif args.interactive:
+            run_interactive(session)
+        else:
+            run_prompt(session)
+    except UserError:
+        # an error mid-reply (scores that overflow) ended the text on its line: its line, on a terminal the same one,
+        # read "Once upon a timeerror: ..."
+        if session.show.mid_line:
+            session.show("\n")
+        raise
 
 
 if __name__ == "__main__":

@@ -663,7 +663,8 @@ def test_weights_that_overflow_as_the_model_runs_are_one_line(enc, tmp_path, cap
         assert one_error_line(code, err) == (
             "error: the model's scores for new token 1 are not finite (nan or inf): its activations overflow in "
             "float32: its weights are finite but too large (a run that diverged?): an earlier checkpoint may not be")
-        assert out == "Hi"  # (the prompt, echoed before generation began)
+        # (the prompt, echoed before generation began, then its line ended: on a terminal "Hierror: ..." was one line)
+        assert out == "Hi\n"
     code, _, err = cli([path, "--prompt", "Hi", "--device", "cpu", "--dtype", "bfloat16"], capsys)
     assert one_error_line(code, err).endswith("overflow in bfloat16: try --dtype float32")
 
