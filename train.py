@@ -634,13 +634,18 @@ def refuse_going_back(checkpoint, ckpt, out_pattern, dataset, best_path, overwri
             continue
         if int(other.get("tokens", 0)) <= done:
             continue
-        ahead.append((int(other.get("tokens", 0)), other.get("step"), path))
+        # a checkpoint from before run ids (an upgraded user's) cannot say whose it is: a fresh run's best file next to
+        # an old checkpoint was called "a later point of this run", to be continued instead
+        ahead.append((int(other.get("tokens", 0)), other.get("step"), path, bool(ckpt.get("run") and other.get("run"))))
         later.append(path)
     if ahead and not overwrite:  # the newest point: naming the first found, the advice was refused in turn
-        _, step, path = max(ahead, key=lambda a: a[0])
-        raise UserError(f"{path} holds a later point of this run (step {step}, {checkpoint} is at step "
+        _, step, path, known = max(ahead, key=lambda a: a[0])
+        whose = "this run" if known else ("this run or of another (a checkpoint from before runs had ids cannot "
+                                          "tell which)")
+        raise UserError(f"{path} holds a later point of {whose} (step {step}, {checkpoint} is at step "
                         f"{ckpt.get('step')}), which continuing here would replace: continue from it with --checkpoint "
-                        f"{shlex.quote(path)}, {elsewhere(out_pattern)}, or pass --overwrite to replace it")
+                        f"{shlex.quote(path)}{'' if known else ' if it is this run'}, {elsewhere(out_pattern)}, or "
+                        f"pass --overwrite to replace it")
     return later
 
 

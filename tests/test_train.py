@@ -889,6 +889,23 @@ def test_continuing_from_an_earlier_point_does_not_replace_later_files(env, tmp_
         train.train(train.parse_args(["--checkpoint", str(out / "mini_epoch1.pt"), *more]))
 
 
+def test_a_later_point_beside_a_checkpoint_without_a_run_id_is_not_said_to_be_this_runs(env, tmp_path):
+    """A checkpoint from before runs had ids (an upgraded user's) continued next to a later file cannot tell whether
+    that file is of its run: a fresh run's best file was called "a later point of this run", to be continued instead."""
+    first = train.train(args_for(env, tmp_path, "--dataset", "mini", "--max_steps", "2"))
+    old = torch.load(first["checkpoint"], weights_only=True)
+    del old["run"]  # as train.py wrote them before run ids
+    early = str(tmp_path / "early.pt")
+    torch.save(old, early)
+    go_on = ["--max_steps", "1", "--data_dir", env["data"], "--device", "cpu", "--no-color"]
+    train.train(train.parse_args(["--checkpoint", first["checkpoint"], *go_on]))  # mini_epoch1.pt: step 3
+    with pytest.raises(train.UserError, match=r"mini_epoch1\.pt holds a later point of this run or of another \(a "
+                                              r"checkpoint from before runs had ids cannot tell which\) \(step 3, "
+                                              r".*early\.pt is at step 2\), .* --checkpoint .*mini_epoch1\.pt if it is "
+                                              r"this run, write this one"):
+        train.train(train.parse_args(["--checkpoint", early, *go_on]))
+
+
 def test_a_new_seed_mid_epoch_starts_the_epoch_over(env, tmp_path, capsys):
     """The epoch's window order comes from the seed: with another one, going on from the position would see some
     windows twice and skip others, so the epoch starts over (as when the data or --block_size change)."""
