@@ -2141,9 +2141,10 @@ def own_vocabulary(dataset, plan, folder, old, vocab_size, limit, val_fraction, 
     (None: the one there is kept)."""
     tokenizer = os.path.join(folder, VOCAB_FILE)
     try:
-        current = get_tokenizer(tokenizer).n_vocab if os.path.exists(tokenizer) else None
+        here = get_tokenizer(tokenizer) if os.path.exists(tokenizer) else None
     except UserError:  # damaged (a disk error, an editor): retrained like a missing one, it is the dataset's own
-        current = None
+        here = None
+    current = here and here.n_vocab
     # kept while what it was trained on and its size stay the same (a rebuild for another --pack needs no new
     # one), so checkpoints trained on it go on fitting; other data (--source, --limit, --no_extra...) gets a
     # vocabulary of its own, or a short one (the data supported no more merges) would stay short for good
@@ -2159,8 +2160,14 @@ def own_vocabulary(dataset, plan, folder, old, vocab_size, limit, val_fraction, 
     by_weights = mix and fingerprint(dataset, plan, f"trained, {vocab_size} ids", None, limit, val_fraction, mix=mix,
                                      version=None)
     # a dataset from before vocab_fingerprint (VERSION 4) that was built on this vocabulary keeps it once (its
-    # checkpoints go on fitting), as then; not one built with another tokenizer (gpt2), whose text may differ
-    old_own = old and old.get("version", 1) < 4 and old.get("tokenizer") == os.path.abspath(tokenizer)
+    # checkpoints go on fitting), as then; not one built with another tokenizer (gpt2), whose text may differ. Its
+    # meta.json names the file by an absolute path: a folder moved since (the old data/ given to a fresh clone) is
+    # known by its own file still holding the vocabulary its tokens were made with (it was trained anew, and the
+    # checkpoints no longer fit the rebuilt data)
+    old_own = old and old.get("version", 1) < 4 and (
+        old.get("tokenizer") == os.path.abspath(tokenizer)
+        or os.path.basename(str(old.get("tokenizer"))) == VOCAB_FILE and here is not None
+        and old.get("tokenizer_hash") == tokenizer_hash(here))
     known = (old or {}).get("vocab_fingerprint", vocab_fp if old_own and current == vocab_size else None)
     known = vocab_fp if by_weights and known == by_weights else known
     if force or current is None or current > vocab_size or known != vocab_fp:

@@ -1120,6 +1120,31 @@ def test_a_vocabulary_is_trained_again_when_its_data_changes(tmp_path, capsys):
     assert "trained a" in capsys.readouterr().out and meta["vocab_size"] < 400
 
 
+def test_a_moved_dataset_from_before_vocab_fingerprint_keeps_its_vocabulary(tmp_path, capsys):
+    """An older prepare.py's meta.json names its own vocabulary by an absolute path: the folder moved since (the old
+    data/ given to a fresh clone), its vocabulary was trained again on the next build, and the checkpoints trained on
+    it no longer fit the data. Its own file, holding the vocabulary the tokens were made with, is kept."""
+    out = str(tmp_path / "data")
+    src = write(tmp_path / "c.txt", EOT.join(DOCS * 3))
+    prepare.prepare("text", source=src, out_dir=out, name="v", vocab_size=300)
+    path = tmp_path / "data" / "v" / "meta.json"
+    old = json.loads(path.read_text())
+    for k in ("vocab_fingerprint", "options"):
+        del old[k]
+    # as made in the folder's old place, by a prepare.py whose tokens the fingerprint no longer vouches for
+    old.update(version=3, fingerprint="0" * 16, tokenizer="/elsewhere/data/v/tokenizer.tiktoken")
+    path.write_text(json.dumps(old))
+    vocab = (tmp_path / "data" / "v" / "tokenizer.tiktoken").read_bytes()
+    capsys.readouterr()
+    meta = prepare.prepare("text", source=src, out_dir=out, name="v", vocab_size=300)
+    assert "trained a" not in capsys.readouterr().out and meta["version"] == prepare.VERSION
+    assert (tmp_path / "data" / "v" / "tokenizer.tiktoken").read_bytes() == vocab
+    # another vocabulary in the file than the tokens were made with vouches for nothing: learnt afresh
+    path.write_text(json.dumps(dict(old, tokenizer_hash="0" * 16)))
+    prepare.prepare("text", source=src, out_dir=out, name="v", vocab_size=300)
+    assert "trained a" in capsys.readouterr().out
+
+
 def test_made_again_without_a_vocabulary_option_a_dataset_keeps_its_own(tmp_path, capsys):
     """A bare `prepare.py --dataset story` after a --vocab_size build turned the set into GPT-2's tokens without a
     word: checkpoints trained on it no longer fit it. It keeps the vocabulary it has; --tokenizer gpt2 switches."""
