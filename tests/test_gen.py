@@ -197,6 +197,14 @@ def test_chat_with_a_model_trained_on_plain_text_is_warned_of(enc, tmp_path, cap
         code, out, err = cli([path, "--prompt", "hi", "--max_tokens", "2", "--seed", "0"] + CPU, capsys)
         assert code == 0 and (f"note: {path} was fine-tuned on conversations (story): this continues the text as it "
                               f"stands; gen.py --chat answers it as a chat\n" in err) == (kind == "chat"), err
+    # a checkpoint from before train.py recorded the data's kind: said by the name of one of prepare.py's datasets
+    for dataset, warned in (("story", True), ("dailydialog", False), ("mine", False)):
+        path = str(tmp_path / f"old_{dataset}.pt")
+        save_checkpoint(path, la_model(enc), enc, dataset=dataset, data={"folder": f"data/{dataset}"})
+        code, out, err = cli([path, "--chat", "--prompt", "hi", "--max_tokens", "2", "--seed", "0"] + CPU, capsys)
+        assert code == 0 and ("trained on plain text" in err) == warned, err
+        code, out, err = cli([path, "--prompt", "hi", "--max_tokens", "2", "--seed", "0"] + CPU, capsys)
+        assert code == 0 and ("was fine-tuned on conversations" in err) == (dataset == "dailydialog"), err
 
 
 def test_chat_reset_in_process(la_ckpt, enc, capsys, monkeypatch):
