@@ -640,10 +640,10 @@ def refuse_going_back(checkpoint, ckpt, out_pattern, dataset, best_path, overwri
         later.append(path)
     if ahead and not overwrite:  # the newest point: naming the first found, the advice was refused in turn
         _, step, path, known = max(ahead, key=lambda a: a[0])
-        whose = "this run" if known else ("this run or of another (a checkpoint from before runs had ids cannot "
-                                          "tell which)")
-        raise UserError(f"{path} holds a later point of {whose} (step {step}, {checkpoint} is at step "
-                        f"{ckpt.get('step')}), which continuing here would replace: continue from it with --checkpoint "
+        at = f"step {step}, {checkpoint} is at step {ckpt.get('step')}"
+        what = f"a later point of this run ({at})," if known else \
+            f"a later point ({at}) of this run or another (checkpoints from before runs had ids do not say),"
+        raise UserError(f"{path} holds {what} which continuing here would replace: continue from it with --checkpoint "
                         f"{shlex.quote(path)}{'' if known else ' if it is this run'}, {elsewhere(out_pattern)}, or "
                         f"pass --overwrite to replace it")
     return later

@@ -899,10 +899,10 @@ def test_a_later_point_beside_a_checkpoint_without_a_run_id_is_not_said_to_be_th
     torch.save(old, early)
     go_on = ["--max_steps", "1", "--data_dir", env["data"], "--device", "cpu", "--no-color"]
     train.train(train.parse_args(["--checkpoint", first["checkpoint"], *go_on]))  # mini_epoch1.pt: step 3
-    with pytest.raises(train.UserError, match=r"mini_epoch1\.pt holds a later point of this run or of another \(a "
-                                              r"checkpoint from before runs had ids cannot tell which\) \(step 3, "
-                                              r".*early\.pt is at step 2\), .* --checkpoint .*mini_epoch1\.pt if it is "
-                                              r"this run, write this one"):
+    with pytest.raises(train.UserError, match=r"mini_epoch1\.pt holds a later point \(step 3, .*early\.pt is at step "
+                                              r"2\) of this run or another \(checkpoints from before runs had ids do "
+                                              r"not say\), which continuing here would replace: continue from it with "
+                                              r"--checkpoint .*mini_epoch1\.pt if it is this run, write this one"):
         train.train(train.parse_args(["--checkpoint", early, *go_on]))
 
 
