@@ -2023,6 +2023,23 @@ def is_dataset_name(name):
     return bool(re.fullmatch(r"[\w.-]+", name)) and name not in (".", "..")
 
 
+def made_with_own_vocabulary(meta, folder):
+    """Whether meta.json's dataset was made with a vocabulary of its own (--vocab_size), the folder's VOCAB_FILE, which
+    meta.json names by an absolute path. In a folder moved since (the old data/ given to a fresh clone) that path is
+    another: the file there still holding the vocabulary its tokens were made with is known by its hash. (It was taken
+    for another dataset's vocabulary: a dataset from before "options" was told its tokenizer was gone, or had its
+    vocabulary trained again, which the checkpoints trained on it no longer fit.)"""
+    tokenizer, own = meta.get("tokenizer"), os.path.abspath(os.path.join(folder, VOCAB_FILE))
+    if tokenizer == own:
+        return True
+    if not (isinstance(tokenizer, str) and os.path.basename(tokenizer) == VOCAB_FILE and os.path.isfile(own)):
+        return False
+    try:
+        return tokenizer_hash(get_tokenizer(own)) == meta.get("tokenizer_hash")
+    except UserError:  # damaged: no vocabulary of the dataset's
+        return False
+
+
 def meta_options(meta, folder, odd=None):
     """prepare()'s options that made a dataset, from its meta.json; one from before "options": what it says of them.
     A meta.json too odd to say raises (KeyError, TypeError...), or gives odd when it is not None."""
@@ -2030,7 +2047,7 @@ def meta_options(meta, folder, odd=None):
         return meta.get("options") or {
             "source": meta["source"][len("--source "):].split(", ") if meta.get("source", "").startswith("--source ") else None,
             "tokenizer": meta.get("tokenizer", "gpt2"), "limit": meta.get("limit"),
-            "vocab_size": meta.get("vocab_size") if meta.get("tokenizer") == os.path.abspath(os.path.join(folder, VOCAB_FILE)) else None,
+            "vocab_size": meta.get("vocab_size") if made_with_own_vocabulary(meta, folder) else None,
             "pack": meta.get("pack") if meta.get("kind") == "chat" and meta.get("pack") != DEFAULT_PACK else None,
             "mix": {source: m["weight"] for source, m in meta["mix"].items()} if meta.get("mix") else None}
     except (KeyError, TypeError, AttributeError, ValueError):
@@ -2141,10 +2158,9 @@ def own_vocabulary(dataset, plan, folder, old, vocab_size, limit, val_fraction, 
     (None: the one there is kept)."""
     tokenizer = os.path.join(folder, VOCAB_FILE)
     try:
-        here = get_tokenizer(tokenizer) if os.path.exists(tokenizer) else None
+        current = get_tokenizer(tokenizer).n_vocab if os.path.exists(tokenizer) else None
     except UserError:  # damaged (a disk error, an editor): retrained like a missing one, it is the dataset's own
-        here = None
-    current = here and here.n_vocab
+        current = None
     # kept while what it was trained on and its size stay the same (a rebuild for another --pack needs no new
     # one), so checkpoints trained on it go on fitting; other data (--source, --limit, --no_extra...) gets a
     # vocabulary of its own, or a short one (the data supported no more merges) would stay short for good
@@ -2160,14 +2176,8 @@ def own_vocabulary(dataset, plan, folder, old, vocab_size, limit, val_fraction, 
     by_weights = mix and fingerprint(dataset, plan, f"trained, {vocab_size} ids", None, limit, val_fraction, mix=mix,
                                      version=None)
     # a dataset from before vocab_fingerprint (VERSION 4) that was built on this vocabulary keeps it once (its
-    # checkpoints go on fitting), as then; not one built with another tokenizer (gpt2), whose text may differ. Its
-    # meta.json names the file by an absolute path: a folder moved since (the old data/ given to a fresh clone) is
-    # known by its own file still holding the vocabulary its tokens were made with (it was trained anew, and the
-    # checkpoints no longer fit the rebuilt data)
-    old_own = old and old.get("version", 1) < 4 and (
-        old.get("tokenizer") == os.path.abspath(tokenizer)
-        or os.path.basename(str(old.get("tokenizer"))) == VOCAB_FILE and here is not None
-        and old.get("tokenizer_hash") == tokenizer_hash(here))
+    # checkpoints go on fitting), as then; not one built with another tokenizer (gpt2), whose text may differ
+    old_own = old and old.get("version", 1) < 4 and made_with_own_vocabulary(old, folder)
     known = (old or {}).get("vocab_fingerprint", vocab_fp if old_own and current == vocab_size else None)
     known = vocab_fp if by_weights and known == by_weights else known
     if force or current is None or current > vocab_size or known != vocab_fp:

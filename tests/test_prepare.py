@@ -1139,8 +1139,17 @@ def test_a_moved_dataset_from_before_vocab_fingerprint_keeps_its_vocabulary(tmp_
     meta = prepare.prepare("text", source=src, out_dir=out, name="v", vocab_size=300)
     assert "trained a" not in capsys.readouterr().out and meta["version"] == prepare.VERSION
     assert (tmp_path / "data" / "v" / "tokenizer.tiktoken").read_bytes() == vocab
+    # made again with no word of its vocabulary: its own is kept, as the commands the scripts suggest say (it was
+    # "made with tokenizer /elsewhere/data/v/tokenizer.tiktoken, which is gone", and they named that path)
+    path.write_text(json.dumps(old))
+    assert "--vocab_size 300" in prepare.rebuild_command(old, str(tmp_path / "data" / "v"))
+    prepare.prepare("text", source=src, out_dir=out, name="v")
+    said = capsys.readouterr().out
+    assert "keeping its own vocabulary (--vocab_size 300" in said and "trained a" not in said
+    assert (tmp_path / "data" / "v" / "tokenizer.tiktoken").read_bytes() == vocab
     # another vocabulary in the file than the tokens were made with vouches for nothing: learnt afresh
     path.write_text(json.dumps(dict(old, tokenizer_hash="0" * 16)))
+    assert "--vocab_size" not in prepare.rebuild_command(json.loads(path.read_text()), str(tmp_path / "data" / "v"))
     prepare.prepare("text", source=src, out_dir=out, name="v", vocab_size=300)
     assert "trained a" in capsys.readouterr().out
 
