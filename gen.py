@@ -270,7 +270,7 @@ def chat_reply(model, enc, history, max_tokens, on_text=None, info=None, warn=Tr
 # -----------------------------------------------------------------------------
 # the command line
 
-def trained_on(ckpt):
+def data_kind(ckpt):
     """"text" or "chat": what a checkpoint's data was, None where it cannot say (a Hugging Face folder). One from before
     train.py recorded it (b7553e7) says it by the name of its dataset where that is one of prepare.py's own: make
     demo's story model of then answered --chat with stories unwarned."""
@@ -284,7 +284,7 @@ def trained_on(ckpt):
 
 def warn_if_trained_on_text(path, ckpt, replies="its replies"):
     """make demo's story model answers a chat with a story that never ends its turn: the user is told why first."""
-    if trained_on(ckpt) == "text":
+    if data_kind(ckpt) == "text":
         print(f"warning: {path} was trained on plain text ({ckpt.get('dataset')}), not on conversations: {replies} "
               f"will not keep to the turn; fine-tune it on a chat set first (README: make chat-demo)", file=sys.stderr)
 
@@ -598,7 +598,7 @@ def open_checkpoint(args, path):
         print(f"using {path}, the newest checkpoint in models/", file=sys.stderr)
     if args.chat:
         warn_if_trained_on_text(path, ckpt)
-    elif trained_on(ckpt) == "chat":
+    elif data_kind(ckpt) == "chat":
         # a chat model continuing a text writes its own ChatML turns (<|im_end|> printed as text): say the other way
         print(f"note: {path} was fine-tuned on conversations ({ckpt.get('dataset')}): this continues the text as it "
               f"stands; gen.py --chat answers it as a chat", file=sys.stderr)
