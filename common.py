@@ -489,10 +489,11 @@ def check_output(path, option, folder=False, inputs=(), checkpoint=False, vocabu
     # (eval.py --json over a checkpoint: 627 bytes; over a vocabulary outside data/: JSON, and its dataset unreadable)
     if kept and not (checkpoint and kept.startswith("a checkpoint")) and not (vocabulary and kept == "a vocabulary"):
         raise UserError(f"{option} {path} is {kept}: the result would replace it; give another {option}")
-    parent = path if folder else os.path.dirname(os.path.abspath(link_target(path)))
+    target = os.path.abspath(link_target(path))  # (the file an atomic write replaces)
+    parent = path if folder else os.path.dirname(target)
     # a file's probe is the very name its atomic write takes (tmp_name): one longer than the system allows (past 255
     # bytes, or Windows' 260 characters of path), which a short probe passed, failed at the end, after the work
-    probe = tmp_name(os.path.join(parent, ".write-probe") if folder else os.path.abspath(link_target(path)))
+    probe = tmp_name(os.path.join(parent, ".write-probe") if folder else target)
     try:
         os.makedirs(parent, exist_ok=True)
         with open(probe, "w"):
@@ -520,10 +521,13 @@ def read_only(path):
     return os.path.isfile(path) and not os.access(path, os.W_OK)
 
 
-def refuse_read_only(path):
-    """The PermissionError (run_main's one line) for writing over a read_only path."""
-    if read_only(path):
-        raise PermissionError(errno.EACCES, "Permission denied (the file is read-only)", path)
+def write_target(path):
+    """The file an atomic write of path replaces (link_target's), a PermissionError (run_main's one line) where it is
+    read_only: what every atomic write starts with."""
+    target = link_target(path)
+    if read_only(target):
+        raise PermissionError(errno.EACCES, "Permission denied (the file is read-only)", target)
+    return target
 
 
 def fsync_replace(tmp_path, path):
@@ -635,8 +639,7 @@ def naming_full_disk(path):
 
 
 def atomic_write_text(path, text):
-    path = link_target(path)
-    refuse_read_only(path)
+    path = write_target(path)
     if special_file(path):  # (no temporary file beside /dev/null: written through, as fsync_replace would)
         with open(path, "w", encoding="utf-8") as f:
             f.write(text)
@@ -657,8 +660,7 @@ def atomic_write_text(path, text):
 def atomic_torch_save(obj, path):
     """torch.save that never leaves a half-written file at path, even on Ctrl-C or a full disk."""
     import torch
-    path = link_target(path)
-    refuse_read_only(path)
+    path = write_target(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tmp = tmp_name(path)
