@@ -38,7 +38,8 @@ import time
 import torch
 
 from common import (UserError, atomic_write_text, autocast, check_output, cpu_bf16_is_faster, cpu_has_bf16, cpu_info,
-                    first_line, is_oom, pick_device, pick_dtype, path_arg, not_utf8, retain_freed_memory, run_main, DTYPES)
+                    first_line, is_oom, pick_device, pick_dtype, path_arg, not_utf8, retain_freed_memory, run_main,
+                    DTYPES)
 from model import GPT, OPTIMIZERS, PRESETS, VARIANTS, make_config, physical_memory
 from train import DEFAULTS as TRAIN_DEFAULTS, Forward, train_step
 

@@ -30,8 +30,9 @@ longer than a block, before any turn (<|im_start|>); only a single turn longer t
 a boundary. The file ends with a whole block and one more <|endoftext|>, so train.py's last window (it reads
 BLOCK + 1 tokens) exists. Every block starts with <|im_start|> or padding, both mask 0 (but inside a turn
 longer than a block), so the target a window takes from the next block never counts. Train with
---block_size BLOCK (a multiple of it keeps the blocks whole, not a longer conversation's pieces together). Plain text is never packed: it trains on every token, so
-padding would be learned. The tokens are written unpacked first, then packed: twice the disk for a moment.
+--block_size BLOCK (a multiple of it keeps the blocks whole, not a longer conversation's pieces together). Plain
+text is never packed: it trains on every token, so padding would be learned. The tokens are written unpacked
+first, then packed: twice the disk for a moment.
 
 Mixing (--mix NAME:WEIGHT,...). Each dataset is tokenized on its own; the mix keeps the total train size
 of its sources put together and gives each source WEIGHT / (sum of weights) of its tokens: a source
@@ -73,8 +74,8 @@ import numpy as np
 from tqdm import tqdm
 
 from common import (VOCAB_FILE, UserError, atomic_write_text, check_output, expand_pattern, first_line, fsync_replace,
-                    held_lock, holds_nul, json_kind, name_full_disk, nonempty, path_arg, not_utf8, parts_text, prepare_lock,
-                    read_items, read_meta, remove_stale_tmp, run_main, tmp_name, without_surrogates)
+                    held_lock, holds_nul, json_kind, name_full_disk, nonempty, not_utf8, parts_text, path_arg,
+                    prepare_lock, read_items, read_meta, remove_stale_tmp, run_main, tmp_name, without_surrogates)
 from setup_tokenizer import (EOT, IM_END, IM_START, VocabSample, fewer_ids, get_tokenizer, model_context,
                              read_text_chunks, say_training, tokenizer_hash, train_bpe, trained_on,
                              warn_short_vocabulary)

@@ -62,9 +62,10 @@ from tqdm import tqdm
 from checkpoint import (NOT_THIS_CODE, add_checkpoint_argument, checkpoint_config, load_checkpoint, load_weights,
                         nonfinite, parse_checkpoint, save_checkpoint, tensor_bytes)
 from common import (DTYPES, VOCAB_FILE, UserError, ask, atomic_write_text, autocast, check_output,
-                    closed_pipe_on_windows, color_ok, cpu_bf16_is_faster, cpu_has_bf16, exit_after_the_first, first_line, held_lock, is_oom, lock_is_held,
-                    nonempty, path_arg, pick_device, pick_dtype, prepare_lock, read_items, remove_stale_tmp, retain_freed_memory,
-                    run_main, speaks_for_machine, tmp_name)
+                    closed_pipe_on_windows, color_ok, cpu_bf16_is_faster, cpu_has_bf16, exit_after_the_first,
+                    first_line, held_lock, is_oom, lock_is_held, nonempty, path_arg, pick_device, pick_dtype,
+                    prepare_lock, read_items, remove_stale_tmp, retain_freed_memory, run_main, speaks_for_machine,
+                    tmp_name)
 from model import OPTIMIZERS, PRESETS, VARIANTS, GPT, make_config
 from prepare import (DATASETS, DEFAULT_OUT_DIR, DEFAULT_PACK, DEFAULT_VAL_FRACTION, is_complete, is_dataset_name,
                      meta_options, new_command, rebuild_command)
