@@ -26,8 +26,9 @@ still fits, and when none fits the rest of the block is <|endoftext|> padding wi
 tokens on the mirror's sets, against 19-28% when conversations are placed in order). A conversation
 longer than a block is cut into pieces of at most a block, each closed by <|endoftext|> and placed like a
 conversation: cut before a user message, so a reply keeps its question, or where a single exchange is
-longer than a block, before any turn (<|im_start|>); only a single turn longer than a block still crosses
-a boundary. The file ends with a whole block and one more <|endoftext|>, so train.py's last window (it reads
+longer than a block, before any turn (<|im_start|>) that follows a reply; turns that train nothing (a
+system message, a question) stay with the reply after them, as a piece longer than a block if need be. Only
+such a piece crosses a boundary: it starts a block, and its reply's start trains with its question. The file ends with a whole block and one more <|endoftext|>, so train.py's last window (it reads
 BLOCK + 1 tokens) exists. Every block starts with <|im_start|> or padding, both mask 0 (but inside a turn
 longer than a block), so the target a window takes from the next block never counts. Train with
 --block_size BLOCK (a multiple of it keeps the blocks whole, not a longer conversation's pieces together). Plain
@@ -1331,11 +1332,12 @@ class Packer:
         if not self.block:
             self.emit(ids, mask)
             return
-        inside = False  # cut inside an exchange: a piece after the first that starts with no user message
+        self.out.in_pieces += len(ids) > self.block
+        inside = False  # cut inside an exchange: a piece after the first that starts with no user message, or one
+        # longer than a block, which the block's end cuts
         for k, piece in enumerate(self.pieces(ids, mask)):
-            self.out.in_pieces += k == 1
-            inside |= k > 0 and piece[0][:len(self.user_head)].tolist() != self.user_head
-            if len(piece[0]) > self.block:  # a single turn longer than a block: it starts a block and crosses
+            inside |= k > 0 and piece[0][:len(self.user_head)].tolist() != self.user_head or len(piece[0]) > self.block
+            if len(piece[0]) > self.block:  # a turn or an exchange longer than a block: it starts a block and crosses
                 while self.pos and self.lengths and self.lengths[0] <= self.block - self.pos:
                     self.place_one()        # first fill what is left of the open block
                 self.pad()
@@ -1351,8 +1353,11 @@ class Packer:
     def pieces(self, ids, mask):
         """A document that fits a block as it is; a longer one cut into pieces of at most a block with their
         closing <|endoftext|>, each as long as it can be: cut before a user message, so that a reply stays
-        with its question, and only where one exchange is longer than a block also before other turns. A
-        single turn longer than a block is one piece longer than a block."""
+        with its question, and only where one exchange is longer than a block also before its other turns. A
+        piece trains on something: no cut follows turns that train nothing (a system message, a question), which
+        stay with the reply after them, even as one piece longer than a block (it starts a block and crosses into
+        the next: the reply's start trains with its question, where a piece of the question alone trained nothing
+        and the reply trained without it). So is a single turn longer than a block."""
         if len(ids) <= self.block:
             yield ids, mask
             return
@@ -1365,6 +1370,12 @@ class Packer:
             if b - a + 1 > self.block:  # an exchange longer than a block: its turns may be cut apart
                 cuts += [t for t in turns if a < t < b]
             cuts.append(b)
+        if mask is not None:
+            kept = [0]
+            for c in cuts[1:-1]:
+                if mask[kept[-1]:c].any():  # the turns since the last cut train on something
+                    kept.append(c)
+            cuts = kept + [cuts[-1]]
         first = 0  # index in cuts where the piece being grown starts
         for k in range(2, len(cuts)):
             if cuts[k] - cuts[first] + 1 > self.block:  # turns first..k-1 plus <|endoftext|> would not fit

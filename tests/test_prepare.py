@@ -1687,15 +1687,16 @@ def test_packing_keeps_conversations_inside_blocks(tmp_path, enc, capsys):
         by_conv = {}
         for s, e in pieces:
             assert ids[s] == start  # every piece starts a turn
+            role, c = re.match(r"<\|im_start\|>(\w+)\nc(\d+) ", enc.decode(ids[s:s + 8].tolist())).groups()
             if s // B != (e - 1) // B:
-                # only a single turn longer than a block crosses a block boundary, and it starts a block
-                assert e - s > B and s % B == 0 and (ids[s:e] == start).sum() == 1
+                # only an exchange longer than a block crosses a block boundary (conversation 7's last: its question
+                # and its long reply, whose start trains with the question), and it starts a block
+                assert e - s > B and s % B == 0 and (ids[s:e] == start).sum() == 2 and (role, c) == ("user", "7")
                 inside_long[s + 1:e] = True
                 crossing += 1
-            role, c = re.match(r"<\|im_start\|>(\w+)\nc(\d+) ", enc.decode(ids[s:s + 8].tolist())).groups()
-            # cut before a user message (a reply stays with its question) but in conversation 7, whose long reply
-            # makes an exchange longer than a block
-            assert role in ("system", "user") or c == "7"
+            # cut before a user message (a reply stays with its question), and every piece trains on something: not
+            # the question alone of an exchange longer than a block (nor a system message alone)
+            assert role in ("system", "user") and mask[s:e].any()
             by_conv.setdefault(int(c), []).append((s, e))
         # every block starts with <|im_start|> or padding (mask 0: the target a window takes from the next block
         # never counts), except inside that one long turn
@@ -1718,12 +1719,29 @@ def test_packing_keeps_conversations_inside_blocks(tmp_path, enc, capsys):
         replies = [m["content"] + IM_END for conv in part for m in conv if m["role"] == "assistant" and m.get("weight", 1)]
         assert Counter(masked_spans(enc, ids, mask)) == Counter(replies)
         # counted (and said): the conversations in pieces, and those cut inside an exchange, a reply from its question
-        assert meta["splits"][split]["in_pieces"] == sum(len(spans) > 1 for spans in by_conv.values()) > 0
+        assert meta["splits"][split]["in_pieces"] == sum(len(render_chat(enc, c)[0]) + 1 > B for c in part) > 0
         assert meta["splits"][split]["cut_exchanges"] == (7 in by_conv)
     assert crossing == 1  # conversation 7's long reply
     pieces = meta["splits"]["train"]["in_pieces"] + meta["splits"]["val"]["in_pieces"]
     assert f"; {pieces} conversations longer than a block in pieces, 1 of them cut inside an exchange longer than a " \
            f"block (a reply there trains without all of its question" in capsys.readouterr().out
+
+
+def test_packing_keeps_a_system_message_with_the_reply_it_frames(tmp_path, enc):
+    """A system message and a question train nothing: a conversation longer than a block is not cut after them, which
+    gave a piece that trained nothing and a reply trained without its instructions. They start a block, and the reply
+    crosses into the next one: its start trains with them."""
+    conv = [{"role": "system", "content": "You answer as a pirate. " * 6},
+            {"role": "user", "content": "Where is the treasure?"},
+            {"role": "assistant", "content": "Arr, under the old oak by the bay."}]
+    src = write(tmp_path / "c.jsonl", "\n".join(json.dumps({"messages": conv}) for _ in range(4)))
+    meta = prepare.prepare("chat", source=src, out_dir=str(tmp_path / "data"), pack=64, val_fraction=0.25)
+    ids, mask = load(tmp_path / "data" / "chat", "train", meta)
+    conv_ids, conv_mask = render_chat(enc, conv)
+    assert 64 < len(conv_ids) + 1 < 2 * 64 and any(conv_mask[:64])  # the reply starts in the first block
+    for s, e in documents(ids, enc.eot_token):
+        assert s % 64 == 0 and ids[s:e - 1].tolist() == conv_ids and mask[s:e].any()
+    assert meta["splits"]["train"]["in_pieces"] == meta["splits"]["train"]["cut_exchanges"] == 3
 
 
 def test_a_system_without_pread_prepares_the_same_files(tmp_path, monkeypatch):
@@ -3236,7 +3254,9 @@ def test_a_conversation_that_exactly_fills_the_open_block_goes_in_it(tmp_path, e
     out.discard()
 
 
-def test_an_exchange_of_exactly_a_block_is_cut_between_its_turns(enc):
+def test_an_exchange_of_exactly_a_block_stays_whole(enc):
+    """Its question is no piece of its own (it would train nothing, and its reply would train without it): with its
+    closing <|endoftext|> the exchange is one piece a token longer than a block."""
     block = 32
     packer = prepare.Packer(None, block, enc, None)
     for words in range(1, 40):
@@ -3246,9 +3266,10 @@ def test_an_exchange_of_exactly_a_block_is_cut_between_its_turns(enc):
     else:
         pytest.fail("no exchange of exactly a block")
     conv = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}] + second
-    ids = np.array(render_chat(enc, conv)[0] + [enc.eot_token], np.uint32)
-    pieces = list(packer.pieces(ids, np.zeros(len(ids), np.uint8)))
-    assert len(ids) > block and all(len(p) <= block for p, _ in pieces), [len(p) for p, _ in pieces]
+    ids, mask = render_chat(enc, conv)
+    pieces = packer.pieces(np.array(ids + [enc.eot_token], np.uint32), np.array(mask + [0], np.uint8))
+    eot = [enc.eot_token]
+    assert [p.tolist() for p, _ in pieces] == [render_chat(enc, conv[:2])[0] + eot, render_chat(enc, second)[0] + eot]
 
 
 def test_limit_counts_a_book_read_in_pieces_once(tmp_path, monkeypatch):
