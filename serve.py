@@ -401,21 +401,22 @@ class Worker(threading.Thread):
                 if not (job.cancelled.is_set() or self.halted.is_set()):  # a client gone while queued costs nothing
                     self.current = job
             t0 = time.perf_counter()
-            tokens, finish = 0, "cancelled"
+            tokens, finish, failed = 0, "cancelled", ""
             try:
                 if self.current is job:
                     tokens, finish = self.generate(job)
             except Exception as e:  # a bug must not kill the worker: the request gets a 500, the server goes on
-                try:
-                    traceback.print_exc()
-                except OSError:  # stderr gone, as below
-                    pass
                 # (a UserError says what went wrong in its words, as gen.py's line: scores that overflow, and the --dtype
-                # to try; a bug's message needs its type)
+                # to try, said in the request's log line below; a bug's message needs its type, and its traceback)
                 why = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+                if not isinstance(e, UserError):
+                    try:
+                        traceback.print_exc()
+                    except OSError:  # stderr gone, as below
+                        pass
                 job.events.put(("error", ApiError(500, f"generation failed: {why}", type="server_error",
                                                   code="internal_error")))
-                finish = "error"
+                finish, failed = "error", f" ({why})"
             with self.lock:  # (halt says it waits for this reply, or sees it done)
                 self.current = None
             # recorded before the answer goes: a client (a test) reading recent after its answer finds its job
@@ -426,7 +427,7 @@ class Worker(threading.Thread):
             elif finish == "cancelled" and not job.cancelled.is_set():  # cut short by halt: its client is told why
                 job.events.put(("error", shutting_down()))
             try:
-                self.log(f"{job.id}: {len(job.prompt)} prompt + {tokens} tokens, {finish}, "
+                self.log(f"{job.id}: {len(job.prompt)} prompt + {tokens} tokens, {finish}{failed}, "
                          f"{time.perf_counter() - t0:.2f}s (queued {t0 - job.queued_at:.2f}s)")
             except OSError:  # stderr's reader gone (a `| tee` that ended, a closed terminal): the worker died of it,
                 pass         # and every later request waited for it forever while /health said ok

@@ -1566,11 +1566,11 @@ def test_a_connection_whose_thread_cannot_start_lets_an_allowed_page_read_its_50
         api.close()
 
 
-def test_a_model_that_fails_gets_500s_and_the_server_goes_on(enc):
+def test_a_model_that_fails_gets_500s_and_the_server_goes_on(enc, capfd):
     # NaN weights (a diverged run) make sampling raise in torch.multinomial: each request gets OpenAI's 500 body
     # (inside the stream once it has begun), the worker lives on and answers the next one
-    model = tiny_model(enc)
-    api = start(model, enc, name="nan")
+    model, log = tiny_model(enc), []
+    api = start(model, enc, name="nan", log=log.append)
     try:
         with torch.no_grad():
             model.lm_head.weight[0, 0] = float("nan")
@@ -1589,6 +1589,15 @@ def test_a_model_that_fails_gets_500s_and_the_server_goes_on(enc):
             model.lm_head.weight[0, 0] = 0.0
         assert post(api, "/v1/completions", {"prompt": "Hi", "max_tokens": 2})[0] == 200
         assert api.worker.is_alive() and [r["finish_reason"] for r in api.worker.recent] == ["error"] * 4 + ["length"]
+        # the server's log says why in the request's line, as the 500 does: no traceback for what is no bug
+        assert "tokens, error (the model's scores for new token 1 are not finite (nan or inf)" in log[3]
+        assert "Traceback" not in capfd.readouterr().err
+        # a bug's 500 names its type, and its traceback goes to the log for a report
+        api.worker.generate = lambda job: 1 / 0
+        status, err, _ = post(api, "/v1/completions", {"prompt": "Hi", "max_tokens": 2})
+        assert status == 500 and err["error"]["message"] == "generation failed: ZeroDivisionError: division by zero"
+        assert "tokens, error (ZeroDivisionError: division by zero)" in log[-1]
+        assert "Traceback" in capfd.readouterr().err and api.worker.is_alive()
     finally:
         api.close()
 
@@ -1615,6 +1624,9 @@ def test_a_log_that_cannot_be_written_leaves_the_worker_serving(enc, monkeypatch
         assert post(api, "/v1/completions", body)[0] == 500
         with torch.no_grad():
             model.lm_head.weight[0, 0] = 0.0
+        api.worker.generate = lambda job: 1 / 0  # a bug: its traceback is written too
+        assert post(api, "/v1/completions", body)[0] == 500
+        del api.worker.generate
         assert post(api, "/v1/completions", body)[0] == 200 and api.worker.is_alive()
     finally:
         monkeypatch.undo()
