@@ -304,6 +304,28 @@ def interrupted_while_loading(signum, frame):
     os._exit(130)
 
 
+# the folders check_output made, outermost first: a command that fails after its check (an argument refused later, a
+# checkpoint not found) takes back those still empty, as it found the disk (an empty --out_dir stayed behind)
+made_folders = []
+
+
+def make_folders(path):
+    """os.makedirs(path, exist_ok=True), the folders it makes recorded in made_folders."""
+    new, p = [], os.path.abspath(path)
+    while not os.path.lexists(p) and p != os.path.dirname(p):
+        new.append(p)
+        p = os.path.dirname(p)
+    os.makedirs(path, exist_ok=True)
+    made_folders.extend(reversed(new))
+
+
+def remove_made_folders():
+    """rmdir made_folders, innermost first: an empty one goes, one with anything in it stays (and so its parents)."""
+    while made_folders:
+        with contextlib.suppress(OSError):
+            os.rmdir(made_folders.pop())
+
+
 def run_main(main):
     """Run a script's main(); UserError, Ctrl-C and the file system's refusals (a full disk, no permission, a folder
     where a file should be) end in one clear line, and output piped into a reader that stops early (`| head`) in
@@ -323,8 +345,11 @@ def run_main(main):
     with contextlib.suppress(AttributeError, ValueError, OSError):
         if strict:
             sys.stdout.reconfigure(errors="replace" if sys.stdout.isatty() else "surrogateescape")
+    made_folders.clear()  # (tests run one main after another in a process)
+    finished = False
     try:
-        return main()
+        result, finished = main(), True
+        return result
     except UnicodeEncodeError as e:
         out, errors = getattr(sys.stdout, "encoding", None), getattr(sys.stdout, "errors", None) or "strict"
         try:  # the output's encoding at fault? (e.encoding is "charmap" for cp1252 and its kind: no name to compare)
@@ -354,6 +379,9 @@ def run_main(main):
         # UserError's (a train.bin without read permission was said by both ranks, at times in one line)
         exit_with_error(f"error: {os_error_line(e)}")
     finally:
+        if not finished:
+            remove_made_folders()
+        made_folders.clear()
         if before is not None:
             signal.signal(signal.SIGTERM, before)
         with contextlib.suppress(AttributeError, ValueError, OSError):
@@ -495,7 +523,7 @@ def check_output(path, option, folder=False, inputs=(), checkpoint=False, vocabu
     # bytes, or Windows' 260 characters of path), which a short probe passed, failed at the end, after the work
     probe = tmp_name(os.path.join(parent, ".write-probe") if folder else target)
     try:
-        os.makedirs(parent, exist_ok=True)
+        make_folders(parent)
         with open(probe, "w"):
             pass
         os.remove(probe)

@@ -191,6 +191,33 @@ def test_no_output_replaces_a_checkpoint_or_a_datasets_file(tmp_path):
         check_output(str(data / "train.bin"), "--output_checkpoint", checkpoint=True)
 
 
+def test_a_command_that_fails_takes_back_the_folders_its_output_check_made(tmp_path, capsys):
+    """check_output makes an output's folders to probe them: a command refused after it (`prepare.py --out_dir new/
+    --name 'bad name'`, eval.py --json new/r.json with no checkpoint) left new/ behind, empty. A failure takes back the
+    folders it made that are still empty; a success keeps them, and a folder that was there stays."""
+    (tmp_path / "there").mkdir()
+
+    def refused(*paths):
+        def main():
+            for p in paths:
+                check_output(str(p), "--out")
+            raise UserError("refused later")
+        with pytest.raises(SystemExit):
+            run_main(main)
+    refused(tmp_path / "a" / "b" / "out.txt", tmp_path / "there" / "c" / "out.txt")
+    assert sorted(os.listdir(tmp_path)) == ["there"] and not os.listdir(tmp_path / "there")
+
+    def written_in_b():  # a folder with a file in it stays, its parents too
+        check_output(str(tmp_path / "a" / "b" / "out.txt"), "--out")
+        (tmp_path / "a" / "b" / "out.txt").write_text("partial")
+        raise KeyboardInterrupt
+    with pytest.raises(SystemExit):
+        run_main(written_in_b)
+    assert (tmp_path / "a" / "b" / "out.txt").exists()
+    run_main(lambda: check_output(str(tmp_path / "d" / "e"), "--out_dir", folder=True))  # done: kept, empty or not
+    assert (tmp_path / "d" / "e").is_dir() and not common.made_folders
+
+
 def test_the_file_systems_refusals_end_in_one_line(capsys):
     def full():
         raise OSError(errno.ENOSPC, "No space left on device", "models/x.pt")

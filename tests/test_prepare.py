@@ -867,6 +867,11 @@ def test_unusable_out_dir_is_one_line_before_any_work(tmp_path, capsys, monkeypa
     for out_dir, line in cases:
         argv = ["--dataset", "text", "--source", src, "--out_dir", out_dir]
         assert run_cli(prepare.main, argv, capsys) == (1, "", f"error: {line}\n")
+    # a new --out_dir, made to be checked, is not left behind empty by an argument refused after the check
+    monkeypatch.undo()
+    argv = ["--dataset", "text", "--source", src, "--out_dir", str(tmp_path / "new" / "data"), "--name", "bad name"]
+    assert run_cli(prepare.main, argv, capsys)[2].startswith("error: --name 'bad name': use letters")
+    assert not (tmp_path / "new").exists()
 
 
 def built_notes(tmp_path, capsys):
