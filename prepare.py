@@ -29,7 +29,7 @@ conversation: cut before a user message, so a reply keeps its question, or where
 longer than a block, before any turn (<|im_start|>) that follows a reply; turns that train nothing (a
 system message, a question) stay with the reply after them, as a piece longer than a block if need be. Only
 such a piece crosses a boundary: it starts a block, and its reply's start trains with its question. The file ends with a whole block and one more <|endoftext|>, so train.py's last window (it reads
-BLOCK + 1 tokens) exists. Every block starts with <|im_start|> or padding, both mask 0 (but inside a turn
+BLOCK + 1 tokens) exists. Every block starts with <|im_start|> or padding, both mask 0 (but inside a piece
 longer than a block), so the target a window takes from the next block never counts. Train with
 --block_size BLOCK (a multiple of it keeps the blocks whole, not a longer conversation's pieces together). Plain
 text is never packed: it trains on every token, so padding would be learned. The tokens are written unpacked
