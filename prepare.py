@@ -74,9 +74,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from tqdm import tqdm
 
-from common import (VOCAB_FILE, UserError, atomic_write_text, check_output, expand_pattern, first_line, fsync_replace,
-                    held_lock, holds_nul, json_kind, name_full_disk, nonempty, not_utf8, parts_text, path_arg,
-                    prepare_lock, read_items, read_meta, remove_stale_tmp, run_main, tmp_name, without_surrogates)
+from common import (STRAY_BYTE_FIX, VOCAB_FILE, UserError, atomic_write_text, check_output, expand_pattern, first_line,
+                    fsync_replace, held_lock, holds_nul, json_kind, name_full_disk, nonempty, not_utf8, parts_text,
+                    path_arg, prepare_lock, read_items, read_meta, remove_stale_tmp, run_main, tmp_name,
+                    without_surrogates)
 from setup_tokenizer import (EOT, IM_END, IM_START, VocabSample, fewer_ids, get_tokenizer, model_context,
                              read_text_chunks, say_training, tokenizer_hash, train_bpe, trained_on,
                              warn_short_vocabulary)
@@ -310,6 +311,7 @@ def dailydialog_docs(path):
 # JSON can spell half of a UTF-16 pair (\ud800) alone, which no UTF-8 text holds: tiktoken reads it as U+FFFD, the
 # vocabulary trainer and the byte count failed on it
 SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+NOT_UTF8 = re.compile("[\udc80-\udcff]")  # what errors="surrogateescape" reads a byte that is no UTF-8 as
 
 
 def json_loads(text, where):
@@ -334,11 +336,26 @@ def json_records(path):
         if suffix(path) == ".parquet":
             yield from parquet_records(path)
         elif suffix(path) == ".jsonl":
-            with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark (Notepad, Excel) is not JSON
+            stray = None  # whether the file's bytes that are no UTF-8 are strays in UTF-8 text (not_utf8's reading)
+            # -sig: a byte-order mark (Notepad, Excel) is not JSON
+            with open(path, encoding="utf-8-sig", errors="surrogateescape") as f:
                 for n, line in enumerate(f, 1):
                     # one in the middle too: files saved by Notepad, joined with `cat`
                     line = line.removeprefix("\ufeff")
                     if line.strip():
+                        if NOT_UTF8.search(line):
+                            # a line with a stray byte in UTF-8 text (pasted from elsewhere) is a bad record, which
+                            # --skip_bad_records leaves out (it stopped the run, flag or not); a file in another encoding
+                            # (latin1, UTF-16, compressed) is the whole file's error, its conversion the way out
+                            first = stray is None  # (not_utf8 names the first by line and byte of the file)
+                            if first:
+                                whole = not_utf8(path)
+                                stray = str(whole).endswith(STRAY_BYTE_FIX)
+                            if not stray:
+                                raise whole
+                            yield f"{path} line {n}", whole if first else UserError(
+                                f"{path} line {n}: not UTF-8 text: {STRAY_BYTE_FIX}")
+                            continue
                         if "\0" in line:  # (else "malformed JSON" at column 2 of what an editor shows as good JSON)
                             raise holds_nul(path, line if n == 1 else "")
                         try:  # (an error at its end: this line's column)
@@ -2743,7 +2760,7 @@ def main(argv=None):
                         f"{DEFAULT_PACK}, the tiny and small models'; plain text is never packed)")
     p.add_argument("--skip_bad_records", action="store_true",
                    help="leave out the records of .jsonl/.json/.parquet files (and hub rows) that are malformed JSON, "
-                        "of no shape prepare.py reads, or plain text in a file whose first records are conversations (or "
+                        "lines of a UTF-8 .jsonl with a stray byte that is no UTF-8, of no shape prepare.py reads, or plain text in a file whose first records are conversations (or "
                         "the reverse), said in the summary, instead of stopping at the first; a file "
                         "with no good record, or with no more of its first records' kind than of the other, still "
                         "stops it")

@@ -409,6 +409,22 @@ def test_non_utf8_and_bad_input(tmp_path):
         at = data.index(b"\xe9")
         with pytest.raises(UserError, match=rf"{name} is not UTF-8 text \(line 4,001, byte {at:,} of the file\)"):
             prepare.prepare("text", source=str(tmp_path / name), out_dir=out)
+    # a .jsonl of UTF-8 with stray bytes (lines pasted from elsewhere): bad records, named together, which
+    # --skip_bad_records leaves out (they stopped the run, flag or not); a file in latin1 is the whole file's to convert
+    line = b'{"text": "caf\xc3\xa9"}\n'
+    data = line * 100 + b'{"text": "caf\xe9"}\n' + line * 2 + b'{"text": "\xff"}\n'
+    (tmp_path / "strays.jsonl").write_bytes(data)
+    at = data.index(b"\xe9")
+    with pytest.raises(UserError, match=rf"strays.jsonl is not UTF-8 text \(line 101, byte {at:,} of the "
+                                        r"file\): the text around it is UTF-8, so a stray byte.*; 1 more bad record in "
+                                        r"the file: line 104; fix them, or pass --skip_bad_records to leave them out"):
+        prepare.prepare("text", source=str(tmp_path / "strays.jsonl"), out_dir=out, name="strays")
+    meta = prepare.prepare("text", source=str(tmp_path / "strays.jsonl"), out_dir=out, name="strays",
+                           skip_bad_records=True, val_fraction=0)
+    assert meta["splits"]["train"]["documents"] == 102
+    (tmp_path / "latin.jsonl").write_bytes('{"text": "café"}\n{"text": "crème"}\n'.encode("latin-1"))
+    with pytest.raises(UserError, match=r"latin.jsonl is not UTF-8 text \(line 1, byte 13 of the file\): convert it"):
+        prepare.prepare("text", source=str(tmp_path / "latin.jsonl"), out_dir=out, name="latin", skip_bad_records=True)
     with pytest.raises(UserError, match=r"broken.jsonl line 2: malformed JSON"):
         prepare.prepare("chat", source=write(tmp_path / "broken.jsonl", '{"text": "ok"}\n{"text": oops}\n'), out_dir=out)
     # a line cut short: the column is where its text ends (it was column 1, of the line after the newline)
