@@ -608,6 +608,15 @@ def test_unusable_prompt_file_or_output_is_refused_before_the_model_loads(ckpt, 
     monkeypatch.setattr(gen, "load_model", lambda *a, **k: pytest.fail("the model loaded before its input was checked"))
     line = one_error_line(*cli([ckpt, "--prompt_file", str(tmp_path)] + CPU, capsys)[::2])
     assert line == f"error: --prompt_file {tmp_path} is a folder: give a file's path"
+    # a path mistyped, a JSON line of another field (a dataset's "text"), a file of blank lines
+    (tmp_path / "text.jsonl").write_text('{"text": "Hi"}\n', encoding="utf-8")
+    (tmp_path / "blank.txt").write_text("\n  \n", encoding="utf-8")
+    for name, want in (("nope.txt", "--prompt_file {}: no such file"),
+                       ("text.jsonl", '{} line 1: a JSON line needs a "prompt" text field'),
+                       ("blank.txt", '--prompt_file {} holds no prompts (one per line, or JSON lines with a "prompt" '
+                                     'field)')):
+        src = tmp_path / name
+        assert one_error_line(*cli([ckpt, "--prompt_file", str(src)] + CPU, capsys)[::2]) == "error: " + want.format(src)
     for out, words in ((tmp_path, "is a folder"), (tmp_path / "file" / "out.jsonl", "a part of the path is a file"),
                        # the prompts themselves: they were replaced by the completions
                        (prompts, "is the --prompt_file it reads: the result would replace it; give another --output"),
@@ -829,6 +838,8 @@ def test_num_samples_with_a_prompt_file_points_to_another_seed(ckpt, tmp_path, c
 def test_sampling_options_take_what_their_help_says(ckpt):
     # --top_p is in (0, 1]: 1 is every token (nucleus sampling off); a --repetition_penalty of 0 or less is refused
     assert gen.parse_args([ckpt, "--top_p", "1"]).top_p == 1.0
+    assert gen.parse_args([ckpt, "--repetition_penalty", "1.3"]).repetition_penalty == 1.3
+    assert gen.parse_args([ckpt, "--repetition_penalty", "0.5"]).repetition_penalty == 0.5  # < 1 favours repeats
     for value in ("0", "-1"):
         with pytest.raises(SystemExit):
             gen.parse_args([ckpt, "--repetition_penalty", value])
