@@ -2020,6 +2020,39 @@ def test_a_compiled_backward_that_fails_to_build_redoes_the_step_eagerly(env, ca
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
+def test_a_compile_that_fails_runs_eagerly_but_running_out_of_memory_does_not(monkeypatch, capsys):
+    """--compile on a machine without a working C++ compiler: the compiled forward fails at its first call (inductor's
+    InvalidCxxCompiler), and the run goes on eagerly after one warning, with eager's numbers; torch.compile itself
+    failing (a Python it does not support) is one warning too. Running out of memory is no compile failure: raised, for
+    the run's own out-of-memory line, the compiled model kept."""
+    torch.manual_seed(0)
+    model = GPT(make_config("tiny", n_layer=1, n_embd=32, n_head=2, block_size=16, vocab_size=64))
+    x = torch.randint(0, 64, (2, 16))
+    want = model(x, x)[1]
+
+    def no_compiler(*args):
+        raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+    fwd = train.Forward(model)
+    fwd.fn = no_compiler
+    assert fwd(x, x)[1].item() == want.item() and fwd.fn is model
+    fwd(x, x)
+    assert capsys.readouterr().err.count("torch.compile failed (RuntimeError: InvalidCxxCompiler") == 1
+
+    def no_memory(*args):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    fwd.fn = no_memory
+    with pytest.raises(torch.OutOfMemoryError):
+        fwd(x, x)
+    assert fwd.fn is no_memory and capsys.readouterr().err == ""
+
+    def unsupported(model):
+        raise RuntimeError("Dynamo is not supported on Python 3.99+")
+    monkeypatch.setattr(torch, "compile", unsupported)
+    fwd = train.Forward(model, compile=True)
+    assert fwd.fn is model and fwd(x, x)[1].item() == want.item()
+    assert "torch.compile unavailable (RuntimeError: Dynamo is not supported" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("optimizer", train.OPTIMIZERS)
 def test_a_step_without_assistant_tokens_leaves_the_weights(env, optimizer):
     """A step whose windows hold no target under the loss mask has nothing to learn: the weights stay as they are
