@@ -2116,8 +2116,9 @@ def start_run(args):
         # hf.py reads the folder as a checkpoint without training state, so what follows is fine-tuning
         if args.checkpoint:
             raise UserError("--init_from and --checkpoint both give the starting weights: pass one of them")
-        if not os.path.isdir(args.init_from):
-            raise UserError(f"--init_from {args.init_from} is not a folder: it takes a Hugging Face model folder "
+        if not os.path.isdir(args.init_from):  # (a path mistyped is no folder of any kind: said as such)
+            what = "is not a folder" if os.path.exists(args.init_from) else "not found"
+            raise UserError(f"--init_from {args.init_from} {what}: it takes a Hugging Face model folder "
                             f"(config.json, model.safetensors, tokenizer files); a .pt checkpoint goes to --checkpoint")
         args = argparse.Namespace(**{**vars(args), "checkpoint": args.init_from})
     # under torchrun the ranks join before the files are read, so that a machine without them (its data/ or the
