@@ -83,7 +83,7 @@ from setup_tokenizer import (EOT, IM_END, IM_START, VocabSample, fewer_ids, get_
                              warn_short_vocabulary)
 
 FORMAT = 1   # layout of meta.json and the .bin files
-VERSION = 11  # bump when the same inputs would give other tokens or counts, so existing datasets rebuild
+VERSION = 12  # bump when the same inputs would give other tokens or counts, so existing datasets rebuild
              # (2: special tokens count no bytes of text; 4: val counted over a dataset's files together, byte-order
              # marks dropped, separators found after a long first document; 6: a message's "weight" 0 masks its
              # reply, a one-document file over twice val's share of the text is cut by tokens; 7: a conversation set's
