@@ -3,8 +3,9 @@ Hugging Face interop: our models and tokenizers <-> folders in transformers' lay
 model.safetensors, tokenizer.json, vocab.json, merges.txt, tokenizer_config.json).
 
     gpt2 variant   <-> GPT2LMHeadModel   (nanoGPT's names; HF's Conv1D stores each matrix transposed)
-    modern variant  -> LlamaForCausalLM  (RoPE in rotate-half layout, RMSNorm, SwiGLU: a renaming plus
-                                          splitting the fused q|k|v and gate|up matrices)
+    modern variant <-> LlamaForCausalLM  (RoPE in rotate-half layout, RMSNorm, SwiGLU: a renaming plus
+                                          splitting the fused q|k|v and gate|up matrices; read back only in the
+                                          shape model.py has: no GQA, no scaled RoPE, SiLU, tied embeddings)
 
 Tokenizers: a tiktoken vocabulary (ranks) is byte-level BPE whose merge order is the rank order, so it
 becomes vocab.json + merges.txt by recovering each token's merge (BPE on its bytes with the lower ranks
