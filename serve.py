@@ -8,8 +8,9 @@ Serve a trained model over HTTP: an OpenAI-compatible API and a chat page.
     POST /v1/chat/completions   messages -> the assistant's reply (ChatML, ends at <|im_end|>)
     POST /v1/completions        prompt -> its continuation (ends at <|endoftext|>)
     GET  /v1/models             the one model served, named after the checkpoint file
-    GET  /health                {"status": "ok"}; 503 "stopping" once Ctrl-C or SIGTERM has begun the server's stop
-                                (on a connection already open: the stopping server takes no new ones)
+    GET  /health                {"status": "ok", "generating": true/false, "queued": N}; 503 "stopping" once Ctrl-C
+                                or SIGTERM has begun the server's stop (on a connection already open: the stopping
+                                server takes no new ones)
     GET  /                      the chat page (chat.html): streams replies, temperature/top-p/max-token controls
 
 Both POST endpoints take OpenAI's common parameters: model (any name is accepted), max_tokens or
