@@ -35,7 +35,8 @@ import torch
 
 from common import VOCAB_FILE, UserError, first_line, remove_stale_tmp, tmp_name
 from model import GPT, NORM_EPS, PRESETS, ROPE_THETA, GPTConfig, swiglu_hidden
-from setup_tokenizer import SPECIAL_TOKENS, get_tokenizer, tokenizer_from_bpe, tokenizer_hash, tokenizer_state
+from setup_tokenizer import (GPT2_PATTERN, MARKS_PATTERN, SPECIAL_TOKENS, get_tokenizer, tokenizer_from_bpe,
+                             tokenizer_hash, tokenizer_state)
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -43,6 +44,10 @@ WEIGHTS_INDEX = "model.safetensors.index.json"  # sharded: several safetensors f
 WEIGHTS_BIN = "pytorch_model.bin"  # older downloads: a pickled state dict
 TOKENIZER_JSON = "tokenizer.json"
 VOCAB_JSON, MERGES_TXT = "vocab.json", "merges.txt"
+# setup_tokenizer.MARKS_PATTERN in the tokenizers library's terms: ByteLevel's own regex (GPT-2's, what its use_regex
+# applies) with combining marks kept in words, as a Split before a ByteLevel that only maps bytes to characters
+MARKS_SPLIT = {"type": "Split", "behavior": "Isolated", "invert": False, "pattern": {
+    "Regex": r"'s|'t|'re|'ve|'m|'ll|'d| ?[\p{L}\p{M}]+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"}}
 # config.json's key for what this project trained with and transformers' config has no field for, read back by
 # read_folder so that eval.py and train.py --init_from take the folder as they take the .pt: the training window
 # (--block_size, which eval.py's windows default to; the context is only the model's limit), dropout (read from
@@ -125,10 +130,14 @@ def tokenizer_files(enc, model_max_length, llama=False):
     added = [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
               "special": True} for t, i in specials]
     byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    # a vocabulary whose pattern keeps combining marks in words: GPT2Tokenizer (vocab.json and merges.txt) would cut
+    # its text with GPT-2's regex, other ids, so only tokenizer.json is written, read by the generic fast class
+    marks = enc._pat_str == MARKS_PATTERN
     tok_json = {
         "version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None,
-        # GPT-2's regex splits the text, then each piece is BPE'd on its bytes: tiktoken's pipeline
-        "pre_tokenizer": byte_level,
+        # GPT-2's regex (or MARKS_SPLIT's) splits the text, then each piece is BPE'd on its bytes: tiktoken's pipeline
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [MARKS_SPLIT, {**byte_level, "use_regex": False}]}
+        if marks else byte_level,
         "post_processor": {**byte_level, "add_prefix_space": True, "trim_offsets": False},
         "decoder": {**byte_level, "add_prefix_space": True},
         "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": "",
@@ -136,7 +145,7 @@ def tokenizer_files(enc, model_max_length, llama=False):
     }
     tok_config = {
         # Llama's own tokenizer class is SentencePiece-style; the generic fast class reads tokenizer.json as it is
-        "tokenizer_class": "PreTrainedTokenizerFast" if llama else "GPT2Tokenizer",
+        "tokenizer_class": "PreTrainedTokenizerFast" if llama or marks else "GPT2Tokenizer",
         "model_max_length": model_max_length, "add_prefix_space": False, "add_bos_token": False,
         "bos_token": SPECIAL_TOKENS[0], "eos_token": SPECIAL_TOKENS[0], "unk_token": SPECIAL_TOKENS[0],
         "clean_up_tokenization_spaces": False, "errors": "replace",
@@ -147,8 +156,8 @@ def tokenizer_files(enc, model_max_length, llama=False):
         tok_config["chat_template"] = CHAT_TEMPLATE
     return {
         TOKENIZER_JSON: json.dumps(tok_json, ensure_ascii=False),
-        VOCAB_JSON: json.dumps(vocab, ensure_ascii=False),
-        MERGES_TXT: "#version: 0.2\n" + "".join(m + "\n" for m in merges),
+        **({} if marks else {VOCAB_JSON: json.dumps(vocab, ensure_ascii=False),
+                             MERGES_TXT: "#version: 0.2\n" + "".join(m + "\n" for m in merges)}),
         "tokenizer_config.json": json.dumps(tok_config, indent=2, ensure_ascii=False) + "\n",
     }
 
@@ -161,21 +170,34 @@ def _read_json(path):
         raise UserError(f"{path} is not readable JSON ({first_line(e, 100)}): copy the file again from the model's download")
 
 
+def hf_pattern(pre):
+    """(the pattern, the ByteLevel step) of a tokenizer.json pre-tokenizer this project reads: ByteLevel with its own
+    regex (GPT2_PATTERN), or export's MARKS_SPLIT before a ByteLevel without one (MARKS_PATTERN); (None, None) else."""
+    if pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
+        return GPT2_PATTERN, pre
+    steps = (pre.get("pretokenizers") or []) if pre.get("type") == "Sequence" else []
+    if len(steps) == 2 and steps[0] == MARKS_SPLIT and steps[1].get("type") == "ByteLevel" \
+            and not steps[1].get("use_regex", True):
+        return MARKS_PATTERN, steps[1]
+    return None, None
+
+
 def _hf_vocab(folder):
-    """(vocab {spelled token: id}, merges [(a, b)], added {text: id}) from tokenizer.json, else vocab.json +
-    merges.txt; anything but GPT-2-style byte-level BPE is a UserError."""
+    """(vocab {spelled token: id}, merges [(a, b)], added {text: id}, the pattern its text is cut with) from
+    tokenizer.json, else vocab.json + merges.txt (GPT-2's regex); anything but GPT-2-style byte-level BPE is a
+    UserError."""
     path = os.path.join(folder, TOKENIZER_JSON)
     if os.path.isfile(path):
         tok = _read_json(path)
         model, pre = tok.get("model") or {}, tok.get("pre_tokenizer") or {}
-        if model.get("type", "BPE") != "BPE" or "merges" not in model or pre.get("type") != "ByteLevel" \
-                or not pre.get("use_regex", True) or tok.get("normalizer"):
+        pattern, byte_level = hf_pattern(pre)
+        if model.get("type", "BPE") != "BPE" or "merges" not in model or pattern is None or tok.get("normalizer"):
             raise UserError(f"{path} is not GPT-2-style byte-level BPE (model {model.get('type')}, pre-tokenizer "
                             f"{pre.get('type')}); only such tokenizers convert to this project's tiktoken vocabularies")
-        refuse_prefix_space(folder, pre)
+        refuse_prefix_space(folder, byte_level)
         merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
         added = {a["content"]: a["id"] for a in tok.get("added_tokens", [])}
-        return model["vocab"], merges, added
+        return model["vocab"], merges, added, pattern
     vocab_path, merges_path = os.path.join(folder, VOCAB_JSON), os.path.join(folder, MERGES_TXT)
     if not (os.path.isfile(vocab_path) and os.path.isfile(merges_path)):
         raise UserError(f"{folder} has no tokenizer files ({TOKENIZER_JSON}, or {VOCAB_JSON} + {MERGES_TXT}): copy them "
@@ -190,7 +212,7 @@ def _hf_vocab(folder):
         decoder = _read_json(config_path).get("added_tokens_decoder") or {}
         added = {a["content"]: int(i) for i, a in decoder.items()}
     refuse_prefix_space(folder, None)
-    return vocab, merges, added
+    return vocab, merges, added, GPT2_PATTERN
 
 
 # tokenizer classes of transformers that take tokenizer_config.json's add_prefix_space over tokenizer.json's (5.x)
@@ -239,7 +261,7 @@ def read_tokenizer(folder):
 
 
 def _read_tokenizer(folder):
-    vocab, merges, added = _hf_vocab(folder)
+    vocab, merges, added, pattern = _hf_vocab(folder)
     where = os.path.join(folder, TOKENIZER_JSON if os.path.isfile(os.path.join(folder, TOKENIZER_JSON)) else VOCAB_JSON)
     specials = {t: i for t, i in vocab.items() if t in SPECIAL_TOKENS}
     specials.update(added)
@@ -287,6 +309,10 @@ def _read_tokenizer(folder):
     n_hf = n + len(specials)
     text = "".join(f"{base64.b64encode(t).decode()} {r}\n" for t, r in sorted(ranks.items(), key=lambda kv: kv[1]))
     enc = tokenizer_from_bpe(text)
+    if enc._pat_str != pattern:  # (setup_tokenizer.vocabulary_pattern reads a vocabulary's pattern from its tokens)
+        how = {GPT2_PATTERN: "GPT-2's regex", MARKS_PATTERN: "combining marks kept in words"}
+        raise UserError(f"{where}: its pre-tokenizer cuts text with {how[pattern]}, but its tokens are those of "
+                        f"{how[enc._pat_str]}: tiktoken would give other ids than transformers; it cannot convert exactly")
     if n == 50256:  # GPT-2's size: the named tokenizer, so checkpoints and prepared data say gpt2
         try:
             gpt2 = get_tokenizer("gpt2")

@@ -25,6 +25,7 @@ import itertools
 import os
 import sys
 import time
+import unicodedata
 import zipfile
 
 import tiktoken
@@ -36,9 +37,13 @@ from common import (VOCAB_FILE, UserError, atomic_write_text, check_output, expa
 EOT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = (EOT, IM_START, IM_END)
 ROLES = ("system", "user", "assistant")
-# tiktoken's GPT-2 pre-tokenization regex, used for custom vocabularies too so a
-# custom tokenizer splits text exactly where GPT-2's does
+# tiktoken's GPT-2 pre-tokenization regex: text is cut into pieces, and BPE merges bytes within a piece only
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+# GPT-2's, but a combining mark (\p{M}: a Hindi or Thai vowel sign, an Arabic haraka, a decomposed accent) stays in its
+# word, as in o200k's: GPT-2's puts marks in pieces of their own, so no token could join a letter and its vowel sign
+# ("नाम" stayed 3 tokens, and a Hindi text supported some 300 tokens whatever --vocab_size asked). It cuts text without
+# marks exactly where GPT-2's does. Custom vocabularies are trained with it (train_bpe); vocabulary_pattern tells them
+MARKS_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?[\p{L}\p{M}]++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
 # the most text (characters) a vocabulary learns from, here and in prepare.py --vocab_size: rustbpe holds every distinct
 # word it has seen, about 330 bytes each (45 MB of random words, 4.9M distinct, peaked at 1.6 GB), so its memory grew
 # with the corpus; a GB of stories numbered one by one peaks at 340 MB, in 76 s on one core. A larger input gives it a
@@ -51,11 +56,29 @@ SAY_VOCABULARY_BYTES = 100 << 20  # input at which training a vocabulary is said
 # -----------------------------------------------------------------------------
 # loading
 
-def _build(name, ranks):
+def joins_a_mark(token):
+    """Whether a token's text holds a letter and a combining mark side by side (partial characters at its ends left
+    out), as no piece of GPT-2's pattern does."""
+    kinds = [unicodedata.category(c)[0] for c in token.decode("utf-8", "ignore")]
+    return any(a + b in ("LM", "ML") for a, b in zip(kinds, kinds[1:]))
+
+
+def vocabulary_pattern(ranks):
+    """The pre-tokenization pattern of a custom vocabulary, read from its tokens, so that a .tiktoken file (ranks alone)
+    needs nothing beside it: MARKS_PATTERN for one with a token that joins a letter and a combining mark, which only it
+    can have learned; else GPT2_PATTERN, that of every vocabulary trained before MARKS_PATTERN (their ids and hashes
+    stay) and of one trained with it on text without such pairs. Every script reads a vocabulary's pattern this way,
+    so its ids are the same wherever it is read."""
+    # (a mark is U+0300 or above: a byte of 0xCC or more, after at least one byte of a letter)
+    marked = any(len(token) > 2 and max(token) >= 0xCC and joins_a_mark(token) for token in ranks)
+    return MARKS_PATTERN if marked else GPT2_PATTERN
+
+
+def _build(name, ranks, pattern):
     n = len(ranks)
     return tiktoken.Encoding(
         name=name,
-        pat_str=GPT2_PATTERN,
+        pat_str=pattern,
         mergeable_ranks=ranks,
         special_tokens={tok: n + i for i, tok in enumerate(SPECIAL_TOKENS)},
     )
@@ -112,7 +135,8 @@ def tokenizer_from_bpe(text, name=None, source=None):
     """A custom tokenizer from the text of its .tiktoken file (as stored in checkpoints); source, the file's path,
     is what an error names (else name)."""
     name = name or "custom-" + hashlib.sha256(text.encode()).hexdigest()[:12]
-    enc = _build(name, parse_bpe(text, source or name))
+    ranks = parse_bpe(text, source or name)
+    enc = _build(name, ranks, vocabulary_pattern(ranks))
     enc.bpe_text = text  # kept so a checkpoint can carry the vocabulary itself
     return enc
 
@@ -160,7 +184,7 @@ def _load_tokenizer(name, stamp):
             raise UserError(
                 "cannot load the GPT-2 BPE files (offline?): set TIKTOKEN_CACHE_DIR to a folder holding "
                 f"tiktoken's cached gpt2 files ({type(e).__name__})")
-        enc = _build("gpt2", base._mergeable_ranks)
+        enc = _build("gpt2", base._mergeable_ranks, GPT2_PATTERN)
         enc.bpe_text = None
         return enc, None
     if not os.path.exists(name):
@@ -359,7 +383,8 @@ def warn_short_vocabulary(vocab_size, n):
 
 
 def train_bpe(texts, vocab_size, out_path, source="the input"):
-    """Train byte-level BPE (GPT-2's pre-tokenization) on an iterable of texts with rustbpe and save a
+    """Train byte-level BPE (GPT-2's pre-tokenization, marks kept in words: MARKS_PATTERN) on an iterable of texts
+    with rustbpe and save a
     .tiktoken file. vocab_size counts the 256 bytes, the merges and the 3 special tokens; source names
     the texts in messages. Fewer tokens than asked when the text has no more pairs to merge: a warning."""
     try:
@@ -380,7 +405,7 @@ def train_bpe(texts, vocab_size, out_path, source="the input"):
     if first is None:
         raise UserError(f"no text to train on in {source}: give files that hold text")
     bpe = rustbpe.Tokenizer()
-    bpe.train_from_iterator(itertools.chain([first], texts), vocab_size - n_special, pattern=GPT2_PATTERN)
+    bpe.train_from_iterator(itertools.chain([first], texts), vocab_size - n_special, pattern=MARKS_PATTERN)
     ranks = sorted(bpe.get_mergeable_ranks(), key=lambda kv: kv[1])
     n = len(ranks) + n_special
     if n < vocab_size:  # every pair in the text is merged already: usable, but not what was asked

@@ -22,6 +22,7 @@ import eval as eval_py
 import export
 import gen
 import hf
+import setup_tokenizer
 import train
 from checkpoint import load_model, save_checkpoint
 from conftest import run_cli
@@ -316,6 +317,35 @@ def test_custom_vocabulary_exports_with_the_same_ids(custom_enc, tmp_path):
     assert tokenizer_hash(enc2) == tokenizer_hash(custom_enc) and enc2.name == custom_enc.name and n == custom_enc.n_vocab
     with open(os.path.join(out, "tokenizer.tiktoken"), encoding="utf-8") as f:
         assert f.read() == custom_enc.bpe_text  # for `prepare.py --tokenizer OUT/tokenizer.tiktoken`
+
+
+def test_a_vocabulary_that_keeps_marks_in_words_exports_with_the_same_ids(tmp_path):
+    """A vocabulary trained with setup_tokenizer.MARKS_PATTERN cuts text where GPT-2's regex does not (a Hindi vowel
+    sign stays in its word): tokenizer.json splits with that pattern (ByteLevel's own regex would give other ids), and
+    only tokenizer.json is written (GPT2Tokenizer's vocab.json and merges.txt are cut with GPT-2's regex)."""
+    transformers = pytest.importorskip("transformers")
+    tokenizers = pytest.importorskip("tokenizers")
+    hindi = "मेरा नाम राम है। मैं भारत में रहता हूँ। "
+    marks_enc = train_bpe([story_text(20_000) + (hindi + "สวัสดีครับ ภาษาไทย ") * 100], 500, str(tmp_path / "v.tiktoken"))
+    assert marks_enc._pat_str == setup_tokenizer.MARKS_PATTERN
+    ckpt, out = str(tmp_path / "m.pt"), str(tmp_path / "hf")
+    save_checkpoint(ckpt, our_model(marks_enc.n_vocab), marks_enc)
+    export.main([ckpt, out])
+    assert not {"vocab.json", "merges.txt"} & set(os.listdir(out))
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    bare = tokenizers.Tokenizer.from_file(os.path.join(out, "tokenizer.json"))
+    for text in TEXTS + [hindi, "العَرَبِيَّة cafe\u0301 ❤\ufe0f x\u0301\u0302 3\u0301 !\u0301  \u0301a  b\n\n c's 'll"]:
+        ids = marks_enc.encode(text, allowed_special="all")
+        assert ids_of(tok, text) == ids and bare.encode(text).ids == ids, text
+    enc2, _ = hf.read_tokenizer(out)
+    assert tokenizer_hash(enc2) == tokenizer_hash(marks_enc)
+    # a folder whose pre-tokenizer and tokens disagree converts to no vocabulary: other ids than transformers'
+    tok_json = json.loads(open(os.path.join(out, "tokenizer.json"), encoding="utf-8").read())
+    tok_json["pre_tokenizer"] = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    with open(os.path.join(out, "tokenizer.json"), "w", encoding="utf-8") as f:
+        json.dump(tok_json, f)
+    with pytest.raises(common.UserError, match="cuts text with GPT-2's regex, but its tokens are those of combining marks kept"):
+        hf.read_tokenizer(out)
 
 
 # -----------------------------------------------------------------------------

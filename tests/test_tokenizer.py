@@ -129,6 +129,50 @@ def test_custom_vocabulary_trains_saves_loads_round_trips(custom):
     assert tokenizer_hash(again) == tokenizer_hash(loaded)
 
 
+HINDI = "मेरा नाम राम है। मैं भारत में रहता हूँ और हिंदी बोलता हूँ। "  # vowel signs are combining marks (\\p{M})
+MARKED = HINDI + "สวัสดีครับ ภาษาไทย العَرَبِيَّة cafe\u0301 ❤\ufe0f x\u0301\u0302 3\u0301 !\u0301 " + UNICODE
+
+
+def gpt2_pattern_vocabulary(text, vocab_size, path=None):
+    """A vocabulary trained as before MARKS_PATTERN, with GPT-2's pattern, loaded as a file of it is (saved to path)."""
+    import rustbpe
+    bpe = rustbpe.Tokenizer()
+    bpe.train_from_iterator([text], vocab_size - 3, pattern=setup_tokenizer.GPT2_PATTERN)
+    ranks = sorted(bpe.get_mergeable_ranks(), key=lambda kv: kv[1])
+    bpe_text = "".join(f"{base64.b64encode(t).decode()} {r}\n" for t, r in ranks)
+    if path:
+        path.write_text(bpe_text)
+    return setup_tokenizer.tokenizer_from_bpe(bpe_text)
+
+
+def test_a_vocabulary_for_a_script_with_combining_marks_joins_them_to_their_letters(tmp_path):
+    """GPT-2's pre-tokenization puts each combining mark in a piece of its own, so a vocabulary trained with it could
+    not join a Hindi letter and its vowel sign: 'नाम' stayed 3 tokens, and a Hindi text supported ~300 tokens whatever
+    --vocab_size asked. Trained now with marks kept in words, and read back with that pattern from its tokens alone."""
+    corpus = tmp_path / "hi.txt"
+    corpus.write_text(HINDI * 300, encoding="utf-8")
+    enc = train_tokenizer([str(corpus)], 600, str(tmp_path / "hi.tiktoken"))
+    assert enc._pat_str == setup_tokenizer.MARKS_PATTERN
+    old = gpt2_pattern_vocabulary(HINDI * 300, 600)  # what it was: fewer tokens learned, a sentence in 12 or more
+    assert old._pat_str == setup_tokenizer.GPT2_PATTERN and old.n_vocab < enc.n_vocab
+    assert len(enc.encode_ordinary("मेरा नाम राम है।")) <= 6 < 12 <= len(old.encode_ordinary("मेरा नाम राम है।"))
+    for loaded in (get_tokenizer(str(tmp_path / "hi.tiktoken")), tokenizer_from_state(tokenizer_state(enc))):
+        assert loaded._pat_str == enc._pat_str and tokenizer_hash(loaded) == tokenizer_hash(enc)
+        assert loaded.encode_ordinary(MARKED) == enc.encode_ordinary(MARKED)
+        assert loaded.decode(loaded.encode_ordinary(MARKED)) == MARKED
+
+
+def test_a_vocabulary_from_before_the_marks_pattern_keeps_gpt2s(tmp_path, custom):
+    """A vocabulary trained with GPT-2's pattern (every one before MARKS_PATTERN) has no token joining a letter and a
+    mark: it is read with GPT-2's pattern, so its ids and hash, which datasets and checkpoints recorded, stay. So is
+    one trained on text without such pairs (the patterns cut it alike)."""
+    old = gpt2_pattern_vocabulary(HINDI * 300, 500, tmp_path / "old.tiktoken")
+    assert not any(setup_tokenizer.joins_a_mark(t) for t in old._mergeable_ranks)
+    assert get_tokenizer(str(tmp_path / "old.tiktoken"))._pat_str == setup_tokenizer.GPT2_PATTERN
+    enc, _ = custom  # English (and "Grüße", precomposed): the same vocabulary whichever pattern trained it
+    assert enc._pat_str == setup_tokenizer.GPT2_PATTERN
+
+
 def test_gpt2_state_is_just_the_name(gpt2):
     state = tokenizer_state(gpt2)
     assert state["name"] == "gpt2" and state["bpe"] is None
