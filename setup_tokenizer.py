@@ -9,7 +9,9 @@ with the assistant-only loss mask.
 A custom vocabulary is a .tiktoken file (one `base64(token) rank` line per
 token, tiktoken's own format) and is used wherever a script takes --tokenizer.
 Its special tokens follow the byte-level vocabulary in the same order as GPT-2's:
-<|endoftext|>, <|im_start|>, <|im_end|>.
+<|endoftext|>, <|im_start|>, <|im_end|>. Its text is cut into pieces as GPT-2's
+is, but that combining marks stay in their words (MARKS_PATTERN), a pattern its
+tokens tell (vocabulary_pattern): tiktoken.Encoding(pat_str=vocabulary_pattern(ranks), ...).
 """
 import common  # first (it is light): Ctrl-C while tiktoken loads then ends in one line, not a traceback
 common.mend_standard_streams(__name__)
