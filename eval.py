@@ -35,6 +35,7 @@ import os
 import sys
 
 import numpy as np
+from tqdm import tqdm
 
 from checkpoint import add_checkpoint_argument, load_checkpoint, load_model, parse_checkpoint
 from common import (DTYPES, UserError, atomic_write_text, check_output, nonempty, number, path_arg, pick_device,
@@ -43,8 +44,8 @@ from gen import (CHAT_STOPS, add_sampling_arguments, chat_reply, columns, defaul
                  read_prompt_file)
 from prepare import document_ends
 from setup_tokenizer import IM_END, parse_chat
-from train import (Windows, bits_per_byte, checkpoint_data, default_data_dir, eval_indices, evaluate, load_meta,
-                   packing_warning, pick_tokenizer)
+from train import (Windows, bits_per_byte, checkpoint_data, default_data_dir, draws_a_bar, eval_indices, evaluate,
+                   load_meta, packing_warning, pick_tokenizer)
 
 
 # -----------------------------------------------------------------------------
@@ -147,8 +148,13 @@ def evaluate_checkpoint(path, datasets=None, data_dir=None, split="val", block_s
         if warning:
             print(f"warning: {warning}", file=sys.stderr)
         eval_windows = eval_batches * batch_size if eval_batches else len(windows)  # None: every window
-        loss = evaluate(model, windows, batch_size, eval_windows, dev, amp)
-        row = {"dataset": name, "windows": len(eval_indices(len(windows), eval_windows)),
+        n_windows = len(eval_indices(len(windows), eval_windows))
+        # every window of a large split is hours on a CPU (a 1B-token set's 114M val tokens, 447k windows: about 6 hours
+        # of a tiny GPT-2-vocabulary model on a core), which went by without a word: a bar with the time left
+        with tqdm(total=n_windows, desc=f"{name} {split}", unit=" windows", unit_scale=True, leave=False,
+                  disable=not draws_a_bar(sys.stderr)) as bar:
+            loss = evaluate(model, windows, batch_size, eval_windows, dev, amp, progress=bar)
+        row = {"dataset": name, "windows": n_windows,
                "loss": loss, "ppl": perplexity(loss), "bpb": bits_per_byte(loss, meta, split), **no_replies}
         if meta.get("has_mask") and samples and prompt_list is None:
             row.update(reply_stats(model, enc, split_prompts(meta, split, enc, samples), max_tokens, seed, **sampling))

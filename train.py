@@ -1117,11 +1117,12 @@ def eval_indices(n_windows, n_max):
 
 
 @torch.no_grad()
-def evaluate(model, windows, batch_size, eval_windows, device, dtype, fwd=None, dist=None):
+def evaluate(model, windows, batch_size, eval_windows, device, dtype, fwd=None, dist=None, progress=None):
     """Mean loss per counted target token (mask != 0 on chat data) over up to eval_windows windows spread over the
     split (eval_indices), in batches of batch_size. Under torchrun the ranks share them, all ranks together, each
     taking every world-th window, and the sums are all-reduced. (--eval_batches N is N * batch_size * world windows:
-    its callers convert it.) fwd: the Forward that trains the model (compiled, or DDP's), else model itself."""
+    its callers convert it.) fwd: the Forward that trains the model (compiled, or DDP's), else model itself. progress: a
+    tqdm, advanced by the windows of each batch (eval.py's bar)."""
     fwd = fwd or model
     was_training = model.training
     model.eval()
@@ -1133,7 +1134,9 @@ def evaluate(model, windows, batch_size, eval_windows, device, dtype, fwd=None, 
     # --batch_size 100000 on 32 windows would run out of memory)
     batch_size = max(1, min(batch_size, len(idx)))
     loss_sum, count = torch.zeros((), device=device), 0  # () summed on the device: no host sync per batch
-    for x, y, m, _ in windows.micro_batches(idx, batch_size):  # (B, T) each
+    for x, y, m, chunk in windows.micro_batches(idx, batch_size):  # (B, T) each
+        if progress is not None:
+            progress.update(len(chunk))
         n = count_targets(y, m)  # the model's loss is a mean over them: weigh it by their number (known on the host)
         if n == 0:
             continue

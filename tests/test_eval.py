@@ -449,3 +449,30 @@ def test_the_table_lines_up_under_wide_dataset_names():
     # where the windows column ends: the header's "windows", each row's count of 1
     ends = [width(header[:header.index("windows") + 7])] + [width(line[:line.index(" 1 ") + 2]) for line in rows]
     assert len(set(ends)) == 1, (header, *rows)
+
+
+def test_the_evaluation_of_every_window_shows_its_progress(env, chat_ckpt, monkeypatch):
+    """Every window of a large val split is hours on a CPU: a bar on a terminal counts the windows to their total, where
+    nothing was said until the table."""
+    bars = []
+
+    class Bar:
+        def __init__(self, *args, total=None, disable=False, **kwargs):
+            self.total, self.n, self.disable = total, 0, disable
+            bars.append(self)
+
+        def update(self, n):
+            self.n += n
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(eval_py, "tqdm", Bar)
+    monkeypatch.setattr(eval_py, "draws_a_bar", lambda stream: True)
+    r = eval_py.evaluate_checkpoint(chat_ckpt, datasets=["story"], data_dir=env["data"], samples=0, device="cpu",
+                                    dtype="float32")
+    (bar,) = bars
+    assert not bar.disable and bar.total == r["rows"][0]["windows"] == bar.n
