@@ -112,6 +112,7 @@ DEFAULT_OUT_DIR, DEFAULT_VAL_FRACTION = "data", 0.1  # prepare()'s and the comma
 # 64 leave 3.6% padding, 1000 leave 2.2%) and cost only their tokens in memory
 PACK_LOOKAHEAD = 1000
 MIX_SEED = 1337  # which documents a mix repeats or leaves out, and their order: the same every run
+PROGRESS_LINE_S = 60  # a build's progress where no bar is drawn (a log file): a line a minute (ProgressLines)
 
 # files of the local mirror ($DATA_MIRROR/README.md): "main" files give train and, from the
 # tail of each, val; "val" files are a source's own validation split; "extra" files are train-only
@@ -2577,7 +2578,7 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
         # (a 2 GB text file took 8 minutes on 2 cores)
         sizes = [input_sizes(part, limit) for part in plan.get("parts", [plan])]
         total = sum(sum(s) for s in sizes) if all(sizes) else None
-        with tqdm(desc=f"{folder}", total=total, unit="B", unit_scale=True, disable=None, leave=False) as progress:
+        with progress_bar(f"{folder}", total) as progress:
             if "parts" in plan:
                 kind = "chat"
                 mixed = mix_splits(folder, plan, enc, splits, raw_splits, limit, val_fraction, block, progress)
@@ -2674,6 +2675,43 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
 
     print_summary(folder, meta, plan, limit, max(time.time() - t0, 1e-9))
     return meta
+
+
+def progress_bar(desc, total):
+    """A build's progress, in bytes of input (total: of them all, None where not known): a tqdm bar on a terminal, else
+    ProgressLines."""
+    if sys.stderr.isatty():
+        return tqdm(desc=desc, total=total, unit="B", unit_scale=True, leave=False)
+    return ProgressLines(desc, total)
+
+
+class ProgressLines:
+    """A build's progress where no bar is drawn (standard error a file or a pipe: a nohup run's log): a line on standard
+    error every PROGRESS_LINE_S seconds, the bytes read and, of a known total, its share and the time left. tqdm was
+    disabled there, and a 2 GB file's 8 minutes went by without a word. tqdm's update() and context, no more."""
+
+    def __init__(self, desc, total=None):
+        self.desc, self.total, self.n = desc, total, 0
+        self.start = self.said = time.monotonic()
+
+    def update(self, n):
+        self.n += n
+        now = time.monotonic()
+        if now - self.said < PROGRESS_LINE_S:
+            return
+        self.said, rate = now, self.n / max(now - self.start, 1e-9)  # bytes a second, over the whole build
+        line = f"{self.desc}: {self.n / 1e6:,.0f} MB"
+        if self.total:
+            line += f" of {self.total / 1e6:,.0f} MB ({min(100 * self.n / self.total, 100):.0f}%)"
+            if rate and self.n < self.total:
+                line += f", about {math.ceil((self.total - self.n) / rate / 60)} min left"
+        print(f"{line}, {rate / 1e6:.2f} MB/s", file=sys.stderr, flush=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
 
 
 def val_split_description(plan, val_fraction, mixed):

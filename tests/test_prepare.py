@@ -3376,6 +3376,7 @@ def test_progress_counts_bytes_of_input_to_their_total(tmp_path, monkeypatch):
     and a time left: it counted documents, of no total (a 2 GB file showed 744k docs at 1.6k docs/s for 8 minutes,
     no sign of how far it had come). A record's JSON counts, at its file's end: the bar ends at the total."""
     monkeypatch.setattr(prepare, "tqdm", Bar)
+    monkeypatch.setattr(prepare.sys.stderr, "isatty", lambda: True)  # (a terminal's: pytest's capture is none)
     text = write(tmp_path / "src" / "a.txt", f"\n{EOT}\n".join(DOCS))
     chats = write(tmp_path / "src" / "b.jsonl", "".join(
         json.dumps({"messages": [{"role": "user", "content": f"question {i}?"},
@@ -3390,3 +3391,16 @@ def test_progress_counts_bytes_of_input_to_their_total(tmp_path, monkeypatch):
     prepare.prepare("text", source=text, name="c", limit=20, out_dir=str(tmp_path / "data"))
     (bar,) = Bar.made
     assert bar.total is None and 0 < bar.n < os.path.getsize(text)
+
+
+def test_progress_off_a_terminal_is_a_line_a_minute(tmp_path, monkeypatch, capsys):
+    """Where no bar is drawn (a nohup run's log) a build says how far it is every PROGRESS_LINE_S seconds: tqdm was
+    disabled there, and 8 minutes went by without a word."""
+    monkeypatch.setattr(prepare, "PROGRESS_LINE_S", 0)  # a line at every batch
+    monkeypatch.setattr(prepare, "BATCH_DOCS", 10)
+    src = write(tmp_path / "a.txt", f"\n{EOT}\n".join(DOCS))
+    prepare.prepare("text", source=src, out_dir=str(tmp_path / "data"))
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith(str(tmp_path / "data" / "text"))]
+    size = os.path.getsize(src) / 1e6
+    assert len(lines) >= 4 and all(f" MB of {size:,.0f} MB (" in line and line.endswith(" MB/s") for line in lines)
+    assert "min left" in lines[0] and lines[-1].split("(")[1].startswith("100%)")
