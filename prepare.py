@@ -2006,8 +2006,10 @@ def input_sizes(plan, limit):
     """The text_bytes of the file each stream of plan (find_source's, or a mix's part) reads, in order; None where the
     streams are not all files read whole (a hub split, a download, chitchat; --limit's first documents): build's
     progress then counts bytes with no total."""
-    files, streams = plan["files"], plan["streams"]
-    if limit is not None or not files or len(files) != len(streams):
+    files, labels = plan["files"], [label for _, label, _ in plan["streams"]]
+    # (a file's stream is labelled with its path; a local folder read as a hub set, hf:PATH, has files, a split's
+    # several or none, and streams of splits)
+    if limit is not None or not files or [os.path.abspath(label) for label in labels] != files:
         return None
     return [text_bytes(f) for f in files]
 

@@ -3404,3 +3404,15 @@ def test_progress_off_a_terminal_is_a_line_a_minute(tmp_path, monkeypatch, capsy
     size = os.path.getsize(src) / 1e6
     assert len(lines) >= 4 and all(f" MB of {size:,.0f} MB (" in line and line.endswith(" MB/s") for line in lines)
     assert "min left" in lines[0] and lines[-1].split("(")[1].startswith("100%)")
+
+
+def test_input_sizes_only_of_streams_that_are_their_files(tmp_path):
+    """The progress total is the files' sizes only where each stream reads one file whole: a local folder read as a hub
+    set (hf:PATH) has a split's files, any number, under streams of splits; their sizes were matched to the streams in
+    order, and a train split of two files made val's stream the second file's."""
+    a, b = write(tmp_path / "a.jsonl", "{}\n"), write(tmp_path / "b.jsonl", "{}\n\n")
+    docs = list
+    assert prepare.input_sizes({"files": [a, b], "streams": [("split", a, docs), ("split", b, docs)]}, None) == [3, 4]
+    assert prepare.input_sizes({"files": [a, b], "streams": [("split", a, docs), ("split", b, docs)]}, 5) is None
+    hub = {"files": [a, b], "streams": [("train", f"hf:{tmp_path} train", docs), ("val", f"hf:{tmp_path} validation", docs)]}
+    assert prepare.input_sizes(hub, None) is None
