@@ -2484,6 +2484,19 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
                 os.remove(new_vocab)
 
 
+def counted(docs, progress, every=1 << 20):
+    """docs [(ids, mask)] as they come, advancing progress by their tokens, every `every` of them (a chat set holds
+    millions of short documents)."""
+    n = 0
+    for ids, mask in docs:
+        n += len(ids)
+        if n >= every:
+            progress.update(n)
+            n = 0
+        yield ids, mask
+    progress.update(n)
+
+
 def pack_split(out, docs, block, enc):
     """Write documents [(ids, mask)] into the Split out through a Packer (block 0: as they come)."""
     packer = Packer(out, block, enc, token_bytes(enc))
@@ -2590,10 +2603,12 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
                 kind = write_splits(folder, plan["streams"], enc, raw, limit, val_fraction, progress, ".unpacked", pack,
                                     sizes=sizes[0])
                 block = block if kind == "chat" else 0
-                if block:
-                    for s in ("train", "val"):
-                        splits[s] = Split(folder, s, raw[s].dtype, True)
-                        pack_split(splits[s], split_documents(raw[s], enc.eot_token), block, enc)
+                if block:  # the tokens read again: a big set's minutes, after the input's bar came to its end
+                    packing = progress_bar(f"{folder} packing", raw["train"].tokens + raw["val"].tokens, "tokens")
+                    with packing:
+                        for s in ("train", "val"):
+                            splits[s] = Split(folder, s, raw[s].dtype, True)
+                            pack_split(splits[s], counted(split_documents(raw[s], enc.eot_token), packing), block, enc)
                 else:  # the tokenized files are the dataset
                     splits.update(raw)
                     raw_splits.remove(raw)
@@ -2679,21 +2694,23 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
     return meta
 
 
-def progress_bar(desc, total):
-    """A build's progress, in bytes of input (total: of them all, None where not known): a tqdm bar on a terminal, else
-    ProgressLines."""
+def progress_bar(desc, total, unit="B"):
+    """A build's progress, in bytes of input or (packing) tokens, unit "B" or "tokens" (total: of them all, None where
+    not known): a tqdm bar on a terminal, else ProgressLines."""
     if sys.stderr.isatty():
-        return tqdm(desc=desc, total=total, unit="B", unit_scale=True, leave=False)
-    return ProgressLines(desc, total)
+        return tqdm(desc=desc, total=total, unit=unit if unit == "B" else f" {unit}", unit_scale=True, leave=False)
+    return ProgressLines(desc, total, unit)
 
 
 class ProgressLines:
     """A build's progress where no bar is drawn (standard error a file or a pipe: a nohup run's log): a line on standard
-    error every PROGRESS_LINE_S seconds, the bytes read and, of a known total, its share and the time left. tqdm was
-    disabled there, and a 2 GB file's 8 minutes went by without a word. tqdm's update() and context, no more."""
+    error every PROGRESS_LINE_S seconds, the bytes (unit "B") or tokens counted and, of a known total, its share and the
+    time left. tqdm was disabled there, and a 2 GB file's 8 minutes went by without a word. tqdm's update() and
+    context, no more."""
 
-    def __init__(self, desc, total=None):
+    def __init__(self, desc, total=None, unit="B"):
         self.desc, self.total, self.n = desc, total, 0
+        self.millions = " MB" if unit == "B" else f"M {unit}"
         self.start = self.said = time.monotonic()
 
     def update(self, n):
@@ -2701,13 +2718,13 @@ class ProgressLines:
         now = time.monotonic()
         if now - self.said < PROGRESS_LINE_S:
             return
-        self.said, rate = now, self.n / max(now - self.start, 1e-9)  # bytes a second, over the whole build
-        line = f"{self.desc}: {self.n / 1e6:,.0f} MB"
+        self.said, rate = now, self.n / max(now - self.start, 1e-9)  # a second, over the whole build
+        line = f"{self.desc}: {self.n / 1e6:,.0f}{self.millions}"
         if self.total:
-            line += f" of {self.total / 1e6:,.0f} MB ({min(100 * self.n / self.total, 100):.0f}%)"
+            line += f" of {self.total / 1e6:,.0f}{self.millions} ({min(100 * self.n / self.total, 100):.0f}%)"
             if rate and self.n < self.total:
                 line += f", about {math.ceil((self.total - self.n) / rate / 60)} min left"
-        print(f"{line}, {rate / 1e6:.2f} MB/s", file=sys.stderr, flush=True)
+        print(f"{line}, {rate / 1e6:.2f}{self.millions}/s", file=sys.stderr, flush=True)
 
     def __enter__(self):
         return self

@@ -3384,8 +3384,12 @@ def test_progress_counts_bytes_of_input_to_their_total(tmp_path, monkeypatch):
     for src in (text, chats):
         Bar.made.clear()
         prepare.prepare("text", source=src, name=os.path.basename(src)[0], out_dir=str(tmp_path / "data"))
-        (bar,) = Bar.made
+        bar, *packing = Bar.made
         assert bar.unit == "B" and bar.total == os.path.getsize(src) and bar.n == bar.total
+    # packing conversations reads their tokens again, a bar of its own: at the input's end, it had minutes to go (a 0.5
+    # GB chat set: 30 s of 230)
+    (packing,) = packing
+    assert packing.unit == " tokens" and packing.total > 0 and packing.n == packing.total
     # --limit reads some of the files: bytes, of no total
     Bar.made.clear()
     prepare.prepare("text", source=text, name="c", limit=20, out_dir=str(tmp_path / "data"))
@@ -3404,6 +3408,14 @@ def test_progress_off_a_terminal_is_a_line_a_minute(tmp_path, monkeypatch, capsy
     size = os.path.getsize(src) / 1e6
     assert len(lines) >= 4 and all(f" MB of {size:,.0f} MB (" in line and line.endswith(" MB/s") for line in lines)
     assert "min left" in lines[0] and lines[-1].split("(")[1].startswith("100%)")
+    # and the packing of conversations, in tokens
+    chats = write(tmp_path / "b.jsonl", "".join(json.dumps({"messages": [
+        {"role": "user", "content": f"question {i}?"}, {"role": "assistant", "content": f"answer {i}"}]}) + "\n"
+        for i in range(30)))
+    meta = prepare.prepare("text", source=chats, name="chats", out_dir=str(tmp_path / "data"))
+    lines = [line for line in capsys.readouterr().err.splitlines() if " packing: " in line]
+    assert lines and lines[-1].endswith("M tokens/s") and "M tokens (100%)" in lines[-1]
+    assert meta["kind"] == "chat"
 
 
 def test_input_sizes_only_of_streams_that_are_their_files(tmp_path):
