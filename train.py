@@ -93,6 +93,7 @@ SAVE_BYTES_PER_S = 100e6
 # default, leaves room for both; --dist_timeout raises it
 DIST_TIMEOUT_MIN = 10.0
 MAX_LR = 1e5  # a sanity bound (0.05 is about the largest that trains anything here) that keeps Muon's update in float32
+OVERFIT_EVALS = 3  # evaluations past the best, val loss 1% above it, after which a run's summary says it overfits
 FINETUNE_LR_DIVISOR = 3  # fine-tuning starts from trained weights: smaller steps keep what they know
 BETAS = (0.9, 0.95)
 
@@ -1797,7 +1798,7 @@ def run_summary(p, meta, windows_per_epoch, **run):
     train_tokens_per_s, val_loss and the files) and where the training stands (steps, epochs done, the epoch it is at
     as the log gives it, the best val loss). windows_per_epoch: the train windows of an epoch."""
     return {**run, "steps": p.step, "epochs_done": p.epoch, "epoch": p.epoch_at(windows_per_epoch),
-            "best_val_loss": p.best_val_loss,
+            "best_val_loss": p.best_val_loss, "evals_since_best": p.evals_since_best,
             "best_val_bpb": None if p.best_val_loss is None else bits_per_byte(p.best_val_loss, meta)}
 
 
@@ -1870,6 +1871,14 @@ def summary_lines(summary, meta, args, budget, pause_eval):
     if best is not None:
         lines.append(f"best val loss {measured(best, meta)} " + (f"in {summary['best_checkpoint']}" if
                      summary["best_checkpoint"] else "before this run, which did not better it (no best file here)"))
+    # a run that went on well past its best (a small text over many epochs: val 5.69 at epoch 3.8, 8.06 at epoch 20,
+    # train 0.10) said so only by "* best" no longer showing; its best file holds the model to keep
+    since = summary.get("evals_since_best", 0)
+    if best is not None and last_val is not None and since >= OVERFIT_EVALS and last_val > 1.01 * best \
+            and not args.patience:
+        lines.append(paint(f"val loss rose to {last_val:.4f} in the {since} evaluations after the best: the model "
+                           f"overfits its train data; --patience {OVERFIT_EVALS} ends a run {OVERFIT_EVALS} evaluations "
+                           f"past its best (or train fewer epochs, on more data, with --dropout)", "yellow"))
     # a --max_steps pause that measured better than the best: its weights, in the checkpoint just written, are the
     # better model, though not judged; "try it" named the best file, the worse one
     pause_better = pause_eval and best is not None and last_val < best

@@ -631,6 +631,21 @@ def test_a_finished_budget_is_not_continued_by_a_step(env, tmp_path):
     assert train.train(train.parse_args(go_on + ["--max_steps", "1"]))["run_steps"] == 1  # its own 5 minutes: on
 
 
+def test_a_run_whose_val_loss_rose_past_its_best_says_it_overfits(env, tmp_path, monkeypatch, capsys):
+    """A small text over many epochs: val was best at epoch 3.8 (5.69) and rose every epoch after, to 8.06, train to
+    0.10, and the summary named the best file with no word of it. It now says so, and what stops such a run."""
+    losses = [5.0, 4.0, 3.0] + [3.0 + 0.5 * k for k in range(1, 100)]
+    monkeypatch.setattr(train, "evaluate", lambda *a, **k: losses.pop(0))
+    train.train(args_for(env, tmp_path, "--dataset", "mini", "--epochs", "2", "--eval_interval", "10"))
+    assert re.search(r"val loss rose to [\d.]+ in the \d+ evaluations after the best: the model overfits its train "
+                     r"data; --patience 3 ends a run 3 evaluations past its best", capsys.readouterr().out)
+    # not of a run at its best, nor of one given --patience (its early stop says why it ended)
+    for run, options in (("best", []), ("patient", ["--patience", "50"])):
+        losses[:] = [5.0 - 0.01 * k for k in range(100)] if run == "best" else [3.0] + [4.0] * 100
+        train.train(args_for(env, tmp_path / run, "--dataset", "mini", "--epochs", "2", "--eval_interval", "10", *options))
+        assert "overfits" not in capsys.readouterr().out
+
+
 def test_an_early_stop_is_not_continued_by_an_evaluation(env, tmp_path, monkeypatch):
     """--patience stops a run whose val loss stops improving; continuing it trained one more evaluation interval, wrote
     over the checkpoint and stopped again, each time. It now says what to pass."""
