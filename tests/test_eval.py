@@ -21,6 +21,7 @@ from checkpoint import load_model, save_checkpoint
 from conftest import run_cli
 from model import GPT, make_config
 from setup_tokenizer import IM_END, get_tokenizer, render_chat
+from test_prepare import Bar
 from test_train import args_for, env, one_thread  # noqa: F401  (fixtures: the datasets, one CPU thread)
 
 CPU = ["--device", "cpu", "--dtype", "float32"]
@@ -454,25 +455,10 @@ def test_the_table_lines_up_under_wide_dataset_names():
 def test_the_evaluation_of_every_window_shows_its_progress(env, chat_ckpt, monkeypatch):
     """Every window of a large val split is hours on a CPU: a bar on a terminal counts the windows to their total, where
     nothing was said until the table."""
-    bars = []
-
-    class Bar:
-        def __init__(self, *args, total=None, disable=False, **kwargs):
-            self.total, self.n, self.disable = total, 0, disable
-            bars.append(self)
-
-        def update(self, n):
-            self.n += n
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
+    Bar.made.clear()
     monkeypatch.setattr(eval_py, "tqdm", Bar)
     monkeypatch.setattr(eval_py, "draws_a_bar", lambda stream: True)
     r = eval_py.evaluate_checkpoint(chat_ckpt, datasets=["story"], data_dir=env["data"], samples=0, device="cpu",
                                     dtype="float32")
-    (bar,) = bars
+    (bar,) = Bar.made
     assert not bar.disable and bar.total == r["rows"][0]["windows"] == bar.n

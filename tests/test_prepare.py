@@ -3354,11 +3354,12 @@ def test_a_conversation_written_out_in_chatml_is_a_bad_record(tmp_path):
 
 
 class Bar:
-    """A stand-in for prepare.py's tqdm that records its total and what it was advanced by."""
+    """A stand-in for tqdm (prepare.py's, eval.py's) that records its total, whether it is disabled and what it was
+    advanced by."""
     made = []
 
-    def __init__(self, *args, total=None, **kwargs):
-        self.total, self.n, self.unit = total, 0, kwargs.get("unit")
+    def __init__(self, *args, total=None, disable=False, **kwargs):
+        self.total, self.n, self.unit, self.disable = total, 0, kwargs.get("unit"), disable
         Bar.made.append(self)
 
     def update(self, n):
