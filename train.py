@@ -1680,6 +1680,7 @@ class Progress:
     step: int = 0               # global optimizer steps: drives the lr schedule
     tokens: int = 0             # training tokens seen, all runs together
     best_val_loss: float = None
+    best_at: list = None        # [step, epoch] of the best val loss (None: not known, a checkpoint from before it)
     evals_since_best: int = 0
     elapsed: float = 0.0        # seconds of training, all runs together
     budget_elapsed: float = 0.0  # seconds of the current --time_budget spent (--reset_epoch starts a new one)
@@ -1692,14 +1693,14 @@ class Progress:
         """Where the run is in epochs, as its log and metrics give it (windows_per_epoch: the train split's windows)."""
         return round(self.epoch + self.windows / windows_per_epoch, 4)
 
-    def judge(self, val_loss, no_bar=False, pause=False):
-        """Counts an evaluation's val_loss towards the best and --patience; returns (better, improved): whether it
-        beats the best (no_bar: the best bars nothing), and whether it became the best (not at a --max_steps pause,
-        which is not judged)."""
+    def judge(self, val_loss, epoch, no_bar=False, pause=False):
+        """Counts an evaluation's val_loss, at epoch (as the log gives it), towards the best and --patience; returns
+        (better, improved): whether it beats the best (no_bar: the best bars nothing), and whether it became the best
+        (not at a --max_steps pause, which is not judged)."""
         better = self.best_val_loss is None or no_bar or val_loss < self.best_val_loss
         improved = better and not pause
         if improved:
-            self.best_val_loss, self.evals_since_best = val_loss, 0
+            self.best_val_loss, self.best_at, self.evals_since_best = val_loss, [self.step, epoch], 0
         elif not pause:
             self.evals_since_best += 1
         return better, improved
@@ -1713,7 +1714,8 @@ def resumed_progress(run, warmup_given, eval_given):
     warmup = args.warmup
     p = Progress(epoch=int(ckpt.get("epoch", 0)), windows=int(ckpt.get("epoch_windows", 0)),
                  step=int(ckpt["step"]), tokens=int(ckpt.get("tokens", 0)),
-                 best_val_loss=ckpt.get("best_val_loss"), evals_since_best=int(ckpt.get("evals_since_best", 0)),
+                 best_val_loss=ckpt.get("best_val_loss"), best_at=ckpt.get("best_at"),
+                 evals_since_best=int(ckpt.get("evals_since_best", 0)),
                  elapsed=float(ckpt.get("elapsed", 0.0)),
                  budget_elapsed=float(ckpt.get("budget_elapsed", ckpt.get("elapsed", 0.0))),
                  schedule_origin=ckpt.get("schedule_origin", 0.0))  # older checkpoints: the budget's start
@@ -1798,7 +1800,7 @@ def run_summary(p, meta, windows_per_epoch, **run):
     train_tokens_per_s, val_loss and the files) and where the training stands (steps, epochs done, the epoch it is at
     as the log gives it, the best val loss). windows_per_epoch: the train windows of an epoch."""
     return {**run, "steps": p.step, "epochs_done": p.epoch, "epoch": p.epoch_at(windows_per_epoch),
-            "best_val_loss": p.best_val_loss, "evals_since_best": p.evals_since_best,
+            "best_val_loss": p.best_val_loss, "best_at": p.best_at, "evals_since_best": p.evals_since_best,
             "best_val_bpb": None if p.best_val_loss is None else bits_per_byte(p.best_val_loss, meta)}
 
 
@@ -1868,8 +1870,10 @@ def summary_lines(summary, meta, args, budget, pause_eval):
                    (f"{summary['epoch']:.2f} epochs in the {args.time_budget:g} min budget" if budget else
                     f"{summary['epochs_done']} of {args.epochs} epoch(s) done"), "bold")]
     best, last_val = summary["best_val_loss"], summary["val_loss"]
+    at = summary.get("best_at")  # (where the run went on past it, or overfit: when it was)
+    at = f"at step {at[0]:,} (epoch {at[1]:.2f}) " if isinstance(at, list) and len(at) == 2 else ""
     if best is not None:
-        lines.append(f"best val loss {measured(best, meta)} " + (f"in {summary['best_checkpoint']}" if
+        lines.append(f"best val loss {measured(best, meta)} {at}" + (f"in {summary['best_checkpoint']}" if
                      summary["best_checkpoint"] else "before this run, which did not better it (no best file here)"))
     # a run that went on well past its best (a small text over many epochs: val 5.69 at epoch 3.8, 8.06 at epoch 20,
     # train 0.10) said so only by "* best" no longer showing; its best file holds the model to keep
@@ -2325,7 +2329,8 @@ class Run:
                             order_scheme=self.order_scheme,
                             eval_windows=self.eval_windows,
                             args=dict(vars(args), world_size=dist.world),
-                            best_val_loss=p.best_val_loss, evals_since_best=p.evals_since_best, val_loss=self.last_val,
+                            best_val_loss=p.best_val_loss, best_at=p.best_at, evals_since_best=p.evals_since_best,
+                            val_loss=self.last_val,
                             elapsed=p.elapsed + time.time() - self.t_run,
                             budget_elapsed=self.clock.now(), schedule_origin=p.schedule_origin,
                             budget_done=self.stopped == "time budget", stopped_early=self.stopped == "early stop",
@@ -2630,7 +2635,7 @@ class Run:
         bpb = bits_per_byte(self.last_val, self.meta)
         # a best file that goes at the first save (--overwrite) bars nothing: judged against it, an
         # evaluation at that save would never be a best, and a later, worse one would be one
-        better, improved = p.judge(self.last_val, no_bar=self.best_goes, pause=self.pause_eval)
+        better, improved = p.judge(self.last_val, rec["epoch"], no_bar=self.best_goes, pause=self.pause_eval)
         rec.update(val_loss=round(self.last_val, 5), val_ppl=round(math.exp(min(self.last_val, 50)), 3),
                    val_bpb=None if bpb is None else round(bpb, 5), best=improved)
         say(eval_line(p.step, rec["epoch"], shown, self.last_val, self.meta, lr, tps, better, improved,

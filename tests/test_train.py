@@ -636,9 +636,15 @@ def test_a_run_whose_val_loss_rose_past_its_best_says_it_overfits(env, tmp_path,
     0.10, and the summary named the best file with no word of it. It now says so, and what stops such a run."""
     losses = [5.0, 4.0, 3.0] + [3.0 + 0.5 * k for k in range(1, 100)]
     monkeypatch.setattr(train, "evaluate", lambda *a, **k: losses.pop(0))
-    train.train(args_for(env, tmp_path, "--dataset", "mini", "--epochs", "2", "--eval_interval", "10"))
+    s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--epochs", "2", "--eval_interval", "10"))
+    out = capsys.readouterr().out
     assert re.search(r"val loss rose to [\d.]+ in the \d+ evaluations after the best: the model overfits its train "
-                     r"data; --patience 3 ends a run 3 evaluations past its best", capsys.readouterr().out)
+                     r"data; --patience 3 ends a run 3 evaluations past its best", out)
+    # and when the best was: its step and epoch, as its line in the log gave them (kept in checkpoints)
+    best_line = re.search(r"step (\d+) \(epoch ([\d.]+)\): train [^\n]*val 3\.0000[^\n]*\* best", out)
+    assert re.search(rf"best val loss 3\.0000 \(ppl 20\.09[^)]*\) at step {best_line[1]} \(epoch {best_line[2]}\) in ", out)
+    step, epoch = torch.load(s["checkpoint"], weights_only=True)["best_at"]
+    assert step == int(best_line[1]) and f"{epoch:.2f}" == best_line[2]
     # not of a run at its best, nor of one given --patience (its early stop says why it ended)
     for run, options in (("best", []), ("patient", ["--patience", "50"])):
         losses[:] = [5.0 - 0.01 * k for k in range(100)] if run == "best" else [3.0] + [4.0] * 100
@@ -1087,14 +1093,15 @@ def test_a_checkpoint_whose_recorded_data_size_is_no_count_resumes_as_it_trained
 def test_a_continued_run_that_does_not_better_its_best_says_so(env, tmp_path, capsys):
     first = train.train(args_for(env, tmp_path / "a", "--dataset", "mini", "--max_steps", "2"))
     ck = load_checkpoint(first["checkpoint"])
-    ck["best_val_loss"] = 0.0  # no run can better it
+    ck["best_val_loss"], ck["best_at"] = 0.0, [7, 0.5]  # no run can better it
     os.makedirs(tmp_path / "b")
     torch.save(ck, tmp_path / "b" / "copy.pt")  # a folder without the run's best file
     capsys.readouterr()
     r = train.train(train.parse_args(["--checkpoint", str(tmp_path / "b" / "copy.pt"), "--max_steps", "1",
                                       "--data_dir", env["data"], "--device", "cpu", "--no-color"]))
     assert r["best_checkpoint"] is None
-    assert "best val loss 0.0000 (ppl 1.00) before this run, which did not better it" in capsys.readouterr().out
+    assert "best val loss 0.0000 (ppl 1.00) at step 7 (epoch 0.50) before this run, which did not better it" in \
+        capsys.readouterr().out
 
 
 def test_an_unusable_output_is_refused_before_training(env, tmp_path):
