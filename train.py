@@ -1871,7 +1871,8 @@ def summary_lines(summary, meta, args, budget, pause_eval):
                     f"{summary['epochs_done']} of {args.epochs} epoch(s) done"), "bold")]
     best, last_val = summary["best_val_loss"], summary["val_loss"]
     at = summary.get("best_at")  # (where the run went on past it, or overfit: when it was)
-    at = f"at step {at[0]:,} (epoch {at[1]:.2f}) " if isinstance(at, list) and len(at) == 2 else ""
+    known = isinstance(at, list) and len(at) == 2 and is_count(at[0]) and isinstance(at[1], (int, float))
+    at = f"at step {at[0]:,} (epoch {at[1]:.2f}) " if known else ""
     if best is not None:
         lines.append(f"best val loss {measured(best, meta)} {at}" + (f"in {summary['best_checkpoint']}" if
                      summary["best_checkpoint"] else "before this run, which did not better it (no best file here)"))
