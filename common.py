@@ -209,6 +209,20 @@ def not_utf8(path, what=None, fix=None):
     return UserError(f"{what or path} is not UTF-8 text{at}: {fix}")
 
 
+def draws_a_bar(stream):
+    """Whether a progress bar on stream is seen: a terminal, one that has a width and a height. A pseudo-terminal nobody
+    sized (`script -qc CMD /dev/null | tee log`) reports 0 columns, at which tqdm drew the bar as nothing, and the log
+    lines a bar stands in for were not written either: such a run gets the plain lines. So does one with columns but 0
+    rows (`stty rows 0`): tqdm takes its last row as rows - 1 and draws no bar below it."""
+    if not stream.isatty():
+        return False
+    try:
+        size = os.get_terminal_size(stream.fileno())
+        return size.columns > 0 and size.lines > 0
+    except (OSError, ValueError):  # no size to ask for: tqdm's own fallback width
+        return True
+
+
 def speaks_for_machine():
     """False in torchrun's processes other than each machine's first (LOCAL_RANK 0), which say nothing twice."""
     return os.environ.get("LOCAL_RANK", "0") == "0"

@@ -38,14 +38,14 @@ import numpy as np
 from tqdm import tqdm
 
 from checkpoint import add_checkpoint_argument, load_checkpoint, load_model, parse_checkpoint
-from common import (DTYPES, UserError, atomic_write_text, check_output, nonempty, number, path_arg, pick_device,
-                    pick_dtype, retain_freed_memory, run_main, seeded_generator)
+from common import (DTYPES, UserError, atomic_write_text, check_output, draws_a_bar, nonempty, number, path_arg,
+                    pick_device, pick_dtype, retain_freed_memory, run_main, seeded_generator)
 from gen import (CHAT_STOPS, add_sampling_arguments, chat_reply, columns, default_checkpoint, positive_int,
                  read_prompt_file)
 from prepare import document_ends
 from setup_tokenizer import IM_END, parse_chat
-from train import (Windows, bits_per_byte, checkpoint_data, default_data_dir, draws_a_bar, eval_indices, evaluate,
-                   load_meta, packing_warning, pick_tokenizer)
+from train import (Windows, bits_per_byte, checkpoint_data, default_data_dir, eval_indices, evaluate, load_meta,
+                   packing_warning, pick_tokenizer)
 
 
 # -----------------------------------------------------------------------------

@@ -74,10 +74,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from tqdm import tqdm
 
-from common import (STRAY_BYTE_FIX, VOCAB_FILE, UserError, atomic_write_text, check_output, expand_pattern, first_line,
-                    fsync_replace, held_lock, holds_nul, json_kind, name_full_disk, nonempty, not_utf8, parts_text,
-                    path_arg, prepare_lock, read_items, read_meta, remove_stale_tmp, run_main, tmp_name,
-                    without_surrogates)
+from common import (STRAY_BYTE_FIX, VOCAB_FILE, UserError, atomic_write_text, check_output, draws_a_bar,
+                    expand_pattern, first_line, fsync_replace, held_lock, holds_nul, json_kind, name_full_disk, nonempty,
+                    not_utf8, parts_text, path_arg, prepare_lock, read_items, read_meta, remove_stale_tmp, run_main,
+                    tmp_name, without_surrogates)
 from setup_tokenizer import (EOT, IM_END, IM_START, VocabSample, fewer_ids, get_tokenizer, model_context,
                              read_text_chunks, say_training, tokenizer_hash, train_bpe, trained_on,
                              warn_short_vocabulary)
@@ -2697,7 +2697,7 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
 def progress_bar(desc, total, unit="B"):
     """A build's progress, in bytes of input or (packing) tokens, unit "B" or "tokens" (total: of them all, None where
     not known): a tqdm bar on a terminal, else ProgressLines."""
-    if sys.stderr.isatty():
+    if draws_a_bar(sys.stderr):  # (a pseudo-terminal of 0 columns draws none: the lines are written)
         return tqdm(desc=desc, total=total, unit=unit if unit == "B" else f" {unit}", unit_scale=True, leave=False)
     return ProgressLines(desc, total, unit)
 

@@ -62,10 +62,10 @@ from tqdm import tqdm
 from checkpoint import (NOT_THIS_CODE, add_checkpoint_argument, checkpoint_config, load_checkpoint, load_weights,
                         nonfinite, parse_checkpoint, save_checkpoint, tensor_bytes)
 from common import (DTYPES, VOCAB_FILE, UserError, ask, atomic_write_text, autocast, check_output,
-                    closed_pipe_on_windows, color_ok, cpu_bf16_is_faster, cpu_has_bf16, exit_after_the_first,
-                    first_line, held_lock, is_oom, lock_is_held, nonempty, path_arg, pick_device, pick_dtype,
-                    prepare_lock, read_items, remove_stale_tmp, retain_freed_memory, run_main, speaks_for_machine,
-                    tmp_name)
+                    closed_pipe_on_windows, color_ok, cpu_bf16_is_faster, cpu_has_bf16, draws_a_bar,
+                    exit_after_the_first, first_line, held_lock, is_oom, lock_is_held, nonempty, path_arg, pick_device,
+                    pick_dtype, prepare_lock, read_items, remove_stale_tmp, retain_freed_memory, run_main,
+                    speaks_for_machine, tmp_name)
 from model import OPTIMIZERS, PRESETS, VARIANTS, GPT, make_config
 from prepare import (DATASETS, DEFAULT_OUT_DIR, DEFAULT_PACK, DEFAULT_VAL_FRACTION, is_complete, is_dataset_name,
                      meta_options, new_command, rebuild_command)
@@ -1425,20 +1425,6 @@ class EpochBar(tqdm):
         end = self.ends(1 / rate if rate else None, d["total"] - d["n"])
         d["ends"] = f"{end[1]} ends in {fmt_time(end[0])}" if end else "ends in ?"
         return d
-
-
-def draws_a_bar(stream):
-    """Whether a progress bar on stream is seen: a terminal, one that has a width and a height. A pseudo-terminal nobody
-    sized (`script -qc CMD /dev/null | tee log`) reports 0 columns, at which tqdm drew the bar as nothing, and the log
-    lines a bar stands in for were not written either: such a run gets the plain lines. So does one with columns but 0
-    rows (`stty rows 0`): tqdm takes its last row as rows - 1 and draws no bar below it."""
-    if not stream.isatty():
-        return False
-    try:
-        size = os.get_terminal_size(stream.fileno())
-        return size.columns > 0 and size.lines > 0
-    except (OSError, ValueError):  # no size to ask for: tqdm's own fallback width
-        return True
 
 
 def is_interactive():

@@ -3377,7 +3377,7 @@ def test_progress_counts_bytes_of_input_to_their_total(tmp_path, monkeypatch):
     and a time left: it counted documents, of no total (a 2 GB file showed 744k docs at 1.6k docs/s for 8 minutes,
     no sign of how far it had come). A record's JSON counts, at its file's end: the bar ends at the total."""
     monkeypatch.setattr(prepare, "tqdm", Bar)
-    monkeypatch.setattr(prepare.sys.stderr, "isatty", lambda: True)  # (a terminal's: pytest's capture is none)
+    monkeypatch.setattr(prepare, "draws_a_bar", lambda stream: True)  # (a terminal's: pytest's capture is none)
     text = write(tmp_path / "src" / "a.txt", f"\n{EOT}\n".join(DOCS))
     chats = write(tmp_path / "src" / "b.jsonl", "".join(
         json.dumps({"messages": [{"role": "user", "content": f"question {i}?"},
