@@ -39,8 +39,8 @@ import unicodedata
 import torch
 
 from checkpoint import add_checkpoint_argument, find_checkpoints, load_model, parse_checkpoint
-from common import (DTYPES, UserError, atomic_write_text, autocast, check_output, color_ok, first_line, path_arg,
-                    not_utf8, number, pick_device, pick_dtype, require_utf8, retain_freed_memory, run_main,
+from common import (DTYPES, UserError, atomic_write_text, autocast, check_output, color_ok, first_line, not_utf8,
+                    number, path_arg, pick_device, pick_dtype, require_utf8, retain_freed_memory, run_main,
                     seeded_generator, without_surrogates)
 from setup_tokenizer import EOT, IM_END, IM_START, StreamDecoder, render_chat
 

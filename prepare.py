@@ -28,8 +28,9 @@ longer than a block is cut into pieces of at most a block, each closed by <|endo
 conversation: cut before a user message, so a reply keeps its question, or where a single exchange is
 longer than a block, before any turn (<|im_start|>) that follows a reply; turns that train nothing (a
 system message, a question) stay with the reply after them, as a piece longer than a block if need be. Only
-such a piece crosses a boundary: it starts a block, and its reply's start trains with its question. The file ends with a whole block and one more <|endoftext|>, so train.py's last window (it reads
-BLOCK + 1 tokens) exists. Every block starts with <|im_start|> or padding, both mask 0 (but inside a piece
+such a piece crosses a boundary: it starts a block, and its reply's start trains with its question. The file
+ends with a whole block and one more <|endoftext|>, so train.py's last window (it reads BLOCK + 1 tokens)
+exists. Every block starts with <|im_start|> or padding, both mask 0 (but inside a piece
 longer than a block), so the target a window takes from the next block never counts. Train with
 --block_size BLOCK (a multiple of it keeps the blocks whole, not a longer conversation's pieces together). Plain
 text is never packed: it trains on every token, so padding would be learned. The tokens are written unpacked
@@ -75,9 +76,9 @@ import numpy as np
 from tqdm import tqdm
 
 from common import (STRAY_BYTE_FIX, VOCAB_FILE, UserError, atomic_write_text, check_output, draws_a_bar,
-                    expand_pattern, first_line, fsync_replace, held_lock, holds_nul, json_kind, name_full_disk, nonempty,
-                    not_utf8, parts_text, path_arg, prepare_lock, read_items, read_meta, remove_stale_tmp, run_main,
-                    tmp_name, without_surrogates)
+                    expand_pattern, first_line, fsync_replace, held_lock, holds_nul, json_kind, name_full_disk,
+                    nonempty, not_utf8, parts_text, path_arg, prepare_lock, read_items, read_meta, remove_stale_tmp,
+                    run_main, tmp_name, without_surrogates)
 from setup_tokenizer import (EOT, IM_END, IM_START, VocabSample, fewer_ids, get_tokenizer, model_context,
                              read_text_chunks, say_training, tokenizer_hash, train_bpe, trained_on,
                              warn_short_vocabulary)
@@ -346,8 +347,9 @@ def json_records(path):
                     if line.strip():
                         if NOT_UTF8.search(line):
                             # a line with a stray byte in UTF-8 text (pasted from elsewhere) is a bad record, which
-                            # --skip_bad_records leaves out (it stopped the run, flag or not); a file in another encoding
-                            # (latin1, UTF-16, compressed) is the whole file's error, its conversion the way out
+                            # --skip_bad_records leaves out (it stopped the run, flag or not); a file in another
+                            # encoding (latin1, UTF-16, compressed) is the whole file's error, its conversion the way
+                            # out
                             first = stray is None  # (not_utf8 names the first by line and byte of the file)
                             if first:
                                 whole = not_utf8(path)
@@ -2604,8 +2606,8 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
                                     sizes=sizes[0])
                 block = block if kind == "chat" else 0
                 if block:  # the tokens read again: a big set's minutes, after the input's bar came to its end
-                    packing = progress_bar(f"{folder} packing", raw["train"].tokens + raw["val"].tokens, "tokens")
-                    with packing:
+                    tokens = raw["train"].tokens + raw["val"].tokens
+                    with progress_bar(f"{folder} packing", tokens, "tokens") as packing:
                         for s in ("train", "val"):
                             splits[s] = Split(folder, s, raw[s].dtype, True)
                             pack_split(splits[s], counted(split_documents(raw[s], enc.eot_token), packing), block, enc)
@@ -2838,8 +2840,9 @@ def main(argv=None):
                         f"{DEFAULT_PACK}, the tiny and small models'; plain text is never packed)")
     p.add_argument("--skip_bad_records", action="store_true",
                    help="leave out the records of .jsonl/.json/.parquet files (and hub rows) that are malformed JSON, "
-                        "lines of a UTF-8 .jsonl with a stray byte that is no UTF-8, of no shape prepare.py reads, or plain text in a file whose first records are conversations (or "
-                        "the reverse), said in the summary, instead of stopping at the first; a file "
+                        "lines of a UTF-8 .jsonl with a stray byte that is no UTF-8, of no shape prepare.py reads, or "
+                        "plain text in a file whose first records are conversations (or the reverse), said in the "
+                        "summary, instead of stopping at the first; a file "
                         "with no good record, or with no more of its first records' kind than of the other, still "
                         "stops it")
     args = p.parse_args(argv)

@@ -409,8 +409,10 @@ class Worker(threading.Thread):
             except Exception as e:  # a bug must not kill the worker: the request gets a 500, the server goes on
                 # (a UserError says what went wrong in its words, as gen.py's line: scores that overflow, and the --dtype
                 # to try, said in the request's log line below; a bug's message needs its type, and its traceback)
-                why = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
-                if not isinstance(e, UserError):
+                if isinstance(e, UserError):
+                    why = str(e)
+                else:
+                    why = f"{type(e).__name__}: {e}"
                     try:
                         traceback.print_exc()
                     except OSError:  # stderr gone, as below

@@ -33,7 +33,7 @@ import zipfile
 import tiktoken
 
 from common import (VOCAB_FILE, UserError, atomic_write_text, check_output, expand_pattern, holds_nul,
-                    is_dataset_folder, kept_file, model_folder_file, path_arg, not_utf8, read_meta, require_utf8,
+                    is_dataset_folder, kept_file, model_folder_file, not_utf8, path_arg, read_meta, require_utf8,
                     run_main, starts_as_zip)
 
 EOT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
@@ -386,9 +386,8 @@ def warn_short_vocabulary(vocab_size, n):
 
 def train_bpe(texts, vocab_size, out_path, source="the input"):
     """Train byte-level BPE (GPT-2's pre-tokenization, marks kept in words: MARKS_PATTERN) on an iterable of texts
-    with rustbpe and save a
-    .tiktoken file. vocab_size counts the 256 bytes, the merges and the 3 special tokens; source names
-    the texts in messages. Fewer tokens than asked when the text has no more pairs to merge: a warning."""
+    with rustbpe and save a .tiktoken file. vocab_size counts the 256 bytes, the merges and the 3 special tokens;
+    source names the texts in messages. Fewer tokens than asked when the text has no more pairs to merge: a warning."""
     try:
         import rustbpe
     except ImportError:

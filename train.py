@@ -1858,9 +1858,9 @@ def summary_lines(summary, meta, args, budget, pause_eval):
     best, last_val = summary["best_val_loss"], summary["val_loss"]
     at = summary.get("best_at")  # (where the run went on past it, or overfit: when it was)
     known = isinstance(at, list) and len(at) == 2 and is_count(at[0]) and isinstance(at[1], (int, float))
-    at = f"at step {at[0]:,} (epoch {at[1]:.2f}) " if known else ""
+    when = f"at step {at[0]:,} (epoch {at[1]:.2f}) " if known else ""
     if best is not None:
-        lines.append(f"best val loss {measured(best, meta)} {at}" + (f"in {summary['best_checkpoint']}" if
+        lines.append(f"best val loss {measured(best, meta)} {when}" + (f"in {summary['best_checkpoint']}" if
                      summary["best_checkpoint"] else "before this run, which did not better it (no best file here)"))
     # a run that went on well past its best (a small text over many epochs: val 5.69 at epoch 3.8, 8.06 at epoch 20,
     # train 0.10) said so only by "* best" no longer showing; its best file holds the model to keep
