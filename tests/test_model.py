@@ -290,6 +290,27 @@ def test_forward_matches_reference(variant, bias):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
+def test_loss_and_gradients_match_reference(variant):
+    # the training path whole, at a padded vocabulary (1000 of 1024): forward's loss is the real ids' cross-entropy
+    # (CrossEntropy's n_valid, which test_ignore_index and test_loss_mask, at 128 ids, cannot see dropped), averaged over
+    # the targets that count, and its gradients are autograd's through the plain reference, the tied matrix's included
+    model = tiny_model(variant)
+    idx, tgt = tokens(3, 32), tokens(3, 32, seed=2)
+    tgt[0, :10] = -1
+    mask = (tokens(3, 32, seed=4, vocab=3) > 0).to(torch.uint8)
+    _, loss = model(idx, tgt, loss_mask=mask)
+    loss.backward()
+    ce = F.cross_entropy(reference_forward(model, idx).flatten(0, 1), tgt.flatten(), ignore_index=-1, reduction="none")
+    counted = mask.flatten().float() * (tgt.flatten() != -1)
+    ref = (ce * counted).sum() / counted.sum()
+    torch.testing.assert_close(loss, ref, atol=1e-6, rtol=1e-6)
+    params = dict(model.named_parameters())
+    for (name, p), want in zip(params.items(), torch.autograd.grad(ref, list(params.values()))):
+        torch.testing.assert_close(p.grad, want, atol=1e-7, rtol=1e-4, msg=name)
+    assert not model.lm_head.weight.grad[VOCAB:].any()  # the padding rows: no id, no gradient
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("T", [32, 31, 1])  # even and odd halves of the queries, and a single position
 def test_explicit_cpu_attention_matches_sdpa(variant, T, monkeypatch):
     """On a CPU, short contexts in bf16 take explicit matmul attention (faster there than SDPA's flash kernel): the
