@@ -139,7 +139,7 @@ def test_too_long_raises(variant):
 
 
 def test_ignore_index():
-    model = tiny_model(vocab_size=128)  # multiple of 64: returned logits == the logits the loss uses
+    model = tiny_model(vocab_size=128)  # no padding (the padded vocabulary: test_loss_and_gradients_match_reference)
     idx, tgt = tokens(2, 10, vocab=128), tokens(2, 10, seed=3, vocab=128)
     tgt[0, :4] = -1
     logits, loss = model(idx, tgt)
