@@ -1466,13 +1466,11 @@ def chunk_ends(n, eot, chunk, read):
         yield a, tokens, ends
 
 
-def document_ends(ids, eot, chunk=1 << 24, read=None):
+def document_ends(ids, eot, chunk=1 << 24):
     """Offsets just past each <|endoftext|> of a token array, and its end if text follows the last one;
-    read in chunks, so a big memmap is never compared whole. With read (split_ends), ids is only the number of tokens,
-    and read(a, b) gives tokens [a, b)."""
-    n, read = (ids, read) if read else (len(ids), lambda a, b: ids[a:b])
-    ends = [ends for _, _, ends in chunk_ends(n, eot, chunk, read)]
-    return (np.concatenate(ends) if ends else np.zeros(0, np.int64)).astype(np.int64)
+    read in chunks, so a big memmap is never compared whole."""
+    chunks = chunk_ends(len(ids), eot, chunk, lambda a, b: ids[a:b])
+    return np.concatenate([np.zeros(0, np.int64), *(ends for _, _, ends in chunks)])
 
 
 def read_tokens(split, start, stop, mask=False):
@@ -1486,7 +1484,8 @@ def read_tokens(split, start, stop, mask=False):
 
 def split_ends(split, eot, chunk=1 << 22):
     """document_ends of what was written to a Split, read chunk tokens at a time (read_tokens: no memmap)."""
-    return document_ends(split.tokens, eot, chunk, read=functools.partial(read_tokens, split))
+    chunks = chunk_ends(split.tokens, eot, chunk, functools.partial(read_tokens, split))
+    return np.concatenate([np.zeros(0, np.int64), *(ends for _, _, ends in chunks)])
 
 
 def last_documents_start(split, start, k, eot, chunk=1 << 22):
