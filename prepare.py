@@ -334,71 +334,76 @@ def json_records(path):
     """(where, record) for each record of a .jsonl, .json or .parquet file; where names file and line. A line of a
     .jsonl that is not JSON is a bad record, given as its UserError (good_docs says it, or leaves it out); a .json
     that is not JSON, or a file that is not text, is the whole file's problem, raised."""
+    read = {".parquet": parquet_records, ".jsonl": jsonl_records}.get(suffix(path), json_file_records)
     try:
-        if suffix(path) == ".parquet":
-            yield from parquet_records(path)
-        elif suffix(path) == ".jsonl":
-            stray = None  # whether the file's bytes that are no UTF-8 are strays in UTF-8 text (not_utf8's reading)
-            # -sig: a byte-order mark (Notepad, Excel) is not JSON
-            with open(path, encoding="utf-8-sig", errors="surrogateescape") as f:
-                for n, line in enumerate(f, 1):
-                    # one in the middle too: files saved by Notepad, joined with `cat`
-                    line = line.removeprefix("\ufeff")
-                    if line.strip():
-                        if NOT_UTF8.search(line):
-                            # a line with a stray byte in UTF-8 text (pasted from elsewhere) is a bad record, which
-                            # --skip_bad_records leaves out (it stopped the run, flag or not); a file in another
-                            # encoding (latin1, UTF-16, compressed) is the whole file's error, its conversion the way
-                            # out
-                            first = stray is None  # (not_utf8 names the first by line and byte of the file)
-                            if first:
-                                whole = not_utf8(path)
-                                stray = str(whole).endswith(STRAY_BYTE_FIX)
-                            if not stray:
-                                raise whole
-                            yield f"{path} line {n}", whole if first else UserError(
-                                f"{path} line {n}: not UTF-8 text: {STRAY_BYTE_FIX}")
-                            continue
-                        if "\0" in line:  # (else "malformed JSON" at column 2 of what an editor shows as good JSON)
-                            raise holds_nul(path, line if n == 1 else "")
-                        try:  # (an error at its end: this line's column)
-                            record = json_loads(line.rstrip("\r\n"), f"{path} line {n}")
-                        except json.JSONDecodeError as e:
-                            array = n == 1 and line.strip() == "["  # a pretty-printed array's first line
-                            hint = "; it looks like one JSON array: name it .json" if array else ""
-                            record = UserError(f"{path} line {n}: malformed JSON ({e.msg}, column {e.colno}){hint}")
-                        except UserError as e:
-                            record = e
-                        yield f"{path} line {n}", record
-        else:  # .json is parsed whole: use .jsonl for corpora bigger than memory
-            with open(path, encoding="utf-8-sig") as f:
-                text = f.read()
-            if not text.strip():  # an empty file holds no records, as an empty .jsonl or .txt does
-                return
-            if "\0" in text:
-                raise holds_nul(path, text)
-            try:
-                data = json_loads(text, path)
-            except json.JSONDecodeError as e:
-                hint = ""
-                if e.msg == "Extra data":  # JSON Lines, as datasets' to_json() writes whatever the name, if its
-                    with contextlib.suppress(ValueError):  # first line is a whole record
-                        json.loads(text[:e.pos].splitlines()[0])
-                        hint = "; it looks like one record per line (JSON Lines): name it .jsonl"
-                raise UserError(f"{path} line {e.lineno}: malformed JSON ({e.msg}, column {e.colno}){hint}")
-            if isinstance(data, dict) and data and all(isinstance(v, dict) for v in data.values()):
-                # pandas' DataFrame.to_json() default, {column: {row: value}}: read as one record, it was "`input` must
-                # be text, got dict", naming no way out
-                columns = ", ".join(list(data)[:4]) + ", ..." * (len(data) > 4)
-                raise UserError(f"{path}: one JSON object of columns ({columns}) by row, as pandas' "
-                                f"to_json() writes by default: write it with to_json(PATH, orient=\"records\", "
-                                f"lines=True) to a .jsonl file")
-            for i, record in enumerate(data if isinstance(data, list) else [data], 1):
-                yield f"{path} record {i}", record
+        yield from read(path)
     except UnicodeDecodeError:
         raise not_utf8(path) from None
     except FileNotFoundError:
         raise UserError(f"input file {path} not found")
+
+
+def jsonl_records(path):
+    """json_records of a .jsonl file."""
+    stray = None  # whether the file's bytes that are no UTF-8 are strays in UTF-8 text (not_utf8's reading)
+    # -sig: a byte-order mark (Notepad, Excel) is not JSON
+    with open(path, encoding="utf-8-sig", errors="surrogateescape") as f:
+        for n, line in enumerate(f, 1):
+            line = line.removeprefix("\ufeff")  # one in the middle too: files saved by Notepad, joined with `cat`
+            if not line.strip():
+                continue
+            if NOT_UTF8.search(line):
+                # a line with a stray byte in UTF-8 text (pasted from elsewhere) is a bad record, which
+                # --skip_bad_records leaves out; a file in another encoding (latin1, UTF-16, compressed) is the whole
+                # file's error, its conversion the way out
+                first = stray is None  # (not_utf8 names the first by line and byte of the file)
+                if first:
+                    whole = not_utf8(path)
+                    stray = str(whole).endswith(STRAY_BYTE_FIX)
+                if not stray:
+                    raise whole
+                yield f"{path} line {n}", whole if first else UserError(
+                    f"{path} line {n}: not UTF-8 text: {STRAY_BYTE_FIX}")
+                continue
+            if "\0" in line:  # (else "malformed JSON" at column 2 of what an editor shows as good JSON)
+                raise holds_nul(path, line if n == 1 else "")
+            try:  # (an error at its end: this line's column)
+                record = json_loads(line.rstrip("\r\n"), f"{path} line {n}")
+            except json.JSONDecodeError as e:
+                array = n == 1 and line.strip() == "["  # a pretty-printed array's first line
+                hint = "; it looks like one JSON array: name it .json" if array else ""
+                record = UserError(f"{path} line {n}: malformed JSON ({e.msg}, column {e.colno}){hint}")
+            except UserError as e:
+                record = e
+            yield f"{path} line {n}", record
+
+
+def json_file_records(path):
+    """json_records of a .json file, parsed whole: use .jsonl for corpora bigger than memory."""
+    with open(path, encoding="utf-8-sig") as f:
+        text = f.read()
+    if not text.strip():  # an empty file holds no records, as an empty .jsonl or .txt does
+        return
+    if "\0" in text:
+        raise holds_nul(path, text)
+    try:
+        data = json_loads(text, path)
+    except json.JSONDecodeError as e:
+        hint = ""
+        if e.msg == "Extra data":  # JSON Lines, as datasets' to_json() writes whatever the name, if its
+            with contextlib.suppress(ValueError):  # first line is a whole record
+                json.loads(text[:e.pos].splitlines()[0])
+                hint = "; it looks like one record per line (JSON Lines): name it .jsonl"
+        raise UserError(f"{path} line {e.lineno}: malformed JSON ({e.msg}, column {e.colno}){hint}")
+    if isinstance(data, dict) and data and all(isinstance(v, dict) for v in data.values()):
+        # pandas' DataFrame.to_json() default, {column: {row: value}}: read as one record, it was "`input` must
+        # be text, got dict", naming no way out
+        columns = ", ".join(list(data)[:4]) + ", ..." * (len(data) > 4)
+        raise UserError(f"{path}: one JSON object of columns ({columns}) by row, as pandas' "
+                        f"to_json() writes by default: write it with to_json(PATH, orient=\"records\", "
+                        f"lines=True) to a .jsonl file")
+    for i, record in enumerate(data if isinstance(data, list) else [data], 1):
+        yield f"{path} record {i}", record
 
 
 def parquet_records(path):
