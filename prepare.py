@@ -410,11 +410,8 @@ def parquet_records(path):
     import pyarrow.parquet as pq  # comes with datasets
     try:
         batches = pq.ParquetFile(path).iter_batches(batch_size=1024)
-        n = 0
-        for batch in batches:
-            for record in batch.to_pylist():
-                n += 1
-                yield f"{path} row {n}", record
+        for n, record in enumerate((record for batch in batches for record in batch.to_pylist()), 1):
+            yield f"{path} row {n}", record
     except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
         raise UserError(f"{path} is not a readable parquet file ({type(e).__name__}: {first_line(e)})")
 
@@ -835,16 +832,12 @@ def hub_docs(dataset, split, streaming=False, path=None, rows=None, left=None):
 
     def records():
         i, it = 0, iter(rows)
-        while True:
-            try:
-                row = next(it)
-            except StopIteration:
-                return
-            except Exception as e:  # streamed rows are downloaded as they are read: the connection can fail here too
-                raise UserError(f"{path} {split}: the Hugging Face hub failed after {i:,} rows ({type(e).__name__}: "
-                                f"{first_line(e)}); run the command again") from e
-            i += 1
-            yield f"{path} {split} row {i}", row
+        try:
+            for i, row in enumerate(it, 1):
+                yield f"{path} {split} row {i}", row
+        except Exception as e:  # streamed rows are downloaded as they are read: the connection can fail here too
+            raise UserError(f"{path} {split}: the Hugging Face hub failed after {i:,} rows ({type(e).__name__}: "
+                            f"{first_line(e)}); run the command again") from e
     yield from (doc for _, doc in good_docs(records(), f"{path} {split}", dataset, left, scan=False))
 
 
@@ -1584,9 +1577,8 @@ def encode_batch(enc, batch, kind, dtype):
         for ids, (_, end) in zip(lists, batch):
             if end:
                 ids.append(eot)
+                ends.append(n + len(ids))
             n += len(ids)
-            if end:
-                ends.append(n)
         return np.fromiter(itertools.chain.from_iterable(lists), dtype, n), None, ends
     # conversations: every message body in one threaded call, then laid out exactly as render_chat does
     start, end = enc.encode_single_token(IM_START), enc.encode_single_token(IM_END)
@@ -2599,7 +2591,7 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
         # (a 2 GB text file took 8 minutes on 2 cores)
         sizes = [input_sizes(part, limit) for part in plan.get("parts", [plan])]
         total = sum(sum(s) for s in sizes) if all(sizes) else None
-        with progress_bar(f"{folder}", total) as progress:
+        with progress_bar(folder, total) as progress:
             if "parts" in plan:
                 kind = "chat"
                 mixed = mix_splits(folder, plan, enc, splits, raw_splits, limit, val_fraction, block, progress)
@@ -2714,7 +2706,7 @@ class ProgressLines:
     time left. tqdm was disabled there, and a 2 GB file's 8 minutes went by without a word. tqdm's update() and
     context, no more."""
 
-    def __init__(self, desc, total=None, unit="B"):
+    def __init__(self, desc, total, unit):
         self.desc, self.total, self.n = desc, total, 0
         self.millions = " MB" if unit == "B" else f"M {unit}"
         self.start = self.said = time.monotonic()
