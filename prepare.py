@@ -85,15 +85,7 @@ from setup_tokenizer import (EOT, IM_END, IM_START, VocabSample, fewer_ids, get_
 
 FORMAT = 1   # layout of meta.json and the .bin files
 VERSION = 12  # bump when the same inputs would give other tokens or counts, so existing datasets rebuild
-             # (2: special tokens count no bytes of text; 4: val counted over a dataset's files together, byte-order
-             # marks dropped, separators found after a long first document; 6: a message's "weight" 0 masks its
-             # reply, a one-document file over twice val's share of the text is cut by tokens; 7: a conversation set's
-             # own validation split leaves out the conversations train has, an empty reply is not trained on, a
-             # ShareGPT turn's "weight" counts as a `messages` turn's does; 8: a val cut from the same sources as train
-             # leaves out the documents train has; 9: so does a plain text set's own validation split, and val keeps one
-             # copy of a document it repeats; 10: a mix's val leaves out what another of its datasets trains on, or
-             # validates on before it; 11: GSM8K's calculator annotations dropped by the record's shape, not the
-             # dataset's name)
+             # (this line's git log says what each bump changed)
 DATASETS = ("story", "shakespeare", "dailydialog", "chat", "chitchat", "knowledge", "text")
 EVERYTHING = ("story", "shakespeare", "dailydialog", "chat", "knowledge", "chitchat")  # what a bare `python prepare.py` builds
 MIXABLE = ("dailydialog", "chat", "knowledge", "chitchat")  # the conversation sets, which --mix combines
@@ -2028,10 +2020,9 @@ def train_vocabulary(plan, vocab_size, path, limit, val_fraction, pack=None):
     """Train a BPE vocabulary of vocab_size on the dataset's own train text (message contents for
     conversations), with the same --limit, and save it as path: the val split stays unseen."""
     def docs():
-        # the train documents the sample is taken from, each as its texts; mixed kinds, and --pack on text, refused here
-        # (in those the sample leaves out too) as write_splits would, before minutes of training a vocabulary
-        # the kind and where the first document is; characters of the documents cut into train and val
-        kind, first_label, cut = None, None, 0
+        """The train documents the sample is taken from, each as its texts. Mixed kinds, and --pack on text, are refused
+        here as write_splits would (in the documents the sample leaves out too), before minutes of training."""
+        kind, first_label, cut = None, None, 0  # the first document's kind and stream; characters cut to train and val
         for part in plan.get("parts", [plan]):  # a mix: --limit counts in each of its datasets, as in build()
             budget = {"split": limit, "train": limit, "val": 0}
             counts, chars, first = count_split_docs(part["streams"], budget) if val_fraction else ({}, {}, None)
@@ -2329,7 +2320,7 @@ def old_options(folder, old, dataset, sources, plan, named, force):
     # --source files into a folder no --name chose (data/<dataset>; data/text by default) replace no dataset made from
     # other files or from the mirror's or the hub's data (`--dataset story --source mine.txt` after `make demo`), as
     # they replace no other dataset: a model may be trained on it. A --name given is the user's choice: made again there
-    # its plan["description"]: "--source " and each file read, or the mirror's or the hub's
+    # old_description: its plan["description"], "--source " and each file read, or the mirror's or the hub's
     old_description = same_dataset and old.get("source")
     if old_description and sources and not named and not force:
         if not str(old_description).startswith("--source "):
