@@ -1255,8 +1255,7 @@ class Split:
         """Move every token after the first `keep` (and the last `documents` document ends) to the end of the Split
         other. table: token_bytes(enc), which counts the bytes moved."""
         moved_bytes = 0
-        for i, (f, g) in enumerate(zip(self.files, other.files)):
-            size = self.dtype.itemsize if i == 0 else 1
+        for i, (f, g, size) in enumerate(zip(self.files, other.files, (self.dtype.itemsize, 1))):
             f.flush()
             f.seek(keep * size)
             while block := f.read(size << 20):  # (1M tokens: their byte count's int64 lookup is 8 MB, not 64)
@@ -1283,8 +1282,7 @@ class Split:
                 runs[-1][1] = b
             else:
                 runs.append([a, b])
-        for i, f in enumerate(self.files):
-            size = self.dtype.itemsize if i == 0 else 1
+        for f, size in zip(self.files, (self.dtype.itemsize, 1)):  # tokens, then the mask's bytes
             at = 0  # never past what is still to be read: the copy only moves data towards the start
             for a, b in runs:
                 for start in range(a * size, b * size, size << 23):
@@ -2042,9 +2040,9 @@ def train_vocabulary(plan, vocab_size, path, limit, val_fraction, pack=None):
         # a text of one character: val gets it, train none, and train_bpe's "no text to train on" was said of a file
         # that holds text; as write_splits says it (the sample has taken its texts of every document before)
         if cut and not sample.chars:
-            raise too_little_text([s for part in plan.get("parts", [plan]) for s in part["streams"]], "train")
+            raise too_little_text(plan["streams"], "train")
 
-    size = sum(text_bytes(f) for part in plan.get("parts", [plan]) for f in part.get("files", ()) if os.path.isfile(f))
+    size = sum(text_bytes(f) for f in plan["files"] if os.path.isfile(f))
     # --limit's first documents say no size (as a hub split's files do not): their first ones, up to the cap
     sample = VocabSample(size if limit is None else 0)
     say_training(vocab_size, sample, size, " (its train text)")
