@@ -1134,11 +1134,8 @@ def find_source(dataset, source=None, extra=True, limit=None, left=None):
     path, config, train_split, val_split = HUB[dataset]
     # offline (HF_DATASETS_OFFLINE=1) only datasets' cache can answer, and streaming never reads it
     streaming = limit is not None and os.environ.get("HF_DATASETS_OFFLINE", "").lower() not in ("1", "true", "yes", "on")
-    streams = [("train" if val_split else "split", f"{path} {train_split}",
-                functools.partial(hub_docs, dataset, train_split, streaming, left=left))]
-    if val_split:
-        streams.append(("val", f"{path} {val_split}", functools.partial(hub_docs, dataset, val_split, streaming,
-                                                                         left=left)))
+    splits = [("train", train_split), ("val", val_split)] if val_split else [("split", train_split)]
+    streams = [(role, f"{path} {s}", functools.partial(hub_docs, dataset, s, streaming, left=left)) for role, s in splits]
     return {"description": f"Hugging Face hub {path}" + (f" ({config})" if config else ""), "files": [], "streams": streams}
 
 
@@ -2402,7 +2399,7 @@ def keep_up_to_date(folder, old, tokenizer, new_vocab, vocab_fp):
 
 
 def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, out_dir, name, extra, vocab_size, pack,
-                 mix, skip_bad_records=False):
+                 mix, skip_bad_records):
     """prepare(), holding the dataset folder's lock in held once the folder is known."""
     named, name = bool(name), name or dataset
     check_arguments(dataset, source, tokenizer, limit, val_fraction, pack, mix, vocab_size, name, out_dir)
