@@ -1835,9 +1835,7 @@ def write_own_val_again(streams, opened, val, budget, write):
     val.repeats = 0
     own_keys = array("q")
     for i, label in own:
-        again = array("q")
-        write(keyed(limited(unseen(streams[i][2](), np.zeros(0, np.int64), val), budget, "val"), again), val, label)
-        own_keys.extend(again)
+        write(keyed(limited(unseen(streams[i][2](), np.zeros(0, np.int64), val), budget, "val"), own_keys), val, label)
     return own_keys
 
 
