@@ -388,8 +388,8 @@ def json_file_records(path):
                 hint = "; it looks like one record per line (JSON Lines): name it .jsonl"
         raise UserError(f"{path} line {e.lineno}: malformed JSON ({e.msg}, column {e.colno}){hint}")
     if isinstance(data, dict) and data and all(isinstance(v, dict) for v in data.values()):
-        # pandas' DataFrame.to_json() default, {column: {row: value}}: read as one record, it was "`input` must
-        # be text, got dict", naming no way out
+        # pandas' DataFrame.to_json() default, {column: {row: value}}: named, with its way out (read as one record,
+        # it fails on a field: "`input` must be text, got dict")
         columns = ", ".join(list(data)[:4]) + ", ..." * (len(data) > 4)
         raise UserError(f"{path}: one JSON object of columns ({columns}) by row, as pandas' "
                         f"to_json() writes by default: write it with to_json(PATH, orient=\"records\", "
@@ -424,7 +424,7 @@ def turns_of(record, field, where):
         return next(((r, c) for r, c in spellings if isinstance(m.get(r), str) and c in m), None)
     turns = record[field]
     # OpenAI's function calling: a turn that calls a tool (tool_calls, content null or left out) and the tool's answer
-    # (role "tool") were "content must be text ..., got NoneType" or "unknown role 'tool'", which named no way out
+    # (role "tool") are named, with the way out, not left to "content must be text" or "unknown role 'tool'"
     if isinstance(turns, list) and any(isinstance(m, dict) and (m.get("tool_calls") or m.get("function_call") or
                                                                 m.get("role") in ("tool", "function")) for m in turns):
         raise UserError(f"{where}: a tool call (OpenAI's tool_calls or a \"tool\" turn): only system, user and assistant "
@@ -571,7 +571,7 @@ def record_doc(record, where, dataset=None):
             m["weight"] = 0
     replies = [m["content"] for m in messages if trained_on(m)]
     # no reply, or replies all empty (Alpaca's output "") or weighted 0: nothing under the loss mask, as an empty text
-    # record has nothing (a conversation of user turns alone was kept unsaid, windows of context for no loss)
+    # record has nothing (a conversation of user turns alone would be windows of context for no loss)
     if not any(r.strip() for r in replies):
         return None
     return messages
@@ -684,8 +684,8 @@ def good_docs(records, label, dataset, left=None, scan=True):
             if len(wheres) <= PLACES:
                 wheres.append(where)
             if not skipping and not good and bad == ALL_BAD:
-                # a file of another shape altogether (prompt/chosen/rejected records, say) was read to its end before its
-                # error: minutes for gigabytes
+                # a file of another shape altogether (prompt/chosen/rejected records, say): not read to its end before
+                # its error, minutes for gigabytes
                 raise BadRecords(label, f"{first}; the first {bad:,} records of {label} are all bad (not read on)",
                                  bad, False)
             if skipping:
@@ -1034,8 +1034,7 @@ def folder_files(path):
     """The files of a --source folder and its folders that prepare.py reads (SUFFIXES), sorted; others are named in a
     warning."""
     found, entered, others = [], {os.path.realpath(path)}, collections.Counter()
-    # linked folders too (a corpus on another disk: skipped, its documents were lost unsaid), each once (a
-    # link back up is a loop)
+    # linked folders too (a corpus on another disk), each once (a link back up is a loop)
     for d, subs, names in os.walk(path, followlinks=True):
         # not hidden folders (.ipynb_checkpoints, .git) nor a dataset prepare.py wrote (meta.json)
         kept = []
@@ -1060,7 +1059,7 @@ def folder_files(path):
     found.sort()
     if not found:
         raise UserError(f"--source {path}: no {', '.join(SUFFIXES)} files in this folder")
-    if others:  # a .md or .txt.gz among the .txt files was left out without a word
+    if others:  # (a .md or .txt.gz among the .txt files, left out: said)
         kinds = ", ".join(f"{n} {kind}" for kind, n in others.most_common())
         print(f"warning: --source {path}: left out {sum(others.values()):,} file(s) of other types "
               f"({kinds}); prepare.py reads {', '.join(SUFFIXES)}", file=sys.stderr)
@@ -1145,7 +1144,6 @@ def parse_mix(spec):
     for item in spec.split(","):
         name, _, weight = item.strip().partition(":")
         if name not in MIXABLE:
-            # (said of a chat set of the user's own, "not a conversation dataset" was untrue and named no way in)
             raise UserError(f"--mix {spec}: {name!r} is not one of the conversation sets --mix weighs "
                             f"({', '.join(MIXABLE)}); files of your own go into one dataset together with --source "
                             f"(--source mine.jsonl theirs.jsonl --name NAME)")
@@ -1492,8 +1490,8 @@ def split_documents(split, eot, chunk=1 << 22):
     no memmap). Each its own array, no view of a chunk: the packer holds documents back, and a short one it held
     long would have kept its whole chunk in memory."""
     masked = len(split.files) > 1
-    # the pieces of the document the chunks so far end inside, each chunk searched once: a chunk's leftover was joined
-    # to the next chunk and searched again with it, quadratic in a document of many chunks (over 4M tokens)
+    # the pieces of the document the chunks so far end inside, each chunk searched once (joining a chunk's leftover to
+    # the next chunk and searching again is quadratic in a document of many chunks, over 4M tokens)
     held_ids, held_mask = [], []
     for a, ids, ends in chunk_ends(split.tokens, eot, chunk, functools.partial(read_tokens, split)):
         mask = read_tokens(split, a, a + len(ids), mask=True) if masked else None
@@ -2621,8 +2619,8 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
             meta["mix"] = mixed
         if vocab_fp:
             meta["vocab_fingerprint"] = vocab_fp
-        # a file written to as it was read (a download or export still going) gave its passes other documents: val's
-        # share, counted first, was cut from documents the tokens no longer had, and meta.json's counts were wrong
+        # a file written to as it is read (a download or export still going) gives its passes other documents: val's
+        # share, counted first, would be cut from documents the tokens no longer have, and meta.json's counts be wrong
         changed = [f for f, a, b in zip(plan["files"], read_from, file_states(plan)) if a != b]
         if changed:
             raise UserError(f"{changed[0]} changed while prepare.py read it (still being written?): run this again once "
