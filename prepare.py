@@ -657,7 +657,7 @@ def checked_records(records, dataset):
             yield where, doc, None
 
 
-def good_docs(records, label, dataset, left=None, scan=True):
+def good_docs(records, label, dataset, left, scan=True):
     """(where, document) of each record of records, the (where, record) of one file or hub split (label), a record
     that is no JSON given as its UserError. A bad record (checked_records) stops the run, named as
     always, and with scan the file's other bad records counted and located too, read (parsed and checked, not
@@ -719,7 +719,7 @@ def good_docs(records, label, dataset, left=None, scan=True):
                                           f"{places(wheres[1:], more)}" if more else ""), bad, good, kind)
 
 
-def bad_records(path, kind=None):
+def bad_records(path, kind):
     """(count, wheres, good, other) of the bad records of a .jsonl, .json or .parquet file, found as good_docs finds them
     (parsed and checked, not tokenized), read to its end, or to its ALL_BAD-th bad record when none before is good;
     wheres: the places of the first OTHER_FILES, good: whether it has a good record. other: the file's first document
@@ -833,7 +833,7 @@ def hub_docs(dataset, split, streaming=False, path=None, rows=None, left=None):
     yield from (doc for _, doc in good_docs(records(), f"{path} {split}", dataset, left, scan=False))
 
 
-def hub_source(spec, dataset, left=None):
+def hub_source(spec, dataset, left):
     """--source hf:NAME[:CONFIG[:SPLIT]], a Hugging Face hub dataset (or a local folder of data files, which datasets
     reads as one), streamed: --limit reads what it takes, and a huge set is never downloaded whole (each pass over it,
     the val count's or a vocabulary's, reads it again). Train is SPLIT (default train, or the set's only split), val
@@ -1014,12 +1014,12 @@ def chitchat_conversation(rng):
     return msgs
 
 
-def chitchat_docs(n=5000, seed=1337):
-    """n distinct conversations: the templates repeat short ones (122 of 5,000), and val, the tail, held 18 that
+def chitchat_docs():
+    """5,000 distinct conversations: the templates repeat short ones (122 of 5,000), and val, the tail, held 18 that
     train had too."""
-    rng = random.Random(seed)  # same seed, same conversations: the dataset is reproducible
+    rng = random.Random(1337)  # same seed, same conversations: the dataset is reproducible (find_source names it)
     seen = set()
-    while len(seen) < n:
+    while len(seen) < 5000:
         msgs = chitchat_conversation(rng)
         key = json.dumps(msgs)
         if key not in seen:
@@ -1505,11 +1505,11 @@ def split_documents(split, eot, chunk=1 << 22):
         held_mask.append(mask[start:] if masked else None)
 
 
-def mix_choice(doc_tokens, weights, seed=MIX_SEED):
+def mix_choice(doc_tokens, weights):
     """Which documents make a mix: doc_tokens, per source the token count of each document; returns per
     source an array of document indices (repeats allowed) whose tokens are about weight / sum(weights) of
     all the sources' tokens together. Whole copies of a source first, then a seeded random subset."""
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(MIX_SEED)
     total, wsum = sum(int(t.sum()) for t in doc_tokens), sum(weights)
     picks = []
     for tokens, weight in zip(doc_tokens, weights):
@@ -1846,8 +1846,7 @@ def check_text_left(splits, kind, val_fraction, streams):
         raise too_little_text(streams, "val")
 
 
-def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, scratch="", pack=None, doc_keys=None,
-                 sizes=None):
+def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, scratch, pack, doc_keys=None, sizes=None):
     """Tokenize every stream of a plan (find_source) with enc into temporary train and val Splits in folder, added to
     the dict splits as soon as they exist, so the caller can remove them on failure (scratch, a suffix of their
     temporary names, tells apart the files of several such calls); returns the kind, "text" or "chat". Val is each
