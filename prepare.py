@@ -483,6 +483,30 @@ def plain_text(text, where):
     return (text.strip(), True) if text.strip() else None
 
 
+def pair_messages(record, pair, where):
+    """record_doc's turns of a record of a prompt-and-reply shape, pair (its prompt, reply and input fields, one of
+    PAIRS): those of its `history`, the prompt (and input) as a user turn, the reply. where: its place, for errors."""
+    prompt, reply, extra = pair
+    if extra and record.get(extra) and not isinstance(record[extra], str):  # else its repr() trained
+        raise UserError(f"{where}: `{extra}` must be text, got {json_kind(record[extra])}")
+    # LLaMA-Factory's `history`, the turns before, as [instruction, output] pairs: left out, a multi-turn row
+    # trained as its last turn alone
+    history = record.get("history") or []
+    if not isinstance(history, list) or not all(isinstance(h, (list, tuple)) and len(h) == 2 and
+                                                 all(isinstance(t, str) for t in h) for h in history):
+        raise UserError(f"{where}: `history` must be a list of [instruction, output] pairs of text, the turns "
+                        f"before this one")
+    asked, answered = as_turns(record, prompt, "user", where), as_turns(record, reply, "assistant", where)
+    if extra and record.get(extra):
+        asked[0]["content"] += f"\n\n{record[extra]}"  # (an instruction is text: one turn)
+    if reply == "answer" and GSM8K_FINAL.search(answered[0]["content"]):
+        # GSM8K's calculator annotations (48/2 = <<48/2=24>>24), noise to a model with no calculator, known by
+        # the record's shape: its file as --source (`--dataset chat`, hf:openai/gsm8k) kept them. Not by the
+        # dataset's name: another question/answer set may write << and >> (C++'s cout << x; cin >> y)
+        answered[0]["content"] = re.sub(r"<<[^<>]*>>", "", answered[0]["content"])
+    return alternate([t for h in history for t in h]) + asked + answered
+
+
 def record_doc(record, where, dataset=None):
     """One record -> a document: conversations as `messages` (or `conversation`) [{role, content}], ShareGPT
     `conversations` [{from, value}] (either turn spelling under any of the names), a prompt and its reply of one of
@@ -514,25 +538,7 @@ def record_doc(record, where, dataset=None):
         if turns_field:
             messages = turns_of(record, turns_field, where)
         elif pair:
-            prompt, reply, extra = pair
-            if extra and record.get(extra) and not isinstance(record[extra], str):  # else its repr() trained
-                raise UserError(f"{where}: `{extra}` must be text, got {json_kind(record[extra])}")
-            # LLaMA-Factory's `history`, the turns before, as [instruction, output] pairs: left out, a multi-turn row
-            # trained as its last turn alone
-            history = record.get("history") or []
-            if not isinstance(history, list) or not all(isinstance(h, (list, tuple)) and len(h) == 2 and
-                                                         all(isinstance(t, str) for t in h) for h in history):
-                raise UserError(f"{where}: `history` must be a list of [instruction, output] pairs of text, the turns "
-                                f"before this one")
-            asked, answered = as_turns(record, prompt, "user", where), as_turns(record, reply, "assistant", where)
-            if extra and record.get(extra):
-                asked[0]["content"] += f"\n\n{record[extra]}"  # (an instruction is text: one turn)
-            if reply == "answer" and GSM8K_FINAL.search(answered[0]["content"]):
-                # GSM8K's calculator annotations (48/2 = <<48/2=24>>24), noise to a model with no calculator, known by
-                # the record's shape: its file as --source (`--dataset chat`, hf:openai/gsm8k) kept them. Not by the
-                # dataset's name: another question/answer set may write << and >> (C++'s cout << x; cin >> y)
-                answered[0]["content"] = re.sub(r"<<[^<>]*>>", "", answered[0]["content"])
-            messages = alternate([t for h in history for t in h]) + asked + answered
+            messages = pair_messages(record, pair, where)
         elif "dialog" in has:
             if not isinstance(record["dialog"], list) or not all(isinstance(t, str) for t in record["dialog"]):
                 raise TypeError("`dialog` must be a list of strings, one per turn")
