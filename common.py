@@ -11,6 +11,7 @@ import ctypes
 import errno
 import glob
 import json
+import math
 import os
 import re
 import shlex
@@ -221,6 +222,50 @@ def draws_a_bar(stream):
         return size.columns > 0 and size.lines > 0
     except (OSError, ValueError):  # no size to ask for: tqdm's own fallback width
         return True
+
+
+PROGRESS_LINE_S = 60  # progress where no bar is drawn (a log file): a line a minute (ProgressLines)
+# how ProgressLines counts each unit: bytes and tokens in millions, windows one by one
+PROGRESS_UNITS = {"B": (1e6, " MB"), "tokens": (1e6, "M tokens"), "windows": (1, " windows")}
+
+
+def progress_bar(desc, total, unit="B"):
+    """The progress of a long job (prepare.py's build in bytes of input, its packing in tokens; eval.py's windows), unit
+    one of PROGRESS_UNITS, total: of them all (None where not known): a tqdm bar on a terminal, else ProgressLines."""
+    if draws_a_bar(sys.stderr):  # (a pseudo-terminal of 0 columns draws none: the lines are written)
+        from tqdm import tqdm  # (here: common.py is imported first, and light)
+        return tqdm(desc=desc, total=total, unit=unit if unit == "B" else f" {unit}", unit_scale=True, leave=False)
+    return ProgressLines(desc, total, unit)
+
+
+class ProgressLines:
+    """Progress where no bar is drawn (standard error a file or a pipe: a nohup run's log): a line on standard error
+    every PROGRESS_LINE_S seconds, what was counted and, of a known total, its share and the time left. tqdm was
+    disabled there, and a 2 GB file's 8 minutes went by without a word. tqdm's update() and context, no more."""
+
+    def __init__(self, desc, total, unit):
+        self.desc, self.total, self.n = desc, total, 0
+        self.scale, self.unit = PROGRESS_UNITS[unit]
+        self.start = self.said = time.monotonic()
+
+    def update(self, n):
+        self.n += n
+        now = time.monotonic()
+        if now - self.said < PROGRESS_LINE_S:
+            return
+        self.said, rate = now, self.n / max(now - self.start, 1e-9)  # a second, over the whole job
+        line = f"{self.desc}: {self.n / self.scale:,.0f}{self.unit}"
+        if self.total:
+            line += f" of {self.total / self.scale:,.0f}{self.unit} ({min(100 * self.n / self.total, 100):.0f}%)"
+            if rate and self.n < self.total:
+                line += f", about {math.ceil((self.total - self.n) / rate / 60)} min left"
+        print(f"{line}, {rate / self.scale:.2f}{self.unit}/s", file=sys.stderr, flush=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
 
 
 def speaks_for_machine():

@@ -35,11 +35,10 @@ import os
 import sys
 
 import numpy as np
-from tqdm import tqdm
 
 from checkpoint import add_checkpoint_argument, load_checkpoint, load_model, parse_checkpoint
-from common import (DTYPES, UserError, atomic_write_text, check_output, draws_a_bar, nonempty, number, path_arg,
-                    pick_device, pick_dtype, retain_freed_memory, run_main, seeded_generator)
+from common import (DTYPES, UserError, atomic_write_text, check_output, nonempty, number, path_arg, pick_device,
+                    pick_dtype, progress_bar, retain_freed_memory, run_main, seeded_generator)
 from gen import (CHAT_STOPS, add_sampling_arguments, chat_reply, columns, default_checkpoint, positive_int,
                  read_prompt_file)
 from prepare import document_ends
@@ -150,9 +149,9 @@ def evaluate_checkpoint(path, datasets=None, data_dir=None, split="val", block_s
         eval_windows = eval_batches * batch_size if eval_batches else len(windows)  # None: every window
         n_windows = len(eval_indices(len(windows), eval_windows))
         # every window of a large split is hours on a CPU (a 1B-token set's 114M val tokens, 447k windows: about 6 hours
-        # of a tiny GPT-2-vocabulary model on a core), which went by without a word: a bar with the time left
-        with tqdm(total=n_windows, desc=f"{name} {split}", unit=" windows", unit_scale=True, leave=False,
-                  disable=not draws_a_bar(sys.stderr)) as bar:
+        # of a tiny GPT-2-vocabulary model on a core), which went by without a word: a bar with the time left, or off a
+        # terminal (a nohup run's log) a line a minute
+        with progress_bar(f"{name} {split}", n_windows, "windows") as bar:
             loss = evaluate(model, windows, batch_size, eval_windows, dev, amp, progress=bar)
         row = {"dataset": name, "windows": n_windows,
                "loss": loss, "ppl": perplexity(loss), "bpb": bits_per_byte(loss, meta, split), **no_replies}

@@ -73,12 +73,10 @@ from array import array
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from tqdm import tqdm
-
-from common import (STRAY_BYTE_FIX, VOCAB_FILE, UserError, atomic_write_text, check_output, draws_a_bar,
-                    expand_pattern, first_line, fsync_replace, held_lock, holds_nul, json_kind, name_full_disk,
-                    nonempty, not_utf8, parts_text, path_arg, prepare_lock, read_items, read_meta, remove_stale_tmp,
-                    run_main, tmp_name, without_surrogates)
+from common import (STRAY_BYTE_FIX, VOCAB_FILE, UserError, atomic_write_text, check_output, expand_pattern,
+                    first_line, fsync_replace, held_lock, holds_nul, json_kind, name_full_disk, nonempty, not_utf8,
+                    parts_text, path_arg, prepare_lock, progress_bar, read_items, read_meta, remove_stale_tmp, run_main,
+                    tmp_name, without_surrogates)
 from setup_tokenizer import (EOT, IM_END, IM_START, VocabSample, fewer_ids, get_tokenizer, model_context,
                              read_text_chunks, say_training, tokenizer_hash, train_bpe, trained_on,
                              warn_short_vocabulary)
@@ -105,7 +103,6 @@ DEFAULT_OUT_DIR, DEFAULT_VAL_FRACTION = "data", 0.1  # prepare()'s and the comma
 # 64 leave 3.6% padding, 1000 leave 2.2%) and cost only their tokens in memory
 PACK_LOOKAHEAD = 1000
 MIX_SEED = 1337  # which documents a mix repeats or leaves out, and their order: the same every run
-PROGRESS_LINE_S = 60  # a build's progress where no bar is drawn (a log file): a line a minute (ProgressLines)
 
 # files of the local mirror ($DATA_MIRROR/README.md): "main" files give train and, from the
 # tail of each, val; "val" files are a source's own validation split; "extra" files are train-only
@@ -2677,45 +2674,6 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
 
     print_summary(folder, meta, plan, limit, max(time.time() - t0, 1e-9))
     return meta
-
-
-def progress_bar(desc, total, unit="B"):
-    """A build's progress, in bytes of input or (packing) tokens, unit "B" or "tokens" (total: of them all, None where
-    not known): a tqdm bar on a terminal, else ProgressLines."""
-    if draws_a_bar(sys.stderr):  # (a pseudo-terminal of 0 columns draws none: the lines are written)
-        return tqdm(desc=desc, total=total, unit=unit if unit == "B" else f" {unit}", unit_scale=True, leave=False)
-    return ProgressLines(desc, total, unit)
-
-
-class ProgressLines:
-    """A build's progress where no bar is drawn (standard error a file or a pipe: a nohup run's log): a line on standard
-    error every PROGRESS_LINE_S seconds, the bytes (unit "B") or tokens counted and, of a known total, its share and the
-    time left. tqdm was disabled there, and a 2 GB file's 8 minutes went by without a word. tqdm's update() and
-    context, no more."""
-
-    def __init__(self, desc, total, unit):
-        self.desc, self.total, self.n = desc, total, 0
-        self.millions = " MB" if unit == "B" else f"M {unit}"
-        self.start = self.said = time.monotonic()
-
-    def update(self, n):
-        self.n += n
-        now = time.monotonic()
-        if now - self.said < PROGRESS_LINE_S:
-            return
-        self.said, rate = now, self.n / max(now - self.start, 1e-9)  # a second, over the whole build
-        line = f"{self.desc}: {self.n / 1e6:,.0f}{self.millions}"
-        if self.total:
-            line += f" of {self.total / 1e6:,.0f}{self.millions} ({min(100 * self.n / self.total, 100):.0f}%)"
-            if rate and self.n < self.total:
-                line += f", about {math.ceil((self.total - self.n) / rate / 60)} min left"
-        print(f"{line}, {rate / 1e6:.2f}{self.millions}/s", file=sys.stderr, flush=True)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def val_split_description(plan, val_fraction, mixed):

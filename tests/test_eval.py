@@ -12,7 +12,9 @@ import unicodedata
 import numpy as np
 import pytest
 import torch
+import tqdm
 
+import common
 import eval as eval_py
 import gen as gen_py
 import prepare
@@ -456,9 +458,21 @@ def test_the_evaluation_of_every_window_shows_its_progress(env, chat_ckpt, monke
     """Every window of a large val split is hours on a CPU: a bar on a terminal counts the windows to their total, where
     nothing was said until the table."""
     Bar.made.clear()
-    monkeypatch.setattr(eval_py, "tqdm", Bar)
-    monkeypatch.setattr(eval_py, "draws_a_bar", lambda stream: True)
+    monkeypatch.setattr(tqdm, "tqdm", Bar)
+    monkeypatch.setattr(common, "draws_a_bar", lambda stream: True)
     r = eval_py.evaluate_checkpoint(chat_ckpt, datasets=["story"], data_dir=env["data"], samples=0, device="cpu",
                                     dtype="float32")
     (bar,) = Bar.made
     assert not bar.disable and bar.total == r["rows"][0]["windows"] == bar.n
+
+
+def test_the_evaluation_off_a_terminal_says_its_progress_in_lines(env, chat_ckpt, monkeypatch, capsys):
+    """Off a terminal (a nohup run's log, standard error a file) the hours of a large split's windows went by without
+    a word: a line every PROGRESS_LINE_S seconds, the windows done of their total."""
+    monkeypatch.setattr(common, "PROGRESS_LINE_S", 0)  # a line at every batch
+    r = eval_py.evaluate_checkpoint(chat_ckpt, datasets=["story"], data_dir=env["data"], samples=0, batch_size=4,
+                                    device="cpu", dtype="float32")
+    n = r["rows"][0]["windows"]
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("story val: ")]
+    assert len(lines) == math.ceil(n / 4) > 1 and all(line.endswith(" windows/s") for line in lines)
+    assert lines[-1].startswith(f"story val: {n:,} windows of {n:,} windows (100%)")

@@ -19,6 +19,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+import tqdm
 
 import common
 import prepare
@@ -3354,7 +3355,7 @@ def test_a_conversation_written_out_in_chatml_is_a_bad_record(tmp_path):
 
 
 class Bar:
-    """A stand-in for tqdm (prepare.py's, eval.py's) that records its total, whether it is disabled and what it was
+    """A stand-in for tqdm (common.progress_bar's) that records its total, whether it is disabled and what it was
     advanced by."""
     made = []
 
@@ -3376,8 +3377,8 @@ def test_progress_counts_bytes_of_input_to_their_total(tmp_path, monkeypatch):
     """The progress of a minutes-long build is the bytes of its input read, out of their sum, so that it has an end
     and a time left: it counted documents, of no total (a 2 GB file showed 744k docs at 1.6k docs/s for 8 minutes,
     no sign of how far it had come). A record's JSON counts, at its file's end: the bar ends at the total."""
-    monkeypatch.setattr(prepare, "tqdm", Bar)
-    monkeypatch.setattr(prepare, "draws_a_bar", lambda stream: True)  # (a terminal's: pytest's capture is none)
+    monkeypatch.setattr(tqdm, "tqdm", Bar)  # (common.progress_bar imports it when a bar is drawn)
+    monkeypatch.setattr(common, "draws_a_bar", lambda stream: True)  # (a terminal's: pytest's capture is none)
     text = write(tmp_path / "src" / "a.txt", f"\n{EOT}\n".join(DOCS))
     chats = write(tmp_path / "src" / "b.jsonl", "".join(
         json.dumps({"messages": [{"role": "user", "content": f"question {i}?"},
@@ -3401,7 +3402,7 @@ def test_progress_counts_bytes_of_input_to_their_total(tmp_path, monkeypatch):
 def test_progress_off_a_terminal_is_a_line_a_minute(tmp_path, monkeypatch, capsys):
     """Where no bar is drawn (a nohup run's log) a build says how far it is every PROGRESS_LINE_S seconds: tqdm was
     disabled there, and 8 minutes went by without a word."""
-    monkeypatch.setattr(prepare, "PROGRESS_LINE_S", 0)  # a line at every batch
+    monkeypatch.setattr(common, "PROGRESS_LINE_S", 0)  # a line at every batch
     monkeypatch.setattr(prepare, "BATCH_DOCS", 10)
     src = write(tmp_path / "a.txt", f"\n{EOT}\n".join(DOCS))
     prepare.prepare("text", source=src, out_dir=str(tmp_path / "data"))
