@@ -226,6 +226,20 @@ def test_unknown_and_default_fields_are_accepted(api, enc):
     assert body["usage"]["prompt_tokens"] == len(render_chat(enc, CHAT, add_generation_prompt=True)[0])
 
 
+def test_a_request_without_max_tokens_gets_the_servers_max_tokens(enc):
+    """serve.py --max_tokens N is the reply's length where a request gives none, for a completion as for a chat: a
+    model that never stops (' la' forever) says N tokens, finish_reason "length", not as many as the context holds."""
+    api = start(la_model(enc), enc, name="la", max_tokens=5)
+    try:
+        for path, body in (("/v1/completions", {"prompt": "Once upon a time"}),
+                           ("/v1/chat/completions", {"messages": CHAT})):
+            status, r, _ = post(api, path, {**body, "temperature": 0})
+            assert status == 200, r
+            assert r["usage"]["completion_tokens"] == 5 and r["choices"][0]["finish_reason"] == "length", (path, r)
+    finally:
+        api.close()
+
+
 def test_openai_forms_of_a_prompt_and_of_an_assistant_turn_are_read(api, enc):
     """What OpenAI's API takes and its client (or LangChain, which sends a prompt as ["..."]) sends: a prompt as token
     ids, or alone in a list; an assistant turn whose content is null (it called a tool) or holds a refusal part."""
