@@ -1874,6 +1874,19 @@ def test_grad_clip_scales_the_step_gradient_to_its_norm(env):
     torch.testing.assert_close(clipped / clipped.norm(), raw / raw.norm())  # the same direction
 
 
+def test_a_run_clips_its_gradients_to_its_grad_clip(env, tmp_path, monkeypatch):
+    """--grad_clip reaches every step of a run (0: none clipped), not train_step's tests alone."""
+    norms = []
+    clip = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda params, max_norm, *a, **k: (
+        norms.append(max_norm), clip(params, max_norm, *a, **k))[1])
+    for grad_clip, want in (("0.25", [0.25] * 2), ("0", [])):
+        norms.clear()
+        train.train(args_for(env, tmp_path / grad_clip, "--dataset", "mini", "--max_steps", "2", "--eval_interval", "0",
+                             "--grad_clip", grad_clip))
+        assert norms == want
+
+
 def test_evaluate_turns_dropout_off_and_gives_the_model_back_as_it_was(env):
     """Val loss with dropout on is noise: the best checkpoint and --patience would compare it."""
     w = train.Windows(train.load_meta(env["data"], "mini"), "val", 64)
