@@ -962,6 +962,28 @@ def test_top_p_reaches_the_sampler(ckpt, capsys):
     assert cli([ckpt, "--prompt", "Hi", "--max_tokens", "12", "--temp", "1", "--seed", "0"] + CPU, capsys) != greedy
 
 
+def test_the_command_line_generates_through_the_kv_cache_unless_told_not_to(ckpt, capsys, monkeypatch):
+    """gen.py decodes with the KV cache (a forward of one new token a step), --no_cache without, the same text."""
+    caches = []
+    new_cache = GPT.new_cache
+    monkeypatch.setattr(GPT, "new_cache", lambda self, *a, **k: caches.append(1) or new_cache(self, *a, **k))
+    argv = [ckpt, "--prompt", "Hi", "--max_tokens", "8", "--temp", "0"] + CPU
+    cached = cli(argv, capsys)
+    assert cached[0] == 0 and caches
+    caches.clear()
+    assert cli(argv + ["--no_cache"], capsys) == cached and not caches
+
+
+def test_repetition_penalty_reaches_the_sampler(ckpt, enc, capsys):
+    # greedy decoding of a random model soon repeats itself: a penalty samples what gen.complete does with it
+    argv = [ckpt, "--prompt", "Hi", "--max_tokens", "20", "--temp", "0"] + CPU
+    plain = cli(argv, capsys)
+    code, out, err = cli(argv + ["--repetition_penalty", "5"], capsys)
+    _, want, _ = gen.complete(tiny_model(enc), enc, enc.encode("Hi"), 20, stop_tokens=(enc.eot_token,), temperature=0,
+                              repetition_penalty=5.0)
+    assert code == 0 and out == "Hi" + want + "\n" != plain[1], err
+
+
 def test_nonstop_is_refused_with_a_prompt_file(ckpt, tmp_path, capsys):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("Once\n", encoding="utf-8")
