@@ -2121,6 +2121,17 @@ def test_repetition_penalty_is_honoured(api, enc):
         other.close()
 
 
+def test_a_requests_top_p_is_sampled_with(api):
+    """A request's top_p, not only the page's (whose test needs Chromium): a nucleus this small holds the most likely
+    token alone, so sampling at temperature 1 gives the greedy text whatever the seed."""
+    body = {"prompt": "Once upon a time", "max_tokens": 12}
+    greedy = post(api, "/v1/completions", dict(body, temperature=0))[1]["choices"][0]["text"]
+    for seed in (0, 1):
+        status, r, _ = post(api, "/v1/completions", dict(body, temperature=1, top_p=1e-6, seed=seed))
+        assert status == 200 and r["choices"][0]["text"] == greedy and api.worker.recent[-1]["top_p"] == 1e-6, r
+    assert post(api, "/v1/completions", dict(body, temperature=1, seed=0))[1]["choices"][0]["text"] != greedy
+
+
 def test_max_completion_tokens_is_honoured(api):
     status, body, _ = post(api, "/v1/completions", {"prompt": "Once upon a time", "max_completion_tokens": 3})
     assert status == 200 and api.worker.recent[-1]["max_tokens"] == 3
