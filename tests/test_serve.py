@@ -133,6 +133,23 @@ def test_openai_client_chat_completion(api, enc):
     assert (r.usage.prompt_tokens, r.usage.completion_tokens, r.usage.total_tokens) == (len(ids), n, len(ids) + n)
 
 
+def test_a_chat_reply_ends_at_each_token_that_ends_a_turn(enc):
+    """As gen.py's chat (gen.CHAT_STOPS): a reply ends at <|endoftext|> or at a new turn's <|im_start|> too, not at
+    <|im_end|> alone; the model that says nothing else gets an empty reply, "stop", not max_tokens of the token's text."""
+    for closer in gen.CHAT_STOPS:
+        model = la_model(enc)
+        with torch.no_grad():  # it says closer, never ' la'
+            model.lm_head.weight[enc.encode_single_token(" la"), 0] = -30.0
+            model.lm_head.weight[enc.encode_single_token(closer), 0] = 0.0
+        api = start(model, enc, name="closer")
+        try:
+            status, r, _ = post(api, "/v1/chat/completions", {"messages": CHAT, "max_tokens": 8, "temperature": 0})
+            assert status == 200 and r["choices"][0]["message"]["content"] == "", (closer, r)
+            assert r["choices"][0]["finish_reason"] == "stop" and r["usage"]["completion_tokens"] == 1, (closer, r)
+        finally:
+            api.close()
+
+
 def test_openai_client_streamed_chat(api):
     kwargs = dict(model="tiny", messages=CHAT, max_tokens=8, temperature=1, seed=11)
     whole = client(api).chat.completions.create(**kwargs)
