@@ -842,6 +842,22 @@ def test_muon_steps_along_nesterov_momentum(monkeypatch):
     assert torch.allclose(p.detach(), want, atol=1e-6)
 
 
+def test_muon_decays_its_weights_as_adamw_does(monkeypatch):
+    """--weight_decay reaches Muon's matrices, decoupled as AdamW's: each step multiplies them by 1 - lr * weight_decay,
+    then adds the update (the orthogonalization made the identity, as above)."""
+    import model as model_py
+    monkeypatch.setattr(model_py, "orthogonalize_shared", lambda x, steps: x)
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(4, 6))
+    start, lr, mu, wd = p.detach().clone(), 0.1, 0.95, 0.5
+    opt = Muon([p], lr=lr, weight_decay=wd, momentum=mu)
+    g = torch.randn(4, 6)
+    p.grad = g.clone()
+    opt.step()
+    want = start * (1 - lr * wd) - lr * 0.2 * math.sqrt(6) * ((1 - mu) * g + mu * (1 - mu) * g)
+    assert torch.allclose(p.detach(), want, atol=1e-6)
+
+
 def test_muon_state_round_trips_exactly():
     # two steps, save, two more, against a copy loaded from the save: the momentum buffers carry the run on exactly
     def run(model, opt, steps, seed):
