@@ -3077,6 +3077,7 @@ def test_a_max_steps_pause_says_it_is_not_judged(env, tmp_path, monkeypatch, cap
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if ", val " in line]
     assert len(lines) == 2 and "* best" in lines[0] and "not judged" not in lines[0], lines
+    assert load_checkpoint(s["best_checkpoint"])["val_loss"] == 5.0  # the best file is not the pause's weights
     assert lines[1].startswith("step 6 ") and "* best" not in lines[1] and \
         lines[1].endswith("(a --max_steps pause: not judged for the best file or --patience)"), lines
     # the summary named the best file, worse than the checkpoint just written, as the model to try: it says where the
@@ -3088,6 +3089,17 @@ def test_a_max_steps_pause_says_it_is_not_judged(env, tmp_path, monkeypatch, cap
     s = train.train(args_for(env, tmp_path / "worse", "--dataset", "mini", "--eval_interval", "50", "--max_steps", 6))
     out = capsys.readouterr().out
     assert "those weights" not in out and out.rstrip().endswith(f"try it: python gen.py {s['best_checkpoint']}"), out
+
+
+def test_a_pause_neither_sets_the_best_nor_counts_towards_patience():
+    """Progress.judge: a better val loss becomes the best and restarts --patience's count, a worse one counts; a
+    --max_steps pause is said better or not, and changes neither (a run split into pieces stops where one run does)."""
+    p = train.Progress()
+    assert p.judge(5.0, 0.5) == (True, True) and (p.best_val_loss, p.evals_since_best) == (5.0, 0)
+    assert p.judge(6.0, 1.0) == (False, False) and p.evals_since_best == 1
+    assert p.judge(6.0, 1.2, pause=True) == (False, False) and p.evals_since_best == 1
+    assert p.judge(4.0, 1.4, pause=True) == (True, False) and (p.best_val_loss, p.evals_since_best) == (5.0, 1)
+    assert p.judge(4.5, 1.5) == (True, True) and (p.best_val_loss, p.best_at, p.evals_since_best) == (4.5, [0, 1.5], 0)
 
 
 def test_a_max_steps_pause_does_not_stop_a_run_early(env, tmp_path, monkeypatch):
