@@ -19,7 +19,8 @@ import zipfile
 import torch
 
 import hf
-from common import UserError, atomic_torch_save, first_line, is_oom, model_folder_file, path_arg, starts_as_zip
+from common import (UserError, atomic_torch_save, first_line, is_oom, model_folder_file, path_arg, script_command,
+                    starts_as_zip)
 from model import GPT, GPTConfig
 from setup_tokenizer import tokenizer_from_state, tokenizer_state
 
@@ -238,5 +239,5 @@ def available_hint(folder="models"):
     found = find_checkpoints(folder) + sorted(d for d in glob.glob(os.path.join(folder, "*"))
                                               if hf.is_hf_folder(d) and not re.search(r"\.\d+\.tmp$", d))
     if not found:
-        return f"; no checkpoints in {os.path.join(folder, '')} yet: train one with `python train.py`"
+        return f"; no checkpoints in {os.path.join(folder, '')} yet: train one with `{script_command('train.py')}`"
     return "; available: " + ", ".join(found[:5]) + (" ..." if len(found) > 5 else "")

@@ -268,6 +268,33 @@ class ProgressLines:
         return False
 
 
+def python_command():
+    """How a command a script prints for the user to paste calls Python (pip's upgrade hint does as much): `python` or
+    `python3` where that name on PATH is this interpreter (an activated venv), else this one's path, relative below the
+    working directory. `make demo` runs `.venv/bin/python train.py`, whose "try it: python gen.py ..." found no torch
+    in the system's Python, or no `python` at all (Debian has only python3)."""
+    exe = os.path.abspath(sys.executable) if sys.executable else ""
+    if not exe:  # (an embedded interpreter says none)
+        return "python"
+    for name in ("python", "python3"):
+        found = shutil.which(name)
+        # a venv's python is a link to the system's: the same file, but another environment unless the same folder
+        if found and os.path.dirname(os.path.abspath(found)) == os.path.dirname(exe) and \
+                os.path.realpath(found) == os.path.realpath(exe):
+            return name
+    try:
+        rel = os.path.relpath(exe)
+    except ValueError:  # (another drive, on Windows)
+        rel = exe
+    return shlex.quote(exe if rel.startswith("..") else rel)
+
+
+def script_command(script, *args):
+    """The command line that runs script (prepare.py, train.py, ...) with args, as the user pastes it: python_command's
+    Python, the arguments quoted for a shell."""
+    return f"{python_command()} {shlex.join([script, *args])}"
+
+
 def speaks_for_machine():
     """False in torchrun's processes other than each machine's first (LOCAL_RANK 0), which say nothing twice."""
     return os.environ.get("LOCAL_RANK", "0") == "0"

@@ -447,7 +447,7 @@ def default_checkpoint(folder="models"):
         names = sorted(f for f in os.listdir(folder) if not f.startswith("."))  # (a killed run's .story.lock)
         where = f"{folder}/ holds " + (", ".join(names[:8]) + (" ..." if len(names) > 8 else "") if names else "nothing")
     raise UserError(f"no checkpoint given and no .pt file in {folder}/ or its folders ({where}): train one with "
-                    f"`python train.py` or pass a checkpoint path")
+                    f"`{common.script_command('train.py')}` or pass a checkpoint path")
 
 
 def positive_int(s):

@@ -36,7 +36,7 @@ import torch
 from common import VOCAB_FILE, UserError, first_line, remove_stale_tmp, tmp_name
 from model import GPT, NORM_EPS, PRESETS, ROPE_THETA, GPTConfig, swiglu_hidden
 from setup_tokenizer import (GPT2_PATTERN, MARKS_PATTERN, SPECIAL_TOKENS, get_tokenizer, tokenizer_from_bpe,
-                             tokenizer_hash, tokenizer_state)
+                             tokenizer_hash, tokenizer_state, train_command)
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -112,7 +112,8 @@ def recover_merges(ranks):
         parts = _merge_parts(ranks, token, rank)
         if len(parts) != 2:
             raise UserError(f"token {token!r} (id {rank}) is not a merge of two lower-ranked tokens, so the vocabulary "
-                            f"has no BPE merges to export; retrain it with `python setup_tokenizer.py train`")
+                            f"has no BPE merges to export; retrain it with "
+                            f"`{train_command()}`")
         merges.append((parts[0], parts[1]))
     return merges
 

@@ -2095,7 +2095,7 @@ def new_command(folder, *more):
         ["--dataset", "text", "--source", "FILE", "--name", name]
     if os.path.abspath(out_dir) != os.path.abspath(DEFAULT_OUT_DIR):
         args += ["--out_dir", out_dir]
-    return shlex.join(["python", "prepare.py", *args, *more])
+    return common.script_command("prepare.py", *args, *more)
 
 
 def rebuild_command(meta, folder=None):
@@ -2135,7 +2135,7 @@ def rebuild_command(meta, folder=None):
             args.append("--no_extra")
         if o.get("skip_bad_records"):
             args.append("--skip_bad_records")
-        return shlex.join(["python", "prepare.py", *args])
+        return common.script_command("prepare.py", *args)
     except (KeyError, TypeError, AttributeError, ValueError):
         return new_command(folder)
 

@@ -86,12 +86,17 @@ def _build(name, ranks, pattern):
     )
 
 
+def train_command():
+    """The command that trains a vocabulary, for the errors that send the user to it."""
+    return common.script_command("setup_tokenizer.py", "train")
+
+
 def not_a_vocabulary(source):
     """The error for a file that is no .tiktoken vocabulary: junk text, a binary file, a folder, a Hugging Face model
     folder's vocab.json (whose folder is the way in)."""
     return model_folder_file(source) or UserError(
-        f"{source} is not a .tiktoken vocabulary (lines of `base64 rank`): pass a file written by `python "
-        f"setup_tokenizer.py train`, a checkpoint, a Hugging Face model folder, or gpt2")
+        f"{source} is not a .tiktoken vocabulary (lines of `base64 rank`): pass a file written by "
+        f"`{train_command()}`, a checkpoint, a Hugging Face model folder, or gpt2")
 
 
 def parse_bpe(text, source="tokenizer"):
@@ -112,7 +117,7 @@ def parse_bpe(text, source="tokenizer"):
     if not cut:
         raise error
     raise UserError(f"{source} is cut short (its last line {text[len(whole):][:40]!r} is incomplete: a copy or download "
-                    f"that stopped?): copy it again, or retrain it with `python setup_tokenizer.py train`")
+                    f"that stopped?): copy it again, or retrain it with `{train_command()}`")
 
 
 def bpe_ranks(text, source, head=False):
@@ -127,9 +132,10 @@ def bpe_ranks(text, source, head=False):
     except ValueError:  # binascii.Error is one too
         raise not_a_vocabulary(source) from None
     if not ranks:  # a copy that wrote nothing (a full disk, a failed download): "ranks must be 0..N-1" would hide that
-        raise UserError(f"{source} is empty: copy it again, or retrain it with `python setup_tokenizer.py train`")
+        raise UserError(f"{source} is empty: copy it again, or retrain it with `{train_command()}`")
     if sorted(ranks.values()) != list(range(len(ranks))) or not (head or all(bytes([b]) in ranks for b in range(256))):
-        raise UserError(f"{source}: ranks must be 0..N-1 and cover all 256 bytes; retrain it with `python setup_tokenizer.py train`")
+        raise UserError(f"{source}: ranks must be 0..N-1 and cover all 256 bytes; retrain it with "
+                        f"`{train_command()}`")
     return ranks
 
 
@@ -190,7 +196,8 @@ def _load_tokenizer(name, stamp):
         enc.bpe_text = None
         return enc, None
     if not os.path.exists(name):
-        raise UserError(f"tokenizer {name!r} not found: use 'gpt2' or the path of a .tiktoken file from `python setup_tokenizer.py train`")
+        raise UserError(f"tokenizer {name!r} not found: use 'gpt2' or the path of a .tiktoken file "
+                        f"from `{train_command()}`")
     if os.path.isdir(name):
         # (imported here: hf.py imports this module, and torch)
         from hf import TOKENIZER_JSON, VOCAB_JSON, folder_context, read_tokenizer
@@ -489,7 +496,8 @@ def train_tokenizer(files, vocab_size, out_path, sample=None):
             # read as text, a chat .jsonl spends merges on its JSON ('{"role": "', '\\u00e9'): its conversations took
             # 23% more tokens than with prepare.py's vocabulary, of fewer ids, trained on their contents
             raise UserError(f"--input {path} holds records, whose syntax this would train on as text: train on their "
-                            f"text with `python prepare.py --source {path} --vocab_size {vocab_size} --name NAME` "
+                            f"text with "
+                            f"`{common.script_command('prepare.py', '--source', path, '--vocab_size', str(vocab_size), '--name', 'NAME')}` "
                             f"(it writes data/NAME/tokenizer.tiktoken)")
 
     def docs():

@@ -385,7 +385,7 @@ def load_meta(data_dir, dataset, tokenizer=None):
             raise UserError(f"no prepared dataset {dataset!r} ({path} is missing): {fix} first")
         have = sorted(n for n in os.listdir(data_dir) if os.path.isfile(os.path.join(data_dir, n, "meta.json"))) \
             if os.path.isdir(data_dir) else []
-        named = shlex.join(["python", "prepare.py", "--dataset", "NAME", *out])  # where this run looks, in its vocabulary
+        named = common.script_command("prepare.py", "--dataset", "NAME", *out)  # where this run looks, in its vocabulary
         raise UserError(f"no prepared dataset {dataset!r} ({path} is missing; {data_dir} has "
                         f"{', '.join(have) or 'none'}): prepare your own text under that name with `{made}`, or one "
                         f"of {', '.join(DATASETS[:-1])} with `{named}`")
@@ -1448,7 +1448,7 @@ class Dist:
     def command(self):
         """How to start train.py again the way it runs now."""
         if self.world == 1:
-            return "python train.py"
+            return common.script_command("train.py")
         return f"torchrun --nproc_per_node={os.environ.get('LOCAL_WORLD_SIZE', self.world)} train.py"
 
     def agree(self, *values):
@@ -1880,7 +1880,7 @@ def summary_lines(summary, meta, args, budget, pause_eval):
                  + (f", curve {summary['plot']}" if summary["plot"] else ""))
     if summary["best_checkpoint"] or summary["checkpoint"]:
         tried = summary["checkpoint"] if pause_better else summary["best_checkpoint"] or summary["checkpoint"]
-        lines.append(paint(f"try it: python gen.py {shlex.quote(tried)}" + (" --chat" if meta.get("has_mask") else ""),
+        lines.append(paint(f"try it: {common.script_command('gen.py', tried, *(['--chat'] if meta.get('has_mask') else []))}",
                            "cyan"))
     return lines
 

@@ -13,6 +13,9 @@ if os.path.isdir(os.path.join(SHARED, "tiktoken-cache")):
 if os.path.isdir(os.path.join(SHARED, "data")):
     os.environ.setdefault("DATA_MIRROR", os.path.join(SHARED, "data"))
 sys.path.insert(0, ROOT)
+# the commands the scripts print for the user to paste start `python` where that is the interpreter on PATH (an activated
+# venv, as here): make test runs .venv/bin/python without activating it (common.python_command)
+os.environ["PATH"] = os.path.dirname(os.path.abspath(sys.executable)) + os.pathsep + os.environ.get("PATH", "")
 
 # A non-interactive shell starts a background job (`make test &`, `nohup`) with Ctrl-C ignored, and every process the
 # tests start would inherit that: the tests of what Ctrl-C does (prepare's renames, serve.py's clean stop, train.py's

@@ -957,3 +957,26 @@ def test_onednn_keeps_a_bounded_number_of_kernels_set_before_torch_loads():
     if not builds:
         pytest.skip("bf16 matmuls on this CPU run without oneDNN")
     assert builds == ["create:cache_miss", "create:cache_miss"]
+
+
+def test_a_command_to_paste_calls_this_python_as_the_shell_finds_it(tmp_path, monkeypatch):
+    """The commands the scripts print (train.py's "try it: python gen.py ...", the rebuild hints) start with the Python
+    that runs them as the user's shell would reach it: `python` in an activated venv, else its path. make demo runs
+    .venv/bin/python without activating the venv, and its "python gen.py" found no torch, or no python (Debian)."""
+    exe = os.path.abspath(sys.executable)
+    monkeypatch.setenv("PATH", os.path.dirname(exe))  # an activated venv: its bin first
+    assert common.script_command("gen.py", "models/a b.pt") == "python gen.py 'models/a b.pt'"
+    monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))  # not activated: its path, relative below here
+    monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.dirname(exe))))
+    assert common.script_command("gen.py") == f"{os.path.relpath(exe)} gen.py" and not os.path.isabs(os.path.relpath(exe))
+    monkeypatch.chdir(tmp_path)
+    assert common.python_command() == shlex.quote(exe)  # (outside: the whole path)
+    # a system's python3 alone (no `python`), and a link of another folder to the same file: another environment
+    for d, name in (("sys", "python3"), ("venv", "python")):
+        (tmp_path / d).mkdir()
+        os.symlink(exe, tmp_path / d / name)
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "sys" / "python3"))
+    monkeypatch.setenv("PATH", os.pathsep.join([str(tmp_path / "venv"), str(tmp_path / "sys")]))
+    assert common.python_command() == "python3"
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "other" / "python"))
+    assert common.python_command() == os.path.join("other", "python")  # (below here: relative)
