@@ -7,6 +7,8 @@ import json
 import math
 import os
 import stat
+import subprocess
+import sys
 import unicodedata
 
 import numpy as np
@@ -476,3 +478,13 @@ def test_the_evaluation_off_a_terminal_says_its_progress_in_lines(env, chat_ckpt
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("story val: ")]
     assert len(lines) == math.ceil(n / 4) > 1 and all(line.endswith(" windows/s") for line in lines)
     assert lines[-1].startswith(f"story val: {n:,} windows of {n:,} windows (100%)")
+
+
+def test_run_as_a_command_bad_input_is_one_line(tmp_path):
+    """`python eval.py ...` from a shell: a missing checkpoint ends in one error line and status 1 (run_main under
+    __main__), not a traceback; the tests above call main() in-process, past that block."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, os.path.join(root, "eval.py"), "none.pt"], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=120)
+    assert (r.returncode, r.stdout, r.stderr) == (1, "", "error: checkpoint none.pt not found; no checkpoints in models/ "
+                                                         "yet: train one with `python train.py`\n")

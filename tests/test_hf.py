@@ -4,6 +4,7 @@ HF GPT-2 folders (as a user downloads them) load here with the same logits, trai
 gen.py samples from one, and bad folders are one-line errors. Models are built locally (2 layers x 64, no
 downloads); the tests that run transformers skip without it.
 """
+import base64
 import dataclasses
 import hashlib
 import json
@@ -370,6 +371,18 @@ def test_hub_gpt2_imports_with_the_same_logits(hub_gpt2, enc):
     assert probs[..., 50257:].sum(-1).max() <= 2 / 50257 + 1e-6
 
 
+def test_hub_gpt2_tokenizer_reads_offline_with_the_same_ids(hub_gpt2, enc, monkeypatch):
+    """GPT-2's tokenizer files read as the named gpt2 tokenizer; offline without tiktoken's GPT-2 files (get_tokenizer
+    refuses), the folder's own files are the vocabulary, with the same ids: the folder still loads."""
+    def offline(name):
+        raise common.UserError("cannot load the GPT-2 BPE files (offline?)")
+    monkeypatch.setattr(hf, "get_tokenizer", offline)
+    own, n_hf = hf.read_tokenizer(hub_gpt2["folder"])
+    assert n_hf == 50257 and own.name != "gpt2"
+    for text in TEXTS:
+        assert own.encode(text, allowed_special="all") == enc.encode(text, allowed_special="all"), text
+
+
 def test_hub_layout_without_prefix_and_with_mask_buffers(hub_gpt2, tmp_path):
     # GPT-2 on the hub was saved from GPT2Model: names without "transformer.", plus the causal-mask buffers
     # older transformers saved ("h.0.attn.bias"); and it has a tokenizer.json besides vocab.json + merges.txt,
@@ -570,14 +583,35 @@ def merges(change):
     # export.py's own settings, edited past the context: eval.py's windows would be refused as longer than it
     (edit_config(gpt_trainer={"block_size": 128}), "gpt_trainer's block_size 128 is not what export.py writes (the "
                                                    "context is 64): remove gpt_trainer from it"),
+    (edit_config(gpt_trainer=[64]), "config.json: gpt_trainer is not an object: remove gpt_trainer from it"),
+    # JSON, but not an object: an AttributeError traceback at its first .get otherwise
+    (lambda f: (f / "config.json").write_text("[1]"), "config.json is not a model config (a JSON object)"),
+    # settings model.py refuses (GPTConfig's ValueError): one line naming config.json
+    (edit_config(n_head=3), "config.json: n_embd (64) must be divisible by n_head (3)"),
+    # a tokenizer class whose choice between the two files is not known: tokenizer_config.json's space counts too
+    (lambda f: edit_json(f / "tokenizer_config.json", lambda t: t.update(tokenizer_class="SomeOtherTokenizerFast",
+                                                                          add_prefix_space=True)),
+     "tokenizer_config.json: add_prefix_space is set"),
 ], ids=["no-config", "bad-json", "bert", "relu", "no-weights", "corrupt-weights", "shape", "huge", "huge-layers", "layers", "vocab", "no-tokenizer",
         "prefix-space", "prefix-space-config", "prefix-space-vocab", "index-list", "index-map", "shard-missing",
         "bin-corrupt", "bin-no-dict", "sentencepiece", "not-byte-level", "unknown-special", "special-id",
-        "special-missing", "id-gap", "merge-order", "merge-missing", "merges-malformed", "own-block"])
+        "special-missing", "id-gap", "merge-order", "merge-missing", "merges-malformed", "own-block", "own-not-object",
+        "config-not-object", "config-refused", "prefix-space-unknown-class"])
 def test_bad_folders_are_one_line_errors(small_folder, tmp_path, capsys, change, words):
     folder = broken(small_folder, tmp_path, change)
     line = one_error_line(*run_cli(gen.main, [folder, "--prompt", "x", "--max_tokens", "1", *CPU], capsys)[::2])
     assert words in line, line
+
+
+def test_without_safetensors_a_folder_and_an_export_say_what_to_install(small_folder, tmp_path, capsys, monkeypatch):
+    """safetensors comes with transformers but is not torch's: where it is missing, a model folder and an export are
+    one line naming the package, not an ImportError traceback."""
+    monkeypatch.setitem(sys.modules, "safetensors.torch", None)  # import safetensors.torch: ImportError
+    want = "error: Hugging Face weights need the safetensors package: pip install safetensors (or make install)"
+    assert one_error_line(*run_cli(gen.main, [small_folder["folder"], "--prompt", "x", "--max_tokens", "1", *CPU],
+                                   capsys)[::2]) == want
+    assert one_error_line(*run_cli(export.main, [small_folder["ckpt"], str(tmp_path / "hf")], capsys)[::2]) == want
+    assert os.listdir(tmp_path) == []
 
 
 @pytest.mark.parametrize("layout", [as_bin, as_shards], ids=["pytorch_model.bin", "shards"])
@@ -956,3 +990,29 @@ def test_a_file_put_at_out_dir_meanwhile_is_not_called_another_export(small_fold
     # the path the user gave, not the temporary folder ("hf.1234.tmp: a part of the path is a file")
     assert line.startswith(f"error: {out} is a file") and ".tmp" not in line and "another export" not in line, line
     assert out.read_text() == "not an export" and os.listdir(tmp_path) == ["hf"]
+
+
+def test_a_vocabulary_without_bpe_merges_is_refused_by_export(tmp_path, capsys):
+    """A .tiktoken vocabulary made elsewhere (or edited) whose token "abc" comes with neither "ab" nor "bc": tiktoken
+    reads it, but merges.txt cannot spell it, so transformers would split "abc" where this model reads one token.
+    The export is refused in one line naming the token, and nothing is written."""
+    ranks = {bytes([b]): b for b in range(256)} | {b"abc": 256}
+    text = "".join(f"{base64.b64encode(t).decode()} {r}\n" for t, r in ranks.items())
+    enc = setup_tokenizer.tokenizer_from_bpe(text)
+    ckpt = str(tmp_path / "model.pt")
+    save_checkpoint(ckpt, our_model(enc.n_vocab), enc)
+    line = one_error_line(*run_cli(export.main, [ckpt, str(tmp_path / "hf")], capsys)[::2])
+    assert line == "error: token b'abc' (id 256) is not a merge of two lower-ranked tokens, so the vocabulary has no " \
+                   "BPE merges to export; retrain it with `python setup_tokenizer.py train`", line
+    assert os.listdir(tmp_path) == ["model.pt"]
+
+
+def test_export_run_as_a_command_bad_input_is_one_line(tmp_path):
+    """`python export.py ...` from a shell: a missing checkpoint ends in one error line and status 1 (run_main under
+    __main__), not a traceback, and no OUT_DIR is made; the tests above call main() in-process, past that block."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, os.path.join(root, "export.py"), "none.pt", "hf"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    assert (r.returncode, r.stdout, r.stderr) == (1, "", "error: checkpoint none.pt not found; no checkpoints in models/ "
+                                                         "yet: train one with `python train.py`\n")
+    assert os.listdir(tmp_path) == []
