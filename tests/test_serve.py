@@ -373,9 +373,10 @@ def test_http_errors_get_openai_bodies(api):
     assert status == 405 and headers["Allow"] == "GET"
     status, err, headers = raw(api, b"DELETE /v1/models/tiny HTTP/1.1\r\nHost: localhost\r\n\r\n")  # it was 404
     assert status == 405 and headers["Allow"] == "GET" and err["error"]["code"] == "method_not_allowed"
-    for method in (b"OPTIONS", b"TRACE"):  # HTTP's own methods (they were 501 Not Implemented)
+    # HTTP's own methods and a REST client's (they were 501 Not Implemented)
+    for method in (b"OPTIONS", b"TRACE", b"PUT", b"PATCH"):
         status, err, headers = raw(api, method + b" /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        assert status == 405 and headers["Allow"] == "POST" and err["error"]["code"] == "method_not_allowed"
+        assert status == 405 and headers["Allow"] == "POST" and err["error"]["code"] == "method_not_allowed", method
     # a body over the limit is refused before it is read, and the connection closes behind the answer
     status, err, headers = raw(api, b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n" % (serve.MAX_BODY + 1))
     assert status == 413 and headers["Connection"] == "close" and str(serve.MAX_BODY) in err["error"]["message"]
@@ -915,6 +916,30 @@ def test_a_client_that_reads_a_stream_slowly_is_dropped_and_its_reply_stopped(en
         sock.close()
     finally:
         api.close()
+
+
+def test_a_write_into_buffers_a_client_left_full_waits_what_is_left_of_write_wait_then_times_out():
+    """The test above's client reads a little now and then; one that has stopped reading leaves the buffers full, and
+    the next write meets them so (send: BlockingIOError): it waits what is left of the answer's WRITE_WAIT, and once
+    that is spent a write times out at once, naming the wait, rather than raising BlockingIOError or blocking."""
+    sock, client = socket.socketpair()  # client: a peer that reads nothing
+    try:
+        sock.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                sock.send(b"x" * (1 << 16))
+        sock.settimeout(None)
+        handler = types.SimpleNamespace(connection=sock, write_left=0.2)
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError):
+            serve.ReplyWriter(handler).write(b"y" * 10)
+        assert 0.15 < time.monotonic() - t0 < 10 and handler.write_left <= 0.05
+        with pytest.raises(TimeoutError, match=f"the client took no more of its answer in {serve.WRITE_WAIT} s"):
+            serve.ReplyWriter(handler).write(b"y" * 10)
+        assert sock.gettimeout() is None  # the connection's own timeout is kept
+    finally:
+        sock.close()
+        client.close()
 
 
 def test_halt_stops_the_reply_being_generated_and_an_idle_worker(enc):
@@ -1508,6 +1533,30 @@ def test_a_connection_past_the_limit_lets_an_allowed_page_read_its_503(enc):
         api.close()
 
 
+def test_a_connection_past_the_limit_that_ends_its_head_early_is_answered_at_once(enc, monkeypatch):
+    """Under --cors, a connection turned away has its head read for its Origin, HEAD_WAIT seconds at most: a client
+    that closes its sending side partway (`nc -N`, a script's shutdown) has sent all it will, and gets its 503 then,
+    as one that sent no head, not after the wait."""
+    monkeypatch.setattr(serve, "HEAD_WAIT", 30)
+    page, gate = "http://localhost:3000", threading.Event()
+    api = start(la_model(enc, gate=gate), enc, name="la", max_connections=1, cors=(page,))
+    try:
+        held = busy(api, ThreadPoolExecutor(1))
+        with socket.create_connection(api.server_address[:2], timeout=60) as sock:
+            sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\nOrigin: %s" % page.encode())
+            sock.shutdown(socket.SHUT_WR)
+            t0 = time.monotonic()
+            r = http.client.HTTPResponse(sock)
+            r.begin()
+            assert r.status == 503 and json.loads(r.read())["error"]["code"] == "overloaded"
+            assert time.monotonic() - t0 < 10 and r.getheader("access-control-allow-origin") is None  # (head unread)
+        gate.set()
+        assert held[0].result()[0] == 200
+    finally:
+        gate.set()
+        api.close()
+
+
 def test_a_ctrl_c_as_a_connections_thread_starts_gives_its_place_back_once(enc, monkeypatch):
     """Ctrl-C reaches serve_forever's thread inside Thread.start after the connection's thread has begun (while start
     waits for it to run): that thread gives the connection's place back when it ends, and process_request, taking the
@@ -1796,6 +1845,21 @@ def test_serve_exits_by_os_exit_with_pythons_status_and_all_its_output(ckpt, how
     said = {"Ctrl-C": "stopped", "SIGTERM": "stopped", "port in use": "error: cannot listen on 127.0.0.1:"}[how]
     assert p.returncode == {"Ctrl-C": 0, "SIGTERM": 143, "port in use": 1}[how] and said in p.err, p.err
     assert "interpreter finalized" not in p.err and p.out == "run_main returned\n", (p.out, p.err)
+
+
+@pytest.mark.parametrize("raised, status, said", [
+    # a bug's traceback, as Python's exit gives it
+    ("RuntimeError('a bug')", 1, ("Traceback (most recent call last):", "RuntimeError: a bug\n")),
+    ("SystemExit('a message')", 1, ("a message\n", "a message\n")),  # sys.exit(text): printed, status 1, as Python does
+    ("SystemExit(None)", 0, ("", ""))])
+def test_serve_leaves_with_pythons_status_for_a_bug_and_a_sys_exit(ckpt, raised, status, said):
+    """What run_main lets through, a bug's exception or a SystemExit of any kind, leaves by os._exit too (past the
+    interpreter's teardown) with the status and the words Python's own exit would have given, not os._exit's
+    TypeError on a text status or a status 0 after a traceback. said: how stderr starts and ends."""
+    prelude = WATCH_THE_EXIT.replace("return run_main(main)", f"raise {raised}")
+    p = subprocess.run(serve_command(ckpt, prelude=prelude), capture_output=True, text=True, timeout=120)
+    assert p.returncode == status and p.stderr.startswith(said[0]) and p.stderr.endswith(said[1]), p.stderr
+    assert "interpreter finalized" not in p.stderr and p.stdout == "run_main returned\n", (p.stdout, p.stderr)
 
 
 SLOW_FORWARD = """
@@ -2180,6 +2244,9 @@ def test_cors_lets_the_pages_of_the_allowed_origins_call_the_api(enc):
         assert "access-control-allow-private-network" not in h  # only when the browser asks (below)
         status, h, _ = head(api, "OPTIONS", "/v1/chat/completions", {**ask, "Access-Control-Request-Private-Network": "true"})
         assert status == 204 and h["access-control-allow-private-network"] == "true"
+        # a preflight on a connection the browser closes after it is told so, as every answer on one is
+        status, h, _ = head(api, "OPTIONS", "/v1/chat/completions", {**ask, "Connection": "close"})
+        assert status == 204 and h["connection"] == "close" and h["access-control-allow-origin"] == page
         for stream in (False, True):  # answers and streams alike
             status, h, _ = head(api, "POST", "/v1/completions", {"Origin": page, "Content-Type": "application/json"},
                                 json.dumps({"prompt": "Hi", "max_tokens": 2, "stream": stream}))
