@@ -56,6 +56,8 @@ def test_outputs_are_checked_before_any_work(tmp_path):
         check_output(str(metrics), "--output")
     metrics.write_text('{"prompt": "Once", "completion": " upon", "end": "max_tokens"}\n')
     check_output(str(metrics), "--output")
+    metrics.write_text("step 10: loss 5.1\n")  # a log of another kind, not JSON: not a run's either
+    check_output(str(metrics), "--output")
     if os.geteuid() != 0:  # root may write anywhere
         ro = tmp_path / "ro"
         ro.mkdir()
@@ -980,3 +982,20 @@ def test_a_command_to_paste_calls_this_python_as_the_shell_finds_it(tmp_path, mo
     assert common.python_command() == "python3"
     monkeypatch.setattr(sys, "executable", str(tmp_path / "other" / "python"))
     assert common.python_command() == os.path.join("other", "python")  # (below here: relative)
+
+
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="pseudo-terminals are POSIX")
+def test_a_progress_bar_is_drawn_on_a_sized_terminal_only(tmp_path):
+    """A terminal with a size gets the bars; a pseudo-terminal nobody sized (`script -qc CMD /dev/null | tee log`: 0
+    columns, where tqdm drew nothing and the lines it stands for were lost too), one of 0 rows, and a file or a pipe
+    get the plain lines."""
+    import fcntl
+    import struct
+    import termios
+    leader, follower = os.openpty()
+    with os.fdopen(leader, "wb", buffering=0), os.fdopen(follower, "w") as tty:
+        for rows, columns, drawn in ((24, 80, True), (0, 0, False), (0, 80, False), (24, 0, False)):
+            fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+            assert common.draws_a_bar(tty) is drawn, (rows, columns)
+    with open(tmp_path / "log", "w") as f:
+        assert common.draws_a_bar(f) is False
