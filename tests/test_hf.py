@@ -1016,3 +1016,16 @@ def test_export_run_as_a_command_bad_input_is_one_line(tmp_path):
     assert (r.returncode, r.stdout, r.stderr) == (1, "", "error: checkpoint none.pt not found; no checkpoints in models/ "
                                                          "yet: train one with `python train.py`\n")
     assert os.listdir(tmp_path) == []
+
+
+def test_a_folder_whose_config_is_another_models_is_a_vocabulary_with_no_context(small_folder, tmp_path):
+    """prepare.py --tokenizer FOLDER packs chats in the folder's model context; a folder whose config.json is of a
+    model this project does not read still gives its tokenizer files as the vocabulary, with the
+    default pack, not the config's refusal."""
+    import prepare
+    assert setup_tokenizer.model_context(small_folder["folder"]) == 64
+    assert prepare.default_pack(small_folder["folder"]) == 64
+    folder = broken(small_folder, tmp_path, edit_config(model_type="bert", architectures=["BertForMaskedLM"]))
+    enc = setup_tokenizer.get_tokenizer(folder)
+    assert enc.encode("the cat") == setup_tokenizer.get_tokenizer(small_folder["folder"]).encode("the cat")
+    assert setup_tokenizer.model_context(folder) is None and prepare.default_pack(folder) == prepare.DEFAULT_PACK
