@@ -528,6 +528,29 @@ def test_a_body_over_the_limit_gets_its_413(api, monkeypatch):
                 sent += len(block)
 
 
+def test_a_client_that_resets_its_connection_after_a_413_leaves_no_traceback(api, capfd, monkeypatch):
+    """After a 413 the server reads and drops what the client still sends (drain); a client that resets the
+    connection then (closed with its 413 unread past the head, or on its own timeout) ends that quietly: no
+    traceback in the server's output (socketserver's handle_error, or the thread's own), and the server goes on."""
+    import struct
+    errors = []
+    monkeypatch.setattr(threading, "excepthook", errors.append)
+    monkeypatch.setattr(api, "handle_error", lambda request, address: errors.append(sys.exc_info()))
+    capfd.readouterr()
+    sock = socket.create_connection(api.server_address[:2], timeout=60)
+    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n" % (serve.MAX_BODY + 1))
+    r = http.client.HTTPResponse(sock)
+    r.begin()
+    assert r.status == 413
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close: a reset
+    r.close()  # (its file holds the descriptor open past sock.close)
+    sock.close()
+    assert post(api, "/v1/completions", {"prompt": "Hi", "max_tokens": 2})[0] == 200
+    time.sleep(0.2)  # (the drain's thread, past the reset)
+    err = capfd.readouterr().err
+    assert not errors and "Traceback" not in err, (errors, err)
+
+
 def test_a_client_waiting_for_100_continue_is_refused_a_body_over_the_limit_at_once(api, monkeypatch):
     """curl sends a body over 1 MiB (so every one over the limit) with "Expect: 100-continue" and waits for the 100
     before uploading it: a body over the limit was told 100 Continue, and got its 413 only once all of it was sent. A
