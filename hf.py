@@ -234,7 +234,9 @@ def refuse_prefix_space(folder, pre_tokenizer):
     config_path = os.path.join(folder, "tokenizer_config.json")
     config = _read_json(config_path) if os.path.isfile(config_path) else {}
     model_path = os.path.join(folder, CONFIG)
-    model_type = (_read_json(model_path) if os.path.isfile(model_path) else {}).get("model_type")
+    model = _read_json(model_path) if os.path.isfile(model_path) else {}
+    # (a config.json that is no object is no model config: folder_context's None, not "tokenizer files malformed")
+    model_type = model.get("model_type") if isinstance(model, dict) else None
     cls = (config.get("tokenizer_class") or MODEL_TYPE_TOKENIZER.get(model_type, "")).removesuffix("Fast")
     json_path = os.path.join(folder, TOKENIZER_JSON)
     if pre_tokenizer is None or cls in CONFIG_PREFIX_SPACE:

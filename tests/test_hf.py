@@ -1025,7 +1025,11 @@ def test_a_folder_whose_config_is_another_models_is_a_vocabulary_with_no_context
     import prepare
     assert setup_tokenizer.model_context(small_folder["folder"]) == 64
     assert prepare.default_pack(small_folder["folder"]) == 64
-    folder = broken(small_folder, tmp_path, edit_config(model_type="bert", architectures=["BertForMaskedLM"]))
-    enc = setup_tokenizer.get_tokenizer(folder)
-    assert enc.encode("the cat") == setup_tokenizer.get_tokenizer(small_folder["folder"]).encode("the cat")
-    assert setup_tokenizer.model_context(folder) is None and prepare.default_pack(folder) == prepare.DEFAULT_PACK
+    # (a config.json of JSON but no object: "the tokenizer files are malformed (AttributeError ...)", which named the
+    # wrong file, where folder_context takes it for no model config)
+    for n, change in enumerate([edit_config(model_type="bert", architectures=["BertForMaskedLM"]),
+                                lambda f: (f / "config.json").write_text("[1]")]):
+        folder = broken(small_folder, tmp_path / str(n), change)
+        enc = setup_tokenizer.get_tokenizer(folder)
+        assert enc.encode("the cat") == setup_tokenizer.get_tokenizer(small_folder["folder"]).encode("the cat")
+        assert setup_tokenizer.model_context(folder) is None and prepare.default_pack(folder) == prepare.DEFAULT_PACK
