@@ -436,6 +436,10 @@ def test_split_prompts_wrap_around_past_the_last_conversations(tmp_path, enc):
     np.array(ids, dtype=np.uint16).tofile(folder / "val.bin")
     prompts = eval_py.split_prompts({"folder": str(folder), "dtype": "uint16"}, "val", enc, 2)
     assert [p[-1]["content"] for p in prompts] == ["Question 0?", "Question 1?"]
+    assert eval_py.split_prompts({"folder": str(folder), "dtype": "uint16"}, "val", enc, 0) == []
+    # a split of packing padding alone (lone <|endoftext|>s) has no conversation to take a prompt from
+    np.array([enc.eot_token] * 8, dtype=np.uint16).tofile(folder / "val.bin")
+    assert eval_py.split_prompts({"folder": str(folder), "dtype": "uint16"}, "val", enc, 2) == []
 
 
 def test_the_table_lines_up_under_wide_dataset_names():
