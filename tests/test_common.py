@@ -429,12 +429,17 @@ def test_a_save_removes_what_killed_saves_left_and_nothing_else(tmp_path):
     kept = [f"{path}.{dead.pid + 1}.tmp",  # recent
             f"{path}.1.tmp",  # pid 1 (init) lives
             str(tmp_path / "notes.tmp"), str(tmp_path / "y.pt"),
-            str(tmp_path / "report.20240101.tmp"), str(tmp_path / f"data.{dead.pid}.tmp")]  # the user's own files
+            str(tmp_path / "report.20240101.tmp"), str(tmp_path / f"data.{dead.pid}.tmp"),  # the user's own files
+            f"{path}.{10 ** 30}.tmp"]  # a number no pid is (os.kill's OverflowError): no killed write's
     for f in stale + kept:
         with open(f, "wb") as out:
             out.write(b"half a checkpoint")
         if f != kept[0]:
             os.utime(f, (0, 0))
+    # a link named as a killed write's is the user's (its target stays, and so does the link)
+    os.symlink(tmp_path / "y.pt", f"{path}.{dead.pid + 2}.tmp")
+    os.utime(f"{path}.{dead.pid + 2}.tmp", (0, 0), follow_symlinks=False)
+    kept.append(f"{path}.{dead.pid + 2}.tmp")
     atomic_torch_save({"step": 1}, path)
     assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(f) for f in [path] + kept)
     # a text file's write (gen.py --output, eval.py --json) removes a killed write's of the same file, and an
