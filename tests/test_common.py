@@ -505,15 +505,16 @@ def test_a_lock_refuses_a_second_holder_and_outlives_no_killed_one(tmp_path, mon
         with pytest.raises(UserError, match=f"^{busy}$"):
             with common.held_lock(path, busy):
                 pass
+        assert common.lock_is_held(path)  # as train.py asks whether a prepare.py builds its data
     finally:
         holder.kill()
         holder.wait()
-    assert os.path.exists(path)  # what the killed holder left
+    assert os.path.exists(path) and not common.lock_is_held(path)  # what the killed holder left holds nothing
     with common.held_lock(path, busy):
         with pytest.raises(UserError, match=f"^{busy}$"):  # in one process too: train.py's tests hold it so
             with common.held_lock(path, busy):
                 pass
-    assert os.listdir(tmp_path) == []  # let go, no file left
+    assert os.listdir(tmp_path) == [] and not common.lock_is_held(path)  # let go, no file left
 
 
 def test_a_lock_is_not_refused_to_a_command_taking_it_as_another_asks_whether_it_is_held(tmp_path, monkeypatch):
