@@ -1085,9 +1085,7 @@ def torch_dtype(name):
 def pick_dtype(device, name="auto"):
     """Resolve --dtype to the autocast dtype: bf16 where the hardware does it faster than fp32,
     fp16 on older GPUs (train.py adds a GradScaler), fp32 otherwise or on request."""
-    if name != "auto":
-        if name not in DTYPES:
-            raise UserError(f"--dtype {name}: choose auto, float32, bfloat16 or float16")
+    if name != "auto":  # (one of DTYPES: every --dtype is argparse's choice, bench.py's parse_list, or inheritable's)
         return torch_dtype(name)
     import torch
     if device.type == "cuda":
