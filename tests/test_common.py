@@ -66,6 +66,23 @@ def test_outputs_are_checked_before_any_work(tmp_path):
             check_output(str(ro / "x.pt"), "--output_checkpoint")
 
 
+class FailsToPickle:
+    def __reduce__(self):
+        raise RuntimeError("a bug in what is saved")
+
+
+def test_a_save_that_fails_for_a_bug_keeps_its_traceback_and_the_previous_file(tmp_path):
+    """torch's writer's RuntimeError on a full disk is one line ("could not write ... free some space"); any other
+    RuntimeError in torch.save is a bug, which keeps its own traceback, not that line. Either way the previous file
+    stays and no temporary file is left."""
+    path = str(tmp_path / "x.pt")
+    atomic_torch_save({"step": 1}, path)
+    before = open(path, "rb").read()
+    with pytest.raises(RuntimeError, match="^a bug in what is saved$"):
+        atomic_torch_save({"step": 2, "bad": FailsToPickle()}, path)
+    assert os.listdir(tmp_path) == ["x.pt"] and open(path, "rb").read() == before
+
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
 def test_a_save_into_a_pipe_or_device_is_written_through(tmp_path):
     """A checkpoint saved over /dev/null (or a named pipe) was renamed over it: as root the machine's /dev/null became a
@@ -794,6 +811,15 @@ def test_output_a_terminal_cannot_encode_is_replaced_and_data_refused(tmp_path):
         r = subprocess.run(["script", "-qec", f"{shlex.quote(sys.executable)} -c {shlex.quote(script)}", str(log)],
                            capture_output=True, cwd=root, env=env, timeout=60)
         assert r.returncode == 0 and b"caf\xe9 ?" in log.read_bytes(), (r, log.read_bytes())
+
+
+def test_an_encoding_error_that_is_not_the_outputs_keeps_its_traceback(capsys):
+    """run_main's line on an output that cannot write a character is for the output's encoding alone: the same error
+    from the script's own encoding of text (a bug) keeps its traceback, not a line telling the user to change
+    PYTHONIOENCODING."""
+    with pytest.raises(UnicodeEncodeError):
+        run_main(lambda: "caf\u00e9".encode("ascii"))
+    assert capsys.readouterr().err == ""
 
 
 def test_sigterm_ends_a_script_through_its_clean_up(tmp_path):
