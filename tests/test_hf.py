@@ -808,6 +808,14 @@ def test_a_full_disk_during_export_is_one_line_and_leaves_nothing(small_folder, 
     assert line == f"error: No space left on device: {tmp_path / 'hf' / 'model.safetensors'}: free some space or " \
                    f"write elsewhere", line
     assert os.listdir(tmp_path) == []  # no half export, under its name or a temporary one
+    # safetensors' error of another kind (a bug: no "(os error N)" in it) keeps its traceback, not a disk's line
+
+    def bug(tensors, path, metadata=None):
+        raise safetensors.SafetensorError("Error while serializing: a dtype it does not know")
+    monkeypatch.setattr(safetensors.torch, "save_file", bug)
+    with pytest.raises(safetensors.SafetensorError, match="a dtype it does not know"):
+        run_cli(export.main, [small_folder["ckpt"], str(tmp_path / "hf")], capsys)
+    assert os.listdir(tmp_path) == []
 
 
 def test_export_refuses_an_unusable_place_before_loading(tmp_path, capsys, monkeypatch):
