@@ -686,6 +686,25 @@ def test_a_request_that_trickles_in_is_cut_off_at_its_deadline(api, monkeypatch)
         assert sock.recv(65536) == b""
 
 
+def test_a_read_that_starts_past_the_requests_deadline_is_late_with_bytes_waiting():
+    """A client that keeps sending (a byte now and then, slowloris) always has bytes waiting: each read of its request
+    that starts past the request's deadline is late (its 408), however much is there, and the next request on the
+    connection (no deadline yet) reads as ever."""
+    sock, client = socket.socketpair()
+    try:
+        client.sendall(b"POST / HTTP/1.1\r\n")
+        server = types.SimpleNamespace(silent_while=lambda sock, since=None: contextlib.nullcontext())
+        handler = types.SimpleNamespace(connection=sock, server=server, deadline=time.monotonic() - 1)
+        reader = serve.RequestReader(None, handler)
+        with pytest.raises(serve.LateRequest):
+            reader.readinto(bytearray(64))
+        handler.deadline = None
+        assert reader.readinto(buf := bytearray(64)) == 17 and bytes(buf[:17]) == b"POST / HTTP/1.1\r\n"
+    finally:
+        sock.close()
+        client.close()
+
+
 def test_a_body_still_coming_at_the_deadline_gets_its_408(api, monkeypatch):
     """A client that sends all of its body before it reads the answer (Python's http.client, so requests and the openai
     client), on a link too slow for REQUEST_WAIT: the server answered 408 and closed with the body still coming, and the
