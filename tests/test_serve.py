@@ -753,6 +753,27 @@ def test_the_wait_after_a_stray_crlf_is_idle_time_not_the_requests(api, monkeypa
         assert status == 408 and serve.REQUEST_WAIT * 0.9 <= time.monotonic() - t0 < serve.REQUEST_WAIT + 5
 
 
+def test_a_connection_idle_after_a_stray_crlf_is_closed_unanswered_at_its_idle_timeout(api, monkeypatch):
+    """Idle past the socket's timeout after a stray CRLF, as after any answer: the connection is closed then, with
+    nothing sent (no 408 for a request that never began) and no traceback, as an idle keep-alive connection is; not
+    after a second wait as long (the request line's read, whose timeout the standard library takes for the end)."""
+    monkeypatch.setattr(serve.Handler, "timeout", 1.0)
+    errors = []
+    monkeypatch.setattr(threading, "excepthook", errors.append)
+    monkeypatch.setattr(api, "handle_error", lambda request, address: errors.append(sys.exc_info()))
+    with socket.create_connection(api.server_address[:2], timeout=60) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n\r\n")
+        got = b""
+        while not got.rstrip().endswith(b"}"):  # (the answer's JSON body)
+            got += sock.recv(1 << 16)
+        assert got.startswith(b"HTTP/1.1 200")
+        t0 = time.monotonic()
+        assert sock.recv(1 << 16) == b""  # closed, nothing more sent
+        assert 0.8 < time.monotonic() - t0 < 1.7
+    time.sleep(0.2)  # (its thread, past the close)
+    assert not errors, errors
+
+
 def test_context_length_message_reads_right(api, enc):
     # one sentence for one prompt and for several messages (it said "the prompt take 1")
     status, err, _ = post(api, "/v1/completions", {"prompt": "Hi", "max_tokens": BLOCK})
