@@ -588,6 +588,9 @@ def merges(change):
     (lambda f: (f / "config.json").write_text("[1]"), "config.json is not a model config (a JSON object)"),
     # settings model.py refuses (GPTConfig's ValueError): one line naming config.json
     (edit_config(n_head=3), "config.json: n_embd (64) must be divisible by n_head (3)"),
+    # a Llama config without a setting it must have (it has no default): one line naming it
+    (edit_config(model_type="llama", architectures=["LlamaForCausalLM"]), "config.json lacks hidden_size: copy "
+                                                                         "config.json again from the model's download"),
     # a tokenizer class whose choice between the two files is not known: tokenizer_config.json's space counts too
     (lambda f: edit_json(f / "tokenizer_config.json", lambda t: t.update(tokenizer_class="SomeOtherTokenizerFast",
                                                                           add_prefix_space=True)),
@@ -596,7 +599,7 @@ def merges(change):
         "prefix-space", "prefix-space-config", "prefix-space-vocab", "index-list", "index-map", "shard-missing",
         "bin-corrupt", "bin-no-dict", "sentencepiece", "not-byte-level", "unknown-special", "special-id",
         "special-missing", "id-gap", "merge-order", "merge-missing", "merges-malformed", "own-block", "own-not-object",
-        "config-not-object", "config-refused", "prefix-space-unknown-class"])
+        "config-not-object", "config-refused", "llama-key-missing", "prefix-space-unknown-class"])
 def test_bad_folders_are_one_line_errors(small_folder, tmp_path, capsys, change, words):
     folder = broken(small_folder, tmp_path, change)
     line = one_error_line(*run_cli(gen.main, [folder, "--prompt", "x", "--max_tokens", "1", *CPU], capsys)[::2])
