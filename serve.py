@@ -708,29 +708,13 @@ class Handler(BaseHTTPRequestHandler):
         with contextlib.suppress(Evicted), self.server.silent_while(self.connection):
             drain(self.connection)
 
-    def do_GET(self):
-        self.dispatch("GET")
+    def dispatch(self):
+        """Every method: HEAD is routed as GET (check_route), its body left out (send_bytes); OPTIONS and TRACE are 405
+        with Allow, as the others are, not the standard library's 501."""
+        with self.server.answering():  # a stopping server waits for the answers under way (ApiServer.halt)
+            self.route()
 
-    def do_POST(self):
-        self.dispatch("POST")
-
-    def do_HEAD(self):
-        self.dispatch("HEAD")  # routed as GET (check_route); send_bytes leaves the body out
-
-    def do_PUT(self):
-        self.dispatch("PUT")
-
-    def do_DELETE(self):
-        self.dispatch("DELETE")
-
-    def do_PATCH(self):
-        self.dispatch("PATCH")
-
-    def do_OPTIONS(self):  # HTTP's own methods are 405 with Allow, as the others are (the standard library said 501)
-        self.dispatch("OPTIONS")
-
-    def do_TRACE(self):
-        self.dispatch("TRACE")
+    do_GET = do_POST = do_HEAD = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = dispatch
 
     def end_headers(self):
         # every answer (errors and streams too) tells a browser page of an allowed origin that it may read it
@@ -804,12 +788,8 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             raise ApiError(400, why, code="invalid_request")
 
-    def dispatch(self, method):
-        with self.server.answering():  # a stopping server waits for the answers under way (ApiServer.halt)
-            self.route(method)
-
-    def route(self, method):
-        api = self.server
+    def route(self):
+        api, method = self.server, self.command
         path = urlsplit(self.path).path
         self.body, self.probed, submitted = None, False, False
         try:
@@ -817,7 +797,7 @@ class Handler(BaseHTTPRequestHandler):
             self.check_host()
             if method != "POST" and ("Content-Length" in self.headers or "Transfer-Encoding" in self.headers):
                 self.read_body()  # a body sent with a GET is read, so the next request starts right
-            if self.check_route(method, path):
+            if self.check_route(path):
                 return self.preflight(path)
             if path.startswith("/v1/models/"):
                 name = unquote(path[len("/v1/models/"):])  # clients percent-encode it: "my%20chat"
@@ -868,10 +848,11 @@ class Handler(BaseHTTPRequestHandler):
                             f"http://127.0.0.1:{port}/ or http://localhost:{port}/ (behind a proxy that passes on its "
                             f"own name: --allowed_hosts {host_name(host)[:80]})", code="host_not_allowed")
 
-    def check_route(self, method, path):
+    def check_route(self, path):
         """Refuses (404, 405) a path this server does not serve, or a method the path does not take: decided by the
         request's head alone, before its body is read (route, and handle_expect_100). Whether it is a CORS preflight,
         which route answers."""
+        method = self.command
         if self.preflight_headers(self.server, method, path, self.headers) is not None:
             return True
         # HEAD is GET without the body, and takes its routes; a refusal names the method the client sent
@@ -924,7 +905,7 @@ class Handler(BaseHTTPRequestHandler):
             self.check_framing()
             self.check_host()
             if hasattr(self, "do_" + self.command):  # (another method gets the standard library's 501, as without Expect)
-                self.check_route(self.command, path)
+                self.check_route(path)
             if "Content-Length" in self.headers and "Transfer-Encoding" not in self.headers:  # (chunked: no size to judge)
                 self.declared_length()
         except ApiError as e:
