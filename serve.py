@@ -361,6 +361,12 @@ class Worker(threading.Thread):
         self.current = None  # the job being generated
         self.halted = threading.Event()  # Ctrl-C: the running job stops at its next token, the waiting ones never start
 
+    def say(self, line):
+        """Writes line to the log, if it can: with stderr's reader gone (a `| tee` that ended, a closed terminal) the
+        server goes on without it, where the worker died of it and every later request waited forever."""
+        with contextlib.suppress(OSError):
+            self.log(line)
+
     def submit(self, job):
         with self.lock:  # (put under it too: halt's sentinel is never ahead of a job submitted before it)
             if self.halted.is_set():
@@ -388,9 +394,8 @@ class Worker(threading.Thread):
             # said at once: a big model's forward pass takes seconds, and a Ctrl-C answered by nothing seemed lost.
             # (Under the lock, as the worker takes up and drops its reply: said of every reply begun, before its line)
             if self.current is not None:
-                with contextlib.suppress(OSError):  # (stderr gone: the stop goes on, as the worker's log does)
-                    self.log("stopping: waiting for the reply being generated to stop at its next token "
-                             "(Ctrl-C again exits at once)")
+                self.say("stopping: waiting for the reply being generated to stop at its next token "
+                         "(Ctrl-C again exits at once)")
         self.join(timeout)  # one token's forward pass, as a rule; past the timeout the server exits anyway
 
     def run(self):
@@ -413,10 +418,8 @@ class Worker(threading.Thread):
                     why = str(e)
                 else:
                     why = f"{type(e).__name__}: {e}"
-                    try:
+                    with contextlib.suppress(OSError):  # (stderr gone: as in say)
                         traceback.print_exc()
-                    except OSError:  # stderr gone, as below
-                        pass
                 job.events.put(("error", ApiError(500, f"generation failed: {why}", type="server_error",
                                                   code="internal_error")))
                 finish, failed = "error", f" ({why})"
@@ -429,11 +432,8 @@ class Worker(threading.Thread):
                 job.events.put(("done", finish, tokens))
             elif finish == "cancelled" and not job.cancelled.is_set():  # cut short by halt: its client is told why
                 job.events.put(("error", shutting_down()))
-            try:
-                self.log(f"{job.id}: {len(job.prompt)} prompt + {tokens} tokens, {finish}{failed}, "
-                         f"{time.perf_counter() - t0:.2f}s (queued {t0 - job.queued_at:.2f}s)")
-            except OSError:  # stderr's reader gone (a `| tee` that ended, a closed terminal): the worker died of it,
-                pass         # and every later request waited for it forever while /health said ok
+            self.say(f"{job.id}: {len(job.prompt)} prompt + {tokens} tokens, {finish}{failed}, "
+                     f"{time.perf_counter() - t0:.2f}s (queued {t0 - job.queued_at:.2f}s)")
         # halted: the requests still waiting are answered that the server stops, not dropped when the process exits
         with self.lock:
             while not self.jobs.empty():
@@ -890,8 +890,7 @@ class Handler(BaseHTTPRequestHandler):
         what = "a request"
         with contextlib.suppress(ValueError):  # ("http://[x": an IPv6 address unclosed)
             what = f"{self.command} {urlsplit(self.path).path}" if getattr(self, "command", None) else what
-        with contextlib.suppress(OSError):  # (stderr's reader gone: see Worker.run)
-            self.server.worker.log(repr(f"{what}: {status} {message}")[1:-1])
+        self.server.worker.say(repr(f"{what}: {status} {message}")[1:-1])
 
     def handle_expect_100(self):
         """A client that waits for "100 Continue" before it sends its body (curl, for one over 1 MiB: every body it
@@ -1188,8 +1187,7 @@ class ApiServer(ThreadingHTTPServer):
             # the connection, and the failed start gave it time) for its origin or its preflight (busy_answer), and
             # sends what the socket takes at once (a new connection's buffer takes it all). Nor is the rest of the
             # request drained, as turn_away's is: a client still sending a large body meets the close's reset
-            with contextlib.suppress(OSError):
-                self.worker.log(f"a connection turned away: no thread to serve it ({e})")
+            self.worker.say(f"a connection turned away: no thread to serve it ({e})")
             with contextlib.suppress(OSError):
                 request.setblocking(False)
                 got = b""
@@ -1211,9 +1209,8 @@ class ApiServer(ThreadingHTTPServer):
             counts = [f"{self.turned_away:,} connection(s) turned away (503, or closed unanswered past twice as many)"
                       ] if self.turned_away else []
             counts += [f"{self.made_room:,} waiting for a request closed to make room"] if self.made_room else []
-            with contextlib.suppress(OSError):  # (stderr's reader gone: see Worker.run)
-                self.worker.log(f"{' and '.join(counts)} since the last such line: {self.max_connections:,} are open "
-                                f"(--max_connections)")
+            self.worker.say(f"{' and '.join(counts)} since the last such line: {self.max_connections:,} are open "
+                            f"(--max_connections)")
             self.turned_away, self.made_room, self.at_limit_said = 0, 0, time.monotonic()
 
     def process_request_thread(self, request, client_address):

@@ -1353,7 +1353,7 @@ def test_the_line_on_connections_past_the_limit_counts_both_those_turned_away_an
     whose clients got 503s, or lost their idle connections, learns both, and that --max_connections is the cause."""
     lines = []
     api = types.SimpleNamespace(turned_away=0, made_room=0, at_limit_said=float("-inf"), max_connections=4,
-                                worker=types.SimpleNamespace(log=lines.append))
+                                worker=types.SimpleNamespace(say=lines.append))
 
     def note(made_room=False):
         serve.ApiServer.note_at_limit(api, made_room)
