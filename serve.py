@@ -135,7 +135,14 @@ def is_int(v):
 
 
 def is_number(v):
-    return (isinstance(v, (int, float)) and not isinstance(v, bool))
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# get's kinds of a field: the test of its type, and the type in JSON's words (the client wrote JSON, not Python: not
+# "a dict", "a bool")
+KINDS = {"int": (is_int, "an integer"), "number": (is_number, "a number"),
+         "bool": (lambda v: isinstance(v, bool), "a boolean"), "str": (lambda v: isinstance(v, str), "a string"),
+         "list": (lambda v: isinstance(v, list), "an array"), "dict": (lambda v: isinstance(v, dict), "an object")}
 
 
 def get(req, name, kind, check=None, what=None):
@@ -143,14 +150,10 @@ def get(req, name, kind, check=None, what=None):
     v = req.get(name)
     if v is None:
         return None
-    ok = {"int": is_int, "number": is_number, "bool": lambda x: isinstance(x, bool),
-          "str": lambda x: isinstance(x, str), "list": lambda x: isinstance(x, list),
-          "dict": lambda x: isinstance(x, dict)}[kind](v)
+    is_kind, kind_name = KINDS[kind]
+    ok = is_kind(v)
     if not ok or (check and not check(v)):
-        # the type in JSON's words: the client wrote JSON, not Python (not "a dict", "a bool")
-        kind = {"int": "an integer", "number": "a number", "bool": "a boolean", "str": "a string", "list": "an array",
-                "dict": "an object"}[kind]
-        raise ApiError(400, f"{name} must be {what or kind}, got {json.dumps(v)[:80]}", param=name,
+        raise ApiError(400, f"{name} must be {what or kind_name}, got {json.dumps(v)[:80]}", param=name,
                        code="invalid_type" if not ok else "invalid_value")
     return v
 
@@ -222,9 +225,8 @@ def read_prompt(req, enc):
                         f"prompt per request), got {json.dumps(p)[:80]}", param="prompt", code="invalid_type")
 
 
-def job_from_request(body, kind, api):
-    """The JSON body of a POST to /v1/chat/completions (kind "chat") or /v1/completions (kind "text") ->
-    a Job for the worker. Every refusal is an ApiError; nothing here touches the model."""
+def read_json(body):
+    """A request's body, which must be a JSON object."""
     try:
         req = json.loads(body)
     except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, an integer of over 4,300 digits
@@ -233,6 +235,43 @@ def job_from_request(body, kind, api):
         raise ApiError(400, "the request body nests too deeply to parse; send a JSON object", code="invalid_json")
     if not isinstance(req, dict):
         raise ApiError(400, f"the request body must be a JSON object, got {json_kind(req)}", code="invalid_json")
+    return req
+
+
+def chat_prompt(req, api, max_tokens):
+    """A chat request's (prompt ids, max_tokens, what the prompt is called in a refusal). Without max_tokens the reply
+    may take up to half the context, the history keeps the rest; its oldest turns are dropped to make room."""
+    messages = read_messages(req)
+    asked = max_tokens
+    if max_tokens is None:
+        max_tokens = reserve_for(api.model, api.max_tokens)
+    block = api.model.config.block_size
+    fitted = fit_history(api.enc, messages, block - max_tokens)
+    prompt, _ = render_chat(api.enc, fitted, add_generation_prompt=True)
+    if asked is None and len(prompt) < block:  # a long last message: the default reply takes what is left
+        max_tokens = min(max_tokens, block - len(prompt))
+    what = "the messages" + (" (after dropping the oldest turns)" if len(fitted) < len(messages) else "")
+    return prompt, max_tokens, what
+
+
+def check_context(kind, prompt, max_tokens, block, what):
+    """A 400 context_length_exceeded unless the prompt and max_tokens fit in the context of block tokens."""
+    if len(prompt) + max_tokens <= block:
+        return
+    if len(prompt) >= block:  # no max_tokens helps (and the request may have given none)
+        verb = "take" if kind == "chat" else "takes"  # the messages take, the prompt takes
+        why = f"{what} {verb} {len(prompt)} of them, leaving none for a reply; shorten the input"
+    else:
+        why = (f"too few for {what} plus max_tokens: {len(prompt)} + {max_tokens} = {len(prompt) + max_tokens}; "
+               f"shorten the input or lower max_tokens")
+    raise ApiError(400, f"this model's context holds {block} tokens, {why}",
+                   param="messages" if kind == "chat" else "prompt", code="context_length_exceeded")
+
+
+def job_from_request(body, kind, api):
+    """The JSON body of a POST to /v1/chat/completions (kind "chat") or /v1/completions (kind "text") ->
+    a Job for the worker. Every refusal is an ApiError; nothing here touches the model."""
+    req = read_json(body)
     for name in UNSUPPORTED:
         if not harmless(name, req.get(name)):
             raise ApiError(400, f"{name}={json.dumps(req[name])[:80]} is not supported by this server"
@@ -252,8 +291,7 @@ def job_from_request(body, kind, api):
     top_p = get(req, "top_p", "number", lambda v: 0 <= v <= 1, "a number from 0 to 1")
     top_k = get(req, "top_k", "int", lambda v: v >= 0, "an integer >= 1 (0 or null: no limit)")
     seed = get(req, "seed", "int", lambda v: -2**63 <= v < 2**64, "a 64-bit integer")
-    # gen.py's --repetition_penalty, by its name (vLLM's too): a field this server did not know, it was ignored without
-    # a word, the reply sampled as if it were 1
+    # gen.py's --repetition_penalty, by its name (vLLM's too)
     penalty = get(req, "repetition_penalty", "number", lambda v: penalty_value(v) is not None, PENALTY_RULE)
     stop = req.get("stop")
     stop = [stop] if isinstance(stop, str) else stop
@@ -266,30 +304,13 @@ def job_from_request(body, kind, api):
         max_tokens = get(req, "max_tokens", "int", lambda v: 1 <= v <= block, limit)
 
     if kind == "chat":
-        messages = read_messages(req)
-        asked = max_tokens
-        if max_tokens is None:  # the reply may take up to half the context, the history keeps the rest
-            max_tokens = reserve_for(api.model, api.max_tokens)
-        fitted = fit_history(api.enc, messages, block - max_tokens)
-        prompt, _ = render_chat(api.enc, fitted, add_generation_prompt=True)
-        if asked is None and len(prompt) < block:  # a long last message: the default reply takes what is left
-            max_tokens = min(max_tokens, block - len(prompt))
-        what = "the messages" + (" (after dropping the oldest turns)" if len(fitted) < len(messages) else "")
-        stop_tokens = stop_ids(api.enc, CHAT_STOPS)
+        prompt, max_tokens, what = chat_prompt(req, api, max_tokens)
     else:
         prompt, what = read_prompt(req, api.enc), "the prompt"
         if max_tokens is None:
             max_tokens = max(1, min(api.max_tokens, block - len(prompt)))
-        stop_tokens = stop_ids(api.enc, (EOT,))
-    if len(prompt) + max_tokens > block:
-        if len(prompt) >= block:  # no max_tokens helps (and the request may have given none)
-            verb = "take" if kind == "chat" else "takes"  # the messages take, the prompt takes
-            why = f"{what} {verb} {len(prompt)} of them, leaving none for a reply; shorten the input"
-        else:
-            why = (f"too few for {what} plus max_tokens: {len(prompt)} + {max_tokens} = {len(prompt) + max_tokens}; "
-                   f"shorten the input or lower max_tokens")
-        raise ApiError(400, f"this model's context holds {block} tokens, {why}",
-                       param="messages" if kind == "chat" else "prompt", code="context_length_exceeded")
+    stop_tokens = stop_ids(api.enc, CHAT_STOPS if kind == "chat" else (EOT,))
+    check_context(kind, prompt, max_tokens, block, what)
     sampling = dict(temperature=api.temperature if temp is None else temp,
                     top_k=api.top_k if "top_k" not in req else (top_k or None),
                     top_p=api.top_p if top_p is None else top_p,
