@@ -944,8 +944,8 @@ class Handler(BaseHTTPRequestHandler):
             if "Content-Length" in self.headers:  # which one frames the body? (a request-smuggling shape)
                 raise ApiError(400, "send Content-Length or Transfer-Encoding: chunked, not both", code="invalid_request")
             self.body = self.read_chunked()
-            return self.body
-        self.body = self.rfile.read(self.declared_length())
+        else:
+            self.body = self.rfile.read(self.declared_length())
         return self.body
 
     def declared_length(self):
@@ -1062,8 +1062,7 @@ class Handler(BaseHTTPRequestHandler):
             else:
                 _, finish, tokens = event
         text = "".join(pieces)
-        choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": finish}
-                  if job.kind == "chat" else {"index": 0, "text": text, "logprobs": None, "finish_reason": finish})
+        choice = self.server.choice(job, finish, text, message={"role": "assistant", "content": text})
         try:
             self.send_json(200, self.server.envelope(job, [choice], usage=self.server.usage(job, tokens)))
         except OSError:
@@ -1091,8 +1090,7 @@ class Handler(BaseHTTPRequestHandler):
                 write(f"data: {data}\n\n".encode())
 
             def chunk(delta=None, finish=None, text=""):
-                choice = ({"index": 0, "delta": delta or {}, "logprobs": None, "finish_reason": finish}
-                          if job.kind == "chat" else {"index": 0, "text": text, "logprobs": None, "finish_reason": finish})
+                choice = api.choice(job, finish, text, delta=delta or {})
                 # with include_usage every chunk has "usage", null until the last (OpenAI's stream_options)
                 send(json.dumps(api.envelope(job, [choice], chunk=True, usage=None if job.include_usage else False)))
 
@@ -1351,6 +1349,11 @@ class ApiServer(ThreadingHTTPServer):
                 "context_length": self.model.config.block_size,
                 "sampling_defaults": {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p,
                                       "repetition_penalty": self.repetition_penalty}}
+
+    @staticmethod
+    def choice(job, finish, text, **chat):
+        """The answer's one choice: a completion's text, or a chat's message (or a stream's delta), given as chat."""
+        return {"index": 0, **(chat if job.kind == "chat" else {"text": text}), "logprobs": None, "finish_reason": finish}
 
     def envelope(self, job, choices, chunk=False, usage=False):
         """The answer's object; usage: a dict, None (written as null) or False (left out)."""
