@@ -81,11 +81,11 @@ ANSWER_WAIT = 5         # seconds a stopping server gives the requests it holds 
 AT_LIMIT_LOG = 60       # seconds between the log's lines on connections past --max_connections (note_at_limit)
 # seconds a request has to arrive whole, head and body, from its first byte: the largest one taken (a MAX_BODY body)
 # crosses a 1 Mbit/s link, a poor Wi-Fi's, in 9 s: a sixth of this. The socket's own timeout restarts with every byte,
-# so a client that trickled one a minute (slowloris) held its thread and connection forever
+# so a client trickling one a minute (slowloris) would hold its thread and connection forever
 REQUEST_WAIT = 60
 # seconds an answer may wait, in all, for its client to take what is written (ReplyWriter): the largest one (a stream of
 # a whole context's events, hundreds of KB) crosses a 1 Mbit/s link in seconds. The socket's timeout bounds each write
-# alone, and a stream's every event is one: a client that read a little now and then held its thread 120 s an event
+# alone, and a stream's every event is one: a client reading a little now and then would hold its thread 120 s an event
 WRITE_WAIT = 60
 # seconds a connection must have waited for its request (idle, or that request trickling in) before a new connection at
 # --max_connections may take its place (ApiServer.evict): a busy keep-alive client, silent for milliseconds between
@@ -162,7 +162,7 @@ def harmless(name, v):
     """Whether an OpenAI parameter this server does not implement asks for nothing: absent, off or the default."""
     if name in ("n", "best_of"):
         return v is None or (is_int(v) and v == 1)
-    if name == "logprobs":  # a completion's logprobs 0 asks for the chosen tokens' own (it was answered with null)
+    if name == "logprobs":  # a completion's logprobs 0 asks for the chosen tokens' own, which this server has not
         return v is None or v is False
     if name == "response_format":
         return v is None or v == {"type": "text"}
@@ -354,8 +354,8 @@ class StopText:
 
     def held(self, stop):
         """The length of the longest end of pending that stop starts with (and is not all of it). Only the places
-        where stop's first character is are tried: trying every prefix of a long stop string cost O(len^2) a token
-        on the one worker (a request with four of 250,000 characters held every client for a minute)."""
+        where stop's first character is are tried: trying every prefix of a long stop string costs O(len^2) a token
+        on the one worker (four stop strings of 250,000 characters would hold every client for a minute)."""
         tail = self.pending[-(len(stop) - 1):] if len(stop) > 1 else ""
         i = tail.find(stop[0]) if tail else -1
         while i >= 0:
@@ -384,7 +384,7 @@ class Worker(threading.Thread):
 
     def say(self, line):
         """Writes line to the log, if it can: with stderr's reader gone (a `| tee` that ended, a closed terminal) the
-        server goes on without it, where the worker died of it and every later request waited forever."""
+        worker goes on, where dying of it would leave every later request waiting forever while /health says ok."""
         with contextlib.suppress(OSError):
             self.log(line)
 
@@ -412,7 +412,7 @@ class Worker(threading.Thread):
         with self.lock:
             self.halted.set()
             self.jobs.put(None)  # wakes an idle worker
-            # said at once: a big model's forward pass takes seconds, and a Ctrl-C answered by nothing seemed lost.
+            # said at once: a big model's forward pass takes seconds, and a Ctrl-C answered by nothing seems lost.
             # (Under the lock, as the worker takes up and drops its reply: said of every reply begun, before its line)
             if self.current is not None:
                 self.say("stopping: waiting for the reply being generated to stop at its next token "
@@ -423,8 +423,8 @@ class Worker(threading.Thread):
         while not self.halted.is_set() and (job := self.jobs.get()) is not None:
             with self.lock:
                 self.waiting.discard(job.id)
-                # under the lock, as halt reads current: a Ctrl-C between the check and the assignment found none and
-                # said nothing of the reply it then waited for (a long prompt's forward pass, seconds on a big model)
+                # under the lock, as halt reads current: else a Ctrl-C between the check and the assignment would
+                # find none, and say nothing of the reply it then waits for (seconds, for a long prompt on a big model)
                 if not (job.cancelled.is_set() or self.halted.is_set()):  # a client gone while queued costs nothing
                     self.current = job
             t0 = time.perf_counter()
@@ -527,9 +527,9 @@ def drain(sock):
     """After an answer sent before its request was read (a 413, a framing refusal, a 408: Handler.linger; a connection
     turned away: ApiServer.turn_away): end the connection's sending side, so the client has the whole answer, and read
     and drop what the client still sends, up to DRAIN bytes or DRAIN_WAIT seconds (no client makes the server read
-    without end), before closing. Closed at once, with the body unread, the connection was reset under a client that
-    sends all of its body before it reads the answer (Python's http.client, so requests and the openai client): a 20 MB
-    upload got BrokenPipeError, not the 413."""
+    without end), before closing. Closed at once with the body unread, the connection would be reset under a client
+    that sends all of its body before it reads the answer (Python's http.client, so requests and the openai client): a
+    20 MB upload would get BrokenPipeError, not the 413."""
     deadline, left = time.monotonic() + DRAIN_WAIT, DRAIN
     try:
         sock.shutdown(socket.SHUT_WR)
@@ -650,8 +650,8 @@ class ReplyWriter(io.BufferedIOBase):
                         handler.write_left -= time.monotonic() - t0
             except TimeoutError:
                 # the client stopped reading: its connection, dropped, is reset (a close lingering 0 s) and its buffers
-                # freed at once, as nginx's reset_timedout_connection does. Closed gracefully, the kernel kept the
-                # unsent answer (cut short anyway: 2.8 MB of a stream in a test, 20 s on) to send a client not reading
+                # freed at once, as nginx's reset_timedout_connection does. Closed gracefully, the kernel would keep
+                # the unsent answer (cut short anyway: 2.8 MB of a stream in a test, 20 s on) for a client not reading
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 raise
@@ -696,7 +696,7 @@ class Handler(BaseHTTPRequestHandler):
             self.send_error(408, f"the request did not arrive whole within {REQUEST_WAIT} seconds of its first byte; "
                                  f"send it at once")
             # the rest is still coming: dropped after the answer, as a 413's body is, else the client's next write of
-            # it met the closed connection's reset (BrokenPipeError), and it never read the 408
+            # it meets the closed connection's reset (BrokenPipeError), and it never reads the 408
             self.unread_body = True
         finally:
             self.deadline = None
@@ -781,7 +781,7 @@ class Handler(BaseHTTPRequestHandler):
     def parse_request(self):
         if self.raw_requestline in (b"\r\n", b"\n"):  # a client's stray CRLF after a body (RFC 9112 2.2): skip one
             # the wait for the request after it is idle time, as before the CRLF: counted in the request's deadline, a
-            # keep-alive connection idle for it was sent a 408 unasked, which the client's next request there read
+            # keep-alive connection idle for it would be sent a 408 unasked, read by the client's next request there
             if not self.wait_for_request():
                 return False
             self.raw_requestline = self.rfile.readline(65537)
@@ -856,8 +856,8 @@ class Handler(BaseHTTPRequestHandler):
         origin, and reads every answer, which no CORS header would let it. A server on a loopback address (the
         default) answers requests for a loopback name or address only; one on 0.0.0.0 or a network address is reached
         by names of its own, and answers any. A request with no Host (HTTP/1.0), or an empty one, comes from no browser
-        (an empty one was refused, naming "--allowed_hosts " with nothing after it). --allowed_hosts names more (a
-        proxy that passes on its own public name: a Codespaces or Jupyter proxy's)."""
+        (nor could --allowed_hosts name an empty one). --allowed_hosts names more (a proxy that passes on its own
+        public name: a Codespaces or Jupyter proxy's)."""
         host = self.headers.get("Host")
         allowed = self.server.allowed_hosts
         if not host or not self.server.loopback or loopback_name(host) or "*" in allowed \
@@ -879,7 +879,7 @@ class Handler(BaseHTTPRequestHandler):
         # HEAD is GET without the body, and takes its routes; a refusal names the method the client sent
         routed = "GET" if method == "HEAD" else method
         if path.startswith("/v1/models/"):
-            if routed != "GET":  # (it was "no such endpoint": client.models.delete raised NotFoundError)
+            if routed != "GET":  # (not 404 "no such endpoint": client.models.delete would raise NotFoundError)
                 raise ApiError(405, f"/v1/models/{{model}} takes GET, not {method}", code="method_not_allowed")
             return False
         if path not in self.ROUTES:
@@ -905,9 +905,9 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def log_refusal(self, status, message):
-        """A line in the log for a request answered with an error, as the worker writes one for each reply: a client
-        refused (a context too long, a bad field, a full queue) left nothing there, and its operator no clue. Escaped:
-        the path is the client's, and a terminal would act on its control characters."""
+        """A line in the log for a request answered with an error, as the worker writes one for each reply, so the
+        operator sees why a client was refused (a context too long, a bad field, a full queue). Escaped: the path is
+        the client's, and a terminal would act on its control characters."""
         what = "a request"
         with contextlib.suppress(ValueError):  # ("http://[x": an IPv6 address unclosed)
             what = f"{self.command} {urlsplit(self.path).path}" if getattr(self, "command", None) else what
@@ -916,12 +916,13 @@ class Handler(BaseHTTPRequestHandler):
     def handle_expect_100(self):
         """A client that waits for "100 Continue" before it sends its body (curl, for one over 1 MiB: every body it
         sends over MAX_BODY) is refused at once what its request's head decides: a framing it refuses (400), a path or
-        method it refuses (404, 405), a Content-Length over MAX_BODY. It was told 100 first, and uploaded all of its
-        body before the refusal. Another gets its 100, and its body is read."""
+        method it refuses (404, 405), a Content-Length over MAX_BODY, not told 100 first to upload all of its body
+        before the refusal. Another gets its 100, and its body is read."""
         path = urlsplit(self.path).path
         try:
             # its framing first, as route decides: a 404 or 405 for a request whose body's end is unclear (two
-            # Content-Lengths, a malformed header line that hid one) kept the connection, and took the rest for a request
+            # Content-Lengths, a malformed header line that hid one) would keep the connection, and take the rest for a
+            # request
             self.check_framing()
             self.check_host()
             if hasattr(self, "do_" + self.command):  # (another method gets the standard library's 501, as without Expect)
@@ -1029,15 +1030,15 @@ class Handler(BaseHTTPRequestHandler):
 
     def client_gone(self, probe=None):
         """Whether the connection was reset: the client hung up. End-of-file alone is not that: a client may close its
-        sending side once its request is sent and wait for the answer (`nc -N`), which was dropped unanswered, and
-        one that hung up sent no more than that either. Once end-of-file is read, probe (if given) writes what the
+        sending side once its request is sent and wait for the answer (`nc -N`), and one that hung up sent no more
+        than that either. Once end-of-file is read, probe (if given) writes what the
         client ignores, once: a closed socket answers it with a reset, which the next look sees."""
         sock = self.connection
         try:
             ready = readable(sock)
             # a reset; not POLLHUP, which is both ways closed on Linux but end-of-file alone on macOS (its poll is
-            # kqueue's EV_EOF), where a client that closed its sending side was taken for gone (a reset there is no
-            # POLLERR: recv raises it, below)
+            # kqueue's EV_EOF), where a client that closed its sending side would be taken for gone (a reset there is
+            # no POLLERR: recv raises it, below)
             if hasattr(select, "poll") and ready & select.POLLERR:
                 return True
             if not ready or sock.recv(1, socket.MSG_PEEK) != b"":  # (a reset raises, below)
@@ -1103,7 +1104,7 @@ class Handler(BaseHTTPRequestHandler):
                 elif event[0] == "error":  # headers are gone: the error travels as an event, as OpenAI's does
                     send(json.dumps(event[1].body()))
                     # nor can they say Connection: close, as a 503's do: the connection closes after the last chunk,
-                    # else the client's next request on it met the process's exit, a dropped connection
+                    # else the client's next request on it meets the process's exit, a dropped connection
                     self.close_connection |= event[1].code == "server_shutting_down"
                 else:
                     _, finish, tokens = event
@@ -1171,15 +1172,15 @@ class ApiServer(ThreadingHTTPServer):
             return super().get_request()
         except OSError as e:
             # out of file descriptors (a client holding a thousand connections, under ulimit -n 1024): the connection
-            # waiting to be accepted keeps the listening socket readable, and serve_forever spun a core on accept's
-            # failures, away from the reply being generated, until a descriptor was freed. Wait as a poll's time.
+            # waiting to be accepted keeps the listening socket readable, and serve_forever would spin a core on
+            # accept's failures, away from the reply being generated, until a descriptor is freed: wait a poll's time
             if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                 time.sleep(POLL)
             raise  # (socketserver drops an accept's OSError and goes on)
 
     def process_request(self, request, client_address):
-        # each connection holds a thread while it is open, idle keep-alive ones too: a client opening thousands held as
-        # many threads and descriptors, with no limit
+        # each connection holds a thread while it is open, idle keep-alive ones too: without a limit, a client opening
+        # thousands would hold as many threads and descriptors
         if self.slots.acquire(blocking=False):
             places, work = self.slots, self.process_request_thread
         elif self.evict():
@@ -1200,8 +1201,8 @@ class ApiServer(ThreadingHTTPServer):
         # time (ValueError); a stopping server needs none back
         except Exception as e:
             places.release()
-            # answered 503 overloaded here, as past max_connections, and closed, with one line in the log, where
-            # socketserver printed a traceback and closed it unanswered. This thread accepts the next connections, and
+            # answered 503 overloaded here, as past max_connections, and closed, with one line in the log (socketserver
+            # would print a traceback and close it unanswered). This thread accepts the next connections, and
             # waits for no client: it reads, under --cors, what of the request's head has come (a browser's comes with
             # the connection, and the failed start gave it time) for its origin or its preflight (busy_answer), and
             # sends what the socket takes at once (a new connection's buffer takes it all). Nor is the rest of the
@@ -1218,8 +1219,8 @@ class ApiServer(ThreadingHTTPServer):
     def note_at_limit(self, made_room=False):
         """Counts a connection past --max_connections (from the accepting thread alone), turned away or, made_room,
         given the place of one waiting for its request (evict), said in the log at the first and then at most every
-        AT_LIMIT_LOG seconds with the counts since: nothing told the operator why clients got 503s, or lost their
-        idle connections, and a line each would flood the log just as the server is overloaded."""
+        AT_LIMIT_LOG seconds with the counts since: the operator learns why clients get 503s, or lose their idle
+        connections, and a line each would flood the log just as the server is overloaded."""
         if made_room:
             self.made_room += 1
         else:
@@ -1269,7 +1270,7 @@ class ApiServer(ThreadingHTTPServer):
         places."""
         with self.silence_lock:
             # one with bytes waiting is silent no more: its request (a keep-alive client's next, a new connection's
-            # first) has come, and its thread, not yet woken, is about to read it; closed, it was dropped unanswered
+            # first) has come, and its thread, not yet woken, is about to read it; closed, it would go unanswered
             now = time.monotonic()
             sock = min((s for s, since in self.silent.items() if now - since >= EVICT_AFTER and not readable(s)),
                        key=self.silent.get, default=None)
@@ -1288,7 +1289,7 @@ class ApiServer(ThreadingHTTPServer):
         its head, under --cors: busy_answer). A client behind a proxy is told why (the proxy passes the 503 on, or tries
         another server); a connection closed unanswered reads as a crash there (a 502), and one left unaccepted waits
         for the proxy's timeout (a 504, a minute later). Then drained, as linger does: http.client writes a POST's head
-        and body apart, and the second write met the closed connection's reset (BrokenPipeError), not the 503."""
+        and body apart, and the second write would meet the closed connection's reset (BrokenPipeError), not the 503."""
         got, deadline = b"", time.monotonic() + HEAD_WAIT
         try:
             # under --cors, the request's head is read (busy_answer), up to HEAD bytes or HEAD_WAIT seconds (a
@@ -1312,10 +1313,10 @@ class ApiServer(ThreadingHTTPServer):
     def busy_answer(self, why, got=b""):
         """The whole answer to a connection turned away because why, of which got was read (its request's head, some
         of it or none: request_head): 503 overloaded, a full queue's error body, with the CORS headers of the request's
-        origin, as any error has (--cors naming origins: else the page got an opaque network error in its place). A
+        origin, as any error has (--cors naming origins: else the page gets an opaque network error in its place). A
         CORS preflight (Handler.preflight_headers) gets its 204, as ever: a browser takes a preflight answered
-        otherwise for a network error, whatever its headers, and the page never saw the 503 of the request after it,
-        which it could show. Cached (Access-Control-Max-Age) as ever too: the 204 is the same, busy or not.
+        otherwise for a network error, whatever its headers, and the page would never see the 503 of the request
+        after it, which it could show. Cached (Access-Control-Max-Age) as ever too: the 204 is the same, busy or not.
         (The request's Host is not checked, as Handler.check_host does: the 204 lets a page of an allowed origin send
         a request, which meets that check, or the 503.)"""
         method, path, headers = request_head(got)
@@ -1383,7 +1384,7 @@ class ApiServer(ThreadingHTTPServer):
         token (Worker.halt), and the requests under way get their answers (503 or a stream's error event for those cut
         short or never started), for up to ANSWER_WAIT seconds, before the process exits and drops their connections.
         Whether the worker left torch within timeout."""
-        # the worker's halt first, which /health reads: it said ok between the listening socket's close and the halt
+        # the worker's halt first, which /health reads: else it says ok between the listening socket's close and halt
         self.worker.halt(timeout=0)
         self.server_close()
         self.worker.join(timeout)
@@ -1524,8 +1525,9 @@ def leave(code):
 
 def run_and_leave(main):
     """run_main(main), then leave() with the status Python's exit would have given: 0, or a SystemExit's (1 for an
-    error, 130 for Ctrl-C while loading, 141 for a closed pipe, 143 for SIGTERM), or 1 after a bug's traceback. A
-    clean stop aborted in Python's exit once in a full test run: after "stopped", the worker joined, answers sent."""
+    error, 130 for Ctrl-C while loading, 141 for a closed pipe, 143 for SIGTERM), or 1 after a bug's traceback.
+    Python's own exit can abort even a clean stop (seen once in a full test run: after "stopped", the worker joined,
+    the answers sent)."""
     try:
         run_main(main)
         code = 0
