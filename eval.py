@@ -91,7 +91,7 @@ def reply_stats(model, enc, histories, max_tokens, seed, **sampling):
     ended, lengths, short = 0, [], 0
     for history in histories:
         info = {}
-        # gen.py's warning for a prompt the context cuts, said once for all of them below (it was a line a prompt)
+        # gen.py's warning for a prompt the context cuts: said once for them all, below
         _, stopped_by = chat_reply(model, enc, history, max_tokens, info=info, warn=False, generator=generator,
                                    **sampling)
         ended += stopped_by == IM_END
@@ -110,11 +110,10 @@ def reply_stats(model, enc, histories, max_tokens, seed, **sampling):
 
 def evaluate_checkpoint(path, datasets=None, data_dir=None, split="val", block_size=None, batch_size=16,
                         eval_batches=None, samples=50, prompt_file=None, max_tokens=128, seed=1337, temp=0.8,
-                        top_k=200, top_p=None, repetition_penalty=1.0, device="auto", dtype="auto", output=None):
+                        top_k=200, top_p=None, repetition_penalty=1.0, device="auto", dtype="auto"):
     """Evaluate the checkpoint at path on each dataset (default: the one it was trained on); returns a dict with
     the checkpoint's description and one row per dataset (plus one for a prompts file): dataset, windows, loss,
-    ppl, bpb (None on conversation sets), replies, ended, mean_tokens (None where not measured).
-    output: where the caller writes the results (--json), refused before the evaluation if it is a dataset's file."""
+    ppl, bpb (None on conversation sets), replies, ended, mean_tokens (None where not measured)."""
     ckpt = load_checkpoint(path)
     ckpt_args = ckpt.get("args") or {}
     trained_on, trained_in = checkpoint_data(ckpt)
@@ -127,8 +126,6 @@ def evaluate_checkpoint(path, datasets=None, data_dir=None, split="val", block_s
     metas = [load_meta(data_dir, name, own_vocab) for name in datasets]
     for meta in metas:
         pick_tokenizer(argparse.Namespace(checkpoint=path, tokenizer=None), meta, ckpt)
-    if output:  # (not over a dataset's meta.json or val.bin: check_output refuses those)
-        check_output(output, "--json")
     prompt_list = read_prompt_file(prompt_file)[:samples] if prompt_file else None
     dev = pick_device(device)
     amp = pick_dtype(dev, dtype)
@@ -148,9 +145,8 @@ def evaluate_checkpoint(path, datasets=None, data_dir=None, split="val", block_s
             print(f"warning: {warning}", file=sys.stderr)
         eval_windows = eval_batches * batch_size if eval_batches else len(windows)  # None: every window
         n_windows = len(eval_indices(len(windows), eval_windows))
-        # every window of a large split is hours on a CPU (a 1B-token set's 114M val tokens, 447k windows: about 6 hours
-        # of a tiny GPT-2-vocabulary model on a core), which went by without a word: a bar with the time left, or off a
-        # terminal (a nohup run's log) a line a minute
+        # every window of a large split is hours on a CPU (a 1B-token set's 447k val windows: about 6 hours of the
+        # tiny model on a core): a bar with the time left, or off a terminal (a nohup run's log) a line a minute
         with progress_bar(f"{name} {split}", n_windows, "windows") as bar:
             loss = evaluate(model, windows, batch_size, eval_windows, dev, amp, progress=bar)
         row = {"dataset": name, "windows": n_windows,
@@ -254,27 +250,27 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     path = args.checkpoint or default_checkpoint()
-    if args.json and args.json != "-":  # - is stdout; checked before the evaluation, not after
-        check_output(args.json, "--json", inputs={"--prompt_file": args.prompt_file, "checkpoint": path})
+    json_path = args.json if args.json != "-" else None  # - is stdout
+    if json_path:  # checked before the evaluation, not after (nor over a dataset's files: check_output refuses those)
+        check_output(json_path, "--json", inputs={"--prompt_file": args.prompt_file, "checkpoint": path})
     result = evaluate_checkpoint(
         path, datasets=args.dataset, data_dir=args.data_dir, split=args.split,
         block_size=args.block_size, batch_size=args.batch_size, eval_batches=args.eval_batches, samples=args.samples,
         prompt_file=args.prompt_file, max_tokens=args.max_tokens, seed=args.seed, temp=args.temp, top_k=args.top_k,
-        top_p=args.top_p, repetition_penalty=args.repetition_penalty, device=args.device, dtype=args.dtype,
-        output=args.json if args.json != "-" else None)
+        top_p=args.top_p, repetition_penalty=args.repetition_penalty, device=args.device, dtype=args.dtype)
     # a loss that is not finite (a model gone to inf) is null: json.dumps wrote Infinity, which is not JSON
     text = json.dumps(finite_or_none(result), indent=2)
     if args.json == "-":
         print(text)
         return result
     print(format_table(result))
-    if args.json:
-        atomic_write_text(args.json, text + "\n")
+    if json_path:
+        atomic_write_text(json_path, text + "\n")
     return result
 
 
 def perplexity(loss):
-    """e^loss: inf past float's range (e^50 was said of a loss of 3,000), nan for a nan loss."""
+    """e^loss: inf past float's range (math.exp raises there), nan for a nan loss."""
     try:
         return math.exp(loss)
     except OverflowError:
