@@ -228,42 +228,49 @@ def fit_history(enc, messages, budget):
     return head + rest[first:]
 
 
-def chat_reply(model, enc, history, max_tokens, on_text=None, info=None, warn=True, **sampling):
-    """The assistant's next reply to history (a list of {role, content} ending with the user's
-    message): (text, stopped_by). The turn ends at <|im_end|> (or CHAT_STOPS' others); the model sees
-    the newest turns that fit. info, a dict if given, receives prompt_ids, new_tokens, dropped
-    (how many of the oldest messages the context could not hold) and short (whether the context cut the
-    newest message or leaves the reply fewer than max_tokens: a warning line unless warn is False)."""
+def chat_prompt(model, enc, history, max_tokens, warn=True):
+    """(ids, dropped, short): the prompt for the assistant's reply to history, leaving the reply reserve_for's tokens;
+    dropped: how many of the oldest messages fit_history left out; short: whether the context cut the newest message
+    or leaves the reply fewer than max_tokens (a warning line unless warn is False)."""
     block_size = model.config.block_size
     budget = block_size - reserve_for(model, max_tokens)
     fitted = fit_history(enc, history, budget)
+    dropped = len(history) - len(fitted)
     ids, _ = render_chat(enc, fitted, add_generation_prompt=True)
-    short = False
-    if len(ids) > budget:  # over budget with fit_history down to the system message and the newest one
-        if len(ids) < block_size:  # the reply takes what is left, as serve.py's does
-            # (generation stops at the end of the context: "context", not the "max_tokens" that were not given; what
-            # is left may be all max_tokens asks)
-            short = room_after(model, len(ids)) < max_tokens
-            if short and warn:
-                print(f"warning: the conversation is {len(ids)} tokens but the context holds {block_size}: the reply "
-                      f"gets {room_after(model, len(ids))} tokens at most", file=sys.stderr)
-        else:  # the start of the newest message goes
-            short = True
-            has_system = fitted[0]["role"] == "system" and len(fitted) > 1
-            system_len = len(render_chat(enc, fitted[:1])[0]) if has_system else 0  # its tokens, kept whole
-            if system_len < budget:
-                kept = f"the system message and the last {budget - system_len} of the rest" if system_len else \
-                    f"its last {budget}"  # (without a system message, none to name)
-                if warn:
-                    print(f"warning: the conversation is {len(ids)} tokens but the context holds {block_size}: "
-                          f"keeping {kept} so {min(max_tokens, room_after(model, budget))} can follow", file=sys.stderr)
-                ids = ids[:system_len] + ids[len(ids) - (budget - system_len):]
-            else:  # the system message alone fills the context: its start goes too, said so
-                ids = crop_prompt(model, ids, max_tokens, what="the conversation (its system message alone fills the "
-                                  "context: cut too)", warn=warn)
+    if len(ids) <= budget:
+        return ids, dropped, False
+    # over budget with fit_history down to the system message and the newest one
+    over = f"warning: the conversation is {len(ids)} tokens but the context holds {block_size}:"
+    if len(ids) < block_size:  # the reply takes what is left, as serve.py's does
+        # (generation stops at the end of the context: "context", not the "max_tokens" that were not given; what is
+        # left may be all max_tokens asks)
+        short = room_after(model, len(ids)) < max_tokens
+        if short and warn:
+            print(f"{over} the reply gets {room_after(model, len(ids))} tokens at most", file=sys.stderr)
+        return ids, dropped, short
+    # the start of the newest message goes
+    has_system = fitted[0]["role"] == "system" and len(fitted) > 1
+    system_len = len(render_chat(enc, fitted[:1])[0]) if has_system else 0  # its tokens, kept whole
+    if system_len >= budget:  # the system message alone fills the context: its start goes too, said so
+        ids = crop_prompt(model, ids, max_tokens, what="the conversation (its system message alone fills the "
+                          "context: cut too)", warn=warn)
+        return ids, dropped, True
+    if warn:
+        kept = f"the system message and the last {budget - system_len} of the rest" if system_len else \
+            f"its last {budget}"  # (without a system message, none to name)
+        print(f"{over} keeping {kept} so {min(max_tokens, room_after(model, budget))} can follow", file=sys.stderr)
+    return ids[:system_len] + ids[len(ids) - (budget - system_len):], dropped, True
+
+
+def chat_reply(model, enc, history, max_tokens, on_text=None, info=None, warn=True, **sampling):
+    """The assistant's next reply to history (a list of {role, content} ending with the user's
+    message): (text, stopped_by). The turn ends at <|im_end|> (or CHAT_STOPS' others); the model sees
+    the newest turns that fit (chat_prompt). info, a dict if given, receives prompt_ids, new_tokens, dropped and short
+    (chat_prompt's)."""
+    ids, dropped, short = chat_prompt(model, enc, history, max_tokens, warn)
     new, text, stopped_by = complete(model, enc, ids, max_tokens, stop_ids(enc, CHAT_STOPS), on_text, **sampling)
     if info is not None:
-        info.update(prompt_ids=ids, new_tokens=len(new), dropped=len(history) - len(fitted), short=short)
+        info.update(prompt_ids=ids, new_tokens=len(new), dropped=dropped, short=short)
     return text, stopped_by
 
 
