@@ -59,8 +59,7 @@ VISIBLE = {c: chr(0x2400 + c) for c in range(0x20) if chr(c) not in "\n\t"} | {0
 def reserve_for(model, max_tokens):
     """Tokens kept free after a prompt: the reply's budget, but never more than half the
     context, so a long --max_tokens does not squeeze the prompt (or chat history) to nothing."""
-    block_size = model.config.block_size
-    return max(1, min(max_tokens, block_size // 2))
+    return max(1, min(max_tokens, model.config.block_size // 2))
 
 
 def room_after(model, n):
@@ -179,27 +178,25 @@ def complete_batch(model, enc, prompts, max_tokens, stop_tokens=(), batch_size=8
     by_len = {}
     for i, p in enumerate(prompts):
         by_len.setdefault(len(p), []).append(i)
+    batches = [group[s:s + batch_size] for group in by_len.values() for s in range(0, len(group), batch_size)]
     results = [None] * len(prompts)
-    for group in by_len.values():
-        for s in range(0, len(group), batch_size):
-            rows = group[s:s + batch_size]
-            outs = [[] for _ in rows]
-            done = [False] * len(rows)
-            # generate() runs until every row has hit a stop token; each row is cut at its own
-            if seed is not None:
-                sampling["generator"] = [seeded_generator(device, seed) for _ in rows]
-            for step in sample_steps(model, [prompts[i] for i in rows], max_tokens, stop_tokens=stop_tokens, **sampling):
-                for r, t in enumerate(step):
-                    if not done[r]:
-                        outs[r].append(t)
-                        done[r] = t in stop_tokens
-            for r, i in enumerate(rows):
-                ids = outs[r]
-                # as stream_completion: a character cut off by the stop token is dropped (the decoder not flushed),
-                # one cut by max_tokens shown
-                decoder = StreamDecoder(enc)
-                text = "".join(decoder.push(t) for t in ids[:-1]) if done[r] else enc.decode(ids, errors="replace")
-                results[i] = (text, why_stopped(enc, ids, stop_tokens, max_tokens))
+    for rows in batches:
+        outs = [[] for _ in rows]
+        done = [False] * len(rows)
+        if seed is not None:
+            sampling["generator"] = [seeded_generator(device, seed) for _ in rows]
+        # generate() runs until every row has hit a stop token; each row is cut at its own
+        for step in sample_steps(model, [prompts[i] for i in rows], max_tokens, stop_tokens=stop_tokens, **sampling):
+            for r, t in enumerate(step):
+                if not done[r]:
+                    outs[r].append(t)
+                    done[r] = t in stop_tokens
+        for i, ids, stopped in zip(rows, outs, done):
+            # as stream_completion: a character cut off by the stop token is dropped (the decoder not flushed), one
+            # cut by max_tokens shown
+            decoder = StreamDecoder(enc)
+            text = "".join(decoder.push(t) for t in ids[:-1]) if stopped else enc.decode(ids, errors="replace")
+            results[i] = (text, why_stopped(enc, ids, stop_tokens, max_tokens))
     return results
 
 
@@ -616,18 +613,18 @@ def max_tokens_for(args, model):
     """New tokens per completion or reply: --max_tokens, else 256 (no limit with --nonstop, which runs until Ctrl-C).
     A --max_tokens the context cannot give is warned of once, here: past the context (a completion or reply ends
     where it is full), or, for --chat, past the half of it kept for replies."""
-    max_tokens = args.max_tokens or (10**9 if args.nonstop else 256)
-    if args.max_tokens and not args.nonstop and max_tokens > model.config.block_size:  # the rest never comes
-        print(f"warning: --max_tokens {max_tokens} is more than the context holds ({model.config.block_size}): "
+    if not args.max_tokens:
+        return 10**9 if args.nonstop else 256
+    max_tokens, block_size = args.max_tokens, model.config.block_size
+    least = room_after(model, block_size - reserve_for(model, max_tokens))  # a reply's tokens after the longest history
+    if not args.nonstop and max_tokens > block_size:  # the rest never comes
+        print(f"warning: --max_tokens {max_tokens} is more than the context holds ({block_size}): "
               f"{'a reply' if args.chat else 'a completion'} ends where it is full"
               f"{'' if args.chat or args.prompt_file else '; --nonstop slides it on'}", file=sys.stderr)
-    elif args.max_tokens and args.chat and \
-            max_tokens > (least := room_after(model, model.config.block_size - reserve_for(model, max_tokens))):
-        # (chat_reply warns only of a turn whose history crowds the reply out: every other turn would be cut short
-        # without a word. "or more" holds while the newest message fits the other half; after a longer one, which
-        # leaves less, chat_reply's warning says how much: a 64-token context is told 33 or more here, 20 at most
-        # after such a message)
-        print(f"warning: --max_tokens {max_tokens} is more than the half of the context ({model.config.block_size}) "
+    elif args.chat and max_tokens > least:
+        # (chat_prompt warns only of a turn whose newest message crowds the reply out: every other turn would be cut
+        # short without a word. After such a message its warning says how much is left, fewer than least)
+        print(f"warning: --max_tokens {max_tokens} is more than the half of the context ({block_size}) "
               f"kept for replies: a reply gets {least} tokens or more, as many as the conversation leaves, fewer after "
               f"a message longer than the other half", file=sys.stderr)
     return max_tokens
