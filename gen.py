@@ -210,10 +210,9 @@ def fit_history(enc, messages, budget):
     assistant's answer whose question was dropped."""
     head = messages[:1] if messages and messages[0]["role"] == "system" else []
     rest = messages[len(head):]
-    # every message renders to 4 tokens or more, so no more than the newest budget // 4 + 1 can fit, and render_chat
+    # every message renders to 4 tokens or more, so no more than the newest budget // 4 + 1 can fit; render_chat
     # renders message by message, so each is rendered once and their lengths add up: the cost stays flat however
-    # long a gen.py --chat session gets (re-rendering the whole history per dropped message would take 1.6 s a reply
-    # after 400 turns, 8 s after 1,000)
+    # long a --chat session gets (re-rendering the history per dropped message: 8 s a reply after 1,000 turns)
     start = max(0, len(rest) - (budget // 4 + 1))
     sizes = [len(render_chat(enc, [m])[0]) for m in rest[start:]]
     total = len(render_chat(enc, head, add_generation_prompt=True)[0]) + sum(sizes)
@@ -275,9 +274,8 @@ def chat_reply(model, enc, history, max_tokens, on_text=None, info=None, warn=Tr
 # the command line
 
 def data_kind(ckpt):
-    """"text" or "chat": what a checkpoint's data was, None where it cannot say (a Hugging Face folder). One from before
-    train.py recorded it (b7553e7) says it by the name of its dataset where that is one of prepare.py's own: make
-    demo's story model of then answered --chat with stories unwarned."""
+    """"text" or "chat": what a checkpoint's data was, None where it cannot say (a Hugging Face folder). A checkpoint
+    that does not record it (an older train.py's) says it by its dataset's name where that is one of prepare.py's."""
     data = ckpt.get("data") or {}
     if "kind" in data or not data:
         return data.get("kind")
@@ -364,25 +362,24 @@ class Printer:
 
 def read_lines(prompt, tty, quit_hint="Ctrl-D or /exit quits"):
     """User lines until EOF; Ctrl-C at the prompt gives a fresh prompt (as in a shell), and quit_hint. Bytes that are
-    not UTF-8 become U+FFFD, not a traceback that ends the session; a line ends at \\r\\n or \\r too, and a byte-order
-    mark opening the input is dropped, as in a --prompt_file (a file with Windows line ends, piped, had --interactive
-    continue "Once\\r")."""
+    not UTF-8 become U+FFFD, not a traceback that ends the session; a line ends at \\r\\n or \\r too (a file with
+    Windows line ends, piped), and a byte-order mark opening the input (Notepad's) is dropped, as in a --prompt_file."""
     with contextlib.suppress(AttributeError, ValueError):  # a replaced sys.stdin (tests) may not reconfigure
         sys.stdin.reconfigure(errors="replace", newline=None)
-    # the prompt goes where the user looks: with stdout redirected (gen.py --interactive > out.txt) input() wrote it
-    # into the file, a "> " before every continuation there, and none on the terminal
+    # the prompt goes where the user looks: with stdout redirected (gen.py --interactive > out.txt), input() would
+    # write it into the file, before every continuation
     screen = sys.stdout if sys.stdout.isatty() else sys.stderr
     if tty and screen is sys.stdout:  # (input() edits with readline only when both are a terminal)
         # line editing (arrow keys, Ctrl-A/E) and the session's earlier lines on the up arrow, as Python's own prompt
-        # has: without readline, input() took an arrow key's escape sequence into the message ("ab^[[DX")
+        # has: without readline, input() takes an arrow key's escape sequence into the message ("ab^[[DX")
         with contextlib.suppress(ImportError):  # (Windows' Python has none: its console edits the line itself)
             readline = importlib.import_module("readline")  # imported, it serves input()
             if "libedit" not in (readline.__doc__ or ""):  # (macOS's libedit reads no GNU settings)
                 # a pasted block of lines is one message, sent by Enter, as in ollama: Python turns GNU readline's
-                # bracketed paste off for its REPL, and each pasted line went as a message of its own, with a reply
+                # bracketed paste off for its REPL, and each pasted line would go as a message of its own
                 readline.parse_and_bind("set enable-bracketed-paste on")
             # readline counts the prompt's width without the bold's escape codes only when they are marked \001..\002:
-            # unmarked, a line edited past the terminal's width was redrawn a few columns off
+            # unmarked, a line edited past the terminal's width is redrawn a few columns off
             prompt = re.sub("(\033\\[[0-9;]*m)", "\001\\1\002", prompt)
     first = True
     while True:
@@ -390,8 +387,6 @@ def read_lines(prompt, tty, quit_hint="Ctrl-D or /exit quits"):
             if tty and screen is sys.stderr:
                 print(prompt, end="", file=screen, flush=True)
             line = input(prompt if tty and screen is sys.stdout else "")
-            # a file saved by Notepad, piped, begins with a byte-order mark, which a --prompt_file never keeps: it was
-            # echoed and sent to the model as the first message's first character
             yield line.removeprefix("\ufeff") if first else line
             first = False
         except EOFError:
@@ -471,7 +466,7 @@ def top_k_arg(s):
 
 def temperature(s):
     v = number(s, float)
-    if not 0 <= v < float("inf"):  # nan too; inf was written into serve.py's and eval.py's JSON, which no parser reads
+    if not 0 <= v < float("inf"):  # nan too; inf would go into serve.py's and eval.py's JSON, which no parser reads
         raise argparse.ArgumentTypeError(f"must be a number >= 0 (0 = greedy), got {s}")
     return v
 
@@ -488,8 +483,8 @@ PENALTY_RULE = "a number > 0 (1 = off)"
 
 def penalty_value(v):
     """A repetition penalty as the float sampling takes, or None when it breaks PENALTY_RULE: the one rule for
-    --repetition_penalty and serve.py's repetition_penalty field. A JSON integer too big for a float (10**400) was
-    taken there by a rule of its own and failed inside torch, a 500."""
+    --repetition_penalty and serve.py's repetition_penalty field, so that a JSON integer too big for a float (10**400)
+    is refused there, not a failure inside torch (a 500)."""
     try:
         v = float(v)
     except OverflowError:
@@ -505,9 +500,8 @@ def penalty(s):
 
 
 def add_sampling_arguments(p, when=""):
-    """--temp, --top_k, --top_p and --repetition_penalty: one definition for gen.py, eval.py and serve.py (eval.py had
-    no --repetition_penalty, though it answers "as gen.py --chat does"). when: serve.py's " when a request gives
-    none"."""
+    """--temp, --top_k, --top_p and --repetition_penalty: one definition for gen.py, eval.py and serve.py. when:
+    serve.py's " when a request gives none"."""
     p.add_argument("--temp", type=temperature, default=0.8, help=f"sampling temperature{when}, 0 = greedy (default 0.8)")
     p.add_argument("--top_k", type=top_k_arg, default=200, help=f"sample among the k most likely tokens{when}, 0 = no "
                                                                  f"limit (default 200)")
@@ -570,7 +564,6 @@ def check_options(args):
         raise UserError("--batch_size is for --prompt_file runs (prompts generated together); for several samples of one "
                         "prompt use --num_samples")
     if args.num_samples > 1 and (args.prompt_file or args.chat or args.interactive):
-        # (a line repeated in the file is completed the same: each row samples from --seed as --prompt does alone)
         raise UserError("--num_samples is for --prompt or an unconditional run: a --prompt_file gives one completion per "
                         "line (a repeated line the same one: run it again with another --seed for more), --chat and "
                         "--interactive one per message")
@@ -578,9 +571,8 @@ def check_options(args):
 
 def read_inputs(args):
     """(prompts, path): the --prompt_file's prompts (None without one) and the checkpoint's path (the newest in models/
-    without one), --output checked against both (not to be either). Bad input fails here, before the model loads and
-    generates, not after. --output - becomes None: stdout, as eval.py --json - and most tools read it (not a file
-    named "-")."""
+    without one), --output checked not to be either: bad input fails before the model loads, not after the run.
+    --output - becomes None: stdout, as eval.py --json - and most tools read it."""
     if args.output == "-":
         args.output = None
     prompts = read_prompt_file(args.prompt_file) if args.prompt_file else None
@@ -776,8 +768,7 @@ def main(argv=None):
         else:
             run_prompt(session)
     except UserError:
-        # an error mid-reply (scores that overflow) ended the text on its line: its line, on a terminal the same one,
-        # read "Once upon a timeerror: ..."
+        # an error mid-reply (scores that overflow) gets a line of its own, not "Once upon a timeerror: ..."
         if session.show.mid_line:
             session.show("\n")
         raise
