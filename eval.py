@@ -186,7 +186,7 @@ def format_table(result):
 
     def padded(name, width):
         """name and the spaces that make it width columns wide on a terminal: a CJK name's characters take two
-        columns each, and a table padded by its length in characters came out that much askew"""
+        columns each (padded by its length in characters, the table would be askew)"""
         return name + " " * (width - sum(map(columns, name)))
 
     width = max(len("dataset"), *(sum(map(columns, row["dataset"])) for row in r["rows"]))
@@ -207,6 +207,12 @@ def count(s):
     if v < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
     return v
+
+
+def names_checkpoint(name):
+    """Whether a --dataset value is a checkpoint's path: a dataset's name has no folder in it (prepare.py --name)."""
+    return bool(name) and (os.sep in name or "/" in name or name.endswith(".pt") or os.path.isfile(name)
+                           or os.path.isfile(os.path.join(name, "config.json")))  # (a Hugging Face folder)
 
 
 def parse_args(argv=None):
@@ -233,11 +239,8 @@ def parse_args(argv=None):
     p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="autocast precision")
     p.add_argument("--json", type=path_arg, metavar="PATH", help="also write the results as JSON to PATH; - prints JSON instead of the table")
     args = parse_checkpoint(p, p.parse_args(argv))
-    # `eval.py --dataset story models/x.pt`: --dataset takes several names, so it took the checkpoint too. A dataset's
-    # name has no folder in it (prepare.py --name), so a path last is the checkpoint.
-    last = (args.dataset or [""])[-1]
-    if args.checkpoint is None and last and (os.sep in last or "/" in last or last.endswith(".pt") or os.path.isfile(last)
-                                             or os.path.isfile(os.path.join(last, "config.json"))):  # an HF folder
+    # `eval.py --dataset story models/x.pt`: --dataset takes several names, so it took the checkpoint too
+    if args.checkpoint is None and names_checkpoint((args.dataset or [""])[-1]):
         args.checkpoint = args.dataset.pop()
         if not args.dataset:
             p.error(f"--dataset needs a dataset's name before the checkpoint {args.checkpoint}")
