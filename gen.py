@@ -411,29 +411,30 @@ def read_prompt_file(path):
         raise UserError(f"--prompt_file {path} is a folder: give a file's path")
     except UnicodeDecodeError:
         raise not_utf8(path, f"--prompt_file {path}") from None
-    prompts = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        if line.lstrip().startswith("{"):
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError:
-                obj = None  # text that merely starts with a brace
-            except (ValueError, RecursionError) as e:  # JSON, but past what Python reads: an integer of 4,300 digits
-                raise UserError(f"{path} line {n}: JSON that cannot be read ({type(e).__name__}: {first_line(e)})")
-            if isinstance(obj, dict):
-                if isinstance(obj.get("prompt"), list):  # (it has the field: "needs a prompt field" misled)
-                    raise UserError(f"{path} line {n}: a JSON line's \"prompt\" must be text, got a list (TRL's "
-                                    f"turns?): give each prompt as its user message's text")
-                if not isinstance(obj.get("prompt"), str):
-                    raise UserError(f"{path} line {n}: a JSON line needs a \"prompt\" text field")
-                prompts.append(without_surrogates(obj["prompt"]))  # "\ud800": printed, it failed after the run
-                continue
-        prompts.append(line)
+    prompts = [line_prompt(path, n, line) for n, line in enumerate(lines, 1) if line.strip()]
     if not prompts:
         raise UserError(f"--prompt_file {path} holds no prompts (one per line, or JSON lines with a \"prompt\" field)")
     return prompts
+
+
+def line_prompt(path, n, line):
+    """The prompt of line n of a prompt file: a JSON object's "prompt" field, else the line as it is."""
+    if not line.lstrip().startswith("{"):
+        return line
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError:
+        return line  # text that merely starts with a brace
+    except (ValueError, RecursionError) as e:  # JSON, but past what Python reads: an integer of 4,300 digits
+        raise UserError(f"{path} line {n}: JSON that cannot be read ({type(e).__name__}: {first_line(e)})")
+    if not isinstance(obj, dict):
+        return line
+    if isinstance(obj.get("prompt"), list):  # (it has the field: "needs a prompt field" would mislead)
+        raise UserError(f"{path} line {n}: a JSON line's \"prompt\" must be text, got a list (TRL's "
+                        f"turns?): give each prompt as its user message's text")
+    if not isinstance(obj.get("prompt"), str):
+        raise UserError(f"{path} line {n}: a JSON line needs a \"prompt\" text field")
+    return without_surrogates(obj["prompt"])  # "\ud800" cannot be printed, which would fail after the run
 
 
 def default_checkpoint(folder="models"):
