@@ -244,7 +244,7 @@ def parse_args(argv=None):
         args.checkpoint = args.dataset.pop()
         if not args.dataset:
             p.error(f"--dataset needs a dataset's name before the checkpoint {args.checkpoint}")
-    if args.prompt_file and args.samples == 0:  # the file's row was left out without a word
+    if args.prompt_file and args.samples == 0:  # (else the file's row would be left out without a word)
         p.error(f"--samples 0 answers none of --prompt_file {args.prompt_file}'s prompts: give a count, or drop "
                 f"--prompt_file")
     return args
@@ -261,7 +261,7 @@ def main(argv=None):
         block_size=args.block_size, batch_size=args.batch_size, eval_batches=args.eval_batches, samples=args.samples,
         prompt_file=args.prompt_file, max_tokens=args.max_tokens, seed=args.seed, temp=args.temp, top_k=args.top_k,
         top_p=args.top_p, repetition_penalty=args.repetition_penalty, device=args.device, dtype=args.dtype)
-    # a loss that is not finite (a model gone to inf) is null: json.dumps wrote Infinity, which is not JSON
+    # a loss that is not finite (a model gone to inf) is null: json.dumps writes Infinity, which is not JSON
     text = json.dumps(finite_or_none(result), indent=2)
     if args.json == "-":
         print(text)

@@ -46,9 +46,9 @@ from setup_tokenizer import EOT, IM_END, IM_START, StreamDecoder, render_chat
 
 CHAT_HELP = "/reset clears the history, /exit or Ctrl-D quits, Ctrl-C stops a reply"
 TYPING_DELAY = 0.012  # seconds per token on a terminal: a readable rhythm for demos, never in pipes
-# what a terminal shows for the control characters it would obey (\n and \t aside): a model's ESC c cleared the screen,
-# its \r wrote over the line, ESC ]0;... retitled the window. C0 ones and DEL as their control pictures (␛ ␍ ␈), C1 ones
-# (xterm obeys them in UTF-8 too), which have none, as less shows them
+# what a terminal shows for the control characters it would obey (\n and \t aside): a model's ESC c would clear the
+# screen, its \r write over the line, ESC ]0;... retitle the window. C0 ones and DEL as their control pictures (␛ ␍ ␈),
+# C1 ones (xterm obeys them in UTF-8 too), which have none, as less shows them
 VISIBLE = {c: chr(0x2400 + c) for c in range(0x20) if chr(c) not in "\n\t"} | {0x7F: "\u2421"} | \
     {c: f"<U+{c:04X}>" for c in range(0x80, 0xA0)}
 
