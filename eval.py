@@ -108,6 +108,14 @@ def reply_stats(model, enc, histories, max_tokens, seed, **sampling):
 # -----------------------------------------------------------------------------
 # evaluation
 
+def perplexity(loss):
+    """e^loss: inf past float's range (math.exp raises there), nan for a nan loss."""
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return math.inf
+
+
 def evaluate_checkpoint(path, datasets=None, data_dir=None, split="val", block_size=None, batch_size=16,
                         eval_batches=None, samples=50, prompt_file=None, max_tokens=128, seed=1337, temp=0.8,
                         top_k=200, top_p=None, repetition_penalty=1.0, device="auto", dtype="auto"):
@@ -250,6 +258,17 @@ def parse_args(argv=None):
     return args
 
 
+def finite_or_none(x):
+    """x with every float that is not finite (inf, nan) as None."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: finite_or_none(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [finite_or_none(v) for v in x]
+    return x
+
+
 def main(argv=None):
     args = parse_args(argv)
     path = args.checkpoint or default_checkpoint()
@@ -270,25 +289,6 @@ def main(argv=None):
     if json_path:
         atomic_write_text(json_path, text + "\n")
     return result
-
-
-def perplexity(loss):
-    """e^loss: inf past float's range (math.exp raises there), nan for a nan loss."""
-    try:
-        return math.exp(loss)
-    except OverflowError:
-        return math.inf
-
-
-def finite_or_none(x):
-    """x with every float that is not finite (inf, nan) as None."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: finite_or_none(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [finite_or_none(v) for v in x]
-    return x
 
 
 if __name__ == "__main__":
