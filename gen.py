@@ -13,8 +13,8 @@ stops at <|im_end|> (or <|endoftext|>, or <|im_start|>). Without --nonstop gener
 stops when the context window is full; prompts are cropped (keeping their end, with a warning)
 so that at least min(--max_tokens, block_size/2) tokens fit after them.
 
-Output when stdin is piped (scripts and tests): no prompt markers, no colours, no typing
-delay. --interactive and --chat print each reply followed by a newline; with --verbose
+With stdin piped (scripts and tests) there are no prompt markers, and with stdout piped no colours
+and no typing delay. --interactive and --chat print each reply followed by a newline; with --verbose
 every completion is followed by a line `[end: REASON]` on stdout, where REASON is the
 stop token (`<|im_end|>`, `<|endoftext|>`), `max_tokens`, `context` or `interrupted`,
 so a transcript splits unambiguously into replies. --prompt_file writes a JSON line per prompt: {"prompt",
