@@ -80,17 +80,15 @@ DEFAULT_LR = {"tiny": 4e-3, "small": 1e-3, "gpt2-75m": 6e-4, "gpt2": 6e-4}
 DEFAULT_BATCH_SIZE = {"tiny": 8}  # others: 16
 EVAL_SPACING = 3  # a budgeted run's evaluations take at most about 1 / (1 + EVAL_SPACING) of it
 # the write speed a run assumes for a checkpoint save before it has timed one: a budget keeps room for its final two
-# saves, which with --eval_interval 0 --save_interval 0 are its first (it kept none: a 6-s budget with 0.5-s saves
-# ended 6.875 s in). On the 2-core test machine's disk the slowest saves, a file's first few, wrote 150-210 MB of
-# training state a second (tiny's 15 MB in 0.10 s, small's 112 MB in 0.74 s), later ones 3x as fast: 100 MB/s
-# covers them, and a hard disk. Counting the bytes takes a millisecond; timing the state's serialization into memory
-# took as long as a fast save (small: 0.1-0.4 s), held a second copy of the state, and missed the disk's 3-5x
+# saves, which with --eval_interval 0 --save_interval 0 are its first (without that room a 6-s budget with 0.5-s
+# saves ends 6.875 s in). The 2-core test machine's slowest saves wrote 150-210 MB of training state a second (tiny's
+# 15 MB in 0.10 s, small's 112 MB in 0.74 s): 100 MB/s covers them, and a hard disk. Counting the bytes takes a
+# millisecond; timing a serialization into memory would take as long as a save and hold a second copy of the state
 SAVE_BYTES_PER_S = 100e6
-# under torchrun, how long a rank waits for the others in a collective before it ends with an error: gloo's own 30
-# minutes left a run with one rank stuck (a hung GPU, a stalled file system) silent that long. The longest wait a
-# healthy run has is the others' for rank 0's checkpoint save (at SAVE_BYTES_PER_S, 10 minutes is 60 GB of training
-# state: a 5B-parameter model with AdamW) or for the slowest rank's first --compile step: 10 minutes, NCCL's own
-# default, leaves room for both; --dist_timeout raises it
+# under torchrun, how long a rank waits for the others in a collective before it ends with an error (gloo's own 30
+# minutes leaves a run with one rank stuck silent that long). A healthy run's longest wait is for rank 0's checkpoint
+# save (at SAVE_BYTES_PER_S, 10 minutes is 60 GB of training state: a 5B-parameter model with AdamW) or the slowest
+# rank's first --compile step: 10 minutes, NCCL's own default, covers both; --dist_timeout raises it
 DIST_TIMEOUT_MIN = 10.0
 MAX_LR = 1e5  # a sanity bound (0.05 is about the largest that trains anything here) that keeps Muon's update in float32
 OVERFIT_EVALS = 3  # evaluations past the best, val loss 1% above it, after which a run's summary says it overfits
@@ -98,15 +96,14 @@ FINETUNE_LR_DIVISOR = 3  # fine-tuning starts from trained weights: smaller step
 BETAS = (0.9, 0.95)
 
 # Training options and their defaults. When continuing a checkpoint on the same dataset, an option not given on
-# the command line takes the checkpoint's value instead, so `--checkpoint X` alone resumes the very same run.
-# None means derived: block_size from the model, lr and batch_size from the preset, min_lr = lr/10 (lr/100 in a
-# time budget), warmup = default_warmup(all steps) (BUDGET_WARMUP of a time budget).
+# the command line takes the checkpoint's value instead, so `--checkpoint X` alone resumes the very same run (dtype,
+# --compile and --recompute_activations too: a run given fp32 stays in fp32 on a bf16 CPU, and as fast and as small
+# in memory as it was). None means derived: block_size from the model, lr and batch_size from the preset, min_lr =
+# lr/10 (lr/100 in a time budget), warmup = default_warmup(all steps) (BUDGET_WARMUP of a time budget).
 DEFAULTS = dict(epochs=1, seed=1337, batch_size=None, grad_accum=1, block_size=None, lr=None, min_lr=None,
                 warmup=None, weight_decay=0.1, grad_clip=1.0, eval_interval=10.0, log_interval=10.0,
                 save_interval=10.0, eval_batches=40, patience=0, time_budget=None, optimizer=OPTIMIZERS[0],
                 dtype="auto", compile=False, recompute_activations=False)
-# dtype too: a resume on a bf16 CPU of a run given fp32 stays in fp32; and --compile and --recompute_activations, so that
-# a continued run is as fast, and fits in memory, as it did
 # share of a --time_budget spent warming up: on tiny's 2-minute runs 10% beat 2% (batch 16: 1.31 -> 1.10 val bpb;
 # batch 8: 1.065 -> 1.054), whose first steps were too large and stalled the loss for a while
 BUDGET_WARMUP = 0.10
@@ -636,11 +633,11 @@ def refuse_going_back(checkpoint, ckpt, out_pattern, dataset, best_path, overwri
             continue
         if int(other.get("tokens", 0)) <= done:
             continue
-        # a checkpoint from before run ids (an upgraded user's) cannot say whose it is: a fresh run's best file next to
-        # an old checkpoint was called "a later point of this run", to be continued instead
+        # a checkpoint from before run ids cannot say whose it is: a fresh run's best file next to an old checkpoint
+        # may be another run's, and the refusal says so (known)
         ahead.append((int(other.get("tokens", 0)), other.get("step"), path, bool(ckpt.get("run") and other.get("run"))))
         later.append(path)
-    if ahead and not overwrite:  # the newest point: naming the first found, the advice was refused in turn
+    if ahead and not overwrite:  # named: the newest point (continuing from an older one would be refused in turn)
         _, step, path, known = max(ahead, key=lambda a: a[0])
         at = f"step {step}, {checkpoint} is at step {ckpt.get('step')}"
         what = f"a later point of this run ({at})," if known else \
@@ -1863,7 +1860,7 @@ def summary_lines(summary, meta, args, budget, pause_eval):
         lines.append(f"best val loss {measured(best, meta)} {when}" + (f"in {summary['best_checkpoint']}" if
                      summary["best_checkpoint"] else "before this run, which did not better it (no best file here)"))
     # a run that went on well past its best (a small text over many epochs: val 5.69 at epoch 3.8, 8.06 at epoch 20,
-    # train 0.10) said so only by "* best" no longer showing; its best file holds the model to keep
+    # train 0.10) would say so only by "* best" no longer showing; its best file holds the model to keep
     since = summary.get("evals_since_best", 0)
     if best is not None and last_val is not None and since >= OVERFIT_EVALS and last_val > 1.01 * best \
             and not args.patience:
@@ -1896,7 +1893,7 @@ def more_epochs(args, dataset, done):
                         f"weights")
     answer = answer or "0"
     if not answer.isdecimal():  # (isdigit() took "²", int()'s ValueError)
-        # --epochs counts them all, not the more asked for: `--epochs 2` after 3 done was refused as done again
+        # --epochs counts them all, not the more asked for: `--epochs 2` after 3 done is refused as done already
         raise UserError(f"{answer!r} is not a number of epochs: answer the question with one (0 to stop), or pass "
                         f"--epochs N for N in all, more than the {done} done")
     return int(answer)
@@ -2141,7 +2138,7 @@ def start_run(args):
     continuing = ckpt is not None and trained_on == dataset and "step" in ckpt
     if args.reset_epoch and ckpt is not None and not continuing:
         # a new run from the checkpoint's weights starts at epoch 1 with a fresh optimizer anyway: the flag, whose help
-        # promises to keep the optimizer, did nothing, and a user who meant to continue the run learnt nothing of it
+        # promises to keep the optimizer, would do nothing, and a user who meant to continue the run would not know
         why = (f"{args.checkpoint} has no training state (weights only)" if trained_on == dataset or not trained_on
                else f"{args.checkpoint} was trained on {trained_on}, so training it on {dataset} is fine-tuning")
         raise UserError(f"--reset_epoch restarts the epochs and schedule of a run continued on its own dataset, keeping "
@@ -2367,11 +2364,10 @@ class Run:
         # from it redoes that step as the run would have (with the drawn state it would draw other masks: another
         # model)
         self.step_rng = None
-        # what this run wrote; a best file from an earlier run counts only when continuing that run. A continued run's
-        # last save is the one its checkpoint recorded until it saves: a budget keeps room for its final saves at that
-        # cost (one with --save_interval 0 that never betters its best measures none before them: it would keep no
-        # room, and pass the budget by a save)
-        # (seconds: the last save's; total: the run's)
+        # what this run wrote (seconds: the last save's; total: the run's); a best file from an earlier run counts only
+        # when continuing that run. A continued run's last save is the one its checkpoint recorded until it saves: a
+        # budget keeps room for its final saves at that cost (one with --save_interval 0 that never betters its best
+        # measures none before them: it would keep no room, and pass the budget by a save)
         recorded = ckpt.get("save_seconds", 0.0) if continuing else 0.0
         self.saved = {"path": None, "step": p.step,
                       "best": self.best_path if continuing and os.path.exists(self.best_path) else None,
@@ -2663,9 +2659,8 @@ def main(argv=None):
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             # Free DDP's reducer and gloo's finished work objects now, while the interpreter is whole: freed during its
-            # finalization they can abort the process (pytorch/pytorch#179291). Seen once, 2026-12-02: a 2-rank test
-            # run finished, then rank 1 died of "terminate called without an active exception" (SIGABRT); it did not
-            # recur in 24 repeats, so this is the upstream diagnosis, not a measured cure.
+            # finalization they can abort the process (pytorch/pytorch#179291: a finished 2-rank run's SIGABRT, seen
+            # once in 25 runs; the upstream diagnosis, not a measured cure)
             gc.collect()
             torch.distributed.destroy_process_group()
 
