@@ -2552,15 +2552,13 @@ class Run:
             self.clock.start_schedule(p)
         t_extra, saves_before = time.time(), saved["total"]  # (an evaluation's time: see clock.evaluated)
         due_eval, due_save, due_log = self.due_points(epoch_step, end_of_epoch, save_s, interrupted)
-        if due_log:
+        if due_log:  # (every evaluation is at a record: due_eval implies due_log)
             rec, shown, tps = self.log_record(lr, epoch_step, bar, due_eval)
-        # (every evaluation is at a record, rec: due_eval implies due_log)
-        if due_eval:
-            self.evaluation(rec, shown, lr, tps)
-        if due_log:
+            if due_eval:
+                self.evaluation(rec, shown, lr, tps)
             self.metrics.log(rec)
         if due_eval:
-            self.metrics.plot(f"{args.dataset}: {args.model} {self.config.variant}")
+            self.plot()
         if due_eval and not interrupted:
             # a Ctrl-C during the evaluation (seconds on a large val split) stops the run here: it
             # trained the next step, then saved (one more agreement an evaluation: every rank has it)
@@ -2632,15 +2630,19 @@ class Run:
             say(paint(f"no better val loss in {args.patience} evaluations: stopping early "
                       f"(--patience)", "yellow"))
 
+    def plot(self):
+        """The loss curve of the run's records so far (Metrics.plot)."""
+        self.metrics.plot(f"{self.args.dataset}: {self.args.model} {self.config.variant}")
+
     def summary(self):
         """The run's end: its loss curve drawn, its summary (run_summary) said in its closing lines and returned."""
         args, p, metrics = self.args, self.p, self.metrics
         # the curve is drawn at evaluations: the records after the last one (a run stopped by --max_steps with
         # --eval_interval 0, or one without any evaluation, whose folder may hold an earlier run's curve) would be
         # left out of it
-        metrics.plot(f"{args.dataset}: {args.model} {self.config.variant}")
-        p.elapsed += time.time() - self.t_run
+        self.plot()
         run_time = time.time() - self.t_run
+        p.elapsed += run_time
         summary = run_summary(p, self.meta, len(self.train_w), stopped=self.stopped, run_steps=self.run_steps,
                               tokens=self.run_tokens, elapsed=run_time,
                               tokens_per_s=self.run_tokens / max(run_time, 1e-9),
