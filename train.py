@@ -973,7 +973,7 @@ class TrainTally:
         if isinstance(since, list) and len(since) == 2 and isinstance(since[0], float) and is_count(since[1]):
             self.loss += since[0] if main else 0.0
             self.targets = since[1]
-        self.t_mark, self.tokens = time.time(), 0  # for tokens/s, restarted after each record, eval and save
+        self.restart_timer()  # t_mark, tokens: for tokens/s
         self.train_s, self.train_tokens = 0.0, 0  # the timed intervals summed: the run's speed (train_tokens_per_s)
 
     def add(self, loss, n_targets, tokens):
@@ -1054,6 +1054,12 @@ class Forward:
         return True
 
 
+def to_device(x, y, m, device, non_blocking=False):
+    """A micro-batch's tensors x, y (B, T) int64 and m (B, T) uint8 or None, on device."""
+    return (x.to(device, non_blocking=non_blocking), y.to(device, non_blocking=non_blocking),
+            None if m is None else m.to(device, non_blocking=non_blocking))
+
+
 def train_step(fwd, optimizer, scaler, micro, device, dtype, grad_clip, n_targets=None, world=1):
     """One optimizer step over micro-batches [(x, y, m, idx)], each (B, T). The step's loss is the mean over every
     target it counts (n_targets, on all ranks; padding rows and, on chat data, targets outside the loss mask count
@@ -1073,8 +1079,7 @@ def train_step(fwd, optimizer, scaler, micro, device, dtype, grad_clip, n_target
     # one may read the source after it was freed, silently training on other numbers (pytorch issues 139550, 189690)
     copy_async = device.type == "cuda"
     for i, (x, y, m, _) in enumerate(micro):
-        x, y = x.to(device, non_blocking=copy_async), y.to(device, non_blocking=copy_async)  # (B, T) int64 each
-        m = None if m is None else m.to(device, non_blocking=copy_async)  # (B, T) uint8
+        x, y, m = to_device(x, y, m, device, non_blocking=copy_async)
         with no_sync() if no_sync and i < len(micro) - 1 else contextlib.nullcontext():
             with autocast(device, dtype):
                 _, loss = fwd(x, y, m)  # () the mean over this micro-batch's counted targets
@@ -1138,8 +1143,7 @@ def evaluate(model, windows, batch_size, eval_windows, device, dtype, fwd=None, 
         n = count_targets(y, m)  # the model's loss is a mean over them: weigh it by their number (known on the host)
         if n == 0:
             continue
-        x, y = x.to(device), y.to(device)
-        m = None if m is None else m.to(device)
+        x, y, m = to_device(x, y, m, device)
         with autocast(device, dtype):
             _, loss = fwd(x, y, m)  # () the mean over the batch's n counted targets
         loss_sum += loss.float() * n
