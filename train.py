@@ -561,6 +561,11 @@ def output_paths(args, ckpt_args, continuing, dataset, given):
     return out_pattern, out_dir, best_path, metrics_path, png_path
 
 
+def existing(path):
+    """path if it exists, else None."""
+    return path if os.path.exists(path) else None
+
+
 def run_files(out_pattern, dataset):
     # the checkpoints out_pattern names, any epoch (digits only: story_epoch1_keep.pt is the user's copy), oldest first
     named = out_pattern.replace("{dataset}", dataset)
@@ -2089,9 +2094,8 @@ def run_training(args, held):
             return run_summary(p, run.meta, len(run.train_w), stopped="already done", run_steps=0, tokens=0,
                                elapsed=0.0, tokens_per_s=0.0, train_tokens_per_s=None, val_loss=ckpt.get("val_loss"),
                                checkpoint=args.checkpoint,
-                               best_checkpoint=run.best_path if os.path.exists(run.best_path) else None,
-                               metrics=run.metrics_path if os.path.exists(run.metrics_path) else None,
-                               plot=run.png_path if os.path.exists(run.png_path) else None)
+                               best_checkpoint=existing(run.best_path), metrics=existing(run.metrics_path),
+                               plot=existing(run.png_path))
         args.epochs = p.epoch + more
         run.total_steps = args.epochs * run.batches.steps_per_epoch
         if not run.budget and not isinstance(run_warmup, int):  # as with --epochs given: a share of the longer run
@@ -2374,7 +2378,7 @@ class Run:
         # measures none before them: it would keep no room, and pass the budget by a save)
         recorded = ckpt.get("save_seconds", 0.0) if continuing else 0.0
         self.saved = {"path": None, "step": p.step,
-                      "best": self.best_path if continuing and os.path.exists(self.best_path) else None,
+                      "best": existing(self.best_path) if continuing else None,
                       "seconds": recorded if 0 <= recorded < math.inf else 0.0, "total": 0.0}
         self.run_steps, self.run_tokens, self.stopped = 0, 0, "done"
         self.pause_eval = False  # (the step's evaluation is a --max_steps pause: see due_points)
@@ -2652,7 +2656,7 @@ class Run:
                               tokens_per_s=self.run_tokens / max(run_time, 1e-9),
                               train_tokens_per_s=self.tally.train_tokens_per_s(), val_loss=self.last_val,
                               checkpoint=self.saved["path"], best_checkpoint=self.saved["best"], metrics=metrics.path,
-                              plot=metrics.png_path if os.path.exists(metrics.png_path) else None)
+                              plot=existing(metrics.png_path))
         for line in summary_lines(summary, self.meta, args, self.budget, self.pause_eval):
             say(line)
         return summary
