@@ -524,10 +524,11 @@ class Windows:
             yield (*tensors, chunk)
 
 
-def output_paths(args, ckpt_args, continuing, dataset, given):
+def output_paths(args, ckpt_args, continuing, given):
     """The run's files (out_pattern, its folder, the best file, metrics, loss curve), checked before anything is built;
     a run continued without --output_checkpoint gets its own file names, set in args. given: whether the user gave
     --output_checkpoint."""
+    dataset = args.dataset
     # a budgeted run may repeat many epochs, hence one file for it
     default_out = "{dataset}.pt" if args.time_budget else "{dataset}_epoch{epoch}.pt"
     if not given and continuing:
@@ -842,7 +843,7 @@ def lr_at(step, lr, min_lr, warmup, total_steps):
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
 
 
-def step_lr(args, p, total_steps, budget=None, budget_warmup=None, now=None, held_back=0.0):
+def step_lr(args, p, total_steps, budget, budget_warmup, now, held_back):
     """The lr of the step about to be taken (p: where the run stands). On --epochs, by its step of total_steps. On a
     --time_budget (seconds), by the clock (now: the seconds of it spent): warmup over a share of the budget
     (budget_warmup), then cosine, from the end of the first step on (see Progress.schedule_origin), to the budget
@@ -1382,7 +1383,7 @@ class GracefulInterrupt:
         for sig, old in self.old.items():
             signal.signal(sig, old)
 
-    def exit_saved(self, dist, step, path, steps_left=None):
+    def exit_saved(self, dist, step, path, steps_left):
         """Ends the run interrupted after its step `step`, saved at path: says how to continue it (steps_left: what is
         left of its --max_steps, which a continued run does not inherit), and exits 130 (SIGTERM: 143)."""
         more = f" --max_steps {steps_left}" if steps_left else ""
@@ -1398,7 +1399,7 @@ class GracefulInterrupt:
         raise SystemExit(130)
 
 
-def time_left(s_per_step, epoch_steps_left, budget_s=None, run_steps_left=None):
+def time_left(s_per_step, epoch_steps_left, budget_s, run_steps_left):
     """What ends next and in how many seconds, as (seconds, what): the epoch, or the budget or --max_steps, which end
     the run (the epoch's end alone would tell a budgeted run "epoch ends in 4s" with 2 s of its budget left; on a large
     dataset, hours past a budget of minutes). epoch_steps_left, run_steps_left: the steps left to the epoch and to
@@ -1796,7 +1797,7 @@ def run_summary(p, meta, windows_per_epoch, **run):
             "best_val_bpb": None if p.best_val_loss is None else bits_per_byte(p.best_val_loss, meta)}
 
 
-def banner_lines(args, dataset, what, enc, config, model, train_w, val_w, batches, world, budget, budget_warmup,
+def banner_lines(args, what, enc, config, model, train_w, val_w, batches, world, budget, budget_warmup,
                  device, dtype, resumed=None, was_world=None):
     """The lines a run starts with: its data, its model (what: "new model", or continuing or fine-tuning which
     checkpoint), how it trains, and where a resumed run (resumed: its Progress; was_world: the processes it ran on)
@@ -1804,7 +1805,7 @@ def banner_lines(args, dataset, what, enc, config, model, train_w, val_w, batche
     n_all, n_core = model.num_params(non_embedding=False), model.num_params()
     tok_step = batches.windows_per_step * args.block_size
     spe = batches.steps_per_epoch
-    lines = [f"data   {dataset}: {fmt_count(len(train_w) * args.block_size)} train tokens in {len(train_w):,} windows "
+    lines = [f"data   {args.dataset}: {fmt_count(len(train_w) * args.block_size)} train tokens in {len(train_w):,} windows "
              f"of {args.block_size}, {fmt_count(len(val_w) * args.block_size)} val; tokenizer {enc.name} "
              f"({config.vocab_size:,} ids){', loss on masked tokens only' if train_w.masked else ''}",
              f"model  {what}: {args.model} {config.variant}, {config.n_layer} layers x {config.n_embd}, "
@@ -1891,13 +1892,13 @@ def summary_lines(summary, meta, args, budget, pause_eval):
     return lines
 
 
-def more_epochs(args, dataset, done):
+def more_epochs(args, done):
     """The epochs a continued run whose checkpoint has trained its --epochs (done of them) trains on, as the user
     answers at a terminal (0: none); refused without a terminal, or at the end of input (Ctrl-D): no answer."""
     answer = ask(f"{args.checkpoint} has already trained {done} epoch(s). How many more? [0 = stop] ") \
         if is_interactive() else None
     if answer is None:
-        raise UserError(f"{args.checkpoint} has already trained {done} epoch(s) of {dataset} (--epochs {args.epochs}): "
+        raise UserError(f"{args.checkpoint} has already trained {done} epoch(s) of {args.dataset} (--epochs {args.epochs}): "
                         f"pass a larger --epochs to continue its schedule, or --reset_epoch to start a new one from its "
                         f"weights")
     answer = answer or "0"
@@ -1941,9 +1942,10 @@ def run_lock(folder, name, what):
                                                             f"or give --output_checkpoint another folder")
 
 
-def claim_files(held, args, ckpt, continuing, dataset, out_pattern, out_dir, best_path, given, others):
+def claim_files(held, args, ckpt, continuing, out_pattern, out_dir, best_path, given, others):
     """Rank 0's hold on the run's files (path checked, locks held, earlier run refused): what --overwrite replaces.
     others: the paths of its metrics and loss curve."""
+    dataset = args.dataset
     # (not over a dataset's files, which check_output refuses: --overwrite, which its refusal suggested, made
     # val.bin a checkpoint). The default's message names the option too: it is how to write elsewhere
     check_output(out_pattern.replace("{dataset}", dataset).replace("{epoch}", "1"),
@@ -2089,7 +2091,7 @@ def run_training(args, held):
 
     args, ckpt, p = run.args, run.ckpt, run.p
     if p.epoch >= args.epochs:
-        more = more_epochs(args, args.dataset, p.epoch)
+        more = more_epochs(args, p.epoch)
         if more == 0:  # a run's summary (Run.summary), of a run that trained nothing: its checkpoint's
             return run_summary(p, run.meta, len(run.train_w), stopped="already done", run_steps=0, tokens=0,
                                elapsed=0.0, tokens_per_s=0.0, train_tokens_per_s=None, val_loss=ckpt.get("val_loss"),
@@ -2178,10 +2180,9 @@ def claim_outputs(run, held):
     metrics_path, png_path, replaced (the earlier run's files --overwrite removes at the first save), best_goes
     (whether the best file is one of them) and run_id (the run's id in its checkpoints and metrics)."""
     args, ckpt, continuing, dist = run.args, run.ckpt, run.continuing, run.dist
-    dataset = args.dataset
     given = args.output_checkpoint is not None  # (before output_paths names a continued run's own files in args)
     run.out_pattern, out_dir, run.best_path, run.metrics_path, run.png_path = output_paths(
-        args, run.ckpt_args, continuing, dataset, given)
+        args, run.ckpt_args, continuing, given)
     # with --overwrite: files of an earlier run (or later points of this one) to remove (see save); rank 0's refusal
     replaced, refused = [], None
     # which run a checkpoint and a metrics record belong to: a run continued keeps its id (with --reset_epoch too: its
@@ -2190,7 +2191,7 @@ def claim_outputs(run, held):
     run.run_id = (ckpt.get("run") if continuing else None) or secrets.token_hex(8)
     if dist.main:  # the files are rank 0's to write
         try:
-            replaced = claim_files(held, args, ckpt, continuing, dataset, run.out_pattern, out_dir, run.best_path,
+            replaced = claim_files(held, args, ckpt, continuing, run.out_pattern, out_dir, run.best_path,
                                    given, (run.metrics_path, run.png_path))
         except UserError as e:
             refused = e
@@ -2386,7 +2387,7 @@ class Run:
         self.tok_step = self.batches.windows_per_step * args.block_size
         what = (("continuing" if continuing else "fine-tuning") + f" {args.checkpoint}" if ckpt
                 else "new model")
-        for line in banner_lines(args, args.dataset, what, self.enc, self.config, self.model, self.train_w, self.val_w,
+        for line in banner_lines(args, what, self.enc, self.config, self.model, self.train_w, self.val_w,
                                  self.batches, dist.world, self.budget, self.budget_warmup, self.device, self.dtype,
                                  p if continuing else None,
                                  self.ckpt_args.get("world_size", 1) if continuing else None):
