@@ -432,21 +432,8 @@ class Windows:
         n_tokens = os.fstat(self.files[0].fileno()).st_size // self.dtype.itemsize
         self.block_size = T
         self.n = self.count(n_tokens, T)
-        if split == "val" and n_tokens == 0:  # prepared with --val_fraction 0 (one token: a val too short, said below)
-            make = f"`{prepare_with(meta, val_fraction=DEFAULT_VAL_FRACTION)}`"
-            raise UserError(f"{path} has no tokens (--val_fraction 0?): evaluate the train split (--split train), or "
-                            f"make a val split: run {make}" if evaluating else
-                            f"{path} has no tokens (--val_fraction 0?), and training evaluates on the val split: run {make}")
-        if self.n == 0:  # (one token: no --block_size would do)
-            fix = "use a smaller --block_size or more data" if n_tokens > 1 else "prepare more data"
-            total = sum(meta.get("splits", {}).get(s, {}).get("tokens", 0) for s in ("train", "val"))
-            if split == "val" and n_tokens > 1 and str(meta.get("val_split")).startswith("the last") and total:
-                # a val cut from the text (a book's tail): twice the share of it that one window takes, if that
-                # leaves train the most (more data was the only way out named, for a book in hand)
-                share = math.ceil(200 * (T + 1) / total) / 100
-                if share <= 0.5:
-                    fix = f"use a smaller --block_size, or a larger val split: `{prepare_with(meta, val_fraction=share)}`"
-            raise UserError(f"{path} has {n_tokens} tokens, fewer than one window of --block_size {T} + 1: {fix}")
+        if self.n == 0:
+            raise split_too_short(meta, path, split, n_tokens, T, evaluating)
         expected = meta.get("splits", {}).get(split, {}).get("tokens")  # (load_meta's size check saw the paths' files)
         if expected is not None and n_tokens != expected:
             raise UserError(f"{path} holds {n_tokens:,} tokens, not the {expected:,} its meta.json said a moment "
@@ -522,6 +509,26 @@ class Windows:
             if pin:  # page-locked memory lets the host-to-GPU copy run asynchronously
                 tensors = [None if t is None else t.pin_memory() for t in tensors]
             yield (*tensors, chunk)
+
+
+def split_too_short(meta, path, split, n_tokens, block_size, evaluating):
+    """The UserError for a split (at path, of n_tokens) without one window of block_size + 1 tokens; evaluating: for
+    eval.py, which can read another split."""
+    T = block_size
+    if split == "val" and n_tokens == 0:  # prepared with --val_fraction 0 (one token: a val too short, said below)
+        make = f"`{prepare_with(meta, val_fraction=DEFAULT_VAL_FRACTION)}`"
+        return UserError(f"{path} has no tokens (--val_fraction 0?): evaluate the train split (--split train), or "
+                         f"make a val split: run {make}" if evaluating else
+                         f"{path} has no tokens (--val_fraction 0?), and training evaluates on the val split: run {make}")
+    fix = "use a smaller --block_size or more data" if n_tokens > 1 else "prepare more data"  # (one token: no block)
+    total = sum(meta.get("splits", {}).get(s, {}).get("tokens", 0) for s in ("train", "val"))
+    if split == "val" and n_tokens > 1 and str(meta.get("val_split")).startswith("the last") and total:
+        # a val cut from the text (a book's tail, where more data is no way out): twice the share of it that one
+        # window takes, if that leaves train the most
+        share = math.ceil(200 * (T + 1) / total) / 100
+        if share <= 0.5:
+            fix = f"use a smaller --block_size, or a larger val split: `{prepare_with(meta, val_fraction=share)}`"
+    return UserError(f"{path} has {n_tokens} tokens, fewer than one window of --block_size {T} + 1: {fix}")
 
 
 def output_paths(args, ckpt_args, continuing, given):
