@@ -362,7 +362,7 @@ def resolve_args(args, ckpt_args, continuing, config, fine_tuning=False):
 def load_meta(data_dir, dataset, tokenizer=None):
     """The dataset's meta.json; a missing or broken dataset is a UserError naming prepare.py. tokenizer: the one the
     data must have (a model's checkpoint), for the command that prepares a missing dataset."""
-    if not is_dataset_name(dataset):  # story/ named the files models/story/.pt; data/story suggested a bad --name
+    if not is_dataset_name(dataset):  # story/ would name the files models/story/.pt; data/story, a bad --name
         parent, name = os.path.split(os.path.normpath(dataset))
         hint = f", as in --dataset {name}" + (f" --data_dir {parent}" if parent else "") if is_dataset_name(name) else ""
         raise UserError(f"--dataset {dataset} is a path: it takes a dataset's name, a folder of --data_dir ({data_dir})"
@@ -545,14 +545,14 @@ def output_paths(args, ckpt_args, continuing, given):
                                               os.path.basename(ckpt_args.get("output_checkpoint") or default_out))
     out_pattern = args.output_checkpoint or os.path.join("models", default_out)
     head, tail = os.path.split(out_pattern)
-    if tail in ("", ".", ".."):  # a folder not made yet passed the checks and failed at the first save, after training
+    if tail in ("", ".", ".."):  # a folder not made yet would pass the checks and fail at the first save, after training
         raise UserError(f"--output_checkpoint {out_pattern} names a folder: give a file in it, as in "
                         f"{os.path.join(out_pattern, default_out)}")
     if "{epoch}" in head:
         raise UserError(f"--output_checkpoint {out_pattern}: {{epoch}} goes in the file's name, not in its folder")
     # (the whole path the user gave: not braces in the folder of a checkpoint continued where it lies)
     unknown = sorted(set(re.findall(r"\{[^{}]*\}", out_pattern)) - {"{dataset}", "{epoch}"}) if given else []
-    if unknown:  # a typo ({datset}) became part of the file's name
+    if unknown:  # a typo ({datset}) would become part of the file's name
         raise UserError(f"--output_checkpoint {out_pattern}: {', '.join(unknown)} is no placeholder; the file's name "
                         f"may hold {{dataset}} and {{epoch}}")
     # {dataset} in the folder: the best file and metrics go there too, not to a folder named "{dataset}"
@@ -1539,10 +1539,10 @@ def init_distributed(device_name, timeout_min=DIST_TIMEOUT_MIN):
         device = torch.device("cpu")
     else:
         raise UserError(f"--device {device_name} under torchrun: use cuda (NCCL) or cpu (gloo)")
-    # joining waits in C++ for every rank to join, where no Python signal handler runs: Ctrl-C while one rank was
-    # still loading (a busy machine), or torchrun's SIGTERM when one ended before joining, went unheard until torchrun
-    # killed the process 30 s later. Nothing is written yet: the system's default ends it at once (one ignored, as
-    # Ctrl-C in a script's `torchrun ... &`, stays so)
+    # joining waits in C++ for every rank to join, where no Python signal handler runs: Ctrl-C while one rank is still
+    # loading, or torchrun's SIGTERM when one ends before joining, would go unheard until torchrun kills the process
+    # 30 s later. Nothing is written yet: the system's default ends it at once (an ignored one, as Ctrl-C in a
+    # script's `torchrun ... &`, stays so)
     handlers = {}
     with contextlib.suppress(ValueError):  # (not the main thread)
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -1581,9 +1581,9 @@ def pick_tokenizer(args, meta, ckpt):
 
     def with_tokenizer(name, vocab, context=None):  # gpt2, or a path: a .tiktoken file, or a checkpoint, whose
         # vocabulary prepare.py reads; vocab: its tokenizer_hash. In a folder of its own: made again in place, the
-        # dataset the models of its own vocabulary were trained on was gone (and with it their val loss to compare).
-        # The folder's name holds the vocabulary's hash: by the file's name alone two vocabularies shared one (every
-        # dataset's own is tokenizer.tiktoken), and the second's command made the first's folder again in place
+        # dataset its models were trained on would be gone (and their val loss to compare). The folder's name holds the
+        # vocabulary's hash: by the file's name alone two vocabularies would share one (every dataset's own is
+        # tokenizer.tiktoken)
         stem = os.path.splitext(os.path.basename(os.path.normpath(name)))[0]
         tag = "gpt2" if name == "gpt2" else re.sub(r"[^\w.-]", "-", stem + (f"-{vocab[:8]}" if isinstance(vocab, str) else ""))
         new = f"{os.path.basename(meta['folder'])}-{tag}"
@@ -1959,11 +1959,10 @@ def claim_files(held, args, ckpt, continuing, out_pattern, out_dir, best_path, g
                  "--output_checkpoint" if given else "--output_checkpoint (default)", checkpoint=True)
     locked = held.enter_context(run_lock(out_dir, dataset, f"the {dataset} run in {os.path.join(out_dir, '')} (its "
                                                             f"checkpoints, {dataset}_best.pt and metrics)"))
-    # models/run{epoch}.pt: another dataset's run (its own lock above) writes them too; and so does one given
-    # models/mini.pt while mini's run writes its models/{dataset}.pt (each held only its own dataset's lock: both
-    # reported success, one with the other's checkpoint), hence the name with {dataset} filled in. Its lock file is
-    # named apart from every dataset's (no + in a dataset's name): models/mini for mini took mini's own lock again,
-    # and the run refused itself
+    # models/run{epoch}.pt names the same files for another dataset's run, and so does models/mini.pt given while
+    # mini's run writes its models/{dataset}.pt: each holding its own dataset's lock above, both would write one file.
+    # Hence a lock on the name with {dataset} filled in too, its lock file named apart from every dataset's (no + in a
+    # dataset's name), or models/mini for mini would take mini's own lock again and the run refuse itself
     tail = os.path.basename(out_pattern).replace("{dataset}", dataset)
     locked &= held.enter_context(run_lock(out_dir, "+" + tail, f"{os.path.join(out_dir, tail)} (another dataset's run)"))
     if locked:
@@ -2001,7 +2000,7 @@ def fitted_batch_size(args, n_windows, dist, batch_given, continuing):
     per_rank = math.ceil(n_windows / dist.world)
     if args.batch_size <= per_rank:
         return args.batch_size
-    # the rest of each batch would be padding (10**30 ended in a numpy TypeError)
+    # the rest of each batch would be padding (and 10**30 a numpy TypeError)
     more = (f"{args.batch_size:,} is more than the {n_windows:,} windows of {args.block_size} tokens in the train "
             f"split" + (f" ({per_rank:,} a process)" if dist.world > 1 else ""))
     if batch_given:
@@ -2377,8 +2376,7 @@ class Run:
         self.last_val = None
         # the random state at the start of the step in progress, None between steps: a save on the way out of an
         # error inside a step records it, not the state after the step's dropout masks were drawn, so the run resumed
-        # from it redoes that step as the run would have (with the drawn state it would draw other masks: another
-        # model)
+        # from it redoes that step with the same masks
         self.step_rng = None
         # what this run wrote (seconds: the last save's; total: the run's); a best file from an earlier run counts only
         # when continuing that run. A continued run's last save is the one its checkpoint recorded until it saves: a
@@ -2412,9 +2410,8 @@ class Run:
         since = ckpt.get("loss_since_record") if continuing and not args.reset_epoch else None
         self.tally = TrainTally(self.device, since, main=dist.main)
         # an evaluation's cost in training steps: its batches are a step's forward pass alone, a third of its compute
-        # (the backward is twice the forward), and an evaluation of tiny on a CPU took 0.26-0.39 of a step a batch;
-        # half leaves room (a toy model's steps, mostly overhead, took up to 0.74 of one: a short evaluation all the
-        # same)
+        # (the backward is twice the forward); half a step a batch leaves room (tiny on a CPU: 0.26-0.39; a toy
+        # model's steps, mostly overhead: up to 0.74)
         eval_steps = min(self.eval_windows, len(self.val_w)) / self.batches.windows_per_step / 2
         self.clock = RunClock(self.budget, p.budget_elapsed, self.t_run, eval_steps)
         self.model.train()
@@ -2587,10 +2584,8 @@ class Run:
         # 30-60 s would make the first log's rate 20x too low and its "epoch ends in" hours too late
         if due_log or due_save or self.run_steps == 1:
             self.tally.restart_timer()
-        # -- stop?
-        # an interrupt in the run's last step (its epochs, budget or patience done, or --max_steps) lets
-        # it end as it would have, with its summary, not "interrupted ... continue with" and exit 130
-        # for a run that has ended, whose continuation would be refused
+        # an interrupt in the run's last step (its epochs, budget or patience done, or --max_steps) lets it end as it
+        # would have, with its summary: "interrupted ... continue with" would offer a continuation that is refused
         if interrupted and self.stopped == "done" and p.epoch < args.epochs:
             self.interrupt.exit_saved(dist, p.step, saved["path"], self.max_steps_left())
 
