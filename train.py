@@ -545,7 +545,7 @@ def output_paths(args, ckpt_args, continuing, given):
                                               os.path.basename(ckpt_args.get("output_checkpoint") or default_out))
     out_pattern = args.output_checkpoint or os.path.join("models", default_out)
     head, tail = os.path.split(out_pattern)
-    if tail in ("", ".", ".."):  # a folder not made yet would pass the checks and fail at the first save, after training
+    if tail in ("", ".", ".."):  # a folder not made yet would pass the checks, and fail at the first save after training
         raise UserError(f"--output_checkpoint {out_pattern} names a folder: give a file in it, as in "
                         f"{os.path.join(out_pattern, default_out)}")
     if "{epoch}" in head:
@@ -1804,16 +1804,17 @@ def run_summary(p, meta, windows_per_epoch, **run):
             "best_val_bpb": None if p.best_val_loss is None else bits_per_byte(p.best_val_loss, meta)}
 
 
-def banner_lines(args, what, enc, config, model, train_w, val_w, batches, world, budget, budget_warmup,
-                 device, dtype, resumed=None, was_world=None):
-    """The lines a run starts with: its data, its model (what: "new model", or continuing or fine-tuning which
-    checkpoint), how it trains, and where a resumed run (resumed: its Progress; was_world: the processes it ran on)
-    goes on from."""
-    n_all, n_core = model.num_params(non_embedding=False), model.num_params()
+def banner_lines(run):
+    """The lines a run (a Run, built) starts with: its data, its model (new, or continuing or fine-tuning which
+    checkpoint), how it trains, and where a resumed run goes on from."""
+    args, config, batches, budget, world = run.args, run.config, run.batches, run.budget, run.dist.world
+    train_w, val_w = run.train_w, run.val_w
+    what = ("continuing" if run.continuing else "fine-tuning") + f" {args.checkpoint}" if run.ckpt else "new model"
+    n_all, n_core = run.model.num_params(non_embedding=False), run.model.num_params()
     tok_step = batches.windows_per_step * args.block_size
     spe = batches.steps_per_epoch
-    lines = [f"data   {args.dataset}: {fmt_count(len(train_w) * args.block_size)} train tokens in {len(train_w):,} windows "
-             f"of {args.block_size}, {fmt_count(len(val_w) * args.block_size)} val; tokenizer {enc.name} "
+    lines = [f"data   {args.dataset}: {fmt_count(len(train_w) * args.block_size)} train tokens in "
+             f"{len(train_w):,} windows of {args.block_size}, {fmt_count(len(val_w) * args.block_size)} val; tokenizer {run.enc.name} "
              f"({config.vocab_size:,} ids){', loss on masked tokens only' if train_w.masked else ''}",
              f"model  {what}: {args.model} {config.variant}, {config.n_layer} layers x {config.n_embd}, "
              f"{fmt_count(n_all)} params ({fmt_count(n_core)} non-embedding), context {config.block_size}"]
@@ -1822,13 +1823,15 @@ def banner_lines(args, what, enc, config, model, train_w, val_w, batches, world,
     ranks = f"{world} ranks x " if world > 1 else ""
     lines.append(f"train  {run_for} steps of {ranks}{args.batch_size}x{args.grad_accum}x{args.block_size} "
                  f"= {tok_step:,} tokens, {args.optimizer} lr {args.lr:.2g} -> {args.min_lr:.2g} (warmup "
-                 + (f"{budget_warmup:.0%} of the budget" if budget else f"{args.warmup}") + "), "
-                 f"{device} {str(dtype).replace('torch.', '')}{', compiled' if args.compile else ''}"
+                 + (f"{run.budget_warmup:.0%} of the budget" if budget else f"{args.warmup}") + "), "
+                 f"{run.device} {str(run.dtype).replace('torch.', '')}{', compiled' if args.compile else ''}"
                  f"{', activations recomputed' if args.recompute_activations else ''}")
-    if resumed is not None and (resumed.step or resumed.epoch):
+    resumed = run.p
+    if run.continuing and (resumed.step or resumed.epoch):
         # on other ranks a run goes on as it would have to float summation order, bar dropout: each rank draws the
         # masks of its windows (see the training loop), so other ranks draw others, and resume is no longer exact
-        other_masks = config.dropout and was_world is not None and was_world != world
+        was_world = run.ckpt_args.get("world_size", 1)
+        other_masks = config.dropout and was_world != world
         masks = f" (dropout: the run drew its masks in {was_world} process(es), this one in {world}, so it goes on " \
                 f"with other masks, not bit for bit as on {was_world})" if other_masks else ""
         lines.append(f"resume epoch {resumed.epoch + 1}, window {resumed.windows:,}/{len(train_w):,}, "
@@ -1905,9 +1908,9 @@ def more_epochs(args, done):
     answer = ask(f"{args.checkpoint} has already trained {done} epoch(s). How many more? [0 = stop] ") \
         if is_interactive() else None
     if answer is None:
-        raise UserError(f"{args.checkpoint} has already trained {done} epoch(s) of {args.dataset} (--epochs {args.epochs}): "
-                        f"pass a larger --epochs to continue its schedule, or --reset_epoch to start a new one from its "
-                        f"weights")
+        raise UserError(f"{args.checkpoint} has already trained {done} epoch(s) of {args.dataset} (--epochs "
+                        f"{args.epochs}): pass a larger --epochs to continue its schedule, or --reset_epoch to start a "
+                        f"new one from its weights")
     answer = answer or "0"
     if not answer.isdecimal():  # (isdigit() took "²", int()'s ValueError)
         # --epochs counts them all, not the more asked for: `--epochs 2` after 3 done is refused as done already
@@ -2390,12 +2393,7 @@ class Run:
         self.pause_eval = False  # (the step's evaluation is a --max_steps pause: see due_points)
         self.t_run = time.time()
         self.tok_step = self.batches.windows_per_step * args.block_size
-        what = (("continuing" if continuing else "fine-tuning") + f" {args.checkpoint}" if ckpt
-                else "new model")
-        for line in banner_lines(args, what, self.enc, self.config, self.model, self.train_w, self.val_w,
-                                 self.batches, dist.world, self.budget, self.budget_warmup, self.device, self.dtype,
-                                 p if continuing else None,
-                                 self.ckpt_args.get("world_size", 1) if continuing else None):
+        for line in banner_lines(self):
             say(paint(line, "dim"))
 
         spe = self.batches.steps_per_epoch
