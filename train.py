@@ -1745,7 +1745,7 @@ def resumed_progress(run, warmup_given, eval_given):
     was_windows = max(1, Windows.count(was_tokens, was_T)) if is_count(was_tokens) else len(train_w)
     was_batch = min(ckpt_args.get("batch_size", 0), math.ceil(was_windows / was_world))
     was = was_batch * ckpt_args.get("grad_accum", 1) * was_world
-    world, now = batches.windows_per_step // batches.rank_windows, batches.windows_per_step
+    world, now = run.dist.world, batches.windows_per_step
     if was and was_world != world and was != now:
         # --batch_size and --grad_accum are per process and inherited as such: continued on other ranks, the run takes
         # another global batch, other steps than the run it continues (2 -> 1 ranks: half the batch), said here
