@@ -687,9 +687,8 @@ def packing_warning(meta, block_size, context):
 
 def default_data_dir(ckpt, dataset=""):
     """Where a checkpoint's run found its data, if that folder (holding dataset, if named) is still there: its
-    --data_dir as given, from the working directory, else as its run saw it (a relative one continued or evaluated
-    from another folder fell back to ./data, "no prepared dataset: run prepare.py", or took another dataset of the
-    name there); else data/."""
+    --data_dir as given, from the working directory, else as its run saw it (a relative one, continued or evaluated
+    from another folder, would otherwise fall back to ./data, or to another dataset of the name there); else data/."""
     given = (ckpt.get("args") or {}).get("data_dir")
     seen = (ckpt.get("data") or {}).get("data_dir")  # (absolute; checkpoints since it was recorded)
     return next((d for d in (given, seen) if d and os.path.isdir(os.path.join(d, dataset))), "data")
@@ -1377,9 +1376,9 @@ class GracefulInterrupt:
     @staticmethod
     def stopped_by_sigterm(signum, frame):
         """Under torchrun, in training: SIGTERM ends this rank at once, as init_distributed's does, saying so on any
-        rank: one sent it alone (`kill`, a scheduler's notice to one process) ended without a word, and rank 0's "lost
-        contact ... see its lines" found none. (Outside the loop it stays quiet: there torchrun sends it to the ranks
-        waiting for the first to say a fault, as it ends.)"""
+        rank, for one sent it alone (`kill`, a scheduler's notice to one process): rank 0's "lost contact ... see its
+        lines" points there. (Outside the loop it stays quiet: there torchrun sends it to the ranks waiting for the
+        first to say a fault, as it ends.)"""
         with contextlib.suppress(Exception):  # (a signal amid another write to stderr: ending matters more)
             print(f"rank {os.environ.get('RANK', '?')}: stopped by SIGTERM, without saving (torchrun sends it to every "
                   f"rank when one ends; to stop a run with a save, send torchrun SIGINT, e.g. scancel --signal=INT)",
@@ -1478,8 +1477,8 @@ class Dist:
 def check_same_files(dist, meta, ckpt, checkpoint):
     """Under torchrun each rank reads its own copy of the data and of the checkpoint it continues: on several machines
     copies made by hand (README), which may differ (a prepare.py run again on one, an older checkpoint). Different
-    ones trained on without a word, from other optimizer states and epoch positions, or, epochs of other lengths,
-    ended in gloo's abort ("collective mismatch") a few steps on. Refused before anything is built, on every machine."""
+    ones would train on without a word, from other optimizer states and epoch positions, or, epochs of other lengths,
+    end in gloo's abort ("collective mismatch") a few steps on. Refused before anything is built, on every machine."""
     if dist.world == 1:
         return
 
@@ -1946,8 +1945,8 @@ def refuse_ended_run(args, ckpt, ckpt_args, p, budget):
 def run_lock(folder, name, what):
     """Held while a run writes folder's files named by name (a dataset's: its checkpoints, _best.pt and metrics; or
     an --output_checkpoint's file name, {dataset} filled in, which another dataset's run may write too): two runs
-    started together each passed refuse_earlier_run, before either had saved, and wrote over each other's files, both
-    reporting success. what: those files, for the refusal. Yields whether it holds the lock (held_lock)."""
+    started together would each pass refuse_earlier_run, before either had saved, and write over each other's files.
+    what: those files, for the refusal. Yields whether it holds the lock (held_lock)."""
     return held_lock(os.path.join(folder, f".{name}.lock"), f"another train.py is writing {what}: wait for it to end, "
                                                             f"or give --output_checkpoint another folder")
 
