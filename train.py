@@ -1085,7 +1085,8 @@ def train_step(fwd, optimizer, scaler, micro, device, dtype, grad_clip, n_target
         # Their gradient is 0, but an optimizer step on it would still move every weight by about lr (momentum, weight
         # decay; Muon orthogonalizes what momentum holds into a full-size update)
         return torch.zeros((), device=device)
-    no_sync = getattr(getattr(fwd, "model", fwd), "no_sync", None)  # a DDP model's: skip the all-reduce
+    model = getattr(fwd, "model", fwd)  # what a Forward runs (DDP's model under torchrun), or fwd, a bare model
+    no_sync = getattr(model, "no_sync", None)  # a DDP model's: skip the all-reduce
     total = torch.zeros((), device=device)  # () this rank's share of the step's loss
     # asynchronous copies only to CUDA, from the pinned batches (Batches pins them there): to MPS from pageable memory
     # one may read the source after it was freed, silently training on other numbers (pytorch issues 139550, 189690)
@@ -1110,7 +1111,7 @@ def train_step(fwd, optimizer, scaler, micro, device, dtype, grad_clip, n_target
         total += loss.detach().float()
     if grad_clip > 0:
         scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
-        torch.nn.utils.clip_grad_norm_(fwd.model.parameters() if hasattr(fwd, "model") else fwd.parameters(), grad_clip)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
