@@ -1346,21 +1346,21 @@ class GracefulInterrupt:
     def handler(self, signum, frame):
         if self.requested:
             # under torchrun a second one is no user's: a scheduler's signal to the whole job (scancel --signal=INT)
-            # reaches each rank, then torchrun passes its own on; quitting then left no save, and the other ranks
-            # "lost contact" (torchrun kills the ranks 30 s on, whatever they do)
+            # reaches each rank, then torchrun passes its own on; quitting then would leave no save, and the other
+            # ranks losing contact (torchrun kills the ranks 30 s on, whatever they do)
             if "LOCAL_RANK" in os.environ:
                 return
             raise KeyboardInterrupt
         self.requested, self.signum = True, signum
         if not quiet:  # under torchrun, which passes one Ctrl-C on to the ranks and kills them 30 s later
-            name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
-            # (after a Ctrl-C, "press Ctrl-C to quit" read as if the first had not been taken; with Ctrl-C ignored,
-            # a second SIGTERM is what quits)
+            def name(sig):
+                return "Ctrl-C" if sig == signal.SIGINT else "SIGTERM"
+            # what quits: Ctrl-C, or a second SIGTERM where Ctrl-C is ignored; "again" after the same one ("press
+            # Ctrl-C to quit" after a Ctrl-C reads as if the first had not been taken)
             quits = signal.SIGINT if signal.SIGINT in self.old else signal.SIGTERM
             again = "" if "LOCAL_RANK" in os.environ else \
-                f" ({'Ctrl-C' if quits == signal.SIGINT else 'SIGTERM'}{' again' if signum == quits else ''} quits " \
-                f"without saving)"
-            tqdm.write(f"\n{name}: saving after this step{again}", file=sys.stderr)
+                f" ({name(quits)}{' again' if signum == quits else ''} quits without saving)"
+            tqdm.write(f"\n{name(signum)}: saving after this step{again}", file=sys.stderr)
 
     def __enter__(self):
         # Ctrl-C ignored stays ignored, as common.quiet_ctrl_c leaves it: a script's `python train.py &` (its shell
