@@ -1255,6 +1255,23 @@ def fmt_time(s):
     return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
+def records_until(path, keep_until):
+    """The records of the metrics file at path that a run continued from checkpoint keep_until keeps: its history up to
+    the checkpoint, without records of steps it will redo. By tokens where both have them: a run continued with another
+    global batch counts steps of another size."""
+    by = "tokens" if keep_until.get("tokens") is not None else "step"
+    kept = []
+    with open(path, encoding="utf-8", errors="replace") as f:  # a damaged line is skipped, bytes or JSON
+        for line in f:
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                rec = json.loads(line)
+                key = by if rec.get(by) is not None else "step"
+                # not another run's records, in a folder this one was continued in with --overwrite
+                if rec.get(key, 0) <= keep_until[key] and rec.get("run") in (None, keep_until.get("run")):
+                    kept.append(rec)
+    return kept
+
+
 class Metrics:
     """metrics.jsonl (one JSON object per log/eval point) and, when matplotlib is importable, a loss-curve PNG."""
 
@@ -1267,17 +1284,7 @@ class Metrics:
         if not write:  # another rank writes them
             return
         if keep_until is not None and os.path.exists(path):
-            # continuing: keep the history up to the checkpoint, drop records of steps that will be redone. By tokens
-            # where both have them: a run continued with another global batch counts steps of another size.
-            by = "tokens" if keep_until.get("tokens") is not None else "step"
-            with open(path, encoding="utf-8", errors="replace") as f:  # a damaged line is skipped, bytes or JSON
-                for line in f:
-                    with contextlib.suppress(ValueError, TypeError, AttributeError):
-                        rec = json.loads(line)
-                        key = by if rec.get(by) is not None else "step"
-                        # not another run's records, in a folder this one was continued in with --overwrite
-                        if rec.get(key, 0) <= keep_until[key] and rec.get("run") in (None, keep_until.get("run")):
-                            self.records.append(rec)
+            self.records = records_until(path, keep_until)
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         if not self.held:
             self.release(force=True)
