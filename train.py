@@ -2432,21 +2432,26 @@ class Run:
                   f"{self.last_checkpoint() or 'none yet'}", file=sys.stderr)
             raise SystemExit(130) from None
         except Exception as e:
-            # keep the progress made since the last save: the weights are consistent unless the optimizer itself
-            # failed (UserError: NaN weights). Not with several ranks: another rank's failure may leave this one
-            # mid-step.
-            if self.run_steps and self.saved["step"] != p.step and not isinstance(e, UserError) and dist.world == 1:
-                with contextlib.suppress(Exception):
-                    self.save(self.out_path())
-                    # a closed pipe (`| head`, a `| tee` killed) ends the run without an error line (run_main): "the
-                    # error below" pointed at nothing
-                    why = "its output's reader went away (a closed pipe)" if isinstance(e, BrokenPipeError) or \
-                        closed_pipe_on_windows(e) else "the error below"
-                    warn(f"saved {self.saved['path']} (step {p.step:,}) before stopping on {why}")
+            self.save_before_error(e)
             error = self.loop_error(e)
             if error is None:
                 raise
             raise error from e
+
+    def save_before_error(self, e):
+        """Saves the progress made since the last save before the run ends on the error e, where the weights are
+        consistent: not after a UserError (NaN weights: the optimizer itself failed), nor with several ranks (another
+        rank's failure may leave this one mid-step)."""
+        p = self.p
+        if not self.run_steps or self.saved["step"] == p.step or isinstance(e, UserError) or self.dist.world != 1:
+            return
+        with contextlib.suppress(Exception):
+            self.save(self.out_path())
+            # a closed pipe (`| head`, a `| tee` killed) ends the run without an error line (run_main), so "the error
+            # below" would point at nothing
+            why = "its output's reader went away (a closed pipe)" if isinstance(e, BrokenPipeError) or \
+                closed_pipe_on_windows(e) else "the error below"
+            warn(f"saved {self.saved['path']} (step {p.step:,}) before stopping on {why}")
 
     def loop_error(self, e):
         """The error the loop's error e ends the run in, None for e itself: a UserError out of memory or on a rank
