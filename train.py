@@ -488,10 +488,10 @@ class Windows:
 
     def micro_batches(self, idx, batch_size, pin=False, count=None):
         """Yield (x, y, m, idx) for consecutive chunks of idx: CPU tensors (batch_size, T) (m None without a loss
-        mask) and the chunk's window indices. Every batch has exactly batch_size rows; a short last
-        chunk is padded with rows whose targets are -1 (ignored), so shapes and strides never change (no recompiles).
-        count: yield that many micro-batches, the ones past idx's end all padding (a rank with fewer windows
-        than another still joins every gradient all-reduce)."""
+        mask) and the chunk's window indices. Every batch has exactly batch_size rows; a short last chunk is padded
+        with rows whose targets are -1 (ignored), so shapes and strides never change (no recompiles). count: yield
+        that many micro-batches, the ones past idx's end all padding (a rank with fewer windows than another still
+        joins every gradient all-reduce)."""
         count = math.ceil(len(idx) / batch_size) if count is None else count
         for i in range(0, count * batch_size, batch_size):
             chunk = np.asarray(idx[i:i + batch_size], dtype=np.int64)
@@ -585,7 +585,7 @@ def run_files(out_pattern, dataset):
 def elsewhere(out_pattern):
     """How to write the run to another folder instead, under its own file names. (The best file and metrics are named
     after the dataset in the checkpoints' folder: another file name there shares them. And a --time_budget run's one
-    {dataset}.pt, told DIR/{dataset}_epoch{epoch}.pt, wrote a checkpoint for each of the many epochs it repeats.)"""
+    {dataset}.pt, told DIR/{dataset}_epoch{epoch}.pt, would write one for each of the many epochs it repeats.)"""
     return f"write this one to another folder with --output_checkpoint DIR/{os.path.basename(out_pattern)}"
 
 
@@ -858,9 +858,8 @@ def step_lr(args, p, total_steps, budget, budget_warmup, now, held_back):
         return lr_at(p.step, args.lr, args.min_lr, args.warmup, total_steps)
     spent = 0.0
     if p.schedule_origin is not None:
-        # the decay ends where the run does, before the time it keeps for its final evaluation and saves: decayed to
-        # the budget's end, a run whose final evaluation takes a quarter of it would stop with its lr ~25% of the way
-        # from --min_lr to --lr
+        # decayed to the budget's end instead, a run whose final evaluation takes a quarter of it would stop with its
+        # lr ~25% of the way from --min_lr to --lr
         spent = (now - p.schedule_origin) / max(budget - held_back - p.schedule_origin, 1e-9)
     # (past the decay's end: lr_at's --min_lr)
     return lr_at(int(spent * 10_000), args.lr, args.min_lr, round(budget_warmup * 10_000), 10_000)
@@ -940,17 +939,14 @@ class RunClock:
     def decisions(self, args, p, save_s, stopped, end_of_epoch):
         """What a --time_budget run does after a step, from the clocks every rank agreed on (agree): save_s, the last
         save's seconds (see save_estimate), as agreed; stopped, why the run stops so far. Returns (stopped, due_eval,
-        due_save, due_log): stopped, the reason the run stops ("done": it goes on), and what is due at this step.
-        An evaluation's cost is the reserve (held_back: its time and its two saves', as the final one's); the last one
-        began at last_eval, at its step's end, and ended about that cost later, hence 1 + EVAL_SPACING of them from
-        there."""
+        due_save, due_log): stopped, the reason the run stops ("done": it goes on), and what is due at this step."""
         if self.next >= self.budget:
             stopped = "time budget"
         frac = self.agreed / self.budget
         # A budgeted run evaluates at each --eval_interval slice of the clock, once EVAL_SPACING times the last
-        # evaluation's cost (its time and two saves', as the final one's: the reserve) has passed since it ended: an
-        # evaluation that takes longer than a slice (GPT-2's 50k-wide head on a CPU: 5 s against a 1-minute budget's 6-s
-        # slices) would otherwise come after every step, 85% of the budget
+        # evaluation's cost (held_back: its time and two saves') has passed since it ended, 1 + EVAL_SPACING of them
+        # after it began (last_eval): an evaluation longer than a slice (GPT-2's 50k-wide head on a CPU: 5 s against a
+        # 1-minute budget's 6-s slices) would otherwise come after every step, 85% of the budget
         due_eval = entered_slice(self.slices, "eval", args.eval_interval, frac) and (
             self.last_eval is None or self.agreed >= self.last_eval + (1 + EVAL_SPACING) * self.held_back)
         if due_eval and stopped in ("done", "max_steps") and self.next + self.held_back >= self.budget:
@@ -1427,10 +1423,9 @@ def time_left(s_per_step, epoch_steps_left, budget_s, run_steps_left):
 
 
 class EpochBar(tqdm):
-    """An epoch's progress bar, saying what ends next and when as the log lines it stands in for do (time_left): tqdm's
-    own time left is the epoch's, and a --time_budget or --max_steps run ends where it ends, possibly mid-epoch (a
-    3-s budget's bar would say 6 s were left). ends(s_per_step, epoch_steps_left): time_left of the run, at the bar's
-    rate."""
+    """An epoch's progress bar, saying what ends next and when (time_left), as the log lines it stands in for do:
+    tqdm's own time left is the epoch's, where a --time_budget or --max_steps run may end mid-epoch.
+    ends(s_per_step, epoch_steps_left): time_left of the run, at the bar's rate."""
 
     def __init__(self, *args, ends, **kwargs):
         self.ends = ends  # (before tqdm's __init__, which draws the bar)
@@ -2552,11 +2547,10 @@ class Run:
             due_eval = end_of_epoch or (self.eval_every and epoch_step % self.eval_every == 0)
             due_save = end_of_epoch or (self.save_every and epoch_step % self.save_every == 0)
             due_log = epoch_step % self.log_every == 0
-        # A --max_steps run stopped between evaluations is evaluated too (--eval_interval 0 leaves it
-        # to the saves alone): else its checkpoint would hold an earlier step's val loss, or none, and
-        # the run would end without saying where it stands. As a pause, not judged: no best file and no
-        # --patience count, so a run continued from it keeps the best and stops early where the
-        # run in one go does (exact resume)
+        # A --max_steps run stopped between evaluations is evaluated too (--eval_interval 0 leaves it to the saves
+        # alone): else its checkpoint would hold an earlier step's val loss, or none, and the run would end without
+        # saying where it stands. As a pause, not judged: no best file and no --patience count, so a run continued from
+        # it keeps the best and stops early where the run in one go does (exact resume)
         self.pause_eval = self.stopped == "max_steps" and args.eval_interval > 0 and not due_eval
         due_eval = due_eval or self.pause_eval
         # the last step of a run is always logged, and every save is at a record: the loss summed
