@@ -273,7 +273,7 @@ def inheritable(k, v):
     if k == "optimizer":
         return v in OPTIMIZERS
     if k == "dtype":
-        return v in ("auto", "float32", "bfloat16", "float16")
+        return v in ("auto", *DTYPES)  # --dtype's choices
     if k in ("compile", "recompute_activations"):
         return isinstance(v, bool)
     if k == "warmup":  # steps, or a share as in "5%", as --warmup reads them
