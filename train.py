@@ -409,6 +409,11 @@ def load_meta(data_dir, dataset, tokenizer=None):
     return meta
 
 
+def split_tokens(meta, split):
+    """The tokens meta.json counts in split ("train" or "val"), None where it says nothing."""
+    return meta.get("splits", {}).get(split, {}).get("tokens")
+
+
 class Windows:
     """One split as non-overlapping windows of block_size+1 tokens at stride block_size, read lazily from the
     file, a window at a time (never loaded whole). Window i covers tokens [i*T, i*T + T + 1)."""
@@ -434,7 +439,7 @@ class Windows:
         self.n = self.count(n_tokens, T)
         if self.n == 0:
             raise split_too_short(meta, path, split, n_tokens, T, evaluating)
-        expected = meta.get("splits", {}).get(split, {}).get("tokens")  # (load_meta's size check saw the paths' files)
+        expected = split_tokens(meta, split)  # (load_meta's size check saw the paths' files)
         if expected is not None and n_tokens != expected:
             raise UserError(f"{path} holds {n_tokens:,} tokens, not the {expected:,} its meta.json said a moment "
                             f"ago: a prepare.py rebuilt {folder} as this run started; run this again")
@@ -1729,7 +1734,7 @@ def resumed_progress(run, warmup_given, eval_given):
         return f"{n:,}" if is_count(n) else n
     changed = [f"{name} ({was} -> {now})" for name, was, now in (
         ("the data's train tokens", tokens(ckpt.get("data", {}).get("train_tokens")),
-         tokens(meta.get("splits", {}).get("train", {}).get("tokens"))),
+         tokens(split_tokens(meta, "train"))),
         ("--block_size", ckpt_args.get("block_size"), args.block_size),
         ("--seed", ckpt_args.get("seed", args.seed), args.seed)) if was != now]
     if changed:
@@ -1771,7 +1776,7 @@ def resumed_progress(run, warmup_given, eval_given):
     # no evaluation a best again, and --patience would stop the run however it learned. The next evaluation starts a
     # bar.
     was_val = ckpt.get("data", {}).get("val_tokens")
-    now_val = meta.get("splits", {}).get("val", {}).get("tokens")
+    now_val = split_tokens(meta, "val")
     other_T = is_count(ckpt_args.get("block_size")) and ckpt_args["block_size"] != args.block_size
     other_val = is_count(was_val) and is_count(now_val) and was_val != now_val
     # or over other windows of the split: --eval_batches given anew (a quick look with 1 batch, held against the
@@ -2343,8 +2348,7 @@ class Run:
                             data={"tokenizer_hash": meta.get("tokenizer_hash"), "folder": meta["folder"],
                                   "data_dir": os.path.abspath(args.data_dir),  # (found from another working directory)
                                   "kind": meta.get("kind"),  # text or chat: gen.py --chat warns of a text-only model
-                                  "train_tokens": meta.get("splits", {}).get("train", {}).get("tokens"),
-                                  "val_tokens": meta.get("splits", {}).get("val", {}).get("tokens")})
+                                  "train_tokens": split_tokens(meta, "train"), "val_tokens": split_tokens(meta, "val")})
         saved["seconds"] = time.time() - t_save
         saved["total"] += saved["seconds"]
         if path == self.best_path:
