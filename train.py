@@ -370,7 +370,6 @@ def load_meta(data_dir, dataset, tokenizer=None):
     folder = os.path.join(data_dir, dataset)
     path = os.path.join(folder, "meta.json")
     tok = ["--tokenizer", tokenizer] if tokenizer and tokenizer != "gpt2" else []
-    out = ([] if os.path.abspath(data_dir) == os.path.abspath(DEFAULT_OUT_DIR) else ["--out_dir", data_dir]) + tok
     built_in = dataset in DATASETS and dataset != "text"  # text needs --source
     made = new_command(folder, *tok)  # (another name is made of the user's FILE: `--dataset mine` is no command)
     fix = f"{'run' if built_in else 'make it with'} `{made}`"
@@ -382,7 +381,9 @@ def load_meta(data_dir, dataset, tokenizer=None):
             raise UserError(f"no prepared dataset {dataset!r} ({path} is missing): {fix} first")
         have = sorted(n for n in os.listdir(data_dir) if os.path.isfile(os.path.join(data_dir, n, "meta.json"))) \
             if os.path.isdir(data_dir) else []
-        named = common.script_command("prepare.py", "--dataset", "NAME", *out)  # where this run looks, in its vocabulary
+        # where this run looks, in its vocabulary
+        out = [] if os.path.abspath(data_dir) == os.path.abspath(DEFAULT_OUT_DIR) else ["--out_dir", data_dir]
+        named = common.script_command("prepare.py", "--dataset", "NAME", *out, *tok)
         raise UserError(f"no prepared dataset {dataset!r} ({path} is missing; {data_dir} has "
                         f"{', '.join(have) or 'none'}): prepare your own text under that name with `{made}`, or one "
                         f"of {', '.join(DATASETS[:-1])} with `{named}`")
