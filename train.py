@@ -1905,8 +1905,8 @@ def summary_lines(summary, meta, args, budget, pause_eval):
                  + (f", curve {summary['plot']}" if summary["plot"] else ""))
     if summary["best_checkpoint"] or summary["checkpoint"]:
         tried = summary["checkpoint"] if pause_better else summary["best_checkpoint"] or summary["checkpoint"]
-        lines.append(paint(f"try it: {common.script_command('gen.py', tried, *(['--chat'] if meta.get('has_mask') else []))}",
-                           "cyan"))
+        chat = ["--chat"] if meta.get("has_mask") else []
+        lines.append(paint(f"try it: {common.script_command('gen.py', tried, *chat)}", "cyan"))
     return lines
 
 
