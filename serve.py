@@ -238,9 +238,11 @@ def read_json(body):
     return req
 
 
-def chat_prompt(req, api, max_tokens):
-    """A chat request's (prompt ids, max_tokens, what the prompt is called in a refusal). Without max_tokens the reply
-    may take up to half the context, the history keeps the rest; its oldest turns are dropped to make room."""
+def read_chat(req, api, max_tokens):
+    """A chat request's (prompt ids, max_tokens, what the prompt is called in a refusal), as read_prompt is a
+    completion's. Without max_tokens the reply may take up to half the context, the history keeps the rest; its oldest
+    turns are dropped to make room. (gen.chat_prompt fits a history alike, but cuts a newest message too long where
+    this refuses it: check_context's 400.)"""
     messages = read_messages(req)
     asked = max_tokens
     if max_tokens is None:
@@ -304,7 +306,7 @@ def job_from_request(body, kind, api):
         max_tokens = get(req, "max_tokens", "int", lambda v: 1 <= v <= block, limit)
 
     if kind == "chat":
-        prompt, max_tokens, what = chat_prompt(req, api, max_tokens)
+        prompt, max_tokens, what = read_chat(req, api, max_tokens)
     else:
         prompt, what = read_prompt(req, api.enc), "the prompt"
         if max_tokens is None:
