@@ -112,8 +112,7 @@ def recover_merges(ranks):
         parts = _merge_parts(ranks, token, rank)
         if len(parts) != 2:
             raise UserError(f"token {token!r} (id {rank}) is not a merge of two lower-ranked tokens, so the vocabulary "
-                            f"has no BPE merges to export; retrain it with "
-                            f"`{train_command()}`")
+                            f"has no BPE merges to export; retrain it with `{train_command()}`")
         merges.append((parts[0], parts[1]))
     return merges
 

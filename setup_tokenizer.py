@@ -495,10 +495,10 @@ def train_tokenizer(files, vocab_size, out_path, sample=None):
         if suffix(path) in SUFFIXES and suffix(path) != ".txt":
             # read as text, a chat .jsonl spends merges on its JSON ('{"role": "', '\\u00e9'): its conversations took
             # 23% more tokens than with prepare.py's vocabulary, of fewer ids, trained on their contents
+            prepare = common.script_command("prepare.py", "--source", path, "--vocab_size", str(vocab_size), "--name",
+                                            "NAME")
             raise UserError(f"--input {path} holds records, whose syntax this would train on as text: train on their "
-                            f"text with "
-                            f"`{common.script_command('prepare.py', '--source', path, '--vocab_size', str(vocab_size), '--name', 'NAME')}` "
-                            f"(it writes data/NAME/tokenizer.tiktoken)")
+                            f"text with `{prepare}` (it writes data/NAME/tokenizer.tiktoken)")
 
     def docs():
         for path in files:

@@ -527,7 +527,7 @@ def split_too_short(meta, path, split, n_tokens, block_size, evaluating):
                          f"make a val split: run {make}" if evaluating else
                          f"{path} has no tokens (--val_fraction 0?), and training evaluates on the val split: run {make}")
     fix = "use a smaller --block_size or more data" if n_tokens > 1 else "prepare more data"  # (one token: no block)
-    total = sum(meta.get("splits", {}).get(s, {}).get("tokens", 0) for s in ("train", "val"))
+    total = sum(split_tokens(meta, s) or 0 for s in ("train", "val"))
     if split == "val" and n_tokens > 1 and str(meta.get("val_split")).startswith("the last") and total:
         # a val cut from the text (a book's tail, where more data is no way out): twice the share of it that one
         # window takes, if that leaves train the most
@@ -1822,7 +1822,8 @@ def banner_lines(run):
     tok_step = batches.windows_per_step * args.block_size
     spe = batches.steps_per_epoch
     lines = [f"data   {args.dataset}: {fmt_count(len(train_w) * args.block_size)} train tokens in "
-             f"{len(train_w):,} windows of {args.block_size}, {fmt_count(len(val_w) * args.block_size)} val; tokenizer {run.enc.name} "
+             f"{len(train_w):,} windows of {args.block_size}, {fmt_count(len(val_w) * args.block_size)} val; "
+             f"tokenizer {run.enc.name} "
              f"({config.vocab_size:,} ids){', loss on masked tokens only' if train_w.masked else ''}",
              f"model  {what}: {args.model} {config.variant}, {config.n_layer} layers x {config.n_embd}, "
              f"{fmt_count(n_all)} params ({fmt_count(n_core)} non-embedding), context {config.block_size}"]
