@@ -151,16 +151,17 @@ def complete(model, enc, prompt_ids, max_tokens, stop_tokens=(), on_text=None, *
     """One completion of prompt_ids, streaming its text to on_text(piece) as characters complete.
     Returns (new_ids, text, stopped_by): new_ids end with the stop token if one was hit, text never
     contains it; stopped_by is the stop token's text, "max_tokens", "context" (window full) or
-    "interrupted" (Ctrl-C: what was generated so far is kept)."""
+    "interrupted" (Ctrl-C: what was generated so far is kept). A character cut off at the end is shown (U+FFFD, as
+    stream_completion flushes it) but left out of text, which holds what the model wrote whole: a --chat reply joins
+    the history as text, and the next turn's prompt held a U+FFFD the model never wrote."""
     ids, pieces, stopped_by = [], [], None
     try:
         for tok, piece in stream_completion(model, enc, prompt_ids, max_tokens, stop_tokens, **sampling):
-            if tok is not None:
+            if tok is not None:  # (None: that flush)
                 ids.append(tok)
-            if piece:
                 pieces.append(piece)
-                if on_text:
-                    on_text(piece)
+            if piece and on_text:
+                on_text(piece)
     except KeyboardInterrupt:
         stopped_by = "interrupted"
     return ids, "".join(pieces), stopped_by or why_stopped(enc, ids, stop_tokens, max_tokens)

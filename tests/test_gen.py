@@ -695,14 +695,33 @@ def test_missing_checkpoint_cli(tmp_path):
 
 def test_a_character_cut_off_by_the_stop_token_is_not_shown(enc, monkeypatch):
     """A reply whose last token is half of a character before <|im_end|> ends there, in gen.py as in serve.py; one
-    cut off by max_tokens shows as U+FFFD."""
+    cut off by max_tokens shows as U+FFFD (complete's text, what the model wrote whole, leaves it out)."""
     half = enc.encode_single_token(bytes([0xC3]))  # the first byte of "é"
     end = enc.encode_single_token(IM_END)
     for tail, want in (([half, end], "Hi"), ([half], "Hi\ufffd")):
         monkeypatch.setattr(gen, "sample_steps", lambda *a, tail=tail, **k: iter([[t] for t in enc.encode("Hi") + tail]))
-        ids, text, why = gen.complete(None, enc, [0], 4, (end,))
-        assert text == want, tail
+        shown = []
+        ids, text, why = gen.complete(None, enc, [0], 4, (end,), on_text=shown.append)
+        assert "".join(shown) == want and text == "Hi", tail
         assert gen.complete_batch(None, enc, [[0]], 4, (end,))[0][0] == want, tail  # gen.py --prompt_file
+
+
+def test_a_chat_reply_cut_mid_character_keeps_what_the_model_wrote(ckpt, enc, capsys, monkeypatch):
+    """A reply cut off by --max_tokens inside a character shows a U+FFFD, but the history keeps the text the model
+    wrote: the next turn's prompt re-encoded the U+FFFD, three tokens the model never wrote."""
+    half = enc.encode_single_token(bytes([0xC3]))  # the first byte of "é"
+    prompts = []
+
+    def steps(model, rows, *a, **k):
+        prompts.append(rows[0])
+        return iter([[t] for t in enc.encode("Hi") + [half]])
+    monkeypatch.setattr(gen, "sample_steps", steps)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("hello\nagain\n"))
+    code, out, err = cli([ckpt, "--chat", "--max_tokens", "2"] + CPU, capsys)
+    assert code == 0 and out == "Hi\ufffd\nHi\ufffd\n", (out, err)
+    history = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "Hi"},
+               {"role": "user", "content": "again"}]
+    assert prompts[1] == render_chat(enc, history, add_generation_prompt=True)[0]
 
 
 def test_ctrl_c_keeps_the_text_so_far(enc):

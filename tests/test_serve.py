@@ -98,10 +98,12 @@ def client(api):
 
 def expected(api, prompt_ids, max_tokens, stops, seed):
     """What gen.py samples for these ids with this seed at temperature 1: (text, the finish_reason the API should
-    give, the new token ids)."""
-    new, text, why = gen.complete(api.model, api.enc, prompt_ids, max_tokens, gen.stop_ids(api.enc, stops),
-                                  temperature=1.0, top_k=api.top_k, generator=torch.Generator().manual_seed(seed))
-    return text, ("stop" if why in stops else "length"), new
+    give, the new token ids). The text as gen.py shows it: a character cut off at max_tokens is a U+FFFD there too."""
+    shown = []
+    new, _, why = gen.complete(api.model, api.enc, prompt_ids, max_tokens, gen.stop_ids(api.enc, stops),
+                               on_text=shown.append, temperature=1.0, top_k=api.top_k,
+                               generator=torch.Generator().manual_seed(seed))
+    return "".join(shown), ("stop" if why in stops else "length"), new
 
 
 def post(api, path, body, headers=None):
