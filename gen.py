@@ -135,7 +135,7 @@ def stream_completion(model, enc, prompt_ids, max_tokens, stop_tokens=(), **samp
     completion). A multi-byte character cut off by max_tokens is flushed as (None, "\ufffd"); one cut off by a stop
     token is dropped.
     Closing the iterator stops generation: that is how gen.py's Ctrl-C and serve.py's hung-up clients end it."""
-    decoder = StreamDecoder(enc)
+    decoder = StreamDecoder(enc, after=prompt_ids)  # (ids prompts may end inside a character the reply finishes)
     for step in sample_steps(model, [prompt_ids], max_tokens, stop_tokens=stop_tokens, **sampling):
         tok = step[0]
         if tok in stop_tokens:

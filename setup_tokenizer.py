@@ -331,14 +331,34 @@ def parse_chat(enc, ids):
 
 class StreamDecoder:
     """Token ids in, text out, as it streams: a character split across tokens is
-    emitted once all its bytes have arrived."""
+    emitted once all its bytes have arrived. after: the ids the streamed ones continue (a prompt, which given as token
+    ids, as serve.py takes them, may end inside a character): a character it leaves unfinished comes whole with the
+    ids that finish it, where each side's bytes alone were a U+FFFD; ids that do not finish it leave it to the
+    prompt."""
 
-    def __init__(self, enc):
+    def __init__(self, enc, after=()):
         self.enc = enc
         self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        # the unfinished character's first bytes lie in the last 3 tokens (a token is a byte or more, a character 4 at
+        # most): the decoder keeps them, and what it makes of the rest is the prompt's text, not streamed
+        for token_id in after[-3:]:
+            self.utf8.decode(self.enc.decode_single_token_bytes(int(token_id)))
+        self.held = self.utf8.getstate()[0]  # those bytes, until the stream finishes the character or breaks it
 
     def push(self, token_id):
-        return self.utf8.decode(self.enc.decode_single_token_bytes(int(token_id)))
+        data = self.enc.decode_single_token_bytes(int(token_id))
+        if not self.held:
+            return self.utf8.decode(data)
+        try:
+            codecs.getincrementaldecoder("utf-8")().decode(self.held + data)
+        except UnicodeDecodeError as e:
+            if e.start == 0:  # data breaks the character: its U+FFFD would stand for the prompt's bytes
+                self.utf8.reset()
+                self.held = b""
+                return self.utf8.decode(data)
+        text = self.utf8.decode(data)
+        self.held = b"" if text else self.utf8.getstate()[0]  # (nothing out: the character is not finished yet)
+        return text
 
     def flush(self):
         return self.utf8.decode(b"", final=True)

@@ -189,6 +189,23 @@ def test_completions_and_stop_strings(api, enc):
         assert chunks[-1].choices[0].finish_reason == "stop"
 
 
+def test_a_token_prompt_that_ends_inside_a_character(api, enc, monkeypatch):
+    """A prompt of token ids may end inside a character: the reply's first token that finishes it brings it whole, as
+    the bytes of the two (each a U+FFFD alone) make it; one that does not finish it leaves it to the prompt. The reply's
+    text began with a U+FFFD for the finishing byte, and a client joining the prompt's text and the reply's never got
+    the character back (vLLM's incremental detokenizer, which reads the prompt's last tokens too, drops it)."""
+    byte = lambda b: enc.encode_single_token(bytes([b]))  # gpt2 has a token for each byte
+    prompt = enc.encode("a caf") + [byte(0xC3)]  # "é" is C3 A9
+    c = client(api)
+    lait = enc.encode(" au lait")
+    for reply, want in (([byte(0xA9)] + lait, "\u00e9 au lait"), (lait, " au lait")):
+        monkeypatch.setattr(gen, "sample_steps", lambda *a, reply=reply, **k: iter([[t] for t in reply]))
+        for stream in (False, True):
+            r = c.completions.create(model="tiny", prompt=prompt, max_tokens=len(reply), stream=stream)
+            chunks = list(r) if stream else [r]
+            assert "".join(ch.choices[0].text for ch in chunks) == want, (reply, stream)
+
+
 def test_text_held_for_a_stop_string_ends_the_reply_when_the_model_stops(enc, monkeypatch):
     """ "Hello there. B" could go on as the stop string "Bye", so " B" waits for the next piece; when the model
     ends its reply there (<|im_end|>), the " B" is the reply's end, not dropped."""

@@ -108,6 +108,23 @@ def test_stream_decoder_waits_for_complete_characters(gpt2):
     assert all("\ufffd" not in p for p in pieces)  # no half characters ever printed
 
 
+def test_stream_decoder_after_a_prompt_that_ends_inside_a_character(gpt2):
+    """A stream continuing ids that end inside a character: the stream's bytes that finish it bring it whole; bytes
+    that break it (even after adding to it) leave it to the prompt, and only the stream's own cut-off character is a
+    U+FFFD."""
+    byte = lambda b: gpt2.encode_single_token(bytes([b]))
+    x = gpt2.encode_ordinary("x")
+    for prompt, stream, want in ((x + [byte(0xF0)], [byte(0x9F), byte(0x98), byte(0x80), byte(0x21)], "\U0001F600!"),
+                                 (x + [byte(0xF0), byte(0x9F)], [byte(0x98), byte(0x80)], "\U0001F600"),
+                                 (x + [byte(0xF0)], [byte(0x9F)] + gpt2.encode_ordinary(" a"), " a"),
+                                 (x + [byte(0xC3)], [byte(0xE4), byte(0xBD), byte(0xA0)], "\u4f60"),
+                                 (x + [byte(0xC3)], [byte(0xE4)], "\ufffd"),  # the stream's own, cut off
+                                 (x, [byte(0xA9)] + x, "\ufffdx"),  # a prompt of whole characters: as without one
+                                 (gpt2.encode_ordinary("h\u00e9"), [byte(0xC3), byte(0xA9)], "\u00e9")):
+        dec = StreamDecoder(gpt2, after=prompt)
+        assert "".join(dec.push(i) for i in stream) + dec.flush() == want, (prompt, stream)
+
+
 def test_custom_vocabulary_trains_saves_loads_round_trips(custom):
     enc, path = custom
     assert enc.n_vocab == 320
