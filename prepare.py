@@ -290,13 +290,25 @@ def spoken(messages):
     return [m for m in messages if m["content"]]
 
 
-def dailydialog_docs(path):
-    """DailyDialog's original release: one dialogue per line, turns separated by __eou__."""
+def dailydialog_docs(path, left=None):
+    """DailyDialog's original release: one dialogue per line, turns separated by __eou__. A line with no reply (one
+    utterance) has nothing to train on: left out and counted under left.empty (a LeftOut), as good_docs does a `dialog`
+    record of one turn; it was kept, a conversation of the user's words alone, all out of the loss (its tokens packed
+    and read for nothing), unsaid."""
+    n, empty, wheres = 0, 0, []
     for chunk in read_text_chunks(path):
-        for line in chunk.split("\n"):
+        lines = chunk.split("\n")  # (not splitlines(): a \r or U+2028 inside a turn is no line break here)
+        for line in lines[:-1] if chunk.endswith("\n") else lines:  # (a chunk ends after a newline)
+            n += 1
             turns = [t.strip() for t in tidy_dailydialog(line).split("__eou__")]  # a line at a time: fewer calls
-            if messages := spoken(alternate(turns)):
+            messages = spoken(alternate(turns))
+            if any(m["role"] == "assistant" for m in messages):  # (spoken's turns are not empty)
                 yield messages
+            elif messages and left is not None:  # (a blank line is no dialogue)
+                empty += 1
+                if len(wheres) < PLACES:
+                    wheres.append(f"{path} line {n}")
+                left.note(left.empty, path, empty, wheres)
 
 
 # JSON can spell half of a UTF-16 pair (\ud800) alone, which no UTF-8 text holds: tiktoken reads it as U+FFFD, the
@@ -802,7 +814,7 @@ def file_docs(path, dataset, left=None):
     (checked_records). dataset: the dataset being made, whose own tidying record_doc applies. left: good_docs's
     LeftOut."""
     if suffix(path) == ".txt":
-        yield from (dailydialog_docs if dataset == "dailydialog" else text_docs)(path)
+        yield from dailydialog_docs(path, left) if dataset == "dailydialog" else text_docs(path)
         return
     yield from (doc for _, doc in good_docs(json_records(path), path, dataset, left))
 

@@ -1653,6 +1653,22 @@ def test_dailydialog_and_gsm8k_sources(tmp_path, enc):
     assert masked_spans(enc, ids, mask) == ["cout << x; cin >> y;" + IM_END] * 9
 
 
+def test_a_dailydialog_line_of_one_utterance_is_left_out_and_counted(tmp_path, capsys):
+    """A DailyDialog line of one utterance has no reply to train on: it was kept, a conversation of the user's words
+    alone, all out of the loss and unsaid. It is left out and counted in the summary, as a `dialog` record of one turn
+    (or any record with no reply) is."""
+    lines = ["Hi , how are you ? __eou__ Fine . __eou__", "Anyone there ? __eou__", "", "Where is it ? __eou__ Here . __eou__",
+             "Hello ? __eou__  __eou__"] * 4
+    meta = prepare.prepare("dailydialog", source=write(tmp_path / "dialogues.txt", "\n".join(lines) + "\n"),
+                           out_dir=str(tmp_path / "data"), pack=0)
+    said = capsys.readouterr().out
+    assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] + meta["val_repeats"] == 8
+    assert f"left out 8 records of {tmp_path / 'dialogues.txt'} with nothing to train on (no reply, an empty or null " \
+           f"one, or empty text): lines 2, 5, 7, 10, 12, 15, 17, 20" in said
+    ids, _ = load(tmp_path / "data" / "dailydialog", "train", meta)
+    assert "Anyone there?" not in get_tokenizer("gpt2").decode(ids.tolist())
+
+
 def test_tidy_dailydialog():
     assert prepare.tidy_dailydialog(" I ’ m here , too . What ' s up ? It costs $ 5 ( or so ) ... right.But I ' Ve  to go ! ") == \
         "I'm here, too. What's up? It costs $5 (or so)... right. But I've to go!"
