@@ -452,6 +452,8 @@ class VocabSample:
 
     def __init__(self, size):
         self.size = size
+        # (bytes over a cap of characters: an input's characters are not known before it is read, and a non-ASCII one
+        # of fewer than the cap is sampled too, of fewer characters than the cap allows, said so)
         self.spread = size if size > VOCAB_TEXT_CHARS else 0
         self.chars, self.capped = 0, False  # texts()'s: characters learnt from, and whether the cap ended the reading
 
@@ -478,12 +480,20 @@ class VocabSample:
                 yield text
 
     def said(self, of):
-        """What a sample was learnt from, of (the text it was taken from) and why; "" when it was all of the input."""
-        why = f"at most {VOCAB_TEXT_CHARS / 1e6:,.0f} MB, VOCAB_TEXT_CHARS: memory grows with the distinct words learnt"
+        """What a sample was learnt from, of (the text it was taken from) and why; "" when it was all of the input.
+        The sample and the cap are said in characters, as they are counted, the input in bytes, as its files' sizes
+        are: "MB" of characters misstated non-ASCII text by up to 4x (a character is 1-4 bytes; the share of the
+        documents is the share of the bytes, spread over them)."""
+        why = f"at most {chars(VOCAB_TEXT_CHARS)}, VOCAB_TEXT_CHARS: memory grows with the distinct words learnt"
         if self.spread:
-            return (f"{self.chars / 1e6:,.0f} MB of {of} ({self.share()}the {self.size / 1e6:,.0f} MB of input, spread "
+            return (f"{chars(self.chars)} of {of} ({self.share()}the {self.size / 1e6:,.0f} MB of input, spread "
                     f"over it; {why})")
-        return f"the first {self.chars / 1e6:,.0f} MB of {of} ({why})" if self.capped else ""
+        return f"the first {chars(self.chars)} of {of} ({why})" if self.capped else ""
+
+
+def chars(n, digits=0):
+    """n characters, said in millions ("1,000M characters")."""
+    return f"{n / 1e6:,.{digits}f}M characters"
 
 
 def say_training(vocab_size, sample, size, what=""):
@@ -570,9 +580,10 @@ def main(argv=None):
         sample = files_sample(args.input)
         enc = train_tokenizer(args.input, args.vocab_size, args.out, sample)
         # the files' sizes; a pipe's (/dev/stdin) is 0 ("on 0.0 MB"): what was read of the input, all of it under the
-        # cap (characters, as said() counts them)
-        size = sum(map(os.path.getsize, args.input)) if all(map(os.path.isfile, args.input)) else sample.chars
-        on = sample.said("the text") or f"{size / 1e6:.1f} MB"
+        # cap, in characters, as said() counts them
+        files = all(map(os.path.isfile, args.input))
+        on = sample.said("the text") or (f"{sum(map(os.path.getsize, args.input)) / 1e6:.1f} MB" if files else
+                                         chars(sample.chars, 1))
         print(f"trained {enc.n_vocab} tokens on {on} in {time.time() - t0:.1f}s -> {args.out}")
 
 

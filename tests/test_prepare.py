@@ -1075,14 +1075,14 @@ def test_a_vocabulary_learns_from_at_most_vocab_text_chars_spread_over_the_input
     sample, said = learnt(cap)
     assert set(sample) < set(train) and sum(map(len, sample)) <= cap and 40 <= len(sample) <= 50
     assert sample[0] == train[0] and train.index(sample[-1]) > 170 and any(train.index(d) in range(80, 100) for d in sample)
-    mb = lambda chars: f"{chars / 1e6:,.0f} MB"
-    assert said == (f"trained a {n}-token vocabulary on {mb(sum(map(len, sample)))} of its train text (25% of the "
-                     f"documents of the {mb(os.path.getsize(src))} of input, spread over it; at most {mb(cap)}, "
+    chars, mb = (lambda n: f"{n / 1e6:,.0f}M characters"), (lambda n: f"{n / 1e6:,.0f} MB")
+    assert said == (f"trained a {n}-token vocabulary on {chars(sum(map(len, sample)))} of its train text (25% of the "
+                     f"documents of the {mb(os.path.getsize(src))} of input, spread over it; at most {chars(cap)}, "
                      f"VOCAB_TEXT_CHARS: memory grows with the distinct words learnt)")
     assert learnt(cap)[0] == sample  # the same sample each time: the same vocabulary, which checkpoints fit
     # --limit's first documents, of a size no file says: the first of them, up to the cap (the last one cut there)
     sample, said = learnt(1000, limit=100)
-    assert "".join(sample) == "".join(train)[:1000] and "on the first 0 MB of its train text (at most 0 MB" in said
+    assert "".join(sample) == "".join(train)[:1000] and "on the first 0M characters of its train text (at most 0M characters" in said
 
 
 def test_a_vocabulary_sample_of_a_parquet_file_is_spread_over_all_of_it(tmp_path, monkeypatch):

@@ -446,19 +446,33 @@ def test_cli_train_learns_from_at_most_vocab_text_chars_spread_over_the_files(tm
     a, b = [[d for d in sample if d in ds] for ds in docs]
     assert a + b == sample and sum(map(len, sample)) <= cap and 35 <= len(a) <= 38 and 11 <= len(b) <= 13
     assert a[0] == docs[0][0] and any(docs[0].index(d) in range(70, 80) for d in a) and docs[1].index(b[-1]) > 45
-    assert said == ("trained 300 tokens on 0 MB of the text (25% of the documents of the 0 MB of input, spread over it; "
-                    "at most 0 MB, VOCAB_TEXT_CHARS: memory grows with the distinct words learnt)")
+    assert said == ("trained 300 tokens on 0M characters of the text (25% of the documents of the 0 MB of input, spread "
+                    "over it; at most 0M characters, VOCAB_TEXT_CHARS: memory grows with the distinct words learnt)")
     assert learnt(cap)[0] == sample  # the same sample each time: the same vocabulary
     # a pipe after a.txt: its first documents, up to the cap (a share of a.txt's size alone reached the cap in a.txt)
     r = subprocess.run([sys.executable, "-c", f"import setup_tokenizer as s; s.VOCAB_TEXT_CHARS = {cap}; s.main("
                         f"{['train', '--input', str(files[0]), '/dev/stdin', '--vocab_size', '300', '--out', str(out)]})"],
                        cwd=ROOT, input=files[1].read_text(encoding="utf-8"), capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith("trained 300 tokens on the first 0 MB of the text (at most 0 MB, VOCAB_TEXT_CHARS: ")
+    assert r.stdout.startswith("trained 300 tokens on the first 0M characters of the text (at most 0M characters, "
+                                 "VOCAB_TEXT_CHARS: ")
     # a pipe within the cap: the size of what it read, not the 0 bytes a pipe's stat gives ("on 0.0 MB")
     r = subprocess.run([sys.executable, "setup_tokenizer.py", "train", "--input", "/dev/stdin", "--vocab_size", "300",
                         "--out", str(out)], cwd=ROOT, input="word " * 60_000, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0 and re.match(r"trained \d+ tokens on 0.3 MB in ", r.stdout), (r.stdout, r.stderr)
+    assert r.returncode == 0 and re.match(r"trained \d+ tokens on 0.3M characters in ", r.stdout), (r.stdout, r.stderr)
+
+
+def test_a_vocabulary_sample_of_non_ascii_text_is_said_exactly(monkeypatch):
+    """VOCAB_TEXT_CHARS caps characters, an input's size is bytes: the sample and the cap were said as "MB" of
+    characters, half what 2-byte text holds (up to 4x: a character is 1-4 bytes)."""
+    monkeypatch.setattr(setup_tokenizer, "VOCAB_TEXT_CHARS", 2_000_000)
+    docs = [["é" * 1000] for _ in range(2000)]  # 2,000 bytes each, 4 MB in all
+    sample = setup_tokenizer.VocabSample(4_000_000)
+    learnt = list(sample.texts(docs))
+    assert len(learnt) in (1000, 1001) and sum(len(t.encode()) for t in learnt) <= 2_002_000  # half of them, 2 MB
+    assert sample.said("the text") == ("1M characters of the text (50% of the documents of the 4 MB of input, spread "
+                                       "over it; at most 2M characters, VOCAB_TEXT_CHARS: memory grows with the "
+                                       "distinct words learnt)")
 
 
 def test_cli_train_says_a_large_input_before_it_trains(tmp_path, capsys, monkeypatch):
