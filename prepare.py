@@ -78,7 +78,7 @@ from common import (STRAY_BYTE_FIX, VOCAB_FILE, UserError, atomic_write_text, ch
                     parts_text, path_arg, prepare_lock, progress_bar, read_items, read_meta, remove_stale_tmp, run_main,
                     tmp_name, without_surrogates)
 from setup_tokenizer import (EOT, IM_END, IM_START, VocabSample, fewer_ids, get_tokenizer, model_context,
-                             read_text_chunks, say_training, tokenizer_hash, train_bpe, trained_on,
+                             moved_vocabulary, read_text_chunks, say_training, tokenizer_hash, train_bpe, trained_on,
                              warn_short_vocabulary)
 
 FORMAT = 1   # layout of meta.json and the .bin files
@@ -2342,11 +2342,11 @@ def old_options(folder, old, dataset, sources, plan, named, force):
     return made_with
 
 
-def kept_vocabulary(folder, made_with):
+def kept_vocabulary(folder, made_with, tokenizer_hash_of=None):
     """The vocabulary of a dataset made again without a word about its vocabulary (no --tokenizer, no --vocab_size):
     the one it has, so checkpoints trained on it go on fitting. Returns (--vocab_size, --tokenizer) from made_with, its
     options (meta_options; {}: a new dataset, or a meta.json too odd to say, rebuilt as new), said; (None, None) for
-    gpt2's."""
+    gpt2's. tokenizer_hash_of: the dataset's (its meta.json's), by which a vocabulary moved with the data is found."""
     if made_with.get("vocab_size"):
         # (the size asked, not the size it has: a text that supports fewer merges has fewer)
         print(f"{folder}: keeping its own vocabulary (--vocab_size {made_with['vocab_size']}; --tokenizer gpt2 for "
@@ -2356,6 +2356,11 @@ def kept_vocabulary(folder, made_with):
     if tokenizer in (None, "gpt2"):
         return None, None
     if not os.path.exists(tokenizer):
+        # (not taken unsaid: the fingerprint holds the path, and the dataset is made again with the one given)
+        moved = moved_vocabulary(tokenizer, folder, tokenizer_hash_of)
+        if moved:
+            raise TokenizerGone(f"{folder} was made with tokenizer {tokenizer}, which is gone; the same vocabulary is "
+                                f"at {moved} (moved with the data?): pass --tokenizer {moved}")
         raise TokenizerGone(f"{folder} was made with tokenizer {tokenizer}, which is gone: pass --tokenizer "
                             f"gpt2, or the path of its vocabulary (a checkpoint or .tiktoken file)")
     print(f"{folder}: keeping its tokenizer {tokenizer} (--tokenizer gpt2 for GPT-2's)")
@@ -2425,7 +2430,7 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
     made_with = old_options(folder, old, dataset, sources, plan, named, force)
     kept_file = None  # the --tokenizer file kept: it must still hold the vocabulary the dataset was made with
     if tokenizer is None and vocab_size is None:
-        vocab_size, tokenizer = kept_vocabulary(folder, made_with)
+        vocab_size, tokenizer = kept_vocabulary(folder, made_with, old.get("tokenizer_hash") if isinstance(old, dict) else None)
         kept_file = tokenizer
     tokenizer = tokenizer or "gpt2"
     # what rebuild_command needs to build the dataset again; paths made absolute, so it works from anywhere

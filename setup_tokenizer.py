@@ -208,8 +208,13 @@ def _load_tokenizer(name, stamp):
             # which "a folder without tokenizer.json" and a list of what else to pass left to be found
             # (what its meta.json says: a vocabulary of an earlier build stays in the folder when it is remade with
             # gpt2, and was named in its place; the folder's own under the folder's name now, wherever it was made)
-            own, made_with = os.path.join(name, VOCAB_FILE), read_meta(name).get("tokenizer", "gpt2")
+            meta = read_meta(name)
+            own, made_with = os.path.join(name, VOCAB_FILE), meta.get("tokenizer", "gpt2")
             made_with = own if os.path.basename(made_with) == VOCAB_FILE and os.path.isfile(own) else made_with
+            if made_with != "gpt2" and not os.path.exists(made_with):  # the old place of data/ moved since: named,
+                # the user copied a path that was not there
+                moved = moved_vocabulary(made_with, name, meta.get("tokenizer_hash"))
+                made_with = moved or f"{made_with}, gone from there (moved?): pass a copy of it"
             raise UserError(f"{name} is a dataset's folder, not a vocabulary: pass the one it was made with, {made_with}")
         raise not_a_vocabulary(f"{name} (a folder without {TOKENIZER_JSON} or {VOCAB_JSON})")
     if zipfile.is_zipfile(name) or starts_as_zip(name):  # torch.save's format: a checkpoint (or one cut short,
@@ -227,6 +232,25 @@ def _load_tokenizer(name, stamp):
         if name.endswith(".pt"):  # an empty or legacy checkpoint, most likely: its own error says what is wrong
             return checkpoint_tokenizer(name)
         raise e if isinstance(e, UserError) else not_a_vocabulary(name) from None
+
+
+def moved_vocabulary(recorded, folder, want):
+    """Where the vocabulary a dataset's meta.json names by the absolute path recorded (gone from there) is now, in a
+    project or data/ moved since with the dataset folder: the recorded path's last parts under one of folder's parents
+    (/old/data/a/tokenizer.tiktoken of data/b: data/a/tokenizer.tiktoken), holding the vocabulary of tokenizer_hash
+    want, the dataset's (another file there vouches for nothing); None when there is none."""
+    parts = os.path.normpath(recorded).split(os.sep)[1:]
+    parents = [os.path.abspath(folder)]
+    for _ in range(4):  # (data/b's data/, the project, and a little above)
+        parents.append(os.path.dirname(parents[-1]))
+    for k in range(1, min(len(parts), 4) + 1):
+        for parent in parents[1:]:
+            path = os.path.join(parent, *parts[-k:])
+            if path != recorded and os.path.isfile(path):
+                with contextlib.suppress(UserError):  # (damaged: not it)
+                    if want and tokenizer_hash(get_tokenizer(path)) == want:
+                        return path
+    return None
 
 
 def fewer_ids(enc, n_vocab):

@@ -69,7 +69,7 @@ from common import (DTYPES, VOCAB_FILE, UserError, ask, atomic_write_text, autoc
 from model import OPTIMIZERS, PRESETS, VARIANTS, GPT, make_config
 from prepare import (DATASETS, DEFAULT_OUT_DIR, DEFAULT_PACK, DEFAULT_VAL_FRACTION, is_complete, is_dataset_name,
                      meta_options, new_command, rebuild_command)
-from setup_tokenizer import fewer_ids, get_tokenizer, tokenizer_from_state, tokenizer_hash
+from setup_tokenizer import fewer_ids, get_tokenizer, moved_vocabulary, tokenizer_from_state, tokenizer_hash
 
 # Peak learning rates and batch sizes (windows) that train each preset well with AdamW(0.9, 0.95); small models
 # tolerate (and need) larger steps. tiny's were measured on a 2-core CPU with --time_budget 2 on TinyStories
@@ -1628,6 +1628,9 @@ def pick_tokenizer(args, meta, ckpt):
         # meta.json names it by absolute path: a project moved or data/ copied to another machine has it here (not
         # an older vocabulary left there when the data was made again with another --tokenizer, since moved)
         name = own
+    if name != "gpt2" and not os.path.exists(name):
+        # another dataset's vocabulary (--tokenizer data/a/tokenizer.tiktoken), moved with it: the same, by its hash
+        name = moved_vocabulary(name, meta["folder"], want) or name
     if name != "gpt2" and not os.path.exists(name):
         raise UserError(f"{meta['folder']} was prepared with tokenizer {name}, which is gone: pass --tokenizer PATH "
                         f"to a copy of it")

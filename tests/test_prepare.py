@@ -1219,6 +1219,37 @@ def test_made_again_without_a_vocabulary_option_a_dataset_keeps_its_own(tmp_path
     assert prepare.prepare("text", source=src, out_dir=out, name="old")["tokenizer"] == "gpt2"
 
 
+def test_a_dataset_made_with_another_datasets_vocabulary_moved_with_it_finds_it(tmp_path, capsys):
+    """A dataset made with --tokenizer data/a/tokenizer.tiktoken names it by absolute path: moved with data/ (a project
+    moved, data/ copied to another machine), the old path was named as the one to pass (get_tokenizer of the dataset's
+    folder), and train.py said it gone. The same vocabulary in the same place under the new parent is found by its
+    hash: train.py trains with it, prepare.py and get_tokenizer name it; another file there is not taken for it."""
+    import argparse
+    import train
+    src = write(tmp_path / "c.txt", EOT.join(DOCS * 3))
+    old = tmp_path / "old" / "data"
+    a = prepare.prepare("text", source=src, out_dir=str(old), name="a", vocab_size=300)
+    prepare.prepare("text", source=src, out_dir=str(old), name="b", tokenizer=a["tokenizer"])
+    shutil.move(tmp_path / "old", tmp_path / "new")
+    data, vocab = tmp_path / "new" / "data", str(tmp_path / "new" / "data" / "a" / "tokenizer.tiktoken")
+    meta = train.load_meta(str(data), "b")
+    assert train.pick_tokenizer(argparse.Namespace(tokenizer=None), meta, None).name == get_tokenizer(vocab).name
+    with pytest.raises(UserError, match=rf"b is a dataset's folder, not a vocabulary: pass the one it was made with, "
+                                        rf"{re.escape(vocab)}$"):
+        get_tokenizer(str(data / "b"))
+    with pytest.raises(prepare.TokenizerGone, match=rf"which is gone; the same vocabulary is at {re.escape(vocab)} "
+                                                    rf"\(moved with the data\?\): pass --tokenizer {re.escape(vocab)}$"):
+        prepare.prepare("text", source=src, out_dir=str(data), name="b")
+    # another vocabulary there vouches for nothing: said gone, as before (the old path named as such)
+    train_tokenizer([src], 280, vocab)
+    with pytest.raises(UserError, match=r"old/data/a/tokenizer\.tiktoken, which is gone: pass --tokenizer PATH"):
+        train.pick_tokenizer(argparse.Namespace(tokenizer=None), meta, None)
+    with pytest.raises(UserError, match=r"old/data/a/tokenizer\.tiktoken, gone from there \(moved\?\): pass a copy"):
+        get_tokenizer(str(data / "b"))
+    with pytest.raises(prepare.TokenizerGone, match=r"which is gone: pass --tokenizer gpt2, or the path of its"):
+        prepare.prepare("text", source=src, out_dir=str(data), name="b")
+
+
 def test_the_vocabulary_is_trained_on_the_train_split_only(tmp_path, capsys):
     """The val split stays unseen: a word only the val documents (the tail) have gets no merges."""
     train_docs = [f"the cat sat on the mat {i}." for i in range(90)]
