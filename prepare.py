@@ -2430,7 +2430,7 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
     made_with = old_options(folder, old, dataset, sources, plan, named, force)
     kept_file = None  # the --tokenizer file kept: it must still hold the vocabulary the dataset was made with
     if tokenizer is None and vocab_size is None:
-        vocab_size, tokenizer = kept_vocabulary(folder, made_with, old.get("tokenizer_hash") if isinstance(old, dict) else None)
+        vocab_size, tokenizer = kept_vocabulary(folder, made_with, (old or {}).get("tokenizer_hash"))
         kept_file = tokenizer
     tokenizer = tokenizer or "gpt2"
     # what rebuild_command needs to build the dataset again; paths made absolute, so it works from anywhere
