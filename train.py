@@ -24,7 +24,8 @@ order is re-derived from (seed, epoch). So N steps in one go and N/2 steps + res
 weights. Continuing on another --dataset is fine-tuning: same weights, fresh optimizer and epoch count.
 
 Several processes. Under torchrun each optimizer step takes batch_size*grad_accum*world windows and each rank its
-share of them (see Batches); rank 0 alone logs and writes files, and checkpoints resume on any number of ranks.
+share of them (see Batches), as an evaluation takes eval_batches*batch_size*world (the options are per process); rank 0
+alone logs and writes files, and checkpoints resume on any number of ranks.
 
 Files, for --dataset story (next to --output_checkpoint): story_epoch{N}.pt (story.pt for a --time_budget run,
 which may repeat many epochs), written every --save_interval % of an epoch, at each epoch's end, on Ctrl-C and on
@@ -235,9 +236,10 @@ def parse_args(argv=None):
                                                        f"--time_budget), 0 = only at epoch ends or the end of the "
                                                        f"budget (default: {d['save_interval']:g})")
     g.add_argument("--eval_batches", type=int, help=f"at most this many val batches per evaluation, spread over the "
-                                                    f"split, under torchrun on each rank (default: "
-                                                    f"{d['eval_batches']}; left out when continuing: the val windows "
-                                                    f"the run evaluated, whatever its batches and ranks now)")
+                                                    f"split; per process, as --batch_size is: under torchrun the "
+                                                    f"processes share eval_batches x batch_size x processes windows "
+                                                    f"(default: {d['eval_batches']}; left out when continuing: the val "
+                                                    f"windows the run evaluated, whatever its batches and ranks now)")
     g.add_argument("--patience", type=int, help="stop early after this many evaluations without a better val loss, "
                                                 "0 = never (default: 0)")
     g = p.add_argument_group("system")
