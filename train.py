@@ -480,19 +480,23 @@ class Windows:
             raise UserError(f"{self.path} holds token id {rows.max()}, beyond its {self.meta['vocab_size']}-token "
                             f"vocabulary (a damaged file): run `{rebuild_command(self.meta, self.meta['folder'])}` "
                             f"again", every_rank=True)
-        m = None
-        if self.masked:
-            m = np.stack([self.read(s + 1, T, mask=True) for s in starts])  # (n, T): mask of y, i.e. token t+1
         # contiguous: views of rows would have a row stride of T+1 and padded batches T, and torch.compile's guards
         # on strides would recompile the model for each (8-30 s on a small CPU, at every epoch's end)
-        return np.ascontiguousarray(rows[:, :-1]), np.ascontiguousarray(rows[:, 1:]), m
+        return np.ascontiguousarray(rows[:, :-1]), np.ascontiguousarray(rows[:, 1:]), self.target_mask(idx)
+
+    def target_mask(self, idx):
+        """Which targets of windows idx (n,) the loss counts: (n, T) uint8, 1 where it does, or None where all do (no
+        loss mask). Target t of window i is token i*T + t + 1, so its mask entry is that token's."""
+        if not self.masked:
+            return None
+        T = self.block_size
+        rows = [self.read(s + 1, T, mask=True) for s in np.asarray(idx, dtype=np.int64) * T]
+        return np.stack(rows) if rows else np.zeros((0, T), np.uint8)
 
     def count_targets(self, idx):
-        """How many targets of windows idx the loss counts: all of them, or those under the loss mask."""
-        if not self.masked:
-            return len(idx) * self.block_size
-        T = self.block_size
-        return sum(int(np.count_nonzero(self.read(s + 1, T, mask=True))) for s in np.asarray(idx, dtype=np.int64) * T)
+        """How many targets of windows idx the loss counts (target_mask's), read without their tokens."""
+        m = self.target_mask(idx)
+        return len(idx) * self.block_size if m is None else int(np.count_nonzero(m))
 
     def micro_batches(self, idx, batch_size, pin=False, count=None):
         """Yield (x, y, m, idx) for consecutive chunks of idx: CPU tensors (batch_size, T) (m None without a loss
@@ -507,7 +511,7 @@ class Windows:
                 x, y, m = self.get(chunk)
             else:  # this rank is past the epoch's end: nothing but padding
                 x = y = np.zeros((0, self.block_size), np.int64)
-                m = np.zeros((0, self.block_size), np.uint8) if self.masked else None
+                m = self.target_mask(chunk)  # (0, T), or None
             pad = batch_size - len(chunk)
             if pad:
                 x = np.pad(x, ((0, pad), (0, 0)))
