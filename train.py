@@ -889,6 +889,12 @@ def entered_slice(slices, kind, pct, frac):
     return k > last
 
 
+def interval_steps(pct, steps_per_epoch):
+    """Steps between the points a --*_interval of pct % of an epoch asks for: at least 1; None for 0 (at epoch ends
+    only). (An interval past the run comes only at its end: 1e308 % overflowed to an OverflowError.)"""
+    return max(1, round(min(steps_per_epoch * pct / 100, 2**62))) if pct > 0 else None
+
+
 class RunClock:
     """A run's clock, in seconds of its --time_budget spent (kept without one too: the log lines' "ends in" read it),
     and the room a budget keeps for the final evaluation and its saves. Every rank takes the same decisions: after
@@ -1723,12 +1729,8 @@ class Progress:
         return better, improved
 
 
-def resumed_progress(run, warmup_given, eval_given):
-    """A continued run's Progress, val windows an evaluation takes and warmup: its checkpoint's, fitted to today's
-    (run: a Run as plan_run has it, its batches and a new run's eval_windows and budget set)."""
-    args, ckpt, ckpt_args, meta, batches = run.args, run.ckpt, run.ckpt_args, run.meta, run.batches
-    train_w, val_w, eval_windows, best_path = run.train_w, run.val_w, run.eval_windows, run.best_path
-    warmup = args.warmup
+def checkpoint_progress(ckpt, ckpt_args):
+    """Where the checkpoint's run stands, as it recorded it (older checkpoints: what they hold)."""
     p = Progress(epoch=int(ckpt.get("epoch", 0)), windows=int(ckpt.get("epoch_windows", 0)),
                  step=int(ckpt["step"]), tokens=int(ckpt.get("tokens", 0)),
                  best_val_loss=ckpt.get("best_val_loss"), best_at=ckpt.get("best_at"),
@@ -1738,68 +1740,103 @@ def resumed_progress(run, warmup_given, eval_given):
                  schedule_origin=ckpt.get("schedule_origin", 0.0))  # older checkpoints: the budget's start
     if ckpt_args.get("time_budget") is None:  # a budget given to a run that had none starts now, all of it
         p.budget_elapsed, p.schedule_origin = 0.0, None
-    # the epoch's window order is another: going on from the position would repeat some windows, skip others
-    # (each change named, with its values, so the user need not find which)
+    return p
+
+
+def order_changes(ckpt, ckpt_args, args, meta):
+    """What changed since the checkpoint that makes its epochs' window orders others (the data's train tokens,
+    --block_size, --seed), each named with its values ("--seed (1 -> 2)"), so the user need not find which."""
     def tokens(n):
         return f"{n:,}" if is_count(n) else n
-    changed = [f"{name} ({was} -> {now})" for name, was, now in (
+    return [f"{name} ({was} -> {now})" for name, was, now in (
         ("the data's train tokens", tokens(ckpt.get("data", {}).get("train_tokens")),
          tokens(split_tokens(meta, "train"))),
         ("--block_size", ckpt_args.get("block_size"), args.block_size),
         ("--seed", ckpt_args.get("seed", args.seed), args.seed)) if was != now]
-    if changed:
-        if p.windows:
-            warn(f"{' and '.join(changed)} changed since the checkpoint: its epoch starts over")
-        p.windows = 0
-    if p.windows >= len(train_w):
-        p.epoch, p.windows = p.epoch + 1, 0
+
+
+def trained_batch(ckpt, ckpt_args, args, train_w):
+    """The batch the checkpoint's run trained in: (its --batch_size, its processes, its windows a step, all processes
+    together; 0 where it recorded no --batch_size)."""
     was_world = ckpt_args.get("world_size", 1)
-    # the batch it trained in: a checkpoint from before batches were cut to a small text recorded the larger one,
-    # so cut it to the windows of the data it trained on (the data rebuilt smaller since cuts today's batch alone)
-    # (what is no count, in an edited checkpoint, is not read: a string's TypeError, a block of -64's one window)
+    # a checkpoint from before batches were cut to a small text recorded the larger one, so cut it to the windows of
+    # the data it trained on (the data rebuilt smaller since cuts today's batch alone). (What is no count, in an edited
+    # checkpoint, is not read: a string's TypeError, a block of -64's one window)
     was_tokens, was_T = ckpt.get("data", {}).get("train_tokens"), ckpt_args.get("block_size")
     was_T = was_T if is_count(was_T) else args.block_size
     was_windows = max(1, Windows.count(was_tokens, was_T)) if is_count(was_tokens) else len(train_w)
     was_batch = min(ckpt_args.get("batch_size", 0), math.ceil(was_windows / was_world))
-    was = was_batch * ckpt_args.get("grad_accum", 1) * was_world
-    world, now = run.dist.world, batches.windows_per_step
-    if was and was_world != world and was != now:
-        # --batch_size and --grad_accum are per process and inherited as such: continued on other ranks, the run takes
-        # another global batch, other steps than the run it continues (2 -> 1 ranks: half the batch), said here
-        keep = (f"--grad_accum {was // (args.batch_size * world)}" if was % (args.batch_size * world) == 0 else
-                f"--batch_size {was // (args.grad_accum * world)}" if was % (args.grad_accum * world) == 0 else
-                f"a --batch_size x --grad_accum x {world} processes of {was:,}")
-        warn(f"the checkpoint's run took {was:,} windows a step on {was_world} process(es), this one {now:,} on "
-             f"{world} (--batch_size and --grad_accum are per process): not the same steps as that run; {keep} "
-             f"keeps its {was:,}")
-    # evaluations take the val windows the run took, whatever the batches: continued in other ones (--batch_size 8
-    # --grad_accum 2 for 16, as the out-of-memory error advises, or on other ranks), eval_batches of the new size
-    # would be another subset of the split, whose loss the best file and --patience would compare with the run's
-    # earlier ones. (Checkpoints from before eval_windows: what their options made.)
+    return was_batch, was_world, was_batch * ckpt_args.get("grad_accum", 1) * was_world
+
+
+def other_global_batch(args, was, was_world, now, world):
+    """The warning for a run continued on `world` processes at `now` windows a step where its checkpoint's took `was`
+    on `was_world`: --batch_size and --grad_accum are per process and inherited as such, so on other ranks the run
+    takes other steps than the run it continues (2 -> 1 ranks: half the batch). It names the option that keeps it."""
+    keep = (f"--grad_accum {was // (args.batch_size * world)}" if was % (args.batch_size * world) == 0 else
+            f"--batch_size {was // (args.grad_accum * world)}" if was % (args.grad_accum * world) == 0 else
+            f"a --batch_size x --grad_accum x {world} processes of {was:,}")
+    return (f"the checkpoint's run took {was:,} windows a step on {was_world} process(es), this one {now:,} on "
+            f"{world} (--batch_size and --grad_accum are per process): not the same steps as that run; {keep} "
+            f"keeps its {was:,}")
+
+
+def recorded_eval_windows(ckpt, ckpt_args, was_batch, was_world):
+    """The val windows the checkpoint's run evaluated (checkpoints from before eval_windows: what their options made),
+    or what is no count where neither says."""
     was_eval = ckpt.get("eval_windows")
     if not is_count(was_eval) and is_count(ckpt_args.get("eval_batches")) and is_count(was_batch):
         was_eval = ckpt_args["eval_batches"] * was_batch * was_world
-    if not eval_given and is_count(was_eval):
-        eval_windows = was_eval
-    # a val loss over windows of another length, or over another val split (the data prepared again), does not
-    # compare with the checkpoint's best: held against it, a shorter context (which alone raises the loss) would make
-    # no evaluation a best again, and --patience would stop the run however it learned. The next evaluation starts a
-    # bar.
-    was_val = ckpt.get("data", {}).get("val_tokens")
-    now_val = split_tokens(meta, "val")
-    other_T = is_count(ckpt_args.get("block_size")) and ckpt_args["block_size"] != args.block_size
-    other_val = is_count(was_val) and is_count(now_val) and was_val != now_val
-    # or over other windows of the split: --eval_batches given anew (a quick look with 1 batch, held against the
-    # best of 50, could make a best file of a worse model or let --patience stop a run that still learns)
-    other_eval = is_count(was_eval) and min(was_eval, len(val_w)) != min(eval_windows, len(val_w))
-    if p.best_val_loss is not None and (other_T or other_val or other_eval):
-        warn(f"the checkpoint's best val loss {p.best_val_loss:.4f} was measured "
-             + (f"in windows of {ckpt_args['block_size']} tokens, not {args.block_size}" if other_T
-                else "on another val split" if other_val else
-                f"on {min(was_eval, len(val_w)):,} val windows, not {min(eval_windows, len(val_w)):,}")
-             + f": no bar to this run's, whose next evaluation makes a new best file "
-             f"({os.path.basename(best_path)})")
+    return was_eval
+
+
+def best_measured_otherwise(ckpt, ckpt_args, args, meta, was_eval, eval_windows, n_val):
+    """How the checkpoint's best val loss was measured unlike this run's evaluations will be (words for a warning), or
+    None where they compare. A loss over windows of another length, or over another val split (the data prepared
+    again), does not compare: held against it, a shorter context (which alone raises the loss) would make no
+    evaluation a best again, and --patience would stop the run however it learned. Nor does one over other windows
+    of the split, --eval_batches given anew: a quick look with 1 batch, held against the best of 50, could make a
+    best file of a worse model or let --patience stop a run that still learns. n_val: the val split's windows."""
+    was_T = ckpt_args.get("block_size")
+    if is_count(was_T) and was_T != args.block_size:
+        return f"in windows of {was_T} tokens, not {args.block_size}"
+    was_val, now_val = ckpt.get("data", {}).get("val_tokens"), split_tokens(meta, "val")
+    if is_count(was_val) and is_count(now_val) and was_val != now_val:
+        return "on another val split"
+    if is_count(was_eval) and min(was_eval, n_val) != min(eval_windows, n_val):
+        return f"on {min(was_eval, n_val):,} val windows, not {min(eval_windows, n_val):,}"
+    return None
+
+
+def resumed_progress(run, warmup_given, eval_given):
+    """A continued run's Progress, val windows an evaluation takes and warmup: its checkpoint's, fitted to today's
+    (run: a Run as plan_run has it, its batches and a new run's eval_windows and budget set)."""
+    args, ckpt, ckpt_args, batches = run.args, run.ckpt, run.ckpt_args, run.batches
+    p = checkpoint_progress(ckpt, ckpt_args)
+    # another window order: going on from the epoch's position would repeat some windows and skip others
+    changed = order_changes(ckpt, ckpt_args, args, run.meta)
+    if changed:
+        if p.windows:
+            warn(f"{' and '.join(changed)} changed since the checkpoint: its epoch starts over")
+        p.windows = 0
+    if p.windows >= len(run.train_w):
+        p.epoch, p.windows = p.epoch + 1, 0
+    was_batch, was_world, was = trained_batch(ckpt, ckpt_args, args, run.train_w)
+    if was and was_world != run.dist.world and was != batches.windows_per_step:
+        warn(other_global_batch(args, was, was_world, batches.windows_per_step, run.dist.world))
+    # evaluations take the val windows the run took, whatever the batches: continued in other ones (--batch_size 8
+    # --grad_accum 2 for 16, as the out-of-memory error advises, or on other ranks), eval_batches of the new size
+    # would be another subset of the split, whose loss the best file and --patience would compare with the run's
+    # earlier ones
+    was_eval = recorded_eval_windows(ckpt, ckpt_args, was_batch, was_world)
+    eval_windows = was_eval if not eval_given and is_count(was_eval) else run.eval_windows
+    otherwise = None if p.best_val_loss is None else best_measured_otherwise(ckpt, ckpt_args, args, run.meta, was_eval,
+                                                                             eval_windows, len(run.val_w))
+    if otherwise:  # the next evaluation starts a bar
+        warn(f"the checkpoint's best val loss {p.best_val_loss:.4f} was measured {otherwise}: no bar to this run's, "
+             f"whose next evaluation makes a new best file ({os.path.basename(run.best_path)})")
         p.best_val_loss, p.evals_since_best = None, 0
+    warmup = args.warmup
     if (changed or was != batches.windows_per_step) and not run.budget:
         # epochs of another length, or another global batch (other ranks or batch options): the lr schedule counts
         # steps of the new size, so place the run where the windows done so far put it, and its inherited warmup
@@ -2385,50 +2422,13 @@ class Run:
                          self.max_steps_left())
 
     def train(self):
-        """The run's metrics file (Metrics), its banner, then its loop: epochs of steps until its epochs, budget,
-        --max_steps or --patience end it (Ctrl-C saves and exits: GracefulInterrupt). On an error it saves the progress
+        """The run's loop set up (start_loop: its metrics file, counts and clock), its banner, then the loop: epochs of
+        steps until its epochs, budget, --max_steps or --patience end it (Ctrl-C saves and exits: GracefulInterrupt). On an error it saves the progress
         since the last save where the weights are whole, and says what to do."""
-        args, ckpt, continuing, p, dist = self.args, self.ckpt, self.continuing, self.p, self.dist
-        # (hold: replaced with the rest of the earlier run's files, at the first save)
-        self.metrics = Metrics(self.metrics_path, self.png_path,
-                               keep_until=ckpt if continuing and not args.reset_epoch else None, write=dist.main,
-                               hold=bool(self.replaced))
-        self.last_val = None
-        # the random state at the start of the step in progress, None between steps: a save on the way out of an
-        # error inside a step records it, not the state after the step's dropout masks were drawn, so the run resumed
-        # from it redoes that step with the same masks
-        self.step_rng = None
-        # what this run wrote (seconds: the last save's; total: the run's); a best file from an earlier run counts only
-        # when continuing that run. A continued run's last save is the one its checkpoint recorded until it saves: a
-        # budget keeps room for its final saves at that cost (one with --save_interval 0 that never betters its best
-        # measures none before them: it would keep no room, and pass the budget by a save)
-        recorded = ckpt.get("save_seconds", 0.0) if continuing else 0.0
-        self.saved = {"path": None, "step": p.step,
-                      "best": existing(self.best_path) if continuing else None,
-                      "seconds": recorded if 0 <= recorded < math.inf else 0.0, "total": 0.0}
-        self.run_steps, self.run_tokens, self.stopped = 0, 0, "done"
-        self.pause_eval = False  # (the step's evaluation is a --max_steps pause: see due_points)
-        self.t_run = time.time()
-        self.tok_step = self.batches.windows_per_step * args.block_size
+        args, p = self.args, self.p
+        self.start_loop()
         for line in banner_lines(self):
             say(paint(line, "dim"))
-
-        spe = self.batches.steps_per_epoch
-
-        def every(pct):  # (past the run: only at its end; 1e308 % overflowed to an OverflowError)
-            return max(1, round(min(spe * pct / 100, 2**62))) if pct > 0 else None
-        self.log_every, self.eval_every, self.save_every = (every(args.log_interval), every(args.eval_interval),
-                                                            every(args.save_interval))
-
-        # every save is at a record but the one on the way out of an error: it holds the train loss since the last
-        # record, which the run resumed from it goes on from (else its first record would average its own steps alone)
-        since = ckpt.get("loss_since_record") if continuing and not args.reset_epoch else None
-        self.tally = TrainTally(self.device, since, main=dist.main)
-        # an evaluation's cost in training steps: its batches are a step's forward pass alone, a third of its compute
-        # (the backward is twice the forward); half a step a batch leaves room (tiny on a CPU: 0.26-0.39; a toy
-        # model's steps, mostly overhead: up to 0.74)
-        eval_steps = min(self.eval_windows, len(self.val_w)) / self.batches.windows_per_step / 2
-        self.clock = RunClock(self.budget, p.budget_elapsed, self.t_run, eval_steps)
         self.model.train()
         self.interrupt = GracefulInterrupt()
         try:
@@ -2447,6 +2447,46 @@ class Run:
             if error is None:
                 raise
             raise error from e
+
+    def start_loop(self):
+        """What the loop, its records and saves share, set before its first step: the metrics file, what the run has
+        written, its counts, its points in steps, the train loss since the last record and the clock."""
+        args, ckpt, p, dist = self.args, self.ckpt, self.p, self.dist
+        # the checkpoint's run goes on (--reset_epoch starts it anew): its metrics up to the checkpoint stay, and so
+        # does the train loss since its last record: every save is at a record but the one on the way out of an
+        # error, which holds it, and the run resumed from it goes on from it (else its first record would average its
+        # own steps alone)
+        resumed = self.continuing and not args.reset_epoch
+        # (hold: replaced with the rest of the earlier run's files, at the first save)
+        self.metrics = Metrics(self.metrics_path, self.png_path, keep_until=ckpt if resumed else None, write=dist.main,
+                               hold=bool(self.replaced))
+        self.last_val = None
+        # the random state at the start of the step in progress, None between steps: a save on the way out of an
+        # error inside a step records it, not the state after the step's dropout masks were drawn, so the run resumed
+        # from it redoes that step with the same masks
+        self.step_rng = None
+        # what this run wrote (seconds: the last save's; total: the run's); a best file from an earlier run counts only
+        # when continuing that run. A continued run's last save is the one its checkpoint recorded until it saves: a
+        # budget keeps room for its final saves at that cost (one with --save_interval 0 that never betters its best
+        # measures none before them: it would keep no room, and pass the budget by a save)
+        recorded = ckpt.get("save_seconds", 0.0) if self.continuing else 0.0
+        self.saved = {"path": None, "step": p.step,
+                      "best": existing(self.best_path) if self.continuing else None,
+                      "seconds": recorded if 0 <= recorded < math.inf else 0.0, "total": 0.0}
+        self.run_steps, self.run_tokens, self.stopped = 0, 0, "done"
+        self.pause_eval = False  # (the step's evaluation is a --max_steps pause: see due_points)
+        self.t_run = time.time()
+        self.tok_step = self.batches.windows_per_step * args.block_size
+        spe = self.batches.steps_per_epoch
+        self.log_every, self.eval_every, self.save_every = (interval_steps(args.log_interval, spe),
+                                                            interval_steps(args.eval_interval, spe),
+                                                            interval_steps(args.save_interval, spe))
+        self.tally = TrainTally(self.device, ckpt.get("loss_since_record") if resumed else None, main=dist.main)
+        # an evaluation's cost in training steps: its batches are a step's forward pass alone, a third of its compute
+        # (the backward is twice the forward); half a step a batch leaves room (tiny on a CPU: 0.26-0.39; a toy
+        # model's steps, mostly overhead: up to 0.74)
+        eval_steps = min(self.eval_windows, len(self.val_w)) / self.batches.windows_per_step / 2
+        self.clock = RunClock(self.budget, p.budget_elapsed, self.t_run, eval_steps)
 
     def save_before_error(self, e):
         """Saves the progress made since the last save before the run ends on the error e, where the weights are
