@@ -2423,8 +2423,8 @@ class Run:
 
     def train(self):
         """The run's loop set up (start_loop: its metrics file, counts and clock), its banner, then the loop: epochs of
-        steps until its epochs, budget, --max_steps or --patience end it (Ctrl-C saves and exits: GracefulInterrupt). On an error it saves the progress
-        since the last save where the weights are whole, and says what to do."""
+        steps until its epochs, budget, --max_steps or --patience end it (Ctrl-C saves and exits: GracefulInterrupt).
+        On an error it saves the progress since the last save where the weights are whole, and says what to do."""
         args, p = self.args, self.p
         self.start_loop()
         for line in banner_lines(self):
