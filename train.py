@@ -1355,14 +1355,15 @@ class Metrics:
 
 
 class GracefulInterrupt:
-    """First Ctrl-C: finish the current step, save, exit 130. A second one quits at once (atomic saves keep the
-    previous checkpoint intact); under torchrun it is ignored, and the save goes on (see handler). Outside the main
-    thread Ctrl-C stays a plain KeyboardInterrupt. In one process SIGTERM (a job scheduler's notice, `timeout`) does
+    """First Ctrl-C: finish the current step, save, exit 130. A second one quits at once, exit 130 (143 for a second
+    SIGTERM; atomic saves keep the previous checkpoint intact); under torchrun it is ignored, and the save goes on
+    (see handler). Outside the main thread Ctrl-C stays a plain KeyboardInterrupt. In one process SIGTERM (a job scheduler's notice, `timeout`) does
     the same and exits 143; under torchrun, which sends it to stop the ranks when one fails, it exits at once
     (init_distributed), in training saying so (stopped_by_sigterm)."""
 
     def __init__(self):
         self.requested, self.signum, self.old = False, None, {}
+        self.quit_by = signal.SIGINT  # the signal that quit without saving (a second SIGTERM: exit 143, as the first's)
 
     def handler(self, signum, frame):
         if self.requested:
@@ -1371,6 +1372,7 @@ class GracefulInterrupt:
             # ranks losing contact (torchrun kills the ranks 30 s on, whatever they do)
             if "LOCAL_RANK" in os.environ:
                 return
+            self.quit_by = signum
             raise KeyboardInterrupt
         self.requested, self.signum = True, signum
         if not quiet:  # under torchrun, which passes one Ctrl-C on to the ranks and kills them 30 s later
@@ -2440,7 +2442,7 @@ class Run:
             # holds the run (a bare "interrupted" left it to be found)
             print(f"\nquit at step {p.step:,} without saving; the run's last checkpoint: "
                   f"{self.last_checkpoint() or 'none yet'}", file=sys.stderr)
-            raise SystemExit(130) from None
+            raise SystemExit(128 + self.interrupt.quit_by) from None
         except Exception as e:
             self.save_before_error(e)
             error = self.loop_error(e)

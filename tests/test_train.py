@@ -1195,11 +1195,13 @@ def test_a_second_ctrl_c_quits_naming_the_runs_last_checkpoint(env, tmp_path, mo
         assert "interrupted" not in err and (not continued or load_checkpoint(last)["step"] == before == 2)
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_second_ctrl_c_during_the_interrupts_save_quits_leaving_the_checkpoint_whole(env, tmp_path, monkeypatch,
-                                                                                      capsys):
+                                                                                      capsys, sig):
     """The first Ctrl-C's line promises "(Ctrl-C again quits without saving)": a second one while the interrupt's save
     writes (seconds for a large model) quits at once, exit 130, and the file that save would have replaced, the run's
-    last checkpoint, is left as it was, loadable, with no temporary file beside it."""
+    last checkpoint, is left as it was, loadable, with no temporary file beside it. Two SIGTERMs (a scheduler's notice
+    sent twice) quit so too, with SIGTERM's status, 143, not Ctrl-C's."""
     argv = ["--data_dir", env["data"], "--dataset", "mini", "--output_checkpoint", str(tmp_path / "{dataset}.pt"),
             "--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size", "64", "--eval_interval", "0",
             "--save_interval", "0", "--device", "cpu", "--no-color"]
@@ -1212,16 +1214,18 @@ def test_a_second_ctrl_c_during_the_interrupts_save_quits_leaving_the_checkpoint
         saves.append(f)
         with open(f, "wb") as out:
             out.write(before[:len(before) // 2])
-        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), sig)
         real_save(obj, f, *a, **k)  # (not reached where the second Ctrl-C quits)
     monkeypatch.setattr(torch, "save", ctrl_c_mid_write)
-    on_step(monkeypatch, 2, lambda: os.kill(os.getpid(), signal.SIGINT))
+    on_step(monkeypatch, 2, lambda: os.kill(os.getpid(), sig))
     with pytest.raises(SystemExit) as e:
         train.main(argv + ["--checkpoint", last])
     out, err = capsys.readouterr()
-    assert e.value.code == 130
+    assert e.value.code == 128 + sig
     assert saves and saves[0] != last  # the second Ctrl-C came in the interrupt's save, written to a temporary file
-    assert "Ctrl-C: saving after this step (Ctrl-C again quits without saving)" in err, err
+    first = "Ctrl-C: saving after this step (Ctrl-C again" if sig == signal.SIGINT else \
+        "SIGTERM: saving after this step (Ctrl-C"
+    assert f"{first} quits without saving)" in err, err
     assert err.rstrip().splitlines()[-1] == f"quit at step 4 without saving; the run's last checkpoint: {last}", err
     assert "interrupted" not in out + err
     assert open(last, "rb").read() == before and load_checkpoint(last)["step"] == 2
