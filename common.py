@@ -1,9 +1,11 @@
 """
-Small pieces every script shares: the one-line error for bad input, atomic
-writes and the files no output may replace, the lock that keeps a second command off the files
-one writes (held_lock: a train.py run's checkpoints, a prepare.py's dataset), device and precision choice
-(checkpoints: checkpoint.py). Nothing model-specific lives here. torch is imported where it is used:
-prepare.py and setup_tokenizer.py never need it (importing it takes ~2 s).
+Small pieces every script shares, in this order: running a script (UserError, the one line it and the file system's
+refusals end in, Ctrl-C and SIGTERM, torchrun's ranks), command-line arguments, reading text (JSON values, the error for
+a file that is not UTF-8), what the user sees (colors, progress, commands to paste), output paths (checked before the
+work; the files no output may replace), atomic writes, the lock that keeps a second command off the files one writes
+(held_lock: a train.py run's checkpoints, a prepare.py's dataset), reading token files, device and precision choice.
+Checkpoints: checkpoint.py. Nothing model-specific lives here. torch is imported where it is used: prepare.py and
+setup_tokenizer.py never need it (importing it takes ~2 s).
 """
 import argparse
 import contextlib
@@ -34,6 +36,9 @@ os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
 os.environ.setdefault("LRU_CACHE_CAPACITY", "64")
 
 
+# -----------------------------------------------------------------------------
+# running a script: bad input and the file system's refusals in one line, Ctrl-C and SIGTERM, torchrun's ranks
+
 class UserError(Exception):
     """Bad input from the user: printed as one line naming the fix, no traceback. Under torchrun every rank meets the
     same bad input, so one process a machine prints it (local rank 0), unless every_rank: what one rank alone meets."""
@@ -43,22 +48,191 @@ class UserError(Exception):
         self.every_rank = every_rank
 
 
-def require_utf8(text, what):
-    """A command-line argument that is UTF-8 text, else a UserError: bytes the locale could not decode are kept by
-    Python as lone surrogates, which fail later, in a traceback."""
+def mend_standard_streams(name):
+    """Called first thing by a script, with its __name__: standard streams that were closed (`python gen.py >&- 2>&-`,
+    a service started without them) are opened on the null device. Python leaves sys.stdout None then, and train.py
+    and gen.py ended in an AttributeError traceback (stdout.isatty()) that nobody saw, exit 1 with no word (stderr
+    closed too). And the descriptor left free (1 or 2) went to the next file opened, a checkpoint or token file, into
+    which torch's own C++ messages to stderr would have been written."""
+    if name != "__main__":
+        return
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)  # (the lowest free descriptor: fd itself, those below it being open)
+    for stream, mode in (("stdin", "r"), ("stdout", "w"), ("stderr", "w")):
+        if getattr(sys, stream) is None:
+            setattr(sys, stream, open(os.devnull, mode, encoding="utf-8"))
+
+
+def quiet_ctrl_c(name):
+    """Called first thing by a script that loads torch (a second or more; longer from a cold disk), or numpy and
+    tiktoken (prepare.py, setup_tokenizer.py: a fifth of one), with its __name__: run as a script, Ctrl-C before
+    run_main starts ends in one line, where it was a traceback from inside torch's import. It exits on the spot
+    (nothing is written before main), not by an exception a half-done import could catch. run_main gives Ctrl-C
+    back to Python, whose KeyboardInterrupt the scripts clean up after. Ctrl-C ignored (a script's `python train.py
+    &`, which its shell starts so) stays ignored: taken over, run_main's hand-back let the terminal's Ctrl-C for the
+    script end the run too."""
+    if name == "__main__" and threading.current_thread() is threading.main_thread() \
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, interrupted_while_loading)
+
+
+def interrupted_while_loading(signum, frame):
+    if speaks_for_machine():  # as run_main's: one line a machine under torchrun
+        with contextlib.suppress(OSError, ValueError):
+            print("\ninterrupted", file=sys.stderr, flush=True)
+    os._exit(130)
+
+
+def run_main(main):
+    """Run a script's main(); UserError, Ctrl-C and the file system's refusals (a full disk, no permission, a folder
+    where a file should be) end in one clear line, and output piped into a reader that stops early (`| head`) in
+    none. SIGTERM ends it through its clean-up (exit_on_sigterm)."""
+    # (put back on the way out: tests call scripts' mains through here, and pytest's own SIGTERM must still end it)
+    before = signal.signal(signal.SIGTERM, exit_on_sigterm) if threading.current_thread() is threading.main_thread() \
+        else None
+    if signal.getsignal(signal.SIGINT) is interrupted_while_loading:  # (quiet_ctrl_c's, from the imports)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    # a terminal in latin-1 (an old locale, PYTHONIOENCODING) shows "?" for a character it cannot: a sample with an
+    # emoji ended gen.py in a UnicodeEncodeError traceback. Not output to a file or pipe, data (gen.py --prompt_file's
+    # JSON lines) that "?" would corrupt without a word: that gets the one line below. Either way a file name that is
+    # not UTF-8 (held as surrogates) is written as its own bytes, not a failure after the work is done. Only Python's
+    # strict default is changed (a handler the user chose, PYTHONIOENCODING=ascii:replace, or pytest's capture, stays),
+    # and put back on the way out
+    strict = getattr(sys.stdout, "errors", None) == "strict"
+    with contextlib.suppress(AttributeError, ValueError, OSError):
+        if strict:
+            sys.stdout.reconfigure(errors="replace" if sys.stdout.isatty() else "surrogateescape")
+    made_folders.clear()  # (tests run one main after another in a process)
+    finished = False
     try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise UserError(f"{what} is not UTF-8 text: give it in UTF-8") from None
+        result, finished = main(), True
+        return result
+    except UnicodeEncodeError as e:
+        out, errors = getattr(sys.stdout, "encoding", None), getattr(sys.stdout, "errors", None) or "strict"
+        try:  # the output's encoding at fault? (e.encoding is "charmap" for cp1252 and its kind: no name to compare)
+            e.object[e.start:e.end].encode(out or "utf-8", errors)
+        except UnicodeEncodeError:
+            print(f"error: the output's encoding ({out}) cannot write {ascii(e.object[e.start:e.end])}: set "
+                  f"PYTHONIOENCODING=utf-8, or a UTF-8 locale", file=sys.stderr)
+            sys.exit(1)
+        raise  # not the output's: a bug
+    except UserError as e:
+        exit_with_error(f"error: {e}", e.every_rank)
+    except KeyboardInterrupt:
+        if speaks_for_machine():  # Ctrl-C reaches every torchrun process: one line a machine
+            print("\ninterrupted", file=sys.stderr)
+        sys.exit(130)
+    except OSError as e:
+        if isinstance(e, BrokenPipeError) or closed_pipe_on_windows(e):
+            # the reader went away (`| head`): not an error worth a traceback. stdout goes to /dev/null, or Python's
+            # flush at exit would fail on the closed pipe again; 141 is what a shell reports for a process killed by
+            # SIGPIPE
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(141)
+        if e.errno not in OS_FIXES:
+            raise
+        # under torchrun every process reads the same files (rank 0 alone writes): one line a machine, as a
+        # UserError's (a train.bin without read permission was said by both ranks, at times in one line)
+        exit_with_error(f"error: {os_error_line(e)}")
+    finally:
+        if not finished:
+            remove_made_folders()
+        made_folders.clear()
+        if before is not None:
+            signal.signal(signal.SIGTERM, before)
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            if strict:
+                sys.stdout.reconfigure(errors="strict")
 
 
-def json_kind(v):
-    """What a value read from JSON is, in JSON's words ("an array", not Python's "list"): the user wrote JSON."""
-    if isinstance(v, bool):  # (before int: True is an int in Python)
-        return "a boolean"
-    kinds = ((type(None), "null"), (dict, "an object"), (list, "an array"), (str, "a string"), ((int, float), "a number"))
-    return next((name for t, name in kinds if isinstance(v, t)), type(v).__name__)
+def exit_on_sigterm(signum, frame):
+    """SIGTERM (`kill`, `timeout`, a job scheduler) ends a script as Ctrl-C does, through its clean-up (finally
+    blocks remove temporary files): its default ended the process on the spot. 143 is what a shell reports for a
+    process that SIGTERM ended. (train.py installs its own, which saves a checkpoint first.)"""
+    raise SystemExit(128 + signum)
 
+
+def closed_pipe_on_windows(e):
+    """Whether e is how Windows says that stdout's reader went away (`| head` in Git Bash, PowerShell's
+    `| Select-Object -First 5`): an OSError EINVAL, not BrokenPipeError (python/cpython#79935), which was a traceback.
+    Told from another EINVAL by stdout's flush failing again on what it still holds."""
+    if sys.platform != "win32" or e.errno != errno.EINVAL or e.filename is not None:
+        return False
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        return True
+    return False
+
+
+# what the machine, not the code, got wrong: the file system's answer is the message, with the fix
+OS_FIXES = {
+    errno.ENOSPC: "free some space or write elsewhere",
+    errno.EDQUOT: "free some space or write elsewhere",
+    errno.EACCES: "check its permissions, or use another path",
+    errno.EPERM: "check its permissions, or use another path",
+    errno.EROFS: "a read-only file system: write elsewhere",
+    errno.EISDIR: "give a file's path, not a folder's",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.ENAMETOOLONG: "use a shorter path",
+}
+
+
+def os_error_line(e):
+    """'No space left on device: models/x.pt: free some space or write elsewhere' for an OSError of OS_FIXES."""
+    where = f": {e.filename}" if e.filename else ""
+    return f"{e.strerror or e}{where}: {OS_FIXES[e.errno]}"
+
+
+def speaks_for_machine():
+    """False in torchrun's processes other than each machine's first (LOCAL_RANK 0), which say nothing twice."""
+    return os.environ.get("LOCAL_RANK", "0") == "0"
+
+
+def exit_with_error(line, every_rank=False):
+    """Exit 1 after line ("error: ..."), said once a machine under torchrun, whose processes meet the same fault (the
+    others wait: exit_after_the_first); every_rank: by each process, for one it meets alone (its own GPU, shard)."""
+    if speaks_for_machine() or every_rank:
+        print(line, file=sys.stderr)
+        sys.exit(1)
+    exit_after_the_first(1)
+
+
+LATE_FIRST_S = 30
+
+
+def exit_after_the_first(code, first=None):
+    """Exit with code over a fault every torchrun process meets and one says: its machine's first (or the one of
+    rank 0: first=False in the others). Not at once in the others: torchrun stops them all (SIGTERM) the moment one
+    ends, and the first, a moment behind on a busy machine, was stopped before it said why (a CI run ended with no
+    error line at all). They wait for that SIGTERM, sent when the first ends; after LATE_FIRST_S seconds (the first
+    went on, which it should not) they end anyway."""
+    if not (speaks_for_machine() if first is None else first):
+        # Ctrl-C meanwhile (a first process still loading, on a busy machine; torchrun passes it on) ends the wait: it
+        # was a traceback of the fault and of KeyboardInterrupt, from a process that says nothing
+        with contextlib.suppress(KeyboardInterrupt):
+            time.sleep(LATE_FIRST_S)
+    sys.exit(code)
+
+
+def first_line(e, width=200):
+    """What an exception says, in one line of at most width characters, cut between words ("..." says so: a cut
+    mid-word read as a typo). Skips a heading line ending in ':' (load_state_dict's "Error(s) in loading state_dict
+    for GPT:"), where the next line says what went wrong."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+    line = lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0]
+    if len(line) <= width:
+        return line
+    head = line[:width - 3]  # a word the cut ends inside goes ("... by pe" read as a typo); one it ends after stays
+    return (head if line[width - 3] == " " else head.rsplit(" ", 1)[0]).rstrip() + "..."
+
+
+# -----------------------------------------------------------------------------
+# command-line arguments
 
 def nonempty(text):
     """argparse type of a path or name: '' (an unset shell variable, as in --checkpoint "$CKPT") is refused, where it
@@ -75,6 +249,25 @@ def path_arg(text):
     return os.path.expanduser(nonempty(text))
 
 
+def number(text, kind):
+    """text as kind (int or float), for an argparse type function that checks a range too: one that is no number
+    gets argparse's own line for type=int or type=float ("invalid int value: '1.5'"), as every script's plain
+    number options do, not one naming the function ("invalid positive_int value")."""
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}") from None
+
+
+def require_utf8(text, what):
+    """A command-line argument that is UTF-8 text, else a UserError: bytes the locale could not decode are kept by
+    Python as lone surrogates, which fail later, in a traceback."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UserError(f"{what} is not UTF-8 text: give it in UTF-8") from None
+
+
 def expand_pattern(path, option):
     """[path], or where no such path is and it holds a wildcard, the paths it matches: a pattern the shell did not
     expand (quoted, or Windows' cmd and PowerShell, which leave * to the program) was "no such file"."""
@@ -86,21 +279,15 @@ def expand_pattern(path, option):
     return found
 
 
-def color_ok(stream):
-    """Whether stream takes ANSI styling: a terminal, without NO_COLOR set (no-color.org: set and not empty), which
-    gen.py's bold prompts ignored while train.py's colors heeded it, and not TERM=dumb (Emacs' shell and compile
-    buffers, an editor's terminal, which showed train.py's colors as ^[[2m), as git and ls leave it plain."""
-    return stream.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+# -----------------------------------------------------------------------------
+# reading text: JSON values, and the error for a file that is not UTF-8 text
 
-
-def number(text, kind):
-    """text as kind (int or float), for an argparse type function that checks a range too: one that is no number
-    gets argparse's own line for type=int or type=float ("invalid int value: '1.5'"), as every script's plain
-    number options do, not one naming the function ("invalid positive_int value")."""
-    try:
-        return kind(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}") from None
+def json_kind(v):
+    """What a value read from JSON is, in JSON's words ("an array", not Python's "list"): the user wrote JSON."""
+    if isinstance(v, bool):  # (before int: True is an int in Python)
+        return "a boolean"
+    kinds = ((type(None), "null"), (dict, "an object"), (list, "an array"), (str, "a string"), ((int, float), "a number"))
+    return next((name for t, name in kinds if isinstance(v, t)), type(v).__name__)
 
 
 def parts_text(content, role="user"):
@@ -124,6 +311,25 @@ def without_surrogates(x):
     if isinstance(x, dict):
         return {k: without_surrogates(v) for k, v in x.items()}
     return x
+
+
+def not_utf8(path, what=None, fix=None):
+    """The UserError for a file that is not UTF-8 text, naming its first bad byte by line and by offset in the file (a
+    decoder reading in blocks gives the offset in its block, which told the user nothing). Only read on that error."""
+    try:
+        where = first_bad_utf8(path)
+        if fix is None and os.path.isfile(path):
+            with open(path, "rb") as f:
+                head = f.read(1 << 16)
+            fix = UTF16_FIX if head[:2] in (b"\xff\xfe", b"\xfe\xff") else \
+                decompress_fix(path, head) or (BINARY_FIX if b"\0" in head else None)
+        if fix is None and where and utf8_around(path, where[1]):
+            fix = STRAY_BYTE_FIX
+    except OSError:
+        where = None
+    fix = fix or "convert it, e.g. `iconv -f latin1 -t utf-8`"
+    at = f" (line {where[0]:,}, byte {where[1]:,} of the file)" if where else ""
+    return UserError(f"{what or path} is not UTF-8 text{at}: {fix}")
 
 
 def first_bad_utf8(path, block=1 << 20):
@@ -151,6 +357,7 @@ def first_bad_utf8(path, block=1 << 20):
 
 # Windows' "Unicode" text: the latin1 conversion made it UTF-8 with a NUL after each letter
 UTF16_FIX = "it is UTF-16: convert it, e.g. `iconv -f utf-16 -t utf-8`"
+
 # and NUL bytes besides (a token file given for its text: the latin1 advice converted a .bin into nonsense "text")
 BINARY_FIX = ("it holds NUL bytes: not text at all (a token file? give the text it was made from), or UTF-16 without a "
               "byte-order mark (convert it, e.g. `iconv -f utf-16le -t utf-8`)")
@@ -176,6 +383,7 @@ def decompress_fix(path, head):
     tool = next((t for magic, t in DECOMPRESS.items() if head.startswith(magic)), None)
     return tool and f"it is compressed: decompress it first, e.g. `{tool} -c {shlex.quote(path)} > text.txt`"
 
+
 # UTF-8 text with a stray byte (a chat log with emoji, one line pasted from elsewhere): the latin1 advice turned every
 # character beyond ASCII into two or more others ("caf\u00c3\u00a9") and the file was then accepted, garbled
 STRAY_BYTE_FIX = ("the text around it is UTF-8, so a stray byte? drop such bytes, e.g. `iconv -c -f utf-8 -t utf-8`, "
@@ -191,23 +399,14 @@ def utf8_around(path, at, span=1 << 16):
     return re.search("[\x80-\ufffc\U00010000-\U0010ffff]", data.decode("utf-8", "replace")) is not None
 
 
-def not_utf8(path, what=None, fix=None):
-    """The UserError for a file that is not UTF-8 text, naming its first bad byte by line and by offset in the file (a
-    decoder reading in blocks gives the offset in its block, which told the user nothing). Only read on that error."""
-    try:
-        where = first_bad_utf8(path)
-        if fix is None and os.path.isfile(path):
-            with open(path, "rb") as f:
-                head = f.read(1 << 16)
-            fix = UTF16_FIX if head[:2] in (b"\xff\xfe", b"\xfe\xff") else \
-                decompress_fix(path, head) or (BINARY_FIX if b"\0" in head else None)
-        if fix is None and where and utf8_around(path, where[1]):
-            fix = STRAY_BYTE_FIX
-    except OSError:
-        where = None
-    fix = fix or "convert it, e.g. `iconv -f latin1 -t utf-8`"
-    at = f" (line {where[0]:,}, byte {where[1]:,} of the file)" if where else ""
-    return UserError(f"{what or path} is not UTF-8 text{at}: {fix}")
+# -----------------------------------------------------------------------------
+# what the user sees: colors, progress, commands to paste, questions
+
+def color_ok(stream):
+    """Whether stream takes ANSI styling: a terminal, without NO_COLOR set (no-color.org: set and not empty), which
+    gen.py's bold prompts ignored while train.py's colors heeded it, and not TERM=dumb (Emacs' shell and compile
+    buffers, an editor's terminal, which showed train.py's colors as ^[[2m), as git and ls leave it plain."""
+    return stream.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
 
 
 def draws_a_bar(stream):
@@ -225,6 +424,7 @@ def draws_a_bar(stream):
 
 
 PROGRESS_LINE_S = 60  # progress where no bar is drawn (a log file): a line a minute (ProgressLines)
+
 # how ProgressLines counts each unit: bytes and tokens in millions, windows one by one
 PROGRESS_UNITS = {"B": (1e6, " MB"), "tokens": (1e6, "M tokens"), "windows": (1, " windows")}
 
@@ -295,284 +495,18 @@ def script_command(script, *args):
     return f"{python_command()} {shlex.join([script, *args])}"
 
 
-def speaks_for_machine():
-    """False in torchrun's processes other than each machine's first (LOCAL_RANK 0), which say nothing twice."""
-    return os.environ.get("LOCAL_RANK", "0") == "0"
-
-
-def exit_after_the_first(code, first=None):
-    """Exit with code over a fault every torchrun process meets and one says: its machine's first (or the one of
-    rank 0: first=False in the others). Not at once in the others: torchrun stops them all (SIGTERM) the moment one
-    ends, and the first, a moment behind on a busy machine, was stopped before it said why (a CI run ended with no
-    error line at all). They wait for that SIGTERM, sent when the first ends; after LATE_FIRST_S seconds (the first
-    went on, which it should not) they end anyway."""
-    if not (speaks_for_machine() if first is None else first):
-        # Ctrl-C meanwhile (a first process still loading, on a busy machine; torchrun passes it on) ends the wait: it
-        # was a traceback of the fault and of KeyboardInterrupt, from a process that says nothing
-        with contextlib.suppress(KeyboardInterrupt):
-            time.sleep(LATE_FIRST_S)
-    sys.exit(code)
-
-
-LATE_FIRST_S = 30
-
-
-def exit_with_error(line, every_rank=False):
-    """Exit 1 after line ("error: ..."), said once a machine under torchrun, whose processes meet the same fault (the
-    others wait: exit_after_the_first); every_rank: by each process, for one it meets alone (its own GPU, shard)."""
-    if speaks_for_machine() or every_rank:
-        print(line, file=sys.stderr)
-        sys.exit(1)
-    exit_after_the_first(1)
-
-
-# what the machine, not the code, got wrong: the file system's answer is the message, with the fix
-OS_FIXES = {
-    errno.ENOSPC: "free some space or write elsewhere",
-    errno.EDQUOT: "free some space or write elsewhere",
-    errno.EACCES: "check its permissions, or use another path",
-    errno.EPERM: "check its permissions, or use another path",
-    errno.EROFS: "a read-only file system: write elsewhere",
-    errno.EISDIR: "give a file's path, not a folder's",
-    errno.ENOTDIR: "a part of the path is a file, not a folder",
-    errno.ENAMETOOLONG: "use a shorter path",
-}
-
-
-def os_error_line(e):
-    """'No space left on device: models/x.pt: free some space or write elsewhere' for an OSError of OS_FIXES."""
-    where = f": {e.filename}" if e.filename else ""
-    return f"{e.strerror or e}{where}: {OS_FIXES[e.errno]}"
-
-
-def exit_on_sigterm(signum, frame):
-    """SIGTERM (`kill`, `timeout`, a job scheduler) ends a script as Ctrl-C does, through its clean-up (finally
-    blocks remove temporary files): its default ended the process on the spot. 143 is what a shell reports for a
-    process that SIGTERM ended. (train.py installs its own, which saves a checkpoint first.)"""
-    raise SystemExit(128 + signum)
-
-
-def quiet_ctrl_c(name):
-    """Called first thing by a script that loads torch (a second or more; longer from a cold disk), or numpy and
-    tiktoken (prepare.py, setup_tokenizer.py: a fifth of one), with its __name__: run as a script, Ctrl-C before
-    run_main starts ends in one line, where it was a traceback from inside torch's import. It exits on the spot
-    (nothing is written before main), not by an exception a half-done import could catch. run_main gives Ctrl-C
-    back to Python, whose KeyboardInterrupt the scripts clean up after. Ctrl-C ignored (a script's `python train.py
-    &`, which its shell starts so) stays ignored: taken over, run_main's hand-back let the terminal's Ctrl-C for the
-    script end the run too."""
-    if name == "__main__" and threading.current_thread() is threading.main_thread() \
-            and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        signal.signal(signal.SIGINT, interrupted_while_loading)
-
-
-def mend_standard_streams(name):
-    """Called first thing by a script, with its __name__: standard streams that were closed (`python gen.py >&- 2>&-`,
-    a service started without them) are opened on the null device. Python leaves sys.stdout None then, and train.py
-    and gen.py ended in an AttributeError traceback (stdout.isatty()) that nobody saw, exit 1 with no word (stderr
-    closed too). And the descriptor left free (1 or 2) went to the next file opened, a checkpoint or token file, into
-    which torch's own C++ messages to stderr would have been written."""
-    if name != "__main__":
-        return
-    for fd in (0, 1, 2):
-        try:
-            os.fstat(fd)
-        except OSError:
-            os.open(os.devnull, os.O_RDWR)  # (the lowest free descriptor: fd itself, those below it being open)
-    for stream, mode in (("stdin", "r"), ("stdout", "w"), ("stderr", "w")):
-        if getattr(sys, stream) is None:
-            setattr(sys, stream, open(os.devnull, mode, encoding="utf-8"))
-
-
-def interrupted_while_loading(signum, frame):
-    if speaks_for_machine():  # as run_main's: one line a machine under torchrun
-        with contextlib.suppress(OSError, ValueError):
-            print("\ninterrupted", file=sys.stderr, flush=True)
-    os._exit(130)
-
-
-# the folders check_output made, outermost first: a command that fails after its check (an argument refused later, a
-# checkpoint not found) takes back those still empty, as it found the disk (an empty --out_dir stayed behind)
-made_folders = []
-
-
-def make_folders(path):
-    """os.makedirs(path, exist_ok=True), the folders it makes recorded in made_folders."""
-    new, p = [], os.path.abspath(path)
-    while not os.path.lexists(p) and p != os.path.dirname(p):
-        new.append(p)
-        p = os.path.dirname(p)
-    os.makedirs(path, exist_ok=True)
-    made_folders.extend(reversed(new))
-
-
-def remove_made_folders():
-    """rmdir made_folders, innermost first: an empty one goes, one with anything in it stays (and so its parents)."""
-    while made_folders:
-        with contextlib.suppress(OSError):
-            os.rmdir(made_folders.pop())
-
-
-def run_main(main):
-    """Run a script's main(); UserError, Ctrl-C and the file system's refusals (a full disk, no permission, a folder
-    where a file should be) end in one clear line, and output piped into a reader that stops early (`| head`) in
-    none. SIGTERM ends it through its clean-up (exit_on_sigterm)."""
-    # (put back on the way out: tests call scripts' mains through here, and pytest's own SIGTERM must still end it)
-    before = signal.signal(signal.SIGTERM, exit_on_sigterm) if threading.current_thread() is threading.main_thread() \
-        else None
-    if signal.getsignal(signal.SIGINT) is interrupted_while_loading:  # (quiet_ctrl_c's, from the imports)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    # a terminal in latin-1 (an old locale, PYTHONIOENCODING) shows "?" for a character it cannot: a sample with an
-    # emoji ended gen.py in a UnicodeEncodeError traceback. Not output to a file or pipe, data (gen.py --prompt_file's
-    # JSON lines) that "?" would corrupt without a word: that gets the one line below. Either way a file name that is
-    # not UTF-8 (held as surrogates) is written as its own bytes, not a failure after the work is done. Only Python's
-    # strict default is changed (a handler the user chose, PYTHONIOENCODING=ascii:replace, or pytest's capture, stays),
-    # and put back on the way out
-    strict = getattr(sys.stdout, "errors", None) == "strict"
-    with contextlib.suppress(AttributeError, ValueError, OSError):
-        if strict:
-            sys.stdout.reconfigure(errors="replace" if sys.stdout.isatty() else "surrogateescape")
-    made_folders.clear()  # (tests run one main after another in a process)
-    finished = False
+def ask(prompt):
+    """The user's answer to prompt, stripped; None at the end of input (Ctrl-D, which was an EOFError traceback), the
+    line ended so that what follows starts below the prompt."""
     try:
-        result, finished = main(), True
-        return result
-    except UnicodeEncodeError as e:
-        out, errors = getattr(sys.stdout, "encoding", None), getattr(sys.stdout, "errors", None) or "strict"
-        try:  # the output's encoding at fault? (e.encoding is "charmap" for cp1252 and its kind: no name to compare)
-            e.object[e.start:e.end].encode(out or "utf-8", errors)
-        except UnicodeEncodeError:
-            print(f"error: the output's encoding ({out}) cannot write {ascii(e.object[e.start:e.end])}: set "
-                  f"PYTHONIOENCODING=utf-8, or a UTF-8 locale", file=sys.stderr)
-            sys.exit(1)
-        raise  # not the output's: a bug
-    except UserError as e:
-        exit_with_error(f"error: {e}", e.every_rank)
-    except KeyboardInterrupt:
-        if speaks_for_machine():  # Ctrl-C reaches every torchrun process: one line a machine
-            print("\ninterrupted", file=sys.stderr)
-        sys.exit(130)
-    except OSError as e:
-        if isinstance(e, BrokenPipeError) or closed_pipe_on_windows(e):
-            # the reader went away (`| head`): not an error worth a traceback. stdout goes to /dev/null, or Python's
-            # flush at exit would fail on the closed pipe again; 141 is what a shell reports for a process killed by
-            # SIGPIPE
-            with contextlib.suppress(OSError, ValueError):
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            sys.exit(141)
-        if e.errno not in OS_FIXES:
-            raise
-        # under torchrun every process reads the same files (rank 0 alone writes): one line a machine, as a
-        # UserError's (a train.bin without read permission was said by both ranks, at times in one line)
-        exit_with_error(f"error: {os_error_line(e)}")
-    finally:
-        if not finished:
-            remove_made_folders()
-        made_folders.clear()
-        if before is not None:
-            signal.signal(signal.SIGTERM, before)
-        with contextlib.suppress(AttributeError, ValueError, OSError):
-            if strict:
-                sys.stdout.reconfigure(errors="strict")
-
-
-def closed_pipe_on_windows(e):
-    """Whether e is how Windows says that stdout's reader went away (`| head` in Git Bash, PowerShell's
-    `| Select-Object -First 5`): an OSError EINVAL, not BrokenPipeError (python/cpython#79935), which was a traceback.
-    Told from another EINVAL by stdout's flush failing again on what it still holds."""
-    if sys.platform != "win32" or e.errno != errno.EINVAL or e.filename is not None:
-        return False
-    try:
-        sys.stdout.flush()
-    except (OSError, ValueError):
-        return True
-    return False
-
-
-def seeded_generator(device, seed):
-    """A torch.Generator on device started from seed, any integer: taken modulo 2**64, the range manual_seed takes."""
-    import torch
-    return torch.Generator(device=device).manual_seed(seed % 2**64)
-
-
-def first_line(e, width=200):
-    """What an exception says, in one line of at most width characters, cut between words ("..." says so: a cut
-    mid-word read as a typo). Skips a heading line ending in ':' (load_state_dict's "Error(s) in loading state_dict
-    for GPT:"), where the next line says what went wrong."""
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
-    line = lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0]
-    if len(line) <= width:
-        return line
-    head = line[:width - 3]  # a word the cut ends inside goes ("... by pe" read as a typo); one it ends after stays
-    return (head if line[width - 3] == " " else head.rsplit(" ", 1)[0]).rstrip() + "..."
-
-
-def read_meta(folder):
-    """The folder's meta.json, None when it has none or one that is no JSON object."""
-    try:
-        with open(os.path.join(folder, "meta.json"), encoding="utf-8") as f:
-            meta = json.load(f)
-    except (OSError, ValueError, RecursionError):
-        return None
-    return meta if isinstance(meta, dict) else None
-
-
-def is_dataset_folder(folder):
-    """The folder holds a meta.json that prepare.py wrote (another file of that name, an eval.py --json, is not one)."""
-    meta = read_meta(folder) or {}
-    return "splits" in meta and "vocab_size" in meta
-
-
-# the file name of a custom vocabulary (.tiktoken text) in a prepared dataset's folder and in export.py's model folder
-VOCAB_FILE = "tokenizer.tiktoken"
-
-# what a Hugging Face model folder (export.py's, a downloaded one) is made of besides its .safetensors weights; export.py
-# writes a custom vocabulary as tokenizer.tiktoken too (setup_tokenizer.py train --out over it replaced it unasked)
-MODEL_FOLDER_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json", "pytorch_model.bin",
-                      "pytorch_model.bin.index.json", "tokenizer.json", "tokenizer_config.json", "vocab.json",
-                      "merges.txt", "special_tokens_map.json", VOCAB_FILE)
-
-
-def model_folder_file(path):
-    """The error for path, a file of a Hugging Face model folder (its weights, config or tokenizer files, a config.json
-    beside them), given where the folder goes; None for any other path."""
-    folder, name = os.path.split(path)
-    folder = folder or "."
-    if (name.endswith(".safetensors") or name in MODEL_FOLDER_FILES) and os.path.isfile(os.path.join(folder, "config.json")):
-        return UserError(f"{path} is a file of the Hugging Face model folder {folder}: pass the folder itself")
-    return None
-
-
-def is_run_metrics(path):
-    """Whether path's first line is a record of train.py's metrics (a run's id, its step and tokens)."""
-    with contextlib.suppress(OSError, ValueError):
-        with open(path, encoding="utf-8", errors="replace") as f:
-            record = json.loads(f.readline(1 << 16))
-        return isinstance(record, dict) and {"run", "step", "tokens"} <= set(record)
-    return False
-
-
-def kept_file(path):
-    """What an existing file is that no script's output may replace (a checkpoint aside, which train.py's runs write
-    over by their own rules): a checkpoint, weights, a prepared dataset's file (its token files, meta.json, its
-    vocabulary; not other files there, as an eval.py --json written beside it), a model folder's config and tokenizer
-    files, a vocabulary (.tiktoken: a dataset made with --tokenizer FILE reads it again), a run's metrics; None for
-    anything else."""
-    folder, name = os.path.split(os.path.realpath(path))
-    if (name in ("meta.json", VOCAB_FILE) or name.endswith(".bin")) and is_dataset_folder(folder):
-        return f"a file of the dataset in {folder}"
-    if path.endswith(".safetensors"):
-        return "model weights"
-    if name in MODEL_FOLDER_FILES and os.path.isfile(os.path.join(folder, "config.json")):
-        return f"a file of the model folder {folder}"  # (bench.py --out over its config.json: the folder no longer loaded)
-    if name.endswith(".tiktoken"):  # (after a dataset's and a model folder's own, which are theirs, not to retrain)
-        return "a vocabulary"
-    if name.endswith("_metrics.jsonl") and is_run_metrics(path):  # (gen.py --output over it: the run's history gone)
-        return "a training run's metrics"
-    try:
-        return "a checkpoint (a zip archive)" if starts_as_zip(path) else None
-    except OSError:
+        return input(prompt).strip()
+    except EOFError:
+        print()
         return None
 
+
+# -----------------------------------------------------------------------------
+# output paths: checked before the work; the files no output may replace
 
 def check_output(path, option, folder=False, inputs=(), checkpoint=False, vocabulary=False):
     """Fail now, with one line naming option, when path cannot be written: before hours of work, not at the end.
@@ -620,137 +554,98 @@ def check_output(path, option, folder=False, inputs=(), checkpoint=False, vocabu
         raise UserError(f"{option} {path}: cannot write there ({e.strerror or e}): {fix}") from None
 
 
+# the folders check_output made, outermost first: a command that fails after its check (an argument refused later, a
+# checkpoint not found) takes back those still empty, as it found the disk (an empty --out_dir stayed behind)
+made_folders = []
+
+
+def make_folders(path):
+    """os.makedirs(path, exist_ok=True), the folders it makes recorded in made_folders."""
+    new, p = [], os.path.abspath(path)
+    while not os.path.lexists(p) and p != os.path.dirname(p):
+        new.append(p)
+        p = os.path.dirname(p)
+    os.makedirs(path, exist_ok=True)
+    made_folders.extend(reversed(new))
+
+
+def remove_made_folders():
+    """rmdir made_folders, innermost first: an empty one goes, one with anything in it stays (and so its parents)."""
+    while made_folders:
+        with contextlib.suppress(OSError):
+            os.rmdir(made_folders.pop())
+
+
+def kept_file(path):
+    """What an existing file is that no script's output may replace (a checkpoint aside, which train.py's runs write
+    over by their own rules): a checkpoint, weights, a prepared dataset's file (its token files, meta.json, its
+    vocabulary; not other files there, as an eval.py --json written beside it), a model folder's config and tokenizer
+    files, a vocabulary (.tiktoken: a dataset made with --tokenizer FILE reads it again), a run's metrics; None for
+    anything else."""
+    folder, name = os.path.split(os.path.realpath(path))
+    if (name in ("meta.json", VOCAB_FILE) or name.endswith(".bin")) and is_dataset_folder(folder):
+        return f"a file of the dataset in {folder}"
+    if path.endswith(".safetensors"):
+        return "model weights"
+    if name in MODEL_FOLDER_FILES and os.path.isfile(os.path.join(folder, "config.json")):
+        return f"a file of the model folder {folder}"  # (bench.py --out over its config.json: the folder no longer loaded)
+    if name.endswith(".tiktoken"):  # (after a dataset's and a model folder's own, which are theirs, not to retrain)
+        return "a vocabulary"
+    if name.endswith("_metrics.jsonl") and is_run_metrics(path):  # (gen.py --output over it: the run's history gone)
+        return "a training run's metrics"
+    try:
+        return "a checkpoint (a zip archive)" if starts_as_zip(path) else None
+    except OSError:
+        return None
+
+
+def read_meta(folder):
+    """The folder's meta.json, None when it has none or one that is no JSON object."""
+    try:
+        with open(os.path.join(folder, "meta.json"), encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, ValueError, RecursionError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def is_dataset_folder(folder):
+    """The folder holds a meta.json that prepare.py wrote (another file of that name, an eval.py --json, is not one)."""
+    meta = read_meta(folder) or {}
+    return "splits" in meta and "vocab_size" in meta
+
+
+# the file name of a custom vocabulary (.tiktoken text) in a prepared dataset's folder and in export.py's model folder
+VOCAB_FILE = "tokenizer.tiktoken"
+
+# what a Hugging Face model folder (export.py's, a downloaded one) is made of besides its .safetensors weights; export.py
+# writes a custom vocabulary as tokenizer.tiktoken too (setup_tokenizer.py train --out over it replaced it unasked)
+MODEL_FOLDER_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json", "pytorch_model.bin",
+                      "pytorch_model.bin.index.json", "tokenizer.json", "tokenizer_config.json", "vocab.json",
+                      "merges.txt", "special_tokens_map.json", VOCAB_FILE)
+
+
+def model_folder_file(path):
+    """The error for path, a file of a Hugging Face model folder (its weights, config or tokenizer files, a config.json
+    beside them), given where the folder goes; None for any other path."""
+    folder, name = os.path.split(path)
+    folder = folder or "."
+    if (name.endswith(".safetensors") or name in MODEL_FOLDER_FILES) and os.path.isfile(os.path.join(folder, "config.json")):
+        return UserError(f"{path} is a file of the Hugging Face model folder {folder}: pass the folder itself")
+    return None
+
+
+def is_run_metrics(path):
+    """Whether path's first line is a record of train.py's metrics (a run's id, its step and tokens)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            record = json.loads(f.readline(1 << 16))
+        return isinstance(record, dict) and {"run", "step", "tokens"} <= set(record)
+    return False
+
+
 # -----------------------------------------------------------------------------
 # atomic writes: a file either keeps its old content or gets the complete new one
-
-def special_file(path):
-    """Whether path is there and neither a regular file nor a folder (/dev/null, a named pipe): written through, never
-    renamed over."""
-    return os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path)
-
-
-def read_only(path):
-    """Whether path is a file this process may not write (chmod a-w, another user's): a rename in its folder, which
-    the folder's permissions allow, replaced it all the same (eval.py --json over a file made read-only to keep it)."""
-    return os.path.isfile(path) and not os.access(path, os.W_OK)
-
-
-def write_target(path):
-    """The file an atomic write of path replaces (link_target's), a PermissionError (run_main's one line) where it is
-    read_only: what every atomic write starts with."""
-    target = link_target(path)
-    if read_only(target):
-        raise PermissionError(errno.EACCES, "Permission denied (the file is read-only)", target)
-    return target
-
-
-def fsync_replace(tmp_path, path):
-    """Flush tmp_path to disk and rename it over path (atomic on POSIX); into a special_file, copied through. A file
-    replaced keeps its permissions: the new one had the umask's, and a private file (chmod 600) became readable by all."""
-    if special_file(path):  # renamed over, --json /dev/null run as root made the machine's /dev/null a file of JSON
-        with open(tmp_path, "rb") as src, open(path, "wb") as dst:
-            shutil.copyfileobj(src, dst)
-        os.remove(tmp_path)
-        return
-    with open(tmp_path, "rb+") as f:
-        os.fsync(f.fileno())
-    with contextlib.suppress(FileNotFoundError):  # (after the fsync: one of 444 is not opened for writing)
-        os.chmod(tmp_path, os.stat(path).st_mode & 0o7777)
-    os.replace(tmp_path, path)
-    # make the rename itself durable
-    with contextlib.suppress(OSError):
-        dfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-
-
-def link_target(path):
-    """path, or the file a symbolic link at path points to (a link's link too): what an atomic write replaces. Renamed
-    over, the link became a file of its own (models/x.pt linked to a bigger disk: the new checkpoint on the small one,
-    the old one left where the link pointed); its temporary file goes beside the target, as a rename from the link's
-    folder fails across file systems (EXDEV)."""
-    return os.path.realpath(path) if os.path.islink(path) else path
-
-
-def tmp_name(path):
-    """Temporary sibling of path; ends in .tmp so no reader mistakes it for the real file."""
-    return f"{path}.{os.getpid()}.tmp"
-
-
-def process_runs(pid):
-    """Whether process pid runs on this machine (True for one of another user's). os.kill(pid, 0) asks on POSIX; on
-    Windows signal 0 is CTRL_C_EVENT, sent to the console's processes rather than asked: a stale file of a pid now
-    taken by a console program interrupted it, or this very run at its next save, and a pid no process had was an
-    error that ended the clean-up."""
-    if sys.platform == "win32":
-        import _winapi
-        try:  # PROCESS_QUERY_LIMITED_INFORMATION: what GetExitCodeProcess needs, granted for most processes
-            handle = _winapi.OpenProcess(0x1000, False, pid)
-        except OSError as e:
-            return e.winerror != 87  # ERROR_INVALID_PARAMETER: no such process; access denied: one runs
-        try:
-            return _winapi.GetExitCodeProcess(handle) == _winapi.STILL_ACTIVE
-        finally:
-            _winapi.CloseHandle(handle)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
-
-
-def remove_stale_tmp(folder, names, quiet_s=600):
-    """Delete the tmp_name() files of the files the regex names matches in folder that processes killed mid-write
-    left (SIGKILL: no finally runs), so half-written checkpoints and token files do not pile up. Only ones whose
-    process is gone from this machine and that nobody has written to for quiet_s seconds: a live process's write (or
-    one on another machine, on a shared disk) is left alone, and so is any file of the user's."""
-    with contextlib.suppress(OSError):
-        for name in os.listdir(folder):
-            m = re.fullmatch(rf"(?:{names})\.(\d+)\.tmp", name)
-            if not m or int(m.group(1)) == os.getpid():
-                continue
-            try:
-                if process_runs(int(m.group(1))):
-                    continue  # its process still runs (or one under another user)
-            except OverflowError:
-                continue  # not a pid at all
-            old = os.path.join(folder, name)
-            with contextlib.suppress(OSError):
-                if os.path.islink(old):
-                    continue
-                # a folder's own mtime stays while a file in it is written (an export on another machine)
-                changed = max([os.path.getmtime(old)] + [os.lstat(os.path.join(d, f)).st_mtime
-                                                         for d, _, files in os.walk(old) for f in files])
-                if time.time() - changed <= quiet_s:
-                    continue
-                if os.path.isfile(old):
-                    os.remove(old)
-                elif os.path.isdir(old):  # an export's folder, written whole before its rename
-                    shutil.rmtree(old)
-
-
-def name_full_disk(e, path):
-    """A full disk fails a write() or fsync(), whose OSError names no file: "No space left on device: free some space"
-    left the user to guess which disk. Names path in e (an OSError) where it is one of those. Not another error's: a
-    source's read error would name the wrong file, and one without an errno ("[Errno None] None: data/x") lose its
-    text."""
-    if e.errno in (errno.ENOSPC, errno.EDQUOT) and not e.filename:
-        e.filename = path
-
-
-@contextlib.contextmanager
-def naming_full_disk(path):
-    """name_full_disk for the writes inside."""
-    try:
-        yield
-    except OSError as e:
-        name_full_disk(e, path)
-        raise
-
 
 def atomic_write_text(path, text):
     path = write_target(path)
@@ -808,17 +703,137 @@ def atomic_torch_save(obj, path):
     remove_stale_tmp(folder, r".+\.pt|.+_metrics\.jsonl|.+_loss\.png")
 
 
+def write_target(path):
+    """The file an atomic write of path replaces (link_target's), a PermissionError (run_main's one line) where it is
+    read_only: what every atomic write starts with."""
+    target = link_target(path)
+    if read_only(target):
+        raise PermissionError(errno.EACCES, "Permission denied (the file is read-only)", target)
+    return target
+
+
+def link_target(path):
+    """path, or the file a symbolic link at path points to (a link's link too): what an atomic write replaces. Renamed
+    over, the link became a file of its own (models/x.pt linked to a bigger disk: the new checkpoint on the small one,
+    the old one left where the link pointed); its temporary file goes beside the target, as a rename from the link's
+    folder fails across file systems (EXDEV)."""
+    return os.path.realpath(path) if os.path.islink(path) else path
+
+
+def read_only(path):
+    """Whether path is a file this process may not write (chmod a-w, another user's): a rename in its folder, which
+    the folder's permissions allow, replaced it all the same (eval.py --json over a file made read-only to keep it)."""
+    return os.path.isfile(path) and not os.access(path, os.W_OK)
+
+
+def special_file(path):
+    """Whether path is there and neither a regular file nor a folder (/dev/null, a named pipe): written through, never
+    renamed over."""
+    return os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path)
+
+
+def tmp_name(path):
+    """Temporary sibling of path; ends in .tmp so no reader mistakes it for the real file."""
+    return f"{path}.{os.getpid()}.tmp"
+
+
+def fsync_replace(tmp_path, path):
+    """Flush tmp_path to disk and rename it over path (atomic on POSIX); into a special_file, copied through. A file
+    replaced keeps its permissions: the new one had the umask's, and a private file (chmod 600) became readable by all."""
+    if special_file(path):  # renamed over, --json /dev/null run as root made the machine's /dev/null a file of JSON
+        with open(tmp_path, "rb") as src, open(path, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        os.remove(tmp_path)
+        return
+    with open(tmp_path, "rb+") as f:
+        os.fsync(f.fileno())
+    with contextlib.suppress(FileNotFoundError):  # (after the fsync: one of 444 is not opened for writing)
+        os.chmod(tmp_path, os.stat(path).st_mode & 0o7777)
+    os.replace(tmp_path, path)
+    # make the rename itself durable
+    with contextlib.suppress(OSError):
+        dfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def name_full_disk(e, path):
+    """A full disk fails a write() or fsync(), whose OSError names no file: "No space left on device: free some space"
+    left the user to guess which disk. Names path in e (an OSError) where it is one of those. Not another error's: a
+    source's read error would name the wrong file, and one without an errno ("[Errno None] None: data/x") lose its
+    text."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT) and not e.filename:
+        e.filename = path
+
+
+@contextlib.contextmanager
+def naming_full_disk(path):
+    """name_full_disk for the writes inside."""
+    try:
+        yield
+    except OSError as e:
+        name_full_disk(e, path)
+        raise
+
+
+def remove_stale_tmp(folder, names, quiet_s=600):
+    """Delete the tmp_name() files of the files the regex names matches in folder that processes killed mid-write
+    left (SIGKILL: no finally runs), so half-written checkpoints and token files do not pile up. Only ones whose
+    process is gone from this machine and that nobody has written to for quiet_s seconds: a live process's write (or
+    one on another machine, on a shared disk) is left alone, and so is any file of the user's."""
+    with contextlib.suppress(OSError):
+        for name in os.listdir(folder):
+            m = re.fullmatch(rf"(?:{names})\.(\d+)\.tmp", name)
+            if not m or int(m.group(1)) == os.getpid():
+                continue
+            try:
+                if process_runs(int(m.group(1))):
+                    continue  # its process still runs (or one under another user)
+            except OverflowError:
+                continue  # not a pid at all
+            old = os.path.join(folder, name)
+            with contextlib.suppress(OSError):
+                if os.path.islink(old):
+                    continue
+                # a folder's own mtime stays while a file in it is written (an export on another machine)
+                changed = max([os.path.getmtime(old)] + [os.lstat(os.path.join(d, f)).st_mtime
+                                                         for d, _, files in os.walk(old) for f in files])
+                if time.time() - changed <= quiet_s:
+                    continue
+                if os.path.isfile(old):
+                    os.remove(old)
+                elif os.path.isdir(old):  # an export's folder, written whole before its rename
+                    shutil.rmtree(old)
+
+
+def process_runs(pid):
+    """Whether process pid runs on this machine (True for one of another user's). os.kill(pid, 0) asks on POSIX; on
+    Windows signal 0 is CTRL_C_EVENT, sent to the console's processes rather than asked: a stale file of a pid now
+    taken by a console program interrupted it, or this very run at its next save, and a pid no process had was an
+    error that ended the clean-up."""
+    if sys.platform == "win32":
+        import _winapi
+        try:  # PROCESS_QUERY_LIMITED_INFORMATION: what GetExitCodeProcess needs, granted for most processes
+            handle = _winapi.OpenProcess(0x1000, False, pid)
+        except OSError as e:
+            return e.winerror != 87  # ERROR_INVALID_PARAMETER: no such process; access denied: one runs
+        try:
+            return _winapi.GetExitCodeProcess(handle) == _winapi.STILL_ACTIVE
+        finally:
+            _winapi.CloseHandle(handle)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
 # -----------------------------------------------------------------------------
 # locks: one command at a time writes a run's checkpoints or a dataset
-
-def fcntl_module():
-    """fcntl, or None where the system has none (Windows): imported at each lock, so that a test can hide it."""
-    try:
-        import fcntl
-    except ImportError:
-        return None
-    return fcntl
-
 
 @contextlib.contextmanager
 def held_lock(path, busy):
@@ -891,6 +906,21 @@ def flock_soon(fcntl, f, wait_s=0.5):
             time.sleep(0.01)
 
 
+def lock_holder_runs(path, young_s=10):
+    """Whether the process named in held_lock's O_EXCL file still runs; a file without a pid yet, written this
+    instant, counts as held while it is young."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            pid = f.read().strip()
+        if pid.isdigit():
+            return process_runs(int(pid))
+        return time.time() - os.path.getmtime(path) < young_s
+    except FileNotFoundError:
+        return False
+    except (OSError, OverflowError):
+        return True
+
+
 def lock_is_held(path):
     """Whether a held_lock(path) is held now (by another command, which this one must wait for). Asked by taking the
     flock without waiting and letting it go at once (a command taking it in that instant tries again: flock_soon).
@@ -912,25 +942,19 @@ def lock_is_held(path):
         return False  # (let go as the file closes)
 
 
+def fcntl_module():
+    """fcntl, or None where the system has none (Windows): imported at each lock, so that a test can hide it."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    return fcntl
+
+
 def prepare_lock(out_dir, name):
     """The lock file prepare.py holds while it builds out_dir/name (beside the folder, which a failed first build
     removes)."""
     return os.path.join(out_dir, f".{name}.prepare.lock")
-
-
-def lock_holder_runs(path, young_s=10):
-    """Whether the process named in held_lock's O_EXCL file still runs; a file without a pid yet, written this
-    instant, counts as held while it is young."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            pid = f.read().strip()
-        if pid.isdigit():
-            return process_runs(int(pid))
-        return time.time() - os.path.getmtime(path) < young_s
-    except FileNotFoundError:
-        return False
-    except (OSError, OverflowError):
-        return True
 
 
 # -----------------------------------------------------------------------------
@@ -975,60 +999,7 @@ def read_items(f, start, n, dtype):
 
 
 # -----------------------------------------------------------------------------
-# devices and precision
-
-def is_oom(e):
-    """Whether e is an allocation that failed for its size: out of host or device memory, or a tensor too large for
-    torch to size at all. Other errors (a bug's RuntimeError) are not, and keep their traceback."""
-    import torch
-    oom_types = (MemoryError,) + tuple(t for t in (getattr(torch, "OutOfMemoryError", None), torch.cuda.OutOfMemoryError) if t)
-    return isinstance(e, oom_types) or any(
-        sign in str(e) for sign in ("out of memory", "can't allocate memory", "not enough memory",  # (Windows')
-                                    "Storage size calculation overflowed"))
-
-
-def cpu_info():
-    """The CPU's vendor ("GenuineIntel", "AuthenticAMD", ...) and flags, from /proc/cpuinfo ("" and none elsewhere)."""
-    vendor, flags = "", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    vendor = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
-    except OSError:
-        pass
-    return vendor, flags
-
-
-def cpu_has_bf16():
-    """True when the CPU has bf16 matmul instructions (AVX-512 BF16 or AMX): without them torch emulates bf16, many
-    times slower than fp32."""
-    flags = cpu_info()[1]
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def cpu_bf16_is_faster():
-    """True where a bf16 matmul outruns an fp32 one, so that --dtype auto takes bf16 autocast on this CPU: AMX (Intel
-    since Sapphire Rapids), or AVX-512 BF16 on AMD (Zen 4 on). Measured on 2 cores (BENCHMARKS.md): an AMD EPYC's
-    matmuls ran at 380-390 GFLOP/s in bf16 against 150-180 in fp32; an Intel Xeon whose VM hides its AMX, so with
-    AVX-512 BF16 alone, at 150 in bf16 against 310 in fp32, and its training steps took 1.5x longer in bf16; the same
-    Xeon with its AMX shown, at 1,800-2,500 in bf16 against 265-346 in fp32, its small step 2.0x faster in bf16."""
-    vendor, flags = cpu_info()
-    return "amx_bf16" in flags or ("avx512_bf16" in flags and vendor == "AuthenticAMD")
-
-
-def ask(prompt):
-    """The user's answer to prompt, stripped; None at the end of input (Ctrl-D, which was an EOFError traceback), the
-    line ended so that what follows starts below the prompt."""
-    try:
-        return input(prompt).strip()
-    except EOFError:
-        print()
-        return None
-
+# devices, precision and memory
 
 def pick_device(name="auto", interactive=None):
     """Resolve --device. 'auto' takes CUDA, then MPS, then CPU. With several CUDA
@@ -1101,6 +1072,55 @@ def autocast(device, dtype):
     if dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def cpu_bf16_is_faster():
+    """True where a bf16 matmul outruns an fp32 one, so that --dtype auto takes bf16 autocast on this CPU: AMX (Intel
+    since Sapphire Rapids), or AVX-512 BF16 on AMD (Zen 4 on). Measured on 2 cores (BENCHMARKS.md): an AMD EPYC's
+    matmuls ran at 380-390 GFLOP/s in bf16 against 150-180 in fp32; an Intel Xeon whose VM hides its AMX, so with
+    AVX-512 BF16 alone, at 150 in bf16 against 310 in fp32, and its training steps took 1.5x longer in bf16; the same
+    Xeon with its AMX shown, at 1,800-2,500 in bf16 against 265-346 in fp32, its small step 2.0x faster in bf16."""
+    vendor, flags = cpu_info()
+    return "amx_bf16" in flags or ("avx512_bf16" in flags and vendor == "AuthenticAMD")
+
+
+def cpu_has_bf16():
+    """True when the CPU has bf16 matmul instructions (AVX-512 BF16 or AMX): without them torch emulates bf16, many
+    times slower than fp32."""
+    flags = cpu_info()[1]
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def cpu_info():
+    """The CPU's vendor ("GenuineIntel", "AuthenticAMD", ...) and flags, from /proc/cpuinfo ("" and none elsewhere)."""
+    vendor, flags = "", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    vendor = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    return vendor, flags
+
+
+def seeded_generator(device, seed):
+    """A torch.Generator on device started from seed, any integer: taken modulo 2**64, the range manual_seed takes."""
+    import torch
+    return torch.Generator(device=device).manual_seed(seed % 2**64)
+
+
+def is_oom(e):
+    """Whether e is an allocation that failed for its size: out of host or device memory, or a tensor too large for
+    torch to size at all. Other errors (a bug's RuntimeError) are not, and keep their traceback."""
+    import torch
+    oom_types = (MemoryError,) + tuple(t for t in (getattr(torch, "OutOfMemoryError", None), torch.cuda.OutOfMemoryError) if t)
+    return isinstance(e, oom_types) or any(
+        sign in str(e) for sign in ("out of memory", "can't allocate memory", "not enough memory",  # (Windows')
+                                    "Storage size calculation overflowed"))
 
 
 def retain_freed_memory():
