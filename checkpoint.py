@@ -38,6 +38,9 @@ STATE_KINDS = {"step": int, "epoch": int, "epoch_step": int, "epoch_windows": in
                "optimizer": dict, "scaler": dict, "order_scheme": int, "save_seconds": NUMBER}
 
 
+# -----------------------------------------------------------------------------
+# the checkpoint argument, and where checkpoints are
+
 def add_checkpoint_argument(p, help="a .pt file or a Hugging Face model folder (default: the newest .pt in models/ or a "
                                      "folder in it)", shown="first"):
     """Every script's checkpoint, given first (`gen.py x.pt`) or as --checkpoint: each way, a habit from the other
@@ -58,6 +61,31 @@ def parse_checkpoint(p, args):
         args.checkpoint = given
     return args
 
+
+def find_checkpoints(folder="models"):
+    """Checkpoint files in folder and one folder down, newest first: make chat-demo writes models/chat-demo/, and the
+    newest checkpoint in models/ is looked for there too."""
+    found = []
+    for path in glob.glob(os.path.join(folder, "*.pt")) + glob.glob(os.path.join(folder, "*", "*.pt")):
+        with contextlib.suppress(FileNotFoundError):  # removed since the listing (a train.py --overwrite): not there
+            found.append((os.path.getmtime(path), path))
+    return [path for _, path in sorted(found, key=lambda mtime_path: mtime_path[0], reverse=True)]
+
+
+def available_hint(folder="models"):
+    """The end of a "checkpoint not found" error: what folder offers instead (the first five, newest checkpoints
+    first), or how to train one."""
+    # Hugging Face model folders too (export.py's): every script that takes a checkpoint takes one; not the temporary
+    # folder of an export killed mid-write (its config.json is written first), offered until a later one removes it
+    found = find_checkpoints(folder) + sorted(d for d in glob.glob(os.path.join(folder, "*"))
+                                              if hf.is_hf_folder(d) and not re.search(r"\.\d+\.tmp$", d))
+    if not found:
+        return f"; no checkpoints in {os.path.join(folder, '')} yet: train one with `{script_command('train.py')}`"
+    return "; available: " + ", ".join(found[:5]) + (" ..." if len(found) > 5 else "")
+
+
+# -----------------------------------------------------------------------------
+# saving
 
 def save_checkpoint(path, model, enc, **state):
     """Atomically write model weights, config and tokenizer, plus any extra state
@@ -86,6 +114,9 @@ def tensor_bytes(state):
     return 0  # numbers, strings, None
 
 
+# -----------------------------------------------------------------------------
+# loading: a missing, damaged or foreign checkpoint in one line
+
 def load_checkpoint(path, map_location="cpu"):
     """The checkpoint's dict, or a Hugging Face folder's as one; a missing, truncated, corrupt or foreign file is
     one clear UserError."""
@@ -94,8 +125,8 @@ def load_checkpoint(path, map_location="cpu"):
         raise UserError(f"checkpoint {path} not found{available_hint(folder if os.path.isdir(folder) else 'models')}")
     if hf.is_hf_folder(path):
         return refuse_diverged(path, {"format": FORMAT, **hf.read_folder(path)})
-    # export.py's weights or config given for the model: torch reads a .safetensors file as a plain state dict, and
-    # the error said "train one with train.py" to a user holding the model
+    # export.py's weights or config given for the model: the way out is its folder (torch reads a .safetensors file as
+    # a plain state dict, which fails below as "train one with train.py", said to a user holding the model)
     error = model_folder_file(path)
     if error:
         raise error
@@ -118,7 +149,7 @@ def load_checkpoint(path, map_location="cpu"):
 
 def read_checkpoint(path, f, map_location):
     """load_checkpoint's reading and checks of the file f opened at path."""
-    # a damaged file's way out: the run's others, wherever they are (it said "another file from models/" of any folder)
+    # a damaged file's way out: the run's other checkpoints, beside it wherever it is (not "another file from models/")
     another = "use another checkpoint (" + ("an earlier one" if path.endswith("_best.pt") else
                                             "its _best.pt or an earlier one") + ")"
     try:
@@ -167,11 +198,6 @@ def read_checkpoint(path, f, map_location):
     return refuse_diverged(path, ckpt)
 
 
-def nonfinite(named_tensors):
-    """The names of the floating-point tensors that hold a nan or inf: weights whose run diverged."""
-    return [k for k, v in named_tensors if v.is_floating_point() and not torch.isfinite(v).all()]
-
-
 def refuse_diverged(path, ckpt):
     """ckpt, unless a weight is nan or inf: sampling would fail deep inside torch.multinomial (or repeat one token,
     greedy), and training would go on with nan. One pass over weights already in memory."""
@@ -181,6 +207,14 @@ def refuse_diverged(path, ckpt):
                         f"{diverged[0]} first): its run diverged; use an earlier checkpoint, and a lower --lr")
     return ckpt
 
+
+def nonfinite(named_tensors):
+    """The names of the floating-point tensors that hold a nan or inf: weights whose run diverged."""
+    return [k for k, v in named_tensors if v.is_floating_point() and not torch.isfinite(v).all()]
+
+
+# -----------------------------------------------------------------------------
+# the model a checkpoint holds
 
 def load_model(path_or_ckpt, device="cpu", name=None):
     """(model in eval mode on device, tokenizer, checkpoint dict) from a path or an already loaded dict (name: its
@@ -221,23 +255,3 @@ def load_weights(model, state_dict, name="the checkpoint"):
         model.load_state_dict(state_dict)
     except RuntimeError as e:
         raise UserError(f"{name} does not match this model code ({first_line(e)}): {NOT_THIS_CODE}") from None
-
-
-def find_checkpoints(folder="models"):
-    """Checkpoint files in folder, newest first."""
-    # and one folder down: make chat-demo writes models/chat-demo/, and "the newest checkpoint in models/" found none
-    found = []
-    for path in glob.glob(os.path.join(folder, "*.pt")) + glob.glob(os.path.join(folder, "*", "*.pt")):
-        with contextlib.suppress(FileNotFoundError):  # removed since the listing (a train.py --overwrite): not there
-            found.append((os.path.getmtime(path), path))
-    return [path for _, path in sorted(found, key=lambda mtime_path: mtime_path[0], reverse=True)]
-
-
-def available_hint(folder="models"):
-    # Hugging Face model folders too (export.py's): every script that takes a checkpoint takes one; not the temporary
-    # folder of an export killed mid-write (its config.json is written first), offered until a later one removes it
-    found = find_checkpoints(folder) + sorted(d for d in glob.glob(os.path.join(folder, "*"))
-                                              if hf.is_hf_folder(d) and not re.search(r"\.\d+\.tmp$", d))
-    if not found:
-        return f"; no checkpoints in {os.path.join(folder, '')} yet: train one with `{script_command('train.py')}`"
-    return "; available: " + ", ".join(found[:5]) + (" ..." if len(found) > 5 else "")
