@@ -51,9 +51,9 @@ class UserError(Exception):
 def mend_standard_streams(name):
     """Called first thing by a script, with its __name__: standard streams that were closed (`python gen.py >&- 2>&-`,
     a service started without them) are opened on the null device. Python leaves sys.stdout None then, and train.py
-    and gen.py ended in an AttributeError traceback (stdout.isatty()) that nobody saw, exit 1 with no word (stderr
-    closed too). And the descriptor left free (1 or 2) went to the next file opened, a checkpoint or token file, into
-    which torch's own C++ messages to stderr would have been written."""
+    and gen.py would end in an AttributeError traceback (stdout.isatty()) that nobody sees, exit 1 with no word (stderr
+    closed too). And the descriptor left free (1 or 2) would go to the next file opened, a checkpoint or token file,
+    into which torch's own C++ messages to stderr would be written."""
     if name != "__main__":
         return
     for fd in (0, 1, 2):
@@ -69,17 +69,18 @@ def mend_standard_streams(name):
 def quiet_ctrl_c(name):
     """Called first thing by a script that loads torch (a second or more; longer from a cold disk), or numpy and
     tiktoken (prepare.py, setup_tokenizer.py: a fifth of one), with its __name__: run as a script, Ctrl-C before
-    run_main starts ends in one line, where it was a traceback from inside torch's import. It exits on the spot
-    (nothing is written before main), not by an exception a half-done import could catch. run_main gives Ctrl-C
-    back to Python, whose KeyboardInterrupt the scripts clean up after. Ctrl-C ignored (a script's `python train.py
-    &`, which its shell starts so) stays ignored: taken over, run_main's hand-back let the terminal's Ctrl-C for the
-    script end the run too."""
+    run_main starts ends in one line, not a traceback from inside torch's import. It exits on the spot (nothing is
+    written before main), not by an exception a half-done import could catch. run_main gives Ctrl-C back to Python,
+    whose KeyboardInterrupt the scripts clean up after. Ctrl-C ignored (a script's `python train.py &`, which its
+    shell starts so) stays ignored: taken over, run_main's hand-back would let the terminal's Ctrl-C for the script
+    end the run too."""
     if name == "__main__" and threading.current_thread() is threading.main_thread() \
             and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, interrupted_while_loading)
 
 
 def interrupted_while_loading(signum, frame):
+    """quiet_ctrl_c's SIGINT handler: "interrupted" and exit 130 at once."""
     if speaks_for_machine():  # as run_main's: one line a machine under torchrun
         with contextlib.suppress(OSError, ValueError):
             print("\ninterrupted", file=sys.stderr, flush=True)
@@ -95,12 +96,12 @@ def run_main(main):
         else None
     if signal.getsignal(signal.SIGINT) is interrupted_while_loading:  # (quiet_ctrl_c's, from the imports)
         signal.signal(signal.SIGINT, signal.default_int_handler)
-    # a terminal in latin-1 (an old locale, PYTHONIOENCODING) shows "?" for a character it cannot: a sample with an
-    # emoji ended gen.py in a UnicodeEncodeError traceback. Not output to a file or pipe, data (gen.py --prompt_file's
-    # JSON lines) that "?" would corrupt without a word: that gets the one line below. Either way a file name that is
-    # not UTF-8 (held as surrogates) is written as its own bytes, not a failure after the work is done. Only Python's
-    # strict default is changed (a handler the user chose, PYTHONIOENCODING=ascii:replace, or pytest's capture, stays),
-    # and put back on the way out
+    # a terminal in latin-1 (an old locale, PYTHONIOENCODING) shows "?" for a character it cannot, not a
+    # UnicodeEncodeError traceback (a sample with an emoji, from gen.py). Not output to a file or pipe, data (gen.py
+    # --prompt_file's JSON lines) that "?" would corrupt without a word: that gets the one line below. Either way a
+    # file name that is not UTF-8 (held as surrogates) is written as its own bytes, not a failure after the work is
+    # done. Only Python's strict default is changed (a handler the user chose, PYTHONIOENCODING=ascii:replace, or
+    # pytest's capture, stays), and put back on the way out
     strict = getattr(sys.stdout, "errors", None) == "strict"
     with contextlib.suppress(AttributeError, ValueError, OSError):
         if strict:
@@ -136,7 +137,7 @@ def run_main(main):
         if e.errno not in OS_FIXES:
             raise
         # under torchrun every process reads the same files (rank 0 alone writes): one line a machine, as a
-        # UserError's (a train.bin without read permission was said by both ranks, at times in one line)
+        # UserError's (a train.bin without read permission, said by every rank, came out interleaved)
         exit_with_error(f"error: {os_error_line(e)}")
     finally:
         if not finished:
@@ -208,12 +209,12 @@ LATE_FIRST_S = 30
 def exit_after_the_first(code, first=None):
     """Exit with code over a fault every torchrun process meets and one says: its machine's first (or the one of
     rank 0: first=False in the others). Not at once in the others: torchrun stops them all (SIGTERM) the moment one
-    ends, and the first, a moment behind on a busy machine, was stopped before it said why (a CI run ended with no
-    error line at all). They wait for that SIGTERM, sent when the first ends; after LATE_FIRST_S seconds (the first
-    went on, which it should not) they end anyway."""
+    ends, and the first, a moment behind on a busy machine, would be stopped before it said why (a CI run ended with
+    no error line at all). They wait for that SIGTERM, sent when the first ends; after LATE_FIRST_S seconds (the
+    first went on, which it should not) they end anyway."""
     if not (speaks_for_machine() if first is None else first):
-        # Ctrl-C meanwhile (a first process still loading, on a busy machine; torchrun passes it on) ends the wait: it
-        # was a traceback of the fault and of KeyboardInterrupt, from a process that says nothing
+        # Ctrl-C meanwhile (a first process still loading, on a busy machine; torchrun passes it on) ends the wait,
+        # not in a traceback of the fault and of KeyboardInterrupt from a process that says nothing
         with contextlib.suppress(KeyboardInterrupt):
             time.sleep(LATE_FIRST_S)
     sys.exit(code)
@@ -235,8 +236,8 @@ def first_line(e, width=200):
 # command-line arguments
 
 def nonempty(text):
-    """argparse type of a path or name: '' (an unset shell variable, as in --checkpoint "$CKPT") is refused, where it
-    read as the option left out: a fresh model trained, the newest checkpoint sampled, results printed, not written."""
+    """argparse type of a path or name: '' (an unset shell variable, as in --checkpoint "$CKPT") is refused, not read
+    as the option left out (a fresh model trained, the newest checkpoint sampled, results printed, not written)."""
     if not text:
         raise argparse.ArgumentTypeError("is empty: give a value")
     return text
@@ -244,8 +245,8 @@ def nonempty(text):
 
 def path_arg(text):
     """argparse type of a path: nonempty's, with a leading ~ (~user) expanded as the shell does for a word of its own.
-    The shell leaves it in `--out_dir=~/data` and `--json=~/r.json`, which wrote into a folder named ~ in the working
-    directory (one `rm -rf ~` away from the user's home)."""
+    The shell leaves it in `--out_dir=~/data` and `--json=~/r.json`, which would write into a folder named ~ in the
+    working directory (one `rm -rf ~` away from the user's home)."""
     return os.path.expanduser(nonempty(text))
 
 
@@ -270,7 +271,8 @@ def require_utf8(text, what):
 
 def expand_pattern(path, option):
     """[path], or where no such path is and it holds a wildcard, the paths it matches: a pattern the shell did not
-    expand (quoted, or Windows' cmd and PowerShell, which leave * to the program) was "no such file"."""
+    expand (quoted, or Windows' cmd and PowerShell, which leave * to the program) is expanded here, not "no such
+    file"."""
     if os.path.exists(path) or not any(c in path for c in "*?["):
         return [path]
     found = sorted(glob.glob(path, recursive=True))
@@ -315,7 +317,7 @@ def without_surrogates(x):
 
 def not_utf8(path, what=None, fix=None):
     """The UserError for a file that is not UTF-8 text, naming its first bad byte by line and by offset in the file (a
-    decoder reading in blocks gives the offset in its block, which told the user nothing). Only read on that error."""
+    decoder reading in blocks gives the offset in its block, which tells the user nothing). Only read on that error."""
     try:
         where = first_bad_utf8(path)
         if fix is None and os.path.isfile(path):
@@ -355,10 +357,11 @@ def first_bad_utf8(path, block=1 << 20):
     return (lines, base) if rest else None  # the file ends inside a character
 
 
-# Windows' "Unicode" text: the latin1 conversion made it UTF-8 with a NUL after each letter
+# not_utf8's ways out for what is not UTF-8 text, besides converting from latin1 (its default), which garbles these.
+# Windows' "Unicode" text (from latin1 it would be UTF-8 with a NUL after each letter):
 UTF16_FIX = "it is UTF-16: convert it, e.g. `iconv -f utf-16 -t utf-8`"
 
-# and NUL bytes besides (a token file given for its text: the latin1 advice converted a .bin into nonsense "text")
+# NUL bytes, without UTF-16's byte-order mark (a token file given for its text: from latin1, nonsense "text"):
 BINARY_FIX = ("it holds NUL bytes: not text at all (a token file? give the text it was made from), or UTF-16 without a "
               "byte-order mark (convert it, e.g. `iconv -f utf-16le -t utf-8`)")
 
@@ -372,8 +375,8 @@ def holds_nul(path, text=""):
                      f"`iconv -f utf-16{order} -t utf-8`; stray ones: remove them, e.g. `tr -d '\\000'`")
 
 
-# a compressed file under a text name (a download kept as it came) was "not text at all (a token file?)": the tool that
-# decompresses it, by its magic number
+# a compressed file under a text name (a download kept as it came), which holds NUL bytes too but is no token file: the
+# tool that decompresses it, by its magic number
 DECOMPRESS = {b"\x1f\x8b": "gunzip", b"\xfd7zXZ\x00": "unxz", b"\x28\xb5\x2f\xfd": "unzstd",
               **{b"BZh%d" % n: "bunzip2" for n in range(1, 10)}}
 
@@ -384,8 +387,8 @@ def decompress_fix(path, head):
     return tool and f"it is compressed: decompress it first, e.g. `{tool} -c {shlex.quote(path)} > text.txt`"
 
 
-# UTF-8 text with a stray byte (a chat log with emoji, one line pasted from elsewhere): the latin1 advice turned every
-# character beyond ASCII into two or more others ("caf\u00c3\u00a9") and the file was then accepted, garbled
+# UTF-8 text with a stray byte (a chat log with emoji, one line pasted from elsewhere): from latin1, every character
+# beyond ASCII would become two or more others ("caf\u00c3\u00a9"), and the file be accepted, garbled
 STRAY_BYTE_FIX = ("the text around it is UTF-8, so a stray byte? drop such bytes, e.g. `iconv -c -f utf-8 -t utf-8`, "
                   "or mend that line (converting from latin1 would garble its other characters)")
 
@@ -403,17 +406,17 @@ def utf8_around(path, at, span=1 << 16):
 # what the user sees: colors, progress, commands to paste, questions
 
 def color_ok(stream):
-    """Whether stream takes ANSI styling: a terminal, without NO_COLOR set (no-color.org: set and not empty), which
-    gen.py's bold prompts ignored while train.py's colors heeded it, and not TERM=dumb (Emacs' shell and compile
-    buffers, an editor's terminal, which showed train.py's colors as ^[[2m), as git and ls leave it plain."""
+    """Whether stream takes ANSI styling: a terminal, without NO_COLOR set (no-color.org: set and not empty), and not
+    TERM=dumb (Emacs' shell and compile buffers, an editor's terminal, which show the codes as ^[[2m), as git and ls
+    leave it plain. Every script's styling (train.py's colors, gen.py's bold prompts) asks here, so all heed both."""
     return stream.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
 
 
 def draws_a_bar(stream):
     """Whether a progress bar on stream is seen: a terminal, one that has a width and a height. A pseudo-terminal nobody
-    sized (`script -qc CMD /dev/null | tee log`) reports 0 columns, at which tqdm drew the bar as nothing, and the log
-    lines a bar stands in for were not written either: such a run gets the plain lines. So does one with columns but 0
-    rows (`stty rows 0`): tqdm takes its last row as rows - 1 and draws no bar below it."""
+    sized (`script -qc CMD /dev/null | tee log`) reports 0 columns, at which tqdm draws the bar as nothing: such a run
+    gets the plain lines a bar stands in for. So does one with columns but 0 rows (`stty rows 0`): tqdm takes its last
+    row as rows - 1 and draws no bar below it."""
     if not stream.isatty():
         return False
     try:
@@ -440,8 +443,8 @@ def progress_bar(desc, total, unit="B"):
 
 class ProgressLines:
     """Progress where no bar is drawn (standard error a file or a pipe: a nohup run's log): a line on standard error
-    every PROGRESS_LINE_S seconds, what was counted and, of a known total, its share and the time left. tqdm was
-    disabled there, and a 2 GB file's 8 minutes went by without a word. tqdm's update() and context, no more."""
+    every PROGRESS_LINE_S seconds, what was counted and, of a known total, its share and the time left (a 2 GB file
+    takes 8 minutes to prepare: not to pass without a word). tqdm's update() and context, no more."""
 
     def __init__(self, desc, total, unit):
         self.desc, self.total, self.n = desc, total, 0
@@ -471,8 +474,8 @@ class ProgressLines:
 def python_command():
     """How a command a script prints for the user to paste calls Python (pip's upgrade hint does as much): `python` or
     `python3` where that name on PATH is this interpreter (an activated venv), else this one's path, relative below the
-    working directory. `make demo` runs `.venv/bin/python train.py`, whose "try it: python gen.py ..." found no torch
-    in the system's Python, or no `python` at all (Debian has only python3)."""
+    working directory: `make demo` runs `.venv/bin/python train.py`, and its "try it: python gen.py ..." would find no
+    torch in the system's Python, or no `python` at all (Debian has only python3)."""
     exe = os.path.abspath(sys.executable) if sys.executable else ""
     if not exe:  # (an embedded interpreter says none)
         return "python"
@@ -516,7 +519,7 @@ def check_output(path, option, folder=False, inputs=(), checkpoint=False, vocabu
     one, or vocabulary: a vocabulary retrained in place (not a dataset's own)."""
     if not path:
         raise UserError(f"{option} is empty: give a path")
-    # a folder's path, or one to make ("out/", which was written as out/.PID.tmp and failed at the end)
+    # a folder's path, or one to make ("out/", which an atomic write would take as out/.PID.tmp, failing at the end)
     if not folder and (os.path.isdir(path) or path.endswith(("/", os.sep))):
         raise UserError(f"{option} {path} is a folder: give a file's path")
     for name, given in dict(inputs).items():
@@ -540,7 +543,7 @@ def check_output(path, option, folder=False, inputs=(), checkpoint=False, vocabu
     target = os.path.abspath(link_target(path))  # (the file an atomic write replaces)
     parent = path if folder else os.path.dirname(target)
     # a file's probe is the very name its atomic write takes (tmp_name): one longer than the system allows (past 255
-    # bytes, or Windows' 260 characters of path), which a short probe passed, failed at the end, after the work
+    # bytes, or Windows' 260 characters of path), which a short probe would pass, fails here, not after the work
     probe = tmp_name(os.path.join(parent, ".write-probe") if folder else target)
     try:
         make_folders(parent)
@@ -588,10 +591,10 @@ def kept_file(path):
     if path.endswith(".safetensors"):
         return "model weights"
     if name in MODEL_FOLDER_FILES and os.path.isfile(os.path.join(folder, "config.json")):
-        return f"a file of the model folder {folder}"  # (bench.py --out over its config.json: the folder no longer loaded)
+        return f"a file of the model folder {folder}"  # (bench.py --out over config.json: the folder would not load)
     if name.endswith(".tiktoken"):  # (after a dataset's and a model folder's own, which are theirs, not to retrain)
         return "a vocabulary"
-    if name.endswith("_metrics.jsonl") and is_run_metrics(path):  # (gen.py --output over it: the run's history gone)
+    if name.endswith("_metrics.jsonl") and is_run_metrics(path):  # (gen.py --output over it: the run's history lost)
         return "a training run's metrics"
     try:
         return "a checkpoint (a zip archive)" if starts_as_zip(path) else None
@@ -619,7 +622,7 @@ def is_dataset_folder(folder):
 VOCAB_FILE = "tokenizer.tiktoken"
 
 # what a Hugging Face model folder (export.py's, a downloaded one) is made of besides its .safetensors weights; export.py
-# writes a custom vocabulary as tokenizer.tiktoken too (setup_tokenizer.py train --out over it replaced it unasked)
+# writes a custom vocabulary as tokenizer.tiktoken too (kept_file: setup_tokenizer.py train --out may not replace it)
 MODEL_FOLDER_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json", "pytorch_model.bin",
                       "pytorch_model.bin.index.json", "tokenizer.json", "tokenizer_config.json", "vocab.json",
                       "merges.txt", "special_tokens_map.json", VOCAB_FILE)
@@ -648,6 +651,7 @@ def is_run_metrics(path):
 # atomic writes: a file either keeps its old content or gets the complete new one
 
 def atomic_write_text(path, text):
+    """Write text (UTF-8) to path atomically: the file keeps its old content or gets all of the new."""
     path = write_target(path)
     if special_file(path):  # (no temporary file beside /dev/null: written through, as fsync_replace would)
         with open(path, "w", encoding="utf-8") as f:
@@ -674,8 +678,8 @@ def atomic_torch_save(obj, path):
     os.makedirs(folder, exist_ok=True)
     tmp = tmp_name(path)
     try:
-        try:  # opened here first: a folder that takes no files (made read-only mid-run) failed in torch's writer as a
-            # RuntimeError traceback ("open file failed with strerror: Permission denied"); an OSError is one line
+        try:  # opened here first: a folder that takes no files (made read-only mid-run) is an OSError, one line, not
+            # torch's writer's RuntimeError traceback ("open file failed with strerror: Permission denied")
             open(tmp, "wb").close()
         except OSError as e:
             raise OSError(e.errno, e.strerror, path) from None
@@ -688,8 +692,8 @@ def atomic_torch_save(obj, path):
             full = True
         if full:
             # the space as the user finds it once the partial file is gone: measured with it there (and, inside the
-            # except, still held open by torch's writer in the traceback's frames) it said "0 MB free there" where 5 MB
-            # were, for a checkpoint of 7
+            # except, still held open by torch's writer in the traceback's frames) it would say "0 MB free there" where
+            # 5 MB are, for a checkpoint of 7
             os.remove(tmp)
             free = shutil.disk_usage(folder).free
             raise UserError(f"could not write {path} ({free / 1e6:.0f} MB free there): free some space or write "
@@ -714,15 +718,16 @@ def write_target(path):
 
 def link_target(path):
     """path, or the file a symbolic link at path points to (a link's link too): what an atomic write replaces. Renamed
-    over, the link became a file of its own (models/x.pt linked to a bigger disk: the new checkpoint on the small one,
-    the old one left where the link pointed); its temporary file goes beside the target, as a rename from the link's
-    folder fails across file systems (EXDEV)."""
+    over, the link would become a file of its own (models/x.pt linked to a bigger disk: the new checkpoint on the small
+    one, the old one left where the link pointed); its temporary file goes beside the target, as a rename from the
+    link's folder fails across file systems (EXDEV)."""
     return os.path.realpath(path) if os.path.islink(path) else path
 
 
 def read_only(path):
-    """Whether path is a file this process may not write (chmod a-w, another user's): a rename in its folder, which
-    the folder's permissions allow, replaced it all the same (eval.py --json over a file made read-only to keep it)."""
+    """Whether path is a file this process may not write (chmod a-w, another user's), which an atomic write refuses: a
+    rename in its folder, which the folder's permissions allow, would replace it all the same (eval.py --json over a
+    file made read-only to keep it)."""
     return os.path.isfile(path) and not os.access(path, os.W_OK)
 
 
@@ -739,8 +744,8 @@ def tmp_name(path):
 
 def fsync_replace(tmp_path, path):
     """Flush tmp_path to disk and rename it over path (atomic on POSIX); into a special_file, copied through. A file
-    replaced keeps its permissions: the new one had the umask's, and a private file (chmod 600) became readable by all."""
-    if special_file(path):  # renamed over, --json /dev/null run as root made the machine's /dev/null a file of JSON
+    replaced keeps its permissions, not the umask's, which would make a private file (chmod 600) readable by all."""
+    if special_file(path):  # (renamed over, --json /dev/null run as root would make /dev/null a file of JSON)
         with open(tmp_path, "rb") as src, open(path, "wb") as dst:
             shutil.copyfileobj(src, dst)
         os.remove(tmp_path)
@@ -810,9 +815,9 @@ def remove_stale_tmp(folder, names, quiet_s=600):
 
 def process_runs(pid):
     """Whether process pid runs on this machine (True for one of another user's). os.kill(pid, 0) asks on POSIX; on
-    Windows signal 0 is CTRL_C_EVENT, sent to the console's processes rather than asked: a stale file of a pid now
-    taken by a console program interrupted it, or this very run at its next save, and a pid no process had was an
-    error that ended the clean-up."""
+    Windows signal 0 is CTRL_C_EVENT, sent to the console's processes rather than asked (a stale file of a pid now
+    taken by a console program would interrupt it, or this very run at its next save), so it asks the process's exit
+    code there."""
     if sys.platform == "win32":
         import _winapi
         try:  # PROCESS_QUERY_LIMITED_INFORMATION: what GetExitCodeProcess needs, granted for most processes
@@ -894,8 +899,8 @@ def held_lock(path, busy):
 
 def flock_soon(fcntl, f, wait_s=0.5):
     """held_lock's flock, tried again for wait_s before BlockingIOError: lock_is_held asks by taking it for an instant
-    (no portable way asks without), and a command taking it in that instant was refused as if another one ran. One
-    that does run holds it for its whole run; its refusal only comes wait_s later."""
+    (no portable way asks without), and a command taking it in that instant would be refused as if another one ran.
+    One that does run holds it for its whole run; its refusal only comes wait_s later."""
     deadline = time.monotonic() + wait_s
     while True:
         try:
@@ -1049,6 +1054,7 @@ DTYPES = ("float32", "bfloat16", "float16")  # --dtype's names: torch_dtype turn
 
 
 def torch_dtype(name):
+    """torch's dtype of a DTYPES name ("bfloat16": torch.bfloat16)."""
     import torch
     return getattr(torch, name)
 
