@@ -1007,47 +1007,58 @@ def read_items(f, start, n, dtype):
 # devices, precision and memory
 
 def pick_device(name="auto", interactive=None):
-    """Resolve --device. 'auto' takes CUDA, then MPS, then CPU. With several CUDA
-    devices and an interactive terminal, list them and ask (never under torchrun)."""
+    """Resolve --device: a device named is checked (named_device); 'auto' takes CUDA, then MPS, then CPU. With several
+    CUDA devices and an interactive terminal, list them and ask (never under torchrun)."""
     import torch
     if name and name != "auto":
-        try:
-            dev = torch.device(name)
-        except RuntimeError:
-            raise UserError(f"--device {name}: not a device; use auto, cpu, cuda, cuda:N or mps") from None
-        if dev.type not in ("cpu", "cuda", "mps"):  # torch knows xpu, meta, ...: the scripts run on none of them
-            raise UserError(f"--device {name}: not supported here; use auto, cpu, cuda, cuda:N or mps")
-        if dev.type == "cuda":
-            if not torch.cuda.is_available():
-                raise UserError(f"--device {name}: CUDA is not available here; use --device cpu")
-            if dev.index is not None and dev.index >= torch.cuda.device_count():
-                raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s); use cuda:0..cuda:{torch.cuda.device_count() - 1}")
-        if dev.type == "mps" and not torch.backends.mps.is_available():
-            raise UserError(f"--device {name}: MPS is not available here; use --device cpu")
-        return dev
-    if torch.cuda.is_available():
-        n = torch.cuda.device_count()
-        if "LOCAL_RANK" in os.environ:  # torchrun: each rank owns its local GPU
-            return torch.device(f"cuda:{int(os.environ['LOCAL_RANK'])}")
-        if interactive is None:
-            interactive = sys.stdin.isatty() and sys.stdout.isatty()
-        if n > 1 and interactive:
-            for i in range(n):
-                free, total = torch.cuda.mem_get_info(i)
-                print(f"  cuda:{i}  {torch.cuda.get_device_name(i)}  {free / 2**30:.1f} / {total / 2**30:.1f} GiB free")
-            answer = ask(f"which GPU? [0-{n - 1}, default 0] ")
-            if answer is None:
-                raise UserError("no GPU chosen; pass --device cuda:N")
-            answer = answer or "0"
-            if not answer.isdigit() or int(answer) >= n:
-                raise UserError(f"no GPU {answer!r}; pass --device cuda:N")
-            return torch.device(f"cuda:{answer}")
-        if n > 1:
-            print(f"{n} GPUs found, using cuda:0 (pick another with --device cuda:N)")
-        return torch.device("cuda:0")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+        return named_device(name)
+    if not torch.cuda.is_available():
+        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+    n = torch.cuda.device_count()
+    if "LOCAL_RANK" in os.environ:  # torchrun: each rank owns its local GPU
+        return torch.device(f"cuda:{int(os.environ['LOCAL_RANK'])}")
+    if interactive is None:
+        interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    if n > 1 and interactive:
+        return asked_gpu(n)
+    if n > 1:
+        print(f"{n} GPUs found, using cuda:0 (pick another with --device cuda:N)")
+    return torch.device("cuda:0")
+
+
+def named_device(name):
+    """The torch.device of --device name, a UserError where it is none, one the scripts do not run on, or one this
+    machine does not have."""
+    import torch
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name}: not a device; use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type not in ("cpu", "cuda", "mps"):  # torch knows xpu, meta, ...: the scripts run on none of them
+        raise UserError(f"--device {name}: not supported here; use auto, cpu, cuda, cuda:N or mps")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {name}: CUDA is not available here; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s); use cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {name}: MPS is not available here; use --device cpu")
+    return dev
+
+
+def asked_gpu(n):
+    """The CUDA device of n the user picks, each listed with its free memory; Enter takes cuda:0."""
+    import torch
+    for i in range(n):
+        free, total = torch.cuda.mem_get_info(i)
+        print(f"  cuda:{i}  {torch.cuda.get_device_name(i)}  {free / 2**30:.1f} / {total / 2**30:.1f} GiB free")
+    answer = ask(f"which GPU? [0-{n - 1}, default 0] ")
+    if answer is None:
+        raise UserError("no GPU chosen; pass --device cuda:N")
+    answer = answer or "0"
+    if not answer.isdigit() or int(answer) >= n:
+        raise UserError(f"no GPU {answer!r}; pass --device cuda:N")
+    return torch.device(f"cuda:{answer}")
 
 
 DTYPES = ("float32", "bfloat16", "float16")  # --dtype's names: torch_dtype turns one into torch's
