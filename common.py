@@ -848,25 +848,19 @@ def held_lock(path, busy):
     killed without its finally leaves it). Where the file cannot be made or locked (a read-only folder, which takes no
     writes either, or a network file system without locks): no lock. Yields whether it holds one."""
     fcntl = fcntl_module()
+    with pid_file_lock(path, busy) if fcntl is None else flock_lock(fcntl, path, busy) as held:
+        yield held
+
+
+@contextlib.contextmanager
+def flock_lock(fcntl, path, busy):
+    """held_lock by an flock on the file path (made if missing), removed as it is let go."""
     while True:
         try:
-            if fcntl is None:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            else:
-                f = open(path, "a")
-        except FileExistsError:
-            if lock_holder_runs(path):
-                raise UserError(busy) from None
-            with contextlib.suppress(FileNotFoundError):  # its process is gone: a stale file
-                os.remove(path)
-            continue
+            f = open(path, "a")
         except OSError:
             yield False
             return
-        if fcntl is None:
-            with os.fdopen(fd, "w") as f:
-                f.write(str(os.getpid()))
-            break
         try:
             flock_soon(fcntl, f)
         except BlockingIOError:
@@ -893,8 +887,32 @@ def held_lock(path, busy):
             with contextlib.suppress(OSError):
                 os.remove(path)  # (an flock's while still held): no lock file is left in the folder
         finally:  # (a Ctrl-C in the removal: the flock still goes, not held on by an open file until it is collected)
-            if fcntl is not None:
-                f.close()
+            f.close()
+
+
+@contextlib.contextmanager
+def pid_file_lock(path, busy):
+    """held_lock without fcntl (Windows): the file path made with O_EXCL, holding the pid; taken over once that
+    process is gone (lock_holder_runs)."""
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            if lock_holder_runs(path):
+                raise UserError(busy) from None
+            with contextlib.suppress(FileNotFoundError):  # its process is gone: a stale file
+                os.remove(path)
+        except OSError:
+            yield False
+            return
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    try:
+        yield True
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(path)  # no lock file is left in the folder
 
 
 def flock_soon(fcntl, f, wait_s=0.5):
