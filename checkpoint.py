@@ -117,9 +117,9 @@ def tensor_bytes(state):
 # -----------------------------------------------------------------------------
 # loading: a missing, damaged or foreign checkpoint in one line
 
-def load_checkpoint(path, map_location="cpu"):
-    """The checkpoint's dict, or a Hugging Face folder's as one; a missing, truncated, corrupt or foreign file is
-    one clear UserError."""
+def load_checkpoint(path):
+    """The checkpoint's dict, its tensors on the CPU, or a Hugging Face folder's as one; a missing, truncated, corrupt
+    or foreign file is one clear UserError."""
     if not os.path.exists(path):
         folder = os.path.dirname(path)  # what is there, where the user looked (models/ for a bare name)
         raise UserError(f"checkpoint {path} not found{available_hint(folder if os.path.isdir(folder) else 'models')}")
@@ -144,16 +144,16 @@ def load_checkpoint(path, map_location="cpu"):
         raise UserError(f"checkpoint {path} was removed as it was opened (by a train.py writing there?): run this again, "
                         f"or pass another checkpoint") from None
     with f:
-        return read_checkpoint(path, f, map_location)
+        return read_checkpoint(path, f)
 
 
-def read_checkpoint(path, f, map_location):
+def read_checkpoint(path, f):
     """load_checkpoint's reading and checks of the file f opened at path."""
     # a damaged file's way out: the run's other checkpoints, beside it wherever it is (not "another file from models/")
     another = "use another checkpoint (" + ("an earlier one" if path.endswith("_best.pt") else
                                             "its _best.pt or an earlier one") + ")"
     try:
-        ckpt = torch.load(f, map_location=map_location, weights_only=True)
+        ckpt = torch.load(f, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, KeyError, IndexError, TypeError, AttributeError) as e:
         # torch's message is a screenful of advice about weights_only=False, which this project never uses; a file that
         # is no zip goes to torch's legacy reader, whose unpickler fails on text ("hello") with the other errors

@@ -393,9 +393,10 @@ STRAY_BYTE_FIX = ("the text around it is UTF-8, so a stray byte? drop such bytes
                   "or mend that line (converting from latin1 would garble its other characters)")
 
 
-def utf8_around(path, at, span=1 << 16):
-    """Whether the span bytes of path on either side of offset at hold a character beyond ASCII in valid UTF-8, as
+def utf8_around(path, at):
+    """Whether the 64 KiB of path on either side of offset at hold a character beyond ASCII in valid UTF-8, as
     latin1 or cp1252 text next to ASCII hardly ever does: the file is UTF-8, but for its byte at."""
+    span = 1 << 16
     with open(path, "rb") as f:
         f.seek(max(0, at - span))
         data = f.read(at - max(0, at - span) + 1 + span)
@@ -915,11 +916,11 @@ def pid_file_lock(path, busy):
             os.remove(path)  # no lock file is left in the folder
 
 
-def flock_soon(fcntl, f, wait_s=0.5):
-    """held_lock's flock, tried again for wait_s before BlockingIOError: lock_is_held asks by taking it for an instant
-    (no portable way asks without), and a command taking it in that instant would be refused as if another one ran.
-    One that does run holds it for its whole run; its refusal only comes wait_s later."""
-    deadline = time.monotonic() + wait_s
+def flock_soon(fcntl, f):
+    """held_lock's flock, tried again for half a second before BlockingIOError: lock_is_held asks by taking it for an
+    instant (no portable way asks without), and a command taking it in that instant would be refused as if another
+    one ran. One that does run holds it for its whole run; its refusal only comes half a second later."""
+    deadline = time.monotonic() + 0.5
     while True:
         try:
             return fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -929,15 +930,15 @@ def flock_soon(fcntl, f, wait_s=0.5):
             time.sleep(0.01)
 
 
-def lock_holder_runs(path, young_s=10):
+def lock_holder_runs(path):
     """Whether the process named in held_lock's O_EXCL file still runs; a file without a pid yet, written this
-    instant, counts as held while it is young."""
+    instant, counts as held while it is young (10 seconds)."""
     try:
         with open(path, encoding="utf-8") as f:
             pid = f.read().strip()
         if pid.isdigit():
             return process_runs(int(pid))
-        return time.time() - os.path.getmtime(path) < young_s
+        return time.time() - os.path.getmtime(path) < 10
     except FileNotFoundError:
         return False
     except (OSError, OverflowError):
