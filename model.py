@@ -32,9 +32,13 @@ import torch.utils.checkpoint
 from torch.nn import functional as F
 
 VARIANTS = ("gpt2", "modern")
+OPTIMIZERS = ("muon", "adamw")  # the first is the default
 ROPE_THETA = 10000.0  # the RoPE base: angle i of position t is t / ROPE_THETA^(2i / head_dim)
 NORM_EPS = 1e-5  # LayerNorm's default epsilon, and RMSNorm's here (hf.py writes both into exports)
 
+
+# -----------------------------------------------------------------------------
+# configuration
 
 @dataclass
 class GPTConfig:
@@ -102,35 +106,22 @@ def make_config(preset="tiny", **overrides):
     return GPTConfig(**kw)  # __post_init__ validates
 
 
-class KVCache:
-    """
-    Static cache of keys and values for every layer: k, v of shape (n_layer, B, n_head, max_len, head_dim).
-    `pos` is how many positions are filled; GPT._trunk (forward's and generation's) writes positions pos..pos+T-1
-    and advances it.
-    Preallocating means no torch.cat per step (which would copy the whole cache every token).
-    """
+def physical_memory():
+    """Bytes of RAM and swap, None where the system does not say (Windows)."""
+    try:
+        with open("/proc/meminfo") as f:  # Linux: "MemTotal:  24576000 kB", "SwapTotal: ..."
+            kb = {line.split(":")[0]: int(line.split()[1]) for line in f if line.startswith(("MemTotal:", "SwapTotal:"))}
+        return 1024 * (kb["MemTotal"] + kb.get("SwapTotal", 0))
+    except (OSError, KeyError, ValueError, IndexError):
+        pass
+    try:  # macOS and other Unixes: RAM alone
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
 
-    def __init__(self, n_layer, batch_size, n_head, max_len, head_dim, dtype, device):
-        shape = (n_layer, batch_size, n_head, max_len, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
-        # each layer's (k, v) views, taken once: indexing k[i] and v[i] for every layer of every token are ops too
-        # (not unbind's: views that one op returns several of refuse in-place writes under autograd)
-        self.layers = [(self.k[i], self.v[i]) for i in range(n_layer)]
-        self.pos = 0
 
-    @property
-    def batch_size(self):
-        return self.k.size(1)
-
-    @property
-    def max_len(self):
-        return self.k.size(3)
-
-    def reset(self):
-        # stale entries past pos are never read, so there is no need to zero them
-        self.pos = 0
-
+# -----------------------------------------------------------------------------
+# the blocks
 
 def apply_rope(x, cos, sin):
     # x (B, nh, T, hs); cos, sin (T, hs/2). Rotates channel pairs (i, i + hs/2), the "rotate half" layout of
@@ -220,6 +211,16 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y))  # (B, T, C)
 
 
+def gelu_tanh(x):
+    """F.gelu(x, approximate="tanh"). Compiled, as x * sigmoid(2z), the same function (0.5 (1 + tanh z) = sigmoid 2z):
+    inductor's CPU code computes tanh with Sleef's tanh and sigmoid with one exp, and the tanh form took twice as long,
+    forward and backward (small's (2048, 1536) in bf16 on the 2-core AMX Xeon: 7.7 -> 3.7 ms a layer, outputs within
+    bf16's rounding of each other). Eager, ATen's one fused gelu kernel beats the four ops of the sigmoid form."""
+    if not torch.compiler.is_compiling():
+        return F.gelu(x, approximate="tanh")
+    return x * torch.sigmoid(1.5957691216057308 * (x + 0.044715 * x * x * x))  # 2 sqrt(2/pi) = 1.5957691...
+
+
 class MLP(nn.Module):
     """GPT-2 MLP: 4x expansion, tanh-approximated GELU (what GPT-2 was trained with)."""
 
@@ -232,16 +233,6 @@ class MLP(nn.Module):
     def forward(self, x):
         # x (B, T, C) -> c_fc (B, T, 4C) -> c_proj (B, T, C)
         return self.dropout(self.c_proj(gelu_tanh(self.c_fc(x))))
-
-
-def gelu_tanh(x):
-    """F.gelu(x, approximate="tanh"). Compiled, as x * sigmoid(2z), the same function (0.5 (1 + tanh z) = sigmoid 2z):
-    inductor's CPU code computes tanh with Sleef's tanh and sigmoid with one exp, and the tanh form took twice as long,
-    forward and backward (small's (2048, 1536) in bf16 on the 2-core AMX Xeon: 7.7 -> 3.7 ms a layer, outputs within
-    bf16's rounding of each other). Eager, ATen's one fused gelu kernel beats the four ops of the sigmoid form."""
-    if not torch.compiler.is_compiling():
-        return F.gelu(x, approximate="tanh")
-    return x * torch.sigmoid(1.5957691216057308 * (x + 0.044715 * x * x * x))  # 2 sqrt(2/pi) = 1.5957691...
 
 
 def swiglu_hidden(n_embd):
@@ -286,44 +277,8 @@ class Block(nn.Module):
         return x
 
 
-@contextlib.contextmanager
-def _without_onednn(active=True):
-    """oneDNN off for CPU matmuls inside (ATen's own kernels run instead); a no-op unless active."""
-    if not active or not torch.backends.mkldnn.is_available():
-        yield
-        return
-    prev = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.enabled = prev
-
-
-@contextlib.contextmanager
-def _without_cudnn_attention(active=True):
-    """SDPA's cuDNN backend off inside (flash or memory-efficient attention run instead); a no-op unless active.
-    PyTorch prefers cuDNN's fused attention on Hopper GPUs, and cuDNN builds an execution plan for every new shape:
-    decoding, whose keys grow by one each token, built one per token. On an H200 (torch 2.11, cuDNN 9) gpt2 B1 and B8
-    generated 20 steps a second, ~50 ms each, cache or no cache; 3.8 ms a token once every length had been seen.
-    Training steps keep one shape, so they keep cuDNN."""
-    flag = getattr(torch.backends.cuda, "enable_cudnn_sdp", None)  # torch >= 2.4
-    if not active or flag is None:
-        yield
-        return
-    prev = torch.backends.cuda.cudnn_sdp_enabled()
-    flag(False)
-    try:
-        yield
-    finally:
-        flag(prev)
-
-
-def _cpu_bf16_matmul(weight):
-    """Whether a CPU matmul with this weight runs in bf16: bf16 weights, or bf16 autocast."""
-    return weight.dtype == torch.bfloat16 or (torch.is_autocast_enabled("cpu")
-                                              and torch.get_autocast_dtype("cpu") == torch.bfloat16)
-
+# -----------------------------------------------------------------------------
+# the loss
 
 class CrossEntropy(torch.autograd.Function):
     """sum_i weight_i * -log softmax(logits_i[:n_valid])[targets_i], in fp32, with its backward written out: the softmax
@@ -396,161 +351,8 @@ def cross_entropy(logits, targets, weight, n_valid=None):
     return CrossEntropy.apply(logits, targets, weight, logits.size(-1) if n_valid is None else n_valid)
 
 
-OPTIMIZERS = ("muon", "adamw")  # the first is the default
-
-
-def orthogonalize(G, steps=5, gram=None):
-    """The nearest matrix to G with all singular values 1 (U V^T of its SVD), approximately, by the quintic
-    Newton-Schulz iteration of Muon (Jordan et al. 2024, https://kellerjordan.github.io/posts/muon/). Its coefficients
-    pull every singular value into about [0.7, 1.2] in 5 steps rather than converging: enough for an update direction.
-    G (k, m, n), a stack of k matrices -> (k, m, n). The products run on the smaller side (X X^T is (k, min, min)),
-    and each step is three batched matmuls whose sums baddbmm folds in.
-
-    gram (default: when the long side is at least twice the short one): the same iteration on the small Gram matrix
-    R = X X^T alone (Dao et al. 2026, "Gram Newton-Schulz"). Every X_i is Q_i X_0 with Q_i a polynomial in R_0, so
-    X_{i+1} = Z_i X_i with Z_i = a + b R_i + c R_i^2 becomes Q_{i+1} = Z_i Q_i and R_{i+1} = Z_i R_i Z_i, all (m, m),
-    and X_0 is multiplied once at the end: 4 m^2 n + 34 m^3 FLOPs for 5 steps instead of 20 m^2 n + 10 m^3 (small:
-    37% fewer over its four shapes, the square one kept plain). It squares the condition number, which bf16 and fp16
-    do not resolve: a rounding error makes an eigenvalue of R near 0 negative, and the steps multiply a negative one
-    by ~12, then ~16, then hundreds. So in half precision it restarts after 3 steps (as in Dao et al.'s restarts):
-    X_3 = Q_3 X_0 and a fresh R = X_3 X_3^T, 8 m^2 n + 28 m^3 FLOPs, 26% fewer than the plain form at n = 3m and 42% at
-    n = 6m. Its results then stray from fp64's no more than the plain form's do in bf16 (restarting after 2 steps
-    lets singular values reach 1.28 on an ill-conditioned stack, against 1.20)."""
-    a, b, c = 3.4445, -4.7750, 2.0315
-    tall = G.size(-2) > G.size(-1)
-    X = G.mT if tall else G
-    X = X / (X.norm(dim=(-2, -1), keepdim=True) + 1e-7)  # the spectral norm is at most the Frobenius norm: now <= 1
-    if gram is None:
-        gram = X.size(-1) >= 2 * X.size(-2)
-    if gram:
-        restart = steps if X.element_size() >= 4 else 3  # steps on one Gram matrix
-        R = X @ X.mT  # (k, m, m)
-        Q = None
-        for i in range(1, steps + 1):
-            Z = torch.baddbmm(R, R, R, beta=b, alpha=c)  # b R + c R^2
-            Z.diagonal(dim1=-2, dim2=-1).add_(a)  # + a I
-            Q = Z if Q is None else Z @ Q
-            if i == steps:
-                break
-            if i % restart == 0:  # X_i itself, and its Gram matrix afresh
-                X, Q = Q @ X, None
-                R = X @ X.mT
-            else:
-                R = Z @ (R @ Z)  # (Z X)(Z X)^T, Z symmetric
-        X = Q @ X  # (k, m, n)
-    else:
-        for _ in range(steps):
-            A = X @ X.mT  # (k, m, m)
-            B = torch.baddbmm(A, A, A, beta=b, alpha=c)  # b A + c A^2
-            X = torch.baddbmm(X, B, X, beta=a)  # a X + B X
-    return X.mT if tall else X
-
-
-def orthogonalize_shared(G, steps=5):
-    """orthogonalize(G) under torchrun: DDP has given every rank the same averaged gradients, so each rank
-    orthogonalizes its share of the stack and the ranks swap their results (all_gather) instead of all doing all
-    of it, as in modded-nanogpt and nanochat. The same result on every rank. One process: orthogonalize(G)."""
-    dist = torch.distributed
-    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-    k = G.size(0)
-    if world == 1 or k == 1:
-        return orthogonalize(G, steps)
-    share = -(-k // world)  # matrices per rank; the last ranks orthogonalize zeros when world does not divide k
-    if share * world > k:
-        G = torch.cat([G, G.new_zeros(share * world - k, *G.shape[1:])])
-    rank = dist.get_rank()
-    mine = orthogonalize(G[rank * share:(rank + 1) * share], steps).contiguous()  # (share, m, n)
-    parts = [torch.empty_like(mine) for _ in range(world)]
-    dist.all_gather(parts, mine)
-    return torch.cat(parts)[:k]  # (k, m, n)
-
-
-class Muon(torch.optim.Optimizer):
-    """Muon for 2-D weight matrices: SGD with Nesterov momentum whose update is orthogonalized (orthogonalize()), so
-    every direction of the matrix moves by the same amount instead of the few that dominate the gradient. The update is
-    scaled by 0.2 * sqrt(max(rows, cols)), which gives it the RMS of a typical AdamW update, so AdamW's learning rate and
-    decoupled weight decay carry over (Liu et al. 2025, "Muon is Scalable for LLM Training", arXiv:2502.16982).
-    torch.optim.Muon (torch >= 2.9) does the same one matrix at a time and in bf16, which a CPU without bf16
-    instructions emulates: tiny's training step took 3-4x as long on a 2-core AVX2 EPYC. Here the matrices of one shape
-    (the same one in every block) are orthogonalized together, in bf16 where training runs in bf16 (the hardware
-    does it faster than fp32), else in fp32 (ns_dtype); under torchrun the ranks share that work (orthogonalize_shared)."""
-
-    def __init__(self, params, lr, weight_decay=0.0, momentum=0.95, ns_steps=5, ns_dtype=torch.float32):
-        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum, ns_steps=ns_steps))
-        self.ns_dtype = ns_dtype
-        for group in self.param_groups:
-            if any(p.dim() != 2 for p in group["params"]):
-                raise ValueError("Muon optimizes 2-D weight matrices only")
-
-    @torch.no_grad()
-    def step(self):
-        for group in self.param_groups:
-            lr, mu = group["lr"], group["momentum"]
-            by_shape = {}  # (short side, long side) -> params: a tall matrix joins the stack of its transpose's shape
-            for p in group["params"]:
-                if p.grad is not None:
-                    by_shape.setdefault((min(p.shape), max(p.shape)), []).append(p)
-            for (_, long), params in by_shape.items():
-                grads = [p.grad for p in params]
-                bufs = []
-                for p in params:
-                    if not self.state[p]:
-                        self.state[p]["momentum_buffer"] = torch.zeros_like(p)
-                    bufs.append(self.state[p]["momentum_buffer"])
-                torch._foreach_lerp_(bufs, grads, 1 - mu)  # an exponential average of the gradients
-                # Nesterov: the gradient, pulled towards where momentum goes
-                updates = torch._foreach_lerp(grads, bufs, mu)
-                tall = [p.size(0) > p.size(1) for p in params]
-                stack = torch.stack([u.mT if t else u for u, t in zip(updates, tall)])  # (k, short, long)
-                ortho = orthogonalize_shared(stack.to(self.ns_dtype), group["ns_steps"]).to(params[0].dtype)
-                torch._foreach_mul_(params, 1 - lr * group["weight_decay"])
-                torch._foreach_add_(params, [u.mT if t else u for u, t in zip(ortho, tall)],
-                                    alpha=-lr * 0.2 * math.sqrt(long))
-
-
-class MuonAdamW:
-    """Muon for the matrices inside the blocks and AdamW for the other parameters, stepped, cleared, saved and loaded as
-    one optimizer (train.py sets the lr of every group in param_groups; a GradScaler unscales and steps it)."""
-
-    def __init__(self, muon, adamw):
-        self.muon, self.adamw = muon, adamw
-
-    @property
-    def param_groups(self):
-        # read afresh each time: load_state_dict replaces the optimizers' group dicts
-        return self.muon.param_groups + self.adamw.param_groups
-
-    def step(self):
-        self.muon.step()
-        self.adamw.step()
-
-    def zero_grad(self, set_to_none=True):
-        self.muon.zero_grad(set_to_none=set_to_none)
-        self.adamw.zero_grad(set_to_none=set_to_none)
-
-    def state_dict(self):
-        return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
-
-    def load_state_dict(self, state):
-        if set(state) != {"muon", "adamw"}:
-            raise ValueError("not the state of Muon with AdamW")
-        self.muon.load_state_dict(state["muon"])
-        self.adamw.load_state_dict(state["adamw"])
-
-
-def physical_memory():
-    """Bytes of RAM and swap, None where the system does not say (Windows)."""
-    try:
-        with open("/proc/meminfo") as f:  # Linux: "MemTotal:  24576000 kB", "SwapTotal: ..."
-            kb = {line.split(":")[0]: int(line.split()[1]) for line in f if line.startswith(("MemTotal:", "SwapTotal:"))}
-        return 1024 * (kb["MemTotal"] + kb.get("SwapTotal", 0))
-    except (OSError, KeyError, ValueError, IndexError):
-        pass
-    try:  # macOS and other Unixes: RAM alone
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return None
-
+# -----------------------------------------------------------------------------
+# the model
 
 class GPT(nn.Module):
 
@@ -625,18 +427,6 @@ class GPT(nn.Module):
         if "wpe" in self.transformer:
             N -= self.transformer.wpe.weight.numel()
         return float(6 * N + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * T)
-
-    def new_cache(self, batch_size, max_len=None, dtype=None):
-        """A KVCache for batch_size rows. dtype defaults to the autocast dtype when autocast is on for the model's
-        device (k and v come out of the projections in that dtype: half the memory, no casts), else the weights'."""
-        cfg = self.config
-        w = self.transformer.wte.weight
-        if dtype is None:
-            dtype = w.dtype
-            if w.device.type in ("cuda", "cpu") and torch.is_autocast_enabled(w.device.type):
-                dtype = torch.get_autocast_dtype(w.device.type)
-        return KVCache(cfg.n_layer, batch_size, cfg.n_head, cfg.block_size if max_len is None else max_len,
-                       cfg.head_dim, dtype, w.device)
 
     def _trunk(self, idx, cache=None):
         """Everything up to and including the final norm: idx (B, T) -> (B, T, C). With a cache, the T new positions
@@ -740,6 +530,20 @@ class GPT(nn.Module):
             except RuntimeError:  # an older torch without the CPU kernel refuses CPU tensors
                 pass
         return torch.optim.AdamW(groups, lr=lr, betas=betas)
+
+    # generation: a step's logits (_next_logits) over a KV cache (new_cache), sampled (_sample) in generate's loop
+
+    def new_cache(self, batch_size, max_len=None, dtype=None):
+        """A KVCache for batch_size rows. dtype defaults to the autocast dtype when autocast is on for the model's
+        device (k and v come out of the projections in that dtype: half the memory, no casts), else the weights'."""
+        cfg = self.config
+        w = self.transformer.wte.weight
+        if dtype is None:
+            dtype = w.dtype
+            if w.device.type in ("cuda", "cpu") and torch.is_autocast_enabled(w.device.type):
+                dtype = torch.get_autocast_dtype(w.device.type)
+        return KVCache(cfg.n_layer, batch_size, cfg.n_head, cfg.block_size if max_len is None else max_len,
+                       cfg.head_dim, dtype, w.device)
 
     def _next_logits(self, idx, cache=None):
         # logits for the last position only (B, vocab_size): skips the lm_head over the rest of a prompt
@@ -892,3 +696,217 @@ class GPT(nn.Module):
                 continue
             if use_cache:
                 logits = self._next_logits(tok[:, None], cache)  # one new position
+
+
+# -----------------------------------------------------------------------------
+# generation: the KV cache, and the backends a decoding step switches off
+
+class KVCache:
+    """
+    Static cache of keys and values for every layer: k, v of shape (n_layer, B, n_head, max_len, head_dim).
+    `pos` is how many positions are filled; GPT._trunk (forward's and generation's) writes positions pos..pos+T-1
+    and advances it.
+    Preallocating means no torch.cat per step (which would copy the whole cache every token).
+    """
+
+    def __init__(self, n_layer, batch_size, n_head, max_len, head_dim, dtype, device):
+        shape = (n_layer, batch_size, n_head, max_len, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        # each layer's (k, v) views, taken once: indexing k[i] and v[i] for every layer of every token are ops too
+        # (not unbind's: views that one op returns several of refuse in-place writes under autograd)
+        self.layers = [(self.k[i], self.v[i]) for i in range(n_layer)]
+        self.pos = 0
+
+    @property
+    def batch_size(self):
+        return self.k.size(1)
+
+    @property
+    def max_len(self):
+        return self.k.size(3)
+
+    def reset(self):
+        # stale entries past pos are never read, so there is no need to zero them
+        self.pos = 0
+
+
+@contextlib.contextmanager
+def _without_onednn(active=True):
+    """oneDNN off for CPU matmuls inside (ATen's own kernels run instead); a no-op unless active."""
+    if not active or not torch.backends.mkldnn.is_available():
+        yield
+        return
+    prev = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = prev
+
+
+@contextlib.contextmanager
+def _without_cudnn_attention(active=True):
+    """SDPA's cuDNN backend off inside (flash or memory-efficient attention run instead); a no-op unless active.
+    PyTorch prefers cuDNN's fused attention on Hopper GPUs, and cuDNN builds an execution plan for every new shape:
+    decoding, whose keys grow by one each token, built one per token. On an H200 (torch 2.11, cuDNN 9) gpt2 B1 and B8
+    generated 20 steps a second, ~50 ms each, cache or no cache; 3.8 ms a token once every length had been seen.
+    Training steps keep one shape, so they keep cuDNN."""
+    flag = getattr(torch.backends.cuda, "enable_cudnn_sdp", None)  # torch >= 2.4
+    if not active or flag is None:
+        yield
+        return
+    prev = torch.backends.cuda.cudnn_sdp_enabled()
+    flag(False)
+    try:
+        yield
+    finally:
+        flag(prev)
+
+
+def _cpu_bf16_matmul(weight):
+    """Whether a CPU matmul with this weight runs in bf16: bf16 weights, or bf16 autocast."""
+    return weight.dtype == torch.bfloat16 or (torch.is_autocast_enabled("cpu")
+                                              and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+
+
+# -----------------------------------------------------------------------------
+# optimizers: Muon for the blocks' matrices, AdamW for the rest
+
+def orthogonalize(G, steps=5, gram=None):
+    """The nearest matrix to G with all singular values 1 (U V^T of its SVD), approximately, by the quintic
+    Newton-Schulz iteration of Muon (Jordan et al. 2024, https://kellerjordan.github.io/posts/muon/). Its coefficients
+    pull every singular value into about [0.7, 1.2] in 5 steps rather than converging: enough for an update direction.
+    G (k, m, n), a stack of k matrices -> (k, m, n). The products run on the smaller side (X X^T is (k, min, min)),
+    and each step is three batched matmuls whose sums baddbmm folds in.
+
+    gram (default: when the long side is at least twice the short one): the same iteration on the small Gram matrix
+    R = X X^T alone (Dao et al. 2026, "Gram Newton-Schulz"). Every X_i is Q_i X_0 with Q_i a polynomial in R_0, so
+    X_{i+1} = Z_i X_i with Z_i = a + b R_i + c R_i^2 becomes Q_{i+1} = Z_i Q_i and R_{i+1} = Z_i R_i Z_i, all (m, m),
+    and X_0 is multiplied once at the end: 4 m^2 n + 34 m^3 FLOPs for 5 steps instead of 20 m^2 n + 10 m^3 (small:
+    37% fewer over its four shapes, the square one kept plain). It squares the condition number, which bf16 and fp16
+    do not resolve: a rounding error makes an eigenvalue of R near 0 negative, and the steps multiply a negative one
+    by ~12, then ~16, then hundreds. So in half precision it restarts after 3 steps (as in Dao et al.'s restarts):
+    X_3 = Q_3 X_0 and a fresh R = X_3 X_3^T, 8 m^2 n + 28 m^3 FLOPs, 26% fewer than the plain form at n = 3m and 42% at
+    n = 6m. Its results then stray from fp64's no more than the plain form's do in bf16 (restarting after 2 steps
+    lets singular values reach 1.28 on an ill-conditioned stack, against 1.20)."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    tall = G.size(-2) > G.size(-1)
+    X = G.mT if tall else G
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) + 1e-7)  # the spectral norm is at most the Frobenius norm: now <= 1
+    if gram is None:
+        gram = X.size(-1) >= 2 * X.size(-2)
+    if gram:
+        restart = steps if X.element_size() >= 4 else 3  # steps on one Gram matrix
+        R = X @ X.mT  # (k, m, m)
+        Q = None
+        for i in range(1, steps + 1):
+            Z = torch.baddbmm(R, R, R, beta=b, alpha=c)  # b R + c R^2
+            Z.diagonal(dim1=-2, dim2=-1).add_(a)  # + a I
+            Q = Z if Q is None else Z @ Q
+            if i == steps:
+                break
+            if i % restart == 0:  # X_i itself, and its Gram matrix afresh
+                X, Q = Q @ X, None
+                R = X @ X.mT
+            else:
+                R = Z @ (R @ Z)  # (Z X)(Z X)^T, Z symmetric
+        X = Q @ X  # (k, m, n)
+    else:
+        for _ in range(steps):
+            A = X @ X.mT  # (k, m, m)
+            B = torch.baddbmm(A, A, A, beta=b, alpha=c)  # b A + c A^2
+            X = torch.baddbmm(X, B, X, beta=a)  # a X + B X
+    return X.mT if tall else X
+
+
+def orthogonalize_shared(G, steps=5):
+    """orthogonalize(G) under torchrun: DDP has given every rank the same averaged gradients, so each rank
+    orthogonalizes its share of the stack and the ranks swap their results (all_gather) instead of all doing all
+    of it, as in modded-nanogpt and nanochat. The same result on every rank. One process: orthogonalize(G)."""
+    dist = torch.distributed
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    k = G.size(0)
+    if world == 1 or k == 1:
+        return orthogonalize(G, steps)
+    share = -(-k // world)  # matrices per rank; the last ranks orthogonalize zeros when world does not divide k
+    if share * world > k:
+        G = torch.cat([G, G.new_zeros(share * world - k, *G.shape[1:])])
+    rank = dist.get_rank()
+    mine = orthogonalize(G[rank * share:(rank + 1) * share], steps).contiguous()  # (share, m, n)
+    parts = [torch.empty_like(mine) for _ in range(world)]
+    dist.all_gather(parts, mine)
+    return torch.cat(parts)[:k]  # (k, m, n)
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon for 2-D weight matrices: SGD with Nesterov momentum whose update is orthogonalized (orthogonalize()), so
+    every direction of the matrix moves by the same amount instead of the few that dominate the gradient. The update is
+    scaled by 0.2 * sqrt(max(rows, cols)), which gives it the RMS of a typical AdamW update, so AdamW's learning rate and
+    decoupled weight decay carry over (Liu et al. 2025, "Muon is Scalable for LLM Training", arXiv:2502.16982).
+    torch.optim.Muon (torch >= 2.9) does the same one matrix at a time and in bf16, which a CPU without bf16
+    instructions emulates: tiny's training step took 3-4x as long on a 2-core AVX2 EPYC. Here the matrices of one shape
+    (the same one in every block) are orthogonalized together, in bf16 where training runs in bf16 (the hardware
+    does it faster than fp32), else in fp32 (ns_dtype); under torchrun the ranks share that work (orthogonalize_shared)."""
+
+    def __init__(self, params, lr, weight_decay=0.0, momentum=0.95, ns_steps=5, ns_dtype=torch.float32):
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum, ns_steps=ns_steps))
+        self.ns_dtype = ns_dtype
+        for group in self.param_groups:
+            if any(p.dim() != 2 for p in group["params"]):
+                raise ValueError("Muon optimizes 2-D weight matrices only")
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            lr, mu = group["lr"], group["momentum"]
+            by_shape = {}  # (short side, long side) -> params: a tall matrix joins the stack of its transpose's shape
+            for p in group["params"]:
+                if p.grad is not None:
+                    by_shape.setdefault((min(p.shape), max(p.shape)), []).append(p)
+            for (_, long), params in by_shape.items():
+                grads = [p.grad for p in params]
+                bufs = []
+                for p in params:
+                    if not self.state[p]:
+                        self.state[p]["momentum_buffer"] = torch.zeros_like(p)
+                    bufs.append(self.state[p]["momentum_buffer"])
+                torch._foreach_lerp_(bufs, grads, 1 - mu)  # an exponential average of the gradients
+                # Nesterov: the gradient, pulled towards where momentum goes
+                updates = torch._foreach_lerp(grads, bufs, mu)
+                tall = [p.size(0) > p.size(1) for p in params]
+                stack = torch.stack([u.mT if t else u for u, t in zip(updates, tall)])  # (k, short, long)
+                ortho = orthogonalize_shared(stack.to(self.ns_dtype), group["ns_steps"]).to(params[0].dtype)
+                torch._foreach_mul_(params, 1 - lr * group["weight_decay"])
+                torch._foreach_add_(params, [u.mT if t else u for u, t in zip(ortho, tall)],
+                                    alpha=-lr * 0.2 * math.sqrt(long))
+
+
+class MuonAdamW:
+    """Muon for the matrices inside the blocks and AdamW for the other parameters, stepped, cleared, saved and loaded as
+    one optimizer (train.py sets the lr of every group in param_groups; a GradScaler unscales and steps it)."""
+
+    def __init__(self, muon, adamw):
+        self.muon, self.adamw = muon, adamw
+
+    @property
+    def param_groups(self):
+        # read afresh each time: load_state_dict replaces the optimizers' group dicts
+        return self.muon.param_groups + self.adamw.param_groups
+
+    def step(self):
+        self.muon.step()
+        self.adamw.step()
+
+    def zero_grad(self, set_to_none=True):
+        self.muon.zero_grad(set_to_none=set_to_none)
+        self.adamw.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self):
+        return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
+
+    def load_state_dict(self, state):
+        if set(state) != {"muon", "adamw"}:
+            raise ValueError("not the state of Muon with AdamW")
+        self.muon.load_state_dict(state["muon"])
+        self.adamw.load_state_dict(state["adamw"])
