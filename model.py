@@ -85,7 +85,7 @@ class GPTConfig:
 # name -> GPTConfig field overrides
 PRESETS = {
     # tiny is the CPU preset, and the modern variant learns faster there: 2-minute runs on TinyStories with a
-    # 4096-token vocabulary reached 1.05 val bits per byte against 1.24 for gpt2's (BENCHMARKS.md, issue 10)
+    # 4096-token vocabulary reach 1.05 val bits per byte against 1.24 for gpt2's (BENCHMARKS.md)
     "tiny":     dict(n_layer=4,  n_embd=128, n_head=4,  block_size=256, variant="modern"),  # ~0.86M non-embedding, CPU demos
     "small":    dict(n_layer=6,  n_embd=384, n_head=6,  block_size=256),   # ~10.6M non-embedding, ~30M total
     "gpt2-75m": dict(n_layer=10, n_embd=640, n_head=10, block_size=1024),  # ~49M non-embedding, ~82M total
@@ -176,7 +176,7 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         self.n_head = config.n_head
         self.head_dim = config.head_dim
-        self.dropout = config.dropout
+        self.dropout_p = config.dropout  # the attention weights' dropout, in training only
 
     def forward(self, x, rope=None, kv=None, pos=0, attn_mask=None):
         # x (B, T, C); rope: (cos, sin) for positions pos..pos+T-1 or None; kv: this layer's (k, v) cache slices
@@ -198,10 +198,11 @@ class CausalSelfAttention(nn.Module):
                 k, v = k_cache[:, :, :pos + T], v_cache[:, :, :pos + T]  # (B, nh, pos+T, hs)
                 if k.dtype != q.dtype:  # a cache of another dtype (.to() issues an op even where it changes nothing)
                     k, v = k.to(q.dtype), v.to(q.dtype)
-        dropout_p = self.dropout if self.training else 0.0
+        dropout_p = self.dropout_p if self.training else 0.0
         if pos == 0 and x.device.type == "cpu" and q.dtype != torch.float32 and T <= EXPLICIT_ATTENTION_MAX_T:
-            # (a prompt filling an empty cache too: the same attention, so its first token is what recomputation gives)
-            y = explicit_attention(q, k, v, dropout_p)
+            # a prompt filling an empty cache takes this path too, so the token it samples first is the one that a
+            # recomputation without a cache gives
+            y = explicit_attention(q, k, v, dropout_p)  # (B, nh, T, hs)
         else:
             # pos == 0: q and k have the same length, so is_causal is exact. pos > 0 and T == 1: the single query may
             # see every cached key, no mask. pos > 0 and T > 1: is_causal would align the mask top-left: attn_mask.
@@ -281,13 +282,14 @@ class Block(nn.Module):
 # the loss
 
 class CrossEntropy(torch.autograd.Function):
-    """sum_i weight_i * -log softmax(logits_i[:n_valid])[targets_i], in fp32, with its backward written out: the softmax
-    minus the one-hot target, times weight_i. Autograd's backward of F.cross_entropy, compiled by inductor, builds the
-    one-hot gradient and reduces it over the vocabulary again (a pass of int64 compares over all N x V logits), where
-    this one knows the sum (weight_i). Forward and backward compiled, N 2048: on the 2-core AVX-512 EPYC 10.5 ->
-    8.4-9.0 ms for V 4096 in bf16 and 255-267 -> 236-256 ms for V 50304 in fp32. Eager the same as F.cross_entropy.
+    """sum_i weight_i * -log softmax(logits_i[:vocab_size])[targets_i], in fp32, with its backward written out: the
+    softmax minus the one-hot target, times weight_i. Autograd's backward of F.cross_entropy, compiled by inductor,
+    builds the one-hot gradient and reduces it over the vocabulary again (a pass of int64 compares over all N x V
+    logits), where this one knows the sum (weight_i). Forward and backward compiled, N 2048, on the 2-core AVX-512
+    EPYC: 8.4-9.0 ms against F.cross_entropy's 10.5 for V 4096 in bf16, and 236-256 ms against 255-267 for V 50304 in
+    fp32. Eager the same as F.cross_entropy.
 
-    n_valid: the real vocabulary, when the logits have padding columns beyond it (padded_vocab_size). The softmax is
+    vocab_size: the real vocabulary, when the logits have padding columns beyond it (padded_vocab_size). The softmax is
     over the real ids only, the distribution gen.py samples, so the loss is its negative log-likelihood whatever the
     padding (the padded softmax would count the padding's share m as loss, and eval.py would measure an exported
     model, padded otherwise, differently). A log_softmax of the sliced logits, a strided view, took twice as
@@ -295,14 +297,14 @@ class CrossEntropy(torch.autograd.Function):
     log q_t = log p_t - log(1 - m), and the gradient is p / (1 - m) - onehot, 0 in the padding columns."""
 
     @staticmethod
-    def forward(ctx, logits, targets, weight, n_valid):
+    def forward(ctx, logits, targets, weight, vocab_size):
         # logits (N, Vp) any float dtype, targets (N,) long (-1 where weight is 0), weight (N,) fp32 -> () fp32
         ctx.compiled = torch.compiler.is_compiling()  # False when AOTAutograd traces backward: decided here
         if ctx.compiled:
             # backward recomputes the log-softmax from the logits and each row's logsumexp, which inductor fuses into
             # its one pass: nothing N x V is written here, and backward reads the logits (bf16 under autocast) instead
-            # of an fp32 copy, 4.9 -> 2.4 GB of memory traffic for gpt2 at B8 x 1024. On an H200 its step went from
-            # 393k to 417k tokens/s; on a CPU, where exp is the cost, it is as fast as before
+            # of an fp32 copy: 2.4 GB of memory traffic instead of 4.9 for gpt2 at B8 x 1024, whose step on an H200
+            # trains 417k tokens/s instead of 393k; on a CPU, where exp is the cost, the same speed
             lse = torch.logsumexp(logits.float(), dim=-1)  # (N,)
             logp = logits.float() - lse[:, None]  # (N, Vp), fused into its readers below, never stored
             saved = logits, lse
@@ -312,22 +314,23 @@ class CrossEntropy(torch.autograd.Function):
             logp = torch.log_softmax(logits.float(), dim=-1)  # (N, Vp)
             saved = logp, None
         targets = targets.clamp(min=0)  # an ignored position reads logit 0, times its weight 0
-        ctx.n_valid = n_valid if n_valid < logp.size(1) else None
-        valid = None
-        if ctx.n_valid:
-            valid = torch.log1p(-torch.exp(logp[:, n_valid:]).sum(1))  # (N,) log(1 - m), the real ids' share
-        ctx.save_for_backward(*saved, targets, weight, valid)
+        ctx.vocab_size = vocab_size if vocab_size < logp.size(1) else None  # None: no padding columns
+        log_real = None  # (N,) log(1 - m): the log of the real ids' share of the padded softmax
+        if ctx.vocab_size:
+            log_real = torch.log1p(-torch.exp(logp[:, vocab_size:]).sum(1))
+        ctx.save_for_backward(*saved, targets, weight, log_real)
         ctx.logits_dtype = logits.dtype
-        logq = logp.gather(1, targets[:, None]).squeeze(1)  # (N,)
-        return -((logq if valid is None else logq - valid) * weight).sum()
+        logq = logp.gather(1, targets[:, None]).squeeze(1)  # (N,) log p of each target
+        return -((logq if log_real is None else logq - log_real) * weight).sum()
 
     @staticmethod
     def backward(ctx, grad):
-        logp, lse, targets, weight, valid = ctx.saved_tensors
+        logp, lse, targets, weight, log_real = ctx.saved_tensors
         if lse is not None:  # compiled: logp holds the logits
             logp = logp.float() - lse[:, None]  # (N, Vp)
         scale = (weight * grad)[:, None]  # (N, 1)
-        p_scale = scale if valid is None else scale * torch.exp(-valid)[:, None]  # the padded softmax -> the real one
+        # the padded softmax -> the real one
+        p_scale = scale if log_real is None else scale * torch.exp(-log_real)[:, None]  # (N, 1)
         if ctx.compiled:
             # one fused pass: the one-hot as a compare against the column index, written straight in the logits'
             # dtype. The eager form below compiles into three passes over a full fp32 N x V temporary (exp, the
@@ -336,19 +339,20 @@ class CrossEntropy(torch.autograd.Function):
             # int32 column indices: the compares of int64 ones took a quarter of the pass on a CPU, four AVX-512
             # registers per 16 values (V 50304 in bf16, N 2048, 2-core AMX Xeon: 77 -> 57 ms)
             column = torch.arange(logp.size(1), device=logp.device, dtype=torch.int32)
-            g = torch.exp(logp) * p_scale - (column == targets.int()[:, None]).float() * scale
-            if ctx.n_valid:
-                g = torch.where(column < ctx.n_valid, g, 0.0)
+            g = torch.exp(logp) * p_scale - (column == targets.int()[:, None]).float() * scale  # (N, Vp)
+            if ctx.vocab_size:
+                g = torch.where(column < ctx.vocab_size, g, 0.0)
             return g.to(ctx.logits_dtype), None, None, None
-        g = torch.exp(logp).mul_(p_scale)  # softmax ... (in place: one N x V tensor less in eager mode)
+        g = torch.exp(logp).mul_(p_scale)  # (N, Vp) softmax ... (in place: one N x V tensor less in eager mode)
         g[torch.arange(targets.size(0), device=targets.device), targets] -= scale[:, 0]  # ... minus the one-hot
-        if ctx.n_valid:
-            g[:, ctx.n_valid:] = 0
+        if ctx.vocab_size:
+            g[:, ctx.vocab_size:] = 0
         return g.to(ctx.logits_dtype), None, None, None
 
 
-def cross_entropy(logits, targets, weight, n_valid=None):
-    return CrossEntropy.apply(logits, targets, weight, logits.size(-1) if n_valid is None else n_valid)
+def cross_entropy(logits, targets, weight, vocab_size=None):
+    # logits (N, Vp), targets (N,), weight (N,) -> () fp32; vocab_size: the real ids, the first vocab_size columns
+    return CrossEntropy.apply(logits, targets, weight, logits.size(-1) if vocab_size is None else vocab_size)
 
 
 # -----------------------------------------------------------------------------
@@ -358,9 +362,12 @@ class GPT(nn.Module):
 
     def __init__(self, config):
         super().__init__()
+        # weights that cannot fit are refused before anything is allocated: --n_layer 10**12 would fill memory for
+        # minutes, and --n_embd 10**30 end in torch's traceback (min: so big an int overflows a float division)
         need, have = config.weight_bytes(), physical_memory()
-        if have and need > have:  # (--n_layer 10**12 filled memory for minutes; --n_embd 10**30: torch's traceback)
-            raise MemoryError(f"{min(need, 2**1000) / 2**30:.3g} GiB of weights, more than the machine's {have / 2**30:.3g} GiB of memory")
+        if have and need > have:
+            raise MemoryError(f"{min(need, 2**1000) / 2**30:.3g} GiB of weights, "
+                              f"more than the machine's {have / 2**30:.3g} GiB of memory")
         self.config = config
         modules = dict(wte=nn.Embedding(config.padded_vocab_size, config.n_embd))
         if config.variant == "gpt2":
@@ -390,8 +397,8 @@ class GPT(nn.Module):
         # GPT-2 init: N(0, 0.02) everywhere, zero biases, and residual projections scaled by 1/sqrt(2 * n_layer)
         # because each block adds two of them to the residual stream
         self.apply(self._init_weights)
-        for pn, p in self.named_parameters():
-            if pn.endswith("c_proj.weight"):
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
                 torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
     def _init_weights(self, module):
@@ -488,7 +495,7 @@ class GPT(nn.Module):
             if loss_mask is not None:
                 weight = weight * loss_mask.reshape(-1).float()
             loss = cross_entropy(logits.view(-1, logits.size(-1)), flat_targets, weight / weight.sum().clamp(min=1.0),
-                                 self.config.vocab_size)  # (B*T, Vp) -> () fp32
+                                 self.config.vocab_size)  # (B*T, Vp) -> () fp32, the weighted mean
             # training needs only the loss: logits that autograd still tracked would cost torch.compile's backward a
             # zero-filled gradient the size of the logits, added in (tiny's compiled bf16 step: -1 ms of ~90)
             logits = logits.detach()
@@ -546,30 +553,32 @@ class GPT(nn.Module):
                        cfg.head_dim, dtype, w.device)
 
     def _next_logits(self, idx, cache=None):
-        # logits for the last position only (B, vocab_size): skips the lm_head over the rest of a prompt
-        # One row in bf16 on a CPU (B1 decoding): oneDNN's matrix-vector products are slower than ATen's own ones
-        # (small's lm_head: 4.7 -> 3.0 ms on one core, 2.8 -> 1.4 ms on two), so step without it: the whole step
-        # for a single new token, the lm_head alone after a prompt. From 2 rows on, oneDNN wins (B8: -25%).
+        # idx (B, T) -> logits for the last position only (B, vocab_size) fp32: skips the lm_head over the rest of a
+        # prompt. One row in bf16 on a CPU (B1 decoding): oneDNN's matrix-vector products are slower than ATen's own
+        # ones (small's lm_head: 3.0 ms instead of 4.7 on one core, 1.4 instead of 2.8 on two), so it steps without
+        # them: the whole step for a single new token, the lm_head alone after a prompt. From 2 rows on, oneDNN wins
+        # (B8: 25% less time with it).
         bf16 = idx.device.type == "cpu" and _cpu_bf16_matmul(self.lm_head.weight)
-        one_row = idx.size(0) == 1 and bf16
-        with _without_onednn(one_row and idx.size(1) == 1), _without_cudnn_attention(idx.device.type == "cuda"):
+        skip_onednn = idx.size(0) == 1 and bf16
+        with _without_onednn(skip_onednn and idx.size(1) == 1), _without_cudnn_attention(idx.device.type == "cuda"):
             x = self._trunk(idx, cache)[:, -1, :]  # (B, C)
-        # fp32 only: under bf16 autocast the copy, not being a parameter, would be cast again every token (small B1
-        # decoding on the AVX-512 BF16 EPYC ran at 37-88 tokens/s with it instead of 165-210)
+        # A few fp32 rows on a CPU: times the transposed head (_lm_head_t says why). fp32 only: under bf16 autocast
+        # the copy, not being a parameter, would be cast again every token (small B1 decoding on the AVX-512 BF16
+        # EPYC: 37-88 tokens/s with it, 165-210 without)
         if (x.device.type == "cpu" and x.size(0) <= 8 and not bf16
                 and x.dtype == torch.float32 == self.lm_head.weight.dtype):
             logits = x @ self._lm_head_t()  # (B, C) @ (C, Vp)
         else:
-            with _without_onednn(one_row):
+            with _without_onednn(skip_onednn):
                 logits = self.lm_head(x)  # (B, Vp)
         return logits[:, :self.config.vocab_size].float()  # (B, vocab_size)
 
     def _lm_head_t(self):
         # The lm_head weight as a contiguous (C, Vp) copy, made again whenever the weight changes. A few fp32 rows
         # times (Vp, C) row-major is Vp short dot products, which BLAS runs far below memory speed; times (C, Vp) it
-        # is C long streams. On a 2-core AVX2 EPYC, Vp 50304: B1 C128 6.2 -> 1.7 ms, C384 12.3 -> 6.2 ms, C768
-        # 19.0 -> 12.5 ms; B2 2.5-5x; B8 the same or better. It costs a second copy of the head while generating,
-        # and making it 30-240 ms, hence kept between calls.
+        # is C long streams. On a 2-core AVX2 EPYC, Vp 50304, (C, Vp) against (Vp, C): B1 C128 1.7 ms against 6.2,
+        # C384 6.2 against 12.3, C768 12.5 against 19.0; B2 2.5-5x faster; B8 the same or better. It costs a second
+        # copy of the head while generating, and making it 30-240 ms, hence kept between calls.
         # The key catches every change autograd sees. A fused optimizer step (configure_optimizer's AdamW) and edits
         # through .data bump no version counter, so 16 rows spread over the vocabulary are also compared, bit for bit
         # (nan included), with what they were (a few us): an optimizer step moves them all, since every row of the
@@ -660,42 +669,43 @@ class GPT(nn.Module):
             if not use_cache:
                 logits = self._next_logits(context)
             # a model whose activations overflow (float16, or weights grown huge but finite: checkpoints with nan or inf
-            # weights are refused at load) scores nan or inf: sampling failed inside torch.multinomial ("probability
-            # tensor contains either inf, nan or element < 0"; on CUDA a device-side assert, which breaks the process's
-            # CUDA context for good), and greedy took a nan for the maximum, writing token 0 on and on. The row maxima
-            # catch it (nan propagates through amax; +inf, and a row all -inf, are no finite maximum either) in one
-            # host sync a step, before any sampling; rows that have stopped no longer count
+            # weights are refused at load) scores nan or inf. Unchecked, sampling would fail inside torch.multinomial
+            # ("probability tensor contains either inf, nan or element < 0"; on CUDA a device-side assert, which breaks
+            # the process's CUDA context for good), and greedy would take a nan for the maximum, writing token 0 on and
+            # on. The row maxima catch it (nan propagates through amax; +inf, and a row all -inf, are no finite maximum
+            # either) in one host sync a step, before any sampling; rows that have stopped no longer count
             peak = logits.amax(dim=-1)  # (B,)
             if bool((~torch.isfinite(peak) & ~stopped).any()):
                 raise FloatingPointError(f"the model's scores for new token {step + 1} are not finite (nan or inf): "
                                          f"its activations overflow")
             # the repetition penalty looks at the window the model sees: with slide, tokens slid out of it are no longer
             # "in the context" (as a long prompt's cropped start never was). It spares the stop tokens: a chat's history
-            # holds an <|im_end|> for every turn, and penalized each time, a reply grew less likely to end the longer
-            # the conversation (a content word's repetition is what the penalty is for, not the turns' structure)
+            # holds an <|im_end|> for every turn, and penalized each time, a reply would grow less likely to end the
+            # longer the conversation (a content word's repetition is what the penalty is for, not the turns' structure)
             tok = self._sample(logits, context, temperature, top_k, top_p, repetition_penalty, generator, stop)  # (B,)
             yield tok
-            context = torch.cat((context, tok[:, None]), dim=1)
+            context = torch.cat((context, tok[:, None]), dim=1)  # (B, L + 1)
             if stop is not None:
                 stopped |= torch.isin(tok, stop)
                 if bool(stopped.all()):
                     return
             if step == max_new_tokens - 1:
                 return  # don't pay for a forward whose logits nobody will use
+            if context.size(1) > block_size and not slide:
+                return  # the context is full
             if context.size(1) > block_size:
-                if not slide:
-                    return
                 # learned absolute positions rule out a rolling cache: restart the window on the most recent
                 # block_size//2 tokens, which leaves room to generate another block_size//2 tokens before the next slide
-                # (what slid out is dropped: the whole history, copied on every new token, made --nonstop slower the
-                # longer it ran)
+                # (what slid out is dropped, not kept: a whole history, copied on every new token, would make --nonstop
+                # slower the longer it ran)
                 context = context[:, -keep:]
                 if use_cache:
                     cache.reset()
-                    logits = self._next_logits(context, cache)
-                continue
+                new = context  # (B, keep): the whole window goes into the emptied cache
+            else:
+                new = tok[:, None]  # (B, 1): one new position
             if use_cache:
-                logits = self._next_logits(tok[:, None], cache)  # one new position
+                logits = self._next_logits(new, cache)  # (B, vocab_size)
 
 
 # -----------------------------------------------------------------------------
@@ -749,9 +759,9 @@ def _without_onednn(active=True):
 def _without_cudnn_attention(active=True):
     """SDPA's cuDNN backend off inside (flash or memory-efficient attention run instead); a no-op unless active.
     PyTorch prefers cuDNN's fused attention on Hopper GPUs, and cuDNN builds an execution plan for every new shape:
-    decoding, whose keys grow by one each token, built one per token. On an H200 (torch 2.11, cuDNN 9) gpt2 B1 and B8
-    generated 20 steps a second, ~50 ms each, cache or no cache; 3.8 ms a token once every length had been seen.
-    Training steps keep one shape, so they keep cuDNN."""
+    decoding, whose keys grow by one each token, would build one per token. On an H200 (torch 2.11, cuDNN 9) gpt2 B1
+    and B8 generate 20 steps a second with cuDNN, ~50 ms each, cache or no cache, and 3.8 ms a token once every length
+    has been seen. Training steps keep one shape, so they keep cuDNN."""
     flag = getattr(torch.backends.cuda, "enable_cudnn_sdp", None)  # torch >= 2.4
     if not active or flag is None:
         yield
@@ -871,7 +881,7 @@ class Muon(torch.optim.Optimizer):
                     if not self.state[p]:
                         self.state[p]["momentum_buffer"] = torch.zeros_like(p)
                     bufs.append(self.state[p]["momentum_buffer"])
-                torch._foreach_lerp_(bufs, grads, 1 - mu)  # an exponential average of the gradients
+                torch._foreach_lerp_(bufs, grads, 1 - mu)  # momentum: an exponential average of the gradients
                 # Nesterov: the gradient, pulled towards where momentum goes
                 updates = torch._foreach_lerp(grads, bufs, mu)
                 tall = [p.size(0) > p.size(1) for p in params]

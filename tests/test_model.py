@@ -292,8 +292,8 @@ def test_forward_matches_reference(variant, bias):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_loss_and_gradients_match_reference(variant):
     # the training path whole, at a padded vocabulary (1000 of 1024): forward's loss is the real ids' cross-entropy
-    # (CrossEntropy's n_valid, which test_ignore_index and test_loss_mask, at 128 ids, cannot see dropped), averaged over
-    # the targets that count, and its gradients are autograd's through the plain reference, the tied matrix's included
+    # (CrossEntropy's vocab_size, which test_ignore_index and test_loss_mask, at 128 ids, cannot see dropped), averaged
+    # over the targets that count, and its gradients are autograd's through the plain reference, the tied matrix's included
     model = tiny_model(variant)
     idx, tgt = tokens(3, 32), tokens(3, 32, seed=2)
     tgt[0, :10] = -1
