@@ -10,6 +10,10 @@ Sampling uses a static (preallocated) KV cache so every new token costs one posi
 CrossEntropy, a cross-entropy over the real vocabulary with its backward written out; configure_optimizer gives
 train.py Muon (orthogonalized updates for the blocks' matrices) with AdamW for the rest, or AdamW alone.
 
+The file reads top to bottom: the configuration (GPTConfig, PRESETS), the blocks (attention, MLPs, Block), the loss
+(CrossEntropy), the model (GPT: forward, then generation), the KV cache and backend switches generation uses, and the
+optimizers (orthogonalize, Muon, MuonAdamW).
+
 References:
 1) GPT-2: https://github.com/openai/gpt-2/blob/master/src/model.py
 2) nanoGPT: https://github.com/karpathy/nanoGPT/blob/master/model.py
@@ -133,11 +137,11 @@ def apply_rope(x, cos, sin):
 
 # Up to this many positions, bf16 attention without a KV cache on a CPU is explicit matmuls and a softmax over the
 # scores instead of SDPA's CPU flash kernel, which is slow at small head sizes. On the 2-core AVX-512 test machine,
-# bf16 training steps at T=256 (bench.py, BENCHMARKS.md): tiny with a 4096-token vocabulary compiled 110 -> 92 ms
-# (the flash backward alone took 31 ms), eager 153 -> 131 ms; small 608 -> 560 ms. Backward keeps the probabilities
-# of 3/4 of the (T, T) scores per head and layer, 2 bytes each in bf16, hence the bound: at 1024, gpt2 at batch 8
-# would keep ~1.8 GB of them. In fp32 SDPA is the faster: on a 2-core AVX2 CPU (no bf16) tiny's eager fp32 step took
-# 5-8% longer with explicit attention, and the same time compiled.
+# bf16 training steps at T=256 (bench.py, BENCHMARKS.md), explicit against SDPA: tiny with a 4096-token vocabulary
+# compiled 92 ms against 110 (SDPA's flash backward alone takes 31 ms), eager 131 against 153; small 560 against 608.
+# Backward keeps the probabilities of 3/4 of the (T, T) scores per head and layer, 2 bytes each in bf16, hence the
+# bound: at 1024, gpt2 at batch 8 would keep ~1.8 GB of them. In fp32 SDPA is the faster: on a 2-core AVX2 CPU (no
+# bf16) tiny's eager fp32 step takes 5-8% longer with explicit attention, and the same time compiled.
 EXPLICIT_ATTENTION_MAX_T = 512
 
 
@@ -214,9 +218,10 @@ class CausalSelfAttention(nn.Module):
 
 def gelu_tanh(x):
     """F.gelu(x, approximate="tanh"). Compiled, as x * sigmoid(2z), the same function (0.5 (1 + tanh z) = sigmoid 2z):
-    inductor's CPU code computes tanh with Sleef's tanh and sigmoid with one exp, and the tanh form took twice as long,
-    forward and backward (small's (2048, 1536) in bf16 on the 2-core AMX Xeon: 7.7 -> 3.7 ms a layer, outputs within
-    bf16's rounding of each other). Eager, ATen's one fused gelu kernel beats the four ops of the sigmoid form."""
+    inductor's CPU code computes tanh with Sleef's tanh and sigmoid with one exp, and the tanh form takes twice as
+    long, forward and backward (small's (2048, 1536) in bf16 on the 2-core AMX Xeon: 7.7 ms a layer against 3.7,
+    outputs within bf16's rounding of each other). Eager, ATen's one fused gelu kernel beats the four ops of the sigmoid
+    form."""
     if not torch.compiler.is_compiling():
         return F.gelu(x, approximate="tanh")
     return x * torch.sigmoid(1.5957691216057308 * (x + 0.044715 * x * x * x))  # 2 sqrt(2/pi) = 1.5957691...
@@ -334,10 +339,10 @@ class CrossEntropy(torch.autograd.Function):
         if ctx.compiled:
             # one fused pass: the one-hot as a compare against the column index, written straight in the logits'
             # dtype. The eager form below compiles into three passes over a full fp32 N x V temporary (exp, the
-            # indexed subtraction, the cast): tiny's V 4096 in bf16 14-20 ms -> 8.4-9.0 ms, V 50304 in fp32
-            # 426-435 -> 236-256 ms, on the 2-core AVX-512 EPYC. Eager this form takes 2.3x as long (its temporaries).
-            # int32 column indices: the compares of int64 ones took a quarter of the pass on a CPU, four AVX-512
-            # registers per 16 values (V 50304 in bf16, N 2048, 2-core AMX Xeon: 77 -> 57 ms)
+            # indexed subtraction, the cast): this form takes 8.4-9.0 ms against its 14-20 for tiny's V 4096 in bf16,
+            # 236-256 against 426-435 for V 50304 in fp32, on the 2-core AVX-512 EPYC. Eager this form takes 2.3x as
+            # long (its temporaries). int32 column indices: the compares of int64 ones would take a quarter of the pass on a
+            # CPU, four AVX-512 registers per 16 values (V 50304 in bf16, N 2048, 2-core AMX Xeon: 57 ms against 77)
             column = torch.arange(logp.size(1), device=logp.device, dtype=torch.int32)
             g = torch.exp(logp) * p_scale - (column == targets.int()[:, None]).float() * scale  # (N, Vp)
             if ctx.vocab_size:
@@ -497,7 +502,7 @@ class GPT(nn.Module):
             loss = cross_entropy(logits.view(-1, logits.size(-1)), flat_targets, weight / weight.sum().clamp(min=1.0),
                                  self.config.vocab_size)  # (B*T, Vp) -> () fp32, the weighted mean
             # training needs only the loss: logits that autograd still tracked would cost torch.compile's backward a
-            # zero-filled gradient the size of the logits, added in (tiny's compiled bf16 step: -1 ms of ~90)
+            # zero-filled gradient the size of the logits, added in (1 ms of tiny's ~90 ms compiled bf16 step)
             logits = logits.detach()
         # a view over the real vocabulary, so nobody can sample a padding id
         return logits[..., :self.config.vocab_size], loss  # (B, T, vocab_size)
@@ -513,8 +518,8 @@ class GPT(nn.Module):
         params = [p for p in self.parameters() if p.requires_grad]  # the tied matrix appears once
         matrices = []
         if optimizer == "muon":
-            matrices = [p for n, p in self.named_parameters() if p.requires_grad and p.dim() == 2
-                        and n.startswith("transformer.h.")]
+            matrices = [p for name, p in self.named_parameters() if p.requires_grad and p.dim() == 2
+                        and name.startswith("transformer.h.")]
             taken = {id(p) for p in matrices}
             params = [p for p in params if id(p) not in taken]
         # decay every >=2-D tensor (matmul weights, embeddings); biases and norm gains are left alone
