@@ -39,7 +39,7 @@ import torch
 
 from common import (UserError, atomic_write_text, autocast, check_output, cpu_bf16_is_faster, cpu_has_bf16, cpu_info,
                     first_line, is_oom, pick_device, pick_dtype, path_arg, not_utf8, retain_freed_memory, run_main,
-                    DTYPES)
+                    seeded_generator, DTYPES)
 from model import GPT, OPTIMIZERS, PRESETS, VARIANTS, make_config, physical_memory
 from train import DEFAULTS as TRAIN_DEFAULTS, Forward, train_step
 
@@ -140,7 +140,7 @@ def measure_peak(device, dtype, n, warmup=2, iters=5):
     need, have = n * n * max(3 * i, 2 * i + 4), physical_memory()
     if device.type == "cpu" and have and need > have:  # (the system killed the process, no line said why)
         raise MemoryError(f"{need / 2**30:.3g} GiB, more than the machine's {have / 2**30:.3g} GiB")
-    g = torch.Generator(device="cpu").manual_seed(0)
+    g = seeded_generator("cpu", 0)
     a = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
     b = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
     t = statistics.median(timed(lambda: torch.mm(a, b), device, warmup, iters, back_to_back(device)))
@@ -166,8 +166,8 @@ def bench_peak(device, dtypes, sizes, warmup=2, iters=5):
 # -----------------------------------------------------------------------------
 # training
 
-def build_model(preset, device, block_size=None, vocab_size=None, variant=None, seed=0):
-    torch.manual_seed(seed)
+def build_model(preset, device, block_size=None, vocab_size=None, variant=None):
+    torch.manual_seed(0)
     try:
         cfg = make_config(preset, block_size=block_size, vocab_size=vocab_size, variant=variant)
     except ValueError as e:
@@ -175,13 +175,13 @@ def build_model(preset, device, block_size=None, vocab_size=None, variant=None, 
     return GPT(cfg).to(device)
 
 
-def make_train_step(model, device, dtype, batch_size, compile=False, seed=0, optimizer=OPTIMIZERS[0]):
+def make_train_step(model, device, dtype, batch_size, compile=False, optimizer=OPTIMIZERS[0]):
     """A closure doing one full training step on a fixed synthetic batch (no data loading in the timing):
     forward + loss under autocast, backward, gradient clipping and optimizer step (train.py's), zero_grad. Returns
     (step, compiled()), compiled() saying whether the steps run compiled (known after the first one)."""
     cfg = model.config
     model.train()
-    g = torch.Generator(device="cpu").manual_seed(seed)
+    g = seeded_generator("cpu", 0)
     # on the host, pinned for a GPU, as train.py's loader hands them over: train_step counts the targets there (on
     # the device that count would sync every step) and copies the batch without blocking
     x = torch.randint(0, cfg.vocab_size, (batch_size, cfg.block_size), generator=g)
@@ -203,7 +203,7 @@ def make_train_step(model, device, dtype, batch_size, compile=False, seed=0, opt
     return step, lambda: fwd.fn is not fwd.model
 
 
-def train_row(model, device, dtype, batch_size, seconds, peaks, compiled, optimizer, iters=None, group=1):
+def train_row(model, device, dtype, batch_size, seconds, peaks, compiled, optimizer, iters, group=1):
     cfg = model.config
     scale, unit = flop_unit(device)
     t = statistics.median(seconds)
@@ -212,9 +212,8 @@ def train_row(model, device, dtype, batch_size, seconds, peaks, compiled, optimi
     peak = peaks.get(dtype)
     mfu = achieved / peak if peak else None
     name = f"{cfg_name(model)} B{batch_size} T{cfg.block_size} V{cfg.vocab_size}"
-    note = f"step {t * 1e3:.0f} ms, {achieved / scale:.1f} {unit}, {optimizer}" + (", compiled" if compiled else "")
-    if iters:
-        note += f", median of {iters}" + (f" runs of {group} steps" if group > 1 else "")
+    note = (f"step {t * 1e3:.0f} ms, {achieved / scale:.1f} {unit}, {optimizer}" + (", compiled" if compiled else "")
+            + f", median of {iters}" + (f" runs of {group} steps" if group > 1 else ""))
     return row("train", name, tps, "tokens/s", dtype, mfu, note, optimizer)
 
 
@@ -277,7 +276,7 @@ def gen_block_size(preset, prompt_len, new_tokens):
     return max(PRESETS[preset]["block_size"], need)
 
 
-def run_generate(model, device, dtype, idx, new_tokens, use_cache, seed=0):
+def run_generate(model, device, dtype, idx, new_tokens, use_cache):
     """Consume model.generate as gen.py does (temperature 0.8, top_k 200, the weights cast once); returns the number
     of tokens produced (all rows).
 
@@ -286,8 +285,8 @@ def run_generate(model, device, dtype, idx, new_tokens, use_cache, seed=0):
     autocast context exits, so a context per step alone would re-cast every weight every token (on CPU a B1 step
     reads the fp32 weights and writes bf16 ones: ~4x slower for small). An outer *disabled* autocast context keeps the
     nesting level above zero, so the copies live across steps."""
-    g = torch.Generator(device=device).manual_seed(seed)
-    steps = model.generate(idx, new_tokens, temperature=0.8, top_k=200, use_cache=use_cache, generator=g)
+    steps = model.generate(idx, new_tokens, temperature=0.8, top_k=200, use_cache=use_cache,
+                           generator=seeded_generator(device, 0))
     n = 0
     outer = torch.autocast(device.type, enabled=False) if dtype != torch.float32 else None
     with outer or contextlib.nullcontext():
@@ -301,17 +300,16 @@ def run_generate(model, device, dtype, idx, new_tokens, use_cache, seed=0):
     return n
 
 
-def bench_gen(preset, device, dtype, batch_sizes=(1, 8), prompt_len=16, new_tokens=500, vocab_size=None,
-              variant=None):
-    """Generation tokens/s: every batch size with the KV cache, and batch 1 also without it (full recomputation of
-    the window each token), plus the cache's speed-up at batch 1."""
+def bench_gen(preset, device, dtype, gen_batch=8, prompt_len=16, new_tokens=500, vocab_size=None, variant=None):
+    """Generation tokens/s: batch 1 without the KV cache (full recomputation of the window each token) and with it,
+    gen_batch with it, plus the cache's speed-up at batch 1."""
     block = gen_block_size(preset, prompt_len, new_tokens)
     model = build_model(preset, device, block, vocab_size, variant).eval()
     name = cfg_name(model)
     rows, speed = [], {}
-    runs = [(1, False)] + [(b, True) for b in dict.fromkeys(batch_sizes)]  # --gen_batch 1 names B1 twice
+    runs = [(1, False), (1, True)] + ([(gen_batch, True)] if gen_batch != 1 else [])  # (B1 with the cache: once)
     for b, use_cache in runs:
-        g = torch.Generator(device="cpu").manual_seed(b)
+        g = seeded_generator("cpu", b)
         idx = torch.randint(0, model.config.vocab_size, (b, prompt_len), generator=g).to(device)
         run_generate(model, device, dtype, idx, min(8, new_tokens), use_cache)  # warm-up
         t0 = clock()
@@ -323,10 +321,9 @@ def bench_gen(preset, device, dtype, batch_sizes=(1, 8), prompt_len=16, new_toke
         rows.append(row("gen", f"{name} B{b} {'KV cache' if use_cache else 'no cache'}", n / t, "tokens/s", dtype,
                         note=f"prompt {prompt_len} + {new_tokens} new, block_size {block} (no sliding), {t:.2f} s"
                              + ("" if dtype == torch.float32 else ", weights cast once")))
-    if (1, True) in speed:
-        ratio = speed[(1, True)] / speed[(1, False)]
-        rows.append(row("gen", f"{name} B1 cache / no cache", ratio, "x", dtype,
-                        note="target for small at B1, 500 tokens: >= 5x"))
+    ratio = speed[(1, True)] / speed[(1, False)]
+    rows.append(row("gen", f"{name} B1 cache / no cache", ratio, "x", dtype,
+                    note="target for small at B1, 500 tokens: >= 5x"))
     return rows
 
 
@@ -342,12 +339,12 @@ def default_text_path():
     return None
 
 
-def synthetic_text(n_bytes, seed=0):
+def synthetic_text(n_bytes):
     """English-like text of about n_bytes: words drawn from a small list, sentences, newline-separated stories.
     Only a stand-in when no real text is around; BPE speed depends a little on the text."""
     words = ("the a little girl boy dog cat ball park tree happy sad big small red blue went saw said played "
              "with and to of in on was were they she he it her his mom dad friend day sun home fun nice").split()
-    rng = random.Random(seed)
+    rng = random.Random(0)
     lines, size = [], 0
     while size < n_bytes:
         sent = " ".join(rng.choice(words) for _ in range(rng.randint(5, 15)))
@@ -642,7 +639,7 @@ def run(args, device, log=print):
         for preset in presets:
             with fits(f"generation with {preset} does not fit in memory: give a smaller --gen_batch, --new_tokens, "
                       f"--prompt_len or --vocab_size, or another --model"):
-                emit(bench_gen(preset, device, dtypes[0], (1, args.gen_batch or (2 if quick else 8)), prompt,
+                emit(bench_gen(preset, device, dtypes[0], args.gen_batch or (2 if quick else 8), prompt,
                                new_tokens, vocab, args.variant))
     if "prepare" in only:
         path = args.data or default_text_path()
