@@ -47,7 +47,8 @@ SECTIONS = ("peak", "train", "gen", "ratio", "prepare")
 SHORT = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 GPT2_VOCAB = 50259  # what make_config gives by default: GPT-2's 50257 + 2 ChatML tokens
 # a bound on the size options: their tensors would take terabytes at least (a batch of 2**40 sequences, a vocabulary
-# of 2**40 embeddings), and sizes near int64's limit overflowed inside torch (a traceback); below it, fits() in run()
+# of 2**40 embeddings), and sizes near int64's limit overflow inside torch (a traceback); below it, fits() in run()
+# turns a size that does not fit into one line
 MAX_SIZE = 2**40
 
 
@@ -135,10 +136,10 @@ def row(section, name, value, unit, dtype=None, mfu=None, note="", optimizer=Non
 def measure_peak(device, dtype, n, warmup=2, iters=5):
     """FLOP/s of an n x n @ n x n matmul in dtype (2 n^3 FLOPs), median of iters."""
     # at most a, b and a@b, or a and b as b's fp32 randn is converted (a no-op in fp32): 12 bytes an element in fp32,
-    # 8 in bf16 (it counted a randn beside a@b too, 16 and 10, and refused sizes that fit)
-    i = dtype.itemsize
-    need, have = n * n * max(3 * i, 2 * i + 4), physical_memory()
-    if device.type == "cpu" and have and need > have:  # (the system killed the process, no line said why)
+    # 8 in bf16
+    itemsize = dtype.itemsize
+    need, have = n * n * max(3 * itemsize, 2 * itemsize + 4), physical_memory()
+    if device.type == "cpu" and have and need > have:  # checked first: the system would kill the process without a word
         raise MemoryError(f"{need / 2**30:.3g} GiB, more than the machine's {have / 2**30:.3g} GiB")
     g = seeded_generator("cpu", 0)
     a = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
@@ -211,14 +212,14 @@ def train_row(model, device, dtype, batch_size, seconds, peaks, compiled, optimi
     achieved = tps * model.flops_per_token(cfg.block_size)
     peak = peaks.get(dtype)
     mfu = achieved / peak if peak else None
-    name = f"{cfg_name(model)} B{batch_size} T{cfg.block_size} V{cfg.vocab_size}"
+    name = f"{model_name(model)} B{batch_size} T{cfg.block_size} V{cfg.vocab_size}"
     note = (f"step {t * 1e3:.0f} ms, {achieved / scale:.1f} {unit}, {optimizer}" + (", compiled" if compiled else "")
             + f", median of {iters}" + (f" runs of {group} steps" if group > 1 else ""))
     return row("train", name, tps, "tokens/s", dtype, mfu, note, optimizer)
 
 
-def cfg_name(model):
-    # the preset a config came from, for the table (the variant too when it is not the preset's own)
+def model_name(model):
+    # the preset the model was made from, for the table (the variant too when it is not the preset's own)
     cfg = model.config
     for name, p in PRESETS.items():
         if all(getattr(cfg, k) == v for k, v in p.items() if k not in ("block_size", "variant")):
@@ -248,8 +249,8 @@ def bench_train(preset, device, dtype, peaks, batch_size, block_size=None, vocab
 
 def bench_ratio(preset, device, dtype, peaks, batch_size, block_size=None, small_vocab=4096, variant=None,
                 compile=False, warmup=2, iters=5, optimizer=OPTIMIZERS[0]):
-    """Issue #6's vocabulary target: the same model with a small vocabulary in the chosen dtype against GPT-2's
-    vocabulary in fp32, timed interleaved in one run. Rows: both speeds and their ratio."""
+    """The vocabulary target (check_targets): the same model with a small vocabulary in the chosen dtype against
+    GPT-2's vocabulary in fp32, timed interleaved in one run. Rows: both speeds and their ratio."""
     fast = build_model(preset, device, block_size, small_vocab, variant)
     slow = build_model(preset, device, block_size, GPT2_VOCAB, variant)
     fast_step, fast_compiled = make_train_step(fast, device, dtype, batch_size, compile, optimizer=optimizer)
@@ -261,7 +262,7 @@ def bench_ratio(preset, device, dtype, peaks, batch_size, block_size=None, small
         r["section"] = "ratio"
     ratio = r_fast["value"] / r_slow["value"]
     r_ratio = row("ratio", f"V{fast.config.vocab_size} {SHORT[dtype]} / V{GPT2_VOCAB} fp32", ratio, "x",
-                  note=f"{cfg_name(fast)}, same batch, {optimizer}, interleaved steps (target: >= 8x)",
+                  note=f"{model_name(fast)}, same batch, {optimizer}, interleaved steps (target: >= 8x)",
                   optimizer=optimizer)
     return [r_fast, r_slow, r_ratio]
 
@@ -303,9 +304,9 @@ def run_generate(model, device, dtype, idx, new_tokens, use_cache):
 def bench_gen(preset, device, dtype, gen_batch=8, prompt_len=16, new_tokens=500, vocab_size=None, variant=None):
     """Generation tokens/s: batch 1 without the KV cache (full recomputation of the window each token) and with it,
     gen_batch with it, plus the cache's speed-up at batch 1."""
-    block = gen_block_size(preset, prompt_len, new_tokens)
-    model = build_model(preset, device, block, vocab_size, variant).eval()
-    name = cfg_name(model)
+    block_size = gen_block_size(preset, prompt_len, new_tokens)
+    model = build_model(preset, device, block_size, vocab_size, variant).eval()
+    name = model_name(model)
     rows, speed = [], {}
     runs = [(1, False), (1, True)] + ([(gen_batch, True)] if gen_batch != 1 else [])  # (B1 with the cache: once)
     for b, use_cache in runs:
@@ -319,7 +320,7 @@ def bench_gen(preset, device, dtype, gen_batch=8, prompt_len=16, new_tokens=500,
             raise RuntimeError(f"generation stopped early: {n} of {b * new_tokens} tokens")
         speed[(b, use_cache)] = n / t
         rows.append(row("gen", f"{name} B{b} {'KV cache' if use_cache else 'no cache'}", n / t, "tokens/s", dtype,
-                        note=f"prompt {prompt_len} + {new_tokens} new, block_size {block} (no sliding), {t:.2f} s"
+                        note=f"prompt {prompt_len} + {new_tokens} new, block_size {block_size} (no sliding), {t:.2f} s"
                              + ("" if dtype == torch.float32 else ", weights cast once")))
     ratio = speed[(1, True)] / speed[(1, False)]
     rows.append(row("gen", f"{name} B1 cache / no cache", ratio, "x", dtype,
@@ -516,7 +517,7 @@ def append_benchmarks(path, text):
 
 
 def off_target(args):
-    """Why this run's figures cannot be judged against issue 6's targets (sizes other than theirs), or None."""
+    """Why this run's figures cannot be judged against the targets (sizes other than theirs), or None."""
     if args.quick:
         return "--quick"
     given = [f"--{k}" for k in ("peak_sizes", "block_size", "vocab_size", "prompt_len") if getattr(args, k) is not None]
@@ -526,11 +527,12 @@ def off_target(args):
 
 
 def check_targets(rows, off=None, gpu=False):
-    """Issue #6's targets, as one line each, for whatever this run measured. off: why the run cannot be judged
+    """The project's speed targets (issue #6), one line each, for whatever this run measured. off: why the run cannot be judged
     against them (off_target), said instead of met / NOT met. gpu: the run's device is a GPU, whose one target is
     gpt2's; the others are the CPU's (a GPU's B1 decoding is launch-bound, cache or not: no 5x there)."""
     def verdict(ok):
         return f"(not judged: {off})" if off else "met" if ok else "NOT met"
+
     lines = []
     for r in rows:
         what = r["name"] + (f", {r['optimizer']}" if r.get("optimizer") else "")
@@ -600,10 +602,10 @@ def run(args, device, log=print):
 
     peaks = {}
     if {"peak", "train", "ratio"} & set(only):
-        # MFU needs the peak of each dtype trained in (fp32 too for the ratio's baseline)
-        # (the peak section: fp32, what autocast picks here, and bf16 on a CPU that has its instructions, faster than
-        # fp32 or not; a CPU without them emulates a bf16 matmul on one thread: over 15 minutes for the 2048 and 4096
-        # ones on a 2-core AVX2 EPYC; unless --dtype asks)
+        # MFU needs the peak of each dtype trained in (fp32 too for the ratio's baseline). The peak section adds fp32,
+        # what autocast picks here, and bf16 on a CPU with bf16 instructions, faster than fp32 or not; not on a CPU
+        # without them (unless --dtype asks), which emulates a bf16 matmul on one thread: over 15 minutes for the 2048
+        # and 4096 ones on a 2-core AVX2 EPYC
         native_bf16 = [torch.bfloat16] if device.type == "cpu" and cpu_has_bf16() else []
         wanted = ([torch.float32, pick_dtype(device)] + native_bf16 + dtypes if "peak" in only else []) + (dtypes if "train" in only else [])
         wanted += ([dtypes[0], torch.float32] if "ratio" in only else [])
@@ -613,34 +615,34 @@ def run(args, device, log=print):
             new, peaks = bench_peak(device, peak_dtypes, sizes, warmup=1 if quick else 2, iters=2 if quick else 5)
         emit(new)
 
-    block = args.block_size or (32 if quick else None)
-    vocab = args.vocab_size or (512 if quick else None)
-    bsz = args.batch_size or (2 if quick else 8)
+    block_size = args.block_size or (32 if quick else None)
+    vocab_size = args.vocab_size or (512 if quick else None)
+    batch_size = args.batch_size or (2 if quick else 8)
     if "train" in only:
         for preset in presets:
             for dtype in dtypes:
-                for opt in optimizers:
+                for optimizer in optimizers:
                     with fits(f"a training step of {preset} does not fit in memory: give a smaller --batch_size, "
                               f"--block_size or --vocab_size, or another --model"):
-                        emit([bench_train(preset, device, dtype, peaks, bsz, block, vocab, args.variant, args.compile,
-                                          warmup, iters, args.recompute_activations, opt)])
+                        emit([bench_train(preset, device, dtype, peaks, batch_size, block_size, vocab_size, args.variant,
+                                          args.compile, warmup, iters, args.recompute_activations, optimizer)])
     if "ratio" in only:
         small_vocab = args.ratio_vocab or (512 if quick else 4096)
-        # two steps ~8x apart in length: 5 pairs left the ratio's medians ±10% from run to run on a shared CPU
+        # two steps ~8x apart in length: with 5 pairs the ratio's medians vary ±10% from run to run on a shared CPU
         ratio_iters = args.steps if args.steps is not None else (2 if quick else 10)
-        for opt in optimizers:  # Muon's orthogonalization adds the same time to both sides: a lower ratio
+        for optimizer in optimizers:  # Muon's orthogonalization adds the same time to both sides: a lower ratio
             with fits(f"the ratio's training steps of {args.ratio_model} do not fit in memory: give a smaller "
                       f"--batch_size, --block_size or --ratio_vocab, or another --ratio_model"):
-                emit(bench_ratio(args.ratio_model, device, dtypes[0], peaks, bsz, block, small_vocab, args.variant,
-                                 args.compile, warmup, ratio_iters, opt))
+                emit(bench_ratio(args.ratio_model, device, dtypes[0], peaks, batch_size, block_size, small_vocab,
+                                 args.variant, args.compile, warmup, ratio_iters, optimizer))
     if "gen" in only:
         new_tokens = args.new_tokens or (8 if quick else 500)  # given options win over --quick's sizes
-        prompt = args.prompt_len or (4 if quick else 16)
+        prompt_len = args.prompt_len or (4 if quick else 16)
         for preset in presets:
             with fits(f"generation with {preset} does not fit in memory: give a smaller --gen_batch, --new_tokens, "
                       f"--prompt_len or --vocab_size, or another --model"):
-                emit(bench_gen(preset, device, dtypes[0], args.gen_batch or (2 if quick else 8), prompt,
-                               new_tokens, vocab, args.variant))
+                emit(bench_gen(preset, device, dtypes[0], args.gen_batch or (2 if quick else 8), prompt_len,
+                               new_tokens, vocab_size, args.variant))
     if "prepare" in only:
         path = args.data or default_text_path()
         threads = 1 if args.clock == "cpu" else args.prepare_threads  # CPU time adds up over threads
@@ -738,8 +740,10 @@ def main(argv=None):
             raise UserError(f"--{name} {','.join(map(str, v)) if isinstance(v, list) else v} is too large: give at "
                             f"most {MAX_SIZE:,} (2**40), and far less fits in any machine's memory")
     cores = os.cpu_count()
-    for name in ("threads", "prepare_threads"):  # libgomp aborted creating 2**31 threads, torch's int overflowed
-        v = getattr(args, name)  # (the tokenizer's: a thread per line of the sample, thousands, at no gain)
+    # more threads than cores: libgomp aborts creating 2**31 threads and torch's int overflows; the tokenizer would
+    # start a thread per line of the sample, thousands, at no gain
+    for name in ("threads", "prepare_threads"):
+        v = getattr(args, name)
         if v and cores and v > cores:
             raise UserError(f"--{name} {v}: this machine has {cores} logical cores; give at most {cores}")
     if args.warmup is not None and args.warmup < 0:
@@ -749,7 +753,7 @@ def main(argv=None):
     if args.data:  # before the other sections' minutes, not after them
         try:
             with open(args.data, encoding="utf-8") as f:
-                if not f.read().strip():  # (0.00 MB/s was reported as a measurement)
+                if not f.read().strip():  # (else 0.00 MB/s would read as a measurement)
                     raise UserError(f"--data {args.data} holds no text: give a text file to tokenize")
         except UnicodeDecodeError:
             raise not_utf8(args.data, f"--data {args.data}") from None
@@ -761,9 +765,9 @@ def main(argv=None):
         try:  # appended to at the end, after minutes of measuring: read now
             with open(args.out, encoding="utf-8") as f:
                 old = f.read()
-            # only a file bench.py writes (its title, or a table of it pasted into notes) takes a table: --out train.py
-            # or --out given the --data file had a markdown table appended to a script or a corpus. The header must
-            # begin a line: bench.py holds it in a string (--out bench.py had a table appended to the script itself)
+            # only a file bench.py writes (its title, or a table of it pasted into notes) takes a table, not a script
+            # or a corpus (--out train.py, or the --data file). The header must begin a line: bench.py itself holds it
+            # in a string
             if old.strip() and not (old.startswith("# Benchmarks") or "\n" + TABLE_HEADER in "\n" + old):
                 raise UserError(f"--out {args.out} is not a BENCHMARKS file (no '# Benchmarks' title, no bench.py "
                                 f"table): the table would be appended to it; give another --out, or --no_write")
