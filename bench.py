@@ -153,14 +153,15 @@ def bench_peak(device, dtypes, sizes, warmup=2, iters=5):
     (the best size, so MFU is not flattered by an unlucky size)."""
     scale, unit = flop_unit(device)
     rows, peaks = [], {}
+    group = back_to_back(device)
+    runs = f"median of {iters}" + (f" runs of {group}" if group > 1 else "")
     for dtype in dtypes:
+        tf32 = device.type == "cuda" and dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
         for n in sizes:
             f = measure_peak(device, dtype, n, warmup, iters)
             peaks[dtype] = max(peaks.get(dtype, 0.0), f)
-            tf32 = " (TF32 allowed)" if device.type == "cuda" and dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else ""
-            group = back_to_back(device)
-            runs = f"median of {iters}" + (f" runs of {group}" if group > 1 else "")
-            rows.append(row("peak", f"matmul {n}x{n}", f / scale, unit, dtype, note=runs + tf32))
+            rows.append(row("peak", f"matmul {n}x{n}", f / scale, unit, dtype,
+                            note=runs + (" (TF32 allowed)" if tf32 else "")))
     return rows, peaks
 
 
@@ -204,6 +205,15 @@ def make_train_step(model, device, dtype, batch_size, compile=False, optimizer=O
     return step, lambda: fwd.fn is not fwd.model
 
 
+def model_name(model):
+    # the preset the model was made from, for the table (the variant too when it is not the preset's own)
+    cfg = model.config
+    for name, p in PRESETS.items():
+        if all(getattr(cfg, k) == v for k, v in p.items() if k not in ("block_size", "variant")):
+            return name + ("" if cfg.variant == p.get("variant", "gpt2") else f"-{cfg.variant}")
+    return f"L{cfg.n_layer}-C{cfg.n_embd}"
+
+
 def train_row(model, device, dtype, batch_size, seconds, peaks, compiled, optimizer, iters, group=1):
     cfg = model.config
     scale, unit = flop_unit(device)
@@ -216,15 +226,6 @@ def train_row(model, device, dtype, batch_size, seconds, peaks, compiled, optimi
     note = (f"step {t * 1e3:.0f} ms, {achieved / scale:.1f} {unit}, {optimizer}" + (", compiled" if compiled else "")
             + f", median of {iters}" + (f" runs of {group} steps" if group > 1 else ""))
     return row("train", name, tps, "tokens/s", dtype, mfu, note, optimizer)
-
-
-def model_name(model):
-    # the preset the model was made from, for the table (the variant too when it is not the preset's own)
-    cfg = model.config
-    for name, p in PRESETS.items():
-        if all(getattr(cfg, k) == v for k, v in p.items() if k not in ("block_size", "variant")):
-            return name + ("" if cfg.variant == p.get("variant", "gpt2") else f"-{cfg.variant}")
-    return f"L{cfg.n_layer}-C{cfg.n_embd}"
 
 
 def bench_train(preset, device, dtype, peaks, batch_size, block_size=None, vocab_size=None, variant=None,
@@ -569,6 +570,14 @@ def fits(message):
         raise UserError(f"{message} ({first_line(e)})") from None
 
 
+def parse_list(text, allowed, flag):
+    items = [s.strip() for s in text.split(",") if s.strip()]
+    bad = [s for s in items if s not in allowed]
+    if bad or not items:
+        raise UserError(f"{flag} {text!r}: choose from {', '.join(allowed)} (comma-separated)")
+    return items
+
+
 def selection(args, device):
     """(sections, dtypes, optimizers, presets) the options ask for; a UserError for a name that is none."""
     only = parse_list(args.only, SECTIONS, "--only")
@@ -607,8 +616,13 @@ def run(args, device, log=print):
         # without them (unless --dtype asks), which emulates a bf16 matmul on one thread: over 15 minutes for the 2048
         # and 4096 ones on a 2-core AVX2 EPYC
         native_bf16 = [torch.bfloat16] if device.type == "cpu" and cpu_has_bf16() else []
-        wanted = ([torch.float32, pick_dtype(device)] + native_bf16 + dtypes if "peak" in only else []) + (dtypes if "train" in only else [])
-        wanted += ([dtypes[0], torch.float32] if "ratio" in only else [])
+        wanted = []
+        if "peak" in only:
+            wanted += [torch.float32, pick_dtype(device)] + native_bf16 + dtypes
+        if "train" in only:
+            wanted += dtypes
+        if "ratio" in only:
+            wanted += [dtypes[0], torch.float32]
         peak_dtypes = list(dict.fromkeys(wanted))
         sizes = args.peak_sizes or ([256] if quick else [8192] if gpu else [2048, 4096])
         with fits(f"the peak's matmuls of {','.join(map(str, sizes))} do not fit in memory: give smaller --peak_sizes"):
@@ -653,14 +667,6 @@ def run(args, device, log=print):
                 raise
             log(f"prepare skipped: {e}")
     return rows
-
-
-def parse_list(text, allowed, flag):
-    items = [s.strip() for s in text.split(",") if s.strip()]
-    bad = [s for s in items if s not in allowed]
-    if bad or not items:
-        raise UserError(f"{flag} {text!r}: choose from {', '.join(allowed)} (comma-separated)")
-    return items
 
 
 def sizes_arg(text):
@@ -725,9 +731,8 @@ def get_parser():
     return p
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    args = get_parser().parse_args(argv)
+def check_options(args):
+    """Raises a UserError for options bench.py cannot run with, before anything is measured."""
     for name in ("batch_size", "block_size", "vocab_size", "threads", "steps", "new_tokens", "prompt_len", "gen_batch",
                  "ratio_vocab", "prepare_threads"):
         v = getattr(args, name)
@@ -736,9 +741,10 @@ def main(argv=None):
     for name in ("batch_size", "block_size", "vocab_size", "new_tokens", "prompt_len", "gen_batch", "ratio_vocab",
                  "peak_sizes"):  # past any machine's memory (MAX_SIZE); smaller ones that do not fit: fits() in run()
         v = getattr(args, name)
-        if v is not None and max(v if isinstance(v, list) else [v]) > MAX_SIZE:
-            raise UserError(f"--{name} {','.join(map(str, v)) if isinstance(v, list) else v} is too large: give at "
-                            f"most {MAX_SIZE:,} (2**40), and far less fits in any machine's memory")
+        sizes = v if isinstance(v, list) else [v]  # --peak_sizes is a list
+        if v is not None and max(sizes) > MAX_SIZE:
+            raise UserError(f"--{name} {','.join(map(str, sizes))} is too large: give at most {MAX_SIZE:,} (2**40), "
+                            f"and far less fits in any machine's memory")
     cores = os.cpu_count()
     # more threads than cores: libgomp aborts creating 2**31 threads and torch's int overflows; the tokenizer would
     # start a thread per line of the sample, thousands, at no gain
@@ -748,9 +754,9 @@ def main(argv=None):
             raise UserError(f"--{name} {v}: this machine has {cores} logical cores; give at most {cores}")
     if args.warmup is not None and args.warmup < 0:
         raise UserError(f"--warmup must be >= 0, got {args.warmup}")
-    if args.data and not os.path.isfile(args.data):
-        raise UserError(f"--data {args.data}: no such file")
-    if args.data:  # before the other sections' minutes, not after them
+    if args.data:  # read before the other sections' minutes, not after them
+        if not os.path.isfile(args.data):
+            raise UserError(f"--data {args.data}: no such file")
         try:
             with open(args.data, encoding="utf-8") as f:
                 if not f.read().strip():  # (else 0.00 MB/s would read as a measurement)
@@ -759,22 +765,34 @@ def main(argv=None):
             raise not_utf8(args.data, f"--data {args.data}") from None
     if args.no_write and (args.out or args.note):  # what they ask for would be dropped without a word
         raise UserError(f"--no_write writes nothing: give {'--out' if args.out else '--note'} or --no_write, not both")
+
+
+def check_benchmarks_file(path):
+    """Raises a UserError for an --out that cannot take the table: checked before measuring, as the table is only
+    appended at the end, after minutes."""
+    check_output(path, "--out")
+    try:
+        with open(path, encoding="utf-8") as f:
+            old = f.read()
+        # only a file bench.py writes (its title, or a table of it pasted into notes) takes a table, not a script
+        # or a corpus (--out train.py, or the --data file). The header must begin a line: bench.py itself holds it
+        # in a string
+        if old.strip() and not (old.startswith("# Benchmarks") or "\n" + TABLE_HEADER in "\n" + old):
+            raise UserError(f"--out {path} is not a BENCHMARKS file (no '# Benchmarks' title, no bench.py "
+                            f"table): the table would be appended to it; give another --out, or --no_write")
+    except FileNotFoundError:
+        pass
+    except UnicodeDecodeError:
+        raise not_utf8(path, f"--out {path}", "give another file") from None
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    args = get_parser().parse_args(argv)
+    check_options(args)
     args.out = args.out or "BENCHMARKS.md"
     if not args.no_write:
-        check_output(args.out, "--out")
-        try:  # appended to at the end, after minutes of measuring: read now
-            with open(args.out, encoding="utf-8") as f:
-                old = f.read()
-            # only a file bench.py writes (its title, or a table of it pasted into notes) takes a table, not a script
-            # or a corpus (--out train.py, or the --data file). The header must begin a line: bench.py itself holds it
-            # in a string
-            if old.strip() and not (old.startswith("# Benchmarks") or "\n" + TABLE_HEADER in "\n" + old):
-                raise UserError(f"--out {args.out} is not a BENCHMARKS file (no '# Benchmarks' title, no bench.py "
-                                f"table): the table would be appended to it; give another --out, or --no_write")
-        except FileNotFoundError:
-            pass
-        except UnicodeDecodeError:
-            raise not_utf8(args.out, f"--out {args.out}", "give another file") from None
+        check_benchmarks_file(args.out)
     device = pick_device(args.device)
     args.malloc_retained = args.malloc == "retain" and retain_freed_memory()
     if args.threads:
