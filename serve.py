@@ -1138,8 +1138,9 @@ class ApiServer(ThreadingHTTPServer):
         # connections past max_connections, turned away and given another's place, since the log's line on them
         self.turned_away, self.made_room, self.at_limit_said = 0, 0, float("-inf")  # (note_at_limit)
         self.refusals = threading.BoundedSemaphore(max_connections)
-        # the connections whose threads wait in a read of a request (silent_while), each with when it began waiting,
-        # and those of them closed to give a new connection their place (evict), under silence_lock
+        # the connections whose threads wait in a read of a request (silent_while), each with when it began waiting
+        # and whether that is for a request's first byte, and those of them closed to give a new connection their
+        # place (evict), under silence_lock
         self.silent, self.evicted, self.silence_lock = {}, set(), threading.Lock()
         self.cors = tuple(cors)  # origins whose pages may call the API from a browser ("*": any)
         self.allowed_hosts = tuple(allowed_hosts)  # names a loopback server answers besides its own ("*": any)
@@ -1249,10 +1250,11 @@ class ApiServer(ThreadingHTTPServer):
     def silent_while(self, sock, since=None):
         """The connection sock is silent while its thread waits in a read of a request (RequestReader): for its first
         byte (an idle keep-alive connection, or a new one) or for the rest (a slow upload, or a client trickling bytes
-        to hold the connection, slowloris), waiting for it since since (a time.monotonic(); None: now). Raises Evicted
-        after the read if evict closed it meanwhile."""
+        to hold the connection, slowloris), waiting for it since since (a time.monotonic(), when the request's first
+        byte came; None: now, for a request's first byte, or linger's drop of a refused body). Raises Evicted after the
+        read if evict closed it meanwhile."""
         with self.silence_lock:
-            self.silent[sock] = time.monotonic() if since is None else since
+            self.silent[sock] = (time.monotonic(), True) if since is None else (since, False)
         try:
             yield
         finally:
@@ -1271,11 +1273,15 @@ class ApiServer(ThreadingHTTPServer):
         without giving back the place (process_request_thread): for that moment the threads are one more than the
         places."""
         with self.silence_lock:
-            # one with bytes waiting is silent no more: its request (a keep-alive client's next, a new connection's
-            # first) has come, and its thread, not yet woken, is about to read it; closed, it would go unanswered
+            # one waiting for a request's first byte with bytes waiting is silent no more: its request (a keep-alive
+            # client's next, a new connection's first) has come, and its thread, not yet woken, is about to read it;
+            # closed, it would go unanswered. One whose request began EVICT_AFTER ago is trickling it whatever it has
+            # sent since: a byte unread for as long as its thread takes to wake (tens of ms on a loaded machine) hid a
+            # slowloris client sending one every 50 ms at the moment a new connection looked
             now = time.monotonic()
-            sock = min((s for s, since in self.silent.items() if now - since >= EVICT_AFTER and not readable(s)),
-                       key=self.silent.get, default=None)
+            sock = min((s for s, (since, first) in self.silent.items()
+                        if now - since >= EVICT_AFTER and not (first and readable(s))),
+                       key=lambda s: self.silent[s][0], default=None)
             if sock is None:
                 return False
             del self.silent[sock]

@@ -1467,6 +1467,29 @@ def test_a_connection_whose_request_has_come_is_not_taken_for_silent(enc, monkey
         api.close()
 
 
+def test_a_trickling_request_with_a_byte_waiting_still_gives_way(enc, monkeypatch):
+    """A client trickling its request has bytes waiting, unread, from their arrival until its thread wakes to read them:
+    tens of ms on a loaded machine, against a byte every 50 ms. Taken for a request that has come (the check above),
+    it kept its place while they waited, and the new connection got 503 (test_a_client_trickling_its_request_gives_way_
+    at_the_limit failed so under load). Its request began EVICT_AFTER ago: whatever it has sent since, it gives way.
+    Played with a read of the rest of a request begun long ago, a byte of it waiting."""
+    monkeypatch.setattr(serve, "EVICT_AFTER", 0.5)
+    api = start(tiny_model(enc), enc, max_connections=1)
+    slow, slow_peer = socket.socketpair()
+    try:
+        with contextlib.suppress(serve.Evicted), api.silent_while(slow, since=time.monotonic() - 1):
+            slow_peer.sendall(b"a")
+            assert serve.readable(slow)
+            assert api.evict()
+            slow_peer.settimeout(10)
+            assert slow_peer.recv(1) == b""  # closed
+        assert api.evicted == {slow}
+    finally:
+        slow.close()
+        slow_peer.close()
+        api.close()
+
+
 def test_a_busy_keep_alive_connection_keeps_its_place_at_the_limit(enc):
     """A client sending its requests one after another on a keep-alive connection is silent for milliseconds between
     them: a new connection at --max_connections took its place each time (and the next newcomer the newcomer's), its
