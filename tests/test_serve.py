@@ -1528,7 +1528,10 @@ def test_a_client_trickling_its_request_gives_way_at_the_limit(enc, monkeypatch)
                     slow.sendall(b"a")
         trickling = threading.Thread(target=trickle, daemon=True)
         trickling.start()
-        time.sleep(1)  # (twice EVICT_AFTER: its request began that long ago)
+        # until its request began EVICT_AFTER ago, as its thread saw it (on a loaded machine a thread slow to start
+        # sees it late: a fixed sleep was too short then), trickling since
+        wait_for(lambda: any(time.monotonic() - since >= serve.EVICT_AFTER for since, _ in list(api.silent.values())),
+                 "the trickling request to have begun EVICT_AFTER ago")
         client = http.client.HTTPConnection(*api.server_address[:2], timeout=60)
         client.request("GET", "/health")
         r = client.getresponse()
