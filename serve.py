@@ -1142,6 +1142,9 @@ class ApiServer(ThreadingHTTPServer):
         # and whether that is for a request's first byte, and those of them closed to give a new connection their
         # place (evict), under silence_lock
         self.silent, self.evicted, self.silence_lock = {}, set(), threading.Lock()
+        # connections answered 503 by the accepting thread, their threads not started, whose clients may still be
+        # sending: each with when it is closed at the latest and the bytes still to drop (service_actions)
+        self.closing = {}
         self.cors = tuple(cors)  # origins whose pages may call the API from a browser ("*": any)
         self.allowed_hosts = tuple(allowed_hosts)  # names a loopback server answers besides its own ("*": any)
         self.temperature, self.top_k, self.top_p, self.max_tokens = temperature, top_k, top_p, max_tokens
@@ -1204,20 +1207,51 @@ class ApiServer(ThreadingHTTPServer):
         # time (ValueError); a stopping server needs none back
         except Exception as e:
             places.release()
-            # answered 503 overloaded here, as past max_connections, and closed, with one line in the log (socketserver
-            # would print a traceback and close it unanswered). This thread accepts the next connections, and
-            # waits for no client: it reads, under --cors, what of the request's head has come (a browser's comes with
-            # the connection, and the failed start gave it time) for its origin or its preflight (busy_answer), and
-            # sends what the socket takes at once (a new connection's buffer takes it all). Nor is the rest of the
-            # request drained, as turn_away's is: a client still sending a large body meets the close's reset
+            # answered 503 overloaded here, as past max_connections, with one line in the log (socketserver would
+            # print a traceback and close it unanswered). This thread accepts the next connections, and waits for no
+            # client: it reads, under --cors, what of the request's head has come (a browser's comes with the
+            # connection, and the failed start gave it time) for its origin or its preflight (busy_answer), and sends
+            # what the socket takes at once (a new connection's buffer takes it all). The rest of the request is
+            # dropped as it comes (service_actions), as drain does: closed with it unread, the connection would be
+            # reset under http.client's POST, which writes its body after its head, and it would get BrokenPipeError
             self.worker.say(f"a connection turned away: no thread to serve it ({e})")
-            with contextlib.suppress(OSError):
+            try:
                 request.setblocking(False)
                 got = b""
                 with contextlib.suppress(BlockingIOError):  # (none yet)
                     got = request.recv(HEAD) if self.cors else b""
                 request.sendall(self.busy_answer("no thread to serve another connection", got))
-            self.shutdown_request(request)
+                request.shutdown(socket.SHUT_WR)
+            except OSError:
+                return self.shutdown_request(request)
+            if len(self.closing) >= self.max_connections:  # (each holds a descriptor)
+                return self.shutdown_request(request)
+            self.closing[request] = (time.monotonic() + DRAIN_WAIT, DRAIN)
+
+    def service_actions(self):
+        """serve_forever's, after each connection it accepts and every half second: the connections answered by this
+        thread (process_request: no thread to serve them) have what their clients still send read and dropped, up to
+        DRAIN bytes or DRAIN_WAIT seconds, as drain does, and are closed once their clients close."""
+        super().service_actions()
+        now = time.monotonic()
+        for sock, (deadline, left) in list(self.closing.items()):
+            try:
+                while left > 0 and (data := sock.recv(min(left, 1 << 16))):  # (non-blocking)
+                    left -= len(data)
+            except BlockingIOError:  # nothing more yet
+                if now < deadline and left > 0:
+                    self.closing[sock] = (deadline, left)
+                    continue
+            except OSError:  # reset: the client is gone
+                pass
+            del self.closing[sock]
+            self.shutdown_request(sock)
+
+    def server_close(self):
+        super().server_close()
+        for sock in list(self.closing):
+            self.shutdown_request(sock)
+        self.closing.clear()
 
     def note_at_limit(self, made_room=False):
         """Counts a connection past --max_connections (from the accepting thread alone), turned away or, made_room,

@@ -1721,6 +1721,39 @@ def test_a_connection_whose_thread_cannot_start_is_answered_503(enc, monkeypatch
         api.close()
 
 
+def test_a_post_whose_thread_cannot_start_gets_its_503_not_a_reset(enc, monkeypatch):
+    """http.client (so requests and the openai client) writes a POST's head and its body apart, and reads the answer
+    after both. A connection whose thread could not start was closed at once with the head unread: a reset, which the
+    body's write met (BrokenPipeError: 16 of 40 small POSTs), not the 503. Its sending side is shut after the 503 and
+    what its client still sends is dropped by the accepting thread (service_actions), as drain does, until the client
+    closes; then it is closed. Played with the body sent once the server has answered."""
+    api = start(tiny_model(enc), enc, max_connections=2)
+
+    def cannot_start(thread):
+        raise RuntimeError("can't start new thread")
+    try:
+        with socket.create_server(("127.0.0.1", 0)) as listener, \
+                socket.create_connection(listener.getsockname(), timeout=60) as sock:
+            conn, address = listener.accept()
+            body = completion_request(max_tokens=1)
+            head, _, body = body.partition(b"\r\n\r\n")
+            sock.sendall(head + b"\r\n\r\n")
+            assert select.select([conn], [], [], 60)[0]
+            with monkeypatch.context() as m:
+                m.setattr(threading.Thread, "start", cannot_start)
+                api.process_request(conn, address)
+            assert select.select([sock], [], [], 60)[0]  # (the 503 has come)
+            sock.sendall(body)
+            api.service_actions()  # (serve_forever's, after each connection and every half second)
+            r = http.client.HTTPResponse(sock)
+            r.begin()
+            assert r.status == 503 and json.loads(r.read())["error"]["code"] == "overloaded"
+        wait_for(lambda: api.service_actions() or not api.closing, "the connection, its client gone, to be closed")
+        assert conn.fileno() == -1
+    finally:
+        api.close()
+
+
 def test_a_connection_whose_thread_cannot_start_lets_an_allowed_page_read_its_503(enc, monkeypatch):
     """--cors naming origins: the 503 of a connection whose thread cannot start names the request's origin, and its
     preflight gets its 204, as past --max_connections, from what of its head has come when the start fails (a
