@@ -1743,12 +1743,11 @@ def test_a_post_whose_thread_cannot_start_gets_its_503_not_a_reset(enc, monkeypa
                 m.setattr(threading.Thread, "start", cannot_start)
                 api.process_request(conn, address)
             assert select.select([sock], [], [], 60)[0]  # (the 503 has come)
-            sock.sendall(body)
-            api.service_actions()  # (serve_forever's, after each connection and every half second)
+            sock.sendall(body)  # (dropped by serve_forever's service_actions, every half second)
             r = http.client.HTTPResponse(sock)
             r.begin()
             assert r.status == 503 and json.loads(r.read())["error"]["code"] == "overloaded"
-        wait_for(lambda: api.service_actions() or not api.closing, "the connection, its client gone, to be closed")
+        wait_for(lambda: not api.closing, "the connection, its client gone, to be closed")
         assert conn.fileno() == -1
     finally:
         api.close()
