@@ -236,20 +236,24 @@ def _load_tokenizer(name, stamp):
 
 def moved_vocabulary(recorded, folder, want):
     """Where the vocabulary a dataset's meta.json names by the absolute path recorded (gone from there) is now, in a
-    project or data/ moved since with the dataset folder: the recorded path's last parts under one of folder's parents
-    (/old/data/a/tokenizer.tiktoken of data/b: data/a/tokenizer.tiktoken), holding the vocabulary of tokenizer_hash
-    want, the dataset's (another file there vouches for nothing); None when there is none."""
+    project or data/ moved since (or copied to another machine) with the dataset folder: the folder's own VOCAB_FILE,
+    or the recorded path's last parts under one of folder's parents (/old/data/a/tokenizer.tiktoken of data/b:
+    data/a/tokenizer.tiktoken), holding the vocabulary of tokenizer_hash want, the dataset's (another file there, an
+    older vocabulary left when the data was made again with another --tokenizer, vouches for nothing); None when
+    there is none."""
+    if not want:
+        return None
     parts = os.path.normpath(recorded).split(os.sep)[1:]
     parents = [os.path.abspath(folder)]
     for _ in range(4):  # (data/b's data/, the project, and a little above)
         parents.append(os.path.dirname(parents[-1]))
-    for k in range(1, min(len(parts), 4) + 1):
-        for parent in parents[1:]:
-            path = os.path.join(parent, *parts[-k:])
-            if path != recorded and os.path.isfile(path):
-                with contextlib.suppress(UserError):  # (damaged: not it)
-                    if want and tokenizer_hash(get_tokenizer(path)) == want:
-                        return path
+    places = [os.path.join(folder, VOCAB_FILE)] + [os.path.join(parent, *parts[-k:])
+                                                   for k in range(1, min(len(parts), 4) + 1) for parent in parents[1:]]
+    for path in places:
+        if path != recorded and os.path.isfile(path):
+            with contextlib.suppress(UserError):  # (damaged: not it)
+                if tokenizer_hash(get_tokenizer(path)) == want:
+                    return path
     return None
 
 

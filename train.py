@@ -62,7 +62,7 @@ from tqdm import tqdm
 
 from checkpoint import (NOT_THIS_CODE, add_checkpoint_argument, checkpoint_config, load_checkpoint, load_weights,
                         nonfinite, parse_checkpoint, save_checkpoint, tensor_bytes)
-from common import (DTYPES, VOCAB_FILE, UserError, ask, atomic_write_text, autocast, check_output,
+from common import (DTYPES, UserError, ask, atomic_write_text, autocast, check_output,
                     closed_pipe_on_windows, color_ok, cpu_bf16_is_faster, cpu_has_bf16, draws_a_bar,
                     exit_after_the_first, first_line, held_lock, is_oom, lock_is_held, nonempty, path_arg, pick_device,
                     pick_dtype, prepare_lock, read_items, remove_stale_tmp, retain_freed_memory, run_main,
@@ -1637,13 +1637,9 @@ def pick_tokenizer(args, meta, ckpt):
     if ckpt is not None:
         return tokenizer_from_state(ckpt["tokenizer"])
     name = meta.get("tokenizer", "gpt2")
-    own = os.path.join(meta["folder"], VOCAB_FILE)
-    if name != "gpt2" and not os.path.exists(name) and os.path.isfile(own) and own_hash(own) == want:
-        # meta.json names it by absolute path: a project moved or data/ copied to another machine has it here (not
-        # an older vocabulary left there when the data was made again with another --tokenizer, since moved)
-        name = own
     if name != "gpt2" and not os.path.exists(name):
-        # another dataset's vocabulary (--tokenizer data/a/tokenizer.tiktoken), moved with it: the same, by its hash
+        # meta.json names it by absolute path: a project moved or data/ copied to another machine has it in the
+        # dataset's folder, or beside it (another dataset's, --tokenizer data/a/tokenizer.tiktoken), found by its hash
         name = moved_vocabulary(name, meta["folder"], want) or name
     if name != "gpt2" and not os.path.exists(name):
         raise UserError(f"{meta['folder']} was prepared with tokenizer {name}, which is gone: pass --tokenizer PATH "
@@ -1656,14 +1652,6 @@ def pick_tokenizer(args, meta, ckpt):
                         f"hash {tokenizer_hash(enc)}, data {want}): {'put the whole file back, or ' if short else ''}"
                         f"run `{rebuild_command(meta, meta['folder'])}` again")
     return enc
-
-
-def own_hash(path):
-    """The tokenizer hash of a dataset folder's vocabulary file, None when it is no vocabulary (damaged)."""
-    try:
-        return tokenizer_hash(get_tokenizer(path))
-    except UserError:
-        return None
 
 
 def default_preset(device):
