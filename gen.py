@@ -153,7 +153,7 @@ def complete(model, enc, prompt_ids, max_tokens, stop_tokens=(), on_text=None, *
     contains it; stopped_by is the stop token's text, "max_tokens", "context" (window full) or
     "interrupted" (Ctrl-C: what was generated so far is kept). A character cut off at the end is shown (U+FFFD, as
     stream_completion flushes it) but left out of text, which holds what the model wrote whole: a --chat reply joins
-    the history as text, and the next turn's prompt held a U+FFFD the model never wrote."""
+    the history as text, and the next turn's prompt would hold a U+FFFD the model never wrote."""
     ids, pieces, stopped_by = [], [], None
     try:
         for tok, piece in stream_completion(model, enc, prompt_ids, max_tokens, stop_tokens, **sampling):

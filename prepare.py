@@ -293,8 +293,8 @@ def spoken(messages):
 def dailydialog_docs(path, left=None):
     """DailyDialog's original release: one dialogue per line, turns separated by __eou__. A line with no reply (one
     utterance) has nothing to train on: left out and counted under left.empty (a LeftOut), as good_docs does a `dialog`
-    record of one turn; it was kept, a conversation of the user's words alone, all out of the loss (its tokens packed
-    and read for nothing), unsaid."""
+    record of one turn. Kept, it would be a conversation of the user's words alone, all out of the loss (its tokens
+    packed and read for nothing), unsaid."""
     n, empty, wheres = 0, 0, []
     for chunk in read_text_chunks(path):
         lines = chunk.split("\n")  # (not splitlines(): a \r or U+2028 inside a turn is no line break here)

@@ -1310,8 +1310,8 @@ class ApiServer(ThreadingHTTPServer):
             # one waiting for a request's first byte with bytes waiting is silent no more: its request (a keep-alive
             # client's next, a new connection's first) has come, and its thread, not yet woken, is about to read it;
             # closed, it would go unanswered. One whose request began EVICT_AFTER ago is trickling it whatever it has
-            # sent since: a byte unread for as long as its thread takes to wake (tens of ms on a loaded machine) hid a
-            # slowloris client sending one every 50 ms at the moment a new connection looked
+            # sent since: a byte unread for as long as its thread takes to wake (tens of ms on a loaded machine) would
+            # hide a slowloris client sending one every 50 ms at the moment a new connection looked
             now = time.monotonic()
             sock = min((s for s, (since, first) in self.silent.items()
                         if now - since >= EVICT_AFTER and not (first and readable(s))),

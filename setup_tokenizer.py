@@ -361,7 +361,7 @@ class StreamDecoder:
     """Token ids in, text out, as it streams: a character split across tokens is
     emitted once all its bytes have arrived. after: the ids the streamed ones continue (a prompt, which given as token
     ids, as serve.py takes them, may end inside a character): a character it leaves unfinished comes whole with the
-    ids that finish it, where each side's bytes alone were a U+FFFD; ids that do not finish it leave it to the
+    ids that finish it, where each side's bytes alone would be a U+FFFD; ids that do not finish it leave it to the
     prompt."""
 
     def __init__(self, enc, after=()):
@@ -510,7 +510,7 @@ class VocabSample:
     def said(self, of):
         """What a sample was learnt from, of (the text it was taken from) and why; "" when it was all of the input.
         The sample and the cap are said in characters, as they are counted, the input in bytes, as its files' sizes
-        are: "MB" of characters misstated non-ASCII text by up to 4x (a character is 1-4 bytes; the share of the
+        are: "MB" of characters would misstate non-ASCII text by up to 4x (a character is 1-4 bytes; the share of the
         documents is the share of the bytes, spread over them)."""
         why = f"at most {chars(VOCAB_TEXT_CHARS)}, VOCAB_TEXT_CHARS: memory grows with the distinct words learnt"
         if self.spread:
