@@ -64,7 +64,6 @@ import math
 import os
 import random
 import re
-import shlex
 import shutil
 import signal
 import sys
