@@ -240,6 +240,33 @@ def test_exact_resume(env, tmp_path, dtype, optimizer):
     assert a["best_val_loss"] == b["best_val_loss"]
 
 
+def test_evaluations_logs_and_saves_leave_the_training_alone(env, tmp_path):
+    """A user comparing runs changes how often they are looked at, not what they train: evaluations, log records and
+    saves draw nothing from the training's random stream (dropout on: a draw there moves every later mask) and take no
+    windows from the epoch, so the weights do not depend on --eval_interval, --log_interval or --save_interval, nor on
+    changing them when a run is continued. The seed does make the model (another one, another model)."""
+    common = ["--dataset", "mini", "--dropout", "0.1", "--batch_size", "4"]
+    quiet = train.train(args_for(env, tmp_path / "quiet", *common, "--max_steps", 6, "--eval_interval", 0,
+                                 "--save_interval", 0, "--log_interval", 100))
+    busy = train.train(args_for(env, tmp_path / "busy", *common, "--max_steps", 3, "--eval_interval", 0.01,
+                                "--save_interval", 0.01, "--log_interval", 0.01))
+    recs = read_metrics(busy["metrics"])
+    assert [r["step"] for r in recs if r["val_loss"] is not None] == [1, 2, 3]  # an evaluation after every step
+    rest = train.train(args_for(env, tmp_path / "busy", "--checkpoint", busy["checkpoint"], "--max_steps", 3,
+                                "--eval_interval", 30, "--log_interval", 0.01, "--save_interval", 0, fresh=False))
+    other_seed = train.train(args_for(env, tmp_path / "seed", *common, "--max_steps", 6, "--eval_interval", 0,
+                                      "--save_interval", 0, "--seed", 7))
+    assert quiet["steps"] == rest["steps"] == other_seed["steps"] == 6
+    a, b, c = (load_checkpoint(s["checkpoint"])["model"] for s in (quiet, rest, other_seed))
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert not torch.equal(a["transformer.wte.weight"], c["transformer.wte.weight"])
+    # the continued run's records every step are the quiet run's losses (its one record: the mean of all 6)
+    losses = [r["train_loss"] for r in recs + read_metrics(rest["metrics"])[len(recs):]]
+    assert len(losses) == 6 and read_metrics(quiet["metrics"])[-1]["train_loss"] == pytest.approx(sum(losses) / 6,
+                                                                                                     abs=1e-4)
+
+
 def test_a_closed_pipe_saves_the_run_and_says_why(env, tmp_path, monkeypatch, capsys):
     """`python train.py | head`: the reader goes away, the steps so far are saved, and the warning said "before
     stopping on the error below", where run_main prints none for a closed pipe (the exit code, 141, says it)."""
