@@ -2105,6 +2105,22 @@ def test_mix_follows_the_weights(tmp_path, monkeypatch, enc, capsys):
     assert meta["vocab_size"] == 300 and len(small.encode_ordinary("ddval")) < 5 and len(small.encode_ordinary("kn")) == 1
 
 
+def test_the_number_of_cores_changes_no_byte(tmp_path, monkeypatch):
+    """prepare.py encodes on every core (THREADS, each thread a share of a batch of texts): a dataset made on a 64-core
+    machine and on a laptop must be the same bytes, or the same --seed trains on other windows there."""
+    fake_mirror(tmp_path / "mirror")
+    monkeypatch.setenv("DATA_MIRROR", str(tmp_path / "mirror"))
+    src = write(tmp_path / "corpus.txt", EOT.join(DOCS))
+    made = []
+    for threads in (1, 3):
+        monkeypatch.setattr(prepare, "THREADS", threads)
+        out = tmp_path / f"data{threads}"
+        prepare.prepare("text", source=src, out_dir=str(out))
+        prepare.prepare("mix", mix={"dailydialog": 1, "knowledge": 2}, name="mix", out_dir=str(out), pack=64)
+        made.append({f"{d}/{f}": (out / d / f).read_bytes() for d in ("text", "mix") for f in os.listdir(out / d)})
+    assert len(made[0]) == 3 + 5 and made[0] == made[1]  # (tokens, masks and meta.json)
+
+
 def test_a_mixs_val_leaves_out_what_another_of_its_datasets_has(tmp_path, monkeypatch, enc, capsys):
     """A document one dataset of a mix validates on and another trains on (or validates on too) was in the mix's val:
     each dataset left out only its own repeats, so the val loss read better than the model is, or weighed it twice."""
