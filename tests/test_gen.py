@@ -105,6 +105,17 @@ def test_same_seed_same_text_cli(ckpt, capsys):
     assert runs[0][1].startswith("Hi")  # the prompt, then its continuation
 
 
+def test_the_seed_verbose_shows_gives_the_text_again(ckpt, capsys):
+    # without --seed a run draws its own (--help: "default: random, shown by --verbose"), so a text worth keeping or a
+    # reply worth debugging is had again by passing the seed its header line named
+    opts = [ckpt, "--prompt", "Hi", "--max_tokens", "20", "--temp", "1", "--verbose"] + CPU
+    code, out, err = cli(opts, capsys)
+    seed = re.search(r", seed (-?\d+)\n", err)
+    assert code == 0 and seed, err
+    assert cli(opts + ["--seed", seed[1]], capsys)[1] == out
+    assert cli(opts, capsys)[1] != out  # (the next run draws another)
+
+
 def test_kv_cache_matches_full_recomputation(enc):
     model = tiny_model(enc, seed=3)
     caches = []  # proof that use_cache reaches the model: only the cached path allocates a KV cache
