@@ -81,7 +81,7 @@ from setup_tokenizer import (EOT, IM_END, IM_START, VocabSample, fewer_ids, get_
                              warn_short_vocabulary)
 
 FORMAT = 1   # layout of meta.json and the .bin files
-VERSION = 12  # bump when the same inputs would give other tokens or counts, so existing datasets rebuild
+VERSION = 13  # bump when the same inputs would give other tokens or counts, so existing datasets rebuild
              # (this line's git log says what each bump changed)
 DATASETS = ("story", "shakespeare", "dailydialog", "chat", "chitchat", "knowledge", "text")
 EVERYTHING = ("story", "shakespeare", "dailydialog", "chat", "knowledge", "chitchat")  # what a bare `python prepare.py` builds
@@ -442,8 +442,10 @@ def turns_of(record, field, where):
         raise UserError(f"{where}: `{field}` must be a list of turns like {{\"{r}\": \"user\", \"{c}\": \"Hi!\"}} "
                         f"or {{\"{r2}\": \"user\", \"{c2}\": \"Hi!\"}}")
     # a "weight" is OpenAI's fine-tuning format's: 0 leaves an assistant reply out of the loss (render_chat)
-    # (roles capitalised as some exports write them, "Human", "USER", are the same roles)
-    return [{"role": SHAREGPT_ROLES.get(m[r].lower(), m[r]), "content": m[c]}
+    # (roles capitalised as some exports write them, "Human", "USER", are the same roles). A null content is an empty
+    # one, as a pair's null reply and a null `text` are: a ShareGPT scrape's failed reply was a bad record, stopping
+    # the run (or, skipped, leaving out its conversation's other replies), where Alpaca's null output is kept as ""
+    return [{"role": SHAREGPT_ROLES.get(m[r].lower(), m[r]), "content": "" if m[c] is None else m[c]}
             | ({"weight": m["weight"]} if m.get("weight") is not None else {})
             for m, (r, c) in ((m, spelling(m)) for m in turns)]
 
@@ -548,9 +550,11 @@ def record_doc(record, where, dataset=None):
         elif pair:
             messages = pair_messages(record, pair, where)
         elif "dialog" in has:
-            if not isinstance(record["dialog"], list) or not all(isinstance(t, str) for t in record["dialog"]):
+            dialog = record["dialog"]
+            if not isinstance(dialog, list) or not all(t is None or isinstance(t, str) for t in dialog):
                 raise TypeError("`dialog` must be a list of strings, one per turn")
-            turns = [tidy_dailydialog(t) if dataset == "dailydialog" else t for t in record["dialog"]]
+            # (a null turn is an empty one, as a turn's null content is: spoken() drops it, its speaker kept)
+            turns = [tidy_dailydialog(t or "") if dataset == "dailydialog" else t or "" for t in dialog]
             messages = spoken(alternate(turns))
         elif "text" in record:
             text = record["text"]

@@ -510,7 +510,8 @@ def test_non_utf8_and_bad_input(tmp_path):
     write(tmp_path / "folder" / "empty.jsonl", "")
     write(tmp_path / "folder" / "docs.jsonl", "\n".join(json.dumps({"text": d}) for d in DOCS[:10]))
     assert prepare.prepare("text", source=str(tmp_path / "folder"), out_dir=out, name="f")["splits"]["train"]["documents"] == 9
-    for dialog in ([None, "hi"], "Hello there __eou__ Hi", [1, 2]):  # one character a turn, had it been taken
+    # (a null turn is an empty one: test_a_null_text_is_an_empty_one_in_every_chat_format)
+    for dialog in (["hi", {"text": "x"}], "Hello there __eou__ Hi", [1, 2]):  # one character a turn, had it been taken
         with pytest.raises(UserError, match=r"dd.jsonl line 1: malformed conversation .*`dialog` must be a list of "
                                             r"strings"):
             prepare.prepare("dailydialog", source=write(tmp_path / "dd.jsonl", json.dumps({"dialog": dialog})),
@@ -761,6 +762,40 @@ def test_records_with_nothing_to_train_on_are_said_in_the_summary(tmp_path, caps
     more = write(tmp_path / "more.jsonl", "\n".join(json.dumps(r) for r in rows + [rows[2]] * 8 + [rows[10]]) + "\n")
     prepare.main(["--dataset", "chat", "--source", more, "--name", "more", "--out_dir", out])
     assert f"  left out 14 records of {more} with nothing to train on" in capsys.readouterr().out
+
+
+def test_a_null_text_is_an_empty_one_in_every_chat_format(tmp_path, capsys):
+    """A null text is an empty one in every format, as Alpaca's null output is: a turn's null content or value (a
+    ShareGPT scrape's failed reply) was a bad record, stopping the run, and skipped with --skip_bad_records its
+    conversation's other replies went with it. An empty reply is out of the loss; a record with no other is left out,
+    said in the summary with the Alpaca records of null output, by line."""
+    def sharegpt(*values):
+        return {"conversations": [{"from": "human" if i % 2 == 0 else "gpt", "value": v} for i, v in enumerate(values)]}
+
+    def messages(*values):
+        return {"messages": [{"role": "user" if i % 2 == 0 else "assistant", "content": v} for i, v in enumerate(values)]}
+    for turns in (sharegpt, messages, lambda *values: {"dialog": list(values)}):
+        for values in (("Q", None), ("Q", None, None, "A"), (None, "A", "Q2", None)):
+            blank = turns(*(v or "" for v in values))
+            assert prepare.record_doc(turns(*values), "x") == prepare.record_doc(blank, "x")
+        assert prepare.record_doc(turns("Q", None), "x") is None
+    assert prepare.record_doc(sharegpt("Q", None, None, "A"), "x") == [
+        {"role": "user", "content": "Q"}, {"role": "assistant", "content": "", "weight": 0},
+        {"role": "user", "content": ""}, {"role": "assistant", "content": "A"}]
+    completion = {"prompt": [{"role": "user", "content": "Q"}], "completion": [{"role": "assistant", "content": None}]}
+    assert prepare.record_doc(completion, "x") is None
+    # a file of both formats: the records whose only reply is null left out alike, said by line; the others kept
+    rows = [sharegpt(f"Q{i}", f"A{i}") if i % 2 else {"instruction": f"Q{i}", "output": f"A{i}"} for i in range(12)]
+    rows[2]["output"], rows[3] = None, sharegpt("Q3", None)
+    rows[5] = sharegpt("Q5", None, None, "A5")
+    src = write(tmp_path / "mixed.jsonl", "\n".join(json.dumps(r) for r in rows) + "\n")
+    out = str(tmp_path / "data")
+    prepare.main(["--dataset", "chat", "--source", src, "--name", "mixed", "--out_dir", out])
+    said = capsys.readouterr().out
+    assert f"\n  left out 2 records of {src} with nothing to train on (no reply, an empty or null one, or empty text): " \
+           f"lines 3, 4\n" in said, said
+    meta = prepare.read_meta(os.path.join(out, "mixed"))
+    assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == 10
 
 
 def test_bad_records_are_counted_in_little_memory(tmp_path, capsys):
@@ -3254,8 +3289,8 @@ def test_a_record_of_several_shapes_is_read_by_the_first_that_holds_something():
                           ({"query": ["q"], "response": "r"}, "`query` must be text, got an array"),
                           ({"instruction": "i", "context": [1], "response": "r"}, "`context` must be text, got an array"),
                           ({"text": True}, "`text` must be text, got a boolean"),  # (JSON's words, not "got bool")
-                          ({"messages": [{"role": "user", "content": None}]}, "message content must be text or a list "
-                           'of text parts ({"type": "text", "text": ...}), got null'),
+                          ({"messages": [{"role": "user", "content": 5}]}, "message content must be text or a list "
+                           'of text parts ({"type": "text", "text": ...}), got a number'),
                           ({"prompt": [{"x": 1}], "completion": "c"}, "`prompt` must be a list of turns like"),
                           ({"instruction": "i", "instances": [{"input": "a"}]}, "`instances` must be a list of "),
                           ({"instruction": "i", "instances": "a"}, "`instances` must be a list of ")):
