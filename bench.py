@@ -191,7 +191,8 @@ def make_train_step(model, device, dtype, batch_size, compile=False, optimizer=O
     if device.type == "cuda":
         x, y = x.pin_memory(), y.pin_memory()
     # a small lr: random tokens must not blow the weights up over the warm-up and timed steps
-    opt = model.configure_optimizer(weight_decay=0.1, lr=1e-4, device_type=device.type, optimizer=optimizer, dtype=dtype)
+    opt = model.configure_optimizer(weight_decay=0.1, lr=1e-4, device_type=device.type, optimizer=optimizer,
+                                    dtype=dtype)
     # train.py's: a compile that fails (at the first call, where it happens: no C++ compiler, say) warns and runs eager
     fwd = Forward(model, compile)
     # train.py's step itself: fp16's loss scaling (its cost in the fp16 timings), the gradient clipping train.py does
@@ -411,7 +412,8 @@ def format_table(rows):
              "|---|---|---|---:|---|---:|---|"]
     for r in rows:
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else ""
-        lines.append(f"| {r['section']} | {r['name']} | {r['dtype']} | {fmt_value(r['value'])} | {r['unit']} | {mfu} | {r['note']} |")
+        lines.append(f"| {r['section']} | {r['name']} | {r['dtype']} | {fmt_value(r['value'])} | {r['unit']} | {mfu} "
+                     f"| {r['note']} |")
     return "\n".join(lines)
 
 
@@ -442,8 +444,10 @@ def machine_description(device):
         cpu_flags = ", AVX-512 BF16" + ("" if cpu_bf16_is_faster() else " without AMX: auto dtype fp32")
     else:
         cpu_flags = f", {cap + ' ' if cap else ''}without bf16"
-    parts.append(f"CPU {cpu_model()} ({os.cpu_count()} logical cores{cpu_flags}; torch threads {torch.get_num_threads()})")
-    parts.append(f"torch {torch.__version__}, Python {platform.python_version()}, {platform.system()} {platform.release()}")
+    parts.append(f"CPU {cpu_model()} ({os.cpu_count()} logical cores{cpu_flags}; "
+                 f"torch threads {torch.get_num_threads()})")
+    parts.append(f"torch {torch.__version__}, Python {platform.python_version()}, "
+                 f"{platform.system()} {platform.release()}")
     if hasattr(os, "getloadavg"):
         # other processes on the CPU slow every number here (OpenMP threads wait on descheduled siblings): say so
         parts.append(f"load average {os.getloadavg()[0]:.1f} at start")
@@ -528,24 +532,25 @@ def off_target(args):
 
 
 def check_targets(rows, off=None, gpu=False):
-    """The project's speed targets (issue #6), one line each, for whatever this run measured. off: why the run cannot be judged
-    against them (off_target), said instead of met / NOT met. gpu: the run's device is a GPU, whose one target is
-    gpt2's; the others are the CPU's (a GPU's B1 decoding is launch-bound, cache or not: no 5x there)."""
+    """The project's speed targets (issue #6), one line each, for whatever this run measured. off: why the run cannot
+    be judged against them (off_target), said instead of met / NOT met. gpu: the run's device is a GPU, whose one target
+    is gpt2's; the others are the CPU's (a GPU's B1 decoding is launch-bound, cache or not: no 5x there)."""
     def verdict(ok):
         return f"(not judged: {off})" if off else "met" if ok else "NOT met"
 
     lines = []
     for r in rows:
         what = r["name"] + (f", {r['optimizer']}" if r.get("optimizer") else "")
-        if gpu:
-            if r["section"] == "train" and r["name"].startswith("gpt2 ") and r["dtype"] == "bf16":
-                lines.append(f"target gpt2 bf16 MFU >= 50% on a GPU: {100 * r['mfu']:.1f}% ({what}) "
-                             f"{verdict(r['mfu'] >= 0.5)}")
-                if r["name"].startswith("gpt2 B8 T1024 ") and r["mem"] is not None:
-                    lines.append(f"target gpt2 B8 T1024 bf16 training in 24 GB: {r['mem'] / 1e9:.1f} GB ({what}) "
-                                 f"{verdict(r['mem'] <= 24e9)}")
+        bf16_train = r["section"] == "train" and r["dtype"] == "bf16"
+        if gpu and bf16_train and r["name"].startswith("gpt2 "):
+            lines.append(f"target gpt2 bf16 MFU >= 50% on a GPU: {100 * r['mfu']:.1f}% ({what}) "
+                         f"{verdict(r['mfu'] >= 0.5)}")
+        if gpu and bf16_train and r["name"].startswith("gpt2 B8 T1024 ") and r["mem"] is not None:
+            lines.append(f"target gpt2 B8 T1024 bf16 training in 24 GB: {r['mem'] / 1e9:.1f} GB ({what}) "
+                         f"{verdict(r['mem'] <= 24e9)}")
+        if gpu:  # (the targets below are the CPU's)
             continue
-        if r["section"] == "train" and r["name"].startswith("small ") and r["dtype"] == "bf16" and r["mfu"] is not None:
+        if bf16_train and r["name"].startswith("small ") and r["mfu"] is not None:
             lines.append(f"target small bf16 MFU >= 50%: {100 * r['mfu']:.1f}% ({what}) {verdict(r['mfu'] >= 0.5)}")
         if r["section"] == "ratio" and r["unit"] == "x" and r["name"].startswith("V4096 "):  # the target's vocabulary
             lines.append(f"target 4096-vocab / GPT-2-vocab fp32 >= 8x: {r['value']:.2f}x ({what}) "
@@ -606,7 +611,8 @@ def run(args, device, log=print):
     def emit(new):
         for r in new:
             mfu = f"  MFU {100 * r['mfu']:.1f}%" if r["mfu"] is not None else ""
-            log(f"{r['section']:8s} {r['name']:45s} {r['dtype']:5s} {fmt_value(r['value']):>10s} {r['unit']}{mfu}  {r['note']}")
+            log(f"{r['section']:8s} {r['name']:45s} {r['dtype']:5s} {fmt_value(r['value']):>10s} {r['unit']}{mfu}  "
+                f"{r['note']}")
         rows.extend(new)
 
     peaks = {}
@@ -638,8 +644,9 @@ def run(args, device, log=print):
                 for optimizer in optimizers:
                     with fits(f"a training step of {preset} does not fit in memory: give a smaller --batch_size, "
                               f"--block_size or --vocab_size, or another --model"):
-                        emit([bench_train(preset, device, dtype, peaks, batch_size, block_size, vocab_size, args.variant,
-                                          args.compile, warmup, iters, args.recompute_activations, optimizer)])
+                        emit([bench_train(preset, device, dtype, peaks, batch_size, block_size, vocab_size,
+                                          args.variant, args.compile, warmup, iters, args.recompute_activations,
+                                          optimizer)])
     if "ratio" in only:
         small_vocab = args.ratio_vocab or (512 if quick else 4096)
         # two steps ~8x apart in length: with 5 pairs the ratio's medians vary ±10% from run to run on a shared CPU
@@ -687,23 +694,27 @@ def get_parser():
                                        "speed-up), ratio (small vs GPT-2 vocabulary), prepare (tokenizer MB/s).")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--dtype", default="auto",
-                   help="autocast dtype(s), comma-separated: auto, float32, bfloat16, float16 (default auto: bf16 where "
-                        "the hardware does it faster than fp32). gen and ratio use the first")
+                   help="autocast dtype(s), comma-separated: auto, float32, bfloat16, float16 (default auto: bf16 "
+                        "where the hardware does it faster than fp32). gen and ratio use the first")
     p.add_argument("--model", default=None, help="preset(s), comma-separated (default: tiny,small on CPU, gpt2 on GPU)")
-    p.add_argument("--variant", default=None, choices=VARIANTS, help="model variant (default: the preset's: modern for tiny, gpt2 for the others)")
-    p.add_argument("--only", default=",".join(SECTIONS), help=f"sections to run, comma-separated (default: all of {','.join(SECTIONS)})")
+    p.add_argument("--variant", default=None, choices=VARIANTS,
+                   help="model variant (default: the preset's: modern for tiny, gpt2 for the others)")
+    p.add_argument("--only", default=",".join(SECTIONS),
+                   help=f"sections to run, comma-separated (default: all of {','.join(SECTIONS)})")
     p.add_argument("--batch_size", type=int, default=None, help="training batch size (default 8)")
     p.add_argument("--block_size", type=int, default=None, help="training sequence length (default: the preset's)")
-    p.add_argument("--vocab_size", type=int, default=None, help="vocabulary size, e.g. 4096 for a custom tokenizer (default GPT-2's 50259)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model for train and ratio (compile time is in the warm-up)")
+    p.add_argument("--vocab_size", type=int, default=None,
+                   help="vocabulary size, e.g. 4096 for a custom tokenizer (default GPT-2's 50259)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model for train and ratio (compile time is in the warm-up)")
     p.add_argument("--recompute_activations", action="store_true",
                    help="train rows recompute each block's activations in the backward pass, as train.py's option "
                         "(on a GPU their peak memory shows what it saves)")
     p.add_argument("--optimizer", default=OPTIMIZERS[0],
-                   help=f"the optimizer(s) of the training steps, comma-separated: {', '.join(OPTIMIZERS)}, as train.py's "
-                        f"option; train and ratio rows for each (default {OPTIMIZERS[0]})")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads, at most one per logical core (default: "
-                                                               "torch's choice, one per core)")
+                   help=f"the optimizer(s) of the training steps, comma-separated: {', '.join(OPTIMIZERS)}, as "
+                        f"train.py's option; train and ratio rows for each (default {OPTIMIZERS[0]})")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch.set_num_threads, at most one per logical core (default: torch's choice, one per core)")
     p.add_argument("--clock", default="wall", choices=list(_CLOCKS),
                    help="wall (default) or cpu: this process's CPU time, for a CPU shared with other work; needs "
                         "--threads 1, and then gives single-core figures that other processes barely disturb")
@@ -711,23 +722,28 @@ def get_parser():
                    help="retain (default): glibc keeps freed memory for reuse, so big tensors are not page-faulted in "
                         "again every step (+30-40%% for small on CPU); default: leave the allocator alone")
     p.add_argument("--warmup", type=int, default=None, help="untimed training steps first (default 2 on CPU, 3 on GPU)")
-    p.add_argument("--steps", type=int, default=None, help="timed training steps, the median is reported (default 5 on CPU, 10 on GPU and for "
-                        "the ratio)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="timed training steps, the median is reported (default 5 on CPU, 10 on GPU and for the ratio)")
     p.add_argument("--peak_sizes", type=sizes_arg, default=None,
                    help="matmul sizes for the peak, comma-separated (default 2048,4096 on CPU, 8192 on GPU)")
     p.add_argument("--new_tokens", type=int, default=None, help="tokens generated per run (default 500; --quick 8)")
     p.add_argument("--prompt_len", type=int, default=None, help="prompt tokens for generation (default 16; --quick 4)")
-    p.add_argument("--gen_batch", type=int, default=None, help="the batched generation run's batch size (default 8; "
-                                                                "--quick 2)")
-    p.add_argument("--ratio_model", default="tiny", choices=list(PRESETS), help="preset for the ratio section (default tiny)")
-    p.add_argument("--ratio_vocab", type=int, default=None, help="the small vocabulary of the ratio section (default "
-                                                                  "4096; --quick 512)")
-    p.add_argument("--data", type=path_arg, default=None, help="text file for prepare (default: $DATA_MIRROR/tinystories/TinyStories-sample.txt, else generated)")
+    p.add_argument("--gen_batch", type=int, default=None,
+                   help="the batched generation run's batch size (default 8; --quick 2)")
+    p.add_argument("--ratio_model", default="tiny", choices=list(PRESETS),
+                   help="preset for the ratio section (default tiny)")
+    p.add_argument("--ratio_vocab", type=int, default=None,
+                   help="the small vocabulary of the ratio section (default 4096; --quick 512)")
+    p.add_argument("--data", type=path_arg, default=None,
+                   help="text file for prepare (default: $DATA_MIRROR/tinystories/TinyStories-sample.txt, else "
+                        "generated)")
     p.add_argument("--prepare_threads", type=int, default=None, help="tokenizer threads (default: every core)")
     p.add_argument("--out", type=path_arg, default=None, help="file the table is appended to (default BENCHMARKS.md)")
     p.add_argument("--no_write", action="store_true", help="print only, leave BENCHMARKS.md alone")
-    p.add_argument("--note", default=None, help="a remark stored with the table, e.g. 'machine shared with a training run'")
-    p.add_argument("--quick", action="store_true", help="tiny sizes, a few seconds: checks that everything runs, numbers mean little")
+    p.add_argument("--note", default=None,
+                   help="a remark stored with the table, e.g. 'machine shared with a training run'")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny sizes, a few seconds: checks that everything runs, numbers mean little")
     return p
 
 
