@@ -1831,6 +1831,48 @@ def test_packing_keeps_conversations_inside_blocks(tmp_path, enc, capsys):
            f"block (a reply there trains without all of its question" in capsys.readouterr().out
 
 
+def test_packing_random_conversations_at_random_block_sizes(tmp_path, enc):
+    """Seeded: conversations of random turns (special-token strings, combining marks, blank and weight-0 replies, system
+    messages), each ending with a reply, packed in blocks from 8 tokens up, where single turns are longer than a block:
+    every turn comes back once and whole, under the mask exactly when it is a reply trained on; every piece starts a
+    turn and trains on something, and lies inside a block unless it starts one."""
+    rng = random.Random(4)
+    words = ["a", "Cat", " ", "\n", "\t", "é", "e\u0301", "🐉", "こんにちは", EOT, IM_END, IM_START, "word " * 9]
+
+    def text():
+        return "".join(rng.choice(words) for _ in range(rng.randint(0, 8)))
+    start, eot = enc.encode_single_token(IM_START), enc.eot_token
+    for case in range(12):
+        convs = []
+        for c in range(rng.randint(2, 12)):
+            conv = [{"role": "system", "content": text()}] if rng.random() < 0.2 else []
+            for _ in range(rng.randint(1, 4)):
+                conv += [{"role": "user", "content": text()}, {"role": "assistant", "content": text()}]
+                if rng.random() < 0.1:
+                    conv[-1]["weight"] = 0
+            conv[-1] = {"role": "assistant", "content": f"c{c} {text()}"}  # a reply trained on: the record is kept
+            convs.append(conv)
+        B = rng.choice([8, 12, 16, 24, 32, 64])
+        src = write(tmp_path / f"c{case}.jsonl", "\n".join(json.dumps({"messages": c}) for c in convs))
+        meta = prepare.prepare("chat", source=src, out_dir=str(tmp_path / "data"), name=f"c{case}", pack=B,
+                               val_fraction=0)
+        folder = tmp_path / "data" / f"c{case}"
+        check_sizes(folder, meta)
+        ids, mask = load(folder, "train", meta)
+        assert len(ids) % B == 1 and not mask[ids == eot].any()
+        turns = Counter()
+        for s, e in documents(ids, eot):
+            assert ids[s] == start and mask[s:e].any()
+            assert s // B == (e - 1) // B or (e - s > B and s % B == 0)
+            at = [*np.flatnonzero(ids[s:e] == start) + s, e - 1]  # each turn, to the piece's <|endoftext|>
+            turns.update((enc.decode(ids[a:b].tolist()), tuple(mask[a:b].tolist())) for a, b in zip(at, at[1:]))
+        # an empty reply is out of the loss, as one of weight 0 is
+        want = [({**m, "weight": 0} if m["role"] == "assistant" and not m["content"].strip() else m) for c in convs
+                for m in c]
+        assert turns == Counter((enc.decode(i), tuple(k)) for i, k in (render_chat(enc, [m]) for m in want))
+        assert meta["splits"]["train"]["in_pieces"] == sum(len(render_chat(enc, c)[0]) + 1 > B for c in convs)
+
+
 def test_packing_keeps_a_system_message_with_the_reply_it_frames(tmp_path, enc):
     """A system message and a question train nothing: a conversation longer than a block is not cut after them, which
     gave a piece that trained nothing and a reply trained without its instructions. They start a block, and the reply
