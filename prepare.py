@@ -27,7 +27,8 @@ tokens on the mirror's sets, against 19-28% when conversations are placed in ord
 longer than a block is cut into pieces of at most a block, each closed by <|endoftext|> and placed like a
 conversation: cut before a user message, so a reply keeps its question, or where a single exchange is
 longer than a block, before any turn (<|im_start|>) that follows a reply; turns that train nothing (a
-system message, a question) stay with the reply after them, as a piece longer than a block if need be. Only
+system message, a question) stay with the reply after them, as a piece longer than a block if need be, and
+those at its end, with no reply after them (a final question), are left out. Only
 such a piece crosses a boundary: it starts a block, and its reply's start trains with its question. The file
 ends with a whole block and one more <|endoftext|>, so train.py's last window (it reads BLOCK + 1 tokens)
 exists. Every block starts with <|im_start|> or padding, both mask 0 (but inside a piece
@@ -1238,8 +1239,9 @@ class Split:
         self.cut = 0  # documents (books) cut by tokens, whose head is here and tail in val: counted in neither
         self.repeats = 0  # documents left out of val because train or val has them (write_splits): counted in neither
         # conversations longer than a block, packed in pieces (Packer.pieces), and of them those cut inside an
-        # exchange (a user message and what follows it) longer than a block too, a reply from its question
-        self.in_pieces = self.cut_exchanges = 0
+        # exchange (a user message and what follows it) longer than a block too, a reply from its question, and
+        # those whose tail that trains nothing (a final question with no reply) was left out
+        self.in_pieces = self.cut_exchanges = self.untrained_tails = 0
         self.replaced = 0  # files commit() has renamed into place
 
     def write(self, ids, mask, documents, nbytes):
@@ -1356,7 +1358,9 @@ class Packer:
         self.out.in_pieces += len(ids) > self.block
         inside = False  # cut inside an exchange: a piece after the first that starts with no user message, or one
         # longer than a block, which the block's end cuts
+        placed = 0  # the pieces' turns, without their <|endoftext|>: fewer than the document's if its tail is left out
         for k, piece in enumerate(self.pieces(ids, mask)):
+            placed += len(piece[0]) - int(piece[0][-1] == self.eot)
             inside |= k > 0 and piece[0][:len(self.user_head)].tolist() != self.user_head or len(piece[0]) > self.block
             if len(piece[0]) > self.block:  # a turn or an exchange longer than a block: it starts a block and crosses
                 while self.pos and self.lengths and self.lengths[0] <= self.block - self.pos:
@@ -1370,6 +1374,7 @@ class Packer:
             if len(self.waiting) > PACK_LOOKAHEAD:
                 self.place_one()
         self.out.cut_exchanges += inside
+        self.out.untrained_tails += placed < len(ids) - int(ids[-1] == self.eot)
 
     def pieces(self, ids, mask):
         """A document that fits a block as it is; a longer one cut into pieces of at most a block with their
@@ -1378,7 +1383,10 @@ class Packer:
         piece trains on something: no cut follows turns that train nothing (a system message, a question), which
         stay with the reply after them, even as one piece longer than a block (it starts a block and crosses into
         the next: the reply's start trains with its question, where a piece of the question alone trained nothing
-        and the reply trained without it). So is a single turn longer than a block."""
+        and the reply trained without it). So is a single turn longer than a block. Turns after the last cut that
+        trains something (a final question with no reply, replies of weight 0 or empty) are left out: no reply
+        follows for them to be context of, so they cost compute for no loss, and alone they were a piece that
+        trained nothing (a document that fits a block keeps them: it is not cut)."""
         if len(ids) <= self.block:
             yield ids, mask
             return
@@ -1396,13 +1404,15 @@ class Packer:
             for c in cuts[1:-1]:
                 if mask[kept[-1]:c].any():  # the turns since the last cut train on something
                     kept.append(c)
-            cuts = kept + [cuts[-1]]
+            # the turns after the last kept cut: kept with what came before if they train on something, else left
+            # out (but in a document that trains nothing at all, where there is no before)
+            cuts = kept + [body] if len(kept) == 1 or mask[kept[-1]:body].any() else kept
         first = 0  # index in cuts where the piece being grown starts
         for k in range(2, len(cuts)):
             if cuts[k] - cuts[first] + 1 > self.block:  # turns first..k-1 plus <|endoftext|> would not fit
                 yield self.closed(ids, mask, cuts[first], cuts[k - 1])
                 first = k - 1
-        yield self.closed(ids, mask, cuts[first], body)
+        yield self.closed(ids, mask, cuts[first], cuts[-1])
 
     def closed(self, ids, mask, a, b):
         """ids[a:b] followed by <|endoftext|> (mask 0)."""
@@ -2630,7 +2640,8 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
             # tokens include the padding; bytes are those of the documents alone
             "splits": {s: {"tokens": splits[s].tokens, "documents": splits[s].documents, "bytes": splits[s].bytes,
                            "padding": splits[s].padding, "in_pieces": splits[s].in_pieces,
-                           "cut_exchanges": splits[s].cut_exchanges} for s in ("train", "val")},
+                           "cut_exchanges": splits[s].cut_exchanges, "untrained_tails": splits[s].untrained_tails}
+                      for s in ("train", "val")},
             # whole documents are counted in a split; these, a book's head in train and its tail in val, in neither
             "cut_documents": splits["train"].cut,
             # and these, val's documents that train has too, in none (counted as tokenized: in the splits packed or
@@ -2739,6 +2750,7 @@ def print_summary(folder, meta, plan, limit, dt):
         # (a conversation longer than a block trains in pieces, and an exchange longer than one without all of its
         # question: said here, not only in the README)
         pieces, inside = tr["in_pieces"] + va["in_pieces"], tr["cut_exchanges"] + va["cut_exchanges"]
+        tails = tr["untrained_tails"] + va["untrained_tails"]  # (else the documents' tokens, as counted, went missing)
         # (without --pack, a block other than DEFAULT_PACK is the model's that --tokenizer names: default_pack)
         whose = "the context of the model --tokenizer names; " if (meta.get("options") or {}).get("pack") is None \
             and block != DEFAULT_PACK else ""
@@ -2746,7 +2758,9 @@ def print_summary(folder, meta, plan, limit, dt):
               f"{(tr['padding'] + va['padding']) / max(tokens, 1):.1%} padding"
               + (f"; {pieces:,} conversation{'s' * (pieces != 1)} longer than a block in pieces" if pieces else "")
               + (f", {inside:,} of them cut inside an exchange longer than a block (a reply there trains without all "
-                 f"of its question; a larger --pack and train.py --block_size keep more whole)" if inside else ""))
+                 f"of its question; a larger --pack and train.py --block_size keep more whole)" if inside else "")
+              + (f", {tails:,} of them ending in turns that train nothing, left out (a final question with no reply, "
+                 f"replies of weight 0 or empty)" if tails else ""))
     left_out = plan.get("left_out") or LeftOut()
     for label, left in left_out.bad.items():  # (with --limit: of the records read)
         print(f"  --skip_bad_records: left out {left['count']:,} bad record{'s' * (left['count'] > 1)} of {label}: "

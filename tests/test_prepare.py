@@ -1833,15 +1833,17 @@ def test_packing_keeps_conversations_inside_blocks(tmp_path, enc, capsys):
 
 def test_packing_random_conversations_at_random_block_sizes(tmp_path, enc):
     """Seeded: conversations of random turns (special-token strings, combining marks, blank and weight-0 replies, system
-    messages), each ending with a reply, packed in blocks from 8 tokens up, where single turns are longer than a block:
-    every turn comes back once and whole, under the mask exactly when it is a reply trained on; every piece starts a
-    turn and trains on something, and lies inside a block unless it starts one."""
+    messages), some ending with a question after their last reply trained on, packed in blocks from 8 tokens up, where
+    single turns are longer than a block: every turn comes back once and whole, under the mask exactly when it is a
+    reply trained on, but the turns after the last reply trained on of a conversation longer than a block, left out
+    and counted; every piece starts a turn and trains on something, and lies inside a block unless it starts one."""
     rng = random.Random(4)
     words = ["a", "Cat", " ", "\n", "\t", "é", "e\u0301", "🐉", "こんにちは", EOT, IM_END, IM_START, "word " * 9]
 
     def text():
         return "".join(rng.choice(words) for _ in range(rng.randint(0, 8)))
     start, eot = enc.encode_single_token(IM_START), enc.eot_token
+    tails = 0
     for case in range(12):
         convs = []
         for c in range(rng.randint(2, 12)):
@@ -1851,6 +1853,10 @@ def test_packing_random_conversations_at_random_block_sizes(tmp_path, enc):
                 if rng.random() < 0.1:
                     conv[-1]["weight"] = 0
             conv[-1] = {"role": "assistant", "content": f"c{c} {text()}"}  # a reply trained on: the record is kept
+            if rng.random() < 0.4:  # then turns that train nothing: a question, perhaps a reply of weight 0 or blank
+                conv.append({"role": "user", "content": text()})
+                if rng.random() < 0.3:
+                    conv.append({"role": "assistant", "content": rng.choice(["", " \n", text()]), "weight": 0})
             convs.append(conv)
         B = rng.choice([8, 12, 16, 24, 32, 64])
         src = write(tmp_path / f"c{case}.jsonl", "\n".join(json.dumps({"messages": c}) for c in convs))
@@ -1867,10 +1873,18 @@ def test_packing_random_conversations_at_random_block_sizes(tmp_path, enc):
             at = [*np.flatnonzero(ids[s:e] == start) + s, e - 1]  # each turn, to the piece's <|endoftext|>
             turns.update((enc.decode(ids[a:b].tolist()), tuple(mask[a:b].tolist())) for a, b in zip(at, at[1:]))
         # an empty reply is out of the loss, as one of weight 0 is
-        want = [({**m, "weight": 0} if m["role"] == "assistant" and not m["content"].strip() else m) for c in convs
-                for m in c]
-        assert turns == Counter((enc.decode(i), tuple(k)) for i, k in (render_chat(enc, [m]) for m in want))
-        assert meta["splits"]["train"]["in_pieces"] == sum(len(render_chat(enc, c)[0]) + 1 > B for c in convs)
+        want = [[({**m, "weight": 0} if m["role"] == "assistant" and not m["content"].strip() else m) for m in c]
+                for c in convs]
+        longer = [len(render_chat(enc, c)[0]) + 1 > B for c in convs]
+        # a conversation longer than a block is cut into pieces, and its turns after the last reply trained on are
+        # left out (as a piece they trained nothing); one that fits a block is not cut and keeps them
+        kept = [c[:1 + max(i for i, m in enumerate(c) if m["role"] == "assistant" and m.get("weight", 1))] if long
+                else c for c, long in zip(want, longer)]
+        assert turns == Counter((enc.decode(i), tuple(k)) for i, k in (render_chat(enc, [m]) for c in kept for m in c))
+        assert meta["splits"]["train"]["in_pieces"] == sum(longer)
+        assert meta["splits"]["train"]["untrained_tails"] == sum(len(k) < len(c) for k, c in zip(kept, want))
+        tails += meta["splits"]["train"]["untrained_tails"]
+    assert tails  # (the seed gives some)
 
 
 def test_packing_keeps_a_system_message_with_the_reply_it_frames(tmp_path, enc):
@@ -1888,6 +1902,37 @@ def test_packing_keeps_a_system_message_with_the_reply_it_frames(tmp_path, enc):
     for s, e in documents(ids, enc.eot_token):
         assert s % 64 == 0 and ids[s:e - 1].tolist() == conv_ids and mask[s:e].any()
     assert meta["splits"]["train"]["in_pieces"] == meta["splits"]["train"]["cut_exchanges"] == 3
+
+
+def test_a_conversation_in_pieces_leaves_out_a_tail_that_trains_nothing(tmp_path, enc, capsys):
+    """A conversation longer than a block that ends in turns that train nothing (a question with no reply, a reply of
+    weight 0) left them as a piece of their own, all mask 0: context for no reply, costing compute for no loss. They
+    are left out, and counted; a conversation that fits a block is not cut and keeps its final question."""
+    B = 32
+    qa = [{"role": "user", "content": "What is the capital of France?"},
+          {"role": "assistant", "content": "Paris is the capital of France."}]
+    ask = {"role": "user", "content": "And of Italy, please tell me?"}
+    short = [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."},
+             {"role": "user", "content": "Bye?"}]
+    convs = [qa + [ask], qa + [ask, {"role": "assistant", "content": "Rome.", "weight": 0}], short]
+    assert len(render_chat(enc, qa)[0]) + 1 <= B < len(render_chat(enc, convs[0])[0]) + 1  # (38 tokens: 25 and 13)
+    assert len(render_chat(enc, short)[0]) + 1 <= B
+    src = write(tmp_path / "c.jsonl", "\n".join(json.dumps({"messages": c}) for c in convs))
+    meta = prepare.prepare("chat", source=src, out_dir=str(tmp_path / "data"), pack=B, val_fraction=0)
+    ids, mask = load(tmp_path / "data" / "chat", "train", meta)
+    docs = documents(ids, enc.eot_token)
+    assert all(mask[s:e].any() for s, e in docs)
+    assert sorted(ids[s:e - 1].tolist() for s, e in docs) == sorted([render_chat(enc, qa)[0]] * 2
+                                                                    + [render_chat(enc, short)[0]])
+    split = meta["splits"]["train"]
+    assert (split["documents"], split["in_pieces"], split["untrained_tails"], split["cut_exchanges"]) == (3, 2, 2, 0)
+    assert "; 2 conversations longer than a block in pieces, 2 of them ending in turns that train nothing, left out " \
+           "(a final question with no reply, replies of weight 0 or empty)\n" in capsys.readouterr().out
+    # the bare packer, as the fuzz found it: a piece of the question and its reply, none of the question alone
+    packer = prepare.Packer(None, B, enc, None)
+    conv_ids, conv_mask = render_chat(enc, convs[0])
+    pieces = packer.pieces(np.array(conv_ids + [enc.eot_token], np.uint32), np.array(conv_mask + [0], np.uint8))
+    assert [p.tolist() for p, _ in pieces] == [render_chat(enc, qa)[0] + [enc.eot_token]]
 
 
 def test_a_system_without_pread_prepares_the_same_files(tmp_path, monkeypatch):
