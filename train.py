@@ -394,8 +394,14 @@ def load_meta(data_dir, dataset, tokenizer=None):
             meta = json.load(f)
     except (OSError, ValueError) as e:
         raise UserError(f"{path} is unreadable ({e}): {fix} again")
-    if not isinstance(meta, dict) or meta.get("format") != 1 or meta.get("dtype") not in ("uint16", "uint32"):
-        what = f"format {meta.get('format')}" if isinstance(meta, dict) else f"a JSON {type(meta).__name__}"
+    # what the reading below needs, named as meta.json spells it: "format 1" was said of a meta.json whose format is
+    # right but whose dtype is missing, and a vocab_size of text (an edit by hand) ended eval.py in a numpy traceback
+    vocab_size = meta.get("vocab_size") if isinstance(meta, dict) else None
+    what = f"a JSON {type(meta).__name__}" if not isinstance(meta, dict) else \
+        f"format {meta.get('format')}" if meta.get("format") != 1 else \
+        f"dtype {meta.get('dtype')!r}" if meta.get("dtype") not in ("uint16", "uint32") else \
+        f"vocab_size {vocab_size!r}" if type(vocab_size) is not int or vocab_size < 1 else None
+    if what:
         raise UserError(f"{path} is not a dataset this code reads ({what}): {fix} again")
     fix = f"run `{rebuild_command(meta, folder)}`"  # the command that made it: --name, --source and all
     names = ["train.bin", "val.bin"] + (["train_mask.bin", "val_mask.bin"] if meta.get("has_mask") else [])

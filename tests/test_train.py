@@ -1537,6 +1537,25 @@ def test_a_damaged_dataset_is_named_not_trained_on(env, trained, tmp_path, damag
         train.train(args_for(env, tmp_path, "--data_dir", str(data), "--dataset", "mini", "--max_steps", "1"))
 
 
+@pytest.mark.parametrize("field, value", [("dtype", None), ("vocab_size", "512"), ("vocab_size", 0)])
+def test_a_meta_json_field_that_cannot_be_read_is_named(env, tmp_path, field, value):
+    """A meta.json of the right format with a field the reading needs missing or not a count (an edit by hand) is
+    said by that field: a missing dtype was said as "format 1", the format this code reads, and a vocab_size of text
+    went on to a numpy traceback in eval.py (its check of the ids) and "bad model options" in train.py."""
+    import shutil
+    data = tmp_path / "data"
+    shutil.copytree(os.path.join(env["data"], "mini"), data / "mini")
+    meta = json.loads((data / "mini" / "meta.json").read_text())
+    if value is None:
+        del meta[field]
+    else:
+        meta[field] = value
+    (data / "mini" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError, match=rf"meta.json is not a dataset this code reads \({field} {re.escape(repr(value))}\): "
+                                        r"make it with `.*prepare.py --dataset text --source FILE --name mini.*` again$"):
+        train.load_meta(str(data), "mini")
+
+
 def test_bits_per_byte_of_an_older_dataset_are_flagged(env, tmp_path, capsys):
     """Datasets from before prepare.py's VERSION 2 counted <|endoftext|> as 13 bytes of text: their bits per byte are
     low, and prepare.py rebuilds them only when run again."""
