@@ -67,6 +67,7 @@ from common import (DTYPES, UserError, ask, atomic_write_text, autocast, check_o
                     exit_after_the_first, first_line, held_lock, is_oom, lock_is_held, nonempty, path_arg, pick_device,
                     pick_dtype, prepare_lock, read_items, remove_stale_tmp, retain_freed_memory, run_main,
                     speaks_for_machine, tmp_name)
+from hf import is_hf_folder
 from model import OPTIMIZERS, PRESETS, VARIANTS, GPT, make_config
 from prepare import (DATASETS, DEFAULT_OUT_DIR, DEFAULT_PACK, DEFAULT_VAL_FRACTION, is_complete, is_dataset_name,
                      meta_options, new_command, rebuild_command)
@@ -2186,10 +2187,16 @@ def start_run(args):
         # hf.py reads the folder as a checkpoint without training state, so what follows is fine-tuning
         if args.checkpoint:
             raise UserError("--init_from and --checkpoint both give the starting weights: pass one of them")
-        if not os.path.isdir(args.init_from):  # (a path mistyped is no folder of any kind: said as such)
-            what = "is not a folder" if os.path.exists(args.init_from) else "not found"
+        if not is_hf_folder(args.init_from):  # (a path mistyped is no folder of any kind: said as such)
+            # (a folder without config.json, models/ or a dataset's: load_checkpoint's "available:" hint would offer
+            # the .pt files in it, which --init_from refuses)
+            what = "is a folder without config.json" if os.path.isdir(args.init_from) else \
+                "is not a folder" if os.path.exists(args.init_from) else "not found"
+            inside = sorted(d for d in glob.glob(os.path.join(glob.escape(args.init_from), "*"))  # (models/: export's)
+                            if is_hf_folder(d))
             raise UserError(f"--init_from {args.init_from} {what}: it takes a Hugging Face model folder "
-                            f"(config.json, model.safetensors, tokenizer files); a .pt checkpoint goes to --checkpoint")
+                            f"(config.json, model.safetensors, tokenizer files){', as ' * bool(inside)}"
+                            f"{', '.join(inside[:5])}; a .pt checkpoint goes to --checkpoint")
         args = argparse.Namespace(**{**vars(args), "checkpoint": args.init_from})
     # under torchrun the ranks join before the files are read, so that a machine without them (its data/ or the
     # checkpoint not copied) fails after joining and the others lose contact at once: failing before, it would leave

@@ -859,6 +859,12 @@ def test_export_refuses_an_unusable_place_before_loading(tmp_path, capsys, monke
 def test_init_from_bad_arguments(small_folder, tmp_path, capsys):
     for argv, words in ((["--init_from", small_folder["ckpt"]], "not a folder"),
                         (["--init_from", str(tmp_path / "typo")], f"--init_from {tmp_path / 'typo'} not found: it takes"),
+                        # a folder of checkpoints (or a dataset's): not load_checkpoint's "available:" .pt files, which
+                        # --init_from refuses
+                        (["--init_from", os.path.dirname(small_folder["ckpt"])],
+                         f"--init_from {os.path.dirname(small_folder['ckpt'])} is a folder without config.json: it "
+                         f"takes a Hugging Face model folder (config.json, model.safetensors, tokenizer files), as "
+                         f"{small_folder['folder']}; a .pt checkpoint goes to --checkpoint"),
                         (["--init_from", small_folder["folder"], "--checkpoint", small_folder["ckpt"]], "pass one")):
         line = one_error_line(*run_cli(train.main, argv + ["--data_dir", str(tmp_path), "--device", "cpu"], capsys)[::2])
         assert words in line, line
