@@ -410,24 +410,39 @@ def config_from_hf(raw, path):
         if not ok:
             raise UserError(f"{path}: {what}; this project's models cannot reproduce it exactly")
 
+    # its numbers checked by the names config.json gives them: GPTConfig's own check said "n_layer" or "block_size"
+    # of a Llama config's num_hidden_layers or max_position_embeddings, and a norm epsilon of text ended in
+    # math.isclose's "must be real number, not str", neither naming the setting nor the way out
+    def count(key, default=None):  # a size: a positive int (default None: config.json must have it, KeyError below)
+        value = raw[key] if default is None else raw.get(key, default)
+        if type(value) is not int or value < 1:  # (not bool: JSON's true is no size)
+            raise UserError(f"{path}: {key} must be a positive int, got {value!r}: copy config.json again from the "
+                            f"model's download")
+        return value
+
+    def number(key, default):
+        value = raw.get(key, default)
+        if type(value) not in (int, float):
+            raise UserError(f"{path}: {key} must be a number, got {value!r}: copy config.json again from the model's "
+                            f"download")
+        return value
+
     try:
         if kind == "gpt2":
-            n_embd = raw.get("n_embd", 768)
+            n_embd = count("n_embd", 768)
             need(raw.get("activation_function", "gelu_new") in ("gelu_new", "gelu_pytorch_tanh"),
                  f"activation_function {raw.get('activation_function')!r} is not GELU's tanh approximation")
             need(raw.get("n_inner") in (None, 4 * n_embd), f"n_inner {raw.get('n_inner')} is not 4 * n_embd")
-            eps = raw.get("layer_norm_epsilon", 1e-5)  # (transformers' default)
+            eps = number("layer_norm_epsilon", 1e-5)  # (transformers' default)
             need(math.isclose(eps, NORM_EPS), f"layer_norm_epsilon {eps} is not model.py's {NORM_EPS}")
             need(raw.get("scale_attn_weights", True) and not raw.get("scale_attn_by_inverse_layer_idx", False),
                  "the attention scaling is not 1/sqrt(head_dim)")
             need(not raw.get("add_cross_attention", False), "it has cross-attention")
-            return GPTConfig(block_size=raw.get("n_positions", raw.get("n_ctx", 1024)), vocab_size=raw.get("vocab_size", 50257),
-                             n_layer=raw.get("n_layer", 12), n_head=raw.get("n_head", 12), n_embd=n_embd,
-                             dropout=0.0, bias=True, variant="gpt2")
+            return GPTConfig(block_size=count("n_positions" if "n_positions" in raw else "n_ctx", 1024),
+                             vocab_size=count("vocab_size", 50257), n_layer=count("n_layer", 12),
+                             n_head=count("n_head", 12), n_embd=n_embd, dropout=0.0, bias=True, variant="gpt2")
         if kind == "llama":
-            n_embd, n_head = raw["hidden_size"], raw["num_attention_heads"]
-            if not (isinstance(n_head, int) and n_head > 0):  # before the divisions below (a ZeroDivisionError traceback)
-                raise ValueError(f"num_attention_heads must be a positive int, got {n_head!r}")
+            n_embd, n_head = count("hidden_size"), count("num_attention_heads")  # (before the divisions below)
             rope = raw.get("rope_parameters") or {}
             need(isinstance(rope, dict), "rope_parameters is not an object")
             need(raw.get("hidden_act", "silu") == "silu", f"hidden_act {raw.get('hidden_act')!r} is not silu")
@@ -435,15 +450,15 @@ def config_from_hf(raw, path):
             need(raw.get("head_dim") in (None, n_embd // n_head), "head_dim is not hidden_size / num_attention_heads")
             need(raw.get("intermediate_size") == swiglu_hidden(n_embd),
                  f"intermediate_size {raw.get('intermediate_size')} is not model.py's {swiglu_hidden(n_embd)} for this width")
-            eps = raw.get("rms_norm_eps", 1e-6)  # (transformers' default)
+            eps = number("rms_norm_eps", 1e-6)  # (transformers' default)
             need(math.isclose(eps, NORM_EPS), f"rms_norm_eps {eps} is not model.py's {NORM_EPS}")
             theta = rope.get("rope_theta", raw.get("rope_theta", ROPE_THETA))
             need(theta == ROPE_THETA, f"RoPE's base (rope_theta) {theta} is not model.py's {ROPE_THETA:g}")
             need(not raw.get("rope_scaling") and rope.get("rope_type", "default") == "default", "it scales RoPE")
             need(bool(raw.get("attention_bias", False)) == bool(raw.get("mlp_bias", False)),
                  "attention_bias and mlp_bias differ")
-            return GPTConfig(block_size=raw.get("max_position_embeddings", 2048), vocab_size=raw["vocab_size"],
-                             n_layer=raw["num_hidden_layers"], n_head=n_head, n_embd=n_embd, dropout=0.0,
+            return GPTConfig(block_size=count("max_position_embeddings", 2048), vocab_size=count("vocab_size"),
+                             n_layer=count("num_hidden_layers"), n_head=n_head, n_embd=n_embd, dropout=0.0,
                              bias=bool(raw.get("attention_bias", False)), variant="modern")
     except KeyError as e:
         raise UserError(f"{path} lacks {e.args[0]}: copy config.json again from the model's download")

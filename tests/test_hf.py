@@ -588,6 +588,12 @@ def merges(change):
     (lambda f: (f / "config.json").write_text("[1]"), "config.json is not a model config (a JSON object)"),
     # settings model.py refuses (GPTConfig's ValueError): one line naming config.json
     (edit_config(n_head=3), "config.json: n_embd (64) must be divisible by n_head (3)"),
+    # a setting of the wrong type: named as config.json names it, with the way out (model.py's check had no way out,
+    # and math.isclose's TypeError named no setting: "config.json: must be real number, not str")
+    (edit_config(n_layer="2"), "config.json: n_layer must be a positive int, got '2': copy config.json again from the "
+                               "model's download"),
+    (edit_config(layer_norm_epsilon="1e-5"), "config.json: layer_norm_epsilon must be a number, got '1e-5': copy "
+                                             "config.json again"),
     # a Llama config without a setting it must have (it has no default): one line naming it
     (edit_config(model_type="llama", architectures=["LlamaForCausalLM"]), "config.json lacks hidden_size: copy "
                                                                          "config.json again from the model's download"),
@@ -599,7 +605,7 @@ def merges(change):
         "prefix-space", "prefix-space-config", "prefix-space-vocab", "index-list", "index-map", "shard-missing",
         "bin-corrupt", "bin-no-dict", "sentencepiece", "not-byte-level", "unknown-special", "special-id",
         "special-missing", "id-gap", "merge-order", "merge-missing", "merges-malformed", "own-block", "own-not-object",
-        "config-not-object", "config-refused", "llama-key-missing", "prefix-space-unknown-class"])
+        "config-not-object", "config-refused", "config-text-layers", "config-text-eps", "llama-key-missing", "prefix-space-unknown-class"])
 def test_bad_folders_are_one_line_errors(small_folder, tmp_path, capsys, change, words):
     folder = broken(small_folder, tmp_path, change)
     line = one_error_line(*run_cli(gen.main, [folder, "--prompt", "x", "--max_tokens", "1", *CPU], capsys)[::2])
@@ -728,7 +734,14 @@ def test_llama_settings_model_py_lacks_are_refused(small_folder, tmp_path, custo
                                                            "for llama means untied)"),
                           # (a ZeroDivisionError traceback)
                           (dict(num_attention_heads=0, num_key_value_heads=None), "num_attention_heads must be a "
-                                                                                   "positive int, got 0")):
+                                                                                   "positive int, got 0"),
+                          # by config.json's names, not model.py's (it said "n_layer", "block_size"), with the way out
+                          (dict(num_hidden_layers="2"), "config.json: num_hidden_layers must be a positive int, got '2': "
+                                                        "copy config.json again from the model's download"),
+                          (dict(max_position_embeddings=64.0), "max_position_embeddings must be a positive int, got "
+                                                               "64.0: copy config.json again"),
+                          (dict(rms_norm_eps="1e-5"), "rms_norm_eps must be a number, got '1e-5': copy config.json "
+                                                      "again")):
         config = json.loads((folder / "config.json").read_text())
         changed = {k: v for k, v in {**config, **change}.items() if v is not None}
         (folder / "config.json").write_text(json.dumps(changed))
