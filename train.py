@@ -569,8 +569,10 @@ def output_paths(args, ckpt_args, continuing, given):
                         f"{os.path.join(out_pattern, default_out)}")
     if "{epoch}" in head:
         raise UserError(f"--output_checkpoint {out_pattern}: {{epoch}} goes in the file's name, not in its folder")
-    # (the whole path the user gave: not braces in the folder of a checkpoint continued where it lies)
-    unknown = sorted(set(re.findall(r"\{[^{}]*\}", out_pattern)) - {"{dataset}", "{epoch}"}) if given else []
+    # (the whole path the user gave: not braces in the folder of a checkpoint continued where it lies; a brace left
+    # alone, {dataset without its }, is a typo too)
+    rest = re.sub(r"\{(dataset|epoch)\}", "", out_pattern)
+    unknown = sorted(set(re.findall(r"\{[^{}]*\}|[{}]", rest))) if given else []
     if unknown:  # a typo ({datset}) would become part of the file's name
         raise UserError(f"--output_checkpoint {out_pattern}: {', '.join(unknown)} is no placeholder; the file's name "
                         f"may hold {{dataset}} and {{epoch}}")

@@ -2518,6 +2518,10 @@ def test_output_checkpoint_folders(env, tmp_path):
                        (str(tmp_path / "new" / "{datset}.pt"), "{datset} is no placeholder; the file's name may hold "
                                                                "{dataset} and {epoch}"),
                        (str(tmp_path / "new" / "{datset}" / "{dataset}.pt"), "{datset} is no placeholder"),
+                       # a brace left alone: a file named "{dataset" was written, without a word
+                       (str(tmp_path / "new" / "{dataset"), "new/{dataset: { is no placeholder; the file's name may "
+                                                            "hold {dataset} and {epoch}"),
+                       (str(tmp_path / "new" / "{dataset}}_{epoch}.pt"), "} is no placeholder"),
                        # the best file's own name: every save wrote over it (a later, worse state under the best
                        # val loss), and the summary said "checkpoint None"
                        (str(tmp_path / "new" / "{dataset}_best.pt"), "is the run's mini_best.pt, which train.py "
