@@ -1556,6 +1556,17 @@ def test_a_meta_json_field_that_cannot_be_read_is_named(env, tmp_path, field, va
         train.load_meta(str(data), "mini")
 
 
+def test_a_data_dir_that_is_a_datasets_own_folder_names_its_parent(env, tmp_path):
+    """--data_dir data/mini (the dataset's folder, not the one that holds datasets): the missing-dataset line's
+    command, `prepare.py --dataset mini --out_dir data/mini`, would have built a dataset inside the dataset."""
+    import shutil
+    shutil.copytree(os.path.join(env["data"], "mini"), tmp_path / "data" / "mini")
+    with pytest.raises(UserError, match=rf"^--data_dir {re.escape(str(tmp_path / 'data' / 'mini'))} is the folder of the "
+                                        rf"dataset 'mini', not a folder of datasets: give the folder that holds it, "
+                                        rf"--data_dir {re.escape(str(tmp_path / 'data'))}$"):
+        train.load_meta(str(tmp_path / "data" / "mini"), "mini")
+
+
 def test_bits_per_byte_of_an_older_dataset_are_flagged(env, tmp_path, capsys):
     """Datasets from before prepare.py's VERSION 2 counted <|endoftext|> as 13 bytes of text: their bits per byte are
     low, and prepare.py rebuilds them only when run again."""
