@@ -540,6 +540,21 @@ def test_non_utf8_and_bad_input(tmp_path):
     assert not os.path.exists(os.path.join(out, "text", "train.bin"))
 
 
+def test_an_out_dir_that_is_a_datasets_own_folder_names_its_parent(tmp_path):
+    """--out_dir data/notes (a dataset's folder, not the one that holds datasets) built data/notes/NAME, a dataset
+    inside the dataset, without a word."""
+    out = str(tmp_path / "data")
+    src = write(tmp_path / "notes.jsonl", "\n".join(json.dumps({"text": d}) for d in DOCS[:10]) + "\n")
+    prepare.prepare("text", source=src, out_dir=out, name="notes")
+    before = sorted(os.listdir(os.path.join(out, "notes")))
+    for given in (os.path.join(out, "notes"), os.path.join(out, "notes") + os.sep):
+        with pytest.raises(UserError, match=rf"^--out_dir {re.escape(given)} is the folder of the dataset 'notes', not a "
+                                            rf"folder of datasets: give the folder that holds it, --out_dir "
+                                            rf"{re.escape(out)}$"):
+            prepare.prepare("text", source=src, out_dir=given, name="more")
+    assert sorted(os.listdir(os.path.join(out, "notes"))) == before
+
+
 def test_bad_records_are_named_together_or_left_out(tmp_path, capsys):
     """A bad record (malformed JSON, a record of no shape prepare.py reads) stops the run, named as before, with the
     file's other bad records counted and located, read without tokenizing: a file with three bad lines took three runs
