@@ -240,6 +240,55 @@ def test_exact_resume(env, tmp_path, dtype, optimizer):
     assert a["best_val_loss"] == b["best_val_loss"]
 
 
+def test_a_chat_run_stopped_at_any_step_resumes_exactly(env, tmp_path, monkeypatch):
+    """Exact resume wherever --max_steps stops the run, on a chat set (a loss mask: steps weighted by the targets
+    they count): inside an epoch, at its last full step before the short one, on its end (a checkpoint of epoch_windows
+    0, named after the finished epoch) and just past it. The checkpoint places the run where the steps put it, and the
+    continued run takes the same windows, losses and weights, bit for bit, as the run in one go."""
+    data = str(tmp_path / "data")
+    write_dataset(data, "tinychat", env["enc"], env["tok"], chat_docs(story_text(20_000), n=8), chat=True,
+                  val_frac=0.25)
+    n = len(train.Windows(train.load_meta(data, "tinychat"), "train", 16))
+    # --batch_size B x --grad_accum 2 windows a step, leaving a short last step in each epoch (n depends on the text)
+    batch = next(b for b in (2, 3, 5) if n % (2 * b) and n > 4 * b)
+    per_step = 2 * batch
+    spe = math.ceil(n / per_step)
+    steps = []  # (windows, loss) of each step, as train_step took them
+    real = train.train_step
+
+    def recording(fwd, optimizer, scaler, micro, *a, **k):
+        loss = real(fwd, optimizer, scaler, micro, *a, **k)
+        steps.append(([int(i) for *_, idx in micro for i in idx], float(loss)))
+        return loss
+    monkeypatch.setattr(train, "train_step", recording)
+
+    def run(out, *extra, fresh=True):
+        options = ["--data_dir", data, "--device", "cpu", "--no-color", *extra]
+        if fresh:
+            options += ["--dataset", "tinychat", "--output_checkpoint", str(out / "{dataset}_epoch{epoch}.pt"),
+                        "--dtype", "float32", "--n_layer", "1", "--n_head", "1", "--n_embd", "16", "--block_size",
+                        "16", "--batch_size", batch, "--grad_accum", "2", "--epochs", "2", "--dropout", "0.1",
+                        "--eval_batches", "1", "--eval_interval", "0", "--save_interval", "0"]
+        return train.train(train.parse_args([str(o) for o in options]))
+    one = run(tmp_path / "one")
+    whole, weights = list(steps), load_checkpoint(one["checkpoint"])["model"]
+    assert one["steps"] == len(whole) == 2 * spe
+    for epoch in (0, 1):  # (each window once an epoch, in its order)
+        assert [i for w, _ in whole[epoch * spe:(epoch + 1) * spe] for i in w] == \
+            train.epoch_order(n, train.DEFAULTS["seed"], epoch).tolist()
+    for k in (1, spe - 1, spe, spe + 1):
+        steps.clear()
+        part = run(tmp_path / str(k), "--max_steps", k)
+        ck = load_checkpoint(part["checkpoint"])
+        assert (ck["step"], ck["epoch"], ck["epoch_step"], ck["epoch_windows"]) == \
+            (k, k // spe, k % spe, per_step * (k % spe)), k
+        assert os.path.basename(part["checkpoint"]) == f"tinychat_epoch{k // spe + (1 if k % spe else 0)}.pt"
+        rest = run(None, "--checkpoint", part["checkpoint"], fresh=False)
+        assert rest["steps"] == 2 * spe and steps == whole, k
+        b = load_checkpoint(rest["checkpoint"])["model"]
+        assert all(torch.equal(weights[name], b[name]) for name in weights), k
+
+
 def test_evaluations_logs_and_saves_leave_the_training_alone(env, tmp_path):
     """A user comparing runs changes how often they are looked at, not what they train: evaluations, log records and
     saves draw nothing from the training's random stream (dropout on: a draw there moves every later mask) and take no
