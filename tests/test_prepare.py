@@ -2665,15 +2665,16 @@ def test_rebuild_command_builds_the_same_dataset(tmp_path, monkeypatch, capsys):
     chats = write(tmp_path / "chats.jsonl", "".join(json.dumps({"messages": c}) + "\n" for c in CONVERSATIONS))
     out = str(tmp_path / "sets")
     monkeypatch.chdir(tmp_path)  # where data/, the default --out_dir, is
+    prep = os.path.relpath(os.path.abspath(prepare.__file__))  # (from here: the script is elsewhere)
     cases = [
         (["--dataset", "text", "--source", str(tmp_path / "notes"), "--name", "notes", "--out_dir", out,
           "--limit", "30", "--val_fraction", "0.15"],
-         f"python prepare.py --dataset text --source {tmp_path / 'notes'} --name notes --out_dir {out} "
+         f"python {prep} --dataset text --source {tmp_path / 'notes'} --name notes --out_dir {out} "
          f"--limit 30 --val_fraction 0.15"),
         (["--dataset", "chat", "--source", "chats.jsonl", "--vocab_size", "300", "--pack", "64"],
-         f"python prepare.py --dataset chat --source {chats} --vocab_size 300 --pack 64"),
+         f"python {prep} --dataset chat --source {chats} --vocab_size 300 --pack 64"),
         (["--mix", "chitchat:2", "--name", "talk", "--limit", "40", "--no_extra"],
-         "python prepare.py --mix chitchat:2 --name talk --limit 40 --no_extra"),
+         f"python {prep} --mix chitchat:2 --name talk --limit 40 --no_extra"),
     ]
     for argv, command in cases:
         prepare.main(argv)
@@ -2689,7 +2690,7 @@ def test_rebuild_command_builds_the_same_dataset(tmp_path, monkeypatch, capsys):
     meta = prepare.read_meta(os.path.join(out, "notes"))
     del meta["options"]
     assert prepare.rebuild_command(meta, os.path.join(out, "notes")) == \
-        f"python prepare.py --dataset text --source {src} --name notes --out_dir {out} --limit 30"
+        f"python {prep} --dataset text --source {src} --name notes --out_dir {out} --limit 30"
     # prepare.py's own hint names the command that made the dataset in the way
     with pytest.raises(UserError) as e:
         prepare.prepare("chitchat", out_dir=out, name="notes")
@@ -2704,10 +2705,10 @@ def test_rebuild_command_builds_the_same_dataset(tmp_path, monkeypatch, capsys):
     assert prepare.prepare("chitchat", out_dir=out, name="odd", force=True)["dataset"] == "chitchat"
     # one too damaged to say how the dataset was made: the command that makes one in that folder anew (it was
     # `--dataset notes`, prepare.py's usage error, without the --out_dir it is in)
-    for folder, command in ((os.path.join(out, "chat"), f"python prepare.py --dataset chat --out_dir {out}"),
-                            (os.path.join("data", "talk"), "python prepare.py --dataset text --source FILE --name talk"),
+    for folder, command in ((os.path.join(out, "chat"), f"python {prep} --dataset chat --out_dir {out}"),
+                            (os.path.join("data", "talk"), f"python {prep} --dataset text --source FILE --name talk"),
                             (os.path.join(out, "notes"),
-                             f"python prepare.py --dataset text --source FILE --name notes --out_dir {out}")):
+                             f"python {prep} --dataset text --source FILE --name notes --out_dir {out}")):
         assert prepare.rebuild_command({"format": 1}, folder) == command
     # the hint, run where the meta.json is unreadable (train.py's load_meta gives it too): it makes the dataset. (One
     # that reads as another tool's is kept unless --force, which prepare.py then says.)
