@@ -2718,8 +2718,14 @@ class Run:
         args, p, metrics = self.args, self.p, self.metrics
         # the curve is drawn at evaluations: the records after the last one (a run stopped by --max_steps with
         # --eval_interval 0, or one without any evaluation, whose folder may hold an earlier run's curve) would be
-        # left out of it
-        self.plot()
+        # left out of it. The run is over and saved (GracefulInterrupt no longer holds Ctrl-C): a Ctrl-C while the curve
+        # is drawn (a savefig, up to a second) ended in a bare "interrupted", exit 130, without the lines naming the
+        # checkpoint; now it leaves the curve of the last evaluation (Metrics.plot removes its temporary file) and the
+        # run ends as it would have
+        try:
+            self.plot()
+        except KeyboardInterrupt:
+            warn("Ctrl-C: the loss curve not redrawn; the run is done and saved")
         run_time = time.time() - self.t_run
         p.elapsed += run_time
         summary = run_summary(p, self.meta, len(self.train_w), stopped=self.stopped, run_steps=self.run_steps,

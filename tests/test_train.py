@@ -1319,6 +1319,28 @@ def test_an_interrupt_in_the_last_step_of_a_run_lets_it_end(env, tmp_path, monke
     assert "interrupted" not in capsys.readouterr().out
 
 
+def test_ctrl_c_while_the_final_curve_is_drawn_lets_the_run_end(env, tmp_path, monkeypatch, capsys):
+    """After the loop Ctrl-C is run_main's again: one pressed while the end of the run draws its loss curve (a savefig
+    when matplotlib is installed) ended in a bare "interrupted", exit 130, for a run done and saved, without the lines
+    naming its checkpoint. The curve is left as it was and the run ends as it would have."""
+    plot, drawn = train.Metrics.plot, []
+
+    def ctrl_c_in_it(self, title):
+        drawn.append(1)
+        os.kill(os.getpid(), signal.SIGINT)  # (the default handler raises here, as it would inside savefig)
+        return plot(self, title)
+    monkeypatch.setattr(train.Metrics, "plot", ctrl_c_in_it)
+    out = tmp_path / "{dataset}.pt"
+    s = train.main(["--data_dir", env["data"], "--dataset", "mini", "--output_checkpoint", str(out), "--n_layer", "1",
+                    "--n_head", "2", "--n_embd", "32", "--block_size", "64", "--eval_interval", "0", "--device", "cpu",
+                    "--no-color", "--max_steps", "3"])
+    o, err = capsys.readouterr()
+    assert drawn and s["steps"] == 3 and load_checkpoint(s["checkpoint"])["step"] == 3
+    assert f"checkpoint {tmp_path / 'mini.pt'}; metrics" in o, (o, err)
+    assert "warning: Ctrl-C: the loss curve not redrawn; the run is done and saved" in err
+    assert "interrupted" not in o + err and not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+
+
 def test_ctrl_c_during_an_evaluation_saves_the_step_it_evaluated(env, tmp_path, monkeypatch, capsys):
     """The interrupt was agreed on before the evaluation: a Ctrl-C during it (seconds on a large val split) trained
     one more step, and the run stopped and saved after that one."""
