@@ -307,6 +307,19 @@ def bench_gen(preset, device, dtype, gen_batch=8, prompt_len=16, new_tokens=500,
     """Generation tokens/s: batch 1 without the KV cache (full recomputation of the window each token) and with it,
     gen_batch with it, plus the cache's speed-up at batch 1."""
     block_size = gen_block_size(preset, prompt_len, new_tokens)
+    # the KV cache of the largest batch (model.KVCache: k and v of every layer over the whole block, in the autocast
+    # dtype), checked first: it is allocated after the B1 run without a cache, whose recomputed windows make it
+    # quadratic in --new_tokens (--quick --new_tokens 10**7 ran on for hours, toward a cache of 38 GiB)
+    try:
+        cfg = make_config(preset, block_size=block_size, vocab_size=vocab_size, variant=variant)
+    except ValueError as e:
+        raise UserError(str(e))
+    have = physical_memory() if device.type == "cpu" else \
+        torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
+    need = 2 * cfg.n_layer * max(gen_batch, 1) * block_size * cfg.n_embd * dtype.itemsize
+    if have and need > have:
+        raise MemoryError(f"{need / 2**30:.3g} GiB of KV cache for block_size {block_size}, more than the machine's "
+                          f"{have / 2**30:.3g} GiB")
     model = build_model(preset, device, block_size, vocab_size, variant).eval()
     name = model_name(model)
     rows, speed = [], {}

@@ -269,6 +269,24 @@ def test_gen_block_size_fits_without_sliding():
     assert bench.gen_block_size("tiny", 4, 8) == 256
 
 
+def test_a_kv_cache_past_the_machines_memory_is_refused_before_generating(monkeypatch, one_thread):
+    # the cache is allocated after the B1 run without one, quadratic in --new_tokens: --quick --new_tokens 10**7 ran
+    # on for hours toward a 38 GiB cache. It is k and v of every layer over the whole block, for the largest batch:
+    # tiny (4 layers, n_embd 128) at B3 in fp32 over the 256 positions of prompt 4 + 8 new
+    def generated(*a, **k):
+        raise AssertionError("generated")
+    monkeypatch.setattr(bench, "run_generate", generated)
+    need = 2 * 4 * 3 * 256 * 128 * 4
+    args = quick_args("--only", "gen", "--dtype", "float32", "--gen_batch", "3")
+    monkeypatch.setattr(bench, "physical_memory", lambda: need - 1)
+    with pytest.raises(UserError, match=r"^generation with tiny does not fit in memory: give a smaller --gen_batch, "
+                                        r".*\(0.00293 GiB of KV cache for block_size 256, more than the machine's "):
+        bench.run(args, torch.device("cpu"), log=lambda *a: None)
+    monkeypatch.setattr(bench, "physical_memory", lambda: need)  # (fits: on to the generation)
+    with pytest.raises(AssertionError, match="^generated$"):
+        bench.run(args, torch.device("cpu"), log=lambda *a: None)
+
+
 def test_targets_name_what_each_row_meets():
     cpu = [bench.row("train", "small B8 T256 V50259", 1500, "tokens/s", torch.bfloat16, 0.70),
            bench.row("ratio", "V4096 bf16 / V50259 fp32", 8.3, "x"),
