@@ -6,6 +6,7 @@ tiny datasets and a model trained on them for a few steps.
 import json
 import math
 import os
+import shlex
 import stat
 import subprocess
 import sys
@@ -490,5 +491,6 @@ def test_run_as_a_command_bad_input_is_one_line(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     r = subprocess.run([sys.executable, os.path.join(root, "eval.py"), "none.pt"], cwd=tmp_path, capture_output=True,
                        text=True, timeout=120)
+    script = shlex.quote(os.path.relpath(os.path.join(root, "train.py"), tmp_path))  # (from where it runs)
     assert (r.returncode, r.stdout, r.stderr) == (1, "", "error: checkpoint none.pt not found; no checkpoints in models/ "
-                                                         "yet: train one with `python train.py`\n")
+                                                         f"yet: train one with `python {script}`\n")

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -1043,8 +1044,9 @@ def test_export_run_as_a_command_bad_input_is_one_line(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     r = subprocess.run([sys.executable, os.path.join(root, "export.py"), "none.pt", "hf"], cwd=tmp_path,
                        capture_output=True, text=True, timeout=120)
+    script = shlex.quote(os.path.relpath(os.path.join(root, "train.py"), tmp_path))  # (from where it runs)
     assert (r.returncode, r.stdout, r.stderr) == (1, "", "error: checkpoint none.pt not found; no checkpoints in models/ "
-                                                         "yet: train one with `python train.py`\n")
+                                                         f"yet: train one with `python {script}`\n")
     assert os.listdir(tmp_path) == []
 
 
