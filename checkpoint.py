@@ -22,7 +22,7 @@ import hf
 from common import (UserError, atomic_torch_save, first_line, is_oom, model_folder_file, path_arg, script_command,
                     starts_as_zip)
 from model import GPT, GPTConfig
-from setup_tokenizer import tokenizer_from_state, tokenizer_state
+from setup_tokenizer import tokenizer_from_state, tokenizer_hash, tokenizer_state
 
 FORMAT = 1  # bump when the layout changes incompatibly
 NUMBER = (int, float)
@@ -185,11 +185,24 @@ def read_checkpoint(path, f):
     if ckpt.get("format") != FORMAT:
         raise UserError(f"{path} has checkpoint format {ckpt.get('format')}, this code reads {FORMAT}; use the matching version of the code")
     tok = ckpt["tokenizer"]
-    if not (isinstance(ckpt["model"], dict) and all(isinstance(v, torch.Tensor) for v in ckpt["model"].values())
+    # (weights are floating point: load_state_dict would copy a bool or integer tensor in as 0s and 1s, or whole numbers)
+    if not (isinstance(ckpt["model"], dict)
+            and all(isinstance(v, torch.Tensor) and v.is_floating_point() for v in ckpt["model"].values())
             and isinstance(ckpt["config"], dict) and isinstance(tok, dict) and isinstance(tok.get("name"), str)
-            and isinstance(tok.get("bpe", 0), (str, type(None)))):  # the vocabulary's text, or None for a named one
+            # the vocabulary's text, or None for GPT-2's, which alone is named (get_tokenizer's "gpt2")
+            and (isinstance(tok.get("bpe", 0), str) or tok.get("bpe", 0) is None and tok["name"] == "gpt2")):
         raise UserError(f"{path} is a damaged checkpoint (its model, config or tokenizer entry is not what train.py "
                         f"writes); {another}")
+    # the vocabulary against the hash saved with it: one edited (two tokens' ranks swapped) gave the same number of ids
+    # and passed every other check, and gen.py encoded prompts, and export.py wrote a tokenizer, with the wrong ids
+    if isinstance(tok["bpe"], str) and "hash" in tok:
+        try:
+            held = tokenizer_hash(tokenizer_from_state(tok))
+            what = f"its vocabulary hashes to {held}, not the {tok['hash']} saved with it"
+        except UserError as e:
+            held, what = None, f"its vocabulary does not read: {first_line(e, 80)}"
+        if held != tok["hash"]:
+            raise UserError(f"{path} is a damaged checkpoint ({what}); {another}")
     for k, kind in STATE_KINDS.items():
         if k in ckpt and (not isinstance(ckpt[k], kind)
                           or k == "rng" and not isinstance(ckpt[k].get("cpu"), torch.Tensor)):

@@ -23,7 +23,7 @@ from checkpoint import find_checkpoints, load_model, save_checkpoint
 from common import UserError
 from conftest import run_cli
 from model import GPT, make_config
-from setup_tokenizer import IM_END, IM_START, get_tokenizer, render_chat
+from setup_tokenizer import IM_END, IM_START, get_tokenizer, render_chat, train_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GEN = os.path.join(ROOT, "gen.py")
@@ -676,6 +676,35 @@ def test_broken_weights_or_config_are_one_line(enc, tmp_path, capsys, monkeypatc
         for main, argv in ((gen.main, ["--prompt", "Hi"]), (serve.main, ["--port", "0"])):
             line = one_error_line(*run_cli(main, [str(tmp_path / f"{what}.pt"), *argv, *CPU], capsys)[::2])
             assert words in line, (what, main, line)
+
+
+def test_a_checkpoint_edited_into_other_weights_or_ids_is_refused(tmp_path, capsys):
+    # edits that passed every check and loaded without a word (a fuzz of damaged checkpoints): two tokens' ranks swapped
+    # in the stored vocabulary (as many ids as before: gen.py encoded prompts, and export.py wrote a tokenizer, with
+    # the wrong ids), a weight saved as bool (copied in as 0s and 1s), a custom vocabulary's text gone (said as
+    # "tokenizer 'custom-...' not found: use 'gpt2' or the path of a .tiktoken file", as if the user had named one)
+    (tmp_path / "text.txt").write_text("the cat sat on the mat. " * 200)
+    custom = train_tokenizer([str(tmp_path / "text.txt")], 300, str(tmp_path / "tok.tiktoken"))
+    good = str(tmp_path / "good.pt")
+    save_checkpoint(good, tiny_model(custom), custom)
+    assert cli([good, "--prompt", "the", "--max_tokens", "2", "--seed", "1"] + CPU, capsys)[0] == 0
+
+    def swap_ranks(c):
+        lines = c["tokenizer"]["bpe"].splitlines()
+        (a, i), (b, j) = lines[97].split(), lines[98].split()  # (the bytes a and b)
+        lines[97], lines[98] = f"{a} {j}", f"{b} {i}"
+        c["tokenizer"]["bpe"] = "\n".join(lines) + "\n"
+    for what, edit, words in (
+            ("ranks", swap_ranks, "is a damaged checkpoint (its vocabulary hashes to "),
+            ("bool", lambda c: c["model"].update({k: v.bool() for k, v in c["model"].items() if "ln_f" in k}),
+             "is a damaged checkpoint (its model, config or tokenizer entry is not what train.py writes)"),
+            ("text", lambda c: c["tokenizer"].update(bpe=None),
+             "is a damaged checkpoint (its model, config or tokenizer entry is not what train.py writes)")):
+        edited = torch.load(good, weights_only=True)
+        edit(edited)
+        torch.save(edited, str(tmp_path / f"{what}.pt"))
+        line = one_error_line(*cli([str(tmp_path / f"{what}.pt"), "--prompt", "the"] + CPU, capsys)[::2])
+        assert words in line and line.endswith("use another checkpoint (its _best.pt or an earlier one)"), (what, line)
 
 
 def test_weights_that_overflow_as_the_model_runs_are_one_line(enc, tmp_path, capsys):
