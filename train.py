@@ -405,7 +405,8 @@ def load_meta(data_dir, dataset, tokenizer=None):
     what = f"a JSON {type(meta).__name__}" if not isinstance(meta, dict) else \
         f"format {meta.get('format')}" if meta.get("format") != 1 else \
         f"dtype {meta.get('dtype')!r}" if meta.get("dtype") not in ("uint16", "uint32") else \
-        f"vocab_size {vocab_size!r}" if type(vocab_size) is not int or vocab_size < 1 else None
+        f"vocab_size {vocab_size!r}" if type(vocab_size) is not int or vocab_size < 1 else \
+        f"tokenizer {meta['tokenizer']!r}" if not isinstance(meta.get("tokenizer", "gpt2"), str) else None
     if what:
         raise UserError(f"{path} is not a dataset this code reads ({what}): {fix} again")
     fix = f"run `{rebuild_command(meta, folder)}`"  # the command that made it: --name, --source and all
@@ -716,7 +717,9 @@ def default_data_dir(ckpt, dataset=""):
     from another folder, would otherwise fall back to ./data, or to another dataset of the name there); else data/."""
     given = (ckpt.get("args") or {}).get("data_dir")
     seen = (ckpt.get("data") or {}).get("data_dir")  # (absolute; checkpoints since it was recorded)
-    return next((d for d in (given, seen) if d and os.path.isdir(os.path.join(d, dataset))), "data")
+    # (a str: an edited checkpoint's data_dir of -1 was a TypeError traceback in eval.py)
+    return next((d for d in (given, seen) if d and isinstance(d, str) and os.path.isdir(os.path.join(d, dataset))),
+                "data")
 
 
 def checkpoint_data(ckpt):
@@ -2097,9 +2100,11 @@ def build_training(run):
              f"carry over; {args.optimizer} starts afresh")
     elif continuing and ckpt.get("optimizer"):
         decay = [g["weight_decay"] for g in run.optimizer.param_groups]  # --weight_decay's, which the state would undo
+        fresh = [dict(g) for g in run.optimizer.param_groups]
         try:
             run.optimizer.load_state_dict(ckpt["optimizer"])
-        except (ValueError, KeyError, TypeError) as e:
+            check_optimizer_state(run.optimizer, fresh)
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise UserError(f"{args.checkpoint}: its optimizer state does not fit the model ({first_line(e)}): a "
                             f"damaged checkpoint, or one from another version of the code; use another one") from None
         for group, wd in zip(run.optimizer.param_groups, decay):
@@ -2119,6 +2124,41 @@ def build_training(run):
         train_model = DDP(run.model, device_ids=[device.index] if device.type == "cuda" else None, **no_buffer_sync)
     # compile the DDP model: its graphs break at the buckets (DDPOptimizer)
     run.fwd = Forward(train_model, args.compile)
+
+
+# what each optimizer keeps of every parameter once it has stepped (AdamW with amsgrad would add max_exp_avg_sq)
+OPTIMIZER_STATE = {"AdamW": {"step", "exp_avg", "exp_avg_sq"}, "Muon": {"momentum_buffer"}}
+
+
+def check_optimizer_state(optimizer, fresh):
+    """A ValueError unless the state optimizer.load_state_dict took is every parameter's, whole and of its shape, or
+    none at all (a run saved before its first step). torch takes any state: a damaged or edited checkpoint's with an
+    entry missing (or under an id no parameter has) resumed that parameter's moments from zero without a word, not the
+    exact resume asked for, and one of the wrong kind (a moment of the wrong shape, a string) was a traceback at the
+    first step, as one of its settings of another kind (betas of "x") was. fresh: the param_groups before the load."""
+    def like(v, was):  # (None: this torch's default for none saved, an older one's; or what it has no default for)
+        return was is None or v is None or (isinstance(v, (int, float)) if isinstance(was, (int, float)) else
+                               isinstance(v, (tuple, list)) and len(v) == len(was) and all(like(a, b) for a, b in zip(v, was))
+                               if isinstance(was, (tuple, list)) else type(v) is type(was))
+    for group, was in zip(optimizer.param_groups, fresh):
+        for k, v in group.items():
+            if k != "params" and k in was and not like(v, was[k]):
+                raise ValueError(f"its {k} is {v!r:.20}")
+    parts = [optimizer.muon, optimizer.adamw] if hasattr(optimizer, "muon") else [optimizer]
+    if not any(part.state for part in parts):
+        return
+    for part in parts:
+        kind = type(part).__name__
+        for i, p in enumerate(p for group in part.param_groups for p in group["params"]):
+            state = part.state.get(p) or {}
+            lacks = OPTIMIZER_STATE.get(kind, set()) - set(state)
+            if lacks:
+                raise ValueError(f"{kind}'s parameter {i} has no {', '.join(sorted(lacks))}")
+            for k, v in state.items():
+                if not isinstance(v, (torch.Tensor, int, float) if k == "step" else torch.Tensor) or \
+                        k != "step" and v.shape != p.shape:
+                    what = tuple(v.shape) if isinstance(v, torch.Tensor) else f"of type {type(v).__name__}"
+                    raise ValueError(f"{kind}'s {k} of parameter {i} is {what}, for a parameter of {tuple(p.shape)}")
 
 
 def oom_error(args, e):

@@ -1453,7 +1453,15 @@ def test_bad_checkpoints_are_one_line_errors(env, trained, tmp_path, capsys):
                          ("step", {"step": "x"}), ("rng", {"rng": {"torch": ck["rng"]["cpu"]}}), ("data", {"data": "x"}),
                          ("args", {"args": {**ck["args"], "lr": "abc"}}),
                          ("warmup", {"args": {**ck["args"], "warmup": "abc"}}),
-                         ("accum", {"args": {**ck["args"], "grad_accum": "abc"}})):
+                         ("accum", {"args": {**ck["args"], "grad_accum": "abc"}}),
+                         # taken by torch's load_state_dict: a parameter's moments gone (resumed from zero without a
+                         # word), one of another shape, or a part that is no dict (tracebacks, at the first step or in it)
+                         ("moments", {"optimizer": {**ck["optimizer"], "adamw": {**ck["optimizer"]["adamw"], "state": {
+                             k: v for k, v in ck["optimizer"]["adamw"]["state"].items() if k != 1}}}}),
+                         ("shape", {"optimizer": {**ck["optimizer"], "adamw": {**ck["optimizer"]["adamw"], "state": {
+                             **ck["optimizer"]["adamw"]["state"], 1: {**ck["optimizer"]["adamw"]["state"][1],
+                                                                      "exp_avg": torch.zeros(3)}}}}}),
+                         ("part", {"optimizer": {**ck["optimizer"], "muon": float("inf")}})):
         broken[name] = tmp_path / f"{name}.pt"
         torch.save({**ck, **change}, broken[name])
     for path, words in ((cut, "(truncated or corrupt?): PytorchStreamReader failed reading zip archive: failed finding "
@@ -1475,7 +1483,13 @@ def test_bad_checkpoints_are_one_line_errors(env, trained, tmp_path, capsys):
                         (broken["args"], "args.pt records lr 'abc', which is not what train.py writes (a damaged or "
                                          "edited checkpoint): continue from another checkpoint"),
                         (broken["warmup"], "warmup.pt records warmup 'abc', which is not what train.py writes"),
-                        (broken["accum"], "accum.pt records grad_accum 'abc', which is not what train.py writes")):
+                        (broken["accum"], "accum.pt records grad_accum 'abc', which is not what train.py writes"),
+                        (broken["moments"], "moments.pt: its optimizer state does not fit the model (AdamW's parameter "
+                                            "1 has no exp_avg, exp_avg_sq, step): a damaged checkpoint"),
+                        (broken["shape"], "its optimizer state does not fit the model (AdamW's exp_avg of parameter 1 "
+                                          "is (3,), for a parameter of"),
+                        (broken["part"], "part.pt: its optimizer state does not fit the model ('float' object has no "
+                                         "attribute 'copy')")):
         argv = ["--data_dir", env["data"], "--dataset", "story", "--checkpoint", str(path), "--device", "cpu",
                 "--epochs", "9", "--max_steps", "1", "--output_checkpoint", str(tmp_path / "out" / "x.pt")]
         with pytest.raises(SystemExit) as e:
@@ -1608,7 +1622,13 @@ def test_a_damaged_dataset_is_named_not_trained_on(env, trained, tmp_path, damag
         train.train(args_for(env, tmp_path, "--data_dir", str(data), "--dataset", "mini", "--max_steps", "1"))
 
 
-@pytest.mark.parametrize("field, value", [("dtype", None), ("vocab_size", "512"), ("vocab_size", 0)])
+def test_a_recorded_data_dir_that_is_no_path_is_passed_over(tmp_path):
+    # an edited checkpoint's --data_dir of -1 was a TypeError traceback in eval.py (os.path.join) before any check
+    assert train.default_data_dir({"args": {"data_dir": -1}, "data": {"data_dir": str(tmp_path)}}) == str(tmp_path)
+    assert train.default_data_dir({"args": {"data_dir": 1.5}}) == "data"
+
+
+@pytest.mark.parametrize("field, value", [("dtype", None), ("vocab_size", "512"), ("vocab_size", 0), ("tokenizer", 1.5)])
 def test_a_meta_json_field_that_cannot_be_read_is_named(env, tmp_path, field, value):
     """A meta.json of the right format with a field the reading needs missing or not a count (an edit by hand) is
     said by that field: a missing dtype was said as "format 1", the format this code reads, and a vocab_size of text
