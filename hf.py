@@ -464,7 +464,10 @@ def config_from_hf(raw, path):
         raise UserError(f"{path} lacks {e.args[0]}: copy config.json again from the model's download")
     except (ValueError, TypeError) as e:
         raise UserError(f"{path}: {e}")
-    raise UserError(f"{path}: model_type {kind!r} ({', '.join(raw.get('architectures') or [])}) is not supported; "
+    names = raw.get("architectures") or []  # a list of class names; one given as a string is one name, not its letters
+    names = [names] if isinstance(names, str) else names if isinstance(names, list) else []
+    names = f" ({', '.join(map(str, names))})" if names else ""
+    raise UserError(f"{path}: model_type {kind!r}{names} is not supported; "
                     f"this project reads gpt2 (GPT2LMHeadModel) and llama (LlamaForCausalLM, as export.py writes it)")
 
 

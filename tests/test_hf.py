@@ -531,6 +531,10 @@ def merges(change):
     (lambda f: (f / "config.json").unlink(), "without config.json"),
     (lambda f: (f / "config.json").write_text("{not json"), "not readable JSON"),
     (edit_config(model_type="bert", architectures=["BertForMaskedLM"]), "model_type 'bert'"),
+    # architectures as a string (not config.json's list): its name, not "B, e, r, t, ..."
+    (edit_config(model_type="bert", architectures="BertForMaskedLM"), "model_type 'bert' (BertForMaskedLM) is not "
+                                                                      "supported"),
+    (edit_config(model_type="bert", architectures=5), "model_type 'bert' is not supported"),  # (a TypeError traceback)
     (edit_config(activation_function="relu"), "activation_function"),
     (lambda f: (f / "model.safetensors").unlink(), "has no weights"),
     (lambda f: (f / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{trunc"), "not a readable safetensors"),
@@ -602,7 +606,7 @@ def merges(change):
     (lambda f: edit_json(f / "tokenizer_config.json", lambda t: t.update(tokenizer_class="SomeOtherTokenizerFast",
                                                                           add_prefix_space=True)),
      "tokenizer_config.json: add_prefix_space is set"),
-], ids=["no-config", "bad-json", "bert", "relu", "no-weights", "corrupt-weights", "shape", "huge", "huge-layers", "layers", "vocab", "no-tokenizer",
+], ids=["no-config", "bad-json", "bert", "bert-architectures-string", "bert-architectures-number", "relu", "no-weights", "corrupt-weights", "shape", "huge", "huge-layers", "layers", "vocab", "no-tokenizer",
         "prefix-space", "prefix-space-config", "prefix-space-vocab", "index-list", "index-map", "shard-missing",
         "bin-corrupt", "bin-no-dict", "sentencepiece", "not-byte-level", "unknown-special", "special-id",
         "special-missing", "id-gap", "merge-order", "merge-missing", "merges-malformed", "own-block", "own-not-object",
