@@ -1874,7 +1874,8 @@ def check_text_left(splits, kind, val_fraction, streams):
         raise too_little_text(streams, "val")
 
 
-def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, scratch, pack, doc_keys=None, sizes=None):
+def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, scratch, pack, doc_keys=None, sizes=None,
+                 not_text=None):
     """Tokenize every stream of a plan (find_source) with enc into temporary train and val Splits in folder, added to
     the dict splits as soon as they exist, so the caller can remove them on failure (scratch, a suffix of their
     temporary names, tells apart the files of several such calls); returns the kind, "text" or "chat". Val is each
@@ -1883,11 +1884,20 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
     files' sizes, which it comes to at each stream's end: a record's JSON is no text tokenized).
     pack: the --pack asked for, refused on plain text before anything is tokenized. doc_keys: a dict that gets the
     document_keys of train's documents ("train", an array "q") and of val's in order ("val", None for a book's tail),
-    for a mix, whose val leaves out what another of its datasets has (mix_splits)."""
+    for a mix, whose val leaves out what another of its datasets has (mix_splits). not_text: where the documents must be
+    conversations (a conversation set, a mix's part), the words refusing plain text after "FILE begins with plain text,
+    but ", said before anything is tokenized and before --pack's refusal (a mix's plain-text part was told to drop a
+    --pack it had not been given)."""
     dtype = np.uint16 if enc.n_vocab <= 1 << 16 else np.uint32
     table = token_bytes(enc)
     budget = limit_budget(limit, val_fraction)
     opened, kind, first_label = open_streams(streams)
+    if kind == "text" and not_text:
+        # a later file of conversations (a folder of chats whose README.txt sorts first): the mix of kinds is the fault
+        for _, _, label, docs in opened[1:]:
+            if doc_kind(next(docs, None)) == "chat":
+                raise mixed_kinds(label, "chat", first_label)
+        raise UserError(f"{first_label} begins with plain text, but {not_text}")
     if kind == "text" and pack:
         raise text_packed(pack)
     for name in ("train", "val"):
@@ -2530,10 +2540,8 @@ def mix_splits(folder, plan, enc, splits, raw_splits, limit, val_fraction, block
         raw, part_keys = {}, {}
         raw_splits.append(raw)
         # --limit counts in each dataset, as it does for a dataset on its own
-        kind = write_splits(folder, part["streams"], enc, raw, limit, val_fraction, progress, f".{part['dataset']}", block,
-                            part_keys, input_sizes(part, limit))
-        if kind != "chat":
-            raise UserError(f"--mix: {part['dataset']} is plain text; a mix is made of conversation sets")
+        write_splits(folder, part["streams"], enc, raw, limit, val_fraction, progress, f".{part['dataset']}", block,
+                     part_keys, input_sizes(part, limit), f"--mix takes conversation sets: leave {part['dataset']} out")
         if not raw["train"].tokens:
             raise UserError(f"--mix: {part['dataset']} has no training documents left (--limit {limit}?)")
         raws.append(raw)
@@ -2616,8 +2624,12 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
             else:
                 raw = {}
                 raw_splits.append(raw)
+                # a conversation set of plain text was made without a word, with no loss mask (every token trained)
+                not_text = f"--dataset {dataset} is a conversation set: give records of `messages` [{{role, content}}] " \
+                           f"(.jsonl; README's prepare.py section lists the other shapes), or make plain text a " \
+                           f"dataset with --dataset text" if dataset in MIXABLE else None
                 kind = write_splits(folder, plan["streams"], enc, raw, limit, val_fraction, progress, ".unpacked", pack,
-                                    sizes=sizes[0])
+                                    sizes=sizes[0], not_text=not_text)
                 block = block if kind == "chat" else 0
                 if block:  # the tokens read again: a big set's minutes, after the input's bar came to its end
                     tokens = raw["train"].tokens + raw["val"].tokens

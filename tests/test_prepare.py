@@ -427,12 +427,12 @@ def test_non_utf8_and_bad_input(tmp_path):
     with pytest.raises(UserError, match=r"latin.jsonl is not UTF-8 text \(line 1, byte 13 of the file\): convert it"):
         prepare.prepare("text", source=str(tmp_path / "latin.jsonl"), out_dir=out, name="latin", skip_bad_records=True)
     with pytest.raises(UserError, match=r"broken.jsonl line 2: malformed JSON"):
-        prepare.prepare("chat", source=write(tmp_path / "broken.jsonl", '{"text": "ok"}\n{"text": oops}\n'), out_dir=out)
+        prepare.prepare("text", source=write(tmp_path / "broken.jsonl", '{"text": "ok"}\n{"text": oops}\n'), out_dir=out)
     # a line cut short: the column is where its text ends (it was column 1, of the line after the newline)
     with pytest.raises(UserError, match=r"cut.jsonl line 2: malformed JSON \(Expecting ',' delimiter, column 20\)"):
-        prepare.prepare("chat", source=write(tmp_path / "cut.jsonl", '{"text":"a"}\n{"text":"b", "x": 1\n{"text":"c"}\n'), out_dir=out)
+        prepare.prepare("text", source=write(tmp_path / "cut.jsonl", '{"text":"a"}\n{"text":"b", "x": 1\n{"text":"c"}\n'), out_dir=out)
     with pytest.raises(UserError, match=r"broken.json line 3: malformed JSON"):
-        prepare.prepare("chat", source=write(tmp_path / "broken.json", '[\n{"text": "ok"},\n{"text" "no colon"}]'), out_dir=out)
+        prepare.prepare("text", source=write(tmp_path / "broken.json", '[\n{"text": "ok"},\n{"text" "no colon"}]'), out_dir=out)
     with pytest.raises(UserError, match="--source .*nope.txt: no such file"):
         prepare.prepare("text", source=str(tmp_path / "nope.txt"), out_dir=out)
     # malformed turns say what a turn looks like (it was Python's words: "string indices must be integers")
@@ -486,7 +486,7 @@ def test_non_utf8_and_bad_input(tmp_path):
     # the record of the other kind is named by its line, and so is the first one (a file of 50,000 lines was named alone)
     with pytest.raises(UserError, match=r"^plain text in \S*mixed.jsonl line 1 and conversations in \S*mixed.jsonl line 3: "
                                         r"a dataset is one or the other"):
-        prepare.prepare("chat", source=write(tmp_path / "mixed.jsonl", json.dumps({"text": "a"}) + "\n\n" + json.dumps({"question": "q", "answer": "a"})), out_dir=out)
+        prepare.prepare("text", source=write(tmp_path / "mixed.jsonl", json.dumps({"text": "a"}) + "\n\n" + json.dumps({"question": "q", "answer": "a"})), out_dir=out)
     # with --vocab_size, before the vocabulary is trained (it was refused after minutes of training one)
     mixed = [json.dumps({"text": f"a story {i}"}) for i in range(20)] + [json.dumps({"question": "q", "answer": "a"})]
     with pytest.raises(UserError, match=r"mixed2.jsonl line 21: a conversation among plain text \(from \S*mixed2.jsonl "
@@ -890,6 +890,29 @@ def test_chat_records_in_a_txt_file_name_the_rename(tmp_path):
                               "[1, 2, 3] and words\n", "[]\n{}\nwords\n", "[" * 5000 + " nested past json's reach\n")):
         meta = prepare.prepare("text", source=write(tmp_path / f"log{i}.txt", text * 20), out_dir=out, name=f"log{i}")
         assert meta["kind"] == "text"
+
+
+def test_plain_text_given_to_a_conversation_set_is_refused(tmp_path, monkeypatch):
+    """--dataset chat (dailydialog, knowledge) of plain text made a plain-text dataset without a word: no loss mask,
+    every token trained on, where --mix refuses it. Refused before anything is tokenized, naming what a conversation
+    set reads and where plain text goes; a mix's plain-text part is said as such, not as a --pack it was not given."""
+    out = str(tmp_path / "data")
+    src = write(tmp_path / "plain.txt", "<|endoftext|>".join(f"story {i} of a cat on a mat." for i in range(20)))
+    texts = write(tmp_path / "texts.jsonl", "\n".join(json.dumps({"text": f"story {i}"}) for i in range(20)))
+    for dataset, path in (("chat", src), ("knowledge", texts)):
+        with pytest.raises(UserError, match=rf"^{re.escape(path)} begins with plain text, but --dataset {dataset} is a "
+                                            r"conversation set: give records of `messages` \[\{role, content\}\] "
+                                            r"\(\.jsonl; README's prepare\.py section lists the other shapes\), or make "
+                                            r"plain text a dataset with --dataset text$"):
+            prepare.main(["--dataset", dataset, "--source", path, "--name", "c", "--out_dir", out, "--pack", "64"])
+    assert not os.path.exists(os.path.join(out, "c"))
+    assert prepare.prepare("text", source=src, out_dir=out, name="t")["kind"] == "text"
+    # a mix's part of plain text (a mirror's file of text records): its own words, not --pack's
+    write(tmp_path / "mirror" / "gsm8k" / "train.jsonl", (tmp_path / "texts.jsonl").read_text())
+    monkeypatch.setenv("DATA_MIRROR", str(tmp_path / "mirror"))
+    with pytest.raises(UserError, match=r"train\.jsonl begins with plain text, but --mix takes conversation sets: leave "
+                                        r"knowledge out$"):
+        prepare.main(["--mix", "knowledge:1,chitchat:1", "--name", "m", "--out_dir", out])
 
 
 def test_utf16_text_is_refused_naming_its_conversion(tmp_path):
