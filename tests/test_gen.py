@@ -668,6 +668,10 @@ def test_broken_weights_or_config_are_one_line(enc, tmp_path, capsys, monkeypatc
             ("gpt2", lambda c: c.update(model=small.state_dict(), config=small.config.__dict__),
              "the model has 512 token ids but its tokenizer 50259: a damaged or edited checkpoint; use another one"),
             ("bpe", lambda c: c["tokenizer"].update(bpe=12345), "is a damaged checkpoint"),
+            # text, but no vocabulary: it was "gpt2 is not a .tiktoken vocabulary ...: pass a file written by ..."
+            ("bpe-text", lambda c: c["tokenizer"].update(bpe="no vocabulary\n"),
+             "bpe-text.pt is a damaged checkpoint (the vocabulary it stores does not read as a .tiktoken vocabulary); "
+             "use another checkpoint (its _best.pt or an earlier one)"),
             ("ctx", lambda c: c["config"].update(block_size=10**12),  # past any machine's memory
              "its model (context 1000000000000, 2 layers x 64) does not fit in memory")):
         edited = copy.deepcopy(ckpt)
@@ -676,6 +680,8 @@ def test_broken_weights_or_config_are_one_line(enc, tmp_path, capsys, monkeypatc
         for main, argv in ((gen.main, ["--prompt", "Hi"]), (serve.main, ["--port", "0"])):
             line = one_error_line(*run_cli(main, [str(tmp_path / f"{what}.pt"), *argv, *CPU], capsys)[::2])
             assert words in line, (what, main, line)
+    with pytest.raises(UserError, match=r"bpe-text\.pt is a damaged checkpoint \(the vocabulary it stores"):
+        get_tokenizer(str(tmp_path / "bpe-text.pt"))  # (prepare.py --tokenizer)
 
 
 def test_a_checkpoint_edited_into_other_weights_or_ids_is_refused(tmp_path, capsys):
