@@ -93,10 +93,28 @@ def train_command():
 
 def not_a_vocabulary(source):
     """The error for a file that is no .tiktoken vocabulary: junk text, a binary file, a folder, a Hugging Face model
-    folder's vocab.json (whose folder is the way in)."""
+    folder's vocab.json (whose folder is the way in), a dataset's meta.json or token file (whose vocabulary is)."""
+    folder = os.path.dirname(source) or "."
+    if os.path.basename(source) != VOCAB_FILE and os.path.isfile(source) and is_dataset_folder(folder):
+        return UserError(f"{source} is a file of the dataset folder {folder}, not a vocabulary: pass the one it was made "
+                         f"with, {dataset_vocabulary(folder)}")
     return model_folder_file(source) or UserError(
         f"{source} is not a .tiktoken vocabulary (lines of `base64 rank`): pass a file written by "
         f"`{train_command()}`, a checkpoint, a Hugging Face model folder, or gpt2")
+
+
+def dataset_vocabulary(folder):
+    """The vocabulary a dataset's folder was made with, as its meta.json says (a vocabulary of an earlier build stays in
+    the folder when it is remade with gpt2, and was named in its place; the folder's own under the folder's name now,
+    wherever it was made): its path, gpt2, or where it went (a moved data/), for an error to name."""
+    meta = read_meta(folder)
+    own, made_with = os.path.join(folder, VOCAB_FILE), meta.get("tokenizer", "gpt2")
+    made_with = own if os.path.basename(made_with) == VOCAB_FILE and os.path.isfile(own) else made_with
+    if made_with != "gpt2" and not os.path.exists(made_with):  # the old place of data/ moved since: named,
+        # the user copied a path that was not there
+        moved = moved_vocabulary(made_with, folder, meta.get("tokenizer_hash"))
+        made_with = moved or f"{made_with}, gone from there (moved?): pass a copy of it"
+    return made_with
 
 
 def parse_bpe(text, source="tokenizer"):
@@ -206,16 +224,8 @@ def _load_tokenizer(name, stamp):
             return read_tokenizer(name)[0], folder_context(name)
         if is_dataset_folder(name):  # its vocabulary is a file in it (or gpt2, or the --tokenizer it was made with),
             # which "a folder without tokenizer.json" and a list of what else to pass left to be found
-            # (what its meta.json says: a vocabulary of an earlier build stays in the folder when it is remade with
-            # gpt2, and was named in its place; the folder's own under the folder's name now, wherever it was made)
-            meta = read_meta(name)
-            own, made_with = os.path.join(name, VOCAB_FILE), meta.get("tokenizer", "gpt2")
-            made_with = own if os.path.basename(made_with) == VOCAB_FILE and os.path.isfile(own) else made_with
-            if made_with != "gpt2" and not os.path.exists(made_with):  # the old place of data/ moved since: named,
-                # the user copied a path that was not there
-                moved = moved_vocabulary(made_with, name, meta.get("tokenizer_hash"))
-                made_with = moved or f"{made_with}, gone from there (moved?): pass a copy of it"
-            raise UserError(f"{name} is a dataset's folder, not a vocabulary: pass the one it was made with, {made_with}")
+            raise UserError(f"{name} is a dataset's folder, not a vocabulary: pass the one it was made with, "
+                            f"{dataset_vocabulary(name)}")
         raise not_a_vocabulary(f"{name} (a folder without {TOKENIZER_JSON} or {VOCAB_JSON})")
     if zipfile.is_zipfile(name) or starts_as_zip(name):  # torch.save's format: a checkpoint (or one cut short,
         # which load_checkpoint names as such rather than as no .tiktoken text)

@@ -604,6 +604,13 @@ def test_a_datasets_folder_as_tokenizer_names_its_vocabulary(gpt2, tmp_path, cap
             get_tokenizer(str(folder))
         assert str(e.value) == (f"{folder} is a dataset's folder, not a vocabulary: pass the one it was made with, "
                                 f"{fix.format(folder=folder)}")
+        # and a file of it, its meta.json or a token file: "is not a .tiktoken vocabulary ...: pass a file written by
+        # `setup_tokenizer.py train`, ...", the dataset's own vocabulary beside it unnamed
+        for file in ("meta.json", "train.bin"):
+            with pytest.raises(UserError) as e:
+                get_tokenizer(str(folder / file))
+            assert str(e.value) == (f"{folder / file} is a file of the dataset folder {folder}, not a vocabulary: pass "
+                                    f"the one it was made with, {fix.format(folder=folder)}")
     # remade with gpt2, the folder keeps its earlier vocabulary (a later --vocab_size of its size takes it again): it
     # was named as the one the dataset was made with
     _, folder = prepared(tmp_path, capsys, "--tokenizer", "gpt2", name="own")
