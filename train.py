@@ -1686,10 +1686,14 @@ def model_config(args, meta, ckpt):
         cfg = dict(ckpt["config"])
         asked = {k: v for k, v in PRESETS[args.model].items() if k != "block_size"} if args.model else {}
         asked.update({k: getattr(args, k) for k in MODEL_SHAPE if getattr(args, k) is not None})
-        clash = [f"--{'model' if args.model and getattr(args, k) is None else k} ({k} {v} vs {cfg.get(k)})"
-                 for k, v in asked.items() if cfg.get(k) != v]
+        clash = {k: v for k, v in asked.items() if cfg.get(k) != v}
         if clash:
-            raise UserError(f"{args.checkpoint} fixes the model's shape; {', '.join(clash)} would change it: "
+            # the preset's sizes under one --model (it was said once a size: "--model (n_layer ...), --model (n_embd
+            # ...)"), each option of its own with its value
+            preset = ", ".join(f"{k} {v} vs {cfg.get(k)}" for k, v in clash.items() if getattr(args, k) is None)
+            said = [f"--model {args.model} ({preset})"] * bool(preset) + [
+                f"--{k} {v} (vs {cfg.get(k)})" for k, v in clash.items() if getattr(args, k) is not None]
+            raise UserError(f"{args.checkpoint} fixes the model's shape; {', '.join(said)} would change it: "
                             f"leave the model options out when continuing from a checkpoint")
         config = checkpoint_config(ckpt, args.checkpoint)  # damage to it is no "bad model options" the user gave
         if args.dropout is not None:  # dropout has no weights: free to change

@@ -2510,6 +2510,21 @@ def test_bad_options_are_user_errors(env, tmp_path, trained):
     assert e.value.code == 0
 
 
+def test_shape_options_a_checkpoint_fixes_are_named_once_each():
+    """A preset's sizes that differ from the checkpoint's were each said as --model: "--model (n_layer 6 vs 4),
+    --model (n_embd 384 vs 128), --model (n_head 6 vs 4)"; now --model once, with them, and an option of its own
+    with its value."""
+    ckpt = {"config": train.make_config("tiny", vocab_size=300).__dict__}
+    for argv, said in ((["--model", "small"], "--model small (n_layer 6 vs 4, n_embd 384 vs 128, n_head 6 vs 4)"),
+                       (["--model", "small", "--n_layer", "3"], "--model small (n_embd 384 vs 128, n_head 6 vs 4), "
+                                                                "--n_layer 3 (vs 4)"),
+                       (["--n_layer", "3", "--variant", "gpt2"], "--n_layer 3 (vs 4), --variant gpt2 (vs modern)")):
+        with pytest.raises(UserError) as e:
+            train.model_config(train.parse_args([*argv, "--checkpoint", "x.pt"]), {"vocab_size": 300}, ckpt)
+        assert str(e.value) == (f"x.pt fixes the model's shape; {said} would change it: leave the model options out "
+                                f"when continuing from a checkpoint")
+
+
 def test_token_files_replaced_after_meta_json_was_read_are_refused(env, tmp_path):
     """A prepare.py rebuilding the dataset as a run started renamed new token files in between load_meta's size check
     and the memmaps: the run trained on the new tokens with the old meta.json and its tokenizer, saying nothing."""
