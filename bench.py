@@ -37,9 +37,9 @@ import time
 
 import torch
 
-from common import (UserError, atomic_write_text, autocast, check_output, cpu_bf16_is_faster, cpu_has_bf16, cpu_info,
-                    first_line, is_oom, pick_device, pick_dtype, path_arg, not_utf8, retain_freed_memory, run_main,
-                    seeded_generator, DTYPES)
+from common import (UserError, at_least, atomic_write_text, autocast, check_output, cpu_bf16_is_faster, cpu_has_bf16,
+                    cpu_info, first_line, is_oom, pick_device, pick_dtype, path_arg, not_utf8, retain_freed_memory,
+                    run_main, seeded_generator, DTYPES)
 from model import GPT, OPTIMIZERS, PRESETS, VARIANTS, make_config, physical_memory
 from train import DEFAULTS as TRAIN_DEFAULTS, Forward, train_step
 
@@ -714,9 +714,10 @@ def get_parser():
                    help="model variant (default: the preset's: modern for tiny, gpt2 for the others)")
     p.add_argument("--only", default=",".join(SECTIONS),
                    help=f"sections to run, comma-separated (default: all of {','.join(SECTIONS)})")
-    p.add_argument("--batch_size", type=int, default=None, help="training batch size (default 8)")
-    p.add_argument("--block_size", type=int, default=None, help="training sequence length (default: the preset's)")
-    p.add_argument("--vocab_size", type=int, default=None,
+    p.add_argument("--batch_size", type=at_least(1), default=None, help="training batch size (default 8)")
+    p.add_argument("--block_size", type=at_least(1), default=None,
+                   help="training sequence length (default: the preset's)")
+    p.add_argument("--vocab_size", type=at_least(1), default=None,
                    help="vocabulary size, e.g. 4096 for a custom tokenizer (default GPT-2's 50259)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model for train and ratio (compile time is in the warm-up)")
@@ -726,7 +727,7 @@ def get_parser():
     p.add_argument("--optimizer", default=OPTIMIZERS[0],
                    help=f"the optimizer(s) of the training steps, comma-separated: {', '.join(OPTIMIZERS)}, as "
                         f"train.py's option; train and ratio rows for each (default {OPTIMIZERS[0]})")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=at_least(1), default=None,
                    help="torch.set_num_threads, at most one per logical core (default: torch's choice, one per core)")
     p.add_argument("--clock", default="wall", choices=list(_CLOCKS),
                    help="wall (default) or cpu: this process's CPU time, for a CPU shared with other work; needs "
@@ -734,23 +735,26 @@ def get_parser():
     p.add_argument("--malloc", default="retain", choices=["retain", "default"],
                    help="retain (default): glibc keeps freed memory for reuse, so big tensors are not page-faulted in "
                         "again every step (+30-40%% for small on CPU); default: leave the allocator alone")
-    p.add_argument("--warmup", type=int, default=None, help="untimed training steps first (default 2 on CPU, 3 on GPU)")
-    p.add_argument("--steps", type=int, default=None,
+    p.add_argument("--warmup", type=at_least(0), default=None,
+                   help="untimed training steps first (default 2 on CPU, 3 on GPU)")
+    p.add_argument("--steps", type=at_least(1), default=None,
                    help="timed training steps, the median is reported (default 5 on CPU, 10 on GPU and for the ratio)")
     p.add_argument("--peak_sizes", type=sizes_arg, default=None,
                    help="matmul sizes for the peak, comma-separated (default 2048,4096 on CPU, 8192 on GPU)")
-    p.add_argument("--new_tokens", type=int, default=None, help="tokens generated per run (default 500; --quick 8)")
-    p.add_argument("--prompt_len", type=int, default=None, help="prompt tokens for generation (default 16; --quick 4)")
-    p.add_argument("--gen_batch", type=int, default=None,
+    p.add_argument("--new_tokens", type=at_least(1), default=None,
+                   help="tokens generated per run (default 500; --quick 8)")
+    p.add_argument("--prompt_len", type=at_least(1), default=None,
+                   help="prompt tokens for generation (default 16; --quick 4)")
+    p.add_argument("--gen_batch", type=at_least(1), default=None,
                    help="the batched generation run's batch size (default 8; --quick 2)")
     p.add_argument("--ratio_model", default="tiny", choices=list(PRESETS),
                    help="preset for the ratio section (default tiny)")
-    p.add_argument("--ratio_vocab", type=int, default=None,
+    p.add_argument("--ratio_vocab", type=at_least(1), default=None,
                    help="the small vocabulary of the ratio section (default 4096; --quick 512)")
     p.add_argument("--data", type=path_arg, default=None,
                    help="text file for prepare (default: $DATA_MIRROR/tinystories/TinyStories-sample.txt, else "
                         "generated)")
-    p.add_argument("--prepare_threads", type=int, default=None, help="tokenizer threads (default: every core)")
+    p.add_argument("--prepare_threads", type=at_least(1), default=None, help="tokenizer threads (default: every core)")
     p.add_argument("--out", type=path_arg, default=None, help="file the table is appended to (default BENCHMARKS.md)")
     p.add_argument("--no_write", action="store_true", help="print only, leave BENCHMARKS.md alone")
     p.add_argument("--note", default=None,
@@ -762,11 +766,6 @@ def get_parser():
 
 def check_options(args):
     """Raises a UserError for options bench.py cannot run with, before anything is measured."""
-    for name in ("batch_size", "block_size", "vocab_size", "threads", "steps", "new_tokens", "prompt_len", "gen_batch",
-                 "ratio_vocab", "prepare_threads"):
-        v = getattr(args, name)
-        if v is not None and v <= 0:
-            raise UserError(f"--{name} must be positive, got {v}")
     for name in ("batch_size", "block_size", "vocab_size", "new_tokens", "prompt_len", "gen_batch", "ratio_vocab",
                  "peak_sizes"):  # past any machine's memory (MAX_SIZE); smaller ones that do not fit: fits() in run()
         v = getattr(args, name)
@@ -781,8 +780,6 @@ def check_options(args):
         v = getattr(args, name)
         if v and cores and v > cores:
             raise UserError(f"--{name} {v}: this machine has {cores} logical cores; give at most {cores}")
-    if args.warmup is not None and args.warmup < 0:
-        raise UserError(f"--warmup must be >= 0, got {args.warmup}")
     if args.data:  # read before the other sections' minutes, not after them
         if not os.path.isfile(args.data):
             raise UserError(f"--data {args.data}: no such file")

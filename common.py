@@ -260,6 +260,17 @@ def number(text, kind):
         raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}") from None
 
 
+def at_least(minimum):
+    """An argparse type: an int of minimum or more ("argument --steps: must be at least 1, got 0"), one wording for
+    every script's counts (they said "must be >= 1", "must be positive", "--limit 0: must be at least 1")."""
+    def parse(text):
+        value = number(text, int)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    return parse
+
+
 def require_utf8(text, what):
     """A command-line argument that is UTF-8 text, else a UserError: bytes the locale could not decode are kept by
     Python as lone surrogates, which fail later, in a traceback."""

@@ -37,10 +37,9 @@ import sys
 import numpy as np
 
 from checkpoint import add_checkpoint_argument, load_checkpoint, load_model, parse_checkpoint
-from common import (DTYPES, UserError, atomic_write_text, check_output, nonempty, number, path_arg, pick_device,
+from common import (DTYPES, UserError, at_least, atomic_write_text, check_output, nonempty, path_arg, pick_device,
                     pick_dtype, progress_bar, retain_freed_memory, run_main, seeded_generator)
-from gen import (CHAT_STOPS, add_sampling_arguments, chat_reply, columns, default_checkpoint, positive_int,
-                 read_prompt_file)
+from gen import CHAT_STOPS, add_sampling_arguments, chat_reply, columns, default_checkpoint, read_prompt_file
 from prepare import document_ends
 from setup_tokenizer import IM_END, parse_chat
 from train import (Windows, bits_per_byte, checkpoint_data, default_data_dir, eval_indices, evaluate, load_meta,
@@ -210,13 +209,6 @@ def format_table(result):
 # -----------------------------------------------------------------------------
 # the command line
 
-def count(s):
-    v = number(s, int)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
-
-
 def names_checkpoint(name):
     """Whether a --dataset value is a checkpoint's path: a dataset's name has no folder in it (prepare.py --name)."""
     return bool(name) and (os.sep in name or "/" in name or name.endswith(".pt") or os.path.isfile(name)
@@ -230,17 +222,17 @@ def parse_args(argv=None):
                                                 "checkpoint was trained on)")
     p.add_argument("--data_dir", type=path_arg, help="where prepared datasets live (default: the checkpoint's, else data)")
     p.add_argument("--split", choices=["val", "train"], default="val", help="which split (default val)")
-    p.add_argument("--block_size", type=positive_int, help="window length (default: the checkpoint's training one)")
-    p.add_argument("--batch_size", type=positive_int, default=16, help="windows per forward pass (default 16)")
-    p.add_argument("--eval_batches", type=positive_int,
+    p.add_argument("--block_size", type=at_least(1), help="window length (default: the checkpoint's training one)")
+    p.add_argument("--batch_size", type=at_least(1), default=16, help="windows per forward pass (default 16)")
+    p.add_argument("--eval_batches", type=at_least(1),
                    help="at most this many batches, spread over the split (default: every window)")
-    p.add_argument("--samples", type=count, default=50,
+    p.add_argument("--samples", type=at_least(0), default=50,
                    help="replies sampled per conversation set, 0 = none (default 50)")
     # --prompt_file, as gen.py names the same file in the same format; --prompts, its first name, still works
     p.add_argument("--prompt_file", "--prompts", dest="prompt_file", type=path_arg, metavar="FILE",
                    help="answer the first --samples prompts of this file (one per line, or JSON lines with a \"prompt\" "
                         "field, as gen.py --prompt_file) instead")
-    p.add_argument("--max_tokens", type=positive_int, default=128, help="new tokens a reply may take (default 128)")
+    p.add_argument("--max_tokens", type=at_least(1), default=128, help="new tokens a reply may take (default 128)")
     add_sampling_arguments(p)
     p.add_argument("--seed", type=int, default=1337, help="seed of the sampled replies (default 1337)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")

@@ -39,8 +39,8 @@ import unicodedata
 import torch
 
 from checkpoint import add_checkpoint_argument, find_checkpoints, load_model, parse_checkpoint
-from common import (DTYPES, UserError, atomic_write_text, autocast, check_output, color_ok, first_line, not_utf8,
-                    number, path_arg, pick_device, pick_dtype, require_utf8, retain_freed_memory, run_main,
+from common import (DTYPES, UserError, at_least, atomic_write_text, autocast, check_output, color_ok, first_line,
+                    not_utf8, number, path_arg, pick_device, pick_dtype, require_utf8, retain_freed_memory, run_main,
                     seeded_generator, without_surrogates)
 from setup_tokenizer import EOT, IM_END, IM_START, StreamDecoder, render_chat
 
@@ -451,13 +451,6 @@ def default_checkpoint(folder="models"):
                     f"`{common.script_command('train.py')}` or pass a checkpoint path")
 
 
-def positive_int(s):
-    v = number(s, int)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
-
-
 def top_k_arg(s):
     """--top_k: a count >= 1, or 0 for no limit (None), as a request's top_k of 0 means in serve.py's API."""
     v = number(s, int)
@@ -527,9 +520,9 @@ def parse_args(argv=None):
                    help="slide the context window and ignore <|endoftext|>: generate until --max_tokens (default: no limit) or Ctrl-C")
     p.add_argument("--seed", type=int, help="random seed; the same seed gives the same text (default: random, shown by --verbose)")
     add_sampling_arguments(p)
-    p.add_argument("--max_tokens", type=positive_int, default=None, help="new tokens per completion or reply (default 256)")
-    p.add_argument("--num_samples", type=positive_int, default=1, help="samples for --prompt or an unconditional run")
-    p.add_argument("--batch_size", type=positive_int, help="--prompt_file: prompts of equal length generated together (default 8)")
+    p.add_argument("--max_tokens", type=at_least(1), default=None, help="new tokens per completion or reply (default 256)")
+    p.add_argument("--num_samples", type=at_least(1), default=1, help="samples for --prompt or an unconditional run")
+    p.add_argument("--batch_size", type=at_least(1), help="--prompt_file: prompts of equal length generated together (default 8)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="autocast precision")
     p.add_argument("--no_cache", action="store_true",

@@ -73,7 +73,7 @@ from array import array
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from common import (STRAY_BYTE_FIX, VOCAB_FILE, UserError, atomic_write_text, check_output, expand_pattern,
+from common import (STRAY_BYTE_FIX, VOCAB_FILE, UserError, at_least, atomic_write_text, check_output, expand_pattern,
                     first_line, fsync_replace, held_lock, holds_nul, is_dataset_folder, json_kind, name_full_disk,
                     nonempty, not_utf8, parts_text, path_arg, prepare_lock, progress_bar, read_items, read_meta,
                     remove_stale_tmp, run_main, tmp_name, without_surrogates)
@@ -2282,8 +2282,6 @@ def check_arguments(dataset, source, tokenizer, limit, val_fraction, pack, mix, 
         raise UserError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
     elif mix:
         raise UserError(f"--mix builds its own dataset: drop --dataset {dataset}")
-    if limit is not None and limit < 1:
-        raise UserError(f"--limit {limit}: must be at least 1")
     if vocab_size is not None and tokenizer is not None:
         raise UserError(f"--vocab_size {vocab_size} trains the dataset's own vocabulary, and --tokenizer {tokenizer} "
                         f"gives one: pass one of them")
@@ -2808,7 +2806,7 @@ def main(argv=None):
     p.add_argument("--vocab_size", type=int,
                    help="train a vocabulary of this size on the data itself (saved as data/<name>/tokenizer.tiktoken) "
                         "and use it instead of --tokenizer: e.g. 4096 makes a tiny model several times faster")
-    p.add_argument("--limit", type=int, help="use only the first N documents (quick demos), counted over a dataset's files in order (each "
+    p.add_argument("--limit", type=at_least(1), help="use only the first N documents (quick demos), counted over a dataset's files in order (each "
                                                "--mix part its own N, train-only extra files N more); of a source's own validation "
                                                "split, N * val_fraction")
     p.add_argument("--val_fraction", type=float, default=DEFAULT_VAL_FRACTION,

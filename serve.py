@@ -64,10 +64,10 @@ from urllib.parse import unquote, urlsplit
 import torch
 
 from checkpoint import add_checkpoint_argument, load_model, parse_checkpoint
-from common import (DTYPES, UserError, json_kind, nonempty, number, parts_text, pick_device, pick_dtype,
+from common import (DTYPES, UserError, at_least, json_kind, nonempty, number, parts_text, pick_device, pick_dtype,
                     retain_freed_memory, run_main, seeded_generator)
 from gen import (CHAT_STOPS, PENALTY_RULE, add_sampling_arguments, default_checkpoint, encode_prompt, fit_history,
-                 penalty_value, positive_int, reserve_for, stop_ids, stream_completion, warn_if_trained_on_text)
+                 penalty_value, reserve_for, stop_ids, stream_completion, warn_if_trained_on_text)
 from setup_tokenizer import EOT, render_chat
 
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "chat.html")
@@ -1486,11 +1486,11 @@ def parse_args(argv=None):
                         "behind a proxy that passes on its own name (default: localhost and loopback addresses only, "
                         "against DNS rebinding)")
     add_sampling_arguments(p, " when a request gives none")
-    p.add_argument("--max_tokens", type=positive_int, default=256,
+    p.add_argument("--max_tokens", type=at_least(1), default=256,
                    help="new tokens when a request gives no max_tokens (default 256; for a chat at most half the "
                         "context, so the history keeps the rest, else cut to what the prompt leaves)")
-    p.add_argument("--max_queue", type=positive_int, default=64, help="requests that may wait for the model; more get 503 (default 64)")
-    p.add_argument("--max_connections", type=positive_int, default=256,
+    p.add_argument("--max_queue", type=at_least(1), default=64, help="requests that may wait for the model; more get 503 (default 64)")
+    p.add_argument("--max_connections", type=at_least(1), default=256,
                    help="connections open at once, idle keep-alive ones included (a thread and a descriptor each; "
                         "idle ones close after 2 minutes); past it a new one takes the place of the one waiting the "
                         "longest, a second or more, for its request (idle, or trickling it), else gets 503 "

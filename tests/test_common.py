@@ -169,6 +169,21 @@ def test_a_non_number_is_the_same_line_in_every_script(script, option, value, ki
                                                                 f"{value!r}"), err
 
 
+@pytest.mark.parametrize("script, option, value, minimum", [
+    # a count below its minimum, one wording (common.at_least) where it was "must be >= 1" (gen.py, eval.py,
+    # serve.py), "must be >= 0" (eval.py), "must be positive" (bench.py) and "--limit 0: must be at least 1" (prepare.py)
+    ("gen", "--max_tokens", "0", 1), ("eval", "--samples", "-1", 0), ("eval", "--batch_size", "0", 1),
+    ("serve", "--max_queue", "0", 1), ("bench", "--steps", "0", 1), ("bench", "--warmup", "-1", 0),
+    ("prepare", "--limit", "0", 1)])
+def test_a_count_below_its_minimum_is_the_same_line_in_every_script(script, option, value, minimum, capsys):
+    main = __import__(script).main
+    with pytest.raises(SystemExit) as e:
+        main(["x.pt", option, value] if script in ("gen", "eval", "serve") else [option, value])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.splitlines()[-1].endswith(f"error: argument {option}: must be at least {minimum}, "
+                                                                f"got {value}"), err
+
+
 def test_no_output_replaces_a_checkpoint_or_a_datasets_file(tmp_path):
     """eval.py --json, gen.py --output, setup_tokenizer.py --out over a checkpoint or a dataset's file replaced it
     (a 7.7 MB checkpoint became 627 bytes of JSON); train.py's checkpoints may replace checkpoints (by its own rules)."""
