@@ -147,16 +147,11 @@ def load_checkpoint(path):
         return read_checkpoint(path, f)
 
 
-def another_checkpoint(path):
-    """A damaged checkpoint's way out: the run's other checkpoints, beside it wherever it is (not "another file from
-    models/")."""
-    return "use another checkpoint (" + ("an earlier one" if path.endswith("_best.pt") else
-                                         "its _best.pt or an earlier one") + ")"
-
-
 def read_checkpoint(path, f):
     """load_checkpoint's reading and checks of the file f opened at path."""
-    another = another_checkpoint(path)
+    # a damaged file's way out: the run's other checkpoints, beside it wherever it is (not "another file from models/")
+    another = "use another checkpoint (" + ("an earlier one" if path.endswith("_best.pt") else
+                                            "its _best.pt or an earlier one") + ")"
     try:
         ckpt = torch.load(f, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, KeyError, IndexError, TypeError, AttributeError) as e:
@@ -249,26 +244,13 @@ def load_model(path_or_ckpt, device="cpu", name=None):
                         f"layers x {ckpt['config'].get('n_embd')}) does not fit in memory ({first_line(e, 80)}): its "
                         f"config is damaged, or the model needs a larger machine") from None
     load_weights(model, ckpt["model"], name)
-    enc = stored_tokenizer(ckpt, name)
+    enc = tokenizer_from_state(ckpt["tokenizer"])
     # a tokenizer with more ids than the model's embedding: an IndexError at the first such token (gen.py's traceback,
     # serve.py's 500 to every request); fewer: ids the tokenizer cannot decode
     if model.config.vocab_size != enc.n_vocab:
         raise UserError(f"{name}: the model has {model.config.vocab_size} token ids but its tokenizer {enc.n_vocab}: "
                         f"a damaged or edited checkpoint; use another one")
     return model.to(device).eval(), enc, ckpt
-
-
-def stored_tokenizer(ckpt, name):
-    """The tokenizer a loaded checkpoint stores (name: its path, for messages). A stored vocabulary that does not read
-    (an edited file) is the checkpoint's damage: tokenizer_from_bpe's words asked for a file, naming the vocabulary
-    by its name alone ("custom-... is not a .tiktoken vocabulary: pass a file written by ...")."""
-    try:
-        return tokenizer_from_state(ckpt["tokenizer"])
-    except UserError:
-        if ckpt["tokenizer"]["bpe"] is None:  # gpt2's, whose files may be missing offline: said as such
-            raise
-        raise UserError(f"{name} is a damaged checkpoint (the vocabulary it stores does not read as a .tiktoken "
-                        f"vocabulary); {another_checkpoint(name)}") from None
 
 
 def checkpoint_config(ckpt, name):

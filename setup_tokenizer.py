@@ -280,10 +280,10 @@ def fewer_ids(enc, n_vocab):
 def checkpoint_tokenizer(path):
     """(tokenizer, context) of a checkpoint file: its vocabulary and its config's block_size (None if that is no
     positive int: a damaged config, which the scripts that load the model refuse), from one load."""
-    from checkpoint import load_checkpoint, stored_tokenizer  # here: checkpoint.py imports this module, and torch
+    from checkpoint import load_checkpoint  # here: checkpoint.py imports this module, and torch
     ckpt = load_checkpoint(path)
     context = ckpt["config"].get("block_size")
-    return stored_tokenizer(ckpt, path), context if type(context) is int and context > 0 else None
+    return tokenizer_from_state(ckpt["tokenizer"]), context if type(context) is int and context > 0 else None
 
 
 def tokenizer_state(enc):

@@ -61,7 +61,7 @@ import torch
 from tqdm import tqdm
 
 from checkpoint import (NOT_THIS_CODE, add_checkpoint_argument, checkpoint_config, load_checkpoint, load_weights,
-                        nonfinite, parse_checkpoint, save_checkpoint, stored_tokenizer, tensor_bytes)
+                        nonfinite, parse_checkpoint, save_checkpoint, tensor_bytes)
 from common import (DTYPES, UserError, ask, atomic_write_text, autocast, check_output,
                     closed_pipe_on_windows, color_ok, cpu_bf16_is_faster, cpu_has_bf16, draws_a_bar,
                     exit_after_the_first, first_line, held_lock, is_dataset_folder, is_oom, lock_is_held, nonempty,
@@ -71,7 +71,7 @@ from hf import is_hf_folder
 from model import OPTIMIZERS, PRESETS, VARIANTS, GPT, make_config
 from prepare import (DATASETS, DEFAULT_OUT_DIR, DEFAULT_PACK, DEFAULT_VAL_FRACTION, is_complete, is_dataset_name,
                      meta_options, new_command, rebuild_command)
-from setup_tokenizer import fewer_ids, get_tokenizer, moved_vocabulary, tokenizer_hash
+from setup_tokenizer import fewer_ids, get_tokenizer, moved_vocabulary, tokenizer_from_state, tokenizer_hash
 
 # Peak learning rates and batch sizes (windows) that train each preset well with AdamW(0.9, 0.95); small models
 # tolerate (and need) larger steps. tiny's were measured on a 2-core CPU with --time_budget 2 on TinyStories
@@ -1651,7 +1651,7 @@ def pick_tokenizer(args, meta, ckpt):
         if ckpt is None:
             return enc
     if ckpt is not None:
-        return stored_tokenizer(ckpt, args.checkpoint)
+        return tokenizer_from_state(ckpt["tokenizer"])
     name = meta.get("tokenizer", "gpt2")
     if name != "gpt2" and not os.path.exists(name):
         # meta.json names it by absolute path: a project moved or data/ copied to another machine has it in the
