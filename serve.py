@@ -301,9 +301,11 @@ def job_from_request(body, kind, api):
         raise ApiError(400, f"stop must be a string or a list of at most {MAX_STOP} strings, got {json.dumps(req['stop'])[:80]}",
                        param="stop", code="invalid_value")
     limit = f"an integer from 1 to {block} (the model's context)"
-    max_tokens = get(req, "max_completion_tokens", "int", lambda v: 1 <= v <= block, limit)
-    if max_tokens is None:
-        max_tokens = get(req, "max_tokens", "int", lambda v: 1 <= v <= block, limit)
+    # both read, so a bad max_tokens beside a good max_completion_tokens (OpenAI's newer name, which wins) is a 400 too,
+    # not ignored
+    newer = get(req, "max_completion_tokens", "int", lambda v: 1 <= v <= block, limit)
+    max_tokens = get(req, "max_tokens", "int", lambda v: 1 <= v <= block, limit)
+    max_tokens = max_tokens if newer is None else newer
 
     if kind == "chat":
         prompt, max_tokens, what = read_chat(req, api, max_tokens)

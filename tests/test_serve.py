@@ -331,6 +331,9 @@ BAD = [  # (path, body, status, param, code)
     ("/v1/chat/completions", {"messages": MSG, "max_tokens": True}, 400, "max_tokens", "invalid_type"),
     ("/v1/chat/completions", {"messages": MSG, "max_tokens": BLOCK + 1}, 400, "max_tokens", "invalid_value"),
     ("/v1/chat/completions", {"messages": MSG, "max_completion_tokens": 10**9}, 400, "max_completion_tokens", "invalid_value"),
+    # beside a good max_completion_tokens, a bad max_tokens is refused too (it was ignored: a 200)
+    ("/v1/chat/completions", {"messages": MSG, "max_completion_tokens": 8, "max_tokens": -1}, 400, "max_tokens", "invalid_value"),
+    ("/v1/completions", {"prompt": "Hi", "max_completion_tokens": 8, "max_tokens": "5"}, 400, "max_tokens", "invalid_type"),
     ("/v1/chat/completions", {"messages": MSG, "max_tokens": BLOCK}, 400, "messages", "context_length_exceeded"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "word " * 100}]}, 400, "messages", "context_length_exceeded"),
     ("/v1/chat/completions", {"messages": MSG, "stream": "yes"}, 400, "stream", "invalid_type"),
@@ -2356,6 +2359,9 @@ def test_a_requests_top_p_is_sampled_with(api):
 def test_max_completion_tokens_is_honoured(api):
     status, body, _ = post(api, "/v1/completions", {"prompt": "Once upon a time", "max_completion_tokens": 3})
     assert status == 200 and api.worker.recent[-1]["max_tokens"] == 3
+    # with max_tokens too, the newer name wins
+    status, body, _ = post(api, "/v1/completions", {"prompt": "Once", "max_completion_tokens": 2, "max_tokens": 5})
+    assert status == 200 and api.worker.recent[-1]["max_tokens"] == 2 and body["usage"]["completion_tokens"] <= 2
 
 
 def head(api, method, path, headers, body=None, host=None):
