@@ -950,7 +950,13 @@ class Handler(BaseHTTPRequestHandler):
                 raise ApiError(400, "send Content-Length or Transfer-Encoding: chunked, not both", code="invalid_request")
             self.body = self.read_chunked()
         else:
-            self.body = self.rfile.read(self.declared_length())
+            length = self.declared_length()
+            body = self.rfile.read(length)
+            if len(body) < length:  # the client closed its sending side (or the connection) before the body's end
+                self.close_connection = True
+                raise ApiError(400, f"the request body ended after {len(body)} of its {length} bytes (Content-Length): "
+                                    "send all of it", code="invalid_request")
+            self.body = body
         return self.body
 
     def declared_length(self):

@@ -499,6 +499,24 @@ def test_chunked_body(api):
         assert got == status and headers["Connection"] == "close" and words in err["error"]["message"]
 
 
+def test_a_body_cut_short_by_the_client_is_refused_not_answered(api):
+    """A client that closes its sending side before its body's Content-Length has come (a cancelled upload) gets a 400
+    saying so, not the answer to the bytes that came: a body cut at the end of a JSON object was taken whole (a 200)."""
+    body = json.dumps({"prompt": "Hi", "max_tokens": 1}).encode()
+    for path in ("/v1/completions", "/v1/models"):
+        method = b"POST" if path == "/v1/completions" else b"GET"
+        with socket.create_connection(api.server_address[:2], timeout=60) as sock:
+            sock.sendall(b"%s %s HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n%s"
+                         % (method, path.encode(), len(body) + 10, body))
+            sock.shutdown(socket.SHUT_WR)
+            r = http.client.HTTPResponse(sock)
+            r.begin()
+            err = json.loads(r.read())
+        assert r.status == 400 and r.getheader("Connection") == "close", (path, err)
+        assert err["error"]["message"].startswith(f"the request body ended after {len(body)} of its {len(body) + 10} bytes")
+    assert post(api, "/v1/completions", {"prompt": "Hi", "max_tokens": 1})[0] == 200  # a whole one still is answered
+
+
 def test_head_requests_and_http_1_0_clients_are_answered(api):
     """HEAD (an uptime monitor's or load balancer's check) gets GET's status and headers, no body. An HTTP/1.0 client
     (nginx proxies with HTTP/1.0 unless told otherwise) gets its stream unchunked, ended by the connection's close,
