@@ -1016,6 +1016,12 @@ class Handler(BaseHTTPRequestHandler):
         # the standard library's own refusals (a malformed request line, headers too long, an unknown method)
         # get an OpenAI error body too, not its HTML page
         self.close_connection = True
+        if self.request_version == self.default_request_version and len(self.requestline.split()) != 2:
+            # a request line that is no HTTP/0.9 one ("GET /path", answered with a bare body as 0.9 has it): an
+            # unreadable version ("GET / HTTP/2.0", "GET / HTTP/1.1 x") or no line at all. The standard library leaves
+            # its version at 0.9 and answers with the body alone, no status line (curl: "Received HTTP/0.9 when not
+            # allowed"); answered in HTTP/1.1, the client reads the status and why
+            self.request_version = self.protocol_version
         message = message or explain or self.REFUSALS.get(code) or f"{code} {self.responses.get(code, ('bad request',))[0]}"
         self.log_refusal(code, message)
         try:

@@ -423,6 +423,18 @@ def test_http_errors_get_openai_bodies(api):
     # the standard library's own refusals too
     status, err, headers = raw(api, b"BREW /pot HTTP/1.1\r\nHost: localhost\r\n\r\n")
     assert status == 501 and "BREW" in err["error"]["message"]
+    # a request line the standard library cannot read: answered with a status line, not a bare HTTP/0.9 body (which
+    # http.client reads as BadStatusLine); a real HTTP/0.9 request ("GET /path") still gets its bare body
+    for line, status, words in ((b"GET / HTTP/2.0", 505, "Invalid HTTP version (2.0)"),
+                                (b"GET / HTTP/1.1 x", 400, "Bad request version ('x')"),
+                                (b"GET / FOO/1.1", 400, "Bad request version ('FOO/1.1')"),
+                                (b"GARBAGE", 400, "Bad request syntax ('GARBAGE')")):
+        got, err, headers = raw(api, line + b"\r\nHost: localhost\r\n\r\n")
+        assert got == status and headers["Connection"] == "close" and err["error"]["message"] == words, line
+    with socket.create_connection(api.server_address[:2], timeout=60) as sock:
+        sock.sendall(b"GET /v1/models\r\n\r\n")
+        data = b"".join(iter(lambda: sock.recv(1 << 16), b""))  # (to the connection's close)
+        assert json.loads(data)["data"][0]["id"] == api.name
     # the official client raises its error class with the server's message
     with pytest.raises(openai.BadRequestError) as e:
         client(api).chat.completions.create(model="tiny", messages=MSG, max_tokens=BLOCK)
