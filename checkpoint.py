@@ -193,16 +193,18 @@ def read_checkpoint(path, f):
             and (isinstance(tok.get("bpe", 0), str) or tok.get("bpe", 0) is None and tok["name"] == "gpt2")):
         raise UserError(f"{path} is a damaged checkpoint (its model, config or tokenizer entry is not what train.py "
                         f"writes); {another}")
-    # the vocabulary against the hash saved with it: one edited (two tokens' ranks swapped) gave the same number of ids
+    # the vocabulary it stores reads (tokenizer_from_bpe's own words asked for a file, naming no file the user has),
+    # and is the one whose hash was saved with it: one edited (two tokens' ranks swapped) gave the same number of ids
     # and passed every other check, and gen.py encoded prompts, and export.py wrote a tokenizer, with the wrong ids
-    if isinstance(tok["bpe"], str) and "hash" in tok:
+    if isinstance(tok["bpe"], str):
         try:
             held = tokenizer_hash(tokenizer_from_state(tok))
-            what = f"its vocabulary hashes to {held}, not the {tok['hash']} saved with it"
-        except UserError as e:
-            held, what = None, f"its vocabulary does not read: {first_line(e, 80)}"
-        if held != tok["hash"]:
-            raise UserError(f"{path} is a damaged checkpoint ({what}); {another}")
+        except UserError:
+            raise UserError(f"{path} is a damaged checkpoint (the vocabulary it stores does not read as a .tiktoken "
+                            f"vocabulary); {another}") from None
+        if "hash" in tok and held != tok["hash"]:
+            raise UserError(f"{path} is a damaged checkpoint (its vocabulary hashes to {held}, not the {tok['hash']} "
+                            f"saved with it); {another}")
     for k, kind in STATE_KINDS.items():
         if k in ckpt and (not isinstance(ckpt[k], kind)
                           or k == "rng" and not isinstance(ckpt[k].get("cpu"), torch.Tensor)):
