@@ -2141,9 +2141,13 @@ def check_optimizer_state(optimizer, fresh):
     exact resume asked for, and one of the wrong kind (a moment of the wrong shape, a string) was a traceback at the
     first step, as one of its settings of another kind (betas of "x") was. fresh: the param_groups before the load."""
     def like(v, was):  # (None: this torch's default for none saved, an older one's; or what it has no default for)
-        return was is None or v is None or (isinstance(v, (int, float)) if isinstance(was, (int, float)) else
-                               isinstance(v, (tuple, list)) and len(v) == len(was) and all(like(a, b) for a, b in zip(v, was))
-                               if isinstance(was, (tuple, list)) else type(v) is type(was))
+        if was is None or v is None:
+            return True
+        if isinstance(was, (int, float)):
+            return isinstance(v, (int, float))
+        if isinstance(was, (tuple, list)):
+            return isinstance(v, (tuple, list)) and len(v) == len(was) and all(like(a, b) for a, b in zip(v, was))
+        return type(v) is type(was)
     for group, was in zip(optimizer.param_groups, fresh):
         for k, v in group.items():
             if k != "params" and k in was and not like(v, was[k]):
