@@ -224,19 +224,54 @@ MODEL_TYPE_TOKENIZER = {"gpt2": "GPT2Tokenizer", "gpt_neox": "GPTNeoXTokenizer",
                         "codegen": "CodeGenTokenizer", "llama": "LlamaTokenizer", "bloom": "BloomTokenizer"}
 
 
-def refuse_prefix_space(folder, pre_tokenizer):
-    """A tokenizer that puts a space before the text ("Hello" read as " Hello") gives other ids than tiktoken, which
-    has no such step: refused, or the model would see other tokens here than in transformers. Whether it does is
-    transformers' choice: its GPT-2-like classes (CONFIG_PREFIX_SPACE) take tokenizer_config.json's add_prefix_space
-    (false unless set) over tokenizer.json's, the generic fast class tokenizer.json's pre-tokenizer (pre_tokenizer:
-    None without that file)."""
+# what those GPT-2-like classes cut text with: they build their pipeline from the vocabulary and merges alone (transformers
+# 5), whatever tokenizer.json's pre-tokenizer says. None: no tiktoken pipeline (GPTNeoXTokenizer composes accents first,
+# NFC; Qwen2Tokenizer has a regex of its own)
+CLASS_PATTERN = {"GPT2Tokenizer": GPT2_PATTERN, "CodeGenTokenizer": GPT2_PATTERN, "GPTNeoXTokenizer": None,
+                 "Qwen2Tokenizer": None}
+
+
+def tokenizer_class(folder):
+    """(the tokenizer class AutoTokenizer takes for folder, without its Fast suffix, "" where not known; what says so,
+    tokenizer_config.json's tokenizer_class or config.json's model_type; tokenizer_config.json as a dict; its path)."""
     config_path = os.path.join(folder, "tokenizer_config.json")
     config = _read_json(config_path) if os.path.isfile(config_path) else {}
     model_path = os.path.join(folder, CONFIG)
     model = _read_json(model_path) if os.path.isfile(model_path) else {}
     # (a config.json that is no object is no model config: folder_context's None, not "tokenizer files malformed")
     model_type = model.get("model_type") if isinstance(model, dict) else None
+    if config.get("tokenizer_class"):
+        said = f"tokenizer_config.json's tokenizer_class {config['tokenizer_class']}"
+    else:
+        said = f"{CONFIG}'s model_type {model_type}, with no tokenizer_class in tokenizer_config.json"
     cls = (config.get("tokenizer_class") or MODEL_TYPE_TOKENIZER.get(model_type, "")).removesuffix("Fast")
+    return cls, said, config, config_path
+
+
+def applied_pattern(folder, pattern):
+    """(the pattern transformers cuts the folder's text with, what says so) for a tokenizer whose files say pattern:
+    theirs, unless the class AutoTokenizer takes builds its own pipeline (CLASS_PATTERN). One that is no tiktoken
+    pipeline is a UserError: transformers would give other ids than the vocabulary here."""
+    cls, said, _, _ = tokenizer_class(folder)
+    if cls not in CLASS_PATTERN:
+        return pattern, "its pre-tokenizer"
+    has_json = os.path.isfile(os.path.join(folder, TOKENIZER_JSON))
+    if CLASS_PATTERN[cls] is None:
+        raise UserError(f"{folder}: transformers reads its tokenizer as {cls} ({said}), which builds a pipeline of its "
+                        f"own from the vocabulary, not a tiktoken one, so the ids would differ from transformers'; "
+                        + (f"set tokenizer_class to PreTrainedTokenizerFast in tokenizer_config.json if {TOKENIZER_JSON} "
+                           f"is the tokenizer the model was trained with" if has_json else
+                           f"set tokenizer_class to GPT2Tokenizer if the model was trained with GPT-2's pipeline"))
+    return CLASS_PATTERN[cls], f"transformers' {cls} ({said})"
+
+
+def refuse_prefix_space(folder, pre_tokenizer):
+    """A tokenizer that puts a space before the text ("Hello" read as " Hello") gives other ids than tiktoken, which
+    has no such step: refused, or the model would see other tokens here than in transformers. Whether it does is
+    transformers' choice: its GPT-2-like classes (CONFIG_PREFIX_SPACE) take tokenizer_config.json's add_prefix_space
+    (false unless set) over tokenizer.json's, the generic fast class tokenizer.json's pre-tokenizer (pre_tokenizer:
+    None without that file)."""
+    cls, _, config, config_path = tokenizer_class(folder)
     json_path = os.path.join(folder, TOKENIZER_JSON)
     if pre_tokenizer is None or cls in CONFIG_PREFIX_SPACE:
         path, on = config_path, config.get("add_prefix_space", False)
@@ -311,10 +346,17 @@ def _read_tokenizer(folder):
     n_hf = n + len(specials)
     text = "".join(f"{base64.b64encode(t).decode()} {r}\n" for t, r in sorted(ranks.items(), key=lambda kv: kv[1]))
     enc = tokenizer_from_bpe(text)
+    # (a vocabulary that keeps marks in words, read by GPT2Tokenizer: the README's download of GPT-2's files holds no
+    # tokenizer_config.json, and for model_type gpt2 AutoTokenizer then takes that class, which cuts with GPT-2's regex)
+    pattern, cutter = applied_pattern(folder, pattern)
     if enc._pat_str != pattern:  # (setup_tokenizer.vocabulary_pattern reads a vocabulary's pattern from its tokens)
         how = {GPT2_PATTERN: "GPT-2's regex", MARKS_PATTERN: "combining marks kept in words"}
-        raise UserError(f"{where}: its pre-tokenizer cuts text with {how[pattern]}, but its tokens are those of "
-                        f"{how[enc._pat_str]}: tiktoken would give other ids than transformers; it cannot convert exactly")
+        fix = "" if cutter == "its pre-tokenizer" else (
+            f" (set tokenizer_class to PreTrainedTokenizerFast in tokenizer_config.json, as export.py writes it, if "
+            f"{TOKENIZER_JSON} is the tokenizer the model was trained with)")
+        raise UserError(f"{where}: {cutter} cuts text with {how[pattern]}, but its tokens are those of "
+                        f"{how[enc._pat_str]}: tiktoken would give other ids than transformers; it cannot convert "
+                        f"exactly{fix}")
     if n == 50256:  # GPT-2's size: the named tokenizer, so checkpoints and prepared data say gpt2
         try:
             gpt2 = get_tokenizer("gpt2")

@@ -341,6 +341,17 @@ def test_a_vocabulary_that_keeps_marks_in_words_exports_with_the_same_ids(tmp_pa
         assert ids_of(tok, text) == ids and bare.encode(text).ids == ids, text
     enc2, _ = hf.read_tokenizer(out)
     assert tokenizer_hash(enc2) == tokenizer_hash(marks_enc)
+    # without tokenizer_config.json (a download of config.json, model.safetensors and tokenizer.json alone) AutoTokenizer
+    # takes GPT2Tokenizer for model_type gpt2, which builds its own pipeline and cuts with GPT-2's regex whatever
+    # tokenizer.json says: other ids than the vocabulary's, so the folder is refused, not read with other tokens
+    bare_folder = str(tmp_path / "no-tokenizer-config")
+    shutil.copytree(out, bare_folder)
+    os.remove(os.path.join(bare_folder, "tokenizer_config.json"))
+    assert ids_of(transformers.AutoTokenizer.from_pretrained(bare_folder), hindi) != marks_enc.encode(hindi)
+    with pytest.raises(common.UserError, match=r"tokenizer.json: transformers' GPT2Tokenizer \(config.json's model_type "
+                                               r"gpt2, with no tokenizer_class in tokenizer_config.json\) cuts text with "
+                                               r"GPT-2's regex, but its tokens are those of combining marks kept"):
+        hf.read_tokenizer(bare_folder)
     # a folder whose pre-tokenizer and tokens disagree converts to no vocabulary: other ids than transformers'
     tok_json = json.loads(open(os.path.join(out, "tokenizer.json"), encoding="utf-8").read())
     tok_json["pre_tokenizer"] = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
@@ -606,11 +617,17 @@ def merges(change):
     (lambda f: edit_json(f / "tokenizer_config.json", lambda t: t.update(tokenizer_class="SomeOtherTokenizerFast",
                                                                           add_prefix_space=True)),
      "tokenizer_config.json: add_prefix_space is set"),
+    # a class that builds its own pipeline from the vocabulary, whatever tokenizer.json says, and not a tiktoken one
+    # (GPTNeoXTokenizer composes accents first: "cafe\u0301" got other ids in transformers than here)
+    (lambda f: edit_json(f / "tokenizer_config.json", lambda t: t.update(tokenizer_class="GPTNeoXTokenizerFast")),
+     "transformers reads its tokenizer as GPTNeoXTokenizer (tokenizer_config.json's tokenizer_class "
+     "GPTNeoXTokenizerFast), which builds a pipeline of its own from the vocabulary, not a tiktoken one"),
 ], ids=["no-config", "bad-json", "bert", "bert-architectures-string", "bert-architectures-number", "relu", "no-weights", "corrupt-weights", "shape", "huge", "huge-layers", "layers", "vocab", "no-tokenizer",
         "prefix-space", "prefix-space-config", "prefix-space-vocab", "index-list", "index-map", "shard-missing",
         "bin-corrupt", "bin-no-dict", "sentencepiece", "not-byte-level", "unknown-special", "special-id",
         "special-missing", "id-gap", "merge-order", "merge-missing", "merges-malformed", "own-block", "own-not-object",
-        "config-not-object", "config-refused", "config-text-layers", "config-text-eps", "llama-key-missing", "prefix-space-unknown-class"])
+        "config-not-object", "config-refused", "config-text-layers", "config-text-eps", "llama-key-missing", "prefix-space-unknown-class",
+        "own-pipeline-class"])
 def test_bad_folders_are_one_line_errors(small_folder, tmp_path, capsys, change, words):
     folder = broken(small_folder, tmp_path, change)
     line = one_error_line(*run_cli(gen.main, [folder, "--prompt", "x", "--max_tokens", "1", *CPU], capsys)[::2])
