@@ -248,7 +248,10 @@ def chat_prompt(model, enc, history, max_tokens, warn=True):
     # the start of the newest message goes
     has_system = fitted[0]["role"] == "system" and len(fitted) > 1
     system_len = len(render_chat(enc, fitted[:1])[0]) if has_system else 0  # its tokens, kept whole
-    if system_len >= budget:  # the system message alone fills the context: its start goes too, said so
+    opening = len(render_chat(enc, [], add_generation_prompt=True)[0])  # <|im_start|>assistant\n, which ends the prompt
+    # the system message alone fills the context, or leaves less than the assistant's opening after it (kept whole, it
+    # left the prompt ending on that opening's "istant\n" or "\n", no assistant turn begun): its start goes too, said so
+    if system_len + opening > budget:
         ids = crop_prompt(model, ids, max_tokens, what="the conversation (its system message alone fills the "
                           "context: cut too)", warn=warn)
         return ids, dropped, True

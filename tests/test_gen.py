@@ -474,6 +474,25 @@ def test_history_overflow_drops_oldest_turns(enc, monkeypatch, capsys):
     assert (why, info["new_tokens"], capsys.readouterr().err) == ("max_tokens", 10, "")
 
 
+def test_a_chat_prompt_ends_with_the_assistants_opening_whatever_the_system_message_leaves(enc, capsys):
+    """A system message that left the newest message fewer tokens than <|im_start|>assistant\n was kept whole, and the
+    prompt ended inside that opening ("istant\n", "\n"): the model began no assistant turn. It is cut as one that
+    fills the context is. (Found by a seeded fuzz loop over chat histories.)"""
+    model = tiny_model(enc, block_size=16)  # max_tokens 7: 9 tokens for the prompt
+    opening = render_chat(enc, [], add_generation_prompt=True)[0]  # 4 tokens
+    user = {"role": "user", "content": "tell me " + "word " * 20}
+    for content in ("", "hi", "hi hi", "hi hi hi", "hi hi hi hi"):  # rendered: 5 to 9 tokens, leaving 4 to 0 of the 9
+        system = {"role": "system", "content": content}
+        ids, dropped, short = gen.chat_prompt(model, enc, [system, user], 7)
+        err = capsys.readouterr().err
+        assert len(ids) == 9 and ids[-len(opening):] == opening and short and dropped == 0, content
+        sys_ids = render_chat(enc, [system])[0]
+        if len(sys_ids) + len(opening) <= 9:  # room for the opening: the system message stays whole
+            assert ids == sys_ids + opening and "keeping the system message and the last 4 of the rest" in err, err
+        else:
+            assert "its system message alone fills the context: cut too" in err, err
+
+
 def test_prompt_file_batch(ckpt, enc, tmp_path, capsys):
     # a text line is the prompt as written: its spaces are tokens too (" The" is another id than "The")
     prompts = ["The cat", "The dog", "A long time ago in a land far away", "Hello", '{"not": json'] + ["  The sun "]
