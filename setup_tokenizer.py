@@ -382,6 +382,7 @@ class StreamDecoder:
         for token_id in after[-3:]:
             self.utf8.decode(self.enc.decode_single_token_bytes(int(token_id)))
         self.held = self.utf8.getstate()[0]  # those bytes, until the stream finishes the character or breaks it
+        self.prompts = len(self.held)  # how many of held's first bytes are the prompt's (the stream may add to them)
 
     def push(self, token_id):
         data = self.enc.decode_single_token_bytes(int(token_id))
@@ -390,15 +391,28 @@ class StreamDecoder:
         try:
             codecs.getincrementaldecoder("utf-8")().decode(self.held + data)
         except UnicodeDecodeError as e:
-            if e.start == 0:  # data breaks the character: its U+FFFD would stand for the prompt's bytes
-                self.utf8.reset()
-                self.held = b""
-                return self.utf8.decode(data)
+            if e.start == 0:  # data breaks the character
+                return self.leave_to_prompt(self.held + data, e.end)
         text = self.utf8.decode(data)
         self.held = b"" if text else self.utf8.getstate()[0]  # (nothing out: the character is not finished yet)
         return text
 
+    def leave_to_prompt(self, data, end):
+        """The text of data, held's bytes and the stream's after them, once they break the prompt's character: its
+        U+FFFD, for data[:end] (the character's longest valid start, which may take in bytes of the stream's, as
+        decoding the whole makes it), stands for the prompt's bytes and is not streamed; the bytes after it are the
+        stream's. (Not all of held need be in it: the decoder holds ED A0, a surrogate's start, as a character's start,
+        but decoding makes a U+FFFD of each of its bytes.)"""
+        self.utf8.reset()
+        self.held = b""
+        return self.utf8.decode(data[max(end, self.prompts):])
+
     def flush(self):
+        if self.held:  # the stream ends inside the prompt's character: as when a token breaks it
+            try:
+                codecs.getincrementaldecoder("utf-8")().decode(self.held, final=True)
+            except UnicodeDecodeError as e:
+                return self.leave_to_prompt(self.held, e.end) + self.utf8.decode(b"", final=True)
         return self.utf8.decode(b"", final=True)
 
 

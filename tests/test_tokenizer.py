@@ -119,6 +119,13 @@ def test_stream_decoder_after_a_prompt_that_ends_inside_a_character(gpt2):
                                  (x + [byte(0xF0)], [byte(0x9F)] + gpt2.encode_ordinary(" a"), " a"),
                                  (x + [byte(0xC3)], [byte(0xE4), byte(0xBD), byte(0xA0)], "\u4f60"),
                                  (x + [byte(0xC3)], [byte(0xE4)], "\ufffd"),  # the stream's own, cut off
+                                 # the stream ends inside the prompt's character: its U+FFFD is the prompt's too
+                                 (x + [byte(0xF0)], [byte(0x9F)], ""), (x + [byte(0xF0)], [], ""),
+                                 # ED A0 (a surrogate's start, which the decoder holds as a character's) is two U+FFFD:
+                                 # the stream's A0 is its own, not lost with the prompt's ED
+                                 (x + [byte(0xED)], [byte(0xA0)] + x, "\ufffdx"),
+                                 (x + [byte(0xED)], [byte(0xA0), byte(0xEE)], "\ufffd\ufffd"),
+                                 (x + [byte(0xED)], [byte(0xA0)], "\ufffd"),
                                  (x, [byte(0xA9)] + x, "\ufffdx"),  # a prompt of whole characters: as without one
                                  (gpt2.encode_ordinary("h\u00e9"), [byte(0xC3), byte(0xA9)], "\u00e9")):
         dec = StreamDecoder(gpt2, after=prompt)
