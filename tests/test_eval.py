@@ -6,6 +6,7 @@ tiny datasets and a model trained on them for a few steps.
 import json
 import math
 import os
+import re
 import shlex
 import stat
 import subprocess
@@ -230,6 +231,28 @@ def test_windows_without_an_assistant_token_are_an_error_not_a_loss_of_0(env, ch
     assert code == 1 and "0.0000" not in out, out
     assert "no assistant token" in err and "--eval_batches" in err and "--block_size" in err, err
     assert len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
+
+
+def test_a_val_split_of_short_last_documents_names_no_smaller_val_fraction(env, tmp_path, capsys):
+    """A val split shorter than a window named a --val_fraction of twice the share one window takes of the text: where
+    val's documents are shorter than the text's average, that share was no larger than the one the set was made with
+    (10 documents, the last a word: --val_fraction 0.01 for a set made with 0.1), and the command it named made the
+    same val again. Found by a seeded fuzz loop over eval.py's figures."""
+    src = tmp_path / "notes.jsonl"
+    docs = [f"Note {i}: " + "the cat ran home. " * 30 for i in range(9)] + ["x"]
+    src.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs), encoding="utf-8")
+    data = str(tmp_path / "data")
+    meta = prepare.prepare("text", source=str(src), tokenizer=env["tok"], out_dir=data, name="notes", val_fraction=0.1)
+    assert meta["splits"]["val"]["tokens"] < 9  # the last document, "x"
+    path = str(tmp_path / "m.pt")
+    save_checkpoint(path, fixed_model(env["enc"], 0), env["enc"], dataset="notes", args={"block_size": 8})
+    code, out, err = cli([path, "--data_dir", data, *CPU], capsys)
+    assert code == 1 and "fewer than one window of --block_size 8 + 1" in err, err
+    assert all(float(f) > 0.1 for f in re.findall(r"--val_fraction ([0-9.]+[0-9])", err)), err
+    assert "a larger --val_fraction than its 0.1" in err and len(err.strip().splitlines()) == 1, err
+    prepare.prepare("text", source=str(src), tokenizer=env["tok"], out_dir=data, name="notes", val_fraction=0.2)
+    code, out, err = cli([path, "--data_dir", data, *CPU], capsys)
+    assert code == 0, err
 
 
 def test_a_loss_past_floats_is_valid_json_and_ppl_is_not_capped(env, chat_ckpt, capsys, monkeypatch):
