@@ -228,14 +228,16 @@ def fit_history(enc, messages, budget):
 def chat_prompt(model, enc, history, max_tokens, warn=True):
     """(ids, dropped, short): the prompt for the assistant's reply to history, leaving the reply reserve_for's tokens;
     dropped: how many of the oldest messages fit_history left out; short: whether the context cut the newest message
-    or leaves the reply fewer than max_tokens (a warning line unless warn is False)."""
+    or leaves the reply fewer than max_tokens. A warning line, unless warn is False, where the newest message is cut or
+    crowds the reply out; a max_tokens over half the context, which every turn may leave short, is max_tokens_for's
+    warning, said once."""
     block_size = model.config.block_size
     budget = block_size - reserve_for(model, max_tokens)
     fitted = fit_history(enc, history, budget)
     dropped = len(history) - len(fitted)
     ids, _ = render_chat(enc, fitted, add_generation_prompt=True)
-    if len(ids) <= budget:
-        return ids, dropped, False
+    if len(ids) <= budget:  # the reply gets max_tokens, but for one over half the context: what the history leaves
+        return ids, dropped, room_after(model, len(ids)) < max_tokens
     # over budget with fit_history down to the system message and the newest one
     over = f"warning: the conversation is {len(ids)} tokens but the context holds {block_size}:"
     if len(ids) < block_size:  # the reply takes what is left, as serve.py's does

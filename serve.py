@@ -241,8 +241,10 @@ def read_json(body):
 def read_chat(req, api, max_tokens):
     """A chat request's (prompt ids, max_tokens, what the prompt is called in a refusal), as read_prompt is a
     completion's. Without max_tokens the reply may take up to half the context, the history keeps the rest; its oldest
-    turns are dropped to make room. (gen.chat_prompt fits a history alike, but cuts a newest message too long where
-    this refuses it: check_context's 400.)"""
+    turns are dropped to make room. A max_tokens given is kept to exactly, over half the context too: the history keeps
+    only what it leaves. (gen.chat_prompt fits a history alike without max_tokens, but never keeps the reply more than
+    half, so with one over half it keeps more history than this and gives the reply what is left; and it cuts a newest
+    message too long where this refuses it: check_context's 400.)"""
     messages = read_messages(req)
     asked = max_tokens
     if max_tokens is None:

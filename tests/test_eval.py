@@ -131,6 +131,25 @@ def test_prompts_the_context_cuts_are_one_warning(env, capsys):
     assert info["short"] and "warning: the conversation is" in capsys.readouterr().err  # gen.py --chat still warns
 
 
+def test_prompts_a_max_tokens_over_half_the_context_leaves_short_are_counted(env, capsys):
+    """With --max_tokens over half the context a history that fits its half can leave the reply fewer tokens: chat_prompt
+    called it not short, so eval.py's count of prompts given fewer than --max_tokens left these out (and said
+    nothing). Such a turn is short, with no warning of its own (max_tokens_for's, said once, covers them)."""
+    enc = env["enc"]
+    word = fixed_model(enc, enc.encode_ordinary(" the")[0])  # context 64; max_tokens 40: 32 tokens for the history
+    sampling = dict(dtype=torch.float32, temperature=1.0, top_k=None, top_p=None)
+    hi = [{"role": "user", "content": "Hi"}]  # leaves 40 or more
+    fits = next(h for w in range(40) if 25 < len(render_chat(enc, h := [{"role": "user", "content": "word " * w}],
+                                                            add_generation_prompt=True)[0]) <= 32)  # leaves fewer
+    assert gen_py.room_after(word, len(render_chat(enc, hi, add_generation_prompt=True)[0])) >= 40
+    assert [gen_py.chat_prompt(word, enc, h, 40)[1:] for h in (hi, fits)] == [(0, False), (0, True)]
+    assert capsys.readouterr().err == ""
+    stats = eval_py.reply_stats(word, enc, [hi, fits, hi], 40, 0, **sampling)
+    assert capsys.readouterr().err == ("warning: 1 of 3 prompts did not fit the context (64) with room for --max_tokens "
+                                       "40: cut at the start or given fewer tokens, as gen.py --chat does\n")
+    assert stats["mean_tokens"] < 40
+
+
 def test_prompts_come_from_the_split(env, chat_ckpt, tmp_path, capsys):
     convs = [[{"role": "system", "content": "Be brief."}] * (i % 2) +
              [{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": f"Answer {i}."}]
