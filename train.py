@@ -2607,7 +2607,8 @@ class Run:
                 end_of_epoch = p.windows >= len(self.train_w)
                 if end_of_epoch:
                     p.epoch, p.windows = epoch + 1, 0
-                if args.max_steps and self.run_steps >= args.max_steps:
+                # (--max_steps on the run's very last step stops nothing the epochs did not: the run is done)
+                if args.max_steps and self.run_steps >= args.max_steps and p.epoch < args.epochs:
                     self.stopped = "max_steps"
                 if self.run_steps == 1 and not self.saved["seconds"]:
                     # no save timed yet, by this run or the checkpoint it continues: its bytes estimate one,

@@ -206,6 +206,16 @@ def test_best_checkpoint_ignores_worse_evals(env, trained, tmp_path):
     assert not os.path.exists(out / "story_best.pt")
 
 
+def test_max_steps_on_the_runs_last_step_is_done(env, tmp_path, capsys):
+    """--max_steps that ends on the last step of the last epoch stops nothing: the run is done, and says "done:", not
+    "max_steps:" beside "1 of 1 epoch(s) done"."""
+    steps = math.ceil(len(train.Windows(train.load_meta(env["data"], "mini"), "train", 64)) / 16)
+    capsys.readouterr()
+    r = train.train(args_for(env, tmp_path, "--dataset", "mini", "--max_steps", steps, "--eval_interval", 0))
+    assert (r["stopped"], r["steps"]) == ("done", steps)
+    assert re.search(rf"^done: {steps} steps?, .*; 1 of 1 epoch\(s\) done$", capsys.readouterr().out, re.M)
+
+
 @pytest.mark.parametrize("dtype,optimizer", [("float32", "muon"), ("bfloat16", "muon"), ("float32", "adamw")])
 def test_exact_resume(env, tmp_path, dtype, optimizer):
     # dropout on (the RNG must be restored), grad_accum 2 and 2 epochs (a short last step, an epoch boundary)
