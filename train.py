@@ -1685,6 +1685,9 @@ def default_preset(device):
 
 def model_config(args, meta, ckpt):
     """A new model's config from the preset and overrides, or the checkpoint's, refusing shape changes to it."""
+    for k in ("n_layer", "n_head", "n_embd", "block_size"):  # said as resolve_args says --epochs', not as the config's
+        if getattr(args, k) is not None and getattr(args, k) < 1:  # "bad model options: ... must be a positive int"
+            raise UserError(f"--{k} must be at least 1, got {getattr(args, k)}")
     try:
         if ckpt is None:
             return make_config(args.model, vocab_size=int(meta["vocab_size"]), block_size=args.block_size,

@@ -2507,10 +2507,17 @@ def test_bad_options_are_user_errors(env, tmp_path, trained):
                         (["--patience", "-1"], "--patience must not be negative, got -1"),
                         (["--time_budget", "0"], "--time_budget must be a positive number of minutes, got 0"),
                         (["--max_steps", "0"], "--max_steps must be at least 1, got 0"),
+                        # (the model's counts said "bad model options: block_size must be a positive int, got 0")
+                        (["--block_size", "0"], "--block_size must be at least 1, got 0"),
+                        (["--block_size", "-1"], "--block_size must be at least 1, got -1"),
+                        (["--n_layer", "0"], "--n_layer must be at least 1, got 0"),
+                        (["--n_head", "-2"], "--n_head must be at least 1, got -2"),
+                        (["--n_embd", "0"], "--n_embd must be at least 1, got 0"),
                         (["--n_embd", "65", "--n_head", "2"],
                          r"bad model options: n_embd \(65\) must be divisible by n_head \(2\)")):
         with pytest.raises(UserError, match=f"^{said}$"):
-            train.train(args_for(env, tmp_path, "--dataset", "story", *given, fresh=given[0] != "--n_embd"))
+            train.train(args_for(env, tmp_path, "--dataset", "story", *given,
+                                 fresh=given[0] not in ("--n_embd", "--n_layer", "--n_head", "--block_size")))
     for seed in (str(-2**62), str(2**62), "99999999999999999999999"):  # torch's generators take 64 bits: a traceback
         with pytest.raises(UserError, match=rf"^--seed must be between -2\*\*62 and 2\*\*62, got {seed}$"):
             train.resolve_args(train.parse_args(["--seed", seed]), {}, False, config)
