@@ -259,9 +259,9 @@ def applied_pattern(folder, pattern):
     if CLASS_PATTERN[cls] is None:
         raise UserError(f"{folder}: transformers reads its tokenizer as {cls} ({said}), which builds a pipeline of its "
                         f"own from the vocabulary, not a tiktoken one, so the ids would differ from transformers'; "
-                        + (f"set tokenizer_class to PreTrainedTokenizerFast in tokenizer_config.json if {TOKENIZER_JSON} "
-                           f"is the tokenizer the model was trained with" if has_json else
-                           f"set tokenizer_class to GPT2Tokenizer if the model was trained with GPT-2's pipeline"))
+                        + (f"set tokenizer_class to PreTrainedTokenizerFast in tokenizer_config.json if "
+                           f"{TOKENIZER_JSON} is the tokenizer the model was trained with" if has_json else
+                           "set tokenizer_class to GPT2Tokenizer if the model was trained with GPT-2's pipeline"))
     return CLASS_PATTERN[cls], f"transformers' {cls} ({said})"
 
 
