@@ -636,6 +636,16 @@ def is_dataset_folder(folder):
     return "splits" in meta and "vocab_size" in meta
 
 
+def refuse_dataset_folder(folder, option):
+    """A UserError when folder, given as option (--data_dir, --out_dir: a folder of datasets), is one dataset's own
+    folder (data/story), naming the folder that holds it: prepare.py built data/story/NAME, a dataset inside the
+    dataset, and train.py's missing-dataset line told the user to do so."""
+    if is_dataset_folder(folder):
+        parent, name = os.path.split(os.path.normpath(folder))
+        raise UserError(f"{option} {folder} is the folder of the dataset {name!r}, not a folder of datasets: give the "
+                        f"folder that holds it, {option} {parent or '.'}")
+
+
 # the file name of a custom vocabulary (.tiktoken text) in a prepared dataset's folder and in export.py's model folder
 VOCAB_FILE = "tokenizer.tiktoken"
 

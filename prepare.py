@@ -74,9 +74,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from common import (STRAY_BYTE_FIX, VOCAB_FILE, UserError, at_least, atomic_write_text, check_output, expand_pattern,
-                    first_line, fsync_replace, held_lock, holds_nul, is_dataset_folder, json_kind, name_full_disk,
-                    nonempty, not_utf8, parts_text, path_arg, prepare_lock, progress_bar, read_items, read_meta,
-                    remove_stale_tmp, run_main, tmp_name, without_surrogates)
+                    first_line, fsync_replace, held_lock, holds_nul, json_kind, name_full_disk, nonempty,
+                    not_utf8, parts_text, path_arg, prepare_lock, progress_bar, read_items, read_meta,
+                    refuse_dataset_folder, remove_stale_tmp, run_main, tmp_name, without_surrogates)
 from setup_tokenizer import (EOT, IM_END, IM_START, VocabSample, fewer_ids, get_tokenizer, model_context,
                              moved_vocabulary, read_text_chunks, say_training, tokenizer_hash, train_bpe, trained_on,
                              warn_short_vocabulary)
@@ -2293,10 +2293,7 @@ def check_arguments(dataset, source, tokenizer, limit, val_fraction, pack, mix, 
     if not is_dataset_name(name):
         raise UserError(f"--name {name!r}: use letters, digits, '.', '-' and '_', not a path (it names a folder in "
                         f"{out_dir})")  # ('..' is of those characters)
-    if is_dataset_folder(out_dir):  # (--out_dir data/story built data/story/NAME, a dataset inside the dataset)
-        parent, inner = os.path.split(os.path.normpath(out_dir))
-        raise UserError(f"--out_dir {out_dir} is the folder of the dataset {inner!r}, not a folder of datasets: give "
-                        f"the folder that holds it, --out_dir {parent or '.'}")
+    refuse_dataset_folder(out_dir, "--out_dir")
 
 
 def lock_folder(held, out_dir, name):

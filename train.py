@@ -64,9 +64,9 @@ from checkpoint import (NOT_THIS_CODE, add_checkpoint_argument, checkpoint_confi
                         nonfinite, parse_checkpoint, save_checkpoint, tensor_bytes)
 from common import (DTYPES, UserError, ask, atomic_write_text, autocast, check_output,
                     closed_pipe_on_windows, color_ok, cpu_bf16_is_faster, cpu_has_bf16, draws_a_bar,
-                    exit_after_the_first, first_line, held_lock, is_dataset_folder, is_oom, lock_is_held, nonempty,
-                    path_arg, pick_device, pick_dtype, prepare_lock, read_items, remove_stale_tmp, retain_freed_memory,
-                    run_main, speaks_for_machine, tmp_name)
+                    exit_after_the_first, first_line, held_lock, is_oom, lock_is_held, nonempty, path_arg,
+                    pick_device, pick_dtype, prepare_lock, read_items, refuse_dataset_folder, remove_stale_tmp,
+                    retain_freed_memory, run_main, speaks_for_machine, tmp_name)
 from hf import is_hf_folder
 from model import OPTIMIZERS, PRESETS, VARIANTS, GPT, make_config
 from prepare import (DATASETS, DEFAULT_OUT_DIR, DEFAULT_PACK, DEFAULT_VAL_FRACTION, is_complete, is_dataset_name,
@@ -380,10 +380,7 @@ def load_meta(data_dir, dataset, tokenizer=None):
         if lock_is_held(prepare_lock(data_dir, dataset)):  # its first build: the command named below would be refused
             raise UserError(f"{folder} is being built by a prepare.py (it has no meta.json yet): wait for that "
                             f"prepare.py to end, then run this again")
-        if is_dataset_folder(data_dir):  # (--data_dir data/story: the command above would build data/story/story)
-            parent, name = os.path.split(os.path.normpath(data_dir))
-            raise UserError(f"--data_dir {data_dir} is the folder of the dataset {name!r}, not a folder of datasets: "
-                            f"give the folder that holds it, --data_dir {parent or '.'}")
+        refuse_dataset_folder(data_dir, "--data_dir")  # (the command above would build data/story/story)
         if built_in:
             raise UserError(f"no prepared dataset {dataset!r} ({path} is missing): {fix} first")
         have = sorted(n for n in os.listdir(data_dir) if os.path.isfile(os.path.join(data_dir, n, "meta.json"))) \
