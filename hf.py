@@ -229,6 +229,9 @@ MODEL_TYPE_TOKENIZER = {"gpt2": "GPT2Tokenizer", "gpt_neox": "GPTNeoXTokenizer",
 # NFC; Qwen2Tokenizer has a regex of its own)
 CLASS_PATTERN = {"GPT2Tokenizer": GPT2_PATTERN, "CodeGenTokenizer": GPT2_PATTERN, "GPTNeoXTokenizer": None,
                  "Qwen2Tokenizer": None}
+# the way out where such a class overrides a tokenizer.json the model was trained with: the generic fast class
+FAST_CLASS_FIX = (f"set tokenizer_class to PreTrainedTokenizerFast in tokenizer_config.json, as export.py writes it, "
+                  f"if {TOKENIZER_JSON} is the tokenizer the model was trained with")
 
 
 def tokenizer_class(folder):
@@ -249,18 +252,17 @@ def tokenizer_class(folder):
 
 
 def applied_pattern(folder, pattern):
-    """(the pattern transformers cuts the folder's text with, what says so) for a tokenizer whose files say pattern:
-    theirs, unless the class AutoTokenizer takes builds its own pipeline (CLASS_PATTERN). One that is no tiktoken
-    pipeline is a UserError: transformers would give other ids than the vocabulary here."""
+    """(the pattern transformers cuts the folder's text with, the class that says so or None) for a tokenizer whose
+    files say pattern: theirs (None), unless the class AutoTokenizer takes builds its own pipeline (CLASS_PATTERN). One
+    that is no tiktoken pipeline is a UserError: transformers would give other ids than the vocabulary here."""
     cls, said, _, _ = tokenizer_class(folder)
     if cls not in CLASS_PATTERN:
-        return pattern, "its pre-tokenizer"
-    has_json = os.path.isfile(os.path.join(folder, TOKENIZER_JSON))
+        return pattern, None
     if CLASS_PATTERN[cls] is None:
+        has_json = os.path.isfile(os.path.join(folder, TOKENIZER_JSON))
         raise UserError(f"{folder}: transformers reads its tokenizer as {cls} ({said}), which builds a pipeline of its "
                         f"own from the vocabulary, not a tiktoken one, so the ids would differ from transformers'; "
-                        + (f"set tokenizer_class to PreTrainedTokenizerFast in tokenizer_config.json if "
-                           f"{TOKENIZER_JSON} is the tokenizer the model was trained with" if has_json else
+                        + (FAST_CLASS_FIX if has_json else
                            "set tokenizer_class to GPT2Tokenizer if the model was trained with GPT-2's pipeline"))
     return CLASS_PATTERN[cls], f"transformers' {cls} ({said})"
 
@@ -348,15 +350,12 @@ def _read_tokenizer(folder):
     enc = tokenizer_from_bpe(text)
     # (a vocabulary that keeps marks in words, read by GPT2Tokenizer: the README's download of GPT-2's files holds no
     # tokenizer_config.json, and for model_type gpt2 AutoTokenizer then takes that class, which cuts with GPT-2's regex)
-    pattern, cutter = applied_pattern(folder, pattern)
+    pattern, cls = applied_pattern(folder, pattern)
     if enc._pat_str != pattern:  # (setup_tokenizer.vocabulary_pattern reads a vocabulary's pattern from its tokens)
         how = {GPT2_PATTERN: "GPT-2's regex", MARKS_PATTERN: "combining marks kept in words"}
-        fix = "" if cutter == "its pre-tokenizer" else (
-            f" (set tokenizer_class to PreTrainedTokenizerFast in tokenizer_config.json, as export.py writes it, if "
-            f"{TOKENIZER_JSON} is the tokenizer the model was trained with)")
-        raise UserError(f"{where}: {cutter} cuts text with {how[pattern]}, but its tokens are those of "
-                        f"{how[enc._pat_str]}: tiktoken would give other ids than transformers; it cannot convert "
-                        f"exactly{fix}")
+        raise UserError(f"{where}: {cls or 'its pre-tokenizer'} cuts text with {how[pattern]}, but its tokens are "
+                        f"those of {how[enc._pat_str]}: tiktoken would give other ids than transformers; it cannot convert "
+                        f"exactly{f' ({FAST_CLASS_FIX})' if cls else ''}")
     if n == 50256:  # GPT-2's size: the named tokenizer, so checkpoints and prepared data say gpt2
         try:
             gpt2 = get_tokenizer("gpt2")
