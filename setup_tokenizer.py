@@ -157,9 +157,12 @@ def bpe_ranks(text, source, head=False):
     return ranks
 
 
+@functools.lru_cache(maxsize=4)
 def tokenizer_from_bpe(text, name=None, source=None):
     """A custom tokenizer from the text of its .tiktoken file (as stored in checkpoints); source, the file's path,
-    is what an error names (else name)."""
+    is what an error names (else name). Kept for the next call with the same text, as _load_tokenizer keeps a file's:
+    a checkpoint's vocabulary is read as it loads, to check it against its hash (checkpoint.read_checkpoint), and again
+    by whatever then uses it (load_model, train.py), 50 ms a time for 32k tokens."""
     name = name or "custom-" + hashlib.sha256(text.encode()).hexdigest()[:12]
     ranks = parse_bpe(text, source or name)
     enc = _build(name, ranks, vocabulary_pattern(ranks))
