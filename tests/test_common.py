@@ -161,12 +161,17 @@ def test_a_path_given_with_a_tilde_the_shell_left_is_in_the_home_folder(tmp_path
     ("train", "--max_steps", "1.5", "int"), ("train", "--lr", "x", "float"), ("bench", "--steps", "1.5", "int"),
     ("prepare", "--limit", "1.5", "int")])
 def test_a_non_number_is_the_same_line_in_every_script(script, option, value, kind, capsys):
+    code, err = refused_option(script, option, value, capsys)
+    assert code == 2 and err.splitlines()[-1].endswith(f"error: argument {option}: invalid {kind} value: {value!r}"), err
+
+
+def refused_option(script, option, value, capsys):
+    """(exit status, stderr) of script's main given option value alone (and a checkpoint where it takes one), which
+    its argparse refuses."""
     main = __import__(script).main
     with pytest.raises(SystemExit) as e:
         main(["x.pt", option, value] if script in ("gen", "eval", "serve") else [option, value])
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and err.splitlines()[-1].endswith(f"error: argument {option}: invalid {kind} value: "
-                                                                f"{value!r}"), err
+    return e.value.code, capsys.readouterr().err
 
 
 @pytest.mark.parametrize("script, option, value, minimum", [
@@ -176,12 +181,9 @@ def test_a_non_number_is_the_same_line_in_every_script(script, option, value, ki
     ("serve", "--max_queue", "0", 1), ("bench", "--steps", "0", 1), ("bench", "--warmup", "-1", 0),
     ("prepare", "--limit", "0", 1)])
 def test_a_count_below_its_minimum_is_the_same_line_in_every_script(script, option, value, minimum, capsys):
-    main = __import__(script).main
-    with pytest.raises(SystemExit) as e:
-        main(["x.pt", option, value] if script in ("gen", "eval", "serve") else [option, value])
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and err.splitlines()[-1].endswith(f"error: argument {option}: must be at least {minimum}, "
-                                                                f"got {value}"), err
+    code, err = refused_option(script, option, value, capsys)
+    assert code == 2 and err.splitlines()[-1].endswith(f"error: argument {option}: must be at least {minimum}, "
+                                                        f"got {value}"), err
 
 
 def test_no_output_replaces_a_checkpoint_or_a_datasets_file(tmp_path):
