@@ -9,12 +9,13 @@ the model ends its replies. One row per dataset, as a table or JSON.
 
 Loss is train.py's evaluate() over the split's windows (all of them, or --eval_batches batches spread over the split:
 side by side, as training reads them, so each token is scored once but the split's first and its last (tokens - 1)
-mod --block_size, fewer than a window), on assistant tokens only for conversation sets; perplexity is exp(loss); bits
-per byte, reported by train.py for plain text, compare models across tokenizers. Windows default to the checkpoint's
-training --block_size, so the numbers compare with its training log (whose evaluations take --eval_batches 40 batches
-spread over the split, of its batch size on each torchrun process, as its first run took them when continued in
-others: the checkpoint's eval_windows; the same numbers with --eval_batches 40 --batch_size <its batch size x
-processes> and its --dtype, which auto makes bf16 on CPUs where it outruns fp32; close ones over all windows).
+mod --block_size, fewer than a window), on assistant tokens only for conversation sets; perplexity is exp(loss);
+bits per byte, the scored targets' bits over their own text's bytes (train.bpb_scale; on conversation sets the
+replies' text), compare models across tokenizers. Windows default to the checkpoint's training --block_size, so the
+numbers compare with its training log (whose evaluations take --eval_batches 40 batches spread over the split, of its
+batch size on each torchrun process, as its first run took them when continued in others: the checkpoint's
+eval_windows; the same numbers with --eval_batches 40 --batch_size <its batch size x processes> and its --dtype,
+which auto makes bf16 on CPUs where it outruns fp32; close ones over all windows).
 
 Replies, for each conversation set: --samples conversations spread evenly over the split, each cut after its
 first user message, are answered as gen.py --chat answers (gen.chat_reply, sampling with --temp/--top_k/--top_p/
@@ -42,8 +43,8 @@ from common import (DTYPES, UserError, at_least, atomic_write_text, check_output
 from gen import CHAT_STOPS, add_sampling_arguments, chat_reply, columns, default_checkpoint, read_prompt_file
 from prepare import document_ends
 from setup_tokenizer import IM_END, parse_chat
-from train import (Windows, bits_per_byte, checkpoint_data, default_data_dir, eval_indices, evaluate, load_meta,
-                   packing_warning, pick_tokenizer)
+from train import (Windows, bits_per_byte, bpb_scale, checkpoint_data, default_data_dir, eval_indices, evaluate,
+                   load_meta, packing_warning, pick_tokenizer)
 
 
 # -----------------------------------------------------------------------------
@@ -120,7 +121,7 @@ def evaluate_checkpoint(path, datasets=None, data_dir=None, split="val", block_s
                         top_k=200, top_p=None, repetition_penalty=1.0, device="auto", dtype="auto"):
     """Evaluate the checkpoint at path on each dataset (default: the one it was trained on); returns a dict with
     the checkpoint's description and one row per dataset (plus one for a prompts file): dataset, windows, loss,
-    ppl, bpb (None on conversation sets), replies, ended, mean_tokens (None where not measured)."""
+    ppl, bpb (of the replies' text on conversation sets), replies, ended, mean_tokens (None where not measured)."""
     ckpt = load_checkpoint(path)
     ckpt_args = ckpt.get("args") or {}
     trained_on, trained_in = checkpoint_data(ckpt)
@@ -156,8 +157,8 @@ def evaluate_checkpoint(path, datasets=None, data_dir=None, split="val", block_s
         # tiny model on a core): a bar with the time left, or off a terminal (a nohup run's log) a line a minute
         with progress_bar(f"{name} {split}", n_windows, "windows") as bar:
             loss = evaluate(model, windows, batch_size, eval_windows, dev, amp, progress=bar)
-        row = {"dataset": name, "windows": n_windows,
-               "loss": loss, "ppl": perplexity(loss), "bpb": bits_per_byte(loss, meta, split), **no_replies}
+        bpb = bits_per_byte(loss, bpb_scale(windows, eval_windows, enc))
+        row = {"dataset": name, "windows": n_windows, "loss": loss, "ppl": perplexity(loss), "bpb": bpb, **no_replies}
         if meta.get("has_mask") and samples and prompt_list is None:
             row.update(reply_stats(model, enc, split_prompts(meta, split, enc, samples), max_tokens, seed, **sampling))
         rows.append(row)

@@ -70,7 +70,7 @@ from common import (DTYPES, UserError, ask, atomic_write_text, autocast, check_o
 from hf import is_hf_folder
 from model import OPTIMIZERS, PRESETS, VARIANTS, GPT, make_config
 from prepare import (DATASETS, DEFAULT_OUT_DIR, DEFAULT_PACK, DEFAULT_VAL_FRACTION, is_complete, is_dataset_name,
-                     meta_options, new_command, rebuild_command)
+                     meta_options, new_command, rebuild_command, token_bytes)
 from setup_tokenizer import fewer_ids, get_tokenizer, moved_vocabulary, tokenizer_from_state, tokenizer_hash
 
 # Peak learning rates and batch sizes (windows) that train each preset well with AdamW(0.9, 0.95); small models
@@ -480,18 +480,21 @@ class Windows:
         """Windows idx (n,) -> x, y (n, T) int64 and the loss mask of each target m (n, T) uint8 or None, numpy."""
         T = self.block_size
         starts = np.asarray(idx, dtype=np.int64) * T
-        rows = np.stack([self.read(s, T + 1) for s in starts]).astype(np.int64)  # (n, T+1)
-        # an id past the vocabulary (a damaged file: the sizes check cannot see it) would be an IndexError in the
-        # embedding, or, among the padding rows, a silent loss on a token that does not exist. every_rank: under
-        # torchrun only the rank reading that window meets it, and local rank 0, which did not, would leave "lost
-        # contact"
-        if rows.size and rows.max() >= self.meta["vocab_size"]:
-            raise UserError(f"{self.path} holds token id {rows.max()}, beyond its {self.meta['vocab_size']}-token "
-                            f"vocabulary (a damaged file): run `{rebuild_command(self.meta, self.meta['folder'])}` "
-                            f"again", every_rank=True)
+        rows = self.in_vocabulary(np.stack([self.read(s, T + 1) for s in starts]).astype(np.int64))  # (n, T+1)
         # contiguous: views of rows would have a row stride of T+1 and padded batches T, and torch.compile's guards
         # on strides would recompile the model for each (8-30 s on a small CPU, at every epoch's end)
         return np.ascontiguousarray(rows[:, :-1]), np.ascontiguousarray(rows[:, 1:]), self.target_mask(idx)
+
+    def in_vocabulary(self, ids):
+        """ids read from the file, checked: an id past the vocabulary (a damaged file: the sizes check cannot see it)
+        would be an IndexError in the embedding, or, among the padding rows, a silent loss on a token that does not
+        exist. every_rank: under torchrun only the rank reading that window meets it, and local rank 0, which did not,
+        would leave "lost contact"."""
+        if ids.size and ids.max() >= self.meta["vocab_size"]:
+            raise UserError(f"{self.path} holds token id {ids.max()}, beyond its {self.meta['vocab_size']}-token "
+                            f"vocabulary (a damaged file): run `{rebuild_command(self.meta, self.meta['folder'])}` "
+                            f"again", every_rank=True)
+        return ids
 
     def target_mask(self, idx):
         """Which targets of windows idx (n,) the loss counts: (n, T) uint8, 1 where it does, or None where all do (no
@@ -506,6 +509,19 @@ class Windows:
         """How many targets of windows idx the loss counts (target_mask's), read without their tokens."""
         m = self.target_mask(idx)
         return len(idx) * self.block_size if m is None else int(np.count_nonzero(m))
+
+    def scored_text(self, idx, table):
+        """(targets, bytes): how many targets of windows idx the loss counts (count_targets's) and the UTF-8 bytes of
+        their text, table[id] each (table: prepare.token_bytes(enc)), read a window at a time (a whole split's ids
+        at once would be 8 bytes a token)."""
+        T, targets, n_bytes = self.block_size, 0, 0
+        for start in np.asarray(idx, dtype=np.int64) * T + 1:  # target t of window i is token i*T + t + 1
+            ids = self.in_vocabulary(self.read(start, T))
+            if self.masked:
+                ids = ids[self.read(start, T, mask=True) != 0]
+            targets += len(ids)
+            n_bytes += int(table[ids].sum())
+        return targets, n_bytes
 
     def micro_batches(self, idx, batch_size, pin=False, count=None):
         """Yield (x, y, m, idx) for consecutive chunks of idx: CPU tensors (batch_size, T) (m None without a loss
@@ -1220,13 +1236,22 @@ def check_eval_targets(windows, eval_windows):
         raise no_eval_targets(windows, eval_windows)
 
 
-def bits_per_byte(loss, meta, split="val"):
-    """Nats per token -> bits per UTF-8 byte of text: comparable across tokenizers. None on masked (chat) data,
-    where the loss covers only some tokens and the split's byte count does not apply."""
-    s = meta.get("splits", {}).get(split, {})
-    if meta.get("has_mask") or not s.get("bytes") or not s.get("tokens"):
-        return None
-    return loss * s["tokens"] / (s["bytes"] * math.log(2))
+def bpb_scale(windows, eval_windows, enc):
+    """What turns a val loss over the windows evaluate() takes (eval_windows of them, the same at every evaluation)
+    into bits per UTF-8 byte of text, comparable across tokenizers: the loss is a mean in nats over the targets it
+    counts, so they hold loss * targets / ln 2 bits, and their text the bytes of their ids (a byte-level BPE token's
+    are fixed: prepare.token_bytes, 0 for the special tokens, <|endoftext|> and ChatML's, which are no text). Those
+    targets' own bytes, not the split's tokens/bytes ratio (meta.json's), which is another text's: 14% off for the 2
+    windows of --eval_batches 1 --batch_size 2 on the tests' story split. On chat data the targets are the assistant's replies (their <|im_end|>
+    counting 0 bytes): bits per byte of the replies' text. None where they hold no text. Reads the windows once, on
+    the host (every rank alike, as evaluate()'s all-reduced sums cover every rank's windows)."""
+    targets, n_bytes = windows.scored_text(eval_indices(len(windows), eval_windows), token_bytes(enc))
+    return targets / (n_bytes * math.log(2)) if n_bytes else None
+
+
+def bits_per_byte(loss, scale):
+    """A val loss (nats per target) in bits per byte of their text, scale bpb_scale's; None where it is None."""
+    return None if scale is None else loss * scale
 
 
 def rng_state():
@@ -1866,13 +1891,14 @@ def resumed_progress(run, warmup_given, eval_given):
     return p, eval_windows, warmup
 
 
-def run_summary(p, meta, windows_per_epoch, **run):
+def run_summary(p, scale, windows_per_epoch, **run):
     """What train() returns: the run's own figures (stopped, run_steps, tokens, elapsed, tokens_per_s,
     train_tokens_per_s, val_loss and the files) and where the training stands (steps, epochs done, the epoch it is at
-    as the log gives it, the best val loss). windows_per_epoch: the train windows of an epoch."""
+    as the log gives it, the best val loss). scale: bpb_scale's, for the bits per byte; windows_per_epoch: the train
+    windows of an epoch."""
     return {**run, "steps": p.step, "epochs_done": p.epoch, "epoch": p.epoch_at(windows_per_epoch),
             "best_val_loss": p.best_val_loss, "best_at": p.best_at, "evals_since_best": p.evals_since_best,
-            "best_val_bpb": None if p.best_val_loss is None else bits_per_byte(p.best_val_loss, meta)}
+            "best_val_bpb": None if p.best_val_loss is None else bits_per_byte(p.best_val_loss, scale)}
 
 
 def banner_lines(run):
@@ -1911,28 +1937,30 @@ def banner_lines(run):
     return lines
 
 
-def measured(loss, meta, color=None):
-    """A val loss as the lines show it: '2.3480 (ppl 10.46, 0.859 bpb)' (no bpb where the data has no byte count),
-    the loss painted color."""
-    bpb = bits_per_byte(loss, meta)
+def measured(loss, scale, color=None):
+    """A val loss as the lines show it: '2.3480 (ppl 10.46, 0.859 bpb)' (bits_per_byte's by scale; none where the
+    targets hold no text), the loss painted color."""
+    bpb = bits_per_byte(loss, scale)
     shown = f"{loss:.4f}" if color is None else paint(f"{loss:.4f}", color)
     return f"{shown} (ppl {math.exp(min(loss, 50)):.2f}" + (f", {bpb:.3f} bpb" if bpb else "") + ")"
 
 
-def eval_line(step, epoch, train_loss, val_loss, meta, lr, tokens_per_s, better, improved, pause=False):
+def eval_line(step, epoch, train_loss, val_loss, scale, lr, tokens_per_s, better, improved, pause=False):
     """An evaluation's line: its step and epoch, the train loss since the last record (as shown: "-" for none), the
     val loss (green when better than the best), the lr and speed, and whether it became the best (Progress.judge)."""
     return (f"{paint(f'step {step:,}', 'bold')} (epoch {epoch:.2f}): train {train_loss}, "
-            f"val {measured(val_loss, meta, 'green' if better else 'yellow')}, lr {lr:.2e}, {tokens_per_s:,.0f} tokens/s"
+            f"val {measured(val_loss, scale, 'green' if better else 'yellow')}, lr {lr:.2e}, "
+            f"{tokens_per_s:,.0f} tokens/s"
             + (paint("  * best", "green") if improved else "")
             # (a better val loss, green, with no "* best" and the summary naming an earlier best file: the line says
             # why)
             + (paint("  (a --max_steps pause: not judged for the best file or --patience)", "dim") if pause else ""))
 
 
-def summary_lines(summary, meta, args, budget, pause_eval):
+def summary_lines(summary, meta, scale, args, budget, pause_eval):
     """The lines a run ends with, from its run_summary: what it trained and why it stopped, its best val loss, its
-    files and the command to try the model. pause_eval: its last evaluation was a --max_steps pause."""
+    files and the command to try the model. scale: bpb_scale's; pause_eval: its last evaluation was a --max_steps
+    pause."""
     rate = f"{summary['tokens_per_s']:,.0f} tokens/s"
     if summary["train_tokens_per_s"] and summary["train_tokens_per_s"] > 1.1 * summary["tokens_per_s"]:
         # a short run on a GPU: compiling, evaluating and saving took most of it (200 steps of small on an H200
@@ -1949,7 +1977,7 @@ def summary_lines(summary, meta, args, budget, pause_eval):
     known = isinstance(at, list) and len(at) == 2 and is_count(at[0]) and isinstance(at[1], (int, float))
     when = f"at step {at[0]:,} (epoch {at[1]:.2f}) " if known else ""
     if best is not None:
-        lines.append(f"best val loss {measured(best, meta)} {when}" + (f"in {summary['best_checkpoint']}" if
+        lines.append(f"best val loss {measured(best, scale)} {when}" + (f"in {summary['best_checkpoint']}" if
                      summary["best_checkpoint"] else "before this run, which did not better it (no best file here)"))
     # a run that went on well past its best (a small text over many epochs: val 5.69 at epoch 3.8, 8.06 at epoch 20,
     # train 0.10) would say so only by "* best" no longer showing; its best file holds the model to keep
@@ -1963,8 +1991,8 @@ def summary_lines(summary, meta, args, budget, pause_eval):
     # better model, though not judged; "try it" named the best file, the worse one
     pause_better = pause_eval and best is not None and last_val < best
     if pause_better:
-        lines.append(f"val loss {measured(last_val, meta)} at the --max_steps pause, lower but not judged for the best "
-                     f"file: those weights are in {summary['checkpoint']}")
+        lines.append(f"val loss {measured(last_val, scale)} at the --max_steps pause, lower but not judged for the "
+                     f"best file: those weights are in {summary['checkpoint']}")
     lines.append(f"checkpoint {summary['checkpoint']}; metrics {summary['metrics']}"
                  + (f", curve {summary['plot']}" if summary["plot"] else ""))
     if summary["best_checkpoint"] or summary["checkpoint"]:
@@ -2215,7 +2243,7 @@ def run_training(args, held):
     if p.epoch >= args.epochs:
         more = more_epochs(args, p.epoch)
         if more == 0:  # a run's summary (Run.summary), of a run that trained nothing: its checkpoint's
-            return run_summary(p, run.meta, len(run.train_w), stopped="already done", run_steps=0, tokens=0,
+            return run_summary(p, run.bpb_scale, len(run.train_w), stopped="already done", run_steps=0, tokens=0,
                                elapsed=0.0, tokens_per_s=0.0, train_tokens_per_s=None, val_loss=ckpt.get("val_loss"),
                                checkpoint=args.checkpoint,
                                best_checkpoint=existing(run.best_path), metrics=existing(run.metrics_path),
@@ -2340,8 +2368,8 @@ def plan_run(run, options_given):
     """The run's windows and batches (--batch_size fitted to the train split), its schedule (steps, --time_budget,
     warmup) and where it stands: a continued run's Progress and the val windows its evaluations take
     (resumed_progress). Fills in run's train_w, val_w, batches, order_scheme, total_steps, budget, budget_warmup,
-    eval_windows and p; returns run_warmup, --warmup as the run has it (a share, or None), for a run given more epochs
-    (run_training)."""
+    eval_windows, bpb_scale and p; returns run_warmup, --warmup as the run has it (a share, or None), for a run given
+    more epochs (run_training)."""
     args, ckpt, continuing, meta, dist = run.args, run.ckpt, run.continuing, run.meta, run.dist
     run.train_w = Windows(meta, "train", args.block_size)
     run.val_w = Windows(meta, "val", args.block_size)
@@ -2367,6 +2395,7 @@ def plan_run(run, options_given):
         run.p, run.eval_windows, args.warmup = resumed_progress(run, "warmup" in options_given,
                                                                 "eval_batches" in options_given)
     check_eval_targets(run.val_w, run.eval_windows)
+    run.bpb_scale = bpb_scale(run.val_w, run.eval_windows, run.enc)
     return run_warmup
 
 
@@ -2402,6 +2431,7 @@ class Run:
     budget: float = None        # --time_budget in seconds, or None
     budget_warmup: float = None
     eval_windows: int = None    # val windows an evaluation takes
+    bpb_scale: float = None     # its val loss -> bits per byte (bpb_scale), None where its targets hold no text
     p: Progress = None          # where the training stands
     model: GPT = None
     optimizer: torch.optim.Optimizer = None
@@ -2748,13 +2778,13 @@ class Run:
         if not math.isfinite(self.last_val):  # this step's update broke the weights (its loss was
             # finite): not a record (NaN is no JSON) nor a checkpoint, as a nan training loss
             raise UserError(f"the val loss became {self.last_val} at step {p.step}: {self.diverged()}")
-        bpb = bits_per_byte(self.last_val, self.meta)
+        bpb = bits_per_byte(self.last_val, self.bpb_scale)
         # a best file that goes at the first save (--overwrite) bars nothing: judged against it, an
         # evaluation at that save would never be a best, and a later, worse one would be one
         better, improved = p.judge(self.last_val, rec["epoch"], no_bar=self.best_goes, pause=self.pause_eval)
         rec.update(val_loss=round(self.last_val, 5), val_ppl=round(math.exp(min(self.last_val, 50)), 3),
                    val_bpb=None if bpb is None else round(bpb, 5), best=improved)
-        say(eval_line(p.step, rec["epoch"], shown, self.last_val, self.meta, lr, tps, better, improved,
+        say(eval_line(p.step, rec["epoch"], shown, self.last_val, self.bpb_scale, lr, tps, better, improved,
                       self.pause_eval))
         if improved:
             self.save(self.best_path)
@@ -2784,13 +2814,13 @@ class Run:
             warn("Ctrl-C: the loss curve not redrawn; the run is done and saved")
         run_time = time.time() - self.t_run
         p.elapsed += run_time
-        summary = run_summary(p, self.meta, len(self.train_w), stopped=self.stopped, run_steps=self.run_steps,
+        summary = run_summary(p, self.bpb_scale, len(self.train_w), stopped=self.stopped, run_steps=self.run_steps,
                               tokens=self.run_tokens, elapsed=run_time,
                               tokens_per_s=self.run_tokens / max(run_time, 1e-9),
                               train_tokens_per_s=self.tally.train_tokens_per_s(), val_loss=self.last_val,
                               checkpoint=self.saved["path"], best_checkpoint=self.saved["best"], metrics=metrics.path,
                               plot=existing(metrics.png_path))
-        for line in summary_lines(summary, self.meta, args, self.budget, self.pause_eval):
+        for line in summary_lines(summary, self.meta, self.bpb_scale, args, self.budget, self.pause_eval):
             say(line)
         return summary
 

@@ -85,6 +85,9 @@ def test_two_ranks_follow_one_process_with_the_same_global_batch(runs):
     val_one, val_two = (losses(m, "val_loss") for m in (runs["one"]["metrics"],
                                                           os.path.join(runs["out"], "two", "story_metrics.jsonl")))
     assert val_two and all(val_two[s] == pytest.approx(val_one[s], rel=1e-4) for s in val_two)
+    bpb_one, bpb_two = (losses(m, "val_bpb") for m in (runs["one"]["metrics"],
+                                                       os.path.join(runs["out"], "two", "story_metrics.jsonl")))
+    assert bpb_two.keys() == val_two.keys() and all(bpb_two[s] == pytest.approx(bpb_one[s], rel=1e-4) for s in bpb_two)
     # one rank logs: each line once; the banner shows the ranks
     assert len(re.findall(rf"^step {STEPS} ", runs["log"], re.M)) == 1 and "2 ranks x 2x2x64" in runs["log"]
     ck = load_checkpoint(runs["two"])

@@ -28,7 +28,7 @@ from conftest import run_cli
 from model import GPT, make_config
 from setup_tokenizer import IM_END, get_tokenizer, render_chat
 from test_prepare import Bar
-from test_train import args_for, env, one_thread  # noqa: F401  (fixtures: the datasets, one CPU thread)
+from test_train import args_for, bits_per_byte_of, env, one_thread  # noqa: F401  (fixtures: datasets, one thread)
 
 CPU = ["--device", "cpu", "--dtype", "float32"]
 
@@ -78,16 +78,30 @@ def test_rows_are_train_evaluate(env, chat_ckpt):
                               fwd=lambda x, y, m: shapes.append(x.shape) or model(x, y, m))
         assert shapes == [(len(w), 64)] and huge == pytest.approx(loss, rel=1e-5)
     chat, story = r["rows"]
-    assert story["bpb"] == pytest.approx(train.bits_per_byte(story["loss"], train.load_meta(env["data"], "story")))
-    # and that is bits per byte: 4 ln 2 nats a token are 4 bits, over 4 bytes a token
-    assert train.bits_per_byte(4 * math.log(2), {"splits": {"val": {"tokens": 100, "bytes": 400}}}) == pytest.approx(1)
-    assert chat["bpb"] is None  # as train.py: no bits per byte on masked data
+    for row in r["rows"]:  # the bits of the targets scored over the bytes of their text (on chat, the replies')
+        meta = train.load_meta(env["data"], row["dataset"])
+        idx = np.arange(row["windows"])
+        assert row["bpb"] == pytest.approx(bits_per_byte_of(row["loss"], meta, env["enc"], 64, idx), rel=1e-6)
     assert chat["replies"] == 3 and 0 <= chat["ended"] <= 1 and 0 <= chat["mean_tokens"] <= 8
     assert story["replies"] is None and story["ended"] is None  # replies only on conversation sets
     # the default dataset is the checkpoint's own; --eval_batches takes fewer windows; --samples 0 samples nothing
     r = eval_py.evaluate_checkpoint(chat_ckpt, data_dir=env["data"], batch_size=4, eval_batches=1, samples=0,
                                     device="cpu", dtype="float32")
     assert [(row["dataset"], row["windows"], row["replies"]) for row in r["rows"]] == [("chat", 4, None)]
+
+
+def test_bits_per_byte_of_a_few_windows_are_theirs(env, chat_ckpt):
+    """--eval_batches on a small split scores a few windows: their bits per byte are those targets' bits over their
+    own text's bytes, not scaled by the whole split's tokens/bytes (off by 10-49% on such splits)."""
+    r = eval_py.evaluate_checkpoint(chat_ckpt, datasets=["story"], data_dir=env["data"], batch_size=2,
+                                    eval_batches=1, samples=0, device="cpu", dtype="float32")
+    row, = r["rows"]
+    meta = train.load_meta(env["data"], "story")
+    idx = train.eval_indices(train.Windows(meta, "val", 64).n, 2)
+    assert row["windows"] == len(idx) == 2
+    assert row["bpb"] == pytest.approx(bits_per_byte_of(row["loss"], meta, env["enc"], 64, idx), rel=1e-6)
+    split = meta["splits"]["val"]  # (another figure here: the test tells them apart)
+    assert abs(row["bpb"] / (row["loss"] * split["tokens"] / (split["bytes"] * math.log(2))) - 1) > 0.01
 
 
 def test_reply_stats_count_endings_exactly(env, tmp_path):
@@ -184,7 +198,8 @@ def test_cli_table_json_and_seed(env, chat_ckpt, tmp_path, capsys):
         ["dataset", "windows", "loss", "ppl", "bpb", "replies", "ended", "mean", "tokens"]
     rows = {line.split()[0]: line.split() for line in lines if line.split() and line.split()[0] in ("chat", "story")}
     a = json.loads((tmp_path / "a.json").read_text())
-    assert rows["chat"][2] == f"{a['rows'][0]['loss']:.4f}" and rows["chat"][4] == "-" and rows["chat"][5] == "4"
+    chat = a["rows"][0]
+    assert rows["chat"][2] == f"{chat['loss']:.4f}" and rows["chat"][4] == f"{chat['bpb']:.3f}" and rows["chat"][5] == "4"
     assert rows["story"][5:] == ["-", "-", "-"]
     code, out, err = cli(base + ["--json", "-"], capsys)
     assert code == 0 and json.loads(out) == a  # the same seed: the same numbers, replies included

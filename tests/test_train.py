@@ -150,6 +150,20 @@ def read_metrics(path):
         return [json.loads(line) for line in f]
 
 
+def bits_per_byte_of(loss, meta, enc, block_size, idx, split="val"):
+    """Bits per byte as measured, apart from train.py's tables: loss (nats a scored target) times the targets of
+    windows idx that the loss counts (all but those outside a chat set's mask), over the UTF-8 bytes of their text,
+    decoded (special tokens are no text)."""
+    folder = os.path.join(meta["folder"], split)
+    ids = np.fromfile(folder + ".bin", dtype=meta["dtype"])
+    mask = np.fromfile(folder + "_mask.bin", np.uint8) if meta.get("has_mask") else np.ones(len(ids), np.uint8)
+    special = {enc.encode_single_token(t) for t in enc.special_tokens_set}
+    targets = [int(t) for i in idx for t, m in zip(ids[i * block_size + 1:(i + 1) * block_size + 1],
+                                                   mask[i * block_size + 1:(i + 1) * block_size + 1]) if m]
+    text = enc.decode_bytes([t for t in targets if t not in special])
+    return loss * len(targets) / (len(text) * math.log(2))
+
+
 @pytest.fixture(scope="module")
 def trained(env, tmp_path_factory):
     """Three epochs on the story set with evaluations every 20% of an epoch: shared by several tests.
@@ -1685,25 +1699,32 @@ def test_bits_per_byte_of_an_older_dataset_are_flagged(env, tmp_path, capsys):
 
 def test_evaluations_give_bits_per_byte_beside_loss_and_perplexity(env, tmp_path, capsys):
     """Issue 10: quality in bits per byte of text, comparable across vocabularies, in each eval line, the metrics and
-    the closing summary; none on chat data, whose loss covers the assistant's tokens only."""
+    the closing summary: the bits of the targets scored over their own text's bytes (not the split's tokens/bytes,
+    which is off for the few windows of a small --eval_batches); on chat data the assistant's replies'."""
     s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--max_steps", "3", "--eval_interval", "1",
-                             "--save_interval", "0"))
+                             "--save_interval", "0", "--batch_size", "2", "--eval_batches", "2"))
     out = capsys.readouterr().out
-    split = train.load_meta(env["data"], "mini")["splits"]["val"]
+    meta, enc = train.load_meta(env["data"], "mini"), env["enc"]
+    idx = train.eval_indices(train.Windows(meta, "val", 64).n, 2 * 2)
     recs = [r for r in read_metrics(s["metrics"]) if r["val_loss"] is not None]
     shown = re.findall(r"val ([\d.]+) \(ppl ([\d.]+), ([\d.]+) bpb\)", out)
     assert len(recs) == len(shown) == 3
     for r, (loss, ppl, bpb) in zip(recs, shown):
-        expected = r["val_loss"] * split["tokens"] / (split["bytes"] * math.log(2))  # nats a token -> bits a byte
+        expected = bits_per_byte_of(r["val_loss"], meta, enc, 64, idx)
         assert r["val_bpb"] == pytest.approx(expected, rel=1e-4) and float(bpb) == pytest.approx(expected, abs=1e-3)
         assert float(loss) == pytest.approx(r["val_loss"], abs=1e-4) and float(ppl) == pytest.approx(r["val_ppl"], abs=0.01)
+    split = meta["splits"]["val"]  # (the split's ratio is another figure here: the test can tell them apart)
+    assert abs(recs[0]["val_bpb"] / (recs[0]["val_loss"] * split["tokens"] / (split["bytes"] * math.log(2))) - 1) > 0.01
     assert s["best_val_bpb"] == pytest.approx(min(r["val_bpb"] for r in recs), rel=1e-4)
     assert re.search(rf"best val loss [\d.]+ \(ppl [\d.]+, {s['best_val_bpb']:.3f} bpb\)", out)
     c = train.train(args_for(env, tmp_path / "chat", "--dataset", "chat", "--max_steps", "1", "--eval_interval", "1",
                              "--save_interval", "0"))
     out = capsys.readouterr().out
-    assert c["best_val_loss"] is not None and c["best_val_bpb"] is None and "bpb" not in out
-    assert all(r["val_bpb"] is None for r in read_metrics(c["metrics"]))
+    meta = train.load_meta(env["data"], "chat")
+    rec, = [r for r in read_metrics(c["metrics"]) if r["val_loss"] is not None]
+    idx = train.eval_indices(train.Windows(meta, "val", 64).n, 8 * 16)
+    assert rec["val_bpb"] == pytest.approx(bits_per_byte_of(rec["val_loss"], meta, enc, 64, idx), rel=1e-4)
+    assert c["best_val_bpb"] == pytest.approx(rec["val_bpb"], rel=1e-4) and f"{rec['val_bpb']:.3f} bpb" in out
 
 
 def test_tokenizer_mismatch_is_an_error(env, trained, tmp_path):
