@@ -414,9 +414,6 @@ def load_meta(data_dir, dataset, tokenizer=None):
     if not is_complete(folder, meta):  # a truncated .bin would train on part of the data and say nothing
         raise UserError(f"{folder}: the sizes of its .bin files are not what meta.json says (truncated or damaged "
                         f"files): {fix} again")
-    if meta.get("version", 1) < 2 and not meta.get("has_mask"):
-        warn(f"{folder} was prepared by an older prepare.py, which counted each <|endoftext|> as 13 bytes of text: "
-             f"its bits per byte come out ~1.6% low; `{rebuild_command(meta, folder)}` counts them again")
     meta["folder"] = folder
     return meta
 
