@@ -1239,9 +1239,10 @@ def bpb_scale(windows, eval_windows, enc):
     counts, so they hold loss * targets / ln 2 bits, and their text the bytes of their ids (a byte-level BPE token's
     are fixed: prepare.token_bytes, 0 for the special tokens, <|endoftext|> and ChatML's, which are no text). Those
     targets' own bytes, not the split's tokens/bytes ratio (meta.json's), which is another text's: 14% off for the 2
-    windows of --eval_batches 1 --batch_size 2 on the tests' story split. On chat data the targets are the assistant's replies (their <|im_end|>
-    counting 0 bytes): bits per byte of the replies' text. None where they hold no text. Reads the windows once, on
-    the host (every rank alike, as evaluate()'s all-reduced sums cover every rank's windows)."""
+    windows of --eval_batches 1 --batch_size 2 on the tests' story split. On chat data the targets are the
+    assistant's replies (their <|im_end|> counting 0 bytes): bits per byte of the replies' text. None where they hold
+    no text. Reads the windows once, on the host (every rank alike, as evaluate()'s all-reduced sums cover every
+    rank's windows)."""
     targets, n_bytes = windows.scored_text(eval_indices(len(windows), eval_windows), token_bytes(enc))
     return targets / (n_bytes * math.log(2)) if n_bytes else None
 
