@@ -2194,8 +2194,58 @@ def ctrl_c_held():
             signal.raise_signal(caught[0])  # to the usual handler: KeyboardInterrupt, or main()'s exit for SIGTERM
 
 
-def is_complete(folder, meta):
-    """The files meta.json describes are all there, with the sizes it gives."""
+def unreadable_field(meta):
+    """What of a dataset's meta.json that reading it needs is not what prepare.py writes, as the field and its value
+    ("vocab_size '512'"), or None; so damaged, it cannot say how it was made either (rebuild_command). An edit by hand
+    or damage passes json.load: "format 1" was said of one whose dtype was missing, and a vocab_size of text ended
+    eval.py in a numpy traceback."""
+    vocab_size = meta.get("vocab_size") if isinstance(meta, dict) else None
+    return (f"a JSON {type(meta).__name__}" if not isinstance(meta, dict) else
+            f"format {meta.get('format')}" if meta.get("format") != FORMAT else
+            f"dtype {meta.get('dtype')!r}" if meta.get("dtype") not in ("uint16", "uint32") else
+            f"vocab_size {vocab_size!r}" if type(vocab_size) is not int or vocab_size < 1 else
+            f"tokenizer {meta['tokenizer']!r}" if not isinstance(meta.get("tokenizer", "gpt2"), str) else None)
+
+
+def damaged_field(folder, meta, enc=None):
+    """What of a meta.json that reads (unreadable_field None), in folder, is not what prepare.py writes, as
+    unreadable_field says it, or None: a vocab_size other than its vocabulary's (enc, the vocabulary it was made with;
+    a new model's embedding has vocab_size rows: one larger trained a model its tokenizer does not fit, refused by
+    load_model afterwards), a has_mask lost from a chat set (it trained on every token, not the replies alone), and
+    counts of its splits that are none (bytes of -5 gave bits per byte of -2709)."""
+    vocab_size, has_mask = meta["vocab_size"], meta.get("has_mask")
+    # prepare.py masks the chat sets (kind) alone, and removes the masks a chat set rebuilt as text leaves: masks beside
+    # a has_mask of false are a lost has_mask, which a rebuild gives back (reading them anyway would trust a meta.json
+    # known damaged, whose counts is_complete checks the masks by)
+    masks = [f for f in ("train_mask.bin", "val_mask.bin") if os.path.exists(os.path.join(folder, f))]
+    return (f"vocab_size {vocab_size} for a vocabulary of {enc.n_vocab}" if enc and vocab_size != enc.n_vocab else
+            f"has_mask {has_mask!r}" if not isinstance(has_mask, bool) else
+            f"has_mask {has_mask} for kind {meta['kind']!r}" if "kind" in meta and has_mask != (meta["kind"] == "chat")
+            else f"has_mask False beside {masks[0]}" if masks and not has_mask else split_problem(meta))
+
+
+def split_problem(meta):
+    """damaged_field's words for the counts of meta.json's splits (a dict), or None: tokens and bytes each split has,
+    counts, and bytes where there are tokens (bits per byte divides the loss of the tokens by the bytes; a chat set,
+    masked, has none)."""
+    splits = meta.get("splits")
+    for split in ("train", "val"):
+        counts = splits.get(split) if isinstance(splits, dict) else None
+        if not isinstance(counts, dict):
+            return f"no {split} split in its splits"
+        for k in ("tokens", "bytes"):
+            if type(counts.get(k)) is not int or counts[k] < 0:
+                return f"{split} {k} {counts.get(k)!r}"
+        if counts["tokens"] and not counts["bytes"] and not meta["has_mask"]:
+            return f"{split} bytes 0 for {counts['tokens']:,} tokens"
+    return None
+
+
+def is_complete(folder, meta, enc=None):
+    """The files meta.json describes are all there, with the sizes it gives, and it is one this code reads
+    (unreadable_field, damaged_field: a damaged one is made again, not found up to date; enc: its vocabulary)."""
+    if unreadable_field(meta) or damaged_field(folder, meta, enc):
+        return False
     try:
         itemsize = np.dtype(meta["dtype"]).itemsize
         for split in ("train", "val"):
@@ -2485,7 +2535,7 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
         unchanged = old and old.get("fingerprint") == (text_fp if old.get("kind") == "text" else fp)
         if unchanged and pack and old.get("kind") == "text":  # refused as a first build does: not "up to date"
             raise text_packed(pack)
-        if unchanged and not force and is_complete(folder, old):
+        if unchanged and not force and is_complete(folder, old, enc):
             return keep_up_to_date(folder, old, tokenizer, new_vocab, vocab_fp)
         check_writable(folder)
         return build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_fraction, new_vocab, pack,

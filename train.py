@@ -69,8 +69,8 @@ from common import (DTYPES, UserError, ask, atomic_write_text, autocast, check_o
                     retain_freed_memory, run_main, speaks_for_machine, tmp_name)
 from hf import is_hf_folder
 from model import OPTIMIZERS, PRESETS, VARIANTS, GPT, make_config
-from prepare import (DATASETS, DEFAULT_OUT_DIR, DEFAULT_PACK, DEFAULT_VAL_FRACTION, is_complete, is_dataset_name,
-                     meta_options, new_command, rebuild_command, token_bytes)
+from prepare import (DATASETS, DEFAULT_OUT_DIR, DEFAULT_PACK, DEFAULT_VAL_FRACTION, damaged_field, is_complete,
+                     is_dataset_name, meta_options, new_command, rebuild_command, token_bytes, unreadable_field)
 from setup_tokenizer import fewer_ids, get_tokenizer, moved_vocabulary, tokenizer_from_state, tokenizer_hash
 
 # Peak learning rates and batch sizes (windows) that train each preset well with AdamW(0.9, 0.95); small models
@@ -396,17 +396,13 @@ def load_meta(data_dir, dataset, tokenizer=None):
             meta = json.load(f)
     except (OSError, ValueError) as e:
         raise UserError(f"{path} is unreadable ({e}): {fix} again")
-    # what the reading below needs, named as meta.json spells it: "format 1" was said of a meta.json whose format is
-    # right but whose dtype is missing, and a vocab_size of text (an edit by hand) ended eval.py in a numpy traceback
-    vocab_size = meta.get("vocab_size") if isinstance(meta, dict) else None
-    what = f"a JSON {type(meta).__name__}" if not isinstance(meta, dict) else \
-        f"format {meta.get('format')}" if meta.get("format") != 1 else \
-        f"dtype {meta.get('dtype')!r}" if meta.get("dtype") not in ("uint16", "uint32") else \
-        f"vocab_size {vocab_size!r}" if type(vocab_size) is not int or vocab_size < 1 else \
-        f"tokenizer {meta['tokenizer']!r}" if not isinstance(meta.get("tokenizer", "gpt2"), str) else None
+    what = unreadable_field(meta)  # (too damaged to say how it was made: the command that makes a dataset there)
     if what:
-        raise UserError(f"{path} is not a dataset this code reads ({what}): {fix} again")
+        raise not_readable(folder, what, fix)
     fix = f"run `{rebuild_command(meta, folder)}`"  # the command that made it: --name, --source and all
+    what = damaged_field(folder, meta)  # (the ids of its vocabulary are checked once it is read: pick_tokenizer)
+    if what:
+        raise not_readable(folder, what, fix)
     names = ["train.bin", "val.bin"] + (["train_mask.bin", "val_mask.bin"] if meta.get("has_mask") else [])
     for name in names:
         if not os.path.isfile(os.path.join(folder, name)):
@@ -416,6 +412,12 @@ def load_meta(data_dir, dataset, tokenizer=None):
                         f"files): {fix} again")
     meta["folder"] = folder
     return meta
+
+
+def not_readable(folder, what, fix):
+    """The error for a dataset whose meta.json is not one this code reads (what: unreadable_field's or damaged_field's
+    words), fix: the command that makes it again."""
+    return UserError(f"{os.path.join(folder, 'meta.json')} is not a dataset this code reads ({what}): {fix} again")
 
 
 def split_tokens(meta, split):
@@ -1642,6 +1644,18 @@ def prepare_with(meta, name=None, **changes):
 def pick_tokenizer(args, meta, ckpt):
     """The tokenizer, checked against the data's: a checkpoint's own vocabulary, else --tokenizer, else the one
     meta.json names. Any mismatch of token ids is a UserError (training would silently learn garbage)."""
+    enc = hashed_as_data(args, meta, ckpt)
+    # its hash is the data's, but vocab_size (a new model's embedding rows, the ids Windows lets through) is meta.json's
+    # own: edited larger, it trained a model its tokenizer does not fit (gen.py refused it afterwards); smaller, a
+    # "damaged file" at the first id past it
+    what = damaged_field(meta["folder"], meta, enc)
+    if what:
+        raise not_readable(meta["folder"], what, f"run `{rebuild_command(meta, meta['folder'])}`")
+    return enc
+
+
+def hashed_as_data(args, meta, ckpt):
+    """pick_tokenizer's tokenizer, whose hash is the data's (meta.json's tokenizer_hash)."""
     want = meta.get("tokenizer_hash")
 
     def with_tokenizer(name, vocab, context=None):  # gpt2, or a path: a .tiktoken file, or a checkpoint, whose

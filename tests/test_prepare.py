@@ -3364,6 +3364,34 @@ def test_a_truncated_mask_file_is_rebuilt_not_up_to_date(tmp_path, capsys):
     assert os.path.getsize(mask) == meta["splits"]["train"]["tokens"]
 
 
+@pytest.mark.parametrize("change", [{"has_mask": False}, {"has_mask": False, "kind": None}, {"vocab_size": 1},
+                                    {"splits": "bytes -5"}])
+def test_a_meta_json_edited_against_its_data_is_rebuilt_not_up_to_date(tmp_path, capsys, change):
+    """train.py refuses such a meta.json and names the command that made the dataset: found up to date, that command
+    put nothing right, and the refusal came again. (kind None: gone, where the masks beside has_mask say it.)"""
+    convs = [{"messages": [{"role": "user", "content": f"Q {i}?"}, {"role": "assistant", "content": f"A {i}."}]}
+             for i in range(20)]
+    src = tmp_path / "c.jsonl"
+    src.write_text("\n".join(json.dumps(c) for c in convs), encoding="utf-8")
+    kw = dict(source=str(src), out_dir=str(tmp_path / "data"), name="c")
+    meta = prepare.prepare("chat", **kw)
+    edited = json.loads(json.dumps(meta))
+    for k, v in change.items():
+        if v is None:
+            del edited[k]
+        elif k == "vocab_size":
+            edited[k] += v
+        elif k == "splits":
+            edited[k]["val"]["bytes"] = -5
+        else:
+            edited[k] = v
+    (tmp_path / "data" / "c" / "meta.json").write_text(json.dumps(edited))
+    capsys.readouterr()
+    assert prepare.prepare("chat", **kw) == meta
+    assert "up to date" not in capsys.readouterr().out
+    assert prepare.read_meta(str(tmp_path / "data" / "c")) == meta
+
+
 def test_a_records_system_field_becomes_the_system_message():
     for record in ({"system": "Be terse.", "instruction": "Hi", "output": "Hello"},
                    {"system": "Be terse.", "messages": [{"role": "user", "content": "Hi"},

@@ -1671,6 +1671,53 @@ def test_a_meta_json_field_that_cannot_be_read_is_named(env, tmp_path, field, va
         train.load_meta(str(data), "mini")
 
 
+@pytest.mark.parametrize("name, field, value, words", [
+    ("mini", "vocab_size", 100, "vocab_size 612 for a vocabulary of 512"),
+    ("mini", "vocab_size", -10, "vocab_size 502 for a vocabulary of 512"),
+    ("chat", "has_mask", None, "has_mask None"), ("chat", "has_mask", False, "has_mask False for kind 'chat'"),
+    ("mini", "val bytes", -5, "val bytes -5"), ("mini", "val bytes", 0, "val bytes 0 for"),
+    ("mini", "val bytes", "12", "val bytes '12'"), ("mini", "train tokens", None, "train tokens None")])
+def test_a_meta_json_edited_against_its_data_is_refused_in_one_line(env, trained, tmp_path, capsys, name, field, value,
+                                                                     words):
+    """meta.json read, but with a field that does not fit its data (an edit by hand): a vocab_size larger than the
+    vocabulary's trained a model its tokenizer does not fit (gen.py refused it afterwards), a chat set's has_mask lost
+    trained on every token and not the replies alone, and a val split's bytes gave bits per byte of -2709 (-5), none
+    (0) or a TypeError traceback (text). Refused in one line naming the prepare.py command, the files untouched."""
+    import shutil
+    data = tmp_path / "data"
+    shutil.copytree(os.path.join(env["data"], name), data / name)
+    path = data / name / "meta.json"
+    meta = json.loads(path.read_text())
+    if field == "vocab_size":
+        meta[field] += value
+    elif field == "has_mask" and value is None:
+        del meta[field]
+    elif field == "has_mask":
+        meta[field] = value
+    else:
+        split, k = field.split()
+        meta["splits"][split][k] = value
+        if value is None:
+            del meta["splits"][split][k]
+    path.write_text(json.dumps(meta))
+    files = {f: (data / name / f).read_bytes() for f in os.listdir(data / name)}
+    argv = ["--data_dir", str(data), "--dataset", name, "--max_steps", "1", "--device", "cpu", "--n_layer", "1",
+            "--n_embd", "32", "--n_head", "2", "--block_size", "32", "--output_checkpoint", str(tmp_path / "x.pt")]
+    with pytest.raises(SystemExit) as e:
+        train.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and len(err.strip().splitlines()) == 1, err
+    assert re.search(rf"{re.escape(str(path))} is not a dataset this code reads \({re.escape(words)}.*\): run "
+                     rf"`.*prepare\.py --dataset {name} --out_dir {re.escape(str(data))} --tokenizer .*` again$",
+                     err.strip()), err
+    if field == "vocab_size":  # (checked against the vocabulary eval.py reads, the checkpoint's)
+        with pytest.raises(UserError, match=re.escape(words)):
+            eval_py.evaluate_checkpoint(trained["summary"]["checkpoint"], datasets=[name], data_dir=str(data),
+                                        samples=0)
+    assert {f: (data / name / f).read_bytes() for f in os.listdir(data / name)} == files
+    assert not os.path.exists(tmp_path / "x.pt")
+
+
 def test_a_data_dir_that_is_a_datasets_own_folder_names_its_parent(env, tmp_path):
     """--data_dir data/mini (the dataset's folder, not the one that holds datasets): the missing-dataset line's
     command, `prepare.py --dataset mini --out_dir data/mini`, would have built a dataset inside the dataset."""
