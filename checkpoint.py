@@ -30,9 +30,12 @@ NUMBER = (int, float)
 NOT_THIS_CODE = "a damaged checkpoint, or one from another version of the code; use another one"
 
 # the training state train.py writes, by entry: what each holds (a file edited and saved again passes torch.load and
-# the zip checksums, and a step of 'x' ended in a ValueError deep in a resume, or in eval.py's table)
+# the zip checksums, and a step of 'x' ended in a ValueError deep in a resume, or in eval.py's table), as is_kind reads
+# it. best_at [step, epoch] and loss_since_record [loss summed, targets] of another shape were dropped without a word
+# (the run's summary said no step of its best; the first record after the resume left out the steps before it)
 STATE_KINDS = {"step": int, "epoch": int, "epoch_step": int, "epoch_windows": int, "tokens": int, "eval_windows": int,
                "evals_since_best": int, "best_val_loss": (*NUMBER, type(None)), "val_loss": (*NUMBER, type(None)),
+               "best_at": ([int, NUMBER], type(None)), "loss_since_record": [NUMBER, int],
                "elapsed": NUMBER, "budget_elapsed": NUMBER, "schedule_origin": (*NUMBER, type(None)), "budget_done": bool,
                "stopped_early": bool, "dataset": str, "run": str, "args": dict, "data": dict, "rng": dict,
                "optimizer": dict, "scaler": dict, "order_scheme": int, "save_seconds": NUMBER}
@@ -206,11 +209,21 @@ def read_checkpoint(path, f):
             raise UserError(f"{path} is a damaged checkpoint (its vocabulary hashes to {held}, not the {tok['hash']} "
                             f"saved with it); {another}")
     for k, kind in STATE_KINDS.items():
-        if k in ckpt and (not isinstance(ckpt[k], kind)
+        if k in ckpt and (not is_kind(ckpt[k], kind)
                           or k == "rng" and not isinstance(ckpt[k].get("cpu"), torch.Tensor)):
             raise UserError(f"{path} is a damaged checkpoint (its {k} entry, {repr(ckpt[k])[:40]}, is not what "
                             f"train.py writes); {another}")
     return refuse_diverged(path, ckpt)
+
+
+def is_kind(value, kind):
+    """isinstance(value, kind), where kind may also be a list of kinds, for a list of as many entries each of its kind,
+    and a tuple holds kinds of either sort (STATE_KINDS)."""
+    if isinstance(kind, list):
+        return isinstance(value, list) and len(value) == len(kind) and all(map(is_kind, value, kind))
+    if isinstance(kind, tuple):
+        return any(is_kind(value, k) for k in kind)
+    return isinstance(value, kind)
 
 
 def refuse_diverged(path, ckpt):

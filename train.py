@@ -1028,10 +1028,10 @@ class TrainTally:
     has a loss of 0 over 0 targets: counted as a step, it would pull the train loss towards 0)."""
 
     def __init__(self, device, since=None, main=True):
-        """since: a checkpoint's loss_since_record, which this run goes on from; rank 0 (main) alone holds its sum (the
-        ranks' shares are all-reduced)."""
+        """since: a checkpoint's loss_since_record (its kind checked as it loaded: checkpoint.STATE_KINDS), which this
+        run goes on from; rank 0 (main) alone holds its sum (the ranks' shares are all-reduced)."""
         self.loss, self.targets = torch.zeros((), device=device), 0
-        if isinstance(since, list) and len(since) == 2 and isinstance(since[0], float) and is_count(since[1]):
+        if since is not None:
             self.loss += since[0] if main else 0.0
             self.targets = since[1]
         self.restart_timer()  # t_mark, tokens: for tokens/s
@@ -1985,9 +1985,8 @@ def summary_lines(summary, meta, scale, args, budget, pause_eval):
                    (f"{summary['epoch']:.2f} epochs in the {args.time_budget:g} min budget" if budget else
                     f"{summary['epochs_done']} of {args.epochs} epoch(s) done"), "bold")]
     best, last_val = summary["best_val_loss"], summary["val_loss"]
-    at = summary.get("best_at")  # (where the run went on past it, or overfit: when it was)
-    known = isinstance(at, list) and len(at) == 2 and is_count(at[0]) and isinstance(at[1], (int, float))
-    when = f"at step {at[0]:,} (epoch {at[1]:.2f}) " if known else ""
+    at = summary.get("best_at")  # (where the run went on past it, or overfit: when it was; None: not known)
+    when = f"at step {at[0]:,} (epoch {at[1]:.2f}) " if at else ""
     if best is not None:
         lines.append(f"best val loss {measured(best, scale)} {when}" + (f"in {summary['best_checkpoint']}" if
                      summary["best_checkpoint"] else "before this run, which did not better it (no best file here)"))

@@ -1475,6 +1475,8 @@ def test_bad_checkpoints_are_one_line_errors(env, trained, tmp_path, capsys):
                          ("optimizer", {"optimizer": {"state": {}, "param_groups": []}}),
                          # edited and saved again (no checksum sees that): a ValueError, KeyError or TypeError in resume
                          ("step", {"step": "x"}), ("rng", {"rng": {"torch": ck["rng"]["cpu"]}}), ("data", {"data": "x"}),
+                         # dropped without a word before: the summary's step of the best, a record's steps before it
+                         ("best_at", {"best_at": [3, "x"]}), ("since", {"loss_since_record": [1.5]}),
                          ("args", {"args": {**ck["args"], "lr": "abc"}}),
                          ("warmup", {"args": {**ck["args"], "warmup": "abc"}}),
                          ("accum", {"args": {**ck["args"], "grad_accum": "abc"}}),
@@ -1504,6 +1506,10 @@ def test_bad_checkpoints_are_one_line_errors(env, trained, tmp_path, capsys):
                                          "writes); use another checkpoint (its _best.pt or an earlier one)"),
                         (broken["rng"], "is a damaged checkpoint (its rng entry"),
                         (broken["data"], "is a damaged checkpoint (its data entry, 'x',"),
+                        (broken["best_at"], "best_at.pt is a damaged checkpoint (its best_at entry, [3, 'x'], is not "
+                                            "what train.py writes)"),
+                        (broken["since"], "since.pt is a damaged checkpoint (its loss_since_record entry, [1.5], is "
+                                          "not what train.py writes)"),
                         (broken["args"], "args.pt records lr 'abc', which is not what train.py writes (a damaged or "
                                          "edited checkpoint): continue from another checkpoint"),
                         (broken["warmup"], "warmup.pt records warmup 'abc', which is not what train.py writes"),
