@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import dataclasses
 import glob
+import math
 import os
 import pickle
 import re
@@ -29,16 +30,29 @@ NUMBER = (int, float)
 # the way out of a checkpoint whose config or weights this model code does not take
 NOT_THIS_CODE = "a damaged checkpoint, or one from another version of the code; use another one"
 
-# the training state train.py writes, by entry: what each holds (a file edited and saved again passes torch.load and
-# the zip checksums, and a step of 'x' ended in a ValueError deep in a resume, or in eval.py's table), as is_kind reads
-# it. best_at [step, epoch] and loss_since_record [loss summed, targets] of another shape were dropped without a word
-# (the run's summary said no step of its best; the first record after the resume left out the steps before it)
-STATE_KINDS = {"step": int, "epoch": int, "epoch_step": int, "epoch_windows": int, "tokens": int, "eval_windows": int,
-               "evals_since_best": int, "best_val_loss": (*NUMBER, type(None)), "val_loss": (*NUMBER, type(None)),
-               "best_at": ([int, NUMBER], type(None)), "loss_since_record": [NUMBER, int],
-               "elapsed": NUMBER, "budget_elapsed": NUMBER, "schedule_origin": (*NUMBER, type(None)), "budget_done": bool,
-               "stopped_early": bool, "dataset": str, "run": str, "args": dict, "data": dict, "rng": dict,
-               "optimizer": dict, "scaler": dict, "order_scheme": int, "save_seconds": NUMBER}
+def count(value):
+    """A count train.py writes (steps, epochs, windows, tokens): an int of 0 or more, not a bool (an int to Python)."""
+    return type(value) is int and value >= 0
+
+
+def finite(value):
+    """A loss or seconds train.py writes: a number that is not nan or inf (it refuses those before saving). Seconds
+    are not held to 0 or more: they are differences of time.time(), which a clock set back can make negative."""
+    return isinstance(value, NUMBER) and math.isfinite(value)
+
+
+# the training state train.py writes, by entry: what each holds, as is_kind reads it (a file edited and saved again
+# passes torch.load and the zip checksums: a step of 'x' ended in a ValueError deep in a resume, or in eval.py's
+# table; a step of -5 ran the lr schedule from there, a best_val_loss of nan made no evaluation a best again; a
+# best_at or loss_since_record of another shape was dropped without a word: no step of the best in the summary, a
+# record after the resume without the steps before it)
+STATE_KINDS = {"step": count, "epoch": count, "epoch_step": count, "epoch_windows": count, "tokens": count,
+               "eval_windows": count, "evals_since_best": count, "best_val_loss": (finite, type(None)),
+               "val_loss": (finite, type(None)), "best_at": ([count, finite], type(None)),
+               "loss_since_record": [NUMBER, count], "elapsed": finite, "budget_elapsed": finite,
+               "schedule_origin": (finite, type(None)), "budget_done": bool, "stopped_early": bool, "dataset": str,
+               "run": str, "args": dict, "data": dict, "rng": dict, "optimizer": dict, "scaler": dict,
+               "order_scheme": int, "save_seconds": NUMBER}
 
 
 # -----------------------------------------------------------------------------
@@ -217,13 +231,13 @@ def read_checkpoint(path, f):
 
 
 def is_kind(value, kind):
-    """isinstance(value, kind), where kind may also be a list of kinds, for a list of as many entries each of its kind,
-    and a tuple holds kinds of either sort (STATE_KINDS)."""
+    """Whether value is of kind (STATE_KINDS'): a type (isinstance), a test of its own (count, finite), a list of
+    kinds (a list of as many entries, each of its kind) or a tuple of kinds (any one of them)."""
     if isinstance(kind, list):
         return isinstance(value, list) and len(value) == len(kind) and all(map(is_kind, value, kind))
     if isinstance(kind, tuple):
         return any(is_kind(value, k) for k in kind)
-    return isinstance(value, kind)
+    return isinstance(value, kind) if isinstance(kind, type) else kind(value)
 
 
 def refuse_diverged(path, ckpt):

@@ -1477,6 +1477,8 @@ def test_bad_checkpoints_are_one_line_errors(env, trained, tmp_path, capsys):
                          ("step", {"step": "x"}), ("rng", {"rng": {"torch": ck["rng"]["cpu"]}}), ("data", {"data": "x"}),
                          # dropped without a word before: the summary's step of the best, a record's steps before it
                          ("best_at", {"best_at": [3, "x"]}), ("since", {"loss_since_record": [1.5]}),
+                         # of the right type: the lr schedule from step -5; no evaluation a best again after nan
+                         ("back", {"step": -5}), ("best_nan", {"best_val_loss": float("nan")}),
                          ("args", {"args": {**ck["args"], "lr": "abc"}}),
                          ("warmup", {"args": {**ck["args"], "warmup": "abc"}}),
                          ("accum", {"args": {**ck["args"], "grad_accum": "abc"}}),
@@ -1510,6 +1512,9 @@ def test_bad_checkpoints_are_one_line_errors(env, trained, tmp_path, capsys):
                                             "what train.py writes)"),
                         (broken["since"], "since.pt is a damaged checkpoint (its loss_since_record entry, [1.5], is "
                                           "not what train.py writes)"),
+                        (broken["back"], "back.pt is a damaged checkpoint (its step entry, -5, is not what"),
+                        (broken["best_nan"], "best_nan.pt is a damaged checkpoint (its best_val_loss entry, nan, is "
+                                             "not what"),
                         (broken["args"], "args.pt records lr 'abc', which is not what train.py writes (a damaged or "
                                          "edited checkpoint): continue from another checkpoint"),
                         (broken["warmup"], "warmup.pt records warmup 'abc', which is not what train.py writes"),
