@@ -20,8 +20,8 @@ import zipfile
 import torch
 
 import hf
-from common import (UserError, atomic_torch_save, first_line, is_oom, model_folder_file, path_arg, script_command,
-                    starts_as_zip)
+from common import (UserError, atomic_torch_save, first_line, is_oom, model_folder_file, nonnegative_int, path_arg,
+                    script_command, starts_as_zip)
 from model import GPT, GPTConfig
 from setup_tokenizer import tokenizer_from_state, tokenizer_hash, tokenizer_state
 
@@ -29,10 +29,6 @@ FORMAT = 1  # bump when the layout changes incompatibly
 NUMBER = (int, float)
 # the way out of a checkpoint whose config or weights this model code does not take
 NOT_THIS_CODE = "a damaged checkpoint, or one from another version of the code; use another one"
-
-def count(value):
-    """A count train.py writes (steps, epochs, windows, tokens): an int of 0 or more, not a bool (an int to Python)."""
-    return type(value) is int and value >= 0
 
 
 def finite(value):
@@ -46,10 +42,11 @@ def finite(value):
 # table; a step of -5 ran the lr schedule from there, a best_val_loss of nan made no evaluation a best again; a
 # best_at or loss_since_record of another shape was dropped without a word: no step of the best in the summary, a
 # record after the resume without the steps before it)
-STATE_KINDS = {"step": count, "epoch": count, "epoch_step": count, "epoch_windows": count, "tokens": count,
-               "eval_windows": count, "evals_since_best": count, "best_val_loss": (finite, type(None)),
-               "val_loss": (finite, type(None)), "best_at": ([count, finite], type(None)),
-               "loss_since_record": [NUMBER, count], "elapsed": finite, "budget_elapsed": finite,
+STATE_KINDS = {"step": nonnegative_int, "epoch": nonnegative_int, "epoch_step": nonnegative_int,
+               "epoch_windows": nonnegative_int, "tokens": nonnegative_int, "eval_windows": nonnegative_int,
+               "evals_since_best": nonnegative_int, "best_val_loss": (finite, type(None)),
+               "val_loss": (finite, type(None)), "best_at": ([nonnegative_int, finite], type(None)),
+               "loss_since_record": [NUMBER, nonnegative_int], "elapsed": finite, "budget_elapsed": finite,
                "schedule_origin": (finite, type(None)), "budget_done": bool, "stopped_early": bool, "dataset": str,
                "run": str, "args": dict, "data": dict, "rng": dict, "optimizer": dict, "scaler": dict,
                "order_scheme": int, "save_seconds": NUMBER}
@@ -231,8 +228,8 @@ def read_checkpoint(path, f):
 
 
 def is_kind(value, kind):
-    """Whether value is of kind (STATE_KINDS'): a type (isinstance), a test of its own (count, finite), a list of
-    kinds (a list of as many entries, each of its kind) or a tuple of kinds (any one of them)."""
+    """Whether value is of kind (STATE_KINDS'): a type (isinstance), a test of its own (nonnegative_int, finite), a
+    list of kinds (a list of as many entries, each of its kind) or a tuple of kinds (any one of them)."""
     if isinstance(kind, list):
         return isinstance(value, list) and len(value) == len(kind) and all(map(is_kind, value, kind))
     if isinstance(kind, tuple):

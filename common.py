@@ -303,6 +303,12 @@ def json_kind(v):
     return next((name for t, name in kinds if isinstance(v, t)), type(v).__name__)
 
 
+def nonnegative_int(v):
+    """Whether v, read from a file this project wrote (a checkpoint, a meta.json), is a count it writes: an int of 0 or
+    more, not a bool (an int to Python)."""
+    return type(v) is int and v >= 0
+
+
 def parts_text(content, role="user"):
     """OpenAI's list of content parts, [{"type": "text", "text": "Hi"}, ...], as one string (each part's text is under
     its type's name; an assistant's may also hold refusal parts, as OpenAI's client sends its earlier replies back);

@@ -75,7 +75,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from common import (STRAY_BYTE_FIX, VOCAB_FILE, UserError, at_least, atomic_write_text, check_output, expand_pattern,
                     first_line, fsync_replace, held_lock, holds_nul, json_kind, name_full_disk, nonempty,
-                    not_utf8, parts_text, path_arg, prepare_lock, progress_bar, read_items, read_meta,
+                    nonnegative_int, not_utf8, parts_text, path_arg, prepare_lock, progress_bar, read_items, read_meta,
                     refuse_dataset_folder, remove_stale_tmp, run_main, tmp_name, without_surrogates)
 from setup_tokenizer import (EOT, IM_END, IM_START, VocabSample, fewer_ids, get_tokenizer, model_context,
                              moved_vocabulary, read_text_chunks, say_training, tokenizer_hash, train_bpe, trained_on,
@@ -2221,7 +2221,10 @@ def damaged_field(folder, meta, enc=None):
     return (f"vocab_size {vocab_size} for a vocabulary of {enc.n_vocab}" if enc and vocab_size != enc.n_vocab else
             f"has_mask {has_mask!r}" if not isinstance(has_mask, bool) else
             f"has_mask {has_mask} for kind {meta['kind']!r}" if "kind" in meta and has_mask != (meta["kind"] == "chat")
-            else f"has_mask False beside {masks[0]}" if masks and not has_mask else split_problem(meta))
+            else f"has_mask False beside {masks[0]}" if masks and not has_mask else
+            # (read as train.py starts: a version below 2 is warned of, a pack of text ended in a TypeError traceback)
+            f"version {meta['version']!r}" if not nonnegative_int(meta.get("version", 1)) else
+            f"pack {meta['pack']!r}" if not nonnegative_int(meta.get("pack", 0)) else split_problem(meta))
 
 
 def split_problem(meta):
@@ -2234,10 +2237,12 @@ def split_problem(meta):
         if not isinstance(counts, dict):
             return f"no {split} split in its splits"
         for k in ("tokens", "bytes"):
-            if type(counts.get(k)) is not int or counts[k] < 0:
+            if not nonnegative_int(counts.get(k)):
                 return f"{split} {k} {counts.get(k)!r}"
         if counts["tokens"] and not counts["bytes"] and not meta["has_mask"]:
             return f"{split} bytes 0 for {counts['tokens']:,} tokens"
+        if not nonnegative_int(counts.get("in_pieces", 0)):  # (train.py's packing warning says it)
+            return f"{split} in_pieces {counts['in_pieces']!r}"
     return None
 
 

@@ -1687,13 +1687,17 @@ def test_a_meta_json_field_that_cannot_be_read_is_named(env, tmp_path, field, va
     ("mini", "vocab_size", -10, "vocab_size 502 for a vocabulary of 512"),
     ("chat", "has_mask", None, "has_mask None"), ("chat", "has_mask", False, "has_mask False for kind 'chat'"),
     ("mini", "val bytes", -5, "val bytes -5"), ("mini", "val bytes", 0, "val bytes 0 for"),
-    ("mini", "val bytes", "12", "val bytes '12'"), ("mini", "train tokens", None, "train tokens None")])
+    ("mini", "val bytes", "12", "val bytes '12'"), ("mini", "train tokens", None, "train tokens None"),
+    # TypeErrors and a ValueError where train.py starts (the old version's warning, the packing warning)
+    ("mini", "version", "x", "version 'x'"), ("chat", "pack", "x", "pack 'x'"),
+    ("chat", "train in_pieces", "x", "train in_pieces 'x'")])
 def test_a_meta_json_edited_against_its_data_is_refused_in_one_line(env, trained, tmp_path, capsys, name, field, value,
                                                                      words):
     """meta.json read, but with a field that does not fit its data (an edit by hand): a vocab_size larger than the
     vocabulary's trained a model its tokenizer does not fit (gen.py refused it afterwards), a chat set's has_mask lost
     trained on every token and not the replies alone, and a val split's bytes gave bits per byte of -2709 (-5), none
-    (0) or a TypeError traceback (text). Refused in one line naming the prepare.py command, the files untouched."""
+    (0) or a TypeError traceback (text), as a version or pack of text did. Refused in one line naming the prepare.py
+    command, the files untouched."""
     import shutil
     data = tmp_path / "data"
     shutil.copytree(os.path.join(env["data"], name), data / name)
@@ -1701,15 +1705,12 @@ def test_a_meta_json_edited_against_its_data_is_refused_in_one_line(env, trained
     meta = json.loads(path.read_text())
     if field == "vocab_size":
         meta[field] += value
-    elif field == "has_mask" and value is None:
-        del meta[field]
-    elif field == "has_mask":
-        meta[field] = value
     else:
-        split, k = field.split()
-        meta["splits"][split][k] = value
+        *split, k = field.split()
+        where = meta["splits"][split[0]] if split else meta
+        where[k] = value
         if value is None:
-            del meta["splits"][split][k]
+            del where[k]
     path.write_text(json.dumps(meta))
     files = {f: (data / name / f).read_bytes() for f in os.listdir(data / name)}
     argv = ["--data_dir", str(data), "--dataset", name, "--max_steps", "1", "--device", "cpu", "--n_layer", "1",
