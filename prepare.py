@@ -2219,6 +2219,8 @@ def damaged_field(folder, meta, enc=None):
     # known damaged, whose counts is_complete checks the masks by)
     masks = [f for f in ("train_mask.bin", "val_mask.bin") if os.path.exists(os.path.join(folder, f))]
     return (f"vocab_size {vocab_size} for a vocabulary of {enc.n_vocab}" if enc and vocab_size != enc.n_vocab else
+            # (what every script compares a vocabulary with: gone, each said "tokenizer ... changed")
+            f"tokenizer_hash {meta.get('tokenizer_hash')!r}" if not isinstance(meta.get("tokenizer_hash"), str) else
             f"has_mask {has_mask!r}" if not isinstance(has_mask, bool) else
             f"has_mask {has_mask} for kind {meta['kind']!r}" if "kind" in meta and has_mask != (meta["kind"] == "chat")
             else f"has_mask False beside {masks[0]}" if masks and not has_mask else
@@ -2540,7 +2542,8 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
         unchanged = old and old.get("fingerprint") == (text_fp if old.get("kind") == "text" else fp)
         if unchanged and pack and old.get("kind") == "text":  # refused as a first build does: not "up to date"
             raise text_packed(pack)
-        if unchanged and not force and is_complete(folder, old, enc):
+        # (a tokenizer_hash edited in meta.json: its fingerprint, made with tok_hash, still matches)
+        if unchanged and not force and old.get("tokenizer_hash") == tok_hash and is_complete(folder, old, enc):
             return keep_up_to_date(folder, old, tokenizer, new_vocab, vocab_fp)
         check_writable(folder)
         return build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_fraction, new_vocab, pack,

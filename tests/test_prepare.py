@@ -3365,7 +3365,7 @@ def test_a_truncated_mask_file_is_rebuilt_not_up_to_date(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("change", [{"has_mask": False}, {"has_mask": False, "kind": None}, {"vocab_size": 1},
-                                    {"splits": "bytes -5"}])
+                                    {"splits": "bytes -5"}, {"tokenizer_hash": None}, {"tokenizer_hash": "0" * 16}])
 def test_a_meta_json_edited_against_its_data_is_rebuilt_not_up_to_date(tmp_path, capsys, change):
     """train.py refuses such a meta.json and names the command that made the dataset: found up to date, that command
     put nothing right, and the refusal came again. (kind None: gone, where the masks beside has_mask say it.)"""

@@ -1690,7 +1690,8 @@ def test_a_meta_json_field_that_cannot_be_read_is_named(env, tmp_path, field, va
     ("mini", "val bytes", "12", "val bytes '12'"), ("mini", "train tokens", None, "train tokens None"),
     # TypeErrors and a ValueError where train.py starts (the old version's warning, the packing warning)
     ("mini", "version", "x", "version 'x'"), ("chat", "pack", "x", "pack 'x'"),
-    ("chat", "train in_pieces", "x", "train in_pieces 'x'")])
+    ("chat", "train in_pieces", "x", "train in_pieces 'x'"),
+    ("mini", "tokenizer_hash", None, "tokenizer_hash None")])  # (said as "tokenizer ... changed" before)
 def test_a_meta_json_edited_against_its_data_is_refused_in_one_line(env, trained, tmp_path, capsys, name, field, value,
                                                                      words):
     """meta.json read, but with a field that does not fit its data (an edit by hand): a vocab_size larger than the
