@@ -3365,10 +3365,12 @@ def test_a_truncated_mask_file_is_rebuilt_not_up_to_date(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("change", [{"has_mask": False}, {"has_mask": False, "kind": None}, {"vocab_size": 1},
-                                    {"splits": "bytes -5"}, {"tokenizer_hash": None}, {"tokenizer_hash": "0" * 16}])
+                                    {"splits": "bytes -5"}, {"tokenizer_hash": None}, {"tokenizer_hash": "0" * 16},
+                                    {"vocab_size": "512"}])
 def test_a_meta_json_edited_against_its_data_is_rebuilt_not_up_to_date(tmp_path, capsys, change):
     """train.py refuses such a meta.json and names the command that made the dataset: found up to date, that command
-    put nothing right, and the refusal came again. (kind None: gone, where the masks beside has_mask say it.)"""
+    put nothing right, and the refusal came again (seen for a vocab_size of '512'). (kind None: gone, where the masks
+    beside has_mask say it.)"""
     convs = [{"messages": [{"role": "user", "content": f"Q {i}?"}, {"role": "assistant", "content": f"A {i}."}]}
              for i in range(20)]
     src = tmp_path / "c.jsonl"
@@ -3379,7 +3381,7 @@ def test_a_meta_json_edited_against_its_data_is_rebuilt_not_up_to_date(tmp_path,
     for k, v in change.items():
         if v is None:
             del edited[k]
-        elif k == "vocab_size":
+        elif k == "vocab_size" and isinstance(v, int):
             edited[k] += v
         elif k == "splits":
             edited[k]["val"]["bytes"] = -5
