@@ -2212,7 +2212,8 @@ def damaged_field(folder, meta, enc=None):
     unreadable_field says it, or None: a vocab_size other than its vocabulary's (enc, the vocabulary it was made with;
     a new model's embedding has vocab_size rows: one larger trained a model its tokenizer does not fit, refused by
     load_model afterwards), a has_mask lost from a chat set (it trained on every token, not the replies alone), and
-    counts of its splits that are none (bytes of -5 gave bits per byte of -2709)."""
+    counts of its splits that are none (bytes of -5 were bits per byte of -2709 while those were the split's ratio;
+    prepare.py's summary line still shows them)."""
     vocab_size, has_mask = meta["vocab_size"], meta.get("has_mask")
     # prepare.py masks the chat sets (kind) alone, and removes the masks a chat set rebuilt as text leaves: masks beside
     # a has_mask of false are a lost has_mask, which a rebuild gives back (reading them anyway would trust a meta.json
@@ -2224,15 +2225,15 @@ def damaged_field(folder, meta, enc=None):
             f"has_mask {has_mask!r}" if not isinstance(has_mask, bool) else
             f"has_mask {has_mask} for kind {meta['kind']!r}" if "kind" in meta and has_mask != (meta["kind"] == "chat")
             else f"has_mask False beside {masks[0]}" if masks and not has_mask else
-            # (read as train.py starts: a version below 2 is warned of, a pack of text ended in a TypeError traceback)
+            # (a pack of text ended train.py's start in a TypeError traceback)
             f"version {meta['version']!r}" if not nonnegative_int(meta.get("version", 1)) else
             f"pack {meta['pack']!r}" if not nonnegative_int(meta.get("pack", 0)) else split_problem(meta))
 
 
 def split_problem(meta):
     """damaged_field's words for the counts of meta.json's splits (a dict), or None: tokens and bytes each split has,
-    counts, and bytes where there are tokens (bits per byte divides the loss of the tokens by the bytes; a chat set,
-    masked, has none)."""
+    counts, and bytes where there are tokens (prepare.py counts the text of every text split; a chat set, masked,
+    has none)."""
     splits = meta.get("splits")
     for split in ("train", "val"):
         counts = splits.get(split) if isinstance(splits, dict) else None
