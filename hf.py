@@ -191,12 +191,13 @@ def _hf_vocab(folder):
         tok = _read_json(path)
         model, pre = tok.get("model") or {}, tok.get("pre_tokenizer") or {}
         pattern, byte_level = hf_pattern(pre)
-        if model.get("type", "BPE") != "BPE" or "merges" not in model or pattern is None or tok.get("normalizer"):
+        if model.get("type", "BPE") != "BPE" or "merges" not in model or pattern is None:
             raise UserError(f"{path} is not GPT-2-style byte-level BPE (model {model.get('type')}, pre-tokenizer "
                             f"{pre.get('type')}); only such tokenizers convert to this project's tiktoken vocabularies")
         refuse_prefix_space(folder, byte_level)
         merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
         added = {a["content"]: a["id"] for a in tok.get("added_tokens", [])}
+        refuse_other_steps(folder, tok, added)
         return model["vocab"], merges, added, pattern
     vocab_path, merges_path = os.path.join(folder, VOCAB_JSON), os.path.join(folder, MERGES_TXT)
     if not (os.path.isfile(vocab_path) and os.path.isfile(merges_path)):
@@ -212,6 +213,7 @@ def _hf_vocab(folder):
         decoder = _read_json(config_path).get("added_tokens_decoder") or {}
         added = {a["content"]: int(i) for i, a in decoder.items()}
     refuse_prefix_space(folder, None)
+    refuse_other_steps(folder, {}, added)
     return vocab, merges, added, GPT2_PATTERN
 
 
@@ -286,6 +288,68 @@ def refuse_prefix_space(folder, pre_tokenizer):
         raise UserError(f"{path}: add_prefix_space is set (a space is put before the text); tiktoken has no such "
                         f"step, so the ids would differ from transformers': set it to false if the model was trained "
                         f"without it, else this tokenizer cannot be used here")
+
+
+# tokenizer_config.json's keys that name tokens: transformers adds each one its vocabulary lacks as a new id, and reads
+# its text as that one id, where tiktoken reads it as text
+NAMED_TOKENS = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token")
+
+
+def adds_tokens(processor):
+    """Whether a tokenizer.json post-processor puts tokens around the text (a BOS, an EOS): export's ByteLevel and a
+    template of the text alone add none."""
+    kind = (processor or {}).get("type")
+    if kind == "Sequence":
+        return any(adds_tokens(p) for p in processor.get("processors") or [])
+    if kind == "TemplateProcessing":
+        return any("Sequence" not in piece for piece in processor.get("single") or [])
+    return kind not in (None, "ByteLevel")  # RobertaProcessing, BertProcessing: <s> ... </s>, [CLS] ... [SEP]
+
+
+def refuse_other_steps(folder, tok, added):
+    """A tokenizer whose files ask transformers for a step tiktoken's BPE lacks gives other ids for the same text: one
+    line naming the setting and the way out, not an import with other ids. tok: tokenizer.json ({} without it); added:
+    the folder's added tokens {text: id}. byte_fallback, fuse_unk and ignore_merges pass, as they change nothing here:
+    every byte is a token, so nothing is unknown, and a word that is a token comes out of BPE as that token (tiktoken's
+    own shortcut), as each token's merge is the one BPE reaches on its bytes (_read_tokenizer checks that)."""
+    _, _, config, config_path = tokenizer_class(folder)
+    json_path = os.path.join(folder, TOKENIZER_JSON)
+    model, decoder = tok.get("model") or {}, config.get("added_tokens_decoder") or {}
+    # an added token's flags: tokenizer_config.json's where it has it (transformers takes them over tokenizer.json's)
+    flags = {a["content"]: (json_path, a) for a in tok.get("added_tokens", [])}
+    flags.update({a["content"]: (config_path, a) for a in decoder.values()})
+    strips = {"lstrip": "takes the whitespace before it", "rstrip": "takes the whitespace after it",
+              "single_word": "is that token only as a whole word"}
+    stripping = [(path, text, k) for text, (path, a) in flags.items() for k in strips if a.get(k)]
+    extra = config.get("extra_special_tokens") or []
+    named = [config.get(k) for k in NAMED_TOKENS] + list(config.get("additional_special_tokens") or []) + \
+        list(extra.values() if isinstance(extra, dict) else extra) + \
+        [a.get("content") for a in decoder.values()]
+    # the folder's special tokens, and this project's, which read_tokenizer adds after its ids where it lacks them
+    own = {*added, *SPECIAL_TOKENS}
+    unknown = sorted({t.get("content") if isinstance(t, dict) else t for t in named if t} - own)
+    prefix, suffix = model.get("continuing_subword_prefix"), model.get("end_of_word_suffix")
+    # (file, what it asks for, the way out, whether it asks for it)
+    checks = [
+        (json_path, f"its normalizer {(tok.get('normalizer') or {}).get('type')} changes the text before BPE",
+         "set normalizer to null if the model was trained without it", tok.get("normalizer")),
+        (json_path, f"BPE dropout {model.get('dropout')} merges at random", "set dropout to null (it is for "
+         "training, not for the ids a model reads)", model.get("dropout")),
+        (json_path, f"continuing_subword_prefix {prefix!r} marks the pieces inside words",
+         'set it to "" if the model was trained without it', prefix),
+        (json_path, f"end_of_word_suffix {suffix!r} marks the ends of words",
+         'set it to "" if the model was trained without it', suffix),
+        (json_path, f"its post_processor {(tok.get('post_processor') or {}).get('type')} adds tokens around the text",
+         "set post_processor to null if the model was trained without them", adds_tokens(tok.get("post_processor"))),
+        *[(path, f"added token {text} has {k} set (transformers' {text} {strips[k]})",
+           f"set {k} to false if the model was trained without it", True) for path, text, k in stripping[:1]],
+        (config_path, f"it names tokens {unknown[:3]} that are not among the folder's special tokens (transformers "
+         f"adds them as new ids)", "remove them if the model was not trained with them", unknown),
+    ]
+    for path, what, fix, asked in checks:
+        if asked:
+            raise UserError(f"{path}: {what}, a step tiktoken's BPE lacks, so the ids would differ from "
+                            f"transformers': {fix}, else this tokenizer cannot be used here")
 
 
 def read_tokenizer(folder):

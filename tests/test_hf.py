@@ -7,6 +7,7 @@ downloads); the tests that run transformers skip without it.
 import base64
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -989,6 +990,84 @@ def test_export_dtype_writes_those_weights_and_names_the_model_class(custom_enc,
         for p in rounded.parameters():
             p.copy_(p.to(torch.bfloat16).float())
         torch.testing.assert_close(back(idx)[0].float(), rounded(idx)[0], atol=1e-4, rtol=1e-4)
+
+
+def in_tokenizer_json(change, model=None):
+    """A change to tokenizer.json (model: settings of its BPE model), read by the generic fast class, which takes
+    tokenizer.json as it is (GPT2Tokenizer rebuilds the BPE model from the vocabulary and merges alone)."""
+    def edit(f):
+        edit_json(f / "tokenizer.json", lambda t: [change(t), t["model"].update(model or {})])
+        edit_json(f / "tokenizer_config.json", lambda c: c.update(tokenizer_class="PreTrainedTokenizerFast"))
+    return edit
+
+
+def in_config(change):
+    return lambda f: edit_json(f / "tokenizer_config.json", change)
+
+
+def each_added(where, **kv):
+    return lambda t: [a.update(kv) for a in (t["added_tokens"] if where == "json" else
+                                             t["added_tokens_decoder"].values())]
+
+
+BOS_TEMPLATE = {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": EOT, "type_id": 0}},
+                                                         {"Sequence": {"id": "A", "type_id": 0}}],
+                "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                "special_tokens": {EOT: {"id": EOT, "ids": [397], "tokens": [EOT]}}}
+
+
+# tokenizer files that ask transformers for a step tiktoken's BPE lacks: each was imported without a word, and the
+# model then read other ids here than in transformers for the same text
+@pytest.mark.parametrize("change, words", [
+    (in_tokenizer_json(lambda t: t.update(normalizer={"type": "Lowercase"})),
+     "tokenizer.json: its normalizer Lowercase changes the text before BPE, a step tiktoken's BPE lacks, so the ids "
+     "would differ from transformers': set normalizer to null if the model was trained without it"),
+    (in_tokenizer_json(lambda t: None, {"dropout": 0.5}), "tokenizer.json: BPE dropout 0.5 merges at random"),
+    (in_tokenizer_json(lambda t: None, {"end_of_word_suffix": "</w>"}), "end_of_word_suffix '</w>' marks the ends"),
+    (in_tokenizer_json(lambda t: None, {"continuing_subword_prefix": "##"}), "continuing_subword_prefix '##'"),
+    (in_tokenizer_json(lambda t: t.update(post_processor=BOS_TEMPLATE)),
+     "tokenizer.json: its post_processor TemplateProcessing adds tokens around the text"),
+    (in_tokenizer_json(lambda t: t.update(post_processor={"type": "RobertaProcessing", "sep": [EOT, 397],
+                                                          "cls": [EOT, 397]})), "RobertaProcessing adds tokens"),
+    (lambda f: [in_tokenizer_json(each_added("json", rstrip=True))(f), in_config(lambda c: c.pop(
+        "added_tokens_decoder"))(f)], "tokenizer.json: added token <|endoftext|> has rstrip set"),
+    (in_config(each_added("config", lstrip=True)), "tokenizer_config.json: added token <|endoftext|> has lstrip set"),
+    (in_config(each_added("config", single_word=True)), "added token <|endoftext|> has single_word set"),
+    (in_config(lambda c: c.update(additional_special_tokens=[IM_START, IM_END, "<|foo|>"])),
+     "tokenizer_config.json: it names tokens ['<|foo|>'] that are not among the folder's special tokens "
+     "(transformers adds them as new ids)"),
+    (in_config(lambda c: c.update(extra_special_tokens={"image_token": "<|foo|>"})), "names tokens ['<|foo|>']"),
+    (in_config(lambda c: c.update(pad_token={"__type": "AddedToken", "content": "<|foo|>"})),
+     "names tokens ['<|foo|>']"),
+    (lambda f: [(f / "tokenizer.json").unlink(), in_config(each_added("config", rstrip=True))(f)],
+     "tokenizer_config.json: added token <|endoftext|> has rstrip set"),  # (vocab.json + merges.txt: GPT2Tokenizer)
+], ids=["normalizer", "dropout", "suffix", "prefix", "bos-template", "roberta", "rstrip", "lstrip-config",
+        "single-word-config", "additional-special", "extra-special", "pad-token", "rstrip-vocab-json"])
+def test_a_tokenizer_step_tiktoken_lacks_is_refused(small_folder, tmp_path, capsys, change, words):
+    folder = broken(small_folder, tmp_path, change)
+    line = one_error_line(*run_cli(gen.main, [folder, "--prompt", "x", "--max_tokens", "1", *CPU], capsys)[::2])
+    assert words in line and line.endswith("else this tokenizer cannot be used here"), line
+    if importlib.util.find_spec("transformers") and "continuing_subword_prefix" not in words:  # (it panics there)
+        # no false alarm: transformers reads other ids than the unchanged vocabulary's
+        tok = pytest.importorskip("transformers").AutoTokenizer.from_pretrained(folder)
+        enc, _ = hf.read_tokenizer(small_folder["folder"])
+        assert any(ids_of(tok, t) != enc.encode(t, allowed_special="all") for t in [*TEXTS, "a <|foo|> b"])
+
+
+def test_tokenizer_settings_that_change_no_ids_are_read(small_folder, custom_enc, tmp_path):
+    """byte_fallback, fuse_unk and ignore_merges (Llama 3's tokenizer.json sets it) change nothing for a byte-level
+    vocabulary whose merges BPE reaches, nor does dropout 0, a template of the text alone, or tokenizer.json's rstrip
+    where tokenizer_config.json's added_tokens_decoder, which transformers takes instead, has none: read as the
+    vocabulary."""
+    plain = dict(BOS_TEMPLATE, single=BOS_TEMPLATE["single"][1:])
+    folder = broken(small_folder, tmp_path, in_tokenizer_json(
+        lambda t: [t.update(post_processor=plain), each_added("json", rstrip=True)(t)],
+        {"byte_fallback": True, "fuse_unk": True, "ignore_merges": True, "dropout": 0.0}))
+    assert tokenizer_hash(hf.read_tokenizer(folder)[0]) == tokenizer_hash(custom_enc)
+    if importlib.util.find_spec("transformers"):
+        tok = pytest.importorskip("transformers").AutoTokenizer.from_pretrained(folder)
+        for text in TEXTS:
+            assert ids_of(tok, text) == custom_enc.encode(text, allowed_special="all"), text
 
 
 def test_a_merge_bpe_would_not_reach_is_refused(small_folder, custom_enc, tmp_path, capsys):
