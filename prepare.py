@@ -295,7 +295,7 @@ def dailydialog_docs(path, left=None):
     utterance) has nothing to train on: left out and counted under left.empty (a LeftOut), as good_docs does a `dialog`
     record of one turn. Kept, it would be a conversation of the user's words alone, all out of the loss (its tokens
     packed and read for nothing), unsaid."""
-    n, empty, wheres = 0, 0, []
+    n, empty, wheres, kept = 0, 0, [], 0
     for chunk in read_text_chunks(path):
         lines = chunk.split("\n")  # (not splitlines(): a \r or U+2028 inside a turn is no line break here)
         for line in lines[:-1] if chunk.endswith("\n") else lines:  # (a chunk ends after a newline)
@@ -303,12 +303,20 @@ def dailydialog_docs(path, left=None):
             turns = [t.strip() for t in tidy_dailydialog(line).split("__eou__")]  # a line at a time: fewer calls
             messages = spoken(alternate(turns))
             if any(m["role"] == "assistant" for m in messages):  # (spoken's turns are not empty)
+                kept += 1
                 yield messages
-            elif messages and left is not None:  # (a blank line is no dialogue)
+            elif messages:  # (a blank line is no dialogue)
                 empty += 1
                 if len(wheres) < PLACES:
                     wheres.append(f"{path} line {n}")
-                left.note(left.empty, path, empty, wheres)
+                if left is not None:
+                    left.note(left.empty, path, empty, wheres)
+    if empty and not kept:
+        # plain text given to --dataset dailydialog: each line one utterance, all left out, was "no documents found in
+        # FILE: give files that hold text", or, beside a good file, nothing said
+        raise UserError(f"{path}: no line is a dialogue with a reply (DailyDialog's release: a dialogue a line, its "
+                        f"turns separated by __eou__): give conversations as .jsonl records of `messages`, or make "
+                        f"plain text a dataset with --dataset text")
 
 
 # JSON can spell half of a UTF-16 pair (\ud800) alone, which no UTF-8 text holds: tiktoken reads it as U+FFFD, the

@@ -1773,6 +1773,18 @@ def test_a_dailydialog_line_of_one_utterance_is_left_out_and_counted(tmp_path, c
     assert "Anyone there?" not in get_tokenizer("gpt2").decode(ids.tolist())
 
 
+def test_plain_text_given_to_dailydialog_is_refused_naming_the_format(tmp_path):
+    """--dataset dailydialog reads a .txt as DailyDialog's release: plain text, a line each read as one utterance with
+    no reply, was refused as "no documents found in FILE: give files that hold text" (it does), and beside a file of
+    dialogues it trained on nothing of it, unsaid. Both now stop naming the format and the way out."""
+    text = write(tmp_path / "notes.txt", "Once upon a time there was a cat.\nIt sat on a mat.\n")
+    dialogues = write(tmp_path / "dialogues.txt", "Hi , how are you ? __eou__ Fine . __eou__\n" * 10)
+    for source in ([text], [dialogues, text]):
+        with pytest.raises(UserError, match=f"^{re.escape(text)}: no line is a dialogue with a reply .*__eou__.*"
+                                            f"--dataset text$"):
+            prepare.prepare("dailydialog", source=source, out_dir=str(tmp_path / "data"), pack=0)
+
+
 def test_tidy_dailydialog():
     assert prepare.tidy_dailydialog(" I ’ m here , too . What ' s up ? It costs $ 5 ( or so ) ... right.But I ' Ve  to go ! ") == \
         "I'm here, too. What's up? It costs $5 (or so)... right. But I've to go!"
