@@ -5,7 +5,7 @@ a file that is not UTF-8), what the user sees (colors, progress, commands to pas
 work; the files no output may replace), atomic writes, the lock that keeps a second command off the files one writes
 (held_lock: a train.py run's checkpoints, a prepare.py's dataset), reading token files, device and precision choice.
 Checkpoints: checkpoint.py. Nothing model-specific lives here. torch is imported where it is used: prepare.py and
-setup_tokenizer.py never need it (importing it takes ~2 s).
+setup_tokenizer.py need it only for the vocabulary of a checkpoint or model folder (importing it takes ~2 s).
 """
 import argparse
 import contextlib
