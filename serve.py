@@ -23,7 +23,7 @@ Limits: max_tokens may not exceed the model's context; the prompt plus max_token
 400 context_length_exceeded. A chat drops its oldest turns (never the system message) to make room, as
 `gen.py --chat` does, so a long conversation goes on; a single message too long for the context is still
 a 400. Other fields of OpenAI's API that would change the answer (n > 1, logprobs, tools, penalties...) get
-400 unsupported_parameter; fields this server does not know are ignored, as OpenAI ignores extra ones.
+400 unsupported_parameter; fields this server does not know are ignored, as clients send extras of their own.
 
 One worker thread owns the model (torch runs one forward at a time well, not several on one model):
 requests queue to it in arrival order, up to --max_queue waiting (then 503); connections, a thread each, up to
