@@ -2444,7 +2444,7 @@ def kept_vocabulary(folder, made_with, tokenizer_hash_of=None):
     if tokenizer in (None, "gpt2"):
         return None, None
     if not os.path.exists(tokenizer):
-        # (not taken unsaid: the fingerprint holds the path, and the dataset is made again with the one given)
+        # (not taken unsaid: the user named that file; the same vocabulary passed where it is now is up to date)
         moved = moved_vocabulary(tokenizer, folder, tokenizer_hash_of)
         if moved:
             raise TokenizerGone(f"{folder} was made with tokenizer {tokenizer}, which is gone; the same vocabulary is "
@@ -2488,14 +2488,15 @@ def check_same_vocabulary(folder, kept_file, old, enc, tok_hash):
                             f"with it (checkpoints trained on the old one will not fit), or put the old file back")
 
 
-def keep_up_to_date(folder, old, tokenizer, new_vocab, vocab_fp):
+def keep_up_to_date(folder, old, tokenizer, new_vocab, vocab_fp, rewrite=False):
     """A dataset found up to date is kept as it is: a vocabulary of its own that was trained again (new_vocab, its
     temporary file; a damaged or missing one) trains the same, and goes into place as tokenizer; a meta.json from before
-    vocab_fingerprint gets it (vocab_fp). Says so; returns the meta."""
+    vocab_fingerprint gets it (vocab_fp). rewrite: old, the meta, was changed (its tokenizer moved): written. Says so;
+    returns the meta."""
     if new_vocab:
         fsync_replace(new_vocab, tokenizer)
-    if vocab_fp and old.get("vocab_fingerprint") != vocab_fp:
-        old = dict(old, vocab_fingerprint=vocab_fp)
+    if rewrite or (vocab_fp and old.get("vocab_fingerprint") != vocab_fp):
+        old = dict(old, vocab_fingerprint=vocab_fp) if vocab_fp else old
         atomic_write_text(os.path.join(folder, "meta.json"), json.dumps(old, indent=2) + "\n")
     print(f"{folder} is up to date")
     return old
@@ -2548,12 +2549,27 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
         # --pack 0, or none, rebuilds nothing)
         text_fp = fingerprint(dataset, plan, tokenizer, tok_hash, limit, val_fraction, 0, mix,
                               skip_bad_records=skip_bad_records)
-        unchanged = old and old.get("fingerprint") == (text_fp if old.get("kind") == "text" else fp)
+        text = old and old.get("kind") == "text"
+        same = [text_fp if text else fp]
+        # meta.json names its vocabulary by the absolute path it had: a dataset folder moved since (data/ renamed, the
+        # project moved) with its own vocabulary (or another dataset's beside it) was made again, minutes for
+        # TinyStories. Gone from there, that path is a mere name: the vocabulary is the same when its tokenizer_hash,
+        # in the fingerprint, is (a path there now, another file, is not taken for it)
+        recorded = old and old.get("tokenizer")
+        moved = isinstance(recorded, str) and recorded not in ("gpt2", tokenizer) and not os.path.exists(recorded)
+        if moved:
+            same.append(fingerprint(dataset, plan, recorded, tok_hash, limit, val_fraction, 0 if text else block, mix,
+                                    skip_bad_records=skip_bad_records))
+        unchanged = old and old.get("fingerprint") in same
         if unchanged and pack and old.get("kind") == "text":  # refused as a first build does: not "up to date"
             raise text_packed(pack)
         # (a tokenizer_hash edited in meta.json: its fingerprint, made with tok_hash, still matches)
         if unchanged and not force and old.get("tokenizer_hash") == tok_hash and is_complete(folder, old, enc):
-            return keep_up_to_date(folder, old, tokenizer, new_vocab, vocab_fp)
+            if moved:  # named where it is now, as a build names it: train.py, rebuild_command and the next run find it
+                old = dict(old, tokenizer=tokenizer, fingerprint=text_fp if text else fp)
+                if isinstance(old.get("options"), dict) and old["options"].get("tokenizer") == recorded:  # --tokenizer
+                    old["options"] = dict(old["options"], tokenizer=options["tokenizer"])
+            return keep_up_to_date(folder, old, tokenizer, new_vocab, vocab_fp, rewrite=moved)
         check_writable(folder)
         return build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_fraction, new_vocab, pack,
                      block, options, vocab_fp, text_fp)

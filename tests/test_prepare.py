@@ -1249,6 +1249,46 @@ def test_a_moved_dataset_from_before_vocab_fingerprint_keeps_its_vocabulary(tmp_
     assert "trained a" in capsys.readouterr().out
 
 
+def test_a_moved_dataset_folder_is_up_to_date_until_something_changes(tmp_path, capsys):
+    """meta.json names the vocabulary by absolute path: a data/ renamed (or the project moved) was made again on the
+    next run of its command, the same tokens (minutes for TinyStories). The same vocabulary and inputs are up to date,
+    meta.json naming the vocabulary where it is now; other inputs, options or vocabulary still make it again."""
+    src = write(tmp_path / "c.txt", EOT.join(DOCS * 3))
+    a = prepare.prepare("text", source=src, out_dir=str(tmp_path / "old" / "data"), name="a", vocab_size=300)
+    prepare.prepare("text", source=src, out_dir=str(tmp_path / "old" / "data"), name="b", tokenizer=a["tokenizer"])
+    shutil.move(tmp_path / "old", tmp_path / "new")
+    data = tmp_path / "new" / "data"
+    vocab = str(data / "a" / "tokenizer.tiktoken")
+    bins = {n: os.stat(data / n / "train.bin").st_mtime_ns for n in "ab"}
+    capsys.readouterr()
+    for again in (dict(vocab_size=300), {}):  # its command, then a bare run keeping its vocabulary
+        meta = prepare.prepare("text", source=src, out_dir=str(data), name="a", **again)
+        said = capsys.readouterr().out
+        assert "a is up to date" in said and "trained a" not in said and meta["tokenizer"] == vocab
+        assert prepare.read_meta(str(data / "a")) == meta and meta["vocab_fingerprint"] == a["vocab_fingerprint"]
+    # another dataset's vocabulary moved with it: up to date once passed where it is now (the error names it), and
+    # named there for the next bare run
+    with pytest.raises(prepare.TokenizerGone, match=rf"pass --tokenizer {re.escape(vocab)}$"):
+        prepare.prepare("text", source=src, out_dir=str(data), name="b")
+    for tokenizer in (vocab, None):
+        meta = prepare.prepare("text", source=src, out_dir=str(data), name="b", tokenizer=tokenizer)
+        assert "b is up to date" in capsys.readouterr().out and meta["tokenizer"] == vocab
+    assert f"--tokenizer {vocab}" in prepare.rebuild_command(meta, str(data / "b"))
+    assert bins == {n: os.stat(data / n / "train.bin").st_mtime_ns for n in "ab"}
+    # what changes the tokens still makes it again, moved or not: another vocabulary, another option, its input edited
+    for i, (name, change, edit) in enumerate([("b", dict(tokenizer="gpt2"), False), ("a", dict(limit=20), False),
+                                              ("a", dict(limit=20), False), ("a", dict(limit=20), True)]):
+        shutil.move(data, tmp_path / f"moved{i}")
+        data = tmp_path / f"moved{i}"
+        if edit:
+            st = os.stat(src)
+            os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns + 10 ** 9))
+        meta = prepare.prepare("text", source=src, out_dir=str(data), name=name, **change)
+        # (the third: the second's command again, moved again, is up to date)
+        assert ("up to date" in capsys.readouterr().out) == (i == 2)
+        assert meta["tokenizer"] == ("gpt2" if name == "b" else str(data / "a" / "tokenizer.tiktoken"))
+
+
 def test_made_again_without_a_vocabulary_option_a_dataset_keeps_its_own(tmp_path, capsys):
     """A bare `prepare.py --dataset story` after a --vocab_size build turned the set into GPT-2's tokens without a
     word: checkpoints trained on it no longer fit it. It keeps the vocabulary it has; --tokenizer gpt2 switches."""
