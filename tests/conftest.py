@@ -13,6 +13,10 @@ if os.path.isdir(os.path.join(SHARED, "tiktoken-cache")):
 if os.path.isdir(os.path.join(SHARED, "data")):
     os.environ.setdefault("DATA_MIRROR", os.path.join(SHARED, "data"))
 sys.path.insert(0, ROOT)
+# One OpenMP thread in the test processes and in the scripts they start, unless the caller chose: make test runs two
+# pytest workers on a 2-core machine, and two threads each make the workers' tiny matmuls wait for a descheduled
+# sibling (test_gen's KV-cache comparison took 17.3 s with two threads, 1.7 s with one). Set before torch is imported.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 # the commands the scripts print for the user to paste start `python` where that is the interpreter on PATH (an activated
 # venv, as here): make test runs .venv/bin/python without activating it (common.python_command)
 os.environ["PATH"] = os.path.dirname(os.path.abspath(sys.executable)) + os.pathsep + os.environ.get("PATH", "")
