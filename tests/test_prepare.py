@@ -819,13 +819,13 @@ def test_bad_records_are_counted_in_little_memory(tmp_path, capsys):
     the rest counted."""
     import tracemalloc
     src = write(tmp_path / "many.jsonl", json.dumps({"text": "the one good record"}) + "\n" +
-                '{"title": "no text"}\n' * 30_000)
+                '{"title": "no text"}\n' * 10_000)
     peaks = []
     for left in (None, prepare.LeftOut(skip_bad=True)):
         tracemalloc.start()
         try:
             if left is None:
-                with pytest.raises(UserError, match=r"many\.jsonl line 2: no messages, .*; 29,999 more bad records in "
+                with pytest.raises(UserError, match=r"many\.jsonl line 2: no messages, .*; 9,999 more bad records in "
                                                     r"the file: lines 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, \.\.\.; fix"):
                     list(prepare.file_docs(src, "text"))
             else:
@@ -833,9 +833,11 @@ def test_bad_records_are_counted_in_little_memory(tmp_path, capsys):
             peaks.append(tracemalloc.get_traced_memory()[1])
         finally:
             tracemalloc.stop()
-    assert max(peaks) < 1e6, peaks  # (a string each: 5 MB)
+    # ~55 KB read whole (Python 3.11); a string kept for each record: 1.7 MB, an int 0.36 MB. 10,000 records, not more:
+    # tracemalloc makes reading them 6x slower
+    assert max(peaks) < 3e5, peaks
     prepare.main(["--source", src, "--out_dir", str(tmp_path / "data"), "--skip_bad_records"])
-    assert (f"  --skip_bad_records: left out 30,000 bad records of {src}: lines 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, ...\n"
+    assert (f"  --skip_bad_records: left out 10,000 bad records of {src}: lines 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, ...\n"
             in capsys.readouterr().out)
 
 
