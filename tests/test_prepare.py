@@ -2145,8 +2145,8 @@ def test_a_model_named_as_tokenizer_packs_at_its_context(tmp_path, capsys, monke
     from model import GPT, GPTConfig
     enc = get_tokenizer("gpt2")
 
-    def model(context, variant="gpt2"):
-        return GPT(GPTConfig(block_size=context, vocab_size=enc.n_vocab, n_layer=1, n_head=2, n_embd=16,
+    def model(context, variant="gpt2", vocab=enc):
+        return GPT(GPTConfig(block_size=context, vocab_size=vocab.n_vocab, n_layer=1, n_head=2, n_embd=16,
                              variant=variant))
     ck = str(tmp_path / "m64.pt")
     checkpoint.save_checkpoint(ck, model(64), enc)
@@ -2176,14 +2176,16 @@ def test_a_model_named_as_tokenizer_packs_at_its_context(tmp_path, capsys, monke
     assert prepare.prepare("chat", source=src, tokenizer=ck, out_dir=out, pack=32)["pack"] == 32
     assert "packed in blocks of 32 tokens (train.py --block_size 32)" in capsys.readouterr().out
     # a Hugging Face model folder: the context in its config.json (GPT-2's n_positions, Llama's
-    # max_position_embeddings), read without its weights
+    # max_position_embeddings), read without its weights. A small vocabulary: GPT-2's 50k merges take seconds to
+    # write and check, in Python
+    tiktoken_file = str(tmp_path / "v.tiktoken")
+    setup_tokenizer.train_bpe(["c1 t2 question why yes answer system very long " * 50], 280, tiktoken_file, "text")
+    small = get_tokenizer(tiktoken_file)
     for variant, context in (("gpt2", 128), ("modern", 96)):
-        hf.export_folder(model(context, variant), enc, str(tmp_path / variant))
+        hf.export_folder(model(context, variant, small), small, str(tmp_path / variant))
         assert prepare.prepare("chat", source=src, tokenizer=str(tmp_path / variant), out_dir=out,
                                name=variant)["pack"] == context
     # no model named: DEFAULT_PACK
-    tiktoken_file = str(tmp_path / "v.tiktoken")
-    setup_tokenizer.train_bpe(["c1 t2 question why yes answer system very long " * 50], 280, tiktoken_file, "text")
     for tokenizer in ("gpt2", tiktoken_file):
         assert prepare.prepare("chat", source=src, tokenizer=tokenizer, out_dir=out, name="named")["pack"] == \
             prepare.DEFAULT_PACK
