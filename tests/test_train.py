@@ -235,7 +235,8 @@ def test_exact_resume(env, tmp_path, dtype, optimizer):
     # dropout on (the RNG must be restored), grad_accum 2 and 2 epochs (a short last step, an epoch boundary); 32 wide,
     # not 64: bfloat16 on a CPU without it (emulated) took 15 s at 64, 5 s at 32
     common = ["--dataset", "mini", "--epochs", "2", "--dropout", "0.1", "--grad_accum", "2", "--batch_size", "4",
-              "--dtype", dtype, "--eval_interval", "50", "--save_interval", "0", "--optimizer", optimizer, "--n_embd", 32]
+              "--dtype", dtype, "--eval_interval", "50", "--save_interval", "0", "--optimizer", optimizer,
+              "--n_embd", 32]
     one = train.train(args_for(env, tmp_path / "one", *common))
     n = one["steps"]
     assert n >= 8 and one["stopped"] == "done"
