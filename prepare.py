@@ -2240,8 +2240,8 @@ def damaged_field(folder, meta, enc=None):
 
 def split_problem(meta):
     """damaged_field's words for the counts of meta.json's splits (a dict), or None: tokens and bytes each split has,
-    counts, and bytes where there are tokens (prepare.py counts the text of every text split; a chat set, masked,
-    has none)."""
+    counts (bytes 0 for tokens is no damage: a split of special tokens alone, such as the lone <|endoftext|> an older
+    prepare.py gave a short file's val, spells no text)."""
     splits = meta.get("splits")
     for split in ("train", "val"):
         counts = splits.get(split) if isinstance(splits, dict) else None
@@ -2250,8 +2250,6 @@ def split_problem(meta):
         for k in ("tokens", "bytes"):
             if not nonnegative_int(counts.get(k)):
                 return f"{split} {k} {counts.get(k)!r}"
-        if counts["tokens"] and not counts["bytes"] and not meta["has_mask"]:
-            return f"{split} bytes 0 for {counts['tokens']:,} tokens"
         if not nonnegative_int(counts.get("in_pieces", 0)):  # (train.py's packing warning says it)
             return f"{split} in_pieces {counts['in_pieces']!r}"
     return None
