@@ -44,7 +44,7 @@ from gen import CHAT_STOPS, add_sampling_arguments, chat_reply, columns, default
 from prepare import document_ends
 from setup_tokenizer import IM_END, parse_chat
 from train import (Windows, bits_per_byte, bpb_scale, checkpoint_data, default_data_dir, eval_indices, evaluate,
-                   load_meta, packing_warning, pick_tokenizer)
+                   load_meta, packing_warning, pick_tokenizer, trained_folder)
 
 
 # -----------------------------------------------------------------------------
@@ -127,11 +127,13 @@ def evaluate_checkpoint(path, datasets=None, data_dir=None, split="val", block_s
     trained_on, trained_in = checkpoint_data(ckpt)
     if not datasets and not trained_on:
         raise UserError(f"{path} does not name the data it was trained on: pass --dataset NAME")
+    # the folder its run read, for load_meta's line where it is gone (no --data_dir given)
+    trained = None if data_dir else (path, trained_folder(ckpt))
     data_dir = data_dir or (trained_in if datasets in (None, [], [trained_on]) else default_data_dir(ckpt))
     datasets = datasets or [trained_on]
     # every dataset is checked before the first is evaluated: a bad name or tokenizer fails at once
     own_vocab = path if ckpt["tokenizer"].get("bpe") else None  # the prepare hint then uses the model's vocabulary
-    metas = [load_meta(data_dir, name, own_vocab) for name in datasets]
+    metas = [load_meta(data_dir, name, own_vocab, trained if name == trained_on else None) for name in datasets]
     for meta in metas:
         pick_tokenizer(argparse.Namespace(checkpoint=path, tokenizer=None), meta, ckpt)
     prompt_list = read_prompt_file(prompt_file)[:samples] if prompt_file else None

@@ -362,9 +362,10 @@ def resolve_args(args, ckpt_args, continuing, config, fine_tuning=False):
 # -----------------------------------------------------------------------------
 # data
 
-def load_meta(data_dir, dataset, tokenizer=None):
+def load_meta(data_dir, dataset, tokenizer=None, trained=None):
     """The dataset's meta.json; a missing or broken dataset is a UserError naming prepare.py. tokenizer: the one the
-    data must have (a model's checkpoint), for the command that prepares a missing dataset."""
+    data must have (a model's checkpoint), for the command that prepares a missing dataset. trained: (checkpoint,
+    the folder its run read this dataset from; see trained_folder), where no --data_dir was given."""
     if not is_dataset_name(dataset):  # story/ would name the files models/story/.pt; data/story, a bad --name
         parent, name = os.path.split(os.path.normpath(dataset))
         hint = f", as in --dataset {name}" + (f" --data_dir {parent}" if parent else "") if is_dataset_name(name) else ""
@@ -381,6 +382,12 @@ def load_meta(data_dir, dataset, tokenizer=None):
             raise UserError(f"{folder} is being built by a prepare.py (it has no meta.json yet): wait for that "
                             f"prepare.py to end, then run this again")
         refuse_dataset_folder(data_dir, "--data_dir")  # (the command above would build data/story/story)
+        if trained and trained[1] and not os.path.exists(trained[1]):
+            # data/ renamed or moved: the command alone would build a new whole set (without the --limit or options
+            # it was made with) rather than say that this one is elsewhere
+            again = f"run `{made}` to make it again" if built_in else f"make it again with `{made}`"
+            raise UserError(f"{trained[0]} was trained on {trained[1]}, which is gone (moved?): pass --data_dir the "
+                            f"folder that holds {dataset}/ now, or {again}")
         if built_in:
             raise UserError(f"no prepared dataset {dataset!r} ({path} is missing): {fix} first")
         have = sorted(n for n in os.listdir(data_dir) if os.path.isfile(os.path.join(data_dir, n, "meta.json"))) \
@@ -751,6 +758,16 @@ def checkpoint_data(ckpt):
         full = os.path.normpath(os.path.join(data_dir, name))
         name, data_dir = os.path.basename(full), os.path.dirname(full)
     return name, data_dir
+
+
+def trained_folder(ckpt):
+    """The folder a checkpoint's run read its dataset from, as that run saw it (absolute in checkpoints since its
+    data_dir was recorded), for load_meta's line when it is gone; None where the checkpoint names no dataset."""
+    name = ckpt.get("dataset")
+    seen = (ckpt.get("data") or {}).get("data_dir")
+    given = (ckpt.get("args") or {}).get("data_dir")
+    where = next((d for d in (seen, given) if d and isinstance(d, str)), None)
+    return os.path.normpath(os.path.join(where, name)) if where and name and isinstance(name, str) else None
 
 
 # how an epoch's order is seeded, recorded in checkpoints: 1 seeded it by seed + epoch, so --seed 2's first epoch was
@@ -2321,11 +2338,13 @@ def start_run(args):
         raise UserError(f"--reset_epoch restarts the epochs and schedule of a run continued on its own dataset, keeping "
                         f"its optimizer; {why}: a new run, which starts at epoch 1 with a fresh optimizer anyway: leave "
                         f"--reset_epoch out")
+    trained = None
     if args.data_dir is None:
         args.data_dir = trained_in if trained_on == dataset else default_data_dir(ckpt or {}, dataset)
+        trained = (args.checkpoint, trained_folder(ckpt)) if trained_on == dataset else None
     # the model's vocabulary, for the hint that prepares missing data: a checkpoint (or folder) of a custom one
     own_vocab = args.checkpoint if ckpt is not None and ckpt["tokenizer"].get("bpe") else None
-    meta = load_meta(args.data_dir, dataset, args.tokenizer or own_vocab)
+    meta = load_meta(args.data_dir, dataset, args.tokenizer or own_vocab, trained)
     enc = pick_tokenizer(args, meta, ckpt)
     # (before the model: a new one's default size depends on it)
     dist, device = joined or init_distributed(args.device, args.dist_timeout)

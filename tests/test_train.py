@@ -3587,6 +3587,39 @@ def test_a_run_with_a_relative_data_dir_goes_on_and_evaluates_from_another_folde
     assert not os.path.exists(elsewhere / "data")
 
 
+def test_a_checkpoint_whose_data_folder_moved_names_it_and_goes_on_from_where_it_is_now(env, tmp_path, monkeypatch):
+    """data/ renamed after training: train.py and eval.py on the checkpoint said "no prepared dataset 'mini'
+    (data/mini/meta.json is missing): run prepare.py ... first", a command that builds a new set (without the options
+    the first was made with), never saying that the folder the run read is gone. They name it and --data_dir, which,
+    given the folder it was moved to, goes on with the same run."""
+    project = tmp_path / "project"
+    shutil.copytree(os.path.join(env["data"], "mini"), project / "data" / "mini")
+    monkeypatch.chdir(project)
+    tiny = ["--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size", "32", "--eval_batches", "1",
+            "--device", "cpu", "--no-color"]
+    path = train.train(train.parse_args(["--dataset", "mini", "--output_checkpoint", "models/{dataset}.pt",
+                                         "--max_steps", "2", *tiny]))["checkpoint"]
+    shutil.move(project / "data", project / "moved")
+    gone = (rf"^{re.escape(path)} was trained on {re.escape(str(project / 'data' / 'mini'))}, which is gone "
+            rf"\(moved\?\): pass --data_dir the folder that holds mini/ now, or make it again with `[^`\n]*prepare\.py "
+            rf"--dataset text --source FILE --name mini --tokenizer {re.escape(path)}`$")
+    for argv in (["--checkpoint", path], ["--checkpoint", path, "--dataset", "mini"]):
+        with pytest.raises(UserError, match=gone):
+            train.train(train.parse_args(argv + tiny))
+    for datasets in (None, ["mini"]):
+        with pytest.raises(UserError, match=gone):
+            eval_py.evaluate_checkpoint(path, datasets=datasets, samples=0, eval_batches=1)
+    assert not os.path.exists(project / "data")
+    # the way out taken
+    row = eval_py.evaluate_checkpoint(path, data_dir="moved", samples=0, eval_batches=1)["rows"][0]
+    assert row["dataset"] == "mini" and row["windows"] > 0
+    r = train.train(train.parse_args(["--checkpoint", path, "--data_dir", "moved", "--max_steps", "1", *tiny]))
+    assert r["steps"] == 3  # the same run, gone on
+    # a --data_dir given that lacks it is that folder's miss, not the recorded one's
+    with pytest.raises(UserError, match=r"^no prepared dataset 'mini' \(elsewhere/mini/meta\.json is missing"):
+        train.train(train.parse_args(["--checkpoint", path, "--data_dir", "elsewhere", *tiny]))
+
+
 def cut_dataset(env, data, name, tokens):
     """A copy of the mini set under data/name with each split cut to tokens[split] tokens, meta.json to match."""
     folder = data / name
