@@ -3405,13 +3405,18 @@ def test_prepare_does_not_import_torch():
     assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr
 
 
-def test_a_truncated_mask_file_is_rebuilt_not_up_to_date(tmp_path, capsys):
+def small_chat_set(tmp_path):
+    """(meta, prepare's keywords) of a chat set of 20 one-turn conversations built in tmp_path/data/c."""
     convs = [{"messages": [{"role": "user", "content": f"Q {i}?"}, {"role": "assistant", "content": f"A {i}."}]}
              for i in range(20)]
     src = tmp_path / "c.jsonl"
     src.write_text("\n".join(json.dumps(c) for c in convs), encoding="utf-8")
     kw = dict(source=str(src), out_dir=str(tmp_path / "data"), name="c")
-    meta = prepare.prepare("chat", **kw)
+    return prepare.prepare("chat", **kw), kw
+
+
+def test_a_truncated_mask_file_is_rebuilt_not_up_to_date(tmp_path, capsys):
+    meta, kw = small_chat_set(tmp_path)
     mask = tmp_path / "data" / "c" / "train_mask.bin"
     mask.write_bytes(mask.read_bytes()[:-5])  # a copy cut short
     capsys.readouterr()
@@ -3427,12 +3432,7 @@ def test_a_meta_json_edited_against_its_data_is_rebuilt_not_up_to_date(tmp_path,
     """train.py refuses such a meta.json and names the command that made the dataset: found up to date, that command
     put nothing right, and the refusal came again (seen for a vocab_size of '512'). (kind None: gone, where the masks
     beside has_mask say it.)"""
-    convs = [{"messages": [{"role": "user", "content": f"Q {i}?"}, {"role": "assistant", "content": f"A {i}."}]}
-             for i in range(20)]
-    src = tmp_path / "c.jsonl"
-    src.write_text("\n".join(json.dumps(c) for c in convs), encoding="utf-8")
-    kw = dict(source=str(src), out_dir=str(tmp_path / "data"), name="c")
-    meta = prepare.prepare("chat", **kw)
+    meta, kw = small_chat_set(tmp_path)
     edited = json.loads(json.dumps(meta))
     for k, v in change.items():
         if v is None:
