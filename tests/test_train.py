@@ -1659,17 +1659,36 @@ def test_a_damaged_dataset_is_named_not_trained_on(env, trained, tmp_path, damag
         train.train(args_for(env, tmp_path, "--data_dir", str(data), "--dataset", "mini", "--max_steps", "1"))
 
 
+def test_each_state_entry_train_py_would_not_write_is_a_damaged_checkpoint(trained, tmp_path):
+    """checkpoint.STATE_KINDS entry by entry (test_bad_checkpoints_are_one_line_errors has a step of -5 and 'x', a best
+    val loss of nan): a count below 0 or a bool (an int to Python), a loss or seconds of nan or inf, a best_at or
+    loss_since_record whose parts are not so. Each is one line naming the entry, not a run resumed from it (a train
+    loss over -1 targets, a best at step -1)."""
+    ck = load_checkpoint(trained["summary"]["checkpoint"])
+    path = tmp_path / "edited.pt"
+    for entry, value in (("epoch", -1), ("epoch_step", -1), ("epoch_windows", -1), ("tokens", -1), ("eval_windows", -1),
+                         ("evals_since_best", -1), ("tokens", True), ("val_loss", float("inf")),
+                         ("elapsed", float("nan")), ("elapsed", "x"), ("budget_elapsed", float("-inf")),
+                         ("schedule_origin", float("inf")), ("best_at", [-1, 0.5]), ("best_at", [3, float("nan")]),
+                         ("loss_since_record", [1.5, -1])):
+        torch.save({**ck, entry: value}, path)
+        with pytest.raises(UserError, match=rf"edited\.pt is a damaged checkpoint \(its {entry} entry, "
+                                            rf"{re.escape(repr(value))}, is not what train\.py writes\)"):
+            load_checkpoint(str(path))
+
 def test_a_recorded_data_dir_that_is_no_path_is_passed_over(tmp_path):
     # an edited checkpoint's --data_dir of -1 was a TypeError traceback in eval.py (os.path.join) before any check
     assert train.default_data_dir({"args": {"data_dir": -1}, "data": {"data_dir": str(tmp_path)}}) == str(tmp_path)
     assert train.default_data_dir({"args": {"data_dir": 1.5}}) == "data"
 
 
-@pytest.mark.parametrize("field, value", [("dtype", None), ("vocab_size", "512"), ("vocab_size", 0), ("tokenizer", 1.5)])
+@pytest.mark.parametrize("field, value", [("dtype", None), ("vocab_size", "512"), ("vocab_size", 0),
+                                          ("vocab_size", True), ("tokenizer", 1.5), ("format", 2)])
 def test_a_meta_json_field_that_cannot_be_read_is_named(env, tmp_path, field, value):
     """A meta.json of the right format with a field the reading needs missing or not a count (an edit by hand) is
     said by that field: a missing dtype was said as "format 1", the format this code reads, and a vocab_size of text
-    went on to a numpy traceback in eval.py (its check of the ids) and "bad model options" in train.py."""
+    went on to a numpy traceback in eval.py (its check of the ids) and "bad model options" in train.py. (A bool is no
+    count, though an int to Python; another format is said by its format.)"""
     import shutil
     data = tmp_path / "data"
     shutil.copytree(os.path.join(env["data"], "mini"), data / "mini")
@@ -1722,7 +1741,7 @@ def test_a_meta_json_edited_against_its_data_is_refused_in_one_line(env, trained
         train.main(argv)
     err = capsys.readouterr().err
     assert e.value.code == 1 and len(err.strip().splitlines()) == 1, err
-    assert re.search(rf"{re.escape(str(path))} is not a dataset this code reads \({re.escape(words)}.*\): run "
+    assert re.search(rf"{re.escape(str(path))} is not a dataset this code reads \({re.escape(words)}\): run "
                      rf"`.*prepare\.py --dataset {name} --out_dir {re.escape(str(data))} --tokenizer .*` again$",
                      err.strip()), err
     if field == "vocab_size":  # (checked against the vocabulary eval.py reads, the checkpoint's)
@@ -1791,6 +1810,25 @@ def test_evaluations_give_bits_per_byte_beside_loss_and_perplexity(env, tmp_path
     assert rec["val_bpb"] == pytest.approx(bits_per_byte_of(rec["val_loss"], meta, enc, 64, idx), rel=1e-4)
     assert c["best_val_bpb"] == pytest.approx(rec["val_bpb"], rel=1e-4) and f"{rec['val_bpb']:.3f} bpb" in out
 
+
+def test_val_targets_that_hold_no_text_give_no_bits_per_byte(env, tmp_path, capsys):
+    """Where the targets an evaluation scores are all special tokens, which count no bytes (a chat set's windows whose
+    scored targets are replies' <|im_end|> alone), there are no bits per byte of text to give: the lines show the loss
+    and perplexity alone, the metrics and eval.py's row None (not a bpb of 0, nor a division by 0 bytes)."""
+    data = tmp_path / "data"
+    shutil.copytree(os.path.join(env["data"], "chat"), data / "chat")
+    ids = np.fromfile(data / "chat" / "val.bin", dtype=np.uint16)
+    mask = np.fromfile(data / "chat" / "val_mask.bin", dtype=np.uint8)
+    (mask * (ids == env["enc"].encode_single_token(IM_END))).astype(np.uint8).tofile(data / "chat" / "val_mask.bin")
+    s = train.train(args_for(env, tmp_path, "--data_dir", str(data), "--dataset", "chat", "--max_steps", "1",
+                             "--eval_interval", "1", "--save_interval", "0"))
+    out = capsys.readouterr().out
+    rec, = [r for r in read_metrics(s["metrics"]) if r["val_loss"] is not None]
+    assert rec["val_bpb"] is None and s["best_val_bpb"] is None and "bpb" not in out
+    assert re.search(r"val [\d.]+ \(ppl [\d.]+\), lr", out)
+    row, = eval_py.evaluate_checkpoint(s["checkpoint"], data_dir=str(data), samples=0, device="cpu",
+                                       dtype="float32")["rows"]
+    assert row["loss"] > 0 and row["bpb"] is None
 
 def test_tokenizer_mismatch_is_an_error(env, trained, tmp_path):
     # a checkpoint made with one vocabulary on data prepared with another
