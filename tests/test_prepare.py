@@ -1057,7 +1057,7 @@ def test_data_dir_is_out_dir(tmp_path, monkeypatch):
     assert seen == [folder, folder]
 
 
-def test_uint32_for_large_vocabularies(tmp_path):
+def test_uint32_for_large_vocabularies(tmp_path, capsys):
     # 256 bytes + 65,281 two-byte tokens: the special tokens land above 65535
     ranks = [bytes([i]) for i in range(256)] + [bytes([a, b]) for a in range(256) for b in range(256)][:65281]
     path = write(tmp_path / "big.tiktoken", "".join(f"{base64.b64encode(t).decode()} {r}\n" for r, t in enumerate(ranks)))
@@ -1067,6 +1067,9 @@ def test_uint32_for_large_vocabularies(tmp_path):
     train, _ = load(tmp_path / "data" / "text", "train", meta)
     assert train[-1] == big.eot_token > 65535
     assert big.decode(train.tolist()) == "".join(d + EOT for d in DOCS[:9])
+    # a dataset this code reads: made again, it is up to date (not made anew each time, nor refused by train.py)
+    prepare.prepare("text", source=str(tmp_path / "c.txt"), tokenizer=path, out_dir=str(tmp_path / "data"))
+    assert "up to date" in capsys.readouterr().out
 
 
 def test_custom_tokenizer(tmp_path):
@@ -1825,6 +1828,10 @@ def test_plain_text_given_to_dailydialog_is_refused_naming_the_format(tmp_path):
         with pytest.raises(UserError, match=f"^{re.escape(text)}: no line is a dialogue with a reply .*__eou__.*"
                                             f"--dataset text$"):
             prepare.prepare("dailydialog", source=source, out_dir=str(tmp_path / "data"), pack=0)
+    # a file of blank lines holds no text to refuse: beside dialogues it is made as before
+    blank = write(tmp_path / "blank.txt", "\n\n")
+    meta = prepare.prepare("dailydialog", source=[dialogues, blank], out_dir=str(tmp_path / "data"), pack=0)
+    assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == 10
 
 
 def test_tidy_dailydialog():
@@ -3427,7 +3434,7 @@ def test_a_truncated_mask_file_is_rebuilt_not_up_to_date(tmp_path, capsys):
 
 @pytest.mark.parametrize("change", [{"has_mask": False}, {"has_mask": False, "kind": None}, {"vocab_size": 1},
                                     {"splits": "bytes -5"}, {"tokenizer_hash": None}, {"tokenizer_hash": "0" * 16},
-                                    {"vocab_size": "512"}])
+                                    {"vocab_size": "512"}, {"format": 2}])
 def test_a_meta_json_edited_against_its_data_is_rebuilt_not_up_to_date(tmp_path, capsys, change):
     """train.py refuses such a meta.json and names the command that made the dataset: found up to date, that command
     put nothing right, and the refusal came again (seen for a vocab_size of '512'). (kind None: gone, where the masks
