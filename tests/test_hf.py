@@ -1030,6 +1030,10 @@ BOS_TEMPLATE = {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id":
     (in_tokenizer_json(lambda t: None, {"continuing_subword_prefix": "##"}), "continuing_subword_prefix '##'"),
     (in_tokenizer_json(lambda t: t.update(post_processor=BOS_TEMPLATE)),
      "tokenizer.json: its post_processor TemplateProcessing adds tokens around the text"),
+    # Llama 3's shape: a Sequence of ByteLevel (no tokens) and a template that adds one
+    (in_tokenizer_json(lambda t: t.update(post_processor={"type": "Sequence", "processors": [
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}, BOS_TEMPLATE]})),
+     "tokenizer.json: its post_processor Sequence adds tokens around the text"),
     (in_tokenizer_json(lambda t: t.update(post_processor={"type": "RobertaProcessing", "sep": [EOT, 397],
                                                           "cls": [EOT, 397]})), "RobertaProcessing adds tokens"),
     (lambda f: [in_tokenizer_json(each_added("json", rstrip=True))(f), in_config(lambda c: c.pop(
@@ -1044,8 +1048,8 @@ BOS_TEMPLATE = {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id":
      "names tokens ['<|foo|>']"),
     (lambda f: [(f / "tokenizer.json").unlink(), in_config(each_added("config", rstrip=True))(f)],
      "tokenizer_config.json: added token <|endoftext|> has rstrip set"),  # (vocab.json + merges.txt: GPT2Tokenizer)
-], ids=["normalizer", "dropout", "suffix", "prefix", "bos-template", "roberta", "rstrip", "lstrip-config",
-        "single-word-config", "additional-special", "extra-special", "pad-token", "rstrip-vocab-json"])
+], ids=["normalizer", "dropout", "suffix", "prefix", "bos-template", "bos-sequence", "roberta", "rstrip",
+        "lstrip-config", "single-word-config", "additional-special", "extra-special", "pad-token", "rstrip-vocab-json"])
 def test_a_tokenizer_step_tiktoken_lacks_is_refused(small_folder, tmp_path, capsys, change, words):
     folder = broken(small_folder, tmp_path, change)
     line = one_error_line(*run_cli(gen.main, [folder, "--prompt", "x", "--max_tokens", "1", *CPU], capsys)[::2])
