@@ -741,11 +741,16 @@ def default_data_dir(ckpt, dataset=""):
     """Where a checkpoint's run found its data, if that folder (holding dataset, if named) is still there: its
     --data_dir as given, from the working directory, else as its run saw it (a relative one, continued or evaluated
     from another folder, would otherwise fall back to ./data, or to another dataset of the name there); else data/."""
+    return next((d for d in recorded_data_dirs(ckpt) if d and os.path.isdir(os.path.join(d, dataset))), "data")
+
+
+def recorded_data_dirs(ckpt):
+    """(given, seen): the --data_dir a checkpoint's run was given and the one it saw (absolute; checkpoints since it
+    was recorded), each None unless a non-empty str (an edited checkpoint's data_dir of -1 was a TypeError traceback
+    in eval.py)."""
     given = (ckpt.get("args") or {}).get("data_dir")
-    seen = (ckpt.get("data") or {}).get("data_dir")  # (absolute; checkpoints since it was recorded)
-    # (a str: an edited checkpoint's data_dir of -1 was a TypeError traceback in eval.py)
-    return next((d for d in (given, seen) if d and isinstance(d, str) and os.path.isdir(os.path.join(d, dataset))),
-                "data")
+    seen = (ckpt.get("data") or {}).get("data_dir")
+    return tuple(d if d and isinstance(d, str) else None for d in (given, seen))
 
 
 def checkpoint_data(ckpt):
@@ -764,9 +769,8 @@ def trained_folder(ckpt):
     """The folder a checkpoint's run read its dataset from, as that run saw it (absolute in checkpoints since its
     data_dir was recorded), for load_meta's line when it is gone; None where the checkpoint names no dataset."""
     name = ckpt.get("dataset")
-    seen = (ckpt.get("data") or {}).get("data_dir")
-    given = (ckpt.get("args") or {}).get("data_dir")
-    where = next((d for d in (seen, given) if d and isinstance(d, str)), None)
+    given, seen = recorded_data_dirs(ckpt)
+    where = seen or given
     return os.path.normpath(os.path.join(where, name)) if where and name and isinstance(name, str) else None
 
 
