@@ -2548,7 +2548,7 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
         text_fp = fingerprint(dataset, plan, tokenizer, tok_hash, limit, val_fraction, 0, mix,
                               skip_bad_records=skip_bad_records)
         text = old and old.get("kind") == "text"
-        same = [text_fp if text else fp]
+        same = [text_fp if text else fp]  # (its fingerprint as this build would write it, first)
         # meta.json names its vocabulary by the absolute path it had: a dataset folder moved since (data/ renamed, the
         # project moved) with its own vocabulary (or another dataset's beside it) was made again, minutes for
         # TinyStories. Gone from there, that path is a mere name: the vocabulary is the same when its tokenizer_hash,
@@ -2559,12 +2559,12 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
             same.append(fingerprint(dataset, plan, recorded, tok_hash, limit, val_fraction, 0 if text else block, mix,
                                     skip_bad_records=skip_bad_records))
         unchanged = old and old.get("fingerprint") in same
-        if unchanged and pack and old.get("kind") == "text":  # refused as a first build does: not "up to date"
+        if unchanged and pack and text:  # refused as a first build does: not "up to date"
             raise text_packed(pack)
         # (a tokenizer_hash edited in meta.json: its fingerprint, made with tok_hash, still matches)
         if unchanged and not force and old.get("tokenizer_hash") == tok_hash and is_complete(folder, old, enc):
             if moved:  # named where it is now, as a build names it: train.py, rebuild_command and the next run find it
-                old = dict(old, tokenizer=tokenizer, fingerprint=text_fp if text else fp)
+                old = dict(old, tokenizer=tokenizer, fingerprint=same[0])
                 if isinstance(old.get("options"), dict) and old["options"].get("tokenizer") == recorded:  # --tokenizer
                     old["options"] = dict(old["options"], tokenizer=options["tokenizer"])
             return keep_up_to_date(folder, old, tokenizer, new_vocab, vocab_fp, rewrite=moved)
