@@ -44,7 +44,7 @@ from gen import CHAT_STOPS, add_sampling_arguments, chat_reply, columns, default
 from prepare import document_ends
 from setup_tokenizer import IM_END, parse_chat
 from train import (Windows, bits_per_byte, bpb_scale, checkpoint_data, default_data_dir, eval_indices, evaluate,
-                   load_meta, packing_warning, pick_tokenizer, trained_folder)
+                   load_meta, packing_warning, pick_tokenizer, trained_data)
 
 
 # -----------------------------------------------------------------------------
@@ -127,8 +127,8 @@ def evaluate_checkpoint(path, datasets=None, data_dir=None, split="val", block_s
     trained_on, trained_in = checkpoint_data(ckpt)
     if not datasets and not trained_on:
         raise UserError(f"{path} does not name the data it was trained on: pass --dataset NAME")
-    # the folder its run read, for load_meta's line where it is gone (no --data_dir given)
-    trained = None if data_dir else (path, trained_folder(ckpt))
+    # the folder its run read and how that data was made, for load_meta's line where it is gone (no --data_dir given)
+    trained = None if data_dir else trained_data(path, ckpt)
     data_dir = data_dir or (trained_in if datasets in (None, [], [trained_on]) else default_data_dir(ckpt))
     datasets = datasets or [trained_on]
     # every dataset is checked before the first is evaluated: a bad name or tokenizer fails at once

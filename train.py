@@ -60,13 +60,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from checkpoint import (NOT_THIS_CODE, add_checkpoint_argument, checkpoint_config, load_checkpoint, load_weights,
-                        nonfinite, parse_checkpoint, save_checkpoint, tensor_bytes)
+from checkpoint import (NOT_THIS_CODE, add_checkpoint_argument, checkpoint_config, is_kind, load_checkpoint,
+                        load_weights, nonfinite, parse_checkpoint, save_checkpoint, tensor_bytes)
 from common import (DTYPES, UserError, ask, atomic_write_text, autocast, check_output,
                     closed_pipe_on_windows, color_ok, cpu_bf16_is_faster, cpu_has_bf16, draws_a_bar,
-                    exit_after_the_first, first_line, held_lock, is_oom, lock_is_held, nonempty, path_arg,
-                    pick_device, pick_dtype, prepare_lock, read_items, refuse_dataset_folder, remove_stale_tmp,
-                    retain_freed_memory, run_main, speaks_for_machine, tmp_name)
+                    exit_after_the_first, first_line, held_lock, is_oom, lock_is_held, nonempty, nonnegative_int,
+                    path_arg, pick_device, pick_dtype, prepare_lock, read_items, refuse_dataset_folder,
+                    remove_stale_tmp, retain_freed_memory, run_main, speaks_for_machine, tmp_name)
 from hf import is_hf_folder
 from model import OPTIMIZERS, PRESETS, VARIANTS, GPT, make_config
 from prepare import (DATASETS, DEFAULT_OUT_DIR, DEFAULT_PACK, DEFAULT_VAL_FRACTION, damaged_field, is_complete,
@@ -365,7 +365,7 @@ def resolve_args(args, ckpt_args, continuing, config, fine_tuning=False):
 def load_meta(data_dir, dataset, tokenizer=None, trained=None):
     """The dataset's meta.json; a missing or broken dataset is a UserError naming prepare.py. tokenizer: the one the
     data must have (a model's checkpoint), for the command that prepares a missing dataset. trained: (checkpoint,
-    the folder its run read this dataset from; see trained_folder), where no --data_dir was given."""
+    the folder its run read this dataset from, how it was made; see trained_data), where no --data_dir was given."""
     if not is_dataset_name(dataset):  # story/ would name the files models/story/.pt; data/story, a bad --name
         parent, name = os.path.split(os.path.normpath(dataset))
         hint = f", as in --dataset {name}" + (f" --data_dir {parent}" if parent else "") if is_dataset_name(name) else ""
@@ -383,9 +383,11 @@ def load_meta(data_dir, dataset, tokenizer=None, trained=None):
                             f"prepare.py to end, then run this again")
         refuse_dataset_folder(data_dir, "--data_dir")  # (the command above would build data/story/story)
         if trained and trained[1] and not os.path.exists(trained[1]):
-            # data/ renamed or moved: the command alone would build a new whole set (without the --limit or options
-            # it was made with) rather than say that this one is elsewhere
-            again = f"run `{made}` to make it again" if built_in else f"make it again with `{made}`"
+            # data/ renamed or moved: say that this one is elsewhere, or the command that makes it again here, where
+            # this run looks: with the options it was made with (--limit, --vocab_size...) where the checkpoint has them
+            # (checkpoints from before: the command that makes some dataset of the name)
+            again = f"run `{rebuild_command(trained[2], folder)}` to make it again" if trained[2] else \
+                f"run `{made}` to make it again" if built_in else f"make it again with `{made}`"
             raise UserError(f"{trained[0]} was trained on {trained[1]}, which is gone (moved?): pass --data_dir the "
                             f"folder that holds {dataset}/ now, or {again}")
         if built_in:
@@ -765,13 +767,59 @@ def checkpoint_data(ckpt):
     return name, data_dir
 
 
-def trained_folder(ckpt):
-    """The folder a checkpoint's run read its dataset from, as that run saw it (absolute in checkpoints since its
-    data_dir was recorded), for load_meta's line when it is gone; None where the checkpoint names no dataset."""
+def trained_data(path, ckpt):
+    """load_meta's trained, for the checkpoint at path: (path, the folder its run read its dataset from, as that run
+    saw it (absolute in checkpoints since its data_dir was recorded; None where it names no dataset), how that dataset
+    was made (recorded_made_with)), for the line that says what to do when that folder is gone."""
     name = ckpt.get("dataset")
     given, seen = recorded_data_dirs(ckpt)
     where = seen or given
-    return os.path.normpath(os.path.join(where, name)) if where and name and isinstance(name, str) else None
+    folder = os.path.normpath(os.path.join(where, name)) if where and name and isinstance(name, str) else None
+    return path, folder, recorded_made_with(ckpt)
+
+
+def made_with(meta):
+    """What rebuild_command needs of a dataset load_meta read to make it again, kept in the checkpoints trained on it:
+    its dataset and the options that made it (meta_options, paths absolute). Without it, a run whose data folder was
+    gone (data/ renamed) named `prepare.py --dataset story`, which built all of TinyStories where the run had a
+    --limit 2000, or another vocabulary: the resume was refused, or trained on other data."""
+    return {"dataset": meta.get("dataset"), "options": meta_options(meta, meta["folder"], odd={})}
+
+
+def is_strings(value):
+    return isinstance(value, list) and len(value) > 0 and all(isinstance(v, str) for v in value)
+
+
+def is_fraction(value):
+    return type(value) in (int, float) and 0 <= value < 1
+
+
+def is_weights(value):
+    return isinstance(value, dict) and len(value) > 0 and all(
+        isinstance(k, str) and type(v) in (int, float) and math.isfinite(v) and v > 0 for k, v in value.items())
+
+
+# the options a checkpoint records of its dataset (made_with), as is_kind reads them. An entry may be missing, read as
+# prepare.py's default: meta_options says fewer of a dataset from before meta.json kept its "options"
+MADE_WITH_KINDS = {"source": (is_strings, type(None)), "tokenizer": str, "vocab_size": (nonnegative_int, type(None)),
+                   "limit": (nonnegative_int, type(None)), "val_fraction": is_fraction,
+                   "pack": (nonnegative_int, type(None)), "mix": (is_weights, type(None)), "extra": bool,
+                   "skip_bad_records": bool}
+
+
+def recorded_made_with(ckpt):
+    """The checkpoint's made_with, as rebuild_command reads a meta.json; None where it has none (from before it was
+    recorded, or trained on a dataset prepare.py did not make) or one not what train.py writes (edited, damaged: a
+    wrong command, or rebuild_command's traceback, where load_meta's line without it is right)."""
+    made = (ckpt.get("data") or {}).get("made_with")
+    if not isinstance(made, dict) or not isinstance(made.get("options"), dict):
+        return None
+    dataset, options = made.get("dataset"), made["options"]
+    # (the sets rebuild_command's line needs more of: a mix its weights, text its files)
+    named = is_weights(options.get("mix")) if dataset == "mix" else \
+        bool(options.get("source")) if dataset == "text" else dataset in DATASETS
+    fits = named and all(is_kind(options[k], kind) for k, kind in MADE_WITH_KINDS.items() if k in options)
+    return {"dataset": dataset, "options": options} if fits else None
 
 
 # how an epoch's order is seeded, recorded in checkpoints: 1 seeded it by seed + epoch, so --seed 2's first epoch was
@@ -2345,7 +2393,7 @@ def start_run(args):
     trained = None
     if args.data_dir is None:
         args.data_dir = trained_in if trained_on == dataset else default_data_dir(ckpt or {}, dataset)
-        trained = (args.checkpoint, trained_folder(ckpt)) if trained_on == dataset else None
+        trained = trained_data(args.checkpoint, ckpt) if trained_on == dataset else None
     # the model's vocabulary, for the hint that prepares missing data: a checkpoint (or folder) of a custom one
     own_vocab = args.checkpoint if ckpt is not None and ckpt["tokenizer"].get("bpe") else None
     meta = load_meta(args.data_dir, dataset, args.tokenizer or own_vocab, trained)
@@ -2524,6 +2572,7 @@ class Run:
                             data={"tokenizer_hash": meta.get("tokenizer_hash"), "folder": meta["folder"],
                                   "data_dir": os.path.abspath(args.data_dir),  # (found from another working directory)
                                   "kind": meta.get("kind"),  # text or chat: gen.py --chat warns of a text-only model
+                                  "made_with": made_with(meta),  # (for the command that makes it again: load_meta)
                                   "train_tokens": split_tokens(meta, "train"), "val_tokens": split_tokens(meta, "val")})
         saved["seconds"] = time.time() - t_save
         saved["total"] += saved["seconds"]

@@ -3658,6 +3658,52 @@ def test_a_checkpoint_whose_data_folder_moved_names_it_and_goes_on_from_where_it
         train.train(train.parse_args(["--checkpoint", path, "--data_dir", "elsewhere", *tiny]))
 
 
+
+def test_a_checkpoint_whose_data_folder_moved_names_the_command_that_made_its_data(tmp_path, monkeypatch):
+    """data/ renamed after training on a set made with --limit, --val_fraction and a vocabulary of its own: the line
+    named `prepare.py --dataset text --source FILE --name mine --tokenizer CKPT`, without the options that made it, so
+    the set made again was another (all of the file, another split), and the resume was refused or trained on other
+    data. The checkpoint records them: the command named makes the same set where the run looks, and the run goes on.
+    One edited (or from before) gives the line without them, not a traceback."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.txt").write_text(story_text(60_000), encoding="utf-8")
+    made = prepare.prepare("text", source="mine.txt", name="mine", limit=80, val_fraction=0.2, vocab_size=300)
+    tiny = ["--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size", "32", "--eval_batches", "1",
+            "--device", "cpu", "--no-color"]
+    path = train.train(train.parse_args(["--dataset", "mine", "--output_checkpoint", "models/{dataset}.pt",
+                                         "--max_steps", "2", *tiny]))["checkpoint"]
+    shutil.move(tmp_path / "data", tmp_path / "moved")
+    gone = rf"^{re.escape(path)} was trained on {re.escape(str(tmp_path / 'data' / 'mine'))}, which is gone \(moved\?\)"
+    with pytest.raises(UserError, match=gone) as e:
+        train.train(train.parse_args(["--checkpoint", path, *tiny]))
+    named = re.search(r"or run `[^`\n]*prepare\.py ([^`\n]*)` to make it again$", str(e.value))
+    assert named, str(e.value)
+    command = named.group(1)
+    with pytest.raises(UserError, match=gone) as e_eval:
+        eval_py.evaluate_checkpoint(path, samples=0, eval_batches=1)
+    assert command in str(e_eval.value)
+    argv = shlex.split(command)
+    for option, value in (("--limit", "80"), ("--val_fraction", "0.2"), ("--vocab_size", "300"), ("--name", "mine")):
+        assert argv[argv.index(option) + 1] == value
+    prepare.main(argv)
+    again = json.loads((tmp_path / "data" / "mine" / "meta.json").read_text())
+    assert again["tokenizer_hash"] == made["tokenizer_hash"] and again["splits"] == made["splits"]
+    for split in ("train.bin", "val.bin"):
+        assert (tmp_path / "data" / "mine" / split).read_bytes() == (tmp_path / "moved" / "mine" / split).read_bytes()
+    r = train.train(train.parse_args(["--checkpoint", path, "--max_steps", "1", *tiny]))
+    assert r["steps"] == 3  # the same run, gone on
+    # an edited record, or none (a checkpoint from before it): the line without the options, as before
+    shutil.rmtree(tmp_path / "data")
+    ck = torch.load(path, weights_only=True)
+    for odd in ({"dataset": "text", "options": {"source": [str(tmp_path / "mine.txt")], "limit": -5}},
+                {"dataset": "text", "options": {}}, {"dataset": "mine", "options": {}}, {"dataset": "text"},
+                ["text"], {"dataset": "mix", "options": {"mix": {"chat": -1}}}, None):
+        torch.save(dict(ck, data=dict(ck["data"], made_with=odd)), tmp_path / "odd.pt")
+        with pytest.raises(UserError, match=r"or make it again with `[^`\n]*prepare\.py --dataset text --source FILE "
+                                            r"--name mine --tokenizer \S+odd\.pt`$"):
+            train.train(train.parse_args(["--checkpoint", str(tmp_path / "odd.pt"), *tiny]))
+
+
 def cut_dataset(env, data, name, tokens):
     """A copy of the mini set under data/name with each split cut to tokens[split] tokens, meta.json to match."""
     folder = data / name
