@@ -69,8 +69,9 @@ from common import (DTYPES, UserError, ask, atomic_write_text, autocast, check_o
                     remove_stale_tmp, retain_freed_memory, run_main, speaks_for_machine, tmp_name)
 from hf import is_hf_folder
 from model import OPTIMIZERS, PRESETS, VARIANTS, GPT, make_config
-from prepare import (DATASETS, DEFAULT_OUT_DIR, DEFAULT_PACK, DEFAULT_VAL_FRACTION, damaged_field, is_complete,
-                     is_dataset_name, meta_options, new_command, rebuild_command, token_bytes, unreadable_field)
+from prepare import (DATASETS, DEFAULT_OUT_DIR, DEFAULT_PACK, DEFAULT_VAL_FRACTION, MIXABLE, damaged_field,
+                     is_complete, is_dataset_name, meta_options, new_command, rebuild_command, token_bytes,
+                     unreadable_field)
 from setup_tokenizer import fewer_ids, get_tokenizer, moved_vocabulary, tokenizer_from_state, tokenizer_hash
 
 # Peak learning rates and batch sizes (windows) that train each preset well with AdamW(0.9, 0.95); small models
@@ -794,9 +795,9 @@ def is_fraction(value):
     return type(value) in (int, float) and 0 <= value < 1
 
 
-def is_weights(value):
+def is_weights(value):  # a --mix's, as parse_mix gives them
     return isinstance(value, dict) and len(value) > 0 and all(
-        isinstance(k, str) and type(v) in (int, float) and math.isfinite(v) and v > 0 for k, v in value.items())
+        k in MIXABLE and type(v) in (int, float) and math.isfinite(v) and v > 0 for k, v in value.items())
 
 
 # the options a checkpoint records of its dataset (made_with), as is_kind reads them. An entry may be missing, read as

@@ -3697,7 +3697,8 @@ def test_a_checkpoint_whose_data_folder_moved_names_the_command_that_made_its_da
     ck = torch.load(path, weights_only=True)
     for odd in ({"dataset": "text", "options": {"source": [str(tmp_path / "mine.txt")], "limit": -5}},
                 {"dataset": "text", "options": {}}, {"dataset": "mine", "options": {}}, {"dataset": "text"},
-                ["text"], {"dataset": "mix", "options": {"mix": {"chat": -1}}}, None):
+                ["text"], {"dataset": "mix", "options": {"mix": {"chat": -1}}},
+                {"dataset": "mix", "options": {"mix": {"mine": 1.0}}}, None):
         torch.save(dict(ck, data=dict(ck["data"], made_with=odd)), tmp_path / "odd.pt")
         with pytest.raises(UserError, match=r"or make it again with `[^`\n]*prepare\.py --dataset text --source FILE "
                                             r"--name mine --tokenizer \S+odd\.pt`$"):
