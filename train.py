@@ -2285,6 +2285,11 @@ def check_optimizer_state(optimizer, fresh):
                     raise ValueError(f"{kind}'s {k} of parameter {i} is {what}, for a parameter of {tuple(p.shape)}")
 
 
+class Diverged(UserError):
+    """The run's loss or weights became nan or inf: what it trained since its last save is no good, and saving it would
+    put it over the last good file."""
+
+
 def oom_error(args, e):
     """The UserError of a run out of memory (e) in its loop: the options that make its steps smaller."""
     return UserError(f"out of memory with --batch_size {args.batch_size} x --block_size {args.block_size}: use a "
@@ -2531,6 +2536,16 @@ class Run:
         (None for a new run that saved none)."""
         return self.saved["path"] or (self.args.checkpoint if self.continuing else None)
 
+    def kept(self):
+        """Where the run stands as saved, for a run that ends without saving: its last checkpoint (last_checkpoint) and
+        that one's step, and this run's best file where that holds later steps."""
+        path, step = self.last_checkpoint(), self.saved["step"]
+        best = self.saved["best_step"] is not None and self.saved["best_step"] > step and \
+            f"{self.saved['best']} (step {self.saved['best_step']:,})"
+        if not path:
+            return best or "none"
+        return f"{path} (step {step:,})" + (f", its best file {best}" if best else "")
+
     def max_steps_left(self):
         """What is left of --max_steps in this run (None without it)."""
         return self.args.max_steps - self.run_steps if self.args.max_steps else None
@@ -2538,7 +2553,7 @@ class Run:
     def diverged(self):
         """What a run whose loss or weights became nan or inf can do: the end of its error."""
         fp32 = "" if self.dtype == torch.float32 else " or use --dtype float32"
-        return f"lower --lr (now {self.args.lr:g}){fp32}; last good checkpoint: {self.last_checkpoint() or 'none'}"
+        return f"lower --lr (now {self.args.lr:g}){fp32}; last good checkpoint: {self.kept()}"
 
     def save(self, path):
         """Writes the run's checkpoint to path (rank 0; the best file where path is best_path), refusing weights gone
@@ -2548,13 +2563,14 @@ class Run:
         # weights gone to nan or inf in the step just taken (its loss, computed before the update, was finite) must
         # not replace a good checkpoint; the check is a pass over the weights, small beside the save itself
         if nonfinite(self.model.named_parameters()):
-            raise UserError(f"the weights became nan or inf at step {p.step}: {self.diverged()}")
+            raise Diverged(f"the weights became nan or inf at step {p.step}: {self.diverged()}")
         if self.best_goes:
             self.best_goes = False
             if path != self.best_path:  # the run's next evaluation makes a best file again
                 p.best_val_loss, p.evals_since_best = None, 0
         if dist.main:  # every rank holds the same weights and optimizer state
             meta = self.meta
+            self.saving = path  # until written: an error meanwhile is this save's (see save_before_error)
             save_checkpoint(path, self.model, self.enc, optimizer=self.optimizer.state_dict(),
                             scaler=self.scaler.state_dict(), dataset=args.dataset, run=self.run_id, epoch=p.epoch,
                             epoch_step=self.batches.steps_done(p.windows),
@@ -2575,10 +2591,11 @@ class Run:
                                   "kind": meta.get("kind"),  # text or chat: gen.py --chat warns of a text-only model
                                   "made_with": made_with(meta),  # (for the command that makes it again: load_meta)
                                   "train_tokens": split_tokens(meta, "train"), "val_tokens": split_tokens(meta, "val")})
+            self.saving = None
         saved["seconds"] = time.time() - t_save
         saved["total"] += saved["seconds"]
         if path == self.best_path:
-            saved["best"] = path
+            saved.update(best=path, best_step=p.step)
         else:
             saved.update(path=path, step=p.step)
         # what --overwrite replaces (the files and metrics) goes once this run has a file of its own, its best one
@@ -2649,9 +2666,10 @@ class Run:
         # measures none before them: it would keep no room, and pass the budget by a save)
         recorded = ckpt.get("save_seconds", 0.0) if self.continuing else 0.0
         self.saved = {"path": None, "step": p.step,
-                      "best": existing(self.best_path) if self.continuing else None,
+                      "best": existing(self.best_path) if self.continuing else None, "best_step": None,
                       "seconds": recorded if 0 <= recorded < math.inf else 0.0, "total": 0.0}
         self.run_steps, self.run_tokens, self.stopped = 0, 0, "done"
+        self.saving = None  # the checkpoint being written (see save)
         self.pause_eval = False  # (the step's evaluation is a --max_steps pause: see due_points)
         self.t_run = time.time()
         self.tok_step = self.batches.windows_per_step * args.block_size
@@ -2667,19 +2685,29 @@ class Run:
         self.clock = RunClock(self.budget, p.budget_elapsed, self.t_run, eval_steps)
 
     def save_before_error(self, e):
-        """Saves the progress made since the last save before the run ends on the error e, where the weights are
-        consistent: not after a UserError (NaN weights: the optimizer itself failed), nor with several ranks (another
-        rank's failure may leave this one mid-step)."""
+        """Saves the progress made since the last save before the run ends on the error e, as Ctrl-C does, where the
+        weights are whole: after a UserError too (a token file damaged under the run: the step it met it in never
+        began). Not where they went nan or inf (Diverged: its message names the last good file), nor where a save itself
+        failed (tried again, it would fail as it did), nor with several ranks (another rank's failure may leave this
+        one mid-step). A failed save says what holds the run (kept)."""
         p = self.p
-        if not self.run_steps or self.saved["step"] == p.step or isinstance(e, UserError) or self.dist.world != 1:
+        if not self.run_steps or self.saved["step"] == p.step or isinstance(e, Diverged) or self.dist.world != 1:
             return
-        with contextlib.suppress(Exception):
+        if self.saving:
+            warn(f"step {p.step:,} is not saved (writing {self.saving} failed: the error below); the run's last "
+                 f"checkpoint: {self.kept()}")
+            return
+        # a closed pipe (`| head`, a `| tee` killed) ends the run without an error line (run_main), so "the error
+        # below" would point at nothing
+        why = "its output's reader went away (a closed pipe)" if isinstance(e, BrokenPipeError) or \
+            closed_pipe_on_windows(e) else "the error below"
+        try:
             self.save(self.out_path())
-            # a closed pipe (`| head`, a `| tee` killed) ends the run without an error line (run_main), so "the error
-            # below" would point at nothing
-            why = "its output's reader went away (a closed pipe)" if isinstance(e, BrokenPipeError) or \
-                closed_pipe_on_windows(e) else "the error below"
-            warn(f"saved {self.saved['path']} (step {p.step:,}) before stopping on {why}")
+        except Exception as failed:
+            warn(f"step {p.step:,} is not saved (a save before stopping on {why} failed: {first_line(failed)}); the "
+                 f"run's last checkpoint: {self.kept()}")
+            return
+        warn(f"saved {self.saved['path']} (step {p.step:,}) before stopping on {why}")
 
     def loop_error(self, e):
         """The error the loop's error e ends the run in, None for e itself: a UserError out of memory or on a rank
@@ -2836,7 +2864,7 @@ class Run:
         timed = self.run_steps > 1
         loss_sum, train_loss, tps = self.tally.take(self.dist, timed=timed)
         if not math.isfinite(loss_sum):
-            raise UserError(f"the training loss became {loss_sum} at step {p.step}: {self.diverged()}")
+            raise Diverged(f"the training loss became {loss_sum} at step {p.step}: {self.diverged()}")
         shown = "-" if train_loss is None else f"{train_loss:.4f}"
         rec = {"run": self.run_id, "step": p.step, "epoch": p.epoch_at(len(self.train_w)),
                "tokens": p.tokens,
@@ -2861,7 +2889,7 @@ class Run:
                                  self.fwd, self.dist)
         if not math.isfinite(self.last_val):  # this step's update broke the weights (its loss was
             # finite): not a record (NaN is no JSON) nor a checkpoint, as a nan training loss
-            raise UserError(f"the val loss became {self.last_val} at step {p.step}: {self.diverged()}")
+            raise Diverged(f"the val loss became {self.last_val} at step {p.step}: {self.diverged()}")
         bpb = bits_per_byte(self.last_val, self.bpb_scale)
         # a best file that goes at the first save (--overwrite) bars nothing: judged against it, an
         # evaluation at that save would never be a best, and a later, worse one would be one

@@ -903,7 +903,7 @@ def test_reset_epoch_over_the_runs_own_best_file_drops_its_bar(env, tmp_path):
 
 def on_step(monkeypatch, n, action):
     """The next run's n-th optimizer step calls action() first: a sleep (a cold torch.compile's slow first step) or
-    an error (a UserError: no checkpoint is written for it). Wraps the real train_step even when patched before."""
+    an error. Wraps the real train_step even when patched before."""
     real, calls = getattr(train.train_step, "unpatched", train.train_step), []
 
     def step(*a, **k):
@@ -944,8 +944,8 @@ class StepClock:
         self.now += seconds
 
 
-def boom():
-    raise UserError("boom")
+def boom(error=UserError):
+    raise error("boom")
 
 
 def test_overwrite_replaces_the_earlier_run_at_the_new_ones_first_file(env, tmp_path, monkeypatch):
@@ -959,7 +959,9 @@ def test_overwrite_replaces_the_earlier_run_at_the_new_ones_first_file(env, tmp_
     with pytest.raises(UserError, match="boom"):
         train.train(args_for(env, tmp_path, *new_run))
     assert {f: (tmp_path / f).read_bytes() for f in os.listdir(tmp_path)} == before
-    on_step(monkeypatch, 2, boom)  # its first file is a best one (an evaluation after step 1), then it fails
+    # its first file is a best one (an evaluation after step 1), then it fails, on nan weights (another error would
+    # save step 1 on the way out: see test_an_error_mid_run_saves_the_steps_before_it)
+    on_step(monkeypatch, 2, lambda: boom(train.Diverged))
     with pytest.raises(UserError, match="boom"):
         train.train(args_for(env, tmp_path, *new_run, "--eval_interval", "10", "--save_interval", "0"))
     assert sorted(f for f in os.listdir(tmp_path) if f.endswith(".pt")) == ["mini_best.pt", "mini_epoch1_keep.pt"]
@@ -2873,6 +2875,81 @@ def test_out_of_memory_saves_then_names_the_options(env, tmp_path, monkeypatch):
     assert load_checkpoint(str(tmp_path / "mini_epoch1.pt"))["step"] == 2  # the two good steps were kept
 
 
+@pytest.mark.parametrize("damage", ["id past vocab"])
+def test_an_error_mid_run_saves_the_steps_before_it(env, tmp_path, monkeypatch, capsys, damage):
+    """train.bin written over in place mid-run (a UserError when a batch is read, before its step): the run ended
+    without saving what it had trained since its last save, which Ctrl-C or any other error saves."""
+    data = tmp_path / "data"
+    shutil.copytree(os.path.join(env["data"], "mini"), data / "mini")
+    train_bin = data / "mini" / "train.bin"
+
+    def written_over():
+        if damage == "cut short":
+            os.truncate(train_bin, 1001)  # (mid-token: numpy's "buffer size must be a multiple" before)
+        else:
+            ids = np.memmap(train_bin, dtype=np.uint16, mode="r+")
+            ids[:] = 512
+            ids.flush()
+            del ids
+    on_step(monkeypatch, 4, written_over)  # (batches are read a step or two ahead: the error comes a little later)
+    message = r"holds token id 512, beyond its 512-token" if damage == "id past vocab" else \
+        r"became shorter during this run \(written over in place\?\)"
+    with pytest.raises(UserError, match=rf"^{re.escape(str(train_bin))} {message}.* run `python prepare\.py .*` again$"):
+        train.train(args_for(env, tmp_path, "--data_dir", str(data), "--dataset", "mini", "--batch_size", "4",
+                             "--save_interval", "0", "--eval_interval", "0", "--max_steps", "20"))
+    saved = str(tmp_path / "mini_epoch1.pt")
+    step = int(re.search(rf"saved {re.escape(saved)} \(step (\d+)\) before stopping on the error below",
+                         capsys.readouterr().err).group(1))
+    assert 3 <= step < 20 and load_checkpoint(saved)["step"] == step
+
+
+@pytest.mark.parametrize("save_interval", ["10", "0"])
+def test_a_run_whose_val_loss_turns_nan_keeps_its_last_good_file_and_says_its_step(env, tmp_path, monkeypatch,
+                                                                                    save_interval):
+    """A val loss gone nan (the weights finite: no save refuses them) is no step to save over the last good file,
+    as any other error's would be; the error names that file with its step, this run's best file where it has no
+    other (it said "none")."""
+    real, calls = train.evaluate, []
+
+    def nan_at_the_second(*a, **k):
+        calls.append(1)
+        return math.nan if len(calls) == 2 else real(*a, **k)
+    monkeypatch.setattr(train, "evaluate", nan_at_the_second)
+    with pytest.raises(UserError, match=r"^the val loss became nan at step (\d+): .*; last good checkpoint: "
+                                        r"\S+ \(step \d+\)$") as e:
+        train.train(args_for(env, tmp_path, "--dataset", "mini", "--batch_size", "4", "--eval_interval", "25",
+                             "--save_interval", save_interval, "--max_steps", "30"))
+    nan_step = int(re.search(r"at step (\d+)", str(e.value)).group(1))
+    good, step = re.search(r"last good checkpoint: (\S+) \(step (\d+)\)$", str(e.value)).groups()
+    assert good == str(tmp_path / ("mini_best.pt" if save_interval == "0" else "mini_epoch1.pt"))
+    assert load_checkpoint(good)["step"] == int(step) < nan_step
+    assert max(load_checkpoint(str(f))["step"] for f in tmp_path.glob("*.pt")) < nan_step
+
+
+@pytest.mark.parametrize("failure", ["full disk", "no permission"])
+def test_a_save_that_fails_mid_run_is_not_tried_again_and_names_what_holds_the_run(env, tmp_path, monkeypatch,
+                                                                                   capsys, failure):
+    """A periodic save that failed (a full disk: a UserError; a folder made read-only: an OSError) ended the run
+    without a word on which file and step hold it; and the OSError's was tried again on the way out."""
+    real, steps = train.save_checkpoint, []
+
+    def fails_the_second(path, *a, **state):
+        steps.append(state["step"])
+        if len(steps) == 2:
+            raise UserError(f"could not write {path} (0 MB free there): free some space or write elsewhere; the "
+                            f"previous file, if any, is untouched") if failure == "full disk" else \
+                PermissionError(13, "Permission denied", path)
+        return real(path, *a, **state)
+    monkeypatch.setattr(train, "save_checkpoint", fails_the_second)
+    with pytest.raises(UserError if failure == "full disk" else PermissionError):
+        train.train(args_for(env, tmp_path, "--dataset", "mini", "--batch_size", "4", "--save_interval", "10",
+                             "--eval_interval", "0", "--max_steps", "20"))
+    saved = str(tmp_path / "mini_epoch1.pt")
+    assert len(steps) == 2 and load_checkpoint(saved)["step"] == steps[0] < steps[1]
+    assert f"warning: step {steps[1]} is not saved (writing {saved} failed: the error below); the run's last " \
+           f"checkpoint: {saved} (step {steps[0]})" in capsys.readouterr().err
+
+
 def test_an_unwritable_default_output_names_the_option(env, tmp_path, monkeypatch):
     # models/ unwritable (here a file in its place): the message said "the checkpoint folder models/mini_epoch1.pt",
     # a file's path, and not how to write elsewhere
@@ -2959,9 +3036,9 @@ def test_a_diverging_run_never_saves_over_a_good_checkpoint(env, tmp_path):
         train.train(args_for(env, tmp_path, "--dataset", "story", "--optimizer", "adamw", "--lr", "1e5",
                              "--warmup", "20", "--grad_clip", "0", "--log_interval", "100", "--save_interval", "0.1",
                              "--eval_interval", "0"))
-    good = re.search(r"last good checkpoint: (\S+)$", str(e.value)).group(1)
+    good, step = re.search(r"last good checkpoint: (\S+) \(step (\d+)\)$", str(e.value)).groups()
     ck = load_checkpoint(good)
-    assert ck["step"] >= 1 and all(torch.isfinite(t).all() for t in ck["model"].values())
+    assert ck["step"] == int(step) >= 1 and all(torch.isfinite(t).all() for t in ck["model"].values())
 
 
 def test_a_training_loss_gone_to_nan_stops_the_run_at_its_next_log(env, tmp_path):
