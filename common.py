@@ -1049,10 +1049,12 @@ def read_at(f, offset, n):
 
 def read_items(f, start, n, dtype):
     """Items [start, start + n) of a file of numpy dtype items (a token file's tokens, a mask file's flags) open as f,
-    as an array, by read_at (no memmap). numpy imported here: scripts that never read token files keep without it."""
+    as an array, by read_at (no memmap), fewer at its end: whole items only (a file cut short mid-item was numpy's
+    ValueError). numpy imported here: scripts that never read token files keep without it."""
     import numpy as np
     dtype = np.dtype(dtype)
-    return np.frombuffer(read_at(f, int(start) * dtype.itemsize, int(n) * dtype.itemsize), dtype)
+    data = read_at(f, int(start) * dtype.itemsize, int(n) * dtype.itemsize)
+    return np.frombuffer(data[:len(data) - len(data) % dtype.itemsize], dtype)
 
 
 # -----------------------------------------------------------------------------

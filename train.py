@@ -483,7 +483,12 @@ class Windows:
 
     def read(self, start, n, mask=False):
         """Tokens [start, start + n) (mask: their loss mask), read from the file (read_items; see self.files)."""
-        return read_items(self.files[mask], start, n, np.uint8 if mask else self.dtype)
+        items = read_items(self.files[mask], start, n, np.uint8 if mask else self.dtype)
+        if len(items) < n:  # never past the end of the file as opened: it was cut short since (prepare.py renames
+            # new files in, which this run's open ones never see). Else a traceback from numpy, of rows of two lengths
+            raise UserError(f"{self.files[mask].name} became shorter during this run (written over in place?): run "
+                            f"`{rebuild_command(self.meta, self.meta['folder'])}` again", every_rank=True)
+        return items
 
     def get(self, idx):
         """Windows idx (n,) -> x, y (n, T) int64 and the loss mask of each target m (n, T) uint8 or None, numpy."""

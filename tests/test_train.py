@@ -2875,10 +2875,11 @@ def test_out_of_memory_saves_then_names_the_options(env, tmp_path, monkeypatch):
     assert load_checkpoint(str(tmp_path / "mini_epoch1.pt"))["step"] == 2  # the two good steps were kept
 
 
-@pytest.mark.parametrize("damage", ["id past vocab"])
+@pytest.mark.parametrize("damage", ["id past vocab", "cut short"])
 def test_an_error_mid_run_saves_the_steps_before_it(env, tmp_path, monkeypatch, capsys, damage):
     """train.bin written over in place mid-run (a UserError when a batch is read, before its step): the run ended
-    without saving what it had trained since its last save, which Ctrl-C or any other error saves."""
+    without saving what it had trained since its last save, which Ctrl-C or any other error saves; and a file cut
+    short was numpy's traceback, not the file named."""
     data = tmp_path / "data"
     shutil.copytree(os.path.join(env["data"], "mini"), data / "mini")
     train_bin = data / "mini" / "train.bin"
@@ -2891,6 +2892,7 @@ def test_an_error_mid_run_saves_the_steps_before_it(env, tmp_path, monkeypatch, 
             ids[:] = 512
             ids.flush()
             del ids
+    opened = train.Windows(train.load_meta(str(data), "mini"), "train", 64)  # as the run's, before the cut
     on_step(monkeypatch, 4, written_over)  # (batches are read a step or two ahead: the error comes a little later)
     message = r"holds token id 512, beyond its 512-token" if damage == "id past vocab" else \
         r"became shorter during this run \(written over in place\?\)"
@@ -2901,6 +2903,9 @@ def test_an_error_mid_run_saves_the_steps_before_it(env, tmp_path, monkeypatch, 
     step = int(re.search(rf"saved {re.escape(saved)} \(step (\d+)\) before stopping on the error below",
                          capsys.readouterr().err).group(1))
     assert 3 <= step < 20 and load_checkpoint(saved)["step"] == step
+    if damage == "cut short":  # whichever windows the run read: one that the cut ends mid-token is named too
+        with pytest.raises(UserError, match=message):
+            opened.read(7 * 64, 65)  # (tokens 448-512: bytes 896-1026 of a file of 1001)
 
 
 @pytest.mark.parametrize("save_interval", ["10", "0"])
