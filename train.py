@@ -2638,8 +2638,8 @@ class Run:
         except KeyboardInterrupt:
             # a second Ctrl-C (the first saves and exits above): quit without touching any file, naming the one that
             # holds the run (a bare "interrupted" left it to be found)
-            print(f"\nquit at step {p.step:,} without saving; the run's last checkpoint: "
-                  f"{self.last_checkpoint() or 'none yet'}", file=sys.stderr)
+            print(f"\nquit at step {p.step:,} without saving; the run's last checkpoint: {self.kept()}",
+                  file=sys.stderr)
             raise SystemExit(128 + self.interrupt.quit_by) from None
         except Exception as e:
             self.save_before_error(e)

@@ -1279,12 +1279,12 @@ def test_ctrl_c_says_interrupted_in_one_line(env, tmp_path, monkeypatch, capsys)
 
 def test_a_second_ctrl_c_quits_naming_the_runs_last_checkpoint(env, tmp_path, monkeypatch, capsys):
     # the second Ctrl-C quits without a save: it said a bare "interrupted", leaving the file that holds the run to be
-    # found (the continued one's --checkpoint where this run saved none)
+    # found (the continued one's --checkpoint where this run saved none), and then not its step
     argv = ["--data_dir", env["data"], "--dataset", "mini", "--output_checkpoint", str(tmp_path / "{dataset}.pt"),
             "--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size", "64", "--eval_interval", "0",
             "--save_interval", "0", "--device", "cpu", "--no-color"]
     twice = lambda: [os.kill(os.getpid(), signal.SIGINT) for _ in range(2)]  # noqa: E731
-    for continued, last in ((False, "none yet"), (True, str(tmp_path / "mini.pt"))):
+    for continued, last in ((False, "none"), (True, str(tmp_path / "mini.pt"))):
         if continued:
             train.main(argv + ["--max_steps", "2"])
             argv += ["--checkpoint", last]
@@ -1294,8 +1294,9 @@ def test_a_second_ctrl_c_quits_naming_the_runs_last_checkpoint(env, tmp_path, mo
             train.main(argv)
         out, err = capsys.readouterr()
         assert e.value.code == 130
+        held = f"{last} (step 2)" if continued else last
         assert err.rstrip().splitlines()[-1] == f"quit at step {3 if continued else 1} without saving; the run's last " \
-                                                f"checkpoint: {last}", err
+                                                f"checkpoint: {held}", err
         assert "interrupted" not in err and (not continued or load_checkpoint(last)["step"] == before == 2)
 
 
@@ -1330,7 +1331,8 @@ def test_a_second_ctrl_c_during_the_interrupts_save_quits_leaving_the_checkpoint
     first = "Ctrl-C: saving after this step (Ctrl-C again" if sig == signal.SIGINT else \
         "SIGTERM: saving after this step (Ctrl-C"
     assert f"{first} quits without saving)" in err, err
-    assert err.rstrip().splitlines()[-1] == f"quit at step 4 without saving; the run's last checkpoint: {last}", err
+    assert err.rstrip().splitlines()[-1] == f"quit at step 4 without saving; the run's last checkpoint: {last} " \
+                                            f"(step 2)", err
     assert "interrupted" not in out + err
     assert open(last, "rb").read() == before and load_checkpoint(last)["step"] == 2
     assert sorted(os.listdir(tmp_path)) == files  # (the temporary file removed)
