@@ -1236,7 +1236,13 @@ def train_step(fwd, optimizer, scaler, micro, device, dtype, grad_clip, n_target
     if grad_clip > 0:
         scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    scaler.step(optimizer)
+    try:
+        scaler.step(optimizer)
+    except Exception as e:
+        # (out of memory in Muon's orthogonalization, say): some weights and their state took the step and others did
+        # not, a state no run went through; not saved (Run.save_before_error)
+        e.mid_update = True
+        raise
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
     return total
@@ -2693,14 +2699,16 @@ class Run:
         """Saves the progress made since the last save before the run ends on the error e, as Ctrl-C does, where the
         weights are whole: after a UserError too (a token file damaged under the run: the step it met it in never
         began). Not where they went nan or inf (Diverged: its message names the last good file), nor where a save itself
-        failed (tried again, it would fail as it did), nor with several ranks (another rank's failure may leave this
-        one mid-step). A failed save says what holds the run (kept)."""
+        failed (tried again, it would fail as it did) or the error stopped the optimizer's update half done (mid_update:
+        some weights took the step), nor with several ranks (another rank's failure may leave this one mid-step).
+        Where a save fails or is not made for those two, a warning says what holds the run (kept)."""
         p = self.p
         if not self.run_steps or self.saved["step"] == p.step or isinstance(e, Diverged) or self.dist.world != 1:
             return
-        if self.saving:
-            warn(f"step {p.step:,} is not saved (writing {self.saving} failed: the error below); the run's last "
-                 f"checkpoint: {self.kept()}")
+        if self.saving or getattr(e, "mid_update", False):
+            what = f"writing {self.saving} failed: the error below" if self.saving else \
+                "the error below stopped the optimizer's update half done"
+            warn(f"step {p.step:,} is not saved ({what}); the run's last checkpoint: {self.kept()}")
             return
         # a closed pipe (`| head`, a `| tee` killed) ends the run without an error line (run_main), so "the error
         # below" would point at nothing

@@ -29,7 +29,7 @@ import train
 from checkpoint import load_checkpoint, load_model, save_checkpoint
 from common import UserError, held_lock, prepare_lock
 from conftest import run_cli
-from model import GPT, make_config
+from model import GPT, MuonAdamW, make_config
 from setup_tokenizer import EOT, IM_END, get_tokenizer, render_chat, tokenizer_hash, train_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -2875,6 +2875,27 @@ def test_out_of_memory_saves_then_names_the_options(env, tmp_path, monkeypatch):
     for opt in ("--batch_size", "--grad_accum", "--block_size", "--recompute_activations"):
         assert opt in str(e.value)
     assert load_checkpoint(str(tmp_path / "mini_epoch1.pt"))["step"] == 2  # the two good steps were kept
+
+
+def test_an_error_inside_the_optimizers_update_saves_no_half_taken_step(env, tmp_path, monkeypatch, capsys):
+    """Out of memory in the middle of the update (Muon's matrices stepped, AdamW's weights not yet): the save on the
+    way out wrote that state, a step no run takes, and the run continued from it stepped those matrices twice."""
+    real, calls = MuonAdamW.step, []
+
+    def muon_then_out_of_memory(self):
+        calls.append(1)
+        if len(calls) == 7:
+            self.muon.step()
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        real(self)
+    monkeypatch.setattr(MuonAdamW, "step", muon_then_out_of_memory)
+    with pytest.raises(UserError, match="^out of memory with --batch_size 4"):
+        train.train(args_for(env, tmp_path, "--dataset", "mini", "--optimizer", "muon", "--batch_size", "4",
+                             "--save_interval", "10", "--eval_interval", "0", "--max_steps", "20"))
+    saved = str(tmp_path / "mini_epoch1.pt")
+    assert load_checkpoint(saved)["step"] == 4  # (a save every 4 steps)
+    assert f"warning: step 6 is not saved (the error below stopped the optimizer's update half done); the run's " \
+           f"last checkpoint: {saved} (step 4)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("damage", ["id past vocab", "cut short"])
