@@ -2846,8 +2846,15 @@ class Run:
         due_eval, due_save, due_log = self.due_points(epoch_step, end_of_epoch, save_s, interrupted)
         if due_log:  # (every evaluation is at a record: due_eval implies due_log)
             rec, shown, tps = self.log_record(lr, epoch_step, bar, due_eval)
-            if due_eval:
-                self.evaluation(rec, shown, lr, tps)
+            try:
+                if due_eval:
+                    self.evaluation(rec, shown, lr, tps)
+            except Exception as e:
+                # the train loss the record took is in no save: the one on the way out of the error (save_before_error)
+                # holds the loss since this record. A diverged run's steps are dropped with their record
+                if not isinstance(e, Diverged):
+                    self.metrics.log(rec)
+                raise
             self.metrics.log(rec)
         if due_eval:
             self.plot()

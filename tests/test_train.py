@@ -2931,6 +2931,27 @@ def test_an_error_mid_run_saves_the_steps_before_it(env, tmp_path, monkeypatch, 
             opened.read(7 * 64, 65)  # (tokens 448-512: bytes 896-1026 of a file of 1001)
 
 
+def test_an_evaluation_that_fails_keeps_the_train_loss_its_record_took(env, tmp_path, monkeypatch):
+    """An error in an evaluation (a damaged val.bin, out of memory) came after the record had taken the train loss of
+    the steps since the last one, and before it was written: the metrics lost it, and so did the save on the way out,
+    which the run continued from (its curve had a hole there)."""
+    real, calls = train.evaluate, []
+
+    def fails_the_second(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise UserError("val.bin holds token id 512, beyond its 512-token vocabulary")
+        return real(*a, **k)
+    monkeypatch.setattr(train, "evaluate", fails_the_second)
+    with pytest.raises(UserError, match="val.bin holds"):
+        train.train(args_for(env, tmp_path, "--dataset", "mini", "--batch_size", "4", "--log_interval", "5",
+                             "--eval_interval", "20", "--save_interval", "0", "--max_steps", "20"))
+    saved = load_checkpoint(str(tmp_path / "mini_epoch1.pt"))
+    records = read_metrics(str(tmp_path / "mini_metrics.jsonl"))
+    assert saved["loss_since_record"][1] == 0 and records[-1]["step"] == saved["step"]
+    assert records[-1]["train_loss"] > 0 and records[-1]["val_loss"] is None
+
+
 @pytest.mark.parametrize("save_interval", ["10", "0"])
 def test_a_run_whose_val_loss_turns_nan_keeps_its_last_good_file_and_says_its_step(env, tmp_path, monkeypatch,
                                                                                     save_interval):
