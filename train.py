@@ -1542,9 +1542,8 @@ class GracefulInterrupt:
     def exit_saved(self, dist, step, path, steps_left):
         """Ends the run interrupted after its step `step`, saved at path: says how to continue it (steps_left: what is
         left of its --max_steps, which a continued run does not inherit), and exits 130 (SIGTERM: 143)."""
-        more = f" --max_steps {steps_left}" if steps_left else ""
-        say(paint(f"interrupted at step {step:,}: saved {path}; continue with "
-                  f"`{dist.command()} --checkpoint {shlex.quote(path)}{more}`", "yellow"))
+        command = dist.continue_command(path, steps_left)
+        say(paint(f"interrupted at step {step:,}: saved {path}; continue with `{command}`", "yellow"))
         if self.signum == signal.SIGTERM:
             raise SystemExit(128 + signal.SIGTERM)
         # the others end once rank 0 has saved: torchrun stops every rank (SIGTERM) when one ends with an error unless
@@ -1612,6 +1611,12 @@ class Dist:
         if self.world == 1:
             return common.script_command("train.py")
         return f"torchrun --nproc_per_node={os.environ.get('LOCAL_WORLD_SIZE', self.world)} train.py"
+
+    def continue_command(self, path, steps_left):
+        """How to continue the run saved at path (steps_left: what is left of its --max_steps, which a continued run
+        does not inherit)."""
+        more = f" --max_steps {steps_left}" if steps_left else ""
+        return f"{self.command()} --checkpoint {shlex.quote(path)}{more}"
 
     def agree(self, *values):
         """The largest of each value over all ranks (floats; True > False), so that every rank takes the same
@@ -2720,7 +2725,9 @@ class Run:
             warn(f"step {p.step:,} is not saved (a save before stopping on {why} failed: {first_line(failed)}); the "
                  f"run's last checkpoint: {self.kept()}")
             return
-        warn(f"saved {self.saved['path']} (step {p.step:,}) before stopping on {why}")
+        path = self.saved["path"]
+        warn(f"saved {path} (step {p.step:,}) before stopping on {why}; once it is dealt with, continue with "
+             f"`{self.dist.continue_command(path, self.max_steps_left())}`")
 
     def loop_error(self, e):
         """The error the loop's error e ends the run in, None for e itself: a UserError out of memory or on a rank

@@ -2923,9 +2923,11 @@ def test_an_error_mid_run_saves_the_steps_before_it(env, tmp_path, monkeypatch, 
         train.train(args_for(env, tmp_path, "--data_dir", str(data), "--dataset", "mini", "--batch_size", "4",
                              "--save_interval", "0", "--eval_interval", "0", "--max_steps", "20"))
     saved = str(tmp_path / "mini_epoch1.pt")
-    step = int(re.search(rf"saved {re.escape(saved)} \(step (\d+)\) before stopping on the error below",
-                         capsys.readouterr().err).group(1))
-    assert 3 <= step < 20 and load_checkpoint(saved)["step"] == step
+    step, left = map(int, re.search(rf"saved {re.escape(saved)} \(step (\d+)\) before stopping on the error below; "
+                                    rf"once it is dealt with, continue with `python train\.py --checkpoint "
+                                    rf"{re.escape(shlex.quote(saved))} --max_steps (\d+)`",
+                                    capsys.readouterr().err).groups())
+    assert 3 <= step < 20 and load_checkpoint(saved)["step"] == step and step + left == 20
     if damage == "cut short":  # whichever windows the run read: one that the cut ends mid-token is named too
         with pytest.raises(UserError, match=message):
             opened.read(7 * 64, 65)  # (tokens 448-512: bytes 896-1026 of a file of 1001)
