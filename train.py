@@ -578,14 +578,14 @@ def split_too_short(meta, path, split, n_tokens, block_size, evaluating):
         # window takes, if that leaves train the most
         share = math.ceil(200 * (T + 1) / total) / 100
         # (the --val_fraction it was made with, as prepare_with's command would pass it again)
-        made_with = meta_options(meta, meta["folder"], odd={}).get("val_fraction", DEFAULT_VAL_FRACTION)
-        if made_with < share <= 0.5:
+        made_fraction = meta_options(meta, meta["folder"], odd={}).get("val_fraction", DEFAULT_VAL_FRACTION)
+        if made_fraction < share <= 0.5:
             fix = f"use a smaller --block_size, or a larger val split: `{prepare_with(meta, val_fraction=share)}`"
-        elif share <= made_with:
+        elif share <= made_fraction:
             # val's last documents are shorter than the text's average: the share above, no larger than the one it has,
             # remade the same val (10 documents, the last one a word, named --val_fraction 0.02 for a set made with 0.1)
-            fix = f"use a smaller --block_size, or a larger --val_fraction than its {made_with:g} (its val documents " \
-                  f"are short ones)"
+            fix = f"use a smaller --block_size, or a larger --val_fraction than its {made_fraction:g} (its val " \
+                  f"documents are short ones)"
     return UserError(f"{path} has {n_tokens} tokens, fewer than one window of --block_size {T} + 1: {fix}")
 
 
