@@ -1,9 +1,10 @@
 """
 Small pieces every script shares, in this order: running a script (UserError, the one line it and the file system's
-refusals end in, Ctrl-C and SIGTERM, torchrun's ranks), command-line arguments, reading text (JSON values, the error for
-a file that is not UTF-8), what the user sees (colors, progress, commands to paste), output paths (checked before the
-work; the files no output may replace), atomic writes, the lock that keeps a second command off the files one writes
-(held_lock: a train.py run's checkpoints, a prepare.py's dataset), reading token files, device and precision choice.
+refusals end in, Ctrl-C, SIGTERM and SIGHUP, torchrun's ranks), command-line arguments, reading text (JSON values, the
+error for a file that is not UTF-8), what the user sees (colors, progress, commands to paste), output paths (checked
+before the work; the files no output may replace), atomic writes, the lock that keeps a second command off the files
+one writes (held_lock: a train.py run's checkpoints, a prepare.py's dataset), reading token files, device and precision
+choice.
 Checkpoints: checkpoint.py. Nothing model-specific lives here. torch is imported where it is used: prepare.py and
 setup_tokenizer.py need it only for the vocabulary of a checkpoint or model folder (importing it takes ~2 s).
 """
@@ -16,6 +17,7 @@ import json
 import math
 import os
 import re
+import select
 import shlex
 import shutil
 import signal
@@ -37,7 +39,8 @@ os.environ.setdefault("LRU_CACHE_CAPACITY", "64")
 
 
 # -----------------------------------------------------------------------------
-# running a script: bad input and the file system's refusals in one line, Ctrl-C and SIGTERM, torchrun's ranks
+# running a script: bad input and the file system's refusals in one line, Ctrl-C, SIGTERM and SIGHUP, torchrun's
+# ranks
 
 class UserError(Exception):
     """Bad input from the user: printed as one line naming the fix, no traceback. Under torchrun every rank meets the
@@ -90,10 +93,10 @@ def interrupted_while_loading(signum, frame):
 def run_main(main):
     """Run a script's main(); UserError, Ctrl-C and the file system's refusals (a full disk, no permission, a folder
     where a file should be) end in one clear line, and output piped into a reader that stops early (`| head`) in
-    none. SIGTERM ends it through its clean-up (exit_on_sigterm)."""
+    none. SIGTERM, and SIGHUP, end it through its clean-up (exit_on_sigterm)."""
     # (put back on the way out: tests call scripts' mains through here, and pytest's own SIGTERM must still end it)
-    before = signal.signal(signal.SIGTERM, exit_on_sigterm) if threading.current_thread() is threading.main_thread() \
-        else None
+    before = {sig: signal.signal(sig, exit_on_sigterm) for sig in stop_signals()} \
+        if threading.current_thread() is threading.main_thread() else {}
     if signal.getsignal(signal.SIGINT) is interrupted_while_loading:  # (quiet_ctrl_c's, from the imports)
         signal.signal(signal.SIGINT, signal.default_int_handler)
     # a terminal in latin-1 (an old locale, PYTHONIOENCODING) shows "?" for a character it cannot, not a
@@ -134,6 +137,10 @@ def run_main(main):
             with contextlib.suppress(OSError, ValueError):
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(141)
+        if e.errno == errno.EIO and silence_gone_output():
+            # the terminal hung up (an SSH session dropped) and a line was written to it before its SIGHUP came: an
+            # end as the SIGHUP's, not a traceback (train.py's save on the way out of the error is made first)
+            sys.exit(128 + HANGUP)
         if e.errno not in OS_FIXES:
             raise
         # under torchrun every process reads the same files (rank 0 alone writes): one line a machine, as a
@@ -143,8 +150,8 @@ def run_main(main):
         if not finished:
             remove_made_folders()
         made_folders.clear()
-        if before is not None:
-            signal.signal(signal.SIGTERM, before)
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
         with contextlib.suppress(AttributeError, ValueError, OSError):
             if strict:
                 sys.stdout.reconfigure(errors="strict")
@@ -153,8 +160,51 @@ def run_main(main):
 def exit_on_sigterm(signum, frame):
     """SIGTERM (`kill`, `timeout`, a job scheduler) ends a script as Ctrl-C does, through its clean-up (finally
     blocks remove temporary files): its default ended the process on the spot. 143 is what a shell reports for a
-    process that SIGTERM ended. (train.py installs its own, which saves a checkpoint first.)"""
+    process that SIGTERM ended. SIGHUP (stop_signals) too, exit 129, once hung_up. (train.py installs its own, which
+    saves a checkpoint first.)"""
+    if signum == HANGUP:
+        hung_up()
     raise SystemExit(128 + signum)
+
+
+# SIGHUP: the terminal (an SSH session) a script was started from went away. Windows has none
+HANGUP = getattr(signal, "SIGHUP", None)
+
+
+def stop_signals():
+    """The signals that end a script as SIGTERM does, through its clean-up (train.py: with a save): SIGTERM, and
+    SIGHUP, whose default ended the process on the spot when the SSH session of a run started without tmux or nohup
+    dropped, losing its steps since the last save. Not a SIGHUP the script was started with ignored (`nohup`, a
+    launcher's): that one was started so as to outlive its terminal."""
+    ignored = HANGUP is None or signal.getsignal(HANGUP) is signal.SIG_IGN
+    return (signal.SIGTERM,) if ignored else (signal.SIGTERM, HANGUP)
+
+
+def hung_up():
+    """Called on SIGHUP: the rest of the way out neither writes to the terminal gone with it (silence_gone_output)
+    nor stops on a second SIGHUP, ignored from here on: the shell passes its own on to its jobs, and the system sends
+    the foreground job another as the shell ends. Taken as a new stop, that one would cut the clean-up (train.py's
+    save) the first began."""
+    signal.signal(HANGUP, signal.SIG_IGN)
+    silence_gone_output()
+
+
+def silence_gone_output():
+    """Whether stdout or stderr had lost its reader, which is now the null device: a terminal hung up (every write to
+    it fails, EIO) or a pipe whose reader ended (`| tee`, hung up with it: EPIPE). A line on the way out would fail
+    there, end the script in an error or cut its clean-up short. A file, or a reader still there, keeps its lines
+    (the one that says how to continue a run). False where the system cannot tell (Windows: no poll)."""
+    gone = False
+    for fd in (1, 2):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            poll = select.poll()
+            poll.register(fd, select.POLLOUT)
+            if any(events & (select.POLLERR | select.POLLHUP) for _, events in poll.poll(0)):
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, fd)
+                os.close(null)
+                gone = True
+    return gone
 
 
 def closed_pipe_on_windows(e):

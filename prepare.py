@@ -2185,11 +2185,12 @@ def rebuild_command(meta, folder=None):
 
 @contextlib.contextmanager
 def ctrl_c_held():
-    """Ctrl-C (and SIGTERM) waits until the block is done, then interrupts as usual: for a few renames that must not
-    stop halfway. Python runs signal handlers in the main thread only; elsewhere the block runs unguarded."""
+    """Ctrl-C (and SIGTERM, SIGHUP: common.stop_signals) waits until the block is done, then interrupts as usual: for
+    a few renames that must not stop halfway. Python runs signal handlers in the main thread only; elsewhere the block
+    runs unguarded."""
     caught, previous = [], {}
     try:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, *common.stop_signals()):
             previous[sig] = signal.signal(sig, lambda signum, frame: caught.append(signum))
     except ValueError:  # not the main thread
         pass
@@ -2199,7 +2200,8 @@ def ctrl_c_held():
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         if caught:
-            signal.raise_signal(caught[0])  # to the usual handler: KeyboardInterrupt, or main()'s exit for SIGTERM
+            # to the usual handler: KeyboardInterrupt, or run_main's exit for SIGTERM and SIGHUP
+            signal.raise_signal(caught[0])
 
 
 def unreadable_field(meta):

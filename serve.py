@@ -65,7 +65,7 @@ import torch
 
 from checkpoint import add_checkpoint_argument, load_model, parse_checkpoint
 from common import (DTYPES, UserError, at_least, json_kind, nonempty, number, parts_text, pick_device, pick_dtype,
-                    retain_freed_memory, run_main, seeded_generator)
+                    retain_freed_memory, run_main, seeded_generator, stop_signals)
 from gen import (CHAT_STOPS, PENALTY_RULE, add_sampling_arguments, default_checkpoint, encode_prompt, fit_history,
                  penalty_value, reserve_for, stop_ids, stream_completion, warn_if_trained_on_text)
 from setup_tokenizer import EOT, render_chat
@@ -1545,16 +1545,17 @@ def main(argv=None):
     except KeyboardInterrupt:
         signalled = True  # "stopped" is said once it has (halt), after the worker's line for the reply it cut short
     finally:
-        # SIGTERM's SystemExit (exit_on_sigterm) is in flight: it stops the server as Ctrl-C does, and says so too
-        by_sigterm = isinstance(sys.exc_info()[1], SystemExit)
+        # SIGTERM's (or SIGHUP's) SystemExit (exit_on_sigterm) is in flight: it stops the server as Ctrl-C does, and
+        # says so too
+        stop = sys.exc_info()[1]
+        by_sigterm = isinstance(stop, SystemExit)
         signalled = signalled or by_sigterm
         main_thread = threading.current_thread() is threading.main_thread()
-        before = {s: signal.signal(s, leave_at_once) for s in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
+        before = {s: signal.signal(s, leave_at_once) for s in (signal.SIGINT, *stop_signals())} if main_thread else {}
         try:
             if not server.halt():  # the worker still inside torch past halt's timeout: Python's exit would abort
                 print("the reply being generated did not stop in time: exiting without waiting for it", file=sys.stderr)
-                # the status of the signal that stopped the server
-                leave_at_once(signal.SIGTERM if by_sigterm else signal.SIGINT, None)
+                leave(stop.code if by_sigterm else 128 + signal.SIGINT)  # the status of the signal that stopped it
         finally:
             for s, handler in before.items():
                 signal.signal(s, handler)
@@ -1564,9 +1565,9 @@ def main(argv=None):
 
 
 def leave_at_once(signum, frame):
-    """Ctrl-C again (or SIGTERM) while serve.py waits for the worker to leave torch (seconds, for a long prompt on a big
-    model): exit now, with the status of the signal. Python's own exit under a thread inside torch aborts the process
-    ("terminate called without an active exception", SIGABRT, a core dump)."""
+    """Ctrl-C again (or SIGTERM, SIGHUP) while serve.py waits for the worker to leave torch (seconds, for a long prompt
+    on a big model): exit now, with the status of the signal. Python's own exit under a thread inside torch aborts the
+    process ("terminate called without an active exception", SIGABRT, a core dump)."""
     leave(128 + signum)
 
 

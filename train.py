@@ -62,11 +62,11 @@ from tqdm import tqdm
 
 from checkpoint import (NOT_THIS_CODE, add_checkpoint_argument, checkpoint_config, is_kind, load_checkpoint,
                         load_weights, nonfinite, parse_checkpoint, save_checkpoint, tensor_bytes)
-from common import (DTYPES, UserError, ask, atomic_write_text, autocast, check_output,
+from common import (DTYPES, HANGUP, UserError, ask, atomic_write_text, autocast, check_output,
                     closed_pipe_on_windows, color_ok, cpu_bf16_is_faster, cpu_has_bf16, draws_a_bar,
-                    exit_after_the_first, first_line, held_lock, is_oom, lock_is_held, nonempty, nonnegative_int,
-                    path_arg, pick_device, pick_dtype, prepare_lock, read_items, refuse_dataset_folder,
-                    remove_stale_tmp, retain_freed_memory, run_main, speaks_for_machine, tmp_name)
+                    exit_after_the_first, first_line, held_lock, hung_up, is_oom, lock_is_held, nonempty,
+                    nonnegative_int, path_arg, pick_device, pick_dtype, prepare_lock, read_items, refuse_dataset_folder,
+                    remove_stale_tmp, retain_freed_memory, run_main, speaks_for_machine, stop_signals, tmp_name)
 from hf import is_hf_folder
 from model import OPTIMIZERS, PRESETS, VARIANTS, GPT, make_config
 from prepare import (DATASETS, DEFAULT_OUT_DIR, DEFAULT_PACK, DEFAULT_VAL_FRACTION, MIXABLE, damaged_field,
@@ -1483,15 +1483,21 @@ class Metrics:
 class GracefulInterrupt:
     """First Ctrl-C: finish the current step, save, exit 130. A second one quits at once, exit 130 (143 for a second
     SIGTERM; atomic saves keep the previous checkpoint intact); under torchrun it is ignored, and the save goes on
-    (see handler). Outside the main thread Ctrl-C stays a plain KeyboardInterrupt. In one process SIGTERM (a job scheduler's notice, `timeout`) does
-    the same and exits 143; under torchrun, which sends it to stop the ranks when one fails, it exits at once
-    (init_distributed), in training saying so (stopped_by_sigterm)."""
+    (see handler). Outside the main thread Ctrl-C stays a plain KeyboardInterrupt. In one process SIGTERM (a job
+    scheduler's notice, `timeout`) does the same and exits 143; under torchrun, which sends it to stop the ranks when
+    one fails, it exits at once (init_distributed), in training saying so (stopped_by_sigterm). SIGHUP (the terminal or
+    SSH session gone) saves as Ctrl-C does, under torchrun too (which passes its own on to the ranks, as Ctrl-C), and
+    exits 129; it never quits without the save (common.hung_up)."""
 
     def __init__(self):
         self.requested, self.signum, self.old = False, None, {}
         self.quit_by = signal.SIGINT  # the signal that quit without saving (a second SIGTERM: exit 143, as the first's)
 
     def handler(self, signum, frame):
+        if signum == HANGUP:
+            hung_up()  # (the output gone with the terminal silenced, the hang-up's repeats ignored)
+            if self.requested:  # after Ctrl-C or SIGTERM: the save they asked for goes on
+                return
         if self.requested:
             # under torchrun a second one is no user's: a scheduler's signal to the whole job (scancel --signal=INT)
             # reaches each rank, then torchrun passes its own on; quitting then would leave no save, and the other
@@ -1503,7 +1509,7 @@ class GracefulInterrupt:
         self.requested, self.signum = True, signum
         if not quiet:  # under torchrun, which passes one Ctrl-C on to the ranks and kills them 30 s later
             def name(sig):
-                return "Ctrl-C" if sig == signal.SIGINT else "SIGTERM"
+                return "Ctrl-C" if sig == signal.SIGINT else signal.Signals(sig).name
             # what quits: Ctrl-C, or a second SIGTERM where Ctrl-C is ignored; "again" after the same one ("press
             # Ctrl-C to quit" after a Ctrl-C reads as if the first had not been taken)
             quits = signal.SIGINT if signal.SIGINT in self.old else signal.SIGTERM
@@ -1514,10 +1520,13 @@ class GracefulInterrupt:
     def __enter__(self):
         # Ctrl-C ignored stays ignored, as common.quiet_ctrl_c leaves it: a script's `python train.py &` (its shell
         # starts a background job so) was stopped by the Ctrl-C pressed for the script, taken over here for the
-        # whole of training; SIGTERM still stops it with a save
+        # whole of training; SIGTERM still stops it with a save. SIGHUP ignored (nohup) stays so too (stop_signals)
         ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-        handlers = {} if ignored else {signal.SIGINT: self.handler}
-        handlers[signal.SIGTERM] = self.stopped_by_sigterm if "LOCAL_RANK" in os.environ else self.handler
+        handlers = {sig: self.handler for sig in stop_signals()}
+        if not ignored:
+            handlers[signal.SIGINT] = self.handler
+        if "LOCAL_RANK" in os.environ:
+            handlers[signal.SIGTERM] = self.stopped_by_sigterm
         with contextlib.suppress(ValueError):  # ValueError: not the main thread
             for sig, handler in handlers.items():
                 self.old[sig] = signal.signal(sig, handler)
@@ -1541,17 +1550,16 @@ class GracefulInterrupt:
 
     def exit_saved(self, dist, step, path, steps_left):
         """Ends the run interrupted after its step `step`, saved at path: says how to continue it (steps_left: what is
-        left of its --max_steps, which a continued run does not inherit), and exits 130 (SIGTERM: 143)."""
+        left of its --max_steps, which a continued run does not inherit), and exits 130 (SIGTERM: 143, SIGHUP: 129)."""
         command = dist.continue_command(path, steps_left)
         say(paint(f"interrupted at step {step:,}: saved {path}; continue with `{command}`", "yellow"))
-        if self.signum == signal.SIGTERM:
-            raise SystemExit(128 + signal.SIGTERM)
         # the others end once rank 0 has saved: torchrun stops every rank (SIGTERM) when one ends with an error unless
         # the Ctrl-C reached it too (not so for one typed on another machine's terminal): ending sooner, they could
-        # stop rank 0 mid-save, and this step's checkpoint and line would be lost
+        # stop rank 0 mid-save, and this step's checkpoint and line would be lost. (SIGTERM is here in one process
+        # alone, where there are no others)
         dist.agree(0)
         # the line above says it all: a KeyboardInterrupt would add run_main's bare "interrupted"
-        raise SystemExit(130)
+        raise SystemExit(128 + self.signum)
 
 
 def time_left(s_per_step, epoch_steps_left, budget_s, run_steps_left):
@@ -1695,10 +1703,10 @@ def init_distributed(device_name, timeout_min=DIST_TIMEOUT_MIN):
     # joining waits in C++ for every rank to join, where no Python signal handler runs: Ctrl-C while one rank is still
     # loading, or torchrun's SIGTERM when one ends before joining, would go unheard until torchrun kills the process
     # 30 s later. Nothing is written yet: the system's default ends it at once (an ignored one, as Ctrl-C in a
-    # script's `torchrun ... &`, stays so)
+    # script's `torchrun ... &`, stays so). SIGHUP, which torchrun passes on as it does Ctrl-C, too
     handlers = {}
     with contextlib.suppress(ValueError):  # (not the main thread)
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, *stop_signals()):
             if signal.getsignal(sig) is not signal.SIG_IGN:
                 handlers[sig] = signal.signal(sig, signal.SIG_DFL)
     try:

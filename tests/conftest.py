@@ -2,6 +2,8 @@ import os
 import signal
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
 
@@ -26,6 +28,22 @@ os.environ["PATH"] = os.path.dirname(os.path.abspath(sys.executable)) + os.paths
 # save) need it delivered, so it gets Python's usual handler back.
 if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+# SIGHUP: the terminal a script was started from went away. Windows has none
+HANGUP = getattr(signal, "SIGHUP", None)
+
+
+def hangup_as(disposition):
+    """A preexec_fn that starts a test's script with SIGHUP at disposition: SIG_DFL, as from a terminal's shell (the
+    tests may run under nohup, whose SIG_IGN it would inherit, and the tests of what SIGHUP does need it delivered), or
+    SIG_IGN, as nohup starts it. (Not set in the test process itself: a `nohup make test` must outlive its terminal.)"""
+    return lambda: signal.signal(HANGUP, disposition)
+
+
+def hangup_not_taken(signum, frame):
+    """SIGHUP's handler in a test that sends one to its own process, for the script to take over: its default would
+    end pytest itself where the script did not."""
+    pytest.fail("SIGHUP reached the handler the script found, not one of its own")
 
 
 def run_cli(main, argv, capsys):

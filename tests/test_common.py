@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import common
-from conftest import run_cli
+from conftest import HANGUP, ROOT, run_cli
 from common import UserError, atomic_torch_save, atomic_write_text, check_output, pick_device, remove_stale_tmp, run_main
 
 
@@ -1034,6 +1034,26 @@ def test_a_command_to_paste_calls_this_python_as_the_shell_finds_it(tmp_path, mo
     assert common.python_command() == "python3"
     monkeypatch.setattr(sys, "executable", str(tmp_path / "other" / "python"))
     assert common.python_command() == os.path.join("other", "python")  # (below here: relative)
+
+
+@pytest.mark.skipif(HANGUP is None or not hasattr(os, "openpty"), reason="terminals that hang up are POSIX")
+def test_a_line_to_a_terminal_that_hung_up_ends_as_its_sighup(tmp_path):
+    """An SSH session dropped: the terminal hangs up before its SIGHUP comes (its shell passes it on), and a line
+    written meanwhile failed with EIO, which ended the script in a traceback, exit 1, to nowhere (train.py: after the
+    save on the way out of the error). It ends as the SIGHUP would have, 129, and the rest is not written; output to
+    a file or pipe is no terminal's, and keeps the error."""
+    leader, follower = os.openpty()
+    os.close(leader)  # the session gone: the terminal hangs up
+    script = "import common; common.run_main(lambda: print('step 7: loss 2.31', flush=True))"
+    with open(os.devnull, "w") as null:
+        r = subprocess.run([sys.executable, "-c", script], cwd=ROOT, stdout=follower, stderr=null, timeout=60)
+    os.close(follower)
+    assert r.returncode == 129
+    # an I/O error elsewhere (a disk failing under a read), with the output there: a bug's traceback, as before
+    script = "import common, errno\ndef main():\n    raise OSError(errno.EIO, 'Input/output error')\n" \
+             "common.run_main(main)"
+    r = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "OSError: [Errno 5] Input/output error" in r.stderr, r.stderr
 
 
 @pytest.mark.skipif(not hasattr(os, "openpty"), reason="pseudo-terminals are POSIX")

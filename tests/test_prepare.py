@@ -25,7 +25,7 @@ import common
 import prepare
 import setup_tokenizer
 from common import UserError
-from conftest import run_cli
+from conftest import HANGUP, hangup_not_taken, run_cli
 from setup_tokenizer import EOT, IM_END, IM_START, get_tokenizer, render_chat, tokenizer_hash, train_tokenizer
 
 MIRROR = os.environ.get("DATA_MIRROR")
@@ -2680,10 +2680,11 @@ def test_a_rebuild_windows_refuses_over_open_files_keeps_the_old_dataset(tmp_pat
     assert prepare.prepare("chat", source=src, out_dir=out, val_fraction=0.2)["splits"]["val"]["documents"] > 0
 
 
-def test_interrupted_commit_leaves_the_old_dataset_or_the_new_one(tmp_path, monkeypatch):
+def test_interrupted_commit_leaves_the_old_dataset_or_the_new_one(tmp_path, monkeypatch, request):
     """A rebuild interrupted at each of its file-system steps in turn (every fsync, rename and removal, from the new
-    vocabulary to the cleanup): Ctrl-C leaves the old dataset or the complete new one, never a mix, never nothing;
-    a crash (an exception nothing holds back) can leave no meta.json, during the renames alone, and never a mix."""
+    vocabulary to the cleanup): Ctrl-C, or SIGHUP (its terminal gone: it ended the script in the renames, leaving no
+    meta.json), leaves the old dataset or the complete new one, never a mix, never nothing; a crash (an exception
+    nothing holds back) can leave no meta.json, during the renames alone, and never a mix."""
     src = write(tmp_path / "chats.jsonl", "".join(json.dumps({"messages": c}) + "\n" for c in CONVERSATIONS))
     out, folder, saved = str(tmp_path / "data"), tmp_path / "data" / "chat", tmp_path / "old"
 
@@ -2704,7 +2705,9 @@ def test_interrupted_commit_leaves_the_old_dataset_or_the_new_one(tmp_path, monk
 
     real = {name: getattr(os, name) for name in ("fsync", "replace", "remove")}
     outcomes = {}
-    for how in ("ctrl-c", "crash"):
+    if HANGUP:
+        request.addfinalizer(functools.partial(signal.signal, HANGUP, signal.signal(HANGUP, hangup_not_taken)))
+    for how in ("ctrl-c", "hang-up", "crash") if HANGUP else ("ctrl-c", "crash"):
         for at in itertools.count(1):
             shutil.rmtree(folder)
             shutil.copytree(saved, folder)
@@ -2715,15 +2718,19 @@ def test_interrupted_commit_leaves_the_old_dataset_or_the_new_one(tmp_path, monk
                 if len(steps) == at:
                     if how == "crash":
                         raise KeyboardInterrupt
-                    os.kill(os.getpid(), signal.SIGINT)  # Python raises KeyboardInterrupt where it next can
+                    # Python raises KeyboardInterrupt (run_main's handler: SystemExit) where it next can
+                    os.kill(os.getpid(), signal.SIGINT if how == "ctrl-c" else HANGUP)
                 return real[name](*args)
 
             for name in real:
                 monkeypatch.setattr(os, name, functools.partial(step, name))
             try:
-                rebuild(280)
+                common.run_main(lambda: rebuild(280)) if how == "hang-up" else rebuild(280)  # (run_main: as the script)
                 finished = True
             except KeyboardInterrupt:
+                finished = False
+            except SystemExit as e:
+                assert e.code == 129
                 finished = False
             finally:
                 for name, f in real.items():
@@ -2734,7 +2741,7 @@ def test_interrupted_commit_leaves_the_old_dataset_or_the_new_one(tmp_path, monk
                 assert at > len(steps) and state == "new"
                 break
             outcomes[how, at, steps[at - 1]] = state
-            if how == "ctrl-c":
+            if how != "crash":
                 assert state in ("old", "new"), (at, steps)
                 assert not [f for f in os.listdir(folder) if f.endswith(".tmp")], (at, steps)
             else:

@@ -33,7 +33,7 @@ import torch
 import gen
 import serve
 from checkpoint import save_checkpoint
-from conftest import run_cli
+from conftest import HANGUP, hangup_as, run_cli
 from model import GPT, make_config
 from setup_tokenizer import EOT, IM_END, get_tokenizer, render_chat
 
@@ -1909,7 +1909,7 @@ def served(path, *options, prelude=None, env=None):
     the process's stdout after its first line and its stderr are then in process.out and process.err. prelude:
     Python code run first in that process (a patch); env: its environment, if not this one."""
     p = subprocess.Popen(serve_command(path, *options, prelude=prelude), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, env=env)
+                         text=True, env=env, preexec_fn=hangup_as(signal.SIG_DFL) if HANGUP else None)
     try:
         line = p.stdout.readline()
         m = re.search(r"on http://127\.0\.0\.1:(\d+)", line)
@@ -1954,11 +1954,13 @@ def test_a_model_trained_on_plain_text_is_warned_of(enc, tmp_path, monkeypatch, 
         assert warned == (kind == "text"), err
 
 
-@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM,
+                                  pytest.param(HANGUP, marks=pytest.mark.skipif(HANGUP is None, reason="no SIGHUP"))])
 def test_ctrl_c_while_a_reply_streams_stops_cleanly(enc, tmp_path, stop):
     """Ctrl-C while the worker is inside torch: it aborted ("terminate called without an active exception", SIGABRT,
     a core dump), since Python exited under a daemon thread still running the model. SIGTERM (a job scheduler's stop)
-    stops it the same way, and says so too: it ended without "stopped"."""
+    stops it the same way, and says so too: it ended without "stopped". SIGHUP (its terminal gone) too, exit 129: it
+    ended on the spot, the reply cut without a word."""
     torch.manual_seed(0)
     config = make_config("tiny", n_layer=2, n_embd=64, n_head=2, block_size=1024, vocab_size=enc.n_vocab, variant="gpt2")
     path = str(tmp_path / "long.pt")
@@ -1967,12 +1969,12 @@ def test_ctrl_c_while_a_reply_streams_stops_cleanly(enc, tmp_path, stop):
         sock = socket.create_connection(("127.0.0.1", port), timeout=60)
         sock.sendall(completion_request(max_tokens=1000, stream=True))
         read_until_text(sock)
-        if stop == signal.SIGTERM:
+        if stop != signal.SIGINT:
             p.send_signal(stop)
             p.wait(timeout=60)  # (served sends SIGINT itself, to a process still running)
     rest = b"".join(iter(lambda: sock.recv(65536), b""))
     sock.close()
-    assert p.returncode == (0 if stop == signal.SIGINT else 143) and "terminate" not in p.err, p.err
+    assert p.returncode == (0 if stop == signal.SIGINT else 128 + stop) and "terminate" not in p.err, p.err
     # the stream was told why it ended, and ended as a stream does (its last chunk), before the process exited
     assert b'"code": "server_shutting_down"' in rest and rest.endswith(b"\r\n0\r\n\r\n"), rest
     # "stopped" is the last line, said once the worker has left: its line for the reply it cut short came after it

@@ -23,12 +23,13 @@ import numpy as np
 import pytest
 import torch
 
+import common
 import eval as eval_py
 import prepare
 import train
 from checkpoint import load_checkpoint, load_model, save_checkpoint
 from common import UserError, held_lock, prepare_lock
-from conftest import run_cli
+from conftest import HANGUP, hangup_as, hangup_not_taken, run_cli
 from model import GPT, MuonAdamW, make_config
 from setup_tokenizer import EOT, IM_END, get_tokenizer, render_chat, tokenizer_hash, train_tokenizer
 
@@ -1217,20 +1218,14 @@ def test_an_unusable_output_is_refused_before_training(env, tmp_path):
     assert not (tmp_path / "mini_metrics.jsonl").exists()  # nothing ran
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_ctrl_c_saves_and_exits_130(env, tmp_path, sig, code):
-    """Ctrl-C, or SIGTERM (a job scheduler's notice, `timeout`; it had killed the run, losing what came since the last
-    save): the step finishes, is saved, and the run says how to continue."""
-    out = tmp_path / "my models"  # (a space: the command it gives to continue pastes into a shell as it is)
-    out.mkdir()
-    other = out / "keep.pt"
-    other.write_bytes(b"previous checkpoint bytes")
+def train_until_its_first_save(env, out, **popen):
+    """A train.py run of 50 epochs into the folder out, started as a script (popen: its streams, its start), once its
+    first save is written (at 20% of its first epoch): (the process, that save's path, its step)."""
     cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--data_dir", env["data"], "--dataset", "story",
            "--output_checkpoint", str(out / "{dataset}_epoch{epoch}.pt"), "--n_layer", "2", "--n_head", "2",
            "--n_embd", "64", "--block_size", "64", "--batch_size", "8", "--epochs", "50", "--save_interval", "20",
            "--eval_interval", "0", "--device", "cpu", "--dtype", "float32", "--no-color"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(cmd, cwd=ROOT, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, **popen)
     ckpt = out / "story_epoch1.pt"
     # a guard against a hang, not a speed requirement: under load the first save (torch's and dynamo's imports, 35
     # steps) took 39 s of the 60 this was; a run that fails ends the wait at once (poll)
@@ -1238,7 +1233,22 @@ def test_ctrl_c_saves_and_exits_130(env, tmp_path, sig, code):
     while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.1)
     assert ckpt.exists(), proc.communicate(timeout=30)
-    first = load_checkpoint(str(ckpt))["step"]
+    return proc, ckpt, load_checkpoint(str(ckpt))["step"]
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143),
+                                       pytest.param(HANGUP, 129, marks=pytest.mark.skipif(HANGUP is None,
+                                                                                          reason="Windows has none"))])
+def test_ctrl_c_saves_and_exits_130(env, tmp_path, sig, code):
+    """Ctrl-C, or SIGTERM (a job scheduler's notice, `timeout`), or SIGHUP (`kill -HUP`, the terminal gone: it had
+    killed the run, losing what came since the last save): the step finishes, is saved, and the run says how to
+    continue."""
+    out = tmp_path / "my models"  # (a space: the command it gives to continue pastes into a shell as it is)
+    out.mkdir()
+    other = out / "keep.pt"
+    other.write_bytes(b"previous checkpoint bytes")
+    hangup = {"preexec_fn": hangup_as(signal.SIG_DFL)} if sig == HANGUP else {}
+    proc, ckpt, first = train_until_its_first_save(env, out, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **hangup)
     time.sleep(0.5)  # some steps past that save
     proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=60)
@@ -1252,6 +1262,65 @@ def test_ctrl_c_saves_and_exits_130(env, tmp_path, sig, code):
     assert load_checkpoint(str(ckpt))["step"] >= first
     assert other.read_bytes() == b"previous checkpoint bytes"
     assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
+
+
+@pytest.mark.skipif(HANGUP is None or not hasattr(os, "openpty"), reason="terminals that hang up are POSIX")
+def test_a_run_whose_terminal_hangs_up_saves_and_exits_129(env, tmp_path):
+    """The SSH session of a run started without tmux or nohup dropped: the system hung its terminal up, after which
+    every write to it fails (EIO), and sent SIGHUP, whose default ended the run on the spot, losing every step since
+    its last save. The step finishes and is saved, and the run exits 129, the lines for the terminal (its progress bar,
+    "SIGHUP: saving", how to continue) dropped, not a traceback's exit 1 that cut the save."""
+    import fcntl
+    import select
+    import struct
+    import termios
+    import threading
+    out = tmp_path / "models"
+    out.mkdir()
+    leader, follower = os.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))  # sized: the progress bar is drawn
+    stop = threading.Event()
+
+    def screen():  # what the terminal shows, read, so that the run never waits on a full one
+        while not stop.is_set():
+            if select.select([leader], [], [], 0.1)[0]:
+                os.read(leader, 1 << 16)
+
+    def in_its_own_session():  # its terminal made its controlling one: the system sends it SIGHUP as it hangs up
+        hangup_as(signal.SIG_DFL)()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    reader = threading.Thread(target=screen)
+    reader.start()
+    try:
+        proc, ckpt, first = train_until_its_first_save(env, out, stdin=follower, stdout=follower, stderr=follower,
+                                                       start_new_session=True, preexec_fn=in_its_own_session)
+        time.sleep(0.5)  # some steps past that save
+    finally:
+        stop.set()
+        reader.join()
+        os.close(follower)
+    os.close(leader)  # the session gone: the terminal hangs up, and its process is sent SIGHUP
+    assert proc.wait(timeout=60) == 129
+    saved = [load_checkpoint(str(out / f))["step"] for f in os.listdir(out) if f.endswith(".pt")]
+    assert max(saved) > first  # saved at the hang-up, not only at the interval
+    assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
+
+
+@pytest.mark.skipif(HANGUP is None, reason="Windows has no SIGHUP")
+def test_a_run_started_with_sighup_ignored_is_not_stopped_by_it(env, tmp_path):
+    """`nohup python train.py` starts the run with SIGHUP ignored, so that it outlives its terminal: taken over to save
+    and stop, the hang-up it was started to survive would end it. It trains on; SIGTERM still stops it with a save."""
+    proc, ckpt, first = train_until_its_first_save(env, tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                                   preexec_fn=hangup_as(signal.SIG_IGN))
+    proc.send_signal(HANGUP)
+    time.sleep(1)
+    assert proc.poll() is None, proc.communicate(timeout=30)  # still training
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "SIGHUP" not in stderr, (stdout, stderr)
+    at = int(stdout.split("interrupted at step ")[1].split(":")[0].replace(",", ""))
+    assert at > first
 
 
 def test_ctrl_c_says_interrupted_in_one_line(env, tmp_path, monkeypatch, capsys):
@@ -1336,6 +1405,37 @@ def test_a_second_ctrl_c_during_the_interrupts_save_quits_leaving_the_checkpoint
     assert "interrupted" not in out + err
     assert open(last, "rb").read() == before and load_checkpoint(last)["step"] == 2
     assert sorted(os.listdir(tmp_path)) == files  # (the temporary file removed)
+
+
+@pytest.mark.skipif(HANGUP is None, reason="Windows has no SIGHUP")
+def test_a_second_sighup_does_not_quit_without_the_save(env, tmp_path, monkeypatch, capsys):
+    """A dropped SSH session sends a run SIGHUP twice: its shell passes its own on, and the system sends another as
+    the shell ends. The second, in the save the first began, is the same hang-up, not a user's second Ctrl-C: the save
+    is made, and the run exits 129."""
+    argv = ["--data_dir", env["data"], "--dataset", "mini", "--output_checkpoint", str(tmp_path / "{dataset}.pt"),
+            "--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size", "64", "--eval_interval", "0",
+            "--save_interval", "0", "--device", "cpu", "--no-color"]
+    real_save, saves = torch.save, []
+
+    def hangup_mid_write(obj, f, *a, **k):
+        saves.append(f)
+        os.kill(os.getpid(), HANGUP)
+        real_save(obj, f, *a, **k)
+    monkeypatch.setattr(torch, "save", hangup_mid_write)
+    on_step(monkeypatch, 2, lambda: os.kill(os.getpid(), HANGUP))
+    before = signal.signal(HANGUP, hangup_not_taken)
+    try:
+        with pytest.raises(SystemExit) as e:
+            train.main(argv)
+        assert signal.getsignal(HANGUP) is hangup_not_taken  # run_main's handler taken off on the way out
+    finally:
+        signal.signal(HANGUP, before)
+    out, err = capsys.readouterr()
+    assert e.value.code == 129 and len(saves) == 1, err
+    assert "SIGHUP: saving after this step" in err and "without saving;" not in err, err
+    assert f"interrupted at step 2: saved {tmp_path / 'mini.pt'}" in out, out
+    assert load_checkpoint(str(tmp_path / "mini.pt"))["step"] == 2
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
 
 
 def test_an_interrupt_in_the_last_step_of_a_run_lets_it_end(env, tmp_path, monkeypatch, capsys):
@@ -3942,6 +4042,29 @@ def test_graceful_interrupt_leaves_an_ignored_ctrl_c_ignored(monkeypatch):
     finally:
         for sig, h in before.items():
             signal.signal(sig, h)
+
+
+@pytest.mark.skipif(HANGUP is None, reason="Windows has no SIGHUP")
+def test_an_ignored_sighup_stays_ignored(monkeypatch):
+    """`nohup` starts a script with SIGHUP ignored, to outlive its terminal: the scripts (run_main), training
+    (GracefulInterrupt) and a dataset's commit (prepare.ctrl_c_held) leave it so, where they take it over otherwise."""
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    before = signal.getsignal(HANGUP)
+    try:
+        for disposition, taken in ((signal.SIG_IGN, False), (signal.SIG_DFL, True)):
+            signal.signal(HANGUP, disposition)
+
+            def inside():
+                with train.GracefulInterrupt():
+                    in_training = signal.getsignal(HANGUP)
+                with prepare.ctrl_c_held():
+                    in_commit = signal.getsignal(HANGUP)
+                return signal.getsignal(HANGUP), in_training, in_commit
+            held = common.run_main(inside)
+            assert [h is signal.SIG_IGN for h in held] == [not taken] * 3, (disposition, held)
+            assert signal.getsignal(HANGUP) is disposition
+    finally:
+        signal.signal(HANGUP, before)
 
 
 def test_a_budgets_min_lr_defaults_to_a_hundredth_of_lr():
