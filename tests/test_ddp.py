@@ -60,7 +60,7 @@ def assert_same_curve(got, want, steps):
 @pytest.fixture(scope="module")
 def runs(env, tmp_path_factory):
     """Single process, batch 8: 2*STEPS steps in one go, and STEPS then stopped. 2 ranks, batch 2 x 2 accumulated
-    each: STEPS steps."""
+    each: STEPS steps, on two nodes (multi-node as on two machines; --standalone's one node is the other tests')."""
     out = tmp_path_factory.mktemp("ddp")
     spe = math.ceil(len(train.Windows(train.load_meta(env["data"], "story"), "train", 64)) / 8)
     evals = ["--eval_interval", 5 * 100 / spe]  # every 5 steps
@@ -69,11 +69,26 @@ def runs(env, tmp_path_factory):
     half = train.train(args_for(env, out / "half", "--dataset", "story", "--batch_size", "8", "--max_steps", STEPS,
                                 *MODEL, *evals))
     two = out / "two" / "{dataset}.pt"
-    # --eval_batches 16 of 2 windows on each of 2 ranks: the 64 val windows of one process's 8 batches of 8
-    r = torchrun(["--data_dir", env["data"], "--dataset", "story", "--output_checkpoint", two, "--batch_size", "2",
-                  "--grad_accum", "2", "--max_steps", STEPS, *MODEL, *evals, "--eval_batches", "16"])
-    return {"out": out, "one": one, "half": half, "two": str(two).replace("{dataset}", "story"), "log": r.stdout,
-            "spe": spe}
+    # as on two machines: two torchrun agents of one process each, that find each other through --rdzv_endpoint
+    # (here both on this machine; one run for both scenarios, as each costs ~10 s of torchrun starting). --eval_batches
+    # 16 of 2 windows on each of 2 ranks: the 64 val windows of one process's 8 batches of 8
+    argv = ["--data_dir", env["data"], "--dataset", "story", "--output_checkpoint", two, "--batch_size", "2",
+            "--grad_accum", "2", "--max_steps", STEPS, *MODEL, *evals, "--eval_batches", "16"]
+    launch = rendezvous()
+    nodes = [torchrun(argv, nproc=1, launch=launch, stdin=subprocess.DEVNULL) for _ in range(2)]
+    logs = [node.communicate(timeout=240) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], logs
+    return {"out": out, "one": one, "half": half, "two": str(two).replace("{dataset}", "story"),
+            "log": "".join(stdout for stdout, _ in logs), "spe": spe}  # (which agent has rank 0 is the rendezvous')
+
+
+def rendezvous():
+    """torchrun's options for one of 2 agents (machines) that meet at an endpoint on a free port of this machine."""
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return "--nnodes=2", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=test"
 
 
 def test_two_ranks_follow_one_process_with_the_same_global_batch(runs):
@@ -187,33 +202,10 @@ def test_a_time_budget_ends_every_rank_at_the_same_step(env, tmp_path):
     assert ck["epoch"] > 1 and 0.8 * budget < ck["elapsed"] < budget + 5
 
 
-def test_two_nodes_meet_at_a_rendezvous_endpoint(env, runs):
-    """Multi-node as on two machines: two torchrun agents, one process each, that find each other through
-    --rdzv_endpoint (here both on this machine)."""
-    import socket
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    out = runs["out"] / "nodes"
-    launch = ("--nnodes=2", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=test")
-    argv = ["--data_dir", env["data"], "--dataset", "story", "--output_checkpoint", out / "{dataset}.pt",
-            "--batch_size", "4", "--max_steps", STEPS, *MODEL, "--eval_interval", "0"]
-    nodes = [torchrun(argv, nproc=1, launch=launch, stdin=subprocess.DEVNULL) for _ in range(2)]
-    logs = [node.communicate(timeout=240) for node in nodes]
-    assert [node.returncode for node in nodes] == [0, 0], logs
-    one, two = losses(runs["one"]["metrics"]), losses(out / "story_metrics.jsonl")
-    assert sorted(two) == list(range(1, STEPS + 1))
-    assert_same_curve(two, one, sorted(two))
-
-
 def two_machines(argvs):
     """Two torchrun agents, one process each, that meet at a rendezvous endpoint as on two machines, each with its
     own argv: their stderr, once both ended (60 s at most: they were killed, and the test failed)."""
-    import socket
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    launch = ("--nnodes=2", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=test")
+    launch = rendezvous()
     nodes = [torchrun(argv, nproc=1, launch=launch, stdin=subprocess.DEVNULL, start_new_session=True)
              for argv in argvs]
     try:
