@@ -160,6 +160,47 @@ def test_a_two_rank_run_with_dropout_resumes_exactly(env, tmp_path, capsys):
             "not bit for bit as on 2)") in capsys.readouterr().out
 
 
+def test_each_rank_draws_its_own_dropout_masks_and_again_on_resume(monkeypatch):
+    """Every rank starts from the same --seed: without a stream of their own the ranks drew the same dropout masks,
+    half the noise of the global batch, which no loss curve shows (the run above resumes exactly either way: every
+    rank goes on with rank 0's saved stream). One take_step on ranks 0 to 2, its train_step a mask dropout draws."""
+    def draw():
+        return torch.nn.functional.dropout(torch.ones(64), 0.5)
+
+    def mask(*step_args, **kw):
+        masks.append(draw())
+        return torch.tensor(0.0)
+
+    def step(rank, at_step):
+        run = types.SimpleNamespace(
+            args=types.SimpleNamespace(seed=1337, compile=False, block_size=64, grad_clip=1.0),
+            p=types.SimpleNamespace(step=at_step, windows=0, tokens=0), dist=types.SimpleNamespace(rank=rank, world=3),
+            clock=types.SimpleNamespace(agreed=0, held_back=0), config=types.SimpleNamespace(dropout=0.1),
+            optimizer=types.SimpleNamespace(param_groups=[{}]), tally=types.SimpleNamespace(add=lambda *a: None),
+            total_steps=10, budget=None, budget_warmup=None, run_steps=0, run_tokens=0, fwd=None, scaler=None,
+            device=torch.device("cpu"), dtype=torch.float32)
+        train.Run.take_step(run, [], 1, 64)
+        return masks.pop()
+
+    masks = []
+    monkeypatch.setattr(train, "train_step", mask)
+    monkeypatch.setattr(train, "step_lr", lambda *a: 1e-3)
+    with torch.random.fork_rng(devices=[]):  # (the session's generator as it was, after)
+        torch.manual_seed(1337)  # as train.py seeds every rank
+        state = torch.get_rng_state()
+        drawn = []
+        for rank in range(3):
+            torch.set_rng_state(state)
+            drawn.append(step(rank, 5))
+        assert not torch.equal(drawn[0], drawn[1]) and not torch.equal(drawn[1], drawn[2])
+        assert not torch.equal(drawn[0], drawn[2])
+        torch.set_rng_state(state)  # rank 0 draws from the stream of one process, the one saved in checkpoints
+        assert torch.equal(drawn[0], draw())
+        torch.manual_seed(7)  # a rank resumed at step 5 (only rank 0's stream is in checkpoints) draws the same
+        assert torch.equal(step(1, 5), drawn[1]) and torch.equal(step(2, 5), drawn[2])
+        assert not torch.equal(step(1, 6), drawn[1])  # and other masks each step
+
+
 def test_overwriting_the_best_file_drops_its_bar_on_every_rank(env, runs, tmp_path):
     """--reset_epoch --overwrite removes the run's best file at the first save, and its val loss as the bar with it:
     on rank 0 only, so the other ranks counted --patience against the old bar and stopped alone (a lost rank)."""
