@@ -1,4 +1,6 @@
+import json
 import os
+import shutil
 import signal
 import sys
 
@@ -44,6 +46,29 @@ def hangup_not_taken(signum, frame):
     """SIGHUP's handler in a test that sends one to its own process, for the script to take over: its default would
     end pytest itself where the script did not."""
     pytest.fail("SIGHUP reached the handler the script found, not one of its own")
+
+
+def built_once(tmp_path_factory, name, build):
+    """A module fixture's files that tests only read (a trained checkpoint): build(folder) once a test session, not on
+    each pytest-xdist worker (~10 s of training each; xdist_group marks go unread with pytest 9.2 and xdist 3.8). The
+    first worker to ask builds in a folder the workers share, their basetemps' parent, holding a lock; the others
+    wait for it and find the same files. Returns build's result, as JSON gives it back (the others read it from a
+    file). A test that changes the files works on its own copy."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: each worker builds its own
+        fcntl = None
+    if not os.environ.get("PYTEST_XDIST_WORKER") or fcntl is None:
+        return json.loads(json.dumps(build(tmp_path_factory.mktemp(name))))
+    shared = tmp_path_factory.getbasetemp().parent
+    folder, result = shared / name, shared / f"{name}.json"
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # (let go however its holder ends)
+        if not result.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # what a build that failed on another worker left
+            folder.mkdir()
+            result.write_text(json.dumps(build(folder)))
+        return json.loads(result.read_text())
 
 
 def run_cli(main, argv, capsys):

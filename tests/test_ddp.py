@@ -21,6 +21,7 @@ import torch
 import common
 import train
 from checkpoint import load_checkpoint
+from conftest import built_once
 from test_train import ROOT, args_for, env, one_thread, read_metrics  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without torch.distributed")
@@ -60,8 +61,12 @@ def assert_same_curve(got, want, steps):
 @pytest.fixture(scope="module")
 def runs(env, tmp_path_factory):
     """Single process, batch 8: 2*STEPS steps in one go, and STEPS then stopped. 2 ranks, batch 2 x 2 accumulated
-    each: STEPS steps, on two nodes (multi-node as on two machines; --standalone's one node is the other tests')."""
-    out = tmp_path_factory.mktemp("ddp")
+    each: STEPS steps, on two nodes (multi-node as on two machines; --standalone's one node is the other tests').
+    Built once for all pytest-xdist workers (built_once): tests write elsewhere."""
+    return built_once(tmp_path_factory, "ddp_runs", lambda out: two_rank_runs(env, out))
+
+
+def two_rank_runs(env, out):
     spe = math.ceil(len(train.Windows(train.load_meta(env["data"], "story"), "train", 64)) / 8)
     evals = ["--eval_interval", 5 * 100 / spe]  # every 5 steps
     one = train.train(args_for(env, out / "one", "--dataset", "story", "--batch_size", "8", "--max_steps", 2 * STEPS,
@@ -78,7 +83,7 @@ def runs(env, tmp_path_factory):
     nodes = [torchrun(argv, nproc=1, launch=launch, stdin=subprocess.DEVNULL) for _ in range(2)]
     logs = [node.communicate(timeout=240) for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], logs
-    return {"out": out, "one": one, "half": half, "two": str(two).replace("{dataset}", "story"),
+    return {"out": str(out), "one": one, "half": half, "two": str(two).replace("{dataset}", "story"),
             "log": "".join(stdout for stdout, _ in logs), "spe": spe}  # (which agent has rank 0 is the rendezvous')
 
 
@@ -109,9 +114,9 @@ def test_two_ranks_follow_one_process_with_the_same_global_batch(runs):
     assert ck["step"] == STEPS and ck["epoch_windows"] == 8 * STEPS and ck["args"]["world_size"] == 2
 
 
-def test_a_two_rank_checkpoint_resumes_in_one_process(env, runs, capsys):
+def test_a_two_rank_checkpoint_resumes_in_one_process(env, runs, tmp_path, capsys):
     # the batch is per rank: one process takes twice as much to keep the global batch of the 2-rank run
-    out = runs["out"] / "resumed1"
+    out = tmp_path / "resumed1"
     r = train.train(args_for(env, out, "--checkpoint", runs["two"], "--batch_size", "8", "--grad_accum", "1",
                              "--max_steps", STEPS,
                              "--output_checkpoint", out / "{dataset}.pt", fresh=False))
@@ -129,8 +134,8 @@ def test_a_two_rank_checkpoint_resumes_in_one_process(env, runs, capsys):
         assert torch.allclose(a["model"][k], b["model"][k], atol=1e-4), k
 
 
-def test_a_one_process_checkpoint_resumes_on_two_ranks(env, runs):
-    out = runs["out"] / "resumed2"
+def test_a_one_process_checkpoint_resumes_on_two_ranks(env, runs, tmp_path):
+    out = tmp_path / "resumed2"
     torchrun(["--checkpoint", runs["half"]["checkpoint"], "--batch_size", "4", "--max_steps", STEPS,
               "--output_checkpoint", out / "{dataset}.pt"])
     one, resumed = losses(runs["one"]["metrics"]), losses(out / "story_metrics.jsonl")
@@ -213,10 +218,10 @@ def test_overwriting_the_best_file_drops_its_bar_on_every_rank(env, runs, tmp_pa
     assert "stopping early" in r.stdout + r.stderr and (tmp_path / "half" / "story_best.pt").exists()
 
 
-def test_another_global_batch_keeps_the_place_in_the_schedule(env, runs, capsys):
+def test_another_global_batch_keeps_the_place_in_the_schedule(env, runs, tmp_path, capsys):
     # resumed on one process with the per-rank batch options: half the global batch, so twice the steps per
     # epoch; the step count follows the windows done, which keeps the learning rate where the run was
-    out = runs["out"] / "smaller"
+    out = tmp_path / "smaller"
     r = train.train(args_for(env, out, "--checkpoint", runs["two"], "--max_steps", 1, "--output_checkpoint",
                              out / "{dataset}.pt", fresh=False))
     # said, with the option that keeps the run's 2 ranks x 2 x 2 windows (it was silent: the user scaling down got
@@ -721,11 +726,12 @@ def test_a_rank_waiting_for_another_to_join_ends_at_once(env, tmp_path, how):
     assert "forcefully exiting" not in err, err[-3000:]  # torchrun's SIGKILL
 
 
-def test_a_run_rank_0_refuses_ends_every_rank_quietly(env, runs):
+def test_a_run_rank_0_refuses_ends_every_rank_quietly(env, runs, tmp_path):
     """Rank 0 alone checks the files; the others waited at the next collective and died there with a gloo traceback
     when it refused a run over an earlier one."""
+    shutil.copytree(os.path.dirname(runs["one"]["checkpoint"]), tmp_path / "one")  # (the fixture's, that others read)
     r = torchrun(["--data_dir", env["data"], "--dataset", "story", *MODEL, "--max_steps", "1", "--output_checkpoint",
-                  os.path.join(os.path.dirname(runs["one"]["checkpoint"]), "{dataset}_epoch{epoch}.pt")],
+                  tmp_path / "one" / "{dataset}_epoch{epoch}.pt"],
                  stdin=subprocess.DEVNULL)
     _, err = r.communicate(timeout=240)
     assert r.returncode != 0 and err.count("error: ") == 1 and "hold an earlier run" in err, err[-3000:]

@@ -29,7 +29,7 @@ import prepare
 import train
 from checkpoint import load_checkpoint, load_model, save_checkpoint
 from common import UserError, held_lock, prepare_lock
-from conftest import HANGUP, hangup_as, hangup_not_taken, run_cli
+from conftest import HANGUP, built_once, hangup_as, hangup_not_taken, run_cli
 from model import GPT, MuonAdamW, make_config
 from setup_tokenizer import EOT, IM_END, get_tokenizer, render_chat, tokenizer_hash, train_tokenizer
 
@@ -168,11 +168,13 @@ def bits_per_byte_of(loss, meta, enc, block_size, idx, split="val"):
 @pytest.fixture(scope="module")
 def trained(env, tmp_path_factory):
     """Three epochs on the story set with evaluations every 20% of an epoch: shared by several tests.
-    The modern variant (RoPE) learns several times faster than learned positions at this size."""
-    out = tmp_path_factory.mktemp("trained")
-    summary = train.train(args_for(env, out, "--dataset", "story", "--epochs", "3", "--batch_size", "8", "--lr", "4e-3",
-                                   "--variant", "modern", "--eval_interval", "20", "--log_interval", "5"))
-    return {"out": out, "summary": summary}
+    The modern variant (RoPE) learns several times faster than learned positions at this size. Built once for all
+    pytest-xdist workers (built_once): tests copy the files they change."""
+    def build(out):
+        return {"out": str(out), "summary": train.train(args_for(
+            env, out, "--dataset", "story", "--epochs", "3", "--batch_size", "8", "--lr", "4e-3", "--variant", "modern",
+            "--eval_interval", "20", "--log_interval", "5"))}
+    return built_once(tmp_path_factory, "trained", build)
 
 
 # -----------------------------------------------------------------------------
