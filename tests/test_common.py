@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import common
-from conftest import HANGUP, ROOT, run_cli
+from conftest import HANGUP, ROOT, hangup_as, run_cli
 from common import UserError, atomic_torch_save, atomic_write_text, check_output, pick_device, remove_stale_tmp, run_main
 
 
@@ -1054,6 +1054,29 @@ def test_a_line_to_a_terminal_that_hung_up_ends_as_its_sighup(tmp_path):
              "common.run_main(main)"
     r = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "OSError: [Errno 5] Input/output error" in r.stderr, r.stderr
+
+
+@pytest.mark.skipif(HANGUP is None or not hasattr(os, "openpty"), reason="terminals that hang up are POSIX")
+def test_a_hang_up_lets_the_clean_up_finish(tmp_path):
+    """SIGHUP ends a script through its clean-up (finally blocks: a dataset's temporary files removed), as SIGTERM
+    does. Its terminal gone with it, a line the clean-up wrote there failed (EIO), and the system's second SIGHUP (the
+    shell's, as it ends) stopped it again: either cut the clean-up short. It finishes, and the exit is 129."""
+    leader, follower = os.openpty()
+    os.close(leader)  # the session gone: the terminal hangs up
+    done = tmp_path / "cleaned up"
+    script = "import common, os, signal\n" \
+             "def main():\n" \
+             "    try:\n" \
+             "        os.kill(os.getpid(), signal.SIGHUP)\n" \
+             "    finally:\n" \
+             "        os.kill(os.getpid(), signal.SIGHUP)  # the second one\n" \
+             "        print('removing temporary files', flush=True)\n" \
+             f"        open({str(done)!r}, 'w').close()\n" \
+             "common.run_main(main)"
+    r = subprocess.run([sys.executable, "-c", script], cwd=ROOT, stdin=subprocess.DEVNULL, stdout=follower,
+                       stderr=subprocess.PIPE, text=True, timeout=60, preexec_fn=hangup_as(signal.SIG_DFL))
+    os.close(follower)
+    assert r.returncode == 129 and done.exists(), r.stderr
 
 
 @pytest.mark.skipif(not hasattr(os, "openpty"), reason="pseudo-terminals are POSIX")
