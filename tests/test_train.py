@@ -1410,10 +1410,13 @@ def test_a_second_ctrl_c_during_the_interrupts_save_quits_leaving_the_checkpoint
 
 
 @pytest.mark.skipif(HANGUP is None, reason="Windows has no SIGHUP")
-def test_a_second_sighup_does_not_quit_without_the_save(env, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("first", ["SIGHUP", "SIGINT"])
+def test_a_second_sighup_does_not_quit_without_the_save(env, tmp_path, monkeypatch, capsys, first):
     """A dropped SSH session sends a run SIGHUP twice: its shell passes its own on, and the system sends another as
     the shell ends. The second, in the save the first began, is the same hang-up, not a user's second Ctrl-C: the save
-    is made, and the run exits 129."""
+    is made, and the run exits 129. A hang-up in the save a Ctrl-C began (the user gone after pressing it) lets it
+    finish too: exit 130."""
+    first = getattr(signal, first)
     argv = ["--data_dir", env["data"], "--dataset", "mini", "--output_checkpoint", str(tmp_path / "{dataset}.pt"),
             "--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size", "64", "--eval_interval", "0",
             "--save_interval", "0", "--device", "cpu", "--no-color"]
@@ -1424,7 +1427,7 @@ def test_a_second_sighup_does_not_quit_without_the_save(env, tmp_path, monkeypat
         os.kill(os.getpid(), HANGUP)
         real_save(obj, f, *a, **k)
     monkeypatch.setattr(torch, "save", hangup_mid_write)
-    on_step(monkeypatch, 2, lambda: os.kill(os.getpid(), HANGUP))
+    on_step(monkeypatch, 2, lambda: os.kill(os.getpid(), first))
     before = signal.signal(HANGUP, hangup_not_taken)
     try:
         with pytest.raises(SystemExit) as e:
@@ -1433,8 +1436,9 @@ def test_a_second_sighup_does_not_quit_without_the_save(env, tmp_path, monkeypat
     finally:
         signal.signal(HANGUP, before)
     out, err = capsys.readouterr()
-    assert e.value.code == 129 and len(saves) == 1, err
-    assert "SIGHUP: saving after this step" in err and "without saving;" not in err, err
+    assert e.value.code == 128 + first and len(saves) == 1, err
+    said = "SIGHUP: saving after this step" if first == HANGUP else "Ctrl-C: saving after this step"
+    assert said in err and "without saving;" not in err, err
     assert f"interrupted at step 2: saved {tmp_path / 'mini.pt'}" in out, out
     assert load_checkpoint(str(tmp_path / "mini.pt"))["step"] == 2
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
@@ -3080,6 +3084,26 @@ def test_a_run_whose_val_loss_turns_nan_keeps_its_last_good_file_and_says_its_st
     assert max(load_checkpoint(str(f))["step"] for f in tmp_path.glob("*.pt")) < nan_step
 
 
+def test_a_diverged_run_names_the_best_file_that_holds_later_steps_than_its_checkpoint(env, tmp_path, monkeypatch):
+    """A val loss gone nan where the run's best file was saved after its last checkpoint: the error names both, with
+    their steps, so that the run is continued from the later one, not the checkpoint alone (its steps since lost)."""
+    calls = []
+
+    def better_then_nan(*a, **k):  # each evaluation a new best, the fourth nan
+        calls.append(1)
+        return math.nan if len(calls) == 4 else 5.0 - len(calls) / 10
+    monkeypatch.setattr(train, "evaluate", better_then_nan)
+    with pytest.raises(UserError, match=r"^the val loss became nan at step (\d+): .*; last good checkpoint: \S+ "
+                                        r"\(step \d+\), its best file \S+ \(step \d+\)$") as e:
+        train.train(args_for(env, tmp_path, "--dataset", "mini", "--batch_size", "4", "--eval_interval", "10",
+                             "--save_interval", "25", "--max_steps", "30"))
+    nan_step = int(re.search(r"at step (\d+)", str(e.value)).group(1))
+    last, step, best, best_step = re.search(r"last good checkpoint: (\S+) \(step (\d+)\), its best file (\S+) "
+                                            r"\(step (\d+)\)$", str(e.value)).groups()
+    assert (last, best) == (str(tmp_path / "mini_epoch1.pt"), str(tmp_path / "mini_best.pt"))
+    assert load_checkpoint(last)["step"] == int(step) < load_checkpoint(best)["step"] == int(best_step) < nan_step
+
+
 @pytest.mark.parametrize("failure", ["full disk", "no permission"])
 def test_a_save_that_fails_mid_run_is_not_tried_again_and_names_what_holds_the_run(env, tmp_path, monkeypatch,
                                                                                    capsys, failure):
@@ -3102,6 +3126,33 @@ def test_a_save_that_fails_mid_run_is_not_tried_again_and_names_what_holds_the_r
     assert len(steps) == 2 and load_checkpoint(saved)["step"] == steps[0] < steps[1]
     assert f"warning: step {steps[1]} is not saved (writing {saved} failed: the error below); the run's last " \
            f"checkpoint: {saved} (step {steps[0]})" in capsys.readouterr().err
+
+
+def test_a_save_on_the_way_out_of_an_error_that_fails_leaves_that_error(env, tmp_path, monkeypatch, capsys):
+    """A run stopped by an error (here a damaged train.bin) whose save on the way out fails too (a full disk): the
+    error the user sees is the one that stopped the run, not the save's, and a warning says the save failed, why, and
+    which file and step hold the run."""
+    real, steps = train.save_checkpoint, []
+
+    def full_disk_on_the_way_out(path, *a, **state):
+        steps.append(state["step"])
+        if len(steps) == 2:
+            raise UserError(f"could not write {path} (0 MB free there): free some space or write elsewhere")
+        return real(path, *a, **state)
+
+    def damaged():
+        raise UserError("train.bin holds token id 512, beyond its 512-token vocabulary")
+    monkeypatch.setattr(train, "save_checkpoint", full_disk_on_the_way_out)
+    on_step(monkeypatch, 7, damaged)
+    with pytest.raises(UserError, match="^train.bin holds token id 512"):
+        train.train(args_for(env, tmp_path, "--dataset", "mini", "--batch_size", "4", "--save_interval", "10",
+                             "--eval_interval", "0", "--max_steps", "20"))
+    saved = str(tmp_path / "mini_epoch1.pt")
+    assert len(steps) == 2 and load_checkpoint(saved)["step"] == steps[0] < steps[1]
+    err = capsys.readouterr().err
+    assert f"warning: step {steps[1]} is not saved (a save before stopping on the error below failed: could not " \
+           f"write {saved} (0 MB free there)" in err, err
+    assert err.rstrip().endswith(f"; the run's last checkpoint: {saved} (step {steps[0]})"), err
 
 
 def test_an_unwritable_default_output_names_the_option(env, tmp_path, monkeypatch):
@@ -3183,9 +3234,10 @@ def test_changed_epochs_place_the_run_in_the_schedule_again(env, tmp_path, capsy
         capsys.readouterr().err
 
 
-def test_a_diverging_run_never_saves_over_a_good_checkpoint(env, tmp_path):
+def test_a_diverging_run_never_saves_over_a_good_checkpoint(env, tmp_path, capsys):
     """The loss was checked at log points only: a save due between them wrote nan weights over the last good file,
-    which the error then named as the last good checkpoint."""
+    which the error then named as the last good checkpoint. Its steps are not tried as an error's are on the way out
+    (a second line that a save failed)."""
     with pytest.raises(UserError, match="the (training loss|weights) became nan") as e:
         train.train(args_for(env, tmp_path, "--dataset", "story", "--optimizer", "adamw", "--lr", "1e5",
                              "--warmup", "20", "--grad_clip", "0", "--log_interval", "100", "--save_interval", "0.1",
@@ -3193,9 +3245,11 @@ def test_a_diverging_run_never_saves_over_a_good_checkpoint(env, tmp_path):
     good, step = re.search(r"last good checkpoint: (\S+) \(step (\d+)\)$", str(e.value)).groups()
     ck = load_checkpoint(good)
     assert ck["step"] == int(step) >= 1 and all(torch.isfinite(t).all() for t in ck["model"].values())
+    err = capsys.readouterr().err
+    assert "is not saved" not in err and "before stopping" not in err, err
 
 
-def test_a_training_loss_gone_to_nan_stops_the_run_at_its_next_log(env, tmp_path):
+def test_a_training_loss_gone_to_nan_stops_the_run_at_its_next_log(env, tmp_path, capsys):
     """A diverged run stops at the first log point whose loss is nan or inf, saying what to do, rather than train on
     nan weights to its end; no checkpoint is written from them."""
     with pytest.raises(UserError, match=r"^the training loss became (nan|inf) at step (\d+): lower --lr \(now "
@@ -3206,6 +3260,8 @@ def test_a_training_loss_gone_to_nan_stops_the_run_at_its_next_log(env, tmp_path
     spe = math.ceil(len(train.Windows(train.load_meta(env["data"], "story"), "train", 64)) / 16)
     assert int(e.value.args[0].split("at step ")[1].split(":")[0]) < spe // 2, (str(e.value), spe)
     assert not list(tmp_path.glob("*.pt"))
+    err = capsys.readouterr().err  # (nor a save tried on the way out, as for another error)
+    assert "is not saved" not in err and "before stopping" not in err, err
 
 
 def test_slow_evaluations_leave_a_budget_to_training(env, tmp_path, monkeypatch):
