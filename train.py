@@ -776,12 +776,19 @@ def checkpoint_data(ckpt):
 def trained_data(path, ckpt):
     """load_meta's trained, for the checkpoint at path: (path, the folder its run read its dataset from, as that run
     saw it (absolute in checkpoints since its data_dir was recorded; None where it names no dataset), how that dataset
-    was made (recorded_made_with)), for the line that says what to do when that folder is gone."""
+    was made (recorded_made_with; a vocabulary file gone since, as the checkpoint that holds it)), for the line that
+    says what to do when that folder is gone."""
     name = ckpt.get("dataset")
     given, seen = recorded_data_dirs(ckpt)
     where = seen or given
     folder = os.path.normpath(os.path.join(where, name)) if where and name and isinstance(name, str) else None
-    return path, folder, recorded_made_with(ckpt)
+    made = recorded_made_with(ckpt)
+    tokenizer = made and not made["options"].get("vocab_size") and made["options"].get("tokenizer", "gpt2")
+    if tokenizer and tokenizer != "gpt2" and not os.path.exists(tokenizer):
+        # the vocabulary file it was made with gone too (another dataset's, moved with data/): prepare.py refused the
+        # command ("not found"); the checkpoint holds the same vocabulary, so the set made with it is the same
+        made = dict(made, options=dict(made["options"], tokenizer=path))
+    return path, folder, made
 
 
 def made_with(meta):

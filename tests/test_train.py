@@ -3992,6 +3992,32 @@ def test_a_checkpoint_whose_data_folder_moved_names_the_command_that_made_its_da
             train.train(train.parse_args(["--checkpoint", str(tmp_path / "odd.pt"), *tiny]))
 
 
+def test_a_moved_dataset_made_with_another_datasets_vocabulary_is_made_again_with_the_checkpoints(tmp_path,
+                                                                                                   monkeypatch):
+    """A set made with --tokenizer data/base/tokenizer.tiktoken (another dataset's vocabulary), data/ renamed after
+    training: the command the line named passed that file, gone with data/, and prepare.py refused it ("not found").
+    The checkpoint holds the same vocabulary: the command names it, makes the same set, and the run goes on."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "base.txt").write_text(story_text(60_000), encoding="utf-8")
+    (tmp_path / "mine.txt").write_text(story_text(30_000), encoding="utf-8")
+    prepare.prepare("text", source="base.txt", name="base", vocab_size=300)
+    prepare.prepare("text", source="mine.txt", name="mine", tokenizer="data/base/tokenizer.tiktoken")
+    tiny = ["--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size", "32", "--eval_batches", "1",
+            "--device", "cpu", "--no-color"]
+    path = train.train(train.parse_args(["--dataset", "mine", "--output_checkpoint", "models/{dataset}.pt",
+                                         "--max_steps", "2", *tiny]))["checkpoint"]
+    shutil.move(tmp_path / "data", tmp_path / "moved")
+    with pytest.raises(UserError, match=r"which is gone \(moved\?\)") as e:
+        train.train(train.parse_args(["--checkpoint", path, *tiny]))
+    command = re.search(r"or run `[^`\n]*prepare\.py ([^`\n]*)` to make it again$", str(e.value)).group(1)
+    argv = shlex.split(command)
+    assert argv[argv.index("--tokenizer") + 1] == path and "--source" in argv, command
+    prepare.main(argv)
+    for split in ("train.bin", "val.bin"):
+        assert (tmp_path / "data" / "mine" / split).read_bytes() == (tmp_path / "moved" / "mine" / split).read_bytes()
+    assert train.train(train.parse_args(["--checkpoint", path, "--max_steps", "1", *tiny]))["steps"] == 3
+
+
 def cut_dataset(env, data, name, tokens):
     """A copy of the mini set under data/name with each split cut to tokens[split] tokens, meta.json to match."""
     folder = data / name
