@@ -3040,6 +3040,26 @@ def test_an_error_mid_run_saves_the_steps_before_it(env, tmp_path, monkeypatch, 
             opened.read(7 * 64, 65)  # (tokens 448-512: bytes 896-1026 of a file of 1001)
 
 
+def test_an_error_right_after_a_save_saves_nothing_more(env, tmp_path, monkeypatch, capsys):
+    """An error in the step after a save: the run's last checkpoint holds every step it took, so the way out writes
+    no second file of them, nor a line that it saved before stopping."""
+    real, steps = train.save_checkpoint, []
+
+    def counted(path, *a, **state):
+        steps.append(state["step"])
+        return real(path, *a, **state)
+
+    def damaged():
+        raise UserError("train.bin holds token id 512, beyond its 512-token vocabulary")
+    monkeypatch.setattr(train, "save_checkpoint", counted)
+    on_step(monkeypatch, 5, damaged)  # (a save every 4 steps: the 5th step's error comes right after the first)
+    with pytest.raises(UserError, match="^train.bin holds token id 512"):
+        train.train(args_for(env, tmp_path, "--dataset", "mini", "--batch_size", "4", "--save_interval", "10",
+                             "--eval_interval", "0", "--max_steps", "20"))
+    assert steps == [4], steps
+    assert "before stopping" not in capsys.readouterr().err
+
+
 def test_an_evaluation_that_fails_keeps_the_train_loss_its_record_took(env, tmp_path, monkeypatch):
     """An error in an evaluation (a damaged val.bin, out of memory) came after the record had taken the train loss of
     the steps since the last one, and before it was written: the metrics lost it, and so did the save on the way out,
