@@ -83,9 +83,10 @@ def split_prompts(meta, split, enc, n):
     return prompts
 
 
-def reply_stats(model, enc, histories, max_tokens, seed, **sampling):
+def reply_stats(model, enc, histories, max_tokens, seed, name=None, **sampling):
     """Answer each history [{role, content}] as gen.py --chat does: {replies, ended (share closed by <|im_end|>),
-    mean_tokens (new tokens without the closing one)}. Sampling starts from seed."""
+    mean_tokens (new tokens without the closing one)}. Sampling starts from seed. name: the row's (a dataset, the
+    prompts file), for the warning: a table of several rows leaves a reader no other way to tell whose prompts."""
     device = next(model.parameters()).device
     generator = seeded_generator(device, seed)
     ended, lengths, short = 0, [], 0
@@ -99,8 +100,9 @@ def reply_stats(model, enc, histories, max_tokens, seed, **sampling):
         short += info["short"]
     n = len(histories)
     if short:
-        print(f"warning: {short} of {n} prompts did not fit the context ({model.config.block_size}) with room for "
-              f"--max_tokens {max_tokens}: cut at the start or given fewer tokens, as gen.py --chat does",
+        whose = f"{name}: " if name else ""
+        print(f"warning: {whose}{short} of {n} prompts did not fit the context ({model.config.block_size}) with room "
+              f"for --max_tokens {max_tokens}: cut at the start or given fewer tokens, as gen.py --chat does",
               file=sys.stderr)
     return {"replies": n, "ended": ended / n if n else None, "mean_tokens": sum(lengths) / n if n else None}
 
@@ -162,12 +164,13 @@ def evaluate_checkpoint(path, datasets=None, data_dir=None, split="val", block_s
         bpb = bits_per_byte(loss, bpb_scale(windows, eval_windows, enc))
         row = {"dataset": name, "windows": n_windows, "loss": loss, "ppl": perplexity(loss), "bpb": bpb, **no_replies}
         if meta.get("has_mask") and samples and prompt_list is None:
-            row.update(reply_stats(model, enc, split_prompts(meta, split, enc, samples), max_tokens, seed, **sampling))
+            row.update(reply_stats(model, enc, split_prompts(meta, split, enc, samples), max_tokens, seed, name,
+                                   **sampling))
         rows.append(row)
     if prompt_list:
         rows.append({"dataset": prompt_file, "windows": None, "loss": None, "ppl": None, "bpb": None,
                      **reply_stats(model, enc, [[{"role": "user", "content": p}] for p in prompt_list],
-                                   max_tokens, seed, **sampling)})
+                                   max_tokens, seed, prompt_file, **sampling)})
     config = model.config
     return {
         "checkpoint": path, "model": ckpt_args.get("model"), "variant": config.variant, "n_layer": config.n_layer,

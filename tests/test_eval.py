@@ -145,6 +145,30 @@ def test_prompts_the_context_cuts_are_one_warning(env, capsys):
     assert info["short"] and "warning: the conversation is" in capsys.readouterr().err  # gen.py --chat still warns
 
 
+def test_the_warning_for_prompts_the_context_cuts_names_its_row(env, chat_ckpt, tmp_path, capsys):
+    """`eval.py --dataset a b c` warned "3 of 5 prompts did not fit the context" above a table of several rows, with
+    nothing to tell whose prompts they were. The warning names its dataset (or the prompts file)."""
+    data = tmp_path / "data"
+    for name, words in (("short", 2), ("long", 80)):  # chat_ckpt's context: 64
+        src = tmp_path / f"{name}.jsonl"
+        src.write_text("\n".join(json.dumps({"messages": [{"role": "user", "content": "word " * words + str(i)},
+                                                          {"role": "assistant", "content": "Yes."}]})
+                                 for i in range(20)), encoding="utf-8")
+        prepare.prepare("chat", source=str(src), tokenizer=env["tok"], out_dir=str(data), name=name, pack=64,
+                        val_fraction=0.5)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Hi\n" + "word " * 80 + "\n", encoding="utf-8")
+    capsys.readouterr()
+    eval_py.evaluate_checkpoint(chat_ckpt, datasets=["short", "long"], data_dir=str(data), samples=3, max_tokens=10,
+                                device="cpu", dtype="float32")
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "did not fit" in line]
+    assert warnings == ["warning: long: 3 of 3 prompts did not fit the context (64) with room for --max_tokens 10: cut "
+                        "at the start or given fewer tokens, as gen.py --chat does"]
+    eval_py.evaluate_checkpoint(chat_ckpt, datasets=["short"], data_dir=str(data), prompt_file=str(prompts), samples=3,
+                                max_tokens=10, device="cpu", dtype="float32")
+    assert f"warning: {prompts}: 1 of 2 prompts did not fit" in capsys.readouterr().err
+
+
 def test_prompts_a_max_tokens_over_half_the_context_leaves_short_are_counted(env, capsys):
     """With --max_tokens over half the context a history that fits its half can leave the reply fewer tokens: chat_prompt
     called it not short, so eval.py's count of prompts given fewer than --max_tokens left these out (and said
