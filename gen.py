@@ -714,7 +714,8 @@ def run_chat(session):
         session.report(stopped_by, len(info["prompt_ids"]), info["new_tokens"], t0,
                        f", {info['dropped']} oldest messages dropped to fit the context" if info["dropped"] else "")
         if tty_in:
-            show("\n")  # air between turns on a terminal; a piped transcript stays one line per reply
+            show("\n")  # air between turns on a terminal; piped, none (a reply may have lines of its own: --verbose
+            # marks each reply's end)
 
 
 def run_prompt_file(session, prompts, seed):
