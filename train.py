@@ -1084,12 +1084,14 @@ class RunClock:
         # 1-minute budget's 6-s slices) would otherwise come after every step, 85% of the budget
         due_eval = entered_slice(self.slices, "eval", args.eval_interval, frac) and (
             self.last_eval is None or self.agreed >= self.last_eval + (1 + EVAL_SPACING) * self.held_back)
-        if due_eval and stopped in ("done", "max_steps") and self.next + self.held_back >= self.budget:
-            # this evaluation, a step and the final one would pass the budget: the final one, an evaluation's time
-            # later at most, takes its place (made the final one, it would end the run up to an evaluation's time
-            # early, its lr short of the decay's end). At a --max_steps stop too: its evaluation is then a pause, not
-            # judged, as the run in one go skips it (judged, the run continued from it would count an evaluation the
-            # run in one go never made)
+        if due_eval and stopped in ("done", "max_steps") and \
+                self.next + (1 + EVAL_SPACING) * self.held_back >= self.budget:
+            # the final evaluation would come less than EVAL_SPACING times this one's cost after it (made, this one
+            # was superseded at once: a 1-minute fine-tune evaluated at steps 56 and 57, 58% of it training), or this
+            # one, a step and the final one would pass the budget: the final one takes its place (made the final one,
+            # it would end the run up to an evaluation's time early, its lr short of the decay's end). At a
+            # --max_steps stop too: its evaluation is then a pause, not judged, as the run in one go skips it (judged,
+            # the run continued from it would count an evaluation the run in one go never made)
             due_eval = False
         due_save = entered_slice(self.slices, "save", args.save_interval, frac)
         if due_save and stopped == "done" and p.epoch < args.epochs and self.next + save_s >= self.budget:
