@@ -2924,8 +2924,9 @@ def main(argv=None):
                    out_dir=args.out_dir, extra=not args.no_extra, vocab_size=args.vocab_size,
                    skip_bad_records=args.skip_bad_records)
     if args.mix:
-        if args.dataset or args.source:
-            raise UserError("--mix builds one dataset from the datasets it names: drop --dataset and --source")
+        given = [option for option, value in (("--dataset", args.dataset), ("--source", args.source)) if value]
+        if given:  # (the one given, named: "drop --dataset" after a --source alone sent a reader looking for one)
+            raise UserError(f"--mix builds one dataset from the datasets it names: drop {' and '.join(given)}")
         prepare("mix", mix=parse_mix(args.mix), name=args.name, pack=args.pack, **options)
         return
     if args.dataset or args.source:

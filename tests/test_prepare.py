@@ -2479,8 +2479,11 @@ def test_mix_bad_input(tmp_path):
         with pytest.raises(UserError, match=words):
             prepare.parse_mix(spec)
     assert prepare.parse_mix("dailydialog, chat:2.5") == {"dailydialog": 1.0, "chat": 2.5}
-    with pytest.raises(UserError, match="drop --dataset and --source"):
-        prepare.main(["--mix", "chat:1", "--dataset", "chat", "--out_dir", str(tmp_path)])
+    # the options given are named, not one the user never typed
+    for given, words in ((["--dataset", "chat"], "drop --dataset$"), (["--source", "x.jsonl"], "drop --source$"),
+                         (["--dataset", "chat", "--source", "x.jsonl"], "drop --dataset and --source$")):
+        with pytest.raises(UserError, match=words):
+            prepare.main(["--mix", "chat:1", *given, "--out_dir", str(tmp_path)])
     with pytest.raises(UserError, match="--mix takes dataset names"):
         prepare.prepare("mix", mix={"chat": 1}, source="x.jsonl", out_dir=str(tmp_path))
 
