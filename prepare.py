@@ -1358,17 +1358,20 @@ class Packer:
         self.pending, self.pending_tokens = [], 0
 
     def add(self, ids, mask):
-        """One document; a conversation cut into pieces still counts as one."""
+        """One document; a conversation cut into pieces still counts as one. Returns the tokens it takes in the split:
+        its pieces' (each closed by an <|endoftext|>), a tail left out not counted."""
         self.out.documents += 1
         if not self.block:
             self.emit(ids, mask)
-            return
+            return len(ids)
         self.out.in_pieces += len(ids) > self.block
         inside = False  # cut inside an exchange: a piece after the first that starts with no user message, or one
         # longer than a block, which the block's end cuts
         placed = 0  # the pieces' turns, without their <|endoftext|>: fewer than the document's if its tail is left out
+        taken = 0  # the pieces' tokens, their <|endoftext|> included
         for k, piece in enumerate(self.pieces(ids, mask)):
             placed += len(piece[0]) - int(piece[0][-1] == self.eot)
+            taken += len(piece[0])
             inside |= k > 0 and piece[0][:len(self.user_head)].tolist() != self.user_head or len(piece[0]) > self.block
             if len(piece[0]) > self.block:  # a turn or an exchange longer than a block: it starts a block and crosses
                 while self.pos and self.lengths and self.lengths[0] <= self.block - self.pos:
@@ -1383,6 +1386,7 @@ class Packer:
                 self.place_one()
         self.out.cut_exchanges += inside
         self.out.untrained_tails += placed < len(ids) - int(ids[-1] == self.eot)
+        return taken
 
     def pieces(self, ids, mask):
         """A document that fits a block as it is; a longer one cut into pieces of at most a block with their
@@ -2601,12 +2605,16 @@ def counted(docs, progress, every=1 << 20):
     progress.update(n)
 
 
-def pack_split(out, docs, block, enc):
-    """Write documents [(ids, mask)] into the Split out through a Packer (block 0: as they come)."""
+def pack_split(out, docs, block, enc, sources=None):
+    """Write documents [(ids, mask)] into the Split out through a Packer (block 0: as they come). sources: a mix's
+    index of each document's dataset, for the tokens each took in the split (returned, one count a dataset)."""
     packer = Packer(out, block, enc, token_bytes(enc))
-    for ids, mask in docs:
-        packer.add(ids, mask)
+    taken = collections.Counter()
+    # (strict: a document without its dataset, or the reverse, is a bug to stop at, not a count to shift)
+    for (ids, mask), source in zip(docs, sources, strict=True) if sources is not None else ((d, None) for d in docs):
+        taken[source] += packer.add(ids, mask)
     packer.close()
+    return taken
 
 
 def mix_splits(folder, plan, enc, splits, raw_splits, limit, val_fraction, block, progress):
@@ -2647,16 +2655,20 @@ def mix_splits(folder, plan, enc, splits, raw_splits, limit, val_fraction, block
     splits["train"] = Split(folder, "train", raws[0]["train"].dtype, True)
     # a document at a time (read_tokens: the order jumps all over the files, and a memmap of them kept every page read)
     trains = [raw["train"] for raw in raws]
-    pack_split(splits["train"], ((read_tokens(trains[i], starts[i][d], ends[i][d]),
-                                  read_tokens(trains[i], starts[i][d], ends[i][d], mask=True))
-                                 for i, d in zip(source[order], doc[order])), block, enc)
+    # (each dataset's tokens counted as packed: its conversations in pieces gain an <|endoftext|> each and may leave
+    # out their end, so that the counts add up to the split's tokens, less its padding)
+    train_tokens = pack_split(splits["train"], ((read_tokens(trains[i], starts[i][d], ends[i][d]),
+                                                 read_tokens(trains[i], starts[i][d], ends[i][d], mask=True))
+                                                for i, d in zip(source[order], doc[order])), block, enc, source[order])
     # validation: every dataset's own validation documents, once each, so the val loss is over distinct text
     splits["val"] = Split(folder, "val", raws[0]["val"].dtype, True)
-    pack_split(splits["val"], itertools.chain.from_iterable(split_documents(raw["val"], eot) for raw in raws), block, enc)
+    val_docs = itertools.chain.from_iterable(split_documents(raw["val"], eot) for raw in raws)
+    val_sources = itertools.chain.from_iterable(itertools.repeat(i, raw["val"].documents) for i, raw in enumerate(raws))
+    val_tokens = pack_split(splits["val"], val_docs, block, enc, val_sources)
     return {part["dataset"]: {"weight": part["weight"],
-                              "train_tokens": int((e - s)[p].sum()), "train_documents": len(p),
-                              "val_tokens": raw["val"].tokens, "val_documents": raw["val"].documents}
-            for part, raw, s, e, p in zip(plan["parts"], raws, starts, ends, picks)}
+                              "train_tokens": int(train_tokens[i]), "train_documents": len(p),
+                              "val_tokens": int(val_tokens[i]), "val_documents": raw["val"].documents}
+            for i, (part, raw, p) in enumerate(zip(plan["parts"], raws, picks))}
 
 
 def repeated_across(keys):

@@ -2328,6 +2328,28 @@ def test_mix_follows_the_weights(tmp_path, monkeypatch, enc, capsys):
     assert meta["vocab_size"] == 300 and len(small.encode_ordinary("ddval")) < 5 and len(small.encode_ordinary("kn")) == 1
 
 
+def test_a_mixs_counts_are_of_what_packing_kept(tmp_path, monkeypatch, enc, capsys):
+    """meta.json's mix counted each source's tokens as tokenized, before packing cut conversations longer than a block
+    into pieces (an <|endoftext|> each) and left out their ends that train nothing: `--mix chat:3,chitchat:1,
+    dailydialog:1` said 60.2%, 20.1% and 20.1% of the train tokens, 100.4% in all. They are counted in the files."""
+    fake_mirror(tmp_path / "mirror")
+    # DailyDialog's odd dialogues end with a question: longer than a block, in pieces, that question left out
+    dialogues = [" __eou__ ".join(f"dd{i} turn {t} of a dialogue that runs on" for t in range(7 + i % 2)) + " __eou__"
+                 for i in range(40)]
+    write(tmp_path / "mirror" / "dailydialog" / "dialogues_train.txt", "\n".join(dialogues) + "\n")
+    monkeypatch.setenv("DATA_MIRROR", str(tmp_path / "mirror"))
+    out = str(tmp_path / "data")
+    capsys.readouterr()
+    prepare.main(["--mix", "dailydialog:1,knowledge:1", "--name", "cut", "--out_dir", out, "--pack", "64"])
+    meta = json.loads((tmp_path / "data" / "cut" / "meta.json").read_text())
+    assert meta["splits"]["train"]["untrained_tails"] > 0 and meta["splits"]["train"]["in_pieces"] > 0
+    for split in ("train", "val"):
+        tokens, _ = source_tokens(enc, load(tmp_path / "data" / "cut", split, meta)[0])
+        assert {name: m[f"{split}_tokens"] for name, m in meta["mix"].items()} == tokens
+    shares = re.findall(r"weight 1, ([\d.]+)% of the train tokens", capsys.readouterr().out)
+    assert len(shares) == 2 and sum(map(float, shares)) == pytest.approx(100, abs=0.1), shares
+
+
 def test_the_number_of_cores_changes_no_byte(tmp_path, monkeypatch):
     """prepare.py encodes on every core (THREADS, each thread a share of a batch of texts): a dataset made on a 64-core
     machine and on a laptop must be the same bytes, or the same --seed trains on other windows there."""
