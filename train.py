@@ -787,7 +787,11 @@ def trained_data(path, ckpt):
     if tokenizer and tokenizer != "gpt2" and not os.path.exists(tokenizer):
         # the vocabulary file it was made with gone too (another dataset's, moved with data/): prepare.py refused the
         # command ("not found"); the checkpoint holds the same vocabulary, so the set made with it is the same
-        made = dict(made, options=dict(made["options"], tokenizer=path))
+        # (a chat set made without --pack was packed at DEFAULT_PACK, where one made with a checkpoint's vocabulary is
+        # packed at its model's context: the pack said, so the set is the same)
+        pack = DEFAULT_PACK if made["options"].get("pack") is None and (ckpt.get("data") or {}).get("kind") == "chat" \
+            else made["options"].get("pack")
+        made = dict(made, options=dict(made["options"], tokenizer=path, pack=pack))
     return path, folder, made
 
 

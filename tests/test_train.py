@@ -4015,16 +4015,26 @@ def test_a_checkpoint_whose_data_folder_moved_names_the_command_that_made_its_da
             train.train(train.parse_args(["--checkpoint", str(tmp_path / "odd.pt"), *tiny]))
 
 
+@pytest.mark.parametrize("kind", ["text", "chat"])
 def test_a_moved_dataset_made_with_another_datasets_vocabulary_is_made_again_with_the_checkpoints(tmp_path,
-                                                                                                   monkeypatch):
+                                                                                                   monkeypatch, kind):
     """A set made with --tokenizer data/base/tokenizer.tiktoken (another dataset's vocabulary), data/ renamed after
     training: the command the line named passed that file, gone with data/, and prepare.py refused it ("not found").
-    The checkpoint holds the same vocabulary: the command names it, makes the same set, and the run goes on."""
+    The checkpoint holds the same vocabulary: the command names it, makes the same set, and the run goes on. A chat set
+    too, packed at 256 as made (with the checkpoint's vocabulary and no --pack, at its model's context, 32 here)."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "base.txt").write_text(story_text(60_000), encoding="utf-8")
-    (tmp_path / "mine.txt").write_text(story_text(30_000), encoding="utf-8")
+    if kind == "chat":
+        stories = [t.strip() for t in story_text(30_000).split("<|endoftext|>") if t.strip()]
+        convs = [[{"role": "user", "content": a}, {"role": "assistant", "content": b}]
+                 for a, b in zip(stories[::2], stories[1::2])]
+        (tmp_path / "mine.jsonl").write_text("\n".join(json.dumps({"messages": c}) for c in convs), encoding="utf-8")
+    else:
+        (tmp_path / "mine.txt").write_text(story_text(30_000), encoding="utf-8")
     prepare.prepare("text", source="base.txt", name="base", vocab_size=300)
-    prepare.prepare("text", source="mine.txt", name="mine", tokenizer="data/base/tokenizer.tiktoken")
+    source = "mine.jsonl" if kind == "chat" else "mine.txt"
+    prepare.prepare("chat" if kind == "chat" else "text", source=source, name="mine",
+                    tokenizer="data/base/tokenizer.tiktoken")
     tiny = ["--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size", "32", "--eval_batches", "1",
             "--device", "cpu", "--no-color"]
     path = train.train(train.parse_args(["--dataset", "mine", "--output_checkpoint", "models/{dataset}.pt",
