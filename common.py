@@ -553,11 +553,18 @@ def python_command():
         if found and os.path.dirname(os.path.abspath(found)) == os.path.dirname(exe) and \
                 os.path.realpath(found) == os.path.realpath(exe):
             return name
+    return shlex.quote(shown_path(exe))
+
+
+def shown_path(path):
+    """path as a command the user pastes here names it: relative where it lies below the working directory
+    (models/story_best.pt), else absolute (/usr/bin/python3, not ../../usr/bin/python3)."""
+    path = os.path.abspath(path)
     try:
-        rel = os.path.relpath(exe)
+        rel = os.path.relpath(path)
     except ValueError:  # (another drive, on Windows)
-        rel = exe
-    return shlex.quote(exe if rel.startswith("..") else rel)
+        return path
+    return path if rel.startswith("..") else rel
 
 
 def script_command(script, *args):

@@ -2187,6 +2187,28 @@ def rebuild_command(meta, folder=None):
         return new_command(folder)
 
 
+def train_on_command(meta, name, out_dir, tokenizer=None):
+    """The train.py command that trains on the dataset prepare() made (or found up to date) in out_dir/name, meta its
+    meta.json, for the line that ends what prepare.py says of it: a new model; or a fine-tune of the model whose
+    vocabulary it was made in (tokenizer: the --tokenizer given, else the one the dataset kept; a checkpoint or a
+    Hugging Face model folder), --data_dir then always named, as train.py's default is the checkpoint's own data
+    folder, which may hold another dataset of the name; --block_size where conversations are packed for another
+    context than the model's default (a --pack given)."""
+    o = meta_options(meta, os.path.join(out_dir, name), odd={})
+    tokenizer = tokenizer or (None if o.get("vocab_size") else o.get("tokenizer"))
+    # (the name prepare() read it by, so that the vocabulary and context it cached are not loaded again)
+    context = model_context(tokenizer) if tokenizer not in (None, "gpt2") else None
+    args = ["--dataset", name]
+    if context or os.path.abspath(out_dir) != os.path.abspath(DEFAULT_OUT_DIR):
+        args += ["--data_dir", out_dir]
+    if context:
+        args += ["--init_from" if os.path.isdir(tokenizer) else "--checkpoint", common.shown_path(tokenizer)]
+    block = meta.get("pack") or 0  # (text, and --pack 0: not packed)
+    if block and block != (context or DEFAULT_PACK) and block <= (context or MAX_PACK):
+        args += ["--block_size", str(block)]
+    return common.script_command("train.py", *args)
+
+
 @contextlib.contextmanager
 def ctrl_c_held():
     """Ctrl-C (and SIGTERM, SIGHUP: common.stop_signals) waits until the block is done, then interrupts as usual: for
@@ -2939,19 +2961,25 @@ def main(argv=None):
         given = [option for option, value in (("--dataset", args.dataset), ("--source", args.source)) if value]
         if given:  # (the one given, named: "drop --dataset" after a --source alone sent a reader looking for one)
             raise UserError(f"--mix builds one dataset from the datasets it names: drop {' and '.join(given)}")
-        prepare("mix", mix=parse_mix(args.mix), name=args.name, pack=args.pack, **options)
+        meta = prepare("mix", mix=parse_mix(args.mix), name=args.name, pack=args.pack, **options)
+        print(f"  train on it: {train_on_command(meta, args.name or 'mix', args.out_dir, args.tokenizer)}")
         return
     if args.dataset or args.source:
-        prepare(args.dataset or "text", source=args.source, name=args.name, pack=args.pack, **options)
+        name = args.name or args.dataset or "text"
+        meta = prepare(args.dataset or "text", source=args.source, name=args.name, pack=args.pack, **options)
+        print(f"  train on it: {train_on_command(meta, name, args.out_dir, args.tokenizer)}")
         return
     if args.name:
         raise UserError("--name needs --dataset: it names one dataset's folder")
     for dataset in EVERYTHING:
         try:
             # --pack is for the conversation sets: the plain-text ones would refuse it
-            prepare(dataset, pack=args.pack if dataset in MIXABLE else None, **options)
+            meta = prepare(dataset, pack=args.pack if dataset in MIXABLE else None, **options)
         except (NoSource, OtherSource, TokenizerGone) as e:
             print(f"skipping {dataset}: {e}")
+            continue
+        # (one line each: the datasets' names, and their --block_size, differ)
+        print(f"  train on it: {train_on_command(meta, dataset, args.out_dir, args.tokenizer)}")
 
 
 if __name__ == "__main__":

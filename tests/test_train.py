@@ -2593,6 +2593,48 @@ def test_val_windows_without_an_assistant_token_are_refused_before_training(env,
     assert not os.listdir(tmp_path)  # nothing written
 
 
+def test_the_train_command_prepare_py_ends_with_trains_on_that_dataset(env, tmp_path, monkeypatch, capsys):
+    """prepare.py's last line names the train.py command for the dataset it made (or found up to date), and that
+    command pasted trains on it: a new model on a set in data/; one packed in blocks of 32 in another folder
+    (--data_dir, --block_size); a chat set made in a checkpoint's vocabulary, fine-tuning that checkpoint, whose own
+    data folder holds another `chat` set in the same vocabulary (train.py's default --data_dir, which the command
+    must not leave to it)."""
+    monkeypatch.chdir(tmp_path)
+    script = os.path.relpath(os.path.join(ROOT, "train.py"))  # (from where it runs)
+    story = train.train(args_for(env, "models", "--dataset", "mini", "--max_steps", "1"))  # trained on env's data/
+    ckpt = os.path.relpath(story["checkpoint"])
+    text = tmp_path / "notes.txt"
+    text.write_text(story_text(30_000), encoding="utf-8")
+    talk = tmp_path / "talk.jsonl"
+    talk.write_text("\n".join(json.dumps({"messages": c}) for c in chat_docs(story_text(30_000), 120)),
+                    encoding="utf-8")
+    small = ["--max_steps", "1", "--batch_size", "2", "--eval_batches", "1", "--device", "cpu", "--no-color"]
+    cases = [  # (prepare.py's arguments, the command, what the run trains: data folder, a checkpoint it starts from)
+        (["--dataset", "text", "--source", str(text), "--name", "notes", "--vocab_size", "300"],
+         f"python {shlex.quote(script)} --dataset notes", os.path.join("data", "notes"), None),
+        (["--dataset", "chat", "--source", str(talk), "--name", "talk", "--vocab_size", "300", "--pack", "32",
+          "--out_dir", "other"],
+         f"python {shlex.quote(script)} --dataset talk --data_dir other --block_size 32", os.path.join("other", "talk"),
+         None),
+        (["--dataset", "chat", "--source", str(talk), "--tokenizer", ckpt],
+         f"python {shlex.quote(script)} --dataset chat --data_dir data --checkpoint {ckpt}",
+         os.path.join("data", "chat"), ckpt),
+    ]
+    for argv, command, folder, start in cases:
+        for _ in range(2):  # built, then found up to date
+            capsys.readouterr()
+            prepare.main(argv)
+            assert capsys.readouterr().out.splitlines()[-1] == f"  train on it: {command}"
+        pasted = shlex.split(command)
+        assert pasted[:2] == ["python", script]
+        new = [] if start else ["--n_layer", "1", "--n_head", "2", "--n_embd", "32"]
+        out = os.path.join("runs", os.path.basename(folder), "{dataset}.pt")
+        s = train.main(pasted[2:] + small + new + ["--output_checkpoint", out])
+        ran = load_checkpoint(s["checkpoint"])
+        assert ran["data"]["folder"] == folder and ran["data"]["data_dir"] == os.path.abspath(os.path.dirname(folder))
+        assert ran["args"]["checkpoint"] == start
+
+
 def test_packed_chat_trains_on_whole_assistant_replies(env, tmp_path, capsys):
     """A chat set from prepare.py, packed for the windows: the masked targets of each window decode to whole assistant
     replies with their <|im_end|>, exactly those of the data; fine-tuning a story model on it takes a third of the lr.
