@@ -24,8 +24,9 @@ import os
 import sys
 
 from checkpoint import add_checkpoint_argument, load_model, parse_checkpoint
-from common import DTYPES, check_output, path_arg, run_main, torch_dtype
+from common import DTYPES, check_output, path_arg, run_main, script_command, shown_path, torch_dtype
 from hf import check_out_dir, export_folder
+from train import checkpoint_data
 
 
 def parse_args(argv=None):
@@ -70,7 +71,20 @@ def main(argv=None):
     print(f"wrote {args.out_dir}: {kind}, {model.config.n_layer} layers x {model.config.n_embd}, {enc.n_vocab:,} token "
           f"ids ({enc.name}), {args.dtype}; files {', '.join(names)}")
     print(f"load it with AutoModelForCausalLM.from_pretrained({args.out_dir!r}) and "
-          f"AutoTokenizer.from_pretrained({args.out_dir!r}), or give it to gen.py, eval.py or serve.py as a checkpoint")
+          f"AutoTokenizer.from_pretrained({args.out_dir!r}), or give it to gen.py, eval.py or serve.py as a "
+          f"checkpoint: `{try_command(ckpt, args.out_dir)}`")
+
+
+def try_command(ckpt, out_dir):
+    """The command that tries the folder out_dir exported from ckpt: eval.py on the data it was trained on, named, as
+    config.json records no dataset (a bare `eval.py OUT_DIR` said "pass --dataset NAME"); gen.py where ckpt names
+    none either (weights only, a folder exported again)."""
+    trained_on, trained_in = checkpoint_data(ckpt)
+    if not trained_on:
+        return script_command("gen.py", out_dir)
+    # (eval.py's default for a folder, which names no data folder either, is data/)
+    where = [] if os.path.abspath(trained_in) == os.path.abspath("data") else ["--data_dir", shown_path(trained_in)]
+    return script_command("eval.py", out_dir, "--dataset", trained_on, *where)
 
 
 if __name__ == "__main__":

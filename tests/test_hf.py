@@ -241,6 +241,33 @@ def test_an_exported_folder_evaluates_in_its_training_windows(enc, tmp_path):
     assert load_model(str(tmp_path / "saved"))[2]["args"]["block_size"] == 16
 
 
+def test_the_command_export_suggests_runs_as_pasted(enc, tmp_path, monkeypatch, capsys):
+    """export.py's last line ends with a command that tries the folder: eval.py on the data the checkpoint trained on,
+    --dataset (and --data_dir, here datasets/) named, as config.json records neither (a bare `eval.py hf` said "pass
+    --dataset NAME"); gen.py for a checkpoint that names no data. Pasted, each runs."""
+    monkeypatch.chdir(tmp_path)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    write_dataset("datasets", "story", enc, "gpt2", [d for d in story_text(20_000).split("\n") if d.strip()])
+    model = our_model(enc.n_vocab)
+    save_checkpoint("trained.pt", model, enc, dataset="story", args={"block_size": 16, "data_dir": "datasets"})
+    save_checkpoint("weights.pt", model, enc)
+    cases = [("trained.pt", "hf", "eval.py", ["--dataset", "story", "--data_dir", "datasets"]),
+             ("weights.pt", "hf2", "gen.py", [])]
+    for ckpt, folder, script, more in cases:
+        capsys.readouterr()
+        export.main([ckpt, folder])
+        command = re.fullmatch(r".*: `(.*)`", capsys.readouterr().out.splitlines()[-1]).group(1)
+        pasted = shlex.split(command)
+        assert pasted == ["python", os.path.relpath(os.path.join(root, script)), folder, *more], command
+        capsys.readouterr()
+        if script == "eval.py":
+            eval_py.main(pasted[2:] + ["--samples", "0", "--eval_batches", "1", "--device", "cpu"])
+            assert re.search(r"^story +\d+ +\d", capsys.readouterr().out, re.M)
+        else:
+            gen.main(pasted[2:] + ["--max_tokens", "2", "--device", "cpu", "--seed", "1"])
+            assert capsys.readouterr().out.strip()
+
+
 @pytest.mark.parametrize("variant", ["gpt2", "modern"])
 def test_an_exported_models_dropout_reads_back_and_what_llama_lacks_is_said(custom_enc, tmp_path, capsys, variant):
     model = our_model(custom_enc.n_vocab, variant)
