@@ -570,12 +570,8 @@ def shown_path(path):
 def script_command(script, *args):
     """The command line that runs script (prepare.py, train.py, ...) with args, as the user pastes it: python_command's
     Python, the script's path from the working directory (`python gpt/train.py` run from a folder of runs: a bare
-    `python prepare.py` was no file there), the arguments quoted for a shell."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), script)
-    try:
-        path = os.path.relpath(path)
-    except ValueError:  # (another drive, on Windows)
-        pass
+    `python prepare.py` was no file there; shown_path), the arguments quoted for a shell."""
+    path = shown_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), script))
     return f"{python_command()} {shlex.join([path, *args])}"
 
 

@@ -2187,13 +2187,14 @@ def rebuild_command(meta, folder=None):
         return new_command(folder)
 
 
-def train_on_command(meta, name, out_dir, tokenizer=None):
-    """The train.py command that trains on the dataset prepare() made (or found up to date) in out_dir/name, meta its
+def train_on_command(meta, out_dir, tokenizer=None):
+    """The train.py command that trains on the dataset prepare() made (or found up to date) in out_dir, meta its
     meta.json, for the line that ends what prepare.py says of it: a new model; or a fine-tune of the model whose
     vocabulary it was made in (tokenizer: the --tokenizer given, else the one the dataset kept; a checkpoint or a
     Hugging Face model folder), --data_dir then always named, as train.py's default is the checkpoint's own data
     folder, which may hold another dataset of the name; --block_size where conversations are packed for another
     context than the model's default (a --pack given)."""
+    name = meta["name"]
     o = meta_options(meta, os.path.join(out_dir, name), odd={})
     tokenizer = tokenizer or (None if o.get("vocab_size") else o.get("tokenizer"))
     # (the name prepare() read it by, so that the vocabulary and context it cached are not loaded again)
@@ -2962,12 +2963,11 @@ def main(argv=None):
         if given:  # (the one given, named: "drop --dataset" after a --source alone sent a reader looking for one)
             raise UserError(f"--mix builds one dataset from the datasets it names: drop {' and '.join(given)}")
         meta = prepare("mix", mix=parse_mix(args.mix), name=args.name, pack=args.pack, **options)
-        print(f"  train on it: {train_on_command(meta, args.name or 'mix', args.out_dir, args.tokenizer)}")
+        print(f"  train on it: {train_on_command(meta, args.out_dir, args.tokenizer)}")
         return
     if args.dataset or args.source:
-        name = args.name or args.dataset or "text"
         meta = prepare(args.dataset or "text", source=args.source, name=args.name, pack=args.pack, **options)
-        print(f"  train on it: {train_on_command(meta, name, args.out_dir, args.tokenizer)}")
+        print(f"  train on it: {train_on_command(meta, args.out_dir, args.tokenizer)}")
         return
     if args.name:
         raise UserError("--name needs --dataset: it names one dataset's folder")
@@ -2979,7 +2979,7 @@ def main(argv=None):
             print(f"skipping {dataset}: {e}")
             continue
         # (one line each: the datasets' names, and their --block_size, differ)
-        print(f"  train on it: {train_on_command(meta, dataset, args.out_dir, args.tokenizer)}")
+        print(f"  train on it: {train_on_command(meta, args.out_dir, args.tokenizer)}")
 
 
 if __name__ == "__main__":

@@ -1022,9 +1022,10 @@ def test_a_command_to_paste_calls_this_python_as_the_shell_finds_it(tmp_path, mo
     assert common.script_command("gen.py") == f"{os.path.relpath(exe)} gen.py" and not os.path.isabs(os.path.relpath(exe))
     monkeypatch.chdir(tmp_path)
     assert common.python_command() == shlex.quote(exe)  # (outside: the whole path)
-    # run from another folder, the script's path from there: a bare `gen.py` is no file here
-    script = os.path.relpath(os.path.join(os.path.dirname(os.path.abspath(common.__file__)), "gen.py"))
-    assert common.script_command("gen.py", "x") == f"{shlex.quote(exe)} {shlex.quote(script)} x" and os.sep in script
+    # run from another folder, the script's path: a bare `gen.py` is no file here, and outside the working directory
+    # the whole path, as the Python's (not ../../../work/gpt/gen.py)
+    script = os.path.join(os.path.dirname(os.path.abspath(common.__file__)), "gen.py")
+    assert common.script_command("gen.py", "x") == f"{shlex.quote(exe)} {shlex.quote(script)} x"
     # a system's python3 alone (no `python`), and a link of another folder to the same file: another environment
     for d, name in (("sys", "python3"), ("venv", "python")):
         (tmp_path / d).mkdir()

@@ -573,6 +573,6 @@ def test_run_as_a_command_bad_input_is_one_line(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     r = subprocess.run([sys.executable, os.path.join(root, "eval.py"), "none.pt"], cwd=tmp_path, capture_output=True,
                        text=True, timeout=120)
-    script = shlex.quote(os.path.relpath(os.path.join(root, "train.py"), tmp_path))  # (from where it runs)
+    script = shlex.quote(os.path.join(root, "train.py"))  # (run from outside the repository: its whole path)
     assert (r.returncode, r.stdout, r.stderr) == (1, "", "error: checkpoint none.pt not found; no checkpoints in models/ "
                                                          f"yet: train one with `python {script}`\n")

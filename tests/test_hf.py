@@ -258,7 +258,7 @@ def test_the_command_export_suggests_runs_as_pasted(enc, tmp_path, monkeypatch, 
         export.main([ckpt, folder])
         command = re.fullmatch(r".*: `(.*)`", capsys.readouterr().out.splitlines()[-1]).group(1)
         pasted = shlex.split(command)
-        assert pasted == ["python", os.path.relpath(os.path.join(root, script)), folder, *more], command
+        assert pasted == ["python", os.path.join(root, script), folder, *more], command  # (outside: whole path)
         capsys.readouterr()
         if script == "eval.py":
             eval_py.main(pasted[2:] + ["--samples", "0", "--eval_batches", "1", "--device", "cpu"])
@@ -1178,7 +1178,7 @@ def test_export_run_as_a_command_bad_input_is_one_line(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     r = subprocess.run([sys.executable, os.path.join(root, "export.py"), "none.pt", "hf"], cwd=tmp_path,
                        capture_output=True, text=True, timeout=120)
-    script = shlex.quote(os.path.relpath(os.path.join(root, "train.py"), tmp_path))  # (from where it runs)
+    script = shlex.quote(os.path.join(root, "train.py"))  # (run from outside the repository: its whole path)
     assert (r.returncode, r.stdout, r.stderr) == (1, "", "error: checkpoint none.pt not found; no checkpoints in models/ "
                                                          f"yet: train one with `python {script}`\n")
     assert os.listdir(tmp_path) == []

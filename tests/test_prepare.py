@@ -1059,7 +1059,8 @@ def test_data_dir_is_out_dir(tmp_path, monkeypatch):
     # the folder train.py and eval.py read datasets from is their --data_dir: prepare.py takes that name too
     # (--data_dir here was 'unrecognized arguments')
     src, folder, seen = write(tmp_path / "c.txt", EOT.join(DOCS)), str(tmp_path / "datasets"), []
-    monkeypatch.setattr(prepare, "prepare", lambda *a, **k: seen.append(k["out_dir"]) or {})  # (a meta.json)
+    meta = {"name": "text"}  # (what prepare() returns: a meta.json)
+    monkeypatch.setattr(prepare, "prepare", lambda *a, **k: seen.append(k["out_dir"]) or meta)
     for option in ("--data_dir", "--out_dir"):
         prepare.main(["--dataset", "text", "--source", src, option, folder])
     assert seen == [folder, folder]
@@ -2791,7 +2792,7 @@ def test_rebuild_command_builds_the_same_dataset(tmp_path, monkeypatch, capsys):
     chats = write(tmp_path / "chats.jsonl", "".join(json.dumps({"messages": c}) + "\n" for c in CONVERSATIONS))
     out = str(tmp_path / "sets")
     monkeypatch.chdir(tmp_path)  # where data/, the default --out_dir, is
-    prep = os.path.relpath(os.path.abspath(prepare.__file__))  # (from here: the script is elsewhere)
+    prep = os.path.abspath(prepare.__file__)  # (from here, outside the repository: its whole path)
     cases = [
         (["--dataset", "text", "--source", str(tmp_path / "notes"), "--name", "notes", "--out_dir", out,
           "--limit", "30", "--val_fraction", "0.15"],

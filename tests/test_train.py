@@ -2600,7 +2600,7 @@ def test_the_train_command_prepare_py_ends_with_trains_on_that_dataset(env, tmp_
     data folder holds another `chat` set in the same vocabulary (train.py's default --data_dir, which the command
     must not leave to it)."""
     monkeypatch.chdir(tmp_path)
-    script = os.path.relpath(os.path.join(ROOT, "train.py"))  # (from where it runs)
+    script = os.path.join(ROOT, "train.py")  # (run from outside the repository: its whole path)
     story = train.train(args_for(env, "models", "--dataset", "mini", "--max_steps", "1"))  # trained on env's data/
     ckpt = os.path.relpath(story["checkpoint"])
     text = tmp_path / "notes.txt"
