@@ -86,9 +86,12 @@ def _build(name, ranks, pattern):
     )
 
 
-def train_command():
-    """The command that trains a vocabulary, for the errors that send the user to it."""
-    return common.script_command("setup_tokenizer.py", "train")
+def train_command(source=None):
+    """The command that trains a vocabulary, for the errors that send the user to it: written over source, the file
+    at fault (else a new vocab.tiktoken; a checkpoint's vocabulary has no file); FILE stands for the user's text files,
+    which it cannot know (a bare `setup_tokenizer.py train` was argparse's error: --input and --out are required)."""
+    out = source if source and os.path.isfile(source) else "vocab.tiktoken"
+    return common.script_command("setup_tokenizer.py", "train", "--input", "FILE", "--out", out)
 
 
 def not_a_vocabulary(source):
@@ -135,7 +138,7 @@ def parse_bpe(text, source="tokenizer"):
     if not cut:
         raise error
     raise UserError(f"{source} is cut short (its last line {text[len(whole):][:40]!r} is incomplete: a copy or download "
-                    f"that stopped?): copy it again, or retrain it with `{train_command()}`")
+                    f"that stopped?): copy it again, or retrain it with `{train_command(source)}`")
 
 
 def bpe_ranks(text, source, head=False):
@@ -150,10 +153,10 @@ def bpe_ranks(text, source, head=False):
     except ValueError:  # binascii.Error is one too
         raise not_a_vocabulary(source) from None
     if not ranks:  # a copy that wrote nothing (a full disk, a failed download): "ranks must be 0..N-1" would hide that
-        raise UserError(f"{source} is empty: copy it again, or retrain it with `{train_command()}`")
+        raise UserError(f"{source} is empty: copy it again, or retrain it with `{train_command(source)}`")
     if sorted(ranks.values()) != list(range(len(ranks))) or not (head or all(bytes([b]) in ranks for b in range(256))):
         raise UserError(f"{source}: ranks must be 0..N-1 and cover all 256 bytes; retrain it with "
-                        f"`{train_command()}`")
+                        f"`{train_command(source)}`")
     return ranks
 
 

@@ -1168,7 +1168,8 @@ def test_a_vocabulary_without_bpe_merges_is_refused_by_export(tmp_path, capsys):
     save_checkpoint(ckpt, our_model(enc.n_vocab), enc)
     line = one_error_line(*run_cli(export.main, [ckpt, str(tmp_path / "hf")], capsys)[::2])
     assert line == "error: token b'abc' (id 256) is not a merge of two lower-ranked tokens, so the vocabulary has no " \
-                   "BPE merges to export; retrain it with `python setup_tokenizer.py train`", line
+                   "BPE merges to export; retrain it with `python setup_tokenizer.py train --input FILE --out " \
+                   "vocab.tiktoken`", line
     assert os.listdir(tmp_path) == ["model.pt"]
 
 

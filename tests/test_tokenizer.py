@@ -1,6 +1,7 @@
 import base64
 import os
 import re
+import shlex
 import subprocess
 import sys
 import zipfile
@@ -203,6 +204,25 @@ def test_gpt2_state_is_just_the_name(gpt2):
     assert tokenizer_from_state(state) is gpt2
 
 
+def test_the_retrain_command_a_broken_vocabulary_names_runs_as_pasted(tmp_path, monkeypatch, capsys):
+    """An empty (or cut, or holed) .tiktoken file says "retrain it with `...`": that was `setup_tokenizer.py train`,
+    argparse's error pasted (--input and --out are required). It names the file to write over and FILE for the text:
+    pasted with FILE replaced, it trains a vocabulary there that loads."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "text.txt").write_text("the cat sat on the mat, and the dog ran to the park. " * 200, encoding="utf-8")
+    empty = tmp_path / "vocab" / "mine.tiktoken"
+    empty.parent.mkdir()
+    empty.write_text("")
+    with pytest.raises(UserError, match=r"retrain it with `([^`]+)`$") as e:
+        get_tokenizer(str(empty))
+    argv = shlex.split(re.search(r"`([^`]+)`$", str(e.value)).group(1))
+    assert argv[1].endswith("setup_tokenizer.py") and argv[argv.index("--out") + 1] == str(empty), argv
+    argv[argv.index("FILE")] = "text.txt"
+    code, out, err = run_in_process(setup_tokenizer.main, argv[2:] + ["--vocab_size", "300"], capsys)
+    assert code == 0, err
+    assert 256 + 3 < get_tokenizer(str(empty)).n_vocab <= 300  # (merges as many as the text has pairs for)
+
+
 def test_bad_tokenizer_inputs(tmp_path):
     with pytest.raises(UserError, match="not found"):
         get_tokenizer(str(tmp_path / "missing.tiktoken"))
@@ -288,7 +308,7 @@ def test_a_folder_or_a_binary_file_is_no_vocabulary(tmp_path, capsys):
     junk = tmp_path / "junk.tiktoken"
     junk.write_text("this is not a vocabulary\n")
     fix = ("is not a .tiktoken vocabulary (lines of `base64 rank`): pass a file written by `python setup_tokenizer.py "
-           "train`, a checkpoint, a Hugging Face model folder, or gpt2")
+           "train --input FILE --out vocab.tiktoken`, a checkpoint, a Hugging Face model folder, or gpt2")
     for path, named in [(tmp_path, f"{tmp_path} (a folder without tokenizer.json or vocab.json)"), (binary, str(binary)), (junk, str(junk))]:
         with pytest.raises(UserError) as e:
             get_tokenizer(str(path))
