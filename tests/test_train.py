@@ -3339,6 +3339,13 @@ def test_slow_evaluations_leave_a_budget_to_training(env, tmp_path, monkeypatch)
     # where its result was superseded at once (a 1-minute fine-tune evaluated at steps 56 and 57, 58% of it training)
     assert all(b["elapsed"] - a["elapsed"] >= (1 + 3) * 1.0 for a, b in zip(evals, evals[1:])), \
         [(r["step"], r["elapsed"]) for r in evals]
+    # and one that leaves 3 times its cost before the final evaluation is made: with 12 s, the one due at 6 s (ended
+    # at 7 s, the final one ~10.9 s in), or the curve loses a point the README's rule keeps
+    s = train.train(args_for(env, tmp_path / "12s", "--dataset", "mini", "--time_budget", "0.2",
+                             "--output_checkpoint", str(tmp_path / "12s" / "{dataset}.pt")))
+    evals = [r for r in read_metrics(s["metrics"]) if r["val_loss"] is not None]
+    assert len(evals) == 3 and evals[1]["elapsed"] + 1.0 + 3 * 1.0 <= evals[2]["elapsed"], \
+        [(r["step"], r["elapsed"]) for r in evals]
 
 
 def test_a_slow_first_step_does_not_use_up_a_budgets_warmup(env, tmp_path, monkeypatch):
