@@ -2346,17 +2346,22 @@ def test_a_mixs_counts_are_of_what_packing_kept(tmp_path, monkeypatch, enc, caps
     dialogues = [" __eou__ ".join(f"dd{i} turn {t} of a dialogue that runs on" for t in range(7 + i % 2)) + " __eou__"
                  for i in range(40)]
     write(tmp_path / "mirror" / "dailydialog" / "dialogues_train.txt", "\n".join(dialogues) + "\n")
+    # and its validation dialogues too: val's counts are of what packing kept as well
+    write(tmp_path / "mirror" / "dailydialog" / "dialogues_validation.txt",
+          "\n".join(d.replace("dd", "ddval") for d in dialogues[:6]) + "\n")
     monkeypatch.setenv("DATA_MIRROR", str(tmp_path / "mirror"))
     out = str(tmp_path / "data")
-    capsys.readouterr()
-    prepare.main(["--mix", "dailydialog:1,knowledge:1", "--name", "cut", "--out_dir", out, "--pack", "64"])
-    meta = json.loads((tmp_path / "data" / "cut" / "meta.json").read_text())
-    assert meta["splits"]["train"]["untrained_tails"] > 0 and meta["splits"]["train"]["in_pieces"] > 0
-    for split in ("train", "val"):
-        tokens, _ = source_tokens(enc, load(tmp_path / "data" / "cut", split, meta)[0])
-        assert {name: m[f"{split}_tokens"] for name, m in meta["mix"].items()} == tokens
-    shares = re.findall(r"weight 1, ([\d.]+)% of the train tokens", capsys.readouterr().out)
-    assert len(shares) == 2 and sum(map(float, shares)) == pytest.approx(100, abs=0.1), shares
+    for pack in ("64", "0"):  # (0: the documents one after the other, each counted whole)
+        capsys.readouterr()
+        prepare.main(["--mix", "dailydialog:1,knowledge:1", "--name", f"cut{pack}", "--out_dir", out, "--pack", pack])
+        meta = json.loads((tmp_path / "data" / f"cut{pack}" / "meta.json").read_text())
+        for split in ("train", "val"):
+            assert (meta["splits"][split]["untrained_tails"] > 0 and meta["splits"][split]["in_pieces"] > 0) == \
+                (pack != "0"), meta["splits"][split]
+            tokens, _ = source_tokens(enc, load(tmp_path / "data" / f"cut{pack}", split, meta)[0])
+            assert {name: m[f"{split}_tokens"] for name, m in meta["mix"].items()} == tokens, split
+        shares = re.findall(r"weight 1, ([\d.]+)% of the train tokens", capsys.readouterr().out)
+        assert len(shares) == 2 and sum(map(float, shares)) == pytest.approx(100, abs=0.1), shares
 
 
 def test_the_number_of_cores_changes_no_byte(tmp_path, monkeypatch):
