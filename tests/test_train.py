@@ -4100,6 +4100,25 @@ def test_a_moved_dataset_made_with_another_datasets_vocabulary_is_made_again_wit
     assert train.train(train.parse_args(["--checkpoint", path, "--max_steps", "1", *tiny]))["steps"] == 3
 
 
+def test_a_moved_datasets_command_swaps_only_a_vocabulary_file_that_is_gone(tmp_path, monkeypatch):
+    """The command that makes a moved dataset again names the checkpoint for its vocabulary only where the file it was
+    made with is gone: one still there is named as made (the user's own file, not a checkpoint to keep), and gpt2 is
+    no file (the bare command, not `--tokenizer CKPT`)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "vocab.tiktoken").write_text("", encoding="utf-8")
+
+    def command(tokenizer):
+        made = {"dataset": "dailydialog", "options": {"tokenizer": tokenizer, "pack": None}}
+        path, folder, made = train.trained_data("models/dd.pt", {"dataset": "dailydialog", "args": {"data_dir": "data"},
+                                                                 "data": {"kind": "chat", "made_with": made}})
+        return prepare.rebuild_command(made, folder).split("prepare.py ", 1)[1]  # (the script by its path from here)
+
+    assert command("vocab.tiktoken") == "--dataset dailydialog --tokenizer vocab.tiktoken"
+    assert command("gpt2") == "--dataset dailydialog"
+    # gone: the checkpoint's, at the chat set's default --pack (the checkpoint's would pack at its context)
+    assert command("gone.tiktoken") == "--dataset dailydialog --tokenizer models/dd.pt --pack 256"
+
+
 def cut_dataset(env, data, name, tokens):
     """A copy of the mini set under data/name with each split cut to tokens[split] tokens, meta.json to match."""
     folder = data / name
