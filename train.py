@@ -2732,9 +2732,8 @@ class Run:
         if not self.run_steps or self.saved["step"] == p.step or isinstance(e, Diverged) or self.dist.world != 1:
             return
         if self.saving or getattr(e, "mid_update", False):
-            what = f"writing {self.saving} failed: the error below" if self.saving else \
-                "the error below stopped the optimizer's update half done"
-            warn(f"step {p.step:,} is not saved ({what}); the run's last checkpoint: {self.kept()}")
+            self.not_saved(f"writing {self.saving} failed: the error below" if self.saving else
+                           "the error below stopped the optimizer's update half done")
             return
         # a closed pipe (`| head`, a `| tee` killed) ends the run without an error line (run_main), so "the error
         # below" would point at nothing
@@ -2743,12 +2742,17 @@ class Run:
         try:
             self.save(self.out_path())
         except Exception as failed:
-            warn(f"step {p.step:,} is not saved (a save before stopping on {why} failed: {first_line(failed)}); the "
-                 f"run's last checkpoint: {self.kept()}")
+            self.not_saved(f"a save before stopping on {why} failed: {first_line(failed)}")
             return
         path = self.saved["path"]
         warn(f"saved {path} (step {p.step:,}) before stopping on {why}; once it is dealt with, continue with "
              f"`{self.dist.continue_command(path, self.max_steps_left())}`")
+
+    def not_saved(self, why):
+        """The warning of a run that ends without saving its last step (why), naming what holds it (kept): its best
+        file, where that was written at this very step before the checkpoint's save failed."""
+        held = "in its best file alone" if self.saved["best_step"] == self.p.step else "not saved"
+        warn(f"step {self.p.step:,} is {held} ({why}); the run's last checkpoint: {self.kept()}")
 
     def loop_error(self, e):
         """The error the loop's error e ends the run in, None for e itself: a UserError out of memory or on a rank

@@ -3190,6 +3190,32 @@ def test_a_save_that_fails_mid_run_is_not_tried_again_and_names_what_holds_the_r
            f"checkpoint: {saved} (step {steps[0]})" in capsys.readouterr().err
 
 
+def test_a_failed_save_of_a_step_its_best_file_holds_says_so(env, tmp_path, monkeypatch, capsys):
+    """The best file written at a step whose checkpoint then failed: "step N is not saved", then that very file and
+    step named as what holds the run, read as a contradiction. The step is said to be in its best file alone."""
+    real, steps, calls = train.save_checkpoint, [], []
+
+    def fails_the_checkpoint_at_the_second_best(path, *a, **state):
+        steps.append((os.path.basename(path), state["step"]))
+        if len(steps) == 4:  # best, checkpoint, best, then this checkpoint
+            raise UserError(f"could not write {path} (0 MB free there): free some space or write elsewhere")
+        return real(path, *a, **state)
+
+    def better(*a, **k):  # each evaluation a new best
+        calls.append(1)
+        return 5.0 - len(calls) / 10
+    monkeypatch.setattr(train, "save_checkpoint", fails_the_checkpoint_at_the_second_best)
+    monkeypatch.setattr(train, "evaluate", better)
+    with pytest.raises(UserError, match="^could not write"):
+        train.train(args_for(env, tmp_path, "--dataset", "mini", "--batch_size", "4", "--save_interval", "10",
+                             "--eval_interval", "10", "--max_steps", "30"))
+    (best, first), (_, step0), (_, second), (_, step) = steps
+    assert best == "mini_best.pt" and first == step0 < second == step, steps
+    saved, best = str(tmp_path / "mini_epoch1.pt"), str(tmp_path / "mini_best.pt")
+    assert f"warning: step {step} is in its best file alone (writing {saved} failed: the error below); the run's " \
+           f"last checkpoint: {saved} (step {step0}), its best file {best} (step {step})" in capsys.readouterr().err
+
+
 def test_a_save_on_the_way_out_of_an_error_that_fails_leaves_that_error(env, tmp_path, monkeypatch, capsys):
     """A run stopped by an error (here a damaged train.bin) whose save on the way out fails too (a full disk): the
     error the user sees is the one that stopped the run, not the save's, and a warning says the save failed, why, and
