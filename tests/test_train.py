@@ -2598,7 +2598,8 @@ def test_the_train_command_prepare_py_ends_with_trains_on_that_dataset(env, tmp_
     command pasted trains on it: a new model on a set in data/; one packed in blocks of 32 in another folder
     (--data_dir, --block_size); a chat set made in a checkpoint's vocabulary, fine-tuning that checkpoint, whose own
     data folder holds another `chat` set in the same vocabulary (train.py's default --data_dir, which the command
-    must not leave to it)."""
+    must not leave to it), also when prepare.py is run again without --tokenizer (the set's own is the default); one
+    packed for more than that checkpoint's context, with no --block_size past that context."""
     monkeypatch.chdir(tmp_path)
     script = os.path.join(ROOT, "train.py")  # (run from outside the repository: its whole path)
     story = train.train(args_for(env, "models", "--dataset", "mini", "--max_steps", "1"))  # trained on env's data/
@@ -2619,11 +2620,19 @@ def test_the_train_command_prepare_py_ends_with_trains_on_that_dataset(env, tmp_
         (["--dataset", "chat", "--source", str(talk), "--tokenizer", ckpt],
          f"python {shlex.quote(script)} --dataset chat --data_dir data --checkpoint {ckpt}",
          os.path.join("data", "chat"), ckpt),
+        # packed for more than the checkpoint's context (64): fine-tuned at that context, no --block_size it cannot take
+        (["--dataset", "chat", "--source", str(talk), "--tokenizer", ckpt, "--pack", "128", "--name", "wide"],
+         f"python {shlex.quote(script)} --dataset wide --data_dir data --checkpoint {ckpt}",
+         os.path.join("data", "wide"), ckpt),
     ]
     for argv, command, folder, start in cases:
-        for _ in range(2):  # built, then found up to date
+        # built, then found up to date: without --tokenizer, whose default is the vocabulary the set was made in, the
+        # command still fine-tunes that checkpoint
+        at = argv.index("--tokenizer") if "--tokenizer" in argv else len(argv)
+        kept = argv[:at] + argv[at + 2:]
+        for again in (argv, kept):
             capsys.readouterr()
-            prepare.main(argv)
+            prepare.main(again)
             assert capsys.readouterr().out.splitlines()[-1] == f"  train on it: {command}"
         pasted = shlex.split(command)
         assert pasted[:2] == ["python", script]
