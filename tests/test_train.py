@@ -3225,6 +3225,28 @@ def test_a_failed_save_of_a_step_its_best_file_holds_says_so(env, tmp_path, monk
            f"last checkpoint: {saved} (step {step0}), its best file {best} (step {step})" in capsys.readouterr().err
 
 
+def test_a_failed_save_of_a_step_no_file_holds_is_not_saved_though_an_earlier_best_file_is(env, tmp_path, monkeypatch,
+                                                                                          capsys):
+    """The other side of the best file's step: one written at an earlier step leaves the failed step not saved (a
+    rule that took any best file for the step's said "in its best file alone" of work lost)."""
+    real, steps = train.save_checkpoint, []
+
+    def fails_the_second_checkpoint(path, *a, **state):
+        steps.append((os.path.basename(path), state["step"]))
+        if len(steps) == 3:  # best, checkpoint, then this checkpoint (the second evaluation no better: no best file)
+            raise UserError(f"could not write {path} (0 MB free there): free some space or write elsewhere")
+        return real(path, *a, **state)
+    monkeypatch.setattr(train, "save_checkpoint", fails_the_second_checkpoint)
+    monkeypatch.setattr(train, "evaluate", lambda *a, **k: 5.0)
+    with pytest.raises(UserError, match="^could not write"):
+        train.train(args_for(env, tmp_path, "--dataset", "mini", "--batch_size", "4", "--save_interval", "10",
+                             "--eval_interval", "10", "--max_steps", "30"))
+    (best, first), (_, step0), (name, step) = steps
+    assert best == "mini_best.pt" and name == "mini_epoch1.pt" and first == step0 < step, steps
+    assert f"warning: step {step} is not saved (writing {tmp_path / name} failed: the error below)" \
+           in capsys.readouterr().err
+
+
 def test_a_save_on_the_way_out_of_an_error_that_fails_leaves_that_error(env, tmp_path, monkeypatch, capsys):
     """A run stopped by an error (here a damaged train.bin) whose save on the way out fails too (a full disk): the
     error the user sees is the one that stopped the run, not the save's, and a warning says the save failed, why, and
