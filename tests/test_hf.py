@@ -516,6 +516,25 @@ def small_folder(custom_enc, tmp_path_factory):
     return {"ckpt": ckpt, "folder": out}
 
 
+def test_prepare_pys_train_line_fine_tunes_the_model_folder_its_vocabulary_came_from(small_folder, tmp_path,
+                                                                                   monkeypatch, capsys):
+    """A set made in a Hugging Face model folder's vocabulary (--tokenizer FOLDER): prepare.py's "train on it:" line
+    is the fine-tune of that folder, --init_from (--checkpoint takes .pt files), at the folder's context (64), and
+    pasted it trains on that set."""
+    import prepare
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text(story_text(20_000), encoding="utf-8")
+    prepare.main(["--dataset", "text", "--source", "notes.txt", "--name", "notes",
+                  "--tokenizer", small_folder["folder"], "--out_dir", "sets"])
+    line = capsys.readouterr().out.splitlines()[-1]
+    argv = shlex.split(re.fullmatch(r"  train on it: (.*)", line).group(1))
+    assert argv[2:] == ["--dataset", "notes", "--data_dir", "sets", "--init_from", small_folder["folder"]], line
+    r = train.train(train.parse_args(argv[2:] + ["--max_steps", "1", "--eval_batches", "1", "--device", "cpu",
+                                                 "--output_checkpoint", "models/{dataset}.pt"]))
+    assert r["steps"] == 1 and torch.load(r["checkpoint"], weights_only=True)["data"]["folder"] == \
+        os.path.join("sets", "notes")
+
+
 def broken(small_folder, tmp_path, change):
     folder = tmp_path / "broken"
     shutil.copytree(small_folder["folder"], folder)
