@@ -37,9 +37,9 @@ import time
 
 import torch
 
-from common import (UserError, at_least, atomic_write_text, autocast, check_output, cpu_bf16_is_faster, cpu_has_bf16,
-                    cpu_info, first_line, is_oom, pick_device, pick_dtype, path_arg, not_utf8, retain_freed_memory,
-                    run_main, seeded_generator, DTYPES)
+from common import (ArgumentParser, UserError, at_least, atomic_write_text, autocast, check_output, cpu_bf16_is_faster,
+                    cpu_has_bf16, cpu_info, first_line, is_oom, pick_device, pick_dtype, path_arg, not_utf8,
+                    retain_freed_memory, run_main, seeded_generator, DTYPES)
 from model import GPT, OPTIMIZERS, PRESETS, VARIANTS, make_config, physical_memory
 from train import DEFAULTS as TRAIN_DEFAULTS, Forward, train_step
 
@@ -701,7 +701,7 @@ def sizes_arg(text):
 
 
 def get_parser():
-    p = argparse.ArgumentParser(description=__doc__.strip(),
+    p = ArgumentParser("bench.py", description=__doc__.strip(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Sections: peak (matmul FLOP/s), train (tokens/s, MFU), gen (tokens/s, KV cache "
                                        "speed-up), ratio (small vs GPT-2 vocabulary), prepare (tokenizer MB/s).")

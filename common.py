@@ -11,6 +11,7 @@ setup_tokenizer.py need it only for the vocabulary of a checkpoint or model fold
 import argparse
 import contextlib
 import ctypes
+import difflib
 import errno
 import glob
 import json
@@ -284,6 +285,31 @@ def first_line(e, width=200):
 
 # -----------------------------------------------------------------------------
 # command-line arguments
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's, its prog the script's name (train.py, ...), with a usage error in one line: argparse's own put the
+    whole usage first (train.py's is 20 lines, the error under it), and named no close option for a misspelt one
+    (--block-size for --block_size). Under torchrun one process a machine says it (and --help): not one a process."""
+
+    def error(self, message):
+        if not speaks_for_machine():
+            exit_after_the_first(2)
+        if message.startswith("unrecognized arguments: "):
+            given = [a.split("=", 1)[0] for a in message.split(": ", 1)[1].split() if a.startswith("--")]
+            options = [*self._option_string_actions]  # and a subcommand's (argparse says its unknown ones here)
+            for action in self._actions:
+                if isinstance(action, argparse._SubParsersAction):
+                    options += [o for sub in action.choices.values() for o in sub._option_string_actions]
+            close = [m for a in given for m in difflib.get_close_matches(a, options, n=1)]
+            if close:
+                message += f" (did you mean {', '.join(close)}?)"
+        script, *command = self.prog.split(" ")  # (a subcommand's: "setup_tokenizer.py train")
+        self.exit(2, f"{self.prog}: error: {message}; see {script_command(script, *command, '--help')}\n")
+
+    def print_help(self, file=None):
+        if speaks_for_machine():
+            super().print_help(file)
+
 
 def nonempty(text):
     """argparse type of a path or name: '' (an unset shell variable, as in --checkpoint "$CKPT") is refused, not read

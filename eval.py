@@ -38,8 +38,8 @@ import sys
 import numpy as np
 
 from checkpoint import add_checkpoint_argument, load_checkpoint, load_model, parse_checkpoint
-from common import (DTYPES, UserError, at_least, atomic_write_text, check_output, nonempty, path_arg, pick_device,
-                    pick_dtype, progress_bar, retain_freed_memory, run_main, seeded_generator)
+from common import (ArgumentParser, DTYPES, UserError, at_least, atomic_write_text, check_output, nonempty, path_arg,
+                    pick_device, pick_dtype, progress_bar, retain_freed_memory, run_main, seeded_generator)
 from gen import CHAT_STOPS, add_sampling_arguments, chat_reply, columns, default_checkpoint, read_prompt_file
 from prepare import document_ends
 from setup_tokenizer import IM_END, parse_chat
@@ -222,7 +222,7 @@ def names_checkpoint(name):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser("eval.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_checkpoint_argument(p)
     p.add_argument("--dataset", type=nonempty, nargs="+", help="prepared datasets to evaluate on, a row each (default: the one the "
                                                 "checkpoint was trained on)")

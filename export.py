@@ -19,19 +19,18 @@ import common  # first (it is light): Ctrl-C while torch loads then ends in one 
 common.mend_standard_streams(__name__)
 common.quiet_ctrl_c(__name__)
 
-import argparse
 import os
 import sys
 
 from checkpoint import add_checkpoint_argument, load_model, parse_checkpoint
-from common import DTYPES, check_output, path_arg, run_main, script_command, shown_path, torch_dtype
+from common import ArgumentParser, DTYPES, check_output, path_arg, run_main, script_command, shown_path, torch_dtype
 from hf import check_out_dir, export_folder
 from train import checkpoint_data
 
 
 def parse_args(argv=None):
     # the usage line says what is required (argparse's would show the checkpoint optional, as gen.py's is)
-    p = argparse.ArgumentParser(usage=f"%(prog)s [-h] [--dtype {{{','.join(DTYPES)}}}] CHECKPOINT OUT_DIR",
+    p = ArgumentParser("export.py", usage=f"%(prog)s [-h] [--dtype {{{','.join(DTYPES)}}}] CHECKPOINT OUT_DIR",
                                 description="Write a checkpoint as a Hugging Face model folder (GPT2LMHeadModel for "
                                             "the gpt2 variant, LlamaForCausalLM for modern) with its tokenizer.")
     # the checkpoint as gen.py, eval.py and serve.py take it: CHECKPOINT OUT_DIR, or --checkpoint CHECKPOINT OUT_DIR

@@ -39,9 +39,9 @@ import unicodedata
 import torch
 
 from checkpoint import add_checkpoint_argument, find_checkpoints, load_model, parse_checkpoint
-from common import (DTYPES, UserError, at_least, atomic_write_text, autocast, check_output, color_ok, first_line,
-                    not_utf8, number, path_arg, pick_device, pick_dtype, require_utf8, retain_freed_memory, run_main,
-                    seeded_generator, without_surrogates)
+from common import (ArgumentParser, DTYPES, UserError, at_least, atomic_write_text, autocast, check_output, color_ok,
+                    first_line, not_utf8, number, path_arg, pick_device, pick_dtype, require_utf8, retain_freed_memory,
+                    run_main, seeded_generator, without_surrogates)
 from setup_tokenizer import EOT, IM_END, IM_START, StreamDecoder, render_chat
 
 CHAT_HELP = "/reset clears the history, /exit or Ctrl-D quits, Ctrl-C stops a reply"
@@ -513,7 +513,7 @@ def add_sampling_arguments(p, when=""):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="Sample text from a trained GPT checkpoint, or chat with it.")
+    p = ArgumentParser("gen.py", description="Sample text from a trained GPT checkpoint, or chat with it.")
     add_checkpoint_argument(p)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prompt", help="text to continue (with --chat: one user message, then exit)")

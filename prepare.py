@@ -73,10 +73,10 @@ from array import array
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from common import (STRAY_BYTE_FIX, VOCAB_FILE, UserError, at_least, atomic_write_text, check_output, expand_pattern,
-                    first_line, fsync_replace, held_lock, holds_nul, json_kind, name_full_disk, nonempty,
-                    nonnegative_int, not_utf8, parts_text, path_arg, prepare_lock, progress_bar, read_items, read_meta,
-                    refuse_dataset_folder, remove_stale_tmp, run_main, tmp_name, without_surrogates)
+from common import (ArgumentParser, STRAY_BYTE_FIX, VOCAB_FILE, UserError, at_least, atomic_write_text, check_output,
+                    expand_pattern, first_line, fsync_replace, held_lock, holds_nul, json_kind, name_full_disk,
+                    nonempty, nonnegative_int, not_utf8, parts_text, path_arg, prepare_lock, progress_bar, read_items,
+                    read_meta, refuse_dataset_folder, remove_stale_tmp, run_main, tmp_name, without_surrogates)
 from setup_tokenizer import (EOT, IM_END, IM_START, VocabSample, fewer_ids, get_tokenizer, model_context,
                              moved_vocabulary, read_text_chunks, say_training, tokenizer_hash, train_bpe, trained_on,
                              warn_short_vocabulary)
@@ -2903,7 +2903,7 @@ def print_summary(folder, meta, plan, limit, dt):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser("prepare.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", choices=DATASETS,
                    help="story (TinyStories), shakespeare (Tiny Shakespeare, 1 MB), dailydialog, chat (instructions, conversations), chitchat (generated small talk), "
                         "knowledge (question/answer), text (your --source files); default: every one it finds, or text with --source")

@@ -64,8 +64,8 @@ from urllib.parse import unquote, urlsplit
 import torch
 
 from checkpoint import add_checkpoint_argument, load_model, parse_checkpoint
-from common import (DTYPES, UserError, at_least, json_kind, nonempty, number, parts_text, pick_device, pick_dtype,
-                    retain_freed_memory, run_main, seeded_generator, stop_signals)
+from common import (ArgumentParser, DTYPES, UserError, at_least, json_kind, nonempty, number, parts_text, pick_device,
+                    pick_dtype, retain_freed_memory, run_main, seeded_generator, stop_signals)
 from gen import (CHAT_STOPS, PENALTY_RULE, add_sampling_arguments, default_checkpoint, encode_prompt, fit_history,
                  penalty_value, reserve_for, stop_ids, stream_completion, warn_if_trained_on_text)
 from setup_tokenizer import EOT, render_chat
@@ -1489,7 +1489,7 @@ def host_names(s):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="Serve a checkpoint: an OpenAI-compatible HTTP API and a chat page.")
+    p = ArgumentParser("serve.py", description="Serve a checkpoint: an OpenAI-compatible HTTP API and a chat page.")
     add_checkpoint_argument(p)
     p.add_argument("--host", type=nonempty, default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; "
                                                         "0.0.0.0 for every network, with no authentication)")

@@ -17,7 +17,6 @@ import common  # first (it is light): Ctrl-C while tiktoken loads then ends in o
 common.mend_standard_streams(__name__)
 common.quiet_ctrl_c(__name__)
 
-import argparse
 import base64
 import codecs
 import contextlib
@@ -32,7 +31,7 @@ import zipfile
 
 import tiktoken
 
-from common import (VOCAB_FILE, UserError, atomic_write_text, check_output, expand_pattern, holds_nul,
+from common import (ArgumentParser, VOCAB_FILE, UserError, atomic_write_text, check_output, expand_pattern, holds_nul,
                     is_dataset_folder, kept_file, model_folder_file, not_utf8, path_arg, read_meta, require_utf8,
                     run_main, starts_as_zip)
 
@@ -611,7 +610,7 @@ def files_sample(files):
 # -----------------------------------------------------------------------------
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Show how text tokenizes, or train a custom BPE vocabulary.")
+    p = ArgumentParser("setup_tokenizer.py", description="Show how text tokenizes, or train a custom BPE vocabulary.")
     # the metavar: without a command, argparse's error named the dest ("required: cmd"), not the commands to give
     sub = p.add_subparsers(dest="cmd", required=True, metavar="{show,train}")
     s = sub.add_parser("show", help="print the tokens and ids of a text")

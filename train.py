@@ -62,7 +62,7 @@ from tqdm import tqdm
 
 from checkpoint import (NOT_THIS_CODE, add_checkpoint_argument, checkpoint_config, is_kind, load_checkpoint,
                         load_weights, nonfinite, parse_checkpoint, save_checkpoint, tensor_bytes)
-from common import (DTYPES, HANGUP, UserError, ask, atomic_write_text, autocast, check_output,
+from common import (ArgumentParser, DTYPES, HANGUP, UserError, ask, atomic_write_text, autocast, check_output,
                     closed_pipe_on_windows, color_ok, cpu_bf16_is_faster, cpu_has_bf16, draws_a_bar,
                     exit_after_the_first, first_line, held_lock, hung_up, is_oom, lock_is_held, nonempty,
                     nonnegative_int, path_arg, pick_device, pick_dtype, prepare_lock, read_items, refuse_dataset_folder,
@@ -148,7 +148,8 @@ def warmup_share(warmup):
 
 def parse_args(argv=None):
     d = DEFAULTS
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
+        "train.py",
         description="Train a GPT on a dataset prepared by prepare.py (see the docstring of train.py for epochs, "
                     "resume and the files written).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -266,9 +267,6 @@ def parse_args(argv=None):
                         f"checkpoint) before it ends with an error (default: {DIST_TIMEOUT_MIN:g}); raise it for a "
                         f"checkpoint save or first --compile step that takes longer")
     g.add_argument("--no_color", "--no-color", dest="no_color", action="store_true", help="no ANSI colors in the output")
-    if not speaks_for_machine():  # under torchrun: one usage error (or --help) a machine, not one a process
-        p.error = lambda message: exit_after_the_first(2)
-        p.print_help = lambda file=None: None
     return parse_checkpoint(p, p.parse_args(argv))
 
 

@@ -116,7 +116,7 @@ def test_an_empty_path_is_refused_not_read_as_left_out(script, argv, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)
     err = capsys.readouterr().err
-    assert e.value.code == 2 and err.splitlines()[-1].endswith(": is empty: give a value"), err
+    assert e.value.code == 2 and err.count("\n") == 1 and ": is empty: give a value; see " in err, err
 
 
 def test_a_path_given_with_a_tilde_the_shell_left_is_in_the_home_folder(tmp_path, monkeypatch, capsys):
@@ -162,7 +162,28 @@ def test_a_path_given_with_a_tilde_the_shell_left_is_in_the_home_folder(tmp_path
     ("prepare", "--limit", "1.5", "int")])
 def test_a_non_number_is_the_same_line_in_every_script(script, option, value, kind, capsys):
     code, err = refused_option(script, option, value, capsys)
-    assert code == 2 and err.splitlines()[-1].endswith(f"error: argument {option}: invalid {kind} value: {value!r}"), err
+    assert code == 2 and err == usage_error(script, f"argument {option}: invalid {kind} value: {value!r}"), err
+
+
+def usage_error(script, message):
+    """The one line a script's argparse ends in (common.ArgumentParser), not the usage first (train.py's: 20 lines)."""
+    return f"{script}.py: error: {message}; see {common.script_command(script + '.py', '--help')}\n"
+
+
+@pytest.mark.parametrize("script, given, said", [
+    ("train", ["--block-size=64"], "unrecognized arguments: --block-size=64 (did you mean --block_size?)"),
+    ("prepare", ["--dataset", "story", "--vocab-size", "512"], "unrecognized arguments: --vocab-size 512 (did you mean "
+                                                             "--vocab_size?)"),
+    ("gen", ["x.pt", "--temprature", "0.5", "--no-cache"],
+     "unrecognized arguments: --temprature 0.5 --no-cache (did you mean --temp, --no_cache?)"),
+    ("setup_tokenizer", ["train", "--input", "a.txt", "--out", "a.tiktoken", "--vocab-size", "300"],
+     "unrecognized arguments: --vocab-size 300 (did you mean --vocab_size?)"),  # a subcommand's option
+    ("eval", ["x.pt", "--zzz"], "unrecognized arguments: --zzz")])  # nothing close: no guess
+def test_a_misspelt_option_is_one_line_naming_the_closest(script, given, said, capsys):
+    with pytest.raises(SystemExit) as e:
+        __import__(script).main(given)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err == usage_error(script, said), err
 
 
 def refused_option(script, option, value, capsys):
@@ -182,8 +203,7 @@ def refused_option(script, option, value, capsys):
     ("prepare", "--limit", "0", 1)])
 def test_a_count_below_its_minimum_is_the_same_line_in_every_script(script, option, value, minimum, capsys):
     code, err = refused_option(script, option, value, capsys)
-    assert code == 2 and err.splitlines()[-1].endswith(f"error: argument {option}: must be at least {minimum}, "
-                                                        f"got {value}"), err
+    assert code == 2 and err == usage_error(script, f"argument {option}: must be at least {minimum}, got {value}"), err
 
 
 def test_no_output_replaces_a_checkpoint_or_a_datasets_file(tmp_path):

@@ -622,7 +622,7 @@ def test_cli_train_refuses_a_datasets_files_a_vocabulary_and_a_checkpoint(tmp_pa
 def test_cli_without_a_command_names_the_commands(capsys):
     """`python setup_tokenizer.py` alone said "the following arguments are required: cmd", a word of the code's."""
     code, out, err = run_in_process(setup_tokenizer.main, [], capsys)
-    assert code == 2 and err.splitlines()[-1].endswith(": error: the following arguments are required: {show,train}")
+    assert code == 2 and err.startswith("setup_tokenizer.py: error: the following arguments are required: {show,train}; ")
 
 
 def test_a_datasets_folder_as_tokenizer_names_its_vocabulary(gpt2, tmp_path, capsys):
