@@ -17,6 +17,9 @@ if os.path.isdir(os.path.join(SHARED, "tiktoken-cache")):
 if os.path.isdir(os.path.join(SHARED, "data")):
     os.environ.setdefault("DATA_MIRROR", os.path.join(SHARED, "data"))
 sys.path.insert(0, ROOT)
+# the scripts' commands to paste name them by their path from the working directory (`python prepare.py ...`, the
+# tests' expectation): pytest started from tests/ (or anywhere) runs as from the repository, where make test runs it
+os.chdir(ROOT)
 # One OpenMP thread in the test processes and in the scripts they start, unless the caller chose: make test runs two
 # pytest workers on a 2-core machine, and two threads each make the workers' tiny matmuls wait for a descheduled
 # sibling (test_gen's KV-cache comparison took 17.3 s with two threads, 1.7 s with one). Set before torch is imported.
