@@ -87,13 +87,17 @@ def two_rank_runs(env, out):
             "log": "".join(stdout for stdout, _ in logs), "spe": spe}  # (which agent has rank 0 is the rendezvous')
 
 
-def rendezvous():
-    """torchrun's options for one of 2 agents (machines) that meet at an endpoint on a free port of this machine."""
+def free_port():
+    """A port of this machine that was free a moment ago."""
     import socket
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return "--nnodes=2", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=test"
+        return sock.getsockname()[1]
+
+
+def rendezvous():
+    """torchrun's options for one of 2 agents (machines) that meet at an endpoint on a free port of this machine."""
+    return "--nnodes=2", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{free_port()}", "--rdzv_id=test"
 
 
 def test_two_ranks_follow_one_process_with_the_same_global_batch(runs):
@@ -752,20 +756,29 @@ for k, shape in [(1, (8, 8)), (2, (8, 16)), (3, (16, 8)), (5, (8, 12))]:
     both = [torch.empty_like(got) for _ in range(2)]
     dist.all_gather(both, got)
     assert torch.equal(both[0], both[1]), k  # every rank steps its weights alike
-print(f"ok{dist.get_rank()}", flush=True)  # one write: the ranks share stdout
+print(f"ok{dist.get_rank()}", flush=True)
 dist.destroy_process_group()
 '''
 
 
 def test_ranks_share_muons_orthogonalization(tmp_path):
-    # each of 2 ranks orthogonalizes part of a stack (3 and 5 matrices: one rank also does zeros) and gets the whole
+    # each of 2 ranks orthogonalizes part of a stack (3 and 5 matrices: one rank also does zeros) and gets the whole.
+    # The 2 processes are started as torchrun starts its ranks, by the variables init_process_group reads, without
+    # torchrun's own process (nothing here is torchrun's; that one costs as much CPU as a rank, importing torch)
     script = tmp_path / "shared_ns.py"
     script.write_text(SHARED_NS)
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        str(script), ROOT], env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                       timeout=120)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    assert "ok0" in r.stdout and "ok1" in r.stdout
+    port = str(free_port())
+    ranks = [subprocess.Popen([sys.executable, str(script), ROOT], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env={**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
+                                              "MASTER_PORT": port, "WORLD_SIZE": "2", "RANK": str(rank),
+                                              "LOCAL_RANK": str(rank)}) for rank in range(2)]
+    try:
+        logs = [rank.communicate(timeout=120) for rank in ranks]
+    finally:
+        for rank in ranks:
+            rank.kill()
+    assert [rank.returncode for rank in ranks] == [0, 0], logs
+    assert [out for out, _ in logs] == ["ok0\n", "ok1\n"], logs
 
 
 def test_a_continued_run_that_loses_a_rank_before_saving_names_the_checkpoint_it_continued(tmp_path):
