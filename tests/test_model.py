@@ -949,41 +949,39 @@ def test_recompute_activations_gives_the_same_gradients(variant):
 
 
 _PEAK_MEMORY = """
-import sys, torch
+import torch
 from model import GPT, make_config
 def kib(field):  # this process's resident memory now (VmRSS) or at its peak (VmHWM)
     return int(next(l for l in open("/proc/self/status") if l.startswith(field + ":")).split()[1])
 torch.manual_seed(0)
 model = GPT(make_config("tiny", n_layer=8, vocab_size=512)).train()
-model.recompute_activations = sys.argv[1] == "1"
 x = torch.randint(0, 512, (8, 256))
-model(x[:1], x[:1])[1].backward()  # allocations of a first call (thread pools, kernels' scratch) before the baseline
-model.zero_grad(set_to_none=True)
-with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")  # the peak starts again from here
-before = kib("VmRSS")
-model(x, x)[1].backward()
-print(kib("VmHWM") - before)
+for recompute in (False, True):
+    model.recompute_activations = recompute
+    model(x[:1], x[:1])[1].backward()  # allocations of a first call (thread pools, kernels' scratch) before the baseline
+    model.zero_grad(set_to_none=True)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # the peak starts again from here
+    before = kib("VmRSS")
+    model(x, x)[1].backward()
+    model.zero_grad(set_to_none=True)
+    print(kib("VmHWM") - before)
 """
 
 
 def test_recompute_activations_saves_memory():
-    # peak resident memory of one training forward and backward pass, each in a fresh process; glibc is told to
-    # hand every freed block above 64 KiB back at once, so the peak is what the step allocates, not what the
-    # allocator kept from earlier
+    # peak resident memory of one training forward and backward pass without recomputation, then with it, in a fresh
+    # process; glibc is told to hand every freed block above 64 KiB back at once, so each peak is what its step
+    # allocates, not what the allocator kept from earlier (the peak is reset between the two: one process is half
+    # the time of two, most of which is torch's import)
     import subprocess
     if not os.path.exists("/proc/self/clear_refs"):
         pytest.skip("measures memory through Linux's /proc")
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0", OMP_NUM_THREADS="1")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    peak = {}
-    # side by side (each measures its own peak): on 2 cores the test takes one process's time, most of it imports
-    runs = {recompute: subprocess.Popen([sys.executable, "-c", _PEAK_MEMORY, recompute], cwd=root, env=env,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for recompute in ("0", "1")}
-    for recompute, proc in runs.items():
-        out, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, err
-        peak[recompute] = int(out.split()[-1]) / 1024  # MiB
+    r = subprocess.run([sys.executable, "-c", _PEAK_MEMORY], cwd=root, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    peak = dict(zip(("0", "1"), (int(kib) / 1024 for kib in r.stdout.split())))  # MiB
     # 8 blocks x 8 x 256 tokens peak at ~210 MiB, recomputed at ~40 (one block's activations at a time)
     assert peak["1"] < 0.5 * peak["0"], peak
