@@ -235,9 +235,10 @@ def test_max_steps_on_the_runs_last_step_is_done(env, tmp_path, capsys):
 
 @pytest.mark.parametrize("dtype,optimizer", [("float32", "muon"), ("bfloat16", "muon"), ("float32", "adamw")])
 def test_exact_resume(env, tmp_path, dtype, optimizer):
-    # dropout on (the RNG must be restored), grad_accum 2 and 2 epochs (a short last step, an epoch boundary); 32 wide,
-    # not 64: bfloat16 on a CPU without it (emulated) took 15 s at 64, 5 s at 32
-    common = ["--dataset", "mini", "--epochs", "2", "--dropout", "0.1", "--grad_accum", "2", "--batch_size", "4",
+    # dropout on (the RNG must be restored), grad_accum 2 and 2 epochs (a short last step: 141 windows here in steps of
+    # 8 x 2, an epoch boundary); 32 wide, not 64: bfloat16 on a CPU without it (emulated) took 15 s at 64, 5 s at 32.
+    # Batches of 8, not 4: half the steps, whose fixed cost (optimizer, Python) is most of such a tiny model's time
+    common = ["--dataset", "mini", "--epochs", "2", "--dropout", "0.1", "--grad_accum", "2", "--batch_size", "8",
               "--dtype", dtype, "--eval_interval", "50", "--save_interval", "0", "--optimizer", optimizer,
               "--n_embd", 32]
     one = train.train(args_for(env, tmp_path / "one", *common))
