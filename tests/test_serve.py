@@ -2182,9 +2182,17 @@ def chromium(profile):
     return webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
 
 
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """One Chromium for the tests of the page (its start is most of such a test's time); each test loads its own
+    server's page, at its own origin, and quits nothing."""
+    browser = chromium(tmp_path_factory.mktemp("chromium"))  # (it skips without selenium)
+    yield browser
+    browser.quit()
+
+
 @needs_chromium
-def test_chat_page_streams_a_reply_in_chromium(enc, tmp_path):
-    browser = chromium(tmp_path)  # (first: it skips without selenium)
+def test_chat_page_streams_a_reply_in_chromium(enc, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -2242,7 +2250,6 @@ def test_chat_page_streams_a_reply_in_chromium(enc, tmp_path):
         wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, ".msg.assistant .note"))
         assert api.worker.recent[-1]["prompt_tokens"] == first_prompt
     finally:
-        browser.quit()
         api.close()
 
 
@@ -2295,11 +2302,10 @@ class PrefixProxy(http.server.ThreadingHTTPServer):
 
 
 @needs_chromium
-def test_the_chat_page_behind_a_proxy_path_answers_with_or_without_its_last_slash(enc, tmp_path):
+def test_the_chat_page_behind_a_proxy_path_answers_with_or_without_its_last_slash(enc, browser):
     """Opened at .../proxy/8000 (no last slash: a link or a typed address, which such proxies serve as well), the
     page's relative "v1/models" resolved to .../proxy/v1/models, one folder up, outside the server: no model name,
     and every message an error."""
-    browser = chromium(tmp_path)
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -2318,7 +2324,6 @@ def test_the_chat_page_behind_a_proxy_path_answers_with_or_without_its_last_slas
             assert not browser.find_elements(By.CSS_SELECTOR, ".msg.error"), url
             assert browser.find_element(By.CSS_SELECTOR, ".msg.assistant .text").text.split() == ["la"] * 3, url
     finally:
-        browser.quit()
         proxy.shutdown()
         api.close()
 
