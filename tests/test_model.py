@@ -958,7 +958,7 @@ model = GPT(make_config("tiny", n_layer=8, vocab_size=512)).train()
 x = torch.randint(0, 512, (8, 256))
 for recompute in (False, True):
     model.recompute_activations = recompute
-    model(x[:1], x[:1])[1].backward()  # allocations of a first call (thread pools, kernels' scratch) before the baseline
+    model(x[:1], x[:1])[1].backward()  # a first call's allocations (thread pools, kernels' scratch) before the baseline
     model.zero_grad(set_to_none=True)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # the peak starts again from here
