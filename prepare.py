@@ -430,15 +430,30 @@ SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "chatgpt"
                   "developer": "system"}  # OpenAI's newer name for the system message, as serve.py reads it
 
 
+def turn_spelling(m, spellings):
+    """The (role, content) field names, of spellings, that the turn m (a dict) is written in; None if none."""
+    return next(((r, c) for r, c in spellings if isinstance(m.get(r), str) and c in m), None)
+
+
+def amiss_turn(turns, spellings):
+    """"; turn N of M has no "role"" for the first of turns that is not a turn, in a list (else ""): a long conversation
+    whose every other turn is one was left to be searched by eye for the one short of its role."""
+    if not isinstance(turns, list):
+        return ""
+    n, m = next((n, m) for n, m in enumerate(turns, 1) if not (isinstance(m, dict) and turn_spelling(m, spellings)))
+    if not isinstance(m, dict):
+        return f"; turn {n} of {len(turns)} is {json_kind(m)}"
+    r, c = next(((r, c) for r, c in spellings if r in m or c in m), spellings[0])  # the spelling it was meant in
+    what = f'no "{r}"' if r not in m else f'a "{r}" of {json_kind(m[r])}' if not isinstance(m[r], str) else f'no "{c}"'
+    return f"; turn {n} of {len(turns)} has {what}"
+
+
 def turns_of(record, field, where):
     """record[field], a list of turns, each OpenAI's {role, content} or ShareGPT's {from, value} whatever the field's name
     (unsloth's standardize_sharegpt writes `conversations` of role/content, LLaMA-Factory reads `messages` of
     from/value), as [{role, content}]; else a UserError showing what a turn looks like. where: the record's place (file
     and line), for messages."""
     spellings = (("from", "value"), ("role", "content")) if field == "conversations" else (("role", "content"), ("from", "value"))
-
-    def spelling(m):
-        return next(((r, c) for r, c in spellings if isinstance(m.get(r), str) and c in m), None)
     turns = record[field]
     # OpenAI's function calling: a turn that calls a tool (tool_calls, content null or left out) and the tool's answer
     # (role "tool") are named, with the way out, not left to "content must be text" or "unknown role 'tool'"
@@ -446,17 +461,17 @@ def turns_of(record, field, where):
                                                                 m.get("role") in ("tool", "function")) for m in turns):
         raise UserError(f"{where}: a tool call (OpenAI's tool_calls or a \"tool\" turn): only system, user and assistant "
                         f"text is trained on; leave the conversations with tool calls out of the file")
-    if not isinstance(turns, list) or not all(isinstance(m, dict) and spelling(m) for m in turns):
+    if not isinstance(turns, list) or not all(isinstance(m, dict) and turn_spelling(m, spellings) for m in turns):
         (r, c), (r2, c2) = spellings
         raise UserError(f"{where}: `{field}` must be a list of turns like {{\"{r}\": \"user\", \"{c}\": \"Hi!\"}} "
-                        f"or {{\"{r2}\": \"user\", \"{c2}\": \"Hi!\"}}")
+                        f"or {{\"{r2}\": \"user\", \"{c2}\": \"Hi!\"}}" + amiss_turn(turns, spellings))
     # a "weight" is OpenAI's fine-tuning format's: 0 leaves an assistant reply out of the loss (render_chat)
     # (roles capitalised as some exports write them, "Human", "USER", are the same roles). A null content is an empty
     # one, as a pair's null reply and a null `text` are: a ShareGPT scrape's failed reply was a bad record, stopping
     # the run (or, skipped, leaving out its conversation's other replies), where Alpaca's null output is kept as ""
     return [{"role": SHAREGPT_ROLES.get(m[r].lower(), m[r]), "content": "" if m[c] is None else m[c]}
             | ({"weight": m["weight"]} if m.get("weight") is not None else {})
-            for m, (r, c) in ((m, spelling(m)) for m in turns)]
+            for m, (r, c) in ((m, turn_spelling(m, spellings)) for m in turns)]
 
 
 def as_turns(record, field, role, where):

@@ -454,6 +454,19 @@ def test_non_utf8_and_bad_input(tmp_path):
                                           "`history` must be a list of [instruction, output] pairs of text"))):
         with pytest.raises(UserError, match=rf"turns{i}.jsonl line 1: {re.escape(shape)}"):
             prepare.prepare("chat", source=write(tmp_path / f"turns{i}.jsonl", json.dumps(record)), out_dir=out)
+    # a list with one turn amiss names that turn and what it lacks: "must be a list of turns" alone left a long
+    # conversation, whose every other turn is one, to be searched by eye for the turn short of its role
+    for record, which in ((({"messages": [{"role": "user", "content": "Hi"}, {"content": "Hello"}]}),
+                           'turn 2 of 2 has no "role"'),
+                          ({"messages": [{"role": "user", "content": "Hi"}, {"role": None, "content": "Hello"}]},
+                           'turn 2 of 2 has a "role" of null'),
+                          ({"conversations": [{"from": "human"}, {"from": "gpt", "value": "Hello"}]},
+                           'turn 1 of 2 has no "value"'),
+                          ({"messages": [{"role": "user", "content": "Hi"}, "Hello", {"role": "user", "content": "x"}]},
+                           "turn 2 of 3 is a string")):
+        field = next(iter(record))
+        with pytest.raises(UserError, match=rf"^x: `{field}` must be a list of turns like .*; {re.escape(which)}$"):
+            prepare.record_docs(record, "x")
     # a line holding a conversation's bare list of turns, as some chat exports write: it said only "got list"
     bare = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
     with pytest.raises(UserError, match=r'bare.jsonl line 1: expected an object or a string, got an array; a '
