@@ -197,8 +197,10 @@ def read_messages(req):
     for i, m in enumerate(msgs):
         if not isinstance(m, dict):
             raise ApiError(400, f"messages[{i}] must be an object {{role, content}}", param=f"messages[{i}]", code="invalid_type")
-        role = m.get("role")
-        role = "system" if role == "developer" else role  # OpenAI's newer name for the system message
+        if "role" not in m:
+            raise ApiError(400, f"messages[{i}].role is required: system, user or assistant",
+                           param=f"messages[{i}].role", code="missing_required_parameter")
+        role = "system" if m["role"] == "developer" else m["role"]  # OpenAI's newer name for the system message
         if role not in ("system", "user", "assistant"):
             raise ApiError(400, f"messages[{i}].role must be system, user or assistant, got {json.dumps(role)}",
                            param=f"messages[{i}].role", code="invalid_value")

@@ -321,6 +321,8 @@ BAD = [  # (path, body, status, param, code)
     ("/v1/chat/completions", {"messages": []}, 400, "messages", "invalid_value"),
     ("/v1/chat/completions", {"messages": ["hi"]}, 400, "messages[0]", "invalid_type"),  # (m.get: no answer)
     ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "x"}]}, 400, "messages[0].role", "invalid_value"),
+    # a turn without its role is missing it, as OpenAI says: it was "must be system, user or assistant, got null"
+    ("/v1/chat/completions", {"messages": [{"content": "x"}]}, 400, "messages[0].role", "missing_required_parameter"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": 5}]}, 400, "messages[0].content", "invalid_type"),
     ("/v1/chat/completions", {"messages": MSG, "temperature": "hot"}, 400, "temperature", "invalid_type"),
     ("/v1/chat/completions", {"messages": MSG, "temperature": 5}, 400, "temperature", "invalid_value"),
