@@ -2881,8 +2881,9 @@ def print_summary(folder, meta, plan, limit, dt):
         f", {cut:,} cut into train and val" if cut else "")
     if meta["val_repeats"]:  # (else a count short of the source's reads as documents lost)
         where += f"; {meta['val_repeats']:,} left out of val (already in train or val)"
+    size = f"{mb:.1f} MB" if mb >= 0.05 else f"{mb * 1e3:.1f} kB"  # (a few dozen kB of chats read "0.0 MB": none)
     print(f"{folder}: {docs:,} document{'' if docs == 1 else 's'} ({where}), "
-          f"{tokens:,} tokens ({tr['tokens']:,} / {va['tokens']:,}), {mb:.1f} MB of text in {dt:.1f}s: "
+          f"{tokens:,} tokens ({tr['tokens']:,} / {va['tokens']:,}), {size} of text in {dt:.1f}s: "
           f"{mb / dt:.2f} MB/s, {tokens / dt / 1e6:.2f}M tokens/s")
     if limit and any({"split", "train"} <= {role for role, _, _ in p["streams"]} for p in plan.get("parts", [plan])):
         # (else --limit 2000 giving 4,000 documents is a puzzle). Not said of a source's own validation split,
