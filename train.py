@@ -368,6 +368,9 @@ def load_meta(data_dir, dataset, tokenizer=None, trained=None):
     if not is_dataset_name(dataset):  # story/ would name the files models/story/.pt; data/story, a bad --name
         parent, name = os.path.split(os.path.normpath(dataset))
         hint = f", as in --dataset {name}" + (f" --data_dir {parent}" if parent else "") if is_dataset_name(name) else ""
+        if not (os.sep in dataset or "/" in dataset or dataset in (".", "..")):  # ("my notes" is no path)
+            raise UserError(f"--dataset {dataset!r}: a dataset's name is letters, digits, '.', '-' and '_', as "
+                            f"prepare.py's --name makes it")
         raise UserError(f"--dataset {dataset} is a path: it takes a dataset's name, a folder of --data_dir ({data_dir})"
                         f"{hint}")
     folder = os.path.join(data_dir, dataset)

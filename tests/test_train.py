@@ -1671,6 +1671,10 @@ def test_missing_data_names_a_prepare_command_that_runs(env, tmp_path):
         with pytest.raises(UserError, match=rf"^--dataset {re.escape(path)} is a path: it takes a dataset's name, a "
                                             rf"folder of --data_dir \({data}\){fix}"):
             train.train(args_for(env, tmp_path / "p", "--dataset", path))
+    # a name with a space is no path: it said "--dataset my notes is a path"
+    with pytest.raises(UserError, match=r"^--dataset 'my notes': a dataset's name is letters, digits, '\.', '-' and "
+                                        r"'_', as prepare\.py's --name makes it$"):
+        train.train(args_for(env, tmp_path / "p", "--dataset", "my notes"))
     assert not (tmp_path / "p").exists()
     mini = train.train(args_for(env, tmp_path / "e", "--dataset", "mini", "--max_steps", "1"))["checkpoint"]
     with pytest.raises(UserError, match=r"--dataset mini/ is a path"):
