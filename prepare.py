@@ -2202,6 +2202,16 @@ def rebuild_command(meta, folder=None):
         return new_command(folder)
 
 
+def next_step(meta, out_dir, tokenizer=None):
+    """The line that ends what prepare.py says of a dataset: the train.py command that trains on it; for one with no
+    val split (--val_fraction 0), which train.py refuses (it evaluates on val), the way eval.py reads it instead: a
+    command to train on it failed when pasted."""
+    if not meta["splits"]["val"]["tokens"]:
+        return ("  no val split (--val_fraction 0): train.py, which evaluates on one, refuses it; eval.py reads it "
+                "with --split train")
+    return f"  train on it: {train_on_command(meta, out_dir, tokenizer)}"
+
+
 def train_on_command(meta, out_dir, tokenizer=None):
     """The train.py command that trains on the dataset prepare() made (or found up to date) in out_dir, meta its
     meta.json, for the line that ends what prepare.py says of it: a new model; or a fine-tune of the model whose
@@ -2979,11 +2989,11 @@ def main(argv=None):
         if given:  # (the one given, named: "drop --dataset" after a --source alone sent a reader looking for one)
             raise UserError(f"--mix builds one dataset from the datasets it names: drop {' and '.join(given)}")
         meta = prepare("mix", mix=parse_mix(args.mix), name=args.name, pack=args.pack, **options)
-        print(f"  train on it: {train_on_command(meta, args.out_dir, args.tokenizer)}")
+        print(next_step(meta, args.out_dir, args.tokenizer))
         return
     if args.dataset or args.source:
         meta = prepare(args.dataset or "text", source=args.source, name=args.name, pack=args.pack, **options)
-        print(f"  train on it: {train_on_command(meta, args.out_dir, args.tokenizer)}")
+        print(next_step(meta, args.out_dir, args.tokenizer))
         return
     if args.name:
         raise UserError("--name needs --dataset: it names one dataset's folder")
@@ -2995,7 +3005,7 @@ def main(argv=None):
             print(f"skipping {dataset}: {e}")
             continue
         # (one line each: the datasets' names, and their --block_size, differ)
-        print(f"  train on it: {train_on_command(meta, args.out_dir, args.tokenizer)}")
+        print(next_step(meta, args.out_dir, args.tokenizer))
 
 
 if __name__ == "__main__":

@@ -2495,6 +2495,20 @@ def test_a_mixs_vocabulary_from_before_the_weights_left_its_fingerprint_is_kept(
     assert json.loads(path.read_text())["vocab_fingerprint"] == meta["vocab_fingerprint"]
 
 
+def test_a_dataset_without_val_names_no_train_command(tmp_path, capsys):
+    """--val_fraction 0's summary ended in "train on it: python train.py --dataset mine", which train.py refuses (it
+    evaluates on the val split): it says what reads the dataset instead. With a val split the command is there."""
+    src = write(tmp_path / "mine.txt", EOT.join(DOCS))
+    out = str(tmp_path / "data")
+    prepare.main(["--source", src, "--name", "mine", "--out_dir", out, "--val_fraction", "0"])
+    said = capsys.readouterr().out
+    assert "train on it" not in said and said.splitlines()[-1] == (
+        "  no val split (--val_fraction 0): train.py, which evaluates on one, refuses it; eval.py reads it with "
+        "--split train")
+    prepare.main(["--source", src, "--name", "mine", "--out_dir", out])
+    assert capsys.readouterr().out.splitlines()[-1].startswith("  train on it: ")
+
+
 def test_val_fraction_0_keeps_no_val_split_with_or_without_limit(tmp_path, monkeypatch):
     """--val_fraction 0 on a set with its own validation split (DailyDialog) keeps none of it, --limit or not: --limit
     kept one dialogue of it (its share, at least one) and no --limit all of them."""
