@@ -219,8 +219,10 @@ def _load_tokenizer(name, stamp):
         enc.bpe_text = None
         return enc, None
     if not os.path.exists(name):
-        raise UserError(f"tokenizer {name!r} not found: use 'gpt2' or the path of a .tiktoken file "
-                        f"from `{train_command()}`")
+        # (a checkpoint's vocabulary is the usual one, prepare.py's for a fine-tune: a misspelt models/story_best.pt was
+        # answered as if only gpt2 and .tiktoken files were taken)
+        raise UserError(f"tokenizer {name!r} not found: use 'gpt2', a checkpoint or Hugging Face model folder (its "
+                        f"vocabulary), or the path of a .tiktoken file from `{train_command()}`")
     if os.path.isdir(name):
         # (imported here: hf.py imports this module, and torch)
         from hf import TOKENIZER_JSON, VOCAB_JSON, folder_context, read_tokenizer

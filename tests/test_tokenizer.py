@@ -226,6 +226,11 @@ def test_the_retrain_command_a_broken_vocabulary_names_runs_as_pasted(tmp_path, 
 def test_bad_tokenizer_inputs(tmp_path):
     with pytest.raises(UserError, match="not found"):
         get_tokenizer(str(tmp_path / "missing.tiktoken"))
+    # a misspelt checkpoint (prepare.py --tokenizer models/story_best.pt, a fine-tune's) is told checkpoints are taken:
+    # it was "use 'gpt2' or the path of a .tiktoken file"
+    with pytest.raises(UserError, match=r"note_best\.pt' not found: use 'gpt2', a checkpoint or Hugging Face model "
+                                        r"folder \(its vocabulary\), or the path of a \.tiktoken file from `"):
+        get_tokenizer(str(tmp_path / "models" / "note_best.pt"))
     junk = tmp_path / "junk.tiktoken"
     junk.write_text("this is not a vocabulary\n")
     with pytest.raises(UserError, match="not a .tiktoken"):
