@@ -551,17 +551,17 @@ def drain(sock):
         pass
 
 
-def readable(sock):
-    """Whether sock has bytes (or its end, or an error) waiting to be read, at once: poll's events for it where there is
-    poll (POLLERR among them: a reset), else (Windows) True or False."""
+def readable(sock, wait=0):
+    """Whether sock has bytes (or its end, or an error) waiting to be read, within wait seconds (None: however long it
+    takes): poll's events for it where there is poll (POLLERR among them: a reset), else (Windows) True or False."""
     # poll, not select: select() refuses a descriptor past 1023 (FD_SETSIZE), which a server holding a thousand
     # connections hands out, and each request on one read as hung up (Windows has no poll, nor that limit)
     if hasattr(select, "poll"):
         poller = select.poll()
         poller.register(sock, select.POLLIN)
-        ready = poller.poll(0)
+        ready = poller.poll(None if wait is None else max(0, round(wait * 1000)))
         return ready[0][1] if ready else 0
-    return bool(select.select([sock], [], [], 0)[0])
+    return bool(select.select([sock], [], [], wait)[0])
 
 
 def malformed(headers):
@@ -606,9 +606,15 @@ class RequestReader(io.RawIOBase):
         # silent, so a new connection at --max_connections may take its place; since the request's first byte, not
         # this read's start: a client trickling a byte now and then (slowloris) is never silent long in one read
         since = None if deadline is None else deadline - REQUEST_WAIT
+        if deadline is None:
+            # the wait for a request's first byte is silent, its read not: a byte read while silent is gone from the
+            # socket, where evict looks for it, until this thread takes the GIL back and leaves silent_while (ms on a
+            # busy host), and a keep-alive client's request that came then was dropped with its evicted connection
+            with self.handler.server.silent_while(sock):
+                if not readable(sock, sock.gettimeout()):
+                    raise TimeoutError("no request came within the connection's idle timeout")
+            return sock.recv_into(b)
         with self.handler.server.silent_while(sock, since):
-            if deadline is None:
-                return sock.recv_into(b)
             wait, left = sock.gettimeout(), deadline - time.monotonic()
             if left <= 0:
                 raise LateRequest
