@@ -416,13 +416,13 @@ def not_utf8(path, what=None, fix=None):
         if fix is None and os.path.isfile(path):
             with open(path, "rb") as f:
                 head = f.read(1 << 16)
-            fix = UTF16_FIX if head[:2] in (b"\xff\xfe", b"\xfe\xff") else \
-                decompress_fix(path, head) or (BINARY_FIX if b"\0" in head else None)
+            fix = utf16_fix(path) if head[:2] in (b"\xff\xfe", b"\xfe\xff") else \
+                decompress_fix(path, head) or (binary_fix(path) if b"\0" in head else None)
         if fix is None and where and utf8_around(path, where[1]):
-            fix = STRAY_BYTE_FIX
+            fix = stray_byte_fix(path)
     except OSError:
         where = None
-    fix = fix or "convert it, e.g. `iconv -f latin1 -t utf-8`"
+    fix = fix or f"convert it, e.g. {fix_command('iconv -f latin1 -t utf-8', path)}"
     at = f" (line {where[0]:,}, byte {where[1]:,} of the file)" if where else ""
     return UserError(f"{what or path} is not UTF-8 text{at}: {fix}")
 
@@ -450,13 +450,29 @@ def first_bad_utf8(path, block=1 << 20):
     return (lines, base) if rest else None  # the file ends inside a character
 
 
+def fix_command(command, path, tag="utf8"):
+    """A command to paste that mends path, a file that is not UTF-8 text: `command < PATH > OUT` (each of not_utf8's
+    commands reads stdin), PATH as the user gave it and OUT a new file next to it, tag before its suffix
+    (notes.txt -> notes.utf8.txt: still a .txt, .jsonl, ... to give in its place). Not in place: the shell empties
+    `> notes.txt` before iconv reads it. A pipe or device (no file to name) gets the bare command, for its pipe."""
+    if not os.path.isfile(path):
+        return f"`{command}`"
+    stem, ext = os.path.splitext(path)
+    if ext in (".gz", ".xz", ".zst", ".bz2"):  # what it decompresses to is no longer compressed: notes.txt.gz's text
+        stem, ext = os.path.splitext(stem)
+    return f"`{command} < {shlex.quote(path)} > {shlex.quote(f'{stem}.{tag}{ext}')}`"
+
+
 # not_utf8's ways out for what is not UTF-8 text, besides converting from latin1 (its default), which garbles these.
 # Windows' "Unicode" text (from latin1 it would be UTF-8 with a NUL after each letter):
-UTF16_FIX = "it is UTF-16: convert it, e.g. `iconv -f utf-16 -t utf-8`"
+def utf16_fix(path):
+    return f"it is UTF-16: convert it, e.g. {fix_command('iconv -f utf-16 -t utf-8', path)}"
+
 
 # NUL bytes, without UTF-16's byte-order mark (a token file given for its text: from latin1, nonsense "text"):
-BINARY_FIX = ("it holds NUL bytes: not text at all (a token file? give the text it was made from), or UTF-16 without a "
-              "byte-order mark (convert it, e.g. `iconv -f utf-16le -t utf-8`)")
+def binary_fix(path):
+    return ("it holds NUL bytes: not text at all (a token file? give the text it was made from), or UTF-16 without a "
+            f"byte-order mark (convert it, e.g. {fix_command('iconv -f utf-16le -t utf-8', path)})")
 
 
 def holds_nul(path, text=""):
@@ -464,8 +480,9 @@ def holds_nul(path, text=""):
     letter: valid UTF-8, which trained on "O\\0n\\0c\\0e\\0". text: what was read from its start, whose NUL before
     the first letter says big-endian (iconv's utf-16le on it gives other characters)."""
     order = "be" if text[:1] == "\0" else "le"
+    drop = fix_command("tr -d '\\000'", path)
     return UserError(f"{path} holds NUL bytes, which text does not: UTF-16 without a byte-order mark? convert it, e.g. "
-                     f"`iconv -f utf-16{order} -t utf-8`; stray ones: remove them, e.g. `tr -d '\\000'`")
+                     f"{fix_command(f'iconv -f utf-16{order} -t utf-8', path)}; stray ones: remove them, e.g. {drop}")
 
 
 # a compressed file under a text name (a download kept as it came), which holds NUL bytes too but is no token file: the
@@ -477,13 +494,15 @@ DECOMPRESS = {b"\x1f\x8b": "gunzip", b"\xfd7zXZ\x00": "unxz", b"\x28\xb5\x2f\xfd
 def decompress_fix(path, head):
     """The way out for a file whose first bytes, head, are a compressed file's; None for any other."""
     tool = next((t for magic, t in DECOMPRESS.items() if head.startswith(magic)), None)
-    return tool and f"it is compressed: decompress it first, e.g. `{tool} -c {shlex.quote(path)} > text.txt`"
+    return tool and f"it is compressed: decompress it first, e.g. {fix_command(f'{tool} -c', path, 'decompressed')}"
 
 
 # UTF-8 text with a stray byte (a chat log with emoji, one line pasted from elsewhere): from latin1, every character
 # beyond ASCII would become two or more others ("caf\u00c3\u00a9"), and the file be accepted, garbled
-STRAY_BYTE_FIX = ("the text around it is UTF-8, so a stray byte? drop such bytes, e.g. `iconv -c -f utf-8 -t utf-8`, "
-                  "or mend that line (converting from latin1 would garble its other characters)")
+def stray_byte_fix(path):
+    return ("the text around it is UTF-8, so a stray byte? drop such bytes, e.g. "
+            f"{fix_command('iconv -c -f utf-8 -t utf-8', path)}, or mend that line (converting from latin1 would "
+            "garble its other characters)")
 
 
 def utf8_around(path, at):

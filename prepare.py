@@ -73,10 +73,11 @@ from array import array
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from common import (ArgumentParser, STRAY_BYTE_FIX, VOCAB_FILE, UserError, at_least, atomic_write_text, check_output,
+from common import (ArgumentParser, VOCAB_FILE, UserError, at_least, atomic_write_text, check_output,
                     expand_pattern, first_line, fsync_replace, held_lock, holds_nul, json_kind, name_full_disk,
                     nonempty, nonnegative_int, not_utf8, parts_text, path_arg, prepare_lock, progress_bar, read_items,
-                    read_meta, refuse_dataset_folder, remove_stale_tmp, run_main, tmp_name, without_surrogates)
+                    read_meta, refuse_dataset_folder, remove_stale_tmp, run_main, stray_byte_fix, tmp_name,
+                    without_surrogates)
 from setup_tokenizer import (EOT, IM_END, IM_START, VocabSample, fewer_ids, get_tokenizer, model_context,
                              moved_vocabulary, read_text_chunks, say_training, tokenizer_hash, train_bpe, trained_on,
                              warn_short_vocabulary)
@@ -368,11 +369,11 @@ def jsonl_records(path):
                 first = stray is None  # (not_utf8 names the first by line and byte of the file)
                 if first:
                     whole = not_utf8(path)
-                    stray = str(whole).endswith(STRAY_BYTE_FIX)
+                    stray = str(whole).endswith(stray_byte_fix(path))
                 if not stray:
                     raise whole
                 yield f"{path} line {n}", whole if first else UserError(
-                    f"{path} line {n}: not UTF-8 text: {STRAY_BYTE_FIX}")
+                    f"{path} line {n}: not UTF-8 text: {stray_byte_fix(path)}")
                 continue
             if "\0" in line:  # (else "malformed JSON" at column 2 of what an editor shows as good JSON)
                 raise holds_nul(path, line if n == 1 else "")

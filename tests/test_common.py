@@ -751,12 +751,14 @@ def test_a_stray_byte_in_utf8_text_is_not_answered_with_a_latin1_conversion(tmp_
                           (b'{"text": "ok"}\n' * 3, b'{"text": "m\xc3\xaame"}\n')):  # the UTF-8 before or after it
         f.write_bytes(before + b'{"text": "bad \xff byte"}\n' + after)
         assert str(not_utf8(str(f))).endswith(": the text around it is UTF-8, so a stray byte? drop such bytes, e.g. "
-                                              "`iconv -c -f utf-8 -t utf-8`, or mend that line (converting from latin1 "
-                                              "would garble its other characters)")
+                                              f"`iconv -c -f utf-8 -t utf-8 < {f} > {tmp_path}/chats.utf8.jsonl`, or "
+                                              "mend that line (converting from latin1 would garble its other "
+                                              "characters)")
     f.write_bytes('{"text": "caf\u00e9 cr\u00e8me"}\n'.encode("latin-1"))
-    assert str(not_utf8(str(f))).endswith(": convert it, e.g. `iconv -f latin1 -t utf-8`")
+    latin1 = f": convert it, e.g. `iconv -f latin1 -t utf-8 < {f} > {tmp_path}/chats.utf8.jsonl`"
+    assert str(not_utf8(str(f))).endswith(latin1)
     f.write_bytes('{"text": "ok"}\n{"text": "\u201cquoted\u201d"}\n'.encode("cp1252"))
-    assert str(not_utf8(str(f))).endswith(": convert it, e.g. `iconv -f latin1 -t utf-8`")
+    assert str(not_utf8(str(f))).endswith(latin1)
 
 
 def test_ctrl_c_under_torchrun_says_interrupted_once_a_machine(monkeypatch, capsys):

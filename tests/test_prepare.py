@@ -403,6 +403,25 @@ def test_null_fields_byte_order_marks_and_deep_json(tmp_path, enc):
             prepare.prepare("text", source=str(tmp_path / name), out_dir=out, name="big")
 
 
+@pytest.mark.skipif(not shutil.which("iconv"), reason="no iconv to run the suggested command")
+def test_the_not_utf8_errors_command_converts_the_file_when_pasted(tmp_path):
+    """The error for a latin1 file said "e.g. `iconv -f latin1 -t utf-8`", no file named: pasted, iconv waited on the
+    terminal. Pasted now, it writes the text as UTF-8 next to the file (a name with a space, quoted), the file itself
+    kept, and prepare.py reads it with its accents."""
+    src = tmp_path / "my notes.txt"
+    src.write_bytes("caf\u00e9 cr\u00e8me br\u00fbl\u00e9e".encode("latin-1"))
+    out = str(tmp_path / "data")
+    with pytest.raises(UserError) as e:
+        prepare.prepare("text", source=str(src), out_dir=out, name="n")
+    command = re.fullmatch(r".*: convert it, e.g. `(.*)`", str(e.value))[1]
+    subprocess.run(command, shell=True, check=True, stdin=subprocess.DEVNULL, timeout=60)
+    assert src.read_bytes() == "caf\u00e9 cr\u00e8me br\u00fbl\u00e9e".encode("latin-1")
+    converted = tmp_path / "my notes.utf8.txt"
+    meta = prepare.prepare("text", source=str(converted), out_dir=out, name="n", val_fraction=0)
+    ids = load(tmp_path / "data" / "n", "train", meta)[0]
+    assert get_tokenizer("gpt2").decode(ids.tolist()) == "caf\u00e9 cr\u00e8me br\u00fbl\u00e9e" + EOT
+
+
 def test_non_utf8_and_bad_input(tmp_path):
     out = str(tmp_path / "data")
     bad = tmp_path / "latin1.txt"
@@ -950,10 +969,10 @@ def test_utf16_text_is_refused_naming_its_conversion(tmp_path):
                             ("nobom-be.txt", text.encode("utf-16-be"), "iconv -f utf-16be -t utf-8")):
         src = tmp_path / name
         src.write_bytes(data)
-        with pytest.raises(UserError, match=rf"^{re.escape(str(src))} .*UTF-16.*`{fix}`"):
+        with pytest.raises(UserError, match=rf"^{re.escape(str(src))} .*UTF-16.*`{fix} < "):
             prepare.prepare("text", source=str(src), out_dir=out, name="u")
         assert not os.path.exists(os.path.join(out, "u"))
-        with pytest.raises(UserError, match=rf"`{fix}`"):  # a vocabulary trained on it too
+        with pytest.raises(UserError, match=rf"`{fix} < "):  # a vocabulary trained on it too
             train_tokenizer([str(src)], 300, str(tmp_path / "v.tiktoken"))
     # a stray NUL in text is no UTF-16: trained on as any other character (a corpus is not refused for one)
     stray = "Once\0 upon a time." + EOT + "The end."
@@ -965,7 +984,7 @@ def test_utf16_text_is_refused_naming_its_conversion(tmp_path):
     for name, data in (("rows.jsonl", '{"text": "a"}\n{"text": "b"}\n'), ("rows.json", '[{"text": "a"}]')):
         for order in ("le", "be"):
             (tmp_path / name).write_bytes(data.encode(f"utf-16-{order}"))
-            with pytest.raises(UserError, match=rf"{name} holds NUL bytes.*`iconv -f utf-16{order} -t utf-8`"):
+            with pytest.raises(UserError, match=rf"{name} holds NUL bytes.*`iconv -f utf-16{order} -t utf-8 < "):
                 prepare.prepare("text", source=str(tmp_path / name), out_dir=out, name="u")
 
 

@@ -265,7 +265,8 @@ def test_bad_tokenizer_inputs(tmp_path):
     assert get_tokenizer(str(cut)).n_vocab == 258 + 3
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes("café crème".encode("latin-1"))
-    with pytest.raises(UserError, match="not UTF-8.*: convert it, e.g. `iconv -f latin1 -t utf-8`$"):
+    with pytest.raises(UserError, match="not UTF-8.*: convert it, e.g. `iconv -f latin1 -t utf-8 < .*latin1.txt > "
+                                        ".*latin1.utf8.txt`$"):
         train_tokenizer([str(latin1)], 300, str(tmp_path / "x.tiktoken"))
     # a dataset's token file given for its text: not text, which the latin1 advice would turn into nonsense
     tokens = tmp_path / "train.bin"
@@ -279,7 +280,7 @@ def test_bad_tokenizer_inputs(tmp_path):
                                  ("x.txt", lzma.compress, "unxz")):
         (tmp_path / name).write_bytes(compress(("The cat sat on the mat. " * 40).encode()))
         with pytest.raises(UserError, match=rf"{name} is not UTF-8 text \(.*\): it is compressed: decompress it first, "
-                                            rf"e.g. `{tool} -c .*{name} > text.txt`$"):
+                                            rf"e.g. `{tool} -c < .*{name} > .*{name[0]}.decompressed.txt`$"):
             train_tokenizer([str(tmp_path / name)], 300, str(tmp_path / "x.tiktoken"))
     with pytest.raises(UserError, match="vocab_size"):
         train_tokenizer([str(latin1)], 100, str(tmp_path / "x.tiktoken"))
