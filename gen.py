@@ -456,6 +456,12 @@ def default_checkpoint(folder="models"):
                     f"`{common.script_command('train.py')}` or pass a checkpoint path")
 
 
+def say_newest(path):
+    """Names default_checkpoint's pick on stderr: which of models/ is "the newest" is not the user's to guess (after a
+    fine-tune it is the chat run's last checkpoint, not the best file its "try it" named)."""
+    print(f"using {path}, the newest checkpoint in models/", file=sys.stderr)
+
+
 def top_k_arg(s):
     """--top_k: a count >= 1, or 0 for no limit (None), as a request's top_k of 0 means in serve.py's API."""
     v = number(s, int)
@@ -589,9 +595,7 @@ def open_checkpoint(args, path):
     dtype = pick_dtype(device, args.dtype)
     model, enc, ckpt = load_model(path, device)
     if not args.checkpoint and not args.verbose:  # (--verbose's first line names it)
-        # which of models/ is "the newest" is not the user's to guess: after a fine-tune it is the chat run's last
-        # checkpoint, not the best file its "try it" named, and a story prompt would come back in ChatML unexplained
-        print(f"using {path}, the newest checkpoint in models/", file=sys.stderr)
+        say_newest(path)  # (a chat model's ChatML reply to a story prompt, unexplained else)
     if args.chat:
         warn_if_trained_on_text(path, ckpt)
     elif data_kind(ckpt) == "chat":

@@ -67,7 +67,7 @@ from checkpoint import add_checkpoint_argument, load_model, parse_checkpoint
 from common import (ArgumentParser, DTYPES, UserError, at_least, json_kind, nonempty, number, parts_text, pick_device,
                     pick_dtype, retain_freed_memory, run_main, seeded_generator, stop_signals)
 from gen import (CHAT_STOPS, PENALTY_RULE, add_sampling_arguments, default_checkpoint, encode_prompt, fit_history,
-                 penalty_value, reserve_for, stop_ids, stream_completion, warn_if_trained_on_text)
+                 penalty_value, reserve_for, say_newest, stop_ids, stream_completion, warn_if_trained_on_text)
 from setup_tokenizer import EOT, render_chat
 
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "chat.html")
@@ -1538,6 +1538,8 @@ def main(argv=None):
     device = pick_device(args.device, interactive=False)
     dtype = pick_dtype(device, args.dtype)
     model, enc, ckpt = load_model(path, device)
+    if not args.checkpoint:  # (as gen.py: "serving NAME" names no folder, and models/ may hold several of a name)
+        say_newest(path)
     # (as gen.py --chat: the chat page answered with a story that never ended its turn, without a word of why)
     warn_if_trained_on_text(path, ckpt, "its chat replies (the chat page, /v1/chat/completions)")
     name = model_name(path)

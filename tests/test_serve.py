@@ -1997,6 +1997,22 @@ def test_a_model_trained_on_plain_text_is_warned_of(enc, tmp_path, monkeypatch, 
         assert warned == (kind == "text"), err
 
 
+def test_the_newest_checkpoint_picked_is_named(enc, tmp_path, monkeypatch, capsys):
+    """serve.py without a checkpoint served the newest in models/ as "serving NAME", its folder unsaid (after a
+    fine-tune, the chat run's, or one of several best.pt): named as gen.py names it; a checkpoint given is not."""
+    def ctrl_c(self, *args, **kwargs):  # (stopped as it begins to serve, as the test above)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(serve.ApiServer, "serve_forever", ctrl_c)
+    monkeypatch.chdir(tmp_path)
+    os.makedirs("models/chat-demo")
+    save_checkpoint("models/chat-demo/best.pt", tiny_model(enc), enc, data={"kind": "chat"})
+    code, out, err = run_cli(serve.main, ["--port", "0", "--device", "cpu"], capsys)
+    assert code == 0 and out.startswith("serving best ") and err.startswith(
+        "using models/chat-demo/best.pt, the newest checkpoint in models/\n"), (out, err)
+    code, out, err = run_cli(serve.main, ["models/chat-demo/best.pt", "--port", "0", "--device", "cpu"], capsys)
+    assert code == 0 and "newest" not in err, err
+
+
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM,
                                   pytest.param(HANGUP, marks=pytest.mark.skipif(HANGUP is None, reason="no SIGHUP"))])
 def test_ctrl_c_while_a_reply_streams_stops_cleanly(enc, tmp_path, stop):
