@@ -286,6 +286,7 @@ def main(argv=None):
     print(format_table(result))
     if json_path:
         atomic_write_text(json_path, text + "\n")
+        print(f"wrote {json_path}", file=sys.stderr)  # (stderr: stdout is the table, which may be piped to a file)
     return result
 
 

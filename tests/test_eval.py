@@ -215,7 +215,8 @@ def test_prompts_come_from_the_split(env, chat_ckpt, tmp_path, capsys):
 def test_cli_table_json_and_seed(env, chat_ckpt, tmp_path, capsys):
     base = [chat_ckpt, "--data_dir", env["data"], "--dataset", "chat", "story", "--samples", "4", "--max_tokens", "12", *CPU]
     code, out, err = cli(base + ["--json", str(tmp_path / "a.json")], capsys)
-    assert code == 0, err
+    # the file written is said, as the other scripts say theirs: on stderr, out of the table's way (`> table.txt`)
+    assert code == 0 and err == f"wrote {tmp_path / 'a.json'}\n" and "wrote" not in out, err
     lines = out.splitlines()
     assert lines[0].startswith(f"{chat_ckpt}: ") and "trained on chat to step 3" in lines[0]
     assert next(line for line in lines if line.startswith("dataset")).split() == \
@@ -227,7 +228,7 @@ def test_cli_table_json_and_seed(env, chat_ckpt, tmp_path, capsys):
     assert rows["chat"][5] == "4"
     assert rows["story"][5:] == ["-", "-", "-"]
     code, out, err = cli(base + ["--json", "-"], capsys)
-    assert code == 0 and json.loads(out) == a  # the same seed: the same numbers, replies included
+    assert code == 0 and json.loads(out) == a and "wrote" not in err  # the same seed: the same numbers, replies too
     code, out, err = cli(base + ["--json", "-", "--seed", "7"], capsys)
     b = json.loads(out)
     assert [row["loss"] for row in b["rows"]] == [row["loss"] for row in a["rows"]] and b["sampling"]["seed"] == 7
