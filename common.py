@@ -420,6 +420,8 @@ def not_utf8(path, what=None, fix=None):
                 decompress_fix(path, head) or (binary_fix(path) if b"\0" in head else None)
         if fix is None and where and utf8_around(path, where[1]):
             fix = stray_byte_fix(path)
+        if fix is None and where and holds_c1_bytes(path, where[1]):
+            fix = cp1252_fix(path)
     except OSError:
         where = None
     fix = fix or f"convert it, e.g. {fix_command('iconv -f latin1 -t utf-8', path)}"
@@ -503,6 +505,24 @@ def stray_byte_fix(path):
     return ("the text around it is UTF-8, so a stray byte? drop such bytes, e.g. "
             f"{fix_command('iconv -c -f utf-8 -t utf-8', path)}, or mend that line (converting from latin1 would "
             "garble its other characters)")
+
+
+# Windows' "ANSI" text, cp1252, which most text that is not UTF-8 is today: its bytes 0x80-0x9F are curly quotes,
+# dashes, the euro sign, which converted from latin1 become C1 control characters, invisible, the dataset garbled
+# without a word; latin1 text proper holds no such byte. cp1252 leaves 0x81, 0x8D, 0x8F, 0x90 and 0x9D undefined, and
+# iconv -f cp1252 stops on one, naming its position: a file holding one gets this advice still, as the file is then in
+# neither (cp1250's or Mac Roman's letters, or a stray byte), and a stop says so where latin1 would say nothing.
+def cp1252_fix(path):
+    return ("it looks like Windows-1252 (bytes 0x80-0x9F: curly quotes, dashes, the euro sign): convert it, e.g. "
+            f"{fix_command('iconv -f cp1252 -t utf-8', path)}")
+
+
+def holds_c1_bytes(path, at):
+    """Whether the MiB of path from offset at, its first byte that is not UTF-8, holds a byte 0x80-0x9F, as cp1252 text
+    does and latin1 text does not (from there: before it, such bytes are parts of UTF-8 characters)."""
+    with open(path, "rb") as f:
+        f.seek(at)
+        return re.search(rb"[\x80-\x9f]", f.read(1 << 20)) is not None
 
 
 def utf8_around(path, at):

@@ -404,22 +404,26 @@ def test_null_fields_byte_order_marks_and_deep_json(tmp_path, enc):
 
 
 @pytest.mark.skipif(not shutil.which("iconv"), reason="no iconv to run the suggested command")
-def test_the_not_utf8_errors_command_converts_the_file_when_pasted(tmp_path):
+@pytest.mark.parametrize("text,encoding", [("caf\u00e9 cr\u00e8me br\u00fbl\u00e9e", "latin1"),
+                                           ("caf\u00e9 l\u2019\u00e9t\u00e9 \u2013 \u201c5 \u20ac\u201d", "cp1252")])
+def test_the_not_utf8_errors_command_converts_the_file_when_pasted(tmp_path, text, encoding):
     """The error for a latin1 file said "e.g. `iconv -f latin1 -t utf-8`", no file named: pasted, iconv waited on the
     terminal. Pasted now, it writes the text as UTF-8 next to the file (a name with a space, quoted), the file itself
-    kept, and prepare.py reads it with its accents."""
+    kept, and prepare.py reads it with its accents. Windows' cp1252 text is converted from cp1252: from latin1, as all
+    were, its curly quotes, dashes and euro signs became invisible control characters, prepared without a word."""
     src = tmp_path / "my notes.txt"
-    src.write_bytes("caf\u00e9 cr\u00e8me br\u00fbl\u00e9e".encode("latin-1"))
+    src.write_bytes(text.encode(encoding))
     out = str(tmp_path / "data")
     with pytest.raises(UserError) as e:
         prepare.prepare("text", source=str(src), out_dir=out, name="n")
     command = re.fullmatch(r".*: convert it, e.g. `(.*)`", str(e.value))[1]
+    assert command.startswith(f"iconv -f {encoding} ")
     subprocess.run(command, shell=True, check=True, stdin=subprocess.DEVNULL, timeout=60)
-    assert src.read_bytes() == "caf\u00e9 cr\u00e8me br\u00fbl\u00e9e".encode("latin-1")
+    assert src.read_bytes() == text.encode(encoding)
     converted = tmp_path / "my notes.utf8.txt"
     meta = prepare.prepare("text", source=str(converted), out_dir=out, name="n", val_fraction=0)
     ids = load(tmp_path / "data" / "n", "train", meta)[0]
-    assert get_tokenizer("gpt2").decode(ids.tolist()) == "caf\u00e9 cr\u00e8me br\u00fbl\u00e9e" + EOT
+    assert get_tokenizer("gpt2").decode(ids.tolist()) == text + EOT
 
 
 def test_non_utf8_and_bad_input(tmp_path):
