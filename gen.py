@@ -739,6 +739,7 @@ def run_prompt_file(session, prompts, seed):
                     for p, (text, end) in zip(prompts, results))
     if args.output:
         atomic_write_text(args.output, lines)
+        print(f"wrote {args.output}", file=sys.stderr)  # as eval.py --json says (stderr, where the statistics go)
     else:
         if session.tty_out:  # JSON escapes the C0 controls, not DEL and the C1 ones (VISIBLE): escaped, same value
             lines = re.sub("[\x7f-\x9f]", lambda m: f"\\u{ord(m.group()):04x}", lines)
