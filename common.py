@@ -408,6 +408,11 @@ def without_surrogates(x):
     return x
 
 
+class NotText(UserError):
+    """not_utf8's and holds_nul's error: a file whose way out is most often a command writing a mended copy next to it
+    (fix_command), for the caller to add to where that copy is not enough (prepare.py's --source folders)."""
+
+
 def not_utf8(path, what=None, fix=None):
     """The UserError for a file that is not UTF-8 text, naming its first bad byte by line and by offset in the file (a
     decoder reading in blocks gives the offset in its block, which tells the user nothing). Only read on that error."""
@@ -426,7 +431,7 @@ def not_utf8(path, what=None, fix=None):
         where = None
     fix = fix or f"convert it, e.g. {fix_command('iconv -f latin1 -t utf-8', path)}"
     at = f" (line {where[0]:,}, byte {where[1]:,} of the file)" if where else ""
-    return UserError(f"{what or path} is not UTF-8 text{at}: {fix}")
+    return NotText(f"{what or path} is not UTF-8 text{at}: {fix}")
 
 
 def first_bad_utf8(path, block=1 << 20):
@@ -483,7 +488,7 @@ def holds_nul(path, text=""):
     the first letter says big-endian (iconv's utf-16le on it gives other characters)."""
     order = "be" if text[:1] == "\0" else "le"
     drop = fix_command("tr -d '\\000'", path)
-    return UserError(f"{path} holds NUL bytes, which text does not: UTF-16 without a byte-order mark? convert it, e.g. "
+    return NotText(f"{path} holds NUL bytes, which text does not: UTF-16 without a byte-order mark? convert it, e.g. "
                      f"{fix_command(f'iconv -f utf-16{order} -t utf-8', path)}; stray ones: remove them, e.g. {drop}")
 
 

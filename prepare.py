@@ -73,7 +73,7 @@ from array import array
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from common import (ArgumentParser, VOCAB_FILE, UserError, at_least, atomic_write_text, check_output,
+from common import (ArgumentParser, NotText, VOCAB_FILE, UserError, at_least, atomic_write_text, check_output,
                     expand_pattern, first_line, fsync_replace, held_lock, holds_nul, json_kind, name_full_disk,
                     nonempty, nonnegative_int, not_utf8, parts_text, path_arg, prepare_lock, progress_bar, read_items,
                     read_meta, refuse_dataset_folder, remove_stale_tmp, run_main, stray_byte_fix, tmp_name,
@@ -836,15 +836,23 @@ def with_other_files(e, plan):
     return BadRecords(e.label, text, count, skippable, e.kind) if found or others or unread else e
 
 
-def file_docs(path, dataset, left=None):
+def file_docs(path, dataset, left=None, folder=None):
     """Documents of one file (a --source file or the mirror's), read by its suffix: a .txt as text (DailyDialog's
     release as its dialogues), others as records (record_doc), a record of the other kind than the first a bad one
     (checked_records). dataset: the dataset being made, whose own tidying record_doc applies. left: good_docs's
-    LeftOut."""
-    if suffix(path) == ".txt":
-        yield from dailydialog_docs(path, left) if dataset == "dailydialog" else text_docs(path)
-        return
-    yield from (doc for _, doc in good_docs(json_records(path), path, dataset, left))
+    LeftOut. folder: the --source folder it is read from, if any."""
+    try:
+        if suffix(path) == ".txt":
+            yield from dailydialog_docs(path, left) if dataset == "dailydialog" else text_docs(path)
+            return
+        yield from (doc for _, doc in good_docs(json_records(path), path, dataset, left))
+    except NotText as e:
+        if folder is None:
+            raise
+        # the error's command writes the mended copy next to the file, in the folder, where the next run read it and
+        # the file again, and failed again on the file
+        raise NotText(f"{e}; then move the original out of {folder}: prepare.py reads every file of a --source "
+                      f"folder") from None
 
 
 def load_hub(path, config, split, streaming=False):
@@ -1129,10 +1137,12 @@ def find_source(dataset, source=None, extra=True, limit=None, left=None):
                 raise UserError(f"--source {' '.join(given)}: a hub dataset (hf:) is read alone: give it as the only "
                                 f"--source")
             return hub_source(given[0], dataset, left)
-        files = []
+        files, folder_of = [], {}  # folder_of: the --source folder of each file found in one, by absolute path
         for path in (p for pattern in given for p in expand_pattern(pattern, "--source")):
             if os.path.isdir(path):
-                files += folder_files(path)
+                found = folder_files(path)
+                files += found
+                folder_of.update(dict.fromkeys(map(os.path.abspath, found), path))
             elif not os.path.exists(path):
                 raise UserError(f"--source {path}: no such file or folder")
             elif suffix(path) not in SUFFIXES:
@@ -1151,7 +1161,8 @@ def find_source(dataset, source=None, extra=True, limit=None, left=None):
             unique.setdefault((st.st_dev, st.st_ino) if st.st_ino else os.path.realpath(f), os.path.abspath(f))
         files = list(unique.values())
         return {"description": "--source " + ", ".join(files), "files": files,
-                "streams": [("split", f, functools.partial(file_docs, f, dataset, left)) for f in files]}
+                "streams": [("split", f, functools.partial(file_docs, f, dataset, left, folder_of.get(f)))
+                            for f in files]}
     if dataset == "text":
         raise NoSource("--dataset text needs --source PATH (text, JSON lines, JSON or parquet files, or folders of them)")
 

@@ -426,6 +426,26 @@ def test_the_not_utf8_errors_command_converts_the_file_when_pasted(tmp_path, tex
     assert get_tokenizer("gpt2").decode(ids.tolist()) == text + EOT
 
 
+@pytest.mark.skipif(not shutil.which("iconv"), reason="no iconv to run the suggested command")
+def test_the_not_utf8_advice_for_a_file_of_a_source_folder_gets_the_original_out(tmp_path):
+    """In a --source folder, the pasted command writes notes.utf8.txt next to notes.txt: the next run read both and
+    failed again on notes.txt. The error says to move the original out; done, the folder is prepared."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("Once upon a time.", encoding="utf-8")
+    (corpus / "notes.txt").write_bytes("caf\u00e9 cr\u00e8me".encode("latin-1"))
+    out = str(tmp_path / "data")
+    with pytest.raises(UserError) as e:
+        prepare.prepare("text", source=str(corpus), out_dir=out, name="n")
+    command = re.fullmatch(rf".*: convert it, e.g. `(.*)`; then move the original out of {re.escape(str(corpus))}: "
+                           r"prepare.py reads every file of a --source folder", str(e.value))[1]
+    subprocess.run(command, shell=True, check=True, stdin=subprocess.DEVNULL, timeout=60)
+    (corpus / "notes.txt").rename(tmp_path / "notes.txt")
+    meta = prepare.prepare("text", source=str(corpus), out_dir=out, name="n", val_fraction=0)
+    ids = load(tmp_path / "data" / "n", "train", meta)[0]
+    assert get_tokenizer("gpt2").decode(ids.tolist()) == "Once upon a time." + EOT + "caf\u00e9 cr\u00e8me" + EOT
+
+
 def test_non_utf8_and_bad_input(tmp_path):
     out = str(tmp_path / "data")
     bad = tmp_path / "latin1.txt"
