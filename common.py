@@ -489,7 +489,7 @@ def holds_nul(path, text=""):
     order = "be" if text[:1] == "\0" else "le"
     drop = fix_command("tr -d '\\000'", path)
     return NotText(f"{path} holds NUL bytes, which text does not: UTF-16 without a byte-order mark? convert it, e.g. "
-                     f"{fix_command(f'iconv -f utf-16{order} -t utf-8', path)}; stray ones: remove them, e.g. {drop}")
+                   f"{fix_command(f'iconv -f utf-16{order} -t utf-8', path)}; stray ones: remove them, e.g. {drop}")
 
 
 # a compressed file under a text name (a download kept as it came), which holds NUL bytes too but is no token file: the
