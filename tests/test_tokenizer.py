@@ -9,6 +9,7 @@ import zipfile
 import numpy as np
 import pytest
 
+import common
 import setup_tokenizer
 from common import UserError
 from conftest import run_cli as run_in_process
@@ -272,12 +273,15 @@ def test_bad_tokenizer_inputs(tmp_path):
     tokens = tmp_path / "train.bin"
     np.array(get_tokenizer("gpt2").encode("The cat sat on the mat. " * 40 + "Caf\u00e9"), np.uint16).tofile(tokens)
     with pytest.raises(UserError, match=r"train.bin is not UTF-8 text \(.*\): it holds NUL bytes: not text at all \(a "
-                                        r"token file\? give the text it was made from\)"):
+                                        r"token file\? give the text it was made from\), or UTF-16 without a "
+                                        r"byte-order mark \(convert it, e.g. `iconv -f utf-16le -t utf-8 < "
+                                        rf"{re.escape(str(tokens))} > {re.escape(str(tokens)[:-4])}.utf8.bin`\)$"):
         train_tokenizer([str(tokens)], 300, str(tmp_path / "x.tiktoken"))
     # a compressed download under a text name: "not text at all (a token file?)" named no way out
     import bz2, gzip, lzma  # noqa: E401
     for name, compress, tool in (("g.txt", gzip.compress, "gunzip"), ("b.txt", bz2.compress, "bunzip2"),
-                                 ("x.txt", lzma.compress, "unxz")):
+                                 ("x.txt", lzma.compress, "unxz"),
+                                 ("n.txt.gz", gzip.compress, "gunzip")):  # its text is n.decompressed.txt, not ...gz
         (tmp_path / name).write_bytes(compress(("The cat sat on the mat. " * 40).encode()))
         with pytest.raises(UserError, match=rf"{name} is not UTF-8 text \(.*\): it is compressed: decompress it first, "
                                             rf"e.g. `{tool} -c < .*{name} > .*{name[0]}.decompressed.txt`$"):
@@ -629,6 +633,10 @@ def test_cli_without_a_command_names_the_commands(capsys):
     """`python setup_tokenizer.py` alone said "the following arguments are required: cmd", a word of the code's."""
     code, out, err = run_in_process(setup_tokenizer.main, [], capsys)
     assert code == 2 and err.startswith("setup_tokenizer.py: error: the following arguments are required: {show,train}; ")
+    # a command's own usage error sends to that command's --help, a command that runs (not `'setup_tokenizer.py train'`)
+    code, out, err = run_in_process(setup_tokenizer.main, ["train", "--input", "a.txt"], capsys)
+    assert code == 2 and err == ("setup_tokenizer.py train: error: the following arguments are required: --out; see "
+                                 f"{common.script_command('setup_tokenizer.py', 'train', '--help')}\n"), err
 
 
 def test_a_datasets_folder_as_tokenizer_names_its_vocabulary(gpt2, tmp_path, capsys):
