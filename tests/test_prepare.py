@@ -506,10 +506,21 @@ def test_non_utf8_and_bad_input(tmp_path):
                           ({"conversations": [{"from": "human"}, {"from": "gpt", "value": "Hello"}]},
                            'turn 1 of 2 has no "value"'),
                           ({"messages": [{"role": "user", "content": "Hi"}, "Hello", {"role": "user", "content": "x"}]},
-                           "turn 2 of 3 is a string")):
+                           "turn 2 of 3 is a string"),
+                          # a role that is no text (was a traceback: 'int' object has no attribute 'lower')
+                          ({"messages": [{"role": "user", "content": "Hi"}, {"role": 5, "content": "Hello"}]},
+                           'turn 2 of 2 has a "role" of a number'),
+                          # a turn in the other spelling than its field's usual one is named in that spelling
+                          ({"messages": [{"role": "user", "content": "Hi"}, {"from": "gpt"}]},
+                           'turn 2 of 2 has no "value"'),
+                          ({"messages": [{"role": "user", "content": "Hi"}, {"value": "Hello"}]},
+                           'turn 2 of 2 has no "from"')):
         field = next(iter(record))
         with pytest.raises(UserError, match=rf"^x: `{field}` must be a list of turns like .*; {re.escape(which)}$"):
             prepare.record_docs(record, "x")
+    with pytest.raises(UserError, match=r'^x: `messages` must be a list of turns like \{"role": "user", "content": '
+                                        r'"Hi!"\} or \{"from": "user", "value": "Hi!"\}$'):  # no list: no turn to name
+        prepare.record_docs({"messages": "Hi"}, "x")
     # a line holding a conversation's bare list of turns, as some chat exports write: it said only "got list"
     bare = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
     with pytest.raises(UserError, match=r'bare.jsonl line 1: expected an object or a string, got an array; a '
@@ -1008,7 +1019,10 @@ def test_utf16_text_is_refused_naming_its_conversion(tmp_path):
     for name, data in (("rows.jsonl", '{"text": "a"}\n{"text": "b"}\n'), ("rows.json", '[{"text": "a"}]')):
         for order in ("le", "be"):
             (tmp_path / name).write_bytes(data.encode(f"utf-16-{order}"))
-            with pytest.raises(UserError, match=rf"{name} holds NUL bytes.*`iconv -f utf-16{order} -t utf-8 < "):
+            src, (stem, ext) = str(tmp_path / name), os.path.splitext(tmp_path / name)
+            with pytest.raises(UserError, match=rf"{name} holds NUL bytes.*`iconv -f utf-16{order} -t utf-8 < .*; "
+                                                rf"stray ones: remove them, e.g. `tr -d '\\000' < {re.escape(src)} > "
+                                                rf"{re.escape(f'{stem}.utf8{ext}')}`$"):
                 prepare.prepare("text", source=str(tmp_path / name), out_dir=out, name="u")
 
 
@@ -2538,7 +2552,7 @@ def test_a_mixs_vocabulary_from_before_the_weights_left_its_fingerprint_is_kept(
     assert json.loads(path.read_text())["vocab_fingerprint"] == meta["vocab_fingerprint"]
 
 
-def test_a_dataset_without_val_names_no_train_command(tmp_path, capsys):
+def test_a_dataset_without_val_names_no_train_command(tmp_path, capsys, monkeypatch):
     """--val_fraction 0's summary ended in "train on it: python train.py --dataset mine", which train.py refuses (it
     evaluates on the val split): it says what reads the dataset instead. With a val split the command is there."""
     src = write(tmp_path / "mine.txt", EOT.join(DOCS))
@@ -2550,6 +2564,13 @@ def test_a_dataset_without_val_names_no_train_command(tmp_path, capsys):
         "--split train")
     prepare.main(["--source", src, "--name", "mine", "--out_dir", out])
     assert capsys.readouterr().out.splitlines()[-1].startswith("  train on it: ")
+    # --mix, and every dataset at once (no --dataset), end the same way
+    monkeypatch.setattr(prepare, "prepare", lambda *a, **k: {"splits": {"val": {"tokens": 0}}})
+    for argv in (["--mix", "dailydialog:1,knowledge:1", "--name", "m"], []):
+        prepare.main([*argv, "--out_dir", out, "--val_fraction", "0"])
+        said = capsys.readouterr().out.splitlines()
+        assert said and set(said) == {"  no val split (--val_fraction 0): train.py, which evaluates on one, refuses "
+                                      "it; eval.py reads it with --split train"}, said
 
 
 def test_val_fraction_0_keeps_no_val_split_with_or_without_limit(tmp_path, monkeypatch):
