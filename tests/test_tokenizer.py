@@ -279,9 +279,9 @@ def test_bad_tokenizer_inputs(tmp_path):
         train_tokenizer([str(tokens)], 300, str(tmp_path / "x.tiktoken"))
     # a compressed download under a text name: "not text at all (a token file?)" named no way out
     import bz2, gzip, lzma  # noqa: E401
-    for name, compress, tool in (("g.txt", gzip.compress, "gunzip"), ("b.txt", bz2.compress, "bunzip2"),
-                                 ("x.txt", lzma.compress, "unxz"),
-                                 ("n.txt.gz", gzip.compress, "gunzip")):  # its text is n.decompressed.txt, not ...gz
+    # (a compressed suffix is dropped from the output's name: b.txt.bz2's text is b.decompressed.txt, not ...bz2)
+    for name, compress, tool in (("g.txt", gzip.compress, "gunzip"), ("n.txt.gz", gzip.compress, "gunzip"),
+                                 ("b.txt.bz2", bz2.compress, "bunzip2"), ("x.txt.xz", lzma.compress, "unxz")):
         (tmp_path / name).write_bytes(compress(("The cat sat on the mat. " * 40).encode()))
         with pytest.raises(UserError, match=rf"{name} is not UTF-8 text \(.*\): it is compressed: decompress it first, "
                                             rf"e.g. `{tool} -c < .*{name} > .*{name[0]}.decompressed.txt`$"):
