@@ -181,7 +181,9 @@ def usage_error(script, message):
     ("eval", ["x.pt", "--zzz"], "unrecognized arguments: --zzz"),  # nothing close: no guess
     # the name alone of --name=VALUE is matched: a long value hid the close option
     ("prepare", ["--dataset", "story", "--out-dir=/tmp/a/much/longer/folder/of/datasets"],
-     "unrecognized arguments: --out-dir=/tmp/a/much/longer/folder/of/datasets (did you mean --out_dir?)")])
+     "unrecognized arguments: --out-dir=/tmp/a/much/longer/folder/of/datasets (did you mean --out_dir?)"),
+    # a value holding ": " (a prompt) is no place to start reading the arguments from
+    ("gen", ["x.pt", "--promt", "Q: why?"], "unrecognized arguments: --promt Q: why? (did you mean --prompt?)")])
 def test_a_misspelt_option_is_one_line_naming_the_closest(script, given, said, capsys):
     with pytest.raises(SystemExit) as e:
         __import__(script).main(given)
