@@ -323,6 +323,8 @@ BAD = [  # (path, body, status, param, code)
     ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "x"}]}, 400, "messages[0].role", "invalid_value"),
     # a turn without its role is missing it, as OpenAI says: it was "must be system, user or assistant, got null"
     ("/v1/chat/completions", {"messages": [{"content": "x"}]}, 400, "messages[0].role", "missing_required_parameter"),
+    # one given as null is there, and wrong: "got null", not "is required"
+    ("/v1/chat/completions", {"messages": [{"role": None, "content": "x"}]}, 400, "messages[0].role", "invalid_value"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": 5}]}, 400, "messages[0].content", "invalid_type"),
     ("/v1/chat/completions", {"messages": MSG, "temperature": "hot"}, 400, "temperature", "invalid_type"),
     ("/v1/chat/completions", {"messages": MSG, "temperature": 5}, 400, "temperature", "invalid_value"),
