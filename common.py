@@ -300,7 +300,8 @@ class ArgumentParser(argparse.ArgumentParser):
             for action in self._actions:
                 if isinstance(action, argparse._SubParsersAction):
                     options += [o for sub in action.choices.values() for o in sub._option_string_actions]
-            close = [m for a in given for m in difflib.get_close_matches(a, options, n=1)]
+            # (once each: --temprature and --tempratur both meant --temp)
+            close = [*dict.fromkeys(m for a in given for m in difflib.get_close_matches(a, options, n=1))]
             if close:
                 message += f" (did you mean {', '.join(close)}?)"
         script, *command = self.prog.split(" ")  # (a subcommand's: "setup_tokenizer.py train")

@@ -183,7 +183,10 @@ def usage_error(script, message):
     ("prepare", ["--dataset", "story", "--out-dir=/tmp/a/much/longer/folder/of/datasets"],
      "unrecognized arguments: --out-dir=/tmp/a/much/longer/folder/of/datasets (did you mean --out_dir?)"),
     # a value holding ": " (a prompt) is no place to start reading the arguments from
-    ("gen", ["x.pt", "--promt", "Q: why?"], "unrecognized arguments: --promt Q: why? (did you mean --prompt?)")])
+    ("gen", ["x.pt", "--promt", "Q: why?"], "unrecognized arguments: --promt Q: why? (did you mean --prompt?)"),
+    # two misspellings of one option: named once ("--temp, --temp?")
+    ("gen", ["x.pt", "--temprature", "1", "--tempratur", "2"],
+     "unrecognized arguments: --temprature 1 --tempratur 2 (did you mean --temp?)")])
 def test_a_misspelt_option_is_one_line_naming_the_closest(script, given, said, capsys):
     with pytest.raises(SystemExit) as e:
         __import__(script).main(given)
