@@ -1667,7 +1667,8 @@ def test_missing_data_names_a_prepare_command_that_runs(env, tmp_path):
         train.train(args_for(env, tmp_path, "--dataset", "nope"))
     # a path for a name: story/ wrote models/story/.pt, and data/story suggested a --name prepare.py refuses
     for path, fix in (("mini/", ", as in --dataset mini$"), (os.path.join(env["data"], "mini"),
-                                                            rf", as in --dataset mini --data_dir {data}$"), ("..", "$")):
+                                                            rf", as in --dataset mini --data_dir {data}$"), ("..", "$"),
+                      (".", "$")):  # (all of its characters a name's: "'.': a dataset's name is letters, ..., '.'")
         with pytest.raises(UserError, match=rf"^--dataset {re.escape(path)} is a path: it takes a dataset's name, a "
                                             rf"folder of --data_dir \({data}\){fix}"):
             train.train(args_for(env, tmp_path / "p", "--dataset", path))
