@@ -618,13 +618,30 @@ def python_command():
     exe = os.path.abspath(sys.executable) if sys.executable else ""
     if not exe:  # (an embedded interpreter says none)
         return "python"
-    for name in ("python", "python3"):
+    return as_called(exe, ("python", "python3"))
+
+
+def torchrun_command():
+    """How a command to paste calls torchrun: the torchrun beside this Python (its venv's), as python_command calls
+    Python (`torchrun` in an activated venv, else .venv/bin/torchrun), or this Python's `-m torch.distributed.run`
+    where there is none beside it. A bare `torchrun` outside the venv is no command, or another install's."""
+    exe = os.path.abspath(sys.executable) if sys.executable else ""
+    beside = os.path.join(os.path.dirname(exe), "torchrun")
+    if exe and os.path.isfile(beside):
+        return as_called(beside, ("torchrun",))
+    return f"{python_command()} -m torch.distributed.run"
+
+
+def as_called(program, names):
+    """program (an absolute path) as the user's shell reaches it: one of names where PATH finds that very program, else
+    its path (shown_path)."""
+    for name in names:
         found = shutil.which(name)
         # a venv's python is a link to the system's: the same file, but another environment unless the same folder
-        if found and os.path.dirname(os.path.abspath(found)) == os.path.dirname(exe) and \
-                os.path.realpath(found) == os.path.realpath(exe):
+        if found and os.path.dirname(os.path.abspath(found)) == os.path.dirname(program) and \
+                os.path.realpath(found) == os.path.realpath(program):
             return name
-    return shlex.quote(shown_path(exe))
+    return shlex.quote(shown_path(program))
 
 
 def shown_path(path):
@@ -642,8 +659,12 @@ def script_command(script, *args):
     """The command line that runs script (prepare.py, train.py, ...) with args, as the user pastes it: python_command's
     Python, the script's path from the working directory (`python gpt/train.py` run from a folder of runs: a bare
     `python prepare.py` was no file there; shown_path), the arguments quoted for a shell."""
-    path = shown_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), script))
-    return f"{python_command()} {shlex.join([path, *args])}"
+    return f"{python_command()} {shlex.join([script_path(script), *args])}"
+
+
+def script_path(script):
+    """The path of script (train.py, ...) from the working directory, as a command to paste names it (shown_path)."""
+    return shown_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), script))
 
 
 def ask(prompt):

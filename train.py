@@ -1632,7 +1632,8 @@ class Dist:
         """How to start train.py again the way it runs now."""
         if self.world == 1:
             return common.script_command("train.py")
-        return f"torchrun --nproc_per_node={os.environ.get('LOCAL_WORLD_SIZE', self.world)} train.py"
+        nproc = os.environ.get('LOCAL_WORLD_SIZE', self.world)
+        return f"{common.torchrun_command()} --nproc_per_node={nproc} {shlex.quote(common.script_path('train.py'))}"
 
     def continue_command(self, path, steps_left):
         """How to continue the run saved at path (steps_left: what is left of its --max_steps, which a continued run

@@ -9,6 +9,7 @@ import math
 import os
 import shutil
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -417,6 +418,24 @@ def test_a_second_sigint_under_torchrun_still_saves(monkeypatch, capsys):
     monkeypatch.delenv("LOCAL_RANK")  # one process: a second Ctrl-C is the user's, and quits without saving
     with pytest.raises(KeyboardInterrupt):
         stop.handler(signal.SIGINT, None)
+
+
+def test_the_command_to_continue_under_torchrun_runs_where_it_is_pasted(tmp_path, monkeypatch):
+    """Ctrl-C under torchrun said `continue with torchrun --nproc_per_node=2 train.py --checkpoint ...`: pasted in the
+    folder of runs it was started from (train.py elsewhere), that named no file, and with the venv not activated no
+    torchrun, or another install's. It names train.py by its path and the torchrun beside this Python, as
+    common.script_command names Python."""
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.chdir(tmp_path)
+    for path in (os.path.dirname(os.path.abspath(sys.executable)), str(tmp_path / "nowhere")):  # activated, or not
+        monkeypatch.setenv("PATH", path)
+        words = shlex.split(train.Dist(rank=0, world=2).continue_command("models/story.pt", 0))
+        at = words.index("--nproc_per_node=2")
+        launcher, script = words[:at], words[at + 1]
+        assert words[at + 2:] == ["--checkpoint", "models/story.pt"]
+        assert os.path.samefile(script, os.path.join(ROOT, "train.py"))
+        r = subprocess.run([*launcher, "--help"], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and "--nproc_per_node" in r.stdout, (launcher, r.stderr[-2000:])
 
 
 def test_help_and_usage_errors_come_once_a_machine(monkeypatch, capsys):
