@@ -1632,8 +1632,12 @@ class Dist:
         """How to start train.py again the way it runs now."""
         if self.world == 1:
             return common.script_command("train.py")
-        nproc = os.environ.get('LOCAL_WORLD_SIZE', self.world)
-        return f"{common.torchrun_command()} --nproc_per_node={nproc} {shlex.quote(common.script_path('train.py'))}"
+        nproc = int(os.environ.get("LOCAL_WORLD_SIZE", self.world))
+        # one machine: --standalone, as README's command (without it torchrun meets at port 29500, which another run
+        # may hold); several take the rendezvous options they were started with, which no process here knows
+        alone = " --standalone" if nproc == self.world else ""
+        script = shlex.quote(common.script_path("train.py"))
+        return f"{common.torchrun_command()}{alone} --nproc_per_node={nproc} {script}"
 
     def continue_command(self, path, steps_left):
         """How to continue the run saved at path (steps_left: what is left of its --max_steps, which a continued run

@@ -431,11 +431,18 @@ def test_the_command_to_continue_under_torchrun_runs_where_it_is_pasted(tmp_path
         monkeypatch.setenv("PATH", path)
         words = shlex.split(train.Dist(rank=0, world=2).continue_command("models/story.pt", 0))
         at = words.index("--nproc_per_node=2")
-        launcher, script = words[:at], words[at + 1]
+        launcher, script = words[:at - 1], words[at + 1]
+        assert words[at - 1] == "--standalone"  # one machine (without it torchrun meets at port 29500)
         assert words[at + 2:] == ["--checkpoint", "models/story.pt"]
         assert os.path.samefile(script, os.path.join(ROOT, "train.py"))
-        r = subprocess.run([*launcher, "--help"], capture_output=True, text=True, timeout=120)
-        assert r.returncode == 0 and "--nproc_per_node" in r.stdout, (launcher, r.stderr[-2000:])
+        if path.endswith("nowhere"):  # (the launcher's path: started, as torch's import makes it a few seconds)
+            r = subprocess.run([*launcher, "--help"], capture_output=True, text=True, timeout=120)
+            assert r.returncode == 0 and "--nproc_per_node" in r.stdout, (launcher, r.stderr[-2000:])
+        else:
+            assert launcher == ["torchrun"] or launcher[1:] == ["-m", "torch.distributed.run"], launcher
+    # two machines of 2 (WORLD_SIZE 4): no --standalone, which would start a run of this machine's processes alone
+    words = shlex.split(train.Dist(rank=0, world=4).continue_command("models/story.pt", 0))
+    assert "--standalone" not in words and "--nproc_per_node=2" in words
 
 
 def test_help_and_usage_errors_come_once_a_machine(monkeypatch, capsys):
