@@ -2057,8 +2057,10 @@ def banner_lines(run):
         other_masks = config.dropout and was_world != world
         masks = f" (dropout: the run drew its masks in {was_world} process(es), this one in {world}, so it goes on " \
                 f"with other masks, not bit for bit as on {was_world})" if other_masks else ""
-        lines.append(f"resume epoch {resumed.epoch + 1}, window {resumed.windows:,}/{len(train_w):,}, "
-                     f"step {resumed.step:,}{masks}")
+        # at the epochs done, as the step lines count them ("epoch 0.15"), then the epoch in progress as its bar does
+        done = resumed.epoch + resumed.windows / len(train_w)
+        lines.append(f"resume at epoch {done:.2f} (epoch {resumed.epoch + 1}, window {resumed.windows:,}/"
+                     f"{len(train_w):,}), step {resumed.step:,}{masks}")
     return lines
 
 

@@ -270,6 +270,21 @@ def test_exact_resume(env, tmp_path, dtype, optimizer):
     assert a["best_val_loss"] == b["best_val_loss"]
 
 
+def test_the_resume_line_counts_epochs_as_the_step_lines_do(env, tmp_path, capsys):
+    """The resume line said "resume epoch 1" (the epoch in progress, as the bar counts) where the run's last step line
+    had said "epoch 0.15" (epochs done): it says the epochs done first, then the epoch in progress and its window."""
+    common = ["--dataset", "mini", "--eval_interval", "0", "--save_interval", "0"]
+    part = train.train(args_for(env, tmp_path, *common, "--max_steps", 3))
+    last = re.findall(r"^step 3 \(epoch (\d+\.\d\d)\)", capsys.readouterr().out, re.M)
+    assert last, "no step line of step 3"
+    ck = load_checkpoint(part["checkpoint"])
+    train.train(args_for(env, tmp_path, "--checkpoint", part["checkpoint"], "--max_steps", 1, fresh=False))
+    out = capsys.readouterr().out
+    n_windows = re.search(r"window \d+/(\d+)\)", out)
+    assert n_windows, out
+    assert f"resume at epoch {last[-1]} (epoch 1, window {ck['epoch_windows']}/{n_windows.group(1)}), step 3" in out
+
+
 def test_a_chat_run_stopped_at_any_step_resumes_exactly(env, tmp_path, monkeypatch):
     """Exact resume wherever --max_steps stops the run, on a chat set (a loss mask: steps weighted by the targets
     they count): inside an epoch, at its last full step before the short one, on its end (a checkpoint of epoch_windows
