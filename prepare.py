@@ -355,7 +355,8 @@ def json_records(path):
 
 def jsonl_records(path):
     """json_records of a .jsonl file."""
-    stray = None  # whether the file's bytes that are no UTF-8 are strays in UTF-8 text (not_utf8's reading)
+    stray = fix = None  # whether the file's bytes that are no UTF-8 are strays in UTF-8 text (not_utf8's reading),
+    # and the way out not_utf8 then names (one for the file: each bad line's error says it again)
     # -sig: a byte-order mark (Notepad, Excel) is not JSON
     with open(path, encoding="utf-8-sig", errors="surrogateescape") as f:
         for n, line in enumerate(f, 1):
@@ -368,12 +369,12 @@ def jsonl_records(path):
                 # file's error, its conversion the way out
                 first = stray is None  # (not_utf8 names the first by line and byte of the file)
                 if first:
-                    whole = not_utf8(path)
-                    stray = str(whole).endswith(stray_byte_fix(path))
+                    whole, fix = not_utf8(path), stray_byte_fix(path)
+                    stray = str(whole).endswith(fix)
                 if not stray:
                     raise whole
                 yield f"{path} line {n}", whole if first else UserError(
-                    f"{path} line {n}: not UTF-8 text: {stray_byte_fix(path)}")
+                    f"{path} line {n}: not UTF-8 text: {fix}")
                 continue
             if "\0" in line:  # (else "malformed JSON" at column 2 of what an editor shows as good JSON)
                 raise holds_nul(path, line if n == 1 else "")
