@@ -157,8 +157,7 @@ def parse_args(argv=None):
                "  python train.py --dataset story --epochs 1\n"
                "  python train.py --checkpoint models/story_epoch1.pt --epochs 2   # continue\n"
                "  python train.py --dataset dailydialog --checkpoint models/story_best.pt  # fine-tune (the data\n"
-               "      prepared in its vocabulary: prepare.py --dataset dailydialog --tokenizer models/story_best.pt)\n"
-               "Training options left out when continuing on the same dataset keep the checkpoint's values.")
+               "      prepared in its vocabulary: prepare.py --dataset dailydialog --tokenizer models/story_best.pt)")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", type=nonempty, help="folder under --data_dir made by `python prepare.py --dataset X` "
                                      "(default: the checkpoint's dataset, else story)")
@@ -192,8 +191,13 @@ def parse_args(argv=None):
                                                  "the best file or --patience, so a continued run goes on as one run "
                                                  "would) and saved there (the checkpoint records the position inside "
                                                  "the epoch; the schedule is unchanged)")
-    add_checkpoint_argument(g, "continue from this checkpoint (same dataset: exact resume; other: fine-tune)",
-                            shown="option")
+    shape = ", ".join(f"--{k}" for k in ("model", *MODEL_SHAPE))
+    add_checkpoint_argument(g, f"continue from this checkpoint, whose model shape and vocabulary stay ({shape} are "
+                               f"refused where they differ). On its own dataset (the default, in its --data_dir) its "
+                               f"run goes on exactly: a training option left out keeps the checkpoint's value, and any "
+                               f"may be given anew (--epochs, --time_budget, --lr, --batch_size, --dropout, "
+                               f"--block_size up to the model's context, ...). On another --dataset it is a fine-tune, "
+                               f"whose training options left out take their defaults", shown="option")
     g.add_argument("--init_from", type=path_arg, metavar="DIR", help="fine-tune a Hugging Face model folder (GPT-2 as downloaded, or "
                                                       "export.py's output); its tokenizer must be the data's")
     g.add_argument("--output_checkpoint", type=path_arg, help="where to save; {dataset} and {epoch} are filled in (default: "

@@ -3039,6 +3039,30 @@ def test_a_fine_tune_takes_a_new_optimizer_as_its_help_says(capsys):
     assert "(a fine-tune counts from 0)" in text and "(a fine-tune starts afresh anyway)" in text
 
 
+def test_checkpoint_help_says_what_a_continued_run_keeps_and_what_it_may_change(capsys):
+    """--help said only "same dataset: exact resume; other: fine-tune": not that a continued run keeps its
+    checkpoint's options, nor which of them may still be given. What it says now holds: the shape options it names
+    are refused, and a training option left out is the checkpoint's while one given wins (a fine-tune's: defaults)."""
+    with pytest.raises(SystemExit):
+        train.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    named = "--model, --n_layer, --n_head, --n_embd, --variant are refused where they differ"
+    assert named in text
+    assert "a training option left out keeps the checkpoint's value, and any may be given anew" in text
+    assert "On another --dataset it is a fine-tune, whose training options left out take their defaults" in text
+    ckpt = {"config": train.make_config("tiny", vocab_size=300).__dict__}
+    for k in named.split(" are ")[0].split(", "):
+        argv = [k, "small" if k == "--model" else "gpt2" if k == "--variant" else "3"]
+        with pytest.raises(UserError, match=f"fixes the model's shape; {argv[0]} {argv[1]}"):
+            train.model_config(train.parse_args(["--checkpoint", "x.pt", *argv]), {"vocab_size": 300}, ckpt)
+    assert train.model_config(train.parse_args(["--dropout", "0.2"]), {"vocab_size": 300}, ckpt).dropout == 0.2
+    config, old = train.make_config("tiny"), {"lr": 1e-3, "min_lr": 1e-4, "epochs": 2, "model": "tiny"}
+    kept = train.resolve_args(train.parse_args([]), old, True, config)
+    assert (kept.lr, kept.epochs) == (1e-3, 2)
+    assert train.resolve_args(train.parse_args(["--epochs", "3"]), old, True, config).epochs == 3
+    assert train.resolve_args(train.parse_args([]), old, False, config, fine_tuning=True).epochs == 1
+
+
 def test_out_of_memory_saves_then_names_the_options(env, tmp_path, monkeypatch):
     real, calls = train.train_step, []
 
