@@ -183,16 +183,19 @@ def evaluate_checkpoint(path, datasets=None, data_dir=None, split="val", block_s
 
 
 def format_table(result):
-    """The result of evaluate_checkpoint as a few lines of text: a header and one aligned row per dataset."""
+    """The result of evaluate_checkpoint as a few lines of text: a header and one aligned row per dataset. The
+    replies' settings and columns are left out where no row sampled any (plain-text sets): they would hold nothing."""
     r, s = result, result["sampling"]
+    sampled = any(row["replies"] is not None for row in r["rows"])
     trained = f", trained on {r['trained_on']}" + (f" to step {r['step']:,}" if r["step"] is not None else "") \
         if r["trained_on"] else ""
+    replies = (f"; replies: at most {s['max_tokens']} new tokens, temp {s['temperature']:g}, "
+               f"top_k {s['top_k'] or 'off'}" + (f", top_p {s['top_p']:g}" if s["top_p"] else "")
+               + (f", repetition_penalty {s['repetition_penalty']:g}" if s["repetition_penalty"] != 1 else "")
+               + f", seed {s['seed']}") if sampled else ""
     lines = [f"{r['checkpoint']}: {r['model'] or 'model'} {r['variant']} ({r['n_layer']} layers x {r['n_embd']}, "
              f"{r['params'] / 1e6:.1f}M parameters){trained}; tokenizer {r['tokenizer']}",
-             f"{r['split']} split in windows of {r['block_size']} tokens; replies: at most {s['max_tokens']} new tokens, "
-             f"temp {s['temperature']:g}, top_k {s['top_k'] or 'off'}" + (f", top_p {s['top_p']:g}" if s["top_p"] else "")
-             + (f", repetition_penalty {s['repetition_penalty']:g}" if s["repetition_penalty"] != 1 else "")
-             + f", seed {s['seed']}", ""]
+             f"{r['split']} split in windows of {r['block_size']} tokens{replies}", ""]
 
     def cell(value, fmt):
         return "-" if value is None else format(value, fmt)
@@ -203,12 +206,13 @@ def format_table(result):
         return name + " " * (width - sum(map(columns, name)))
 
     width = max(len("dataset"), *(sum(map(columns, row["dataset"])) for row in r["rows"]))
-    lines.append(f"{'dataset':<{width}}  {'windows':>7}  {'loss':>7}  {'ppl':>9}  {'bpb':>6}  "
-                 f"{'replies':>7}  {'ended':>6}  {'mean tokens':>11}")
+    lines.append(f"{'dataset':<{width}}  {'windows':>7}  {'loss':>7}  {'ppl':>9}  {'bpb':>6}"
+                 + (f"  {'replies':>7}  {'ended':>6}  {'mean tokens':>11}" if sampled else ""))
     for row in r["rows"]:
         lines.append(f"{padded(row['dataset'], width)}  {cell(row['windows'], ',d'):>7}  {cell(row['loss'], '.4f'):>7}  "
-                     f"{cell(row['ppl'], ',.2f'):>9}  {cell(row['bpb'], '.3f'):>6}  {cell(row['replies'], 'd'):>7}  "
-                     f"{cell(row['ended'], '.0%'):>6}  {cell(row['mean_tokens'], '.1f'):>11}")
+                     f"{cell(row['ppl'], ',.2f'):>9}  {cell(row['bpb'], '.3f'):>6}"
+                     + (f"  {cell(row['replies'], 'd'):>7}  {cell(row['ended'], '.0%'):>6}  "
+                        f"{cell(row['mean_tokens'], '.1f'):>11}" if sampled else ""))
     return "\n".join(lines)
 
 

@@ -234,6 +234,22 @@ def test_cli_table_json_and_seed(env, chat_ckpt, tmp_path, capsys):
     assert [row["loss"] for row in b["rows"]] == [row["loss"] for row in a["rows"]] and b["sampling"]["seed"] == 7
 
 
+def test_plain_text_sets_alone_get_no_reply_columns_or_settings(env, chat_ckpt, capsys):
+    """Replies are sampled on chat sets only: a table of plain-text sets printed the replies' sampling settings and
+    three columns of "-" that held nothing. They are left out there (a chat set keeps them, above); the JSON keeps
+    its rows' keys, null where not measured, as for a plain-text row beside a chat one."""
+    code, out, err = cli([chat_ckpt, "--data_dir", env["data"], "--dataset", "story", *CPU], capsys)
+    assert code == 0 and "replies" not in out and "temp" not in out, err
+    lines = out.splitlines()
+    assert lines[1] == "val split in windows of 64 tokens"
+    assert next(line for line in lines if line.startswith("dataset")).split() == ["dataset", "windows", "loss", "ppl",
+                                                                                  "bpb"]
+    assert len(next(line for line in lines if line.startswith("story")).split()) == 5
+    code, out, err = cli([chat_ckpt, "--data_dir", env["data"], "--dataset", "story", "--json", "-", *CPU], capsys)
+    row = json.loads(out)["rows"][0]
+    assert code == 0 and row["replies"] is row["ended"] is row["mean_tokens"] is None and row["loss"] > 0
+
+
 def test_a_checkpoint_after_dataset_is_the_checkpoint(tmp_path, monkeypatch):
     """--dataset takes several names, so `eval.py --dataset story models/x.pt` made the checkpoint a dataset name
     (and the error then suggested preparing a dataset named models/x.pt)."""
@@ -495,14 +511,15 @@ def test_cli_options_and_the_table(env, chat_ckpt, capsys, monkeypatch):
     assert eval_py.parse_args(["--dataset", "story", "x.pt"]).checkpoint == "x.pt"
     # the table says top_p when it was used, and a perplexity past float's range as inf (not nan: no loss was nan)
     monkeypatch.setattr(eval_py, "evaluate", lambda *a, **k: 3000.0)
-    code, out, err = cli([chat_ckpt, "--dataset", "story", "--data_dir", env["data"], "--top_p", "0.9", *CPU], capsys)
+    few = ["--dataset", "chat", "story", "--samples", "1", "--max_tokens", "1"]  # a chat set: the replies' settings
+    code, out, err = cli([chat_ckpt, *few, "--data_dir", env["data"], "--top_p", "0.9", *CPU], capsys)
     assert code == 0 and ", top_p 0.9, seed 1337" in out, err
     # the file of prompts is --prompt_file, as gen.py names the same file in the same format; --prompts still works
     assert eval_py.parse_args(["m.pt", "--prompt_file", "p.txt"]).prompt_file == "p.txt"
     assert eval_py.parse_args(["m.pt", "--prompts", "p.txt"]).prompt_file == "p.txt"
     # --top_k 0 is no limit, as in gen.py and serve.py's API: the table says so
     assert eval_py.parse_args(["m.pt", "--top_k", "0"]).top_k is None
-    code, out, err = cli([chat_ckpt, "--dataset", "story", "--data_dir", env["data"], "--top_k", "0", *CPU], capsys)
+    code, out, err = cli([chat_ckpt, *few, "--data_dir", env["data"], "--top_k", "0", *CPU], capsys)
     assert code == 0 and "temp 0.8, top_k off, seed 1337" in out, err
     story = next(line.split() for line in out.splitlines() if line.startswith("story"))
     assert story[2:4] == ["3000.0000", "inf"], out
