@@ -2922,13 +2922,18 @@ def print_summary(folder, meta, plan, limit, dt):
         # (without --pack, a block other than DEFAULT_PACK is the model's that --tokenizer names: default_pack)
         whose = "the context of the model --tokenizer names; " if (meta.get("options") or {}).get("pack") is None \
             and block != DEFAULT_PACK else ""
-        print(f"  packed in blocks of {block} tokens ({whose}train.py --block_size {block}): "
-              f"{(tr['padding'] + va['padding']) / max(tokens, 1):.1%} padding"
-              + (f"; {pieces:,} conversation{'s' * (pieces != 1)} longer than a block in pieces" if pieces else "")
-              + (f", {inside:,} of them cut inside an exchange longer than a block (a reply there trains without all "
-                 f"of its question; a larger --pack and train.py --block_size keep more whole)" if inside else "")
-              + (f", {tails:,} of them ending in turns that train nothing, left out (a final question with no reply, "
-                 f"replies of weight 0 or empty)" if tails else ""))
+        # a line a fact, its number first: as one line it ran to 330 characters, wrapped on any terminal
+        print(f"  packed in blocks of {block} tokens, {(tr['padding'] + va['padding']) / max(tokens, 1):.1%} padding "
+              f"({whose}train.py --block_size {block})")
+        if pieces:
+            print(f"  {pieces:,} conversation{'s' * (pieces != 1)} longer than a block in pieces"
+                  + (" (a larger --pack and train.py --block_size keep more whole)" if inside else ""))
+        if inside:
+            print(f"    {inside:,} of them cut inside an exchange longer than a block: a reply there trains "
+                  f"without all of its question")
+        if tails:
+            print(f"    {tails:,} of them ending in turns that train nothing, left out: a question with no reply, "
+                  f"replies of weight 0 or empty")
     left_out = plan.get("left_out") or LeftOut()
     for label, left in left_out.bad.items():  # (with --limit: of the records read)
         print(f"  --skip_bad_records: left out {left['count']:,} bad record{'s' * (left['count'] > 1)} of {label}: "

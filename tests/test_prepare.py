@@ -2015,8 +2015,15 @@ def test_packing_keeps_conversations_inside_blocks(tmp_path, enc, capsys):
         assert meta["splits"][split]["cut_exchanges"] == (7 in by_conv)
     assert crossing == 1  # conversation 7's long reply
     pieces = meta["splits"]["train"]["in_pieces"] + meta["splits"]["val"]["in_pieces"]
-    assert f"; {pieces} conversations longer than a block in pieces, 1 of them cut inside an exchange longer than a " \
-           f"block (a reply there trains without all of its question" in capsys.readouterr().out
+    # a line a fact, its number first, each short of 120 columns: as one line it ran to 330 characters
+    out = capsys.readouterr().out
+    said = out[out.index("  packed in blocks"):].splitlines()[:3]
+    assert re.fullmatch(r"  packed in blocks of 64 tokens, \d+\.\d% padding \(train\.py --block_size 64\)", said[0])
+    assert said[1:] == [f"  {pieces} conversations longer than a block in pieces (a larger --pack and train.py "
+                        f"--block_size keep more whole)",
+                        "    1 of them cut inside an exchange longer than a block: a reply there trains without all of "
+                        "its question"]
+    assert max(map(len, said)) <= 120
 
 
 def test_packing_random_conversations_at_random_block_sizes(tmp_path, enc):
@@ -2114,8 +2121,8 @@ def test_a_conversation_in_pieces_leaves_out_a_tail_that_trains_nothing(tmp_path
                                                                     + [render_chat(enc, short)[0]])
     split = meta["splits"]["train"]
     assert (split["documents"], split["in_pieces"], split["untrained_tails"], split["cut_exchanges"]) == (3, 2, 2, 0)
-    assert "; 2 conversations longer than a block in pieces, 2 of them ending in turns that train nothing, left out " \
-           "(a final question with no reply, replies of weight 0 or empty)\n" in capsys.readouterr().out
+    assert "\n  2 conversations longer than a block in pieces\n    2 of them ending in turns that train nothing, " \
+           "left out: a question with no reply, replies of weight 0 or empty\n" in capsys.readouterr().out
     # the bare packer, as the fuzz found it: a piece of the question and its reply, none of the question alone
     packer = prepare.Packer(None, B, enc, None)
     conv_ids, conv_mask = render_chat(enc, convs[0])
@@ -2255,8 +2262,8 @@ def test_a_model_named_as_tokenizer_packs_at_its_context(tmp_path, capsys, monke
         meta = prepare.prepare("chat", source=src, tokenizer=ck, out_dir=out)
     assert len(loads) == 1  # its vocabulary and its context from one load
     assert meta["pack"] == 64 and meta["options"]["pack"] is None
-    assert "packed in blocks of 64 tokens (the context of the model --tokenizer names; train.py --block_size 64)" \
-        in capsys.readouterr().out
+    assert re.search(r"packed in blocks of 64 tokens, [\d.]+% padding \(the context of the model --tokenizer names; "
+                     r"train\.py --block_size 64\)\n", capsys.readouterr().out)
     ids, mask = load(folder, "train", meta)
     assert len(ids) % 64 == 1 and ids[0] == enc.encode_single_token(IM_START)  # blocks of 64, and one more token
     # the same again, without --pack or with --pack 64, or by its rebuild command (no --pack: the model's again), or
@@ -2270,7 +2277,8 @@ def test_a_model_named_as_tokenizer_packs_at_its_context(tmp_path, capsys, monke
     assert "is up to date" in capsys.readouterr().out
     # --pack given wins
     assert prepare.prepare("chat", source=src, tokenizer=ck, out_dir=out, pack=32)["pack"] == 32
-    assert "packed in blocks of 32 tokens (train.py --block_size 32)" in capsys.readouterr().out
+    assert re.search(r"packed in blocks of 32 tokens, [\d.]+% padding \(train\.py --block_size 32\)\n",
+                     capsys.readouterr().out)
     # a Hugging Face model folder: the context in its config.json (GPT-2's n_positions, Llama's
     # max_position_embeddings), read without its weights. A small vocabulary: GPT-2's 50k merges take seconds to
     # write and check, in Python
