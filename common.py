@@ -294,12 +294,19 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message):
         if not speaks_for_machine():
             exit_after_the_first(2)
-        if message.startswith("unrecognized arguments: "):
-            given = [a.split("=", 1)[0] for a in message.split(": ", 1)[1].split() if a.startswith("--")]
+        # -host is read as -h (--help) given "ost": the word typed is matched as an unrecognized one is
+        after_h = re.fullmatch(r"argument -h/--help: ignored explicit argument '(.+)'", message)
+        if message.startswith("unrecognized arguments: ") or after_h:
+            words = [f"-h{after_h[1]}"] if after_h else message.split(": ", 1)[1].split()
+            # a word after one dash (-temp, a habit from other tools) is read as the long option it may mean: a single
+            # letter (-x) or a number (-1, a value) is not
+            given = [("-" + a if re.match(r"-[^\W\d_][\w-]", a) else a).split("=", 1)[0]
+                     for a in words if re.match(r"--|-[^\W\d_][\w-]", a)]
             options = [*self._option_string_actions]  # and a subcommand's (argparse says its unknown ones here)
             for action in self._actions:
                 if isinstance(action, argparse._SubParsersAction):
                     options += [o for sub in action.choices.values() for o in sub._option_string_actions]
+            options = [o for o in options if o.startswith("--")]  # (-h is no guess for a long word: -hz, --hz)
             # (once each: --temprature and --tempratur both meant --temp)
             close = [*dict.fromkeys(m for a in given for m in difflib.get_close_matches(a, options, n=1))]
             if close:

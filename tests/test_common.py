@@ -186,12 +186,26 @@ def usage_error(script, message):
     ("gen", ["x.pt", "--promt", "Q: why?"], "unrecognized arguments: --promt Q: why? (did you mean --prompt?)"),
     # two misspellings of one option: named once ("--temp, --temp?")
     ("gen", ["x.pt", "--temprature", "1", "--tempratur", "2"],
-     "unrecognized arguments: --temprature 1 --tempratur 2 (did you mean --temp?)")])
+     "unrecognized arguments: --temprature 1 --tempratur 2 (did you mean --temp?)"),
+    # a long option after one dash, as other tools spell them, is guessed too: argparse said no more than its name
+    ("gen", ["x.pt", "-temp", "0.5"], "unrecognized arguments: -temp 0.5 (did you mean --temp?)"),
+    ("train", ["-max-steps=3"], "unrecognized arguments: -max-steps=3 (did you mean --max_steps?)"),
+    # one starting with h is read as -h given the rest (ignored): the word typed is guessed from
+    ("serve", ["x.pt", "-host", "0.0.0.0"], "argument -h/--help: ignored explicit argument 'ost' (did you mean --host?)"),
+    # a single letter, or a number (a value), is no long option: no guess
+    ("gen", ["x.pt", "-t", "-1"], "unrecognized arguments: -t -1")])
 def test_a_misspelt_option_is_one_line_naming_the_closest(script, given, said, capsys):
     with pytest.raises(SystemExit) as e:
         __import__(script).main(given)
     err = capsys.readouterr().err
     assert e.value.code == 2 and err == usage_error(script, said), err
+
+
+def test_a_negative_number_stays_a_value_not_an_option_guessed(capsys):
+    """Guessing long options from single-dash words leaves negative numbers to the options they are values of."""
+    code, err = refused_option("gen", "--temp", "-1", capsys)
+    assert code == 2 and err == usage_error("gen", "argument --temp: must be a number >= 0 (0 = greedy), got -1"), err
+    assert __import__("train").parse_args(["--seed", "-3", "--min_lr", "-.5"]).seed == -3
 
 
 def refused_option(script, option, value, capsys):
