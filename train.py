@@ -2065,7 +2065,24 @@ def banner_lines(run):
         done = resumed.epoch + resumed.windows / len(train_w)
         lines.append(f"resume at epoch {done:.2f} (epoch {resumed.epoch + 1}, window {resumed.windows:,}/"
                      f"{len(train_w):,}), step {resumed.step:,}{masks}")
+        # a larger --epochs or --time_budget spreads the cosine over the new length from here on: the lr goes back up
+        # (from the end of the decay, for a run that had ended), which its first log line would show unexplained. (On a
+        # budget, before the run's final evaluation has a cost to hold back: the first step's lr, near enough)
+        span, was = schedule_span(args.time_budget, args.epochs), schedule_span(
+            run.ckpt_args.get("time_budget"), run.ckpt_args.get("epochs"))
+        if was and span != was:
+            lr = step_lr(args, resumed, run.total_steps, budget, run.budget_warmup, resumed.budget_elapsed, 0.0)
+            lines.append(f"the lr's cosine now spans {span} (the checkpoint's run: {was}), so step {resumed.step:,} "
+                         f"goes on at lr {lr:.2e}")
     return lines
+
+
+def schedule_span(time_budget, epochs):
+    """What a run's lr schedule spans, as the banner says it: its --time_budget, else its --epochs (None where a
+    checkpoint recorded neither)."""
+    if time_budget:
+        return f"{time_budget:g} min"
+    return f"{epochs} epoch(s)" if epochs else None
 
 
 def measured(loss, scale, color=None):

@@ -285,6 +285,33 @@ def test_the_resume_line_counts_epochs_as_the_step_lines_do(env, tmp_path, capsy
     assert f"resume at epoch {last[-1]} (epoch 1, window {ck['epoch_windows']}/{n_windows.group(1)}), step 3" in out
 
 
+def test_a_continued_run_given_a_longer_schedule_says_where_its_lr_goes_on(env, tmp_path, capsys):
+    """A run continued with a larger --epochs or --time_budget spreads the lr's cosine over the new length, so the lr
+    goes back up from the end of the decay: its first log line showed that with no word why. The resume line is
+    followed by one saying so and the lr the run goes on at; a run continued on the same schedule gets none."""
+    common = ["--dataset", "mini", "--eval_interval", "0", "--save_interval", "0"]
+    part = train.train(args_for(env, tmp_path / "a", *common, "--max_steps", 2))
+    capsys.readouterr()
+    first = train.train(args_for(env, tmp_path / "a", "--checkpoint", part["checkpoint"], fresh=False))
+    out = capsys.readouterr().out
+    assert "resume at epoch" in out and "the lr's cosine" not in out  # the same schedule: no line
+    end = train.train(args_for(env, tmp_path / "a", "--checkpoint", first["checkpoint"], "--epochs", 2, "--max_steps",
+                               1, fresh=False))
+    lrs = dict((r["step"], r["lr"]) for r in read_metrics(end["metrics"]))
+    step = first["steps"]
+    said = re.search(rf"^the lr's cosine now spans 2 epoch\(s\) \(the checkpoint's run: 1 epoch\(s\)\), so step "
+                     rf"{step} goes on at lr (\S+)$", capsys.readouterr().out, re.M)
+    assert said and float(said[1]) == pytest.approx(lrs[step + 1], rel=1e-2) and lrs[step + 1] > 3 * lrs[step]
+    budget = train.train(args_for(env, tmp_path / "b", *common, "--time_budget", 0.03))
+    ended_at = read_metrics(budget["metrics"])[-1]["lr"]  # (the continued run adds its records to the file)
+    capsys.readouterr()
+    end = train.train(args_for(env, tmp_path / "b", "--checkpoint", budget["checkpoint"], "--time_budget", 0.06,
+                               "--max_steps", 1, fresh=False))
+    said = re.search(r"^the lr's cosine now spans 0.06 min \(the checkpoint's run: 0.03 min\), so step \d+ goes on at "
+                     r"lr (\S+)$", capsys.readouterr().out, re.M)
+    assert said and float(said[1]) > 3 * ended_at
+
+
 def test_a_chat_run_stopped_at_any_step_resumes_exactly(env, tmp_path, monkeypatch):
     """Exact resume wherever --max_steps stops the run, on a chat set (a loss mask: steps weighted by the targets
     they count): inside an epoch, at its last full step before the short one, on its end (a checkpoint of epoch_windows
