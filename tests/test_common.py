@@ -193,7 +193,18 @@ def usage_error(script, message):
     # one starting with h is read as -h given the rest (ignored): the word typed is guessed from
     ("serve", ["x.pt", "-host", "0.0.0.0"], "argument -h/--help: ignored explicit argument 'ost' (did you mean --host?)"),
     # a single letter, or a number (a value), is no long option: no guess
-    ("gen", ["x.pt", "-t", "-1"], "unrecognized arguments: -t -1")])
+    ("gen", ["x.pt", "-t", "-1"], "unrecognized arguments: -t -1"),
+    # nanoGPT's names, typed by habit, are ours where no close spelling finds them (nothing was guessed) or finds
+    # another (--eval_iters is val batches, not --eval_interval; --out_dir was read as --data_dir)
+    ("train", ["--learning_rate=1e-3", "--gradient_accumulation_steps=4"],
+     "unrecognized arguments: --learning_rate=1e-3 --gradient_accumulation_steps=4 (did you mean --lr, --grad_accum?)"),
+    ("train", ["--eval_iters=20", "--out_dir=out"],
+     "unrecognized arguments: --eval_iters=20 --out_dir=out (did you mean --eval_batches, --output_checkpoint?)"),
+    # sample.py's: its --out_dir and --init_from name the model, gen.py's checkpoint
+    ("gen", ["--out_dir=out", "--start=ROMEO:"],
+     "unrecognized arguments: --out_dir=out --start=ROMEO: (did you mean --checkpoint, --prompt?)"),
+    # and where the script has none of them, nothing: not the option its spelling is nearest ("did you mean --port?")
+    ("serve", ["x.pt", "--start=Hi", "--eval_iters=2"], "unrecognized arguments: --start=Hi --eval_iters=2")])
 def test_a_misspelt_option_is_one_line_naming_the_closest(script, given, said, capsys):
     with pytest.raises(SystemExit) as e:
         __import__(script).main(given)
