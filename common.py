@@ -325,6 +325,13 @@ class ArgumentParser(argparse.ArgumentParser):
             close = [*dict.fromkeys(m for a in given for m in guess(a))]
             if close:
                 message += f" (did you mean {', '.join(close)}?)"
+        # --compile=False, as nanoGPT's configurator takes it: argparse said "ignored explicit argument 'False'"
+        switch = re.fullmatch(r"argument (--[^/]+)\S*: ignored explicit argument '(.*)'", message)
+        if switch:
+            name = switch[1]
+            off = [o for o in (f"--no_{name[2:]}", f"--no-{name[2:]}") if o in self._option_string_actions][:1]
+            message = f"{name} is a switch: it takes no value ({switch[2]!r} given); " + \
+                (f"{name} turns it on, {off[0]} off" if off else f"give {name} alone, or leave it out")
         script, *command = self.prog.split(" ")  # (a subcommand's: "setup_tokenizer.py train")
         self.exit(2, f"{self.prog}: error: {message}; see {script_command(script, *command, '--help')}\n")
 

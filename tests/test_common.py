@@ -212,6 +212,21 @@ def test_a_misspelt_option_is_one_line_naming_the_closest(script, given, said, c
     assert e.value.code == 2 and err == usage_error(script, said), err
 
 
+@pytest.mark.parametrize("script, given, said", [
+    # nanoGPT's configurator takes --compile=False: argparse said "ignored explicit argument 'False'", not the way
+    ("train", ["--compile=False"], "--compile is a switch: it takes no value ('False' given); --compile turns it on, "
+                                   "--no_compile off"),
+    ("train", ["--no-compile=1"], "--compile is a switch: it takes no value ('1' given); --compile turns it on, "
+                                  "--no_compile off"),  # (argparse names the option, not the spelling typed)
+    ("gen", ["x.pt", "--no_cache=True"], "--no_cache is a switch: it takes no value ('True' given); give --no_cache "
+                                         "alone, or leave it out")])
+def test_a_switch_given_a_value_says_how_to_turn_it_on_and_off(script, given, said, capsys):
+    with pytest.raises(SystemExit) as e:
+        __import__(script).main(given)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err == usage_error(script, said), err
+
+
 def test_a_negative_number_stays_a_value_not_an_option_guessed(capsys):
     """Guessing long options from single-dash words leaves negative numbers to the options they are values of."""
     code, err = refused_option("gen", "--temp", "-1", capsys)
