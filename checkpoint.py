@@ -73,6 +73,11 @@ def parse_checkpoint(p, args):
         if args.checkpoint is not None:
             p.error(f"two checkpoints, {args.checkpoint} and --checkpoint {given}: give one")
         args.checkpoint = given
+    # nanoGPT's habit, `train.py config/train_shakespeare_char.py`: said "checkpoint ... not found", or, the file
+    # there, that it is no checkpoint
+    if args.checkpoint is not None and args.checkpoint.endswith(".py"):
+        p.error(f"{args.checkpoint} is a Python file, not a checkpoint: {p.prog} reads no config file; give its "
+                f"settings as options")
     return args
 
 

@@ -227,6 +227,22 @@ def test_a_switch_given_a_value_says_how_to_turn_it_on_and_off(script, given, sa
     assert e.value.code == 2 and err == usage_error(script, said), err
 
 
+@pytest.mark.parametrize("script, given", [("train", ["config/train_shakespeare_char.py", "--device=cpu"]),
+                                           ("gen", ["--checkpoint", "config/train_shakespeare_char.py"])])
+def test_a_config_file_given_as_nanogpt_takes_it_is_refused_as_one(script, given, tmp_path, monkeypatch, capsys):
+    """`train.py config/train_shakespeare_char.py`, nanoGPT's way, read the file as the checkpoint: "checkpoint ... not
+    found", or, the file there, no checkpoint. It is one line saying that settings are options here."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "train_shakespeare_char.py").write_text("out_dir = 'out-shakespeare-char'\n")
+    with pytest.raises(SystemExit) as e:
+        __import__(script).main(given)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err == usage_error(script, f"config/train_shakespeare_char.py is a Python file, not a "
+                                                            f"checkpoint: {script}.py reads no config file; give its "
+                                                            f"settings as options"), err
+
+
 def test_a_negative_number_stays_a_value_not_an_option_guessed(capsys):
     """Guessing long options from single-dash words leaves negative numbers to the options they are values of."""
     code, err = refused_option("gen", "--temp", "-1", capsys)
