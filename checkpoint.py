@@ -103,6 +103,15 @@ def available_hint(folder="models"):
     return "; available: " + ", ".join(found[:5]) + (" ..." if len(found) > 5 else "")
 
 
+def download_hint(name):
+    """The end of a "not found" error for GPT-2's name alone (`--init_from gpt2`, nanoGPT's way, which downloads it):
+    the command that downloads the folder every script takes; nothing for another name."""
+    if not re.fullmatch(r"gpt2(-medium|-large|-xl)?", name):
+        return ""
+    return (f": download it as a folder first, `hf download openai-community/{name} config.json model.safetensors "
+            f"tokenizer.json vocab.json merges.txt --local-dir ~/models/{name}`, and give ~/models/{name}")
+
+
 # -----------------------------------------------------------------------------
 # saving
 
@@ -141,7 +150,8 @@ def load_checkpoint(path):
     or foreign file is one clear UserError."""
     if not os.path.exists(path):
         folder = os.path.dirname(path)  # what is there, where the user looked (models/ for a bare name)
-        raise UserError(f"checkpoint {path} not found{available_hint(folder if os.path.isdir(folder) else 'models')}")
+        raise UserError(f"checkpoint {path} not found"
+                        f"{download_hint(path) or available_hint(folder if os.path.isdir(folder) else 'models')}")
     if hf.is_hf_folder(path):
         return refuse_diverged(path, {"format": FORMAT, **hf.read_folder(path)})
     # export.py's weights or config given for the model: the way out is its folder (torch reads a .safetensors file as

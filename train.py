@@ -60,8 +60,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from checkpoint import (NOT_THIS_CODE, add_checkpoint_argument, checkpoint_config, is_kind, load_checkpoint,
-                        load_weights, nonfinite, parse_checkpoint, save_checkpoint, tensor_bytes)
+from checkpoint import (NOT_THIS_CODE, add_checkpoint_argument, checkpoint_config, download_hint, is_kind,
+                        load_checkpoint, load_weights, nonfinite, parse_checkpoint, save_checkpoint, tensor_bytes)
 from common import (ArgumentParser, DTYPES, HANGUP, UserError, ask, atomic_write_text, autocast, check_output,
                     closed_pipe_on_windows, color_ok, cpu_bf16_is_faster, cpu_has_bf16, draws_a_bar,
                     exit_after_the_first, first_line, held_lock, hung_up, is_oom, lock_is_held, nonempty,
@@ -2428,6 +2428,8 @@ def start_run(args):
         # hf.py reads the folder as a checkpoint without training state, so what follows is fine-tuning
         if args.checkpoint:
             raise UserError("--init_from and --checkpoint both give the starting weights: pass one of them")
+        if not os.path.exists(args.init_from) and download_hint(args.init_from):
+            raise UserError(f"--init_from {args.init_from} not found{download_hint(args.init_from)}")
         if not is_hf_folder(args.init_from):  # (a path mistyped is no folder of any kind: said as such)
             # (a folder without config.json, models/ or a dataset's: load_checkpoint's "available:" hint would offer
             # the .pt files in it, which --init_from refuses)

@@ -955,6 +955,19 @@ def test_init_from_bad_arguments(small_folder, tmp_path, capsys):
         assert words in line, line
 
 
+def test_gpt2_by_name_as_nanogpt_takes_it_names_the_download(tmp_path, monkeypatch, capsys):
+    """`--init_from gpt2` (nanoGPT downloads it) said only that a folder is wanted; gen.py's `gpt2` offered the .pt
+    files in models/. Both name the command that downloads the folder."""
+    monkeypatch.chdir(tmp_path)
+    download = ": download it as a folder first, `hf download openai-community/gpt2-xl config.json model.safetensors " \
+               "tokenizer.json vocab.json merges.txt --local-dir ~/models/gpt2-xl`, and give ~/models/gpt2-xl"
+    line = one_error_line(*run_cli(train.main, ["--init_from", "gpt2-xl", "--data_dir", str(tmp_path), *CPU],
+                                   capsys)[::2])
+    assert line == "error: --init_from gpt2-xl not found" + download, line
+    line = one_error_line(*run_cli(gen.main, ["gpt2-xl", "--prompt", "x", *CPU], capsys)[::2])
+    assert line == "error: checkpoint gpt2-xl not found" + download, line
+
+
 def test_nearest_preset_gives_gpt2_its_learning_rate():
     # train.py picks lr and batch size by preset: GPT-2 124M's shape is the gpt2 preset, tiny shapes are tiny
     assert hf.nearest_preset(make_config("gpt2", vocab_size=50259)) == "gpt2"
