@@ -2054,6 +2054,12 @@ def banner_lines(run):
                  f"{run.device} {str(run.dtype).replace('torch.', '')}{', compiled' if args.compile else ''}"
                  f"{', activations recomputed' if args.recompute_activations else ''}")
     resumed = run.p
+    # nanoGPT's --max_iters sets its run's length; here the epochs do, and a --max_steps past their end stopped nothing
+    # with no word, the run ending steps short of it
+    steps_left = run.total_steps - resumed.step
+    if args.max_steps and not budget and args.max_steps > steps_left:
+        lines.append(f"--max_steps {args.max_steps:,} is past the end of {args.epochs} epoch(s), {steps_left:,} steps "
+                     f"away: the run ends there (--epochs sets its length)")
     if run.continuing and (resumed.step or resumed.epoch):
         # on other ranks a run goes on as it would have to float summation order, bar dropout: each rank draws the
         # masks of its windows (see the training loop), so other ranks draw others, and resume is no longer exact

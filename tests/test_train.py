@@ -312,6 +312,17 @@ def test_a_continued_run_given_a_longer_schedule_says_where_its_lr_goes_on(env, 
     assert said and float(said[1]) > 3 * ended_at
 
 
+def test_max_steps_past_the_epochs_says_the_run_ends_at_them(env, tmp_path, capsys):
+    """nanoGPT's --max_iters sets its run's length; --max_steps, typed for it, stopped nothing past the epochs' end, and
+    the run ended steps short of it with no word. The banner says so; a --max_steps within the run gets no line."""
+    r = train.train(args_for(env, tmp_path / "a", "--dataset", "mini", "--max_steps", 100_000, "--eval_interval", 0))
+    said = re.search(r"^--max_steps 100,000 is past the end of 1 epoch\(s\), (\d+) steps away: the run ends there "
+                     r"\(--epochs sets its length\)$", capsys.readouterr().out, re.M)
+    assert said and int(said[1]) == r["steps"], said
+    train.train(args_for(env, tmp_path / "b", "--dataset", "mini", "--max_steps", 1))
+    assert "is past the end" not in capsys.readouterr().out
+
+
 def test_a_chat_run_stopped_at_any_step_resumes_exactly(env, tmp_path, monkeypatch):
     """Exact resume wherever --max_steps stops the run, on a chat set (a loss mask: steps weighted by the targets
     they count): inside an epoch, at its last full step before the short one, on its end (a checkpoint of epoch_windows
