@@ -2176,8 +2176,10 @@ def refuse_ended_run(args, ckpt, ckpt_args, p, budget):
     """Refuses to continue ckpt (p: where it stands) where it ended for good under these options: its --time_budget
     used, or stopped early by its --patience."""
     if budget and ckpt.get("budget_done") and args.time_budget <= (ckpt_args.get("time_budget") or 0):
-        raise UserError(f"{args.checkpoint} has used its {args.time_budget:g}-minute --time_budget: pass a larger one "
-                        f"to train on, or --reset_epoch to start a new budget from its weights")
+        # its own budget, not the one given: a smaller one given is no larger than what it used
+        used = ckpt_args.get("time_budget")
+        raise UserError(f"{args.checkpoint} has used its {used:g}-minute --time_budget: pass a larger one to train "
+                        f"on, or --reset_epoch to start a new budget from its weights")
     if budget and p.budget_elapsed >= budget:
         # a budget interrupted (Ctrl-C) and continued with fewer minutes than it had spent, which a continued run
         # counts: it trained one step past them and stopped, as "time budget: 1 steps"

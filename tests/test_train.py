@@ -770,6 +770,9 @@ def test_a_finished_budget_is_not_continued_by_a_step(env, tmp_path):
     with pytest.raises(UserError, match=r"mini.pt has used its 0.02-minute --time_budget: pass a larger one to train "
                                         r"on, or --reset_epoch to start a new budget from its weights$"):
         train.train(train.parse_args(go_on))
+    # a smaller budget given: the message names the one the run used, not the one given (it said "its 0.01-minute")
+    with pytest.raises(UserError, match=r"mini.pt has used its 0.02-minute --time_budget: pass a larger one"):
+        train.train(train.parse_args(go_on + ["--time_budget", "0.01"]))
     assert train.train(train.parse_args(go_on + ["--time_budget", "0.04"]))["stopped"] == "time budget"
     # a new budgeted run here is told to write elsewhere under its own one file's name: DIR/{dataset}_epoch{epoch}.pt,
     # which it was told, wrote a checkpoint for each of the many epochs it repeats
