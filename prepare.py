@@ -326,6 +326,12 @@ SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 NOT_UTF8 = re.compile("[\udc80-\udcff]")  # what errors="surrogateescape" reads a byte that is no UTF-8 as
 
 
+def json_error(e):
+    """A json.JSONDecodeError as its malformed-JSON error says it: "Expecting value, column 3", or for the messages that
+    end in "at", "Unterminated string starting at column 119" (not "starting at, column 119")."""
+    return f"{e.msg}{' ' if e.msg.endswith(' at') else ', '}column {e.colno}"
+
+
 def json_loads(text, where):
     """json.loads(text), without surrogate halves (SURROGATE_ESCAPE). JSON it cannot read is a UserError naming where,
     but malformed JSON, a json.JSONDecodeError, which the caller says with its hint."""
@@ -383,7 +389,7 @@ def jsonl_records(path):
             except json.JSONDecodeError as e:
                 array = n == 1 and line.strip() == "["  # a pretty-printed array's first line
                 hint = "; it looks like one JSON array: name it .json" if array else ""
-                record = UserError(f"{path} line {n}: malformed JSON ({e.msg}, column {e.colno}){hint}")
+                record = UserError(f"{path} line {n}: malformed JSON ({json_error(e)}){hint}")
             except UserError as e:
                 record = e
             yield f"{path} line {n}", record
@@ -405,7 +411,7 @@ def json_file_records(path):
             with contextlib.suppress(ValueError):  # first line is a whole record
                 json.loads(text[:e.pos].splitlines()[0])
                 hint = "; it looks like one record per line (JSON Lines): name it .jsonl"
-        raise UserError(f"{path} line {e.lineno}: malformed JSON ({e.msg}, column {e.colno}){hint}")
+        raise UserError(f"{path} line {e.lineno}: malformed JSON ({json_error(e)}){hint}")
     if isinstance(data, dict) and data and all(isinstance(v, dict) for v in data.values()):
         # pandas' DataFrame.to_json() default, {column: {row: value}}: named, with its way out (read as one record,
         # it fails on a field: "`input` must be text, got dict")

@@ -483,6 +483,12 @@ def test_non_utf8_and_bad_input(tmp_path):
         prepare.prepare("text", source=write(tmp_path / "cut.jsonl", '{"text":"a"}\n{"text":"b", "x": 1\n{"text":"c"}\n'), out_dir=out)
     with pytest.raises(UserError, match=r"broken.json line 3: malformed JSON"):
         prepare.prepare("text", source=write(tmp_path / "broken.json", '[\n{"text": "ok"},\n{"text" "no colon"}]'), out_dir=out)
+    # a line cut inside a string (a writer interrupted): json's "starting at" reads on to the column, in a .jsonl and
+    # in a .json (it said "Unterminated string starting at, column 9")
+    for name, text in (("torn.jsonl", '{"text":"a"}\n{"text":"b'), ("torn.json", '[{"text":"a"},\n{"text":"b')):
+        with pytest.raises(UserError, match=rf"{name} line 2: malformed JSON \(Unterminated string starting at column "
+                                            r"9\)"):
+            prepare.prepare("text", source=write(tmp_path / name, text), out_dir=out)
     with pytest.raises(UserError, match="--source .*nope.txt: no such file"):
         prepare.prepare("text", source=str(tmp_path / "nope.txt"), out_dir=out)
     # malformed turns say what a turn looks like (it was Python's words: "string indices must be integers")
