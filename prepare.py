@@ -596,8 +596,14 @@ def record_doc(record, where, dataset=None):
                 raise UserError(f"{where}: `text` must be text, got {json_kind(text)}")  # (as other fields say)
             return plain_text(text, where)
         else:
+            # records wrapped in an object, {"data": [...]} as many exports write: it named only the fields it lacks,
+            # which the user's records have
+            inner = next((k for k, v in record.items() if bare_turns(v) and any(f in v[0] for f in RECORD_FIELDS)),
+                         None)
+            wrapped = f"; its `{inner}` holds a list of records: give that list as the file (a .json array), or one " \
+                      f"record a line (JSON Lines)" if inner else ""
             raise UserError(f"{where}: no {', '.join(TURNS_FIELDS)}, {', '.join(f'{p}/{r}' for p, r, _ in PAIRS)}, "
-                            f"instruction/instances, dialog or text field")
+                            f"instruction/instances, dialog or text field{wrapped}")
     except (KeyError, TypeError) as e:
         raise UserError(f"{where}: malformed conversation ({type(e).__name__}: {e})")
     if record.get("system") is not None and not isinstance(record["system"], str):  # not dropped unsaid

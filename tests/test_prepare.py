@@ -544,6 +544,12 @@ def test_non_utf8_and_bad_input(tmp_path):
     with pytest.raises(UserError, match=r'array.jsonl line 1: expected an object or a string, got an array; a list of '
                                         r'records\? give one a line \(JSON Lines\), or the whole array as a \.json file$'):
         prepare.prepare("chat", source=write(tmp_path / "array.jsonl", json.dumps(records)), out_dir=out)
+    # the records wrapped in an object, {"data": [...]}: it named only the fields it lacks, which the records have
+    with pytest.raises(UserError, match=r'wrapped.json record 1: no messages, .* or text field; its `data` holds a '
+                                        r'list of records: give that list as the file \(a \.json array\), or one '
+                                        r'record a line \(JSON Lines\)$'):
+        prepare.prepare("chat", source=write(tmp_path / "wrapped.json", json.dumps({"version": 1, "data": records})),
+                        out_dir=out)
     with pytest.raises(UserError, match=r"odd.jsonl line 1: unknown role 'robot'"):
         prepare.prepare("chat", source=write(tmp_path / "odd.jsonl", json.dumps({"messages": [{"role": "robot", "content": "x"}]})), out_dir=out)
     # OpenAI's fine-tuning files with function calling: a null content or role "tool" named no way out
