@@ -713,7 +713,7 @@ def check_output(path, option, folder=False, inputs=(), checkpoint=False, vocabu
     Creates the folder (path itself when folder, else its parent) and writes and removes a probe file there.
     inputs: {option: path(s)} the command reads, which path must not be (the result would replace them). Nor may
     path be a checkpoint, a vocabulary or a dataset's file (kept_file), unless checkpoint: a checkpoint written over
-    one, or vocabulary: a vocabulary retrained in place (not a dataset's own)."""
+    one (and over no other file), or vocabulary: a vocabulary retrained in place (not a dataset's own)."""
     if not path:
         raise UserError(f"{option} is empty: give a path")
     # a folder's path, or one to make ("out/", which an atomic write would take as out/.PID.tmp, failing at the end)
@@ -737,6 +737,10 @@ def check_output(path, option, folder=False, inputs=(), checkpoint=False, vocabu
     # (eval.py --json over a checkpoint: 627 bytes; over a vocabulary outside data/: JSON, and its dataset unreadable)
     if kept and not (checkpoint and kept.startswith("a checkpoint")) and not (vocabulary and kept == "a vocabulary"):
         raise UserError(f"{option} {path} is {kept}: the result would replace it; give another {option}")
+    # a checkpoint's path that holds another file (notes.jsonl, README.md): train.py took it for an earlier run's and
+    # suggested --overwrite, which replaced it with a checkpoint. An empty file loses nothing
+    if checkpoint and not kept and os.path.isfile(path) and os.path.getsize(path):
+        raise UserError(f"{option} {path} is not a checkpoint: the result would replace it; give another {option}")
     target = os.path.abspath(link_target(path))  # (the file an atomic write replaces)
     parent = path if folder else os.path.dirname(target)
     # a file's probe is the very name its atomic write takes (tmp_name): one longer than the system allows (past 255

@@ -3021,6 +3021,14 @@ def test_output_checkpoint_folders(env, tmp_path):
             train.train(args_for(env, tmp_path, "--data_dir", tmp_path / "d", "--dataset", "mini", "--max_steps", "1",
                                  "--overwrite", "--output_checkpoint", tmp_path / "d" / "mini" / name))
     assert (tmp_path / "d" / "mini" / "val.bin").read_bytes() == val
+    # nor over another file, the user's own chat data: "holds an earlier run" suggested --overwrite, which replaced it
+    notes = tmp_path / "notes.jsonl"
+    notes.write_text('{"text": "mine"}\n')
+    with pytest.raises(UserError, match=r"^--output_checkpoint .*notes.jsonl is not a checkpoint: the result would "
+                                        r"replace it; give another --output_checkpoint$"):
+        train.train(args_for(env, tmp_path, "--dataset", "mini", "--max_steps", "1", "--overwrite",
+                             "--output_checkpoint", notes))
+    assert notes.read_text() == '{"text": "mine"}\n'
     # braces in a folder the run did not name (a checkpoint's, continued next to it) are no typo of a placeholder
     (tmp_path / "{exp1}").mkdir()
     shutil.copy(s["checkpoint"], tmp_path / "{exp1}" / "ck.pt")
