@@ -570,9 +570,11 @@ def check_options(args):
         raise UserError("--batch_size is for --prompt_file runs (prompts generated together); for several samples of one "
                         "prompt use --num_samples")
     if args.num_samples > 1 and (args.prompt_file or args.chat or args.interactive):
-        raise UserError("--num_samples is for --prompt or an unconditional run: a --prompt_file gives one completion per "
-                        "line (a repeated line the same one: run it again with another --seed for more), --chat and "
-                        "--interactive one per message")
+        # the run's own reason: "is for --prompt" read as wrong to a --chat --prompt run, which gave a --prompt
+        one = ("a --prompt_file gives one completion per line (a repeated line the same one)" if args.prompt_file else
+               "--chat gives one reply per message" if args.chat else "--interactive gives one completion per line")
+        raise UserError(f"--num_samples is for --prompt without --chat, or an unconditional run: {one}; run it again "
+                        f"with another --seed for more")
 
 
 def read_inputs(args):

@@ -607,7 +607,10 @@ def test_bad_input_errors(ckpt, tmp_path, capsys, monkeypatch):
     prompts.write_text("Once\n")
     for argv, named in (([ckpt, "--prompt", "x", "--batch_size", "4"], "--batch_size is for --prompt_file"),
                         ([ckpt, "--prompt_file", str(prompts), "--num_samples", "3"], "--num_samples is for --prompt"),
-                        ([ckpt, "--chat", "--prompt", "hi", "--num_samples", "2"], "--num_samples is for --prompt"),
+                        # (it said "is for --prompt" to a run that gave one)
+                        ([ckpt, "--chat", "--prompt", "hi", "--num_samples", "2"], "--num_samples is for --prompt "
+                         "without --chat, or an unconditional run: --chat gives one reply per message; run it again "
+                         "with another --seed for more"),
                         ([ckpt, "--chat", "--prompt", " "], "--chat --prompt gives one user message, and this one is "
                                                             "empty"),
                         ([ckpt, "--chat", "--interactive"], "--chat and --interactive are two ways"),
