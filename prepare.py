@@ -65,6 +65,7 @@ import math
 import os
 import random
 import re
+import shlex
 import shutil
 import signal
 import sys
@@ -75,9 +76,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from common import (ArgumentParser, NotText, VOCAB_FILE, UserError, at_least, atomic_write_text, check_output,
                     expand_pattern, first_line, fsync_replace, held_lock, holds_nul, json_kind, name_full_disk,
-                    nonempty, nonnegative_int, not_utf8, parts_text, path_arg, prepare_lock, progress_bar, read_items,
-                    read_meta, refuse_dataset_folder, remove_stale_tmp, run_main, stray_byte_fix, tmp_name,
-                    without_surrogates)
+                    nonempty, nonnegative_int, not_utf8, parts_text, path_arg, prepare_lock, progress_bar,
+                    python_command, read_items, read_meta, refuse_dataset_folder, remove_stale_tmp, run_main,
+                    stray_byte_fix, tmp_name, without_surrogates)
 from setup_tokenizer import (EOT, IM_END, IM_START, VocabSample, fewer_ids, get_tokenizer, model_context,
                              moved_vocabulary, read_text_chunks, say_training, tokenizer_hash, train_bpe, trained_on,
                              warn_short_vocabulary)
@@ -134,6 +135,20 @@ URLS = {"shakespeare": "https://raw.githubusercontent.com/karpathy/char-rnn/mast
 def suffix(path):
     """The file type: ".txt" of notes.TXT too (Windows and cameras write upper case)."""
     return os.path.splitext(path)[1].lower()
+
+
+def table_fix(path):
+    """The way out for a spreadsheet's export (.csv, .tsv), a common form of one's own chat data: a command that writes
+    its rows as JSON Lines records next to it (chats.csv.jsonl: no file of the user's replaced), by pandas, which
+    datasets brings. Its columns name the fields (prompt/completion, question/answer...). "" for another file type."""
+    sep = {".csv": "", ".tsv": ', sep="\\t"'}.get(suffix(path))
+    if sep is None:
+        return ""
+    # (the paths as JSON strings, Python's too: in double quotes, which the shell's single quotes keep as they are)
+    code = f'import pandas; pandas.read_csv({json.dumps(path)}{sep}).to_json({json.dumps(path + ".jsonl")}, ' \
+           f'orient="records", lines=True)'
+    return f"; a {suffix(path)} file's rows as JSON Lines records, its columns their fields: " \
+           f"`{python_command()} -c {shlex.quote(code)}`"
 
 
 class NoSource(UserError):
@@ -1159,7 +1174,7 @@ def find_source(dataset, source=None, extra=True, limit=None, left=None):
             elif not os.path.exists(path):
                 raise UserError(f"--source {path}: no such file or folder")
             elif suffix(path) not in SUFFIXES:
-                raise UserError(f"--source {path}: unsupported file type; use {', '.join(SUFFIXES)}")
+                raise UserError(f"--source {path}: unsupported file type; use {', '.join(SUFFIXES)}{table_fix(path)}")
             else:
                 files.append(path)
         # a file given twice (a file and its folder, overlapping folders, links) is read once: twice, its documents
