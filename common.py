@@ -286,14 +286,18 @@ def first_line(e, width=200):
 # -----------------------------------------------------------------------------
 # command-line arguments
 
-# nanoGPT's names for options named otherwise here, which no close spelling finds (--learning_rate for --lr) or finds
-# wrong (--eval_iters read as --eval_interval, --out_dir as --data_dir): typed by habit by its users. Each is guessed
-# as the first of these the script has (sample.py's --out_dir and --init_from name the model: gen.py's checkpoint), and
-# as nothing in a script that has none (serve.py's "--start: did you mean --port?")
+# Other tools' names for options named otherwise here, typed by habit by their users (nanoGPT's; Hugging Face's
+# Trainer and generate()'s), which no close spelling finds (--learning_rate for --lr) or finds wrong (--eval_iters read
+# as --eval_interval, --out_dir as --data_dir). Each is guessed as the first of these the script has (sample.py's
+# --out_dir and --init_from name the model: gen.py's checkpoint), and as nothing in a script that has none (serve.py's
+# "--start: did you mean --port?")
 # (--max_iters, --max_new_tokens, --temperature and --warmup_iters are close spellings of ours: not here)
-NANOGPT_OPTIONS = {"--learning_rate": ["--lr"], "--gradient_accumulation_steps": ["--grad_accum"],
-                   "--eval_iters": ["--eval_batches"], "--out_dir": ["--output_checkpoint", "--checkpoint"],
-                   "--init_from": ["--checkpoint"], "--start": ["--prompt"]}
+OTHER_TOOLS_OPTIONS = {"--learning_rate": ["--lr"], "--gradient_accumulation_steps": ["--grad_accum"],
+                       "--eval_iters": ["--eval_batches"], "--out_dir": ["--output_checkpoint", "--checkpoint"],
+                       "--init_from": ["--checkpoint"], "--start": ["--prompt"],
+                       "--per_device_train_batch_size": ["--batch_size"], "--output_dir": ["--output_checkpoint"],
+                       "--max_seq_length": ["--block_size"], "--model_name_or_path": ["--init_from", "--checkpoint"],
+                       "--num_return_sequences": ["--num_samples"]}
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -318,8 +322,8 @@ class ArgumentParser(argparse.ArgumentParser):
                     options += [o for sub in action.choices.values() for o in sub._option_string_actions]
             options = [o for o in options if o.startswith("--")]  # (-h is no guess for a long word: -hz, --hz)
             def guess(word):
-                if word in NANOGPT_OPTIONS:
-                    return [o for o in NANOGPT_OPTIONS[word] if o in options][:1]
+                if word in OTHER_TOOLS_OPTIONS:
+                    return [o for o in OTHER_TOOLS_OPTIONS[word] if o in options][:1]
                 return difflib.get_close_matches(word, options, n=1)
             # (once each: --temprature and --tempratur both meant --temp)
             close = [*dict.fromkeys(m for a in given for m in guess(a))]

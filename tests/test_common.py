@@ -200,6 +200,13 @@ def usage_error(script, message):
      "unrecognized arguments: --learning_rate=1e-3 --gradient_accumulation_steps=4 (did you mean --lr, --grad_accum?)"),
     ("train", ["--eval_iters=20", "--out_dir=out"],
      "unrecognized arguments: --eval_iters=20 --out_dir=out (did you mean --eval_batches, --output_checkpoint?)"),
+    # Hugging Face Trainer's and generate()'s, as many fine-tuning guides give them
+    ("train", ["--per_device_train_batch_size=4", "--max_seq_length=128", "--model_name_or_path=gpt2"],
+     "unrecognized arguments: --per_device_train_batch_size=4 --max_seq_length=128 --model_name_or_path=gpt2 (did "
+     "you mean --batch_size, --block_size, --init_from?)"),
+    ("gen", ["--model_name_or_path=m.pt", "--num_return_sequences=3"],
+     "unrecognized arguments: --model_name_or_path=m.pt --num_return_sequences=3 (did you mean --checkpoint, "
+     "--num_samples?)"),
     # sample.py's: its --out_dir and --init_from name the model, gen.py's checkpoint
     ("gen", ["--out_dir=out", "--start=ROMEO:"],
      "unrecognized arguments: --out_dir=out --start=ROMEO: (did you mean --checkpoint, --prompt?)"),
