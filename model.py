@@ -676,9 +676,14 @@ class GPT(nn.Module):
             # on. The row maxima catch it (nan propagates through amax; +inf, and a row all -inf, are no finite maximum
             # either) in one host sync a step, before any sampling; rows that have stopped no longer count
             peak = logits.amax(dim=-1)  # (B,)
-            if bool((~torch.isfinite(peak) & ~stopped).any()):
+            bad = ~torch.isfinite(peak)  # (B,)
+            if bool((bad & ~stopped).any()):
                 raise FloatingPointError(f"the model's scores for new token {step + 1} are not finite (nan or inf): "
                                          f"its activations overflow")
+            if stop is not None and idx.size(0) > 1:
+                # a stopped row is still sampled (its tokens are ignored): bad scores there are made flat, else they
+                # would fail torch.multinomial for the whole batch (one row alone returns when it stops)
+                logits = logits.masked_fill((bad & stopped)[:, None], 0.0)
             # the repetition penalty looks at the window the model sees: with slide, tokens slid out of it are no longer
             # "in the context" (as a long prompt's cropped start never was). It spares the stop tokens: a chat's history
             # holds an <|im_end|> for every turn, and penalized each time, a reply would grow less likely to end the

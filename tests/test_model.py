@@ -712,23 +712,27 @@ def test_scores_that_overflow_at_run_time_stop_generation_before_any_sampling(va
     for temperature, top_k, use_cache in ((0, None, True), (1.0, None, True), (1.0, 5, False), (0, None, False)):
         with pytest.raises(FloatingPointError, match=r"^the model's scores for new token 1 are not finite"):
             collect(model, tokens(2, 4), 5, temperature=temperature, top_k=top_k, use_cache=use_cache)
-    # a row that has hit its stop token no longer counts: the others go on (generate goes on computing every row)
-    model = tiny_model(variant)
-    stop, steps = 7, []
+    # a row that has hit its stop token no longer counts: the others go on (generate goes on computing every row), and
+    # sampling, which still draws for the stopped row, does not fail on its bad scores (gen.py --prompt_file's batches
+    # at the default --temp 0.8: torch.multinomial's error, a device-side assert on CUDA)
+    for sampling in (dict(temperature=0), dict(temperature=0.8), dict(top_k=5), dict(top_p=0.9)):
+        model = tiny_model(variant)
+        stop, steps = 7, []
 
-    def next_logits(idx, cache=None):
-        logits = GPT._next_logits(model, idx, cache)  # (2, V)
-        logits[:, stop] = float("-inf")
-        if not steps:
-            logits[1, stop] = 100.0  # row 1 stops at its first token
-        else:
-            logits[1] = float("nan")  # then its scores go bad
-        steps.append(1)
-        return logits
+        def next_logits(idx, cache=None):
+            logits = GPT._next_logits(model, idx, cache)  # (2, V)
+            logits[:, stop] = float("-inf")
+            if not steps:
+                logits[1, stop] = 100.0  # row 1 stops at its first token
+            else:
+                logits[1] = float("nan")  # then its scores go bad
+            steps.append(1)
+            return logits
 
-    model._next_logits = next_logits  # (the instance attribute shadows the method generate calls)
-    out = collect(model, tokens(2, 4), 6, temperature=0, stop_tokens=(stop,))
-    assert out.shape == (2, 6) and out[1, 0] == stop and int(out[0].eq(stop).sum()) == 0
+        model._next_logits = next_logits  # (the instance attribute shadows the method generate calls)
+        out = collect(model, tokens(2, 4), 6, stop_tokens=(stop,), generator=torch.Generator().manual_seed(0),
+                      **sampling)
+        assert out.shape == (2, 6) and out[1, 0] == stop and int(out[0].eq(stop).sum()) == 0, sampling
 
 
 def test_generate_streams_without_grad():
