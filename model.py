@@ -88,7 +88,7 @@ class GPTConfig:
 # name -> GPTConfig field overrides
 PRESETS = {
     # tiny is the CPU preset, and the modern variant learns faster there: 2-minute runs on TinyStories with a
-    # 4096-token vocabulary reach 1.05 val bits per byte against 1.24 for gpt2's (BENCHMARKS.md)
+    # 4096-token vocabulary reach 1.05 val bits per byte against 1.23 for gpt2's (BENCHMARKS.md)
     "tiny":     dict(n_layer=4,  n_embd=128, n_head=4,  block_size=256, variant="modern"),  # ~0.86M non-embedding, CPU demos
     "small":    dict(n_layer=6,  n_embd=384, n_head=6,  block_size=256),   # ~10.6M non-embedding, ~30M total
     "gpt2-75m": dict(n_layer=10, n_embd=640, n_head=10, block_size=1024),  # ~49M non-embedding, ~82M total
@@ -127,8 +127,9 @@ def physical_memory():
 # the blocks
 
 def apply_rope(x, cos, sin):
-    # x (B, nh, T, hs); cos, sin (T, hs/2). Rotates channel pairs (i, i + hs/2), the "rotate half" layout of
-    # GPT-NeoX / HF Llama, so q/k weights export without permutation. Done in fp32: the angles at large positions need it.
+    # x (..., T, hs): q and k stacked, (2, B, nh, T, hs); cos, sin (T, hs/2). Rotates channel pairs (i, i + hs/2), the
+    # "rotate half" layout of GPT-NeoX / HF Llama, so q/k weights export without permutation. Done in fp32: the angles
+    # at large positions need it.
     d = x.size(-1) // 2
     x1, x2 = x[..., :d].float(), x[..., d:].float()
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
@@ -582,8 +583,9 @@ class GPT(nn.Module):
         # copy of the head while generating, and making it 30-240 ms, hence kept between calls.
         # The key catches every change autograd sees. A fused optimizer step (configure_optimizer's AdamW) and edits
         # through .data bump no version counter, so 16 rows spread over the vocabulary are also compared, bit for bit
-        # (nan included), with what they were (a few us): an optimizer step moves them all, since every row of the
-        # head gets a gradient from the softmax. An edit through .data that misses those rows goes unseen.
+        # (nan included), with what they were (a few us): an optimizer step moves those of real ids (row 0 always is
+        # one), each of which gets a gradient from the softmax (padding rows get none). An edit through .data that
+        # misses those rows goes unseen.
         w = self.lm_head.weight.detach()
         key = (w.device, w.data_ptr(), w._version)
         probe = w[::max(1, w.size(0) // 16)].view(torch.uint8)  # (16ish, C * itemsize) view of the bits
