@@ -729,8 +729,7 @@ def run_prompt_file(session, prompts, seed):
     whole, when all are done) or stdout. Prompts of equal length are generated together, --batch_size at a time; each
     samples from its own generator started from seed (complete_batch says why)."""
     args, model, enc, max_tokens = session.args, session.model, session.enc, session.max_tokens
-    ids = [crop_prompt(model, encode_prompt(enc, p), max_tokens, what=f"prompt {i + 1}", slide=args.nonstop)
-           for i, p in enumerate(prompts)]
+    ids = [crop_prompt(model, encode_prompt(enc, p), max_tokens, what=f"prompt {i + 1}") for i, p in enumerate(prompts)]
     t0 = time.perf_counter()
     results = complete_batch(model, enc, ids, max_tokens, session.text_stops, batch_size=args.batch_size or 8,
                              seed=seed, **session.sampling)
