@@ -703,7 +703,7 @@ class GPT(nn.Module):
                 return  # the context is full
             if context.size(1) > block_size:
                 # learned absolute positions rule out a rolling cache: restart the window on the most recent
-                # block_size//2 tokens, which leaves room to generate another block_size//2 tokens before the next slide
+                # block_size//2 (keep) tokens: the next slide comes block_size - keep + 1 new tokens later
                 # (what slid out is dropped, not kept: a whole history, copied on every new token, would make --nonstop
                 # slower the longer it ran)
                 context = context[:, -keep:]
