@@ -1979,7 +1979,7 @@ def best_measured_otherwise(ckpt, ckpt_args, args, meta, was_eval, eval_windows,
     return None
 
 
-def resumed_progress(run, warmup_given, eval_given):
+def resumed_progress(run, warmup_given, eval_given, batch_given):
     """A continued run's Progress, val windows an evaluation takes and warmup: its checkpoint's, fitted to today's
     (run: a Run as plan_run has it, its batches and a new run's eval_windows and budget set)."""
     args, ckpt, ckpt_args, batches = run.args, run.ckpt, run.ckpt_args, run.batches
@@ -1995,6 +1995,11 @@ def resumed_progress(run, warmup_given, eval_given):
     was_batch, was_world, was = trained_batch(ckpt, ckpt_args, args, run.train_w)
     if was and was_world != run.dist.world and was != batches.windows_per_step:
         warn(other_global_batch(args, was, was_world, batches.windows_per_step, run.dist.world))
+    elif not batch_given and was_batch < args.batch_size == ckpt_args.get("batch_size"):
+        # its batch was cut to a small text (fitted_batch_size), and the data, prepared again, holds a whole one now
+        warn(f"the checkpoint's run trained in batches of {was_batch}, its batch of {args.batch_size} cut to its "
+             f"small train split; the split has {len(run.train_w):,} windows now: batches of {args.batch_size} "
+             f"(--batch_size {was_batch} keeps the checkpoint's)")
     # evaluations take the val windows the run took, whatever the batches: continued in other ones (--batch_size 8
     # --grad_accum 2 for 16, as the out-of-memory error advises, or on other ranks), eval_batches of the new size
     # would be another subset of the split, whose loss the best file and --patience would compare with the run's
@@ -2537,6 +2542,7 @@ def plan_run(run, options_given):
     args, ckpt, continuing, meta, dist = run.args, run.ckpt, run.continuing, run.meta, run.dist
     run.train_w = Windows(meta, "train", args.block_size)
     run.val_w = Windows(meta, "val", args.block_size)
+    run.batch_option = args.batch_size
     args.batch_size = fitted_batch_size(args, len(run.train_w), dist, "batch_size" in options_given, continuing)
     packing = packing_warning(meta, args.block_size, run.config.block_size)
     if packing:
@@ -2557,7 +2563,8 @@ def plan_run(run, options_given):
     run.p = Progress()
     if continuing:
         run.p, run.eval_windows, args.warmup = resumed_progress(run, "warmup" in options_given,
-                                                                "eval_batches" in options_given)
+                                                                "eval_batches" in options_given,
+                                                                "batch_size" in options_given)
     check_eval_targets(run.val_w, run.eval_windows)
     run.bpb_scale = bpb_scale(run.val_w, run.eval_windows, run.enc)
     return run_warmup
@@ -2595,6 +2602,10 @@ class Run:
     budget: float = None        # --time_budget in seconds, or None
     budget_warmup: float = None
     eval_windows: int = None    # val windows an evaluation takes
+    # --batch_size as given, inherited or the preset's, before fitted_batch_size cut it to a small text: what its
+    # checkpoints record, so that the run continued on the data prepared larger goes back to it, as its user left it
+    # (the batch it trained in is that cut to the data the checkpoint records: trained_batch)
+    batch_option: int = None
     bpb_scale: float = None     # its val loss -> bits per byte (bpb_scale), None where its targets hold no text
     p: Progress = None          # where the training stands
     model: GPT = None
@@ -2654,7 +2665,7 @@ class Run:
                             loss_since_record=self.tally.loss_since_record(),
                             order_scheme=self.order_scheme,
                             eval_windows=self.eval_windows,
-                            args=dict(vars(args), world_size=dist.world),
+                            args=dict(vars(args), world_size=dist.world, batch_size=self.batch_option),
                             best_val_loss=p.best_val_loss, best_at=p.best_at, evals_since_best=p.evals_since_best,
                             val_loss=self.last_val,
                             elapsed=p.elapsed + time.time() - self.t_run,

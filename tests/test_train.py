@@ -1127,9 +1127,9 @@ def test_bf16_asked_for_on_a_cpu_where_it_is_slower_is_warned_of(env, tmp_path, 
 
 def test_a_default_batch_larger_than_a_small_text_is_cut_to_it(env, tmp_path, capsys):
     """A small text of fewer windows than the preset's batch trains in batches of all its windows, with a warning,
-    as it did padded (an explicit --batch_size that large is refused: test_bad_options_are_user_errors). A checkpoint
-    that recorded the larger batch (trained padded, before) resumes on the same schedule as one that recorded the cut
-    (its warmup was rescaled as for another global batch)."""
+    as it did padded (an explicit --batch_size that large is refused: test_bad_options_are_user_errors). Its checkpoint
+    records the preset's batch, as one that trained padded did, and resumes on the same schedule as one that recorded
+    the cut (as checkpoints did before: its warmup was rescaled as for another global batch)."""
     docs = [d for d in story_text(20_000).split("\n") if d.strip()][:16]
     write_dataset(str(tmp_path), "few", env["enc"], env["tok"], docs, val_frac=0.4)
     n = len(train.Windows(train.load_meta(str(tmp_path), "few"), "train", 64))
@@ -1142,9 +1142,9 @@ def test_a_default_batch_larger_than_a_small_text_is_cut_to_it(env, tmp_path, ca
     assert f"the preset's batch of 16 is more than the {n} windows of 64 tokens in the train split: batches of {n}" \
         in capsys.readouterr().err
     ck = torch.load(summary["checkpoint"], weights_only=True)
-    assert ck["args"]["batch_size"] == n and ck["step"] == 2  # an epoch is one step
+    assert ck["args"]["batch_size"] == 16 and ck["step"] == 2  # an epoch is one step
     os.makedirs(tmp_path / "b")
-    ck["args"]["batch_size"] = 16
+    ck["args"]["batch_size"] = n
     torch.save(ck, tmp_path / "b" / "few.pt")
     ends = [train.train(train.parse_args(base + ["--checkpoint", str(tmp_path / d / "few.pt"), "--max_steps", "3"]))
             for d in "ab"]
@@ -1153,6 +1153,30 @@ def test_a_default_batch_larger_than_a_small_text_is_cut_to_it(env, tmp_path, ca
     assert lrs[0] == lrs[1] and [step for step, _ in lrs[0]] == [3, 4, 5]
     weights = [torch.load(e["checkpoint"], weights_only=True)["model"] for e in ends]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_a_batch_cut_to_a_small_text_is_not_inherited_by_the_run_continued_on_more_data(env, tmp_path, capsys):
+    """The preset's batch of 16, cut to the n windows of a small text, was recorded as the run's --batch_size: the
+    text prepared again larger, the run continued in batches of n, a batch its user never chose. It goes back to 16
+    now, and says that the checkpoint's run took n and which option keeps that."""
+    docs = [d for d in story_text(200_000).split("\n") if d.strip()]
+    write_dataset(str(tmp_path), "text", env["enc"], env["tok"], docs[:16], val_frac=0.4)
+    n = len(train.Windows(train.load_meta(str(tmp_path), "text"), "train", 64))
+    assert 1 < n < 16
+    base = ["--data_dir", str(tmp_path), "--device", "cpu", "--dtype", "float32", "--no-color", "--eval_interval", "0"]
+    first = train.train(train.parse_args(base + [
+        "--dataset", "text", "--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size", "64", "--model",
+        "small", "--epochs", "2", "--max_steps", "1", "--output_checkpoint", str(tmp_path / "m" / "{dataset}.pt")]))
+    write_dataset(str(tmp_path), "text", env["enc"], env["tok"], docs[:200], val_frac=0.1)
+    more = len(train.Windows(train.load_meta(str(tmp_path), "text"), "train", 64))
+    assert more > 16
+    capsys.readouterr()
+    end = train.train(train.parse_args(base + ["--checkpoint", first["checkpoint"], "--max_steps", "2"]))
+    out, err = capsys.readouterr()
+    assert f"the checkpoint's run trained in batches of {n}, its batch of 16 cut to its small train split; the split " \
+           f"has {more:,} windows now: batches of 16 (--batch_size {n} keeps the checkpoint's)" in err
+    assert "steps of 16x1x64" in out
+    assert torch.load(end["checkpoint"], weights_only=True)["args"]["batch_size"] == 16
 
 
 def test_a_batch_cut_by_data_rebuilt_smaller_rescales_the_inherited_warmup(env, tmp_path, capsys):
@@ -1177,12 +1201,12 @@ def test_a_batch_cut_by_data_rebuilt_smaller_rescales_the_inherited_warmup(env, 
                                                "--max_steps", "3"]))
     assert "the checkpoint's batch of 16 is more than" in capsys.readouterr().err
     ck = torch.load(end["checkpoint"], weights_only=True)
-    assert ck["args"]["batch_size"] == n
+    assert ck["args"]["batch_size"] == 16  # the run's batch still, cut to the text it trained on (trained_batch)
     assert ck["args"]["warmup"] == max(1, round(warmup * 16 / n)) != warmup
 
 
 def test_a_batch_cut_by_the_data_it_trained_on_counts_windows_of_the_block_it_trained_in(env, tmp_path):
-    """A checkpoint from before batches were cut recorded the preset's 16 for a text of fewer windows of 64; resumed
+    """A checkpoint records the preset's 16 for a text of fewer windows of 64 (as ones from before the cut did); resumed
     with --block_size 32, the same text has 16 or more windows, so today's batch is 16 and not cut. It trained in
     batches of its windows of 64, not of 32: the global batch grew, and the inherited warmup shrinks with it."""
     docs = [d for d in story_text(20_000).split("\n") if d.strip()]
@@ -1199,10 +1223,8 @@ def test_a_batch_cut_by_the_data_it_trained_on_counts_windows_of_the_block_it_tr
         "2", "--n_embd", "32", "--block_size", "64", "--model", "small", "--epochs", "6", "--max_steps", "1",
         "--warmup", "32"]))
     ck = torch.load(first["checkpoint"], weights_only=True)
-    assert ck["args"]["batch_size"] == n
-    ck["args"]["batch_size"] = 16  # as a checkpoint from before the cut recorded it
-    torch.save(ck, tmp_path / "old.pt")
-    end = train.train(train.parse_args(base + ["--checkpoint", str(tmp_path / "old.pt"), "--block_size", "32",
+    assert ck["args"]["batch_size"] == 16  # the preset's, cut to n (as checkpoints from before the cut recorded it)
+    end = train.train(train.parse_args(base + ["--checkpoint", first["checkpoint"], "--block_size", "32",
                                                "--max_steps", "2", "--output_checkpoint",
                                                str(tmp_path / "b" / "{dataset}.pt")]))
     ck = torch.load(end["checkpoint"], weights_only=True)
