@@ -2074,8 +2074,13 @@ def banner_lines(run):
                 f"with other masks, not bit for bit as on {was_world})" if other_masks else ""
         # at the epochs done, as the step lines count them ("epoch 0.15"), then the epoch in progress as its bar does
         done = resumed.epoch + resumed.windows / len(train_w)
+        # epochs of other steps (data prepared again, another batch) place the run where its windows done fall in
+        # them (resumed_progress): "step 95" after the 1 step of a small text's epoch was a puzzle, said as such
+        ckpt_step = run.ckpt["step"]
+        recounted = f" (the checkpoint's step {ckpt_step:,}, counted again in this run's epochs of {spe:,} steps)" \
+            if resumed.step != ckpt_step else ""
         lines.append(f"resume at epoch {done:.2f} (epoch {resumed.epoch + 1}, window {resumed.windows:,}/"
-                     f"{len(train_w):,}), step {resumed.step:,}{masks}")
+                     f"{len(train_w):,}), step {resumed.step:,}{recounted}{masks}")
         # a larger --epochs or --time_budget spreads the cosine over the new length from here on: the lr goes back up
         # (from the end of the decay, for a run that had ended), which its first log line would show unexplained. (On a
         # budget, before the run's final evaluation has a cost to hold back: the first step's lr, near enough)

@@ -1176,6 +1176,9 @@ def test_a_batch_cut_to_a_small_text_is_not_inherited_by_the_run_continued_on_mo
     assert f"the checkpoint's run trained in batches of {n}, its batch of 16 cut to its small train split; the split " \
            f"has {more:,} windows now: batches of 16 (--batch_size {n} keeps the checkpoint's)" in err
     assert "steps of 16x1x64" in out
+    # its epoch done is the first of today's epochs: the step the lr goes on from, said as such, not a puzzle
+    spe = math.ceil(more / 16)
+    assert f"step {spe} (the checkpoint's step 1, counted again in this run's epochs of {spe} steps)" in out
     assert torch.load(end["checkpoint"], weights_only=True)["args"]["batch_size"] == 16
 
 
