@@ -28,6 +28,7 @@ import argparse
 import contextlib
 import importlib
 import json
+import math
 import os
 import random
 import re
@@ -470,11 +471,16 @@ def top_k_arg(s):
     return v or None
 
 
-def temperature(s):
-    v = number(s, float)
-    if not 0 <= v < float("inf"):  # nan too; inf would go into serve.py's and eval.py's JSON, which no parser reads
-        raise argparse.ArgumentTypeError(f"must be a number >= 0 (0 = greedy), got {s}")
-    return v
+def temperature_arg(most=math.inf):
+    """An argparse type: a temperature from 0 to most (serve.py's: the range its requests take)."""
+    def parse(s):
+        v = number(s, float)
+        if not 0 <= v < float("inf"):  # nan too; inf would go into serve.py's and eval.py's JSON, which no parser reads
+            raise argparse.ArgumentTypeError(f"must be a number >= 0 (0 = greedy), got {s}")
+        if v > most:
+            raise argparse.ArgumentTypeError(f"must be a number from 0 to {most:g} (0 = greedy), got {s}")
+        return v
+    return parse
 
 
 def probability(s):
@@ -505,10 +511,11 @@ def penalty(s):
     return v
 
 
-def add_sampling_arguments(p, when=""):
+def add_sampling_arguments(p, when="", max_temp=math.inf):
     """--temp, --top_k, --top_p and --repetition_penalty: one definition for gen.py, eval.py and serve.py. when:
-    serve.py's " when a request gives none"."""
-    p.add_argument("--temp", type=temperature, default=0.8, help=f"sampling temperature{when}, 0 = greedy (default 0.8)")
+    serve.py's " when a request gives none"; max_temp: the largest --temp (serve.py's: a request's)."""
+    p.add_argument("--temp", type=temperature_arg(max_temp), default=0.8,
+                   help=f"sampling temperature{when}, 0 = greedy (default 0.8)")
     p.add_argument("--top_k", type=top_k_arg, default=200, help=f"sample among the k most likely tokens{when}, 0 = no "
                                                                  f"limit (default 200)")
     p.add_argument("--top_p", type=probability, default=None, help=f"nucleus sampling{when}: the smallest set of tokens "

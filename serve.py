@@ -76,6 +76,8 @@ DRAIN, DRAIN_WAIT = 64 << 20, 10  # bytes and seconds of a refused, unread body 
 HEAD, HEAD_WAIT = 16 << 10, 1  # bytes and seconds of a turned-away request's head read for its Origin (turn_away)
 HEAD_END = re.compile(rb"\n\r?\n")  # the empty line that ends a request's head, its lines ended by CRLF or LF (request_head)
 MAX_STOP = 4            # stop strings per request, as OpenAI allows
+MAX_TEMPERATURE = 2     # a request's temperature is 0 to this, as OpenAI's; so is --temp, the default of those that
+                        # give none
 POLL = 0.2              # seconds between checks that a waiting client is still connected
 ANSWER_WAIT = 5         # seconds a stopping server gives the requests it holds to send their answers
 AT_LIMIT_LOG = 60       # seconds between the log's lines on connections past --max_connections (note_at_limit)
@@ -293,7 +295,8 @@ def job_from_request(body, kind, api):
     if not isinstance(include_usage, bool):
         raise ApiError(400, "stream_options.include_usage must be true or false", param="stream_options.include_usage",
                        code="invalid_type")
-    temp = get(req, "temperature", "number", lambda v: 0 <= v <= 2, "a number from 0 to 2")
+    temp = get(req, "temperature", "number", lambda v: 0 <= v <= MAX_TEMPERATURE,
+               f"a number from 0 to {MAX_TEMPERATURE}")
     top_p = get(req, "top_p", "number", lambda v: 0 <= v <= 1, "a number from 0 to 1")
     top_k = get(req, "top_k", "int", lambda v: v >= 0, "an integer >= 1 (0 or null: no limit)")
     seed = get(req, "seed", "int", lambda v: -2**63 <= v < 2**64, "a 64-bit integer")
@@ -1509,7 +1512,7 @@ def parse_args(argv=None):
                    help="on a loopback --host, answer requests for these names too (comma-separated, or * for any): "
                         "behind a proxy that passes on its own name (default: localhost and loopback addresses only, "
                         "against DNS rebinding)")
-    add_sampling_arguments(p, " when a request gives none")
+    add_sampling_arguments(p, " when a request gives none", max_temp=MAX_TEMPERATURE)
     p.add_argument("--max_tokens", type=at_least(1), default=256,
                    help="new tokens when a request gives no max_tokens (default 256; for a chat at most half the "
                         "context, so the history keeps the rest, else cut to what the prompt leaves)")

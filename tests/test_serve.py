@@ -2214,6 +2214,14 @@ def test_command_line_errors(ckpt, enc, tmp_path, capsys, monkeypatch):
         last = capsys.readouterr().err.splitlines()[-1]
         assert e.value.code == 2 and "error: argument --port: must be 0-65535 (0 picks any free port)" in last, last
     assert serve.parse_args([ckpt, "--port", "0"]).port == 0 and serve.parse_args([ckpt, "--port", "65535"]).port == 65535
+    # --temp, the default of the requests that give no temperature, is in their range, OpenAI's 0-2: a --temp 3 was
+    # served to them where none of them could ask for it
+    with pytest.raises(SystemExit) as e:
+        serve.parse_args([ckpt, "--temp", "3"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and \
+        "error: argument --temp: must be a number from 0 to 2 (0 = greedy), got 3" in err, err
+    assert serve.parse_args([ckpt, "--temp", "2"]).temp == 2.0
     # --top_k 0 is no limit, as a request's top_k of 0 is (and gen.py's --top_k 0), not an error
     assert serve.parse_args([ckpt, "--top_k", "0"]).top_k is None
     with pytest.raises(SystemExit):
