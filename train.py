@@ -2263,8 +2263,9 @@ def training_dtype(device, name):
     return dtype
 
 
-def fitted_batch_size(args, n_windows, dist, batch_given, continuing):
-    """--batch_size, cut to the n_windows of the train split a process gets; refused where the user gave it."""
+def fitted_batch_size(args, n_windows, dist, batch_given, continuing, was=None):
+    """--batch_size, cut to the n_windows of the train split a process gets; refused where the user gave it. was: the
+    batch a continued run's checkpoint trained in (trained_batch), the cut said when it was made, not at each resume."""
     per_rank = math.ceil(n_windows / dist.world)
     if args.batch_size <= per_rank:
         return args.batch_size
@@ -2273,7 +2274,7 @@ def fitted_batch_size(args, n_windows, dist, batch_given, continuing):
             f"split" + (f" ({per_rank:,} a process)" if dist.world > 1 else ""))
     if batch_given:
         raise UserError(f"--batch_size {more}: use --batch_size {per_rank} or less, or prepare more text")
-    if dist.main:  # a preset's or the checkpoint's batch on a small text: the same steps, without the padding
+    if dist.main and per_rank != was:  # a preset's or the checkpoint's batch on a small text: the same steps, unpadded
         warn(f"the {'checkpoint' if continuing else 'preset'}'s batch of {more}: batches of {per_rank}")
     return per_rank
 
@@ -2548,7 +2549,8 @@ def plan_run(run, options_given):
     run.train_w = Windows(meta, "train", args.block_size)
     run.val_w = Windows(meta, "val", args.block_size)
     run.batch_option = args.batch_size
-    args.batch_size = fitted_batch_size(args, len(run.train_w), dist, "batch_size" in options_given, continuing)
+    was = trained_batch(ckpt, run.ckpt_args, args, run.train_w)[0] if continuing else None
+    args.batch_size = fitted_batch_size(args, len(run.train_w), dist, "batch_size" in options_given, continuing, was)
     packing = packing_warning(meta, args.block_size, run.config.block_size)
     if packing:
         warn(packing)
