@@ -1,7 +1,9 @@
 """
 train.py under torchrun (DDP) on the CPU with gloo, 2 processes: the same loss curve as one process with the same
 global batch, checkpoints that resume on another number of ranks at the same point of the epoch, and clean stops on
-Ctrl-C and on another rank's death. Each run is a real `python -m torch.distributed.run` of train.py.
+Ctrl-C and on another rank's death. A run is a real `python -m torch.distributed.run` of train.py where torchrun's part
+is checked (its rendezvous, its signals, its stopping the other ranks); elsewhere the ranks are started as torchrun
+starts them, without its process (see ranks).
 """
 import contextlib
 import errno
@@ -13,6 +15,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import types
 
@@ -101,6 +104,57 @@ def rendezvous():
     return "--nnodes=2", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{free_port()}", "--rdzv_id=test"
 
 
+def ranks(argvs, machines=False, script=None, timeout=240, grace=10):
+    """train.py (or script, with argvs as its whole arguments) in one process a rank, argvs[rank] each, started as
+    torchrun starts its ranks, by the variables init_process_group and the scripts read, without torchrun's own process:
+    for the tests where nothing checked is torchrun's (it costs as much CPU as a rank, importing torch). machines: one
+    rank a machine (LOCAL_RANK 0 each, as under two torchrun agents), else the ranks of one machine. Each rank's
+    (returncode, stdout, stderr) once all ended, the returncode None where it was killed, still running timeout seconds
+    on, or grace seconds after another rank failed (torchrun ends the others at once: they would wait for it until
+    --dist_timeout)."""
+    port, world = str(free_port()), len(argvs)
+    with tempfile.TemporaryDirectory() as logs:
+        procs = []
+        try:
+            for rank, argv in enumerate(argvs):
+                local = (0, 1) if machines else (rank, world)
+                env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
+                       "WORLD_SIZE": str(world), "RANK": str(rank), "LOCAL_RANK": str(local[0]),
+                       "LOCAL_WORLD_SIZE": str(local[1])}
+                cmd = [sys.executable, str(script), *map(str, argv)] if script else \
+                    [sys.executable, os.path.join(ROOT, "train.py"), "--no-color", "--device", "cpu", *map(str, argv)]
+                with open(os.path.join(logs, f"{rank}.out"), "w") as out, \
+                        open(os.path.join(logs, f"{rank}.err"), "w") as err:
+                    procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                                  stderr=err, start_new_session=True))
+            deadline = time.time() + timeout
+            while any(proc.poll() is None for proc in procs) and time.time() < deadline:
+                if any(proc.returncode for proc in procs):  # one failed
+                    deadline = min(deadline, time.time() + grace)
+                time.sleep(0.1)
+        finally:
+            codes = [proc.poll() for proc in procs]
+            for proc in procs:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        return [(code, *(read(os.path.join(logs, f"{rank}.{s}")) for s in ("out", "err")))
+                for rank, code in enumerate(codes)]
+
+
+def read(path):
+    with open(path) as f:
+        return f.read()
+
+
+def ranks_ok(argv, nproc=2):
+    """One machine's nproc ranks of train.py with argv (see ranks), which must all succeed: (stdout, stderr), each
+    the ranks' joined."""
+    done = ranks([argv] * nproc)
+    assert [code for code, _, _ in done] == [0] * nproc, [(out[-2000:], err[-3000:]) for _, out, err in done]
+    return "".join(out for _, out, _ in done), "".join(err for _, _, err in done)
+
+
 def test_two_ranks_follow_one_process_with_the_same_global_batch(runs):
     one, two = losses(runs["one"]["metrics"]), losses(os.path.join(runs["out"], "two", "story_metrics.jsonl"))
     assert sorted(two) == list(range(1, STEPS + 1))
@@ -141,7 +195,7 @@ def test_a_two_rank_checkpoint_resumes_in_one_process(env, runs, tmp_path, capsy
 
 def test_a_one_process_checkpoint_resumes_on_two_ranks(env, runs, tmp_path):
     out = tmp_path / "resumed2"
-    torchrun(["--checkpoint", runs["half"]["checkpoint"], "--batch_size", "4", "--max_steps", STEPS,
+    ranks_ok(["--checkpoint", runs["half"]["checkpoint"], "--batch_size", "4", "--max_steps", STEPS,
               "--output_checkpoint", out / "{dataset}.pt"])
     one, resumed = losses(runs["one"]["metrics"]), losses(out / "story_metrics.jsonl")
     assert_same_curve(resumed, one, range(STEPS + 1, 2 * STEPS + 1))
@@ -153,17 +207,17 @@ def test_a_two_rank_run_with_dropout_resumes_exactly(env, tmp_path, capsys):
     must draw the same masks after a resume by construction: 2 epochs in one go equal the first epoch's checkpoint
     continued for the second, bit for bit."""
     whole = tmp_path / "whole"
-    torchrun(["--data_dir", env["data"], "--dataset", "mini", "--batch_size", "4", *MODEL, "--dropout", "0.1",
+    ranks_ok(["--data_dir", env["data"], "--dataset", "mini", "--batch_size", "4", *MODEL, "--dropout", "0.1",
               "--eval_interval", "0", "--epochs", "2", "--output_checkpoint", whole / "{dataset}_{epoch}.pt"])
-    r = torchrun(["--checkpoint", whole / "mini_1.pt", "--output_checkpoint",
-                  tmp_path / "resumed" / "{dataset}_{epoch}.pt"])
+    stdout, _ = ranks_ok(["--checkpoint", whole / "mini_1.pt", "--output_checkpoint",
+                          tmp_path / "resumed" / "{dataset}_{epoch}.pt"])
     a, b = losses(whole / "mini_metrics.jsonl"), losses(tmp_path / "resumed" / "mini_metrics.jsonl")
     assert len(b) > 3 and set(b) < set(a)
     assert all(b[s] == a[s] for s in b), assert_same_curve(b, a, sorted(b))  # bit for bit, else show the curves
     ck_a, ck_b = load_checkpoint(str(whole / "mini_2.pt")), load_checkpoint(str(tmp_path / "resumed" / "mini_2.pt"))
     assert ck_a["step"] == ck_b["step"] and all(torch.equal(ck_a["model"][k], ck_b["model"][k]) for k in ck_a["model"])
     # on another number of processes the masks are others: said where the resume is, as the one thing not exact
-    assert "dropout: the run drew" not in r.stdout
+    assert "dropout: the run drew" not in stdout
     train.train(train.parse_args(["--checkpoint", str(whole / "mini_1.pt"), "--batch_size", "8", "--max_steps", "1",
                                   "--output_checkpoint", str(tmp_path / "one" / "{dataset}_{epoch}.pt"), "--no-color"]))
     assert ("(dropout: the run drew its masks in 2 process(es), this one in 1, so it goes on with other masks, "
@@ -217,10 +271,10 @@ def test_overwriting_the_best_file_drops_its_bar_on_every_rank(env, runs, tmp_pa
     shutil.copytree(os.path.dirname(runs["half"]["checkpoint"]), tmp_path / "half")
     ck = tmp_path / "half" / os.path.basename(runs["half"]["checkpoint"])
     step = 100 / runs["spe"]  # one step, in % of an epoch
-    r = torchrun(["--checkpoint", ck, "--reset_epoch", "--overwrite", "--batch_size", "4", "--lr", "1e-12",
-                  "--min_lr", "1e-13", "--max_steps", "12", "--save_interval", step, "--eval_interval", 3 * step,
-                  "--patience", "1"])
-    assert "stopping early" in r.stdout + r.stderr and (tmp_path / "half" / "story_best.pt").exists()
+    stdout, stderr = ranks_ok(["--checkpoint", ck, "--reset_epoch", "--overwrite", "--batch_size", "4", "--lr",
+                               "1e-12", "--min_lr", "1e-13", "--max_steps", "12", "--save_interval", step,
+                               "--eval_interval", 3 * step, "--patience", "1"])
+    assert "stopping early" in stdout + stderr and (tmp_path / "half" / "story_best.pt").exists()
 
 
 def test_another_global_batch_keeps_the_place_in_the_schedule(env, runs, tmp_path, capsys):
@@ -243,9 +297,9 @@ def test_a_time_budget_ends_every_rank_at_the_same_step(env, tmp_path):
     the same on both, so the run ends together (a rank that went on alone would hang in its next all-reduce)."""
     out = tmp_path / "budget"
     budget = 4.8  # seconds: 7 epochs of mini on a busy 1-core machine, where the test asks for more than 1
-    r = torchrun(["--data_dir", env["data"], "--dataset", "mini", "--output_checkpoint", out / "{dataset}.pt",
-                  "--batch_size", "4", "--time_budget", budget / 60, *MODEL])
-    assert r.stdout.count("time budget: ") == 1, r.stdout[-2000:]
+    stdout, _ = ranks_ok(["--data_dir", env["data"], "--dataset", "mini", "--output_checkpoint", out / "{dataset}.pt",
+                          "--batch_size", "4", "--time_budget", budget / 60, *MODEL])
+    assert stdout.count("time budget: ") == 1, stdout[-2000:]
     ck = load_checkpoint(str(out / "mini.pt"))
     recs = read_metrics(out / "mini_metrics.jsonl")
     assert ck["step"] == recs[-1]["step"] and recs[-1]["val_loss"] is not None  # evaluated when the budget ended
@@ -254,21 +308,15 @@ def test_a_time_budget_ends_every_rank_at_the_same_step(env, tmp_path):
 
 
 def two_machines(argvs):
-    """Two torchrun agents, one process each, that meet at a rendezvous endpoint as on two machines, each with its
-    own argv: their stderr, once both ended (60 s at most: they were killed, and the test failed)."""
-    launch = rendezvous()
-    nodes = [torchrun(argv, nproc=1, launch=launch, stdin=subprocess.DEVNULL, start_new_session=True)
-             for argv in argvs]
-    try:
-        logs = [node.communicate(timeout=60)[1] for node in nodes]
-    except subprocess.TimeoutExpired:
-        pytest.fail("a machine's ranks waited for the other's, which had ended")
-    finally:
-        for node in nodes:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(node.pid, signal.SIGKILL)
-    assert [node.returncode for node in nodes] == [1, 1], logs
-    assert not [log for log in logs if "]: Traceback" in log], logs  # no rank's ("[rank0]: ..."); torchrun's stays
+    """Two ranks, one a machine as under two torchrun agents, each with its own argv (see ranks; the rendezvous of
+    torchrun's agents is the runs fixture's): their stderr, once both ended (60 s at most: they were killed, and the
+    test failed)."""
+    done = ranks(argvs, machines=True, timeout=60, grace=60)
+    codes, logs = [code for code, _, _ in done], [err for _, _, err in done]
+    if None in codes:
+        pytest.fail(f"a machine's ranks waited for the other's, which had ended: {logs}")
+    assert codes == [1, 1], logs
+    assert not [log for log in logs if "Traceback" in log], logs
     return logs
 
 
@@ -788,23 +836,13 @@ dist.destroy_process_group()
 
 
 def test_ranks_share_muons_orthogonalization(tmp_path):
-    # each of 2 ranks orthogonalizes part of a stack (3 and 5 matrices: one rank also does zeros) and gets the whole.
-    # The 2 processes are started as torchrun starts its ranks, by the variables init_process_group reads, without
-    # torchrun's own process (nothing here is torchrun's; that one costs as much CPU as a rank, importing torch)
+    # each of 2 ranks orthogonalizes part of a stack (3 and 5 matrices: one rank also does zeros) and gets the whole
+    # (2 processes started as torchrun starts its ranks: see ranks)
     script = tmp_path / "shared_ns.py"
     script.write_text(SHARED_NS)
-    port = str(free_port())
-    ranks = [subprocess.Popen([sys.executable, str(script), ROOT], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env={**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
-                                              "MASTER_PORT": port, "WORLD_SIZE": "2", "RANK": str(rank),
-                                              "LOCAL_RANK": str(rank)}) for rank in range(2)]
-    try:
-        logs = [rank.communicate(timeout=120) for rank in ranks]
-    finally:
-        for rank in ranks:
-            rank.kill()
-    assert [rank.returncode for rank in ranks] == [0, 0], logs
-    assert [out for out, _ in logs] == ["ok0\n", "ok1\n"], logs
+    done = ranks([[ROOT]] * 2, script=script, timeout=120)
+    assert [code for code, _, _ in done] == [0, 0], done
+    assert [out for _, out, _ in done] == ["ok0\n", "ok1\n"], done
 
 
 def test_a_continued_run_that_loses_a_rank_before_saving_names_the_checkpoint_it_continued(tmp_path):
