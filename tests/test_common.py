@@ -190,10 +190,17 @@ def usage_error(script, message):
     # a long option after one dash, as other tools spell them, is guessed too: argparse said no more than its name
     ("gen", ["x.pt", "-temp", "0.5"], "unrecognized arguments: -temp 0.5 (did you mean --temp?)"),
     ("train", ["-max-steps=3"], "unrecognized arguments: -max-steps=3 (did you mean --max_steps?)"),
+    # (and as that option, where it is another tool's name: left with one dash, no close spelling found it)
+    ("train", ["-learning_rate=1e-3"], "unrecognized arguments: -learning_rate=1e-3 (did you mean --lr?)"),
     # one starting with h is read as -h given the rest (ignored): the word typed is guessed from
     ("serve", ["x.pt", "-host", "0.0.0.0"], "argument -h/--help: ignored explicit argument 'ost' (did you mean --host?)"),
+    # and is no switch given a value ("-h is a switch: ...") where nothing is guessed
+    ("gen", ["x.pt", "-hzzzzz"], "argument -h/--help: ignored explicit argument 'zzzzz'"),
+    # -h is no guess for a long word (--hz was nearer -h than --host)
+    ("serve", ["x.pt", "--hz"], "unrecognized arguments: --hz (did you mean --host?)"),
     # a single letter, or a number (a value), is no long option: no guess
     ("gen", ["x.pt", "-t", "-1"], "unrecognized arguments: -t -1"),
+    ("train", ["-l"], "unrecognized arguments: -l"),  # (not --lr, as near as a close spelling)
     # nanoGPT's names, typed by habit, are ours where no close spelling finds them (nothing was guessed) or finds
     # another (--eval_iters is val batches, not --eval_interval; --out_dir was read as --data_dir)
     ("train", ["--learning_rate=1e-3", "--gradient_accumulation_steps=4"],
@@ -210,6 +217,7 @@ def usage_error(script, message):
     # sample.py's: its --out_dir and --init_from name the model, gen.py's checkpoint
     ("gen", ["--out_dir=out", "--start=ROMEO:"],
      "unrecognized arguments: --out_dir=out --start=ROMEO: (did you mean --checkpoint, --prompt?)"),
+    ("gen", ["--init_from=gpt2"], "unrecognized arguments: --init_from=gpt2 (did you mean --checkpoint?)"),
     # and where the script has none of them, nothing: not the option its spelling is nearest ("did you mean --port?")
     ("serve", ["x.pt", "--start=Hi", "--eval_iters=2"], "unrecognized arguments: --start=Hi --eval_iters=2")])
 def test_a_misspelt_option_is_one_line_naming_the_closest(script, given, said, capsys):
