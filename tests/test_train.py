@@ -319,7 +319,22 @@ def test_max_steps_past_the_epochs_says_the_run_ends_at_them(env, tmp_path, caps
     said = re.search(r"^--max_steps 100,000 is past the end of 1 epoch\(s\), (\d+) steps away: the run ends there "
                      r"\(--epochs sets its length\)$", capsys.readouterr().out, re.M)
     assert said and int(said[1]) == r["steps"], said
-    train.train(args_for(env, tmp_path / "b", "--dataset", "mini", "--max_steps", 1))
+    # one that ends the run on its last step: no line
+    train.train(args_for(env, tmp_path / "b", "--dataset", "mini", "--max_steps", r["steps"], "--eval_interval", 0))
+    assert "is past the end" not in capsys.readouterr().out
+    # a continued run's --max_steps counts from where it resumes (the steps away are those left of its epochs)
+    part = train.train(args_for(env, tmp_path / "c", "--dataset", "mini", "--max_steps", 2, "--eval_interval", 0))
+    capsys.readouterr()
+    train.train(args_for(env, tmp_path / "d", "--checkpoint", part["checkpoint"], "--max_steps", r["steps"] - 1,
+                         fresh=False))
+    assert f"--max_steps {r['steps'] - 1} is past the end of 1 epoch(s), {r['steps'] - 2} steps away" \
+        in capsys.readouterr().out
+    train.train(args_for(env, tmp_path / "c", "--checkpoint", part["checkpoint"], "--max_steps", r["steps"] - 2,
+                         fresh=False))
+    assert "is past the end" not in capsys.readouterr().out
+    # a --time_budget sets the length (with --epochs too, which may end it first): no line about the epochs' steps
+    train.train(args_for(env, tmp_path / "e", "--dataset", "mini", "--max_steps", 100_000, "--time_budget", 0.01,
+                         "--epochs", 1))
     assert "is past the end" not in capsys.readouterr().out
 
 
@@ -3055,6 +3070,12 @@ def test_output_checkpoint_folders(env, tmp_path):
         train.train(args_for(env, tmp_path, "--dataset", "mini", "--max_steps", "1", "--overwrite",
                              "--output_checkpoint", notes))
     assert notes.read_text() == '{"text": "mine"}\n'
+    # an empty file loses nothing: the run writes there (`touch` made the name, or an earlier write stopped at 0 bytes)
+    empty = tmp_path / "empty.pt"
+    empty.touch()
+    train.train(args_for(env, tmp_path, "--dataset", "mini", "--max_steps", "1", "--overwrite", "--output_checkpoint",
+                         empty))
+    assert load_checkpoint(str(empty))["step"] == 1
     # braces in a folder the run did not name (a checkpoint's, continued next to it) are no typo of a placeholder
     (tmp_path / "{exp1}").mkdir()
     shutil.copy(s["checkpoint"], tmp_path / "{exp1}" / "ck.pt")
