@@ -966,6 +966,12 @@ def test_gpt2_by_name_as_nanogpt_takes_it_names_the_download(tmp_path, monkeypat
     assert line == "error: --init_from gpt2-xl not found" + download, line
     line = one_error_line(*run_cli(gen.main, ["gpt2-xl", "--prompt", "x", *CPU], capsys)[::2])
     assert line == "error: checkpoint gpt2-xl not found" + download, line
+    # GPT-2's name only: a checkpoint named after it is no download (nor a folder of that name there, not "not found")
+    line = one_error_line(*run_cli(gen.main, ["gpt2-xl.pt", "--prompt", "x", *CPU], capsys)[::2])
+    assert line.startswith("error: checkpoint gpt2-xl.pt not found") and "download" not in line, line
+    (tmp_path / "gpt2").mkdir()
+    line = one_error_line(*run_cli(train.main, ["--init_from", "gpt2", "--data_dir", str(tmp_path), *CPU], capsys)[::2])
+    assert line.startswith("error: --init_from gpt2 is a folder without config.json"), line
 
 
 def test_nearest_preset_gives_gpt2_its_learning_rate():
