@@ -500,6 +500,12 @@ def test_non_utf8_and_bad_input(tmp_path):
     subprocess.run(str(e.value).split("`")[1], shell=True, check=True)
     assert [json.loads(line) for line in open(table + ".jsonl")] == [{"prompt": "Hi", "completion": "Hello"},
                                                                      {"prompt": "Bye", "completion": "See you"}]
+    # a .tsv's (tab-separated, its name in any case, its path holding a quote the shell keeps)
+    table = write(tmp_path / "it's chats.TSV", "prompt\tcompletion\nHi\tHello, you\n")
+    with pytest.raises(UserError, match=r"unsupported file type; .*; a \.tsv file's rows as JSON Lines records") as e:
+        prepare.prepare("chat", source=table, out_dir=out)
+    subprocess.run(str(e.value).split("`")[1], shell=True, check=True)
+    assert [json.loads(line) for line in open(table + ".jsonl")] == [{"prompt": "Hi", "completion": "Hello, you"}]
     # malformed turns say what a turn looks like (it was Python's words: "string indices must be integers")
     for i, (record, shape) in enumerate(((({"messages": ["hi"]}), '`messages` must be a list of turns like {"role": '
                                                                    '"user", "content": "Hi!"}'),
@@ -558,6 +564,10 @@ def test_non_utf8_and_bad_input(tmp_path):
                                         r'list of records: give that list as the file \(a \.json array\), or one '
                                         r'record a line \(JSON Lines\)$'):
         prepare.prepare("chat", source=write(tmp_path / "wrapped.json", json.dumps({"version": 1, "data": records})),
+                        out_dir=out)
+    # a list of other objects in it is no list of records: no such hint
+    with pytest.raises(UserError, match=r"tagged.json record 1: no messages, .* or text field$"):
+        prepare.prepare("chat", source=write(tmp_path / "tagged.json", json.dumps([{"tags": [{"id": 1}]}])),
                         out_dir=out)
     with pytest.raises(UserError, match=r"odd.jsonl line 1: unknown role 'robot'"):
         prepare.prepare("chat", source=write(tmp_path / "odd.jsonl", json.dumps({"messages": [{"role": "robot", "content": "x"}]})), out_dir=out)
@@ -2045,6 +2055,9 @@ def test_packing_keeps_conversations_inside_blocks(tmp_path, enc, capsys):
                         "    1 of them cut inside an exchange longer than a block: a reply there trains without all of "
                         "its question"]
     assert max(map(len, said)) <= 120
+    # a count of none is no line ("0 of them ending in turns that train nothing")
+    tails = meta["splits"]["train"]["untrained_tails"] + meta["splits"]["val"]["untrained_tails"]
+    assert tails == 0 and "ending in turns" not in out
 
 
 def test_packing_random_conversations_at_random_block_sizes(tmp_path, enc):
@@ -2144,6 +2157,11 @@ def test_a_conversation_in_pieces_leaves_out_a_tail_that_trains_nothing(tmp_path
     assert (split["documents"], split["in_pieces"], split["untrained_tails"], split["cut_exchanges"]) == (3, 2, 2, 0)
     assert "\n  2 conversations longer than a block in pieces\n    2 of them ending in turns that train nothing, " \
            "left out: a question with no reply, replies of weight 0 or empty\n" in capsys.readouterr().out
+    # conversations that all fit a block: the packing line alone ("0 conversations longer than a block" is no line)
+    prepare.prepare("chat", source=write(tmp_path / "fit.jsonl", json.dumps({"messages": short})),
+                    out_dir=str(tmp_path / "data"), name="fit", pack=B, val_fraction=0)
+    out = capsys.readouterr().out
+    assert "packed in blocks" in out and "longer than a block" not in out and "of them" not in out
     # the bare packer, as the fuzz found it: a piece of the question and its reply, none of the question alone
     packer = prepare.Packer(None, B, enc, None)
     conv_ids, conv_mask = render_chat(enc, convs[0])
