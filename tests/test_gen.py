@@ -606,7 +606,11 @@ def test_bad_input_errors(ckpt, tmp_path, capsys, monkeypatch):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("Once\n")
     for argv, named in (([ckpt, "--prompt", "x", "--batch_size", "4"], "--batch_size is for --prompt_file"),
-                        ([ckpt, "--prompt_file", str(prompts), "--num_samples", "3"], "--num_samples is for --prompt"),
+                        ([ckpt, "--prompt_file", str(prompts), "--num_samples", "3"], "--num_samples is for --prompt "
+                         "without --chat, or an unconditional run: a --prompt_file gives one completion per line (a "
+                         "repeated line the same one); run it again with another --seed for more"),
+                        ([ckpt, "--interactive", "--num_samples", "2"], "--num_samples is for --prompt without --chat, "
+                         "or an unconditional run: --interactive gives one completion per line; run it again"),
                         # (it said "is for --prompt" to a run that gave one)
                         ([ckpt, "--chat", "--prompt", "hi", "--num_samples", "2"], "--num_samples is for --prompt "
                          "without --chat, or an unconditional run: --chat gives one reply per message; run it again "
