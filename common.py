@@ -745,6 +745,9 @@ def check_output(path, option, folder=False, inputs=(), checkpoint=False, vocabu
     # suggested --overwrite, which replaced it with a checkpoint. An empty file loses nothing
     if checkpoint and not kept and os.path.isfile(path) and os.path.getsize(path):
         raise UserError(f"{option} {path} is not a checkpoint: the result would replace it; give another {option}")
+    # so for a vocabulary's (setup_tokenizer.py --out notes.txt, a text meant as one more --input, was replaced)
+    if vocabulary and not kept and os.path.isfile(path) and os.path.getsize(path) and not starts_as_vocabulary(path):
+        raise UserError(f"{option} {path} is not a vocabulary: the result would replace it; give another {option}")
     target = os.path.abspath(link_target(path))  # (the file an atomic write replaces)
     parent = path if folder else os.path.dirname(target)
     # a file's probe is the very name its atomic write takes (tmp_name): one longer than the system allows (past 255
@@ -805,6 +808,21 @@ def kept_file(path):
         return "a checkpoint (a zip archive)" if starts_as_zip(path) else None
     except OSError:
         return None
+
+
+# a .tiktoken file's first line: a token in base64, and its rank, 0
+FIRST_VOCABULARY_LINE = re.compile(rb"(?:[A-Za-z0-9+/]{4})*"
+                                   rb"(?:[A-Za-z0-9+/]{4}|[A-Za-z0-9+/]{3}=|[A-Za-z0-9+/]{2}==) 0\r?\n?")
+
+
+def starts_as_vocabulary(path):
+    """The file's first line is a .tiktoken vocabulary's, as setup_tokenizer.py writes it (`base64 0`, the first rank):
+    one retrained in place under another name. (Not any `word number`: a text's "Chapter 2" or "Book 1" would pass.)"""
+    try:
+        with open(path, "rb") as f:
+            return FIRST_VOCABULARY_LINE.fullmatch(f.readline(200)) is not None
+    except OSError:
+        return False
 
 
 def read_meta(folder):

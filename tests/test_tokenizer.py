@@ -437,6 +437,25 @@ def test_cli_train_refuses_bad_input_and_output_before_training(tmp_path, capsys
     assert not out.exists()
 
 
+def test_cli_train_out_replaces_a_vocabulary_but_no_other_file(tmp_path, capsys):
+    """--input a.txt --out b.txt (b.txt meant as one more --input) replaced the text with a vocabulary. A vocabulary is
+    retrained in place, under any name; an empty file loses nothing."""
+    text, notes = tmp_path / "a.txt", tmp_path / "b.txt"
+    text.write_text("the cat sat on the mat. " * 50, encoding="utf-8")
+    notes.write_text("Book 1\nmy notes\n", encoding="utf-8")  # (a first line as a vocabulary's, but its rank)
+    argv = ["train", "--input", str(text), "--vocab_size", "265", "--out"]
+    assert run_in_process(setup_tokenizer.main, argv + [str(notes)], capsys) == (
+        1, "", f"error: --out {notes} is not a vocabulary: the result would replace it; give another --out\n")
+    assert notes.read_text() == "Book 1\nmy notes\n"
+    vocab = tmp_path / "mine.vocab"  # a vocabulary not named .tiktoken
+    for out in (vocab, vocab):  # trained, then retrained in place
+        assert run_in_process(setup_tokenizer.main, argv + [str(out)], capsys)[0] == 0
+    assert setup_tokenizer.get_tokenizer(str(vocab)).n_vocab == 265
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    assert run_in_process(setup_tokenizer.main, argv + [str(empty)], capsys)[0] == 0
+
+
 def test_cli_train_expands_a_pattern_the_shell_left(tmp_path, capsys):
     """--input 'notes/*.txt' quoted, or typed in Windows' cmd or PowerShell, which leave * to the program, was
     "--input notes/*.txt: no such file"."""
