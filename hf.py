@@ -733,6 +733,10 @@ def read_folder(folder):
 # -----------------------------------------------------------------------------
 # export
 
+# the names of single-file models, which an export (a folder) is not
+WEIGHTS_FILE_EXTENSIONS = (".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".gguf", ".onnx")
+
+
 def check_out_dir(out_dir):
     """An export never writes over files: out_dir must not exist yet, or be an empty folder (not the current one, which
     the export, written next to it and renamed into place, cannot replace)."""
@@ -748,6 +752,12 @@ def check_out_dir(out_dir):
     if os.path.exists(out_dir) and not (os.path.isdir(out_dir) and not os.listdir(out_dir)):
         what = "a folder that is not empty" if os.path.isdir(out_dir) else "a file"
         raise UserError(f"{out_dir} already exists and is {what}: choose a new OUT_DIR or remove it first")
+    # `export.py x.pt model.safetensors` made a folder of that name, model.safetensors and the rest in it, where a
+    # file was expected (and a folder named .pt in models/ is offered as a checkpoint)
+    stem, ext = os.path.splitext(os.path.normpath(out_dir))
+    if ext.lower() in WEIGHTS_FILE_EXTENSIONS and not os.path.isdir(out_dir):
+        raise UserError(f"OUT_DIR {out_dir} names a file, but the export is a folder (config.json, model.safetensors "
+                        f"and the tokenizer, which from_pretrained loads): name a folder, as in {stem}")
 
 
 def export_folder(model, enc, out_dir, dtype=torch.float32, block_size=None):

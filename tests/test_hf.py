@@ -919,6 +919,13 @@ def test_export_refuses_an_unusable_place_before_loading(tmp_path, capsys, monke
     for here in (".", str(tmp_path / "here")):  # ("": an empty path, refused as every script's: test_common)
         line = one_error_line(*run_cli(export.main, [str(tmp_path / "any.pt"), here], capsys)[::2])
         assert line == f"error: OUT_DIR {here!r} is the current folder: name a new one, as in hf-model", line
+    # a single file's name: the export made a folder of that name (hf/story.safetensors/model.safetensors ...)
+    for name in ("story.safetensors", "story.pt", "model.BIN"):
+        line = one_error_line(*run_cli(export.main, [str(tmp_path / "any.pt"), str(tmp_path / name)], capsys)[::2])
+        stem = tmp_path / name.split(".")[0]
+        assert line == f"error: OUT_DIR {tmp_path / name} names a file, but the export is a folder (config.json, " \
+                       f"model.safetensors and the tokenizer, which from_pretrained loads): name a folder, as in {stem}"
+    assert not (tmp_path / "story.pt").exists()
     # a link to an empty folder: the export, renamed into place, failed on the link after the work
     (tmp_path / "target").mkdir()
     os.symlink(tmp_path / "target", tmp_path / "link")
