@@ -2471,6 +2471,7 @@ def start_run(args):
         ckpt_args = {"optimizer": "adamw", **ckpt_args}  # checkpoints from before --optimizer hold AdamW's state
     args = argparse.Namespace(**vars(args))
     trained_on, trained_in = checkpoint_data(ckpt) if ckpt is not None else (None, None)
+    dataset_given = args.dataset
     dataset = args.dataset = args.dataset or trained_on or "story"
     # same dataset and training state present: this is the same run going on; otherwise start a new one from
     # the checkpoint's weights (fine-tuning)
@@ -2487,6 +2488,11 @@ def start_run(args):
     if args.data_dir is None:
         args.data_dir = trained_in if trained_on == dataset else default_data_dir(ckpt or {}, dataset)
         trained = trained_data(args.checkpoint, ckpt) if trained_on == dataset else None
+    # a model folder (export.py's, GPT-2's) names no data: story, the default, missing was "run `prepare.py --dataset
+    # story --tokenizer hf/x` first", TinyStories for a user whose model trained on their own text
+    if ckpt is not None and not trained_on and not dataset_given and \
+            not os.path.exists(os.path.join(args.data_dir, dataset, "meta.json")):
+        raise UserError(f"{args.checkpoint} does not name the data it was trained on: pass --dataset NAME")
     # the model's vocabulary, for the hint that prepares missing data: a checkpoint (or folder) of a custom one
     own_vocab = args.checkpoint if ckpt is not None and ckpt["tokenizer"].get("bpe") else None
     meta = load_meta(args.data_dir, dataset, args.tokenizer or own_vocab, trained)

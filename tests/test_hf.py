@@ -957,7 +957,11 @@ def test_init_from_bad_arguments(small_folder, tmp_path, capsys):
                          f"--init_from {os.path.dirname(small_folder['ckpt'])} is a folder without config.json: it "
                          f"takes a Hugging Face model folder (config.json, model.safetensors, tokenizer files), as "
                          f"{small_folder['folder']}; a .pt checkpoint goes to --checkpoint"),
-                        (["--init_from", small_folder["folder"], "--checkpoint", small_folder["ckpt"]], "pass one")):
+                        (["--init_from", small_folder["folder"], "--checkpoint", small_folder["ckpt"]], "pass one"),
+                        # a folder names no data, and story (the default) is not prepared: it said to prepare story
+                        (["--init_from", small_folder["folder"]], f"error: {small_folder['folder']} does not name the "
+                                                                  f"data it was trained on: pass --dataset NAME"),
+                        (["--checkpoint", small_folder["folder"]], "does not name the data it was trained on")):
         line = one_error_line(*run_cli(train.main, argv + ["--data_dir", str(tmp_path), "--device", "cpu"], capsys)[::2])
         assert words in line, line
 
