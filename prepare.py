@@ -2454,12 +2454,13 @@ def check_arguments(dataset, source, tokenizer, limit, val_fraction, pack, mix, 
     refuse_dataset_folder(out_dir, "--out_dir")
 
 
-def lock_folder(held, out_dir, name):
-    """The dataset's folder, out_dir/name, refused when it is a file or a model's, with its lock held in held. One
-    prepare.py at a time in a folder: two would interleave their renames (one's train.bin, the other's meta.json), and
-    the first to fail, taking the folder for its own first build, would remove it with the other's finished dataset.
-    The lock lies beside the folder, which a failed first build removes. What a killed prepare.py left in the folder
-    goes here, so that a run that finds the dataset up to date removes it too."""
+def lock_folder(held, out_dir, name, force):
+    """The dataset's folder, out_dir/name, refused when it is a file or a model's, or (unless force) holds token files
+    no prepare.py made, with its lock held in held. One prepare.py at a time in a folder: two would interleave their
+    renames (one's train.bin, the other's meta.json), and the first to fail, taking the folder for its own first
+    build, would remove it with the other's finished dataset. The lock lies beside the folder, which a failed first
+    build removes. What a killed prepare.py left in the folder goes here, so that a run that finds the dataset up to
+    date removes it too."""
     folder = os.path.join(out_dir, name)
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise UserError(f"{folder} is a file, not a dataset folder: pick another --name, or move the file")
@@ -2470,6 +2471,15 @@ def lock_folder(held, out_dir, name):
         os.makedirs(out_dir, exist_ok=True)
     locked = held.enter_context(held_lock(prepare_lock(out_dir, name), f"another prepare.py is building "
                                           f"{folder}: wait for it to end, or build this one elsewhere with --name"))
+    # token files without a meta.json are another tool's (nanoGPT's data/shakespeare_char: train.bin, val.bin,
+    # meta.pkl), which a build would replace; or a prepare.py's killed as it renamed its new files into place, which
+    # leaves its new meta.json under build's temporary name (the old one is removed first) for the next run to finish
+    bins = [f for f in OWN_FILES if f.endswith(".bin") and os.path.isfile(os.path.join(folder, f))]
+    if bins and not force and not os.path.exists(os.path.join(folder, "meta.json")) \
+            and not any(re.fullmatch(r"meta\.json\.\d+\.tmp", f) for f in os.listdir(folder)):
+        raise UserError(f"{folder} holds {', '.join(bins)} but no meta.json, so no dataset prepare.py made (another "
+                        f"tool's?): pick another folder with --name or --out_dir, move those files, or replace them "
+                        f"with --force")
     # what a prepare killed mid-write (SIGKILL, the OOM killer) left: token files (with a scratch suffix), meta (build's
     # new meta.json is itself written by atomic_write_text under a temporary name of its temporary name), vocabulary
     # (train_bpe's own temporary name of prepare's), check_writable's probe. With the folder's lock held no other
@@ -2603,7 +2613,7 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
     plan = find_mix_source(mix, extra, limit, left) if dataset == "mix" else \
         find_source(dataset, source, extra, limit, left)
     plan["left_out"] = left
-    folder = lock_folder(held, out_dir, name)
+    folder = lock_folder(held, out_dir, name, force)
     old = read_meta(folder)
     # the --source files given now, absolute as options records them (a hub name is no path)
     sources = [p if p.startswith("hf:") else os.path.abspath(p)
@@ -2894,8 +2904,11 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
         with ctrl_c_held():  # a Ctrl-C as the cleanup runs would leave temporary files behind
             for split in [*splits.values(), *(s for raw in raw_splits for s in raw.values())]:
                 split.discard()  # only temporary files are left to remove; after commit() there are none
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(new_meta)
+            # renames stopped with meta.json removed: the new one stays, as a killed run's does, to tell the next run
+            # that the token files without a meta.json are a prepare.py's, not another tool's (lock_folder)
+            if os.path.exists(meta_path):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(new_meta)
 
     print_summary(folder, meta, plan, limit, max(time.time() - t0, 1e-9))
     return meta

@@ -168,6 +168,34 @@ def test_a_rebuild_removes_token_files_a_killed_prepare_left(tmp_path):
     assert f"train.bin.unpacked.{os.getppid()}.tmp" in os.listdir(folder)
 
 
+def test_token_files_no_prepare_made_are_not_replaced(tmp_path):
+    """A folder holding train.bin and val.bin without a meta.json (nanoGPT's data/shakespeare_char, with its
+    meta.pkl) was built over, its files lost: refused, naming the ways out, and --force replaces them. Token files a
+    prepare.py left halfway through its renames (killed, or stopped by an error) are rebuilt without a word, as
+    build's comment promises: its new meta.json, left under its temporary name, tells them apart."""
+    src = write(tmp_path / "corpus.txt", EOT.join(DOCS))
+    out, folder = str(tmp_path / "data"), tmp_path / "data" / "shakespeare_char"
+    folder.mkdir(parents=True)
+    theirs = {"train.bin": b"\1" * 1000, "val.bin": b"\2" * 100, "meta.pkl": b"vocab"}
+    for f, data in theirs.items():
+        (folder / f).write_bytes(data)
+    with pytest.raises(UserError) as e:
+        prepare.prepare("text", source=src, out_dir=out, name="shakespeare_char")
+    assert str(e.value) == (f"{folder} holds train.bin, val.bin but no meta.json, so no dataset prepare.py made "
+                            f"(another tool's?): pick another folder with --name or --out_dir, move those files, or "
+                            f"replace them with --force")
+    assert {f: (folder / f).read_bytes() for f in os.listdir(folder)} == theirs
+    meta = prepare.prepare("text", source=src, out_dir=out, name="shakespeare_char", force=True)
+    assert prepare.is_complete(str(folder), meta, get_tokenizer("gpt2"))
+    # a prepare.py killed in its renames: meta.json removed, train.bin replaced, the new meta.json not yet in place
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    os.replace(folder / "meta.json", folder / f"meta.json.{dead.pid}.tmp")
+    again = prepare.prepare("text", source=src, out_dir=out, name="shakespeare_char")
+    assert again["fingerprint"] == meta["fingerprint"]
+    assert sorted(os.listdir(folder)) == ["meta.json", "meta.pkl", "train.bin", "val.bin"]
+
+
 def test_single_document_is_cut_by_tokens(tmp_path, enc):
     book = "".join(f"Chapter {i}. It was a dark and stormy night; the rain fell in torrents.\n" for i in range(200))
     meta = prepare.prepare("text", source=write(tmp_path / "book.txt", book), out_dir=str(tmp_path / "data"))
@@ -2761,7 +2789,12 @@ def test_interrupted_run_leaves_no_bin_and_keeps_the_old_dataset(tmp_path, monke
     monkeypatch.setattr(prepare, "fsync_replace", interrupted_replace)
     with pytest.raises(KeyboardInterrupt):
         prepare.prepare("text", source=str(src), out_dir=out)
-    assert sorted(os.listdir(folder)) == ["train.bin", "val.bin"]  # new train.bin, old val.bin, no meta.json
+    # new train.bin, old val.bin, no meta.json; the new one left under its temporary name says they are prepare.py's:
+    # the next run rebuilds them, not refusing them as another tool's
+    assert sorted(os.listdir(folder)) == [f"meta.json.{os.getpid()}.tmp", "train.bin", "val.bin"]
+    monkeypatch.setattr(prepare, "fsync_replace", replace)
+    assert prepare.prepare("text", source=str(src), out_dir=out)["splits"]["train"]["documents"] > 0
+    assert sorted(os.listdir(folder)) == ["meta.json", "train.bin", "val.bin"]
 
 
 def test_a_second_prepare_of_a_folder_being_built_is_refused(tmp_path, monkeypatch):
