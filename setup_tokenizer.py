@@ -602,6 +602,23 @@ def train_tokenizer(files, vocab_size, out_path, sample=None):
     return train_bpe(sample.texts(docs()), vocab_size, out_path, ", ".join(files))
 
 
+def datasets_reading(path, out_dir):
+    """The prepared datasets in out_dir (data/) whose meta.json names the vocabulary file path as theirs, and that it
+    still holds (their tokenizer_hash): retrained in place, they no longer read, and a prepare.py run again can only
+    remake them with the new one. A vocabulary too damaged to load holds no dataset's."""
+    names = sorted(os.listdir(out_dir)) if os.path.isdir(out_dir) else []
+    metas = {f: read_meta(f) for f in (os.path.join(out_dir, n) for n in names) if is_dataset_folder(f)}
+    named = {f: meta.get("tokenizer_hash") for f, meta in metas.items() if isinstance(meta.get("tokenizer"), str)
+             and os.path.exists(meta["tokenizer"]) and os.path.samefile(meta["tokenizer"], path)}
+    if not named:
+        return []
+    try:
+        have = tokenizer_hash(get_tokenizer(path))
+    except UserError:
+        return []
+    return [f for f, want in named.items() if want == have]
+
+
 def files_sample(files):
     """The VocabSample of text files, spread over them by their sizes. A pipe (/dev/stdin) says no size: the first
     documents of the input, up to the cap, not a share reckoned on the other files' sizes alone (reaching the cap before
@@ -635,6 +652,14 @@ def main(argv=None):
         args.input = [f for given in args.input for f in expand_pattern(given, "--input")]
         # before the training, not after it; a vocabulary retrained in place, unless a dataset's or model folder's
         check_output(args.out, "--out", inputs={"--input": args.input}, vocabulary=True)
+        if os.path.isfile(args.out):
+            from prepare import DEFAULT_OUT_DIR  # (here: prepare.py imports this module)
+            used = datasets_reading(args.out, DEFAULT_OUT_DIR)
+            if used:
+                raise UserError(f"--out {args.out} is the vocabulary {', '.join(used)} "
+                                f"{'is' if len(used) == 1 else 'are'} prepared with: retrained in place, that data would "
+                                f"no longer read (nor, remade, fit the models trained on it); give another --out (and "
+                                f"prepare with that --tokenizer)")
         t0 = time.time()
         sample = files_sample(args.input)
         enc = train_tokenizer(args.input, args.vocab_size, args.out, sample)

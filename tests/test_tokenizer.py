@@ -456,6 +456,31 @@ def test_cli_train_out_replaces_a_vocabulary_but_no_other_file(tmp_path, capsys)
     assert run_in_process(setup_tokenizer.main, argv + [str(empty)], capsys)[0] == 0
 
 
+def test_cli_train_keeps_a_vocabulary_a_prepared_dataset_reads(tmp_path, capsys, monkeypatch):
+    """A vocabulary retrained in place under a dataset made with --tokenizer FILE left the dataset unreadable, and
+    prepare.py then said to "put the old file back", which was gone. Refused while a dataset in data/ still reads it;
+    retrained once none does (remade with another vocabulary)."""
+    import prepare  # (imports torch-free modules only)
+    monkeypatch.chdir(tmp_path)  # where data/, prepare.py's default --out_dir, is
+    text = tmp_path / "a.txt"
+    text.write_text("the cat sat on the mat. " * 50, encoding="utf-8")
+    argv = ["train", "--input", str(text), "--vocab_size", "265", "--out"]
+    assert run_in_process(setup_tokenizer.main, argv + ["v.tiktoken"], capsys)[0] == 0
+    prepare.prepare("text", source=str(text), tokenizer="v.tiktoken")
+    capsys.readouterr()
+    before = (tmp_path / "v.tiktoken").read_bytes()
+    argv[4] = "270"  # (another vocabulary)
+    assert run_in_process(setup_tokenizer.main, argv + ["v.tiktoken"], capsys) == (
+        1, "", "error: --out v.tiktoken is the vocabulary data/text is prepared with: retrained in place, that data "
+               "would no longer read (nor, remade, fit the models trained on it); give another --out (and prepare "
+               "with that --tokenizer)\n")
+    assert (tmp_path / "v.tiktoken").read_bytes() == before
+    assert run_in_process(setup_tokenizer.main, argv + ["w.tiktoken"], capsys)[0] == 0
+    prepare.prepare("text", source=str(text), tokenizer="w.tiktoken")  # data/text reads w.tiktoken now
+    assert run_in_process(setup_tokenizer.main, argv + ["v.tiktoken"], capsys)[0] == 0
+    assert get_tokenizer("v.tiktoken").n_vocab == 270
+
+
 def test_cli_train_expands_a_pattern_the_shell_left(tmp_path, capsys):
     """--input 'notes/*.txt' quoted, or typed in Windows' cmd or PowerShell, which leave * to the program, was
     "--input notes/*.txt: no such file"."""
