@@ -657,9 +657,9 @@ def main(argv=None):
             used = datasets_reading(args.out, DEFAULT_OUT_DIR)
             if used:
                 raise UserError(f"--out {args.out} is the vocabulary {', '.join(used)} "
-                                f"{'is' if len(used) == 1 else 'are'} prepared with: retrained in place, that data would "
-                                f"no longer read (nor, remade, fit the models trained on it); give another --out (and "
-                                f"prepare with that --tokenizer)")
+                                f"{'is' if len(used) == 1 else 'are'} prepared with: retrained in place, that data "
+                                f"would no longer read (nor, remade, fit the models trained on it); give another --out "
+                                f"(and prepare with that --tokenizer)")
         t0 = time.time()
         sample = files_sample(args.input)
         enc = train_tokenizer(args.input, args.vocab_size, args.out, sample)
