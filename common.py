@@ -339,6 +339,16 @@ class ArgumentParser(argparse.ArgumentParser):
         script, *command = self.prog.split(" ")  # (a subcommand's: "setup_tokenizer.py train")
         self.exit(2, f"{self.prog}: error: {message}; see {script_command(script, *command, '--help')}\n")
 
+    def parse_args(self, args=None, namespace=None):
+        # an unknown option after a subcommand (setup_tokenizer.py train --vocab-size) is said by that subcommand's
+        # parser: its --help lists the options, the script's (argparse's pointer) names no more than the subcommands
+        args, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            chosen = [a.choices[getattr(args, a.dest)] for a in self._actions
+                      if isinstance(a, argparse._SubParsersAction) and getattr(args, a.dest, None) in a.choices]
+            (chosen[0] if chosen else self).error(f"unrecognized arguments: {' '.join(unknown)}")
+        return args
+
     def print_help(self, file=None):
         if speaks_for_machine():
             super().print_help(file)

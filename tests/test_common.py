@@ -165,9 +165,11 @@ def test_a_non_number_is_the_same_line_in_every_script(script, option, value, ki
     assert code == 2 and err == usage_error(script, f"argument {option}: invalid {kind} value: {value!r}"), err
 
 
-def usage_error(script, message):
-    """The one line a script's argparse ends in (common.ArgumentParser), not the usage first (train.py's: 20 lines)."""
-    return f"{script}.py: error: {message}; see {common.script_command(script + '.py', '--help')}\n"
+def usage_error(script, message, *command):
+    """The one line a script's argparse ends in (common.ArgumentParser), not the usage first (train.py's: 20 lines);
+    after a subcommand, that subcommand's (its --help lists its options)."""
+    prog = " ".join([script + ".py", *command])
+    return f"{prog}: error: {message}; see {common.script_command(script + '.py', *command, '--help')}\n"
 
 
 @pytest.mark.parametrize("script, given, said", [
@@ -176,8 +178,6 @@ def usage_error(script, message):
                                                              "--vocab_size?)"),
     ("gen", ["x.pt", "--temprature", "0.5", "--no-cache"],
      "unrecognized arguments: --temprature 0.5 --no-cache (did you mean --temp, --no_cache?)"),
-    ("setup_tokenizer", ["train", "--input", "a.txt", "--out", "a.tiktoken", "--vocab-size", "300"],
-     "unrecognized arguments: --vocab-size 300 (did you mean --vocab_size?)"),  # a subcommand's option
     ("eval", ["x.pt", "--zzz"], "unrecognized arguments: --zzz"),  # nothing close: no guess
     # the name alone of --name=VALUE is matched: a long value hid the close option
     ("prepare", ["--dataset", "story", "--out-dir=/tmp/a/much/longer/folder/of/datasets"],
@@ -225,6 +225,15 @@ def test_a_misspelt_option_is_one_line_naming_the_closest(script, given, said, c
         __import__(script).main(given)
     err = capsys.readouterr().err
     assert e.value.code == 2 and err == usage_error(script, said), err
+
+
+def test_a_misspelt_option_after_a_subcommand_points_to_its_help(capsys):
+    # the option is listed by `setup_tokenizer.py train --help`: the script's --help named the subcommands alone
+    with pytest.raises(SystemExit) as e:
+        __import__("setup_tokenizer").main(["train", "--input", "a.txt", "--out", "a.tiktoken", "--vocab-size", "300"])
+    err = capsys.readouterr().err
+    said = "unrecognized arguments: --vocab-size 300 (did you mean --vocab_size?)"
+    assert e.value.code == 2 and err == usage_error("setup_tokenizer", said, "train"), err
 
 
 @pytest.mark.parametrize("script, given, said", [
