@@ -473,7 +473,8 @@ def not_utf8(path, what=None, fix=None):
     except OSError:
         where = None
     fix = fix or f"convert it, e.g. {fix_command('iconv -f latin1 -t utf-8', path)}"
-    at = f" (line {where[0]:,}, byte {where[1]:,} of the file)" if where else ""
+    # an offset from 0, as dd skip= and xxd -s take it: "line 1, byte 0" read as a count from 1, as the line is
+    at = f" (line {where[0]:,}, byte offset {where[1]:,} in the file)" if where else ""
     return NotText(f"{what or path} is not UTF-8 text{at}: {fix}")
 
 

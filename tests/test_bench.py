@@ -230,8 +230,8 @@ def test_bad_input_is_refused_before_the_run(tmp_path, capsys, monkeypatch):
     with pytest.raises(UserError, match=r"^--out .*a_file/b.md: a part of the path is a file"):
         bench.main(["--quick", "--malloc", "default", "--out", str(tmp_path / "a_file" / "b.md")])
     (tmp_path / "binary.md").write_bytes(b"\xff\xfe binary")  # read at the end, to append to: a traceback then
-    with pytest.raises(UserError, match=r"^--out .*binary.md is not UTF-8 text \(line 1, byte 0 of the file\): give "
-                                        r"another file$"):  # not "convert it", though it starts as UTF-16 does
+    with pytest.raises(UserError, match=r"^--out .*binary.md is not UTF-8 text \(line 1, byte offset 0 in the file\): "
+                                        r"give another file$"):  # not "convert it", though it starts as UTF-16 does
         bench.main(["--quick", "--malloc", "default", "--out", str(tmp_path / "binary.md")])
     # a name that is none: the error is the only line (the machine's header came first)
     capsys.readouterr()

@@ -825,6 +825,9 @@ def test_first_bad_utf8_names_line_and_offset_in_bounded_memory(tmp_path):
             assert first_bad_utf8(str(f), block) == where, (data, block)
     f.write_bytes(b"word " * 300_000 + "\u20ac".encode() + b"\xe9")
     assert first_bad_utf8(str(f), 1 << 16) == (1, 1_500_003)
+    # said as an offset from 0 (as dd skip= and xxd -s take it): "line 1, byte 0" read as a count from 1, as the line is
+    f.write_bytes(b"ab\n\xff")
+    assert "not UTF-8 text (line 2, byte offset 3 in the file): " in str(not_utf8(str(f)))
     r, w = os.pipe()
     os.close(w)
     # no file to name in the command (`< /dev/fd/3 > /dev/fd/3.utf8` reads nothing the second time): the bare one

@@ -486,7 +486,8 @@ def test_non_utf8_and_bad_input(tmp_path):
     for name, data in (("latin1.jsonl", good + b'{"text": "caf\xe9"}\n'), ("latin1-big.txt", good + b"caf\xe9\n")):
         (tmp_path / name).write_bytes(data)
         at = data.index(b"\xe9")
-        with pytest.raises(UserError, match=rf"{name} is not UTF-8 text \(line 4,001, byte {at:,} of the file\)"):
+        with pytest.raises(UserError, match=rf"{name} is not UTF-8 text \(line 4,001, byte offset {at:,} in the "
+                                            r"file\)"):
             prepare.prepare("text", source=str(tmp_path / name), out_dir=out)
     # a .jsonl of UTF-8 with stray bytes (lines pasted from elsewhere): bad records, named together, which
     # --skip_bad_records leaves out (they stopped the run, flag or not); a file in latin1 is the whole file's to convert
@@ -494,7 +495,7 @@ def test_non_utf8_and_bad_input(tmp_path):
     data = line * 100 + b'{"text": "caf\xe9"}\n' + line * 2 + b'{"text": "\xff"}\n'
     (tmp_path / "strays.jsonl").write_bytes(data)
     at = data.index(b"\xe9")
-    with pytest.raises(UserError, match=rf"strays.jsonl is not UTF-8 text \(line 101, byte {at:,} of the "
+    with pytest.raises(UserError, match=rf"strays.jsonl is not UTF-8 text \(line 101, byte offset {at:,} in the "
                                         r"file\): the text around it is UTF-8, so a stray byte.*; 1 more bad record in "
                                         r"the file: line 104; fix them, or pass --skip_bad_records to leave them out"):
         prepare.prepare("text", source=str(tmp_path / "strays.jsonl"), out_dir=out, name="strays")
@@ -502,7 +503,8 @@ def test_non_utf8_and_bad_input(tmp_path):
                            skip_bad_records=True, val_fraction=0)
     assert meta["splits"]["train"]["documents"] == 102
     (tmp_path / "latin.jsonl").write_bytes('{"text": "café"}\n{"text": "crème"}\n'.encode("latin-1"))
-    with pytest.raises(UserError, match=r"latin.jsonl is not UTF-8 text \(line 1, byte 13 of the file\): convert it"):
+    with pytest.raises(UserError, match=r"latin.jsonl is not UTF-8 text \(line 1, byte offset 13 in the file\): "
+                                        r"convert it"):
         prepare.prepare("text", source=str(tmp_path / "latin.jsonl"), out_dir=out, name="latin", skip_bad_records=True)
     with pytest.raises(UserError, match=r"broken.jsonl line 2: malformed JSON"):
         prepare.prepare("text", source=write(tmp_path / "broken.jsonl", '{"text": "ok"}\n{"text": oops}\n'), out_dir=out)
