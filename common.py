@@ -1365,6 +1365,22 @@ def cpu_bf16_is_faster():
     return "amx_bf16" in flags or ("avx512_bf16" in flags and vendor == "AuthenticAMD")
 
 
+def slow_on_this_cpu(device, dtype, name):
+    """The warning for --dtype name (its dtype) where this CPU runs it slower than float32, as train.py and gen.py say
+    it; None on a GPU, or where it is no slower. --dtype auto never picks such a dtype."""
+    import torch
+    if device.type != "cpu":
+        return None
+    if dtype == torch.float16 or dtype == torch.bfloat16 and not cpu_has_bf16():
+        # no matmul instructions for it: converted in software (fp16 on the AVX-512 BF16 EPYC: tiny's step 226 ms in
+        # fp32, 3.6 s in fp16)
+        return f"--dtype {name} is emulated on this CPU, slower than float32 (float16 many times): use --dtype auto"
+    if dtype == torch.bfloat16 and not cpu_bf16_is_faster():
+        # instructions but no speed: Intel's AVX-512 BF16 without AMX, 1.5x slower steps than fp32 (BENCHMARKS.md)
+        return f"--dtype {name} is slower than float32 on this CPU (AVX-512 BF16 without AMX): use --dtype auto"
+    return None
+
+
 def cpu_has_bf16():
     """True when the CPU has bf16 matmul instructions (AVX-512 BF16 or AMX): without them torch emulates bf16, many
     times slower than fp32."""

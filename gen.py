@@ -42,7 +42,7 @@ import torch
 from checkpoint import add_checkpoint_argument, find_checkpoints, load_model, parse_checkpoint
 from common import (ArgumentParser, DTYPES, UserError, at_least, atomic_write_text, autocast, check_output, color_ok,
                     first_line, not_utf8, number, path_arg, pick_device, pick_dtype, require_utf8, retain_freed_memory,
-                    run_main, seeded_generator, without_surrogates)
+                    run_main, seeded_generator, slow_on_this_cpu, without_surrogates)
 from setup_tokenizer import EOT, IM_END, IM_START, StreamDecoder, render_chat
 
 CHAT_HELP = "/reset clears the history, /exit or Ctrl-D quits, Ctrl-C stops a reply"
@@ -602,6 +602,8 @@ def open_checkpoint(args, path):
     first: which checkpoint "the newest" is, and that a --chat is with a model trained on plain text."""
     device = pick_device(args.device)
     dtype = pick_dtype(device, args.dtype)
+    if slow := slow_on_this_cpu(device, dtype, args.dtype):  # (a recipe's --dtype float16, made for a GPU)
+        print(f"warning: {slow}", file=sys.stderr)
     model, enc, ckpt = load_model(path, device)
     if not args.checkpoint and not args.verbose:  # (--verbose's first line names it)
         say_newest(path)  # (a chat model's ChatML reply to a story prompt, unexplained else)

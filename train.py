@@ -63,10 +63,10 @@ from tqdm import tqdm
 from checkpoint import (NOT_THIS_CODE, add_checkpoint_argument, checkpoint_config, download_hint, is_kind,
                         load_checkpoint, load_weights, nonfinite, parse_checkpoint, save_checkpoint, tensor_bytes)
 from common import (ArgumentParser, DTYPES, HANGUP, UserError, ask, atomic_write_text, autocast, check_output,
-                    closed_pipe_on_windows, color_ok, cpu_bf16_is_faster, cpu_has_bf16, draws_a_bar,
-                    exit_after_the_first, first_line, held_lock, hung_up, is_oom, lock_is_held, nonempty,
-                    nonnegative_int, path_arg, pick_device, pick_dtype, prepare_lock, read_items, refuse_dataset_folder,
-                    remove_stale_tmp, retain_freed_memory, run_main, speaks_for_machine, stop_signals, tmp_name)
+                    closed_pipe_on_windows, color_ok, draws_a_bar, exit_after_the_first, first_line, held_lock, hung_up,
+                    is_oom, lock_is_held, nonempty, nonnegative_int, path_arg, pick_device, pick_dtype, prepare_lock,
+                    read_items, refuse_dataset_folder, remove_stale_tmp, retain_freed_memory, run_main,
+                    slow_on_this_cpu, speaks_for_machine, stop_signals, tmp_name)
 from hf import is_hf_folder
 from model import OPTIMIZERS, PRESETS, VARIANTS, GPT, make_config
 from prepare import (DATASETS, DEFAULT_OUT_DIR, DEFAULT_PACK, DEFAULT_VAL_FRACTION, MIXABLE, damaged_field,
@@ -2250,13 +2250,8 @@ def claim_files(held, args, ckpt, continuing, out_pattern, out_dir, best_path, g
 def training_dtype(device, name):
     """pick_dtype's dtype for --dtype name, warning of one this CPU emulates or runs slower; TF32 matmuls on CUDA."""
     dtype = pick_dtype(device, name)
-    if device.type == "cpu" and (dtype == torch.float16 or dtype == torch.bfloat16 and not cpu_has_bf16()):
-        # no matmul instructions for it: converted in software (fp16 on the AVX-512 BF16 EPYC: tiny's step 226 ms in
-        # fp32, 3.6 s in fp16)
-        warn(f"--dtype {name} is emulated on this CPU, slower than float32 (float16 many times): use --dtype auto")
-    elif device.type == "cpu" and dtype == torch.bfloat16 and not cpu_bf16_is_faster():
-        # instructions but no speed: Intel's AVX-512 BF16 without AMX, 1.5x slower steps than fp32 (BENCHMARKS.md)
-        warn(f"--dtype {name} is slower than float32 on this CPU (AVX-512 BF16 without AMX): use --dtype auto")
+    if slow := slow_on_this_cpu(device, dtype, name):
+        warn(slow)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores, as nanoGPT does
         torch.backends.cudnn.allow_tf32 = True

@@ -739,7 +739,7 @@ def test_a_checkpoint_edited_into_other_weights_or_ids_is_refused(tmp_path, caps
         assert words in line and line.endswith("use another checkpoint (its _best.pt or an earlier one)"), (what, line)
 
 
-def test_weights_that_overflow_as_the_model_runs_are_one_line(enc, tmp_path, capsys):
+def test_weights_that_overflow_as_the_model_runs_are_one_line(enc, tmp_path, capsys, monkeypatch):
     # finite weights pass the load's check, but scores that overflow to nan ended sampling in torch.multinomial's
     # traceback, and greedy decoding printed token 0 ("!") again and again, with exit status 0
     model = tiny_model(enc)
@@ -754,8 +754,18 @@ def test_weights_that_overflow_as_the_model_runs_are_one_line(enc, tmp_path, cap
             "float32: its weights are finite but too large (a run that diverged?): an earlier checkpoint may not be")
         # (the prompt, echoed before generation began, then its line ended: on a terminal "Hierror: ..." was one line)
         assert out == "Hi\n"
+    monkeypatch.setattr(gen, "slow_on_this_cpu", lambda *a: None)  # (a CPU without bf16 warns of it first)
     code, _, err = cli([path, "--prompt", "Hi", "--device", "cpu", "--dtype", "bfloat16"], capsys)
     assert one_error_line(code, err).endswith("overflow in bfloat16: try --dtype float32")
+
+
+def test_float16_on_a_cpu_is_warned_of_as_train_py_does(ckpt, capsys):
+    # emulated there, many times slower than float32 (a recipe's --dtype float16, made for a GPU): train.py said so,
+    # gen.py ran slowly without a word
+    code, _, err = cli([ckpt, "--prompt", "Hi", "--max_tokens", "2", "--device", "cpu", "--dtype", "float16"], capsys)
+    assert code == 0 and "warning: --dtype float16 is emulated on this CPU, slower than float32" in err, err
+    code, _, err = cli([ckpt, "--prompt", "Hi", "--max_tokens", "2"] + CPU, capsys)
+    assert code == 0 and "emulated" not in err, err
 
 
 def test_missing_checkpoint_cli(tmp_path):

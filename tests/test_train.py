@@ -1132,8 +1132,8 @@ def test_settings_that_defeat_the_run_are_warned_of(env, tmp_path, capsys):
 def test_bf16_asked_for_on_a_cpu_where_it_is_slower_is_warned_of(env, tmp_path, capsys, monkeypatch, faster):
     """An Intel CPU with AVX-512 BF16 but no AMX runs bf16 matmuls at half fp32's speed: --dtype auto takes fp32 there,
     and an explicit --dtype bfloat16 (from a recipe for another machine) trains, with a word that it is slower."""
-    monkeypatch.setattr(train, "cpu_has_bf16", lambda: True)
-    monkeypatch.setattr(train, "cpu_bf16_is_faster", lambda: faster)
+    monkeypatch.setattr(common, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(common, "cpu_bf16_is_faster", lambda: faster)
     train.train(args_for(env, tmp_path, "--dataset", "mini", "--max_steps", "1", "--dtype", "bfloat16"))
     err = capsys.readouterr().err
     assert ("--dtype bfloat16 is slower than float32 on this CPU" in err) is not faster
