@@ -1021,6 +1021,18 @@ def interval_steps(pct, steps_per_epoch):
     return max(1, round(min(steps_per_epoch * pct / 100, 2**62))) if pct > 0 else None
 
 
+def warn_intervals_past_an_epoch(args, steps_per_epoch):
+    """An --*_interval over 100 (% of an epoch) is past the epoch's end, and due_points counts steps within an epoch:
+    its points come at epoch ends alone. nanoGPT's intervals are steps (--eval_interval 250, typed by habit): the line
+    says what the number is here, and the % for that many steps where an epoch holds them."""
+    for k, points in (("eval_interval", "evaluations"), ("log_interval", "log lines"), ("save_interval", "saves")):
+        pct = getattr(args, k)
+        if pct > 100:
+            steps = f"; every {pct:g} steps is --{k} {pct * 100 / steps_per_epoch:.4g}" if pct < steps_per_epoch else ""
+            warn(f"--{k} {pct:g} is {pct:g}% of an epoch, {pct / 100:g} epochs of {steps_per_epoch:,} steps: {points} "
+                 f"come at epoch ends alone{steps}")
+
+
 class RunClock:
     """A run's clock, in seconds of its --time_budget spent (kept without one too: the log lines' "ends in" read it),
     and the room a budget keeps for the final evaluation and its saves. Every rank takes the same decisions: after
@@ -2567,6 +2579,8 @@ def plan_run(run, options_given):
     run.eval_windows = args.eval_batches * args.batch_size * dist.world
     run_warmup = args.warmup  # (a share of the run, or None for the default: of its length, which the user may change)
     run.budget, run.budget_warmup, args.warmup = budget_and_warmup(args, run.total_steps)
+    if not run.budget:  # (a budget's intervals are of its time)
+        warn_intervals_past_an_epoch(args, run.batches.steps_per_epoch)
 
     run.p = Progress()
     if continuing:

@@ -1126,6 +1126,20 @@ def test_settings_that_defeat_the_run_are_warned_of(env, tmp_path, capsys):
     err = capsys.readouterr().err
     assert re.search(r"--warmup 100000 is longer than the run's \d+ steps: the learning rate never reaches --lr", err)
     assert "--dtype float16 is emulated on this CPU" in err
+    # intervals are % of an epoch; nanoGPT's are steps (--eval_interval 250, typed by habit): past an epoch's end, the
+    # points come at epoch ends alone (mini's epoch: 9 steps). Not said of one within an epoch, nor on a budget
+    train.train(args_for(env, tmp_path, "--dataset", "mini", "--max_steps", "1", "--eval_interval", "250",
+                         "--save_interval", "100", "--overwrite"))
+    err = capsys.readouterr().err
+    assert "warning: --eval_interval 250 is 250% of an epoch, 2.5 epochs of 9 steps: evaluations come at epoch " \
+           "ends alone\n" in err and "--save_interval" not in err, err
+    train.train(args_for(env, tmp_path, "--dataset", "mini", "--time_budget", "0.02", "--eval_interval", "250",
+                         "--overwrite"))
+    assert "--eval_interval" not in capsys.readouterr().err
+    # where an epoch holds that many steps, the % that does them is named
+    train.warn_intervals_past_an_epoch(types.SimpleNamespace(eval_interval=10, log_interval=400, save_interval=0), 1000)
+    assert capsys.readouterr().err == "warning: --log_interval 400 is 400% of an epoch, 4 epochs of 1,000 steps: log " \
+                                      "lines come at epoch ends alone; every 400 steps is --log_interval 40\n"
 
 
 @pytest.mark.parametrize("faster", [True, False])
