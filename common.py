@@ -316,11 +316,8 @@ class ArgumentParser(argparse.ArgumentParser):
             # letter (-x) or a number (-1, a value) is not
             given = [("-" + a if re.match(r"-[^\W\d_][\w-]", a) else a).split("=", 1)[0]
                      for a in words if re.match(r"--|-[^\W\d_][\w-]", a)]
-            options = [*self._option_string_actions]  # and a subcommand's (argparse says its unknown ones here)
-            for action in self._actions:
-                if isinstance(action, argparse._SubParsersAction):
-                    options += [o for sub in action.choices.values() for o in sub._option_string_actions]
-            options = [o for o in options if o.startswith("--")]  # (-h is no guess for a long word: -hz, --hz)
+            # (a subcommand's unknown ones are said by its own parser: parse_args)
+            options = [o for o in self._option_string_actions if o.startswith("--")]  # (-h is no guess: -hz, --hz)
             def guess(word):
                 if word in OTHER_TOOLS_OPTIONS:
                     return [o for o in OTHER_TOOLS_OPTIONS[word] if o in options][:1]
@@ -752,13 +749,13 @@ def check_output(path, option, folder=False, inputs=(), checkpoint=False, vocabu
     # (eval.py --json over a checkpoint: 627 bytes; over a vocabulary outside data/: JSON, and its dataset unreadable)
     if kept and not (checkpoint and kept.startswith("a checkpoint")) and not (vocabulary and kept == "a vocabulary"):
         raise UserError(f"{option} {path} is {kept}: the result would replace it; give another {option}")
-    # a checkpoint's path that holds another file (notes.jsonl, README.md): train.py took it for an earlier run's and
-    # suggested --overwrite, which replaced it with a checkpoint. An empty file loses nothing
-    if checkpoint and not kept and os.path.isfile(path) and os.path.getsize(path):
-        raise UserError(f"{option} {path} is not a checkpoint: the result would replace it; give another {option}")
-    # so for a vocabulary's (setup_tokenizer.py --out notes.txt, a text meant as one more --input, was replaced)
-    if vocabulary and not kept and os.path.isfile(path) and os.path.getsize(path) and not starts_as_vocabulary(path):
-        raise UserError(f"{option} {path} is not a vocabulary: the result would replace it; give another {option}")
+    # a checkpoint's or vocabulary's path that holds another file: train.py took notes.jsonl for an earlier run's and
+    # suggested --overwrite, which replaced it with a checkpoint; setup_tokenizer.py --out notes.txt (a text meant as
+    # one more --input) replaced it with a vocabulary. An empty file loses nothing
+    if (checkpoint or vocabulary) and not kept and os.path.isfile(path) and os.path.getsize(path) \
+            and not (vocabulary and starts_as_vocabulary(path)):
+        raise UserError(f"{option} {path} is not a {'checkpoint' if checkpoint else 'vocabulary'}: the result would "
+                        f"replace it; give another {option}")
     target = os.path.abspath(link_target(path))  # (the file an atomic write replaces)
     parent = path if folder else os.path.dirname(target)
     # a file's probe is the very name its atomic write takes (tmp_name): one longer than the system allows (past 255
@@ -986,6 +983,11 @@ def tmp_name(path):
     return f"{path}.{os.getpid()}.tmp"
 
 
+def tmp_pattern(names):
+    """A regex that fullmatches the tmp_name() of a file whose name the regex names matches, the pid its group 1."""
+    return rf"(?:{names})\.(\d+)\.tmp"
+
+
 def fsync_replace(tmp_path, path):
     """Flush tmp_path to disk and rename it over path (atomic on POSIX); into a special_file, copied through. A file
     replaced keeps its permissions, not the umask's, which would make a private file (chmod 600) readable by all."""
@@ -1034,7 +1036,7 @@ def remove_stale_tmp(folder, names, quiet_s=600):
     one on another machine, on a shared disk) is left alone, and so is any file of the user's."""
     with contextlib.suppress(OSError):
         for name in os.listdir(folder):
-            m = re.fullmatch(rf"(?:{names})\.(\d+)\.tmp", name)
+            m = re.fullmatch(tmp_pattern(names), name)
             if not m or int(m.group(1)) == os.getpid():
                 continue
             try:

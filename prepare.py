@@ -78,7 +78,7 @@ from common import (ArgumentParser, NotText, VOCAB_FILE, UserError, at_least, at
                     expand_pattern, first_line, fsync_replace, held_lock, holds_nul, json_kind, name_full_disk,
                     nonempty, nonnegative_int, not_utf8, parts_text, path_arg, prepare_lock, progress_bar,
                     python_command, read_items, read_meta, refuse_dataset_folder, remove_stale_tmp, run_main,
-                    stray_byte_fix, tmp_name, without_surrogates)
+                    stray_byte_fix, tmp_name, tmp_pattern, without_surrogates)
 from setup_tokenizer import (EOT, IM_END, IM_START, VocabSample, fewer_ids, get_tokenizer, model_context,
                              moved_vocabulary, read_text_chunks, say_training, tokenizer_hash, train_bpe, trained_on,
                              warn_short_vocabulary)
@@ -2476,7 +2476,7 @@ def lock_folder(held, out_dir, name, force):
     # leaves its new meta.json under build's temporary name (the old one is removed first) for the next run to finish
     bins = [f for f in OWN_FILES if f.endswith(".bin") and os.path.isfile(os.path.join(folder, f))]
     if bins and not force and not os.path.exists(os.path.join(folder, "meta.json")) \
-            and not any(re.fullmatch(r"meta\.json\.\d+\.tmp", f) for f in os.listdir(folder)):
+            and not any(re.fullmatch(tmp_pattern(r"meta\.json"), f) for f in os.listdir(folder)):
         raise UserError(f"{folder} holds {', '.join(bins)} but no meta.json, so no dataset prepare.py made (another "
                         f"tool's?): pick another folder with --name or --out_dir, move those files, or replace them "
                         f"with --force")

@@ -2454,8 +2454,8 @@ def start_run(args):
         # hf.py reads the folder as a checkpoint without training state, so what follows is fine-tuning
         if args.checkpoint:
             raise UserError("--init_from and --checkpoint both give the starting weights: pass one of them")
-        if not os.path.exists(args.init_from) and download_hint(args.init_from):
-            raise UserError(f"--init_from {args.init_from} not found{download_hint(args.init_from)}")
+        if not os.path.exists(args.init_from) and (hint := download_hint(args.init_from)):
+            raise UserError(f"--init_from {args.init_from} not found{hint}")
         if not is_hf_folder(args.init_from):  # (a path mistyped is no folder of any kind: said as such)
             # (a folder without config.json, models/ or a dataset's: load_checkpoint's "available:" hint would offer
             # the .pt files in it, which --init_from refuses)
