@@ -568,7 +568,7 @@ def say_training(vocab_size, sample, size, what=""):
 
 def train_tokenizer(files, vocab_size, out_path, sample=None):
     """train_bpe on text files, read in bounded memory, on a VocabSample of them (sample: one to say, else made here)."""
-    from prepare import SUFFIXES, suffix  # here: prepare.py imports this module
+    from prepare import SUFFIXES, suffix, table_fix  # here: prepare.py imports this module
     for path in files:  # refused before training, not when its turn comes
         if path == "-" and not os.path.exists(path):  # the usual name of standard input, which "no such file" hid
             raise UserError("--input -: give /dev/stdin to read standard input")
@@ -581,13 +581,16 @@ def train_tokenizer(files, vocab_size, out_path, sample=None):
         kept = kept_file(path)
         if kept:
             raise UserError(f"--input {path} is {kept}, not text: give the text files it was made from")
-        if suffix(path) in SUFFIXES and suffix(path) != ".txt":
+        # a spreadsheet's export (.csv, .tsv) too, which prepare.py reads once its rows are JSON Lines (table_fix)
+        table = table_fix(path)
+        if table or suffix(path) in SUFFIXES and suffix(path) != ".txt":
             # read as text, a chat .jsonl spends merges on its JSON ('{"role": "', '\\u00e9'): its conversations took
             # 23% more tokens than with prepare.py's vocabulary, of fewer ids, trained on their contents
-            prepare = common.script_command("prepare.py", "--source", path, "--vocab_size", str(vocab_size), "--name",
-                                            "NAME")
-            raise UserError(f"--input {path} holds records, whose syntax this would train on as text: train on their "
-                            f"text with `{prepare}` (it writes data/NAME/tokenizer.tiktoken)")
+            prepare = common.script_command("prepare.py", "--source", path + ".jsonl" if table else path,
+                                            "--vocab_size", str(vocab_size), "--name", "NAME")
+            raise UserError(f"--input {path} holds records, whose syntax this would train on as text"
+                            f"{table + '; then' if table else ':'} train on their text with `{prepare}` (it writes "
+                            f"data/NAME/tokenizer.tiktoken)")
 
     def docs():
         for path in files:

@@ -623,6 +623,19 @@ def test_cli_train_refuses_record_files_and_names_prepares_training(tmp_path, ca
                                   f"train on their text with `python prepare.py --source {path} --vocab_size 300 --name "
                                   f"NAME` (it writes data/NAME/tokenizer.tiktoken)\n")
         assert not out.exists()
+    # a spreadsheet's export, which prepare.py refuses too: trained as text, its commas and quotes were merges. The
+    # command that writes its rows as JSON Lines (prepare.py's), then prepare.py's training on what it writes
+    table = tmp_path / "chats.csv"
+    table.write_text('prompt,completion\n"Hi, you",Hello\n' * 50, encoding="utf-8")
+    code, _, err = run_in_process(setup_tokenizer.main, ["train", "--input", str(table), "--vocab_size", "300",
+                                                         "--out", str(out)], capsys)
+    assert code == 1 and not out.exists(), err
+    assert re.fullmatch(rf"error: --input {re.escape(str(table))} holds records, whose syntax this would train on as "
+                        rf"text; a \.csv file's rows as JSON Lines records, its columns their fields: `(.*)`; then "
+                        rf"train on their text with `python prepare\.py --source {re.escape(str(table))}\.jsonl "
+                        rf"--vocab_size 300 --name NAME` \(it writes data/NAME/tokenizer\.tiktoken\)\n", err), err
+    subprocess.run(err.split("`")[1], shell=True, check=True)
+    assert open(f"{table}.jsonl").readline() == '{"prompt":"Hi, you","completion":"Hello"}\n'
 
 
 def test_a_separator_in_one_long_line_is_never_trained_on(tmp_path, monkeypatch):
