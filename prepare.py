@@ -2641,6 +2641,14 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
         # what conversations are packed in: --pack, else the context of the model --tokenizer names (options keep the
         # --pack given, None: rebuild_command's --tokenizer gives the same again)
         block = pack if pack is not None else default_pack(None if vocab_size is not None else tokenizer)
+        # blocks longer than the context of the model --tokenizer names: fine-tuned at that context, train.py cuts
+        # conversations between its windows (and warns, after the minutes of a big set's build); a new model of a
+        # context that long trains on them whole, so said, not refused. (By the name the model was read by: cached)
+        context = model_context(tokenizer) if pack and vocab_size is None else None
+        if context and pack > context:
+            print(f"warning: --pack {pack} is longer than the context of {common.shown_path(tokenizer)} ({context} "
+                  f"tokens): fine-tuning that model on this data cuts conversations between its windows; give --pack "
+                  f"{context} or less (no --pack: its context)", file=sys.stderr)
         tokenizer = tokenizer if tokenizer == "gpt2" else os.path.abspath(tokenizer)
         tok_hash = tokenizer_hash(enc)
         if kept_file:

@@ -2346,8 +2346,15 @@ def test_a_model_named_as_tokenizer_packs_at_its_context(tmp_path, capsys, monke
     assert "is up to date" in capsys.readouterr().out
     # --pack given wins
     assert prepare.prepare("chat", source=src, tokenizer=ck, out_dir=out, pack=32)["pack"] == 32
-    assert re.search(r"packed in blocks of 32 tokens, [\d.]+% padding \(train\.py --block_size 32\)\n",
-                     capsys.readouterr().out)
+    said = capsys.readouterr()
+    assert re.search(r"packed in blocks of 32 tokens, [\d.]+% padding \(train\.py --block_size 32\)\n", said.out)
+    assert said.err == ""
+    # past the model's context, said at the start (train.py warned of it only when fine-tuning, its windows cutting
+    # conversations apart), not refused: a new model of that context trains on the blocks whole
+    assert prepare.prepare("chat", source=src, tokenizer=ck, out_dir=out, pack=128)["pack"] == 128
+    assert capsys.readouterr().err == f"warning: --pack 128 is longer than the context of {ck} (64 tokens): " \
+                                      f"fine-tuning that model on this data cuts conversations between its windows; " \
+                                      f"give --pack 64 or less (no --pack: its context)\n"
     # a Hugging Face model folder: the context in its config.json (GPT-2's n_positions, Llama's
     # max_position_embeddings), read without its weights. A small vocabulary: GPT-2's 50k merges take seconds to
     # write and check, in Python
