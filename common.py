@@ -1368,8 +1368,8 @@ def cpu_bf16_is_faster():
 
 
 def slow_on_this_cpu(device, dtype, name):
-    """The warning for --dtype name (its dtype) where this CPU runs it slower than float32, as train.py and gen.py say
-    it; None on a GPU, or where it is no slower. --dtype auto never picks such a dtype."""
+    """The warning for --dtype name (its dtype) where this CPU runs it slower than float32, as train.py, gen.py,
+    eval.py and serve.py say it; None on a GPU, or where it is no slower. --dtype auto never picks such a dtype."""
     import torch
     if device.type != "cpu":
         return None

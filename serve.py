@@ -65,7 +65,7 @@ import torch
 
 from checkpoint import add_checkpoint_argument, load_model, parse_checkpoint
 from common import (ArgumentParser, DTYPES, UserError, at_least, json_kind, nonempty, number, parts_text, pick_device,
-                    pick_dtype, retain_freed_memory, run_main, seeded_generator, stop_signals)
+                    pick_dtype, retain_freed_memory, run_main, seeded_generator, slow_on_this_cpu, stop_signals)
 from gen import (CHAT_STOPS, PENALTY_RULE, add_sampling_arguments, default_checkpoint, encode_prompt, fit_history,
                  penalty_value, reserve_for, say_newest, stop_ids, stream_completion, warn_if_trained_on_text)
 from setup_tokenizer import EOT, render_chat
@@ -1540,6 +1540,8 @@ def main(argv=None):
     path = args.checkpoint or default_checkpoint()
     device = pick_device(args.device, interactive=False)
     dtype = pick_dtype(device, args.dtype)
+    if slow := slow_on_this_cpu(device, dtype, args.dtype):  # (as gen.py: every reply, slow)
+        print(f"warning: {slow}", file=sys.stderr)
     model, enc, ckpt = load_model(path, device)
     if not args.checkpoint:  # (as gen.py: "serving NAME" names no folder, and models/ may hold several of a name)
         say_newest(path)

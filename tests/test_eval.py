@@ -525,6 +525,18 @@ def test_cli_options_and_the_table(env, chat_ckpt, capsys, monkeypatch):
     assert story[2:4] == ["3000.0000", "inf"], out
 
 
+def test_float16_on_a_cpu_is_warned_of_as_gen_py_does(env, chat_ckpt, capsys, monkeypatch):
+    # emulated there, many times slower than float32 (a recipe's --dtype float16, made for a GPU): gen.py and train.py
+    # said so, eval.py ran its windows and replies slowly without a word
+    monkeypatch.setattr(eval_py, "evaluate", lambda *a, **k: 3.0)
+    few = [chat_ckpt, "--samples", "1", "--max_tokens", "1", "--data_dir", env["data"], "--device", "cpu"]
+    code, _, err = cli(few + ["--dtype", "float16"], capsys)
+    assert code == 0 and "warning: --dtype float16 is emulated on this CPU, slower than float32 (float16 many " \
+                         "times): use --dtype auto\n" in err, err
+    code, _, err = cli(few + ["--dtype", "float32"], capsys)
+    assert code == 0 and "emulated" not in err, err
+
+
 def test_split_prompts_wrap_around_past_the_last_conversations(tmp_path, enc):
     """When the evenly spread pick at the end of the split has no user message, nor has anything after it, an
     untaken conversation before it takes its place: --samples 2 still gives 2 replies."""

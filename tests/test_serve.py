@@ -1999,6 +1999,19 @@ def test_a_model_trained_on_plain_text_is_warned_of(enc, tmp_path, monkeypatch, 
         assert warned == (kind == "text"), err
 
 
+def test_float16_on_a_cpu_is_warned_of_as_gen_py_does(ckpt, monkeypatch, capsys):
+    """Emulated there, many times slower than float32 (a recipe's --dtype float16, made for a GPU): gen.py and
+    train.py said so, serve.py answered every request slowly without a word. (Stopped as it begins to serve.)"""
+    def ctrl_c(self, *args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(serve.ApiServer, "serve_forever", ctrl_c)
+    for dtype in ("float16", "float32"):
+        code, out, err = run_cli(serve.main, [ckpt, "--port", "0", "--device", "cpu", "--dtype", dtype], capsys)
+        warned = "warning: --dtype float16 is emulated on this CPU, slower than float32 (float16 many times): use " \
+                 "--dtype auto\n" in err
+        assert code == 0 and out.startswith("serving ") and warned == (dtype == "float16"), (out, err)
+
+
 def test_the_newest_checkpoint_picked_is_named(enc, tmp_path, monkeypatch, capsys):
     """serve.py without a checkpoint served the newest in models/ as "serving NAME", its folder unsaid (after a
     fine-tune, the chat run's, or one of several best.pt): named as gen.py names it; a checkpoint given is not."""
