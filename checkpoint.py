@@ -21,7 +21,7 @@ import torch
 
 import hf
 from common import (UserError, atomic_torch_save, first_line, is_oom, model_folder_file, nonnegative_int, path_arg,
-                    script_command, starts_as_zip)
+                    script_command, starts_as_zip, tmp_pattern)
 from model import GPT, GPTConfig
 from setup_tokenizer import tokenizer_from_state, tokenizer_hash, tokenizer_state
 
@@ -95,9 +95,10 @@ def available_hint(folder="models"):
     """The end of a "checkpoint not found" error: what folder offers instead (the first five, newest checkpoints
     first), or how to train one."""
     # Hugging Face model folders too (export.py's): every script that takes a checkpoint takes one; not the temporary
-    # folder of an export killed mid-write (its config.json is written first), offered until a later one removes it
+    # folder (tmp_name's) of an export killed mid-write (its config.json is written first), offered until a later one
+    # removes it
     found = find_checkpoints(folder) + sorted(d for d in glob.glob(os.path.join(folder, "*"))
-                                              if hf.is_hf_folder(d) and not re.search(r"\.\d+\.tmp$", d))
+                                              if hf.is_hf_folder(d) and not re.fullmatch(tmp_pattern(".+"), d))
     if not found:
         return f"; no checkpoints in {os.path.join(folder, '')} yet: train one with `{script_command('train.py')}`"
     return "; available: " + ", ".join(found[:5]) + (" ..." if len(found) > 5 else "")
