@@ -160,14 +160,16 @@ def bpe_ranks(text, source, head=False):
 
 
 @functools.lru_cache(maxsize=4)
-def tokenizer_from_bpe(text, name=None, source=None):
+def tokenizer_from_bpe(text, source="the vocabulary"):
     """A custom tokenizer from the text of its .tiktoken file (as stored in checkpoints); source, the file's path,
-    is what an error names (else name). Kept for the next call with the same text, as _load_tokenizer keeps a file's:
-    a checkpoint's vocabulary is read as it loads, to check it against its hash (checkpoint.read_checkpoint), and again
+    is what an error names. Kept for the next call with the same text, as _load_tokenizer keeps a file's: a
+    checkpoint's vocabulary is read as it loads, to check it against its hash (checkpoint.read_checkpoint), and again
     by whatever then uses it (load_model, train.py), 50 ms a time for 32k tokens."""
-    name = name or "custom-" + hashlib.sha256(text.encode()).hexdigest()[:12]
-    ranks = parse_bpe(text, source or name)
-    enc = _build(name, ranks, vocabulary_pattern(ranks))
+    ranks = parse_bpe(text, source)
+    enc = _build("custom", ranks, vocabulary_pattern(ranks))
+    # named by its tokenizer_hash, the id meta.json, checkpoints and the errors comparing vocabularies give it: named
+    # by another hash, of its file's text, each custom vocabulary was shown under two ids
+    enc.name = "custom-" + tokenizer_hash(enc)
     enc.bpe_text = text  # kept so a checkpoint can carry the vocabulary itself
     return enc
 
@@ -301,7 +303,14 @@ def tokenizer_state(enc):
 def tokenizer_from_state(state):
     if state["bpe"] is None:
         return get_tokenizer(state["name"])
-    return tokenizer_from_bpe(state["bpe"], state["name"])
+    # (not by the name it stored: one saved before custom names were tokenizer hashes gets the name its hash gives)
+    return tokenizer_from_bpe(state["bpe"])
+
+
+def vocabulary_name(name, tok_hash):
+    """The name a vocabulary is shown by, of the name and tokenizer_hash a checkpoint or meta.json records: gpt2, or
+    custom-<its hash>, as tokenizer_from_bpe names it now (one saved before recorded custom-<a hash of its text>)."""
+    return "gpt2" if name == "gpt2" else f"custom-{tok_hash}"
 
 
 def tokenizer_hash(enc):

@@ -72,7 +72,8 @@ from model import OPTIMIZERS, PRESETS, VARIANTS, GPT, make_config
 from prepare import (DATASETS, DEFAULT_OUT_DIR, DEFAULT_PACK, DEFAULT_VAL_FRACTION, MIXABLE, damaged_field,
                      is_complete, is_dataset_name, meta_options, new_command, rebuild_command, token_bytes,
                      unreadable_field)
-from setup_tokenizer import fewer_ids, get_tokenizer, moved_vocabulary, tokenizer_from_state, tokenizer_hash
+from setup_tokenizer import (fewer_ids, get_tokenizer, moved_vocabulary, tokenizer_from_state, tokenizer_hash,
+                             vocabulary_name)
 
 # Peak learning rates and batch sizes (windows) that train each preset well with AdamW(0.9, 0.95); small models
 # tolerate (and need) larger steps. tiny's were measured on a 2-core CPU with --time_budget 2 on TinyStories
@@ -1786,6 +1787,7 @@ def pick_tokenizer(args, meta, ckpt):
 def hashed_as_data(args, meta, ckpt):
     """pick_tokenizer's tokenizer, whose hash is the data's (meta.json's tokenizer_hash)."""
     want = meta.get("tokenizer_hash")
+    data_vocabulary = vocabulary_name(meta.get("tokenizer_name", meta.get("tokenizer")), want)
 
     def with_tokenizer(name, vocab, context=None):  # gpt2, or a path: a .tiktoken file, or a checkpoint, whose
         # vocabulary prepare.py reads; vocab: its tokenizer_hash. In a folder of its own: made again in place, the
@@ -1806,17 +1808,18 @@ def hashed_as_data(args, meta, ckpt):
         have = ckpt["tokenizer"].get("hash")
         if have != want:
             own = ckpt["tokenizer"].get("bpe") is not None
-            raise UserError(f"{args.checkpoint} uses tokenizer {ckpt['tokenizer'].get('name')} ({have}) but "
-                            f"{meta['folder']} was prepared with {meta.get('tokenizer_name', meta.get('tokenizer'))} "
-                            f"({want}): prepare the data with the checkpoint's tokenizer in a folder of its own "
+            raise UserError(f"{args.checkpoint} uses tokenizer {vocabulary_name(ckpt['tokenizer']['name'], have)} but "
+                            f"{meta['folder']} was prepared with {data_vocabulary}: prepare the data with the "
+                            f"checkpoint's tokenizer in a folder of its own "
                             f"({with_tokenizer(args.checkpoint if own else 'gpt2', have, ckpt['config'].get('block_size'))})"
                             f" or train a new model")
     if args.tokenizer:
         enc = get_tokenizer(args.tokenizer)
         if tokenizer_hash(enc) != want:
-            raise UserError(f"--tokenizer {args.tokenizer} ({tokenizer_hash(enc)}) is not the tokenizer {meta['folder']} "
-                            f"was prepared with ({meta.get('tokenizer_name', meta.get('tokenizer'))}, {want}): drop "
-                            f"--tokenizer, or prepare the data with it in a folder of its own: "
+            named = "" if args.tokenizer == enc.name else f" ({enc.name})"  # (a file's vocabulary, not gpt2)
+            raise UserError(f"--tokenizer {args.tokenizer}{named} is not the tokenizer {meta['folder']} "
+                            f"was prepared with ({data_vocabulary}): drop --tokenizer, or prepare the data with it in "
+                            f"a folder of its own: "
                             f"{with_tokenizer(args.tokenizer, tokenizer_hash(enc))}")
         if ckpt is None:
             return enc
@@ -1834,9 +1837,10 @@ def hashed_as_data(args, meta, ckpt):
     if tokenizer_hash(enc) != want:
         # (its own vocabulary, --vocab_size, is trained again by the command; another file is said cut short there too)
         short = fewer_ids(enc, meta.get("vocab_size"))
+        back = "put the whole file back, or " if short else ""
         raise UserError(f"tokenizer {name} changed since {meta['folder']} was prepared ({short + '; ' if short else ''}"
-                        f"hash {tokenizer_hash(enc)}, data {want}): {'put the whole file back, or ' if short else ''}"
-                        f"run `{rebuild_command(meta, meta['folder'])}` again")
+                        f"now {enc.name}, the data's {data_vocabulary}): {back}run "
+                        f"`{rebuild_command(meta, meta['folder'])}` again")
     return enc
 
 

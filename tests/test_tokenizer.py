@@ -153,6 +153,13 @@ def test_custom_vocabulary_trains_saves_loads_round_trips(custom):
     again = tokenizer_from_state(state)
     assert again.encode_ordinary(story) == loaded.encode_ordinary(story)
     assert tokenizer_hash(again) == tokenizer_hash(loaded)
+    # one id for one vocabulary: its name is its tokenizer_hash, which meta.json and checkpoints record (it was a hash
+    # of the file's text, shown beside the other), from its file, from a checkpoint, and from one that recorded the
+    # old name
+    name = f"custom-{tokenizer_hash(enc)}"
+    assert enc.name == loaded.name == again.name == name
+    assert tokenizer_from_state(dict(state, name="custom-f3dc00e91d31")).name == name
+    assert setup_tokenizer.vocabulary_name("custom-f3dc00e91d31", tokenizer_hash(enc)) == name
 
 
 HINDI = "मेरा नाम राम है। मैं भारत में रहता हूँ और हिंदी बोलता हूँ। "  # vowel signs are combining marks (\\p{M})

@@ -4501,6 +4501,30 @@ def test_a_continued_run_takes_a_new_dropout(env, tmp_path):
     assert load_checkpoint(go_on(dropped, "c"))["config"]["dropout"] == 0.1
 
 
+def test_a_vocabulary_other_than_the_datas_is_named_by_one_id(tmp_path):
+    """A checkpoint or --tokenizer whose vocabulary is not the data's: each vocabulary named once, gpt2 or
+    custom-<its tokenizer_hash> (it said "custom-<a hash of its file's text> (<its tokenizer_hash>)"), also for a
+    meta.json that recorded the old name."""
+    import argparse
+    from setup_tokenizer import tokenizer_state
+    (tmp_path / "t.txt").write_text(story_text(5_000), encoding="utf-8")
+    custom, gpt2 = train_tokenizer([str(tmp_path / "t.txt")], 300, str(tmp_path / "v.tiktoken")), get_tokenizer("gpt2")
+    name = f"custom-{tokenizer_hash(custom)}"
+    meta = {"folder": "data/mine", "name": "mine", "kind": "text", "options": {},
+            "tokenizer": str(tmp_path / "v.tiktoken"), "tokenizer_hash": tokenizer_hash(custom),
+            "tokenizer_name": "custom-f3dc00e91d31"}
+    with pytest.raises(UserError, match=rf"^m\.pt uses tokenizer gpt2 but data/mine was prepared with {name}: "):
+        train.hashed_as_data(argparse.Namespace(checkpoint="m.pt", tokenizer=None), meta,
+                             {"tokenizer": tokenizer_state(gpt2), "config": {"block_size": 64}})
+    with pytest.raises(UserError, match=rf"^--tokenizer gpt2 is not the tokenizer data/mine was prepared with "
+                                        rf"\({name}\): drop --tokenizer"):
+        train.hashed_as_data(argparse.Namespace(checkpoint=None, tokenizer="gpt2"), meta, None)
+    meta = dict(meta, tokenizer_hash=tokenizer_hash(gpt2), tokenizer_name="gpt2", tokenizer="gpt2")
+    with pytest.raises(UserError, match=rf"^--tokenizer {re.escape(str(tmp_path / 'v.tiktoken'))} \({name}\) is not "
+                                        rf"the tokenizer data/mine was prepared with \(gpt2\): drop --tokenizer"):
+        train.hashed_as_data(argparse.Namespace(checkpoint=None, tokenizer=str(tmp_path / "v.tiktoken")), meta, None)
+
+
 def test_a_tokenizer_file_changed_since_the_data_was_prepared_is_refused(tmp_path):
     """Data prepared with --tokenizer FILE, then FILE trained again in place: its token ids mean other text now, and
     a model trained on the data with it would learn garbage and write it out as the new vocabulary's. Refused with
@@ -4508,7 +4532,7 @@ def test_a_tokenizer_file_changed_since_the_data_was_prepared_is_refused(tmp_pat
     src = tmp_path / "mine.txt"
     src.write_text(story_text(30_000), encoding="utf-8")
     tok, data = str(tmp_path / "vocab.tiktoken"), str(tmp_path / "data")
-    train_tokenizer([str(src)], 300, tok)
+    old = tokenizer_hash(train_tokenizer([str(src)], 300, tok))
     prepare.prepare("text", source=str(src), tokenizer=tok, out_dir=data, name="mine")
     argv = ["--data_dir", data, "--dataset", "mine", "--output_checkpoint", str(tmp_path / "m" / "{dataset}.pt"),
             "--n_layer", "1", "--n_embd", "32", "--n_head", "2", "--block_size", "32", "--max_steps", "1",
@@ -4519,7 +4543,8 @@ def test_a_tokenizer_file_changed_since_the_data_was_prepared_is_refused(tmp_pat
         f.write("".join(whole.splitlines(keepends=True)[:280]))
     with pytest.raises(UserError, match=rf"^tokenizer {re.escape(tok)} changed since {re.escape(data)}/mine was "
                                         rf"prepared \(283 token ids where it had 300: cut short by a copy or download "
-                                        rf"that stopped, or trained again smaller; hash \S+, data \S+\): put the whole "
+                                        rf"that stopped, or trained again smaller; now custom-\w{{16}}, the data's "
+                                        rf"custom-{old}\): put the whole "
                                         rf"file back, or run `python prepare\.py .*` again$"):
         train.train(train.parse_args(argv))
     with open(tok, "w") as f:
@@ -4527,8 +4552,11 @@ def test_a_tokenizer_file_changed_since_the_data_was_prepared_is_refused(tmp_pat
     (tmp_path / "other.txt").write_text(story_text(5_000), encoding="utf-8")
     # the same --vocab_size, as a vocabulary trained again in place mostly has: the hash tells it apart by its merges
     new = train_tokenizer([str(tmp_path / "other.txt")], 300, tok)
+    # (each vocabulary under one id, custom-<its tokenizer_hash>: it said "hash 9c1f..., data 4e2a...", and custom-<a
+    # hash of the file's text> elsewhere)
     with pytest.raises(UserError, match=rf"^tokenizer {re.escape(tok)} changed since {re.escape(data)}/mine was "
-                                        rf"prepared \(hash \S+, data \S+\): run `python prepare\.py .*` again$") as e:
+                                        rf"prepared \(now custom-{tokenizer_hash(new)}, the data's custom-{old}\): run "
+                                        rf"`python prepare\.py .*` again$") as e:
         train.train(train.parse_args(argv))
     prepare.main(shlex.split(re.search(r"`python prepare\.py ([^`]*)`", str(e.value)).group(1)))
     out = train.train(train.parse_args(argv))
