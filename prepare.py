@@ -2428,7 +2428,7 @@ def prepare(dataset, source=None, tokenizer=None, limit=None, val_fraction=DEFAU
                             vocab_size, pack, mix, skip_bad_records)
 
 
-def check_arguments(dataset, source, tokenizer, limit, val_fraction, pack, mix, vocab_size, name, out_dir):
+def check_arguments(dataset, source, tokenizer, val_fraction, pack, mix, vocab_size, name, out_dir):
     """Refuse prepare()'s arguments that make no dataset, each with its own line, before any file is looked for.
     name: the dataset's folder name (--name, default the dataset's)."""
     if dataset == "mix":
@@ -2608,7 +2608,7 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
                  mix, skip_bad_records):
     """prepare(), holding the dataset folder's lock in held once the folder is known."""
     named, name = bool(name), name or dataset
-    check_arguments(dataset, source, tokenizer, limit, val_fraction, pack, mix, vocab_size, name, out_dir)
+    check_arguments(dataset, source, tokenizer, val_fraction, pack, mix, vocab_size, name, out_dir)
     left = LeftOut(skip_bad_records)  # the records left out, by file (good_docs), for build's summary
     plan = find_mix_source(mix, extra, limit, left) if dataset == "mix" else \
         find_source(dataset, source, extra, limit, left)
