@@ -819,9 +819,7 @@ def with_other_files(e, plan):
     among plain text) is named as such, not by the bad records its own first record's kind finds: the run stops at it
     (mixed_kinds), --skip_bad_records or not."""
     streams = plan["streams"]
-    at = next((i for i, (_, label, _) in enumerate(streams) if label == e.label), None)
-    if at is None:  # (a hub split's)
-        return e
+    at = next(i for i, (_, label, _) in enumerate(streams) if label == e.label)  # (a file's: hub rows are not scanned)
     # (label, bad, wheres, good) of each file with bad records; the files of the other kind; bytes read; files not
     found, others, read, unread = [], [], 0, 0
     for i, (role, label, _) in enumerate(streams):
