@@ -1995,9 +1995,10 @@ def best_measured_otherwise(ckpt, ckpt_args, args, meta, was_eval, eval_windows,
     return None
 
 
-def resumed_progress(run, warmup_given, eval_given, batch_given):
+def resumed_progress(run, options_given):
     """A continued run's Progress, val windows an evaluation takes and warmup: its checkpoint's, fitted to today's
-    (run: a Run as plan_run has it, its batches and a new run's eval_windows and budget set)."""
+    (run: a Run as plan_run has it, its batches and a new run's eval_windows and budget set; options_given: start_run's,
+    the options of these the user gave)."""
     args, ckpt, ckpt_args, batches = run.args, run.ckpt, run.ckpt_args, run.batches
     p = checkpoint_progress(ckpt, ckpt_args)
     # another window order: going on from the epoch's position would repeat some windows and skip others
@@ -2011,7 +2012,7 @@ def resumed_progress(run, warmup_given, eval_given, batch_given):
     was_batch, was_world, was = trained_batch(ckpt, ckpt_args, args, run.train_w)
     if was and was_world != run.dist.world and was != batches.windows_per_step:
         warn(other_global_batch(args, was, was_world, batches.windows_per_step, run.dist.world))
-    elif not batch_given and was_batch < args.batch_size == ckpt_args.get("batch_size"):
+    elif "batch_size" not in options_given and was_batch < args.batch_size == ckpt_args.get("batch_size"):
         # its batch was cut to a small text (fitted_batch_size), and the data, prepared again, holds a whole one now
         warn(f"the checkpoint's run trained in batches of {was_batch}, its batch of {args.batch_size} cut to its "
              f"small train split; the split has {len(run.train_w):,} windows now: batches of {args.batch_size} "
@@ -2021,7 +2022,7 @@ def resumed_progress(run, warmup_given, eval_given, batch_given):
     # would be another subset of the split, whose loss the best file and --patience would compare with the run's
     # earlier ones
     was_eval = recorded_eval_windows(ckpt, ckpt_args, was_batch, was_world)
-    eval_windows = was_eval if not eval_given and is_count(was_eval) else run.eval_windows
+    eval_windows = was_eval if "eval_batches" not in options_given and is_count(was_eval) else run.eval_windows
     otherwise = None if p.best_val_loss is None else best_measured_otherwise(ckpt, ckpt_args, args, run.meta, was_eval,
                                                                              eval_windows, len(run.val_w))
     if otherwise:  # the next evaluation starts a bar
@@ -2034,7 +2035,7 @@ def resumed_progress(run, warmup_given, eval_given, batch_given):
         # steps of the new size, so place the run where the windows done so far put it, and its inherited warmup
         # with it
         p.step = p.epoch * batches.steps_per_epoch + batches.steps_done(p.windows)
-        if not warmup_given and was and warmup:
+        if "warmup" not in options_given and was and warmup:
             warmup = max(1, round(warmup * was / batches.windows_per_step))
     if args.reset_epoch:  # same weights, optimizer and best val loss; epochs and schedule from zero
         p = Progress(tokens=p.tokens, best_val_loss=p.best_val_loss, elapsed=p.elapsed)
@@ -2588,9 +2589,7 @@ def plan_run(run, options_given):
 
     run.p = Progress()
     if continuing:
-        run.p, run.eval_windows, args.warmup = resumed_progress(run, "warmup" in options_given,
-                                                                "eval_batches" in options_given,
-                                                                "batch_size" in options_given)
+        run.p, run.eval_windows, args.warmup = resumed_progress(run, options_given)
     check_eval_targets(run.val_w, run.eval_windows)
     run.bpb_scale = bpb_scale(run.val_w, run.eval_windows, run.enc)
     return run_warmup
