@@ -223,6 +223,22 @@ def bare_turns(record):
 # a text (a record's, or a .txt file's start) that is a chat template's output
 CHATML_TEXT = (f"a conversation written out in ChatML ({IM_START}role ... {IM_END}), which plain text would train on as "
                f"words, every turn in the loss")
+# how a chat template opens a turn: the marker, a role, a line break
+CHATML_TURN = re.compile(rf"\s*{re.escape(IM_START)}[A-Za-z_][\w-]*[ \t]*\r?\n")
+
+
+def chatml_text(text, where, way_out, file="IN.jsonl"):
+    """The UserError for text (a record's, or a .txt file's start) that starts with IM_START: a conversation a chat
+    template wrote out (way_out: how to give it instead), or, with no role after the marker, plain text wrapped in the
+    markers, as minimind's pretraining files write every text. That is no conversation: told to give it as
+    `messages`, its user had no roles to give. file: the file the markers are in, for the command that takes them
+    out (a record's where may be a hub dataset's row: IN.jsonl stands for its file)."""
+    if CHATML_TURN.match(text):
+        return UserError(f"{where}: {CHATML_TEXT}{way_out}")
+    plain = re.sub(r"(\.[^./]*)?$", r".plain\g<0>", file, count=1)
+    return UserError(f"{where}: text wrapped in {IM_START} ... {IM_END} with no role after {IM_START} (as minimind's "
+                     f"pretraining files write it), which plain text would train on as words: take the markers out, "
+                     f"as in: sed -e 's/{IM_START}//g' -e 's/{IM_END}//g' {shlex.quote(file)} > {shlex.quote(plain)}")
 
 
 def refuse_records(path, text):
@@ -232,8 +248,8 @@ def refuse_records(path, text):
     nothing but its count ("1 document")."""
     line = text.lstrip().partition("\n")[0]
     if line.startswith(IM_START):  # a chat template's output saved as text: plain text trains its markers as words
-        raise UserError(f"{path}: {CHATML_TEXT}; a .txt file is read as plain text: write the conversations as .jsonl "
-                        f"records of `messages`")
+        raise chatml_text(text.lstrip(), path, "; a .txt file is read as plain text: write the conversations as .jsonl "
+                          "records of `messages`", file=path)
     if line[:1] in ("{", "["):
         with contextlib.suppress(ValueError, RecursionError):  # (a line of a thousand ['s: text, not a traceback)
             record = json.loads(line)
@@ -535,8 +551,8 @@ def plain_text(text, where):
     template applied before saving, as many SFT sets' text column is): read as plain text, its <|im_start|> and
     <|im_end|> were trained on as words, leaving no token to end a reply at, and the user's turns were in the loss."""
     if text.lstrip().startswith(IM_START):
-        raise UserError(f"{where}: {CHATML_TEXT}: give it as `messages` "
-                        f"[{{\"role\": \"user\", \"content\": ...}}, {{\"role\": \"assistant\", ...}}]")
+        raise chatml_text(text, where, ": give it as `messages` "
+                          "[{\"role\": \"user\", \"content\": ...}, {\"role\": \"assistant\", ...}]")
     return (text.strip(), True) if text.strip() else None
 
 

@@ -3908,6 +3908,29 @@ def test_a_conversation_written_out_in_chatml_is_a_bad_record(tmp_path):
         ("ChatML opens a turn with <|im_start|>.", True)
 
 
+
+def test_text_wrapped_in_chatml_markers_without_roles_is_told_to_lose_them(tmp_path, enc):
+    """minimind's pretraining files wrap each text in <|im_start|> ... <|im_end|> with no role. It was refused as "a
+    conversation written out in ChatML ... give it as `messages`", a fix with no roles to give: the error names the
+    markers and the command that takes them out, and what that command writes prepares."""
+    wrapped = "<|im_start|>小明喜欢读书。<|im_end|> <|im_start|>Once upon a time<|im_end|>"
+    with pytest.raises(UserError, match=r"^x: text wrapped in <\|im_start\|> \.\.\. <\|im_end\|> with no role "
+                                        r".*minimind.* as in: sed -e 's/<\|im_start\|>//g' -e 's/<\|im_end\|>//g' IN\.jsonl > "
+                                        r"IN\.plain\.jsonl$"):
+        prepare.record_doc({"text": wrapped}, "x")
+    txt = write(tmp_path / "pre train.txt", "".join(f"{wrapped} {i}\n<|endoftext|>\n" for i in range(10)))
+    with pytest.raises(UserError, match=r"pre train\.txt: text wrapped .* > '.*/pre train\.plain\.txt'$") as e:
+        prepare.prepare("text", source=txt, out_dir=str(tmp_path / "data"), name="pre")
+    command = str(e.value).partition("as in: ")[2]
+    subprocess.run(command, shell=True, check=True)
+    meta = prepare.prepare("text", source=str(tmp_path / "pre train.plain.txt"), out_dir=str(tmp_path / "data"),
+                           name="pre")
+    text = "".join(enc.decode(load(tmp_path / "data" / "pre", split, meta)[0].tolist()) for split in ("train", "val"))
+    assert text.count("小明喜欢读书。 Once upon a time") == 10 and "<|im_" not in text
+    # a role's line break after the marker is a conversation still, as a chat template writes one
+    with pytest.raises(UserError, match=r"a conversation written out in ChatML"):
+        prepare.record_doc({"text": "<|im_start|>system \nBe brief.<|im_end|>"}, "x")
+
 class Bar:
     """A stand-in for tqdm (common.progress_bar's) that records its total, whether it is disabled and what it was
     advanced by."""
