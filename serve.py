@@ -147,6 +147,12 @@ KINDS = {"int": (is_int, "an integer"), "number": (is_number, "a number"),
          "list": (lambda v: isinstance(v, list), "an array"), "dict": (lambda v: isinstance(v, dict), "an object")}
 
 
+def shown(v):
+    """A request's value v, as an error echoes it: JSON with its text as written (ensure_ascii would send "你好" back
+    as "\\u4f60\\u597d", escaped again by the body's own JSON), cut to 80 characters: a value may be a MiB long."""
+    return json.dumps(v, ensure_ascii=False)[:80]
+
+
 def get(req, name, kind, check=None, what=None):
     """req[name], None when absent or null; of the wrong type, or failing check, a 400 naming the parameter."""
     v = req.get(name)
@@ -155,7 +161,7 @@ def get(req, name, kind, check=None, what=None):
     is_kind, kind_name = KINDS[kind]
     ok = is_kind(v)
     if not ok or (check and not check(v)):
-        raise ApiError(400, f"{name} must be {what or kind_name}, got {json.dumps(v)[:80]}", param=name,
+        raise ApiError(400, f"{name} must be {what or kind_name}, got {shown(v)}", param=name,
                        code="invalid_type" if not ok else "invalid_value")
     return v
 
@@ -204,7 +210,7 @@ def read_messages(req):
                            param=f"messages[{i}].role", code="missing_required_parameter")
         role = "system" if m["role"] == "developer" else m["role"]  # OpenAI's newer name for the system message
         if role not in ("system", "user", "assistant"):
-            raise ApiError(400, f"messages[{i}].role must be system, user or assistant, got {json.dumps(role)}",
+            raise ApiError(400, f"messages[{i}].role must be system, user or assistant, got {shown(role)}",
                            param=f"messages[{i}].role", code="invalid_value")
         out.append({"role": role, "content": content_text(m.get("content"), f"messages[{i}].content", role)})
     return out
@@ -226,7 +232,7 @@ def read_prompt(req, enc):
                            code="invalid_value")
         return list(p)
     raise ApiError(400, f"prompt must be a string or a non-empty list of token ids, or one of them in a list (one "
-                        f"prompt per request), got {json.dumps(p)[:80]}", param="prompt", code="invalid_type")
+                        f"prompt per request), got {shown(p)}", param="prompt", code="invalid_type")
 
 
 def read_json(body):
@@ -282,7 +288,7 @@ def job_from_request(body, kind, api):
     req = read_json(body)
     for name in UNSUPPORTED:
         if not harmless(name, req.get(name)):
-            raise ApiError(400, f"{name}={json.dumps(req[name])[:80]} is not supported by this server"
+            raise ApiError(400, f"{name}={shown(req[name])} is not supported by this server"
                            + (": it returns one choice per request" if name in ("n", "best_of") else ""),
                            param=name, code="unsupported_parameter")
     get(req, "model", "str")  # any name: one model is served
@@ -305,7 +311,7 @@ def job_from_request(body, kind, api):
     stop = req.get("stop")
     stop = [stop] if isinstance(stop, str) else stop
     if stop is not None and not (isinstance(stop, list) and len(stop) <= MAX_STOP and all(isinstance(s, str) for s in stop)):
-        raise ApiError(400, f"stop must be a string or a list of at most {MAX_STOP} strings, got {json.dumps(req['stop'])[:80]}",
+        raise ApiError(400, f"stop must be a string or a list of at most {MAX_STOP} strings, got {shown(req['stop'])}",
                        param="stop", code="invalid_value")
     limit = f"an integer from 1 to {block} (the model's context)"
     # both read, so a bad max_tokens beside a good max_completion_tokens (OpenAI's newer name, which wins) is a 400 too,

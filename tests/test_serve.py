@@ -378,6 +378,22 @@ def test_bad_request_gets_400(api, path, body, status, param, code):
     assert not re.search(r"must be an? (dict|bool|str|int)\b", err["error"]["message"]), err
 
 
+@pytest.mark.parametrize("path,body,echo", [
+    ("/v1/chat/completions", {"messages": "你好"}, 'got "你好"'),
+    ("/v1/chat/completions", {"messages": [{"role": "用户", "content": "你好"}]}, 'got "用户"'),
+    ("/v1/chat/completions", {"messages": MSG, "stop": ["停", "止", "了", "吗", "？"]}, 'got ["停", "止", "了", "吗", "？"]'),
+    ("/v1/chat/completions", {"messages": MSG, "model": ["模型"]}, 'got ["模型"]'),
+    ("/v1/completions", {"prompt": {"文本": "你好"}}, 'got {"文本": "你好"}'),
+    ("/v1/completions", {"prompt": "Hi", "logit_bias": {"你": 1}}, 'logit_bias={"你": 1} is not supported'),
+    # cut at 80 characters, not 80 of its escapes (13 characters, or one cut inside its \\uXXXX)
+    ("/v1/completions", {"prompt": ["长" * 100, "x"]}, 'got ["' + "长" * 78 + "\n"),
+], ids=["messages", "role", "stop", "model", "prompt", "unsupported", "cut"])
+def test_a_refused_value_is_echoed_as_the_client_wrote_it(api, path, body, echo):
+    """A 400 quoting a value of the request quoted its text in \\u escapes, inside the body's own JSON: a Chinese
+    client read `got "\\u4f60\\u597d"` for the "你好" it sent."""
+    status, err, _ = post(api, path, body)
+    assert status == 400 and echo in err["error"]["message"] + "\n", err
+
 def raw(api, request):
     """Send raw HTTP bytes; (status, JSON body, headers) of the answer."""
     conn = http.client.HTTPConnection(*api.server_address[:2], timeout=60)
