@@ -658,7 +658,12 @@ def main(argv=None):
         enc = get_tokenizer(args.tokenizer)
         ids = enc.encode(args.text, allowed_special="all")
         for i in ids:
-            print(f"{i:>6}  {enc.decode_single_token_bytes(i)!r}")
+            piece = enc.decode_single_token_bytes(i)
+            text = ""
+            if not piece.isascii():  # its characters beside: b'\xe4\xbd\xa0\xe5\xa5\xbd' alone is no "你好" to a reader
+                with contextlib.suppress(UnicodeDecodeError):  # (part of a character: no text of its own)
+                    text = f"  {piece.decode()!r}"
+            print(f"{i:>6}  {piece!r}{text}")
         print(f"{len(ids)} tokens, {len(args.text.encode())} bytes, vocabulary {enc.n_vocab} ({enc.name})")
     else:
         args.input = [f for given in args.input for f in expand_pattern(given, "--input")]

@@ -605,6 +605,17 @@ def test_a_trained_vocabulary_learns_no_merge_of_the_separator(tmp_path):
     assert not [t for t in enc._mergeable_ranks if b"endof" in t or b"<|" in t or b"|>" in t]
 
 
+def test_cli_show_gives_a_non_ascii_tokens_characters_beside_its_bytes(gpt2, capsys):
+    """A Chinese token was shown as b'\\xe4\\xbd\\xa0...' alone: its characters come beside it, where it holds whole
+    ones; a token holding part of a character, or ASCII, is its bytes alone, as before."""
+    code, out, err = run_in_process(setup_tokenizer.main, ["show", "你好 café"], capsys)
+    assert code == 0 and err == "", err
+    rows = [line.split(None, 1) for line in out.splitlines()[:-1]]
+    assert [int(i) for i, _ in rows] == gpt2.encode("你好 café")
+    for i, shown in rows:
+        piece = gpt2.decode_single_token_bytes(int(i))
+        assert shown == repr(piece) + (f"  {repr(' café')}" if piece == " café".encode() else ""), shown
+
 def test_cli_show_gives_a_special_token_as_one_id(gpt2, capsys):
     """README's `python setup_tokenizer.py show "Hello <|im_start|> world"`: the ChatML token is one id, as the chat
     renderer writes it (it ended in tiktoken's "disallowed special token" traceback)."""
