@@ -2202,13 +2202,13 @@ def meta_options(meta, folder, odd=None):
         return odd
 
 
-def new_command(folder, *more):
+def new_command(folder, *more, source="FILE"):
     """The prepare.py command that makes a dataset in folder with no meta.json to say how it was made (missing, or too
-    damaged): one of prepare.py's own by its name, any other name from the user's files (FILE, as --dataset text: a
+    damaged): one of prepare.py's own by its name, any other name from the user's files (source, as --dataset text: a
     bare `--dataset mine` was prepare.py's usage error); more: options added (train.py's --tokenizer)."""
     name, out_dir = os.path.basename(folder), os.path.dirname(folder) or "."
     args = ["--dataset", name] if name in DATASETS and name != "text" else \
-        ["--dataset", "text", "--source", "FILE", "--name", name]
+        ["--dataset", "text", "--source", source, "--name", name]
     if os.path.abspath(out_dir) != os.path.abspath(DEFAULT_OUT_DIR):
         args += ["--out_dir", out_dir]
     return common.script_command("prepare.py", *args, *more)

@@ -370,17 +370,25 @@ def load_meta(data_dir, dataset, tokenizer=None, trained=None):
     """The dataset's meta.json; a missing or broken dataset is a UserError naming prepare.py. tokenizer: the one the
     data must have (a model's checkpoint), for the command that prepares a missing dataset. trained: (checkpoint,
     the folder its run read this dataset from, how it was made; see trained_data), where no --data_dir was given."""
+    tok = ["--tokenizer", tokenizer] if tokenizer and tokenizer != "gpt2" else []
     if not is_dataset_name(dataset):  # story/ would name the files models/story/.pt; data/story, a bad --name
         parent, name = os.path.split(os.path.normpath(dataset))
         hint = f", as in --dataset {name}" + (f" --data_dir {parent}" if parent else "") if is_dataset_name(name) else ""
         if not (os.sep in dataset or "/" in dataset or dataset in (".", "..")):  # ("my notes" is no path)
             raise UserError(f"--dataset {dataset!r}: a dataset's name is letters, digits, '.', '-' and '_', as "
                             f"prepare.py's --name makes it")
+        if os.path.isfile(dataset):
+            # the user's own data (a chat .jsonl, as other trainers' --data_path takes it): "--dataset sft.jsonl
+            # --data_dir DIR" named a dataset that is not there; it is made by prepare.py first
+            stem = os.path.splitext(name)[0]
+            stem = stem if is_dataset_name(stem) else "NAME"
+            made = new_command(os.path.join(data_dir, stem), *tok, source=dataset)
+            raise UserError(f"--dataset {dataset} is your data, not a dataset prepare.py made: prepare it first, "
+                            f"with `{made}`, then give --dataset {stem}")
         raise UserError(f"--dataset {dataset} is a path: it takes a dataset's name, a folder of --data_dir ({data_dir})"
                         f"{hint}")
     folder = os.path.join(data_dir, dataset)
     path = os.path.join(folder, "meta.json")
-    tok = ["--tokenizer", tokenizer] if tokenizer and tokenizer != "gpt2" else []
     built_in = dataset in DATASETS and dataset != "text"  # text needs --source
     made = new_command(folder, *tok)  # (another name is made of the user's FILE: `--dataset mine` is no command)
     fix = f"{'run' if built_in else 'make it with'} `{made}`"

@@ -1783,6 +1783,19 @@ def test_missing_data_names_a_prepare_command_that_runs(env, tmp_path):
         with pytest.raises(UserError, match=rf"^--dataset {re.escape(path)} is a path: it takes a dataset's name, a "
                                             rf"folder of --data_dir \({data}\){fix}"):
             train.train(args_for(env, tmp_path / "p", "--dataset", path))
+    # a file of the user's data, as other trainers' --data_path takes one: "as in --dataset c.jsonl --data_dir DIR"
+    # named a dataset that is not there; the command that prepares it runs, and its name then trains
+    source = tmp_path / "my chats.jsonl"
+    source.write_text("".join(json.dumps({"conversations": [{"role": "user", "content": f"你好 {i}"},
+                                                            {"role": "assistant", "content": f"你好！{i}"}]},
+                                         ensure_ascii=False) + "\n" for i in range(200)), encoding="utf-8")
+    own = str(tmp_path / "own")  # (not env's data: other tests list what it holds)
+    with pytest.raises(UserError, match=rf"^--dataset {re.escape(str(source))} is your data, not a dataset prepare\.py "
+                                        rf"made: prepare it first, with `(.*)`, then give --dataset NAME$") as e:
+        train.train(args_for(env, tmp_path / "p", "--dataset", str(source), "--data_dir", own))
+    command = re.search("`python (.*)`", str(e.value))[1].replace("NAME", "chats")
+    subprocess.run([sys.executable, *shlex.split(command), "--pack", "64"], cwd=ROOT, check=True, capture_output=True)
+    train.train(args_for(env, tmp_path / "d", "--dataset", "chats", "--data_dir", own, "--max_steps", "1"))
     # a name with a space is no path: it said "--dataset my notes is a path"
     with pytest.raises(UserError, match=r"^--dataset 'my notes': a dataset's name is letters, digits, '\.', '-' and "
                                         r"'_', as prepare\.py's --name makes it$"):
