@@ -287,17 +287,25 @@ def first_line(e, width=200):
 # command-line arguments
 
 # Other tools' names for options named otherwise here, typed by habit by their users (nanoGPT's; Hugging Face's
-# Trainer and generate()'s), which no close spelling finds (--learning_rate for --lr) or finds wrong (--eval_iters read
-# as --eval_interval, --out_dir as --data_dir). Each is guessed as the first of these the script has (sample.py's
-# --out_dir and --init_from name the model: gen.py's checkpoint), and as nothing in a script that has none (serve.py's
-# "--start: did you mean --port?")
+# Trainer, generate()'s and config's; minimind's), which no close spelling finds (--learning_rate for --lr) or finds
+# wrong (--eval_iters read as --eval_interval, --out_dir as --data_dir, --hidden_size as --batch_size). Each is guessed
+# as the first of these the script has (sample.py's --out_dir and --init_from name the model: gen.py's checkpoint), and
+# as nothing in a script that has none (serve.py's "--start: did you mean --port?"), nor for an option with no
+# counterpart ("--num_workers: did you mean --max_tokens?")
 # (--max_iters, --max_new_tokens, --temperature and --warmup_iters are close spellings of ours: not here)
 OTHER_TOOLS_OPTIONS = {"--learning_rate": ["--lr"], "--gradient_accumulation_steps": ["--grad_accum"],
                        "--eval_iters": ["--eval_batches"], "--out_dir": ["--output_checkpoint", "--checkpoint"],
                        "--init_from": ["--checkpoint"], "--start": ["--prompt"],
                        "--per_device_train_batch_size": ["--batch_size"], "--output_dir": ["--output_checkpoint"],
                        "--max_seq_length": ["--block_size"], "--model_name_or_path": ["--init_from", "--checkpoint"],
-                       "--num_return_sequences": ["--num_samples"]}
+                       "--num_return_sequences": ["--num_samples"], "--hidden_size": ["--n_embd"],
+                       "--num_attention_heads": ["--n_head"],
+                       # minimind's (its --max_seq_len is the context in training, the reply's length in its
+                       # eval_model.py; --from_weight names the pretrained weights an SFT starts from)
+                       "--max_seq_len": ["--block_size", "--max_tokens"], "--dim": ["--n_embd"],
+                       "--accumulation_steps": ["--grad_accum"], "--save_dir": ["--output_checkpoint"],
+                       "--from_weight": ["--checkpoint"], "--from_resume": ["--checkpoint"],
+                       "--model_path": ["--init_from", "--checkpoint"], "--num_workers": []}
 
 
 class ArgumentParser(argparse.ArgumentParser):

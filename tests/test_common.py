@@ -214,6 +214,17 @@ def usage_error(script, message, *command):
     ("gen", ["--model_name_or_path=m.pt", "--num_return_sequences=3"],
      "unrecognized arguments: --model_name_or_path=m.pt --num_return_sequences=3 (did you mean --checkpoint, "
      "--num_samples?)"),
+    # minimind's: --hidden_size was "did you mean --batch_size?", --max_seq_len --max_steps, --accumulation_steps
+    # --max_steps, --save_dir --save_interval, --dim --device; its --max_seq_len in eval_model.py is the reply's length
+    ("train", ["--hidden_size=512", "--num_attention_heads=8", "--max_seq_len=512", "--accumulation_steps=8"],
+     "unrecognized arguments: --hidden_size=512 --num_attention_heads=8 --max_seq_len=512 --accumulation_steps=8 (did "
+     "you mean --n_embd, --n_head, --block_size, --grad_accum?)"),
+    ("train", ["--dim=512", "--save_dir=out", "--from_weight=pretrain", "--num_workers=1"],
+     "unrecognized arguments: --dim=512 --save_dir=out --from_weight=pretrain --num_workers=1 (did you mean --n_embd, "
+     "--output_checkpoint, --checkpoint?)"),
+    ("gen", ["--model_path=m.pt", "--max_seq_len=100", "--save_dir=out", "--num_workers=1"],
+     "unrecognized arguments: --model_path=m.pt --max_seq_len=100 --save_dir=out --num_workers=1 (did you mean "
+     "--checkpoint, --max_tokens?)"),
     # sample.py's: its --out_dir and --init_from name the model, gen.py's checkpoint
     ("gen", ["--out_dir=out", "--start=ROMEO:"],
      "unrecognized arguments: --out_dir=out --start=ROMEO: (did you mean --checkpoint, --prompt?)"),
