@@ -473,6 +473,8 @@ def not_utf8(path, what=None, fix=None):
                 decompress_fix(path, head) or (binary_fix(path) if b"\0" in head else None)
         if fix is None and where and utf8_around(path, where[1]):
             fix = stray_byte_fix(path)
+        if fix is None and where and east_asian(path, where[1]):
+            fix = gb18030_fix(path)
         if fix is None and where and holds_c1_bytes(path, where[1]):
             fix = cp1252_fix(path)
     except OSError:
@@ -580,13 +582,42 @@ def holds_c1_bytes(path, at):
 
 
 def utf8_around(path, at):
-    """Whether the 64 KiB of path on either side of offset at hold a character beyond ASCII in valid UTF-8, as
-    latin1 or cp1252 text next to ASCII hardly ever does: the file is UTF-8, but for its byte at."""
+    """Whether the 64 KiB of path on either side of offset at hold as many characters beyond ASCII in valid UTF-8 as
+    bytes that are none, as latin1 or cp1252 text next to ASCII hardly ever does: the file is UTF-8, but for its byte
+    at. (Not one such character: GBK's two-byte characters make one in valid UTF-8 for every three bytes that do
+    not, and Chinese text was told to drop its every character as stray bytes.)"""
     span = 1 << 16
     with open(path, "rb") as f:
         f.seek(max(0, at - span))
-        data = f.read(at - max(0, at - span) + 1 + span)
-    return re.search("[\x80-\ufffc\U00010000-\U0010ffff]", data.decode("utf-8", "replace")) is not None
+        text = f.read(at - max(0, at - span) + 1 + span).decode("utf-8", "replace")
+    return len(re.findall("[\x80-\ufffc\U00010000-\U0010ffff]", text)) >= text.count("\ufffd")
+
+
+# Chinese Windows' "ANSI" text, GBK (GB18030 is its superset), whose common characters are two bytes from 0xA1 up:
+# from cp1252 or latin1 each would become two Western letters. Western text in those holds a byte from 0x80 up before
+# a space or a line break, which GB18030 refuses, and its accented letters come one at a time (für, naïve: which
+# GB18030 reads, as a character of the letter after); Big5, Shift-JIS and EUC-KR text often decodes as GB18030,
+# garbled, so the advice names them too.
+def east_asian(path, at):
+    """Whether the MiB of path from offset at, its first byte that is not UTF-8, decodes as GB18030 (to its last line
+    break, where the MiB cuts a character), nine in ten of its bytes beyond ASCII next to another."""
+    with open(path, "rb") as f:
+        f.seek(at)
+        data = f.read(1 << 20)
+    if len(data) == 1 << 20:
+        data = data[:data.rfind(b"\n") + 1]
+    try:
+        data.decode("gb18030")
+    except UnicodeDecodeError:
+        return False
+    runs = [len(run) for run in re.findall(rb"[\x80-\xff]+", data)]
+    return sum(n for n in runs if n > 1) >= 0.9 * sum(runs) > 0
+
+
+def gb18030_fix(path):
+    return ("it looks like GBK/GB18030, Chinese Windows' encoding: convert it, e.g. "
+            f"{fix_command('iconv -f gb18030 -t utf-8', path)} (Big5, Shift-JIS or EUC-KR text: -f big5, -f "
+            "shift-jis or -f euc-kr; check that the copy reads right)")
 
 
 # -----------------------------------------------------------------------------

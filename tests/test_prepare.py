@@ -455,6 +455,31 @@ def test_the_not_utf8_errors_command_converts_the_file_when_pasted(tmp_path, tex
 
 
 @pytest.mark.skipif(not shutil.which("iconv"), reason="no iconv to run the suggested command")
+@pytest.mark.parametrize("name", ["中文 notes.txt", "chats.jsonl"])
+def test_chinese_windows_text_is_told_to_convert_from_gbk(tmp_path, name):
+    """Text saved by Chinese Windows (GBK) was "the text around it is UTF-8, so a stray byte? drop such bytes, e.g.
+    `iconv -c ...`": GBK's characters make some valid UTF-8 by chance, and the command pasted dropped every Chinese
+    character; a .jsonl's lines were bad records, which --skip_bad_records left out. It is named GBK, and the command
+    given converts it: prepared, the text reads as written."""
+    lines = [f"第{i}天：小明喜欢读书，他说“今天天气很好”。Day {i}: Lily reads." for i in range(300)]
+    text = "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in lines) if name.endswith(".jsonl") else \
+        EOT.join(lines)
+    src = tmp_path / name
+    src.write_bytes(text.encode("gbk"))
+    out = str(tmp_path / "data")
+    for skip in (False, True):
+        with pytest.raises(UserError) as e:
+            prepare.prepare("text", source=str(src), out_dir=out, name="n", skip_bad_records=skip)
+        assert "stray" not in str(e.value) and "bad record" not in str(e.value)
+        command = re.fullmatch(r".*: it looks like GBK/GB18030, .*: convert it, e\.g\. `(iconv -f gb18030 .*)` "
+                               r"\(Big5, .*\)", str(e.value))[1]
+    subprocess.run(command, shell=True, check=True, stdin=subprocess.DEVNULL, timeout=60)
+    stem, ext = os.path.splitext(name)
+    meta = prepare.prepare("text", source=str(tmp_path / f"{stem}.utf8{ext}"), out_dir=out, name="n", val_fraction=0)
+    assert get_tokenizer("gpt2").decode(load(tmp_path / "data" / "n", "train", meta)[0].tolist()) == \
+        EOT.join(lines) + EOT
+
+@pytest.mark.skipif(not shutil.which("iconv"), reason="no iconv to run the suggested command")
 def test_the_not_utf8_advice_for_a_file_of_a_source_folder_gets_the_original_out(tmp_path):
     """In a --source folder, the pasted command writes notes.utf8.txt next to notes.txt: the next run read both and
     failed again on notes.txt. The error says to move the original out; done, the folder is prepared."""
