@@ -860,9 +860,11 @@ def test_a_stray_byte_in_utf8_text_is_not_answered_with_a_latin1_conversion(tmp_
                                               f"`iconv -c -f utf-8 -t utf-8 < {f} > {tmp_path}/chats.utf8.jsonl`, or "
                                               "mend that line (converting from latin1 would garble its other "
                                               "characters)")
-    f.write_bytes('{"text": "caf\u00e9 cr\u00e8me"}\n'.encode("latin-1"))
     latin1 = f": convert it, e.g. `iconv -f latin1 -t utf-8 < {f} > {tmp_path}/chats.utf8.jsonl`"
-    assert str(not_utf8(str(f))).endswith(latin1)
+    # (accents inside words, a letter after each, read as GB18030 too: their bytes beyond ASCII come one at a time)
+    for text in ('{"text": "caf\u00e9 cr\u00e8me"}\n', '{"text": "M\u00fcller f\u00fcr na\u00efve"}\n'):
+        f.write_bytes(text.encode("latin-1"))
+        assert str(not_utf8(str(f))).endswith(latin1)
     f.write_bytes('{"text": "ok"}\n{"text": "\u201cquoted\u201d"}\n'.encode("cp1252"))  # cp1252's, no stray bytes
     cp1252 = (": it looks like Windows-1252 (bytes 0x80-0x9F: curly quotes, dashes, the euro sign): convert it, e.g. "
               f"`iconv -f cp1252 -t utf-8 < {f} > {tmp_path}/chats.utf8.jsonl`")
