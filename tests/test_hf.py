@@ -66,9 +66,11 @@ def hf_noise(model, std=0.1):
     return model
 
 
+# 4 heads in 2 layers: with as many heads as layers, a config that wrote or read one for the other (config.json's
+# n_head as n_layer) gave the same model, and the logits passed
 def our_model(vocab_size, variant="gpt2", bias=True):
     torch.manual_seed(0)
-    config = make_config("tiny", n_layer=2, n_embd=64, n_head=2, block_size=64, vocab_size=vocab_size,
+    config = make_config("tiny", n_layer=2, n_embd=64, n_head=4, block_size=64, vocab_size=vocab_size,
                          variant=variant, bias=bias)
     return hf_noise(GPT(config)).eval()
 
@@ -117,7 +119,7 @@ def hub_gpt2(tmp_path_factory):
     transformers = transformers_or_skip()
     folder = tmp_path_factory.mktemp("hub") / "gpt2"
     torch.manual_seed(0)
-    config = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=2, n_positions=64, vocab_size=50257)
+    config = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=64, vocab_size=50257)
     model = hf_noise(transformers.GPT2LMHeadModel(config)).eval()
     model.save_pretrained(str(folder))
     for name, src in gpt2_original_files().items():
@@ -149,6 +151,8 @@ def test_export_loads_in_transformers_with_the_same_logits(exported, enc):
     kind = "GPT2LMHeadModel" if ours.config.variant == "gpt2" else "LlamaForCausalLM"
     assert type(theirs).__name__ == kind
     assert theirs.config.vocab_size == enc.n_vocab  # the padding rows stay behind
+    # <|endoftext|> begins and ends a document, for the tools that read config.json rather than generation_config.json
+    assert theirs.config.bos_token_id == theirs.config.eos_token_id == enc.encode_single_token(EOT)
     idx = torch.randint(0, enc.n_vocab, (2, 64), generator=torch.Generator().manual_seed(0))
     idx[0, :3] = torch.tensor([enc.encode_single_token(t) for t in (IM_START, IM_END, EOT)])
     with torch.no_grad():
@@ -162,6 +166,7 @@ def test_export_loads_in_transformers_with_the_same_logits(exported, enc):
 def test_export_tokenizer_gives_the_same_ids(exported, enc):
     transformers = pytest.importorskip("transformers")  # (its tokenizers need no torch)
     tok = transformers.AutoTokenizer.from_pretrained(exported["out"])
+    assert tok.eos_token == EOT  # (fine-tuning scripts end each example with it, and pad with it)
     for text in TEXTS:
         ids = enc.encode(text, allowed_special="all")
         assert ids_of(tok, text) == ids, text
@@ -450,8 +455,8 @@ def test_hub_layout_without_prefix_and_with_mask_buffers(hub_gpt2, tmp_path):
 def test_llama_folder_imports_with_the_same_logits(tmp_path, enc):
     # a LlamaForCausalLM made by transformers, in the shape model.py's modern variant has
     transformers = transformers_or_skip()
-    config = transformers.LlamaConfig(hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=2,
-                                      num_key_value_heads=2, max_position_embeddings=64, vocab_size=50257,
+    config = transformers.LlamaConfig(hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=4, max_position_embeddings=64, vocab_size=50257,
                                       rms_norm_eps=1e-5, tie_word_embeddings=True, attention_bias=True, mlp_bias=True)
     theirs = hf_noise(transformers.LlamaForCausalLM(config)).eval()
     folder = str(tmp_path / "llama")
@@ -827,7 +832,9 @@ def test_export_refuses_to_clobber(small_folder, tmp_path, capsys):
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     line = one_error_line(*run_cli(export.main, [small_folder["ckpt"], str(out)], capsys)[::2])
-    assert str(out) in line and "is a folder that is not empty" in line
+    # (check_out_dir's line, before the load: not the rename's, after it, which blames another export)
+    assert line == f"error: {out} already exists and is a folder that is not empty: choose a new OUT_DIR or remove " \
+                   f"it first", line
     (tmp_path / "file.json").write_text("{}")  # a file was called "not an empty folder"
     line = one_error_line(*run_cli(export.main, [small_folder["ckpt"], str(tmp_path / "file.json")], capsys)[::2])
     assert line == f"error: {tmp_path / 'file.json'} already exists and is a file: choose a new OUT_DIR or remove it " \
