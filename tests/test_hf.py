@@ -677,12 +677,24 @@ def merges(change):
     (lambda f: edit_json(f / "tokenizer_config.json", lambda t: t.update(tokenizer_class="GPTNeoXTokenizerFast")),
      "transformers reads its tokenizer as GPTNeoXTokenizer (tokenizer_config.json's tokenizer_class "
      "GPTNeoXTokenizerFast), which builds a pipeline of its own from the vocabulary, not a tiktoken one"),
+    # GPT-2 settings model.py lacks: the ones that keep every shape imported without a word, with other logits; the
+    # others were refused by a shape, "copy the folder again", where the download is fine
+    (edit_config(layer_norm_epsilon=1e-6), "layer_norm_epsilon 1e-06 is not model.py's 1e-05"),
+    (edit_config(scale_attn_by_inverse_layer_idx=True), "the attention scaling is not 1/sqrt(head_dim)"),
+    (edit_config(scale_attn_weights=False), "the attention scaling is not 1/sqrt(head_dim)"),
+    (edit_config(add_cross_attention=True), "it has cross-attention"),
+    (edit_config(n_inner=128), "n_inner 128 is not 4 * n_embd"),
+    # weights the config has no place for (a layer more than n_layer): not left behind, a model cut short
+    (edit_config(n_layer=1), "unexpected ['transformer.h.1."),
+    # a merge listed twice in place of the next one: that token's id never came out of transformers, here it did
+    (merges(lambda m: [m[0], m[0], *m[2:]]), "is out of id order or makes no token of the vocabulary"),
 ], ids=["no-config", "bad-json", "bert", "bert-architectures-string", "bert-architectures-number", "relu", "no-weights", "corrupt-weights", "shape", "huge", "huge-layers", "layers", "vocab", "no-tokenizer",
         "prefix-space", "prefix-space-config", "prefix-space-vocab", "index-list", "index-map", "shard-missing",
         "bin-corrupt", "bin-no-dict", "sentencepiece", "not-byte-level", "unknown-special", "special-id",
         "special-missing", "id-gap", "merge-order", "merge-missing", "merges-malformed", "own-block", "own-not-object",
         "config-not-object", "config-refused", "config-text-layers", "config-text-eps", "llama-key-missing", "prefix-space-unknown-class",
-        "own-pipeline-class"])
+        "own-pipeline-class", "layer-norm-eps", "scale-by-layer", "unscaled", "cross-attention", "n-inner",
+        "weights-beyond-config", "merge-twice"])
 def test_bad_folders_are_one_line_errors(small_folder, tmp_path, capsys, change, words):
     folder = broken(small_folder, tmp_path, change)
     line = one_error_line(*run_cli(gen.main, [folder, "--prompt", "x", "--max_tokens", "1", *CPU], capsys)[::2])
@@ -804,6 +816,15 @@ def test_llama_settings_model_py_lacks_are_refused(small_folder, tmp_path, custo
                           (dict(rms_norm_eps=1e-6), "rms_norm_eps 1e-06 is not model.py's 1e-05"),
                           (dict(intermediate_size=256), "intermediate_size"),
                           (dict(rope_parameters=[1]), "rope_parameters is not an object"),
+                          # scaled RoPE (Llama 3.1's, older configs' rope_scaling), another activation: the same
+                          # shapes, so without the check another model, imported without a word
+                          (dict(rope_scaling={"rope_type": "linear", "factor": 2.0}), "it scales RoPE"),
+                          (dict(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}),
+                           "it scales RoPE"),
+                          (dict(hidden_act="gelu"), "hidden_act 'gelu' is not silu"),
+                          # other shapes: the setting named, not "copy the folder again" for a shape
+                          (dict(head_dim=32), "head_dim is not hidden_size / num_attention_heads"),
+                          (dict(mlp_bias=False), "attention_bias and mlp_bias differ"),
                           # untied with no lm_head.weight: transformers gives the head random values, ours would tie
                           # it, two models (it loaded without a word); a Llama config without the key is untied too
                           (dict(tie_word_embeddings=False), "the embeddings are untied (tie_word_embeddings false)"),
