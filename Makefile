@@ -18,8 +18,8 @@ export DATA_MIRROR := $(abspath ../shared/data)
 endif
 endif
 
-# make demo: minutes of training (--compile: ~1.4x the tokens/s after 25-45 s of compiling on a fresh machine, 5-8 s once cached), the tiny preset on a CPU and small on a
-# CUDA GPU (train.py's default); DEMO_MINUTES=10 for a better model
+# make demo: minutes of training (--compile: ~1.4x the tokens/s after 25-45 s of compiling on a fresh machine, 5-8 s
+# once cached), the tiny preset on a CPU and small on a CUDA GPU (train.py's default); DEMO_MINUTES=10 for a better model
 DEMO_MINUTES ?= 5
 # stories for the demos: the mirror's 8,621 all; online the first 10,000 of TinyStories' 2.1M (streamed: not 1.9 GB)
 DEMO_STORIES ?= 10000
