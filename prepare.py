@@ -84,7 +84,7 @@ from setup_tokenizer import (EOT, IM_END, IM_START, VocabSample, fewer_ids, get_
                              warn_short_vocabulary)
 
 FORMAT = 1   # layout of meta.json and the .bin files
-VERSION = 13  # bump when the same inputs would give other tokens or counts, so existing datasets rebuild
+VERSION = 14  # bump when the same inputs would give other tokens or counts, so existing datasets rebuild
              # (this line's git log says what each bump changed)
 DATASETS = ("story", "shakespeare", "dailydialog", "chat", "chitchat", "knowledge", "text")
 EVERYTHING = ("story", "shakespeare", "dailydialog", "chat", "knowledge", "chitchat")  # what a bare `python prepare.py` builds
@@ -281,6 +281,34 @@ def story_line_docs(path):
     line (upstream lost the real separators, so the few stories whose paragraphs were single
     newlines come out as several documents)."""
     return separated_docs(path, STORY_BREAK.split)
+
+
+# TinyStories' mojibake (the mirror's train-head files, parts of the hub's): punctuation U+2000-U+203F (quotes, dashes,
+# the ellipsis) whose UTF-8 bytes E2 80 xx were read as cp1252 upstream, “ as â€œ and ’ as â€™; ” as â€ alone, its
+# byte 0x9D (no cp1252 character) lost. A model trained on it writes it. Each sequence mapped is the character's own
+# bytes read as cp1252, so nothing else changes: text without â€ stays byte for byte, a French "â" included
+MOJIBAKE = {"â€" + c: bytes([0xE2, 0x80, b]).decode("utf-8")
+            for b in range(0x80, 0xC0) if (c := bytes([b]).decode("cp1252", "ignore"))}
+MOJIBAKE_RUN = re.compile("â€[" + re.escape("".join(k[2] for k in MOJIBAKE)) + "]?")
+
+
+def mend_mojibake(text):
+    """text with its MOJIBAKE sequences (â€ alone: ”) made the characters meant, and how many there were."""
+    return MOJIBAKE_RUN.subn(lambda m: MOJIBAKE.get(m[0], "”"), text)
+
+
+def mended_docs(make_docs, label, mended):
+    """The documents of make_docs() (a stream's), their mojibake mended (mend_mojibake) and counted under
+    mended[label]: the most one pass has mended, as each pass over a file (the val count, a vocabulary's, the
+    tokenizing) reads it from its start."""
+    n = 0
+    for doc in make_docs():
+        if doc_kind(doc) == "text":
+            text, k = mend_mojibake(doc[0])
+            if k:
+                doc, n = (text, doc[1]), n + k
+                mended[label] = max(mended.get(label, 0), n)
+        yield doc
 
 
 def extra_docs(path, earlier=(), main=()):
@@ -2627,6 +2655,11 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
     plan = find_mix_source(mix, extra, limit, left) if dataset == "mix" else \
         find_source(dataset, source, extra, limit, left)
     plan["left_out"] = left
+    if dataset == "story":  # TinyStories' own damage, from the mirror, the hub or its files as --source; other text,
+        # a user's, is read as it is (--dataset text reads stories unmended)
+        plan["mended"] = {}
+        plan["streams"] = [(role, label, functools.partial(mended_docs, make_docs, label, plan["mended"]))
+                           for role, label, make_docs in plan["streams"]]
     folder = lock_folder(held, out_dir, name, force)
     old = read_meta(folder)
     # the --source files given now, absolute as options records them (a hub name is no path)
@@ -2996,6 +3029,11 @@ def print_summary(folder, meta, plan, limit, dt):
         if tails:
             print(f"    {tails:,} of them ending in turns that train nothing, left out: a question with no reply, "
                   f"replies of weight 0 or empty")
+    mended = plan.get("mended") or {}
+    if mended:  # (the text trained on is not the files': said)
+        n = sum(mended.values())
+        print(f"  mended {n:,} mojibake sequence{'s' * (n > 1)} (â€œ for “, â€™ for ’...: UTF-8 read as cp1252 "
+              f"upstream) in " + ", ".join(f"{os.path.basename(label)} ({k:,})" for label, k in mended.items()))
     left_out = plan.get("left_out") or LeftOut()
     for label, left in left_out.bad.items():  # (with --limit: of the records read)
         print(f"  --skip_bad_records: left out {left['count']:,} bad record{'s' * (left['count'] > 1)} of {label}: "

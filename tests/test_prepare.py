@@ -3428,6 +3428,54 @@ def test_mirror_story_val_is_unseen_in_train(tmp_path, enc):
     assert len(val) > 300 and not val & stories("train")
 
 
+def all_text(enc, folder, meta):
+    """The decoded text of a dataset's train and val (one text cut between them: a character's bytes may be too)."""
+    return enc.decode([i for split in ("train", "val") for i in load(folder, split, meta)[0].tolist()])
+
+
+# a TinyStories line as the mirror's train-head files (and parts of the hub's) have it: UTF-8 punctuation read as cp1252
+# upstream, ” (E2 80 9D) as â€ alone (0x9D is no cp1252 character), before a space, a period or the story's end
+MOJIBAKE_STORY = ("â€œLetâ€™s go!â€ said Tom â€“ and ran. Mom said, â€œWait.â€. Sue said â€˜noâ€™ and then"
+                  "â€¦ â€”the end, â€œbye!â€")
+MENDED_STORY = "“Let’s go!” said Tom – and ran. Mom said, “Wait.”. Sue said ‘no’ and then… —the end, “bye!”"
+# right text, a French and a Portuguese "â" among it: read byte for byte
+RIGHT_STORIES = ["Le château était âgé; “Bonjour”, dit-il – à la fenêtre…", "O pão e a câmara: “olá”, disse ânimo ’s."]
+
+
+def test_story_mojibake_is_mended_as_it_is_read(tmp_path, monkeypatch, enc, capsys):
+    """The mirror's TinyStories-train-head files hold 2,696 mojibake sequences (â€œ for “), and a model trained on them
+    wrote them. The story dataset reads them as the characters meant and says how many; right text, "â" in French or
+    Portuguese words included, stays byte for byte, and a user's --dataset text is read as it is."""
+    mirror, out = tmp_path / "mirror", str(tmp_path / "data")
+    write(mirror / "tinystories" / "TinyStories-sample.txt", "<|endoftext|>".join(RIGHT_STORIES * 5))
+    write(mirror / "tinystories" / "TinyStories-train-head.txt", f"Once upon a time.\n{MOJIBAKE_STORY}\n")
+    monkeypatch.setenv("DATA_MIRROR", str(mirror))
+    prepare.main(["--dataset", "story", "--out_dir", out])
+    text = all_text(enc, tmp_path / "data" / "story", prepare.read_meta(tmp_path / "data" / "story"))
+    assert MENDED_STORY in text and "â€" not in text
+    assert text.count(RIGHT_STORIES[0]) == 5 and text.count(RIGHT_STORIES[1]) == 5
+    assert "  mended 12 mojibake sequences (â€œ for “, â€™ for ’...: UTF-8 read as cp1252 upstream) in " \
+           "TinyStories-train-head.txt (12)\n" in capsys.readouterr().out
+    # a story set of right text says nothing of it; a user's own text keeps what it has
+    prepare.main(["--dataset", "story", "--out_dir", out, "--name", "clean", "--no_extra"])
+    prepare.main(["--dataset", "text", "--source", str(mirror / "tinystories" / "TinyStories-train-head.txt"),
+                  "--out_dir", out, "--name", "mine"])
+    assert "\n  mended " not in capsys.readouterr().out
+    assert MOJIBAKE_STORY in all_text(enc, tmp_path / "data" / "mine", prepare.read_meta(tmp_path / "data" / "mine"))
+
+
+def test_story_mojibake_from_the_hub_is_mended(tmp_path, monkeypatch, enc, capsys):
+    """The hub's roneneldan/TinyStories has the same damage in parts of it: mended as the mirror's is."""
+    monkeypatch.setenv("DATA_MIRROR", str(tmp_path / "no-mirror"))
+    rows = {"train": [{"text": MOJIBAKE_STORY}] + [{"text": s} for s in RIGHT_STORIES * 5],
+            "validation": [{"text": "Once upon a time, â€œhi.â€"}]}
+    monkeypatch.setattr(prepare, "load_hub", lambda path, config, split, streaming=False: rows[split])
+    prepare.main(["--dataset", "story", "--out_dir", str(tmp_path / "data")])
+    text = all_text(enc, tmp_path / "data" / "story", prepare.read_meta(tmp_path / "data" / "story"))
+    assert MENDED_STORY in text and "Once upon a time, “hi.”" in text and text.count(RIGHT_STORIES[1]) == 5
+    assert "upstream) in TinyStories train (12), TinyStories validation (2)\n" in capsys.readouterr().out
+
+
 @needs_mirror
 def test_mirror_dailydialog(tmp_path, enc):
     meta = prepare.prepare("dailydialog", limit=50, out_dir=str(tmp_path / "data"))
