@@ -153,6 +153,23 @@ def shown(v):
     return json.dumps(v, ensure_ascii=False)[:80]
 
 
+# characters that str.splitlines takes for line breaks and JSON leaves as they are once it stops escaping non-ASCII:
+# a stream read by it (requests' iter_lines(decode_unicode=True), a common hand-written reader of server-sent events)
+# would cut a data: line holding one in two, neither of them JSON. Escaped, they are the same JSON
+LINE_BREAKS = {c: f"\\u{c:04x}" for c in (0x85, 0x2028, 0x2029)}
+
+
+def json_bytes(obj):
+    """obj as the JSON of an answer, a body or a stream's data: line: UTF-8, its text as written, as OpenAI's API and
+    vLLM send it (JSON's default \\u escapes showed a curl user "\\u4f60\\u597d" where the model wrote 你好). A lone
+    surrogate, which has no UTF-8 (a request's "\\ud800", echoed in an error, or a non-UTF-8 checkpoint file name in
+    "model"), keeps that body escaped: ASCII, still valid JSON."""
+    try:
+        return json.dumps(obj, ensure_ascii=False).translate(LINE_BREAKS).encode()
+    except UnicodeEncodeError:
+        return json.dumps(obj).encode()
+
+
 def get(req, name, kind, check=None, what=None):
     """req[name], None when absent or null; of the wrong type, or failing check, a 400 naming the parameter."""
     v = req.get(name)
@@ -1029,7 +1046,7 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
 
     def send_json(self, status, obj, headers=()):
-        self.send_bytes(status, json.dumps(obj).encode(), "application/json", headers)
+        self.send_bytes(status, json_bytes(obj), "application/json", headers)
 
     def send_error(self, code, message=None, explain=None):
         # the standard library's own refusals (a malformed request line, headers too long, an unknown method)
@@ -1122,13 +1139,13 @@ class Handler(BaseHTTPRequestHandler):
             def write(data):
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
 
-            def send(data):
-                write(f"data: {data}\n\n".encode())
+            def send(obj):  # an object, as JSON, or the stream's closing "[DONE]" (no JSON)
+                write(b"data: %s\n\n" % (b"[DONE]" if obj == "[DONE]" else json_bytes(obj)))
 
             def chunk(delta=None, finish=None, text=""):
                 choice = api.choice(job, finish, text, delta=delta or {})
                 # with include_usage every chunk has "usage", null until the last (OpenAI's stream_options)
-                send(json.dumps(api.envelope(job, [choice], chunk=True, usage=None if job.include_usage else False)))
+                send(api.envelope(job, [choice], chunk=True, usage=None if job.include_usage else False))
 
             if job.kind == "chat":
                 chunk({"role": "assistant", "content": ""})
@@ -1137,7 +1154,7 @@ class Handler(BaseHTTPRequestHandler):
                 if event[0] == "text":
                     chunk({"content": event[1]}, text=event[1])
                 elif event[0] == "error":  # headers are gone: the error travels as an event, as OpenAI's does
-                    send(json.dumps(event[1].body()))
+                    send(event[1].body())
                     # nor can they say Connection: close, as a 503's do: the connection closes after the last chunk,
                     # else the client's next request on it meets the process's exit, a dropped connection
                     self.close_connection |= event[1].code == "server_shutting_down"
@@ -1145,7 +1162,7 @@ class Handler(BaseHTTPRequestHandler):
                     _, finish, tokens = event
                     chunk(finish=finish)
                     if job.include_usage:
-                        send(json.dumps(api.envelope(job, [], chunk=True, usage=api.usage(job, tokens))))
+                        send(api.envelope(job, [], chunk=True, usage=api.usage(job, tokens)))
                     send("[DONE]")
             if chunked:
                 self.wfile.write(b"0\r\n\r\n")
@@ -1401,7 +1418,7 @@ class ApiServer(ThreadingHTTPServer):
             status, body, fields = "204 No Content", b"", preflight
         else:
             status = "503 Service Unavailable"
-            body = json.dumps(overloaded(why).body()).encode()
+            body = json_bytes(overloaded(why).body())
             fields = [("Content-Type", "application/json"), ("Content-Length", len(body))]
         fields = "".join(f"{name}: {value}\r\n" for name, value in [*fields, ("Connection", "close"), *cors])
         return f"HTTP/1.1 {status}\r\n{fields}\r\n".encode("latin-1") + body

@@ -394,6 +394,74 @@ def test_a_refused_value_is_echoed_as_the_client_wrote_it(api, path, body, echo)
     status, err, _ = post(api, path, body)
     assert status == 400 and echo in err["error"]["message"] + "\n", err
 
+
+def exchange(api, request):
+    """Send raw HTTP bytes with Connection: close; (its head's lines, its body's bytes) as they came, to the close."""
+    with socket.create_connection(api.server_address[:2], timeout=60) as sock:
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return head.decode("latin-1").split("\r\n"), body
+
+
+def post_request(path, body):
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return (f"POST {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n").encode() + data
+
+
+def stream_text(body):
+    """The text of a streamed completion's chunked body, read as a client that splits lines with str.splitlines."""
+    lines = [line for line in body.decode().splitlines() if line.startswith("data: {")]
+    return "".join(json.loads(line[len("data: "):])["choices"][0]["text"] for line in lines)
+
+
+def test_answers_send_their_text_in_utf8(api, enc, monkeypatch):
+    """JSON's default escapes sent a curl user "\\u4f60\\u597d" where the model wrote 你好, in a body and in every
+    data: line of a stream: OpenAI's API and vLLM send the characters, in UTF-8. Content-Length counts the body's bytes.
+    A line separator (U+2028) is still escaped: str.splitlines, with which some clients read a stream, would cut its
+    data: line in two."""
+    text = "你好, café\u2028世界"
+    reply = enc.encode(text)
+    monkeypatch.setattr(gen, "sample_steps", lambda *a, **k: iter([[t] for t in reply]))
+    for stream in (False, True):
+        head, body = exchange(api, post_request("/v1/completions", {"prompt": "Hi", "max_tokens": len(reply),
+                                                                    "stream": stream}))
+        assert head[0] == "HTTP/1.1 200 OK", head
+        # (a stream sends a character in the event of the token that completes it)
+        assert all(c.encode() in body for c in "你好é世界") and b"\\u" not in body.replace(b"\\u2028", b""), body
+        assert b"\\u2028" in body and "\u2028".encode() not in body, body
+        if stream:
+            assert stream_text(body) == text
+        else:
+            assert f"Content-Length: {len(body)}" in head and json.loads(body)["choices"][0]["text"] == text
+
+
+def test_a_lone_surrogate_is_sent_back_escaped_never_as_invalid_utf8(enc):
+    """JSON's "\\ud800" reads as a lone surrogate, which UTF-8 cannot encode: a body that holds one, a refusal that
+    quotes it or an answer naming a model served from a file name that is no UTF-8 (as os.fsdecode reads it), keeps
+    JSON's escapes, rather than fail or send bytes no client decodes. A stop string of one is no refusal."""
+    api = start(tiny_model(enc), enc, name="caf\udce9")
+    try:
+        for path, body, echo in (("/v1/chat/completions", b'{"messages": "\\ud800"}', 'got "\ud800"'),
+                                 ("/v1/completions", b'{"prompt": "Hi", "stop": ["\\udfff", "a", "b", "c", "d"]}',
+                                  'got ["\udfff", "a"')):
+            head, data = exchange(api, post_request(path, body))
+            assert head[0] == "HTTP/1.1 400 Bad Request" and f"Content-Length: {len(data)}" in head, head
+            assert echo in json.loads(data.decode("utf-8"))["error"]["message"], data
+        for stream in (False, True):
+            body = b'{"prompt": "Hi", "max_tokens": 4, "stop": "\\ud800", "stream": %s}' % str(stream).lower().encode()
+            head, data = exchange(api, post_request("/v1/completions", body))
+            assert head[0] == "HTTP/1.1 200 OK", (head, data)
+            answers = [json.loads(line[len("data: "):]) for line in data.decode("utf-8").splitlines()
+                       if line.startswith("data: {")] if stream else [json.loads(data.decode("utf-8"))]
+            assert answers and all(a["model"] == "caf\udce9" for a in answers), data
+    finally:
+        api.close()
+
+
 def raw(api, request):
     """Send raw HTTP bytes; (status, JSON body, headers) of the answer."""
     conn = http.client.HTTPConnection(*api.server_address[:2], timeout=60)
@@ -2347,6 +2415,43 @@ def test_chat_page_streams_a_reply_in_chromium(enc, browser):
         browser.find_element(By.ID, "send").click()
         wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, ".msg.assistant .note"))
         assert api.worker.recent[-1]["prompt_tokens"] == first_prompt
+    finally:
+        api.close()
+
+
+@needs_chromium
+def test_the_chat_page_shows_the_characters_of_a_stream_whose_reads_cut_them(enc, browser, monkeypatch):
+    """The stream's characters come in UTF-8, and a read of the network may end inside one: the page decodes the
+    bytes as a stream (TextDecoder's stream: true), so such a character shows whole, not as two U+FFFD."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    text = "你好, café 🙂"
+    reply = enc.encode(text)
+    monkeypatch.setattr(gen, "sample_steps", lambda *a, **k: iter([[t] for t in reply]))
+    send = serve.ReplyWriter.write
+
+    def write_cut(self, data):
+        """Writes an event in two, the first part ending inside its first character past ASCII."""
+        cut = next((i + 1 for i, b in enumerate(bytes(data)) if b >= 0x80), 0)
+        if not cut:
+            return send(self, data)
+        send(self, bytes(data)[:cut])
+        time.sleep(0.05)  # (the page reads that part alone)
+        return cut + send(self, bytes(data)[cut:])
+
+    monkeypatch.setattr(serve.ReplyWriter, "write", write_cut)
+    api = start(la_model(enc), enc, name="la")
+    try:
+        wait = WebDriverWait(browser, 60)
+        browser.get(api.url + "/")
+        wait.until(lambda b: "la" in b.find_element(By.ID, "model").text)
+        browser.find_element(By.ID, "max_tokens").send_keys(str(len(reply)))
+        browser.find_element(By.ID, "input").send_keys("hello")
+        browser.find_element(By.ID, "send").click()
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, ".msg.assistant .note"))
+        shown = browser.execute_script("return document.querySelector('.msg.assistant .text').textContent")
+        assert shown == text
     finally:
         api.close()
 
