@@ -6,7 +6,8 @@ Serve a trained model over HTTP: an OpenAI-compatible API and a chat page.
     python serve.py --host 0.0.0.0                   # reachable from other machines: there is no authentication
 
     POST /v1/chat/completions   messages -> the assistant's reply (ChatML, ends at <|im_end|>)
-    POST /v1/completions        prompt -> its continuation (ends at <|endoftext|>)
+    POST /v1/completions        prompt -> its continuation (ends at <|endoftext|>, or at <|im_end|> as a chat model's
+                                turn does)
     GET  /v1/models             the one model served, named after the checkpoint file
     GET  /health                {"status": "ok", "generating": true/false, "queued": N}; 503 "stopping" once Ctrl-C
                                 or SIGTERM has begun the server's stop (on a connection already open: the stopping
@@ -68,7 +69,7 @@ from common import (ArgumentParser, DTYPES, UserError, at_least, json_kind, none
                     pick_dtype, retain_freed_memory, run_main, seeded_generator, slow_on_this_cpu, stop_signals)
 from gen import (CHAT_STOPS, PENALTY_RULE, add_sampling_arguments, default_checkpoint, encode_prompt, fit_history,
                  penalty_value, reserve_for, say_newest, stop_ids, stream_completion, warn_if_trained_on_text)
-from setup_tokenizer import EOT, render_chat
+from setup_tokenizer import render_chat
 
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "chat.html")
 MAX_BODY = 1 << 20      # bytes of JSON a request may send: far more than any context here holds as text
@@ -343,7 +344,12 @@ def job_from_request(body, kind, api):
         prompt, what = read_prompt(req, api.enc), "the prompt"
         if max_tokens is None:
             max_tokens = max(1, min(api.max_tokens, block - len(prompt)))
-    stop_tokens = stop_ids(api.enc, CHAT_STOPS if kind == "chat" else (EOT,))
+    # a completion ends at a turn's end too, <|im_end|> or <|im_start|>, not at <|endoftext|> alone: a chat model,
+    # continuing a text (or a ChatML prompt written by hand), ends its turn, and the text went on past it, control
+    # tokens and all, into turns the model wrote for the user. vLLM stops at a model's end-of-sequence tokens and
+    # leaves special tokens out of the text, as here: these three are the only ones our tokenizers have. A model
+    # trained on plain text never learned to write the ChatML ones: its completions are as before
+    stop_tokens = stop_ids(api.enc, CHAT_STOPS)
     check_context(kind, prompt, max_tokens, block, what)
     sampling = dict(temperature=api.temperature if temp is None else temp,
                     top_k=api.top_k if "top_k" not in req else (top_k or None),

@@ -35,11 +35,10 @@ import serve
 from checkpoint import save_checkpoint
 from conftest import HANGUP, hangup_as, run_cli
 from model import GPT, make_config
-from setup_tokenizer import EOT, IM_END, get_tokenizer, render_chat
+from setup_tokenizer import IM_END, IM_START, get_tokenizer, render_chat
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BLOCK = 64
-CHATML_STOPS = (IM_END, EOT)
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +125,7 @@ CHAT = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "
 def test_openai_client_chat_completion(api, enc):
     r = client(api).chat.completions.create(model="whatever-name", messages=CHAT, max_tokens=8, temperature=1, seed=7)
     ids = render_chat(enc, CHAT, add_generation_prompt=True)[0]
-    text, finish, new = expected(api, ids, 8, CHATML_STOPS, seed=7)
+    text, finish, new = expected(api, ids, 8, gen.CHAT_STOPS, seed=7)
     n = len(new)
     assert r.object == "chat.completion" and r.id.startswith("chatcmpl-") and r.model == api.name
     (choice,) = r.choices
@@ -152,6 +151,25 @@ def test_a_chat_reply_ends_at_each_token_that_ends_a_turn(enc):
             api.close()
 
 
+def test_a_completion_ends_at_each_token_that_ends_a_turn(api, enc, monkeypatch):
+    """A chat model continuing a text ends its turn, and goes on to write the user's next one: /v1/completions sent
+    "<|im_end|>\\n<|im_start|>user\\n..." as its text, to <|endoftext|> or max_tokens. As vLLM's completions stop at a
+    model's end-of-sequence tokens and leave special tokens out of the text, it ends there, "stop", as a chat reply
+    does: at <|im_end|>, and at <|im_start|> or <|endoftext|> too."""
+    said = " and then they slept."
+    for closer in gen.CHAT_STOPS:
+        reply = enc.encode(said) + enc.encode(f"{closer}\n{IM_START}user\nMore", allowed_special="all")
+        monkeypatch.setattr(gen, "sample_steps", lambda *a, reply=reply, **k: iter([[t] for t in reply]))
+        for stream in (False, True):
+            r = client(api).completions.create(model="tiny", prompt="Once upon a time", max_tokens=len(reply),
+                                               stream=stream)
+            chunks = list(r) if stream else [r]
+            assert "".join(c.choices[0].text for c in chunks) == said, (closer, stream)
+            assert chunks[-1].choices[0].finish_reason == "stop", (closer, stream)
+        # the closer counts, as in a chat
+        assert api.worker.recent[-1]["completion_tokens"] == len(enc.encode(said)) + 1
+
+
 def test_openai_client_streamed_chat(api):
     kwargs = dict(model="tiny", messages=CHAT, max_tokens=8, temperature=1, seed=11)
     whole = client(api).chat.completions.create(**kwargs)
@@ -173,7 +191,7 @@ def test_completions_and_stop_strings(api, enc):
     c = client(api)
     prompt = "Once upon a time"
     r = c.completions.create(model="tiny", prompt=prompt, max_tokens=12, temperature=1, seed=3)
-    text, finish, new = expected(api, enc.encode(prompt), 12, (EOT,), seed=3)
+    text, finish, new = expected(api, enc.encode(prompt), 12, gen.CHAT_STOPS, seed=3)
     assert r.object == "text_completion" and r.choices[0].text == text and r.choices[0].finish_reason == finish
     assert r.usage.prompt_tokens == len(enc.encode(prompt)) and r.usage.completion_tokens == len(new)
     # a stop string across the 6th and 7th tokens: the text ends just before it, in one piece and streamed
@@ -957,7 +975,7 @@ def test_twenty_concurrent_clients(api):
     # every client got its own answer, as it would alone: no tokens cross between the queued requests
     for i, (text, finish) in enumerate(answers):
         ids = render_chat(api.enc, [{"role": "user", "content": f"question {i}"}], add_generation_prompt=True)[0]
-        assert (text, finish) == expected(api, ids, 6, CHATML_STOPS, seed=i)[:2]
+        assert (text, finish) == expected(api, ids, 6, gen.CHAT_STOPS, seed=i)[:2]
 
 
 def read_until_text(sock):
