@@ -632,6 +632,26 @@ def test_top_p_is_taken_from_the_tempered_distribution(top_k):
     assert set(drawn.tolist()) == {0}
 
 
+def test_the_temperature_divides_the_logits_once():
+    # gen.py --temp T samples from softmax(logits / T): at T = 2 each probability goes as its square root. Divided
+    # twice (T squared), --temp 2 came out flatter and --temp 0.5 sharper than asked, and greedy and T = 1 hid it
+    p = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    logits = p.log().repeat(20000, 1)  # 20000 draws of one distribution
+    no_context = torch.zeros(20000, 0, dtype=torch.long)
+    for temperature in (2.0, 0.5):
+        drawn = GPT._sample(logits, no_context, temperature, None, None, 1.0, torch.Generator().manual_seed(0))
+        want = p ** (1 / temperature) / (p ** (1 / temperature)).sum()
+        torch.testing.assert_close(torch.bincount(drawn, minlength=4) / 20000, want, atol=0.015, rtol=0)
+
+
+def test_top_p_keeps_the_smallest_set_that_reaches_it():
+    # four equally likely tokens and top_p 0.5: the first two reach it exactly, so the nucleus is those two, not three
+    logits = torch.zeros(4000, 4)
+    drawn = GPT._sample(logits, torch.zeros(4000, 0, dtype=torch.long), 1.0, None, 0.5, 1.0,
+                        torch.Generator().manual_seed(0))
+    assert len(set(drawn.tolist())) == 2
+
+
 def test_repetition_penalty():
     # a seen token is made less likely whatever its logit's sign (CTRL): a negative one is multiplied, not divided,
     # which would bring it up towards 0 and make the repetition more likely
@@ -700,6 +720,11 @@ def test_generate_long_prompt_is_cropped():
     a = collect(model, idx, 5, temperature=0, slide=True)
     b = collect(model, idx[:, -32:], 5, temperature=0, slide=True)
     assert a.shape[1] == 5 and torch.equal(a, b)
+    # the window the model sees is the prompt's last block_size tokens, whole: full from the start, it gives the token
+    # those predict and stops (a window cut one short would give a second)
+    for T in (32, 50):
+        out = collect(model, tokens(1, T), 5, temperature=0)
+        assert out.tolist() == [[int(model(tokens(1, T)[:, -32:])[0][0, -1].argmax())]], T
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
