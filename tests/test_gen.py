@@ -98,10 +98,11 @@ def test_same_seed_same_text(enc):
 
 def test_same_seed_same_text_cli(ckpt, capsys):
     # any integer is a seed: beyond 64 bits it is taken modulo 2**64 (as serve.py does), not a traceback
-    seeds = (5, 2**64 + 5, 6)
+    seeds = (5, 2**64 + 5, 6, 0, 0)  # 0 is a seed too, not "none given"
     runs = [cli([ckpt, "--prompt", "Hi", "--seed", str(s), "--max_tokens", "20", "--temp", "1"] + CPU, capsys) for s in seeds]
     assert all(code == 0 for code, _, _ in runs)
     assert runs[0][1] == runs[1][1] != runs[2][1]
+    assert runs[3][1] == runs[4][1]
     assert runs[0][1].startswith("Hi")  # the prompt, then its continuation
 
 
@@ -491,6 +492,26 @@ def test_a_chat_prompt_ends_with_the_assistants_opening_whatever_the_system_mess
             assert ids == sys_ids + opening and "keeping the system message and the last 4 of the rest" in err, err
         else:
             assert "its system message alone fills the context: cut too" in err, err
+
+
+def test_a_chat_prompt_is_short_exactly_when_the_reply_gets_fewer_than_max_tokens(enc, capsys):
+    """chat_prompt's short (eval.py counts the prompts "given fewer tokens" by it) at the boundaries: max_tokens 40 in a
+    64-token context keeps 32 for the reply, so a conversation of 25 tokens leaves room for exactly 40 (not short), one
+    of 26 for 39 (short), and one of 32 fills the prompt's half exactly: fitted whole, short, with no warning of its own
+    (max_tokens_for's, said once, covers such turns)."""
+    model = tiny_model(enc)  # block_size 64
+
+    def history(n):  # a user message that renders to n tokens with the assistant's opening
+        for w in range(60):
+            h = [{"role": "user", "content": "tell " + "word " * w}]
+            if len(render_chat(enc, h, add_generation_prompt=True)[0]) == n:
+                return h
+        raise AssertionError(n)
+    for n, short in ((25, False), (26, True), (32, True)):
+        h = history(n)
+        ids, dropped, got = gen.chat_prompt(model, enc, h, 40)
+        assert (ids, dropped, got) == (render_chat(enc, h, add_generation_prompt=True)[0], 0, short), n
+        assert capsys.readouterr().err == "", n
 
 
 def test_prompt_file_batch(ckpt, enc, tmp_path, capsys):
@@ -975,6 +996,23 @@ def test_nonstop_runs_past_endoftext(enc, tmp_path, capsys):
     assert code == 0 and "[end: max_tokens]" in out and "prompt 1 tokens, 20 new tokens" in err, err
 
 
+def test_nonstop_without_max_tokens_runs_until_ctrl_c(enc, tmp_path, capsys, monkeypatch):
+    """gen.py --nonstop (README: "generate until --max_tokens (default: no limit) or Ctrl-C"): not the 256 tokens of a
+    completion without it. Ctrl-C comes here after 300 tokens, past four slides of the 64-token window."""
+    path = str(tmp_path / "la.pt")
+    save_checkpoint(path, la_model(enc, closer=" la"), enc)  # ' la' forever
+    real = gen.sample_steps
+
+    def ctrl_c_at_300(*a, **k):
+        for n, step in enumerate(real(*a, **k)):
+            if n == 300:
+                raise KeyboardInterrupt
+            yield step
+    monkeypatch.setattr(gen, "sample_steps", ctrl_c_at_300)
+    code, out, err = cli([path, "--prompt", "Hi", "--nonstop", "--verbose", "--seed", "0"] + CPU, capsys)
+    assert code == 0 and "[end: interrupted]" in out and "prompt 1 tokens, 300 new tokens" in err, (out[-200:], err)
+
+
 def test_chat_reset_keeps_the_system_message(la_ckpt, enc, capsys, monkeypatch):
     import io
     monkeypatch.setattr(sys, "stdin", io.StringIO("hello\n/reset\nhi\n"))
@@ -1054,12 +1092,14 @@ def test_a_byte_order_mark_opening_piped_input_is_no_part_of_the_first_line(ckpt
     assert replies[1].startswith("\ufeffThe end"), out  # (only the input's first: inside a text it is a character)
 
 
-def test_top_p_reaches_the_sampler(ckpt, capsys):
-    # a nucleus this small holds the most likely token alone: sampling at temperature 1 is then greedy decoding
+def test_top_k_and_top_p_reach_the_sampler(ckpt, capsys):
+    # a nucleus this small holds the most likely token alone, as --top_k 1 does: sampling at temperature 1 is then
+    # greedy decoding
     greedy = cli([ckpt, "--prompt", "Hi", "--max_tokens", "12", "--temp", "0"] + CPU, capsys)
     for seed in ("0", "1"):
-        assert cli([ckpt, "--prompt", "Hi", "--max_tokens", "12", "--temp", "1", "--top_p", "1e-6", "--seed", seed] + CPU,
-                   capsys) == greedy
+        for option in (["--top_p", "1e-6"], ["--top_k", "1"]):
+            assert cli([ckpt, "--prompt", "Hi", "--max_tokens", "12", "--temp", "1", *option, "--seed", seed] + CPU,
+                       capsys) == greedy, option
     assert cli([ckpt, "--prompt", "Hi", "--max_tokens", "12", "--temp", "1", "--seed", "0"] + CPU, capsys) != greedy
 
 
@@ -1181,7 +1221,8 @@ def test_the_prompt_of_a_terminal_session_with_stdout_redirected_goes_to_stderr(
     asked = type_at_terminal(monkeypatch, ["Once", EOFError])
     code, out, err = cli([ckpt, "--interactive", "--max_tokens", "2", "--seed", "0"] + CPU, capsys)
     assert code == 0 and asked == ["", ""] and err.count("> ") == 2, (asked, err)
-    assert out.count("\n") == 1 and ">" not in out, out  # the continuation and its newline alone
+    # the continuation and its newline alone: the line typed is on the terminal already, not echoed again
+    assert out.count("\n") == 1 and ">" not in out and "Once" not in out, out
 
 
 def test_a_terminal_session_with_stdout_on_the_terminal_gives_input_its_prompt(ckpt, capsys, monkeypatch):
