@@ -565,7 +565,7 @@ def test_output_dash_is_stdout(ckpt, tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "-").exists() and "wrote" not in err
 
 
-def test_long_prompt_keeps_its_end(ckpt, enc, capsys):
+def test_long_prompt_keeps_its_end(ckpt, enc, tmp_path, capsys):
     prompt = " ".join(f"w{i}" for i in range(200))
     ids = enc.encode(prompt)
     model = tiny_model(enc)
@@ -583,6 +583,15 @@ def test_long_prompt_keeps_its_end(ckpt, enc, capsys):
                          capsys)
     assert code == 0 and "keeping its last 32, then --nonstop slides the context on" in err
     assert "prompt 32 tokens, 100 new tokens" in err, err
+    # a --prompt_file line is cropped as --prompt is, its warning naming the line: uncropped, its window was full from
+    # the start, and the completion one token long (end "context")
+    src = tmp_path / "prompts.txt"
+    src.write_text("Hi\n" + prompt + "\n", encoding="utf-8")
+    code, out, err = cli([ckpt, "--prompt_file", str(src), "--max_tokens", "10", "--temp", "0"] + CPU, capsys)
+    row = json.loads(out.splitlines()[1])
+    _, text, end = gen.complete(model, enc, ids[-54:], 10, (enc.eot_token,), temperature=0)  # 64 - 10 kept
+    assert code == 0 and (row["completion"], row["end"]) == (text, end) and end != "context", (row, err)
+    assert f"warning: prompt 2 is {len(ids)} tokens but the context holds 64: keeping its last 54, so 10 can" in err
 
 
 def one_error_line(code, err):
@@ -1125,11 +1134,13 @@ def test_repetition_penalty_reaches_the_sampler(ckpt, enc, capsys):
     assert code == 0 and out == "Hi" + want + "\n" != plain[1], err
 
 
-def test_nonstop_is_refused_with_a_prompt_file(ckpt, tmp_path, capsys):
+def test_nonstop_is_refused_with_a_prompt_file_or_chat(ckpt, tmp_path, capsys):
+    # a chat reply ends at its turn's end, within the context: sliding it on would cut the history from under it
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("Once\n", encoding="utf-8")
-    line = one_error_line(*cli([ckpt, "--prompt_file", str(prompts), "--nonstop", "--max_tokens", "2"] + CPU, capsys)[::2])
-    assert "--nonstop streams text past the context window" in line
+    for mode in (["--prompt_file", str(prompts)], ["--chat", "--prompt", "hello"]):
+        line = one_error_line(*cli([ckpt, *mode, "--nonstop", "--max_tokens", "2"] + CPU, capsys)[::2])
+        assert "--nonstop streams text past the context window" in line, mode
 
 
 def test_a_checkpoint_loads_for_sampling_only_when_it_can_be_sampled_as_saved(enc, tmp_path):
