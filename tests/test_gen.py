@@ -452,6 +452,10 @@ def test_history_overflow_drops_oldest_turns(enc, monkeypatch, capsys):
     text, why = gen.chat_reply(la_model(enc), enc, long[1:], 20, info=info, temperature=1.0,
                                generator=torch.Generator().manual_seed(0))
     assert len(info["prompt_ids"]) == 64 - 20 and "keeping its last 44 so 20 can follow" in capsys.readouterr().err
+    # a max_tokens over half the context: the prompt keeps half of it, and the warning counts what the reply then gets
+    text, why = gen.chat_reply(la_model(enc), enc, long[1:], 40, info=info, temperature=1.0,
+                               generator=torch.Generator().manual_seed(0))
+    assert len(info["prompt_ids"]) == 32 and "keeping its last 32 so 33 can follow" in capsys.readouterr().err
     # a system message that alone fills the context is cut too, and the warning says so
     huge = [{"role": "system", "content": "rule " * 60}, {"role": "user", "content": "hi"}]
     text, why = gen.chat_reply(la_model(enc), enc, huge, 20, info=info, temperature=1.0,
@@ -892,6 +896,9 @@ def test_an_unconditional_sample_and_a_prompt_spelling_a_special_token(ckpt, enc
     may spell <|endoftext|> to mark a document start: both are runs, not errors."""
     code, out, err = cli([ckpt, "--max_tokens", "3", "--seed", "0", "--verbose"] + CPU, capsys)
     assert code == 0 and "prompt 1 tokens, 3 new tokens" in err, err
+    # that token is <|endoftext|>: the sample is the one a prompt of it alone gives
+    run = [ckpt, "--max_tokens", "8", "--seed", "0"] + CPU
+    assert "<|endoftext|>" + cli(run, capsys)[1] == cli(run + ["--prompt", "<|endoftext|>"], capsys)[1]
     code, out, err = cli([ckpt, "--prompt", "<|endoftext|>Once", "--max_tokens", "3", "--seed", "0", "--verbose"] + CPU,
                          capsys)
     assert code == 0 and out.startswith("<|endoftext|>Once"), err
