@@ -636,10 +636,12 @@ def test_bad_input_errors(ckpt, tmp_path, capsys, monkeypatch):
     # and without --verbose the checkpoint picked is named too: the user did not choose it
     code, out, err = cli(["--prompt", "Hi", "--max_tokens", "2"] + CPU, capsys)
     assert code == 0 and err == "using models/chat-demo/dailydialog_best.pt, the newest checkpoint in models/\n", err
-    # an option for another kind of run is refused, not ignored
+    # an option for another kind of run is refused, not ignored, and the line says what to do instead
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("Once\n")
-    for argv, named in (([ckpt, "--prompt", "x", "--batch_size", "4"], "--batch_size is for --prompt_file"),
+    for argv, named in (([ckpt, "--prompt", "x", "--batch_size", "4"],
+                         "--batch_size is for --prompt_file runs (prompts generated together); for several samples of "
+                         "one prompt use --num_samples"),
                         ([ckpt, "--prompt_file", str(prompts), "--num_samples", "3"], "--num_samples is for --prompt "
                          "without --chat, or an unconditional run: a --prompt_file gives one completion per line (a "
                          "repeated line the same one); run it again with another --seed for more"),
@@ -650,11 +652,18 @@ def test_bad_input_errors(ckpt, tmp_path, capsys, monkeypatch):
                          "without --chat, or an unconditional run: --chat gives one reply per message; run it again "
                          "with another --seed for more"),
                         ([ckpt, "--chat", "--prompt", " "], "--chat --prompt gives one user message, and this one is "
-                                                            "empty"),
-                        ([ckpt, "--chat", "--interactive"], "--chat and --interactive are two ways"),
-                        ([ckpt, "--chat", "--prompt_file", str(prompts)], "--chat reads its messages from the terminal"),
-                        ([ckpt, "--prompt", "x", "--output", str(tmp_path / "o.txt")], "--output is for --prompt_file"),
-                        ([ckpt, "--interactive", "--prompt", "x"], "--interactive reads its prompts from the terminal"),
+                         "empty: write the message, or leave --prompt out to chat in the terminal"),
+                        ([ckpt, "--chat", "--interactive"],
+                         "--chat and --interactive are two ways to read the terminal (chat turns, or text to "
+                         "continue): pick one"),
+                        ([ckpt, "--chat", "--prompt_file", str(prompts)],
+                         "--chat reads its messages from the terminal (or --prompt); --prompt_file is for text "
+                         "completion"),
+                        ([ckpt, "--prompt", "x", "--output", str(tmp_path / "o.txt")],
+                         "--output is for --prompt_file runs; redirect stdout to save other output"),
+                        ([ckpt, "--interactive", "--prompt", "x"],
+                         "--interactive reads its prompts from the terminal; drop --prompt/--prompt_file, or "
+                         "--interactive"),
                         ([ckpt, "--prompt", "x", "--system", "Be brief."], "--system sets the system message of a "
                                                                            "--chat session; add --chat"),
                         # bytes the locale could not decode: Python keeps them as lone surrogates, which stdout refuses
