@@ -610,7 +610,7 @@ def open_checkpoint(args, path):
     if args.chat:
         warn_if_trained_on_text(path, ckpt)
     elif data_kind(ckpt) == "chat":
-        # a chat model continuing a text writes its own ChatML turns (<|im_end|> printed as text): say the other way
+        # a chat model continuing a text answers it as a turn of its own, which ends it: say the other way
         print(f"note: {path} was fine-tuned on conversations ({ckpt.get('dataset')}): this continues the text as it "
               f"stands; gen.py --chat answers it as a chat", file=sys.stderr)
     return model, enc, device, dtype
@@ -647,8 +647,11 @@ class Session:
         self.tty_in, self.tty_out = sys.stdin.isatty(), sys.stdout.isatty()
         self.show = Printer(TYPING_DELAY if self.tty_out and not args.no_delay else 0.0, terminal=self.tty_out)
         self.bold, self.plain = ("\033[1m", "\033[0m") if color_ok(sys.stdout) else ("", "")
-        # text never stops at <|endoftext|> with --nonstop: a story model simply starts the next story
-        self.text_stops = () if args.nonstop else stop_ids(enc, (EOT,))
+        # text never stops at <|endoftext|> with --nonstop: a story model simply starts the next story. Else it stops
+        # at a turn's end too, as serve.py's /v1/completions does: a chat model continuing a text ends its turn, and
+        # went on past <|im_end|> (printed as text) into turns it wrote for the user. A model trained on plain text
+        # never learned to write ChatML's tokens: its completions are as before
+        self.text_stops = () if args.nonstop else stop_ids(enc, CHAT_STOPS)
 
     def log(self, msg):
         """A --verbose line: on stderr, out of the text's way."""

@@ -152,6 +152,29 @@ def test_context_end_and_nonstop(ckpt, capsys):
     assert re.search(r"100 new tokens", err)
 
 
+def test_a_completion_ends_where_a_chat_model_ends_its_turn(enc, tmp_path, capsys):
+    """--prompt given a chat model went on past its <|im_end|> (printed as text) into turns it wrote for the user, to
+    --max_tokens: it ends there, as serve.py's /v1/completions does, at each token that ends a turn; --prompt_file's
+    completions too. --nonstop still runs on past it."""
+    for closer in gen.CHAT_STOPS:
+        path = str(tmp_path / "la.pt")
+        save_checkpoint(path, la_model(enc, closer), enc, data={"kind": "chat"})
+        code, out, err = cli([path, "--prompt", "hi", "--max_tokens", "40", "--verbose", "--seed", "0"] + CPU, capsys)
+        assert code == 0 and out.endswith(f"\n[end: {closer}]\n") and "<|" not in out.replace(f"[end: {closer}]", ""), \
+            (closer, out)
+        assert re.fullmatch(r"hi( la)*\n", out.split("[end: ")[0]), (closer, out)
+        src = tmp_path / "prompts.txt"
+        src.write_text("hi\nho\n", encoding="utf-8")
+        code, out, err = cli([path, "--prompt_file", str(src), "--output", str(tmp_path / "o.jsonl"), "--max_tokens",
+                              "40", "--seed", "0"] + CPU, capsys)
+        rows = [json.loads(line) for line in (tmp_path / "o.jsonl").read_text(encoding="utf-8").splitlines()]
+        assert code == 0 and [r["end"] for r in rows] == [closer] * 2, (closer, rows)
+        assert all(re.fullmatch(r"( la)*", r["completion"]) for r in rows), (closer, rows)
+    code, out, err = cli([path, "--prompt", "hi", "--max_tokens", "40", "--verbose", "--nonstop", "--seed", "0"] + CPU,
+                         capsys)
+    assert code == 0 and "[end: max_tokens]" in out and out.count("<|") > 1, out
+
+
 def test_chat_reply_stops_at_im_end_and_keeps_history(enc):
     model = la_model(enc)
     g = torch.Generator().manual_seed(0)
