@@ -3774,6 +3774,11 @@ def test_a_records_system_field_becomes_the_system_message():
         assert prepare.record_doc(record, "x") == [{"role": "system", "content": "Be terse."},
                                                    {"role": "user", "content": "Hi"},
                                                    {"role": "assistant", "content": "Hello"}]
+    # conversations that open with a system message of their own keep it, one system message, not the field's too
+    record = {"system": "Be terse.", "messages": [{"role": "system", "content": "Be kind."},
+                                                  {"role": "user", "content": "Hi"},
+                                                  {"role": "assistant", "content": "Hello"}]}
+    assert prepare.record_doc(record, "x") == record["messages"]
 
 
 def test_a_record_of_several_shapes_is_read_by_the_first_that_holds_something():
