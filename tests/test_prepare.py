@@ -3926,6 +3926,25 @@ def test_an_exchange_of_exactly_a_block_stays_whole(enc):
     assert [p.tolist() for p, _ in pieces] == [render_chat(enc, conv[:2])[0] + eot, render_chat(enc, second)[0] + eot]
 
 
+def test_a_reply_in_two_messages_stays_with_its_question_in_pieces(enc):
+    """A conversation longer than a block is cut before a user message, not before any turn: a reply given as two
+    assistant messages in a row (a ShareGPT scrape's long answer, split) keeps its second part with the question, where
+    a cut between them would train that part in a piece without its question."""
+    B = 48
+    qa = [{"role": "user", "content": "What is the capital of France?"},
+          {"role": "assistant", "content": "Paris is the capital of France."}]
+    second = [{"role": "user", "content": "And Italy?"}, {"role": "assistant", "content": "Rome."},
+              {"role": "assistant", "content": "It has been since 1871."}]
+    conv = qa + second
+    assert len(render_chat(enc, conv[:-1])[0]) + 1 <= B < len(render_chat(enc, conv)[0]) + 1
+    assert len(render_chat(enc, second)[0]) + 1 <= B
+    ids, mask = render_chat(enc, conv)
+    packer = prepare.Packer(None, B, enc, None)
+    pieces = packer.pieces(np.array(ids + [enc.eot_token], np.uint32), np.array(mask + [0], np.uint8))
+    eot = [enc.eot_token]
+    assert [p.tolist() for p, _ in pieces] == [render_chat(enc, qa)[0] + eot, render_chat(enc, second)[0] + eot]
+
+
 def test_limit_counts_a_book_read_in_pieces_once(tmp_path, monkeypatch):
     chunks = prepare.read_text_chunks
     monkeypatch.setattr(prepare, "read_text_chunks", lambda path: chunks(path, chunk_chars=50))
