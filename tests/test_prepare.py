@@ -3908,6 +3908,29 @@ def test_a_conversation_that_exactly_fills_the_open_block_goes_in_it(tmp_path, e
     out.discard()
 
 
+def test_a_conversation_of_exactly_a_block_is_not_in_pieces(tmp_path, enc):
+    """A conversation that fills a block exactly, its <|endoftext|> included, fits it: it is placed whole, its final
+    question kept (only a conversation cut in pieces leaves out a tail that trains nothing), and not counted among
+    those longer than a block, which the summary and train.py's packing warning report."""
+    block = 32
+    for words in range(1, 40):
+        conv = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello " * 4},
+                {"role": "user", "content": "and " + "x " * words}]
+        ids, mask = render_chat(enc, conv)
+        if len(ids) + 1 == block:
+            break
+    else:
+        pytest.fail("no conversation of exactly a block")
+    out = prepare.Split(str(tmp_path), "train", np.uint16, True)
+    packer = prepare.Packer(out, block, enc, prepare.token_bytes(enc))
+    packer.add(np.array(ids + [enc.eot_token], np.uint16), np.array(mask + [0], np.uint8))
+    packer.close()
+    assert prepare.read_tokens(out, 0, out.tokens).tolist() == ids + [enc.eot_token] * 2  # and the closing one
+    assert prepare.read_tokens(out, 0, out.tokens, mask=True).tolist() == mask + [0, 0]
+    assert (out.in_pieces, out.untrained_tails, out.cut_exchanges) == (0, 0, 0)
+    out.discard()
+
+
 def test_an_exchange_of_exactly_a_block_stays_whole(enc):
     """Its question is no piece of its own (it would train nothing, and its reply would train without it): with its
     closing <|endoftext|> the exchange is one piece a token longer than a block."""
