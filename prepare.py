@@ -79,7 +79,7 @@ from common import (ArgumentParser, NotText, VOCAB_FILE, UserError, at_least, at
                     nonempty, nonnegative_int, not_utf8, parts_text, path_arg, prepare_lock, progress_bar,
                     python_command, read_items, read_meta, refuse_dataset_folder, remove_stale_tmp, run_main,
                     stray_byte_fix, tmp_name, tmp_pattern, without_surrogates)
-from setup_tokenizer import (EOT, IM_END, IM_START, VocabSample, fewer_ids, get_tokenizer, model_context,
+from setup_tokenizer import (EOT, IM_END, IM_START, VocabSample, fewer_ids, get_tokenizer, model_context, render_chat,
                              moved_vocabulary, read_text_chunks, say_training, tokenizer_hash, train_bpe, trained_on,
                              warn_short_vocabulary)
 
@@ -1702,26 +1702,17 @@ def encode_batch(enc, batch, kind, dtype):
                 ends.append(n + len(ids))
             n += len(ids)
         return np.fromiter(itertools.chain.from_iterable(lists), dtype, n), None, ends
-    # conversations: every message body in one threaded call, then laid out exactly as render_chat does
-    start, end = enc.encode_single_token(IM_START), enc.encode_single_token(IM_END)
-    heads = {role: [start] + enc.encode_ordinary(role + "\n") for role in ("system", "user", "assistant")}
-    newline = enc.encode_ordinary("\n")
+    # conversations: every message body in one threaded call, then laid out by render_chat
     bodies = iter(encode_texts(enc, [m["content"] for conv in batch for m in conv]))
     ids, mask, ends = [], bytearray(), []
     for conv in batch:
-        for m in conv:
-            head, body = heads[m["role"]], next(bodies)
-            ids += head
-            ids += body
-            ids.append(end)
-            ids += newline
-            mask += bytes(len(head))
-            mask += (b"\1" if trained_on(m) else b"\0") * (len(body) + 1)
-            mask += bytes(len(newline))
+        conv_ids, conv_mask = render_chat(enc, conv, bodies=[next(bodies) for _ in conv])
+        ids += conv_ids
         ids.append(eot)
+        mask += bytes(conv_mask)
         mask.append(0)
         ends.append(len(ids))
-    return np.array(ids, dtype), np.frombuffer(bytes(mask), np.uint8), ends
+    return np.array(ids, dtype), np.frombuffer(mask, np.uint8), ends
 
 
 def doc_kind(doc):

@@ -334,32 +334,42 @@ def trained_on(message):
     return message["role"] == "assistant" and bool(message.get("weight", 1))
 
 
-def render_chat(enc, messages, add_generation_prompt=False):
+@functools.lru_cache(maxsize=8)
+def chatml_tokens(enc):
+    """({role: its turn's opening <|im_start|>role\\n}, <|im_end|>, \\n) in enc's ids: the same for every turn, made
+    once (prepare.py renders a set's every conversation)."""
+    heads = {role: (enc.encode_single_token(IM_START), *enc.encode_ordinary(role + "\n")) for role in ROLES}
+    return heads, enc.encode_single_token(IM_END), tuple(enc.encode_ordinary("\n"))
+
+
+def render_chat(enc, messages, add_generation_prompt=False, bodies=None):
     """messages [{role, content}] -> (ids, mask), as
         <|im_start|>role\\ncontent<|im_end|>\\n ...
     mask is 1 on assistant content and its closing <|im_end|>, 0 elsewhere, so a
     model learns to write replies and to end them, never to imitate the user (nor a reply
     whose "weight" is 0: OpenAI's fine-tuning format leaves those out of the loss).
-    add_generation_prompt appends <|im_start|>assistant\\n for the model to continue."""
-    start, end = enc.encode_single_token(IM_START), enc.encode_single_token(IM_END)
-    newline = enc.encode_ordinary("\n")
+    add_generation_prompt appends <|im_start|>assistant\\n for the model to continue.
+    bodies: each message's content already encoded (prepare.py encodes a batch's on every core at once)."""
+    heads, end, newline = chatml_tokens(enc)
     ids, mask = [], []
-    for m in messages:
+    for i, m in enumerate(messages):
         role, content = m.get("role"), m.get("content")
         if role not in ROLES:
             raise ValueError(f"unknown chat role {role!r}; expected one of {', '.join(ROLES)}")
         if not isinstance(content, str):
             raise ValueError(f"message content must be text, got {type(content).__name__}")
-        head = [start] + enc.encode_ordinary(role + "\n")
         # special-token strings typed by a user are encoded as plain text, never as control tokens
-        body = enc.encode_ordinary(content) + [end]
-        ids += head + body + newline
-        on = int(trained_on(m))
-        mask += [0] * len(head) + [on] * len(body) + [0] * len(newline)
+        body = enc.encode_ordinary(content) if bodies is None else bodies[i]
+        ids += heads[role]
+        ids += body
+        ids.append(end)
+        ids += newline
+        mask += [0] * len(heads[role])
+        mask += [int(trained_on(m))] * (len(body) + 1)
+        mask += [0] * len(newline)
     if add_generation_prompt:
-        head = [start] + enc.encode_ordinary("assistant\n")
-        ids += head
-        mask += [0] * len(head)
+        ids += heads["assistant"]
+        mask += [0] * len(heads["assistant"])
     return ids, mask
 
 
