@@ -8,15 +8,15 @@ Sample from a trained model: continue a prompt, chat with it, or run a file of p
     python gen.py --prompt_file prompts.txt --output out.jsonl   # one JSON line per prompt
     python gen.py --nonstop                          # slide past the context window until Ctrl-C
 
-Text streams token by token. Text generation stops at <|endoftext|>; a chat reply
-stops at <|im_end|> (or <|endoftext|>, or <|im_start|>). Without --nonstop generation also
+Text streams token by token. Text generation and a chat reply stop at <|endoftext|>, or where a
+chat model ends its turn: <|im_end|> (or <|im_start|>). Without --nonstop generation also
 stops when the context window is full; prompts are cropped (keeping their end, with a warning)
 so that at least min(--max_tokens, block_size/2) tokens fit after them.
 
 With stdin piped (scripts and tests) there are no prompt markers, and with stdout piped no colours
 and no typing delay. --interactive and --chat print each reply followed by a newline; with --verbose
 every completion is followed by a line `[end: REASON]` on stdout, where REASON is the
-stop token (`<|im_end|>`, `<|endoftext|>`), `max_tokens`, `context` or `interrupted`,
+stop token (`<|im_end|>`, `<|endoftext|>`, `<|im_start|>`), `max_tokens`, `context` or `interrupted`,
 so a transcript splits unambiguously into replies. --prompt_file writes a JSON line per prompt: {"prompt",
 "completion", "end": REASON}. Statistics go to stderr.
 """
@@ -535,7 +535,8 @@ def parse_args(argv=None):
     p.add_argument("--chat", action="store_true", help="multi-turn ChatML chat (/reset clears history, /exit quits)")
     p.add_argument("--system", help="system message for --chat")
     p.add_argument("--nonstop", action="store_true",
-                   help="slide the context window and ignore <|endoftext|>: generate until --max_tokens (default: no limit) or Ctrl-C")
+                   help="slide the context window and ignore <|endoftext|> and <|im_end|>: generate until "
+                        "--max_tokens (default: no limit) or Ctrl-C")
     p.add_argument("--seed", type=int, help="random seed; the same seed gives the same text (default: random, shown by --verbose)")
     add_sampling_arguments(p)
     p.add_argument("--max_tokens", type=at_least(1), default=None, help="new tokens per completion or reply (default 256)")
