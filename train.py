@@ -743,18 +743,19 @@ def packing_warning(meta, block_size, context):
     pack = meta.get("pack") or 0
     if not pack:
         return None
+    pieces = ((meta.get("splits") or {}).get("train") or {}).get("in_pieces") or 0
     if block_size % pack == 0:
         # windows of several blocks keep whole what the packing kept whole, but a conversation longer than a block was
         # cut into pieces that lie in blocks apart: a window of block_size could have held it (GPT-2's 1024 on the
         # default pack of 256: DailyDialog's 1,640 in pieces, a reply cut from its question where one exchange is long)
-        pieces = ((meta.get("splits") or {}).get("train") or {}).get("in_pieces") or 0
         if block_size == pack or not pieces:
             return None
         return (f"{meta['folder']} is packed in blocks of {pack} tokens, but windows have {block_size}: its {pieces:,} "
                 f"train conversations longer than {pack} tokens are cut in pieces that lie in blocks apart, where "
                 f"windows of {block_size} could hold those up to {block_size} whole; prepare the data again for them: "
                 f"`{prepare_with(meta, pack=block_size)}`")
-    fit = f"use --block_size {pack} (or a multiple), or " if pack <= context else ""
+    # a multiple is advised only where it draws no warning of its own (above): where no conversation is in pieces
+    fit = f"use --block_size {pack}{'' if pieces else ' (or a multiple)'}, or " if pack <= context else ""
     return (f"{meta['folder']} is packed in blocks of {pack} tokens but windows have {block_size}: some conversations "
             f"will be cut between windows; {fit}prepare the data again for them: `{prepare_with(meta, pack=block_size)}`")
 

@@ -2835,6 +2835,8 @@ def test_packed_chat_trains_on_whole_assistant_replies(env, tmp_path, capsys):
     assert train.packing_warning(cut, 64, 128) is None  # the windows are the blocks: nothing to gain
     assert train.packing_warning(dict(meta, splits={"train": {"in_pieces": 0}}), 128, 128) is None
     assert train.packing_warning(meta, 128, 128) is None  # (a meta.json without the counts)
+    # where conversations are in pieces a multiple is warned of too: the fix named for other windows is the pack alone
+    assert "use --block_size 64, or prepare" in train.packing_warning(cut, 48, 128)
 
 
 def test_default_warmup_is_long_enough_for_a_short_run():
