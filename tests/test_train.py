@@ -1286,6 +1286,9 @@ def test_a_run_continued_in_larger_steps_ends_its_epoch_on_the_epochs_last_step(
     r = train.train(train.parse_args(["--checkpoint", first["checkpoint"], "--batch_size", "8", "--data_dir",
                                       env["data"], "--device", "cpu", "--no-color", "--log_interval",
                                       str(200 / math.ceil(n / 8))]))
+    # 7 windows done leave ceil((n - 7) / 8) steps, a step fewer than the epoch's: counted as no step done, the epoch,
+    # and the lr schedule with it, ended a step early
+    assert r["steps"] == math.ceil(n / 8) and r["epochs_done"] == 1
     logged = [rec["step"] for rec in read_metrics(r["metrics"])][before:-1]  # the last: the epoch's end
     assert len(logged) > 2 and all(step % 2 == 0 for step in logged), logged
 
