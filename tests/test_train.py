@@ -829,6 +829,23 @@ def test_a_run_whose_val_loss_rose_past_its_best_says_it_overfits(env, tmp_path,
         assert "overfits" not in capsys.readouterr().out
 
 
+def test_a_continued_run_holds_its_evaluations_to_the_best_not_the_last(env, tmp_path, monkeypatch):
+    """The checkpoint carries the run's best val loss, the bar the continued run's evaluations must beat: held to its
+    last one instead (worse than the best), an evaluation between the two would write a worse model over the best
+    file."""
+    losses = [5.0, 3.0, 4.0, 3.5]  # the 3rd worse than the 2nd; the continued run's between them
+    monkeypatch.setattr(train, "evaluate", lambda *a, **k: losses.pop(0))
+    n = len(train.Windows(train.load_meta(env["data"], "mini"), "train", 64))
+    every = train.interval_steps(10, math.ceil(n / 16))
+    s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--eval_interval", 10, "--max_steps", 3 * every))
+    assert s["stopped"] == "max_steps" and not losses[:-1]
+    best = open(s["best_checkpoint"], "rb").read()
+    r = train.train(train.parse_args(["--checkpoint", s["checkpoint"], "--max_steps", str(every), "--data_dir",
+                                      env["data"], "--device", "cpu", "--no-color"]))
+    assert not losses and r["best_val_loss"] == 3.0 and r["best_at"][0] == 2 * every
+    assert open(s["best_checkpoint"], "rb").read() == best  # the model of val 3.0, not 3.5's
+
+
 def test_an_early_stop_is_not_continued_by_an_evaluation(env, tmp_path, monkeypatch):
     """--patience stops a run whose val loss stops improving; continuing it trained one more evaluation interval, wrote
     over the checkpoint and stopped again, each time. It now says what to pass."""
