@@ -3613,6 +3613,22 @@ def test_a_slow_first_step_does_not_use_up_a_budgets_warmup(env, tmp_path, monke
     assert max(lrs) > 0.8e-3 and lrs[-1] < 0.2e-3  # the whole schedule still fits in what was left
 
 
+def test_a_continued_budget_goes_on_along_its_schedule(env, tmp_path, monkeypatch):
+    """A budgeted run stopped past its warmup and continued goes on down its cosine where it was: its schedule's start
+    moves on by the continued run's first step alone (a recompile), and is not set anew there, which would warm the
+    lr up from zero again and squeeze the whole schedule into the budget's rest."""
+    StepClock(monkeypatch)  # steps of 1/8 s: 20 of the budget's 6 s are past its 30% warmup
+    out = str(tmp_path / "{dataset}.pt")
+    s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--time_budget", 0.1, "--lr", "1e-3", "--warmup", "30%",
+                             "--log_interval", 1, "--eval_interval", 0, "--max_steps", 20, "--output_checkpoint", out))
+    before = len(read_metrics(s["metrics"]))
+    assert s["stopped"] == "max_steps" and read_metrics(s["metrics"])[-1]["lr"] > 0.9e-3
+    r = train.train(train.parse_args(["--checkpoint", s["checkpoint"], "--max_steps", "4", "--data_dir", env["data"],
+                                      "--device", "cpu", "--no-color"]))
+    lrs = [rec["lr"] for rec in read_metrics(r["metrics"])[before:]]
+    assert len(lrs) >= 3 and min(lrs) > 0.8e-3, lrs  # early in the cosine, not warming up again
+
+
 def test_log_lines_count_down_to_what_ends_first(env, tmp_path, monkeypatch, capsys):
     # a budget that ends before the epoch (or --max_steps) ends the run: "epoch ends in 4s" was said with 2 s of a
     # budget left, of an epoch the run never finished
