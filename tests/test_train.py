@@ -4526,6 +4526,16 @@ def test_a_budgets_min_lr_defaults_to_a_hundredth_of_lr():
                               config).min_lr == 3e-4
 
 
+def test_a_budget_warms_up_over_a_tenth_of_it_by_default():
+    """--time_budget without --warmup warms the lr up over 10% of the budget (as --help and the banner say): halfway
+    through that, at 5% of it, the lr is half of --lr, not already at its peak."""
+    args = train.resolve_args(train.parse_args(["--lr", "1e-3", "--time_budget", "1"]), {}, False,
+                              train.make_config("tiny"))
+    budget, budget_warmup, args.warmup = train.budget_and_warmup(args, 1000)
+    lr = train.step_lr(args, train.Progress(schedule_origin=0.0), 1000, budget, budget_warmup, 0.05 * 60, 0.0)
+    assert lr == pytest.approx(0.5e-3, rel=0.01)
+
+
 def test_a_min_lr_equal_to_lr_is_a_constant_learning_rate():
     config = train.make_config("tiny")
     a = train.resolve_args(train.parse_args(["--lr", "1e-3", "--min_lr", "1e-3"]), {}, False, config)
