@@ -268,6 +268,9 @@ def test_exact_resume(env, tmp_path, dtype, optimizer):
         for k in sa:
             assert torch.equal(sa[k], sb[k]), (i, k)
     assert a["best_val_loss"] == b["best_val_loss"]
+    # and so does where it stands: the tokens it trained on, all runs together (the metrics' tokens column)
+    assert (a["step"], a["epoch"], a["epoch_windows"], a["tokens"]) == (b["step"], b["epoch"], b["epoch_windows"],
+                                                                         b["tokens"])
 
 
 def test_the_resume_line_counts_epochs_as_the_step_lines_do(env, tmp_path, capsys):
