@@ -3622,8 +3622,9 @@ def test_a_continued_budget_goes_on_along_its_schedule(env, tmp_path, monkeypatc
     lr up from zero again and squeeze the whole schedule into the budget's rest."""
     StepClock(monkeypatch)  # steps of 1/8 s: 20 of the budget's 6 s are past its 30% warmup
     out = str(tmp_path / "{dataset}.pt")
-    s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--time_budget", 0.1, "--lr", "1e-3", "--warmup", "30%",
-                             "--log_interval", 1, "--eval_interval", 0, "--max_steps", 20, "--output_checkpoint", out))
+    s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--time_budget", 0.1, "--lr", "1e-3", "--warmup",
+                             "30%", "--log_interval", 1, "--eval_interval", 0, "--max_steps", 20,
+                             "--output_checkpoint", out))
     before = len(read_metrics(s["metrics"]))
     assert s["stopped"] == "max_steps" and read_metrics(s["metrics"])[-1]["lr"] > 0.9e-3
     r = train.train(train.parse_args(["--checkpoint", s["checkpoint"], "--max_steps", "4", "--data_dir", env["data"],
