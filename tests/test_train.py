@@ -252,6 +252,7 @@ def test_exact_resume(env, tmp_path, dtype, optimizer):
     mid = train.train(args_for(env, tmp_path / "two", "--checkpoint", part["checkpoint"], "--max_steps", n // 2,
                                "--dtype", dtype, fresh=False))
     assert mid["steps"] == n - 1
+    mid_elapsed = load_checkpoint(mid["checkpoint"])["elapsed"]
     rest_args = args_for(env, tmp_path / "two", "--checkpoint", mid["checkpoint"], fresh=False)
     rest_args.dtype = None  # left out: the run goes on in its own precision, whatever this machine's default
     rest = train.train(rest_args)
@@ -271,6 +272,9 @@ def test_exact_resume(env, tmp_path, dtype, optimizer):
     # and so does where it stands: the tokens it trained on, all runs together (the metrics' tokens column)
     assert (a["step"], a["epoch"], a["epoch_windows"], a["tokens"]) == (b["step"], b["epoch"], b["epoch_windows"],
                                                                          b["tokens"])
+    # and the seconds it trained, all runs together (the metrics' elapsed column), not the last run's alone: the
+    # 1-step middle run's checkpoint holds more than the first run's
+    assert b["elapsed"] > mid_elapsed > ck["elapsed"] > 0
 
 
 def test_the_resume_line_counts_epochs_as_the_step_lines_do(env, tmp_path, capsys):
