@@ -2750,7 +2750,13 @@ class Run:
         try:
             with self.interrupt:
                 while p.epoch < args.epochs and self.stopped == "done":
+                    at = (p.epoch, p.step)
                     self.train_epoch()
+                    if (p.epoch, p.step) == at and self.stopped == "done":
+                        # an epoch that takes no step and does not end would be taken again forever: no state a run
+                        # reaches, but a bug in the epoch's bookkeeping would hang the run (and the test suite)
+                        raise RuntimeError(f"epoch {p.epoch + 1} took no step from window {p.windows:,} of "
+                                           f"{len(self.train_w):,} and did not end: a bug, please report it")
         except KeyboardInterrupt:
             # a second Ctrl-C (the first saves and exits above): quit without touching any file, naming the one that
             # holds the run (a bare "interrupted" left it to be found)

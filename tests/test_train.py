@@ -233,6 +233,17 @@ def test_max_steps_on_the_runs_last_step_is_done(env, tmp_path, capsys):
     assert re.search(rf"^done: {steps} steps?, .*; 1 of 1 epoch\(s\) done$", capsys.readouterr().out, re.M)
 
 
+def test_an_epoch_that_takes_no_step_is_an_error_not_a_hang(env, tmp_path, monkeypatch):
+    """A bug in the epoch's bookkeeping (a mutant that skipped a window on resume, or dropped the last short step)
+    left an epoch with no step to take that never ended: the run took it again forever, and hung the test suite."""
+    def no_steps(self, epoch, start=0):
+        return
+        yield
+    monkeypatch.setattr(train.Batches, "epoch", no_steps)
+    with pytest.raises(RuntimeError, match=r"epoch 1 took no step from window 0 of [\d,]+ and did not end: a bug"):
+        train.train(args_for(env, tmp_path / "x", "--dataset", "mini", "--max_steps", "3"))
+
+
 @pytest.mark.parametrize("dtype,optimizer", [("float32", "muon"), ("bfloat16", "muon"), ("float32", "adamw")])
 def test_exact_resume(env, tmp_path, dtype, optimizer):
     # dropout on (the RNG must be restored), grad_accum 2 and 2 epochs (a short last step: 141 windows here in steps of
