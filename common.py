@@ -473,6 +473,8 @@ def not_utf8(path, what=None, fix=None):
                 decompress_fix(path, head) or (binary_fix(path) if b"\0" in head else None)
         if fix is None and where and utf8_around(path, where[1]):
             fix = stray_byte_fix(path)
+        if fix is None and where and cyrillic(path, where[1]):
+            fix = cp1251_fix(path)
         if fix is None and where and east_asian(path, where[1]):
             fix = gb18030_fix(path)
         if fix is None and where and holds_c1_bytes(path, where[1]):
@@ -618,6 +620,32 @@ def gb18030_fix(path):
     return ("it looks like GBK/GB18030, Chinese Windows' encoding: convert it, e.g. "
             f"{fix_command('iconv -f gb18030 -t utf-8', path)} (Big5, Shift-JIS or EUC-KR text: -f big5, -f "
             "shift-jis or -f euc-kr; check that the copy reads right)")
+
+
+# Russian Windows' "ANSI" text, cp1251 (KOI8-R, older, too), whose letters are bytes 0xC0-0xFF (and 0xA8, 0xB8: Ё, ё):
+# from latin1 or cp1252 each becomes an accented Western letter, the whole text garbled. Western text has those bytes
+# too, but one at a time inside words of ASCII letters (café, für, ação); Cyrillic words are such bytes alone, between
+# spaces and punctuation. Counted: words of two letters at least (Russian's "в" and "и" are one), no byte beyond ASCII
+# next to them but cp1251's quotes and ellipsis; GBK's and EUC-KR's runs, of any byte from 0xA1 up, seldom hold only
+# letters' bytes. Checked before east_asian, as Cyrillic words of even length can read as GB18030, and before
+# holds_c1_bytes, as cp1251 has cp1252's dashes and quotes at 0x80-0x9F.
+def cyrillic(path, at):
+    """Whether most of the bytes 0xC0-0xFF in the MiB of path from offset at, its first byte that is not UTF-8, form
+    words of Cyrillic letters in cp1251 or KOI8-R: runs of them that neither an ASCII letter nor another byte beyond
+    ASCII (but a quote or an ellipsis) touches."""
+    with open(path, "rb") as f:
+        f.seek(at)
+        data = f.read(1 << 20)
+    # the bytes beyond ASCII that may not touch a word: all but cp1251's « » „ “ ” and … (as in «книга»…)
+    other = rb"A-Za-z\x80-\x83\x86-\x92\x95-\xaa\xac-\xba\xbc-\xff"
+    words = re.findall(rb"(?<![%s])[\xa8\xb8\xc0-\xff]{2,}(?![%s])" % (other, other), data)
+    return sum(map(len, words)) >= 0.8 * len(re.findall(rb"[\xa8\xb8\xc0-\xff]", data)) > 0
+
+
+def cp1251_fix(path):
+    return ("it looks like Cyrillic in Windows-1251, Russian Windows' encoding: convert it, e.g. "
+            f"{fix_command('iconv -f cp1251 -t utf-8', path)} (KOI8-R text: -f koi8-r; check that the copy reads "
+            "right)")
 
 
 # -----------------------------------------------------------------------------

@@ -479,6 +479,32 @@ def test_chinese_windows_text_is_told_to_convert_from_gbk(tmp_path, name):
     assert get_tokenizer("gpt2").decode(load(tmp_path / "data" / "n", "train", meta)[0].tolist()) == \
         EOT.join(lines) + EOT
 
+
+@pytest.mark.skipif(not shutil.which("iconv"), reason="no iconv to run the suggested command")
+def test_russian_windows_text_is_told_to_convert_from_cp1251(tmp_path):
+    """Text saved by Russian Windows (cp1251) was told `iconv -f cp1252` (its dashes are cp1252's bytes too) or
+    `iconv -f latin1`: pasted, every Cyrillic letter became an accented Western one, and prepare.py took the garbled
+    copy. It is named cp1251, KOI8-R beside it, and the command given converts it: prepared, the text reads as
+    written. Western text whose accented letters sit next to each other (Portuguese's ação) keeps latin1."""
+    from common import not_utf8
+    lines = [f"День {i}: Маша читает «книгу»… — и ёж спит." for i in range(50)]
+    src = tmp_path / "notes.txt"
+    src.write_bytes(EOT.join(lines).encode("cp1251"))
+    out = str(tmp_path / "data")
+    with pytest.raises(UserError) as e:
+        prepare.prepare("text", source=str(src), out_dir=out, name="n")
+    command = re.fullmatch(r".*: it looks like Cyrillic in Windows-1251, .*: convert it, e\.g\. `(iconv -f cp1251 .*)` "
+                           r"\(KOI8-R text: -f koi8-r; .*\)", str(e.value))[1]
+    subprocess.run(command, shell=True, check=True, stdin=subprocess.DEVNULL, timeout=60)
+    meta = prepare.prepare("text", source=str(tmp_path / "notes.utf8.txt"), out_dir=out, name="n", val_fraction=0)
+    assert get_tokenizer("gpt2").decode(load(tmp_path / "data" / "n", "train", meta)[0].tolist()) == \
+        EOT.join(lines) + EOT
+    src.write_bytes("День 1: Маша читает книгу, и ёж спит.\n".encode("koi8-r") * 50)
+    assert "-f cp1251" in str(not_utf8(str(src)))
+    src.write_bytes("ação e informação, à noite".encode("latin-1"))
+    assert "`iconv -f latin1 " in str(not_utf8(str(src)))
+
+
 @pytest.mark.skipif(not shutil.which("iconv"), reason="no iconv to run the suggested command")
 def test_the_not_utf8_advice_for_a_file_of_a_source_folder_gets_the_original_out(tmp_path):
     """In a --source folder, the pasted command writes notes.utf8.txt next to notes.txt: the next run read both and
