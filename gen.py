@@ -369,10 +369,12 @@ class Printer:
 
 def read_lines(prompt, tty, quit_hint="Ctrl-D or /exit quits"):
     """User lines until EOF; Ctrl-C at the prompt gives a fresh prompt (as in a shell), and quit_hint. Bytes that are
-    not UTF-8 become U+FFFD, not a traceback that ends the session; a line ends at \\r\\n or \\r too (a file with
-    Windows line ends, piped), and a byte-order mark opening the input (Notepad's) is dropped, as in a --prompt_file."""
+    not UTF-8 become U+FFFD, not a traceback that ends the session, and the user is told once how to convert them; a
+    line ends at \\r\\n or \\r too (a file with Windows line ends, piped), and a byte-order mark opening the input
+    (Notepad's) is dropped, as in a --prompt_file."""
+    # surrogateescape, not replace: a U+FFFD the user wrote is no sign of bytes that are not UTF-8, an escaped byte is
     with contextlib.suppress(AttributeError, ValueError):  # a replaced sys.stdin (tests) may not reconfigure
-        sys.stdin.reconfigure(errors="replace", newline=None)
+        sys.stdin.reconfigure(errors="surrogateescape", newline=None)
     # the prompt goes where the user looks: with stdout redirected (gen.py --interactive > out.txt), input() would
     # write it into the file, before every continuation
     screen = sys.stdout if sys.stdout.isatty() else sys.stderr
@@ -388,12 +390,20 @@ def read_lines(prompt, tty, quit_hint="Ctrl-D or /exit quits"):
             # readline counts the prompt's width without the bold's escape codes only when they are marked \001..\002:
             # unmarked, a line edited past the terminal's width is redrawn a few columns off
             prompt = re.sub("(\033\\[[0-9;]*m)", "\001\\1\002", prompt)
-    first = True
+    first, warned = True, False
     while True:
         try:
             if tty and screen is sys.stderr:
                 print(prompt, end="", file=screen, flush=True)
             line = input(prompt if tty and screen is sys.stdout else "")
+            if re.search("[\udc80-\udcff]", line):  # GBK text piped in was a chat of U+FFFD, without a word
+                line = line.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                if not warned:
+                    fix = "set the terminal to UTF-8" if tty else "convert it, e.g. `iconv -f gb18030 -t utf-8` " \
+                        "(Chinese Windows' text; cp1251: Russian, cp1252: Western)"
+                    print(f"warning: the input is not UTF-8 text, read with U+FFFD for its bytes that are not: {fix}",
+                          file=sys.stderr)
+                warned = True
             yield line.removeprefix("\ufeff") if first else line
             first = False
         except EOFError:

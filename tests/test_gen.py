@@ -218,6 +218,18 @@ def test_chat_piped_session(la_ckpt, enc):
                        input=b"caf\xe9 \xff\n", capture_output=True, timeout=120,
                        env={**os.environ, "PYTHONIOENCODING": "utf-8"})
     assert r.returncode == 0 and r.stdout.count(b"[end: ") == 1, r.stderr.decode()[-2000:]
+    # Chinese Windows' text (GBK) piped in: each line was U+FFFD to the model, without a word. Said once, chat goes on
+    gbk = "你好\n".encode("gbk") * 2
+    r = subprocess.run([sys.executable, GEN, la_ckpt, "--chat", "--verbose", "--seed", "0", "--max_tokens", "4"] + CPU,
+                       input=gbk + "\ufffd ok\n".encode(), capture_output=True, timeout=120,
+                       env={**os.environ, "PYTHONIOENCODING": "utf-8"})
+    err = r.stderr.decode()
+    assert r.returncode == 0 and r.stdout.count(b"[end: ") == 3, err[-2000:]
+    assert err.count("warning: the input is not UTF-8 text") == 1 and "`iconv -f gb18030 -t utf-8`" in err, err
+    # a U+FFFD written in UTF-8 is text as any other: no warning
+    r = subprocess.run([sys.executable, GEN, la_ckpt, "--chat", "--max_tokens", "2", "--seed", "0"] + CPU,
+                       input="\ufffd ok\n".encode(), capture_output=True, timeout=120)
+    assert r.returncode == 0 and "not UTF-8" not in r.stderr.decode(), r.stderr.decode()
 
 
 def test_chat_with_a_model_trained_on_plain_text_is_warned_of(enc, tmp_path, capsys):
