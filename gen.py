@@ -306,6 +306,11 @@ def columns(ch):
     return 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
 
 
+# what may not open a line in Chinese or Japanese text (kinsoku): closing punctuation, written after the character it
+# follows with no space
+CLOSING_CJK = "、。，．：；！？）」』】〉》〕”’…"
+
+
 class Printer:
     """Streams text to stdout as it comes. On a terminal (terminal=True) the text's control characters show as VISIBLE
     has them, lines break between words (where the terminal moves its cursor as told: not TERM=dumb, as Emacs' shell
@@ -329,6 +334,10 @@ class Printer:
         out = []
         for ch in text:
             width = 8 - self.column % 8 if ch == "\t" else 0 if ch == "\n" else columns(ch)
+            # CJK writes no spaces, and breaks after any wide character, but never before closing punctuation (a line
+            # that starts with "。" reads wrong): the character before it goes down with it
+            if self.word[-1:] and columns(self.word[-1]) > 1 and ch not in CLOSING_CJK:
+                self.word = ""
             if ch == "\n":
                 self.column = 0
             elif width and self.column + width > room and self.column:  # (a combining mark stays on its letter's line)
@@ -342,8 +351,7 @@ class Printer:
                     self.column, self.word = 0, ""
             out.append(ch)
             self.column += width
-            # a space ends a word; so does a wide character: CJK writes no spaces, and breaks between any two
-            self.word = "" if ch in " \t\n" or width > 1 else self.word + ch
+            self.word = "" if ch in " \t\n" else self.word + ch  # (a space ends a word)
         return "".join(out)
 
     def __call__(self, text, style=("", "")):

@@ -404,6 +404,22 @@ def test_a_long_reply_breaks_its_lines_between_words_on_a_terminal(ckpt, enc, ca
     assert code == 0 and out == "The" + text + "\n", (out, err)
 
 
+def test_closing_cjk_punctuation_never_opens_a_line_on_a_terminal(capsys, monkeypatch):
+    """A Chinese reply broke its line wherever the edge fell, between any two wide characters: a line could open with
+    "。" or "，", which Chinese and Japanese never write. The character before it goes down with it, as it streams;
+    elsewhere the line still breaks after any wide character, and a pipe gets the text as it is."""
+    monkeypatch.setenv("COLUMNS", "13")  # 12 columns of text: six wide characters
+    monkeypatch.setenv("TERM", "xterm")
+    text = "一二三四五六。七八九十甲乙丙丁戊」。己"
+    for pieces in ([text], list(text)):  # (back over a wide character: two columns)
+        printer = gen.Printer(terminal=True)
+        for piece in pieces:
+            printer(piece)
+        assert capsys.readouterr().out == "一二三四五六\033[2D\033[K\n六。七八九十\n甲乙丙丁戊」\033[4D\033[K\n戊」。己", pieces
+    gen.Printer(terminal=False)(text)
+    assert capsys.readouterr().out == text
+
+
 def test_a_combining_mark_stays_on_its_letters_line_on_the_narrowest_terminal(ckpt, enc, capsys, monkeypatch):
     """Where a line holds no more than one letter (a terminal 1 or 2 columns wide, or one made narrower mid-reply), the
     accent that follows it went to a line of its own, apart from the letter it belongs to: it takes no column."""
