@@ -473,12 +473,14 @@ def not_utf8(path, what=None, fix=None):
                 decompress_fix(path, head) or (binary_fix(path) if b"\0" in head else None)
         if fix is None and where and utf8_around(path, where[1]):
             fix = stray_byte_fix(path)
-        if fix is None and where and cyrillic(path, where[1]):
-            fix = cp1251_fix(path)
-        if fix is None and where and east_asian(path, where[1]):
-            fix = gb18030_fix(path)
-        if fix is None and where and holds_c1_bytes(path, where[1]):
-            fix = cp1252_fix(path)
+        if fix is None and where:
+            # the encoding guesses read the MiB from the first byte that is not UTF-8 (before it, bytes beyond ASCII
+            # are parts of UTF-8 characters)
+            with open(path, "rb") as f:
+                f.seek(where[1])
+                after = f.read(1 << 20)
+            fix = cp1251_fix(path) if cyrillic(after) else gb18030_fix(path) if east_asian(after) else \
+                cp1252_fix(path) if holds_c1_bytes(after) else None
     except OSError:
         where = None
     fix = fix or f"convert it, e.g. {fix_command('iconv -f latin1 -t utf-8', path)}"
@@ -575,12 +577,10 @@ def cp1252_fix(path):
             f"{fix_command('iconv -f cp1252 -t utf-8', path)}")
 
 
-def holds_c1_bytes(path, at):
-    """Whether the MiB of path from offset at, its first byte that is not UTF-8, holds a byte 0x80-0x9F, as cp1252 text
-    does and latin1 text does not (from there: before it, such bytes are parts of UTF-8 characters)."""
-    with open(path, "rb") as f:
-        f.seek(at)
-        return re.search(rb"[\x80-\x9f]", f.read(1 << 20)) is not None
+def holds_c1_bytes(data):
+    """Whether data (not_utf8's: a file's bytes from its first that is not UTF-8) holds a byte 0x80-0x9F, as cp1252 text
+    does and latin1 text does not."""
+    return re.search(rb"[\x80-\x9f]", data) is not None
 
 
 def utf8_around(path, at):
@@ -600,12 +600,9 @@ def utf8_around(path, at):
 # a space or a line break, which GB18030 refuses, and its accented letters come one at a time (für, naïve: which
 # GB18030 reads, as a character of the letter after); Big5, Shift-JIS and EUC-KR text often decodes as GB18030,
 # garbled, so the advice names them too.
-def east_asian(path, at):
-    """Whether the MiB of path from offset at, its first byte that is not UTF-8, decodes as GB18030 (to its last line
-    break, where the MiB cuts a character), nine in ten of its bytes beyond ASCII next to another."""
-    with open(path, "rb") as f:
-        f.seek(at)
-        data = f.read(1 << 20)
+def east_asian(data):
+    """Whether data (not_utf8's: the MiB of a file from its first byte that is not UTF-8) decodes as GB18030 (to its
+    last line break, where the MiB cuts a character), nine in ten of its bytes beyond ASCII next to another."""
     if len(data) == 1 << 20:
         data = data[:data.rfind(b"\n") + 1]
     try:
@@ -629,13 +626,10 @@ def gb18030_fix(path):
 # next to them but cp1251's quotes and ellipsis; GBK's and EUC-KR's runs, of any byte from 0xA1 up, seldom hold only
 # letters' bytes. Checked before east_asian, as Cyrillic words of even length can read as GB18030, and before
 # holds_c1_bytes, as cp1251 has cp1252's dashes and quotes at 0x80-0x9F.
-def cyrillic(path, at):
-    """Whether most of the bytes 0xC0-0xFF in the MiB of path from offset at, its first byte that is not UTF-8, form
+def cyrillic(data):
+    """Whether most of the bytes 0xC0-0xFF in data (not_utf8's: a file's bytes from its first that is not UTF-8) form
     words of Cyrillic letters in cp1251 or KOI8-R: runs of them that neither an ASCII letter nor another byte beyond
     ASCII (but a quote or an ellipsis) touches."""
-    with open(path, "rb") as f:
-        f.seek(at)
-        data = f.read(1 << 20)
     # the bytes beyond ASCII that may not touch a word: all but cp1251's « » „ “ ” and … (as in «книга»…)
     other = rb"A-Za-z\x80-\x83\x86-\x92\x95-\xaa\xac-\xba\xbc-\xff"
     words = re.findall(rb"(?<![%s])[\xa8\xb8\xc0-\xff]{2,}(?![%s])" % (other, other), data)
