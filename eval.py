@@ -39,9 +39,9 @@ import numpy as np
 
 from checkpoint import add_checkpoint_argument, load_checkpoint, load_model, parse_checkpoint
 from common import (ArgumentParser, DTYPES, UserError, at_least, atomic_write_text, check_output, nonempty, path_arg,
-                    pick_device, pick_dtype, progress_bar, retain_freed_memory, run_main, seeded_generator,
-                    slow_on_this_cpu)
-from gen import CHAT_STOPS, add_sampling_arguments, chat_reply, columns, default_checkpoint, read_prompt_file
+                    pick_device, progress_bar, retain_freed_memory, run_main, seeded_generator)
+from gen import (CHAT_STOPS, add_sampling_arguments, chat_reply, columns, default_checkpoint, inference_dtype,
+                 read_prompt_file)
 from prepare import document_ends
 from setup_tokenizer import IM_END, parse_chat
 from train import (Windows, bits_per_byte, bpb_scale, checkpoint_data, default_data_dir, eval_indices, evaluate,
@@ -141,9 +141,7 @@ def evaluate_checkpoint(path, datasets=None, data_dir=None, split="val", block_s
         pick_tokenizer(argparse.Namespace(checkpoint=path, tokenizer=None), meta, ckpt)
     prompt_list = read_prompt_file(prompt_file)[:samples] if prompt_file else None
     dev = pick_device(device)
-    amp = pick_dtype(dev, dtype)
-    if slow := slow_on_this_cpu(dev, amp, dtype):  # (as gen.py: a recipe's --dtype float16, made for a GPU)
-        print(f"warning: {slow}", file=sys.stderr)
+    amp = inference_dtype(dev, dtype)
     model, enc, _ = load_model(ckpt, dev, name=path)
     block_size = block_size or ckpt_args.get("block_size") or model.config.block_size
     if block_size > model.config.block_size:

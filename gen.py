@@ -616,13 +616,21 @@ def read_inputs(args):
     return prompts, path
 
 
+def inference_dtype(device, name):
+    """pick_dtype's dtype for --dtype name, with a warning on stderr where this CPU emulates it or runs it slower than
+    float32 (a recipe's --dtype float16, made for a GPU): gen.py's, eval.py's and serve.py's. (train.py's
+    training_dtype says it among its own warnings.)"""
+    dtype = pick_dtype(device, name)
+    if slow := slow_on_this_cpu(device, dtype, name):
+        print(f"warning: {slow}", file=sys.stderr)
+    return dtype
+
+
 def open_checkpoint(args, path):
     """(model, enc, device, dtype): path's model on --device and its tokenizer, after the stderr lines the user needs
     first: which checkpoint "the newest" is, and that a --chat is with a model trained on plain text."""
     device = pick_device(args.device)
-    dtype = pick_dtype(device, args.dtype)
-    if slow := slow_on_this_cpu(device, dtype, args.dtype):  # (a recipe's --dtype float16, made for a GPU)
-        print(f"warning: {slow}", file=sys.stderr)
+    dtype = inference_dtype(device, args.dtype)
     model, enc, ckpt = load_model(path, device)
     if not args.checkpoint and not args.verbose:  # (--verbose's first line names it)
         say_newest(path)  # (a chat model's ChatML reply to a story prompt, unexplained else)

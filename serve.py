@@ -66,9 +66,10 @@ import torch
 
 from checkpoint import add_checkpoint_argument, load_model, parse_checkpoint
 from common import (ArgumentParser, DTYPES, UserError, at_least, json_kind, nonempty, number, parts_text, pick_device,
-                    pick_dtype, retain_freed_memory, run_main, seeded_generator, slow_on_this_cpu, stop_signals)
+                    retain_freed_memory, run_main, seeded_generator, stop_signals)
 from gen import (CHAT_STOPS, PENALTY_RULE, add_sampling_arguments, default_checkpoint, encode_prompt, fit_history,
-                 penalty_value, reserve_for, say_newest, stop_ids, stream_completion, warn_if_trained_on_text)
+                 inference_dtype, penalty_value, reserve_for, say_newest, stop_ids, stream_completion,
+                 warn_if_trained_on_text)
 from setup_tokenizer import render_chat
 
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "chat.html")
@@ -1568,9 +1569,7 @@ def main(argv=None):
     args = parse_args(argv)
     path = args.checkpoint or default_checkpoint()
     device = pick_device(args.device, interactive=False)
-    dtype = pick_dtype(device, args.dtype)
-    if slow := slow_on_this_cpu(device, dtype, args.dtype):  # (as gen.py: every reply, slow)
-        print(f"warning: {slow}", file=sys.stderr)
+    dtype = inference_dtype(device, args.dtype)
     model, enc, ckpt = load_model(path, device)
     if not args.checkpoint:  # (as gen.py: "serving NAME" names no folder, and models/ may hold several of a name)
         say_newest(path)
