@@ -431,6 +431,19 @@ def test_null_fields_byte_order_marks_and_deep_json(tmp_path, enc):
             prepare.prepare("text", source=str(tmp_path / name), out_dir=out, name="big")
 
 
+def paste_the_fix(error, pattern):
+    """The command a UserError (pytest.raises' info) gives to paste, pattern's group 1, run as the user would."""
+    command = re.fullmatch(pattern, str(error.value))[1]
+    subprocess.run(command, shell=True, check=True, stdin=subprocess.DEVNULL, timeout=60)
+    return command
+
+
+def prepared_text(source, out):
+    """The text of source (a file or folder) prepared into out as dataset n, all of it train, read back."""
+    meta = prepare.prepare("text", source=str(source), out_dir=out, name="n", val_fraction=0)
+    return get_tokenizer("gpt2").decode(load(os.path.join(out, "n"), "train", meta)[0].tolist())
+
+
 @pytest.mark.skipif(not shutil.which("iconv"), reason="no iconv to run the suggested command")
 @pytest.mark.parametrize("text,encoding", [("caf\u00e9 cr\u00e8me br\u00fbl\u00e9e", "latin1"),
                                            ("caf\u00e9 l\u2019\u00e9t\u00e9 \u2013 \u201c5 \u20ac\u201d", "cp1252")])
@@ -444,14 +457,10 @@ def test_the_not_utf8_errors_command_converts_the_file_when_pasted(tmp_path, tex
     out = str(tmp_path / "data")
     with pytest.raises(UserError) as e:
         prepare.prepare("text", source=str(src), out_dir=out, name="n")
-    command = re.fullmatch(r".*: convert it, e.g. `(.*)`", str(e.value))[1]
+    command = paste_the_fix(e, r".*: convert it, e.g. `(.*)`")
     assert command.startswith(f"iconv -f {encoding} ")
-    subprocess.run(command, shell=True, check=True, stdin=subprocess.DEVNULL, timeout=60)
     assert src.read_bytes() == text.encode(encoding)
-    converted = tmp_path / "my notes.utf8.txt"
-    meta = prepare.prepare("text", source=str(converted), out_dir=out, name="n", val_fraction=0)
-    ids = load(tmp_path / "data" / "n", "train", meta)[0]
-    assert get_tokenizer("gpt2").decode(ids.tolist()) == text + EOT
+    assert prepared_text(tmp_path / "my notes.utf8.txt", out) == text + EOT
 
 
 @pytest.mark.skipif(not shutil.which("iconv"), reason="no iconv to run the suggested command")
@@ -467,17 +476,15 @@ def test_chinese_windows_text_is_told_to_convert_from_gbk(tmp_path, name):
     src = tmp_path / name
     src.write_bytes(text.encode("gbk"))
     out = str(tmp_path / "data")
+    advice = r".*: it looks like GBK/GB18030, .*: convert it, e\.g\. `(iconv -f gb18030 .*)` \(Big5, .*\)"
     for skip in (False, True):
         with pytest.raises(UserError) as e:
             prepare.prepare("text", source=str(src), out_dir=out, name="n", skip_bad_records=skip)
         assert "stray" not in str(e.value) and "bad record" not in str(e.value)
-        command = re.fullmatch(r".*: it looks like GBK/GB18030, .*: convert it, e\.g\. `(iconv -f gb18030 .*)` "
-                               r"\(Big5, .*\)", str(e.value))[1]
-    subprocess.run(command, shell=True, check=True, stdin=subprocess.DEVNULL, timeout=60)
+        assert re.fullmatch(advice, str(e.value)), str(e.value)
+    paste_the_fix(e, advice)
     stem, ext = os.path.splitext(name)
-    meta = prepare.prepare("text", source=str(tmp_path / f"{stem}.utf8{ext}"), out_dir=out, name="n", val_fraction=0)
-    assert get_tokenizer("gpt2").decode(load(tmp_path / "data" / "n", "train", meta)[0].tolist()) == \
-        EOT.join(lines) + EOT
+    assert prepared_text(tmp_path / f"{stem}.utf8{ext}", out) == EOT.join(lines) + EOT
 
 
 @pytest.mark.skipif(not shutil.which("iconv"), reason="no iconv to run the suggested command")
@@ -493,12 +500,9 @@ def test_russian_windows_text_is_told_to_convert_from_cp1251(tmp_path):
     out = str(tmp_path / "data")
     with pytest.raises(UserError) as e:
         prepare.prepare("text", source=str(src), out_dir=out, name="n")
-    command = re.fullmatch(r".*: it looks like Cyrillic in Windows-1251, .*: convert it, e\.g\. `(iconv -f cp1251 .*)` "
-                           r"\(KOI8-R text: -f koi8-r; .*\)", str(e.value))[1]
-    subprocess.run(command, shell=True, check=True, stdin=subprocess.DEVNULL, timeout=60)
-    meta = prepare.prepare("text", source=str(tmp_path / "notes.utf8.txt"), out_dir=out, name="n", val_fraction=0)
-    assert get_tokenizer("gpt2").decode(load(tmp_path / "data" / "n", "train", meta)[0].tolist()) == \
-        EOT.join(lines) + EOT
+    paste_the_fix(e, r".*: it looks like Cyrillic in Windows-1251, .*: convert it, e\.g\. `(iconv -f cp1251 .*)` "
+                     r"\(KOI8-R text: -f koi8-r; .*\)")
+    assert prepared_text(tmp_path / "notes.utf8.txt", out) == EOT.join(lines) + EOT
     src.write_bytes("День 1: Маша читает книгу, и ёж спит.\n".encode("koi8-r") * 50)
     assert "-f cp1251" in str(not_utf8(str(src)))
     src.write_bytes("ação e informação, à noite".encode("latin-1"))
@@ -516,13 +520,10 @@ def test_the_not_utf8_advice_for_a_file_of_a_source_folder_gets_the_original_out
     out = str(tmp_path / "data")
     with pytest.raises(UserError) as e:
         prepare.prepare("text", source=str(corpus), out_dir=out, name="n")
-    command = re.fullmatch(rf".*: convert it, e.g. `(.*)`; then move the original out of {re.escape(str(corpus))}: "
-                           r"prepare.py reads every file of a --source folder", str(e.value))[1]
-    subprocess.run(command, shell=True, check=True, stdin=subprocess.DEVNULL, timeout=60)
+    paste_the_fix(e, rf".*: convert it, e.g. `(.*)`; then move the original out of {re.escape(str(corpus))}: "
+                     r"prepare.py reads every file of a --source folder")
     (corpus / "notes.txt").rename(tmp_path / "notes.txt")
-    meta = prepare.prepare("text", source=str(corpus), out_dir=out, name="n", val_fraction=0)
-    ids = load(tmp_path / "data" / "n", "train", meta)[0]
-    assert get_tokenizer("gpt2").decode(ids.tolist()) == "Once upon a time." + EOT + "caf\u00e9 cr\u00e8me" + EOT
+    assert prepared_text(corpus, out) == "Once upon a time." + EOT + "caf\u00e9 cr\u00e8me" + EOT
 
 
 def test_non_utf8_and_bad_input(tmp_path):
