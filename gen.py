@@ -307,8 +307,9 @@ def columns(ch):
 
 
 # what may not open a line in Chinese or Japanese text (kinsoku): closing punctuation, written after the character it
-# follows with no space
+# follows with no space; and what may not end one: wide opening brackets (“ and ‘ are narrow, and a word already)
 CLOSING_CJK = "、。，．：；！？）」』】〉》〕”’…"
+OPENING_CJK = "（「『【〈《〔"
 
 
 class Printer:
@@ -335,8 +336,10 @@ class Printer:
         for ch in text:
             width = 8 - self.column % 8 if ch == "\t" else 0 if ch == "\n" else columns(ch)
             # CJK writes no spaces, and breaks after any wide character, but never before closing punctuation (a line
-            # that starts with "。" reads wrong): the character before it goes down with it
-            if self.word[-1:] and columns(self.word[-1]) > 1 and ch not in CLOSING_CJK:
+            # that starts with "。" reads wrong: the character before it goes down with it) nor after opening
+            # punctuation (a line that ends with "「": it goes down with the character after it)
+            if self.word[-1:] and columns(self.word[-1]) > 1 and self.word[-1] not in OPENING_CJK \
+                    and ch not in CLOSING_CJK:
                 self.word = ""
             if ch == "\n":
                 self.column = 0

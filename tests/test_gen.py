@@ -404,7 +404,7 @@ def test_a_long_reply_breaks_its_lines_between_words_on_a_terminal(ckpt, enc, ca
     assert code == 0 and out == "The" + text + "\n", (out, err)
 
 
-def test_closing_cjk_punctuation_never_opens_a_line_on_a_terminal(capsys, monkeypatch):
+def test_cjk_punctuation_never_opens_or_ends_a_line_on_a_terminal(capsys, monkeypatch):
     """A Chinese reply broke its line wherever the edge fell, between any two wide characters: a line could open with
     "。" or "，", which Chinese and Japanese never write. The character before it goes down with it, as it streams;
     elsewhere the line still breaks after any wide character, and a pipe gets the text as it is."""
@@ -418,6 +418,13 @@ def test_closing_cjk_punctuation_never_opens_a_line_on_a_terminal(capsys, monkey
         assert capsys.readouterr().out == "一二三四五六\033[2D\033[K\n六。七八九十\n甲乙丙丁戊」\033[4D\033[K\n戊」。己", pieces
     gen.Printer(terminal=False)(text)
     assert capsys.readouterr().out == text
+    # nor does a line end with an opening bracket ("「", "（"): it goes down with the character after it
+    text = "一二三四五「六七八九十甲乙丙丁戊（己"
+    for pieces in ([text], list(text)):
+        printer = gen.Printer(terminal=True)
+        for piece in pieces:
+            printer(piece)
+        assert capsys.readouterr().out == "一二三四五「\033[2D\033[K\n「六七八九十\n甲乙丙丁戊（\033[2D\033[K\n（己", pieces
 
 
 def test_a_combining_mark_stays_on_its_letters_line_on_the_narrowest_terminal(ckpt, enc, capsys, monkeypatch):
