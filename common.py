@@ -479,11 +479,10 @@ def not_utf8(path, what=None, fix=None):
             with open(path, "rb") as f:
                 f.seek(where[1])
                 after = f.read(1 << 20)
-            fix = cp1251_fix(path) if cyrillic(after) else gb18030_fix(path) if east_asian(after) else \
-                cp1252_fix(path) if holds_c1_bytes(after) else None
+            fix = encoding_fix(after, path)
     except OSError:
         where = None
-    fix = fix or f"convert it, e.g. {fix_command('iconv -f latin1 -t utf-8', path)}"
+    fix = fix or latin1_fix(path)
     # an offset from 0, as dd skip= and xxd -s take it: "line 1, byte 0" read as a count from 1, as the line is
     at = f" (line {where[0]:,}, byte offset {where[1]:,} in the file)" if where else ""
     return NotText(f"{what or path} is not UTF-8 text{at}: {fix}")
@@ -510,6 +509,18 @@ def first_bad_utf8(path, block=1 << 20):
                 return lines, base + good
             base += len(seen)
     return (lines, base) if rest else None  # the file ends inside a character
+
+
+def encoding_fix(data, path):
+    """The advice for text in data (bytes from the first that is not UTF-8) that names the 8-bit encoding it looks
+    like, its command to convert path; None where it looks like none (latin1_fix then)."""
+    letters = letters_encoding(data)
+    return letters_fix(path, letters) if letters else gb18030_fix(path) if east_asian(data) else \
+        cp1252_fix(path) if holds_c1_bytes(data) else None
+
+
+def latin1_fix(path):
+    return f"convert it, e.g. {fix_command('iconv -f latin1 -t utf-8', path)}"
 
 
 def fix_command(command, path, tag="utf8"):
@@ -625,21 +636,35 @@ def gb18030_fix(path):
 # spaces and punctuation. Counted: words of two letters at least (Russian's "в" and "и" are one), no byte beyond ASCII
 # next to them but cp1251's quotes and ellipsis; GBK's and EUC-KR's runs, of any byte from 0xA1 up, seldom hold only
 # letters' bytes. Checked before east_asian, as Cyrillic words of even length can read as GB18030, and before
-# holds_c1_bytes, as cp1251 has cp1252's dashes and quotes at 0x80-0x9F.
-def cyrillic(data):
-    """Whether most of the bytes 0xC0-0xFF in data (not_utf8's: a file's bytes from its first that is not UTF-8) form
-    words of Cyrillic letters in cp1251 or KOI8-R: runs of them that neither an ASCII letter nor another byte beyond
-    ASCII (but a quote or an ellipsis) touches."""
+# holds_c1_bytes, as cp1251 has cp1252's dashes and quotes at 0x80-0x9F. KOI8-R is told from cp1251 by case: its small
+# letters are 0xC0-0xDF, cp1251's capitals, which seldom come after a word's first letter. Greek Windows' cp1253 has
+# its small letters where cp1251 has them, but its accented ά έ ή ί (0xDC-0xDF, in most Greek words) are cp1251's
+# capitals Ь Э Ю Я, and its final sigma ς (0xF2) ends words, where cp1251's т sits anywhere in one.
+def letters_encoding(data):
+    """The 8-bit encoding, "cp1251", "koi8-r" or "cp1253", whose words of letters most of the bytes 0xC0-0xFF in data
+    (not_utf8's: a file's bytes from its first that is not UTF-8) form: runs of them that neither an ASCII letter nor
+    another byte beyond ASCII (but a quote or an ellipsis) touches. None where they form no such words."""
     # the bytes beyond ASCII that may not touch a word: all but cp1251's « » „ “ ” and … (as in «книга»…)
     other = rb"A-Za-z\x80-\x83\x86-\x92\x95-\xaa\xac-\xba\xbc-\xff"
     words = re.findall(rb"(?<![%s])[\xa8\xb8\xc0-\xff]{2,}(?![%s])" % (other, other), data)
-    return sum(map(len, words)) >= 0.8 * len(re.findall(rb"[\xa8\xb8\xc0-\xff]", data)) > 0
+    if not sum(map(len, words)) >= 0.8 * len(re.findall(rb"[\xa8\xb8\xc0-\xff]", data)) > 0:
+        return None
+    inner = [b for w in words for b in w[1:]]  # a word's letters but its first, small ones mostly
+    if 2 * sum(0xC0 <= b < 0xE0 for b in inner) > len(inner):
+        return "koi8-r"
+    sigmas = [i == len(w) - 1 for w in words for i, b in enumerate(w) if b == 0xF2]  # (whether each 0xF2 ends its word)
+    if any(0xDC <= b < 0xE0 for b in inner) and sum(sigmas) >= 0.9 * len(sigmas):
+        return "cp1253"
+    return "cp1251"
 
 
-def cp1251_fix(path):
-    return ("it looks like Cyrillic in Windows-1251, Russian Windows' encoding: convert it, e.g. "
-            f"{fix_command('iconv -f cp1251 -t utf-8', path)} (KOI8-R text: -f koi8-r; check that the copy reads "
-            "right)")
+LETTERS_ENCODINGS = {"cp1251": "Cyrillic in Windows-1251, Russian Windows' encoding", "koi8-r": "Cyrillic in KOI8-R",
+                     "cp1253": "Greek in Windows-1253, Greek Windows' encoding"}
+
+
+def letters_fix(path, encoding):
+    return (f"it looks like {LETTERS_ENCODINGS[encoding]}: convert it, e.g. "
+            f"{fix_command(f'iconv -f {encoding} -t utf-8', path)} (check that the copy reads right)")
 
 
 # -----------------------------------------------------------------------------

@@ -41,8 +41,8 @@ import torch
 
 from checkpoint import add_checkpoint_argument, find_checkpoints, load_model, parse_checkpoint
 from common import (ArgumentParser, DTYPES, UserError, at_least, atomic_write_text, autocast, check_output, color_ok,
-                    first_line, not_utf8, number, path_arg, pick_device, pick_dtype, require_utf8, retain_freed_memory,
-                    run_main, seeded_generator, slow_on_this_cpu, without_surrogates)
+                    encoding_fix, first_line, latin1_fix, not_utf8, number, path_arg, pick_device, pick_dtype,
+                    require_utf8, retain_freed_memory, run_main, seeded_generator, slow_on_this_cpu, without_surrogates)
 from setup_tokenizer import EOT, IM_END, IM_START, StreamDecoder, render_chat
 
 CHAT_HELP = "/reset clears the history, /exit or Ctrl-D quits, Ctrl-C stops a reply"
@@ -408,10 +408,10 @@ def read_lines(prompt, tty, quit_hint="Ctrl-D or /exit quits"):
                 print(prompt, end="", file=screen, flush=True)
             line = input(prompt if tty and screen is sys.stdout else "")
             if re.search("[\udc80-\udcff]", line):  # GBK text piped in was a chat of U+FFFD, without a word
-                line = line.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-                if not warned:
-                    fix = "set the terminal to UTF-8" if tty else "convert it, e.g. `iconv -f gb18030 -t utf-8` " \
-                        "(Chinese Windows' text; cp1251: Russian, cp1252: Western)"
+                raw = line.encode("utf-8", "surrogateescape")
+                line = raw.decode("utf-8", "replace")
+                if not warned:  # (the line's bytes tell its encoding as a file's do; "": no file to name)
+                    fix = "set the terminal to UTF-8" if tty else encoding_fix(raw, "") or latin1_fix("")
                     print(f"warning: the input is not UTF-8 text, read with U+FFFD for its bytes that are not: {fix}",
                           file=sys.stderr)
                 warned = True

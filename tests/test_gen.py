@@ -232,6 +232,20 @@ def test_chat_piped_session(la_ckpt, enc):
     assert r.returncode == 0 and "not UTF-8" not in r.stderr.decode(), r.stderr.decode()
 
 
+@pytest.mark.parametrize("text,encoding", [("Привет, как дела? Всё хорошо.", "cp1251"),
+                                           ("Γεια σου, τι κάνεις; Όλα καλά.", "cp1253"), ("你好，今天天气很好。", "gbk"),
+                                           ("caf\u00e9 cr\u00e8me", "latin1")])
+def test_piped_input_that_is_not_utf8_is_told_its_encoding(text, encoding, monkeypatch, capsys):
+    """Piped chat input that was not UTF-8 was told `iconv -f gb18030` whatever it was, Russian Windows' text too: the
+    line's bytes name the encoding they look like, as a file's do, and the lines still come (U+FFFD for those bytes)."""
+    lines = (text + "\n").encode(encoding) * 2
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(lines), encoding="utf-8", errors="surrogateescape"))
+    assert list(gen.read_lines("> ", False)) == [lines.decode("utf-8", "replace").split("\n")[0]] * 2
+    err = capsys.readouterr().err
+    assert err.count("warning: the input is not UTF-8") == 1 and f"`iconv -f {encoding.replace('gbk', 'gb18030')} " \
+        "-t utf-8`" in err, err
+
+
 def test_chat_with_a_model_trained_on_plain_text_is_warned_of(enc, tmp_path, capsys):
     """make demo's story model answers --chat with a story that never ends its turn: the user is told why. A chat
     model given --prompt continues the text with turns of its own (<|im_end|> as text): --chat is named."""

@@ -488,23 +488,25 @@ def test_chinese_windows_text_is_told_to_convert_from_gbk(tmp_path, name):
 
 
 @pytest.mark.skipif(not shutil.which("iconv"), reason="no iconv to run the suggested command")
-def test_russian_windows_text_is_told_to_convert_from_cp1251(tmp_path):
+@pytest.mark.parametrize("line,encoding,named", [
+    ("День {}: Маша читает «книгу»… — и ёж спит.", "cp1251", "Cyrillic in Windows-1251"),
+    ("День {}: Маша читает книгу, и ёж спит. Вот этот кот.", "koi8-r", "Cyrillic in KOI8-R"),
+    ("Ημέρα {}: η Μαρία διαβάζει «ένα βιβλίο» και ο σκύλος της κοιμάται.", "cp1253", "Greek in Windows-1253")])
+def test_cyrillic_and_greek_windows_text_is_told_its_encoding(tmp_path, line, encoding, named):
     """Text saved by Russian Windows (cp1251) was told `iconv -f cp1252` (its dashes are cp1252's bytes too) or
     `iconv -f latin1`: pasted, every Cyrillic letter became an accented Western one, and prepare.py took the garbled
-    copy. It is named cp1251, KOI8-R beside it, and the command given converts it: prepared, the text reads as
-    written. Western text whose accented letters sit next to each other (Portuguese's ação) keeps latin1."""
+    copy. Older Russian text (KOI8-R) and Greek Windows' (cp1253) were told cp1251 in turn, which garbles them too.
+    Each is named, and the command given converts it: prepared, the text reads as written. Western text whose accented
+    letters sit next to each other (Portuguese's ação) keeps latin1."""
     from common import not_utf8
-    lines = [f"День {i}: Маша читает «книгу»… — и ёж спит." for i in range(50)]
+    lines = [line.format(i) for i in range(50)]
     src = tmp_path / "notes.txt"
-    src.write_bytes(EOT.join(lines).encode("cp1251"))
+    src.write_bytes(EOT.join(lines).encode(encoding))
     out = str(tmp_path / "data")
     with pytest.raises(UserError) as e:
         prepare.prepare("text", source=str(src), out_dir=out, name="n")
-    paste_the_fix(e, r".*: it looks like Cyrillic in Windows-1251, .*: convert it, e\.g\. `(iconv -f cp1251 .*)` "
-                     r"\(KOI8-R text: -f koi8-r; .*\)")
+    paste_the_fix(e, rf".*: it looks like {named}\b.*: convert it, e\.g\. `(iconv -f {encoding} .*)` \(check .*\)")
     assert prepared_text(tmp_path / "notes.utf8.txt", out) == EOT.join(lines) + EOT
-    src.write_bytes("День 1: Маша читает книгу, и ёж спит.\n".encode("koi8-r") * 50)
-    assert "-f cp1251" in str(not_utf8(str(src)))
     src.write_bytes("ação e informação, à noite".encode("latin-1"))
     assert "`iconv -f latin1 " in str(not_utf8(str(src)))
 
