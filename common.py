@@ -514,9 +514,14 @@ def first_bad_utf8(path, block=1 << 20):
 def encoding_fix(data, path):
     """The advice for text in data (bytes from the first that is not UTF-8) that names the 8-bit encoding it looks
     like, its command to convert path; None where it looks like none (latin1_fix then)."""
-    letters = letters_encoding(data)
-    return letters_fix(path, letters) if letters else gb18030_fix(path) if east_asian(data) else \
-        cp1252_fix(path) if holds_c1_bytes(data) else None
+    # (in this order: GBK's two-byte characters can hold a sign between letters, as cp1250 and latin2 text does)
+    if letters := letters_encoding(data):
+        return letters_fix(path, letters)
+    if east_asian(data):
+        return gb18030_fix(path)
+    if letters := central_european(data):
+        return letters_fix(path, letters)
+    return cp1252_fix(path) if holds_c1_bytes(data) else None
 
 
 def latin1_fix(path):
@@ -658,8 +663,24 @@ def letters_encoding(data):
     return "cp1251"
 
 
+# Polish, Czech or Slovak Windows' text, cp1250, and the ISO standard before it, latin2: from cp1252 or latin1 their
+# ą ł ż (Polish's commonest accented letters) become signs, ¹ ³ ¿ in "by³", inside words, where Western text has none
+# (¿ opens a word, ² ends one; · and ´, which Catalan and some keyboards write between letters, are left out). cp1250 is
+# told from latin2 by its letters at 0x80-0x9F (ś, ź, š), C1 controls in latin2; its Ť, Ź and ť (0x8D, 0x8F, 0x9D),
+# undefined in cp1252, name it alone. Czech, whose ř č ě read as Western letters (ø è ì), is seldom told (cp1252 then).
+def central_european(data):
+    """"cp1250" or "iso-8859-2" where data (not_utf8's: a file's bytes from its first that is not UTF-8) looks like
+    Central European text in one, else None."""
+    signs = re.findall(rb"(?<=[A-Za-z\xc0-\xff])[\xa1-\xac\xae-\xb3\xb5\xb6\xb8-\xbf](?=[A-Za-z\xc0-\xff])", data)
+    if re.search(rb"[\x8d\x8f\x9d]", data) or len(signs) >= 0.1 * len(re.findall(rb"[\x80-\xff]", data)) > 0:
+        return "cp1250" if re.search(rb"[\x80-\x9f]", data) else "iso-8859-2"
+    return None
+
+
 LETTERS_ENCODINGS = {"cp1251": "Cyrillic in Windows-1251, Russian Windows' encoding", "koi8-r": "Cyrillic in KOI8-R",
-                     "cp1253": "Greek in Windows-1253, Greek Windows' encoding"}
+                     "cp1253": "Greek in Windows-1253, Greek Windows' encoding",
+                     "cp1250": "Central European in Windows-1250 (Polish, Czech, Slovak...)",
+                     "iso-8859-2": "Central European in ISO-8859-2 (latin2)"}
 
 
 def letters_fix(path, encoding):

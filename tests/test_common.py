@@ -869,8 +869,11 @@ def test_a_stray_byte_in_utf8_text_is_not_answered_with_a_latin1_conversion(tmp_
     cp1252 = (": it looks like Windows-1252 (bytes 0x80-0x9F: curly quotes, dashes, the euro sign): convert it, e.g. "
               f"`iconv -f cp1252 -t utf-8 < {f} > {tmp_path}/chats.utf8.jsonl`")
     assert str(not_utf8(str(f))).endswith(cp1252)
-    # a byte cp1252 leaves undefined (cp1250's \u0165, say): cp1252 still, whose iconv stops on it, naming it
+    # a byte cp1252 leaves undefined, cp1250's \u0165 (Slovak's "ť"): cp1250, where cp1252's iconv stopped on it
     f.write_bytes('{"text": "caf\u00e9"}\n'.encode("latin-1") * 5 + b'{"text": "\x9d"}\n')
+    assert "`iconv -f cp1250 -t utf-8 <" in str(not_utf8(str(f)))
+    # one cp1250 leaves undefined too: cp1252 still, whose iconv stops on it, naming it
+    f.write_bytes('{"text": "caf\u00e9"}\n'.encode("latin-1") * 5 + b'{"text": "\x81"}\n')
     assert str(not_utf8(str(f))).endswith(cp1252)
 
 

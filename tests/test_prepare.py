@@ -491,13 +491,16 @@ def test_chinese_windows_text_is_told_to_convert_from_gbk(tmp_path, name):
 @pytest.mark.parametrize("line,encoding,named", [
     ("День {}: Маша читает «книгу»… — и ёж спит.", "cp1251", "Cyrillic in Windows-1251"),
     ("День {}: Маша читает книгу, и ёж спит. Вот этот кот.", "koi8-r", "Cyrillic in KOI8-R"),
-    ("Ημέρα {}: η Μαρία διαβάζει «ένα βιβλίο» και ο σκύλος της κοιμάται.", "cp1253", "Greek in Windows-1253")])
-def test_cyrillic_and_greek_windows_text_is_told_its_encoding(tmp_path, line, encoding, named):
+    ("Ημέρα {}: η Μαρία διαβάζει «ένα βιβλίο» και ο σκύλος της κοιμάται.", "cp1253", "Greek in Windows-1253"),
+    ("Dzień {}: Zażółć gęślą jaźń – był sobie człowiek.", "cp1250", "Central European in Windows-1250"),
+    ("Dzień {}: mała łódź, żółty kot i był sobie człowiek.", "iso-8859-2", "Central European in ISO-8859-2")])
+def test_cyrillic_greek_and_central_european_text_is_told_its_encoding(tmp_path, line, encoding, named):
     """Text saved by Russian Windows (cp1251) was told `iconv -f cp1252` (its dashes are cp1252's bytes too) or
     `iconv -f latin1`: pasted, every Cyrillic letter became an accented Western one, and prepare.py took the garbled
-    copy. Older Russian text (KOI8-R) and Greek Windows' (cp1253) were told cp1251 in turn, which garbles them too.
-    Each is named, and the command given converts it: prepared, the text reads as written. Western text whose accented
-    letters sit next to each other (Portuguese's ação) keeps latin1."""
+    copy. Older Russian text (KOI8-R) and Greek Windows' (cp1253) were told cp1251 in turn, and Polish text (cp1250,
+    latin2) cp1252 or latin1, which made "był" "by³". Each is named, and the command given converts it: prepared, the
+    text reads as written. Western text whose accented letters sit next to each other (Portuguese's ação) keeps
+    latin1."""
     from common import not_utf8
     lines = [line.format(i) for i in range(50)]
     src = tmp_path / "notes.txt"
