@@ -305,7 +305,10 @@ OTHER_TOOLS_OPTIONS = {"--learning_rate": ["--lr"], "--gradient_accumulation_ste
                        "--max_seq_len": ["--block_size", "--max_tokens"], "--dim": ["--n_embd"],
                        "--accumulation_steps": ["--grad_accum"], "--save_dir": ["--output_checkpoint"],
                        "--from_weight": ["--checkpoint"], "--from_resume": ["--checkpoint"],
-                       "--model_path": ["--init_from", "--checkpoint"], "--num_workers": []}
+                       "--model_path": ["--init_from", "--checkpoint"], "--num_workers": [],
+                       # eval.py's first name for its --prompt_file, which it still takes: gen.py's nearest spelling
+                       # was --prompt, which continues the file's name as text
+                       "--prompts": ["--prompt_file"]}
 
 
 class ArgumentParser(argparse.ArgumentParser):

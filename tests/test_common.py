@@ -229,6 +229,8 @@ def usage_error(script, message, *command):
     ("gen", ["--out_dir=out", "--start=ROMEO:"],
      "unrecognized arguments: --out_dir=out --start=ROMEO: (did you mean --checkpoint, --prompt?)"),
     ("gen", ["--init_from=gpt2"], "unrecognized arguments: --init_from=gpt2 (did you mean --checkpoint?)"),
+    # eval.py's --prompts (its --prompt_file's first name): --prompt would continue the file's name as text
+    ("gen", ["x.pt", "--prompts", "p.txt"], "unrecognized arguments: --prompts p.txt (did you mean --prompt_file?)"),
     # and where the script has none of them, nothing: not the option its spelling is nearest ("did you mean --port?")
     ("serve", ["x.pt", "--start=Hi", "--eval_iters=2"], "unrecognized arguments: --start=Hi --eval_iters=2")])
 def test_a_misspelt_option_is_one_line_naming_the_closest(script, given, said, capsys):
