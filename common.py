@@ -362,6 +362,23 @@ class ArgumentParser(argparse.ArgumentParser):
             super().print_help(file)
 
 
+class Switch(argparse.Action):
+    """An on/off option: --NAME turns it on, --no_NAME off, spelled as every other option is; None when neither is
+    given (train.py: the checkpoint's then). argparse's BooleanOptionalAction took and showed only --no-NAME
+    (--no-recompute_activations, a dash beside an underscore), which README and the errors did not name; it is
+    still taken."""
+
+    def __init__(self, option_strings, dest, default=None, help=None):
+        name = option_strings[0][2:]
+        super().__init__([*option_strings, f"--no_{name}", f"--no-{name}"], dest, nargs=0, default=default, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, not option_string.startswith("--no"))
+
+    def format_usage(self):
+        return " | ".join(self.option_strings[:2])
+
+
 def nonempty(text):
     """argparse type of a path or name: '' (an unset shell variable, as in --checkpoint "$CKPT") is refused, not read
     as the option left out (a fresh model trained, the newest checkpoint sampled, results printed, not written)."""

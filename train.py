@@ -66,7 +66,7 @@ from common import (ArgumentParser, DTYPES, HANGUP, UserError, ask, atomic_write
                     closed_pipe_on_windows, color_ok, draws_a_bar, exit_after_the_first, first_line, held_lock, hung_up,
                     is_oom, lock_is_held, nonempty, nonnegative_int, path_arg, pick_device, pick_dtype, prepare_lock,
                     read_items, refuse_dataset_folder, remove_stale_tmp, retain_freed_memory, run_main,
-                    slow_on_this_cpu, speaks_for_machine, stop_signals, tmp_name)
+                    slow_on_this_cpu, speaks_for_machine, stop_signals, Switch, tmp_name)
 from hf import is_hf_folder
 from model import OPTIMIZERS, PRESETS, VARIANTS, GPT, make_config
 from prepare import (DATASETS, DEFAULT_OUT_DIR, DEFAULT_PACK, DEFAULT_VAL_FRACTION, MIXABLE, damaged_field,
@@ -256,17 +256,13 @@ def parse_args(argv=None):
                    help="autocast precision (default: the checkpoint's when continuing a run, else auto: bf16 where "
                         "the hardware does it faster than fp32 (GPUs that have it; CPUs with AMX, or AVX-512 BF16 on "
                         "AMD), fp16 on older GPUs, else fp32)")
-    g.add_argument("--compile", action=argparse.BooleanOptionalAction,
+    g.add_argument("--compile", action=Switch,
                    help="torch.compile the model (falls back to eager if it fails; default: the checkpoint's when "
                         "continuing a run, else off)")
-    g.add_argument("--recompute_activations", action=argparse.BooleanOptionalAction,
+    g.add_argument("--recompute_activations", action=Switch,
                    help="keep only each block's input for the backward pass and compute the rest again: far less "
                         "activation memory (a larger batch or context on a small GPU) for up to a third more compute "
                         "(default: the checkpoint's when continuing a run, else off)")
-    # the switches off spelled as every other option is, with underscores (--no_color, gen.py's --no_cache):
-    # BooleanOptionalAction knows only --no-compile and --no-recompute_activations, and --no_compile was refused
-    for name in ("compile", "recompute_activations"):
-        g.add_argument(f"--no_{name}", dest=name, action="store_false", default=None, help=argparse.SUPPRESS)
     g.add_argument("--dist_timeout", type=minutes_arg, default=DIST_TIMEOUT_MIN, metavar="MINUTES",
                    help=f"under torchrun, how long a process waits for the others (a stuck one, or rank 0 saving a "
                         f"checkpoint) before it ends with an error (default: {DIST_TIMEOUT_MIN:g}); raise it for a "
