@@ -37,9 +37,9 @@ import time
 
 import torch
 
-from common import (ArgumentParser, UserError, at_least, atomic_write_text, autocast, check_output, cpu_bf16_is_faster,
-                    cpu_has_bf16, cpu_info, first_line, is_oom, pick_device, pick_dtype, path_arg, not_utf8,
-                    retain_freed_memory, run_main, seeded_generator, DTYPES)
+from common import (AUTO_DTYPE, ArgumentParser, UserError, add_device_arguments, at_least, atomic_write_text, autocast,
+                    check_output, cpu_bf16_is_faster, cpu_has_bf16, cpu_info, first_line, is_oom, pick_device,
+                    pick_dtype, path_arg, not_utf8, retain_freed_memory, run_main, seeded_generator, DTYPES)
 from model import GPT, OPTIMIZERS, PRESETS, VARIANTS, make_config, physical_memory
 from train import DEFAULTS as TRAIN_DEFAULTS, Forward, train_step
 
@@ -705,10 +705,9 @@ def get_parser():
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Sections: peak (matmul FLOP/s), train (tokens/s, MFU), gen (tokens/s, KV cache "
                                        "speed-up), ratio (small vs GPT-2 vocabulary), prepare (tokenizer MB/s).")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--dtype", default="auto",
-                   help="autocast dtype(s), comma-separated: auto, float32, bfloat16, float16 (default auto: bf16 "
-                        "where the hardware does it faster than fp32). gen and ratio use the first")
+    add_device_arguments(p, dtype=False)
+    p.add_argument("--dtype", default="auto", help=f"autocast dtype(s), comma-separated: auto, {', '.join(DTYPES)} "
+                                                   f"(default auto: {AUTO_DTYPE}). gen and ratio use the first")
     p.add_argument("--model", default=None, help="preset(s), comma-separated (default: tiny,small on CPU, gpt2 on GPU)")
     p.add_argument("--variant", default=None, choices=VARIANTS,
                    help="model variant (default: the preset's: modern for tiny, gpt2 for the others)")

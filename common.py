@@ -1399,6 +1399,23 @@ def read_items(f, start, n, dtype):
 # -----------------------------------------------------------------------------
 # devices, precision and memory
 
+DEVICES = "auto, cpu, cuda, cuda:N or mps"  # --device's values, as its help and errors name them
+# what --dtype auto picks (pick_dtype), as every script's help says it
+AUTO_DTYPE = ("bf16 where the hardware does it faster than fp32 (GPUs that have it; CPUs with AMX, or AVX-512 BF16 on "
+              "AMD), fp16 on older GPUs, else fp32")
+
+
+def add_device_arguments(p, dtype=True, inherited=False):
+    """--device and (dtype) --dtype, one definition for every script that runs a model: gen.py, eval.py and serve.py
+    said neither their default nor what auto picks. inherited: train.py's --dtype, which a continued run takes from its
+    checkpoint when left out (None then)."""
+    p.add_argument("--device", default="auto", help=f"{DEVICES} (default auto: CUDA, then MPS, then CPU)")
+    if dtype:
+        said = "default: the checkpoint's when continuing a run, else auto" if inherited else "default auto"
+        p.add_argument("--dtype", default=None if inherited else "auto", choices=["auto", *DTYPES],
+                       help=f"autocast precision ({said}: {AUTO_DTYPE})")
+
+
 def pick_device(name="auto", interactive=None):
     """Resolve --device: a device named is checked (named_device); 'auto' takes CUDA, then MPS, then CPU. With several
     CUDA devices and an interactive terminal, list them and ask (never under torchrun)."""
@@ -1426,9 +1443,9 @@ def named_device(name):
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise UserError(f"--device {name}: not a device; use auto, cpu, cuda, cuda:N or mps") from None
+        raise UserError(f"--device {name}: not a device; use {DEVICES}") from None
     if dev.type not in ("cpu", "cuda", "mps"):  # torch knows xpu, meta, ...: the scripts run on none of them
-        raise UserError(f"--device {name}: not supported here; use auto, cpu, cuda, cuda:N or mps")
+        raise UserError(f"--device {name}: not supported here; use {DEVICES}")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise UserError(f"--device {name}: CUDA is not available here; use --device cpu")

@@ -38,8 +38,8 @@ import sys
 import numpy as np
 
 from checkpoint import add_checkpoint_argument, load_checkpoint, load_model, parse_checkpoint
-from common import (ArgumentParser, DTYPES, UserError, at_least, atomic_write_text, check_output, nonempty, path_arg,
-                    pick_device, progress_bar, retain_freed_memory, run_main, seeded_generator)
+from common import (ArgumentParser, UserError, add_device_arguments, at_least, atomic_write_text, check_output,
+                    nonempty, path_arg, pick_device, progress_bar, retain_freed_memory, run_main, seeded_generator)
 from gen import (CHAT_STOPS, add_sampling_arguments, chat_reply, columns, default_checkpoint, inference_dtype,
                  read_prompt_file)
 from prepare import document_ends
@@ -246,8 +246,7 @@ def parse_args(argv=None):
     p.add_argument("--max_tokens", type=at_least(1), default=128, help="new tokens a reply may take (default 128)")
     add_sampling_arguments(p)
     p.add_argument("--seed", type=int, default=1337, help="seed of the sampled replies (default 1337)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="autocast precision")
+    add_device_arguments(p)
     p.add_argument("--json", type=path_arg, metavar="PATH", help="also write the results as JSON to PATH; - prints JSON instead of the table")
     args = parse_checkpoint(p, p.parse_args(argv))
     # `eval.py --dataset story models/x.pt`: --dataset takes several names, so it took the checkpoint too

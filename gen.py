@@ -40,9 +40,10 @@ import unicodedata
 import torch
 
 from checkpoint import add_checkpoint_argument, find_checkpoints, load_model, parse_checkpoint
-from common import (ArgumentParser, DTYPES, UserError, at_least, atomic_write_text, autocast, check_output, color_ok,
-                    encoding_fix, first_line, latin1_fix, not_utf8, number, path_arg, pick_device, pick_dtype,
-                    require_utf8, retain_freed_memory, run_main, seeded_generator, slow_on_this_cpu, without_surrogates)
+from common import (ArgumentParser, UserError, add_device_arguments, at_least, atomic_write_text, autocast,
+                    check_output, color_ok, encoding_fix, first_line, latin1_fix, not_utf8, number, path_arg,
+                    pick_device, pick_dtype, require_utf8, retain_freed_memory, run_main, seeded_generator,
+                    slow_on_this_cpu, without_surrogates)
 from setup_tokenizer import EOT, IM_END, IM_START, StreamDecoder, render_chat
 
 CHAT_HELP = "/reset clears the history, /exit or Ctrl-D quits, Ctrl-C stops a reply"
@@ -563,8 +564,7 @@ def parse_args(argv=None):
     p.add_argument("--max_tokens", type=at_least(1), default=None, help="new tokens per completion or reply (default 256)")
     p.add_argument("--num_samples", type=at_least(1), default=1, help="samples for --prompt or an unconditional run")
     p.add_argument("--batch_size", type=at_least(1), help="--prompt_file: prompts of equal length generated together (default 8)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="autocast precision")
+    add_device_arguments(p)
     p.add_argument("--no_cache", action="store_true",
                    help="recompute the whole context every token (slow; for comparisons: the same text as the cache's "
                         "in fp32, while bf16 rounds a row and a matrix differently)")

@@ -65,8 +65,8 @@ from urllib.parse import unquote, urlsplit
 import torch
 
 from checkpoint import add_checkpoint_argument, load_model, parse_checkpoint
-from common import (ArgumentParser, DTYPES, UserError, at_least, json_kind, nonempty, number, parts_text, pick_device,
-                    retain_freed_memory, run_main, seeded_generator, stop_signals)
+from common import (ArgumentParser, UserError, add_device_arguments, at_least, json_kind, nonempty, number, parts_text,
+                    pick_device, retain_freed_memory, run_main, seeded_generator, stop_signals)
 from gen import (CHAT_STOPS, PENALTY_RULE, add_sampling_arguments, default_checkpoint, encode_prompt, fit_history,
                  inference_dtype, penalty_value, reserve_for, say_newest, stop_ids, stream_completion,
                  warn_if_trained_on_text)
@@ -1553,8 +1553,7 @@ def parse_args(argv=None):
                         "longest, a second or more, for its request (idle, or trickling it), else gets 503 "
                         "(default 256: the full queue, the reply being generated and three times as many idle, with "
                         "room for as many refused under 1,024 descriptors)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="autocast precision")
+    add_device_arguments(p)
     return parse_checkpoint(p, p.parse_args(argv))
 
 

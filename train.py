@@ -62,11 +62,11 @@ from tqdm import tqdm
 
 from checkpoint import (NOT_THIS_CODE, add_checkpoint_argument, checkpoint_config, download_hint, is_kind,
                         load_checkpoint, load_weights, nonfinite, parse_checkpoint, save_checkpoint, tensor_bytes)
-from common import (ArgumentParser, DTYPES, HANGUP, UserError, ask, atomic_write_text, autocast, check_output,
-                    closed_pipe_on_windows, color_ok, draws_a_bar, exit_after_the_first, first_line, held_lock, hung_up,
-                    is_oom, lock_is_held, nonempty, nonnegative_int, path_arg, pick_device, pick_dtype, prepare_lock,
-                    read_items, refuse_dataset_folder, remove_stale_tmp, retain_freed_memory, run_main,
-                    slow_on_this_cpu, speaks_for_machine, stop_signals, Switch, tmp_name)
+from common import (ArgumentParser, DTYPES, HANGUP, UserError, add_device_arguments, ask, atomic_write_text, autocast,
+                    check_output, closed_pipe_on_windows, color_ok, draws_a_bar, exit_after_the_first, first_line,
+                    held_lock, hung_up, is_oom, lock_is_held, nonempty, nonnegative_int, path_arg, pick_device,
+                    pick_dtype, prepare_lock, read_items, refuse_dataset_folder, remove_stale_tmp, retain_freed_memory,
+                    run_main, slow_on_this_cpu, speaks_for_machine, stop_signals, Switch, tmp_name)
 from hf import is_hf_folder
 from model import OPTIMIZERS, PRESETS, VARIANTS, GPT, make_config
 from prepare import (DATASETS, DEFAULT_OUT_DIR, DEFAULT_PACK, DEFAULT_VAL_FRACTION, MIXABLE, damaged_field,
@@ -251,11 +251,7 @@ def parse_args(argv=None):
     g.add_argument("--patience", type=int, help="stop early after this many evaluations without a better val loss, "
                                                 "0 = never (default: 0)")
     g = p.add_argument_group("system")
-    g.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
-    g.add_argument("--dtype", choices=["auto", *DTYPES],
-                   help="autocast precision (default: the checkpoint's when continuing a run, else auto: bf16 where "
-                        "the hardware does it faster than fp32 (GPUs that have it; CPUs with AMX, or AVX-512 BF16 on "
-                        "AMD), fp16 on older GPUs, else fp32)")
+    add_device_arguments(g, inherited=True)
     g.add_argument("--compile", action=Switch,
                    help="torch.compile the model (falls back to eager if it fails; default: the checkpoint's when "
                         "continuing a run, else off)")
