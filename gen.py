@@ -548,7 +548,8 @@ def add_sampling_arguments(p, when="", max_temp=math.inf):
 
 
 def parse_args(argv=None):
-    p = ArgumentParser("gen.py", description="Sample text from a trained GPT checkpoint, or chat with it.")
+    # the docstring, its examples first, as prepare.py's, eval.py's and bench.py's --help give theirs
+    p = ArgumentParser("gen.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_checkpoint_argument(p)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prompt", help="text to continue (with --chat: one user message, then exit)")

@@ -1530,7 +1530,8 @@ def host_names(s):
 
 
 def parse_args(argv=None):
-    p = ArgumentParser("serve.py", description="Serve a checkpoint: an OpenAI-compatible HTTP API and a chat page.")
+    # the docstring, its examples first, as prepare.py's, eval.py's and bench.py's --help give theirs
+    p = ArgumentParser("serve.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_checkpoint_argument(p)
     p.add_argument("--host", type=nonempty, default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; "
                                                         "0.0.0.0 for every network, with no authentication)")
