@@ -79,9 +79,9 @@ from common import (ArgumentParser, NotText, VOCAB_FILE, UserError, at_least, at
                     nonempty, nonnegative_int, not_utf8, parts_text, path_arg, prepare_lock, progress_bar,
                     python_command, read_items, read_meta, refuse_dataset_folder, remove_stale_tmp, run_main,
                     stray_byte_fix, tmp_name, tmp_pattern, without_surrogates)
-from setup_tokenizer import (EOT, IM_END, IM_START, VocabSample, fewer_ids, get_tokenizer, model_context, render_chat,
-                             moved_vocabulary, read_text_chunks, say_training, tokenizer_hash, train_bpe, trained_on,
-                             warn_short_vocabulary)
+from setup_tokenizer import (EOT, IM_END, IM_START, TOKENIZER_HELP, VocabSample, fewer_ids, get_tokenizer, model_context,
+                             render_chat, moved_vocabulary, read_text_chunks, say_training, tokenizer_hash, train_bpe,
+                             trained_on, warn_short_vocabulary)
 
 FORMAT = 1   # layout of meta.json and the .bin files
 VERSION = 14  # bump when the same inputs would give other tokens or counts, so existing datasets rebuild
@@ -3049,10 +3049,9 @@ def main(argv=None):
                         "or hf:NAME[:CONFIG[:SPLIT]], a Hugging Face hub dataset of such records, streamed (hf:NAME::SPLIT: "
                         "the default config; split default train), val its validation split if it has one, else "
                         "--val_fraction of train")
-    p.add_argument("--tokenizer", type=path_arg, help="gpt2, the path of a .tiktoken file (setup_tokenizer.py train), or a "
-                                        "checkpoint's or a Hugging Face model folder's, for its vocabulary and its "
-                                        "context (--pack's default) (default: gpt2, or what the dataset has when "
-                                        "it is made again)")
+    p.add_argument("--tokenizer", type=path_arg, help=f"{TOKENIZER_HELP}, for its vocabulary and its context (--pack's "
+                                                      f"default) (default: gpt2, or what the dataset has when it is "
+                                                      f"made again)")
     p.add_argument("--vocab_size", type=int,
                    help="train a vocabulary of this size on the data itself (saved as data/<name>/tokenizer.tiktoken) "
                         "and use it instead of --tokenizer: e.g. 4096 makes a tiny model several times faster")
@@ -3060,9 +3059,10 @@ def main(argv=None):
                                                "--mix part its own N, train-only extra files N more); of a source's own validation "
                                                "split, N * val_fraction")
     p.add_argument("--val_fraction", type=float, default=DEFAULT_VAL_FRACTION,
-                   help="the share of the documents kept for validation: the last of each source, counted over a "
-                        "dataset's sources together (a folder of one-document files gives files spread through it, not "
-                        "its last ones; 0: no val split, a source's own validation split left out too)")
+                   help=f"the share of the documents kept for validation: the last of each source, counted over a "
+                        f"dataset's sources together (a folder of one-document files gives files spread through it, "
+                        f"not its last ones; 0: no val split, a source's own validation split left out too) (default "
+                        f"{DEFAULT_VAL_FRACTION:g})")
     p.add_argument("--force", action="store_true", help="rebuild even if up to date, and replace a folder holding another dataset")
     p.add_argument("--out_dir", "--data_dir", dest="out_dir", type=path_arg, default=DEFAULT_OUT_DIR,
                    help="where dataset folders go (the folder train.py and eval.py take as --data_dir; default data)")

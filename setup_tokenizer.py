@@ -174,6 +174,11 @@ def tokenizer_from_bpe(text, source="the vocabulary"):
     return enc
 
 
+# what --tokenizer takes (get_tokenizer), as prepare.py's, train.py's and show's help say it
+TOKENIZER_HELP = ("gpt2, the path of a .tiktoken file (setup_tokenizer.py train), or a checkpoint's or a Hugging Face "
+                  "model folder's")
+
+
 def get_tokenizer(name="gpt2"):
     """'gpt2' (tiktoken's GPT-2 + ChatML: <|endoftext|> 50256, <|im_start|> 50257,
     <|im_end|> 50258), the path of a .tiktoken file trained by this script, or a checkpoint's
@@ -655,11 +660,11 @@ def main(argv=None):
     # the metavar: without a command, argparse's error named the dest ("required: cmd"), not the commands to give
     sub = p.add_subparsers(dest="cmd", required=True, metavar="{show,train}")
     s = sub.add_parser("show", help="print the tokens and ids of a text")
-    s.add_argument("text")
-    s.add_argument("--tokenizer", type=path_arg, default="gpt2", help="gpt2, the path of a .tiktoken file, or a checkpoint's")
+    s.add_argument("text", help="the text to tokenize (special tokens such as <|im_start|> are read as tokens)")
+    s.add_argument("--tokenizer", type=path_arg, default="gpt2", help=f"{TOKENIZER_HELP} (default gpt2)")
     t = sub.add_parser("train", help="train a byte-level BPE vocabulary on text files")
     t.add_argument("--input", type=path_arg, nargs="+", required=True, help="UTF-8 text files")
-    t.add_argument("--vocab_size", type=int, default=4096, help="total ids: 256 bytes + merges + 3 special tokens")
+    t.add_argument("--vocab_size", type=int, default=4096, help="total ids: 256 bytes + merges + 3 special tokens (default 4096)")
     t.add_argument("--out", type=path_arg, required=True, help="where to write the .tiktoken file")
     args = p.parse_args(argv)
 

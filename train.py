@@ -72,7 +72,7 @@ from model import OPTIMIZERS, PRESETS, VARIANTS, GPT, make_config
 from prepare import (DATASETS, DEFAULT_OUT_DIR, DEFAULT_PACK, DEFAULT_VAL_FRACTION, MIXABLE, damaged_field,
                      is_complete, is_dataset_name, meta_options, new_command, rebuild_command, token_bytes,
                      unreadable_field)
-from setup_tokenizer import (fewer_ids, get_tokenizer, moved_vocabulary, tokenizer_from_state, tokenizer_hash,
+from setup_tokenizer import (TOKENIZER_HELP, fewer_ids, get_tokenizer, moved_vocabulary, tokenizer_from_state, tokenizer_hash,
                              vocabulary_name)
 
 # Peak learning rates and batch sizes (windows) that train each preset well with AdamW(0.9, 0.95); small models
@@ -163,7 +163,8 @@ def parse_args(argv=None):
     g.add_argument("--dataset", type=nonempty, help="folder under --data_dir made by `python prepare.py --dataset X` "
                                      "(default: the checkpoint's dataset, else story)")
     g.add_argument("--data_dir", type=path_arg, help="where prepared datasets live (default: the checkpoint's, else data)")
-    g.add_argument("--tokenizer", type=path_arg, help="gpt2, a .tiktoken path or a checkpoint's; only checked against the data's (default: the data's)")
+    g.add_argument("--tokenizer", type=path_arg, help=f"{TOKENIZER_HELP}; only checked against the data's (default: "
+                                                      f"the data's)")
     g = p.add_argument_group("model (a new model; a checkpoint brings its own)")
     g.add_argument("--model", choices=list(PRESETS), help="size preset of a new model (default: tiny on CPU and MPS, "
                                                          "small on CUDA)")
