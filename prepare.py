@@ -9,10 +9,11 @@ Turn stories, dialogues and instruction data into token files for train.py.
     python prepare.py --mix dailydialog:1,chat:2 --name mychat   # several chat sets in one, by weight
     python prepare.py --dataset dailydialog --tokenizer models/story_best.pt   # its vocabulary, packed at its context
 
-Each dataset becomes a folder data/<name>/ with
+Each dataset becomes a folder data/<name>/ (--out_dir DIR: DIR/<name>/) with
     train.bin, val.bin              token ids, uint16 when the vocabulary fits, else uint32 (np.memmap them)
     train_mask.bin, val_mask.bin    conversations only: uint8, 1 where the loss counts
                                     (assistant replies and their <|im_end|>), aligned token for token
+    tokenizer.tiktoken              --vocab_size only: the vocabulary trained on the data, a file --tokenizer takes
     meta.json                       written last: a folder is a complete dataset exactly when it has one
 Documents are each followed by <|endoftext|>; conversations are ChatML (setup_tokenizer.render_chat).
 
@@ -21,7 +22,7 @@ Hugging Face model folder, which train.py fine-tunes at its context; else 256, t
 train.py cuts a split into windows of BLOCK tokens at stride BLOCK, so a conversation that straddles a multiple of BLOCK
 is cut in two: the second window trains on replies whose question it cannot see. Packed, the file is a
 sequence of blocks of BLOCK tokens and no conversation crosses a block boundary unless it is longer than a
-block: conversations wait in a buffer of PACK_LOOKAHEAD, each block takes the longest waiting one that
+block: conversations wait in a buffer of 1,000 (PACK_LOOKAHEAD), each block takes the longest waiting one that
 still fits, and when none fits the rest of the block is <|endoftext|> padding with mask 0 (1-5% of the
 tokens on the mirror's sets, against 19-28% when conversations are placed in order). A conversation
 longer than a block is cut into pieces of at most a block, each closed by <|endoftext|> and placed like a
