@@ -708,16 +708,17 @@ def get_parser():
     add_device_arguments(p, dtype=False)
     p.add_argument("--dtype", default="auto", help=f"autocast dtype(s), comma-separated: auto, {', '.join(DTYPES)} "
                                                    f"(default auto: {AUTO_DTYPE}). gen and ratio use the first")
-    p.add_argument("--model", default=None, help="preset(s), comma-separated (default: tiny,small on CPU, gpt2 on GPU)")
+    p.add_argument("--model", default=None,
+                   help="preset(s), comma-separated (default: tiny,small on CPU, gpt2 on GPU; --quick tiny)")
     p.add_argument("--variant", default=None, choices=VARIANTS,
                    help="model variant (default: the preset's: modern for tiny, gpt2 for the others)")
     p.add_argument("--only", default=",".join(SECTIONS),
                    help=f"sections to run, comma-separated (default: all of {','.join(SECTIONS)})")
-    p.add_argument("--batch_size", type=at_least(1), default=None, help="training batch size (default 8)")
+    p.add_argument("--batch_size", type=at_least(1), default=None, help="training batch size (default 8; --quick 2)")
     p.add_argument("--block_size", type=at_least(1), default=None,
-                   help="training sequence length (default: the preset's)")
+                   help="training sequence length (default: the preset's; --quick 32)")
     p.add_argument("--vocab_size", type=at_least(1), default=None,
-                   help="vocabulary size, e.g. 4096 for a custom tokenizer (default GPT-2's 50259)")
+                   help="vocabulary size, e.g. 4096 for a custom tokenizer (default GPT-2's 50259; --quick 512)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model for train and ratio (compile time is in the warm-up)")
     p.add_argument("--recompute_activations", action="store_true",
@@ -735,11 +736,13 @@ def get_parser():
                    help="retain (default): glibc keeps freed memory for reuse, so big tensors are not page-faulted in "
                         "again every step (+30-40%% for small on CPU); default: leave the allocator alone")
     p.add_argument("--warmup", type=at_least(0), default=None,
-                   help="untimed training steps first (default 2 on CPU, 3 on GPU)")
+                   help="untimed training steps first (default 2 on CPU, 3 on GPU; --quick 1)")
     p.add_argument("--steps", type=at_least(1), default=None,
-                   help="timed training steps, the median is reported (default 5 on CPU, 10 on GPU and for the ratio)")
+                   help="timed training steps, the median is reported (default 5 on CPU, 10 on GPU and for the ratio; "
+                        "--quick 2)")
     p.add_argument("--peak_sizes", type=sizes_arg, default=None,
-                   help="matmul sizes for the peak, comma-separated (default 2048,4096 on CPU, 8192 on GPU)")
+                   help="matmul sizes for the peak, comma-separated (default 2048,4096 on CPU, 8192 on GPU; --quick "
+                        "256)")
     p.add_argument("--new_tokens", type=at_least(1), default=None,
                    help="tokens generated per run (default 500; --quick 8)")
     p.add_argument("--prompt_len", type=at_least(1), default=None,
