@@ -149,16 +149,9 @@ def warmup_share(warmup):
 
 def parse_args(argv=None):
     d = DEFAULTS
-    p = ArgumentParser(
-        "train.py",
-        description="Train a GPT on a dataset prepared by prepare.py (see the docstring of train.py for epochs, "
-                    "resume and the files written).",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n"
-               "  python train.py --dataset story --epochs 1\n"
-               "  python train.py --checkpoint models/story_epoch1.pt --epochs 2   # continue\n"
-               "  python train.py --dataset dailydialog --checkpoint models/story_best.pt  # fine-tune (the data\n"
-               "      prepared in its vocabulary: prepare.py --dataset dailydialog --tokenizer models/story_best.pt)")
+    # the docstring, its examples first: --help sent its reader to "the docstring of train.py" for epochs, resume and
+    # the files written, which a reader of --help has not open
+    p = ArgumentParser("train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--dataset", type=nonempty, help="folder under --data_dir made by `python prepare.py --dataset X` "
                                      "(default: the checkpoint's dataset, else story)")
