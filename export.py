@@ -1,4 +1,4 @@
-"""
+r"""
 Export a checkpoint as a Hugging Face model folder, which transformers loads as it is:
 
     python export.py models/story_best.pt hf/story
@@ -19,6 +19,7 @@ import common  # first (it is light): Ctrl-C while torch loads then ends in one 
 common.mend_standard_streams(__name__)
 common.quiet_ctrl_c(__name__)
 
+import argparse
 import os
 import sys
 
@@ -30,9 +31,9 @@ from train import checkpoint_data
 
 def parse_args(argv=None):
     # the usage line says what is required (argparse's would show the checkpoint optional, as gen.py's is)
+    # the docstring, its examples first, as every script's --help gives its own
     p = ArgumentParser("export.py", usage=f"%(prog)s [-h] [--dtype {{{','.join(DTYPES)}}}] CHECKPOINT OUT_DIR",
-                                description="Write a checkpoint as a Hugging Face model folder (GPT2LMHeadModel for "
-                                            "the gpt2 variant, LlamaForCausalLM for modern) with its tokenizer.")
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # the checkpoint as gen.py, eval.py and serve.py take it: CHECKPOINT OUT_DIR, or --checkpoint CHECKPOINT OUT_DIR
     add_checkpoint_argument(p, help="a .pt file from train.py (or a Hugging Face folder, to convert it again); or "
                                     "--checkpoint PATH")

@@ -17,6 +17,7 @@ import common  # first (it is light): Ctrl-C while tiktoken loads then ends in o
 common.mend_standard_streams(__name__)
 common.quiet_ctrl_c(__name__)
 
+import argparse
 import base64
 import codecs
 import contextlib
@@ -656,7 +657,9 @@ def files_sample(files):
 # -----------------------------------------------------------------------------
 
 def main(argv=None):
-    p = ArgumentParser("setup_tokenizer.py", description="Show how text tokenizes, or train a custom BPE vocabulary.")
+    # the docstring's examples, as every script's --help gives its own (its text after them is for readers of the code)
+    p = ArgumentParser("setup_tokenizer.py", description="Show how text tokenizes, or train a custom BPE vocabulary.\n\n"
+                       + __doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     # the metavar: without a command, argparse's error named the dest ("required: cmd"), not the commands to give
     sub = p.add_subparsers(dest="cmd", required=True, metavar="{show,train}")
     s = sub.add_parser("show", help="print the tokens and ids of a text")
