@@ -239,10 +239,12 @@ def parse_args(argv=None):
                    help="at most this many batches, spread over the split (default: every window)")
     p.add_argument("--samples", type=at_least(0), default=50,
                    help="replies sampled per conversation set, 0 = none (default 50)")
-    # --prompt_file, as gen.py names the same file in the same format; --prompts, its first name, still works
-    p.add_argument("--prompt_file", "--prompts", dest="prompt_file", type=path_arg, metavar="FILE",
+    # --prompt_file, as gen.py names the same file in the same format; --prompts, its first name, still works, unshown:
+    # --help listed both, two names for one file where gen.py has one
+    p.add_argument("--prompt_file", type=path_arg, metavar="FILE",
                    help="answer the first --samples prompts of this file (one per line, or JSON lines with a \"prompt\" "
                         "field, as gen.py --prompt_file) instead")
+    p.add_argument("--prompts", dest="prompt_file", type=path_arg, help=argparse.SUPPRESS)
     p.add_argument("--max_tokens", type=at_least(1), default=128, help="new tokens a reply may take (default 128)")
     add_sampling_arguments(p)
     p.add_argument("--seed", type=int, default=1337, help="seed of the sampled replies (default 1337)")
