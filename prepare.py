@@ -3048,8 +3048,8 @@ def main(argv=None):
                         "(messages, ShareGPT conversations, instruction/input/output or instances, instruction/context/"
                         "response, question/answer, prompt/completion, prompt/response, query/response, text), or folders; "
                         "or hf:NAME[:CONFIG[:SPLIT]], a Hugging Face hub dataset of such records, streamed (hf:NAME::SPLIT: "
-                        "the default config; split default train), val its validation split if it has one, else "
-                        "--val_fraction of train")
+                        "the default config; split default train, or the set's only split), val its validation split if it "
+                        "has one, else --val_fraction of train")
     p.add_argument("--tokenizer", type=path_arg, help=f"{TOKENIZER_HELP}, for its vocabulary and its context (--pack's "
                                                       f"default) (default: gpt2, or what the dataset has when it is "
                                                       f"made again)")
