@@ -536,8 +536,9 @@ def penalty(s):
 def add_sampling_arguments(p, when="", max_temp=math.inf):
     """--temp, --top_k, --top_p and --repetition_penalty: one definition for gen.py, eval.py and serve.py. when:
     serve.py's " when a request gives none"; max_temp: the largest --temp (serve.py's: a request's)."""
+    most = f", at most {max_temp:g}" if max_temp < math.inf else ""
     p.add_argument("--temp", type=temperature_arg(max_temp), default=0.8,
-                   help=f"sampling temperature{when}, 0 = greedy (default 0.8)")
+                   help=f"sampling temperature{when}, 0 = greedy{most} (default 0.8)")
     p.add_argument("--top_k", type=top_k_arg, default=200, help=f"sample among the k most likely tokens{when}, 0 = no "
                                                                  f"limit (default 200)")
     p.add_argument("--top_p", type=probability, default=None, help=f"nucleus sampling{when}: the smallest set of tokens "
