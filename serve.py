@@ -9,9 +9,9 @@ Serve a trained model over HTTP: an OpenAI-compatible API and a chat page.
     POST /v1/completions        prompt -> its continuation (ends at <|endoftext|>, or at <|im_end|> as a chat model's
                                 turn does)
     GET  /v1/models             the one model served, named after the checkpoint file
-    GET  /health                {"status": "ok", "generating": true/false, "queued": N}; 503 "stopping" once Ctrl-C
-                                or SIGTERM has begun the server's stop (on a connection already open: the stopping
-                                server takes no new ones)
+    GET  /health                {"status": "ok", "generating": true/false, "queued": N}; 503 "stopping" once Ctrl-C,
+                                SIGTERM or SIGHUP has begun the server's stop (on a connection already open: the
+                                stopping server takes no new ones)
     GET  /                      the chat page (chat.html): streams replies, temperature/top-p/max-token controls
 
 Both POST endpoints take OpenAI's common parameters: model (any name is accepted), max_tokens or
@@ -31,8 +31,8 @@ requests queue to it in arrival order, up to --max_queue waiting (then 503); con
 --max_connections open at once (past it, a new one takes the place of the one waiting the longest, a second or more,
 for its request, idle or trickling it; with none such, 503). A client that hangs up,
 streaming or waiting in the queue, cancels its request at the next token and frees the worker; one that only closes
-its sending side (`nc -N`) gets its answer. Ctrl-C (or SIGTERM) stops the reply being generated at its next token;
-it and the waiting requests are answered 503 server_shutting_down (a stream already begun: that error as its last
+its sending side (`nc -N`) gets its answer. Ctrl-C (or SIGTERM, SIGHUP) stops the reply being generated at its next
+token; it and the waiting requests are answered 503 server_shutting_down (a stream already begun: that error as its last
 event) before the server exits.
 """
 import common  # first (it is light): Ctrl-C while torch loads then ends in one line, not a traceback from its import
