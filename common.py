@@ -308,7 +308,10 @@ OTHER_TOOLS_OPTIONS = {"--learning_rate": ["--lr"], "--gradient_accumulation_ste
                        "--model_path": ["--init_from", "--checkpoint"], "--num_workers": [],
                        # eval.py's first name for its --prompt_file, which it still takes: gen.py's nearest spelling
                        # was --prompt, which continues the file's name as text
-                       "--prompts": ["--prompt_file"]}
+                       "--prompts": ["--prompt_file"],
+                       # the model to load, as vLLM and llama.cpp name it (train.py's --model is a preset, and so no
+                       # unknown option there): gen.py guessed --no_delay, eval.py, serve.py and export.py --help
+                       "--model": ["--checkpoint"]}
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -229,6 +229,9 @@ def usage_error(script, message, *command):
     ("gen", ["--out_dir=out", "--start=ROMEO:"],
      "unrecognized arguments: --out_dir=out --start=ROMEO: (did you mean --checkpoint, --prompt?)"),
     ("gen", ["--init_from=gpt2"], "unrecognized arguments: --init_from=gpt2 (did you mean --checkpoint?)"),
+    # the model to load as other tools name it: it was "did you mean --no_delay?", and --help in the others
+    ("gen", ["--model", "m.pt"], "unrecognized arguments: --model (did you mean --checkpoint?)"),
+    ("serve", ["--model=m.pt"], "unrecognized arguments: --model=m.pt (did you mean --checkpoint?)"),
     # eval.py's --prompts (its --prompt_file's first name): --prompt would continue the file's name as text
     ("gen", ["x.pt", "--prompts", "p.txt"], "unrecognized arguments: --prompts p.txt (did you mean --prompt_file?)"),
     # and where the script has none of them, nothing: not the option its spelling is nearest ("did you mean --port?")
