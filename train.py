@@ -142,6 +142,18 @@ def minutes_arg(text):
     return value
 
 
+def preset_arg(text):
+    """argparse type of --model: a preset's name (argparse's choices check the rest). A model to load, as the other
+    scripts' checkpoint, vLLM's and llama.cpp's --model take one, was "invalid choice", naming only the presets."""
+    if text not in PRESETS and (os.path.exists(text) or "/" in text or os.sep in text or text.endswith(".pt")):
+        checkpoint = f"go on from (or fine-tune) a checkpoint with --checkpoint {text}"
+        folder = f"fine-tune a Hugging Face model folder with --init_from {text}"
+        fix = folder if os.path.isdir(text) else checkpoint if os.path.isfile(text) else f"{checkpoint}; {folder}"
+        raise argparse.ArgumentTypeError(f"{text} is a model to load, and --model is a new model's size preset "
+                                         f"({', '.join(PRESETS)}): {fix}")
+    return text
+
+
 def warmup_share(warmup):
     """The share of the run that warms up, for --warmup given as "P%"."""
     return float(warmup[:-1]) / 100
@@ -159,7 +171,7 @@ def parse_args(argv=None):
     g.add_argument("--tokenizer", type=path_arg, help=f"{TOKENIZER_HELP}; only checked against the data's (default: "
                                                       f"the data's)")
     g = p.add_argument_group("model (a new model; a checkpoint brings its own)")
-    g.add_argument("--model", choices=list(PRESETS), help="size preset of a new model (default: tiny on CPU and MPS, "
+    g.add_argument("--model", type=preset_arg, choices=list(PRESETS), help="size preset of a new model (default: tiny on CPU and MPS, "
                                                          "small on CUDA)")
     g.add_argument("--n_layer", type=int, help="override the preset's number of blocks")
     g.add_argument("--n_head", type=int, help="override the preset's attention heads")

@@ -2982,6 +2982,22 @@ def test_bad_options_are_user_errors(env, tmp_path, trained):
     assert e.value.code == 0
 
 
+def test_a_model_to_load_given_as_model_names_the_option_that_loads_it(tmp_path, capsys):
+    """--model is a new model's preset; a checkpoint given there (as the other scripts' checkpoint, vLLM's and
+    llama.cpp's --model are) was "invalid choice", naming the presets alone. A file is --checkpoint's, a folder
+    --init_from's; a preset, and a name that is neither (argparse's own error), are as they were."""
+    (tmp_path / "story_best.pt").write_bytes(b"")
+    (tmp_path / "gpt2-folder").mkdir()
+    for given, said in ((tmp_path / "story_best.pt", f"--checkpoint {tmp_path / 'story_best.pt'}; see"),
+                        (tmp_path / "gpt2-folder", f"--init_from {tmp_path / 'gpt2-folder'}; see"),
+                        ("gpt3", "invalid choice: 'gpt3'")):
+        with pytest.raises(SystemExit) as e:
+            train.parse_args(["--model", str(given)])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and said in err and len(err.splitlines()) == 1, err
+    assert train.parse_args(["--model", "gpt2-75m"]).model == "gpt2-75m"
+
+
 def test_shape_options_a_checkpoint_fixes_are_named_once_each():
     """A preset's sizes that differ from the checkpoint's were each said as --model: "--model (n_layer 6 vs 4),
     --model (n_embd 384 vs 128), --model (n_head 6 vs 4)"; now --model once, with them, and an option of its own
