@@ -166,7 +166,7 @@ def parse_args(argv=None):
     p = ArgumentParser("train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--dataset", type=nonempty, help="folder under --data_dir made by `python prepare.py --dataset X` "
-                                     "(default: the checkpoint's dataset, else story)")
+                                                    "(or its --name) (default: the checkpoint's dataset, else story)")
     g.add_argument("--data_dir", type=path_arg, help="where prepared datasets live (default: the checkpoint's, else data)")
     g.add_argument("--tokenizer", type=path_arg, help=f"{TOKENIZER_HELP}; only checked against the data's (default: "
                                                       f"the data's)")
