@@ -564,7 +564,8 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, help="random seed; the same seed gives the same text (default: random, shown by --verbose)")
     add_sampling_arguments(p)
     p.add_argument("--max_tokens", type=at_least(1), default=None, help="new tokens per completion or reply (default 256)")
-    p.add_argument("--num_samples", type=at_least(1), default=1, help="samples for --prompt or an unconditional run (default 1)")
+    p.add_argument("--num_samples", type=at_least(1), default=1,
+                   help="samples for --prompt or an unconditional run (default 1)")
     p.add_argument("--batch_size", type=at_least(1), help="--prompt_file: prompts of equal length generated together (default 8)")
     add_device_arguments(p)
     p.add_argument("--no_cache", action="store_true",

@@ -80,9 +80,9 @@ from common import (ArgumentParser, NotText, VOCAB_FILE, UserError, at_least, at
                     nonempty, nonnegative_int, not_utf8, parts_text, path_arg, prepare_lock, progress_bar,
                     python_command, read_items, read_meta, refuse_dataset_folder, remove_stale_tmp, run_main,
                     stray_byte_fix, tmp_name, tmp_pattern, without_surrogates)
-from setup_tokenizer import (EOT, IM_END, IM_START, TOKENIZER_HELP, VocabSample, fewer_ids, get_tokenizer, model_context,
-                             render_chat, moved_vocabulary, read_text_chunks, say_training, tokenizer_hash, train_bpe,
-                             trained_on, warn_short_vocabulary)
+from setup_tokenizer import (EOT, IM_END, IM_START, TOKENIZER_HELP, VocabSample, fewer_ids, get_tokenizer,
+                             model_context, render_chat, moved_vocabulary, read_text_chunks, say_training,
+                             tokenizer_hash, train_bpe, trained_on, warn_short_vocabulary)
 
 FORMAT = 1   # layout of meta.json and the .bin files
 VERSION = 14  # bump when the same inputs would give other tokens or counts, so existing datasets rebuild
@@ -3048,8 +3048,8 @@ def main(argv=None):
                         "(messages, ShareGPT conversations, instruction/input/output or instances, instruction/context/"
                         "response, question/answer, prompt/completion, prompt/response, query/response, text), or folders; "
                         "or hf:NAME[:CONFIG[:SPLIT]], a Hugging Face hub dataset of such records, streamed (hf:NAME::SPLIT: "
-                        "the default config; split default train, or the set's only split), val its validation split if it "
-                        "has one, else --val_fraction of train")
+                        "the default config; split default train, or the set's only split), val its validation split "
+                        "if it has one, else --val_fraction of train")
     p.add_argument("--tokenizer", type=path_arg, help=f"{TOKENIZER_HELP}, for its vocabulary and its context (--pack's "
                                                       f"default) (default: gpt2, or what the dataset has when it is "
                                                       f"made again)")

@@ -658,8 +658,9 @@ def files_sample(files):
 
 def main(argv=None):
     # the docstring's examples, as every script's --help gives its own (its text after them is for readers of the code)
-    p = ArgumentParser("setup_tokenizer.py", description="Show how text tokenizes, or train a custom BPE vocabulary.\n\n"
-                       + __doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    examples = __doc__.split("\n\n")[1]
+    p = ArgumentParser("setup_tokenizer.py", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description=f"Show how text tokenizes, or train a custom BPE vocabulary.\n\n{examples}")
     # the metavar: without a command, argparse's error named the dest ("required: cmd"), not the commands to give
     sub = p.add_subparsers(dest="cmd", required=True, metavar="{show,train}")
     s = sub.add_parser("show", help="print the tokens and ids of a text")
@@ -668,7 +669,8 @@ def main(argv=None):
     t = sub.add_parser("train", help="train a byte-level BPE vocabulary on text files")
     t.add_argument("--input", type=path_arg, nargs="+", required=True,
                    help="UTF-8 text files, a pattern such as 'notes/*.txt', or /dev/stdin (a pipe)")
-    t.add_argument("--vocab_size", type=int, default=4096, help="total ids: 256 bytes + merges + 3 special tokens (default 4096)")
+    t.add_argument("--vocab_size", type=int, default=4096,
+                   help="total ids: 256 bytes + merges + 3 special tokens (default 4096)")
     t.add_argument("--out", type=path_arg, required=True,
                    help="where to write the .tiktoken file (a vocabulary there is trained again in place, unless a "
                         "dataset in data/ was prepared with it; no other file is replaced)")

@@ -72,8 +72,8 @@ from model import OPTIMIZERS, PRESETS, VARIANTS, GPT, make_config
 from prepare import (DATASETS, DEFAULT_OUT_DIR, DEFAULT_PACK, DEFAULT_VAL_FRACTION, MIXABLE, damaged_field,
                      is_complete, is_dataset_name, meta_options, new_command, rebuild_command, token_bytes,
                      unreadable_field)
-from setup_tokenizer import (TOKENIZER_HELP, fewer_ids, get_tokenizer, moved_vocabulary, tokenizer_from_state, tokenizer_hash,
-                             vocabulary_name)
+from setup_tokenizer import (TOKENIZER_HELP, fewer_ids, get_tokenizer, moved_vocabulary, tokenizer_from_state,
+                             tokenizer_hash, vocabulary_name)
 
 # Peak learning rates and batch sizes (windows) that train each preset well with AdamW(0.9, 0.95); small models
 # tolerate (and need) larger steps. tiny's were measured on a 2-core CPU with --time_budget 2 on TinyStories
@@ -171,8 +171,8 @@ def parse_args(argv=None):
     g.add_argument("--tokenizer", type=path_arg, help=f"{TOKENIZER_HELP}; only checked against the data's (default: "
                                                       f"the data's)")
     g = p.add_argument_group("model (a new model; a checkpoint brings its own)")
-    g.add_argument("--model", type=preset_arg, choices=list(PRESETS), help="size preset of a new model (default: tiny on CPU and MPS, "
-                                                         "small on CUDA)")
+    g.add_argument("--model", type=preset_arg, choices=list(PRESETS),
+                   help="size preset of a new model (default: tiny on CPU and MPS, small on CUDA)")
     g.add_argument("--n_layer", type=int, help="override the preset's number of blocks")
     g.add_argument("--n_head", type=int, help="override the preset's attention heads")
     g.add_argument("--n_embd", type=int, help="override the preset's width")
