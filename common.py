@@ -376,7 +376,8 @@ class Switch(argparse.Action):
         super().__init__([*option_strings, f"--no_{name}", f"--no-{name}"], dest, nargs=0, default=default, help=help)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, not option_string.startswith("--no"))
+        # (--no_ or --no-, not --no: a name may start so; the prefix, not the whole string: an abbreviation may come)
+        setattr(namespace, self.dest, not option_string.startswith(("--no_", "--no-")))
 
     def format_usage(self):
         return " | ".join(self.option_strings[:2])
