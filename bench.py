@@ -707,18 +707,18 @@ def get_parser():
                                        "speed-up), ratio (small vs GPT-2 vocabulary), prepare (tokenizer MB/s).")
     add_device_arguments(p, dtype=False)
     p.add_argument("--dtype", default="auto", help=f"autocast dtype(s), comma-separated: auto, {', '.join(DTYPES)} "
-                                                   f"(default auto: {AUTO_DTYPE}). gen and ratio use the first")
+                                                   f"(default: auto = {AUTO_DTYPE}). gen and ratio use the first")
     p.add_argument("--model", default=None,
                    help="preset(s), comma-separated (default: tiny,small on CPU, gpt2 on GPU; --quick tiny)")
     p.add_argument("--variant", default=None, choices=VARIANTS,
                    help="model variant (default: the preset's: modern for tiny, gpt2 for the others)")
     p.add_argument("--only", default=",".join(SECTIONS),
                    help=f"sections to run, comma-separated (default: all of {','.join(SECTIONS)})")
-    p.add_argument("--batch_size", type=at_least(1), default=None, help="training batch size (default 8; --quick 2)")
+    p.add_argument("--batch_size", type=at_least(1), default=None, help="training batch size (default: 8; --quick 2)")
     p.add_argument("--block_size", type=at_least(1), default=None,
                    help="training sequence length (default: the preset's; --quick 32)")
     p.add_argument("--vocab_size", type=at_least(1), default=None,
-                   help="vocabulary size, e.g. 4096 for a custom tokenizer (default GPT-2's 50259; --quick 512)")
+                   help="vocabulary size, e.g. 4096 for a custom tokenizer (default: GPT-2's 50259; --quick 512)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model for train and ratio (compile time is in the warm-up)")
     p.add_argument("--recompute_activations", action="store_true",
@@ -726,7 +726,7 @@ def get_parser():
                         "(on a GPU their peak memory shows what it saves)")
     p.add_argument("--optimizer", default=OPTIMIZERS[0],
                    help=f"the optimizer(s) of the training steps, comma-separated: {', '.join(OPTIMIZERS)}, as "
-                        f"train.py's option; train and ratio rows for each (default {OPTIMIZERS[0]})")
+                        f"train.py's option; train and ratio rows for each (default: {OPTIMIZERS[0]})")
     p.add_argument("--threads", type=at_least(1), default=None,
                    help="torch.set_num_threads, at most one per logical core (default: torch's choice, one per core)")
     p.add_argument("--clock", default="wall", choices=list(_CLOCKS),
@@ -736,28 +736,28 @@ def get_parser():
                    help="retain (default): glibc keeps freed memory for reuse, so big tensors are not page-faulted in "
                         "again every step (+30-40%% for small on CPU); default: leave the allocator alone")
     p.add_argument("--warmup", type=at_least(0), default=None,
-                   help="untimed training steps first (default 2 on CPU, 3 on GPU; --quick 1)")
+                   help="untimed training steps first (default: 2 on CPU, 3 on GPU; --quick 1)")
     p.add_argument("--steps", type=at_least(1), default=None,
-                   help="timed training steps, the median is reported (default 5 on CPU, 10 on GPU and for the ratio; "
+                   help="timed training steps, the median is reported (default: 5 on CPU, 10 on GPU and for the ratio; "
                         "--quick 2)")
     p.add_argument("--peak_sizes", type=sizes_arg, default=None,
-                   help="matmul sizes for the peak, comma-separated (default 2048,4096 on CPU, 8192 on GPU; --quick "
+                   help="matmul sizes for the peak, comma-separated (default: 2048,4096 on CPU, 8192 on GPU; --quick "
                         "256)")
     p.add_argument("--new_tokens", type=at_least(1), default=None,
-                   help="tokens generated per run (default 500; --quick 8)")
+                   help="tokens generated per run (default: 500; --quick 8)")
     p.add_argument("--prompt_len", type=at_least(1), default=None,
-                   help="prompt tokens for generation (default 16; --quick 4)")
+                   help="prompt tokens for generation (default: 16; --quick 4)")
     p.add_argument("--gen_batch", type=at_least(1), default=None,
-                   help="the batched generation run's batch size (default 8; --quick 2)")
+                   help="the batched generation run's batch size (default: 8; --quick 2)")
     p.add_argument("--ratio_model", default="tiny", choices=list(PRESETS),
-                   help="preset for the ratio section (default tiny)")
+                   help="preset for the ratio section (default: tiny)")
     p.add_argument("--ratio_vocab", type=at_least(1), default=None,
-                   help="the small vocabulary of the ratio section (default 4096; --quick 512)")
+                   help="the small vocabulary of the ratio section (default: 4096; --quick 512)")
     p.add_argument("--data", type=path_arg, default=None,
                    help="text file for prepare (default: $DATA_MIRROR/tinystories/TinyStories-sample.txt, else "
                         "generated)")
     p.add_argument("--prepare_threads", type=at_least(1), default=None, help="tokenizer threads (default: every core)")
-    p.add_argument("--out", type=path_arg, default=None, help="file the table is appended to (default BENCHMARKS.md)")
+    p.add_argument("--out", type=path_arg, default=None, help="file the table is appended to (default: BENCHMARKS.md)")
     p.add_argument("--no_write", action="store_true", help="print only, leave BENCHMARKS.md alone")
     p.add_argument("--note", default=None,
                    help="a remark stored with the table, e.g. 'machine shared with a training run'")

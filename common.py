@@ -1413,7 +1413,7 @@ def add_device_arguments(p, dtype=True, inherited=False):
     """--device and (dtype) --dtype, one definition for every script that runs a model: gen.py, eval.py and serve.py
     said neither their default nor what auto picks. inherited: train.py's --dtype, which a continued run takes from its
     checkpoint when left out (None then)."""
-    p.add_argument("--device", default="auto", help=f"{DEVICES} (default auto: CUDA, then MPS, then CPU)")
+    p.add_argument("--device", default="auto", help=f"{DEVICES} (default: auto = CUDA, then MPS, then CPU)")
     if dtype:
         said = "default: the checkpoint's when continuing a run, else auto" if inherited else "default auto"
         p.add_argument("--dtype", default=None if inherited else "auto", choices=["auto", *DTYPES],

@@ -232,22 +232,22 @@ def parse_args(argv=None):
     p.add_argument("--dataset", type=nonempty, nargs="+", help="prepared datasets to evaluate on, a row each (default: the one the "
                                                 "checkpoint was trained on)")
     p.add_argument("--data_dir", type=path_arg, help="where prepared datasets live (default: the checkpoint's, else data)")
-    p.add_argument("--split", choices=["val", "train"], default="val", help="which split (default val)")
+    p.add_argument("--split", choices=["val", "train"], default="val", help="which split (default: val)")
     p.add_argument("--block_size", type=at_least(1), help="window length (default: the checkpoint's training one)")
-    p.add_argument("--batch_size", type=at_least(1), default=16, help="windows per forward pass (default 16)")
+    p.add_argument("--batch_size", type=at_least(1), default=16, help="windows per forward pass (default: 16)")
     p.add_argument("--eval_batches", type=at_least(1),
                    help="at most this many batches, spread over the split (default: every window)")
     p.add_argument("--samples", type=at_least(0), default=50,
-                   help="replies sampled per conversation set, 0 = none (default 50)")
+                   help="replies sampled per conversation set, 0 = none (default: 50)")
     # --prompt_file, as gen.py names the same file in the same format; --prompts, its first name, still works, unshown:
     # --help listed both, two names for one file where gen.py has one
     p.add_argument("--prompt_file", type=path_arg, metavar="FILE",
                    help="answer the first --samples prompts of this file (one per line, or JSON lines with a \"prompt\" "
                         "field, as gen.py --prompt_file) instead")
     p.add_argument("--prompts", dest="prompt_file", type=path_arg, help=argparse.SUPPRESS)
-    p.add_argument("--max_tokens", type=at_least(1), default=128, help="new tokens a reply may take (default 128)")
+    p.add_argument("--max_tokens", type=at_least(1), default=128, help="new tokens a reply may take (default: 128)")
     add_sampling_arguments(p)
-    p.add_argument("--seed", type=int, default=1337, help="seed of the sampled replies (default 1337)")
+    p.add_argument("--seed", type=int, default=1337, help="seed of the sampled replies (default: 1337)")
     add_device_arguments(p)
     p.add_argument("--json", type=path_arg, metavar="PATH", help="also write the results as JSON to PATH; - prints JSON instead of the table")
     args = parse_checkpoint(p, p.parse_args(argv))

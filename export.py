@@ -39,7 +39,8 @@ def parse_args(argv=None):
                                     "--checkpoint PATH")
     p.add_argument("out_dir", type=path_arg, help="the folder to write; it must not exist yet or be empty")
     p.add_argument("--dtype", default="float32", choices=list(DTYPES),
-                   help="weights' precision in model.safetensors (default float32, as trained; bfloat16 halves the size)")
+                   help="weights' precision in model.safetensors (default: float32, as trained; bfloat16 halves "
+                        "the size)")
     # intermixed: with the checkpoint optional, parse_args gave `CKPT --dtype bfloat16 OUT_DIR` the first path as
     # OUT_DIR and refused the second ("unrecognized arguments"); all the positionals are matched together instead
     given = sys.argv[1:] if argv is None else argv

@@ -538,14 +538,14 @@ def add_sampling_arguments(p, when="", max_temp=math.inf):
     serve.py's " when a request gives none"; max_temp: the largest --temp (serve.py's: a request's)."""
     most = f", at most {max_temp:g}" if max_temp < math.inf else ""
     p.add_argument("--temp", type=temperature_arg(max_temp), default=0.8,
-                   help=f"sampling temperature{when}, 0 = greedy{most} (default 0.8)")
+                   help=f"sampling temperature{when}, 0 = greedy{most} (default: 0.8)")
     p.add_argument("--top_k", type=top_k_arg, default=200, help=f"sample among the k most likely tokens{when}, 0 = no "
-                                                                 f"limit (default 200)")
+                                                                 f"limit (default: 200)")
     p.add_argument("--top_p", type=probability, default=None, help=f"nucleus sampling{when}: the smallest set of tokens "
                                                                      f"with this total probability, in (0, 1], taken "
                                                                      f"among the --top_k, as Hugging Face does (default: off)")
     p.add_argument("--repetition_penalty", type=penalty, default=1.0,
-                   help=f"> 1 discourages tokens already in the context{when} (default 1 = off)")
+                   help=f"> 1 discourages tokens already in the context{when} (default: 1 = off)")
 
 
 def parse_args(argv=None):
@@ -563,10 +563,12 @@ def parse_args(argv=None):
                         "--max_tokens (default: no limit) or Ctrl-C")
     p.add_argument("--seed", type=int, help="random seed; the same seed gives the same text (default: random, shown by --verbose)")
     add_sampling_arguments(p)
-    p.add_argument("--max_tokens", type=at_least(1), default=None, help="new tokens per completion or reply (default 256)")
+    p.add_argument("--max_tokens", type=at_least(1), default=None,
+                   help="new tokens per completion or reply (default: 256)")
     p.add_argument("--num_samples", type=at_least(1), default=1,
-                   help="samples for --prompt or an unconditional run (default 1)")
-    p.add_argument("--batch_size", type=at_least(1), help="--prompt_file: prompts of equal length generated together (default 8)")
+                   help="samples for --prompt or an unconditional run (default: 1)")
+    p.add_argument("--batch_size", type=at_least(1),
+                   help="--prompt_file: prompts of equal length generated together (default: 8)")
     add_device_arguments(p)
     p.add_argument("--no_cache", action="store_true",
                    help="recompute the whole context every token (slow; for comparisons: the same text as the cache's "

@@ -3062,7 +3062,7 @@ def main(argv=None):
     p.add_argument("--val_fraction", type=float, default=DEFAULT_VAL_FRACTION,
                    help=f"the share of the documents kept for validation: the last of each source, counted over a "
                         f"dataset's sources together (a folder of one-document files gives files spread through it, "
-                        f"not its last ones; 0: no val split, a source's own validation split left out too) (default "
+                        f"not its last ones; 0: no val split, a source's own validation split left out too) (default: "
                         f"{DEFAULT_VAL_FRACTION:g})")
     p.add_argument("--force", action="store_true", help="rebuild even if up to date, and replace a folder holding another dataset")
     p.add_argument("--out_dir", "--data_dir", dest="out_dir", type=path_arg, default=DEFAULT_OUT_DIR,

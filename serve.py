@@ -1533,9 +1533,10 @@ def parse_args(argv=None):
     # the docstring, its examples first, as prepare.py's, eval.py's and bench.py's --help give theirs
     p = ArgumentParser("serve.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_checkpoint_argument(p)
-    p.add_argument("--host", type=nonempty, default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; "
-                                                        "0.0.0.0 for every network, with no authentication)")
-    p.add_argument("--port", type=port, default=8000, help="port, 0-65535 (default 8000; 0 picks any free one)")
+    p.add_argument("--host", type=nonempty, default="127.0.0.1",
+                   help="address to listen on (default: 127.0.0.1, this machine only; "
+                        "0.0.0.0 for every network, with no authentication)")
+    p.add_argument("--port", type=port, default=8000, help="port, 0-65535 (default: 8000; 0 picks any free one)")
     p.add_argument("--cors", type=origins, default=(), metavar="ORIGINS",
                    help="let web pages of these origins call the API from a browser: comma-separated, e.g. "
                         "http://localhost:3000, or * for any (default: none; the chat page at / needs none)")
@@ -1545,14 +1546,15 @@ def parse_args(argv=None):
                         "against DNS rebinding)")
     add_sampling_arguments(p, " when a request gives none", max_temp=MAX_TEMPERATURE)
     p.add_argument("--max_tokens", type=at_least(1), default=256,
-                   help="new tokens when a request gives no max_tokens (default 256; for a chat at most half the "
+                   help="new tokens when a request gives no max_tokens (default: 256; for a chat at most half the "
                         "context, so the history keeps the rest, else cut to what the prompt leaves)")
-    p.add_argument("--max_queue", type=at_least(1), default=64, help="requests that may wait for the model; more get 503 (default 64)")
+    p.add_argument("--max_queue", type=at_least(1), default=64,
+                   help="requests that may wait for the model; more get 503 (default: 64)")
     p.add_argument("--max_connections", type=at_least(1), default=256,
                    help="connections open at once, idle keep-alive ones included (a thread and a descriptor each; "
                         "idle ones close after 2 minutes); past it a new one takes the place of the one waiting the "
                         "longest, a second or more, for its request (idle, or trickling it), else gets 503 "
-                        "(default 256: the full queue, the reply being generated and three times as many idle, with "
+                        "(default: 256: the full queue, the reply being generated and three times as many idle, with "
                         "room for as many refused under 1,024 descriptors)")
     add_device_arguments(p)
     return parse_checkpoint(p, p.parse_args(argv))

@@ -665,12 +665,12 @@ def main(argv=None):
     sub = p.add_subparsers(dest="cmd", required=True, metavar="{show,train}")
     s = sub.add_parser("show", help="print the tokens and ids of a text")
     s.add_argument("text", help="the text to tokenize (special tokens such as <|im_start|> are read as tokens)")
-    s.add_argument("--tokenizer", type=path_arg, default="gpt2", help=f"{TOKENIZER_HELP} (default gpt2)")
+    s.add_argument("--tokenizer", type=path_arg, default="gpt2", help=f"{TOKENIZER_HELP} (default: gpt2)")
     t = sub.add_parser("train", help="train a byte-level BPE vocabulary on text files")
     t.add_argument("--input", type=path_arg, nargs="+", required=True,
                    help="UTF-8 text files, a pattern such as 'notes/*.txt', or /dev/stdin (a pipe)")
     t.add_argument("--vocab_size", type=int, default=4096,
-                   help="total ids: 256 bytes + merges + 3 special tokens (default 4096)")
+                   help="total ids: 256 bytes + merges + 3 special tokens (default: 4096)")
     t.add_argument("--out", type=path_arg, required=True,
                    help="where to write the .tiktoken file (a vocabulary there is trained again in place, unless a "
                         "dataset in data/ was prepared with it; no other file is replaced)")
