@@ -406,20 +406,23 @@ def json_loads(text, where):
     return without_surrogates(data) if SURROGATE_ESCAPE.search(text) else data
 
 
-def json_records(path):
+def json_records(path, folder=None):
     """(where, record) for each record of a .jsonl, .json or .parquet file; where names file and line. A line of a
     .jsonl that is not JSON is a bad record, given as its UserError (good_docs says it, or leaves it out); a .json
-    that is not JSON, or a file that is not text, is the whole file's problem, raised."""
-    read = {".parquet": parquet_records, ".jsonl": jsonl_records}.get(suffix(path), json_file_records)
+    that is not JSON, or a file that is not text, is the whole file's problem, raised. folder: the --source folder the
+    file is read from, if any."""
     try:
-        yield from read(path)
+        if suffix(path) == ".jsonl":
+            yield from jsonl_records(path, folder)
+        else:
+            yield from {".parquet": parquet_records}.get(suffix(path), json_file_records)(path)
     except UnicodeDecodeError:
         raise not_utf8(path) from None
     except FileNotFoundError:
         raise UserError(f"input file {path} not found")
 
 
-def jsonl_records(path):
+def jsonl_records(path, folder=None):
     """json_records of a .jsonl file."""
     stray = fix = None  # whether the file's bytes that are no UTF-8 are strays in UTF-8 text (not_utf8's reading),
     # and the way out not_utf8 then names (one for the file: each bad line's error says it again)
@@ -437,6 +440,8 @@ def jsonl_records(path):
                 if first:
                     whole, fix = not_utf8(path), stray_byte_fix(path)
                     stray = str(whole).endswith(fix)
+                    if stray and folder is not None:  # its command writes the mended copy into the folder too
+                        whole, fix = NotText(f"{whole}{move_out(folder)}"), fix + move_out(folder)
                 if not stray:
                     raise whole
                 yield f"{path} line {n}", whole if first else UserError(
@@ -916,14 +921,17 @@ def file_docs(path, dataset, left=None, folder=None):
         if suffix(path) == ".txt":
             yield from dailydialog_docs(path, left) if dataset == "dailydialog" else text_docs(path)
             return
-        yield from (doc for _, doc in good_docs(json_records(path), path, dataset, left))
+        yield from (doc for _, doc in good_docs(json_records(path, folder), path, dataset, left))
     except NotText as e:
         if folder is None:
             raise
-        # the error's command writes the mended copy next to the file, in the folder, where the next run read it and
-        # the file again, and failed again on the file
-        raise NotText(f"{e}; then move the original out of {folder}: prepare.py reads every file of a --source "
-                      f"folder") from None
+        raise NotText(f"{e}{move_out(folder)}") from None
+
+
+def move_out(folder):
+    """What a not_utf8 command's advice for a file of a --source folder adds: the command writes the mended copy next
+    to the file, in the folder, where the next run read it and the file again, and failed again on the file."""
+    return f"; then move the original out of {folder}: prepare.py reads every file of a --source folder"
 
 
 def load_hub(path, config, split, streaming=False):

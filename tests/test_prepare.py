@@ -529,6 +529,16 @@ def test_the_not_utf8_advice_for_a_file_of_a_source_folder_gets_the_original_out
                      r"prepare.py reads every file of a --source folder")
     (corpus / "notes.txt").rename(tmp_path / "notes.txt")
     assert prepared_text(corpus, out) == "Once upon a time." + EOT + "caf\u00e9 cr\u00e8me" + EOT
+    # a stray byte in a .jsonl of UTF-8 text (a bad record, not the whole file's encoding): the same, where the run
+    # after the pasted command failed again on the original
+    (corpus / "notes.utf8.txt").unlink()
+    (corpus / "chats.jsonl").write_bytes(b'{"text": "ok caf\xc3\xa9"}\n{"text": "bad \xff byte"}\n')
+    with pytest.raises(UserError) as e:
+        prepare.prepare("text", source=str(corpus), out_dir=out, name="n")
+    paste_the_fix(e, rf".*a stray byte\? .*, e.g. `(.*)`, or mend that line .*; then move the original out of "
+                     rf"{re.escape(str(corpus))}: prepare.py reads every file of a --source folder; fix it, .*")
+    (corpus / "chats.jsonl").rename(tmp_path / "chats.jsonl")
+    assert prepared_text(corpus, out) == "Once upon a time." + EOT + "ok caf\u00e9" + EOT + "bad  byte" + EOT
 
 
 def test_non_utf8_and_bad_input(tmp_path):
