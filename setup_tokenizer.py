@@ -25,6 +25,7 @@ import functools
 import hashlib
 import itertools
 import os
+import re
 import sys
 import time
 import unicodedata
@@ -52,6 +53,14 @@ MARKS_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?[\p{L}\p{M}]++| ?\p{N}++| ?[^\s\p{L}\
 # sample of its documents spread over it (VocabSample). (nanochat's 65k-token vocabulary learns from 2B characters of
 # web text; this project's are smaller)
 VOCAB_TEXT_CHARS = 10 ** 9
+# and the most bytes of distinct words (runs of text between whitespace) it learns from, what that memory grows with,
+# some 50-80 bytes a byte: Chinese and Japanese put no spaces between words, so each run of their characters between
+# punctuation is one piece of the pattern, nearly each one new. 10 MB of random Han (9 MB of distinct words) peaked
+# at 771 MB, 40 MB at 1.2 GB, far within VOCAB_TEXT_CHARS. Capped, Chinese peaks at 400-600 MB, learning from its first
+# 3-5M characters, and compresses as well (3.146 bytes a token on held-out text against 3.148 learnt from 40 MB, 4,096
+# tokens). Spaced text stays far within it (8 MB of stories hold 0.2 MB of distinct words): its vocabulary is unchanged
+VOCAB_WORD_BYTES = 8 * 10 ** 6
+WHITESPACE = re.compile(r"\s")
 SAY_VOCABULARY_BYTES = 100 << 20  # input at which training a vocabulary is said before it starts (about 10 s)
 
 
@@ -531,15 +540,18 @@ def train_bpe(texts, vocab_size, out_path, source="the input"):
 class VocabSample:
     """The text a vocabulary learns from, of an input of size bytes (0: not known): all of it within VOCAB_TEXT_CHARS;
     over it, the cap's share of its documents (or pieces of long ones), spread over it; of a size not known (a pipe, a
-    hub split, --limit's first documents), its first ones, up to the cap. The same input gives the same sample each
-    time: the same vocabulary, which checkpoints fit."""
+    hub split, --limit's first documents), its first ones, up to the cap. Whatever the input, no more than
+    VOCAB_WORD_BYTES of distinct words: the reading ends there. The same input gives the same sample each time: the
+    same vocabulary, which checkpoints fit."""
 
     def __init__(self, size):
         self.size = size
         # (bytes over a cap of characters: an input's characters are not known before it is read, and a non-ASCII one
         # of fewer than the cap is sampled too, of fewer characters than the cap allows, said so)
         self.spread = size if size > VOCAB_TEXT_CHARS else 0
-        self.chars, self.capped = 0, False  # texts()'s: characters learnt from, and whether the cap ended the reading
+        # texts()'s: characters learnt from, bytes of their distinct words, and the cap that ended the reading if one
+        # did (VOCAB_TEXT_CHARS or VOCAB_WORD_BYTES)
+        self.chars, self.word_bytes, self.capped = 0, 0, None
 
     def share(self):
         """How an input over the cap is sampled, to go before the size of the input it names; "" when it is not."""
@@ -548,7 +560,8 @@ class VocabSample:
 
     def texts(self, docs):
         """The texts to learn from, of docs (each a list of texts: a document's, or a conversation's contents)."""
-        owed = self.spread
+        owed, words = self.spread, set()  # (words: the distinct ones learnt, freed as the reading ends: before the
+        # merges, rustbpe's peak)
         for doc in docs:
             if self.spread:  # VOCAB_TEXT_CHARS / spread of the documents, evenly spaced, the first one too
                 owed += VOCAB_TEXT_CHARS
@@ -557,22 +570,68 @@ class VocabSample:
                 owed -= self.spread
             for text in doc:
                 if self.chars >= VOCAB_TEXT_CHARS:  # more: not read (a streamed hub split downloads as it is)
-                    self.capped = True
+                    self.capped = "VOCAB_TEXT_CHARS"
                     return
                 text = text[:VOCAB_TEXT_CHARS - self.chars]  # (the text itself, under the cap)
-                self.chars += len(text)
-                yield text
+                new = new_words(text, words)
+                new_bytes = sum(len(word.encode()) for word in new)
+                if self.word_bytes + new_bytes > VOCAB_WORD_BYTES:
+                    self.capped = "VOCAB_WORD_BYTES"
+                    text = self.words_cut(text, words)
+                else:
+                    words |= new
+                    self.word_bytes += new_bytes
+                if text:
+                    self.chars += len(text)
+                    yield text
+                if self.capped:
+                    return
+
+    def words_cut(self, text, words):
+        """text up to where its new words reach VOCAB_WORD_BYTES (a word longer than what is left cut there: a line of
+        Chinese may be one word of megabytes)."""
+        left = VOCAB_WORD_BYTES - self.word_bytes
+        for m in re.finditer(r"\S+", text):  # (str.split()'s words: \s is its whitespace, each code point checked)
+            word = m.group()
+            if word in words:
+                continue
+            n = len(word.encode())
+            if n > left:
+                self.word_bytes = VOCAB_WORD_BYTES
+                return text[:m.start()] + word.encode()[:left].decode("utf-8", "ignore")
+            words.add(word)
+            left -= n
+        return text  # (not reached: texts() cuts a text whose new words pass what is left)
 
     def said(self, of):
         """What a sample was learnt from, of (the text it was taken from) and why; "" when it was all of the input.
         The sample and the cap are said in characters, as they are counted, the input in bytes, as its files' sizes
         are: "MB" of characters would misstate non-ASCII text by up to 4x (a character is 1-4 bytes; the share of the
         documents is the share of the bytes, spread over them)."""
+        if self.capped == "VOCAB_WORD_BYTES":  # (the input over VOCAB_TEXT_CHARS too: its first part's documents)
+            why = (f"at most {VOCAB_WORD_BYTES / 1e6:,.0f} MB of distinct words, VOCAB_WORD_BYTES: memory grows "
+                   f"with them")
+            first = f"{self.share()}the first part of the {self.size / 1e6:,.0f} MB of input; " if self.spread else ""
+            return f"the first {chars(self.chars)} of {of} ({first}{why})"
         why = f"at most {chars(VOCAB_TEXT_CHARS)}, VOCAB_TEXT_CHARS: memory grows with the distinct words learnt"
         if self.spread:
             return (f"{chars(self.chars)} of {of} ({self.share()}the {self.size / 1e6:,.0f} MB of input, spread "
                     f"over it; {why})")
         return f"the first {chars(self.chars)} of {of} ({why})" if self.capped else ""
+
+
+def new_words(text, words):
+    """The distinct words (runs of text between whitespace) of text that are not in words. A long text is split 64k
+    characters at a time, cut at whitespace: a MB of English split at once held some 30 MB of strings."""
+    new, start = set(), 0
+    while start < len(text):
+        end = WHITESPACE.search(text, start + (1 << 16)) if len(text) - start > 1 << 16 else None
+        end = end.start() if end else len(text)
+        piece = text[start:end].split()
+        if not words.issuperset(piece):  # (no set made where every word is known: most text, once its common words are)
+            new.update(piece)
+        start = end
+    return new.difference(words)
 
 
 def chars(n, digits=0):

@@ -566,6 +566,48 @@ def test_a_vocabulary_sample_of_non_ascii_text_is_said_exactly(monkeypatch):
                                        "distinct words learnt)")
 
 
+def test_a_vocabulary_learns_from_at_most_vocab_word_bytes_of_distinct_words(tmp_path, capsys, monkeypatch):
+    """rustbpe's memory grows with the distinct words it holds (50-80 bytes a byte of them), and Chinese puts no spaces
+    between words: each run of Han characters between punctuation is one, nearly each one new, so 10 MB of Chinese
+    peaked at 771 MB and more took more, far within VOCAB_TEXT_CHARS. The reading ends at VOCAB_WORD_BYTES of distinct
+    words (a word of more cut there), said; text whose words repeat is learnt whole, however long."""
+    monkeypatch.setattr(setup_tokenizer, "VOCAB_WORD_BYTES", 30_000)
+    han = "".join(map(chr, range(0x4E00, 0x4E00 + 20_000)))  # 60 KB of distinct characters, none twice
+    lines = [han[i:i + 12] + "，" + han[i + 12:i + 20] + "。" for i in range(0, len(han), 20)]  # a word a line
+    docs = [["\n".join(lines[i:i + 10])] for i in range(0, len(lines), 10)]
+    sample = setup_tokenizer.VocabSample(len(han) * 3)
+    learnt = "".join(sample.texts(docs))
+    assert "".join(doc[0] for doc in docs).startswith(learnt)  # the first documents, the last one cut
+    assert 29_997 <= sum(len(word.encode()) for word in set(learnt.split())) <= 30_000 < len(learnt.encode())
+    assert sample.said("the text") == ("the first 0M characters of the text (at most 0 MB of distinct words, "
+                                       "VOCAB_WORD_BYTES: memory grows with them)")
+    assert "".join(setup_tokenizer.VocabSample(len(han) * 3).texts(docs)) == learnt  # the same sample each time
+    # one line of megabytes (no newline: Chinese, or a minified file) is one word: cut at the cap, not none of it
+    sample = setup_tokenizer.VocabSample(0)
+    assert "".join(sample.texts([[han]])).encode() == han.encode()[:30_000]
+    # an input over VOCAB_TEXT_CHARS too: a share of the documents of its first part, not said spread over all of it
+    monkeypatch.setattr(setup_tokenizer, "VOCAB_TEXT_CHARS", len(han) * 3 // 2)
+    sample = setup_tokenizer.VocabSample(len(han) * 3)
+    [*sample.texts(docs)]
+    assert sample.said("the text") == ("the first 0M characters of the text (50% of the documents of the first part of "
+                                       "the 0 MB of input; at most 0 MB of distinct words, VOCAB_WORD_BYTES: memory "
+                                       "grows with them)")
+    monkeypatch.undo()
+    monkeypatch.setattr(setup_tokenizer, "VOCAB_WORD_BYTES", 30_000)
+    # words that repeat: all of a text of many times the cap, said as before
+    story = [[f"the cat sat on mat {i % 50} and saw a dog " * 20] for i in range(1000)]
+    sample = setup_tokenizer.VocabSample(0)
+    assert [[text] for text in sample.texts(story)] == story and sample.said("the text") == ""
+    # the command says it
+    src = tmp_path / "zh.txt"
+    src.write_text("\n".join(lines), encoding="utf-8")
+    out = tmp_path / "v.tiktoken"
+    code, said, err = run_in_process(setup_tokenizer.main, ["train", "--input", str(src), "--vocab_size", "300",
+                                                            "--out", str(out)], capsys)
+    assert code == 0 and said.startswith("trained 300 tokens on the first 0M characters of the text (at most 0 MB of "
+                                         "distinct words, VOCAB_WORD_BYTES: memory grows with them) in "), (said, err)
+
+
 def test_cli_train_says_a_large_input_before_it_trains(tmp_path, capsys, monkeypatch):
     """train was silent until its end, a minute a GB and more (its merges deaf to Ctrl-C): an input of
     SAY_VOCABULARY_BYTES or more is said before it trains, as prepare.py --vocab_size says it; a small one is not."""
