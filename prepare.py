@@ -81,8 +81,8 @@ from common import (ArgumentParser, NotText, VOCAB_FILE, UserError, at_least, at
                     python_command, read_items, read_meta, refuse_dataset_folder, remove_stale_tmp, run_main,
                     stray_byte_fix, tmp_name, tmp_pattern, without_surrogates)
 from setup_tokenizer import (EOT, IM_END, IM_START, TOKENIZER_HELP, VocabSample, fewer_ids, get_tokenizer,
-                             model_context, render_chat, moved_vocabulary, read_text_chunks, say_training,
-                             tokenizer_hash, train_bpe, trained_on, warn_short_vocabulary)
+                             learn_vocabulary, model_context, render_chat, moved_vocabulary, read_text_chunks,
+                             say_training, tokenizer_hash, trained_on, warn_short_vocabulary)
 
 FORMAT = 1   # layout of meta.json and the .bin files
 VERSION = 14  # bump when the same inputs would give other tokens or counts, so existing datasets rebuild
@@ -2186,7 +2186,7 @@ def train_vocabulary(plan, vocab_size, path, limit, val_fraction, pack=None):
     sample = VocabSample(size if limit is None else 0)
     say_training(vocab_size, sample, size, " (its train text)")
     t0 = time.time()
-    enc = train_bpe(sample.texts(docs()), vocab_size, path, plan["description"])
+    enc = learn_vocabulary(sample, docs, vocab_size, path, plan["description"])
     on = sample.said("its train text") or "the data"  # a sample: of what, and why
     print(f"trained a {enc.n_vocab}-token vocabulary on {on} in {time.time() - t0:.1f}s")
     return enc

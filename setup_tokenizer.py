@@ -537,18 +537,38 @@ def train_bpe(texts, vocab_size, out_path, source="the input"):
     return tokenizer_from_bpe(text)
 
 
+class SpreadAgain(Exception):
+    """VocabSample.texts()'s, on a first reading of an input of known size: the distinct words of its first size bytes
+    reached VOCAB_WORD_BYTES. learn_vocabulary reads it again, documents spread over all of it."""
+
+    def __init__(self, size):
+        super().__init__(size)
+        self.size = size
+
+
 class VocabSample:
     """The text a vocabulary learns from, of an input of size bytes (0: not known): all of it within VOCAB_TEXT_CHARS;
     over it, the cap's share of its documents (or pieces of long ones), spread over it; of a size not known (a pipe, a
     hub split, --limit's first documents), its first ones, up to the cap. Whatever the input, no more than
-    VOCAB_WORD_BYTES of distinct words: the reading ends there. The same input gives the same sample each time: the
-    same vocabulary, which checkpoints fit."""
+    VOCAB_WORD_BYTES of distinct words: of a size known, a first reading that reaches it (SpreadAgain) is followed by
+    one of fewer characters spread over the input (respread), else the reading ends there. The same input gives the
+    same sample each time: the same vocabulary, which checkpoints fit."""
 
     def __init__(self, size):
         self.size = size
-        # (bytes over a cap of characters: an input's characters are not known before it is read, and a non-ASCII one
-        # of fewer than the cap is sampled too, of fewer characters than the cap allows, said so)
-        self.spread = size if size > VOCAB_TEXT_CHARS else 0
+        self.respread(None)
+
+    def respread(self, first):
+        """Make the sample, for a reading again, documents spread over the input, about half as many bytes as first (a
+        first reading's SpreadAgain) read: documents spread over an input hold more distinct words than as many of its
+        first ones, and where they reach VOCAB_WORD_BYTES all the same the reading ends there. None: the first
+        reading's sample."""
+        self.again = first is not None  # (a first reading may raise SpreadAgain, a reading again not)
+        # the bytes of the input a document is taken from in each self.size (evenly spaced): VOCAB_TEXT_CHARS, a cap of
+        # characters, as an input's characters are not known before it is read (a non-ASCII one of fewer than the cap
+        # is sampled too, of fewer characters than the cap allows, said so); or half a first reading's bytes
+        self.step = VOCAB_TEXT_CHARS if first is None else max(first.size // 2, 1)
+        self.spread = self.size if self.size > self.step else 0
         # texts()'s: characters learnt from, bytes of their distinct words, and the cap that ended the reading if one
         # did (VOCAB_TEXT_CHARS or VOCAB_WORD_BYTES)
         self.chars, self.word_bytes, self.capped = 0, 0, None
@@ -556,15 +576,17 @@ class VocabSample:
     def share(self):
         """How an input over the cap is sampled, to go before the size of the input it names; "" when it is not."""
         # (never 100%)
-        return f"{min(100 * VOCAB_TEXT_CHARS / self.size, 99.9):.3g}% of the documents of " if self.spread else ""
+        return f"{min(100 * self.step / self.size, 99.9):.3g}% of the documents of " if self.spread else ""
 
     def texts(self, docs):
         """The texts to learn from, of docs (each a list of texts: a document's, or a conversation's contents)."""
         owed, words = self.spread, set()  # (words: the distinct ones learnt, freed as the reading ends: before the
         # merges, rustbpe's peak)
+        first = self.size and not self.again  # a first reading of an input of known size, and its bytes read
+        read = 0
         for doc in docs:
-            if self.spread:  # VOCAB_TEXT_CHARS / spread of the documents, evenly spaced, the first one too
-                owed += VOCAB_TEXT_CHARS
+            if self.spread:  # step / spread of the documents, evenly spaced, the first one too
+                owed += self.step
                 if owed < self.spread:
                     continue
                 owed -= self.spread
@@ -578,11 +600,14 @@ class VocabSample:
                 if self.word_bytes + new_bytes > VOCAB_WORD_BYTES:
                     self.capped = "VOCAB_WORD_BYTES"
                     text = self.words_cut(text, words)
+                    if first:  # the first part of the input: read again, spread
+                        raise SpreadAgain(read + len(text.encode()))
                 else:
                     words |= new
                     self.word_bytes += new_bytes
                 if text:
                     self.chars += len(text)
+                    read += len(text.encode()) if first else 0
                     yield text
                 if self.capped:
                     return
@@ -608,16 +633,26 @@ class VocabSample:
         The sample and the cap are said in characters, as they are counted, the input in bytes, as its files' sizes
         are: "MB" of characters would misstate non-ASCII text by up to 4x (a character is 1-4 bytes; the share of the
         documents is the share of the bytes, spread over them)."""
-        if self.capped == "VOCAB_WORD_BYTES":  # (the input over VOCAB_TEXT_CHARS too: its first part's documents)
-            why = (f"at most {VOCAB_WORD_BYTES / 1e6:,.0f} MB of distinct words, VOCAB_WORD_BYTES: memory grows "
-                   f"with them")
+        words = f"at most {VOCAB_WORD_BYTES / 1e6:,.0f} MB of distinct words, VOCAB_WORD_BYTES: memory grows with them"
+        if self.capped == "VOCAB_WORD_BYTES":  # (spread too: the documents of the input's first part)
             first = f"{self.share()}the first part of the {self.size / 1e6:,.0f} MB of input; " if self.spread else ""
-            return f"the first {chars(self.chars)} of {of} ({first}{why})"
-        why = f"at most {chars(VOCAB_TEXT_CHARS)}, VOCAB_TEXT_CHARS: memory grows with the distinct words learnt"
+            return f"the first {chars(self.chars)} of {of} ({first}{words})"
+        why = words if self.again else \
+            f"at most {chars(VOCAB_TEXT_CHARS)}, VOCAB_TEXT_CHARS: memory grows with the distinct words learnt"
         if self.spread:
             return (f"{chars(self.chars)} of {of} ({self.share()}the {self.size / 1e6:,.0f} MB of input, spread "
                     f"over it; {why})")
         return f"the first {chars(self.chars)} of {of} ({why})" if self.capped else ""
+
+
+def learn_vocabulary(sample, docs, vocab_size, out_path, source):
+    """train_bpe on sample's texts of docs(), a function giving the input's documents: called again where a first
+    reading's words reached VOCAB_WORD_BYTES (SpreadAgain), for a sample spread over the input, not its first part."""
+    try:
+        return train_bpe(sample.texts(docs()), vocab_size, out_path, source)
+    except SpreadAgain as e:
+        sample.respread(e)
+        return train_bpe(sample.texts(docs()), vocab_size, out_path, source)
 
 
 def new_words(text, words):
@@ -686,7 +721,7 @@ def train_tokenizer(files, vocab_size, out_path, sample=None):
 
     sample = sample or files_sample(files)
     say_training(vocab_size, sample, sum(map(os.path.getsize, files)))  # (after the checks: a bad input is one line)
-    return train_bpe(sample.texts(docs()), vocab_size, out_path, ", ".join(files))
+    return learn_vocabulary(sample, docs, vocab_size, out_path, ", ".join(files))
 
 
 def datasets_reading(path, out_dir):

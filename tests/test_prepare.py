@@ -230,7 +230,7 @@ def test_a_short_single_document_gives_val_some_text_or_a_clear_error(tmp_path, 
     for text, learnt in (("zq", ["z"]), (book, [book[:11_288]])):
         write(tmp_path / "zq" / "z.txt", text)
         seen = []
-        monkeypatch.setattr(prepare, "train_bpe", lambda texts, *a: seen.extend(texts) or get_tokenizer("gpt2"))
+        monkeypatch.setattr(setup_tokenizer, "train_bpe", lambda texts, *a: seen.extend(texts) or get_tokenizer("gpt2"))
         prepare.train_vocabulary(prepare.find_source("text", str(tmp_path / "zq")), 300, None, None, 0.1)
         assert [t for t in seen if t] == learnt
         monkeypatch.undo()
@@ -266,7 +266,7 @@ def test_a_folder_of_one_document_files_keeps_whole_documents(tmp_path, enc, mon
     assert in_val != notes[-1:] and "a folder of one-document files gives files spread through it, not its last " \
                                     "ones" in meta["val_split"] and meta["val_split"].startswith("the last")
     seen = []  # the vocabulary learns from the train files, whole
-    monkeypatch.setattr(prepare, "train_bpe", lambda texts, *a: seen.extend(texts) or get_tokenizer("gpt2"))
+    monkeypatch.setattr(setup_tokenizer, "train_bpe", lambda texts, *a: seen.extend(texts) or get_tokenizer("gpt2"))
     prepare.train_vocabulary(prepare.find_source("text", str(tmp_path / "notes")), 300, None, None, 0.1)
     assert seen == [n for n in notes if n not in in_val]
     # three books (too few documents to give val a whole one at its share): each is cut by tokens, its tail to val;
@@ -1228,7 +1228,7 @@ def test_a_dataset_up_to_date_in_a_read_only_folder_is_said_to_be(tmp_path, monk
     assert (code, without_train_line(out), err) == (0, f"{folder} is up to date\n", "")
     # a build that must write says so in one line naming the folder, before a vocabulary is trained or a token
     # written (the temporary files' "Permission denied: data/notes/train.bin.unpacked.4242.tmp" came after reading)
-    monkeypatch.setattr(prepare, "train_bpe", lambda *a: pytest.fail("a vocabulary was trained"))
+    monkeypatch.setattr(setup_tokenizer, "train_bpe", lambda *a: pytest.fail("a vocabulary was trained"))
     monkeypatch.setattr(prepare, "write_splits", lambda *a: pytest.fail("the data was tokenized"))
     line = "cannot write there (Permission denied): check its permissions, or use another path"
     for more in (["--force"], ["--limit", "5"], ["--vocab_size", "300"]):
@@ -1326,8 +1326,8 @@ def test_a_long_vocabulary_training_is_said_before_it_starts(tmp_path, monkeypat
     large input is said before it starts, a small one (make demo's) is not."""
     corpus = write(tmp_path / "corpus.txt", EOT.join(DOCS * 3))
     out = str(tmp_path / "data")
-    said, train_bpe = [], prepare.train_bpe
-    monkeypatch.setattr(prepare, "train_bpe", lambda *a: said.append(capsys.readouterr().out) or train_bpe(*a))
+    said, train_bpe = [], setup_tokenizer.train_bpe
+    monkeypatch.setattr(setup_tokenizer, "train_bpe", lambda *a: said.append(capsys.readouterr().out) or train_bpe(*a))
     prepare.prepare("text", source=corpus, out_dir=out, vocab_size=300, name="small")
     capsys.readouterr()
     monkeypatch.setattr(setup_tokenizer, "SAY_VOCABULARY_BYTES", os.path.getsize(corpus))
@@ -1345,7 +1345,7 @@ def test_a_vocabulary_learns_from_at_most_vocab_text_chars_spread_over_the_input
     src = write(tmp_path / "many.txt", EOT.join(docs))
     train = docs[:180]  # val: the last 0.1
     seen, n = [], get_tokenizer("gpt2").n_vocab  # (what the stand-in for train_bpe returns)
-    monkeypatch.setattr(prepare, "train_bpe", lambda texts, *a: seen.extend(texts) or get_tokenizer("gpt2"))
+    monkeypatch.setattr(setup_tokenizer, "train_bpe", lambda texts, *a: seen.extend(texts) or get_tokenizer("gpt2"))
 
     def learnt(cap, limit=None):
         seen.clear()
@@ -1381,7 +1381,7 @@ def test_a_vocabulary_sample_of_a_parquet_file_is_spread_over_all_of_it(tmp_path
     pq.write_table(pa.Table.from_pylist([{"text": d} for d in docs]), src, compression="zstd")
     assert os.path.getsize(src) * 4 < sum(map(len, docs))  # (what the test is about)
     seen = []
-    monkeypatch.setattr(prepare, "train_bpe", lambda texts, *a: seen.extend(texts) or get_tokenizer("gpt2"))
+    monkeypatch.setattr(setup_tokenizer, "train_bpe", lambda texts, *a: seen.extend(texts) or get_tokenizer("gpt2"))
     monkeypatch.setattr(setup_tokenizer, "VOCAB_TEXT_CHARS", os.path.getsize(src) - 1)  # a quarter of the text, or less
     prepare.train_vocabulary(prepare.find_source("text", src), 300, None, None, 0.1)
     train = docs[:180]
@@ -1768,7 +1768,7 @@ def test_a_folder_of_small_files_gives_val_its_share(tmp_path, enc, monkeypatch)
     train_ids, _ = load(tmp_path / "data" / "chat", "train", meta)
     in_train = [m["content"] for m in parse_chat(enc, train_ids.tolist())]
     seen = []
-    monkeypatch.setattr(prepare, "train_bpe", lambda texts, *a: seen.extend(texts) or get_tokenizer("gpt2"))
+    monkeypatch.setattr(setup_tokenizer, "train_bpe", lambda texts, *a: seen.extend(texts) or get_tokenizer("gpt2"))
     prepare.train_vocabulary(prepare.find_source("chat", str(folder)), 300, None, None, 0.1)
     assert seen == in_train and len(in_train) == 2 * 20
     # the last file with documents gives val its one: after it an empty file, or a --limit spent before the last
@@ -2465,7 +2465,7 @@ def test_pack_option(tmp_path, capsys, monkeypatch):
         prepare.prepare("text", source=text, out_dir=out, name="text2", pack=64)
     # with --vocab_size, refused before the vocabulary is trained (minutes on a large corpus), not after
     with monkeypatch.context() as m, pytest.raises(UserError, match=r"--pack 64: only conversations are packed"):
-        m.setattr(prepare, "train_bpe", lambda texts, *a: [*texts] and pytest.fail("a vocabulary was trained"))
+        m.setattr(setup_tokenizer, "train_bpe", lambda texts, *a: [*texts] and pytest.fail("a vocabulary was trained"))
         prepare.prepare("text", source=text, out_dir=out, name="text2", pack=64, vocab_size=300)
     for bad in (-1, prepare.MAX_PACK + 1, 10**30):  # 10**30: numpy's "Maximum allowed dimension exceeded"
         with pytest.raises(UserError, match=rf"^--pack {bad}: give the training context in tokens"):

@@ -569,43 +569,65 @@ def test_a_vocabulary_sample_of_non_ascii_text_is_said_exactly(monkeypatch):
 def test_a_vocabulary_learns_from_at_most_vocab_word_bytes_of_distinct_words(tmp_path, capsys, monkeypatch):
     """rustbpe's memory grows with the distinct words it holds (50-80 bytes a byte of them), and Chinese puts no spaces
     between words: each run of Han characters between punctuation is one, nearly each one new, so 10 MB of Chinese
-    peaked at 771 MB and more took more, far within VOCAB_TEXT_CHARS. The reading ends at VOCAB_WORD_BYTES of distinct
-    words (a word of more cut there), said; text whose words repeat is learnt whole, however long."""
+    peaked at 771 MB and more took more, far within VOCAB_TEXT_CHARS. A vocabulary learns from at most VOCAB_WORD_BYTES
+    of distinct words (a word of more cut there), said: of an input of known size, documents spread over all of it
+    (read again: not its first part alone, which on an input of unlike parts in a row learnt from the first), else its
+    first ones; text whose words repeat is learnt whole, however long."""
     monkeypatch.setattr(setup_tokenizer, "VOCAB_WORD_BYTES", 30_000)
     han = "".join(map(chr, range(0x4E00, 0x4E00 + 20_000)))  # 60 KB of distinct characters, none twice
     lines = [han[i:i + 12] + "，" + han[i + 12:i + 20] + "。" for i in range(0, len(han), 20)]  # a word a line
     docs = [["\n".join(lines[i:i + 10])] for i in range(0, len(lines), 10)]
-    sample = setup_tokenizer.VocabSample(len(han) * 3)
+    every = "".join(doc[0] for doc in docs)
+
+    def distinct_bytes(text):
+        return sum(len(word.encode()) for word in set(text.split()))
+
+    # a size not known (a pipe, a hub split): the first documents, the last one cut
+    sample = setup_tokenizer.VocabSample(0)
     learnt = "".join(sample.texts(docs))
-    assert "".join(doc[0] for doc in docs).startswith(learnt)  # the first documents, the last one cut
-    assert 29_997 <= sum(len(word.encode()) for word in set(learnt.split())) <= 30_000 < len(learnt.encode())
+    assert every.startswith(learnt) and 29_997 <= distinct_bytes(learnt) <= 30_000 < len(learnt.encode())
     assert sample.said("the text") == ("the first 0M characters of the text (at most 0 MB of distinct words, "
                                        "VOCAB_WORD_BYTES: memory grows with them)")
-    assert "".join(setup_tokenizer.VocabSample(len(han) * 3).texts(docs)) == learnt  # the same sample each time
+    # a size known: the first reading stops, and the second takes documents from all over the input
+    seen = []
+
+    def train_bpe(texts, *args):  # what each reading gave, as far as it went
+        seen.append([])
+        for text in texts:
+            seen[-1].append(text)
+
+    monkeypatch.setattr(setup_tokenizer, "train_bpe", train_bpe)
+    sample = setup_tokenizer.VocabSample(len(every.encode()))
+    setup_tokenizer.learn_vocabulary(sample, lambda: iter(docs), 300, "unused", "the text")
+    first, again = map("".join, seen)
+    assert every.startswith(first) and distinct_bytes(first) > 15_000 and distinct_bytes(again) <= 30_000
+    assert docs[0][0] in again and any(doc[0] in again for doc in docs[-len(docs) // 10:])
+    assert not every.startswith(again[:len(docs[0][0]) + 1])
+    assert sample.said("the text").startswith("0M characters of the text (") and sample.said("the text").endswith(
+        "% of the documents of the 0 MB of input, spread over it; at most 0 MB of distinct words, VOCAB_WORD_BYTES: "
+        "memory grows with them)")
+    seen.clear()
+    setup_tokenizer.learn_vocabulary(setup_tokenizer.VocabSample(len(every.encode())), lambda: iter(docs), 300,
+                                     "unused", "the text")
+    assert "".join(seen[1]) == again  # the same sample each time
+    monkeypatch.undo()
+    monkeypatch.setattr(setup_tokenizer, "VOCAB_WORD_BYTES", 30_000)
     # one line of megabytes (no newline: Chinese, or a minified file) is one word: cut at the cap, not none of it
     sample = setup_tokenizer.VocabSample(0)
     assert "".join(sample.texts([[han]])).encode() == han.encode()[:30_000]
-    # an input over VOCAB_TEXT_CHARS too: a share of the documents of its first part, not said spread over all of it
-    monkeypatch.setattr(setup_tokenizer, "VOCAB_TEXT_CHARS", len(han) * 3 // 2)
-    sample = setup_tokenizer.VocabSample(len(han) * 3)
-    [*sample.texts(docs)]
-    assert sample.said("the text") == ("the first 0M characters of the text (50% of the documents of the first part of "
-                                       "the 0 MB of input; at most 0 MB of distinct words, VOCAB_WORD_BYTES: memory "
-                                       "grows with them)")
-    monkeypatch.undo()
-    monkeypatch.setattr(setup_tokenizer, "VOCAB_WORD_BYTES", 30_000)
     # words that repeat: all of a text of many times the cap, said as before
     story = [[f"the cat sat on mat {i % 50} and saw a dog " * 20] for i in range(1000)]
     sample = setup_tokenizer.VocabSample(0)
     assert [[text] for text in sample.texts(story)] == story and sample.said("the text") == ""
     # the command says it
     src = tmp_path / "zh.txt"
-    src.write_text("\n".join(lines), encoding="utf-8")
+    src.write_text(EOT.join(doc[0] for doc in docs), encoding="utf-8")
     out = tmp_path / "v.tiktoken"
     code, said, err = run_in_process(setup_tokenizer.main, ["train", "--input", str(src), "--vocab_size", "300",
                                                             "--out", str(out)], capsys)
-    assert code == 0 and said.startswith("trained 300 tokens on the first 0M characters of the text (at most 0 MB of "
-                                         "distinct words, VOCAB_WORD_BYTES: memory grows with them) in "), (said, err)
+    assert code == 0 and re.match(r"trained 300 tokens on 0M characters of the text \([\d.]+% of the documents of "
+                                  r"the 0 MB of input, spread over it; at most 0 MB of distinct words, "
+                                  r"VOCAB_WORD_BYTES: memory grows with them\) in ", said), (said, err)
 
 
 def test_cli_train_says_a_large_input_before_it_trains(tmp_path, capsys, monkeypatch):
