@@ -715,6 +715,15 @@ def letters_fix(path, encoding):
 # -----------------------------------------------------------------------------
 # what the user sees: colors, progress, commands to paste, questions
 
+def fmt_count(n):
+    """A count as every script says it: 1.4M, 33.3k, 512. ("0.0M parameters" was eval.py's and serve.py's figure for a
+    33k-parameter model that train.py called 33.3k: each formatted its own)"""
+    for unit, div in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.1f}{unit}"
+    return str(int(n))
+
+
 def color_ok(stream):
     """Whether stream takes ANSI styling: a terminal, without NO_COLOR set (no-color.org: set and not empty), and not
     TERM=dumb (Emacs' shell and compile buffers, an editor's terminal, which show the codes as ^[[2m), as git and ls

@@ -39,7 +39,8 @@ import numpy as np
 
 from checkpoint import add_checkpoint_argument, load_checkpoint, load_model, parse_checkpoint
 from common import (ArgumentParser, UserError, add_device_arguments, at_least, atomic_write_text, check_output,
-                    nonempty, path_arg, pick_device, progress_bar, retain_freed_memory, run_main, seeded_generator)
+                    fmt_count, nonempty, path_arg, pick_device, progress_bar, retain_freed_memory, run_main,
+                    seeded_generator)
 from gen import (CHAT_STOPS, add_sampling_arguments, chat_reply, columns, default_checkpoint, inference_dtype,
                  read_prompt_file)
 from prepare import document_ends
@@ -195,7 +196,7 @@ def format_table(result):
                + (f", repetition_penalty {s['repetition_penalty']:g}" if s["repetition_penalty"] != 1 else "")
                + f", seed {s['seed']}") if sampled else ""
     lines = [f"{r['checkpoint']}: {r['model'] or 'model'} {r['variant']} ({r['n_layer']} layers x {r['n_embd']}, "
-             f"{r['params'] / 1e6:.1f}M parameters){trained}; tokenizer {r['tokenizer']}",
+             f"{fmt_count(r['params'])} parameters){trained}; tokenizer {r['tokenizer']}",
              f"{r['split']} split in windows of {r['block_size']} tokens{replies}", ""]
 
     def cell(value, fmt):

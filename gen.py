@@ -41,7 +41,7 @@ import torch
 
 from checkpoint import add_checkpoint_argument, find_checkpoints, load_model, parse_checkpoint
 from common import (ArgumentParser, UserError, add_device_arguments, at_least, atomic_write_text, autocast,
-                    check_output, color_ok, encoding_fix, first_line, latin1_fix, not_utf8, number, path_arg,
+                    check_output, color_ok, encoding_fix, first_line, fmt_count, latin1_fix, not_utf8, number, path_arg,
                     pick_device, pick_dtype, require_utf8, retain_freed_memory, run_main, seeded_generator,
                     slow_on_this_cpu, without_surrogates)
 from setup_tokenizer import EOT, IM_END, IM_START, StreamDecoder, render_chat
@@ -808,8 +808,8 @@ def main(argv=None):
                     repetition_penalty=args.repetition_penalty, use_cache=not args.no_cache,
                     generator=generator, slide=args.nonstop)
     session = Session(args, model, enc, max_tokens, sampling)
-    session.log(f"{path}: {model.num_params(non_embedding=False) / 1e6:.2f}M parameters "
-                f"({model.num_params() / 1e6:.2f}M non-embedding), {model.config.variant}, context "
+    session.log(f"{path}: {fmt_count(model.num_params(non_embedding=False))} parameters "
+                f"({fmt_count(model.num_params())} non-embedding), {model.config.variant}, context "
                 f"{model.config.block_size}, vocab {enc.name} {enc.n_vocab} | device {device}, dtype "
                 f"{str(dtype).removeprefix('torch.')}, {'no ' if args.no_cache else ''}KV cache, seed {seed}")
     try:

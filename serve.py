@@ -65,8 +65,8 @@ from urllib.parse import unquote, urlsplit
 import torch
 
 from checkpoint import add_checkpoint_argument, load_model, parse_checkpoint
-from common import (ArgumentParser, UserError, add_device_arguments, at_least, json_kind, nonempty, number, parts_text,
-                    pick_device, retain_freed_memory, run_main, seeded_generator, stop_signals)
+from common import (ArgumentParser, UserError, add_device_arguments, at_least, fmt_count, json_kind, nonempty, number,
+                    parts_text, pick_device, retain_freed_memory, run_main, seeded_generator, stop_signals)
 from gen import (CHAT_STOPS, PENALTY_RULE, add_sampling_arguments, default_checkpoint, encode_prompt, fit_history,
                  inference_dtype, penalty_value, reserve_for, say_newest, stop_ids, stream_completion,
                  warn_if_trained_on_text)
@@ -1581,7 +1581,7 @@ def main(argv=None):
     server = ApiServer(model, enc, name, args.host, args.port, dtype, args.temp, args.top_k, args.top_p,
                        args.max_tokens, args.max_queue, cors=args.cors, repetition_penalty=args.repetition_penalty,
                        allowed_hosts=args.allowed_hosts, max_connections=args.max_connections)
-    print(f"serving {name} ({model.num_params(non_embedding=False) / 1e6:.1f}M parameters, context "
+    print(f"serving {name} ({fmt_count(model.num_params(non_embedding=False))} parameters, context "
           f"{model.config.block_size}, {device} {str(dtype).removeprefix('torch.')}) on {server.url}: "
           f"chat page at {server.url}/, API at {server.url}/v1; Ctrl-C stops", flush=True)
     signalled = False

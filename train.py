@@ -64,9 +64,9 @@ from checkpoint import (NOT_THIS_CODE, add_checkpoint_argument, checkpoint_confi
                         load_checkpoint, load_weights, nonfinite, parse_checkpoint, save_checkpoint, tensor_bytes)
 from common import (ArgumentParser, DTYPES, HANGUP, UserError, add_device_arguments, ask, atomic_write_text, autocast,
                     check_output, closed_pipe_on_windows, color_ok, draws_a_bar, exit_after_the_first, first_line,
-                    held_lock, hung_up, is_oom, lock_is_held, nonempty, nonnegative_int, path_arg, pick_device,
-                    pick_dtype, prepare_lock, read_items, refuse_dataset_folder, remove_stale_tmp, retain_freed_memory,
-                    run_main, slow_on_this_cpu, speaks_for_machine, stop_signals, Switch, tmp_name)
+                    fmt_count, held_lock, hung_up, is_oom, lock_is_held, nonempty, nonnegative_int, path_arg,
+                    pick_device, pick_dtype, prepare_lock, read_items, refuse_dataset_folder, remove_stale_tmp,
+                    retain_freed_memory, run_main, slow_on_this_cpu, speaks_for_machine, stop_signals, Switch, tmp_name)
 from hf import is_hf_folder
 from model import OPTIMIZERS, PRESETS, VARIANTS, GPT, make_config
 from prepare import (DATASETS, DEFAULT_OUT_DIR, DEFAULT_PACK, DEFAULT_VAL_FRACTION, MIXABLE, damaged_field,
@@ -1413,13 +1413,6 @@ def warn(line):
     if quiet:
         return
     tqdm.write(paint("warning: ", "yellow") + line, file=sys.stderr)
-
-
-def fmt_count(n):
-    for unit, div in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= div:
-            return f"{n / div:.1f}{unit}"
-    return str(int(n))
 
 
 def fmt_time(s):

@@ -242,6 +242,9 @@ def test_plain_text_sets_alone_get_no_reply_columns_or_settings(env, chat_ckpt, 
     assert code == 0 and "replies" not in out and "temp" not in out, err
     lines = out.splitlines()
     assert lines[1] == "val split in windows of 64 tokens"
+    # the model's size, as train.py's banner gave it: eval.py said "0.1M parameters" of one train.py said 141.0k of
+    size = train.fmt_count(load_model(chat_ckpt)[0].num_params(non_embedding=False))
+    assert f"layers x 64, {size} parameters)" in lines[0], lines[0]
     assert next(line for line in lines if line.startswith("dataset")).split() == ["dataset", "windows", "loss", "ppl",
                                                                                   "bpb"]
     assert len(next(line for line in lines if line.startswith("story")).split()) == 5

@@ -19,6 +19,7 @@ import torch
 
 import gen
 import serve
+import train
 from checkpoint import find_checkpoints, load_model, save_checkpoint
 from common import UserError
 from conftest import run_cli
@@ -140,6 +141,10 @@ def test_context_end_and_nonstop(ckpt, capsys):
     # without --nonstop generation ends when the 64-token window is full; with it, at --max_tokens
     code, out, err = cli([ckpt, "--prompt", "Hi", "--max_tokens", "100", "--verbose", "--seed", "0"] + CPU, capsys)
     assert code == 0 and "[end: context]" in out
+    # --verbose's model line gives its sizes as train.py's banner does ("0.10M" where train.py said 100.1k)
+    model = load_model(ckpt)[0]
+    assert f": {train.fmt_count(model.num_params(non_embedding=False))} parameters " \
+           f"({train.fmt_count(model.num_params())} non-embedding), " in err, err
     # 1 + 64 tokens: the last new token is predicted from a full 64-token window
     assert re.search(r"prompt 1 tokens, 64 new tokens", err)
     # said up front, not only in --verbose's [end: context]: 100 were asked for

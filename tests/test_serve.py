@@ -32,6 +32,7 @@ import torch
 
 import gen
 import serve
+import train
 from checkpoint import save_checkpoint
 from conftest import HANGUP, hangup_as, run_cli
 from model import GPT, make_config
@@ -2099,6 +2100,7 @@ def test_a_model_trained_on_plain_text_is_warned_of(enc, tmp_path, monkeypatch, 
                  "/v1/chat/completions) will not keep to the turn" in err
         assert code == 0 and out.startswith("serving ") and err.endswith("stopped\n"), (out, err)
         assert warned == (kind == "text"), err
+    assert f" ({train.fmt_count(tiny_model(enc).num_params(non_embedding=False))} parameters, " in out, out  # train.py's
 
 
 def test_float16_on_a_cpu_is_warned_of_as_gen_py_does(ckpt, monkeypatch, capsys):
