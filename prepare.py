@@ -76,10 +76,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from common import (ArgumentParser, NotText, VOCAB_FILE, UserError, at_least, atomic_write_text, check_output,
-                    expand_pattern, first_line, fsync_replace, held_lock, holds_nul, json_kind, name_full_disk,
-                    nonempty, nonnegative_int, not_utf8, parts_text, path_arg, prepare_lock, progress_bar,
-                    python_command, read_items, read_meta, refuse_dataset_folder, remove_stale_tmp, run_main,
-                    stray_byte_fix, tmp_name, tmp_pattern, without_surrogates)
+                    expand_pattern, first_line, fmt_count, fsync_replace, held_lock, holds_nul, json_kind,
+                    name_full_disk, nonempty, nonnegative_int, not_utf8, parts_text, path_arg, prepare_lock,
+                    progress_bar, python_command, read_items, read_meta, refuse_dataset_folder, remove_stale_tmp,
+                    run_main, stray_byte_fix, tmp_name, tmp_pattern, without_surrogates)
 from setup_tokenizer import (EOT, IM_END, IM_START, TOKENIZER_HELP, VocabSample, fewer_ids, get_tokenizer,
                              learn_vocabulary, model_context, render_chat, moved_vocabulary, read_text_chunks,
                              say_training, tokenizer_hash, trained_on, warn_short_vocabulary)
@@ -3009,9 +3009,11 @@ def print_summary(folder, meta, plan, limit, dt):
     if meta["val_repeats"]:  # (else a count short of the source's reads as documents lost)
         where += f"; {meta['val_repeats']:,} left out of val (already in train or val)"
     size = f"{mb:.1f} MB" if mb >= 0.05 else f"{mb * 1e3:.1f} kB"  # (a few dozen kB of chats read "0.0 MB": none)
+    # (and a small set's speeds, "0.00 MB/s, 0.00M tokens/s", read as nothing done)
+    rate = f"{mb / dt:.2f} MB/s" if mb / dt >= 0.005 else f"{mb / dt * 1e3:.1f} kB/s"
     print(f"{folder}: {docs:,} document{'' if docs == 1 else 's'} ({where}), "
           f"{tokens:,} tokens ({tr['tokens']:,} / {va['tokens']:,}), {size} of text in {dt:.1f}s: "
-          f"{mb / dt:.2f} MB/s, {tokens / dt / 1e6:.2f}M tokens/s")
+          f"{rate}, {fmt_count(tokens / dt)} tokens/s")
     if limit and any({"split", "train"} <= {role for role, _, _ in p["streams"]} for p in plan.get("parts", [plan])):
         # (else --limit 2000 giving 4,000 documents is a puzzle). Not said of a source's own validation split,
         # whose train files are "train" too (DailyDialog has no extra files, and no val cut from its files), nor of a
