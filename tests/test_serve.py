@@ -2100,7 +2100,8 @@ def test_a_model_trained_on_plain_text_is_warned_of(enc, tmp_path, monkeypatch, 
                  "/v1/chat/completions) will not keep to the turn" in err
         assert code == 0 and out.startswith("serving ") and err.endswith("stopped\n"), (out, err)
         assert warned == (kind == "text"), err
-    assert f" ({train.fmt_count(tiny_model(enc).num_params(non_embedding=False))} parameters, " in out, out  # train.py's
+    params = train.fmt_count(tiny_model(enc).num_params(non_embedding=False))  # as train.py's banner says it
+    assert f" ({params} parameters, " in out, out
 
 
 def test_float16_on_a_cpu_is_warned_of_as_gen_py_does(ckpt, monkeypatch, capsys):
