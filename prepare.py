@@ -76,10 +76,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from common import (ArgumentParser, NotText, VOCAB_FILE, UserError, at_least, atomic_write_text, check_output,
-                    expand_pattern, first_line, fmt_count, fsync_replace, held_lock, holds_nul, json_kind,
-                    name_full_disk, nonempty, nonnegative_int, not_utf8, parts_text, path_arg, prepare_lock,
-                    progress_bar, python_command, read_items, read_meta, refuse_dataset_folder, remove_stale_tmp,
-                    run_main, stray_byte_fix, tmp_name, tmp_pattern, without_surrogates)
+                    decompress_fix, expand_pattern, first_line, fmt_count, fsync_replace, held_lock, holds_nul,
+                    json_kind, name_full_disk, nonempty, nonnegative_int, not_utf8, parts_text, path_arg,
+                    prepare_lock, progress_bar, python_command, read_items, read_meta, refuse_dataset_folder,
+                    remove_stale_tmp, run_main, stray_byte_fix, tmp_name, tmp_pattern, without_surrogates)
 from setup_tokenizer import (EOT, IM_END, IM_START, TOKENIZER_HELP, VocabSample, fewer_ids, get_tokenizer,
                              learn_vocabulary, model_context, render_chat, moved_vocabulary, read_text_chunks,
                              say_training, tokenizer_hash, trained_on, warn_short_vocabulary)
@@ -1233,7 +1233,13 @@ def find_source(dataset, source=None, extra=True, limit=None, left=None):
             elif not os.path.exists(path):
                 raise UserError(f"--source {path}: no such file or folder")
             elif suffix(path) not in SUFFIXES:
-                raise UserError(f"--source {path}: unsupported file type; use {', '.join(SUFFIXES)}{table_fix(path)}")
+                head = b""
+                with contextlib.suppress(OSError):  # (a compressed file: notes.txt.gz, its way out the command)
+                    with open(path, "rb") as f:
+                        head = f.read(8)
+                packed = decompress_fix(path, head)
+                raise UserError(f"--source {path}: unsupported file type; use {', '.join(SUFFIXES)}"
+                                f"{'; ' + packed if packed else table_fix(path)}")
             else:
                 files.append(path)
         # a file given twice (a file and its folder, overlapping folders, links) is read once: twice, its documents

@@ -4,6 +4,7 @@ offline (conftest sets HF_DATASETS_OFFLINE)."""
 import base64
 import errno
 import functools
+import gzip
 import itertools
 import json
 import os
@@ -603,6 +604,14 @@ def test_non_utf8_and_bad_input(tmp_path):
         prepare.prepare("chat", source=table, out_dir=out)
     subprocess.run(str(e.value).split("`")[1], shell=True, check=True)
     assert [json.loads(line) for line in open(table + ".jsonl")] == [{"prompt": "Hi", "completion": "Hello, you"}]
+    # a compressed file (it said only "unsupported file type"): the command that decompresses it, run as pasted
+    packed = tmp_path / "notes.txt.gz"
+    packed.write_bytes(gzip.compress(b"Once upon a time."))
+    with pytest.raises(UserError, match=r"notes.txt.gz: unsupported file type; use .*; it is compressed: decompress it "
+                                        r"first, e.g. `gunzip -c .*`$") as e:
+        prepare.prepare("text", source=str(packed), out_dir=out)
+    subprocess.run(str(e.value).split("`")[1], shell=True, check=True)
+    assert (tmp_path / "notes.decompressed.txt").read_text() == "Once upon a time."
     # malformed turns say what a turn looks like (it was Python's words: "string indices must be integers")
     for i, (record, shape) in enumerate(((({"messages": ["hi"]}), '`messages` must be a list of turns like {"role": '
                                                                    '"user", "content": "Hi!"}'),
