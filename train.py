@@ -1420,7 +1420,8 @@ def fmt_time(s):
         if s < 0.95:
             return f"{s:.1f}s" if s >= 0.05 else "<0.1s"
         s = 1  # tenths that round to a whole second are said as one: "1.0s" read as another format than "1s"
-    s = int(s)
+    # rounded, not cut: "93.7k tokens in 5s (15,840 tokens/s)" of 5.9 s read as a speed 18% off
+    s = int(s + 0.5)
     if s >= 3600:
         return f"{s // 3600}h{s % 3600 // 60:02d}m"
     return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
