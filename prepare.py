@@ -3014,7 +3014,8 @@ def print_summary(folder, meta, plan, limit, dt):
         f", {cut:,} cut into train and val" if cut else "")
     if meta["val_repeats"]:  # (else a count short of the source's reads as documents lost)
         where += f"; {meta['val_repeats']:,} left out of val (already in train or val)"
-    size = f"{mb:.1f} MB" if mb >= 0.05 else f"{mb * 1e3:.1f} kB"  # (a few dozen kB of chats read "0.0 MB": none)
+    # (a few dozen kB of chats read "0.0 MB", a line of text "0.0 kB": none)
+    size = f"{mb:.1f} MB" if mb >= 0.05 else f"{mb * 1e3:.1f} kB" if mb >= 0.001 else f"{round(mb * 1e6):,} bytes"
     # (and a small set's speeds, "0.00 MB/s, 0.00M tokens/s", read as nothing done)
     rate = f"{mb / dt:.2f} MB/s" if mb / dt >= 0.005 else f"{mb / dt * 1e3:.1f} kB/s"
     print(f"{folder}: {docs:,} document{'' if docs == 1 else 's'} ({where}), "

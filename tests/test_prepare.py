@@ -1605,12 +1605,13 @@ def test_the_vocabulary_is_trained_on_the_train_split_only(tmp_path, capsys):
 
 def test_a_small_dataset_says_its_size_in_kb(tmp_path, capsys):
     """A user's own 23 kB of chats was summed up as "0.0 MB of text", which reads as nothing read: the
-    sizes that would print as 0.0 MB are in kB; the others in MB, as before."""
-    for name, size, said in (("small", 23_456, ", 23.5 kB of text in "), ("larger", 123_456, ", 0.1 MB of text in ")):
+    sizes that would print as 0.0 MB are in kB, those under a kB in bytes; the others in MB, as before."""
+    for name, size, said in (("tiny", 18, ", 18 bytes of text in "), ("small", 23_456, ", 23.5 kB of text in "),
+                             ("larger", 123_456, ", 0.1 MB of text in ")):
         prepare.prepare("text", source=write(tmp_path / f"{name}.txt", "word " * (size // 5) + "w" * (size % 5)),
                         out_dir=str(tmp_path / "data"), name=name)
         out = capsys.readouterr().out
-        assert said in out and "0.0 MB" not in out, out
+        assert said in out and "0.0 MB" not in out and "0.0 kB" not in out, out
 
 
 def test_a_vocab_size_beyond_what_the_data_supports_warns(tmp_path, capsys):
