@@ -3778,7 +3778,7 @@ def test_the_extra_stories_left_out_are_counted_in_the_summary(tmp_path, monkeyp
            "TinyStories-train-head.txt (1), TinyStories-train-head-lowercase.txt (3)\n" in out, out
     assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] + 4 == 10 + 3 + 4
     # a small set's speeds are not said as none ("0.2 kB of text in 0.1s: 0.00 MB/s, 0.00M tokens/s")
-    assert re.search(r" kB of text in [\d.]+s: [1-9][\d.]* kB/s, [1-9][\d.]*k? tokens/s\n", out), out
+    assert re.search(r" bytes of text in [\d.]+s: [1-9][\d.]* kB/s, [1-9][\d.]*k? tokens/s\n", out), out
 
 
 def test_prepare_does_not_import_torch():
