@@ -819,7 +819,13 @@ def test_broken_weights_or_config_are_one_line(enc, tmp_path, capsys, monkeypatc
              "bpe-text.pt is a damaged checkpoint (the vocabulary it stores does not read as a .tiktoken vocabulary); "
              "use another checkpoint (its _best.pt or an earlier one)"),
             ("ctx", lambda c: c["config"].update(block_size=10**12),  # past any machine's memory
-             "its model (context 1000000000000, 2 layers x 64) does not fit in memory")):
+             "its model (context 1000000000000, 2 layers x 64) does not fit in memory"),
+            # another version's: a config field this code lacks, a weight it has and the file lacks (load_state_dict
+            # would take such a file without strict, the weight left as initialized)
+            ("newer", lambda c: c["config"].update(n_kv_head=1), "newer.pt does not match this model code (its config: "
+             "GPTConfig.__init__() got an unexpected keyword argument 'n_kv_head'): a damaged checkpoint, or one"),
+            ("older", lambda c: c["model"].pop("transformer.ln_f.weight"), "older.pt does not match this model code "
+             "(Missing key(s) in state_dict: \"transformer.ln_f.weight\"")):
         edited = copy.deepcopy(ckpt)
         edit(edited)
         torch.save(edited, str(tmp_path / f"{what}.pt"))

@@ -1953,6 +1953,9 @@ def test_each_state_entry_train_py_would_not_write_is_a_damaged_checkpoint(train
         with pytest.raises(UserError, match=rf"edited\.pt is a damaged checkpoint \(its {entry} entry, "
                                             rf"{re.escape(repr(value))}, is not what train\.py writes\)"):
             load_checkpoint(str(path))
+    # what train.py writes before its first evaluation (a run stopped in its first steps): no loss yet, which loads
+    torch.save({**ck, "best_val_loss": None, "val_loss": None, "best_at": None, "schedule_origin": None}, path)
+    assert load_checkpoint(str(path))["best_val_loss"] is None
 
 def test_a_recorded_data_dir_that_is_no_path_is_passed_over(tmp_path):
     # an edited checkpoint's --data_dir of -1 was a TypeError traceback in eval.py (os.path.join) before any check
