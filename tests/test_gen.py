@@ -1251,6 +1251,13 @@ def test_a_checkpoint_loads_for_sampling_only_when_it_can_be_sampled_as_saved(en
     model, _, _ = load_model(str(tmp_path / "dropout.pt"))
     runs = [gen.complete(model, enc, enc.encode("Once upon a time"), 12, temperature=0)[0] for _ in range(3)]
     assert runs[0] == runs[1] == runs[2]
+    # train.py --compile saves the model it compiled: its weights under their own names, not torch.compile's
+    # "_orig_mod." ones, which no model loads (its wrapper as OptimizedModule holds it: torch.compile's import of
+    # dynamo alone takes seconds)
+    compiled = torch.nn.Module()
+    compiled._orig_mod = dropout
+    save_checkpoint(str(tmp_path / "compiled.pt"), compiled, enc)
+    assert load_model(str(tmp_path / "compiled.pt"))[2]["model"].keys() == dropout.state_dict().keys()
     # weights gone to inf (not only nan) are a diverged run; a checkpoint of another format is refused by name
     model = tiny_model(enc)
     with torch.no_grad():
