@@ -206,6 +206,10 @@ def test_completions_and_stop_strings(api, enc):
         chunks = list(r) if stream else [r]
         assert "".join(ch.choices[0].text for ch in chunks) == text[:text.index(stop)]
         assert chunks[-1].choices[0].finish_reason == "stop"
+        assert all(ch.object == "text_completion" for ch in chunks)  # (a chat's are chat.completion.chunk)
+    # seed 0 is a seed too, not "none given"
+    r = c.completions.create(model="tiny", prompt=prompt, max_tokens=12, temperature=1, seed=0)
+    assert r.choices[0].text == expected(api, enc.encode(prompt), 12, gen.CHAT_STOPS, seed=0)[0]
 
 
 def test_a_token_prompt_that_ends_inside_a_character(api, enc, monkeypatch):
@@ -223,6 +227,11 @@ def test_a_token_prompt_that_ends_inside_a_character(api, enc, monkeypatch):
             r = c.completions.create(model="tiny", prompt=prompt, max_tokens=len(reply), stream=stream)
             chunks = list(r) if stream else [r]
             assert "".join(ch.choices[0].text for ch in chunks) == want, (reply, stream)
+    # cut off inside a character at max_tokens: its usage counts the tokens sampled, not the flush of the cut character
+    reply = lait + [byte(0xC3)]
+    monkeypatch.setattr(gen, "sample_steps", lambda *a, **k: iter([[t] for t in reply]))
+    r = c.completions.create(model="tiny", prompt=prompt, max_tokens=len(reply))
+    assert r.usage.completion_tokens == len(reply) and r.choices[0].finish_reason == "length", r
 
 
 def test_text_held_for_a_stop_string_ends_the_reply_when_the_model_stops(enc, monkeypatch):
@@ -275,7 +284,8 @@ def test_unknown_and_default_fields_are_accepted(api, enc):
                 {"role": "user", "content": [{"type": "text", "text": "Hello "}, {"type": "text", "text": "there"}]}]
     status, body, _ = post(api, "/v1/chat/completions", {
         "messages": messages, "max_tokens": 3, "user": "me", "frequency_penalty": 0, "presence_penalty": 0.0,
-        "logprobs": False, "n": 1, "tool_choice": "none", "my_extension": {"x": [1]}, "top_k": None})
+        "logprobs": False, "n": 1, "tool_choice": "none", "my_extension": {"x": [1]}, "top_k": None, "top_p": 1,
+        "response_format": {"type": "text"}})
     assert status == 200, body
     # the model saw exactly the conversation as gen.py renders it
     assert body["usage"]["prompt_tokens"] == len(render_chat(enc, CHAT, add_generation_prompt=True)[0])
@@ -318,11 +328,12 @@ def test_long_chat_drops_oldest_turns(api, enc):
         turns += [{"role": "user", "content": f"question {i} is here"}, {"role": "assistant", "content": f"answer {i}"}]
     history = [CHAT[0]] + turns + [{"role": "user", "content": "last one"}]
     assert len(render_chat(enc, history, add_generation_prompt=True)[0]) + 8 > BLOCK
-    status, body, _ = post(api, "/v1/chat/completions", {"messages": history, "max_tokens": 8})
-    assert status == 200, body
-    fitted = gen.fit_history(enc, history, BLOCK - 8)
-    assert fitted[0] == CHAT[0] and fitted[-1] == history[-1] and len(fitted) < len(history)
-    assert body["usage"]["prompt_tokens"] == len(render_chat(enc, fitted, add_generation_prompt=True)[0])
+    for max_tokens in (8, 24):  # (24: fitted to the whole context, what is kept leaves too few for it)
+        status, body, _ = post(api, "/v1/chat/completions", {"messages": history, "max_tokens": max_tokens})
+        assert status == 200, body
+        fitted = gen.fit_history(enc, history, BLOCK - max_tokens)
+        assert fitted[0] == CHAT[0] and fitted[-1] == history[-1] and len(fitted) < len(history)
+        assert body["usage"]["prompt_tokens"] == len(render_chat(enc, fitted, add_generation_prompt=True)[0])
 
 
 # -----------------------------------------------------------------------------
@@ -347,13 +358,17 @@ BAD = [  # (path, body, status, param, code)
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": 5}]}, 400, "messages[0].content", "invalid_type"),
     ("/v1/chat/completions", {"messages": MSG, "temperature": "hot"}, 400, "temperature", "invalid_type"),
     ("/v1/chat/completions", {"messages": MSG, "temperature": 5}, 400, "temperature", "invalid_value"),
+    ("/v1/chat/completions", {"messages": MSG, "temperature": True}, 400, "temperature", "invalid_type"),  # (not 1)
     ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}', 400, "temperature", "invalid_value"),
     ("/v1/chat/completions", {"messages": MSG, "top_p": 1.5}, 400, "top_p", "invalid_value"),
     ("/v1/chat/completions", {"messages": MSG, "top_k": "ten"}, 400, "top_k", "invalid_type"),
+    ("/v1/chat/completions", {"messages": MSG, "top_k": -1}, 400, "top_k", "invalid_value"),
     ("/v1/chat/completions", {"messages": MSG, "max_tokens": 0}, 400, "max_tokens", "invalid_value"),
     ("/v1/chat/completions", {"messages": MSG, "max_tokens": True}, 400, "max_tokens", "invalid_type"),
     ("/v1/chat/completions", {"messages": MSG, "max_tokens": BLOCK + 1}, 400, "max_tokens", "invalid_value"),
     ("/v1/chat/completions", {"messages": MSG, "max_completion_tokens": 10**9}, 400, "max_completion_tokens", "invalid_value"),
+    ("/v1/chat/completions", {"messages": MSG, "max_completion_tokens": 0}, 400, "max_completion_tokens",
+     "invalid_value"),
     # beside a good max_completion_tokens, a bad max_tokens is refused too (it was ignored: a 200)
     ("/v1/chat/completions", {"messages": MSG, "max_completion_tokens": 8, "max_tokens": -1}, 400, "max_tokens", "invalid_value"),
     ("/v1/completions", {"prompt": "Hi", "max_completion_tokens": 8, "max_tokens": "5"}, 400, "max_tokens", "invalid_type"),
@@ -366,15 +381,26 @@ BAD = [  # (path, body, status, param, code)
     ("/v1/completions", {"prompt": "Hi", "stream_options": {"include_usage": True}}, 400, "stream_options", "invalid_value"),
     ("/v1/chat/completions", {"messages": MSG, "stop": ["a", "b", "c", "d", "e"]}, 400, "stop", "invalid_value"),
     ("/v1/chat/completions", {"messages": MSG, "stop": 3}, 400, "stop", "invalid_value"),
+    ("/v1/chat/completions", {"messages": MSG, "stop": ["a", 1]}, 400, "stop", "invalid_value"),
     ("/v1/chat/completions", {"messages": MSG, "seed": 1.5}, 400, "seed", "invalid_type"),
+    ("/v1/chat/completions", {"messages": MSG, "seed": 2**64}, 400, "seed", "invalid_value"),  # (64 bits: torch's)
     ("/v1/chat/completions", {"messages": MSG, "model": 5}, 400, "model", "invalid_type"),
     ("/v1/chat/completions", {"messages": MSG, "n": 2}, 400, "n", "unsupported_parameter"),
     ("/v1/chat/completions", {"messages": MSG, "logprobs": True}, 400, "logprobs", "unsupported_parameter"),
     ("/v1/chat/completions", {"messages": MSG, "tools": [{"type": "function"}]}, 400, "tools", "unsupported_parameter"),
+    ("/v1/chat/completions", {"messages": MSG, "presence_penalty": 0.5}, 400, "presence_penalty",
+     "unsupported_parameter"),
+    ("/v1/chat/completions", {"messages": MSG, "response_format": {"type": "json_object"}}, 400, "response_format",
+     "unsupported_parameter"),
+    ("/v1/completions", {"prompt": "Hi", "echo": True}, 400, "echo", "unsupported_parameter"),
     ("/v1/completions", {}, 400, "prompt", "missing_required_parameter"),
     ("/v1/completions", {"prompt": ["a", "b"]}, 400, "prompt", "invalid_type"),
     ("/v1/completions", {"prompt": [[1], [2]]}, 400, "prompt", "invalid_type"),
     ("/v1/completions", {"prompt": [5, 10**9]}, 400, "prompt", "invalid_value"),
+    ("/v1/completions", {"prompt": [5, -1]}, 400, "prompt", "invalid_value"),
+    ("/v1/completions", {"prompt": [50259]}, 400, "prompt", "invalid_value"),  # (ids 0 to 50258, ChatML's two last)
+    ("/v1/completions", {"prompt": []}, 400, "prompt", "invalid_type"),
+    ("/v1/completions", {"prompt": [True]}, 400, "prompt", "invalid_type"),  # (JSON true is no token id)
     ("/v1/completions", {"prompt": "Hi", "logprobs": 0}, 400, "logprobs", "unsupported_parameter"),  # (null logprobs)
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": None}]}, 400, "messages[0].content", "invalid_type"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": "refusal", "refusal": "no"}]}]}, 400,
@@ -452,8 +478,8 @@ def test_answers_send_their_text_in_utf8(api, enc, monkeypatch):
         # (a stream sends a character in the event of the token that completes it)
         assert all(c.encode() in body for c in "你好é世界") and b"\\u" not in body.replace(b"\\u2028", b""), body
         assert b"\\u2028" in body and "\u2028".encode() not in body, body
-        if stream:
-            assert stream_text(body) == text
+        if stream:  # (EventSource, and readers of server-sent events, go by the type)
+            assert stream_text(body) == text and "Content-Type: text/event-stream; charset=utf-8" in head, head
         else:
             assert f"Content-Length: {len(body)}" in head and json.loads(body)["choices"][0]["text"] == text
 
@@ -584,6 +610,11 @@ def test_http_framing(api):
             (b"X-Folded: a\r\n b\r\nContent-Length: 2\r\n", "header line is malformed")]:
         ((status, err, headers),) = exchange(b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\n" + request + b"\r\n{}")
         assert status == 400 and words in err["error"]["message"] and headers["Connection"] == "close", request
+    # the same Content-Length twice is one framing (RFC 9112 6.3 lets a server take it as one): answered
+    body = json.dumps({"prompt": "Hi", "max_tokens": 1}).encode()
+    ((status, _, _),) = exchange(b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+                                 b"Content-Length: %d\r\nContent-Length: %d\r\n\r\n%s" % (len(body), len(body), body))
+    assert status == 200
     for hosts in (b"", b"Host: a\r\nHost: b\r\n"):
         ((status, err, headers),) = exchange(b"GET /health HTTP/1.1\r\n" + hosts + b"\r\n")
         assert status == 400 and "one Host header" in err["error"]["message"] and headers["Connection"] == "close"
@@ -609,11 +640,14 @@ def test_chunked_body(api):
         assert r.status == 200 and out["usage"]["completion_tokens"] == 2
     conn.close()
     # a bad size line, a chunk longer than its size, and a body over the limit: clear errors, connection closed
+    half = serve.MAX_BODY // 2 + 1
     for chunks, status, words in ((b"zz\r\n{}\r\n0\r\n\r\n", 400, "bad chunk size line"),
                                   (b"3\r\n{}\r\n0\r\n\r\n", 400, "does not end where its size says"),
                                   # trailer lines without end: read up to a bound, not until the request's deadline
                                   (b"2\r\n{}\r\n0\r\n" + b"X-Trailer: 1\r\n" * 100, 400, "trailer does not end"),
-                                  (b"%x\r\n" % (serve.MAX_BODY + 1), 413, "over")):
+                                  (b"%x\r\n" % (serve.MAX_BODY + 1), 413, "over"),
+                                  # over it in all, each chunk under it: the chunks' sizes add up
+                                  ((b"%x\r\n%s\r\n" % (half, b" " * half)) * 2 + b"0\r\n\r\n", 413, "over")):
         got, err, headers = raw(api, b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks)
         assert got == status and headers["Connection"] == "close" and words in err["error"]["message"]
 
@@ -957,6 +991,17 @@ def test_context_length_message_reads_right(api, enc):
     assert status == 400 and err["error"]["message"] == (
         f"this model's context holds {BLOCK} tokens, the prompt takes {n} of them, leaving none for a reply; shorten "
         f"the input")
+    # messages that fill it exactly, no max_tokens given: refused as that, not answered with an empty reply
+    full = [{"role": "user", "content": "word" + " word" * 54}]
+    assert len(render_chat(enc, full, add_generation_prompt=True)[0]) == BLOCK
+    status, err, _ = post(api, "/v1/chat/completions", {"messages": full})
+    assert status == 400 and err["error"]["message"] == (
+        f"this model's context holds {BLOCK} tokens, the messages take {BLOCK} of them, leaving none for a reply; "
+        f"shorten the input")
+    # a completion without max_tokens, the server's (256) over the context: it takes what the prompt leaves
+    status, body, _ = post(api, "/v1/completions", {"prompt": "Once upon a time"})
+    assert api.max_tokens > BLOCK and status == 200, body
+    assert api.worker.recent[-1]["max_tokens"] == BLOCK - len(enc.encode("Once upon a time"))
 
 # -----------------------------------------------------------------------------
 # concurrency and hung-up clients
