@@ -857,6 +857,11 @@ def test_a_checkpoint_edited_into_other_weights_or_ids_is_refused(tmp_path, caps
             ("bool", lambda c: c["model"].update({k: v.bool() for k, v in c["model"].items() if "ln_f" in k}),
              "is a damaged checkpoint (its model, config or tokenizer entry is not what train.py writes)"),
             ("text", lambda c: c["tokenizer"].update(bpe=None),
+             "is a damaged checkpoint (its model, config or tokenizer entry is not what train.py writes)"),
+            # entries of another type altogether: an AttributeError traceback, "does not match this model code"
+            ("model", lambda c: c.update(model=list(c["model"].values())),
+             "is a damaged checkpoint (its model, config or tokenizer entry is not what train.py writes)"),
+            ("config", lambda c: c.update(config=list(c["config"].items())),
              "is a damaged checkpoint (its model, config or tokenizer entry is not what train.py writes)")):
         edited = torch.load(good, weights_only=True)
         edit(edited)
