@@ -482,6 +482,7 @@ def test_answers_send_their_text_in_utf8(api, enc, monkeypatch):
             assert stream_text(body) == text and "Content-Type: text/event-stream; charset=utf-8" in head, head
         else:
             assert f"Content-Length: {len(body)}" in head and json.loads(body)["choices"][0]["text"] == text
+            assert json.loads(body)["choices"][0]["logprobs"] is None  # (OpenAI's schema has the field: null)
 
 
 def test_a_lone_surrogate_is_sent_back_escaped_never_as_invalid_utf8(enc):
@@ -705,6 +706,9 @@ def test_a_body_over_the_limit_gets_its_413(api, monkeypatch):
     """Python's http.client (under requests and the openai client) sends all of a body before it reads the answer: the
     server answered 413 and closed with the body unread, and a 20 MB upload ended in BrokenPipeError or a reset, no
     413. The server now reads and drops what follows the answer, up to serve.DRAIN bytes: no further."""
+    # the limit itself is taken: a body of MAX_BODY bytes, its JSON object padded with spaces
+    body = json.dumps({"prompt": "Hi", "max_tokens": 1}).encode()
+    assert post(api, "/v1/completions", body + b" " * (serve.MAX_BODY - len(body)))[0] == 200
     for body in (b"x" * (20 << 20), iter([b"x" * (1 << 20)] * 20)):  # a Content-Length, then chunked
         conn = http.client.HTTPConnection(*api.server_address[:2], timeout=60)
         conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
