@@ -201,40 +201,35 @@ def test_chat_reply_stops_at_im_end_and_keeps_history(enc):
 
 def test_chat_piped_session(la_ckpt, enc):
     # the real command line with stdin piped: replies one per line, each followed (with --verbose)
-    # by its [end: ...] marker; blank lines are ignored and /exit quits
-    stdin = "hello\n\nhow are you?\n/exit\nnever read\n"
+    # by its [end: ...] marker; blank lines are ignored and /exit quits. A U+FFFD written in UTF-8 is text as any
+    # other: a reply, and no warning that the input is not UTF-8
+    stdin = "hello\n\nhow are you?\n\ufffd ok\n/exit\nnever read\n"
     r = subprocess.run([sys.executable, GEN, la_ckpt, "--chat", "--verbose", "--seed", "0", "--temp", "1",
                         "--max_tokens", "16", "--system", "be brief"] + CPU,
                        input=stdin, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.split("\n")
-    assert lines[1::2][:2] == [f"[end: {IM_END}]"] * 2 and lines[4:] == [""], r.stdout
-    replies = lines[0:4:2]
+    assert lines[1::2][:3] == [f"[end: {IM_END}]"] * 3 and lines[6:] == [""], r.stdout
+    replies = lines[0:6:2]
     assert all(set(reply.split()) <= {"la"} for reply in replies)
+    assert "not UTF-8" not in r.stderr, r.stderr
     # the second prompt holds the first exchange: its token count is the rendered history's
     prompt_lens = [int(n) for n in re.findall(r"prompt (\d+) tokens", r.stderr)]
     history = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}]
     first = len(render_chat(enc, history, add_generation_prompt=True)[0])
     history += [{"role": "assistant", "content": replies[0]}, {"role": "user", "content": "how are you?"}]
     second = len(render_chat(enc, history, add_generation_prompt=True)[0])
-    assert prompt_lens == [first, second]
-    # bytes that are not UTF-8, under a strict UTF-8 stdin (as with LANG=en_US.UTF-8): a reply, not a traceback
-    r = subprocess.run([sys.executable, GEN, la_ckpt, "--chat", "--verbose", "--seed", "0", "--max_tokens", "4"] + CPU,
-                       input=b"caf\xe9 \xff\n", capture_output=True, timeout=120,
-                       env={**os.environ, "PYTHONIOENCODING": "utf-8"})
-    assert r.returncode == 0 and r.stdout.count(b"[end: ") == 1, r.stderr.decode()[-2000:]
-    # Chinese Windows' text (GBK) piped in: each line was U+FFFD to the model, without a word. Said once, chat goes on
+    assert prompt_lens[:2] == [first, second] and len(prompt_lens) == 3
+    # bytes that are not UTF-8, under a strict UTF-8 stdin (as with LANG=en_US.UTF-8): replies, not a traceback.
+    # Chinese Windows' text (GBK) piped in: each line was U+FFFD to the model, without a word. Said once (the first
+    # such line names the encoding), chat goes on, through a latin-1 line and a U+FFFD written in UTF-8
     gbk = "你好\n".encode("gbk") * 2
     r = subprocess.run([sys.executable, GEN, la_ckpt, "--chat", "--verbose", "--seed", "0", "--max_tokens", "4"] + CPU,
-                       input=gbk + "\ufffd ok\n".encode(), capture_output=True, timeout=120,
+                       input=gbk + b"caf\xe9 \xff\n" + "\ufffd ok\n".encode(), capture_output=True, timeout=120,
                        env={**os.environ, "PYTHONIOENCODING": "utf-8"})
     err = r.stderr.decode()
-    assert r.returncode == 0 and r.stdout.count(b"[end: ") == 3, err[-2000:]
+    assert r.returncode == 0 and r.stdout.count(b"[end: ") == 4, err[-2000:]
     assert err.count("warning: the input is not UTF-8 text") == 1 and "`iconv -f gb18030 -t utf-8`" in err, err
-    # a U+FFFD written in UTF-8 is text as any other: no warning
-    r = subprocess.run([sys.executable, GEN, la_ckpt, "--chat", "--max_tokens", "2", "--seed", "0"] + CPU,
-                       input="\ufffd ok\n".encode(), capture_output=True, timeout=120)
-    assert r.returncode == 0 and "not UTF-8" not in r.stderr.decode(), r.stderr.decode()
 
 
 @pytest.mark.parametrize("text,encoding", [("Привет, как дела? Всё хорошо.", "cp1251"),
