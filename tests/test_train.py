@@ -1054,6 +1054,11 @@ class StepClock:
         self.now += seconds
 
 
+# 1 layer x 32 for args_for's 2 x 64: a step a quarter of the time. For runs on StepClock's time, where what is checked
+# (logs, evaluations, bars and ends on the clock) does not depend on the model's size (saves timed by slow_disk do)
+SMALL = ["--n_layer", "1", "--n_embd", "32"]
+
+
 def boom(error=UserError):
     raise error("boom")
 
@@ -3515,7 +3520,7 @@ def test_time_budget_ends_the_run_and_spans_the_schedule(env, tmp_path, monkeypa
     # evaluations follow the clock's slices alone here: spaced by their cost (tested below)
     monkeypatch.setattr(train, "EVAL_SPACING", 0)
     s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--time_budget", budget_min, "--lr", "1e-3",
-                             "--warmup", "30%", "--output_checkpoint", str(tmp_path / "{dataset}.pt")))
+                             "--warmup", "30%", *SMALL, "--output_checkpoint", str(tmp_path / "{dataset}.pt")))
     assert s["stopped"] == "time budget"
     assert s["epochs_done"] > 1  # epochs repeat until the budget ends
     ck = load_checkpoint(str(tmp_path / "mini.pt"))
@@ -3608,7 +3613,7 @@ def test_slow_evaluations_leave_a_budget_to_training(env, tmp_path, monkeypatch)
     """An evaluation longer than the budget's 10% slices (GPT-2's 50k-wide head on a CPU: 5 s against a 1-minute
     budget's 6-s slices) came after every step and took 85% of the budget. They are spaced by 3 times their cost."""
     StepClock(monkeypatch, step=1 / 8, evaluation=1.0)
-    s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--time_budget", "0.15",
+    s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--time_budget", "0.15", *SMALL,
                              "--output_checkpoint", str(tmp_path / "{dataset}.pt")))  # 9 s, slices of 0.9 s
     evals = [r for r in read_metrics(s["metrics"]) if r["val_loss"] is not None]
     # the first at 10%, then one at most every ~4 s of the 9 (3 s of training per 1-s evaluation), and the last
@@ -3619,7 +3624,7 @@ def test_slow_evaluations_leave_a_budget_to_training(env, tmp_path, monkeypatch)
         [(r["step"], r["elapsed"]) for r in evals]
     # and one that leaves 3 times its cost before the final evaluation is made: with 12 s, the one due at 6 s (ended
     # at 7 s, the final one ~10.9 s in), or the curve loses a point the README's rule keeps
-    s = train.train(args_for(env, tmp_path / "12s", "--dataset", "mini", "--time_budget", "0.2",
+    s = train.train(args_for(env, tmp_path / "12s", "--dataset", "mini", "--time_budget", "0.2", *SMALL,
                              "--output_checkpoint", str(tmp_path / "12s" / "{dataset}.pt")))
     evals = [r for r in read_metrics(s["metrics"]) if r["val_loss"] is not None]
     # (each 3 s after the last one ended, not after it began: spaced by 2 s of training, one came at 4.88 s)
@@ -3665,7 +3670,7 @@ def test_log_lines_count_down_to_what_ends_first(env, tmp_path, monkeypatch, cap
     # a budget that ends before the epoch (or --max_steps) ends the run: "epoch ends in 4s" was said with 2 s of a
     # budget left, of an epoch the run never finished
     StepClock(monkeypatch)  # 1/8-s steps: a 3-s budget takes 24, fewer than an epoch of the story set
-    quiet = ["--log_interval", 10, "--eval_interval", 0, "--save_interval", 0]
+    quiet = ["--log_interval", 10, "--eval_interval", 0, "--save_interval", 0, *SMALL]
     s = train.train(args_for(env, tmp_path / "a", "--dataset", "story", "--time_budget", 0.05, *quiet))
     assert s["steps"] < train.Batches(train.Windows(train.load_meta(env["data"], "story"), "train", 64), 16, 1,
                                       0).steps_per_epoch, "the budget no longer ends inside the epoch"
@@ -3675,7 +3680,7 @@ def test_log_lines_count_down_to_what_ends_first(env, tmp_path, monkeypatch, cap
     assert all(what == "budget" and int(left) == int(3 - elapsed[int(step)]) for step, what, left in lines), lines
     # --max_steps ends the run before its epoch, whose end the last ones are no more about; an epoch that ends first is
     s = train.train(args_for(env, tmp_path / "b", "--dataset", "story", "--max_steps", 20, "--log_interval", 20,
-                             "--eval_interval", 0, "--save_interval", 0))
+                             "--eval_interval", 0, "--save_interval", 0, *SMALL))
     lines = re.findall(r"^step (\d+) .* (\w+) ends in (\d+)s$", capsys.readouterr().out, re.M)
     assert [what for _, what, _ in lines] == ["run"] * len(lines) and lines[-1][2] == "0", lines
     s = train.train(args_for(env, tmp_path / "c", "--dataset", "mini", "--time_budget", 0.05, *quiet))
@@ -3710,10 +3715,10 @@ def test_the_bar_counts_epochs_towards_epochs_given_only(env, tmp_path, monkeypa
             super().__init__(*a, **k)
     monkeypatch.setattr(train, "EpochBar", Bar)
     StepClock(monkeypatch)
-    train.train(args_for(env, tmp_path / "a", "--dataset", "mini", "--time_budget", 0.05))
+    train.train(args_for(env, tmp_path / "a", "--dataset", "mini", "--time_budget", 0.05, *SMALL))
     assert len(bars) >= 2 and bars[:2] == ["epoch 1", "epoch 2"], bars
     bars.clear()
-    train.train(args_for(env, tmp_path / "b", "--dataset", "mini", "--time_budget", 0.05, "--epochs", 2))
+    train.train(args_for(env, tmp_path / "b", "--dataset", "mini", "--time_budget", 0.05, "--epochs", 2, *SMALL))
     assert bars == ["epoch 1/2", "epoch 2/2"], bars
 
 
@@ -3727,7 +3732,7 @@ def test_the_bar_says_when_the_run_ends(env, tmp_path, monkeypatch, capsys):
 
     def frames(*extra):
         train.train(args_for(env, tmp_path, "--dataset", "story", "--eval_interval", 0, "--save_interval", 0,
-                             "--overwrite", *extra))
+                             "--overwrite", *SMALL, *extra))
         shown = []  # (step, of steps, what ends, in) of each drawing, or its [...] where it says no end
         for n, total, times in re.findall(r"\| (\d+)/(\d+) \[([^\]]*)\]", capsys.readouterr().err):
             end = re.match(r"[\d:]+, (?:(\w+) )?ends in ([^,]+),", times)
@@ -4005,7 +4010,7 @@ def test_a_budget_run_that_reaches_max_steps_says_so(env, tmp_path, monkeypatch,
     # evaluation the run in one go never made), and the run stopped by --max_steps
     StepClock(monkeypatch, step=1 / 8, evaluation=1 / 4)
     monkeypatch.setattr(train, "EVAL_SPACING", 0)  # evaluations at each 10% slice of the clock
-    argv = ["--dataset", "mini", "--time_budget", 0.1]
+    argv = ["--dataset", "mini", "--time_budget", 0.1, *SMALL]
     by_clock = train.train(args_for(env, tmp_path / "a", *argv))
     recs = read_metrics(by_clock["metrics"])
     skipped = [r["step"] for r in recs[:-1] if r["val_loss"] is None]  # its slice's log, without the evaluation
