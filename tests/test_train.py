@@ -3551,14 +3551,14 @@ def test_a_budget_run_that_runs_out_of_epochs_is_saved_and_evaluated(env, tmp_pa
     """--time_budget with --epochs: the run that ends by its epochs before the clock was neither evaluated nor saved at
     its last step (a run shorter than a log slice left no file at all)."""
     StepClock(monkeypatch)  # 24 steps in the 3-s budget below: on the real clock a busy machine did not end an epoch
-    s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--time_budget", "5", "--epochs", "1",
+    s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--time_budget", "5", "--epochs", "1", *SMALL,
                              "--output_checkpoint", str(tmp_path / "{dataset}.pt")))
     assert s["stopped"] == "done" and s["checkpoint"] == str(tmp_path / "mini.pt")
     ck = load_checkpoint(s["checkpoint"])
     assert ck["step"] == s["steps"] and ck["epoch"] == 1 and ck["val_loss"] is not None
     assert read_metrics(s["metrics"])[-1]["step"] == s["steps"]
     # a run without a budget continued with one: the budget ends it, not the run's --epochs
-    first = train.train(args_for(env, tmp_path / "e", "--dataset", "mini", "--max_steps", "2"))
+    first = train.train(args_for(env, tmp_path / "e", "--dataset", "mini", "--max_steps", "2", *SMALL))
     ck = torch.load(first["checkpoint"], weights_only=True)
     ck["elapsed"] = ck["budget_elapsed"] = 3600.0  # an hour of training before: none of it is the new budget's
     torch.save(ck, first["checkpoint"])
@@ -3843,7 +3843,7 @@ def test_the_summary_gives_the_training_speed_beside_the_runs(env, tmp_path, mon
     on_step(monkeypatch, 1, lambda: clock.advance(20))
     clock = StepClock(monkeypatch, evaluation=1.0)
     s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--epochs", 2, "--log_interval", 23,
-                             "--eval_interval", 45, "--save_interval", 0))
+                             "--eval_interval", 45, "--save_interval", 0, *SMALL))
     rates = [r["tokens_per_s"] for r in read_metrics(s["metrics"])]
     assert min(rates) <= s["train_tokens_per_s"] <= max(rates), rates  # (an epoch's padded last step: fewer tokens)
     assert s["tokens_per_s"] < s["train_tokens_per_s"] / 5  # the 20-s first step and the evaluations count there
@@ -3853,7 +3853,7 @@ def test_the_summary_gives_the_training_speed_beside_the_runs(env, tmp_path, mon
     on_step(monkeypatch, 1, lambda: clock.advance(20))
     clock = StepClock(monkeypatch)
     s = train.train(args_for(env, tmp_path / "each", "--dataset", "mini", "--max_steps", 6, "--log_interval", 1,
-                             "--eval_interval", 0, "--save_interval", 0))
+                             "--eval_interval", 0, "--save_interval", 0, *SMALL))
     assert s["train_tokens_per_s"] == pytest.approx(max(r["tokens_per_s"] for r in read_metrics(s["metrics"])))
 
 
@@ -3871,7 +3871,7 @@ def test_a_budget_run_ends_within_a_step_of_its_budget(env, tmp_path, monkeypatc
         return timed_step(*a, **k)
     stalling.unpatched = timed_step.unpatched
     monkeypatch.setattr(train, "train_step", stalling)
-    s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--time_budget", 0.1, "--eval_interval", 25,
+    s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--time_budget", 0.1, "--eval_interval", 25, *SMALL,
                              "--output_checkpoint", str(tmp_path / "{dataset}.pt")))
     assert s["stopped"] == "time budget" and stalled
     assert 6 - 2 / 8 <= load_checkpoint(s["checkpoint"])["budget_elapsed"] <= 6, s["elapsed"]
@@ -3883,7 +3883,7 @@ def test_a_budget_run_without_evaluations_keeps_room_for_its_final_one(env, tmp_
     val = min(len(train.Windows(train.load_meta(env["data"], "mini"), "val", 64)), 8 * 4)  # --eval_batches 8 of 4
     StepClock(monkeypatch, step=1 / 8, evaluation=val / 4 * (1 / 8) / 3)
     s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--time_budget", 0.1, "--eval_interval", 0,
-                             "--batch_size", 4,
+                             "--batch_size", 4, *SMALL,
                              "--output_checkpoint", str(tmp_path / "{dataset}.pt")))
     assert s["stopped"] == "time budget" and s["val_loss"] is not None
     assert 6 - 1 <= s["elapsed"] <= 6, s["elapsed"]  # the whole run, its final evaluation and saves included
@@ -4026,7 +4026,7 @@ def test_a_budgets_last_scheduled_evaluation_leaves_the_rest_to_training(env, tm
     # from 1e-2 to 1e-4). It is skipped: the final one comes at the end of the budget
     StepClock(monkeypatch, step=1 / 8, evaluation=7 / 8)
     s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--time_budget", 0.1, "--lr", 1e-2, "--min_lr", 1e-4,
-                             "--output_checkpoint", str(tmp_path / "{dataset}.pt")))
+                             *SMALL, "--output_checkpoint", str(tmp_path / "{dataset}.pt")))
     assert s["stopped"] == "time budget" and 6 - 2 / 8 <= s["elapsed"] <= 6, s["elapsed"]
     assert read_metrics(s["metrics"])[-1]["lr"] < 1e-4 + 0.03 * (1e-2 - 1e-4)
 
