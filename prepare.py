@@ -1234,9 +1234,12 @@ def find_source(dataset, source=None, extra=True, limit=None, left=None):
                 raise UserError(f"--source {path}: no such file or folder")
             elif suffix(path) not in SUFFIXES:
                 head = b""
-                with contextlib.suppress(OSError):  # (a compressed file: notes.txt.gz, its way out the command)
-                    with open(path, "rb") as f:
-                        head = f.read(8)
+                # (a compressed file: notes.txt.gz, its way out the command. A file only: opening a named pipe waits
+                # for its writer, /dev/stdin for the keyboard, where the error came at once)
+                with contextlib.suppress(OSError):
+                    if os.path.isfile(path):
+                        with open(path, "rb") as f:
+                            head = f.read(8)
                 packed = decompress_fix(path, head)
                 raise UserError(f"--source {path}: unsupported file type; use {', '.join(SUFFIXES)}"
                                 f"{'; ' + packed if packed else table_fix(path)}")

@@ -751,6 +751,24 @@ def test_non_utf8_and_bad_input(tmp_path):
     assert not os.path.exists(os.path.join(out, "text", "train.bin"))
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_a_source_that_is_a_named_pipe_is_refused_at_once(tmp_path):
+    """--source of a type prepare.py does not read is refused; its first bytes are looked at for a compressed file's
+    (notes.txt.gz) only in a file: a named pipe with no writer (or /dev/stdin at a terminal) waited for one, for ever,
+    where the error came at once."""
+    import threading
+    fifo = str(tmp_path / "notes")
+    os.mkfifo(fifo)
+    errors = []
+    thread = threading.Thread(target=lambda: errors.append(pytest.raises(
+        UserError, prepare.find_source, "text", fifo).value), daemon=True)
+    thread.start()
+    thread.join(10)
+    if thread.is_alive():
+        open(fifo, "wb").close()  # (a writer: the waiting open ends)
+    assert not thread.is_alive() and errors and "notes: unsupported file type; use .txt" in str(errors[0]), errors
+
+
 def test_an_out_dir_that_is_a_datasets_own_folder_names_its_parent(tmp_path):
     """--out_dir data/notes (a dataset's folder, not the one that holds datasets) built data/notes/NAME, a dataset
     inside the dataset, without a word."""
