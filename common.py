@@ -631,7 +631,13 @@ def utf8_around(path, at):
     span = 1 << 16
     with open(path, "rb") as f:
         f.seek(max(0, at - span))
-        text = f.read(at - max(0, at - span) + 1 + span).decode("utf-8", "replace")
+        return mostly_utf8(f.read(at - max(0, at - span) + 1 + span))
+
+
+def mostly_utf8(data):
+    """Whether data holds as many characters beyond ASCII in valid UTF-8 as bytes that are none (utf8_around's reading
+    of a file; gen.py's of a line piped in)."""
+    text = data.decode("utf-8", "replace")
     return len(re.findall("[\x80-\ufffc\U00010000-\U0010ffff]", text)) >= text.count("\ufffd")
 
 

@@ -41,9 +41,9 @@ import torch
 
 from checkpoint import add_checkpoint_argument, find_checkpoints, load_model, parse_checkpoint
 from common import (ArgumentParser, UserError, add_device_arguments, at_least, atomic_write_text, autocast,
-                    check_output, color_ok, encoding_fix, first_line, fmt_count, latin1_fix, not_utf8, number, path_arg,
-                    pick_device, pick_dtype, require_utf8, retain_freed_memory, run_main, seeded_generator,
-                    slow_on_this_cpu, without_surrogates)
+                    check_output, color_ok, encoding_fix, first_line, fmt_count, latin1_fix, mostly_utf8, not_utf8,
+                    number, path_arg, pick_device, pick_dtype, require_utf8, retain_freed_memory, run_main,
+                    seeded_generator, slow_on_this_cpu, stray_byte_fix, without_surrogates)
 from setup_tokenizer import EOT, IM_END, IM_START, StreamDecoder, render_chat
 
 CHAT_HELP = "/reset clears the history, /exit or Ctrl-D quits, Ctrl-C stops a reply"
@@ -412,7 +412,10 @@ def read_lines(prompt, tty, quit_hint="Ctrl-D or /exit quits"):
                 raw = line.encode("utf-8", "surrogateescape")
                 line = raw.decode("utf-8", "replace")
                 if not warned:  # (the line's bytes tell its encoding as a file's do; "": no file to name)
-                    fix = "set the terminal to UTF-8" if tty else encoding_fix(raw, "") or latin1_fix("")
+                    # (a stray byte in UTF-8 text first, as not_utf8 reads a file: the encodings' guesses, which read
+                    # bytes as 8-bit text's, took a UTF-8 line of Russian or Chinese for Central European)
+                    fix = "set the terminal to UTF-8" if tty else stray_byte_fix("") if mostly_utf8(raw) else \
+                        encoding_fix(raw, "") or latin1_fix("")
                     print(f"warning: the input is not UTF-8 text, read with U+FFFD for its bytes that are not: {fix}",
                           file=sys.stderr)
                 warned = True

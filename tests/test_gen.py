@@ -246,6 +246,17 @@ def test_piped_input_that_is_not_utf8_is_told_its_encoding(text, encoding, monke
         "-t utf-8`" in err, err
 
 
+@pytest.mark.parametrize("text", ["Привет, как дела? Всё хорошо.", "你好，今天天气很好。", "caf\u00e9 cr\u00e8me"])
+def test_piped_utf8_input_with_a_stray_byte_is_told_so(text, monkeypatch, capsys):
+    """A UTF-8 line with one stray byte, piped in, was told to convert from cp1250 or latin2 (UTF-8's bytes read as
+    8-bit text's), which garbles its every other character: it is told a stray byte, as such a file is."""
+    lines = text.encode() + b"\xff\n"
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(lines), encoding="utf-8", errors="surrogateescape"))
+    assert list(gen.read_lines("> ", False)) == [text + "\ufffd"]
+    err = capsys.readouterr().err
+    assert "a stray byte? drop such bytes, e.g. `iconv -c -f utf-8 -t utf-8`" in err and "iconv -f" not in err, err
+
+
 def test_chat_with_a_model_trained_on_plain_text_is_warned_of(enc, tmp_path, capsys):
     """make demo's story model answers --chat with a story that never ends its turn: the user is told why. A chat
     model given --prompt continues the text with turns of its own (<|im_end|> as text): --chat is named."""
