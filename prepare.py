@@ -3003,6 +3003,14 @@ def val_split_description(plan, val_fraction, mixed):
             + ("; train-only extra files excluded" if "train" in roles else ""))
 
 
+def fmt_mb(mb, digits=1):
+    """mb megabytes (a size, or a speed) as print_summary says them: in MB to digits, or under what they show in kB,
+    under a kB in bytes (a few dozen kB of chats read "0.0 MB", a line of text "0.0 kB", its speed "0.0 kB/s": none)."""
+    if mb >= 0.5 * 10 ** -digits:
+        return f"{mb:.{digits}f} MB"
+    return f"{mb * 1e3:.1f} kB" if mb >= 0.001 else f"{round(mb * 1e6):,} bytes"
+
+
 def print_summary(folder, meta, plan, limit, dt):
     """The lines said of a dataset just built into folder from plan, its meta.json meta, in dt seconds: its counts and
     speed, then what --limit, packing, the records left out (--skip_bad_records's, and those with nothing to train
@@ -3017,13 +3025,10 @@ def print_summary(folder, meta, plan, limit, dt):
         f", {cut:,} cut into train and val" if cut else "")
     if meta["val_repeats"]:  # (else a count short of the source's reads as documents lost)
         where += f"; {meta['val_repeats']:,} left out of val (already in train or val)"
-    # (a few dozen kB of chats read "0.0 MB", a line of text "0.0 kB": none)
-    size = f"{mb:.1f} MB" if mb >= 0.05 else f"{mb * 1e3:.1f} kB" if mb >= 0.001 else f"{round(mb * 1e6):,} bytes"
-    # (and a small set's speeds, "0.00 MB/s, 0.00M tokens/s", read as nothing done)
-    rate = f"{mb / dt:.2f} MB/s" if mb / dt >= 0.005 else f"{mb / dt * 1e3:.1f} kB/s"
+    # (a small set's speeds, "0.00 MB/s, 0.00M tokens/s", read as nothing done)
     print(f"{folder}: {docs:,} document{'' if docs == 1 else 's'} ({where}), "
-          f"{tokens:,} tokens ({tr['tokens']:,} / {va['tokens']:,}), {size} of text in {dt:.1f}s: "
-          f"{rate}, {fmt_count(tokens / dt)} tokens/s")
+          f"{tokens:,} tokens ({tr['tokens']:,} / {va['tokens']:,}), {fmt_mb(mb)} of text in {dt:.1f}s: "
+          f"{fmt_mb(mb / dt, 2)}/s, {fmt_count(tokens / dt)} tokens/s")
     if limit and any({"split", "train"} <= {role for role, _, _ in p["streams"]} for p in plan.get("parts", [plan])):
         # (else --limit 2000 giving 4,000 documents is a puzzle). Not said of a source's own validation split,
         # whose train files are "train" too (DailyDialog has no extra files, and no val cut from its files), nor of a
