@@ -610,8 +610,9 @@ def stray_byte_fix(path):
 # Windows' "ANSI" text, cp1252, which most text that is not UTF-8 is today: its bytes 0x80-0x9F are curly quotes,
 # dashes, the euro sign, which converted from latin1 become C1 control characters, invisible, the dataset garbled
 # without a word; latin1 text proper holds no such byte. cp1252 leaves 0x81, 0x8D, 0x8F, 0x90 and 0x9D undefined, and
-# iconv -f cp1252 stops on one, naming its position: a file holding one gets this advice still, as the file is then in
-# neither (cp1250's or Mac Roman's letters, or a stray byte), and a stop says so where latin1 would say nothing.
+# iconv -f cp1252 stops on one, naming its position: a file holding 0x81 or 0x90 gets this advice still, as the file is
+# then in neither (Mac Roman's letters, or a stray byte), and a stop says so where latin1 would say nothing; one holding
+# 0x8D, 0x8F or 0x9D, cp1250's Ť Ź ť, is told cp1250 (central_european), Mac Roman's ç è ù too.
 def cp1252_fix(path):
     return ("it looks like Windows-1252 (bytes 0x80-0x9F: curly quotes, dashes, the euro sign): convert it, e.g. "
             f"{fix_command('iconv -f cp1252 -t utf-8', path)}")
