@@ -1431,9 +1431,10 @@ def add_device_arguments(p, dtype=True, inherited=False):
     checkpoint when left out (None then)."""
     p.add_argument("--device", default="auto", help=f"{DEVICES} (default: auto = CUDA, then MPS, then CPU)")
     if dtype:
-        said = "default: the checkpoint's when continuing a run, else auto" if inherited else "default auto"
+        # ("(default: X)", as every default is said, --device's and bench.py's --dtype's "auto = ..." too)
+        said = "default: the checkpoint's when continuing a run, else auto:" if inherited else "default: auto ="
         p.add_argument("--dtype", default=None if inherited else "auto", choices=["auto", *DTYPES],
-                       help=f"autocast precision ({said}: {AUTO_DTYPE})")
+                       help=f"autocast precision ({said} {AUTO_DTYPE})")
 
 
 def pick_device(name="auto", interactive=None):

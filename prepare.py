@@ -3105,7 +3105,7 @@ def main(argv=None):
                         f"{DEFAULT_VAL_FRACTION:g})")
     p.add_argument("--force", action="store_true", help="rebuild even if up to date, and replace a folder holding another dataset")
     p.add_argument("--out_dir", "--data_dir", dest="out_dir", type=path_arg, default=DEFAULT_OUT_DIR,
-                   help="where dataset folders go (the folder train.py and eval.py take as --data_dir; default data)")
+                   help="where dataset folders go (the folder train.py and eval.py take as --data_dir) (default: data)")
     p.add_argument("--name", type=nonempty, help="the dataset's folder name (default: the dataset)")
     p.add_argument("--no_extra", action="store_true", help="story: leave out the train-only extra stories (the mirror's TinyStories-train-head files)")
     p.add_argument("--mix", type=nonempty, metavar="NAME:WEIGHT,...",

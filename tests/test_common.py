@@ -1241,3 +1241,18 @@ def test_a_progress_bar_is_drawn_on_a_sized_terminal_only(tmp_path):
             assert common.draws_a_bar(tty) is drawn, (rows, columns)
     with open(tmp_path / "log", "w") as f:
         assert common.draws_a_bar(f) is False
+
+
+@pytest.mark.parametrize("script", ["prepare", "train", "gen", "eval", "serve", "export", "bench"])
+def test_help_says_every_default_one_way(script, capsys, monkeypatch):
+    """--help says a default "(default: X)": gen.py's, eval.py's and serve.py's --dtype said "(default auto: bf16
+    where...)" beside --device's "(default: auto = CUDA...)", and prepare.py's --out_dir "; default data"."""
+    import importlib
+    monkeypatch.setenv("COLUMNS", "100")
+    module = importlib.import_module(script)
+    show = {"prepare": module.main, "bench": lambda argv: module.get_parser().parse_args(argv)}.get(script)
+    with pytest.raises(SystemExit) as e:
+        (show or module.parse_args)(["--help"])
+    said = " ".join(capsys.readouterr().out.split())  # (its lines joined: a default may wrap)
+    assert e.value.code == 0 and "default: " in said and not re.findall(r".{30}(?:\(default [^:]|; default ).{20}",
+                                                                         said)
