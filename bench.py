@@ -701,7 +701,7 @@ def sizes_arg(text):
 
 
 def get_parser():
-    p = ArgumentParser("bench.py", description=__doc__.strip(),
+    p = ArgumentParser("bench.py", description=(__doc__ or "").strip(),  # (None under python -OO)
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Sections: peak (matmul FLOP/s), train (tokens/s, MFU), gen (tokens/s, KV cache "
                                        "speed-up), ratio (small vs GPT-2 vocabulary), prepare (tokenizer MB/s).")

@@ -752,9 +752,10 @@ def files_sample(files):
 
 def main(argv=None):
     # the docstring's examples, as every script's --help gives its own (its text after them is for readers of the code)
-    examples = __doc__.split("\n\n")[1]
-    p = ArgumentParser("setup_tokenizer.py", formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description=f"Show how text tokenizes, or train a custom BPE vocabulary.\n\n{examples}")
+    # (none under python -OO, which drops docstrings: every command was an AttributeError)
+    examples = (__doc__ or "").split("\n\n")[1:2]
+    about = "\n\n".join(["Show how text tokenizes, or train a custom BPE vocabulary.", *examples])
+    p = ArgumentParser("setup_tokenizer.py", formatter_class=argparse.RawDescriptionHelpFormatter, description=about)
     # the metavar: without a command, argparse's error named the dest ("required: cmd"), not the commands to give
     sub = p.add_subparsers(dest="cmd", required=True, metavar="{show,train}")
     s = sub.add_parser("show", help="print the tokens and ids of a text")

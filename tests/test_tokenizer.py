@@ -680,6 +680,14 @@ def test_cli_show_gives_a_non_ascii_tokens_characters_beside_its_bytes(gpt2, cap
         piece = gpt2.decode_single_token_bytes(int(i))
         assert shown == repr(piece) + (f"  {repr(' café')}" if piece == " café".encode() else ""), shown
 
+def test_cli_runs_without_docstrings(gpt2, capsys, monkeypatch):
+    """Under python -OO (PYTHONOPTIMIZE=2), which drops docstrings, every setup_tokenizer.py command was an
+    AttributeError: --help's examples are read from the docstring. They are left out then; the command runs."""
+    monkeypatch.setattr(setup_tokenizer, "__doc__", None)
+    code, out, err = run_in_process(setup_tokenizer.main, ["show", "hi"], capsys)
+    assert code == 0 and err == "" and out.splitlines()[-1].startswith("1 tokens"), (out, err)
+
+
 def test_cli_show_gives_a_special_token_as_one_id(gpt2, capsys):
     """README's `python setup_tokenizer.py show "Hello <|im_start|> world"`: the ChatML token is one id, as the chat
     renderer writes it (it ended in tiktoken's "disallowed special token" traceback)."""
