@@ -672,26 +672,32 @@ def gb18030_fix(path):
 # spaces and punctuation. Counted: words of two letters at least (Russian's "в" and "и" are one), no byte beyond ASCII
 # next to them but cp1251's quotes and ellipsis; GBK's and EUC-KR's runs, of any byte from 0xA1 up, seldom hold only
 # letters' bytes. Checked before east_asian, as Cyrillic words of even length can read as GB18030, and before
-# holds_c1_bytes, as cp1251 has cp1252's dashes and quotes at 0x80-0x9F. KOI8-R is told from cp1251 by case: its small
-# letters are 0xC0-0xDF, cp1251's capitals, which seldom come after a word's first letter. Greek Windows' cp1253 has
-# its small letters where cp1251 has them, but its accented ά έ ή ί (0xDC-0xDF, in most Greek words) are cp1251's
-# capitals Ь Э Ю Я, and its final sigma ς (0xF2) ends words, where cp1251's т sits anywhere in one.
+# holds_c1_bytes, as cp1251 has cp1252's dashes and quotes at 0x80-0x9F. Greek Windows' cp1253 has its small letters
+# where cp1251 has them, but its accented ά έ ή ί (0xDC-0xDF, in most Greek words) are cp1251's capitals Ь Э Ю Я, and
+# its final sigma ς (0xF2) ends words, where cp1251's т sits anywhere in one and KOI8-R's Р opens one. KOI8-R is told
+# from cp1251 by which reads more of Russian's commonest letters: by case (KOI8-R's small letters are cp1251's
+# capitals) all-capital text is told wrong. (KOI8-R reads Greek's vowels as Russian's: Greek is told first.)
+# letters' bytes: 0xC0-0xFF, and below them cp1251's Ё ё, Ukrainian's and Belarusian's І і Ї ї Є є Ґ ґ Ў ў (Ј ј
+# Serbian's), which hold KOI8-R's Ё ё too (0xA3, 0xB3)
+CYRILLIC_BYTES = rb"\xa1-\xa3\xa5\xa8\xaa\xaf\xb2-\xb4\xb8\xba\xbc\xbf\xc0-\xff"
+
+
 def letters_encoding(data):
     """The 8-bit encoding, "cp1251", "koi8-r" or "cp1253", whose words of letters most of the bytes 0xC0-0xFF in data
     (not_utf8's: a file's bytes from its first that is not UTF-8) form: runs of them that neither an ASCII letter nor
     another byte beyond ASCII (but a quote or an ellipsis) touches. None where they form no such words."""
     # the bytes beyond ASCII that may not touch a word: all but cp1251's « » „ “ ” and … (as in «книга»…)
     other = rb"A-Za-z\x80-\x83\x86-\x92\x95-\xaa\xac-\xba\xbc-\xff"
-    words = re.findall(rb"(?<![%s])[\xa8\xb8\xc0-\xff]{2,}(?![%s])" % (other, other), data)
-    if not sum(map(len, words)) >= 0.8 * len(re.findall(rb"[\xa8\xb8\xc0-\xff]", data)) > 0:
+    words = re.findall(rb"(?<![%s])[%s]{2,}(?![%s])" % (other, CYRILLIC_BYTES, other), data)
+    if not sum(map(len, words)) >= 0.8 * len(re.findall(rb"[%s]" % CYRILLIC_BYTES, data)) > 0:
         return None
-    inner = [b for w in words for b in w[1:]]  # a word's letters but its first, small ones mostly
-    if 2 * sum(0xC0 <= b < 0xE0 for b in inner) > len(inner):
-        return "koi8-r"
+    inner = [b for w in words for b in w[1:]]  # a word's letters but its first
     sigmas = [i == len(w) - 1 for w in words for i, b in enumerate(w) if b == 0xF2]  # (whether each 0xF2 ends its word)
-    if any(0xDC <= b < 0xE0 for b in inner) and sum(sigmas) >= 0.9 * len(sigmas):
+    if any(0xDC <= b < 0xE0 for b in inner) and sigmas and sum(sigmas) >= 0.9 * len(sigmas):
         return "cp1253"
-    return "cp1251"
+    # Russian's commonest letters, о е а и (a third of its text), as each encoding reads the words, in either case
+    text = b" ".join(words)
+    return max(("cp1251", "koi8-r"), key=lambda enc: sum(map(text.decode(enc).lower().count, "оеаи")))
 
 
 # Polish, Czech or Slovak Windows' text, cp1250, and the ISO standard before it, latin2: from cp1252 or latin1 their

@@ -852,6 +852,16 @@ def test_first_bad_utf8_names_line_and_offset_in_bounded_memory(tmp_path):
     os.close(r)
 
 
+@pytest.mark.parametrize("encoding", ["cp1251", "koi8-r"])
+def test_cyrillic_text_is_told_its_encoding_in_capitals_too(encoding):
+    """KOI8-R was told from cp1251 by case (its small letters are cp1251's capitals): a line in capitals, a heading
+    or a warning sign's, was named the other one, whose iconv garbles every letter. Russian's commonest letters tell."""
+    from common import letters_encoding
+    for text in ("ВНИМАНИЕ! ОПАСНАЯ ЗОНА", "ГЛАВА ПЕРВАЯ. Он пришёл домой.", "Кот и пёс живут вместе. Щука, чай, эхо."):
+        assert letters_encoding(text.encode(encoding)) == encoding, text
+    assert letters_encoding("Γεια σου, τι κάνεις; Όλα καλά.".encode("cp1253")) == "cp1253"
+
+
 def test_a_stray_byte_in_utf8_text_is_not_answered_with_a_latin1_conversion(tmp_path):
     """A chat log with emoji and accents and one stray byte: `iconv -f latin1 -t utf-8`, the advice for latin1 text,
     turned every emoji and accent into mojibake, and prepare.py then took the garbled file. Dropping the byte is the
