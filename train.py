@@ -148,7 +148,8 @@ def preset_arg(text):
     if text not in PRESETS and (os.path.exists(text) or "/" in text or os.sep in text or text.endswith(".pt")):
         checkpoint = f"go on from (or fine-tune) a checkpoint with --checkpoint {text}"
         folder = f"fine-tune a Hugging Face model folder with --init_from {text}"
-        fix = folder if os.path.isdir(text) else checkpoint if os.path.isfile(text) else f"{checkpoint}; {folder}"
+        fix = folder if os.path.isdir(text) else checkpoint if os.path.isfile(text) or text.endswith(".pt") else \
+            f"{checkpoint}; {folder}"
         raise argparse.ArgumentTypeError(f"{text} is a model to load, and --model is a new model's size preset "
                                          f"({', '.join(PRESETS)}): {fix}")
     return text

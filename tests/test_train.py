@@ -2992,7 +2992,9 @@ def test_a_model_to_load_given_as_model_names_the_option_that_loads_it(tmp_path,
     (tmp_path / "gpt2-folder").mkdir()
     for given, said in ((tmp_path / "story_best.pt", f"--checkpoint {tmp_path / 'story_best.pt'}; see"),
                         (tmp_path / "gpt2-folder", f"--init_from {tmp_path / 'gpt2-folder'}; see"),
-                        ("gpt3", "invalid choice: 'gpt3'")):
+                        ("gpt3", "invalid choice: 'gpt3'"),
+                        # a .pt that is not there is a checkpoint mistyped, not a folder
+                        (tmp_path / "nosuch.pt", f"--checkpoint {tmp_path / 'nosuch.pt'}; see")):
         with pytest.raises(SystemExit) as e:
             train.parse_args(["--model", str(given)])
         err = capsys.readouterr().err
