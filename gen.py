@@ -309,8 +309,8 @@ def columns(ch):
 
 # what may not open a line in Chinese or Japanese text (kinsoku): closing punctuation, written after the character it
 # follows with no space; and what may not end one: wide opening brackets (“ and ‘ are narrow, and a word already)
-CLOSING_CJK = "、。，．：；！？）」』】〉》〕”’…"
-OPENING_CJK = "（「『【〈《〔"
+CLOSING_CJK = "、。，．：；！？）］｝」』】〉》〕〗〙”’…"
+OPENING_CJK = "（［｛「『【〈《〔〖〘"
 
 
 class Printer:
