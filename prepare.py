@@ -3011,6 +3011,11 @@ def fmt_mb(mb, digits=1):
     return f"{mb * 1e3:.1f} kB" if mb >= 0.001 else f"{round(mb * 1e6):,} bytes"
 
 
+def per_file(counts):
+    """"a.txt (3), b.txt (1,102)" of {path: count}."""
+    return ", ".join(f"{os.path.basename(label)} ({k:,})" for label, k in counts.items())
+
+
 def print_summary(folder, meta, plan, limit, dt):
     """The lines said of a dataset just built into folder from plan, its meta.json meta, in dt seconds: its counts and
     speed, then what --limit, packing, the records left out (--skip_bad_records's, and those with nothing to train
@@ -3039,7 +3044,7 @@ def print_summary(folder, meta, plan, limit, dt):
     if repeats:  # (else the files' stories, counted, were more than the documents: 9,725 against 8,621)
         n = sum(repeats.values())
         print(f"  left out {n:,} stor{'ies' if n > 1 else 'y'} of the extra files already in an earlier file (case and "
-              f"spacing ignored): " + ", ".join(f"{os.path.basename(label)} ({k:,})" for label, k in repeats.items()))
+              f"spacing ignored): {per_file(repeats)}")
     if block:
         # (a conversation longer than a block trains in pieces, and an exchange longer than one without all of its
         # question: said here, not only in the README)
@@ -3064,7 +3069,7 @@ def print_summary(folder, meta, plan, limit, dt):
     if mended:  # (the text trained on is not the files': said)
         n = sum(mended.values())
         print(f"  mended {n:,} mojibake sequence{'s' * (n > 1)} (â€œ for “, â€™ for ’...: UTF-8 read as cp1252 "
-              f"upstream) in " + ", ".join(f"{os.path.basename(label)} ({k:,})" for label, k in mended.items()))
+              f"upstream) in {per_file(mended)}")
     left_out = plan.get("left_out") or LeftOut()
     for label, left in left_out.bad.items():  # (with --limit: of the records read)
         print(f"  --skip_bad_records: left out {left['count']:,} bad record{'s' * (left['count'] > 1)} of {label}: "
