@@ -695,9 +695,12 @@ def letters_encoding(data):
     sigmas = [i == len(w) - 1 for w in words for i, b in enumerate(w) if b == 0xF2]  # (whether each 0xF2 ends its word)
     if any(0xDC <= b < 0xE0 for b in inner) and sigmas and sum(sigmas) >= 0.9 * len(sigmas):
         return "cp1253"
-    # Russian's commonest letters, о е а и (a third of its text), as each encoding reads the words, in either case
+    # Russian's and Ukrainian's commonest letters, о е а и і (a third of their text), as each encoding reads the
+    # words, in either case; an eighth of random letters (GBK's two-byte characters can make such words: 你好)
     text = b" ".join(words)
-    return max(("cp1251", "koi8-r"), key=lambda enc: sum(map(text.decode(enc).lower().count, "оеаи")))
+    vowels = {enc: sum(map(text.decode(enc).lower().count, "оеаиі")) for enc in ("cp1251", "koi8-r")}
+    best = max(vowels, key=vowels.get)
+    return best if vowels[best] >= 0.25 * sum(map(len, words)) else None
 
 
 # Polish, Czech or Slovak Windows' text, cp1250, and the ISO standard before it, latin2: from cp1252 or latin1 their

@@ -860,6 +860,9 @@ def test_cyrillic_text_is_told_its_encoding_in_capitals_too(encoding):
     for text in ("ВНИМАНИЕ! ОПАСНАЯ ЗОНА", "ГЛАВА ПЕРВАЯ. Он пришёл домой.", "Кот и пёс живут вместе. Щука, чай, эхо."):
         assert letters_encoding(text.encode(encoding)) == encoding, text
     assert letters_encoding("Γεια σου, τι κάνεις; Όλα καλά.".encode("cp1253")) == "cp1253"
+    # GBK's two-byte characters can make such "words" (你好 is cp1251's ДгєГ): Russian reads a third vowels, they not
+    for text in ("你好", "你好，今天天气很好。", "我们明天去北京看长城吧。", "中华人民共和国"):
+        assert letters_encoding(text.encode("gbk")) is None, text
 
 
 def test_a_stray_byte_in_utf8_text_is_not_answered_with_a_latin1_conversion(tmp_path):
