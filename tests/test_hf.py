@@ -405,6 +405,8 @@ def test_hub_gpt2_imports_with_the_same_logits(hub_gpt2, enc):
     # GPT-2's own files give the gpt2 tokenizer, ChatML tokens added: data prepared with gpt2 fits it
     assert enc2.name == "gpt2" and tokenizer_hash(enc2) == tokenizer_hash(enc)
     assert model.config.vocab_size == 50259 and model.config.block_size == 64
+    # and its files (vocab.json + merges.txt, no tokenizer.json) are a --tokenizer for prepare.py: gpt2, its context 64
+    assert get_tokenizer(hub_gpt2["folder"]).name == "gpt2" and setup_tokenizer.model_context(hub_gpt2["folder"]) == 64
     idx = torch.randint(0, 50257, (2, 64), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ours, _ = model(idx)  # (2, 64, 50259)
