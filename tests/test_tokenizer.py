@@ -1,4 +1,5 @@
 import base64
+import json
 import os
 import re
 import shlex
@@ -87,6 +88,8 @@ def test_generation_prompt_and_bad_role(gpt2):
     assert sum(mask) == 0
     with pytest.raises(ValueError, match="role"):
         render_chat(gpt2, [{"role": "wizard", "content": "x"}])
+    with pytest.raises(ValueError, match="content must be text, got NoneType"):
+        render_chat(gpt2, [{"role": "user", "content": None}])
 
 
 def test_parse_chat_inverts_render_chat(gpt2, custom):
@@ -99,6 +102,8 @@ def test_parse_chat_inverts_render_chat(gpt2, custom):
         # padding around it, and a last turn cut before its <|im_end|>, are skipped
         eot = enc.encode_single_token(EOT)
         assert parse_chat(enc, [eot, eot] + ids + [eot] + ids[:-4]) == messages + messages[:-1]
+        # a turn cut short before another begins is skipped too, not run into the next one
+        assert parse_chat(enc, ids[:-4] + ids) == messages[:-1] + messages
 
 
 def test_stream_decoder_waits_for_complete_characters(gpt2):
@@ -118,6 +123,7 @@ def test_stream_decoder_after_a_prompt_that_ends_inside_a_character(gpt2):
     x = gpt2.encode_ordinary("x")
     for prompt, stream, want in ((x + [byte(0xF0)], [byte(0x9F), byte(0x98), byte(0x80), byte(0x21)], "\U0001F600!"),
                                  (x + [byte(0xF0), byte(0x9F)], [byte(0x98), byte(0x80)], "\U0001F600"),
+                                 (x + [byte(0xF0), byte(0x9F), byte(0x98)], [byte(0x80)], "\U0001F600"),  # 3 of 4
                                  (x + [byte(0xF0)], [byte(0x9F)] + gpt2.encode_ordinary(" a"), " a"),
                                  (x + [byte(0xC3)], [byte(0xE4), byte(0xBD), byte(0xA0)], "\u4f60"),
                                  (x + [byte(0xC3)], [byte(0xE4)], "\ufffd"),  # the stream's own, cut off
@@ -128,6 +134,9 @@ def test_stream_decoder_after_a_prompt_that_ends_inside_a_character(gpt2):
                                  (x + [byte(0xED)], [byte(0xA0)] + x, "\ufffdx"),
                                  (x + [byte(0xED)], [byte(0xA0), byte(0xEE)], "\ufffd\ufffd"),
                                  (x + [byte(0xED)], [byte(0xA0)], "\ufffd"),
+                                 (x + [byte(0xED), byte(0xA0)], x, "x"),  # both the prompt's: its U+FFFDs not streamed
+                                 # a token that finishes the character, then breaks: the character, then a U+FFFD
+                                 (x + [byte(0xC3)], [gpt2.encode_single_token(b"\xbf\xbd")], "\u00ff\ufffd"),
                                  (x, [byte(0xA9)] + x, "\ufffdx"),  # a prompt of whole characters: as without one
                                  (gpt2.encode_ordinary("h\u00e9"), [byte(0xC3), byte(0xA9)], "\u00e9")):
         dec = StreamDecoder(gpt2, after=prompt)
@@ -195,6 +204,20 @@ def test_a_vocabulary_for_a_script_with_combining_marks_joins_them_to_their_lett
         assert loaded.decode(loaded.encode_ordinary(MARKED)) == MARKED
 
 
+def test_a_vocabulary_whose_one_marked_token_is_of_3_bytes_reads_with_the_marks_pattern(tmp_path):
+    """The shortest tokens that join a letter and a mark are 3 bytes: e and U+0301 (CC 81: 0xCC, a mark's lowest first
+    byte), or U+0301 and t. A vocabulary that learned one of them alone is read with MARKS_PATTERN too, as it was
+    trained, not with GPT-2's, which cuts a mark from its letter: ids that data and models made with it never had."""
+    for name, text, word, token in (("e", "e\u0301\n" * 500, "e\u0301", b"e\xcc\x81"),
+                                    ("t", " ".join(f"{c}\u0301t" for c in "abcdefghijklmnopqrstuvwxyz") * 40,
+                                     "a\u0301t", b"\xcc\x81t")):
+        enc = setup_tokenizer.train_bpe([text], 261, str(tmp_path / f"{name}.tiktoken"))  # (2 merges)
+        assert token in enc._mergeable_ranks and max(map(len, enc._mergeable_ranks)) == 3
+        for loaded in (enc, get_tokenizer(str(tmp_path / f"{name}.tiktoken"))):
+            assert loaded._pat_str == setup_tokenizer.MARKS_PATTERN
+            assert loaded.encode_ordinary(word)[-1] == loaded.encode_single_token(token)
+
+
 def test_a_vocabulary_from_before_the_marks_pattern_keeps_gpt2s(tmp_path, custom):
     """A vocabulary trained with GPT-2's pattern (every one before MARKS_PATTERN) has no token joining a letter and a
     mark: it is read with GPT-2's pattern, so its ids and hash, which datasets and checkpoints recorded, stay. So is
@@ -204,6 +227,18 @@ def test_a_vocabulary_from_before_the_marks_pattern_keeps_gpt2s(tmp_path, custom
     assert get_tokenizer(str(tmp_path / "old.tiktoken"))._pat_str == setup_tokenizer.GPT2_PATTERN
     enc, _ = custom  # English (and "Grüße", precomposed): the same vocabulary whichever pattern trained it
     assert enc._pat_str == setup_tokenizer.GPT2_PATTERN
+
+
+def test_a_vocabularys_hash_stays_what_datasets_and_checkpoints_recorded(gpt2):
+    """meta.json and checkpoints record tokenizer_hash, and a vocabulary given with them is compared by it: computed
+    otherwise (its pattern, byte order, special tokens or length), every dataset and model made before would be "made
+    with another vocabulary". Pinned as every version has computed it: GPT-2's, and that of the bytes alone."""
+    bytes_only = "".join(f"{base64.b64encode(bytes([b])).decode()} {b}\n" for b in range(256))
+    assert tokenizer_hash(gpt2) == "e28c7a34c4d0ec81"
+    assert tokenizer_hash(setup_tokenizer.tokenizer_from_bpe(bytes_only)) == "ae7f31297ffda9c2"
+    # of the ranks, not of the order of a file's lines
+    reordered = "".join(reversed(bytes_only.splitlines(keepends=True)))
+    assert tokenizer_hash(setup_tokenizer.tokenizer_from_bpe(reordered)) == "ae7f31297ffda9c2"
 
 
 def test_gpt2_state_is_just_the_name(gpt2):
@@ -455,8 +490,9 @@ def test_cli_train_out_replaces_a_vocabulary_but_no_other_file(tmp_path, capsys)
         1, "", f"error: --out {notes} is not a vocabulary: the result would replace it; give another --out\n")
     assert notes.read_text() == "Book 1\nmy notes\n"
     vocab = tmp_path / "mine.vocab"  # a vocabulary not named .tiktoken
-    for out in (vocab, vocab):  # trained, then retrained in place
-        assert run_in_process(setup_tokenizer.main, argv + [str(out)], capsys)[0] == 0
+    for out in (vocab, vocab):  # trained, then retrained in place (no warning: the text supports 265 tokens)
+        code, said, err = run_in_process(setup_tokenizer.main, argv + [str(out)], capsys)
+        assert (code, err) == (0, "") and said.startswith("trained 265 tokens on "), (said, err)
     assert setup_tokenizer.get_tokenizer(str(vocab)).n_vocab == 265
     empty = tmp_path / "empty.txt"
     empty.write_text("")
@@ -486,6 +522,65 @@ def test_cli_train_keeps_a_vocabulary_a_prepared_dataset_reads(tmp_path, capsys,
     prepare.prepare("text", source=str(text), tokenizer="w.tiktoken")  # data/text reads w.tiktoken now
     assert run_in_process(setup_tokenizer.main, argv + ["v.tiktoken"], capsys)[0] == 0
     assert get_tokenizer("v.tiktoken").n_vocab == 270
+
+
+def test_cli_train_retrains_a_vocabulary_no_dataset_reads_any_more(tmp_path, capsys, monkeypatch):
+    """--out over a vocabulary is refused while a dataset in data/ reads it (its meta.json names the file and its
+    tokenizer_hash), the datasets named, and only then: a vocabulary changed since the datasets naming it were made
+    (they no longer read it), or too damaged to load (whose error says to retrain it in place), is retrained; a
+    dataset naming a vocabulary gone from its place, or none, refuses nothing."""
+    monkeypatch.chdir(tmp_path)  # where data/, prepare.py's default --out_dir, is
+    (tmp_path / "a.txt").write_text("the cat sat on the mat. " * 50, encoding="utf-8")
+    argv = ["train", "--input", "a.txt", "--vocab_size", "265", "--out", "v.tiktoken"]
+    assert run_in_process(setup_tokenizer.main, argv, capsys)[0] == 0
+    held = tokenizer_hash(get_tokenizer("v.tiktoken"))
+    for name, meta in (("a", {"tokenizer": str(tmp_path / "v.tiktoken"), "tokenizer_hash": held}), ("b", {}),
+                       ("gone", {"tokenizer": str(tmp_path / "gone.tiktoken"), "tokenizer_hash": held}),
+                       ("none", {"tokenizer": None}), ("c", {"tokenizer": "v.tiktoken", "tokenizer_hash": held})):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        (tmp_path / "data" / name / "meta.json").write_text(json.dumps({"splits": {}, "vocab_size": 268, **meta}))
+    for refused in ("data/a, data/c are", "data/a is"):
+        code, _, err = run_in_process(setup_tokenizer.main, argv, capsys)
+        assert (code, err.split(":")[1]) == (1, f" --out v.tiktoken is the vocabulary {refused} prepared with"), err
+        (tmp_path / "data" / "c" / "meta.json").unlink(missing_ok=True)
+    # changed since data/a was made (it reads it no more), or damaged: retrained in place
+    for text in ("the dog ran in the park. " * 50, None):
+        if text:
+            (tmp_path / "b.txt").write_text(text, encoding="utf-8")
+            other = ["train", "--input", "b.txt", "--vocab_size", "265", "--out", "w.tiktoken"]
+            assert run_in_process(setup_tokenizer.main, other, capsys)[0] == 0
+            os.replace("w.tiktoken", "v.tiktoken")
+        else:
+            (tmp_path / "v.tiktoken").write_text((tmp_path / "v.tiktoken").read_text()[:-3])  # cut short
+            with pytest.raises(UserError, match="cut short"):
+                get_tokenizer("v.tiktoken")
+        assert run_in_process(setup_tokenizer.main, argv, capsys)[0] == 0
+        assert tokenizer_hash(get_tokenizer("v.tiktoken")) == held
+
+
+def test_a_vocabulary_rewritten_in_place_is_read_afresh(tmp_path):
+    """get_tokenizer keeps a file's vocabulary for the next call, by its identity (inode, size, time): one written
+    again in place, as train_bpe writes it (a new file renamed over it), even to the same size, is read again, not
+    the one it replaced (prepare.py trains a dataset's vocabulary again in place when its data changed)."""
+    path = tmp_path / "v.tiktoken"
+    bytes_only = "".join(f"{base64.b64encode(bytes([b])).decode()} {b}\n" for b in range(256))
+    for token in (b"ab", b"cd"):  # (the same size of file)
+        common.atomic_write_text(str(path), bytes_only + f"{base64.b64encode(token).decode()} 256\n")
+        assert get_tokenizer(str(path)).encode_ordinary(token.decode()) == [256]
+
+
+def test_cli_paths_given_with_a_tilde_are_in_the_home_folder(tmp_path, capsys, monkeypatch):
+    """`--out=~/v.tiktoken`: the shell leaves ~ after `=`; every path option expands it as the other scripts' do
+    (test_common), not naming a folder ~ in the working directory."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    (home / "a.txt").write_text("the cat sat on the mat. " * 50, encoding="utf-8")
+    argv = ["train", "--input=~/a.txt", "--vocab_size", "265", "--out=~/v.tiktoken"]
+    assert run_in_process(setup_tokenizer.main, argv, capsys)[0] == 0 and (home / "v.tiktoken").is_file()
+    code, out, err = run_in_process(setup_tokenizer.main, ["show", "the cat", "--tokenizer=~/v.tiktoken"], capsys)
+    assert code == 0 and " vocabulary 265 (custom-" in out and not (tmp_path / "~").exists(), err
 
 
 def test_cli_train_expands_a_pattern_the_shell_left(tmp_path, capsys):
@@ -547,9 +642,10 @@ def test_cli_train_learns_from_at_most_vocab_text_chars_spread_over_the_files(tm
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("trained 300 tokens on the first 0M characters of the text (at most 0M characters, "
                                  "VOCAB_TEXT_CHARS: ")
-    # a pipe within the cap: the size of what it read, not the 0 bytes a pipe's stat gives ("on 0.0 MB")
-    r = subprocess.run([sys.executable, "setup_tokenizer.py", "train", "--input", "/dev/stdin", "--vocab_size", "300",
-                        "--out", str(out)], cwd=ROOT, input="word " * 60_000, capture_output=True, text=True, timeout=120)
+    # a pipe within the cap, after a file: the size of what it read, not the 0 bytes a pipe's stat gives ("on 0.0 MB")
+    r = subprocess.run([sys.executable, "setup_tokenizer.py", "train", "--input", str(files[1]), "/dev/stdin",
+                        "--vocab_size", "300", "--out", str(out)], cwd=ROOT, input="word " * 60_000,
+                       capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and re.match(r"trained \d+ tokens on 0.3M characters in ", r.stdout), (r.stdout, r.stderr)
 
 
@@ -630,6 +726,43 @@ def test_a_vocabulary_learns_from_at_most_vocab_word_bytes_of_distinct_words(tmp
                                   r"VOCAB_WORD_BYTES: memory grows with them\) in ", said), (said, err)
 
 
+def test_a_vocabulary_sample_counts_each_distinct_word_once_and_ends_at_the_cap(monkeypatch):
+    """VOCAB_WORD_BYTES caps the bytes of distinct words: a word already learnt (in an earlier text or earlier in this
+    one) adds nothing, new words up to the cap exactly are learnt and the text after them read on, and the text whose
+    new words pass it is cut there and ends the reading (a hub split stops downloading). A reading spread over the
+    input that reaches the cap as well ends there, said, rather than reading it a third time."""
+    monkeypatch.setattr(setup_tokenizer, "VOCAB_WORD_BYTES", 1000)
+    known = " ".join(f"k{i:03d}" for i in range(100))  # 100 words of 4 bytes
+    twice = [f"n{i:03d} n{i:03d}" for i in range(300)]  # new words, each twice: 4 bytes of distinct words a pair
+    sample = setup_tokenizer.VocabSample(0)
+    learnt = list(sample.texts([[known], [known + " " + " ".join(twice)], [known]]))
+    assert learnt == [known, known + " " + " ".join(twice[:150]) + " "]  # the 600 bytes left: 150 new words
+    # new words that reach the cap exactly (known ones beside them): all of it, and the reading goes on
+    sample = setup_tokenizer.VocabSample(0)
+    docs = [[known], [known + " " + " ".join(twice[:150])], [known]]
+    assert [[text] for text in sample.texts(docs)] == docs and sample.said("the text") == ""
+    # a reading again (spread over the input) that reaches it too: the documents of the input's first part
+    parts = [[known]] * 200 + [[" ".join(f"d{i:03d}{j}" for j in range(10))] for i in range(200)]  # few words, many
+    seen = []
+    monkeypatch.setattr(setup_tokenizer, "train_bpe", lambda texts, *a: seen.append(list(texts)))
+    sample = setup_tokenizer.VocabSample(sum(len(doc[0]) for doc in parts))
+    setup_tokenizer.learn_vocabulary(sample, lambda: iter(parts), 300, "unused", "the text")
+    assert len(seen) == 1 and sample.capped == "VOCAB_WORD_BYTES"  # (the first reading raised SpreadAgain)
+    said = sample.said("the text")
+    assert re.fullmatch(r"the first 0M characters of the text \(\d\d(\.\d)?% of the documents of the first part of "
+                        r"the 0 MB of input; at most 0 MB of distinct words, VOCAB_WORD_BYTES: memory grows with "
+                        r"them\)", said), said
+    # a sample is never said to be 100% of the documents (99.96% rounds to it)
+    assert setup_tokenizer.VocabSample(setup_tokenizer.VOCAB_TEXT_CHARS + 1).share() == "99.9% of the documents of "
+
+
+def test_new_words_keeps_words_whole_across_its_64k_pieces():
+    """new_words splits a long text 64k characters at a time, at whitespace: a word across the 64k mark, or a run of
+    more than 64k characters without whitespace (a line of Chinese), is one word, not pieces of it."""
+    text = "a" * 65530 + " " + "b" * 20 + " known c d c " + "y" * 70000
+    assert setup_tokenizer.new_words(text, {"known"}) == {"a" * 65530, "b" * 20, "c", "d", "y" * 70000}
+
+
 def test_cli_train_says_a_large_input_before_it_trains(tmp_path, capsys, monkeypatch):
     """train was silent until its end, a minute a GB and more (its merges deaf to Ctrl-C): an input of
     SAY_VOCABULARY_BYTES or more is said before it trains, as prepare.py --vocab_size says it; a small one is not."""
@@ -679,6 +812,7 @@ def test_cli_show_gives_a_non_ascii_tokens_characters_beside_its_bytes(gpt2, cap
     for i, shown in rows:
         piece = gpt2.decode_single_token_bytes(int(i))
         assert shown == repr(piece) + (f"  {repr(' café')}" if piece == " café".encode() else ""), shown
+    assert out.splitlines()[-1] == f"{len(rows)} tokens, 12 bytes, vocabulary 50259 (gpt2)"  # (7 characters)
 
 def test_cli_runs_without_docstrings(gpt2, capsys, monkeypatch):
     """Under python -OO (PYTHONOPTIMIZE=2), which drops docstrings, every setup_tokenizer.py command was an
