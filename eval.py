@@ -33,6 +33,7 @@ import itertools
 import json
 import math
 import os
+import re
 import sys
 
 import numpy as np
@@ -240,17 +241,18 @@ def parse_args(argv=None):
                    help="at most this many batches, spread over the split (default: every window)")
     p.add_argument("--samples", type=at_least(0), default=50,
                    help="replies sampled per conversation set, 0 = none (default: 50)")
-    # --prompt_file, as gen.py names the same file in the same format; --prompts, its first name, still works, unshown:
-    # --help listed both, two names for one file where gen.py has one
+    # --prompt_file, as gen.py names the same file in the same format (--prompts, its first name: below)
     p.add_argument("--prompt_file", type=path_arg, metavar="FILE",
                    help="answer the first --samples prompts of this file (one per line, or JSON lines with a \"prompt\" "
                         "field, as gen.py --prompt_file) instead")
-    p.add_argument("--prompts", dest="prompt_file", type=path_arg, help=argparse.SUPPRESS)
     p.add_argument("--max_tokens", type=at_least(1), default=128, help="new tokens a reply may take (default: 128)")
     add_sampling_arguments(p)
     p.add_argument("--seed", type=int, default=1337, help="seed of the sampled replies (default: 1337)")
     add_device_arguments(p)
     p.add_argument("--json", type=path_arg, metavar="PATH", help="also write the results as JSON to PATH; - prints JSON instead of the table")
+    # --prompts, --prompt_file's first name, still works, unshown (--help listed both, two names for one file where
+    # gen.py has one), and read as --prompt_file before parsing: an option of its own made "--prompt" ambiguous
+    argv = [re.sub(r"^--prompts(?==|$)", "--prompt_file", a) for a in (sys.argv[1:] if argv is None else argv)]
     args = parse_checkpoint(p, p.parse_args(argv))
     # `eval.py --dataset story models/x.pt`: --dataset takes several names, so it took the checkpoint too
     if args.checkpoint is None and names_checkpoint((args.dataset or [""])[-1]):

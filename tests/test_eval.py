@@ -520,6 +520,9 @@ def test_cli_options_and_the_table(env, chat_ckpt, capsys, monkeypatch):
     # the file of prompts is --prompt_file, as gen.py names the same file in the same format; --prompts still works
     assert eval_py.parse_args(["m.pt", "--prompt_file", "p.txt"]).prompt_file == "p.txt"
     assert eval_py.parse_args(["m.pt", "--prompts", "p.txt"]).prompt_file == "p.txt"
+    assert eval_py.parse_args(["m.pt", "--prompts=p.txt"]).prompt_file == "p.txt"
+    # and --prompt, an abbreviation, is --prompt_file's: it was "ambiguous", naming the unshown --prompts
+    assert eval_py.parse_args(["m.pt", "--prompt", "p.txt"]).prompt_file == "p.txt"
     # --top_k 0 is no limit, as in gen.py and serve.py's API: the table says so
     assert eval_py.parse_args(["m.pt", "--top_k", "0"]).top_k is None
     code, out, err = cli([chat_ckpt, *few, "--data_dir", env["data"], "--top_k", "0", *CPU], capsys)
