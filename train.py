@@ -1417,10 +1417,10 @@ def warn(line):
 
 
 def fmt_time(s):
-    if 0 < s < 1:  # a run under a second, or the last second of one, said "in 0s": as if none were spent or left
-        if s < 0.95:
-            return f"{s:.1f}s" if s >= 0.05 else "<0.1s"
-        s = 1  # tenths that round to a whole second are said as one: "1.0s" read as another format than "1s"
+    # a run under a second, or the last second of one, said "in 0s": as if none were spent or left. Tenths that round
+    # to a whole second are said as one, below ("1.0s" read as another format than "1s")
+    if 0 < s < 0.95:
+        return f"{s:.1f}s" if s >= 0.05 else "<0.1s"
     # rounded, not cut: "93.7k tokens in 5s (15,840 tokens/s)" of 5.9 s read as a speed 18% off
     s = int(s + 0.5)
     if s >= 3600:
