@@ -666,7 +666,12 @@ def gb18030_fix(path):
             "shift-jis or -f euc-kr; check that the copy reads right)")
 
 
-# Russian Windows' "ANSI" text, cp1251 (KOI8-R, older, too), whose letters are bytes 0xC0-0xFF (and 0xA8, 0xB8: Ё, ё):
+# letters' bytes: 0xC0-0xFF, and below them cp1251's Ё ё, Ukrainian's and Belarusian's І і Ї ї Є є Ґ ґ Ў ў (Ј ј
+# Serbian's), which hold KOI8-R's Ё ё too (0xA3, 0xB3)
+CYRILLIC_BYTES = rb"\xa1-\xa3\xa5\xa8\xaa\xaf\xb2-\xb4\xb8\xba\xbc\xbf\xc0-\xff"
+
+
+# Russian Windows' "ANSI" text, cp1251 (KOI8-R, older, too), whose letters are bytes 0xC0-0xFF (and CYRILLIC_BYTES'):
 # from latin1 or cp1252 each becomes an accented Western letter, the whole text garbled. Western text has those bytes
 # too, but one at a time inside words of ASCII letters (café, für, ação); Cyrillic words are such bytes alone, between
 # spaces and punctuation. Counted: words of two letters at least (Russian's "в" and "и" are one), no byte beyond ASCII
@@ -677,13 +682,8 @@ def gb18030_fix(path):
 # its final sigma ς (0xF2) ends words, where cp1251's т sits anywhere in one and KOI8-R's Р opens one. KOI8-R is told
 # from cp1251 by which reads more of Russian's commonest letters: by case (KOI8-R's small letters are cp1251's
 # capitals) all-capital text is told wrong. (KOI8-R reads Greek's vowels as Russian's: Greek is told first.)
-# letters' bytes: 0xC0-0xFF, and below them cp1251's Ё ё, Ukrainian's and Belarusian's І і Ї ї Є є Ґ ґ Ў ў (Ј ј
-# Serbian's), which hold KOI8-R's Ё ё too (0xA3, 0xB3)
-CYRILLIC_BYTES = rb"\xa1-\xa3\xa5\xa8\xaa\xaf\xb2-\xb4\xb8\xba\xbc\xbf\xc0-\xff"
-
-
 def letters_encoding(data):
-    """The 8-bit encoding, "cp1251", "koi8-r" or "cp1253", whose words of letters most of the bytes 0xC0-0xFF in data
+    """The 8-bit encoding, "cp1251", "koi8-r" or "cp1253", whose words of letters most of the letters' bytes in data
     (not_utf8's: a file's bytes from its first that is not UTF-8) form: runs of them that neither an ASCII letter nor
     another byte beyond ASCII (but a quote or an ellipsis) touches. None where they form no such words."""
     # the bytes beyond ASCII that may not touch a word: all but cp1251's « » „ “ ” and … (as in «книга»…)

@@ -56,9 +56,10 @@ VOCAB_TEXT_CHARS = 10 ** 9
 # and the most bytes of distinct words (runs of text between whitespace) it learns from, what that memory grows with,
 # some 50-80 bytes a byte: Chinese and Japanese put no spaces between words, so each run of their characters between
 # punctuation is one piece of the pattern, nearly each one new. 10 MB of random Han (9 MB of distinct words) peaked
-# at 771 MB, 40 MB at 1.2 GB, far within VOCAB_TEXT_CHARS. Capped, Chinese peaks at 400-600 MB, learning from its first
-# 3-5M characters, and compresses as well (3.146 bytes a token on held-out text against 3.148 learnt from 40 MB, 4,096
-# tokens). Spaced text stays far within it (8 MB of stories hold 0.2 MB of distinct words): its vocabulary is unchanged
+# at 771 MB, 40 MB at 1.2 GB, far within VOCAB_TEXT_CHARS. Capped, Chinese peaks at 400-600 MB, learning from 3-5M
+# of its characters (spread over it: learn_vocabulary), and compresses as well (3.146 bytes a token on held-out text
+# against 3.148 learnt from 40 MB, 4,096 tokens). Spaced text stays far within it (8 MB of stories hold 0.2 MB of
+# distinct words): its vocabulary is unchanged
 VOCAB_WORD_BYTES = 8 * 10 ** 6
 WHITESPACE = re.compile(r"\s")
 SAY_VOCABULARY_BYTES = 100 << 20  # input at which training a vocabulary is said before it starts (about 10 s)
