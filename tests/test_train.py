@@ -2451,12 +2451,13 @@ def test_a_run_stopped_and_continued_in_other_batches_trains_on_each_window_once
     assert again["epochs_done"] == 1 and [i for step in seen for i in step] == epochs[0]
 
 
-def step_gradient(model, micro, n_targets=None, world=1, grad_clip=0.0):
-    """train_step's loss and gradient, the optimizer kept from changing or clearing anything."""
+def step_gradient(model, micro, n_targets=None, world=1, grad_clip=0.0, scaled=False):
+    """train_step's loss and gradient, the optimizer kept from changing or clearing anything; scaled: with float16's
+    loss scaling on."""
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     opt.zero_grad = lambda set_to_none=True: None
     model.zero_grad(set_to_none=True)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    scaler = torch.amp.GradScaler("cpu", enabled=scaled)
     loss = train.train_step(model, opt, scaler, micro, torch.device("cpu"), torch.float32, grad_clip, n_targets, world)
     return loss, torch.cat([p.grad.flatten() for p in model.parameters()])
 
@@ -2471,6 +2472,17 @@ def test_grad_clip_scales_the_step_gradient_to_its_norm(env):
     _, clipped = step_gradient(model, micro, grad_clip=0.05)
     assert clipped.norm().item() == pytest.approx(0.05, rel=1e-4)
     torch.testing.assert_close(clipped / clipped.norm(), raw / raw.norm())  # the same direction
+
+
+def test_a_float16_step_clips_its_true_gradients_not_the_loss_scaled_ones(env):
+    """float16 scales the loss (by 65,536 at first) lest small gradients underflow: --grad_clip clips the gradients
+    unscaled, else every step would be cut to a 65,536th of the clip."""
+    w = train.Windows(train.load_meta(env["data"], "mini"), "train", 64)
+    micro = list(w.micro_batches(np.arange(4), 4))
+    torch.manual_seed(0)
+    model = train.GPT(train.make_config("tiny", n_layer=1, n_embd=32, n_head=2, block_size=64, vocab_size=512))
+    _, clipped = step_gradient(model, micro, grad_clip=0.05, scaled=True)
+    assert clipped.norm().item() == pytest.approx(0.05, rel=1e-4)
 
 
 def test_a_run_clips_its_gradients_to_its_grad_clip(env, tmp_path, monkeypatch):
