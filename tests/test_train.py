@@ -2512,6 +2512,27 @@ def test_evaluate_turns_dropout_off_and_gives_the_model_back_as_it_was(env):
     assert model.training
 
 
+def test_val_loss_is_the_mean_over_every_counted_target_however_the_windows_are_batched(env):
+    """Chat windows hold different numbers of assistant targets, and the last batch may be short: the val loss is the
+    mean per counted target, as the training loss is, whatever --batch_size cuts them into (a mean of the batches'
+    means would weigh a batch of few targets as much as one of many)."""
+    meta = train.load_meta(env["data"], "chat")
+    w = train.Windows(meta, "val", 64)
+    idx = train.eval_indices(len(w), 6)
+    assert len(idx) == 6 and len({w.count_targets([i]) for i in idx}) > 2  # uneven
+    torch.manual_seed(0)
+    model = train.GPT(train.make_config("tiny", n_layer=1, n_embd=32, n_head=2, block_size=64,
+                                        vocab_size=meta["vocab_size"]))
+    x, y, m = (torch.from_numpy(a) for a in w.get(idx))
+    with torch.no_grad():
+        logits = model.lm_head(model._trunk(x))
+    ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
+    want = ce[m.flatten() != 0].mean().item()
+    for batch_size in (6, 4, 1):  # 4: a short last batch
+        loss = train.evaluate(model, w, batch_size, 6, torch.device("cpu"), torch.float32)
+        assert loss == pytest.approx(want, rel=1e-5), batch_size
+
+
 def test_evaluation_windows_spread_over_the_split():
     """Not the first windows alone: a val split's first documents are not the split."""
     idx = train.eval_indices(1000, 10)
