@@ -2923,6 +2923,8 @@ def test_lr_schedule():
     assert all(a < b for a, b in zip(lrs[:9], lrs[1:10]))  # warmup rises
     assert all(a >= b for a, b in zip(lrs[10:110], lrs[11:111]))  # cosine falls
     assert lrs[60] == pytest.approx(0.55) and lrs[110] == pytest.approx(0.1) and lrs[119] == 0.1
+    assert lrs[10] == max(lrs) == pytest.approx(1.0)  # the decay starts at the peak: the warmup never passes it
+    assert train.lr_at(10, 1.0, 0.1, 10, 10) == 0.1  # past the end of a schedule that is all warmup: min_lr
 
 
 @pytest.mark.parametrize("error, oom", [
@@ -4228,6 +4230,7 @@ def test_intervals_past_the_run_act_at_its_end(env, tmp_path):
 
 
 def test_warmup_as_a_share_of_all_steps(env, tmp_path):
+    assert train.warmup_steps("10%", 37, 1e-3) == 4 and train.warmup_steps("1%", 37, 1e-3) == 1  # nearest, >= 1
     s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--epochs", "2", "--warmup", "50%"))
     assert s["stopped"] == "done" and s["steps"] > 4  # both epochs: every step of the schedule
     assert load_checkpoint(s["checkpoint"])["args"]["warmup"] == round(0.5 * s["steps"])
