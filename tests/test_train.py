@@ -280,9 +280,11 @@ def test_exact_resume(env, tmp_path, dtype, optimizer):
         for k in sa:
             assert torch.equal(sa[k], sb[k]), (i, k)
     assert a["best_val_loss"] == b["best_val_loss"]
-    # and so does where it stands: the tokens it trained on, all runs together (the metrics' tokens column)
+    # and so does where it stands: the tokens it trained on, all runs together (the metrics' tokens column): each
+    # window's block of both epochs, the epochs' short last steps counted by their windows
     assert (a["step"], a["epoch"], a["epoch_windows"], a["tokens"]) == (b["step"], b["epoch"], b["epoch_windows"],
                                                                          b["tokens"])
+    assert a["tokens"] == 2 * len(train.Windows(train.load_meta(env["data"], "mini"), "train", 64)) * 64
     # and the seconds it trained, all runs together (the metrics' elapsed column), not the last run's alone: the
     # 1-step middle run's checkpoint holds more than the first run's
     assert b["elapsed"] > mid_elapsed > ck["elapsed"] > 0
