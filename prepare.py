@@ -1195,10 +1195,12 @@ def folder_files(path):
                 raise UserError(f"--source {path}: {os.path.join(d, f)} is a broken link: remove or mend it")
             found.append(os.path.join(d, f))
     found.sort()
+    kinds = ", ".join(f"{n} {kind}" for kind, n in others.most_common())
     if not found:
-        raise UserError(f"--source {path}: no {', '.join(SUFFIXES)} files in this folder")
+        # a folder of notes in Markdown (.md) said only what it lacked, not what it holds and that .txt is the way in
+        holds = f" (it holds {kinds}); plain text is read from files named .txt" if others else ""
+        raise UserError(f"--source {path}: no {', '.join(SUFFIXES)} files in this folder{holds}")
     if others:  # (a .md or .txt.gz among the .txt files, left out: said)
-        kinds = ", ".join(f"{n} {kind}" for kind, n in others.most_common())
         print(f"warning: --source {path}: left out {sum(others.values()):,} file(s) of other types "
               f"({kinds}); prepare.py reads {', '.join(SUFFIXES)}", file=sys.stderr)
     return found

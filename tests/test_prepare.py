@@ -1978,6 +1978,18 @@ def test_source_folder_says_which_files_it_left_out(tmp_path, capsys):
     assert capsys.readouterr().err == ""
 
 
+def test_source_folder_of_other_files_says_what_it_holds(tmp_path):
+    """A folder of notes in Markdown, none of them .txt, was refused as holding "no .txt, .jsonl, .json, .parquet
+    files", not what it holds nor how its plain text gets in."""
+    src = tmp_path / "notes"
+    for name in ("a.md", "b.md", "sub/c.md", "todo.org"):
+        write(src / name, "Some notes.")
+    with pytest.raises(UserError, match=rf"^--source {re.escape(str(src))}: no .txt, .jsonl, .json, .parquet files in "
+                                        rf"this folder \(it holds 3 .md, 1 .org\); plain text is read from files named "
+                                        rf"\.txt$"):
+        prepare.prepare("text", source=str(src), out_dir=str(tmp_path / "data"))
+
+
 def test_source_file_hard_linked_twice_is_read_once(tmp_path, enc):
     """A file in two folders by hard link (cp -al, a backup beside the data) is one file, as a symlinked one is: it was
     read twice, every document duplicated and its val documents in train too."""
