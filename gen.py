@@ -719,10 +719,27 @@ class Session:
         return stopped_by
 
 
+def text_waiting_on_stdin():
+    """Whether stdin is a pipe or file holding bytes no one has read: `echo "Once upon a time" | gen.py` meant the text
+    as the prompt, and got an unconditional sample without a word. FIONREAD counts the bytes without reading them, so
+    a script's pipe left open and empty says nothing (nor a terminal, /dev/null or Windows, which has no fcntl)."""
+    fcntl = common.fcntl_module()
+    try:
+        if fcntl is None or sys.stdin is None or sys.stdin.isatty():
+            return False
+        import termios
+        return int.from_bytes(fcntl.ioctl(sys.stdin.fileno(), termios.FIONREAD, bytes(4)), sys.byteorder) > 0
+    except (ImportError, OSError, ValueError):  # (a replaced sys.stdin without a file descriptor: io's error is both)
+        return False
+
+
 def run_prompt(session):
     """--prompt, or an unconditional sample: --num_samples completions, a line of dashes between them; Ctrl-C ends the
     one being generated and the run."""
     args = session.args
+    if args.prompt is None and text_waiting_on_stdin():
+        print("note: gen.py reads no prompt from stdin unless --interactive (each line a prompt to continue) or --chat "
+              "(each line a message) is given: this sample starts from nothing", file=sys.stderr)
     for i in range(args.num_samples):
         if i:
             session.show("-" * 40 + "\n")

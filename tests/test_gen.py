@@ -994,6 +994,25 @@ def test_a_model_with_more_ids_than_its_tokenizer_is_refused(tmp_path, enc):
         load_model(path)
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="FIONREAD on a pipe is POSIX's")
+def test_text_piped_to_a_plain_run_is_said_to_be_unread(ckpt, capsys, monkeypatch):
+    """`echo "Once upon a time" | gen.py` meant the text as the prompt and got an unconditional sample, the text
+    unread, without a word: a note names --interactive and --chat. A pipe left empty (a script's) and a --prompt's run
+    say nothing."""
+    note = "note: gen.py reads no prompt from stdin unless --interactive (each line a prompt to continue) or --chat"
+    for written, argv, said in ((b"Once upon a time\n", [], True), (b"Once upon a time\n", ["--prompt", "Hi"], False),
+                                (b"", None, False)):
+        read_end, write_end = os.pipe()
+        os.write(write_end, written)
+        with open(read_end) as stdin, open(write_end, "wb"):  # (the writer still open: an empty pipe is not at its end)
+            monkeypatch.setattr(sys, "stdin", stdin)
+            if argv is None:  # (the question the note hangs on, without loading the model once more)
+                assert gen.text_waiting_on_stdin() is said
+                continue
+            code, _, err = cli([ckpt, "--max_tokens", "3", "--seed", "1"] + argv + CPU, capsys)
+        assert code == 0 and (note in err) == said, (argv, err)
+
+
 def test_an_unconditional_sample_and_a_prompt_spelling_a_special_token(ckpt, enc, capsys):
     """gen.py without --prompt samples unconditionally (from <|endoftext|>, where every document starts), and a prompt
     may spell <|endoftext|> to mark a document start: both are runs, not errors."""
