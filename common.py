@@ -305,6 +305,8 @@ OTHER_TOOLS_OPTIONS = {"--learning_rate": ["--lr"], "--gradient_accumulation_ste
                        "--max_seq_len": ["--block_size", "--max_tokens"], "--dim": ["--n_embd"],
                        "--accumulation_steps": ["--grad_accum"], "--save_dir": ["--output_checkpoint"],
                        "--from_weight": ["--checkpoint"], "--from_resume": ["--checkpoint"],
+                       # many training scripts' way to go on from a checkpoint (litgpt pretrain's): nothing was guessed
+                       "--resume": ["--checkpoint"],
                        "--model_path": ["--init_from", "--checkpoint"], "--num_workers": [],
                        # eval.py's first name for its --prompt_file, which it still takes: gen.py's nearest spelling
                        # was --prompt, which continues the file's name as text
