@@ -2710,9 +2710,10 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
         block = pack if pack is not None else default_pack(None if vocab_size is not None else tokenizer)
         # blocks longer than the context of the model --tokenizer names: fine-tuned at that context, train.py cuts
         # conversations between its windows (and warns, after the minutes of a big set's build); a new model of a
-        # context that long trains on them whole, so said, not refused. (By the name the model was read by: cached)
-        context = model_context(tokenizer) if pack and vocab_size is None else None
-        if context and pack > context:
+        # context that long trains on them whole, so said, not refused; and the summary suggests no larger --pack to
+        # its fine-tune. (By the name the model was read by: cached)
+        context = model_context(tokenizer) if vocab_size is None else None
+        if context and pack and pack > context:
             print(f"warning: --pack {pack} is longer than the context of {common.shown_path(tokenizer)} ({context} "
                   f"tokens): fine-tuning that model on this data cuts conversations between its windows; give --pack "
                   f"{context} or less (no --pack: its context)", file=sys.stderr)
@@ -2749,7 +2750,7 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
             return keep_up_to_date(folder, old, tokenizer, new_vocab, vocab_fp, rewrite=moved)
         check_writable(folder)
         return build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_fraction, new_vocab, pack,
-                     block, options, vocab_fp, text_fp)
+                     block, context, options, vocab_fp, text_fp)
     except BaseException as e:
         # a failed or interrupted first build leaves no folder behind; but a complete one (meta.json is written last)
         # stays when only its summary fails to print: `prepare.py | head -1` closes the pipe after the first line
@@ -2860,12 +2861,13 @@ def repeated_across(keys):
 
 
 def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_fraction, new_vocab, pack, block,
-          options, vocab_fp, text_fp):
+          context, options, vocab_fp, text_fp):
     """Tokenize plan's streams (find_source) with enc into folder, write its meta.json and say what was made; returns
     the meta. The old files stay until everything new is written. tokenizer and tok_hash: what meta.json records of
     enc; fp: the fingerprint (text_fp instead should the documents turn out to be text: no --pack in it); new_vocab:
     a freshly trained vocabulary's temporary file, renamed into place with the token files; pack: --pack as given
-    (None: none; refused on plain text); block: what conversations are packed in (pack, or default_pack's); options:
+    (None: none; refused on plain text); block: what conversations are packed in (pack, or default_pack's); context:
+    that of the model --tokenizer names (None: none named), whose fine-tune trains on no longer blocks; options:
     prepare()'s arguments, kept in meta.json for rebuild_command; vocab_fp: what the dataset's own vocabulary was
     trained on."""
     os.makedirs(folder, exist_ok=True)
@@ -2985,7 +2987,7 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(new_meta)
 
-    print_summary(folder, meta, plan, limit, max(time.time() - t0, 1e-9))
+    print_summary(folder, meta, plan, limit, max(time.time() - t0, 1e-9), context)
     return meta
 
 
@@ -3018,10 +3020,10 @@ def per_file(counts):
     return ", ".join(f"{os.path.basename(label)} ({k:,})" for label, k in counts.items())
 
 
-def print_summary(folder, meta, plan, limit, dt):
+def print_summary(folder, meta, plan, limit, dt, context=None):
     """The lines said of a dataset just built into folder from plan, its meta.json meta, in dt seconds: its counts and
     speed, then what --limit, packing, the records left out (--skip_bad_records's, and those with nothing to train
-    on) and a mix did."""
+    on) and a mix did. context: that of the model --tokenizer names, if one."""
     block, mixed = meta["pack"], meta.get("mix")
     tr, va = meta["splits"]["train"], meta["splits"]["val"]
     tokens, mb = tr["tokens"] + va["tokens"], (tr["bytes"] + va["bytes"]) / 1e6
@@ -3059,8 +3061,10 @@ def print_summary(folder, meta, plan, limit, dt):
         print(f"  packed in blocks of {block} tokens, {(tr['padding'] + va['padding']) / max(tokens, 1):.1%} padding "
               f"({whose}train.py --block_size {block})")
         if pieces:
-            print(f"  {pieces:,} conversation{'s' * (pieces != 1)} longer than a block in pieces"
-                  + (" (a larger --pack and train.py --block_size keep more whole)" if inside else ""))
+            # (blocks of the whole context of a model to fine-tune: a larger --pack is warned of, --block_size refused)
+            larger = "" if not inside else f" (the model --tokenizer names trains on at most {context} tokens)" \
+                if context and block >= context else " (a larger --pack and train.py --block_size keep more whole)"
+            print(f"  {pieces:,} conversation{'s' * (pieces != 1)} longer than a block in pieces{larger}")
         if inside:
             print(f"    {inside:,} of them cut inside an exchange longer than a block: a reply there trains "
                   f"without all of its question")

@@ -2443,8 +2443,13 @@ def test_a_model_named_as_tokenizer_packs_at_its_context(tmp_path, capsys, monke
         meta = prepare.prepare("chat", source=src, tokenizer=ck, out_dir=out)
     assert len(loads) == 1  # its vocabulary and its context from one load
     assert meta["pack"] == 64 and meta["options"]["pack"] is None
+    said = capsys.readouterr().out
     assert re.search(r"packed in blocks of 64 tokens, [\d.]+% padding \(the context of the model --tokenizer names; "
-                     r"train\.py --block_size 64\)\n", capsys.readouterr().out)
+                     r"train\.py --block_size 64\)\n", said)
+    # a conversation cut inside an exchange: the way out was "a larger --pack and train.py --block_size", which the
+    # model's fine-tune warns of and refuses. Said is the model's limit instead
+    assert " conversations longer than a block in pieces (the model --tokenizer names trains on at most 64 " \
+           "tokens)\n    1 of them cut inside an exchange" in said, said
     ids, mask = load(folder, "train", meta)
     assert len(ids) % 64 == 1 and ids[0] == enc.encode_single_token(IM_START)  # blocks of 64, and one more token
     # the same again, without --pack or with --pack 64, or by its rebuild command (no --pack: the model's again), or
@@ -2460,7 +2465,7 @@ def test_a_model_named_as_tokenizer_packs_at_its_context(tmp_path, capsys, monke
     assert prepare.prepare("chat", source=src, tokenizer=ck, out_dir=out, pack=32)["pack"] == 32
     said = capsys.readouterr()
     assert re.search(r"packed in blocks of 32 tokens, [\d.]+% padding \(train\.py --block_size 32\)\n", said.out)
-    assert said.err == ""
+    assert said.err == "" and "(a larger --pack and train.py --block_size keep more whole)" in said.out  # short of 64
     # past the model's context, said at the start (train.py warned of it only when fine-tuning, its windows cutting
     # conversations apart), not refused: a new model of that context trains on the blocks whole
     assert prepare.prepare("chat", source=src, tokenizer=ck, out_dir=out, pack=128)["pack"] == 128
