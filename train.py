@@ -2207,8 +2207,11 @@ def refuse_ended_run(args, ckpt, ckpt_args, p, budget):
     if budget and ckpt.get("budget_done") and args.time_budget <= (ckpt_args.get("time_budget") or 0):
         # its own budget, not the one given: a smaller one given is no larger than what it used
         used = ckpt_args.get("time_budget")
+        # (the minutes given, or inherited, as the more wanted: `--time_budget 1` meant one more minute, and "a larger
+        # one" left the sum to work out)
         raise UserError(f"{args.checkpoint} has used its {used:g}-minute --time_budget: pass a larger one to train "
-                        f"on, or --reset_epoch to start a new budget from its weights")
+                        f"on (it counts those minutes: --time_budget {used + args.time_budget:g} trains "
+                        f"{args.time_budget:g} more), or --reset_epoch to start a new budget from its weights")
     if budget and p.budget_elapsed >= budget:
         # a budget interrupted (Ctrl-C) and continued with fewer minutes than it had spent, which a continued run
         # counts: it trained one step past them and stopped, as "time budget: 1 steps"

@@ -803,10 +803,13 @@ def test_a_finished_budget_is_not_continued_by_a_step(env, tmp_path):
     assert s["stopped"] == "time budget"
     go_on = ["--checkpoint", str(tmp_path / "mini.pt"), "--data_dir", env["data"], "--device", "cpu", "--no_color"]
     with pytest.raises(UserError, match=r"mini.pt has used its 0.02-minute --time_budget: pass a larger one to train "
-                                        r"on, or --reset_epoch to start a new budget from its weights$"):
+                                        r"on \(it counts those minutes: --time_budget 0.04 trains 0.02 more\), or "
+                                        r"--reset_epoch to start a new budget from its weights$"):
         train.train(train.parse_args(go_on))
-    # a smaller budget given: the message names the one the run used, not the one given (it said "its 0.01-minute")
-    with pytest.raises(UserError, match=r"mini.pt has used its 0.02-minute --time_budget: pass a larger one"):
+    # a smaller budget given: the message names the one the run used, not the one given (it said "its 0.01-minute"),
+    # and the budget that trains the minutes given more (meant as "one more minute", it left the sum to work out)
+    with pytest.raises(UserError, match=r"mini.pt has used its 0.02-minute --time_budget: pass a larger one to train "
+                                        r"on \(it counts those minutes: --time_budget 0.03 trains 0.01 more\)"):
         train.train(train.parse_args(go_on + ["--time_budget", "0.01"]))
     assert train.train(train.parse_args(go_on + ["--time_budget", "0.04"]))["stopped"] == "time budget"
     # a new budgeted run here is told to write elsewhere under its own one file's name: DIR/{dataset}_epoch{epoch}.pt,
