@@ -295,8 +295,11 @@ def data_kind(ckpt):
 def warn_if_trained_on_text(path, ckpt, replies="its replies"):
     """make demo's story model answers a chat with a story that never ends its turn: the user is told why first."""
     if data_kind(ckpt) == "text":
+        # (the way was "README: make chat-demo", a new story model's: not how this model learns to chat)
+        chat_set = common.script_command("prepare.py", "--dataset", "dailydialog", "--tokenizer", path)
         print(f"warning: {path} was trained on plain text ({ckpt.get('dataset')}), not on conversations: {replies} "
-              f"will not keep to the turn; fine-tune it on a chat set first (README: make chat-demo)", file=sys.stderr)
+              f"will not keep to the turn; fine-tune it on a chat set in its vocabulary first: `{chat_set}` (or "
+              f"--source your .jsonl of chats) says the train.py command", file=sys.stderr)
 
 
 def columns(ch):

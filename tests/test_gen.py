@@ -17,6 +17,7 @@ import sys
 import pytest
 import torch
 
+import common
 import gen
 import serve
 import train
@@ -265,6 +266,11 @@ def test_chat_with_a_model_trained_on_plain_text_is_warned_of(enc, tmp_path, cap
         save_checkpoint(path, la_model(enc), enc, dataset="story", data={"kind": kind} if kind else {})
         code, out, err = cli([path, "--chat", "--prompt", "hi", "--max_tokens", "2", "--seed", "0"] + CPU, capsys)
         assert code == 0 and ("trained on plain text (story), not on conversations" in err) == warned, err
+        # the way out is the command that makes a chat set in its vocabulary (it was "README: make chat-demo", which
+        # trains a new story model)
+        made = common.script_command("prepare.py", "--dataset", "dailydialog", "--tokenizer", path)
+        assert (f"fine-tune it on a chat set in its vocabulary first: `{made}` (or --source your .jsonl of chats) says "
+                f"the train.py command\n" in err) == warned, err
         # and the other way round: --prompt given a chat model continues the text, writing ChatML of its own
         code, out, err = cli([path, "--prompt", "hi", "--max_tokens", "2", "--seed", "0"] + CPU, capsys)
         assert code == 0 and (f"note: {path} was fine-tuned on conversations (story): this continues the text as it "
