@@ -131,12 +131,30 @@ def warmup_arg(text):
     return text.strip() if share else value
 
 
-def minutes_arg(text):
-    """argparse type of a positive, finite number of minutes (--dist_timeout)."""
+# a duration's units, in minutes: `--time_budget 90s` or `2m` was "invalid float value", with no word of the unit
+DURATION_UNITS = {"": 1, **dict.fromkeys(("s", "sec", "secs", "second", "seconds"), 1 / 60),
+                  **dict.fromkeys(("m", "min", "mins", "minute", "minutes"), 1),
+                  **dict.fromkeys(("h", "hr", "hrs", "hour", "hours"), 60)}
+
+
+def minutes_value(text):
+    """argparse type of a duration: a number of minutes, or one with a unit (90s, 2m, 1.5h) -> minutes. Its range is
+    checked where it is used (--time_budget's in resolve_args)."""
+    number, unit = re.fullmatch(r"\s*(.*?)\s*([a-z]*)\s*", text.lower()).groups()
+    if unit in ("nan", "inf", "infinity") and not number:  # (words float takes, no unit: refused where checked)
+        number, unit = unit, ""
     try:
-        value = float(text)
+        if unit not in DURATION_UNITS:
+            raise ValueError
+        return float(number) * DURATION_UNITS[unit]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of minutes") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of minutes, nor one with a unit (90s, 2m, "
+                                         f"1.5h)") from None
+
+
+def minutes_arg(text):
+    """argparse type of a positive, finite duration in minutes (--dist_timeout): see minutes_value."""
+    value = minutes_value(text)
     if not 0 < value < math.inf:  # written so that nan fails too
         raise argparse.ArgumentTypeError(f"{text!r}: give a positive number of minutes")
     return value
@@ -188,8 +206,8 @@ def parse_args(argv=None):
     g.add_argument("--epochs", type=int, help=f"total epochs to reach, counting those a checkpoint's run already did "
                                               f"when it goes on (a fine-tune counts from 0) (default: "
                                               f"{d['epochs']}); the lr schedule spans all of them")
-    g.add_argument("--time_budget", type=float, metavar="MINUTES",
-                   help="train for this many minutes of wall-clock time, evaluations and saves included: the lr "
+    g.add_argument("--time_budget", type=minutes_value, metavar="MINUTES",
+                   help="train for this many minutes (or 90s, 1.5h) of wall-clock time, evaluations and saves included: the lr "
                         "schedule (warmup, cosine decay) spans the budget from the end of the first (compiling) step, "
                         "epochs repeat until it ends (unless --epochs is given), and the last checkpoint is written "
                         "when it ends; a continued run counts its earlier time, its schedule waiting for its first "

@@ -2960,7 +2960,7 @@ def test_a_model_build_that_fails_for_memory_is_one_line_and_a_bug_is_not(env, t
         assert (str(error)[:40] in str(e.value)) if oom else e.value is error
 
 
-def test_bad_options_are_user_errors(env, tmp_path, trained):
+def test_bad_options_are_user_errors(env, tmp_path, trained, capsys):
     with pytest.raises(UserError, match="--block_size"):
         train.train(args_for(env, tmp_path, "--checkpoint", trained["summary"]["checkpoint"], "--block_size", "128",
                              "--reset_epoch"))
@@ -2991,6 +2991,15 @@ def test_bad_options_are_user_errors(env, tmp_path, trained):
     for bad in ("abc", "-5", "120%", "nan%"):
         with pytest.raises(SystemExit):
             train.parse_args(["--warmup", bad])
+    # a duration with its unit: "--time_budget 90s" was "invalid float value", the unit unsaid
+    for given, minutes in (("2", 2), ("90s", 1.5), ("2m", 2), ("1.5h", 90), (" 3 min", 3), ("1e1S", 1 / 6),
+                            ("90 seconds", 1.5), ("1 hour", 60)):
+        assert train.parse_args(["--time_budget", given]).time_budget == pytest.approx(minutes)
+        assert train.parse_args(["--dist_timeout", given]).dist_timeout == pytest.approx(minutes)
+    for bad in ("2x", "m", "", "2 ms"):
+        with pytest.raises(SystemExit):
+            train.parse_args(["--time_budget", bad])
+    assert "nor one with a unit (90s, 2m, 1.5h)" in capsys.readouterr().err
     # nan and inf pass `< 0` checks: torch's or the schedule's traceback, or a nan lr, unless refused
     config = train.make_config("tiny")
     for flag, value in (("--lr", "nan"), ("--min_lr", "nan"), ("--weight_decay", "nan"), ("--time_budget", "nan"),
