@@ -508,7 +508,10 @@ def parquet_records(path):
 
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "chatgpt": "assistant",
                   "assistant": "assistant", "system": "system",
-                  "developer": "system"}  # OpenAI's newer name for the system message, as serve.py reads it
+                  "developer": "system",  # OpenAI's newer name for the system message, as serve.py reads it
+                  # other exports' names, each "unknown role": Gemini's and Gemma's template's reply, OpenAssistant's
+                  # question, raw ShareGPT dumps' other assistants
+                  "model": "assistant", "prompter": "user", "bing": "assistant", "bard": "assistant"}
 
 
 def turn_spelling(m, spellings):

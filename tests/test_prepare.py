@@ -3988,6 +3988,10 @@ def test_lmsys_conversation_records_and_capitalised_roles_are_read():
                                                  {"from": "GPT", "value": "Hello"}]}, "x") == want
     assert prepare.record_doc({"messages": [{"role": "USER", "content": "Hi"},
                                             {"role": "Assistant", "content": "Hello"}]}, "x") == want
+    # Gemini's (and Gemma's template's) "model", OpenAssistant's "prompter", raw ShareGPT dumps' "bing" and "bard"
+    for user, assistant in (("user", "model"), ("prompter", "assistant"), ("human", "bing"), ("human", "bard")):
+        assert prepare.record_doc({"messages": [{"role": user, "content": "Hi"},
+                                                {"role": assistant, "content": "Hello"}]}, "x") == want
     with pytest.raises(UserError, match="unknown role 'Bob'"):
         prepare.record_doc({"messages": [{"role": "Bob", "content": "Hi"}]}, "x")
 
