@@ -239,8 +239,12 @@ def _load_tokenizer(name, stamp):
     if not os.path.exists(name):
         # (a checkpoint's vocabulary is the usual one, prepare.py's for a fine-tune: a misspelt models/story_best.pt was
         # answered as if only gpt2 and .tiktoken files were taken)
-        raise UserError(f"tokenizer {name!r} not found: use 'gpt2', a checkpoint or Hugging Face model folder (its "
-                        f"vocabulary), or the path of a .tiktoken file from `{train_command()}`")
+        # (`--tokenizer story`, a dataset's or a run's name, was answered as a misspelt path)
+        meant = next((c for c in (f"{name}_best.pt", f"{name}.pt", os.path.join("models", f"{name}_best.pt"),
+                                  os.path.join("models", f"{name}.pt")) if os.path.isfile(c)), None)
+        raise UserError(f"tokenizer {name!r} not found: " + (f"did you mean {meant}?" if meant else
+                        f"use 'gpt2', a checkpoint or Hugging Face model folder (its vocabulary), or the path of a "
+                        f".tiktoken file from `{train_command()}`"))
     if os.path.isdir(name):
         # (imported here: hf.py imports this module, and torch)
         from hf import TOKENIZER_JSON, VOCAB_JSON, folder_context, read_tokenizer

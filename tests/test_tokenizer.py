@@ -266,7 +266,7 @@ def test_the_retrain_command_a_broken_vocabulary_names_runs_as_pasted(tmp_path, 
     assert 256 + 3 < get_tokenizer(str(empty)).n_vocab <= 300  # (merges as many as the text has pairs for)
 
 
-def test_bad_tokenizer_inputs(tmp_path):
+def test_bad_tokenizer_inputs(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="not found"):
         get_tokenizer(str(tmp_path / "missing.tiktoken"))
     # a misspelt checkpoint (prepare.py --tokenizer models/story_best.pt, a fine-tune's) is told checkpoints are taken:
@@ -274,6 +274,13 @@ def test_bad_tokenizer_inputs(tmp_path):
     with pytest.raises(UserError, match=r"note_best\.pt' not found: use 'gpt2', a checkpoint or Hugging Face model "
                                         r"folder \(its vocabulary\), or the path of a \.tiktoken file from `"):
         get_tokenizer(str(tmp_path / "models" / "note_best.pt"))
+    # a run's name, or its path without the file's end (`--tokenizer notes`, `models/notes`): the checkpoint is named
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "notes_best.pt").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    for name in ("notes", "models/notes", "models/notes_best"):
+        with pytest.raises(UserError, match=rf"^tokenizer '{name}' not found: did you mean models/notes_best\.pt\?$"):
+            get_tokenizer(name)
     junk = tmp_path / "junk.tiktoken"
     junk.write_text("this is not a vocabulary\n")
     with pytest.raises(UserError, match="not a .tiktoken"):
