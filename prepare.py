@@ -2337,6 +2337,11 @@ def train_on_command(meta, out_dir, tokenizer=None):
     block = meta.get("pack") or 0  # (text, and --pack 0: not packed)
     if block and block != (context or DEFAULT_PACK) and block <= (context or MAX_PACK):
         args += ["--block_size", str(block)]
+    # text too short for one window of the model's context (3 kB of notes: 187 val tokens) got a command that train.py
+    # refused: the largest power of two that fits both splits (a window is --block_size + 1 tokens)
+    fits = min(meta["splits"][s]["tokens"] for s in ("train", "val")) - 1
+    if not block and 0 < fits < (context or DEFAULT_PACK):
+        args += ["--block_size", str(1 << (fits.bit_length() - 1))]
     return common.script_command("train.py", *args)
 
 

@@ -1284,7 +1284,7 @@ def test_data_dir_is_out_dir(tmp_path, monkeypatch):
     # the folder train.py and eval.py read datasets from is their --data_dir: prepare.py takes that name too
     # (--data_dir here was 'unrecognized arguments')
     src, folder, seen = write(tmp_path / "c.txt", EOT.join(DOCS)), str(tmp_path / "datasets"), []
-    meta = {"name": "text", "splits": {"val": {"tokens": 1}}}  # (what prepare() returns: a meta.json)
+    meta = {"name": "text", "splits": {"train": {"tokens": 1000}, "val": {"tokens": 1000}}}  # (what prepare() returns: a meta.json)
     monkeypatch.setattr(prepare, "prepare", lambda *a, **k: seen.append(k["out_dir"]) or meta)
     for option in ("--data_dir", "--out_dir"):
         prepare.main(["--dataset", "text", "--source", src, option, folder])
@@ -2763,8 +2763,13 @@ def test_a_dataset_without_val_names_no_train_command(tmp_path, capsys, monkeypa
     assert "train on it" not in said and said.splitlines()[-1] == (
         "  no val split (--val_fraction 0): train.py, which evaluates on one, refuses it; eval.py reads it with "
         "--split train")
-    prepare.main(["--source", src, "--name", "mine", "--out_dir", out])
-    assert capsys.readouterr().out.splitlines()[-1].startswith("  train on it: ")
+    meta = prepare.main(["--source", src, "--name", "mine", "--out_dir", out]) or json.loads(
+        (tmp_path / "data" / "mine" / "meta.json").read_text())
+    command = shlex.split(capsys.readouterr().out.splitlines()[-1].removeprefix("  train on it: "))
+    # its val, a few hundred tokens, holds no window of the default 256: train.py refused the command as it was; it
+    # names the largest power of two that fits (a window: --block_size + 1 tokens)
+    val = meta["splits"]["val"]["tokens"]
+    assert val < 257 and command[command.index("--block_size") + 1] == str(1 << ((val - 1).bit_length() - 1))
     # --mix, and every dataset at once (no --dataset), end the same way
     monkeypatch.setattr(prepare, "prepare", lambda *a, **k: {"splits": {"val": {"tokens": 0}}})
     for argv in (["--mix", "dailydialog:1,knowledge:1", "--name", "m"], []):
