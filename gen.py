@@ -299,7 +299,7 @@ def warn_if_trained_on_text(path, ckpt, replies="its replies"):
         chat_set = common.script_command("prepare.py", "--dataset", "dailydialog", "--tokenizer", path)
         print(f"warning: {path} was trained on plain text ({ckpt.get('dataset')}), not on conversations: {replies} "
               f"will not keep to the turn; fine-tune it on a chat set in its vocabulary first: `{chat_set}` (or "
-              f"--source your .jsonl of chats) says the train.py command", file=sys.stderr)
+              f"--dataset chat --source YOUR.jsonl) makes one and prints the train.py command", file=sys.stderr)
 
 
 def columns(ch):

@@ -269,8 +269,8 @@ def test_chat_with_a_model_trained_on_plain_text_is_warned_of(enc, tmp_path, cap
         # the way out is the command that makes a chat set in its vocabulary (it was "README: make chat-demo", which
         # trains a new story model)
         made = common.script_command("prepare.py", "--dataset", "dailydialog", "--tokenizer", path)
-        assert (f"fine-tune it on a chat set in its vocabulary first: `{made}` (or --source your .jsonl of chats) says "
-                f"the train.py command\n" in err) == warned, err
+        assert (f"fine-tune it on a chat set in its vocabulary first: `{made}` (or --dataset chat --source "
+                f"YOUR.jsonl) makes one and prints the train.py command\n" in err) == warned, err
         # and the other way round: --prompt given a chat model continues the text, writing ChatML of its own
         code, out, err = cli([path, "--prompt", "hi", "--max_tokens", "2", "--seed", "0"] + CPU, capsys)
         assert code == 0 and (f"note: {path} was fine-tuned on conversations (story): this continues the text as it "
