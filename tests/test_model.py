@@ -45,6 +45,12 @@ def test_preset_dims(name):
     assert cfg.padded_vocab_size == 50304 and cfg.padded_vocab_size % 64 == 0
 
 
+def test_the_vocabulary_pads_to_the_next_multiple_of_64():
+    # a custom vocabulary of 4096 ids (the demo's) is already aligned: padded further, its checkpoints would hold other
+    # rows than the ones saved before, and load no more
+    assert [GPTConfig(vocab_size=v).padded_vocab_size for v in (4096, 4097, 1000, 64, 1)] == [4096, 4160, 1024, 64, 64]
+
+
 def test_presets_are_the_shapes_the_readme_gives():
     # test_preset_dims reads PRESETS itself, so a preset changed there passed it; a user's `--model small` names these
     shapes = {name: (c.n_layer, c.n_embd, c.n_head, c.block_size, c.variant) for name in PRESETS
