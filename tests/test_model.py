@@ -125,6 +125,31 @@ def test_gpt2_param_names_and_tying():
     assert std < 0.02 / math.sqrt(2 * model.config.n_layer) * 1.3
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_weights_start_as_gpt2s(variant):
+    # GPT-2's init, which the learning rates were tuned with: N(0, 0.02) matrices and embeddings, the residual
+    # projections N(0, 0.02 / sqrt(2 n_layer)), zero biases, norms at 1. (nn.Linear's own init is uniform, with biases;
+    # nn.Embedding's N(0, 1))
+    model = tiny_model(variant, bias=True)
+    L = model.config.n_layer
+    for name, p in model.named_parameters():
+        if p.dim() == 1:
+            assert torch.equal(p, torch.zeros_like(p) if name.endswith(".bias") else torch.ones_like(p)), name
+        else:
+            want = 0.02 / math.sqrt(2 * L) if name.endswith("c_proj.weight") else 0.02
+            assert abs(p.mean().item()) < want / 5 and abs(p.std().item() / want - 1) < 0.1, (name, p.std().item())
+
+
+def test_non_embedding_count_leaves_out_the_embedding_tables_alone():
+    # train.py's banner and the README's sizes: the N of the scaling laws (blocks and final norm), and the total with
+    # the tied matrix counted once
+    for variant in VARIANTS:
+        model = tiny_model(variant)
+        inside = sum(p.numel() for m in (model.transformer.h, model.transformer.ln_f) for p in m.parameters())
+        tables = sum(model.transformer[t].weight.numel() for t in ("wte", "wpe") if t in model.transformer)
+        assert model.num_params() == inside and model.num_params(non_embedding=False) == inside + tables, variant
+
+
 def test_modern_has_no_wpe_or_biases():
     model = tiny_model("modern", bias=False)
     names = dict(model.named_parameters())
