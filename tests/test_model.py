@@ -453,6 +453,8 @@ def test_decoding_logits_are_the_forwards_and_follow_weight_changes(B):
         check()
         model.lm_head.weight.data.mul_(0.5)  # through .data: no version counter moves
         check()
+        model.lm_head.weight[5].mul_(-3.0)  # one row, none of the 16 compared: the version counter alone sees it
+        check()
     # a step of the optimizer train.py uses: fused AdamW on a CPU updates the weights without a version bump either
     optimizer = model.configure_optimizer(0.1, 1e-2)
     _, loss = model(idx, idx)
