@@ -686,6 +686,14 @@ def test_the_temperature_divides_the_logits_once():
         torch.testing.assert_close(torch.bincount(drawn, minlength=4) / 20000, want, atol=0.015, rtol=0)
 
 
+def test_a_small_temperature_on_huge_scores_is_greedy():
+    # scores finite but near fp32's limit (weights grown huge pass generate's check) are taken from their maximum
+    # before the temperature divides them: 1e35 / 1e-6 alone would be inf, and the softmax of it nan
+    logits = torch.tensor([[-1e35, 1e35, 0.0]])
+    for temperature in (1e-6, 1e-3):
+        assert GPT._sample(logits, torch.zeros(1, 0, dtype=torch.long), temperature, None, None, 1.0, None).item() == 1
+
+
 def test_top_p_keeps_the_smallest_set_that_reaches_it():
     # four equally likely tokens and top_p 0.5: the first two reach it exactly, so the nucleus is those two, not three
     logits = torch.zeros(4000, 4)
