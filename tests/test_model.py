@@ -578,6 +578,18 @@ def test_generation_on_cuda_runs_no_cudnn_attention():
     assert torch.backends.cuda.cudnn_sdp_enabled()
 
 
+def test_generate_refuses_settings_it_cannot_sample_with():
+    # a library caller's mistake is a ValueError naming the setting (gen.py and serve.py check their own options): a
+    # negative temperature was sampled as greedy, top_k 0 failed inside torch.topk, an empty prompt inside the model
+    model = tiny_model()
+    for idx, kw, words in ((tokens(1, 3), dict(temperature=-0.5), "temperature must be >= 0, got -0.5"),
+                           (tokens(1, 3), dict(top_k=0), "top_k must be >= 1, got 0"),
+                           (tokens(1, 0), {}, r"idx must be a non-empty \(B, T\) tensor, got shape \(1, 0\)"),
+                           (tokens(1, 3)[0], {}, r"idx must be a non-empty \(B, T\) tensor, got shape \(3,\)")):
+        with pytest.raises(ValueError, match=words):
+            collect(model, idx, 2, **kw)
+
+
 def test_generate_stops_at_stop_token():
     model = tiny_model()
     idx = tokens(1, 4)
