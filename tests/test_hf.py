@@ -286,6 +286,11 @@ def test_an_exported_models_dropout_reads_back_and_what_llama_lacks_is_said(cust
         assert len(warned) == 1 and "attention dropout only" in warned[0] and "dropout 0.1" in warned[0], err
     else:  # GPT-2's config has all of it (resid_pdrop, embd_pdrop, attn_pdrop)
         assert not warned, err
+    # transformers fine-tunes the folder with that dropout, wherever its config has a field for it
+    with open(os.path.join(folder, "config.json")) as f:
+        config = json.load(f)
+    fields = ("attention_dropout",) if variant == "modern" else ("resid_pdrop", "embd_pdrop", "attn_pdrop")
+    assert [config[k] for k in fields] == [0.1] * len(fields)
     # train.py --init_from fine-tunes with the checkpoint config's dropout (unless --dropout), as --checkpoint the .pt
     assert load_model(folder)[2]["config"]["dropout"] == 0.1
 
