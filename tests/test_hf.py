@@ -185,8 +185,10 @@ def test_export_tokenizer_gives_the_same_ids(exported, enc):
     assert whole == enc.encode("<|im_start|>user\n\n\nHi<|im_end|>\n", allowed_special="all")
     merged = enc.encode_ordinary("user\n\n\nHi") != enc.encode_ordinary("user\n") + enc.encode_ordinary("\n\nHi")
     assert (whole != render_chat(enc, odd)[0]) == merged
+    # transformers' generate stops at either, and pads a batch's finished rows with <|endoftext|>
+    eot, im_end = enc.encode_single_token(EOT), enc.encode_single_token(IM_END)
     with open(os.path.join(exported["out"], "generation_config.json")) as f:
-        assert json.load(f)["eos_token_id"] == [enc.encode_single_token(EOT), enc.encode_single_token(IM_END)]
+        assert json.load(f) == {"bos_token_id": eot, "pad_token_id": eot, "eos_token_id": [eot, im_end]}
 
 
 def test_an_exported_folder_is_a_tokenizer_for_prepare(exported, enc, custom_enc, tmp_path):
