@@ -167,6 +167,7 @@ def test_export_tokenizer_gives_the_same_ids(exported, enc):
     transformers = pytest.importorskip("transformers")  # (its tokenizers need no torch)
     tok = transformers.AutoTokenizer.from_pretrained(exported["out"])
     assert tok.eos_token == EOT  # (fine-tuning scripts end each example with it, and pad with it)
+    assert tok.model_max_length == exported["model"].config.block_size  # (what truncation=True cuts to)
     for text in TEXTS:
         ids = enc.encode(text, allowed_special="all")
         assert ids_of(tok, text) == ids, text
