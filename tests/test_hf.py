@@ -733,6 +733,24 @@ def test_older_and_sharded_weight_files_read_as_the_same_model(small_folder, tmp
         assert torch.equal(v, other.state_dict()[k]), k
 
 
+def test_embedding_rows_no_token_reaches_are_left_behind(small_folder, tmp_path):
+    # an embedding padded beyond the tokenizer (nanoGPT's 50304 rows for GPT-2's 50257 ids) reads as the same model:
+    # the rows no id reaches are dropped, and this model's padding rows start at the mean of the tokenizer's rows only
+    st = pytest.importorskip("safetensors.torch")
+
+    def pad(folder):
+        path = str(folder / "model.safetensors")
+        tensors = st.load_file(path)
+        wte = tensors["transformer.wte.weight"]
+        tensors["transformer.wte.weight"] = torch.cat([wte, torch.full((24, wte.size(1)), 100.0)])
+        st.save_file(tensors, path, metadata={"format": "pt"})
+        edit_config(vocab_size=wte.size(0) + 24)(folder)
+    a, b = load_model(small_folder["folder"])[0], load_model(broken(small_folder, tmp_path, pad))[0]
+    assert a.config == b.config
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k
+
+
 def test_a_file_of_a_model_folder_given_as_the_checkpoint_names_the_folder(small_folder, tmp_path, capsys, monkeypatch):
     """torch.load reads model.safetensors as a state dict: export.py's weights given for the model said "not a checkpoint
     of this project ...; train one with train.py" (and its config.json "corrupt, or not written by torch.save?")."""
