@@ -91,6 +91,9 @@ def test_make_config_overrides_and_errors():
         make_config("tiny", variant="llama")
     with pytest.raises(ValueError, match="unknown GPTConfig field"):
         make_config("tiny", n_layers=2)
+    for dropout in (1.0, -0.1):  # (1.0 would zero every activation it touches: nothing learns)
+        with pytest.raises(ValueError, match=rf"dropout must be in \[0, 1\), got {dropout}"):
+            make_config("tiny", dropout=dropout)
 
 
 def test_swiglu_keeps_the_parameters_of_a_4x_gelu_mlp():
