@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from model import (GPT, OPTIMIZERS, PRESETS, GPTConfig, KVCache, Muon, cross_entropy, gelu_tanh, make_config,  # noqa: E402
-                   orthogonalize, swiglu_hidden)
+from model import (GPT, OPTIMIZERS, PRESETS, GPTConfig, KVCache, Muon, cross_entropy, gelu_tanh,  # noqa: E402
+                   make_config, orthogonalize, swiglu_hidden)
 
 VARIANTS = ["gpt2", "modern"]
 VOCAB = 1000  # not a multiple of 64, so padding is exercised (padded to 1024)
@@ -97,8 +97,8 @@ def test_make_config_overrides_and_errors():
 
 
 def test_swiglu_keeps_the_parameters_of_a_4x_gelu_mlp():
-    # three (C, hidden) matrices hold the 8 C^2 of GELU's two (C, 4C) ones: hidden is 8C/3 rounded up to a multiple of 64.
-    # A modern-variant checkpoint holds matrices of this size, and exports write it as Llama's intermediate_size
+    # three (C, hidden) matrices hold the 8 C^2 of GELU's two (C, 4C) ones: hidden is 8C/3 rounded up to a multiple of
+    # 64. A modern-variant checkpoint holds matrices of this size, and exports write it as Llama's intermediate_size
     for n_embd in (64, 128, 384, 640, 768):
         hidden = swiglu_hidden(n_embd)
         assert hidden % 64 == 0 and 0 <= hidden - 8 * n_embd / 3 < 64, (n_embd, hidden)
