@@ -853,6 +853,12 @@ def test_cache_dtype_follows_autocast():
         a, _ = model(idx[:, :7], cache=cache)
         b, _ = model(idx[:, 7:], cache=cache)
     torch.testing.assert_close(torch.cat([a, b], 1).float(), full.float(), atol=0.05, rtol=0.05)
+    # a cache of another dtype than the one the model computes in (new_cache's dtype): what it holds is cast to the
+    # queries' dtype, not a dtype mismatch inside attention
+    cache = model.new_cache(2, dtype=torch.bfloat16)
+    a, _ = model(idx[:, :7], cache=cache)
+    b, _ = model(idx[:, 7:], cache=cache)
+    torch.testing.assert_close(torch.cat([a, b], 1), model(idx)[0], atol=0.05, rtol=0.05)
 
 
 # ---------------------------------------------------------------- training
