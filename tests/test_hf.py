@@ -1076,6 +1076,10 @@ def test_gpt2_config_json_gives_the_context_as_n_ctx_too(enc):
     cfg = make_config("tiny", n_layer=1, n_embd=32, n_head=2, block_size=32, vocab_size=enc.n_vocab, variant="gpt2")
     c = hf.hf_config(cfg, enc, torch.float32)
     assert c["n_positions"] == c["n_ctx"] == cfg.block_size == 32
+    # read back, n_positions is the context where both are given (transformers sizes wpe by it), n_ctx without it
+    for kv, context in ((dict(n_ctx=1024), 32), (dict(n_positions=None), 32), (dict(n_ctx=None), 32)):
+        raw = {k: v for k, v in {**c, **kv}.items() if v is not None}
+        assert hf.config_from_hf(raw, "config.json").block_size == context, kv
 
 
 def test_an_untied_lm_head_is_refused(small_folder, tmp_path):
