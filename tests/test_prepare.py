@@ -338,6 +338,16 @@ def test_jsonl_text_and_folder_source(tmp_path, enc):
     assert (val == enc.eot_token).sum() == 3  # the literal inside a JSON document is plain text
 
 
+def test_a_documents_spacing_around_its_separators_and_in_its_record_is_not_trained_on(tmp_path):
+    """TinyStories writes "\\n<|endoftext|>\\n" between stories, and JSON exports leave a text's trailing newline: each
+    document is its text stripped, so none starts or ends with newline tokens the model would learn to write."""
+    docs = [("First story.", True), ("Second story.", True), ("Third.", True)]
+    src = write(tmp_path / "s.txt", "First story.\n<|endoftext|>\n\nSecond story.\n<|endoftext|>  \nThird.\n")
+    assert list(prepare.text_docs(src)) == docs
+    assert [prepare.record_doc({"text": " First story.\n"}, "x"), prepare.record_doc("\nThird.\n", "x")] == \
+        [docs[0], docs[2]]
+
+
 def test_lone_surrogates_in_json_read_as_tiktoken_reads_them(tmp_path, enc):
     """JSON may spell half a UTF-16 pair alone ("\\ud800"): tiktoken read it as U+FFFD, but a --vocab_size build
     failed with a traceback in the vocabulary trainer. Both read it as U+FFFD now (a whole pair stays one character)."""
