@@ -2113,6 +2113,14 @@ def test_tidy_dailydialog():
         "We call it ' Sleeping Beauty '. __eou__ ' Yes ', at 5 o'clock."
 
 
+def test_a_dialog_record_is_tidied_as_dailydialog_alone():
+    """DailyDialog's spacing is undone in its own records only: another set's `dialog` (a user's code, "x , y") is
+    trained on as written."""
+    record = {"dialog": ["I ' m here , too .", "print(x , y)"]}
+    assert [m["content"] for m in prepare.record_doc(record, "x", "dailydialog")] == ["I'm here, too.", "print(x, y)"]
+    assert [m["content"] for m in prepare.record_doc(record, "x", "chat")] == record["dialog"]
+
+
 # -----------------------------------------------------------------------------
 # packing: conversations laid out in blocks that train.py's windows keep whole
 
