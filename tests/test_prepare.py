@@ -1830,6 +1830,13 @@ def test_a_folder_of_small_files_gives_val_its_share(tmp_path, enc, monkeypatch)
         prepare.prepare("chat", source=str(folder), out_dir=str(tmp_path / "data"), name="one", limit=1)
 
 
+def test_val_takes_its_share_rounded_and_leaves_train_a_document():
+    """--val_fraction is val's share of a source's documents, rounded (17 at 0.1: 2, not 1); however large the share,
+    train keeps a document."""
+    assert prepare.val_counts({0: 17}, "chat", 0.1, "x", None) == {0: 2}
+    assert prepare.val_counts({0: 3}, "chat", 0.9, "x", None) == {0: 2}
+
+
 def test_a_chat_set_without_replies_is_refused(tmp_path):
     """Conversations without an assistant turn leave nothing under the loss mask: train.py 'trained' at loss 0. Among
     others they are left out (they were kept, unsaid: windows of context trained on for no loss), and the val split
