@@ -3586,6 +3586,16 @@ def test_story_mojibake_is_mended_as_it_is_read(tmp_path, monkeypatch, enc, caps
     assert MOJIBAKE_STORY in all_text(enc, tmp_path / "data" / "mine", prepare.read_meta(tmp_path / "data" / "mine"))
 
 
+def test_mojibake_mended_is_counted_once_however_often_the_file_is_read():
+    """The summary's count of mojibake mended is a pass's (the val count and the tokenizing each read a file), of
+    every sequence in it."""
+    mended = {}
+    for _ in range(2):
+        docs = prepare.mended_docs(lambda: iter([("â€œHi.â€", True), ("Plain.", True), ("Itâ€™s.", True)]), "f", mended)
+        assert [d for d, _ in docs] == ["“Hi.”", "Plain.", "It’s."]
+    assert mended == {"f": 3}
+
+
 def test_story_mojibake_from_the_hub_is_mended(tmp_path, monkeypatch, enc, capsys):
     """The hub's roneneldan/TinyStories has the same damage in parts of it: mended as the mirror's is."""
     monkeypatch.setenv("DATA_MIRROR", str(tmp_path / "no-mirror"))
