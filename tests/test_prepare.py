@@ -4065,6 +4065,20 @@ def test_a_conversation_that_exactly_fills_the_open_block_goes_in_it(tmp_path, e
     out.discard()
 
 
+def test_conversations_that_come_apart_are_packed_together(tmp_path, enc):
+    """The packer looks ahead over the conversations waiting, not only the next: three of 10 tokens then three of 6
+    fill three blocks of 16 with no padding but the closing <|endoftext|>, where placed as they come every block of
+    a 10 waited on a 6 that had not yet come."""
+    out = prepare.Split(str(tmp_path), "train", np.uint16, True)
+    packer = prepare.Packer(out, 16, enc, prepare.token_bytes(enc))
+    for n in (10, 10, 10, 6, 6, 6):
+        packer.add(np.array([enc.encode_single_token(IM_START)] + [11] * (n - 2) + [enc.eot_token], np.uint16),
+                   np.zeros(n, np.uint8))
+    packer.close()
+    assert (out.tokens, out.padding, out.documents) == (49, 1, 6)
+    out.discard()
+
+
 def test_a_conversation_of_exactly_a_block_is_not_in_pieces(tmp_path, enc):
     """A conversation that fills a block exactly, its <|endoftext|> included, fits it: it is placed whole, its final
     question kept (only a conversation cut in pieces leaves out a tail that trains nothing), and not counted among
