@@ -4120,6 +4120,26 @@ def test_an_exchange_of_exactly_a_block_stays_whole(enc):
     assert [p.tolist() for p, _ in pieces] == [render_chat(enc, conv[:2])[0] + eot, render_chat(enc, second)[0] + eot]
 
 
+def test_an_exchange_of_exactly_a_block_of_two_replies_is_cut_between_them(enc):
+    """With its closing <|endoftext|> such an exchange is a token longer than a block: cut after its first reply,
+    which trains something, every piece fits a block, where whole it would cross into the next."""
+    block = 32
+    packer = prepare.Packer(None, block, enc, None)
+    for words in range(1, 40):
+        second = [{"role": "user", "content": "ask " + "x " * words}, {"role": "assistant", "content": "yes"},
+                  {"role": "assistant", "content": "and more"}]
+        if len(render_chat(enc, second)[0]) == block:
+            break
+    else:
+        pytest.fail("no exchange of exactly a block")
+    conv = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}] + second
+    ids, mask = render_chat(enc, conv)
+    pieces = packer.pieces(np.array(ids + [enc.eot_token], np.uint32), np.array(mask + [0], np.uint8))
+    eot = [enc.eot_token]
+    assert [p.tolist() for p, _ in pieces] == [render_chat(enc, part)[0] + eot for part in (conv[:2], second[:2],
+                                                                                          second[2:])]
+
+
 def test_a_reply_in_two_messages_stays_with_its_question_in_pieces(enc):
     """A conversation longer than a block is cut before a user message, not before any turn: a reply given as two
     assistant messages in a row (a ShareGPT scrape's long answer, split) keeps its second part with the question, where
