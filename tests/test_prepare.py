@@ -379,6 +379,9 @@ def test_chunk_boundaries_do_not_change_documents(tmp_path, monkeypatch):
     chunks = prepare.read_text_chunks
     monkeypatch.setattr(prepare, "read_text_chunks", lambda path: chunks(path, chunk_chars=5))
     assert (list(prepare.text_docs(corpus)), list(prepare.story_line_docs(stories))) == whole
+    # a blank line between a story's paragraphs whose newlines fall in two chunks: no story break
+    paragraphs = write(tmp_path / "p.txt", "Abcd\n\nEfgh.\nNext.\n")
+    assert list(prepare.story_line_docs(paragraphs)) == [("Abcd\n\nEfgh.", True), ("Next.", True)]
 
 
 def test_a_file_written_to_as_it_is_read_is_refused_and_the_old_dataset_kept(tmp_path, monkeypatch):
