@@ -2084,6 +2084,13 @@ def test_dailydialog_and_gsm8k_sources(tmp_path, enc):
     assert masked_spans(enc, ids, mask) == ["cout << x; cin >> y;" + IM_END] * 9
 
 
+def test_an_answer_with_a_heading_of_hashes_before_its_end_keeps_its_angle_brackets():
+    """Only an answer whose last line is GSM8K's `#### ` final answer loses its << >> annotations: a Markdown heading
+    (#### In C++) above code keeps the code's << and >>."""
+    answer = "#### In C++\ncout << x; cin >> y;\nThat prints x."
+    assert prepare.record_doc({"question": "How?", "answer": answer}, "x")[1]["content"] == answer
+
+
 def test_a_dailydialog_line_of_one_utterance_is_left_out_and_counted(tmp_path, capsys):
     """A DailyDialog line of one utterance has no reply to train on: it was kept, a conversation of the user's words
     alone, all out of the loss and unsaid. It is left out and counted in the summary, as a `dialog` record of one turn
