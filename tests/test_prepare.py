@@ -3944,6 +3944,14 @@ def test_a_records_system_field_becomes_the_system_message():
     assert prepare.record_doc(record, "x") == record["messages"]
 
 
+def test_seed_task_instances_of_another_shape_are_a_one_line_error():
+    """A Self-Instruct seed task's `instances` that are no list of input/output examples name the shape expected,
+    not a KeyError."""
+    for instances in ([{"input": "a"}], {"input": "a", "output": "b"}, 5):
+        with pytest.raises(UserError, match=r"^f line 1: `instances` must be a list of \{"):
+            prepare.record_docs({"instruction": "Add.", "instances": instances}, "f line 1")
+
+
 def test_a_record_of_several_shapes_is_read_by_the_first_that_holds_something():
     """The precedence README states: a list of turns, then PAIRS in order, a pair whose reply is null passed over (a
     mixed parquet file's Dolly row has Alpaca's output column, null), a null reply an empty one where no pair holds
