@@ -2346,6 +2346,35 @@ def test_a_conversation_in_pieces_leaves_out_a_tail_that_trains_nothing(tmp_path
     assert [p.tolist() for p, _ in pieces] == [render_chat(enc, qa)[0] + [enc.eot_token]]
 
 
+def test_a_short_tail_left_out_of_many_pieces_is_counted(tmp_path, enc):
+    """The count of tails left out compares the pieces' turns, without the <|endoftext|> each piece ends with, with the
+    conversation's: a 6-token final question after 7 pieces is counted, not hidden by the pieces' 7 end tokens."""
+    conv = [m for t in range(7) for m in ({"role": "user", "content": f"question {t} " + "why " * 5},
+                                          {"role": "assistant", "content": f"answer {t} " + "yes " * 6})]
+    conv.append({"role": "user", "content": "q"})
+    ids, mask = render_chat(enc, conv)
+    out = prepare.Split(str(tmp_path), "train", np.uint16, True)
+    packer = prepare.Packer(out, 32, enc, prepare.token_bytes(enc))
+    packer.add(np.array(ids + [enc.eot_token], np.uint16), np.array(mask + [0], np.uint8))
+    packer.close()
+    assert (out.in_pieces, out.untrained_tails) == (1, 1) and out.tokens - out.padding == 7 * 29
+    out.discard()
+
+
+def test_a_long_conversation_first_fills_what_is_left_of_the_open_block(tmp_path, enc, monkeypatch):
+    """A conversation longer than a block starts a block: what waits that fits the open block goes in it first, not
+    after padding (with more conversations waiting than the lookahead holds, the open block is part full)."""
+    monkeypatch.setattr(prepare, "PACK_LOOKAHEAD", 1)
+    out = prepare.Split(str(tmp_path), "train", np.uint16, True)
+    packer = prepare.Packer(out, 16, enc, prepare.token_bytes(enc))
+    for n in (10, 6, 32):
+        packer.add(np.array([enc.encode_single_token(IM_START)] + [11] * (n - 2) + [enc.eot_token], np.uint16),
+                   np.zeros(n, np.uint8))
+    packer.close()
+    assert (out.tokens, out.padding) == (49, 1)
+    out.discard()
+
+
 def test_a_system_without_pread_prepares_the_same_files(tmp_path, monkeypatch):
     """Packing, the val cut and the val dedup read back the token files being written (common.read_at): on Windows,
     which has no os.pread, by a seek that must not move where the writing goes on."""
