@@ -458,6 +458,17 @@ def prepared_text(source, out):
     return get_tokenizer("gpt2").decode(load(os.path.join(out, "n"), "train", meta)[0].tolist())
 
 
+def test_a_parquet_file_is_read_past_its_first_batch_and_an_empty_json_file_holds_no_records(tmp_path):
+    """parquet_records reads a file in batches of 1,024 rows, every one of them: the first alone would leave a 1,500-row
+    file's last 476 out unsaid. An empty .json file is no malformed JSON, as an empty .jsonl is not."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    pq.write_table(pa.Table.from_pylist([{"text": f"row {i}"} for i in range(1500)]), tmp_path / "t.parquet")
+    rows = list(prepare.parquet_records(str(tmp_path / "t.parquet")))
+    assert len(rows) == 1500 and rows[-1] == (f"{tmp_path / 't.parquet'} row 1500", {"text": "row 1499"})
+    assert list(prepare.json_file_records(write(tmp_path / "e.json", "\n"))) == []
+
+
 @pytest.mark.skipif(not shutil.which("iconv"), reason="no iconv to run the suggested command")
 @pytest.mark.parametrize("text,encoding", [("caf\u00e9 cr\u00e8me br\u00fbl\u00e9e", "latin1"),
                                            ("caf\u00e9 l\u2019\u00e9t\u00e9 \u2013 \u201c5 \u20ac\u201d", "cp1252")])
