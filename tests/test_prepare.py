@@ -3363,6 +3363,11 @@ def test_the_same_files_named_another_way_rebuild_their_dataset(tmp_path, capsys
     meta["options"]["source"] = 5
     meta_path.write_text(json.dumps(meta))
     assert prepare.prepare("text", source=str(corpus), out_dir=out)["splits"]["train"]["documents"] > 0
+    # the same folder, given a file more: made again from all three, not refused as a dataset of other files
+    prepare.prepare("text", source=str(corpus), out_dir=str(tmp_path / "more"))
+    write(corpus / "c.txt", EOT.join(f"note {i} about c" for i in range(30)))
+    meta = prepare.prepare("text", source=str(corpus), out_dir=str(tmp_path / "more"))
+    assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == 90
 
 
 def test_hub_path(tmp_path, monkeypatch, enc):
