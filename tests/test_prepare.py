@@ -3948,6 +3948,12 @@ def test_a_truncated_mask_file_is_rebuilt_not_up_to_date(tmp_path, capsys):
     prepare.prepare("chat", **kw)
     assert "up to date" not in capsys.readouterr().out
     assert os.path.getsize(mask) == meta["splits"]["train"]["tokens"]
+    # and a token file longer than meta.json says (other data copied over it)
+    train = tmp_path / "data" / "c" / "train.bin"
+    train.write_bytes(train.read_bytes() + bytes(2))
+    prepare.prepare("chat", **kw)
+    assert "up to date" not in capsys.readouterr().out
+    assert os.path.getsize(train) == meta["splits"]["train"]["tokens"] * 2
 
 
 @pytest.mark.parametrize("change", [{"has_mask": False}, {"has_mask": False, "kind": None}, {"vocab_size": 1},
