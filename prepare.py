@@ -1723,28 +1723,26 @@ def token_bytes(enc):
 
 
 def encode_batch(enc, batch, kind, dtype):
-    """A batch of documents -> (ids, mask or None, offsets where each finished document ends)."""
+    """A batch of documents -> (ids, mask or None, how many documents it ends: a text's last piece ends one)."""
     eot = enc.eot_token
     if kind == "text":
         lists = encode_texts(enc, [text for text, _ in batch])
-        ends, n = [], 0
+        ended = 0
         for ids, (_, end) in zip(lists, batch):
             if end:
                 ids.append(eot)
-                ends.append(n + len(ids))
-            n += len(ids)
-        return np.fromiter(itertools.chain.from_iterable(lists), dtype, n), None, ends
+                ended += 1
+        return np.fromiter(itertools.chain.from_iterable(lists), dtype, sum(map(len, lists))), None, ended
     # conversations: every message body in one threaded call, then laid out by render_chat
     bodies = iter(encode_texts(enc, [m["content"] for conv in batch for m in conv]))
-    ids, mask, ends = [], bytearray(), []
+    ids, mask = [], bytearray()
     for conv in batch:
         conv_ids, conv_mask = render_chat(enc, conv, bodies=[next(bodies) for _ in conv])
         ids += conv_ids
         ids.append(eot)
         mask += bytes(conv_mask)
         mask.append(0)
-        ends.append(len(ids))
-    return np.array(ids, dtype), np.frombuffer(mask, np.uint8), ends
+    return np.array(ids, dtype), np.frombuffer(mask, np.uint8), len(batch)
 
 
 def doc_kind(doc):
@@ -2040,10 +2038,10 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
         """Tokenize docs into the Split out; returns how many documents ended."""
         n = 0
         for batch in batches(docs, kind, label, first_label):
-            ids, mask, batch_ends = encode_batch(enc, batch, kind, dtype)
-            n += len(batch_ends)
+            ids, mask, ended = encode_batch(enc, batch, kind, dtype)
+            n += ended
             nbytes = int(table[ids].sum())
-            out.write(ids, mask, len(batch_ends), nbytes)
+            out.write(ids, mask, ended, nbytes)
             progress.update(nbytes)
         return n
 
