@@ -312,6 +312,28 @@ def test_a_count_below_its_minimum_is_the_same_line_in_every_script(script, opti
     assert code == 2 and err == usage_error(script, f"argument {option}: must be at least {minimum}, got {value}"), err
 
 
+def test_a_count_at_its_minimum_is_taken():
+    """--warmup 0 (bench.py) and --samples 0 (eval.py) are values users give: the minimum itself is no error."""
+    assert [common.at_least(m)(str(m)) for m in (0, 1)] == [0, 1]
+
+
+def test_a_switch_is_on_off_or_left_to_the_run_in_either_spelling():
+    """--compile turns it on, --no_compile (as every option is spelt) or argparse's --no-compile off, an abbreviation
+    of either too; neither leaves None (train.py takes the checkpoint's then). The usage names the underscore
+    spelling, as README and the errors do; a name starting with "no" is still a name, not its off spelling."""
+    p = common.ArgumentParser(prog="x.py")
+    p.add_argument("--compile", action=common.Switch)
+    p.add_argument("--normalize", action=common.Switch)
+    said = {" ".join(a): vars(p.parse_args(a)) for a in ([], ["--compile"], ["--no_compile"], ["--no-compile"],
+                                                         ["--no_comp"], ["--comp"], ["--normalize"])}
+    assert said == {"": {"compile": None, "normalize": None}, "--compile": {"compile": True, "normalize": None},
+                    "--no_compile": {"compile": False, "normalize": None},
+                    "--no-compile": {"compile": False, "normalize": None},
+                    "--no_comp": {"compile": False, "normalize": None}, "--comp": {"compile": True, "normalize": None},
+                    "--normalize": {"compile": None, "normalize": True}}
+    assert "[--compile | --no_compile] [--normalize | --no_normalize]" in p.format_usage()
+
+
 def test_no_output_replaces_a_checkpoint_or_a_datasets_file(tmp_path):
     """eval.py --json, gen.py --output, setup_tokenizer.py --out over a checkpoint or a dataset's file replaced it
     (a 7.7 MB checkpoint became 627 bytes of JSON); train.py's checkpoints may replace checkpoints (by its own rules)."""
