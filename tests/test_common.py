@@ -889,6 +889,24 @@ def test_cyrillic_text_is_told_its_encoding_in_capitals_too(encoding):
         assert letters_encoding(text.encode("gbk")) is None, text
 
 
+def test_each_encodings_guess_leaves_the_others_text_alone():
+    """Text in one 8-bit encoding can pass another's test: Russian whose words are of even length decodes as GB18030,
+    a Russian name starting Ю, Э or Я holds Greek Windows' accented vowels' bytes, German's umlauts before letters
+    decode as GB18030 (most alone, where Chinese characters are two bytes), Portuguese's é and à alone between spaces
+    are no Cyrillic words (one letter). Each is told the encoding it is in: another's iconv garbles every letter."""
+    def told(text, encoding):
+        fix = common.encoding_fix(text.encode(encoding), "") or common.latin1_fix("")
+        return re.search(r"`iconv -f (\S+) ", fix)[1]
+    assert told("Мама мыла раму.\n", "cp1251") == "cp1251"
+    assert told("Юля спит на диване.\n", "cp1251") == "cp1251"
+    assert told("Müller für größere Füße.\n", "latin1") == "latin1"
+    assert told("Ele é alto e vai à praia.\n", "latin1") == "latin1"
+    assert told("Preis: 5 €\n", "cp1252") == "cp1252"  # its euro sign, 0x80, the one byte that says cp1252
+    # not_utf8 reads the MiB from the first byte that is not UTF-8: where it cuts a character, still GB18030
+    mib = ("你好世界。\n" * 100_000).encode("gbk")[:1 << 20]
+    assert mib[-1] >= 0x80 and common.encoding_fix(mib, "").startswith("it looks like GBK/GB18030")
+
+
 def test_a_stray_byte_in_utf8_text_is_not_answered_with_a_latin1_conversion(tmp_path):
     """A chat log with emoji and accents and one stray byte: `iconv -f latin1 -t utf-8`, the advice for latin1 text,
     turned every emoji and accent into mojibake, and prepare.py then took the garbled file. Dropping the byte is the
