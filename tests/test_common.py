@@ -907,6 +907,16 @@ def test_each_encodings_guess_leaves_the_others_text_alone():
     assert mib[-1] >= 0x80 and common.encoding_fix(mib, "").startswith("it looks like GBK/GB18030")
 
 
+def test_a_files_encoding_is_guessed_from_its_first_byte_that_is_not_utf8(tmp_path):
+    """A heading in UTF-8 and the text under it from Russian Windows (files put together): the guess reads from the
+    first byte that is not UTF-8, and names cp1251. From the file's start, the UTF-8 letters' bytes read as
+    Central European text (its iconv garbles the Russian)."""
+    f = tmp_path / "notes.txt"
+    f.write_bytes("Глава первая. Он пришёл домой, и кот спал.\n".encode() * 100
+                  + "Глава вторая. Он пришёл домой, и кот спал.\n".encode("cp1251") * 500)
+    assert "`iconv -f cp1251 -t utf-8 <" in str(common.not_utf8(str(f)))
+
+
 def test_a_stray_byte_in_utf8_text_is_not_answered_with_a_latin1_conversion(tmp_path):
     """A chat log with emoji and accents and one stray byte: `iconv -f latin1 -t utf-8`, the advice for latin1 text,
     turned every emoji and accent into mojibake, and prepare.py then took the garbled file. Dropping the byte is the
