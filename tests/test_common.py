@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 import types
+import warnings
 
 import pytest
 import torch
@@ -514,6 +515,18 @@ def test_a_full_disk_names_the_file_being_written(tmp_path, capsys, monkeypatch)
             run_main(lambda: write(str(path)))
         assert capsys.readouterr().err == f"error: No space left on device: {path}: free some space or write elsewhere\n"
         assert os.listdir(tmp_path) == []  # nor a temporary file left
+    # another error, or one naming its own file, is left as it is: a source's read error named the file being written
+    for e, named in ((OSError(errno.EIO, "Input/output error"), None),
+                     (OSError(errno.ENOSPC, "No space left on device", "data/t.bin"), "data/t.bin")):
+        common.name_full_disk(e, "out.pt")
+        assert e.filename == named
+
+
+def test_a_count_is_said_as_every_script_says_it():
+    """train.py's banner, gen.py --verbose, eval.py, serve.py and prepare.py's tokens/s: one figure for one count
+    (eval.py said "0.0M parameters" of a model train.py called 33.3k), a rate under a thousand without its decimals."""
+    said = [common.fmt_count(n) for n in (512, 512.7, 999, 1000, 33_333, 1_400_000, 124_439_808, 2.5e9)]
+    assert said == ["512", "512", "999", "1.0k", "33.3k", "1.4M", "124.4M", "2.5B"]
 
 
 def test_a_failed_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypatch):
@@ -823,6 +836,49 @@ def test_a_device_torch_knows_but_the_scripts_do_not_is_refused(name):
         pick_device(name)
 
 
+def test_a_device_this_machine_lacks_is_refused_in_one_line(monkeypatch):
+    """--device cuda where there is no CUDA, cuda:2 of two GPUs, mps off a Mac: one line naming what there is, not
+    torch's traceback at the first tensor moved there."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    for name, said in (("cuda", "CUDA"), ("mps", "MPS")):
+        with pytest.raises(UserError, match=f"^--device {name}: {said} is not available here; use --device cpu$"):
+            pick_device(name)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(UserError, match=r"^--device cuda:2: only 2 CUDA device\(s\); use cuda:0\.\.cuda:1$"):
+        pick_device("cuda:2")
+    assert pick_device("cuda:1") == torch.device("cuda:1")
+
+
+def test_auto_takes_cuda_then_mps_then_cpu_and_asks_only_among_several_gpus(monkeypatch, capsys):
+    """--device auto: a Mac's GPU where there is no CUDA; one GPU taken without a question, several named where
+    nobody can be asked; under torchrun each rank its own (LOCAL_RANK), never asked."""
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for mps, want in ((True, "mps"), (False, "cpu")):
+        monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+        assert pick_device("auto") == torch.device(want)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(common, "ask", lambda prompt: pytest.fail(f"asked {prompt!r}"))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert pick_device("auto", interactive=True) == torch.device("cuda:0") and capsys.readouterr().out == ""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert pick_device("auto", interactive=False) == torch.device("cuda:0")
+    assert capsys.readouterr().out == "2 GPUs found, using cuda:0 (pick another with --device cuda:N)\n"
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert pick_device("auto", interactive=True) == torch.device("cuda:1")
+
+
+def test_auto_dtype_on_a_gpu_is_bf16_where_it_has_it_and_fp32_on_mps(monkeypatch):
+    """fp16 (with train.py's GradScaler) only on GPUs without bf16 (before Ampere); MPS computes in fp32."""
+    for bf16, want in ((True, torch.bfloat16), (False, torch.float16)):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+        assert common.pick_dtype(torch.device("cuda")) == want
+    assert common.pick_dtype(torch.device("mps")) == torch.float32
+    assert common.pick_dtype(torch.device("cpu"), "float16") == torch.float16  # one asked for is taken as it is
+
+
 def test_several_gpus_on_a_terminal_are_asked_about(monkeypatch, capsys):
     import builtins
     monkeypatch.delenv("LOCAL_RANK", raising=False)
@@ -830,7 +886,7 @@ def test_several_gpus_on_a_terminal_are_asked_about(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i: (70 * 2**30, 80 * 2**30))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: "H100")
-    for answer, want in (("1", "cuda:1"), ("", "cuda:0"), ("7", "no GPU '7'; pass --device cuda:N"), (EOFError,
+    for answer, want in (("1", "cuda:1"), ("", "cuda:0"), ("2", "no GPU '2'; pass --device cuda:N"), (EOFError,
                          "no GPU chosen; pass --device cuda:N")):  # Ctrl-D: it was an EOFError traceback
         def ask(prompt, answer=answer):
             if answer is EOFError:
@@ -1141,8 +1197,10 @@ def test_autocast_computes_in_the_dtype_asked_for_and_float32_is_a_no_op():
     x = torch.randn(2, 8)
     with autocast(cpu, torch.bfloat16):
         assert linear(x).dtype == torch.bfloat16
-    with autocast(cpu, torch.float32):
-        assert not torch.is_autocast_enabled("cpu") and linear(x).dtype == torch.float32
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (torch's autocast to float32 warned "the target dtype is not supported")
+        with autocast(cpu, torch.float32):
+            assert not torch.is_autocast_enabled("cpu") and linear(x).dtype == torch.float32
     assert linear(x).dtype == torch.float32  # and nothing left on after either
 
 
