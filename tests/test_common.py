@@ -877,6 +877,9 @@ def test_auto_dtype_on_a_gpu_is_bf16_where_it_has_it_and_fp32_on_mps(monkeypatch
         assert common.pick_dtype(torch.device("cuda")) == want
     assert common.pick_dtype(torch.device("mps")) == torch.float32
     assert common.pick_dtype(torch.device("cpu"), "float16") == torch.float16  # one asked for is taken as it is
+    # a GPU computes fp16 and bf16 in hardware: the CPU's warning that they are emulated is not said there
+    assert [common.slow_on_this_cpu(torch.device("cuda"), d, str(d)[6:]) for d in (torch.float16, torch.bfloat16)] == \
+        [None, None]
 
 
 def test_several_gpus_on_a_terminal_are_asked_about(monkeypatch, capsys):
