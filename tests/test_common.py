@@ -430,6 +430,28 @@ def test_a_librarys_message_in_an_error_line_is_cut_between_words():
     assert common.first_line(RuntimeError(heading), 100) == "size mismatch for wte.weight:..."  # a word too long
     assert common.first_line(RuntimeError("x" * 300), 50) == "x" * 47 + "..."  # one word: cut, and said to be
     assert common.first_line(RuntimeError("abc def ghi"), 10) == "abc def..."  # a cut just after a word keeps it
+    assert common.first_line(RuntimeError("abc def gh"), 10) == "abc def gh"  # as long as the width: whole
+    assert common.first_line(RuntimeError()) == "RuntimeError"  # one saying nothing: its kind, not an empty line
+
+
+def test_a_pattern_names_the_files_it_matches_and_a_file_is_itself(tmp_path):
+    """--input/--source "data/**/*.txt" quoted (or from Windows' shells) reaches its subfolders' files, in order; a
+    file whose name holds a bracket (notes[1].txt) is that file, not the pattern its name also is."""
+    for name in ("b.txt", "sub/a.txt", "notes[1].txt", "notes1.txt"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text("x")
+    assert common.expand_pattern(f"{tmp_path}/**/*.txt", "--input") == \
+        [f"{tmp_path}/{n}" for n in ("b.txt", "notes1.txt", "notes[1].txt", "sub/a.txt")]
+    assert common.expand_pattern(f"{tmp_path}/notes[1].txt", "--input") == [f"{tmp_path}/notes[1].txt"]
+
+
+def test_an_argument_that_is_not_utf8_and_a_count_that_is_none_are_told():
+    """A command-line argument the locale could not decode (held as surrogates) is one line, not a traceback at the
+    first print; a count read from meta.json is an int of 0 or more (a split of 0 bytes, pack 0), not a bool."""
+    with pytest.raises(UserError, match=r"^--prompt is not UTF-8 text: give it in UTF-8$"):
+        common.require_utf8("caf\udce9", "--prompt")
+    common.require_utf8("caf\u00e9 \U0001f600", "--prompt")
+    assert [common.nonnegative_int(v) for v in (0, 7, -1, True, 1.0, "1", None)] == [True, True] + [False] * 5
 
 
 def test_a_save_replaces_the_file_whole_never_writes_into_it(tmp_path):
