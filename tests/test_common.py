@@ -911,7 +911,7 @@ def test_several_gpus_on_a_terminal_are_asked_about(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i: (70 * 2**30, 80 * 2**30))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: "H100")
-    for answer, want in (("1", "cuda:1"), ("", "cuda:0"), ("2", "no GPU '2'; pass --device cuda:N"), (EOFError,
+    for answer, want in ((" 1 ", "cuda:1"), ("", "cuda:0"), ("2", "no GPU '2'; pass --device cuda:N"), (EOFError,
                          "no GPU chosen; pass --device cuda:N")):  # Ctrl-D: it was an EOFError traceback
         def ask(prompt, answer=answer):
             if answer is EOFError:
@@ -1375,6 +1375,14 @@ def test_a_hang_up_lets_the_clean_up_finish(tmp_path):
 
 
 @pytest.mark.skipif(not hasattr(os, "openpty"), reason="pseudo-terminals are POSIX")
+def test_a_path_to_paste_is_relative_below_the_working_directory_else_absolute(tmp_path, monkeypatch):
+    """models/story.pt, not /home/.../models/story.pt, in a command to paste from here; /usr/bin/python3, not
+    ../../usr/bin/python3, for one outside it."""
+    monkeypatch.chdir(tmp_path)
+    assert common.shown_path(str(tmp_path / "models" / "story.pt")) == os.path.join("models", "story.pt")
+    assert common.shown_path(os.path.dirname(str(tmp_path))) == os.path.dirname(str(tmp_path))
+
+
 def test_a_progress_bar_is_drawn_on_a_sized_terminal_only(tmp_path):
     """A terminal with a size gets the bars; a pseudo-terminal nobody sized (`script -qc CMD /dev/null | tee log`: 0
     columns, where tqdm drew nothing and the lines it stands for were lost too), one of 0 rows, and a file or a pipe
@@ -1389,6 +1397,21 @@ def test_a_progress_bar_is_drawn_on_a_sized_terminal_only(tmp_path):
             assert common.draws_a_bar(tty) is drawn, (rows, columns)
     with open(tmp_path / "log", "w") as f:
         assert common.draws_a_bar(f) is False
+    # a terminal that cannot say its size (IDE consoles, some Windows ones): tqdm's own width, as before sizes were read
+    assert common.draws_a_bar(types.SimpleNamespace(isatty=lambda: True, fileno=lambda: -1)) is True
+
+
+def test_progress_off_a_terminal_says_its_share_and_minutes_left_once_a_minute(monkeypatch, capsys):
+    """A nohup run's log: a line a minute (none between), the rate over the whole job, the minutes left rounded up
+    (1.5 is "about 2", not "about 1" for a job not done in one), and past an estimated total 100% and no time left."""
+    now = [1000.0]
+    monkeypatch.setattr(common.time, "monotonic", lambda: now[0])
+    progress = common.ProgressLines("data/x", 250e6, "B")
+    for seconds, n in ((30, 50e6), (30, 50e6), (60, 200e6)):
+        now[0] += seconds
+        progress.update(n)
+    assert capsys.readouterr().err == ("data/x: 100 MB of 250 MB (40%), about 2 min left, 1.67 MB/s\n"
+                                       "data/x: 300 MB of 250 MB (100%), 2.50 MB/s\n")
 
 
 @pytest.mark.parametrize("script", ["prepare", "train", "gen", "eval", "serve", "export", "bench"])
