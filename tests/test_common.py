@@ -980,6 +980,9 @@ def test_each_encodings_guess_leaves_the_others_text_alone():
         return re.search(r"`iconv -f (\S+) ", fix)[1]
     assert told("Мама мыла раму.\n", "cp1251") == "cp1251"
     assert told("Юля спит на диване.\n", "cp1251") == "cp1251"
+    # a heading in capitals (Я inside a word, as in Greek's accented vowels) over words ending in т (Greek's ς there)
+    assert told("ВНИМАНИЕ! ОПАСНАЯ ЗОНА. Здесь кот спит, и мать тут.\n", "cp1251") == "cp1251"
+    assert told("Ці дні він ішов із нею містом.\n", "cp1251") == "cp1251"  # Ukrainian, whose commonest vowel is і
     assert told("Müller für größere Füße.\n", "latin1") == "latin1"
     assert told("Ele é alto e vai à praia.\n", "latin1") == "latin1"
     assert told("Preis: 5 €\n", "cp1252") == "cp1252"  # its euro sign, 0x80, the one byte that says cp1252
