@@ -35,9 +35,11 @@ def test_outputs_are_checked_before_any_work(tmp_path):
     with pytest.raises(UserError, match=r"^--out is empty: give a path$"):
         check_output("", "--out")
     (tmp_path / "a_file").write_text("x")
-    with pytest.raises(UserError, match="a part of the path is a file, not a folder"):
+    # (one line, whichever errno makedirs meets: EEXIST for the file's folder, ENOTDIR below it)
+    with pytest.raises(UserError, match=r"^--output_checkpoint .*/a_file/x\.pt: a part of the path is a file, not a "
+                                        r"folder$"):
         check_output(str(tmp_path / "a_file" / "x.pt"), "--output_checkpoint")
-    with pytest.raises(UserError, match="a part of the path is a file, not a folder"):
+    with pytest.raises(UserError, match=r"^--out_dir .*/a_file/sub: a part of the path is a file, not a folder$"):
         check_output(str(tmp_path / "a_file" / "sub"), "--out_dir", folder=True)
     # a vocabulary outside data/ (prepare.py --tokenizer FILE reads it again): eval.py --json or gen.py --output over it
     # wrote JSON there; setup_tokenizer.py retrains one in place
