@@ -80,7 +80,7 @@ from common import (ArgumentParser, NotText, VOCAB_FILE, UserError, at_least, at
                     json_kind, name_full_disk, nonempty, nonnegative_int, not_utf8, parts_text, path_arg,
                     prepare_lock, progress_bar, python_command, read_items, read_meta, refuse_dataset_folder,
                     remove_stale_tmp, run_main, stray_byte_fix, tmp_name, tmp_pattern, without_surrogates)
-from setup_tokenizer import (EOT, IM_END, IM_START, TOKENIZER_HELP, VocabSample, fewer_ids, get_tokenizer,
+from setup_tokenizer import (EOT, IM_END, IM_START, SPECIAL_TOKENS, TOKENIZER_HELP, VocabSample, fewer_ids, get_tokenizer,
                              learn_vocabulary, model_context, render_chat, moved_vocabulary, read_text_chunks,
                              say_training, tokenizer_hash, trained_on, warn_short_vocabulary)
 
@@ -90,6 +90,9 @@ VERSION = 14  # bump when the same inputs would give other tokens or counts, so 
 DATASETS = ("story", "shakespeare", "dailydialog", "chat", "chitchat", "knowledge", "text")
 EVERYTHING = ("story", "shakespeare", "dailydialog", "chat", "knowledge", "chitchat")  # what a bare `python prepare.py` builds
 MIXABLE = ("dailydialog", "chat", "knowledge", "chitchat")  # the conversation sets, which --mix combines
+# nanoGPT's datasets by their folder names there (--dataset shakespeare_char, by habit), as made here: the dataset and
+# its options. shakespeare_char is a token per character, the bytes alone: 256 + the special tokens, no merges
+NANOGPT_DATASETS = {"shakespeare_char": ("shakespeare", ["--vocab_size", str(256 + len(SPECIAL_TOKENS))])}
 SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
 # what prepare.py writes in a dataset's folder besides meta.json: no source's files, when --source is that folder
 OWN_FILES = ("train.bin", "val.bin", "train_mask.bin", "val_mask.bin", VOCAB_FILE)
@@ -2256,8 +2259,13 @@ def new_command(folder, *more, source="FILE"):
     damaged): one of prepare.py's own by its name, any other name from the user's files (source, as --dataset text: a
     bare `--dataset mine` was prepare.py's usage error); more: options added (train.py's --tokenizer)."""
     name, out_dir = os.path.basename(folder), os.path.dirname(folder) or "."
-    args = ["--dataset", name] if name in DATASETS and name != "text" else \
-        ["--dataset", "text", "--source", source, "--name", name]
+    if name in NANOGPT_DATASETS:  # (was "--dataset text --source FILE": nanoGPT's shakespeare_char is no user's file)
+        dataset, options = NANOGPT_DATASETS[name]
+        # (a model's --tokenizer, more, gives the vocabulary: --vocab_size would train another beside it)
+        args = ["--dataset", dataset, *([] if "--tokenizer" in more else options), "--name", name]
+    else:
+        args = ["--dataset", name] if name in DATASETS and name != "text" else \
+            ["--dataset", "text", "--source", source, "--name", name]
     if os.path.abspath(out_dir) != os.path.abspath(DEFAULT_OUT_DIR):
         args += ["--out_dir", out_dir]
     return common.script_command("prepare.py", *args, *more)
@@ -3094,9 +3102,19 @@ def print_summary(folder, meta, plan, limit, dt, context=None):
               f"train tokens ({m['train_documents']:,} documents), {m['val_documents']:,} val documents")
 
 
+def dataset_choice(name):
+    """argparse type of --dataset: nanoGPT's name of a dataset made here by other options (shakespeare_char, typed by
+    habit) is refused with the command that makes it, not only the choices (which named no way to a token a
+    character); any other name is left to the choices."""
+    if name in NANOGPT_DATASETS:
+        raise argparse.ArgumentTypeError(f"nanoGPT's {name} is made here by "
+                                         f"`{new_command(os.path.join(DEFAULT_OUT_DIR, name))}`")
+    return name
+
+
 def main(argv=None):
     p = ArgumentParser("prepare.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", choices=DATASETS,
+    p.add_argument("--dataset", type=dataset_choice, choices=DATASETS,
                    help="story (TinyStories), shakespeare (Tiny Shakespeare, 1 MB), dailydialog, chat (instructions, conversations), chitchat (generated small talk), "
                         "knowledge (question/answer), text (your --source files); default: every one it finds, or text with --source")
     p.add_argument("--source", type=path_arg, nargs="+", metavar="PATH",

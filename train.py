@@ -69,9 +69,9 @@ from common import (ArgumentParser, DTYPES, HANGUP, UserError, add_device_argume
                     retain_freed_memory, run_main, slow_on_this_cpu, speaks_for_machine, stop_signals, Switch, tmp_name)
 from hf import is_hf_folder
 from model import OPTIMIZERS, PRESETS, VARIANTS, GPT, make_config
-from prepare import (DATASETS, DEFAULT_OUT_DIR, DEFAULT_PACK, DEFAULT_VAL_FRACTION, MIXABLE, damaged_field,
-                     is_complete, is_dataset_name, meta_options, new_command, rebuild_command, token_bytes,
-                     unreadable_field)
+from prepare import (DATASETS, DEFAULT_OUT_DIR, DEFAULT_PACK, DEFAULT_VAL_FRACTION, MIXABLE, NANOGPT_DATASETS,
+                     damaged_field, is_complete, is_dataset_name, meta_options, new_command, rebuild_command,
+                     token_bytes, unreadable_field)
 from setup_tokenizer import (TOKENIZER_HELP, fewer_ids, get_tokenizer, moved_vocabulary, tokenizer_from_state,
                              tokenizer_hash, vocabulary_name)
 
@@ -406,7 +406,7 @@ def load_meta(data_dir, dataset, tokenizer=None, trained=None):
                         f"{hint}")
     folder = os.path.join(data_dir, dataset)
     path = os.path.join(folder, "meta.json")
-    built_in = dataset in DATASETS and dataset != "text"  # text needs --source
+    built_in = dataset in DATASETS and dataset != "text" or dataset in NANOGPT_DATASETS  # text needs --source
     made = new_command(folder, *tok)  # (another name is made of the user's FILE: `--dataset mine` is no command)
     fix = f"{'run' if built_in else 'make it with'} `{made}`"
     if not os.path.exists(path):

@@ -210,6 +210,10 @@ def usage_error(script, message, *command):
      "unrecognized arguments: --learning_rate=1e-3 --gradient_accumulation_steps=4 (did you mean --lr, --grad_accum?)"),
     ("train", ["--eval_iters=20", "--out_dir=out"],
      "unrecognized arguments: --eval_iters=20 --out_dir=out (did you mean --eval_batches, --output_checkpoint?)"),
+    # nanoGPT's dataset shakespeare_char: "invalid choice" named no way to a token a character
+    ("prepare", ["--dataset", "shakespeare_char"], "argument --dataset: nanoGPT's shakespeare_char is made here by "
+                                                   "`python prepare.py --dataset shakespeare --vocab_size 259 --name "
+                                                   "shakespeare_char`"),
     # Hugging Face Trainer's and generate()'s, as many fine-tuning guides give them
     ("train", ["--per_device_train_batch_size=4", "--max_seq_length=128", "--model_name_or_path=gpt2"],
      "unrecognized arguments: --per_device_train_batch_size=4 --max_seq_length=128 --model_name_or_path=gpt2 (did "

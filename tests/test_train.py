@@ -1812,6 +1812,12 @@ def test_missing_data_names_a_prepare_command_that_runs(env, tmp_path):
     with pytest.raises(UserError, match=rf"no prepared dataset 'shakespeare' .*: run `python prepare.py --dataset "
                                         rf"shakespeare --out_dir {data}` first$"):
         train.train(args_for(env, tmp_path, "--dataset", "shakespeare"))
+    # nanoGPT's shakespeare_char, typed by habit, is Tiny Shakespeare a token a character under that name: it was
+    # "prepare your own text under that name with `prepare.py --dataset text --source FILE --name shakespeare_char`"
+    with pytest.raises(UserError, match=rf"no prepared dataset 'shakespeare_char' .*: run `python prepare.py --dataset "
+                                        rf"shakespeare --vocab_size 259 --name shakespeare_char --out_dir {data}` "
+                                        rf"first$"):
+        train.train(args_for(env, tmp_path, "--dataset", "shakespeare_char"))
     with pytest.raises(UserError, match=rf"\({data}/nope/meta.json is missing; {data} has chat, mini, other, story\): "
                                         rf"prepare your own "
                                         rf"text under that name with `python prepare.py --dataset text --source FILE "
