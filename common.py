@@ -314,6 +314,9 @@ OTHER_TOOLS_OPTIONS = {"--learning_rate": ["--lr"], "--gradient_accumulation_ste
                        # the model to load, as vLLM and llama.cpp name it (train.py's --model is a preset, and so no
                        # unknown option there): gen.py guessed --no_delay, eval.py, serve.py and export.py --help
                        "--model": ["--checkpoint"]}
+# nanoGPT's train.py options whose work another script does here: said with that script's command, not guessed as an
+# option (--eval_only was "did you mean --eval_interval?", an option that still trains)
+OTHER_TOOLS_SCRIPTS = {"--eval_only": ("eval.py", "CHECKPOINT", "evaluates a checkpoint")}
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -324,6 +327,7 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message):
         if not speaks_for_machine():
             exit_after_the_first(2)
+        script, *command = self.prog.split(" ")  # (a subcommand's: "setup_tokenizer.py train")
         # -host is read as -h (--help) given "ost": the word typed is matched as an unrecognized one is
         after_h = re.fullmatch(r"argument -h/--help: ignored explicit argument '(.+)'", message)
         if message.startswith("unrecognized arguments: ") or after_h:
@@ -335,6 +339,8 @@ class ArgumentParser(argparse.ArgumentParser):
             # (a subcommand's unknown ones are said by its own parser: parse_args)
             options = [o for o in self._option_string_actions if o.startswith("--")]  # (-h is no guess: -hz, --hz)
             def guess(word):
+                if word in OTHER_TOOLS_SCRIPTS:
+                    return []
                 if word in OTHER_TOOLS_OPTIONS:
                     return [o for o in OTHER_TOOLS_OPTIONS[word] if o in options][:1]
                 return difflib.get_close_matches(word, options, n=1)
@@ -342,6 +348,10 @@ class ArgumentParser(argparse.ArgumentParser):
             close = [*dict.fromkeys(m for a in given for m in guess(a))]
             if close:
                 message += f" (did you mean {', '.join(close)}?)"
+            for word in dict.fromkeys(a for a in given if a in OTHER_TOOLS_SCRIPTS):
+                other, arg, does = OTHER_TOOLS_SCRIPTS[word]
+                if other != script:  # (eval.py --eval_only: no "eval.py evaluates" from eval.py itself)
+                    message += f" ({word}: `{script_command(other, arg)}` {does})"
         # --compile=False, as nanoGPT's configurator takes it: argparse said "ignored explicit argument 'False'"
         switch = re.fullmatch(r"argument (--[^/]+)\S*: ignored explicit argument '(.*)'", message)
         if switch:
@@ -349,7 +359,6 @@ class ArgumentParser(argparse.ArgumentParser):
             off = [o for o in (f"--no_{name[2:]}", f"--no-{name[2:]}") if o in self._option_string_actions][:1]
             message = f"{name} is a switch: it takes no value ({switch[2]!r} given); " + \
                 (f"{name} turns it on, {off[0]} off" if off else f"give {name} alone, or leave it out")
-        script, *command = self.prog.split(" ")  # (a subcommand's: "setup_tokenizer.py train")
         self.exit(2, f"{self.prog}: error: {message}; see {script_command(script, *command, '--help')}\n")
 
     def parse_args(self, args=None, namespace=None):

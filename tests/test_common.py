@@ -210,6 +210,12 @@ def usage_error(script, message, *command):
      "unrecognized arguments: --learning_rate=1e-3 --gradient_accumulation_steps=4 (did you mean --lr, --grad_accum?)"),
     ("train", ["--eval_iters=20", "--out_dir=out"],
      "unrecognized arguments: --eval_iters=20 --out_dir=out (did you mean --eval_batches, --output_checkpoint?)"),
+    # nanoGPT's --eval_only is eval.py's work here: it was "did you mean --eval_interval?", an option that trains on;
+    # from eval.py itself, nothing
+    ("train", ["--eval_only=True", "--eval_iters=20"], "unrecognized arguments: --eval_only=True --eval_iters=20 (did "
+                                                       "you mean --eval_batches?) (--eval_only: `python eval.py "
+                                                       "CHECKPOINT` evaluates a checkpoint)"),
+    ("eval", ["x.pt", "--eval_only"], "unrecognized arguments: --eval_only"),
     # nanoGPT's dataset shakespeare_char: "invalid choice" named no way to a token a character
     ("prepare", ["--dataset", "shakespeare_char"], "argument --dataset: nanoGPT's shakespeare_char is made here by "
                                                    "`python prepare.py --dataset shakespeare --vocab_size 259 --name "
