@@ -1446,6 +1446,18 @@ def fmt_time(s):
     return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
+def budget_value(minutes):
+    """A --time_budget as the option's value: its minutes ("5", "1.5"), or its seconds where the minutes have no short
+    form ("40s", as --time_budget 40s gave it: "0.666667 min" read as a number gone wrong)."""
+    return f"{minutes:g}" if minutes == round(minutes, 2) else f"{minutes * 60:.6g}s"
+
+
+def fmt_budget(minutes):
+    """A --time_budget as the lines say it: "5 min", "1.5 min", "40s" (see budget_value)."""
+    value = budget_value(minutes)
+    return value if value.endswith("s") else f"{value} min"
+
+
 def records_until(path, keep_until):
     """The records of the metrics file at path that a run continued from checkpoint keep_until keeps: its history up to
     the checkpoint, without records of steps it will redo. By tokens where both have them: a run continued with another
@@ -2087,7 +2099,8 @@ def banner_lines(run):
              f"({config.vocab_size:,} ids){', loss on masked tokens only' if train_w.masked else ''}",
              f"model  {what}: {args.model} {config.variant}, {config.n_layer} layers x {config.n_embd}, "
              f"{fmt_count(n_all)} params ({fmt_count(n_core)} non-embedding), context {config.block_size}"]
-    run_for = f"{args.time_budget:g} min" + (f" (at most {args.epochs} epochs)" if args.epochs < UNLIMITED_EPOCHS else "") \
+    run_for = fmt_budget(args.time_budget) + (f" (at most {args.epochs} epochs)"
+                                              if args.epochs < UNLIMITED_EPOCHS else "") \
         + f", epochs of {spe:,}" if budget else f"{args.epochs} epoch(s) x {spe:,}"
     ranks = f"{world} ranks x " if world > 1 else ""
     lines.append(f"train  {run_for} steps of {ranks}{args.batch_size}x{args.grad_accum}x{args.block_size} "
@@ -2134,7 +2147,7 @@ def schedule_span(time_budget, epochs):
     """What a run's lr schedule spans, as the banner says it: its --time_budget, else its --epochs (None where a
     checkpoint recorded neither)."""
     if time_budget:
-        return f"{time_budget:g} min"
+        return fmt_budget(time_budget)
     return f"{epochs} epoch(s)" if epochs else None
 
 
@@ -2171,7 +2184,7 @@ def summary_lines(summary, meta, scale, args, budget, pause_eval):
     lines = [paint(f"{summary['stopped']}: {steps:,} step{'s' * (steps != 1)}, {fmt_count(summary['tokens'])} tokens in "
                    f"{fmt_time(summary['elapsed'])} ({rate}); " +
                    # (a budget's epochs as the log gives them: "0 epoch(s)" after half of one read as nothing trained)
-                   (f"{summary['epoch']:.2f} epochs in the {args.time_budget:g} min budget" if budget else
+                   (f"{summary['epoch']:.2f} epochs in the {fmt_budget(args.time_budget)} budget" if budget else
                     f"{summary['epochs_done']} of {args.epochs} epoch(s) done"), "bold")]
     best, last_val = summary["best_val_loss"], summary["val_loss"]
     at = summary.get("best_at")  # (where the run went on past it, or overfit: when it was; None: not known)
@@ -2227,15 +2240,15 @@ def refuse_ended_run(args, ckpt, ckpt_args, p, budget):
         used = ckpt_args.get("time_budget")
         # (the minutes given, or inherited, as the more wanted: `--time_budget 1` meant one more minute, and "a larger
         # one" left the sum to work out)
-        raise UserError(f"{args.checkpoint} has used its {used:g}-minute --time_budget: pass a larger one to train "
-                        f"on (it counts those minutes: --time_budget {used + args.time_budget:g} trains "
-                        f"{args.time_budget:g} more), or --reset_epoch to start a new budget from its weights")
+        raise UserError(f"{args.checkpoint} has used its {fmt_budget(used)} --time_budget: pass a larger one to train "
+                        f"on (it counts those minutes: --time_budget {budget_value(used + args.time_budget)} trains "
+                        f"{fmt_budget(args.time_budget)} more), or --reset_epoch to start a new budget from its weights")
     if budget and p.budget_elapsed >= budget:
         # a budget interrupted (Ctrl-C) and continued with fewer minutes than it had spent, which a continued run
         # counts: it trained one step past them and stopped, as "time budget: 1 steps"
         raise UserError(f"{args.checkpoint} has trained {p.budget_elapsed / 60:.2f} minutes of its budget already, which "
-                        f"--time_budget {args.time_budget:g} counts: pass a larger one to train on, or --reset_epoch to "
-                        f"start a new budget from its weights")
+                        f"--time_budget {budget_value(args.time_budget)} counts: pass a larger one to train on, or "
+                        f"--reset_epoch to start a new budget from its weights")
     # a run --patience stopped (it trained one more evaluation interval each time, wrote over the checkpoint and stopped
     # again); one stopped otherwise, --patience off, gets the evaluation a new --patience asks for. A checkpoint from
     # before stopped_early: stopped by its --patience if it counted that many evaluations

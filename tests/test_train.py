@@ -332,6 +332,16 @@ def test_a_continued_run_given_a_longer_schedule_says_where_its_lr_goes_on(env, 
     assert said and float(said[1]) > 3 * ended_at
 
 
+def test_a_budget_given_in_seconds_is_said_in_seconds():
+    """--time_budget 40s was "0.666667 min" in the banner, the lr line and the summary, and a spent one's error said
+    "its 0.666667-minute --time_budget ... --time_budget 1.33333 trains 0.666667 more": the seconds are said back, and
+    the value in a command reads as the minutes meant."""
+    for given, said in (("40s", "40s"), ("100s", "100s"), ("90s", "1.5 min"), ("5", "5 min"), ("0.02", "0.02 min")):
+        assert train.schedule_span(train.minutes_value(given), None) == said
+    twice = 2 * train.minutes_value("40s")
+    assert train.budget_value(twice) == "80s" and train.minutes_value(train.budget_value(twice)) == twice
+
+
 def test_max_steps_past_the_epochs_says_the_run_ends_at_them(env, tmp_path, capsys):
     """nanoGPT's --max_iters sets its run's length; --max_steps, typed for it, stopped nothing past the epochs' end, and
     the run ended steps short of it with no word. The banner says so; a --max_steps within the run gets no line."""
@@ -802,14 +812,14 @@ def test_a_finished_budget_is_not_continued_by_a_step(env, tmp_path):
     s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--time_budget", "0.02", "--output_checkpoint", out))
     assert s["stopped"] == "time budget"
     go_on = ["--checkpoint", str(tmp_path / "mini.pt"), "--data_dir", env["data"], "--device", "cpu", "--no_color"]
-    with pytest.raises(UserError, match=r"mini.pt has used its 0.02-minute --time_budget: pass a larger one to train "
-                                        r"on \(it counts those minutes: --time_budget 0.04 trains 0.02 more\), or "
+    with pytest.raises(UserError, match=r"mini.pt has used its 0.02 min --time_budget: pass a larger one to train "
+                                        r"on \(it counts those minutes: --time_budget 0.04 trains 0.02 min more\), or "
                                         r"--reset_epoch to start a new budget from its weights$"):
         train.train(train.parse_args(go_on))
     # a smaller budget given: the message names the one the run used, not the one given (it said "its 0.01-minute"),
     # and the budget that trains the minutes given more (meant as "one more minute", it left the sum to work out)
-    with pytest.raises(UserError, match=r"mini.pt has used its 0.02-minute --time_budget: pass a larger one to train "
-                                        r"on \(it counts those minutes: --time_budget 0.03 trains 0.01 more\)"):
+    with pytest.raises(UserError, match=r"mini.pt has used its 0.02 min --time_budget: pass a larger one to train "
+                                        r"on \(it counts those minutes: --time_budget 0.03 trains 0.01 min more\)"):
         train.train(train.parse_args(go_on + ["--time_budget", "0.01"]))
     assert train.train(train.parse_args(go_on + ["--time_budget", "0.04"]))["stopped"] == "time budget"
     # a new budgeted run here is told to write elsewhere under its own one file's name: DIR/{dataset}_epoch{epoch}.pt,
