@@ -47,6 +47,7 @@ from common import (ArgumentParser, UserError, add_device_arguments, at_least, a
 from setup_tokenizer import EOT, IM_END, IM_START, StreamDecoder, render_chat
 
 CHAT_HELP = "/reset clears the history, /exit or Ctrl-D quits, Ctrl-C stops a reply"
+DEFAULT_MAX_TOKENS = 256  # new tokens per completion or reply, --max_tokens left out
 TYPING_DELAY = 0.012  # seconds per token on a terminal: a readable rhythm for demos, never in pipes
 # what a terminal shows for the control characters it would obey (\n and \t aside): a model's ESC c would clear the
 # screen, its \r write over the line, ESC ]0;... retitle the window. C0 ones and DEL as their control pictures (␛ ␍ ␈),
@@ -570,7 +571,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, help="random seed; the same seed gives the same text (default: random, shown by --verbose)")
     add_sampling_arguments(p)
     p.add_argument("--max_tokens", type=at_least(1), default=None,
-                   help="new tokens per completion or reply (default: 256)")
+                   help=f"new tokens per completion or reply (default: {DEFAULT_MAX_TOKENS})")
     p.add_argument("--num_samples", type=at_least(1), default=1,
                    help="samples for --prompt or an unconditional run (default: 1)")
     p.add_argument("--batch_size", type=at_least(1),
@@ -660,10 +661,17 @@ def open_checkpoint(args, path):
 def max_tokens_for(args, model):
     """New tokens per completion or reply: --max_tokens, else 256 (no limit with --nonstop, which runs until Ctrl-C).
     A --max_tokens the context cannot give is warned of once, here: past the context (a completion or reply ends
-    where it is full), or, for --chat, past the half of it kept for replies."""
+    where it is full), or, for --chat, past the half of it kept for replies. The default past a completion's context
+    is noted too: a model trained at nanoGPT's CPU --block_size 64 gave 60-character samples, said nowhere (nanoGPT's
+    sample.py slides on to its 500)."""
+    block_size = model.config.block_size
     if not args.max_tokens:
-        return 10**9 if args.nonstop else 256
-    max_tokens, block_size = args.max_tokens, model.config.block_size
+        if not args.nonstop and not args.chat and DEFAULT_MAX_TOKENS > block_size:
+            print(f"note: the model's context holds {block_size} tokens: a completion ends where it is full, short of "
+                  f"--max_tokens' default {DEFAULT_MAX_TOKENS}"
+                  f"{'' if args.prompt_file else '; --nonstop slides it on'}", file=sys.stderr)
+        return 10**9 if args.nonstop else DEFAULT_MAX_TOKENS
+    max_tokens = args.max_tokens
     least = room_after(model, block_size - reserve_for(model, max_tokens))  # a reply's tokens after the longest history
     if not args.nonstop and max_tokens > block_size:  # the rest never comes
         print(f"warning: --max_tokens {max_tokens} is more than the context holds ({block_size}): "

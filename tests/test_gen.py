@@ -153,6 +153,10 @@ def test_context_end_and_nonstop(ckpt, capsys):
            "--nonstop slides it on\n" in err
     code, out, err = cli([ckpt, "--prompt", "Hi", "--max_tokens", "64", "--seed", "0"] + CPU, capsys)
     assert code == 0 and "warning" not in err, err
+    # and the default's 256 (a model at nanoGPT's CPU --block_size 64 gave samples of 60 characters, said nowhere)
+    code, out, err = cli([ckpt, "--prompt", "Hi", "--seed", "0"] + CPU, capsys)
+    assert code == 0 and err == "note: the model's context holds 64 tokens: a completion ends where it is full, " \
+                                "short of --max_tokens' default 256; --nonstop slides it on\n", err
     code, out, err = cli([ckpt, "--prompt", "Hi", "--max_tokens", "100", "--verbose", "--nonstop", "--seed", "0"] + CPU, capsys)
     assert code == 0 and "[end: max_tokens]" in out and "warning" not in err
     assert re.search(r"100 new tokens", err)
@@ -891,14 +895,14 @@ def test_weights_that_overflow_as_the_model_runs_are_one_line(enc, tmp_path, cap
     path = str(tmp_path / "huge.pt")
     save_checkpoint(path, model, enc)
     for temp in ("1", "0"):
-        code, out, err = cli([path, "--prompt", "Hi", "--temp", temp] + CPU, capsys)
+        code, out, err = cli([path, "--prompt", "Hi", "--temp", temp, "--max_tokens", "8"] + CPU, capsys)
         assert one_error_line(code, err) == (
             "error: the model's scores for new token 1 are not finite (nan or inf): its activations overflow in "
             "float32: its weights are finite but too large (a run that diverged?): an earlier checkpoint may not be")
         # (the prompt, echoed before generation began, then its line ended: on a terminal "Hierror: ..." was one line)
         assert out == "Hi\n"
     monkeypatch.setattr(gen, "slow_on_this_cpu", lambda *a: None)  # (a CPU without bf16 warns of it first)
-    code, _, err = cli([path, "--prompt", "Hi", "--device", "cpu", "--dtype", "bfloat16"], capsys)
+    code, _, err = cli([path, "--prompt", "Hi", "--max_tokens", "8", "--device", "cpu", "--dtype", "bfloat16"], capsys)
     assert one_error_line(code, err).endswith("overflow in bfloat16: try --dtype float32")
 
 
