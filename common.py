@@ -296,6 +296,9 @@ def first_line(e, width=200):
 OTHER_TOOLS_OPTIONS = {"--learning_rate": ["--lr"], "--gradient_accumulation_steps": ["--grad_accum"],
                        "--eval_iters": ["--eval_batches"], "--out_dir": ["--output_checkpoint", "--checkpoint"],
                        "--init_from": ["--checkpoint"], "--start": ["--prompt"],
+                       # (nanoGPT's saves at every evaluation, or at a better one alone; here a checkpoint every
+                       # --save_interval and the best file apart. Its close spelling was --checkpoint, another run's)
+                       "--always_save_checkpoint": ["--save_interval"],
                        "--per_device_train_batch_size": ["--batch_size"], "--output_dir": ["--output_checkpoint"],
                        "--max_seq_length": ["--block_size"], "--model_name_or_path": ["--init_from", "--checkpoint"],
                        "--num_return_sequences": ["--num_samples"], "--hidden_size": ["--n_embd"],

@@ -210,6 +210,8 @@ def usage_error(script, message, *command):
      "unrecognized arguments: --learning_rate=1e-3 --gradient_accumulation_steps=4 (did you mean --lr, --grad_accum?)"),
     ("train", ["--eval_iters=20", "--out_dir=out"],
      "unrecognized arguments: --eval_iters=20 --out_dir=out (did you mean --eval_batches, --output_checkpoint?)"),
+    ("train", ["--always_save_checkpoint=False"],
+     "unrecognized arguments: --always_save_checkpoint=False (did you mean --save_interval?)"),
     # nanoGPT's --eval_only is eval.py's work here: it was "did you mean --eval_interval?", an option that trains on;
     # from eval.py itself, nothing
     ("train", ["--eval_only=True", "--eval_iters=20"], "unrecognized arguments: --eval_only=True --eval_iters=20 (did "
