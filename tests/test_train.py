@@ -3188,6 +3188,9 @@ def test_output_checkpoint_folders(env, tmp_path):
     assert sorted(os.listdir(tmp_path / "runs")) == ["mini"] and (tmp_path / "runs" / "mini" / "mini_best.pt").exists()
     for bad, words in ((str(tmp_path / "new") + os.sep, "names a folder: give a file in it"),
                        (os.path.join(str(tmp_path / "new"), "."), "names a folder: give a file in it"),
+                       # a folder that is there, as nanoGPT's --out_dir names one: "give a file's path", no name said
+                       (str(tmp_path / "runs"), f"runs names a folder: give a file in it, as in "
+                                                f"{tmp_path / 'runs' / '{dataset}_epoch{epoch}.pt'}"),
                        (str(tmp_path / "e{epoch}" / "x.pt"), "{epoch} goes in the file's name"),
                        (str(tmp_path / "new" / "{datset}.pt"), "{datset} is no placeholder; the file's name may hold "
                                                                "{dataset} and {epoch}"),
