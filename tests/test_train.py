@@ -1828,6 +1828,9 @@ def test_missing_data_names_a_prepare_command_that_runs(env, tmp_path):
                                         rf"shakespeare --vocab_size 259 --name shakespeare_char --out_dir {data}` "
                                         rf"first$"):
         train.train(args_for(env, tmp_path, "--dataset", "shakespeare_char"))
+    # in a model's vocabulary (eval.py on a checkpoint), not a --vocab_size beside its --tokenizer, which is refused
+    assert prepare.new_command(os.path.join("data", "shakespeare_char"), "--tokenizer", "m.pt") == \
+        "python prepare.py --dataset shakespeare --name shakespeare_char --tokenizer m.pt"
     with pytest.raises(UserError, match=rf"\({data}/nope/meta.json is missing; {data} has chat, mini, other, story\): "
                                         rf"prepare your own "
                                         rf"text under that name with `python prepare.py --dataset text --source FILE "
