@@ -669,7 +669,8 @@ def max_tokens_for(args, model):
         if not args.nonstop and not args.chat and DEFAULT_MAX_TOKENS > block_size:
             print(f"note: the model's context holds {block_size} tokens: a completion ends where it is full, short of "
                   f"--max_tokens' default {DEFAULT_MAX_TOKENS}"
-                  f"{'' if args.prompt_file else '; --nonstop slides it on'}", file=sys.stderr)
+                  f"{'' if args.prompt_file else f'; --nonstop --max_tokens {DEFAULT_MAX_TOKENS} slides it on'}",
+                  file=sys.stderr)  # (--nonstop alone has no limit: it runs until Ctrl-C)
         return 10**9 if args.nonstop else DEFAULT_MAX_TOKENS
     max_tokens = args.max_tokens
     least = room_after(model, block_size - reserve_for(model, max_tokens))  # a reply's tokens after the longest history

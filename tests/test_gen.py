@@ -156,7 +156,7 @@ def test_context_end_and_nonstop(ckpt, capsys):
     # and the default's 256 (a model at nanoGPT's CPU --block_size 64 gave samples of 60 characters, said nowhere)
     code, out, err = cli([ckpt, "--prompt", "Hi", "--seed", "0"] + CPU, capsys)
     assert code == 0 and err == "note: the model's context holds 64 tokens: a completion ends where it is full, " \
-                                "short of --max_tokens' default 256; --nonstop slides it on\n", err
+                                "short of --max_tokens' default 256; --nonstop --max_tokens 256 slides it on\n", err
     code, out, err = cli([ckpt, "--prompt", "Hi", "--max_tokens", "100", "--verbose", "--nonstop", "--seed", "0"] + CPU, capsys)
     assert code == 0 and "[end: max_tokens]" in out and "warning" not in err
     assert re.search(r"100 new tokens", err)
