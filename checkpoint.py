@@ -196,6 +196,11 @@ def read_checkpoint(path, f):
         # EOFError): the error's name, as first_line gives it, not "str", the name of the empty text's type
         raise UserError(f"{path} is not a readable checkpoint (truncated or corrupt?): "
                         f"{first_line(str(e).split('. ')[0] or type(e).__name__, 120)}; {another}")
+    if isinstance(ckpt, dict) and {"model", "model_args", "iter_num"} <= set(ckpt) and "tokenizer" not in ckpt:
+        # nanoGPT's ckpt.pt (its sample.py's --out_dir, given by habit): "no model/config/tokenizer entries" of one
+        # that has model and config read as a damaged file
+        raise UserError(f"{path} is nanoGPT's checkpoint, not this project's: it holds no vocabulary (nanoGPT's is "
+                        f"GPT-2's or its dataset's meta.pkl) and loads nowhere here; train one with train.py")
     if not isinstance(ckpt, dict) or not {"model", "config", "tokenizer"} <= set(ckpt):
         raise UserError(f"{path} is not a checkpoint of this project (no model/config/tokenizer entries); train one with train.py")
     # torch.load does not check the zip's CRC-32s: a file damaged inside a tensor (a disk, a copy) loaded as other

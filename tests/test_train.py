@@ -1740,6 +1740,10 @@ def test_bad_checkpoints_are_one_line_errors(env, trained, tmp_path, capsys):
     cut.write_bytes(data[: len(data) // 2])
     foreign = tmp_path / "foreign.pt"
     torch.save({"a": 1}, foreign)
+    nanogpt = tmp_path / "ckpt.pt"  # nanoGPT's: "no model/config/tokenizer entries" of one with model and config
+    torch.save({"model": {"lm_head.weight": torch.zeros(65, 8)}, "optimizer": {}, "model_args": {"n_layer": 1},
+                "iter_num": 2000, "best_val_loss": torch.tensor(1.88), "config": {"dataset": "shakespeare_char"}},
+               nanogpt)
     module = tmp_path / "module.pt"
     torch.save(torch.nn.Linear(2, 2), module)  # pickled code: never loaded
     ck = load_checkpoint(good)
@@ -1770,6 +1774,7 @@ def test_bad_checkpoints_are_one_line_errors(env, trained, tmp_path, capsys):
         torch.save({**ck, **change}, broken[name])
     for path, words in ((cut, "(truncated or corrupt?): PytorchStreamReader failed reading zip archive: failed finding "
                               "central directory; use another checkpoint (its _best.pt or an earlier one)"), (foreign, "not a checkpoint of this project"),
+                        (nanogpt, "ckpt.pt is nanoGPT's checkpoint, not this project's: it holds no vocabulary"),
                         (module, "holds pickled Python objects (torch.nn.modules.linear.Linear), which are never loaded"),
                         (broken["tokenizer"], "is a damaged checkpoint"),
                         (broken["nan"], "holds weights that are not finite (1 tensor(s) with nan or inf, lm_head.weight"),
