@@ -340,6 +340,7 @@ def test_a_budget_given_in_seconds_is_said_in_seconds():
         assert train.schedule_span(train.minutes_value(given), None) == said
     twice = 2 * train.minutes_value("40s")
     assert train.budget_value(twice) == "80s" and train.minutes_value(train.budget_value(twice)) == twice
+    assert train.budget_value(0.1 + 0.2) == "0.3"
 
 
 def test_max_steps_past_the_epochs_says_the_run_ends_at_them(env, tmp_path, capsys):
