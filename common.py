@@ -299,6 +299,8 @@ OTHER_TOOLS_OPTIONS = {"--learning_rate": ["--lr"], "--gradient_accumulation_ste
                        # (nanoGPT's saves at every evaluation, or at a better one alone; here a checkpoint every
                        # --save_interval and the best file apart. Its close spelling was --checkpoint, another run's)
                        "--always_save_checkpoint": ["--save_interval"],
+                       # (sample.py's: gen.py and eval.py do not compile, and guessed --prompt_file)
+                       "--compile": [],
                        "--per_device_train_batch_size": ["--batch_size"], "--output_dir": ["--output_checkpoint"],
                        "--max_seq_length": ["--block_size"], "--model_name_or_path": ["--init_from", "--checkpoint"],
                        "--num_return_sequences": ["--num_samples"], "--hidden_size": ["--n_embd"],

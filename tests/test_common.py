@@ -246,6 +246,8 @@ def usage_error(script, message, *command):
     ("gen", ["--out_dir=out", "--start=ROMEO:"],
      "unrecognized arguments: --out_dir=out --start=ROMEO: (did you mean --checkpoint, --prompt?)"),
     ("gen", ["--init_from=gpt2"], "unrecognized arguments: --init_from=gpt2 (did you mean --checkpoint?)"),
+    # its --compile, where gen.py has none: no guess (it was --prompt_file)
+    ("gen", ["x.pt", "--compile=False"], "unrecognized arguments: --compile=False"),
     # the model to load as other tools name it: it was "did you mean --no_delay?", and --help in the others
     ("gen", ["--model", "m.pt"], "unrecognized arguments: --model (did you mean --checkpoint?)"),
     ("serve", ["--model=m.pt"], "unrecognized arguments: --model=m.pt (did you mean --checkpoint?)"),
