@@ -80,9 +80,9 @@ from common import (ArgumentParser, NotText, VOCAB_FILE, UserError, at_least, at
                     json_kind, name_full_disk, nonempty, nonnegative_int, not_utf8, parts_text, path_arg,
                     prepare_lock, progress_bar, python_command, read_items, read_meta, refuse_dataset_folder,
                     remove_stale_tmp, run_main, stray_byte_fix, tmp_name, tmp_pattern, without_surrogates)
-from setup_tokenizer import (EOT, IM_END, IM_START, SPECIAL_TOKENS, TOKENIZER_HELP, VocabSample, fewer_ids, get_tokenizer,
-                             learn_vocabulary, model_context, render_chat, moved_vocabulary, read_text_chunks,
-                             say_training, tokenizer_hash, trained_on, warn_short_vocabulary)
+from setup_tokenizer import (EOT, IM_END, IM_START, SPECIAL_TOKENS, TOKENIZER_HELP, VocabSample, fewer_ids,
+                             get_tokenizer, learn_vocabulary, model_context, render_chat, moved_vocabulary,
+                             read_text_chunks, say_training, tokenizer_hash, trained_on, warn_short_vocabulary)
 
 FORMAT = 1   # layout of meta.json and the .bin files
 VERSION = 14  # bump when the same inputs would give other tokens or counts, so existing datasets rebuild

@@ -2245,7 +2245,8 @@ def refuse_ended_run(args, ckpt, ckpt_args, p, budget):
         # one" left the sum to work out)
         raise UserError(f"{args.checkpoint} has used its {fmt_budget(used)} --time_budget: pass a larger one to train "
                         f"on (it counts those minutes: --time_budget {budget_value(used + args.time_budget)} trains "
-                        f"{fmt_budget(args.time_budget)} more), or --reset_epoch to start a new budget from its weights")
+                        f"{fmt_budget(args.time_budget)} more), or --reset_epoch to start a new budget from its "
+                        f"weights")
     if budget and p.budget_elapsed >= budget:
         # a budget interrupted (Ctrl-C) and continued with fewer minutes than it had spent, which a continued run
         # counts: it trained one step past them and stopped, as "time budget: 1 steps"
