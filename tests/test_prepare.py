@@ -4171,13 +4171,17 @@ def test_a_conversation_of_exactly_a_block_is_not_in_pieces(tmp_path, enc):
     out.discard()
 
 
-def test_an_exchange_of_exactly_a_block_stays_whole(enc):
-    """Its question is no piece of its own (it would train nothing, and its reply would train without it): with its
-    closing <|endoftext|> the exchange is one piece a token longer than a block."""
+@pytest.mark.parametrize("replies", [["yes " * 8], ["yes", "and more"]], ids=["one_reply", "two_replies"])
+def test_an_exchange_of_exactly_a_block(enc, replies):
+    """With its closing <|endoftext|> such an exchange is a token longer than a block. Its question is no piece of its
+    own (it would train nothing, and its reply would train without it): with one reply it is one piece; with two it is
+    cut after the first, which trains something, so that every piece fits a block, where whole it would cross into the
+    next."""
     block = 32
     packer = prepare.Packer(None, block, enc, None)
     for words in range(1, 40):
-        second = [{"role": "user", "content": "ask " + "x " * words}, {"role": "assistant", "content": "yes " * 8}]
+        second = [{"role": "user", "content": "ask " + "x " * words}] + [{"role": "assistant", "content": r}
+                                                                          for r in replies]
         if len(render_chat(enc, second)[0]) == block:
             break
     else:
@@ -4185,28 +4189,8 @@ def test_an_exchange_of_exactly_a_block_stays_whole(enc):
     conv = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}] + second
     ids, mask = render_chat(enc, conv)
     pieces = packer.pieces(np.array(ids + [enc.eot_token], np.uint32), np.array(mask + [0], np.uint8))
-    eot = [enc.eot_token]
-    assert [p.tolist() for p, _ in pieces] == [render_chat(enc, conv[:2])[0] + eot, render_chat(enc, second)[0] + eot]
-
-
-def test_an_exchange_of_exactly_a_block_of_two_replies_is_cut_between_them(enc):
-    """With its closing <|endoftext|> such an exchange is a token longer than a block: cut after its first reply,
-    which trains something, every piece fits a block, where whole it would cross into the next."""
-    block = 32
-    packer = prepare.Packer(None, block, enc, None)
-    for words in range(1, 40):
-        second = [{"role": "user", "content": "ask " + "x " * words}, {"role": "assistant", "content": "yes"},
-                  {"role": "assistant", "content": "and more"}]
-        if len(render_chat(enc, second)[0]) == block:
-            break
-    else:
-        pytest.fail("no exchange of exactly a block")
-    conv = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}] + second
-    ids, mask = render_chat(enc, conv)
-    pieces = packer.pieces(np.array(ids + [enc.eot_token], np.uint32), np.array(mask + [0], np.uint8))
-    eot = [enc.eot_token]
-    assert [p.tolist() for p, _ in pieces] == [render_chat(enc, part)[0] + eot for part in (conv[:2], second[:2],
-                                                                                          second[2:])]
+    parts = (conv[:2], second) if len(replies) == 1 else (conv[:2], second[:2], second[2:])
+    assert [p.tolist() for p, _ in pieces] == [render_chat(enc, part)[0] + [enc.eot_token] for part in parts]
 
 
 def test_a_reply_in_two_messages_stays_with_its_question_in_pieces(enc):
