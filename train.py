@@ -635,8 +635,9 @@ def output_paths(args, ckpt_args, continuing, given):
     out_pattern = args.output_checkpoint or os.path.join("models", default_out)
     head, tail = os.path.split(out_pattern)
     # a folder not made yet would pass the checks, and fail at the first save after training; one made (nanoGPT's
-    # --out_dir habit, which is guessed as this option) got check_output's "give a file's path", no name in it said
-    if tail in ("", ".", "..") or os.path.isdir(out_pattern):
+    # --out_dir habit, which is guessed as this option) got check_output's "give a file's path", no name in it said.
+    # (A folder named as a file, taken.pt, is check_output's "is a folder": a file in it is not what was meant)
+    if tail in ("", ".", "..") or os.path.isdir(out_pattern) and not tail.endswith(".pt"):
         raise UserError(f"--output_checkpoint {out_pattern} names a folder: give a file in it, as in "
                         f"{os.path.join(out_pattern, default_out)}")
     if "{epoch}" in head:
