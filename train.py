@@ -208,10 +208,10 @@ def parse_args(argv=None):
                                               f"{d['epochs']}); the lr schedule spans all of them")
     g.add_argument("--time_budget", type=minutes_value, metavar="MINUTES",
                    help="train for this many minutes (or 90s, 1.5h) of wall-clock time, evaluations and saves "
-                        "included: the lr schedule (warmup, cosine decay) spans the budget from the end of the first (compiling) step, "
-                        "epochs repeat until it ends (unless --epochs is given), and the last checkpoint is written "
-                        "when it ends; a continued run counts its earlier time, its schedule waiting for its first "
-                        "step again")
+                        "included: the lr schedule (warmup, cosine decay) spans the budget from the end of the "
+                        "first (compiling) step, epochs repeat until it ends (unless --epochs is given), and the last "
+                        "checkpoint is written when it ends; a continued run counts its earlier time, its schedule "
+                        "waiting for its first step again")
     g.add_argument("--max_steps", type=int, help="stop after this many optimizer steps in this run, evaluated (unless "
                                                  "--eval_interval 0; between evaluations as a pause, not judged for "
                                                  "the best file or --patience, so a continued run goes on as one run "

@@ -1308,7 +1308,7 @@ def test_data_dir_is_out_dir(tmp_path, monkeypatch):
     # the folder train.py and eval.py read datasets from is their --data_dir: prepare.py takes that name too
     # (--data_dir here was 'unrecognized arguments')
     src, folder, seen = write(tmp_path / "c.txt", EOT.join(DOCS)), str(tmp_path / "datasets"), []
-    meta = {"name": "text", "splits": {"train": {"tokens": 1000}, "val": {"tokens": 1000}}}  # (prepare()'s: a meta.json)
+    meta = {"name": "text", "splits": {"train": {"tokens": 1000}, "val": {"tokens": 1000}}}  # (prepare()'s meta.json)
     monkeypatch.setattr(prepare, "prepare", lambda *a, **k: seen.append(k["out_dir"]) or meta)
     for option in ("--data_dir", "--out_dir"):
         prepare.main(["--dataset", "text", "--source", src, option, folder])
