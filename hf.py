@@ -660,6 +660,16 @@ def nearest_preset(cfg):
                                                    / size(cfg.n_layer, cfg.n_embd))))
 
 
+class WithoutInit(torch.overrides.TorchFunctionMode):
+    """Leaves torch.nn.init's fills out, for a model whose shapes alone are wanted: on the meta device they run torch's
+    reference code, whose first call imports torch._dynamo (~2 CPU-s of gen.py's start from a folder)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__module__", None) == "torch.nn.init":
+            return args[0] if args else kwargs["tensor"]  # (the tensor it fills, as each of them returns)
+        return func(*args, **(kwargs or {}))
+
+
 def read_folder(folder):
     """An HF model folder as a checkpoint dict without training state: model (our state dict), config (a dict),
     tokenizer (its state), args (a size preset for train.py's defaults), hf_folder."""
@@ -689,7 +699,7 @@ def read_folder(folder):
         raise UserError(f"{folder}: {CONFIG} says the embeddings are untied ({said}) but there is no lm_head.weight; "
                         f"this project's models tie them: set tie_word_embeddings to true if the model was trained tied")
     try:
-        with torch.device("meta"):  # the HF names and shapes config.json implies, without allocating anything
+        with torch.device("meta"), WithoutInit():  # the HF names and shapes config.json implies, allocating nothing
             expected = {k: v.shape for k, v in hf_tensors(GPT(hf_cfg)).items()}
     except MemoryError as e:  # GPT's own check (10**11 layers took hours to build, even on the meta device)
         raise UserError(f"{folder}: {CONFIG} implies a model that does not fit in memory ({first_line(e)}): the "

@@ -392,12 +392,15 @@ class GPT(nn.Module):
 
         if config.variant == "modern":
             # RoPE angles for every position up to block_size, shared by all layers. Non-persistent: derived data,
-            # not part of checkpoints.
-            hs = config.head_dim
-            inv_freq = 1.0 / (ROPE_THETA ** (torch.arange(0, hs, 2, dtype=torch.float32) / hs))  # (hs/2,)
-            angles = torch.outer(torch.arange(config.block_size, dtype=torch.float32), inv_freq)  # (block_size, hs/2)
-            self.register_buffer("rope_cos", angles.cos(), persistent=False)
-            self.register_buffer("rope_sin", angles.sin(), persistent=False)
+            # not part of checkpoints. Computed on the CPU, as a model built there and moved has them, whatever the
+            # default device: on the meta device (hf.py's shape check) arange's reference code imports torch._dynamo,
+            # ~2 CPU-s of gen.py's start
+            hs, cpu = config.head_dim, torch.device("cpu")
+            inv_freq = 1.0 / (ROPE_THETA ** (torch.arange(0, hs, 2, dtype=torch.float32, device=cpu) / hs))  # (hs/2,)
+            angles = torch.outer(torch.arange(config.block_size, dtype=torch.float32, device=cpu), inv_freq)  # (T, hs/2)
+            device = torch.get_default_device()
+            self.register_buffer("rope_cos", angles.cos().to(device), persistent=False)
+            self.register_buffer("rope_sin", angles.sin().to(device), persistent=False)
 
         # GPT-2 init: N(0, 0.02) everywhere, zero biases, and residual projections scaled by 1/sqrt(2 * n_layer)
         # because each block adds two of them to the residual stream

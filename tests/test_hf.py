@@ -327,10 +327,14 @@ def test_export_and_import_need_no_transformers(tmp_path, custom_enc):
     for variant in ("gpt2", "modern"):
         ckpt, out = str(tmp_path / f"{variant}.pt"), str(tmp_path / variant)
         code += [f"export.main([{ckpt!r}, {out!r}]); print('read', load_model({out!r})[0].config.variant)"]
+    # nor torch._dynamo, whose import was ~2 CPU-s of gen.py's start from a folder (read_folder's shape check on the
+    # meta device ran torch's reference code for the init's fills and RoPE's arange)
+    code += ["print('imported torch._dynamo:', 'torch._dynamo' in sys.modules)"]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     r = subprocess.run([sys.executable, "-c", "\n".join(code)], cwd=root, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert [line for line in r.stdout.splitlines() if line.startswith("read ")] == ["read gpt2", "read modern"]
+    assert "imported torch._dynamo: False" in r.stdout.splitlines()
 
 
 def test_gpt2_tokenizer_files_are_gpt2s_own(tmp_path, enc):
