@@ -397,7 +397,8 @@ class GPT(nn.Module):
             # ~2 CPU-s of gen.py's start
             hs, cpu = config.head_dim, torch.device("cpu")
             inv_freq = 1.0 / (ROPE_THETA ** (torch.arange(0, hs, 2, dtype=torch.float32, device=cpu) / hs))  # (hs/2,)
-            angles = torch.outer(torch.arange(config.block_size, dtype=torch.float32, device=cpu), inv_freq)  # (T, hs/2)
+            positions = torch.arange(config.block_size, dtype=torch.float32, device=cpu)  # (T,)
+            angles = torch.outer(positions, inv_freq)  # (T, hs/2)
             device = torch.get_default_device()
             self.register_buffer("rope_cos", angles.cos().to(device), persistent=False)
             self.register_buffer("rope_sin", angles.sin().to(device), persistent=False)
