@@ -1452,8 +1452,9 @@ def fmt_time(s):
 def budget_value(minutes):
     """A --time_budget as the option's value: its minutes ("5", "1.5"), or its seconds where the minutes have no short
     form ("40s", as --time_budget 40s gave it: "0.666667 min" read as a number gone wrong)."""
-    # (near enough: the sum a continued budget names, 0.1 + 0.2, is no float's 0.3)
-    return f"{round(minutes, 2):g}" if abs(minutes - round(minutes, 2)) < 1e-9 else f"{minutes * 60:.6g}s"
+    # (near enough: the sum a continued budget names, 0.1 + 0.2, is no float's 0.3. 12 digits, not :g's 6: a value in
+    # a command reads back as the budget meant, 10000.25 not 10000.2, 1234567 not 1.23457e+06)
+    return f"{round(minutes, 2):.12g}" if abs(minutes - round(minutes, 2)) < 1e-9 else f"{minutes * 60:.12g}s"
 
 
 def fmt_budget(minutes):

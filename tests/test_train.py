@@ -343,6 +343,13 @@ def test_a_budget_given_in_seconds_is_said_in_seconds():
     assert train.budget_value(0.1 + 0.2) == "0.3"
 
 
+def test_a_long_budget_is_said_with_all_its_digits():
+    """:g's 6 digits said a continued 10000.25-minute budget as "--time_budget 10000.2" and 1234567 minutes as
+    1.23457e+06: a command that named another budget than the one meant."""
+    for minutes, said in ((10000.25, "10000.25"), (1234567, "1234567"), (1000 + 7 / 60, "60007s")):
+        assert train.budget_value(minutes) == said and train.minutes_value(said) == pytest.approx(minutes, rel=1e-12)
+
+
 def test_max_steps_past_the_epochs_says_the_run_ends_at_them(env, tmp_path, capsys):
     """nanoGPT's --max_iters sets its run's length; --max_steps, typed for it, stopped nothing past the epochs' end, and
     the run ended steps short of it with no word. The banner says so; a --max_steps within the run gets no line."""
