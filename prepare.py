@@ -2329,7 +2329,7 @@ def train_on_command(meta, out_dir, tokenizer=None):
     vocabulary it was made in (tokenizer: the --tokenizer given, else the one the dataset kept; a checkpoint or a
     Hugging Face model folder), --data_dir then always named, as train.py's default is the checkpoint's own data
     folder, which may hold another dataset of the name; --block_size where conversations are packed for another
-    context than the model's default (a --pack given)."""
+    context than the model's default (a --pack given), or where a split is too short for one window of it."""
     name = meta["name"]
     o = meta_options(meta, os.path.join(out_dir, name), odd={})
     tokenizer = tokenizer or (None if o.get("vocab_size") else o.get("tokenizer"))
