@@ -236,12 +236,13 @@ def _load_tokenizer(name, stamp):
         enc = _build("gpt2", base._mergeable_ranks, GPT2_PATTERN)
         enc.bpe_text = None
         return enc, None
+    # (`--tokenizer story`, a dataset's or a run's name, was answered as a misspelt path; `--tokenizer notes` next to
+    # the notes/ folder of its --source, as the README's own data, as a folder that holds no vocabulary)
+    meant = next((c for c in (f"{name}_best.pt", f"{name}.pt", os.path.join("models", f"{name}_best.pt"),
+                              os.path.join("models", f"{name}.pt")) if os.path.isfile(c)), None)
     if not os.path.exists(name):
         # (a checkpoint's vocabulary is the usual one, prepare.py's for a fine-tune: a misspelt models/story_best.pt was
         # answered as if only gpt2 and .tiktoken files were taken)
-        # (`--tokenizer story`, a dataset's or a run's name, was answered as a misspelt path)
-        meant = next((c for c in (f"{name}_best.pt", f"{name}.pt", os.path.join("models", f"{name}_best.pt"),
-                                  os.path.join("models", f"{name}.pt")) if os.path.isfile(c)), None)
         raise UserError(f"tokenizer {name!r} not found: " + (f"did you mean {meant}?" if meant else
                         f"use 'gpt2', a checkpoint or Hugging Face model folder (its vocabulary), or the path of a "
                         f".tiktoken file from `{train_command()}`"))
@@ -255,6 +256,9 @@ def _load_tokenizer(name, stamp):
             # which "a folder without tokenizer.json" and a list of what else to pass left to be found
             raise UserError(f"{name} is a dataset's folder, not a vocabulary: pass the one it was made with, "
                             f"{dataset_vocabulary(name)}")
+        if meant:
+            raise UserError(f"tokenizer {name!r} is a folder without {TOKENIZER_JSON} or {VOCAB_JSON}, not a "
+                            f"vocabulary: did you mean {meant}?")
         raise not_a_vocabulary(f"{name} (a folder without {TOKENIZER_JSON} or {VOCAB_JSON})")
     if zipfile.is_zipfile(name) or starts_as_zip(name):  # torch.save's format: a checkpoint (or one cut short,
         # which load_checkpoint names as such rather than as no .tiktoken text)
