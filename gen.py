@@ -47,7 +47,7 @@ from common import (ArgumentParser, UserError, add_device_arguments, at_least, a
 from setup_tokenizer import EOT, IM_END, IM_START, StreamDecoder, render_chat
 
 CHAT_HELP = "/reset clears the history, /exit or Ctrl-D quits, Ctrl-C stops a reply"
-DEFAULT_MAX_TOKENS = 256  # new tokens per completion or reply, --max_tokens left out
+DEFAULT_MAX_TOKENS = 256  # new tokens per completion or reply, --max_tokens left out (serve.py's too)
 TYPING_DELAY = 0.012  # seconds per token on a terminal: a readable rhythm for demos, never in pipes
 # what a terminal shows for the control characters it would obey (\n and \t aside): a model's ESC c would clear the
 # screen, its \r write over the line, ESC ]0;... retitle the window. C0 ones and DEL as their control pictures (␛ ␍ ␈),

@@ -67,9 +67,9 @@ import torch
 from checkpoint import add_checkpoint_argument, load_model, parse_checkpoint
 from common import (ArgumentParser, UserError, add_device_arguments, at_least, fmt_count, json_kind, nonempty, number,
                     parts_text, pick_device, retain_freed_memory, run_main, seeded_generator, stop_signals)
-from gen import (CHAT_STOPS, PENALTY_RULE, add_sampling_arguments, default_checkpoint, encode_prompt, fit_history,
-                 inference_dtype, penalty_value, reserve_for, say_newest, stop_ids, stream_completion,
-                 warn_if_trained_on_text)
+from gen import (CHAT_STOPS, DEFAULT_MAX_TOKENS, PENALTY_RULE, add_sampling_arguments, default_checkpoint,
+                 encode_prompt, fit_history, inference_dtype, penalty_value, reserve_for, say_newest, stop_ids,
+                 stream_completion, warn_if_trained_on_text)
 from setup_tokenizer import render_chat
 
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "chat.html")
@@ -1186,8 +1186,8 @@ class ApiServer(ThreadingHTTPServer):
     request_queue_size = 128  # the listen backlog: socketserver's 5 makes a burst of clients wait a second for a SYN retry
 
     def __init__(self, model, enc, name, host="127.0.0.1", port=8000, dtype=torch.float32, temperature=0.8,
-                 top_k=200, top_p=None, max_tokens=256, max_queue=64, log=None, cors=(), repetition_penalty=1.0, allowed_hosts=(),
-                 max_connections=256):
+                 top_k=200, top_p=None, max_tokens=DEFAULT_MAX_TOKENS, max_queue=64, log=None, cors=(),
+                 repetition_penalty=1.0, allowed_hosts=(), max_connections=256):
         self.model, self.enc, self.name = model, enc, name
         # connections served at once, each by a thread of its own (process_request), and as many turned away past
         # them, each by a short-lived thread too (turn_away)
@@ -1545,9 +1545,9 @@ def parse_args(argv=None):
                         "behind a proxy that passes on its own name (default: localhost and loopback addresses only, "
                         "against DNS rebinding)")
     add_sampling_arguments(p, " when a request gives none", max_temp=MAX_TEMPERATURE)
-    p.add_argument("--max_tokens", type=at_least(1), default=256,
-                   help="new tokens when a request gives no max_tokens (default: 256; for a chat at most half the "
-                        "context, so the history keeps the rest, else cut to what the prompt leaves)")
+    p.add_argument("--max_tokens", type=at_least(1), default=DEFAULT_MAX_TOKENS,
+                   help=f"new tokens when a request gives no max_tokens (default: {DEFAULT_MAX_TOKENS}; for a chat at "
+                        f"most half the context, so the history keeps the rest, else cut to what the prompt leaves)")
     p.add_argument("--max_queue", type=at_least(1), default=64,
                    help="requests that may wait for the model; more get 503 (default: 64)")
     p.add_argument("--max_connections", type=at_least(1), default=256,
