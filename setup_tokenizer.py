@@ -220,6 +220,14 @@ def file_stamp(path):
     return tuple(stamp)
 
 
+def checkpoint_meant(name):
+    """The checkpoint a --tokenizer that is no vocabulary likely meant, or None: `--tokenizer story`, a dataset's or a
+    run's name, was answered as a misspelt path, and `--tokenizer notes` beside the notes/ folder of its --source (the
+    README's own data) as a folder holding no vocabulary."""
+    return next((c for c in (f"{name}_best.pt", f"{name}.pt", os.path.join("models", f"{name}_best.pt"),
+                             os.path.join("models", f"{name}.pt")) if os.path.isfile(c)), None)
+
+
 @functools.lru_cache(maxsize=8)
 def _load_tokenizer(name, stamp):
     """(tokenizer, model context or None) of get_tokenizer's name; stamp: file_stamp's, so that a changed file is read
@@ -236,13 +244,10 @@ def _load_tokenizer(name, stamp):
         enc = _build("gpt2", base._mergeable_ranks, GPT2_PATTERN)
         enc.bpe_text = None
         return enc, None
-    # (`--tokenizer story`, a dataset's or a run's name, was answered as a misspelt path; `--tokenizer notes` next to
-    # the notes/ folder of its --source, as the README's own data, as a folder that holds no vocabulary)
-    meant = next((c for c in (f"{name}_best.pt", f"{name}.pt", os.path.join("models", f"{name}_best.pt"),
-                              os.path.join("models", f"{name}.pt")) if os.path.isfile(c)), None)
     if not os.path.exists(name):
         # (a checkpoint's vocabulary is the usual one, prepare.py's for a fine-tune: a misspelt models/story_best.pt was
         # answered as if only gpt2 and .tiktoken files were taken)
+        meant = checkpoint_meant(name)
         raise UserError(f"tokenizer {name!r} not found: " + (f"did you mean {meant}?" if meant else
                         f"use 'gpt2', a checkpoint or Hugging Face model folder (its vocabulary), or the path of a "
                         f".tiktoken file from `{train_command()}`"))
@@ -256,6 +261,7 @@ def _load_tokenizer(name, stamp):
             # which "a folder without tokenizer.json" and a list of what else to pass left to be found
             raise UserError(f"{name} is a dataset's folder, not a vocabulary: pass the one it was made with, "
                             f"{dataset_vocabulary(name)}")
+        meant = checkpoint_meant(name)
         if meant:
             raise UserError(f"tokenizer {name!r} is a folder without {TOKENIZER_JSON} or {VOCAB_JSON}, not a "
                             f"vocabulary: did you mean {meant}?")
