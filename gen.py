@@ -659,9 +659,9 @@ def open_checkpoint(args, path):
 
 
 def max_tokens_for(args, model):
-    """New tokens per completion or reply: --max_tokens, else DEFAULT_MAX_TOKENS (no limit with --nonstop, which runs until
-    Ctrl-C). A --max_tokens the context cannot give is warned of once, here: past the context (a completion or reply
-    ends where it is full), or, for --chat, past the half of it kept for replies. The default past a completion's
+    """New tokens per completion or reply: --max_tokens, else DEFAULT_MAX_TOKENS (no limit with --nonstop, which runs
+    until Ctrl-C). A --max_tokens the context cannot give is warned of once, here: past the context (a completion or
+    reply ends where it is full), or, for --chat, past the half of it kept for replies. The default past a completion's
     context is noted too: a model trained at nanoGPT's CPU --block_size 64 gave 60-character samples, said nowhere
     (nanoGPT's sample.py slides on to its 500)."""
     block_size = model.config.block_size
