@@ -201,8 +201,8 @@ def text_docs(path):
     yield from separated_docs(path, lambda text: text.split(EOT))
 
 
-# the fields record_doc reads a record by: a list of turns under the first three
-TURNS_FIELDS = ("messages", "conversations", "conversation")
+# the fields record_doc reads a record by: a list of turns under the first four (`contents`: Gemini's, of role/parts)
+TURNS_FIELDS = ("messages", "conversations", "conversation", "contents")
 # the (prompt, reply, input) fields of the prompt-and-reply shapes, read as a user turn (the input, if any, after a
 # blank line) and its reply (TRL's conversational prompt/completion: lists of turns); a record of several is read by the
 # one first here
@@ -211,11 +211,16 @@ PAIRS = (("instruction", "output", "input"),  # Alpaca (a seed task's `instances
          ("question", "answer", None),  # GSM8K
          ("prompt", "completion", None),  # OpenAI's legacy fine-tuning files, TRL's prompt-completion
          ("prompt", "response", None),
-         ("query", "response", None))  # MetaMathQA
+         ("query", "response", None),  # MetaMathQA
+         ("question", "response", None),  # OpenOrca (its system_prompt the system message)
+         ("input", "output", None),
+         ("problem", "solution", None))  # MATH, NuminaMath
+# the fields a record's system message may be under: OpenAI's, OpenOrca's, Gemini's (REST, then its SDKs' spelling)
+SYSTEM_FIELDS = ("system", "system_prompt", "systemInstruction", "system_instruction")
 # the last line of a GSM8K answer, the final answer (#### 72): the record's shape that record_doc drops calculator
 # annotations of
 GSM8K_FINAL = re.compile(r"(?:^|\n)#### [^\n]*\s*$")
-RECORD_FIELDS = (*TURNS_FIELDS, *dict.fromkeys(p for p, _, _ in PAIRS), "dialog", "text")
+RECORD_FIELDS = (*TURNS_FIELDS, *dict.fromkeys(p for p, _, _ in PAIRS), "dialog", "mapping", "text")
 
 
 def bare_turns(record):
@@ -535,23 +540,46 @@ def amiss_turn(turns, spellings):
     return f"; turn {n} of {len(turns)} has {what}"
 
 
+GEMINI_HI = '[{"text": "Hi!"}]'
+
+
+def gemini_text(parts, where):
+    """Gemini's parts of a turn or system instruction, [{"text": ...}, ...], as one string (null: ""); else a
+    UserError naming where."""
+    if parts is None:
+        return ""
+    if not isinstance(parts, list) or not all(isinstance(p, dict) and isinstance(p.get("text"), str) for p in parts):
+        got = json_kind(parts) if not isinstance(parts, list) else "a part with no text (an image, a file?)"
+        raise UserError(f"{where}: Gemini's `parts` must be a list of text parts like {GEMINI_HI}, got {got}")
+    return "".join(p["text"] for p in parts)
+
+
 def turns_of(record, field, where):
     """record[field], a list of turns, each OpenAI's {role, content} or ShareGPT's {from, value} whatever the field's name
     (unsloth's standardize_sharegpt writes `conversations` of role/content, LLaMA-Factory reads `messages` of
-    from/value), as [{role, content}]; else a UserError showing what a turn looks like. where: the record's place (file
-    and line), for messages."""
-    spellings = (("from", "value"), ("role", "content")) if field == "conversations" else (("role", "content"), ("from", "value"))
+    from/value), or Gemini's `contents` of {role, parts}, as [{role, content}]; else a UserError showing what a turn
+    looks like. where: the record's place (file and line), for messages."""
+    spellings = {"conversations": (("from", "value"), ("role", "content")),
+                 "contents": (("role", "parts"),)}.get(field, (("role", "content"), ("from", "value")))
     turns = record[field]
     # OpenAI's function calling: a turn that calls a tool (tool_calls, content null or left out) and the tool's answer
-    # (role "tool") are named, with the way out, not left to "content must be text" or "unknown role 'tool'"
-    if isinstance(turns, list) and any(isinstance(m, dict) and (m.get("tool_calls") or m.get("function_call") or
-                                                                m.get("role") in ("tool", "function")) for m in turns):
-        raise UserError(f"{where}: a tool call (OpenAI's tool_calls or a \"tool\" turn): only system, user and assistant "
-                        f"text is trained on; leave the conversations with tool calls out of the file")
+    # (role "tool") are named, with the way out, not left to "content must be text" or "unknown role 'tool'" (Gemini's
+    # are parts of a turn: functionCall, functionResponse)
+    if isinstance(turns, list) and any(isinstance(m, dict) and (
+            m.get("tool_calls") or m.get("function_call") or m.get("role") in ("tool", "function") or
+            isinstance(m.get("parts"), list) and any(isinstance(p, dict) and ("functionCall" in p or
+                                                                               "functionResponse" in p)
+                                                     for p in m["parts"])) for m in turns):
+        raise UserError(f"{where}: a tool call (OpenAI's tool_calls, a \"tool\" turn, Gemini's functionCall): only "
+                        f"system, user and assistant text is trained on; leave the conversations with tool calls out "
+                        f"of the file")
     if not isinstance(turns, list) or not all(isinstance(m, dict) and turn_spelling(m, spellings) for m in turns):
-        (r, c), (r2, c2) = spellings
-        raise UserError(f"{where}: `{field}` must be a list of turns like {{\"{r}\": \"user\", \"{c}\": \"Hi!\"}} "
-                        f"or {{\"{r2}\": \"user\", \"{c2}\": \"Hi!\"}}" + amiss_turn(turns, spellings))
+        like = " or ".join('{"%s": "user", "%s": %s}' % (r, c, GEMINI_HI if c == "parts" else '"Hi!"')
+                           for r, c in spellings)
+        raise UserError(f"{where}: `{field}` must be a list of turns like {like}" + amiss_turn(turns, spellings))
+    if field == "contents":
+        return [{"role": SHAREGPT_ROLES.get(m["role"].lower(), m["role"]), "content": gemini_text(m["parts"], where)}
+                for m in turns]
     # a "weight" is OpenAI's fine-tuning format's: 0 leaves an assistant reply out of the loss (render_chat)
     # (roles capitalised as some exports write them, "Human", "USER", are the same roles). A null content is an empty
     # one, as a pair's null reply and a null `text` are: a ShareGPT scrape's failed reply was a bad record, stopping
@@ -628,15 +656,67 @@ def pair_messages(record, pair, where):
     return alternate([t for h in history for t in h]) + asked + answered
 
 
+def record_system(record, where):
+    """The system message a record gives beside its turns or prompt, under the first of SYSTEM_FIELDS that holds one
+    (Gemini's is its parts, {"parts": [{"text": ...}]}); "" if none. A UserError naming where for one of another kind:
+    not dropped unsaid."""
+    field = next((f for f in SYSTEM_FIELDS if record.get(f) is not None), None)
+    value = record.get(field, "")
+    if isinstance(value, dict) and "parts" in value and field in ("systemInstruction", "system_instruction"):
+        return gemini_text(value["parts"], where)
+    if not isinstance(value, str):
+        raise UserError(f"{where}: `{field}` must be text, got {json_kind(value)}")
+    return value
+
+
+def chatgpt_turns(record, where):
+    """A conversation of ChatGPT's data export (conversations.json, a list of them) as [{role, content}]. Its messages
+    are a tree, `mapping` {id: {message, parent}}: the conversation as it was last shown is the path from its
+    `current_node` to the root (an edited question or a regenerated reply leaves the other branches). Only the text
+    shown is read: turns hidden from the chat (custom instructions, memory), tool calls and their output, reasoning and
+    images are left out, and a reply split by the tools it called is one again."""
+    mapping, node = record["mapping"], record.get("current_node")
+    if not isinstance(mapping, dict) or not isinstance(node, str):
+        raise UserError(f"{where}: a ChatGPT export's conversation needs `mapping` (an object of messages) and its "
+                        f"`current_node` (an id in it)")
+    path, seen = [], set()
+    while node is not None and node not in seen:  # (a loop of parents in a damaged file: not followed forever)
+        seen.add(node)
+        entry = mapping.get(node)
+        if not isinstance(entry, dict):
+            raise UserError(f"{where}: `mapping` has no message {node!r}, named as a current_node or parent")
+        path.append(entry.get("message"))
+        node = entry.get("parent")
+    turns = []
+    for m in reversed(path):
+        if not isinstance(m, dict):
+            continue  # the root: no message
+        role = (m.get("author") or {}).get("role")
+        content, meta = m.get("content") or {}, m.get("metadata") or {}
+        if role not in ("system", "user", "assistant") or m.get("recipient", "all") != "all" or \
+                meta.get("is_visually_hidden_from_conversation") or \
+                content.get("content_type") not in ("text", "multimodal_text"):
+            continue
+        text = "".join(p for p in content.get("parts") or () if isinstance(p, str))  # (an image's part is an object)
+        if not text.strip():
+            continue
+        if turns and turns[-1]["role"] == role:
+            turns[-1]["content"] += "\n\n" + text
+        else:
+            turns.append({"role": role, "content": text})
+    return turns
+
+
 def record_doc(record, where, dataset=None):
     """One record -> a document: conversations as `messages` (or `conversation`) [{role, content}], ShareGPT
-    `conversations` [{from, value}] (either turn spelling under any of the names), a prompt and its reply of one of
-    PAIRS (Alpaca's instruction/input/output, Dolly's instruction/context/response, question/answer,
-    prompt/completion...: LLaMA-Factory's history of earlier [instruction, output] pairs before it) or a
-    `dialog` list of turns; a `text` field (or a bare string) is a plain document. None for a record with nothing to
-    train on (empty text, no assistant reply that is not empty); a UserError naming where (file and line) for a record
-    of no shape read here. GSM8K's records (question, and an answer whose last line is its `#### ` final answer) lose
-    their calculator annotations. dataset: dailydialog tidies DailyDialog's spacing."""
+    `conversations` [{from, value}] (either turn spelling under any of the names), Gemini's `contents`, a prompt and
+    its reply of one of PAIRS (Alpaca's instruction/input/output, Dolly's instruction/context/response,
+    question/answer, prompt/completion...: LLaMA-Factory's history of earlier [instruction, output] pairs before it),
+    a `dialog` list of turns or ChatGPT's export (chatgpt_turns); a `text` field (or a bare string) is a plain
+    document. None for a record with nothing to train on (empty text, no assistant reply that is not empty); a
+    UserError naming where (file and line) for a record of no shape read here. GSM8K's records (question, and an
+    answer whose last line is its `#### ` final answer) lose their calculator annotations. dataset: dailydialog tidies
+    DailyDialog's spacing."""
     if isinstance(record, str):
         return plain_text(record, where)
     if not isinstance(record, dict):
@@ -667,6 +747,8 @@ def record_doc(record, where, dataset=None):
             # (a null turn is an empty one, as a turn's null content is: spoken() drops it, its speaker kept)
             turns = [tidy_dailydialog(t or "") if dataset == "dailydialog" else t or "" for t in dialog]
             messages = spoken(alternate(turns))
+        elif "mapping" in has:
+            messages = chatgpt_turns(record, where)
         elif "text" in record:
             text = record["text"]
             if text is None:  # an empty row, as an empty string is
@@ -682,13 +764,12 @@ def record_doc(record, where, dataset=None):
             wrapped = f"; its `{inner}` holds a list of records: give that list as the file (a .json array), or one " \
                       f"record a line (JSON Lines)" if inner else ""
             raise UserError(f"{where}: no {', '.join(TURNS_FIELDS)}, {', '.join(f'{p}/{r}' for p, r, _ in PAIRS)}, "
-                            f"instruction/instances, dialog or text field{wrapped}")
+                            f"instruction/instances, dialog, mapping (ChatGPT's export) or text field{wrapped}")
     except (KeyError, TypeError) as e:
         raise UserError(f"{where}: malformed conversation ({type(e).__name__}: {e})")
-    if record.get("system") is not None and not isinstance(record["system"], str):  # not dropped unsaid
-        raise UserError(f"{where}: `system` must be text, got {json_kind(record['system'])}")
-    if record.get("system") and messages and messages[0]["role"] != "system":
-        messages.insert(0, {"role": "system", "content": record["system"]})
+    system = record_system(record, where)
+    if system and messages and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": system})
     for m in messages:
         if m["role"] not in ("system", "user", "assistant"):
             raise UserError(f"{where}: unknown role {m['role']!r}; use system, user or assistant (or ShareGPT's human, gpt)")
@@ -3120,7 +3201,9 @@ def main(argv=None):
     p.add_argument("--source", type=path_arg, nargs="+", metavar="PATH",
                    help=".txt (documents separated by <|endoftext|>, else one per file), .jsonl/.json/.parquet records "
                         "(messages, ShareGPT conversations, instruction/input/output or instances, instruction/context/"
-                        "response, question/answer, prompt/completion, prompt/response, query/response, text), or folders; "
+                        "response, question/answer, prompt/completion, prompt/response, query/response, "
+                        "question/response, input/output, problem/solution, Gemini's contents, ChatGPT's export, "
+                        "text), or folders; "
                         "or hf:NAME[:CONFIG[:SPLIT]], a Hugging Face hub dataset of such records, streamed (hf:NAME::SPLIT: "
                         "the default config; split default train, or the set's only split), val its validation split "
                         "if it has one, else --val_fraction of train")

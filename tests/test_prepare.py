@@ -1699,6 +1699,64 @@ SEED_TASKS = [{"id": f"seed_task_{i}", "name": "add", "instruction": r["instruct
 QA = [{"question": f"Q{i}: why is the sky blue?", "answer": f"Rayleigh scattering ({i})."} for i in range(10)]
 
 
+def gemini(conv):
+    """conv as a Gemini tuning record: its system message a systemInstruction, turns of role user/model whose text is
+    parts (two, where it has room)."""
+    def parts(text):
+        return [{"text": text[:3]}, {"text": text[3:]}]
+    return {"contents": [{"role": {"assistant": "model"}.get(m["role"], m["role"]), "parts": parts(m["content"])}
+                         for m in conv if m["role"] != "system"]} | (
+        {"systemInstruction": {"role": "system", "parts": parts(conv[0]["content"])}}
+        if conv[0]["role"] == "system" else {})
+
+
+def chatgpt_export(conv, i):
+    """conv as a conversation of ChatGPT's data export: a tree of messages under `mapping`, the conversation shown the
+    path from current_node up. Around conv's turns: the root (no message), an empty system message and hidden custom
+    instructions, a reply regenerated (its first version a branch off the path), and each last reply split by a tool
+    call (code to python, the tool's output) from its second part, text and an image."""
+    nodes, parent = {"root": {"id": "root", "message": None, "parent": None, "children": []}}, "root"
+
+    def add(key, role, content, **extra):
+        nonlocal parent
+        message = {"id": key, "author": {"role": role, "name": None, "metadata": {}}, "create_time": 1.7e9,
+                   "content": content, "status": "finished_successfully", "weight": 1.0, "metadata": {},
+                   "recipient": "all"} | extra
+        nodes[key] = {"id": key, "message": message, "parent": parent, "children": []}
+        nodes[parent]["children"].append(key)
+        parent = key
+
+    add("sys", "system", {"content_type": "text", "parts": [""]})
+    add("ci", "user", {"content_type": "user_editable_context", "user_profile": "I like short answers."},
+        metadata={"is_visually_hidden_from_conversation": True})
+    for k, m in enumerate(conv):
+        text = {"content_type": "text", "parts": [m["content"]]}
+        if m["role"] != "assistant":
+            add(f"m{k}", m["role"], text)
+        elif k < len(conv) - 1:
+            add(f"m{k}", "assistant", text)
+            at = parent
+            add(f"old{k}", "assistant", {"content_type": "text", "parts": ["a reply regenerated"]})
+            parent = nodes[at]["parent"]  # the regenerated reply: another child of the question, on the path
+            nodes[f"m{k}"]["children"], nodes[f"old{k}"]["parent"] = [], nodes[f"m{k}"]["parent"]
+            parent = f"m{k}"
+        else:
+            add(f"m{k}a", "assistant", {"content_type": "text", "parts": [m["content"]]})
+            add(f"m{k}c", "assistant", {"content_type": "code", "language": "python", "text": "1+1"},
+                recipient="python")
+            add(f"m{k}t", "tool", {"content_type": "execution_output", "text": "2"},
+                author={"role": "tool", "name": "python"})
+            add(f"m{k}b", "assistant", {"content_type": "multimodal_text",
+                                        "parts": ["Checked", {"asset_pointer": "x"}]})
+    return {"title": f"Chat {i}", "create_time": 1.7e9, "mapping": nodes, "current_node": parent, "id": f"c{i}"}
+
+
+def merged_reply(conv):
+    """conv as chatgpt_export's conversation of it reads back: its last reply and the text after its tool call joined
+    by a blank line (the image left out)."""
+    return conv[:-1] + [{"role": "assistant", "content": conv[-1]["content"] + "\n\nChecked"}]
+
+
 def alpaca_conv(r):
     return [{"role": "user", "content": r["instruction"] + (f"\n\n{r['input']}" if r["input"] else "")},
             {"role": "assistant", "content": r["output"]}]
@@ -1756,7 +1814,20 @@ FORMATS = {  # name: (file name, file text, expected conversations)
     **{name: (f"{name}.jsonl", "\n".join(json.dumps({p: r["question"], c: r["answer"]}) for r in QA),
               [[{"role": "user", "content": r["question"]}, {"role": "assistant", "content": r["answer"]}] for r in QA])
        for name, p, c in (("prompt-completion", "prompt", "completion"), ("prompt-response", "prompt", "response"),
-                          ("query-response", "query", "response"))},
+                          ("query-response", "query", "response"), ("input-output", "input", "output"),
+                          ("problem-solution", "problem", "solution"))},
+    # OpenOrca: its system_prompt is the system message (one empty: none)
+    "openorca": ("o.jsonl", "\n".join(json.dumps({"id": f"niv.{i}", "system_prompt": "Be brief." * (i % 2),
+                                                  "question": r["question"], "response": r["answer"]})
+                                      for i, r in enumerate(QA)),
+                 [[{"role": "system", "content": "Be brief."}] * (i % 2) + [
+                     {"role": "user", "content": r["question"]}, {"role": "assistant", "content": r["answer"]}]
+                  for i, r in enumerate(QA)]),
+    # Gemini's tuning files: contents of role/parts, the model's turns role "model", a systemInstruction
+    "gemini": ("g.jsonl", "\n".join(json.dumps(gemini(c)) for c in CONVERSATIONS), CONVERSATIONS),
+    # ChatGPT's data export: the conversation each tree shows, its text only (see chatgpt_export)
+    "chatgpt-export": ("conversations.json", json.dumps([chatgpt_export(c, i) for i, c in enumerate(CONVERSATIONS)]),
+                       [merged_reply(c) for c in CONVERSATIONS]),
     # TRL trains on the completion alone: a multi-turn prompt's replies are context, out of the loss (they were trained)
     "trl-conversational": ("t.jsonl", "\n".join(json.dumps({"prompt": c[:-1], "completion": c[-1:]}) for c in CONVERSATIONS),
                            [[dict(m, weight=0) if m["role"] == "assistant" else m for m in c[:-1]] + c[-1:]
@@ -3470,9 +3541,10 @@ def test_a_hub_source_is_streamed_and_read_as_source_files_are(tmp_path, enc, ca
     # them out (without reading on: a streamed split would be downloaded whole)
     write(tmp_path / "odd" / "train.jsonl", json.dumps({"title": "no text"}) + "\n")
     with pytest.raises(UserError, match=r"^hf:.*/odd train row 1: no messages, conversations, conversation, "
-                                        r"instruction/output, instruction/response, question/answer, "
-                                        r"prompt/completion, prompt/response, query/response, instruction/instances, "
-                                        r"dialog or text field; pass --skip_bad_records "
+                                        r"contents, instruction/output, instruction/response, question/answer, "
+                                        r"prompt/completion, prompt/response, query/response, question/response, "
+                                        r"input/output, problem/solution, instruction/instances, dialog, mapping "
+                                        r"\(ChatGPT's export\) or text field; pass --skip_bad_records "
                                         r"to leave out the split's bad rows$"):
         prepare.prepare("text", source=f"hf:{tmp_path / 'odd'}", out_dir=out, name="hub")
     assert prepare.read_meta(os.path.join(out, "hub"))["splits"]["train"]["documents"] == 21  # kept
@@ -4024,6 +4096,17 @@ def test_a_record_of_several_shapes_is_read_by_the_first_that_holds_something():
                    {"prompt": "P", "completion": None}, {"query": "Q", "response": None}):
         assert read(**record) is None and read(**record, output=None, input=None) is None
     assert read(system="S", prompt="P", completion="C") == ["S", "P", "C"]
+    # the pairs read after these: an Alpaca row is not its input/output, a GSM8K row not question/response
+    assert read(instruction="I", input="X", output="O") == ["I\n\nX", "O"]
+    assert read(instruction=None, input="X", output="O") == ["X", "O"]
+    assert read(question="Q", answer="A", response="R", problem="P", solution="S") == ["Q", "A"]
+    # system fields in SYSTEM_FIELDS' order, an empty one passed over; a system turn of the conversation first
+    assert read(system="S", system_prompt="SP", question="Q", response="R") == ["S", "Q", "R"]
+    assert read(system=None, system_prompt="SP", question="Q", response="R") == ["SP", "Q", "R"]
+    assert read(system_prompt="", question="Q", response="R") == ["Q", "R"]
+    assert read(messages=[{"role": "system", "content": "M"}, {"role": "user", "content": "Q"},
+                          {"role": "assistant", "content": "R"}], system_instruction={"parts": [{"text": "G"}]}) == \
+        ["M", "Q", "R"]
     # TRL's completion of no turns is an empty reply, as "" is: left out (it was kept: a question with no reply,
     # nothing of it trained)
     for prompt in ([{"role": "user", "content": "P"}],
@@ -4049,9 +4132,34 @@ def test_a_record_of_several_shapes_is_read_by_the_first_that_holds_something():
                            'of text parts ({"type": "text", "text": ...}), got a number'),
                           ({"prompt": [{"x": 1}], "completion": "c"}, "`prompt` must be a list of turns like"),
                           ({"instruction": "i", "instances": [{"input": "a"}]}, "`instances` must be a list of "),
-                          ({"instruction": "i", "instances": "a"}, "`instances` must be a list of ")):
+                          ({"instruction": "i", "instances": "a"}, "`instances` must be a list of "),
+                          ({"system_prompt": ["s"], "question": "q", "response": "r"},
+                           "`system_prompt` must be text, got an array"),
+                          # Gemini's: a turn of text where parts go, an image part, a system instruction's parts
+                          ({"contents": [{"role": "user", "text": "Hi"}]}, '`contents` must be a list of turns like '
+                           '{"role": "user", "parts": [{"text": "Hi!"}]}; turn 1 of 1 has no "parts"'),
+                          ({"contents": [{"role": "user", "parts": [{"inlineData": {"data": "..."}}]}]},
+                           "Gemini's `parts` must be a list of text parts like [{\"text\": \"Hi!\"}], got a part "
+                           "with no text (an image, a file?)"),
+                          ({"contents": [{"role": "user", "parts": [{"text": "Hi"}]}],
+                            "systemInstruction": {"parts": "Be brief."}}, "Gemini's `parts` must be a list of text "
+                           "parts like [{\"text\": \"Hi!\"}], got a string"),
+                          ({"contents": [{"role": "model", "parts": [{"functionCall": {"name": "f"}}]}]},
+                           "a tool call (OpenAI's tool_calls, a \"tool\" turn, Gemini's functionCall): only system"),
+                          # ChatGPT's export: a damaged tree (a parent named that is not in it), no current_node
+                          ({"mapping": {"a": {"message": None, "parent": "b"}}, "current_node": "a"},
+                           "`mapping` has no message 'b', named as a current_node or parent"),
+                          ({"mapping": {"a": {"message": None, "parent": None}}, "title": "t"},
+                           "a ChatGPT export's conversation needs `mapping` (an object of messages) and its "
+                           "`current_node` (an id in it)")):
         with pytest.raises(UserError, match=rf"^x: {re.escape(error)}"):
             prepare.record_docs(record, "x")
+    # a loop of parents in a damaged export ends: the path read once (it was followed forever)
+    user = {"author": {"role": "user"}, "content": {"content_type": "text", "parts": ["Hi"]}}
+    reply = {"author": {"role": "assistant"}, "content": {"content_type": "text", "parts": ["Hello"]}}
+    looped = {"a": {"message": user, "parent": "b"}, "b": {"message": reply, "parent": "a"}}
+    assert prepare.record_doc({"mapping": looped, "current_node": "b"}, "x") == [
+        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
 
 
 def test_a_file_of_records_with_nothing_to_train_on_says_so(tmp_path):
