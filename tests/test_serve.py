@@ -626,6 +626,18 @@ def test_http_framing(api):
         assert status == 414 and "shorten the URL" in err["error"]["message"]  # it said "bad request"
 
 
+def test_a_multipart_request_is_refused_for_its_body_not_as_a_malformed_header(api):
+    """curl -F's form (multipart/form-data) was refused as "a header line is malformed": the standard library's parser
+    finds no parts in a head without its body. Its body is what the API cannot read, and the answer says so."""
+    form = b'--x\r\nContent-Disposition: form-data; name="prompt"\r\n\r\nHi\r\n--x--\r\n'
+    for content_type in ("multipart/form-data; boundary=x", "multipart/form-data"):
+        status, err, _ = post(api, "/v1/completions", form, {"Content-Type": content_type})
+        assert status == 400 and err["error"]["code"] == "invalid_json", err
+    # a JSON body under it is read, as under any Content-Type
+    status, _, _ = post(api, "/v1/completions", {"prompt": "Hi", "max_tokens": 1}, {"Content-Type": "multipart/mixed"})
+    assert status == 200
+
+
 def test_chunked_body(api):
     """A body sent chunked (curl -H 'Transfer-Encoding: chunked', clients streaming a request) is read, with chunk
     extensions and trailers, and the connection then serves the next request; it was a 411."""
