@@ -259,7 +259,12 @@ def read_json(body):
     """A request's body, which must be a JSON object."""
     try:
         req = json.loads(body)
-    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, an integer of over 4,300 digits
+    except UnicodeDecodeError as e:
+        # JSON is UTF-8 (RFC 8259): a body in Latin-1 (Windows PowerShell 5.1's Invoke-RestMethod sends one) is JSON in
+        # every other way, and "not valid JSON" sent its writer looking for a syntax error it did not make
+        raise ApiError(400, f"the request body is not UTF-8 (byte 0x{e.object[e.start:e.start + 1].hex()} at offset "
+                            f"{e.start} is no {e.encoding} text); send the JSON encoded as UTF-8", code="invalid_json")
+    except ValueError as e:  # JSONDecodeError, an integer of over 4,300 digits
         raise ApiError(400, f"the request body is not valid JSON ({e}); send a JSON object", code="invalid_json")
     except RecursionError:
         raise ApiError(400, "the request body nests too deeply to parse; send a JSON object", code="invalid_json")

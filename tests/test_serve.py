@@ -626,6 +626,15 @@ def test_http_framing(api):
         assert status == 414 and "shorten the URL" in err["error"]["message"]  # it said "bad request"
 
 
+def test_a_body_not_in_utf8_is_refused_as_that_not_as_invalid_json(api):
+    """JSON in Latin-1 (Windows PowerShell 5.1's Invoke-RestMethod sends it) was "not valid JSON", though its syntax is
+    right: the answer names the encoding, and the byte, to fix."""
+    status, err, _ = post(api, "/v1/completions", '{"prompt": "café", "max_tokens": 1}'.encode("latin-1"))
+    assert status == 400 and err["error"]["code"] == "invalid_json"
+    assert err["error"]["message"] == ("the request body is not UTF-8 (byte 0xe9 at offset 15 is no utf-8 text); send "
+                                       "the JSON encoded as UTF-8")
+
+
 def test_a_multipart_request_is_refused_for_its_body_not_as_a_malformed_header(api):
     """curl -F's form (multipart/form-data) was refused as "a header line is malformed": the standard library's parser
     finds no parts in a head without its body. Its body is what the API cannot read, and the answer says so."""
