@@ -1149,6 +1149,9 @@ class Handler(BaseHTTPRequestHandler):
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream; charset=utf-8")
             self.send_header("Cache-Control", "no-cache")
+            # nginx, the usual proxy in front of a server, buffers an answer until it is whole unless told not to: a
+            # stream through it came all at once, at its end
+            self.send_header("X-Accel-Buffering", "no")
             if chunked:
                 self.send_header("Transfer-Encoding", "chunked")
             else:

@@ -485,6 +485,13 @@ def test_answers_send_their_text_in_utf8(api, enc, monkeypatch):
             assert json.loads(body)["choices"][0]["logprobs"] is None  # (OpenAI's schema has the field: null)
 
 
+def test_a_stream_tells_a_proxy_in_front_not_to_buffer_it(api):
+    """nginx holds a proxied answer until it is whole unless the answer says X-Accel-Buffering: no; a stream through it
+    came all at once, at its end. A stream says so, and is not to be cached."""
+    head, _ = exchange(api, post_request("/v1/completions", {"prompt": "Hi", "max_tokens": 1, "stream": True}))
+    assert head[0] == "HTTP/1.1 200 OK" and "X-Accel-Buffering: no" in head and "Cache-Control: no-cache" in head, head
+
+
 def test_a_lone_surrogate_is_sent_back_escaped_never_as_invalid_utf8(enc):
     """JSON's "\\ud800" reads as a lone surrogate, which UTF-8 cannot encode: a body that holds one, a refusal that
     quotes it or an answer naming a model served from a file name that is no UTF-8 (as os.fsdecode reads it), keeps
