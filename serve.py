@@ -132,6 +132,11 @@ def overloaded(why):
     return ApiError(503, f"the server is busy: {why}; retry shortly", type="server_error", code="overloaded")
 
 
+# the Retry-After of an overloaded 503, in seconds: OpenAI's clients wait what it says (else their own backoff, from
+# half a second), and a request is a second or more of the worker's time
+RETRY_AFTER = ("Retry-After", "1")
+
+
 # -----------------------------------------------------------------------------
 # requests: validation and the prompt
 
@@ -329,7 +334,8 @@ def job_from_request(body, kind, api):
     temp = get(req, "temperature", "number", lambda v: 0 <= v <= MAX_TEMPERATURE,
                f"a number from 0 to {MAX_TEMPERATURE}")
     top_p = get(req, "top_p", "number", lambda v: 0 <= v <= 1, "a number from 0 to 1")
-    top_k = get(req, "top_k", "int", lambda v: v >= 0, "an integer >= 1 (0 or null: no limit)")
+    # -1 is vLLM's "no limit", which clients written for it send
+    top_k = get(req, "top_k", "int", lambda v: v >= -1, "an integer >= 1 (0, -1 or null: no limit)")
     seed = get(req, "seed", "int", lambda v: -2**63 <= v < 2**64, "a 64-bit integer")
     # gen.py's --repetition_penalty, by its name (vLLM's too)
     penalty = get(req, "repetition_penalty", "number", lambda v: penalty_value(v) is not None, PENALTY_RULE)
@@ -359,7 +365,7 @@ def job_from_request(body, kind, api):
     stop_tokens = stop_ids(api.enc, CHAT_STOPS)
     check_context(kind, prompt, max_tokens, block, what)
     sampling = dict(temperature=api.temperature if temp is None else temp,
-                    top_k=api.top_k if "top_k" not in req else (top_k or None),
+                    top_k=api.top_k if "top_k" not in req else (top_k if top_k and top_k > 0 else None),
                     top_p=api.top_p if top_p is None else top_p,
                     repetition_penalty=api.repetition_penalty if penalty is None else penalty_value(penalty))
     return Job(kind, prompt, max_tokens, stop_tokens, [s for s in stop or [] if s], sampling, seed, stream, include_usage)
@@ -953,7 +959,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def refuse(self, e, path, log=True):
         """Answer the ApiError e, OpenAI's error body, to the request for path; log: with a line in the log."""
-        headers = [("Allow", ", ".join(sorted(self.ROUTES.get(path, ["GET"]))))] if e.status == 405 else []
+        headers = [("Allow", ", ".join(sorted(self.ROUTES.get(path, ["GET"]))))] if e.status == 405 else \
+            [RETRY_AFTER] if e.code == "overloaded" else []
         if e.code == "server_shutting_down":  # its client is not to send the next request on this connection
             self.close_connection = True
         if self.body is None and (self.headers.get("Content-Length", "0") != "0" or "Transfer-Encoding" in self.headers):
@@ -1443,7 +1450,7 @@ class ApiServer(ThreadingHTTPServer):
         else:
             status = "503 Service Unavailable"
             body = json_bytes(overloaded(why).body())
-            fields = [("Content-Type", "application/json"), ("Content-Length", len(body))]
+            fields = [("Content-Type", "application/json"), ("Content-Length", len(body)), RETRY_AFTER]
         fields = "".join(f"{name}: {value}\r\n" for name, value in [*fields, ("Connection", "close"), *cors])
         return f"HTTP/1.1 {status}\r\n{fields}\r\n".encode("latin-1") + body
 

@@ -362,7 +362,7 @@ BAD = [  # (path, body, status, param, code)
     ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}', 400, "temperature", "invalid_value"),
     ("/v1/chat/completions", {"messages": MSG, "top_p": 1.5}, 400, "top_p", "invalid_value"),
     ("/v1/chat/completions", {"messages": MSG, "top_k": "ten"}, 400, "top_k", "invalid_type"),
-    ("/v1/chat/completions", {"messages": MSG, "top_k": -1}, 400, "top_k", "invalid_value"),
+    ("/v1/chat/completions", {"messages": MSG, "top_k": -2}, 400, "top_k", "invalid_value"),
     ("/v1/chat/completions", {"messages": MSG, "max_tokens": 0}, 400, "max_tokens", "invalid_value"),
     ("/v1/chat/completions", {"messages": MSG, "max_tokens": True}, 400, "max_tokens", "invalid_type"),
     ("/v1/chat/completions", {"messages": MSG, "max_tokens": BLOCK + 1}, 400, "max_tokens", "invalid_value"),
@@ -1541,6 +1541,7 @@ def test_full_queue_gets_503(enc):
             wait_for(lambda: len(api.worker.waiting) == 1, "the second request to queue")
             status, err, headers = post(api, "/v1/completions", body)
             assert status == 503 and err["error"]["code"] == "overloaded"
+            assert headers["Retry-After"] == "1"  # OpenAI's clients wait it (else their own backoff)
             gate.set()
             assert running.result()[0] == queued.result()[0] == 200  # the queued request is served, not dropped
     finally:
@@ -1562,6 +1563,7 @@ def test_connections_past_the_limit_get_503(enc, monkeypatch):
             status, err, headers = raw(api, b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
             assert status == 503 and err["error"]["code"] == "overloaded" and headers["Connection"] == "close", err
             assert "2 connections" in err["error"]["message"] and headers["Access-Control-Allow-Origin"] == "*"
+            assert headers["Retry-After"] == "1"
         said = ("connection(s) turned away (503, or closed unanswered past twice as many) since the last such line: 2 are "
                 "open (--max_connections)")
         assert lines == [f"1 {said}"], lines
@@ -2642,14 +2644,14 @@ def test_stop_text_cuts_at_the_earliest_of_two_stop_strings():
     assert st.push("b") == ("", True)  # "ab" starts first: nothing of it is shown
 
 
-def test_empty_stop_strings_are_ignored_and_top_k_zero_is_no_limit(api):
+def test_empty_stop_strings_are_ignored_and_top_k_zero_or_minus_one_is_no_limit(api):
     body = {"prompt": "Once upon a time", "max_tokens": 6, "temperature": 1, "seed": 3}
     status, plain, _ = post(api, "/v1/completions", body)
     assert status == 200 and api.worker.recent[-1]["top_k"] == api.top_k  # absent: the server's default
     status, empty, _ = post(api, "/v1/completions", dict(body, stop=["", "never appears"]))
     assert status == 200 and empty["choices"][0]["text"] == plain["choices"][0]["text"] != ""
     assert empty["choices"][0]["finish_reason"] == plain["choices"][0]["finish_reason"]
-    for top_k in (0, None):
+    for top_k in (0, None, -1):  # (-1: vLLM's no limit, which its clients send; it was a 400)
         assert post(api, "/v1/completions", dict(body, top_k=top_k))[0] == 200
         assert api.worker.recent[-1]["top_k"] is None  # 0 or null: no limit, not the server's 200
 
