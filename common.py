@@ -91,10 +91,11 @@ def interrupted_while_loading(signum, frame):
     os._exit(130)
 
 
-def run_main(main):
+def run_main(main, ranks=False):
     """Run a script's main(); UserError, Ctrl-C and the file system's refusals (a full disk, no permission, a folder
     where a file should be) end in one clear line, and output piped into a reader that stops early (`| head`) in
-    none. SIGTERM, and SIGHUP, end it through its clean-up (exit_on_sigterm)."""
+    none. SIGTERM, and SIGHUP, end it through its clean-up (exit_on_sigterm). ranks: the script uses torchrun's
+    processes (train.py); the others are refused under it (one_process_only)."""
     # (put back on the way out: tests call scripts' mains through here, and pytest's own SIGTERM must still end it)
     before = {sig: signal.signal(sig, exit_on_sigterm) for sig in stop_signals()} \
         if threading.current_thread() is threading.main_thread() else {}
@@ -113,6 +114,8 @@ def run_main(main):
     made_folders.clear()  # (tests run one main after another in a process)
     finished = False
     try:
+        if not ranks:
+            one_process_only(main)
         result, finished = main(), True
         return result
     except UnicodeEncodeError as e:
@@ -238,6 +241,17 @@ def os_error_line(e):
     """'No space left on device: models/x.pt: free some space or write elsewhere' for an OSError of OS_FIXES."""
     where = f": {e.filename}" if e.filename else ""
     return f"{e.strerror or e}{where}: {OS_FIXES[e.errno]}"
+
+
+def one_process_only(main):
+    """A UserError under torchrun (WORLD_SIZE > 1; LOCAL_RANK, which torchrun sets, tells its processes from a job's
+    own variables) for a script other than train.py: torchrun runs it once a process, each on its own. gen.py
+    printed a sample from each, eval.py its table once each, after doing the same work. It names the command that
+    runs it once."""
+    if "LOCAL_RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        script = os.path.basename(sys.modules[main.__module__].__file__)
+        raise UserError(f"{script} is not for torchrun, which runs it once in each of its processes (only train.py "
+                        f"shares the work between them): run `{script_command(script, *sys.argv[1:])}`")
 
 
 def speaks_for_machine():

@@ -3115,7 +3115,7 @@ class Run:
 
 def main(argv=None):
     try:
-        return run_main(lambda: train(parse_args(argv)))
+        return run_main(lambda: train(parse_args(argv)), ranks=True)
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             # Free DDP's reducer and gloo's finished work objects now, while the interpreter is whole: freed during its

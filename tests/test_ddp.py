@@ -536,6 +536,34 @@ def test_a_file_the_ranks_cannot_read_is_said_once_a_machine(monkeypatch, capsys
         assert e.value.code == 1 and capsys.readouterr().err == said
 
 
+def test_scripts_other_than_train_are_refused_under_torchrun(monkeypatch, capsys):
+    """`torchrun --nproc_per_node 2 gen.py ...`, a launcher's habit, ran gen.py once in each process: two different
+    samples, eval.py's table twice after the same work done twice. One line names the command that runs it once."""
+    import eval as eval_script
+    import gen
+    monkeypatch.setattr(common, "LATE_FIRST_S", 0)  # (waits for local rank 0's word)
+    monkeypatch.setattr(sys, "argv", ["gen.py", "models/story.pt", "--prompt", "Once upon"])
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for local_rank, said in (("1", ""), ("0", "error: gen.py is not for torchrun")):
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+        with pytest.raises(SystemExit) as e:
+            common.run_main(gen.main)
+        err = capsys.readouterr().err
+        assert e.value.code == 1 and err.startswith(said), err
+    assert err.rstrip().endswith("gen.py models/story.pt --prompt 'Once upon'`"), err
+    with pytest.raises(SystemExit):
+        common.run_main(eval_script.main)
+    assert capsys.readouterr().err.startswith("error: eval.py is not for torchrun")
+    # one process of torchrun, or a job's WORLD_SIZE without torchrun's LOCAL_RANK: run as asked
+    for env_now in ({"WORLD_SIZE": "1", "LOCAL_RANK": "0"}, {"WORLD_SIZE": "2"}):
+        monkeypatch.delenv("LOCAL_RANK")
+        for k, v in env_now.items():
+            monkeypatch.setenv(k, v)
+        assert common.run_main(lambda: "ran") == "ran"
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert common.run_main(lambda: "ran", ranks=True) == "ran"  # train.py's
+
+
 def test_a_dead_rank_stops_the_others_and_the_checkpoint_stays_intact(env, tmp_path):
     out = tmp_path / "models"
     proc = long_run(env, out)
