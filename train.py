@@ -45,6 +45,7 @@ import glob
 import hashlib
 import inspect
 import json
+import logging
 import math
 import os
 import queue
@@ -89,6 +90,9 @@ EVAL_SPACING = 3  # a budgeted run's evaluations take at most about 1 / (1 + EVA
 # 15 MB in 0.10 s, small's 112 MB in 0.74 s): 100 MB/s covers them, and a hard disk. Counting the bytes takes a
 # millisecond; timing a serialization into memory would take as long as a save and hold a second copy of the state
 SAVE_BYTES_PER_S = 100e6
+# the logger of torch.compile's notes on the context managers it meets (DDP's forward opens one: not_profiler_notice)
+DYNAMO_CONTEXT_LOG = "torch._dynamo.variables.ctx_manager"
+
 # under torchrun, how long a rank waits for the others in a collective before it ends with an error (gloo's own 30
 # minutes leaves a run with one rank stuck silent that long). A healthy run's longest wait is for rank 0's checkpoint
 # save (at SAVE_BYTES_PER_S, 10 minutes is 60 GB of training state: a 5B-parameter model with AdamW) or the slowest
@@ -1219,12 +1223,21 @@ def is_count(v):
     return isinstance(v, int) and not isinstance(v, bool) and v > 0
 
 
+def not_profiler_notice(record):
+    """False for dynamo's notice that it ignores the profiler's record_function DDP's forward opens: it changes nothing
+    here, and every rank said it, in torch's log format ("[rank1]:W1207 ... Profiler record function <class ...> will
+    be ignored"), under each --compile run on several processes: 8 lines on 8 GPUs."""
+    return not record.getMessage().startswith("Profiler record function")
+
+
 class Forward:
     """model(x, y, mask), through torch.compile when asked; if compiling fails, one warning and eager from then on."""
 
     def __init__(self, model, compile=False):
         self.model = self.fn = model
         if compile:
+            # (a filter, not the logger's level: dynamo's other warnings there, of a context it cannot trace, stay)
+            logging.getLogger(DYNAMO_CONTEXT_LOG).addFilter(not_profiler_notice)  # (added once however often)
             try:
                 self.fn = torch.compile(model)
             except Exception as e:

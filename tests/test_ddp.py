@@ -695,6 +695,45 @@ def test_inner_accumulation_steps_skip_the_all_reduce(env):
     assert ddp.passes == [False, False, True]
 
 
+def test_compiling_ddp_adds_no_profiler_notice_from_every_rank(monkeypatch):
+    """--compile under torchrun compiles the DDP model, whose forward opens a profiler record_function: dynamo's
+    warning that it ignores it came from every rank ("[rank1]:W1207 ... Profiler record function <class ...> will be
+    ignored"), two lines of torch's log in every run on two processes. (Traced with the eager backend: dynamo's own
+    tracing says it, in a second; DDP's record_function stands in a module of its own.)"""
+    import functools
+    import logging
+    from torch._dynamo.variables import ctx_manager
+    from torch._logging._internal import warning_once
+
+    class Recorded(torch.nn.Module):  # DistributedDataParallel.forward's record_function, without a process group
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            with torch.autograd.profiler.record_function("DistributedDataParallel.forward"):
+                return self.lin(x)
+
+    said = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            said.append(record.getMessage())
+    assert ctx_manager.log.name == train.DYNAMO_CONTEXT_LOG  # (torch moved it: the filter would filter nothing)
+    handler = Keep()
+    ctx_manager.log.addHandler(handler)
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    warning_once.cache_clear()  # (said once a process: a compile before this one would have said it)
+    try:
+        fwd = train.Forward(Recorded(), compile=True)
+        fwd(torch.ones(2, 4))
+    finally:
+        ctx_manager.log.removeHandler(handler)
+        torch._dynamo.reset()
+    assert fwd.fn is not fwd.model  # compiled, not fallen back to eager
+    assert not [m for m in said if "Profiler record function" in m], said
+
+
 def test_under_torchrun_nothing_prompts_and_devices_are_checked(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "0")
     monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
