@@ -2009,13 +2009,16 @@ def trained_batch(ckpt, ckpt_args, args, train_w):
 def other_global_batch(args, was, was_world, now, world):
     """The warning for a run continued on `world` processes at `now` windows a step where its checkpoint's took `was`
     on `was_world`: --batch_size and --grad_accum are per process and inherited as such, so on other ranks the run
-    takes other steps than the run it continues (2 -> 1 ranks: half the batch). It names the option that keeps it."""
-    keep = (f"--grad_accum {was // (args.batch_size * world)}" if was % (args.batch_size * world) == 0 else
-            f"--batch_size {was // (args.grad_accum * world)}" if was % (args.grad_accum * world) == 0 else
-            f"a --batch_size x --grad_accum x {world} processes of {was:,}")
+    takes other steps than the run it continues (2 -> 1 ranks: half the batch). It names the option that keeps it, or
+    says that none does: 16 windows on 3 processes was "a --batch_size x --grad_accum x 3 processes of 16 keeps its
+    16", which no whole options make."""
+    keep = (f"--grad_accum {was // (args.batch_size * world)} keeps its {was:,}" if was % (args.batch_size * world) == 0
+            else f"--batch_size {was // (args.grad_accum * world)} keeps its {was:,}"
+            if was % (args.grad_accum * world) == 0 else
+            f"a --batch_size x --grad_accum x {world} processes of {was:,} keeps it" if was % world == 0 else
+            f"no options keep its {was:,} on {world} processes, which take a multiple of {world}")
     return (f"the checkpoint's run took {was:,} windows a step on {was_world} process(es), this one {now:,} on "
-            f"{world} (--batch_size and --grad_accum are per process): not the same steps as that run; {keep} "
-            f"keeps its {was:,}")
+            f"{world} (--batch_size and --grad_accum are per process): not the same steps as that run; {keep}")
 
 
 def recorded_eval_windows(ckpt, ckpt_args, was_batch, was_world):

@@ -292,6 +292,16 @@ def test_another_global_batch_keeps_the_place_in_the_schedule(env, runs, tmp_pat
     assert ck["epoch_windows"] == 8 * STEPS + 4 and ck["step"] == 2 * STEPS + 1
 
 
+def test_another_global_batch_that_no_options_keep_is_said_so():
+    """16 windows a step continued on 3 processes: no whole --batch_size and --grad_accum make it, and the warning
+    named "a --batch_size x --grad_accum x 3 processes of 16" as if some did."""
+    per_process = types.SimpleNamespace(batch_size=4, grad_accum=2)
+    said = train.other_global_batch(per_process, 16, 2, 24, 3)
+    assert said.endswith("; no options keep its 16 on 3 processes, which take a multiple of 3"), said
+    said = train.other_global_batch(per_process, 15, 1, 24, 3)  # 5 x 1 x 3 does
+    assert said.endswith("; a --batch_size x --grad_accum x 3 processes of 15 keeps it"), said
+
+
 def test_a_time_budget_ends_every_rank_at_the_same_step(env, tmp_path):
     """The budget's clock is agreed on by the ranks each step: the learning rate, the evaluations and the end are
     the same on both, so the run ends together (a rank that went on alone would hang in its next all-reduce)."""
