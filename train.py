@@ -1722,6 +1722,11 @@ class Dist:
         return tuple(t.tolist())
 
 
+def fingerprint(x):
+    """48 bits of x's JSON: exact in the float64 Dist.agree takes."""
+    return int(hashlib.sha256(json.dumps(x, sort_keys=True, default=str).encode()).hexdigest()[:12], 16)
+
+
 def check_same_files(dist, meta, ckpt, checkpoint):
     """Under torchrun each rank reads its own copy of the data and of the checkpoint it continues: on several machines
     copies made by hand (README), which may differ (a prepare.py run again on one, an older checkpoint). Different
@@ -1729,9 +1734,6 @@ def check_same_files(dist, meta, ckpt, checkpoint):
     end in gloo's abort ("collective mismatch") a few steps on. Refused before anything is built, on every machine."""
     if dist.world == 1:
         return
-
-    def fingerprint(x):  # 48 bits: exact in the float64 Dist.agree takes
-        return int(hashlib.sha256(json.dumps(x, sort_keys=True, default=str).encode()).hexdigest()[:12], 16)
     mine = (fingerprint({k: meta.get(k) for k in ("splits", "tokenizer_hash", "vocab_size", "dtype", "has_mask")}),
             fingerprint(None if ckpt is None else [ckpt.get(k) for k in ("run", "step", "tokens")]))
     most = dist.agree(*mine, *(-v for v in mine))  # the largest of each, and the smallest
@@ -1739,6 +1741,30 @@ def check_same_files(dist, meta, ckpt, checkpoint):
         if most[i] != -most[i + len(mine)]:
             raise UserError(f"the ranks read different copies of the {what} ({path}): every machine needs the same; "
                             f"copy it to each again from the first machine, or put it on a shared file system")
+
+
+# train.py's options that a machine under torchrun may give otherwise than the others: where its copies of the files
+# are (check_same_files compares what they hold), the files that rank 0 alone writes, how its ranks wait, show their
+# lines, and spend their own memory and compile (the same steps either way)
+PER_MACHINE_OPTIONS = {"data_dir", "checkpoint", "init_from", "tokenizer", "output_checkpoint", "overwrite", "device",
+                       "dist_timeout", "no_color", "compile", "recompute_activations"}
+
+
+def check_same_options(dist, args):
+    """Under torchrun each machine runs its own train.py command: two that differ (a --batch_size typed otherwise on
+    one) trained on without a word, their ranks cutting each step of the epoch at other places (windows taken twice,
+    others skipped) and scaling its loss otherwise (a train loss of 8.0 at step 5, where a run of one command had 4.7),
+    or, epochs of other lengths, ended in gloo's abort. Refused before anything is built, on every machine, naming the
+    options that differ. args: resolved (a continued run's inherited options are the checkpoint's, on every machine)."""
+    if dist.world == 1:
+        return
+    names = sorted(k for k in vars(args) if k not in PER_MACHINE_OPTIONS)
+    mine = [fingerprint(getattr(args, k)) for k in names]
+    most = dist.agree(*mine, *(-v for v in mine))  # the largest of each, and the smallest
+    differ = [f"--{k}" for i, k in enumerate(names) if most[i] != -most[i + len(names)]]
+    if differ:
+        raise UserError(f"the machines were given different train.py options ({', '.join(differ)}): give each the same "
+                        f"command, but for the paths of its files")
 
 
 def is_peer_failure(e):
@@ -2577,6 +2603,7 @@ def start_run(args):
     options_given = {name for name in ("warmup", "batch_size", "eval_batches") if getattr(args, name) is not None}
     check_recorded_options(args.checkpoint, ckpt_args, continuing)
     args = resolve_args(args, ckpt_args, continuing, config, fine_tuning=ckpt is not None and not continuing)
+    check_same_options(dist, args)
     return Run(args=args, ckpt=ckpt, ckpt_args=ckpt_args, continuing=continuing, meta=meta, enc=enc, config=config,
                dist=dist, device=device), options_given
 

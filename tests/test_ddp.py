@@ -350,6 +350,33 @@ def test_machines_with_other_copies_of_the_data_are_refused(env, tmp_path):
     assert not os.path.exists(tmp_path / "models")  # refused before anything is written
 
 
+def test_machines_given_other_options_are_refused(env, tmp_path):
+    """Each machine runs its own train.py command: one given another --batch_size trained on without a word, its
+    ranks cutting the epoch's steps at other places than the other machine's (a train loss of 8.0 where one command
+    gave 4.7). The paths of a machine's own files, its device and how it waits may differ."""
+    class Rank:  # one machine's rank: the values it gives Dist.agree, and the other's, agreed
+        world = 2
+
+        def __init__(self, other=None):
+            self.other, self.given = other, None
+
+        def agree(self, *values):
+            self.given = values
+            return tuple(map(max, values, self.other.given)) if self.other else values
+
+    def check(argv, other_argv):
+        first = Rank()
+        train.check_same_options(first, train.parse_args(other_argv))
+        train.check_same_options(Rank(first), train.parse_args(argv))
+    argv = ["--dataset", "story", "--batch_size", "4"]
+    check(argv, argv)
+    check([*argv, "--data_dir", "/mnt/data", "--output_checkpoint", "m/{dataset}.pt", "--device", "cpu",
+           "--dist_timeout", "30", "--no_color"], argv)
+    with pytest.raises(train.UserError, match=r"^the machines were given different train.py options \(--batch_size, "
+                                              r"--lr\): give each the same command, but for the paths of its files$"):
+        check(["--dataset", "story", "--batch_size", "8", "--lr", "1e-3"], argv)
+
+
 def test_machines_with_other_copies_of_the_checkpoint_are_refused(env, tmp_path):
     """Each machine reads its own copy of the checkpoint it continues: an older one on one machine resumed its ranks
     from another step, optimizer state and place in the epoch. (Here two runs' checkpoints, of one step each.)"""
