@@ -1597,14 +1597,15 @@ def main(argv=None):
     device = pick_device(args.device, interactive=False)
     dtype = inference_dtype(device, args.dtype)
     model, enc, ckpt = load_model(path, device)
-    if not args.checkpoint:  # (as gen.py: "serving NAME" names no folder, and models/ may hold several of a name)
-        say_newest(path)
-    # (as gen.py --chat: the chat page answered with a story that never ended its turn, without a word of why)
-    warn_if_trained_on_text(path, ckpt, "its chat replies (the chat page, /v1/chat/completions)")
     name = model_name(path)
     server = ApiServer(model, enc, name, args.host, args.port, dtype, args.temp, args.top_k, args.top_p,
                        args.max_tokens, args.max_queue, cors=args.cors, repetition_penalty=args.repetition_penalty,
                        allowed_hosts=args.allowed_hosts, max_connections=args.max_connections)
+    # said once it listens: a --port in use or a bad --host is then its one line, not the second after a warning
+    if not args.checkpoint:  # (as gen.py: "serving NAME" names no folder, and models/ may hold several of a name)
+        say_newest(path)
+    # (as gen.py --chat: the chat page answered with a story that never ended its turn, without a word of why)
+    warn_if_trained_on_text(path, ckpt, "its chat replies (the chat page, /v1/chat/completions)")
     print(f"serving {name} ({fmt_count(model.num_params(non_embedding=False))} parameters, context "
           f"{model.config.block_size}, {device} {str(dtype).removeprefix('torch.')}) on {server.url}: "
           f"chat page at {server.url}/, API at {server.url}/v1; Ctrl-C stops", flush=True)

@@ -2378,6 +2378,23 @@ def test_a_second_signal_while_the_worker_is_inside_torch_exits_at_once(ckpt, ag
     assert "terminate" not in p.err and "Traceback" not in p.err and "stopped" not in p.err, p.err
 
 
+def test_a_port_in_use_is_one_line_for_a_story_model_too(enc, tmp_path, monkeypatch, capsys):
+    """make demo's story model on a --port in use, or a bad --host: the warning that it was trained on plain text
+    came first, the error second, and the newest-checkpoint line before both. The error is the one line now."""
+    monkeypatch.chdir(tmp_path)
+    os.makedirs("models")
+    save_checkpoint("models/story_best.pt", tiny_model(enc), enc, dataset="story", data={"kind": "text"})
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    try:
+        for where in (["--port", str(busy.getsockname()[1])], ["--host", "nosuchhost.invalid"]):
+            code, out, err = run_cli(serve.main, [*where, "--device", "cpu"], capsys)
+            assert code == 1 and err.startswith("error: cannot listen on ") and err.count("\n") == 1, err
+    finally:
+        busy.close()
+
+
 def test_command_line_errors(ckpt, enc, tmp_path, capsys, monkeypatch):
     code, out, err = run_cli(serve.main, [str(tmp_path / "nope.pt"), "--device", "cpu"], capsys)
     assert code == 1 and err.count("\n") == 1 and "nope.pt" in err and "not found" in err
