@@ -1926,6 +1926,20 @@ def default_preset(device):
     return "small" if device.type == "cuda" else "tiny"
 
 
+def width_fix(args):
+    """A new model's --n_embd that its heads do not divide (in pairs for RoPE): the width to give instead. Alone,
+    "n_embd (128) must be divisible by n_head (3)" left the arithmetic to the user, and --n_head 3 on the tiny preset
+    never gave the 128."""
+    shape = {**PRESETS[args.model], **{k: getattr(args, k) for k in ("n_embd", "n_head", "variant")
+                                      if getattr(args, k) is not None}}
+    pairs = shape.get("variant", "gpt2") == "modern"
+    step = shape["n_head"] * (2 if pairs else 1)
+    if shape["n_embd"] % step == 0:
+        return ""
+    why = "2 x --n_head: the modern variant's RoPE needs an even width per head" if pairs else "--n_head"
+    return f"; use --n_embd {-(-shape['n_embd'] // step) * step} (a multiple of {why}) or another --n_head"
+
+
 def model_config(args, meta, ckpt):
     """A new model's config from the preset and overrides, or the checkpoint's, refusing shape changes to it."""
     for k in ("n_layer", "n_head", "n_embd", "block_size"):  # said as resolve_args says --epochs', not as the config's
@@ -1952,7 +1966,7 @@ def model_config(args, meta, ckpt):
         if args.dropout is not None:  # dropout has no weights: free to change
             config = dataclasses.replace(config, dropout=args.dropout)
     except (ValueError, TypeError) as e:
-        raise UserError(f"bad model options: {e}")
+        raise UserError(f"bad model options: {e}{width_fix(args) if ckpt is None else ''}")
     if config.vocab_size < int(meta["vocab_size"]):
         raise UserError(f"the model has {config.vocab_size} token ids but the data uses {meta['vocab_size']}")
     return config

@@ -3051,8 +3051,19 @@ def test_bad_options_are_user_errors(env, tmp_path, trained, capsys):
                         (["--n_layer", "0"], "--n_layer must be at least 1, got 0"),
                         (["--n_head", "-2"], "--n_head must be at least 1, got -2"),
                         (["--n_embd", "0"], "--n_embd must be at least 1, got 0"),
+                        # each with the width that works: the tiny preset's 128 went unsaid, the arithmetic undone
                         (["--n_embd", "65", "--n_head", "2"],
-                         r"bad model options: n_embd \(65\) must be divisible by n_head \(2\)")):
+                         r"bad model options: n_embd \(65\) must be divisible by n_head \(2\); use --n_embd 68 \(a "
+                         r"multiple of 2 x --n_head: the modern variant's RoPE needs an even width per head\) or "
+                         r"another --n_head"),
+                        (["--n_head", "3"], r"bad model options: n_embd \(128\) must be divisible by n_head \(3\); use "
+                                            r"--n_embd 132 \(a multiple of 2 x --n_head: .*\) or another --n_head"),
+                        (["--n_embd", "102", "--n_head", "2"],
+                         r"bad model options: the modern variant \(RoPE\) needs an even head_dim; n_embd/n_head = "
+                         r"102/2 = 51; use --n_embd 104 \(a multiple of 2 x --n_head: .*\) or another --n_head"),
+                        (["--n_embd", "65", "--n_head", "2", "--variant", "gpt2"],
+                         r"bad model options: n_embd \(65\) must be divisible by n_head \(2\); use --n_embd 66 \(a "
+                         r"multiple of --n_head\) or another --n_head")):
         with pytest.raises(UserError, match=f"^{said}$"):
             train.train(args_for(env, tmp_path, "--dataset", "story", *given,
                                  fresh=given[0] not in ("--n_embd", "--n_layer", "--n_head", "--block_size")))
