@@ -621,7 +621,9 @@ def split_too_short(meta, path, split, n_tokens, block_size, evaluating):
             # remade the same val (10 documents, the last one a word, named --val_fraction 0.02 for a set made with 0.1)
             fix = f"use a smaller --block_size, or a larger --val_fraction than its {made_fraction:g} (its val " \
                   f"documents are short ones)"
-    return UserError(f"{path} has {n_tokens} tokens, fewer than one window of --block_size {T} + 1: {fix}")
+    # (counted as everywhere else: "756977 tokens", and "1 tokens")
+    return UserError(f"{path} has {n_tokens:,} token{'s' * (n_tokens != 1)}, fewer than one window of --block_size "
+                     f"{T:,} + 1: {fix}")
 
 
 def output_paths(args, ckpt_args, continuing, given):

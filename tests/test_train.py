@@ -2275,10 +2275,18 @@ def test_data_without_a_val_split_names_the_command_that_makes_one(tmp_path):
     meta = json.loads(path.read_text())
     meta["splits"]["val"]["tokens"] = 1
     path.write_text(json.dumps(meta))
-    with pytest.raises(UserError, match=r"val\.bin has 1 tokens, fewer than one window of --block_size 256 \+ 1: "
+    with pytest.raises(UserError, match=r"val\.bin has 1 token, fewer than one window of --block_size 256 \+ 1: "
                                         r"prepare more data$"):  # (no --block_size would do)
         train.train(train.parse_args(["--data_dir", data, "--dataset", "old", "--device", "cpu", "--no-color",
                                       "--output_checkpoint", str(tmp_path / "m" / "x.pt")]))
+
+
+def test_a_split_shorter_than_a_window_counts_its_tokens_as_everywhere():
+    """train.bin's 756977 tokens against --block_size 10000000: counted with commas, as every other line counts them."""
+    meta = {"splits": {"train": {"tokens": 756_977}, "val": {"tokens": 41_322}}}
+    e = train.split_too_short(meta, "data/story/train.bin", "train", 756_977, 10_000_000, evaluating=False)
+    assert str(e) == "data/story/train.bin has 756,977 tokens, fewer than one window of --block_size 10,000,000 + 1: " \
+                     "use a smaller --block_size or more data"
 
 
 def test_a_val_split_shorter_than_a_window_names_a_val_fraction_that_makes_one(tmp_path):
