@@ -65,8 +65,8 @@ from checkpoint import (NOT_THIS_CODE, add_checkpoint_argument, checkpoint_confi
                         load_checkpoint, load_weights, nonfinite, parse_checkpoint, save_checkpoint, tensor_bytes)
 from common import (ArgumentParser, DTYPES, HANGUP, UserError, add_device_arguments, ask, atomic_write_text, autocast,
                     check_output, closed_pipe_on_windows, color_ok, draws_a_bar, exit_after_the_first, first_line,
-                    fmt_count, held_lock, hung_up, is_oom, lock_is_held, nonempty, nonnegative_int, path_arg,
-                    pick_device, pick_dtype, prepare_lock, read_items, refuse_dataset_folder, remove_stale_tmp,
+                    fmt_count, held_lock, hung_up, is_dataset_folder, is_oom, lock_is_held, nonempty, nonnegative_int,
+                    path_arg, pick_device, pick_dtype, prepare_lock, read_items, refuse_dataset_folder, remove_stale_tmp,
                     retain_freed_memory, run_main, slow_on_this_cpu, speaks_for_machine, stop_signals, Switch, tmp_name)
 from hf import is_hf_folder
 from model import OPTIMIZERS, PRESETS, VARIANTS, GPT, make_config
@@ -398,6 +398,13 @@ def load_meta(data_dir, dataset, tokenizer=None, trained=None):
         if not (os.sep in dataset or "/" in dataset or dataset in (".", "..")):  # ("my notes" is no path)
             raise UserError(f"--dataset {dataset!r}: a dataset's name is letters, digits, '.', '-' and '_', as "
                             f"prepare.py's --name makes it")
+        if os.path.isfile(dataset) and is_dataset_folder(parent):
+            # data/story/train.bin, as nanoGPT's train.py reads a .bin: its folder is the dataset (it was called the
+            # user's own data, with a prepare.py command that refuses a .bin)
+            up, folder = os.path.split(os.path.normpath(parent))
+            name = f", as in --dataset {folder}" + (f" --data_dir {up}" if up else "") if is_dataset_name(folder) else ""
+            raise UserError(f"--dataset {dataset} is a file of the prepared dataset {parent}: give the dataset's name"
+                            f"{name}")
         if os.path.isfile(dataset):
             # the user's own data (a chat .jsonl, as other trainers' --data_path takes it): "--dataset sft.jsonl
             # --data_dir DIR" named a dataset that is not there; it is made by prepare.py first

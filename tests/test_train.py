@@ -1870,6 +1870,14 @@ def test_missing_data_names_a_prepare_command_that_runs(env, tmp_path):
     command = re.search("`python (.*)`", str(e.value))[1].replace("NAME", "chats")
     subprocess.run([sys.executable, *shlex.split(command), "--pack", "64"], cwd=ROOT, check=True, capture_output=True)
     train.train(args_for(env, tmp_path / "d", "--dataset", "chats", "--data_dir", own, "--max_steps", "1"))
+    # a file of a prepared dataset, as nanoGPT's train.py reads data/X/train.bin: it was "your data", with a prepare.py
+    # command that refuses a .bin; the dataset's name is the way
+    mini = os.path.join(env["data"], "mini")
+    for name in ("train.bin", "meta.json"):
+        with pytest.raises(UserError, match=rf"^--dataset {re.escape(os.path.join(mini, name))} is a file of the "
+                                            rf"prepared dataset {re.escape(mini)}: give the dataset's name, as in "
+                                            rf"--dataset mini --data_dir {re.escape(env['data'])}$"):
+            train.train(args_for(env, tmp_path / "p", "--dataset", os.path.join(mini, name)))
     # a name with a space is no path: it said "--dataset my notes is a path"
     with pytest.raises(UserError, match=r"^--dataset 'my notes': a dataset's name is letters, digits, '\.', '-' and "
                                         r"'_', as prepare\.py's --name makes it$"):
