@@ -156,6 +156,19 @@ def minutes_value(text):
                                          f"1.5h)") from None
 
 
+def epochs_value(text):
+    """argparse type of --epochs: a whole number (its range is checked in resolve_args). 0.5 was argparse's "invalid
+    int value: '0.5'", where part of an epoch is a run stopped by --max_steps or --time_budget."""
+    try:
+        return int(text)
+    except ValueError:
+        with contextlib.suppress(ValueError):
+            if math.isfinite(float(text)) and not float(text).is_integer():
+                raise argparse.ArgumentTypeError(f"{text!r}: epochs are whole; for part of one, stop the run with "
+                                                 f"--max_steps or --time_budget") from None
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+
+
 def minutes_arg(text):
     """argparse type of a positive, finite duration in minutes (--dist_timeout): see minutes_value."""
     value = minutes_value(text)
@@ -207,7 +220,7 @@ def parse_args(argv=None):
                                                   "(default: the model's maximum, 256 for tiny/small, 1024 for "
                                                   "gpt2-75m/gpt2)")
     g = p.add_argument_group("run")
-    g.add_argument("--epochs", type=int, help=f"total epochs to reach, counting those a checkpoint's run already did "
+    g.add_argument("--epochs", type=epochs_value, help=f"total epochs to reach, counting those a checkpoint's run already did "
                                               f"when it goes on (a fine-tune counts from 0) (default: "
                                               f"{d['epochs']}); the lr schedule spans all of them")
     g.add_argument("--time_budget", type=minutes_value, metavar="MINUTES",
