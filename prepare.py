@@ -2692,16 +2692,17 @@ def old_options(folder, old, dataset, sources, plan, named, force):
 def kept_vocabulary(folder, made_with, tokenizer_hash_of=None):
     """The vocabulary of a dataset made again without a word about its vocabulary (no --tokenizer, no --vocab_size):
     the one it has, so checkpoints trained on it go on fitting. Returns (--vocab_size, --tokenizer) from made_with, its
-    options (meta_options; {}: a new dataset, or a meta.json too odd to say, rebuilt as new), said; (None, None) for
-    gpt2's. tokenizer_hash_of: the dataset's (its meta.json's), by which a vocabulary moved with the data is found."""
+    options (meta_options; {}: a new dataset, or a meta.json too odd to say, rebuilt as new), and the line that says so
+    (None: nothing kept), said by make_dataset once the data is read: before an error in it (not UTF-8, a bad record),
+    the error was the second line; (None, None, None) for gpt2's. tokenizer_hash_of: the dataset's (its meta.json's),
+    by which a vocabulary moved with the data is found."""
     if made_with.get("vocab_size"):
         # (the size asked, not the size it has: a text that supports fewer merges has fewer)
-        print(f"{folder}: keeping its own vocabulary (--vocab_size {made_with['vocab_size']}; --tokenizer gpt2 for "
-              f"GPT-2's)")
-        return made_with["vocab_size"], None
+        return made_with["vocab_size"], None, (f"{folder}: keeping its own vocabulary (--vocab_size "
+                                               f"{made_with['vocab_size']}; --tokenizer gpt2 for GPT-2's)")
     tokenizer = made_with.get("tokenizer")
     if tokenizer in (None, "gpt2"):
-        return None, None
+        return None, None, None
     if not os.path.exists(tokenizer):
         # (not taken unsaid: the user named that file; the same vocabulary passed where it is now is up to date)
         moved = moved_vocabulary(tokenizer, folder, tokenizer_hash_of)
@@ -2710,8 +2711,7 @@ def kept_vocabulary(folder, made_with, tokenizer_hash_of=None):
                                 f"at {moved} (moved with the data?): pass --tokenizer {moved}")
         raise TokenizerGone(f"{folder} was made with tokenizer {tokenizer}, which is gone: pass --tokenizer "
                             f"gpt2, or the path of its vocabulary (a checkpoint or .tiktoken file)")
-    print(f"{folder}: keeping its tokenizer {tokenizer} (--tokenizer gpt2 for GPT-2's)")
-    return None, tokenizer
+    return None, tokenizer, f"{folder}: keeping its tokenizer {tokenizer} (--tokenizer gpt2 for GPT-2's)"
 
 
 def default_pack(tokenizer):
@@ -2783,7 +2783,7 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
     made_with = old_options(folder, old, dataset, sources, plan, named, force)
     kept_file = None  # the --tokenizer file kept: it must still hold the vocabulary the dataset was made with
     if tokenizer is None and vocab_size is None:
-        vocab_size, tokenizer = kept_vocabulary(folder, made_with, (old or {}).get("tokenizer_hash"))
+        vocab_size, tokenizer, plan["kept"] = kept_vocabulary(folder, made_with, (old or {}).get("tokenizer_hash"))
         kept_file = tokenizer
     tokenizer = tokenizer or "gpt2"
     # what rebuild_command needs to build the dataset again; paths made absolute, so it works from anywhere
@@ -2842,6 +2842,8 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
                 old = dict(old, tokenizer=tokenizer, fingerprint=same[0])
                 if isinstance(old.get("options"), dict) and old["options"].get("tokenizer") == recorded:  # --tokenizer
                     old["options"] = dict(old["options"], tokenizer=options["tokenizer"])
+            if plan.get("kept"):
+                print(plan["kept"])
             return keep_up_to_date(folder, old, tokenizer, new_vocab, vocab_fp, rewrite=moved)
         check_writable(folder)
         return build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_fraction, new_vocab, pack,
@@ -3129,6 +3131,8 @@ def print_summary(folder, meta, plan, limit, dt, context=None):
         f", {cut:,} cut into train and val" if cut else "")
     if meta["val_repeats"]:  # (else a count short of the source's reads as documents lost)
         where += f"; {meta['val_repeats']:,} left out of val (already in train or val)"
+    if plan.get("kept"):  # (kept_vocabulary)
+        print(plan["kept"])
     # (a small set's speeds, "0.00 MB/s, 0.00M tokens/s", read as nothing done)
     print(f"{folder}: {docs:,} document{'' if docs == 1 else 's'} ({where}), "
           f"{tokens:,} tokens ({tr['tokens']:,} / {va['tokens']:,}), {fmt_mb(mb)} of text in {dt:.1f}s: "

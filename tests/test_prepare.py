@@ -1552,6 +1552,27 @@ def test_a_moved_dataset_folder_is_up_to_date_until_something_changes(tmp_path, 
         assert meta["tokenizer"] == ("gpt2" if name == "b" else str(data / "a" / "tokenizer.tiktoken"))
 
 
+def test_a_kept_vocabulary_is_said_once_the_data_is_read(tmp_path, capsys):
+    """A dataset made again from a file that is not UTF-8, or holds a bad record, said "keeping its own vocabulary"
+    first, the error second: bad input is one line. The line comes with the summary (or "is up to date") instead."""
+    out = str(tmp_path / "data")
+    src = write(tmp_path / "c.txt", EOT.join(DOCS * 3))
+    own = prepare.prepare("text", source=src, out_dir=out, name="n", vocab_size=300)
+    prepare.prepare("text", source=src, out_dir=out, name="t", tokenizer=own["tokenizer"])
+    (tmp_path / "latin1.txt").write_bytes("Caf\u00e9 cr\u00e8me".encode("latin-1"))
+    bad = write(tmp_path / "bad.jsonl", '{"text": "fine"}\n{"text": \n')
+    capsys.readouterr()
+    with pytest.raises(UserError, match="is not UTF-8 text"):  # (its own vocabulary: trained on the file, read first)
+        prepare.prepare("text", source=str(tmp_path / "latin1.txt"), out_dir=out, name="n")
+    with pytest.raises(UserError, match="malformed JSON"):  # (another's vocabulary: read as it is tokenized)
+        prepare.prepare("text", source=bad, out_dir=out, name="t")
+    assert capsys.readouterr().out == ""
+    prepare.prepare("text", source=write(tmp_path / "d.txt", EOT.join(DOCS * 2)), out_dir=out, name="t")
+    said = capsys.readouterr().out.splitlines()
+    assert said[0] == f"{out}/t: keeping its tokenizer {own['tokenizer']} (--tokenizer gpt2 for GPT-2's)", said
+    assert said[1].startswith(f"{out}/t: ") and " documents (" in said[1], said
+
+
 def test_made_again_without_a_vocabulary_option_a_dataset_keeps_its_own(tmp_path, capsys):
     """A bare `prepare.py --dataset story` after a --vocab_size build turned the set into GPT-2's tokens without a
     word: checkpoints trained on it no longer fit it. It keeps the vocabulary it has; --tokenizer gpt2 switches."""
