@@ -56,6 +56,7 @@ import signal
 import sys
 import threading
 import time
+import zipfile
 
 import numpy as np
 import torch
@@ -731,8 +732,13 @@ def refuse_earlier_run(out_pattern, dataset, best_path, overwrite=False, reset=F
         if reset:
             raise UserError(f"{what} an earlier run, which --reset_epoch (epochs numbered from 1 again) would write "
                             f"over: {elsewhere(out_pattern)}, or pass --overwrite to replace them")
-        resume = found[-2] if len(found) > 1 and found[-1] == best_path else found[-1]  # the newest of the run's own
-        raise UserError(f"{what} an earlier run: continue it with --checkpoint {shlex.quote(resume)}, "
+        own = found[:-1] if found[-1] == best_path else found
+        # the newest of the run's own that is whole (the end of its zip there), else its best file: a copy cut short
+        # was named, and then refused as "not a readable checkpoint"
+        whole = [f for f in found if zipfile.is_zipfile(f)]
+        resume = ([f for f in whole if f in own] or whole or own or found)[-1]
+        cut = f" (the newer {shlex.quote(own[-1])} is not a readable checkpoint)" if own and own[-1] != resume else ""
+        raise UserError(f"{what} an earlier run: continue it with --checkpoint {shlex.quote(resume)}{cut}, "
                         f"{elsewhere(out_pattern)}, or pass --overwrite to replace them")
     return found
 

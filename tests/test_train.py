@@ -931,6 +931,13 @@ def test_a_new_run_does_not_write_over_an_earlier_one(env, tmp_path):
                                               r"another folder with --output_checkpoint DIR/\{dataset\}_epoch\{epoch\}"
                                               r"\.pt, or pass --overwrite to replace them$"):
         train.train(args_for(env, tmp_path / "m", "--dataset", "mini", "--max_steps", "1", "--n_layer", "1"))
+    # its newest checkpoint cut short (a copy that stopped): the command named it, and then refused it as unreadable
+    shutil.copytree(tmp_path / "m", tmp_path / "cut")
+    with open(tmp_path / "cut" / "mini_epoch1.pt", "r+b") as f:
+        f.truncate(1000)
+    with pytest.raises(train.UserError, match=r"hold an earlier run: continue it with --checkpoint .*mini_best\.pt "
+                                              r"\(the newer .*mini_epoch1\.pt is not a readable checkpoint\), write "):
+        train.train(args_for(env, tmp_path / "cut", "--dataset", "mini", "--max_steps", "1"))
     # --reset_epoch numbers its epochs from 1 again: in the run's own folder it would replace them. The way out is
     # not "continue it with --checkpoint", which the user just did: it sent them in a circle
     with pytest.raises(train.UserError, match=r"hold an earlier run, which --reset_epoch \(epochs numbered from 1 "
