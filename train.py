@@ -67,8 +67,9 @@ from checkpoint import (NOT_THIS_CODE, add_checkpoint_argument, checkpoint_confi
 from common import (ArgumentParser, DTYPES, HANGUP, UserError, add_device_arguments, ask, atomic_write_text, autocast,
                     check_output, closed_pipe_on_windows, color_ok, draws_a_bar, exit_after_the_first, first_line,
                     fmt_count, held_lock, hung_up, is_dataset_folder, is_oom, lock_is_held, nonempty, nonnegative_int,
-                    path_arg, pick_device, pick_dtype, prepare_lock, read_items, refuse_dataset_folder, remove_stale_tmp,
-                    retain_freed_memory, run_main, slow_on_this_cpu, speaks_for_machine, stop_signals, Switch, tmp_name)
+                    path_arg, pick_device, pick_dtype, prepare_lock, read_items, refuse_dataset_folder,
+                    remove_stale_tmp, retain_freed_memory, run_main, slow_on_this_cpu, speaks_for_machine, stop_signals,
+                    Switch, tmp_name)
 from hf import is_hf_folder
 from model import OPTIMIZERS, PRESETS, VARIANTS, GPT, make_config
 from prepare import (DATASETS, DEFAULT_OUT_DIR, DEFAULT_PACK, DEFAULT_VAL_FRACTION, MIXABLE, NANOGPT_DATASETS,
@@ -221,9 +222,9 @@ def parse_args(argv=None):
                                                   "(default: the model's maximum, 256 for tiny/small, 1024 for "
                                                   "gpt2-75m/gpt2)")
     g = p.add_argument_group("run")
-    g.add_argument("--epochs", type=epochs_value, help=f"total epochs to reach, counting those a checkpoint's run already did "
-                                              f"when it goes on (a fine-tune counts from 0) (default: "
-                                              f"{d['epochs']}); the lr schedule spans all of them")
+    g.add_argument("--epochs", type=epochs_value, help=f"total epochs to reach, counting those a checkpoint's run "
+                                                       f"already did when it goes on (a fine-tune counts from 0) "
+                                                       f"(default: {d['epochs']}); the lr schedule spans all of them")
     g.add_argument("--time_budget", type=minutes_value, metavar="MINUTES",
                    help="train for this many minutes (or 90s, 1.5h) of wall-clock time, evaluations and saves "
                         "included: the lr schedule (warmup, cosine decay) spans the budget from the end of the "
@@ -416,9 +417,9 @@ def load_meta(data_dir, dataset, tokenizer=None, trained=None):
             # data/story/train.bin, as nanoGPT's train.py reads a .bin: its folder is the dataset (it was called the
             # user's own data, with a prepare.py command that refuses a .bin)
             up, folder = os.path.split(os.path.normpath(parent))
-            name = f", as in --dataset {folder}" + (f" --data_dir {up}" if up else "") if is_dataset_name(folder) else ""
+            hint = f", as in --dataset {folder}" + (f" --data_dir {up}" if up else "")
             raise UserError(f"--dataset {dataset} is a file of the prepared dataset {parent}: give the dataset's name"
-                            f"{name}")
+                            f"{hint if is_dataset_name(folder) else ''}")
         if os.path.isfile(dataset):
             # the user's own data (a chat .jsonl, as other trainers' --data_path takes it): "--dataset sft.jsonl
             # --data_dir DIR" named a dataset that is not there; it is made by prepare.py first

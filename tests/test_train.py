@@ -3057,7 +3057,8 @@ def test_bad_options_are_user_errors(env, tmp_path, trained, capsys):
     assert "nor one with a unit (90s, 2m, 1.5h)" in capsys.readouterr().err
     # part of an epoch: argparse's "invalid int value: '0.5'" named no way to train one
     for given, said in (("0.5", "'0.5': epochs are whole; for part of one, stop the run with --max_steps or "
-                                "--time_budget"), ("abc", "invalid int value: 'abc'"), ("1e1", "invalid int value: '1e1'")):
+                                "--time_budget"), ("abc", "invalid int value: 'abc'"),
+                        ("1e1", "invalid int value: '1e1'")):
         with pytest.raises(SystemExit):
             train.parse_args(["--epochs", given])
         assert f"error: argument --epochs: {said}; see " in capsys.readouterr().err
