@@ -487,14 +487,19 @@ def nonnegative_int(v):
     return type(v) is int and v >= 0
 
 
-def parts_text(content, role="user"):
-    """OpenAI's list of content parts, [{"type": "text", "text": "Hi"}, ...], as one string (each part's text is under
-    its type's name; an assistant's may also hold refusal parts, as OpenAI's client sends its earlier replies back);
-    None when content is no such list. serve.py's requests and prepare.py's `messages` records read it alike."""
-    kinds = ("text", "refusal") if role == "assistant" else ("text",)
+def parts_text(content, role="user", types=("text",)):
+    """OpenAI's list of content parts, [{"type": "text", "text": "Hi"}, ...], as one string; None when content is no
+    such list. types: the parts' types that hold text (the Responses API's are input_text and output_text); an
+    assistant's may also hold refusal parts, their text under "refusal", as OpenAI's client sends its earlier replies
+    back. serve.py's requests and prepare.py's `messages` records read it alike."""
+    kinds = types + ("refusal",) if role == "assistant" else types
+
+    def text(p):
+        return p.get("refusal" if p["type"] == "refusal" else "text")
+
     if isinstance(content, list) and all(isinstance(p, dict) and isinstance(p.get("type"), str) and p["type"] in kinds
-                                         and isinstance(p.get(p["type"]), str) for p in content):
-        return "".join(p[p["type"]] for p in content)
+                                         and isinstance(text(p), str) for p in content):
+        return "".join(map(text, content))
     return None
 
 

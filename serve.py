@@ -8,17 +8,21 @@ Serve a trained model over HTTP: an OpenAI-compatible API and a chat page.
     POST /v1/chat/completions   messages -> the assistant's reply (ChatML, ends at <|im_end|>)
     POST /v1/completions        prompt -> its continuation (ends at <|endoftext|>, or at <|im_end|> as a chat model's
                                 turn does)
+    POST /v1/responses          OpenAI's Responses API: input (text or messages) and instructions -> the reply, as
+                                chat completions make it (stored nowhere: no previous_response_id)
     GET  /v1/models             the one model served, named after the checkpoint file
     GET  /health                {"status": "ok", "generating": true/false, "queued": N}; 503 "stopping" once Ctrl-C,
                                 SIGTERM or SIGHUP has begun the server's stop (on a connection already open: the
                                 stopping server takes no new ones)
     GET  /                      the chat page (chat.html): streams replies, temperature/top-p/max-token controls
 
-Both POST endpoints take OpenAI's common parameters: model (any name is accepted), max_tokens or
+The chat and completion endpoints take OpenAI's common parameters: model (any name is accepted), max_tokens or
 max_completion_tokens, temperature (0-2), top_p, stop (a string or up to 4), seed, stream (server-sent
 events) with stream_options.include_usage, n (1 only), and top_k and repetition_penalty (> 1 discourages tokens
 already in the context, as gen.py's option) as extensions. Parameters left out take this command's
-defaults (--temp, --top_k, --top_p, --repetition_penalty and --max_tokens, as in gen.py).
+defaults (--temp, --top_k, --top_p, --repetition_penalty and --max_tokens, as in gen.py). /v1/responses takes the same
+under the Responses API's names (instructions and input for messages, max_output_tokens), and answers in its objects
+and typed events.
 
 Limits: max_tokens may not exceed the model's context; the prompt plus max_tokens must fit in it, else
 400 context_length_exceeded. A chat drops its oldest turns (never the system message) to make room, as
@@ -46,6 +50,7 @@ import email.errors
 import errno
 import io
 import ipaddress
+import itertools
 import json
 import os
 import queue
@@ -199,46 +204,75 @@ def harmless(name, v):
         return v is None or v is False
     if name == "response_format":
         return v is None or v == {"type": "text"}
+    if name == "text":  # the Responses API's response_format, beside its verbosity (which nothing here heeds)
+        return v is None or isinstance(v, dict) and v.get("format") in (None, {"type": "text"})
+    if name == "reasoning":  # a model that does not reason: as OpenAI's such models, it takes no effort or summary
+        return v is None or isinstance(v, dict) and not any(v.values())
     return v is None or v is False or v == 0 or v in ("", [], {})
 
 
 # tool_choice and function_call are left out: without tools they ask for nothing
 UNSUPPORTED = ("n", "best_of", "echo", "suffix", "logprobs", "top_logprobs", "logit_bias", "tools", "functions",
                "response_format", "frequency_penalty", "presence_penalty")
+# the Responses API's own, beside those: a stored response or conversation to go on from (this server keeps none), a
+# background run to poll for, a stored prompt
+RESPONSE_UNSUPPORTED = ("previous_response_id", "conversation", "prompt", "background", "reasoning", "text")
 
 
-def content_text(content, where, role="user"):
-    """A message's content: a string, or OpenAI's list of text parts. An assistant's may also be null (a turn that
-    called a tool) or hold refusal parts, as OpenAI's client sends its earlier replies back."""
+def content_text(content, where, role="user", types=("text",)):
+    """A message's content: a string, or OpenAI's list of text parts, of types. An assistant's may also be null (a turn
+    that called a tool) or hold refusal parts, as OpenAI's client sends its earlier replies back."""
     if isinstance(content, str):
         return content
     if content is None and role == "assistant":
         return ""
-    text = parts_text(content, role)
+    text = parts_text(content, role, types)
     if text is not None:
         return text
-    raise ApiError(400, f"{where} must be a string or a list of text parts ({{\"type\": \"text\", \"text\": ...}})",
-                   param=where, code="invalid_type")
+    raise ApiError(400, f"{where} must be a string or a list of text parts "
+                        f"({{\"type\": \"{types[0]}\", \"text\": ...}})", param=where, code="invalid_type")
 
 
-def read_messages(req):
-    msgs = get(req, "messages", "list", check=bool, what="a non-empty list of {role, content}")
+def read_messages(req, field="messages", types=("text",)):
+    """A chat's messages, req[field], as [{role, content}] with content as text; field "input": a Responses request's
+    message items, their parts of types."""
+    msgs = get(req, field, "list", check=bool, what="a non-empty list of {role, content}")
     if msgs is None:
-        raise ApiError(400, "messages is required: a list of {\"role\": \"user\", \"content\": \"...\"}",
-                       param="messages", code="missing_required_parameter")
+        raise ApiError(400, f"{field} is required: a list of {{\"role\": \"user\", \"content\": \"...\"}}",
+                       param=field, code="missing_required_parameter")
     out = []
     for i, m in enumerate(msgs):
         if not isinstance(m, dict):
-            raise ApiError(400, f"messages[{i}] must be an object {{role, content}}", param=f"messages[{i}]", code="invalid_type")
+            raise ApiError(400, f"{field}[{i}] must be an object {{role, content}}", param=f"{field}[{i}]",
+                           code="invalid_type")
+        if field == "input" and m.get("type", "message") != "message":  # a tool call, its output, a reasoning item
+            raise ApiError(400, f"{field}[{i}] is a {shown(m['type'])} item: this server reads message items only",
+                           param=f"{field}[{i}].type", code="unsupported_parameter")
         if "role" not in m:
-            raise ApiError(400, f"messages[{i}].role is required: system, user or assistant",
-                           param=f"messages[{i}].role", code="missing_required_parameter")
+            raise ApiError(400, f"{field}[{i}].role is required: system, user or assistant",
+                           param=f"{field}[{i}].role", code="missing_required_parameter")
         role = "system" if m["role"] == "developer" else m["role"]  # OpenAI's newer name for the system message
         if role not in ("system", "user", "assistant"):
-            raise ApiError(400, f"messages[{i}].role must be system, user or assistant, got {shown(role)}",
-                           param=f"messages[{i}].role", code="invalid_value")
-        out.append({"role": role, "content": content_text(m.get("content"), f"messages[{i}].content", role)})
+            raise ApiError(400, f"{field}[{i}].role must be system, user or assistant, got {shown(role)}",
+                           param=f"{field}[{i}].role", code="invalid_value")
+        out.append({"role": role, "content": content_text(m.get("content"), f"{field}[{i}].content", role, types)})
     return out
+
+
+def read_input(req):
+    """A Responses request's instructions and input as a chat's messages: instructions the system message, input a
+    string (the user's message) or a list of message items, their parts input_text or output_text (earlier replies)."""
+    instructions = get(req, "instructions", "str")
+    head, given = [{"role": "system", "content": instructions}] if instructions else [], req.get("input")
+    if given is None:
+        raise ApiError(400, "input is required: the user's message, or a list of {\"role\", \"content\"} messages",
+                       param="input", code="missing_required_parameter")
+    if isinstance(given, str):
+        return head + [{"role": "user", "content": given}]
+    if not isinstance(given, list):
+        raise ApiError(400, f"input must be a string or a list of {{role, content}} messages, got {shown(given)}",
+                       param="input", code="invalid_type")
+    return head + read_messages(req, "input", ("input_text", "output_text"))
 
 
 def read_prompt(req, enc):
@@ -278,14 +312,13 @@ def read_json(body):
     return req
 
 
-def read_chat(req, api, max_tokens):
+def read_chat(messages, api, max_tokens, noun="the messages"):
     """A chat request's (prompt ids, max_tokens, what the prompt is called in a refusal), as read_prompt is a
     completion's. Without max_tokens the reply may take up to half the context, the history keeps the rest; its oldest
     turns are dropped to make room. A max_tokens given is kept to exactly, over half the context too: the history keeps
     only what it leaves. (gen.chat_prompt fits a history alike without max_tokens, but never keeps the reply more than
     half, so with one over half it keeps more history than this and gives the reply what is left; and it cuts a newest
     message too long where this refuses it: check_context's 400.)"""
-    messages = read_messages(req)
     asked = max_tokens
     if max_tokens is None:
         max_tokens = reserve_for(api.model, api.max_tokens)
@@ -294,29 +327,36 @@ def read_chat(req, api, max_tokens):
     prompt, _ = render_chat(api.enc, fitted, add_generation_prompt=True)
     if asked is None and len(prompt) < block:  # a long last message: the default reply takes what is left
         max_tokens = min(max_tokens, block - len(prompt))
-    what = "the messages" + (" (after dropping the oldest turns)" if len(fitted) < len(messages) else "")
+    what = noun + (" (after dropping the oldest turns)" if len(fitted) < len(messages) else "")
     return prompt, max_tokens, what
+
+
+# each endpoint's names of its input and of its max_tokens, as its refusals name them
+FIELDS = {"chat": ("messages", "max_tokens"), "text": ("prompt", "max_tokens"),
+          "response": ("input", "max_output_tokens")}
 
 
 def check_context(kind, prompt, max_tokens, block, what):
     """A 400 context_length_exceeded unless the prompt and max_tokens fit in the context of block tokens."""
     if len(prompt) + max_tokens <= block:
         return
+    field, limit = FIELDS[kind]
     if len(prompt) >= block:  # no max_tokens helps (and the request may have given none)
         verb = "take" if kind == "chat" else "takes"  # the messages take, the prompt takes
         why = f"{what} {verb} {len(prompt)} of them, leaving none for a reply; shorten the input"
     else:
-        why = (f"too few for {what} plus max_tokens: {len(prompt)} + {max_tokens} = {len(prompt) + max_tokens}; "
-               f"shorten the input or lower max_tokens")
-    raise ApiError(400, f"this model's context holds {block} tokens, {why}",
-                   param="messages" if kind == "chat" else "prompt", code="context_length_exceeded")
+        why = (f"too few for {what} plus {limit}: {len(prompt)} + {max_tokens} = {len(prompt) + max_tokens}; "
+               f"shorten the input or lower {limit}")
+    raise ApiError(400, f"this model's context holds {block} tokens, {why}", param=field,
+                   code="context_length_exceeded")
 
 
 def job_from_request(body, kind, api):
-    """The JSON body of a POST to /v1/chat/completions (kind "chat") or /v1/completions (kind "text") ->
-    a Job for the worker. Every refusal is an ApiError; nothing here touches the model."""
+    """The JSON body of a POST to /v1/chat/completions (kind "chat"), /v1/completions ("text") or /v1/responses
+    ("response": a chat, its fields named as that API names them) -> a Job for the worker. Every refusal is an
+    ApiError; nothing here touches the model."""
     req = read_json(body)
-    for name in UNSUPPORTED:
+    for name in UNSUPPORTED + (RESPONSE_UNSUPPORTED if kind == "response" else ()):
         if not harmless(name, req.get(name)):
             raise ApiError(400, f"{name}={shown(req[name])} is not supported by this server"
                            + (": it returns one choice per request" if name in ("n", "best_of") else ""),
@@ -345,14 +385,16 @@ def job_from_request(body, kind, api):
         raise ApiError(400, f"stop must be a string or a list of at most {MAX_STOP} strings, got {shown(req['stop'])}",
                        param="stop", code="invalid_value")
     limit = f"an integer from 1 to {block} (the model's context)"
-    # both read, so a bad max_tokens beside a good max_completion_tokens (OpenAI's newer name, which wins) is a 400 too,
+    # each read, so a bad max_tokens beside a good max_completion_tokens (OpenAI's newer name, which wins) is a 400 too,
     # not ignored
-    newer = get(req, "max_completion_tokens", "int", lambda v: 1 <= v <= block, limit)
-    max_tokens = get(req, "max_tokens", "int", lambda v: 1 <= v <= block, limit)
-    max_tokens = max_tokens if newer is None else newer
+    names = ("max_output_tokens",) if kind == "response" else ("max_completion_tokens", "max_tokens")
+    given = [get(req, name, "int", lambda v: 1 <= v <= block, limit) for name in names]
+    max_tokens = next((v for v in given if v is not None), None)
 
     if kind == "chat":
-        prompt, max_tokens, what = read_chat(req, api, max_tokens)
+        prompt, max_tokens, what = read_chat(read_messages(req), api, max_tokens)
+    elif kind == "response":
+        prompt, max_tokens, what = read_chat(read_input(req), api, max_tokens, "the input")
     else:
         prompt, what = read_prompt(req, api.enc), "the prompt"
         if max_tokens is None:
@@ -380,7 +422,7 @@ class Job:
     def __init__(self, kind, prompt, max_tokens, stop_tokens, stop, sampling, seed, stream, include_usage):
         self.kind, self.prompt, self.max_tokens, self.stop_tokens, self.stop = kind, prompt, max_tokens, stop_tokens, stop
         self.sampling, self.seed, self.stream, self.include_usage = sampling, seed, stream, include_usage
-        self.id = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
+        self.id = {"chat": "chatcmpl-", "text": "cmpl-", "response": "resp_"}[kind] + uuid.uuid4().hex[:24]
         self.created = int(time.time())
         self.events = queue.Queue()  # ("text", piece)..., then ("done", finish_reason, tokens) or ("error", ApiError)
         self.cancelled = threading.Event()
@@ -740,7 +782,9 @@ class Handler(BaseHTTPRequestHandler):
 
     REFUSALS = {414: "the request line is over 65,536 bytes: shorten the URL"}  # the standard library gives no text
     ROUTES = {"/": {"GET"}, "/health": {"GET"}, "/v1/models": {"GET"},
-              "/v1/chat/completions": {"POST"}, "/v1/completions": {"POST"}}
+              "/v1/chat/completions": {"POST"}, "/v1/completions": {"POST"}, "/v1/responses": {"POST"}}
+    # each POST route's kind of Job (job_from_request)
+    JOB_KINDS = {"/v1/chat/completions": "chat", "/v1/completions": "text", "/v1/responses": "response"}
 
     unread_body = False  # an answer went before the request's body was read (linger)
     deadline = None  # when the request being read must have arrived whole (handle_one_request)
@@ -905,7 +949,7 @@ class Handler(BaseHTTPRequestHandler):
                                                                   "queued": len(api.worker.waiting)})
             if path == "/v1/models":
                 return self.send_json(200, {"object": "list", "data": [api.model_card()]})
-            job = job_from_request(self.read_body(), "chat" if path == "/v1/chat/completions" else "text", api)
+            job = job_from_request(self.read_body(), self.JOB_KINDS[path], api)
             api.worker.submit(job)
             submitted = True
             try:
@@ -951,7 +995,8 @@ class Handler(BaseHTTPRequestHandler):
             return False
         if path not in self.ROUTES:
             raise ApiError(404, f"no such endpoint {method} {path}: try POST /v1/chat/completions, "
-                                "POST /v1/completions, GET /v1/models or the chat page at /", code="not_found")
+                                "POST /v1/completions, POST /v1/responses, GET /v1/models or the chat page at /",
+                           code="not_found")
         if routed not in self.ROUTES[path]:
             allowed = ", ".join(sorted(self.ROUTES[path]))
             raise ApiError(405, f"{path} takes {allowed}, not {method}", code="method_not_allowed")
@@ -1142,14 +1187,19 @@ class Handler(BaseHTTPRequestHandler):
                 raise event[1]
             else:
                 _, finish, tokens = event
-        text = "".join(pieces)
-        choice = self.server.choice(job, finish, text, message={"role": "assistant", "content": text})
+        text, api = "".join(pieces), self.server
+        if job.kind == "response":
+            obj = api.response(job, finish, text, tokens)
+        else:
+            choice = api.choice(job, finish, text, message={"role": "assistant", "content": text})
+            obj = api.envelope(job, [choice], usage=api.usage(job, tokens))
         try:
-            self.send_json(200, self.server.envelope(job, [choice], usage=self.server.usage(job, tokens)))
+            self.send_json(200, obj)
         except OSError:
             raise ClientGone
 
     def stream(self, job):
+        """Answers job with server-sent events: the HTTP of it here, what they say in ChunkEvents or ResponseEvents."""
         api = self.server
         chunked = self.request_version == "HTTP/1.1"
         try:
@@ -1168,33 +1218,22 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers()
 
             def write(data):
-                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
+                if data:  # (an empty chunk would end the body)
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
 
-            def send(obj):  # an object, as JSON, or the stream's closing "[DONE]" (no JSON)
-                write(b"data: %s\n\n" % (b"[DONE]" if obj == "[DONE]" else json_bytes(obj)))
-
-            def chunk(delta=None, finish=None, text=""):
-                choice = api.choice(job, finish, text, delta=delta or {})
-                # with include_usage every chunk has "usage", null until the last (OpenAI's stream_options)
-                send(api.envelope(job, [choice], chunk=True, usage=None if job.include_usage else False))
-
-            if job.kind == "chat":
-                chunk({"role": "assistant", "content": ""})
+            said = (ResponseEvents if job.kind == "response" else ChunkEvents)(api, job)
+            write(said.start())
             # the probe: an event stream's comment, which clients skip (a stream still queued writes nothing else)
             for event in self.events(job, probe=lambda: write(b":\n\n")):
                 if event[0] == "text":
-                    chunk({"content": event[1]}, text=event[1])
+                    write(said.text(event[1]))
                 elif event[0] == "error":  # headers are gone: the error travels as an event, as OpenAI's does
-                    send(event[1].body())
+                    write(said.error(event[1]))
                     # nor can they say Connection: close, as a 503's do: the connection closes after the last chunk,
                     # else the client's next request on it meets the process's exit, a dropped connection
                     self.close_connection |= event[1].code == "server_shutting_down"
                 else:
-                    _, finish, tokens = event
-                    chunk(finish=finish)
-                    if job.include_usage:
-                        send(api.envelope(job, [], chunk=True, usage=api.usage(job, tokens)))
-                    send("[DONE]")
+                    write(said.end(*event[1:]))
             if chunked:
                 self.wfile.write(b"0\r\n\r\n")
         except OSError:  # BrokenPipe, ConnectionReset, a write that timed out
@@ -1203,6 +1242,73 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, format, *args):
         # the worker logs each generation; the standard library's line per request would double it
         pass
+
+
+def sse(obj, event=None):
+    """One server-sent event: obj as its data: line's JSON, after an event: line naming it if given."""
+    return (b"event: %s\n" % event.encode() if event else b"") + b"data: %s\n\n" % json_bytes(obj)
+
+
+class ChunkEvents:
+    """What a chat's or a completion's stream says (Handler.stream sends it): OpenAI's chunks of the reply, the last
+    with its finish_reason (and one with usage, under include_usage), then data: [DONE]."""
+
+    def __init__(self, api, job):
+        self.api, self.job = api, job
+
+    def chunk(self, delta=None, finish=None, text=""):
+        choice = self.api.choice(self.job, finish, text, delta=delta or {})
+        # with include_usage every chunk has "usage", null until the last (OpenAI's stream_options)
+        return sse(self.api.envelope(self.job, [choice], chunk=True, usage=None if self.job.include_usage else False))
+
+    def start(self):
+        return self.chunk({"role": "assistant", "content": ""}) if self.job.kind == "chat" else b""
+
+    def text(self, piece):
+        return self.chunk({"content": piece}, text=piece)
+
+    def error(self, e):
+        return sse(e.body())
+
+    def end(self, finish, tokens):
+        usage = self.api.envelope(self.job, [], chunk=True, usage=self.api.usage(self.job, tokens))
+        return self.chunk(finish=finish) + (sse(usage) if self.job.include_usage else b"") + b"data: [DONE]\n\n"
+
+
+class ResponseEvents:
+    """What a Responses stream says: OpenAI's typed events, each named on its event: line and numbered in order. The
+    response is created; its one message item and that item's one output_text part are added; the text comes in
+    deltas; each is done, then the response is completed (incomplete at max_output_tokens). No [DONE]."""
+
+    def __init__(self, api, job):
+        self.api, self.job, self.seq, self.pieces = api, job, itertools.count(), []
+        self.at = {"item_id": api.message_item(job, "in_progress")["id"], "output_index": 0, "content_index": 0}
+
+    def event(self, type, **fields):
+        return sse({"type": type, "sequence_number": next(self.seq), **fields}, type)
+
+    def start(self):
+        started, item = self.api.response(self.job, None), self.api.message_item(self.job, "in_progress")
+        return (self.event("response.created", response=started) + self.event("response.in_progress", response=started)
+                + self.event("response.output_item.added", output_index=0, item=item)
+                + self.event("response.content_part.added", **self.at,
+                             part={"type": "output_text", "text": "", "annotations": []}))
+
+    def text(self, piece):
+        self.pieces.append(piece)
+        return self.event("response.output_text.delta", **self.at, delta=piece, logprobs=[])
+
+    def error(self, e):  # OpenAI's error event, its fields at the top (the SDK hands it to the caller)
+        return self.event("error", code=e.code, message=e.message, param=e.param)
+
+    def end(self, finish, tokens):
+        text = "".join(self.pieces)
+        done = self.api.response(self.job, finish, text, tokens)
+        (item,) = done["output"]
+        return (self.event("response.output_text.done", **self.at, text=text, logprobs=[])
+                + self.event("response.content_part.done", **self.at, part=item["content"][0])
+                + self.event("response.output_item.done", output_index=0, item=item)
+                + self.event("response." + done["status"], response=done))
 
 
 class ApiServer(ThreadingHTTPServer):
@@ -1486,6 +1592,26 @@ class ApiServer(ThreadingHTTPServer):
         if usage is not False:
             obj["usage"] = usage
         return obj
+
+    def response(self, job, finish, text="", tokens=0):
+        """The Responses API's object for job: in progress (finish None: a stream's first events), else completed, or
+        incomplete at max_output_tokens (finish "length"), its output the reply's one message."""
+        status = {None: "in_progress", "stop": "completed", "length": "incomplete"}[finish]
+        top_p, n = job.sampling["top_p"], len(job.prompt)
+        usage = {"input_tokens": n, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": tokens,
+                 "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": n + tokens}
+        return {"id": job.id, "object": "response", "created_at": job.created, "status": status, "error": None,
+                "incomplete_details": {"reason": "max_output_tokens"} if finish == "length" else None,
+                "model": self.name, "output": [] if finish is None else [self.message_item(job, status, text)],
+                "parallel_tool_calls": False, "tool_choice": "none", "tools": [], "store": False,
+                "temperature": job.sampling["temperature"], "top_p": 1.0 if top_p is None else top_p,
+                "usage": None if finish is None else usage}
+
+    @staticmethod
+    def message_item(job, status, text=None):
+        """The reply as a message item of a response's output: its text one output_text part (none yet: text None)."""
+        return {"type": "message", "id": "msg_" + job.id[len("resp_"):], "status": status, "role": "assistant",
+                "content": [] if text is None else [{"type": "output_text", "text": text, "annotations": []}]}
 
     @staticmethod
     def usage(job, tokens):

@@ -34,6 +34,7 @@ import gen
 import serve
 import train
 from checkpoint import save_checkpoint
+from common import UserError
 from conftest import HANGUP, hangup_as, run_cli
 from model import GPT, make_config
 from setup_tokenizer import IM_END, IM_START, get_tokenizer, render_chat
@@ -186,6 +187,108 @@ def test_openai_client_streamed_chat(api):
     assert all("usage" in c.to_dict() and c.usage is None for c in chunks[:-1])
     plain = list(client(api).chat.completions.create(stream=True, **kwargs))
     assert not any("usage" in c.to_dict() for c in plain)
+
+
+# -----------------------------------------------------------------------------
+# the Responses API (POST /v1/responses): a chat, in that API's objects and events
+
+RESPONSE_START = ["response.created", "response.in_progress", "response.output_item.added",
+                  "response.content_part.added"]
+RESPONSE_END = ["response.output_text.done", "response.content_part.done", "response.output_item.done"]
+
+
+def test_openai_client_response_is_the_chat_reply(api, enc):
+    """client.responses.create (the Agents SDK, Codex-style tools) got a 404. Its instructions are the system message,
+    its input the user's (a string, or message items with input_text and output_text parts, an earlier reply's): the
+    model sees the chat it would, and says what /v1/chat/completions says."""
+    chat = client(api).chat.completions.create(model="tiny", messages=CHAT, max_tokens=8, temperature=0)
+    items = [{"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "be brief"}]},
+             {"role": "user", "content": [{"type": "input_text", "text": t} for t in ("Hello ", "there")]}]
+    for given in (dict(instructions="be brief", input="Hello there"), dict(input=items)):
+        r = client(api).responses.create(model="whatever", max_output_tokens=8, temperature=0, **given)
+        assert r.object == "response" and r.id.startswith("resp_") and r.model == api.name and r.error is None
+        (item,) = r.output
+        assert item.type == "message" and item.role == "assistant" and item.id.startswith("msg_")
+        assert [(p.type, p.annotations) for p in item.content] == [("output_text", [])]
+        assert r.output_text == chat.choices[0].message.content and r.output_text, given
+        n = len(render_chat(enc, CHAT, add_generation_prompt=True)[0])
+        assert (r.usage.input_tokens, r.usage.output_tokens, r.usage.total_tokens) == \
+            (n, chat.usage.completion_tokens, n + chat.usage.completion_tokens)
+        assert r.status == item.status == ("incomplete" if chat.choices[0].finish_reason == "length" else "completed")
+    # an earlier reply sent back, as the SDK's output items are: the chat's assistant turn
+    history = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}, CHAT[1]]
+    back = [history[0], {"type": "message", "role": "assistant", "id": "msg_1", "status": "completed",
+                         "content": [{"type": "output_text", "text": "Hello!", "annotations": []}]}, history[2]]
+    r = client(api).responses.create(model="tiny", input=back, max_output_tokens=2)
+    assert r.usage.input_tokens == len(render_chat(enc, history, add_generation_prompt=True)[0])
+
+
+def test_a_streamed_response_sends_openais_events_in_order(api):
+    """stream=True: server-sent events named on their event: lines, numbered from 0, in the Responses API's order,
+    the deltas adding up to the text of the same request not streamed; the last one holds the whole response."""
+    kwargs = dict(model="tiny", instructions="be brief", input="Hello there", max_output_tokens=8, temperature=0)
+    whole = client(api).responses.create(**kwargs)
+    events = list(client(api).responses.create(stream=True, **kwargs))
+    deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
+    final = "response.completed" if whole.status == "completed" else "response.incomplete"
+    assert [e.type for e in events] == \
+        RESPONSE_START + ["response.output_text.delta"] * len(deltas) + RESPONSE_END + [final]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert len(deltas) >= 2 and "".join(deltas) == events[-4].text == whole.output_text
+    assert events[0].response.status == "in_progress" and events[0].response.output == []
+    assert events[-1].response.id == events[0].response.id and events[-1].response.output_text == whole.output_text
+    assert events[-1].response.usage == whole.usage
+    conn = http.client.HTTPConnection(*api.server_address[:2], timeout=60)
+    conn.request("POST", "/v1/responses", json.dumps({**kwargs, "stream": True}))
+    body = conn.getresponse().read()
+    conn.close()
+    frames = [f.split("\n") for f in body.decode().split("\n\n") if f]
+    assert len(frames) == len(events)
+    assert [f[0] for f in frames] == [f"event: {json.loads(f[1][len('data: '):])['type']}" for f in frames]
+    assert b"[DONE]" not in body
+
+
+def test_a_response_ends_completed_or_incomplete_at_max_output_tokens(api, enc, monkeypatch):
+    """A reply that ends its turn is completed; one cut at max_output_tokens is incomplete, and says why, in the
+    response, its message item and a stream's last event (response.incomplete, as OpenAI's)."""
+    said = " Hi there."
+    reply = enc.encode(said) + enc.encode(IM_END, allowed_special="all")
+    monkeypatch.setattr(gen, "sample_steps", lambda model, ids, max_tokens, **k: ([t] for t in reply[:max_tokens]))
+    c = client(api)
+    r = c.responses.create(model="tiny", input="Hello", max_output_tokens=len(reply))
+    assert (r.status, r.incomplete_details, r.output[0].status, r.output_text) == ("completed", None, "completed", said)
+    with c.responses.stream(model="tiny", input="Hello", max_output_tokens=len(reply)) as stream:
+        assert stream.get_final_response().output_text == said  # the SDK's own reading of the events
+    r = c.responses.create(model="tiny", input="Hello", max_output_tokens=2)
+    assert (r.status, r.incomplete_details.reason, r.output[0].status) == \
+        ("incomplete", "max_output_tokens", "incomplete")
+    assert r.output_text == enc.decode(reply[:2]) and r.usage.output_tokens == 2
+    events = list(c.responses.create(model="tiny", input="Hello", max_output_tokens=2, stream=True))
+    assert events[-1].type == "response.incomplete"
+    assert events[-1].response.incomplete_details.reason == "max_output_tokens"
+
+
+def test_a_response_stream_that_fails_ends_with_openais_error_event(api, enc, monkeypatch):
+    """A reply that fails once its stream has begun (the 500 a chat gets as its last chunk) ends with the Responses
+    API's error event, its fields at the top, which the SDK hands its caller."""
+    def fail(*args, **kwargs):
+        yield [enc.encode(" Hi")[0]]
+        raise UserError("the scores overflowed")
+
+    monkeypatch.setattr(gen, "sample_steps", fail)
+    events = list(client(api).responses.create(model="tiny", input="Hello", stream=True))
+    assert [e.type for e in events] == RESPONSE_START + ["response.output_text.delta", "error"]
+    assert events[-1].code == "internal_error" and "overflowed" in events[-1].message
+    assert events[-1].sequence_number == len(events) - 1
+
+
+def test_a_response_takes_the_defaults_clients_send(api):
+    """Fields the SDKs send with values that ask for nothing this server lacks: each a 200, not a 400."""
+    status, body, _ = post(api, "/v1/responses", {
+        "input": "hi", "max_output_tokens": 2, "store": False, "tools": [], "tool_choice": "auto", "reasoning": {
+            "effort": None, "summary": None}, "text": {"format": {"type": "text"}, "verbosity": "medium"},
+        "parallel_tool_calls": True, "truncation": "disabled", "metadata": {"a": "b"}, "include": []})
+    assert status == 200 and body["object"] == "response", body
 
 
 def test_completions_and_stop_strings(api, enc):
@@ -409,6 +512,25 @@ BAD = [  # (path, body, status, param, code)
      "messages[0].content", "invalid_type"),  # (a TypeError: the connection dropped, no answer)
     ("/v1/completions", {"prompt": "word " * 100}, 400, "prompt", "context_length_exceeded"),
     ("/v1/completions", {"prompt": "Hi", "max_tokens": BLOCK}, 400, "prompt", "context_length_exceeded"),
+    # the Responses API's names: its input and max_output_tokens, and what it asks for that this server lacks
+    ("/v1/responses", {}, 400, "input", "missing_required_parameter"),
+    ("/v1/responses", {"input": 5}, 400, "input", "invalid_type"),
+    ("/v1/responses", {"input": []}, 400, "input", "invalid_value"),
+    ("/v1/responses", {"input": "hi", "instructions": ["be brief"]}, 400, "instructions", "invalid_type"),
+    ("/v1/responses", {"input": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}, 400,
+     "input[0].content", "invalid_type"),  # (a chat's part type: OpenAI's Responses API refuses it too)
+    ("/v1/responses", {"input": [{"type": "function_call_output", "call_id": "c", "output": "1"}]}, 400,
+     "input[0].type", "unsupported_parameter"),
+    ("/v1/responses", {"input": "hi", "max_output_tokens": 0}, 400, "max_output_tokens", "invalid_value"),
+    ("/v1/responses", {"input": "word " * 100}, 400, "input", "context_length_exceeded"),
+    ("/v1/responses", {"input": "hi", "max_output_tokens": BLOCK}, 400, "input", "context_length_exceeded"),
+    ("/v1/responses", {"input": "hi", "tools": [{"type": "function", "name": "f"}]}, 400, "tools",
+     "unsupported_parameter"),
+    ("/v1/responses", {"input": "hi", "previous_response_id": "resp_1"}, 400, "previous_response_id",
+     "unsupported_parameter"),
+    ("/v1/responses", {"input": "hi", "reasoning": {"effort": "low"}}, 400, "reasoning", "unsupported_parameter"),
+    ("/v1/responses", {"input": "hi", "text": {"format": {"type": "json_object"}}}, 400, "text",
+     "unsupported_parameter"),
 ]
 
 
