@@ -34,6 +34,7 @@ import json
 import math
 import os
 import re
+import shlex
 import sys
 
 import numpy as np
@@ -41,7 +42,7 @@ import numpy as np
 from checkpoint import add_checkpoint_argument, load_checkpoint, load_model, parse_checkpoint
 from common import (ArgumentParser, UserError, add_device_arguments, at_least, atomic_write_text, check_output,
                     fmt_count, nonempty, path_arg, pick_device, progress_bar, retain_freed_memory, run_main,
-                    seeded_generator)
+                    script_command, seeded_generator)
 from gen import (CHAT_STOPS, add_sampling_arguments, chat_reply, columns, default_checkpoint, inference_dtype,
                  read_prompt_file)
 from prepare import document_ends
@@ -253,10 +254,25 @@ def parse_args(argv=None):
     # --prompts, --prompt_file's first name, still works, unshown (--help listed both, two names for one file where
     # gen.py has one), and read as --prompt_file before parsing: an option of its own made "--prompt" ambiguous
     argv = [re.sub(r"^--prompts(?==|$)", "--prompt_file", a) for a in (sys.argv[1:] if argv is None else argv)]
-    args = parse_checkpoint(p, p.parse_args(argv))
-    # `eval.py --dataset story models/x.pt`: --dataset takes several names, so it took the checkpoint too
-    if args.checkpoint is None and names_checkpoint((args.dataset or [""])[-1]):
-        args.checkpoint = args.dataset.pop()
+    args, extra = p.parse_known_args(argv)
+    # `eval.py runs/*/x_best.pt`, to compare runs: argparse took the first and said "unrecognized arguments" of the rest
+    more = [a for a in extra if not a.startswith("-") and names_checkpoint(a)]
+    if len(more) < len(extra):
+        p.error(f"unrecognized arguments: {' '.join(extra)}")
+    args = parse_checkpoint(p, args)
+    # `eval.py --dataset story models/x.pt`: --dataset takes several names, so it took the checkpoint too (all of them,
+    # of `--dataset story runs/*/x_best.pt`)
+    names = args.dataset or []
+    n = len(names)
+    while n and names_checkpoint(names[n - 1]):
+        n -= 1
+    given = [*([args.checkpoint] if args.checkpoint else []), *names[n:], *more]
+    if len(given) > 1:
+        each = f"{script_command('eval.py')} \"$c\" --json \"${{c%.pt}}_eval.json\""
+        p.error(f"one checkpoint at a time, {len(given)} given ({', '.join(given)}): run eval.py on each, e.g. "
+                f"`for c in {shlex.join(given)}; do {each}; done`")
+    if given and not args.checkpoint:
+        args.checkpoint, args.dataset = given[0], names[:n]
         if not args.dataset:
             p.error(f"--dataset needs a dataset's name before the checkpoint {args.checkpoint}")
     if args.prompt_file and args.samples == 0:  # (else the file's row would be left out without a word)

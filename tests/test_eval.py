@@ -269,6 +269,21 @@ def test_a_checkpoint_after_dataset_is_the_checkpoint(tmp_path, monkeypatch):
     assert eval_py.parse_args([]).checkpoint is None
 
 
+def test_several_checkpoints_are_one_line_naming_a_loop(capsys):
+    """`eval.py runs/*/story_best.pt`, to compare runs, said "unrecognized arguments: runs/b/story_best.pt" (argparse
+    took the first as the checkpoint): it names what to do instead, given first or after --dataset's names."""
+    for argv in (["runs/a/x.pt", "runs/b/x.pt", "--seed", "1"], ["--dataset", "story", "runs/a/x.pt", "runs/b/x.pt"],
+                 ["runs/a/x.pt", "--dataset", "story", "runs/b/x.pt"]):
+        with pytest.raises(SystemExit):
+            eval_py.parse_args(argv)
+        err = capsys.readouterr().err
+        assert "one checkpoint at a time, 2 given (runs/a/x.pt, runs/b/x.pt)" in err, err
+        assert "for c in runs/a/x.pt runs/b/x.pt; do " in err and len(err.strip().splitlines()) == 1, err
+    with pytest.raises(SystemExit):  # an unknown option among them is still said as one, with its guess
+        eval_py.parse_args(["runs/a/x.pt", "--blok", "3"])
+    assert "unrecognized arguments: --blok 3 (did you mean --block_size?)" in capsys.readouterr().err
+
+
 def test_a_checkpoint_naming_its_dataset_by_path_is_evaluated_there(env, chat_ckpt, tmp_path, monkeypatch):
     """Checkpoints from before --dataset took names only hold the data's path (/abs/data/chat): eval.py evaluates the
     folder it names, not a dataset of that name in ./data, which here does not exist."""
