@@ -126,8 +126,8 @@ def evaluate_checkpoint(path, datasets=None, data_dir=None, split="val", block_s
                         eval_batches=None, samples=50, prompt_file=None, max_tokens=128, seed=1337, temp=0.8,
                         top_k=200, top_p=None, repetition_penalty=1.0, device="auto", dtype="auto"):
     """Evaluate the checkpoint at path on each dataset (default: the one it was trained on); returns a dict with
-    the checkpoint's description and one row per dataset (plus one for a prompts file): dataset, windows, loss,
-    ppl, bpb (of the replies' text on conversation sets), replies, ended, mean_tokens (None where not measured)."""
+    the checkpoint's description (its training options in train_args), the device and dtype evaluated in, and one row
+    per dataset (plus one for a prompts file): dataset, windows, loss, ppl, bpb (of the replies' text on conversation sets), replies, ended, mean_tokens (None where not measured)."""
     ckpt = load_checkpoint(path)
     ckpt_args = ckpt.get("args") or {}
     trained_on, trained_in = checkpoint_data(ckpt)
@@ -180,6 +180,9 @@ def evaluate_checkpoint(path, datasets=None, data_dir=None, split="val", block_s
         "checkpoint": path, "model": ckpt_args.get("model"), "variant": config.variant, "n_layer": config.n_layer,
         "n_embd": config.n_embd, "params": model.num_params(non_embedding=False), "trained_on": ckpt.get("dataset"),
         "step": ckpt.get("step"), "tokenizer": enc.name, "split": split, "block_size": block_size,
+        # what a reader comparing runs diffs: the options the checkpoint trained with (--lr, --optimizer...), and the
+        # device and precision of these numbers (bf16's loss is not fp32's in the last digits)
+        "train_args": ckpt_args, "device": str(dev), "dtype": str(amp).removeprefix("torch."),
         "sampling": {"samples": samples, "max_tokens": max_tokens, "temperature": temp, "top_k": top_k,
                      "top_p": top_p, "repetition_penalty": repetition_penalty, "seed": seed},
         "rows": rows,

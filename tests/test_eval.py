@@ -284,6 +284,15 @@ def test_several_checkpoints_are_one_line_naming_a_loop(capsys):
     assert "unrecognized arguments: --blok 3 (did you mean --block_size?)" in capsys.readouterr().err
 
 
+def test_json_names_the_training_options_and_precision(env, chat_ckpt, capsys):
+    """Runs compared by their eval.py JSON differ in options (--lr, --optimizer) that it did not hold: it holds the
+    checkpoint's training options, and the device and dtype its numbers were measured in."""
+    code, out, err = cli([chat_ckpt, "--data_dir", env["data"], "--dataset", "story", "--json", "-", *CPU], capsys)
+    r = json.loads(out)
+    assert code == 0 and r["train_args"] == torch.load(chat_ckpt, weights_only=True)["args"], err
+    assert r["train_args"]["optimizer"] and (r["device"], r["dtype"]) == ("cpu", "float32")
+
+
 def test_a_checkpoint_naming_its_dataset_by_path_is_evaluated_there(env, chat_ckpt, tmp_path, monkeypatch):
     """Checkpoints from before --dataset took names only hold the data's path (/abs/data/chat): eval.py evaluates the
     folder it names, not a dataset of that name in ./data, which here does not exist."""
