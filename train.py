@@ -3169,8 +3169,12 @@ class Run:
                       f"(--patience)", "yellow"))
 
     def plot(self):
-        """The loss curve of the run's records so far (Metrics.plot)."""
-        self.metrics.plot(f"{self.args.dataset}: {self.args.model} {self.config.variant}")
+        """The loss curve of the run's records so far (Metrics.plot). Its title names what runs compared side by side
+        differ in: the curves of --optimizer adamw and muon, or of two --lr, had the same one. The vocabulary too: a
+        loss per token of 1,024 ids is not one of 259 (bits per byte compare them: the eval lines, metrics.jsonl)."""
+        args, config = self.args, self.config
+        self.metrics.plot(f"{args.dataset}: {args.model} {config.variant} {config.n_layer}x{config.n_embd}, "
+                          f"{config.vocab_size:,} ids, {args.optimizer} lr {args.lr:.2g}")
 
     def summary(self):
         """The run's end: its loss curve drawn, its summary (run_summary) said in its closing lines and returned."""

@@ -4827,11 +4827,14 @@ def test_the_loss_curve_is_drawn_at_the_end_of_the_run(env, tmp_path, monkeypatc
     its last records out, or no curve at all, and with --overwrite the earlier run's curve stayed, named as this one's.
     matplotlib is replaced by a stand-in that records what is drawn."""
     import types
-    drawn, saved = [], []
+    drawn, saved, titles = [], [], []
 
     class Axes:
         def plot(self, xs, ys, label=None, **k):
             drawn.append((label, list(xs)))
+
+        def set_title(self, title):
+            titles.append(title)
 
         def __getattr__(self, name):  # set_xlabel, legend, grid, ...
             return lambda *a, **k: None
@@ -4851,8 +4854,11 @@ def test_the_loss_curve_is_drawn_at_the_end_of_the_run(env, tmp_path, monkeypatc
     figure.Figure = Figure
     monkeypatch.setitem(sys.modules, "matplotlib", types.ModuleType("matplotlib"))
     monkeypatch.setitem(sys.modules, "matplotlib.figure", figure)
-    first = train.train(args_for(env, tmp_path, "--dataset", "mini", "--epochs", "1"))
+    first = train.train(args_for(env, tmp_path, "--dataset", "mini", "--epochs", "1", "--lr", "3e-3"))
     assert first["plot"] and drawn
+    # what curves of runs compared side by side differ in (the optimizer, the lr, the vocabulary): they had one title
+    config = load_model(first["checkpoint"])[0].config
+    assert titles[-1].endswith(f", {config.vocab_size:,} ids, muon lr 0.003"), titles[-1]
     # drawn at each evaluation, and not again at the end when no record came after the last (~1 s on a small CPU)
     assert len(saved) == len([r for r in read_metrics(first["metrics"]) if r["val_loss"] is not None])
     s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--max_steps", "3", "--eval_interval", "0",
