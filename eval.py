@@ -44,7 +44,7 @@ from common import (ArgumentParser, UserError, add_device_arguments, at_least, a
                     fmt_count, nonempty, path_arg, pick_device, progress_bar, retain_freed_memory, run_main,
                     script_command, seeded_generator)
 from gen import (CHAT_STOPS, add_sampling_arguments, chat_reply, columns, default_checkpoint, inference_dtype,
-                 read_prompt_file)
+                 read_prompt_file, warn_if_trained_on_text)
 from prepare import document_ends
 from setup_tokenizer import IM_END, parse_chat
 from train import (Windows, bits_per_byte, bpb_scale, checkpoint_data, default_data_dir, eval_indices, evaluate,
@@ -143,6 +143,9 @@ def evaluate_checkpoint(path, datasets=None, data_dir=None, split="val", block_s
     for meta in metas:
         pick_tokenizer(argparse.Namespace(checkpoint=path, tokenizer=None), meta, ckpt)
     prompt_list = read_prompt_file(prompt_file)[:samples] if prompt_file else None
+    if prompt_list:  # a story model's replies never end their turn: an "ended" of 0% is that, said first
+        warn_if_trained_on_text(path, ckpt, f"its replies to --prompt_file (answered as a chat; gen.py --prompt_file "
+                                            f"continues them as text)")
     dev = pick_device(device)
     amp = inference_dtype(dev, dtype)
     model, enc, _ = load_model(ckpt, dev, name=path)

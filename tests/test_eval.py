@@ -507,6 +507,22 @@ def test_top_p_reaches_the_replies(env, tmp_path):
     assert (rows[0.25]["ended"], rows[0.25]["mean_tokens"]) in ((1.0, 0.0), (0.0, 1.0))
 
 
+def test_prompt_file_replies_of_a_plain_text_model_are_warned_of(env, tmp_path, capsys):
+    """--prompt_file's prompts are answered as a chat: a model trained on plain text (a story model) got an "ended" of
+    0% without a word of why, where gen.py and serve.py say it; a chat model's replies get no warning."""
+    enc = env["enc"]
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Hello!\n", encoding="utf-8")
+    for kind in ("text", "chat"):
+        path = str(tmp_path / f"{kind}.pt")
+        save_checkpoint(path, fixed_model(enc, 0), enc, dataset="story" if kind == "text" else "chat",
+                        data={"kind": kind})
+        code, out, err = cli([path, "--data_dir", env["data"], "--prompt_file", str(prompts), "--max_tokens", "1",
+                              "--eval_batches", "1", *CPU], capsys)
+        assert code == 0 and ("was trained on plain text (story)" in err) == (kind == "text"), err
+        assert kind == "chat" or "its replies to --prompt_file (answered as a chat" in err
+
+
 def test_repetition_penalty_reaches_the_replies(env, chat_ckpt, tmp_path, capsys, monkeypatch):
     """eval.py answers "as gen.py --chat answers", but had no --repetition_penalty: a model chatted with one could not
     be measured as it was used."""
