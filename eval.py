@@ -182,7 +182,8 @@ def evaluate_checkpoint(path, datasets=None, data_dir=None, split="val", block_s
     return {
         "checkpoint": path, "model": ckpt_args.get("model"), "variant": config.variant, "n_layer": config.n_layer,
         "n_embd": config.n_embd, "params": model.num_params(non_embedding=False), "trained_on": ckpt.get("dataset"),
-        "step": ckpt.get("step"), "tokenizer": enc.name, "split": split, "block_size": block_size,
+        "step": ckpt.get("step"), "tokenizer": enc.name, "vocab_size": config.vocab_size, "split": split,
+        "block_size": block_size,
         # what a reader comparing runs diffs: the options the checkpoint trained with (--lr, --optimizer...), and the
         # device and precision of these numbers (bf16's loss is not fp32's in the last digits)
         "train_args": ckpt_args, "device": str(dev), "dtype": str(amp).removeprefix("torch."),
@@ -199,12 +200,18 @@ def format_table(result):
     sampled = any(row["replies"] is not None for row in r["rows"])
     trained = f", trained on {r['trained_on']}" + (f" to step {r['step']:,}" if r["step"] is not None else "") \
         if r["trained_on"] else ""
+    # as train.py's banner says them: the headers of runs compared side by side (adamw and muon, two --lr, two
+    # vocabularies, whose tokenizers' names are hashes) read the same
+    how = r.get("train_args") or {}
+    if how.get("optimizer") and how.get("lr") is not None:
+        trained += f" with {how['optimizer']} lr {how['lr']:.2g}"
     replies = (f"; replies: at most {s['max_tokens']} new tokens, temp {s['temperature']:g}, "
                f"top_k {s['top_k'] or 'off'}" + (f", top_p {s['top_p']:g}" if s["top_p"] else "")
                + (f", repetition_penalty {s['repetition_penalty']:g}" if s["repetition_penalty"] != 1 else "")
                + f", seed {s['seed']}") if sampled else ""
     lines = [f"{r['checkpoint']}: {r['model'] or 'model'} {r['variant']} ({r['n_layer']} layers x {r['n_embd']}, "
-             f"{fmt_count(r['params'])} parameters){trained}; tokenizer {r['tokenizer']}",
+             f"{fmt_count(r['params'])} parameters){trained}; tokenizer {r['tokenizer']}"
+             + (f" ({r['vocab_size']:,} ids)" if r.get("vocab_size") else ""),
              f"{r['split']} split in windows of {r['block_size']} tokens{replies}", ""]
 
     def cell(value, fmt):

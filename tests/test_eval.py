@@ -291,6 +291,11 @@ def test_json_names_the_training_options_and_precision(env, chat_ckpt, capsys):
     r = json.loads(out)
     assert code == 0 and r["train_args"] == torch.load(chat_ckpt, weights_only=True)["args"], err
     assert r["train_args"]["optimizer"] and (r["device"], r["dtype"]) == ("cpu", "float32")
+    # the table's header says the optimizer, lr and vocabulary too: two runs' headers read the same
+    code, out, err = cli([chat_ckpt, "--data_dir", env["data"], "--dataset", "story", *CPU], capsys)
+    a = r["train_args"]
+    assert f"to step 3 with {a['optimizer']} lr {a['lr']:.2g}; tokenizer " in out.splitlines()[0], out
+    assert out.splitlines()[0].endswith(f" ({r['vocab_size']:,} ids)") and r["vocab_size"] == env["enc"].n_vocab, out
 
 
 def test_a_checkpoint_naming_its_dataset_by_path_is_evaluated_there(env, chat_ckpt, tmp_path, monkeypatch):
