@@ -127,7 +127,8 @@ def evaluate_checkpoint(path, datasets=None, data_dir=None, split="val", block_s
                         top_k=200, top_p=None, repetition_penalty=1.0, device="auto", dtype="auto"):
     """Evaluate the checkpoint at path on each dataset (default: the one it was trained on); returns a dict with
     the checkpoint's description (its training options in train_args), the device and dtype evaluated in, and one row
-    per dataset (plus one for a prompts file): dataset, windows, loss, ppl, bpb (of the replies' text on conversation sets), replies, ended, mean_tokens (None where not measured)."""
+    per dataset (plus one for a prompts file): dataset, windows, loss, ppl, bpb (of the replies' text on conversation
+    sets), replies, ended, mean_tokens (None where not measured)."""
     ckpt = load_checkpoint(path)
     ckpt_args = ckpt.get("args") or {}
     trained_on, trained_in = checkpoint_data(ckpt)
@@ -144,8 +145,8 @@ def evaluate_checkpoint(path, datasets=None, data_dir=None, split="val", block_s
         pick_tokenizer(argparse.Namespace(checkpoint=path, tokenizer=None), meta, ckpt)
     prompt_list = read_prompt_file(prompt_file)[:samples] if prompt_file else None
     if prompt_list:  # a story model's replies never end their turn: an "ended" of 0% is that, said first
-        warn_if_trained_on_text(path, ckpt, f"its replies to --prompt_file (answered as a chat; gen.py --prompt_file "
-                                            f"continues them as text)")
+        warn_if_trained_on_text(path, ckpt, "its replies to --prompt_file (answered as a chat; gen.py --prompt_file "
+                                            "continues them as text)")
     dev = pick_device(device)
     amp = inference_dtype(dev, dtype)
     model, enc, _ = load_model(ckpt, dev, name=path)
