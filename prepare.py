@@ -1457,7 +1457,7 @@ class Split:
         self.paths = [os.path.join(folder, f"{name}.bin")] + ([os.path.join(folder, f"{name}_mask.bin")] if has_mask else [])
         self.files = [open(tmp_name(p + scratch), "w+b") for p in self.paths]
         self.tokens = self.documents = self.bytes = self.padding = 0
-        self.cut = 0  # documents (books) cut by tokens, whose head is here and tail in val: counted in neither
+        self.cut = 0  # documents (books) cut in two, whose head is here and tail in val: counted in neither
         self.repeats = 0  # documents left out of val because train or val has them (write_splits): counted in neither
         # conversations longer than a block, packed in pieces (Packer.pieces), and of them those cut inside an
         # exchange (a user message and what follows it) longer than a block too, a reply from its question, and
@@ -1873,22 +1873,22 @@ def label_of(streams):
 
 def val_counts(counts, kind, val_fraction, label, limit, chars=None):
     """How many of the last documents of each "split" source go to val: {stream index: k}, None for a single text
-    document (a book) cut by tokens instead. counts {stream index: documents}, in order; chars {stream index:
+    document (a book) cut at its text's share instead. counts {stream index: documents}, in order; chars {stream index:
     characters of plain text}, where known. The share is
     val_fraction over the dataset's sources together: cut one by one, every source gave val a document at least, and
     a folder of files of 2 or 3 conversations kept a third to a half of them out of training. A large file still
     gives about val_fraction of its own; the last source with documents makes sure val has one, and train keeps one."""
     given = [i for i, n in counts.items() if n]
     if kind == "chat" and sum(counts.values()) == 1:
-        # a single conversation has no turn boundary the cut could respect: cut by tokens, it would train on half a
+        # a single conversation has no turn boundary the cut could respect: cut as a book, it would train on half a
         # turn and validate on the rest
         if limit == 1:
             raise UserError(f"--limit 1 takes one conversation from {label}, and a val split needs 2 or more: give "
                             f"--limit 2 or more")
         # (not --val_fraction 0: train.py evaluates on the val split)
         raise UserError(f"{label} holds one conversation, and a val split needs 2 or more: add conversations")
-    # a single text document in a source is a book, cut by tokens, when the documents are too few to give val a
-    # whole one at its share (a handful of books: each gives val its tail); with more, whole documents go to val
+    # a single text document in a source is a book, cut at its text's share, when the documents are too few to give
+    # val a whole one at its share (a handful of books: each gives val its tail); with more, whole documents go to val
     # (a folder of one-document notes validated on the ends of every note)
     few = round(sum(counts.values()) * val_fraction) == 0
     # and so is one over twice val's share of all the text: a folder of short notes and a book gave val the book
@@ -2044,10 +2044,10 @@ def open_streams(streams):
 def move_val_share(out, val, start, n, k, eot, val_fraction, table):
     """Move a "split" stream's share of val from the Split out, where it was just written (from token start on, n
     documents), to the Split val: its last k documents (val_counts), or, k None, its single document (a whole book) cut
-    by tokens, as nanoGPT does. Val is the tail of each source, not a random sample: the same documents every run, so
-    validation losses stay comparable across runs and tokenizers. Returns how many of the stream's first documents
-    train keeps whole (the rest went to val whole), and whether train now ends with a book's head, which no
-    <|endoftext|> ends yet (its tail went to val)."""
+    where its text reaches the share (text_share), as nanoGPT cuts its characters. Val is the tail of each source, not
+    a random sample: the same text every run, so validation losses stay comparable across runs and tokenizers.
+    Returns how many of the stream's first documents train keeps whole (the rest went to val whole), and whether train
+    now ends with a book's head, which no <|endoftext|> ends yet (its tail went to val)."""
     if k:
         out.move_tail(last_documents_start(out, start, k, eot), k, val, table)
         return n - k, False
@@ -2057,11 +2057,30 @@ def move_val_share(out, val, start, n, k, eot, val_fraction, table):
     if size < 3:  # one token of text, too short to cut (val got its <|endoftext|> alone): val takes it whole, as the
         out.move_tail(start, n, val, table)  # other sources may have given val nothing
         return 0, False
-    # val gets a token of text at least, besides the <|endoftext|>
-    keep = start + min(size - 2, max(1, round(size * (1 - val_fraction))))
+    # val gets a token of text at least, besides the <|endoftext|>. The cut is where the text reaches 1 - val_fraction
+    # of its bytes, not of its tokens: val is then the same text whatever the vocabulary (cut by tokens, Shakespeare's
+    # val in a 1,024-token vocabulary was 7% less text than in a byte-level one, bits per byte measured on other text)
+    keep = start + min(size - 2, max(1, text_share(out, start, table, 1 - val_fraction)))
     out.move_tail(keep, 0, val, table)
     out.documents, out.cut = out.documents - n, out.cut + n
     return n, True
+
+
+def text_share(split, start, table, share):
+    """How many of a Split's tokens from start on (a book's) spell the first share of their text's bytes, rounded up
+    (train_docs' share of a book's characters, the same on ASCII): read a million tokens at a time, twice. table:
+    token_bytes(enc)."""
+    step = 1 << 20
+    chunks = [(a, min(a + step, split.tokens)) for a in range(start, split.tokens, step)]
+    want = math.ceil(sum(int(table[read_tokens(split, a, b)].sum()) for a, b in chunks) * share)
+    done = 0
+    for a, b in chunks:
+        spelt = done + np.cumsum(table[read_tokens(split, a, b)])
+        i = int(np.searchsorted(spelt, want))  # the first token after which the text reaches want bytes
+        if i < len(spelt):
+            return a - start + i + 1
+        done = int(spelt[-1])
+    return split.tokens - start
 
 
 def write_own_val_again(streams, opened, val, budget, write):
@@ -2147,7 +2166,7 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
     dedup = val_fraction and "split" in roles and "val" not in roles
     train_keys, val_keys, ordered = array("q"), [], None  # ordered: train's keys sorted, for own_val
     own_keys = array("q")  # of the documents val keeps of a source's own validation split, for doc_keys
-    unended_book = False  # train ends with a book's head, cut from its tail by tokens (move_val_share)
+    unended_book = False  # train ends with a book's head, cut from its tail (move_val_share)
     for i, role, label, docs in opened:
         out = val if role == "val" else train
         if unended_book and role != "val":  # end it, or it runs into the next file's text as one document
@@ -2206,8 +2225,8 @@ def too_little_text(streams, split):
 def train_docs(make_docs, budget, role, val_fraction, k, n, chars):
     """A stream's documents that write_splits puts in train: all but, of a "split" stream of n documents and chars
     characters (count_split_docs), the k last documents it moves to val (val_counts); of a single document (k None: a
-    whole book, in pieces), which it cuts by tokens, the vocabulary being trained cannot say where: the first
-    1 - val_fraction of its characters (rounded up), about the same on even text, and never all of them: a document
+    whole book, in pieces), which move_val_share cuts at that share of its bytes: the first 1 - val_fraction of its
+    characters (rounded up), the same on ASCII text (up to a token), and never all of them: a document
     short enough to become one token goes to val whole, and its merges must not come from it."""
     if role != "split" or not val_fraction:
         yield from limited(make_docs(), budget, role)
@@ -3126,7 +3145,7 @@ def print_summary(folder, meta, plan, limit, dt, context=None):
     tokens, mb = tr["tokens"] + va["tokens"], (tr["bytes"] + va["bytes"]) / 1e6
     cut = meta["cut_documents"]
     docs = tr["documents"] + va["documents"] + cut
-    # a single document (Tiny Shakespeare) is cut by tokens: its head trains and its tail, with the end, validates
+    # a single document (Tiny Shakespeare) is cut in two: its head trains and its tail, with the end, validates
     where = "cut into train and val" if cut == docs else f"{tr['documents']:,} train, {va['documents']:,} val" + (
         f", {cut:,} cut into train and val" if cut else "")
     if meta["val_repeats"]:  # (else a count short of the source's reads as documents lost)
