@@ -278,7 +278,9 @@ def parse_args(argv=None):
     # of `--dataset story runs/*/x_best.pt`)
     names = args.dataset or []
     n = len(names)
-    while n and names_checkpoint(names[n - 1]):
+    # (with the checkpoint given, a dataset's name that is also a file here, `story`, stays a dataset's: by its path)
+    while n and (names_checkpoint(names[n - 1]) if args.checkpoint is None else
+                 any(c in names[n - 1] for c in (os.sep, "/")) or names[n - 1].endswith(".pt")):
         n -= 1
     given = [*([args.checkpoint] if args.checkpoint else []), *names[n:], *more]
     if len(given) > 1:

@@ -269,7 +269,7 @@ def test_a_checkpoint_after_dataset_is_the_checkpoint(tmp_path, monkeypatch):
     assert eval_py.parse_args([]).checkpoint is None
 
 
-def test_several_checkpoints_are_one_line_naming_a_loop(capsys):
+def test_several_checkpoints_are_one_line_naming_a_loop(tmp_path, monkeypatch, capsys):
     """`eval.py runs/*/story_best.pt`, to compare runs, said "unrecognized arguments: runs/b/story_best.pt" (argparse
     took the first as the checkpoint): it names what to do instead, given first or after --dataset's names."""
     for argv in (["runs/a/x.pt", "runs/b/x.pt", "--seed", "1"], ["--dataset", "story", "runs/a/x.pt", "runs/b/x.pt"],
@@ -279,6 +279,10 @@ def test_several_checkpoints_are_one_line_naming_a_loop(capsys):
         err = capsys.readouterr().err
         assert "one checkpoint at a time, 2 given (runs/a/x.pt, runs/b/x.pt)" in err, err
         assert "for c in runs/a/x.pt runs/b/x.pt; do " in err and len(err.strip().splitlines()) == 1, err
+    # a dataset's name that is also a file here stays a dataset's when the checkpoint is given
+    (tmp_path / "story").write_text("notes")
+    monkeypatch.chdir(tmp_path)
+    assert eval_py.parse_args(["runs/a/x.pt", "--dataset", "chat", "story"]).dataset == ["chat", "story"]
     with pytest.raises(SystemExit):  # an unknown option among them is still said as one, with its guess
         eval_py.parse_args(["runs/a/x.pt", "--blok", "3"])
     assert "unrecognized arguments: --blok 3 (did you mean --block_size?)" in capsys.readouterr().err
