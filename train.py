@@ -53,6 +53,7 @@ import re
 import secrets
 import shlex
 import signal
+import socket
 import sys
 import threading
 import time
@@ -1772,6 +1773,56 @@ def check_same_files(dist, meta, ckpt, checkpoint):
                             f"copy it to each again from the first machine, or put it on a shared file system")
 
 
+def elastic_job():
+    """This torchrun job's name in the checkpoints its rank 0 writes: the same in each of its attempts (a restart,
+    --max-restarts, runs the failed attempt's command again) and in no other job. Its rendezvous id alone is not: on
+    several machines it is the user's --rdzv_id ("none" if not given), which the next job may well give again, and that
+    job's attempt refused over this one's files would, restarted, continue them. Hence the folder torchrun's agent
+    made for the job's logs on this machine too (tempfile.mkdtemp), which its ranks' TORCHELASTIC_ERROR_FILE,
+    <folder>/attempt_<N>/<local rank>/error.json, names. None without torchrun, or where that file is not so."""
+    run_id, error_file = os.environ.get("TORCHELASTIC_RUN_ID"), os.environ.get("TORCHELASTIC_ERROR_FILE", "")
+    attempt = os.path.dirname(os.path.dirname(error_file))
+    if not run_id or not os.path.basename(attempt).startswith("attempt_"):
+        return None
+    return f"{run_id} {socket.gethostname()}:{os.path.dirname(attempt)}"
+
+
+def elastic_restart(run):
+    """A torchrun job's restarted attempt runs the failed one's command, whose run's files that attempt wrote (and
+    refuse_earlier_run would refuse as an earlier run's): (path, step, max_steps) of this job's newest checkpoint there,
+    to continue from as `--checkpoint path --max_steps max_steps` would (what is left of the job's --max_steps; None
+    without one), or None: none of this job's (no checkpoint written yet: the attempt starts as the first did, or
+    another job's, refused as without torchrun). Rank 0 decides (it writes the files, and its agent names the job:
+    after a restart that gave rank 0 to another machine, the job is not found and its files are refused); the other
+    ranks take its answer."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ:  # (the same on every rank: all enter the broadcast, or none)
+        return None
+    found, job = None, elastic_job()
+    if run.dist.main and job:
+        args = argparse.Namespace(**vars(run.args))  # (output_paths sets a continued run's own file names in it)
+        try:
+            out_pattern, _, best_path, _, _ = output_paths(args, run.ckpt_args, run.continuing,
+                                                           args.output_checkpoint is not None)
+        except UserError:  # claim_outputs says it
+            out_pattern = None
+        points = []
+        for path in earlier_run_files(out_pattern, args.dataset, best_path) if out_pattern else []:
+            try:
+                ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except Exception:  # cut short, or no checkpoint: none of this job's
+                continue
+            mark = ckpt.get("elastic") if isinstance(ckpt, dict) else None
+            if isinstance(mark, dict) and mark.get("job") == job:  # (the best file, at the same point, after)
+                points.append((int(ckpt.get("tokens", 0)), path != best_path, path, ckpt.get("step"),
+                               mark.get("max_steps_left")))
+        found = max(points)[2:] if points else None
+    if run.dist.world > 1:
+        box = [found]
+        torch.distributed.broadcast_object_list(box, src=0, group=run.dist.control)
+        found = box[0]
+    return found
+
+
 # train.py's options that a machine under torchrun may give otherwise than the others: where its copies of the files
 # are (check_same_files compares what they hold), the files that rank 0 alone writes, how its ranks wait, show their
 # lines, and spend their own memory and compile (the same steps either way)
@@ -2545,6 +2596,21 @@ def run_training(args, held):
     global use_color
     use_color = not args.no_color and color_ok(sys.stdout)
     run, options_given = start_run(args)
+    if resume := elastic_restart(run):
+        path, step, left = resume
+        restart = f"torchrun restart {os.environ.get('TORCHELASTIC_RESTART_COUNT')}: this job's newest checkpoint " \
+                  f"is {path} (step {step})"
+        if left == 0:  # it ended the job's --max_steps: the attempt that wrote it failed after its last save
+            say(f"{restart}, at the end of its --max_steps: nothing left to train")
+            raise SystemExit(0)
+        say(f"{restart}: continuing from it, as --checkpoint {shlex.quote(path)}"
+            + (f" --max_steps {left} (what is left of the job's)" if args.max_steps else "") + " would")
+        # the run as that checkpoint left it: its epochs, as reset, and --init_from's weights trained on
+        args = argparse.Namespace(**{**vars(args), "checkpoint": path, "init_from": None, "reset_epoch": False,
+                                     "max_steps": left if args.max_steps else None})
+        joined, run = (run.dist, run.device), None  # (its checkpoint let go before the newer one loads)
+        run, options_given = start_run(args, joined)
+    run.job = elastic_job() if run.dist.main else None
     claim_outputs(run, held)
     run.dtype = training_dtype(run.device, run.args.dtype)
     run_warmup = plan_run(run, options_given)
@@ -2571,12 +2637,12 @@ def run_training(args, held):
     return run.summary()
 
 
-def start_run(args):
+def start_run(args, joined=None):
     """A run's start, before its files: the options checked, the ranks joined (torchrun), the checkpoint, data and
     tokenizer it takes, the device, its model's config, and the options resolved (resolve_args). Returns (run,
     options_given): run, the Run with these in its fields (args, ckpt, ckpt_args, continuing, meta, enc, config, dist,
     device); options_given, the names of the options the user gave of those resolve_args derives otherwise (warmup,
-    batch_size, eval_batches)."""
+    batch_size, eval_batches). joined: (dist, device) of a start before this one, which joined the ranks already."""
     global quiet
     quiet = not speaks_for_machine()  # until the ranks are known: then rank 0 alone
     if args.reset_epoch and not args.checkpoint:  # (a new run starts at epoch 1 anyway: it would do nothing)
@@ -2603,7 +2669,8 @@ def start_run(args):
     # checkpoint not copied) fails after joining and the others lose contact at once: failing before, it would leave
     # them waiting in the join, with no word, for --dist_timeout (their torchrun does not learn of another
     # machine's failure). (One process picks its device after the files' errors: no device prompt before them)
-    joined = init_distributed(args.device, args.dist_timeout) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
+    if joined is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        joined = init_distributed(args.device, args.dist_timeout)
     ckpt = load_checkpoint(args.checkpoint) if args.checkpoint else None
     ckpt_args = (ckpt or {}).get("args") or {}
     if ckpt is not None:
@@ -2747,6 +2814,7 @@ class Run:
     replaced: list = None       # an earlier run's files --overwrite removes at the first save
     best_goes: bool = None      # the best file is one of them: no bar to this run's evaluations until then
     run_id: str = None
+    job: str = None             # under torchrun, the job that rank 0's checkpoints name (see elastic_job)
     train_w: Windows = None
     val_w: Windows = None
     batches: Batches = None
@@ -2818,6 +2886,9 @@ class Run:
                             loss_since_record=self.tally.loss_since_record(),
                             order_scheme=self.order_scheme,
                             eval_windows=self.eval_windows,
+                            # which torchrun job wrote it, for its restarted attempts to continue (elastic_restart)
+                            **({"elastic": {"job": self.job, "max_steps_left": self.max_steps_left()}}
+                               if self.job else {}),
                             args=dict(vars(args), world_size=dist.world, batch_size=self.batch_option),
                             best_val_loss=p.best_val_loss, best_at=p.best_at, evals_since_best=p.evals_since_best,
                             val_loss=self.last_val,

@@ -956,3 +956,52 @@ def test_a_continued_run_that_loses_a_rank_before_saving_names_the_checkpoint_it
     assert str(train.Run.loop_error(run, lost)).endswith("; last checkpoint: models/story_epoch2.pt")
     run.continuing, run.saved["path"] = False, None  # a new run that saved nothing has none
     assert str(train.Run.loop_error(run, lost)).endswith("; last checkpoint: none")
+
+
+class Killed(BaseException):
+    """SIGKILL's stand-in in a run in this process: nothing of the run goes on after it, no save on the way out."""
+
+
+def as_torchrun_attempt(monkeypatch, tmp_path, job, attempt):
+    """The variables torchrun's agent gives its ranks in a job's attempt (restart): the job's rendezvous id as a user's
+    --rdzv_id, which the next job may give again, and an error file in the folder the agent made for the job's logs."""
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "story")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", str(attempt))
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(tmp_path / "logs" / f"story_{job}" / f"attempt_{attempt}" / "0" /
+                                                      "error.json"))
+
+
+def test_a_torchrun_restart_continues_the_job_from_its_newest_checkpoint(env, tmp_path, monkeypatch, capsys):
+    """torchrun --max-restarts starts a failed attempt's command again: it was refused by the files its first attempt
+    wrote ("hold an earlier run"), on every restart. It continues from the job's newest checkpoint, exactly, with what
+    is left of the job's --max_steps; another job's attempt (the same --rdzv_id) is still refused."""
+    spe = math.ceil(len(train.Windows(train.load_meta(env["data"], "mini"), "train", 64)) / 4)
+    argv = ["--dataset", "mini", "--batch_size", "4", "--max_steps", "8", "--eval_interval", "0", "--log_interval",
+            100 / spe, "--save_interval", 3 * 100 / spe]  # a record a step, a save every 3 steps
+    want = losses(train.train(args_for(env, tmp_path / "one", *argv))["metrics"])
+    assert sorted(want) == list(range(1, 9))
+    real_save, saves = train.save_checkpoint, []
+
+    def killed_at_the_second_save(path, *a, **kw):  # steps 4 to 6 trained, logged and lost
+        saves.append(kw["step"])
+        if len(saves) == 2:
+            raise Killed
+        real_save(path, *a, **kw)
+    as_torchrun_attempt(monkeypatch, tmp_path, "job1", 0)
+    monkeypatch.setattr(train, "save_checkpoint", killed_at_the_second_save)
+    with pytest.raises(Killed):
+        train.train(args_for(env, tmp_path / "two", *argv))
+    assert saves == [3, 6]
+    monkeypatch.setattr(train, "save_checkpoint", real_save)
+    capsys.readouterr()
+    as_torchrun_attempt(monkeypatch, tmp_path, "job1", 1)
+    done = train.train(args_for(env, tmp_path / "two", *argv))
+    first = os.path.join(tmp_path, "two", "mini_epoch1.pt")
+    assert f"torchrun restart 1: this job's newest checkpoint is {first} (step 3): continuing from it, as " \
+           f"--checkpoint {first} --max_steps 5 (what is left of the job's) would\n" in capsys.readouterr().out
+    assert done["steps"] == 8
+    assert_same_curve(losses(done["metrics"]), want, range(1, 9))
+    # the next job given the same --rdzv_id: its attempt is refused, restarted or not, as without torchrun
+    as_torchrun_attempt(monkeypatch, tmp_path, "job2", 1)
+    with pytest.raises(train.UserError, match="holds an earlier run: continue it with --checkpoint"):
+        train.train(args_for(env, tmp_path / "two", *argv))
