@@ -1789,12 +1789,12 @@ def elastic_job():
 
 def elastic_restart(run):
     """A torchrun job's restarted attempt runs the failed one's command, whose run's files that attempt wrote (and
-    refuse_earlier_run would refuse as an earlier run's): (path, step, max_steps) of this job's newest checkpoint there,
-    to continue from as `--checkpoint path --max_steps max_steps` would (what is left of the job's --max_steps; None
-    without one), or None: none of this job's (no checkpoint written yet: the attempt starts as the first did, or
-    another job's, refused as without torchrun). Rank 0 decides (it writes the files, and its agent names the job:
-    after a restart that gave rank 0 to another machine, the job is not found and its files are refused); the other
-    ranks take its answer."""
+    refuse_earlier_run would refuse as an earlier run's): (path, step, max_steps, ended) of this job's newest checkpoint
+    there, to continue from as `--checkpoint path --max_steps max_steps` would (what is left of the job's --max_steps;
+    None without one; ended: where the job's run ended, nothing left to train), or None: none of this job's (no
+    checkpoint written yet: the attempt starts as the first did, or another job's, refused as without torchrun). Rank
+    0 decides (it writes the files, and its agent names the job: after a restart that gave rank 0 to another machine,
+    the job is not found and its files are refused); the other ranks take its answer."""
     if "TORCHELASTIC_RUN_ID" not in os.environ:  # (the same on every rank: all enter the broadcast, or none)
         return None
     found, job = None, elastic_job()
@@ -1812,9 +1812,16 @@ def elastic_restart(run):
             except Exception:  # cut short, or no checkpoint: none of this job's
                 continue
             mark = ckpt.get("elastic") if isinstance(ckpt, dict) else None
-            if isinstance(mark, dict) and mark.get("job") == job:  # (the best file, at the same point, after)
-                points.append((int(ckpt.get("tokens", 0)), path != best_path, path, ckpt.get("step"),
-                               mark.get("max_steps_left")))
+            # (a file edited to other entries, which load_checkpoint's kinds would see too late: none of the job's)
+            if isinstance(mark, dict) and mark.get("job") == job and is_kind(ckpt.get("tokens"), nonnegative_int) \
+                    and is_kind(mark.get("max_steps_left"), (nonnegative_int, type(None))):
+                # where the run ended for good, as the job's options have it (its failure after its last save, a
+                # rank's abort as the process ends, say): refused as done, it would fail each restart in turn
+                left, epoch = mark["max_steps_left"], ckpt.get("epoch")
+                ended = left == 0 or ckpt.get("budget_done") is True or ckpt.get("stopped_early") is True or \
+                    is_kind(epoch, nonnegative_int) and epoch >= run.args.epochs
+                # (the best file, at the same point, after)
+                points.append((ckpt["tokens"], path != best_path, path, ckpt.get("step"), left, ended))
         found = max(points)[2:] if points else None
     if run.dist.world > 1:
         box = [found]
@@ -2597,11 +2604,11 @@ def run_training(args, held):
     use_color = not args.no_color and color_ok(sys.stdout)
     run, options_given = start_run(args)
     if resume := elastic_restart(run):
-        path, step, left = resume
+        path, step, left, ended = resume
         restart = f"torchrun restart {os.environ.get('TORCHELASTIC_RESTART_COUNT')}: this job's newest checkpoint " \
                   f"is {path} (step {step})"
-        if left == 0:  # it ended the job's --max_steps: the attempt that wrote it failed after its last save
-            say(f"{restart}, at the end of its --max_steps: nothing left to train")
+        if ended:  # (the attempt that wrote it failed after its last save)
+            say(f"{restart}, where the job's run ended: nothing left to train")
             raise SystemExit(0)
         say(f"{restart}: continuing from it, as --checkpoint {shlex.quote(path)}"
             + (f" --max_steps {left} (what is left of the job's)" if args.max_steps else "") + " would")

@@ -1001,6 +1001,12 @@ def test_a_torchrun_restart_continues_the_job_from_its_newest_checkpoint(env, tm
            f"--checkpoint {first} --max_steps 5 (what is left of the job's) would\n" in capsys.readouterr().out
     assert done["steps"] == 8
     assert_same_curve(losses(done["metrics"]), want, range(1, 9))
+    # restarted after the job's last save (a rank's abort as it ended): done, not refused as done on every restart
+    as_torchrun_attempt(monkeypatch, tmp_path, "job1", 2)
+    with pytest.raises(SystemExit) as ended:
+        train.train(args_for(env, tmp_path / "two", *argv))
+    assert ended.value.code == 0 and "(step 8), where the job's run ended: nothing left to train\n" in \
+        capsys.readouterr().out
     # the next job given the same --rdzv_id: its attempt is refused, restarted or not, as without torchrun
     as_torchrun_attempt(monkeypatch, tmp_path, "job2", 1)
     with pytest.raises(train.UserError, match="holds an earlier run: continue it with --checkpoint"):
