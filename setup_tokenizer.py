@@ -223,7 +223,8 @@ def file_stamp(path):
 def checkpoint_meant(name):
     """The checkpoint a --tokenizer that is no vocabulary likely meant, or None: `--tokenizer story`, a dataset's or a
     run's name, was answered as a misspelt path, and `--tokenizer notes` beside the notes/ folder of its --source (the
-    README's own data) as a folder holding no vocabulary."""
+    README's own data) as a folder holding no vocabulary, `notes/` (a shell's completion of it) too."""
+    name = name.rstrip("/" + os.sep) or name
     return next((c for c in (f"{name}_best.pt", f"{name}.pt", os.path.join("models", f"{name}_best.pt"),
                              os.path.join("models", f"{name}.pt")) if os.path.isfile(c)), None)
 
