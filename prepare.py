@@ -691,8 +691,11 @@ def chatgpt_turns(record, where):
     for m in reversed(path):
         if not isinstance(m, dict):
             continue  # the root: no message
-        role = (m.get("author") or {}).get("role")
-        content, meta = m.get("content") or {}, m.get("metadata") or {}
+        author, content, meta = (m.get(f) or {} for f in ("author", "content", "metadata"))
+        if not all(isinstance(x, dict) for x in (author, content, meta)):  # (else AttributeError's traceback)
+            raise UserError(f"{where}: message {m.get('id', '')!r} of `mapping` has an author, content or metadata "
+                            f"that is no object, as ChatGPT's export writes them")
+        role = author.get("role")
         if role not in ("system", "user", "assistant") or m.get("recipient", "all") != "all" or \
                 meta.get("is_visually_hidden_from_conversation") or \
                 content.get("content_type") not in ("text", "multimodal_text"):

@@ -4183,6 +4183,10 @@ def test_a_record_of_several_shapes_is_read_by_the_first_that_holds_something():
                           # ChatGPT's export: a damaged tree (a parent named that is not in it), no current_node
                           ({"mapping": {"a": {"message": None, "parent": "b"}}, "current_node": "a"},
                            "`mapping` has no message 'b', named as a current_node or parent"),
+                          ({"mapping": {"a": {"message": {"id": "a", "author": "user", "content": "Hi"},
+                                              "parent": None}}, "current_node": "a"},
+                           "message 'a' of `mapping` has an author, content or metadata that is no object, as "
+                           "ChatGPT's export writes them"),
                           ({"mapping": {"a": {"message": None, "parent": None}}, "title": "t"},
                            "a ChatGPT export's conversation needs `mapping` (an object of messages) and its "
                            "`current_node` (an id in it)")):
