@@ -41,8 +41,8 @@ import numpy as np
 
 from checkpoint import add_checkpoint_argument, load_checkpoint, load_model, parse_checkpoint
 from common import (ArgumentParser, UserError, add_device_arguments, at_least, atomic_write_text, check_output,
-                    fmt_count, nonempty, path_arg, pick_device, progress_bar, retain_freed_memory, run_main,
-                    script_command, seeded_generator)
+                    fmt_count, is_dataset_folder, nonempty, path_arg, pick_device, progress_bar, retain_freed_memory,
+                    run_main, script_command, seeded_generator)
 from gen import (CHAT_STOPS, add_sampling_arguments, chat_reply, columns, default_checkpoint, inference_dtype,
                  read_prompt_file, warn_if_trained_on_text)
 from prepare import document_ends
@@ -278,9 +278,16 @@ def parse_args(argv=None):
     # of `--dataset story runs/*/x_best.pt`)
     names = args.dataset or []
     n = len(names)
-    # (with the checkpoint given, a dataset's name that is also a file here, `story`, stays a dataset's: by its path)
-    while n and (names_checkpoint(names[n - 1]) if args.checkpoint is None else
-                 any(c in names[n - 1] for c in (os.sep, "/")) or names[n - 1].endswith(".pt")):
+
+    def another_checkpoint(name):
+        # (with the checkpoint given, a dataset's name that is also a file here, `story`, stays a dataset's: by its
+        # path. A prepared dataset's folder, `--dataset data/story`, is no checkpoint: load_meta names its --dataset
+        # and --data_dir, where "one checkpoint at a time" sent its user to a loop over it)
+        if is_dataset_folder(name):
+            return False
+        return names_checkpoint(name) if args.checkpoint is None else \
+            any(c in name for c in (os.sep, "/")) or name.endswith(".pt")
+    while n and another_checkpoint(names[n - 1]):
         n -= 1
     given = [*([args.checkpoint] if args.checkpoint else []), *names[n:], *more]
     if len(given) > 1:

@@ -283,6 +283,13 @@ def test_several_checkpoints_are_one_line_naming_a_loop(tmp_path, monkeypatch, c
     (tmp_path / "story").write_text("notes")
     monkeypatch.chdir(tmp_path)
     assert eval_py.parse_args(["runs/a/x.pt", "--dataset", "chat", "story"]).dataset == ["chat", "story"]
+    # and a prepared dataset's folder given as its path is a dataset's, for load_meta to say how to name it (it was
+    # called a second checkpoint, to loop over), the checkpoint given first or last
+    (tmp_path / "data" / "chat").mkdir(parents=True)
+    (tmp_path / "data" / "chat" / "meta.json").write_text('{"splits": {}, "vocab_size": 50304}')
+    assert eval_py.parse_args(["runs/a/x.pt", "--dataset", "data/chat"]).dataset == ["data/chat"]
+    args = eval_py.parse_args(["--dataset", "data/chat", "runs/a/x.pt"])
+    assert (args.checkpoint, args.dataset) == ("runs/a/x.pt", ["data/chat"])
     with pytest.raises(SystemExit):  # an unknown option among them is still said as one, with its guess
         eval_py.parse_args(["runs/a/x.pt", "--blok", "3"])
     assert "unrecognized arguments: --blok 3 (did you mean --block_size?)" in capsys.readouterr().err
