@@ -551,7 +551,7 @@ def gemini_text(parts, where):
     if not isinstance(parts, list) or not all(isinstance(p, dict) and isinstance(p.get("text"), str) for p in parts):
         got = json_kind(parts) if not isinstance(parts, list) else "a part with no text (an image, a file?)"
         raise UserError(f"{where}: Gemini's `parts` must be a list of text parts like {GEMINI_HI}, got {got}")
-    return "".join(p["text"] for p in parts)
+    return "".join(p["text"] for p in parts if p.get("thought") is not True)  # (thought summaries: not the reply)
 
 
 def turns_of(record, field, where):
@@ -700,7 +700,10 @@ def chatgpt_turns(record, where):
                 meta.get("is_visually_hidden_from_conversation") or \
                 content.get("content_type") not in ("text", "multimodal_text"):
             continue
-        text = "".join(p for p in content.get("parts") or () if isinstance(p, str))  # (an image's part is an object)
+        # (an image's part is an object; a voice chat's turn is its transcript's, an object with text)
+        text = "".join(p if isinstance(p, str) else p["text"] for p in content.get("parts") or ()
+                       if isinstance(p, str) or isinstance(p, dict) and p.get("content_type") == "audio_transcription"
+                       and isinstance(p.get("text"), str))
         if not text.strip():
             continue
         if turns and turns[-1]["role"] == role:
@@ -750,7 +753,7 @@ def record_doc(record, where, dataset=None):
             # (a null turn is an empty one, as a turn's null content is: spoken() drops it, its speaker kept)
             turns = [tidy_dailydialog(t or "") if dataset == "dailydialog" else t or "" for t in dialog]
             messages = spoken(alternate(turns))
-        elif "mapping" in has:
+        elif "mapping" in has and ("current_node" in record or "text" not in has):  # (a text set's mapping column)
             messages = chatgpt_turns(record, where)
         elif "text" in record:
             text = record["text"]

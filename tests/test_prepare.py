@@ -4198,6 +4198,19 @@ def test_a_record_of_several_shapes_is_read_by_the_first_that_holds_something():
     looped = {"a": {"message": user, "parent": "b"}, "b": {"message": reply, "parent": "a"}}
     assert prepare.record_doc({"mapping": looped, "current_node": "b"}, "x") == [
         {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    # a voice chat's turn is its transcript (parts that are objects, dropped unsaid as images are)
+    voice = {"author": {"role": "user"}, "content": {"content_type": "multimodal_text", "parts": [
+        {"content_type": "audio_transcription", "text": "Hi", "direction": "in"},
+        {"content_type": "audio_asset_pointer"}]}}
+    assert prepare.record_doc({"mapping": {"a": {"message": voice, "parent": None},
+                                           "b": {"message": reply, "parent": "a"}}, "current_node": "b"}, "x") == [
+        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    # a text set's column named mapping, with no current_node: its text, as before ChatGPT's export was read
+    assert prepare.record_doc({"text": "T", "mapping": {"k": "v"}}, "x") == ("T", True)
+    # a thinking Gemini's thought summaries are parts of its turn, not its reply
+    assert prepare.record_doc({"contents": [{"role": "user", "parts": [{"text": "Q"}]}, {"role": "model", "parts": [
+        {"text": "Let me think.", "thought": True}, {"text": "A"}]}]}, "x") == [
+        {"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]
 
 
 def test_a_file_of_records_with_nothing_to_train_on_says_so(tmp_path):
