@@ -55,8 +55,10 @@ STATE_KINDS = {"step": nonnegative_int, "epoch": nonnegative_int, "epoch_step": 
 # -----------------------------------------------------------------------------
 # the checkpoint argument, and where checkpoints are
 
-def add_checkpoint_argument(p, help="a .pt file or a Hugging Face model folder (default: the newest .pt in models/ or a "
-                                     "folder in it)", shown="first"):
+CHECKPOINT_HELP = "a .pt file or a Hugging Face model folder (default: the newest .pt in models/ or a folder in it)"
+
+
+def add_checkpoint_argument(p, help=CHECKPOINT_HELP, shown="first"):
     """Every script's checkpoint, given first (`gen.py x.pt`) or as --checkpoint: each way, a habit from the other
     scripts, was "unrecognized arguments" somewhere. help goes to the way the script shows: first (gen.py, eval.py,
     serve.py, export.py) or, with shown="option", --checkpoint (train.py, where it is optional: a new model without).

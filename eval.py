@@ -1,11 +1,12 @@
 """
 Evaluate a checkpoint on prepared datasets: loss, perplexity and bits per byte, and for conversation sets how
-the model ends its replies. One row per dataset, as a table or JSON.
+the model ends its replies. One row per dataset, as a table or JSON; of several checkpoints, one table to compare.
 
     python eval.py models/dailydialog_best.pt                          # the dataset it was trained on
     python eval.py models/story_best.pt --dataset story dailydialog     # a row for each
     python eval.py models/chat_best.pt --samples 50 --seed 1 --json results.json
     python eval.py models/chat_best.pt --prompt_file prompts.txt        # replies to a fixed list instead
+    python eval.py runs/*/story_best.pt                                 # runs compared: a row per checkpoint
 
 Loss is train.py's evaluate() over the split's windows (all of them, or --eval_batches batches spread over the split:
 side by side, as training reads them, so each token is scored once but the split's first and its last (tokens - 1)
@@ -23,6 +24,13 @@ first user message, are answered as gen.py --chat answers (gen.chat_reply, sampl
 tokens" their mean length without the closing token. With --prompt_file FILE the first --samples lines of the file
 (one user message each) are the prompts instead, in a row of their own. Sampling restarts from --seed for each row,
 so the same checkpoint and options give the same numbers.
+
+Several checkpoints make one table, a row per checkpoint and dataset (each its own dataset unless --dataset), each
+row's numbers those of eval.py on that checkpoint alone (one model loaded at a time). Rows are led by the
+checkpoint's shortest distinguishing path (a, b of runs/*/story_best.pt) and the header's facts that differ between
+the checkpoints (params, optimizer, lr, vocab, step...). Every checkpoint is checked first: a --dataset of another
+tokenizer than one's is an error before any is evaluated. --json writes a list, in the order given, of what eval.py
+writes of each alone; of one checkpoint (a glob that matched one), that object alone, as ever.
 """
 import common  # first (it is light): Ctrl-C while torch loads then ends in one line, not a traceback from its import
 common.mend_standard_streams(__name__)
@@ -34,15 +42,15 @@ import json
 import math
 import os
 import re
-import shlex
 import sys
 
 import numpy as np
 
-from checkpoint import add_checkpoint_argument, load_checkpoint, load_model, parse_checkpoint
+from checkpoint import (CHECKPOINT_HELP, add_checkpoint_argument, checkpoint_config, load_checkpoint, load_model,
+                        parse_checkpoint)
 from common import (ArgumentParser, UserError, add_device_arguments, at_least, atomic_write_text, check_output,
                     fmt_count, is_dataset_folder, nonempty, path_arg, pick_device, progress_bar, retain_freed_memory,
-                    run_main, script_command, seeded_generator)
+                    run_main, seeded_generator)
 from gen import (CHAT_STOPS, add_sampling_arguments, chat_reply, columns, default_checkpoint, inference_dtype,
                  read_prompt_file, warn_if_trained_on_text)
 from prepare import document_ends
@@ -122,6 +130,29 @@ def perplexity(loss):
         return math.inf
 
 
+def checked_datasets(path, ckpt, datasets=None, data_dir=None, block_size=None):
+    """(datasets, data_dir, their load_meta metas, block_size) to evaluate the checkpoint at path (loaded: ckpt) on,
+    every dataset checked before the first is evaluated: a bad name, a tokenizer not the checkpoint's or a --block_size
+    past its context fails at once (of several checkpoints, before the first is evaluated)."""
+    trained_on, trained_in = checkpoint_data(ckpt)
+    if not datasets and not trained_on:
+        raise UserError(f"{path} does not name the data it was trained on: pass --dataset NAME")
+    # the folder its run read and how that data was made, for load_meta's line where it is gone (no --data_dir given)
+    trained = None if data_dir else trained_data(path, ckpt)
+    data_dir = data_dir or (trained_in if datasets in (None, [], [trained_on]) else default_data_dir(ckpt))
+    datasets = datasets or [trained_on]
+    own_vocab = path if ckpt["tokenizer"].get("bpe") else None  # the prepare hint then uses the model's vocabulary
+    metas = [load_meta(data_dir, name, own_vocab, trained if name == trained_on else None) for name in datasets]
+    for meta in metas:
+        pick_tokenizer(argparse.Namespace(checkpoint=path, tokenizer=None), meta, ckpt)
+    context = checkpoint_config(ckpt, path).block_size
+    block_size = block_size or (ckpt.get("args") or {}).get("block_size") or context
+    if block_size > context:
+        raise UserError(f"{path}: --block_size {block_size} is longer than the model's context ({context}); "
+                        f"use --block_size {context} or less")
+    return datasets, data_dir, metas, block_size
+
+
 def evaluate_checkpoint(path, datasets=None, data_dir=None, split="val", block_size=None, batch_size=16,
                         eval_batches=None, samples=50, prompt_file=None, max_tokens=128, seed=1337, temp=0.8,
                         top_k=200, top_p=None, repetition_penalty=1.0, device="auto", dtype="auto"):
@@ -131,18 +162,7 @@ def evaluate_checkpoint(path, datasets=None, data_dir=None, split="val", block_s
     sets), replies, ended, mean_tokens (None where not measured)."""
     ckpt = load_checkpoint(path)
     ckpt_args = ckpt.get("args") or {}
-    trained_on, trained_in = checkpoint_data(ckpt)
-    if not datasets and not trained_on:
-        raise UserError(f"{path} does not name the data it was trained on: pass --dataset NAME")
-    # the folder its run read and how that data was made, for load_meta's line where it is gone (no --data_dir given)
-    trained = None if data_dir else trained_data(path, ckpt)
-    data_dir = data_dir or (trained_in if datasets in (None, [], [trained_on]) else default_data_dir(ckpt))
-    datasets = datasets or [trained_on]
-    # every dataset is checked before the first is evaluated: a bad name or tokenizer fails at once
-    own_vocab = path if ckpt["tokenizer"].get("bpe") else None  # the prepare hint then uses the model's vocabulary
-    metas = [load_meta(data_dir, name, own_vocab, trained if name == trained_on else None) for name in datasets]
-    for meta in metas:
-        pick_tokenizer(argparse.Namespace(checkpoint=path, tokenizer=None), meta, ckpt)
+    datasets, data_dir, metas, block_size = checked_datasets(path, ckpt, datasets, data_dir, block_size)
     prompt_list = read_prompt_file(prompt_file)[:samples] if prompt_file else None
     if prompt_list:  # a story model's replies never end their turn: an "ended" of 0% is that, said first
         warn_if_trained_on_text(path, ckpt, "its replies to --prompt_file (answered as a chat; gen.py --prompt_file "
@@ -150,10 +170,6 @@ def evaluate_checkpoint(path, datasets=None, data_dir=None, split="val", block_s
     dev = pick_device(device)
     amp = inference_dtype(dev, dtype)
     model, enc, _ = load_model(ckpt, dev, name=path)
-    block_size = block_size or ckpt_args.get("block_size") or model.config.block_size
-    if block_size > model.config.block_size:
-        raise UserError(f"--block_size {block_size} is longer than the model's context ({model.config.block_size}); "
-                        f"use --block_size {model.config.block_size} or less")
     sampling = dict(dtype=amp, temperature=temp, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
     no_replies = {"replies": None, "ended": None, "mean_tokens": None}
 
@@ -194,41 +210,87 @@ def evaluate_checkpoint(path, datasets=None, data_dir=None, split="val", block_s
     }
 
 
+def facts(result):
+    """What the table's header says of a checkpoint, {label: text}: of several compared, those that differ between
+    them are columns, the rest said once."""
+    r, how = result, result.get("train_args") or {}
+    return {"model": f"{r['model'] or 'model'} {r['variant']} {r['n_layer']}x{r['n_embd']}",
+            "params": fmt_count(r["params"]), "trained on": r["trained_on"] or "-",
+            "step": "-" if r["step"] is None else f"{r['step']:,}", "optimizer": how.get("optimizer") or "-",
+            "lr": "-" if how.get("lr") is None else f"{how['lr']:.2g}", "tokenizer": r["tokenizer"],
+            "vocab": f"{r['vocab_size']:,}" if r.get("vocab_size") else "-", "block": str(r["block_size"])}
+
+
+def short_names(paths):
+    """Each path less the folders and file name they all share (runs/a/x_best.pt, runs/b/x_best.pt: a, b), and the
+    pattern they fill (runs/*/x_best.pt; None where they share no part). Each keeps one part at least."""
+    parts = [os.path.normpath(p).split(os.sep) for p in paths]
+    head = tail = 0
+    while all(len(q) > head + 1 for q in parts) and len({q[head] for q in parts}) == 1:
+        head += 1
+    while all(len(q) > head + tail + 1 for q in parts) and len({q[-1 - tail] for q in parts}) == 1:
+        tail += 1
+    first = parts[0]
+    pattern = os.sep.join([*first[:head], "*", *first[len(first) - tail:]]) if head or tail else None
+    return [os.sep.join(q[head:len(q) - tail]) for q in parts], pattern
+
+
 def format_table(result):
     """The result of evaluate_checkpoint as a few lines of text: a header and one aligned row per dataset. The
-    replies' settings and columns are left out where no row sampled any (plain-text sets): they would hold nothing."""
-    r, s = result, result["sampling"]
-    sampled = any(row["replies"] is not None for row in r["rows"])
-    trained = f", trained on {r['trained_on']}" + (f" to step {r['step']:,}" if r["step"] is not None else "") \
-        if r["trained_on"] else ""
-    # as train.py's banner says them: the headers of runs compared side by side (adamw and muon, two --lr, two
-    # vocabularies, whose tokenizers' names are hashes) read the same
-    how = r.get("train_args") or {}
-    if how.get("optimizer") and how.get("lr") is not None:
-        trained += f" with {how['optimizer']} lr {how['lr']:.2g}"
+    replies' settings and columns are left out where no row sampled any (plain-text sets): they would hold nothing.
+    A list of results (several checkpoints, compared) is one table, a row per checkpoint and dataset, led by the
+    checkpoint's short_names and the facts that differ between them."""
+    results = [result] if isinstance(result, dict) else result
+    r, s = results[0], results[0]["sampling"]  # (the sampling options are the command's: every result's the same)
+    table = [(i, row) for i, res in enumerate(results) for row in res["rows"]]
+    sampled = any(row["replies"] is not None for _, row in table)
     replies = (f"; replies: at most {s['max_tokens']} new tokens, temp {s['temperature']:g}, "
                f"top_k {s['top_k'] or 'off'}" + (f", top_p {s['top_p']:g}" if s["top_p"] else "")
                + (f", repetition_penalty {s['repetition_penalty']:g}" if s["repetition_penalty"] != 1 else "")
                + f", seed {s['seed']}") if sampled else ""
-    lines = [f"{r['checkpoint']}: {r['model'] or 'model'} {r['variant']} ({r['n_layer']} layers x {r['n_embd']}, "
-             f"{fmt_count(r['params'])} parameters){trained}; tokenizer {r['tokenizer']}"
-             + (f" ({r['vocab_size']:,} ids)" if r.get("vocab_size") else ""),
-             f"{r['split']} split in windows of {r['block_size']} tokens{replies}", ""]
+    lead = []  # (title, cell of each result) for the columns before the dataset's
+    if len(results) == 1:
+        trained = f", trained on {r['trained_on']}" + (f" to step {r['step']:,}" if r["step"] is not None else "") \
+            if r["trained_on"] else ""
+        # as train.py's banner says them: the headers of runs compared side by side (adamw and muon, two --lr, two
+        # vocabularies, whose tokenizers' names are hashes) read the same
+        how = r.get("train_args") or {}
+        if how.get("optimizer") and how.get("lr") is not None:
+            trained += f" with {how['optimizer']} lr {how['lr']:.2g}"
+        lines = [f"{r['checkpoint']}: {r['model'] or 'model'} {r['variant']} ({r['n_layer']} layers x {r['n_embd']}, "
+                 f"{fmt_count(r['params'])} parameters){trained}; tokenizer {r['tokenizer']}"
+                 + (f" ({r['vocab_size']:,} ids)" if r.get("vocab_size") else ""),
+                 f"{r['split']} split in windows of {r['block_size']} tokens{replies}", ""]
+    else:
+        each = [facts(res) for res in results]
+        differ = [k for k in each[0] if len({f[k] for f in each}) > 1]
+        names, pattern = short_names([res["checkpoint"] for res in results])
+        lead = [("checkpoint", names), *((k, [f[k] for f in each]) for k in differ)]
+        same = ", ".join(f"{k} {v}" for k, v in each[0].items() if k not in differ and k != "block" and v != "-")
+        windows = "the block column's tokens" if "block" in differ else f"{r['block_size']} tokens"
+        lines = [f"{len(results)} checkpoints" + (f" {pattern}" if pattern else "") + (f": {same}" if same else ""),
+                 f"{r['split']} split in windows of {windows}{replies}", ""]
 
     def cell(value, fmt):
         return "-" if value is None else format(value, fmt)
 
+    def wide(name):
+        return sum(map(columns, name))
+
     def padded(name, width):
         """name and the spaces that make it width columns wide on a terminal: a CJK name's characters take two
         columns each (padded by its length in characters, the table would be askew)"""
-        return name + " " * (width - sum(map(columns, name)))
+        return name + " " * (width - wide(name))
 
-    width = max(len("dataset"), *(sum(map(columns, row["dataset"])) for row in r["rows"]))
-    lines.append(f"{'dataset':<{width}}  {'windows':>7}  {'loss':>7}  {'ppl':>9}  {'bpb':>6}"
+    widths = [max(wide(title), *map(wide, cells)) for title, cells in lead]
+    width = max(len("dataset"), *(wide(row["dataset"]) for _, row in table))
+    lines.append("".join(padded(title, w) + "  " for (title, _), w in zip(lead, widths))
+                 + f"{'dataset':<{width}}  {'windows':>7}  {'loss':>7}  {'ppl':>9}  {'bpb':>6}"
                  + (f"  {'replies':>7}  {'ended':>6}  {'mean tokens':>11}" if sampled else ""))
-    for row in r["rows"]:
-        lines.append(f"{padded(row['dataset'], width)}  {cell(row['windows'], ',d'):>7}  {cell(row['loss'], '.4f'):>7}  "
-                     f"{cell(row['ppl'], ',.2f'):>9}  {cell(row['bpb'], '.3f'):>6}"
+    for i, row in table:
+        lines.append("".join(padded(cells[i], w) + "  " for (_, cells), w in zip(lead, widths))
+                     + f"{padded(row['dataset'], width)}  {cell(row['windows'], ',d'):>7}  "
+                     f"{cell(row['loss'], '.4f'):>7}  {cell(row['ppl'], ',.2f'):>9}  {cell(row['bpb'], '.3f'):>6}"
                      + (f"  {cell(row['replies'], 'd'):>7}  {cell(row['ended'], '.0%'):>6}  "
                         f"{cell(row['mean_tokens'], '.1f'):>11}" if sampled else ""))
     return "\n".join(lines)
@@ -245,7 +307,7 @@ def names_checkpoint(name):
 
 def parse_args(argv=None):
     p = ArgumentParser("eval.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_checkpoint_argument(p)
+    add_checkpoint_argument(p, CHECKPOINT_HELP + "; several (runs/*/story_best.pt): one table comparing them")
     p.add_argument("--dataset", type=nonempty, nargs="+", help="prepared datasets to evaluate on, a row each (default: the one the "
                                                 "checkpoint was trained on)")
     p.add_argument("--data_dir", type=path_arg, help="where prepared datasets live (default: the checkpoint's, else data)")
@@ -289,15 +351,13 @@ def parse_args(argv=None):
             any(c in name for c in (os.sep, "/")) or name.endswith(".pt")
     while n and another_checkpoint(names[n - 1]):
         n -= 1
-    given = [*([args.checkpoint] if args.checkpoint else []), *names[n:], *more]
-    if len(given) > 1:
-        each = f"{script_command('eval.py')} \"$c\" --json \"${{c%.pt}}_eval.json\""
-        p.error(f"one checkpoint at a time, {len(given)} given ({', '.join(given)}): run eval.py on each, e.g. "
-                f"`for c in {shlex.join(given)}; do {each}; done`")
-    if given and not args.checkpoint:
-        args.checkpoint, args.dataset = given[0], names[:n]
+    args.checkpoints = [*([args.checkpoint] if args.checkpoint else []), *names[n:], *more]  # (several: compared)
+    if args.checkpoints and not args.checkpoint:
+        args.checkpoint = args.checkpoints[0]
+    if names[n:]:
+        args.dataset = names[:n]
         if not args.dataset:
-            p.error(f"--dataset needs a dataset's name before the checkpoint {args.checkpoint}")
+            p.error(f"--dataset needs a dataset's name before the checkpoint {names[n]}")
     if args.prompt_file and args.samples == 0:  # (else the file's row would be left out without a word)
         p.error(f"--samples 0 answers none of --prompt_file {args.prompt_file}'s prompts: give a count, or drop "
                 f"--prompt_file")
@@ -317,15 +377,22 @@ def finite_or_none(x):
 
 def main(argv=None):
     args = parse_args(argv)
-    path = args.checkpoint or default_checkpoint()
+    paths = args.checkpoints or [default_checkpoint()]
     json_path = args.json if args.json != "-" else None  # - is stdout
     if json_path:  # checked before the evaluation, not after (nor over a dataset's files: check_output refuses those)
-        check_output(json_path, "--json", inputs={"--prompt_file": args.prompt_file, "checkpoint": path})
-    result = evaluate_checkpoint(
+        check_output(json_path, "--json", inputs={"--prompt_file": args.prompt_file, "checkpoint": paths})
+    if len(paths) > 1:  # each checked before the first is evaluated: a dataset of another tokenizer fails at once
+        for path in paths:
+            checked_datasets(path, load_checkpoint(path), args.dataset, args.data_dir, args.block_size)
+    # one model at a time (evaluate_checkpoint's, freed as it returns), each as eval.py on it alone: its own dataset
+    # unless --dataset, sampling from --seed
+    results = [evaluate_checkpoint(
         path, datasets=args.dataset, data_dir=args.data_dir, split=args.split,
         block_size=args.block_size, batch_size=args.batch_size, eval_batches=args.eval_batches, samples=args.samples,
         prompt_file=args.prompt_file, max_tokens=args.max_tokens, seed=args.seed, temp=args.temp, top_k=args.top_k,
         top_p=args.top_p, repetition_penalty=args.repetition_penalty, device=args.device, dtype=args.dtype)
+        for path in paths]
+    result = results[0] if len(results) == 1 else results  # several: a list of what each alone writes
     # a loss that is not finite (a model gone to inf) is null: json.dumps writes Infinity, which is not JSON
     text = json.dumps(finite_or_none(result), indent=2)
     if args.json == "-":

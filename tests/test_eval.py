@@ -8,6 +8,7 @@ import math
 import os
 import re
 import shlex
+import shutil
 import stat
 import subprocess
 import sys
@@ -269,16 +270,20 @@ def test_a_checkpoint_after_dataset_is_the_checkpoint(tmp_path, monkeypatch):
     assert eval_py.parse_args([]).checkpoint is None
 
 
-def test_several_checkpoints_are_one_line_naming_a_loop(tmp_path, monkeypatch, capsys):
+def test_several_checkpoints_are_taken_in_order(tmp_path, monkeypatch, capsys):
     """`eval.py runs/*/story_best.pt`, to compare runs, said "unrecognized arguments: runs/b/story_best.pt" (argparse
-    took the first as the checkpoint): it names what to do instead, given first or after --dataset's names."""
-    for argv in (["runs/a/x.pt", "runs/b/x.pt", "--seed", "1"], ["--dataset", "story", "runs/a/x.pt", "runs/b/x.pt"],
-                 ["runs/a/x.pt", "--dataset", "story", "runs/b/x.pt"]):
-        with pytest.raises(SystemExit):
-            eval_py.parse_args(argv)
-        err = capsys.readouterr().err
-        assert "one checkpoint at a time, 2 given (runs/a/x.pt, runs/b/x.pt)" in err, err
-        assert "for c in runs/a/x.pt runs/b/x.pt; do " in err and len(err.strip().splitlines()) == 1, err
+    took the first as the checkpoint): each is taken, given first or after --dataset's names, and --dataset keeps its
+    own names."""
+    for argv, datasets in ((["runs/a/x.pt", "runs/b/x.pt", "--seed", "1"], None),
+                           (["--dataset", "story", "runs/a/x.pt", "runs/b/x.pt"], ["story"]),
+                           (["runs/a/x.pt", "--dataset", "story", "runs/b/x.pt"], ["story"])):
+        args = eval_py.parse_args(argv)
+        assert (args.checkpoints, args.checkpoint, args.dataset) == (["runs/a/x.pt", "runs/b/x.pt"], "runs/a/x.pt",
+                                                                     datasets)
+    assert eval_py.parse_args(["runs/a/x.pt"]).checkpoints == ["runs/a/x.pt"]  # a glob of one: as before
+    with pytest.raises(SystemExit):
+        eval_py.parse_args(["runs/a/x.pt", "--dataset", "runs/b/x.pt"])
+    assert "--dataset needs a dataset's name before the checkpoint runs/b/x.pt" in capsys.readouterr().err
     # a dataset's name that is also a file here stays a dataset's when the checkpoint is given
     (tmp_path / "story").write_text("notes")
     monkeypatch.chdir(tmp_path)
@@ -293,6 +298,66 @@ def test_several_checkpoints_are_one_line_naming_a_loop(tmp_path, monkeypatch, c
     with pytest.raises(SystemExit):  # an unknown option among them is still said as one, with its guess
         eval_py.parse_args(["runs/a/x.pt", "--blok", "3"])
     assert "unrecognized arguments: --blok 3 (did you mean --block_size?)" in capsys.readouterr().err
+
+
+def test_short_names_drop_the_parts_all_share():
+    assert eval_py.short_names(["runs/a/x_best.pt", "runs/b/x_best.pt"]) == (["a", "b"], "runs/*/x_best.pt")
+    assert eval_py.short_names(["m/a.pt", "m/b.pt"]) == (["a.pt", "b.pt"], "m/*")
+    assert eval_py.short_names(["r/a/x.pt", "r/a/s/x.pt"]) == (["x.pt", "s/x.pt"], "r/a/*")  # one part kept, at least
+    assert eval_py.short_names(["a.pt", "/abs/b.pt"]) == (["a.pt", "/abs/b.pt"], None)
+
+
+@pytest.fixture(scope="module")
+def runs(env, chat_ckpt, tmp_path_factory):
+    """chat_ckpt as runs/a/x_best.pt, and as runs/b/x_best.pt a model of another vocabulary (the other set's 300 ids),
+    optimizer and lr, trained 2 steps."""
+    out = tmp_path_factory.mktemp("runs")
+    other = train.train(args_for(env, out, "--dataset", "other", "--max_steps", "2", "--eval_interval", "0",
+                                 "--optimizer", "adamw", "--lr", "0.01"))["checkpoint"]
+    for name, path in (("a", chat_ckpt), ("b", other)):
+        (out / "runs" / name).mkdir(parents=True)
+        shutil.copy(path, out / "runs" / name / "x_best.pt")
+    return [str(out / "runs" / name / "x_best.pt") for name in "ab"]
+
+
+def test_several_checkpoints_are_one_table_of_their_own_runs(env, runs, tmp_path, capsys):
+    """`eval.py runs/*/x_best.pt` is one table, a row per checkpoint (each on its own dataset) whose numbers are those
+    of eval.py on it alone, led by its shortest distinguishing path and the facts that differ; --json: a list of what
+    each alone writes. A glob of one is eval.py on it alone: a dict, and the table of today."""
+    few = ["--data_dir", env["data"], "--samples", "2", "--max_tokens", "4", *CPU]
+    alone = []
+    for path in runs:
+        code, out, err = cli([path, *few, "--json", "-"], capsys)
+        assert code == 0, err
+        alone.append(json.loads(out))
+    assert [r["rows"][0]["dataset"] for r in alone] == ["chat", "other"] and alone[0]["rows"][0]["replies"] == 2
+    code, out, err = cli([*runs, *few, "--json", str(tmp_path / "all.json")], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "all.json").read_text()) == alone
+    lines = out.splitlines()
+    pattern = os.path.join(os.path.dirname(os.path.dirname(runs[0])), "*", "x_best.pt")
+    assert lines[0] == f"2 checkpoints {pattern}: model tiny modern 2x64" and "seed 1337" in lines[1], out
+    head = lines[3].split()
+    assert head[:8] == ["checkpoint", "params", "trained", "on", "step", "optimizer", "lr", "tokenizer"], out
+    assert "vocab" in head and "dataset" in head and "mean" in head
+    for name, r, line in zip("ab", alone, lines[4:]):
+        row = r["rows"][0]
+        want = [name, train.fmt_count(r["params"]), r["trained_on"], str(r["step"]), r["train_args"]["optimizer"],
+                f"{r['train_args']['lr']:.2g}", r["tokenizer"], str(r["vocab_size"]), row["dataset"],
+                str(row["windows"]), f"{row['loss']:.4f}", f"{row['ppl']:,.2f}", f"{row['bpb']:.3f}"]
+        assert line.split()[:len(want)] == want, out
+    assert len(lines) == 6
+    code, out, err = cli([runs[0], *few], capsys)
+    assert code == 0 and out.startswith(f"{runs[0]}: ") and out.splitlines()[3].startswith("dataset "), out
+
+
+def test_several_checkpoints_one_of_another_tokenizer_fail_before_any_is_evaluated(env, runs, capsys, monkeypatch):
+    """--dataset story for both: the second's vocabulary is not story's. One line naming it, before the first is
+    evaluated (not after its minutes of work)."""
+    monkeypatch.setattr(eval_py, "evaluate", lambda *a, **k: pytest.fail("evaluated"))
+    code, out, err = cli([*runs, "--dataset", "story", "--data_dir", env["data"], *CPU], capsys)
+    assert code != 0 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"error: {runs[1]} uses tokenizer "), err
 
 
 def test_json_names_the_training_options_and_precision(env, chat_ckpt, capsys):
