@@ -264,8 +264,10 @@ def format_table(result):
     else:
         each = [facts(res) for res in results]
         differ = [k for k in each[0] if len({f[k] for f in each}) > 1]
+        # each on its own dataset: the dataset column says what each was trained on
+        own = all(row["dataset"] == res["trained_on"] for res in results for row in res["rows"] if row["windows"])
         names, pattern = short_names([res["checkpoint"] for res in results])
-        lead = [("checkpoint", names), *((k, [f[k] for f in each]) for k in differ)]
+        lead = [("checkpoint", names), *((k, [f[k] for f in each]) for k in differ if not (own and k == "trained on"))]
         same = ", ".join(f"{k} {v}" for k, v in each[0].items() if k not in differ and k != "block" and v != "-")
         windows = "the block column's tokens" if "block" in differ else f"{r['block_size']} tokens"
         lines = [f"{len(results)} checkpoints" + (f" {pattern}" if pattern else "") + (f": {same}" if same else ""),
@@ -386,12 +388,16 @@ def main(argv=None):
             checked_datasets(path, load_checkpoint(path), args.dataset, args.data_dir, args.block_size)
     # one model at a time (evaluate_checkpoint's, freed as it returns), each as eval.py on it alone: its own dataset
     # unless --dataset, sampling from --seed
-    results = [evaluate_checkpoint(
-        path, datasets=args.dataset, data_dir=args.data_dir, split=args.split,
-        block_size=args.block_size, batch_size=args.batch_size, eval_batches=args.eval_batches, samples=args.samples,
-        prompt_file=args.prompt_file, max_tokens=args.max_tokens, seed=args.seed, temp=args.temp, top_k=args.top_k,
-        top_p=args.top_p, repetition_penalty=args.repetition_penalty, device=args.device, dtype=args.dtype)
-        for path in paths]
+    results = []
+    for i, path in enumerate(paths, 1):
+        if len(paths) > 1:  # whose progress and warnings follow (stderr: stdout is the table)
+            print(f"{path} ({i} of {len(paths)})", file=sys.stderr)
+        results.append(evaluate_checkpoint(
+            path, datasets=args.dataset, data_dir=args.data_dir, split=args.split,
+            block_size=args.block_size, batch_size=args.batch_size, eval_batches=args.eval_batches,
+            samples=args.samples, prompt_file=args.prompt_file, max_tokens=args.max_tokens, seed=args.seed,
+            temp=args.temp, top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
+            device=args.device, dtype=args.dtype))
     result = results[0] if len(results) == 1 else results  # several: a list of what each alone writes
     # a loss that is not finite (a model gone to inf) is null: json.dumps writes Infinity, which is not JSON
     text = json.dumps(finite_or_none(result), indent=2)

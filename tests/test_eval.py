@@ -338,15 +338,17 @@ def test_several_checkpoints_are_one_table_of_their_own_runs(env, runs, tmp_path
     pattern = os.path.join(os.path.dirname(os.path.dirname(runs[0])), "*", "x_best.pt")
     assert lines[0] == f"2 checkpoints {pattern}: model tiny modern 2x64" and "seed 1337" in lines[1], out
     head = lines[3].split()
-    assert head[:8] == ["checkpoint", "params", "trained", "on", "step", "optimizer", "lr", "tokenizer"], out
-    assert "vocab" in head and "dataset" in head and "mean" in head
+    assert head[:8] == ["checkpoint", "params", "step", "optimizer", "lr", "tokenizer", "vocab", "dataset"], out
     for name, r, line in zip("ab", alone, lines[4:]):
         row = r["rows"][0]
-        want = [name, train.fmt_count(r["params"]), r["trained_on"], str(r["step"]), r["train_args"]["optimizer"],
+        want = [name, train.fmt_count(r["params"]), str(r["step"]), r["train_args"]["optimizer"],
                 f"{r['train_args']['lr']:.2g}", r["tokenizer"], str(r["vocab_size"]), row["dataset"],
                 str(row["windows"]), f"{row['loss']:.4f}", f"{row['ppl']:,.2f}", f"{row['bpb']:.3f}"]
         assert line.split()[:len(want)] == want, out
-    assert len(lines) == 6
+    assert len(lines) == 6 and f"{runs[0]} (1 of 2)\n" in err  # whose progress and warnings follow
+    # each on its own dataset, the dataset column says what each was trained on; on another, a column says it
+    elsewhere = [{**r, "rows": [{**r["rows"][0], "dataset": "x"}]} for r in alone]
+    assert "trained on" not in lines[3] and "trained on" in eval_py.format_table(elsewhere).splitlines()[3]
     code, out, err = cli([runs[0], *few], capsys)
     assert code == 0 and out.startswith(f"{runs[0]}: ") and out.splitlines()[3].startswith("dataset "), out
 
