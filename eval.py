@@ -49,8 +49,8 @@ import numpy as np
 from checkpoint import (CHECKPOINT_HELP, add_checkpoint_argument, checkpoint_config, load_checkpoint, load_model,
                         parse_checkpoint)
 from common import (ArgumentParser, UserError, add_device_arguments, at_least, atomic_write_text, check_output,
-                    fmt_count, is_dataset_folder, nonempty, path_arg, pick_device, progress_bar, retain_freed_memory,
-                    run_main, seeded_generator)
+                    expand_pattern, fmt_count, is_dataset_folder, nonempty, path_arg, pick_device, progress_bar,
+                    retain_freed_memory, run_main, seeded_generator)
 from gen import (CHAT_STOPS, add_sampling_arguments, chat_reply, columns, default_checkpoint, inference_dtype,
                  read_prompt_file, warn_if_trained_on_text)
 from prepare import document_ends
@@ -337,6 +337,10 @@ def parse_args(argv=None):
     more = [a for a in extra if not a.startswith("-") and names_checkpoint(a)]
     if len(more) < len(extra):
         p.error(f"unrecognized arguments: {' '.join(extra)}")
+    # `a.pt --checkpoint b.pt`: two, compared (parse_checkpoint refuses two, for the scripts that take one)
+    if args.checkpoint and args.checkpoint_option:
+        more.insert(0, args.checkpoint_option)
+        args.checkpoint_option = None
     args = parse_checkpoint(p, args)
     # `eval.py --dataset story models/x.pt`: --dataset takes several names, so it took the checkpoint too (all of them,
     # of `--dataset story runs/*/x_best.pt`)
@@ -379,7 +383,8 @@ def finite_or_none(x):
 
 def main(argv=None):
     args = parse_args(argv)
-    paths = args.checkpoints or [default_checkpoint()]
+    # a pattern the shell left (quoted; Windows' shells leave * to the program) is expanded here, as the shell would
+    paths = [p for given in args.checkpoints or [default_checkpoint()] for p in expand_pattern(given, "checkpoint")]
     json_path = args.json if args.json != "-" else None  # - is stdout
     if json_path:  # checked before the evaluation, not after (nor over a dataset's files: check_output refuses those)
         check_output(json_path, "--json", inputs={"--prompt_file": args.prompt_file, "checkpoint": paths})

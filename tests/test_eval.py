@@ -276,7 +276,8 @@ def test_several_checkpoints_are_taken_in_order(tmp_path, monkeypatch, capsys):
     own names."""
     for argv, datasets in ((["runs/a/x.pt", "runs/b/x.pt", "--seed", "1"], None),
                            (["--dataset", "story", "runs/a/x.pt", "runs/b/x.pt"], ["story"]),
-                           (["runs/a/x.pt", "--dataset", "story", "runs/b/x.pt"], ["story"])):
+                           (["runs/a/x.pt", "--dataset", "story", "runs/b/x.pt"], ["story"]),
+                           (["runs/a/x.pt", "--checkpoint", "runs/b/x.pt"], None)):
         args = eval_py.parse_args(argv)
         assert (args.checkpoints, args.checkpoint, args.dataset) == (["runs/a/x.pt", "runs/b/x.pt"], "runs/a/x.pt",
                                                                      datasets)
@@ -351,6 +352,11 @@ def test_several_checkpoints_are_one_table_of_their_own_runs(env, runs, tmp_path
     assert "trained on" not in lines[3] and "trained on" in eval_py.format_table(elsewhere).splitlines()[3]
     code, out, err = cli([runs[0], *few], capsys)
     assert code == 0 and out.startswith(f"{runs[0]}: ") and out.splitlines()[3].startswith("dataset "), out
+    # a pattern the shell left (quoted, or on Windows) is expanded: of one checkpoint, that one alone
+    code, out, err = cli([runs[0].replace("/a/", "/[a]/"), *few, "--json", "-"], capsys)
+    assert code == 0 and json.loads(out) == alone[0], err
+    code, out, err = cli([pattern, *few, "--json", "-"], capsys)
+    assert code == 0 and json.loads(out) == alone, err
 
 
 def test_several_checkpoints_one_of_another_tokenizer_fail_before_any_is_evaluated(env, runs, capsys, monkeypatch):
