@@ -1317,6 +1317,8 @@ def test_the_checkpoint_is_taken_as_train_py_spells_it_too(script, capsys):
     assert parse_args(["--checkpoint", "models/x.pt"]).checkpoint == "models/x.pt"
     assert parse_args(["models/x.pt"]).checkpoint == "models/x.pt"
     assert parse_args([]).checkpoint is None  # the newest in models/, found later
+    if script == "eval":  # (eval.py compares several: test_eval's test_several_checkpoints_are_taken_in_order)
+        return
     with pytest.raises(SystemExit):
         parse_args(["models/x.pt", "--checkpoint", "models/y.pt"])
     assert "two checkpoints, models/x.pt and --checkpoint models/y.pt: give one" in capsys.readouterr().err
