@@ -576,6 +576,8 @@ def encoding_fix(data, path):
     # (in this order: GBK's two-byte characters can hold a sign between letters, as cp1250 and latin2 text does)
     if letters := letters_encoding(data):
         return letters_fix(path, letters)
+    if encoding := two_byte_encoding(data):
+        return two_byte_fix(path, encoding)
     if east_asian(data):
         return gb18030_fix(path)
     if letters := central_european(data):
@@ -685,14 +687,62 @@ def mostly_utf8(data):
 def east_asian(data):
     """Whether data (not_utf8's: the MiB of a file from its first byte that is not UTF-8) decodes as GB18030 (to its
     last line break, where the MiB cuts a character), nine in ten of its bytes beyond ASCII next to another."""
-    if len(data) == 1 << 20:
-        data = data[:data.rfind(b"\n") + 1]
+    data = whole_lines(data)
     try:
         data.decode("gb18030")
     except UnicodeDecodeError:
         return False
     runs = [len(run) for run in re.findall(rb"[\x80-\xff]+", data)]
     return sum(n for n in runs if n > 1) >= 0.9 * sum(runs) > 0
+
+
+# Traditional Chinese Windows' "ANSI" text (Taiwan's, Hong Kong's), Big5 as Microsoft extends it, cp950, and Japanese
+# Windows', Shift-JIS as Microsoft extends it, cp932: their characters are two bytes, the second as often an ASCII
+# letter or sign (0x40-0x7E: 你 is Big5's A7 41, カ Shift-JIS's 83 4A) as a byte from 0x80 up. So many of their bytes
+# beyond ASCII stand alone, as Western accented letters do, which east_asian does not take for GB18030: between ASCII
+# letters they read as latin2's signs (by³), and Shift-JIS's first bytes, 0x81-0x9F, as cp1252's quotes. Big5 text was
+# told `iconv -f iso-8859-2` and Japanese text `iconv -f cp1252`, which garble every character. Each is told by where
+# its common characters' first bytes lie, where Western letters' bytes (0xC0-0xFF) and cp1252's quotes (before ASCII
+# letters, as ’s) do not: Big5's punctuation and 5,401 common characters at 0xA1-0xC6; Shift-JIS's punctuation, kana
+# and common kanji at 0x81-0x9F, hiragana's second bytes from 0x9F up. GBK's common characters' second bytes are all
+# from 0xA1 up, and its traditional ones are no cp950.
+# each encoding: (a character's two bytes, its common first bytes, whether the second may be high)
+TWO_BYTE_ENCODINGS = {
+    "cp950": (rb"[\x81-\xfe][\x40-\x7e\xa1-\xfe]", range(0xA1, 0xC7), False),
+    "cp932": (rb"[\x81-\x9f\xe0-\xfc][\x40-\x7e\x80-\xfc]", range(0x81, 0xA0), True)}
+
+
+def two_byte_encoding(data):
+    """"cp950" or "cp932" where data (not_utf8's: the MiB of a file from its first byte that is not UTF-8) decodes so
+    (to its last line break, where the MiB cuts a character), a tenth of its characters' second bytes ASCII (a third
+    from 0x80 up, for cp932), nine in ten of their first bytes (half, for cp932) its common ones; else None."""
+    data = whole_lines(data)
+    for encoding, (pattern, common_first, high_second) in TWO_BYTE_ENCODINGS.items():
+        try:
+            data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+        chars = re.findall(pattern, data)
+        if (sum(c[1] < 0x80 for c in chars) >= 0.1 * len(chars) > 0
+                and sum(c[0] in common_first for c in chars) >= (0.5 if high_second else 0.9) * len(chars)
+                and (not high_second or sum(c[1] >= 0x80 for c in chars) >= len(chars) / 3)):
+            return encoding
+    return None
+
+
+TWO_BYTE_NAMES = {"cp950": "Big5, Traditional Chinese Windows' encoding (Hong Kong's Big5-HKSCS: -f big5-hkscs)",
+                  "cp932": "Shift-JIS, Japanese Windows' encoding"}
+
+
+def two_byte_fix(path, encoding):
+    name, _, other = TWO_BYTE_NAMES[encoding].partition(" (")
+    return (f"it looks like {name}: convert it, e.g. {fix_command(f'iconv -f {encoding} -t utf-8', path)} "
+            f"({other[:-1] + '; ' if other else ''}check that the copy reads right)")
+
+
+def whole_lines(data):
+    """data, the MiB not_utf8 reads, to its last line break where it is that MiB (which may cut a character)."""
+    return data[:data.rfind(b"\n") + 1] if len(data) == 1 << 20 else data
 
 
 def gb18030_fix(path):

@@ -1002,6 +1002,10 @@ def test_each_encodings_guess_leaves_the_others_text_alone():
     assert told("Müller für größere Füße.\n", "latin1") == "latin1"
     assert told("Ele é alto e vai à praia.\n", "latin1") == "latin1"
     assert told("Preis: 5 €\n", "cp1252") == "cp1252"  # its euro sign, 0x80, the one byte that says cp1252
+    # Big5's and Shift-JIS's second bytes may be ASCII letters, as a Western letter's neighbours are: each keeps its own
+    assert told("It’s Tom’s “book” — don’t… ‘a’\n", "cp1252") == "cp1252"
+    assert told("Ela não é a ação. Ações, tão bom.\n", "latin1") == "latin1"
+    assert told("你好，我們學習中文。\n", "cp950") == "cp950" and told("コンピューターで書きます。\n", "cp932") == "cp932"
     # not_utf8 reads the MiB from the first byte that is not UTF-8: where it cuts a character, still GB18030
     mib = ("你好世界。\n" * 100_000).encode("gbk")[:1 << 20]
     assert mib[-1] >= 0x80 and common.encoding_fix(mib, "").startswith("it looks like GBK/GB18030")
