@@ -780,14 +780,16 @@ def run_chat(session):
         message = line.strip()
         if not message:
             continue
-        if message == "/exit":
+        # a command as typed with a Chinese or Japanese input method on, in full width (／ｒｅｓｅｔ): NFKC makes it ASCII
+        command = unicodedata.normalize("NFKC", message)
+        if command == "/exit":
             break
-        if message == "/reset":
+        if command == "/reset":
             history = history[:1] if args.system else []
             if tty_in:
                 print("(history cleared)", file=sys.stderr)
             continue
-        if re.fullmatch(r"/(\w+|\?)", message):  # /help, /quit, ollama's /bye: meant for gen.py, not the model
+        if re.fullmatch(r"/(\w+|\?)", command):  # /help, /quit, ollama's /bye: meant for gen.py, not the model
             print(f"({message} is not a command: {CHAT_HELP})", file=sys.stderr)
             continue
         history.append({"role": "user", "content": message})

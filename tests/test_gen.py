@@ -1174,6 +1174,17 @@ def test_chat_reset_keeps_the_system_message(la_ckpt, enc, capsys, monkeypatch):
     assert [int(n) for n in re.findall(r"prompt (\d+) tokens", err)] == [first, second]
 
 
+def test_chat_commands_typed_in_full_width_are_commands(la_ckpt, enc, capsys, monkeypatch):
+    """A Chinese or Japanese input method left on types ／ｒｅｓｅｔ for /reset: it went to the model as a message, and
+    ／ｅｘｉｔ did not quit. They are the commands, and ／ｈｅｌｐ is told them."""
+    monkeypatch.setattr(sys, "stdin", io.StringIO("hello\n／ｒｅｓｅｔ\nhi\n／ｈｅｌｐ\n／ｅｘｉｔ\nnever read\n"))
+    code, out, err = cli([la_ckpt, "--chat", "--verbose", "--seed", "1", "--max_tokens", "4"] + CPU, capsys)
+    assert code == 0 and out.count("[end: ") == 2 and f"(／ｈｅｌｐ is not a command: {gen.CHAT_HELP})" in err, err
+    lengths = [len(render_chat(enc, [{"role": "user", "content": m}], add_generation_prompt=True)[0])
+               for m in ("hello", "hi")]
+    assert [int(n) for n in re.findall(r"prompt (\d+) tokens", err)] == lengths, err
+
+
 def test_chat_commands_are_told_and_a_mistyped_one_is_not_a_message(la_ckpt, enc, capsys, monkeypatch):
     # /help, /quit, /bye went to the model as messages, each with a reply; they are told the commands instead. A message
     # that merely starts with a slash is a message, and one with spaces around it (a pasted block's last newline) is
