@@ -250,6 +250,24 @@ def chatml_text(text, where, way_out, file="IN.jsonl"):
                      f"as in: sed -e 's/{IM_START}//g' -e 's/{IM_END}//g' {shlex.quote(file)} > {shlex.quote(plain)}")
 
 
+def preference_pair(record, where, file="IN.jsonl"):
+    """The UserError for a record of chosen and rejected replies, DPO's data (minimind's dpo.jsonl, TRL's preference
+    sets): it was told "no messages, conversations, ... field", the fields it does not have, with no way on. A
+    command writes the chosen replies as conversations, for fine-tuning on them, where the record's shape has one:
+    lists of turns (minimind's, TRL's conversational form), or TRL's prompt and chosen text. file: as chatml_text's."""
+    chosen = re.sub(r"(\.[^./]*)?$", r".chosen\g<0>", file, count=1)
+    if isinstance(record["chosen"], list) and isinstance(record.get("prompt", []), list):
+        jq = "{messages: ((.prompt // []) + .chosen)}"
+    elif isinstance(record["chosen"], str) and isinstance(record.get("prompt"), str):
+        jq = "{prompt, completion: .chosen}"
+    else:
+        jq = None
+    way = (f": to fine-tune on the chosen replies, write them as conversations, e.g. jq -c {shlex.quote(jq)} "
+           f"{shlex.quote(file)} > {shlex.quote(chosen)}") if jq else ""
+    return UserError(f"{where}: a preference pair (chosen/rejected, for DPO or a reward model), which prepare.py does "
+                     f"not read: train.py trains on replies, not on a choice between two{way}")
+
+
 def refuse_records(path, text):
     """A UserError when text, the start of the .txt file path, is a JSON record on its first line (an object of a
     field record_doc reads, or a conversation's bare list of turns): a chat log saved as .txt was read as one
@@ -762,6 +780,8 @@ def record_doc(record, where, dataset=None):
             if not isinstance(text, str):
                 raise UserError(f"{where}: `text` must be text, got {json_kind(text)}")  # (as other fields say)
             return plain_text(text, where)
+        elif "chosen" in has and "rejected" in has:
+            raise preference_pair(record, where)
         else:
             # records wrapped in an object, {"data": [...]} as many exports write: it named only the fields it lacks,
             # which the user's records have

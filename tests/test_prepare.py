@@ -908,9 +908,33 @@ def test_bad_records_are_named_together_or_left_out(tmp_path, capsys):
     # gigabytes) for a count of nothing but bad records
     other = write(tmp_path / "other.jsonl", '{"prompt": "a", "chosen": "b", "rejected": "c"}\n' * (prepare.ALL_BAD + 5)
                   + "{oops\n")
-    with pytest.raises(UserError, match=rf"^{re.escape(other)} line 1: no messages, .* field; the first "
+    with pytest.raises(UserError, match=rf"^{re.escape(other)} line 1: a preference pair .*; the first "
                                         rf"{prepare.ALL_BAD:,} records of {re.escape(other)} are all bad \(not read on\)$"):
         prepare.prepare("text", source=other, out_dir=out, name="other")
+
+
+@pytest.mark.skipif(not shutil.which("jq"), reason="no jq to run the suggested command")
+def test_preference_pairs_are_named_with_a_command_that_keeps_the_chosen_replies(tmp_path):
+    """minimind's dpo.jsonl and TRL's preference sets (chosen/rejected) were told "no messages, conversations, ...
+    field", the fields they do not have, with no way on. They are named, and the command given writes the chosen
+    replies as conversations that prepare.py reads."""
+    turns = {"chosen": [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好！很高兴见到你。"}],
+             "rejected": [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "不知道"}]}
+    texts = {"prompt": "你好", "chosen": "你好！很高兴见到你。", "rejected": "不知道"}
+    for record in (turns, texts):
+        src = write(tmp_path / "dpo.jsonl", json.dumps(record, ensure_ascii=False) + "\n")
+        with pytest.raises(UserError) as e:
+            prepare.prepare("chat", source=src, out_dir=str(tmp_path / "data"), name="dpo")
+        said = re.fullmatch(r".* line 1: a preference pair \(chosen/rejected, for DPO or a reward model\), which "
+                            r"prepare.py does not read: .*, e\.g\. (jq -c .*) IN\.jsonl > IN\.chosen\.jsonl",
+                            str(e.value))
+        assert said, str(e.value)
+        subprocess.run(f"{said[1]} < {src} > {tmp_path / 'chosen.jsonl'}", shell=True, check=True, timeout=60)
+        assert prepare.record_doc(json.loads((tmp_path / "chosen.jsonl").read_text()), "x") == \
+            [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好！很高兴见到你。"}]
+    # Anthropic's HH-RLHF: each reply a transcript of its own, no command writes it as turns
+    with pytest.raises(UserError, match=r"a preference pair .* a choice between two$"):
+        prepare.record_doc({"chosen": "\n\nHuman: hi\n\nAssistant: hello", "rejected": "\n\nHuman: hi"}, "x")
 
 
 def test_bad_records_of_the_other_files_are_named_too(tmp_path):
