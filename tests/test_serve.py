@@ -2597,6 +2597,33 @@ def browser(tmp_path_factory):
 
 
 @needs_chromium
+def test_the_enter_that_picks_an_input_methods_word_sends_nothing(enc, browser):
+    """Typing Chinese or Japanese, Enter picks the input method's word. Safari ends the composition before that Enter's
+    keydown, which so has isComposing false and keyCode 229 (WebKit bug 165004): the page sent the message half typed.
+    That keydown sends nothing; an Enter of its own still sends."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    api = start(la_model(enc), enc, name="la")
+    try:
+        browser.get(api.url + "/")
+        WebDriverWait(browser, 60).until(lambda b: "la" in b.find_element(By.ID, "model").text)
+        browser.find_element(By.ID, "input").send_keys("你好")
+        press = """
+            const e = new KeyboardEvent('keydown', {key: 'Enter', bubbles: true, cancelable: true});
+            Object.defineProperty(e, 'keyCode', {get: () => arguments[0]});
+            document.getElementById('input').dispatchEvent(e);"""
+        browser.execute_script(press, 229)  # (the submit it would make clears the box at once)
+        assert browser.find_element(By.ID, "input").get_attribute("value") == "你好"
+        assert browser.find_elements(By.CSS_SELECTOR, ".msg") == []
+        browser.execute_script(press, 13)
+        assert browser.find_element(By.ID, "input").get_attribute("value") == ""
+        WebDriverWait(browser, 60).until(lambda b: b.find_elements(By.CSS_SELECTOR, ".msg.user"))
+    finally:
+        api.close()
+
+
+@needs_chromium
 def test_chat_page_streams_a_reply_in_chromium(enc, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
