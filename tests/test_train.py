@@ -4822,6 +4822,39 @@ def test_a_val_loss_gone_to_nan_stops_the_run_and_leaves_the_metrics_json(env, t
     assert all(json.loads(line)["val_loss"] is not None for line in lines)
 
 
+def test_a_loss_curve_titled_in_a_script_the_font_lacks_warns_nothing(tmp_path, monkeypatch):
+    """A dataset named in Chinese (中文笔记) titles its curve so: matplotlib's font has no such glyphs, and it warned of
+    each in two lines on stderr at every evaluation, through the progress bar. The curve is drawn without a word.
+    matplotlib is replaced by a stand-in whose savefig warns as matplotlib's does."""
+    import types
+    import warnings
+
+    class Figure:
+        def __init__(self, **k):
+            pass
+
+        def subplots(self):
+            return types.SimpleNamespace(**{m: lambda *a, **k: None for m in (
+                "plot", "set_xlabel", "set_ylabel", "set_title", "grid", "legend")})
+
+        def savefig(self, path, **k):
+            for ch in "中文":
+                warnings.warn(f"Glyph {ord(ch)} (\\N{{CJK UNIFIED IDEOGRAPH-{ord(ch):X}}}) missing from font(s) "
+                              f"DejaVu Sans.", UserWarning)
+            with open(path, "wb") as f:
+                f.write(b"png")
+    figure = types.ModuleType("matplotlib.figure")
+    figure.Figure = Figure
+    monkeypatch.setitem(sys.modules, "matplotlib", types.ModuleType("matplotlib"))
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", figure)
+    metrics = train.Metrics(str(tmp_path / "中文_metrics.jsonl"), str(tmp_path / "中文_loss.png"))
+    metrics.log({"step": 1, "tokens": 10, "train_loss": 3.0, "val_loss": 3.1})
+    with warnings.catch_warnings(record=True) as shown:  # (what a run would show on stderr)
+        warnings.simplefilter("always")
+        metrics.plot("中文: tiny modern 4x128")
+    assert (tmp_path / "中文_loss.png").exists() and not [str(w.message) for w in shown]
+
+
 def test_the_loss_curve_is_drawn_at_the_end_of_the_run(env, tmp_path, monkeypatch):
     """The curve was drawn at evaluations only: one stopped by --max_steps (or a budget's --eval_interval 0 run) left
     its last records out, or no curve at all, and with --overwrite the earlier run's curve stayed, named as this one's.
