@@ -579,7 +579,7 @@ def encoding_fix(data, path):
     if encoding := two_byte_encoding(data):
         return two_byte_fix(path, encoding)
     if east_asian(data):
-        return gb18030_fix(path)
+        return two_byte_fix(path, "euc-jp") if euc_jp(data) else gb18030_fix(path)
     if letters := central_european(data):
         return letters_fix(path, letters)
     return cp1252_fix(path) if holds_c1_bytes(data) else None
@@ -731,7 +731,7 @@ def two_byte_encoding(data):
 
 
 TWO_BYTE_NAMES = {"cp950": "Big5, Traditional Chinese Windows' encoding (Hong Kong's Big5-HKSCS: -f big5-hkscs)",
-                  "cp932": "Shift-JIS, Japanese Windows' encoding"}
+                  "cp932": "Shift-JIS, Japanese Windows' encoding", "euc-jp": "EUC-JP, Japanese Unix encoding"}
 
 
 def two_byte_fix(path, encoding):
@@ -743,6 +743,20 @@ def two_byte_fix(path, encoding):
 def whole_lines(data):
     """data, the MiB not_utf8 reads, to its last line break where it is that MiB (which may cut a character)."""
     return data[:data.rfind(b"\n") + 1] if len(data) == 1 << 20 else data
+
+
+# Japanese Unix text, EUC-JP: two bytes from 0xA1 up a character, as GBK's, so it passes east_asian, and GBK's kana sit
+# where EUC-JP's do (rows 0xA4 and 0xA5, both from JIS X 0208): its hiragana and katakana, a third to a half of
+# Japanese text, read right, and its kanji as other Chinese characters. Chinese text writes kana hardly ever.
+def euc_jp(data):
+    """Whether data (which east_asian took for GB18030) decodes as EUC-JP, a fifth of its characters kana."""
+    data = whole_lines(data)
+    try:
+        data.decode("euc-jp")
+    except UnicodeDecodeError:
+        return False
+    chars = re.findall(rb"[\x81-\xfe][\x40-\xfe]", data)
+    return sum(c[0] in (0xA4, 0xA5) for c in chars) >= 0.2 * len(chars) > 0
 
 
 def gb18030_fix(path):
