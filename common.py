@@ -579,7 +579,8 @@ def encoding_fix(data, path):
     if encoding := two_byte_encoding(data):
         return two_byte_fix(path, encoding)
     if east_asian(data):
-        return two_byte_fix(path, "euc-jp") if euc_jp(data) else gb18030_fix(path)
+        encoding = "euc-jp" if euc_jp(data) else "cp949" if korean(data) else None
+        return two_byte_fix(path, encoding) if encoding else gb18030_fix(path)
     if letters := central_european(data):
         return letters_fix(path, letters)
     return cp1252_fix(path) if holds_c1_bytes(data) else None
@@ -731,7 +732,8 @@ def two_byte_encoding(data):
 
 
 TWO_BYTE_NAMES = {"cp950": "Big5, Traditional Chinese Windows' encoding (Hong Kong's Big5-HKSCS: -f big5-hkscs)",
-                  "cp932": "Shift-JIS, Japanese Windows' encoding", "euc-jp": "EUC-JP, Japanese Unix encoding"}
+                  "cp932": "Shift-JIS, Japanese Windows' encoding", "euc-jp": "EUC-JP, Japanese Unix encoding",
+                  "cp949": "EUC-KR, Korean Windows' encoding"}
 
 
 def two_byte_fix(path, encoding):
@@ -757,6 +759,23 @@ def euc_jp(data):
         return False
     chars = re.findall(rb"[\x81-\xfe][\x40-\xfe]", data)
     return sum(c[0] in (0xA4, 0xA5) for c in chars) >= 0.2 * len(chars) > 0
+
+
+# Korean Windows' text, cp949 (EUC-KR and the syllables it lacks): two bytes from 0x81 up a character, most of them
+# from 0xA1 up, as GBK's, so it passes east_asian, its Hangul read as Chinese characters. Korean writes spaces between
+# its words, of a few syllables each (rows 0xB0-0xC8); Chinese writes none between characters, whose rows run on to
+# 0xF7. (A line of a word or two, with no space, is still told GBK: that advice names EUC-KR too.)
+def korean(data):
+    """Whether data (which east_asian took for GB18030) decodes as cp949, nine in ten of its characters Hangul
+    syllables' rows, a space between two of them for every ten."""
+    data = whole_lines(data)
+    try:
+        data.decode("cp949")
+    except UnicodeDecodeError:
+        return False
+    chars = re.findall(rb"[\x81-\xfe][\x41-\xfe]", data)
+    return (sum(0xB0 <= c[0] <= 0xC8 for c in chars) >= 0.9 * len(chars) > 0
+            and len(re.findall(rb"[\x80-\xff] (?=[\x80-\xff])", data)) >= 0.1 * len(chars))
 
 
 def gb18030_fix(path):

@@ -1007,6 +1007,7 @@ def test_each_encodings_guess_leaves_the_others_text_alone():
     assert told("Ela não é a ação. Ações, tão bom.\n", "latin1") == "latin1"
     assert told("你好，我們學習中文。\n", "cp950") == "cp950" and told("コンピューターで書きます。\n", "cp932") == "cp932"
     assert told("私は学生です。\n", "euc-jp") == "euc-jp" and told("他说：“こんにちは”是日语。\n", "gbk") == "gb18030"
+    assert told("저는 학생입니다. 오늘은 좋습니다.\n", "cp949") == "cp949" and told("你好 世界 今天\n", "gbk") == "gb18030"
     # not_utf8 reads the MiB from the first byte that is not UTF-8: where it cuts a character, still GB18030
     mib = ("你好世界。\n" * 100_000).encode("gbk")[:1 << 20]
     assert mib[-1] >= 0x80 and common.encoding_fix(mib, "").startswith("it looks like GBK/GB18030")

@@ -529,13 +529,14 @@ def test_chinese_windows_text_is_told_to_convert_from_gbk(tmp_path, name):
 @pytest.mark.parametrize("line,encoding,named", [
     ("第{}天：你好，我們今天去學校學習中文。媽媽說：「好好吃飯。」", "cp950", "Big5, Traditional Chinese"),
     ("{}日目：コンピューターでカタカナを書きます。東京は大きい都市です。", "cp932", "Shift-JIS, Japanese"),
-    ("{}日目：今日は良い天気ですね。私は学生です。", "euc-jp", "EUC-JP, Japanese")])
-def test_traditional_chinese_and_japanese_text_is_told_its_encoding(tmp_path, line, encoding, named):
+    ("{}日目：今日は良い天気ですね。私は学生です。", "euc-jp", "EUC-JP, Japanese"),
+    ("{}일: 오늘은 날씨가 좋습니다. 저는 학생입니다.", "cp949", "EUC-KR, Korean")])
+def test_traditional_chinese_japanese_and_korean_text_is_told_its_encoding(tmp_path, line, encoding, named):
     """Taiwan's Windows text (Big5) was told `iconv -f iso-8859-2` and Japanese Windows' (Shift-JIS) `iconv -f cp1252`:
     half their characters' second bytes are ASCII letters (你 is A7 41, カ 83 4A), which GBK's test does not take, and
     pasted, the command turned every character into Western letters, which prepare.py then took. Japanese Unix text
-    (EUC-JP) was told GBK, whose iconv reads its kana right and its kanji as other characters. Each is named, and the
-    command given converts it: prepared, the text reads as written."""
+    (EUC-JP) and Korean Windows' (EUC-KR) were told GBK, whose iconv reads kana right and kanji and Hangul as other
+    characters. Each is named, and the command given converts it: prepared, the text reads as written."""
     text = EOT.join(line.format(i) for i in range(100))
     src = tmp_path / "notes.txt"
     src.write_bytes(text.encode(encoding))
