@@ -1454,3 +1454,38 @@ def test_lines_typed_at_a_terminal_can_be_edited_and_recalled():
     finally:
         proc.kill()
         os.close(master)
+
+
+def test_a_conversation_just_over_the_prompts_half_is_not_warned_of_and_one_that_fills_the_context_is_cut(enc, capsys):
+    """max_tokens 32 in a 64-token context: a conversation of 33 tokens still leaves the reply its 32 (room_after), so
+    it is sent whole, not short, without a warning; one of exactly 64 would leave the reply one token, so its start goes
+    as a longer one's does, keeping the last 32 for the reply's 32."""
+    model = tiny_model(enc)  # block_size 64
+
+    def history(n):  # a user message that renders to n tokens with the assistant's opening
+        for w in range(80):
+            h = [{"role": "user", "content": "tell " + "word " * w}]
+            if len(render_chat(enc, h, add_generation_prompt=True)[0]) == n:
+                return h
+        raise AssertionError(n)
+    h = history(33)
+    ids, dropped, short = gen.chat_prompt(model, enc, h, 32)
+    assert (ids, dropped, short) == (render_chat(enc, h, add_generation_prompt=True)[0], 0, False)
+    assert capsys.readouterr().err == ""
+    h = history(64)
+    ids, dropped, short = gen.chat_prompt(model, enc, h, 32)
+    assert (ids, dropped, short) == (render_chat(enc, h, add_generation_prompt=True)[0][-32:], 0, True)
+    assert "keeping its last 32 so 32 can follow" in capsys.readouterr().err
+
+
+def test_a_chat_prompt_told_not_to_warn_says_nothing(enc, capsys):
+    """eval.py builds its chat prompts with warn=False (it counts the short ones itself): no line per prompt, where the
+    newest message is cut, where the system message alone fills the context, or where the reply is left short."""
+    model = tiny_model(enc, block_size=16)  # max_tokens 7: 9 tokens for the prompt
+    user = {"role": "user", "content": "tell me " + "word " * 20}
+    for history in ([user], [{"role": "system", "content": "hi " * 20}, user],
+                    [{"role": "user", "content": "tell me " + "word " * 6}]):  # 12 tokens: the reply gets 5 of 7
+        ids, dropped, short = gen.chat_prompt(model, enc, history, 7, warn=False)
+        assert short and capsys.readouterr().err == "", history
+        assert gen.chat_prompt(model, enc, history, 7)[2] and capsys.readouterr().err.startswith("warning: "), history
+
