@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
@@ -1456,6 +1457,16 @@ def test_lines_typed_at_a_terminal_can_be_edited_and_recalled():
         os.close(master)
 
 
+def test_the_default_max_tokens_is_noted_only_where_the_context_ends_before_it(capsys):
+    """A 256-token context (the tiny preset's) holds the default's 256 new tokens after a one-token prompt: no note.
+    One token less and a completion ends short of the default, which is said."""
+    args = gen.parse_args(["m.pt"])
+    for block_size, noted in ((256, False), (255, True)):
+        model = types.SimpleNamespace(config=types.SimpleNamespace(block_size=block_size))
+        assert gen.max_tokens_for(args, model) == gen.DEFAULT_MAX_TOKENS
+        assert ("short of --max_tokens' default 256" in capsys.readouterr().err) == noted, block_size
+
+
 def test_a_conversation_just_over_the_prompts_half_is_not_warned_of_and_one_that_fills_the_context_is_cut(enc, capsys):
     """max_tokens 32 in a 64-token context: a conversation of 33 tokens still leaves the reply its 32 (room_after), so
     it is sent whole, not short, without a warning; one of exactly 64 would leave the reply one token, so its start goes
@@ -1489,3 +1500,17 @@ def test_a_chat_prompt_told_not_to_warn_says_nothing(enc, capsys):
         assert short and capsys.readouterr().err == "", history
         assert gen.chat_prompt(model, enc, history, 7)[2] and capsys.readouterr().err.startswith("warning: "), history
 
+
+def test_del_and_every_c1_control_show_as_symbols_on_a_terminal(capsys, monkeypatch):
+    """The whole of VISIBLE's ranges: DEL and the C1 controls U+0080 to U+009F (xterm obeys them in UTF-8 too), the
+    last one included."""
+    monkeypatch.setenv("TERM", "dumb")  # (no line breaking: the text as translated)
+    gen.Printer(terminal=True)("a\x7fb\x80c\x9fd")
+    assert capsys.readouterr().out == "a\u2421b<U+0080>c<U+009F>d"
+
+
+def test_an_old_checkpoint_of_a_text_dataset_is_of_no_known_kind():
+    """prepare.py --dataset text makes a dataset of the user's files, stories or conversations: a checkpoint that did
+    not record its data's kind is not taken for plain text by that name (its --chat would be warned of wrongly)."""
+    assert gen.data_kind({"dataset": "text", "data": {"folder": "data/notes"}}) is None
+    assert gen.data_kind({"dataset": "story", "data": {"folder": "data/story"}}) == "text"
