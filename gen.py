@@ -74,7 +74,9 @@ def room_after(model, n):
 def crop_prompt(model, ids, max_tokens, what="prompt", warn=True, slide=False):
     """Keep the end of a prompt too long to leave room for the reply, with one warning line (slide: --nonstop's
     generation, which slides on past the context)."""
-    limit = model.config.block_size - reserve_for(model, max_tokens)
+    # (at least the last token, which generation starts from: a 1-token context reserves its one position, and
+    # ids[-0:] kept the whole prompt, said as "keeping its last 0")
+    limit = max(1, model.config.block_size - reserve_for(model, max_tokens))
     if len(ids) <= limit:
         return ids
     if warn:

@@ -1514,3 +1514,14 @@ def test_an_old_checkpoint_of_a_text_dataset_is_of_no_known_kind():
     not record its data's kind is not taken for plain text by that name (its --chat would be warned of wrongly)."""
     assert gen.data_kind({"dataset": "text", "data": {"folder": "data/notes"}}) is None
     assert gen.data_kind({"dataset": "story", "data": {"folder": "data/story"}}) == "text"
+
+
+def test_a_one_token_context_keeps_the_prompts_last_token(capsys):
+    """A --block_size 1 model (a bigram's context) reserves its one position for the reply: the prompt keeps its last
+    token, which generation starts from, and the warning says so; it kept the whole prompt, warned of as "keeping its
+    last 0, so 2 can follow", where one came."""
+    model = types.SimpleNamespace(config=types.SimpleNamespace(block_size=1))
+    assert gen.crop_prompt(model, [5], 3) == [5] and capsys.readouterr().err == ""
+    assert gen.crop_prompt(model, [1, 2, 3], 3) == [3]
+    assert capsys.readouterr().err == ("warning: prompt is 3 tokens but the context holds 1: keeping its last 1, so 1 "
+                                       "can follow\n")
