@@ -387,10 +387,15 @@ def test_a_checkpoint_naming_its_dataset_by_path_is_evaluated_there(env, chat_ck
     folder it names, not a dataset of that name in ./data, which here does not exist."""
     ckpt = torch.load(chat_ckpt, weights_only=True)
     ckpt["dataset"], ckpt["args"]["data_dir"] = os.path.join(os.path.abspath(env["data"]), "chat"), "gone"
+    del ckpt["data"]["data_dir"]  # (the folder its run saw: recorded since; those checkpoints had no such line)
     torch.save(ckpt, tmp_path / "old.pt")
     monkeypatch.chdir(tmp_path)
     r = eval_py.evaluate_checkpoint(str(tmp_path / "old.pt"), batch_size=4, samples=0, device="cpu", dtype="float32")
     windows = len(train.Windows(train.load_meta(env["data"], "chat"), "val", 64))
+    assert [(row["dataset"], row["windows"]) for row in r["rows"]] == [("chat", windows)]
+    # --dataset chat, the name it was trained on, is the same dataset: there too, not ./data/chat
+    r = eval_py.evaluate_checkpoint(str(tmp_path / "old.pt"), datasets=["chat"], batch_size=4, samples=0, device="cpu",
+                                    dtype="float32")
     assert [(row["dataset"], row["windows"]) for row in r["rows"]] == [("chat", windows)]
 
 
