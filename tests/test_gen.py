@@ -393,6 +393,9 @@ def test_a_prompt_file_printed_on_a_terminal_escapes_every_control_character(ckp
         code, shown[tty], err = cli(argv, capsys)
         assert code == 0 and json.loads(shown[tty])["completion"] == "\x9b2J\x1bc\x7f", (shown[tty], err)
     assert "\x9b" in shown[False] and not re.search("[\x00-\x09\x0b-\x1f\x7f-\x9f]", shown[True]), shown
+    # --output, a file, gets the bytes whatever stdout is
+    code, _, err = cli(argv + ["--output", str(tmp_path / "out.jsonl")], capsys)
+    assert json.loads((tmp_path / "out.jsonl").read_text(encoding="utf-8"))["completion"] == "\x9b2J\x1bc\x7f", err
 
 
 def screen(out, width):
@@ -1465,6 +1468,14 @@ def test_the_default_max_tokens_is_noted_only_where_the_context_ends_before_it(c
         model = types.SimpleNamespace(config=types.SimpleNamespace(block_size=block_size))
         assert gen.max_tokens_for(args, model) == gen.DEFAULT_MAX_TOKENS
         assert ("short of --max_tokens' default 256" in capsys.readouterr().err) == noted, block_size
+    # --nonstop, which slides the context on, is named only where it goes with the run: not with --prompt_file or --chat
+    model = types.SimpleNamespace(config=types.SimpleNamespace(block_size=64))
+    for argv, said in (([], True), (["--prompt_file", "p.txt"], False)):
+        gen.max_tokens_for(gen.parse_args(["m.pt"] + argv), model)
+        assert ("--nonstop" in capsys.readouterr().err) == said, argv
+    for argv, said in (([], True), (["--prompt_file", "p.txt"], False), (["--chat"], False)):
+        gen.max_tokens_for(gen.parse_args(["m.pt", "--max_tokens", "100"] + argv), model)
+        assert ("--nonstop" in capsys.readouterr().err) == said, argv
 
 
 def test_a_conversation_just_over_the_prompts_half_is_not_warned_of_and_one_that_fills_the_context_is_cut(enc, capsys):
@@ -1525,3 +1536,26 @@ def test_a_one_token_context_keeps_the_prompts_last_token(capsys):
     assert gen.crop_prompt(model, [1, 2, 3], 3) == [3]
     assert capsys.readouterr().err == ("warning: prompt is 3 tokens but the context holds 1: keeping its last 1, so 1 "
                                        "can follow\n")
+
+
+def test_a_piped_chat_writes_nothing_to_stderr_for_a_person_at_a_terminal(la_ckpt, enc, capsys, monkeypatch):
+    """A script piping a chat reads stderr for what went wrong: the help line, "(history cleared)" and the line end
+    after the last input are for a person at the prompt. An empty --system is no system message, as none is; --verbose
+    names dropped messages only where some were."""
+    monkeypatch.setattr(sys, "stdin", io.StringIO("hello\n/reset\nhi\n"))
+    code, out, err = cli([la_ckpt, "--chat", "--system", "", "--seed", "1", "--max_tokens", "4"] + CPU, capsys)
+    assert code == 0 and err == "", err
+    monkeypatch.setattr(sys, "stdin", io.StringIO("hello\n/reset\nhi\n"))
+    code, out, err = cli([la_ckpt, "--chat", "--system", "", "--verbose", "--seed", "1", "--max_tokens", "4"] + CPU,
+                         capsys)
+    lens = [len(render_chat(enc, [{"role": "user", "content": m}], add_generation_prompt=True)[0])
+            for m in ("hello", "hi")]
+    assert code == 0 and [int(n) for n in re.findall(r"prompt (\d+) tokens", err)] == lens, err
+    assert "dropped" not in err, err
+
+
+def test_a_terminal_told_its_input_is_not_utf8_is_told_to_set_the_terminal(ckpt, capsys, monkeypatch):
+    """Bytes that are not UTF-8 typed at a terminal come from its setting, not from a file to convert."""
+    type_at_terminal(monkeypatch, ["caf\udce9", EOFError])
+    code, out, err = cli([ckpt, "--interactive", "--max_tokens", "1", "--seed", "0"] + CPU, capsys)
+    assert code == 0 and "read with U+FFFD for its bytes that are not: set the terminal to UTF-8\n" in err, err
