@@ -706,7 +706,8 @@ def east_asian(data):
 # its common characters' first bytes lie, where Western letters' bytes (0xC0-0xFF) and cp1252's quotes (before ASCII
 # letters, as ’s) do not: Big5's punctuation and 5,401 common characters at 0xA1-0xC6; Shift-JIS's punctuation, kana
 # and common kanji at 0x81-0x9F, hiragana's second bytes from 0x9F up. GBK's common characters' second bytes are all
-# from 0xA1 up, and its traditional ones are no cp950.
+# from 0xA1 up, and its traditional ones are no cp950. A Western capital's bytes can be such a character too (SÃO is
+# Big5's C3 4F and O): in Chinese and Japanese most characters stand next to another, a capital between ASCII letters.
 # each encoding: (a character's two bytes, its common first bytes, whether the second may be high)
 TWO_BYTE_ENCODINGS = {
     "cp950": (rb"[\x81-\xfe][\x40-\x7e\xa1-\xfe]", range(0xA1, 0xC7), False),
@@ -716,7 +717,8 @@ TWO_BYTE_ENCODINGS = {
 def two_byte_encoding(data):
     """"cp950" or "cp932" where data (not_utf8's: the MiB of a file from its first byte that is not UTF-8) decodes so
     (to its last line break, where the MiB cuts a character), a tenth of its characters' second bytes ASCII (a third
-    from 0x80 up, for cp932), nine in ten of their first bytes (half, for cp932) its common ones; else None."""
+    from 0x80 up, for cp932), nine in ten of their first bytes (half, for cp932) its common ones, half of them next
+    to another; else None."""
     data = whole_lines(data)
     for encoding, (pattern, common_first, high_second) in TWO_BYTE_ENCODINGS.items():
         try:
@@ -724,7 +726,8 @@ def two_byte_encoding(data):
         except UnicodeDecodeError:
             continue
         chars = re.findall(pattern, data)
-        if (sum(c[1] < 0x80 for c in chars) >= 0.1 * len(chars) > 0
+        paired = sum(len(run) // 2 for run in re.findall(rb"(?:%s){2,}" % pattern, data))
+        if (sum(c[1] < 0x80 for c in chars) >= 0.1 * len(chars) > 0 and paired >= 0.5 * len(chars)
                 and sum(c[0] in common_first for c in chars) >= (0.5 if high_second else 0.9) * len(chars)
                 and (not high_second or sum(c[1] >= 0x80 for c in chars) >= len(chars) / 3)):
             return encoding

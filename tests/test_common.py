@@ -1005,6 +1005,9 @@ def test_each_encodings_guess_leaves_the_others_text_alone():
     # Big5's and Shift-JIS's second bytes may be ASCII letters, as a Western letter's neighbours are: each keeps its own
     assert told("It’s Tom’s “book” — don’t… ‘a’\n", "cp1252") == "cp1252"
     assert told("Ela não é a ação. Ações, tão bom.\n", "latin1") == "latin1"
+    # a capital's bytes before an ASCII letter are a Big5 character (SÃO: C3 4F), each alone: Brazil's lists in capitals
+    assert told("CIDADE;UF\nSÃO PAULO;SP\nSÃO CARLOS;SP\n", "latin1") == "latin1"
+    assert told("ÄRGERLICH ÄNDERN\n", "latin1") == told("ÅSA ÅKESSON\n", "latin1") == "latin1"
     assert told("你好，我們學習中文。\n", "cp950") == "cp950" and told("コンピューターで書きます。\n", "cp932") == "cp932"
     assert told("私は学生です。\n", "euc-jp") == "euc-jp" and told("他说：“こんにちは”是日语。\n", "gbk") == "gb18030"
     assert told("저는 학생입니다. 오늘은 좋습니다.\n", "cp949") == "cp949" and told("你好 世界 今天\n", "gbk") == "gb18030"
