@@ -688,10 +688,7 @@ def mostly_utf8(data):
 def east_asian(data):
     """Whether data (not_utf8's: the MiB of a file from its first byte that is not UTF-8) decodes as GB18030 (to its
     last line break, where the MiB cuts a character), nine in ten of its bytes beyond ASCII next to another."""
-    data = whole_lines(data)
-    try:
-        data.decode("gb18030")
-    except UnicodeDecodeError:
+    if (data := whole_lines(data, "gb18030")) is None:
         return False
     runs = [len(run) for run in re.findall(rb"[\x80-\xff]+", data)]
     return sum(n for n in runs if n > 1) >= 0.9 * sum(runs) > 0
@@ -719,14 +716,11 @@ def two_byte_encoding(data):
     (to its last line break, where the MiB cuts a character), a tenth of its characters' second bytes ASCII (a third
     from 0x80 up, for cp932), nine in ten of their first bytes (half, for cp932) its common ones, half of them next
     to another; else None."""
-    data = whole_lines(data)
     for encoding, (pattern, common_first, high_second) in TWO_BYTE_ENCODINGS.items():
-        try:
-            data.decode(encoding)
-        except UnicodeDecodeError:
+        if (lines := whole_lines(data, encoding)) is None:
             continue
-        chars = re.findall(pattern, data)
-        paired = sum(len(run) // 2 for run in re.findall(rb"(?:%s){2,}" % pattern, data))
+        chars = re.findall(pattern, lines)
+        paired = sum(len(run) // 2 for run in re.findall(rb"(?:%s){2,}" % pattern, lines))
         if (sum(c[1] < 0x80 for c in chars) >= 0.1 * len(chars) > 0 and paired >= 0.5 * len(chars)
                 and sum(c[0] in common_first for c in chars) >= (0.5 if high_second else 0.9) * len(chars)
                 and (not high_second or sum(c[1] >= 0x80 for c in chars) >= len(chars) / 3)):
@@ -745,9 +739,15 @@ def two_byte_fix(path, encoding):
             f"({other[:-1] + '; ' if other else ''}check that the copy reads right)")
 
 
-def whole_lines(data):
-    """data, the MiB not_utf8 reads, to its last line break where it is that MiB (which may cut a character)."""
-    return data[:data.rfind(b"\n") + 1] if len(data) == 1 << 20 else data
+def whole_lines(data, encoding):
+    """data, the MiB not_utf8 reads, to its last line break where it is that MiB (which may cut a character); None
+    where that does not decode as encoding (each guess's first test)."""
+    data = data[:data.rfind(b"\n") + 1] if len(data) == 1 << 20 else data
+    try:
+        data.decode(encoding)
+    except UnicodeDecodeError:
+        return None
+    return data
 
 
 # Japanese Unix text, EUC-JP: two bytes from 0xA1 up a character, as GBK's, so it passes east_asian, and GBK's kana sit
@@ -755,10 +755,7 @@ def whole_lines(data):
 # Japanese text, read right, and its kanji as other Chinese characters. Chinese text writes kana hardly ever.
 def euc_jp(data):
     """Whether data (which east_asian took for GB18030) decodes as EUC-JP, a fifth of its characters kana."""
-    data = whole_lines(data)
-    try:
-        data.decode("euc-jp")
-    except UnicodeDecodeError:
+    if (data := whole_lines(data, "euc-jp")) is None:
         return False
     chars = re.findall(rb"[\x81-\xfe][\x40-\xfe]", data)
     return sum(c[0] in (0xA4, 0xA5) for c in chars) >= 0.2 * len(chars) > 0
@@ -771,10 +768,7 @@ def euc_jp(data):
 def korean(data):
     """Whether data (which east_asian took for GB18030) decodes as cp949, nine in ten of its characters Hangul
     syllables' rows, a space between two of them for every ten."""
-    data = whole_lines(data)
-    try:
-        data.decode("cp949")
-    except UnicodeDecodeError:
+    if (data := whole_lines(data, "cp949")) is None:
         return False
     chars = re.findall(rb"[\x81-\xfe][\x41-\xfe]", data)
     return (sum(0xB0 <= c[0] <= 0xC8 for c in chars) >= 0.9 * len(chars) > 0
