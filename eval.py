@@ -350,7 +350,7 @@ def parse_args(argv=None):
     def another_checkpoint(name):
         # (with the checkpoint given, a dataset's name that is also a file here, `story`, stays a dataset's: by its
         # path. A prepared dataset's folder, `--dataset data/story`, is no checkpoint: load_meta names its --dataset
-        # and --data_dir, where "one checkpoint at a time" sent its user to a loop over it)
+        # and --data_dir, where it was taken for a second checkpoint: "one checkpoint at a time", now one to compare)
         if is_dataset_folder(name):
             return False
         return names_checkpoint(name) if args.checkpoint is None else \
