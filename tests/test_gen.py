@@ -595,21 +595,23 @@ def test_a_chat_prompt_ends_with_the_assistants_opening_whatever_the_system_mess
             assert "its system message alone fills the context: cut too" in err, err
 
 
+def history_of(enc, n):
+    """A user message that renders to n tokens with the assistant's opening."""
+    for w in range(80):
+        h = [{"role": "user", "content": "tell " + "word " * w}]
+        if len(render_chat(enc, h, add_generation_prompt=True)[0]) == n:
+            return h
+    raise AssertionError(n)
+
+
 def test_a_chat_prompt_is_short_exactly_when_the_reply_gets_fewer_than_max_tokens(enc, capsys):
     """chat_prompt's short (eval.py counts the prompts "given fewer tokens" by it) at the boundaries: max_tokens 40 in a
     64-token context keeps 32 for the reply, so a conversation of 25 tokens leaves room for exactly 40 (not short), one
     of 26 for 39 (short), and one of 32 fills the prompt's half exactly: fitted whole, short, with no warning of its own
     (max_tokens_for's, said once, covers such turns)."""
     model = tiny_model(enc)  # block_size 64
-
-    def history(n):  # a user message that renders to n tokens with the assistant's opening
-        for w in range(60):
-            h = [{"role": "user", "content": "tell " + "word " * w}]
-            if len(render_chat(enc, h, add_generation_prompt=True)[0]) == n:
-                return h
-        raise AssertionError(n)
     for n, short in ((25, False), (26, True), (32, True)):
-        h = history(n)
+        h = history_of(enc, n)
         ids, dropped, got = gen.chat_prompt(model, enc, h, 40)
         assert (ids, dropped, got) == (render_chat(enc, h, add_generation_prompt=True)[0], 0, short), n
         assert capsys.readouterr().err == "", n
@@ -1483,18 +1485,11 @@ def test_a_conversation_just_over_the_prompts_half_is_not_warned_of_and_one_that
     it is sent whole, not short, without a warning; one of exactly 64 would leave the reply one token, so its start goes
     as a longer one's does, keeping the last 32 for the reply's 32."""
     model = tiny_model(enc)  # block_size 64
-
-    def history(n):  # a user message that renders to n tokens with the assistant's opening
-        for w in range(80):
-            h = [{"role": "user", "content": "tell " + "word " * w}]
-            if len(render_chat(enc, h, add_generation_prompt=True)[0]) == n:
-                return h
-        raise AssertionError(n)
-    h = history(33)
+    h = history_of(enc, 33)
     ids, dropped, short = gen.chat_prompt(model, enc, h, 32)
     assert (ids, dropped, short) == (render_chat(enc, h, add_generation_prompt=True)[0], 0, False)
     assert capsys.readouterr().err == ""
-    h = history(64)
+    h = history_of(enc, 64)
     ids, dropped, short = gen.chat_prompt(model, enc, h, 32)
     assert (ids, dropped, short) == (render_chat(enc, h, add_generation_prompt=True)[0][-32:], 0, True)
     assert "keeping its last 32 so 32 can follow" in capsys.readouterr().err

@@ -4823,11 +4823,18 @@ def test_a_val_loss_gone_to_nan_stops_the_run_and_leaves_the_metrics_json(env, t
     assert all(json.loads(line)["val_loss"] is not None for line in lines)
 
 
+def fake_matplotlib(monkeypatch, figure_class):
+    """matplotlib replaced by a stand-in whose matplotlib.figure.Figure is figure_class (the venv has none)."""
+    figure = types.ModuleType("matplotlib.figure")
+    figure.Figure = figure_class
+    monkeypatch.setitem(sys.modules, "matplotlib", types.ModuleType("matplotlib"))
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", figure)
+
+
 def test_a_loss_curve_titled_in_a_script_the_font_lacks_warns_nothing(tmp_path, monkeypatch):
     """A dataset named in Chinese (中文笔记) titles its curve so: matplotlib's font has no such glyphs, and it warned of
     each in two lines on stderr at every evaluation, through the progress bar. The curve is drawn without a word.
     matplotlib is replaced by a stand-in whose savefig warns as matplotlib's does."""
-    import types
     import warnings
 
     class Figure:
@@ -4844,10 +4851,7 @@ def test_a_loss_curve_titled_in_a_script_the_font_lacks_warns_nothing(tmp_path, 
                               f"DejaVu Sans.", UserWarning)
             with open(path, "wb") as f:
                 f.write(b"png")
-    figure = types.ModuleType("matplotlib.figure")
-    figure.Figure = Figure
-    monkeypatch.setitem(sys.modules, "matplotlib", types.ModuleType("matplotlib"))
-    monkeypatch.setitem(sys.modules, "matplotlib.figure", figure)
+    fake_matplotlib(monkeypatch, Figure)
     metrics = train.Metrics(str(tmp_path / "中文_metrics.jsonl"), str(tmp_path / "中文_loss.png"))
     metrics.log({"step": 1, "tokens": 10, "train_loss": 3.0, "val_loss": 3.1})
     with warnings.catch_warnings(record=True) as shown:  # (what a run would show on stderr)
@@ -4860,7 +4864,6 @@ def test_the_loss_curve_is_drawn_at_the_end_of_the_run(env, tmp_path, monkeypatc
     """The curve was drawn at evaluations only: one stopped by --max_steps (or a budget's --eval_interval 0 run) left
     its last records out, or no curve at all, and with --overwrite the earlier run's curve stayed, named as this one's.
     matplotlib is replaced by a stand-in that records what is drawn."""
-    import types
     drawn, saved, titles = [], [], []
 
     class Axes:
@@ -4884,10 +4887,7 @@ def test_the_loss_curve_is_drawn_at_the_end_of_the_run(env, tmp_path, monkeypatc
             saved.append(path)
             with open(path, "wb") as f:
                 f.write(b"png")
-    figure = types.ModuleType("matplotlib.figure")
-    figure.Figure = Figure
-    monkeypatch.setitem(sys.modules, "matplotlib", types.ModuleType("matplotlib"))
-    monkeypatch.setitem(sys.modules, "matplotlib.figure", figure)
+    fake_matplotlib(monkeypatch, Figure)
     first = train.train(args_for(env, tmp_path, "--dataset", "mini", "--epochs", "1", "--lr", "3e-3"))
     assert first["plot"] and drawn
     # what curves of runs compared side by side differ in (the optimizer, the lr, the vocabulary): they had one title
