@@ -548,7 +548,7 @@ class Worker(threading.Thread):
                 job.events.put(("done", finish, tokens))
             elif finish == "cancelled" and not job.cancelled.is_set():  # cut short by halt: its client is told why
                 job.events.put(("error", shutting_down()))
-            self.say(f"{job.id}: {len(job.prompt)} prompt + {tokens} tokens, {finish}{failed}, "
+            self.say(f"{job.id}: {len(job.prompt)} prompt + {tokens} token{'s' * (tokens != 1)}, {finish}{failed}, "
                      f"{time.perf_counter() - t0:.2f}s (queued {t0 - job.queued_at:.2f}s)")
         # halted: the requests still waiting are answered that the server stops, not dropped when the process exits
         with self.lock:

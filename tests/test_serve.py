@@ -1469,6 +1469,21 @@ def test_a_stop_that_waits_for_the_reply_being_generated_says_so_at_once(enc):
     idle.close()
 
 
+def test_a_reply_is_a_line_in_the_log_its_tokens_counted(api, enc):
+    """Each reply is a line: its prompt's tokens and the reply's, one token said as one ("+ 1 tokens" was said)."""
+    lines, log = [], api.worker.log
+    api.worker.log = lines.append
+    try:
+        for max_tokens, said in ((1, " + 1 token, "), (2, " + 2 tokens, ")):
+            body = {"prompt": "Once upon a time", "max_tokens": max_tokens, "temperature": 0}
+            status, reply, _ = post(api, "/v1/completions", body)
+            assert status == 200 and reply["usage"]["completion_tokens"] == max_tokens
+            wait_for(lambda: lines, "the reply's line")
+            assert said in lines.pop(), said
+    finally:
+        api.worker.log = log
+
+
 def test_a_refused_request_is_a_line_in_the_log(enc):
     """A request answered with an error (a context too long, a bad field, a path not served) is a line in the log, as
     each reply is: it left nothing there, and the operator no clue why a client got no answer. The path is the
