@@ -358,7 +358,11 @@ def parse_args(argv=None):
     while n and another_checkpoint(names[n - 1]):
         n -= 1
     args.checkpoints = [*([args.checkpoint] if args.checkpoint else []), *names[n:], *more]  # (several: compared)
-    if args.checkpoints and not args.checkpoint:
+    # in the order given: argparse takes one, --dataset's list those after it, and the rest come back unrecognized
+    # (`a.pt b.pt --dataset story c.pt` was a, c, b)
+    args.checkpoints.sort(key=lambda c: next((i for i, a in enumerate(argv) if a == c or a.endswith("=" + c)),
+                                             len(argv)))
+    if args.checkpoints:
         args.checkpoint = args.checkpoints[0]
     if names[n:]:
         args.dataset = names[:n]

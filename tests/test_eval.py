@@ -282,6 +282,11 @@ def test_several_checkpoints_are_taken_in_order(tmp_path, monkeypatch, capsys):
         assert (args.checkpoints, args.checkpoint, args.dataset) == (["runs/a/x.pt", "runs/b/x.pt"], "runs/a/x.pt",
                                                                      datasets)
     assert eval_py.parse_args(["runs/a/x.pt"]).checkpoints == ["runs/a/x.pt"]  # a glob of one: as before
+    # in the order given, on both sides of --dataset's names too (it was a, c, b), or as --checkpoint=
+    for argv in (["runs/a/x.pt", "runs/b/x.pt", "--dataset", "story", "runs/c/x.pt"],
+                 ["runs/a/x.pt", "--checkpoint=runs/b/x.pt", "runs/c/x.pt"]):
+        args = eval_py.parse_args(argv)
+        assert (args.checkpoints, args.checkpoint) == (["runs/a/x.pt", "runs/b/x.pt", "runs/c/x.pt"], "runs/a/x.pt")
     with pytest.raises(SystemExit):
         eval_py.parse_args(["runs/a/x.pt", "--dataset", "runs/b/x.pt"])
     assert "--dataset needs a dataset's name before the checkpoint runs/b/x.pt" in capsys.readouterr().err
