@@ -255,6 +255,9 @@ def read_messages(req, field="messages", types=("text",)):
         if role not in ("system", "user", "assistant"):
             raise ApiError(400, f"{field}[{i}].role must be system, user or assistant, got {shown(role)}",
                            param=f"{field}[{i}].role", code="invalid_value")
+        if "content" not in m and role != "assistant":  # (an assistant's that called a tool may leave it out)
+            raise ApiError(400, f"{field}[{i}].content is required: the message's text", param=f"{field}[{i}].content",
+                           code="missing_required_parameter")
         out.append({"role": role, "content": content_text(m.get("content"), f"{field}[{i}].content", role, types)})
     return out
 
