@@ -460,7 +460,8 @@ BAD = [  # (path, body, status, param, code)
     ("/v1/chat/completions", {"messages": [{"role": None, "content": "x"}]}, 400, "messages[0].role", "invalid_value"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": 5}]}, 400, "messages[0].content", "invalid_type"),
     # a message without its content is missing it, as OpenAI says (it was "must be a string or a list of text parts")
-    ("/v1/chat/completions", {"messages": [{"role": "user"}]}, 400, "messages[0].content", "missing_required_parameter"),
+    ("/v1/chat/completions", {"messages": [{"role": "user"}]}, 400, "messages[0].content",
+     "missing_required_parameter"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": None}]}, 400, "messages[0].content",
      "invalid_type"),
     ("/v1/chat/completions", {"messages": MSG, "temperature": "hot"}, 400, "temperature", "invalid_type"),
