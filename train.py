@@ -1762,6 +1762,13 @@ def fingerprint(x):
     return int(hashlib.sha256(json.dumps(x, sort_keys=True, default=str).encode()).hexdigest()[:12], 16)
 
 
+def ranks_differ(dist, *values):
+    """For each value (a fingerprint), whether the ranks hold different ones: its largest and its smallest over them,
+    taken in one Dist.agree, differ."""
+    most = dist.agree(*values, *(-v for v in values))
+    return [most[i] != -most[i + len(values)] for i in range(len(values))]
+
+
 def check_same_files(dist, meta, ckpt, checkpoint):
     """Under torchrun each rank reads its own copy of the data and of the checkpoint it continues: on several machines
     copies made by hand (README), which may differ (a prepare.py run again on one, an older checkpoint). Different
@@ -1771,9 +1778,9 @@ def check_same_files(dist, meta, ckpt, checkpoint):
         return
     mine = (fingerprint({k: meta.get(k) for k in ("splits", "tokenizer_hash", "vocab_size", "dtype", "has_mask")}),
             fingerprint(None if ckpt is None else [ckpt.get(k) for k in ("run", "step", "tokens")]))
-    most = dist.agree(*mine, *(-v for v in mine))  # the largest of each, and the smallest
-    for i, (what, path) in enumerate((("data", meta["folder"]), ("checkpoint", checkpoint))):
-        if most[i] != -most[i + len(mine)]:
+    places = (("data", meta["folder"]), ("checkpoint", checkpoint))
+    for (what, path), differs in zip(places, ranks_differ(dist, *mine)):
+        if differs:
             raise UserError(f"the ranks read different copies of the {what} ({path}): every machine needs the same; "
                             f"copy it to each again from the first machine, or put it on a shared file system")
 
@@ -1852,8 +1859,7 @@ def check_same_options(dist, args):
         return
     names = sorted(k for k in vars(args) if k not in PER_MACHINE_OPTIONS)
     mine = [fingerprint(getattr(args, k)) for k in names]
-    most = dist.agree(*mine, *(-v for v in mine))  # the largest of each, and the smallest
-    differ = [f"--{k}" for i, k in enumerate(names) if most[i] != -most[i + len(names)]]
+    differ = [f"--{k}" for k, differs in zip(names, ranks_differ(dist, *mine)) if differs]
     if differ:
         raise UserError(f"the machines were given different train.py options ({', '.join(differ)}): give each the same "
                         f"command, but for the paths of its files")
