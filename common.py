@@ -470,6 +470,16 @@ def expand_pattern(path, option):
     return found
 
 
+def file_identity(path):
+    """What tells the file at path apart from others however it is spelled (./a.pt, a.pt, a link to it, a hard link):
+    its (device, inode), or its real path where the filesystem gives no inode (0 for every file) or nothing is there."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return os.path.realpath(path)
+    return (st.st_dev, st.st_ino) if st.st_ino else os.path.realpath(path)
+
+
 # -----------------------------------------------------------------------------
 # reading text: JSON values, and the error for a file that is not UTF-8 text
 

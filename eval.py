@@ -49,8 +49,8 @@ import numpy as np
 from checkpoint import (CHECKPOINT_HELP, add_checkpoint_argument, checkpoint_config, load_checkpoint, load_model,
                         parse_checkpoint)
 from common import (ArgumentParser, UserError, add_device_arguments, at_least, atomic_write_text, check_output,
-                    expand_pattern, fmt_count, is_dataset_folder, nonempty, path_arg, pick_device, progress_bar,
-                    retain_freed_memory, run_main, seeded_generator)
+                    expand_pattern, file_identity, fmt_count, is_dataset_folder, nonempty, path_arg, pick_device,
+                    progress_bar, retain_freed_memory, run_main, seeded_generator)
 from gen import (CHAT_STOPS, add_sampling_arguments, chat_reply, columns, default_checkpoint, inference_dtype,
                  read_prompt_file, warn_if_trained_on_text)
 from prepare import document_ends
@@ -389,6 +389,16 @@ def main(argv=None):
     args = parse_args(argv)
     # a pattern the shell left (quoted; Windows' shells leave * to the program) is expanded here, as the shell would
     paths = [p for given in args.checkpoints or [default_checkpoint()] for p in expand_pattern(given, "checkpoint")]
+    # a checkpoint given twice (`a.pt a.pt`, a glob and a name it matches, ./a.pt and a.pt) is one row, not two
+    kept = {}
+    for path in paths:
+        key = file_identity(path)
+        if key not in kept:
+            kept[key] = path
+        else:  # (said: a table short of the rows counted would look like a lost one)
+            print(f"note: {path} is given twice" + (f" (as {kept[key]})" if path != kept[key] else "")
+                  + ": evaluated once", file=sys.stderr)
+    paths = list(kept.values())
     json_path = args.json if args.json != "-" else None  # - is stdout
     if json_path:  # checked before the evaluation, not after (nor over a dataset's files: check_output refuses those)
         check_output(json_path, "--json", inputs={"--prompt_file": args.prompt_file, "checkpoint": paths})

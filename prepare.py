@@ -1368,8 +1368,7 @@ def find_source(dataset, source=None, extra=True, limit=None, left=None):
             if not os.path.isfile(f):  # a named pipe (mkfifo) ends at its first read: the next one waited for ever
                 raise UserError(f"--source {f}: not a regular file (a named pipe?); prepare.py reads its files more than "
                                 f"once: save it to a file")
-            st = os.stat(f)
-            unique.setdefault((st.st_dev, st.st_ino) if st.st_ino else os.path.realpath(f), os.path.abspath(f))
+            unique.setdefault(common.file_identity(f), os.path.abspath(f))
         files = list(unique.values())
         return {"description": "--source " + ", ".join(files), "files": files,
                 "streams": [("split", f, functools.partial(file_docs, f, dataset, left, folder_of.get(f)))

@@ -364,6 +364,22 @@ def test_several_checkpoints_are_one_table_of_their_own_runs(env, runs, tmp_path
     assert code == 0 and json.loads(out) == alone, err
 
 
+def test_a_checkpoint_given_twice_is_evaluated_once(env, runs, tmp_path, capsys, monkeypatch):
+    """`eval.py a.pt a.pt`, a glob and a name it matches, ./a.pt and a.pt, a link to it: one file, one row, and a note
+    (each was evaluated again, a row of its own)."""
+    few = ["--data_dir", env["data"], "--samples", "0", "--eval_batches", "1", *CPU, "--json", "-"]
+    monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.dirname(runs[0]))))
+    a, b = (os.path.relpath(r) for r in runs)
+    code, out, err = cli([a, a, *few], capsys)
+    assert code == 0 and json.loads(out)["checkpoint"] == a, err  # one: eval.py on it alone
+    assert f"note: {a} is given twice: evaluated once\n" in err
+    os.symlink(runs[0], tmp_path / "link.pt")
+    code, out, err = cli([os.path.join("runs", "*", "x_best.pt"), "./" + b, str(tmp_path / "link.pt"), *few], capsys)
+    assert code == 0 and [r["checkpoint"] for r in json.loads(out)] == [a, b], err
+    assert f"note: ./{b} is given twice (as {b}): evaluated once\n" in err
+    assert f"note: {tmp_path / 'link.pt'} is given twice (as {a}): evaluated once\n" in err
+
+
 def test_several_checkpoints_one_of_another_tokenizer_fail_before_any_is_evaluated(env, runs, capsys, monkeypatch):
     """--dataset story for both: the second's vocabulary is not story's. One line naming it, before the first is
     evaluated (not after its minutes of work)."""
