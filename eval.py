@@ -28,9 +28,9 @@ so the same checkpoint and options give the same numbers.
 Several checkpoints make one table, a row per checkpoint and dataset (each its own dataset unless --dataset), each
 row's numbers those of eval.py on that checkpoint alone (one model loaded at a time). Rows are led by the
 checkpoint's shortest distinguishing path (a, b of runs/*/story_best.pt) and the header's facts that differ between
-the checkpoints (params, optimizer, lr, vocab, step...). Every checkpoint is checked first: a --dataset of another
-tokenizer than one's is an error before any is evaluated. --json writes a list, in the order given, of what eval.py
-writes of each alone; of one checkpoint (a glob that matched one), that object alone, as ever.
+the checkpoints (params, optimizer, lr, vocab, step, tokens trained...). Every checkpoint is checked first: a
+--dataset of another tokenizer than one's is an error before any is evaluated. --json writes a list, in the order
+given, of what eval.py writes of each alone; of one checkpoint (a glob that matched one), that object alone, as ever.
 """
 import common  # first (it is light): Ctrl-C while torch loads then ends in one line, not a traceback from its import
 common.mend_standard_streams(__name__)
@@ -199,8 +199,8 @@ def evaluate_checkpoint(path, datasets=None, data_dir=None, split="val", block_s
     return {
         "checkpoint": path, "model": ckpt_args.get("model"), "variant": config.variant, "n_layer": config.n_layer,
         "n_embd": config.n_embd, "params": model.num_params(non_embedding=False), "trained_on": ckpt.get("dataset"),
-        "step": ckpt.get("step"), "tokenizer": enc.name, "vocab_size": config.vocab_size, "split": split,
-        "block_size": block_size,
+        "step": ckpt.get("step"), "tokens": ckpt.get("tokens"), "tokenizer": enc.name, "vocab_size": config.vocab_size,
+        "split": split, "block_size": block_size,
         # what a reader comparing runs diffs: the options the checkpoint trained with (--lr, --optimizer...), and the
         # device and precision of these numbers (bf16's loss is not fp32's in the last digits)
         "train_args": ckpt_args, "device": str(dev), "dtype": str(amp).removeprefix("torch."),
@@ -216,7 +216,10 @@ def facts(result):
     r, how = result, result.get("train_args") or {}
     return {"model": f"{r['model'] or 'model'} {r['variant']} {r['n_layer']}x{r['n_embd']}",
             "params": fmt_count(r["params"]), "trained on": r["trained_on"] or "-",
-            "step": "-" if r["step"] is None else f"{r['step']:,}", "optimizer": how.get("optimizer") or "-",
+            "step": "-" if r["step"] is None else f"{r['step']:,}",
+            # runs of other batch sizes, or of a --time_budget on other machines, compare by the tokens they saw
+            "tokens trained": "-" if r.get("tokens") is None else fmt_count(r["tokens"]),
+            "optimizer": how.get("optimizer") or "-",
             "lr": "-" if how.get("lr") is None else f"{how['lr']:.2g}", "tokenizer": r["tokenizer"],
             "vocab": f"{r['vocab_size']:,}" if r.get("vocab_size") else "-", "block": str(r["block_size"])}
 

@@ -344,10 +344,14 @@ def test_several_checkpoints_are_one_table_of_their_own_runs(env, runs, tmp_path
     pattern = os.path.join(os.path.dirname(os.path.dirname(runs[0])), "*", "x_best.pt")
     assert lines[0] == f"2 checkpoints {pattern}: model tiny modern 2x64" and "seed 1337" in lines[1], out
     head = lines[3].split()
-    assert head[:8] == ["checkpoint", "params", "step", "optimizer", "lr", "tokenizer", "vocab", "dataset"], out
+    # (the tokens each trained on: a column too, where they differ, as runs of other batch sizes do)
+    assert head[:10] == ["checkpoint", "params", "step", "tokens", "trained", "optimizer", "lr", "tokenizer", "vocab",
+                         "dataset"], out
     for name, r, line in zip("ab", alone, lines[4:]):
         row = r["rows"][0]
-        want = [name, train.fmt_count(r["params"]), str(r["step"]), r["train_args"]["optimizer"],
+        assert r["tokens"] == torch.load(r["checkpoint"], weights_only=True)["tokens"] > 0
+        want = [name, train.fmt_count(r["params"]), str(r["step"]), train.fmt_count(r["tokens"]),
+                r["train_args"]["optimizer"],
                 f"{r['train_args']['lr']:.2g}", r["tokenizer"], str(r["vocab_size"]), row["dataset"],
                 str(row["windows"]), f"{row['loss']:.4f}", f"{row['ppl']:,.2f}", f"{row['bpb']:.3f}"]
         assert line.split()[:len(want)] == want, out
