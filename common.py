@@ -343,6 +343,13 @@ class ArgumentParser(argparse.ArgumentParser):
     whole usage first (train.py's is 20 lines, the error under it), and named no close option for a misspelt one
     (--block-size for --block_size). Under torchrun one process a machine says it (and --help): not one a process."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # a value that starts as a negative number is a value, its unit or sign after it too (as Python 3.13's argparse
+        # reads it): `--time_budget -90s` was "expected one argument" (-90s read as an option), where -90 got the
+        # option's own error. No option here is named as a number (-1), which would make argparse read them as options
+        self._negative_number_matcher = re.compile(r"-\.?\d")
+
     def error(self, message):
         if not speaks_for_machine():
             exit_after_the_first(2)

@@ -387,7 +387,7 @@ def resolve_args(args, ckpt_args, continuing, config, fine_tuning=False):
         raise UserError(f"--min_lr {a.min_lr:g} is above --lr {a.lr:g}: the cosine decay would climb; give a min_lr "
                         f"below lr (default: lr/10)")
     if a.time_budget is not None and a.time_budget <= 0:
-        raise UserError(f"--time_budget must be a positive number of minutes, got {a.time_budget:g}")
+        raise UserError(f"--time_budget must be a positive number of minutes, got {budget_value(a.time_budget)}")
     if a.max_steps is not None and a.max_steps < 1:
         raise UserError(f"--max_steps must be at least 1, got {a.max_steps}")
     if a.time_budget is not None and isinstance(a.warmup, int):

@@ -343,6 +343,18 @@ def test_a_budget_given_in_seconds_is_said_in_seconds():
     assert train.budget_value(0.1 + 0.2) == "0.3"
 
 
+def test_a_negative_duration_is_read_as_one(capsys):
+    """--time_budget -90s was argparse's "expected one argument" (a word starting with - read as an option), where
+    -90 got the budget's own error: each is the option's value, refused as out of range, in the unit given."""
+    config = train.make_config("tiny")
+    for given, said in (("-90s", "-1.5"), ("-40s", "-40s"), ("-2m", "-2"), ("-.5h", "-30")):
+        with pytest.raises(UserError, match=f"^--time_budget must be a positive number of minutes, got {said}$"):
+            train.resolve_args(train.parse_args(["--time_budget", given]), {}, False, config)
+    with pytest.raises(SystemExit):
+        train.parse_args(["--dist_timeout", "-5m"])
+    assert "error: argument --dist_timeout: '-5m': give a positive number of minutes; see " in capsys.readouterr().err
+
+
 def test_a_long_budget_is_said_with_all_its_digits():
     """:g's 6 digits said a continued 10000.25-minute budget as "--time_budget 10000.2" and 1234567 minutes as
     1.23457e+06: a command that named another budget than the one meant."""
