@@ -1482,6 +1482,8 @@ def warn(line):
 
 
 def fmt_time(s):
+    """A duration in seconds as every line of train.py says one, spent, left or a --time_budget: "3s", "1m30s",
+    "1h05m" (a budget said "0.05 min" in the banner and "3s" in the summary, of --time_budget 3s)."""
     # a run under a second, or the last second of one, said "in 0s": as if none were spent or left. Tenths that round
     # to a whole second are said as one, below ("1.0s" read as another format than "1s")
     if 0 < s < 0.95:
@@ -1494,17 +1496,14 @@ def fmt_time(s):
 
 
 def budget_value(minutes):
-    """A --time_budget as the option's value: its minutes ("5", "1.5"), or its seconds where the minutes have no short
-    form ("40s", as --time_budget 40s gave it: "0.666667 min" read as a number gone wrong)."""
-    # (near enough: the sum a continued budget names, 0.1 + 0.2, is no float's 0.3. 12 digits, not :g's 6: a value in
+    """A --time_budget as the option's value: its minutes ("5", "1.5"), or its seconds under a minute and where the
+    minutes have no short form ("3s", "40s", "100s", as --time_budget 40s gave it: "0.666667 min" read as a number gone
+    wrong, and the lines say a budget under a minute in seconds, fmt_time)."""
+    # (near enough: the sum a continued budget names, 1.1 + 2.2, is no float's 3.3. 12 digits, not :g's 6: a value in
     # a command reads back as the budget meant, 10000.25 not 10000.2, 1234567 not 1.23457e+06)
-    return f"{round(minutes, 2):.12g}" if abs(minutes - round(minutes, 2)) < 1e-9 else f"{minutes * 60:.12g}s"
-
-
-def fmt_budget(minutes):
-    """A --time_budget as the lines say it: "5 min", "1.5 min", "40s" (see budget_value)."""
-    value = budget_value(minutes)
-    return value if value.endswith("s") else f"{value} min"
+    if (abs(minutes) >= 1 or minutes == 0) and abs(minutes - round(minutes, 2)) < 1e-9:
+        return f"{round(minutes, 2):.12g}"
+    return f"{minutes * 60:.12g}s"
 
 
 def records_until(path, keep_until):
@@ -2258,8 +2257,8 @@ def banner_lines(run):
              f"({config.vocab_size:,} ids){', loss on masked tokens only' if train_w.masked else ''}",
              f"model  {what}: {args.model} {config.variant}, {config.n_layer} layers x {config.n_embd}, "
              f"{fmt_count(n_all)} params ({fmt_count(n_core)} non-embedding), context {config.block_size}"]
-    run_for = fmt_budget(args.time_budget) + (f" (at most {args.epochs} epochs)"
-                                              if args.epochs < UNLIMITED_EPOCHS else "") \
+    run_for = fmt_time(args.time_budget * 60) + (f" (at most {args.epochs} epochs)"
+                                                 if args.epochs < UNLIMITED_EPOCHS else "") \
         + f", epochs of {spe:,}" if budget else f"{args.epochs} epoch(s) x {spe:,}"
     ranks = f"{world} ranks x " if world > 1 else ""
     lines.append(f"train  {run_for} steps of {ranks}{args.batch_size}x{args.grad_accum}x{args.block_size} "
@@ -2306,7 +2305,7 @@ def schedule_span(time_budget, epochs):
     """What a run's lr schedule spans, as the banner says it: its --time_budget, else its --epochs (None where a
     checkpoint recorded neither)."""
     if time_budget:
-        return fmt_budget(time_budget)
+        return fmt_time(time_budget * 60)
     return f"{epochs} epoch(s)" if epochs else None
 
 
@@ -2343,7 +2342,7 @@ def summary_lines(summary, meta, scale, args, budget, pause_eval):
     lines = [paint(f"{summary['stopped']}: {steps:,} step{'s' * (steps != 1)}, {fmt_count(summary['tokens'])} tokens in "
                    f"{fmt_time(summary['elapsed'])} ({rate}); " +
                    # (a budget's epochs as the log gives them: "0 epoch(s)" after half of one read as nothing trained)
-                   (f"{summary['epoch']:.2f} epochs in the {fmt_budget(args.time_budget)} budget" if budget else
+                   (f"{summary['epoch']:.2f} epochs in the {fmt_time(args.time_budget * 60)} budget" if budget else
                     f"{summary['epochs_done']} of {args.epochs} epoch(s) done"), "bold")]
     best, last_val = summary["best_val_loss"], summary["val_loss"]
     at = summary.get("best_at")  # (where the run went on past it, or overfit: when it was; None: not known)
@@ -2399,14 +2398,14 @@ def refuse_ended_run(args, ckpt, ckpt_args, p, budget):
         used = ckpt_args.get("time_budget")
         # (the minutes given, or inherited, as the more wanted: `--time_budget 1` meant one more minute, and "a larger
         # one" left the sum to work out)
-        raise UserError(f"{args.checkpoint} has used its {fmt_budget(used)} --time_budget: pass a larger one to train "
-                        f"on (it counts those minutes: --time_budget {budget_value(used + args.time_budget)} trains "
-                        f"{fmt_budget(args.time_budget)} more), or --reset_epoch to start a new budget from its "
+        raise UserError(f"{args.checkpoint} has used its {fmt_time(used * 60)} --time_budget: pass a larger one to "
+                        f"train on (it counts that time: --time_budget {budget_value(used + args.time_budget)} trains "
+                        f"{fmt_time(args.time_budget * 60)} more), or --reset_epoch to start a new budget from its "
                         f"weights")
     if budget and p.budget_elapsed >= budget:
         # a budget interrupted (Ctrl-C) and continued with fewer minutes than it had spent, which a continued run
         # counts: it trained one step past them and stopped, as "time budget: 1 steps"
-        raise UserError(f"{args.checkpoint} has trained {p.budget_elapsed / 60:.2f} minutes of its budget already, which "
+        raise UserError(f"{args.checkpoint} has trained {fmt_time(p.budget_elapsed)} of its budget already, which "
                         f"--time_budget {budget_value(args.time_budget)} counts: pass a larger one to train on, or "
                         f"--reset_epoch to start a new budget from its weights")
     # a run --patience stopped (it trained one more evaluation interval each time, wrote over the checkpoint and stopped
@@ -3132,7 +3131,7 @@ class Run:
         if self.run_steps:
             clock.timed_step(step_s)
         elif args.compile:
-            say(paint(f"first step {step_s:.1f} s", "dim"))
+            say(paint(f"first step {fmt_time(step_s)}", "dim"))
         p.step += 1
         p.windows += step_windows
         p.tokens += step_tokens

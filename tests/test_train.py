@@ -327,7 +327,7 @@ def test_a_continued_run_given_a_longer_schedule_says_where_its_lr_goes_on(env, 
     capsys.readouterr()
     end = train.train(args_for(env, tmp_path / "b", "--checkpoint", budget["checkpoint"], "--time_budget", 0.06,
                                "--max_steps", 1, fresh=False))
-    said = re.search(r"^the lr's cosine now spans 0.06 min \(the checkpoint's run: 0.03 min\), so step \d+ goes on at "
+    said = re.search(r"^the lr's cosine now spans 4s \(the checkpoint's run: 2s\), so step \d+ goes on at "
                      r"lr (\S+)$", capsys.readouterr().out, re.M)
     assert said and float(said[1]) > 3 * ended_at
 
@@ -335,12 +335,14 @@ def test_a_continued_run_given_a_longer_schedule_says_where_its_lr_goes_on(env, 
 def test_a_budget_given_in_seconds_is_said_in_seconds():
     """--time_budget 40s was "0.666667 min" in the banner, the lr line and the summary, and a spent one's error said
     "its 0.666667-minute --time_budget ... --time_budget 1.33333 trains 0.666667 more": the seconds are said back, and
-    the value in a command reads as the minutes meant."""
-    for given, said in (("40s", "40s"), ("100s", "100s"), ("90s", "1.5 min"), ("5", "5 min"), ("0.02", "0.02 min")):
+    the value in a command reads as the minutes meant. The lines say a budget as they say the time spent (fmt_time):
+    3s was "0.05 min" in the banner and "3s" in the summary."""
+    for given, said in (("3s", "3s"), ("40s", "40s"), ("100s", "1m40s"), ("90s", "1m30s"), ("5", "5m00s"),
+                        ("0.02", "1s"), ("1.5h", "1h30m")):
         assert train.schedule_span(train.minutes_value(given), None) == said
     twice = 2 * train.minutes_value("40s")
     assert train.budget_value(twice) == "80s" and train.minutes_value(train.budget_value(twice)) == twice
-    assert train.budget_value(0.1 + 0.2) == "0.3"
+    assert train.budget_value(1.1 + 2.2) == "3.3" and train.budget_value(0.05) == "3s"
 
 
 def test_a_negative_duration_is_read_as_one(capsys):
@@ -832,14 +834,14 @@ def test_a_finished_budget_is_not_continued_by_a_step(env, tmp_path):
     s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--time_budget", "0.02", "--output_checkpoint", out))
     assert s["stopped"] == "time budget"
     go_on = ["--checkpoint", str(tmp_path / "mini.pt"), "--data_dir", env["data"], "--device", "cpu", "--no_color"]
-    with pytest.raises(UserError, match=r"mini.pt has used its 0.02 min --time_budget: pass a larger one to train "
-                                        r"on \(it counts those minutes: --time_budget 0.04 trains 0.02 min more\), or "
+    with pytest.raises(UserError, match=r"mini.pt has used its 1s --time_budget: pass a larger one to train "
+                                        r"on \(it counts that time: --time_budget 2.4s trains 1s more\), or "
                                         r"--reset_epoch to start a new budget from its weights$"):
         train.train(train.parse_args(go_on))
     # a smaller budget given: the message names the one the run used, not the one given (it said "its 0.01-minute"),
     # and the budget that trains the minutes given more (meant as "one more minute", it left the sum to work out)
-    with pytest.raises(UserError, match=r"mini.pt has used its 0.02 min --time_budget: pass a larger one to train "
-                                        r"on \(it counts those minutes: --time_budget 0.03 trains 0.01 min more\)"):
+    with pytest.raises(UserError, match=r"mini.pt has used its 1s --time_budget: pass a larger one to train "
+                                        r"on \(it counts that time: --time_budget 1.8s trains 0.6s more\)"):
         train.train(train.parse_args(go_on + ["--time_budget", "0.01"]))
     assert train.train(train.parse_args(go_on + ["--time_budget", "0.04"]))["stopped"] == "time budget"
     # a new budgeted run here is told to write elsewhere under its own one file's name: DIR/{dataset}_epoch{epoch}.pt,
@@ -855,7 +857,7 @@ def test_a_finished_budget_is_not_continued_by_a_step(env, tmp_path):
     ck["budget_elapsed"] = 180.0
     torch.save(ck, s["checkpoint"])
     go_on = ["--checkpoint", s["checkpoint"], "--data_dir", env["data"], "--device", "cpu", "--no_color"]
-    with pytest.raises(UserError, match=r"mini.pt has trained 3.00 minutes of its budget already, which --time_budget 2 "
+    with pytest.raises(UserError, match=r"mini.pt has trained 3m00s of its budget already, which --time_budget 2 "
                                         r"counts: pass a larger one to train on, or --reset_epoch"):
         train.train(train.parse_args(go_on + ["--time_budget", "2"]))
     assert train.train(train.parse_args(go_on + ["--max_steps", "1"]))["run_steps"] == 1  # its own 5 minutes: on
@@ -3684,7 +3686,7 @@ def test_time_budget_ends_the_run_and_spans_the_schedule(env, tmp_path, monkeypa
     # the summary gives the epochs as the log does, not the whole ones done ("0 epoch(s)" after half of one read as
     # nothing trained)
     assert s["epoch"] == recs[-1]["epoch"] > s["epochs_done"]
-    assert f"; {s['epoch']:.2f} epochs in the 0.1 min budget" in capsys.readouterr().out
+    assert f"; {s['epoch']:.2f} epochs in the 6s budget" in capsys.readouterr().out
 
 
 def test_a_budget_run_that_runs_out_of_epochs_is_saved_and_evaluated(env, tmp_path, monkeypatch):
