@@ -105,7 +105,6 @@ DIST_TIMEOUT_MIN = 10.0
 MAX_LR = 1e5  # a sanity bound (0.05 is about the largest that trains anything here) that keeps Muon's update in float32
 OVERFIT_EVALS = 3  # evaluations past the best, val loss 1% above it, after which a run's summary says it overfits
 FINETUNE_LR_DIVISOR = 3  # fine-tuning starts from trained weights: smaller steps keep what they know
-BETAS = (0.9, 0.95)
 
 # Training options and their defaults. When continuing a checkpoint on the same dataset, an option not given on
 # the command line takes the checkpoint's value instead, so `--checkpoint X` alone resumes the very same run (dtype,
@@ -113,8 +112,8 @@ BETAS = (0.9, 0.95)
 # in memory as it was). None means derived: block_size from the model, lr and batch_size from the preset, min_lr =
 # lr/10 (lr/100 in a time budget), warmup = default_warmup(all steps) (BUDGET_WARMUP of a time budget).
 DEFAULTS = dict(epochs=1, seed=1337, batch_size=None, grad_accum=1, block_size=None, lr=None, min_lr=None,
-                warmup=None, weight_decay=0.1, grad_clip=1.0, eval_interval=10.0, log_interval=10.0,
-                save_interval=10.0, eval_batches=40, patience=0, time_budget=None, optimizer=OPTIMIZERS[0],
+                warmup=None, weight_decay=0.1, grad_clip=1.0, beta1=0.9, beta2=0.95, eval_interval=10.0,
+                log_interval=10.0, save_interval=10.0, eval_batches=40, patience=0, time_budget=None, optimizer=OPTIMIZERS[0],
                 dtype="auto", compile=False, recompute_activations=False)
 # share of a --time_budget spent warming up: on tiny's 2-minute runs 10% beat 2% (batch 16: 1.31 -> 1.10 val bpb;
 # batch 8: 1.065 -> 1.054), whose first steps were too large and stalled the loss for a while
@@ -279,6 +278,11 @@ def parse_args(argv=None):
                         f"continuing its run; a fine-tune's optimizer is new, {d['optimizer']} unless given)")
     g.add_argument("--weight_decay", type=float, help=f"weight decay on matrices (default: {d['weight_decay']})")
     g.add_argument("--grad_clip", type=float, help=f"clip the gradient norm to this, 0 = off (default: {d['grad_clip']})")
+    # nanoGPT's names (its shakespeare_char config sets beta2 0.99): AdamW's alone, as Muon's momentum is its own
+    for k, what in (("beta1", "gradients"), ("beta2", "squared gradients")):
+        g.add_argument(f"--{k}", type=float, help=f"AdamW's {k}, the decay of its average of the {what} (default: "
+                                                  f"{d[k]}); with --optimizer muon, that of AdamW's part (the "
+                                                  f"embedding, gains and biases): Muon's momentum stays 0.95")
     g = p.add_argument_group("evaluation and logging")
     g.add_argument("--eval_interval", type=float, help=f"evaluate every this %% of an epoch (of the time with "
                                                        f"--time_budget, spaced by at least 3 times an evaluation's "
@@ -365,8 +369,8 @@ def resolve_args(args, ckpt_args, continuing, config, fine_tuning=False):
         # a budget ends at a known moment, so its last minutes can anneal close to zero: with --compile, tiny's
         # 10-minute CPU run went from 0.886 to 0.844 val bits per byte (BENCHMARKS.md)
         a.min_lr = a.lr / (100 if a.time_budget is not None else 10)
-    for k in ("lr", "min_lr", "weight_decay", "grad_clip", "eval_interval", "save_interval", "log_interval",
-              "time_budget"):
+    for k in ("lr", "min_lr", "weight_decay", "grad_clip", "beta1", "beta2", "eval_interval", "save_interval",
+              "log_interval", "time_budget"):
         if getattr(a, k) is not None and not math.isfinite(getattr(a, k)):  # nan passes every comparison below
             raise UserError(f"--{k} must be a finite number, got {getattr(a, k)}")
     if not -2**62 < a.seed < 2**62:  # epochs and ranks add to it: torch's generators take 64 bits
@@ -380,6 +384,9 @@ def resolve_args(args, ckpt_args, continuing, config, fine_tuning=False):
     for k in ("min_lr", "weight_decay", "grad_clip", "eval_interval", "save_interval", "patience"):
         if getattr(a, k) < 0:
             raise UserError(f"--{k} must not be negative, got {getattr(a, k)}")
+    for k in ("beta1", "beta2"):  # (AdamW's bias corrections divide by 1 - beta ** step: 0 at a beta of 1)
+        if not 0 <= getattr(a, k) < 1:
+            raise UserError(f"--{k} must be at least 0 and below 1 (0.9 to 0.999 are usual), got {getattr(a, k):g}")
     if a.lr > MAX_LR:  # (1e39 overflowed float32 in Muon's update: a traceback, not the 'loss became nan' line)
         raise UserError(f"--lr {a.lr:g} is far past any learning rate that trains (1e-4 to 0.05 are usual): give one "
                         f"of at most {MAX_LR:g}")
@@ -2504,14 +2511,15 @@ def build_training(run):
         load_weights(run.model, ckpt["model"], args.checkpoint)
     run.model.to(device)
     run.model.recompute_activations = args.recompute_activations
-    run.optimizer = run.model.configure_optimizer(args.weight_decay, args.lr, BETAS, device.type, args.optimizer, dtype)
+    run.optimizer = run.model.configure_optimizer(args.weight_decay, args.lr, (args.beta1, args.beta2), device.type,
+                                                  args.optimizer, dtype)
     # fp16 needs loss scaling against gradient underflow; bf16 and fp32 do not (the scaler is then a no-op)
     run.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     if continuing and ckpt.get("optimizer") and ckpt_args["optimizer"] != args.optimizer:
         warn(f"--optimizer {args.optimizer}: the checkpoint's run used {ckpt_args['optimizer']}, whose state does not "
              f"carry over; {args.optimizer} starts afresh")
     elif continuing and ckpt.get("optimizer"):
-        decay = [g["weight_decay"] for g in run.optimizer.param_groups]  # --weight_decay's, which the state would undo
+        # (the groups' --weight_decay and --beta1/--beta2, which the state loaded would undo: the checkpoint's)
         fresh = [dict(g) for g in run.optimizer.param_groups]
         try:
             run.optimizer.load_state_dict(ckpt["optimizer"])
@@ -2519,8 +2527,8 @@ def build_training(run):
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise UserError(f"{args.checkpoint}: its optimizer state does not fit the model ({first_line(e)}): a "
                             f"damaged checkpoint, or one from another version of the code; use another one") from None
-        for group, wd in zip(run.optimizer.param_groups, decay):
-            group["weight_decay"] = wd
+        for group, was in zip(run.optimizer.param_groups, fresh):
+            group.update({k: was[k] for k in ("weight_decay", "betas") if k in was})  # (Muon's groups have no betas)
         if ckpt.get("scaler") and run.scaler.is_enabled():
             run.scaler.load_state_dict(ckpt["scaler"])
     if continuing and not args.reset_epoch and ckpt.get("rng"):

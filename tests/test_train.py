@@ -703,6 +703,32 @@ def test_a_continued_run_takes_a_new_weight_decay(env, tmp_path):
     assert decays == {0.5, 0.0}  # the matrices' new decay; none on gains, biases (and the embedding)
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_adamws_betas_are_options_kept_by_a_continued_run(env, tmp_path, optimizer):
+    """nanoGPT's --beta1/--beta2 (its shakespeare_char config sets beta2 0.99) were "unrecognized arguments": AdamW's
+    betas, of AdamW's part under Muon, recorded, kept when the run goes on, and replaced by ones given anew (the
+    optimizer state loaded from the checkpoint carries the old ones in its groups)."""
+    def betas(ck):
+        opt = ck["optimizer"]
+        return {tuple(g["betas"]) for g in (opt["adamw"] if optimizer == "muon" else opt)["param_groups"]}
+    first = train.train(args_for(env, tmp_path, "--dataset", "mini", "--max_steps", "1", "--optimizer", optimizer,
+                                 "--beta2", "0.99"))
+    ck = load_checkpoint(first["checkpoint"])
+    assert (ck["args"]["beta1"], ck["args"]["beta2"]) == (0.9, 0.99) and betas(ck) == {(0.9, 0.99)}
+    kept = train.train(args_for(env, tmp_path, "--checkpoint", first["checkpoint"], "--max_steps", "1", fresh=False))
+    assert betas(load_checkpoint(kept["checkpoint"])) == {(0.9, 0.99)}
+    anew = train.train(args_for(env, tmp_path, "--checkpoint", kept["checkpoint"], "--max_steps", "1", "--beta1",
+                                "0.8", fresh=False))
+    ck = load_checkpoint(anew["checkpoint"])
+    assert (ck["args"]["beta1"], ck["args"]["beta2"]) == (0.8, 0.99) and betas(ck) == {(0.8, 0.99)}
+
+
+def test_a_beta_outside_0_to_1_is_refused(env, tmp_path):
+    for k, v in (("beta1", "1"), ("beta2", "-0.1"), ("beta2", "nan")):
+        with pytest.raises(UserError, match=rf"^--{k} must be"):
+            train.train(args_for(env, tmp_path, "--dataset", "mini", f"--{k}", v))
+
+
 def test_another_global_batch_carries_the_warmup_and_the_history_over(env, tmp_path):
     """Continued with twice the batch, a run is placed at half the steps: its warmup (10 steps of 8 windows, 80
     windows) must become 5 steps of 16, or the lr falls back to the warmup's middle, and the metrics of its steps 4-6
