@@ -388,6 +388,15 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}; see {script_command(script, *command, '--help')}\n")
 
     def parse_args(self, args=None, namespace=None):
+        # a switch given a value as a word of its own, as nanoGPT's settings are Python's (--bias False): the value
+        # was read as train.py's checkpoint ("checkpoint False not found"), or was an unrecognized argument; said as
+        # --bias=False is (error)
+        words = sys.argv[1:] if args is None else list(args)
+        for option, word in zip(words, words[1:]):
+            action = self._option_string_actions.get(option)
+            if option.startswith("--") and action is not None and action.nargs == 0 and \
+                    not isinstance(action, argparse._HelpAction) and word.lower() in ("true", "false"):
+                self.error(f"argument {'/'.join(action.option_strings)}: ignored explicit argument '{word}'")
         # an unknown option after a subcommand (setup_tokenizer.py train --vocab-size) is said by that subcommand's
         # parser: its --help lists the options, the script's (argparse's pointer) names no more than the subcommands
         args, unknown = self.parse_known_args(args, namespace)

@@ -278,7 +278,14 @@ def test_a_misspelt_option_after_a_subcommand_points_to_its_help(capsys):
     ("train", ["--no-compile=1"], "--compile is a switch: it takes no value ('1' given); --compile turns it on, "
                                   "--no_compile off"),  # (argparse names the option, not the spelling typed)
     ("gen", ["x.pt", "--no_cache=True"], "--no_cache is a switch: it takes no value ('True' given); give --no_cache "
-                                         "alone, or leave it out")])
+                                         "alone, or leave it out"),
+    # the value as a word of its own was train.py's checkpoint ("checkpoint False not found"), or unrecognized
+    ("train", ["--bias", "False"], "--bias is a switch: it takes no value ('False' given); --bias turns it on, "
+                                   "--no_bias off"),
+    ("train", ["--compile", "true", "--device", "cpu"], "--compile is a switch: it takes no value ('true' given); "
+                                                        "--compile turns it on, --no_compile off"),
+    ("gen", ["x.pt", "--no_cache", "True"], "--no_cache is a switch: it takes no value ('True' given); give "
+                                            "--no_cache alone, or leave it out")])
 def test_a_switch_given_a_value_says_how_to_turn_it_on_and_off(script, given, said, capsys):
     with pytest.raises(SystemExit) as e:
         __import__(script).main(given)
