@@ -119,7 +119,7 @@ DEFAULTS = dict(epochs=1, seed=1337, batch_size=None, grad_accum=1, block_size=N
 # batch 8: 1.065 -> 1.054), whose first steps were too large and stalled the loss for a while
 BUDGET_WARMUP = 0.10
 UNLIMITED_EPOCHS = 10**6  # --time_budget without --epochs: the clock ends the run
-MODEL_SHAPE = ("n_layer", "n_head", "n_embd", "variant")  # fixed by a checkpoint's weights
+MODEL_SHAPE = ("n_layer", "n_head", "n_embd", "variant", "bias")  # fixed by a checkpoint's weights
 INT_OPTIONS = ("batch_size", "block_size")  # of DEFAULTS' None ones: the rest of those are numbers
 
 
@@ -218,6 +218,8 @@ def parse_args(argv=None):
     g.add_argument("--variant", choices=VARIANTS, help="gpt2 (learned positions, LayerNorm, GELU) or "
                                                                   "modern (RoPE, RMSNorm, SwiGLU); default: the "
                                                                   "preset's (modern for tiny, gpt2 for the others)")
+    g.add_argument("--bias", action=Switch, help="biases in the linear layers, and in the gpt2 variant's LayerNorms "
+                                                 "(default: on, as GPT-2's; --no_bias is nanoGPT's bias=False)")
     g.add_argument("--dropout", type=float, help="dropout probability (default: 0, or the checkpoint's)")
     g.add_argument("--block_size", type=int, help="training context in tokens; a new model's maximum context too "
                                                   "(default: the model's maximum, 256 for tiny/small, 1024 for "
@@ -2053,7 +2055,7 @@ def model_config(args, meta, ckpt):
         if ckpt is None:
             return make_config(args.model, vocab_size=int(meta["vocab_size"]), block_size=args.block_size,
                                n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout,
-                               variant=args.variant)
+                               variant=args.variant, bias=args.bias)
         cfg = dict(ckpt["config"])
         asked = {k: v for k, v in PRESETS[args.model].items() if k != "block_size"} if args.model else {}
         asked.update({k: getattr(args, k) for k in MODEL_SHAPE if getattr(args, k) is not None})
@@ -2063,6 +2065,7 @@ def model_config(args, meta, ckpt):
             # ...)"), each option of its own with its value
             preset = ", ".join(f"{k} {v} vs {cfg.get(k)}" for k, v in clash.items() if getattr(args, k) is None)
             said = [f"--model {args.model} ({preset})"] * bool(preset) + [
+                f"--{'no_' * (v is False)}{k} (vs {'on' if cfg.get(k) else 'off'})" if isinstance(v, bool) else
                 f"--{k} {v} (vs {cfg.get(k)})" for k, v in clash.items() if getattr(args, k) is not None]
             raise UserError(f"{args.checkpoint} fixes the model's shape; {', '.join(said)} would change it: "
                             f"leave the model options out when continuing from a checkpoint")
@@ -2263,7 +2266,8 @@ def banner_lines(run):
              f"tokenizer {run.enc.name} "
              f"({config.vocab_size:,} ids){', loss on masked tokens only' if train_w.masked else ''}",
              f"model  {what}: {args.model} {config.variant}, {config.n_layer} layers x {config.n_embd}, "
-             f"{fmt_count(n_all)} params ({fmt_count(n_core)} non-embedding), context {config.block_size}"]
+             f"{fmt_count(n_all)} params ({fmt_count(n_core)} non-embedding), context {config.block_size}"
+             f"{'' if config.bias else ', no biases'}"]
     run_for = fmt_time(args.time_budget * 60) + (f" (at most {args.epochs} epochs)"
                                                  if args.epochs < UNLIMITED_EPOCHS else "") \
         + f", epochs of {spe:,}" if budget else f"{args.epochs} epoch(s) x {spe:,}"

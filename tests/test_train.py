@@ -729,6 +729,24 @@ def test_a_beta_outside_0_to_1_is_refused(env, tmp_path):
             train.train(args_for(env, tmp_path, "--dataset", "mini", f"--{k}", v))
 
 
+@pytest.mark.parametrize("variant", ["gpt2", "modern"])
+def test_a_model_without_biases_is_trained_saved_and_loaded_so(env, tmp_path, capsys, variant):
+    """nanoGPT's --bias False (its train.py's default) was "unrecognized arguments": --no_bias makes a new model
+    without them, its checkpoint's config says so (gen.py, eval.py, serve.py and export.py build the model from it),
+    the banner says so, and the checkpoint's run can't be given them back."""
+    r = train.train(args_for(env, tmp_path, "--dataset", "mini", "--max_steps", "1", "--variant", variant,
+                             "--no_bias"))
+    assert ", no biases" in capsys.readouterr().out
+    ck = load_checkpoint(r["checkpoint"])
+    assert ck["config"]["bias"] is False and not [k for k in ck["model"] if k.endswith(".bias")]
+    model, _, _ = load_model(r["checkpoint"])
+    assert model.config.bias is False and not [n for n, _ in model.named_parameters() if n.endswith(".bias")]
+    with pytest.raises(UserError, match=r"fixes the model's shape; --bias \(vs off\) would change it"):
+        train.train(args_for(env, tmp_path, "--checkpoint", r["checkpoint"], "--bias", fresh=False))
+    train.train(args_for(env, tmp_path / "b", "--dataset", "mini", "--max_steps", "1", "--variant", variant))
+    assert "no biases" not in capsys.readouterr().out  # (on, by default, in either variant)
+
+
 def test_another_global_batch_carries_the_warmup_and_the_history_over(env, tmp_path):
     """Continued with twice the batch, a run is placed at half the steps: its warmup (10 steps of 8 windows, 80
     windows) must become 5 steps of 16, or the lr falls back to the warmup's middle, and the metrics of its steps 4-6
@@ -3395,14 +3413,14 @@ def test_checkpoint_help_says_what_a_continued_run_keeps_and_what_it_may_change(
     with pytest.raises(SystemExit):
         train.parse_args(["--help"])
     text = " ".join(capsys.readouterr().out.split())
-    named = "--model, --n_layer, --n_head, --n_embd, --variant are refused where they differ"
+    named = "--model, --n_layer, --n_head, --n_embd, --variant, --bias are refused where they differ"
     assert named in text
     assert "a training option left out keeps the checkpoint's value, and any may be given anew" in text
     assert "On another --dataset it is a fine-tune, whose training options left out take their defaults" in text
     ckpt = {"config": train.make_config("tiny", vocab_size=300).__dict__}
     for k in named.split(" are ")[0].split(", "):
-        argv = [k, "small" if k == "--model" else "gpt2" if k == "--variant" else "3"]
-        with pytest.raises(UserError, match=f"fixes the model's shape; {argv[0]} {argv[1]}"):
+        argv = ["--no_bias"] if k == "--bias" else [k, {"--model": "small", "--variant": "gpt2"}.get(k, "3")]
+        with pytest.raises(UserError, match=f"fixes the model's shape; {' '.join(argv)}"):
             train.model_config(train.parse_args(["--checkpoint", "x.pt", *argv]), {"vocab_size": 300}, ckpt)
     assert train.model_config(train.parse_args(["--dropout", "0.2"]), {"vocab_size": 300}, ckpt).dropout == 0.2
     config, old = train.make_config("tiny"), {"lr": 1e-3, "min_lr": 1e-4, "epochs": 2, "model": "tiny"}
