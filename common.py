@@ -306,7 +306,7 @@ def first_line(e, width=200):
 # as the first of these the script has (sample.py's --out_dir and --init_from name the model: gen.py's checkpoint), and
 # as nothing in a script that has none (serve.py's "--start: did you mean --port?"), nor for an option with no
 # counterpart ("--num_workers: did you mean --max_tokens?")
-# (--max_iters, --max_new_tokens, --temperature and --warmup_iters are close spellings of ours: not here)
+# (--max_new_tokens, --temperature and --warmup_iters are close spellings of ours: not here)
 OTHER_TOOLS_OPTIONS = {"--learning_rate": ["--lr"], "--gradient_accumulation_steps": ["--grad_accum"],
                        "--eval_iters": ["--eval_batches"], "--out_dir": ["--output_checkpoint", "--checkpoint"],
                        "--init_from": ["--checkpoint"], "--start": ["--prompt"],

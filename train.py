@@ -239,6 +239,12 @@ def parse_args(argv=None):
                                                  "the best file or --patience, so a continued run goes on as one run "
                                                  "would) and saved there (the checkpoint records the position inside "
                                                  "the epoch; the schedule is unchanged)")
+    # nanoGPT's options for its run's length and schedule in steps, which a run of whole epochs here has no room for:
+    # refused with what does it here (nanogpt_schedule), not "unrecognized" ("did you mean --max_steps?", which stops
+    # a run inside its schedule)
+    for k in ("max_iters", "lr_decay_iters"):
+        g.add_argument(f"--{k}", type=int, help=argparse.SUPPRESS)
+    g.add_argument("--decay_lr", nargs="?", const="True", help=argparse.SUPPRESS)
     shape = ", ".join(f"--{k}" for k in ("model", *MODEL_SHAPE))
     add_checkpoint_argument(g, f"continue from this checkpoint, whose model shape and vocabulary stay ({shape} are "
                                f"refused where they differ). On its own dataset (the default, in its --data_dir) its "
@@ -316,7 +322,38 @@ def parse_args(argv=None):
                         f"checkpoint) before it ends with an error (default: {DIST_TIMEOUT_MIN:g}); raise it for a "
                         f"checkpoint save or first --compile step that takes longer")
     g.add_argument("--no_color", "--no-color", dest="no_color", action="store_true", help="no ANSI colors in the output")
-    return parse_checkpoint(p, p.parse_args(argv))
+    args = parse_checkpoint(p, p.parse_args(argv))
+    decay_lr = vars(args).pop("decay_lr")
+    if decay_lr is not None:  # (nanoGPT's False: a constant lr)
+        p.error(f"--decay_lr {decay_lr}: the lr here always warms up, then decays to --min_lr over the run; "
+                + ("for a constant lr give --min_lr equal to --lr, and --warmup 0 (0% with --time_budget)"
+                   if decay_lr.lower() in ("false", "0") else "leave --decay_lr out"))
+    return args
+
+
+def nanogpt_schedule(args, meta, dist):
+    """nanoGPT's --max_iters (its run's length in steps, its lr's cosine spanning them) or --lr_decay_iters (the steps
+    the cosine spans), refused with the --epochs that takes about as many steps: a run here is whole epochs, each window
+    once an epoch, or a --time_budget's minutes, and its schedule spans it. Takes them out of args."""
+    given = {k: vars(args).pop(k) for k in ("max_iters", "lr_decay_iters")}  # (no options of a run: not recorded)
+    k, n = next(((k, n) for k, n in given.items() if n is not None), (None, None))
+    if k is None:
+        return
+    if n < 1:
+        raise UserError(f"--{k} must be at least 1, got {n}")
+    n_windows = len(Windows(meta, "train", args.block_size))
+    per_step = min(args.batch_size, math.ceil(n_windows / dist.world)) * args.grad_accum * dist.world
+    spe = math.ceil(n_windows / per_step)  # (Batches' steps_per_epoch, before the run has them)
+    what = {"max_iters": "a run's length here is whole epochs (--epochs) or minutes (--time_budget), the lr's warmup "
+                         "and cosine decay spanning it",
+            "lr_decay_iters": "the lr's cosine decays to --min_lr here over the whole run, its --epochs (or "
+                              "--time_budget)"}[k]
+    epochs = round(n / spe)
+    fix = f"so --epochs {epochs} is {epochs * spe:,} steps" if epochs else \
+        f"so {n:,} steps are {n / spe:.0%} of one: --max_steps {n} stops a run there, its lr not yet decayed (a " \
+        f"--time_budget decays it in the minutes given)"
+    raise UserError(f"--{k} {n}: {what}; an epoch of {args.dataset} is {spe:,} steps of {per_step:,} windows of "
+                    f"{args.block_size} tokens, {fix}")
 
 
 def inheritable(k, v):
@@ -2742,6 +2779,7 @@ def start_run(args, joined=None):
     options_given = {name for name in ("warmup", "batch_size", "eval_batches") if getattr(args, name) is not None}
     check_recorded_options(args.checkpoint, ckpt_args, continuing)
     args = resolve_args(args, ckpt_args, continuing, config, fine_tuning=ckpt is not None and not continuing)
+    nanogpt_schedule(args, meta, dist)
     check_same_options(dist, args)
     return Run(args=args, ckpt=ckpt, ckpt_args=ckpt_args, continuing=continuing, meta=meta, enc=enc, config=config,
                dist=dist, device=device), options_given

@@ -390,6 +390,37 @@ def test_max_steps_past_the_epochs_says_the_run_ends_at_them(env, tmp_path, caps
     assert "is past the end" not in capsys.readouterr().out
 
 
+def test_nanogpts_run_length_in_steps_is_refused_with_the_epochs_of_as_many(env, tmp_path, capsys):
+    """nanoGPT's --max_iters (its run's length, the lr's cosine spanning it) was "did you mean --max_steps?", which
+    stops a run inside its schedule, and --lr_decay_iters "unrecognized": each is one line naming the --epochs of
+    about as many steps, counted on the dataset and batch given, before anything is written."""
+    n_windows = len(train.Windows(train.load_meta(env["data"], "story"), "train", 64))
+    spe = math.ceil(n_windows / 16)
+    for k in ("max_iters", "lr_decay_iters"):
+        with pytest.raises(UserError) as e:
+            train.train(args_for(env, tmp_path, "--dataset", "story", f"--{k}", 3 * spe + 1))
+        assert str(e.value).startswith(f"--{k} {3 * spe + 1}: ")
+        assert str(e.value).endswith(f"; an epoch of story is {spe:,} steps of 16 windows of 64 tokens, so --epochs 3 "
+                                     f"is {3 * spe:,} steps")
+    with pytest.raises(UserError) as e:  # (a batch of 8 x 2, under an epoch)
+        train.train(args_for(env, tmp_path, "--dataset", "story", "--max_iters", 3, "--batch_size", 8,
+                             "--grad_accum", 2))
+    assert str(e.value).endswith(f"so 3 steps are {3 / spe:.0%} of one: --max_steps 3 stops a run there, its lr not "
+                                 f"yet decayed (a --time_budget decays it in the minutes given)")
+    assert not os.listdir(tmp_path)
+    # nanoGPT's --decay_lr False, a constant lr: the options that make one
+    decays = "the lr here always warms up, then decays to --min_lr over the run"
+    for given, said in ((["--decay_lr", "False"], f"--decay_lr False: {decays}; for a constant lr give --min_lr equal "
+                                                  f"to --lr, and --warmup 0 (0% with --time_budget)"),
+                        (["--decay_lr=True"], f"--decay_lr True: {decays}; leave --decay_lr out")):
+        with pytest.raises(SystemExit):
+            train.parse_args(given)
+        assert f"train.py: error: {said}; see " in capsys.readouterr().err
+    # and a run given none of them records none of them
+    r = train.train(args_for(env, tmp_path, "--dataset", "mini", "--max_steps", 1))
+    assert not {"max_iters", "lr_decay_iters", "decay_lr"} & set(load_checkpoint(r["checkpoint"])["args"])
+
+
 def test_a_chat_run_stopped_at_any_step_resumes_exactly(env, tmp_path, monkeypatch):
     """Exact resume wherever --max_steps stops the run, on a chat set (a loss mask: steps weighted by the targets
     they count): inside an epoch, at its last full step before the short one, on its end (a checkpoint of epoch_windows
