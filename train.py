@@ -2312,7 +2312,10 @@ def banner_lines(run):
     lines.append(f"train  {run_for} steps of {ranks}{args.batch_size}x{args.grad_accum}x{args.block_size} "
                  f"= {tok_step:,} tokens, {args.optimizer} lr {args.lr:.2g} -> {args.min_lr:.2g} (warmup "
                  + (f"{run.budget_warmup:.0%} of the budget" if budget else f"{args.warmup}") + "), "
-                 f"{run.device} {str(run.dtype).replace('torch.', '')}{', compiled' if args.compile else ''}"
+                 # (AdamW's betas where they are not the defaults: nanoGPT's shakespeare_char config sets beta2 0.99)
+                 + (f"betas {args.beta1:g}, {args.beta2:g}, " if (args.beta1, args.beta2) != (DEFAULTS["beta1"],
+                                                                                          DEFAULTS["beta2"]) else "")
+                 + f"{run.device} {str(run.dtype).replace('torch.', '')}{', compiled' if args.compile else ''}"
                  f"{', activations recomputed' if args.recompute_activations else ''}")
     resumed = run.p
     # nanoGPT's --max_iters sets its run's length; here the epochs do, and a --max_steps past their end stopped nothing

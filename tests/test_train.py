@@ -735,7 +735,7 @@ def test_a_continued_run_takes_a_new_weight_decay(env, tmp_path):
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
-def test_adamws_betas_are_options_kept_by_a_continued_run(env, tmp_path, optimizer):
+def test_adamws_betas_are_options_kept_by_a_continued_run(env, tmp_path, capsys, optimizer):
     """nanoGPT's --beta1/--beta2 (its shakespeare_char config sets beta2 0.99) were "unrecognized arguments": AdamW's
     betas, of AdamW's part under Muon, recorded, kept when the run goes on, and replaced by ones given anew (the
     optimizer state loaded from the checkpoint carries the old ones in its groups)."""
@@ -744,6 +744,7 @@ def test_adamws_betas_are_options_kept_by_a_continued_run(env, tmp_path, optimiz
         return {tuple(g["betas"]) for g in (opt["adamw"] if optimizer == "muon" else opt)["param_groups"]}
     first = train.train(args_for(env, tmp_path, "--dataset", "mini", "--max_steps", "1", "--optimizer", optimizer,
                                  "--beta2", "0.99"))
+    assert re.search(r"^train  .* \(warmup \d+\), betas 0.9, 0.99, cpu float32$", capsys.readouterr().out, re.M)
     ck = load_checkpoint(first["checkpoint"])
     assert (ck["args"]["beta1"], ck["args"]["beta2"]) == (0.9, 0.99) and betas(ck) == {(0.9, 0.99)}
     kept = train.train(args_for(env, tmp_path, "--checkpoint", first["checkpoint"], "--max_steps", "1", fresh=False))
@@ -752,6 +753,10 @@ def test_adamws_betas_are_options_kept_by_a_continued_run(env, tmp_path, optimiz
                                 "0.8", fresh=False))
     ck = load_checkpoint(anew["checkpoint"])
     assert (ck["args"]["beta1"], ck["args"]["beta2"]) == (0.8, 0.99) and betas(ck) == {(0.8, 0.99)}
+    capsys.readouterr()
+    default = train.train(args_for(env, tmp_path / "d", "--dataset", "mini", "--max_steps", "1", "--optimizer",
+                                   optimizer))
+    assert betas(load_checkpoint(default["checkpoint"])) == {(0.9, 0.95)} and ", betas" not in capsys.readouterr().out
 
 
 def test_a_beta_outside_0_to_1_is_refused(env, tmp_path):
