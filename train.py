@@ -113,8 +113,8 @@ FINETUNE_LR_DIVISOR = 3  # fine-tuning starts from trained weights: smaller step
 # lr/10 (lr/100 in a time budget), warmup = default_warmup(all steps) (BUDGET_WARMUP of a time budget).
 DEFAULTS = dict(epochs=1, seed=1337, batch_size=None, grad_accum=1, block_size=None, lr=None, min_lr=None,
                 warmup=None, weight_decay=0.1, grad_clip=1.0, beta1=0.9, beta2=0.95, eval_interval=10.0,
-                log_interval=10.0, save_interval=10.0, eval_batches=40, patience=0, time_budget=None, optimizer=OPTIMIZERS[0],
-                dtype="auto", compile=False, recompute_activations=False)
+                log_interval=10.0, save_interval=10.0, eval_batches=40, patience=0, time_budget=None,
+                optimizer=OPTIMIZERS[0], dtype="auto", compile=False, recompute_activations=False)
 # share of a --time_budget spent warming up: on tiny's 2-minute runs 10% beat 2% (batch 16: 1.31 -> 1.10 val bpb;
 # batch 8: 1.065 -> 1.054), whose first steps were too large and stalled the loss for a while
 BUDGET_WARMUP = 0.10
