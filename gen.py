@@ -461,8 +461,13 @@ def line_prompt(path, n, line):
         return line
     try:
         obj = json.loads(line)
-    except json.JSONDecodeError:
-        return line  # text that merely starts with a brace
+    except json.JSONDecodeError as e:
+        # text that merely starts with a brace is a prompt as written; a line that opens as a JSON prompt record is a
+        # broken one (a quote or brace lost in editing): taken as text, its JSON was the prompt, without a word
+        if re.match(r'\s*\{\s*"prompt"\s*:', line):
+            raise UserError(f"{path} line {n}: a JSON line with a \"prompt\" field that is not valid JSON ({e.msg} at "
+                            f"column {e.colno}): mend it") from None
+        return line
     except (ValueError, RecursionError) as e:  # JSON, but past what Python reads: an integer of 4,300 digits
         raise UserError(f"{path} line {n}: JSON that cannot be read ({type(e).__name__}: {first_line(e)})")
     if not isinstance(obj, dict):

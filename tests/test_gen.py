@@ -713,6 +713,11 @@ def test_bad_input_errors(ckpt, tmp_path, capsys, monkeypatch):
     (tmp_path / "big.jsonl").write_text('{"prompt": "Hello", "id": ' + "1" * 5000 + "}\n", encoding="utf-8")
     line = one_error_line(*cli([ckpt, "--prompt_file", str(tmp_path / "big.jsonl")] + CPU, capsys)[::2])
     assert "big.jsonl line 1: JSON that cannot be read (ValueError: " in line
+    # a JSON prompt line broken in editing (its closing brace lost) was generated from as text, its JSON the prompt
+    (tmp_path / "cut.jsonl").write_text('{"prompt": "Hello"}\n{"prompt": "Once", "id": 2\n', encoding="utf-8")
+    line = one_error_line(*cli([ckpt, "--prompt_file", str(tmp_path / "cut.jsonl")] + CPU, capsys)[::2])
+    assert line == (f'error: {tmp_path / "cut.jsonl"} line 2: a JSON line with a "prompt" field that is not valid JSON '
+                    f"(Expecting ',' delimiter at column 27): mend it")
     line = one_error_line(*cli([str(tmp_path / "nope.pt")] + CPU, capsys)[::2])
     assert "nope.pt" in line and "not found" in line
     corrupt = tmp_path / "corrupt.pt"
