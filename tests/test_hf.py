@@ -1121,7 +1121,9 @@ def test_export_dtype_writes_those_weights_and_names_the_model_class(custom_enc,
         out = str(tmp_path / dtype)
         code, stdout, err = run_cli(export.main, [ckpt, out] + (["--dtype", dtype] if dtype != "float32" else []), capsys)
         assert code == 0 and err == "", err
-        assert stdout.startswith(f"wrote {out}: {kind}, 2 layers x 64, ") and f", {dtype}; files " in stdout
+        # the tokenizer's ids, not the embedding's rows padded to a multiple of 64 (which the export leaves behind)
+        assert stdout.startswith(f"wrote {out}: {kind}, 2 layers x 64, {custom_enc.n_vocab} token ids (")
+        assert f", {dtype}; files " in stdout and model.config.padded_vocab_size != custom_enc.n_vocab
         found, sizes[dtype], config = weights(out)
         assert found == {st_dtype} and config["torch_dtype"] == dtype and config["architectures"] == [kind]
     assert 0.45 < sizes["bfloat16"] / sizes["float32"] < 0.55
