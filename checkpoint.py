@@ -166,6 +166,12 @@ def load_checkpoint(path):
         raise UserError(f"{path} is a safetensors file with no Hugging Face model folder around it (no {hf.CONFIG} "
                         f"beside it): not a checkpoint; use a checkpoint written by train.py, or the model's folder")
     if os.path.isdir(path):
+        # a download that left config.json out: its weights there, "train one" named no way out (a folder of
+        # checkpoints, models/, is offered its .pt files below)
+        weights = sorted(n for n in os.listdir(path) if n.endswith(".safetensors") or n == hf.WEIGHTS_BIN)
+        if weights and not find_checkpoints(path):
+            raise UserError(f"{path} holds {weights[0]} but no {hf.CONFIG}, which gives the model's shape: copy "
+                            f"{hf.CONFIG} from the model's download next to it")
         raise UserError(f"{path} is a folder without {hf.CONFIG}: neither a checkpoint file nor a Hugging Face "
                         f"model folder{available_hint(path if find_checkpoints(path) else 'models')}")
     try:

@@ -608,7 +608,9 @@ def merges(change):
 
 
 @pytest.mark.parametrize("change, words", [
-    (lambda f: (f / "config.json").unlink(), "without config.json"),
+    # weights and tokenizer without config.json (a download that left it out): the file to copy, not "train one"
+    (lambda f: (f / "config.json").unlink(), "broken holds model.safetensors but no config.json, which gives the "
+                                             "model's shape: copy config.json from the model's download next to it"),
     (lambda f: (f / "config.json").write_text("{not json"), "not readable JSON"),
     (edit_config(model_type="bert", architectures=["BertForMaskedLM"]), "model_type 'bert'"),
     # architectures as a string (not config.json's list): its name, not "B, e, r, t, ..."
