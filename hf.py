@@ -575,11 +575,21 @@ def config_from_hf(raw, path):
         raise UserError(f"{path} lacks {e.args[0]}: copy config.json again from the model's download")
     except (ValueError, TypeError) as e:
         raise UserError(f"{path}: {e}")
-    names = raw.get("architectures") or []  # a list of class names; one given as a string is one name, not its letters
-    names = [names] if isinstance(names, str) else names if isinstance(names, list) else []
-    names = f" ({', '.join(map(str, names))})" if names else ""
+    names = architectures(raw)
+    names = f" ({', '.join(names)})" if names else ""
     raise UserError(f"{path}: model_type {kind!r}{names} is not supported; "
                     f"this project reads gpt2 (GPT2LMHeadModel) and llama (LlamaForCausalLM, as export.py writes it)")
+
+
+# the classes whose weights are a language model's and no more (GPT-2 on the hub was saved from GPT2Model)
+LM_CLASSES = ("GPT2LMHeadModel", "GPT2Model", "LlamaForCausalLM", "LlamaModel")
+
+
+def architectures(raw):
+    """config.json's architectures as a list of names: one given as a string is one name, not its letters."""
+    names = raw.get("architectures") or []
+    names = [names] if isinstance(names, str) else names if isinstance(names, list) else []
+    return [str(n) for n in names]
 
 
 def folder_context(folder):
@@ -709,6 +719,11 @@ def read_folder(folder):
             del tensors[k]  # buffers older transformers saved (causal mask, RoPE frequencies): derived, not weights
     missing = [k for k in expected if k not in tensors]
     extra = [k for k in tensors if k not in expected]
+    other = [n for n in architectures(raw) if n not in LM_CLASSES]
+    if extra and other:  # a classifier's head (GPT2ForSequenceClassification's score): the download is whole
+        raise UserError(f"{folder}: {CONFIG}'s architectures is {other[0]}, not a language model alone "
+                        f"({', '.join(LM_CLASSES)}): its weights {extra[:2]} have no place in this project's models; "
+                        f"use the model's causal-LM folder")
     if missing or extra:
         raise UserError(f"{folder}: the weights do not match {CONFIG} ({len(expected)} tensors expected): "
                         + (f"missing {missing[:2]}" if missing else "") + (" " if missing and extra else "")

@@ -603,6 +603,12 @@ def special_at(token, i):
     return lambda f: edit_json(f / "tokenizer.json", change)
 
 
+def add_weight(folder, name):
+    st = pytest.importorskip("safetensors.torch")
+    tensors = st.load_file(str(folder / "model.safetensors"))
+    st.save_file({**tensors, name: torch.zeros(2, 64)}, str(folder / "model.safetensors"))
+
+
 def merges(change):
     return lambda f: edit_json(f / "tokenizer.json", lambda t: t["model"].update(merges=change(t["model"]["merges"])))
 
@@ -700,6 +706,11 @@ def merges(change):
     (edit_config(scale_attn_weights=False), "the attention scaling is not 1/sqrt(head_dim)"),
     (edit_config(add_cross_attention=True), "it has cross-attention"),
     (edit_config(n_inner=128), "n_inner 128 is not 4 * n_embd"),
+    # a classifier saved by transformers (GPT2ForSequenceClassification: GPT-2 and a score head): whole, not damaged,
+    # where "copy the folder again from the download" was the way out
+    (lambda f: (edit_config(architectures=["GPT2ForSequenceClassification"])(f), add_weight(f, "score.weight")),
+     "config.json's architectures is GPT2ForSequenceClassification, not a language model alone (GPT2LMHeadModel, "
+     "GPT2Model, LlamaForCausalLM, LlamaModel): its weights ['score.weight'] have no place in this project's models"),
     # weights the config has no place for (a layer more than n_layer): not left behind, a model cut short
     (edit_config(n_layer=1), "unexpected ['transformer.h.1."),
     # a merge listed twice in place of the next one: that token's id never came out of transformers, here it did
@@ -710,7 +721,7 @@ def merges(change):
         "special-missing", "id-gap", "merge-order", "merge-missing", "merges-malformed", "own-block", "own-not-object",
         "config-not-object", "config-refused", "config-text-layers", "config-text-eps", "llama-key-missing", "prefix-space-unknown-class",
         "own-pipeline-class", "layer-norm-eps", "scale-by-layer", "unscaled", "cross-attention", "n-inner",
-        "weights-beyond-config", "merge-twice"])
+        "classifier", "weights-beyond-config", "merge-twice"])
 def test_bad_folders_are_one_line_errors(small_folder, tmp_path, capsys, change, words):
     folder = broken(small_folder, tmp_path, change)
     line = one_error_line(*run_cli(gen.main, [folder, "--prompt", "x", "--max_tokens", "1", *CPU], capsys)[::2])
