@@ -279,23 +279,24 @@ def test_the_command_export_suggests_runs_as_pasted(enc, tmp_path, monkeypatch, 
 @pytest.mark.parametrize("variant", ["gpt2", "modern"])
 def test_an_exported_models_dropout_reads_back_and_what_llama_lacks_is_said(custom_enc, tmp_path, capsys, variant):
     model = our_model(custom_enc.n_vocab, variant)
-    model.config = dataclasses.replace(model.config, dropout=0.1)
+    # (not 0.1: GPT-2's own config's dropout, which a config.json written without the model's would hold too)
+    model.config = dataclasses.replace(model.config, dropout=0.25)
     ckpt, folder = str(tmp_path / "model.pt"), str(tmp_path / "hf")
     save_checkpoint(ckpt, model, custom_enc)
     code, out, err = run_cli(export.main, [ckpt, folder], capsys)
     assert code == 0, err
     warned = [line for line in err.splitlines() if line.startswith("warning:")]
     if variant == "modern":  # Llama's config has attention dropout only: transformers' fine-tuning would drop less
-        assert len(warned) == 1 and "attention dropout only" in warned[0] and "dropout 0.1" in warned[0], err
+        assert len(warned) == 1 and "attention dropout only" in warned[0] and "dropout 0.25" in warned[0], err
     else:  # GPT-2's config has all of it (resid_pdrop, embd_pdrop, attn_pdrop)
         assert not warned, err
     # transformers fine-tunes the folder with that dropout, wherever its config has a field for it
     with open(os.path.join(folder, "config.json")) as f:
         config = json.load(f)
     fields = ("attention_dropout",) if variant == "modern" else ("resid_pdrop", "embd_pdrop", "attn_pdrop")
-    assert [config[k] for k in fields] == [0.1] * len(fields)
+    assert [config[k] for k in fields] == [0.25] * len(fields)
     # train.py --init_from fine-tunes with the checkpoint config's dropout (unless --dropout), as --checkpoint the .pt
-    assert load_model(folder)[2]["config"]["dropout"] == 0.1
+    assert load_model(folder)[2]["config"]["dropout"] == 0.25
 
 
 def test_biases_trained_since_the_export_are_kept(custom_enc, tmp_path):
