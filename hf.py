@@ -837,8 +837,8 @@ def export_folder(model, enc, out_dir, dtype=torch.float32, block_size=None):
                 # the temporary folder, "hf.1234.tmp: a part of the path is a file", not the path the user gave)
                 raise UserError(f"{out_dir} is a file (put there while this export ran): choose a new OUT_DIR or move "
                                 f"the file") from None
-            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                raise
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):  # (said of OUT_DIR, not of the temporary folder)
+                raise OSError(e.errno, e.strerror, out_dir) from None
             raise UserError(f"{out_dir} already exists and is a folder that is not empty (written while this export "
                             f"ran: another export to it?): choose a new OUT_DIR or remove it first") from None
     finally:

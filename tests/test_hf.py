@@ -6,6 +6,7 @@ downloads); the tests that run transformers skip without it.
 """
 import base64
 import dataclasses
+import errno
 import hashlib
 import importlib.util
 import json
@@ -1329,3 +1330,18 @@ def test_a_folder_whose_config_is_another_models_is_a_vocabulary_with_no_context
         enc = setup_tokenizer.get_tokenizer(folder)
         assert enc.encode("the cat") == setup_tokenizer.get_tokenizer(small_folder["folder"]).encode("the cat")
         assert setup_tokenizer.model_context(folder) is None and prepare.default_pack(folder) == prepare.DEFAULT_PACK
+
+
+def test_a_rename_refused_otherwise_is_not_called_another_export(small_folder, tmp_path, capsys, monkeypatch):
+    """Only ENOTEMPTY (EEXIST) at the rename is another export's folder in place: a rename the system refuses for
+    another reason (no permission, taken away while this export ran) is said as that, and nothing of this export stays."""
+    out = tmp_path / "hf"
+
+    def refused(src, dst):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), src, None, dst)
+    monkeypatch.setattr(os, "rename", refused)
+    line = one_error_line(*run_cli(export.main, [small_folder["ckpt"], str(out)], capsys)[::2])
+    # said of the path the user gave, not of the temporary folder ("hf.1234.tmp")
+    assert "another export" not in line and line.startswith(f"error: Permission denied: {out}: ") \
+        and ".tmp" not in line, line
+    assert os.listdir(tmp_path) == []
