@@ -1345,3 +1345,19 @@ def test_a_rename_refused_otherwise_is_not_called_another_export(small_folder, t
     assert "another export" not in line and line.startswith(f"error: Permission denied: {out}: ") \
         and ".tmp" not in line, line
     assert os.listdir(tmp_path) == []
+
+
+def test_an_export_removes_what_a_killed_export_to_the_same_place_left(small_folder, tmp_path, capsys):
+    """An export SIGKILLed mid-write (no finally runs) leaves its hf.PID.tmp folder next to OUT_DIR; the next export to
+    that place removes it (and only it), as atomic saves remove a killed save's file."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no process has now
+    left, other = tmp_path / f"hf.{dead.pid}.tmp", tmp_path / f"other.{dead.pid}.tmp"
+    for folder in (left, other):
+        folder.mkdir()
+        (folder / "config.json").write_text("{}")
+        for path in (folder / "config.json", folder):
+            os.utime(path, (0, 0))
+    code, _, err = run_cli(export.main, [small_folder["ckpt"], str(tmp_path / "hf") + os.sep], capsys)
+    assert code == 0, err
+    assert sorted(os.listdir(tmp_path)) == ["hf", other.name]
