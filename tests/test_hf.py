@@ -175,6 +175,8 @@ def test_export_tokenizer_gives_the_same_ids(exported, enc):
         assert tok.decode(ids) == text
     assert tok.decode(enc.encode(TEXTS[1], allowed_special="all"), skip_special_tokens=True) == \
         "user\nHi there!\nassistant\nHello :)\nnext"
+    # the ChatML tokens are special tokens to transformers too (all_special_ids: what collators and metrics leave out)
+    assert set(tok.all_special_tokens) == {EOT, IM_START, IM_END}
     # the ChatML template renders conversations as render_chat does
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there!"},
                 {"role": "assistant", "content": "Hello. 🙂"}, {"role": "user", "content": "Bye"}]
