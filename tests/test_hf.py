@@ -613,6 +613,13 @@ def add_weight(folder, name):
     st.save_file({**tensors, name: torch.zeros(2, 64)}, str(folder / "model.safetensors"))
 
 
+def cut_embedding(folder, rows):
+    st = pytest.importorskip("safetensors.torch")
+    tensors = st.load_file(str(folder / "model.safetensors"))
+    tensors["transformer.wte.weight"] = tensors["transformer.wte.weight"][:rows].clone()
+    st.save_file(tensors, str(folder / "model.safetensors"))
+
+
 def merges(change):
     return lambda f: edit_json(f / "tokenizer.json", lambda t: t["model"].update(merges=change(t["model"]["merges"])))
 
@@ -637,6 +644,9 @@ def merges(change):
     (edit_config(n_layer=3), "do not match"),
     (edit_config(vocab_size=300), "the tokenizer has 400 ids but the model only 300 embedding rows (another model's "
                                   "tokenizer files?): copy them again from the model's download"),
+    # one row short, config and weights agreeing: the same line, not a traceback where the rows are laid out
+    (lambda f: (edit_config(vocab_size=399)(f), cut_embedding(f, 399)), "the tokenizer has 400 ids but the model only "
+                                                                       "399 embedding rows"),
     (lambda f: [(f / n).unlink() for n in ("tokenizer.json", "vocab.json", "merges.txt")], "no tokenizer files"),
     # a space put before the text: other ids than transformers' (it was imported without a word). The generic fast
     # class takes tokenizer.json's setting, GPT-2's classes tokenizer_config.json's
@@ -719,7 +729,7 @@ def merges(change):
     (edit_config(n_layer=1), "unexpected ['transformer.h.1."),
     # a merge listed twice in place of the next one: that token's id never came out of transformers, here it did
     (merges(lambda m: [m[0], m[0], *m[2:]]), "is out of id order or makes no token of the vocabulary"),
-], ids=["no-config", "bad-json", "bert", "bert-architectures-string", "bert-architectures-number", "relu", "no-weights", "corrupt-weights", "shape", "huge", "huge-layers", "layers", "vocab", "no-tokenizer",
+], ids=["no-config", "bad-json", "bert", "bert-architectures-string", "bert-architectures-number", "relu", "no-weights", "corrupt-weights", "shape", "huge", "huge-layers", "layers", "vocab", "vocab-one-short", "no-tokenizer",
         "prefix-space", "prefix-space-config", "prefix-space-vocab", "index-list", "index-map", "shard-missing",
         "bin-corrupt", "bin-no-dict", "sentencepiece", "not-byte-level", "unknown-special", "special-id",
         "special-missing", "id-gap", "merge-order", "merge-missing", "merges-malformed", "own-block", "own-not-object",
