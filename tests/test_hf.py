@@ -451,8 +451,9 @@ def test_hub_gpt2_tokenizer_reads_offline_with_the_same_ids(hub_gpt2, enc, monke
 
 def test_hub_layout_without_prefix_and_with_mask_buffers(hub_gpt2, tmp_path):
     # GPT-2 on the hub was saved from GPT2Model: names without "transformer.", plus the causal-mask buffers
-    # older transformers saved ("h.0.attn.bias"); and it has a tokenizer.json besides vocab.json + merges.txt,
-    # here as transformers writes one. All of it reads as the same model and the gpt2 tokenizer.
+    # older transformers saved ("h.0.attn.bias", "h.0.attn.masked_bias", as the hub's pytorch_model.bin has); and
+    # it has a tokenizer.json besides vocab.json + merges.txt, here as transformers writes one. All of it reads as
+    # the same model and the gpt2 tokenizer.
     transformers = transformers_or_skip()
     from safetensors.torch import load_file, save_file
     folder = tmp_path / "gpt2"
@@ -460,6 +461,7 @@ def test_hub_layout_without_prefix_and_with_mask_buffers(hub_gpt2, tmp_path):
     tensors = {k.removeprefix("transformer."): v for k, v in load_file(str(folder / "model.safetensors")).items()}
     for i in range(2):
         tensors[f"h.{i}.attn.bias"] = torch.tril(torch.ones(1, 1, 64, 64))
+        tensors[f"h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
     save_file(tensors, str(folder / "model.safetensors"))
     transformers.AutoTokenizer.from_pretrained(str(folder)).save_pretrained(str(folder))
     assert (folder / "tokenizer.json").exists()
@@ -635,6 +637,8 @@ def merges(change):
                                                                       "supported"),
     (edit_config(model_type="bert", architectures=5), "model_type 'bert' is not supported"),  # (a TypeError traceback)
     (edit_config(activation_function="relu"), "activation_function"),
+    # exact GELU: close to model.py's tanh approximation, but other logits (by ~1e-3)
+    (edit_config(activation_function="gelu"), "activation_function 'gelu' is not GELU's tanh approximation"),
     (lambda f: (f / "model.safetensors").unlink(), "has no weights"),
     (lambda f: (f / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{trunc"), "not a readable safetensors"),
     (edit_config(n_positions=128), "has shape (64, 64) but config.json implies (128, 64); copy the folder again"),
@@ -691,6 +695,7 @@ def merges(change):
     (edit_config(gpt_trainer={"block_size": 128}), "gpt_trainer's block_size 128 is not what export.py writes (the "
                                                    "context is 64): remove gpt_trainer from it"),
     (edit_config(gpt_trainer=[64]), "config.json: gpt_trainer is not an object: remove gpt_trainer from it"),
+    (edit_config(gpt_trainer={"dropout": 1.5}), "gpt_trainer's dropout 1.5 is not what export.py writes"),
     # JSON, but not an object: an AttributeError traceback at its first .get otherwise
     (lambda f: (f / "config.json").write_text("[1]"), "config.json is not a model config (a JSON object)"),
     # settings model.py refuses (GPTConfig's ValueError): one line naming config.json
@@ -729,10 +734,10 @@ def merges(change):
     (edit_config(n_layer=1), "unexpected ['transformer.h.1."),
     # a merge listed twice in place of the next one: that token's id never came out of transformers, here it did
     (merges(lambda m: [m[0], m[0], *m[2:]]), "is out of id order or makes no token of the vocabulary"),
-], ids=["no-config", "bad-json", "bert", "bert-architectures-string", "bert-architectures-number", "relu", "no-weights", "corrupt-weights", "shape", "huge", "huge-layers", "layers", "vocab", "vocab-one-short", "no-tokenizer",
+], ids=["no-config", "bad-json", "bert", "bert-architectures-string", "bert-architectures-number", "relu", "gelu-exact", "no-weights", "corrupt-weights", "shape", "huge", "huge-layers", "layers", "vocab", "vocab-one-short", "no-tokenizer",
         "prefix-space", "prefix-space-config", "prefix-space-vocab", "index-list", "index-map", "shard-missing",
         "bin-corrupt", "bin-no-dict", "sentencepiece", "not-byte-level", "unknown-special", "special-id",
-        "special-missing", "id-gap", "merge-order", "merge-missing", "merges-malformed", "own-block", "own-not-object",
+        "special-missing", "id-gap", "merge-order", "merge-missing", "merges-malformed", "own-block", "own-not-object", "own-dropout",
         "config-not-object", "config-refused", "config-text-layers", "config-text-eps", "llama-key-missing", "prefix-space-unknown-class",
         "own-pipeline-class", "layer-norm-eps", "scale-by-layer", "unscaled", "cross-attention", "n-inner",
         "classifier", "weights-beyond-config", "merge-twice"])
