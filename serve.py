@@ -621,6 +621,29 @@ def loopback_name(host):
         return False
 
 
+def host_port(host, port):
+    """host:port as a URL writes it: an IPv6 address in brackets ([::]:8000, not :::8000)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def network_addresses():
+    """This machine's IPv4 addresses by which other machines reach a server on every address (0.0.0.0, ::), whose own
+    address no other machine can open: the one the default route leaves from, then those of routes to the private
+    networks, if others (a UDP socket's connect picks the address and sends nothing), else those its name resolves to
+    (often 127.0.1.1 alone), loopback and link-local left out. Empty where none is found (no network)."""
+    found = []
+    for probe in ("203.0.113.1", "10.254.254.254", "172.31.254.254", "192.168.254.254"):  # (documentation, private)
+        with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((probe, 9))
+            found.append(s.getsockname()[0])
+    if not found:
+        with contextlib.suppress(OSError, UnicodeError):
+            found = socket.gethostbyname_ex(socket.gethostname())[2]
+    usable = [a for a in found if not (ipaddress.ip_address(a).is_loopback or ipaddress.ip_address(a).is_link_local
+                                       or ipaddress.ip_address(a).is_unspecified)]
+    return list(dict.fromkeys(usable))
+
+
 def drain(sock):
     """After an answer sent before its request was read (a 413, a framing refusal, a 408: Handler.linger; a connection
     turned away: ApiServer.turn_away): end the connection's sending side, so the client has the whole answer, and read
@@ -1353,7 +1376,7 @@ class ApiServer(ThreadingHTTPServer):
         except (OSError, TypeError, UnicodeError) as e:  # ('ü..x': "encoding of hostname failed", a TypeError)
             fix = ("pick another --port, or stop what uses it" if getattr(e, "errno", None) in (errno.EADDRINUSE, errno.EACCES)
                    else "check --host (an address or name of this machine)")
-            raise UserError(f"cannot listen on {host}:{port} ({getattr(e, 'strerror', None) or e}): {fix}")
+            raise UserError(f"cannot listen on {host_port(host, port)} ({getattr(e, 'strerror', None) or e}): {fix}")
         self.loopback = loopback_name(self.server_address[0])  # only this machine reaches it (Handler.check_host)
         self.worker.start()
 
@@ -1572,8 +1595,25 @@ class ApiServer(ThreadingHTTPServer):
 
     @property
     def url(self):
+        return "http://" + host_port(*self.server_address[:2])
+
+    def where(self):
+        """Where serve.py's first line says the server is: its URL, chat page and API. On every address (--host
+        0.0.0.0 or ::), not that address, which a browser on another machine cannot open (and Windows' not even here),
+        but this machine's addresses on its networks, the ones students type, and 127.0.0.1 for this machine."""
         host, port = self.server_address[:2]
-        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        if not ipaddress.ip_address(host.partition("%")[0]).is_unspecified:
+            return f"on {self.url}: chat page at {self.url}/, API at {self.url}/v1"
+        # (:: takes IPv4 clients too, unless the system would not let it: server_bind)
+        v4 = self.address_family == socket.AF_INET or not self.socket.getsockopt(socket.IPPROTO_IPV6,
+                                                                                socket.IPV6_V6ONLY)
+        here = "http://" + host_port("127.0.0.1" if v4 else "::1", port)
+        urls = [f"http://{a}:{port}" for a in (network_addresses() if v4 else ())]
+        if not urls:
+            return (f"on every address of this machine, port {port}: chat page at {here}/, API at {here}/v1; from "
+                    f"other machines, the same with this machine's address on their network (none found here)")
+        return (f"on every address of this machine, port {port}: from other machines chat page at "
+                f"{' or '.join(u + '/' for u in urls)}, API at {urls[0]}/v1; on this machine {here}/")
 
     def model_card(self):
         # sampling_defaults (an extension, as context_length): what a request that leaves them out gets, which the
@@ -1736,8 +1776,8 @@ def main(argv=None):
     # (as gen.py --chat: the chat page answered with a story that never ended its turn, without a word of why)
     warn_if_trained_on_text(path, ckpt, "its chat replies (the chat page, /v1/chat/completions)")
     print(f"serving {name} ({fmt_count(model.num_params(non_embedding=False))} parameters, context "
-          f"{model.config.block_size}, {device} {str(dtype).removeprefix('torch.')}) on {server.url}: "
-          f"chat page at {server.url}/, API at {server.url}/v1; Ctrl-C stops", flush=True)
+          f"{model.config.block_size}, {device} {str(dtype).removeprefix('torch.')}) {server.where()}; Ctrl-C stops",
+          flush=True)
     signalled = False
     try:
         server.serve_forever()

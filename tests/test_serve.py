@@ -2354,6 +2354,35 @@ def test_the_newest_checkpoint_picked_is_named(enc, tmp_path, monkeypatch, capsy
     assert code == 0 and "newest" not in err, err
 
 
+@pytest.mark.parametrize("host", ["0.0.0.0", "::"])
+def test_a_server_on_every_address_names_the_urls_other_machines_type(ckpt, host, monkeypatch, capsys):
+    """--host 0.0.0.0 for a classroom printed "on http://0.0.0.0:8000": an address no browser on another machine opens
+    (nor Windows' on this one), and the teacher had to find the one to give the students. The line names this
+    machine's addresses on its networks, each reaching the server, and 127.0.0.1 for this machine; with none found,
+    it says so. (serve.py's main in this process, stopped by Ctrl-C as it begins to serve.)"""
+    if host == "::" and not ipv6_loopback():
+        pytest.skip("no IPv6 here")
+    lines = []
+
+    def connect_and_ctrl_c(self, *args, **kwargs):
+        lines.append(capsys.readouterr().out)
+        for address in re.findall(r"http://([\d.]+):(\d+)/", lines[-1]):
+            socket.create_connection(address, timeout=10).close()  # (the listening socket accepts: it is this server)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(serve.ApiServer, "serve_forever", connect_and_ctrl_c)
+    code, _, err = run_cli(serve.main, [ckpt, "--host", host, "--port", "0", "--device", "cpu"], capsys)
+    port = re.search(r" on every address of this machine, port (\d+): ", lines[0]).group(1)
+    assert code == 0 and "0.0.0.0" not in lines[0] and "[::]" not in lines[0], (lines, err)
+    urls = " or ".join(f"http://{a}:{port}/" for a in serve.network_addresses())
+    assert (f"from other machines chat page at {urls}, API at " if urls else "(none found here)") in lines[0], lines
+    assert f"http://127.0.0.1:{port}/" in lines[0], lines
+    monkeypatch.setattr(serve, "network_addresses", lambda: [])  # a machine on no network
+    run_cli(serve.main, [ckpt, "--host", host, "--port", "0", "--device", "cpu"], capsys)
+    assert re.search(r"port (\d+): chat page at http://127\.0\.0\.1:\1/, API at http://127\.0\.0\.1:\1/v1; from "
+                     r"other machines, the same with this machine's address on their network \(none found here\); "
+                     r"Ctrl-C stops\n", lines[1]), lines
+
+
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM,
                                   pytest.param(HANGUP, marks=pytest.mark.skipif(HANGUP is None, reason="no SIGHUP"))])
 def test_ctrl_c_while_a_reply_streams_stops_cleanly(enc, tmp_path, stop):
@@ -2548,6 +2577,13 @@ def test_command_line_errors(ckpt, enc, tmp_path, capsys, monkeypatch):
     finally:
         busy.close()
     assert code == 1 and err.startswith("error: cannot listen") and "--port" in err
+    if ipv6_loopback():  # an IPv6 address and its port as a URL writes them, not ":::8000"
+        with socket.socket(socket.AF_INET6) as busy:
+            busy.bind(("::1", 0))
+            busy.listen()
+            port = busy.getsockname()[1]
+            code, out, err = run_cli(serve.main, [ckpt, "--host", "::1", "--port", str(port), "--device", "cpu"], capsys)
+        assert code == 1 and err.startswith(f"error: cannot listen on [::1]:{port} ("), err
     code, out, err = run_cli(serve.main, [ckpt, "--host", "nosuchhost.invalid", "--device", "cpu"], capsys)
     assert code == 1 and err.startswith("error: cannot listen on nosuchhost.invalid") and err.rstrip().endswith(
         "check --host (an address or name of this machine)")
