@@ -31,7 +31,8 @@ a 400. Other fields of OpenAI's API that would change the answer (n > 1, logprob
 400 unsupported_parameter; fields this server does not know are ignored, as clients send extras of their own.
 
 One worker thread owns the model (torch runs one forward at a time well, not several on one model):
-requests queue to it in arrival order, up to --max_queue waiting (then 503); connections, a thread each, up to
+requests queue to it, each client's (by address) in arrival order and the clients in turn, up to --max_queue
+waiting (then 503); connections, a thread each, up to
 --max_connections open at once (past it, a new one takes the place of the one waiting the longest, a second or more,
 for its request, idle or trickling it; with none such, 503). A client that hangs up,
 streaming or waiting in the queue, cancels its request at the next token and frees the worker; one that only closes
@@ -430,6 +431,47 @@ class Job:
         self.events = queue.Queue()  # ("text", piece)..., then ("done", finish_reason, tokens) or ("error", ApiError)
         self.cancelled = threading.Event()
         self.queued_at = time.perf_counter()
+        self.client = None  # who sent it (its address), whose turn it waits for (Turns)
+
+
+class Turns:
+    """The jobs waiting for the worker, as a queue.Queue's put and get (None a sentinel, got once no job waits): each
+    client's in arrival order, the clients in turn, a job from each before a second from any. A classroom's notebook
+    sending sixty requests at once from a thread pool held every student behind all sixty in arrival order (17 s for
+    a 30-token reply); now behind one of them."""
+
+    def __init__(self):
+        self.clients = collections.OrderedDict()  # client: a deque of its jobs, the client whose turn is next first
+        self.sentinels, self.ready = 0, threading.Condition()
+
+    def put(self, job):
+        with self.ready:
+            if job is None:
+                self.sentinels += 1
+            else:
+                self.clients.setdefault(job.client, collections.deque()).append(job)
+            self.ready.notify()
+
+    def get(self):
+        with self.ready:
+            self.ready.wait_for(lambda: self.clients or self.sentinels)
+            if not self.clients:
+                self.sentinels -= 1
+                return None
+            client, jobs = self.clients.popitem(last=False)
+            if len(jobs) > 1:
+                self.clients[client] = jobs  # its next job: after each other client's
+            return jobs.popleft()
+
+    def queued(self):
+        """The jobs waiting, in the order the worker takes them (each client's first, then each one's second...)."""
+        with self.ready:
+            deques = [list(jobs) for jobs in self.clients.values()]
+        return [job for turn in itertools.zip_longest(*deques) for job in turn if job is not None]
+
+    def empty(self):
+        with self.ready:
+            return not (self.clients or self.sentinels)
 
 
 class StopText:
@@ -472,9 +514,9 @@ class Worker(threading.Thread):
         super().__init__(name="model-worker", daemon=True)
         self.model, self.enc, self.dtype, self.log = model, enc, dtype, log
         self.device = next(model.parameters()).device
-        # jobs in arrival order; a cancelled one stays in the queue until the worker skips it, but it frees its place
-        # at once: the waiting set holds the live ones, which --max_queue limits
-        self.jobs, self.max_queue = queue.Queue(), max_queue
+        # jobs in arrival order, the clients in turn; a cancelled one stays in the queue until the worker skips it,
+        # but it frees its place at once: the waiting set holds the live ones, which --max_queue limits
+        self.jobs, self.max_queue = Turns(), max_queue
         self.waiting, self.lock = set(), threading.Lock()
         self.recent = collections.deque(maxlen=256)  # what became of the latest jobs: the log, and tests, read it
         self.current = None  # the job being generated
@@ -502,7 +544,7 @@ class Worker(threading.Thread):
             self.waiting.discard(job.id)
 
     def stop(self):
-        self.jobs.put(None)  # a sentinel behind the waiting jobs
+        self.jobs.put(None)  # a sentinel: got once no job waits
 
     def halt(self, timeout=30):
         """Stop now and wait for the worker to leave torch: Python exiting under a daemon thread that is inside
@@ -976,6 +1018,7 @@ class Handler(BaseHTTPRequestHandler):
             if path == "/v1/models":
                 return self.send_json(200, {"object": "list", "data": [api.model_card()]})
             job = job_from_request(self.read_body(), self.JOB_KINDS[path], api)
+            job.client = self.client_address[0]
             api.worker.submit(job)
             submitted = True
             try:

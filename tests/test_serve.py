@@ -1242,9 +1242,9 @@ def test_hung_up_clients_free_the_worker(enc, polls):
         # a second client queues behind it, then hangs up before its turn
         waiting = socket.create_connection(api.server_address[:2])
         waiting.sendall(completion_request(max_tokens=60))
-        wait_for(lambda: api.worker.jobs.qsize() == 1, "the second request to queue")
+        wait_for(lambda: len(api.worker.jobs.queued()) == 1, "the second request to queue")
         waiting.close()
-        wait_for(lambda: api.worker.jobs.queue[0].cancelled.is_set(), "the server to notice the second client left")
+        wait_for(lambda: api.worker.jobs.queued()[0].cancelled.is_set(), "the server to notice the second client left")
         streaming.close()
         wait_for(lambda: len(api.worker.recent) == 2, "both requests to end")
         first, second = api.worker.recent
@@ -1662,6 +1662,39 @@ def wait_for_a_place(api):
         with contextlib.suppress(OSError):
             return raw(api, b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")[0] == 200
     wait_for(served, "a closed connection to give its place back")
+
+
+def test_each_client_gets_its_turn_though_another_queued_many_first(enc):
+    """Requests were served in arrival order: a classroom's notebook that sent sixty at once from a thread pool held
+    every student behind all sixty (17 s for a 30-token reply from make chat-demo's model on a CPU). Each client,
+    by its address, now gets a turn in turn: a student waits behind one of the notebook's, besides the reply being
+    generated. (The clients here connect from 127.0.0.1 and 127.0.0.2, both this machine's loopback.)"""
+    gate = threading.Event()  # the worker stays in the notebook's first request until the gate opens
+    api = start(la_model(enc, gate=gate), enc, name="la")
+    served = []
+    api.worker.say = lambda line: served.append(int(re.search(r"\+ (\d+) token", line).group(1)))
+
+    def ask(source, max_tokens):  # the reply's length names the request in the log
+        conn = http.client.HTTPConnection(*api.server_address[:2], timeout=60, source_address=(source, 0))
+        conn.request("POST", "/v1/completions", json.dumps({"prompt": "la", "max_tokens": max_tokens}))
+        r = conn.getresponse()
+        return r.status, r.read()
+
+    try:
+        with ThreadPoolExecutor(5) as pool:
+            answers = [pool.submit(ask, "127.0.0.1", 1)]
+            wait_for(lambda: api.worker.current is not None, "the notebook's first request to start")
+            for n in (2, 3, 4):
+                answers.append(pool.submit(ask, "127.0.0.1", n))
+                wait_for(lambda: len(api.worker.waiting) == n - 1, "the notebook's next request to queue")
+            answers.append(pool.submit(ask, "127.0.0.2", 5))  # the student's
+            wait_for(lambda: len(api.worker.waiting) == 4, "the student's request to queue")
+            gate.set()
+            assert all(a.result()[0] == 200 for a in answers)
+        assert served == [1, 2, 5, 3, 4], served
+    finally:
+        gate.set()
+        api.close()
 
 
 def test_full_queue_gets_503(enc):
