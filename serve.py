@@ -533,7 +533,8 @@ class Worker(threading.Thread):
             if self.halted.is_set():
                 raise shutting_down()
             if len(self.waiting) >= self.max_queue:
-                raise overloaded(f"{self.max_queue} requests are waiting")
+                # (--max_queue: the log's line on it says to the operator what raises it)
+                raise overloaded(f"its queue is full ({self.max_queue:,} waiting, --max_queue)")
             self.waiting.add(job.id)
             self.jobs.put(job)
 

@@ -1716,6 +1716,9 @@ def test_full_queue_gets_503(enc):
             wait_for(lambda: len(api.worker.waiting) == 1, "the second request to queue")
             status, err, headers = post(api, "/v1/completions", body)
             assert status == 503 and err["error"]["code"] == "overloaded"
+            # its line in the log names what the operator raises, as the line on --max_connections does
+            assert err["error"]["message"] == "the server is busy: its queue is full (1 waiting, --max_queue); " \
+                                              "retry shortly", err
             assert headers["Retry-After"] == "1"  # OpenAI's clients wait it (else their own backoff)
             gate.set()
             assert running.result()[0] == queued.result()[0] == 200  # the queued request is served, not dropped
