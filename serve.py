@@ -32,7 +32,8 @@ a 400. Other fields of OpenAI's API that would change the answer (n > 1, logprob
 
 One worker thread owns the model (torch runs one forward at a time well, not several on one model):
 requests queue to it, each client's (by address) in arrival order and the clients in turn, up to --max_queue
-waiting (then 503); connections, a thread each, up to
+waiting (then 503, for the newest of the client with the most waiting if that is two more than the new one's client's:
+it gives its place); connections, a thread each, up to
 --max_connections open at once (past it, a new one takes the place of the one waiting the longest, a second or more,
 for its request, idle or trickling it; with none such, 503). A client that hangs up,
 streaming or waiting in the queue, cancels its request at the next token and frees the worker; one that only closes
@@ -463,6 +464,20 @@ class Turns:
                 self.clients[client] = jobs  # its next job: after each other client's
             return jobs.popleft()
 
+    def bump(self, client):
+        """Takes out and returns the newest waiting job of the client with the most (cancelled ones not counted), if
+        that is at least two more than client's, else None: a full queue's place for client's next."""
+        with self.ready:
+            live = {c: [job for job in jobs if not job.cancelled.is_set()] for c, jobs in self.clients.items()}
+            most = max(live, key=lambda c: len(live[c]), default=None)
+            if most is None or len(live[most]) < len(live.get(client, ())) + 2:
+                return None
+            job = live[most][-1]
+            self.clients[most].remove(job)
+            if not self.clients[most]:
+                del self.clients[most]
+            return job
+
     def queued(self):
         """The jobs waiting, in the order the worker takes them (each client's first, then each one's second...)."""
         with self.ready:
@@ -534,7 +549,18 @@ class Worker(threading.Thread):
                 raise shutting_down()
             if len(self.waiting) >= self.max_queue:
                 # (--max_queue: the log's line on it says to the operator what raises it)
-                raise overloaded(f"its queue is full ({self.max_queue:,} waiting, --max_queue)")
+                full = overloaded(f"its queue is full ({self.max_queue:,} waiting, --max_queue)")
+                # a notebook that filled the queue from a thread pool would keep every other client out: the newest
+                # request of the client with the most waiting, two more than this one's, gives its place (its client
+                # gets the 503; OpenAI's retries after Retry-After, and finds its turn)
+                bumped = self.jobs.bump(job.client)
+                if bumped is None:
+                    raise full
+                bumped.cancelled.set()
+                self.waiting.discard(bumped.id)
+                bumped.events.put(("error", full))
+                self.say(f"{bumped.id}: refused, its place in the full queue given to another client's request "
+                         f"(--max_queue {self.max_queue:,})")
             self.waiting.add(job.id)
             self.jobs.put(job)
 

@@ -1697,6 +1697,45 @@ def test_each_client_gets_its_turn_though_another_queued_many_first(enc):
         api.close()
 
 
+def test_a_full_queue_takes_a_place_from_the_client_with_the_most_for_another(enc):
+    """A notebook that filled the queue from a thread pool kept every student out with 503s for as long as it kept it
+    full. A request that finds the queue full takes the place of the newest of the client with the most waiting, two
+    more than its own client's: that one gets the 503 (OpenAI's client retries it after Retry-After)."""
+    gate = threading.Event()  # the worker stays in the notebook's first request until the gate opens
+    lines = []
+    api = start(la_model(enc, gate=gate), enc, name="la", max_queue=2, log=lines.append)
+
+    def ask(source, max_tokens):  # the reply's length names the request
+        conn = http.client.HTTPConnection(*api.server_address[:2], timeout=60, source_address=(source, 0))
+        conn.request("POST", "/v1/completions", json.dumps({"prompt": "la", "max_tokens": max_tokens}))
+        r = conn.getresponse()
+        return r.status, json.loads(r.read())
+
+    try:
+        with ThreadPoolExecutor(5) as pool:
+            notebook = [pool.submit(ask, "127.0.0.1", 1)]
+            wait_for(lambda: api.worker.current is not None, "the notebook's first request to start")
+            for n in (2, 3):
+                notebook.append(pool.submit(ask, "127.0.0.1", n))
+                wait_for(lambda: len(api.worker.waiting) == n - 1, "the notebook's next request to queue")
+            student = pool.submit(ask, "127.0.0.2", 4)
+            wait_for(lambda: notebook[2].done() or student.done(), "the full queue to refuse one of them")
+            assert not student.done(), student.result()
+            status, err = notebook[2].result()  # the notebook's newest gave its place
+            assert status == 503 and err["error"]["code"] == "overloaded", err
+            wait_for(lambda: len(api.worker.waiting) == 2, "the student's request to queue")
+            # the notebook has one waiting, the student one: a third client's finds no place to take
+            status, err = ask("127.0.0.3", 5)
+            assert status == 503 and err["error"]["code"] == "overloaded", err
+            gate.set()
+            assert notebook[0].result()[0] == notebook[1].result()[0] == student.result()[0] == 200
+        assert any("its place in the full queue given to another client's request (--max_queue 2)" in line
+                   for line in lines), lines
+    finally:
+        gate.set()
+        api.close()
+
+
 def test_full_queue_gets_503(enc):
     gate = threading.Event()  # the worker stays in its first request until the gate opens
     api = start(la_model(enc, gate=gate), enc, name="la", max_queue=1)
