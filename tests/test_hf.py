@@ -734,11 +734,13 @@ def merges(change):
     (edit_config(n_layer=1), "unexpected ['transformer.h.1."),
     # a merge listed twice in place of the next one: that token's id never came out of transformers, here it did
     (merges(lambda m: [m[0], m[0], *m[2:]]), "is out of id order or makes no token of the vocabulary"),
-], ids=["no-config", "bad-json", "bert", "bert-architectures-string", "bert-architectures-number", "relu", "gelu-exact", "no-weights", "corrupt-weights", "shape", "huge", "huge-layers", "layers", "vocab", "vocab-one-short", "no-tokenizer",
-        "prefix-space", "prefix-space-config", "prefix-space-vocab", "index-list", "index-map", "shard-missing",
-        "bin-corrupt", "bin-no-dict", "sentencepiece", "not-byte-level", "unknown-special", "special-id",
-        "special-missing", "id-gap", "merge-order", "merge-missing", "merges-malformed", "own-block", "own-not-object", "own-dropout",
-        "config-not-object", "config-refused", "config-text-layers", "config-text-eps", "llama-key-missing", "prefix-space-unknown-class",
+], ids=["no-config", "bad-json", "bert", "bert-architectures-string", "bert-architectures-number", "relu",
+        "gelu-exact", "no-weights", "corrupt-weights", "shape", "huge", "huge-layers", "layers", "vocab",
+        "vocab-one-short", "no-tokenizer", "prefix-space", "prefix-space-config", "prefix-space-vocab", "index-list",
+        "index-map", "shard-missing", "bin-corrupt", "bin-no-dict", "sentencepiece", "not-byte-level",
+        "unknown-special", "special-id", "special-missing", "id-gap", "merge-order", "merge-missing",
+        "merges-malformed", "own-block", "own-not-object", "own-dropout", "config-not-object", "config-refused",
+        "config-text-layers", "config-text-eps", "llama-key-missing", "prefix-space-unknown-class",
         "own-pipeline-class", "layer-norm-eps", "scale-by-layer", "unscaled", "cross-attention", "n-inner",
         "classifier", "weights-beyond-config", "merge-twice"])
 def test_bad_folders_are_one_line_errors(small_folder, tmp_path, capsys, change, words):
@@ -1351,7 +1353,8 @@ def test_a_folder_whose_config_is_another_models_is_a_vocabulary_with_no_context
 
 def test_a_rename_refused_otherwise_is_not_called_another_export(small_folder, tmp_path, capsys, monkeypatch):
     """Only ENOTEMPTY (EEXIST) at the rename is another export's folder in place: a rename the system refuses for
-    another reason (no permission, taken away while this export ran) is said as that, and nothing of this export stays."""
+    another reason (no permission, taken away while this export ran) is said as that, and nothing of this export
+    stays."""
     out = tmp_path / "hf"
 
     def refused(src, dst):

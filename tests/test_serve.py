@@ -2657,7 +2657,8 @@ def test_command_line_errors(ckpt, enc, tmp_path, capsys, monkeypatch):
             busy.bind(("::1", 0))
             busy.listen()
             port = busy.getsockname()[1]
-            code, out, err = run_cli(serve.main, [ckpt, "--host", "::1", "--port", str(port), "--device", "cpu"], capsys)
+            code, out, err = run_cli(serve.main, [ckpt, "--host", "::1", "--port", str(port), "--device", "cpu"],
+                                     capsys)
         assert code == 1 and err.startswith(f"error: cannot listen on [::1]:{port} ("), err
     code, out, err = run_cli(serve.main, [ckpt, "--host", "nosuchhost.invalid", "--device", "cpu"], capsys)
     assert code == 1 and err.startswith("error: cannot listen on nosuchhost.invalid") and err.rstrip().endswith(
