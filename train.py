@@ -14,9 +14,9 @@ Epochs. The train split is cut into non-overlapping windows of block_size+1 toke
 (x = w[:-1], y = w[1:], so the token at a window's border is a target once and an input once). An epoch
 visits every window exactly once, in an order drawn from (seed, epoch). An optimizer step takes
 batch_size*grad_accum windows, so an epoch is ceil(windows / (batch_size*grad_accum)) steps; the last
-one is short (its missing rows are padding with ignored targets, which keeps tensor shapes fixed). prepare.py packs
-conversation sets in blocks of meta.json's "pack" tokens, so windows of that size (or a multiple) never cut a
-conversation; another --block_size gets a warning.
+one is short (fewer micro-batches, the last padded to batch_size rows with ignored targets, which keeps tensor shapes
+fixed). prepare.py packs conversation sets in blocks of meta.json's "pack" tokens, so windows of that size (or a
+multiple) never cut a conversation; another --block_size gets a warning.
 
 Resume. A checkpoint records the completed epochs, how many windows of the current epoch are done, the
 global step (the learning rate is a pure function of it), the optimizer and the RNG state; the window
