@@ -19,9 +19,10 @@ fixed). prepare.py packs conversation sets in blocks of meta.json's "pack" token
 multiple) never cut a conversation; another --block_size gets a warning.
 
 Resume. A checkpoint records the completed epochs, how many windows of the current epoch are done, the
-global step (the learning rate is a pure function of it), the optimizer and the RNG state; the window
-order is re-derived from (seed, epoch). So N steps in one go and N/2 steps + resume for N/2 give identical
-weights. Continuing on another --dataset is fine-tuning: same weights, fresh optimizer and epoch count.
+global step (by --epochs the learning rate is a pure function of it; in a --time_budget, of the budget's clock,
+recorded too), the optimizer and the RNG state; the window order is re-derived from (seed, epoch). So N steps in
+one go and N/2 steps + resume for N/2 give identical weights. Continuing on another --dataset is fine-tuning: same
+weights, fresh optimizer and epoch count.
 
 Several processes. Under torchrun each optimizer step takes batch_size*grad_accum*world windows and each rank its
 share of them (see Batches), as an evaluation takes eval_batches*batch_size*world (the options are per process); rank 0
