@@ -29,9 +29,10 @@ share of them (see Batches), as an evaluation takes eval_batches*batch_size*worl
 alone logs and writes files, and checkpoints resume on any number of ranks.
 
 Files, for --dataset story (next to --output_checkpoint): story_epoch{N}.pt (story.pt for a --time_budget run,
-which may repeat many epochs), written every --save_interval % of an epoch, at each epoch's end, on Ctrl-C and on
-errors; story_best.pt, the lowest val loss so far; story_metrics.jsonl, one JSON record per log/eval point;
-story_loss.png, the loss curves, when matplotlib is installed (it is not in requirements.txt).
+which may repeat many epochs), written every --save_interval % of an epoch and at each epoch's end (of a
+--time_budget run: every --save_interval % of the budget and at its end), on Ctrl-C and on errors; story_best.pt,
+the lowest val loss so far; story_metrics.jsonl, one JSON record per log/eval point; story_loss.png, the loss curves,
+when matplotlib is installed (it is not in requirements.txt).
 """
 import common  # first (it is light): Ctrl-C while torch loads then ends in one line, not a traceback from its import
 common.mend_standard_streams(__name__)
