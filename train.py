@@ -2123,7 +2123,7 @@ class Progress:
     """Where training stands; all of it goes into checkpoints."""
     epoch: int = 0              # completed epochs
     windows: int = 0            # windows done in the current epoch
-    step: int = 0               # global optimizer steps: drives the lr schedule
+    step: int = 0               # global optimizer steps: drive the lr schedule (a --time_budget's: the clock)
     tokens: int = 0             # training tokens seen, all runs together
     best_val_loss: float = None
     best_at: list = None        # [step, epoch] of the best val loss (None: not known, a checkpoint from before it)
