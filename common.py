@@ -623,10 +623,15 @@ def fix_command(command, path, tag="utf8"):
     `> notes.txt` before iconv reads it. A pipe or device (no file to name) gets the bare command, for its pipe."""
     if not os.path.isfile(path):
         return f"`{command}`"
+    return f"`{command} < {shlex.quote(path)} > {shlex.quote(mended_path(path, tag))}`"
+
+
+def mended_path(path, tag="utf8"):
+    """Where fix_command's command writes its copy of path: next to it, tag before its suffix."""
     stem, ext = os.path.splitext(path)
     if ext in (".gz", ".xz", ".zst", ".bz2"):  # what it decompresses to is no longer compressed: notes.txt.gz's text
         stem, ext = os.path.splitext(stem)
-    return f"`{command} < {shlex.quote(path)} > {shlex.quote(f'{stem}.{tag}{ext}')}`"
+    return f"{stem}.{tag}{ext}"
 
 
 # not_utf8's ways out for what is not UTF-8 text, besides converting from latin1 (its default), which garbles these.

@@ -76,9 +76,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from common import (ArgumentParser, NotText, VOCAB_FILE, UserError, at_least, atomic_write_text, check_output,
-                    decompress_fix, expand_pattern, first_line, fmt_count, fsync_replace, held_lock, holds_nul,
-                    json_kind, name_full_disk, nonempty, nonnegative_int, not_utf8, parts_text, path_arg,
-                    prepare_lock, progress_bar, python_command, read_items, read_meta, refuse_dataset_folder,
+                    decompress_fix, expand_pattern, first_bad_utf8, first_line, fmt_count, fsync_replace, held_lock,
+                    holds_nul, json_kind, mended_path, name_full_disk, nonempty, nonnegative_int, not_utf8, parts_text,
+                    path_arg, prepare_lock, progress_bar, python_command, read_items, read_meta, refuse_dataset_folder,
                     remove_stale_tmp, run_main, stray_byte_fix, tmp_name, tmp_pattern, without_surrogates)
 from setup_tokenizer import (EOT, IM_END, IM_START, SPECIAL_TOKENS, TOKENIZER_HELP, VocabSample, fewer_ids,
                              get_tokenizer, learn_vocabulary, model_context, render_chat, moved_vocabulary,
@@ -145,14 +145,29 @@ def table_fix(path):
     """The way out for a spreadsheet's export (.csv, .tsv), a common form of one's own chat data: a command that writes
     its rows as JSON Lines records next to it (chats.csv.jsonl: no file of the user's replaced), by pandas, which
     datasets brings. Its columns name the fields (prompt/completion, question/answer...). "" for another file type."""
-    sep = {".csv": "", ".tsv": ', sep="\\t"'}.get(suffix(path))
+    sep = {".csv": ",", ".tsv": "\t"}.get(suffix(path))
     if sep is None:
         return ""
-    # (the paths as JSON strings, Python's too: in double quotes, which the shell's single quotes keep as they are)
-    code = f'import pandas; pandas.read_csv({json.dumps(path)}{sep}).to_json({json.dumps(path + ".jsonl")}, ' \
-           f'orient="records", lines=True)'
+    source, convert = path, ""
+    with contextlib.suppress(OSError):
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                header = f.readline(1 << 16)
+            # Excel writes a "CSV" with the locale's list separator: a semicolon where the decimal point is a comma
+            # (Germany, France), whose rows read as one column named "Question;Answer"
+            if sep == "," and b"," not in header:
+                sep = next((s for s in (";", "\t") if s.encode() in header), sep)
+            if first_bad_utf8(path):
+                # Excel's "CSV (Comma delimited)" is in Windows' ANSI code page, cp1252 in the West: pandas, reading
+                # UTF-8, stopped in a traceback. Converted first, as a text file is
+                source, convert = mended_path(path), f"{not_utf8(path)}; then "
+    # every cell as its text (an answer of "None" or "NA" was null, left out; "007" was 7), and column names as the
+    # fields are spelled: Excel's headers are "Question", "Answer ", which matched no shape of record
+    code = f'import pandas; pandas.read_csv({json.dumps(source)}{", sep=" + json.dumps(sep) if sep != "," else ""}, ' \
+           f'dtype=str, keep_default_na=False).rename(columns=lambda c: c.strip().lower()).to_json(' \
+           f'{json.dumps(path + ".jsonl")}, orient="records", lines=True)'
     return f"; a {suffix(path)} file's rows as JSON Lines records, its columns their fields: " \
-           f"`{python_command()} -c {shlex.quote(code)}`"
+           f"{convert}`{python_command()} -c {shlex.quote(code)}`"
 
 
 class NoSource(UserError):

@@ -813,6 +813,30 @@ def test_non_utf8_and_bad_input(tmp_path):
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_a_spreadsheet_as_excel_saves_it_becomes_records_by_the_command_named(tmp_path, enc):
+    """The command named for a .csv, on the sheet Excel saves: headers "Question", "Answer " (which matched no record
+    shape: every row a bad record), a BOM, CRLF rows, a cell with a comma and line breaks, answers of "None" and "42"
+    (a null, left out, and a number); saved as "CSV (Comma delimited)", in cp1252 (pandas stopped in a traceback), or
+    where the list separator is a semicolon (the rows read as one column "Question;Answer"). Each, run as named, makes
+    records prepare.py reads."""
+    rows = [("Question", "Answer "), ("Café prices?", "About 3€ – 4€, with milk\nor not."),
+            ("Any allergies?", "None"), ("What is 6*7?", "42")]
+    want = [{"question": q, "answer": a} for q, a in rows[1:]]
+    out = str(tmp_path / "data")
+    for name, sep, encoding in (("qa.csv", ",", "utf-8-sig"), ("ansi.csv", ",", "cp1252"),
+                                ("semi.csv", ";", "utf-8-sig"), ("qa.tsv", "\t", "utf-8-sig")):
+        table = tmp_path / name
+        table.write_bytes("".join(sep.join(f'"{c}"' if "," in c or "\n" in c else c for c in row) + "\r\n"
+                                  for row in rows).encode(encoding))
+        with pytest.raises(UserError, match=rf"{name}: unsupported file type; .* its columns their fields: ") as e:
+            prepare.prepare("chat", source=str(table), out_dir=out)
+        subprocess.run(" && ".join(str(e.value).split("`")[1::2]), shell=True, check=True)
+        assert [json.loads(line) for line in open(f"{table}.jsonl")] == want
+        prepare.prepare("chat", source=f"{table}.jsonl", name="qa", out_dir=out, tokenizer="gpt2", force=True)
+        meta = json.load(open(tmp_path / "data" / "qa" / "meta.json"))
+        assert sum(split["documents"] for split in meta["splits"].values()) == 3
+
+
 def test_a_source_that_is_a_named_pipe_is_refused_at_once(tmp_path):
     """--source of a type prepare.py does not read is refused; its first bytes are looked at for a compressed file's
     (notes.txt.gz) only in a file: a named pipe with no writer (or /dev/stdin at a terminal) waited for one, for ever,
