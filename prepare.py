@@ -94,6 +94,9 @@ MIXABLE = ("dailydialog", "chat", "knowledge", "chitchat")  # the conversation s
 # its options. shakespeare_char is a token per character, the bytes alone: 256 + the special tokens, no merges
 NANOGPT_DATASETS = {"shakespeare_char": ("shakespeare", ["--vocab_size", str(256 + len(SPECIAL_TOKENS))])}
 SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
+# Markdown notes (Obsidian's, a wiki's), plain text as a .txt is, read when named (a file, or a pattern such as
+# 'notes/**/*.md'): not in a folder, where a .md is as often a dataset's card (README.md) or a repository's docs
+MARKDOWN = (".md", ".markdown")
 # what prepare.py writes in a dataset's folder besides meta.json: no source's files, when --source is that folder
 OWN_FILES = ("train.bin", "val.bin", "train_mask.bin", "val_mask.bin", VOCAB_FILE)
 THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -1054,7 +1057,7 @@ def file_docs(path, dataset, left=None, folder=None):
     (checked_records). dataset: the dataset being made, whose own tidying record_doc applies. left: good_docs's
     LeftOut. folder: the --source folder it is read from, if any."""
     try:
-        if suffix(path) == ".txt":
+        if suffix(path) in (".txt", *MARKDOWN):
             yield from dailydialog_docs(path, left) if dataset == "dailydialog" else text_docs(path)
             return
         yield from (doc for _, doc in good_docs(json_records(path, folder), path, dataset, left))
@@ -1324,13 +1327,21 @@ def folder_files(path):
             found.append(os.path.join(d, f))
     found.sort()
     kinds = ", ".join(f"{n} {kind}" for kind, n in others.most_common())
+    # a folder of notes in Markdown, with plain text or alone: the patterns that read both, as `--source` to paste (it
+    # said only that they were left out, or that plain text is read from .txt: renaming a tree of notes). Not beside
+    # records, whose folder's README.md is the dataset's card
+    notes = [k for k in MARKDOWN if k in others]
+    texts = {suffix(f) for f in found}
+    way_in = "; Markdown notes are read when named: --source " + " ".join(
+        shlex.quote(os.path.join(path, "**", f"*{k}")) for k in sorted({*notes, *texts})) \
+        if notes and texts <= {".txt"} else ""
     if not found:
         # a folder of notes in Markdown (.md) said only what it lacked, not what it holds and that .txt is the way in
-        holds = f" (it holds {kinds}); plain text is read from files named .txt" if others else ""
+        holds = f" (it holds {kinds}){way_in or '; plain text is read from files named .txt'}" if others else ""
         raise UserError(f"--source {path}: no {', '.join(SUFFIXES)} files in this folder{holds}")
     if others:  # (a .md or .txt.gz among the .txt files, left out: said)
         print(f"warning: --source {path}: left out {sum(others.values()):,} file(s) of other types "
-              f"({kinds}); prepare.py reads {', '.join(SUFFIXES)}", file=sys.stderr)
+              f"({kinds}); prepare.py reads {', '.join(SUFFIXES)}{way_in}", file=sys.stderr)
     return found
 
 
@@ -1362,7 +1373,7 @@ def find_source(dataset, source=None, extra=True, limit=None, left=None):
                 folder_of.update(dict.fromkeys(map(os.path.abspath, found), path))
             elif not os.path.exists(path):
                 raise UserError(f"--source {path}: no such file or folder")
-            elif suffix(path) not in SUFFIXES:
+            elif suffix(path) not in (*SUFFIXES, *MARKDOWN):
                 head = b""
                 # (a compressed file: notes.txt.gz, its way out the command. A file only: opening a named pipe waits
                 # for its writer, /dev/stdin for the keyboard, where the error came at once)
@@ -3262,7 +3273,8 @@ def main(argv=None):
                    help="story (TinyStories), shakespeare (Tiny Shakespeare, 1 MB), dailydialog, chat (instructions, conversations), chitchat (generated small talk), "
                         "knowledge (question/answer), text (your --source files); default: every one it finds, or text with --source")
     p.add_argument("--source", type=path_arg, nargs="+", metavar="PATH",
-                   help=".txt (documents separated by <|endoftext|>, else one per file), .jsonl/.json/.parquet records "
+                   help=".txt (documents separated by <|endoftext|>, else one per file; .md too, named or by a pattern "
+                        "such as 'notes/**/*.md'), .jsonl/.json/.parquet records "
                         "(messages, ShareGPT conversations, instruction/input/output or instances, instruction/context/"
                         "response, question/answer, prompt/completion, prompt/response, query/response, "
                         "question/response, input/output, problem/solution, Gemini's contents, ChatGPT's export, "

@@ -2193,9 +2193,47 @@ def test_source_folder_of_other_files_says_what_it_holds(tmp_path):
     for name in ("a.md", "b.md", "sub/c.md", "todo.org"):
         write(src / name, "Some notes.")
     with pytest.raises(UserError, match=rf"^--source {re.escape(str(src))}: no .txt, .jsonl, .json, .parquet files in "
-                                        rf"this folder \(it holds 3 .md, 1 .org\); plain text is read from files named "
-                                        rf"\.txt$"):
+                                        rf"this folder \(it holds 3 .md, 1 .org\); Markdown notes are read when named: "
+                                        rf"--source '{re.escape(str(src))}/\*\*/\*\.md'$"):
         prepare.prepare("text", source=str(src), out_dir=str(tmp_path / "data"))
+    for name in ("a.md", "b.md", "sub/c.md"):
+        os.remove(src / name)
+    with pytest.raises(UserError, match=r"\(it holds 1 .org\); plain text is read from files named \.txt$"):
+        prepare.prepare("text", source=str(src), out_dir=str(tmp_path / "data"))
+
+
+def test_markdown_notes_are_read_as_text_by_the_patterns_a_folder_names(tmp_path, enc, capsys):
+    """A folder of notes, Markdown (Obsidian's, front matter and all) in nested folders beside .txt, an empty note, a
+    picture and the editor's settings: the .md were left out, with no way in but renaming a tree of notes. The warning
+    names the patterns that read them, and a named .md is plain text, as a .txt is."""
+    src = tmp_path / "notes"
+    write(src / "journal" / "2024" / "jan.md", "---\ntitle: January\n---\n\n# January\n\nI walked the dog.\n")
+    write(src / "journal" / "feb.markdown", "Cold again. Made soup.\n")
+    write(src / "work" / "meeting.txt", "Meeting notes\n\n- ship the release\n")
+    write(src / "empty.md", "")
+    write(src / ".obsidian" / "app.json", '{"theme": "dark"}')
+    (src / "photo.png").write_bytes(b"\x89PNG\r\n\x1a\n\0\0")
+    out = str(tmp_path / "data")
+    prepare.prepare("text", source=str(src), out_dir=out, tokenizer="gpt2")
+    err = capsys.readouterr().err
+    assert re.match(rf"warning: --source {re.escape(str(src))}: left out 4 file\(s\) of other types \(2 .md, .*\); "
+                    rf"prepare.py reads .txt, .jsonl, .json, .parquet; Markdown notes are read when named: --source ",
+                    err), err
+    patterns = shlex.split(err.split("--source ")[-1])
+    assert patterns == [f"{src}/**/*.markdown", f"{src}/**/*.md", f"{src}/**/*.txt"]
+    meta = prepare.prepare("text", source=patterns, out_dir=out, name="notes", tokenizer="gpt2")
+    assert capsys.readouterr().err == ""
+    text = "".join(enc.decode(load(os.path.join(out, "notes"), split, meta)[0].tolist()) for split in ("train", "val"))
+    assert "I walked the dog" in text and "Made soup" in text and "ship the release" in text
+    assert text.count("\n---\n") == 1  # front matter and all, as written
+    # beside records, a .md is a dataset's card (README.md): left out, and no patterns named
+    chats = tmp_path / "chats"
+    write(chats / "a.jsonl", "".join(json.dumps({"messages": [{"role": "user", "content": f"Hi {i}"},
+                                           {"role": "assistant", "content": "Hello."}]}) + "\n" for i in range(10)))
+    write(chats / "README.md", "# My chats\n")
+    prepare.prepare("chat", source=str(chats), out_dir=out, name="chats", tokenizer="gpt2")
+    assert capsys.readouterr().err == (f"warning: --source {chats}: left out 1 file(s) of other types (1 .md); "
+                                       f"prepare.py reads .txt, .jsonl, .json, .parquet\n")
 
 
 def test_source_file_hard_linked_twice_is_read_once(tmp_path, enc):
