@@ -1051,6 +1051,38 @@ def with_other_files(e, plan):
     return BadRecords(e.label, text, count, skippable, e.kind) if found or others or unread else e
 
 
+def with_other_not_utf8(e, plan):
+    """e, the NotText of one of plan's files, with the plan's other files that are not UTF-8 either named (the first
+    OTHER_FILES, the rest counted): a folder of notes saved on Windows, many of them cp1252, took a run for each file
+    to learn of the next. Files past OTHER_FILES_BYTES are counted, not read."""
+    streams = plan["streams"]
+    at = next((i for i, (_, label, _) in enumerate(streams) if str(e).startswith(f"{label} ")), None)
+    if at is None:  # (a hub split's or the mirror's: no file of the user's)
+        return e
+    found, read, unread = [], 0, 0
+    for _, label, _ in streams[:at] + streams[at + 1:]:  # (those before it too: a vocabulary's pass reads a sample)
+        if not os.path.isfile(label):
+            continue
+        size = os.path.getsize(label)
+        if read + size > OTHER_FILES_BYTES:
+            unread += 1
+            continue
+        read += size
+        with contextlib.suppress(OSError):
+            if first_bad_utf8(label):
+                found.append(label)
+    if not found and not unread:
+        return e
+    text = str(e)
+    if found:
+        more = len(found) - OTHER_FILES
+        text += (f"; {len(found):,} other file{'s' * (len(found) > 1)} not UTF-8 either: "
+                 f"{', '.join(found[:OTHER_FILES])}{f', and {more:,} more' if more > 0 else ''}")
+    if unread:
+        text += f"; {unread:,} other file{'s' * (unread > 1)} not read for it (past {OTHER_FILES_BYTES >> 20:,} MB)"
+    return NotText(text)
+
+
 def file_docs(path, dataset, left=None, folder=None):
     """Documents of one file (a --source file or the mirror's), read by its suffix: a .txt as text (DailyDialog's
     release as its dialogues), others as records (record_doc), a record of the other kind than the first a bad one
@@ -2926,6 +2958,8 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
         # with --limit, not: the run may never read the other files, and they may be far more than it reads
         if isinstance(e, BadRecords) and limit is None:
             raise with_other_files(e, plan) from None
+        if isinstance(e, NotText) and limit is None:
+            raise with_other_not_utf8(e, plan) from None
         raise
     finally:
         if new_vocab:

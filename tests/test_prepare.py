@@ -2202,6 +2202,25 @@ def test_source_folder_of_other_files_says_what_it_holds(tmp_path):
         prepare.prepare("text", source=str(src), out_dir=str(tmp_path / "data"))
 
 
+def test_a_folders_files_not_utf8_are_named_together(tmp_path):
+    """A folder of notes saved on Windows, several in cp1252 (CRLF lines, curly quotes): the error named the first
+    only, a run for each file to learn of the next. It names the others (the first few, the rest counted), with or
+    without a vocabulary's pass, which reads a sample of the files first."""
+    src = tmp_path / "notes"
+    write(src / "0.txt", "A note in UTF-8.\n")
+    for i in range(1, 6):
+        path = src / "old" / f"{i}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(f"Caf\u00e9 \u201cnote\u201d {i}\r\n".encode("cp1252"))
+    old = re.escape(str(src / "old"))
+    for vocab_size in (None, 300):
+        with pytest.raises(UserError, match=rf"^{old}/1.txt is not UTF-8 text .* it looks like Windows-1252 .*; then "
+                                            rf"move the original out of {re.escape(str(src))}: prepare.py reads every "
+                                            rf"file of a --source folder; 4 other files not UTF-8 either: {old}/2.txt, "
+                                            rf"{old}/3.txt, {old}/4.txt, and 1 more$"):
+            prepare.prepare("text", source=str(src), out_dir=str(tmp_path / "data"), vocab_size=vocab_size)
+
+
 def test_markdown_notes_are_read_as_text_by_the_patterns_a_folder_names(tmp_path, enc, capsys):
     """A folder of notes, Markdown (Obsidian's, front matter and all) in nested folders beside .txt, an empty note, a
     picture and the editor's settings: the .md were left out, with no way in but renaming a tree of notes. The warning
