@@ -220,7 +220,8 @@ def text_docs(path):
 
 
 # the fields record_doc reads a record by: a list of turns under the first four (`contents`: Gemini's, of role/parts)
-TURNS_FIELDS = ("messages", "conversations", "conversation", "contents")
+# (`chat_messages`: Claude's data export, its conversations.json, of {sender, text})
+TURNS_FIELDS = ("messages", "conversations", "conversation", "contents", "chat_messages")
 # the (prompt, reply, input) fields of the prompt-and-reply shapes, read as a user turn (the input, if any, after a
 # blank line) and its reply (TRL's conversational prompt/completion: lists of turns); a record of several is read by the
 # one first here
@@ -593,10 +594,12 @@ def gemini_text(parts, where):
 def turns_of(record, field, where):
     """record[field], a list of turns, each OpenAI's {role, content} or ShareGPT's {from, value} whatever the field's name
     (unsloth's standardize_sharegpt writes `conversations` of role/content, LLaMA-Factory reads `messages` of
-    from/value), or Gemini's `contents` of {role, parts}, as [{role, content}]; else a UserError showing what a turn
-    looks like. where: the record's place (file and line), for messages."""
+    from/value), Gemini's `contents` of {role, parts} or Claude's `chat_messages` of {sender, text}, as [{role,
+    content}]; else a UserError showing what a turn looks like. where: the record's place (file and line), for
+    messages."""
     spellings = {"conversations": (("from", "value"), ("role", "content")),
-                 "contents": (("role", "parts"),)}.get(field, (("role", "content"), ("from", "value")))
+                 "contents": (("role", "parts"),),
+                 "chat_messages": (("sender", "text"),)}.get(field, (("role", "content"), ("from", "value")))
     turns = record[field]
     # OpenAI's function calling: a turn that calls a tool (tool_calls, content null or left out) and the tool's answer
     # (role "tool") are named, with the way out, not left to "content must be text" or "unknown role 'tool'" (Gemini's
@@ -3311,7 +3314,8 @@ def main(argv=None):
                         "such as 'notes/**/*.md'), .jsonl/.json/.parquet records "
                         "(messages, ShareGPT conversations, instruction/input/output or instances, instruction/context/"
                         "response, question/answer, prompt/completion, prompt/response, query/response, "
-                        "question/response, input/output, problem/solution, Gemini's contents, ChatGPT's export, "
+                        "question/response, input/output, problem/solution, Gemini's contents, ChatGPT's and "
+                        "Claude's exports, "
                         "text), or folders; "
                         "or hf:NAME[:CONFIG[:SPLIT]], a Hugging Face hub dataset of such records, streamed (hf:NAME::SPLIT: "
                         "the default config; split default train, or the set's only split), val its validation split "

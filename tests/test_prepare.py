@@ -1797,6 +1797,16 @@ def sharegpt(conv):
     return {"id": "x", "conversations": [{"from": names[m["role"]], "value": m["content"]} for m in conv]}
 
 
+def claude_export(conv, i):
+    """conv as a conversation of Claude's data export (its conversations.json): `chat_messages` of {sender, text}, each
+    with its text again as content parts, no system message (the system turn, given here, is read as one)."""
+    names = {"system": "system", "user": "human", "assistant": "assistant"}
+    return {"uuid": f"c{i}", "name": "A chat", "created_at": "2024-05-01T10:00:00Z", "account": {"uuid": "a"},
+            "chat_messages": [{"uuid": f"m{i}.{j}", "sender": names[m["role"]], "text": m["content"],
+                               "content": [{"type": "text", "text": m["content"]}], "attachments": [], "files": []}
+                              for j, m in enumerate(conv)]}
+
+
 ALPACA = [{"instruction": f"Add {i} and {i}.", "input": "" if i % 2 else f"Numbers: {i}, {i}", "output": f"{2 * i}"} for i in range(10)]
 # Self-Instruct's seed tasks, some of two instances
 SEED_TASKS = [{"id": f"seed_task_{i}", "name": "add", "instruction": r["instruction"], "is_classification": False,
@@ -1934,6 +1944,10 @@ FORMATS = {  # name: (file name, file text, expected conversations)
     # ChatGPT's data export: the conversation each tree shows, its text only (see chatgpt_export)
     "chatgpt-export": ("conversations.json", json.dumps([chatgpt_export(c, i) for i, c in enumerate(CONVERSATIONS)]),
                        [merged_reply(c) for c in CONVERSATIONS]),
+    # Claude's data export: was told its `chat_messages` held a list of records, to be given as the file (each turn
+    # then plain text)
+    "claude-export": ("conversations.json", json.dumps([claude_export(c, i) for i, c in enumerate(CONVERSATIONS)]),
+                      CONVERSATIONS),
     # TRL trains on the completion alone: a multi-turn prompt's replies are context, out of the loss (they were trained)
     "trl-conversational": ("t.jsonl", "\n".join(json.dumps({"prompt": c[:-1], "completion": c[-1:]}) for c in CONVERSATIONS),
                            [[dict(m, weight=0) if m["role"] == "assistant" else m for m in c[:-1]] + c[-1:]
@@ -3704,7 +3718,8 @@ def test_a_hub_source_is_streamed_and_read_as_source_files_are(tmp_path, enc, ca
     # them out (without reading on: a streamed split would be downloaded whole)
     write(tmp_path / "odd" / "train.jsonl", json.dumps({"title": "no text"}) + "\n")
     with pytest.raises(UserError, match=r"^hf:.*/odd train row 1: no messages, conversations, conversation, "
-                                        r"contents, instruction/output, instruction/response, question/answer, "
+                                        r"contents, chat_messages, instruction/output, instruction/response, "
+                                        r"question/answer, "
                                         r"prompt/completion, prompt/response, query/response, question/response, "
                                         r"input/output, problem/solution, instruction/instances, dialog, mapping "
                                         r"\(ChatGPT's export\) or text field; pass --skip_bad_records "
