@@ -810,8 +810,16 @@ def record_doc(record, where, dataset=None):
                          None)
             wrapped = f"; its `{inner}` holds a list of records: give that list as the file (a .json array), or one " \
                       f"record a line (JSON Lines)" if inner else ""
+            # the fields it has, beside those it lacks: "Question"/"Answer" (a spreadsheet's headers), "Q"/"A" or
+            # "Question;Answer" (a CSV split on the wrong separator) were left to be found by opening the file
+            def named(keys):
+                return ", ".join(f"`{k}`" for k in keys[:8]) + (f" and {len(keys) - 8:,} more" if len(keys) > 8 else "")
+            fields, nulls = [k for k in record if k in has], [k for k in record if k not in has]
+            has_fields = (f"; it has {named(fields)}" if fields else "; it has no field that holds something") + \
+                (f" ({named(nulls)} null)" if nulls else "")
             raise UserError(f"{where}: no {', '.join(TURNS_FIELDS)}, {', '.join(f'{p}/{r}' for p, r, _ in PAIRS)}, "
-                            f"instruction/instances, dialog, mapping (ChatGPT's export) or text field{wrapped}")
+                            f"instruction/instances, dialog, mapping (ChatGPT's export) or text field"
+                            f"{wrapped or has_fields}")
     except (KeyError, TypeError) as e:
         raise UserError(f"{where}: malformed conversation ({type(e).__name__}: {e})")
     system = record_system(record, where)

@@ -733,7 +733,7 @@ def test_non_utf8_and_bad_input(tmp_path):
         prepare.prepare("chat", source=write(tmp_path / "wrapped.json", json.dumps({"version": 1, "data": records})),
                         out_dir=out)
     # a list of other objects in it is no list of records: no such hint
-    with pytest.raises(UserError, match=r"tagged.json record 1: no messages, .* or text field$"):
+    with pytest.raises(UserError, match=r"tagged.json record 1: no messages, .* or text field; it has `tags`$"):
         prepare.prepare("chat", source=write(tmp_path / "tagged.json", json.dumps([{"tags": [{"id": 1}]}])),
                         out_dir=out)
     with pytest.raises(UserError, match=r"odd.jsonl line 1: unknown role 'robot'"):
@@ -909,7 +909,8 @@ def test_bad_records_are_named_together_or_left_out(tmp_path, capsys):
     # rows 1, 3... bad: an answer with no question (a null answer is an empty one, left out as "" is)
     rows = [{"question": f"Q{i}?" if i % 2 else None, "answer": f"A{i}."} for i in range(30)]
     pq.write_table(pa.Table.from_pylist(rows), str(tmp_path / "qa.parquet"))
-    with pytest.raises(UserError, match=r"qa\.parquet row 1: no messages, .* field; 14 more bad records in the file: "
+    with pytest.raises(UserError, match=r"qa\.parquet row 1: no messages, .* field; it has `answer` \(`question` "
+                                        r"null\); 14 more bad records in the file: "
                                         r"rows 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, \.\.\.; fix them, or pass "):
         prepare.prepare("chat", source=str(tmp_path / "qa.parquet"), out_dir=out, name="qa")
     meta = prepare.prepare("chat", source=str(tmp_path / "qa.parquet"), out_dir=out, name="qa", skip_bad_records=True)
@@ -923,12 +924,12 @@ def test_bad_records_are_named_together_or_left_out(tmp_path, capsys):
     # on; not skippable, its error names no --skip_bad_records
     bad = write(tmp_path / "folder" / "bad.jsonl", '{"title": "a"}\n{"title": "b"}\n')
     write(tmp_path / "folder" / "good.jsonl", "".join(json.dumps({"text": d}) + "\n" for d in DOCS[:10]))
-    with pytest.raises(UserError, match=rf"^{re.escape(bad)} line 1: no messages, .* field; 1 more bad record in the "
-                                        rf"file: line 2$"):
+    with pytest.raises(UserError, match=rf"^{re.escape(bad)} line 1: no messages, .* field; it has `title`; 1 more bad "
+                                        rf"record in the file: line 2$"):
         prepare.prepare("text", source=str(tmp_path / "folder"), out_dir=out, name="folder")
-    with pytest.raises(UserError, match=rf"^{re.escape(bad)} line 1: no messages, .* field; no record of "
-                                        rf"{re.escape(bad)} is good \(2 bad\), so --skip_bad_records leaves nothing of "
-                                        rf"it to train on: fix it$"):
+    with pytest.raises(UserError, match=rf"^{re.escape(bad)} line 1: no messages, .* field; it has `title`; no record "
+                                        rf"of {re.escape(bad)} is good \(2 bad\), so --skip_bad_records leaves nothing "
+                                        rf"of it to train on: fix it$"):
         prepare.prepare("text", source=str(tmp_path / "folder"), out_dir=out, name="folder", skip_bad_records=True)
     assert not os.path.exists(os.path.join(out, "folder"))
     # a file of another shape altogether is refused at its first ALL_BAD records, not read to its end (minutes for
@@ -3722,7 +3723,7 @@ def test_a_hub_source_is_streamed_and_read_as_source_files_are(tmp_path, enc, ca
                                         r"question/answer, "
                                         r"prompt/completion, prompt/response, query/response, question/response, "
                                         r"input/output, problem/solution, instruction/instances, dialog, mapping "
-                                        r"\(ChatGPT's export\) or text field; pass --skip_bad_records "
+                                        r"\(ChatGPT's export\) or text field; it has `title`; pass --skip_bad_records "
                                         r"to leave out the split's bad rows$"):
         prepare.prepare("text", source=f"hf:{tmp_path / 'odd'}", out_dir=out, name="hub")
     assert prepare.read_meta(os.path.join(out, "hub"))["splits"]["train"]["documents"] == 21  # kept
