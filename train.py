@@ -106,6 +106,9 @@ DYNAMO_CONTEXT_LOG = "torch._dynamo.variables.ctx_manager"
 DIST_TIMEOUT_MIN = 10.0
 MAX_LR = 1e5  # a sanity bound (0.05 is about the largest that trains anything here) that keeps Muon's update in float32
 OVERFIT_EVALS = 3  # evaluations past the best, val loss 1% above it, after which a run's summary says it overfits
+# the fewest steps a run by epochs is not warned of: an epoch of one's own chats (400 short conversations) is a dozen
+# steps, which the printed command trained into a model that answered in garbage, its run ending with "try it"
+FEW_STEPS = 100
 FINETUNE_LR_DIVISOR = 3  # fine-tuning starts from trained weights: smaller steps keep what they know
 
 # Training options and their defaults. When continuing a checkpoint on the same dataset, an option not given on
@@ -2857,6 +2860,11 @@ def plan_run(run, options_given):
     run.p = Progress()
     if continuing:
         run.p, run.eval_windows, args.warmup = resumed_progress(run, options_given)
+    elif not run.budget and not args.max_steps and run.total_steps < FEW_STEPS:
+        spe = run.batches.steps_per_epoch
+        warn(f"{args.epochs} epoch(s) of {args.dataset} are {run.total_steps:,} step(s), too few to learn much from: "
+             f"--epochs {math.ceil(FEW_STEPS / spe)} trains {math.ceil(FEW_STEPS / spe) * spe:,}, or --time_budget "
+             f"MINUTES trains for that time")
     check_eval_targets(run.val_w, run.eval_windows)
     run.bpb_scale = bpb_scale(run.val_w, run.eval_windows, run.enc)
     return run_warmup

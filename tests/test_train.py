@@ -1306,6 +1306,18 @@ def test_settings_that_defeat_the_run_are_warned_of(env, tmp_path, capsys):
                                       "lines come at epoch ends alone; every 400 steps is --log_interval 40\n"
 
 
+def test_a_run_of_a_few_steps_is_warned_of_with_the_epochs_that_make_enough(env, tmp_path, capsys):
+    """The train.py command prepare.py prints for one's own small chat set (an epoch of a dozen steps) trained a model
+    that answered in garbage, its run ending with "try it" and no word that it was too short: said, with the
+    --epochs that train about FEW_STEPS. Not said of a run of more, nor of one a --time_budget or --max_steps sets."""
+    train.train(args_for(env, tmp_path, "--dataset", "mini"))
+    assert "warning: 1 epoch(s) of mini are 9 step(s), too few to learn much from: --epochs 12 trains 108, or " \
+           "--time_budget MINUTES trains for that time\n" in capsys.readouterr().err
+    for more in (["--epochs", "12"], ["--max_steps", "2"], ["--time_budget", "0.02"]):
+        train.train(args_for(env, tmp_path, "--dataset", "mini", *more, "--eval_interval", "0", "--overwrite"))
+        assert "too few" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("faster", [True, False])
 def test_bf16_asked_for_on_a_cpu_where_it_is_slower_is_warned_of(env, tmp_path, capsys, monkeypatch, faster):
     """An Intel CPU with AVX-512 BF16 but no AMX runs bf16 matmuls at half fp32's speed: --dtype auto takes fp32 there,
