@@ -868,10 +868,11 @@ class LeftOut:
     """The records good_docs leaves out, by file or hub split (label), for the summary, each {"count", "wheres"}
     (counted, the first PLACES located): under bad the bad ones, with skip_bad (--skip_bad_records; else a bad record
     stops the run), and under empty those with nothing to train on (record_doc's None: no reply, an empty or null one,
-    a TRL completion [], empty text), left out unsaid, a user's 300 records giving "291 documents" and no reason."""
+    a TRL completion [], empty text), left out unsaid, a user's 300 records giving "291 documents" and no reason.
+    blank: the text files with no text (empty, or whitespace alone), a folder of 8 notes giving "6 documents"."""
 
     def __init__(self, skip_bad=False):
-        self.skip_bad, self.bad, self.empty = skip_bad, {}, {}
+        self.skip_bad, self.bad, self.empty, self.blank = skip_bad, {}, {}, set()
 
     def note(self, records, label, count, wheres):
         """count records of label (self.bad or self.empty) left out so far, the first at wheres."""
@@ -1101,7 +1102,15 @@ def file_docs(path, dataset, left=None, folder=None):
     LeftOut. folder: the --source folder it is read from, if any."""
     try:
         if suffix(path) in (".txt", *MARKDOWN):
-            yield from dailydialog_docs(path, left) if dataset == "dailydialog" else text_docs(path)
+            if dataset == "dailydialog":
+                yield from dailydialog_docs(path, left)
+                return
+            blank = True
+            for doc in text_docs(path):
+                blank = False
+                yield doc
+            if blank and left is not None:
+                left.blank.add(path)
             return
         yield from (doc for _, doc in good_docs(json_records(path, folder), path, dataset, left))
     except NotText as e:
@@ -3297,6 +3306,10 @@ def print_summary(folder, meta, plan, limit, dt, context=None):
     for label, left in left_out.empty.items():  # (else 300 records gave "291 documents", no reason said)
         print(f"  left out {left['count']:,} record{'s' * (left['count'] > 1)} of {label} with nothing to train on "
               f"(no reply, an empty or null one, or empty text): {places(left['wheres'], left['count'])}")
+    if left_out.blank:
+        blank = sorted(left_out.blank)
+        more = f", and {len(blank) - PLACES:,} more" if len(blank) > PLACES else ""
+        print(f"  left out {len(blank):,} file{'s' * (len(blank) > 1)} with no text: {', '.join(blank[:PLACES])}{more}")
     for source, m in (mixed or {}).items():
         print(f"  {source}: weight {m['weight']:g}, {m['train_tokens'] / max(tr['tokens'] - tr['padding'], 1):.1%} of the "
               f"train tokens ({m['train_documents']:,} documents), {m['val_documents']:,} val documents")

@@ -2236,6 +2236,18 @@ def test_a_folders_files_not_utf8_are_named_together(tmp_path):
             prepare.prepare("text", source=str(src), out_dir=str(tmp_path / "data"), vocab_size=vocab_size)
 
 
+def test_text_files_with_no_text_are_named_in_the_summary(tmp_path, capsys):
+    """A folder of 5 notes, 2 of them empty (or blank lines alone) gave "3 documents" and no word of the others, as
+    records with nothing to train on are counted and located."""
+    src = tmp_path / "notes"
+    for name, text in (("a.txt", "One."), ("b.txt", ""), ("sub/c.txt", "\r\n  \n"), ("d.txt", "Two."),
+                       ("e.txt", "Three.")):
+        write(src / name, text)
+    prepare.prepare("text", source=str(src), out_dir=str(tmp_path / "data"), tokenizer="gpt2")
+    out = capsys.readouterr().out
+    assert f"\n  left out 2 files with no text: {src / 'b.txt'}, {src / 'sub' / 'c.txt'}\n" in out, out
+
+
 def test_markdown_notes_are_read_as_text_by_the_patterns_a_folder_names(tmp_path, enc, capsys):
     """A folder of notes, Markdown (Obsidian's, front matter and all) in nested folders beside .txt, an empty note, a
     picture and the editor's settings: the .md were left out, with no way in but renaming a tree of notes. The warning
