@@ -303,6 +303,15 @@ def refuse_records(path, text):
             if field or bare_turns(record):
                 raise UserError(f"{path}: its first line is a JSON record ({f'of `{field}`' if field else 'turns'}), "
                                 f"but a .txt file is read as plain text (its JSON trained on as words): name it .jsonl")
+    # a spreadsheet saved as text (Excel's "Text (Tab delimited)" is a .txt) whose header names a prompt and its reply:
+    # its questions and answers were trained on as words, with no loss mask, said by nothing. As a .tsv or .csv, it is
+    # refused with the command that makes its rows records (table_fix)
+    for sep, ext in (("\t", ".tsv"), (",", ".csv"), (";", ".csv")):
+        cells = [c.strip().strip('"').lower() for c in line.split(sep)]
+        if len(cells) > 1 and any(p in cells and r in cells for p, r, _ in PAIRS):
+            raise UserError(f"{path}: its first line is a table's header ({', '.join(cells)}), but a .txt file is read "
+                            f"as plain text (its rows trained on as words): name it {ext}, and prepare.py names the "
+                            f"command that makes its rows records")
 
 
 def separated_docs(path, split):

@@ -837,6 +837,25 @@ def test_a_spreadsheet_as_excel_saves_it_becomes_records_by_the_command_named(tm
         assert sum(split["documents"] for split in meta["splits"].values()) == 3
 
 
+def test_a_spreadsheet_saved_as_text_is_refused_with_the_name_that_reads_it(tmp_path, enc):
+    """Excel's "Text (Tab delimited)" is a .txt: its questions and answers were read as one plain-text document, trained
+    on as words with no loss mask, said by nothing. Its header names the fields: refused, with the name to give it, and
+    so named it is refused with the command that makes its rows records (table_fix). A note whose first line only
+    mentions such words is text."""
+    table = tmp_path / "qa.txt"
+    table.write_text("Question\tAnswer\nWhat is tea?\tA drink.\n", encoding="utf-8")
+    with pytest.raises(UserError, match=rf"^{re.escape(str(table))}: its first line is a table's header \(question, "
+                                        rf"answer\), but a \.txt file is read as plain text \(its rows trained on as "
+                                        rf"words\): name it \.tsv, and prepare.py names the command that makes its "
+                                        rf"rows records$"):
+        prepare.prepare("chat", source=str(table), out_dir=str(tmp_path / "data"), tokenizer="gpt2")
+    with pytest.raises(UserError, match=r"name it \.csv"):
+        prepare.prepare("text", source=write(tmp_path / "b.txt", '"prompt","completion"\nHi,Hello\n'),
+                        out_dir=str(tmp_path / "data"), tokenizer="gpt2")
+    prepare.prepare("text", source=write(tmp_path / "c.txt", "Question and answer, a note\nA question, an answer.\n"),
+                    out_dir=str(tmp_path / "data"), tokenizer="gpt2", force=True)
+
+
 def test_a_source_that_is_a_named_pipe_is_refused_at_once(tmp_path):
     """--source of a type prepare.py does not read is refused; its first bytes are looked at for a compressed file's
     (notes.txt.gz) only in a file: a named pipe with no writer (or /dev/stdin at a terminal) waited for one, for ever,
