@@ -718,6 +718,11 @@ def test_bad_input_errors(ckpt, tmp_path, capsys, monkeypatch):
     line = one_error_line(*cli([ckpt, "--prompt_file", str(tmp_path / "cut.jsonl")] + CPU, capsys)[::2])
     assert line == (f'error: {tmp_path / "cut.jsonl"} line 2: a JSON line with a "prompt" field that is not valid JSON '
                     f"(Expecting ',' delimiter at column 27): mend it")
+    # its "prompt" not the first field (HumanEval's lines lead with task_id): broken all the same
+    (tmp_path / "cut.jsonl").write_text('{"task_id": "HumanEval/0", "prompt": "def f(x):\\n"\n', encoding="utf-8")
+    line = one_error_line(*cli([ckpt, "--prompt_file", str(tmp_path / "cut.jsonl")] + CPU, capsys)[::2])
+    assert line.startswith(f'error: {tmp_path / "cut.jsonl"} line 1: a JSON line with a "prompt" field that is not '
+                           f"valid JSON ("), line
     line = one_error_line(*cli([str(tmp_path / "nope.pt")] + CPU, capsys)[::2])
     assert "nope.pt" in line and "not found" in line
     corrupt = tmp_path / "corrupt.pt"
