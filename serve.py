@@ -459,10 +459,15 @@ class Turns:
             if not self.clients:
                 self.sentinels -= 1
                 return None
-            client, jobs = self.clients.popitem(last=False)
-            if len(jobs) > 1:
-                self.clients[client] = jobs  # its next job: after each other client's
-            return jobs.popleft()
+            client, jobs = next(iter(self.clients.items()))
+            job = jobs.popleft()
+            if not jobs:
+                del self.clients[client]
+            # its next job: after each other client's. One whose client hung up, which the worker skips, took no turn:
+            # the next is served in its place
+            elif not job.cancelled.is_set():
+                self.clients.move_to_end(client)
+            return job
 
     def bump(self, client):
         """Takes out and returns the newest waiting job of the client with the most (cancelled ones not counted), if
@@ -479,7 +484,8 @@ class Turns:
             return job
 
     def queued(self):
-        """The jobs waiting, in the order the worker takes them (each client's first, then each one's second...)."""
+        """The jobs waiting, in the order the worker takes them (each client's first, then each one's second...; a
+        cancelled one takes no turn, so not quite where one waits)."""
         with self.ready:
             deques = [list(jobs) for jobs in self.clients.values()]
         return [job for turn in itertools.zip_longest(*deques) for job in turn if job is not None]

@@ -1697,6 +1697,21 @@ def test_each_client_gets_its_turn_though_another_queued_many_first(enc):
         api.close()
 
 
+def test_a_request_cancelled_while_queued_takes_no_turn_of_its_clients():
+    """A request whose client hung up while it waited (the chat page's Stop, a notebook interrupted) is skipped by the
+    worker at no cost, and took its client's turn with it: the client's next request went behind another client's
+    reply (seconds, on a big model). Its next is served in its place."""
+    turns = serve.Turns()
+    jobs = [types.SimpleNamespace(client=name[0], cancelled=threading.Event(), name=name)
+            for name in ("a1", "b1", "a2", "b2")]
+    for job in jobs:
+        turns.put(job)
+    jobs[1].cancelled.set()  # b1: its client gone
+    assert [turns.get().name for _ in jobs] == ["a1", "b1", "b2", "a2"]
+    turns.put(None)
+    assert turns.get() is None and turns.empty()
+
+
 def test_a_full_queue_takes_a_place_from_the_client_with_the_most_for_another(enc):
     """A notebook that filled the queue from a thread pool kept every student out with 503s for as long as it kept it
     full. A request that finds the queue full takes the place of the newest of the client with the most waiting, two
