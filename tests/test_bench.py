@@ -744,3 +744,181 @@ def test_three_runs_finishing_together_keep_every_section(tmp_path, monkeypatch)
     third.join(30)
     text = open(path, encoding="utf-8").read()
     assert text.count("# Benchmarks") == 1 and all(f"## {n}\n" in text for n in ("first", "second", "third")), text
+
+
+# ---------------------------------------------------------------- the figures from the times (a mutation audit's)
+
+@pytest.fixture
+def intervals(monkeypatch):
+    """intervals(1, 4, 2): the timed intervals last 1, 4, 2, 1, 4, ... seconds in turn (a clock read in pairs: a start,
+    then an end), so a median, a min and a mean of them differ."""
+    def use(*seconds):
+        state = dict(now=0.0, reads=0, k=0)
+
+        def clock():
+            if state["reads"] % 2:  # an end: the next interval has passed since its start
+                state["now"] += seconds[state["k"] % len(seconds)]
+                state["k"] += 1
+            state["reads"] += 1
+            return state["now"]
+        monkeypatch.setattr(bench, "clock", clock)
+    return use
+
+
+def test_a_sample_is_timed_from_before_its_first_call(monkeypatch):
+    # a clock that advances one second a call: each call of a group of 4 takes 1 s, warm-up calls untimed
+    now = [0.0]
+    monkeypatch.setattr(bench, "clock", lambda: now[0])
+
+    def call():
+        now[0] += 1.0
+    assert bench.timed(call, torch.device("cpu"), 2, 3, group=4) == [1.0] * 3
+
+
+def test_interleaved_steps_are_warmed_up_and_each_synchronised(monkeypatch):
+    # the ratio's two steps in turn: warm-up calls of both, then each timed call waits for the device before its clock
+    events, now = [], [0.0]
+    monkeypatch.setattr(bench, "clock", lambda: now[0])
+    monkeypatch.setattr(bench, "sync", lambda device: events.append("sync"))
+
+    def step(name, seconds):
+        def call():
+            events.append(name)
+            now[0] += seconds
+        return call
+    times = bench.timed_interleaved([step("a", 1.0), step("b", 3.0)], torch.device("cpu"), 2, 2)
+    assert times == [[1.0, 1.0], [3.0, 3.0]]
+    assert events == ["a", "b", "a", "b", "sync"] + ["a", "sync", "b", "sync"] * 2
+
+
+def test_flop_units():
+    assert bench.flop_unit(torch.device("cuda")) == (1e12, "TFLOP/s")
+    assert bench.flop_unit(torch.device("cpu")) == (1e9, "GFLOP/s")
+
+
+def test_peak_and_training_rows_are_medians_and_mfu_is_over_the_peak_of_the_dtype_trained_in(intervals, one_thread):
+    # samples of 1, 4 and 2 s: the median is 2 s (the min 1 s, the mean 7/3 s, the max 4 s)
+    intervals(1, 4, 2)
+    cpu = torch.device("cpu")
+    assert bench.measure_peak(cpu, torch.float32, 16, warmup=0, iters=3) == 2 * 16 ** 3 / 2
+    fpt = bench.build_model("tiny", cpu, 32, 512).flops_per_token(32)
+    peaks = {torch.float32: 1e9, torch.bfloat16: 4e9}
+    for dtype in (torch.float32, torch.bfloat16):
+        r = bench.bench_train("tiny", cpu, dtype, peaks, 2, 32, 512, warmup=0, iters=3)
+        assert r["value"] == 2 * 32 / 2 and r["mfu"] == pytest.approx(2 * 32 / 2 * fpt / peaks[dtype])
+        assert r["note"].startswith("step 2000 ms, ")
+
+
+def test_a_compiled_step_gets_one_more_warm_up_and_recomputation_reaches_the_model(monkeypatch, one_thread):
+    # torch.compile compiles at the first call: that call must not be timed. (torch.compile stubbed: nothing compiles)
+    monkeypatch.setattr(torch, "compile", lambda model, **k: (lambda *a: model(*a)))
+    warmups, recompute = [], []
+    monkeypatch.setattr(bench, "timed", lambda fn, device, warmup, iters, group=1: warmups.append(warmup) or [1.0])
+    monkeypatch.setattr(bench, "timed_interleaved",
+                        lambda fns, device, warmup, iters: warmups.append(warmup) or [[1.0] for _ in fns])
+    real = bench.make_train_step
+    monkeypatch.setattr(bench, "make_train_step",
+                        lambda model, *a, **k: recompute.append(model.recompute_activations) or real(model, *a, **k))
+    cpu = torch.device("cpu")
+    for compile in (False, True):
+        bench.bench_train("tiny", cpu, torch.float32, {}, 1, 16, 512, compile=compile, warmup=2, iters=1,
+                          recompute_activations=compile)
+        bench.bench_ratio("tiny", cpu, torch.float32, {}, 1, 16, 512, compile=compile, warmup=2, iters=1)
+    assert warmups == [2, 2, 3, 3]
+    assert recompute[0] is False and recompute[3] is True  # (the ratio's models build 2 and 3, 5 and 6: not asked)
+
+
+def test_fp16_steps_scale_the_loss_as_train_py(monkeypatch):
+    # fp16's GradScaler is part of its step's cost: the timed step must use it, and only in fp16
+    enabled = []
+    monkeypatch.setattr(bench, "train_step", lambda fwd, opt, scaler, *a: enabled.append(scaler.is_enabled()))
+    for dtype in (torch.float16, torch.float32):
+        model = bench.build_model("tiny", torch.device("cpu"), 16, 512)
+        step, _ = bench.make_train_step(model, torch.device("cpu"), dtype, 1)
+        step()
+    assert enabled == [True, False]
+
+
+def test_generation_rows_count_the_new_tokens_after_a_warm_up(monkeypatch, intervals):
+    # the timed runs take 4 s (B1 without the cache), 1 s (B1 with it), 2 s (B2): the cache's speed-up is 4x
+    calls = []
+
+    def generate(model, device, dtype, idx, new_tokens, use_cache):
+        calls.append((idx.size(0), new_tokens, use_cache))
+        return idx.size(0) * new_tokens
+    monkeypatch.setattr(bench, "run_generate", generate)
+    intervals(4, 1, 2)
+    rows = bench.bench_gen("tiny", torch.device("cpu"), torch.float32, gen_batch=2, prompt_len=4, new_tokens=20,
+                           vocab_size=512)
+    assert calls == [(1, 8, False), (1, 20, False), (1, 8, True), (1, 20, True), (2, 8, True), (2, 20, True)]
+    assert [(r["name"], r["value"]) for r in rows] == [("tiny B1 no cache", 5.0), ("tiny B1 KV cache", 20.0),
+                                                        ("tiny B2 KV cache", 20.0), ("tiny B1 cache / no cache", 4.0)]
+    # a run that stopped short of its tokens is no figure
+    monkeypatch.setattr(bench, "run_generate", lambda model, device, dtype, idx, new_tokens, use_cache:
+                        idx.size(0) * new_tokens - (new_tokens > 8))
+    with pytest.raises(RuntimeError, match="generation stopped early: 19 of 20 tokens"):
+        bench.bench_gen("tiny", torch.device("cpu"), torch.float32, gen_batch=2, prompt_len=4, new_tokens=20,
+                        vocab_size=512)
+
+
+def test_prepare_counts_utf8_bytes_and_one_pass_of_tokens_over_the_median_time(tmp_path, intervals):
+    text = "Zoë a vu le café. Un œuf.\nÇa va très bien.\n" * 50  # not ASCII: bytes are not characters
+    p = tmp_path / "t.txt"
+    p.write_text(text, encoding="utf-8")
+    intervals(1, 4, 2)
+    try:
+        mbs, tps = bench.bench_prepare(str(p), threads=1, repeats=3)
+    except UserError as e:
+        pytest.skip(f"no GPT-2 BPE files here: {e}")
+    from setup_tokenizer import get_tokenizer
+    enc = get_tokenizer("gpt2")
+    lines = text.split("\n")
+    assert mbs["value"] * 1e6 == pytest.approx(sum(len(line.encode("utf-8")) for line in lines) / 2)
+    assert tps["value"] == pytest.approx(sum(len(enc.encode_ordinary(line)) for line in lines) / 2)
+
+
+def test_table_values_and_target_boundaries():
+    assert [bench.fmt_value(v) for v in (1000, 999.6, 100, 12.34, 9.999, 1.234)] == \
+        ["1,000", "1000", "100", "12.3", "10.00", "1.23"]
+    gpu = [dict(bench.row("train", "gpt2 B8 T1024 V50259", 1e5, "tokens/s", torch.bfloat16, 0.5), mem=24e9)]
+    assert bench.check_targets(gpu, gpu=True)[1].endswith(": 24.0 GB (gpt2 B8 T1024 V50259) met")  # 24 GB fits
+    assert bench.check_targets([bench.row("gen", "small B1 cache / no cache", 5.0, "x")]) == \
+        ["target small B1 cache speed-up >= 5x: 5.00x met"]
+    assert bench.off_target(bench.get_parser().parse_args(["--prompt_len", "64"])) == "--prompt_len"
+
+
+def test_sizes_just_past_the_bound_are_refused():
+    args = bench.get_parser().parse_args(["--batch_size", str(bench.MAX_SIZE + 1)])
+    with pytest.raises(UserError, match=r"^--batch_size 1099511627777 is too large: give at most 1,099,511,627,776"):
+        bench.check_options(args)
+    bench.check_options(bench.get_parser().parse_args(["--batch_size", str(bench.MAX_SIZE)]))
+
+
+def test_run_hands_each_section_what_its_options_ask(monkeypatch, one_thread):
+    # --warmup 0 is no warm-up (not --quick's 1); a dtype named twice trains once; the ratio's fp32 baseline gets an
+    # fp32 peak for its MFU whatever --dtype is; --clock cpu tokenizes on one thread (CPU time adds up over threads)
+    seen = {}
+
+    def peak(device, dtypes, sizes, **k):
+        seen["peak"] = dtypes
+        return [], {d: 1.0 for d in dtypes}
+
+    def train(preset, device, dtype, peaks, batch_size, block_size, vocab_size, variant, compile, warmup, *a):
+        seen.setdefault("train", []).append((dtype, warmup))
+        return bench.row("train", preset, 1, "tokens/s", dtype)
+
+    def prepare(path, threads, **k):
+        seen["prepare"] = threads
+        return [bench.row("prepare", "tokenizer", 1, "MB/s")]
+    monkeypatch.setattr(bench, "bench_peak", peak)
+    monkeypatch.setattr(bench, "bench_train", train)
+    monkeypatch.setattr(bench, "bench_ratio", lambda *a, **k: [])
+    monkeypatch.setattr(bench, "bench_prepare", prepare)
+    bench.run(quick_args("--only", "train,ratio", "--dtype", "bfloat16,bfloat16", "--warmup", "0"),
+              torch.device("cpu"), log=lambda *a: None)
+    assert seen["train"] == [(torch.bfloat16, 0)] and seen["peak"] == [torch.bfloat16, torch.float32]
+    try:
+        bench.run(quick_args("--only", "prepare", "--clock", "cpu"), torch.device("cpu"), log=lambda *a: None)
+    finally:
+        bench.set_clock("wall")
+    assert seen["prepare"] == 1
