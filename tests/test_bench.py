@@ -922,3 +922,63 @@ def test_run_hands_each_section_what_its_options_ask(monkeypatch, one_thread):
     finally:
         bench.set_clock("wall")
     assert seen["prepare"] == 1
+
+
+def test_default_sizes_without_quick(monkeypatch):
+    # the sizes the targets are stated for (off_target: None): peak 2048 and 4096 on a CPU, B8, 500 new tokens after a
+    # 16-token prompt, B8 generation
+    seen = {}
+    monkeypatch.setattr(bench, "bench_peak", lambda device, dtypes, sizes, **k: seen.update(sizes=sizes) or ([], {}))
+    monkeypatch.setattr(bench, "bench_train", lambda preset, device, dtype, peaks, batch_size, *a:
+                        seen.update(batch_size=batch_size) or bench.row("train", preset, 1, "tokens/s"))
+    monkeypatch.setattr(bench, "bench_gen", lambda preset, device, dtype, gen_batch, prompt_len, new_tokens, *a:
+                        seen.update(gen=(gen_batch, prompt_len, new_tokens)) or [])
+    args = bench.get_parser().parse_args(["--no_write", "--device", "cpu", "--only", "peak,train,gen",
+                                          "--model", "tiny", "--dtype", "float32"])
+    bench.run(args, torch.device("cpu"), log=lambda *a: None)
+    assert seen == dict(sizes=[2048, 4096], batch_size=8, gen=(8, 16, 500)) and bench.off_target(args) is None
+
+
+def test_device_sync_and_the_tf32_note(monkeypatch):
+    synced = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: synced.append("cuda"))
+    monkeypatch.setattr(torch.mps, "synchronize", lambda: synced.append("mps"))
+    for kind in ("cpu", "cuda", "mps"):
+        bench.sync(torch.device(kind))
+    assert synced == ["cuda", "mps"]
+    # a GPU's fp32 matmuls on tensor cores (main() allows TF32, as train.py): its fp32 peak row says so, bf16's not
+    monkeypatch.setattr(bench, "measure_peak", lambda device, dtype, n, warmup, iters: 1e12)
+    allowed = torch.backends.cuda.matmul.allow_tf32  # (a property of torch's: monkeypatch cannot undo it)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        rows, peaks = bench.bench_peak(torch.device("cuda"), [torch.float32, torch.bfloat16], [64])
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = allowed
+    assert [r["note"].endswith(" (TF32 allowed)") for r in rows] == [True, False]
+    assert [(r["value"], r["unit"]) for r in rows] == [(1.0, "TFLOP/s")] * 2
+
+
+def test_model_names_and_which_rows_a_target_judges():
+    cpu = torch.device("cpu")
+    assert bench.model_name(bench.build_model("small", cpu, 16, 512, "modern")) == "small-modern"
+    assert bench.model_name(bench.build_model("tiny", cpu, 16, 512)) == "tiny"  # tiny's own variant is modern
+    # the cache target judges the speed-up row only, the 24 GB one gpt2 B8 at T1024 only
+    gen = [bench.row("gen", f"small B1 {what}", 100.0, "tokens/s") for what in ("no cache", "KV cache")]
+    assert bench.check_targets(gen) == []
+    gpu = [dict(bench.row("train", "gpt2 B8 T512 V50259", 1e5, "tokens/s", torch.bfloat16, 0.5), mem=1e9)]
+    judged = [line.split(":")[0] for line in bench.check_targets(gpu, gpu=True)]
+    assert judged == ["target gpt2 bf16 MFU >= 50% on a GPU"]
+
+
+def test_prepare_warms_the_tokenizer_up_before_timing(tmp_path, monkeypatch):
+    import prepare
+    p = tmp_path / "t.txt"
+    p.write_text("one line\n" * 300, encoding="utf-8")
+    sizes, real = [], prepare.encode_texts
+    monkeypatch.setattr(prepare, "encode_texts", lambda enc, texts, threads: sizes.append(len(texts)) or
+                        real(enc, texts, threads))
+    try:
+        bench.bench_prepare(str(p), threads=1, repeats=2)
+    except UserError as e:
+        pytest.skip(f"no GPT-2 BPE files here: {e}")
+    assert sizes == [200, 301, 301]  # tiktoken builds its regex at the first call: not in a timed pass
