@@ -112,6 +112,22 @@ def test_flops_per_token():
     assert model.flops_per_token(8) < model.flops_per_token()
 
 
+@pytest.mark.parametrize("variant", ["gpt2", "modern"])
+def test_flops_per_token_counts_the_matmuls_a_training_step_runs(variant):
+    # counted, not restated: torch's FLOP counter over the weights' matmuls of a forward and backward (the padded
+    # lm_head, SwiGLU's three matrices), plus the attention's 12 L C T (PaLM's, QK^T and AV as if not causal). The
+    # estimate's only extra is 6x the biases and norm gains, well under 2% here
+    from torch.utils.flop_counter import FlopCounterMode
+    model = tiny_model(variant, vocab_size=1000, n_embd=64).train()
+    cfg, (B, T) = model.config, (2, 32)
+    x = tokens(B, T, vocab=1000)
+    with FlopCounterMode(display=False) as counter:
+        model(x, x)[1].backward()
+    linear = sum(n for op, n in counter.get_flop_counts()["Global"].items() if str(op) in ("aten.mm", "aten.addmm"))
+    counted = linear / (B * T) + 12 * cfg.n_layer * cfg.n_embd * T
+    assert counted <= model.flops_per_token(T) < 1.02 * counted
+
+
 # ---------------------------------------------------------------- structure / forward
 
 def test_gpt2_param_names_and_tying():
