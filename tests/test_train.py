@@ -1310,11 +1310,12 @@ def test_a_run_of_a_few_steps_is_warned_of_with_the_epochs_that_make_enough(env,
     """The train.py command prepare.py prints for one's own small chat set (an epoch of a dozen steps) trained a model
     that answered in garbage, its run ending with "try it" and no word that it was too short: said, with the
     --epochs that train about FEW_STEPS. Not said of a run of more, nor of one a --time_budget or --max_steps sets."""
-    train.train(args_for(env, tmp_path, "--dataset", "mini"))
+    # (the model SMALL: what is said is of the steps, which its size does not change; the 12 epochs train 108 of them)
+    train.train(args_for(env, tmp_path, "--dataset", "mini", *SMALL))
     assert "warning: 1 epoch(s) of mini are 9 step(s), too few to learn much from: --epochs 12 trains 108, or " \
            "--time_budget MINUTES trains for that time\n" in capsys.readouterr().err
     for more in (["--epochs", "12"], ["--max_steps", "2"], ["--time_budget", "0.02"]):
-        train.train(args_for(env, tmp_path, "--dataset", "mini", *more, "--eval_interval", "0", "--overwrite"))
+        train.train(args_for(env, tmp_path, "--dataset", "mini", *SMALL, *more, "--eval_interval", "0", "--overwrite"))
         assert "too few" not in capsys.readouterr().err
 
 
