@@ -1082,7 +1082,8 @@ def with_other_not_utf8(e, plan):
         return e
     found, read, unread = [], 0, 0
     for _, label, _ in streams[:at] + streams[at + 1:]:  # (those before it too: a vocabulary's pass reads a sample)
-        if not os.path.isfile(label):
+        # files read as text alone: a .parquet is binary, its bytes no UTF-8, and was named as "not UTF-8 either"
+        if suffix(label) not in (".txt", *MARKDOWN, ".jsonl", ".json") or not os.path.isfile(label):
             continue
         size = os.path.getsize(label)
         if read + size > OTHER_FILES_BYTES:

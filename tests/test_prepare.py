@@ -2246,6 +2246,10 @@ def test_a_folders_files_not_utf8_are_named_together(tmp_path):
         path = src / "old" / f"{i}.txt"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(f"Caf\u00e9 \u201cnote\u201d {i}\r\n".encode("cp1252"))
+    # a .parquet of text records beside them, binary and no UTF-8: read by pyarrow, not named with them
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    pq.write_table(pa.Table.from_pylist([{"text": "A record."}]), src / "rows.parquet")
     old = re.escape(str(src / "old"))
     for vocab_size in (None, 300):
         with pytest.raises(UserError, match=rf"^{old}/1.txt is not UTF-8 text .* it looks like Windows-1252 .*; then "
