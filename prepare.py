@@ -288,13 +288,14 @@ def preference_pair(record, where, file="IN.jsonl"):
 
 
 def refuse_records(path, text):
-    """A UserError when text, the start of the .txt file path, is a JSON record on its first line (an object of a
+    """A UserError when text, the start of the .txt (or Markdown) file path, is a JSON record on its first line (an object of a
     field record_doc reads, or a conversation's bare list of turns): a chat log saved as .txt was read as one
     plain-text document, under --dataset chat too, and its JSON trained on as words, with no loss mask, said by
     nothing but its count ("1 document")."""
     line = text.lstrip().partition("\n")[0]
+    kind = f"a {suffix(path)} file"  # (a Markdown note's too, read as a .txt is: not "a .txt file")
     if line.startswith(IM_START):  # a chat template's output saved as text: plain text trains its markers as words
-        raise chatml_text(text.lstrip(), path, "; a .txt file is read as plain text: write the conversations as .jsonl "
+        raise chatml_text(text.lstrip(), path, f"; {kind} is read as plain text: write the conversations as .jsonl "
                           "records of `messages`", file=path)
     if line[:1] in ("{", "["):
         with contextlib.suppress(ValueError, RecursionError):  # (a line of a thousand ['s: text, not a traceback)
@@ -302,14 +303,14 @@ def refuse_records(path, text):
             field = next((f for f in RECORD_FIELDS if isinstance(record, dict) and f in record), None)
             if field or bare_turns(record):
                 raise UserError(f"{path}: its first line is a JSON record ({f'of `{field}`' if field else 'turns'}), "
-                                f"but a .txt file is read as plain text (its JSON trained on as words): name it .jsonl")
+                                f"but {kind} is read as plain text (its JSON trained on as words): name it .jsonl")
     # a spreadsheet saved as text (Excel's "Text (Tab delimited)" is a .txt) whose header names a prompt and its reply:
     # its questions and answers were trained on as words, with no loss mask, said by nothing. As a .tsv or .csv, it is
     # refused with the command that makes its rows records (table_fix)
     for sep, ext in (("\t", ".tsv"), (",", ".csv"), (";", ".csv")):
         cells = [c.strip().strip('"').lower() for c in line.split(sep)]
         if len(cells) > 1 and any(p in cells and r in cells for p, r, _ in PAIRS):
-            raise UserError(f"{path}: its first line is a table's header ({', '.join(cells)}), but a .txt file is read "
+            raise UserError(f"{path}: its first line is a table's header ({', '.join(cells)}), but {kind} is read "
                             f"as plain text (its rows trained on as words): name it {ext}, and prepare.py names the "
                             f"command that makes its rows records")
 

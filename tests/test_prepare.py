@@ -852,6 +852,11 @@ def test_a_spreadsheet_saved_as_text_is_refused_with_the_name_that_reads_it(tmp_
     with pytest.raises(UserError, match=r"name it \.csv"):
         prepare.prepare("text", source=write(tmp_path / "b.txt", '"prompt","completion"\nHi,Hello\n'),
                         out_dir=str(tmp_path / "data"), tokenizer="gpt2")
+    # a Markdown note is read as a .txt is, and said to be one: not "a .txt file"
+    with pytest.raises(UserError, match=r"but a \.md file is read as plain text \(its rows trained on as words\): "
+                                        r"name it \.tsv"):
+        prepare.prepare("text", source=write(tmp_path / "qa.md", "Question\tAnswer\nWhat is tea?\tA drink.\n"),
+                        out_dir=str(tmp_path / "data"), tokenizer="gpt2")
     prepare.prepare("text", source=write(tmp_path / "c.txt", "Question and answer, a note\nA question, an answer.\n"),
                     out_dir=str(tmp_path / "data"), tokenizer="gpt2", force=True)
 
