@@ -633,9 +633,19 @@ def turns_of(record, field, where):
     # (roles capitalised as some exports write them, "Human", "USER", are the same roles). A null content is an empty
     # one, as a pair's null reply and a null `text` are: a ShareGPT scrape's failed reply was a bad record, stopping
     # the run (or, skipped, leaving out its conversation's other replies), where Alpaca's null output is kept as ""
-    return [{"role": SHAREGPT_ROLES.get(m[r].lower(), m[r]), "content": "" if m[c] is None else m[c]}
-            | ({"weight": m["weight"]} if m.get("weight") is not None else {})
-            for m, (r, c) in ((m, turn_spelling(m, spellings)) for m in turns)]
+    listed = [{"role": SHAREGPT_ROLES.get(m[r].lower(), m[r]), "content": "" if m[c] is None else m[c]}
+              | ({"weight": m["weight"]} if m.get("weight") is not None else {})
+              for m, (r, c) in ((m, turn_spelling(m, spellings)) for m in turns)]
+    if field == "chat_messages":
+        # Claude's export: a long paste (claude.ai makes one an attachment) or a file's text is an attachment's
+        # `extracted_content`, the turn's `text` only what was typed beside it, often nothing: a reply was trained as
+        # if to a blank message. Before the text, as the conversation showed it
+        for turn, m in zip(listed, turns):
+            pasted = [a["extracted_content"] for a in m.get("attachments") or [] if isinstance(a, dict) and
+                      isinstance(a.get("extracted_content"), str) and a["extracted_content"].strip()]
+            if pasted and isinstance(turn["content"], str):
+                turn["content"] = "\n\n".join(pasted + [turn["content"]] * bool(turn["content"].strip()))
+    return listed
 
 
 def as_turns(record, field, role, where):
