@@ -59,6 +59,7 @@ import bisect
 import collections
 import contextlib
 import functools
+import glob
 import hashlib
 import itertools
 import json
@@ -1405,8 +1406,9 @@ def folder_files(path):
     # records, whose folder's README.md is the dataset's card
     notes = [k for k in MARKDOWN if k in others]
     texts = {suffix(f) for f in found}
+    # (the folder's name escaped: "notes [2024]" as a pattern matched nothing, its brackets a set of characters)
     way_in = "; Markdown notes are read when named: --source " + " ".join(
-        shlex.quote(os.path.join(path, "**", f"*{k}")) for k in sorted({*notes, *texts})) \
+        shlex.quote(os.path.join(glob.escape(path), "**", f"*{k}")) for k in sorted({*notes, *texts})) \
         if notes and texts <= {".txt"} else ""
     if not found:
         # a folder of notes in Markdown (.md) said only what it lacked, not what it holds and that .txt is the way in

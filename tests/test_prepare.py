@@ -2326,6 +2326,21 @@ def test_markdown_notes_are_read_as_text_by_the_patterns_a_folder_names(tmp_path
                                        f"prepare.py reads .txt, .jsonl, .json, .parquet\n")
 
 
+def test_the_patterns_named_for_markdown_notes_match_a_folder_named_with_brackets(tmp_path, capsys):
+    """A folder named "notes [2024]": the patterns its warning named matched nothing, its brackets read as a set of
+    characters ("no file or folder matches this pattern"). Its name is escaped in them."""
+    src = tmp_path / "notes [2024]"
+    for i in range(4):
+        write(src / f"{i}.txt", f"A note, number {i}, of a few words.\n")
+        write(src / "sub" / f"{i}.md", f"# Note {i}\n\nMore words in Markdown.\n")
+    out = str(tmp_path / "data")
+    prepare.prepare("text", source=str(src), out_dir=out, tokenizer="gpt2")
+    patterns = shlex.split(capsys.readouterr().err.split("--source ")[-1])
+    assert len(patterns) == 2
+    meta = prepare.prepare("text", source=patterns, out_dir=out, name="notes", tokenizer="gpt2")
+    assert sum(split["documents"] for split in meta["splits"].values()) == 8
+
+
 def test_source_file_hard_linked_twice_is_read_once(tmp_path, enc):
     """A file in two folders by hard link (cp -al, a backup beside the data) is one file, as a symlinked one is: it was
     read twice, every document duplicated and its val documents in train too."""
