@@ -833,8 +833,11 @@ def record_doc(record, where, dataset=None):
                       f"record a line (JSON Lines)" if inner else ""
             # the fields it has, beside those it lacks: "Question"/"Answer" (a spreadsheet's headers), "Q"/"A" or
             # "Question;Answer" (a CSV split on the wrong separator) were left to be found by opening the file
+            # (each cut and escaped: a headerless CSV's first row is its column names, a paragraph with newlines that
+            # filled the one-line error)
             def named(keys):
-                return ", ".join(f"`{k}`" for k in keys[:8]) + (f" and {len(keys) - 8:,} more" if len(keys) > 8 else "")
+                shown = (json.dumps(k if len(k) <= 40 else k[:37] + "...", ensure_ascii=False)[1:-1] for k in keys[:8])
+                return ", ".join(f"`{k}`" for k in shown) + (f" and {len(keys) - 8:,} more" if len(keys) > 8 else "")
             fields, nulls = [k for k in record if k in has], [k for k in record if k not in has]
             has_fields = (f"; it has {named(fields)}" if fields else "; it has no field that holds something") + \
                 (f" ({named(nulls)} null)" if nulls else "")

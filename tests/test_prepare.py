@@ -732,6 +732,12 @@ def test_non_utf8_and_bad_input(tmp_path):
                                         r'record a line \(JSON Lines\)$'):
         prepare.prepare("chat", source=write(tmp_path / "wrapped.json", json.dumps({"version": 1, "data": records})),
                         out_dir=out)
+    # the fields it has, each cut and escaped: a headerless CSV's first row was its fields, its paragraphs in full
+    long = "What is the capital of France, the country\nin Western Europe?"
+    with pytest.raises(UserError, match=r"headless.jsonl line 1: no messages, .* or text field; it has "
+                                        r"`What is the capital of France, the co\.\.\.`, `Paris\\nFrance`$"):
+        prepare.prepare("chat", out_dir=out,
+                        source=write(tmp_path / "headless.jsonl", json.dumps({long: "x", "Paris\nFrance": "x"})))
     # a list of other objects in it is no list of records: no such hint
     with pytest.raises(UserError, match=r"tagged.json record 1: no messages, .* or text field; it has `tags`$"):
         prepare.prepare("chat", source=write(tmp_path / "tagged.json", json.dumps([{"tags": [{"id": 1}]}])),
