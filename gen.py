@@ -464,8 +464,9 @@ def line_prompt(path, n, line):
     except json.JSONDecodeError as e:
         # text that merely starts with a brace is a prompt as written; a line that opens as a JSON object and names a
         # "prompt" field, first or not (HumanEval's lines lead with task_id), is a broken record (a quote or brace
-        # lost in editing, a download cut short): taken as text, its JSON was the prompt, without a word
-        if re.match(r'\s*\{\s*"', line) and re.search(r'[{,]\s*"prompt"\s*:', line):
+        # lost in editing, a download cut short): taken as text, its JSON was the prompt, without a word. So is a
+        # Python dict's repr in single quotes (a script's print(record) or str(record), not json.dumps)
+        if re.match(r'\s*\{\s*["\']', line) and re.search(r'[{,]\s*(["\'])prompt\1\s*:', line):
             raise UserError(f"{path} line {n}: a JSON line with a \"prompt\" field that is not valid JSON ({e.msg} at "
                             f"column {e.colno}): mend it") from None
         return line

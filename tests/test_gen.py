@@ -1370,6 +1370,19 @@ def test_a_prompt_file_line_of_turns_says_a_prompt_is_text(tmp_path):
         gen.read_prompt_file(str(src))
 
 
+def test_a_prompt_file_line_of_a_python_dict_is_a_broken_record(tmp_path):
+    """A line a script wrote with print(record) or str(record), not json.dumps: a Python dict in single quotes, its
+    "prompt" field and all, was generated from as text, its braces and keys the prompt, without a word. Text that
+    only starts with a brace is a prompt still."""
+    src = tmp_path / "p.jsonl"
+    src.write_text(str({"task_id": "HumanEval/0", "prompt": "def f(x):\n"}) + "\n{'a': 1} is a set of one\n")
+    with pytest.raises(UserError, match=r"p\.jsonl line 1: a JSON line with a \"prompt\" field that is not valid JSON "
+                                        r"\(Expecting property name enclosed in double quotes at column 2\): mend it$"):
+        gen.read_prompt_file(str(src))
+    src.write_text("{'a': 1} is a set of one\n{'prompt' is a word}\n")
+    assert gen.read_prompt_file(str(src)) == ["{'a': 1} is a set of one", "{'prompt' is a word}"]
+
+
 class Terminal(io.StringIO):
     def isatty(self):
         return True
