@@ -240,6 +240,11 @@ SYSTEM_FIELDS = ("system", "system_prompt", "systemInstruction", "system_instruc
 # the last line of a GSM8K answer, the final answer (#### 72): the record's shape that record_doc drops calculator
 # annotations of
 GSM8K_FINAL = re.compile(r"(?:^|\n)#### [^\n]*\s*$")
+# what Claude's export writes in a turn's text for a block it leaves out (a tool's call or result, an artifact, a web
+# search), in a code fence or not: trained on, a model learnt to answer with it
+CLAUDE_PLACEHOLDER = re.compile(r"(?:```[ \t]*\n)?[ \t]*(?:This block is not supported on your current device yet\.|"
+                                r"Viewing artifacts created via the Analysis Tool web feature preview isn't yet "
+                                r"supported on mobile\.)[ \t]*(?:\n```)?")
 RECORD_FIELDS = (*TURNS_FIELDS, *dict.fromkeys(p for p, _, _ in PAIRS), "dialog", "mapping", "text")
 
 
@@ -640,8 +645,12 @@ def turns_of(record, field, where):
     if field == "chat_messages":
         # Claude's export: a long paste (claude.ai makes one an attachment) or a file's text is an attachment's
         # `extracted_content`, the turn's `text` only what was typed beside it, often nothing: a reply was trained as
-        # if to a blank message. Before the text, as the conversation showed it
+        # if to a blank message. Before the text, as the conversation showed it. A tool's block is left out, as
+        # ChatGPT's export's are: the export's placeholder for it was trained on as the reply
         for turn, m in zip(listed, turns):
+            if isinstance(turn["content"], str) and CLAUDE_PLACEHOLDER.search(turn["content"]):
+                # (the blank lines around a block left out: one paragraph break)
+                turn["content"] = re.sub(r"\n\s*\n\s*\n", "\n\n", CLAUDE_PLACEHOLDER.sub("", turn["content"])).strip()
             pasted = [a["extracted_content"] for a in m.get("attachments") or [] if isinstance(a, dict) and
                       isinstance(a.get("extracted_content"), str) and a["extracted_content"].strip()]
             if pasted and isinstance(turn["content"], str):

@@ -1986,20 +1986,27 @@ FORMATS = {  # name: (file name, file text, expected conversations)
 }
 
 
-def test_a_claude_exports_attachments_are_read_with_their_turn():
+def test_a_claude_exports_attachments_are_read_with_their_turn_and_its_placeholders_left_out():
     """Claude's export: a long paste (claude.ai makes one an attachment) or a file's text is an attachment's
     extracted_content, the turn's text what was typed beside it, often nothing: a summary was trained as the reply to
-    a blank message. Read before the turn's text; an attachment of no text (a picture) adds nothing."""
+    a blank message. Read before the turn's text; an attachment of no text (a picture) adds nothing. The export's
+    placeholders for a tool's blocks are left out."""
     record = claude_export([{"role": "user", "content": ""}, {"role": "assistant", "content": "It is about tea."},
                             {"role": "user", "content": "And this?"}, {"role": "assistant", "content": "Coffee."}], 0)
     first, second = record["chat_messages"][0], record["chat_messages"][2]
     first["attachments"] = [{"file_name": "paste.txt", "file_type": "txt", "extracted_content": "Tea is a drink."}]
     second["attachments"] = [{"file_name": "a.pdf", "extracted_content": "Coffee is one too."},
                              {"file_name": "b.png", "extracted_content": ""}, {"file_name": "c.jpg"}]
+    # a reply that searched the web or made an artifact: the export's placeholder for each such block, trained on as
+    # words, left out
+    record["chat_messages"][3]["text"] = ("Let me look.\n```\nThis block is not supported on your current device yet."
+                                          "\n```\n\n\n```\nThis block is not supported on your current device yet.\n"
+                                          "```\n\nCoffee.\nViewing artifacts created via the Analysis Tool web feature "
+                                          "preview isn't yet supported on mobile.\n")
     assert prepare.record_doc(record, "x") == prepare.record_doc({"messages": [
         {"role": "user", "content": "Tea is a drink."}, {"role": "assistant", "content": "It is about tea."},
-        {"role": "user", "content": "Coffee is one too.\n\nAnd this?"}, {"role": "assistant", "content": "Coffee."}]},
-        "x")
+        {"role": "user", "content": "Coffee is one too.\n\nAnd this?"},
+        {"role": "assistant", "content": "Let me look.\n\nCoffee."}]}, "x")
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
