@@ -294,9 +294,9 @@ def preference_pair(record, where, file="IN.jsonl"):
 
 
 def refuse_records(path, text):
-    """A UserError when text, the start of the .txt (or Markdown) file path, is a JSON record on its first line (an object of a
-    field record_doc reads, or a conversation's bare list of turns): a chat log saved as .txt was read as one
-    plain-text document, under --dataset chat too, and its JSON trained on as words, with no loss mask, said by
+    """A UserError when text, the start of the .txt (or Markdown) file path, is a JSON record on its first line (an
+    object of a field record_doc reads, or a conversation's bare list of turns): a chat log saved as .txt was read as
+    one plain-text document, under --dataset chat too, and its JSON trained on as words, with no loss mask, said by
     nothing but its count ("1 document")."""
     line = text.lstrip().partition("\n")[0]
     kind = f"a {suffix(path)} file"  # (a Markdown note's too, read as a .txt is: not "a .txt file")
