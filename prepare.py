@@ -1054,17 +1054,10 @@ def with_other_files(e, plan):
     (mixed_kinds), --skip_bad_records or not."""
     streams = plan["streams"]
     at = next(i for i, (_, label, _) in enumerate(streams) if label == e.label)  # (a file's: hub rows are not scanned)
-    # (label, bad, wheres, good) of each file with bad records; the files of the other kind; bytes read; files not
-    found, others, read, unread = [], [], 0, 0
-    for i, (role, label, _) in enumerate(streams):
-        not_read_yet = i > at or (i < at and role == "val")
-        if not (not_read_yet and suffix(label) in (".jsonl", ".json", ".parquet") and os.path.isfile(label)):
-            continue
-        size = os.path.getsize(label)
-        if read + size > OTHER_FILES_BYTES:
-            unread += 1
-            continue
-        read += size
+    not_read_yet = [label for i, (role, label, _) in enumerate(streams) if i > at or (i < at and role == "val")]
+    scanned, unread = files_to_scan(not_read_yet, (".jsonl", ".json", ".parquet"))
+    found, others = [], []  # (label, bad, wheres, good) of each file with bad records; the files of the other kind
+    for label in scanned:
         with contextlib.suppress(UserError):
             bad, wheres, good, other = bad_records(label, e.kind)
             if other:
@@ -1076,9 +1069,6 @@ def with_other_files(e, plan):
         how = f"{bad:,}" if good else f"its first {bad:,} all" if bad == ALL_BAD else f"all {bad:,}"
         return f"{label} ({how} bad: {places(wheres, bad)})"
 
-    def listed(names):  # the first OTHER_FILES, the rest counted
-        more = len(names) - OTHER_FILES
-        return ", ".join(names[:OTHER_FILES]) + (f", and {more} more" if more > 0 else "")
     text, count, skippable = e.text, e.count, e.skippable
     if found:
         files = listed([named(*f) for f in found])
@@ -1096,6 +1086,28 @@ def with_other_files(e, plan):
     return BadRecords(e.label, text, count, skippable, e.kind) if found or others or unread else e
 
 
+def files_to_scan(labels, suffixes):
+    """Of labels, the files of suffixes that an error naming the other bad files reads: OTHER_FILES_BYTES of them in
+    all, in order; and the count of those past it (counted, not read)."""
+    scanned, read, unread = [], 0, 0
+    for label in labels:
+        if suffix(label) not in suffixes or not os.path.isfile(label):
+            continue
+        size = os.path.getsize(label)
+        if read + size > OTHER_FILES_BYTES:
+            unread += 1
+            continue
+        read += size
+        scanned.append(label)
+    return scanned, unread
+
+
+def listed(names):
+    """names as an error lists them: the first OTHER_FILES, the rest counted."""
+    more = len(names) - OTHER_FILES
+    return ", ".join(names[:OTHER_FILES]) + (f", and {more:,} more" if more > 0 else "")
+
+
 def with_other_not_utf8(e, plan):
     """e, the NotText of one of plan's files, with the plan's other files that are not UTF-8 either named (the first
     OTHER_FILES, the rest counted): a folder of notes saved on Windows, many of them cp1252, took a run for each file
@@ -1104,16 +1116,12 @@ def with_other_not_utf8(e, plan):
     at = next((i for i, (_, label, _) in enumerate(streams) if str(e).startswith(f"{label} ")), None)
     if at is None:  # (a hub split's or the mirror's: no file of the user's)
         return e
-    found, read, unread = [], 0, 0
-    for _, label, _ in streams[:at] + streams[at + 1:]:  # (those before it too: a vocabulary's pass reads a sample)
-        # files read as text alone: a .parquet is binary, its bytes no UTF-8, and was named as "not UTF-8 either"
-        if suffix(label) not in (".txt", *MARKDOWN, ".jsonl", ".json") or not os.path.isfile(label):
-            continue
-        size = os.path.getsize(label)
-        if read + size > OTHER_FILES_BYTES:
-            unread += 1
-            continue
-        read += size
+    # those before it too (a vocabulary's pass reads a sample); files read as text alone: a .parquet is binary, its
+    # bytes no UTF-8, and was named as "not UTF-8 either"
+    others = [label for _, label, _ in streams[:at] + streams[at + 1:]]
+    scanned, unread = files_to_scan(others, (".txt", *MARKDOWN, ".jsonl", ".json"))
+    found = []
+    for label in scanned:
         with contextlib.suppress(OSError):
             if first_bad_utf8(label):
                 found.append(label)
@@ -1121,9 +1129,7 @@ def with_other_not_utf8(e, plan):
         return e
     text = str(e)
     if found:
-        more = len(found) - OTHER_FILES
-        text += (f"; {len(found):,} other file{'s' * (len(found) > 1)} not UTF-8 either: "
-                 f"{', '.join(found[:OTHER_FILES])}{f', and {more:,} more' if more > 0 else ''}")
+        text += f"; {len(found):,} other file{'s' * (len(found) > 1)} not UTF-8 either: {listed(found)}"
     if unread:
         text += f"; {unread:,} other file{'s' * (unread > 1)} not read for it (past {OTHER_FILES_BYTES >> 20:,} MB)"
     return NotText(text)
