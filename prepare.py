@@ -1475,7 +1475,7 @@ def find_source(dataset, source=None, extra=True, limit=None, left=None):
                         with open(path, "rb") as f:
                             head = f.read(8)
                 packed = decompress_fix(path, head)
-                raise UserError(f"--source {path}: unsupported file type; use {', '.join(SUFFIXES)}"
+                raise UserError(f"--source {path}: unsupported file type; use {', '.join((*SUFFIXES, *MARKDOWN))}"
                                 f"{'; ' + packed if packed else table_fix(path)}")
             else:
                 files.append(path)

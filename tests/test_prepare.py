@@ -653,8 +653,9 @@ def test_non_utf8_and_bad_input(tmp_path):
     # a spreadsheet's export, a common form of one's own chat data: the command that writes its rows as JSON Lines
     # (it said only "unsupported file type"), run here as pasted: its records are prompt/completion pairs
     table = write(tmp_path / "chats.csv", "prompt,completion\nHi,Hello\nBye,See you\n")
-    with pytest.raises(UserError, match=r"chats.csv: unsupported file type; use .txt, .jsonl, .json, .parquet; a \.csv "
-                                        r"file's rows as JSON Lines records, its columns their fields: `.*`$") as e:
+    with pytest.raises(UserError, match=r"chats.csv: unsupported file type; use .txt, .jsonl, .json, .parquet, .md, "
+                                        r"\.markdown; a \.csv file's rows as JSON Lines records, its columns their "
+                                        r"fields: `.*`$") as e:
         prepare.prepare("chat", source=table, out_dir=out)
     subprocess.run(str(e.value).split("`")[1], shell=True, check=True)
     assert [json.loads(line) for line in open(table + ".jsonl")] == [{"prompt": "Hi", "completion": "Hello"},
