@@ -169,11 +169,12 @@ def load_checkpoint(path):
         # a download that left config.json out: its weights there, "train one" named no way out (a folder of
         # checkpoints, models/, is offered its .pt files below)
         weights = sorted(n for n in os.listdir(path) if n.endswith(".safetensors") or n == hf.WEIGHTS_BIN)
-        if weights and not find_checkpoints(path):
+        checkpoints = find_checkpoints(path)
+        if weights and not checkpoints:
             raise UserError(f"{path} holds {weights[0]} but no {hf.CONFIG}, which gives the model's shape: copy "
                             f"{hf.CONFIG} from the model's download next to it")
         raise UserError(f"{path} is a folder without {hf.CONFIG}: neither a checkpoint file nor a Hugging Face "
-                        f"model folder{available_hint(path if find_checkpoints(path) else 'models')}")
+                        f"model folder{available_hint(path if checkpoints else 'models')}")
     try:
         # opened once: torch.load and the checksum pass below read the same file, which a train.py saving or
         # --overwrite-ing may replace or remove meanwhile (the checksum pass then met no file: "damaged")
