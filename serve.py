@@ -714,8 +714,8 @@ def network_addresses():
     if not found:
         with contextlib.suppress(OSError, UnicodeError):
             found = socket.gethostbyname_ex(socket.gethostname())[2]
-    usable = [a for a in found if not (ipaddress.ip_address(a).is_loopback or ipaddress.ip_address(a).is_link_local
-                                       or ipaddress.ip_address(a).is_unspecified)]
+    usable = [a for a in found if not ((ip := ipaddress.ip_address(a)).is_loopback or ip.is_link_local
+                                       or ip.is_unspecified)]
     return list(dict.fromkeys(usable))
 
 
