@@ -98,6 +98,7 @@ SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
 # Markdown notes (Obsidian's, a wiki's), plain text as a .txt is, read when named (a file, or a pattern such as
 # 'notes/**/*.md'): not in a folder, where a .md is as often a dataset's card (README.md) or a repository's docs
 MARKDOWN = (".md", ".markdown")
+PLAIN_TEXT = (".txt", *MARKDOWN)  # the files read as plain text (text_docs)
 # what prepare.py writes in a dataset's folder besides meta.json: no source's files, when --source is that folder
 OWN_FILES = ("train.bin", "val.bin", "train_mask.bin", "val_mask.bin", VOCAB_FILE)
 THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -1102,10 +1103,10 @@ def files_to_scan(labels, suffixes):
     return scanned, unread
 
 
-def listed(names):
-    """names as an error lists them: the first OTHER_FILES, the rest counted."""
-    more = len(names) - OTHER_FILES
-    return ", ".join(names[:OTHER_FILES]) + (f", and {more:,} more" if more > 0 else "")
+def listed(names, shown=OTHER_FILES):
+    """names as an error or the summary lists them: the first shown, the rest counted."""
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (f", and {more:,} more" if more > 0 else "")
 
 
 def with_other_not_utf8(e, plan):
@@ -1119,7 +1120,7 @@ def with_other_not_utf8(e, plan):
     # those before it too (a vocabulary's pass reads a sample); files read as text alone: a .parquet is binary, its
     # bytes no UTF-8, and was named as "not UTF-8 either"
     others = [label for _, label, _ in streams[:at] + streams[at + 1:]]
-    scanned, unread = files_to_scan(others, (".txt", *MARKDOWN, ".jsonl", ".json"))
+    scanned, unread = files_to_scan(others, (*PLAIN_TEXT, ".jsonl", ".json"))
     found = []
     for label in scanned:
         with contextlib.suppress(OSError):
@@ -1141,7 +1142,7 @@ def file_docs(path, dataset, left=None, folder=None):
     (checked_records). dataset: the dataset being made, whose own tidying record_doc applies. left: good_docs's
     LeftOut. folder: the --source folder it is read from, if any."""
     try:
-        if suffix(path) in (".txt", *MARKDOWN):
+        if suffix(path) in PLAIN_TEXT:
             if dataset == "dailydialog":
                 yield from dailydialog_docs(path, left)
                 return
@@ -3349,8 +3350,7 @@ def print_summary(folder, meta, plan, limit, dt, context=None):
               f"(no reply, an empty or null one, or empty text): {places(left['wheres'], left['count'])}")
     if left_out.blank:
         blank = sorted(left_out.blank)
-        more = f", and {len(blank) - PLACES:,} more" if len(blank) > PLACES else ""
-        print(f"  left out {len(blank):,} file{'s' * (len(blank) > 1)} with no text: {', '.join(blank[:PLACES])}{more}")
+        print(f"  left out {len(blank):,} file{'s' * (len(blank) > 1)} with no text: {listed(blank, PLACES)}")
     for source, m in (mixed or {}).items():
         print(f"  {source}: weight {m['weight']:g}, {m['train_tokens'] / max(tr['tokens'] - tr['padding'], 1):.1%} of the "
               f"train tokens ({m['train_documents']:,} documents), {m['val_documents']:,} val documents")
