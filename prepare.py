@@ -99,6 +99,12 @@ SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
 # 'notes/**/*.md'): not in a folder, where a .md is as often a dataset's card (README.md) or a repository's docs
 MARKDOWN = (".md", ".markdown")
 PLAIN_TEXT = (".txt", *MARKDOWN)  # the files read as plain text (text_docs)
+# a Markdown note's YAML front matter (Obsidian's, Jekyll's, Hugo's: "---", lines of "key: value", "---" or "..."),
+# the note's metadata, not its text: trained on, a model of one's notes learnt to begin with tags and dates. Its
+# first line is a key and each other line YAML's (a key, an indented or list line, a comment, blank), so a note that
+# opens with a rule (---) and a paragraph keeps them
+YAML_LINE = r"(?:[^\W\d][\w .-]*:|[ \t#-])[^\n]*\n|\r?\n"
+FRONT_MATTER = re.compile(rf"---[ \t]*\r?\n[^\W\d][\w .-]*:[^\n]*\n(?:{YAML_LINE})*?(?:---|\.\.\.)[ \t]*(?:\r?\n|\Z)")
 # what prepare.py writes in a dataset's folder besides meta.json: no source's files, when --source is that folder
 OWN_FILES = ("train.bin", "val.bin", "train_mask.bin", "val_mask.bin", VOCAB_FILE)
 THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -903,10 +909,12 @@ class LeftOut:
     (counted, the first PLACES located): under bad the bad ones, with skip_bad (--skip_bad_records; else a bad record
     stops the run), and under empty those with nothing to train on (record_doc's None: no reply, an empty or null one,
     a TRL completion [], empty text), left out unsaid, a user's 300 records giving "291 documents" and no reason.
-    blank: the text files with no text (empty, or whitespace alone), a folder of 8 notes giving "6 documents"."""
+    blank: the text files with no text (empty, or whitespace alone), a folder of 8 notes giving "6 documents".
+    front_matter: the Markdown notes whose front matter file_docs left out."""
 
     def __init__(self, skip_bad=False):
         self.skip_bad, self.bad, self.empty, self.blank = skip_bad, {}, {}, set()
+        self.front_matter = set()  # the Markdown notes whose front matter (FRONT_MATTER) was left out
 
     def note(self, records, label, count, wheres):
         """count records of label (self.bad or self.empty) left out so far, the first at wheres."""
@@ -1147,9 +1155,13 @@ def file_docs(path, dataset, left=None, folder=None):
                 yield from dailydialog_docs(path, left)
                 return
             blank = True
-            for doc in text_docs(path):
+            for i, (text, ends) in enumerate(text_docs(path)):
+                if i == 0 and suffix(path) in MARKDOWN and (head := FRONT_MATTER.match(text)):
+                    text = text[head.end():]
+                    if left is not None:
+                        left.front_matter.add(path)
                 blank = False
-                yield doc
+                yield text, ends
             if blank and left is not None:
                 left.blank.add(path)
             return
@@ -3351,6 +3363,9 @@ def print_summary(folder, meta, plan, limit, dt, context=None):
     if left_out.blank:
         blank = sorted(left_out.blank)
         print(f"  left out {len(blank):,} file{'s' * (len(blank) > 1)} with no text: {listed(blank, PLACES)}")
+    if left_out.front_matter:  # (the text trained on is not the files': said)
+        n = len(left_out.front_matter)
+        print(f"  left out the front matter (--- key: value ... ---) of {n:,} Markdown note{'s' * (n > 1)}")
     for source, m in (mixed or {}).items():
         print(f"  {source}: weight {m['weight']:g}, {m['train_tokens'] / max(tr['tokens'] - tr['padding'], 1):.1%} of the "
               f"train tokens ({m['train_documents']:,} documents), {m['val_documents']:,} val documents")

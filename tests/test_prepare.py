@@ -2309,7 +2309,7 @@ def test_text_files_with_no_text_are_named_in_the_summary(tmp_path, capsys):
 def test_markdown_notes_are_read_as_text_by_the_patterns_a_folder_names(tmp_path, enc, capsys):
     """A folder of notes, Markdown (Obsidian's, front matter and all) in nested folders beside .txt, an empty note, a
     picture and the editor's settings: the .md were left out, with no way in but renaming a tree of notes. The warning
-    names the patterns that read them, and a named .md is plain text, as a .txt is."""
+    names the patterns that read them, and a named .md is plain text, as a .txt is, less its front matter."""
     src = tmp_path / "notes"
     write(src / "journal" / "2024" / "jan.md", "---\ntitle: January\n---\n\n# January\n\nI walked the dog.\n")
     write(src / "journal" / "feb.markdown", "Cold again. Made soup.\n")
@@ -2326,10 +2326,13 @@ def test_markdown_notes_are_read_as_text_by_the_patterns_a_folder_names(tmp_path
     patterns = shlex.split(err.split("--source ")[-1])
     assert patterns == [f"{src}/**/*.markdown", f"{src}/**/*.md", f"{src}/**/*.txt"]
     meta = prepare.prepare("text", source=patterns, out_dir=out, name="notes", tokenizer="gpt2")
-    assert capsys.readouterr().err == ""
+    got = capsys.readouterr()
+    assert got.err == ""
     text = "".join(enc.decode(load(os.path.join(out, "notes"), split, meta)[0].tolist()) for split in ("train", "val"))
     assert "I walked the dog" in text and "Made soup" in text and "ship the release" in text
-    assert text.count("\n---\n") == 1  # front matter and all, as written
+    # the front matter is metadata, not the note: trained on, a model learnt to begin a note with its title and tags
+    assert "title:" not in text and "---" not in text and "# January\n\nI walked the dog" in text
+    assert "\n  left out the front matter (--- key: value ... ---) of 1 Markdown note\n" in got.out, got.out
     # beside records, a .md is a dataset's card (README.md): left out, and no patterns named
     chats = tmp_path / "chats"
     write(chats / "a.jsonl", "".join(json.dumps({"messages": [{"role": "user", "content": f"Hi {i}"},
@@ -4760,3 +4763,18 @@ def test_input_sizes_only_of_streams_that_are_their_files(tmp_path):
     assert prepare.input_sizes({"files": [a, b], "streams": [("split", a, docs), ("split", b, docs)]}, 5) is None
     hub = {"files": [a, b], "streams": [("train", f"hf:{tmp_path} train", docs), ("val", f"hf:{tmp_path} validation", docs)]}
     assert prepare.input_sizes(hub, None) is None
+
+
+@pytest.mark.parametrize("note, kept", [
+    ("---\ntitle: A\ntags: [a, b]\naliases:\n  - b\n# a comment\n\ndate: 2024-01-01\n---\n# A\nbody\n", "# A\nbody\n"),
+    ("---\r\ntitle: A\r\n...\r\nbody\r\n", "body\r\n"),  # YAML's other end, Windows' newlines
+    ("---\nNote: the rule above opens the note\nand this is prose\n---\nmore\n", None),  # a rule, not front matter
+    ("---\n\nA rule, then a paragraph.\n", None),
+    ("title: A\n---\nbody\n", None),  # not at the start
+    ("Text.\n---\ntitle: A\n---\n", None),
+])
+def test_front_matter_is_only_a_markdown_notes_opening_block_of_yaml(note, kept):
+    """What FRONT_MATTER leaves out of a note: a block of YAML lines between --- lines at its very start, nothing of a
+    note that opens with a rule and prose."""
+    head = prepare.FRONT_MATTER.match(note)
+    assert (note[head.end():] if head else None) == kept
