@@ -205,6 +205,11 @@ def text_docs(path):
     the whole file is one document, streamed in pieces cut after a newline. Elsewhere special-token
     strings stay plain text: they are encoded with encode_ordinary."""
     separated, blank = False, True
+    with contextlib.suppress(OSError):  # Excel's "Unicode Text" (UTF-16, tab-delimited, a .txt): said to be a table
+        with open(path, "rb") as f:  # first, then its conversion (not_utf8's), not one run after the other
+            head = f.read(1 << 16)
+        if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
+            refuse_records(path, head.decode("utf-16", "replace"))
     for chunk in read_text_chunks(path):  # a first look, as far as the first separator (a book: the whole file)
         if blank:
             refuse_records(path, chunk)

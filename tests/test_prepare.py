@@ -866,6 +866,18 @@ def test_a_spreadsheet_saved_as_text_is_refused_with_the_name_that_reads_it(tmp_
                         out_dir=str(tmp_path / "data"), tokenizer="gpt2")
     prepare.prepare("text", source=write(tmp_path / "c.txt", "Question and answer, a note\nA question, an answer.\n"),
                     out_dir=str(tmp_path / "data"), tokenizer="gpt2", force=True)
+    # Excel's "Unicode Text" is UTF-16 and tab-delimited, a .txt: said to be a table first (it was told to convert
+    # it, then, converted, to rename it), and so named the commands convert it and write its rows
+    unicode_text = tmp_path / "sheet.txt"
+    unicode_text.write_bytes("Question\tAnswer\r\nWhat is tea?\tA drink.\r\n".encode("utf-16"))
+    with pytest.raises(UserError, match=r"sheet\.txt: its first line is a table's header \(question, answer\), .*"
+                                        r"name it \.tsv"):
+        prepare.prepare("chat", source=str(unicode_text), out_dir=str(tmp_path / "data"), tokenizer="gpt2")
+    tsv = unicode_text.rename(tmp_path / "sheet.tsv")
+    with pytest.raises(UserError, match=r"UTF-16") as e:
+        prepare.prepare("chat", source=str(tsv), out_dir=str(tmp_path / "data"), tokenizer="gpt2")
+    subprocess.run(" && ".join(str(e.value).split("`")[1::2]), shell=True, check=True, cwd=tmp_path)
+    assert [json.loads(line) for line in open(f"{tsv}.jsonl")] == [{"question": "What is tea?", "answer": "A drink."}]
 
 
 def test_a_source_that_is_a_named_pipe_is_refused_at_once(tmp_path):
