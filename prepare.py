@@ -627,7 +627,7 @@ def turns_of(record, field, where):
     messages."""
     spellings = {"conversations": (("from", "value"), ("role", "content")),
                  "contents": (("role", "parts"),),
-                 "chat_messages": (("sender", "text"),)}.get(field, (("role", "content"), ("from", "value")))
+                 "chat_messages": (("sender", "text"), ("sender", "content"))}.get(field, (("role", "content"), ("from", "value")))
     turns = record[field]
     # OpenAI's function calling: a turn that calls a tool (tool_calls, content null or left out) and the tool's answer
     # (role "tool") are named, with the way out, not left to "content must be text" or "unknown role 'tool'" (Gemini's
@@ -660,6 +660,10 @@ def turns_of(record, field, where):
         # if to a blank message. Before the text, as the conversation showed it. A tool's block is left out, as
         # ChatGPT's export's are: the export's placeholder for it was trained on as the reply
         for turn, m in zip(listed, turns):
+            if isinstance(turn["content"], list):  # a turn of content blocks alone, no `text`: its text blocks' (a
+                # tool's, a thinking block, left out as the placeholders are; it was a bad record)
+                turn["content"] = "\n\n".join(b["text"] for b in turn["content"] if isinstance(b, dict) and
+                                              b.get("type") == "text" and isinstance(b.get("text"), str))
             if isinstance(turn["content"], str) and CLAUDE_PLACEHOLDER.search(turn["content"]):
                 # (the blank lines around a block left out: one paragraph break)
                 turn["content"] = re.sub(r"\n\s*\n\s*\n", "\n\n", CLAUDE_PLACEHOLDER.sub("", turn["content"])).strip()

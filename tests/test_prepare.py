@@ -2022,6 +2022,21 @@ def test_a_claude_exports_attachments_are_read_with_their_turn_and_its_placehold
         {"role": "assistant", "content": "Let me look.\n\nCoffee."}]}, "x")
 
 
+
+def test_a_claude_exports_turn_of_content_blocks_alone_is_read_by_its_text_blocks():
+    """A turn of Claude's export with `content` blocks and no `text` was a bad record ("`chat_messages` must be a list
+    of turns"): read by its text blocks, a tool's and a thinking block left out as the placeholders for them are."""
+    record = claude_export([{"role": "user", "content": "What is tea?"}, {"role": "assistant", "content": ""}], 0)
+    reply = record["chat_messages"][1]
+    del reply["text"]
+    reply["content"] = [{"type": "thinking", "thinking": "Hmm."}, {"type": "text", "text": "Let me look."},
+                        {"type": "tool_use", "name": "web_search", "input": {"query": "tea"}},
+                        {"type": "tool_result", "content": [{"type": "text", "text": "a result"}]},
+                        {"type": "text", "text": "A drink."}]
+    assert prepare.record_doc(record, "x") == prepare.record_doc({"messages": [
+        {"role": "user", "content": "What is tea?"}, {"role": "assistant", "content": "Let me look.\n\nA drink."}]}, "x")
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_chat_formats(tmp_path, enc, fmt):
     filename, text, convs = FORMATS[fmt]
