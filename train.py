@@ -446,6 +446,10 @@ def resolve_args(args, ckpt_args, continuing, config, fine_tuning=False):
             raise UserError(f"--warmup {a.warmup}: with --time_budget the warmup is a share of the budget, as in "
                             f"--warmup 5%")
         a.warmup = None  # a step count inherited from a run without a budget: the budget's default share
+    elif continuing and getattr(args, "reset_epoch", False) and args.warmup is None and isinstance(a.warmup, int):
+        # a step count inherited, of the schedule a --reset_epoch starts anew: the new one's default (a warmup of 11
+        # steps, 10% of a 108-step run, was said to be "--warmup 11", never given, longer than the new 9 steps)
+        a.warmup = None
     if a.block_size > config.block_size:
         raise UserError(f"--block_size {a.block_size} is longer than the model's context ({config.block_size}); "
                         f"use --block_size {config.block_size} or less")
@@ -2860,7 +2864,8 @@ def plan_run(run, options_given):
     run.p = Progress()
     if continuing:
         run.p, run.eval_windows, args.warmup = resumed_progress(run, options_given)
-    elif not run.budget and not args.max_steps and run.total_steps < FEW_STEPS:
+    # (a --reset_epoch's run counts its steps from the first too)
+    if (not continuing or args.reset_epoch) and not run.budget and not args.max_steps and run.total_steps < FEW_STEPS:
         spe = run.batches.steps_per_epoch
         warn(f"{args.epochs} epoch(s) of {args.dataset} are {run.total_steps:,} step(s), too few to learn much from: "
              f"--epochs {math.ceil(FEW_STEPS / spe)} trains {math.ceil(FEW_STEPS / spe) * spe:,}, or --time_budget "

@@ -1315,8 +1315,16 @@ def test_a_run_of_a_few_steps_is_warned_of_with_the_epochs_that_make_enough(env,
     assert "warning: 1 epoch(s) of mini are 9 step(s), too few to learn much from: --epochs 12 trains 108, or " \
            "--time_budget MINUTES trains for that time\n" in capsys.readouterr().err
     for more in (["--epochs", "12"], ["--max_steps", "2"], ["--time_budget", "0.02"]):
-        train.train(args_for(env, tmp_path, "--dataset", "mini", *SMALL, *more, "--eval_interval", "0", "--overwrite"))
+        r = train.train(args_for(env, tmp_path, "--dataset", "mini", *SMALL, *more, "--eval_interval", "0",
+                                 "--overwrite"))
         assert "too few" not in capsys.readouterr().err
+        if more[0] == "--epochs":  # a run restarted from its weights (--reset_epoch) counts its steps from the first
+            train.train(args_for(env, tmp_path, "--checkpoint", r["checkpoint"], "--reset_epoch", "--epochs", "1",
+                                 "--output_checkpoint", tmp_path / "reset" / "{dataset}.pt", fresh=False))
+            err = capsys.readouterr().err
+            assert "warning: 1 epoch(s) of mini are 9 step(s), too few to learn much from" in err
+            # its schedule is new: the old one's warmup in steps (11, of 108) is not kept, as "--warmup 11", never given
+            assert "--warmup" not in err, err
 
 
 @pytest.mark.parametrize("faster", [True, False])
