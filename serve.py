@@ -570,6 +570,14 @@ class Worker(threading.Thread):
             self.waiting.add(job.id)
             self.jobs.put(job)
 
+    def ahead(self, job):
+        """How many requests the worker serves before job, the one it is generating included; None once job is taken
+        up (or gone)."""
+        order = self.jobs.queued()
+        if job not in order:
+            return None
+        return sum(not j.cancelled.is_set() for j in order[:order.index(job)]) + (self.current is not None)
+
     def cancel(self, job):
         """The client hung up: a waiting job gives up its place now, a running one stops at its next token."""
         job.cancelled.set()
@@ -1240,9 +1248,9 @@ class Handler(BaseHTTPRequestHandler):
         except OSError:
             pass
 
-    def events(self, job, probe=None):
+    def events(self, job, probe=None, waiting=None):
         """The worker's events for job as they come; raises ClientGone once the client has hung up. probe: writes
-        what the client ignores (client_gone)."""
+        what the client ignores (client_gone); waiting: called each POLL that brings no event."""
         while True:
             try:
                 event = job.events.get(timeout=POLL)
@@ -1254,6 +1262,8 @@ class Handler(BaseHTTPRequestHandler):
                 yield event
                 if event[0] != "text":
                     return
+            elif waiting:
+                waiting()
 
     def client_gone(self, probe=None):
         """Whether the connection was reset: the client hung up. End-of-file alone is not that: a client may close its
@@ -1325,8 +1335,20 @@ class Handler(BaseHTTPRequestHandler):
 
             said = (ResponseEvents if job.kind == "response" else ChunkEvents)(api, job)
             write(said.start())
-            # the probe: an event stream's comment, which clients skip (a stream still queued writes nothing else)
-            for event in self.events(job, probe=lambda: write(b":\n\n")):
+            told = None
+
+            def waiting():
+                """While job waits its turn, its place as a comment, ": waiting, 3 ahead", when it changes: a class's
+                students saw "..." for as long as the others' replies took, with no word that theirs was coming. The
+                chat page shows it; other clients skip comments (the event stream's, as OpenAI's client does)."""
+                nonlocal told
+                n = api.worker.ahead(job)
+                if n is not None and n != told:
+                    write(b": waiting, %d ahead\n\n" % n)
+                    told = n
+
+            # the probe: an event stream's comment too
+            for event in self.events(job, probe=lambda: write(b":\n\n"), waiting=waiting):
                 if event[0] == "text":
                     write(said.text(event[1]))
                 elif event[0] == "error":  # headers are gone: the error travels as an event, as OpenAI's does

@@ -1697,6 +1697,52 @@ def test_each_client_gets_its_turn_though_another_queued_many_first(enc):
         api.close()
 
 
+def test_a_stream_waiting_its_turn_says_how_many_requests_are_ahead(enc):
+    """A class's students saw "..." for as long as the others' replies took, with no word that theirs was coming. A
+    stream still queued says how many requests the worker serves first, as an event stream's comment when it changes
+    (the chat page shows it); OpenAI's client skips it."""
+    gate = threading.Event()  # the worker stays in the notebook's first request until the gate opens
+    api = start(la_model(enc, gate=gate), enc, name="la")
+
+    def ask(source, stream=False):
+        conn = http.client.HTTPConnection(*api.server_address[:2], timeout=60, source_address=(source, 0))
+        conn.request("POST", "/v1/completions", json.dumps({"prompt": "la", "max_tokens": 2, "stream": stream}))
+        return conn.getresponse().read()
+
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            notebook = [pool.submit(ask, "127.0.0.2")]
+            wait_for(lambda: api.worker.current is not None, "the notebook's first request to start")
+            notebook.append(pool.submit(ask, "127.0.0.2"))
+            wait_for(lambda: len(api.worker.waiting) == 1, "the notebook's next request to queue")
+            student = pool.submit(ask, "127.0.0.1", True)
+            wait_for(lambda: len(api.worker.waiting) == 2, "the student's request to queue")
+            time.sleep(3 * serve.POLL)  # (a comment each poll, were it not said once)
+            gate.set()
+            body = student.result().decode()
+            assert all(a.result() for a in notebook)
+        # the notebook's running request and its next one, whose client had its turn first: 2, then 1, said once each
+        comments = [line for line in body.split("\n") if line.startswith(":")]
+        assert comments[:1] == [": waiting, 2 ahead"] and comments.count(": waiting, 2 ahead") == 1, body
+        assert set(comments) <= {": waiting, 2 ahead", ": waiting, 1 ahead"}, body
+        assert body.rstrip().endswith("data: [DONE]")
+        # OpenAI's client reads past the comments to the reply
+        gate.clear()
+        client = openai.OpenAI(base_url=api.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(ask, "127.0.0.2")
+            wait_for(lambda: api.worker.current is not None, "a request to start")
+            chunks = pool.submit(lambda: [c.choices[0].text for c in client.completions.create(
+                model="la", prompt="la", max_tokens=2, stream=True)])
+            wait_for(lambda: len(api.worker.waiting) == 1, "the client's request to queue")
+            time.sleep(3 * serve.POLL)
+            gate.set()
+            assert "".join(chunks.result()) == " la la" and first.result()
+    finally:
+        gate.set()
+        api.close()
+
+
 def test_a_request_cancelled_while_queued_takes_no_turn_of_its_clients():
     """A request whose client hung up while it waited (the chat page's Stop, a notebook interrupted) is skipped by the
     worker at no cost, and took its client's turn with it: the client's next request went behind another client's
@@ -2829,6 +2875,39 @@ def test_chat_page_streams_a_reply_in_chromium(enc, browser):
         wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, ".msg.assistant .note"))
         assert api.worker.recent[-1]["prompt_tokens"] == first_prompt
     finally:
+        api.close()
+
+
+@needs_chromium
+def test_the_chat_page_says_how_many_requests_are_ahead_of_a_reply_waiting_its_turn(enc, browser):
+    """A student's reply waiting behind others' showed "..." alone: the page shows the server's count of the requests
+    ahead, until the reply's words come."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    gate = threading.Event()
+    api = start(la_model(enc, gate=gate), enc, name="la")
+    after = "return getComputedStyle(document.querySelector('.msg.assistant .text'), '::after').content"
+    try:
+        wait = WebDriverWait(browser, 60)
+        browser.get(api.url + "/")
+        wait.until(lambda b: "la" in b.find_element(By.ID, "model").text)
+        with ThreadPoolExecutor(1) as pool:  # another client's request, held running by the gate
+            conn = http.client.HTTPConnection(*api.server_address[:2], timeout=60, source_address=("127.0.0.2", 0))
+            other = pool.submit(lambda: conn.request("POST", "/v1/completions", json.dumps(
+                {"prompt": "la", "max_tokens": 2})) or conn.getresponse().read())
+            wait_for(lambda: api.worker.current is not None, "the other request to start")
+            browser.find_element(By.ID, "max_tokens").send_keys("3")
+            browser.find_element(By.ID, "input").send_keys("hello")
+            browser.find_element(By.ID, "send").click()
+            wait.until(lambda b: b.execute_script(after) == '"… waiting, 1 ahead"')
+            gate.set()
+            wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, ".msg.assistant .note"))
+            assert other.result()
+        assert browser.find_element(By.CSS_SELECTOR, ".msg.assistant .text").text.split() == ["la"] * 3
+        assert browser.execute_script(after) == "none"  # the words in its place
+    finally:
+        gate.set()
         api.close()
 
 
