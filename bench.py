@@ -38,8 +38,9 @@ import time
 import torch
 
 from common import (AUTO_DTYPE, ArgumentParser, UserError, add_device_arguments, at_least, atomic_write_text, autocast,
-                    check_output, cpu_bf16_is_faster, cpu_has_bf16, cpu_info, first_line, is_oom, pick_device,
-                    pick_dtype, path_arg, not_utf8, retain_freed_memory, run_main, seeded_generator, DTYPES)
+                    check_output, command_words, cpu_bf16_is_faster, cpu_has_bf16, cpu_info, first_line, is_oom,
+                    pick_device, pick_dtype, path_arg, not_utf8, retain_freed_memory, run_main, seeded_generator,
+                    DTYPES)
 from model import GPT, OPTIMIZERS, PRESETS, VARIANTS, make_config, physical_memory
 from train import DEFAULTS as TRAIN_DEFAULTS, Forward, train_step
 
@@ -815,7 +816,7 @@ def check_benchmarks_file(path):
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
+    argv = command_words(argv)
     args = get_parser().parse_args(argv)
     check_options(args)
     args.out = args.out or "BENCHMARKS.md"

@@ -338,6 +338,34 @@ OTHER_TOOLS_OPTIONS = {"--learning_rate": ["--lr"], "--gradient_accumulation_ste
 OTHER_TOOLS_SCRIPTS = {"--eval_only": ("eval.py", "CHECKPOINT", "evaluates a checkpoint")}
 
 
+def command_words(argv):
+    """A script main's argv as its command line's words; None: this process's own (sys.argv[1:]). Called from Python
+    (a notebook's cell) a string is split as a shell splits it (main("--dataset story --epochs 1"), as the commands
+    in README.md read), and a number or a path is its text (["--epochs", 1], a pathlib.Path): argparse took a
+    string's characters for the words ("unrecognized arguments: - d a t a s e t") and ended in a traceback of
+    int.startswith. In a Jupyter kernel sys.argv is the kernel's own (-f, its connection file): main() there is the
+    command with no options (gen.py's newest checkpoint), where gen.py took the kernel's file for the checkpoint."""
+    if argv is None:
+        return [] if "ipykernel" in sys.modules and sys.argv[1:2] == ["-f"] else sys.argv[1:]
+    if isinstance(argv, str):
+        try:
+            return shlex.split(argv)
+        except ValueError as e:  # (shlex's "No closing quotation")
+            raise UserError(f"the options {argv!r} do not split as a shell's words ({e}): give a list of them") \
+                from None
+    words = []
+    for word in argv:
+        if isinstance(word, os.PathLike):
+            word = os.fspath(word)
+        elif isinstance(word, (int, float)):
+            word = str(word)
+        if not isinstance(word, str):
+            raise UserError(f"the options hold {word!r}, a {type(word).__name__}: each is a string, as typed on a "
+                            f"command line")
+        words.append(word)
+    return words
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse's, its prog the script's name (train.py, ...), with a usage error in one line: argparse's own put the
     whole usage first (train.py's is 20 lines, the error under it), and named no close option for a misspelt one
@@ -391,7 +419,7 @@ class ArgumentParser(argparse.ArgumentParser):
         # a switch given a value as a word of its own, as nanoGPT's settings are Python's (--bias False): the value
         # was read as train.py's checkpoint ("checkpoint False not found"), or was an unrecognized argument; said as
         # --bias=False is (error)
-        words = sys.argv[1:] if args is None else list(args)
+        args = words = command_words(args)  # (a notebook's string or numbers too)
         for option, word in zip(words, words[1:]):
             action = self._option_string_actions.get(option)
             if option.startswith("--") and action is not None and action.nargs == 0 and \

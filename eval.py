@@ -49,8 +49,8 @@ import numpy as np
 from checkpoint import (CHECKPOINT_HELP, add_checkpoint_argument, checkpoint_config, load_checkpoint, load_model,
                         parse_checkpoint)
 from common import (ArgumentParser, UserError, add_device_arguments, at_least, atomic_write_text, check_output,
-                    expand_pattern, file_identity, fmt_count, is_dataset_folder, nonempty, path_arg, pick_device,
-                    progress_bar, retain_freed_memory, run_main, seeded_generator)
+                    command_words, expand_pattern, file_identity, fmt_count, is_dataset_folder, nonempty, path_arg,
+                    pick_device, progress_bar, retain_freed_memory, run_main, seeded_generator)
 from gen import (CHAT_STOPS, add_sampling_arguments, chat_reply, columns, default_checkpoint, inference_dtype,
                  read_prompt_file, warn_if_trained_on_text)
 from prepare import document_ends
@@ -334,7 +334,7 @@ def parse_args(argv=None):
     p.add_argument("--json", type=path_arg, metavar="PATH", help="also write the results as JSON to PATH; - prints JSON instead of the table")
     # --prompts, --prompt_file's first name, still works, unshown (--help listed both, two names for one file where
     # gen.py has one), and read as --prompt_file before parsing: an option of its own made "--prompt" ambiguous
-    argv = [re.sub(r"^--prompts(?==|$)", "--prompt_file", a) for a in (sys.argv[1:] if argv is None else argv)]
+    argv = [re.sub(r"^--prompts(?==|$)", "--prompt_file", a) for a in command_words(argv)]
     args, extra = p.parse_known_args(argv)
     # `eval.py runs/*/x_best.pt`, to compare runs: argparse took the first and said "unrecognized arguments" of the rest
     more = [a for a in extra if not a.startswith("-") and names_checkpoint(a)]

@@ -24,7 +24,8 @@ import os
 import sys
 
 from checkpoint import add_checkpoint_argument, load_model, parse_checkpoint
-from common import ArgumentParser, DTYPES, check_output, path_arg, run_main, script_command, shown_path, torch_dtype
+from common import (ArgumentParser, DTYPES, check_output, command_words, path_arg, run_main, script_command, shown_path,
+                    torch_dtype)
 from hf import check_out_dir, export_folder
 from train import checkpoint_data
 
@@ -43,7 +44,7 @@ def parse_args(argv=None):
                         "the size)")
     # intermixed: with the checkpoint optional, parse_args gave `CKPT --dtype bfloat16 OUT_DIR` the first path as
     # OUT_DIR and refused the second ("unrecognized arguments"); all the positionals are matched together instead
-    given = sys.argv[1:] if argv is None else argv
+    given = command_words(argv)
     args = None if not given else parse_checkpoint(p, p.parse_intermixed_args(given))  # (none: "required: out_dir")
     if args is None or args.checkpoint is None:  # no default here: the newest checkpoint is not a thing to export unasked
         p.error("give the checkpoint and the folder to write: export.py CHECKPOINT OUT_DIR, or --checkpoint "

@@ -154,6 +154,38 @@ def test_a_path_given_with_a_tilde_the_shell_left_is_in_the_home_folder(tmp_path
     assert code == 0 and os.path.isfile(home / "data" / "cats" / "meta.json") and not os.path.exists(work / "~"), err
 
 
+def test_a_main_called_from_a_notebook_takes_a_string_numbers_and_paths(tmp_path, monkeypatch):
+    """A teacher's cell calls the scripts' mains with the options: a string, as README's commands read, was taken
+    character by character ("unrecognized arguments: - d a t a s e t"), and a number or a pathlib.Path in a list
+    ended in a traceback (int.startswith). main() in a Jupyter kernel read the kernel's own options (-f, its connection
+    file): gen.py took that file for the checkpoint."""
+    import pathlib
+    import eval as eval_script
+    import export
+    import gen
+    import train
+    monkeypatch.chdir(tmp_path)
+    args = train.parse_args("--dataset story --epochs 1 --output_checkpoint 'my runs/{dataset}.pt'")
+    assert (args.dataset, args.epochs, args.output_checkpoint) == ("story", 1, "my runs/{dataset}.pt")
+    args = train.parse_args(["--dataset", "story", "--max_steps", 3, "--lr", 1e-3, "--data_dir", pathlib.Path("d")])
+    assert (args.max_steps, args.lr, args.data_dir) == (3, 1e-3, "d")
+    assert gen.parse_args([pathlib.Path("m.pt"), "--max_tokens", 5]).checkpoint == "m.pt"
+    assert eval_script.parse_args([pathlib.Path("m.pt"), "--samples", 0]).samples == 0
+    assert export.parse_args([pathlib.Path("m.pt"), pathlib.Path("hf")]).out_dir == "hf"
+    with pytest.raises(UserError, match=r"^the options hold None, a NoneType: each is a string, as typed on a "
+                                        r"command line$"):
+        gen.parse_args(["--checkpoint", None])
+    with pytest.raises(UserError, match=r"^the options \"--prompt 'Once\" do not split as a shell's words \(No "
+                                        r"closing quotation\): give a list of them$"):
+        gen.parse_args("--prompt 'Once")
+    # a Jupyter kernel's own command line: no options for the script's; another program's are its options, as ever
+    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
+    monkeypatch.setattr(sys, "argv", ["/venv/lib/ipykernel_launcher.py", "-f", "/run/kernel-1.json"])
+    assert gen.parse_args().checkpoint is None and train.parse_args().dataset is None
+    monkeypatch.setattr(sys, "argv", ["gen.py", "m.pt"])
+    assert gen.parse_args().checkpoint == "m.pt"
+
+
 @pytest.mark.parametrize("script, option, value, kind", [
     # options read by a function that checks a range too (common.number) and plain type=int/float ones alike: the
     # ranged ones said "invalid positive_int value", "invalid temperature value", ... naming a function, not a type
