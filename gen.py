@@ -840,6 +840,8 @@ def run_prompt_file(session, prompts, seed):
 
 
 def main(argv=None):
+    """`python gen.py ARGV` from Python (a list of options, or one string split as a shell splits it); bad input
+    raises UserError. The text goes to stdout: complete() returns it instead."""
     args = parse_args(argv)
     check_options(args)
     prompts, path = read_inputs(args)

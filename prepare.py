@@ -3391,6 +3391,8 @@ def dataset_choice(name):
 
 
 def main(argv=None):
+    """`python prepare.py ARGV` from Python (a list of options, or one string split as a shell splits it); bad
+    input raises UserError. prepare() builds one dataset and returns its meta.json."""
     p = ArgumentParser("prepare.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", type=dataset_choice, choices=DATASETS,
                    help="story (TinyStories), shakespeare (Tiny Shakespeare, 1 MB), dailydialog, chat (instructions, conversations), chitchat (generated small talk), "

@@ -3360,6 +3360,9 @@ class Run:
 
 
 def main(argv=None):
+    """`python train.py ARGV` from Python (a list of options, or one string split as a shell splits it); returns
+    the run's summary (train). As the command does, bad input and Ctrl-C end in their line and SystemExit with its
+    exit status; train(parse_args(argv)) raises UserError for bad input instead (Ctrl-C's save ends so there too)."""
     try:
         return run_main(lambda: train(parse_args(argv)), ranks=True)
     finally:
