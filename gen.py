@@ -386,7 +386,8 @@ class Printer:
 
 
 def read_lines(prompt, tty, quit_hint="Ctrl-D or /exit quits"):
-    """User lines until EOF; Ctrl-C at the prompt gives a fresh prompt (as in a shell), and quit_hint. Bytes that are
+    """User lines until EOF; Ctrl-C at the prompt gives a fresh prompt (as in a shell), and quit_hint, or with no
+    terminal (tty false: a pipe, a notebook's input box) ends them. Bytes that are
     not UTF-8 become U+FFFD, not a traceback that ends the session, and the user is told once how to convert them; a
     line ends at \\r\\n or \\r too (a file with Windows line ends, piped), and a byte-order mark opening the input
     (Notepad's) is dropped, as in a --prompt_file."""
@@ -432,7 +433,12 @@ def read_lines(prompt, tty, quit_hint="Ctrl-D or /exit quits"):
                 print(file=screen)
             return
         except KeyboardInterrupt:
-            print(f"\n({quit_hint})" if tty else "", file=sys.stderr)
+            if not tty:
+                # no terminal, whose line Ctrl-C clears and whose Ctrl-D ends the input: a pipe, or a notebook's input
+                # box, where Ctrl-C is Jupyter's stop button and no Ctrl-D can be typed. It ends the input, as EOF
+                # does: a fresh box came up instead, and --interactive, which takes /exit as text, never ended
+                return
+            print(f"\n({quit_hint})", file=sys.stderr)
 
 
 def read_prompt_file(path):

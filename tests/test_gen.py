@@ -1404,6 +1404,18 @@ def type_at_terminal(monkeypatch, keys):
     return asked
 
 
+def test_the_stop_button_of_a_notebook_ends_a_chat_waiting_for_its_line(ckpt, capsys, monkeypatch):
+    """gen.main("--chat") or ("--interactive") in a Jupyter notebook reads each line from an input box (input(), stdin
+    no terminal), and the stop button is Ctrl-C: it brought up a fresh box, over and over, and --interactive, which
+    takes /exit as text to continue, could be left only by restarting the kernel. It ends the session, as EOF does."""
+    for mode in ("--chat", "--interactive"):
+        asked = type_at_terminal(monkeypatch, [KeyboardInterrupt, "Once", EOFError])
+        monkeypatch.setattr(sys, "stdin", io.StringIO())  # (a notebook's: no terminal)
+        assert gen.main([ckpt, mode, "--max_tokens", "2"] + CPU) is None
+        out, err = capsys.readouterr()
+        assert asked == [""] and out == "", (mode, asked, out, err)
+
+
 def test_ctrl_c_at_the_interactive_prompt_does_not_offer_exit(ckpt, capsys, monkeypatch):
     # --interactive continues every line, "/exit" too: Ctrl-C's hint said "Ctrl-D or /exit quits", as in --chat
     type_at_terminal(monkeypatch, [KeyboardInterrupt, EOFError] * 2)
