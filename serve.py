@@ -1888,11 +1888,19 @@ def main(argv=None):
         by_sigterm = isinstance(stop, SystemExit)
         signalled = signalled or by_sigterm
         main_thread = threading.current_thread() is threading.main_thread()
-        before = {s: signal.signal(s, leave_at_once) for s in (signal.SIGINT, *stop_signals())} if main_thread else {}
+        # os._exit (leave) is the command's way out past a worker inside torch, where Python's exit would abort. Called
+        # from Python (a notebook's cell, whose stop button is Ctrl-C) the process goes on: os._exit there ended the
+        # kernel, at a second press of the button or a slow reply. The worker stops at its next token by itself
+        command = __name__ == "__main__"
+        before = {s: signal.signal(s, leave_at_once) for s in (signal.SIGINT, *stop_signals())} \
+            if main_thread and command else {}
         try:
             if not server.halt():  # the worker still inside torch past halt's timeout: Python's exit would abort
-                print("the reply being generated did not stop in time: exiting without waiting for it", file=sys.stderr)
-                leave(stop.code if by_sigterm else 128 + signal.SIGINT)  # the status of the signal that stopped it
+                if command:
+                    print("the reply being generated did not stop in time: exiting without waiting for it",
+                          file=sys.stderr)
+                    leave(stop.code if by_sigterm else 128 + signal.SIGINT)  # the status of the signal that stopped it
+                print("the reply being generated did not stop in time: it stops at its next token", file=sys.stderr)
         finally:
             for s, handler in before.items():
                 signal.signal(s, handler)

@@ -2685,6 +2685,43 @@ def test_a_second_signal_while_the_worker_is_inside_torch_exits_at_once(ckpt, ag
     assert "terminate" not in p.err and "Traceback" not in p.err and "stopped" not in p.err, p.err
 
 
+@pytest.mark.parametrize("stop", ["Ctrl-C again", "a slow reply"])
+def test_serve_main_called_from_a_notebook_never_ends_the_process(ckpt, monkeypatch, capsys, stop):
+    """serve.main in a notebook's cell, stopped by the stop button (Ctrl-C): a second press while it waited for the
+    reply being generated, or a reply that outlasted the wait, left by os._exit, the command's way past a worker inside
+    torch, and the kernel died with everything the lesson had in it. Called from Python, the call ends instead: the
+    second Ctrl-C is a KeyboardInterrupt, and a slow reply is left to stop at its next token."""
+    left = []
+
+    def leave(code):
+        left.append(code)
+        raise RuntimeError(f"os._exit({code})")
+    halt = serve.ApiServer.halt
+
+    def slow_halt(self, timeout=30):
+        halt(self)  # (closed and the worker joined, as the stop goes on to do)
+        if stop == "a slow reply":
+            return False
+        os.kill(os.getpid(), signal.SIGINT)  # pressed again as it waits for the worker
+        time.sleep(10)
+        return True
+
+    def stop_button(self):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(serve, "leave", leave)
+    monkeypatch.setattr(serve.ApiServer, "halt", slow_halt)
+    monkeypatch.setattr(serve.ApiServer, "serve_forever", stop_button)
+    argv = [ckpt, "--port", "0", "--device", "cpu"]
+    if stop == "Ctrl-C again":
+        with pytest.raises(KeyboardInterrupt):
+            serve.main(argv)
+    else:
+        serve.main(argv)
+        assert capsys.readouterr().err.endswith("the reply being generated did not stop in time: it stops at its next "
+                                                "token\nstopped\n")
+    assert left == [] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_a_port_in_use_is_one_line_for_a_story_model_too(enc, tmp_path, monkeypatch, capsys):
     """make demo's story model on a --port in use, or a bad --host: the warning that it was trained on plain text
     came first, the error second, and the newest-checkpoint line before both. The error is the one line now."""
