@@ -364,6 +364,8 @@ def cross_entropy(logits, targets, weight, vocab_size=None):
 # the model
 
 class GPT(nn.Module):
+    """GPT(config), a GPTConfig or make_config(preset, **overrides): model(idx, targets) -> (logits, loss) (forward,
+    the shapes there), configure_optimizer for training, generate() for sampling (model.eval() first), num_params()."""
 
     def __init__(self, config):
         super().__init__()
