@@ -2764,7 +2764,10 @@ def prepare(dataset, source=None, tokenizer=None, limit=None, val_fraction=DEFAU
     mix: {dataset: weight} for dataset "mix", several conversation sets in one (see the module docstring).
     skip_bad_records: leave out the records of a .jsonl, .json or .parquet file (or hub rows) that are no JSON, of no
     shape record_doc reads or of the other kind than the file's first, said in the summary, instead of stopping at the
-    first (good_docs)."""
+    first (good_docs). source: a path or a list of them, as --source gives them; a pathlib.Path too (a notebook's
+    Path("notes"), or list(Path("notes").glob("*.md"))), which failed in a traceback (not iterable, no startswith)."""
+    if source is not None:
+        source = [os.fspath(s) for s in ([source] if isinstance(source, (str, os.PathLike)) else source)]
     with contextlib.ExitStack() as held:  # the folder's lock (make_dataset takes it), let go however the build ends
         return make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, out_dir, name, extra,
                             vocab_size, pack, mix, skip_bad_records)

@@ -107,6 +107,22 @@ def snapshot(folder):
 # -----------------------------------------------------------------------------
 # plain text
 
+def test_a_notebooks_paths_are_sources_as_their_strings_are(tmp_path):
+    """prepare() from a notebook, given a pathlib.Path or a list of them (Path("notes").glob("*.txt")), ended in a
+    traceback: 'PosixPath' object is not iterable, or has no startswith. They make the dataset their strings make."""
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    for i in range(3):
+        write(notes / f"{i}.txt", f"Note {i}: the cat sat on the mat.\n")
+    given = {"str": [str(p) for p in sorted(notes.glob("*.txt"))], "paths": sorted(notes.glob("*.txt")),
+             "folder": notes}
+    made = {}
+    for kind, source in given.items():
+        meta = prepare.prepare("text", source=source, out_dir=str(tmp_path / kind), name="notes")
+        made[kind] = meta["splits"], meta["options"]
+    assert made["paths"] == made["str"] and made["folder"][0] == made["str"][0]
+
+
 def test_text_corpus(tmp_path, enc):
     src = write(tmp_path / "corpus.txt", EOT.join(DOCS) + EOT + "\n")
     meta = prepare.prepare("text", source=src, val_fraction=0.2, out_dir=str(tmp_path / "data"))
