@@ -150,7 +150,8 @@ def tensor_bytes(state):
 
 def load_checkpoint(path):
     """The checkpoint's dict, its tensors on the CPU, or a Hugging Face folder's as one; a missing, truncated, corrupt
-    or foreign file is one clear UserError."""
+    or foreign file is one clear UserError. path: a str or a pathlib.Path (a notebook's)."""
+    path = os.fspath(path)
     if not os.path.exists(path):
         folder = os.path.dirname(path)  # what is there, where the user looked (models/ for a bare name)
         raise UserError(f"checkpoint {path} not found"
@@ -286,8 +287,10 @@ def nonfinite(named_tensors):
 # the model a checkpoint holds
 
 def load_model(path_or_ckpt, device="cpu", name=None):
-    """(model in eval mode on device, tokenizer, checkpoint dict) from a path or an already loaded dict (name: its
-    path, for messages)."""
+    """(model in eval mode on device, tokenizer, checkpoint dict) from a path (a pathlib.Path too) or an already loaded
+    dict (name: its path, for messages). A Path was taken for the dict: "does not match this model code"."""
+    if isinstance(path_or_ckpt, os.PathLike):
+        path_or_ckpt = os.fspath(path_or_ckpt)
     ckpt = load_checkpoint(path_or_ckpt) if isinstance(path_or_ckpt, str) else path_or_ckpt
     name = name or (path_or_ckpt if isinstance(path_or_ckpt, str) else "the checkpoint")
     config = checkpoint_config(ckpt, name)

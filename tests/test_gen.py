@@ -1416,6 +1416,18 @@ def test_the_stop_button_of_a_notebook_ends_a_chat_waiting_for_its_line(ckpt, ca
         assert asked == [""] and out == "", (mode, asked, out, err)
 
 
+def test_a_notebooks_path_loads_a_checkpoint_as_its_string_does(ckpt):
+    """load_model(Path("models/story_best.pt")), as a notebook names files, took the Path for a loaded checkpoint and
+    said "does not match this model code ... a damaged checkpoint"; load_checkpoint's was an AttributeError."""
+    import pathlib
+    from checkpoint import load_checkpoint
+    model, enc, loaded = load_model(pathlib.Path(ckpt))
+    assert model.config == load_model(ckpt)[0].config
+    assert loaded["config"] == load_checkpoint(pathlib.Path(ckpt))["config"]
+    with pytest.raises(UserError, match=r"^checkpoint \S*nope\.pt not found"):
+        load_model(pathlib.Path(ckpt).with_name("nope.pt"))
+
+
 def test_ctrl_c_at_the_interactive_prompt_does_not_offer_exit(ckpt, capsys, monkeypatch):
     # --interactive continues every line, "/exit" too: Ctrl-C's hint said "Ctrl-D or /exit quits", as in --chat
     type_at_terminal(monkeypatch, [KeyboardInterrupt, EOFError] * 2)
