@@ -32,7 +32,6 @@ import platform
 import random
 import shlex
 import statistics
-import sys
 import time
 
 import torch

@@ -627,7 +627,8 @@ def turns_of(record, field, where):
     messages."""
     spellings = {"conversations": (("from", "value"), ("role", "content")),
                  "contents": (("role", "parts"),),
-                 "chat_messages": (("sender", "text"), ("sender", "content"))}.get(field, (("role", "content"), ("from", "value")))
+                 "chat_messages": (("sender", "text"), ("sender", "content"))}.get(
+        field, (("role", "content"), ("from", "value")))
     turns = record[field]
     # OpenAI's function calling: a turn that calls a tool (tool_calls, content null or left out) and the tool's answer
     # (role "tool") are named, with the way out, not left to "content must be text" or "unknown role 'tool'" (Gemini's

@@ -2050,7 +2050,8 @@ def test_a_claude_exports_turn_of_content_blocks_alone_is_read_by_its_text_block
                         {"type": "tool_result", "content": [{"type": "text", "text": "a result"}]},
                         {"type": "text", "text": "A drink."}]
     assert prepare.record_doc(record, "x") == prepare.record_doc({"messages": [
-        {"role": "user", "content": "What is tea?"}, {"role": "assistant", "content": "Let me look.\n\nA drink."}]}, "x")
+        {"role": "user", "content": "What is tea?"},
+        {"role": "assistant", "content": "Let me look.\n\nA drink."}]}, "x")
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
