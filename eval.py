@@ -141,8 +141,8 @@ def checked_datasets(path, ckpt, datasets=None, data_dir=None, block_size=None):
     trained = None if data_dir else trained_data(path, ckpt)
     data_dir = data_dir or (trained_in if datasets in (None, [], [trained_on]) else default_data_dir(ckpt))
     datasets = datasets or [trained_on]
-    own_vocab = path if ckpt["tokenizer"].get("bpe") else None  # the prepare hint then uses the model's vocabulary
-    metas = [load_meta(data_dir, name, own_vocab, trained if name == trained_on else None) for name in datasets]
+    # the prepare hint then uses the model's vocabulary and context (train.py's start_run)
+    metas = [load_meta(data_dir, name, path, trained if name == trained_on else None) for name in datasets]
     for meta in metas:
         pick_tokenizer(argparse.Namespace(checkpoint=path, tokenizer=None), meta, ckpt)
     context = checkpoint_config(ckpt, path).block_size

@@ -2777,9 +2777,11 @@ def start_run(args, joined=None):
     if ckpt is not None and not trained_on and not dataset_given and \
             not os.path.exists(os.path.join(args.data_dir, dataset, "meta.json")):
         raise UserError(f"{args.checkpoint} does not name the data it was trained on: pass --dataset NAME")
-    # the model's vocabulary, for the hint that prepares missing data: a checkpoint (or folder) of a custom one
-    own_vocab = args.checkpoint if ckpt is not None and ckpt["tokenizer"].get("bpe") else None
-    meta = load_meta(args.data_dir, dataset, args.tokenizer or own_vocab, trained)
+    # the model, for the hint that prepares missing data: its vocabulary, and its context, which a chat set is packed
+    # at (GPT-2's vocabulary by name packs at 256: `--dataset knowledge --init_from ~/models/gpt2` led to a set its
+    # 1024-token fine-tune warned of, or refused for a val split shorter than a window)
+    model_tokenizer = args.checkpoint if ckpt is not None else None
+    meta = load_meta(args.data_dir, dataset, args.tokenizer or model_tokenizer, trained)
     enc = pick_tokenizer(args, meta, ckpt)
     # (before the model: a new one's default size depends on it)
     dist, device = joined or init_distributed(args.device, args.dist_timeout)

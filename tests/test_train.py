@@ -2327,6 +2327,36 @@ def test_a_gpt2_vocabulary_models_command_packs_a_chat_set_at_its_context(env, t
     assert "--pack" not in argvs[32, "story"] and "--pack" not in argvs[256, "story"]  # text is never packed
 
 
+def test_a_gpt2_vocabulary_models_missing_data_is_prepared_at_its_context(tmp_path, capsys):
+    """The command that prepares data missing for a GPT-2-vocabulary model (GPT-2's folder, context 1024: `train.py
+    --dataset chats.jsonl --init_from ~/models/gpt2`) names the model, as for a model of its own vocabulary. It named
+    none: GPT-2's vocabulary by name packed the chat set at 256, and the fine-tune at the model's context warned of the
+    packing, or was refused for a val split shorter than a window. eval.py's hint is the same."""
+    gpt2 = get_tokenizer("gpt2")
+    ck = str(tmp_path / "g.pt")
+    save_checkpoint(ck, GPT(make_config("tiny", n_layer=1, n_embd=32, n_head=2, block_size=32,
+                                        vocab_size=gpt2.n_vocab)), gpt2, dataset="story")
+    source = tmp_path / "chats.jsonl"
+    source.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"Say {i}."},
+                                                       {"role": "assistant", "content": f"{i}, friend."}]}) + "\n"
+                              for i in range(100)), encoding="utf-8")
+    data = str(tmp_path / "data")
+    tune = ["--checkpoint", ck, "--data_dir", data, "--output_checkpoint", str(tmp_path / "ft" / "{dataset}.pt"),
+            "--device", "cpu", "--no-color"]
+    with pytest.raises(UserError, match=r"is your data, not a dataset prepare\.py made") as e:
+        train.train(train.parse_args(tune + ["--dataset", str(source)]))
+    argv = shlex.split(re.search(r"`python prepare\.py ([^`]*)`", str(e.value)).group(1))
+    assert argv[argv.index("--tokenizer") + 1] == ck, argv
+    prepare.main(argv)
+    assert json.loads((tmp_path / "data" / "chats" / "meta.json").read_text())["pack"] == 32
+    capsys.readouterr()
+    assert train.train(train.parse_args(tune + ["--dataset", "chats", "--max_steps", "1"]))["steps"] == 1
+    assert "packed in blocks" not in capsys.readouterr().err
+    with pytest.raises(UserError, match=rf"no prepared dataset 'knowledge' .*: run `python prepare\.py --dataset "
+                                        rf"knowledge --out_dir {re.escape(data)} --tokenizer {re.escape(ck)}` first$"):
+        eval_py.evaluate_checkpoint(ck, ["knowledge"], data, device="cpu")
+
+
 def test_a_tokenizer_mismatch_names_a_command_that_fixes_it(env, tmp_path):
     """A model trained on a --source set, then the set prepared again with another vocabulary: the error gives the
     prepare.py command (--source and all) that prepares it with the model's vocabulary, read from the checkpoint
