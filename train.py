@@ -700,6 +700,12 @@ def split_too_short(meta, path, split, n_tokens, block_size, evaluating):
             # remade the same val (10 documents, the last one a word, named --val_fraction 0.02 for a set made with 0.1)
             fix = f"use a smaller --block_size, or a larger --val_fraction than its {made_fraction:g} (its val " \
                   f"documents are short ones)"
+    pack = meta.get("pack") or 0
+    if pack and pack < n_tokens <= T:  # (a window of pack fits: pack + 1 tokens)
+        # a chat set packed in blocks shorter than the windows (GPT-2's vocabulary by name packs at 256, GPT-2's
+        # context is 1024): more data was no way out for a val of a few conversations, its blocks are the windows
+        fix = f"use --block_size {pack}, the blocks it is packed in, or prepare it in blocks of {T}: " \
+              f"`{prepare_with(meta, pack=T)}`"
     # (counted as everywhere else: "756977 tokens", and "1 tokens")
     return UserError(f"{path} has {n_tokens:,} token{'s' * (n_tokens != 1)}, fewer than one window of --block_size "
                      f"{T:,} + 1: {fix}")

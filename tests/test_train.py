@@ -2357,6 +2357,28 @@ def test_a_gpt2_vocabulary_models_missing_data_is_prepared_at_its_context(tmp_pa
         eval_py.evaluate_checkpoint(ck, ["knowledge"], data, device="cpu")
 
 
+def test_a_chat_set_too_short_for_a_window_names_the_blocks_it_is_packed_in(tmp_path):
+    """A chat set packed in blocks shorter than the model's windows (GPT-2's vocabulary by name packs at 256, GPT-2's
+    context is 1024), its val a few conversations: "use a smaller --block_size or more data" named neither the size
+    that trains nor that more conversations make no longer val a block. The error names the pack, and the command that
+    packs it for the windows, which then train."""
+    source = tmp_path / "chats.jsonl"
+    source.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"Say {i}."},
+                                                       {"role": "assistant", "content": f"{i}, friend."}]}) + "\n"
+                              for i in range(20)), encoding="utf-8")
+    data = str(tmp_path / "data")
+    prepare.main(["--dataset", "chat", "--source", str(source), "--name", "c", "--pack", "32", "--out_dir", data])
+    argv = ["--data_dir", data, "--dataset", "c", "--n_layer", "1", "--n_head", "2", "--n_embd", "32",
+            "--block_size", "128", "--max_steps", "1", "--output_checkpoint", str(tmp_path / "m" / "{dataset}.pt"),
+            "--device", "cpu", "--no-color"]
+    with pytest.raises(UserError, match=r"val\.bin has \d+ tokens, fewer than one window of --block_size 128 \+ 1: use "
+                                        r"--block_size 32, the blocks it is packed in, or prepare it in blocks of 128: "
+                                        r"`python prepare\.py ([^`]*)`$") as e:
+        train.train(train.parse_args(argv))
+    prepare.main(shlex.split(e.value.args[0].rsplit("`python prepare.py ", 1)[1][:-1]))
+    assert train.train(train.parse_args(argv))["steps"] == 1
+
+
 def test_a_tokenizer_mismatch_names_a_command_that_fixes_it(env, tmp_path):
     """A model trained on a --source set, then the set prepared again with another vocabulary: the error gives the
     prepare.py command (--source and all) that prepares it with the model's vocabulary, read from the checkpoint
