@@ -701,7 +701,7 @@ def split_too_short(meta, path, split, n_tokens, block_size, evaluating):
             fix = f"use a smaller --block_size, or a larger --val_fraction than its {made_fraction:g} (its val " \
                   f"documents are short ones)"
     pack = meta.get("pack") or 0
-    if pack and pack < n_tokens <= T:  # (a window of pack fits: pack + 1 tokens)
+    if pack and pack < n_tokens:  # (a window of pack fits in it: pack + 1 tokens)
         # a chat set packed in blocks shorter than the windows (GPT-2's vocabulary by name packs at 256, GPT-2's
         # context is 1024): more data was no way out for a val of a few conversations, its blocks are the windows
         fix = f"use --block_size {pack}, the blocks it is packed in, or prepare it in blocks of {T}: " \
