@@ -23,7 +23,7 @@ import hf
 from common import (UserError, atomic_torch_save, first_line, is_oom, model_folder_file, nonnegative_int, path_arg,
                     script_command, starts_as_zip, tmp_pattern)
 from model import GPT, GPTConfig
-from setup_tokenizer import tokenizer_from_state, tokenizer_hash, tokenizer_state
+from setup_tokenizer import download_hint, tokenizer_from_state, tokenizer_hash, tokenizer_state
 
 FORMAT = 1  # bump when the layout changes incompatibly
 NUMBER = (int, float)
@@ -104,15 +104,6 @@ def available_hint(folder="models"):
     if not found:
         return f"; no checkpoints in {os.path.join(folder, '')} yet: train one with `{script_command('train.py')}`"
     return "; available: " + ", ".join(found[:5]) + (" ..." if len(found) > 5 else "")
-
-
-def download_hint(name):
-    """The end of a "not found" error for GPT-2's name alone (`--init_from gpt2`, nanoGPT's way, which downloads it):
-    the command that downloads the folder every script takes; nothing for another name."""
-    if not re.fullmatch(r"gpt2(-medium|-large|-xl)?", name):
-        return ""
-    return (f": download it as a folder first, `hf download openai-community/{name} config.json model.safetensors "
-            f"tokenizer.json vocab.json merges.txt --local-dir ~/models/{name}`, and give ~/models/{name}")
 
 
 # -----------------------------------------------------------------------------

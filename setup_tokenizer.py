@@ -26,6 +26,7 @@ import hashlib
 import itertools
 import os
 import re
+import shlex
 import sys
 import time
 import unicodedata
@@ -229,6 +230,18 @@ def checkpoint_meant(name):
                              os.path.join("models", f"{name}.pt")) if os.path.isfile(c)), None)
 
 
+def download_hint(name):
+    """The end of a "not found" error for GPT-2 by name (`--init_from gpt2`, nanoGPT's way, which downloads it), or a
+    path to a GPT-2 folder not downloaded yet (README's ~/models/gpt2): the command that downloads the folder every
+    script takes, to that path; nothing for another name."""
+    base = os.path.basename(os.path.normpath(name))
+    if not re.fullmatch(r"gpt2(-medium|-large|-xl)?", base):
+        return ""
+    folder = "~/models/" + base if base == name else shlex.quote(name)  # (a name: the folder README downloads to)
+    return (f": download it as a folder first, `hf download openai-community/{base} config.json model.safetensors "
+            f"tokenizer.json vocab.json merges.txt --local-dir {folder}`" + f", and give {folder}" * (base == name))
+
+
 @functools.lru_cache(maxsize=8)
 def _load_tokenizer(name, stamp):
     """(tokenizer, model context or None) of get_tokenizer's name; stamp: file_stamp's, so that a changed file is read
@@ -249,6 +262,8 @@ def _load_tokenizer(name, stamp):
         # (a checkpoint's vocabulary is the usual one, prepare.py's for a fine-tune: a misspelt models/story_best.pt was
         # answered as if only gpt2 and .tiktoken files were taken)
         meant = checkpoint_meant(name)
+        if not meant and (hint := download_hint(name)):  # (README's ~/models/gpt2, not downloaded yet)
+            raise UserError(f"tokenizer {name!r} not found{hint}")
         raise UserError(f"tokenizer {name!r} not found: " + (f"did you mean {meant}?" if meant else
                         f"use 'gpt2', a checkpoint or Hugging Face model folder (its vocabulary), or the path of a "
                         f".tiktoken file from `{train_command()}`"))

@@ -1077,6 +1077,19 @@ def test_gpt2_by_name_as_nanogpt_takes_it_names_the_download(tmp_path, monkeypat
     (tmp_path / "gpt2").mkdir()
     line = one_error_line(*run_cli(train.main, ["--init_from", "gpt2", "--data_dir", str(tmp_path), *CPU], capsys)[::2])
     assert line.startswith("error: --init_from gpt2 is a folder without config.json"), line
+    # README's path, ~/models/gpt2, not downloaded yet: it said only that a folder is wanted, and prepare.py's
+    # --tokenizer (README's first command) that a tokenizer is: the download, to the path given
+    import prepare
+    folder = str(tmp_path / "my models" / "gpt2")
+    download = ": download it as a folder first, `hf download openai-community/gpt2 config.json model.safetensors " \
+               f"tokenizer.json vocab.json merges.txt --local-dir {shlex.quote(folder)}`"
+    line = one_error_line(*run_cli(train.main, ["--init_from", folder, "--data_dir", str(tmp_path), *CPU],
+                                   capsys)[::2])
+    assert line == f"error: --init_from {folder} not found" + download, line
+    line = one_error_line(*run_cli(gen.main, [folder, "--prompt", "x", *CPU], capsys)[::2])
+    assert line == f"error: checkpoint {folder} not found" + download, line
+    line = one_error_line(*run_cli(prepare.main, ["--dataset", "dailydialog", "--tokenizer", folder], capsys)[::2])
+    assert line == f"error: tokenizer {folder!r} not found" + download, line
 
 
 def test_nearest_preset_gives_gpt2_its_learning_rate():
