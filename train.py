@@ -2319,7 +2319,9 @@ def banner_lines(run):
              f"({config.vocab_size:,} ids){', loss on masked tokens only' if train_w.masked else ''}",
              f"model  {what}: {args.model} {config.variant}, {config.n_layer} layers x {config.n_embd}, "
              f"{fmt_count(n_all)} params ({fmt_count(n_core)} non-embedding), context {config.block_size}"
-             f"{'' if config.bias else ', no biases'}"]
+             f"{'' if config.bias else ', no biases'}"
+             # (a checkpoint's, taken on by a fine-tune or a continued run: said nowhere else)
+             f"{f', dropout {config.dropout:g}' if config.dropout else ''}"]
     run_for = fmt_time(args.time_budget * 60) + (f" (at most {args.epochs} epochs)"
                                                  if args.epochs < UNLIMITED_EPOCHS else "") \
         + f", epochs of {spe:,}" if budget else f"{args.epochs} epoch(s) x {spe:,}"

@@ -4881,11 +4881,12 @@ def test_a_min_lr_equal_to_lr_is_a_constant_learning_rate():
         train.resolve_args(train.parse_args(["--lr", "1e-3", "--min_lr", "2e-3"]), {}, False, config)
 
 
-def test_a_continued_run_takes_a_new_dropout(env, tmp_path):
+def test_a_continued_run_takes_a_new_dropout(env, tmp_path, capsys):
     """--dropout has no weights: given when continuing, the run trains with it and its checkpoints record it (and a
-    run continued without it keeps the checkpoint's)."""
+    run continued without it, or a fine-tune, keeps the checkpoint's, which the model line says: it said nothing)."""
     first = train.train(args_for(env, tmp_path / "a", "--dataset", "mini", "--max_steps", "1"))["checkpoint"]
     assert load_checkpoint(first)["config"]["dropout"] == 0.0
+    assert "dropout" not in capsys.readouterr().out
 
     def go_on(ck, out, *extra):
         return train.train(train.parse_args(["--checkpoint", ck, "--max_steps", "1", "--data_dir", env["data"],
@@ -4895,7 +4896,11 @@ def test_a_continued_run_takes_a_new_dropout(env, tmp_path):
     ck = load_checkpoint(dropped)
     assert ck["config"]["dropout"] == 0.1 and load_checkpoint(same)["config"]["dropout"] == 0.0
     assert any(not torch.equal(p, q) for p, q in zip(ck["model"].values(), load_checkpoint(same)["model"].values()))
+    capsys.readouterr()
     assert load_checkpoint(go_on(dropped, "c"))["config"]["dropout"] == 0.1
+    assert re.search(r"^model  continuing .*, context 64, dropout 0\.1$", capsys.readouterr().out, re.M)
+    assert load_checkpoint(go_on(dropped, "d", "--dataset", "chat"))["config"]["dropout"] == 0.1
+    assert re.search(r"^model  fine-tuning .*, context 64, dropout 0\.1$", capsys.readouterr().out, re.M)
 
 
 def test_a_vocabulary_other_than_the_datas_is_named_by_one_id(tmp_path):
