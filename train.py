@@ -2769,13 +2769,9 @@ def start_run(args, joined=None):
     # the checkpoint's weights (fine-tuning)
     continuing = ckpt is not None and trained_on == dataset and "step" in ckpt
     if args.reset_epoch and ckpt is not None and not continuing:
-        # a new run from the checkpoint's weights starts at epoch 1 with a fresh optimizer anyway: the flag, whose help
-        # promises to keep the optimizer, would do nothing, and a user who meant to continue the run would not know
-        why = (f"{args.checkpoint} has no training state (weights only)" if trained_on == dataset or not trained_on
-               else f"{args.checkpoint} was trained on {trained_on}, so training it on {dataset} is fine-tuning")
-        raise UserError(f"--reset_epoch restarts the epochs and schedule of a run continued on its own dataset, keeping "
-                        f"its optimizer; {why}: a new run, which starts at epoch 1 with a fresh optimizer anyway: leave "
-                        f"--reset_epoch out")
+        raise reset_epoch_refused(f"{args.checkpoint} has no training state (weights only)" if trained_on == dataset or
+                                  not trained_on else f"{args.checkpoint} was trained on {trained_on}, so training it "
+                                                      f"on {dataset} is fine-tuning")
     trained = None
     if args.data_dir is None:
         args.data_dir = trained_in if trained_on == dataset else default_data_dir(ckpt or {}, dataset)
@@ -2790,6 +2786,16 @@ def start_run(args, joined=None):
     # 1024-token fine-tune warned of, or refused for a val split shorter than a window)
     model_tokenizer = args.checkpoint if ckpt is not None else None
     meta = load_meta(args.data_dir, dataset, args.tokenizer or model_tokenizer, trained)
+    was = (ckpt or {}).get("data") or {}
+    if continuing and was.get("kind") and meta.get("kind") and was["kind"] != meta["kind"]:
+        # its run's name given to data of the other kind, conversations where it trained on text (prepare.py
+        # --name story --out_dir DIR --tokenizer its checkpoint, whose "train on it" line is this fine-tune): a new
+        # run from its weights, as on another name; it went on with the text run's optimizer at the end of its
+        # schedule, or was refused a spent budget
+        if args.reset_epoch:
+            raise reset_epoch_refused(f"{args.checkpoint} was trained on {was['kind']}, so training it on "
+                                      f"{meta['kind']} ({meta['folder']}) is fine-tuning")
+        continuing = False
     enc = pick_tokenizer(args, meta, ckpt)
     # (before the model: a new one's default size depends on it)
     dist, device = joined or init_distributed(args.device, args.dist_timeout)
@@ -2805,6 +2811,15 @@ def start_run(args, joined=None):
     check_same_options(dist, args)
     return Run(args=args, ckpt=ckpt, ckpt_args=ckpt_args, continuing=continuing, meta=meta, enc=enc, config=config,
                dist=dist, device=device), options_given
+
+
+def reset_epoch_refused(why):
+    """The error for --reset_epoch given to a new run from a checkpoint's weights, why: what makes it one. It starts at
+    epoch 1 with a fresh optimizer anyway: the flag, whose help promises to keep the optimizer, would do nothing, and a
+    user who meant to continue the run would not know."""
+    return UserError(f"--reset_epoch restarts the epochs and schedule of a run continued on its own dataset, keeping "
+                     f"its optimizer; {why}: a new run, which starts at epoch 1 with a fresh optimizer anyway: leave "
+                     f"--reset_epoch out")
 
 
 def claim_outputs(run, held):

@@ -4903,6 +4903,28 @@ def test_a_continued_run_takes_a_new_dropout(env, tmp_path, capsys):
     assert re.search(r"^model  fine-tuning .*, context 64, dropout 0\.1$", capsys.readouterr().out, re.M)
 
 
+def test_conversations_under_the_text_runs_name_are_a_fine_tune(env, tmp_path):
+    """A text run's dataset name given to conversations in another folder (prepare.py --name mini --out_dir DIR
+    --tokenizer its checkpoint, whose "train on it" line is the fine-tune): a new run from its weights at a third of
+    the lr, as on another name. It went on as that run, with its optimizer, epochs and schedule."""
+    base = train.train(args_for(env, tmp_path / "base", "--dataset", "mini", "--max_steps", "2"))["checkpoint"]
+    other = str(tmp_path / "other")
+    write_dataset(other, "mini", env["enc"], env["tok"], chat_docs(story_text(), 200), chat=True)
+    tune = ["--checkpoint", base, "--dataset", "mini", "--data_dir", other, "--max_steps", "1"]
+    s = train.train(args_for(env, tmp_path / "tuned", *tune, fresh=False))
+    assert s["steps"] == 1  # (counted afresh: the run it went on from had 2)
+    ran = load_checkpoint(s["checkpoint"])
+    assert ran["args"]["lr"] == pytest.approx(train.DEFAULT_LR["tiny"] / train.FINETUNE_LR_DIVISOR)
+    assert ran["data"]["kind"] == "chat" and ran["args"]["checkpoint"] == base
+    with pytest.raises(UserError, match=r"--reset_epoch .*; \S+ was trained on text, so training it on chat \(\S+\) is "
+                                        r"fine-tuning: .* leave --reset_epoch out$"):
+        train.train(args_for(env, tmp_path / "tuned2", *tune, "--reset_epoch", fresh=False))
+    # the fine-tune, continued on its conversations, goes on as its run
+    s = train.train(args_for(env, tmp_path / "tuned", "--checkpoint", s["checkpoint"], "--data_dir", other,
+                             "--max_steps", "1", fresh=False))
+    assert s["steps"] == 2
+
+
 def test_a_vocabulary_other_than_the_datas_is_named_by_one_id(tmp_path):
     """A checkpoint or --tokenizer whose vocabulary is not the data's: each vocabulary named once, gpt2 or
     custom-<its tokenizer_hash> (it said "custom-<a hash of its file's text> (<its tokenizer_hash>)"), also for a
