@@ -44,7 +44,7 @@ from common import (ArgumentParser, UserError, add_device_arguments, at_least, a
                     check_output, color_ok, encoding_fix, first_line, fmt_count, latin1_fix, mostly_utf8, not_utf8,
                     number, path_arg, pick_device, pick_dtype, require_utf8, retain_freed_memory, run_main,
                     seeded_generator, slow_on_this_cpu, stray_byte_fix, without_surrogates)
-from setup_tokenizer import EOT, IM_END, IM_START, StreamDecoder, render_chat
+from setup_tokenizer import EOT, IM_END, IM_START, StreamDecoder, chatml_tokens, render_chat
 
 CHAT_HELP = "/reset clears the history, /exit or Ctrl-D quits, Ctrl-C stops a reply"
 DEFAULT_MAX_TOKENS = 256  # new tokens per completion or reply, --max_tokens left out (serve.py's too)
@@ -262,11 +262,18 @@ def chat_prompt(model, enc, history, max_tokens, warn=True):
         ids = crop_prompt(model, ids, max_tokens, what="the conversation (its system message alone fills the "
                           "context: cut too)", warn=warn)
         return ids, dropped, True
+    # the newest message's turn opening (<|im_start|>user\n) stays too, where the opening and a token of it fit: its
+    # end alone was text in no turn, read by the model as the end of the system message's or as nothing's
+    role = fitted[-1]["role"]
+    head = len(chatml_tokens(enc)[0][role])
+    head = head if system_len + head + opening < budget else 0
+    keep = budget - system_len - head
     if warn:
-        kept = f"the system message and the last {budget - system_len} of the rest" if system_len else \
-            f"its last {budget}"  # (without a system message, none to name)
+        turn = f"the {role} turn's opening" if head else ""
+        kept = ", ".join(filter(None, ("the system message" * bool(system_len), turn))) + \
+            f" and the last {keep} of the rest" if system_len or head else f"its last {keep}"
         print(f"{over} keeping {kept} so {min(max_tokens, room_after(model, budget))} can follow", file=sys.stderr)
-    return ids[:system_len] + ids[len(ids) - (budget - system_len):], dropped, True
+    return ids[:system_len + head] + ids[len(ids) - keep:], dropped, True
 
 
 def chat_reply(model, enc, history, max_tokens, on_text=None, info=None, warn=True, **sampling):

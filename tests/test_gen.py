@@ -543,16 +543,20 @@ def test_history_overflow_drops_oldest_turns(enc, monkeypatch, capsys):
             assert n > 64 - 20 and info["prompt_ids"] == render_chat(enc, long, add_generation_prompt=True)[0]
         else:
             assert len(info["prompt_ids"]) == 64 - 20
+            # the newest message keeps its turn's opening: its end alone was text in no turn
+            assert enc.decode(info["prompt_ids"][len(sys_ids):]).startswith("<|im_start|>user\n word word")
             assert enc.decode(info["prompt_ids"]).endswith("word <|im_end|>\n<|im_start|>assistant\n")
-            assert "keeping the system message and the last" in capsys.readouterr().err
+            assert "keeping the system message, the user turn's opening and the last" in capsys.readouterr().err
     # no system message: the warning does not speak of one
     text, why = gen.chat_reply(la_model(enc), enc, long[1:], 20, info=info, temperature=1.0,
                                generator=torch.Generator().manual_seed(0))
-    assert len(info["prompt_ids"]) == 64 - 20 and "keeping its last 44 so 20 can follow" in capsys.readouterr().err
+    assert len(info["prompt_ids"]) == 64 - 20 and enc.decode(info["prompt_ids"]).startswith("<|im_start|>user\n word")
+    assert "keeping the user turn's opening and the last 41 of the rest so 20 can follow" in capsys.readouterr().err
     # a max_tokens over half the context: the prompt keeps half of it, and the warning counts what the reply then gets
     text, why = gen.chat_reply(la_model(enc), enc, long[1:], 40, info=info, temperature=1.0,
                                generator=torch.Generator().manual_seed(0))
-    assert len(info["prompt_ids"]) == 32 and "keeping its last 32 so 33 can follow" in capsys.readouterr().err
+    assert len(info["prompt_ids"]) == 32
+    assert "keeping the user turn's opening and the last 29 of the rest so 33 can follow" in capsys.readouterr().err
     # a system message that alone fills the context is cut too, and the warning says so
     huge = [{"role": "system", "content": "rule " * 60}, {"role": "user", "content": "hi"}]
     text, why = gen.chat_reply(la_model(enc), enc, huge, 20, info=info, temperature=1.0,
@@ -589,7 +593,8 @@ def test_a_chat_prompt_ends_with_the_assistants_opening_whatever_the_system_mess
         err = capsys.readouterr().err
         assert len(ids) == 9 and ids[-len(opening):] == opening and short and dropped == 0, content
         sys_ids = render_chat(enc, [system])[0]
-        if len(sys_ids) + len(opening) <= 9:  # room for the opening: the system message stays whole
+        if len(sys_ids) + len(opening) <= 9:  # room for the opening: the system message stays whole (the user
+            # turn's opening too where it and one token of its text fit, not here)
             assert ids == sys_ids + opening and "keeping the system message and the last 4 of the rest" in err, err
         else:
             assert "its system message alone fills the context: cut too" in err, err
@@ -1538,8 +1543,9 @@ def test_a_conversation_just_over_the_prompts_half_is_not_warned_of_and_one_that
     assert capsys.readouterr().err == ""
     h = history_of(enc, 64)
     ids, dropped, short = gen.chat_prompt(model, enc, h, 32)
-    assert (ids, dropped, short) == (render_chat(enc, h, add_generation_prompt=True)[0][-32:], 0, True)
-    assert "keeping its last 32 so 32 can follow" in capsys.readouterr().err
+    whole = render_chat(enc, h, add_generation_prompt=True)[0]
+    assert (ids, dropped, short) == (whole[:3] + whole[3 - 32:], 0, True)  # its turn's opening (3 tokens) kept
+    assert "keeping the user turn's opening and the last 29 of the rest so 32 can follow" in capsys.readouterr().err
 
 
 def test_a_chat_prompt_told_not_to_warn_says_nothing(enc, capsys):
