@@ -3273,9 +3273,13 @@ class Run:
                     self.evaluation(rec, shown, lr, tps)
             except Exception as e:
                 # the train loss the record took is in no save: the one on the way out of the error (save_before_error)
-                # holds the loss since this record. A diverged run's steps are dropped with their record
+                # holds the loss since this record. A diverged run's steps are dropped with their record. The record's
+                # own write failing (the best file's folder remounted read-only: the metrics' too) leaves the error
+                # said the evaluation's: the metrics file's in its place read as if the best file's save had failed on
+                # it ("writing models/x_best.pt failed: the error below", then an error naming x_metrics.jsonl)
                 if not isinstance(e, Diverged):
-                    self.metrics.log(rec)
+                    with contextlib.suppress(OSError):
+                        self.metrics.log(rec)
                 raise
             self.metrics.log(rec)
         if due_eval:

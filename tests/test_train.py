@@ -4,6 +4,7 @@ tokenizer mismatches are one-line errors, the best checkpoint follows val loss, 
 Tiny models (2 layers x 64) on a tiny custom vocabulary, so the whole file runs in well under a minute on 2 cores.
 """
 import contextlib
+import errno
 import json
 import math
 import mmap
@@ -3766,6 +3767,34 @@ def test_a_failed_save_of_a_step_no_file_holds_is_not_saved_though_an_earlier_be
     assert best == "mini_best.pt" and name == "mini_epoch1.pt" and first == step0 < step, steps
     assert f"warning: step {step} is not saved (writing {tmp_path / name} failed: the error below)" \
            in capsys.readouterr().err
+
+
+def test_a_best_file_that_cannot_be_written_is_the_error_said_though_its_record_fails_too(env, tmp_path, monkeypatch,
+                                                                                        capsys):
+    """The run's folder remounted read-only mid-run: the best file's save failed, then its evaluation's record, written
+    on the way out, failed on the same disk and took the error's place. The user read "writing mini_best.pt failed:
+    the error below" over an error naming mini_metrics.jsonl."""
+    real_save, real_log, steps = train.save_checkpoint, train.Metrics.log, []
+    best = str(tmp_path / "mini_best.pt")
+
+    def read_only_from_the_second_best(path, *a, **state):
+        steps.append(path)
+        if path == best and steps.count(best) == 2:
+            raise OSError(errno.EROFS, "Read-only file system", path)
+        return real_save(path, *a, **state)
+
+    def log(self, rec):
+        if steps.count(best) == 2:
+            raise OSError(errno.EROFS, "Read-only file system", self.path)
+        return real_log(self, rec)
+    monkeypatch.setattr(train, "save_checkpoint", read_only_from_the_second_best)
+    monkeypatch.setattr(train.Metrics, "log", log)
+    monkeypatch.setattr(train, "evaluate", lambda *a, **k: 5.0 - steps.count(best) / 10)  # each evaluation a best
+    with pytest.raises(OSError) as e:
+        train.train(args_for(env, tmp_path, "--dataset", "mini", "--batch_size", "4", "--save_interval", "10",
+                             "--eval_interval", "10", "--max_steps", "30"))
+    assert e.value.filename == best
+    assert f"(writing {best} failed: the error below)" in capsys.readouterr().err
 
 
 def test_a_save_on_the_way_out_of_an_error_that_fails_leaves_that_error(env, tmp_path, monkeypatch, capsys):
