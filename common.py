@@ -1298,8 +1298,18 @@ def link_target(path):
 def read_only(path):
     """Whether path is a file this process may not write (chmod a-w, another user's), which an atomic write refuses: a
     rename in its folder, which the folder's permissions allow, would replace it all the same (eval.py --json over a
-    file made read-only to keep it)."""
-    return os.path.isfile(path) and not os.access(path, os.W_OK)
+    file made read-only to keep it). Not a file on a read-only file system (a cluster's disk remounted so after an
+    error), which os.access refuses too: there "check its permissions" sent the user to chmod, which fails; the write
+    itself then fails with the file system's own error and its fix (OS_FIXES)."""
+    return os.path.isfile(path) and not os.access(path, os.W_OK) and not on_read_only_file_system(path)
+
+
+def on_read_only_file_system(path):
+    """Whether path lies on a file system mounted read-only (False where the system cannot tell: no statvfs)."""
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # (Windows has no statvfs)
+        return False
 
 
 def special_file(path):

@@ -650,6 +650,38 @@ def test_a_checkpoint_save_into_a_folder_that_takes_no_files_ends_in_one_line(tm
     assert torch.load(path, weights_only=True) == {"step": 1}
 
 
+def test_a_checkpoint_on_a_read_only_file_system_is_said_so_not_a_read_only_file(tmp_path, monkeypatch, capsys):
+    """A run's folder remounted read-only (a cluster's disk, after an error): os.access refuses its files' writes as it
+    does a chmod a-w file's, so train.py said "the file is read-only: check its permissions", sending the user to a
+    chmod that fails there. The file system's own refusal and fix are said, before the work and at the save."""
+    path = str(tmp_path / "x.pt")
+    atomic_torch_save({"step": 1}, path)
+    statvfs = os.statvfs
+
+    def read_only_mount(p):
+        st = statvfs(p)
+        return types.SimpleNamespace(**{k: getattr(st, k) for k in dir(st) if k.startswith("f_")}
+                                     | {"f_flag": st.f_flag | os.ST_RDONLY})
+
+    def opener(f, mode="r", *args, **kwargs):
+        if set(mode) & set("wax+"):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), f)
+        return open(f, mode, *args, **kwargs)
+    monkeypatch.setattr(os, "statvfs", read_only_mount)
+    monkeypatch.setattr(os, "access", lambda p, mode, **k: not mode & os.W_OK)
+    monkeypatch.setattr(common, "open", opener, raising=False)
+    with pytest.raises(UserError, match=r"^--output_checkpoint .*x.pt: cannot write there \(Read-only file system\): "
+                                        r"a read-only file system: write elsewhere$"):
+        check_output(path, "--output_checkpoint", checkpoint=True)
+    with pytest.raises(SystemExit) as e:
+        run_main(lambda: atomic_torch_save({"step": 2}, path))
+    monkeypatch.undo()
+    assert e.value.code == 1
+    assert capsys.readouterr().err == \
+        f"error: Read-only file system: {path}: a read-only file system: write elsewhere\n"
+    assert torch.load(path, weights_only=True) == {"step": 1}
+
+
 def test_a_file_name_too_long_for_its_temporary_write_is_refused_before_the_work(tmp_path):
     """The write goes to NAME.<pid>.tmp first: a name that fits the system's limit only without that suffix (a deep
     folder on Windows, at 260 characters of path, alike) passed the check, and the write failed after the work."""
