@@ -71,9 +71,9 @@ from checkpoint import (NOT_THIS_CODE, add_checkpoint_argument, checkpoint_confi
 from common import (ArgumentParser, DTYPES, HANGUP, UserError, add_device_arguments, ask, atomic_write_text, autocast,
                     check_output, closed_pipe_on_windows, color_ok, draws_a_bar, exit_after_the_first, first_line,
                     fmt_count, held_lock, hung_up, is_dataset_folder, is_oom, lock_is_held, nonempty, nonnegative_int,
-                    path_arg, pick_device, pick_dtype, prepare_lock, read_items, refuse_dataset_folder,
-                    remove_stale_tmp, retain_freed_memory, run_main, slow_on_this_cpu, speaks_for_machine, stop_signals,
-                    Switch, tmp_name)
+                    naming_full_disk, path_arg, pick_device, pick_dtype, prepare_lock, read_items,
+                    refuse_dataset_folder, remove_stale_tmp, retain_freed_memory, run_main, slow_on_this_cpu,
+                    speaks_for_machine, stop_signals, Switch, tmp_name)
 from hf import is_hf_folder
 from model import OPTIMIZERS, PRESETS, VARIANTS, GPT, make_config
 from prepare import (DATASETS, DEFAULT_OUT_DIR, DEFAULT_PACK, DEFAULT_VAL_FRACTION, MIXABLE, NANOGPT_DATASETS,
@@ -1611,7 +1611,8 @@ class Metrics:
         self.records.append(rec)
         if not self.write or self.held:
             return
-        with open(self.path, "a", encoding="utf-8") as f:
+        # (a full disk's OSError names no file: "No space left on device" alone left the user to guess which disk)
+        with naming_full_disk(self.path), open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(rec) + "\n")
 
     def curves(self):

@@ -5,6 +5,7 @@ Tiny models (2 layers x 64) on a tiny custom vocabulary, so the whole file runs 
 """
 import contextlib
 import errno
+import io
 import json
 import math
 import mmap
@@ -5031,6 +5032,21 @@ def test_a_removed_best_files_bar_is_dropped_before_the_evaluation_at_the_first_
     assert (best["step"], best["val_loss"]) == (1, first["best_val_loss"] + 3.0)
     assert r["best_val_loss"] == first["best_val_loss"] + 3.0
     assert [rec["best"] for rec in read_metrics(r["metrics"]) if rec["val_loss"] is not None] == [True, False, False]
+
+
+def test_a_metrics_record_a_full_disk_refuses_names_the_file(tmp_path, monkeypatch, capsys):
+    """A full disk fails the record's write() with an OSError that names no file: the run ended in "error: No space left
+    on device: free some space or write elsewhere", leaving the user to guess which disk."""
+    path = str(tmp_path / "notes_metrics.jsonl")
+    metrics = train.Metrics(path, str(tmp_path / "notes_loss.png"))
+
+    class Full(io.StringIO):
+        def write(self, text):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(train, "open", lambda *a, **k: Full(), raising=False)
+    with pytest.raises(SystemExit):
+        common.run_main(lambda: metrics.log({"step": 1}))
+    assert capsys.readouterr().err == f"error: No space left on device: {path}: free some space or write elsewhere\n"
 
 
 def test_a_val_loss_gone_to_nan_stops_the_run_and_leaves_the_metrics_json(env, tmp_path):
