@@ -3251,10 +3251,12 @@ class Run:
         # it keeps the best and stops early where the run in one go does (exact resume)
         self.pause_eval = self.stopped == "max_steps" and args.eval_interval > 0 and not due_eval
         due_eval = due_eval or self.pause_eval
-        # the last step of a run is always logged, and every save is at a record: the loss summed
-        # since the last record is in no checkpoint, and a run resumed from a save between records
-        # would log its first train loss over its own steps alone
-        due_log = due_log or due_eval or due_save or self.stopped != "done" or interrupted
+        # the last step of a run is always logged, and every save is at a record (where both runs, in one go and
+        # continued, have it). Not the step a Ctrl-C stops in one process: its save holds the loss summed since the
+        # last record, which the run continued from it goes on from, so that its records are the run in one go's (a
+        # record here made the next one average the steps after it alone: another train loss). Under torchrun it is
+        # logged: each rank holds its own share of that sum until a record all-reduces it, and rank 0 saves alone
+        due_log = due_log or due_eval or due_save or self.stopped != "done" or (interrupted and self.dist.world > 1)
         return due_eval, due_save, due_log
 
     def record(self, lr, epoch_step, end_of_epoch, bar):

@@ -1645,6 +1645,31 @@ def test_ctrl_c_says_interrupted_in_one_line(env, tmp_path, monkeypatch, capsys)
     assert out.rstrip().endswith(f"--checkpoint {shlex.quote(str(tmp_path / 'm' / 'mini.pt'))} --max_steps 3`"), out
 
 
+def test_a_run_stopped_by_ctrl_c_between_records_logs_the_losses_of_the_run_in_one_go(env, tmp_path, monkeypatch):
+    """Ctrl-C logged a record at the step it stopped in, so the continued run's next record averaged the steps after it
+    alone: its train loss, and the extra record, differed from the run in one go's, whose weights it matched bit for
+    bit. Its save holds the loss since the last record instead, as a save on the way out of an error does."""
+    options = ["--dataset", "mini", "--epochs", "1", "--batch_size", "4", "--log_interval", "25", "--eval_interval",
+               "50", "--save_interval", "0"]
+    one = train.train(args_for(env, tmp_path / "one", *options))
+    whole = read_metrics(one["metrics"])
+    records = [r["step"] for r in whole]
+    stop = records[0] + 2  # between the first two records
+    assert stop < records[1], records
+    on_step(monkeypatch, stop, lambda: os.kill(os.getpid(), signal.SIGINT))
+    with pytest.raises(SystemExit) as e:
+        train.train(args_for(env, tmp_path / "two", *options))
+    assert e.value.code == 130
+    monkeypatch.undo()
+    saved = str(tmp_path / "two" / "mini_epoch1.pt")
+    assert load_checkpoint(saved)["step"] == stop
+    rest = train.train(args_for(env, tmp_path / "two", "--checkpoint", saved, fresh=False))
+
+    def losses(records):  # (not the run's id, nor its times)
+        return [(r["step"], r["tokens"], r["train_loss"], r["val_loss"], r["lr"]) for r in records]
+    assert losses(read_metrics(rest["metrics"])) == losses(whole)
+
+
 def test_a_second_ctrl_c_quits_naming_the_runs_last_checkpoint(env, tmp_path, monkeypatch, capsys):
     # the second Ctrl-C quits without a save: it said a bare "interrupted", leaving the file that holds the run to be
     # found (the continued one's --checkpoint where this run saved none), and then not its step
