@@ -1300,7 +1300,8 @@ class TrainTally:
         return self.train_tokens / self.train_s if self.train_s > 0 else None
 
     def loss_since_record(self):
-        """[sum, targets], a checkpoint's: 0 but in the save on the way out of an error (every other is at a record)."""
+        """[sum, targets], a checkpoint's: 0 but in the saves on the way out of an error or of a Ctrl-C in one process
+        (every other is at a record)."""
         return [self.loss.item(), self.targets]
 
 
@@ -3076,9 +3077,9 @@ class Run:
         written, its counts, its points in steps, the train loss since the last record and the clock."""
         args, ckpt, p, dist = self.args, self.ckpt, self.p, self.dist
         # the checkpoint's run goes on (--reset_epoch starts it anew): its metrics up to the checkpoint stay, and so
-        # does the train loss since its last record: every save is at a record but the one on the way out of an
-        # error, which holds it, and the run resumed from it goes on from it (else its first record would average its
-        # own steps alone)
+        # does the train loss since its last record: every save is at a record but the ones on the way out of an
+        # error or a Ctrl-C, which hold it, and the run resumed from it goes on from it (else its first record would
+        # average its own steps alone)
         resumed = self.continuing and not args.reset_epoch
         # (hold: replaced with the rest of the earlier run's files, at the first save)
         self.metrics = Metrics(self.metrics_path, self.png_path, keep_until=ckpt if resumed else None, write=dist.main,
