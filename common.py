@@ -1231,12 +1231,15 @@ def atomic_write_text(path, text):
     tmp = tmp_name(path)
     try:
         with naming_full_disk(path):
-            with open(tmp, "w", encoding="utf-8") as f:
+            try:
+                f = open(tmp, "w", encoding="utf-8")
+            except OSError as e:  # named as the file the user knows (a read-only file system's "x.json.123.tmp")
+                raise OSError(e.errno, e.strerror, path) from None
+            with f:
                 f.write(text)
             fsync_replace(tmp, path)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
+        remove_temporary(tmp)
     # what a killed write of the same file left (gen.py --output, eval.py --json, meta.json, a metrics file)
     remove_stale_tmp(os.path.dirname(os.path.abspath(path)), re.escape(os.path.basename(path)))
 
@@ -1272,10 +1275,19 @@ def atomic_torch_save(obj, path):
         with naming_full_disk(path):
             fsync_replace(tmp, path)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
+        remove_temporary(tmp)
     # another checkpoint's (a killed save's may be named otherwise), and train.py's metrics and loss curve
     remove_stale_tmp(folder, r".+\.pt|.+_metrics\.jsonl|.+_loss\.png")
+
+
+def remove_temporary(tmp):
+    """Removes an atomic write's temporary file tmp where it is there (the write failed before the rename). Only there:
+    a read-only file system refuses the removal of a file that is not there with its own error (EROFS), not
+    FileNotFoundError, which took the place of the write's (a checkpoint's save said "Read-only file system:
+    models/x.pt.123.tmp", the name of no file there)."""
+    if os.path.lexists(tmp):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
 
 
 def write_target(path):

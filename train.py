@@ -72,8 +72,8 @@ from common import (ArgumentParser, DTYPES, HANGUP, UserError, add_device_argume
                     check_output, closed_pipe_on_windows, color_ok, draws_a_bar, exit_after_the_first, first_line,
                     fmt_count, held_lock, hung_up, is_dataset_folder, is_oom, lock_is_held, nonempty, nonnegative_int,
                     naming_full_disk, path_arg, pick_device, pick_dtype, prepare_lock, read_items,
-                    refuse_dataset_folder, remove_stale_tmp, retain_freed_memory, run_main, slow_on_this_cpu,
-                    speaks_for_machine, stop_signals, Switch, tmp_name)
+                    refuse_dataset_folder, remove_stale_tmp, remove_temporary, retain_freed_memory, run_main,
+                    slow_on_this_cpu, speaks_for_machine, stop_signals, Switch, tmp_name)
 from hf import is_hf_folder
 from model import OPTIMIZERS, PRESETS, VARIANTS, GPT, make_config
 from prepare import (DATASETS, DEFAULT_OUT_DIR, DEFAULT_PACK, DEFAULT_VAL_FRACTION, MIXABLE, NANOGPT_DATASETS,
@@ -1654,8 +1654,7 @@ class Metrics:
             os.replace(tmp, self.png_path)
             self.plotted = (len(self.records), title)
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(tmp)
+            remove_temporary(tmp)
 
 
 class GracefulInterrupt:

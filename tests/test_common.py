@@ -667,18 +667,26 @@ def test_a_checkpoint_on_a_read_only_file_system_is_said_so_not_a_read_only_file
         if set(mode) & set("wax+"):
             raise OSError(errno.EROFS, os.strerror(errno.EROFS), f)
         return open(f, mode, *args, **kwargs)
+    def remove(f):  # such a file system refuses the removal of a file that is not there as it does any other
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), f)
     monkeypatch.setattr(os, "statvfs", read_only_mount)
     monkeypatch.setattr(os, "access", lambda p, mode, **k: not mode & os.W_OK)
     monkeypatch.setattr(common, "open", opener, raising=False)
+    monkeypatch.setattr(os, "remove", remove)
     with pytest.raises(UserError, match=r"^--output_checkpoint .*x.pt: cannot write there \(Read-only file system\): "
                                         r"a read-only file system: write elsewhere$"):
         check_output(path, "--output_checkpoint", checkpoint=True)
-    with pytest.raises(SystemExit) as e:
-        run_main(lambda: atomic_torch_save({"step": 2}, path))
+    codes = []
+    # the temporary file's removal, which failed too, said "Read-only file system: x.pt.123.tmp" in the write's place
+    for target, save in ((path, lambda: atomic_torch_save({"step": 2}, path)),
+                         (path + ".json", lambda: atomic_write_text(path + ".json", "{}"))):
+        with pytest.raises(SystemExit) as e:
+            run_main(save)
+        codes.append(e.value.code)
+        assert capsys.readouterr().err == \
+            f"error: Read-only file system: {target}: a read-only file system: write elsewhere\n"
     monkeypatch.undo()
-    assert e.value.code == 1
-    assert capsys.readouterr().err == \
-        f"error: Read-only file system: {path}: a read-only file system: write elsewhere\n"
+    assert codes == [1, 1]
     assert torch.load(path, weights_only=True) == {"step": 1}
 
 
