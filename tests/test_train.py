@@ -233,6 +233,19 @@ def test_max_steps_on_the_runs_last_step_is_done(env, tmp_path, capsys):
     r = train.train(args_for(env, tmp_path, "--dataset", "mini", "--max_steps", steps, "--eval_interval", 0))
     assert (r["stopped"], r["steps"]) == ("done", steps)
     assert re.search(rf"^done: {steps} steps?, .*; 1 of 1 epoch\(s\) done$", capsys.readouterr().out, re.M)
+    assert "continue with" not in capsys.readouterr().out
+
+
+def test_a_run_max_steps_stops_before_its_epochs_end_names_the_command_that_continues_it(env, tmp_path, capsys):
+    """A run stopped by --max_steps ended on "try it", with no word of how to train on to its epochs' end, where a
+    Ctrl-C's line names it (--max_steps is not inherited: --checkpoint alone goes on)."""
+    r = train.train(args_for(env, tmp_path, "--dataset", "mini", "--max_steps", 2, "--epochs", 2, "--eval_interval", 0))
+    out = capsys.readouterr().out
+    command = re.search(r"^continue with `(.*)` \(to the end of its 2 epoch\(s\)\)$", out, re.M)
+    assert r["stopped"] == "max_steps" and command, out
+    assert shlex.split(command[1])[-2:] == ["--checkpoint", r["checkpoint"]]
+    r = train.train(train.parse_args(shlex.split(command[1])[2:]))  # (the words after python train.py)
+    assert r["stopped"] == "done" and r["epochs_done"] == 2 and "continue with" not in capsys.readouterr().out
 
 
 def test_an_epoch_that_takes_no_step_is_an_error_not_a_hang(env, tmp_path, monkeypatch):
