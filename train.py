@@ -54,6 +54,7 @@ import queue
 import re
 import secrets
 import shlex
+import shutil
 import signal
 import socket
 import sys
@@ -2816,6 +2817,25 @@ def start_run(args, joined=None):
                dist=dist, device=device), options_given
 
 
+def warn_low_disk(run):
+    """A warning where the output folder has less free space than two checkpoints of the run take (a save writes its
+    new file beside the old one, and the best file is another): a full disk was found at the first save, which a run
+    with few saves reaches after hours."""
+    folder = os.path.dirname(os.path.abspath(run.best_path))  # (made by claim_outputs, its lock there)
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return
+    weights = tensor_bytes(run.model.state_dict())
+    # the optimizer's state: a continued run's as loaded, a new run's made at its first step (AdamW's two moments of
+    # every weight, the most it takes)
+    size = weights + (tensor_bytes(run.optimizer.state_dict()) or 2 * weights)
+    if free < 2 * size:
+        warn(f"{free / 1e6:,.0f} MB free in {folder}, where a checkpoint of this run takes about {size / 1e6:,.0f} MB "
+             f"and a save writes its new one beside the old: the saves may fail; free some space, or write elsewhere "
+             f"(--output_checkpoint)")
+
+
 def reset_epoch_refused(why):
     """The error for --reset_epoch given to a new run from a checkpoint's weights, why: what makes it one. It starts at
     epoch 1 with a fresh optimizer anyway: the flag, whose help promises to keep the optimizer, would do nothing, and a
@@ -3048,6 +3068,8 @@ class Run:
         self.start_loop()
         for line in banner_lines(self):
             say(paint(line, "dim"))
+        if self.dist.main:
+            warn_low_disk(self)
         self.model.train()
         self.interrupt = GracefulInterrupt()
         try:

@@ -236,6 +236,25 @@ def test_max_steps_on_the_runs_last_step_is_done(env, tmp_path, capsys):
     assert "continue with" not in capsys.readouterr().out
 
 
+def test_a_run_whose_output_folder_lacks_room_for_its_saves_is_warned_at_its_start(env, tmp_path, monkeypatch,
+                                                                                   capsys):
+    """A full disk was found at the first save, which a run with few saves reaches after hours: a folder with less
+    free space than two of the run's checkpoints is said at the start, with the way out."""
+    r = train.train(args_for(env, tmp_path, "--dataset", "mini", "--max_steps", 1))
+    size = os.path.getsize(r["checkpoint"])
+    assert "MB free in" not in capsys.readouterr().err
+    real = shutil.disk_usage
+    monkeypatch.setattr(train.shutil, "disk_usage", lambda path: real(path)._replace(free=size))
+    train.train(args_for(env, tmp_path / "new" / "deeper", "--dataset", "mini", "--max_steps", 1))
+    err = capsys.readouterr().err
+    assert re.search(rf"warning: \d MB free in {re.escape(str(tmp_path / 'new' / 'deeper'))}, where a checkpoint of "
+                     rf"this run takes about \d MB and a save writes its new one beside the old: the saves may fail; free some space, or "
+                     rf"write elsewhere \(--output_checkpoint\)", err), err
+    # a continued run measures the optimizer state it loaded
+    train.train(args_for(env, tmp_path, "--checkpoint", r["checkpoint"], "--max_steps", 1, fresh=False))
+    assert "MB free in" in capsys.readouterr().err
+
+
 def test_a_run_max_steps_stops_before_its_epochs_end_names_the_command_that_continues_it(env, tmp_path, capsys):
     """A run stopped by --max_steps ended on "try it", with no word of how to train on to its epochs' end, where a
     Ctrl-C's line names it (--max_steps is not inherited: --checkpoint alone goes on)."""
