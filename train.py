@@ -302,7 +302,8 @@ def parse_args(argv=None):
                                                        f"--time_budget, spaced by at least 3 times an evaluation's "
                                                        f"duration), 0 = only at epoch ends or the end of the "
                                                        f"budget (default: {d['eval_interval']:g})")
-    g.add_argument("--log_interval", type=float, help=f"log every this %% of an epoch (of the time with --time_budget) "
+    g.add_argument("--log_interval", type=float, help=f"log every this %% of an epoch (of the time with "
+                                                      f"--time_budget), and at least once a minute "
                                                       f"(default: {d['log_interval']:g})")
     g.add_argument("--save_interval", type=float, help=f"save every this %% of an epoch (of the time with "
                                                        f"--time_budget), 0 = only at epoch ends or the end of the "
@@ -3135,6 +3136,7 @@ class Run:
         # model's steps, mostly overhead: up to 0.74)
         eval_steps = min(self.eval_windows, len(self.val_w)) / self.batches.windows_per_step / 2
         self.clock = RunClock(self.budget, p.budget_elapsed, self.t_run, eval_steps)
+        self.logged_at = self.clock.agreed  # the clock at the last record (see due_points)
 
     def save_before_error(self, e):
         """Saves the progress made since the last save before the run ends on the error e, as Ctrl-C does, where the
@@ -3281,6 +3283,12 @@ class Run:
         # record here made the next one average the steps after it alone: another train loss). Under torchrun it is
         # logged: each rank holds its own share of that sum until a record all-reduces it, and rank 0 saves alone
         due_log = due_log or due_eval or due_save or self.stopped != "done" or (interrupted and self.dist.world > 1)
+        # and one at least every PROGRESS_LINE_S of the clock the ranks agreed, whatever the intervals: an epoch of
+        # 387,654 steps (3 GB of text on a CPU) logged its first line 10% in, 2h40m of a nohup log saying nothing, not
+        # even when the epoch ends, and of a terminal's bar showing no loss
+        due_log = due_log or self.clock.agreed - self.logged_at >= common.PROGRESS_LINE_S
+        if due_log:
+            self.logged_at = self.clock.agreed
         return due_eval, due_save, due_log
 
     def record(self, lr, epoch_step, end_of_epoch, bar):

@@ -5195,3 +5195,14 @@ def test_the_loss_curve_is_drawn_at_the_end_of_the_run(env, tmp_path, monkeypatc
                              "--overwrite"))
     assert s["plot"] == first["plot"]
     assert drawn == [("train", [r["tokens"] for r in read_metrics(s["metrics"])])] and len(drawn[0][1]) == 3
+
+
+def test_a_long_epoch_logs_at_least_a_line_a_minute(env, tmp_path, monkeypatch, capsys):
+    """--log_interval is % of an epoch: on 3 GB of text an epoch was 387,654 steps and its first line came 10% in,
+    2h40m of a nohup log with no loss and no time left. A record (a line off a terminal) comes at least every
+    PROGRESS_LINE_S of the run's clock as well (here 0: at every step)."""
+    monkeypatch.setattr(common, "PROGRESS_LINE_S", 0)
+    s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--log_interval", 100, "--eval_interval", 0,
+                             "--save_interval", 0, "--max_steps", 3))
+    assert [r["step"] for r in read_metrics(s["metrics"])] == [1, 2, 3]
+    assert "\nstep 2 (epoch 0.23): loss " in capsys.readouterr().out
