@@ -2303,6 +2303,10 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
     for name in ("train", "val"):
         splits[name] = Split(folder, name, dtype, kind == "chat", scratch)
     train, val = splits["train"], splits["val"]
+    # plain text's bytes read and where the room left on the disk is checked next: each 1% of the input's
+    # (no conversations': their files' JSON, not read as text, would make the estimate too big)
+    total = sum(sizes) if sizes and kind == "text" else 0
+    room = {"read": 0, "check": total / 100}
 
     def write(docs, out, label):
         """Tokenize docs into the Split out; returns how many documents ended."""
@@ -2313,6 +2317,10 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
             nbytes = int(table[ids].sum())
             out.write(ids, mask, ended, nbytes)
             progress.update(nbytes)
+            room["read"] += nbytes
+            if total and room["read"] >= room["check"]:
+                room["check"] = room["read"] + total / 100
+                check_room(folder, (train.tokens + val.tokens) * np.dtype(dtype).itemsize, room["read"], total)
         return n
 
     # several sources share the val count: counted first (a pass that reads without tokenizing); one is counted
@@ -2376,6 +2384,18 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
         doc_keys["val"] = [key for i, key in enumerate(val_keys) if i not in drop] + list(own_keys)
     check_text_left(splits, kind, val_fraction, streams)
     return kind
+
+
+def check_room(folder, written, read, total):
+    """Refuses a build whose token files, written bytes of them for read bytes of its total of input so far, will not
+    fit in the disk space left in folder: a 3 GB folder of text makes 1.6 GB of them, and a disk that filled stopped
+    it after minutes of work, not in its first seconds."""
+    more = written * (total - read) / max(read, 1)
+    free = shutil.disk_usage(folder).free
+    if more > free:
+        raise UserError(f"{folder}: this dataset's token files will take about {(written + more) / 1e6:,.0f} MB (by "
+                        f"its first {read / 1e6:,.0f} MB of {total / 1e6:,.0f} MB of input), and only "
+                        f"{(written + free) / 1e6:,.0f} MB is free there: free some space or write elsewhere (--out_dir)")
 
 
 def warn_all_in_train(label):

@@ -1390,6 +1390,19 @@ def test_a_full_disk_names_the_dataset_folder_and_keeps_the_old_dataset(tmp_path
     assert snapshot(folder) == before
 
 
+def test_a_build_that_will_not_fit_on_the_disk_stops_at_its_first_hundredth(tmp_path, capsys, monkeypatch):
+    """Token files that will not fit in the space left are refused once 1% of the input is read, by what that made: a
+    disk that filled stopped a 3 GB folder's build after minutes of work. The old dataset stays."""
+    argv, folder, before = built_notes(tmp_path, capsys)
+    monkeypatch.setattr(prepare, "BATCH_DOCS", 1)  # a batch a document: the first hundredth is a few of them
+    free = os.path.getsize(os.path.join(folder, "train.bin")) // 2
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10 ** 12, 10 ** 12 - free, free))
+    code, out, err = run_cli(prepare.main, argv + ["--force"], capsys)
+    assert code == 1 and err.startswith(f"error: {folder}: this dataset's token files will take about ")
+    assert err.endswith(" is free there: free some space or write elsewhere (--out_dir)\n")
+    assert snapshot(folder) == before
+
+
 def test_other_os_errors_keep_their_own_words(tmp_path, capsys, monkeypatch):
     # only a full disk's error is given the folder: one without an errno (a library's OSError("...")) had its text
     # replaced by "[Errno None] None: data/notes", and a read error of a source named the folder, not the source
