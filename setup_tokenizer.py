@@ -707,9 +707,9 @@ def chars(n, digits=0):
 
 def say_training(vocab_size, sample, size, what=""):
     """The line said before a vocabulary of vocab_size trains on an input of size bytes (what: which text of it) of
-    SAY_VOCABULARY_BYTES or more: nothing else is shown meanwhile, 360 MB of stories take 34 s on one core, text of
-    many distinct words far longer, and Ctrl-C in the merges that end it is heard only at their end (rustbpe holds the
-    interpreter)."""
+    SAY_VOCABULARY_BYTES or more: 360 MB of stories take 34 s on one core, text of many distinct words far longer
+    (prepare.py shows its input read, setup_tokenizer.py nothing), and Ctrl-C in the merges that end it is heard only at
+    their end (rustbpe holds the interpreter)."""
     if size >= SAY_VOCABULARY_BYTES:
         print(f"training a {vocab_size:,}-token vocabulary on {sample.share()}{size / 1e6:,.0f} MB of input{what}: "
               f"about a minute a GB on one core, more where the text has many distinct words (Ctrl-C waits for the "
