@@ -2290,7 +2290,8 @@ def resumed_progress(run, options_given):
         # steps of the new size, so place the run where the windows done so far put it, and its inherited warmup
         # with it
         p.step = p.epoch * batches.steps_per_epoch + batches.steps_done(p.windows)
-        if "warmup" not in options_given and was and warmup:
+        # (not a --reset_epoch's: its schedule is new, its warmup the new run's default or --warmup, in today's steps)
+        if "warmup" not in options_given and was and warmup and not args.reset_epoch:
             warmup = max(1, round(warmup * was / batches.windows_per_step))
     if args.reset_epoch:  # same weights, optimizer and best val loss; epochs and schedule from zero
         p = Progress(tokens=p.tokens, best_val_loss=p.best_val_loss, elapsed=p.elapsed)

@@ -1361,6 +1361,18 @@ def test_a_run_of_a_few_steps_is_warned_of_with_the_epochs_that_make_enough(env,
             assert "--warmup" not in err, err
 
 
+def test_a_reset_epoch_run_in_another_batch_takes_its_own_default_warmup(env, tmp_path):
+    """--reset_epoch's schedule is the new run's: its default warmup, in steps of its batch, is not scaled as an
+    inherited warmup is to another batch (batches of 4 for the checkpoint's 16: a warmup 4 times the default)."""
+    r = train.train(args_for(env, tmp_path, "--dataset", "mini", *SMALL, "--epochs", "12", "--eval_interval", "0"))
+    r = train.train(args_for(env, tmp_path, "--checkpoint", r["checkpoint"], "--reset_epoch", "--epochs", "1",
+                             "--batch_size", "4", "--max_steps", "1", "--output_checkpoint",
+                             tmp_path / "reset" / "{dataset}.pt", fresh=False))
+    ck = load_checkpoint(r["checkpoint"])
+    steps = 36  # 1 epoch of mini's 144 windows in batches of 4
+    assert (ck["args"]["batch_size"], ck["args"]["warmup"]) == (4, train.default_warmup(steps))
+
+
 @pytest.mark.parametrize("faster", [True, False])
 def test_bf16_asked_for_on_a_cpu_where_it_is_slower_is_warned_of(env, tmp_path, capsys, monkeypatch, faster):
     """An Intel CPU with AVX-512 BF16 but no AMX runs bf16 matmuls at half fp32's speed: --dtype auto takes fp32 there,
