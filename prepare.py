@@ -1170,6 +1170,8 @@ def file_docs(path, dataset, left=None, folder=None):
                     text = text[head.end():]
                     if left is not None:
                         left.front_matter.add(path)
+                    if ends and not text.strip():  # a note of its front matter alone (a daily note's template): no
+                        continue  # document, as an empty file is none (one of an <|endoftext|> alone)
                 blank = False
                 yield text, ends
             if blank and left is not None:

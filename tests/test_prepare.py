@@ -4836,6 +4836,19 @@ def test_input_sizes_only_of_streams_that_are_their_files(tmp_path):
     assert prepare.input_sizes(hub, None) is None
 
 
+def test_a_note_of_front_matter_alone_is_a_file_with_no_text(tmp_path, capsys):
+    """A note that is its front matter alone (a daily note's template, never written in) is no document: it was one
+    of nothing but its end (an <|endoftext|> trained on alone), counted in "2 documents", a folder of 2 notes with 1
+    written in."""
+    empty = write(tmp_path / "notes" / "2024-01-02.md", "---\ndate: 2024-01-02\ntags: [daily]\n---\n\n")
+    write(tmp_path / "notes" / "2024-01-01.md", "---\ndate: 2024-01-01\n---\nOnce upon a time there was a cat.\n" * 50)
+    meta = prepare.prepare("text", source=str(tmp_path / "notes" / "*.md"), out_dir=str(tmp_path / "data"),
+                           tokenizer="gpt2", val_fraction=0)
+    out = capsys.readouterr().out
+    assert meta["splits"]["train"]["documents"] == 1, out
+    assert f"\n  left out 1 file with no text: {empty}\n" in out, out
+
+
 @pytest.mark.parametrize("note, kept", [
     ("---\ntitle: A\ntags: [a, b]\naliases:\n  - b\n# a comment\n\ndate: 2024-01-01\n---\n# A\nbody\n", "# A\nbody\n"),
     ("---\r\ntitle: A\r\n...\r\nbody\r\n", "body\r\n"),  # YAML's other end, Windows' newlines
