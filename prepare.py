@@ -2397,7 +2397,8 @@ def check_room(folder, written, read, total):
     if more > free:
         raise UserError(f"{folder}: this dataset's token files will take about {(written + more) / 1e6:,.0f} MB (by "
                         f"its first {read / 1e6:,.0f} MB of {total / 1e6:,.0f} MB of input), and only "
-                        f"{(written + free) / 1e6:,.0f} MB is free there: free some space or write elsewhere (--out_dir)")
+                        f"{(written + free) / 1e6:,.0f} MB is free there: free some space or write elsewhere "
+                        f"(--out_dir)")
 
 
 def warn_all_in_train(label):

@@ -248,8 +248,8 @@ def test_a_run_whose_output_folder_lacks_room_for_its_saves_is_warned_at_its_sta
     train.train(args_for(env, tmp_path / "new" / "deeper", "--dataset", "mini", "--max_steps", 1))
     err = capsys.readouterr().err
     assert re.search(rf"warning: \d MB free in {re.escape(str(tmp_path / 'new' / 'deeper'))}, where a checkpoint of "
-                     rf"this run takes about \d MB and a save writes its new one beside the old: the saves may fail; free some space, or "
-                     rf"write elsewhere \(--output_checkpoint\)", err), err
+                     rf"this run takes about \d MB and a save writes its new one beside the old: the saves may fail; "
+                     rf"free some space, or write elsewhere \(--output_checkpoint\)", err), err
     # a continued run measures the optimizer state it loaded
     train.train(args_for(env, tmp_path, "--checkpoint", r["checkpoint"], "--max_steps", 1, fresh=False))
     assert "MB free in" in capsys.readouterr().err
