@@ -2916,14 +2916,21 @@ def test_chat_page_streams_a_reply_in_chromium(enc, browser):
 
 
 @needs_chromium
-def test_the_chat_page_says_how_many_requests_are_ahead_of_a_reply_waiting_its_turn(enc, browser):
+@pytest.mark.parametrize("words", [3, 0])
+def test_the_chat_page_says_how_many_requests_are_ahead_of_a_reply_waiting_its_turn(enc, browser, words):
     """A student's reply waiting behind others' showed "..." alone: the page shows the server's count of the requests
-    ahead, until the reply's words come."""
+    ahead, until the reply's words come, or its turn does: a reply of no words (its <|im_end|> at once) kept "waiting,
+    1 ahead" for good, of a request served."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     gate = threading.Event()
-    api = start(la_model(enc, gate=gate), enc, name="la")
+    model = la_model(enc, gate=gate)
+    if not words:  # <|im_end|> where ' la' was: every reply ends at once, with no text
+        with torch.no_grad():
+            model.lm_head.weight[enc.encode_single_token(" la"), 0] = -30.0
+            model.lm_head.weight[enc.encode_single_token("<|im_end|>"), 0] = 0.0
+    api = start(model, enc, name="la")
     after = "return getComputedStyle(document.querySelector('.msg.assistant .text'), '::after').content"
     try:
         wait = WebDriverWait(browser, 60)
@@ -2939,10 +2946,11 @@ def test_the_chat_page_says_how_many_requests_are_ahead_of_a_reply_waiting_its_t
             browser.find_element(By.ID, "send").click()
             wait.until(lambda b: b.execute_script(after) == '"… waiting, 1 ahead"')
             gate.set()
-            wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, ".msg.assistant .note"))
+            wait.until(lambda b: b.find_element(By.TAG_NAME, "body").get_attribute("data-busy") == "false")
             assert other.result()
-        assert browser.find_element(By.CSS_SELECTOR, ".msg.assistant .text").text.split() == ["la"] * 3
-        assert browser.execute_script(after) == "none"  # the words in its place
+        assert browser.find_element(By.CSS_SELECTOR, ".msg.assistant .text").text.split() == ["la"] * words
+        # the words in its place, or the "…" of a reply with none
+        assert browser.execute_script(after) == ("none" if words else '"…"')
     finally:
         gate.set()
         api.close()
