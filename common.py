@@ -343,10 +343,12 @@ def command_words(argv):
     (a notebook's cell) a string is split as a shell splits it (main("--dataset story --epochs 1"), as the commands
     in README.md read), and a number or a path is its text (["--epochs", 1], a pathlib.Path): argparse took a
     string's characters for the words ("unrecognized arguments: - d a t a s e t") and ended in a traceback of
-    int.startswith. In a Jupyter kernel sys.argv is the kernel's own (-f, its connection file): main() there is the
-    command with no options (gen.py's newest checkpoint), where gen.py took the kernel's file for the checkpoint."""
+    int.startswith. In a Jupyter kernel sys.argv is the kernel's own (-f, its connection file; VS Code's: its ports,
+    then --f=FILE): main() there is the command with no options (gen.py's newest checkpoint), where gen.py took the
+    kernel's file for the checkpoint."""
     if argv is None:
-        return [] if "ipykernel" in sys.modules and sys.argv[1:2] == ["-f"] else sys.argv[1:]
+        kernel = "ipykernel" in sys.modules and any(a == "-f" or a.startswith("--f=") for a in sys.argv[1:])
+        return [] if kernel else sys.argv[1:]
     if isinstance(argv, str):
         try:
             return shlex.split(argv)

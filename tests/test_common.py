@@ -182,6 +182,11 @@ def test_a_main_called_from_a_notebook_takes_a_string_numbers_and_paths(tmp_path
     monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
     monkeypatch.setattr(sys, "argv", ["/venv/lib/ipykernel_launcher.py", "-f", "/run/kernel-1.json"])
     assert gen.parse_args().checkpoint is None and train.parse_args().dataset is None
+    # VS Code's kernels: their ports as options and the file as --f= (it was "unrecognized arguments: --ip=...")
+    monkeypatch.setattr(sys, "argv", ["/venv/lib/ipykernel_launcher.py", "--ip=127.0.0.1", "--stdin=9003",
+                                      "--control=9001", "--hb=9000", "--Session.signature_scheme=hmac-sha256",
+                                      "--shell=9002", "--transport=tcp", "--iopub=9004", "--f=/tmp/tmp-1.json"])
+    assert gen.parse_args().checkpoint is None and train.parse_args().dataset is None
     monkeypatch.setattr(sys, "argv", ["gen.py", "m.pt"])
     assert gen.parse_args().checkpoint == "m.pt"
 
