@@ -2495,17 +2495,21 @@ def train_vocabulary(plan, vocab_size, path, limit, val_fraction, pack=None):
             counts, chars, first = count_split_docs(part["streams"], budget) if val_fraction else ({}, {}, None)
             cut += sum(chars.values())
             ks = val_counts(counts, first, val_fraction, label_of(part["streams"]), limit, chars)
+            sizes = input_sizes(part, limit)
             for i, (role, label, make_docs) in enumerate(part["streams"]):
-                if role == "val":
-                    continue  # a source's own validation split
+                before = progress.n
+                # (not a source's own validation split)
                 for doc in train_docs(metered(make_docs, progress), budget, role, val_fraction, ks.get(i),
-                                      counts.get(i, 0), chars.get(i, 0)):
+                                      counts.get(i, 0), chars.get(i, 0)) if role != "val" else ():
                     if kind is not None and doc_kind(doc) != kind:
                         raise mixed_kinds(label, doc_kind(doc), first_label)
                     kind, first_label = doc_kind(doc), first_label or label
                     if kind == "text" and pack:
                         raise text_packed(pack)
                     yield [doc[0]] if kind == "text" else [m["content"] for m in doc]
+                if sizes:  # the rest of its file, as the build's bar comes to it: its records' JSON, separators,
+                    # val's tail (which train_docs leaves unread)
+                    progress.update(max(0, sizes[i] - (progress.n - before)))
         # a text of one character: val gets it, train none, and train_bpe's "no text to train on" was said of a file
         # that holds text; as write_splits says it (the sample has taken its texts of every document before)
         if cut and not sample.chars:

@@ -4791,16 +4791,23 @@ def test_progress_counts_bytes_of_input_to_their_total(tmp_path, monkeypatch):
 
 def test_training_a_vocabulary_shows_the_input_it_has_read(tmp_path, monkeypatch):
     """--vocab_size reads the whole input before its build (a sample spread over it): 3 GB took 4 minutes with no
-    progress shown. A bar of its own, in bytes of text of the files' sizes, which plain ASCII text comes to (less
-    val's tail, which the vocabulary never reads)."""
+    progress shown. A bar of its own, in bytes of text of the files' sizes, which each file's end brings it to, as the
+    build's does: separators, records' JSON and val's tail (which the vocabulary never reads) are no text, and a chat
+    set's bar ended at 71%, its lines' time left too long by as much."""
     monkeypatch.setattr(tqdm, "tqdm", Bar)
     monkeypatch.setattr(common, "draws_a_bar", lambda stream: True)
     text = write(tmp_path / "src" / "a.txt", f"\n{EOT}\n".join(f"Story {i}: the cat sat." * 5 for i in range(200)))
     Bar.made.clear()
     prepare.prepare("text", source=text, vocab_size=300, val_fraction=0, out_dir=str(tmp_path / "data"))
     vocabulary, build = Bar.made
-    assert vocabulary.unit == build.unit == "B" and vocabulary.total == os.path.getsize(text)
-    assert vocabulary.n == os.path.getsize(text) - 199 * len(f"\n{EOT}\n")  # (its separators are no text)
+    assert vocabulary.unit == build.unit == "B" and vocabulary.total == vocabulary.n == os.path.getsize(text)
+    chats = write(tmp_path / "src" / "b.jsonl", "".join(json.dumps({"messages": [
+        {"role": "user", "content": f"Hi {i}, how is the cat?"}, {"role": "assistant", "content": "It sat."}]}) + "\n"
+        for i in range(200)))
+    Bar.made.clear()
+    prepare.prepare("chat", source=chats, vocab_size=300, out_dir=str(tmp_path / "data"))
+    vocabulary = Bar.made[0]  # (then the build's, and its packing's)
+    assert vocabulary.total == vocabulary.n == os.path.getsize(chats)
 
 
 def test_progress_off_a_terminal_is_a_line_a_minute(tmp_path, monkeypatch, capsys):
