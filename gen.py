@@ -265,8 +265,10 @@ def chat_prompt(model, enc, history, max_tokens, warn=True):
     # the newest message's turn opening (<|im_start|>user\n) stays too, where the opening and a token of it fit: its
     # end alone was text in no turn, read by the model as the end of the system message's or as nothing's
     role = fitted[-1]["role"]
-    head = len(chatml_tokens(enc)[0][role])
-    head = head if system_len + head + opening < budget else 0
+    heads, _, newline = chatml_tokens(enc)
+    head = len(heads[role])
+    # (where a token of its text, its <|im_end|> and newline fit too: else its end was cut from its turn's)
+    head = head if system_len + head + 1 + 1 + len(newline) + opening <= budget else 0
     keep = budget - system_len - head
     if warn:
         turn = f"the {role} turn's opening" if head else ""

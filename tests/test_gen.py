@@ -600,6 +600,18 @@ def test_a_chat_prompt_ends_with_the_assistants_opening_whatever_the_system_mess
             assert "its system message alone fills the context: cut too" in err, err
 
 
+def test_a_message_too_long_for_a_small_context_keeps_its_end_whole_before_its_turns_opening(enc):
+    """A message cut to fit keeps its turn's opening (<|im_start|>user\n) only where a token of its text, its
+    <|im_end|> and newline fit beside it: in a tight context the opening took their place, the message's end cut from
+    its turn."""
+    user = {"role": "user", "content": "tell me " + "word " * 20}
+    for block_size in range(8, 17):
+        ids, _, short = gen.chat_prompt(tiny_model(enc, block_size=block_size), enc, [user], 1, warn=False)
+        text = enc.decode(ids)
+        assert short and text.endswith("<|im_end|>\n<|im_start|>assistant\n"), (block_size, text)
+        assert text.startswith("<|im_start|>user\n") == (block_size >= 11), (block_size, text)
+
+
 def history_of(enc, n):
     """A user message that renders to n tokens with the assistant's opening."""
     for w in range(80):
