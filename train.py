@@ -2404,7 +2404,7 @@ def eval_line(step, epoch, train_loss, val_loss, scale, lr, tokens_per_s, better
 def summary_lines(summary, meta, scale, args, budget, pause_eval, go_on=None):
     """The lines a run ends with, from its run_summary: what it trained and why it stopped, its best val loss, its
     files and the command to try the model. scale: bpb_scale's; pause_eval: its last evaluation was a --max_steps
-    pause; go_on: the command that continues a run --max_steps stopped before its epochs' end."""
+    pause; go_on: the command that continues a run --max_steps stopped before its epochs' (or budget's) end."""
     rate = f"{summary['tokens_per_s']:,.0f} tokens/s"
     if summary["train_tokens_per_s"] and summary["train_tokens_per_s"] > 1.1 * summary["tokens_per_s"]:
         # a short run on a GPU: compiling, evaluating and saving took most of it (200 steps of small on an H200
@@ -2439,7 +2439,8 @@ def summary_lines(summary, meta, scale, args, budget, pause_eval, go_on=None):
     lines.append(f"checkpoint {summary['checkpoint']}; metrics {summary['metrics']}"
                  + (f", curve {summary['plot']}" if summary["plot"] else ""))
     if go_on:  # (as a Ctrl-C's line names it: the run's epochs are not done, and --max_steps is not inherited)
-        lines.append(f"continue with `{go_on}` (to the end of its {args.epochs} epoch(s))")
+        lines.append(f"continue with `{go_on}` " + (f"(for the rest of its {fmt_time(args.time_budget * 60)} budget)"
+                                                    if budget else f"(to the end of its {args.epochs} epoch(s))"))
     if summary["best_checkpoint"] or summary["checkpoint"]:
         tried = summary["checkpoint"] if pause_better else summary["best_checkpoint"] or summary["checkpoint"]
         chat = ["--chat"] if meta.get("has_mask") else []
@@ -3419,7 +3420,7 @@ class Run:
                               checkpoint=self.saved["path"], best_checkpoint=self.saved["best"], metrics=metrics.path,
                               plot=existing(metrics.png_path))
         go_on = self.dist.continue_command(self.saved["path"], None) if self.stopped == "max_steps" and \
-            self.saved["path"] and not self.budget and p.epoch < args.epochs else None
+            self.saved["path"] and (self.budget or p.epoch < args.epochs) else None
         for line in summary_lines(summary, self.meta, self.bpb_scale, args, self.budget, self.pause_eval, go_on):
             say(line)
         return summary

@@ -4412,7 +4412,10 @@ def test_a_budget_run_that_reaches_max_steps_says_so(env, tmp_path, monkeypatch,
     assert by_clock["stopped"] == "time budget" and len(skipped) == 1, recs
     s = train.train(args_for(env, tmp_path / "b", *argv, "--max_steps", skipped[0]))
     assert s["stopped"] == "max_steps" and s["run_steps"] == skipped[0] and s["val_loss"] is not None
-    assert "a --max_steps pause" in capsys.readouterr().out and read_metrics(s["metrics"])[-1]["best"] is False
+    out = capsys.readouterr().out
+    assert "a --max_steps pause" in out and read_metrics(s["metrics"])[-1]["best"] is False
+    # as a Ctrl-C's line does, the command that goes on with the budget (--max_steps is not inherited)
+    assert re.search(r"^continue with `.* --checkpoint \S+` \(for the rest of its 6s budget\)$", out, re.M), out
 
 
 def test_a_budgets_last_scheduled_evaluation_leaves_the_rest_to_training(env, tmp_path, monkeypatch):
