@@ -571,6 +571,9 @@ def without_surrogates(x):
     return x
 
 
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")  # the byte-order marks opening UTF-16 text (Windows' "Unicode")
+
+
 class NotText(UserError):
     """not_utf8's and holds_nul's error: a file whose way out is most often a command writing a mended copy next to it
     (fix_command), for the caller to add to where that copy is not enough (prepare.py's --source folders)."""
@@ -584,7 +587,7 @@ def not_utf8(path, what=None, fix=None):
         if fix is None and os.path.isfile(path):
             with open(path, "rb") as f:
                 head = f.read(1 << 16)
-            fix = utf16_fix(path) if head[:2] in (b"\xff\xfe", b"\xfe\xff") else \
+            fix = utf16_fix(path) if head[:2] in UTF16_BOMS else \
                 decompress_fix(path, head) or (binary_fix(path) if b"\0" in head else None)
         if fix is None and where and utf8_around(path, where[1]):
             fix = stray_byte_fix(path)

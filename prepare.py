@@ -76,11 +76,12 @@ from array import array
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from common import (ArgumentParser, NotText, VOCAB_FILE, UserError, at_least, atomic_write_text, check_output,
-                    decompress_fix, expand_pattern, first_bad_utf8, first_line, fmt_count, fsync_replace, held_lock,
-                    holds_nul, json_kind, mended_path, name_full_disk, nonempty, nonnegative_int, not_utf8, parts_text,
-                    path_arg, prepare_lock, progress_bar, python_command, read_items, read_meta, refuse_dataset_folder,
-                    remove_stale_tmp, run_main, stray_byte_fix, tmp_name, tmp_pattern, without_surrogates)
+from common import (ArgumentParser, NotText, UTF16_BOMS, VOCAB_FILE, UserError, at_least, atomic_write_text,
+                    check_output, decompress_fix, expand_pattern, first_bad_utf8, first_line, fmt_count, fsync_replace,
+                    held_lock, holds_nul, json_kind, mended_path, name_full_disk, nonempty, nonnegative_int, not_utf8,
+                    parts_text, path_arg, prepare_lock, progress_bar, python_command, read_items, read_meta,
+                    refuse_dataset_folder, remove_stale_tmp, run_main, stray_byte_fix, tmp_name, tmp_pattern,
+                    without_surrogates)
 from setup_tokenizer import (EOT, IM_END, IM_START, SPECIAL_TOKENS, TOKENIZER_HELP, VocabSample, fewer_ids,
                              get_tokenizer, learn_vocabulary, model_context, render_chat, moved_vocabulary,
                              read_text_chunks, say_training, tokenizer_hash, trained_on, warn_short_vocabulary)
@@ -205,18 +206,23 @@ def text_docs(path):
     the whole file is one document, streamed in pieces cut after a newline. Elsewhere special-token
     strings stay plain text: they are encoded with encode_ordinary."""
     separated, blank = False, True
-    with contextlib.suppress(OSError):  # Excel's "Unicode Text" (UTF-16, tab-delimited, a .txt): said to be a table
-        with open(path, "rb") as f:  # first, then its conversion (not_utf8's), not one run after the other
-            head = f.read(1 << 16)
-        if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
-            refuse_records(path, head.decode("utf-16", "replace"))
-    for chunk in read_text_chunks(path):  # a first look, as far as the first separator (a book: the whole file)
-        if blank:
-            refuse_records(path, chunk)
-        blank = blank and not chunk.strip()
-        if EOT in chunk:  # (read_text_chunks cuts no special token in two)
-            separated = True
-            break
+    try:
+        for chunk in read_text_chunks(path):  # a first look, as far as the first separator (a book: the whole file)
+            if blank:
+                refuse_records(path, chunk)
+            blank = blank and not chunk.strip()
+            if EOT in chunk:  # (read_text_chunks cuts no special token in two)
+                separated = True
+                break
+    except NotText:
+        # Excel's "Unicode Text" (UTF-16, tab-delimited, a .txt): said to be a table first, then its conversion
+        # (not_utf8's), not one run after the other
+        with contextlib.suppress(OSError):
+            with open(path, "rb") as f:
+                head = f.read(1 << 16)
+            if head[:2] in UTF16_BOMS:
+                refuse_records(path, head.decode("utf-16", "replace"))
+        raise
     if blank and not separated:
         return
     if not separated:
