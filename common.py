@@ -1241,11 +1241,7 @@ def atomic_write_text(path, text):
     tmp = tmp_name(path)
     try:
         with naming_full_disk(path):
-            try:
-                f = open(tmp, "w", encoding="utf-8")
-            except OSError as e:  # named as the file the user knows (a read-only file system's "x.json.123.tmp")
-                raise OSError(e.errno, e.strerror, path) from None
-            with f:
+            with open_for(path, tmp, "w", encoding="utf-8") as f:
                 f.write(text)
             fsync_replace(tmp, path)
     finally:
@@ -1262,11 +1258,9 @@ def atomic_torch_save(obj, path):
     os.makedirs(folder, exist_ok=True)
     tmp = tmp_name(path)
     try:
-        try:  # opened here first: a folder that takes no files (made read-only mid-run) is an OSError, one line, not
-            # torch's writer's RuntimeError traceback ("open file failed with strerror: Permission denied")
-            open(tmp, "wb").close()
-        except OSError as e:
-            raise OSError(e.errno, e.strerror, path) from None
+        # opened here first: a folder that takes no files (made read-only mid-run) is an OSError, one line, not torch's
+        # writer's RuntimeError traceback ("open file failed with strerror: Permission denied")
+        open_for(path, tmp, "wb").close()
         try:
             torch.save(obj, tmp)
             full = False
@@ -1288,6 +1282,15 @@ def atomic_torch_save(obj, path):
         remove_temporary(tmp)
     # another checkpoint's (a killed save's may be named otherwise), and train.py's metrics and loss curve
     remove_stale_tmp(folder, r".+\.pt|.+_metrics\.jsonl|.+_loss\.png")
+
+
+def open_for(path, tmp, mode, **kwargs):
+    """open(tmp, mode), the temporary file of an atomic write of path, its OSError named as path, the file the user
+    knows (a read-only file system's error named "x.json.123.tmp")."""
+    try:
+        return open(tmp, mode, **kwargs)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, path) from None
 
 
 def remove_temporary(tmp):
