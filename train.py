@@ -67,8 +67,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from checkpoint import (NOT_THIS_CODE, add_checkpoint_argument, checkpoint_config, download_hint, is_kind,
-                        load_checkpoint, load_weights, nonfinite, parse_checkpoint, save_checkpoint, tensor_bytes)
+from checkpoint import (NOT_THIS_CODE, add_checkpoint_argument, checkpoint_config, is_kind, load_checkpoint,
+                        load_weights, nonfinite, parse_checkpoint, save_checkpoint, tensor_bytes)
 from common import (ArgumentParser, DTYPES, HANGUP, UserError, add_device_arguments, ask, atomic_write_text, autocast,
                     check_output, closed_pipe_on_windows, color_ok, draws_a_bar, exit_after_the_first, first_line,
                     fmt_count, held_lock, hung_up, is_dataset_folder, is_oom, lock_is_held, nonempty, nonnegative_int,
@@ -80,8 +80,8 @@ from model import OPTIMIZERS, PRESETS, VARIANTS, GPT, make_config
 from prepare import (DATASETS, DEFAULT_OUT_DIR, DEFAULT_PACK, DEFAULT_VAL_FRACTION, MIXABLE, NANOGPT_DATASETS,
                      damaged_field, is_complete, is_dataset_name, meta_options, new_command, rebuild_command,
                      token_bytes, unreadable_field)
-from setup_tokenizer import (TOKENIZER_HELP, fewer_ids, get_tokenizer, moved_vocabulary, tokenizer_from_state,
-                             tokenizer_hash, vocabulary_name)
+from setup_tokenizer import (TOKENIZER_HELP, download_hint, fewer_ids, get_tokenizer, moved_vocabulary,
+                             tokenizer_from_state, tokenizer_hash, vocabulary_name)
 
 # Peak learning rates and batch sizes (windows) that train each preset well with AdamW(0.9, 0.95); small models
 # tolerate (and need) larger steps. tiny's were measured on a 2-core CPU with --time_budget 2 on TinyStories
@@ -448,7 +448,7 @@ def resolve_args(args, ckpt_args, continuing, config, fine_tuning=False):
             raise UserError(f"--warmup {a.warmup}: with --time_budget the warmup is a share of the budget, as in "
                             f"--warmup 5%")
         a.warmup = None  # a step count inherited from a run without a budget: the budget's default share
-    elif continuing and getattr(args, "reset_epoch", False) and args.warmup is None and isinstance(a.warmup, int):
+    elif continuing and args.reset_epoch and args.warmup is None and isinstance(a.warmup, int):
         # a step count inherited, of the schedule a --reset_epoch starts anew: the new one's default (a warmup of 11
         # steps, 10% of a 108-step run, was said to be "--warmup 11", never given, longer than the new 9 steps)
         a.warmup = None
