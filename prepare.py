@@ -206,8 +206,10 @@ def text_docs(path):
     the whole file is one document, streamed in pieces cut after a newline. Elsewhere special-token
     strings stay plain text: they are encoded with encode_ordinary."""
     separated, blank = False, True
+    chunks, head = read_text_chunks(path), None
     try:
-        for chunk in read_text_chunks(path):  # a first look, as far as the first separator (a book: the whole file)
+        for i, chunk in enumerate(chunks):  # a first look, as far as the first separator (a book: the whole file)
+            head = chunk if i == 0 else None  # kept while the look reads one chunk, which is then not read again
             if blank:
                 refuse_records(path, chunk)
             blank = blank and not chunk.strip()
@@ -225,17 +227,19 @@ def text_docs(path):
         raise
     if blank and not separated:
         return
+    # a file of one chunk (a folder's notes) is read once; a longer one again from its start
+    chunks = itertools.chain([head], chunks) if head is not None else read_text_chunks(path)
     if not separated:
         # one document; the cuts between pieces can tokenize a newline run differently from the
         # whole text, which changes token counts by a hair and the decoded text not at all
         prev = None
-        for chunk in read_text_chunks(path):
+        for chunk in chunks:
             if prev is not None:
                 yield prev, False
             prev = chunk
         yield prev, True
         return
-    yield from separated_docs(path, lambda text: text.split(EOT))
+    yield from separated_docs(chunks, lambda text: text.split(EOT))
 
 
 # the fields record_doc reads a record by: a list of turns under the first four (`contents`: Gemini's, of role/parts)
@@ -339,11 +343,11 @@ def refuse_records(path, text):
                             f"command that makes its rows records")
 
 
-def separated_docs(path, split):
-    """The documents of a text file that split (str -> list of documents) cuts at its separators, stripped, the
-    empty ones left out."""
+def separated_docs(chunks, split):
+    """The documents of a text file's chunks (read_text_chunks) that split (str -> list of documents) cuts at its
+    separators, stripped, the empty ones left out."""
     rest = ""
-    for chunk in read_text_chunks(path):
+    for chunk in chunks:
         # what follows the last separator waits for the next chunk: the document it begins goes on there
         *docs, rest = split(rest + chunk)
         yield from ((d.strip(), True) for d in docs if d.strip())
@@ -360,7 +364,7 @@ def story_line_docs(path):
     """TinyStories-train-head.txt: stories separated by a single newline, paragraphs by a blank
     line (upstream lost the real separators, so the few stories whose paragraphs were single
     newlines come out as several documents)."""
-    return separated_docs(path, STORY_BREAK.split)
+    return separated_docs(read_text_chunks(path), STORY_BREAK.split)
 
 
 # TinyStories' mojibake (the mirror's train-head files, parts of the hub's): punctuation U+2000-U+203F (quotes, dashes,
