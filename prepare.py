@@ -297,12 +297,10 @@ def chatml_text(text, where, way_out, file="IN.jsonl"):
                      f"as in: sed -e 's/{IM_START}//g' -e 's/{IM_END}//g' {shlex.quote(file)} > {shlex.quote(plain)}")
 
 
-def preference_pair(record, where, file="IN.jsonl"):
-    """The UserError for a record of chosen and rejected replies, DPO's data (minimind's dpo.jsonl, TRL's preference
-    sets): it was told "no messages, conversations, ... field", the fields it does not have, with no way on. A
-    command writes the chosen replies as conversations, for fine-tuning on them, where the record's shape has one:
-    lists of turns (minimind's, TRL's conversational form), or TRL's prompt and chosen text. file: as chatml_text's."""
-    chosen = re.sub(r"(\.[^./]*)?$", r".chosen\g<0>", file, count=1)
+def preference_pair(record, where):
+    """The UserError for a record of chosen and rejected replies (DPO's data: minimind's dpo.jsonl, TRL's preference
+    sets), with a jq command that writes the chosen replies as conversations where the record's shape has them: lists
+    of turns (minimind's, TRL's conversational form), or TRL's prompt and chosen text (IN.jsonl stands for its file)."""
     if isinstance(record["chosen"], list) and isinstance(record.get("prompt", []), list):
         jq = "{messages: ((.prompt // []) + .chosen)}"
     elif isinstance(record["chosen"], str) and isinstance(record.get("prompt"), str):
@@ -310,7 +308,7 @@ def preference_pair(record, where, file="IN.jsonl"):
     else:
         jq = None
     way = (f": to fine-tune on the chosen replies, write them as conversations, e.g. jq -c {shlex.quote(jq)} "
-           f"{shlex.quote(file)} > {shlex.quote(chosen)}") if jq else ""
+           "IN.jsonl > IN.chosen.jsonl") if jq else ""
     return UserError(f"{where}: a preference pair (chosen/rejected, for DPO or a reward model), which prepare.py does "
                      f"not read: train.py trains on replies, not on a choice between two{way}")
 
@@ -933,8 +931,7 @@ class LeftOut:
     front_matter: the Markdown notes whose front matter file_docs left out."""
 
     def __init__(self, skip_bad=False):
-        self.skip_bad, self.bad, self.empty, self.blank = skip_bad, {}, {}, set()
-        self.front_matter = set()  # the Markdown notes whose front matter (FRONT_MATTER) was left out
+        self.skip_bad, self.bad, self.empty, self.blank, self.front_matter = skip_bad, {}, {}, set(), set()
 
     def note(self, records, label, count, wheres):
         """count records of label (self.bad or self.empty) left out so far, the first at wheres."""
@@ -3020,8 +3017,7 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
     folder = lock_folder(held, out_dir, name, force)
     old = read_meta(folder)
     # the --source files given now, absolute as options records them (a hub name is no path)
-    sources = [p if p.startswith("hf:") else os.path.abspath(p)
-               for p in ([source] if isinstance(source, str) else source)] if source else None
+    sources = [p if p.startswith("hf:") else os.path.abspath(p) for p in source] if source else None
     made_with = old_options(folder, old, dataset, sources, plan, named, force)
     kept_file = None  # the --tokenizer file kept: it must still hold the vocabulary the dataset was made with
     if tokenizer is None and vocab_size is None:
@@ -3058,12 +3054,12 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
         tok_hash = tokenizer_hash(enc)
         if kept_file:
             check_same_vocabulary(folder, kept_file, old, enc, tok_hash)
-        fp = fingerprint(dataset, plan, tokenizer, tok_hash, limit, val_fraction, block, mix,
-                         skip_bad_records=skip_bad_records)
+        def fp_of(tokenizer, block):
+            return fingerprint(dataset, plan, tokenizer, tok_hash, limit, val_fraction, block, mix,
+                               skip_bad_records=skip_bad_records)
         # text is never packed: any --pack gives the same files, so a text dataset's fingerprint leaves it out (a
         # --pack 0, or none, rebuilds nothing)
-        text_fp = fingerprint(dataset, plan, tokenizer, tok_hash, limit, val_fraction, 0, mix,
-                              skip_bad_records=skip_bad_records)
+        fp, text_fp = fp_of(tokenizer, block), fp_of(tokenizer, 0)
         text = old and old.get("kind") == "text"
         same = [text_fp if text else fp]  # (its fingerprint as this build would write it, first)
         # meta.json names its vocabulary by the absolute path it had: a dataset folder moved since (data/ renamed, the
@@ -3073,8 +3069,7 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
         recorded = old and old.get("tokenizer")
         moved = isinstance(recorded, str) and recorded not in ("gpt2", tokenizer) and not os.path.exists(recorded)
         if moved:
-            same.append(fingerprint(dataset, plan, recorded, tok_hash, limit, val_fraction, 0 if text else block, mix,
-                                    skip_bad_records=skip_bad_records))
+            same.append(fp_of(recorded, 0 if text else block))
         unchanged = old and old.get("fingerprint") in same
         if unchanged and pack and text:  # refused as a first build does: not "up to date"
             raise text_packed(pack)
@@ -3107,13 +3102,13 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
                 os.remove(new_vocab)
 
 
-def counted(docs, progress, every=1 << 20):
-    """docs [(ids, mask)] as they come, advancing progress by their tokens, every `every` of them (a chat set holds
+def counted(docs, progress):
+    """docs [(ids, mask)] as they come, advancing progress by their tokens, a million at a time (a chat set holds
     millions of short documents)."""
     n = 0
     for ids, mask in docs:
         n += len(ids)
-        if n >= every:
+        if n >= 1 << 20:
             progress.update(n)
             n = 0
         yield ids, mask
