@@ -315,9 +315,8 @@ def preference_pair(record, where):
 
 def refuse_records(path, text):
     """A UserError when text, the start of the .txt (or Markdown) file path, is a JSON record on its first line (an
-    object of a field record_doc reads, or a conversation's bare list of turns): a chat log saved as .txt was read as
-    one plain-text document, under --dataset chat too, and its JSON trained on as words, with no loss mask, said by
-    nothing but its count ("1 document")."""
+    object of a field record_doc reads, or a conversation's bare list of turns): read as plain text, a chat log's JSON
+    would be trained on as words, with no loss mask."""
     line = text.lstrip().partition("\n")[0]
     kind = f"a {suffix(path)} file"  # (a Markdown note's too, read as a .txt is: not "a .txt file")
     if line.startswith(IM_START):  # a chat template's output saved as text: plain text trains its markers as words
@@ -331,8 +330,7 @@ def refuse_records(path, text):
                 raise UserError(f"{path}: its first line is a JSON record ({f'of `{field}`' if field else 'turns'}), "
                                 f"but {kind} is read as plain text (its JSON trained on as words): name it .jsonl")
     # a spreadsheet saved as text (Excel's "Text (Tab delimited)" is a .txt) whose header names a prompt and its reply:
-    # its questions and answers were trained on as words, with no loss mask, said by nothing. As a .tsv or .csv, it is
-    # refused with the command that makes its rows records (table_fix)
+    # read as plain text, its rows would be trained on as words; as a .tsv or .csv, table_fix makes them records
     for sep, ext in (("\t", ".tsv"), (",", ".csv"), (";", ".csv")):
         cells = [c.strip().strip('"').lower() for c in line.split(sep)]
         if len(cells) > 1 and any(p in cells and r in cells for p, r, _ in PAIRS):
@@ -394,17 +392,15 @@ def mended_docs(make_docs, label, mended):
 
 
 def extra_docs(path, earlier=(), main=(), repeats=None):
-    """A train-only extra file's stories, less those an earlier extra file has (case and spacing ignored): the
-    mirror's lowercased TinyStories head starts with the 1,097 stories of the cased one. Less those of the main
-    files too, whose tail is val: 2 of the story set's 312 val stories were in the extra files. Those left out are
-    counted under repeats[path], the most one pass has left out (as mended_docs counts), for the summary: the
-    mirror's 9,725 stories made 8,621 documents, the other 1,104 unsaid."""
-    def key(text):
-        return " ".join(text.lower().split())
-    seen = {key(d) for f in earlier for d, _ in story_line_docs(f)} | {key(d) for f in main for d, _ in text_docs(f)}
+    """A train-only extra file's stories, less those an earlier extra file has (the mirror's lowercased TinyStories
+    head starts with the cased one's 1,097 stories) or the main files have (their tail is val), case and spacing
+    ignored. Those left out are counted under repeats[path], the most one pass has left out (as mended_docs counts),
+    for the summary."""
+    seen = {folded(d) for f in earlier for d, _ in story_line_docs(f)} | \
+        {folded(d) for f in main for d, _ in text_docs(f)}
     n = 0
     for d, ok in story_line_docs(path):
-        if key(d) not in seen:
+        if folded(d) not in seen:
             yield d, ok
         elif repeats is not None:
             n += 1
@@ -434,17 +430,15 @@ def alternate(turns):
 
 
 def spoken(messages):
-    """messages without the empty ones. Dropped after the roles are given, so that the turns after an empty one (or
-    after the nothing that follows a line's last __eou__) keep their speakers: dropped before, every later reply
-    was the user's and the loss mask trained on the user's words."""
+    """messages without the empty ones, dropped after alternate() gives the roles, so that the turns after an empty
+    one (or after the nothing that follows a line's last __eou__) keep their speakers, and the mask its replies."""
     return [m for m in messages if m["content"]]
 
 
 def dailydialog_docs(path, left=None):
     """DailyDialog's original release: one dialogue per line, turns separated by __eou__. A line with no reply (one
     utterance) has nothing to train on: left out and counted under left.empty (a LeftOut), as good_docs does a `dialog`
-    record of one turn. Kept, it would be a conversation of the user's words alone, all out of the loss (its tokens
-    packed and read for nothing), unsaid."""
+    record of one turn."""
     n, empty, wheres, kept = 0, 0, [], 0
     for chunk in read_text_chunks(path):
         lines = chunk.split("\n")  # (not splitlines(): a \r or U+2028 inside a turn is no line break here)
@@ -462,8 +456,7 @@ def dailydialog_docs(path, left=None):
                 if left is not None:
                     left.note(left.empty, path, empty, wheres)
     if empty and not kept:
-        # plain text given to --dataset dailydialog: each line one utterance, all left out, was "no documents found in
-        # FILE: give files that hold text", or, beside a good file, nothing said
+        # plain text given to --dataset dailydialog: every line left out
         raise UserError(f"{path}: no line is a dialogue with a reply (DailyDialog's release: a dialogue a line, its "
                         f"turns separated by __eou__): give conversations as .jsonl records of `messages`, or make "
                         f"plain text a dataset with --dataset text")
@@ -601,8 +594,8 @@ def turn_spelling(m, spellings):
 
 
 def amiss_turn(turns, spellings):
-    """"; turn N of M has no "role"" for the first of turns that is not a turn, in a list (else ""): a long conversation
-    whose every other turn is one was left to be searched by eye for the one short of its role."""
+    """"; turn N of M has no "role"" for the first of turns that is not a turn, in a list (else ""), so that a long
+    conversation's faulty turn need not be searched for by eye."""
     if not isinstance(turns, list):
         return ""
     n, m = next((n, m) for n, m in enumerate(turns, 1) if not (isinstance(m, dict) and turn_spelling(m, spellings)))
@@ -658,8 +651,7 @@ def turns_of(record, field, where):
                 for m in turns]
     # a "weight" is OpenAI's fine-tuning format's: 0 leaves an assistant reply out of the loss (render_chat)
     # (roles capitalised as some exports write them, "Human", "USER", are the same roles). A null content is an empty
-    # one, as a pair's null reply and a null `text` are: a ShareGPT scrape's failed reply was a bad record, stopping
-    # the run (or, skipped, leaving out its conversation's other replies), where Alpaca's null output is kept as ""
+    # one, as a pair's null reply and a null `text` are (a ShareGPT scrape's failed reply), not a bad record
     listed = [{"role": SHAREGPT_ROLES.get(m[r].lower(), m[r]), "content": "" if m[c] is None else m[c]}
               | ({"weight": m["weight"]} if m.get("weight") is not None else {})
               for m, (r, c) in ((m, turn_spelling(m, spellings)) for m in turns)]
@@ -752,8 +744,7 @@ def pair_messages(record, pair, where):
 
 def record_system(record, where):
     """The system message a record gives beside its turns or prompt, under the first of SYSTEM_FIELDS that holds one
-    (Gemini's is its parts, {"parts": [{"text": ...}]}); "" if none. A UserError naming where for one of another kind:
-    not dropped unsaid."""
+    (Gemini's is its parts, {"parts": [{"text": ...}]}); "" if none. A UserError naming where for one of another kind."""
     field = next((f for f in SYSTEM_FIELDS if record.get(f) is not None), None)
     value = record.get(field, "")
     if isinstance(value, dict) and "parts" in value and field in ("systemInstruction", "system_instruction"):
@@ -865,10 +856,8 @@ def record_doc(record, where, dataset=None):
                          None)
             wrapped = f"; its `{inner}` holds a list of records: give that list as the file (a .json array), or one " \
                       f"record a line (JSON Lines)" if inner else ""
-            # the fields it has, beside those it lacks: "Question"/"Answer" (a spreadsheet's headers), "Q"/"A" or
-            # "Question;Answer" (a CSV split on the wrong separator) were left to be found by opening the file
-            # (each cut and escaped: a headerless CSV's first row is its column names, a paragraph with newlines that
-            # filled the one-line error)
+            # the fields it has, beside those it lacks, show a near miss ("Question"/"Answer", or "Question;Answer": a
+            # CSV split on the wrong separator); each cut and escaped, as a headerless CSV's are its first row's cells
             def named(keys):
                 shown = (json.dumps(k if len(k) <= 40 else k[:37] + "...", ensure_ascii=False)[1:-1] for k in keys[:8])
                 return ", ".join(f"`{k}`" for k in shown) + (f" and {len(keys) - 8:,} more" if len(keys) > 8 else "")
@@ -909,8 +898,7 @@ def record_doc(record, where, dataset=None):
 PLACES = 10  # the bad records an error or the summary locates by line; the rest are counted, "..."
 ALL_BAD = 1000  # bad records, none good before them, at which a file is refused unread to its end
 OTHER_FILES = 3  # the other files with bad records an error names, with as many places each; the rest are counted
-# the most of the other files an error reads for their bad records (with_other_files): ~5 s on one core, where a folder
-# of 50 GB kept the error waiting, unsaid, for 4 minutes
+# the most of the other files an error reads for their bad records (with_other_files): ~5 s on one core
 OTHER_FILES_BYTES = 1 << 30
 
 
@@ -926,9 +914,9 @@ class LeftOut:
     """The records good_docs leaves out, by file or hub split (label), for the summary, each {"count", "wheres"}
     (counted, the first PLACES located): under bad the bad ones, with skip_bad (--skip_bad_records; else a bad record
     stops the run), and under empty those with nothing to train on (record_doc's None: no reply, an empty or null one,
-    a TRL completion [], empty text), left out unsaid, a user's 300 records giving "291 documents" and no reason.
-    blank: the text files with no text (empty, or whitespace alone), a folder of 8 notes giving "6 documents".
-    front_matter: the Markdown notes whose front matter file_docs left out."""
+    a TRL completion [], empty text). blank: the text files with no text (empty, or whitespace alone). front_matter:
+    the Markdown notes whose front matter file_docs left out."""
+
 
     def __init__(self, skip_bad=False):
         self.skip_bad, self.bad, self.empty, self.blank, self.front_matter = skip_bad, {}, {}, set(), set()
@@ -992,14 +980,13 @@ def good_docs(records, label, dataset, left, scan=True):
     """(where, document) of each record of records, the (where, record) of one file or hub split (label), a record
     that is no JSON given as its UserError. A bad record (checked_records) stops the run, named as
     always, and with scan the file's other bad records counted and located too, read (parsed and checked, not
-    tokenized) to its end: a file with three bad lines took three runs, each after minutes of tokenizing, to find
-    them (not a streamed hub split, which would be downloaded whole for it); the other files' are make_dataset's
+    tokenized) to its end, so that one run finds them all (not a streamed hub split, which would be downloaded whole
+    for it); the other files' are make_dataset's
     (with_other_files), raised as BadRecords. left, a LeftOut: the records with nothing to train on counted and the
     first located under left.empty[label], and with left.skip_bad (--skip_bad_records) the bad records left out
     instead, under left.bad[label]; a label none of whose records is good still stops the run, as nothing of it is left
     to train on."""
-    # the bad records are counted, and only the first PLACES + 1 kept (the first, and those places() names): a file of
-    # millions held a string for each, gigabytes
+    # the bad records are counted, and only the first PLACES + 1 kept (the first, and those places() names)
     bad, wheres, first, good, kind = 0, [], None, False, None
     skipping = left is not None and left.skip_bad
     empty, empty_wheres, last_empty = 0, [], None  # the records with nothing to train on, the first's places, the last's
@@ -1008,7 +995,7 @@ def good_docs(records, label, dataset, left, scan=True):
         if isinstance(e, OtherKind):
             strays, stray = strays + 1, stray or e
         if e:
-            if not skipping and not scan:  # (said as a file's is: the hub's bad rows stopped a run unsaid)
+            if not skipping and not scan:  # (a hub split's: with the way out a file's gets)
                 raise UserError(f"{e}; pass --skip_bad_records to leave out the split's bad rows") from None
             bad += 1
             first = first or e
@@ -1036,8 +1023,7 @@ def good_docs(records, label, dataset, left, scan=True):
         raise mixed_kinds(stray.where, stray.kind, stray.first)
     if good and not kept and (not bad or skipping):
         # every record read and none with a reply or text (TRL's completions all [], a reply column all null: the wrong
-        # field, an export that lost it) was "no documents found: give files that hold text", or, beside a good file,
-        # nothing said
+        # field, an export that lost it)
         raise UserError(f"{label}: none of its records has anything to train on (every assistant reply, or text, is "
                         f"missing, empty or null): fill them in, or leave the file out")
     if not bad or (good and skipping):
@@ -1072,12 +1058,13 @@ def bad_records(path, kind):
 
 def with_other_files(e, plan):
     """e, the BadRecords of one of plan's files, with the bad records of the plan's files the run has not read yet
-    added: a folder with three bad files took three runs to learn of them. The files read are those before it, in
-    the pass that met it, but a source's own validation files (the vocabulary's pass skips them). A file that cannot
-    be read at all (not UTF-8, a .json that is no JSON) is its own error, said when the run reaches it. Files past
-    OTHER_FILES_BYTES are counted, not read. A file whose documents are of the other kind than e's file (conversations
-    among plain text) is named as such, not by the bad records its own first record's kind finds: the run stops at it
-    (mixed_kinds), --skip_bad_records or not."""
+    added, so that one run names every bad file. The files read are those before it, in the pass that met it, but a
+    source's own validation files (the vocabulary's pass skips them). A file that cannot be read at all (not UTF-8, a
+    .json that is no JSON) is its own error, said when the run reaches it. Files past OTHER_FILES_BYTES are counted,
+    not read. A file whose documents are of the other kind than e's file (conversations among plain text) is named as
+    such, not by the bad records its own first record's kind finds: the run stops at it (mixed_kinds),
+    --skip_bad_records or not."""
+
     streams = plan["streams"]
     at = next(i for i, (_, label, _) in enumerate(streams) if label == e.label)  # (a file's: hub rows are not scanned)
     not_read_yet = [label for i, (role, label, _) in enumerate(streams) if i > at or (i < at and role == "val")]
@@ -1136,14 +1123,14 @@ def listed(names, shown=OTHER_FILES):
 
 def with_other_not_utf8(e, plan):
     """e, the NotText of one of plan's files, with the plan's other files that are not UTF-8 either named (the first
-    OTHER_FILES, the rest counted): a folder of notes saved on Windows, many of them cp1252, took a run for each file
-    to learn of the next. Files past OTHER_FILES_BYTES are counted, not read."""
+    OTHER_FILES, the rest counted), so that one run names them all (a folder of notes saved on Windows, in cp1252).
+    Files past OTHER_FILES_BYTES are counted, not read."""
     streams = plan["streams"]
     at = next((i for i, (_, label, _) in enumerate(streams) if str(e).startswith(f"{label} ")), None)
     if at is None:  # (a hub split's or the mirror's: no file of the user's)
         return e
-    # those before it too (a vocabulary's pass reads a sample); files read as text alone: a .parquet is binary, its
-    # bytes no UTF-8, and was named as "not UTF-8 either"
+    # those before it too (a vocabulary's pass reads a sample); files read as text alone (a .parquet is binary)
+
     others = [label for _, label, _ in streams[:at] + streams[at + 1:]]
     scanned, unread = files_to_scan(others, (*PLAIN_TEXT, ".jsonl", ".json"))
     found = []
@@ -2115,12 +2102,18 @@ def limited(docs, budget, role):
         yield doc
 
 
+def folded(text):
+    """text with case and spacing ignored, as documents are told apart (document_key, extra_docs)."""
+    return " ".join(text.lower().split())
+
+
 def document_key(doc, before=None):
     """What tells documents apart: a conversation's roles and words, a text's words, case and spacing ignored. A long
     text comes in pieces: before is the key of the pieces before this one (None: the first)."""
     if doc_kind(doc) == "chat":
-        return hash(tuple((m["role"], " ".join(m["content"].lower().split())) for m in doc))
-    return hash((before, " ".join(doc[0].lower().split())))
+        return hash(tuple((m["role"], folded(m["content"])) for m in doc))
+    return hash((before, folded(doc[0])))
+
 
 
 def keyed(docs, keys):
