@@ -2134,10 +2134,8 @@ def unseen(docs, ordered, val):
     less those it has had already; those left out are counted in the Split val: DailyDialog's validation file repeats
     89 of its 1,000 dialogues from train (98 with case and spacing ignored) and 3 more within itself, 5 of the mirror's
     3,117 TinyStories sample stories are among train's first 5,511; a val loss over documents the model was trained on
-    reads better than the model is, and one that counts a document twice weighs it twice. Only a whole
-    document is looked up: a text in pieces (text_docs' file of one document, a book) would have to be held whole
-    first, and no validation split comes so (a hub split's rows are whole, as are the documents of a text file cut by
-    <|endoftext|>)."""
+    reads better than the model is, and one that counts a document twice weighs it twice. Only a whole document is
+    looked up: a text in pieces (a book) would have to be held whole first, and no validation split comes so."""
     first, kept = True, set()  # doc begins a document; kept: the keys of the documents val keeps (as many as val's)
     for doc in docs:
         if first and ends_document(doc):
@@ -2288,8 +2286,7 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
     document_keys of train's documents ("train", an array "q") and of val's in order ("val", None for a book's tail),
     for a mix, whose val leaves out what another of its datasets has (mix_splits). not_text: where the documents must be
     conversations (a conversation set, a mix's part), the words refusing plain text after "FILE begins with plain text,
-    but ", said before anything is tokenized and before --pack's refusal (a mix's plain-text part was told to drop a
-    --pack it had not been given)."""
+    but ", said before anything is tokenized and before --pack's refusal (a mix's part is given no --pack)."""
     dtype = np.uint16 if enc.n_vocab <= 1 << 16 else np.uint32
     table = token_bytes(enc)
     budget = limit_budget(limit, val_fraction)
@@ -2534,9 +2531,8 @@ def is_dataset_name(name):
 def made_with_own_vocabulary(meta, folder):
     """Whether meta.json's dataset was made with a vocabulary of its own (--vocab_size), the folder's VOCAB_FILE, which
     meta.json names by an absolute path. In a folder moved since (the old data/ given to a fresh clone) that path is
-    another: the file there still holding the vocabulary its tokens were made with is known by its hash. (It was taken
-    for another dataset's vocabulary: a dataset from before "options" was told its tokenizer was gone, or had its
-    vocabulary trained again, which the checkpoints trained on it no longer fit.)"""
+    another: the file there still holding the vocabulary its tokens were made with is known by its hash, so that the
+    dataset keeps it and the checkpoints trained on it go on fitting."""
     tokenizer, own = meta.get("tokenizer"), os.path.abspath(os.path.join(folder, VOCAB_FILE))
     if tokenizer == own:
         return True
@@ -2566,10 +2562,10 @@ def meta_options(meta, folder, odd=None):
 
 def new_command(folder, *more, source="FILE"):
     """The prepare.py command that makes a dataset in folder with no meta.json to say how it was made (missing, or too
-    damaged): one of prepare.py's own by its name, any other name from the user's files (source, as --dataset text: a
-    bare `--dataset mine` was prepare.py's usage error); more: options added (train.py's --tokenizer)."""
+    damaged): one of prepare.py's own by its name, any other name from the user's files (source, as --dataset text);
+    more: options added (train.py's --tokenizer)."""
     name, out_dir = os.path.basename(folder), os.path.dirname(folder) or "."
-    if name in NANOGPT_DATASETS:  # (was "--dataset text --source FILE": nanoGPT's shakespeare_char is no user's file)
+    if name in NANOGPT_DATASETS:  # (nanoGPT's shakespeare_char is made here, from no file of the user's)
         dataset, options = NANOGPT_DATASETS[name]
         # (a model's --tokenizer, more, gives the vocabulary: --vocab_size would train another beside it)
         args = ["--dataset", dataset, *([] if "--tokenizer" in more else options), "--name", name]
@@ -2685,8 +2681,7 @@ def ctrl_c_held():
 def unreadable_field(meta):
     """What of a dataset's meta.json that reading it needs is not what prepare.py writes, as the field and its value
     ("vocab_size '512'"), or None; so damaged, it cannot say how it was made either (rebuild_command). An edit by hand
-    or damage passes json.load: "format 1" was said of one whose dtype was missing, and a vocab_size of text ended
-    eval.py in a numpy traceback."""
+    or damage passes json.load, and would end the scripts that read it in a traceback."""
     vocab_size = meta.get("vocab_size") if isinstance(meta, dict) else None
     return (f"a JSON {type(meta).__name__}" if not isinstance(meta, dict) else
             f"format {meta.get('format')}" if meta.get("format") != FORMAT else
@@ -2698,10 +2693,9 @@ def unreadable_field(meta):
 def damaged_field(folder, meta, enc=None):
     """What of a meta.json that reads (unreadable_field None), in folder, is not what prepare.py writes, as
     unreadable_field says it, or None: a vocab_size other than its vocabulary's (enc, the vocabulary it was made with;
-    a new model's embedding has vocab_size rows: one larger trained a model its tokenizer does not fit, refused by
-    load_model afterwards), a has_mask lost from a chat set (it trained on every token, not the replies alone), and
-    counts of its splits that are none (bytes of -5 were bits per byte of -2709 while those were the split's ratio;
-    prepare.py's summary line still shows them)."""
+    a new model's embedding has vocab_size rows: a larger one trains a model its tokenizer does not fit), a has_mask
+    lost from a chat set (it would train on every token, not the replies alone), and counts of its splits that are
+    none (bits per byte divides by bytes)."""
     vocab_size, has_mask = meta["vocab_size"], meta.get("has_mask")
     # prepare.py masks the chat sets (kind) alone, and removes the masks a chat set rebuilt as text leaves: masks beside
     # a has_mask of false are a lost has_mask, which a rebuild gives back (reading them anyway would trust a meta.json
@@ -2780,8 +2774,7 @@ def own_vocabulary(dataset, plan, folder, old, vocab_size, limit, val_fraction, 
         learnt, parts = dict(plan, description="; ".join(p["description"] for p in plan["parts"])), list(mix)
     vocab_fp = fingerprint(dataset, learnt, f"trained, {vocab_size} ids", None, limit, val_fraction, mix=parts,
                            version=None)
-    # a mix's vocabulary made before that, fingerprinted with the weights: the same weights again keep it (it was
-    # trained again, minutes, on the next `prepare.py` of its unchanged command)
+    # a mix's vocabulary made before that, fingerprinted with the weights: the same weights again keep it
     by_weights = mix and fingerprint(dataset, plan, f"trained, {vocab_size} ids", None, limit, val_fraction, mix=mix,
                                      version=None)
     # a dataset from before vocab_fingerprint (VERSION 4) that was built on this vocabulary keeps it once (its
@@ -2925,9 +2918,9 @@ def kept_vocabulary(folder, made_with, tokenizer_hash_of=None):
     """The vocabulary of a dataset made again without a word about its vocabulary (no --tokenizer, no --vocab_size):
     the one it has, so checkpoints trained on it go on fitting. Returns (--vocab_size, --tokenizer) from made_with, its
     options (meta_options; {}: a new dataset, or a meta.json too odd to say, rebuilt as new), and the line that says so
-    (None: nothing kept), said by make_dataset once the data is read: before an error in it (not UTF-8, a bad record),
-    the error was the second line; (None, None, None) for gpt2's. tokenizer_hash_of: the dataset's (its meta.json's),
-    by which a vocabulary moved with the data is found."""
+    (None: nothing kept), said by make_dataset once the data is read, so that an error in it comes first; (None, None,
+    None) for gpt2's. tokenizer_hash_of: the dataset's (its meta.json's), by which a vocabulary moved with the data is
+    found."""
     if made_with.get("vocab_size"):
         # (the size asked, not the size it has: a text that supports fewer merges has fewer)
         return made_with["vocab_size"], None, (f"{folder}: keeping its own vocabulary (--vocab_size "
@@ -3055,10 +3048,10 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
         fp, text_fp = fp_of(tokenizer, block), fp_of(tokenizer, 0)
         text = old and old.get("kind") == "text"
         same = [text_fp if text else fp]  # (its fingerprint as this build would write it, first)
-        # meta.json names its vocabulary by the absolute path it had: a dataset folder moved since (data/ renamed, the
-        # project moved) with its own vocabulary (or another dataset's beside it) was made again, minutes for
-        # TinyStories. Gone from there, that path is a mere name: the vocabulary is the same when its tokenizer_hash,
-        # in the fingerprint, is (a path there now, another file, is not taken for it)
+        # meta.json names its vocabulary by the absolute path it had, which a dataset folder moved since (data/
+        # renamed, the project moved) no longer has: gone from there, that path is a mere name, and the vocabulary is
+        # the same when its tokenizer_hash, in the fingerprint, is (a path there now, another file, is not taken for it)
+
         recorded = old and old.get("tokenizer")
         moved = isinstance(recorded, str) and recorded not in ("gpt2", tokenizer) and not os.path.exists(recorded)
         if moved:
@@ -3218,7 +3211,8 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
             else:
                 raw = {}
                 raw_splits.append(raw)
-                # a conversation set of plain text was made without a word, with no loss mask (every token trained)
+                # a conversation set of plain text would have no loss mask (every token trained): refused
+
                 not_text = f"--dataset {dataset} is a conversation set: give records of `messages` [{{role, content}}] " \
                            f"(.jsonl; README's prepare.py section lists the other shapes), or make plain text a " \
                            f"dataset with --dataset text" if dataset in MIXABLE else None
