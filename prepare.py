@@ -657,12 +657,12 @@ def turns_of(record, field, where):
               for m, (r, c) in ((m, turn_spelling(m, spellings)) for m in turns)]
     if field == "chat_messages":
         # Claude's export: a long paste (claude.ai makes one an attachment) or a file's text is an attachment's
-        # `extracted_content`, the turn's `text` only what was typed beside it, often nothing: a reply was trained as
-        # if to a blank message. Before the text, as the conversation showed it. A tool's block is left out, as
-        # ChatGPT's export's are: the export's placeholder for it was trained on as the reply
+        # `extracted_content`, the turn's `text` only what was typed beside it, often nothing. Before the text, as the
+        # conversation showed it. A tool's block is left out, as ChatGPT's export's are, with the export's placeholder
         for turn, m in zip(listed, turns):
             if isinstance(turn["content"], list):  # a turn of content blocks alone, no `text`: its text blocks' (a
-                # tool's, a thinking block, left out as the placeholders are; it was a bad record)
+                # tool's, a thinking block, left out as the placeholders are)
+
                 turn["content"] = "\n\n".join(b["text"] for b in turn["content"] if isinstance(b, dict) and
                                               b.get("type") == "text" and isinstance(b.get("text"), str))
             if isinstance(turn["content"], str) and CLAUDE_PLACEHOLDER.search(turn["content"]):
@@ -1438,9 +1438,8 @@ def folder_files(path):
             found.append(os.path.join(d, f))
     found.sort()
     kinds = ", ".join(f"{n} {kind}" for kind, n in others.most_common())
-    # a folder of notes in Markdown, with plain text or alone: the patterns that read both, as `--source` to paste (it
-    # said only that they were left out, or that plain text is read from .txt: renaming a tree of notes). Not beside
-    # records, whose folder's README.md is the dataset's card
+    # a folder of notes in Markdown, with plain text or alone: the patterns that read both, as `--source` to paste,
+    # not a tree of notes to rename. Not beside records, whose folder's README.md is the dataset's card
     notes = [k for k in MARKDOWN if k in others]
     texts = {suffix(f) for f in found}
     # (the folder's name escaped: "notes [2024]" as a pattern matched nothing, its brackets a set of characters)
@@ -1448,7 +1447,7 @@ def folder_files(path):
         shlex.quote(os.path.join(glob.escape(path), "**", f"*{k}")) for k in sorted({*notes, *texts})) \
         if notes and texts <= {".txt"} else ""
     if not found:
-        # a folder of notes in Markdown (.md) said only what it lacked, not what it holds and that .txt is the way in
+        # what it holds, and the way in for it
         holds = f" (it holds {kinds}){way_in or '; plain text is read from files named .txt'}" if others else ""
         raise UserError(f"--source {path}: no {', '.join(SUFFIXES)} files in this folder{holds}")
     if others:  # (a .md or .txt.gz among the .txt files, left out: said)
@@ -1498,9 +1497,9 @@ def find_source(dataset, source=None, extra=True, limit=None, left=None):
                                 f"{'; ' + packed if packed else table_fix(path)}")
             else:
                 files.append(path)
-        # a file given twice (a file and its folder, overlapping folders, links) is read once: twice, its documents
-        # were duplicated and its val documents were in train as well. Known by its inode, as a hard link is (its path
-        # where a filesystem gives none: 0 for all would keep one file)
+        # a file given twice (a file and its folder, overlapping folders, links) is read once, or its documents would
+        # be in train twice and in val too. Known by its inode, as a hard link is (its path where a filesystem gives
+        # none: 0 for all would keep one file)
         unique = {}
         for f in files:
             if not os.path.isfile(f):  # a named pipe (mkfifo) ends at its first read: the next one waited for ever
@@ -2507,8 +2506,8 @@ def train_vocabulary(plan, vocab_size, path, limit, val_fraction, pack=None):
                 if sizes:  # the rest of its file, as the build's bar comes to it: its records' JSON, separators,
                     # val's tail (which train_docs leaves unread)
                     progress.update(max(0, sizes[i] - (progress.n - before)))
-        # a text of one character: val gets it, train none, and train_bpe's "no text to train on" was said of a file
-        # that holds text; as write_splits says it (the sample has taken its texts of every document before)
+        # a text of one character: val gets it, train none; said as write_splits says it, not as train_bpe's "no text
+        # to train on" of a file that holds text (the sample has taken its texts of every document before)
         if cut and not sample.chars:
             raise too_little_text(plan["streams"], "train")
 
