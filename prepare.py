@@ -1995,6 +1995,11 @@ def doc_kind(doc):
     return "chat" if isinstance(doc, list) else "text"
 
 
+def doc_texts(doc):
+    """The texts of a document: a text's, or a conversation's contents."""
+    return [doc[0]] if doc_kind(doc) == "text" else [m["content"] for m in doc]
+
+
 KIND_NAMES = {"text": "plain text", "chat": "conversations"}
 OTHER_KIND = {"text": "chat", "chat": "text"}  # a dataset is one or the other
 
@@ -2014,7 +2019,7 @@ def batches(docs, kind, label, first):
         if doc_kind(doc) != kind:
             raise mixed_kinds(label, doc_kind(doc), first)
         batch.append(doc)
-        chars += len(doc[0]) if kind == "text" else sum(len(m["content"]) for m in doc)
+        chars += sum(map(len, doc_texts(doc)))
         if len(batch) >= BATCH_DOCS or chars >= BATCH_CHARS:
             yield batch
             batch, chars = [], 0
@@ -2467,7 +2472,7 @@ def metered(make_docs, progress):
     """make_docs, its documents counted on progress in bytes of their text (a conversation's contents')."""
     def docs():
         for doc in make_docs():
-            for text in ([doc[0]] if doc_kind(doc) == "text" else [m["content"] for m in doc]):
+            for text in doc_texts(doc):
                 progress.update(len(text) if text.isascii() else len(text.encode()))  # (isascii: no copy)
             yield doc
     return docs
@@ -2487,7 +2492,7 @@ def train_vocabulary(plan, vocab_size, path, limit, val_fraction, pack=None):
     def read(progress):
         kind, first_label, cut = None, None, 0  # the first document's kind and stream; characters cut to train and val
         for part in plan.get("parts", [plan]):  # a mix: --limit counts in each of its datasets, as in build()
-            budget = {"split": limit, "train": limit, "val": 0}
+            budget = limit_budget(limit, val_fraction)
             counts, chars, first = count_split_docs(part["streams"], budget) if val_fraction else ({}, {}, None)
             cut += sum(chars.values())
             ks = val_counts(counts, first, val_fraction, label_of(part["streams"]), limit, chars)
@@ -2502,7 +2507,8 @@ def train_vocabulary(plan, vocab_size, path, limit, val_fraction, pack=None):
                     kind, first_label = doc_kind(doc), first_label or label
                     if kind == "text" and pack:
                         raise text_packed(pack)
-                    yield [doc[0]] if kind == "text" else [m["content"] for m in doc]
+                    yield doc_texts(doc)
+
                 if sizes:  # the rest of its file, as the build's bar comes to it: its records' JSON, separators,
                     # val's tail (which train_docs leaves unread)
                     progress.update(max(0, sizes[i] - (progress.n - before)))
