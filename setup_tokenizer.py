@@ -100,7 +100,7 @@ def _build(name, ranks, pattern):
 def train_command(source=None):
     """The command that trains a vocabulary, for the errors that send the user to it: written over source, the file
     at fault (else a new vocab.tiktoken; a checkpoint's vocabulary has no file); FILE stands for the user's text files,
-    which it cannot know (a bare `setup_tokenizer.py train` was argparse's error: --input and --out are required)."""
+    which it cannot know (--input and --out are required)."""
     out = source if source and os.path.isfile(source) else "vocab.tiktoken"
     return common.script_command("setup_tokenizer.py", "train", "--input", "FILE", "--out", out)
 
@@ -124,8 +124,7 @@ def dataset_vocabulary(folder):
     meta = read_meta(folder)
     own, made_with = os.path.join(folder, VOCAB_FILE), meta.get("tokenizer", "gpt2")
     made_with = own if os.path.basename(made_with) == VOCAB_FILE and os.path.isfile(own) else made_with
-    if made_with != "gpt2" and not os.path.exists(made_with):  # the old place of data/ moved since: named,
-        # the user copied a path that was not there
+    if made_with != "gpt2" and not os.path.exists(made_with):  # the old place of a data/ moved since
         moved = moved_vocabulary(made_with, folder, meta.get("tokenizer_hash"))
         made_with = moved or f"{made_with}, gone from there (moved?): pass a copy of it"
     return made_with
@@ -179,8 +178,7 @@ def tokenizer_from_bpe(text, source="the vocabulary"):
     by whatever then uses it (load_model, train.py), 50 ms a time for 32k tokens."""
     ranks = parse_bpe(text, source)
     enc = _build("custom", ranks, vocabulary_pattern(ranks))
-    # named by its tokenizer_hash, the id meta.json, checkpoints and the errors comparing vocabularies give it: named
-    # by another hash, of its file's text, each custom vocabulary was shown under two ids
+    # named by its tokenizer_hash, the id meta.json, checkpoints and the errors comparing vocabularies give it: one id
     enc.name = "custom-" + tokenizer_hash(enc)
     enc.bpe_text = text  # kept so a checkpoint can carry the vocabulary itself
     return enc
@@ -223,8 +221,8 @@ def file_stamp(path):
 
 def checkpoint_meant(name):
     """The checkpoint a --tokenizer that is no vocabulary likely meant, or None: `--tokenizer story`, a dataset's or a
-    run's name, was answered as a misspelt path, and `--tokenizer notes` beside the notes/ folder of its --source (the
-    README's own data) as a folder holding no vocabulary, `notes/` (a shell's completion of it) too."""
+    run's name, or `--tokenizer notes` (or `notes/`) beside the notes/ folder of its --source (README's own data)."""
+
     name = name.rstrip("/" + os.sep) or name
     return next((c for c in (f"{name}_best.pt", f"{name}.pt", os.path.join("models", f"{name}_best.pt"),
                              os.path.join("models", f"{name}.pt")) if os.path.isfile(c)), None)
@@ -259,8 +257,7 @@ def _load_tokenizer(name, stamp):
         enc.bpe_text = None
         return enc, None
     if not os.path.exists(name):
-        # (a checkpoint's vocabulary is the usual one, prepare.py's for a fine-tune: a misspelt models/story_best.pt was
-        # answered as if only gpt2 and .tiktoken files were taken)
+        # (a checkpoint's vocabulary is the usual one, prepare.py's for a fine-tune: a misspelt one is guessed at)
         meant = checkpoint_meant(name)
         if not meant and (hint := download_hint(name)):  # (README's ~/models/gpt2, not downloaded yet)
             raise UserError(f"tokenizer {name!r} not found{hint}")
@@ -287,8 +284,8 @@ def _load_tokenizer(name, stamp):
         return checkpoint_tokenizer(name)
     try:
         with open(name, encoding="utf-8") as f:
-            # its first line first: a foreign file of gigabytes (a model.safetensors, a corpus) was read whole, twice
-            # its size in memory (killed for it on a laptop), before parsing said it is no vocabulary
+            # its first line first: a foreign file of gigabytes (a model.safetensors, a corpus) is not read whole
+
             head = f.readline(1 << 16)
             if head.strip() and len(head.split()) != 2:
                 raise not_a_vocabulary(name)
@@ -783,7 +780,8 @@ def files_sample(files):
 
 def main(argv=None):
     # the docstring's examples, as every script's --help gives its own (its text after them is for readers of the code)
-    # (none under python -OO, which drops docstrings: every command was an AttributeError)
+    # (none under python -OO, which drops docstrings)
+
     examples = (__doc__ or "").split("\n\n")[1:2]
     about = "\n\n".join(["Show how text tokenizes, or train a custom BPE vocabulary.", *examples])
     p = ArgumentParser("setup_tokenizer.py", formatter_class=argparse.RawDescriptionHelpFormatter, description=about)
