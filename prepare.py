@@ -744,7 +744,8 @@ def pair_messages(record, pair, where):
 
 def record_system(record, where):
     """The system message a record gives beside its turns or prompt, under the first of SYSTEM_FIELDS that holds one
-    (Gemini's is its parts, {"parts": [{"text": ...}]}); "" if none. A UserError naming where for one of another kind."""
+    (Gemini's is its parts, {"parts": [{"text": ...}]}); "" if none. A UserError naming where for one of another
+    kind."""
     field = next((f for f in SYSTEM_FIELDS if record.get(f) is not None), None)
     value = record.get(field, "")
     if isinstance(value, dict) and "parts" in value and field in ("systemInstruction", "system_instruction"):
