@@ -87,8 +87,7 @@ class GPTConfig:
 
 # name -> GPTConfig field overrides
 PRESETS = {
-    # tiny is the CPU preset, and the modern variant learns faster there: 2-minute runs on TinyStories with a
-    # 4096-token vocabulary reach 1.05 val bits per byte against 1.23 for gpt2's (BENCHMARKS.md)
+    # tiny is the CPU preset: the modern variant learns faster at that size (BENCHMARKS.md)
     "tiny":     dict(n_layer=4,  n_embd=128, n_head=4,  block_size=256, variant="modern"),  # ~0.86M non-embedding, CPU demos
     "small":    dict(n_layer=6,  n_embd=384, n_head=6,  block_size=256),   # ~10.6M non-embedding, ~30M total
     "gpt2-75m": dict(n_layer=10, n_embd=640, n_head=10, block_size=1024),  # ~49M non-embedding, ~82M total
@@ -135,25 +134,18 @@ def apply_rope(x, cos, sin):
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
 
 
-# Up to this many positions, bf16 attention without a KV cache on a CPU is explicit matmuls and a softmax over the
-# scores instead of SDPA's CPU flash kernel, which is slow at small head sizes. On the 2-core AVX-512 test machine,
-# bf16 training steps at T=256 (bench.py, BENCHMARKS.md), explicit against SDPA: tiny with a 4096-token vocabulary
-# compiled 92 ms against 110 (SDPA's flash backward alone takes 31 ms), eager 131 against 153; small 560 against 608.
-# Backward keeps the probabilities of 3/4 of the (T, T) scores per head and layer, 2 bytes each in bf16, hence the
-# bound: at 1024, gpt2 at batch 8 would keep ~1.8 GB of them. In fp32 SDPA is the faster: on a 2-core AVX2 CPU (no
-# bf16) tiny's eager fp32 step takes 5-8% longer with explicit attention, and the same time compiled.
+# CPU bf16 attention without a KV cache uses explicit_attention up to this many positions: SDPA's CPU flash kernel is
+# slow at small head sizes (BENCHMARKS.md). The bound: backward keeps 3/4 of the (T, T) probabilities per head and
+# layer (gpt2 at B8 x 1024 would keep ~1.8 GB). In fp32 SDPA is as fast or faster, so it keeps SDPA.
 EXPLICIT_ATTENTION_MAX_T = 512
 
 
 def explicit_attention(q, k, v, dropout_p=0.0):
-    # q, k, v (B, nh, T, hs) -> (B, nh, T, hs), causal. Measured on tiny's compiled bf16 step with a 4096-token
-    # vocabulary (BENCHMARKS.md), each choice below pays:
+    # q, k, v (B, nh, T, hs) -> (B, nh, T, hs), causal. Each choice below pays on tiny's compiled bf16 step:
     # - two halves of the queries, the first attending the first half of the keys only: the quarter of the scores
     #   that the mask would zero is never computed;
-    # - the mask is an additive bias (0 or -inf) that baddbmm adds in, so the softmax reads a plain tensor and compiles
-    #   into one pass per row;
-    # - the softmax computes in fp32 and returns the scores' dtype (bf16 under autocast), which its backward reuses
-    #   instead of recomputing the exponentials.
+    # - the mask is an additive bias (0 or -inf) that baddbmm adds in: the softmax compiles into one pass per row;
+    # - the softmax computes in fp32 and returns the scores' dtype (bf16 under autocast), which its backward reuses.
     B, nh, T, hs = q.shape
     ys = []
     for lo, hi in ((0, T // 2), (T // 2, T)):
@@ -217,11 +209,8 @@ class CausalSelfAttention(nn.Module):
 
 
 def gelu_tanh(x):
-    """F.gelu(x, approximate="tanh"). Compiled, as x * sigmoid(2z), the same function (0.5 (1 + tanh z) = sigmoid 2z):
-    inductor's CPU code computes tanh with Sleef's tanh and sigmoid with one exp, and the tanh form takes twice as
-    long, forward and backward (small's (2048, 1536) in bf16 on the 2-core AMX Xeon: 7.7 ms a layer against 3.7,
-    outputs within bf16's rounding of each other). Eager, ATen's one fused gelu kernel beats the four ops of the sigmoid
-    form."""
+    """F.gelu(x, approximate="tanh"). Compiled, as the same function x * sigmoid(2z) (0.5 (1 + tanh z) = sigmoid 2z):
+    inductor's CPU tanh takes twice as long as its sigmoid, a single exp. Eager, ATen's fused gelu kernel is faster."""
     if not torch.compiler.is_compiling():
         return F.gelu(x, approximate="tanh")
     return x * torch.sigmoid(1.5957691216057308 * (x + 0.044715 * x * x * x))  # 2 sqrt(2/pi) = 1.5957691...
@@ -288,28 +277,22 @@ class Block(nn.Module):
 
 class CrossEntropy(torch.autograd.Function):
     """sum_i weight_i * -log softmax(logits_i[:vocab_size])[targets_i], in fp32, with its backward written out: the
-    softmax minus the one-hot target, times weight_i. Autograd's backward of F.cross_entropy, compiled by inductor,
-    builds the one-hot gradient and reduces it over the vocabulary again (a pass of int64 compares over all N x V
-    logits), where this one knows the sum (weight_i). Forward and backward compiled, N 2048, on the 2-core AVX-512
-    EPYC: 8.4-9.0 ms against F.cross_entropy's 10.5 for V 4096 in bf16, and 236-256 ms against 255-267 for V 50304 in
-    fp32. Eager the same as F.cross_entropy.
+    softmax minus the one-hot target, times weight_i. Compiled, autograd's backward of F.cross_entropy reduces its
+    one-hot gradient over the vocabulary again, a pass over all N x V logits that this one skips: it knows the sum.
 
     vocab_size: the real vocabulary, when the logits have padding columns beyond it (padded_vocab_size). The softmax is
-    over the real ids only, the distribution gen.py samples, so the loss is its negative log-likelihood whatever the
-    padding (the padded softmax would count the padding's share m as loss, and eval.py would measure an exported
-    model, padded otherwise, differently). A log_softmax of the sliced logits, a strided view, took twice as
-    long in eager fp32 (V 50259 of 50304: 420 against 200-235 ms), so the padded softmax stays and is rescaled:
-    log q_t = log p_t - log(1 - m), and the gradient is p / (1 - m) - onehot, 0 in the padding columns."""
+    over the real ids only, the distribution gen.py samples, so the loss does not depend on the padding (an exported
+    model pads otherwise). The log_softmax of sliced logits, a strided view, is twice as slow, so the padded softmax
+    stays and is rescaled by the padding's share m: log q_t = log p_t - log(1 - m), and the gradient is
+    p / (1 - m) - onehot, 0 in the padding columns."""
 
     @staticmethod
     def forward(ctx, logits, targets, weight, vocab_size):
         # logits (N, Vp) any float dtype, targets (N,) long (-1 where weight is 0), weight (N,) fp32 -> () fp32
         ctx.compiled = torch.compiler.is_compiling()  # False when AOTAutograd traces backward: decided here
         if ctx.compiled:
-            # backward recomputes the log-softmax from the logits and each row's logsumexp, which inductor fuses into
-            # its one pass: nothing N x V is written here, and backward reads the logits (bf16 under autocast) instead
-            # of an fp32 copy: 2.4 GB of memory traffic instead of 4.9 for gpt2 at B8 x 1024, whose step on an H200
-            # trains 417k tokens/s instead of 393k; on a CPU, where exp is the cost, the same speed
+            # nothing N x V is stored: backward recomputes the log-softmax in its one fused pass from the logits (bf16
+            # under autocast) and each row's logsumexp, half the memory traffic of an fp32 copy (faster on a GPU)
             lse = torch.logsumexp(logits.float(), dim=-1)  # (N,)
             logp = logits.float() - lse[:, None]  # (N, Vp), fused into its readers below, never stored
             saved = logits, lse
@@ -337,12 +320,9 @@ class CrossEntropy(torch.autograd.Function):
         # the padded softmax -> the real one
         p_scale = scale if log_real is None else scale * torch.exp(-log_real)[:, None]  # (N, 1)
         if ctx.compiled:
-            # one fused pass: the one-hot as a compare against the column index, written straight in the logits'
-            # dtype. The eager form below compiles into three passes over a full fp32 N x V temporary (exp, the
-            # indexed subtraction, the cast): this form takes 8.4-9.0 ms against its 14-20 for tiny's V 4096 in bf16,
-            # 236-256 against 426-435 for V 50304 in fp32, on the 2-core AVX-512 EPYC. Eager this form takes 2.3x as
-            # long (its temporaries). int32 column indices: the compares of int64 ones would take a quarter of the pass on a
-            # CPU, four AVX-512 registers per 16 values (V 50304 in bf16, N 2048, 2-core AMX Xeon: 57 ms against 77)
+            # one fused pass, the one-hot a compare against the column index, written straight in the logits' dtype
+            # (the eager form below compiles into three passes over an fp32 N x V temporary; eager, this form's
+            # temporaries make it the slower). int32 columns: int64 compares would take a quarter of the pass on a CPU
             column = torch.arange(logp.size(1), device=logp.device, dtype=torch.int32)
             g = torch.exp(logp) * p_scale - (column == targets.int()[:, None]).float() * scale  # (N, Vp)
             if ctx.vocab_size:
@@ -369,8 +349,8 @@ class GPT(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        # weights that cannot fit are refused before anything is allocated: --n_layer 10**12 would fill memory for
-        # minutes, and --n_embd 10**30 end in torch's traceback (min: so big an int overflows a float division)
+        # weights that cannot fit are refused before anything is allocated, which would fill memory for minutes or end
+        # in torch's traceback (min: --n_embd 10**30's bytes overflow a float division)
         need, have = config.weight_bytes(), physical_memory()
         if have and need > have:
             raise MemoryError(f"{min(need, 2**1000) / 2**30:.3g} GiB of weights, "
@@ -387,16 +367,14 @@ class GPT(nn.Module):
         self.transformer = nn.ModuleDict(modules)
         self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
         self.transformer.wte.weight = self.lm_head.weight  # weight tying, https://arxiv.org/abs/1608.05859
-        # Training keeps only each block's input and computes its inside again during the backward pass: the blocks'
-        # forward runs twice (steps 20-24% longer on a CPU) for a fraction of the activation memory (train.py
-        # --recompute_activations). A setting of this process, not of the model: checkpoints do not carry it.
+        # train.py --recompute_activations: keep only each block's input and run its forward again in the backward
+        # pass, a fraction of the activation memory for ~20% longer steps. Per process: checkpoints do not carry it.
         self.recompute_activations = False
 
         if config.variant == "modern":
-            # RoPE angles for every position up to block_size, shared by all layers. Non-persistent: derived data,
-            # not part of checkpoints. Computed on the CPU, as a model built there and moved has them, whatever the
-            # default device: on the meta device (hf.py's shape check) arange's reference code imports torch._dynamo,
-            # ~2 CPU-s of gen.py's start
+            # RoPE angles for every position up to block_size, shared by all layers; derived, so not in checkpoints.
+            # Computed on the CPU whatever the default device: on the meta device (hf.py's shape check) arange would
+            # import torch._dynamo, ~2 s of gen.py's start
             hs, cpu = config.head_dim, torch.device("cpu")
             inv_freq = 1.0 / (ROPE_THETA ** (torch.arange(0, hs, 2, dtype=torch.float32, device=cpu) / hs))  # (hs/2,)
             positions = torch.arange(config.block_size, dtype=torch.float32, device=cpu)  # (T,)
@@ -507,8 +485,7 @@ class GPT(nn.Module):
                 weight = weight * loss_mask.reshape(-1).float()
             loss = cross_entropy(logits.view(-1, logits.size(-1)), flat_targets, weight / weight.sum().clamp(min=1.0),
                                  self.config.vocab_size)  # (B*T, Vp) -> () fp32, the weighted mean
-            # training needs only the loss: logits that autograd still tracked would cost torch.compile's backward a
-            # zero-filled gradient the size of the logits, added in (1 ms of tiny's ~90 ms compiled bf16 step)
+            # training needs only the loss: tracked logits would cost the compiled backward a zero gradient their size
             logits = logits.detach()
         # a view over the real vocabulary, so nobody can sample a padding id
         return logits[..., :self.config.vocab_size], loss  # (B, T, vocab_size)
@@ -562,17 +539,14 @@ class GPT(nn.Module):
 
     def _next_logits(self, idx, cache=None):
         # idx (B, T) -> logits for the last position only (B, vocab_size) fp32: skips the lm_head over the rest of a
-        # prompt. One row in bf16 on a CPU (B1 decoding): oneDNN's matrix-vector products are slower than ATen's own
-        # ones (small's lm_head: 3.0 ms instead of 4.7 on one core, 1.4 instead of 2.8 on two), so it steps without
-        # them: the whole step for a single new token, the lm_head alone after a prompt. From 2 rows on, oneDNN wins
-        # (B8: 25% less time with it).
+        # prompt. One row in bf16 on a CPU steps without oneDNN, whose matrix-vector products are slower than ATen's
+        # (the whole step for a single new token, the lm_head alone after a prompt); from 2 rows on, oneDNN is faster.
         bf16 = idx.device.type == "cpu" and _cpu_bf16_matmul(self.lm_head.weight)
         skip_onednn = idx.size(0) == 1 and bf16
         with _without_onednn(skip_onednn and idx.size(1) == 1), _without_cudnn_attention(idx.device.type == "cuda"):
             x = self._trunk(idx, cache)[:, -1, :]  # (B, C)
-        # A few fp32 rows on a CPU: times the transposed head (_lm_head_t says why). fp32 only: under bf16 autocast
-        # the copy, not being a parameter, would be cast again every token (small B1 decoding on the AVX-512 BF16
-        # EPYC: 37-88 tokens/s with it, 165-210 without)
+        # a few fp32 rows on a CPU: times the transposed head (_lm_head_t says why). fp32 only: under bf16 autocast
+        # the copy, not being a parameter, would be cast again every token (B1 decoding at half the speed or less)
         if (x.device.type == "cpu" and x.size(0) <= 8 and not bf16
                 and x.dtype == torch.float32 == self.lm_head.weight.dtype):
             logits = x @ self._lm_head_t()  # (B, C) @ (C, Vp)
@@ -582,16 +556,12 @@ class GPT(nn.Module):
         return logits[:, :self.config.vocab_size].float()  # (B, vocab_size)
 
     def _lm_head_t(self):
-        # The lm_head weight as a contiguous (C, Vp) copy, made again whenever the weight changes. A few fp32 rows
-        # times (Vp, C) row-major is Vp short dot products, which BLAS runs far below memory speed; times (C, Vp) it
-        # is C long streams. On a 2-core AVX2 EPYC, Vp 50304, (C, Vp) against (Vp, C): B1 C128 1.7 ms against 6.2,
-        # C384 6.2 against 12.3, C768 12.5 against 19.0; B2 2.5-5x faster; B8 the same or better. It costs a second
-        # copy of the head while generating, and making it 30-240 ms, hence kept between calls.
-        # The key catches every change autograd sees. A fused optimizer step (configure_optimizer's AdamW) and edits
-        # through .data bump no version counter, so 16 rows spread over the vocabulary are also compared, bit for bit
-        # (nan included), with what they were (a few us): an optimizer step moves those of real ids (row 0 always is
-        # one), each of which gets a gradient from the softmax (padding rows get none). An edit through .data that
-        # misses those rows goes unseen.
+        # The lm_head weight as a contiguous (C, Vp) copy, kept between calls (making it takes 30-240 ms) and made
+        # again whenever the weight changes. A few fp32 rows times (Vp, C) row-major is Vp short dot products, which
+        # BLAS runs far below memory speed; times (C, Vp) it is C long streams: 1.5-3.6x faster for B1 and B2.
+        # The key catches every change autograd sees. A fused optimizer step and edits through .data bump no version
+        # counter, so 16 rows spread over the vocabulary are also compared bit for bit (nan included): an optimizer
+        # step moves every real id's row (row 0 always is one); an edit through .data that misses them goes unseen.
         w = self.lm_head.weight.detach()
         key = (w.device, w.data_ptr(), w._version)
         probe = w[::max(1, w.size(0) // 16)].view(torch.uint8)  # (16ish, C * itemsize) view of the bits
@@ -677,12 +647,10 @@ class GPT(nn.Module):
         for step in range(max_new_tokens):
             if not use_cache:
                 logits = self._next_logits(context)
-            # a model whose activations overflow (float16, or weights grown huge but finite: checkpoints with nan or inf
-            # weights are refused at load) scores nan or inf. Unchecked, sampling would fail inside torch.multinomial
-            # ("probability tensor contains either inf, nan or element < 0"; on CUDA a device-side assert, which breaks
-            # the process's CUDA context for good), and greedy would take a nan for the maximum, writing token 0 on and
-            # on. The row maxima catch it (nan propagates through amax; +inf, and a row all -inf, are no finite maximum
-            # either) in one host sync a step, before any sampling; rows that have stopped no longer count
+            # activations that overflow (float16, huge finite weights) give nan or inf scores, which would fail
+            # torch.multinomial (on CUDA a device-side assert that breaks the CUDA context for good) or make greedy
+            # write token 0 on and on: caught in one host sync a step, as rows still generating whose maximum is not
+            # finite (nan propagates through amax, and a row all -inf has none either)
             peak = logits.amax(dim=-1)  # (B,)
             bad = ~torch.isfinite(peak)  # (B,)
             if bool((bad & ~stopped).any()):
@@ -692,10 +660,8 @@ class GPT(nn.Module):
                 # a stopped row is still sampled (its tokens are ignored): bad scores there are made flat, else they
                 # would fail torch.multinomial for the whole batch (one row alone returns when it stops)
                 logits = logits.masked_fill((bad & stopped)[:, None], 0.0)
-            # the repetition penalty looks at the window the model sees: with slide, tokens slid out of it are no longer
-            # "in the context" (as a long prompt's cropped start never was). It spares the stop tokens: a chat's history
-            # holds an <|im_end|> for every turn, and penalized each time, a reply would grow less likely to end the
-            # longer the conversation (a content word's repetition is what the penalty is for, not the turns' structure)
+            # the repetition penalty looks at the window the model sees, and spares the stop tokens: a chat's history
+            # holds an <|im_end|> for every turn, and penalized, replies would grow less likely to end as it grows
             tok = self._sample(logits, context, temperature, top_k, top_p, repetition_penalty, generator, stop)  # (B,)
             yield tok
             context = torch.cat((context, tok[:, None]), dim=1)  # (B, L + 1)
@@ -708,10 +674,9 @@ class GPT(nn.Module):
             if context.size(1) > block_size and not slide:
                 return  # the context is full
             if context.size(1) > block_size:
-                # learned absolute positions rule out a rolling cache: restart the window on the most recent
-                # block_size//2 (keep) tokens: the next slide comes block_size - keep + 1 new tokens later
-                # (what slid out is dropped, not kept: a whole history, copied on every new token, would make --nonstop
-                # slower the longer it ran)
+                # learned absolute positions rule out a rolling cache: restart the window on the most recent keep
+                # tokens (the next slide comes block_size - keep + 1 tokens later); what slid out is dropped, not
+                # copied along, so --nonstop's steps do not slow down as it runs
                 context = context[:, -keep:]
                 if use_cache:
                     cache.reset()
@@ -773,9 +738,7 @@ def _without_onednn(active=True):
 def _without_cudnn_attention(active=True):
     """SDPA's cuDNN backend off inside (flash or memory-efficient attention run instead); a no-op unless active.
     PyTorch prefers cuDNN's fused attention on Hopper GPUs, and cuDNN builds an execution plan for every new shape:
-    decoding, whose keys grow by one each token, would build one per token. On an H200 (torch 2.11, cuDNN 9) gpt2 B1
-    and B8 generate 20 steps a second with cuDNN, ~50 ms each, cache or no cache, and 3.8 ms a token once every length
-    has been seen. Training steps keep one shape, so they keep cuDNN."""
+    decoding, whose keys grow by one each token, would spend ~50 ms a token on plans. Training keeps one shape."""
     flag = getattr(torch.backends.cuda, "enable_cudnn_sdp", None)  # torch >= 2.4
     if not active or flag is None:
         yield
@@ -807,13 +770,10 @@ def orthogonalize(G, steps=5, gram=None):
     gram (default: when the long side is at least twice the short one): the same iteration on the small Gram matrix
     R = X X^T alone (Dao et al. 2026, "Gram Newton-Schulz"). Every X_i is Q_i X_0 with Q_i a polynomial in R_0, so
     X_{i+1} = Z_i X_i with Z_i = a + b R_i + c R_i^2 becomes Q_{i+1} = Z_i Q_i and R_{i+1} = Z_i R_i Z_i, all (m, m),
-    and X_0 is multiplied once at the end: 4 m^2 n + 34 m^3 FLOPs for 5 steps instead of 20 m^2 n + 10 m^3 (small:
-    37% fewer over its four shapes, the square one kept plain). It squares the condition number, which bf16 and fp16
-    do not resolve: a rounding error makes an eigenvalue of R near 0 negative, and the steps multiply a negative one
-    by ~12, then ~16, then hundreds. So in half precision it restarts after 3 steps (as in Dao et al.'s restarts):
-    X_3 = Q_3 X_0 and a fresh R = X_3 X_3^T, 8 m^2 n + 28 m^3 FLOPs, 26% fewer than the plain form at n = 3m and 42% at
-    n = 6m. Its results then stray from fp64's no more than the plain form's do in bf16 (restarting after 2 steps
-    lets singular values reach 1.28 on an ill-conditioned stack, against 1.20)."""
+    and X_0 is multiplied once at the end: 4 m^2 n + 34 m^3 FLOPs for 5 steps instead of 20 m^2 n + 10 m^3. R squares
+    the condition number, past what bf16 and fp16 resolve: rounding makes an eigenvalue near 0 negative, which the
+    steps blow up. So in half precision it restarts after 3 steps (as Dao et al. do), X_3 = Q_3 X_0 and a fresh R,
+    8 m^2 n + 28 m^3 FLOPs: then it strays from fp64 no more than the plain form does in bf16."""
     a, b, c = 3.4445, -4.7750, 2.0315
     tall = G.size(-2) > G.size(-1)
     X = G.mT if tall else G
@@ -868,10 +828,10 @@ class Muon(torch.optim.Optimizer):
     every direction of the matrix moves by the same amount instead of the few that dominate the gradient. The update is
     scaled by 0.2 * sqrt(max(rows, cols)), which gives it the RMS of a typical AdamW update, so AdamW's learning rate and
     decoupled weight decay carry over (Liu et al. 2025, "Muon is Scalable for LLM Training", arXiv:2502.16982).
-    torch.optim.Muon (torch >= 2.9) does the same one matrix at a time and in bf16, which a CPU without bf16
-    instructions emulates: tiny's training step took 3-4x as long on a 2-core AVX2 EPYC. Here the matrices of one shape
-    (the same one in every block) are orthogonalized together, in bf16 where training runs in bf16 (the hardware
-    does it faster than fp32), else in fp32 (ns_dtype); under torchrun the ranks share that work (orthogonalize_shared)."""
+    torch.optim.Muon (torch >= 2.9) does the same one matrix at a time and always in bf16, which a CPU without bf16
+    instructions emulates (3-4x slower steps). Here the matrices of one shape (the same one in every block) are
+    orthogonalized together, in bf16 where training runs in bf16, else in fp32 (ns_dtype); under torchrun the ranks
+    share that work (orthogonalize_shared)."""
 
     def __init__(self, params, lr, weight_decay=0.0, momentum=0.95, ns_steps=5, ns_dtype=torch.float32):
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum, ns_steps=ns_steps))
