@@ -88,7 +88,7 @@ class GPTConfig:
 # name -> GPTConfig field overrides
 PRESETS = {
     # tiny is the CPU preset: the modern variant learns faster at that size (BENCHMARKS.md)
-    "tiny":     dict(n_layer=4,  n_embd=128, n_head=4,  block_size=256, variant="modern"),  # ~0.86M non-embedding, CPU demos
+    "tiny":     dict(n_layer=4,  n_embd=128, n_head=4,  block_size=256, variant="modern"),  # ~0.86M non-embedding
     "small":    dict(n_layer=6,  n_embd=384, n_head=6,  block_size=256),   # ~10.6M non-embedding, ~30M total
     "gpt2-75m": dict(n_layer=10, n_embd=640, n_head=10, block_size=1024),  # ~49M non-embedding, ~82M total
     "gpt2":     dict(n_layer=12, n_embd=768, n_head=12, block_size=1024),  # GPT-2 small: 85M non-embedding, 124M total
@@ -112,7 +112,8 @@ def physical_memory():
     """Bytes of RAM and swap, None where the system does not say (Windows)."""
     try:
         with open("/proc/meminfo") as f:  # Linux: "MemTotal:  24576000 kB", "SwapTotal: ..."
-            kb = {line.split(":")[0]: int(line.split()[1]) for line in f if line.startswith(("MemTotal:", "SwapTotal:"))}
+            kb = {line.split(":")[0]: int(line.split()[1])
+                  for line in f if line.startswith(("MemTotal:", "SwapTotal:"))}
         return 1024 * (kb["MemTotal"] + kb.get("SwapTotal", 0))
     except (OSError, KeyError, ValueError, IndexError):
         pass
@@ -154,8 +155,8 @@ def explicit_attention(q, k, v, dropout_p=0.0):
         # query lo+i sees keys 0..lo+i: bias (hi-lo, hi), 0 where it may look, -inf where not
         bias = torch.full((hi - lo, hi), float("-inf"), dtype=q.dtype, device=q.device).triu(lo + 1)
         att = torch.baddbmm(bias.expand(B * nh, hi - lo, hi), q[:, :, lo:hi].reshape(B * nh, hi - lo, hs),
-                            k[:, :, :hi].reshape(B * nh, hi, hs).transpose(1, 2), alpha=1.0 / math.sqrt(hs))  # (B*nh, hi-lo, hi)
-        att = att.softmax(dim=-1)
+                            k[:, :, :hi].reshape(B * nh, hi, hs).transpose(1, 2), alpha=1.0 / math.sqrt(hs))
+        att = att.softmax(dim=-1)  # (B*nh, hi-lo, hi)
         if dropout_p:
             att = F.dropout(att, dropout_p)
         ys.append((att @ v[:, :, :hi].reshape(B * nh, hi, hs)).view(B, nh, hi - lo, hs))
@@ -445,7 +446,8 @@ class GPT(nn.Module):
         x = self.transformer.wte(idx)  # (B, T, C)
         rope = None
         if cfg.variant == "gpt2":
-            x = x + self.transformer.wpe(torch.arange(pos, pos + T, dtype=torch.long, device=idx.device))  # (T, C) broadcast
+            positions = torch.arange(pos, pos + T, dtype=torch.long, device=idx.device)  # (T,)
+            x = x + self.transformer.wpe(positions)  # (T, C), broadcast over B
         else:
             rope = (self.rope_cos[pos:pos + T], self.rope_sin[pos:pos + T])  # 2x (T, hs/2)
         x = self.transformer.drop(x)
@@ -492,10 +494,10 @@ class GPT(nn.Module):
 
     def configure_optimizer(self, weight_decay, lr, betas=(0.9, 0.95), device_type="cpu", optimizer=OPTIMIZERS[0],
                             dtype=torch.float32):
-        """Muon for the weight matrices inside the blocks and AdamW for the rest (the embedding, tied to lm_head, position
-        embeddings, gains, biases), or with optimizer="adamw" AdamW for everything. The same lr and weight decay serve
-        both (Muon's update is scaled to AdamW's size). dtype: the autocast dtype of training; Muon orthogonalizes in
-        bf16 when it is bf16, else in fp32."""
+        """Muon for the weight matrices inside the blocks and AdamW for the rest (the embedding, tied to lm_head,
+        position embeddings, gains, biases), or with optimizer="adamw" AdamW for everything. The same lr and weight
+        decay serve both (Muon's update is scaled to AdamW's size). dtype: the autocast dtype of training; Muon
+        orthogonalizes in bf16 when it is bf16, else in fp32."""
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {optimizer!r}")
         params = [p for p in self.parameters() if p.requires_grad]  # the tied matrix appears once
@@ -597,7 +599,8 @@ class GPT(nn.Module):
             # drop a token when the more likely ones before it already reach top_p; the top token always stays
             drop_sorted = (probs.cumsum(dim=-1) - probs) >= top_p
             drop_sorted[:, 0] = False
-            drop = drop_sorted if sorted_idx is None else torch.zeros_like(drop_sorted).scatter(1, sorted_idx, drop_sorted)
+            drop = drop_sorted if sorted_idx is None else \
+                torch.zeros_like(drop_sorted).scatter(1, sorted_idx, drop_sorted)  # back to the vocabulary's order
             logits = logits.masked_fill(drop, float("-inf"))
         probs = F.softmax(logits, dim=-1)
         if isinstance(generator, (list, tuple)):  # one per row: a row's draws do not depend on the rows beside it
@@ -820,10 +823,10 @@ def orthogonalize_shared(G, steps=5):
 
 class Muon(torch.optim.Optimizer):
     """Muon for 2-D weight matrices: SGD with Nesterov momentum whose update is orthogonalized (orthogonalize()), so
-    every direction of the matrix moves by the same amount instead of the few that dominate the gradient. The update is
-    scaled by 0.2 * sqrt(max(rows, cols)), which gives it the RMS of a typical AdamW update, so AdamW's learning rate and
-    decoupled weight decay carry over (Liu et al. 2025, "Muon is Scalable for LLM Training", arXiv:2502.16982).
-    torch.optim.Muon (torch >= 2.9) does the same one matrix at a time and always in bf16, which a CPU without bf16
+    every direction of the matrix moves by the same amount instead of the few that dominate the gradient. The update
+    is scaled by 0.2 * sqrt(max(rows, cols)), which gives it the RMS of a typical AdamW update, so AdamW's learning rate
+    and decoupled weight decay carry over (Liu et al. 2025, "Muon is Scalable for LLM Training", arXiv:2502.16982).
+    torch.optim.Muon (torch >= 2.9) does the same one matrix at a time and in bf16, which a CPU without bf16
     instructions emulates (3-4x slower steps). Here the matrices of one shape (the same one in every block) are
     orthogonalized together, in bf16 where training runs in bf16, else in fp32 (ns_dtype); under torchrun the ranks
     share that work (orthogonalize_shared)."""
