@@ -10,9 +10,9 @@ Sampling uses a static (preallocated) KV cache so every new token costs one posi
 CrossEntropy, a cross-entropy over the real vocabulary with its backward written out; configure_optimizer gives
 train.py Muon (orthogonalized updates for the blocks' matrices) with AdamW for the rest, or AdamW alone.
 
-The file reads top to bottom: the configuration (GPTConfig, PRESETS), the blocks (attention, MLPs, Block), the loss
-(CrossEntropy), the model (GPT: forward, then generation), the KV cache and backend switches generation uses, and the
-optimizers (orthogonalize, Muon, MuonAdamW).
+The file reads top to bottom: the configuration (GPTConfig, PRESETS), the blocks (attention, MLPs, Block), the model
+(GPT: forward, then generation), then what the model leans on: the KV cache and backend switches generation uses, the
+machine's memory, the loss (CrossEntropy) and the optimizers (orthogonalize, Muon, MuonAdamW).
 
 References:
 1) GPT-2: https://github.com/openai/gpt-2/blob/master/src/model.py
@@ -106,21 +106,6 @@ def make_config(preset="tiny", **overrides):
     kw = dict(PRESETS[preset])
     kw.update({k: v for k, v in overrides.items() if v is not None})
     return GPTConfig(**kw)  # __post_init__ validates
-
-
-def physical_memory():
-    """Bytes of RAM and swap, None where the system does not say (Windows)."""
-    try:
-        with open("/proc/meminfo") as f:  # Linux: "MemTotal:  24576000 kB", "SwapTotal: ..."
-            kb = {line.split(":")[0]: int(line.split()[1])
-                  for line in f if line.startswith(("MemTotal:", "SwapTotal:"))}
-        return 1024 * (kb["MemTotal"] + kb.get("SwapTotal", 0))
-    except (OSError, KeyError, ValueError, IndexError):
-        pass
-    try:  # macOS and other Unixes: RAM alone
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return None
 
 
 # -----------------------------------------------------------------------------
@@ -271,74 +256,6 @@ class Block(nn.Module):
         x = x + self.attn(self.ln_1(x), rope, kv, pos, attn_mask)
         x = x + self.mlp(self.ln_2(x))
         return x
-
-
-# -----------------------------------------------------------------------------
-# the loss
-
-class CrossEntropy(torch.autograd.Function):
-    """sum_i weight_i * -log softmax(logits_i[:vocab_size])[targets_i], in fp32, with its backward written out: the
-    softmax minus the one-hot target, times weight_i. Compiled, autograd's backward of F.cross_entropy reduces its
-    one-hot gradient over the vocabulary again, a pass over all N x V logits that this one skips: it knows the sum.
-
-    vocab_size: the real vocabulary, when the logits have padding columns beyond it (padded_vocab_size). The softmax is
-    over the real ids only, the distribution gen.py samples, so the loss does not depend on the padding (an exported
-    model pads otherwise). The log_softmax of sliced logits, a strided view, is twice as slow, so the padded softmax
-    stays and is rescaled by the padding's share m: log q_t = log p_t - log(1 - m), and the gradient is
-    p / (1 - m) - onehot, 0 in the padding columns."""
-
-    @staticmethod
-    def forward(ctx, logits, targets, weight, vocab_size):
-        # logits (N, Vp) any float dtype, targets (N,) long (-1 where weight is 0), weight (N,) fp32 -> () fp32
-        ctx.compiled = torch.compiler.is_compiling()  # False when AOTAutograd traces backward: decided here
-        if ctx.compiled:
-            # nothing N x V is stored: backward recomputes the log-softmax in its one fused pass from the logits (bf16
-            # under autocast) and each row's logsumexp, half the memory traffic of an fp32 copy (faster on a GPU)
-            lse = torch.logsumexp(logits.float(), dim=-1)  # (N,)
-            logp = logits.float() - lse[:, None]  # (N, Vp), fused into its readers below, never stored
-            saved = logits, lse
-        else:
-            # eager: ATen's fused log_softmax kernel, kept for backward as F.cross_entropy keeps it (a logsumexp and a
-            # recomputation would be three more passes over N x V)
-            logp = torch.log_softmax(logits.float(), dim=-1)  # (N, Vp)
-            saved = logp, None
-        targets = targets.clamp(min=0)  # an ignored position reads logit 0, times its weight 0
-        ctx.vocab_size = vocab_size if vocab_size < logp.size(1) else None  # None: no padding columns
-        log_real = None  # (N,) log(1 - m): the log of the real ids' share of the padded softmax
-        if ctx.vocab_size:
-            log_real = torch.log1p(-torch.exp(logp[:, vocab_size:]).sum(1))
-        ctx.save_for_backward(*saved, targets, weight, log_real)
-        ctx.logits_dtype = logits.dtype
-        logq = logp.gather(1, targets[:, None]).squeeze(1)  # (N,) log p of each target
-        return -((logq if log_real is None else logq - log_real) * weight).sum()
-
-    @staticmethod
-    def backward(ctx, grad):
-        logp, lse, targets, weight, log_real = ctx.saved_tensors
-        if lse is not None:  # compiled: logp holds the logits
-            logp = logp.float() - lse[:, None]  # (N, Vp)
-        scale = (weight * grad)[:, None]  # (N, 1)
-        # the padded softmax -> the real one
-        p_scale = scale if log_real is None else scale * torch.exp(-log_real)[:, None]  # (N, 1)
-        if ctx.compiled:
-            # one fused pass, the one-hot a compare against the column index, written straight in the logits' dtype
-            # (the eager form below compiles into three passes over an fp32 N x V temporary; eager, this form's
-            # temporaries make it the slower). int32 columns: int64 compares would take a quarter of the pass on a CPU
-            column = torch.arange(logp.size(1), device=logp.device, dtype=torch.int32)
-            g = torch.exp(logp) * p_scale - (column == targets.int()[:, None]).float() * scale  # (N, Vp)
-            if ctx.vocab_size:
-                g = torch.where(column < ctx.vocab_size, g, 0.0)
-            return g.to(ctx.logits_dtype), None, None, None
-        g = torch.exp(logp).mul_(p_scale)  # (N, Vp) softmax ... (in place: one N x V tensor less in eager mode)
-        g[torch.arange(targets.size(0), device=targets.device), targets] -= scale[:, 0]  # ... minus the one-hot
-        if ctx.vocab_size:
-            g[:, ctx.vocab_size:] = 0
-        return g.to(ctx.logits_dtype), None, None, None
-
-
-def cross_entropy(logits, targets, weight, vocab_size=None):
-    # logits (N, Vp), targets (N,), weight (N,) -> () fp32; vocab_size: the real ids, the first vocab_size columns
-    return CrossEntropy.apply(logits, targets, weight, logits.size(-1) if vocab_size is None else vocab_size)
 
 
 # -----------------------------------------------------------------------------
@@ -686,7 +603,7 @@ class GPT(nn.Module):
 
 
 # -----------------------------------------------------------------------------
-# generation: the KV cache, and the backends a decoding step switches off
+# generation's KV cache and the backends a decoding step switches off; the memory GPT checks its weights against
 
 class KVCache:
     """
@@ -753,6 +670,89 @@ def _cpu_bf16_matmul(weight):
     """Whether a CPU matmul with this weight runs in bf16: bf16 weights, or bf16 autocast."""
     return weight.dtype == torch.bfloat16 or (torch.is_autocast_enabled("cpu")
                                               and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+
+
+def physical_memory():
+    """Bytes of RAM and swap, None where the system does not say (Windows)."""
+    try:
+        with open("/proc/meminfo") as f:  # Linux: "MemTotal:  24576000 kB", "SwapTotal: ..."
+            kb = {line.split(":")[0]: int(line.split()[1])
+                  for line in f if line.startswith(("MemTotal:", "SwapTotal:"))}
+        return 1024 * (kb["MemTotal"] + kb.get("SwapTotal", 0))
+    except (OSError, KeyError, ValueError, IndexError):
+        pass
+    try:  # macOS and other Unixes: RAM alone
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+# -----------------------------------------------------------------------------
+# the loss
+
+class CrossEntropy(torch.autograd.Function):
+    """sum_i weight_i * -log softmax(logits_i[:vocab_size])[targets_i], in fp32, with its backward written out: the
+    softmax minus the one-hot target, times weight_i. Compiled, autograd's backward of F.cross_entropy reduces its
+    one-hot gradient over the vocabulary again, a pass over all N x V logits that this one skips: it knows the sum.
+
+    vocab_size: the real vocabulary, when the logits have padding columns beyond it (padded_vocab_size). The softmax is
+    over the real ids only, the distribution gen.py samples, so the loss does not depend on the padding (an exported
+    model pads otherwise). The log_softmax of sliced logits, a strided view, is twice as slow, so the padded softmax
+    stays and is rescaled by the padding's share m: log q_t = log p_t - log(1 - m), and the gradient is
+    p / (1 - m) - onehot, 0 in the padding columns."""
+
+    @staticmethod
+    def forward(ctx, logits, targets, weight, vocab_size):
+        # logits (N, Vp) any float dtype, targets (N,) long (-1 where weight is 0), weight (N,) fp32 -> () fp32
+        ctx.compiled = torch.compiler.is_compiling()  # False when AOTAutograd traces backward: decided here
+        if ctx.compiled:
+            # nothing N x V is stored: backward recomputes the log-softmax in its one fused pass from the logits (bf16
+            # under autocast) and each row's logsumexp, half the memory traffic of an fp32 copy (faster on a GPU)
+            lse = torch.logsumexp(logits.float(), dim=-1)  # (N,)
+            logp = logits.float() - lse[:, None]  # (N, Vp), fused into its readers below, never stored
+            saved = logits, lse
+        else:
+            # eager: ATen's fused log_softmax kernel, kept for backward as F.cross_entropy keeps it (a logsumexp and a
+            # recomputation would be three more passes over N x V)
+            logp = torch.log_softmax(logits.float(), dim=-1)  # (N, Vp)
+            saved = logp, None
+        targets = targets.clamp(min=0)  # an ignored position reads logit 0, times its weight 0
+        ctx.vocab_size = vocab_size if vocab_size < logp.size(1) else None  # None: no padding columns
+        log_real = None  # (N,) log(1 - m): the log of the real ids' share of the padded softmax
+        if ctx.vocab_size:
+            log_real = torch.log1p(-torch.exp(logp[:, vocab_size:]).sum(1))
+        ctx.save_for_backward(*saved, targets, weight, log_real)
+        ctx.logits_dtype = logits.dtype
+        logq = logp.gather(1, targets[:, None]).squeeze(1)  # (N,) log p of each target
+        return -((logq if log_real is None else logq - log_real) * weight).sum()
+
+    @staticmethod
+    def backward(ctx, grad):
+        logp, lse, targets, weight, log_real = ctx.saved_tensors
+        if lse is not None:  # compiled: logp holds the logits
+            logp = logp.float() - lse[:, None]  # (N, Vp)
+        scale = (weight * grad)[:, None]  # (N, 1)
+        # the padded softmax -> the real one
+        p_scale = scale if log_real is None else scale * torch.exp(-log_real)[:, None]  # (N, 1)
+        if ctx.compiled:
+            # one fused pass, the one-hot a compare against the column index, written straight in the logits' dtype
+            # (the eager form below compiles into three passes over an fp32 N x V temporary; eager, this form's
+            # temporaries make it the slower). int32 columns: int64 compares would take a quarter of the pass on a CPU
+            column = torch.arange(logp.size(1), device=logp.device, dtype=torch.int32)
+            g = torch.exp(logp) * p_scale - (column == targets.int()[:, None]).float() * scale  # (N, Vp)
+            if ctx.vocab_size:
+                g = torch.where(column < ctx.vocab_size, g, 0.0)
+            return g.to(ctx.logits_dtype), None, None, None
+        g = torch.exp(logp).mul_(p_scale)  # (N, Vp) softmax ... (in place: one N x V tensor less in eager mode)
+        g[torch.arange(targets.size(0), device=targets.device), targets] -= scale[:, 0]  # ... minus the one-hot
+        if ctx.vocab_size:
+            g[:, ctx.vocab_size:] = 0
+        return g.to(ctx.logits_dtype), None, None, None
+
+
+def cross_entropy(logits, targets, weight, vocab_size=None):
+    # logits (N, Vp), targets (N,), weight (N,) -> () fp32; vocab_size: the real ids, the first vocab_size columns
+    return CrossEntropy.apply(logits, targets, weight, logits.size(-1) if vocab_size is None else vocab_size)
 
 
 # -----------------------------------------------------------------------------
