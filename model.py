@@ -337,9 +337,7 @@ class GPT(nn.Module):
         """
         cfg = self.config
         T = cfg.block_size if seq_len is None else seq_len
-        N = self.num_params(non_embedding=False)
-        if "wpe" in self.transformer:
-            N -= self.transformer.wpe.weight.numel()
+        N = self.num_params() + self.lm_head.weight.numel()  # the tied matrix counted once, as lm_head
         return float(6 * N + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * T)
 
     def _trunk(self, idx, cache=None):
