@@ -317,11 +317,9 @@ class GPT(nn.Module):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def num_params(self, non_embedding=True):
-        """
-        Parameter count (the tied wte/lm_head matrix counted once). non_embedding=True leaves out the token embedding
+        """Parameter count (the tied wte/lm_head matrix counted once). non_embedding=True leaves out the token embedding
         and the position embeddings (gpt2 variant), i.e. the N of the scaling-law papers; this differs from nanoGPT,
-        which keeps wte in its count because it doubles as lm_head.
-        """
+        which keeps wte in its count because it doubles as lm_head."""
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
             n -= self.transformer.wte.weight.numel()
@@ -330,14 +328,12 @@ class GPT(nn.Module):
         return n
 
     def flops_per_token(self, seq_len=None):
-        """
-        Training FLOPs per token (forward + backward), PaLM appendix B: 6*N + 12*L*H*Q*T.
+        """Training FLOPs per token (forward + backward), PaLM appendix B: 6*N + 12*L*H*Q*T.
         N counts every parameter but the wpe table, a lookup that does no FLOPs (as in nanoGPT's estimate_mfu): the
-        matmuls' weights, the tied wte/lm_head once (as lm_head), and the biases and gains, a rounding error.
-        """
+        matmuls' weights, the tied wte/lm_head once (as lm_head), and the biases and gains, a rounding error."""
         cfg = self.config
         T = cfg.block_size if seq_len is None else seq_len
-        N = self.num_params() + self.lm_head.weight.numel()  # the tied matrix counted once, as lm_head
+        N = self.num_params() + self.lm_head.weight.numel()  # all but wpe: non-embedding, and the tied head
         return float(6 * N + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * T)
 
     def _trunk(self, idx, cache=None):
@@ -384,12 +380,10 @@ class GPT(nn.Module):
         return self.transformer.ln_f(x)  # (B, T, C)
 
     def forward(self, idx, targets=None, loss_mask=None, cache=None):
-        """
-        idx (B, T) long -> (logits (B, T, vocab_size), loss or None); with targets, the logits are detached.
+        """idx (B, T) long -> (logits (B, T, vocab_size), loss or None); with targets, the logits are detached.
         targets (B, T) long, -1 = ignore. loss_mask (B, T): when given, loss = sum(ce * mask) / max(sum(mask), 1)
         over positions whose target is not -1 (chat fine-tuning: loss on assistant tokens only).
-        cache: a KVCache; positions cache.pos.. are computed, written into it, and cache.pos advances by T.
-        """
+        cache: a KVCache; positions cache.pos.. are computed, written into it, and cache.pos advances by T."""
         x = self._trunk(idx, cache)
         logits = self.lm_head(x)  # (B, T, padded_vocab_size)
         loss = None
@@ -527,15 +521,13 @@ class GPT(nn.Module):
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, repetition_penalty=1.0,
                  stop_tokens=(), use_cache=True, generator=None, slide=False):
-        """
-        Yields the next token of every row, a LongTensor of shape (B,), one step at a time (so callers can stream).
+        """Yields the next token of every row, a LongTensor of shape (B,), one step at a time (so callers can stream).
         Stops after max_new_tokens, once every row has produced one of stop_tokens (that token is yielded), or at the
         context limit unless slide=True. Call model.eval() first: dropout is not switched off here.
         use_cache=False recomputes the whole window every step (the reference path); both paths see the same window,
         so greedy decoding gives the same tokens either way. generator: one torch.Generator for the batch, or a list
         of one per row, so that a row samples what it would alone (gen.py --prompt_file). A FloatingPointError when the
-        scores of a row still generating are nan or inf, before anything is sampled from them.
-        """
+        scores of a row still generating are nan or inf, before anything is sampled from them."""
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         if top_k is not None and top_k < 1:
@@ -604,12 +596,9 @@ class GPT(nn.Module):
 # generation's KV cache and the backends a decoding step switches off; the memory GPT checks its weights against
 
 class KVCache:
-    """
-    Static cache of keys and values for every layer: k, v of shape (n_layer, B, n_head, max_len, head_dim).
-    `pos` is how many positions are filled; GPT._trunk (forward's and generation's) writes positions pos..pos+T-1
-    and advances it.
-    Preallocating means no torch.cat per step (which would copy the whole cache every token).
-    """
+    """Keys and values of every layer, k and v (n_layer, B, n_head, max_len, head_dim), preallocated: a torch.cat per
+    step would copy the whole cache every token. pos: how many positions are filled; GPT._trunk writes positions
+    pos..pos+T-1 and advances it."""
 
     def __init__(self, n_layer, batch_size, n_head, max_len, head_dim, dtype, device):
         shape = (n_layer, batch_size, n_head, max_len, head_dim)
