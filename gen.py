@@ -74,8 +74,7 @@ def room_after(model, n):
 def crop_prompt(model, ids, max_tokens, what="prompt", warn=True, slide=False):
     """Keep the end of a prompt too long to leave room for the reply, with one warning line (slide: --nonstop's
     generation, which slides on past the context)."""
-    # (at least the last token, which generation starts from: a 1-token context reserves its one position, and
-    # ids[-0:] kept the whole prompt, said as "keeping its last 0")
+    # at least the last token, which generation starts from (and ids[-0:] would keep the whole prompt)
     limit = max(1, model.config.block_size - reserve_for(model, max_tokens))
     if len(ids) <= limit:
         return ids
@@ -217,8 +216,8 @@ def fit_history(enc, messages, budget):
     head = messages[:1] if messages and messages[0]["role"] == "system" else []
     rest = messages[len(head):]
     # every message renders to 4 tokens or more, so no more than the newest budget // 4 + 1 can fit; render_chat
-    # renders message by message, so each is rendered once and their lengths add up: the cost stays flat however
-    # long a --chat session gets (re-rendering the history per dropped message: 8 s a reply after 1,000 turns)
+    # renders message by message, so each is rendered once and their lengths add up: a reply costs the same however
+    # long a --chat session gets
     start = max(0, len(rest) - (budget // 4 + 1))
     sizes = [len(render_chat(enc, [m])[0]) for m in rest[start:]]
     total = len(render_chat(enc, head, add_generation_prompt=True)[0]) + sum(sizes)
@@ -256,18 +255,18 @@ def chat_prompt(model, enc, history, max_tokens, warn=True):
     has_system = fitted[0]["role"] == "system" and len(fitted) > 1
     system_len = len(render_chat(enc, fitted[:1])[0]) if has_system else 0  # its tokens, kept whole
     opening = len(render_chat(enc, [], add_generation_prompt=True)[0])  # <|im_start|>assistant\n, which ends the prompt
-    # the system message alone fills the context, or leaves less than the assistant's opening after it (kept whole, it
-    # left the prompt ending on that opening's "istant\n" or "\n", no assistant turn begun): its start goes too, said so
+    # the system message alone fills the context, or leaves less than the assistant's opening after it: its start goes
+    # too, said so (kept whole, it would leave the prompt ending inside that opening, no assistant turn begun)
     if system_len + opening > budget:
         ids = crop_prompt(model, ids, max_tokens, what="the conversation (its system message alone fills the "
                           "context: cut too)", warn=warn)
         return ids, dropped, True
     # the newest message's turn opening (<|im_start|>user\n) stays too, where the opening and a token of it fit: its
-    # end alone was text in no turn, read by the model as the end of the system message's or as nothing's
+    # end alone would be text in no turn, read by the model as the end of the system message's or as nothing's
     role = fitted[-1]["role"]
     heads, _, newline = chatml_tokens(enc)
     head = len(heads[role])
-    # (where a token of its text, its <|im_end|> and newline fit too: else its end was cut from its turn's)
+    # (where a token of its text, its <|im_end|> and newline fit too: else no text of it would follow the opening)
     head = head if system_len + head + 1 + 1 + len(newline) + opening <= budget else 0
     keep = budget - system_len - head
     if warn:
@@ -307,7 +306,7 @@ def data_kind(ckpt):
 def warn_if_trained_on_text(path, ckpt, replies="its replies"):
     """make demo's story model answers a chat with a story that never ends its turn: the user is told why first."""
     if data_kind(ckpt) == "text":
-        # (the way was "README: make chat-demo", a new story model's: not how this model learns to chat)
+        # a chat set in this model's own vocabulary (make chat-demo would train another model)
         chat_set = common.script_command("prepare.py", "--dataset", "dailydialog", "--tokenizer", path)
         print(f"warning: {path} was trained on plain text ({ckpt.get('dataset')}), not on conversations: {replies} "
               f"will not keep to the turn; fine-tune it on a chat set in its vocabulary first: `{chat_set}` (or "
@@ -344,7 +343,7 @@ class Printer:
     def wrap(self, text):
         """text with the line breaks that keep its words whole on the terminal, as ollama's: each character is written
         as it comes, and one that does not fit takes the word it ends to the next line (back over it, clear it, newline,
-        write it again), so the typing rhythm stays; the terminal broke a long reply's lines in mid-word."""
+        write it again), so the typing rhythm stays; the terminal would break a long reply's lines in mid-word."""
         # never the last column: a terminal moves the cursor past it only at the next character, and going back over
         # the word from there lands a column short. The width is asked each time: the window may be resized
         room = shutil.get_terminal_size().columns - 1
@@ -424,12 +423,12 @@ def read_lines(prompt, tty, quit_hint="Ctrl-D or /exit quits"):
             if tty and screen is sys.stderr:
                 print(prompt, end="", file=screen, flush=True)
             line = input(prompt if tty and screen is sys.stdout else "")
-            if re.search("[\udc80-\udcff]", line):  # GBK text piped in was a chat of U+FFFD, without a word
+            if re.search("[\udc80-\udcff]", line):  # bytes that are not UTF-8 (GBK text piped in): said once
                 raw = line.encode("utf-8", "surrogateescape")
                 line = raw.decode("utf-8", "replace")
                 if not warned:  # (the line's bytes tell its encoding as a file's do; "": no file to name)
-                    # (a stray byte in UTF-8 text first, as not_utf8 reads a file: the encodings' guesses, which read
-                    # bytes as 8-bit text's, took a UTF-8 line of Russian or Chinese for Central European)
+                    # (a stray byte in mostly UTF-8 text first, as not_utf8 checks a file: the 8-bit encodings'
+                    # guesses would take a UTF-8 line of Russian or Chinese for Central European)
                     fix = "set the terminal to UTF-8" if tty else stray_byte_fix("") if mostly_utf8(raw) else \
                         encoding_fix(raw, "") or latin1_fix("")
                     print(f"warning: the input is not UTF-8 text, read with U+FFFD for its bytes that are not: {fix}",
@@ -443,9 +442,8 @@ def read_lines(prompt, tty, quit_hint="Ctrl-D or /exit quits"):
             return
         except KeyboardInterrupt:
             if not tty:
-                # no terminal, whose line Ctrl-C clears and whose Ctrl-D ends the input: a pipe, or a notebook's input
-                # box, where Ctrl-C is Jupyter's stop button and no Ctrl-D can be typed. It ends the input, as EOF
-                # does: a fresh box came up instead, and --interactive, which takes /exit as text, never ended
+                # no terminal: a pipe, or a notebook's input box, where Ctrl-C is Jupyter's stop button and no Ctrl-D
+                # can be typed. Ctrl-C ends the input as EOF does, else --interactive (/exit is text to it) never ends
                 return
             print(f"\n({quit_hint})", file=sys.stderr)
 
@@ -454,9 +452,8 @@ def read_prompt_file(path):
     """Prompts from a file: one per line, or JSON lines with a "prompt" field (blank lines skipped)."""
     try:
         with open(path, encoding="utf-8-sig") as f:  # a byte-order mark (Notepad, Excel) is no part of the prompt
-            # lines end at a newline only (open() makes \r\n and \r one): splitlines() also cut at U+2028, U+0085 or a
-            # form feed, which a prompt may hold, and a JSON line too (JSON leaves U+2028 unescaped, as --output writes
-            # it), whose halves then ran as two text prompts
+            # lines end at a newline only (open() makes \r\n and \r one): splitlines() would also cut at U+2028,
+            # U+0085 or a form feed, which a prompt may hold, and a JSON line too (JSON leaves U+2028 unescaped)
             lines = f.read().split("\n")
     except FileNotFoundError:
         raise UserError(f"--prompt_file {path}: no such file")
@@ -477,10 +474,9 @@ def line_prompt(path, n, line):
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as e:
-        # text that merely starts with a brace is a prompt as written; a line that opens as a JSON object and names a
-        # "prompt" field, first or not (HumanEval's lines lead with task_id), is a broken record (a quote or brace
-        # lost in editing, a download cut short): taken as text, its JSON was the prompt, without a word. So is a
-        # Python dict's repr in single quotes (a script's print(record) or str(record), not json.dumps)
+        # text that merely starts with a brace is a prompt as written; a line that opens as a JSON object, or a Python
+        # dict's repr, and names a "prompt" field, first or not (HumanEval's lines lead with task_id), is a broken
+        # record (a quote lost in editing, a download cut short), refused rather than sent whole as the prompt
         if re.match(r'\s*\{\s*["\']', line) and re.search(r'[{,]\s*(["\'])prompt\1\s*:', line):
             raise UserError(f"{path} line {n}: a JSON line with a \"prompt\" field that is not valid JSON ({e.msg} at "
                             f"column {e.colno}): mend it") from None
@@ -635,7 +631,7 @@ def check_options(args):
         raise UserError("--batch_size is for --prompt_file runs (prompts generated together); for several samples of one "
                         "prompt use --num_samples")
     if args.num_samples > 1 and (args.prompt_file or args.chat or args.interactive):
-        # the run's own reason: "is for --prompt" read as wrong to a --chat --prompt run, which gave a --prompt
+        # the reason in the run's own terms ("is for --prompt" would puzzle a --chat --prompt run)
         one = ("a --prompt_file gives one completion per line (a repeated line the same one)" if args.prompt_file else
                "--chat gives one reply per message" if args.chat else "--interactive gives one completion per line")
         raise UserError(f"--num_samples is for --prompt without --chat, or an unconditional run: {one}; run it again "
@@ -686,8 +682,7 @@ def max_tokens_for(args, model):
     """New tokens per completion or reply: --max_tokens, else DEFAULT_MAX_TOKENS (no limit with --nonstop, which runs
     until Ctrl-C). A --max_tokens the context cannot give is warned of once, here: past the context (a completion or
     reply ends where it is full), or, for --chat, past the half of it kept for replies. The default past a completion's
-    context is noted too: a model trained at nanoGPT's CPU --block_size 64 gave 60-character samples, said nowhere
-    (nanoGPT's sample.py slides on to its 500)."""
+    context is noted too, or a small context's short samples would go unexplained."""
     block_size = model.config.block_size
     if not args.max_tokens:
         if not args.nonstop and not args.chat and DEFAULT_MAX_TOKENS > block_size:
@@ -721,10 +716,9 @@ class Session:
         self.tty_in, self.tty_out = sys.stdin.isatty(), sys.stdout.isatty()
         self.show = Printer(TYPING_DELAY if self.tty_out and not args.no_delay else 0.0, terminal=self.tty_out)
         self.bold, self.plain = ("\033[1m", "\033[0m") if color_ok(sys.stdout) else ("", "")
-        # text never stops at <|endoftext|> with --nonstop: a story model simply starts the next story. Else it stops
-        # at a turn's end too, as serve.py's /v1/completions does: a chat model continuing a text ends its turn, and
-        # went on past <|im_end|> (printed as text) into turns it wrote for the user. A model trained on plain text
-        # never learned to write ChatML's tokens: its completions are as before
+        # --nonstop never stops at <|endoftext|>: a story model simply starts the next story. Else text stops at a
+        # turn's end too, as serve.py's /v1/completions does, or a chat model continuing a text would go on into turns
+        # it writes for the user (a model trained on plain text never writes ChatML's tokens)
         self.text_stops = () if args.nonstop else stop_ids(enc, CHAT_STOPS)
 
     def log(self, msg):
@@ -756,9 +750,9 @@ class Session:
 
 
 def text_waiting_on_stdin():
-    """Whether stdin is a pipe or file holding bytes no one has read: `echo "Once upon a time" | gen.py` meant the text
-    as the prompt, and got an unconditional sample without a word. FIONREAD counts the bytes without reading them, so
-    a script's pipe left open and empty says nothing (nor a terminal, /dev/null or Windows, which has no fcntl)."""
+    """Whether stdin is a pipe or file holding bytes no one has read: `echo "Once upon a time" | gen.py` means the text
+    as the prompt, which gen.py reads only with --interactive or --chat. FIONREAD counts the bytes without reading them,
+    so a script's pipe left open and empty says nothing (nor a terminal, /dev/null or Windows, which has no fcntl)."""
     fcntl = common.fcntl_module()
     try:
         if fcntl is None or sys.stdin is None or sys.stdin.isatty():
