@@ -123,8 +123,8 @@ def sample_steps(model, prompts, max_tokens, dtype=torch.float32, temperature=0.
             for tok in steps:
                 yield tok.tolist()  # one host sync per step, which streaming needs anyway
         except FloatingPointError as e:  # (generate's, on nan or inf scores: what to try depends on the dtype)
-            raise UserError(f"{e} in {str(dtype).removeprefix('torch.')}: {OVERFLOW_FIX.get(dtype, OVERFLOW_FIX[None])}") \
-                from None
+            fix = OVERFLOW_FIX.get(dtype, OVERFLOW_FIX[None])
+            raise UserError(f"{e} in {str(dtype).removeprefix('torch.')}: {fix}") from None
 
 
 def why_stopped(enc, ids, stop_tokens, max_tokens):
@@ -501,7 +501,8 @@ def default_checkpoint(folder="models"):
         where = f"there is no {folder}/ folder here"
     else:
         names = sorted(f for f in os.listdir(folder) if not f.startswith("."))  # (a killed run's .story.lock)
-        where = f"{folder}/ holds " + (", ".join(names[:8]) + (" ..." if len(names) > 8 else "") if names else "nothing")
+        listed = ", ".join(names[:8]) + (" ..." if len(names) > 8 else "")
+        where = f"{folder}/ holds " + (listed if names else "nothing")
     raise UserError(f"no checkpoint given and no .pt file in {folder}/ or its folders ({where}): train one with "
                     f"`{common.script_command('train.py')}` or pass a checkpoint path")
 
@@ -566,11 +567,11 @@ def add_sampling_arguments(p, when="", max_temp=math.inf):
     most = f", at most {max_temp:g}" if max_temp < math.inf else ""
     p.add_argument("--temp", type=temperature_arg(max_temp), default=0.8,
                    help=f"sampling temperature{when}, 0 = greedy{most} (default: 0.8)")
-    p.add_argument("--top_k", type=top_k_arg, default=200, help=f"sample among the k most likely tokens{when}, 0 = no "
-                                                                 f"limit (default: 200)")
-    p.add_argument("--top_p", type=probability, default=None, help=f"nucleus sampling{when}: the smallest set of tokens "
-                                                                     f"with this total probability, in (0, 1], taken "
-                                                                     f"among the --top_k, as Hugging Face does (default: off)")
+    p.add_argument("--top_k", type=top_k_arg, default=200,
+                   help=f"sample among the k most likely tokens{when}, 0 = no limit (default: 200)")
+    p.add_argument("--top_p", type=probability, default=None,
+                   help=f"nucleus sampling{when}: the smallest set of tokens with this total probability, in (0, 1], "
+                        f"taken among the --top_k, as Hugging Face does (default: off)")
     p.add_argument("--repetition_penalty", type=penalty, default=1.0,
                    help=f"> 1 discourages tokens already in the context{when} (default: 1 = off)")
 
@@ -581,14 +582,16 @@ def parse_args(argv=None):
     add_checkpoint_argument(p)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prompt", help="text to continue (with --chat: one user message, then exit)")
-    src.add_argument("--prompt_file", type=path_arg, help="many prompts: one per line, or JSON lines with a \"prompt\" field")
+    src.add_argument("--prompt_file", type=path_arg,
+                     help="many prompts: one per line, or JSON lines with a \"prompt\" field")
     p.add_argument("--interactive", action="store_true", help="read prompts line by line and continue each")
     p.add_argument("--chat", action="store_true", help="multi-turn ChatML chat (/reset clears history, /exit quits)")
     p.add_argument("--system", help="system message for --chat")
     p.add_argument("--nonstop", action="store_true",
                    help="slide the context window and ignore <|endoftext|> and <|im_end|>: generate until "
                         "--max_tokens (default: no limit) or Ctrl-C")
-    p.add_argument("--seed", type=int, help="random seed; the same seed gives the same text (default: random, shown by --verbose)")
+    p.add_argument("--seed", type=int,
+                   help="random seed; the same seed gives the same text (default: random, shown by --verbose)")
     add_sampling_arguments(p)
     p.add_argument("--max_tokens", type=at_least(1), default=None,
                    help=f"new tokens per completion or reply (default: {DEFAULT_MAX_TOKENS})")
@@ -603,20 +606,24 @@ def parse_args(argv=None):
     p.add_argument("--no_delay", action="store_true", help="no typing rhythm on a terminal (pipes never wait)")
     p.add_argument("--output", type=path_arg, help="--prompt_file: write the JSON lines ({prompt, completion, end}) "
                                                    "here instead of stdout (- is stdout)")
-    p.add_argument("--verbose", action="store_true", help="model size, device, tokens/s (stderr) and [end: ...] markers (stdout)")
+    p.add_argument("--verbose", action="store_true",
+                   help="model size, device, tokens/s (stderr) and [end: ...] markers (stdout)")
     return parse_checkpoint(p, p.parse_args(argv))
 
 
 def check_options(args):
     """A UserError for options that do not go together, or a --prompt or --system that is not UTF-8."""
     if args.chat and args.prompt_file:
-        raise UserError("--chat reads its messages from the terminal (or --prompt); --prompt_file is for text completion")
+        raise UserError("--chat reads its messages from the terminal (or --prompt); --prompt_file is for text "
+                        "completion")
     if args.output and not args.prompt_file:
         raise UserError("--output is for --prompt_file runs; redirect stdout to save other output")
     if args.interactive and (args.prompt is not None or args.prompt_file):
-        raise UserError("--interactive reads its prompts from the terminal; drop --prompt/--prompt_file, or --interactive")
+        raise UserError("--interactive reads its prompts from the terminal; drop --prompt/--prompt_file, or "
+                        "--interactive")
     if args.nonstop and (args.chat or args.prompt_file):
-        raise UserError("--nonstop streams text past the context window: use it with --prompt, --interactive or alone, not --chat/--prompt_file")
+        raise UserError("--nonstop streams text past the context window: use it with --prompt, --interactive or alone, "
+                        "not --chat/--prompt_file")
     if args.chat and args.interactive:
         raise UserError("--chat and --interactive are two ways to read the terminal (chat turns, or text to continue): "
                         "pick one")
@@ -628,8 +635,8 @@ def check_options(args):
     if args.system is not None and not args.chat:
         raise UserError("--system sets the system message of a --chat session; add --chat")
     if args.batch_size is not None and not args.prompt_file:
-        raise UserError("--batch_size is for --prompt_file runs (prompts generated together); for several samples of one "
-                        "prompt use --num_samples")
+        raise UserError("--batch_size is for --prompt_file runs (prompts generated together); for several samples of "
+                        "one prompt use --num_samples")
     if args.num_samples > 1 and (args.prompt_file or args.chat or args.interactive):
         # the reason in the run's own terms ("is for --prompt" would puzzle a --chat --prompt run)
         one = ("a --prompt_file gives one completion per line (a repeated line the same one)" if args.prompt_file else
