@@ -723,6 +723,7 @@ class Session:
         self.tty_in, self.tty_out = sys.stdin.isatty(), sys.stdout.isatty()
         self.show = Printer(TYPING_DELAY if self.tty_out and not args.no_delay else 0.0, terminal=self.tty_out)
         self.bold, self.plain = ("\033[1m", "\033[0m") if color_ok(sys.stdout) else ("", "")
+        self.marker = self.bold + "> " + self.plain  # where the user types, in --interactive and --chat
         # --nonstop never stops at <|endoftext|>: a story model simply starts the next story. Else text stops at a
         # turn's end too, as serve.py's /v1/completions does, or a chat model continuing a text would go on into turns
         # it writes for the user (a model trained on plain text never writes ChatML's tokens)
@@ -787,7 +788,7 @@ def run_prompt(session):
 def run_interactive(session):
     """--interactive: each line read (a blank one aside) is continued, until Ctrl-D."""
     # no /exit here: every line is text to continue, that one too
-    for line in read_lines(session.bold + "> " + session.plain, session.tty_in, quit_hint="Ctrl-D quits"):
+    for line in read_lines(session.marker, session.tty_in, quit_hint="Ctrl-D quits"):
         if line.strip():
             session.continue_text(line, echo=not session.tty_in)
 
@@ -797,7 +798,7 @@ def run_chat(session):
     holds; /reset and /exit as CHAT_HELP says, any other /word answered with that help rather than sent to the model."""
     args, model, enc, show, tty_in = session.args, session.model, session.enc, session.show, session.tty_in
     history = [{"role": "system", "content": args.system}] if args.system else []
-    lines = [args.prompt] if args.prompt is not None else read_lines(session.bold + "> " + session.plain, tty_in)
+    lines = [args.prompt] if args.prompt is not None else read_lines(session.marker, tty_in)
     if tty_in and args.prompt is None:  # a bare "> " would tell no one how to leave or start over
         print(f"({CHAT_HELP})", file=sys.stderr)
     for line in lines:
