@@ -107,14 +107,13 @@ OVERFLOW_FIX = {torch.float16: "float16's range is the narrowest: try --dtype bf
                 None: "its weights are finite but too large (a run that diverged?): an earlier checkpoint may not be"}
 
 
-def sample_steps(model, prompts, max_tokens, dtype=torch.float32, temperature=0.8, top_k=None, top_p=None,
-                 repetition_penalty=1.0, stop_tokens=(), use_cache=True, generator=None, slide=False):
-    """Yield the next token of each prompt (a list of B ints) per step. prompts: B token lists of equal length."""
+def sample_steps(model, prompts, max_tokens, dtype=torch.float32, temperature=0.8, **sampling):
+    """Yield the next token of each prompt (a list of B ints) per step. prompts: B token lists of equal length;
+    sampling: model.generate's other settings (top_k, top_p, repetition_penalty, stop_tokens, use_cache, generator,
+    slide), whose defaults are generate's."""
     device = next(model.parameters()).device
     idx = torch.tensor(prompts, dtype=torch.long, device=device)
-    steps = model.generate(idx, max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                           repetition_penalty=repetition_penalty, stop_tokens=stop_tokens,
-                           use_cache=use_cache, generator=generator, slide=slide)
+    steps = model.generate(idx, max_tokens, temperature=temperature, **sampling)
     # One autocast region for the whole generation: autocast keeps its low-precision copies of the weights
     # until the region ends, so entering it per step would re-cast every weight for every token (3x slower
     # for the small preset on CPU). The caller's code between steps runs inside it too; ours only decodes.
