@@ -3300,3 +3300,53 @@ def test_an_ipv6_host_is_served(enc):
         finally:
             api.close()
 
+
+
+@contextlib.contextmanager
+def phone(browser, height=667):
+    """The browser as a phone held upright, 375 px wide: an iPhone SE's screen, or height=350 of it with its keyboard
+    up (as Firefox on Android resizes the page). A touchscreen, so the page sees (pointer: coarse). The page is to be
+    loaded inside; the one browser is a desktop's again after."""
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                            {"width": 375, "height": height, "deviceScaleFactor": 2, "mobile": True})
+    browser.execute_cdp_cmd("Emulation.setTouchEmulationEnabled", {"enabled": True, "maxTouchPoints": 5})
+    try:
+        yield
+    finally:
+        browser.execute_cdp_cmd("Emulation.setTouchEmulationEnabled", {"enabled": False})
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def box(browser, css):
+    """An element's place on the screen: its DOMRect as a dict (x, y, width, height, top, bottom, ...)."""
+    return browser.execute_script("return document.querySelector(arguments[0]).getBoundingClientRect().toJSON()", css)
+
+
+@needs_chromium
+def test_on_a_phone_the_chat_pages_settings_fold_so_the_conversation_keeps_the_screen(enc, browser):
+    """The settings took 166px of a phone's 667, and of the 350 its keyboard leaves: the conversation had 98px, three
+    lines. They fold behind a Settings button there, and open under it; a desktop's window shows them as before."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    api = start(la_model(enc), enc, name="la")
+    try:
+        with phone(browser, height=350):
+            browser.get(api.url + "/")
+            WebDriverWait(browser, 60).until(lambda b: "la" in b.find_element(By.ID, "model").text)
+            assert not browser.find_element(By.ID, "temperature").is_displayed()
+            assert box(browser, "#messages")["height"] >= 180
+            for css in ("#input", "#send"):  # the form in view
+                assert box(browser, css)["bottom"] <= 350, css
+            settings = browser.find_element(By.ID, "settings")
+            settings.click()
+            assert browser.find_element(By.ID, "temperature").is_displayed()
+            assert settings.get_attribute("aria-expanded") == "true"
+            assert box(browser, "#temperature")["top"] >= box(browser, "#settings")["bottom"]
+            settings.click()
+            assert not browser.find_element(By.ID, "temperature").is_displayed()
+        browser.get(api.url + "/")
+        assert browser.find_element(By.ID, "temperature").is_displayed()
+        assert not browser.find_element(By.ID, "settings").is_displayed()
+    finally:
+        api.close()
