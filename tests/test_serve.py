@@ -3323,6 +3323,38 @@ def box(browser, css):
 
 
 @needs_chromium
+def test_a_phone_can_tap_and_read_the_chat_pages_fields_without_zooming(enc, browser):
+    """On a phone the fields were 13-15px text, so iOS zoomed into each on a tap (and stayed zoomed), and the settings'
+    fields were 24px tall, under a fingertip's 44. A long URL in a message still wraps inside the screen."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    api = start(la_model(enc), enc, name="la")
+    try:
+        with phone(browser):
+            browser.get(api.url + "/")
+            wait = WebDriverWait(browser, 60)
+            wait.until(lambda b: "la" in b.find_element(By.ID, "model").text)
+            browser.find_element(By.ID, "settings").click()
+            fields = ["#input", "#send", "#settings", "#clear", "#system", "#temperature", "#top_p", "#max_tokens"]
+            for css in fields:
+                assert box(browser, css)["height"] >= 44, css
+                size = browser.execute_script(
+                    "return getComputedStyle(document.querySelector(arguments[0])).fontSize", css)
+                assert float(size.removesuffix("px")) >= 16, (css, size)
+            browser.find_element(By.ID, "max_tokens").send_keys("3")
+            browser.find_element(By.ID, "input").send_keys("https://example.com/" + "averyverylongpathsegment" * 3)
+            browser.find_element(By.ID, "send").click()
+            wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, ".msg.assistant .note"))
+            assert not browser.find_elements(By.CSS_SELECTOR, ".msg.error")
+            # one column, nothing wider than the screen: no sideways scrolling
+            assert browser.execute_script("return document.documentElement.scrollWidth <= innerWidth")
+            assert box(browser, ".msg.user")["right"] <= 375
+    finally:
+        api.close()
+
+
+@needs_chromium
 def test_on_a_phone_the_chat_pages_settings_fold_so_the_conversation_keeps_the_screen(enc, browser):
     """The settings took 166px of a phone's 667, and of the 350 its keyboard leaves: the conversation had 98px, three
     lines. They fold behind a Settings button there, and open under it; a desktop's window shows them as before."""
