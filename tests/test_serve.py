@@ -3382,3 +3382,35 @@ def test_on_a_phone_the_chat_pages_settings_fold_so_the_conversation_keeps_the_s
         assert not browser.find_element(By.ID, "settings").is_displayed()
     finally:
         api.close()
+
+
+@needs_chromium
+def test_the_chat_page_keeps_a_replys_newest_words_in_view_unless_the_reader_scrolled_up(enc, browser):
+    """A long reply on a phone: its newest words stay in view as they come, and so does the "(cut at max tokens)" under
+    them, which was left below the view. A reader who scrolls up to read back stays there: each token pulled them
+    down again."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    api = start(la_model(enc, delay=0.05), enc, name="la")  # a reply streams for a second or more
+    at_end = "const m = document.getElementById('messages'); return m.scrollHeight - m.scrollTop - m.clientHeight"
+    try:
+        with phone(browser, height=350):
+            browser.get(api.url + "/")
+            wait = WebDriverWait(browser, 60)
+            wait.until(lambda b: "la" in b.find_element(By.ID, "model").text)
+            browser.find_element(By.ID, "input").send_keys("word " * 30)  # more lines than the view holds
+            browser.find_element(By.ID, "send").click()
+            wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, ".msg.assistant .note"))
+            assert box(browser, ".msg.user")["top"] < box(browser, "#messages")["top"]  # scrolled
+            assert box(browser, ".msg.assistant .note")["bottom"] <= box(browser, "#messages")["bottom"]
+            assert browser.execute_script(at_end) <= 1
+            browser.find_element(By.ID, "input").send_keys("again")
+            browser.find_element(By.ID, "send").click()
+            wait.until(lambda b: len(b.find_element(By.CSS_SELECTOR, ".msg.assistant:last-child .text").text) > 20)
+            browser.execute_script("document.getElementById('messages').scrollTop = 0")  # the reader scrolls up
+            wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, ".msg.assistant .note")) == 2)
+            assert browser.execute_script("return document.getElementById('messages').scrollTop") == 0
+            assert browser.execute_script("return scrollY") == 0  # the page itself never scrolled: the form in view
+    finally:
+        api.close()
