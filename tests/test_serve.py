@@ -3414,3 +3414,24 @@ def test_the_chat_page_keeps_a_replys_newest_words_in_view_unless_the_reader_scr
             assert browser.execute_script("return scrollY") == 0  # the page itself never scrolled: the form in view
     finally:
         api.close()
+
+
+@needs_chromium
+def test_the_chat_page_is_as_tall_as_a_phones_visible_screen(enc, browser):
+    """The page was 100vh tall: on a phone, its height with the browser's bars hidden, so with Safari's bar shown the
+    form lay under it. It is 100dvh, the visible height. (Chromium's phone has no bars to tell the two apart: this
+    asks how Chromium reads the page's style, 100vh staying as the fallback of browsers before dvh.)"""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    api = start(la_model(enc), enc, name="la")
+    try:
+        with phone(browser):
+            browser.get(api.url + "/")
+            WebDriverWait(browser, 60).until(lambda b: "la" in b.find_element(By.ID, "model").text)
+            height = browser.execute_script(
+                "return [...document.styleSheets[0].cssRules].find((r) => r.selectorText === 'body').style.height")
+            assert height == "100dvh"
+            assert box(browser, "body")["height"] == 667
+    finally:
+        api.close()
