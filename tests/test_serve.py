@@ -3385,6 +3385,35 @@ def test_on_a_phone_the_chat_pages_settings_fold_so_the_conversation_keeps_the_s
 
 
 @needs_chromium
+def test_on_a_phone_the_chat_pages_enter_starts_a_new_line_and_send_sends(enc, browser):
+    """A phone's keyboard has no Shift+Enter, and its Enter sent: no message there could have two lines. There Enter
+    starts a new line and the button sends, as phones' messaging apps do; a desktop's Enter still sends."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    api = start(la_model(enc), enc, name="la")
+    try:
+        with phone(browser):
+            browser.get(api.url + "/")
+            wait = WebDriverWait(browser, 60)
+            wait.until(lambda b: "la" in b.find_element(By.ID, "model").text)
+            assert "Shift" not in browser.find_element(By.ID, "input").get_attribute("placeholder")
+            browser.find_element(By.ID, "input").send_keys("first line\nsecond line")
+            assert browser.find_elements(By.CSS_SELECTOR, ".msg") == []
+            browser.find_element(By.ID, "send").click()
+            wait.until(lambda b: b.find_element(By.TAG_NAME, "body").get_attribute("data-busy") == "false"
+                       and b.find_elements(By.CSS_SELECTOR, ".msg.assistant .note"))
+            assert browser.find_element(By.CSS_SELECTOR, ".msg.user").text == "first line\nsecond line"
+            assert browser.find_element(By.ID, "input").get_attribute("value") == ""
+        browser.get(api.url + "/")
+        wait.until(lambda b: "la" in b.find_element(By.ID, "model").text)
+        browser.find_element(By.ID, "input").send_keys("hello\n")
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, ".msg.user"))
+    finally:
+        api.close()
+
+
+@needs_chromium
 def test_the_chat_page_keeps_a_replys_newest_words_in_view_unless_the_reader_scrolled_up(enc, browser):
     """A long reply on a phone: its newest words stay in view as they come, and so does the "(cut at max tokens)" under
     them, which was left below the view. A reader who scrolls up to read back stays there: each token pulled them
