@@ -1523,7 +1523,7 @@ def set_rng_state(state):
 # -----------------------------------------------------------------------------
 # output
 
-COLORS = {"bold": "1", "dim": "2", "red": "31", "green": "32", "yellow": "33", "cyan": "36"}
+COLORS = {"bold": "1", "dim": "2", "green": "32", "yellow": "33", "cyan": "36"}
 use_color = False
 quiet = False  # torchrun's ranks other than 0 print nothing
 
@@ -1793,22 +1793,20 @@ class Dist:
     def main(self):  # the rank that logs, shows progress and writes files
         return self.rank == 0
 
-    def command(self):
-        """How to start train.py again the way it runs now."""
-        if self.world == 1:
-            return common.script_command("train.py")
-        nproc = int(os.environ.get("LOCAL_WORLD_SIZE", self.world))
-        # one machine: --standalone, as README's command (without it torchrun meets at port 29500, which another run
-        # may hold); several take the rendezvous options they were started with, which no process here knows
-        alone = " --standalone" if nproc == self.world else ""
-        script = shlex.quote(common.script_path("train.py"))
-        return f"{common.torchrun_command()}{alone} --nproc_per_node={nproc} {script}"
-
     def continue_command(self, path, steps_left):
-        """How to continue the run saved at path (steps_left: what is left of its --max_steps, which a continued run
-        does not inherit)."""
+        """How to continue the run saved at path, started as this one was (steps_left: what is left of its
+        --max_steps, which a continued run does not inherit)."""
+        if self.world == 1:
+            command = common.script_command("train.py")
+        else:
+            nproc = int(os.environ.get("LOCAL_WORLD_SIZE", self.world))
+            # one machine: --standalone, as README's command (without it torchrun meets at port 29500, which another
+            # run may hold); several take the rendezvous options they were started with, which no process here knows
+            alone = " --standalone" if nproc == self.world else ""
+            script = shlex.quote(common.script_path("train.py"))
+            command = f"{common.torchrun_command()}{alone} --nproc_per_node={nproc} {script}"
         more = f" --max_steps {steps_left}" if steps_left else ""
-        return f"{self.command()} --checkpoint {shlex.quote(path)}{more}"
+        return f"{command} --checkpoint {shlex.quote(path)}{more}"
 
     def agree(self, *values):
         """The largest of each value over all ranks (floats; True > False), so that every rank takes the same
