@@ -84,31 +84,24 @@ from setup_tokenizer import (TOKENIZER_HELP, download_hint, fewer_ids, get_token
                              tokenizer_from_state, tokenizer_hash, vocabulary_name)
 
 # Peak learning rates and batch sizes (windows) that train each preset well with AdamW(0.9, 0.95); small models
-# tolerate (and need) larger steps. tiny's were measured on a 2-core CPU with --time_budget 2 on TinyStories
-# (BENCHMARKS.md, issue 10 study): batch 8 beat 4, 16 and 32 (more steps for the same tokens/s), 4e-3 beat 2e-3
-# and matched 6e-3. Muon's updates are scaled to AdamW's size, so the same rates serve it: over one epoch of tiny,
-# Muon's matrices at half or twice the rate did worse (BENCHMARKS.md).
+# tolerate (and need) larger steps. tiny's, on a 2-core CPU (BENCHMARKS.md): batch 8 beat 4, 16 and 32, 4e-3 beat
+# 2e-3 and matched 6e-3. Muon's updates are scaled to AdamW's size, so the same rates serve it.
 DEFAULT_LR = {"tiny": 4e-3, "small": 1e-3, "gpt2-75m": 6e-4, "gpt2": 6e-4}
 DEFAULT_BATCH_SIZE = {"tiny": 8}  # others: 16
 EVAL_SPACING = 3  # a budgeted run's evaluations take at most about 1 / (1 + EVAL_SPACING) of it
-# the write speed a run assumes for a checkpoint save before it has timed one: a budget keeps room for its final two
-# saves, which with --eval_interval 0 --save_interval 0 are its first (without that room a 6-s budget with 0.5-s
-# saves ends 6.875 s in). The 2-core test machine's slowest saves wrote 150-210 MB of training state a second (tiny's
-# 15 MB in 0.10 s, small's 112 MB in 0.74 s): 100 MB/s covers them, and a hard disk. Counting the bytes takes a
-# millisecond; timing a serialization into memory would take as long as a save and hold a second copy of the state
+# the write speed a run assumes for a save before it has timed one, for the room a budget keeps for its final two
+# saves: the 2-core test machine's slowest saves wrote 150-210 MB/s, so 100 MB/s covers them, and a hard disk
 SAVE_BYTES_PER_S = 100e6
 # the logger of torch.compile's notes on the context managers it meets (DDP's forward opens one: not_profiler_notice)
 DYNAMO_CONTEXT_LOG = "torch._dynamo.variables.ctx_manager"
 
-# under torchrun, how long a rank waits for the others in a collective before it ends with an error (gloo's own 30
-# minutes leaves a run with one rank stuck silent that long). A healthy run's longest wait is for rank 0's checkpoint
-# save (at SAVE_BYTES_PER_S, 10 minutes is 60 GB of training state: a 5B-parameter model with AdamW) or the slowest
-# rank's first --compile step: 10 minutes, NCCL's own default, covers both; --dist_timeout raises it
+# under torchrun, how long a rank waits for the others in a collective before it ends with an error (gloo's own is 30
+# minutes). NCCL's default of 10 covers a healthy run's longest waits: rank 0's save (60 GB at SAVE_BYTES_PER_S) or
+# the slowest rank's first --compile step
 DIST_TIMEOUT_MIN = 10.0
 MAX_LR = 1e5  # a sanity bound (0.05 is about the largest that trains anything here) that keeps Muon's update in float32
 OVERFIT_EVALS = 3  # evaluations past the best, val loss 1% above it, after which a run's summary says it overfits
-# the fewest steps a run by epochs is not warned of: an epoch of one's own chats (400 short conversations) is a dozen
-# steps, which the printed command trained into a model that answered in garbage, its run ending with "try it"
+# the fewest steps a run by epochs is not warned of: a dozen (an epoch of 400 short chats) trains a model of garbage
 FEW_STEPS = 100
 FINETUNE_LR_DIVISOR = 3  # fine-tuning starts from trained weights: smaller steps keep what they know
 
@@ -121,8 +114,7 @@ DEFAULTS = dict(epochs=1, seed=1337, batch_size=None, grad_accum=1, block_size=N
                 warmup=None, weight_decay=0.1, grad_clip=1.0, beta1=0.9, beta2=0.95, eval_interval=10.0,
                 log_interval=10.0, save_interval=10.0, eval_batches=40, patience=0, time_budget=None,
                 optimizer=OPTIMIZERS[0], dtype="auto", compile=False, recompute_activations=False)
-# share of a --time_budget spent warming up: on tiny's 2-minute runs 10% beat 2% (batch 16: 1.31 -> 1.10 val bpb;
-# batch 8: 1.065 -> 1.054), whose first steps were too large and stalled the loss for a while
+# share of a --time_budget spent warming up: on tiny's 2-minute runs 10% beat 2%, whose first steps stalled the loss
 BUDGET_WARMUP = 0.10
 UNLIMITED_EPOCHS = 10**6  # --time_budget without --epochs: the clock ends the run
 MODEL_SHAPE = ("n_layer", "n_head", "n_embd", "variant", "bias")  # fixed by a checkpoint's weights
@@ -144,7 +136,7 @@ def warmup_arg(text):
     return text.strip() if share else value
 
 
-# a duration's units, in minutes: `--time_budget 90s` or `2m` was "invalid float value", with no word of the unit
+# a duration's units, in minutes: --time_budget 90s, 2m, 1.5h
 DURATION_UNITS = {"": 1, **dict.fromkeys(("s", "sec", "secs", "second", "seconds"), 1 / 60),
                   **dict.fromkeys(("m", "min", "mins", "minute", "minutes"), 1),
                   **dict.fromkeys(("h", "hr", "hrs", "hour", "hours"), 60)}
@@ -166,8 +158,7 @@ def minutes_value(text):
 
 
 def epochs_value(text):
-    """argparse type of --epochs: a whole number (its range is checked in resolve_args). 0.5 was argparse's "invalid
-    int value: '0.5'", where part of an epoch is a run stopped by --max_steps or --time_budget."""
+    """argparse type of --epochs: a whole number (its range is checked in resolve_args); 0.5 says how to stop early."""
     try:
         return int(text)
     except ValueError:
@@ -187,8 +178,8 @@ def minutes_arg(text):
 
 
 def preset_arg(text):
-    """argparse type of --model: a preset's name (argparse's choices check the rest). A model to load, as the other
-    scripts' checkpoint, vLLM's and llama.cpp's --model take one, was "invalid choice", naming only the presets."""
+    """argparse type of --model: a preset's name (argparse's choices check the rest); a model to load, as vLLM's
+    --model takes one, is sent to --checkpoint or --init_from."""
     if text not in PRESETS and (os.path.exists(text) or "/" in text or os.sep in text or text.endswith(".pt")):
         checkpoint = f"go on from (or fine-tune) a checkpoint with --checkpoint {text}"
         folder = f"fine-tune a Hugging Face model folder with --init_from {text}"
@@ -206,8 +197,7 @@ def warmup_share(warmup):
 
 def parse_args(argv=None):
     d = DEFAULTS
-    # the docstring, its examples first: --help sent its reader to "the docstring of train.py" for epochs, resume and
-    # the files written, which a reader of --help has not open
+    # --help shows the docstring: its examples, epochs, resume and the files written
     p = ArgumentParser("train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--dataset", type=nonempty, help="folder under --data_dir made by `python prepare.py --dataset X` "
@@ -245,9 +235,7 @@ def parse_args(argv=None):
                                                  "the best file or --patience, so a continued run goes on as one run "
                                                  "would) and saved there (the checkpoint records the position inside "
                                                  "the epoch; the schedule is unchanged)")
-    # nanoGPT's options for its run's length and schedule in steps, which a run of whole epochs here has no room for:
-    # refused with what does it here (nanogpt_schedule), not "unrecognized" ("did you mean --max_steps?", which stops
-    # a run inside its schedule)
+    # nanoGPT's run length and schedule in steps: refused with what does it here (nanogpt_schedule), not "unrecognized"
     for k in ("max_iters", "lr_decay_iters"):
         g.add_argument(f"--{k}", type=int, help=argparse.SUPPRESS)
     g.add_argument("--decay_lr", nargs="?", const="True", help=argparse.SUPPRESS)
@@ -412,8 +400,7 @@ def resolve_args(args, ckpt_args, continuing, config, fine_tuning=False):
     if a.lr is None:
         a.lr = DEFAULT_LR.get(a.model, 1e-3) / (FINETUNE_LR_DIVISOR if fine_tuning else 1)
     if a.min_lr is None:
-        # a budget ends at a known moment, so its last minutes can anneal close to zero: with --compile, tiny's
-        # 10-minute CPU run went from 0.886 to 0.844 val bits per byte (BENCHMARKS.md)
+        # a budget ends at a known moment, so it can anneal close to zero (tiny, 10 minutes: 0.886 -> 0.844 bpb)
         a.min_lr = a.lr / (100 if a.time_budget is not None else 10)
     for k in ("lr", "min_lr", "weight_decay", "grad_clip", "beta1", "beta2", "eval_interval", "save_interval",
               "log_interval", "time_budget"):
@@ -449,8 +436,7 @@ def resolve_args(args, ckpt_args, continuing, config, fine_tuning=False):
                             f"--warmup 5%")
         a.warmup = None  # a step count inherited from a run without a budget: the budget's default share
     elif continuing and args.reset_epoch and args.warmup is None and isinstance(a.warmup, int):
-        # a step count inherited, of the schedule a --reset_epoch starts anew: the new one's default (a warmup of 11
-        # steps, 10% of a 108-step run, was said to be "--warmup 11", never given, longer than the new 9 steps)
+        # a step count inherited, of the schedule a --reset_epoch starts anew: the new one's default
         a.warmup = None
     if a.block_size > config.block_size:
         raise UserError(f"--block_size {a.block_size} is longer than the model's context ({config.block_size}); "
@@ -473,15 +459,13 @@ def load_meta(data_dir, dataset, tokenizer=None, trained=None):
             raise UserError(f"--dataset {dataset!r}: a dataset's name is letters, digits, '.', '-' and '_', as "
                             f"prepare.py's --name makes it")
         if os.path.isfile(dataset) and is_dataset_folder(parent):
-            # data/story/train.bin, as nanoGPT's train.py reads a .bin: its folder is the dataset (it was called the
-            # user's own data, with a prepare.py command that refuses a .bin)
+            # data/story/train.bin, as nanoGPT's train.py reads a .bin: its folder is the dataset
             up, folder = os.path.split(os.path.normpath(parent))
             hint = f", as in --dataset {folder}" + (f" --data_dir {up}" if up else "")
             raise UserError(f"--dataset {dataset} is a file of the prepared dataset {parent}: give the dataset's name"
                             f"{hint if is_dataset_name(folder) else ''}")
         if os.path.isfile(dataset):
-            # the user's own data (a chat .jsonl, as other trainers' --data_path takes it): "--dataset sft.jsonl
-            # --data_dir DIR" named a dataset that is not there; it is made by prepare.py first
+            # the user's own data (a chat .jsonl, as other trainers' --data_path takes it): prepare.py makes it first
             stem = os.path.splitext(name)[0]
             stem = stem if is_dataset_name(stem) else "NAME"
             made = new_command(os.path.join(data_dir, stem), *tok, source=dataset)
@@ -500,9 +484,8 @@ def load_meta(data_dir, dataset, tokenizer=None, trained=None):
                             f"prepare.py to end, then run this again")
         refuse_dataset_folder(data_dir, "--data_dir")  # (the command above would build data/story/story)
         if trained and trained[1] and not os.path.exists(trained[1]):
-            # data/ renamed or moved: say that this one is elsewhere, or the command that makes it again here, where
-            # this run looks: with the options it was made with (--limit, --vocab_size...) where the checkpoint has them
-            # (checkpoints from before: the command that makes some dataset of the name)
+            # data/ renamed or moved: say so, or give the command that makes it again here, with the options it was
+            # made with (--limit, --vocab_size...) where the checkpoint has them
             again = f"run `{rebuild_command(trained[2], folder)}` to make it again" if trained[2] else \
                 f"run `{made}` to make it again" if built_in else f"make it again with `{made}`"
             raise UserError(f"{trained[0]} was trained on {trained[1]}, which is gone (moved?): pass --data_dir the "
@@ -566,11 +549,9 @@ class Windows:
         path = os.path.join(folder, f"{split}.bin")
         self.dtype = np.dtype(meta["dtype"])
         # windows are read from these with pread (read_items), not sliced from memmaps: every page a memmap has read
-        # stays in the process's RSS while it is open, and an epoch's random windows read all of them (an eighth of an
-        # epoch of 1.65M windows showed the whole 660 MB train.bin held; a 10B-token set's 20 GB would be)
+        # stays in the process's RSS while it is open, and an epoch's random windows read all of them
         self.files = [open(path, "rb")]
-        # sizes from the files open, the ones read, not from their paths: a prepare.py rebuilding the folder as this run
-        # starts may rename new token files in under the meta.json read a moment ago (the check below says so)
+        # sizes from the files open, not their paths: a prepare.py rebuilding the folder may rename new ones in
         n_tokens = os.fstat(self.files[0].fileno()).st_size // self.dtype.itemsize
         self.block_size = T
         self.n = self.count(n_tokens, T)
@@ -600,8 +581,7 @@ class Windows:
     def read(self, start, n, mask=False):
         """Tokens [start, start + n) (mask: their loss mask), read from the file (read_items; see self.files)."""
         items = read_items(self.files[mask], start, n, np.uint8 if mask else self.dtype)
-        if len(items) < n:  # never past the end of the file as opened: it was cut short since (prepare.py renames
-            # new files in, which this run's open ones never see). Else a traceback from numpy, of rows of two lengths
+        if len(items) < n:  # never past the end of the file as opened: it was cut short since, in place
             raise UserError(f"{self.files[mask].name} became shorter during this run (written over in place?): run "
                             f"`{rebuild_command(self.meta, self.meta['folder'])}` again", every_rank=True)
         return items
@@ -612,7 +592,7 @@ class Windows:
         starts = np.asarray(idx, dtype=np.int64) * T
         rows = self.in_vocabulary(np.stack([self.read(s, T + 1) for s in starts]).astype(np.int64))  # (n, T+1)
         # contiguous: views of rows would have a row stride of T+1 and padded batches T, and torch.compile's guards
-        # on strides would recompile the model for each (8-30 s on a small CPU, at every epoch's end)
+        # on strides would recompile the model for each
         return np.ascontiguousarray(rows[:, :-1]), np.ascontiguousarray(rows[:, 1:]), self.target_mask(idx)
 
     def in_vocabulary(self, ids):
@@ -698,17 +678,16 @@ def split_too_short(meta, path, split, n_tokens, block_size, evaluating):
         if made_fraction < share <= 0.5:
             fix = f"use a smaller --block_size, or a larger val split: `{prepare_with(meta, val_fraction=share)}`"
         elif share <= made_fraction:
-            # val's last documents are shorter than the text's average: the share above, no larger than the one it has,
-            # remade the same val (10 documents, the last one a word, named --val_fraction 0.02 for a set made with 0.1)
+            # val's last documents are shorter than the text's average: the share above, no larger than the one it
+            # has, would remake the same val
             fix = f"use a smaller --block_size, or a larger --val_fraction than its {made_fraction:g} (its val " \
                   f"documents are short ones)"
     pack = meta.get("pack") or 0
     if pack and pack < n_tokens:  # (a window of pack fits in it: pack + 1 tokens)
-        # a chat set packed in blocks shorter than the windows (GPT-2's vocabulary by name packs at 256, GPT-2's
-        # context is 1024): more data was no way out for a val of a few conversations, its blocks are the windows
+        # a chat set packed in blocks shorter than the windows (GPT-2's vocabulary by name packs at 256, its context
+        # is 1024): more data is no way out, its blocks are the windows
         fix = f"use --block_size {pack}, the blocks it is packed in, or prepare it in blocks of {T}: " \
               f"`{prepare_with(meta, pack=T)}`"
-    # (counted as everywhere else: "756977 tokens", and "1 tokens")
     return UserError(f"{path} has {n_tokens:,} token{'s' * (n_tokens != 1)}, fewer than one window of --block_size "
                      f"{T:,} + 1: {fix}")
 
@@ -727,16 +706,14 @@ def output_paths(args, ckpt_args, continuing, given):
                                               os.path.basename(ckpt_args.get("output_checkpoint") or default_out))
     out_pattern = args.output_checkpoint or os.path.join("models", default_out)
     head, tail = os.path.split(out_pattern)
-    # a folder not made yet would pass the checks, and fail at the first save after training; one made (nanoGPT's
-    # --out_dir habit, which is guessed as this option) got check_output's "give a file's path", no name in it said.
-    # (A folder named as a file, taken.pt, is check_output's "is a folder": a file in it is not what was meant)
+    # a folder (nanoGPT's --out_dir habit) is refused with a file name in it to give; one named as a file, taken.pt,
+    # is check_output's "is a folder"
     if tail in ("", ".", "..") or os.path.isdir(out_pattern) and not tail.endswith(".pt"):
         raise UserError(f"--output_checkpoint {out_pattern} names a folder: give a file in it, as in "
                         f"{os.path.join(out_pattern, default_out)}")
     if "{epoch}" in head:
         raise UserError(f"--output_checkpoint {out_pattern}: {{epoch}} goes in the file's name, not in its folder")
-    # (the whole path the user gave: not braces in the folder of a checkpoint continued where it lies; a brace left
-    # alone, {dataset without its }, is a typo too)
+    # (the path the user gave, not a continued checkpoint's folder; a lone brace, {dataset without its }, is a typo)
     rest = re.sub(r"\{(dataset|epoch)\}", "", out_pattern)
     unknown = sorted(set(re.findall(r"\{[^{}]*\}|[{}]", rest))) if given else []
     if unknown:  # a typo ({datset}) would become part of the file's name
@@ -799,8 +776,7 @@ def refuse_earlier_run(out_pattern, dataset, best_path, overwrite=False, reset=F
             raise UserError(f"{what} an earlier run, which --reset_epoch (epochs numbered from 1 again) would write "
                             f"over: {elsewhere(out_pattern)}, or pass --overwrite to replace them")
         own = found[:-1] if found[-1] == best_path else found
-        # the newest of the run's own that is whole (the end of its zip there), else its best file: a copy cut short
-        # was named, and then refused as "not a readable checkpoint"
+        # the newest of the run's own that is whole (the end of its zip there), else its best file
         whole = [f for f in found if zipfile.is_zipfile(f)]
         resume = ([f for f in whole if f in own] or whole or own or found)[-1]
         cut = f" (the newer {shlex.quote(own[-1])} is not a readable checkpoint)" if own and own[-1] != resume else ""
@@ -826,8 +802,7 @@ def refuse_going_back(checkpoint, ckpt, out_pattern, dataset, best_path, overwri
         if not isinstance(other, dict):
             continue
         # a file of another dataset is another run's too: an --output_checkpoint without {dataset} names the same files
-        # for every dataset, and continuing a story run with models/run{epoch}.pt wrote over a chat run's run1.pt.
-        # (The checkpoint's own entry too: one from before --dataset took names records a path, as its run's files do.)
+        # for every dataset. (The checkpoint's own entry too: an old one may record a path, as its run's files do)
         foreign = other.get("dataset") not in (dataset, ckpt.get("dataset"))
         if foreign or ckpt.get("run") and other.get("run") and other["run"] != ckpt["run"]:
             if not overwrite:
@@ -864,8 +839,7 @@ def packing_warning(meta, block_size, context):
     pieces = ((meta.get("splits") or {}).get("train") or {}).get("in_pieces") or 0
     if block_size % pack == 0:
         # windows of several blocks keep whole what the packing kept whole, but a conversation longer than a block was
-        # cut into pieces that lie in blocks apart: a window of block_size could have held it (GPT-2's 1024 on the
-        # default pack of 256: DailyDialog's 1,640 in pieces, a reply cut from its question where one exchange is long)
+        # cut into pieces that lie in blocks apart, where a window of block_size could have held it
         if block_size == pack or not pieces:
             return None
         return (f"{meta['folder']} is packed in blocks of {pack} tokens, but windows have {block_size}: its {pieces:,} "
@@ -918,10 +892,8 @@ def trained_data(path, ckpt):
     made = recorded_made_with(ckpt)
     tokenizer = made and not made["options"].get("vocab_size") and made["options"].get("tokenizer", "gpt2")
     if tokenizer and tokenizer != "gpt2" and not os.path.exists(tokenizer):
-        # the vocabulary file it was made with gone too (another dataset's, moved with data/): prepare.py refused the
-        # command ("not found"); the checkpoint holds the same vocabulary, so the set made with it is the same
-        # (a chat set made without --pack was packed at DEFAULT_PACK, where one made with a checkpoint's vocabulary is
-        # packed at its model's context: the pack said, so the set is the same)
+        # the vocabulary file it was made with gone too (moved with data/): the checkpoint holds the same vocabulary,
+        # so the set made with it is the same, given the pack (a checkpoint's vocabulary packs at its context)
         pack = DEFAULT_PACK if made["options"].get("pack") is None and (ckpt.get("data") or {}).get("kind") == "chat" \
             else made["options"].get("pack")
         made = dict(made, options=dict(made["options"], tokenizer=path, pack=pack))
