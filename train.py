@@ -902,9 +902,8 @@ def trained_data(path, ckpt):
 
 def made_with(meta):
     """What rebuild_command needs of a dataset load_meta read to make it again, kept in the checkpoints trained on it:
-    its dataset and the options that made it (meta_options, paths absolute). Without it, a run whose data folder was
-    gone (data/ renamed) named `prepare.py --dataset story`, which built all of TinyStories where the run had a
-    --limit 2000, or another vocabulary: the resume was refused, or trained on other data."""
+    its dataset and the options that made it (meta_options, paths absolute): a run whose data folder is gone names the
+    command that makes the same data again (its --limit, its vocabulary), not the dataset's default."""
     return {"dataset": meta.get("dataset"), "options": meta_options(meta, meta["folder"], odd={})}
 
 
@@ -944,9 +943,8 @@ def recorded_made_with(ckpt):
     return {"dataset": dataset, "options": options} if fits else None
 
 
-# how an epoch's order is seeded, recorded in checkpoints: 1 seeded it by seed + epoch, so --seed 2's first epoch was
-# --seed 1's second (runs compared across neighbouring seeds shared their data orders); 2 mixes the two (stream_seed).
-# A run goes on with its checkpoint's, or resuming mid-epoch would repeat some windows and skip others
+# how an epoch's order is seeded, recorded in checkpoints: 1 by seed + epoch (--seed 2's first epoch was --seed 1's
+# second); 2 mixes the two (stream_seed). A run goes on with its checkpoint's, or its resume would not be exact
 ORDER_SCHEME = 2
 
 
@@ -1000,7 +998,7 @@ def prefetch(iterable, depth=2):
     finally:
         stop.set()
         # wait for the thread to leave its torch calls: a daemon thread still inside one when the interpreter
-        # exits can abort the process (seen once in 7 two-minute runs: "Aborted" after the final summary)
+        # exits can abort the process
         thread.join(timeout=10)
 
 
@@ -1168,12 +1166,10 @@ class RunClock:
         now = self.now()
         if self.last_eval is None:
             # no evaluation measured yet (with --eval_interval 0 the final one is the first): the stop keeps room for
-            # one all the same, and for its saves (the best file and the checkpoint); with none, a 6-s budget ended
-            # 6.20 s in
+            # one all the same, and for its saves (the best file and the checkpoint)
             self.reserve = self.eval_steps * min(self.step_times, default=0.0) + 2 * save_s
-        # the stop also leaves room for one more step (the faster of the last two: one slow step, a stall, does not
-        # end the run): stopped at the budget minus the evaluation alone, a run would pass it by up to a step, 10 s for
-        # gpt2 on a CPU
+        # the stop also leaves room for one more step (the faster of the last two: one stall does not end the run),
+        # or a run would pass its budget by up to a step
         self.agreed, reserved, self.next, save_s, interrupted = dist.agree(
             now, now + self.reserve, now + self.reserve + min(self.step_times, default=0.0), save_s, interrupted)
         self.held_back = reserved - self.agreed  # the reserve, as every rank agrees it
@@ -1200,25 +1196,19 @@ class RunClock:
             stopped = "time budget"
         frac = self.agreed / self.budget
         # A budgeted run evaluates at each --eval_interval slice of the clock, once EVAL_SPACING times the last
-        # evaluation's cost (held_back: its time and two saves') has passed since it ended, 1 + EVAL_SPACING of them
-        # after it began (last_eval): an evaluation longer than a slice (GPT-2's 50k-wide head on a CPU: 5 s against a
-        # 1-minute budget's 6-s slices) would otherwise come after every step, 85% of the budget
+        # evaluation's cost (held_back: its time and two saves') has passed since it ended: an evaluation longer than a
+        # slice would otherwise come after every step
         due_eval = entered_slice(self.slices, "eval", args.eval_interval, frac) and (
             self.last_eval is None or self.agreed >= self.last_eval + (1 + EVAL_SPACING) * self.held_back)
         if due_eval and stopped in ("done", "max_steps") and \
                 self.next + (1 + EVAL_SPACING) * self.held_back >= self.budget:
-            # the final evaluation would come less than EVAL_SPACING times this one's cost after it (made, this one
-            # was superseded at once: a 1-minute fine-tune evaluated at steps 56 and 57, 58% of it training), or this
-            # one, a step and the final one would pass the budget: the final one takes its place (made the final one,
-            # it would end the run up to an evaluation's time early, its lr short of the decay's end). At a
-            # --max_steps stop too: its evaluation is then a pause, not judged, as the run in one go skips it (judged,
-            # the run continued from it would count an evaluation the run in one go never made)
+            # the final evaluation would come less than EVAL_SPACING times this one's cost after it, or this one, a
+            # step and the final one would pass the budget: the final one takes its place. At a --max_steps stop too:
+            # its evaluation is then a pause, not judged, as the run in one go skips it (exact resume)
             due_eval = False
         due_save = entered_slice(self.slices, "save", args.save_interval, frac)
         if due_save and stopped == "done" and p.epoch < args.epochs and self.next + save_s >= self.budget:
-            # this save, a step and the final evaluation would pass the budget (the step was judged to fit before the
-            # save took its time): skipped as a late evaluation is, the final save, a save's time later at most, takes
-            # its place (made the final one, it would end the run up to a save's time early)
+            # this save, a step and the final evaluation would pass the budget: the final save takes its place
             due_save = False
         # the end of the run, by the clock or by --epochs, is evaluated and saved
         last = stopped == "time budget" or (end_of_epoch and p.epoch >= args.epochs)
@@ -1352,8 +1342,8 @@ def train_step(fwd, optimizer, scaler, micro, device, dtype, grad_clip, n_target
     model = getattr(fwd, "model", fwd)  # what a Forward runs (DDP's model under torchrun), or fwd, a bare model
     no_sync = getattr(model, "no_sync", None)  # a DDP model's: skip the all-reduce
     total = torch.zeros((), device=device)  # () this rank's share of the step's loss
-    # asynchronous copies only to CUDA, from the pinned batches (Batches pins them there): to MPS from pageable memory
-    # one may read the source after it was freed, silently training on other numbers (pytorch issues 139550, 189690)
+    # asynchronous copies only to CUDA, from the pinned batches: to MPS from pageable memory one may read the source
+    # after it was freed (pytorch issues 139550, 189690)
     copy_async = device.type == "cuda"
     for i, (x, y, m, _) in enumerate(micro):
         x, y, m = to_device(x, y, m, device, non_blocking=copy_async)
@@ -1364,10 +1354,9 @@ def train_step(fwd, optimizer, scaler, micro, device, dtype, grad_clip, n_target
             try:
                 scaler.scale(loss * world).backward()
             except Exception as e:
-                # the compiled backward failed to build (a C++ compiler stopped by a terminal's Ctrl-C, which reaches
-                # the whole process group, or a real compile error): rather than a traceback where Ctrl-C promises a
-                # save, the step again eagerly, its gradients from scratch; not with several ranks, which have
-                # all-reduced theirs already
+                # the compiled backward failed to build (a C++ compiler stopped by a terminal's Ctrl-C, or a real
+                # compile error): the step again eagerly, its gradients from scratch; not with several ranks, which
+                # have all-reduced theirs already
                 if world > 1 or not getattr(fwd, "fall_back", lambda e: False)(e):
                     raise
                 optimizer.zero_grad(set_to_none=True)
@@ -1416,8 +1405,7 @@ def evaluate(model, windows, batch_size, eval_windows, device, dtype, fwd=None, 
     idx = eval_indices(len(windows), eval_windows)
     if world > 1:
         idx = idx[dist.rank::world]
-    # a split of fewer windows than a batch makes one batch of them, not a batch padded to batch_size (eval.py
-    # --batch_size 100000 on 32 windows would run out of memory)
+    # a split of fewer windows than a batch makes one batch of them, not one padded to a huge --batch_size
     batch_size = max(1, min(batch_size, len(idx)))
     loss_sum, count = torch.zeros((), device=device), 0  # () summed on the device: no host sync per batch
     for x, y, m, chunk in windows.micro_batches(idx, batch_size):  # (B, T) each
@@ -1460,12 +1448,9 @@ def bpb_scale(windows, eval_windows, enc):
     """What turns a val loss over the windows evaluate() takes (eval_windows of them, the same at every evaluation)
     into bits per UTF-8 byte of text, comparable across tokenizers: the loss is a mean in nats over the targets it
     counts, so they hold loss * targets / ln 2 bits, and their text the bytes of their ids (a byte-level BPE token's
-    are fixed: prepare.token_bytes, 0 for the special tokens, <|endoftext|> and ChatML's, which are no text). Those
-    targets' own bytes, not the split's tokens/bytes ratio (meta.json's), which is another text's: 14% off for the 2
-    windows of --eval_batches 1 --batch_size 2 on the tests' story split. On chat data the targets are the
-    assistant's replies (their <|im_end|> counting 0 bytes): bits per byte of the replies' text. None where they hold
-    no text. Reads the windows once, on the host (every rank alike, as evaluate()'s all-reduced sums cover every
-    rank's windows)."""
+    are fixed: prepare.token_bytes, 0 for the special tokens). Those targets' own bytes, not the split's tokens/bytes
+    ratio, which is another text's. On chat data, bits per byte of the replies' text. None where they hold no text.
+    Reads the windows once, on the host (every rank alike: evaluate()'s sums cover every rank's windows)."""
     targets, n_bytes = windows.scored_text(eval_indices(len(windows), eval_windows), token_bytes(enc))
     return targets / (n_bytes * math.log(2)) if n_bytes else None
 
@@ -1520,11 +1505,10 @@ def warn(line):
 def fmt_time(s):
     """A duration in seconds as every line of train.py says one, spent, left or a --time_budget: "3s", "1m30s",
     "1h05m" (a budget said "0.05 min" in the banner and "3s" in the summary, of --time_budget 3s)."""
-    # a run under a second, or the last second of one, said "in 0s": as if none were spent or left. Tenths that round
-    # to a whole second are said as one, below ("1.0s" read as another format than "1s")
+    # under a second in tenths, not "0s" (as if none were spent or left); tenths that round to 1 are said as "1s"
     if 0 < s < 0.95:
         return f"{s:.1f}s" if s >= 0.05 else "<0.1s"
-    # rounded, not cut: "93.7k tokens in 5s (15,840 tokens/s)" of 5.9 s read as a speed 18% off
+    # rounded, not cut: 5.9 s said as "5s" reads beside the tokens as a speed 18% off
     s = int(s + 0.5)
     if s >= 3600:
         return f"{s // 3600}h{s % 3600 // 60:02d}m"
@@ -1535,8 +1519,7 @@ def budget_value(minutes):
     """A --time_budget as the option's value: its minutes ("5", "1.5"), or its seconds under a minute and where the
     minutes have no short form ("3s", "40s", "100s", as --time_budget 40s gave it: "0.666667 min" read as a number gone
     wrong, and the lines say a budget under a minute in seconds, fmt_time)."""
-    # (near enough: the sum a continued budget names, 1.1 + 2.2, is no float's 3.3. 12 digits, not :g's 6: a value in
-    # a command reads back as the budget meant, 10000.25 not 10000.2, 1234567 not 1.23457e+06)
+    # (near enough: 1.1 + 2.2 is no float's 3.3. 12 digits, not :g's 6: a value in a command reads back as meant)
     if (abs(minutes) >= 1 or minutes == 0) and abs(minutes - round(minutes, 2)) < 1e-9:
         return f"{round(minutes, 2):.12g}"
     return f"{minutes * 60:.12g}s"
@@ -1586,7 +1569,7 @@ class Metrics:
         self.records.append(rec)
         if not self.write or self.held:
             return
-        # (a full disk's OSError names no file: "No space left on device" alone left the user to guess which disk)
+        # (a full disk's OSError names no file)
         with naming_full_disk(self.path), open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(rec) + "\n")
 
@@ -1621,8 +1604,7 @@ class Metrics:
         tmp = tmp_name(self.png_path)
         try:
             with warnings.catch_warnings():
-                # a title in a script the font lacks (a dataset named 中文笔记): matplotlib warned of each of its
-                # glyphs in two lines on stderr, through the progress bar, for a curve that shows boxes for them anyway
+                # a title in a script the font lacks (中文笔记): a warning of each glyph, through the progress bar
                 warnings.filterwarnings("ignore", message="Glyph .* missing from")
                 fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
             os.replace(tmp, self.png_path)
@@ -1650,9 +1632,8 @@ class GracefulInterrupt:
             if self.requested:  # after Ctrl-C or SIGTERM: the save they asked for goes on
                 return
         if self.requested:
-            # under torchrun a second one is no user's: a scheduler's signal to the whole job (scancel --signal=INT)
-            # reaches each rank, then torchrun passes its own on; quitting then would leave no save, and the other
-            # ranks losing contact (torchrun kills the ranks 30 s on, whatever they do)
+            # under torchrun a second one is no user's: a scheduler's signal to the whole job reaches each rank, then
+            # torchrun passes its own on; quitting then would leave no save (torchrun kills the ranks 30 s on anyway)
             if "LOCAL_RANK" in os.environ:
                 return
             self.quit_by = signum
@@ -1661,17 +1642,15 @@ class GracefulInterrupt:
         if not quiet:  # under torchrun, which passes one Ctrl-C on to the ranks and kills them 30 s later
             def name(sig):
                 return "Ctrl-C" if sig == signal.SIGINT else signal.Signals(sig).name
-            # what quits: Ctrl-C, or a second SIGTERM where Ctrl-C is ignored; "again" after the same one ("press
-            # Ctrl-C to quit" after a Ctrl-C reads as if the first had not been taken)
+            # what quits: Ctrl-C, or a second SIGTERM where Ctrl-C is ignored; "again" after the same one
             quits = signal.SIGINT if signal.SIGINT in self.old else signal.SIGTERM
             again = "" if "LOCAL_RANK" in os.environ else \
                 f" ({name(quits)}{' again' if signum == quits else ''} quits without saving)"
             tqdm.write(f"\n{name(signum)}: saving after this step{again}", file=sys.stderr)
 
     def __enter__(self):
-        # Ctrl-C ignored stays ignored, as common.quiet_ctrl_c leaves it: a script's `python train.py &` (its shell
-        # starts a background job so) was stopped by the Ctrl-C pressed for the script, taken over here for the
-        # whole of training; SIGTERM still stops it with a save. SIGHUP ignored (nohup) stays so too (stop_signals)
+        # Ctrl-C ignored stays ignored (a script's `python train.py &`: the script's Ctrl-C is not for it); SIGTERM
+        # still stops it with a save. SIGHUP ignored (nohup) stays so too (stop_signals)
         ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
         handlers = {sig: self.handler for sig in stop_signals()}
         if not ignored:
@@ -1704,10 +1683,8 @@ class GracefulInterrupt:
         left of its --max_steps, which a continued run does not inherit), and exits 130 (SIGTERM: 143, SIGHUP: 129)."""
         command = dist.continue_command(path, steps_left)
         say(paint(f"interrupted at step {step:,}: saved {path}; continue with `{command}`", "yellow"))
-        # the others end once rank 0 has saved: torchrun stops every rank (SIGTERM) when one ends with an error unless
-        # the Ctrl-C reached it too (not so for one typed on another machine's terminal): ending sooner, they could
-        # stop rank 0 mid-save, and this step's checkpoint and line would be lost. (SIGTERM is here in one process
-        # alone, where there are no others)
+        # the others end once rank 0 has saved: torchrun stops every rank when one ends, which could stop rank 0
+        # mid-save
         dist.agree(0)
         # the line above says it all: a KeyboardInterrupt would add run_main's bare "interrupted"
         raise SystemExit(128 + self.signum)
@@ -1804,9 +1781,8 @@ def ranks_differ(dist, *values):
 
 def check_same_files(dist, meta, ckpt, checkpoint):
     """Under torchrun each rank reads its own copy of the data and of the checkpoint it continues: on several machines
-    copies made by hand (README), which may differ (a prepare.py run again on one, an older checkpoint). Different
-    ones would train on without a word, from other optimizer states and epoch positions, or, epochs of other lengths,
-    end in gloo's abort ("collective mismatch") a few steps on. Refused before anything is built, on every machine."""
+    copies made by hand (README), which may differ, and would train on without a word or end in gloo's abort a few
+    steps on. Refused before anything is built, on every machine."""
     if dist.world == 1:
         return
     mine = (fingerprint({k: meta.get(k) for k in ("splits", "tokenizer_hash", "vocab_size", "dtype", "has_mask")}),
@@ -1820,11 +1796,10 @@ def check_same_files(dist, meta, ckpt, checkpoint):
 
 def elastic_job():
     """This torchrun job's name in the checkpoints its rank 0 writes: the same in each of its attempts (a restart,
-    --max-restarts, runs the failed attempt's command again) and in no other job. Its rendezvous id alone is not: on
-    several machines it is the user's --rdzv_id ("none" if not given), which the next job may well give again, and that
-    job's attempt refused over this one's files would, restarted, continue them. Hence the folder torchrun's agent
-    made for the job's logs on this machine too (tempfile.mkdtemp), which its ranks' TORCHELASTIC_ERROR_FILE,
-    <folder>/attempt_<N>/<local rank>/error.json, names. None without torchrun, or where that file is not so."""
+    --max-restarts, runs the failed attempt's command again) and in no other job: its rendezvous id (the user's
+    --rdzv_id, which the next job may give again) and the folder torchrun's agent made for the job's logs, which
+    TORCHELASTIC_ERROR_FILE, <folder>/attempt_<N>/<local rank>/error.json, names. None without torchrun, or where that
+    file is not so."""
     run_id, error_file = os.environ.get("TORCHELASTIC_RUN_ID"), os.environ.get("TORCHELASTIC_ERROR_FILE", "")
     attempt = os.path.dirname(os.path.dirname(error_file))
     if not run_id or not os.path.basename(attempt).startswith("attempt_"):
@@ -1884,10 +1859,8 @@ PER_MACHINE_OPTIONS = {"data_dir", "checkpoint", "init_from", "tokenizer", "outp
 
 def check_same_options(dist, args):
     """Under torchrun each machine runs its own train.py command: two that differ (a --batch_size typed otherwise on
-    one) trained on without a word, their ranks cutting each step of the epoch at other places (windows taken twice,
-    others skipped) and scaling its loss otherwise (a train loss of 8.0 at step 5, where a run of one command had 4.7),
-    or, epochs of other lengths, ended in gloo's abort. Refused before anything is built, on every machine, naming the
-    options that differ. args: resolved (a continued run's inherited options are the checkpoint's, on every machine)."""
+    one) would cut each step at other places and scale its loss otherwise, or end in gloo's abort. Refused before
+    anything is built, on every machine, naming the options that differ. args: resolved."""
     if dist.world == 1:
         return
     names = sorted(k for k in vars(args) if k not in PER_MACHINE_OPTIONS)
@@ -1943,10 +1916,9 @@ def init_distributed(device_name, timeout_min=DIST_TIMEOUT_MIN):
         device = torch.device("cpu")
     else:
         raise UserError(f"--device {device_name} under torchrun: use cuda (NCCL) or cpu (gloo)")
-    # joining waits in C++ for every rank to join, where no Python signal handler runs: Ctrl-C while one rank is still
-    # loading, or torchrun's SIGTERM when one ends before joining, would go unheard until torchrun kills the process
-    # 30 s later. Nothing is written yet: the system's default ends it at once (an ignored one, as Ctrl-C in a
-    # script's `torchrun ... &`, stays so). SIGHUP, which torchrun passes on as it does Ctrl-C, too
+    # joining waits in C++ for every rank, where no Python signal handler runs: Ctrl-C or torchrun's SIGTERM would go
+    # unheard until torchrun kills the process 30 s later. Nothing is written yet: the system's default ends it at
+    # once (an ignored one stays so)
     handlers = {}
     with contextlib.suppress(ValueError):  # (not the main thread)
         for sig in (signal.SIGINT, *stop_signals()):
@@ -1982,9 +1954,8 @@ def pick_tokenizer(args, meta, ckpt):
     """The tokenizer, checked against the data's: a checkpoint's own vocabulary, else --tokenizer, else the one
     meta.json names. Any mismatch of token ids is a UserError (training would silently learn garbage)."""
     enc = hashed_as_data(args, meta, ckpt)
-    # its hash is the data's, but vocab_size (a new model's embedding rows, the ids Windows lets through) is meta.json's
-    # own: edited larger, it trained a model its tokenizer does not fit (gen.py refused it afterwards); smaller, a
-    # "damaged file" at the first id past it
+    # its hash is the data's, but vocab_size (a new model's embedding rows, the ids Windows lets through) is
+    # meta.json's own, which must fit the tokenizer
     what = damaged_field(meta["folder"], meta, enc)
     if what:
         raise not_readable(meta["folder"], what, f"run `{rebuild_command(meta, meta['folder'])}`")
@@ -1997,15 +1968,13 @@ def hashed_as_data(args, meta, ckpt):
     data_vocabulary = vocabulary_name(meta.get("tokenizer_name", meta.get("tokenizer")), want)
 
     def with_tokenizer(name, vocab, context=None):  # gpt2, or a path: a .tiktoken file, or a checkpoint, whose
-        # vocabulary prepare.py reads; vocab: its tokenizer_hash. In a folder of its own: made again in place, the
-        # dataset its models were trained on would be gone (and their val loss to compare). The folder's name holds the
-        # vocabulary's hash: by the file's name alone two vocabularies would share one (every dataset's own is
-        # tokenizer.tiktoken)
+        # vocabulary prepare.py reads; vocab: its tokenizer_hash. In a folder of its own (made again in place, the
+        # dataset its models trained on would be gone), named with the vocabulary's hash, not the file's name alone
         stem = os.path.splitext(os.path.basename(os.path.normpath(name)))[0]
         tag = "gpt2" if name == "gpt2" else re.sub(r"[^\w.-]", "-", stem + (f"-{vocab[:8]}" if isinstance(vocab, str) else ""))
         new = f"{os.path.basename(meta['folder'])}-{tag}"
-        # gpt2 by name packs a chat set at DEFAULT_PACK, where a checkpoint's path packs at its context (default_pack):
-        # a GPT-2-vocabulary model of another context (GPT-2's own 1024) gets its --pack, or training on the set warned
+        # gpt2 by name packs a chat set at DEFAULT_PACK, a checkpoint's path at its context: a GPT-2-vocabulary model
+        # of another context gets its --pack
         pack = {"pack": context} if name == "gpt2" and meta.get("kind") == "chat" and context not in (None, DEFAULT_PACK) \
             else {}
         command = prepare_with(meta, new, vocab_size=None, tokenizer=name if name == "gpt2" else os.path.abspath(name),
@@ -2086,8 +2055,7 @@ def model_config(args, meta, ckpt):
         asked.update({k: getattr(args, k) for k in MODEL_SHAPE if getattr(args, k) is not None})
         clash = {k: v for k, v in asked.items() if cfg.get(k) != v}
         if clash:
-            # the preset's sizes under one --model (it was said once a size: "--model (n_layer ...), --model (n_embd
-            # ...)"), each option of its own with its value
+            # the preset's sizes under one --model, each option of its own with its value
             preset = ", ".join(f"{k} {v} vs {cfg.get(k)}" for k, v in clash.items() if getattr(args, k) is None)
             said = [f"--model {args.model} ({preset})"] * bool(preset) + [
                 f"--{'no_' * (v is False)}{k} (vs {'on' if cfg.get(k) else 'off'})" if isinstance(v, bool) else
@@ -2117,8 +2085,7 @@ class Progress:
     elapsed: float = 0.0        # seconds of training, all runs together
     budget_elapsed: float = 0.0  # seconds of the current --time_budget spent (--reset_epoch starts a new one)
     # seconds of the budget spent when its first step ended: its lr schedule starts there, so that a cold
-    # torch.compile (~30 s of a 2-minute budget on a small CPU) does not use up the warmup; a continued run's first
-    # step (compiling again) moves it on by its own time
+    # torch.compile does not use up the warmup; a continued run's first step (compiling again) moves it on
     schedule_origin: float = None
 
     def epoch_at(self, windows_per_epoch):
@@ -2169,8 +2136,7 @@ def trained_batch(ckpt, ckpt_args, args, train_w):
     together; 0 where it recorded no --batch_size)."""
     was_world = ckpt_args.get("world_size", 1)
     # a checkpoint from before batches were cut to a small text recorded the larger one, so cut it to the windows of
-    # the data it trained on (the data rebuilt smaller since cuts today's batch alone). (What is no count, in an edited
-    # checkpoint, is not read: a string's TypeError, a block of -64's one window)
+    # the data it trained on. (What is no count, in an edited checkpoint, is not read)
     was_tokens, was_T = ckpt.get("data", {}).get("train_tokens"), ckpt_args.get("block_size")
     was_T = was_T if is_count(was_T) else args.block_size
     was_windows = max(1, Windows.count(was_tokens, was_T)) if is_count(was_tokens) else len(train_w)
@@ -2182,8 +2148,7 @@ def other_global_batch(args, was, was_world, now, world):
     """The warning for a run continued on `world` processes at `now` windows a step where its checkpoint's took `was`
     on `was_world`: --batch_size and --grad_accum are per process and inherited as such, so on other ranks the run
     takes other steps than the run it continues (2 -> 1 ranks: half the batch). It names the option that keeps it, or
-    says that none does: 16 windows on 3 processes was "a --batch_size x --grad_accum x 3 processes of 16 keeps its
-    16", which no whole options make."""
+    says that none does."""
     keep = (f"--grad_accum {was // (args.batch_size * world)} keeps its {was:,}" if was % (args.batch_size * world) == 0
             else f"--batch_size {was // (args.grad_accum * world)} keeps its {was:,}"
             if was % (args.grad_accum * world) == 0 else
@@ -2204,11 +2169,8 @@ def recorded_eval_windows(ckpt, ckpt_args, was_batch, was_world):
 
 def best_measured_otherwise(ckpt, ckpt_args, args, meta, was_eval, eval_windows, n_val):
     """How the checkpoint's best val loss was measured unlike this run's evaluations will be (words for a warning), or
-    None where they compare. A loss over windows of another length, or over another val split (the data prepared
-    again), does not compare: held against it, a shorter context (which alone raises the loss) would make no
-    evaluation a best again, and --patience would stop the run however it learned. Nor does one over other windows
-    of the split, --eval_batches given anew: a quick look with 1 batch, held against the best of 50, could make a
-    best file of a worse model or let --patience stop a run that still learns. n_val: the val split's windows."""
+    None where they compare: a loss over windows of another length, over another val split, or over other windows of
+    it (--eval_batches given anew) is no bar for the best file and --patience. n_val: the val split's windows."""
     was_T = ckpt_args.get("block_size")
     if is_count(was_T) and was_T != args.block_size:
         return f"in windows of {was_T} tokens, not {args.block_size}"
@@ -2590,10 +2552,9 @@ OPTIMIZER_STATE = {"AdamW": {"step", "exp_avg", "exp_avg_sq"}, "Muon": {"momentu
 
 def check_optimizer_state(optimizer, fresh):
     """A ValueError unless the state optimizer.load_state_dict took is every parameter's, whole and of its shape, or
-    none at all (a run saved before its first step). torch takes any state: a damaged or edited checkpoint's with an
-    entry missing (or under an id no parameter has) resumed that parameter's moments from zero without a word, not the
-    exact resume asked for, and one of the wrong kind (a moment of the wrong shape, a string) was a traceback at the
-    first step, as one of its settings of another kind (betas of "x") was. fresh: the param_groups before the load."""
+    none at all (a run saved before its first step). torch takes any state: an entry missing would resume that
+    parameter's moments from zero without a word, and one of the wrong kind or shape (or a setting: betas of "x") fail
+    at the first step in a traceback. fresh: the param_groups before the load."""
     def like(v, was):  # (None: this torch's default for none saved, an older one's; or what it has no default for)
         if was is None or v is None:
             return True
