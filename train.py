@@ -2204,10 +2204,8 @@ def resumed_progress(run, options_given):
         warn(f"the checkpoint's run trained in batches of {was_batch}, its batch of {args.batch_size} cut to its "
              f"small train split; the split has {len(run.train_w):,} windows now: batches of {args.batch_size} "
              f"(--batch_size {was_batch} keeps the checkpoint's)")
-    # evaluations take the val windows the run took, whatever the batches: continued in other ones (--batch_size 8
-    # --grad_accum 2 for 16, as the out-of-memory error advises, or on other ranks), eval_batches of the new size
-    # would be another subset of the split, whose loss the best file and --patience would compare with the run's
-    # earlier ones
+    # evaluations take the val windows the run took, whatever the batches: eval_batches of another batch size would
+    # be another subset of the split, no bar to compare with the run's earlier ones
     was_eval = recorded_eval_windows(ckpt, ckpt_args, was_batch, was_world)
     eval_windows = was_eval if "eval_batches" not in options_given and is_count(was_eval) else run.eval_windows
     otherwise = None if p.best_val_loss is None else best_measured_otherwise(ckpt, ckpt_args, args, run.meta, was_eval,
@@ -2218,9 +2216,8 @@ def resumed_progress(run, options_given):
         p.best_val_loss, p.evals_since_best = None, 0
     warmup = args.warmup
     if (changed or was != batches.windows_per_step) and not run.budget:
-        # epochs of another length, or another global batch (other ranks or batch options): the lr schedule counts
-        # steps of the new size, so place the run where the windows done so far put it, and its inherited warmup
-        # with it
+        # epochs of another length, or another global batch: the lr schedule counts steps of the new size, so place
+        # the run where the windows done so far put it, and its inherited warmup with it
         p.step = p.epoch * batches.steps_per_epoch + batches.steps_done(p.windows)
         # (not a --reset_epoch's: its schedule is new, its warmup the new run's default or --warmup, in today's steps)
         if "warmup" not in options_given and was and warmup and not args.reset_epoch:
@@ -2271,15 +2268,14 @@ def banner_lines(run):
                  + f"{run.device} {str(run.dtype).replace('torch.', '')}{', compiled' if args.compile else ''}"
                  f"{', activations recomputed' if args.recompute_activations else ''}")
     resumed = run.p
-    # nanoGPT's --max_iters sets its run's length; here the epochs do, and a --max_steps past their end stopped nothing
-    # with no word, the run ending steps short of it
+    # nanoGPT's --max_iters sets its run's length; here the epochs do, and a --max_steps past their end stops nothing
     steps_left = run.total_steps - resumed.step
     if args.max_steps and not budget and args.max_steps > steps_left:
         lines.append(f"--max_steps {args.max_steps:,} is past the end of {args.epochs} epoch(s), {steps_left:,} steps "
                      f"away: the run ends there (--epochs sets its length)")
     if run.continuing and (resumed.step or resumed.epoch):
         # on other ranks a run goes on as it would have to float summation order, bar dropout: each rank draws the
-        # masks of its windows (see the training loop), so other ranks draw others, and resume is no longer exact
+        # masks of its windows, so other ranks draw others
         was_world = run.ckpt_args.get("world_size", 1)
         other_masks = config.dropout and was_world != world
         masks = f" (dropout: the run drew its masks in {was_world} process(es), this one in {world}, so it goes on " \
@@ -2287,15 +2283,14 @@ def banner_lines(run):
         # at the epochs done, as the step lines count them ("epoch 0.15"), then the epoch in progress as its bar does
         done = resumed.epoch + resumed.windows / len(train_w)
         # epochs of other steps (data prepared again, another batch) place the run where its windows done fall in
-        # them (resumed_progress): "step 95" after the 1 step of a small text's epoch was a puzzle, said as such
+        # them (resumed_progress): said, or the step would be a puzzle
         ckpt_step = run.ckpt["step"]
         recounted = f" (the checkpoint's step {ckpt_step:,}, counted again in this run's epochs of {spe:,} steps)" \
             if resumed.step != ckpt_step else ""
         lines.append(f"resume at epoch {done:.2f} (epoch {resumed.epoch + 1}, window {resumed.windows:,}/"
                      f"{len(train_w):,}), step {resumed.step:,}{recounted}{masks}")
-        # a larger --epochs or --time_budget spreads the cosine over the new length from here on: the lr goes back up
-        # (from the end of the decay, for a run that had ended), which its first log line would show unexplained. (On a
-        # budget, before the run's final evaluation has a cost to hold back: the first step's lr, near enough)
+        # a larger --epochs or --time_budget spreads the cosine over the new length from here on: the lr goes back
+        # up, which its first log line would show unexplained. (On a budget: the first step's lr, near enough)
         span, was = schedule_span(args.time_budget, args.epochs), schedule_span(
             run.ckpt_args.get("time_budget"), run.ckpt_args.get("epochs"))
         if was and span != was:
@@ -2328,8 +2323,7 @@ def eval_line(step, epoch, train_loss, val_loss, scale, lr, tokens_per_s, better
             f"val {measured(val_loss, scale, 'green' if better else 'yellow')}, lr {lr:.2e}, "
             f"{tokens_per_s:,.0f} tokens/s"
             + (paint("  * best", "green") if improved else "")
-            # (a better val loss, green, with no "* best" and the summary naming an earlier best file: the line says
-            # why)
+            # (a better val loss, green, with no "* best": the line says why)
             + (paint("  (a --max_steps pause: not judged for the best file or --patience)", "dim") if pause else ""))
 
 
@@ -2339,13 +2333,12 @@ def summary_lines(summary, meta, scale, args, budget, pause_eval, go_on=None):
     pause; go_on: the command that continues a run --max_steps stopped before its epochs' (or budget's) end."""
     rate = f"{summary['tokens_per_s']:,.0f} tokens/s"
     if summary["train_tokens_per_s"] and summary["train_tokens_per_s"] > 1.1 * summary["tokens_per_s"]:
-        # a short run on a GPU: compiling, evaluating and saving took most of it (200 steps of small on an H200
-        # trained at 240k tokens/s and said 24,708 here)
+        # a short run on a GPU: compiling, evaluating and saving took most of it
         rate += f" overall, {summary['train_tokens_per_s']:,.0f} while training"
     steps = summary["run_steps"]
     lines = [paint(f"{summary['stopped']}: {steps:,} step{'s' * (steps != 1)}, {fmt_count(summary['tokens'])} tokens in "
                    f"{fmt_time(summary['elapsed'])} ({rate}); " +
-                   # (a budget's epochs as the log gives them: "0 epoch(s)" after half of one read as nothing trained)
+                   # (a budget's epochs as the log gives them: "0 epoch(s)" after half of one reads as none)
                    (f"{summary['epoch']:.2f} epochs in the {fmt_time(args.time_budget * 60)} budget" if budget else
                     f"{summary['epochs_done']} of {args.epochs} epoch(s) done"), "bold")]
     best, last_val = summary["best_val_loss"], summary["val_loss"]
@@ -2354,8 +2347,8 @@ def summary_lines(summary, meta, scale, args, budget, pause_eval, go_on=None):
     if best is not None:
         lines.append(f"best val loss {measured(best, scale)} {when}" + (f"in {summary['best_checkpoint']}" if
                      summary["best_checkpoint"] else "before this run, which did not better it (no best file here)"))
-    # a run that went on well past its best (a small text over many epochs: val 5.69 at epoch 3.8, 8.06 at epoch 20,
-    # train 0.10) would say so only by "* best" no longer showing; its best file holds the model to keep
+    # a run that went on well past its best (a small text over many epochs) would say so only by "* best" no longer
+    # showing; its best file holds the model to keep
     since = summary.get("evals_since_best", 0)
     if best is not None and last_val is not None and since >= OVERFIT_EVALS and last_val > 1.01 * best \
             and not args.patience:
@@ -2363,7 +2356,7 @@ def summary_lines(summary, meta, scale, args, budget, pause_eval, go_on=None):
                            f"overfits its train data; --patience {OVERFIT_EVALS} ends a run {OVERFIT_EVALS} evaluations "
                            f"past its best (or train fewer epochs, on more data, with --dropout)", "yellow"))
     # a --max_steps pause that measured better than the best: its weights, in the checkpoint just written, are the
-    # better model, though not judged; "try it" named the best file, the worse one
+    # better model, though not judged
     pause_better = pause_eval and best is not None and last_val < best
     if pause_better:
         lines.append(f"val loss {measured(last_val, scale)} at the --max_steps pause, lower but not judged for the "
@@ -2403,21 +2396,18 @@ def refuse_ended_run(args, ckpt, ckpt_args, p, budget):
     if budget and ckpt.get("budget_done") and args.time_budget <= (ckpt_args.get("time_budget") or 0):
         # its own budget, not the one given: a smaller one given is no larger than what it used
         used = ckpt_args.get("time_budget")
-        # (the minutes given, or inherited, as the more wanted: `--time_budget 1` meant one more minute, and "a larger
-        # one" left the sum to work out)
+        # (the minutes given, or inherited, as the more wanted: the sum that trains them)
         raise UserError(f"{args.checkpoint} has used its {fmt_time(used * 60)} --time_budget: pass a larger one to "
                         f"train on (it counts that time: --time_budget {budget_value(used + args.time_budget)} trains "
                         f"{fmt_time(args.time_budget * 60)} more), or --reset_epoch to start a new budget from its "
                         f"weights")
     if budget and p.budget_elapsed >= budget:
-        # a budget interrupted (Ctrl-C) and continued with fewer minutes than it had spent, which a continued run
-        # counts: it trained one step past them and stopped, as "time budget: 1 steps"
+        # a budget interrupted (Ctrl-C) and continued with fewer minutes than it had spent, which a continued run counts
         raise UserError(f"{args.checkpoint} has trained {fmt_time(p.budget_elapsed)} of its budget already, which "
                         f"--time_budget {budget_value(args.time_budget)} counts: pass a larger one to train on, or "
                         f"--reset_epoch to start a new budget from its weights")
-    # a run --patience stopped (it trained one more evaluation interval each time, wrote over the checkpoint and stopped
-    # again); one stopped otherwise, --patience off, gets the evaluation a new --patience asks for. A checkpoint from
-    # before stopped_early: stopped by its --patience if it counted that many evaluations
+    # a run --patience stopped (else it would train one more interval each time); one stopped otherwise gets the
+    # evaluation a new --patience asks for. An old checkpoint without stopped_early: by its --patience's count
     if args.patience and p.evals_since_best >= args.patience \
             and ckpt.get("stopped_early", 0 < (ckpt_args.get("patience") or 0) <= p.evals_since_best):
         raise UserError(f"{args.checkpoint} stopped early: no better val loss in its last {p.evals_since_best} "
@@ -2440,22 +2430,19 @@ def claim_files(held, args, ckpt, continuing, out_pattern, out_dir, best_path, g
     """Rank 0's hold on the run's files (path checked, locks held, earlier run refused): what --overwrite replaces.
     others: the paths of its metrics and loss curve."""
     dataset = args.dataset
-    # (not over a dataset's files, which check_output refuses: --overwrite, which its refusal suggested, made
-    # val.bin a checkpoint). The default's message names the option too: it is how to write elsewhere
+    # (not over a dataset's files, which check_output refuses). The default's message names the option too: it is how
+    # to write elsewhere
     check_output(out_pattern.replace("{dataset}", dataset).replace("{epoch}", "1"),
                  "--output_checkpoint" if given else "--output_checkpoint (default)", checkpoint=True)
     locked = held.enter_context(run_lock(out_dir, dataset, f"the {dataset} run in {os.path.join(out_dir, '')} (its "
                                                             f"checkpoints, {dataset}_best.pt and metrics)"))
-    # models/run{epoch}.pt names the same files for another dataset's run, and so does models/mini.pt given while
-    # mini's run writes its models/{dataset}.pt: each holding its own dataset's lock above, both would write one file.
-    # Hence a lock on the name with {dataset} filled in too, its lock file named apart from every dataset's (no + in a
-    # dataset's name), or models/mini for mini would take mini's own lock again and the run refuse itself
+    # models/run{epoch}.pt names the same files for another dataset's run: hence a lock on the name with {dataset}
+    # filled in too, its lock file named apart from every dataset's (no + in a dataset's name)
     tail = os.path.basename(out_pattern).replace("{dataset}", dataset)
     locked &= held.enter_context(run_lock(out_dir, "+" + tail, f"{os.path.join(out_dir, tail)} (another dataset's run)"))
     if locked:
-        # a save killed mid-write (kill -9, the OOM killer) left its temporary file, a checkpoint's size, until a save
-        # in the folder 10 quiet minutes later (atomic_torch_save: another machine may write there): with this run's
-        # locks held no other run writes these names, so they go now
+        # a save killed mid-write (kill -9, the OOM killer) leaves its temporary file, a checkpoint's size: with this
+        # run's locks held no other run writes these names, so they go now, not 10 quiet minutes later
         names = [re.escape(tail).replace(re.escape("{epoch}"), r"\d+"),
                  *(re.escape(os.path.basename(path)) for path in (best_path, *others))]
         remove_stale_tmp(out_dir, "|".join(names), quiet_s=0)
@@ -2603,8 +2590,7 @@ def train(args):
         try:
             return run_training(args, held)
         except Exception as e:
-            # a rank lost while the ranks set up (the training loop says its own, with the step): another machine
-            # without the files (see run_training), met at the first agreement, would be a gloo traceback
+            # a rank lost while the ranks set up (the training loop says its own, with the step), not a gloo traceback
             if is_peer_failure(e) and torch.distributed.is_available() and torch.distributed.is_initialized():
                 slow = "its reading of the data and checkpoint"
                 raise timeout_error(e, "before training", args.dist_timeout, slow) or UserError(
@@ -2679,8 +2665,7 @@ def start_run(args, joined=None):
         if not os.path.exists(args.init_from) and (hint := download_hint(args.init_from)):
             raise UserError(f"--init_from {args.init_from} not found{hint}")
         if not is_hf_folder(args.init_from):  # (a path mistyped is no folder of any kind: said as such)
-            # (a folder without config.json, models/ or a dataset's: load_checkpoint's "available:" hint would offer
-            # the .pt files in it, which --init_from refuses)
+            # (not load_checkpoint's "available:" hint, which would offer the .pt files in it)
             what = "is a folder without config.json" if os.path.isdir(args.init_from) else \
                 "is not a folder" if os.path.exists(args.init_from) else "not found"
             inside = sorted(d for d in glob.glob(os.path.join(glob.escape(args.init_from), "*"))  # (models/: export's)
@@ -2689,10 +2674,9 @@ def start_run(args, joined=None):
                             f"(config.json, model.safetensors, tokenizer files){', as ' * bool(inside)}"
                             f"{', '.join(inside[:5])}; a .pt checkpoint goes to --checkpoint")
         args = argparse.Namespace(**{**vars(args), "checkpoint": args.init_from})
-    # under torchrun the ranks join before the files are read, so that a machine without them (its data/ or the
-    # checkpoint not copied) fails after joining and the others lose contact at once: failing before, it would leave
-    # them waiting in the join, with no word, for --dist_timeout (their torchrun does not learn of another
-    # machine's failure). (One process picks its device after the files' errors: no device prompt before them)
+    # under torchrun the ranks join before the files are read, so that a machine without them fails after joining and
+    # the others lose contact at once, not wait in the join for --dist_timeout. (One process picks its device after
+    # the files' errors: no device prompt before them)
     if joined is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         joined = init_distributed(args.device, args.dist_timeout)
     ckpt = load_checkpoint(args.checkpoint) if args.checkpoint else None
@@ -2714,22 +2698,18 @@ def start_run(args, joined=None):
     if args.data_dir is None:
         args.data_dir = trained_in if trained_on == dataset else default_data_dir(ckpt or {}, dataset)
         trained = trained_data(args.checkpoint, ckpt) if trained_on == dataset else None
-    # a model folder (export.py's, GPT-2's) names no data: story, the default, missing was "run `prepare.py --dataset
-    # story --tokenizer hf/x` first", TinyStories for a user whose model trained on their own text
+    # a model folder (export.py's, GPT-2's) names no data: the default story is no guess to prepare for it
     if ckpt is not None and not trained_on and not dataset_given and \
             not os.path.exists(os.path.join(args.data_dir, dataset, "meta.json")):
         raise UserError(f"{args.checkpoint} does not name the data it was trained on: pass --dataset NAME")
     # the model, for the hint that prepares missing data: its vocabulary, and its context, which a chat set is packed
-    # at (GPT-2's vocabulary by name packs at 256: `--dataset knowledge --init_from ~/models/gpt2` led to a set its
-    # 1024-token fine-tune warned of, or refused for a val split shorter than a window)
+    # at (GPT-2's vocabulary by name packs at 256)
     model_tokenizer = args.checkpoint if ckpt is not None else None
     meta = load_meta(args.data_dir, dataset, args.tokenizer or model_tokenizer, trained)
     was = (ckpt or {}).get("data") or {}
     if continuing and was.get("kind") and meta.get("kind") and was["kind"] != meta["kind"]:
-        # its run's name given to data of the other kind, conversations where it trained on text (prepare.py
-        # --name story --out_dir DIR --tokenizer its checkpoint, whose "train on it" line is this fine-tune): a new
-        # run from its weights, as on another name; it went on with the text run's optimizer at the end of its
-        # schedule, or was refused a spent budget
+        # its run's name given to data of the other kind (conversations where it trained on text): a new run from
+        # its weights, as on another name
         if args.reset_epoch:
             raise reset_epoch_refused(f"{args.checkpoint} was trained on {was['kind']}, so training it on "
                                       f"{meta['kind']} ({meta['folder']}) is fine-tuning")
@@ -2791,8 +2771,7 @@ def claim_outputs(run, held):
     # with --overwrite: files of an earlier run (or later points of this one) to remove (see save); rank 0's refusal
     replaced, refused = [], None
     # which run a checkpoint and a metrics record belong to: a run continued keeps its id (with --reset_epoch too: its
-    # tokens go on counting, so its files and the earlier ones of the run still order by them), a new one
-    # (fine-tuning included) draws one; older checkpoints have none (and a continued one gets one)
+    # tokens go on counting), a new one (fine-tuning included) draws one; older checkpoints have none
     run.run_id = (ckpt.get("run") if continuing else None) or secrets.token_hex(8)
     if dist.main:  # the files are rank 0's to write
         try:
@@ -2891,8 +2870,7 @@ class Run:
     budget_warmup: float = None
     eval_windows: int = None    # val windows an evaluation takes
     # --batch_size as given, inherited or the preset's, before fitted_batch_size cut it to a small text: what its
-    # checkpoints record, so that the run continued on the data prepared larger goes back to it, as its user left it
-    # (the batch it trained in is that cut to the data the checkpoint records: trained_batch)
+    # checkpoints record, so that the run continued on the data prepared larger goes back to it (see trained_batch)
     batch_option: int = None
     bpb_scale: float = None     # its val loss -> bits per byte (bpb_scale), None where its targets hold no text
     p: Progress = None          # where the training stands
@@ -2976,9 +2954,8 @@ class Run:
             saved.update(best=path, best_step=p.step)
         else:
             saved.update(path=path, step=p.step)
-        # what --overwrite replaces (the files and metrics) goes once this run has a file of its own, its best one
-        # included (stopped before, the earlier run stays whole), lest an old best file or later epoch pass for this
-        # run's. (Only rank 0 has any.)
+        # what --overwrite replaces (the files and metrics) goes once this run has a file of its own (stopped before,
+        # the earlier run stays whole), lest an old best file or later epoch pass for this run's. (Rank 0's alone)
         if replaced:
             for f in replaced:
                 if os.path.abspath(f) != os.path.abspath(path):
@@ -3012,13 +2989,13 @@ class Run:
                     at = (p.epoch, p.step)
                     self.train_epoch()
                     if (p.epoch, p.step) == at and self.stopped == "done":
-                        # an epoch that takes no step and does not end would be taken again forever: no state a run
-                        # reaches, but a bug in the epoch's bookkeeping would hang the run (and the test suite)
+                        # an epoch that takes no step and does not end would be taken again forever: a bug in the
+                        # epoch's bookkeeping would hang the run (and the test suite)
                         raise RuntimeError(f"epoch {p.epoch + 1} took no step from window {p.windows:,} of "
                                            f"{len(self.train_w):,} and did not end: a bug, please report it")
         except KeyboardInterrupt:
             # a second Ctrl-C (the first saves and exits above): quit without touching any file, naming the one that
-            # holds the run (a bare "interrupted" left it to be found)
+            # holds the run
             print(f"\nquit at step {p.step:,} without saving; the run's last checkpoint: {self.kept()}",
                   file=sys.stderr)
             raise SystemExit(128 + self.interrupt.quit_by) from None
@@ -3034,9 +3011,7 @@ class Run:
         written, its counts, its points in steps, the train loss since the last record and the clock."""
         args, ckpt, p, dist = self.args, self.ckpt, self.p, self.dist
         # the checkpoint's run goes on (--reset_epoch starts it anew): its metrics up to the checkpoint stay, and so
-        # does the train loss since its last record: every save is at a record but the ones on the way out of an
-        # error or a Ctrl-C, which hold it, and the run resumed from it goes on from it (else its first record would
-        # average its own steps alone)
+        # does the train loss since its last record (held by a save on the way out of an error or a Ctrl-C)
         resumed = self.continuing and not args.reset_epoch
         # (hold: replaced with the rest of the earlier run's files, at the first save)
         self.metrics = Metrics(self.metrics_path, self.png_path, keep_until=ckpt if resumed else None, write=dist.main,
@@ -3048,8 +3023,7 @@ class Run:
         self.step_rng = None
         # what this run wrote (seconds: the last save's; total: the run's); a best file from an earlier run counts only
         # when continuing that run. A continued run's last save is the one its checkpoint recorded until it saves: a
-        # budget keeps room for its final saves at that cost (one with --save_interval 0 that never betters its best
-        # measures none before them: it would keep no room, and pass the budget by a save)
+        # budget keeps room for its final saves at that cost
         recorded = ckpt.get("save_seconds", 0.0) if self.continuing else 0.0
         self.saved = {"path": None, "step": p.step,
                       "best": existing(self.best_path) if self.continuing else None, "best_step": None,
@@ -3064,9 +3038,8 @@ class Run:
                                                             interval_steps(args.eval_interval, spe),
                                                             interval_steps(args.save_interval, spe))
         self.tally = TrainTally(self.device, ckpt.get("loss_since_record") if resumed else None, main=dist.main)
-        # an evaluation's cost in training steps: its batches are a step's forward pass alone, a third of its compute
-        # (the backward is twice the forward); half a step a batch leaves room (tiny on a CPU: 0.26-0.39; a toy
-        # model's steps, mostly overhead: up to 0.74)
+        # an evaluation's cost in training steps: its batches are a step's forward pass alone, a third of its compute;
+        # half a step a batch leaves room (tiny on a CPU: 0.26-0.39)
         eval_steps = min(self.eval_windows, len(self.val_w)) / self.batches.windows_per_step / 2
         self.clock = RunClock(self.budget, p.budget_elapsed, self.t_run, eval_steps)
         self.logged_at = self.clock.agreed  # the clock at the last record (see due_points)
@@ -3112,10 +3085,8 @@ class Run:
             return oom_error(args, e)
         if dist.world > 1 and is_peer_failure(e):
             if self.interrupt.requested:
-                # Ctrl-C reached every rank, and another quit on it before its loop (where it waits for the step's
-                # end): this one ends as interrupted too. As a lost contact it would wait for the SIGTERM torchrun
-                # sends when a rank fails, which torchrun, stopping on the Ctrl-C itself, never sends, and be killed
-                # 30 s later
+                # Ctrl-C reached every rank, and another quit on it before its loop: this one ends as interrupted
+                # too, not wait for a SIGTERM that torchrun, stopping on the Ctrl-C itself, never sends
                 return KeyboardInterrupt()
             last = f"; last checkpoint: {self.last_checkpoint() or 'none'}"  # (a continued run's own, before it saves)
             return timeout_error(e, f"at step {p.step:,}", args.dist_timeout,
@@ -3131,7 +3102,7 @@ class Run:
         epoch = p.epoch
         epoch_step = self.batches.steps_done(p.windows)  # steps of this epoch done, as checkpoints record it
         steps = self.batches.epoch(epoch, p.windows)
-        # a budget without --epochs ends by the clock: "epoch 1/1000000" counted towards no such end
+        # a budget without --epochs ends by the clock: no "epoch 1/1000000"
         of = f"/{args.epochs}" if args.epochs < UNLIMITED_EPOCHS else ""
         bar = EpochBar(total=self.batches.steps_per_epoch, initial=epoch_step, desc=f"epoch {epoch + 1}{of}",
                        unit="step", dynamic_ncols=True, disable=not draws_a_bar(sys.stderr) or quiet, file=sys.stderr,
@@ -3204,21 +3175,18 @@ class Run:
             due_eval = end_of_epoch or (self.eval_every and epoch_step % self.eval_every == 0)
             due_save = end_of_epoch or (self.save_every and epoch_step % self.save_every == 0)
             due_log = epoch_step % self.log_every == 0
-        # A --max_steps run stopped between evaluations is evaluated too (--eval_interval 0 leaves it to the saves
-        # alone): else its checkpoint would hold an earlier step's val loss, or none, and the run would end without
-        # saying where it stands. As a pause, not judged: no best file and no --patience count, so a run continued from
-        # it keeps the best and stops early where the run in one go does (exact resume)
+        # A --max_steps run stopped between evaluations is evaluated too (unless --eval_interval 0), to say where it
+        # stands. As a pause, not judged: no best file and no --patience count, so a run continued from it keeps the
+        # best and stops early where the run in one go does (exact resume)
         self.pause_eval = self.stopped == "max_steps" and args.eval_interval > 0 and not due_eval
         due_eval = due_eval or self.pause_eval
         # the last step of a run is always logged, and every save is at a record (where both runs, in one go and
         # continued, have it). Not the step a Ctrl-C stops in one process: its save holds the loss summed since the
-        # last record, which the run continued from it goes on from, so that its records are the run in one go's (a
-        # record here made the next one average the steps after it alone: another train loss). Under torchrun it is
-        # logged: each rank holds its own share of that sum until a record all-reduces it, and rank 0 saves alone
+        # last record, so that the continued run's records are the run in one go's. Under torchrun it is logged: each
+        # rank holds its own share of that sum until a record all-reduces it, and rank 0 saves alone
         due_log = due_log or due_eval or due_save or self.stopped != "done" or (interrupted and self.dist.world > 1)
-        # and one at least every PROGRESS_LINE_S of the clock the ranks agreed, whatever the intervals: an epoch of
-        # 387,654 steps (3 GB of text on a CPU) logged its first line 10% in, 2h40m of a nohup log saying nothing, not
-        # even when the epoch ends, and of a terminal's bar showing no loss
+        # and one at least every PROGRESS_LINE_S of the clock the ranks agreed, whatever the intervals (an epoch of
+        # a large text may take hours)
         due_log = due_log or self.clock.agreed - self.logged_at >= common.PROGRESS_LINE_S
         if due_log:
             self.logged_at = self.clock.agreed
@@ -3242,9 +3210,7 @@ class Run:
             except Exception as e:
                 # the train loss the record took is in no save: the one on the way out of the error (save_before_error)
                 # holds the loss since this record. A diverged run's steps are dropped with their record. The record's
-                # own write failing (the best file's folder remounted read-only: the metrics' too) leaves the error
-                # said the evaluation's: the metrics file's in its place read as if the best file's save had failed on
-                # it ("writing models/x_best.pt failed: the error below", then an error naming x_metrics.jsonl)
+                # own write failing leaves the error said the evaluation's
                 if not isinstance(e, Diverged):
                     with contextlib.suppress(OSError):
                         self.metrics.log(rec)
@@ -3260,12 +3226,11 @@ class Run:
             self.save(self.out_path())
         if due_eval:
             self.clock.evaluated(time.time() - t_extra - (saved["total"] - saves_before), saved["seconds"])
-        # tokens/s measures training, not evals and saves, nor the first step: a cold torch.compile's
-        # 30-60 s would make the first log's rate 20x too low and its "epoch ends in" hours too late
+        # tokens/s measures training, not evals and saves, nor the first step (a cold torch.compile's)
         if due_log or due_save or self.run_steps == 1:
             self.tally.restart_timer()
         # an interrupt in the run's last step (its epochs, budget or patience done, or --max_steps) lets it end as it
-        # would have, with its summary: "interrupted ... continue with" would offer a continuation that is refused
+        # would have, with its summary, not offer a continuation that is refused
         if interrupted and self.stopped == "done" and p.epoch < args.epochs:
             self.interrupt.exit_saved(dist, p.step, saved["path"], self.max_steps_left())
 
@@ -3287,8 +3252,8 @@ class Run:
                "elapsed": round(p.elapsed + time.time() - self.t_run, 2)}
         bar.set_postfix(loss=shown, lr=f"{lr:.1e}", tok_s=f"{tps:,.0f}", refresh=False)
         if bar.disable and not due_eval:
-            # the run's first step alone is no speed (a cold torch.compile's: "121 tokens/s, epoch ends in 9m36s" where
-            # training ran at 16k), nor a time left from it: a budget's end is known without it
+            # the run's first step alone is no speed (a cold torch.compile's), nor a time left from it: a budget's end
+            # is known without it
             end = self.run_ends(self.tok_step / max(tps, 1e-9) if timed else None,
                                 self.batches.steps_per_epoch - epoch_step, self.clock.agreed)
             say(f"step {p.step:,} (epoch {rec['epoch']:.2f}): loss {shown}, lr {lr:.2e}"
@@ -3332,12 +3297,9 @@ class Run:
     def summary(self):
         """The run's end: its loss curve drawn, its summary (run_summary) said in its closing lines and returned."""
         args, p, metrics = self.args, self.p, self.metrics
-        # the curve is drawn at evaluations: the records after the last one (a run stopped by --max_steps with
-        # --eval_interval 0, or one without any evaluation, whose folder may hold an earlier run's curve) would be
-        # left out of it. The run is over and saved (GracefulInterrupt no longer holds Ctrl-C): a Ctrl-C while the curve
-        # is drawn (a savefig, up to a second) ended in a bare "interrupted", exit 130, without the lines naming the
-        # checkpoint; now it leaves the curve of the last evaluation (Metrics.plot removes its temporary file) and the
-        # run ends as it would have
+        # the curve is drawn at evaluations: the records after the last one would be left out of it. The run is over
+        # and saved (GracefulInterrupt no longer holds Ctrl-C): a Ctrl-C while the curve is drawn leaves the last
+        # evaluation's curve, and the run ends with its lines naming the checkpoint
         try:
             self.plot()
         except KeyboardInterrupt:
@@ -3367,8 +3329,7 @@ def main(argv=None):
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             # Free DDP's reducer and gloo's finished work objects now, while the interpreter is whole: freed during its
-            # finalization they can abort the process (pytorch/pytorch#179291: a finished 2-rank run's SIGABRT, seen
-            # once in 25 runs; the upstream diagnosis, not a measured cure)
+            # finalization they can abort the process (pytorch/pytorch#179291)
             gc.collect()
             torch.distributed.destroy_process_group()
 
