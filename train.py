@@ -861,8 +861,7 @@ def default_data_dir(ckpt, dataset=""):
 
 def recorded_data_dirs(ckpt):
     """(given, seen): the --data_dir a checkpoint's run was given and the one it saw (absolute; checkpoints since it
-    was recorded), each None unless a non-empty str (an edited checkpoint's data_dir of -1 was a TypeError traceback
-    in eval.py)."""
+    was recorded), each None unless a non-empty str (an edited checkpoint's may hold anything)."""
     given = (ckpt.get("args") or {}).get("data_dir")
     seen = (ckpt.get("data") or {}).get("data_dir")
     return tuple(d if d and isinstance(d, str) else None for d in (given, seen))
@@ -1282,8 +1281,7 @@ def is_count(v):
 
 def not_profiler_notice(record):
     """False for dynamo's notice that it ignores the profiler's record_function DDP's forward opens: it changes nothing
-    here, and every rank said it, in torch's log format ("[rank1]:W1207 ... Profiler record function <class ...> will
-    be ignored"), under each --compile run on several processes: 8 lines on 8 GPUs."""
+    here, and every rank of a --compile run said it."""
     return not record.getMessage().startswith("Profiler record function")
 
 
@@ -1504,7 +1502,7 @@ def warn(line):
 
 def fmt_time(s):
     """A duration in seconds as every line of train.py says one, spent, left or a --time_budget: "3s", "1m30s",
-    "1h05m" (a budget said "0.05 min" in the banner and "3s" in the summary, of --time_budget 3s)."""
+    "1h05m"."""
     # under a second in tenths, not "0s" (as if none were spent or left); tenths that round to 1 are said as "1s"
     if 0 < s < 0.95:
         return f"{s:.1f}s" if s >= 0.05 else "<0.1s"
