@@ -1299,8 +1299,6 @@ class Forward:
                 warn(f"torch.compile unavailable ({type(e).__name__}: {first_line(e)}); running eagerly")
 
     def __call__(self, *args):
-        if self.fn is self.model:
-            return self.model(*args)
         try:
             return self.fn(*args)  # compilation happens lazily, at the first call of each mode/shape
         except Exception as e:
