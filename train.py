@@ -1513,8 +1513,7 @@ def fmt_time(s):
 
 def budget_value(minutes):
     """A --time_budget as the option's value: its minutes ("5", "1.5"), or its seconds under a minute and where the
-    minutes have no short form ("3s", "40s", "100s", as --time_budget 40s gave it: "0.666667 min" read as a number gone
-    wrong, and the lines say a budget under a minute in seconds, fmt_time)."""
+    minutes have no short form ("3s", "40s", "100s", as fmt_time says them), not "0.666667"."""
     # (near enough: 1.1 + 2.2 is no float's 3.3. 12 digits, not :g's 6: a value in a command reads back as meant)
     if (abs(minutes) >= 1 or minutes == 0) and abs(minutes - round(minutes, 2)) < 1e-9:
         return f"{round(minutes, 2):.12g}"
@@ -1688,8 +1687,7 @@ class GracefulInterrupt:
 
 def time_left(s_per_step, epoch_steps_left, budget_s, run_steps_left):
     """What ends next and in how many seconds, as (seconds, what): the epoch, or the budget or --max_steps, which end
-    the run (the epoch's end alone would tell a budgeted run "epoch ends in 4s" with 2 s of its budget left; on a large
-    dataset, hours past a budget of minutes). epoch_steps_left, run_steps_left: the steps left to the epoch and to
+    the run mid-epoch. epoch_steps_left, run_steps_left: the steps left to the epoch and to
     --max_steps; s_per_step None: no step timed yet, the budget's end alone is known (None where there is none)."""
     ends = [] if s_per_step is None else [(epoch_steps_left * s_per_step, "epoch")]
     if budget_s is not None:
@@ -2023,9 +2021,8 @@ def default_preset(device):
 
 
 def width_fix(args):
-    """A new model's --n_embd that its heads do not divide (in pairs for RoPE): the width to give instead. Alone,
-    "n_embd (128) must be divisible by n_head (3)" left the arithmetic to the user, and --n_head 3 on the tiny preset
-    never gave the 128."""
+    """A new model's --n_embd that its heads do not divide (in pairs for RoPE): the width to give instead, the
+    arithmetic not left to the user."""
     shape = {**PRESETS[args.model], **{k: getattr(args, k) for k in ("n_embd", "n_head", "variant")
                                       if getattr(args, k) is not None}}
     pairs = shape.get("variant", "gpt2") == "modern"
@@ -2729,8 +2726,7 @@ def start_run(args, joined=None):
 
 def warn_low_disk(run):
     """A warning where the output folder has less free space than two checkpoints of the run take (a save writes its
-    new file beside the old one, and the best file is another): a full disk was found at the first save, which a run
-    with few saves reaches after hours."""
+    new file beside the old one, and the best file is another), not at a first save hours in."""
     folder = os.path.dirname(os.path.abspath(run.best_path))  # (made by claim_outputs, its lock there)
     try:
         free = shutil.disk_usage(folder).free
@@ -3284,8 +3280,7 @@ class Run:
 
     def plot(self):
         """The loss curve of the run's records so far (Metrics.plot). Its title names what runs compared side by side
-        differ in: the curves of --optimizer adamw and muon, or of two --lr, had the same one. The vocabulary too: a
-        loss per token of 1,024 ids is not one of 259 (bits per byte compare them: the eval lines, metrics.jsonl)."""
+        differ in: the optimizer, the lr, the vocabulary (a loss per token of 1,024 ids is not one of 259)."""
         args, config = self.args, self.config
         self.metrics.plot(f"{args.dataset}: {args.model} {config.variant} {config.n_layer}x{config.n_embd}, "
                           f"{config.vocab_size:,} ids, {args.optimizer} lr {args.lr:.2g}")
