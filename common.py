@@ -1750,6 +1750,19 @@ def cpu_bf16_is_faster():
     return "amx_bf16" in flags or ("avx512_bf16" in flags and vendor == "AuthenticAMD")
 
 
+def dtype_words(device, dtype, name):
+    """dtype as a run's line says it ("float32"), with why --dtype auto (name) took it on a CPU: "float32 (auto: no
+    AVX-512 BF16 or AMX here)". On an AVX2 laptop the README's "bf16 where the CPU does it fastest" left a bare
+    "cpu float32" unexplained, and --dtype bfloat16 there trains ~9x slower (emulated)."""
+    words = str(dtype).removeprefix("torch.")
+    if device.type != "cpu" or name != "auto":
+        return words
+    vendor, flags = cpu_info()
+    why = ("AMX" if "amx_bf16" in flags else "no AVX-512 BF16 or AMX here" if "avx512_bf16" not in flags
+           else "AVX-512 BF16" if vendor == "AuthenticAMD" else "AVX-512 BF16 without AMX, slower than float32")
+    return f"{words} (auto: {why})"
+
+
 def slow_on_this_cpu(device, dtype, name):
     """The warning for --dtype name (its dtype) where this CPU runs it slower than float32, as train.py, gen.py,
     eval.py and serve.py say it; None on a GPU, or where it is no slower. --dtype auto never picks such a dtype."""

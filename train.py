@@ -74,7 +74,7 @@ from common import (ArgumentParser, DTYPES, HANGUP, UserError, add_device_argume
                     fmt_count, held_lock, hung_up, is_dataset_folder, is_oom, lock_is_held, nonempty, nonnegative_int,
                     naming_full_disk, path_arg, pick_device, pick_dtype, prepare_lock, read_items,
                     refuse_dataset_folder, remove_stale_tmp, remove_temporary, retain_freed_memory, run_main,
-                    slow_on_this_cpu, speaks_for_machine, stop_signals, Switch, tmp_name)
+                    dtype_words, slow_on_this_cpu, speaks_for_machine, stop_signals, Switch, tmp_name)
 from hf import is_hf_folder
 from model import OPTIMIZERS, PRESETS, VARIANTS, GPT, make_config
 from prepare import (DATASETS, DEFAULT_OUT_DIR, DEFAULT_PACK, DEFAULT_VAL_FRACTION, MIXABLE, NANOGPT_DATASETS,
@@ -2258,7 +2258,8 @@ def banner_lines(run):
                  # (AdamW's betas where they are not the defaults: nanoGPT's shakespeare_char config sets beta2 0.99)
                  + (f"betas {args.beta1:g}, {args.beta2:g}, " if (args.beta1, args.beta2) != (DEFAULTS["beta1"],
                                                                                           DEFAULTS["beta2"]) else "")
-                 + f"{run.device} {str(run.dtype).replace('torch.', '')}{', compiled' if args.compile else ''}"
+                 + f"{run.device} {dtype_words(run.device, run.dtype, args.dtype)}"
+                 f"{', compiled' if args.compile else ''}"
                  f"{', activations recomputed' if args.recompute_activations else ''}")
     resumed = run.p
     # nanoGPT's --max_iters sets its run's length; here the epochs do, and a --max_steps past their end stops nothing

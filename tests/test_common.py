@@ -1317,6 +1317,23 @@ def test_auto_dtype_on_a_cpu_is_bf16_where_its_matmuls_outrun_fp32(monkeypatch, 
     assert common.pick_dtype(torch.device("cpu"), "bfloat16") == torch.bfloat16  # asked for, given
 
 
+@pytest.mark.parametrize("vendor, flags, said", [
+    ("GenuineIntel", "avx2", "float32 (auto: no AVX-512 BF16 or AMX here)"),  # most laptops
+    ("AuthenticAMD", "avx2 avx512f", "float32 (auto: no AVX-512 BF16 or AMX here)"),
+    ("AuthenticAMD", "avx2 avx512f avx512_bf16", "bfloat16 (auto: AVX-512 BF16)"),  # Zen 4
+    ("GenuineIntel", "avx2 avx512_bf16", "float32 (auto: AVX-512 BF16 without AMX, slower than float32)"),
+    ("GenuineIntel", "avx2 avx512_bf16 amx_bf16", "bfloat16 (auto: AMX)"),
+])
+def test_dtype_words_say_why_auto_took_its_dtype_on_a_cpu(monkeypatch, vendor, flags, said):
+    """train.py's run line: the dtype, and on a CPU with --dtype auto the flags that decided it; pick_dtype's choice."""
+    import common
+    monkeypatch.setattr(common, "cpu_info", lambda: (vendor, set(flags.split())))
+    cpu = torch.device("cpu")
+    assert common.dtype_words(cpu, common.pick_dtype(cpu), "auto") == said
+    assert common.dtype_words(cpu, torch.float32, "float32") == "float32"  # given: nothing to explain
+    assert common.dtype_words(torch.device("cuda"), torch.bfloat16, "auto") == "bfloat16"
+
+
 def test_cpu_info_without_proc_cpuinfo_is_no_flags(monkeypatch):
     import common
 

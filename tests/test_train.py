@@ -1385,6 +1385,16 @@ def test_bf16_asked_for_on_a_cpu_where_it_is_slower_is_warned_of(env, tmp_path, 
     assert "emulated" not in err
 
 
+def test_the_run_line_says_why_auto_took_float32_on_a_cpu_without_bf16(env, tmp_path, capsys, monkeypatch):
+    """On an AVX2 laptop (no AVX-512 BF16 or AMX) --dtype auto trains in float32, and the run line says why: a bare
+    "cpu float32" left a user who read of bf16 on CPUs wondering. A --dtype given is said as it is."""
+    monkeypatch.setattr(common, "cpu_info", lambda: ("GenuineIntel", {"sse2", "avx", "avx2", "fma"}))
+    train.train(args_for(env, tmp_path, "--dataset", "mini", "--max_steps", "1", "--dtype", "auto"))
+    assert re.search(r"^train  .*, cpu float32 \(auto: no AVX-512 BF16 or AMX here\)$", capsys.readouterr().out, re.M)
+    train.train(args_for(env, tmp_path / "given", "--dataset", "mini", "--max_steps", "1"))
+    assert re.search(r"^train  .*, cpu float32$", capsys.readouterr().out, re.M)
+
+
 def test_a_default_batch_larger_than_a_small_text_is_cut_to_it(env, tmp_path, capsys):
     """A small text of fewer windows than the preset's batch trains in batches of all its windows, with a warning,
     as it did padded (an explicit --batch_size that large is refused: test_bad_options_are_user_errors). Its checkpoint
