@@ -1746,21 +1746,28 @@ def cpu_bf16_is_faster():
     matmuls ran at 380-390 GFLOP/s in bf16 against 150-180 in fp32; an Intel Xeon whose VM hides its AMX, so with
     AVX-512 BF16 alone, at 150 in bf16 against 310 in fp32, and its training steps took 1.5x longer in bf16; the same
     Xeon with its AMX shown, at 1,800-2,500 in bf16 against 265-346 in fp32, its small step 2.0x faster in bf16."""
+    return cpu_bf16_verdict()[0]
+
+
+def cpu_bf16_verdict():
+    """(whether bf16 outruns fp32 on this CPU, why), the one place --dtype auto's choice on a CPU is made."""
     vendor, flags = cpu_info()
-    return "amx_bf16" in flags or ("avx512_bf16" in flags and vendor == "AuthenticAMD")
+    if "amx_bf16" in flags:
+        return True, "AMX"
+    if "avx512_bf16" not in flags:  # AVX2 laptops, ARM (whose cpuinfo has no flags): torch emulates bf16
+        return False, "no AVX-512 BF16 or AMX here"
+    if vendor == "AuthenticAMD":
+        return True, "AVX-512 BF16"
+    return False, "AVX-512 BF16 without AMX, slower than float32"
 
 
 def dtype_words(device, dtype, name):
     """dtype as a run's line says it ("float32"), with why --dtype auto (name) took it on a CPU: "float32 (auto: no
-    AVX-512 BF16 or AMX here)". On an AVX2 laptop the README's "bf16 where the CPU does it fastest" left a bare
-    "cpu float32" unexplained, and --dtype bfloat16 there trains ~9x slower (emulated)."""
+    AVX-512 BF16 or AMX here)", where a reader of "bf16 on CPUs" would wonder."""
     words = str(dtype).removeprefix("torch.")
     if device.type != "cpu" or name != "auto":
         return words
-    vendor, flags = cpu_info()
-    why = ("AMX" if "amx_bf16" in flags else "no AVX-512 BF16 or AMX here" if "avx512_bf16" not in flags
-           else "AVX-512 BF16" if vendor == "AuthenticAMD" else "AVX-512 BF16 without AMX, slower than float32")
-    return f"{words} (auto: {why})"
+    return f"{words} (auto: {cpu_bf16_verdict()[1]})"
 
 
 def slow_on_this_cpu(device, dtype, name):
