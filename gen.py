@@ -43,7 +43,7 @@ from checkpoint import add_checkpoint_argument, find_checkpoints, load_model, pa
 from common import (ArgumentParser, UserError, add_device_arguments, at_least, atomic_write_text, autocast,
                     check_output, color_ok, encoding_fix, first_line, fmt_count, latin1_fix, mostly_utf8, not_utf8,
                     number, path_arg, pick_device, pick_dtype, require_utf8, retain_freed_memory, run_main,
-                    seeded_generator, slow_on_this_cpu, stray_byte_fix, without_surrogates)
+                    seeded_generator, slow_on_this_cpu, dtype_words, stray_byte_fix, without_surrogates)
 from setup_tokenizer import EOT, IM_END, IM_START, StreamDecoder, chatml_tokens, render_chat
 
 CHAT_HELP = "/reset clears the history, /exit or Ctrl-D quits, Ctrl-C stops a reply"
@@ -872,7 +872,7 @@ def main(argv=None):
     session.log(f"{path}: {fmt_count(model.num_params(non_embedding=False))} parameters "
                 f"({fmt_count(model.num_params())} non-embedding), {model.config.variant}, context "
                 f"{model.config.block_size}, vocab {enc.name} {enc.n_vocab} | device {device}, dtype "
-                f"{str(dtype).removeprefix('torch.')}, {'no ' if args.no_cache else ''}KV cache, seed {seed}")
+                f"{dtype_words(device, dtype, args.dtype)}, {'no ' if args.no_cache else ''}KV cache, seed {seed}")
     try:
         if args.prompt_file:
             run_prompt_file(session, prompts, seed)

@@ -120,6 +120,16 @@ def test_the_seed_verbose_shows_gives_the_text_again(ckpt, capsys):
     assert cli(opts, capsys)[1] != out  # (the next run draws another)
 
 
+def test_verbose_says_why_auto_took_float32_on_a_cpu_without_bf16(ckpt, capsys, monkeypatch):
+    # as train.py's run line: on an AVX2 laptop --dtype auto's float32 is explained, a --dtype given is said as it is
+    monkeypatch.setattr(common, "cpu_info", lambda: ("GenuineIntel", {"sse2", "avx", "avx2", "fma"}))
+    opts = [ckpt, "--prompt", "Hi", "--max_tokens", "2", "--verbose", "--device", "cpu"]
+    code, _, err = cli(opts, capsys)
+    assert code == 0 and "dtype float32 (auto: no AVX-512 BF16 or AMX here), KV cache" in err, err
+    code, _, err = cli(opts + ["--dtype", "float32"], capsys)
+    assert code == 0 and "dtype float32, KV cache" in err, err
+
+
 def test_kv_cache_matches_full_recomputation(enc):
     model = tiny_model(enc, seed=3)
     caches = []  # proof that use_cache reaches the model: only the cached path allocates a KV cache
