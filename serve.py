@@ -84,24 +84,20 @@ PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "chat.html")
 MAX_BODY = 1 << 20      # bytes of JSON a request may send: far more than any context here holds as text
 DRAIN, DRAIN_WAIT = 64 << 20, 10  # bytes and seconds of a refused, unread body dropped after its answer (linger)
 HEAD, HEAD_WAIT = 16 << 10, 1  # bytes and seconds of a turned-away request's head read for its Origin (turn_away)
-HEAD_END = re.compile(rb"\n\r?\n")  # the empty line that ends a request's head, its lines ended by CRLF or LF (request_head)
+HEAD_END = re.compile(rb"\n\r?\n")  # the empty line that ends a request's head, its lines ended by CRLF or LF
 MAX_STOP = 4            # stop strings per request, as OpenAI allows
-MAX_TEMPERATURE = 2     # a request's temperature is 0 to this, as OpenAI's; so is --temp, the default of those that
-                        # give none
+MAX_TEMPERATURE = 2     # a request's temperature (and --temp) is 0 to this, as OpenAI's
 POLL = 0.2              # seconds between checks that a waiting client is still connected
 ANSWER_WAIT = 5         # seconds a stopping server gives the requests it holds to send their answers
 AT_LIMIT_LOG = 60       # seconds between the log's lines on connections past --max_connections (note_at_limit)
-# seconds a request has to arrive whole, head and body, from its first byte: the largest one taken (a MAX_BODY body)
-# crosses a 1 Mbit/s link, a poor Wi-Fi's, in 9 s: a sixth of this. The socket's own timeout restarts with every byte,
-# so a client trickling one a minute (slowloris) would hold its thread and connection forever
+# seconds a request has to arrive whole from its first byte (a MAX_BODY body crosses 1 Mbit/s in 9 s): the socket's own
+# timeout restarts with every byte, so a client trickling one a minute (slowloris) would hold its thread forever
 REQUEST_WAIT = 60
-# seconds an answer may wait, in all, for its client to take what is written (ReplyWriter): the largest one (a stream of
-# a whole context's events, hundreds of KB) crosses a 1 Mbit/s link in seconds. The socket's timeout bounds each write
-# alone, and a stream's every event is one: a client reading a little now and then would hold its thread 120 s an event
+# seconds an answer may wait, in all, for its client to take what is written (ReplyWriter): the socket's timeout bounds
+# each write alone, and a client reading a stream's events a little now and then would hold its thread 120 s an event
 WRITE_WAIT = 60
-# seconds a connection must have waited for its request (idle, or that request trickling in) before a new connection at
-# --max_connections may take its place (ApiServer.evict): a busy keep-alive client, silent for milliseconds between
-# its requests, keeps its own
+# seconds a connection must have waited for its request (idle, or trickling it) before a new one at --max_connections
+# may take its place (ApiServer.evict): a busy keep-alive client, silent for milliseconds between requests, keeps its own
 EVICT_AFTER = 1
 
 
@@ -175,10 +171,9 @@ LINE_BREAKS = {c: f"\\u{c:04x}" for c in (0x85, 0x2028, 0x2029)}
 
 
 def json_bytes(obj):
-    """obj as the JSON of an answer, a body or a stream's data: line: UTF-8, its text as written, as OpenAI's API and
-    vLLM send it (JSON's default \\u escapes showed a curl user "\\u4f60\\u597d" where the model wrote 你好). A lone
-    surrogate, which has no UTF-8 (a request's "\\ud800", echoed in an error, or a non-UTF-8 checkpoint file name in
-    "model"), keeps that body escaped: ASCII, still valid JSON."""
+    """obj as the JSON of an answer, a body or a stream's data: line: UTF-8, its text as written (not \\u escapes), as
+    OpenAI's API and vLLM send it. A lone surrogate, which has no UTF-8 (a request's "\\ud800" echoed in an error, a
+    non-UTF-8 checkpoint file name in "model"), keeps that body escaped: ASCII, still valid JSON."""
     try:
         return json.dumps(obj, ensure_ascii=False).translate(LINE_BREAKS).encode()
     except UnicodeEncodeError:
