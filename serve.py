@@ -316,9 +316,8 @@ def read_chat(messages, api, max_tokens, noun="the messages"):
     """A chat request's (prompt ids, max_tokens, what the prompt is called in a refusal), as read_prompt is a
     completion's. Without max_tokens the reply may take up to half the context, the history keeps the rest; its oldest
     turns are dropped to make room. A max_tokens given is kept to exactly, over half the context too: the history keeps
-    only what it leaves. (gen.chat_prompt fits a history alike without max_tokens, but never keeps the reply more than
-    half, so with one over half it keeps more history than this and gives the reply what is left; and it cuts a newest
-    message too long where this refuses it: check_context's 400.)"""
+    only what it leaves (unlike gen.chat_prompt, which never gives the reply over half, and cuts a newest message too
+    long where this refuses it: check_context's 400)."""
     asked = max_tokens
     if max_tokens is None:
         max_tokens = reserve_for(api.model, api.max_tokens)
@@ -399,11 +398,8 @@ def job_from_request(body, kind, api):
         prompt, what = read_prompt(req, api.enc), "the prompt"
         if max_tokens is None:
             max_tokens = max(1, min(api.max_tokens, block - len(prompt)))
-    # a completion ends at a turn's end too, <|im_end|> or <|im_start|>, not at <|endoftext|> alone: a chat model,
-    # continuing a text (or a ChatML prompt written by hand), ends its turn, and the text went on past it, control
-    # tokens and all, into turns the model wrote for the user. vLLM stops at a model's end-of-sequence tokens and
-    # leaves special tokens out of the text, as here: these three are the only ones our tokenizers have. A model
-    # trained on plain text never learned to write the ChatML ones: its completions are as before
+    # a completion ends at a turn's end too (<|im_end|>, <|im_start|>), as vLLM stops at every end-of-sequence token: a
+    # chat model continuing a text ends its turn, and would go on into turns it writes for the user
     stop_tokens = stop_ids(api.enc, CHAT_STOPS)
     check_context(kind, prompt, max_tokens, block, what)
     sampling = dict(temperature=api.temperature if temp is None else temp,
@@ -432,9 +428,8 @@ class Job:
 
 class Turns:
     """The jobs waiting for the worker, as a queue.Queue's put and get (None a sentinel, got once no job waits): each
-    client's in arrival order, the clients in turn, a job from each before a second from any. A classroom's notebook
-    sending sixty requests at once from a thread pool held every student behind all sixty in arrival order (17 s for
-    a 30-token reply); now behind one of them."""
+    client's in arrival order, the clients in turn, a job from each before a second from any, so a notebook sending
+    sixty requests at once holds every other client behind one of them, not all sixty."""
 
     def __init__(self):
         self.clients = collections.OrderedDict()  # client: a deque of its jobs, the client whose turn is next first
@@ -549,11 +544,9 @@ class Worker(threading.Thread):
             if self.halted.is_set():
                 raise shutting_down()
             if len(self.waiting) >= self.max_queue:
-                # (--max_queue: the log's line on it says to the operator what raises it)
                 full = overloaded(f"its queue is full ({self.max_queue:,} waiting, --max_queue)")
-                # a notebook that filled the queue from a thread pool would keep every other client out: the newest
-                # request of the client with the most waiting, two more than this one's, gives its place (its client
-                # gets the 503; OpenAI's retries after Retry-After, and finds its turn)
+                # else one client filling the queue keeps every other out: the newest request of the client with the
+                # most waiting, two more than this one's, gives its place (its client gets the 503, and retries)
                 bumped = self.jobs.bump(job.client)
                 if bumped is None:
                     raise full
@@ -609,8 +602,7 @@ class Worker(threading.Thread):
                 if self.current is job:
                     tokens, finish = self.generate(job)
             except Exception as e:  # a bug must not kill the worker: the request gets a 500, the server goes on
-                # (a UserError says what went wrong in its words, as gen.py's line: scores that overflow, and the --dtype
-                # to try, said in the request's log line below; a bug's message needs its type, and its traceback)
+                # (a UserError, such as scores that overflow, says what went wrong itself; a bug needs its traceback)
                 if isinstance(e, UserError):
                     why = str(e)
                 else:
@@ -623,8 +615,8 @@ class Worker(threading.Thread):
             with self.lock:  # (halt says it waits for this reply, or sees it done)
                 self.current = None
             # recorded before the answer goes: a client (a test) reading recent after its answer finds its job
-            self.recent.append(dict(id=job.id, prompt_tokens=len(job.prompt), completion_tokens=tokens, finish_reason=finish,
-                                    max_tokens=job.max_tokens, **job.sampling))
+            self.recent.append(dict(id=job.id, prompt_tokens=len(job.prompt), completion_tokens=tokens,
+                                    finish_reason=finish, max_tokens=job.max_tokens, **job.sampling))
             if finish not in ("cancelled", "error"):
                 job.events.put(("done", finish, tokens))
             elif finish == "cancelled" and not job.cancelled.is_set():  # cut short by halt: its client is told why
@@ -862,9 +854,9 @@ class ReplyWriter(io.BufferedIOBase):
                     finally:
                         handler.write_left -= time.monotonic() - t0
             except TimeoutError:
-                # the client stopped reading: its connection, dropped, is reset (a close lingering 0 s) and its buffers
-                # freed at once, as nginx's reset_timedout_connection does. Closed gracefully, the kernel would keep
-                # the unsent answer (cut short anyway: 2.8 MB of a stream in a test, 20 s on) for a client not reading
+                # the client stopped reading: its connection is reset (a close lingering 0 s) and its buffers freed at
+                # once, as nginx's reset_timedout_connection does; closed gracefully, the kernel would keep the unsent
+                # answer for a client not reading
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 raise
@@ -880,8 +872,7 @@ class Handler(BaseHTTPRequestHandler):
     # request itself has REQUEST_WAIT)
     timeout = 120
     # TCP_NODELAY: headers and body go out in two writes, and with Nagle's algorithm the second waits for the
-    # client's delayed ACK, 40 ms per answer (20 keep-alive clients: 450 requests/s with it, 2-6k without);
-    # streamed tokens would bunch up the same way
+    # client's delayed ACK, 40 ms per answer; streamed tokens would bunch up the same way
     disable_nagle_algorithm = True
 
     REFUSALS = {414: "the request line is over 65,536 bytes: shorten the URL"}  # the standard library gives no text
@@ -1333,9 +1324,8 @@ class Handler(BaseHTTPRequestHandler):
             told = None
 
             def waiting():
-                """While job waits its turn, its place as a comment, ": waiting, 3 ahead", when it changes: a class's
-                students saw "..." for as long as the others' replies took, with no word that theirs was coming. The
-                chat page shows it; other clients skip comments (the event stream's, as OpenAI's client does)."""
+                """While job waits its turn, its place as a comment, ": waiting, 3 ahead", when it changes, so its
+                user knows a reply is coming: the chat page shows it; other clients skip comments (as OpenAI's does)."""
                 nonlocal told
                 n = api.worker.ahead(job)
                 if n is not None and n != told:
@@ -1925,8 +1915,7 @@ def leave(code):
 def run_and_leave(main):
     """run_main(main), then leave() with the status Python's exit would have given: 0, or a SystemExit's (1 for an
     error, 130 for Ctrl-C while loading, 141 for a closed pipe, 143 for SIGTERM), or 1 after a bug's traceback.
-    Python's own exit can abort even a clean stop (seen once in a full test run: after "stopped", the worker joined,
-    the answers sent)."""
+    Python's own exit can abort even a clean stop, the worker joined and the answers sent."""
     try:
         run_main(main)
         code = 0
