@@ -97,7 +97,7 @@ REQUEST_WAIT = 60
 # each write alone, and a client reading a stream's events a little now and then would hold its thread 120 s an event
 WRITE_WAIT = 60
 # seconds a connection must have waited for its request (idle, or trickling it) before a new one at --max_connections
-# may take its place (ApiServer.evict): a busy keep-alive client, silent for milliseconds between requests, keeps its own
+# may take its place (ApiServer.evict): a busy keep-alive client, silent for ms between requests, keeps its own
 EVICT_AFTER = 1
 
 
@@ -282,13 +282,14 @@ def read_prompt(req, enc):
     if isinstance(p, list) and len(p) == 1 and isinstance(p[0], (str, list)):
         p = p[0]
     if p is None:
-        raise ApiError(400, "prompt is required: the text to continue", param="prompt", code="missing_required_parameter")
+        raise ApiError(400, "prompt is required: the text to continue", param="prompt",
+                       code="missing_required_parameter")
     if isinstance(p, str):
         return encode_prompt(enc, p)
     if isinstance(p, list) and p and all(is_int(t) for t in p):
         if not all(0 <= t < enc.n_vocab for t in p):
-            raise ApiError(400, f"prompt holds token ids outside this model's vocabulary of {enc.n_vocab}", param="prompt",
-                           code="invalid_value")
+            raise ApiError(400, f"prompt holds token ids outside this model's vocabulary of {enc.n_vocab}",
+                           param="prompt", code="invalid_value")
         return list(p)
     raise ApiError(400, f"prompt must be a string or a non-empty list of token ids, or one of them in a list (one "
                         f"prompt per request), got {shown(p)}", param="prompt", code="invalid_type")
@@ -365,7 +366,8 @@ def job_from_request(body, kind, api):
     stream = get(req, "stream", "bool") or False
     options = get(req, "stream_options", "dict")
     if options is not None and not stream:  # as OpenAI answers: its include_usage would be quietly ignored
-        raise ApiError(400, "stream_options is only allowed with stream: true", param="stream_options", code="invalid_value")
+        raise ApiError(400, "stream_options is only allowed with stream: true", param="stream_options",
+                       code="invalid_value")
     include_usage = (options or {}).get("include_usage") or False
     if not isinstance(include_usage, bool):
         raise ApiError(400, "stream_options.include_usage must be true or false", param="stream_options.include_usage",
@@ -380,7 +382,8 @@ def job_from_request(body, kind, api):
     penalty = get(req, "repetition_penalty", "number", lambda v: penalty_value(v) is not None, PENALTY_RULE)
     stop = req.get("stop")
     stop = [stop] if isinstance(stop, str) else stop
-    if stop is not None and not (isinstance(stop, list) and len(stop) <= MAX_STOP and all(isinstance(s, str) for s in stop)):
+    if stop is not None and not (isinstance(stop, list) and len(stop) <= MAX_STOP
+                                 and all(isinstance(s, str) for s in stop)):
         raise ApiError(400, f"stop must be a string or a list of at most {MAX_STOP} strings, got {shown(req['stop'])}",
                        param="stop", code="invalid_value")
     limit = f"an integer from 1 to {block} (the model's context)"
@@ -406,7 +409,8 @@ def job_from_request(body, kind, api):
                     top_k=api.top_k if "top_k" not in req else (top_k if top_k and top_k > 0 else None),
                     top_p=api.top_p if top_p is None else top_p,
                     repetition_penalty=api.repetition_penalty if penalty is None else penalty_value(penalty))
-    return Job(kind, prompt, max_tokens, stop_tokens, [s for s in stop or [] if s], sampling, seed, stream, include_usage)
+    return Job(kind, prompt, max_tokens, stop_tokens, [s for s in stop or [] if s], sampling, seed, stream,
+               include_usage)
 
 
 # -----------------------------------------------------------------------------
@@ -416,7 +420,8 @@ class Job:
     """One request on its way through the queue; the worker reports to its handler through events."""
 
     def __init__(self, kind, prompt, max_tokens, stop_tokens, stop, sampling, seed, stream, include_usage):
-        self.kind, self.prompt, self.max_tokens, self.stop_tokens, self.stop = kind, prompt, max_tokens, stop_tokens, stop
+        self.kind, self.prompt, self.max_tokens, self.stop_tokens = kind, prompt, max_tokens, stop_tokens
+        self.stop = stop
         self.sampling, self.seed, self.stream, self.include_usage = sampling, seed, stream, include_usage
         self.id = {"chat": "chatcmpl-", "text": "cmpl-", "response": "resp_"}[kind] + uuid.uuid4().hex[:24]
         self.created = int(time.time())
@@ -887,7 +892,7 @@ class Handler(BaseHTTPRequestHandler):
     def setup(self):
         super().setup()
         self.rfile = io.BufferedReader(RequestReader(self.rfile.detach(), self))
-        self.wfile, self.write_left = ReplyWriter(self), WRITE_WAIT  # (the standard library's wfile holds nothing to close)
+        self.wfile, self.write_left = ReplyWriter(self), WRITE_WAIT  # (the library's wfile holds nothing to close)
 
     def handle_one_request(self):
         """One request, given REQUEST_WAIT from its first byte to arrive whole, else answered 408 and its connection
@@ -923,7 +928,7 @@ class Handler(BaseHTTPRequestHandler):
     def handle(self):
         try:
             super().handle()
-        except ConnectionError:  # reset between requests (a browser closing its idle keep-alive connection): no one to answer
+        except ConnectionError:  # reset between requests (a browser closing its idle connection): no one to answer
             self.close_connection = True
         if self.unread_body:
             self.linger()
@@ -1071,10 +1076,10 @@ class Handler(BaseHTTPRequestHandler):
                 or host_name(host) in allowed:
             return
         port = self.server.server_address[1]
-        raise ApiError(403, f"this server listens on loopback and answers requests for localhost or a loopback address, "
-                            f"not {host[:80]!r} (a page of another site reaching it through DNS rebinding): open "
-                            f"http://127.0.0.1:{port}/ or http://localhost:{port}/ (behind a proxy that passes on its "
-                            f"own name: --allowed_hosts {host_name(host)[:80]})", code="host_not_allowed")
+        raise ApiError(403, "this server listens on loopback and answers requests for localhost or a loopback "
+                            f"address, not {host[:80]!r} (a page of another site reaching it through DNS rebinding): "
+                            f"open http://127.0.0.1:{port}/ or http://localhost:{port}/ (behind a proxy that passes on "
+                            f"its own name: --allowed_hosts {host_name(host)[:80]})", code="host_not_allowed")
 
     def check_route(self, path):
         """Refuses (404, 405) a path this server does not serve, or a method the path does not take: decided by the
@@ -1104,7 +1109,8 @@ class Handler(BaseHTTPRequestHandler):
             [RETRY_AFTER] if e.code == "overloaded" else []
         if e.code == "server_shutting_down":  # its client is not to send the next request on this connection
             self.close_connection = True
-        if self.body is None and (self.headers.get("Content-Length", "0") != "0" or "Transfer-Encoding" in self.headers):
+        if self.body is None and (self.headers.get("Content-Length", "0") != "0"
+                                  or "Transfer-Encoding" in self.headers):
             self.close_connection = self.unread_body = True  # it would be taken for the next request
         if log:  # (before the answer, as the worker's line for a reply: a client that reads its answer finds it there)
             self.log_refusal(e.status, e.message)
@@ -1134,9 +1140,9 @@ class Handler(BaseHTTPRequestHandler):
             # request
             self.check_framing()
             self.check_host()
-            if hasattr(self, "do_" + self.command):  # (another method gets the standard library's 501, as without Expect)
+            if hasattr(self, "do_" + self.command):  # (another method gets the library's 501, as without Expect)
                 self.check_route(path)
-            if "Content-Length" in self.headers and "Transfer-Encoding" not in self.headers:  # (chunked: no size to judge)
+            if "Content-Length" in self.headers and "Transfer-Encoding" not in self.headers:  # (chunked: no size)
                 self.declared_length()
         except ApiError as e:
             self.body = None
@@ -1147,12 +1153,13 @@ class Handler(BaseHTTPRequestHandler):
 
     def read_body(self):
         if "Transfer-Encoding" in self.headers:
-            coding = ", ".join(self.headers.get_all("Transfer-Encoding"))  # all its lines: "chunked" twice is no framing
+            coding = ", ".join(self.headers.get_all("Transfer-Encoding"))  # all lines: "chunked" twice is no framing
             if [c.strip().lower() for c in coding.split(",")] != ["chunked"]:  # (RFC 9112: what every server reads)
                 raise ApiError(501, f"Transfer-Encoding {coding[:40]!r} is not supported; send the body with a "
                                     "Content-Length, or chunked", code="not_implemented")
             if "Content-Length" in self.headers:  # which one frames the body? (a request-smuggling shape)
-                raise ApiError(400, "send Content-Length or Transfer-Encoding: chunked, not both", code="invalid_request")
+                raise ApiError(400, "send Content-Length or Transfer-Encoding: chunked, not both",
+                               code="invalid_request")
             self.body = self.read_chunked()
         else:
             length = self.declared_length()
@@ -1174,7 +1181,8 @@ class Handler(BaseHTTPRequestHandler):
             raise ApiError(400, f"Content-Length must be a non-negative number of bytes, got {length[:40]!r}",
                            code="invalid_request")
         if int(length) > MAX_BODY:
-            raise ApiError(413, f"the request body is {int(length)} bytes; the limit is {MAX_BODY}", code="request_too_large")
+            raise ApiError(413, f"the request body is {int(length)} bytes; the limit is {MAX_BODY}",
+                           code="request_too_large")
         return int(length)
 
     def read_chunked(self):
@@ -1183,7 +1191,8 @@ class Handler(BaseHTTPRequestHandler):
         while True:
             line = self.rfile.readline(1024)  # hex size, maybe ";extension", CRLF
             size = line.split(b";")[0].strip()
-            if not (line.endswith(b"\n") and size and len(size) <= 16 and all(c in b"0123456789abcdefABCDEF" for c in size)):
+            if not (line.endswith(b"\n") and size and len(size) <= 16
+                    and all(c in b"0123456789abcdefABCDEF" for c in size)):
                 raise ApiError(400, f"bad chunk size line {line[:40]!r} in a chunked body", code="invalid_request")
             size = int(size, 16)
             if len(body) + size > MAX_BODY:
@@ -1192,7 +1201,8 @@ class Handler(BaseHTTPRequestHandler):
                 break
             chunk = self.rfile.read(size + 2)  # the data and its CRLF
             if len(chunk) != size + 2 or chunk[-2:] != b"\r\n":
-                raise ApiError(400, "a chunk of a chunked body does not end where its size says", code="invalid_request")
+                raise ApiError(400, "a chunk of a chunked body does not end where its size says",
+                               code="invalid_request")
             body += chunk[:-2]
         for _ in range(100):  # trailer fields, ignored, up to the empty line that ends the message
             line = self.rfile.readline(8192)
@@ -1227,7 +1237,8 @@ class Handler(BaseHTTPRequestHandler):
             # its version at 0.9 and answers with the body alone, no status line (curl: "Received HTTP/0.9 when not
             # allowed"); answered in HTTP/1.1, the client reads the status and why
             self.request_version = self.protocol_version
-        message = message or explain or self.REFUSALS.get(code) or f"{code} {self.responses.get(code, ('bad request',))[0]}"
+        message = (message or explain or self.REFUSALS.get(code)
+                   or f"{code} {self.responses.get(code, ('bad request',))[0]}")
         self.log_refusal(code, message)
         try:
             self.send_json(code, ApiError(code, message).body())
@@ -1277,7 +1288,8 @@ class Handler(BaseHTTPRequestHandler):
         pieces = []
         # the probe: an interim 100 (Continue), which an HTTP/1.1 client reads past (RFC 9110 15.2); an HTTP/1.0
         # client takes no interim answer, so one that hangs up is found when its answer is written
-        probe = None if self.request_version != "HTTP/1.1" else lambda: self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        probe = None if self.request_version != "HTTP/1.1" else \
+            lambda: self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         for event in self.events(job, probe):
             if event[0] == "text":
                 pieces.append(event[1])
@@ -1422,7 +1434,7 @@ class ResponseEvents:
 
 class ApiServer(ThreadingHTTPServer):
     """The HTTP server (a thread per connection) and the model's worker."""
-    request_queue_size = 128  # the listen backlog: socketserver's 5 makes a burst of clients wait a second for a SYN retry
+    request_queue_size = 128  # the listen backlog: socketserver's 5 makes a burst of clients wait a second (SYN retry)
 
     def __init__(self, model, enc, name, host="127.0.0.1", port=8000, dtype=torch.float32, temperature=0.8,
                  top_k=200, top_p=None, max_tokens=DEFAULT_MAX_TOKENS, max_queue=64, log=None, cors=(),
@@ -1457,7 +1469,8 @@ class ApiServer(ThreadingHTTPServer):
         try:
             super().__init__((host, port), Handler)
         except (OSError, TypeError, UnicodeError) as e:  # ('ü..x': "encoding of hostname failed", a TypeError)
-            fix = ("pick another --port, or stop what uses it" if getattr(e, "errno", None) in (errno.EADDRINUSE, errno.EACCES)
+            in_use = getattr(e, "errno", None) in (errno.EADDRINUSE, errno.EACCES)
+            fix = ("pick another --port, or stop what uses it" if in_use
                    else "check --host (an address or name of this machine)")
             raise UserError(f"cannot listen on {host_port(host, port)} ({getattr(e, 'strerror', None) or e}): {fix}")
         self.loopback = loopback_name(self.server_address[0])  # only this machine reaches it (Handler.check_host)
@@ -1709,12 +1722,13 @@ class ApiServer(ThreadingHTTPServer):
     @staticmethod
     def choice(job, finish, text, **chat):
         """The answer's one choice: a completion's text, or a chat's message (or a stream's delta), given as chat."""
-        return {"index": 0, **(chat if job.kind == "chat" else {"text": text}), "logprobs": None, "finish_reason": finish}
+        return {"index": 0, **(chat if job.kind == "chat" else {"text": text}), "logprobs": None,
+                "finish_reason": finish}
 
     def envelope(self, job, choices, chunk=False, usage=False):
         """The answer's object; usage: a dict, None (written as null) or False (left out)."""
-        obj = {"id": job.id, "object": ("chat.completion" if job.kind == "chat" else "text_completion") + (".chunk" if chunk and job.kind == "chat" else ""),
-               "created": job.created, "model": self.name, "choices": choices}
+        kind = "text_completion" if job.kind != "chat" else "chat.completion.chunk" if chunk else "chat.completion"
+        obj = {"id": job.id, "object": kind, "created": job.created, "model": self.name, "choices": choices}
         if usage is not False:
             obj["usage"] = usage
         return obj
