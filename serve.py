@@ -803,9 +803,8 @@ class RequestReader(io.RawIOBase):
         # this read's start: a client trickling a byte now and then (slowloris) is never silent long in one read
         since = None if deadline is None else deadline - REQUEST_WAIT
         if deadline is None:
-            # the wait for a request's first byte is silent, its read not: a byte read while silent is gone from the
-            # socket, where evict looks for it, until this thread takes the GIL back and leaves silent_while (ms on a
-            # busy host), and a keep-alive client's request that came then was dropped with its evicted connection
+            # only the wait for a request's first byte is silent, not its read: a byte read while silent is gone from
+            # the socket, where evict looks for it, and its request would be dropped with an evicted connection
             with self.handler.server.silent_while(sock):
                 if not readable(sock, sock.gettimeout()):
                     raise TimeoutError("no request came within the connection's idle timeout")
@@ -950,14 +949,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def end_headers(self):
         # every answer (errors and streams too) tells a browser page of an allowed origin that it may read it
-        for name, value in self.cors_headers():
+        origin = getattr(self, "headers", None) and self.headers.get("Origin")  # (none yet: a malformed request line)
+        for name, value in self.server.cors_headers(origin):
             self.send_header(name, value)
         super().end_headers()
-
-    def cors_headers(self):
-        """This request's CORS headers under --cors (ApiServer.cors_headers): none without, or for another origin."""
-        origin = getattr(self, "headers", None) and self.headers.get("Origin")  # (none yet: a malformed request line)
-        return self.server.cors_headers(origin)
 
     @classmethod
     def preflight_headers(cls, api, method, path, headers):
@@ -1517,12 +1512,10 @@ class ApiServer(ThreadingHTTPServer):
         except Exception as e:
             places.release()
             # answered 503 overloaded here, as past max_connections, with one line in the log (socketserver would
-            # print a traceback and close it unanswered). This thread accepts the next connections, and waits for no
-            # client: it reads, under --cors, what of the request's head has come (a browser's comes with the
-            # connection, and the failed start gave it time) for its origin or its preflight (busy_answer), and sends
-            # what the socket takes at once (a new connection's buffer takes it all). The rest of the request is
-            # dropped as it comes (service_actions), as drain does: closed with it unread, the connection would be
-            # reset under http.client's POST, which writes its body after its head, and it would get BrokenPipeError
+            # print a traceback and close it unanswered). This thread accepts the next connections, so it waits for no
+            # client: it reads what of the head has come (busy_answer, under --cors) and sends what the socket takes at
+            # once; the rest of the request is dropped as it comes (service_actions), as drain does, so that a POST's
+            # body written after its head meets no reset (BrokenPipeError) before the client reads the 503
             self.worker.say(f"a connection turned away: no thread to serve it ({e})")
             try:
                 request.setblocking(False)
@@ -1616,11 +1609,9 @@ class ApiServer(ThreadingHTTPServer):
         without giving back the place (process_request_thread): for that moment the threads are one more than the
         places."""
         with self.silence_lock:
-            # one waiting for a request's first byte with bytes waiting is silent no more: its request (a keep-alive
-            # client's next, a new connection's first) has come, and its thread, not yet woken, is about to read it;
-            # closed, it would go unanswered. One whose request began EVICT_AFTER ago is trickling it whatever it has
-            # sent since: a byte unread for as long as its thread takes to wake (tens of ms on a loaded machine) would
-            # hide a slowloris client sending one every 50 ms at the moment a new connection looked
+            # one waiting for a request's first byte with bytes waiting is silent no more: its request has come, and
+            # closed, it would go unanswered. One whose request began EVICT_AFTER ago is trickling it, whatever bytes
+            # wait unread (one sent while its thread wakes would hide a slowloris client)
             now = time.monotonic()
             sock = min((s for s, (since, first) in self.silent.items()
                         if now - since >= EVICT_AFTER and not (first and readable(s))),
@@ -1663,13 +1654,10 @@ class ApiServer(ThreadingHTTPServer):
 
     def busy_answer(self, why, got=b""):
         """The whole answer to a connection turned away because why, of which got was read (its request's head, some
-        of it or none: request_head): 503 overloaded, a full queue's error body, with the CORS headers of the request's
-        origin, as any error has (--cors naming origins: else the page gets an opaque network error in its place). A
-        CORS preflight (Handler.preflight_headers) gets its 204, as ever: a browser takes a preflight answered
-        otherwise for a network error, whatever its headers, and the page would never see the 503 of the request
-        after it, which it could show. Cached (Access-Control-Max-Age) as ever too: the 204 is the same, busy or not.
-        (The request's Host is not checked, as Handler.check_host does: the 204 lets a page of an allowed origin send
-        a request, which meets that check, or the 503.)"""
+        of it or none: request_head): 503 overloaded, with the CORS headers of the request's origin, as any error has
+        (else the page gets an opaque network error). A CORS preflight (Handler.preflight_headers) gets its 204 as ever:
+        a browser takes a preflight answered otherwise for a network error, and the page would never see the 503 of
+        the request after it. (Its Host is not checked: the request after the 204 meets Handler.check_host.)"""
         method, path, headers = request_head(got)
         cors = self.cors_headers(headers.get("Origin"))
         preflight = None if malformed(headers) else Handler.preflight_headers(self, method, path, headers)
