@@ -767,6 +767,15 @@ def malformed(headers):
             or any("\n" in v for v in headers.values()))
 
 
+def target_path(target):
+    """The path of a request's target ("/v1/models", "http://host/v1/models"); the target itself where urlsplit
+    refuses it ("http://[x": an IPv6 address unclosed), which no route takes."""
+    try:
+        return urlsplit(target).path
+    except ValueError:
+        return target
+
+
 def request_head(data):
     """(method, path, headers) of the request whose first bytes, read unparsed, are data (ApiServer.turn_away), as
     Handler reads them: its lines end in CRLF or a bare LF (RFC 9112 2.2; the standard library takes either), and its
@@ -776,9 +785,7 @@ def request_head(data):
     lines = data[:end.end()] if end else data[:data.rfind(b"\n") + 1]
     first, _, rest = lines.partition(b"\n")
     method, _, target = first.decode("latin-1").partition(" ")
-    path, headers = "", parse_headers(io.BytesIO(b""))
-    with contextlib.suppress(ValueError):  # ("http://[x": an IPv6 address unclosed)
-        path = urlsplit(target.partition(" ")[0]).path
+    path, headers = target_path(target.partition(" ")[0]), parse_headers(io.BytesIO(b""))
     with contextlib.suppress(HTTPException):
         headers = parse_headers(io.BytesIO(rest))
     return method, path, headers
@@ -1017,7 +1024,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def route(self):
         api, method = self.server, self.command
-        path = urlsplit(self.path).path
+        path = target_path(self.path)
         self.body, self.probed, submitted = None, False, False
         try:
             self.check_framing()
@@ -1118,9 +1125,7 @@ class Handler(BaseHTTPRequestHandler):
         """A line in the log for a request answered with an error, as the worker writes one for each reply, so the
         operator sees why a client was refused (a context too long, a bad field, a full queue). Escaped: the path is
         the client's, and a terminal would act on its control characters."""
-        what = "a request"
-        with contextlib.suppress(ValueError):  # ("http://[x": an IPv6 address unclosed)
-            what = f"{self.command} {urlsplit(self.path).path}" if getattr(self, "command", None) else what
+        what = f"{self.command} {target_path(self.path)}" if getattr(self, "command", None) else "a request"
         self.server.worker.say(repr(f"{what}: {status} {message}")[1:-1])
 
     def handle_expect_100(self):
@@ -1128,7 +1133,7 @@ class Handler(BaseHTTPRequestHandler):
         sends over MAX_BODY) is refused at once what its request's head decides: a framing it refuses (400), a path or
         method it refuses (404, 405), a Content-Length over MAX_BODY, not told 100 first to upload all of its body
         before the refusal. Another gets its 100, and its body is read."""
-        path = urlsplit(self.path).path
+        path = target_path(self.path)
         try:
             # its framing first, as route decides: a 404 or 405 for a request whose body's end is unclear (two
             # Content-Lengths, a malformed header line that hid one) would keep the connection, and take the rest for a

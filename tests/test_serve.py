@@ -654,6 +654,14 @@ def raw(api, request):
     return out
 
 
+def test_a_target_urlsplit_refuses_is_a_404_not_a_traceback(api):
+    # "http://[x", an IPv6 address unclosed: urlsplit raises ValueError, and the request went unanswered
+    for request in (b"GET http://[x HTTP/1.1\r\nHost: localhost\r\n\r\n",
+                    b"POST http://[x HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n"):
+        status, err, _ = raw(api, request)
+        assert status == 404 and err["error"]["code"] == "not_found" and "http://[x" in err["error"]["message"], request
+
+
 def test_http_errors_get_openai_bodies(api):
     status, err, headers = raw(api, b"GET /v1/nowhere HTTP/1.1\r\nHost: localhost\r\n\r\n")
     assert status == 404 and "/v1/chat/completions" in err["error"]["message"]
