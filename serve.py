@@ -752,9 +752,8 @@ def readable(sock, wait=0):
     return bool(select.select([sock], [], [], wait)[0])
 
 
-# the defects the standard library's parser (email's) finds in a head with a multipart Content-Type: it looks for the
-# parts in the body, which it is not given. They say nothing of the head's lines: curl -F's request had them, and was
-# refused as a malformed header line, where its body is what the API cannot read (a 400 that says so, read_json)
+# the defects email's parser finds in a head with a multipart Content-Type (curl -F's), looking for the parts in a body
+# it is not given: they say nothing of the head's lines (the body gets read_json's 400, which says what is wrong)
 BODY_DEFECTS = (email.errors.StartBoundaryNotFoundDefect, email.errors.NoBoundaryInMultipartDefect,
                 email.errors.CloseBoundaryNotFoundDefect, email.errors.MultipartInvariantViolationDefect)
 
@@ -1008,8 +1007,6 @@ class Handler(BaseHTTPRequestHandler):
         """RFC 9112's refusals of a request that a proxy in front could read otherwise: the connection closes behind
         each, since where its body ends is not known. Decided by the request's head alone (route, handle_expect_100)."""
         h = self.headers
-        # a header line with no colon, or a space before it: the standard library then drops every header after it,
-        # Content-Length included
         if malformed(h):
             why = "a header line is malformed (no colon, a space before it, or folded onto the next line)"
         elif self.request_version == "HTTP/1.1" and len(h.get_all("Host", [])) != 1:
@@ -1135,9 +1132,8 @@ class Handler(BaseHTTPRequestHandler):
         before the refusal. Another gets its 100, and its body is read."""
         path = target_path(self.path)
         try:
-            # its framing first, as route decides: a 404 or 405 for a request whose body's end is unclear (two
-            # Content-Lengths, a malformed header line that hid one) would keep the connection, and take the rest for a
-            # request
+            # its framing first, as route decides: a 404 or 405 for a request whose body's end is unclear would keep
+            # the connection, and take the rest for a request
             self.check_framing()
             self.check_host()
             if hasattr(self, "do_" + self.command):  # (another method gets the library's 501, as without Expect)
@@ -1316,8 +1312,7 @@ class Handler(BaseHTTPRequestHandler):
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream; charset=utf-8")
             self.send_header("Cache-Control", "no-cache")
-            # nginx, the usual proxy in front of a server, buffers an answer until it is whole unless told not to: a
-            # stream through it came all at once, at its end
+            # nginx, the usual proxy in front of a server, buffers an answer until it is whole unless told not to
             self.send_header("X-Accel-Buffering", "no")
             if chunked:
                 self.send_header("Transfer-Encoding", "chunked")
@@ -1874,15 +1869,13 @@ def main(argv=None):
     except KeyboardInterrupt:
         signalled = True  # "stopped" is said once it has (halt), after the worker's line for the reply it cut short
     finally:
-        # SIGTERM's (or SIGHUP's) SystemExit (exit_on_sigterm) is in flight: it stops the server as Ctrl-C does, and
-        # says so too
+        # SIGTERM's (or SIGHUP's) SystemExit (exit_on_sigterm) in flight stops the server as Ctrl-C does, and says so
         stop = sys.exc_info()[1]
         by_sigterm = isinstance(stop, SystemExit)
         signalled = signalled or by_sigterm
         main_thread = threading.current_thread() is threading.main_thread()
-        # os._exit (leave) is the command's way out past a worker inside torch, where Python's exit would abort. Called
-        # from Python (a notebook's cell, whose stop button is Ctrl-C) the process goes on: os._exit there ended the
-        # kernel, at a second press of the button or a slow reply. The worker stops at its next token by itself
+        # os._exit (leave) is the command's way out past a worker inside torch, where Python's exit would abort; called
+        # from Python (a notebook's cell) the process goes on, and the worker stops at its next token by itself
         command = __name__ == "__main__"
         before = {s: signal.signal(s, leave_at_once) for s in (signal.SIGINT, *stop_signals())} \
             if main_thread and command else {}
