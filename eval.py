@@ -181,8 +181,7 @@ def evaluate_checkpoint(path, datasets=None, data_dir=None, split="val", block_s
             print(f"warning: {warning}", file=sys.stderr)
         eval_windows = eval_batches * batch_size if eval_batches else len(windows)  # None: every window
         n_windows = len(eval_indices(len(windows), eval_windows))
-        # every window of a large split is hours on a CPU (a 1B-token set's 447k val windows: about 6 hours of the
-        # tiny model on a core): a bar with the time left, or off a terminal (a nohup run's log) a line a minute
+        # every window of a large split is hours on a CPU: a bar with the time left, or off a terminal a line a minute
         with progress_bar(f"{name} {split}", n_windows, "windows") as bar:
             loss = evaluate(model, windows, batch_size, eval_windows, dev, amp, progress=bar)
         bpb = bits_per_byte(loss, bpb_scale(windows, eval_windows, enc))
@@ -313,9 +312,10 @@ def names_checkpoint(name):
 def parse_args(argv=None):
     p = ArgumentParser("eval.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_checkpoint_argument(p, CHECKPOINT_HELP + "; several (runs/*/story_best.pt): one table comparing them")
-    p.add_argument("--dataset", type=nonempty, nargs="+", help="prepared datasets to evaluate on, a row each (default: the one the "
-                                                "checkpoint was trained on)")
-    p.add_argument("--data_dir", type=path_arg, help="where prepared datasets live (default: the checkpoint's, else data)")
+    p.add_argument("--dataset", type=nonempty, nargs="+",
+                   help="prepared datasets to evaluate on, a row each (default: the one the checkpoint was trained on)")
+    p.add_argument("--data_dir", type=path_arg,
+                   help="where prepared datasets live (default: the checkpoint's, else data)")
     p.add_argument("--split", choices=["val", "train"], default="val", help="which split (default: val)")
     p.add_argument("--block_size", type=at_least(1), help="window length (default: the checkpoint's training one)")
     p.add_argument("--batch_size", type=at_least(1), default=16, help="windows per forward pass (default: 16)")
@@ -325,18 +325,19 @@ def parse_args(argv=None):
                    help="replies sampled per conversation set, 0 = none (default: 50)")
     # --prompt_file, as gen.py names the same file in the same format (--prompts, its first name: below)
     p.add_argument("--prompt_file", type=path_arg, metavar="FILE",
-                   help="answer the first --samples prompts of this file (one per line, or JSON lines with a \"prompt\" "
-                        "field, as gen.py --prompt_file) instead")
+                   help="answer the first --samples prompts of this file (one per line, or JSON lines with a "
+                        "\"prompt\" field, as gen.py --prompt_file) instead")
     p.add_argument("--max_tokens", type=at_least(1), default=128, help="new tokens a reply may take (default: 128)")
     add_sampling_arguments(p)
     p.add_argument("--seed", type=int, default=1337, help="seed of the sampled replies (default: 1337)")
     add_device_arguments(p)
-    p.add_argument("--json", type=path_arg, metavar="PATH", help="also write the results as JSON to PATH; - prints JSON instead of the table")
-    # --prompts, --prompt_file's first name, still works, unshown (--help listed both, two names for one file where
-    # gen.py has one), and read as --prompt_file before parsing: an option of its own made "--prompt" ambiguous
+    p.add_argument("--json", type=path_arg, metavar="PATH",
+                   help="also write the results as JSON to PATH; - prints JSON instead of the table")
+    # --prompts, --prompt_file's old name, still works unshown: read as --prompt_file before parsing, as an option of
+    # its own would make "--prompt" ambiguous
     argv = [re.sub(r"^--prompts(?==|$)", "--prompt_file", a) for a in command_words(argv)]
     args, extra = p.parse_known_args(argv)
-    # `eval.py runs/*/x_best.pt`, to compare runs: argparse took the first and said "unrecognized arguments" of the rest
+    # `eval.py runs/*/x_best.pt`, to compare runs: argparse takes the first, and the rest come back unrecognized
     more = [a for a in extra if not a.startswith("-") and names_checkpoint(a)]
     if len(more) < len(extra):
         p.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -351,9 +352,8 @@ def parse_args(argv=None):
     n = len(names)
 
     def another_checkpoint(name):
-        # (with the checkpoint given, a dataset's name that is also a file here, `story`, stays a dataset's: by its
-        # path. A prepared dataset's folder, `--dataset data/story`, is no checkpoint: load_meta names its --dataset
-        # and --data_dir, where it was taken for a second checkpoint: "one checkpoint at a time", now one to compare)
+        # (with the checkpoint given, a dataset's name that is also a file here, `story`, stays a dataset's; a
+        # prepared dataset's folder, `--dataset data/story`, is no checkpoint: load_meta's error names it)
         if is_dataset_folder(name):
             return False
         return names_checkpoint(name) if args.checkpoint is None else \
@@ -361,8 +361,8 @@ def parse_args(argv=None):
     while n and another_checkpoint(names[n - 1]):
         n -= 1
     args.checkpoints = [*([args.checkpoint] if args.checkpoint else []), *names[n:], *more]  # (several: compared)
-    # in the order given: argparse takes one, --dataset's list those after it, and the rest come back unrecognized
-    # (`a.pt b.pt --dataset story c.pt` was a, c, b)
+    # in the order given (`a.pt b.pt --dataset story c.pt`: a, b, c): argparse takes one, --dataset's list those after
+    # it, and the rest come back unrecognized
     args.checkpoints.sort(key=lambda c: next((i for i, a in enumerate(argv) if a == c or a.endswith("=" + c)),
                                              len(argv)))
     if args.checkpoints:
