@@ -38,10 +38,7 @@ def finite(value):
 
 
 # the training state train.py writes, by entry: what each holds, as is_kind reads it (a file edited and saved again
-# passes torch.load and the zip checksums: a step of 'x' ended in a ValueError deep in a resume, or in eval.py's
-# table; a step of -5 ran the lr schedule from there, a best_val_loss of nan made no evaluation a best again; a
-# best_at or loss_since_record of another shape was dropped without a word: no step of the best in the summary, a
-# record after the resume without the steps before it)
+# passes torch.load and the zip checksums, and an entry of another kind would fail deep in a resume, or skew it quietly)
 STATE_KINDS = {"step": nonnegative_int, "epoch": nonnegative_int, "epoch_step": nonnegative_int,
                "epoch_windows": nonnegative_int, "tokens": nonnegative_int, "eval_windows": nonnegative_int,
                "evals_since_best": nonnegative_int, "best_val_loss": (finite, type(None)),
@@ -59,8 +56,8 @@ CHECKPOINT_HELP = "a .pt file or a Hugging Face model folder (default: the newes
 
 
 def add_checkpoint_argument(p, help=CHECKPOINT_HELP, shown="first"):
-    """Every script's checkpoint, given first (`gen.py x.pt`) or as --checkpoint: each way, a habit from the other
-    scripts, was "unrecognized arguments" somewhere. help goes to the way the script shows: first (gen.py, eval.py,
+    """Every script's checkpoint, given first (`gen.py x.pt`) or as --checkpoint, as each way is a habit from the
+    other scripts. help goes to the way the script shows: first (gen.py, eval.py,
     serve.py, export.py) or, with shown="option", --checkpoint (train.py, where it is optional: a new model without).
     parse_checkpoint merges the two; a script without a default checkpoint says so in help and refuses None itself."""
     p.add_argument("checkpoint", type=path_arg, nargs="?", help=help if shown == "first" else argparse.SUPPRESS)
@@ -75,8 +72,7 @@ def parse_checkpoint(p, args):
         if args.checkpoint is not None:
             p.error(f"two checkpoints, {args.checkpoint} and --checkpoint {given}: give one")
         args.checkpoint = given
-    # nanoGPT's habit, `train.py config/train_shakespeare_char.py`: said "checkpoint ... not found", or, the file
-    # there, that it is no checkpoint
+    # nanoGPT's habit, `train.py config/train_shakespeare_char.py`: a config file, not a checkpoint missing or damaged
     if args.checkpoint is not None and args.checkpoint.endswith(".py"):
         p.error(f"{args.checkpoint} is a Python file, not a checkpoint: {p.prog} reads no config file; give its "
                 f"settings as options")
@@ -154,12 +150,12 @@ def load_checkpoint(path):
     error = model_folder_file(path)
     if error:
         raise error
-    if path.endswith(".safetensors"):  # torch.load reads it with safetensors: a state dict, or a damaged file's traceback
+    if path.endswith(".safetensors"):  # torch.load reads it: a state dict, or a damaged file's traceback
         raise UserError(f"{path} is a safetensors file with no Hugging Face model folder around it (no {hf.CONFIG} "
                         f"beside it): not a checkpoint; use a checkpoint written by train.py, or the model's folder")
     if os.path.isdir(path):
-        # a download that left config.json out: its weights there, "train one" named no way out (a folder of
-        # checkpoints, models/, is offered its .pt files below)
+        # a download that left config.json out is told what is missing (a folder of checkpoints, models/, is
+        # offered its .pt files below)
         weights = sorted(n for n in os.listdir(path) if n.endswith(".safetensors") or n == hf.WEIGHTS_BIN)
         checkpoints = find_checkpoints(path)
         if weights and not checkpoints:
@@ -169,11 +165,11 @@ def load_checkpoint(path):
                         f"model folder{available_hint(path if checkpoints else 'models')}")
     try:
         # opened once: torch.load and the checksum pass below read the same file, which a train.py saving or
-        # --overwrite-ing may replace or remove meanwhile (the checksum pass then met no file: "damaged")
+        # --overwrite-ing may replace or remove meanwhile
         f = open(path, "rb")
     except FileNotFoundError:
-        raise UserError(f"checkpoint {path} was removed as it was opened (by a train.py writing there?): run this again, "
-                        f"or pass another checkpoint") from None
+        raise UserError(f"checkpoint {path} was removed as it was opened (by a train.py writing there?): run this "
+                        f"again, or pass another checkpoint") from None
     with f:
         return read_checkpoint(path, f)
 
@@ -186,8 +182,8 @@ def read_checkpoint(path, f):
     try:
         ckpt = torch.load(f, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, KeyError, IndexError, TypeError, AttributeError) as e:
-        # torch's message is a screenful of advice about weights_only=False, which this project never uses; a file that
-        # is no zip goes to torch's legacy reader, whose unpickler fails on text ("hello") with the other errors
+        # torch's message is a screenful of advice about weights_only=False, which this project never uses; a file
+        # that is no zip goes to torch's legacy reader, whose unpickler fails on text ("hello") with the other errors
         global_ = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
         what = (f"holds pickled Python objects ({global_.group(1)}), which are never loaded (weights_only=True)"
                 if global_ else "is not a checkpoint (corrupt, or not written by torch.save?)")
@@ -198,15 +194,15 @@ def read_checkpoint(path, f):
         raise UserError(f"{path} is not a readable checkpoint (truncated or corrupt?): "
                         f"{first_line(str(e).split('. ')[0] or type(e).__name__, 120)}; {another}")
     if isinstance(ckpt, dict) and {"model", "model_args", "iter_num"} <= set(ckpt) and "tokenizer" not in ckpt:
-        # nanoGPT's ckpt.pt (its sample.py's --out_dir, given by habit): "no model/config/tokenizer entries" of one
-        # that has model and config read as a damaged file
+        # nanoGPT's ckpt.pt (its sample.py's --out_dir, given by habit), which would read as a damaged checkpoint
         raise UserError(f"{path} is nanoGPT's checkpoint, not this project's: it holds no vocabulary (nanoGPT's is "
                         f"GPT-2's or its dataset's meta.pkl) and loads nowhere here; train one with train.py")
     if not isinstance(ckpt, dict) or not {"model", "config", "tokenizer"} <= set(ckpt):
-        raise UserError(f"{path} is not a checkpoint of this project (no model/config/tokenizer entries); train one with train.py")
-    # torch.load does not check the zip's CRC-32s: a file damaged inside a tensor (a disk, a copy) loaded as other
-    # weights, silently (a review's 100 flipped bytes: eval loss 6.29 instead of 2.75). One pass over the file.
-    # (a legacy, not zip, file has no checksums, and its tensor bytes may hold what is_zipfile takes for a zip's end)
+        raise UserError(f"{path} is not a checkpoint of this project (no model/config/tokenizer entries); train one "
+                        f"with train.py")
+    # torch.load does not check the zip's CRC-32s: a file damaged inside a tensor (a disk, a copy) would load as other
+    # weights, silently. One pass over the file (a legacy, not zip, file has no checksums, and its tensor bytes may hold
+    # what is_zipfile takes for a zip's end)
     if starts_as_zip(f):
         try:
             with zipfile.ZipFile(f) as z:
@@ -219,9 +215,10 @@ def read_checkpoint(path, f):
         if damaged:
             raise UserError(f"{path} is damaged: {damaged}; {another}")
     if ckpt.get("format") != FORMAT:
-        raise UserError(f"{path} has checkpoint format {ckpt.get('format')}, this code reads {FORMAT}; use the matching version of the code")
+        raise UserError(f"{path} has checkpoint format {ckpt.get('format')}, this code reads {FORMAT}; use the "
+                        f"matching version of the code")
     tok = ckpt["tokenizer"]
-    # (weights are floating point: load_state_dict would copy a bool or integer tensor in as 0s and 1s, or whole numbers)
+    # (weights are floating point: load_state_dict would copy a bool or integer tensor in as 0s and 1s)
     if not (isinstance(ckpt["model"], dict)
             and all(isinstance(v, torch.Tensor) and v.is_floating_point() for v in ckpt["model"].values())
             and isinstance(ckpt["config"], dict) and isinstance(tok, dict) and isinstance(tok.get("name"), str)
@@ -229,9 +226,8 @@ def read_checkpoint(path, f):
             and (isinstance(tok.get("bpe", 0), str) or tok.get("bpe", 0) is None and tok["name"] == "gpt2")):
         raise UserError(f"{path} is a damaged checkpoint (its model, config or tokenizer entry is not what train.py "
                         f"writes); {another}")
-    # the vocabulary it stores reads (tokenizer_from_bpe's own words asked for a file, naming no file the user has),
-    # and is the one whose hash was saved with it: one edited (two tokens' ranks swapped) gave the same number of ids
-    # and passed every other check, and gen.py encoded prompts, and export.py wrote a tokenizer, with the wrong ids
+    # the vocabulary it stores reads, and is the one whose hash was saved with it: one edited (two tokens' ranks
+    # swapped) passes every other check, and every script would then use the wrong ids
     if isinstance(tok["bpe"], str):
         try:
             held = tokenizer_hash(tokenizer_from_state(tok))
@@ -279,7 +275,7 @@ def nonfinite(named_tensors):
 
 def load_model(path_or_ckpt, device="cpu", name=None):
     """(model in eval mode on device, tokenizer, checkpoint dict) from a path (a pathlib.Path too) or an already loaded
-    dict (name: its path, for messages). A Path was taken for the dict: "does not match this model code"."""
+    dict (name: its path, for messages)."""
     if isinstance(path_or_ckpt, os.PathLike):
         path_or_ckpt = os.fspath(path_or_ckpt)
     ckpt = load_checkpoint(path_or_ckpt) if isinstance(path_or_ckpt, str) else path_or_ckpt
@@ -290,8 +286,9 @@ def load_model(path_or_ckpt, device="cpu", name=None):
     except (RuntimeError, MemoryError) as e:  # a config edited to a context of 10**9: a 64 GB table of RoPE angles
         if not is_oom(e):
             raise
-        raise UserError(f"{name}: its model (context {ckpt['config'].get('block_size')}, {ckpt['config'].get('n_layer')} "
-                        f"layers x {ckpt['config'].get('n_embd')}) does not fit in memory ({first_line(e, 80)}): its "
+        c = ckpt["config"]
+        raise UserError(f"{name}: its model (context {c.get('block_size')}, {c.get('n_layer')} "
+                        f"layers x {c.get('n_embd')}) does not fit in memory ({first_line(e, 80)}): its "
                         f"config is damaged, or the model needs a larger machine") from None
     load_weights(model, ckpt["model"], name)
     enc = tokenizer_from_state(ckpt["tokenizer"])
@@ -309,7 +306,8 @@ def checkpoint_config(ckpt, name):
     try:
         return GPTConfig(**ckpt["config"])
     except (TypeError, ValueError) as e:
-        raise UserError(f"{name} does not match this model code (its config: {first_line(e)}): {NOT_THIS_CODE}") from None
+        raise UserError(f"{name} does not match this model code (its config: {first_line(e)}): "
+                        f"{NOT_THIS_CODE}") from None
 
 
 def load_weights(model, state_dict, name="the checkpoint"):
