@@ -49,12 +49,9 @@ VOCAB_JSON, MERGES_TXT = "vocab.json", "merges.txt"
 # applies) with combining marks kept in words, as a Split before a ByteLevel that only maps bytes to characters
 MARKS_SPLIT = {"type": "Split", "behavior": "Isolated", "invert": False, "pattern": {
     "Regex": r"'s|'t|'re|'ve|'m|'ll|'d| ?[\p{L}\p{M}]+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"}}
-# config.json's key for what this project trained with and transformers' config has no field for, read back by
-# read_folder so that eval.py and train.py --init_from take the folder as they take the .pt: the training window
-# (--block_size, which eval.py's windows default to; the context is only the model's limit), dropout (read from
-# GPT-2's config, the hub's GPT-2 would fine-tune with 0.1 where it has 0 here, and Llama's has attention dropout only)
-# and a gpt2-variant model's want of biases (HF's GPT-2 always has them: the export's zeros). transformers keeps a key
-# it does not know as a config attribute, unused, and saves it again
+# config.json's key for what this project trained with and transformers' config has no field for (the training
+# --block_size, dropout, a gpt2-variant model's want of biases), read back by read_folder so that eval.py and train.py
+# --init_from take the folder as they take the .pt; transformers keeps a key it does not know, unused
 OWN_CONFIG = "gpt_trainer"
 CHAT_TEMPLATE = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] "
                  "+ '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
@@ -73,7 +70,7 @@ def is_hf_folder(path):
 def byte_chars():
     """GPT-2's map of the 256 bytes to printable characters, in which vocab.json and merges.txt spell tokens:
     printable Latin-1 bytes stand for themselves, the others (control bytes, space...) for chr(256 + n) in order."""
-    keep = set(range(ord("!"), ord("~") + 1)) | set(range(ord("¡"), ord("¬") + 1)) | set(range(ord("®"), ord("ÿ") + 1))
+    keep = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)}
     chars, n = {}, 0
     for b in range(256):
         if b in keep:
@@ -168,7 +165,8 @@ def _read_json(path):
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except (OSError, ValueError) as e:
-        raise UserError(f"{path} is not readable JSON ({first_line(e, 100)}): copy the file again from the model's download")
+        raise UserError(f"{path} is not readable JSON ({first_line(e, 100)}): copy the file again from the model's "
+                        f"download")
 
 
 def hf_pattern(pre):
@@ -202,8 +200,8 @@ def _hf_vocab(folder):
         return model["vocab"], merges, added, pattern
     vocab_path, merges_path = os.path.join(folder, VOCAB_JSON), os.path.join(folder, MERGES_TXT)
     if not (os.path.isfile(vocab_path) and os.path.isfile(merges_path)):
-        raise UserError(f"{folder} has no tokenizer files ({TOKENIZER_JSON}, or {VOCAB_JSON} + {MERGES_TXT}): copy them "
-                        f"from the model's download next to {CONFIG}")
+        raise UserError(f"{folder} has no tokenizer files ({TOKENIZER_JSON}, or {VOCAB_JSON} + {MERGES_TXT}): copy "
+                        f"them from the model's download next to {CONFIG}")
     vocab = _read_json(vocab_path)
     with open(merges_path, encoding="utf-8") as f:
         lines = [line.rstrip("\n") for line in f]
@@ -227,9 +225,9 @@ MODEL_TYPE_TOKENIZER = {"gpt2": "GPT2Tokenizer", "gpt_neox": "GPTNeoXTokenizer",
                         "codegen": "CodeGenTokenizer", "llama": "LlamaTokenizer", "bloom": "BloomTokenizer"}
 
 
-# what those GPT-2-like classes cut text with: they build their pipeline from the vocabulary and merges alone (transformers
-# 5), whatever tokenizer.json's pre-tokenizer says. None: no tiktoken pipeline (GPTNeoXTokenizer composes accents first,
-# NFC; Qwen2Tokenizer has a regex of its own)
+# what those GPT-2-like classes cut text with: they build their pipeline from the vocabulary and merges alone
+# (transformers 5), whatever tokenizer.json's pre-tokenizer says. None: no tiktoken pipeline (GPTNeoXTokenizer composes
+# accents first, NFC; Qwen2Tokenizer has a regex of its own)
 CLASS_PATTERN = {"GPT2Tokenizer": GPT2_PATTERN, "CodeGenTokenizer": GPT2_PATTERN, "GPTNeoXTokenizer": None,
                  "Qwen2Tokenizer": None}
 # the way out where such a class overrides a tokenizer.json the model was trained with: the generic fast class
@@ -360,8 +358,8 @@ def read_tokenizer(folder):
     try:
         enc, n_hf = _read_tokenizer(folder, file_stamp(folder))
     except (KeyError, TypeError, ValueError, AttributeError) as e:  # JSON of another shape than a tokenizer's
-        raise UserError(f"{folder}: the tokenizer files are malformed ({type(e).__name__}: {first_line(e, 80)}); copy them "
-                        f"again from the model's download")
+        raise UserError(f"{folder}: the tokenizer files are malformed ({type(e).__name__}: {first_line(e, 80)}); "
+                        f"copy them again from the model's download")
     if len(enc._mergeable_ranks) == 50256:  # GPT-2's size: the named tokenizer, so checkpoints and data say gpt2
         try:
             gpt2 = get_tokenizer("gpt2")
@@ -375,8 +373,7 @@ def read_tokenizer(folder):
 @functools.lru_cache(maxsize=4)
 def _read_tokenizer(folder, stamp):
     """read_tokenizer's vocabulary of the folder's files, checked; stamp: file_stamp's. Kept for the next read of the
-    same files, as get_tokenizer keeps a vocabulary file's: checking GPT-2's 50k merges, in Python, takes 3.4 s (2-core
-    EPYC), each time a process read the folder (test_hf read its GPT-2 folder seven times)."""
+    same files, as get_tokenizer keeps a vocabulary file's: checking GPT-2's 50k merges, in Python, takes seconds."""
     vocab, merges, added, pattern = _hf_vocab(folder)
     where = os.path.join(folder, TOKENIZER_JSON if os.path.isfile(os.path.join(folder, TOKENIZER_JSON)) else VOCAB_JSON)
     specials = {t: i for t, i in vocab.items() if t in SPECIAL_TOKENS}
@@ -404,8 +401,8 @@ def _read_tokenizer(folder, stamp):
     for pair in merges:
         result = vocab.get("".join(pair)) if len(pair) == 2 and all(p in vocab for p in pair) else None
         if result is None or result <= last or "".join(pair) in specials:
-            raise UserError(f"{where}: merge {' '.join(pair)!r} is out of id order or makes no token of the vocabulary; "
-                            f"only BPE vocabularies whose merge order is their id order convert exactly")
+            raise UserError(f"{where}: merge {' '.join(pair)!r} is out of id order or makes no token of the "
+                            f"vocabulary; only BPE vocabularies whose merge order is their id order convert exactly")
         # HF joins only the pairs its merges list, tiktoken any two parts that make a token: the same ids only when a
         # token's merge is the one BPE reaches on its bytes (abc listed as "a bc" after "a b": HF leaves "ab c")
         parts = [bytes(byte_of[c] for c in p) for p in pair]
@@ -419,9 +416,11 @@ def _read_tokenizer(folder, stamp):
     for k, t in enumerate(SPECIAL_TOKENS):
         if t in specials and specials[t] != n + k:
             raise UserError(f"{where}: {t} has id {specials[t]}, but this project's tokenizers put it at {n + k} "
-                            f"(the special tokens follow the byte-level vocabulary in the order {', '.join(SPECIAL_TOKENS)})")
+                            f"(the special tokens follow the byte-level vocabulary in the order "
+                            f"{', '.join(SPECIAL_TOKENS)})")
         if t not in specials and any(u in specials for u in SPECIAL_TOKENS[k + 1:]):
-            raise UserError(f"{where}: {t} is missing while later special tokens are there, so their ids cannot be kept")
+            raise UserError(f"{where}: {t} is missing while later special tokens are there, so their ids cannot be "
+                            f"kept")
     n_hf = n + len(specials)
     text = "".join(f"{base64.b64encode(t).decode()} {r}\n" for t, r in sorted(ranks.items(), key=lambda kv: kv[1]))
     enc = tokenizer_from_bpe(text)
@@ -431,8 +430,8 @@ def _read_tokenizer(folder, stamp):
     if enc._pat_str != pattern:  # (setup_tokenizer.vocabulary_pattern reads a vocabulary's pattern from its tokens)
         how = {GPT2_PATTERN: "GPT-2's regex", MARKS_PATTERN: "combining marks kept in words"}
         raise UserError(f"{where}: {cls or 'its pre-tokenizer'} cuts text with {how[pattern]}, but its tokens are "
-                        f"those of {how[enc._pat_str]}: tiktoken would give other ids than transformers; it cannot convert "
-                        f"exactly{f' ({FAST_CLASS_FIX})' if cls else ''}")
+                        f"those of {how[enc._pat_str]}: tiktoken would give other ids than transformers; it cannot "
+                        f"convert exactly{f' ({FAST_CLASS_FIX})' if cls else ''}")
     return enc, n_hf
 
 
@@ -521,9 +520,7 @@ def config_from_hf(raw, path):
         if not ok:
             raise UserError(f"{path}: {what}; this project's models cannot reproduce it exactly")
 
-    # its numbers checked by the names config.json gives them: GPTConfig's own check said "n_layer" or "block_size"
-    # of a Llama config's num_hidden_layers or max_position_embeddings, and a norm epsilon of text ended in
-    # math.isclose's "must be real number, not str", neither naming the setting nor the way out
+    # its numbers checked by the names config.json gives them, so an error names the setting and the way out
     def count(key, default=None):  # a size: a positive int (default None: config.json must have it, KeyError below)
         value = raw[key] if default is None else raw.get(key, default)
         if type(value) is not int or value < 1:  # (not bool: JSON's true is no size)
@@ -560,7 +557,8 @@ def config_from_hf(raw, path):
             need(raw.get("num_key_value_heads") in (None, n_head), "it shares keys and values across heads (GQA)")
             need(raw.get("head_dim") in (None, n_embd // n_head), "head_dim is not hidden_size / num_attention_heads")
             need(raw.get("intermediate_size") == swiglu_hidden(n_embd),
-                 f"intermediate_size {raw.get('intermediate_size')} is not model.py's {swiglu_hidden(n_embd)} for this width")
+                 f"intermediate_size {raw.get('intermediate_size')} is not model.py's {swiglu_hidden(n_embd)} for this "
+                 f"width")
             eps = number("rms_norm_eps", 1e-6)  # (transformers' default)
             need(math.isclose(eps, NORM_EPS), f"rms_norm_eps {eps} is not model.py's {NORM_EPS}")
             theta = rope.get("rope_theta", raw.get("rope_theta", ROPE_THETA))
@@ -707,7 +705,8 @@ def read_folder(folder):
         said = "tie_word_embeddings false" if "tie_word_embeddings" in raw else \
             f"no tie_word_embeddings, which for {raw.get('model_type')} means untied"
         raise UserError(f"{folder}: {CONFIG} says the embeddings are untied ({said}) but there is no lm_head.weight; "
-                        f"this project's models tie them: set tie_word_embeddings to true if the model was trained tied")
+                        f"this project's models tie them: set tie_word_embeddings to true if the model was trained "
+                        f"tied")
     try:
         with torch.device("meta"), WithoutInit():  # the HF names and shapes config.json implies, allocating nothing
             expected = {k: v.shape for k, v in hf_tensors(GPT(hf_cfg)).items()}
@@ -751,7 +750,8 @@ def read_folder(folder):
     rows[:n_hf] = wte
     state["transformer.wte.weight"] = state["lm_head.weight"] = rows
     return {"model": state, "config": dataclasses.asdict(cfg), "tokenizer": tokenizer_state(enc),
-            "args": {"model": nearest_preset(cfg), **({"block_size": own["block_size"]} if "block_size" in own else {})},
+            "args": {"model": nearest_preset(cfg),
+                     **({"block_size": own["block_size"]} if "block_size" in own else {})},
             "hf_folder": folder}
 
 
@@ -767,18 +767,17 @@ def check_out_dir(out_dir):
     the export, written next to it and renamed into place, cannot replace)."""
     if os.path.abspath(out_dir) == os.getcwd():
         raise UserError(f"OUT_DIR {out_dir!r} is the current folder: name a new one, as in hf-model")
-    if os.path.islink(os.path.normpath(out_dir)):  # the export, renamed into place, would replace the link, not fill its folder
+    if os.path.islink(os.path.normpath(out_dir)):  # the export, renamed into place, would replace the link
         raise UserError(f"OUT_DIR {out_dir} is a symbolic link: give the folder it points to, "
                         f"{os.path.realpath(out_dir)}")
-    if os.path.ismount(os.path.normpath(out_dir)):  # (a container's volume, empty) os.rmdir failed with EBUSY, in a
-        # traceback after the export was written: a mount point cannot be replaced by the folder renamed into place
+    if os.path.ismount(os.path.normpath(out_dir)):  # (a container's volume, empty: os.rmdir fails with EBUSY)
         raise UserError(f"OUT_DIR {out_dir} is a mount point, which the export (written next to it and renamed into "
                         f"place) cannot replace: name a new folder in it, as in {os.path.join(out_dir, 'hf-model')}")
     if os.path.exists(out_dir) and not (os.path.isdir(out_dir) and not os.listdir(out_dir)):
         what = "a folder that is not empty" if os.path.isdir(out_dir) else "a file"
         raise UserError(f"{out_dir} already exists and is {what}: choose a new OUT_DIR or remove it first")
-    # `export.py x.pt model.safetensors` made a folder of that name, model.safetensors and the rest in it, where a
-    # file was expected (and a folder named .pt in models/ is offered as a checkpoint)
+    # `export.py x.pt model.safetensors` would make a folder of that name where a file is expected (and a folder named
+    # .pt in models/ is offered as a checkpoint)
     stem, ext = os.path.splitext(os.path.normpath(out_dir))
     if ext.lower() in WEIGHTS_FILE_EXTENSIONS and not os.path.isdir(out_dir):
         raise UserError(f"OUT_DIR {out_dir} names a file, but the export is a folder (config.json, model.safetensors "
@@ -798,8 +797,8 @@ def export_folder(model, enc, out_dir, dtype=torch.float32, block_size=None):
     eot, im_end = enc._special_tokens[SPECIAL_TOKENS[0]], enc._special_tokens.get(SPECIAL_TOKENS[2])
     files = {
         CONFIG: json.dumps(hf_config(cfg, enc, dtype, block_size), indent=2) + "\n",
-        "generation_config.json": json.dumps({"bos_token_id": eot, "pad_token_id": eot,
-                                              "eos_token_id": [eot] + ([im_end] if im_end is not None else [])}, indent=2) + "\n",
+        "generation_config.json": json.dumps({"bos_token_id": eot, "pad_token_id": eot, "eos_token_id": [eot] + (
+            [im_end] if im_end is not None else [])}, indent=2) + "\n",
         **tokenizer_files(enc, cfg.block_size, llama=llama),
     }
     if enc.bpe_text is not None:  # a custom vocabulary as this project stores it: prepare.py --tokenizer takes it
@@ -822,7 +821,7 @@ def export_folder(model, enc, out_dir, dtype=torch.float32, block_size=None):
             raise OSError(n, os.strerror(n), os.path.join(out_dir, WEIGHTS)) from None
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(os.path.join(tmp, WEIGHTS), 0o666 & ~umask)  # safetensors writes 0600; the other files follow the umask
+        os.chmod(os.path.join(tmp, WEIGHTS), 0o666 & ~umask)  # safetensors writes 0600; the others follow the umask
         for name in os.listdir(tmp):
             with open(os.path.join(tmp, name), "rb+") as f:
                 os.fsync(f.fileno())
@@ -831,10 +830,9 @@ def export_folder(model, enc, out_dir, dtype=torch.float32, block_size=None):
                 os.rmdir(out_dir)  # empty, checked above
             os.rename(tmp, out_dir)
         except OSError as e:
-            # another export to the same OUT_DIR, started together, renamed its folder into place while this one was
-            # written: ENOTEMPTY (EEXIST on some systems) was a traceback. Its folder stays; this one is removed below
-            if e.errno == errno.ENOTDIR and os.path.isfile(out_dir):  # (a file put there meanwhile: its error named
-                # the temporary folder, "hf.1234.tmp: a part of the path is a file", not the path the user gave)
+            # another export to the same OUT_DIR renamed its folder into place while this one was written (ENOTEMPTY,
+            # EEXIST on some systems): its folder stays, this one is removed below
+            if e.errno == errno.ENOTDIR and os.path.isfile(out_dir):  # (a file put there meanwhile, said of OUT_DIR)
                 raise UserError(f"{out_dir} is a file (put there while this export ran): choose a new OUT_DIR or move "
                                 f"the file") from None
             if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):  # (said of OUT_DIR, not of the temporary folder)
