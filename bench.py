@@ -80,8 +80,8 @@ def sync(device):
 
 def back_to_back(device):
     """Calls a GPU sample runs back to back, as train.py runs its steps: a sync after each call would leave the GPU
-    idle while the host launches the next one's first kernels, which training never waits for (gpt2 B8 on an H200:
-    17.7 ms of kernels in a 19.4 ms step timed alone). A CPU runs each call to its end anyway."""
+    idle while the host launches the next one's first kernels, which training never waits for. A CPU runs each call to
+    its end anyway."""
     return 5 if device.type == "cuda" else 1
 
 
@@ -168,13 +168,17 @@ def bench_peak(device, dtypes, sizes, warmup=2, iters=5):
 # -----------------------------------------------------------------------------
 # training
 
-def build_model(preset, device, block_size=None, vocab_size=None, variant=None):
-    torch.manual_seed(0)
+def bench_config(preset, block_size=None, vocab_size=None, variant=None):
+    """make_config's, a size it refuses as one line."""
     try:
-        cfg = make_config(preset, block_size=block_size, vocab_size=vocab_size, variant=variant)
+        return make_config(preset, block_size=block_size, vocab_size=vocab_size, variant=variant)
     except ValueError as e:
         raise UserError(str(e))
-    return GPT(cfg).to(device)
+
+
+def build_model(preset, device, block_size=None, vocab_size=None, variant=None):
+    torch.manual_seed(0)
+    return GPT(bench_config(preset, block_size, vocab_size, variant)).to(device)
 
 
 def make_train_step(model, device, dtype, batch_size, compile=False, optimizer=OPTIMIZERS[0]):
@@ -196,7 +200,7 @@ def make_train_step(model, device, dtype, batch_size, compile=False, optimizer=O
     # train.py's: a compile that fails (at the first call, where it happens: no C++ compiler, say) warns and runs eager
     fwd = Forward(model, compile)
     # train.py's step itself: fp16's loss scaling (its cost in the fp16 timings), the gradient clipping train.py does
-    # by default (a pass over every gradient: 30 ms of small's 1.3 s CPU step), the optimizer step, zero_grad
+    # by default (a pass over every gradient), the optimizer step, zero_grad
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     micro = [(x, y, None, None)]
 
@@ -281,13 +285,9 @@ def gen_block_size(preset, prompt_len, new_tokens):
 
 def run_generate(model, device, dtype, idx, new_tokens, use_cache):
     """Consume model.generate as gen.py does (temperature 0.8, top_k 200, the weights cast once); returns the number
-    of tokens produced (all rows).
-
-    Here autocast is entered around each step (gen.py holds one region over the whole generation), so that this loop's
-    own code between steps runs outside it. Autocast keeps its bf16 copies of the weights only until the outermost
-    autocast context exits, so a context per step alone would re-cast every weight every token (on CPU a B1 step
-    reads the fp32 weights and writes bf16 ones: ~4x slower for small). An outer *disabled* autocast context keeps the
-    nesting level above zero, so the copies live across steps."""
+    of tokens produced (all rows). Autocast is entered around each step, so this loop's own code runs outside it; it
+    keeps its bf16 copies of the weights only until the outermost autocast context exits, so an outer *disabled* one
+    keeps the nesting level above zero, else every weight would be re-cast every token (~4x slower for small on CPU)."""
     steps = model.generate(idx, new_tokens, temperature=0.8, top_k=200, use_cache=use_cache,
                            generator=seeded_generator(device, 0))
     n = 0
@@ -308,12 +308,9 @@ def bench_gen(preset, device, dtype, gen_batch=8, prompt_len=16, new_tokens=500,
     gen_batch with it, plus the cache's speed-up at batch 1."""
     block_size = gen_block_size(preset, prompt_len, new_tokens)
     # the KV cache of the largest batch (model.KVCache: k and v of every layer over the whole block, in the autocast
-    # dtype), checked first: it is allocated after the B1 run without a cache, whose recomputed windows make it
-    # quadratic in --new_tokens (--quick --new_tokens 10**7 ran on for hours, toward a cache of 38 GiB)
-    try:
-        cfg = make_config(preset, block_size=block_size, vocab_size=vocab_size, variant=variant)
-    except ValueError as e:
-        raise UserError(str(e))
+    # dtype), checked first: it is allocated after the B1 run without a cache, which is quadratic in --new_tokens and
+    # may run for hours before
+    cfg = bench_config(preset, block_size, vocab_size, variant)
     have = physical_memory() if device.type == "cpu" else \
         torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
     need = 2 * cfg.n_layer * max(gen_batch, 1) * block_size * cfg.n_embd * dtype.itemsize
@@ -632,8 +629,7 @@ def run(args, device, log=print):
     if {"peak", "train", "ratio"} & set(only):
         # MFU needs the peak of each dtype trained in (fp32 too for the ratio's baseline). The peak section adds fp32,
         # what autocast picks here, and bf16 on a CPU with bf16 instructions, faster than fp32 or not; not on a CPU
-        # without them (unless --dtype asks), which emulates a bf16 matmul on one thread: over 15 minutes for the 2048
-        # and 4096 ones on a 2-core AVX2 EPYC
+        # without them (unless --dtype asks), which emulates a bf16 matmul on one thread, for many minutes
         native_bf16 = [torch.bfloat16] if device.type == "cpu" and cpu_has_bf16() else []
         wanted = []
         if "peak" in only:
