@@ -6,7 +6,7 @@ numbers from different machines and commits sit side by side).
 
     python bench.py                                   # CPU: tiny and small; GPU: gpt2
     python bench.py --only train --model small --dtype bfloat16,float32 --batch_size 16
-    python bench.py --only ratio                      # tiny with a 4096-token vocabulary (chosen dtype) vs GPT-2's in fp32
+    python bench.py --only ratio                      # tiny, a 4096-token vocabulary (chosen dtype) vs GPT-2's in fp32
     python bench.py --device cuda --compile           # GPU: TFLOP/s, compiled model, flash attention
     python bench.py --only train,ratio --optimizer muon,adamw   # the training rows with each optimizer
     python bench.py --quick --no_write                # seconds: tiny sizes (what the test runs)
