@@ -1464,8 +1464,8 @@ class ApiServer(ThreadingHTTPServer):
         try:
             super().__init__((host, port), Handler)
         except (OSError, TypeError, UnicodeError) as e:  # ('ü..x': "encoding of hostname failed", a TypeError)
-            in_use = getattr(e, "errno", None) in (errno.EADDRINUSE, errno.EACCES)
-            fix = ("pick another --port, or stop what uses it" if in_use
+            port_refused = getattr(e, "errno", None) in (errno.EADDRINUSE, errno.EACCES)  # (in use, or below 1024)
+            fix = ("pick another --port, or stop what uses it" if port_refused
                    else "check --host (an address or name of this machine)")
             raise UserError(f"cannot listen on {host_port(host, port)} ({getattr(e, 'strerror', None) or e}): {fix}")
         self.loopback = loopback_name(self.server_address[0])  # only this machine reaches it (Handler.check_host)
