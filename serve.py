@@ -73,8 +73,9 @@ from urllib.parse import unquote, urlsplit
 import torch
 
 from checkpoint import add_checkpoint_argument, load_model, parse_checkpoint
-from common import (ArgumentParser, UserError, add_device_arguments, at_least, fmt_count, json_kind, nonempty, number,
-                    parts_text, pick_device, retain_freed_memory, run_main, seeded_generator, stop_signals)
+from common import (ArgumentParser, UserError, add_device_arguments, at_least, dtype_words, fmt_count, json_kind,
+                    nonempty, number, parts_text, pick_device, retain_freed_memory, run_main, seeded_generator,
+                    stop_signals)
 from gen import (CHAT_STOPS, DEFAULT_MAX_TOKENS, PENALTY_RULE, add_sampling_arguments, default_checkpoint,
                  encode_prompt, fit_history, inference_dtype, penalty_value, reserve_for, say_newest, stop_ids,
                  stream_completion, warn_if_trained_on_text)
@@ -1861,7 +1862,8 @@ def main(argv=None):
     # (as gen.py --chat: the chat page answered with a story that never ended its turn, without a word of why)
     warn_if_trained_on_text(path, ckpt, "its chat replies (the chat page, /v1/chat/completions)")
     print(f"serving {name} ({fmt_count(model.num_params(non_embedding=False))} parameters, context "
-          f"{model.config.block_size}, {device} {str(dtype).removeprefix('torch.')}) {server.where()}; Ctrl-C stops",
+          f"{model.config.block_size}, {device} {dtype_words(device, dtype, args.dtype)}) {server.where()}; "
+          "Ctrl-C stops",
           flush=True)
     signalled = False
     try:

@@ -30,6 +30,7 @@ import openai
 import pytest
 import torch
 
+import common
 import gen
 import serve
 import train
@@ -2480,6 +2481,11 @@ def test_float16_on_a_cpu_is_warned_of_as_gen_py_does(ckpt, monkeypatch, capsys)
         warned = "warning: --dtype float16 is emulated on this CPU, slower than float32 (float16 many times): use " \
                  "--dtype auto\n" in err
         assert code == 0 and out.startswith("serving ") and warned == (dtype == "float16"), (out, err)
+        assert f", cpu {dtype}) " in out, out  # given: said as it is
+    # --dtype auto's choice is said with why, as train.py's run line and gen.py --verbose say it (an AVX2 laptop)
+    monkeypatch.setattr(common, "cpu_info", lambda: ("GenuineIntel", {"sse2", "avx", "avx2", "fma"}))
+    code, out, err = run_cli(serve.main, [ckpt, "--port", "0", "--device", "cpu"], capsys)
+    assert code == 0 and ", cpu float32 (auto: no AVX-512 BF16 or AMX here)) " in out, (out, err)
 
 
 def test_the_newest_checkpoint_picked_is_named(enc, tmp_path, monkeypatch, capsys):
