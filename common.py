@@ -26,15 +26,10 @@ import sys
 import threading
 import time
 
-# oneDNN (PyTorch's bf16 matmuls on a CPU) builds a kernel for each new matrix shape and keeps 1024 of them, in its own
-# cache and in ideep's (PyTorch's wrapper, LRU_CACHE_CAPACITY): ~1 MB each with both. Each new prompt length is ~8
-# new shapes (its prefill; decoding one row runs without oneDNN and SDPA's attention over the cache uses none), so
-# serve.py in bf16 on the AVX-512 BF16 EPYC grew from 273 MB to 981 MB (tiny) and from 403 MB to 1,138 MB (small) in
-# 200 requests of varied prompt lengths, toward ~1.3 GB. With 64 it stayed at 354 and 526 MB, with the same CPU time
-# (tiny 4.4 -> 4.2-4.4 s, small 11.0-11.4 -> 11.1-11.3 s: a new shape is built either way). A training step uses 35
-# shapes (tiny and small, eager and compiled, Muon included), all kept: no kernel is built again. The price: a prompt
-# length that comes back after 8 others is built again, 2-5 ms a request (40 lengths in turn with 8-token replies:
-# 8-9% more CPU time). Set before torch, whose first oneDNN matmul reads them; a value set by the user is kept.
+# oneDNN (PyTorch's bf16 matmuls on a CPU) keeps a kernel for each matrix shape, 1024 of them at ~1 MB each (with
+# ideep's, LRU_CACHE_CAPACITY): serve.py in bf16 builds ~8 for each new prompt length and grew toward 1.3 GB. 64 hold
+# a training step's 35 shapes; a prompt length back after 8 others is built again (2-5 ms). Set before torch, whose
+# first oneDNN matmul reads them; a value set by the user is kept.
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
 os.environ.setdefault("LRU_CACHE_CAPACITY", "64")
 
@@ -54,10 +49,8 @@ class UserError(Exception):
 
 def mend_standard_streams(name):
     """Called first thing by a script, with its __name__: standard streams that were closed (`python gen.py >&- 2>&-`,
-    a service started without them) are opened on the null device. Python leaves sys.stdout None then, and train.py
-    and gen.py would end in an AttributeError traceback (stdout.isatty()) that nobody sees, exit 1 with no word (stderr
-    closed too). And the descriptor left free (1 or 2) would go to the next file opened, a checkpoint or token file,
-    into which torch's own C++ messages to stderr would be written."""
+    a service started without them) are opened on the null device. Else sys.stdout is None (an AttributeError nobody
+    sees), and the next file opened (a checkpoint) would take descriptor 1 or 2, and torch's C++ messages with it."""
     if name != "__main__":
         return
     for fd in (0, 1, 2):
@@ -71,13 +64,10 @@ def mend_standard_streams(name):
 
 
 def quiet_ctrl_c(name):
-    """Called first thing by a script that loads torch (a second or more; longer from a cold disk), or numpy and
-    tiktoken (prepare.py, setup_tokenizer.py: a fifth of one), with its __name__: run as a script, Ctrl-C before
-    run_main starts ends in one line, not a traceback from inside torch's import. It exits on the spot (nothing is
-    written before main), not by an exception a half-done import could catch. run_main gives Ctrl-C back to Python,
-    whose KeyboardInterrupt the scripts clean up after. Ctrl-C ignored (a script's `python train.py &`, which its
-    shell starts so) stays ignored: taken over, run_main's hand-back would let the terminal's Ctrl-C for the script
-    end the run too."""
+    """Called first thing, with its __name__, by a script that imports torch, numpy or tiktoken (seconds): Ctrl-C
+    before run_main starts exits at once in one line (os._exit: nothing is written yet, and a half-done import could
+    catch an exception), not a traceback from inside the import; run_main gives Ctrl-C back to Python. Not where
+    SIGINT is ignored (`python train.py &`): run_main's hand-back would then let the terminal's Ctrl-C end the job."""
     if name == "__main__" and threading.current_thread() is threading.main_thread() \
             and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, interrupted_while_loading)
@@ -101,12 +91,9 @@ def run_main(main, ranks=False):
         if threading.current_thread() is threading.main_thread() else {}
     if signal.getsignal(signal.SIGINT) is interrupted_while_loading:  # (quiet_ctrl_c's, from the imports)
         signal.signal(signal.SIGINT, signal.default_int_handler)
-    # a terminal in latin-1 (an old locale, PYTHONIOENCODING) shows "?" for a character it cannot, not a
-    # UnicodeEncodeError traceback (a sample with an emoji, from gen.py). Not output to a file or pipe, data (gen.py
-    # --prompt_file's JSON lines) that "?" would corrupt without a word: that gets the one line below. Either way a
-    # file name that is not UTF-8 (held as surrogates) is written as its own bytes, not a failure after the work is
-    # done. Only Python's strict default is changed (a handler the user chose, PYTHONIOENCODING=ascii:replace, or
-    # pytest's capture, stays), and put back on the way out
+    # Python's strict default for stdout (not a handler the user chose, nor pytest's), until the way out: a terminal
+    # that cannot show a character (latin-1) shows "?", not a traceback; output to a file or pipe, data that "?" would
+    # corrupt without a word, gets the one line below. Either way a non-UTF-8 file name (surrogates) is written as bytes
     strict = getattr(sys.stdout, "errors", None) == "strict"
     with contextlib.suppress(AttributeError, ValueError, OSError):
         if strict:
@@ -245,9 +232,8 @@ def os_error_line(e):
 
 def one_process_only(main):
     """A UserError under torchrun (WORLD_SIZE > 1; LOCAL_RANK, which torchrun sets, tells its processes from a job's
-    own variables) for a script other than train.py: torchrun runs it once a process, each on its own. gen.py
-    printed a sample from each, eval.py its table once each, after doing the same work. It names the command that
-    runs it once."""
+    own variables) for a script other than train.py, which torchrun would run once a process, each doing the same
+    work: it names the command that runs it once."""
     if "LOCAL_RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
         script = os.path.basename(sys.modules[main.__module__].__file__)
         raise UserError(f"{script} is not for torchrun, which runs it once in each of its processes (only train.py "
@@ -274,9 +260,8 @@ LATE_FIRST_S = 30
 def exit_after_the_first(code, first=None):
     """Exit with code over a fault every torchrun process meets and one says: its machine's first (or the one of
     rank 0: first=False in the others). Not at once in the others: torchrun stops them all (SIGTERM) the moment one
-    ends, and the first, a moment behind on a busy machine, would be stopped before it said why (a CI run ended with
-    no error line at all). They wait for that SIGTERM, sent when the first ends; after LATE_FIRST_S seconds (the
-    first went on, which it should not) they end anyway."""
+    ends, and the first, a moment behind on a busy machine, would be stopped before it said why. They wait for that
+    SIGTERM, and end anyway after LATE_FIRST_S seconds (the first went on, which it should not)."""
     if not (speaks_for_machine() if first is None else first):
         # Ctrl-C meanwhile (a first process still loading, on a busy machine; torchrun passes it on) ends the wait,
         # not in a traceback of the fault and of KeyboardInterrupt from a process that says nothing
@@ -286,9 +271,9 @@ def exit_after_the_first(code, first=None):
 
 
 def first_line(e, width=200):
-    """What an exception says, in one line of at most width characters, cut between words ("..." says so: a cut
-    mid-word read as a typo). Skips a heading line ending in ':' (load_state_dict's "Error(s) in loading state_dict
-    for GPT:"), where the next line says what went wrong."""
+    """What an exception says, in one line of at most width characters, cut between words ("..." says so). Skips a
+    heading line ending in ':' (load_state_dict's "Error(s) in loading state_dict for GPT:"), where the next line says
+    what went wrong."""
     lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
     line = lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0]
     if len(line) <= width:
