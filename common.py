@@ -285,20 +285,17 @@ def first_line(e, width=200):
 # -----------------------------------------------------------------------------
 # command-line arguments
 
-# Other tools' names for options named otherwise here, typed by habit by their users (nanoGPT's; Hugging Face's
-# Trainer, generate()'s and config's; minimind's), which no close spelling finds (--learning_rate for --lr) or finds
-# wrong (--eval_iters read as --eval_interval, --out_dir as --data_dir, --hidden_size as --batch_size). Each is guessed
-# as the first of these the script has (sample.py's --out_dir and --init_from name the model: gen.py's checkpoint), and
-# as nothing in a script that has none (serve.py's "--start: did you mean --port?"), nor for an option with no
-# counterpart ("--num_workers: did you mean --max_tokens?")
-# (--max_new_tokens, --temperature and --warmup_iters are close spellings of ours: not here)
+# Other tools' names for options named otherwise here (nanoGPT's; Hugging Face's Trainer, generate()'s and config's;
+# minimind's), typed by habit, which no close spelling finds (--learning_rate for --lr) or finds wrong (--eval_iters
+# as --eval_interval). Each is guessed as the first of these the script has, and as nothing in a script that has none
+# or for an option with no counterpart (--num_workers). Close spellings of ours (--max_new_tokens) need no entry.
 OTHER_TOOLS_OPTIONS = {"--learning_rate": ["--lr"], "--gradient_accumulation_steps": ["--grad_accum"],
                        "--eval_iters": ["--eval_batches"], "--out_dir": ["--output_checkpoint", "--checkpoint"],
                        "--init_from": ["--checkpoint"], "--start": ["--prompt"],
                        # (nanoGPT's saves at every evaluation, or at a better one alone; here a checkpoint every
-                       # --save_interval and the best file apart. Its close spelling was --checkpoint, another run's)
+                       # --save_interval and the best file apart)
                        "--always_save_checkpoint": ["--save_interval"],
-                       # (sample.py's: gen.py and eval.py do not compile, and guessed --prompt_file)
+                       # (sample.py's: gen.py and eval.py do not compile)
                        "--compile": [],
                        "--per_device_train_batch_size": ["--batch_size"], "--output_dir": ["--output_checkpoint"],
                        "--max_seq_length": ["--block_size"], "--model_name_or_path": ["--init_from", "--checkpoint"],
@@ -309,28 +306,26 @@ OTHER_TOOLS_OPTIONS = {"--learning_rate": ["--lr"], "--gradient_accumulation_ste
                        "--max_seq_len": ["--block_size", "--max_tokens"], "--dim": ["--n_embd"],
                        "--accumulation_steps": ["--grad_accum"], "--save_dir": ["--output_checkpoint"],
                        "--from_weight": ["--checkpoint"], "--from_resume": ["--checkpoint"],
-                       # many training scripts' way to go on from a checkpoint (litgpt pretrain's): nothing was guessed
+                       # many training scripts' way to go on from a checkpoint (litgpt pretrain's)
                        "--resume": ["--checkpoint"],
                        "--model_path": ["--init_from", "--checkpoint"], "--num_workers": [],
-                       # eval.py's first name for its --prompt_file, which it still takes: gen.py's nearest spelling
-                       # was --prompt, which continues the file's name as text
+                       # eval.py's first name for its --prompt_file, which it still takes (in gen.py, --prompt
+                       # would be its close spelling, and continue the file's name as text)
                        "--prompts": ["--prompt_file"],
                        # the model to load, as vLLM and llama.cpp name it (train.py's --model is a preset, and so no
-                       # unknown option there): gen.py guessed --no_delay, eval.py, serve.py and export.py --help
+                       # unknown option there)
                        "--model": ["--checkpoint"]}
 # nanoGPT's train.py options whose work another script does here: said with that script's command, not guessed as an
-# option (--eval_only was "did you mean --eval_interval?", an option that still trains)
+# option (--eval_only's close spelling, --eval_interval, still trains)
 OTHER_TOOLS_SCRIPTS = {"--eval_only": ("eval.py", "CHECKPOINT", "evaluates a checkpoint")}
 
 
 def command_words(argv):
     """A script main's argv as its command line's words; None: this process's own (sys.argv[1:]). Called from Python
-    (a notebook's cell) a string is split as a shell splits it (main("--dataset story --epochs 1"), as the commands
-    in README.md read), and a number or a path is its text (["--epochs", 1], a pathlib.Path): argparse took a
-    string's characters for the words ("unrecognized arguments: - d a t a s e t") and ended in a traceback of
-    int.startswith. In a Jupyter kernel sys.argv is the kernel's own (-f, its connection file; VS Code's: its ports,
-    then --f=FILE): main() there is the command with no options (gen.py's newest checkpoint), where gen.py took the
-    kernel's file for the checkpoint."""
+    (a notebook's cell), a string is split as a shell splits it (main("--dataset story --epochs 1"), as README.md's
+    commands read), and a number or a path is its text (["--epochs", 1]), which argparse would take apart or fail on.
+    In a Jupyter kernel sys.argv is the kernel's own (-f or --f=, its connection file): main() is then the command
+    with no options."""
     if argv is None:
         kernel = "ipykernel" in sys.modules and any(a == "-f" or a.startswith("--f=") for a in sys.argv[1:])
         return [] if kernel else sys.argv[1:]
@@ -360,9 +355,8 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        # a value that starts as a negative number is a value, its unit or sign after it too (as Python 3.13's argparse
-        # reads it): `--time_budget -90s` was "expected one argument" (-90s read as an option), where -90 got the
-        # option's own error. No option here is named as a number (-1), which would make argparse read them as options
+        # a value that starts as a negative number is a value, its unit after it too (`--time_budget -90s`, as Python
+        # 3.13's argparse reads it), not an option: no option here is named as a number (-1)
         self._negative_number_matcher = re.compile(r"-\.?\d")
 
     def error(self, message):
@@ -403,9 +397,8 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}; see {script_command(script, *command, '--help')}\n")
 
     def parse_args(self, args=None, namespace=None):
-        # a switch given a value as a word of its own, as nanoGPT's settings are Python's (--bias False): the value
-        # was read as train.py's checkpoint ("checkpoint False not found"), or was an unrecognized argument; said as
-        # --bias=False is (error)
+        # a switch given a value as a word of its own, as nanoGPT's settings are Python's (--bias False), is said as
+        # --bias=False is (error), not read as train.py's checkpoint or an unrecognized argument
         args = words = command_words(args)  # (a notebook's string or numbers too)
         for option, word in zip(words, words[1:]):
             action = self._option_string_actions.get(option)
@@ -428,9 +421,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
 class Switch(argparse.Action):
     """An on/off option: --NAME turns it on, --no_NAME off, spelled as every other option is; None when neither is
-    given (train.py: the checkpoint's then). argparse's BooleanOptionalAction took and showed only --no-NAME
-    (--no-recompute_activations, a dash beside an underscore), which README and the errors did not name; it is
-    still taken."""
+    given (train.py: the checkpoint's then). argparse's BooleanOptionalAction's --no-NAME is still taken."""
 
     def __init__(self, option_strings, dest, default=None, help=None):
         name = option_strings[0][2:]
@@ -471,7 +462,7 @@ def number(text, kind):
 
 def at_least(minimum):
     """An argparse type: an int of minimum or more ("argument --steps: must be at least 1, got 0"), one wording for
-    every script's counts (they said "must be >= 1", "must be positive", "--limit 0: must be at least 1")."""
+    every script's counts."""
     def parse(text):
         value = number(text, int)
         if value < minimum:
