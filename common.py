@@ -618,7 +618,7 @@ def encoding_fix(data, path):
         return two_byte_fix(path, encoding) if encoding else gb18030_fix(path)
     if letters := central_european(data):
         return letters_fix(path, letters)
-    return cp1252_fix(path) if holds_c1_bytes(data) else None
+    return cp1252_fix(path) if re.search(rb"[\x80-\x9f]", data) else None  # (C1 bytes: cp1252's, not latin1's)
 
 
 def latin1_fix(path):
@@ -685,28 +685,20 @@ def stray_byte_fix(path):
             "garble its other characters)")
 
 
-# Windows' "ANSI" text, cp1252, which most text that is not UTF-8 is today: its bytes 0x80-0x9F are curly quotes,
-# dashes, the euro sign, which converted from latin1 become C1 control characters, invisible, the dataset garbled
-# without a word; latin1 text proper holds no such byte. cp1252 leaves 0x81, 0x8D, 0x8F, 0x90 and 0x9D undefined, and
-# iconv -f cp1252 stops on one, naming its position: a file holding 0x81 or 0x90 gets this advice still, as the file is
-# then in neither (Mac Roman's letters, or a stray byte), and a stop says so where latin1 would say nothing; one holding
-# 0x8D, 0x8F or 0x9D, cp1250's Ť Ź ť, is told cp1250 (central_european), Mac Roman's ç è ù too.
+# Windows' "ANSI" text, cp1252, which most text that is not UTF-8 is today: its bytes 0x80-0x9F (curly quotes, dashes,
+# the euro sign) would become invisible C1 controls converted from latin1, whose text holds none. A file whose 0x81 or
+# 0x90 is in neither gets this advice still: iconv -f cp1252 stops on such a byte and says where, where latin1 would say
+# nothing (0x8D, 0x8F and 0x9D, also undefined, are cp1250's Ť Ź ť: central_european).
 def cp1252_fix(path):
     return ("it looks like Windows-1252 (bytes 0x80-0x9F: curly quotes, dashes, the euro sign): convert it, e.g. "
             f"{fix_command('iconv -f cp1252 -t utf-8', path)}")
-
-
-def holds_c1_bytes(data):
-    """Whether data (not_utf8's: a file's bytes from its first that is not UTF-8) holds a byte 0x80-0x9F, as cp1252 text
-    does and latin1 text does not."""
-    return re.search(rb"[\x80-\x9f]", data) is not None
 
 
 def utf8_around(path, at):
     """Whether the 64 KiB of path on either side of offset at hold as many characters beyond ASCII in valid UTF-8 as
     bytes that are none, as latin1 or cp1252 text next to ASCII hardly ever does: the file is UTF-8, but for its byte
     at. (Not one such character: GBK's two-byte characters make one in valid UTF-8 for every three bytes that do
-    not, and Chinese text was told to drop its every character as stray bytes.)"""
+    not.)"""
     span = 1 << 16
     with open(path, "rb") as f:
         f.seek(max(0, at - span))
@@ -734,17 +726,15 @@ def east_asian(data):
     return sum(n for n in runs if n > 1) >= 0.9 * sum(runs) > 0
 
 
-# Traditional Chinese Windows' "ANSI" text (Taiwan's, Hong Kong's), Big5 as Microsoft extends it, cp950, and Japanese
-# Windows', Shift-JIS as Microsoft extends it, cp932: their characters are two bytes, the second as often an ASCII
-# letter or sign (0x40-0x7E: 你 is Big5's A7 41, カ Shift-JIS's 83 4A) as a byte from 0x80 up. So many of their bytes
-# beyond ASCII stand alone, as Western accented letters do, which east_asian does not take for GB18030: between ASCII
-# letters they read as latin2's signs (by³), and Shift-JIS's first bytes, 0x81-0x9F, as cp1252's quotes. Big5 text was
-# told `iconv -f iso-8859-2` and Japanese text `iconv -f cp1252`, which garble every character. Each is told by where
-# its common characters' first bytes lie, where Western letters' bytes (0xC0-0xFF) and cp1252's quotes (before ASCII
-# letters, as ’s) do not: Big5's punctuation and 5,401 common characters at 0xA1-0xC6; Shift-JIS's punctuation, kana
-# and common kanji at 0x81-0x9F, hiragana's second bytes from 0x9F up. GBK's common characters' second bytes are all
-# from 0xA1 up, and its traditional ones are no cp950. A Western capital's bytes can be such a character too (SÃO is
-# Big5's C3 4F and O): in Chinese and Japanese most characters stand next to another, a capital between ASCII letters.
+# Traditional Chinese Windows' "ANSI" text (Big5 as Microsoft extends it, cp950) and Japanese Windows' (Shift-JIS so,
+# cp932): a character is two bytes, the second as often an ASCII letter or sign (0x40-0x7E: 你 is Big5's A7 41, カ
+# Shift-JIS's 83 4A) as a byte from 0x80 up. So many of their bytes beyond ASCII stand alone, as Western accented
+# letters do, and east_asian does not take them for GB18030, while latin2's or cp1252's advice would garble every
+# character.
+# Each is told by where its common characters' first bytes lie, where Western letters' bytes (0xC0-0xFF) and cp1252's
+# quotes do not: Big5's at 0xA1-0xC6; Shift-JIS's at 0x81-0x9F, hiragana's second bytes from 0x9F up (GBK's common
+# characters' second bytes are all from 0xA1 up). A Western capital can be such a character too (SÃO is Big5's C3 4F
+# and O): in Chinese and Japanese most characters stand next to another.
 # each encoding: (a character's two bytes, its common first bytes, whether the second may be high)
 TWO_BYTE_ENCODINGS = {
     "cp950": (rb"[\x81-\xfe][\x40-\x7e\xa1-\xfe]", range(0xA1, 0xC7), False),
@@ -827,16 +817,14 @@ CYRILLIC_BYTES = rb"\xa1-\xa3\xa5\xa8\xaa\xaf\xb2-\xb4\xb8\xba\xbc\xbf\xc0-\xff"
 
 
 # Russian Windows' "ANSI" text, cp1251 (KOI8-R, older, too), whose letters are bytes 0xC0-0xFF (and CYRILLIC_BYTES'):
-# from latin1 or cp1252 each becomes an accented Western letter, the whole text garbled. Western text has those bytes
-# too, but one at a time inside words of ASCII letters (café, für, ação); Cyrillic words are such bytes alone, between
-# spaces and punctuation. Counted: words of two letters at least (Russian's "в" and "и" are one), no byte beyond ASCII
-# next to them but cp1251's quotes and ellipsis; GBK's and EUC-KR's runs, of any byte from 0xA1 up, seldom hold only
-# letters' bytes. Checked before east_asian, as Cyrillic words of even length can read as GB18030, and before
-# holds_c1_bytes, as cp1251 has cp1252's dashes and quotes at 0x80-0x9F. Greek Windows' cp1253 has its small letters
-# where cp1251 has them, but its accented ά έ ή ί (0xDC-0xDF, in most Greek words) are cp1251's capitals Ь Э Ю Я, and
-# its final sigma ς (0xF2) ends words, where cp1251's т sits anywhere in one and KOI8-R's Р opens one. KOI8-R is told
-# from cp1251 by which reads more of Russian's commonest letters: by case (KOI8-R's small letters are cp1251's
-# capitals) all-capital text is told wrong. (KOI8-R reads Greek's vowels as Russian's: Greek is told first.)
+# from latin1 or cp1252 each becomes an accented Western letter. Western text has those bytes too, but one at a time
+# inside words of ASCII letters (café, für); Cyrillic words are runs of them (two letters at least) that no other byte
+# beyond ASCII touches but cp1251's quotes and ellipsis, as GBK's and EUC-KR's runs seldom are. Checked before
+# east_asian (Cyrillic words of even length can read as GB18030) and before the cp1252 advice (cp1251 has its dashes
+# and quotes).
+# Greek's cp1253 is told by its accented ά έ ή ί (0xDC-0xDF: cp1251's capitals Ь Э Ю Я) and its final sigma ς (0xF2)
+# ending words, and is told first, as KOI8-R reads Greek's vowels as Russian's; KOI8-R from cp1251 by which reads more
+# of Russian's commonest letters (all-capital text is told wrong: KOI8-R's small letters are cp1251's capitals).
 def letters_encoding(data):
     """The 8-bit encoding, "cp1251", "koi8-r" or "cp1253", whose words of letters most of the letters' bytes in data
     (not_utf8's: a file's bytes from its first that is not UTF-8) form: runs of them that neither an ASCII letter nor
