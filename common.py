@@ -875,8 +875,7 @@ def letters_fix(path, encoding):
 # what the user sees: colors, progress, commands to paste, questions
 
 def fmt_count(n):
-    """A count as every script says it: 1.4M, 33.3k, 512. ("0.0M parameters" was eval.py's and serve.py's figure for a
-    33k-parameter model that train.py called 33.3k: each formatted its own)"""
+    """A count as every script says it: 1.4M, 33.3k, 512."""
     for unit, div in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(n) >= div:
             return f"{n / div:.1f}{unit}"
@@ -891,10 +890,9 @@ def color_ok(stream):
 
 
 def draws_a_bar(stream):
-    """Whether a progress bar on stream is seen: a terminal, one that has a width and a height. A pseudo-terminal nobody
-    sized (`script -qc CMD /dev/null | tee log`) reports 0 columns, at which tqdm draws the bar as nothing: such a run
-    gets the plain lines a bar stands in for. So does one with columns but 0 rows (`stty rows 0`): tqdm takes its last
-    row as rows - 1 and draws no bar below it."""
+    """Whether a progress bar on stream is seen: a terminal that has a width and a height. tqdm draws none on a
+    pseudo-terminal nobody sized (`script -qc CMD /dev/null | tee log`: 0 columns) or of 0 rows (`stty rows 0`): such a
+    run gets the plain lines a bar stands in for."""
     if not stream.isatty():
         return False
     try:
@@ -913,7 +911,7 @@ PROGRESS_UNITS = {"B": (1e6, " MB"), "tokens": (1e6, "M tokens"), "windows": (1,
 def progress_bar(desc, total, unit="B"):
     """The progress of a long job (prepare.py's build in bytes of input, its packing in tokens; eval.py's windows), unit
     one of PROGRESS_UNITS, total: of them all (None where not known): a tqdm bar on a terminal, else ProgressLines."""
-    if draws_a_bar(sys.stderr):  # (a pseudo-terminal of 0 columns draws none: the lines are written)
+    if draws_a_bar(sys.stderr):
         from tqdm import tqdm  # (here: common.py is imported first, and light)
         return tqdm(desc=desc, total=total, unit=unit if unit == "B" else f" {unit}", unit_scale=True, leave=False)
     return ProgressLines(desc, total, unit)
@@ -934,8 +932,7 @@ class ProgressLines:
         self.n += n
         now = time.monotonic()
         # the rate from the first update on, not from the start: a pass before it that counts nothing (prepare.py
-        # counting a folder's documents for val, 40 s of 3 GB) made the first line's rate a quarter of the true one
-        # and its time left 51 minutes for 8
+        # counting a folder's documents for val) would make the first line's rate too low, and its time left too long
         self.first = self.first or (now, self.n)
         if now - self.said < PROGRESS_LINE_S or now == self.first[0]:  # (no rate yet: said at the next update)
             return
@@ -1001,8 +998,8 @@ def shown_path(path):
 
 def script_command(script, *args):
     """The command line that runs script (prepare.py, train.py, ...) with args, as the user pastes it: python_command's
-    Python, the script's path from the working directory (`python gpt/train.py` run from a folder of runs: a bare
-    `python prepare.py` was no file there; shown_path), the arguments quoted for a shell."""
+    Python, the script's path from the working directory (`python gpt/train.py` run from a folder of runs;
+    shown_path), the arguments quoted for a shell."""
     return f"{python_command()} {shlex.join([script_path(script), *args])}"
 
 
@@ -1012,8 +1009,8 @@ def script_path(script):
 
 
 def ask(prompt):
-    """The user's answer to prompt, stripped; None at the end of input (Ctrl-D, which was an EOFError traceback), the
-    line ended so that what follows starts below the prompt."""
+    """The user's answer to prompt, stripped; None at the end of input (Ctrl-D), the line ended so that what follows
+    starts below the prompt."""
     try:
         return input(prompt).strip()
     except EOFError:
