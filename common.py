@@ -1047,12 +1047,10 @@ def check_output(path, option, folder=False, inputs=(), checkpoint=False, vocabu
         raise UserError(f"{option} {path}: cannot write there (the file is read-only): check its permissions, or use "
                         f"another path")
     kept = kept_file(path) if os.path.isfile(path) else None
-    # (eval.py --json over a checkpoint: 627 bytes; over a vocabulary outside data/: JSON, and its dataset unreadable)
     if kept and not (checkpoint and kept.startswith("a checkpoint")) and not (vocabulary and kept == "a vocabulary"):
         raise UserError(f"{option} {path} is {kept}: the result would replace it; give another {option}")
-    # a checkpoint's or vocabulary's path that holds another file: train.py took notes.jsonl for an earlier run's and
-    # suggested --overwrite, which replaced it with a checkpoint; setup_tokenizer.py --out notes.txt (a text meant as
-    # one more --input) replaced it with a vocabulary. An empty file loses nothing
+    # a checkpoint's or vocabulary's path that holds another file (notes.jsonl, a text meant as one more --input)
+    # would lose it; an empty file loses nothing
     if (checkpoint or vocabulary) and not kept and os.path.isfile(path) and os.path.getsize(path) \
             and not (vocabulary and starts_as_vocabulary(path)):
         raise UserError(f"{option} {path} is not a {'checkpoint' if checkpoint else 'vocabulary'}: the result would "
@@ -1075,7 +1073,7 @@ def check_output(path, option, folder=False, inputs=(), checkpoint=False, vocabu
 
 
 # the folders check_output made, outermost first: a command that fails after its check (an argument refused later, a
-# checkpoint not found) takes back those still empty, as it found the disk (an empty --out_dir stayed behind)
+# checkpoint not found) takes back those still empty, as it found the disk
 made_folders = []
 
 
@@ -1152,8 +1150,7 @@ def is_dataset_folder(folder):
 
 def refuse_dataset_folder(folder, option):
     """A UserError when folder, given as option (--data_dir, --out_dir: a folder of datasets), is one dataset's own
-    folder (data/story), naming the folder that holds it: prepare.py built data/story/NAME, a dataset inside the
-    dataset, and train.py's missing-dataset line told the user to do so."""
+    folder (data/story), naming the folder that holds it: not a dataset built inside the dataset."""
     if is_dataset_folder(folder):
         parent, name = os.path.split(os.path.normpath(folder))
         raise UserError(f"{option} {folder} is the folder of the dataset {name!r}, not a folder of datasets: give the "
@@ -1163,8 +1160,9 @@ def refuse_dataset_folder(folder, option):
 # the file name of a custom vocabulary (.tiktoken text) in a prepared dataset's folder and in export.py's model folder
 VOCAB_FILE = "tokenizer.tiktoken"
 
-# what a Hugging Face model folder (export.py's, a downloaded one) is made of besides its .safetensors weights; export.py
-# writes a custom vocabulary as tokenizer.tiktoken too (kept_file: setup_tokenizer.py train --out may not replace it)
+# what a Hugging Face model folder (export.py's, a downloaded one) is made of besides its .safetensors weights;
+# export.py writes a custom vocabulary as tokenizer.tiktoken too (kept_file: setup_tokenizer.py train --out may not
+# replace it)
 MODEL_FOLDER_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json", "pytorch_model.bin",
                       "pytorch_model.bin.index.json", "tokenizer.json", "tokenizer_config.json", "vocab.json",
                       "merges.txt", "special_tokens_map.json", VOCAB_FILE)
@@ -1175,7 +1173,8 @@ def model_folder_file(path):
     beside them), given where the folder goes; None for any other path."""
     folder, name = os.path.split(path)
     folder = folder or "."
-    if (name.endswith(".safetensors") or name in MODEL_FOLDER_FILES) and os.path.isfile(os.path.join(folder, "config.json")):
+    if (name.endswith(".safetensors") or name in MODEL_FOLDER_FILES) and \
+            os.path.isfile(os.path.join(folder, "config.json")):
         return UserError(f"{path} is a file of the Hugging Face model folder {folder}: pass the folder itself")
     return None
 
