@@ -1229,9 +1229,8 @@ def atomic_torch_save(obj, path):
                 raise
             full = True
         if full:
-            # the space as the user finds it once the partial file is gone: measured with it there (and, inside the
-            # except, still held open by torch's writer in the traceback's frames) it would say "0 MB free there" where
-            # 5 MB are, for a checkpoint of 7
+            # the space as the user finds it: measured once the partial file is gone (inside the except, torch's
+            # writer in the traceback's frames would still hold it open)
             os.remove(tmp)
             free = shutil.disk_usage(folder).free
             raise UserError(f"could not write {path} ({free / 1e6:.0f} MB free there): free some space or write "
@@ -1255,9 +1254,8 @@ def open_for(path, tmp, mode, **kwargs):
 
 def remove_temporary(tmp):
     """Removes an atomic write's temporary file tmp where it is there (the write failed before the rename). Only there:
-    a read-only file system refuses the removal of a file that is not there with its own error (EROFS), not
-    FileNotFoundError, which took the place of the write's (a checkpoint's save said "Read-only file system:
-    models/x.pt.123.tmp", the name of no file there)."""
+    a read-only file system refuses to remove a missing file with EROFS, not FileNotFoundError, an error that would
+    take the place of the write's."""
     if os.path.lexists(tmp):
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
@@ -1282,10 +1280,9 @@ def link_target(path):
 
 def read_only(path):
     """Whether path is a file this process may not write (chmod a-w, another user's), which an atomic write refuses: a
-    rename in its folder, which the folder's permissions allow, would replace it all the same (eval.py --json over a
-    file made read-only to keep it). Not a file on a read-only file system (a cluster's disk remounted so after an
-    error), which os.access refuses too: there "check its permissions" sent the user to chmod, which fails; the write
-    itself then fails with the file system's own error and its fix (OS_FIXES)."""
+    rename in its folder, which the folder's permissions allow, would replace it all the same. Not a file on a
+    read-only file system, which os.access refuses too, but where chmod would fail: the write's own error says the fix
+    there (OS_FIXES)."""
     return os.path.isfile(path) and not os.access(path, os.W_OK) and not on_read_only_file_system(path)
 
 
@@ -1336,10 +1333,8 @@ def fsync_replace(tmp_path, path):
 
 
 def name_full_disk(e, path):
-    """A full disk fails a write() or fsync(), whose OSError names no file: "No space left on device: free some space"
-    left the user to guess which disk. Names path in e (an OSError) where it is one of those. Not another error's: a
-    source's read error would name the wrong file, and one without an errno ("[Errno None] None: data/x") lose its
-    text."""
+    """Names path in e, the OSError of a write() or fsync() on a full disk, which names no file (which disk is full?).
+    Not another error's: a source's read error would name the wrong file, and one without an errno lose its text."""
     if e.errno in (errno.ENOSPC, errno.EDQUOT) and not e.filename:
         e.filename = path
 
