@@ -509,7 +509,8 @@ def json_kind(v):
     """What a value read from JSON is, in JSON's words ("an array", not Python's "list"): the user wrote JSON."""
     if isinstance(v, bool):  # (before int: True is an int in Python)
         return "a boolean"
-    kinds = ((type(None), "null"), (dict, "an object"), (list, "an array"), (str, "a string"), ((int, float), "a number"))
+    kinds = ((type(None), "null"), (dict, "an object"), (list, "an array"), (str, "a string"),
+             ((int, float), "a number"))
     return next((name for t, name in kinds if isinstance(v, t)), type(v).__name__)
 
 
@@ -1643,8 +1644,9 @@ def named_device(name):
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise UserError(f"--device {name}: CUDA is not available here; use --device cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s); use cuda:0..cuda:{torch.cuda.device_count() - 1}")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise UserError(f"--device {name}: only {n} CUDA device(s); use cuda:0..cuda:{n - 1}")
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise UserError(f"--device {name}: MPS is not available here; use --device cpu")
     return dev
@@ -1774,8 +1776,8 @@ def is_oom(e):
     """Whether e is an allocation that failed for its size: out of host or device memory, or a tensor too large for
     torch to size at all. Other errors (a bug's RuntimeError) are not, and keep their traceback."""
     import torch
-    oom_types = (MemoryError,) + tuple(t for t in (getattr(torch, "OutOfMemoryError", None), torch.cuda.OutOfMemoryError) if t)
-    return isinstance(e, oom_types) or any(
+    # (torch.OutOfMemoryError, where a torch has it, is this very class)
+    return isinstance(e, (MemoryError, torch.cuda.OutOfMemoryError)) or any(
         sign in str(e) for sign in ("out of memory", "can't allocate memory", "not enough memory",  # (Windows')
                                     "Storage size calculation overflowed"))
 
