@@ -1566,7 +1566,7 @@ READ_AT_LOCK = threading.Lock()  # read_at's, where a seek stands in for pread
 def read_at(f, offset, n):
     """n bytes of the open file f from byte offset (fewer at its end), leaving its position as it was. Token files are
     read so rather than through a memmap: every page a memmap has read stays counted in the process's memory while it
-    is open (an eighth of an epoch's random windows showed a whole 660 MB train.bin held: 20 GB for a 10B-token set).
+    is open (a whole train.bin soon: 20 GB for a 10B-token set).
     os.pread where the system has it; Windows has none: a seek and a read, under a lock (train.py's loader reads from
     a thread), and back to where a file being written was (prepare.py reads what it wrote, and goes on writing)."""
     if hasattr(os, "pread"):
@@ -1600,9 +1600,8 @@ AUTO_DTYPE = ("bf16 where the hardware does it faster than fp32 (GPUs that have 
 
 
 def add_device_arguments(p, dtype=True, inherited=False):
-    """--device and (dtype) --dtype, one definition for every script that runs a model: gen.py, eval.py and serve.py
-    said neither their default nor what auto picks. inherited: train.py's --dtype, which a continued run takes from its
-    checkpoint when left out (None then)."""
+    """--device and (dtype) --dtype, one definition, default and help for every script that runs a model. inherited:
+    train.py's --dtype, which a continued run takes from its checkpoint when left out (None then)."""
     p.add_argument("--device", default="auto", help=f"{DEVICES} (default: auto = CUDA, then MPS, then CPU)")
     if dtype:
         # ("(default: X)", as every default is said, --device's and bench.py's --dtype's "auto = ..." too)
@@ -1699,10 +1698,8 @@ def autocast(device, dtype):
 
 def cpu_bf16_is_faster():
     """True where a bf16 matmul outruns an fp32 one, so that --dtype auto takes bf16 autocast on this CPU: AMX (Intel
-    since Sapphire Rapids), or AVX-512 BF16 on AMD (Zen 4 on). Measured on 2 cores (BENCHMARKS.md): an AMD EPYC's
-    matmuls ran at 380-390 GFLOP/s in bf16 against 150-180 in fp32; an Intel Xeon whose VM hides its AMX, so with
-    AVX-512 BF16 alone, at 150 in bf16 against 310 in fp32, and its training steps took 1.5x longer in bf16; the same
-    Xeon with its AMX shown, at 1,800-2,500 in bf16 against 265-346 in fp32, its small step 2.0x faster in bf16."""
+    since Sapphire Rapids), or AVX-512 BF16 on AMD (Zen 4 on); Intel's AVX-512 BF16 alone is slower than fp32
+    (cpu_bf16_verdict; the measurements in BENCHMARKS.md)."""
     return cpu_bf16_verdict()[0]
 
 
@@ -1734,8 +1731,7 @@ def slow_on_this_cpu(device, dtype, name):
     if device.type != "cpu":
         return None
     if dtype == torch.float16 or dtype == torch.bfloat16 and not cpu_has_bf16():
-        # no matmul instructions for it: converted in software (fp16 on the AVX-512 BF16 EPYC: tiny's step 226 ms in
-        # fp32, 3.6 s in fp16)
+        # no matmul instructions for it: converted in software (fp16 on the AVX-512 BF16 EPYC: steps 16x slower)
         return f"--dtype {name} is emulated on this CPU, slower than float32 (float16 many times): use --dtype auto"
     if dtype == torch.bfloat16 and not cpu_bf16_is_faster():
         # instructions but no speed: Intel's AVX-512 BF16 without AMX, 1.5x slower steps than fp32 (BENCHMARKS.md)
@@ -1783,14 +1779,12 @@ def is_oom(e):
 
 
 def retain_freed_memory():
-    """Make glibc keep freed memory for reuse instead of handing it back to the kernel. By default every allocation
-    above the mmap threshold (32 MB at most) is a fresh mmap, unmapped on free, so each training step page-faults
-    its big tensors in again (the logits and their gradient: B*T x 50304): on the 2-core test machine ~600k faults
-    and ~1 s of kernel time per small bf16 step, a third of it. With mmap and trimming off, a step reuses the
-    previous step's pages: small bf16 B8 3.55 -> 2.48 CPU-s a step, tiny V4096 0.285 -> 0.218 (one thread).
-    The price: the process keeps its peak memory (small: max RSS 2.4 -> 3.3 GB). Linux glibc only; returns
-    whether it applied. Process-wide and permanent, so a script calls it when run as a command (under
-    `if __name__ == "__main__"`; bench.py's main, as its --malloc says), not in its importable functions."""
+    """Make glibc keep freed memory for reuse instead of handing it back to the kernel: by default an allocation above
+    the mmap threshold (32 MB at most) is a fresh mmap, unmapped on free, so each training step page-faults its big
+    tensors (the logits and their gradient) in again, a third of a small bf16 CPU step (3.55 -> 2.48 CPU-s). The
+    price: the process keeps its peak memory (small: max RSS 2.4 -> 3.3 GB). Linux glibc only; returns whether it
+    applied. Process-wide and permanent, so a script calls it when run as a command (under `if __name__ ==
+    "__main__"`; bench.py's main, as its --malloc says), not in its importable functions."""
     if not sys.platform.startswith("linux"):
         return False
     try:
