@@ -135,7 +135,7 @@ def run_main(main, ranks=False):
         if e.errno not in OS_FIXES:
             raise
         # under torchrun every process reads the same files (rank 0 alone writes): one line a machine, as a
-        # UserError's (a train.bin without read permission, said by every rank, came out interleaved)
+        # UserError's, not one from each rank, interleaved
         exit_with_error(f"error: {os_error_line(e)}")
     finally:
         if not finished:
@@ -200,8 +200,8 @@ def silence_gone_output():
 
 def closed_pipe_on_windows(e):
     """Whether e is how Windows says that stdout's reader went away (`| head` in Git Bash, PowerShell's
-    `| Select-Object -First 5`): an OSError EINVAL, not BrokenPipeError (python/cpython#79935), which was a traceback.
-    Told from another EINVAL by stdout's flush failing again on what it still holds."""
+    `| Select-Object -First 5`): an OSError EINVAL, not BrokenPipeError (python/cpython#79935). Told from another
+    EINVAL by stdout's flush failing again on what it still holds."""
     if sys.platform != "win32" or e.errno != errno.EINVAL or e.filename is not None:
         return False
     try:
@@ -1582,8 +1582,8 @@ def read_at(f, offset, n):
 
 def read_items(f, start, n, dtype):
     """Items [start, start + n) of a file of numpy dtype items (a token file's tokens, a mask file's flags) open as f,
-    as an array, by read_at (no memmap), fewer at its end: whole items only (a file cut short mid-item was numpy's
-    ValueError). numpy imported here: scripts that never read token files keep without it."""
+    as an array, by read_at (no memmap), fewer at its end: whole items only (numpy refuses a part of one). numpy
+    imported here: scripts that never read token files keep without it."""
     import numpy as np
     dtype = np.dtype(dtype)
     data = read_at(f, int(start) * dtype.itemsize, int(n) * dtype.itemsize)
