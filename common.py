@@ -1597,6 +1597,7 @@ DEVICES = "auto, cpu, cuda, cuda:N or mps"  # --device's values, as its help and
 # what --dtype auto picks (pick_dtype), as every script's help says it
 AUTO_DTYPE = ("bf16 where the hardware does it faster than fp32 (GPUs that have it; CPUs with AMX, or AVX-512 BF16 on "
               "AMD), fp16 on older GPUs, else fp32")
+DTYPES = ("float32", "bfloat16", "float16")  # --dtype's names: torch_dtype turns one into torch's
 
 
 def add_device_arguments(p, dtype=True, inherited=False):
@@ -1666,9 +1667,6 @@ def asked_gpu(n):
     return torch.device(f"cuda:{answer}")
 
 
-DTYPES = ("float32", "bfloat16", "float16")  # --dtype's names: torch_dtype turns one into torch's
-
-
 def torch_dtype(name):
     """torch's dtype of a DTYPES name ("bfloat16": torch.bfloat16)."""
     import torch
@@ -1686,14 +1684,6 @@ def pick_dtype(device, name="auto"):
     if device.type == "cpu":
         return torch.bfloat16 if cpu_bf16_is_faster() else torch.float32
     return torch.float32
-
-
-def autocast(device, dtype):
-    """Mixed-precision context for the forward pass; a no-op for fp32."""
-    import torch
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def cpu_bf16_is_faster():
@@ -1760,6 +1750,14 @@ def cpu_info():
     except OSError:
         pass
     return vendor, flags
+
+
+def autocast(device, dtype):
+    """Mixed-precision context for the forward pass; a no-op for fp32."""
+    import torch
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def seeded_generator(device, seed):
