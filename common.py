@@ -957,10 +957,9 @@ def python_command():
     `python3` where that name on PATH is this interpreter (an activated venv), else this one's path, relative below the
     working directory: `make demo` runs `.venv/bin/python train.py`, and its "try it: python gen.py ..." would find no
     torch in the system's Python, or no `python` at all (Debian has only python3)."""
-    exe = os.path.abspath(sys.executable) if sys.executable else ""
-    if not exe:  # (an embedded interpreter says none)
+    if not sys.executable:  # (an embedded interpreter says none)
         return "python"
-    return as_called(exe, ("python", "python3"))
+    return as_called(os.path.abspath(sys.executable), ("python", "python3"))
 
 
 def torchrun_command():
