@@ -2183,9 +2183,8 @@ def resumed_progress(run, options_given):
     p = checkpoint_progress(ckpt, ckpt_args)
     # another window order: going on from the epoch's position would repeat some windows and skip others
     changed = order_changes(ckpt, ckpt_args, args, run.meta)
+    started_over = bool(changed and p.windows)  # (said below, with where the lr schedule goes on)
     if changed:
-        if p.windows:
-            warn(f"{' and '.join(changed)} changed since the checkpoint: its epoch starts over")
         p.windows = 0
     if p.windows >= len(run.train_w):
         p.epoch, p.windows = p.epoch + 1, 0
@@ -2217,6 +2216,14 @@ def resumed_progress(run, options_given):
             warmup = max(1, round(warmup * was / batches.windows_per_step))
     if args.reset_epoch:  # same weights, optimizer and best val loss; epochs and schedule from zero
         p = Progress(tokens=p.tokens, best_val_loss=p.best_val_loss, elapsed=p.elapsed)
+    if started_over:
+        # the lr schedule (by steps) goes back with the epoch: in its first epoch, to the warmup again, which a bare
+        # "epoch starts over" left to the lr of the log lines to show. (A budget's lr follows its clock, --reset_epoch's
+        # starts anew anyway)
+        back = "" if run.budget or args.reset_epoch or p.step >= ckpt["step"] else \
+            f", and the lr schedule with it: from step {ckpt['step']:,} back to step {p.step:,}" + \
+            (f", warming up again over {warmup:,} steps" if p.step < warmup else "")
+        warn(f"{' and '.join(changed)} changed since the checkpoint: its epoch starts over{back}")
     return p, eval_windows, warmup
 
 

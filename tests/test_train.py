@@ -1306,13 +1306,16 @@ def test_a_later_point_beside_a_checkpoint_without_a_run_id_is_not_said_to_be_th
 
 def test_a_new_seed_mid_epoch_starts_the_epoch_over(env, tmp_path, capsys):
     """The epoch's window order comes from the seed: with another one, going on from the position would see some
-    windows twice and skip others, so the epoch starts over (as when the data or --block_size change)."""
+    windows twice and skip others, so the epoch starts over (as when the data or --block_size change). The lr
+    schedule goes back with it, in the first epoch into the warmup again: the warning said only "epoch starts over"."""
     first = train.train(args_for(env, tmp_path, "--dataset", "mini", "--max_steps", "2"))
     assert load_checkpoint(first["checkpoint"])["epoch_windows"] == 32
     capsys.readouterr()
     r = train.train(train.parse_args(["--checkpoint", first["checkpoint"], "--seed", "7", "--max_steps", "1",
                                       "--data_dir", env["data"], "--device", "cpu", "--no_color"]))
-    assert "warning: --seed (1337 -> 7) changed since the checkpoint: its epoch starts over" in capsys.readouterr().err
+    assert re.search(r"warning: --seed \(1337 -> 7\) changed since the checkpoint: its epoch starts over, and the lr "
+                     r"schedule with it: from step 2 back to step 0, warming up again over \d+ steps\n",
+                     capsys.readouterr().err)
     ck = load_checkpoint(r["checkpoint"])
     assert (ck["epoch"], ck["epoch_windows"], ck["args"]["seed"]) == (0, 16, 7)
 
