@@ -266,7 +266,8 @@ def parse_args(argv=None):
         f"{k} {v}" for k, v in DEFAULT_BATCH_SIZE.items()) + ", others 16)")
     g.add_argument("--grad_accum", type=int, help=f"forward passes per optimizer step (default: {d['grad_accum']})")
     g.add_argument("--lr", type=float, help="peak learning rate (default: " + ", ".join(
-        f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + "; a third of that when fine-tuning)")
+        f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + "; fine-tuning, a third of the checkpoint's, or of its "
+        "preset's where it records none: a Hugging Face folder)")
     g.add_argument("--min_lr", type=float, help="learning rate at the end of the cosine decay (default: lr/10, "
                                                 "lr/100 with --time_budget; continuing a run with a new --lr, the "
                                                 "run's min_lr/lr ratio)")
@@ -379,6 +380,18 @@ def check_recorded_options(path, ckpt_args, continuing):
                             f"checkpoint): continue from another checkpoint")
 
 
+def fine_tune_lr(ckpt_args, model):
+    """A fine-tune's default peak lr, and where it came from in words for the run line: a third of the peak lr the
+    checkpoint's run trained at (a base the user trained at a better --lr than the preset's is fine-tuned in
+    proportion, not at a third of the preset's), or where it records none (a Hugging Face folder, an old checkpoint;
+    an edited one's lr of 'abc') of the default of model, its preset."""
+    was = ckpt_args.get("lr")
+    if inheritable("lr", was) and math.isfinite(was) and 0 < was <= MAX_LR:
+        return was / FINETUNE_LR_DIVISOR, f"1/{FINETUNE_LR_DIVISOR} of the checkpoint's {was:.2g}"
+    preset = DEFAULT_LR.get(model, 1e-3)
+    return preset / FINETUNE_LR_DIVISOR, f"1/{FINETUNE_LR_DIVISOR} of {model}'s default {preset:.2g}"
+
+
 def resolve_args(args, ckpt_args, continuing, config, fine_tuning=False):
     """Fill the training options left as None: the checkpoint's value when continuing the same run, else the
     default. Returns a new Namespace of plain values (it goes into the checkpoint) and checks them."""
@@ -398,7 +411,7 @@ def resolve_args(args, ckpt_args, continuing, config, fine_tuning=False):
     if a.batch_size is None:
         a.batch_size = DEFAULT_BATCH_SIZE.get(a.model, 16)
     if a.lr is None:
-        a.lr = DEFAULT_LR.get(a.model, 1e-3) / (FINETUNE_LR_DIVISOR if fine_tuning else 1)
+        a.lr = fine_tune_lr(ckpt_args, a.model)[0] if fine_tuning else DEFAULT_LR.get(a.model, 1e-3)
     if a.min_lr is None:
         # a budget ends at a known moment, so it can anneal close to zero (tiny, 10 minutes: 0.886 -> 0.844 bpb)
         a.min_lr = a.lr / (100 if a.time_budget is not None else 10)
@@ -2260,7 +2273,8 @@ def banner_lines(run):
         + f", epochs of {spe:,}" if budget else f"{args.epochs} epoch(s) x {spe:,}"
     ranks = f"{world} ranks x " if world > 1 else ""
     lines.append(f"train  {run_for} steps of {ranks}{args.batch_size}x{args.grad_accum}x{args.block_size} "
-                 f"= {tok_step:,} tokens, {args.optimizer} lr {args.lr:.2g} -> {args.min_lr:.2g} (warmup "
+                 f"= {tok_step:,} tokens, {args.optimizer} lr {args.lr:.2g}"
+                 f"{f' ({run.lr_from})' if run.lr_from else ''} -> {args.min_lr:.2g} (warmup "
                  + (f"{run.budget_warmup:.0%} of the budget" if budget else f"{args.warmup}") + "), "
                  # (AdamW's betas where they are not the defaults: nanoGPT's shakespeare_char config sets beta2 0.99)
                  + (f"betas {args.beta1:g}, {args.beta2:g}, " if (args.beta1, args.beta2) != (DEFAULTS["beta1"],
@@ -2725,11 +2739,13 @@ def start_run(args, joined=None):
     config = model_config(args, meta, ckpt)
     options_given = {name for name in ("warmup", "batch_size", "eval_batches") if getattr(args, name) is not None}
     check_recorded_options(args.checkpoint, ckpt_args, continuing)
-    args = resolve_args(args, ckpt_args, continuing, config, fine_tuning=ckpt is not None and not continuing)
+    fine_tuning, lr_given = ckpt is not None and not continuing, args.lr is not None
+    args = resolve_args(args, ckpt_args, continuing, config, fine_tuning=fine_tuning)
+    lr_from = fine_tune_lr(ckpt_args, args.model)[1] if fine_tuning and not lr_given else None
     nanogpt_schedule(args, meta, dist)
     check_same_options(dist, args)
     return Run(args=args, ckpt=ckpt, ckpt_args=ckpt_args, continuing=continuing, meta=meta, enc=enc, config=config,
-               dist=dist, device=device), options_given
+               dist=dist, device=device, lr_from=lr_from), options_given
 
 
 def warn_low_disk(run):
@@ -2851,6 +2867,7 @@ class Run:
     config: object              # the model's config
     dist: object                # the ranks (Dist)
     device: torch.device
+    lr_from: str = None         # where a fine-tune's default lr came from (fine_tune_lr), for the run line
     # (the fields above are start_run's; the rest are filled in by the phases that follow, in run_training)
     dtype: torch.dtype = None
     out_pattern: str = None     # --output_checkpoint, {dataset} and {epoch} to fill in

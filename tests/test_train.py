@@ -3560,6 +3560,30 @@ def test_fine_tuning_on_other_data_starts_fresh(env, trained, tmp_path):
     assert os.path.basename(s["checkpoint"]) == "chat_epoch1.pt"
 
 
+def test_a_fine_tune_takes_a_third_of_the_lr_its_checkpoint_trained_at(env, tmp_path, capsys):
+    """A base trained at --lr 0.01 (a better lr the user found) was fine-tuned at a third of the preset's default,
+    not of its own lr. Now a third of the checkpoint's, and the run line says where the lr came from; a checkpoint
+    that records none (a Hugging Face folder, an old or edited one) takes a third of its preset's, as before."""
+    base = train.train(args_for(env, tmp_path / "base", "--dataset", "mini", "--lr", "1e-2", "--max_steps", "1"))
+    capsys.readouterr()
+    s = train.train(args_for(env, tmp_path, "--dataset", "chat", "--checkpoint", base["checkpoint"], "--max_steps", "1",
+                             fresh=False))
+    assert load_checkpoint(s["checkpoint"])["args"]["lr"] == pytest.approx(1e-2 / 3)
+    assert "lr 0.0033 (1/3 of the checkpoint's 0.01) -> 0.00033 (warmup" in capsys.readouterr().out
+    s = train.train(args_for(env, tmp_path / "given", "--dataset", "chat", "--checkpoint", base["checkpoint"], "--lr",
+                             "2e-3", "--max_steps", "1", fresh=False))
+    assert load_checkpoint(s["checkpoint"])["args"]["lr"] == 2e-3  # one given is the lr, said without a source
+    assert re.search(r"lr 0.002 -> 0.0002 \(warmup", capsys.readouterr().out)
+    config = train.make_config("tiny")
+    for recorded in ({"model": "tiny"}, {"model": "tiny", "lr": "abc"}, {"model": "tiny", "lr": -1.0}, {}):
+        a = train.resolve_args(train.parse_args([]), recorded, False, config, fine_tuning=True)
+        assert a.lr == pytest.approx(train.DEFAULT_LR["tiny"] / 3)
+        assert train.fine_tune_lr(recorded, "tiny")[1] == "1/3 of tiny's default 0.004"
+    # a continued run (not a fine-tune) keeps its own lr, and a new run takes the preset's
+    assert train.resolve_args(train.parse_args([]), {"model": "tiny", "lr": 1e-2}, True, config).lr == 1e-2
+    assert train.resolve_args(train.parse_args([]), {}, False, config).lr == train.DEFAULT_LR["tiny"]
+
+
 def test_reset_epoch_on_a_fine_tune_is_refused_not_ignored(env, tmp_path):
     """--reset_epoch keeps a run's optimizer and restarts its epochs; on another dataset (fine-tuning) or from weights
     alone there is no run to restart: the flag was silently ignored, the optimizer dropped though its help said kept."""
