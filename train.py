@@ -229,7 +229,8 @@ def parse_args(argv=None):
                         "included: the lr schedule (warmup, cosine decay) spans the budget from the end of the "
                         "first (compiling) step, epochs repeat until it ends (unless --epochs is given), and the last "
                         "checkpoint is written when it ends; a continued run counts its earlier time, its schedule "
-                        "waiting for its first step again")
+                        "waiting for its first step again (one whose budget ran out, given --epochs alone, goes on by "
+                        "epochs)")
     g.add_argument("--max_steps", type=int, help="stop after this many optimizer steps in this run, evaluated (unless "
                                                  "--eval_interval 0; between evaluations as a pause, not judged for "
                                                  "the best file or --patience, so a continued run goes on as one run "
@@ -392,10 +393,13 @@ def fine_tune_lr(ckpt_args, model):
     return preset / FINETUNE_LR_DIVISOR, f"1/{FINETUNE_LR_DIVISOR} of {model}'s default {preset:.2g}"
 
 
-def resolve_args(args, ckpt_args, continuing, config, fine_tuning=False):
+def resolve_args(args, ckpt_args, continuing, config, fine_tuning=False, budget_spent=False):
     """Fill the training options left as None: the checkpoint's value when continuing the same run, else the
-    default. Returns a new Namespace of plain values (it goes into the checkpoint) and checks them."""
+    default. Returns a new Namespace of plain values (it goes into the checkpoint) and checks them. budget_spent: the
+    checkpoint's --time_budget ran out, so an --epochs given without one goes on by epochs: under the spent budget
+    inherited it capped a run that could not train (refused), and no option dropped the budget."""
     a = argparse.Namespace(**vars(args))
+    by_epochs = continuing and budget_spent and a.epochs is not None and a.time_budget is None
     if a.time_budget is not None and a.epochs is None and (not continuing or ckpt_args.get("time_budget") is None):
         a.epochs = UNLIMITED_EPOCHS  # a budget ends the run (continuing one that had none too: its epochs would cap it)
     old_lr, old_min_lr = ckpt_args.get("lr"), ckpt_args.get("min_lr")
@@ -403,7 +407,7 @@ def resolve_args(args, ckpt_args, continuing, config, fine_tuning=False):
         a.min_lr = a.lr * old_min_lr / old_lr  # a new peak takes the end of the decay along, at the same ratio
     for k, v in DEFAULTS.items():
         if getattr(a, k) is None:
-            inherited = ckpt_args.get(k) if continuing else None
+            inherited = ckpt_args.get(k) if continuing and not (k == "time_budget" and by_epochs) else None
             setattr(a, k, inherited if inherited is not None else v)
     a.model = a.model or ckpt_args.get("model") or "tiny"
     if a.block_size is None:
@@ -2414,8 +2418,8 @@ def refuse_ended_run(args, ckpt, ckpt_args, p, budget):
         # (the minutes given, or inherited, as the more wanted: the sum that trains them)
         raise UserError(f"{args.checkpoint} has used its {fmt_time(used * 60)} --time_budget: pass a larger one to "
                         f"train on (it counts that time: --time_budget {budget_value(used + args.time_budget)} trains "
-                        f"{fmt_time(args.time_budget * 60)} more), or --reset_epoch to start a new budget from its "
-                        f"weights")
+                        f"{fmt_time(args.time_budget * 60)} more), --epochs N to go on by epochs, or --reset_epoch "
+                        f"to start a new budget from its weights")
     if budget and p.budget_elapsed >= budget:
         # a budget interrupted (Ctrl-C) and continued with fewer minutes than it had spent, which a continued run counts
         raise UserError(f"{args.checkpoint} has trained {fmt_time(p.budget_elapsed)} of its budget already, which "
@@ -2740,7 +2744,8 @@ def start_run(args, joined=None):
     options_given = {name for name in ("warmup", "batch_size", "eval_batches") if getattr(args, name) is not None}
     check_recorded_options(args.checkpoint, ckpt_args, continuing)
     fine_tuning, lr_given = ckpt is not None and not continuing, args.lr is not None
-    args = resolve_args(args, ckpt_args, continuing, config, fine_tuning=fine_tuning)
+    args = resolve_args(args, ckpt_args, continuing, config, fine_tuning=fine_tuning,
+                        budget_spent=continuing and ckpt.get("budget_done") is True)
     lr_from = fine_tune_lr(ckpt_args, args.model)[1] if fine_tuning and not lr_given else None
     nanogpt_schedule(args, meta, dist)
     check_same_options(dist, args)

@@ -949,8 +949,9 @@ def test_a_finished_budget_is_not_continued_by_a_step(env, tmp_path):
     assert s["stopped"] == "time budget"
     go_on = ["--checkpoint", str(tmp_path / "mini.pt"), "--data_dir", env["data"], "--device", "cpu", "--no_color"]
     with pytest.raises(UserError, match=r"mini.pt has used its 1s --time_budget: pass a larger one to train "
-                                        r"on \(it counts that time: --time_budget 2.4s trains 1s more\), or "
-                                        r"--reset_epoch to start a new budget from its weights$"):
+                                        r"on \(it counts that time: --time_budget 2.4s trains 1s more\), --epochs N "
+                                        r"to go on by epochs, or --reset_epoch to start a new budget from its "
+                                        r"weights$"):
         train.train(train.parse_args(go_on))
     # a smaller budget given: the message names the one the run used, not the one given (it said "its 0.01-minute"),
     # and the budget that trains the minutes given more (meant as "one more minute", it left the sum to work out)
@@ -975,6 +976,30 @@ def test_a_finished_budget_is_not_continued_by_a_step(env, tmp_path):
                                         r"counts: pass a larger one to train on, or --reset_epoch"):
         train.train(train.parse_args(go_on + ["--time_budget", "2"]))
     assert train.train(train.parse_args(go_on + ["--max_steps", "1"]))["run_steps"] == 1  # its own 5 minutes: on
+
+
+def test_a_spent_budget_given_epochs_goes_on_by_epochs(env, tmp_path, capsys):
+    """A run its --time_budget stopped, continued with --epochs N: the spent budget was inherited, --epochs only
+    capped it, and the run was refused with a message naming no way to go on by epochs (--reset_epoch kept the budget
+    too). It now goes on by epochs from where it stands, the line under the resume line saying where its lr goes on."""
+    s = train.train(args_for(env, tmp_path, "--dataset", "story", "--time_budget", "0.02", "--eval_interval", "0",
+                             "--output_checkpoint", str(tmp_path / "{dataset}.pt")))
+    assert s["stopped"] == "time budget"
+    done = load_checkpoint(s["checkpoint"])["step"]
+    capsys.readouterr()
+    r = train.train(train.parse_args(["--checkpoint", s["checkpoint"], "--epochs", "1", "--max_steps", "1",
+                                      "--data_dir", env["data"], "--device", "cpu", "--no_color"]))
+    ck = load_checkpoint(r["checkpoint"])
+    assert (ck["args"]["time_budget"], ck["args"]["epochs"], ck["step"]) == (None, 1, done + 1)
+    out = capsys.readouterr().out
+    assert "resume at epoch" in out and "the lr's cosine now spans 1 epoch(s) (the checkpoint's run: 1s), so step " \
+        f"{done:,} goes on at lr" in out
+    # a budget not yet spent, given --epochs: they cap its rest, as a new run's --epochs cap its budget
+    cut = train.train(args_for(env, tmp_path / "cut", "--dataset", "story", "--time_budget", "5", "--max_steps", "1",
+                               "--eval_interval", "0", "--output_checkpoint", str(tmp_path / "cut" / "{dataset}.pt")))
+    r = train.train(train.parse_args(["--checkpoint", cut["checkpoint"], "--epochs", "1", "--max_steps", "1",
+                                      "--data_dir", env["data"], "--device", "cpu", "--no_color"]))
+    assert load_checkpoint(r["checkpoint"])["args"]["time_budget"] == 5
 
 
 def test_a_run_whose_val_loss_rose_past_its_best_says_it_overfits(env, tmp_path, monkeypatch, capsys):
