@@ -44,8 +44,8 @@ STATE_KINDS = {"step": nonnegative_int, "epoch": nonnegative_int, "epoch_step": 
                "evals_since_best": nonnegative_int, "best_val_loss": (finite, type(None)),
                "val_loss": (finite, type(None)), "best_at": ([nonnegative_int, finite], type(None)),
                "loss_since_record": [NUMBER, nonnegative_int], "elapsed": finite, "budget_elapsed": finite,
-               "schedule_origin": (finite, type(None)), "budget_done": bool, "stopped_early": bool, "dataset": str,
-               "run": str, "args": dict, "data": dict, "rng": dict, "optimizer": dict, "scaler": dict,
+               "schedule_origin": (finite, type(None)), "budget_done": bool, "stopped_early": bool, "fine_tune": bool,
+               "dataset": str, "run": str, "args": dict, "data": dict, "rng": dict, "optimizer": dict, "scaler": dict,
                "order_scheme": int, "save_seconds": NUMBER}
 
 

@@ -267,8 +267,8 @@ def parse_args(argv=None):
         f"{k} {v}" for k, v in DEFAULT_BATCH_SIZE.items()) + ", others 16)")
     g.add_argument("--grad_accum", type=int, help=f"forward passes per optimizer step (default: {d['grad_accum']})")
     g.add_argument("--lr", type=float, help="peak learning rate (default: " + ", ".join(
-        f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + "; fine-tuning, a third of the checkpoint's, or of its "
-        "preset's where it records none: a Hugging Face folder)")
+        f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + "; fine-tuning, a third of the checkpoint's (a fine-tune's "
+        "as it is), or of its preset's where it records none: a Hugging Face folder)")
     g.add_argument("--min_lr", type=float, help="learning rate at the end of the cosine decay (default: lr/10, "
                                                 "lr/100 with --time_budget; continuing a run with a new --lr, the "
                                                 "run's min_lr/lr ratio)")
@@ -381,19 +381,22 @@ def check_recorded_options(path, ckpt_args, continuing):
                             f"checkpoint): continue from another checkpoint")
 
 
-def fine_tune_lr(ckpt_args, model):
+def fine_tune_lr(ckpt, ckpt_args, model):
     """A fine-tune's default peak lr, and where it came from in words for the run line: a third of the peak lr the
     checkpoint's run trained at (a base the user trained at a better --lr than the preset's is fine-tuned in
     proportion, not at a third of the preset's), or where it records none (a Hugging Face folder, an old checkpoint;
-    an edited one's lr of 'abc') of the default of model, its preset."""
+    an edited one's lr of 'abc') of the default of model, its preset. A checkpoint that is itself a fine-tune's
+    trained at a fine-tuning lr already: that lr as it is (a third again, a chain of fine-tunes was at 1/9, 1/27)."""
     was = ckpt_args.get("lr")
     if inheritable("lr", was) and math.isfinite(was) and 0 < was <= MAX_LR:
+        if ckpt.get("fine_tune") is True:
+            return was, "the fine-tuned checkpoint's, not divided again"
         return was / FINETUNE_LR_DIVISOR, f"1/{FINETUNE_LR_DIVISOR} of the checkpoint's {was:.2g}"
     preset = DEFAULT_LR.get(model, 1e-3)
     return preset / FINETUNE_LR_DIVISOR, f"1/{FINETUNE_LR_DIVISOR} of {model}'s default {preset:.2g}"
 
 
-def resolve_args(args, ckpt_args, continuing, config, fine_tuning=False, budget_spent=False):
+def resolve_args(args, ckpt_args, continuing, config, fine_tuning=False, budget_spent=False, ckpt=None):
     """Fill the training options left as None: the checkpoint's value when continuing the same run, else the
     default. Returns a new Namespace of plain values (it goes into the checkpoint) and checks them. budget_spent: the
     checkpoint's --time_budget ran out, so an --epochs given without one goes on by epochs: under the spent budget
@@ -415,7 +418,7 @@ def resolve_args(args, ckpt_args, continuing, config, fine_tuning=False, budget_
     if a.batch_size is None:
         a.batch_size = DEFAULT_BATCH_SIZE.get(a.model, 16)
     if a.lr is None:
-        a.lr = fine_tune_lr(ckpt_args, a.model)[0] if fine_tuning else DEFAULT_LR.get(a.model, 1e-3)
+        a.lr = fine_tune_lr(ckpt or {}, ckpt_args, a.model)[0] if fine_tuning else DEFAULT_LR.get(a.model, 1e-3)
     if a.min_lr is None:
         # a budget ends at a known moment, so it can anneal close to zero (tiny, 10 minutes: 0.886 -> 0.844 bpb)
         a.min_lr = a.lr / (100 if a.time_budget is not None else 10)
@@ -2745,12 +2748,14 @@ def start_run(args, joined=None):
     check_recorded_options(args.checkpoint, ckpt_args, continuing)
     fine_tuning, lr_given = ckpt is not None and not continuing, args.lr is not None
     args = resolve_args(args, ckpt_args, continuing, config, fine_tuning=fine_tuning,
-                        budget_spent=continuing and ckpt.get("budget_done") is True)
-    lr_from = fine_tune_lr(ckpt_args, args.model)[1] if fine_tuning and not lr_given else None
+                        budget_spent=continuing and ckpt.get("budget_done") is True, ckpt=ckpt)
+    lr_from = fine_tune_lr(ckpt, ckpt_args, args.model)[1] if fine_tuning and not lr_given else None
+    # a fine-tune's checkpoints say so, continued ones too: a fine-tune of them takes their lr as a fine-tuning one
+    fine_tune = fine_tuning or continuing and ckpt.get("fine_tune") is True
     nanogpt_schedule(args, meta, dist)
     check_same_options(dist, args)
     return Run(args=args, ckpt=ckpt, ckpt_args=ckpt_args, continuing=continuing, meta=meta, enc=enc, config=config,
-               dist=dist, device=device, lr_from=lr_from), options_given
+               dist=dist, device=device, lr_from=lr_from, fine_tune=fine_tune), options_given
 
 
 def warn_low_disk(run):
@@ -2873,6 +2878,7 @@ class Run:
     dist: object                # the ranks (Dist)
     device: torch.device
     lr_from: str = None         # where a fine-tune's default lr came from (fine_tune_lr), for the run line
+    fine_tune: bool = False     # a fine-tune's run (continued or not), saved: fine_tune_lr's lr of its checkpoints
     # (the fields above are start_run's; the rest are filled in by the phases that follow, in run_training)
     dtype: torch.dtype = None
     out_pattern: str = None     # --output_checkpoint, {dataset} and {epoch} to fill in
@@ -2962,6 +2968,7 @@ class Run:
                             elapsed=p.elapsed + time.time() - self.t_run,
                             budget_elapsed=self.clock.now(), schedule_origin=p.schedule_origin,
                             budget_done=self.stopped == "time budget", stopped_early=self.stopped == "early stop",
+                            fine_tune=self.fine_tune,
                             # the last save's (the estimate before the first): this one's is not known until written
                             save_seconds=saved["seconds"],
                             data={"tokenizer_hash": meta.get("tokenizer_hash"), "folder": meta["folder"],

@@ -3603,7 +3603,18 @@ def test_a_fine_tune_takes_a_third_of_the_lr_its_checkpoint_trained_at(env, tmp_
     for recorded in ({"model": "tiny"}, {"model": "tiny", "lr": "abc"}, {"model": "tiny", "lr": -1.0}, {}):
         a = train.resolve_args(train.parse_args([]), recorded, False, config, fine_tuning=True)
         assert a.lr == pytest.approx(train.DEFAULT_LR["tiny"] / 3)
-        assert train.fine_tune_lr(recorded, "tiny")[1] == "1/3 of tiny's default 0.004"
+        assert train.fine_tune_lr({}, recorded, "tiny")[1] == "1/3 of tiny's default 0.004"
+    # a fine-tune of a fine-tune (continued first: it stays one) takes its lr as it is, a fine-tuning lr already: a
+    # third again made a chain of fine-tunes 1/9, 1/27 of the base's
+    assert load_checkpoint(base["checkpoint"])["fine_tune"] is False
+    s = train.train(train.parse_args(["--checkpoint", s["checkpoint"], "--max_steps", "1", "--device", "cpu",
+                                      "--no_color"]))
+    assert load_checkpoint(s["checkpoint"])["fine_tune"] is True
+    capsys.readouterr()
+    s = train.train(args_for(env, tmp_path / "again", "--dataset", "mini", "--checkpoint", s["checkpoint"],
+                             "--max_steps", "1", fresh=False))
+    assert load_checkpoint(s["checkpoint"])["args"]["lr"] == 2e-3
+    assert "lr 0.002 (the fine-tuned checkpoint's, not divided again) -> 0.0002 (warmup" in capsys.readouterr().out
     # a continued run (not a fine-tune) keeps its own lr, and a new run takes the preset's
     assert train.resolve_args(train.parse_args([]), {"model": "tiny", "lr": 1e-2}, True, config).lr == 1e-2
     assert train.resolve_args(train.parse_args([]), {}, False, config).lr == train.DEFAULT_LR["tiny"]
