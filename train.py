@@ -2421,8 +2421,8 @@ def refuse_ended_run(args, ckpt, ckpt_args, p, budget):
         # (the minutes given, or inherited, as the more wanted: the sum that trains them)
         raise UserError(f"{args.checkpoint} has used its {fmt_time(used * 60)} --time_budget: pass a larger one to "
                         f"train on (it counts that time: --time_budget {budget_value(used + args.time_budget)} trains "
-                        f"{fmt_time(args.time_budget * 60)} more), --epochs N to go on by epochs, or --reset_epoch "
-                        f"to start a new budget from its weights")
+                        f"{fmt_time(args.time_budget * 60)} more), --epochs N without --time_budget to go on by "
+                        f"epochs, or --reset_epoch to start a new budget from its weights")
     if budget and p.budget_elapsed >= budget:
         # a budget interrupted (Ctrl-C) and continued with fewer minutes than it had spent, which a continued run counts
         raise UserError(f"{args.checkpoint} has trained {fmt_time(p.budget_elapsed)} of its budget already, which "

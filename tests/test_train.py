@@ -950,8 +950,8 @@ def test_a_finished_budget_is_not_continued_by_a_step(env, tmp_path):
     go_on = ["--checkpoint", str(tmp_path / "mini.pt"), "--data_dir", env["data"], "--device", "cpu", "--no_color"]
     with pytest.raises(UserError, match=r"mini.pt has used its 1s --time_budget: pass a larger one to train "
                                         r"on \(it counts that time: --time_budget 2.4s trains 1s more\), --epochs N "
-                                        r"to go on by epochs, or --reset_epoch to start a new budget from its "
-                                        r"weights$"):
+                                        r"without --time_budget to go on by epochs, or --reset_epoch to start a "
+                                        r"new budget from its weights$"):
         train.train(train.parse_args(go_on))
     # a smaller budget given: the message names the one the run used, not the one given (it said "its 0.01-minute"),
     # and the budget that trains the minutes given more (meant as "one more minute", it left the sum to work out)
@@ -986,6 +986,17 @@ def test_a_spent_budget_given_epochs_goes_on_by_epochs(env, tmp_path, capsys):
                              "--output_checkpoint", str(tmp_path / "{dataset}.pt")))
     assert s["stopped"] == "time budget"
     done = load_checkpoint(s["checkpoint"])["step"]
+    # --epochs beside a --time_budget no larger than the spent one: the budget is what it continues, so refused, and
+    # the message says the --epochs that goes on by epochs is one without it (it said "--epochs N", given already)
+    with pytest.raises(UserError, match=r"--epochs N without --time_budget to go on by epochs"):
+        train.train(train.parse_args(["--checkpoint", s["checkpoint"], "--epochs", "3", "--time_budget", "0.5s",
+                                      "--data_dir", env["data"], "--device", "cpu", "--no_color"]))
+    # --reset_epoch with --epochs: a new schedule by epochs from its weights (the spent budget was kept, capped)
+    again = train.train(train.parse_args(["--checkpoint", s["checkpoint"], "--epochs", "2", "--reset_epoch",
+                                          "--max_steps", "1", "--output_checkpoint", str(tmp_path / "again" / "a.pt"),
+                                          "--data_dir", env["data"], "--device", "cpu", "--no_color"]))
+    ck = load_checkpoint(again["checkpoint"])
+    assert (ck["args"]["time_budget"], ck["args"]["epochs"], ck["step"]) == (None, 2, 1)
     capsys.readouterr()
     r = train.train(train.parse_args(["--checkpoint", s["checkpoint"], "--epochs", "1", "--max_steps", "1",
                                       "--data_dir", env["data"], "--device", "cpu", "--no_color"]))
