@@ -1354,6 +1354,17 @@ def test_a_new_seed_mid_epoch_starts_the_epoch_over(env, tmp_path, capsys):
                      capsys.readouterr().err)
     ck = load_checkpoint(r["checkpoint"])
     assert (ck["epoch"], ck["epoch_windows"], ck["args"]["seed"]) == (0, 16, 7)
+    # past the warmup (a later epoch): back to the epoch's first step, said without a warmup that is not there
+    later = train.train(args_for(env, tmp_path / "later", "--dataset", "mini", "--warmup", "2", "--epochs", "3",
+                                 "--max_steps", "12"))
+    ck = load_checkpoint(later["checkpoint"])
+    assert ck["epoch"] >= 1 and ck["epoch_windows"] > 0
+    capsys.readouterr()
+    train.train(train.parse_args(["--checkpoint", later["checkpoint"], "--seed", "7", "--max_steps", "1",
+                                  "--data_dir", env["data"], "--device", "cpu", "--no_color"]))
+    back = ck["step"] - ck["epoch_step"]
+    assert f"changed since the checkpoint: its epoch starts over, and the lr schedule with it: from step 12 back to " \
+           f"step {back}\n" in capsys.readouterr().err
 
 
 def test_settings_that_defeat_the_run_are_warned_of(env, tmp_path, capsys):
