@@ -1701,7 +1701,7 @@ def cpu_bf16_verdict():
         return False, "no AVX-512 BF16 or AMX here"
     if vendor == "AuthenticAMD":
         return True, "AVX-512 BF16"
-    return False, "AVX-512 BF16 without AMX, slower than float32"
+    return False, "AVX-512 BF16 without AMX, where bfloat16 is slower"
 
 
 def dtype_words(device, dtype, name):

@@ -1321,7 +1321,7 @@ def test_auto_dtype_on_a_cpu_is_bf16_where_its_matmuls_outrun_fp32(monkeypatch, 
     ("GenuineIntel", "avx2", "float32 (auto: no AVX-512 BF16 or AMX here)"),  # most laptops
     ("AuthenticAMD", "avx2 avx512f", "float32 (auto: no AVX-512 BF16 or AMX here)"),
     ("AuthenticAMD", "avx2 avx512f avx512_bf16", "bfloat16 (auto: AVX-512 BF16)"),  # Zen 4
-    ("GenuineIntel", "avx2 avx512_bf16", "float32 (auto: AVX-512 BF16 without AMX, slower than float32)"),
+    ("GenuineIntel", "avx2 avx512_bf16", "float32 (auto: AVX-512 BF16 without AMX, where bfloat16 is slower)"),
     ("GenuineIntel", "avx2 avx512_bf16 amx_bf16", "bfloat16 (auto: AMX)"),
 ])
 def test_dtype_words_say_why_auto_took_its_dtype_on_a_cpu(monkeypatch, vendor, flags, said):
