@@ -3423,6 +3423,22 @@ def test_on_a_phone_the_chat_pages_enter_starts_a_new_line_and_send_sends(enc, b
         wait.until(lambda b: "la" in b.find_element(By.ID, "model").text)
         browser.find_element(By.ID, "input").send_keys("hello\n")
         wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, ".msg.user"))
+        # a touchscreen beside a touchpad: a Surface with its type cover, whose browser says (pointer: coarse) as a
+        # phone's, has a keyboard with Shift+Enter, and its Enter sends (it had started a new line)
+        fine_too = browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": """
+            const matchMedia_ = window.matchMedia.bind(window);
+            window.matchMedia = (q) => q !== "(any-pointer: fine)" ? matchMedia_(q)
+                : {matches: true, media: q, addEventListener() {}, removeEventListener() {}};"""})
+        try:
+            with phone(browser):
+                browser.get(api.url + "/")
+                wait.until(lambda b: "la" in b.find_element(By.ID, "model").text)
+                assert browser.execute_script("return matchMedia('(pointer: coarse)').matches")
+                assert "Shift+Enter" in browser.find_element(By.ID, "input").get_attribute("placeholder")
+                browser.find_element(By.ID, "input").send_keys("hello\n")
+                wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, ".msg.user"))
+        finally:
+            browser.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument", {"identifier": fine_too["identifier"]})
     finally:
         api.close()
 
