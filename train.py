@@ -2236,11 +2236,10 @@ def resumed_progress(run, options_given):
             warmup = max(1, round(warmup * was / batches.windows_per_step))
     if args.reset_epoch:  # same weights, optimizer and best val loss; epochs and schedule from zero
         p = Progress(tokens=p.tokens, best_val_loss=p.best_val_loss, elapsed=p.elapsed)
-    if started_over:
+    if started_over and not args.reset_epoch:  # (which starts every epoch over, and the schedule, as asked)
         # the lr schedule (by steps) goes back with the epoch: in its first epoch, to the warmup again, which a bare
-        # "epoch starts over" left to the lr of the log lines to show. (A budget's lr follows its clock, --reset_epoch's
-        # starts anew anyway)
-        back = "" if run.budget or args.reset_epoch or p.step >= ckpt["step"] else \
+        # "epoch starts over" left to the lr of the log lines to show. (A budget's lr follows its clock)
+        back = "" if run.budget or p.step >= ckpt["step"] else \
             f", and the lr schedule with it: from step {ckpt['step']:,} back to step {p.step:,}" + \
             (f", warming up again over {warmup:,} steps" if p.step < warmup else "")
         warn(f"{' and '.join(changed)} changed since the checkpoint: its epoch starts over{back}")

@@ -1354,6 +1354,11 @@ def test_a_new_seed_mid_epoch_starts_the_epoch_over(env, tmp_path, capsys):
                      capsys.readouterr().err)
     ck = load_checkpoint(r["checkpoint"])
     assert (ck["epoch"], ck["epoch_windows"], ck["args"]["seed"]) == (0, 16, 7)
+    # --reset_epoch starts every epoch over, and the schedule, as asked: nothing to warn of
+    train.train(train.parse_args(["--checkpoint", r["checkpoint"], "--seed", "9", "--reset_epoch", "--max_steps",
+                                  "1", "--output_checkpoint", str(tmp_path / "reset" / "{dataset}.pt"),
+                                  "--data_dir", env["data"], "--device", "cpu", "--no_color"]))
+    assert "changed since the checkpoint" not in capsys.readouterr().err
     # past the warmup (a later epoch): back to the epoch's first step, said without a warmup that is not there
     later = train.train(args_for(env, tmp_path / "later", "--dataset", "mini", "--warmup", "2", "--epochs", "3",
                                  "--max_steps", "12"))
