@@ -2850,8 +2850,7 @@ def test_the_enter_that_picks_an_input_methods_word_sends_nothing(enc, browser):
 
     api = start(la_model(enc), enc, name="la")
     try:
-        browser.get(api.url + "/")
-        WebDriverWait(browser, 60).until(lambda b: "la" in b.find_element(By.ID, "model").text)
+        open_page(browser, api)
         browser.find_element(By.ID, "input").send_keys("你好")
         press = """
             const e = new KeyboardEvent('keydown', {key: 'Enter', bubbles: true, cancelable: true});
@@ -2875,8 +2874,7 @@ def test_chat_page_streams_a_reply_in_chromium(enc, browser):
     api = start(la_model(enc, delay=0.05), enc, name="la", temperature=0.3, top_p=0.7)  # 12 tokens in 0.6 s
     try:
         wait = WebDriverWait(browser, 60)
-        browser.get(api.url + "/")
-        wait.until(lambda b: "la" in b.find_element(By.ID, "model").text)  # the page asked /v1/models
+        open_page(browser, api)
         # max tokens starts empty: a long message gets what the context leaves instead of a refusal
         assert browser.find_element(By.ID, "max_tokens").get_attribute("value") == ""
         browser.find_element(By.ID, "input").send_keys("word " * 40)
@@ -2948,8 +2946,7 @@ def test_the_chat_page_says_how_many_requests_are_ahead_of_a_reply_waiting_its_t
     after = "return getComputedStyle(document.querySelector('.msg.assistant .text'), '::after').content"
     try:
         wait = WebDriverWait(browser, 60)
-        browser.get(api.url + "/")
-        wait.until(lambda b: "la" in b.find_element(By.ID, "model").text)
+        open_page(browser, api)
         with ThreadPoolExecutor(1) as pool:  # another client's request, held running by the gate
             conn = http.client.HTTPConnection(*api.server_address[:2], timeout=60, source_address=("127.0.0.2", 0))
             other = pool.submit(lambda: conn.request("POST", "/v1/completions", json.dumps(
@@ -2995,8 +2992,7 @@ def test_the_chat_page_shows_the_characters_of_a_stream_whose_reads_cut_them(enc
     api = start(la_model(enc), enc, name="la")
     try:
         wait = WebDriverWait(browser, 60)
-        browser.get(api.url + "/")
-        wait.until(lambda b: "la" in b.find_element(By.ID, "model").text)
+        open_page(browser, api)
         browser.find_element(By.ID, "max_tokens").send_keys(str(len(reply)))
         browser.find_element(By.ID, "input").send_keys("hello")
         browser.find_element(By.ID, "send").click()
@@ -3331,6 +3327,17 @@ def phone(browser, height=667):
         browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 
 
+def open_page(browser, api):
+    """api's chat page loaded in browser, its model named (the page asked /v1/models); returns a 60 s wait."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(api.url + "/")
+    wait = WebDriverWait(browser, 60)
+    wait.until(lambda b: "la" in b.find_element(By.ID, "model").text)
+    return wait
+
+
 def box(browser, css):
     """An element's place on the screen: its DOMRect as a dict (x, y, width, height, top, bottom, ...)."""
     return browser.execute_script("return document.querySelector(arguments[0]).getBoundingClientRect().toJSON()", css)
@@ -3341,14 +3348,11 @@ def test_a_phone_can_tap_and_read_the_chat_pages_fields_without_zooming(enc, bro
     """On a phone the fields were 13-15px text, so iOS zoomed into each on a tap (and stayed zoomed), and the settings'
     fields were 24px tall, under a fingertip's 44. A long URL in a message still wraps inside the screen."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     api = start(la_model(enc), enc, name="la")
     try:
         with phone(browser):
-            browser.get(api.url + "/")
-            wait = WebDriverWait(browser, 60)
-            wait.until(lambda b: "la" in b.find_element(By.ID, "model").text)
+            wait = open_page(browser, api)
             browser.find_element(By.ID, "settings").click()
             fields = ["#input", "#send", "#settings", "#clear", "#system", "#temperature", "#top_p", "#max_tokens"]
             for css in fields:
@@ -3373,13 +3377,11 @@ def test_on_a_phone_the_chat_pages_settings_fold_so_the_conversation_keeps_the_s
     """The settings took 166px of a phone's 667, and of the 350 its keyboard leaves: the conversation had 98px, three
     lines. They fold behind a Settings button there, and open under it; a desktop's window shows them as before."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     api = start(la_model(enc), enc, name="la")
     try:
         with phone(browser, height=350):
-            browser.get(api.url + "/")
-            WebDriverWait(browser, 60).until(lambda b: "la" in b.find_element(By.ID, "model").text)
+            open_page(browser, api)
             assert not browser.find_element(By.ID, "temperature").is_displayed()
             assert box(browser, "#messages")["height"] >= 180
             for css in ("#input", "#send"):  # the form in view
@@ -3403,14 +3405,11 @@ def test_on_a_phone_the_chat_pages_enter_starts_a_new_line_and_send_sends(enc, b
     """A phone's keyboard has no Shift+Enter, and its Enter sent: no message there could have two lines. There Enter
     starts a new line and the button sends, as phones' messaging apps do; a desktop's Enter still sends."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     api = start(la_model(enc), enc, name="la")
     try:
         with phone(browser):
-            browser.get(api.url + "/")
-            wait = WebDriverWait(browser, 60)
-            wait.until(lambda b: "la" in b.find_element(By.ID, "model").text)
+            wait = open_page(browser, api)
             assert "Shift" not in browser.find_element(By.ID, "input").get_attribute("placeholder")
             browser.find_element(By.ID, "input").send_keys("first line\nsecond line")
             assert browser.find_elements(By.CSS_SELECTOR, ".msg") == []
@@ -3419,8 +3418,7 @@ def test_on_a_phone_the_chat_pages_enter_starts_a_new_line_and_send_sends(enc, b
                        and b.find_elements(By.CSS_SELECTOR, ".msg.assistant .note"))
             assert browser.find_element(By.CSS_SELECTOR, ".msg.user").text == "first line\nsecond line"
             assert browser.find_element(By.ID, "input").get_attribute("value") == ""
-        browser.get(api.url + "/")
-        wait.until(lambda b: "la" in b.find_element(By.ID, "model").text)
+        open_page(browser, api)
         browser.find_element(By.ID, "input").send_keys("hello\n")
         wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, ".msg.user"))
         # a touchscreen beside a touchpad: a Surface with its type cover, whose browser says (pointer: coarse) as a
@@ -3431,8 +3429,7 @@ def test_on_a_phone_the_chat_pages_enter_starts_a_new_line_and_send_sends(enc, b
                 : {matches: true, media: q, addEventListener() {}, removeEventListener() {}};"""})
         try:
             with phone(browser):
-                browser.get(api.url + "/")
-                wait.until(lambda b: "la" in b.find_element(By.ID, "model").text)
+                open_page(browser, api)
                 assert browser.execute_script("return matchMedia('(pointer: coarse)').matches")
                 assert "Shift+Enter" in browser.find_element(By.ID, "input").get_attribute("placeholder")
                 browser.find_element(By.ID, "input").send_keys("hello\n")
@@ -3449,15 +3446,12 @@ def test_the_chat_page_keeps_a_replys_newest_words_in_view_unless_the_reader_scr
     them, which was left below the view. A reader who scrolls up to read back stays there: each token pulled them
     down again."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     api = start(la_model(enc, delay=0.05), enc, name="la")  # a reply streams for a second or more
     at_end = "const m = document.getElementById('messages'); return m.scrollHeight - m.scrollTop - m.clientHeight"
     try:
         with phone(browser, height=350):
-            browser.get(api.url + "/")
-            wait = WebDriverWait(browser, 60)
-            wait.until(lambda b: "la" in b.find_element(By.ID, "model").text)
+            wait = open_page(browser, api)
             browser.find_element(By.ID, "input").send_keys("word " * 30)  # more lines than the view holds
             browser.find_element(By.ID, "send").click()
             wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, ".msg.assistant .note"))
@@ -3480,14 +3474,10 @@ def test_the_chat_page_is_as_tall_as_a_phones_visible_screen(enc, browser):
     """The page was 100vh tall: on a phone, its height with the browser's bars hidden, so with Safari's bar shown the
     form lay under it. It is 100dvh, the visible height. (Chromium's phone has no bars to tell the two apart: this
     asks how Chromium reads the page's style, 100vh staying as the fallback of browsers before dvh.)"""
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
     api = start(la_model(enc), enc, name="la")
     try:
         with phone(browser):
-            browser.get(api.url + "/")
-            WebDriverWait(browser, 60).until(lambda b: "la" in b.find_element(By.ID, "model").text)
+            open_page(browser, api)
             height = browser.execute_script(
                 "return [...document.styleSheets[0].cssRules].find((r) => r.selectorText === 'body').style.height")
             assert height == "100dvh"
