@@ -1087,11 +1087,25 @@ def make_folders(path):
     made_folders.extend(reversed(new))
 
 
-def remove_made_folders():
-    """rmdir made_folders, innermost first: an empty one goes, one with anything in it stays (and so its parents)."""
-    while made_folders:
+def remove_made_folders(start=0):
+    """rmdir made_folders past the first start, innermost first: an empty one goes, one with anything in it stays (and
+    so its parents)."""
+    while len(made_folders) > start:
         with contextlib.suppress(OSError):
             os.rmdir(made_folders.pop())
+
+
+@contextlib.contextmanager
+def removing_made_folders():
+    """The folders make_folders makes within, taken back (those still empty) should it fail, as run_main takes back a
+    command's: prepare.py's main() or prepare() called from Python (a notebook), which no run_main wraps, left an
+    empty data/ behind when it failed. Folders made before it stay. (A decorator too: @removing_made_folders())"""
+    start = len(made_folders)
+    try:
+        yield
+    except BaseException:
+        remove_made_folders(start)
+        raise
 
 
 def kept_file(path):

@@ -78,10 +78,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from common import (ArgumentParser, NotText, UTF16_BOMS, VOCAB_FILE, UserError, at_least, atomic_write_text,
                     check_output, decompress_fix, expand_pattern, first_bad_utf8, first_line, fmt_count, fsync_replace,
-                    held_lock, holds_nul, json_kind, mended_path, name_full_disk, nonempty, nonnegative_int, not_utf8,
-                    parts_text, path_arg, prepare_lock, progress_bar, python_command, read_items, read_meta,
-                    refuse_dataset_folder, remove_stale_tmp, run_main, stray_byte_fix, tmp_name, tmp_pattern,
-                    without_surrogates)
+                    held_lock, holds_nul, json_kind, make_folders, mended_path, name_full_disk, nonempty,
+                    nonnegative_int, not_utf8, parts_text, path_arg, prepare_lock, progress_bar, python_command,
+                    read_items, read_meta, refuse_dataset_folder, remove_stale_tmp, removing_made_folders, run_main,
+                    stray_byte_fix, tmp_name, tmp_pattern, without_surrogates)
 from setup_tokenizer import (EOT, IM_END, IM_START, SPECIAL_TOKENS, TOKENIZER_HELP, VocabSample, fewer_ids,
                              get_tokenizer, learn_vocabulary, model_context, render_chat, moved_vocabulary,
                              read_text_chunks, say_training, tokenizer_hash, trained_on, warn_short_vocabulary)
@@ -2811,7 +2811,8 @@ def prepare(dataset, source=None, tokenizer=None, limit=None, val_fraction=DEFAU
     Path("notes"), or list(Path("notes").glob("*.md"))), which failed in a traceback (not iterable, no startswith)."""
     if source is not None:
         source = [os.fspath(s) for s in ([source] if isinstance(source, (str, os.PathLike)) else source)]
-    with contextlib.ExitStack() as held:  # the folder's lock (make_dataset takes it), let go however the build ends
+    # the folder's lock (make_dataset takes it), let go however the build ends; then the --out_dir it made, if it fails
+    with removing_made_folders(), contextlib.ExitStack() as held:
         return make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, out_dir, name, extra,
                             vocab_size, pack, mix, skip_bad_records)
 
@@ -2856,7 +2857,7 @@ def lock_folder(held, out_dir, name, force):
         raise UserError(f"{folder} is a Hugging Face model folder (it has a config.json), not a dataset's: pick another "
                         f"--name or --out_dir")
     with contextlib.suppress(OSError):  # (one that cannot be made takes no dataset either: check_writable says so)
-        os.makedirs(out_dir, exist_ok=True)
+        make_folders(out_dir)
     locked = held.enter_context(held_lock(prepare_lock(out_dir, name), f"another prepare.py is building "
                                           f"{folder}: wait for it to end, or build this one elsewhere with --name"))
     # token files without a meta.json are another tool's (nanoGPT's data/shakespeare_char: train.bin, val.bin,
@@ -3435,9 +3436,10 @@ def dataset_choice(name):
     return name
 
 
+@removing_made_folders()  # (the --out_dir its check made, should it fail called from Python: run_main's does)
 def main(argv=None):
     """`python prepare.py ARGV` from Python (a list of options, or one string split as a shell splits it); bad
-    input raises UserError. prepare() builds one dataset and returns its meta.json."""
+    input raises UserError, leaving no folder it made. prepare() builds one dataset and returns its meta.json."""
     p = ArgumentParser("prepare.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", type=dataset_choice, choices=DATASETS,
                    help="story (TinyStories), shakespeare (Tiny Shakespeare, 1 MB), dailydialog, chat (instructions, conversations), chitchat (generated small talk), "

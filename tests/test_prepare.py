@@ -1370,6 +1370,36 @@ def test_unusable_out_dir_is_one_line_before_any_work(tmp_path, capsys, monkeypa
     assert not (tmp_path / "new").exists()
 
 
+
+def test_a_failed_prepare_called_from_python_leaves_no_folder_it_made(tmp_path, capsys):
+    """prepare.main([...]) or prepare.prepare() from a notebook, which no run_main wraps, left an empty data/ (or
+    --out_dir's folders) behind when it failed: a later `ls` showed it as if something was made. The command line
+    took them back already; folders that were there, and a dataset made before, stay."""
+    bad = tmp_path / "bin.txt"
+    bad.write_bytes(bytes(range(256)) * 4)  # NULs: no text
+    out = tmp_path / "new" / "data"
+    calls = [lambda: prepare.main(["--dataset", "text", "--source", str(tmp_path / "nope"), "--out_dir", str(out)]),
+             lambda: prepare.main(["--source", str(bad), "--out_dir", str(out)]),
+             lambda: prepare.prepare("text", source=str(bad), out_dir=str(out)),
+             lambda: prepare.prepare("text", source=str(bad), out_dir=str(out), vocab_size=300)]
+    for call in calls:
+        with pytest.raises(UserError):
+            call()
+        assert not (tmp_path / "new").exists()
+    argv = ["--source", str(bad), "--out_dir", str(out)]
+    assert run_cli(prepare.main, argv, capsys)[0] == 1 and not (tmp_path / "new").exists()
+    # an --out_dir that was there stays, empty or holding a dataset of the same name, which is not touched
+    out.mkdir(parents=True)
+    with pytest.raises(UserError):
+        prepare.main(argv)
+    assert os.listdir(out) == []
+    good = write(tmp_path / "c.txt", EOT.join(DOCS))
+    prepare.main(["--source", good, "--out_dir", str(out)])
+    before = snapshot(out / "text")
+    with pytest.raises(UserError):
+        prepare.main(argv + ["--force"])
+    assert snapshot(out / "text") == before and os.listdir(out) == ["text"]
+
 def built_notes(tmp_path, capsys):
     """A dataset built by prepare.main in tmp_path/data/notes: (its argv, its folder, snapshot of its files)."""
     src, out = write(tmp_path / "c.txt", EOT.join(DOCS)), str(tmp_path / "data")
@@ -3418,7 +3448,7 @@ def test_a_second_prepare_of_a_folder_being_built_is_refused(tmp_path, monkeypat
     monkeypatch.setattr(prepare, "encode_batch", meanwhile)
     with pytest.raises(KeyboardInterrupt):
         prepare.prepare("text", source=src, out_dir=out, name="notes")
-    assert seen and os.listdir(out) == []  # the interrupted first build leaves nothing, its lock neither
+    assert seen and not os.path.exists(out)  # the interrupted first build leaves nothing: its lock, its --out_dir
     meta = prepare.prepare("text", source=src, out_dir=out, name="notes")  # the folder is free again
     check_sizes(folder, meta)
     assert os.listdir(out) == ["notes"]
