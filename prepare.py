@@ -83,8 +83,9 @@ from common import (ArgumentParser, NotText, UTF16_BOMS, VOCAB_FILE, UserError, 
                     read_items, read_meta, refuse_dataset_folder, remove_stale_tmp, removing_made_folders, run_main,
                     stray_byte_fix, tmp_name, tmp_pattern, without_surrogates)
 from setup_tokenizer import (EOT, IM_END, IM_START, SPECIAL_TOKENS, TOKENIZER_HELP, VocabSample, fewer_ids,
-                             get_tokenizer, learn_vocabulary, model_context, render_chat, moved_vocabulary,
-                             read_text_chunks, say_training, tokenizer_hash, trained_on, warn_short_vocabulary)
+                             get_tokenizer, gone_vocabulary, learn_vocabulary, model_context, render_chat,
+                             moved_vocabulary, read_text_chunks, say_training, tokenizer_hash, trained_on,
+                             warn_short_vocabulary)
 
 FORMAT = 1   # layout of meta.json and the .bin files
 VERSION = 14  # bump when the same inputs would give other tokens or counts, so existing datasets rebuild
@@ -2921,13 +2922,13 @@ def old_options(folder, old, dataset, sources, plan, named, force):
     return made_with
 
 
-def kept_vocabulary(folder, made_with, tokenizer_hash_of=None):
+def kept_vocabulary(folder, made_with, old):
     """The vocabulary of a dataset made again without a word about its vocabulary (no --tokenizer, no --vocab_size):
     the one it has, so checkpoints trained on it go on fitting. Returns (--vocab_size, --tokenizer) from made_with, its
     options (meta_options; {}: a new dataset, or a meta.json too odd to say, rebuilt as new), and the line that says so
     (None: nothing kept), said by make_dataset once the data is read, so that an error in it comes first; (None, None,
-    None) for gpt2's. tokenizer_hash_of: the dataset's (its meta.json's), by which a vocabulary moved with the data is
-    found."""
+    None) for gpt2's. old: the dataset's meta.json (None: none), whose tokenizer_hash finds a vocabulary moved with the
+    data."""
     if made_with.get("vocab_size"):
         # (the size asked, not the size it has: a text that supports fewer merges has fewer)
         return made_with["vocab_size"], None, (f"{folder}: keeping its own vocabulary (--vocab_size "
@@ -2937,12 +2938,11 @@ def kept_vocabulary(folder, made_with, tokenizer_hash_of=None):
         return None, None, None
     if not os.path.exists(tokenizer):
         # (not taken unsaid: the user named that file; the same vocabulary passed where it is now is up to date)
-        moved = moved_vocabulary(tokenizer, folder, tokenizer_hash_of)
+        moved = moved_vocabulary(tokenizer, folder, (old or {}).get("tokenizer_hash"))
         if moved:
             raise TokenizerGone(f"{folder} was made with tokenizer {tokenizer}, which is gone; the same vocabulary is "
                                 f"at {moved} (moved with the data?): pass --tokenizer {moved}")
-        raise TokenizerGone(f"{folder} was made with tokenizer {tokenizer}, which is gone: pass --tokenizer "
-                            f"gpt2, or the path of its vocabulary (a checkpoint or .tiktoken file)")
+        raise TokenizerGone(f"{folder} was made with tokenizer {gone_vocabulary(tokenizer, old or {})}")
     return None, tokenizer, f"{folder}: keeping its tokenizer {tokenizer} (--tokenizer gpt2 for GPT-2's)"
 
 
@@ -3014,7 +3014,7 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
     made_with = old_options(folder, old, dataset, sources, plan, named, force)
     kept_file = None  # the --tokenizer file kept: it must still hold the vocabulary the dataset was made with
     if tokenizer is None and vocab_size is None:
-        vocab_size, tokenizer, plan["kept"] = kept_vocabulary(folder, made_with, (old or {}).get("tokenizer_hash"))
+        vocab_size, tokenizer, plan["kept"] = kept_vocabulary(folder, made_with, old)
         kept_file = tokenizer
     tokenizer = tokenizer or "gpt2"
     # what rebuild_command needs to build the dataset again; paths made absolute, so it works from anywhere

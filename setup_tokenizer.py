@@ -319,6 +319,21 @@ def moved_vocabulary(recorded, folder, want):
     return None
 
 
+def gone_vocabulary(name, meta):
+    """What to say of the tokenizer name a dataset was made with (a .tiktoken file, a checkpoint, a Hugging Face model
+    folder: the absolute path its meta.json records), gone and not moved with the data (moved_vocabulary): the
+    vocabulary it held, as meta.json records it (meta), and the ways back to it, after "{folder} was made with
+    tokenizer ". (--tokenizer gpt2 was offered for any: GPT-2's token ids, which a model trained on another vocabulary
+    does not fit)"""
+    held = meta.get("tokenizer_hash") and vocabulary_name(meta.get("tokenizer_name", name), meta["tokenizer_hash"])
+    if held == "gpt2":  # (a GPT-2 model's folder or checkpoint: the same ids by name)
+        return f"{name}, which is gone; it held GPT-2's vocabulary: pass --tokenizer gpt2"
+    held = f" (it held the vocabulary {held})" if held else ""  # (none recorded: a damaged meta.json)
+    return (f"{name}, which is gone{held}: put it back, or pass --tokenizer PATH to a copy "
+            f"of it (a checkpoint trained on this data holds one); prepared again with another (gpt2), the data no "
+            f"longer fits the models trained on it")
+
+
 def fewer_ids(enc, n_vocab):
     """What to say of a vocabulary file that now reads as enc where it gave n_vocab ids (meta.json's vocab_size): one
     cut at a line break (a copy or download that stopped) loads as a smaller vocabulary, as one trained again smaller

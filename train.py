@@ -80,8 +80,8 @@ from model import OPTIMIZERS, PRESETS, VARIANTS, GPT, make_config
 from prepare import (DATASETS, DEFAULT_OUT_DIR, DEFAULT_PACK, DEFAULT_VAL_FRACTION, MIXABLE, NANOGPT_DATASETS,
                      damaged_field, is_complete, is_dataset_name, meta_options, new_command, rebuild_command,
                      token_bytes, unreadable_field)
-from setup_tokenizer import (TOKENIZER_HELP, download_hint, fewer_ids, get_tokenizer, moved_vocabulary,
-                             tokenizer_from_state, tokenizer_hash, vocabulary_name)
+from setup_tokenizer import (TOKENIZER_HELP, download_hint, fewer_ids, get_tokenizer, gone_vocabulary,
+                             moved_vocabulary, tokenizer_from_state, tokenizer_hash, vocabulary_name)
 
 # Peak learning rates and batch sizes (windows) that train each preset well with AdamW(0.9, 0.95); small models
 # tolerate (and need) larger steps. tiny's, on a 2-core CPU (BENCHMARKS.md): batch 8 beat 4, 16 and 32, 4e-3 beat
@@ -2021,8 +2021,7 @@ def hashed_as_data(args, meta, ckpt):
         # dataset's folder, or beside it (another dataset's, --tokenizer data/a/tokenizer.tiktoken), found by its hash
         name = moved_vocabulary(name, meta["folder"], want) or name
     if name != "gpt2" and not os.path.exists(name):
-        raise UserError(f"{meta['folder']} was prepared with tokenizer {name}, which is gone: pass --tokenizer PATH "
-                        f"to a copy of it")
+        raise UserError(f"{meta['folder']} was prepared with tokenizer {gone_vocabulary(name, meta)}")
     enc = get_tokenizer(name)
     if tokenizer_hash(enc) != want:
         # (its own vocabulary, --vocab_size, is trained again by the command; another file is said cut short there too)

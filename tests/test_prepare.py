@@ -1795,8 +1795,8 @@ def test_made_again_without_a_vocabulary_option_a_dataset_keeps_its_own(tmp_path
     assert prepare.prepare("text", source=src, out_dir=out, name="other", tokenizer=own["tokenizer"])["vocab_size"] == 280
     os.remove(own["tokenizer"])
     # the tokenizer kept is gone: said in one line (a bare prepare.py skips the dataset)
-    with pytest.raises(prepare.TokenizerGone, match=r"other was made with tokenizer .*, which is gone: pass "
-                                                    r"--tokenizer gpt2, or the path of its vocabulary"):
+    with pytest.raises(prepare.TokenizerGone, match=r"other was made with tokenizer .*, which is gone \(it held "
+                                                    r"the vocabulary custom-\w+\): put it back, or pass --tokenizer"):
         prepare.prepare("text", source=src, out_dir=out, name="other")
     # a meta.json from before the "options" field keeps its own vocabulary too
     old = prepare.prepare("text", source=src, out_dir=out, name="old", vocab_size=300)
@@ -1830,13 +1830,46 @@ def test_a_dataset_made_with_another_datasets_vocabulary_moved_with_it_finds_it(
         prepare.prepare("text", source=src, out_dir=str(data), name="b")
     # another vocabulary there vouches for nothing: said gone, as before (the old path named as such)
     train_tokenizer([src], 280, vocab)
-    with pytest.raises(UserError, match=r"old/data/a/tokenizer\.tiktoken, which is gone: pass --tokenizer PATH"):
+    with pytest.raises(UserError, match=r"old/data/a/tokenizer\.tiktoken, which is gone \(it held .*\): put it "
+                                        r"back, or pass --tokenizer PATH"):
         train.pick_tokenizer(argparse.Namespace(tokenizer=None), meta, None)
     with pytest.raises(UserError, match=r"old/data/a/tokenizer\.tiktoken, gone from there \(moved\?\): pass a copy"):
         get_tokenizer(str(data / "b"))
-    with pytest.raises(prepare.TokenizerGone, match=r"which is gone: pass --tokenizer gpt2, or the path of its"):
+    with pytest.raises(prepare.TokenizerGone, match=r"which is gone \(it held the vocabulary custom-\w+\): put it "
+                                                    r"back"):
         prepare.prepare("text", source=src, out_dir=str(data), name="b")
 
+
+def test_a_dataset_whose_model_folder_tokenizer_is_gone_names_it_and_what_it_held(tmp_path):
+    """A dataset made with --tokenizer FOLDER (a Hugging Face model folder) whose folder was deleted since: prepare.py
+    made again said to pass --tokenizer gpt2, another vocabulary than the folder's, which the models trained on the
+    data do not fit. The line names the folder, the vocabulary meta.json records it held, and the ways back, as
+    train.py's does; a GPT-2 model's folder held GPT-2's vocabulary, which --tokenizer gpt2 then is."""
+    import argparse
+    import hf
+    import train
+    from model import GPT, make_config
+    src = write(tmp_path / "c.txt", EOT.join(DOCS * 3))
+    out = str(tmp_path / "data")
+    own = train_tokenizer([src], 280, str(tmp_path / "v.tiktoken"))
+    for name, enc in (("own", own), ("gpt2", get_tokenizer("gpt2"))):
+        model_folder = str(tmp_path / f"hf-{name}")
+        config = make_config("tiny", n_layer=1, n_embd=16, n_head=2, block_size=32, vocab_size=enc.n_vocab)
+        hf.export_folder(GPT(config), enc, model_folder)
+        meta = prepare.prepare("text", source=src, out_dir=out, name=name, tokenizer=model_folder)
+        shutil.rmtree(model_folder)
+        ways = (rf"\(it held the vocabulary custom-{meta['tokenizer_hash']}\): put it back, or pass --tokenizer PATH "
+                rf"to a copy of it \(a checkpoint trained on this data holds one\); prepared again with another "
+                rf"\(gpt2\), the data no longer fits the models trained on it$") if name == "own" else \
+            r"; it held GPT-2's vocabulary: pass --tokenizer gpt2$"
+        with pytest.raises(prepare.TokenizerGone, match=rf"^{re.escape(os.path.join(out, name))} was made with "
+                                                        rf"tokenizer {re.escape(model_folder)}, which is gone ?{ways}"):
+            prepare.prepare("text", source=src, out_dir=out, name=name)
+        with pytest.raises(UserError, match=rf"was prepared with tokenizer {re.escape(model_folder)}, which is gone "
+                                            rf"?{ways}"):
+            train.pick_tokenizer(argparse.Namespace(tokenizer=None), train.load_meta(out, name), None)
+    # the advice, taken: GPT-2's by name is the data's
+    assert train.pick_tokenizer(argparse.Namespace(tokenizer="gpt2"), train.load_meta(out, "gpt2"), None).name == "gpt2"
 
 def test_the_vocabulary_is_trained_on_the_train_split_only(tmp_path, capsys):
     """The val split stays unseen: a word only the val documents (the tail) have gets no merges."""

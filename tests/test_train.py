@@ -4737,8 +4737,9 @@ def test_a_moved_dataset_trains_with_the_vocabulary_in_its_folder(tmp_path):
     shutil.copy(tmp_path / "new" / "mine" / "tokenizer.tiktoken", tmp_path / "copy.tiktoken")
     (tmp_path / "other.txt").write_text(story_text(5_000), encoding="utf-8")
     train_tokenizer([str(tmp_path / "other.txt")], 280, str(tmp_path / "new" / "mine" / "tokenizer.tiktoken"))
-    with pytest.raises(UserError, match=r"was prepared with tokenizer .*/old/mine/tokenizer\.tiktoken, which is gone: "
-                                        r"pass --tokenizer PATH to a copy of it$"):
+    with pytest.raises(UserError, match=r"was prepared with tokenizer .*/old/mine/tokenizer\.tiktoken, which is gone "
+                                        r"\(it held the vocabulary custom-\w+\): put it back, or pass --tokenizer PATH "
+                                        r"to a copy of it"):
         train.train(train.parse_args(argv + ["--overwrite"]))
     # the advice, taken: the copy trains
     out = train.train(train.parse_args(argv + ["--overwrite", "--tokenizer", str(tmp_path / "copy.tiktoken")]))
