@@ -320,11 +320,9 @@ def moved_vocabulary(recorded, folder, want):
 
 
 def gone_vocabulary(name, meta):
-    """What to say of the tokenizer name a dataset was made with (a .tiktoken file, a checkpoint, a Hugging Face model
-    folder: the absolute path its meta.json records), gone and not moved with the data (moved_vocabulary): the
-    vocabulary it held, as meta.json records it (meta), and the ways back to it, after "{folder} was made with
-    tokenizer ". (--tokenizer gpt2 was offered for any: GPT-2's token ids, which a model trained on another vocabulary
-    does not fit)"""
+    """What to say, after "{folder} was made with tokenizer ", of the tokenizer name (a .tiktoken file, a checkpoint, a
+    model folder) a dataset's meta.json records, gone and not moved with the data: the vocabulary it held and the ways
+    back to it. gpt2 only where that was GPT-2's: a model trained on another vocabulary does not fit its ids."""
     held = meta.get("tokenizer_hash") and vocabulary_name(meta.get("tokenizer_name", name), meta["tokenizer_hash"])
     if held == "gpt2":  # (a GPT-2 model's folder or checkpoint: the same ids by name)
         return f"{name}, which is gone; it held GPT-2's vocabulary: pass --tokenizer gpt2"
