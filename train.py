@@ -1288,10 +1288,17 @@ class TrainTally:
         return [self.loss.item(), self.targets]
 
 
+def checkpoint_bytes(model, optimizer):
+    """The bytes of the training state a checkpoint writes: the weights and the optimizer's state, a continued run's
+    as loaded, a new run's before its first step (which makes it) taken as AdamW's two moments of every weight, the
+    most it takes."""
+    weights = tensor_bytes(model.state_dict())
+    return weights + (tensor_bytes(optimizer.state_dict()) or 2 * weights)
+
+
 def save_estimate(model, optimizer):
-    """A checkpoint save's seconds, from the bytes of the training state it writes (see SAVE_BYTES_PER_S): after the
-    run's first step, which makes the optimizer's state."""
-    return (tensor_bytes(model.state_dict()) + tensor_bytes(optimizer.state_dict())) / SAVE_BYTES_PER_S
+    """A checkpoint save's seconds, from the bytes it writes (see SAVE_BYTES_PER_S)."""
+    return checkpoint_bytes(model, optimizer) / SAVE_BYTES_PER_S
 
 
 def is_count(v):
@@ -2764,10 +2771,7 @@ def warn_low_disk(run):
         free = shutil.disk_usage(folder).free
     except OSError:
         return
-    weights = tensor_bytes(run.model.state_dict())
-    # the optimizer's state: a continued run's as loaded, a new run's made at its first step (AdamW's two moments of
-    # every weight, the most it takes)
-    size = weights + (tensor_bytes(run.optimizer.state_dict()) or 2 * weights)
+    size = checkpoint_bytes(run.model, run.optimizer)
     if free < 2 * size:
         warn(f"{free / 1e6:,.0f} MB free in {folder}, where a checkpoint of this run takes about {size / 1e6:,.0f} MB "
              f"and a save writes its new one beside the old: the saves may fail; free some space, or write elsewhere "
