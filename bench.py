@@ -810,6 +810,7 @@ def check_benchmarks_file(path):
         raise not_utf8(path, f"--out {path}", "give another file") from None
 
 
+@common.removing_made_folders()
 def main(argv=None):
     argv = command_words(argv)
     args = get_parser().parse_args(argv)

@@ -1098,8 +1098,8 @@ def remove_made_folders(start=0):
 @contextlib.contextmanager
 def removing_made_folders():
     """The folders make_folders makes within, taken back (those still empty) should it fail, as run_main takes back a
-    command's: prepare.py's main() or prepare() called from Python (a notebook), which no run_main wraps, left an
-    empty data/ behind when it failed. Folders made before it stay. (A decorator too: @removing_made_folders())"""
+    command's: every script's main(), and prepare.prepare(), called from Python (a notebook), which no run_main wraps,
+    left an empty data/ or models/ behind when it failed. Folders made before it stay. (A decorator too)"""
     start = len(made_folders)
     try:
         yield

@@ -388,6 +388,7 @@ def finite_or_none(x):
     return x
 
 
+@common.removing_made_folders()
 def main(argv=None):
     args = parse_args(argv)
     # a pattern the shell left (quoted; Windows' shells leave * to the program) is expanded here, as the shell would

@@ -52,6 +52,7 @@ def parse_args(argv=None):
     return args
 
 
+@common.removing_made_folders()
 def main(argv=None):
     args = parse_args(argv)
     # both before the seconds a big checkpoint takes to load: OUT_DIR is new or empty (an export never writes over

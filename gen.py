@@ -855,6 +855,7 @@ def run_prompt_file(session, prompts, seed):
     session.log(f"{len(prompts)} prompts in {dt:.2f}s")
 
 
+@common.removing_made_folders()
 def main(argv=None):
     """`python gen.py ARGV` from Python (a list of options, or one string split as a shell splits it); bad input
     raises UserError. The text goes to stdout: complete() returns it instead."""

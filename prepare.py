@@ -3436,7 +3436,7 @@ def dataset_choice(name):
     return name
 
 
-@removing_made_folders()  # (the --out_dir its check made, should it fail called from Python: run_main's does)
+@removing_made_folders()
 def main(argv=None):
     """`python prepare.py ARGV` from Python (a list of options, or one string split as a shell splits it); bad
     input raises UserError, leaving no folder it made. prepare() builds one dataset and returns its meta.json."""

@@ -791,6 +791,7 @@ def files_sample(files):
 
 # -----------------------------------------------------------------------------
 
+@common.removing_made_folders()
 def main(argv=None):
     # the docstring's examples, as every script's --help gives its own (its text after them is for readers of the code)
     # (none under python -OO, which drops docstrings)
