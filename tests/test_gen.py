@@ -1317,6 +1317,21 @@ def test_the_command_line_generates_through_the_kv_cache_unless_told_not_to(ckpt
     assert cli(argv + ["--no_cache"], capsys) == cached and not caches
 
 
+def test_generation_runs_in_the_dtype_asked_for(ckpt, capsys, monkeypatch):
+    """--dtype bfloat16 decodes under bf16 autocast, its KV cache in bf16 too (half the memory); --dtype float32 in
+    float32. With sample_steps' autocast gone, every test passed: the text came out, in float32, without a word."""
+    dtypes = []
+    new_cache = GPT.new_cache
+    monkeypatch.setattr(GPT, "new_cache", lambda self, *a, **k: dtypes.append(new_cache(self, *a, **k)) or dtypes[-1])
+    monkeypatch.setattr(gen, "slow_on_this_cpu", lambda *a: None)  # (a CPU without bf16 warns of it first)
+    for dtype in (torch.bfloat16, torch.float32):
+        name = str(dtype).removeprefix("torch.")
+        code, out, err = cli([ckpt, "--prompt", "Hi", "--max_tokens", "4", "--device", "cpu", "--dtype", name], capsys)
+        assert code == 0 and out.startswith("Hi"), err
+        assert [c.k.dtype for c in dtypes] == [dtype], name
+        dtypes.clear()
+
+
 def test_repetition_penalty_reaches_the_sampler(ckpt, enc, capsys):
     # greedy decoding of a random model soon repeats itself: a penalty samples what gen.complete does with it
     argv = [ckpt, "--prompt", "Hi", "--max_tokens", "20", "--temp", "0"] + CPU
