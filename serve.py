@@ -66,7 +66,7 @@ import threading
 import time
 import traceback
 import uuid
-from http.client import HTTPException, parse_headers
+from http.client import HTTPException, LineTooLong, parse_headers
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
@@ -83,6 +83,9 @@ from setup_tokenizer import render_chat
 
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "chat.html")
 MAX_BODY = 1 << 20      # bytes of JSON a request may send: far more than any context here holds as text
+# bytes of a request's header lines in all (HeadReader): the standard library allows 100 of 64 KiB each, 6.4 MB a
+# connection: 100 connections holding such heads half-sent pinned 600 MB; a browser's, cookies and all, is a few KiB
+MAX_HEADERS = 64 << 10
 DRAIN, DRAIN_WAIT = 64 << 20, 10  # bytes and seconds of a refused, unread body dropped after its answer (linger)
 HEAD, HEAD_WAIT = 16 << 10, 1  # bytes and seconds of a turned-away request's head read for its Origin (turn_away)
 HEAD_END = re.compile(rb"\n\r?\n")  # the empty line that ends a request's head, its lines ended by CRLF or LF
@@ -833,6 +836,24 @@ class RequestReader(io.RawIOBase):
         super().close()
 
 
+class HeadReader:
+    """The handler's rfile while the standard library reads a request's header lines (Handler.parse_request): past
+    MAX_HEADERS bytes in all a readline raises LineTooLong, which it answers 431 (Handler.send_error says why)."""
+
+    def __init__(self, rfile):
+        self.rfile, self.left = rfile, MAX_HEADERS
+
+    def readline(self, limit=-1):
+        line = self.rfile.readline(self.left + 1 if limit < 0 else min(limit, self.left + 1))
+        self.left -= len(line)
+        if self.left < 0:
+            raise LineTooLong(f"the header lines are over {MAX_HEADERS} bytes")
+        return line
+
+    def __getattr__(self, name):  # (read, peek...: the file itself)
+        return getattr(self.rfile, name)
+
+
 class ReplyWriter(io.BufferedIOBase):
     """The handler's wfile: writes to the connection, each request's answer waiting for its client to take them
     WRITE_WAIT seconds in all (Handler.write_left), past which a write raises TimeoutError. Only the waits count: what
@@ -886,7 +907,11 @@ class Handler(BaseHTTPRequestHandler):
     # client's delayed ACK, 40 ms per answer; streamed tokens would bunch up the same way
     disable_nagle_algorithm = True
 
-    REFUSALS = {414: "the request line is over 65,536 bytes: shorten the URL"}  # the standard library gives no text
+    # the standard library's refusals said in words a client can act on (414: it gives none; 431: "Line too long" or
+    # "Too many headers", neither naming the limit)
+    REFUSALS = {414: "the request line is over 65,536 bytes: shorten the URL",
+                431: f"the request's headers are over {MAX_HEADERS // 1024} KiB in all, or over 100 lines: send "
+                     f"fewer or shorter headers"}
     ROUTES = {"/": {"GET"}, "/health": {"GET"}, "/v1/models": {"GET"},
               "/v1/chat/completions": {"POST"}, "/v1/completions": {"POST"}, "/v1/responses": {"POST"}}
     # each POST route's kind of Job (job_from_request)
@@ -1002,7 +1027,11 @@ class Handler(BaseHTTPRequestHandler):
                 self.requestline, self.request_version, self.command = "", "", ""
                 self.send_error(414)
                 return False
-        return super().parse_request()
+        rfile, self.rfile = self.rfile, HeadReader(self.rfile)
+        try:
+            return super().parse_request()
+        finally:
+            self.rfile = rfile
 
     def check_framing(self):
         """RFC 9112's refusals of a request that a proxy in front could read otherwise: the connection closes behind
@@ -1234,7 +1263,7 @@ class Handler(BaseHTTPRequestHandler):
             # its version at 0.9 and answers with the body alone, no status line (curl: "Received HTTP/0.9 when not
             # allowed"); answered in HTTP/1.1, the client reads the status and why
             self.request_version = self.protocol_version
-        message = (message or explain or self.REFUSALS.get(code)
+        message = (self.REFUSALS.get(code) or message or explain
                    or f"{code} {self.responses.get(code, ('bad request',))[0]}")
         self.log_refusal(code, message)
         try:

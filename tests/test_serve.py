@@ -720,6 +720,22 @@ def test_http_errors_get_openai_bodies(api):
     assert post(api, "/v1/completions", {"prompt": "Hi", "max_tokens": 2})[0] == 200
 
 
+def test_a_requests_headers_are_limited_in_all_not_only_each_line(api):
+    """The standard library took 100 header lines of 64 KiB each: 6.4 MB a connection, and 100 connections holding
+    such heads half-sent pinned 600 MB of the server's memory. Headers over MAX_HEADERS in all are a 431 saying the
+    limit; a big cookie's within it is answered."""
+    line = b"X-Pad: " + b"a" * 8000 + b"\r\n"
+    within = line * (serve.MAX_HEADERS // len(line) - 1)
+    status, body, _ = raw(api, b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\n" + within + b"\r\n")
+    assert status == 200 and body["data"][0]["id"] == api.name
+    for over in (within + line * 2, b"X-Pad: " + b"a" * 66000 + b"\r\n", b"X: 1\r\n" * 100):  # (in all, a line, 100)
+        status, err, headers = raw(api, b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\n" + over + b"\r\n")
+        assert status == 431 and headers["Connection"] == "close", status
+        assert err["error"]["message"] == f"the request's headers are over {serve.MAX_HEADERS // 1024} KiB in all, " \
+                                          "or over 100 lines: send fewer or shorter headers", err
+    assert post(api, "/v1/completions", {"prompt": "Hi", "max_tokens": 2})[0] == 200
+
+
 def test_http_framing(api):
     """Requests whose framing a proxy in front might read otherwise (RFC 9112) are refused with 400, and the
     connection closes behind each; a GET's body is read, so the request after it is answered; a stray CRLF before a
