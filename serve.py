@@ -1714,19 +1714,25 @@ class ApiServer(ThreadingHTTPServer):
     def where(self):
         """Where serve.py's first line says the server is: its URL, chat page and API. On every address (--host
         0.0.0.0 or ::), not that address, which a browser on another machine cannot open (and Windows' not even here),
-        but this machine's addresses on its networks, the ones students type, and 127.0.0.1 for this machine."""
+        but this machine's addresses on its networks, the ones students type, and 127.0.0.1 for this machine. Off
+        loopback, that every machine reaching it may use it: --host 0.0.0.0 copied from a guide, or a network address,
+        said nothing of it."""
         host, port = self.server_address[:2]
-        if not ipaddress.ip_address(host.partition("%")[0]).is_unspecified:
+        if self.loopback:
             return f"on {self.url}: chat page at {self.url}/, API at {self.url}/v1"
+        anyone = "open to every machine that reaches it, with no authentication"
+        if not ipaddress.ip_address(host.partition("%")[0]).is_unspecified:
+            return f"on {self.url}, {anyone}: chat page at {self.url}/, API at {self.url}/v1"
         # (:: takes IPv4 clients too, unless the system would not let it: server_bind)
         v4 = self.address_family == socket.AF_INET or not self.socket.getsockopt(socket.IPPROTO_IPV6,
                                                                                 socket.IPV6_V6ONLY)
         here = "http://" + host_port("127.0.0.1" if v4 else "::1", port)
         urls = [f"http://{a}:{port}" for a in (network_addresses() if v4 else ())]
         if not urls:
-            return (f"on every address of this machine, port {port}: chat page at {here}/, API at {here}/v1; from "
-                    f"other machines, the same with this machine's address on their network (none found here)")
-        return (f"on every address of this machine, port {port}: from other machines chat page at "
+            return (f"on every address of this machine, port {port}, {anyone}: chat page at {here}/, API at "
+                    f"{here}/v1; from other machines, the same with this machine's address on their network (none "
+                    f"found here)")
+        return (f"on every address of this machine, port {port}, {anyone}: from other machines chat page at "
                 f"{' or '.join(u + '/' for u in urls)}, API at {urls[0]}/v1; on this machine {here}/")
 
     def model_card(self):

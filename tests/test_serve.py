@@ -2537,16 +2537,37 @@ def test_a_server_on_every_address_names_the_urls_other_machines_type(ckpt, host
         raise KeyboardInterrupt
     monkeypatch.setattr(serve.ApiServer, "serve_forever", connect_and_ctrl_c)
     code, _, err = run_cli(serve.main, [ckpt, "--host", host, "--port", "0", "--device", "cpu"], capsys)
-    port = re.search(r" on every address of this machine, port (\d+): ", lines[0]).group(1)
+    anyone = "open to every machine that reaches it, with no authentication"
+    port = re.search(rf" on every address of this machine, port (\d+), {anyone}: ", lines[0]).group(1)
     assert code == 0 and "0.0.0.0" not in lines[0] and "[::]" not in lines[0], (lines, err)
     urls = " or ".join(f"http://{a}:{port}/" for a in serve.network_addresses())
     assert (f"from other machines chat page at {urls}, API at " if urls else "(none found here)") in lines[0], lines
     assert f"http://127.0.0.1:{port}/" in lines[0], lines
     monkeypatch.setattr(serve, "network_addresses", lambda: [])  # a machine on no network
     run_cli(serve.main, [ckpt, "--host", host, "--port", "0", "--device", "cpu"], capsys)
-    assert re.search(r"port (\d+): chat page at http://127\.0\.0\.1:\1/, API at http://127\.0\.0\.1:\1/v1; from "
+    assert re.search(rf"port (\d+), {anyone}: chat page at http://127\.0\.0\.1:\1/, API at "
+                     r"http://127\.0\.0\.1:\1/v1; from "
                      r"other machines, the same with this machine's address on their network \(none found here\); "
                      r"Ctrl-C stops\n", lines[1]), lines
+
+
+def test_a_server_off_loopback_says_every_machine_reaching_it_may_use_it(enc):
+    """--host with a network address printed "on http://192.168.1.20:8000: chat page at ...", as a loopback server's
+    line reads: nothing said that the lab's other machines could use it, with no authentication. On loopback the
+    line says nothing of it."""
+    here = start(tiny_model(enc), enc)
+    try:
+        assert here.where() == f"on {here.url}: chat page at {here.url}/, API at {here.url}/v1"
+    finally:
+        here.close()
+    if not serve.network_addresses():
+        pytest.skip("no network address here")
+    there = start(tiny_model(enc), enc, host=serve.network_addresses()[0])
+    try:
+        assert there.where() == f"on {there.url}, open to every machine that reaches it, with no authentication: " \
+                                f"chat page at {there.url}/, API at {there.url}/v1"
+    finally:
+        there.close()
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM,
