@@ -1060,6 +1060,7 @@ class Handler(BaseHTTPRequestHandler):
                 self.read_body()  # a body sent with a GET is read, so the next request starts right
             if self.check_route(path):
                 return self.preflight(path)
+            self.check_site()
             if path.startswith("/v1/models/"):
                 name = unquote(path[len("/v1/models/"):])  # clients percent-encode it: "my%20chat"
                 if name != api.name:
@@ -1109,6 +1110,21 @@ class Handler(BaseHTTPRequestHandler):
                             f"address, not {host[:80]!r} (a page of another site reaching it through DNS rebinding): "
                             f"open http://127.0.0.1:{port}/ or http://localhost:{port}/ (behind a proxy that passes on "
                             f"its own name: --allowed_hosts {host_name(host)[:80]})", code="host_not_allowed")
+
+    def check_site(self):
+        """A POST a browser sends for a page of another site, which --cors does not allow, is refused (403): any site
+        the user visits could otherwise have the server generate for it, as a form or a text/plain fetch needs no
+        preflight. Its page reads no answer, but it can keep the queue full, and the user's own requests waiting, for
+        as long as it is open. Browsers say where a request comes from in Sec-Fetch-Site, which no page can set; the
+        chat page's is same-origin (behind a proxy too), and clients other than browsers send none."""
+        site, origin = self.headers.get("Sec-Fetch-Site", "").strip().lower(), self.headers.get("Origin")
+        if self.command != "POST" or site not in ("cross-site", "same-site") or self.server.cors_headers(origin):
+            return
+        # (a page opened from a file, or sandboxed, is of origin null: only --cors '*' takes it)
+        named = origin if origin and re.fullmatch(r"https?://[^/\s]{1,80}", origin) else None
+        raise ApiError(403, f"this server answers no page of another site ({(origin or 'no Origin')[:80]}): to let its "
+                            f"pages call the API, start serve.py with --cors {named or repr('*')}",
+                       code="cross_site_request")
 
     def check_route(self, path):
         """Refuses (404, 405) a path this server does not serve, or a method the path does not take: decided by the
@@ -1168,6 +1184,7 @@ class Handler(BaseHTTPRequestHandler):
             self.check_host()
             if hasattr(self, "do_" + self.command):  # (another method gets the library's 501, as without Expect)
                 self.check_route(path)
+                self.check_site()
             if "Content-Length" in self.headers and "Transfer-Encoding" not in self.headers:  # (chunked: no size)
                 self.declared_length()
         except ApiError as e:

@@ -3248,6 +3248,40 @@ def test_cors_lets_the_pages_of_the_allowed_origins_call_the_api(enc):
         api.close()
 
 
+def test_a_page_of_another_site_cannot_make_the_server_generate(enc):
+    """Any site the user visited could POST a text/plain body (no preflight) to the server on 127.0.0.1 and have it
+    generate: the page read nothing, but it could keep the queue full while open. A browser's POST for a page of
+    another site (Sec-Fetch-Site: cross-site or same-site, another port) is a 403 naming the --cors that lets it in,
+    and nothing is generated; the chat page's own (same-origin), a typed URL's (none), clients that send no
+    Sec-Fetch-Site and the origins --cors allows are served."""
+    body = json.dumps({"prompt": "Hi", "max_tokens": 2})
+    api = start(tiny_model(enc), enc, cors=("http://localhost:3000",))
+    try:
+        for site, origin in (("cross-site", "http://evil.example"), ("same-site", "http://127.0.0.1:9000"),
+                             ("cross-site", "null")):
+            before = len(api.worker.recent)
+            status, h, data = head(api, "POST", "/v1/completions",
+                                   {"Origin": origin, "Sec-Fetch-Site": site, "Content-Type": "text/plain"}, body)
+            err = json.loads(data)["error"]
+            fix = "'*'" if origin == "null" else origin
+            assert status == 403 and err["code"] == "cross_site_request" and err["message"] == \
+                f"this server answers no page of another site ({origin}): to let its pages call the API, start " \
+                f"serve.py with --cors {fix}", err
+            assert len(api.worker.recent) == before  # nothing generated
+        for site, origin in (("same-origin", api.url), ("none", None), (None, "http://evil.example"),
+                             ("cross-site", "http://localhost:3000")):
+            headers = {k: v for k, v in (("Origin", origin), ("Sec-Fetch-Site", site)) if v}
+            status, h, data = head(api, "POST", "/v1/completions", {**headers, "Content-Type": "text/plain"}, body)
+            assert status == 200, (site, origin, data)
+        # a client waiting for 100 Continue is refused before it sends its body
+        status, err, headers = raw(api, b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n"
+                                        b"Origin: http://evil.example\r\nSec-Fetch-Site: cross-site\r\n"
+                                        b"Expect: 100-continue\r\n\r\n")
+        assert status == 403 and headers["Connection"] == "close", err
+    finally:
+        api.close()
+
+
 def test_without_cors_no_page_of_another_origin_is_let_in(api):
     status, h, _ = head(api, "OPTIONS", "/v1/chat/completions", {"Origin": "http://localhost:3000",
                                                                  "Access-Control-Request-Method": "POST"})
