@@ -1274,6 +1274,8 @@ class Handler(BaseHTTPRequestHandler):
         # the standard library's own refusals (a malformed request line, headers too long, an unknown method)
         # get an OpenAI error body too, not its HTML page
         self.close_connection = True
+        if code in (414, 431):  # the rest of the head, and a body, still coming: dropped after the answer, as a 413's
+            self.unread_body = True  # body is (linger), else a client still writing it gets a reset, not the answer
         if self.request_version == self.default_request_version and len(self.requestline.split()) != 2:
             # a request line that is no HTTP/0.9 one ("GET /path", answered with a bare body as 0.9 has it): an
             # unreadable version ("GET / HTTP/2.0", "GET / HTTP/1.1 x") or no line at all. The standard library leaves

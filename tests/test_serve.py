@@ -733,6 +733,16 @@ def test_a_requests_headers_are_limited_in_all_not_only_each_line(api):
         assert status == 431 and headers["Connection"] == "close", status
         assert err["error"]["message"] == f"the request's headers are over {serve.MAX_HEADERS // 1024} KiB in all, " \
                                           "or over 100 lines: send fewer or shorter headers", err
+    # a client that writes all of its request before it reads (http.client, so requests and openai) reads the 431, or
+    # a URL's 414, not a BrokenPipeError: what it still sends (20 MB here, past what the sockets buffer) is dropped
+    # after the answer, as a 413's body is
+    for path, headers, status in (("/v1/completions", {f"X-Pad{i}": "a" * 60000 for i in range(350)}, 431),
+                                  ("/v1/completions?" + "a" * 20_000_000, {}, 414)):
+        conn = http.client.HTTPConnection(*api.server_address[:2], timeout=60)
+        conn.request("POST", path, json.dumps({"prompt": "Hi", "max_tokens": 2}), headers)
+        r = conn.getresponse()
+        assert r.status == status and json.loads(r.read())["error"]["message"] == serve.Handler.REFUSALS[status]
+        conn.close()
     assert post(api, "/v1/completions", {"prompt": "Hi", "max_tokens": 2})[0] == 200
 
 
