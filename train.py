@@ -381,13 +381,19 @@ def check_recorded_options(path, ckpt_args, continuing):
                             f"checkpoint): continue from another checkpoint")
 
 
-def fine_tune_lr(ckpt, ckpt_args, model):
+def checkpoint_args(ckpt):
+    """The options a checkpoint's run recorded ({} for no checkpoint), with AdamW as the optimizer of one from before
+    --optimizer (its optimizer state is AdamW's)."""
+    return {} if ckpt is None else {"optimizer": "adamw", **(ckpt.get("args") or {})}
+
+
+def fine_tune_lr(ckpt, model):
     """A fine-tune's default peak lr, and where it came from in words for the run line: a third of the peak lr the
     checkpoint's run trained at (a base the user trained at a better --lr than the preset's is fine-tuned in
     proportion, not at a third of the preset's), or where it records none (a Hugging Face folder, an old checkpoint;
     an edited one's lr of 'abc') of the default of model, its preset. A checkpoint that is itself a fine-tune's
     trained at a fine-tuning lr already: that lr as it is (a third again, a chain of fine-tunes was at 1/9, 1/27)."""
-    was = ckpt_args.get("lr")
+    was = checkpoint_args(ckpt).get("lr")
     if inheritable("lr", was) and math.isfinite(was) and 0 < was <= MAX_LR:
         if ckpt.get("fine_tune") is True:
             return was, "the fine-tuned checkpoint's, not divided again"
@@ -396,13 +402,15 @@ def fine_tune_lr(ckpt, ckpt_args, model):
     return preset / FINETUNE_LR_DIVISOR, f"1/{FINETUNE_LR_DIVISOR} of {model}'s default {preset:.2g}"
 
 
-def resolve_args(args, ckpt_args, continuing, config, fine_tuning=False, budget_spent=False, ckpt=None):
-    """Fill the training options left as None: the checkpoint's value when continuing the same run, else the
-    default. Returns a new Namespace of plain values (it goes into the checkpoint) and checks them. budget_spent: the
-    checkpoint's --time_budget ran out, so an --epochs given without one goes on by epochs: under the spent budget
-    inherited it capped a run that could not train (refused), and no option dropped the budget."""
+def resolve_args(args, ckpt, continuing, config):
+    """Fill the training options left as None: the checkpoint's value when continuing the same run (ckpt: the
+    checkpoint, None for a new model; not continuing it, a fine-tune), else the default. Returns a new Namespace of
+    plain values (it goes into the checkpoint) and checks them. A run whose --time_budget ran out, given an --epochs
+    without one, goes on by epochs: under the spent budget inherited it capped a run that could not train (refused),
+    and no option dropped the budget."""
+    ckpt_args = checkpoint_args(ckpt)
     a = argparse.Namespace(**vars(args))
-    by_epochs = continuing and budget_spent and a.epochs is not None and a.time_budget is None
+    by_epochs = continuing and ckpt.get("budget_done") is True and a.epochs is not None and a.time_budget is None
     if a.time_budget is not None and a.epochs is None and (not continuing or ckpt_args.get("time_budget") is None):
         a.epochs = UNLIMITED_EPOCHS  # a budget ends the run (continuing one that had none too: its epochs would cap it)
     old_lr, old_min_lr = ckpt_args.get("lr"), ckpt_args.get("min_lr")
@@ -418,7 +426,8 @@ def resolve_args(args, ckpt_args, continuing, config, fine_tuning=False, budget_
     if a.batch_size is None:
         a.batch_size = DEFAULT_BATCH_SIZE.get(a.model, 16)
     if a.lr is None:
-        a.lr = fine_tune_lr(ckpt or {}, ckpt_args, a.model)[0] if fine_tuning else DEFAULT_LR.get(a.model, 1e-3)
+        fine_tuning = ckpt is not None and not continuing
+        a.lr = fine_tune_lr(ckpt, a.model)[0] if fine_tuning else DEFAULT_LR.get(a.model, 1e-3)
     if a.min_lr is None:
         # a budget ends at a known moment, so it can anneal close to zero (tiny, 10 minutes: 0.886 -> 0.844 bpb)
         a.min_lr = a.lr / (100 if a.time_budget is not None else 10)
@@ -2707,9 +2716,7 @@ def start_run(args, joined=None):
     if joined is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         joined = init_distributed(args.device, args.dist_timeout)
     ckpt = load_checkpoint(args.checkpoint) if args.checkpoint else None
-    ckpt_args = (ckpt or {}).get("args") or {}
-    if ckpt is not None:
-        ckpt_args = {"optimizer": "adamw", **ckpt_args}  # checkpoints from before --optimizer hold AdamW's state
+    ckpt_args = checkpoint_args(ckpt)
     args = argparse.Namespace(**vars(args))
     trained_on, trained_in = checkpoint_data(ckpt) if ckpt is not None else (None, None)
     dataset_given = args.dataset
@@ -2752,9 +2759,8 @@ def start_run(args, joined=None):
     options_given = {name for name in ("warmup", "batch_size", "eval_batches") if getattr(args, name) is not None}
     check_recorded_options(args.checkpoint, ckpt_args, continuing)
     fine_tuning, lr_given = ckpt is not None and not continuing, args.lr is not None
-    args = resolve_args(args, ckpt_args, continuing, config, fine_tuning=fine_tuning,
-                        budget_spent=continuing and ckpt.get("budget_done") is True, ckpt=ckpt)
-    lr_from = fine_tune_lr(ckpt, ckpt_args, args.model)[1] if fine_tuning and not lr_given else None
+    args = resolve_args(args, ckpt, continuing, config)
+    lr_from = fine_tune_lr(ckpt, args.model)[1] if fine_tuning and not lr_given else None
     # a fine-tune's checkpoints say so, continued ones too: a fine-tune of them takes their lr as a fine-tuning one
     fine_tune = fine_tuning or continuing and ckpt.get("fine_tune") is True
     nanogpt_schedule(args, meta, dist)

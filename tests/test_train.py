@@ -385,7 +385,7 @@ def test_a_negative_duration_is_read_as_one(capsys):
     config = train.make_config("tiny")
     for given, said in (("-90s", "-1.5"), ("-40s", "-40s"), ("-2m", "-2"), ("-.5h", "-30")):
         with pytest.raises(UserError, match=f"^--time_budget must be a positive number of minutes, got {said}$"):
-            train.resolve_args(train.parse_args(["--time_budget", given]), {}, False, config)
+            train.resolve_args(train.parse_args(["--time_budget", given]), None, False, config)
     with pytest.raises(SystemExit):
         train.parse_args(["--dist_timeout", "-5m"])
     assert "error: argument --dist_timeout: '-5m': give a positive number of minutes; see " in capsys.readouterr().err
@@ -713,32 +713,32 @@ def test_continuing_with_a_new_lr_moves_the_end_of_the_decay_along():
     """A continued run inherits its options, min_lr included; a new --lr alone takes min_lr along at the run's ratio,
     since an inherited min_lr above the new peak would make the cosine climb."""
     config = train.make_config("tiny")
-    old = {"lr": 4e-3, "min_lr": 4e-5, "model": "tiny"}
-    a = train.resolve_args(train.parse_args(["--lr", "1e-4"]), old, True, config)
+    ckpt = {"args": {"lr": 4e-3, "min_lr": 4e-5, "model": "tiny"}}
+    a = train.resolve_args(train.parse_args(["--lr", "1e-4"]), ckpt, True, config)
     assert a.lr == 1e-4 and a.min_lr == pytest.approx(1e-6)
-    a = train.resolve_args(train.parse_args(["--lr", "1e-4", "--min_lr", "5e-5"]), old, True, config)
+    a = train.resolve_args(train.parse_args(["--lr", "1e-4", "--min_lr", "5e-5"]), ckpt, True, config)
     assert a.min_lr == 5e-5  # asked for: kept
-    a = train.resolve_args(train.parse_args([]), old, True, config)
+    a = train.resolve_args(train.parse_args([]), ckpt, True, config)
     assert (a.lr, a.min_lr) == (4e-3, 4e-5)  # nothing asked: the run's own
-    a = train.resolve_args(train.parse_args(["--lr", "1e-4"]), old, False, config)
+    a = train.resolve_args(train.parse_args(["--lr", "1e-4"]), ckpt, False, config)
     assert a.min_lr == pytest.approx(1e-5)  # a new run (fine-tuning): the default, lr/10
     with pytest.raises(UserError, match=r"^--min_lr 0.01 is above --lr 0.001: the cosine decay would climb"):
-        train.resolve_args(train.parse_args(["--lr", "1e-3", "--min_lr", "1e-2"]), {}, False, config)
+        train.resolve_args(train.parse_args(["--lr", "1e-3", "--min_lr", "1e-2"]), None, False, config)
 
 
 def test_a_continued_run_keeps_compile_and_recomputation_unless_told(env, tmp_path):
     """A run that needed --recompute_activations to fit in memory must not run out of it when continued without the
     flag, nor a compiled one slow down: both are inherited, and --no-... turns them off."""
     config = train.make_config("tiny")
-    old = {"compile": True, "recompute_activations": True}
-    a = train.resolve_args(train.parse_args([]), old, True, config)
+    ckpt = {"args": {"compile": True, "recompute_activations": True}}
+    a = train.resolve_args(train.parse_args([]), ckpt, True, config)
     assert a.compile and a.recompute_activations
-    a = train.resolve_args(train.parse_args(["--no-compile", "--no-recompute_activations"]), old, True, config)
+    a = train.resolve_args(train.parse_args(["--no-compile", "--no-recompute_activations"]), ckpt, True, config)
     assert not a.compile and not a.recompute_activations
     # spelled with underscores, as --no_color and every other option are
-    a = train.resolve_args(train.parse_args(["--no_compile", "--no_recompute_activations"]), old, True, config)
+    a = train.resolve_args(train.parse_args(["--no_compile", "--no_recompute_activations"]), ckpt, True, config)
     assert not a.compile and not a.recompute_activations
-    a = train.resolve_args(train.parse_args([]), old, False, config)  # a new run (fine-tuning): off
+    a = train.resolve_args(train.parse_args([]), ckpt, False, config)  # a new run (fine-tuning): off
     assert not a.compile and not a.recompute_activations
     first = train.train(args_for(env, tmp_path, "--dataset", "mini", "--max_steps", "1", "--recompute_activations"))
     r = train.train(train.parse_args(["--checkpoint", first["checkpoint"], "--max_steps", "1", "--data_dir",
@@ -3371,7 +3371,7 @@ def test_bad_options_are_user_errors(env, tmp_path, trained, capsys):
     for flag, value in (("--lr", "nan"), ("--min_lr", "nan"), ("--weight_decay", "nan"), ("--time_budget", "nan"),
                         ("--eval_interval", "inf"), ("--log_interval", "inf"), ("--grad_clip", "inf")):
         with pytest.raises(UserError, match=rf"^{flag} must be a finite number, got {value}$"):
-            train.resolve_args(train.parse_args([flag, value]), {}, False, config)
+            train.resolve_args(train.parse_args([flag, value]), None, False, config)
     # out of range: each named with what it takes (--lr -1 was "must not be negative", and then --lr 0 refused)
     for given, said in ((["--lr", "-1"], "--lr must be positive, got -1"), (["--lr", "0"], "--lr must be positive, got 0"),
                         (["--log_interval", "0"], "--log_interval must be positive, got 0"),
@@ -3403,8 +3403,8 @@ def test_bad_options_are_user_errors(env, tmp_path, trained, capsys):
                                  fresh=given[0] not in ("--n_embd", "--n_layer", "--n_head", "--block_size")))
     for seed in (str(-2**62), str(2**62), "99999999999999999999999"):  # torch's generators take 64 bits: a traceback
         with pytest.raises(UserError, match=rf"^--seed must be between -2\*\*62 and 2\*\*62, got {seed}$"):
-            train.resolve_args(train.parse_args(["--seed", seed]), {}, False, config)
-    assert train.resolve_args(train.parse_args(["--seed", "-1"]), {}, False, config).seed == -1  # as torch takes it
+            train.resolve_args(train.parse_args(["--seed", seed]), None, False, config)
+    assert train.resolve_args(train.parse_args(["--seed", "-1"]), None, False, config).seed == -1  # as torch takes it
     with pytest.raises(SystemExit) as e:
         train.parse_args(["--help"])
     assert e.value.code == 0
@@ -3628,9 +3628,9 @@ def test_a_fine_tune_takes_a_third_of_the_lr_its_checkpoint_trained_at(env, tmp_
     assert re.search(r"lr 0.002 -> 0.0002 \(warmup", capsys.readouterr().out)
     config = train.make_config("tiny")
     for recorded in ({"model": "tiny"}, {"model": "tiny", "lr": "abc"}, {"model": "tiny", "lr": -1.0}, {}):
-        a = train.resolve_args(train.parse_args([]), recorded, False, config, fine_tuning=True)
+        a = train.resolve_args(train.parse_args([]), {"args": recorded}, False, config)
         assert a.lr == pytest.approx(train.DEFAULT_LR["tiny"] / 3)
-        assert train.fine_tune_lr({}, recorded, "tiny")[1] == "1/3 of tiny's default 0.004"
+        assert train.fine_tune_lr({"args": recorded}, "tiny")[1] == "1/3 of tiny's default 0.004"
     # a fine-tune of a fine-tune (continued first: it stays one) takes its lr as it is, a fine-tuning lr already: a
     # third again made a chain of fine-tunes 1/9, 1/27 of the base's
     assert load_checkpoint(base["checkpoint"])["fine_tune"] is False
@@ -3643,8 +3643,8 @@ def test_a_fine_tune_takes_a_third_of_the_lr_its_checkpoint_trained_at(env, tmp_
     assert load_checkpoint(s["checkpoint"])["args"]["lr"] == 2e-3
     assert "lr 0.002 (the fine-tuned checkpoint's, not divided again) -> 0.0002 (warmup" in capsys.readouterr().out
     # a continued run (not a fine-tune) keeps its own lr, and a new run takes the preset's
-    assert train.resolve_args(train.parse_args([]), {"model": "tiny", "lr": 1e-2}, True, config).lr == 1e-2
-    assert train.resolve_args(train.parse_args([]), {}, False, config).lr == train.DEFAULT_LR["tiny"]
+    assert train.resolve_args(train.parse_args([]), {"args": {"model": "tiny", "lr": 1e-2}}, True, config).lr == 1e-2
+    assert train.resolve_args(train.parse_args([]), None, False, config).lr == train.DEFAULT_LR["tiny"]
 
 
 def test_reset_epoch_on_a_fine_tune_is_refused_not_ignored(env, tmp_path):
@@ -3676,9 +3676,9 @@ def test_a_fine_tune_takes_a_new_optimizer_as_its_help_says(capsys):
     run fine-tunes with Muon unless told. --help said "default: muon, or the checkpoint's", which it is not then, and
     that --epochs counted the checkpoint's epochs, which a fine-tune does not."""
     config = train.make_config("tiny")
-    old = {"optimizer": "adamw", "model": "tiny"}
-    assert train.resolve_args(train.parse_args([]), old, True, config).optimizer == "adamw"  # continuing: the run's
-    assert train.resolve_args(train.parse_args([]), old, False, config).optimizer == "muon"  # fine-tuning: new
+    ckpt = {"args": {"optimizer": "adamw", "model": "tiny"}}
+    assert train.resolve_args(train.parse_args([]), ckpt, True, config).optimizer == "adamw"  # continuing: the run's
+    assert train.resolve_args(train.parse_args([]), ckpt, False, config).optimizer == "muon"  # fine-tuning: new
     with pytest.raises(SystemExit):
         train.parse_args(["--help"])
     text = " ".join(capsys.readouterr().out.split())
@@ -3703,11 +3703,11 @@ def test_checkpoint_help_says_what_a_continued_run_keeps_and_what_it_may_change(
         with pytest.raises(UserError, match=f"fixes the model's shape; {' '.join(argv)}"):
             train.model_config(train.parse_args(["--checkpoint", "x.pt", *argv]), {"vocab_size": 300}, ckpt)
     assert train.model_config(train.parse_args(["--dropout", "0.2"]), {"vocab_size": 300}, ckpt).dropout == 0.2
-    config, old = train.make_config("tiny"), {"lr": 1e-3, "min_lr": 1e-4, "epochs": 2, "model": "tiny"}
+    config, old = train.make_config("tiny"), {"args": {"lr": 1e-3, "min_lr": 1e-4, "epochs": 2, "model": "tiny"}}
     kept = train.resolve_args(train.parse_args([]), old, True, config)
     assert (kept.lr, kept.epochs) == (1e-3, 2)
     assert train.resolve_args(train.parse_args(["--epochs", "3"]), old, True, config).epochs == 3
-    assert train.resolve_args(train.parse_args([]), old, False, config, fine_tuning=True).epochs == 1
+    assert train.resolve_args(train.parse_args([]), old, False, config).epochs == 1
 
 
 def test_out_of_memory_saves_then_names_the_options(env, tmp_path, monkeypatch):
@@ -4712,11 +4712,11 @@ def test_a_new_run_gets_the_defaults_the_cpu_study_picked():
     config = train.make_config(cpu)
     assert (cpu, config.variant, config.n_layer, config.n_embd, config.n_head, config.block_size) == \
         ("tiny", "modern", 4, 128, 4, 256)
-    a = train.resolve_args(train.parse_args(["--time_budget", "2"]), {}, False, config)
+    a = train.resolve_args(train.parse_args(["--time_budget", "2"]), None, False, config)
     assert (a.model, a.batch_size, a.block_size, a.lr, a.optimizer) == ("tiny", 8, 256, 4e-3, "muon")
     assert a.min_lr == pytest.approx(4e-5) and train.budget_and_warmup(a, 1000)[:2] == (120, 0.10)
     gpu = train.default_preset(torch.device("cuda", 0))
-    g = train.resolve_args(train.parse_args(["--model", gpu]), {}, False, train.make_config(gpu))
+    g = train.resolve_args(train.parse_args(["--model", gpu]), None, False, train.make_config(gpu))
     assert (g.model, g.batch_size) == ("small", 16)
 
 
@@ -5058,17 +5058,17 @@ def test_an_ignored_sighup_stays_ignored(monkeypatch):
 def test_a_budgets_min_lr_defaults_to_a_hundredth_of_lr():
     """A budget ends at a known moment, so its default decay goes to lr/100; a run of epochs or steps to lr/10."""
     config = train.make_config("tiny")
-    assert train.resolve_args(train.parse_args(["--lr", "1e-3", "--time_budget", "5"]), {}, False,
+    assert train.resolve_args(train.parse_args(["--lr", "1e-3", "--time_budget", "5"]), None, False,
                               config).min_lr == pytest.approx(1e-5)
-    assert train.resolve_args(train.parse_args(["--lr", "1e-3"]), {}, False, config).min_lr == pytest.approx(1e-4)
-    assert train.resolve_args(train.parse_args(["--lr", "1e-3", "--time_budget", "5", "--min_lr", "3e-4"]), {}, False,
+    assert train.resolve_args(train.parse_args(["--lr", "1e-3"]), None, False, config).min_lr == pytest.approx(1e-4)
+    assert train.resolve_args(train.parse_args(["--lr", "1e-3", "--time_budget", "5", "--min_lr", "3e-4"]), None, False,
                               config).min_lr == 3e-4
 
 
 def test_a_budget_warms_up_over_a_tenth_of_it_by_default():
     """--time_budget without --warmup warms the lr up over 10% of the budget (as --help and the banner say): halfway
     through that, at 5% of it, the lr is half of --lr, not already at its peak."""
-    args = train.resolve_args(train.parse_args(["--lr", "1e-3", "--time_budget", "1"]), {}, False,
+    args = train.resolve_args(train.parse_args(["--lr", "1e-3", "--time_budget", "1"]), None, False,
                               train.make_config("tiny"))
     budget, budget_warmup, args.warmup = train.budget_and_warmup(args, 1000)
     lr = train.step_lr(args, train.Progress(schedule_origin=0.0), 1000, budget, budget_warmup, 0.05 * 60, 0.0)
@@ -5077,11 +5077,11 @@ def test_a_budget_warms_up_over_a_tenth_of_it_by_default():
 
 def test_a_min_lr_equal_to_lr_is_a_constant_learning_rate():
     config = train.make_config("tiny")
-    a = train.resolve_args(train.parse_args(["--lr", "1e-3", "--min_lr", "1e-3"]), {}, False, config)
+    a = train.resolve_args(train.parse_args(["--lr", "1e-3", "--min_lr", "1e-3"]), None, False, config)
     assert a.lr == a.min_lr == 1e-3
     assert {train.lr_at(s, a.lr, a.min_lr, 10, 100) for s in range(10, 120)} == {1e-3}  # after the warmup
     with pytest.raises(UserError, match=r"^--min_lr 0\.002 is above --lr 0\.001"):
-        train.resolve_args(train.parse_args(["--lr", "1e-3", "--min_lr", "2e-3"]), {}, False, config)
+        train.resolve_args(train.parse_args(["--lr", "1e-3", "--min_lr", "2e-3"]), None, False, config)
 
 
 def test_a_continued_run_takes_a_new_dropout(env, tmp_path, capsys):
