@@ -387,27 +387,35 @@ def checkpoint_args(ckpt):
     return {} if ckpt is None else {"optimizer": "adamw", **(ckpt.get("args") or {})}
 
 
+def model_preset(model, ckpt_args):
+    """The run's preset: model (--model) as given, else the checkpoint's run's (ckpt_args), else tiny."""
+    return model or ckpt_args.get("model") or "tiny"
+
+
 def fine_tune_lr(ckpt, model):
     """A fine-tune's default peak lr, and where it came from in words for the run line: a third of the peak lr the
     checkpoint's run trained at (a base the user trained at a better --lr than the preset's is fine-tuned in
     proportion, not at a third of the preset's), or where it records none (a Hugging Face folder, an old checkpoint;
-    an edited one's lr of 'abc') of the default of model, its preset. A checkpoint that is itself a fine-tune's
-    trained at a fine-tuning lr already: that lr as it is (a third again, a chain of fine-tunes was at 1/9, 1/27)."""
-    was = checkpoint_args(ckpt).get("lr")
+    an edited one's lr of 'abc') of the default of its preset (model_preset: model is --model, None if not given). A
+    checkpoint that is itself a fine-tune's trained at a fine-tuning lr already: that lr as it is (a third again, a
+    chain of fine-tunes was at 1/9, 1/27)."""
+    ckpt_args = checkpoint_args(ckpt)
+    was = ckpt_args.get("lr")
     if inheritable("lr", was) and math.isfinite(was) and 0 < was <= MAX_LR:
         if ckpt.get("fine_tune") is True:
             return was, "the fine-tuned checkpoint's, not divided again"
         return was / FINETUNE_LR_DIVISOR, f"1/{FINETUNE_LR_DIVISOR} of the checkpoint's {was:.2g}"
+    model = model_preset(model, ckpt_args)
     preset = DEFAULT_LR.get(model, 1e-3)
     return preset / FINETUNE_LR_DIVISOR, f"1/{FINETUNE_LR_DIVISOR} of {model}'s default {preset:.2g}"
 
 
 def resolve_args(args, ckpt, continuing, config):
     """Fill the training options left as None: the checkpoint's value when continuing the same run (ckpt: the
-    checkpoint, None for a new model; not continuing it, a fine-tune), else the default. Returns a new Namespace of
-    plain values (it goes into the checkpoint) and checks them. A run whose --time_budget ran out, given an --epochs
-    without one, goes on by epochs: under the spent budget inherited it capped a run that could not train (refused),
-    and no option dropped the budget."""
+    checkpoint, None for a new model), else the default (a fine-tune's lr, fine_tune_lr's, start_run settles before).
+    Returns a new Namespace of plain values (it goes into the checkpoint) and checks them. A run whose --time_budget
+    ran out, given an --epochs without one, goes on by epochs: under the spent budget inherited it capped a run that
+    could not train (refused), and no option dropped the budget."""
     ckpt_args = checkpoint_args(ckpt)
     a = argparse.Namespace(**vars(args))
     by_epochs = continuing and ckpt.get("budget_done") is True and a.epochs is not None and a.time_budget is None
@@ -420,14 +428,13 @@ def resolve_args(args, ckpt, continuing, config):
         if getattr(a, k) is None:
             inherited = ckpt_args.get(k) if continuing and not (k == "time_budget" and by_epochs) else None
             setattr(a, k, inherited if inherited is not None else v)
-    a.model = a.model or ckpt_args.get("model") or "tiny"
+    a.model = model_preset(a.model, ckpt_args)
     if a.block_size is None:
         a.block_size = config.block_size
     if a.batch_size is None:
         a.batch_size = DEFAULT_BATCH_SIZE.get(a.model, 16)
     if a.lr is None:
-        fine_tuning = ckpt is not None and not continuing
-        a.lr = fine_tune_lr(ckpt, a.model)[0] if fine_tuning else DEFAULT_LR.get(a.model, 1e-3)
+        a.lr = DEFAULT_LR.get(a.model, 1e-3)
     if a.min_lr is None:
         # a budget ends at a known moment, so it can anneal close to zero (tiny, 10 minutes: 0.886 -> 0.844 bpb)
         a.min_lr = a.lr / (100 if a.time_budget is not None else 10)
@@ -2758,9 +2765,10 @@ def start_run(args, joined=None):
     config = model_config(args, meta, ckpt)
     options_given = {name for name in ("warmup", "batch_size", "eval_batches") if getattr(args, name) is not None}
     check_recorded_options(args.checkpoint, ckpt_args, continuing)
-    fine_tuning, lr_given = ckpt is not None and not continuing, args.lr is not None
+    fine_tuning, lr_from = ckpt is not None and not continuing, None
+    if fine_tuning and args.lr is None:  # a fine-tune's default lr, and where it came from for the run line
+        args.lr, lr_from = fine_tune_lr(ckpt, args.model)
     args = resolve_args(args, ckpt, continuing, config)
-    lr_from = fine_tune_lr(ckpt, args.model)[1] if fine_tuning and not lr_given else None
     # a fine-tune's checkpoints say so, continued ones too: a fine-tune of them takes their lr as a fine-tuning one
     fine_tune = fine_tuning or continuing and ckpt.get("fine_tune") is True
     nanogpt_schedule(args, meta, dist)

@@ -3628,9 +3628,8 @@ def test_a_fine_tune_takes_a_third_of_the_lr_its_checkpoint_trained_at(env, tmp_
     assert re.search(r"lr 0.002 -> 0.0002 \(warmup", capsys.readouterr().out)
     config = train.make_config("tiny")
     for recorded in ({"model": "tiny"}, {"model": "tiny", "lr": "abc"}, {"model": "tiny", "lr": -1.0}, {}):
-        a = train.resolve_args(train.parse_args([]), {"args": recorded}, False, config)
-        assert a.lr == pytest.approx(train.DEFAULT_LR["tiny"] / 3)
-        assert train.fine_tune_lr({"args": recorded}, "tiny")[1] == "1/3 of tiny's default 0.004"
+        lr, said = train.fine_tune_lr({"args": recorded}, None)
+        assert lr == pytest.approx(train.DEFAULT_LR["tiny"] / 3) and said == "1/3 of tiny's default 0.004"
     # a fine-tune of a fine-tune (continued first: it stays one) takes its lr as it is, a fine-tuning lr already: a
     # third again made a chain of fine-tunes 1/9, 1/27 of the base's
     assert load_checkpoint(base["checkpoint"])["fine_tune"] is False
