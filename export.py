@@ -64,8 +64,11 @@ def main(argv=None):
     else:  # an empty folder: the export is written next to it, in its parent, which it failed in after the loading
         check_output(os.path.dirname(os.path.abspath(args.out_dir)), "OUT_DIR's folder", folder=True)
     model, enc, ckpt = load_model(args.checkpoint)
-    # the training window goes along: eval.py's windows default to it (config.json's gpt_trainer, which hf.py reads)
-    names = export_folder(model, enc, args.out_dir, torch_dtype(args.dtype), (ckpt.get("args") or {}).get("block_size"))
+    # the training window goes along: eval.py's windows default to it (config.json's gpt_trainer, which hf.py reads);
+    # and the peak lr, with whether it was a fine-tune's, which train.py --init_from reckons its lr from
+    trained = ckpt.get("args") or {}
+    names = export_folder(model, enc, args.out_dir, torch_dtype(args.dtype), trained.get("block_size"),
+                          trained.get("lr"), ckpt.get("fine_tune") is True)
     kind = "GPT2LMHeadModel" if model.config.variant == "gpt2" else "LlamaForCausalLM"
     if model.config.variant == "modern" and model.config.dropout:  # (hf.py and so --init_from read it all back)
         print(f"warning: {kind} has attention dropout only: fine-tuning in transformers drops nothing on the "

@@ -50,8 +50,9 @@ VOCAB_JSON, MERGES_TXT = "vocab.json", "merges.txt"
 MARKS_SPLIT = {"type": "Split", "behavior": "Isolated", "invert": False, "pattern": {
     "Regex": r"'s|'t|'re|'ve|'m|'ll|'d| ?[\p{L}\p{M}]+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"}}
 # config.json's key for what this project trained with and transformers' config has no field for (the training
-# --block_size, dropout, a gpt2-variant model's want of biases), read back by read_folder so that eval.py and train.py
-# --init_from take the folder as they take the .pt; transformers keeps a key it does not know, unused
+# --block_size, dropout, a gpt2-variant model's want of biases, the peak lr and whether it was a fine-tune's), read back
+# by read_folder so that eval.py and train.py --init_from take the folder as they take the .pt; transformers keeps a
+# key it does not know, unused
 OWN_CONFIG = "gpt_trainer"
 CHAT_TEMPLATE = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] "
                  "+ '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
@@ -486,13 +487,24 @@ def hf_tensors(model):
     return out
 
 
-def hf_config(cfg, enc, dtype, block_size=None):
+def trained_lr(v):
+    """Whether v is a peak lr as train.py records one, a positive finite number (an edited checkpoint's 'abc' is not
+    carried: config.json would be refused)."""
+    return type(v) in (int, float) and 0 < v < math.inf
+
+
+def hf_config(cfg, enc, dtype, block_size=None, lr=None, fine_tune=False):
     """config.json for our GPTConfig: GPT2LMHeadModel's for the gpt2 variant, LlamaForCausalLM's for modern.
-    block_size: the training window (train.py's --block_size), when it was shorter than the context."""
+    block_size: the training window (train.py's --block_size), when it was shorter than the context; lr, fine_tune:
+    the checkpoint's peak lr and whether its run was a fine-tune, which train.py's fine-tune lr is reckoned from."""
     eot = enc._special_tokens[SPECIAL_TOKENS[0]]
     own = {"block_size": block_size or cfg.block_size, "dropout": cfg.dropout}
     if cfg.variant == "gpt2":
         own["bias"] = cfg.bias
+    if trained_lr(lr):
+        own["lr"] = lr
+    if fine_tune:
+        own["fine_tune"] = True
     shared = {"vocab_size": cfg.vocab_size, "bos_token_id": eot, "eos_token_id": eot, "tie_word_embeddings": True,
               "initializer_range": 0.02, "torch_dtype": str(dtype).removeprefix("torch."), "use_cache": True,
               OWN_CONFIG: own}
@@ -612,7 +624,8 @@ def own_config(raw, path, context):
     if not isinstance(own, dict):
         raise UserError(f"{path}: {OWN_CONFIG} is not an object: {fix}")
     kinds = {"block_size": lambda v: type(v) is int and 1 <= v <= context,
-             "dropout": lambda v: type(v) in (int, float) and 0 <= v < 1, "bias": lambda v: type(v) is bool}
+             "dropout": lambda v: type(v) in (int, float) and 0 <= v < 1, "bias": lambda v: type(v) is bool,
+             "lr": trained_lr, "fine_tune": lambda v: type(v) is bool}
     for k, v in own.items():
         if k in kinds and not kinds[k](v):
             raise UserError(f"{path}: {OWN_CONFIG}'s {k} {v!r} is not what export.py writes (the context is "
@@ -750,9 +763,8 @@ def read_folder(folder):
     rows[:n_hf] = wte
     state["transformer.wte.weight"] = state["lm_head.weight"] = rows
     return {"model": state, "config": dataclasses.asdict(cfg), "tokenizer": tokenizer_state(enc),
-            "args": {"model": nearest_preset(cfg),
-                     **({"block_size": own["block_size"]} if "block_size" in own else {})},
-            "hf_folder": folder}
+            "args": {"model": nearest_preset(cfg), **{k: own[k] for k in ("block_size", "lr") if k in own}},
+            **({"fine_tune": True} if own.get("fine_tune") else {}), "hf_folder": folder}
 
 
 # -----------------------------------------------------------------------------
@@ -784,9 +796,9 @@ def check_out_dir(out_dir):
                         f"and the tokenizer, which from_pretrained loads): name a folder, as in {stem}")
 
 
-def export_folder(model, enc, out_dir, dtype=torch.float32, block_size=None):
+def export_folder(model, enc, out_dir, dtype=torch.float32, block_size=None, lr=None, fine_tune=False):
     """Write model and tokenizer as an HF folder: config.json, generation_config.json, model.safetensors and the
-    tokenizer files (block_size: the training window, when shorter than the context: hf_config). out_dir must not
+    tokenizer files (block_size, lr, fine_tune: the checkpoint's run's, as hf_config takes them). out_dir must not
     exist or be empty; everything is written into a temporary sibling first and renamed into place, so out_dir never
     holds half an export. Returns the file names."""
     cfg = model.config
@@ -796,7 +808,7 @@ def export_folder(model, enc, out_dir, dtype=torch.float32, block_size=None):
     llama = cfg.variant == "modern"
     eot, im_end = enc._special_tokens[SPECIAL_TOKENS[0]], enc._special_tokens.get(SPECIAL_TOKENS[2])
     files = {
-        CONFIG: json.dumps(hf_config(cfg, enc, dtype, block_size), indent=2) + "\n",
+        CONFIG: json.dumps(hf_config(cfg, enc, dtype, block_size, lr, fine_tune), indent=2) + "\n",
         "generation_config.json": json.dumps({"bos_token_id": eot, "pad_token_id": eot, "eos_token_id": [eot] + (
             [im_end] if im_end is not None else [])}, indent=2) + "\n",
         **tokenizer_files(enc, cfg.block_size, llama=llama),

@@ -395,10 +395,10 @@ def model_preset(model, ckpt_args):
 def fine_tune_lr(ckpt, model):
     """A fine-tune's default peak lr, and where it came from in words for the run line: a third of the peak lr the
     checkpoint's run trained at (a base the user trained at a better --lr than the preset's is fine-tuned in
-    proportion, not at a third of the preset's), or where it records none (a Hugging Face folder, an old checkpoint;
-    an edited one's lr of 'abc') of the default of its preset (model_preset: model is --model, None if not given). A
-    checkpoint that is itself a fine-tune's trained at a fine-tuning lr already: that lr as it is (a third again, a
-    chain of fine-tunes was at 1/9, 1/27)."""
+    proportion, not at a third of the preset's; an export's folder records it too), or where it records none (a
+    Hugging Face folder from elsewhere, an old checkpoint; an edited one's lr of 'abc') of the default of its preset
+    (model_preset: model is --model, None if not given). A checkpoint that is itself a fine-tune's trained at a
+    fine-tuning lr already: that lr as it is (a third again, a chain of fine-tunes was at 1/9, 1/27)."""
     ckpt_args = checkpoint_args(ckpt)
     was = ckpt_args.get("lr")
     if inheritable("lr", was) and math.isfinite(was) and 0 < was <= MAX_LR:

@@ -252,6 +252,23 @@ def test_an_exported_folder_evaluates_in_its_training_windows(enc, tmp_path):
     assert load_model(str(tmp_path / "saved"))[2]["args"]["block_size"] == 16
 
 
+def test_an_exported_folder_is_fine_tuned_at_the_lr_its_checkpoint_would_be(enc, tmp_path):
+    """The folder dropped the checkpoint's lr and its fine_tune record: --init_from fine-tuned any export at a third
+    of its preset's lr, a fine-tune's too, where the .pt takes a third of its run's lr, or a fine-tune's lr undivided.
+    config.json's gpt_trainer carries both; an lr that is not one train.py writes (an edited checkpoint's) is left."""
+    model = our_model(enc.n_vocab)
+    cases = [({"lr": 1e-2}, {}, (1e-2 / 3, "1/3 of the checkpoint's 0.01")),
+             ({"lr": 2e-3}, {"fine_tune": True}, (2e-3, "the fine-tuned checkpoint's, not divided again")),
+             ({"lr": "abc"}, {}, None)]
+    for i, (args, state, said) in enumerate(cases):
+        ckpt = str(tmp_path / f"{i}.pt")
+        save_checkpoint(ckpt, model, enc, args=args, **state)
+        export.main([ckpt, str(tmp_path / f"hf{i}")])
+        pt, folder = (train.fine_tune_lr(load_model(p)[2], None) for p in (ckpt, str(tmp_path / f"hf{i}")))
+        assert folder == pt == (said or pt)
+        assert said or folder[1].startswith("1/3 of ")  # (no lr recorded: the preset's)
+
+
 def test_the_command_export_suggests_runs_as_pasted(enc, tmp_path, monkeypatch, capsys):
     """export.py's last line ends with a command that tries the folder: eval.py on the data the checkpoint trained on,
     --dataset (and --data_dir, here datasets/) named, as config.json records neither (a bare `eval.py hf` said "pass
@@ -696,6 +713,8 @@ def merges(change):
                                                    "context is 64): remove gpt_trainer from it"),
     (edit_config(gpt_trainer=[64]), "config.json: gpt_trainer is not an object: remove gpt_trainer from it"),
     (edit_config(gpt_trainer={"dropout": 1.5}), "gpt_trainer's dropout 1.5 is not what export.py writes"),
+    (edit_config(gpt_trainer={"lr": "abc"}), "gpt_trainer's lr 'abc' is not what export.py writes"),
+    (edit_config(gpt_trainer={"fine_tune": 1}), "gpt_trainer's fine_tune 1 is not what export.py writes"),
     # JSON, but not an object: an AttributeError traceback at its first .get otherwise
     (lambda f: (f / "config.json").write_text("[1]"), "config.json is not a model config (a JSON object)"),
     # settings model.py refuses (GPTConfig's ValueError): one line naming config.json
@@ -739,10 +758,10 @@ def merges(change):
         "vocab-one-short", "no-tokenizer", "prefix-space", "prefix-space-config", "prefix-space-vocab", "index-list",
         "index-map", "shard-missing", "bin-corrupt", "bin-no-dict", "sentencepiece", "not-byte-level",
         "unknown-special", "special-id", "special-missing", "id-gap", "merge-order", "merge-missing",
-        "merges-malformed", "own-block", "own-not-object", "own-dropout", "config-not-object", "config-refused",
-        "config-text-layers", "config-text-eps", "llama-key-missing", "prefix-space-unknown-class",
-        "own-pipeline-class", "layer-norm-eps", "scale-by-layer", "unscaled", "cross-attention", "n-inner",
-        "classifier", "weights-beyond-config", "merge-twice"])
+        "merges-malformed", "own-block", "own-not-object", "own-dropout", "own-lr", "own-fine-tune",
+        "config-not-object", "config-refused", "config-text-layers", "config-text-eps", "llama-key-missing",
+        "prefix-space-unknown-class", "own-pipeline-class", "layer-norm-eps", "scale-by-layer", "unscaled",
+        "cross-attention", "n-inner", "classifier", "weights-beyond-config", "merge-twice"])
 def test_bad_folders_are_one_line_errors(small_folder, tmp_path, capsys, change, words):
     folder = broken(small_folder, tmp_path, change)
     line = one_error_line(*run_cli(gen.main, [folder, "--prompt", "x", "--max_tokens", "1", *CPU], capsys)[::2])
