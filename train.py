@@ -2217,10 +2217,10 @@ def best_measured_otherwise(ckpt, ckpt_args, args, meta, was_eval, eval_windows,
     return None
 
 
-def resumed_progress(run, options_given):
+def resumed_progress(run, options_given, run_warmup):
     """A continued run's Progress, val windows an evaluation takes and warmup: its checkpoint's, fitted to today's
     (run: a Run as plan_run has it, its batches and a new run's eval_windows and budget set; options_given: start_run's,
-    the options of these the user gave)."""
+    the options of these the user gave; run_warmup: --warmup as resolve_args left it, before it became steps)."""
     args, ckpt, ckpt_args, batches = run.args, run.ckpt, run.ckpt_args, run.batches
     p = checkpoint_progress(ckpt, ckpt_args)
     # another window order: going on from the epoch's position would repeat some windows and skip others
@@ -2253,8 +2253,9 @@ def resumed_progress(run, options_given):
         # epochs of another length, or another global batch: the lr schedule counts steps of the new size, so place
         # the run where the windows done so far put it, and its inherited warmup with it
         p.step = p.epoch * batches.steps_per_epoch + batches.steps_done(p.windows)
-        # (not a --reset_epoch's: its schedule is new, its warmup the new run's default or --warmup, in today's steps)
-        if "warmup" not in options_given and was and warmup and not args.reset_epoch:
+        # (a step count inherited alone: a default or a share is in today's steps already, and a --reset_epoch's
+        # schedule is new, resolve_args leaving it none)
+        if "warmup" not in options_given and isinstance(run_warmup, int) and was and warmup:
             warmup = max(1, round(warmup * was / batches.windows_per_step))
     if args.reset_epoch:  # same weights, optimizer and best val loss; epochs and schedule from zero
         p = Progress(tokens=p.tokens, best_val_loss=p.best_val_loss, elapsed=p.elapsed)
@@ -2866,7 +2867,7 @@ def plan_run(run, options_given):
 
     run.p = Progress()
     if continuing:
-        run.p, run.eval_windows, args.warmup = resumed_progress(run, options_given)
+        run.p, run.eval_windows, args.warmup = resumed_progress(run, options_given, run_warmup)
     # (a --reset_epoch's run counts its steps from the first too)
     if (not continuing or args.reset_epoch) and not run.budget and not args.max_steps and run.total_steps < FEW_STEPS:
         spe = run.batches.steps_per_epoch

@@ -1428,6 +1428,21 @@ def test_a_reset_epoch_run_in_another_batch_takes_its_own_default_warmup(env, tm
     assert (ck["args"]["batch_size"], ck["args"]["warmup"]) == (4, train.default_warmup(steps))
 
 
+def test_a_spent_budget_continued_by_epochs_in_another_batch_takes_its_own_default_warmup(env, tmp_path):
+    """A budget's warmup is a share of its time, so a run its budget stopped, continued by epochs, takes the default
+    warmup of those epochs, in today's steps. In another batch it was scaled as an inherited step count is (batches
+    of 4 for the checkpoint's 16: 4 times the default), and the run went back into a warmup at its step."""
+    r = train.train(args_for(env, tmp_path, "--dataset", "mini", *SMALL, "--time_budget", "0.02", "--eval_interval",
+                             "0"))
+    assert r["stopped"] == "time budget"
+    r = train.train(args_for(env, tmp_path, "--checkpoint", r["checkpoint"], "--epochs", "100", "--batch_size", "4",
+                             "--max_steps", "1", "--output_checkpoint", tmp_path / "more" / "{dataset}.pt",
+                             fresh=False))
+    ck = load_checkpoint(r["checkpoint"])
+    steps = 100 * 36  # 100 epochs of mini's 144 windows in batches of 4
+    assert (ck["args"]["batch_size"], ck["args"]["warmup"]) == (4, train.default_warmup(steps))
+
+
 @pytest.mark.parametrize("faster", [True, False])
 def test_bf16_asked_for_on_a_cpu_where_it_is_slower_is_warned_of(env, tmp_path, capsys, monkeypatch, faster):
     """An Intel CPU with AVX-512 BF16 but no AMX runs bf16 matmuls at half fp32's speed: --dtype auto takes fp32 there,
