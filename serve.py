@@ -1915,10 +1915,10 @@ def main(argv=None):
         say_newest(path)
     # (as gen.py --chat: the chat page answered with a story that never ended its turn, without a word of why)
     warn_if_trained_on_text(path, ckpt, "its chat replies (the chat page, /v1/chat/completions)")
-    print(f"serving {name} ({fmt_count(model.num_params(non_embedding=False))} parameters, context "
-          f"{model.config.block_size}, {device} {dtype_words(device, dtype, args.dtype)}) {server.where()}; "
-          "Ctrl-C stops",
-          flush=True)
+    # (no brackets around the facts: dtype_words may end in its own)
+    print(f"serving {name}, {fmt_count(model.num_params(non_embedding=False))} parameters, context "
+          f"{model.config.block_size}, {device} {dtype_words(device, dtype, args.dtype)}, {server.where()}; "
+          "Ctrl-C stops", flush=True)
     signalled = False
     try:
         server.serve_forever()

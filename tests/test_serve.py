@@ -2493,7 +2493,7 @@ def test_a_model_trained_on_plain_text_is_warned_of(enc, tmp_path, monkeypatch, 
         assert code == 0 and out.startswith("serving ") and err.endswith("stopped\n"), (out, err)
         assert warned == (kind == "text"), err
     params = train.fmt_count(tiny_model(enc).num_params(non_embedding=False))  # as train.py's banner says it
-    assert f" ({params} parameters, " in out, out
+    assert f", {params} parameters, " in out, out
 
 
 def test_float16_on_a_cpu_is_warned_of_as_gen_py_does(ckpt, monkeypatch, capsys):
@@ -2507,11 +2507,11 @@ def test_float16_on_a_cpu_is_warned_of_as_gen_py_does(ckpt, monkeypatch, capsys)
         warned = "warning: --dtype float16 is emulated on this CPU, slower than float32 (float16 many times): use " \
                  "--dtype auto\n" in err
         assert code == 0 and out.startswith("serving ") and warned == (dtype == "float16"), (out, err)
-        assert f", cpu {dtype}) " in out, out  # given: said as it is
+        assert f", cpu {dtype}, on " in out, out  # given: said as it is
     # --dtype auto's choice is said with why, as train.py's run line and gen.py --verbose say it (an AVX2 laptop)
     monkeypatch.setattr(common, "cpu_info", lambda: ("GenuineIntel", {"sse2", "avx", "avx2", "fma"}))
     code, out, err = run_cli(serve.main, [ckpt, "--port", "0", "--device", "cpu"], capsys)
-    assert code == 0 and ", cpu float32 (auto: no AVX-512 BF16 or AMX here)) " in out, (out, err)
+    assert code == 0 and ", cpu float32 (auto: no AVX-512 BF16 or AMX here), on " in out, (out, err)
 
 
 def test_the_newest_checkpoint_picked_is_named(enc, tmp_path, monkeypatch, capsys):
@@ -2524,7 +2524,7 @@ def test_the_newest_checkpoint_picked_is_named(enc, tmp_path, monkeypatch, capsy
     os.makedirs("models/chat-demo")
     save_checkpoint("models/chat-demo/best.pt", tiny_model(enc), enc, data={"kind": "chat"})
     code, out, err = run_cli(serve.main, ["--port", "0", "--device", "cpu"], capsys)
-    assert code == 0 and out.startswith("serving best ") and err.startswith(
+    assert code == 0 and out.startswith("serving best, ") and err.startswith(
         "using models/chat-demo/best.pt, the newest checkpoint in models/\n"), (out, err)
     code, out, err = run_cli(serve.main, ["models/chat-demo/best.pt", "--port", "0", "--device", "cpu"], capsys)
     assert code == 0 and "newest" not in err, err
