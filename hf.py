@@ -651,6 +651,13 @@ def read_weights(folder):
         if not (isinstance(weight_map, dict) and weight_map and all(isinstance(f, str) for f in weight_map.values())):
             raise UserError(f"{os.path.join(folder, WEIGHTS_INDEX)} has no weight_map of tensor names to file names: "
                             f"download it again")  # (an AttributeError or TypeError traceback)
+        # a shard is a file of the folder, as transformers reads it: a stranger's index naming ../x or /x read a
+        # file elsewhere on this machine as weights
+        outside = next((f for f in weight_map.values() if f in ("", ".", "..") or os.path.basename(f) != f
+                        or os.path.isabs(f)), None)
+        if outside is not None:
+            raise UserError(f"{os.path.join(folder, WEIGHTS_INDEX)} names a shard outside the folder ({outside[:80]!r})"
+                            f": download it again")
         files = [os.path.join(folder, f) for f in sorted(set(weight_map.values()))]
     if all(os.path.isfile(f) for f in files):
         st, tensors = _safetensors(), {}

@@ -685,6 +685,10 @@ def merges(change):
     (lambda f: [(f / "model.safetensors").unlink(),
                 (f / "model.safetensors.index.json").write_text('{"weight_map": {"a": 5}}')],
      "model.safetensors.index.json has no weight_map"),
+    # a shard named outside the folder (a stranger's index): not read from elsewhere on the machine
+    (lambda f: [as_shards(f), edit_json(f / "model.safetensors.index.json", lambda i: i["weight_map"].update(
+        {n: "../model-00002-of-00002.safetensors" for n, s in i["weight_map"].items() if s.startswith("model-00002")}
+    ))], "model.safetensors.index.json names a shard outside the folder ('../model-00002-of-00002.safetensors')"),
     (lambda f: [as_shards(f), (f / "model-00002-of-00002.safetensors").unlink()],
      "has no weights (model-00002-of-00002.safetensors, or pytorch_model.bin)"),
     (lambda f: [as_bin(f), (f / "pytorch_model.bin").write_bytes(b"PK\x03\x04 cut short")],
@@ -756,7 +760,7 @@ def merges(change):
 ], ids=["no-config", "bad-json", "bert", "bert-architectures-string", "bert-architectures-number", "relu",
         "gelu-exact", "no-weights", "corrupt-weights", "shape", "huge", "huge-layers", "layers", "vocab",
         "vocab-one-short", "no-tokenizer", "prefix-space", "prefix-space-config", "prefix-space-vocab", "index-list",
-        "index-map", "shard-missing", "bin-corrupt", "bin-no-dict", "sentencepiece", "not-byte-level",
+        "index-map", "shard-outside", "shard-missing", "bin-corrupt", "bin-no-dict", "sentencepiece", "not-byte-level",
         "unknown-special", "special-id", "special-missing", "id-gap", "merge-order", "merge-missing",
         "merges-malformed", "own-block", "own-not-object", "own-dropout", "own-lr", "own-fine-tune",
         "config-not-object", "config-refused", "config-text-layers", "config-text-eps", "llama-key-missing",
