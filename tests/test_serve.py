@@ -3565,3 +3565,62 @@ def test_the_chat_page_is_as_tall_as_a_phones_visible_screen(enc, browser):
             assert box(browser, "body")["height"] == 667
     finally:
         api.close()
+
+
+# -----------------------------------------------------------------------------
+# the chat page for a keyboard and a screen reader
+
+
+@contextlib.contextmanager
+def narrow(browser, width=320):
+    """The browser as a desktop's window zoomed to 400%: 320 px wide, as WCAG's reflow asks, so the page is laid out as
+    on a phone but worked by a keyboard (no touchscreen). The page is to be loaded inside."""
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                            {"width": width, "height": 600, "deviceScaleFactor": 1, "mobile": False})
+    try:
+        yield
+    finally:
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def tab(browser, times, back=False):
+    """The ids of the elements that Tab (Shift+Tab if back) focuses, pressed times times; "" out of the page."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    ids = []
+    for _ in range(times):
+        keys = ActionChains(browser)
+        if back:
+            keys.key_down(Keys.SHIFT).send_keys(Keys.TAB).key_up(Keys.SHIFT).perform()
+        else:
+            keys.send_keys(Keys.TAB).perform()
+        ids.append(browser.execute_script("return document.activeElement.id"))
+    return ids
+
+
+@needs_chromium
+def test_a_keyboard_reaches_the_chat_pages_folded_settings_right_after_their_button(enc, browser):
+    """In a narrow window (a phone's, or a desktop's zoomed to 400%) the settings fold behind a button. Tab from it went
+    to Clear and the message box, past the fields it had just shown, which came before it in the page: they follow it
+    now, and it names them (aria-controls) to a screen reader, as it says whether they are open (aria-expanded)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    api = start(la_model(enc), enc, name="la")
+    try:
+        with narrow(browser):
+            open_page(browser, api)
+            settings = browser.find_element(By.ID, "settings")
+            fields = browser.find_element(By.ID, settings.get_attribute("aria-controls"))
+            assert [f.get_attribute("id") for f in fields.find_elements(By.TAG_NAME, "input")] == [
+                "system", "temperature", "top_p", "max_tokens"]
+            assert browser.execute_script("return document.activeElement.id") == "input"  # (autofocus)
+            assert tab(browser, 3, back=True) == ["clear", "settings", ""]  # the folded fields are skipped
+            settings.send_keys(Keys.ENTER)
+            assert settings.get_attribute("aria-expanded") == "true" and fields.is_displayed()
+            assert tab(browser, 7) == ["system", "temperature", "top_p", "max_tokens", "clear", "input", "send"]
+            settings.send_keys(Keys.SPACE)
+            assert settings.get_attribute("aria-expanded") == "false" and not fields.is_displayed()
+    finally:
+        api.close()
