@@ -3624,3 +3624,26 @@ def test_a_keyboard_reaches_the_chat_pages_folded_settings_right_after_their_but
             assert settings.get_attribute("aria-expanded") == "false" and not fields.is_displayed()
     finally:
         api.close()
+
+
+@needs_chromium
+def test_a_screen_reader_hears_a_name_for_each_of_the_chat_pages_controls(enc, browser):
+    """The message box had no name but its placeholder, a hint that goes as the box is typed in (and is "Message" alone
+    on a phone): it is named Message, its hint kept as the placeholder. The settings' fields are named by their labels,
+    the buttons by their words. The page says its language, so a screen reader reads it in an English voice, and its
+    title, which names the tab."""
+    from selenium.webdriver.common.by import By
+
+    api = start(la_model(enc), enc, name="la")
+    try:
+        with narrow(browser):  # (where the Settings button shows)
+            open_page(browser, api)
+            browser.find_element(By.ID, "settings").click()  # (a folded field has no name: it is hidden)
+            names = {"input": "Message", "send": "Send", "settings": "Settings", "clear": "Clear", "system": "System",
+                     "temperature": "Temperature", "top_p": "Top-p", "max_tokens": "Max tokens"}
+            assert {id: browser.find_element(By.ID, id).accessible_name for id in names} == names
+            assert "Shift+Enter" in browser.find_element(By.ID, "input").get_attribute("placeholder")
+            assert browser.find_element(By.TAG_NAME, "html").get_attribute("lang") == "en"
+            assert browser.title == "Chat"
+    finally:
+        api.close()
