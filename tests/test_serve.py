@@ -3647,3 +3647,38 @@ def test_a_screen_reader_hears_a_name_for_each_of_the_chat_pages_controls(enc, b
             assert browser.title == "Chat"
     finally:
         api.close()
+
+
+@needs_chromium
+def test_a_screen_reader_hears_each_chat_reply_once_whole_and_an_error_at_once(enc, browser):
+    """The conversation was a live region, so a screen reader re-read the reply from its start at each token. It is no
+    live region now: a polite one apart says the reply once it is whole, with its note; an error is an alert."""
+    from selenium.webdriver.common.by import By
+
+    api = start(la_model(enc, delay=0.05), enc, name="la")  # a reply streams for half a second
+    live = "[aria-live]:not([aria-live=off]), [role=log], [role=status], [role=alert], [role=marquee], [role=timer]"
+    try:
+        wait = open_page(browser, api)
+        said = browser.find_element(By.ID, "said")
+        assert said.get_attribute("aria-live") == "polite" and not said.text
+        browser.execute_script("""
+            window.said = [];
+            const said = document.getElementById('said');
+            new MutationObserver(() => window.said.push(said.textContent))
+                .observe(said, {subtree: true, childList: true, characterData: true});""")
+        browser.find_element(By.ID, "max_tokens").send_keys("12")
+        browser.find_element(By.ID, "input").send_keys("hello\n")
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, ".msg.assistant .note"))
+        assert browser.execute_script("return document.querySelector('.msg.assistant').closest(arguments[0])",
+                                      live) is None
+        spoken = [s for s in browser.execute_script("return window.said") if s]
+        assert len(spoken) == 1 and spoken[0] == " ".join(["la"] * 12) + "\n(cut at max tokens)", spoken
+        field = browser.find_element(By.ID, "max_tokens")
+        field.clear()
+        field.send_keys("64")  # the whole context: no room for the conversation, which is refused
+        browser.find_element(By.ID, "input").send_keys("again\n")
+        error = wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, ".msg.error"))[0]
+        assert error.get_attribute("role") == "alert" and error.text.startswith("Error: this model's context holds 64")
+        assert [s for s in browser.execute_script("return window.said") if s] == spoken  # (the alert says it)
+    finally:
+        api.close()
