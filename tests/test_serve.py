@@ -3682,3 +3682,37 @@ def test_a_screen_reader_hears_each_chat_reply_once_whole_and_an_error_at_once(e
         assert [s for s in browser.execute_script("return window.said") if s] == spoken  # (the alert says it)
     finally:
         api.close()
+
+
+@needs_chromium
+def test_after_the_chat_pages_send_button_the_focus_is_in_the_message_box(enc, browser):
+    """A click on Send, or Enter on it from the keyboard, left the focus on the button, which reads Stop while the reply
+    streams: the next Enter stopped the reply, and the next message was to be typed after a click or Shift+Tab. The
+    focus goes back to the message box, as after Stop and Clear."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    api = start(la_model(enc, delay=0.05), enc, name="la")
+    focused = "return document.activeElement.id"
+    idle = lambda b: b.find_element(By.TAG_NAME, "body").get_attribute("data-busy") == "false"  # noqa: E731
+    try:
+        wait = open_page(browser, api)
+        browser.find_element(By.ID, "input").send_keys("hello")
+        browser.find_element(By.ID, "send").click()
+        assert browser.execute_script(focused) == "input"
+        wait.until(lambda b: idle(b) and b.find_elements(By.CSS_SELECTOR, ".msg.assistant .note"))
+        assert browser.execute_script(focused) == "input"
+        browser.find_element(By.ID, "input").send_keys("again")
+        assert tab(browser, 1) == ["send"]
+        ActionChains(browser).send_keys(Keys.ENTER).perform()
+        assert browser.execute_script(focused) == "input"
+        wait.until(lambda b: b.find_element(By.CSS_SELECTOR, ".msg.assistant:last-child .text").text)
+        browser.find_element(By.ID, "send").click()  # Stop
+        wait.until(idle)
+        assert browser.find_element(By.CSS_SELECTOR, ".msg.assistant:last-child .note").text == "(stopped)"
+        assert browser.execute_script(focused) == "input"
+        browser.find_element(By.ID, "clear").click()
+        assert browser.execute_script(focused) == "input"
+    finally:
+        api.close()
