@@ -3716,3 +3716,72 @@ def test_after_the_chat_pages_send_button_the_focus_is_in_the_message_box(enc, b
         assert browser.execute_script(focused) == "input"
     finally:
         api.close()
+
+
+CONTRAST = """
+    // WCAG's contrast of two colours, from their relative luminance
+    const rgb = (c) => c.match(/[\\d.]+/g).map(Number);
+    const lum = (c) => rgb(c).slice(0, 3).map((v) => (v /= 255) <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4)
+        .reduce((sum, v, i) => sum + v * [0.2126, 0.7152, 0.0722][i], 0);
+    const ratio = (a, b) => { const [x, y] = [lum(a), lum(b)].sort((p, q) => q - p); return (x + 0.05) / (y + 0.05); };
+    // the colour behind an element: its own, or the nearest of its ancestors' not transparent (the page's is white)
+    const behind = (el) => {
+        for (; el; el = el.parentElement) {
+            const c = getComputedStyle(el).backgroundColor;
+            if (rgb(c)[3] !== 0) return c;
+        }
+        return "rgb(255, 255, 255)";
+    };
+    const out = [];
+    const seen = (el) => el.getClientRects().length && getComputedStyle(el).visibility === "visible";
+    // every text shown, the "…" of a reply not yet begun, the placeholders: 4.5:1 (AA); the fields' edges: 3:1
+    const walk = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+    while (walk.nextNode()) {
+        const el = walk.currentNode.parentElement;
+        if (walk.currentNode.textContent.trim() && el.tagName !== "SCRIPT" && seen(el))
+            out.push(["text", el.id || el.className || el.tagName, ratio(getComputedStyle(el).color, behind(el)), 4.5]);
+    }
+    for (const el of document.querySelectorAll(".text:empty"))
+        out.push(["…", el.className, ratio(getComputedStyle(el, "::after").color, behind(el)), 4.5]);
+    for (const el of document.querySelectorAll("input, textarea")) {
+        if (!seen(el)) continue;
+        const p = getComputedStyle(el, "::placeholder");
+        out.push(["placeholder", el.id, ratio(p.color, behind(el)) * p.opacity, 4.5]);
+        out.push(["edge", el.id, ratio(getComputedStyle(el).borderTopColor, behind(el.parentElement)), 3]);
+    }
+    return out;"""
+
+
+@needs_chromium
+def test_the_chat_pages_words_and_fields_stand_out_from_their_background(enc, browser):
+    """WCAG AA's contrast, from the colours the page's style gives: 4.5:1 for its words (the labels, the notes, the
+    "…" of a reply not yet begun, a placeholder), 3:1 for the edge that shows where a field is. The message box's was
+    #d2d2d7 on white, 1.5:1: it is the labels' grey. The same in a window as narrow as a phone's, and under a dark
+    desktop theme, which the page does not follow (its colours are its own, never the browser's dark ones)."""
+    from selenium.webdriver.common.by import By
+
+    api = start(la_model(enc), enc, name="la")
+    try:
+        for scheme in ("light", "dark"):
+            browser.execute_cdp_cmd("Emulation.setEmulatedMedia",
+                                    {"features": [{"name": "prefers-color-scheme", "value": scheme}]})
+            for window in (contextlib.nullcontext, narrow):
+                with window(browser):
+                    wait = open_page(browser, api)
+                    if window is narrow:
+                        browser.find_element(By.ID, "settings").click()
+                    browser.find_element(By.ID, "max_tokens").send_keys("3")
+                    browser.find_element(By.ID, "input").send_keys("hello\n")
+                    wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, ".msg.assistant .note"))
+                    browser.find_element(By.ID, "max_tokens").clear()
+                    browser.find_element(By.ID, "max_tokens").send_keys("64")  # the whole context: an error
+                    browser.find_element(By.ID, "input").send_keys("again\n")
+                    wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, ".msg.error"))
+                    browser.execute_script("bubble('assistant', '')")  # (as a reply waits for its first word)
+                    measured = browser.execute_script(CONTRAST)
+                    assert {what for what, *_ in measured} == {"text", "…", "placeholder", "edge"}
+                    low = [(what, where, round(ratio, 2)) for what, where, ratio, least in measured if ratio < least]
+                    assert not low, (scheme, window.__name__, low)
+    finally:
+        browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
+        api.close()
