@@ -3756,8 +3756,9 @@ CONTRAST = """
 def test_the_chat_pages_words_and_fields_stand_out_from_their_background(enc, browser):
     """WCAG AA's contrast, from the colours the page's style gives: 4.5:1 for its words (the labels, the notes, the
     "…" of a reply not yet begun, a placeholder), 3:1 for the edge that shows where a field is. The message box's was
-    #d2d2d7 on white, 1.5:1: it is the labels' grey. The same in a window as narrow as a phone's, and under a dark
-    desktop theme, which the page does not follow (its colours are its own, never the browser's dark ones)."""
+    #d2d2d7 on white, 1.5:1: it is the labels' grey, as the placeholders are. The same in a window as narrow as a
+    phone's, and under a dark desktop theme, which the page does not follow (its colours are its own, never the
+    browser's dark ones)."""
     from selenium.webdriver.common.by import By
 
     api = start(la_model(enc), enc, name="la")
@@ -3782,6 +3783,11 @@ def test_the_chat_pages_words_and_fields_stand_out_from_their_background(enc, br
                     assert {what for what, *_ in measured} == {"text", "…", "placeholder", "edge"}
                     low = [(what, where, round(ratio, 2)) for what, where, ratio, least in measured if ratio < least]
                     assert not low, (scheme, window.__name__, low)
+                    # the placeholders' grey is the page's own, not a browser's, which may be lighter (WebKit's)
+                    colour = "return getComputedStyle(document.querySelector(arguments[0]), arguments[1]).color"
+                    for css in ("#input", "#temperature"):
+                        assert browser.execute_script(colour, css, "::placeholder") == browser.execute_script(
+                            colour, "label", None)
     finally:
         browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
         api.close()
