@@ -3791,3 +3791,25 @@ def test_the_chat_pages_words_and_fields_stand_out_from_their_background(enc, br
     finally:
         browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
         api.close()
+
+
+@needs_chromium
+def test_a_keyboard_reaches_each_of_the_chat_pages_controls_in_the_order_they_show_and_sees_it_focused(enc, browser):
+    """Tab goes through the settings' fields, Clear, the message box and Send, as they read, left to right and down,
+    and on out of the page: the message box keeps no Tab to itself (no trap). Each shows its focus by an outline.
+    Nothing moves of itself (no animation, no smooth scrolling) for prefers-reduced-motion to stop."""
+    api = start(la_model(enc), enc, name="la")
+    outline = "const s = getComputedStyle(document.activeElement); return [s.outlineStyle, parseFloat(s.outlineWidth)]"
+    moving = """return [...document.querySelectorAll('*')].filter((el) => { const s = getComputedStyle(el);
+        return s.animationName !== 'none' || parseFloat(s.transitionDuration) || s.scrollBehavior === 'smooth'; })
+        .map((el) => el.id || el.tagName)"""
+    try:
+        open_page(browser, api)
+        assert tab(browser, 6, back=True) == ["clear", "max_tokens", "top_p", "temperature", "system", ""]
+        for id in ("system", "temperature", "top_p", "max_tokens", "clear", "input", "send"):
+            assert tab(browser, 1) == [id]
+            style, width = browser.execute_script(outline)
+            assert style != "none" and width >= 1, (id, style, width)
+        assert browser.execute_script(moving) == [] and browser.execute_script("return document.getAnimations()") == []
+    finally:
+        api.close()
