@@ -3813,3 +3813,39 @@ def test_a_keyboard_reaches_each_of_the_chat_pages_controls_in_the_order_they_sh
         assert browser.execute_script(moving) == [] and browser.execute_script("return document.getAnimations()") == []
     finally:
         api.close()
+
+
+def heard(browser, role):
+    """The texts a screen reader reads, in order, inside the first element of this ARIA role (Chromium's tree)."""
+    nodes = {n["nodeId"]: n for n in browser.execute_cdp_cmd("Accessibility.getFullAXTree", {})["nodes"]}
+    out = []
+
+    def walk(node, inside):
+        inside = inside or node.get("role", {}).get("value") == role
+        if inside and not node.get("ignored") and node["role"]["value"] == "StaticText":
+            out.append(node["name"]["value"].strip())
+        for child in node.get("childIds", []):
+            walk(nodes[child], inside)
+        return inside
+
+    walk(next(iter(nodes.values())), False)
+    return out
+
+
+@needs_chromium
+def test_a_screen_reader_hears_who_said_each_of_the_chat_pages_messages(enc, browser):
+    """Who said a message was shown by its side and colour alone: a screen reader read the conversation as one voice.
+    Each message is heard after "You:" or "Model:", words that take no room on the screen."""
+    from selenium.webdriver.common.by import By
+
+    api = start(la_model(enc), enc, name="la")
+    try:
+        wait = open_page(browser, api)
+        browser.find_element(By.ID, "max_tokens").send_keys("3")
+        browser.find_element(By.ID, "input").send_keys("hello\n")
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, ".msg.assistant .note"))
+        assert heard(browser, "main") == ["You:", "hello", "Model:", "la la la", "(cut at max tokens)"]
+        assert browser.find_element(By.CSS_SELECTOR, ".msg.user").text == "hello"
+        assert box(browser, ".msg.user .text")["left"] == box(browser, ".msg.user")["left"] + 12  # (its padding)
+    finally:
+        api.close()
