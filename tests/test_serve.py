@@ -2979,7 +2979,7 @@ def test_chat_page_streams_a_reply_in_chromium(enc, browser):
 def test_the_chat_page_says_how_many_requests_are_ahead_of_a_reply_waiting_its_turn(enc, browser, words):
     """A student's reply waiting behind others' showed "..." alone: the page shows the server's count of the requests
     ahead, until the reply's words come, or its turn does: a reply of no words (its <|im_end|> at once) kept "waiting,
-    1 ahead" for good, of a request served."""
+    1 ahead" for good, of a request served. A screen reader hears the first count, where it waited in silence."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -3003,10 +3003,14 @@ def test_the_chat_page_says_how_many_requests_are_ahead_of_a_reply_waiting_its_t
             browser.find_element(By.ID, "input").send_keys("hello")
             browser.find_element(By.ID, "send").click()
             wait.until(lambda b: b.execute_script(after) == '"… waiting, 1 ahead"')
+            assert browser.find_element(By.ID, "said").get_attribute("textContent") == "waiting, 1 ahead"
             gate.set()
             wait.until(lambda b: b.find_element(By.TAG_NAME, "body").get_attribute("data-busy") == "false")
             assert other.result()
         assert browser.find_element(By.CSS_SELECTOR, ".msg.assistant .text").text.split() == ["la"] * words
+        # a screen reader heard the count, then the reply
+        assert browser.find_element(By.ID, "said").get_attribute("textContent").split() == (
+            ["la"] * words + ["(cut", "at", "max", "tokens)"] if words else ["(an", "empty", "reply)"])
         # the words in its place, or the "…" of a reply with none
         assert browser.execute_script(after) == ("none" if words else '"…"')
     finally:
