@@ -3576,11 +3576,11 @@ def test_the_chat_page_is_as_tall_as_a_phones_visible_screen(enc, browser):
 
 
 @contextlib.contextmanager
-def narrow(browser, width=320):
+def narrow(browser, height=600):
     """The browser as a desktop's window zoomed to 400%: 320 px wide, as WCAG's reflow asks, so the page is laid out as
     on a phone but worked by a keyboard (no touchscreen). The page is to be loaded inside."""
     browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
-                            {"width": width, "height": 600, "deviceScaleFactor": 1, "mobile": False})
+                            {"width": 320, "height": height, "deviceScaleFactor": 1, "mobile": False})
     try:
         yield
     finally:
@@ -3620,10 +3620,11 @@ def test_a_keyboard_reaches_the_chat_pages_folded_settings_right_after_their_but
             assert [f.get_attribute("id") for f in fields.find_elements(By.TAG_NAME, "input")] == [
                 "system", "temperature", "top_p", "max_tokens"]
             assert browser.execute_script("return document.activeElement.id") == "input"  # (autofocus)
-            assert tab(browser, 3, back=True) == ["clear", "settings", ""]  # the folded fields are skipped
+            assert tab(browser, 4, back=True) == ["messages", "clear", "settings", ""]  # the folded fields skipped
             settings.send_keys(Keys.ENTER)
             assert settings.get_attribute("aria-expanded") == "true" and fields.is_displayed()
-            assert tab(browser, 7) == ["system", "temperature", "top_p", "max_tokens", "clear", "input", "send"]
+            assert tab(browser, 8) == [
+                "system", "temperature", "top_p", "max_tokens", "clear", "messages", "input", "send"]
             settings.send_keys(Keys.SPACE)
             assert settings.get_attribute("aria-expanded") == "false" and not fields.is_displayed()
     finally:
@@ -3809,8 +3810,8 @@ def test_a_keyboard_reaches_each_of_the_chat_pages_controls_in_the_order_they_sh
         .map((el) => el.id || el.tagName)"""
     try:
         open_page(browser, api)
-        assert tab(browser, 6, back=True) == ["clear", "max_tokens", "top_p", "temperature", "system", ""]
-        for id in ("system", "temperature", "top_p", "max_tokens", "clear", "input", "send"):
+        assert tab(browser, 7, back=True) == ["messages", "clear", "max_tokens", "top_p", "temperature", "system", ""]
+        for id in ("system", "temperature", "top_p", "max_tokens", "clear", "messages", "input", "send"):
             assert tab(browser, 1) == [id]
             style, width = browser.execute_script(outline)
             assert style != "none" and width >= 1, (id, style, width)
@@ -3851,5 +3852,30 @@ def test_a_screen_reader_hears_who_said_each_of_the_chat_pages_messages(enc, bro
         assert heard(browser, "main") == ["You:", "hello", "Model:", "la la la", "(cut at max tokens)"]
         assert browser.find_element(By.CSS_SELECTOR, ".msg.user").text == "hello"
         assert box(browser, ".msg.user .text")["left"] == box(browser, ".msg.user")["left"] + 12  # (its padding)
+    finally:
+        api.close()
+
+
+@needs_chromium
+def test_a_keyboard_scrolls_back_through_a_long_chat_conversation(enc, browser):
+    """Nothing in the conversation takes the focus, so in Safari, which gives a scroller none of its own, a keyboard
+    could not scroll back through it (Chromium and Firefox focus a scroller that overflows). It takes the focus
+    (tabindex 0), just before the message box, and the keys scroll it."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    api = start(la_model(enc), enc, name="la")
+    scrolled = "return document.getElementById('messages').scrollTop"
+    try:
+        with narrow(browser, height=350):
+            wait = open_page(browser, api)
+            assert browser.find_element(By.ID, "messages").get_property("tabIndex") == 0
+            browser.find_element(By.ID, "input").send_keys("word " * 30 + "\n")  # more lines than the view holds
+            wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, ".msg.assistant .note"))
+            assert browser.execute_script(scrolled) > 0
+            assert tab(browser, 1, back=True) == ["messages"]
+            ActionChains(browser).send_keys(Keys.HOME).perform()
+            wait.until(lambda b: b.execute_script(scrolled) == 0)  # (Chromium glides there)
     finally:
         api.close()
