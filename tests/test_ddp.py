@@ -7,6 +7,7 @@ starts them, without its process (see ranks).
 """
 import contextlib
 import errno
+import inspect
 import math
 import os
 import shutil
@@ -760,6 +761,8 @@ def test_compiling_ddp_adds_no_profiler_notice_from_every_rank(monkeypatch):
     class Keep(logging.Handler):
         def emit(self, record):
             said.append(record.getMessage())
+    if "Profiler record function" not in inspect.getsource(ctx_manager):
+        pytest.skip(f"torch {torch.__version__} says no such notice")  # (2.6 did not; 2.11 and 2.13 do)
     assert ctx_manager.log.name == train.DYNAMO_CONTEXT_LOG  # (torch moved it: the filter would filter nothing)
     handler = Keep()
     ctx_manager.log.addHandler(handler)
