@@ -3,7 +3,8 @@ Serve a trained model over HTTP: an OpenAI-compatible API and a chat page.
 
     python serve.py                                  # the newest .pt in models/ on http://127.0.0.1:8000
     python serve.py models/chat-demo/dailydialog_best.pt --port 8080
-    python serve.py --host 0.0.0.0                   # reachable from other machines: there is no authentication
+    python serve.py --host 0.0.0.0                   # reachable from other machines: no authentication, unless...
+    SERVE_API_KEY=KEY python serve.py --host 0.0.0.0 # ...an API key is set: then the API answers only those sending it
 
     POST /v1/chat/completions   messages -> the assistant's reply (ChatML, ends at <|im_end|>)
     POST /v1/completions        prompt -> its continuation (ends at <|endoftext|>, or at <|im_end|> as a chat model's
@@ -15,6 +16,10 @@ Serve a trained model over HTTP: an OpenAI-compatible API and a chat page.
                                 SIGTERM or SIGHUP has begun the server's stop (on a connection already open: the
                                 stopping server takes no new ones)
     GET  /                      the chat page (chat.html): streams replies, temperature/top-p/max-token controls
+
+With an API key (SERVE_API_KEY, or --api_key), each request to /v1/... must send it as OpenAI's clients do
+(Authorization: Bearer KEY), else 401 invalid_api_key; / and /health stay open (the chat page asks for the key, and
+sends it with its own requests; a load balancer's probe sends none).
 
 The chat and completion endpoints take OpenAI's common parameters: model (any name is accepted), max_tokens or
 max_completion_tokens, temperature (0-2), top_p, stop (a string or up to 4), seed, stream (server-sent
@@ -50,6 +55,7 @@ import collections
 import contextlib
 import email.errors
 import errno
+import hmac
 import io
 import ipaddress
 import itertools
@@ -100,6 +106,9 @@ REQUEST_WAIT = 60
 # seconds an answer may wait, in all, for its client to take what is written (ReplyWriter): the socket's timeout bounds
 # each write alone, and a client reading a stream's events a little now and then would hold its thread 120 s an event
 WRITE_WAIT = 60
+# the environment variable that holds the API key (--api_key's default): a key on the command line shows in ps to every
+# user of the machine, and stays in the shell's history
+API_KEY_ENV = "SERVE_API_KEY"
 # seconds a connection must have waited for its request (idle, or trickling it) before a new one at --max_connections
 # may take its place (ApiServer.evict): a busy keep-alive client, silent for ms between requests, keeps its own
 EVICT_AFTER = 1
@@ -914,6 +923,9 @@ class Handler(BaseHTTPRequestHandler):
                      f"fewer or shorter headers"}
     ROUTES = {"/": {"GET"}, "/health": {"GET"}, "/v1/models": {"GET"},
               "/v1/chat/completions": {"POST"}, "/v1/completions": {"POST"}, "/v1/responses": {"POST"}}
+    # the routes answered without the API key: the chat page (its requests to the API send the key it asks for) and the
+    # health check, as llama.cpp's and vLLM's, whose probes (a load balancer's, a container's) send no key
+    OPEN = {"/", "/health"}
     # each POST route's kind of Job (job_from_request)
     JOB_KINDS = {"/v1/chat/completions": "chat", "/v1/completions": "text", "/v1/responses": "response"}
 
@@ -1058,8 +1070,9 @@ class Handler(BaseHTTPRequestHandler):
             self.check_host()
             if method != "POST" and ("Content-Length" in self.headers or "Transfer-Encoding" in self.headers):
                 self.read_body()  # a body sent with a GET is read, so the next request starts right
-            if self.check_route(path):
+            if self.check_route(path):  # (a preflight sends no key: the browser adds none to it)
                 return self.preflight(path)
+            self.check_key(path)
             self.check_site()
             if path.startswith("/v1/models/"):
                 name = unquote(path[len("/v1/models/"):])  # clients percent-encode it: "my%20chat"
@@ -1111,6 +1124,24 @@ class Handler(BaseHTTPRequestHandler):
                             f"open http://127.0.0.1:{port}/ or http://localhost:{port}/ (behind a proxy that passes on "
                             f"its own name: --allowed_hosts {host_name(host)[:80]})", code="host_not_allowed")
 
+    def check_key(self, path):
+        """With an API key (--api_key, SERVE_API_KEY), a request for a route not OPEN must send it as OpenAI's clients
+        send their api_key: Authorization: Bearer KEY; else 401 invalid_api_key, as OpenAI answers. Compared in constant
+        time (hmac.compare_digest), so the time an answer takes tells no one how much of a guess was right. Decided by
+        the request's head alone (route, handle_expect_100): a body sent without the key is never read."""
+        key = self.server.api_key
+        if key is None or path in self.OPEN:
+            return
+        sent = self.headers.get("Authorization")
+        scheme, _, given = (sent or "").strip().partition(" ")
+        # (the header's bytes, as the client sent them: the standard library reads a head as Latin-1)
+        if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode("latin-1", "replace"), key):
+            return
+        send = (f"send the key the server was started with ({API_KEY_ENV} or --api_key) in the header "
+                f"Authorization: Bearer KEY (the openai client sends its api_key so; the chat page asks for it)")
+        raise ApiError(401, (f"Incorrect API key provided: {send}" if sent else
+                             f"this server requires an API key: {send}"), code="invalid_api_key")
+
     def check_site(self):
         """A POST a browser sends for a page of another site, which --cors does not allow, is refused (403): any site
         the user visits could otherwise have the server generate for it, as a form or a text/plain fetch needs no
@@ -1150,8 +1181,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def refuse(self, e, path, log=True):
         """Answer the ApiError e, OpenAI's error body, to the request for path; log: with a line in the log."""
+        # (401: the scheme to send the key by, as HTTP asks of every 401, RFC 9110 11.6.1)
         headers = [("Allow", ", ".join(sorted(self.ROUTES.get(path, ["GET"]))))] if e.status == 405 else \
-            [RETRY_AFTER] if e.code == "overloaded" else []
+            [RETRY_AFTER] if e.code == "overloaded" else [("WWW-Authenticate", "Bearer")] if e.status == 401 else []
         if e.code == "server_shutting_down":  # its client is not to send the next request on this connection
             self.close_connection = True
         if self.body is None and (self.headers.get("Content-Length", "0") != "0"
@@ -1183,7 +1215,8 @@ class Handler(BaseHTTPRequestHandler):
             self.check_framing()
             self.check_host()
             if hasattr(self, "do_" + self.command):  # (another method gets the library's 501, as without Expect)
-                self.check_route(path)
+                if not self.check_route(path):
+                    self.check_key(path)
                 self.check_site()
             if "Content-Length" in self.headers and "Transfer-Encoding" not in self.headers:  # (chunked: no size)
                 self.declared_length()
@@ -1482,8 +1515,11 @@ class ApiServer(ThreadingHTTPServer):
 
     def __init__(self, model, enc, name, host="127.0.0.1", port=8000, dtype=torch.float32, temperature=0.8,
                  top_k=200, top_p=None, max_tokens=DEFAULT_MAX_TOKENS, max_queue=64, log=None, cors=(),
-                 repetition_penalty=1.0, allowed_hosts=(), max_connections=256):
+                 repetition_penalty=1.0, allowed_hosts=(), max_connections=256, api_key=None):
         self.model, self.enc, self.name = model, enc, name
+        # the key a request for the API must send (Handler.check_key), as bytes, which compare_digest takes whatever
+        # they hold; None: every request is answered
+        self.api_key = api_key.encode() if api_key else None
         # connections served at once, each by a thread of its own (process_request), and as many turned away past
         # them, each by a short-lived thread too (turn_away)
         self.max_connections, self.slots = max_connections, threading.BoundedSemaphore(max_connections)
@@ -1735,11 +1771,13 @@ class ApiServer(ThreadingHTTPServer):
         0.0.0.0 or ::), not that address, which a browser on another machine cannot open (and Windows' not even here),
         but this machine's addresses on its networks, the ones students type, and 127.0.0.1 for this machine. Off
         loopback, that every machine reaching it may use it: --host 0.0.0.0 copied from a guide, or a network address,
-        said nothing of it."""
+        said nothing of it. With an API key, that it is required (never the key itself: a log is read by others)."""
         host, port = self.server_address[:2]
+        required = "with the API key required" if self.api_key else None
         if self.loopback:
-            return f"on {self.url}: chat page at {self.url}/, API at {self.url}/v1"
-        anyone = "open to every machine that reaches it, with no authentication"
+            return f"on {self.url}{', ' + required if required else ''}: chat page at {self.url}/, API at {self.url}/v1"
+        anyone = "open to every machine that reaches it, " + (
+            required or f"with no authentication (set {API_KEY_ENV} to require a key)")
         if not ipaddress.ip_address(host.partition("%")[0]).is_unspecified:
             return f"on {self.url}, {anyone}: chat page at {self.url}/, API at {self.url}/v1"
         # (:: takes IPv4 clients too, unless the system would not let it: server_bind)
@@ -1862,13 +1900,23 @@ def host_names(s):
     return out
 
 
+def api_key(s):
+    # what a header carries as it is: a space or a character outside ASCII would never match what a client sends
+    if not re.fullmatch(r"[\x21-\x7e]+", s):
+        raise argparse.ArgumentTypeError(
+            f"expected a key of visible ASCII characters, no spaces (an HTTP header carries it), got "
+            f"{'an empty one' if not s else 'one with a space or a character outside ASCII'}; make one with "
+            f"python -c \"import secrets; print(secrets.token_urlsafe())\"")
+    return s
+
+
 def parse_args(argv=None):
     # the docstring, its examples first, as prepare.py's, eval.py's and bench.py's --help give theirs
     p = ArgumentParser("serve.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_checkpoint_argument(p)
     p.add_argument("--host", type=nonempty, default="127.0.0.1",
                    help="address to listen on (default: 127.0.0.1, this machine only; "
-                        "0.0.0.0 for every network, with no authentication)")
+                        f"0.0.0.0 for every network, with no authentication unless {API_KEY_ENV} is set)")
     p.add_argument("--port", type=port, default=8000, help="port, 0-65535 (default: 8000; 0 picks any free one)")
     p.add_argument("--cors", type=origins, default=(), metavar="ORIGINS",
                    help="let web pages of these origins call the API from a browser: comma-separated, e.g. "
@@ -1877,6 +1925,12 @@ def parse_args(argv=None):
                    help="on a loopback --host, answer requests for these names too (comma-separated, or * for any): "
                         "behind a proxy that passes on its own name (default: localhost and loopback addresses only, "
                         "against DNS rebinding)")
+    p.add_argument("--api_key", type=api_key, metavar="KEY",
+                   help=f"require this key of every request to the API, sent as Authorization: Bearer KEY (the openai "
+                        f"client's api_key; the chat page asks for it); / and /health stay open. Prefer the "
+                        f"environment variable {API_KEY_ENV}=KEY: a key on the command line shows in ps to every user "
+                        f"of this machine. Given both, --api_key wins (default: ${API_KEY_ENV}, else none: no "
+                        f"authentication)")
     add_sampling_arguments(p, " when a request gives none", max_temp=MAX_TEMPERATURE)
     p.add_argument("--max_tokens", type=at_least(1), default=DEFAULT_MAX_TOKENS,
                    help=f"new tokens when a request gives no max_tokens (default: {DEFAULT_MAX_TOKENS}; for a chat at "
@@ -1890,7 +1944,13 @@ def parse_args(argv=None):
                         "(default: 256: the full queue, the reply being generated and three times as many idle, with "
                         "room for as many refused under 1,024 descriptors)")
     add_device_arguments(p)
-    return parse_checkpoint(p, p.parse_args(argv))
+    args = p.parse_args(argv)
+    if args.api_key is None and API_KEY_ENV in os.environ:  # (set but empty is an error: a file read that failed)
+        try:
+            args.api_key = api_key(os.environ[API_KEY_ENV])
+        except argparse.ArgumentTypeError as e:
+            p.error(f"{API_KEY_ENV}: {e}")
+    return parse_checkpoint(p, args)
 
 
 def model_name(path):
@@ -1909,7 +1969,7 @@ def main(argv=None):
     name = model_name(path)
     server = ApiServer(model, enc, name, args.host, args.port, dtype, args.temp, args.top_k, args.top_p,
                        args.max_tokens, args.max_queue, cors=args.cors, repetition_penalty=args.repetition_penalty,
-                       allowed_hosts=args.allowed_hosts, max_connections=args.max_connections)
+                       allowed_hosts=args.allowed_hosts, max_connections=args.max_connections, api_key=args.api_key)
     # said once it listens: a --port in use or a bad --host is then its one line, not the second after a warning
     if not args.checkpoint:  # (as gen.py: "serving NAME" names no folder, and models/ may hold several of a name)
         say_newest(path)

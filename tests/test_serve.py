@@ -2455,7 +2455,8 @@ def served(path, *options, prelude=None, env=None):
         m = re.search(r"on http://127\.0\.0\.1:(\d+)", line)
         assert m, line
         conn = http.client.HTTPConnection("127.0.0.1", int(m.group(1)), timeout=60)
-        conn.request("GET", "/v1/models")  # serving: a Ctrl-C before is "interrupted" (130), not a clean stop
+        # serving: a Ctrl-C before is "interrupted" (130), not a clean stop. (/health: /v1/models may need a key)
+        conn.request("GET", "/health")
         assert conn.getresponse().status == 200
         conn.close()
         yield p, int(m.group(1))
@@ -2547,7 +2548,9 @@ def test_a_server_on_every_address_names_the_urls_other_machines_type(ckpt, host
         raise KeyboardInterrupt
     monkeypatch.setattr(serve.ApiServer, "serve_forever", connect_and_ctrl_c)
     code, _, err = run_cli(serve.main, [ckpt, "--host", host, "--port", "0", "--device", "cpu"], capsys)
-    anyone = "open to every machine that reaches it, with no authentication"
+    # (and how to require a key: the start line is where the operator looks)
+    anyone = re.escape("open to every machine that reaches it, with no authentication (set SERVE_API_KEY to require a "
+                       "key)")
     port = re.search(rf" on every address of this machine, port (\d+), {anyone}: ", lines[0]).group(1)
     assert code == 0 and "0.0.0.0" not in lines[0] and "[::]" not in lines[0], (lines, err)
     urls = " or ".join(f"http://{a}:{port}/" for a in serve.network_addresses())
@@ -2574,8 +2577,8 @@ def test_a_server_off_loopback_says_every_machine_reaching_it_may_use_it(enc):
         pytest.skip("no network address here")
     there = start(tiny_model(enc), enc, host=serve.network_addresses()[0])
     try:
-        assert there.where() == f"on {there.url}, open to every machine that reaches it, with no authentication: " \
-                                f"chat page at {there.url}/, API at {there.url}/v1"
+        assert there.where() == f"on {there.url}, open to every machine that reaches it, with no authentication (set " \
+                                f"SERVE_API_KEY to require a key): chat page at {there.url}/, API at {there.url}/v1"
     finally:
         there.close()
 
@@ -3395,6 +3398,139 @@ def test_an_ipv6_host_is_served(enc):
         finally:
             api.close()
 
+
+KEY = "s3cret-Key_1"
+
+
+def test_with_an_api_key_each_route_of_the_api_needs_it_and_the_page_and_health_do_not(enc, monkeypatch):
+    """--host 0.0.0.0 left the API to anyone on the network. With an API key (SERVE_API_KEY) a request to the API must
+    send it as OpenAI's clients do, Authorization: Bearer KEY, else 401 invalid_api_key, as OpenAI answers; the chat
+    page (which asks for the key) and /health (a load balancer's probe) stay open. Without a key, nothing changes."""
+    compared = []
+    compare = serve.hmac.compare_digest
+    monkeypatch.setattr(serve.hmac, "compare_digest", lambda a, b: compared.append((a, b)) or compare(a, b))
+    said = []
+    api = start(tiny_model(enc), enc, api_key=KEY, log=said.append)
+    bodies = {"/v1/chat/completions": {"messages": CHAT, "max_tokens": 2},
+              "/v1/completions": {"prompt": "Hi", "max_tokens": 2},
+              "/v1/responses": {"input": "Hi", "max_output_tokens": 2}}
+    right = {"Authorization": f"Bearer {KEY}"}
+    try:
+        for path, body in [*bodies.items(), ("/v1/models", None), ("/v1/models/tiny", None)]:
+            method = "POST" if body else "GET"
+            data = json.dumps(body) if body else None
+            for sent, words in (({}, "this server requires an API key"),
+                                ({"Authorization": "Bearer unused"}, "Incorrect API key provided"),
+                                ({"Authorization": f"Bearer {KEY}x"}, "Incorrect API key provided"),
+                                ({"Authorization": f"Bearer {KEY[:-1]}"}, "Incorrect API key provided"),
+                                ({"Authorization": KEY}, "Incorrect API key provided"),  # no scheme
+                                ({"Authorization": f"Basic {KEY}"}, "Incorrect API key provided")):
+                status, h, answer = head(api, method, path, sent, data)
+                error = json.loads(answer)["error"]
+                assert status == 401 and error["code"] == "invalid_api_key", (path, sent, answer)
+                assert error["message"].startswith(words) and "Authorization: Bearer KEY" in error["message"], error
+                assert "SERVE_API_KEY" in error["message"] and KEY not in answer.decode(), error  # the fix, not the key
+                assert h["www-authenticate"] == "Bearer", h
+            for sent in (right, {"Authorization": f"bearer  {KEY} "}):  # the scheme in any case, as HTTP has it
+                status, _, answer = head(api, method, path, sent, data)
+                assert status == 200, (path, sent, answer)
+        assert KEY not in "\n".join(said)  # the log has each 401, never the key
+        assert compared and all(isinstance(a, bytes) and b == KEY.encode() for a, b in compared)  # in constant time
+        for path in ("/", "/health"):
+            assert head(api, "GET", path, {})[0] == 200, path
+        # a client waiting for 100 Continue with no key is refused at once, its body never asked for
+        with socket.create_connection(api.server_address[:2], timeout=60) as sock:
+            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\n"
+                         b"Content-Length: 10\r\n\r\n")
+            got = b"".join(iter(lambda: sock.recv(65536), b""))
+        assert got.startswith(b"HTTP/1.1 401 ") and b"invalid_api_key" in got, got
+    finally:
+        api.close()
+    open_api = start(tiny_model(enc), enc)  # no key: any Authorization, or none, is answered as before
+    try:
+        for sent in ({}, {"Authorization": "Bearer unused"}, {"Authorization": "whatever"}):
+            assert head(open_api, "POST", "/v1/completions", sent, json.dumps(bodies["/v1/completions"]))[0] == 200
+    finally:
+        open_api.close()
+
+
+def test_the_openai_client_sends_the_api_key_it_is_given(enc):
+    api = start(tiny_model(enc), enc, api_key=KEY)
+    try:
+        keyed = openai.OpenAI(base_url=api.url + "/v1", api_key=KEY, max_retries=0, timeout=60)
+        assert [m.id for m in keyed.models.list()] == ["tiny"]
+        assert keyed.chat.completions.create(model="tiny", messages=CHAT, max_tokens=2).choices[0].message.content
+        assert "".join(c.choices[0].delta.content or "" for c in keyed.chat.completions.create(
+            model="tiny", messages=CHAT, max_tokens=2, stream=True))
+        assert keyed.responses.create(model="tiny", input="Hi", max_output_tokens=2).status == "incomplete"
+        with pytest.raises(openai.AuthenticationError) as e:  # README's api_key="unused", from before the key
+            client(api).chat.completions.create(model="tiny", messages=CHAT, max_tokens=2)
+        assert "Incorrect API key provided" in str(e.value) and e.value.code == "invalid_api_key"
+    finally:
+        api.close()
+
+
+def test_a_page_that_cors_allows_may_send_the_api_key(enc):
+    """A page of another origin sends Authorization only after a preflight allows that header; the preflight itself
+    carries no key (browsers add none to it), and a 401 names the page's origin, so the page reads why."""
+    page = "http://localhost:3000"
+    api = start(tiny_model(enc), enc, cors=(page,), api_key=KEY)
+    try:
+        status, h, _ = head(api, "OPTIONS", "/v1/chat/completions", {
+            "Origin": page, "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type"})
+        assert status == 204 and "authorization" in h["access-control-allow-headers"].split(", ")
+        body = json.dumps({"prompt": "Hi", "max_tokens": 2})
+        status, h, answer = head(api, "POST", "/v1/completions", {"Origin": page}, body)
+        assert status == 401 and h["access-control-allow-origin"] == page and b"invalid_api_key" in answer
+        status, h, _ = head(api, "POST", "/v1/completions", {"Origin": page, "Authorization": f"Bearer {KEY}"}, body)
+        assert status == 200 and h["access-control-allow-origin"] == page
+    finally:
+        api.close()
+
+
+def test_the_api_key_comes_from_serve_api_key_or_the_command_line_and_the_start_line_says_it_is_required(
+        ckpt, capsys, monkeypatch):
+    """A key on the command line shows in ps to every user of the machine: SERVE_API_KEY holds it instead; given both,
+    --api_key wins, as a command line does over the environment. The start line says a key is required, never the
+    key. A key that no header could carry, or SERVE_API_KEY set empty (a file read that failed), is refused in a line,
+    not a server left open."""
+    monkeypatch.delenv("SERVE_API_KEY", raising=False)
+    assert serve.parse_args([]).api_key is None
+    assert serve.parse_args(["--api_key", KEY]).api_key == KEY
+    monkeypatch.setenv("SERVE_API_KEY", "from-env")
+    assert serve.parse_args([]).api_key == "from-env"
+    assert serve.parse_args(["--api_key", KEY]).api_key == KEY
+    for bad, where in (("", "SERVE_API_KEY: "), ("two words", "SERVE_API_KEY: "), ("clé", "SERVE_API_KEY: ")):
+        monkeypatch.setenv("SERVE_API_KEY", bad)
+        with pytest.raises(SystemExit):
+            serve.parse_args([])
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert where + "expected a key of visible ASCII characters" in err and "secrets.token_urlsafe()" in err, err
+        monkeypatch.delenv("SERVE_API_KEY")
+        with pytest.raises(SystemExit):
+            serve.parse_args(["--api_key", bad])
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert "argument --api_key: expected a key of visible ASCII" in err, err
+    lines = []
+
+    def ctrl_c(self, *args, **kwargs):
+        lines.append(capsys.readouterr().out)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(serve.ApiServer, "serve_forever", ctrl_c)
+    monkeypatch.setenv("SERVE_API_KEY", KEY)
+    for host, said in (("127.0.0.1", ", with the API key required: chat page at "),
+                       ("0.0.0.0", ", open to every machine that reaches it, with the API key required: ")):
+        code, _, err = run_cli(serve.main, [ckpt, "--host", host, "--port", "0", "--device", "cpu"], capsys)
+        assert code == 0 and said in lines[-1] and KEY not in lines[-1] + err, (lines, err)
+    # and the server serve.py starts asks for it
+    with served(ckpt, env={**os.environ, "SERVE_API_KEY": KEY}) as (p, port):
+        for sent, status in (({}, 401), ({"Authorization": f"Bearer {KEY}"}, 200)):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            conn.request("GET", "/v1/models", headers=sent)
+            assert conn.getresponse().status == status, sent
+            conn.close()
+    assert p.returncode == 0, p.err
 
 
 @contextlib.contextmanager
