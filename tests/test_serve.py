@@ -3753,8 +3753,9 @@ def test_a_keyboard_reaches_the_chat_pages_folded_settings_right_after_their_but
             open_page(browser, api)
             settings = browser.find_element(By.ID, "settings")
             fields = browser.find_element(By.ID, settings.get_attribute("aria-controls"))
+            # (the API key's first, hidden: this server has no key)
             assert [f.get_attribute("id") for f in fields.find_elements(By.TAG_NAME, "input")] == [
-                "system", "temperature", "top_p", "max_tokens"]
+                "api_key", "system", "temperature", "top_p", "max_tokens"]
             assert browser.execute_script("return document.activeElement.id") == "input"  # (autofocus)
             assert tab(browser, 4, back=True) == ["messages", "clear", "settings", ""]  # the folded fields skipped
             settings.send_keys(Keys.ENTER)
@@ -4014,4 +4015,57 @@ def test_a_keyboard_scrolls_back_through_a_long_chat_conversation(enc, browser):
             ActionChains(browser).send_keys(Keys.HOME).perform()
             wait.until(lambda b: b.execute_script(scrolled) == 0)  # (Chromium glides there)
     finally:
+        api.close()
+
+
+@needs_chromium
+def test_the_chat_page_asks_for_the_api_key_a_server_needs_and_sends_it(enc, browser):
+    """With SERVE_API_KEY the page's requests were refused (401): it named no model, and had no way to take the key. It
+    shows an API key field, labelled, once the server asks for a key, and moves the focus there; keeps the key for the
+    tab (sessionStorage), and sends it with each request as OpenAI's clients do. A server without a key shows none."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    plain = start(la_model(enc), enc, name="la")
+    try:
+        open_page(browser, plain)
+        assert not browser.find_element(By.ID, "api_key").is_displayed()
+    finally:
+        plain.close()
+    api = start(la_model(enc), enc, name="la", api_key=KEY)
+    try:
+        wait = WebDriverWait(browser, 60)
+        browser.get(api.url + "/")
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, ".msg.error"))
+        field = browser.find_element(By.ID, "api_key")
+        assert field.is_displayed() and field.get_attribute("type") == "password"
+        assert browser.switch_to.active_element == field  # where to type it
+        assert browser.execute_script("return arguments[0].labels[0].textContent.trim()", field) == "API key"
+        alert = browser.find_element(By.CSS_SELECTOR, ".msg.error")
+        assert alert.get_attribute("role") == "alert" and "needs an API key" in alert.text, alert.text
+        field.send_keys("wrong", Keys.ENTER)  # Enter tries it
+        wait.until(lambda b: "Wrong API key" in b.find_element(By.CSS_SELECTOR, ".msg.error").text)
+        assert len(browser.find_elements(By.CSS_SELECTOR, ".msg.error")) == 1  # the one alert, replaced
+        browser.execute_script("arguments[0].value = ''", field)
+        field.send_keys(KEY, Keys.ENTER)
+        wait.until(lambda b: "la" in b.find_element(By.ID, "model").text)
+        assert browser.find_elements(By.CSS_SELECTOR, ".msg.error") == []
+        assert browser.switch_to.active_element == browser.find_element(By.ID, "input")  # on to the message
+        browser.find_element(By.ID, "input").send_keys("hello", Keys.ENTER)
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, ".msg.assistant .note"))
+        assert browser.find_element(By.CSS_SELECTOR, ".msg.assistant .text").text.split()[0] == "la"
+        # kept for the tab: a reload asks nothing, and shows the field, to change the key
+        open_page(browser, api)
+        assert browser.find_element(By.ID, "api_key").is_displayed()
+        assert browser.find_elements(By.CSS_SELECTOR, ".msg.error") == []
+        assert browser.execute_script("return sessionStorage.getItem('api_key')") == KEY
+        # a key changed on the server (restarted with another): the message gets its alert, and the field the focus
+        api.api_key = b"another"
+        browser.find_element(By.ID, "input").send_keys("hello", Keys.ENTER)
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, ".msg.error"))
+        assert "Wrong API key" in browser.find_element(By.CSS_SELECTOR, ".msg.error").text
+        assert browser.switch_to.active_element == browser.find_element(By.ID, "api_key")
+    finally:
+        browser.execute_script("sessionStorage.clear()")  # (a later test's server may get this port, and origin)
         api.close()
