@@ -4041,6 +4041,8 @@ def test_the_chat_page_asks_for_the_api_key_a_server_needs_and_sends_it(enc, bro
         field = browser.find_element(By.ID, "api_key")
         assert field.is_displayed() and field.get_attribute("type") == "password"
         assert browser.switch_to.active_element == field  # where to type it
+        # (on a phone, where the settings fold, they are opened to show it)
+        assert browser.find_element(By.ID, "settings").get_attribute("aria-expanded") == "true"
         assert browser.execute_script("return arguments[0].labels[0].textContent.trim()", field) == "API key"
         alert = browser.find_element(By.CSS_SELECTOR, ".msg.error")
         assert alert.get_attribute("role") == "alert" and "needs an API key" in alert.text, alert.text
