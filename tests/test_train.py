@@ -698,6 +698,34 @@ def test_a_macs_gpu_generator_is_saved_and_restored(monkeypatch):
     train.set_rng_state({"cpu": torch.get_rng_state()})  # a checkpoint from before (or from a CUDA run) still loads
 
 
+def test_a_cuda_runs_generators_are_saved_and_restored(monkeypatch):
+    """On a GPU dropout draws from each device's own generator, which torch.get_rng_state leaves out: dropping them
+    from checkpoints (or their restore) passed every test, which run on a CPU, while a resumed --dropout run on CUDA
+    drew other masks than the run it continued (a hand-made mutation). No GPU here: its generators are stood in for."""
+    gpus = {"states": [torch.tensor([1, 2, 3], dtype=torch.uint8), torch.tensor([4, 5, 6], dtype=torch.uint8)]}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [t.clone() for t in gpus["states"]])
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: gpus.update(states=[t.clone() for t in states]))
+    saved = train.rng_state()
+    drawn = [torch.tensor([9, 9, 9], dtype=torch.uint8)] * 2  # drawn from since
+    gpus["states"] = drawn
+    train.set_rng_state(saved)
+    assert [t.tolist() for t in gpus["states"]] == [[1, 2, 3], [4, 5, 6]]
+    # continued on a machine of another number of GPUs: the generators are left as they are (setting a device that is
+    # not there would be an error), and the CPU's is restored all the same
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    gpus["states"] = drawn
+    cpu = saved["cpu"].clone()
+    torch.rand(3)
+    train.set_rng_state(saved)
+    assert gpus["states"] is drawn and torch.equal(torch.get_rng_state(), cpu)
+    # a CPU run on a machine with a GPU never touched CUDA: its state is not asked for, which would start CUDA up
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    assert "cuda" not in train.rng_state()
+
+
 def test_recomputed_activations_train_the_same_model(env, tmp_path):
     # dropout on: the blocks run again in the backward pass and must draw the same masks
     common = ["--dataset", "mini", "--max_steps", "6", "--dropout", "0.1", "--eval_interval", "0"]
