@@ -2940,6 +2940,28 @@ def test_val_loss_is_the_mean_over_every_counted_target_however_the_windows_are_
         assert loss == pytest.approx(want, rel=1e-5), batch_size
 
 
+def test_ranks_evaluate_shares_of_the_val_windows_that_add_up_to_one_process(env, monkeypatch):
+    """Under torchrun each rank evaluates every world-th of the windows, and their sums are all-reduced: the val loss is
+    one process's, over the same windows, each once. Each rank taking every window from its rank on (rank 0 the whole
+    split alone, the others most of it again) passed every test: the two-rank run's val loss moved by 2e-5, inside
+    its float tolerance (a hand-made mutation)."""
+    meta = train.load_meta(env["data"], "chat")
+    w = train.Windows(meta, "val", 64)
+    torch.manual_seed(0)
+    model = train.GPT(train.make_config("tiny", n_layer=1, n_embd=32, n_head=2, block_size=64,
+                                        vocab_size=meta["vocab_size"]))
+    cpu = torch.device("cpu")
+    one = train.evaluate(model, w, 2, 6, cpu, torch.float32)
+    sums = []  # each rank's (loss sum, targets), as it hands them to the all-reduce
+    monkeypatch.setattr(torch.distributed, "all_reduce", lambda t: sums.append(t.clone()))
+    for rank in (0, 1):
+        train.evaluate(model, w, 2, 6, cpu, torch.float32, dist=types.SimpleNamespace(rank=rank, world=2))
+    loss_sum, targets = sums[0] + sums[1]
+    assert int(targets) == w.count_targets(train.eval_indices(len(w), 6))  # each window once
+    assert sums[0][1] and sums[1][1]  # (both ranks had a share)
+    assert loss_sum.item() / targets.item() == pytest.approx(one, rel=1e-5)
+
+
 def test_evaluation_windows_spread_over_the_split():
     """Not the first windows alone: a val split's first documents are not the split."""
     idx = train.eval_indices(1000, 10)
