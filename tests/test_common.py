@@ -467,14 +467,17 @@ def test_a_command_that_fails_takes_back_the_folders_its_output_check_made(tmp_p
     ("eval", ["--checkpoint", "nope.pt", "--json", "new/r.json"]),
     ("export", ["nope.pt", "new/out"]),
     ("bench", ["--out", "new/b.md", "--device", "nope"]),
-    ("setup_tokenizer", ["train", "--input", "nope.txt", "--vocab_size", "300", "--out", "new/v.tiktoken"])])
+    ("setup_tokenizer", ["train", "--input", "nope.txt", "--vocab_size", "300", "--out", "new/v.tiktoken"]),
+    ("gen", ["nope.pt", "--prompt_file", "prompts.txt", "--output", "new/o.jsonl"])])
 def test_a_failed_main_called_from_python_leaves_no_folder_it_made(script, argv, tmp_path, monkeypatch):
     """A script's main([...]) from a notebook, which no run_main wraps, refused after its output's check had made
     the output's folder: an empty new/ stayed, as if something was written there. The command line took it back."""
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "prompts.txt").write_text("Hi\n")  # (gen.py reads its prompts before it checks --output)
     with pytest.raises(UserError):
         __import__(script).main(argv)
-    assert os.listdir(tmp_path) == [] and not common.made_folders
+    assert os.listdir(tmp_path) == ["prompts.txt"] and not common.made_folders
+
 
 def test_the_file_systems_refusals_end_in_one_line(capsys):
     def full():
