@@ -4071,3 +4071,29 @@ def test_the_chat_page_asks_for_the_api_key_a_server_needs_and_sends_it(enc, bro
     finally:
         browser.execute_script("sessionStorage.clear()")  # (a later test's server may get this port, and origin)
         api.close()
+
+
+@needs_chromium
+def test_a_key_typed_with_a_character_no_header_carries_is_told_wrong(enc, browser):
+    """A key typed in another keyboard layout (Cyrillic, Greek: past U+00FF) made fetch refuse the request itself: the
+    page said nothing of the key, and a message got "Failed to execute 'fetch' on 'Window': ... non ISO-8859-1 code
+    point". serve.py's keys are visible ASCII: such a key is wrong, and the page says so as of any wrong key."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    api = start(la_model(enc), enc, name="la", api_key=KEY)
+    try:
+        wait = WebDriverWait(browser, 60)
+        browser.get(api.url + "/")
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, ".msg.error"))
+        assert browser.execute_script("return auth()") == {}  # no key yet: no Authorization (not "Bearer null")
+        browser.find_element(By.ID, "api_key").send_keys("ключ", Keys.ENTER)
+        wait.until(lambda b: "Wrong API key" in b.find_element(By.CSS_SELECTOR, ".msg.error").text)
+        browser.find_element(By.ID, "input").send_keys("hello", Keys.ENTER)
+        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, ".msg.error")) == 2)
+        assert [e.text for e in browser.find_elements(By.CSS_SELECTOR, ".msg.error")] == \
+            ["Error: Wrong API key: enter the one this server was started with in the API key field"] * 2
+    finally:
+        browser.execute_script("sessionStorage.clear()")  # (a later test's server may get this port, and origin)
+        api.close()
