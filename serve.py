@@ -1904,10 +1904,21 @@ def api_key(s):
     # what a header carries as it is: a space or a character outside ASCII would never match what a client sends
     if not re.fullmatch(r"[\x21-\x7e]+", s):
         raise argparse.ArgumentTypeError(
-            f"expected a key of visible ASCII characters, no spaces (an HTTP header carries it), got "
-            f"{'an empty one' if not s else 'one with a space or a character outside ASCII'}; make one with "
-            f"python -c \"import secrets; print(secrets.token_urlsafe())\"")
+            f"expected a key of visible ASCII characters, no spaces (an HTTP header carries it), got {key_fault(s)}; "
+            f"make one with python -c \"import secrets; print(secrets.token_urlsafe())\"")
     return s
+
+
+def key_fault(s):
+    """What is wrong with s, a key api_key refuses, in words: named, not shown (the rest of it is a secret). A key read
+    from a file (a Kubernetes secret made --from-file, a Python read()) ends in its line break, which no one sees."""
+    if not s:
+        return "an empty one"
+    if s.rstrip("\r\n") != s and re.fullmatch(r"[\x21-\x7e]+", s.rstrip("\r\n")):
+        return "one ending in a line break (a file's, read with the key: strip it)"
+    c = re.search(r"[^\x21-\x7e]", s).group()
+    return "one with " + {" ": "a space", "\t": "a tab", "\n": "a line break", "\r": "a line break"}.get(
+        c, "a character outside ASCII" if ord(c) > 127 else "a control character")
 
 
 def parse_args(argv=None):

@@ -3512,6 +3512,18 @@ def test_the_api_key_comes_from_serve_api_key_or_the_command_line_and_the_start_
             serve.parse_args(["--api_key", bad])
         err = capsys.readouterr().err.strip().splitlines()[-1]
         assert "argument --api_key: expected a key of visible ASCII" in err, err
+    # what is wrong is named, the key not shown: a file's line break, read with the key (a Kubernetes secret, a
+    # Python read()), is unseen, and "a space or a character outside ASCII" named neither
+    for bad, said in (("", "an empty one"), ("zq 9", "one with a space"), ("zqé", "one with a character outside "
+                      "ASCII"), ("zq9\n", "one ending in a line break (a file's, read with the key: strip it)"),
+                      ("zq\t9", "one with a tab"), ("zq\n9", "one with a line break"),
+                      ("zq\x7f9", "one with a control character")):
+        monkeypatch.setenv("SERVE_API_KEY", bad)
+        with pytest.raises(SystemExit):
+            serve.parse_args([])
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert f"(an HTTP header carries it), got {said}; make one with" in err and "zq" not in err, err
+    monkeypatch.delenv("SERVE_API_KEY")
     lines = []
 
     def ctrl_c(self, *args, **kwargs):
