@@ -4037,6 +4037,7 @@ def test_the_chat_page_asks_for_the_api_key_a_server_needs_and_sends_it(enc, bro
     tab (sessionStorage), and sends it with each request as OpenAI's clients do. A server without a key shows none."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
     plain = start(la_model(enc), enc, name="la")
@@ -4047,7 +4048,8 @@ def test_the_chat_page_asks_for_the_api_key_a_server_needs_and_sends_it(enc, bro
         plain.close()
     api = start(la_model(enc), enc, name="la", api_key=KEY)
     try:
-        wait = WebDriverWait(browser, 60)
+        # (the page replaces its alert as an answer comes: one found may be gone by the time its text is read)
+        wait = WebDriverWait(browser, 60, ignored_exceptions=(StaleElementReferenceException,))
         browser.get(api.url + "/")
         wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, ".msg.error"))
         field = browser.find_element(By.ID, "api_key")
@@ -4092,11 +4094,13 @@ def test_a_key_typed_with_a_character_no_header_carries_is_told_wrong(enc, brows
     point". serve.py's keys are visible ASCII: such a key is wrong, and the page says so as of any wrong key."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
     api = start(la_model(enc), enc, name="la", api_key=KEY)
     try:
-        wait = WebDriverWait(browser, 60)
+        # (the page replaces its alert as an answer comes: one found may be gone by the time its text is read)
+        wait = WebDriverWait(browser, 60, ignored_exceptions=(StaleElementReferenceException,))
         browser.get(api.url + "/")
         wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, ".msg.error"))
         assert browser.execute_script("return auth()") == {}  # no key yet: no Authorization (not "Bearer null")
