@@ -1307,6 +1307,23 @@ def test_overwrite_replaces_the_earlier_run_at_the_new_ones_first_file(env, tmp_
     assert [r["step"] for r in read_metrics(str(tmp_path / "mini_metrics.jsonl"))] == [1]  # the new run's
 
 
+def test_overwrite_keeps_the_earlier_run_when_the_new_ones_first_save_fails(env, tmp_path, monkeypatch):
+    """The earlier run's files go once the new run's first file is written, not as its writing begins: a first save
+    that fails (a full disk; Ctrl-C mid-write) leaves the earlier run whole, not neither run (hand-made mutation:
+    removing them before the save passed every test)."""
+    train.train(args_for(env, tmp_path, "--dataset", "mini", "--max_steps", "2"))
+    before = {f: (tmp_path / f).read_bytes() for f in os.listdir(tmp_path)}
+
+    def disk_full(obj, f):  # what torch's zip writer raises when the disk fills up
+        with open(f, "wb") as out:
+            out.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 982272 vs 982160")
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(UserError, match="could not write .*mini_.*free some space"):
+        train.train(args_for(env, tmp_path, "--dataset", "mini", "--max_steps", "3", "--seed", "7", "--overwrite"))
+    assert {f: (tmp_path / f).read_bytes() for f in os.listdir(tmp_path)} == before
+
+
 def test_overwrite_keeps_the_checkpoint_the_run_starts_from(env, tmp_path):
     """--reset_epoch --overwrite replaces the run's files (its epochs are numbered from 1 again), but not the one given
     with --checkpoint: it is the user's source, not a leftover."""
