@@ -927,6 +927,14 @@ def test_a_checkpoint_edited_into_other_weights_or_ids_is_refused(tmp_path, caps
         torch.save(edited, str(tmp_path / f"{what}.pt"))
         line = one_error_line(*cli([str(tmp_path / f"{what}.pt"), "--prompt", "the"] + CPU, capsys)[::2])
         assert words in line and line.endswith("use another checkpoint (its _best.pt or an earlier one)"), (what, line)
+    # a vocabulary of another size than the model's ids (GPT-2's named in a model of a custom one: it passes the hash
+    # check, GPT-2's being named, not stored): ids past the embedding would be an IndexError at the first such token
+    edited = torch.load(good, weights_only=True)
+    edited["tokenizer"] = {"name": "gpt2", "bpe": None}
+    torch.save(edited, str(tmp_path / "ids.pt"))
+    assert one_error_line(*cli([str(tmp_path / "ids.pt"), "--prompt", "the"] + CPU, capsys)[::2]) == (
+        f"error: {tmp_path / 'ids.pt'}: the model has {custom.n_vocab} token ids but its tokenizer 50259: a damaged or "
+        f"edited checkpoint; use another one")
 
 
 def test_weights_that_overflow_as_the_model_runs_are_one_line(enc, tmp_path, capsys, monkeypatch):
