@@ -104,6 +104,9 @@ def test_parse_chat_inverts_render_chat(gpt2, custom):
         assert parse_chat(enc, [eot, eot] + ids + [eot] + ids[:-4]) == messages + messages[:-1]
         # a turn cut short before another begins is skipped too, not run into the next one
         assert parse_chat(enc, ids[:-4] + ids) == messages[:-1] + messages
+        # a turn whose first line names no role of render_chat's (ids not made by it) is no message
+        odd = [enc.encode_single_token(IM_START)] + enc.encode_ordinary("tool\n42") + [enc.encode_single_token(IM_END)]
+        assert parse_chat(enc, odd + ids) == messages
 
 
 def test_stream_decoder_waits_for_complete_characters(gpt2):
