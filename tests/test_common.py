@@ -754,7 +754,7 @@ def test_a_reader_gone_on_windows_ends_quietly_too(monkeypatch, capsys):
         run_main(bug)
 
 
-def test_a_save_removes_what_killed_saves_left_and_nothing_else(tmp_path):
+def test_a_save_removes_what_killed_saves_left_and_nothing_else(tmp_path, monkeypatch):
     """A process SIGKILLed mid-save (torchrun kills ranks 30 s after Ctrl-C) leaves its x.pt.<pid>.tmp; the next save
     into that folder removes such files, but not a live process's write in progress, a recent one, or other files."""
     path = str(tmp_path / "x.pt")
@@ -762,6 +762,9 @@ def test_a_save_removes_what_killed_saves_left_and_nothing_else(tmp_path):
     dead.wait()  # a pid that no process has now
     stale = [f"{path}.{dead.pid}.tmp", str(tmp_path / f"y_epoch3.pt.{dead.pid}.tmp"),
              str(tmp_path / f"y_metrics.jsonl.{dead.pid}.tmp"), str(tmp_path / f"y_loss.png.{dead.pid}.tmp")]
+    with monkeypatch.context() as m:  # the very name a killed save of z.pt wrote (tmp_name's), whatever it is
+        m.setattr(os, "getpid", lambda: dead.pid)
+        stale.append(common.tmp_name(str(tmp_path / "z.pt")))
     kept = [f"{path}.{dead.pid + 1}.tmp",  # recent
             f"{path}.1.tmp",  # pid 1 (init) lives
             str(tmp_path / "notes.tmp"), str(tmp_path / "y.pt"),
