@@ -1,4 +1,5 @@
 import base64
+import errno
 import json
 import os
 import re
@@ -512,6 +513,24 @@ def test_cli_train_out_replaces_a_vocabulary_but_no_other_file(tmp_path, capsys)
     empty = tmp_path / "empty.txt"
     empty.write_text("")
     assert run_in_process(setup_tokenizer.main, argv + [str(empty)], capsys)[0] == 0
+
+
+def test_a_vocabulary_retrained_in_place_that_fails_to_write_keeps_the_old_one(tmp_path, capsys, monkeypatch):
+    """--out over a vocabulary is written whole beside it and renamed over it: a full disk at the write (a late
+    allocating file system says so at the fsync) leaves the old vocabulary as it was, not a file cut short (hand-made
+    mutation: train_bpe writing --out in place passed every test)."""
+    text, out = tmp_path / "a.txt", tmp_path / "v.tiktoken"
+    text.write_text("the cat sat on the mat. " * 50, encoding="utf-8")
+    argv = ["train", "--input", str(text), "--out", str(out), "--vocab_size"]
+    assert run_in_process(setup_tokenizer.main, argv + ["265"], capsys)[0] == 0
+    before = out.read_bytes()
+
+    def fsync(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(os, "fsync", fsync)
+    assert run_in_process(setup_tokenizer.main, argv + ["270"], capsys) == (
+        1, "", f"error: No space left on device: {out}: free some space or write elsewhere\n")
+    assert out.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["a.txt", "v.tiktoken"]
 
 
 def test_cli_train_keeps_a_vocabulary_a_prepared_dataset_reads(tmp_path, capsys, monkeypatch):
