@@ -434,6 +434,19 @@ def test_no_output_replaces_a_checkpoint_or_a_datasets_file(tmp_path):
     check_output(str(ckpt), "--output_checkpoint", checkpoint=True)
     with pytest.raises(UserError, match="is a file of the dataset"):
         check_output(str(data / "train.bin"), "--output_checkpoint", checkpoint=True)
+    # a vocabulary's --out (setup_tokenizer.py train) retrains a vocabulary in place, and replaces nothing else kept: a
+    # checkpoint, a dataset's files (its own vocabulary too, which its token files are in), a model folder's
+    (tmp_path / "mine.tiktoken").write_text("IQ== 0\n")
+    check_output(str(tmp_path / "mine.tiktoken"), "--out", vocabulary=True)
+    for path, what in ((ckpt, "a checkpoint"), (data / "train.bin", "a file of the dataset"),
+                       (data / "tokenizer.tiktoken", "a file of the dataset"),
+                       (hf / "tokenizer.json", "a file of the model")):
+        with pytest.raises(UserError, match=rf"^--out {re.escape(str(path))} is {what}.*: the result would replace it"):
+            check_output(str(path), "--out", vocabulary=True)
+    # nor is an output a file in a folder the command reads (a model folder given as the checkpoint)
+    with pytest.raises(UserError, match=rf"^--json {re.escape(str(hf / 'notes.json'))} is the checkpoint it reads: the "
+                                        rf"result would replace it; give another --json$"):
+        check_output(str(hf / "notes.json"), "--json", inputs={"checkpoint": str(hf)})
 
 
 def test_a_command_that_fails_takes_back_the_folders_its_output_check_made(tmp_path, capsys):
