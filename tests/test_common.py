@@ -443,6 +443,10 @@ def test_no_output_replaces_a_checkpoint_or_a_datasets_file(tmp_path):
                        (hf / "tokenizer.json", "a file of the model")):
         with pytest.raises(UserError, match=rf"^--out {re.escape(str(path))} is {what}.*: the result would replace it"):
             check_output(str(path), "--out", vocabulary=True)
+    # nor through a link to one of them: an atomic write replaces the file a link points to (link_target)
+    os.symlink(data / "train.bin", tmp_path / "link.json")
+    with pytest.raises(UserError, match=r"link\.json is a file of the dataset .*: the result would replace it"):
+        check_output(str(tmp_path / "link.json"), "--json")
     # nor is an output a file in a folder the command reads (a model folder given as the checkpoint)
     with pytest.raises(UserError, match=rf"^--json {re.escape(str(hf / 'notes.json'))} is the checkpoint it reads: the "
                                         rf"result would replace it; give another --json$"):
