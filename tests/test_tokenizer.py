@@ -445,6 +445,20 @@ def run_cli(*args, env=None):
                           env={**os.environ, **(env or {})}, timeout=120)
 
 
+def test_a_checkpoints_context_is_read_only_where_its_config_gives_a_positive_int(gpt2, tmp_path):
+    """prepare.py packs a chat set at the context of the checkpoint --tokenizer names (model_context): a damaged
+    config's block_size ("two", 0, true) is no context (None: the default pack), not a TypeError traceback in the
+    packing, and its vocabulary still reads (hand-made mutation: the block_size returned as is passed every test)."""
+    import torch  # (here: this file's other tests load no torch)
+    from checkpoint import FORMAT
+    for block_size, context in ((64, 64), ("two", None), (0, None), (True, None)):
+        path = str(tmp_path / f"{block_size}.pt")
+        torch.save({"format": FORMAT, "model": {}, "config": {"block_size": block_size},
+                    "tokenizer": {"name": "gpt2", "bpe": None}}, path)
+        assert setup_tokenizer.model_context(path) == context, block_size
+        assert setup_tokenizer.get_tokenizer(path).n_vocab == gpt2.n_vocab
+
+
 def test_cli_show_and_offline_error(gpt2, tmp_path):
     r = run_cli("show", "Hello world")
     assert r.returncode == 0, r.stderr
