@@ -1070,10 +1070,8 @@ class Handler(BaseHTTPRequestHandler):
             self.check_host()
             if method != "POST" and ("Content-Length" in self.headers or "Transfer-Encoding" in self.headers):
                 self.read_body()  # a body sent with a GET is read, so the next request starts right
-            if self.check_route(path):  # (a preflight sends no key: the browser adds none to it)
+            if self.check_access(path):
                 return self.preflight(path)
-            self.check_key(path)
-            self.check_site()
             if path.startswith("/v1/models/"):
                 name = unquote(path[len("/v1/models/"):])  # clients percent-encode it: "my%20chat"
                 if name != api.name:
@@ -1123,6 +1121,16 @@ class Handler(BaseHTTPRequestHandler):
                             f"address, not {host[:80]!r} (a page of another site reaching it through DNS rebinding): "
                             f"open http://127.0.0.1:{port}/ or http://localhost:{port}/ (behind a proxy that passes on "
                             f"its own name: --allowed_hosts {host_name(host)[:80]})", code="host_not_allowed")
+
+    def check_access(self, path):
+        """The checks of a request's route, then of a request that is no CORS preflight (a browser sends one without
+        the key, and from another site by design) its key and site, as route and handle_expect_100 both make them;
+        returns whether it is a preflight."""
+        if self.check_route(path):
+            return True
+        self.check_key(path)
+        self.check_site()
+        return False
 
     def check_key(self, path):
         """With an API key (--api_key, SERVE_API_KEY), a request for a route not OPEN must send it as OpenAI's clients
@@ -1215,9 +1223,7 @@ class Handler(BaseHTTPRequestHandler):
             self.check_framing()
             self.check_host()
             if hasattr(self, "do_" + self.command):  # (another method gets the library's 501, as without Expect)
-                if not self.check_route(path):
-                    self.check_key(path)
-                self.check_site()
+                self.check_access(path)
             if "Content-Length" in self.headers and "Transfer-Encoding" not in self.headers:  # (chunked: no size)
                 self.declared_length()
         except ApiError as e:
