@@ -489,7 +489,7 @@ def hf_tensors(model):
 
 def trained_lr(v):
     """Whether v is a peak lr as train.py records one, a positive finite number (an edited checkpoint's 'abc' is not
-    carried: config.json would be refused)."""
+    carried: config.json would be refused). train.py's fine_tune_lr takes a checkpoint's lr by it too."""
     return type(v) in (int, float) and 0 < v < math.inf
 
 

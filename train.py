@@ -75,7 +75,7 @@ from common import (ArgumentParser, DTYPES, HANGUP, UserError, add_device_argume
                     naming_full_disk, path_arg, pick_device, pick_dtype, prepare_lock, read_items,
                     refuse_dataset_folder, remove_stale_tmp, remove_temporary, retain_freed_memory, run_main,
                     dtype_words, slow_on_this_cpu, speaks_for_machine, stop_signals, Switch, tmp_name)
-from hf import is_hf_folder
+from hf import is_hf_folder, trained_lr
 from model import OPTIMIZERS, PRESETS, VARIANTS, GPT, make_config
 from prepare import (DATASETS, DEFAULT_OUT_DIR, DEFAULT_PACK, DEFAULT_VAL_FRACTION, MIXABLE, NANOGPT_DATASETS,
                      damaged_field, is_complete, is_dataset_name, meta_options, new_command, rebuild_command,
@@ -401,7 +401,7 @@ def fine_tune_lr(ckpt, model):
     fine-tuning lr already: that lr as it is (a third again, a chain of fine-tunes was at 1/9, 1/27)."""
     ckpt_args = checkpoint_args(ckpt)
     was = ckpt_args.get("lr")
-    if inheritable("lr", was) and math.isfinite(was) and 0 < was <= MAX_LR:
+    if trained_lr(was) and was <= MAX_LR:  # (as an export carries it)
         if ckpt.get("fine_tune") is True:
             return was, "the fine-tuned checkpoint's, not divided again"
         return was / FINETUNE_LR_DIVISOR, f"1/{FINETUNE_LR_DIVISOR} of the checkpoint's {was:.2g}"
