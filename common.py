@@ -99,12 +99,11 @@ def run_main(main, ranks=False):
         if strict:
             sys.stdout.reconfigure(errors="replace" if sys.stdout.isatty() else "surrogateescape")
     made_folders.clear()  # (tests run one main after another in a process)
-    finished = False
     try:
         if not ranks:
             one_process_only(main)
-        result, finished = main(), True
-        return result
+        with removing_made_folders():
+            return main()
     except UnicodeEncodeError as e:
         out, errors = getattr(sys.stdout, "encoding", None), getattr(sys.stdout, "errors", None) or "strict"
         try:  # the output's encoding at fault? (e.encoding is "charmap" for cp1252 and its kind: no name to compare)
@@ -138,8 +137,6 @@ def run_main(main, ranks=False):
         # UserError's, not one from each rank, interleaved
         exit_with_error(f"error: {os_error_line(e)}")
     finally:
-        if not finished:
-            remove_made_folders()
         made_folders.clear()
         for sig, handler in before.items():
             signal.signal(sig, handler)
