@@ -109,6 +109,9 @@ WRITE_WAIT = 60
 # the environment variable that holds the API key (--api_key's default): a key on the command line shows in ps to every
 # user of the machine, and stays in the shell's history
 API_KEY_ENV = "SERVE_API_KEY"
+# the characters of an API key (a regular expression's class): what a header carries as it is, visible ASCII; a space
+# or a character outside ASCII would never match what a client sends
+KEY_CHARS = r"\x21-\x7e"
 # seconds a connection must have waited for its request (idle, or trickling it) before a new one at --max_connections
 # may take its place (ApiServer.evict): a busy keep-alive client, silent for ms between requests, keeps its own
 EVICT_AFTER = 1
@@ -1907,8 +1910,7 @@ def host_names(s):
 
 
 def api_key(s):
-    # what a header carries as it is: a space or a character outside ASCII would never match what a client sends
-    if not re.fullmatch(r"[\x21-\x7e]+", s):
+    if not re.fullmatch(f"[{KEY_CHARS}]+", s):
         raise argparse.ArgumentTypeError(
             f"expected a key of visible ASCII characters, no spaces (an HTTP header carries it), got {key_fault(s)}; "
             f"make one with python -c \"import secrets; print(secrets.token_urlsafe())\"")
@@ -1920,9 +1922,9 @@ def key_fault(s):
     from a file (a Kubernetes secret made --from-file, a Python read()) ends in its line break, which no one sees."""
     if not s:
         return "an empty one"
-    if s.rstrip("\r\n") != s and re.fullmatch(r"[\x21-\x7e]+", s.rstrip("\r\n")):
+    if s.rstrip("\r\n") != s and re.fullmatch(f"[{KEY_CHARS}]+", s.rstrip("\r\n")):
         return "one ending in a line break (a file's, read with the key: strip it)"
-    c = re.search(r"[^\x21-\x7e]", s).group()
+    c = re.search(f"[^{KEY_CHARS}]", s).group()
     return "one with " + {" ": "a space", "\t": "a tab", "\n": "a line break", "\r": "a line break"}.get(
         c, "a character outside ASCII" if ord(c) > 127 else "a control character")
 
