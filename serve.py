@@ -947,6 +947,9 @@ class Handler(BaseHTTPRequestHandler):
         if not self.wait_for_request():
             return
         self.requestline = self.request_version = self.command = ""  # a request line still coming has none (send_error)
+        # nor headers: the last request's, kept by a keep-alive connection, would give a refusal of this one's head
+        # (431, 414, 400) that request's CORS headers (end_headers)
+        self.headers = None
         try:
             super().handle_one_request()
         except LateRequest:

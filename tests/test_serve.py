@@ -3265,6 +3265,29 @@ def test_cors_lets_the_pages_of_the_allowed_origins_call_the_api(enc):
         api.close()
 
 
+def test_a_refusal_of_a_head_unread_carries_no_cors_headers_of_the_request_before_it(enc):
+    """A request whose head the standard library cannot read (headers too large, a URL too long, a request line of no
+    HTTP) has no Origin of its own: on a keep-alive connection its refusal carried the CORS headers of the request
+    before it, letting that page read an answer to a request it never sent. It carries none."""
+    page = "http://localhost:3000"
+    api = start(tiny_model(enc), enc, cors=(page,))
+    try:
+        for second, status in ((b"GET /health HTTP/1.1\r\nHost: localhost\r\n" + b"X: 1\r\n" * 100 + b"\r\n", 431),
+                               (b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\nHost: localhost\r\n\r\n", 414),
+                               (b"GARBAGE\r\n\r\n", 400)):
+            with socket.create_connection(api.server_address[:2], timeout=60) as sock:
+                sock.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\nOrigin: %s\r\n\r\n" % page.encode())
+                r = http.client.HTTPResponse(sock)
+                r.begin()
+                assert r.status == 200 and r.getheader("Access-Control-Allow-Origin") == page and r.read()
+                sock.sendall(second)
+                r = http.client.HTTPResponse(sock)
+                r.begin()
+                assert r.status == status and r.getheader("Access-Control-Allow-Origin") is None, (status, r.headers)
+    finally:
+        api.close()
+
+
 def test_a_page_of_another_site_cannot_make_the_server_generate(enc):
     """Any site the user visited could POST a text/plain body (no preflight) to the server on 127.0.0.1 and have it
     generate: the page read nothing, but it could keep the queue full while open. A browser's POST for a page of
