@@ -1074,9 +1074,12 @@ class Handler(BaseHTTPRequestHandler):
         try:
             self.check_framing()
             self.check_host()
+            # refused by the head alone (route, key, site) before a body is read: a client without the key makes the
+            # server wait for none, and what it still sends is dropped after the answer (refuse, linger)
+            preflight = self.check_access(path)
             if method != "POST" and ("Content-Length" in self.headers or "Transfer-Encoding" in self.headers):
                 self.read_body()  # a body sent with a GET is read, so the next request starts right
-            if self.check_access(path):
+            if preflight:
                 return self.preflight(path)
             if path.startswith("/v1/models/"):
                 name = unquote(path[len("/v1/models/"):])  # clients percent-encode it: "my%20chat"

@@ -3477,6 +3477,32 @@ def test_with_an_api_key_each_route_of_the_api_needs_it_and_the_page_and_health_
         open_api.close()
 
 
+def test_a_request_refused_by_its_head_is_answered_before_its_body_is_read(enc, monkeypatch):
+    """A GET with a body had it read before the API key was checked: a client without the key could make the server
+    wait for (and read) a body it would refuse. Every route refuses by the head alone (a key, a path, a method), then
+    reads a body; the rest of one still coming is dropped after the answer, the connection closed behind it."""
+    monkeypatch.setattr(serve, "REQUEST_WAIT", 2)  # (a body waited for is a 408 after it, not the refusal)
+    api = start(tiny_model(enc), enc, api_key=KEY)
+    try:
+        for method, path, status in (("GET", "/v1/models", 401), ("GET", "/v1/models/tiny", 401),
+                                     ("HEAD", "/v1/models", 401), ("POST", "/v1/completions", 401),
+                                     ("GET", "/nope", 404), ("PUT", "/v1/models", 405)):
+            with socket.create_connection(api.server_address[:2], timeout=60) as sock:
+                sock.sendall(b"%s %s HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10\r\n\r\n"
+                             % (method.encode(), path.encode()))  # and no body yet
+                got = b"".join(iter(lambda: sock.recv(65536), b""))
+            assert got.startswith(b"HTTP/1.1 %d " % status) and b"Connection: close" in got, (method, path, got)
+        # with the key, a GET's body is read, and the request after it on the connection answered
+        with socket.create_connection(api.server_address[:2], timeout=60) as sock:
+            sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer %s\r\n"
+                         b"Content-Length: 2\r\n\r\n{}GET /health HTTP/1.1\r\nHost: localhost\r\n"
+                         b"Connection: close\r\n\r\n" % KEY.encode())
+            got = b"".join(iter(lambda: sock.recv(65536), b""))
+        assert got.count(b"HTTP/1.1 200 ") == 2, got
+    finally:
+        api.close()
+
+
 def test_the_openai_client_sends_the_api_key_it_is_given(enc):
     api = start(tiny_model(enc), enc, api_key=KEY)
     try:
