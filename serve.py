@@ -18,8 +18,8 @@ Serve a trained model over HTTP: an OpenAI-compatible API and a chat page.
     GET  /                      the chat page (chat.html): streams replies, temperature/top-p/max-token controls
 
 With an API key (SERVE_API_KEY, or --api_key), each request to /v1/... must send it as OpenAI's clients do
-(Authorization: Bearer KEY), else 401 invalid_api_key; / and /health stay open (the chat page asks for the key, and
-sends it with its own requests; a load balancer's probe sends none).
+(Authorization: Bearer KEY) or llama.cpp's (X-Api-Key: KEY), else 401 invalid_api_key; / and /health stay open (the
+chat page asks for the key, and sends it with its own requests; a load balancer's probe sends none).
 
 The chat and completion endpoints take OpenAI's common parameters: model (any name is accepted), max_tokens or
 max_completion_tokens, temperature (0-2), top_p, stop (a string or up to 4), seed, stream (server-sent
@@ -1143,20 +1143,24 @@ class Handler(BaseHTTPRequestHandler):
 
     def check_key(self, path):
         """With an API key (--api_key, SERVE_API_KEY), a request for a route not OPEN must send it as OpenAI's clients
-        send their api_key: Authorization: Bearer KEY; else 401 invalid_api_key, as OpenAI answers. Compared in constant
-        time (hmac.compare_digest), so the time an answer takes tells no one how much of a guess was right. Decided by
-        the request's head alone (route, handle_expect_100): a body sent without the key is never read."""
+        send their api_key, Authorization: Bearer KEY (or as llama.cpp's, X-Api-Key: KEY); else 401 invalid_api_key, as
+        OpenAI answers. Compared in constant time (hmac.compare_digest), so the time an answer takes tells no one how
+        much of a guess was right. Decided by the request's head alone (route, handle_expect_100): a body sent without
+        the key is never read."""
         key = self.server.api_key
         if key is None or path in self.OPEN:
             return
-        sent = self.headers.get("Authorization")
-        scheme, _, given = (sent or "").strip().partition(" ")
+        sent, x_key = self.headers.get("Authorization"), self.headers.get("X-Api-Key")
+        scheme, _, bearer = (sent or "").strip().partition(" ")
+        # (X-Api-Key: also for a client behind a proxy whose own Basic authentication takes the Authorization header)
+        given = ([bearer] if scheme.lower() == "bearer" else []) + ([x_key] if x_key is not None else [])
         # (the header's bytes, as the client sent them: the standard library reads a head as Latin-1)
-        if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode("latin-1", "replace"), key):
+        if any(hmac.compare_digest(g.strip().encode("latin-1", "replace"), key) for g in given):
             return
         send = (f"send the key the server was started with ({API_KEY_ENV} or --api_key) in the header "
-                f"Authorization: Bearer KEY (the openai client sends its api_key so; the chat page asks for it)")
-        raise ApiError(401, (f"Incorrect API key provided: {send}" if sent else
+                f"Authorization: Bearer KEY (the openai client sends its api_key so; the chat page asks for it), or "
+                f"X-Api-Key: KEY")
+        raise ApiError(401, (f"Incorrect API key provided: {send}" if sent or x_key is not None else
                              f"this server requires an API key: {send}"), code="invalid_api_key")
 
     def check_site(self):

@@ -3477,6 +3477,27 @@ def test_with_an_api_key_each_route_of_the_api_needs_it_and_the_page_and_health_
         open_api.close()
 
 
+def test_the_api_key_may_come_as_llama_cpps_x_api_key_header(enc, monkeypatch):
+    """llama.cpp's server takes its key as X-Api-Key: KEY too, and clients written for it send that (as one behind a
+    proxy whose own Basic authentication takes the Authorization header must): it is taken as Bearer is, in constant
+    time, and a wrong one is refused as a wrong Bearer key is."""
+    compared = []
+    compare = serve.hmac.compare_digest
+    monkeypatch.setattr(serve.hmac, "compare_digest", lambda a, b: compared.append((a, b)) or compare(a, b))
+    api = start(tiny_model(enc), enc, api_key=KEY)
+    try:
+        for sent, status in (({"X-Api-Key": KEY}, 200), ({"x-api-key": f" {KEY} "}, 200),
+                             ({"Authorization": "Basic cHJveHk6cGFzcw==", "X-Api-Key": KEY}, 200),
+                             ({"X-Api-Key": f"{KEY}x"}, 401), ({"X-Api-Key": ""}, 401)):
+            status_got, _, answer = head(api, "GET", "/v1/models", sent)
+            assert status_got == status, (sent, answer)
+            if status == 401:
+                assert json.loads(answer)["error"]["message"].startswith("Incorrect API key provided"), answer
+        assert compared and all(isinstance(a, bytes) and b == KEY.encode() for a, b in compared)
+    finally:
+        api.close()
+
+
 def test_a_request_refused_by_its_head_is_answered_before_its_body_is_read(enc, monkeypatch):
     """A GET with a body had it read before the API key was checked: a client without the key could make the server
     wait for (and read) a body it would refuse. Every route refuses by the head alone (a key, a path, a method), then
