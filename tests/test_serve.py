@@ -4018,6 +4018,30 @@ def test_the_chat_pages_words_and_fields_stand_out_from_their_background(enc, br
 
 
 @needs_chromium
+def test_in_forced_colors_the_chat_pages_messages_keep_an_edge(enc, browser):
+    """Windows' high contrast themes (forced colors) paint every background the window's one colour: the messages, told
+    apart from the page and from each other by their backgrounds alone, ran together as one text. Each has a border
+    there, in the theme's own colour."""
+    api = start(la_model(enc), enc, name="la")
+    style = """const s = getComputedStyle(arguments[0]);
+        return [s.backgroundColor, s.borderTopStyle, parseFloat(s.borderTopWidth), s.borderLeftStyle]"""
+    try:
+        browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": [{"name": "forced-colors", "value": "active"}]})
+        open_page(browser, api)
+        assert browser.execute_script("return matchMedia('(forced-colors: active)').matches")
+        backgrounds = set()
+        for cls in ("user", "assistant", "error"):
+            background, top, width, left = browser.execute_script(style, browser.execute_script(
+                "return bubble(arguments[0], 'words')", cls))
+            backgrounds.add(background)
+            assert top == left == "solid" and width >= 1, (cls, top, width, left)
+        assert len(backgrounds) == 1, backgrounds  # (the theme's one: their own are gone)
+    finally:
+        browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
+        api.close()
+
+
+@needs_chromium
 def test_a_keyboard_reaches_each_of_the_chat_pages_controls_in_the_order_they_show_and_sees_it_focused(enc, browser):
     """Tab goes through the settings' fields, Clear, the message box and Send, as they read, left to right and down,
     and on out of the page: the message box keeps no Tab to itself (no trap). Each shows its focus by an outline.
