@@ -4026,7 +4026,8 @@ def test_in_forced_colors_the_chat_pages_messages_keep_an_edge(enc, browser):
     style = """const s = getComputedStyle(arguments[0]);
         return [s.backgroundColor, s.borderTopStyle, parseFloat(s.borderTopWidth), s.borderLeftStyle]"""
     try:
-        browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": [{"name": "forced-colors", "value": "active"}]})
+        forced = {"features": [{"name": "forced-colors", "value": "active"}]}
+        browser.execute_cdp_cmd("Emulation.setEmulatedMedia", forced)
         open_page(browser, api)
         assert browser.execute_script("return matchMedia('(forced-colors: active)').matches")
         backgrounds = set()
