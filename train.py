@@ -392,6 +392,21 @@ def model_preset(model, ckpt_args):
     return model or ckpt_args.get("model") or "tiny"
 
 
+def recorded_lr(ckpt_args):
+    """The peak lr a checkpoint's run recorded (ckpt_args: checkpoint_args'), None where it records none that a
+    fine-tune can take (an edited one's 'abc', or one past MAX_LR)."""
+    was = ckpt_args.get("lr")
+    return was if trained_lr(was) and was <= MAX_LR else None  # (as an export carries it)
+
+
+def unrecorded_fine_tune(ckpt):
+    """Whether a checkpoint may be a fine-tune's without saying so: written by a train.py from before checkpoints
+    recorded fine_tune, by a run that began from another checkpoint (a fine-tune's, or a continued run's: it does not
+    tell them apart), with an lr fine_tune_lr divides. A run continued from it keeps not saying (start_run)."""
+    return "fine_tune" not in ckpt and "step" in ckpt and bool((ckpt.get("args") or {}).get("checkpoint")) \
+        and recorded_lr(checkpoint_args(ckpt)) is not None
+
+
 def fine_tune_lr(ckpt, model):
     """A fine-tune's default peak lr, and where it came from in words for the run line: a third of the peak lr the
     checkpoint's run trained at (a base the user trained at a better --lr than the preset's is fine-tuned in
@@ -400,8 +415,8 @@ def fine_tune_lr(ckpt, model):
     (model_preset: model is --model, None if not given). A checkpoint that is itself a fine-tune's trained at a
     fine-tuning lr already: that lr as it is (a third again, a chain of fine-tunes was at 1/9, 1/27)."""
     ckpt_args = checkpoint_args(ckpt)
-    was = ckpt_args.get("lr")
-    if trained_lr(was) and was <= MAX_LR:  # (as an export carries it)
+    was = recorded_lr(ckpt_args)
+    if was:
         if ckpt.get("fine_tune") is True:
             return was, "the fine-tuned checkpoint's, not divided again"
         return was / FINETUNE_LR_DIVISOR, f"1/{FINETUNE_LR_DIVISOR} of the checkpoint's {was:.2g}"
@@ -2769,9 +2784,15 @@ def start_run(args, joined=None):
     fine_tuning, lr_from = ckpt is not None and not continuing, None
     if fine_tuning and args.lr is None:  # a fine-tune's default lr, and where it came from for the run line
         args.lr, lr_from = fine_tune_lr(ckpt, args.model)
+        if unrecorded_fine_tune(ckpt):  # (an older train.py's chat model fine-tuned again: a third of its lr again)
+            was = recorded_lr(ckpt_args)
+            warn(f"{args.checkpoint} does not say whether its run was a fine-tune (an older train.py's, which began "
+                 f"from another checkpoint): if it was, its lr {was:.3g} is a fine-tuning one already, which --lr "
+                 f"{was:.3g} keeps; this run takes a third of it")
     args = resolve_args(args, ckpt, continuing, config)
     # a fine-tune's checkpoints say so, continued ones too: a fine-tune of them takes their lr as a fine-tuning one
-    fine_tune = fine_tuning or continuing and ckpt.get("fine_tune") is True
+    # (None: not known, continuing a checkpoint from before they said: saved as it was, without the entry)
+    fine_tune = True if fine_tuning else ckpt.get("fine_tune") if continuing else False
     nanogpt_schedule(args, meta, dist)
     check_same_options(dist, args)
     return Run(args=args, ckpt=ckpt, ckpt_args=ckpt_args, continuing=continuing, meta=meta, enc=enc, config=config,
@@ -2896,6 +2917,7 @@ class Run:
     device: torch.device
     lr_from: str = None         # where a fine-tune's default lr came from (fine_tune_lr), for the run line
     fine_tune: bool = False     # a fine-tune's run (continued or not), saved: fine_tune_lr's lr of its checkpoints
+    #                             (None: a checkpoint from before that, continued, which does not say)
     # (the fields above are start_run's; the rest are filled in by the phases that follow, in run_training)
     dtype: torch.dtype = None
     out_pattern: str = None     # --output_checkpoint, {dataset} and {epoch} to fill in
@@ -2985,7 +3007,7 @@ class Run:
                             elapsed=p.elapsed + time.time() - self.t_run,
                             budget_elapsed=self.clock.now(), schedule_origin=p.schedule_origin,
                             budget_done=self.stopped == "time budget", stopped_early=self.stopped == "early stop",
-                            fine_tune=self.fine_tune,
+                            **({} if self.fine_tune is None else {"fine_tune": self.fine_tune}),
                             # the last save's (the estimate before the first): this one's is not known until written
                             save_seconds=saved["seconds"],
                             data={"tokenizer_hash": meta.get("tokenizer_hash"), "folder": meta["folder"],

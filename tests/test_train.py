@@ -3728,6 +3728,37 @@ def test_a_fine_tune_takes_a_third_of_the_lr_its_checkpoint_trained_at(env, tmp_
     assert train.resolve_args(train.parse_args([]), None, False, config).lr == train.DEFAULT_LR["tiny"]
 
 
+def test_a_fine_tune_from_before_checkpoints_said_so_is_not_recorded_as_no_fine_tune(env, tmp_path, capsys):
+    """A checkpoint of an older train.py records no fine_tune. Its run began from another checkpoint: a fine-tune's
+    (a chat model, the returning user's) or a continued run's, which it does not tell apart. Continued, it was saved
+    as fine_tune False, no fine-tune for good; fine-tuned again, a third of its lr again without a word. Now a
+    continued one stays silent on it, and a fine-tune of it says the --lr that keeps a fine-tune's lr."""
+    base = train.train(args_for(env, tmp_path / "base", "--dataset", "mini", "--max_steps", "1"))
+    s = train.train(args_for(env, tmp_path / "ft", "--dataset", "chat", "--checkpoint", base["checkpoint"],
+                             "--max_steps", "1", fresh=False))
+    ck = load_checkpoint(s["checkpoint"])
+    del ck["fine_tune"]  # as an older train.py wrote it
+    torch.save(ck, s["checkpoint"])
+    capsys.readouterr()
+    s = train.train(train.parse_args(["--checkpoint", s["checkpoint"], "--max_steps", "1", "--device", "cpu",
+                                      "--no_color"]))
+    assert "fine_tune" not in load_checkpoint(s["checkpoint"])  # not known: not said
+    assert "fine-tune" not in capsys.readouterr().err  # (continued: no lr of a fine-tune's to choose)
+    s = train.train(args_for(env, tmp_path / "again", "--dataset", "mini", "--checkpoint", s["checkpoint"],
+                             "--max_steps", "1", fresh=False))
+    was = ck["args"]["lr"]
+    assert load_checkpoint(s["checkpoint"])["args"]["lr"] == pytest.approx(was / 3)  # the default, as before
+    err = capsys.readouterr().err
+    assert "does not say whether its run was a fine-tune" in err and f"--lr {was:.3g} keeps" in err
+    # a base trained from scratch by an older train.py (no checkpoint it began from) is no fine-tune: nothing said
+    ck = load_checkpoint(base["checkpoint"])
+    del ck["fine_tune"]
+    torch.save(ck, base["checkpoint"])
+    train.train(args_for(env, tmp_path / "fresh", "--dataset", "chat", "--checkpoint", base["checkpoint"],
+                         "--max_steps", "1", fresh=False))
+    assert "fine-tune" not in capsys.readouterr().err
+
+
 def test_reset_epoch_on_a_fine_tune_is_refused_not_ignored(env, tmp_path):
     """--reset_epoch keeps a run's optimizer and restarts its epochs; on another dataset (fine-tuning) or from weights
     alone there is no run to restart: the flag was silently ignored, the optimizer dropped though its help said kept."""
