@@ -1638,19 +1638,6 @@ class Split:
         self.documents += documents
         self.bytes += nbytes
 
-    def any_masked(self):
-        """Whether any token is under the loss mask (an assistant reply's)."""
-        f = self.files[1]
-        f.flush()
-        f.seek(0)
-        try:
-            while block := f.read(1 << 24):
-                if block.strip(b"\0"):
-                    return True
-            return False
-        finally:
-            f.seek(0, os.SEEK_END)
-
     def move_tail(self, keep, documents, other, table):
         """Move every token after the first `keep` (and the last `documents` document ends) to the end of the Split
         other. table: token_bytes(enc), which counts the bytes moved."""
@@ -3235,10 +3222,6 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
                 else:  # the tokenized files are the dataset
                     splits.update(raw)
                     raw_splits.remove(raw)
-        for s, what in (("train", "to train on"), ("val", "in its val split")):
-            if kind == "chat" and splits[s].tokens and not splits[s].any_masked():  # a loss of 0, learning nothing
-                raise UserError(f"{plan['description']}: no assistant replies {what} (a chat set's loss is on the "
-                                f"assistant's turns alone): give conversations with assistant messages")
         has_mask = kind == "chat"
         meta = {
             "format": FORMAT, "version": VERSION, "dataset": dataset, "name": name, "kind": kind,
