@@ -287,9 +287,7 @@ CHATML_TURN = re.compile(rf"\s*{re.escape(IM_START)}[A-Za-z_][\w-]*[ \t]*\r?\n")
 def chatml_text(text, where, way_out, file="IN.jsonl"):
     """The UserError for text (a record's, or a .txt file's start) that starts with IM_START: a conversation a chat
     template wrote out (way_out: how to give it instead), or, with no role after the marker, plain text wrapped in the
-    markers, as minimind's pretraining files write every text. That is no conversation: told to give it as
-    `messages`, its user had no roles to give. file: the file the markers are in, for the command that takes them
-    out (a record's where may be a hub dataset's row: IN.jsonl stands for its file)."""
+    markers as minimind's pretraining files write it, told how to take them out of file (IN.jsonl for a hub row)."""
     if CHATML_TURN.match(text):
         return UserError(f"{where}: {CHATML_TEXT}{way_out}")
     plain = re.sub(r"(\.[^./]*)?$", r".plain\g<0>", file, count=1)
@@ -393,10 +391,9 @@ def mended_docs(make_docs, label, mended):
 
 
 def extra_docs(path, earlier=(), main=(), repeats=None):
-    """A train-only extra file's stories, less those an earlier extra file has (the mirror's lowercased TinyStories
-    head starts with the cased one's 1,097 stories) or the main files have (their tail is val), case and spacing
-    ignored. Those left out are counted under repeats[path], the most one pass has left out (as mended_docs counts),
-    for the summary."""
+    """A train-only extra file's stories, less those an earlier extra file has (the lowercased TinyStories head starts
+    with the cased one's) or the main files have (their tail is val), case and spacing ignored; those left out are
+    counted under repeats[path], as mended_docs counts."""
     seen = {folded(d) for f in earlier for d, _ in story_line_docs(f)} | \
         {folded(d) for f in main for d, _ in text_docs(f)}
     n = 0
@@ -490,10 +487,9 @@ def json_loads(text, where):
 
 
 def json_records(path, folder=None):
-    """(where, record) for each record of a .jsonl, .json or .parquet file; where names file and line. A line of a
-    .jsonl that is not JSON is a bad record, given as its UserError (good_docs says it, or leaves it out); a .json
-    that is not JSON, or a file that is not text, is the whole file's problem, raised. folder: the --source folder the
-    file is read from, if any."""
+    """(where, record) for each record of a .jsonl, .json or .parquet file; where names file and line. A .jsonl line
+    that is not JSON is a bad record, given as its UserError; a .json that is not JSON, or a file that is not text, is
+    raised. folder: the --source folder the file is read from, if any."""
     try:
         if suffix(path) == ".jsonl":
             yield from jsonl_records(path, folder)
@@ -622,11 +618,9 @@ def gemini_text(parts, where):
 
 
 def turns_of(record, field, where):
-    """record[field], a list of turns, each OpenAI's {role, content} or ShareGPT's {from, value} whatever the field's name
-    (unsloth's standardize_sharegpt writes `conversations` of role/content, LLaMA-Factory reads `messages` of
-    from/value), Gemini's `contents` of {role, parts} or Claude's `chat_messages` of {sender, text}, as [{role,
-    content}]; else a UserError showing what a turn looks like. where: the record's place (file and line), for
-    messages."""
+    """record[field], a list of turns, as [{role, content}]: OpenAI's {role, content} or ShareGPT's {from, value} under
+    any field name, Gemini's `contents` of {role, parts}, Claude's `chat_messages` of {sender, text}; else a UserError
+    showing what a turn looks like. where: the record's place (file and line)."""
     spellings = {"conversations": (("from", "value"), ("role", "content")),
                  "contents": (("role", "parts"),),
                  "chat_messages": (("sender", "text"), ("sender", "content"))}.get(
@@ -677,10 +671,9 @@ def turns_of(record, field, where):
 
 
 def as_turns(record, field, role, where):
-    """record[field], a prompt or a reply, as turns: text is one turn of role (null: an empty one), a list under
-    prompt or completion is turns (TRL's conversational form, [{role, content}]). TRL trains on the completion alone,
-    so a prompt's replies are context, weighted 0; a completion of no turns is an empty reply, as "" is (the record
-    is then left out, having nothing to train on)."""
+    """record[field], a prompt or a reply, as turns: text is one turn of role (null: empty); a list under prompt or
+    completion is TRL's conversational form, whose prompt's replies are context (weight 0) and whose empty completion is
+    an empty reply."""
     value = record[field]
     turns = field in ("prompt", "completion")
     if isinstance(value, list) and turns:
@@ -757,11 +750,9 @@ def record_system(record, where):
 
 
 def chatgpt_turns(record, where):
-    """A conversation of ChatGPT's data export (conversations.json, a list of them) as [{role, content}]. Its messages
-    are a tree, `mapping` {id: {message, parent}}: the conversation as it was last shown is the path from its
-    `current_node` to the root (an edited question or a regenerated reply leaves the other branches). Only the text
-    shown is read: turns hidden from the chat (custom instructions, memory), tool calls and their output, reasoning and
-    images are left out, and a reply split by the tools it called is one again."""
+    """A conversation of ChatGPT's data export (conversations.json) as [{role, content}]: the path from its
+    `current_node` to the root of its `mapping` tree (the branches an edit or a regenerated reply left are not shown).
+    Only the text shown is read: hidden turns, tool calls and output, reasoning and images are left out."""
     mapping, node = record["mapping"], record.get("current_node")
     if not isinstance(mapping, dict) or not isinstance(node, str):
         raise UserError(f"{where}: a ChatGPT export's conversation needs `mapping` (an object of messages) and its "
@@ -801,15 +792,11 @@ def chatgpt_turns(record, where):
 
 
 def record_doc(record, where, dataset=None):
-    """One record -> a document: conversations as `messages` (or `conversation`) [{role, content}], ShareGPT
-    `conversations` [{from, value}] (either turn spelling under any of the names), Gemini's `contents`, a prompt and
-    its reply of one of PAIRS (Alpaca's instruction/input/output, Dolly's instruction/context/response,
-    question/answer, prompt/completion...: LLaMA-Factory's history of earlier [instruction, output] pairs before it),
-    a `dialog` list of turns or ChatGPT's export (chatgpt_turns); a `text` field (or a bare string) is a plain
-    document. None for a record with nothing to train on (empty text, no assistant reply that is not empty); a
-    UserError naming where (file and line) for a record of no shape read here. GSM8K's records (question, and an
-    answer whose last line is its `#### ` final answer) lose their calculator annotations. dataset: dailydialog tidies
-    DailyDialog's spacing."""
+    """One record -> a document: turns under one of TURNS_FIELDS, a prompt and reply of one of PAIRS (after
+    LLaMA-Factory's `history`), a `dialog` list of turns or ChatGPT's export (chatgpt_turns); a `text` field or a bare
+    string is a plain document. None for a record with nothing to train on (empty text, no non-empty reply); a UserError
+    naming where for a record of no shape read here. GSM8K's answers lose their calculator annotations. dataset:
+    dailydialog tidies DailyDialog's spacing."""
     if isinstance(record, str):
         return plain_text(record, where)
     if not isinstance(record, dict):
@@ -913,11 +900,10 @@ def places(wheres, count):
 
 
 class LeftOut:
-    """The records good_docs leaves out, by file or hub split (label), for the summary, each {"count", "wheres"}
-    (counted, the first PLACES located): under bad the bad ones, with skip_bad (--skip_bad_records; else a bad record
-    stops the run), and under empty those with nothing to train on (record_doc's None: no reply, an empty or null one,
-    a TRL completion [], empty text). blank: the text files with no text (empty, or whitespace alone). front_matter:
-    the Markdown notes whose front matter file_docs left out."""
+    """The records good_docs leaves out, by file or hub split (label), for the summary, each {"count", "wheres"} (the
+    first PLACES located): bad, the bad ones with skip_bad (--skip_bad_records), and empty, those with nothing to train
+    on (record_doc's None). blank: the text files with no text. front_matter: the notes whose front matter was left
+    out."""
 
 
     def __init__(self, skip_bad=False):
@@ -933,10 +919,9 @@ class LeftOut:
 
 
 class BadRecords(UserError):
-    """good_docs's error for the bad records of one file (label): text says what they are, count how many, and
-    skippable whether --skip_bad_records would leave something of the file to train on, kind that of its first good
-    document (None: none). Its parts are kept so that make_dataset can add the other files' bad records
-    (with_other_files) before the way out."""
+    """good_docs's error for the bad records of one file (label): text says what they are, count how many, skippable
+    whether --skip_bad_records would leave something to train on, kind that of its first good document (None: none).
+    Kept in parts so that make_dataset can add the other files' bad records (with_other_files) before the way out."""
 
     def __init__(self, label, text, count, skippable, kind=None):
         them = "them" if count > 1 else "it"
@@ -956,10 +941,9 @@ class OtherKind(UserError):
 
 
 def checked_records(records, dataset):
-    """(where, document, None) of each good record of records (good_docs'), (where, None, the UserError saying why) of
-    each bad one: no JSON (json_records gives its UserError), refused by record_doc, or of the other kind than the
-    file's first document (OtherKind: a dataset is one or the other, and its first records say which; a stray row is a
-    bad record like any other, counted, located and skippable)."""
+    """(where, document, None) of each good record of records, (where, None, the UserError saying why) of each bad one:
+    no JSON, refused by record_doc, or of the other kind than the file's first document (OtherKind: a stray row is a bad
+    record like any other, counted, located and skippable)."""
     first = None  # the first document's kind, and where it is
     for where, record in records:
         try:
@@ -979,15 +963,11 @@ def checked_records(records, dataset):
 
 
 def good_docs(records, label, dataset, left, scan=True):
-    """(where, document) of each record of records, the (where, record) of one file or hub split (label), a record
-    that is no JSON given as its UserError. A bad record (checked_records) stops the run, named as
-    always, and with scan the file's other bad records counted and located too, read (parsed and checked, not
-    tokenized) to its end, so that one run finds them all (not a streamed hub split, which would be downloaded whole
-    for it); the other files' are make_dataset's
-    (with_other_files), raised as BadRecords. left, a LeftOut: the records with nothing to train on counted and the
-    first located under left.empty[label], and with left.skip_bad (--skip_bad_records) the bad records left out
-    instead, under left.bad[label]; a label none of whose records is good still stops the run, as nothing of it is left
-    to train on."""
+    """(where, document) of each good record of records, the (where, record) of one file or hub split (label). A bad
+    record (checked_records) stops the run as BadRecords, with scan after the file is read to its end (parsed, not
+    tokenized) so that one run names all its bad records (not a streamed hub split: downloaded whole for it). left, a
+    LeftOut: counts the records with nothing to train on, and with left.skip_bad leaves the bad ones out instead; a
+    label with no good record still stops the run."""
     # the bad records are counted, and only the first PLACES + 1 kept (the first, and those places() names)
     bad, wheres, first, good, kind = 0, [], None, False, None
     skipping = left is not None and left.skip_bad
@@ -1039,10 +1019,10 @@ def good_docs(records, label, dataset, left, scan=True):
 
 
 def bad_records(path, kind):
-    """(count, wheres, good, other) of the bad records of a .jsonl, .json or .parquet file, found as good_docs finds them
-    (parsed and checked, not tokenized), read to its end, or to its ALL_BAD-th bad record when none before is good;
-    wheres: the places of the first OTHER_FILES, good: whether it has a good record. other: the file's first document
-    is not of kind, the dataset's (the run stops at it, a dataset being one or the other): read no further."""
+    """(count, wheres, good, other) of the bad records of a .jsonl, .json or .parquet file, found as good_docs finds
+    them, to its end or its ALL_BAD-th bad record when none before is good; wheres: the first OTHER_FILES places, good:
+    whether a record is good; other: its first document is not of kind, the dataset's (the run stops there: read no
+    further)."""
     bad, wheres, good, first = 0, [], False, None  # first: the kind of the file's first document
     for where, doc, e in checked_records(json_records(path), None):  # (the dataset only tidies what is good)
         if not e:
@@ -1059,13 +1039,9 @@ def bad_records(path, kind):
 
 
 def with_other_files(e, plan):
-    """e, the BadRecords of one of plan's files, with the bad records of the plan's files the run has not read yet
-    added, so that one run names every bad file. The files read are those before it, in the pass that met it, but a
-    source's own validation files (the vocabulary's pass skips them). A file that cannot be read at all (not UTF-8, a
-    .json that is no JSON) is its own error, said when the run reaches it. Files past OTHER_FILES_BYTES are counted,
-    not read. A file whose documents are of the other kind than e's file (conversations among plain text) is named as
-    such, not by the bad records its own first record's kind finds: the run stops at it (mixed_kinds),
-    --skip_bad_records or not."""
+    """e, the BadRecords of one of plan's files, with the bad records of the files the run has not read yet (those after
+    it, and a source's own validation files) added, so that one run names every bad file. Files past OTHER_FILES_BYTES
+    are counted, not read; one of the other kind than e's is named as such, as the run stops at it (mixed_kinds)."""
 
     streams = plan["streams"]
     at = next(i for i, (_, label, _) in enumerate(streams) if label == e.label)  # (a file's: hub rows are not scanned)
@@ -1151,10 +1127,9 @@ def with_other_not_utf8(e, plan):
 
 
 def file_docs(path, dataset, left=None, folder=None):
-    """Documents of one file (a --source file or the mirror's), read by its suffix: a .txt as text (DailyDialog's
-    release as its dialogues), others as records (record_doc), a record of the other kind than the first a bad one
-    (checked_records). dataset: the dataset being made, whose own tidying record_doc applies. left: good_docs's
-    LeftOut. folder: the --source folder it is read from, if any."""
+    """Documents of one file (a --source file or the mirror's), read by its suffix: .txt and Markdown as text
+    (DailyDialog's release as its dialogues), others as records (good_docs). left: good_docs's LeftOut. folder: the
+    --source folder it is read from, if any."""
     try:
         if suffix(path) in PLAIN_TEXT:
             if dataset == "dailydialog":
@@ -1216,10 +1191,9 @@ def hub_docs(dataset, split, streaming=False, path=None, rows=None, left=None):
 
 
 def hub_source(spec, dataset, left):
-    """--source hf:NAME[:CONFIG[:SPLIT]], a Hugging Face hub dataset (or a local folder of data files, which datasets
-    reads as one), streamed: --limit reads what it takes, and a huge set is never downloaded whole (each pass over it,
-    the val count's or a vocabulary's, reads it again). Train is SPLIT (default train, or the set's only split), val
-    the set's own validation split where it has one, else train's tail, as of a file."""
+    """--source hf:NAME[:CONFIG[:SPLIT]], a Hugging Face hub dataset (or a local folder datasets reads as one),
+    streamed, so that --limit reads what it takes and a huge set is never downloaded whole. Train is SPLIT (default
+    train, or the only split), val the set's validation split where it has one, else train's tail."""
     path, config, split, *more = spec[len("hf:"):].split(":") + [None, None]
     if not path or any(more):
         raise UserError(f"--source {spec}: give hf:NAME, hf:NAME:CONFIG or hf:NAME:CONFIG:SPLIT (hf:NAME::SPLIT for "
@@ -1460,11 +1434,10 @@ def folder_files(path):
 
 def find_source(dataset, source=None, extra=True, limit=None, left=None):
     """Where a dataset's documents come from, its plan: {description (meta.json's "source"), files (for the
-    fingerprint), streams}; each stream is (role, label, make_docs), role "split" (train, its tail to val), "train" or
-    "val", label the file or split for messages, and make_docs() a fresh iterator of its documents at each call (a
-    stream is read again to count val's share and to train a vocabulary before it is tokenized).
-    source: --source's paths or patterns (or one hf:NAME); none: the mirror, a download or the hub. extra: the
-    mirror's train-only extra files too (no --no_extra). limit: --limit, with which hub datasets are streamed.
+    fingerprint), streams}. A stream is (role, label, make_docs): role "split" (train, its tail to val), "train" or
+    "val"; label the file or split, for messages; make_docs() a fresh iterator of its documents, as a stream is read
+    more than once (val's count, a vocabulary). source: --source's paths or patterns, or one hf:NAME; none: the mirror,
+    a download or the hub. extra: the mirror's train-only files too. limit: --limit (hub datasets are then streamed).
     left: good_docs's LeftOut."""
     if dataset == "chitchat":
         if source:
@@ -1595,10 +1568,9 @@ def file_states(plan):
 
 def fingerprint(dataset, plan, tokenizer, tok_hash, limit, val_fraction, pack=None, mix=None, version=VERSION,
                 skip_bad_records=False):
-    """Changes when anything that decides the tokens does: input files (path, size, mtime), tokenizer, options.
-    version None: not prepare.py's (a vocabulary's inputs: a new version need not change the ids of checkpoints).
-    skip_bad_records: in it only when given (a dataset made before it stays up to date), so that the same command
-    without it, which stops at the bad records, is no "up to date" of a dataset made leaving them out."""
+    """Changes when anything that decides the tokens does: input files (path, size, mtime), tokenizer, options. version
+    None: a vocabulary's inputs, which a new VERSION leaves. skip_bad_records is in it only when given, so that datasets
+    made before it stay up to date and the same command without it finds none made leaving bad records out."""
     files = [[f, *file_state(f)] for f in plan["files"]]
     state = {"format": FORMAT, "version": version, "dataset": dataset, "source": plan["description"],
              "files": files, "tokenizer": tokenizer, "tokenizer_hash": tok_hash, "limit": limit,
@@ -1706,11 +1678,8 @@ class Split:
 
 
 class Packer:
-    """Writes documents (token ids ending with <|endoftext|>, and their mask) into a Split. block 0: as they
-    come. block > 0: in blocks of block tokens that no document crosses where avoidable (see the module
-    docstring): the longest waiting document that fits the open block goes next, a block nothing fits is
-    closed with <|endoftext|> padding (mask 0), a document longer than a block is cut between its turns.
-    enc: the tokenizer, for its special tokens; table: token_bytes(enc), for the Split's byte count."""
+    """Writes documents (token ids ending with <|endoftext|>, and their mask) into a Split: with block 0 as they come,
+    else in blocks that no document crosses where avoidable (see the module docstring). table: token_bytes(enc)."""
     FLUSH_TOKENS = 1 << 20  # documents are gathered into writes of about this many tokens
 
     def __init__(self, out, block, enc, table):
@@ -1753,16 +1722,10 @@ class Packer:
         return taken
 
     def pieces(self, ids, mask):
-        """A document that fits a block as it is; a longer one cut into pieces of at most a block with their
-        closing <|endoftext|>, each as long as it can be: cut before a user message, so that a reply stays
-        with its question, and only where one exchange is longer than a block also before its other turns. A
-        piece trains on something: no cut follows turns that train nothing (a system message, a question), which
-        stay with the reply after them, even as one piece longer than a block (it starts a block and crosses into
-        the next: the reply's start trains with its question, where a piece of the question alone trained nothing
-        and the reply trained without it). So is a single turn longer than a block. Turns after the last cut that
-        trains something (a final question with no reply, replies of weight 0 or empty) are left out: no reply
-        follows for them to be context of, so they cost compute for no loss, and alone they were a piece that
-        trained nothing (a document that fits a block keeps them: it is not cut)."""
+        """A document that fits a block as it is; a longer one in pieces of at most a block, each closed by
+        <|endoftext|>: cut before a user message, and before other turns only inside an exchange longer than a block.
+        Turns that train nothing stay with the reply after them, even as a piece longer than a block, so a reply trains
+        with its question; those after the last reply (a final question) are left out, as context of nothing."""
         if len(ids) <= self.block:
             yield ids, mask
             return
@@ -1841,9 +1804,8 @@ class Packer:
 
 def chunk_ends(n, eot, chunk, read):
     """(a, tokens, ends) for each chunk [a, a + chunk) of n tokens, in order: tokens as read(a, b) gives them, ends the
-    offsets just past each <|endoftext|> in it, and n in the last chunk's if text follows the last <|endoftext|> (a
-    document without its end token). A chunk at a time, so that split_documents, which goes through a whole file,
-    holds one chunk's ends, not 8 bytes a document of the file as document_ends' answer does."""
+    offsets just past each <|endoftext|> in it (and n, last, if text follows the last one). A chunk at a time, so that a
+    pass over a whole file holds one chunk's ends, not 8 bytes a document."""
     for a in range(0, n, chunk):
         b = min(a + chunk, n)
         tokens = read(a, b)
@@ -2029,11 +1991,9 @@ def label_of(streams):
 
 def val_counts(counts, kind, val_fraction, label, limit, chars=None):
     """How many of the last documents of each "split" source go to val: {stream index: k}, None for a single text
-    document (a book) cut at its text's share instead. counts {stream index: documents}, in order; chars {stream index:
-    characters of plain text}, where known. The share is
-    val_fraction over the dataset's sources together: cut one by one, every source gave val a document at least, and
-    a folder of files of 2 or 3 conversations kept a third to a half of them out of training. A large file still
-    gives about val_fraction of its own; the last source with documents makes sure val has one, and train keeps one."""
+    document (a book) cut at its text's share instead. counts {stream index: documents}; chars {stream index: characters
+    of plain text}, where known. The share is of the sources together: cut one by one, a folder of files of 2 or 3
+    conversations kept a third of them out of training. Val gets one document at least, and train keeps one."""
     given = [i for i, n in counts.items() if n]
     if kind == "chat" and sum(counts.values()) == 1:
         # a single conversation has no turn boundary the cut could respect: cut as a book, it would train on half a
@@ -2067,10 +2027,9 @@ def val_counts(counts, kind, val_fraction, label, limit, chars=None):
 
 
 def count_split_docs(streams, budget):
-    """A dataset's "split" streams [(role, label, make_docs)] read as --limit (budget, not spent) lets them be:
-    ({stream index: documents}, {stream index: characters of plain text}, the kind of their first document). The
-    documents are what val_counts needs before the first source is cut; the characters, where a single document
-    (a book) is cut for a vocabulary (train_docs)."""
+    """({stream index: documents}, {stream index: characters of plain text}, kind of the first document) of a dataset's
+    "split" streams, read as --limit (budget, not spent) lets them be: what val_counts needs before the first source is
+    cut, and what train_docs cuts a book by."""
     budget, docs, chars, kind = dict(budget), {}, {}, None
     for i, (role, _, make_docs) in enumerate(streams):
         if role == "split":
@@ -2123,12 +2082,10 @@ def keyed(docs, keys):
 
 
 def unseen(docs, ordered, val):
-    """A source's own validation split less the documents train has, whose keys (document_key) are ordered, sorted, and
-    less those it has had already; those left out are counted in the Split val: DailyDialog's validation file repeats
-    89 of its 1,000 dialogues from train (98 with case and spacing ignored) and 3 more within itself, 5 of the mirror's
-    3,117 TinyStories sample stories are among train's first 5,511; a val loss over documents the model was trained on
-    reads better than the model is, and one that counts a document twice weighs it twice. Only a whole document is
-    looked up: a text in pieces (a book) would have to be held whole first, and no validation split comes so."""
+    """A source's own validation split less the documents train has (ordered: train's sorted document_keys) or it has
+    had already, counted in the Split val's repeats: DailyDialog's validation file repeats 98 of its 1,000 dialogues
+    from train, and a val loss over documents trained on reads better than the model is. Only whole documents are looked
+    up (no validation split is a book)."""
     first, kept = True, set()  # doc begins a document; kept: the keys of the documents val keeps (as many as val's)
     for doc in docs:
         if first and ends_document(doc):
@@ -2175,11 +2132,9 @@ def repeated(val_keys, *trains):
 
 
 def limit_budget(limit, val_fraction):
-    """What --limit lets each role of stream (find_source) read: {role: documents, None for all}, spent by limited().
-    The first N documents, counted over the files of a dataset in order (not N of each: `--dataset chat --limit 300`
-    takes its Alpaca file's first 300), N more of train-only files, and of a source's own validation split the share
-    val_fraction would give it, so a quick demo stays quick. --val_fraction 0 keeps no val, a source's own split none
-    either."""
+    """What --limit lets each role of stream (find_source) read: {role: documents, None for all}, spent by limited():
+    the first N documents over the files of a dataset together, N more of train-only files, and of a source's own
+    validation split its val_fraction share (none at --val_fraction 0)."""
     return {"split": limit, "train": limit, "val": (limit and max(1, round(limit * val_fraction))) if val_fraction else 0}
 
 
@@ -2202,12 +2157,11 @@ def open_streams(streams):
 
 
 def move_val_share(out, val, start, n, k, eot, val_fraction, table):
-    """Move a "split" stream's share of val from the Split out, where it was just written (from token start on, n
-    documents), to the Split val: its last k documents (val_counts), or, k None, its single document (a whole book) cut
-    where its text reaches the share (text_share), as nanoGPT cuts its characters. Val is the tail of each source, not
-    a random sample: the same text every run, so validation losses stay comparable across runs and tokenizers.
-    Returns how many of the stream's first documents train keeps whole (the rest went to val whole), and whether train
-    now ends with a book's head, which no <|endoftext|> ends yet (its tail went to val)."""
+    """Move a "split" stream's share of val, written to the Split out from token start on (n documents), to the Split
+    val: its last k documents (val_counts), or with k None its single document (a book) cut where its text reaches the
+    share (text_share), as nanoGPT cuts its characters; the tail, not a sample, so val is the same text every run.
+    Returns how many of the stream's documents train keeps whole, and whether train now ends with a book's head, no
+    <|endoftext|> yet."""
     if k:
         out.move_tail(last_documents_start(out, start, k, eot), k, val, table)
         return n - k, False
@@ -2244,11 +2198,9 @@ def text_share(split, start, table, share):
 
 
 def write_own_val_again(streams, opened, val, budget, write):
-    """A source's own validation split that train has whole is kept, as a val cut from train's sources is
-    (write_splits): train.py needs a val split. Its streams are read again into the Split val, within --limit's share
-    (budget, which the documents left out did not spend), each document once all the same (a copy of train's head
-    repeats what train repeats: kept twice, it weighed double). write: write_splits' tokenizer of documents into a
-    Split. Returns the document_keys of the documents written, in order."""
+    """A source's own validation split that train has whole is kept all the same (train.py needs a val split): its
+    streams read again into the Split val, within --limit's share, each document once. write: write_splits' tokenizer of
+    documents into a Split. Returns the document_keys of the documents written, in order."""
     own = [(i, label) for i, role, label, _ in opened if role == "val"]
     warn_all_in_train(", ".join(label for _, label in own))
     val.repeats = 0
@@ -2269,17 +2221,13 @@ def check_text_left(splits, kind, val_fraction, streams):
 
 def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, scratch, pack, doc_keys=None, sizes=None,
                  not_text=None):
-    """Tokenize every stream of a plan (find_source) with enc into temporary train and val Splits in folder, added to
-    the dict splits as soon as they exist, so the caller can remove them on failure (scratch, a suffix of their
-    temporary names, tells apart the files of several such calls); returns the kind, "text" or "chat". Val is each
-    "split" stream's tail (val_counts) and the "val" streams, less what train has or val has already. limit and
-    val_fraction: --limit and --val_fraction; progress: a tqdm counting bytes of input (input_sizes: sizes, the streams'
-    files' sizes, which it comes to at each stream's end: a record's JSON is no text tokenized).
-    pack: the --pack asked for, refused on plain text before anything is tokenized. doc_keys: a dict that gets the
-    document_keys of train's documents ("train", an array "q") and of val's in order ("val", None for a book's tail),
-    for a mix, whose val leaves out what another of its datasets has (mix_splits). not_text: where the documents must be
-    conversations (a conversation set, a mix's part), the words refusing plain text after "FILE begins with plain text,
-    but ", said before anything is tokenized and before --pack's refusal (a mix's part is given no --pack)."""
+    """Tokenize every stream of a plan (find_source) with enc into temporary train and val Splits in folder, put in
+    splits as soon as they exist so the caller can remove them (scratch tells apart the temporary files of several
+    calls); returns the kind, "text" or "chat". Val is each "split" stream's tail (val_counts) and the "val" streams,
+    less what train or val has already. progress counts input bytes (sizes: the streams' files'). pack: the --pack
+    given, refused on text. doc_keys: a dict given train's and val's document_keys, for a mix's cross-dataset dedup
+    (mix_splits). not_text: where documents must be conversations, the words refusing plain text after "FILE begins with
+    plain text, but "."""
     dtype = np.uint16 if enc.n_vocab <= 1 << 16 else np.uint32
     table = token_bytes(enc)
     budget = limit_budget(limit, val_fraction)
@@ -2403,11 +2351,9 @@ def too_little_text(streams, split):
 
 
 def train_docs(make_docs, budget, role, val_fraction, k, n, chars):
-    """A stream's documents that write_splits puts in train: all but, of a "split" stream of n documents and chars
-    characters (count_split_docs), the k last documents it moves to val (val_counts); of a single document (k None: a
-    whole book, in pieces), which move_val_share cuts at that share of its bytes: the first 1 - val_fraction of its
-    characters (rounded up), the same on ASCII text (up to a token), and never all of them: a document
-    short enough to become one token goes to val whole, and its merges must not come from it."""
+    """A stream's documents that write_splits puts in train: all of a "split" stream of n documents but the k last it
+    moves to val (val_counts); of a single document (k None, a book) the first 1 - val_fraction of its chars characters
+    (rounded up), never all of them: a document short enough to become one token goes to val whole."""
     if role != "split" or not val_fraction:
         yield from limited(make_docs(), budget, role)
         return
@@ -2524,9 +2470,8 @@ def is_dataset_name(name):
 
 def made_with_own_vocabulary(meta, folder):
     """Whether meta.json's dataset was made with a vocabulary of its own (--vocab_size), the folder's VOCAB_FILE, which
-    meta.json names by an absolute path. In a folder moved since (the old data/ given to a fresh clone) that path is
-    another: the file there still holding the vocabulary its tokens were made with is known by its hash, so that the
-    dataset keeps it and the checkpoints trained on it go on fitting."""
+    it names by an absolute path; in a folder moved since, the file there is known by its hash, so that the dataset
+    keeps it and its checkpoints go on fitting."""
     tokenizer, own = meta.get("tokenizer"), os.path.abspath(os.path.join(folder, VOCAB_FILE))
     if tokenizer == own:
         return True
@@ -2572,10 +2517,9 @@ def new_command(folder, *more, source="FILE"):
 
 
 def rebuild_command(meta, folder=None):
-    """The prepare.py command line that builds meta.json's dataset again, for the hints of every script: run on an
-    intact dataset it says "up to date". folder: where the dataset is (default meta["folder"], which train.py's
-    load_meta sets, else data/<name>): its name and parent give --name and --out_dir. A meta.json too damaged to say
-    gives new_command's."""
+    """The prepare.py command line that builds meta.json's dataset again, for every script's hints (on an intact dataset
+    it says "up to date"). folder: where the dataset is (default meta["folder"], else data/<name>), giving --name and
+    --out_dir. A meta.json too damaged to say gives new_command's."""
     meta = meta if isinstance(meta, dict) else {}
     folder = os.path.normpath(folder or meta.get("folder") or os.path.join(DEFAULT_OUT_DIR, str(meta.get("name"))))
     try:
@@ -2624,12 +2568,10 @@ def next_step(meta, out_dir, tokenizer=None):
 
 
 def train_on_command(meta, out_dir, tokenizer=None):
-    """The train.py command that trains on the dataset prepare() made (or found up to date) in out_dir, meta its
-    meta.json, for the line that ends what prepare.py says of it: a new model; or a fine-tune of the model whose
-    vocabulary it was made in (tokenizer: the --tokenizer given, else the one the dataset kept; a checkpoint or a
-    Hugging Face model folder), --data_dir then always named, as train.py's default is the checkpoint's own data
-    folder, which may hold another dataset of the name; --block_size where conversations are packed for another
-    context than the model's default (a --pack given), or where a split is too short for one window of it."""
+    """The train.py command that trains on the dataset in out_dir, meta its meta.json: a new model, or a fine-tune of
+    the model whose vocabulary it was made in (tokenizer: the --tokenizer given, else the one the dataset kept),
+    --data_dir then always named (train.py's default is the checkpoint's own data folder); --block_size where
+    conversations are packed for another context than the model's, or where a split is too short for one window."""
     name = meta["name"]
     o = meta_options(meta, os.path.join(out_dir, name), odd={})
     tokenizer = tokenizer or (None if o.get("vocab_size") else o.get("tokenizer"))
@@ -2685,11 +2627,9 @@ def unreadable_field(meta):
 
 
 def damaged_field(folder, meta, enc=None):
-    """What of a meta.json that reads (unreadable_field None), in folder, is not what prepare.py writes, as
-    unreadable_field says it, or None: a vocab_size other than its vocabulary's (enc, the vocabulary it was made with;
-    a new model's embedding has vocab_size rows: a larger one trains a model its tokenizer does not fit), a has_mask
-    lost from a chat set (it would train on every token, not the replies alone), and counts of its splits that are
-    none (bits per byte divides by bytes)."""
+    """What of a meta.json that reads (unreadable_field None), in folder, is not what prepare.py writes, said as
+    unreadable_field says it, or None: a vocab_size other than enc's (a larger one trains a model its tokenizer does not
+    fit), a has_mask lost from a chat set (it would train on every token), counts of its splits that are none."""
     vocab_size, has_mask = meta["vocab_size"], meta.get("has_mask")
     # prepare.py masks the chat sets (kind) alone, and removes the masks a chat set rebuilt as text leaves: masks beside
     # a has_mask of false are a lost has_mask, which a rebuild gives back (reading them anyway would trust a meta.json
@@ -2786,17 +2726,11 @@ def own_vocabulary(dataset, plan, folder, old, vocab_size, limit, val_fraction, 
 
 def prepare(dataset, source=None, tokenizer=None, limit=None, val_fraction=DEFAULT_VAL_FRACTION, force=False,
             out_dir=DEFAULT_OUT_DIR, name=None, extra=True, vocab_size=None, pack=None, mix=None, skip_bad_records=False):
-    """Build (or find up to date) out_dir/name from dataset's source; returns its meta.json as a dict.
-    vocab_size: tokenize with a vocabulary of that size trained on this data (out_dir/name/tokenizer.tiktoken)
-    instead of --tokenizer; small vocabularies make small models several times faster. Neither given: the
-    vocabulary the dataset has (its own, or the --tokenizer it was made with) when it is made again, else gpt2.
-    pack: block size conversations are packed for (None: default_pack's, the context of the model tokenizer names or
-    DEFAULT_PACK; 0: not packed; text never is).
-    mix: {dataset: weight} for dataset "mix", several conversation sets in one (see the module docstring).
-    skip_bad_records: leave out the records of a .jsonl, .json or .parquet file (or hub rows) that are no JSON, of no
-    shape record_doc reads or of the other kind than the file's first, said in the summary, instead of stopping at the
-    first (good_docs). source: a path or a list of them, as --source gives them; a pathlib.Path too (a notebook's
-    Path("notes"), or list(Path("notes").glob("*.md"))), which failed in a traceback (not iterable, no startswith)."""
+    """Build (or find up to date) out_dir/name from dataset's source; returns its meta.json as a dict. source: a path or
+    a list of them (pathlib.Path too). vocab_size: a vocabulary of that size trained on this data, in place of
+    tokenizer. Neither given: the vocabulary the dataset has when it is made again, else gpt2. pack: the block
+    conversations are packed in (None: default_pack's; 0: not packed). mix: {dataset: weight} for dataset "mix".
+    skip_bad_records: leave out the bad records (good_docs), said in the summary, instead of stopping at the first."""
     if source is not None:
         source = [os.fspath(s) for s in ([source] if isinstance(source, (str, os.PathLike)) else source)]
     # the folder's lock (make_dataset takes it), let go however the build ends; then the --out_dir it made, if it fails
@@ -2833,11 +2767,9 @@ def check_arguments(dataset, source, tokenizer, val_fraction, pack, mix, vocab_s
 
 def lock_folder(held, out_dir, name, force):
     """The dataset's folder, out_dir/name, refused when it is a file or a model's, or (unless force) holds token files
-    no prepare.py made, with its lock held in held. One prepare.py at a time in a folder: two would interleave their
-    renames (one's train.bin, the other's meta.json), and the first to fail, taking the folder for its own first
-    build, would remove it with the other's finished dataset. The lock lies beside the folder, which a failed first
-    build removes. What a killed prepare.py left in the folder goes here, so that a run that finds the dataset up to
-    date removes it too."""
+    no prepare.py made, with its lock held in held: two prepare.py in one folder would interleave their renames. The
+    lock lies beside the folder, which a failed first build removes. What a killed prepare.py left is removed here, so
+    that a run that finds the dataset up to date removes it too."""
     folder = os.path.join(out_dir, name)
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise UserError(f"{folder} is a file, not a dataset folder: pick another --name, or move the file")
@@ -2868,11 +2800,10 @@ def lock_folder(held, out_dir, name, force):
 
 
 def old_options(folder, old, dataset, sources, plan, named, force):
-    """The options (meta_options) that made the dataset folder holds (old: its meta.json, None when there is none),
-    {} when it is another dataset or its meta.json is too odd to say. Unless force, a build that would replace another
-    dataset is refused, and so is one that would replace a dataset made from the user's own files with other data.
-    sources: the --source files given now (absolute), None for none; plan: what find_source found; named: --name was
-    given."""
+    """The options (meta_options) that made the dataset in folder (old: its meta.json, or None), {} when it is another
+    dataset or its meta.json is too odd to say. Unless force, a build that would replace another dataset, or one made
+    from the user's own files with other data, is refused. sources: the --source files given now (absolute), or None;
+    named: --name was given."""
     if old and not force and not isinstance(old.get("dataset"), str):  # (no dataset rebuild_command could name)
         raise UserError(f"{folder} holds a meta.json that names no dataset (another tool's, or damaged): pick another "
                         f"folder with --name, or replace it with --force")
@@ -2910,12 +2841,10 @@ def old_options(folder, old, dataset, sources, plan, named, force):
 
 
 def kept_vocabulary(folder, made_with, old):
-    """The vocabulary of a dataset made again without a word about its vocabulary (no --tokenizer, no --vocab_size):
-    the one it has, so checkpoints trained on it go on fitting. Returns (--vocab_size, --tokenizer) from made_with, its
-    options (meta_options; {}: a new dataset, or a meta.json too odd to say, rebuilt as new), and the line that says so
-    (None: nothing kept), said by make_dataset once the data is read, so that an error in it comes first; (None, None,
-    None) for gpt2's. old: the dataset's meta.json (None: none), whose tokenizer_hash finds a vocabulary moved with the
-    data."""
+    """The vocabulary of a dataset made again with neither --tokenizer nor --vocab_size: the one it has, so checkpoints
+    trained on it go on fitting. Returns (--vocab_size, --tokenizer, the line that says so, for make_dataset to print)
+    from made_with, its options; (None, None, None) for gpt2's. old: its meta.json (None: none), whose tokenizer_hash
+    finds a vocabulary moved with the data."""
     if made_with.get("vocab_size"):
         # (the size asked, not the size it has: a text that supports fewer merges has fewer)
         return made_with["vocab_size"], None, (f"{folder}: keeping its own vocabulary (--vocab_size "
@@ -2934,11 +2863,9 @@ def kept_vocabulary(folder, made_with, old):
 
 
 def default_pack(tokenizer):
-    """The block conversations are packed in without --pack, for tokenizer (get_tokenizer's name; None: a vocabulary of
-    the data's own): the context of the model it names, a checkpoint or a Hugging Face model folder, as the data is
-    prepared for that model, which train.py fine-tunes at its context by default; else (gpt2, a .tiktoken file)
-    DEFAULT_PACK. The context is read with the vocabulary (model_context): call it after get_tokenizer, with the same
-    name, and a checkpoint is loaded once."""
+    """The block conversations are packed in without --pack: the context of the model tokenizer names (a checkpoint or a
+    Hugging Face model folder), which train.py fine-tunes at; else DEFAULT_PACK. Call it after get_tokenizer with the
+    same name: model_context is read with the vocabulary, and a checkpoint is loaded once."""
     context = tokenizer and model_context(tokenizer)
     return context if context and context <= MAX_PACK else DEFAULT_PACK  # (past MAX_PACK: an edited config)
 
@@ -2967,10 +2894,9 @@ def check_same_vocabulary(folder, kept_file, old, enc, tok_hash):
 
 
 def keep_up_to_date(folder, old, tokenizer, new_vocab, vocab_fp, rewrite=False):
-    """A dataset found up to date is kept as it is: a vocabulary of its own that was trained again (new_vocab, its
-    temporary file; a damaged or missing one) trains the same, and goes into place as tokenizer; a meta.json from before
-    vocab_fingerprint gets it (vocab_fp). rewrite: old, the meta, was changed (its tokenizer moved): written. Says so;
-    returns the meta."""
+    """A dataset found up to date is kept as it is: a vocabulary of its own trained again (new_vocab, for a damaged or
+    missing one) goes into place as tokenizer, and meta.json gets vocab_fp if it lacks it, or is written when rewrite
+    (its tokenizer moved). Says so; returns the meta."""
     if new_vocab:
         fsync_replace(new_vocab, tokenizer)
     if rewrite or (vocab_fp and old.get("vocab_fingerprint") != vocab_fp):
@@ -3162,10 +3088,9 @@ def mix_splits(folder, plan, enc, splits, raw_splits, limit, val_fraction, block
 
 
 def repeated_across(keys):
-    """The indices of each mix dataset's val documents that another of its datasets has in train, or an earlier one
-    in val ([set], one a dataset; keys: each dataset's doc_keys from write_splits), as repeated() finds them within one:
-    a document one dataset trains on and another validates on made the mix's val loss read better than the model is.
-    Against every train document of the others, picked for the mix or not, so that val stays the same whatever the
+    """The indices of each mix dataset's val documents ([set], one a dataset; keys: each one's doc_keys from
+    write_splits) that another of its datasets has in train, or an earlier one in val, as repeated() finds them within
+    one. Against every train document of the others, picked for the mix or not, so that val stays the same whatever the
     weights."""
     drops, kept = [], []  # kept: the val keys the datasets before keep, ahead of this one's
     for j, part in enumerate(keys):
@@ -3178,14 +3103,11 @@ def repeated_across(keys):
 
 def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_fraction, new_vocab, pack, block,
           context, options, vocab_fp, text_fp):
-    """Tokenize plan's streams (find_source) with enc into folder, write its meta.json and say what was made; returns
-    the meta. The old files stay until everything new is written. tokenizer and tok_hash: what meta.json records of
-    enc; fp: the fingerprint (text_fp instead should the documents turn out to be text: no --pack in it); new_vocab:
-    a freshly trained vocabulary's temporary file, renamed into place with the token files; pack: --pack as given
-    (None: none; refused on plain text); block: what conversations are packed in (pack, or default_pack's); context:
-    that of the model --tokenizer names (None: none named), whose fine-tune trains on no longer blocks; options:
-    prepare()'s arguments, kept in meta.json for rebuild_command; vocab_fp: what the dataset's own vocabulary was
-    trained on."""
+    """Tokenize plan's streams with enc into folder, write its meta.json and say what was made; returns the meta. The
+    old files stay until everything new is written. fp: the fingerprint (text_fp should the documents be text: no --pack
+    in it); new_vocab: a trained vocabulary's temporary file, renamed into place with the token files; block: what
+    conversations are packed in; context: that of the model --tokenizer names; options: prepare()'s arguments, for
+    rebuild_command; vocab_fp: what the dataset's own vocabulary was trained on."""
     os.makedirs(folder, exist_ok=True)
     meta_path = os.path.join(folder, "meta.json")
     new_meta = tmp_name(meta_path)
