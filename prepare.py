@@ -93,18 +93,16 @@ VERSION = 14  # bump when the same inputs would give other tokens or counts, so 
 DATASETS = ("story", "shakespeare", "dailydialog", "chat", "chitchat", "knowledge", "text")
 EVERYTHING = ("story", "shakespeare", "dailydialog", "chat", "knowledge", "chitchat")  # what a bare `python prepare.py` builds
 MIXABLE = ("dailydialog", "chat", "knowledge", "chitchat")  # the conversation sets, which --mix combines
-# nanoGPT's datasets by their folder names there (--dataset shakespeare_char, by habit), as made here: the dataset and
-# its options. shakespeare_char is a token per character, the bytes alone: 256 + the special tokens, no merges
+# nanoGPT's datasets by their names there (--dataset shakespeare_char, by habit): the dataset and options that make them
+# here (shakespeare_char: a token per byte, no merges)
 NANOGPT_DATASETS = {"shakespeare_char": ("shakespeare", ["--vocab_size", str(256 + len(SPECIAL_TOKENS))])}
 SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
-# Markdown notes (Obsidian's, a wiki's), plain text as a .txt is, read when named (a file, or a pattern such as
-# 'notes/**/*.md'): not in a folder, where a .md is as often a dataset's card (README.md) or a repository's docs
+# Markdown notes, read as plain text when named (a file, or a pattern such as 'notes/**/*.md'): not in a folder, where a
+# .md is as often a README
 MARKDOWN = (".md", ".markdown")
 PLAIN_TEXT = (".txt", *MARKDOWN)  # the files read as plain text (text_docs)
-# a Markdown note's YAML front matter (Obsidian's, Jekyll's, Hugo's: "---", lines of "key: value", "---" or "..."),
-# the note's metadata, not its text: trained on, a model of one's notes learnt to begin with tags and dates. Its
-# first line is a key and each other line YAML's (a key, an indented or list line, a comment, blank), so a note that
-# opens with a rule (---) and a paragraph keeps them
+# a Markdown note's YAML front matter ("---", "key: value" lines, "---" or "..."), metadata a model of one's notes
+# learnt to begin with; its first line must be a key, so a note opening with a rule (---) and a paragraph keeps them
 YAML_LINE = r"(?:[^\W\d][\w .-]*:|[ \t#-])[^\n]*\n|\r?\n"
 FRONT_MATTER = re.compile(rf"---[ \t]*\r?\n[^\W\d][\w .-]*:[^\n]*\n(?:{YAML_LINE})*?(?:---|\.\.\.)[ \t]*(?:\r?\n|\Z)")
 # what prepare.py writes in a dataset's folder besides meta.json: no source's files, when --source is that folder
@@ -143,9 +141,8 @@ HUB = {
     "chat": ("tatsu-lab/alpaca", None, "train", None),
     "knowledge": ("openai/gsm8k", "main", "train", None),
 }
-# Data the hub has in no form datasets still loads (karpathy/tiny_shakespeare is a loading script), fetched from where
-# it lives instead: char-rnn's Tiny Shakespeare, the file nanoGPT downloads. datasets could read the URL too, but only
-# with aiohttp, which it no longer installs; one urlopen needs nothing.
+# char-rnn's Tiny Shakespeare, the file nanoGPT downloads, fetched with one urlopen: the hub has it only as a loading
+# script, which datasets no longer runs
 URLS = {"shakespeare": "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"}
 
 
@@ -243,12 +240,10 @@ def text_docs(path):
     yield from separated_docs(chunks, lambda text: text.split(EOT))
 
 
-# the fields record_doc reads a record by: a list of turns under the first four (`contents`: Gemini's, of role/parts)
-# (`chat_messages`: Claude's data export, its conversations.json, of {sender, text})
+# the fields record_doc reads a list of turns under (`contents`: Gemini's role/parts; `chat_messages`: Claude's export)
 TURNS_FIELDS = ("messages", "conversations", "conversation", "contents", "chat_messages")
-# the (prompt, reply, input) fields of the prompt-and-reply shapes, read as a user turn (the input, if any, after a
-# blank line) and its reply (TRL's conversational prompt/completion: lists of turns); a record of several is read by the
-# one first here
+# the (prompt, reply, input) fields of the prompt-and-reply shapes, read as a user turn (the input after a blank line)
+# and its reply; a record of several is read by the first here
 PAIRS = (("instruction", "output", "input"),  # Alpaca (a seed task's `instances`, its input/output pairs: record_docs)
          ("instruction", "response", "context"),  # Databricks Dolly
          ("question", "answer", None),  # GSM8K
@@ -260,8 +255,7 @@ PAIRS = (("instruction", "output", "input"),  # Alpaca (a seed task's `instances
          ("problem", "solution", None))  # MATH, NuminaMath
 # the fields a record's system message may be under: OpenAI's, OpenOrca's, Gemini's (REST, then its SDKs' spelling)
 SYSTEM_FIELDS = ("system", "system_prompt", "systemInstruction", "system_instruction")
-# the last line of a GSM8K answer, the final answer (#### 72): the record's shape that record_doc drops calculator
-# annotations of
+# the last line of a GSM8K answer (#### 72): the record shape whose calculator annotations record_doc drops
 GSM8K_FINAL = re.compile(r"(?:^|\n)#### [^\n]*\s*$")
 # what Claude's export writes in a turn's text for a block it leaves out (a tool's call or result, an artifact, a web
 # search), in a code fence or not: trained on, a model learnt to answer with it
@@ -350,8 +344,7 @@ def separated_docs(chunks, split):
         yield rest.strip(), True
 
 
-# a single newline between two non-empty lines: TinyStories-train-head's story separator (a newline at the very end
-# of a chunk is none: it waits for the next chunk)
+# a single newline between two non-empty lines: TinyStories-train-head's story separator (one ending a chunk waits)
 STORY_BREAK = re.compile(r"(?<!\n)\n(?!\n|\Z)")
 
 
@@ -362,10 +355,9 @@ def story_line_docs(path):
     return separated_docs(read_text_chunks(path), STORY_BREAK.split)
 
 
-# TinyStories' mojibake (the mirror's train-head files, parts of the hub's): punctuation U+2000-U+203F (quotes, dashes,
-# the ellipsis) whose UTF-8 bytes E2 80 xx were read as cp1252 upstream, “ as â€œ and ’ as â€™; ” as â€ alone, its
-# byte 0x9D (no cp1252 character) lost. A model trained on it writes it. Each sequence mapped is the character's own
-# bytes read as cp1252, so nothing else changes: text without â€ stays byte for byte, a French "â" included
+# TinyStories' mojibake: punctuation U+2000-U+203F (quotes, dashes, the ellipsis) whose UTF-8 bytes E2 80 xx were read
+# as cp1252 upstream, “ as â€œ, ” as â€ alone (0x9D is no cp1252 character). Each key is the character's own bytes read
+# as cp1252, so text without â€ stays byte for byte
 MOJIBAKE = {"â€" + c: bytes([0xE2, 0x80, b]).decode("utf-8")
             for b in range(0x80, 0xC0) if (c := bytes([b]).decode("cp1252", "ignore"))}
 MOJIBAKE_RUN = re.compile("â€[" + re.escape("".join(k[2] for k in MOJIBAKE)) + "]?")
@@ -504,17 +496,15 @@ def json_records(path, folder=None):
 def jsonl_records(path, folder=None):
     """json_records of a .jsonl file."""
     stray = fix = None  # whether the file's bytes that are no UTF-8 are strays in UTF-8 text (not_utf8's reading),
-    # and the way out not_utf8 then names (one for the file: each bad line's error says it again)
-    # -sig: a byte-order mark (Notepad, Excel) is not JSON
+    # and the way out not_utf8 names (said once per file); -sig: a byte-order mark (Notepad, Excel) is not JSON
     with open(path, encoding="utf-8-sig", errors="surrogateescape") as f:
         for n, line in enumerate(f, 1):
             line = line.removeprefix("\ufeff")  # one in the middle too: files saved by Notepad, joined with `cat`
             if not line.strip():
                 continue
             if NOT_UTF8.search(line):
-                # a line with a stray byte in UTF-8 text (pasted from elsewhere) is a bad record, which
-                # --skip_bad_records leaves out; a file in another encoding (latin1, UTF-16, compressed) is the whole
-                # file's error, its conversion the way out
+                # a stray byte in UTF-8 text is a bad record (--skip_bad_records leaves it out); a file in another
+                # encoding is the whole file's error, its conversion the way out
                 first = stray is None  # (not_utf8 names the first by line and byte of the file)
                 if first:
                     whole, fix = not_utf8(path), stray_byte_fix(path)
@@ -626,9 +616,8 @@ def turns_of(record, field, where):
                  "chat_messages": (("sender", "text"), ("sender", "content"))}.get(
         field, (("role", "content"), ("from", "value")))
     turns = record[field]
-    # OpenAI's function calling: a turn that calls a tool (tool_calls, content null or left out) and the tool's answer
-    # (role "tool") are named, with the way out, not left to "content must be text" or "unknown role 'tool'" (Gemini's
-    # are parts of a turn: functionCall, functionResponse)
+    # OpenAI's function calling (tool_calls, a "tool" turn) and Gemini's (functionCall parts) named with the way out,
+    # not left to "content must be text" or "unknown role 'tool'"
     if isinstance(turns, list) and any(isinstance(m, dict) and (
             m.get("tool_calls") or m.get("function_call") or m.get("role") in ("tool", "function") or
             isinstance(m.get("parts"), list) and any(isinstance(p, dict) and ("functionCall" in p or
@@ -644,16 +633,14 @@ def turns_of(record, field, where):
     if field == "contents":
         return [{"role": SHAREGPT_ROLES.get(m["role"].lower(), m["role"]), "content": gemini_text(m["parts"], where)}
                 for m in turns]
-    # a "weight" is OpenAI's fine-tuning format's: 0 leaves an assistant reply out of the loss (render_chat)
-    # (roles capitalised as some exports write them, "Human", "USER", are the same roles). A null content is an empty
-    # one, as a pair's null reply and a null `text` are (a ShareGPT scrape's failed reply), not a bad record
+    # a "weight" of 0 (OpenAI's fine-tuning format) leaves a reply out of the loss; roles are read in any case ("Human",
+    # "USER"), and a null content is an empty one, not a bad record
     listed = [{"role": SHAREGPT_ROLES.get(m[r].lower(), m[r]), "content": "" if m[c] is None else m[c]}
               | ({"weight": m["weight"]} if m.get("weight") is not None else {})
               for m, (r, c) in ((m, turn_spelling(m, spellings)) for m in turns)]
     if field == "chat_messages":
-        # Claude's export: a long paste (claude.ai makes one an attachment) or a file's text is an attachment's
-        # `extracted_content`, the turn's `text` only what was typed beside it, often nothing. Before the text, as the
-        # conversation showed it. A tool's block is left out, as ChatGPT's export's are, with the export's placeholder
+        # Claude's export: a long paste or a file is an attachment's `extracted_content`, put before the turn's typed
+        # `text` as the conversation showed it; a tool's block is left out, with the export's placeholder for it
         for turn, m in zip(listed, turns):
             if isinstance(turn["content"], list):  # a turn of content blocks alone, no `text`: its text blocks' (a
                 # tool's, a thinking block, left out as the placeholders are)
@@ -729,9 +716,8 @@ def pair_messages(record, pair, where):
     if extra and record.get(extra):
         asked[0]["content"] += f"\n\n{record[extra]}"  # (an instruction is text: one turn)
     if reply == "answer" and GSM8K_FINAL.search(answered[0]["content"]):
-        # GSM8K's calculator annotations (48/2 = <<48/2=24>>24), noise to a model with no calculator, known by
-        # the record's shape: its file as --source (`--dataset chat`, hf:openai/gsm8k) kept them. Not by the
-        # dataset's name: another question/answer set may write << and >> (C++'s cout << x; cin >> y)
+        # GSM8K's calculator annotations (<<48/2=24>>), noise to a model with no calculator, known by the record's
+        # shape, not the dataset's name: another question/answer set may write << and >> (C++)
         answered[0]["content"] = re.sub(r"<<[^<>]*>>", "", answered[0]["content"])
     return alternate([t for h in history for t in h]) + asked + answered
 
@@ -805,14 +791,11 @@ def record_doc(record, where, dataset=None):
         raise UserError(f"{where}: expected an object or a string, got {json_kind(record)}" + (
             "; a list of records? give one a line (JSON Lines), or the whole array as a .json file" if records else
             '; a conversation\'s turns? give each as {"messages": [...]}' if bare_turns(record) else ""))
-    # the shape by the fields that hold something: a parquet file or a pandas export of mixed records gives every row
-    # every column, null where the row has none (an Alpaca row's question, a QA row's instruction)
+    # the shape by the fields that hold something: a parquet file or a pandas export gives every row every column
     has = {k for k, v in record.items() if v is not None}
-    # the turns' names: `messages` takes ShareGPT's role names too, as the error for an unknown role says;
-    # `conversation` is lmsys-chat-1m's and WildChat's name for OpenAI's list of {role, content}
+    # `messages` takes ShareGPT's role names too; `conversation` is lmsys-chat-1m's and WildChat's name for it
     turns_field = next((f for f in TURNS_FIELDS if f in has), None)
-    # the first pair whose fields both hold something, else the first whose reply is there but null (an empty reply,
-    # out of the loss below): a parquet file gives every row every column
+    # the first pair whose fields both hold something, else the first whose reply is there but null (an empty reply)
     pair = next((p for p in PAIRS if p[0] in has and p[1] in has), None) or \
         next((p for p in PAIRS if p[0] in has and p[1] in record), None)
     try:
@@ -839,14 +822,12 @@ def record_doc(record, where, dataset=None):
         elif "chosen" in has and "rejected" in has:
             raise preference_pair(record, where)
         else:
-            # records wrapped in an object, {"data": [...]} as many exports write: it named only the fields it lacks,
-            # which the user's records have
+            # records wrapped in an object ({"data": [...]}): named, not the fields the wrapper lacks
             inner = next((k for k, v in record.items() if bare_turns(v) and any(f in v[0] for f in RECORD_FIELDS)),
                          None)
             wrapped = f"; its `{inner}` holds a list of records: give that list as the file (a .json array), or one " \
                       f"record a line (JSON Lines)" if inner else ""
-            # the fields it has, beside those it lacks, show a near miss ("Question"/"Answer", or "Question;Answer": a
-            # CSV split on the wrong separator); each cut and escaped, as a headerless CSV's are its first row's cells
+            # the fields it has show a near miss ("Question", or "Question;Answer": a CSV split on the wrong separator)
             def named(keys):
                 shown = (json.dumps(k if len(k) <= 40 else k[:37] + "...", ensure_ascii=False)[1:-1] for k in keys[:8])
                 return ", ".join(f"`{k}`" for k in shown) + (f" and {len(keys) - 8:,} more" if len(keys) > 8 else "")
@@ -873,12 +854,10 @@ def record_doc(record, where, dataset=None):
         if "weight" in m and (isinstance(m["weight"], bool) or m["weight"] not in (0, 1)):
             raise UserError(f"{where}: a message's weight must be 0 (not trained on) or 1, got {m['weight']!r}")
         if m["role"] == "assistant" and not m["content"].strip():
-            # an empty reply among others (a ShareGPT scrape that failed, a null answer exported as "") stays, out of the
-            # loss: trained on, it taught the model to close its turn at once, answering a question with nothing
+            # an empty reply among others stays, out of the loss: trained on, it taught the model to answer with nothing
             m["weight"] = 0
     replies = [m["content"] for m in messages if trained_on(m)]
-    # no reply, or replies all empty (Alpaca's output "") or weighted 0: nothing under the loss mask, as an empty text
-    # record has nothing (a conversation of user turns alone would be windows of context for no loss)
+    # no reply with text and weight: nothing under the loss mask, as an empty text record has nothing
     if not any(r.strip() for r in replies):
         return None
     return messages
@@ -1000,12 +979,10 @@ def good_docs(records, label, dataset, left, scan=True):
         if doc and (skipping or not bad):  # (once one is bad, and not skipped, the rest is only read)
             yield where, doc
     if strays and strays >= kept:
-        # the first records are the odd ones (a stray conversation atop plain text): leaving out the others would keep
-        # them alone. Not skippable, both places named
+        # the first records are the odd ones (a stray conversation atop plain text): not skippable, both places named
         raise mixed_kinds(stray.where, stray.kind, stray.first)
     if good and not kept and (not bad or skipping):
-        # every record read and none with a reply or text (TRL's completions all [], a reply column all null: the wrong
-        # field, an export that lost it)
+        # every record read and none with a reply or text (a reply column all null: the wrong field)
         raise UserError(f"{label}: none of its records has anything to train on (every assistant reply, or text, is "
                         f"missing, empty or null): fill them in, or leave the file out")
     if not bad or (good and skipping):
@@ -1414,8 +1391,8 @@ def folder_files(path):
             found.append(os.path.join(d, f))
     found.sort()
     kinds = ", ".join(f"{n} {kind}" for kind, n in others.most_common())
-    # a folder of notes in Markdown, with plain text or alone: the patterns that read both, as `--source` to paste,
-    # not a tree of notes to rename. Not beside records, whose folder's README.md is the dataset's card
+    # a folder of Markdown notes (alone, or with .txt files): the patterns that read them, as `--source` to paste; not
+    # beside records, whose folder's README.md is the dataset's card
     notes = [k for k in MARKDOWN if k in others]
     texts = {suffix(f) for f in found}
     # (the folder's name escaped: "notes [2024]" as a pattern matched nothing, its brackets a set of characters)
@@ -1461,8 +1438,8 @@ def find_source(dataset, source=None, extra=True, limit=None, left=None):
                 raise UserError(f"--source {path}: no such file or folder")
             elif suffix(path) not in (*SUFFIXES, *MARKDOWN):
                 head = b""
-                # (a compressed file: notes.txt.gz, its way out the command. A file only: opening a named pipe waits
-                # for its writer, /dev/stdin for the keyboard, where the error came at once)
+                # (a compressed file's way out is a command; only a regular file is opened: a named pipe's open waits
+                # for a writer)
                 with contextlib.suppress(OSError):
                     if os.path.isfile(path):
                         with open(path, "rb") as f:
@@ -1472,9 +1449,8 @@ def find_source(dataset, source=None, extra=True, limit=None, left=None):
                                 f"{'; ' + packed if packed else table_fix(path)}")
             else:
                 files.append(path)
-        # a file given twice (a file and its folder, overlapping folders, links) is read once, or its documents would
-        # be in train twice and in val too. Known by its inode, as a hard link is (its path where a filesystem gives
-        # none: 0 for all would keep one file)
+        # a file given twice (a file and its folder, overlapping folders, links) is read once, known by its inode (hard
+        # links too), or its documents would be in train twice and in val
         unique = {}
         for f in files:
             if not os.path.isfile(f):  # a named pipe (mkfifo) ends at its first read: the next one waited for ever
@@ -1595,9 +1571,8 @@ class Split:
         self.tokens = self.documents = self.bytes = self.padding = 0
         self.cut = 0  # documents (books) cut in two, whose head is here and tail in val: counted in neither
         self.repeats = 0  # documents left out of val because train or val has them (write_splits): counted in neither
-        # conversations longer than a block, packed in pieces (Packer.pieces), and of them those cut inside an
-        # exchange (a user message and what follows it) longer than a block too, a reply from its question, and
-        # those whose tail that trains nothing (a final question with no reply) was left out
+        # conversations packed in pieces (Packer.pieces), those cut inside an exchange longer than a block, and those
+        # whose tail that trains nothing was left out
         self.in_pieces = self.cut_exchanges = self.untrained_tails = 0
         self.replaced = 0  # files commit() has renamed into place
 
@@ -1743,8 +1718,7 @@ class Packer:
             for c in cuts[1:-1]:
                 if mask[kept[-1]:c].any():  # the turns since the last cut train on something
                     kept.append(c)
-            # the turns after the last kept cut: kept with what came before if they train on something, else left
-            # out (but in a document that trains nothing at all, where there is no before)
+            # the turns after the last kept cut: kept if they train on something (or nothing does), else left out
             cuts = kept + [body] if len(kept) == 1 or mask[kept[-1]:body].any() else kept
         first = 0  # index in cuts where the piece being grown starts
         for k in range(2, len(cuts)):
@@ -1856,8 +1830,8 @@ def split_documents(split, eot, chunk=1 << 22):
     no memmap). Each its own array, no view of a chunk: the packer holds documents back, and a short one it held
     long would have kept its whole chunk in memory."""
     masked = len(split.files) > 1
-    # the pieces of the document the chunks so far end inside, each chunk searched once (joining a chunk's leftover to
-    # the next chunk and searching again is quadratic in a document of many chunks, over 4M tokens)
+    # the pieces of the document the chunks end inside so far: each chunk searched once (searching a leftover again with
+    # the next chunk is quadratic in a long document)
     held_ids, held_mask = [], []
     for a, ids, ends in chunk_ends(split.tokens, eot, chunk, functools.partial(read_tokens, split)):
         mask = read_tokens(split, a, a + len(ids), mask=True) if masked else None
@@ -1996,19 +1970,16 @@ def val_counts(counts, kind, val_fraction, label, limit, chars=None):
     conversations kept a third of them out of training. Val gets one document at least, and train keeps one."""
     given = [i for i, n in counts.items() if n]
     if kind == "chat" and sum(counts.values()) == 1:
-        # a single conversation has no turn boundary the cut could respect: cut as a book, it would train on half a
-        # turn and validate on the rest
+        # a single conversation cut as a book would train on half a turn and validate on the rest
         if limit == 1:
             raise UserError(f"--limit 1 takes one conversation from {label}, and a val split needs 2 or more: give "
                             f"--limit 2 or more")
         # (not --val_fraction 0: train.py evaluates on the val split)
         raise UserError(f"{label} holds one conversation, and a val split needs 2 or more: add conversations")
-    # a single text document in a source is a book, cut at its text's share, when the documents are too few to give
-    # val a whole one at its share (a handful of books: each gives val its tail); with more, whole documents go to val
-    # (a folder of one-document notes validated on the ends of every note)
+    # a single text document in a source is a book, cut at its text's share, when the documents are too few to give val
+    # a whole one (a handful of books); with more, whole documents go to val
     few = round(sum(counts.values()) * val_fraction) == 0
-    # and so is one over twice val's share of all the text: a folder of short notes and a book gave val the book
-    # whole (train kept 52 tokens of 90k) when the count came to it
+    # and so is one over twice val's share of all the text (a folder of short notes and a book gave val the whole book)
     total = sum((chars or {}).values())
     ks, seen, taken = {}, 0, 0
     for i in given:
@@ -2171,9 +2142,8 @@ def move_val_share(out, val, start, n, k, eot, val_fraction, table):
     if size < 3:  # one token of text, too short to cut (val got its <|endoftext|> alone): val takes it whole, as the
         out.move_tail(start, n, val, table)  # other sources may have given val nothing
         return 0, False
-    # val gets a token of text at least, besides the <|endoftext|>. The cut is where the text reaches 1 - val_fraction
-    # of its bytes, not of its tokens: val is then the same text whatever the vocabulary (cut by tokens, Shakespeare's
-    # val in a 1,024-token vocabulary was 7% less text than in a byte-level one, bits per byte measured on other text)
+    # val gets a token of text at least, besides the <|endoftext|>. The cut is at 1 - val_fraction of the text's bytes,
+    # not tokens, so that val is the same text whatever the vocabulary
     keep = start + min(size - 2, max(1, text_share(out, start, table, 1 - val_fraction)))
     out.move_tail(keep, 0, val, table)
     out.documents, out.cut = out.documents - n, out.cut + n
@@ -2243,8 +2213,7 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
     for name in ("train", "val"):
         splits[name] = Split(folder, name, dtype, kind == "chat", scratch)
     train, val = splits["train"], splits["val"]
-    # plain text's bytes read and where the room left on the disk is checked next: each 1% of the input's
-    # (no conversations': their files' JSON, not read as text, would make the estimate too big)
+    # the disk's room is checked at each 1% of plain text's input (conversations' JSON would make the estimate too big)
     total = sum(sizes) if sizes and kind == "text" else 0
     room = {"read": 0, "check": total / 100}
 
@@ -2263,21 +2232,17 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
                 check_room(folder, (train.tokens + val.tokens) * np.dtype(dtype).itemsize, room["read"], total)
         return n
 
-    # several sources share the val count: counted first (a pass that reads without tokenizing); one is counted
-    # as it is written
+    # several sources share the val count: counted first, in a pass that reads without tokenizing
     roles = [role for role, _, _ in streams]
     ks = None
     if roles.count("split") > 1 and val_fraction:
         counts, chars, _ = count_split_docs(streams, budget)
         ks = val_counts(counts, kind, val_fraction, label_of(streams), limit, chars)
-    # A document train has, or val has already, is left out of val, known by its key (document_key), train's kept as 8
-    # bytes a document:
-    # - of a source's own validation split, as it is read, so that its --limit share counts what val keeps (its
-    #   streams follow train's, sorted once)
+    # a document train has, or val has already, is left out of val, known by its document_key (train's kept as 8 bytes a
+    # document): of a source's own validation split as it is read, so that its --limit share counts what val keeps
     own_val = "val" in roles and val_fraction
-    # - of a val cut from the same sources, once every source is read (a later file's train documents count too):
-    #   DailyDialog's train file repeats 756 of its 11,118 dialogues (718 word for word), and 99 of the 1,112 its tail
-    #   gave val were in train. Val's keys in its order, None for a book's tail (its head is train's)
+    # of a val cut from the same sources once every source is read (DailyDialog's tail gave val 99 dialogues train had);
+    # val's keys in its order, None for a book's tail
     dedup = val_fraction and "split" in roles and "val" not in roles
     train_keys, val_keys, ordered = array("q"), [], None  # ordered: train's keys sorted, for own_val
     own_keys = array("q")  # of the documents val keeps of a source's own validation split, for doc_keys
@@ -2358,9 +2323,8 @@ def train_docs(make_docs, budget, role, val_fraction, k, n, chars):
         yield from limited(make_docs(), budget, role)
         return
     keep = None if k is None else n - k  # documents
-    # characters, for a single document; never all of them (a document of a few characters, one token once its merge is
-    # learnt, goes to val whole), which for one of 10 or more at the 0.1 share is the ceil of its share, as always:
-    # vocabularies trained again on the same text stay the same, and the checkpoints trained on them fit
+    # characters, for a single document; never all of them (a few characters become one token, which goes to val whole),
+    # else the ceil of its share, so that a vocabulary trained again on the same text stays the same
     left = min(chars * (1 - val_fraction), chars - 1)
     for doc in limited(make_docs(), budget, role):  # to the end, spending the budget as write_splits does
         if keep is not None:
@@ -2384,8 +2348,7 @@ def input_sizes(plan, limit):
     streams are not all files read whole (a hub split, a download, chitchat; --limit's first documents): build's
     progress then counts bytes with no total."""
     files, labels = plan["files"], [label for _, label, _ in plan["streams"]]
-    # (a file's stream is labelled with its path; a local folder read as a hub set, hf:PATH, has files, a split's
-    # several or none, and streams of splits)
+    # (a file's stream is labelled with its path; a local folder read as hf:PATH has files, but streams of splits)
     if limit is not None or not files or [os.path.abspath(label) for label in labels] != files:
         return None
     return [text_bytes(f) for f in files]
@@ -2447,8 +2410,7 @@ def train_vocabulary(plan, vocab_size, path, limit, val_fraction, pack=None):
                 if sizes:  # the rest of its file, as the build's bar comes to it: its records' JSON, separators,
                     # val's tail (which train_docs leaves unread)
                     progress.update(max(0, sizes[i] - (progress.n - before)))
-        # a text of one character: val gets it, train none; said as write_splits says it, not as train_bpe's "no text
-        # to train on" of a file that holds text (the sample has taken its texts of every document before)
+        # a text of one character: val gets it, train none; said as write_splits says it, not as train_bpe's "no text"
         if cut and not sample.chars:
             raise too_little_text(plan["streams"], "train")
 
@@ -2585,8 +2547,8 @@ def train_on_command(meta, out_dir, tokenizer=None):
     block = meta.get("pack") or 0  # (text, and --pack 0: not packed)
     if block and block != (context or DEFAULT_PACK) and block <= (context or MAX_PACK):
         args += ["--block_size", str(block)]
-    # text too short for one window of the model's context (3 kB of notes: 187 val tokens) got a command that train.py
-    # refused: the largest power of two that fits both splits (a window is --block_size + 1 tokens)
+    # text too short for one window of the model's context got a command train.py refused: the largest power of two that
+    # fits both splits (a window is --block_size + 1 tokens)
     fits = min(meta["splits"][s]["tokens"] for s in ("train", "val")) - 1
     if not block and 0 < fits < (context or DEFAULT_PACK):
         args += ["--block_size", str(1 << (fits.bit_length() - 1))]
@@ -2631,9 +2593,8 @@ def damaged_field(folder, meta, enc=None):
     unreadable_field says it, or None: a vocab_size other than enc's (a larger one trains a model its tokenizer does not
     fit), a has_mask lost from a chat set (it would train on every token), counts of its splits that are none."""
     vocab_size, has_mask = meta["vocab_size"], meta.get("has_mask")
-    # prepare.py masks the chat sets (kind) alone, and removes the masks a chat set rebuilt as text leaves: masks beside
-    # a has_mask of false are a lost has_mask, which a rebuild gives back (reading them anyway would trust a meta.json
-    # known damaged, whose counts is_complete checks the masks by)
+    # only chat sets are masked, and a chat set rebuilt as text loses its masks: masks beside has_mask false are a lost
+    # has_mask, which a rebuild gives back
     masks = [f for f in ("train_mask.bin", "val_mask.bin") if os.path.exists(os.path.join(folder, f))]
     return (f"vocab_size {vocab_size} for a vocabulary of {enc.n_vocab}" if enc and vocab_size != enc.n_vocab else
             # (what every script compares a vocabulary with: gone, each said "tokenizer ... changed")
@@ -2698,11 +2659,9 @@ def own_vocabulary(dataset, plan, folder, old, vocab_size, limit, val_fraction, 
         current = get_tokenizer(tokenizer).n_vocab if os.path.exists(tokenizer) else None
     except UserError:  # damaged (a disk error, an editor): retrained like a missing one, it is the dataset's own
         current = None
-    # kept while what it was trained on and its size stay the same (a rebuild for another --pack needs no new
-    # one), so checkpoints trained on it go on fitting; other data (--source, --limit, --no_extra...) gets a
-    # vocabulary of its own, or a short one (the data supported no more merges) would stay short for good
-    # a mix's weights decide how often train repeats each source's documents, not the text the vocabulary learns
-    # from (train_vocabulary reads each source once): other weights keep it; other sources, or their order, do not
+    # kept while its inputs and size stay the same (another --pack needs no new one), so checkpoints trained on it go on
+    # fitting; other data gets its own. A mix's weights change how often train repeats documents, not the text learnt
+    # from: other weights keep it, other sources or their order do not
     learnt, parts = plan, None
     if mix:
         learnt, parts = dict(plan, description="; ".join(p["description"] for p in plan["parts"])), list(mix)
@@ -2711,8 +2670,7 @@ def own_vocabulary(dataset, plan, folder, old, vocab_size, limit, val_fraction, 
     # a mix's vocabulary made before that, fingerprinted with the weights: the same weights again keep it
     by_weights = mix and fingerprint(dataset, plan, f"trained, {vocab_size} ids", None, limit, val_fraction, mix=mix,
                                      version=None)
-    # a dataset from before vocab_fingerprint (VERSION 4) that was built on this vocabulary keeps it once (its
-    # checkpoints go on fitting), as then; not one built with another tokenizer (gpt2), whose text may differ
+    # a dataset from before vocab_fingerprint (VERSION 4) built on this vocabulary keeps it once, as then
     old_own = old and old.get("version", 1) < 4 and made_with_own_vocabulary(old, folder)
     known = (old or {}).get("vocab_fingerprint", vocab_fp if old_own and current == vocab_size else None)
     known = vocab_fp if by_weights and known == by_weights else known
@@ -2780,20 +2738,16 @@ def lock_folder(held, out_dir, name, force):
         make_folders(out_dir)
     locked = held.enter_context(held_lock(prepare_lock(out_dir, name), f"another prepare.py is building "
                                           f"{folder}: wait for it to end, or build this one elsewhere with --name"))
-    # token files without a meta.json are another tool's (nanoGPT's data/shakespeare_char: train.bin, val.bin,
-    # meta.pkl), which a build would replace; or a prepare.py's killed as it renamed its new files into place, which
-    # leaves its new meta.json under build's temporary name (the old one is removed first) for the next run to finish
+    # token files without a meta.json are another tool's (nanoGPT's data/shakespeare_char), which a build would replace,
+    # or a killed prepare.py's, whose new meta.json waits under a temporary name for the next run to finish its renames
     bins = [f for f in OWN_FILES if f.endswith(".bin") and os.path.isfile(os.path.join(folder, f))]
     if bins and not force and not os.path.exists(os.path.join(folder, "meta.json")) \
             and not any(re.fullmatch(tmp_pattern(r"meta\.json"), f) for f in os.listdir(folder)):
         raise UserError(f"{folder} holds {', '.join(bins)} but no meta.json, so no dataset prepare.py made (another "
                         f"tool's?): pick another folder with --name or --out_dir, move those files, or replace them "
                         f"with --force")
-    # what a prepare killed mid-write (SIGKILL, the OOM killer) left: token files (with a scratch suffix), meta (build's
-    # new meta.json is itself written by atomic_write_text under a temporary name of its temporary name), vocabulary
-    # (train_bpe's own temporary name of prepare's), check_writable's probe. With the folder's lock held no other
-    # prepare writes them (one on another machine holds the lock too), so they go at once, not after 10 quiet minutes:
-    # a killed build's token files can be gigabytes
+    # what a prepare killed mid-write left: token files, meta.json's and the vocabulary's temporary files, the write
+    # probe. With the folder's lock held no other prepare writes them, so they go at once (they can be gigabytes)
     remove_stale_tmp(folder, rf"(?:train|val)(?:_mask)?\.bin(?:\.[\w-]+)?|(?:meta\.json|{re.escape(VOCAB_FILE)})"
                              r"(?:\.\d+\.tmp)?|\.write-probe", quiet_s=0 if locked else 600)
     return folder
@@ -2814,16 +2768,14 @@ def old_options(folder, old, dataset, sources, plan, named, force):
     made_with = meta_options(old, folder, odd={}) if same_dataset else {}
     # the --source files it was made from (absolute, as options records them)
     old_sources = made_with.get("source")
-    # made from the user's own files: not replaced unasked by the mirror's or the hub's data (a bare `prepare.py` after
-    # `--dataset chat --source mine.jsonl`, as the module docstring shows)
+    # made from the user's own files: not replaced unasked by the mirror's or the hub's data (a bare `prepare.py`)
     if old_sources and not force and not sources:
         raise OtherSource(f"{folder} holds the {dataset!r} dataset made from your files (by "
                           f"`{rebuild_command(old, folder)}`), not from {plan['description']}: run that to make it "
                           f"again, pick another folder for this one with --name, or replace it with --force")
-    # --source files into a folder no --name chose (data/<dataset>; data/text by default) replace no dataset made from
-    # other files or from the mirror's or the hub's data (`--dataset story --source mine.txt` after `make demo`), as
-    # they replace no other dataset: a model may be trained on it. A --name given is the user's choice: made again there
-    # old_description: its plan["description"], "--source " and each file read, or the mirror's or the hub's
+    # --source files into a folder no --name chose replace no dataset made from other files or from the mirror's or the
+    # hub's data (`--dataset story --source mine.txt` after `make demo`): a model may be trained on it. A --name given
+    # is the user's choice. old_description: its plan["description"]
     old_description = same_dataset and old.get("source")
     if old_description and sources and not named and not force:
         if not str(old_description).startswith("--source "):
@@ -2947,10 +2899,8 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
         # what conversations are packed in: --pack, else the context of the model --tokenizer names (options keep the
         # --pack given, None: rebuild_command's --tokenizer gives the same again)
         block = pack if pack is not None else default_pack(None if vocab_size is not None else tokenizer)
-        # blocks longer than the context of the model --tokenizer names: fine-tuned at that context, train.py cuts
-        # conversations between its windows (and warns, after the minutes of a big set's build); a new model of a
-        # context that long trains on them whole, so said, not refused; and the summary suggests no larger --pack to
-        # its fine-tune. (By the name the model was read by: cached)
+        # blocks longer than the context of the model --tokenizer names: its fine-tune cuts conversations between
+        # windows, but a new model of that context trains on them whole: warned, not refused (model_context: cached)
         context = model_context(tokenizer) if vocab_size is None else None
         if context and pack and pack > context:
             print(f"warning: --pack {pack} is longer than the context of {common.shown_path(tokenizer)} ({context} "
@@ -2968,9 +2918,8 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
         fp, text_fp = fp_of(tokenizer, block), fp_of(tokenizer, 0)
         text = old and old.get("kind") == "text"
         same = [text_fp if text else fp]  # (its fingerprint as this build would write it, first)
-        # meta.json names its vocabulary by the absolute path it had, which a dataset folder moved since (data/
-        # renamed, the project moved) no longer has: gone from there, that path is a mere name, and the vocabulary is
-        # the same when its tokenizer_hash, in the fingerprint, is (a path there now, another file, is not taken for it)
+        # meta.json names its vocabulary by the absolute path it had, which a folder moved since no longer has: gone
+        # from there, the vocabulary is the same when its tokenizer_hash, in the fingerprint, is
 
         recorded = old and old.get("tokenizer")
         moved = isinstance(recorded, str) and recorded not in ("gpt2", tokenizer) and not os.path.exists(recorded)
@@ -3071,8 +3020,7 @@ def mix_splits(folder, plan, enc, splits, raw_splits, limit, val_fraction, block
     splits["train"] = Split(folder, "train", raws[0]["train"].dtype, True)
     # a document at a time (read_tokens: the order jumps all over the files, and a memmap of them kept every page read)
     trains = [raw["train"] for raw in raws]
-    # (each dataset's tokens counted as packed: its conversations in pieces gain an <|endoftext|> each and may leave
-    # out their end, so that the counts add up to the split's tokens, less its padding)
+    # (each dataset's tokens counted as packed, so that the counts add up to the split's tokens less its padding)
     train_tokens = pack_split(splits["train"], ((read_tokens(trains[i], starts[i][d], ends[i][d]),
                                                  read_tokens(trains[i], starts[i][d], ends[i][d], mask=True))
                                                 for i, d in zip(source[order], doc[order])), block, enc, source[order])
@@ -3116,8 +3064,7 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
     splits, raw_splits = {}, []  # the dataset's splits, and the unpacked or per-source ones they are made from
     mixed = None
     try:
-        # in bytes of input, of a total where known: a count of documents said that it moved, not for how much longer
-        # (a 2 GB text file took 8 minutes on 2 cores)
+        # in bytes of input, of a total where known: a count of documents said not how much longer
         sizes = [input_sizes(part, limit) for part in plan.get("parts", [plan])]
         total = sum(sum(s) for s in sizes) if all(sizes) else None
         with progress_bar(folder, total) as progress:
@@ -3160,27 +3107,23 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
                       for s in ("train", "val")},
             # whole documents are counted in a split; these, a book's head in train and its tail in val, in neither
             "cut_documents": splits["train"].cut,
-            # and these, val's documents that train has too, in none (counted as tokenized: in the splits packed or
-            # mixed from, or in val itself)
+            # and these, val's documents that train has too, in none (counted where tokenized)
             "val_repeats": splits["val"].repeats + sum(raw["val"].repeats for raw in raw_splits),
         }
         if mixed:
             meta["mix"] = mixed
         if vocab_fp:
             meta["vocab_fingerprint"] = vocab_fp
-        # a file written to as it is read (a download or export still going) gives its passes other documents: val's
-        # share, counted first, would be cut from documents the tokens no longer have, and meta.json's counts be wrong
+        # a file written to as it is read gives its passes other documents: val's share, counted first, and meta.json's
+        # counts would be wrong
         changed = [f for f, a, b in zip(plan["files"], read_from, file_states(plan)) if a != b]
         if changed:
             raise UserError(f"{changed[0]} changed while prepare.py read it (still being written?): run this again once "
                             f"it is complete; {folder} is as it was")
-        # The new files replace the old in two steps; what an interruption leaves:
-        # 1. every new file is flushed to disk under its temporary name (seconds for a big train.bin), the new
-        #    meta.json too: the old dataset is untouched, and the temporary files are removed on the way out.
-        # 2. renames, quick: meta.json goes first and comes back last, so it is never read with a mix of old and
-        #    new files. Ctrl-C waits for them (ctrl_c_held) and finds the new dataset complete (a first build's
-        #    folder is then removed, as at any interruption); only a crash (kill -9, power loss) stops them halfway,
-        #    leaving a folder without meta.json: no dataset to every script, rebuilt by the next prepare.py.
+        # The new files replace the old in two steps: 1. every new file, meta.json too, is flushed under its temporary
+        # name (the old dataset untouched; the temporary files removed on the way out). 2. renames, quick: meta.json
+        # goes first and comes back last, so it is never read with a mix of old and new files; Ctrl-C waits for them
+        # (ctrl_c_held); a crash stops them halfway, leaving a folder without meta.json, rebuilt by the next prepare.py
         for split in splits.values():
             split.sync()
         atomic_write_text(new_meta, json.dumps(meta, indent=2) + "\n")  # new_vocab is on disk already (train_bpe)
@@ -3194,8 +3137,8 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
                 for split in splits.values():
                     split.commit()
             except PermissionError as e:
-                # Windows refuses to replace a file another process holds open (a train.py or eval.py reading the
-                # dataset): the old meta.json was gone, and the old dataset with it. Back while no file is replaced
+                # Windows refuses to replace a file another process holds open, with the old meta.json gone: put back
+                # while no file is replaced
                 kept = old_meta is not None and not any(s.replaced for s in splits.values())
                 if kept:
                     atomic_write_text(meta_path, json.dumps(old_meta, indent=2) + "\n")
@@ -3276,9 +3219,7 @@ def print_summary(folder, meta, plan, limit, dt, context=None):
           f"{tokens:,} tokens ({tr['tokens']:,} / {va['tokens']:,}), {fmt_mb(mb)} of text in {dt:.1f}s: "
           f"{fmt_mb(mb / dt, 2)}/s, {fmt_count(tokens / dt)} tokens/s")
     if limit and any({"split", "train"} <= {role for role, _, _ in p["streams"]} for p in plan.get("parts", [plan])):
-        # (else --limit 2000 giving 4,000 documents is a puzzle). Not said of a source's own validation split,
-        # whose train files are "train" too (DailyDialog has no extra files, and no val cut from its files), nor of a
-        # mix, whose streams are its datasets' together (DailyDialog's "train" and chat's "split")
+        # (else --limit 2000 giving 4,000 documents is a puzzle); not of a source's own validation split, nor a mix
         print(f"  --limit {limit:,} counts the files val is cut from and the train-only extra files apart: at most "
               f"{limit:,} document{'s' * (limit > 1)} of each (--no_extra leaves the extra ones out)")
     repeats = plan.get("extra_repeats") or {}
@@ -3287,8 +3228,7 @@ def print_summary(folder, meta, plan, limit, dt, context=None):
         print(f"  left out {n:,} stor{'ies' if n > 1 else 'y'} of the extra files already in an earlier file (case and "
               f"spacing ignored): {per_file(repeats)}")
     if block:
-        # (a conversation longer than a block trains in pieces, and an exchange longer than one without all of its
-        # question: said here, not only in the README)
+        # (a conversation in pieces, and an exchange cut from its question: said here, not only in the README)
         pieces, inside = tr["in_pieces"] + va["in_pieces"], tr["cut_exchanges"] + va["cut_exchanges"]
         tails = tr["untrained_tails"] + va["untrained_tails"]  # (else the documents' tokens, as counted, went missing)
         # (without --pack, a block other than DEFAULT_PACK is the model's that --tokenizer names: default_pack)
@@ -3396,8 +3336,7 @@ def main(argv=None):
                         "with no good record, or with no more of its first records' kind than of the other, still "
                         "stops it")
     args = p.parse_args(argv)
-    # before any reading or tokenizing; a folder that is there is checked by prepare() once it must write: a dataset up
-    # to date in a read-only one (a shared copy) is said to be, as nothing needs writing
+    # a folder that is there is checked once prepare() must write: a dataset up to date in a read-only one says so
     if not os.path.isdir(args.out_dir):
         check_output(args.out_dir, "--out_dir", folder=True)
 
