@@ -2046,9 +2046,7 @@ def keyed(docs, keys):
         key = document_key(doc, before)
         if ends_document(doc):
             keys.append(key)
-            before = None
-        else:
-            before = key
+        before = None if ends_document(doc) else key
         yield doc
 
 
@@ -3343,15 +3341,12 @@ def main(argv=None):
     options = dict(tokenizer=args.tokenizer, limit=args.limit, val_fraction=args.val_fraction, force=args.force,
                    out_dir=args.out_dir, extra=not args.no_extra, vocab_size=args.vocab_size,
                    skip_bad_records=args.skip_bad_records)
-    if args.mix:
-        given = [option for option, value in (("--dataset", args.dataset), ("--source", args.source)) if value]
-        if given:  # (the one given, named: "drop --dataset" after a --source alone sent a reader looking for one)
-            raise UserError(f"--mix builds one dataset from the datasets it names: drop {' and '.join(given)}")
-        meta = prepare("mix", mix=parse_mix(args.mix), name=args.name, pack=args.pack, **options)
-        print(next_step(meta, args.out_dir, args.tokenizer))
-        return
-    if args.dataset or args.source:
-        meta = prepare(args.dataset or "text", source=args.source, name=args.name, pack=args.pack, **options)
+    given = [option for option, value in (("--dataset", args.dataset), ("--source", args.source)) if value]
+    if args.mix and given:  # (the one given, named: a --source alone was once told to drop --dataset)
+        raise UserError(f"--mix builds one dataset from the datasets it names: drop {' and '.join(given)}")
+    if args.mix or given:
+        meta = prepare("mix", mix=parse_mix(args.mix), name=args.name, pack=args.pack, **options) if args.mix else \
+            prepare(args.dataset or "text", source=args.source, name=args.name, pack=args.pack, **options)
         print(next_step(meta, args.out_dir, args.tokenizer))
         return
     if args.name:
