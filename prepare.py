@@ -152,9 +152,8 @@ def suffix(path):
 
 
 def table_fix(path):
-    """The way out for a spreadsheet's export (.csv, .tsv), a common form of one's own chat data: a command that writes
-    its rows as JSON Lines records next to it (chats.csv.jsonl: no file of the user's replaced), by pandas, which
-    datasets brings. Its columns name the fields (prompt/completion, question/answer...). "" for another file type."""
+    """The way out for a spreadsheet (.csv, .tsv): a pandas command that writes its rows, columns as fields, as JSON
+    Lines records next to it (chats.csv.jsonl: no file of the user's replaced); "" for another file type."""
     sep = {".csv": ",", ".tsv": "\t"}.get(suffix(path))
     if sep is None:
         return ""
@@ -200,9 +199,8 @@ class TokenizerGone(UserError):
 # so a big file streams in bounded memory -- or a conversation [{role, content}].
 
 def text_docs(path):
-    """A .txt file: documents separated by the literal <|endoftext|> (TinyStories style), else
-    the whole file is one document, streamed in pieces cut after a newline. Elsewhere special-token
-    strings stay plain text: they are encoded with encode_ordinary."""
+    """A .txt file: documents separated by the literal <|endoftext|> (TinyStories style), else one document, streamed in
+    pieces cut after a newline. Elsewhere special-token strings stay plain text (encode_ordinary)."""
     separated, blank = False, True
     chunks, head = read_text_chunks(path), None
     try:
@@ -291,9 +289,8 @@ def chatml_text(text, where, way_out, file="IN.jsonl"):
 
 
 def preference_pair(record, where):
-    """The UserError for a record of chosen and rejected replies (DPO's data: minimind's dpo.jsonl, TRL's preference
-    sets), with a jq command that writes the chosen replies as conversations where the record's shape has them: lists
-    of turns (minimind's, TRL's conversational form), or TRL's prompt and chosen text (IN.jsonl stands for its file)."""
+    """The UserError for a record of chosen and rejected replies (DPO's data), with a jq command that writes the chosen
+    replies as conversations where the record's shape allows (IN.jsonl stands for its file)."""
     if isinstance(record["chosen"], list) and isinstance(record.get("prompt", []), list):
         jq = "{messages: ((.prompt // []) + .chosen)}"
     elif isinstance(record["chosen"], str) and isinstance(record.get("prompt"), str):
@@ -307,9 +304,8 @@ def preference_pair(record, where):
 
 
 def refuse_records(path, text):
-    """A UserError when text, the start of the .txt (or Markdown) file path, is a JSON record on its first line (an
-    object of a field record_doc reads, or a conversation's bare list of turns): read as plain text, a chat log's JSON
-    would be trained on as words, with no loss mask."""
+    """A UserError when text, the start of the .txt (or Markdown) file path, is a JSON record or a table's header on its
+    first line: read as plain text, it would be trained on as words, with no loss mask."""
     line = text.lstrip().partition("\n")[0]
     kind = f"a {suffix(path)} file"  # (a Markdown note's too, read as a .txt is: not "a .txt file")
     if line.startswith(IM_START):  # a chat template's output saved as text: plain text trains its markers as words
@@ -349,9 +345,8 @@ STORY_BREAK = re.compile(r"(?<!\n)\n(?!\n|\Z)")
 
 
 def story_line_docs(path):
-    """TinyStories-train-head.txt: stories separated by a single newline, paragraphs by a blank
-    line (upstream lost the real separators, so the few stories whose paragraphs were single
-    newlines come out as several documents)."""
+    """TinyStories-train-head.txt: stories separated by a single newline, paragraphs by a blank line (upstream lost the
+    real separators: a story whose paragraphs were single newlines comes out as several)."""
     return separated_docs(read_text_chunks(path), STORY_BREAK.split)
 
 
@@ -369,9 +364,8 @@ def mend_mojibake(text):
 
 
 def mended_docs(make_docs, label, mended):
-    """The documents of make_docs() (a stream's), their mojibake mended (mend_mojibake) and counted under
-    mended[label]: the most one pass has mended, as each pass over a file (the val count, a vocabulary's, the
-    tokenizing) reads it from its start."""
+    """The documents of make_docs(), their mojibake mended and counted under mended[label]: the most one pass has
+    mended, as each pass over a file reads it from its start."""
     n = 0
     for doc in make_docs():
         if doc_kind(doc) == "text":
@@ -426,9 +420,8 @@ def spoken(messages):
 
 
 def dailydialog_docs(path, left=None):
-    """DailyDialog's original release: one dialogue per line, turns separated by __eou__. A line with no reply (one
-    utterance) has nothing to train on: left out and counted under left.empty (a LeftOut), as good_docs does a `dialog`
-    record of one turn."""
+    """DailyDialog's original release: one dialogue per line, turns separated by __eou__. A line with no reply is left
+    out and counted under left.empty (a LeftOut), as good_docs does a `dialog` record of one turn."""
     n, empty, wheres, kept = 0, 0, [], 0
     for chunk in read_text_chunks(path):
         lines = chunk.split("\n")  # (not splitlines(): a \r or U+2028 inside a turn is no line break here)
@@ -674,9 +667,8 @@ def as_turns(record, field, role, where):
 
 
 def record_docs(record, where, dataset=None):
-    """record_doc's documents of one record: one, or one for each of a Self-Instruct seed task's `instances` (Alpaca's
-    seed_tasks.jsonl), the instruction with each input/output pair, as an Alpaca record of them would be: each pair is
-    an example of its own, not a turn of one conversation."""
+    """record_doc's documents of one record: one, or one for each of a Self-Instruct seed task's `instances` (the
+    instruction with each input/output pair, an example of its own)."""
     # (a record with turns or an output is read by those, as record_doc reads it)
     seed_task = isinstance(record, dict) and record.get("instances") is not None and \
         record.get("instruction") is not None and all(record.get(f) is None for f in (*TURNS_FIELDS, "output"))
@@ -690,9 +682,8 @@ def record_docs(record, where, dataset=None):
 
 
 def plain_text(text, where):
-    """A text record's document, None when empty; a UserError for a conversation already rendered in ChatML (a chat
-    template applied before saving, as many SFT sets' text column is): read as plain text, its <|im_start|> and
-    <|im_end|> were trained on as words, leaving no token to end a reply at, and the user's turns were in the loss."""
+    """A text record's document, None when empty; a UserError for a conversation already rendered in ChatML: read as
+    plain text, its markers were trained on as words and the user's turns were in the loss."""
     if text.lstrip().startswith(IM_START):
         raise chatml_text(text, where, ": give it as `messages` "
                           "[{\"role\": \"user\", \"content\": ...}, {\"role\": \"assistant\", ...}]")
@@ -723,9 +714,8 @@ def pair_messages(record, pair, where):
 
 
 def record_system(record, where):
-    """The system message a record gives beside its turns or prompt, under the first of SYSTEM_FIELDS that holds one
-    (Gemini's is its parts, {"parts": [{"text": ...}]}); "" if none. A UserError naming where for one of another
-    kind."""
+    """The system message a record gives under the first of SYSTEM_FIELDS that holds one (Gemini's: its parts); "" if
+    none; a UserError naming where for one of another kind."""
     field = next((f for f in SYSTEM_FIELDS if record.get(f) is not None), None)
     value = record.get(field, "")
     if isinstance(value, dict) and "parts" in value and field in ("systemInstruction", "system_instruction"):
@@ -1077,9 +1067,8 @@ def listed(names, shown=OTHER_FILES):
 
 
 def with_other_not_utf8(e, plan):
-    """e, the NotText of one of plan's files, with the plan's other files that are not UTF-8 either named (the first
-    OTHER_FILES, the rest counted), so that one run names them all (a folder of notes saved on Windows, in cp1252).
-    Files past OTHER_FILES_BYTES are counted, not read."""
+    """e, the NotText of one of plan's files, with the plan's other files that are not UTF-8 either named, so that one
+    run names them all (a folder of notes saved in cp1252). Files past OTHER_FILES_BYTES are counted, not read."""
     streams = plan["streams"]
     at = next((i for i, (_, label, _) in enumerate(streams) if str(e).startswith(f"{label} ")), None)
     if at is None:  # (a hub split's or the mirror's: no file of the user's)
@@ -1139,9 +1128,8 @@ def move_out(folder):
 
 
 def load_hub(path, config, split, streaming=False):
-    """A split of a Hugging Face hub dataset: downloaded whole and arrow-backed (memory-mapped, not held in RAM), or
-    with streaming its rows read as they are iterated, so that --limit downloads what it takes (the first 10,000 of
-    TinyStories' 2.1M stories for `make demo`, not all 1.9 GB)."""
+    """A split of a Hugging Face hub dataset: downloaded whole (arrow-backed, memory-mapped), or streamed so that
+    --limit downloads what it takes."""
     import datasets  # slow to import, and only needed here
     return datasets.load_dataset(path, config, split=split, streaming=streaming)
 
@@ -1560,9 +1548,8 @@ def fingerprint(dataset, plan, tokenizer, tok_hash, limit, val_fraction, pack=No
 # tokenizing and writing
 
 class Split:
-    """One split being written: token ids (and the loss mask) appended to temporary files,
-    renamed into place by commit(), removed by discard(). scratch goes into the temporary names, so
-    unpacked or per-source splits can be written next to the dataset's own."""
+    """One split being written: token ids (and the loss mask) appended to temporary files, renamed into place by
+    commit(), removed by discard(). scratch tells apart the temporary names of unpacked or per-source splits."""
 
     def __init__(self, folder, name, dtype, has_mask, scratch=""):
         self.dtype = np.dtype(dtype)
@@ -1604,9 +1591,8 @@ class Split:
         self.bytes, other.bytes = self.bytes - moved_bytes, other.bytes + moved_bytes
 
     def drop_documents(self, drop, eot, table):
-        """Remove the documents (each ending with <|endoftext|>, eot) whose index is in the set drop, moving the ones
-        after them up in place: runs of kept documents are copied forward, a block at a time. table: token_bytes(enc),
-        which counts the bytes dropped."""
+        """Remove the documents whose index is in the set drop, moving the ones after them up in place a block at a
+        time. table: token_bytes(enc), which counts the bytes dropped."""
         ends = split_ends(self, eot).tolist()
         runs, dropped_bytes = [], 0  # [start, end) of the kept runs, in tokens
         for i, (a, b) in enumerate(zip([0, *ends], ends)):
@@ -1797,9 +1783,8 @@ def document_ends(ids, eot, chunk=1 << 24):
 
 
 def read_tokens(split, start, stop, mask=False):
-    """Tokens [start, stop) of a Split's file (mask: of its mask file), read with read_items, not from a memmap of the
-    file, whose pages read stay counted in the process's memory: packing a 300 MB chat set showed its whole unpacked
-    file, 180 MB, held (RssFile), 30 GB for a 10B-token set."""
+    """Tokens [start, stop) of a Split's file (mask: of its mask file), read with read_items, not from a memmap, whose
+    pages read stay counted in the process's memory (30 GB for a 10B-token set)."""
     f = split.files[1 if mask else 0]
     f.flush()
     return read_items(f, start, stop - start, np.uint8 if mask else split.dtype)
@@ -1812,9 +1797,8 @@ def split_ends(split, eot, chunk=1 << 22):
 
 
 def last_documents_start(split, start, k, eot, chunk=1 << 22):
-    """Where the last k documents written to a Split since its token `start` begin (each ends with <|endoftext|>, and
-    no other token is one), found reading backwards a chunk at a time: the val cut held every document end of a
-    source instead, 8 bytes a document (15M documents of FineWeb's 10B tokens: 120 MB, and more as it grew)."""
+    """Where the last k documents written to a Split since its token `start` begin, found reading backwards a chunk at a
+    time (not 8 bytes a document for every end of a source)."""
     seen, b = 0, split.tokens  # document ends found in [b, split.tokens)
     while b > start:
         a = max(start, b - chunk)
@@ -1826,9 +1810,8 @@ def last_documents_start(split, start, k, eot, chunk=1 << 22):
 
 
 def split_documents(split, eot, chunk=1 << 22):
-    """(ids, mask or None) of each document written to a Split, in order, read chunk tokens at a time (read_tokens:
-    no memmap). Each its own array, no view of a chunk: the packer holds documents back, and a short one it held
-    long would have kept its whole chunk in memory."""
+    """(ids, mask or None) of each document written to a Split, in order, read chunk tokens at a time. Each its own
+    array, no view of a chunk: a short one the packer held long would have kept its whole chunk in memory."""
     masked = len(split.files) > 1
     # the pieces of the document the chunks end inside so far: each chunk searched once (searching a leftover again with
     # the next chunk is quadratic in a long document)
@@ -1846,9 +1829,9 @@ def split_documents(split, eot, chunk=1 << 22):
 
 
 def mix_choice(doc_tokens, weights):
-    """Which documents make a mix: doc_tokens, per source the token count of each document; returns per
-    source an array of document indices (repeats allowed) whose tokens are about weight / sum(weights) of
-    all the sources' tokens together. Whole copies of a source first, then a seeded random subset."""
+    """Which documents make a mix: doc_tokens, per source the token count of each document; returns per source the
+    document indices (repeats allowed) whose tokens are about weight / sum(weights) of all the sources' together: whole
+    copies of a source first, then a seeded random subset."""
     rng = np.random.default_rng(MIX_SEED)
     total, wsum = sum(int(t.sum()) for t in doc_tokens), sum(weights)
     picks = []
@@ -1865,9 +1848,8 @@ def mix_choice(doc_tokens, weights):
 
 
 def encode_texts(enc, texts, threads=None):
-    """enc.encode_ordinary of each text, on every core: tiktoken releases the GIL while it encodes.
-    One task per thread, not one per text as enc.encode_ordinary_batch does: its per-text
-    thread-pool overhead made short chat messages 5x slower to encode than a plain loop."""
+    """enc.encode_ordinary of each text, on every core (tiktoken releases the GIL): one task per thread, as
+    encode_ordinary_batch's task per text made short chat messages 5x slower than a plain loop."""
     threads = threads or THREADS
     if threads == 1 or len(texts) < 2:
         return [enc.encode_ordinary(t) for t in texts]
@@ -1880,9 +1862,8 @@ def encode_texts(enc, texts, threads=None):
 
 @functools.lru_cache(maxsize=8)
 def token_bytes(enc):
-    """UTF-8 length of the text of each token id: a split's byte count is a table lookup, never a second decode.
-    Special tokens (<|endoftext|>, ChatML's) are 0: they mark documents and turns, they are no text, and bits per
-    byte divides by the bytes of the text (spelled out, each <|endoftext|> added 13 bytes, 1.5% of TinyStories)."""
+    """UTF-8 length of the text of each token id, so that a split's byte count is a table lookup. Special tokens are 0:
+    they are no text, and bits per byte divides by the bytes of the text."""
     special = {enc.encode_single_token(t) for t in enc.special_tokens_set}
 
     def length(i):
@@ -2069,9 +2050,8 @@ def unseen(docs, ordered, val):
 
 
 def keys_in(keys, among, chunk=1 << 20):
-    """Which of keys (int64) are among the keys `among` (int64, one per train document: many more): keys sorted, among
-    looked up in them a chunk at a time. np.isin sorted the two together, a copy of train's keys and its argsort at
-    the end of the run, about 35 bytes a train document (500 MB for 15M documents)."""
+    """Which of keys (int64) are among the keys `among` (int64, one per train document: many more), looked up a chunk at
+    a time in keys sorted: np.isin sorted the two together, about 35 bytes a train document."""
     ordered = np.unique(keys)
     found = np.zeros(len(ordered), bool)
     for a in range(0, len(among) if len(ordered) else 0, chunk):
@@ -2082,9 +2062,8 @@ def keys_in(keys, among, chunk=1 << 20):
 
 
 def repeated(val_keys, *trains):
-    """The indices of val's documents, keys (document_key) val_keys in order (None: a book's tail, whose head is train's),
-    that a train has, its keys one of trains (arrays "q": a dataset's, or a mix's other datasets'), or val has before
-    them."""
+    """The indices of val's documents (val_keys, their document_keys in order; None: a book's tail) that one of trains
+    (arrays "q" of keys) has, or val has before them."""
     candidates = [i for i, key in enumerate(val_keys) if key is not None]
     found = np.array([val_keys[i] for i in candidates], np.int64)
     hits = np.zeros(len(candidates), bool)
@@ -2109,8 +2088,7 @@ def limit_budget(limit, val_fraction):
 
 def open_streams(streams):
     """Open every stream of a plan lazily: ([(stream index, role, label, documents)], the kind of the first document,
-    the label of its stream). The first document decides the dataset's kind, and so whether masks are written, before
-    anything is tokenized; the streams before it, empty, are left out."""
+    the label of its stream). The first document decides the kind (and masks); empty streams before it are left out."""
     kind, first_label, opened = None, None, []
     for i, (role, label, make_docs) in enumerate(streams):
         docs = iter(make_docs())
@@ -2149,9 +2127,8 @@ def move_val_share(out, val, start, n, k, eot, val_fraction, table):
 
 
 def text_share(split, start, table, share):
-    """How many of a Split's tokens from start on (a book's) spell the first share of their text's bytes, rounded up
-    (train_docs' share of a book's characters, the same on ASCII): read a million tokens at a time, twice. table:
-    token_bytes(enc)."""
+    """How many of a Split's tokens from start on (a book's) spell the first share of their text's bytes, rounded up:
+    read a million tokens at a time, twice. table: token_bytes(enc)."""
     step = 1 << 20
     chunks = [(a, min(a + step, split.tokens)) for a in range(start, split.tokens, step)]
     want = math.ceil(sum(int(table[read_tokens(split, a, b)].sum()) for a, b in chunks) * share)
@@ -2291,8 +2268,7 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
 
 def check_room(folder, written, read, total):
     """Refuses a build whose token files, written bytes of them for read bytes of its total of input so far, will not
-    fit in the disk space left in folder: a 3 GB folder of text makes 1.6 GB of them, and a disk that filled stopped
-    it after minutes of work, not in its first seconds."""
+    fit in the disk space left in folder: said in its first seconds, not after minutes of work."""
     more = written * (total - read) / max(read, 1)
     free = shutil.disk_usage(folder).free
     if more > free:
@@ -2342,9 +2318,8 @@ def text_packed(pack):
 
 
 def input_sizes(plan, limit):
-    """The text_bytes of the file each stream of plan (find_source's, or a mix's part) reads, in order; None where the
-    streams are not all files read whole (a hub split, a download, chitchat; --limit's first documents): build's
-    progress then counts bytes with no total."""
+    """The text_bytes of the file each stream of plan reads, in order; None where the streams are not all files read
+    whole (a hub split, a download, chitchat, --limit): the progress bar then has no total."""
     files, labels = plan["files"], [label for _, label, _ in plan["streams"]]
     # (a file's stream is labelled with its path; a local folder read as hf:PATH has files, but streams of splits)
     if limit is not None or not files or [os.path.abspath(label) for label in labels] != files:
@@ -2353,9 +2328,8 @@ def input_sizes(plan, limit):
 
 
 def text_bytes(path):
-    """About how many bytes of text a file of the input holds (train_vocabulary's measure): its size, but a parquet
-    file's data uncompressed, as its footer says. The hub's compressed shards hold several times their size: a sample
-    spread by that filled VOCAB_TEXT_CHARS a fraction of the way in."""
+    """About how many bytes of text a file of the input holds: its size, but a parquet file's data uncompressed, as its
+    footer says (a compressed shard holds several times its size)."""
     if suffix(path) == ".parquet":
         import pyarrow.parquet as pq  # comes with datasets
         with contextlib.suppress(OSError, ValueError):  # (not a parquet file: said where its records are read)
@@ -2378,9 +2352,8 @@ def train_vocabulary(plan, vocab_size, path, limit, val_fraction, pack=None):
     """Train a BPE vocabulary of vocab_size on the dataset's own train text (message contents for
     conversations), with the same --limit, and save it as path: the val split stays unseen."""
     def docs():
-        """The train documents the sample is taken from, each as its texts, the input read shown in bytes of their
-        text of the files' sizes (3 GB took 4 minutes with no word). Mixed kinds, and --pack on text, are refused here
-        as write_splits would (in the documents the sample leaves out too), before minutes of training."""
+        """The train documents the sample is taken from, each as its texts, with a progress bar in bytes. Mixed kinds,
+        and --pack on text, are refused here as write_splits would, before minutes of training."""
         desc = f"{os.path.dirname(path) or '.'} vocabulary" if path else "vocabulary"  # (a test's path: None)
         with progress_bar(desc, size if limit is None else None) as progress:
             yield from read(progress)
@@ -2460,9 +2433,8 @@ def meta_options(meta, folder, odd=None):
 
 
 def new_command(folder, *more, source="FILE"):
-    """The prepare.py command that makes a dataset in folder with no meta.json to say how it was made (missing, or too
-    damaged): one of prepare.py's own by its name, any other name from the user's files (source, as --dataset text);
-    more: options added (train.py's --tokenizer)."""
+    """The prepare.py command that makes a dataset in folder with no meta.json to say how it was made: one of
+    prepare.py's own by its name, any other from the user's files (source). more: options added."""
     name, out_dir = os.path.basename(folder), os.path.dirname(folder) or "."
     if name in NANOGPT_DATASETS:  # (nanoGPT's shakespeare_char is made here, from no file of the user's)
         dataset, options = NANOGPT_DATASETS[name]
@@ -2518,9 +2490,8 @@ def rebuild_command(meta, folder=None):
 
 
 def next_step(meta, out_dir, tokenizer=None):
-    """The line that ends what prepare.py says of a dataset: the train.py command that trains on it; for one with no
-    val split (--val_fraction 0), which train.py refuses (it evaluates on val), the way eval.py reads it instead: a
-    command to train on it failed when pasted."""
+    """The line that ends what prepare.py says of a dataset: the train.py command that trains on it, or, with no val
+    split (which train.py refuses), how eval.py reads it."""
     if not meta["splits"]["val"]["tokens"]:
         return ("  no val split (--val_fraction 0): train.py, which evaluates on one, refuses it; eval.py reads it "
                 "with --split train")
@@ -2555,9 +2526,8 @@ def train_on_command(meta, out_dir, tokenizer=None):
 
 @contextlib.contextmanager
 def ctrl_c_held():
-    """Ctrl-C (and SIGTERM, SIGHUP: common.stop_signals) waits until the block is done, then interrupts as usual: for
-    a few renames that must not stop halfway. Python runs signal handlers in the main thread only; elsewhere the block
-    runs unguarded."""
+    """Ctrl-C (and SIGTERM, SIGHUP) waits until the block is done, then interrupts as usual: for a few renames that must
+    not stop halfway. Signal handlers run in the main thread only; elsewhere the block runs unguarded."""
     caught, previous = [], {}
     try:
         for sig in (signal.SIGINT, *common.stop_signals()):
@@ -2576,8 +2546,7 @@ def ctrl_c_held():
 
 def unreadable_field(meta):
     """What of a dataset's meta.json that reading it needs is not what prepare.py writes, as the field and its value
-    ("vocab_size '512'"), or None; so damaged, it cannot say how it was made either (rebuild_command). An edit by hand
-    or damage passes json.load, and would end the scripts that read it in a traceback."""
+    ("vocab_size '512'"), or None: an edit by hand or damage passes json.load, and ended the scripts in a traceback."""
     vocab_size = meta.get("vocab_size") if isinstance(meta, dict) else None
     return (f"a JSON {type(meta).__name__}" if not isinstance(meta, dict) else
             f"format {meta.get('format')}" if meta.get("format") != FORMAT else
@@ -2606,9 +2575,8 @@ def damaged_field(folder, meta, enc=None):
 
 
 def split_problem(meta):
-    """damaged_field's words for the counts of meta.json's splits (a dict), or None: tokens and bytes each split has,
-    counts (bytes 0 for tokens is no damage: a split of special tokens alone, such as the lone <|endoftext|> an older
-    prepare.py gave a short file's val, spells no text)."""
+    """damaged_field's words for the counts of meta.json's splits, or None: each split has tokens and bytes, counts
+    (bytes 0 is no damage: a split of special tokens alone spells no text)."""
     splits = meta.get("splits")
     for split in ("train", "val"):
         counts = splits.get(split) if isinstance(splits, dict) else None
@@ -2641,17 +2609,15 @@ def is_complete(folder, meta, enc=None):
 
 
 def check_writable(folder):
-    """Fail with one line naming the dataset's folder when it cannot be made or written: checked as the first write
-    (a vocabulary's training, a build) is about to start, not sooner, so that a dataset up to date in a read-only
-    folder is said to be, and not at the end of the work."""
+    """Fail with one line naming the dataset's folder when it cannot be made or written, checked as the first write is
+    about to start: a dataset up to date in a read-only folder is said to be."""
     with ctrl_c_held():  # the probe file is made and removed whole: a Ctrl-C in between left it in the dataset
         check_output(folder, "the dataset folder", folder=True)
 
 
 def own_vocabulary(dataset, plan, folder, old, vocab_size, limit, val_fraction, mix, force):
-    """The dataset's own vocabulary (--vocab_size), part of the dataset: retrained when asked to rebuild or when its
-    size changes. Returns its path, the fingerprint of what it is trained on, and the temporary file to train it into
-    (None: the one there is kept)."""
+    """The dataset's own vocabulary (--vocab_size), retrained when asked to rebuild or when its size or inputs change.
+    Returns its path, the fingerprint of its inputs, and the temporary file to train it into (None: keep it)."""
     tokenizer = os.path.join(folder, VOCAB_FILE)
     try:
         current = get_tokenizer(tokenizer).n_vocab if os.path.exists(tokenizer) else None
@@ -2834,8 +2800,7 @@ def dataset_tokenizer(tokenizer):
 
 def check_same_vocabulary(folder, kept_file, old, enc, tok_hash):
     """A --tokenizer file a dataset keeps (kept_vocabulary) must still hold the vocabulary it was made with (old: its
-    meta.json): re-tokenized with whatever the file holds now, checkpoints trained on the dataset would no longer fit.
-    enc: what the file holds now, tok_hash its tokenizer_hash."""
+    meta.json), or checkpoints trained on the dataset would no longer fit. enc, tok_hash: what the file holds now."""
     if old.get("tokenizer_hash") not in (None, tok_hash):
         short = fewer_ids(enc, old.get("vocab_size"))
         raise TokenizerGone(f"{folder} was made with tokenizer {kept_file}, which now holds another vocabulary"
@@ -2981,9 +2946,8 @@ def pack_split(out, docs, block, enc, sources=None):
 
 
 def mix_splits(folder, plan, enc, splits, raw_splits, limit, val_fraction, block, progress):
-    """A mix's train and val splits (into splits, temporary until committed) from each of its datasets,
-    tokenized first into splits of their own (each dataset's {"train", "val"} appended to raw_splits as soon as it
-    exists, for build to remove); returns what each dataset contributed."""
+    """A mix's train and val splits (into splits) from each of its datasets, tokenized first into splits of their own
+    (appended to raw_splits, for build to remove); returns what each dataset contributed."""
     raws, keys = [], []
     for part in plan["parts"]:
         raw, part_keys = {}, {}
@@ -3197,9 +3161,8 @@ def per_file(counts):
 
 
 def print_summary(folder, meta, plan, limit, dt, context=None):
-    """The lines said of a dataset just built into folder from plan, its meta.json meta, in dt seconds: its counts and
-    speed, then what --limit, packing, the records left out (--skip_bad_records's, and those with nothing to train
-    on) and a mix did. context: that of the model --tokenizer names, if one."""
+    """The lines said of a dataset just built into folder from plan, meta its meta.json, in dt seconds: its counts and
+    speed, then what --limit, packing, the records left out and a mix did. context: the --tokenizer model's."""
     block, mixed = meta["pack"], meta.get("mix")
     tr, va = meta["splits"]["train"], meta["splits"]["val"]
     tokens, mb = tr["tokens"] + va["tokens"], (tr["bytes"] + va["bytes"]) / 1e6
@@ -3270,9 +3233,8 @@ def print_summary(folder, meta, plan, limit, dt, context=None):
 
 
 def dataset_choice(name):
-    """argparse type of --dataset: nanoGPT's name of a dataset made here by other options (shakespeare_char, typed by
-    habit) is refused with the command that makes it, not only the choices (which named no way to a token a
-    character); any other name is left to the choices."""
+    """argparse type of --dataset: nanoGPT's name of a dataset made here by other options (shakespeare_char) is refused
+    with the command that makes it; any other name is left to the choices."""
     if name in NANOGPT_DATASETS:
         raise argparse.ArgumentTypeError(f"nanoGPT's {name} is made here by "
                                          f"`{new_command(os.path.join(DEFAULT_OUT_DIR, name))}`")
