@@ -269,9 +269,6 @@ def bare_turns(record):
     return isinstance(record, list) and bool(record) and all(isinstance(t, dict) for t in record)
 
 
-# a text (a record's, or a .txt file's start) that is a chat template's output
-CHATML_TEXT = (f"a conversation written out in ChatML ({IM_START}role ... {IM_END}), which plain text would train on as "
-               f"words, every turn in the loss")
 # how a chat template opens a turn: the marker, a role, a line break
 CHATML_TURN = re.compile(rf"\s*{re.escape(IM_START)}[A-Za-z_][\w-]*[ \t]*\r?\n")
 
@@ -281,7 +278,8 @@ def chatml_text(text, where, way_out, file="IN.jsonl"):
     template wrote out (way_out: how to give it instead), or, with no role after the marker, plain text wrapped in the
     markers as minimind's pretraining files write it, told how to take them out of file (IN.jsonl for a hub row)."""
     if CHATML_TURN.match(text):
-        return UserError(f"{where}: {CHATML_TEXT}{way_out}")
+        return UserError(f"{where}: a conversation written out in ChatML ({IM_START}role ... {IM_END}), which plain "
+                         f"text would train on as words, every turn in the loss{way_out}")
     plain = re.sub(r"(\.[^./]*)?$", r".plain\g<0>", file, count=1)
     return UserError(f"{where}: text wrapped in {IM_START} ... {IM_END} with no role after {IM_START} (as minimind's "
                      f"pretraining files write it), which plain text would train on as words: take the markers out, "
@@ -637,7 +635,6 @@ def turns_of(record, field, where):
         for turn, m in zip(listed, turns):
             if isinstance(turn["content"], list):  # a turn of content blocks alone, no `text`: its text blocks' (a
                 # tool's, a thinking block, left out as the placeholders are)
-
                 turn["content"] = "\n\n".join(b["text"] for b in turn["content"] if isinstance(b, dict) and
                                               b.get("type") == "text" and isinstance(b.get("text"), str))
             if isinstance(turn["content"], str) and CLAUDE_PLACEHOLDER.search(turn["content"]):
@@ -871,9 +868,7 @@ def places(wheres, count):
 class LeftOut:
     """The records good_docs leaves out, by file or hub split (label), for the summary, each {"count", "wheres"} (the
     first PLACES located): bad, the bad ones with skip_bad (--skip_bad_records), and empty, those with nothing to train
-    on (record_doc's None). blank: the text files with no text. front_matter: the notes whose front matter was left
-    out."""
-
+    on (record_doc's None). blank: the text files with no text; front_matter: the notes whose front matter went."""
 
     def __init__(self, skip_bad=False):
         self.skip_bad, self.bad, self.empty, self.blank, self.front_matter = skip_bad, {}, {}, set(), set()
@@ -1009,7 +1004,6 @@ def with_other_files(e, plan):
     """e, the BadRecords of one of plan's files, with the bad records of the files the run has not read yet (those after
     it, and a source's own validation files) added, so that one run names every bad file. Files past OTHER_FILES_BYTES
     are counted, not read; one of the other kind than e's is named as such, as the run stops at it (mixed_kinds)."""
-
     streams = plan["streams"]
     at = next(i for i, (_, label, _) in enumerate(streams) if label == e.label)  # (a file's: hub rows are not scanned)
     not_read_yet = [label for i, (role, label, _) in enumerate(streams) if i > at or (i < at and role == "val")]
@@ -1074,7 +1068,6 @@ def with_other_not_utf8(e, plan):
     if at is None:  # (a hub split's or the mirror's: no file of the user's)
         return e
     # those before it too (a vocabulary's pass reads a sample); files read as text alone (a .parquet is binary)
-
     others = [label for _, label, _ in streams[:at] + streams[at + 1:]]
     scanned, unread = files_to_scan(others, (*PLAIN_TEXT, ".jsonl", ".json"))
     found = []
@@ -2883,7 +2876,6 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
         same = [text_fp if text else fp]  # (its fingerprint as this build would write it, first)
         # meta.json names its vocabulary by the absolute path it had, which a folder moved since no longer has: gone
         # from there, the vocabulary is the same when its tokenizer_hash, in the fingerprint, is
-
         recorded = old and old.get("tokenizer")
         moved = isinstance(recorded, str) and recorded not in ("gpt2", tokenizer) and not os.path.exists(recorded)
         if moved:
@@ -3037,7 +3029,6 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
                 raw = {}
                 raw_splits.append(raw)
                 # a conversation set of plain text would have no loss mask (every token trained): refused
-
                 not_text = f"--dataset {dataset} is a conversation set: give records of `messages` [{{role, content}}] " \
                            f"(.jsonl; README's prepare.py section lists the other shapes), or make plain text a " \
                            f"dataset with --dataset text" if dataset in MIXABLE else None
