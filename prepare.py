@@ -17,32 +17,29 @@ Each dataset becomes a folder data/<name>/ (--out_dir DIR: DIR/<name>/) with
     meta.json                       written last: a folder is a complete dataset exactly when it has one
 Documents are each followed by <|endoftext|>; conversations are ChatML (setup_tokenizer.render_chat).
 
-Packing (conversation sets, --pack BLOCK; default: the context of the model --tokenizer names, a checkpoint or a
-Hugging Face model folder, which train.py fine-tunes at its context; else 256, the tiny and small models').
-train.py cuts a split into windows of BLOCK tokens at stride BLOCK, so a conversation that straddles a multiple of BLOCK
-is cut in two: the second window trains on replies whose question it cannot see. Packed, the file is a
-sequence of blocks of BLOCK tokens and no conversation crosses a block boundary unless it is longer than a
-block: conversations wait in a buffer of 1,000 (PACK_LOOKAHEAD), each block takes the longest waiting one that
-still fits, and when none fits the rest of the block is <|endoftext|> padding with mask 0 (1-5% of the
-tokens on the mirror's sets, against 19-28% when conversations are placed in order). A conversation
-longer than a block is cut into pieces of at most a block, each closed by <|endoftext|> and placed like a
-conversation: cut before a user message, so a reply keeps its question, or where a single exchange is
-longer than a block, before any turn (<|im_start|>) that follows a reply; turns that train nothing (a
-system message, a question) stay with the reply after them, as a piece longer than a block if need be, and
-those at its end, with no reply after them (a final question), are left out. Only
-such a piece crosses a boundary: it starts a block, and its reply's start trains with its question. The file
-ends with a whole block and one more <|endoftext|>, so train.py's last window (it reads BLOCK + 1 tokens)
-exists. Every block starts with <|im_start|> or padding, both mask 0 (but inside a piece
-longer than a block), so the target a window takes from the next block never counts. Train with
---block_size BLOCK (a multiple of it keeps the blocks whole, not a longer conversation's pieces together). Plain
-text is never packed: it trains on every token, so padding would be learned. The tokens are written unpacked
-first, then packed: twice the disk for a moment.
+Packing (conversation sets, --pack BLOCK; default: the context of the model --tokenizer names, a checkpoint or a Hugging
+Face model folder, which train.py fine-tunes at its context; else 256, the tiny and small models'). train.py cuts a
+split into windows of BLOCK tokens at stride BLOCK, so a conversation that straddles a multiple of BLOCK is cut in two:
+the second window trains on replies whose question it cannot see. Packed, the file is a sequence of blocks of BLOCK
+tokens and no conversation crosses a block boundary unless it is longer than a block: conversations wait in a buffer of
+1,000 (PACK_LOOKAHEAD), each block takes the longest waiting one that still fits, and when none fits the rest of the
+block is <|endoftext|> padding with mask 0 (1-5% of the tokens on the mirror's sets, against 19-28% when conversations
+are placed in order). A conversation longer than a block is cut into pieces of at most a block, each closed by
+<|endoftext|> and placed like a conversation: cut before a user message, so a reply keeps its question, or where a
+single exchange is longer than a block, before any turn (<|im_start|>) that follows a reply; turns that train nothing (a
+system message, a question) stay with the reply after them, as a piece longer than a block if need be, and those at its
+end, with no reply after them (a final question), are left out. Only such a piece crosses a boundary: it starts a block,
+and its reply's start trains with its question. The file ends with a whole block and one more <|endoftext|>, so
+train.py's last window (it reads BLOCK + 1 tokens) exists. Every block starts with <|im_start|> or padding, both mask 0
+(but inside a piece longer than a block), so the target a window takes from the next block never counts. Train with
+--block_size BLOCK (a multiple of it keeps the blocks whole, not a longer conversation's pieces together). Plain text is
+never packed: it trains on every token, so padding would be learned. The tokens are written unpacked first, then packed:
+twice the disk for a moment.
 
-Mixing (--mix NAME:WEIGHT,...). Each dataset is tokenized on its own; the mix keeps the total train size
-of its sources put together and gives each source WEIGHT / (sum of weights) of its tokens: a source
-above its natural share has documents repeated, one below it a random subset (seeded: the same every
-run). Validation holds each source's own validation documents once, unweighted, less those another source trains
-on or validates on before it. meta.json's "mix"
+Mixing (--mix NAME:WEIGHT,...). Each dataset is tokenized on its own; the mix keeps the total train size of its sources
+put together and gives each source WEIGHT / (sum of weights) of its tokens: a source above its natural share has
+documents repeated, one below it a random subset (seeded: the same every run). Validation holds each source's own
+validation documents once, unweighted, less those another source trains on or validates on before it. meta.json's "mix"
 records what each source contributed.
 
 Sources, first found wins: --source files (.txt, .jsonl, .json, .parquet) or a hub dataset of such records
