@@ -90,12 +90,10 @@ VERSION = 14  # bump when the same inputs would give other tokens or counts, so 
 DATASETS = ("story", "shakespeare", "dailydialog", "chat", "chitchat", "knowledge", "text")
 EVERYTHING = ("story", "shakespeare", "dailydialog", "chat", "knowledge", "chitchat")  # what a bare `python prepare.py` builds
 MIXABLE = ("dailydialog", "chat", "knowledge", "chitchat")  # the conversation sets, which --mix combines
-# nanoGPT's datasets by their names there (--dataset shakespeare_char, by habit): the dataset and options that make them
-# here (shakespeare_char: a token per byte, no merges)
+# nanoGPT's dataset names, typed by habit: the dataset and options that make them here (a token per byte, no merges)
 NANOGPT_DATASETS = {"shakespeare_char": ("shakespeare", ["--vocab_size", str(256 + len(SPECIAL_TOKENS))])}
 SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
-# Markdown notes, read as plain text when named (a file, or a pattern such as 'notes/**/*.md'): not in a folder, where a
-# .md is as often a README
+# Markdown notes: plain text, read when named (in a folder a .md is as often a README)
 MARKDOWN = (".md", ".markdown")
 PLAIN_TEXT = (".txt", *MARKDOWN)  # the files read as plain text (text_docs)
 # a Markdown note's YAML front matter ("---", "key: value" lines, "---" or "..."), metadata a model of one's notes
@@ -105,24 +103,20 @@ FRONT_MATTER = re.compile(rf"---[ \t]*\r?\n[^\W\d][\w .-]*:[^\n]*\n(?:{YAML_LINE
 # what prepare.py writes in a dataset's folder besides meta.json: no source's files, when --source is that folder
 OWN_FILES = ("train.bin", "val.bin", "train_mask.bin", "val_mask.bin", VOCAB_FILE)
 THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-# a batch is what one threaded encode call gets: large enough to keep every core busy,
-# small enough that its Python token lists stay a few tens of MB whatever the corpus size
+# a batch is one threaded encode call: large enough for every core, small enough for its Python token lists
 BATCH_DOCS, BATCH_CHARS = 8192, 4 << 20
-# conversations are packed into blocks of the tiny and small presets' context (model.PRESETS, not
-# imported: prepare.py runs without torch), or of the context of the model --tokenizer names (default_pack)
+# the tiny and small presets' context (model.PRESETS, not imported: prepare.py runs without torch)
 DEFAULT_PACK = 256
 MAX_PACK = 1 << 20  # past any model's context
 DEFAULT_OUT_DIR, DEFAULT_VAL_FRACTION = "data", 0.1  # prepare()'s and the command line's, which rebuild_command leaves out
-# conversations the packer holds back to choose from: more fill blocks better (on dailydialog at 256,
-# 64 leave 3.6% padding, 1000 leave 2.2%) and cost only their tokens in memory
+# conversations the packer holds back to choose from: at 256, 64 leave 3.6% padding, 1000 leave 2.2%
 PACK_LOOKAHEAD = 1000
 MIX_SEED = 1337  # which documents a mix repeats or leaves out, and their order: the same every run
 
 # files of the local mirror ($DATA_MIRROR/README.md): "main" files give train and, from the
 # tail of each, val; "val" files are a source's own validation split; "extra" files are train-only
 MIRROR = {
-    # the lowercased head is 4x the cased one: more stories help the 10-minute CPU run (val 0.904 -> 0.886 bits per
-    # byte, BENCHMARKS.md), though they are lowercase; val stays the cased sample's
+    # the lowercased head, 4x the cased one, helps the 10-minute CPU run (BENCHMARKS.md); val stays the cased one's
     "story": {"main": ["tinystories/TinyStories-sample.txt"],
               "extra": ["tinystories/TinyStories-train-head.txt", "tinystories/TinyStories-train-head-lowercase.txt"]},
     "shakespeare": {"main": ["shakespeare/input.txt"]},
@@ -138,8 +132,7 @@ HUB = {
     "chat": ("tatsu-lab/alpaca", None, "train", None),
     "knowledge": ("openai/gsm8k", "main", "train", None),
 }
-# char-rnn's Tiny Shakespeare, the file nanoGPT downloads, fetched with one urlopen: the hub has it only as a loading
-# script, which datasets no longer runs
+# char-rnn's Tiny Shakespeare, which the hub has only as a loading script datasets no longer runs
 URLS = {"shakespeare": "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"}
 
 
@@ -159,16 +152,13 @@ def table_fix(path):
         if os.path.isfile(path):
             with open(path, "rb") as f:
                 header = f.readline(1 << 16)
-            # Excel writes a "CSV" with the locale's list separator: a semicolon where the decimal point is a comma
-            # (Germany, France), whose rows read as one column named "Question;Answer"
+            # Excel's "CSV" uses the locale's list separator: a semicolon where the decimal point is a comma
             if sep == "," and b"," not in header:
                 sep = next((s for s in (";", "\t") if s.encode() in header), sep)
             if first_bad_utf8(path):
-                # Excel's "CSV (Comma delimited)" is in Windows' ANSI code page, cp1252 in the West: pandas, reading
-                # UTF-8, stopped in a traceback. Converted first, as a text file is
+                # Excel's "CSV (Comma delimited)" is in cp1252 in the West: converted first, as a text file is
                 source, convert = mended_path(path), f"{not_utf8(path)}; then "
-    # every cell as its text (an answer of "None" or "NA" was null, left out; "007" was 7), and column names as the
-    # fields are spelled: Excel's headers are "Question", "Answer ", which matched no shape of record
+    # every cell as text ("NA" and "007" as written), column names stripped and lowercased (Excel's "Answer ")
     code = f'import pandas; pandas.read_csv({json.dumps(source)}{", sep=" + json.dumps(sep) if sep != "," else ""}, ' \
            f'dtype=str, keep_default_na=False).rename(columns=lambda c: c.strip().lower()).to_json(' \
            f'{json.dumps(path + ".jsonl")}, orient="records", lines=True)'
@@ -210,8 +200,7 @@ def text_docs(path):
                 separated = True
                 break
     except NotText:
-        # Excel's "Unicode Text" (UTF-16, tab-delimited, a .txt): said to be a table first, then its conversion
-        # (not_utf8's), not one run after the other
+        # Excel's "Unicode Text" (UTF-16, tab-delimited): said to be a table first, then its conversion
         with contextlib.suppress(OSError):
             with open(path, "rb") as f:
                 head = f.read(1 << 16)
@@ -223,8 +212,7 @@ def text_docs(path):
     # a file of one chunk (a folder's notes) is read once; a longer one again from its start
     chunks = itertools.chain([head], chunks) if head is not None else read_text_chunks(path)
     if not separated:
-        # one document; the cuts between pieces can tokenize a newline run differently from the
-        # whole text, which changes token counts by a hair and the decoded text not at all
+        # one document; its cuts between pieces may tokenize a newline run otherwise, not changing the text
         prev = None
         for chunk in chunks:
             if prev is not None:
@@ -237,8 +225,7 @@ def text_docs(path):
 
 # the fields record_doc reads a list of turns under (`contents`: Gemini's role/parts; `chat_messages`: Claude's export)
 TURNS_FIELDS = ("messages", "conversations", "conversation", "contents", "chat_messages")
-# the (prompt, reply, input) fields of the prompt-and-reply shapes, read as a user turn (the input after a blank line)
-# and its reply; a record of several is read by the first here
+# the (prompt, reply, input) fields of the prompt-and-reply shapes, the input after the prompt; the first here wins
 PAIRS = (("instruction", "output", "input"),  # Alpaca (a seed task's `instances`, its input/output pairs: record_docs)
          ("instruction", "response", "context"),  # Databricks Dolly
          ("question", "answer", None),  # GSM8K
@@ -252,8 +239,7 @@ PAIRS = (("instruction", "output", "input"),  # Alpaca (a seed task's `instances
 SYSTEM_FIELDS = ("system", "system_prompt", "systemInstruction", "system_instruction")
 # the last line of a GSM8K answer (#### 72): the record shape whose calculator annotations record_doc drops
 GSM8K_FINAL = re.compile(r"(?:^|\n)#### [^\n]*\s*$")
-# what Claude's export writes in a turn's text for a block it leaves out (a tool's call or result, an artifact, a web
-# search), in a code fence or not: trained on, a model learnt to answer with it
+# what Claude's export writes for a block it leaves out (a tool's call, an artifact): a model trained on it said it
 CLAUDE_PLACEHOLDER = re.compile(r"(?:```[ \t]*\n)?[ \t]*(?:This block is not supported on your current device yet\.|"
                                 r"Viewing artifacts created via the Analysis Tool web feature preview isn't yet "
                                 r"supported on mobile\.)[ \t]*(?:\n```)?")
@@ -313,8 +299,7 @@ def refuse_records(path, text):
             if field or bare_turns(record):
                 raise UserError(f"{path}: its first line is a JSON record ({f'of `{field}`' if field else 'turns'}), "
                                 f"but {kind} is read as plain text (its JSON trained on as words): name it .jsonl")
-    # a spreadsheet saved as text (Excel's "Text (Tab delimited)" is a .txt) whose header names a prompt and its reply:
-    # read as plain text, its rows would be trained on as words; as a .tsv or .csv, table_fix makes them records
+    # a spreadsheet saved as text whose header names a prompt and reply: as a .tsv or .csv, table_fix makes it records
     for sep, ext in (("\t", ".tsv"), (",", ".csv"), (";", ".csv")):
         cells = [c.strip().strip('"').lower() for c in line.split(sep)]
         if len(cells) > 1 and any(p in cells and r in cells for p, r, _ in PAIRS):
@@ -440,8 +425,7 @@ def dailydialog_docs(path, left=None):
                         f"plain text a dataset with --dataset text")
 
 
-# JSON can spell half of a UTF-16 pair (\ud800) alone, which no UTF-8 text holds: tiktoken reads it as U+FFFD, the
-# vocabulary trainer and the byte count failed on it
+# JSON can spell half of a UTF-16 pair (\ud800) alone, which no UTF-8 text holds: the vocabulary trainer failed on it
 SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 NOT_UTF8 = re.compile("[\udc80-\udcff]")  # what errors="surrogateescape" reads a byte that is no UTF-8 as
 
@@ -535,8 +519,7 @@ def json_file_records(path):
                 hint = "; it looks like one record per line (JSON Lines): name it .jsonl"
         raise UserError(f"{path} line {e.lineno}: malformed JSON ({json_error(e)}){hint}")
     if isinstance(data, dict) and data and all(isinstance(v, dict) for v in data.values()):
-        # pandas' DataFrame.to_json() default, {column: {row: value}}: named, with its way out (read as one record,
-        # it fails on a field: "`input` must be text, got dict")
+        # pandas' DataFrame.to_json() default, {column: {row: value}}: named, with its way out
         columns = ", ".join(list(data)[:4]) + ", ..." * (len(data) > 4)
         raise UserError(f"{path}: one JSON object of columns ({columns}) by row, as pandas' "
                         f"to_json() writes by default: write it with to_json(PATH, orient=\"records\", "
@@ -558,8 +541,7 @@ def parquet_records(path):
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "chatgpt": "assistant",
                   "assistant": "assistant", "system": "system",
                   "developer": "system",  # OpenAI's newer name for the system message, as serve.py reads it
-                  # other exports' names, each "unknown role": Gemini's and Gemma's template's reply, OpenAssistant's
-                  # question, raw ShareGPT dumps' other assistants
+                  # other exports' names for these roles (Gemini's, OpenAssistant's, ShareGPT dumps' assistants)
                   "model": "assistant", "prompter": "user", "bing": "assistant", "bard": "assistant"}
 
 
@@ -604,8 +586,7 @@ def turns_of(record, field, where):
                  "chat_messages": (("sender", "text"), ("sender", "content"))}.get(
         field, (("role", "content"), ("from", "value")))
     turns = record[field]
-    # OpenAI's function calling (tool_calls, a "tool" turn) and Gemini's (functionCall parts) named with the way out,
-    # not left to "content must be text" or "unknown role 'tool'"
+    # tool calls (OpenAI's tool_calls or "tool" turn, Gemini's functionCall) named with the way out
     if isinstance(turns, list) and any(isinstance(m, dict) and (
             m.get("tool_calls") or m.get("function_call") or m.get("role") in ("tool", "function") or
             isinstance(m.get("parts"), list) and any(isinstance(p, dict) and ("functionCall" in p or
@@ -690,8 +671,7 @@ def pair_messages(record, pair, where):
     prompt, reply, extra = pair
     if extra and record.get(extra) and not isinstance(record[extra], str):  # else its repr() trained
         raise UserError(f"{where}: `{extra}` must be text, got {json_kind(record[extra])}")
-    # LLaMA-Factory's `history`, the turns before, as [instruction, output] pairs: left out, a multi-turn row
-    # trained as its last turn alone
+    # LLaMA-Factory's `history`, the turns before as [instruction, output] pairs (left out, a row trained on one turn)
     history = record.get("history") or []
     if not isinstance(history, list) or not all(isinstance(h, (list, tuple)) and len(h) == 2 and
                                                  all(isinstance(t, str) for t in h) for h in history):
@@ -872,8 +852,7 @@ class LeftOut:
 
     def note(self, records, label, count, wheres):
         """count records of label (self.bad or self.empty) left out so far, the first at wheres."""
-        # each pass over a file (the val count, a vocabulary's, the tokenizing) reads it from its start, so its nth
-        # record left out is every pass's nth: the most one pass has read are the ones left out
+        # each pass over a file reads it from its start, so the most one pass has left out are the ones left out
         left = records.setdefault(label, {"count": 0, "wheres": []})
         if count > left["count"]:
             left["count"], left["wheres"] = count, wheres[:PLACES]
@@ -945,8 +924,7 @@ def good_docs(records, label, dataset, left, scan=True):
             if len(wheres) <= PLACES:
                 wheres.append(where)
             if not skipping and not good and bad == ALL_BAD:
-                # a file of another shape altogether (prompt/chosen/rejected records, say): not read to its end before
-                # its error, minutes for gigabytes
+                # a file of another shape altogether is not read to its end before its error (minutes for gigabytes)
                 raise BadRecords(label, f"{first}; the first {bad:,} records of {label} are all bad (not read on)",
                                  bad, False)
             if skipping:
@@ -1416,8 +1394,7 @@ def find_source(dataset, source=None, extra=True, limit=None, left=None):
                 raise UserError(f"--source {path}: no such file or folder")
             elif suffix(path) not in (*SUFFIXES, *MARKDOWN):
                 head = b""
-                # (a compressed file's way out is a command; only a regular file is opened: a named pipe's open waits
-                # for a writer)
+                # (a compressed file's way out is a command; a named pipe is not opened: its open waits for a writer)
                 with contextlib.suppress(OSError):
                     if os.path.isfile(path):
                         with open(path, "rb") as f:
@@ -1427,8 +1404,7 @@ def find_source(dataset, source=None, extra=True, limit=None, left=None):
                                 f"{'; ' + packed if packed else table_fix(path)}")
             else:
                 files.append(path)
-        # a file given twice (a file and its folder, overlapping folders, links) is read once, known by its inode (hard
-        # links too), or its documents would be in train twice and in val
+        # a file given twice (a file and its folder, links) is read once, known by its inode: else train had it twice
         unique = {}
         for f in files:
             if not os.path.isfile(f):  # a named pipe (mkfifo) ends at its first read: the next one waited for ever
@@ -1548,8 +1524,7 @@ class Split:
         self.tokens = self.documents = self.bytes = self.padding = 0
         self.cut = 0  # documents (books) cut in two, whose head is here and tail in val: counted in neither
         self.repeats = 0  # documents left out of val because train or val has them (write_splits): counted in neither
-        # conversations packed in pieces (Packer.pieces), those cut inside an exchange longer than a block, and those
-        # whose tail that trains nothing was left out
+        # conversations in pieces, those cut inside an exchange longer than a block, those whose untrained tail went
         self.in_pieces = self.cut_exchanges = self.untrained_tails = 0
         self.replaced = 0  # files commit() has renamed into place
 
@@ -1803,8 +1778,7 @@ def split_documents(split, eot, chunk=1 << 22):
     """(ids, mask or None) of each document written to a Split, in order, read chunk tokens at a time. Each its own
     array, no view of a chunk: a short one the packer held long would have kept its whole chunk in memory."""
     masked = len(split.files) > 1
-    # the pieces of the document the chunks end inside so far: each chunk searched once (searching a leftover again with
-    # the next chunk is quadratic in a long document)
+    # the pieces of the document the chunks end inside so far, each chunk searched once (not quadratic in a long one)
     held_ids, held_mask = [], []
     for a, ids, ends in chunk_ends(split.tokens, eot, chunk, functools.partial(read_tokens, split)):
         mask = read_tokens(split, a, a + len(ids), mask=True) if masked else None
@@ -2506,8 +2480,7 @@ def train_on_command(meta, out_dir, tokenizer=None):
     block = meta.get("pack") or 0  # (text, and --pack 0: not packed)
     if block and block != (context or DEFAULT_PACK) and block <= (context or MAX_PACK):
         args += ["--block_size", str(block)]
-    # text too short for one window of the model's context got a command train.py refused: the largest power of two that
-    # fits both splits (a window is --block_size + 1 tokens)
+    # text too short for one window of the model's context: the largest power of two that fits both splits
     fits = min(meta["splits"][s]["tokens"] for s in ("train", "val")) - 1
     if not block and 0 < fits < (context or DEFAULT_PACK):
         args += ["--block_size", str(1 << (fits.bit_length() - 1))]
@@ -2550,8 +2523,7 @@ def damaged_field(folder, meta, enc=None):
     unreadable_field says it, or None: a vocab_size other than enc's (a larger one trains a model its tokenizer does not
     fit), a has_mask lost from a chat set (it would train on every token), counts of its splits that are none."""
     vocab_size, has_mask = meta["vocab_size"], meta.get("has_mask")
-    # only chat sets are masked, and a chat set rebuilt as text loses its masks: masks beside has_mask false are a lost
-    # has_mask, which a rebuild gives back
+    # masks beside has_mask false are a lost has_mask (a chat set rebuilt as text loses its masks)
     masks = [f for f in ("train_mask.bin", "val_mask.bin") if os.path.exists(os.path.join(folder, f))]
     return (f"vocab_size {vocab_size} for a vocabulary of {enc.n_vocab}" if enc and vocab_size != enc.n_vocab else
             # (what every script compares a vocabulary with: gone, each said "tokenizer ... changed")
@@ -2849,8 +2821,7 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
     try:
         enc = train_vocabulary(plan, vocab_size, new_vocab, limit, val_fraction, pack) if new_vocab else \
             dataset_tokenizer(tokenizer)
-        # what conversations are packed in: --pack, else the context of the model --tokenizer names (options keep the
-        # --pack given, None: rebuild_command's --tokenizer gives the same again)
+        # what conversations are packed in: --pack, else the context of the model --tokenizer names
         block = pack if pack is not None else default_pack(None if vocab_size is not None else tokenizer)
         # blocks longer than the context of the model --tokenizer names: its fine-tune cuts conversations between
         # windows, but a new model of that context trains on them whole: warned, not refused (model_context: cached)
@@ -2866,8 +2837,7 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
         def fp_of(tokenizer, block):
             return fingerprint(dataset, plan, tokenizer, tok_hash, limit, val_fraction, block, mix,
                                skip_bad_records=skip_bad_records)
-        # text is never packed: any --pack gives the same files, so a text dataset's fingerprint leaves it out (a
-        # --pack 0, or none, rebuilds nothing)
+        # text is never packed, so a text dataset's fingerprint leaves --pack out: another --pack rebuilds nothing
         fp, text_fp = fp_of(tokenizer, block), fp_of(tokenizer, 0)
         text = old and old.get("kind") == "text"
         same = [text_fp if text else fp]  # (its fingerprint as this build would write it, first)
@@ -2893,8 +2863,7 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
         return build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_fraction, new_vocab, pack,
                      block, context, options, vocab_fp, text_fp)
     except BaseException as e:
-        # a failed or interrupted first build leaves no folder behind; but a complete one (meta.json is written last)
-        # stays when only its summary fails to print: `prepare.py | head -1` closes the pipe after the first line
+        # a failed first build leaves no folder behind, but a complete one stays (its summary into a closed pipe)
         if created and (read_meta(folder) is None or isinstance(e, (KeyboardInterrupt, SystemExit))):
             shutil.rmtree(folder, ignore_errors=True)
         # with --limit, not: the run may never read the other files, and they may be far more than it reads
@@ -3064,8 +3033,7 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
             meta["mix"] = mixed
         if vocab_fp:
             meta["vocab_fingerprint"] = vocab_fp
-        # a file written to as it is read gives its passes other documents: val's share, counted first, and meta.json's
-        # counts would be wrong
+        # a file written to as it is read gives its passes other documents: val's share and the counts would be wrong
         changed = [f for f, a, b in zip(plan["files"], read_from, file_states(plan)) if a != b]
         if changed:
             raise UserError(f"{changed[0]} changed while prepare.py read it (still being written?): run this again once "
@@ -3078,8 +3046,7 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
             split.sync()
         atomic_write_text(new_meta, json.dumps(meta, indent=2) + "\n")  # new_vocab is on disk already (train_bpe)
         with ctrl_c_held():
-            # read again, not prepare()'s copy from before the minutes of tokenizing: what a refused commit puts back
-            # below is what this removes, whatever ran in the folder meanwhile
+            # read again, not prepare()'s copy: what a refused commit puts back is what this removes
             old_meta = read_meta(folder)
             with contextlib.suppress(FileNotFoundError):
                 os.remove(meta_path)
@@ -3087,8 +3054,7 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
                 for split in splits.values():
                     split.commit()
             except PermissionError as e:
-                # Windows refuses to replace a file another process holds open, with the old meta.json gone: put back
-                # while no file is replaced
+                # Windows refuses to replace a file held open: the old meta.json goes back if no file was replaced yet
                 kept = old_meta is not None and not any(s.replaced for s in splits.values())
                 if kept:
                     atomic_write_text(meta_path, json.dumps(old_meta, indent=2) + "\n")
@@ -3109,8 +3075,7 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
         with ctrl_c_held():  # a Ctrl-C as the cleanup runs would leave temporary files behind
             for split in [*splits.values(), *(s for raw in raw_splits for s in raw.values())]:
                 split.discard()  # only temporary files are left to remove; after commit() there are none
-            # renames stopped with meta.json removed: the new one stays, as a killed run's does, to tell the next run
-            # that the token files without a meta.json are a prepare.py's, not another tool's (lock_folder)
+            # renames stopped with meta.json removed: the new one stays, telling the next run whose token files they are
             if os.path.exists(meta_path):
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(new_meta)
