@@ -982,7 +982,7 @@ def with_other_files(e, plan):
     streams = plan["streams"]
     at = next(i for i, (_, label, _) in enumerate(streams) if label == e.label)  # (a file's: hub rows are not scanned)
     not_read_yet = [label for i, (role, label, _) in enumerate(streams) if i > at or (i < at and role == "val")]
-    scanned, unread = files_to_scan(not_read_yet, (".jsonl", ".json", ".parquet"))
+    scanned, unread = files_to_scan(not_read_yet, (".jsonl", ".json", ".parquet"), "them")
     found, others = [], []  # (label, bad, wheres, good) of each file with bad records; the files of the other kind
     for label in scanned:
         with contextlib.suppress(UserError):
@@ -1008,14 +1008,12 @@ def with_other_files(e, plan):
                  f"{e.label} holds {KIND_NAMES[e.kind]}, a dataset being one or the other: {listed(others)} (leave "
                  f"{them} out, or prepare {them} separately with --name)")
         skippable = False  # (the run stops at them skipping or not)
-    if unread:
-        text += f"; {unread:,} other file{'s' * (unread > 1)} not read for them (past {OTHER_FILES_BYTES >> 20:,} MB)"
-    return BadRecords(e.label, text, count, skippable, e.kind) if found or others or unread else e
+    return BadRecords(e.label, text + unread, count, skippable, e.kind) if found or others or unread else e
 
 
-def files_to_scan(labels, suffixes):
+def files_to_scan(labels, suffixes, what):
     """Of labels, the files of suffixes that an error naming the other bad files reads: OTHER_FILES_BYTES of them in
-    all, in order; and the count of those past it (counted, not read)."""
+    all, in order; and what the error says of those past it, not read for what it looks for ("" for none)."""
     scanned, read, unread = [], 0, 0
     for label in labels:
         if suffix(label) not in suffixes or not os.path.isfile(label):
@@ -1026,7 +1024,8 @@ def files_to_scan(labels, suffixes):
             continue
         read += size
         scanned.append(label)
-    return scanned, unread
+    note = f"; {unread:,} other file{'s' * (unread > 1)} not read for {what} (past {OTHER_FILES_BYTES >> 20:,} MB)"
+    return scanned, note if unread else ""
 
 
 def listed(names, shown=OTHER_FILES):
@@ -1044,7 +1043,7 @@ def with_other_not_utf8(e, plan):
         return e
     # those before it too (a vocabulary's pass reads a sample); files read as text alone (a .parquet is binary)
     others = [label for _, label, _ in streams[:at] + streams[at + 1:]]
-    scanned, unread = files_to_scan(others, (*PLAIN_TEXT, ".jsonl", ".json"))
+    scanned, unread = files_to_scan(others, (*PLAIN_TEXT, ".jsonl", ".json"), "it")
     found = []
     for label in scanned:
         with contextlib.suppress(OSError):
@@ -1055,9 +1054,7 @@ def with_other_not_utf8(e, plan):
     text = str(e)
     if found:
         text += f"; {len(found):,} other file{'s' * (len(found) > 1)} not UTF-8 either: {listed(found)}"
-    if unread:
-        text += f"; {unread:,} other file{'s' * (unread > 1)} not read for it (past {OTHER_FILES_BYTES >> 20:,} MB)"
-    return NotText(text)
+    return NotText(text + unread)
 
 
 def file_docs(path, dataset, left=None, folder=None):
