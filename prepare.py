@@ -2116,15 +2116,6 @@ def write_own_val_again(streams, opened, val, budget, write):
     return own_keys
 
 
-def check_text_left(splits, kind, val_fraction, streams):
-    """train.py evaluates on val: a val of <|endoftext|> alone (one short document) or of nothing sent the user to
-    prepare.py again, which found the dataset up to date; a one-token text, whole in val, leaves train nothing."""
-    if not splits["train"].bytes and kind == "text":
-        raise too_little_text(streams, "train")
-    if not splits["val"].bytes and (val_fraction or splits["val"].tokens):
-        raise too_little_text(streams, "val")
-
-
 def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, scratch, pack, doc_keys=None, sizes=None,
                  not_text=None):
     """Tokenize every stream of a plan (find_source) with enc into temporary train and val Splits in folder, put in
@@ -2223,7 +2214,11 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
     if doc_keys is not None:  # (a val cut from the sources, or a source's own validation split: never both)
         doc_keys["train"] = train_keys
         doc_keys["val"] = [key for i, key in enumerate(val_keys) if i not in drop] + list(own_keys)
-    check_text_left(splits, kind, val_fraction, streams)
+    # train.py evaluates on val: one of <|endoftext|> alone, or of nothing, is refused now, not found up to date then
+    if not train.bytes and kind == "text":  # (a one-token text goes to val whole)
+        raise too_little_text(streams, "train")
+    if not val.bytes and (val_fraction or val.tokens):
+        raise too_little_text(streams, "val")
     return kind
 
 
