@@ -23,6 +23,7 @@ import shlex
 import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 
@@ -32,6 +33,21 @@ import time
 # first oneDNN matmul reads them; a value set by the user is kept.
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
 os.environ.setdefault("LRU_CACHE_CAPACITY", "64")
+
+
+def mend_temporary_directory():
+    """A file system with no writable temporary directory (`docker run --read-only` without a `--tmpfs /tmp`) made
+    tempfile's search for one raise at `import torch` (dill, which datasets brings, names the directory as it loads):
+    a traceback before any script began, gen.py's, serve.py's and eval.py's too, which write nothing. tempfile is then
+    given its first choice unchecked, so they run; what does write a temporary file fails where it writes, in its own
+    error (Read-only file system)."""
+    try:
+        tempfile.gettempdir()
+    except FileNotFoundError:  # (what tempfile raises when none of its choices takes a file)
+        tempfile.tempdir = os.environ.get("TMPDIR") or "/tmp"
+
+
+mend_temporary_directory()  # before torch: importing it is where the search ran
 
 
 # -----------------------------------------------------------------------------

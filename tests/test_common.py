@@ -1653,3 +1653,25 @@ def test_help_says_every_default_one_way(script, capsys, monkeypatch):
     said = " ".join(capsys.readouterr().out.split())  # (its lines joined: a default may wrap)
     assert e.value.code == 0 and "default: " in said and not re.findall(r".{30}(?:\(default [^:]|; default ).{20}",
                                                                          said)
+
+
+def test_a_script_runs_where_no_temporary_directory_is_writable(tmp_path):
+    """`docker run --read-only` without a `--tmpfs /tmp`: tempfile's search for a writable directory raised as torch
+    was imported (dill, which datasets brings, names the directory on import), so gen.py and serve.py, which write
+    nothing, ended in a traceback before they began. Here tempfile's search is made to find none, as there."""
+    from checkpoint import save_checkpoint
+    from model import GPT, make_config
+    from setup_tokenizer import get_tokenizer
+    enc = get_tokenizer("gpt2")
+    ckpt = str(tmp_path / "tiny.pt")
+    save_checkpoint(ckpt, GPT(make_config("tiny", n_layer=1, n_embd=32, n_head=2, block_size=16,
+                                          vocab_size=enc.n_vocab)), enc)
+    script = ("import runpy, sys, tempfile\n"
+              "def none_writable():\n"
+              "    raise FileNotFoundError(2, 'No usable temporary directory found')\n"
+              "tempfile._get_default_tempdir = none_writable\n"
+              f"sys.argv = ['gen.py', {ckpt!r}, '--max_tokens', '4', '--device', 'cpu', '--seed', '1']\n"
+              "runpy.run_path('gen.py', run_name='__main__')\n")
+    r = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert r.stdout.strip(), r.stderr
