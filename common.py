@@ -83,10 +83,16 @@ def quiet_ctrl_c(name):
     """Called first thing, with its __name__, by a script that imports torch, numpy or tiktoken (seconds): Ctrl-C
     before run_main starts exits at once in one line (os._exit: nothing is written yet, and a half-done import could
     catch an exception), not a traceback from inside the import; run_main gives Ctrl-C back to Python. Not where
-    SIGINT is ignored (`python train.py &`): run_main's hand-back would then let the terminal's Ctrl-C end the job."""
-    if name == "__main__" and threading.current_thread() is threading.main_thread() \
-            and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    SIGINT is ignored (`python train.py &`): run_main's hand-back would then let the terminal's Ctrl-C end the job.
+    In a container's first process (PID 1) SIGTERM and SIGHUP get a handler too (stopped_while_loading)."""
+    if name != "__main__" or threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, interrupted_while_loading)
+    if os.getpid() == 1:
+        for sig in stop_signals():
+            if signal.getsignal(sig) is signal.SIG_DFL:
+                signal.signal(sig, stopped_while_loading)
 
 
 def interrupted_while_loading(signum, frame):
@@ -95,6 +101,15 @@ def interrupted_while_loading(signum, frame):
         with contextlib.suppress(OSError, ValueError):
             print("\ninterrupted", file=sys.stderr, flush=True)
     os._exit(130)
+
+
+def stopped_while_loading(signum, frame):
+    """quiet_ctrl_c's SIGTERM (and SIGHUP) handler in PID 1, a container's first process (docker's exec form, `CMD
+    ["python", "serve.py"]`, without --init): the system drops a signal PID 1 has no handler for, so a `docker stop`
+    while torch loaded went unanswered, and the server started, to be killed at the stop's timeout (10 s). Exits at
+    once, as the signal's default does elsewhere, with the status a shell gives it (143; 129 for SIGHUP). From
+    run_main on, exit_on_sigterm's clean-up takes over."""
+    os._exit(128 + signum)
 
 
 def run_main(main, ranks=False):

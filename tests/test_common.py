@@ -1675,3 +1675,23 @@ def test_a_script_runs_where_no_temporary_directory_is_writable(tmp_path):
     r = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
     assert r.stdout.strip(), r.stderr
+
+
+def test_sigterm_while_libraries_load_ends_a_containers_first_process(tmp_path):
+    """A container's first process (PID 1: docker's `CMD ["python", "serve.py"]`, without --init) gets no signal it
+    has no handler for: `docker stop` while torch loaded was dropped, the server started anyway, and was killed at the
+    stop's timeout. A stand-in torch that sends SIGTERM as it loads, in a new PID namespace (where the script is PID
+    1), sees the script end at once with SIGTERM's 143."""
+    unshare = shutil.which("unshare")
+    if not unshare or subprocess.run([unshare, "-rpf", "true"], capture_output=True).returncode != 0:
+        pytest.skip("no unshare (a new user and PID namespace) here")
+    fake = tmp_path / "torch"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("import os, signal, time\nassert os.getpid() == 1\nos.kill(1, signal.SIGTERM)\n"
+                                      "time.sleep(60)\n")
+    try:
+        r = subprocess.run([unshare, "-rpf", sys.executable, os.path.join(ROOT, "serve.py"), "--help"],
+                           capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(tmp_path)), timeout=20)
+    except subprocess.TimeoutExpired:
+        pytest.fail("SIGTERM to PID 1 while torch loaded was dropped")
+    assert (r.returncode, r.stdout) == (143, ""), r.stderr
