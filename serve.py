@@ -1568,9 +1568,13 @@ class ApiServer(ThreadingHTTPServer):
         try:
             super().__init__((host, port), Handler)
         except (OSError, TypeError, UnicodeError) as e:  # ('ü..x': "encoding of hostname failed", a TypeError)
-            port_refused = getattr(e, "errno", None) in (errno.EADDRINUSE, errno.EACCES)  # (in use, or below 1024)
-            fix = ("pick another --port, or stop what uses it" if port_refused
-                   else "check --host (an address or name of this machine)")
+            code = getattr(e, "errno", None)
+            if code == errno.EADDRINUSE:
+                fix = "pick another --port, or stop what uses it"
+            elif code == errno.EACCES:  # (no use can be stopped: a port below 1024 is root's, for a system service)
+                fix = "pick another --port" + (", 1024 or above (those below need root)" if port < 1024 else "")
+            else:
+                fix = "check --host (an address or name of this machine)"
             raise UserError(f"cannot listen on {host_port(host, port)} ({getattr(e, 'strerror', None) or e}): {fix}")
         self.loopback = loopback_name(self.server_address[0])  # only this machine reaches it (Handler.check_host)
         self.worker.start()

@@ -2803,6 +2803,17 @@ def test_a_port_in_use_is_one_line_for_a_story_model_too(enc, tmp_path, monkeypa
         busy.close()
 
 
+def test_a_port_below_1024_without_root_names_the_fix(ckpt, capsys, monkeypatch):
+    """--port 80 as a user (a service's unit, a container's): the system refuses it, and the error said "or stop what
+    uses it", sending the user to look for a server that is not there."""
+    def refused(server):
+        raise PermissionError(errno.EACCES, "Permission denied")
+    monkeypatch.setattr(serve.ThreadingHTTPServer, "server_bind", refused)
+    code, out, err = run_cli(serve.main, [ckpt, "--port", "80", "--device", "cpu"], capsys)
+    assert (code, err) == (1, "error: cannot listen on 127.0.0.1:80 (Permission denied): pick another --port, 1024 or "
+                              "above (those below need root)\n")
+
+
 def test_command_line_errors(ckpt, enc, tmp_path, capsys, monkeypatch):
     code, out, err = run_cli(serve.main, [str(tmp_path / "nope.pt"), "--device", "cpu"], capsys)
     assert code == 1 and err.count("\n") == 1 and "nope.pt" in err and "not found" in err
