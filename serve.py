@@ -606,7 +606,7 @@ class Worker(threading.Thread):
             # (Under the lock, as the worker takes up and drops its reply: said of every reply begun, before its line)
             if self.current is not None:
                 self.say("stopping: waiting for the reply being generated to stop at its next token "
-                         "(Ctrl-C again exits at once)")
+                         "(Ctrl-C or SIGTERM again exits at once)")
         self.join(timeout)  # one token's forward pass, as a rule; past the timeout the server exits anyway
 
     def run(self):

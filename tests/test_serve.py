@@ -1494,7 +1494,8 @@ def test_a_stop_that_waits_for_the_reply_being_generated_says_so_at_once(enc):
         halt.start()
         wait_for(lambda: lines, "the server to say it stops", limit=10)  # (the gate holds the worker for 60 s)
         assert api.worker.is_alive() and lines == [
-            "stopping: waiting for the reply being generated to stop at its next token (Ctrl-C again exits at once)"]
+            "stopping: waiting for the reply being generated to stop at its next token (Ctrl-C or SIGTERM again exits "
+            "at once)"]
         gate.set()
         halt.join(60)
         assert len(lines) == 2 and ", cancelled, " in lines[1], lines
