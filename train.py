@@ -95,9 +95,8 @@ SAVE_BYTES_PER_S = 100e6
 # the logger of torch.compile's notes on the context managers it meets (DDP's forward opens one: not_profiler_notice)
 DYNAMO_CONTEXT_LOG = "torch._dynamo.variables.ctx_manager"
 
-# under torchrun, how long a rank waits for the others in a collective before it ends with an error (gloo's own is 30
-# minutes). NCCL's default of 10 covers a healthy run's longest waits: rank 0's save (60 GB at SAVE_BYTES_PER_S) or
-# the slowest rank's first --compile step
+# under torchrun, how long a rank waits in a collective before an error (gloo's own is 30 minutes): NCCL's 10 covers
+# a healthy run's longest waits, rank 0's save (60 GB at SAVE_BYTES_PER_S) or the slowest first --compile step
 DIST_TIMEOUT_MIN = 10.0
 MAX_LR = 1e5  # a sanity bound (0.05 is about the largest that trains anything here) that keeps Muon's update in float32
 OVERFIT_EVALS = 3  # evaluations past the best, val loss 1% above it, after which a run's summary says it overfits
@@ -105,11 +104,9 @@ OVERFIT_EVALS = 3  # evaluations past the best, val loss 1% above it, after whic
 FEW_STEPS = 100
 FINETUNE_LR_DIVISOR = 3  # fine-tuning starts from trained weights: smaller steps keep what they know
 
-# Training options and their defaults. When continuing a checkpoint on the same dataset, an option not given on
-# the command line takes the checkpoint's value instead, so `--checkpoint X` alone resumes the very same run (dtype,
-# --compile and --recompute_activations too: a run given fp32 stays in fp32 on a bf16 CPU, and as fast and as small
-# in memory as it was). None means derived: block_size from the model, lr and batch_size from the preset, min_lr =
-# lr/10 (lr/100 in a time budget), warmup = default_warmup(all steps) (BUDGET_WARMUP of a time budget).
+# Training options and their defaults. Continuing on the same dataset, an option not given takes the checkpoint's value,
+# so `--checkpoint X` alone resumes the very same run (dtype and --compile too). None means derived: block_size from the
+# model, lr and batch_size from the preset, min_lr lr/10 (lr/100 in a budget), warmup default_warmup (or BUDGET_WARMUP).
 DEFAULTS = dict(epochs=1, seed=1337, batch_size=None, grad_accum=1, block_size=None, lr=None, min_lr=None,
                 warmup=None, weight_decay=0.1, grad_clip=1.0, beta1=0.9, beta2=0.95, eval_interval=10.0,
                 log_interval=10.0, save_interval=10.0, eval_batches=40, patience=0, time_budget=None,
@@ -143,8 +140,7 @@ DURATION_UNITS = {"": 1, **dict.fromkeys(("s", "sec", "secs", "second", "seconds
 
 
 def minutes_value(text):
-    """argparse type of a duration: a number of minutes, or one with a unit (90s, 2m, 1.5h) -> minutes. Its range is
-    checked where it is used (--time_budget's in resolve_args)."""
+    """argparse type of a duration: minutes, or with a unit (90s, 2m, 1.5h) -> minutes (range checked where used)."""
     number, unit = re.fullmatch(r"\s*(.*?)\s*([a-z]*)\s*", text.lower()).groups()
     if unit in ("nan", "inf", "infinity") and not number:  # (words float takes, no unit: refused where checked)
         number, unit = unit, ""
@@ -178,8 +174,7 @@ def minutes_arg(text):
 
 
 def preset_arg(text):
-    """argparse type of --model: a preset's name (argparse's choices check the rest); a model to load, as vLLM's
-    --model takes one, is sent to --checkpoint or --init_from."""
+    """argparse type of --model: a preset's name; a model to load (vLLM's --model) goes to --checkpoint/--init_from."""
     if text not in PRESETS and (os.path.exists(text) or "/" in text or os.sep in text or text.endswith(".pt")):
         checkpoint = f"go on from (or fine-tune) a checkpoint with --checkpoint {text}"
         folder = f"fine-tune a Hugging Face model folder with --init_from {text}"
@@ -329,9 +324,8 @@ def parse_args(argv=None):
 
 
 def nanogpt_schedule(args, meta, dist):
-    """nanoGPT's --max_iters (its run's length in steps, its lr's cosine spanning them) or --lr_decay_iters (the steps
-    the cosine spans), refused with the --epochs that takes about as many steps: a run here is whole epochs, each window
-    once an epoch, or a --time_budget's minutes, and its schedule spans it. Takes them out of args."""
+    """nanoGPT's --max_iters or --lr_decay_iters, refused with the --epochs of about as many steps (a run here is whole
+    epochs or a --time_budget, its schedule spanning it). Takes them out of args."""
     given = {k: vars(args).pop(k) for k in ("max_iters", "lr_decay_iters")}  # (no options of a run: not recorded)
     k, n = next(((k, n) for k, n in given.items() if n is not None), (None, None))
     if k is None:
@@ -372,9 +366,8 @@ def inheritable(k, v):
 
 
 def check_recorded_options(path, ckpt_args, continuing):
-    """A continued run reads the options its checkpoint recorded (ckpt_args), given on the command line or not: the
-    ratio of min_lr to lr, whether the seed or the batch changed the epoch's order and step count. One that is not
-    what train.py writes (an edited checkpoint's lr of 'abc': a TypeError, later) is refused, whatever is given."""
+    """A continued run reads its checkpoint's recorded options (min_lr/lr, seed, batch) even where given anew: one
+    train.py never writes (an edited lr of 'abc': a TypeError later) is refused."""
     for k, v in ckpt_args.items() if continuing else ():
         if k in DEFAULTS and v is not None and not inheritable(k, v):
             raise UserError(f"{path} records {k} {repr(v)[:40]}, which is not what train.py writes (a damaged or edited "
@@ -382,8 +375,7 @@ def check_recorded_options(path, ckpt_args, continuing):
 
 
 def checkpoint_args(ckpt):
-    """The options a checkpoint's run recorded ({} for no checkpoint), with AdamW as the optimizer of one from before
-    --optimizer (its optimizer state is AdamW's)."""
+    """The options a checkpoint's run recorded ({} for none); AdamW for one from before --optimizer (its state's)."""
     return {} if ckpt is None else {"optimizer": "adamw", **(ckpt.get("args") or {})}
 
 
@@ -393,27 +385,22 @@ def model_preset(model, ckpt_args):
 
 
 def recorded_lr(ckpt_args):
-    """The peak lr a checkpoint's run recorded (ckpt_args: checkpoint_args'), None where it records none that a
-    fine-tune can take (an edited one's 'abc', or one past MAX_LR)."""
+    """The peak lr a checkpoint's run recorded, None where a fine-tune cannot take it (an edited 'abc', past MAX_LR)."""
     was = ckpt_args.get("lr")
     return was if trained_lr(was) and was <= MAX_LR else None  # (as an export carries it)
 
 
 def unrecorded_fine_tune(ckpt):
-    """Whether a checkpoint may be a fine-tune's without saying so: written by a train.py from before checkpoints
-    recorded fine_tune, by a run that began from another checkpoint (a fine-tune's, or a continued run's: it does not
-    tell them apart), with an lr fine_tune_lr divides. A run continued from it keeps not saying (start_run)."""
+    """Whether a checkpoint may be a fine-tune's without saying so: from before checkpoints recorded fine_tune, its run
+    begun from another checkpoint, with an lr fine_tune_lr divides."""
     return "fine_tune" not in ckpt and "step" in ckpt and bool((ckpt.get("args") or {}).get("checkpoint")) \
         and recorded_lr(checkpoint_args(ckpt)) is not None
 
 
 def fine_tune_lr(ckpt, model):
-    """A fine-tune's default peak lr, and where it came from in words for the run line: a third of the peak lr the
-    checkpoint's run trained at (a base the user trained at a better --lr than the preset's is fine-tuned in
-    proportion, not at a third of the preset's; an export's folder records it too), or where it records none (a
-    Hugging Face folder from elsewhere, an old checkpoint; an edited one's lr of 'abc') of the default of its preset
-    (model_preset: model is --model, None if not given). A checkpoint that is itself a fine-tune's trained at a
-    fine-tuning lr already: that lr as it is (a third again, a chain of fine-tunes was at 1/9, 1/27)."""
+    """A fine-tune's default peak lr and, for the run line, its origin: a third of the checkpoint's recorded lr (a base
+    trained at a better --lr is fine-tuned in proportion), else of its preset's default (model: --model or None). A
+    fine-tune's checkpoint keeps its lr as it is (a chain of fine-tunes would fall to 1/9, 1/27)."""
     ckpt_args = checkpoint_args(ckpt)
     was = recorded_lr(ckpt_args)
     if was:
@@ -426,11 +413,9 @@ def fine_tune_lr(ckpt, model):
 
 
 def resolve_args(args, ckpt, continuing, config):
-    """Fill the training options left as None: the checkpoint's value when continuing the same run (ckpt: the
-    checkpoint, None for a new model), else the default (a fine-tune's lr, fine_tune_lr's, start_run settles before).
-    Returns a new Namespace of plain values (it goes into the checkpoint) and checks them. A run whose --time_budget
-    ran out, given an --epochs without one, goes on by epochs: under the spent budget inherited it capped a run that
-    could not train (refused), and no option dropped the budget."""
+    """Fill the options left None: the checkpoint's value when continuing its run, else the default; returns a new,
+    checked Namespace of plain values (saved in checkpoints). A run whose --time_budget ran out, given --epochs alone,
+    goes on by epochs (the spent budget inherited would refuse it)."""
     ckpt_args = checkpoint_args(ckpt)
     a = argparse.Namespace(**vars(args))
     by_epochs = continuing and ckpt.get("budget_done") is True and a.epochs is not None and a.time_budget is None
@@ -499,9 +484,8 @@ def resolve_args(args, ckpt, continuing, config):
 # data
 
 def load_meta(data_dir, dataset, tokenizer=None, trained=None):
-    """The dataset's meta.json; a missing or broken dataset is a UserError naming prepare.py. tokenizer: the one the
-    data must have (a model's checkpoint), for the command that prepares a missing dataset. trained: (checkpoint,
-    the folder its run read this dataset from, how it was made; see trained_data), where no --data_dir was given."""
+    """The dataset's meta.json, or a UserError naming prepare.py's fix. tokenizer: the model's, for the command that
+    prepares missing data; trained: trained_data's, where no --data_dir was given."""
     tok = ["--tokenizer", tokenizer] if tokenizer and tokenizer != "gpt2" else []
     if not is_dataset_name(dataset):  # story/ would name the files models/story/.pt; data/story, a bad --name
         parent, name = os.path.split(os.path.normpath(dataset))
@@ -575,8 +559,7 @@ def load_meta(data_dir, dataset, tokenizer=None, trained=None):
 
 
 def not_readable(folder, what, fix):
-    """The error for a dataset whose meta.json is not one this code reads (what: unreadable_field's or damaged_field's
-    words), fix: the command that makes it again."""
+    """The error for a meta.json this code cannot read (what: why), fix: the command that makes it again."""
     return UserError(f"{os.path.join(folder, 'meta.json')} is not a dataset this code reads ({what}): {fix} again")
 
 
@@ -647,10 +630,8 @@ class Windows:
         return np.ascontiguousarray(rows[:, :-1]), np.ascontiguousarray(rows[:, 1:]), self.target_mask(idx)
 
     def in_vocabulary(self, ids):
-        """ids read from the file, checked: an id past the vocabulary (a damaged file: the sizes check cannot see it)
-        would be an IndexError in the embedding, or, among the padding rows, a silent loss on a token that does not
-        exist. every_rank: under torchrun only the rank reading that window meets it, and local rank 0, which did not,
-        would leave "lost contact"."""
+        """ids read from the file, checked: one past the vocabulary (a damage the size check misses) is an IndexError
+        in the embedding or a silent loss. every_rank: under torchrun only the rank reading that window meets it."""
         if ids.size and ids.max() >= self.meta["vocab_size"]:
             raise UserError(f"{self.path} holds token id {ids.max()}, beyond its {self.meta['vocab_size']}-token "
                             f"vocabulary (a damaged file): run `{rebuild_command(self.meta, self.meta['folder'])}` "
@@ -672,9 +653,8 @@ class Windows:
         return len(idx) * self.block_size if m is None else int(np.count_nonzero(m))
 
     def scored_text(self, idx, table):
-        """(targets, bytes): how many targets of windows idx the loss counts (count_targets's) and the UTF-8 bytes of
-        their text, table[id] each (table: prepare.token_bytes(enc)), read a window at a time (a whole split's ids
-        at once would be 8 bytes a token)."""
+        """(targets, bytes): count_targets(idx) and the UTF-8 bytes of their text (table: prepare.token_bytes(enc)),
+        read a window at a time (a whole split's ids at once would be 8 bytes a token)."""
         T, targets, n_bytes = self.block_size, 0, 0
         for start in np.asarray(idx, dtype=np.int64) * T + 1:  # target t of window i is token i*T + t + 1
             ids = self.in_vocabulary(self.read(start, T))
@@ -685,11 +665,9 @@ class Windows:
         return targets, n_bytes
 
     def micro_batches(self, idx, batch_size, pin=False, count=None):
-        """Yield (x, y, m, idx) for consecutive chunks of idx: CPU tensors (batch_size, T) (m None without a loss
-        mask) and the chunk's window indices. Every batch has exactly batch_size rows; a short last chunk is padded
-        with rows whose targets are -1 (ignored), so shapes and strides never change (no recompiles). count: yield
-        that many micro-batches, the ones past idx's end all padding (a rank with fewer windows than another still
-        joins every gradient all-reduce)."""
+        """Yield (x, y, m, idx) per chunk of idx: CPU tensors (batch_size, T) (m None without a mask) and its windows.
+        A short chunk is padded with rows of target -1 (ignored), so shapes never change (no recompiles). count: that
+        many micro-batches, those past idx all padding (a rank with fewer windows still joins every all-reduce)."""
         count = math.ceil(len(idx) / batch_size) if count is None else count
         for i in range(0, count * batch_size, batch_size):
             chunk = np.asarray(idx[i:i + batch_size], dtype=np.int64)
@@ -710,8 +688,7 @@ class Windows:
 
 
 def split_too_short(meta, path, split, n_tokens, block_size, evaluating):
-    """The UserError for a split (at path, of n_tokens) without one window of block_size + 1 tokens; evaluating: for
-    eval.py, which can read another split."""
+    """The UserError for a split at path without one window of block_size + 1 tokens (evaluating: eval.py's)."""
     T = block_size
     if split == "val" and n_tokens == 0:  # prepared with --val_fraction 0 (one token: a val too short, said below)
         make = f"`{prepare_with(meta, val_fraction=DEFAULT_VAL_FRACTION)}`"
@@ -744,9 +721,8 @@ def split_too_short(meta, path, split, n_tokens, block_size, evaluating):
 
 
 def output_paths(args, ckpt_args, continuing, given):
-    """The run's files (out_pattern, its folder, the best file, metrics, loss curve), checked before anything is built;
-    a run continued without --output_checkpoint gets its own file names, set in args. given: whether the user gave
-    --output_checkpoint."""
+    """The run's files (out_pattern, its folder, best file, metrics, loss curve), checked before anything is built; a
+    continued run without --output_checkpoint (given) gets its own file names, set in args."""
     dataset = args.dataset
     # a budgeted run may repeat many epochs, hence one file for it
     default_out = "{dataset}.pt" if args.time_budget else "{dataset}_epoch{epoch}.pt"
@@ -798,16 +774,13 @@ def run_files(out_pattern, dataset):
 
 
 def elsewhere(out_pattern):
-    """How to write the run to another folder instead, under its own file names. (The best file and metrics are named
-    after the dataset in the checkpoints' folder: another file name there shares them. And a --time_budget run's one
-    {dataset}.pt, told DIR/{dataset}_epoch{epoch}.pt, would write one for each of the many epochs it repeats.)"""
+    """How to write the run to another folder (another file name in this one would share its best file and metrics)."""
     return f"write this one to another folder with --output_checkpoint DIR/{os.path.basename(out_pattern)}"
 
 
 def earlier_run_files(out_pattern, dataset, best_path):
-    """The checkpoints of an earlier run that a new one here would write over or mix with its own, oldest first: those
-    out_pattern names (any epoch), those of the other default naming in its folder ({dataset}.pt of a --time_budget
-    run, {dataset}_epoch{N}.pt of the others), which share its best file, and that best file last."""
+    """An earlier run's checkpoints a new one here would write over or mix with, oldest first: out_pattern's (any
+    epoch), the other default naming's in its folder (sharing its best file), and that best file last."""
     folder = os.path.dirname(out_pattern)
     patterns = {os.path.normpath(p) for p in (out_pattern, os.path.join(folder, "{dataset}.pt"),
                                               os.path.join(folder, "{dataset}_epoch{epoch}.pt"))}
@@ -816,10 +789,8 @@ def earlier_run_files(out_pattern, dataset, best_path):
 
 
 def refuse_earlier_run(out_pattern, dataset, best_path, overwrite=False, reset=False):
-    """A new run (not the checkpoint's own, continued) must not write over an earlier run's checkpoints (see
-    earlier_run_files) unless overwrite; returns the files it replaces. (Metrics alone are no run to keep: a run that
-    failed before its first save leaves just them.) reset: the new run is a --reset_epoch, whose user gave the
-    checkpoint to continue and wants its epochs anew: "continue it with --checkpoint" would send them in a circle."""
+    """Refuses, unless overwrite, a new run writing over an earlier run's checkpoints (metrics alone are no run);
+    returns the files it replaces. reset: a --reset_epoch, for which "continue it with --checkpoint" is a circle."""
     found = earlier_run_files(out_pattern, dataset, best_path)
     if found and not overwrite:
         what = f"{found[0]} and {len(found) - 1} more checkpoint(s) hold" if len(found) > 1 else f"{found[0]} holds"
@@ -837,11 +808,8 @@ def refuse_earlier_run(out_pattern, dataset, best_path, overwrite=False, reset=F
 
 
 def refuse_going_back(checkpoint, ckpt, out_pattern, dataset, best_path, overwrite=False):
-    """Continuing from an earlier point of a run (its best file, an older epoch's) writes the run's own file names:
-    refused unless overwrite when one of them holds a later point, which the continued run would replace (its newer
-    epochs, or a best file that the branch's worse evals would take over); returns those files. Only the files' small
-    entries are read (mmap). A file of another run (by run id: a checkpoint copied in from elsewhere and resumed next to
-    a run it is not) is refused as refuse_earlier_run refuses it, whatever point it holds."""
+    """Continuing from an earlier point of a run writes its own file names: refused unless overwrite where one holds a
+    later point, or another run's (by run id), which it would replace; returns those files (read by mmap)."""
     done, later, ahead = int(ckpt.get("tokens", 0)), [], []  # ahead: (tokens, step, path) of the later points
     for path in run_files(out_pattern, dataset) + ([best_path] if os.path.exists(best_path) else []):
         if os.path.samefile(path, checkpoint):
@@ -880,17 +848,14 @@ def refuse_going_back(checkpoint, ckpt, out_pattern, dataset, best_path, overwri
 
 
 def packing_warning(meta, block_size, context):
-    """A line saying why block_size wastes the data's packing, or None. prepare.py packs conversations into blocks
-    of meta["pack"] tokens that none crosses; windows keep them whole when block_size is a multiple of that, but a
-    multiple leaves apart the pieces of conversations longer than a block that its windows could hold whole.
+    """Why block_size wastes the data's packing (blocks of meta["pack"] tokens no conversation crosses), or None.
     context: the model's, which --block_size cannot pass."""
     pack = meta.get("pack") or 0
     if not pack:
         return None
     pieces = ((meta.get("splits") or {}).get("train") or {}).get("in_pieces") or 0
     if block_size % pack == 0:
-        # windows of several blocks keep whole what the packing kept whole, but a conversation longer than a block was
-        # cut into pieces that lie in blocks apart, where a window of block_size could have held it
+        # a multiple keeps blocks whole, but a conversation longer than a block lies in pieces a window could join
         if block_size == pack or not pieces:
             return None
         return (f"{meta['folder']} is packed in blocks of {pack} tokens, but windows have {block_size}: its {pieces:,} "
@@ -904,24 +869,21 @@ def packing_warning(meta, block_size, context):
 
 
 def default_data_dir(ckpt, dataset=""):
-    """Where a checkpoint's run found its data, if that folder (holding dataset, if named) is still there: its
-    --data_dir as given, from the working directory, else as its run saw it (a relative one, continued or evaluated
-    from another folder, would otherwise fall back to ./data, or to another dataset of the name there); else data/."""
+    """Where a checkpoint's run found its data, if still there (holding dataset): its --data_dir as given, else as
+    its run saw it (a relative one, from another working directory); else data/."""
     return next((d for d in recorded_data_dirs(ckpt) if d and os.path.isdir(os.path.join(d, dataset))), "data")
 
 
 def recorded_data_dirs(ckpt):
-    """(given, seen): the --data_dir a checkpoint's run was given and the one it saw (absolute; checkpoints since it
-    was recorded), each None unless a non-empty str (an edited checkpoint's may hold anything)."""
+    """(given, seen): a checkpoint's --data_dir as given and as its run saw it, each None unless a non-empty str."""
     given = (ckpt.get("args") or {}).get("data_dir")
     seen = (ckpt.get("data") or {}).get("data_dir")
     return tuple(d if d and isinstance(d, str) else None for d in (given, seen))
 
 
 def checkpoint_data(ckpt):
-    """(dataset name, data folder) a checkpoint was trained on, (None, None) when it names none. Checkpoints from before
-    --dataset took names only may hold a path (story/, /abs/data/story), which stands for its last part in the folder
-    before it."""
+    """(dataset name, data folder) a checkpoint was trained on, (None, None) for none; an old checkpoint's path
+    (story/, /abs/data/story) stands for its last part in the folder before it."""
     name = ckpt.get("dataset")
     data_dir = default_data_dir(ckpt, name if name and is_dataset_name(name) else "")
     if name and not is_dataset_name(name):
@@ -931,10 +893,8 @@ def checkpoint_data(ckpt):
 
 
 def trained_data(path, ckpt):
-    """load_meta's trained, for the checkpoint at path: (path, the folder its run read its dataset from, as that run
-    saw it (absolute in checkpoints since its data_dir was recorded; None where it names no dataset), how that dataset
-    was made (recorded_made_with; a vocabulary file gone since, as the checkpoint that holds it)), for the line that
-    says what to do when that folder is gone."""
+    """load_meta's trained for the checkpoint at path: (path, the folder its run read the dataset from or None, how it
+    was made (recorded_made_with; a vocabulary file gone since, as the checkpoint, which holds it))."""
     name = ckpt.get("dataset")
     given, seen = recorded_data_dirs(ckpt)
     where = seen or given
@@ -951,9 +911,8 @@ def trained_data(path, ckpt):
 
 
 def made_with(meta):
-    """What rebuild_command needs of a dataset load_meta read to make it again, kept in the checkpoints trained on it:
-    its dataset and the options that made it (meta_options, paths absolute): a run whose data folder is gone names the
-    command that makes the same data again (its --limit, its vocabulary), not the dataset's default."""
+    """What rebuild_command needs to make load_meta's dataset again (meta_options, paths absolute), kept in checkpoints:
+    a run whose data is gone names the command with its --limit and vocabulary, not the dataset's default."""
     return {"dataset": meta.get("dataset"), "options": meta_options(meta, meta["folder"], odd={})}
 
 
@@ -979,9 +938,8 @@ MADE_WITH_KINDS = {"source": (is_strings, type(None)), "tokenizer": str, "vocab_
 
 
 def recorded_made_with(ckpt):
-    """The checkpoint's made_with, as rebuild_command reads a meta.json; None where it has none (from before it was
-    recorded, or trained on a dataset prepare.py did not make) or one not what train.py writes (edited, damaged: a
-    wrong command, or rebuild_command's traceback, where load_meta's line without it is right)."""
+    """The checkpoint's made_with, as rebuild_command reads a meta.json; None where absent (older, or data prepare.py
+    did not make) or not what train.py writes (edited: a wrong command or a traceback)."""
     made = (ckpt.get("data") or {}).get("made_with")
     if not isinstance(made, dict) or not isinstance(made.get("options"), dict):
         return None
@@ -1053,12 +1011,9 @@ def prefetch(iterable, depth=2):
 
 
 class Batches:
-    """Training steps of an epoch: each a list of grad_accum micro-batches of batch_size windows per rank.
-
-    With several ranks (torchrun) a step takes the next batch_size*grad_accum*world windows of the epoch's order and
-    rank r the r-th contiguous share of them: the ranks together cover the epoch once, in the same steps as one
-    process with a world times larger batch. Positions in the order are global, so a checkpoint resumes on any
-    number of ranks."""
+    """Training steps of an epoch, each grad_accum micro-batches of batch_size windows per rank. Under torchrun a step
+    takes the next batch_size*grad_accum*world windows of the order and rank r the r-th share: the steps of one process
+    with a world times larger batch. Positions are global, so a checkpoint resumes on any number of ranks."""
 
     def __init__(self, windows, batch_size, grad_accum, seed, pin=False, rank=0, world=1, scheme=ORDER_SCHEME):
         self.windows, self.batch_size, self.seed, self.pin, self.rank = windows, batch_size, seed, pin, rank
@@ -1069,18 +1024,14 @@ class Batches:
         self.steps_per_epoch = math.ceil(len(windows) / self.windows_per_step)
 
     def steps_done(self, start):
-        """Steps of an epoch counted as done at window position `start`: so many that the steps the rest of the epoch
-        takes end it at its last step. A checkpoint of another global batch may stop inside a step of this size:
-        counting that step whole would put the epoch's end, and every later step, one step late (the run's last one
-        past the lr schedule's end)."""
+        """Steps of an epoch counted done at window `start`, so that the rest ends it at its last step (a checkpoint of
+        another global batch may stop mid-step: counted whole, every later step would be one late)."""
         return self.steps_per_epoch - math.ceil((len(self.windows) - start) / self.windows_per_step)
 
     def epoch(self, epoch, start=0):
-        """Steps of `epoch` from window position `start` of its order (a resumed epoch starts past 0). Each step is
-        (micro, n, n_targets): this rank's list of (x, y, m, idx) micro-batches, and the windows of the step on all
-        ranks and the targets the loss counts in them (every rank reads the whole step's masks, which spares an
-        all-reduce). At the epoch's end a step may hold fewer than grad_accum micro-batches, the same number on every
-        rank."""
+        """Steps of `epoch` from window `start` of its order, each (micro, n, n_targets): this rank's (x, y, m, idx)
+        micro-batches, and the step's windows and counted targets on all ranks (each rank reads the whole step's masks:
+        no all-reduce). An epoch's last step may hold fewer micro-batches, as many on every rank."""
         order = epoch_order(len(self.windows), self.seed, epoch, self.scheme)[start:]
         R, B = self.rank_windows, self.batch_size
 
