@@ -1049,9 +1049,8 @@ class Batches:
 # optimization
 
 def default_warmup(total_steps):
-    """Warmup steps of a run of total_steps: 2% of them, between 100 (10% of a run shorter than 1000 steps) and
-    1000. AdamW's first steps are large until its second moments settle: tiny's one-epoch run on the story set (797
-    steps, lr 4e-3) reached val loss 3.46 with 2% (16 steps) and 3.02 with 10%, seed 1337 (BENCHMARKS.md)."""
+    """Warmup steps of a run: 2%, between 100 (10% of a run under 1000 steps) and 1000. AdamW's first steps are large
+    until its moments settle: tiny's 797-step story epoch reached val 3.46 with 2%, 3.02 with 10% (BENCHMARKS.md)."""
     return max(1, min(1000, max(round(0.02 * total_steps), min(100, round(0.10 * total_steps)))))
 
 
@@ -1087,10 +1086,9 @@ def lr_at(step, lr, min_lr, warmup, total_steps):
 
 
 def step_lr(args, p, total_steps, budget, budget_warmup, now, held_back):
-    """The lr of the step about to be taken (p: where the run stands). On --epochs, by its step of total_steps. On a
-    --time_budget (seconds), by the clock (now: the seconds of it spent): warmup over a share of the budget
-    (budget_warmup), then cosine, from the end of the first step on (see Progress.schedule_origin), to the budget
-    less held_back, the seconds the run keeps for its final evaluation and saves."""
+    """The lr of the step about to be taken (p: where the run stands): by its step of total_steps, or on a --time_budget
+    by the clock (now: seconds spent), warmup over budget_warmup of it then cosine, from the first step's end
+    (Progress.schedule_origin) to the budget less held_back (kept for the final evaluation and saves)."""
     if not budget:
         return lr_at(p.step, args.lr, args.min_lr, args.warmup, total_steps)
     spent = 0.0
@@ -1103,9 +1101,8 @@ def step_lr(args, p, total_steps, budget, budget_warmup, now, held_back):
 
 
 def entered_slice(slices, kind, pct, frac):
-    """Whether a budgeted run, frac of its budget spent, has entered its next slice of pct % of the budget since the
-    last call for kind ("log", "eval" or "save"); slices holds where each kind stood. A budgeted run may repeat a
-    small dataset's epoch every few seconds: its logs, evaluations and saves follow the clock instead of its steps."""
+    """Whether a budgeted run, frac of it spent, entered its next pct % slice since the last call for kind (slices:
+    where each stood): a small dataset's epoch may take seconds, so logs, evals and saves follow the clock."""
     if not pct > 0:
         return False
     k = int(min(frac * 100 / pct, 2**62))  # (--log_interval 1e-310: an OverflowError)
@@ -1121,9 +1118,8 @@ def interval_steps(pct, steps_per_epoch):
 
 
 def warn_intervals_past_an_epoch(args, steps_per_epoch):
-    """An --*_interval over 100 (% of an epoch) is past the epoch's end, and due_points counts steps within an epoch:
-    its points come at epoch ends alone. nanoGPT's intervals are steps (--eval_interval 250, typed by habit): the line
-    says what the number is here, and the % for that many steps where an epoch holds them."""
+    """Warns of an --*_interval over 100 (% of an epoch), whose points come at epoch ends alone: nanoGPT's intervals
+    are steps (--eval_interval 250 by habit), so the line gives the % for that many steps."""
     for k, points in (("eval_interval", "evaluations"), ("log_interval", "log lines"), ("save_interval", "saves")):
         pct = getattr(args, k)
         if pct > 100:
@@ -1133,9 +1129,8 @@ def warn_intervals_past_an_epoch(args, steps_per_epoch):
 
 
 class RunClock:
-    """A run's clock, in seconds of its --time_budget spent (kept without one too: the log lines' "ends in" read it),
-    and the room a budget keeps for the final evaluation and its saves. Every rank takes the same decisions: after
-    each step they agree on the slowest one's clock (agree), and the budget's decisions read only what they agreed."""
+    """A run's clock in seconds of its --time_budget spent (kept without one for the "ends in" lines), and the room kept
+    for the final evaluation and saves. Decisions read only the clock the ranks agree after each step (agree)."""
 
     def __init__(self, budget, start, t_run, eval_steps):
         self.budget = budget  # seconds, or None
@@ -1161,9 +1156,8 @@ class RunClock:
         self.step_times = self.step_times[-1:] + [seconds]
 
     def agree(self, dist, save_s, interrupted):
-        """After a step: the clock, the reserve and when the next step would end as every rank agrees them (the slowest
-        rank's), in the step's one agreement, which carries the last save's seconds (save_s) and Ctrl-C (interrupted) on
-        any rank too: returns those two, agreed."""
+        """After a step: the clock, reserve and next step's end as all ranks agree them (the slowest's), in one
+        agreement that carries the last save's seconds (save_s) and Ctrl-C (interrupted) too: returns those, agreed."""
         now = self.now()
         if self.last_eval is None:
             # no evaluation measured yet (with --eval_interval 0 the final one is the first): the stop keeps room for
@@ -1177,35 +1171,30 @@ class RunClock:
         return save_s, interrupted
 
     def start_schedule(self, p):
-        """After a budgeted run's first step: the schedule starts once the first step (a cold compile) is done: a new
-        budget's here, a continued one's moves on by this first step's time, so that a recompile neither uses up the
-        warmup nor skips part of the decay."""
+        """After a budgeted run's first step (a cold compile): a new budget's schedule starts here, a continued one's
+        moves on by this step's time, so a recompile neither uses up the warmup nor skips part of the decay."""
         p.schedule_origin = self.agreed if p.schedule_origin is None else p.schedule_origin + self.agreed - self.start
 
     def evaluated(self, seconds, save_s):
-        """After an evaluation at this step, of seconds without the saves it happened to make: the final evaluation's
-        reserve is its time and the two saves that follow the final one (the best file, the checkpoint) at the last
-        save's cost (save_s)."""
+        """After an evaluation of seconds (its saves not counted): the final one's reserve is that and two saves (the
+        best file, the checkpoint) of save_s each."""
         self.reserve = seconds + 2 * save_s
         self.last_eval = self.agreed
 
     def decisions(self, args, p, save_s, stopped, end_of_epoch):
-        """What a --time_budget run does after a step, from the clocks every rank agreed on (agree): save_s, the last
-        save's seconds (see save_estimate), as agreed; stopped, why the run stops so far. Returns (stopped, due_eval,
-        due_save, due_log): stopped, the reason the run stops ("done": it goes on), and what is due at this step."""
+        """What a --time_budget run does after a step, from the agreed clocks (save_s: the last save's seconds; stopped:
+        why it stops so far, "done" to go on): returns (stopped, due_eval, due_save, due_log)."""
         if self.next >= self.budget:
             stopped = "time budget"
         frac = self.agreed / self.budget
-        # A budgeted run evaluates at each --eval_interval slice of the clock, once EVAL_SPACING times the last
-        # evaluation's cost (held_back: its time and two saves') has passed since it ended: an evaluation longer than a
-        # slice would otherwise come after every step
+        # at each --eval_interval slice, once EVAL_SPACING times the last evaluation's cost (held_back) has passed: one
+        # longer than a slice would otherwise come after every step
         due_eval = entered_slice(self.slices, "eval", args.eval_interval, frac) and (
             self.last_eval is None or self.agreed >= self.last_eval + (1 + EVAL_SPACING) * self.held_back)
         if due_eval and stopped in ("done", "max_steps") and \
                 self.next + (1 + EVAL_SPACING) * self.held_back >= self.budget:
-            # the final evaluation would come less than EVAL_SPACING times this one's cost after it, or this one, a
-            # step and the final one would pass the budget: the final one takes its place. At a --max_steps stop too:
-            # its evaluation is then a pause, not judged, as the run in one go skips it (exact resume)
+            # the final evaluation, within EVAL_SPACING times this one's cost or past the budget, takes its place; at a
+            # --max_steps stop too (a pause, unjudged, which the run in one go skips: exact resume)
             due_eval = False
         due_save = entered_slice(self.slices, "save", args.save_interval, frac)
         if due_save and stopped == "done" and p.epoch < args.epochs and self.next + save_s >= self.budget:
@@ -1218,14 +1207,11 @@ class RunClock:
 
 
 class TrainTally:
-    """The train loss and tokens/s of the steps since the last record (a metrics line), which each step adds to and
-    each record takes. The loss: each step's mean times its counted targets, summed on the device, and their number,
-    so the record is the mean per target as evaluate() measures it (a step of chat windows without an assistant token
-    has a loss of 0 over 0 targets: counted as a step, it would pull the train loss towards 0)."""
+    """The train loss and tokens/s since the last record. The loss is summed on the device per counted target, so a
+    record is evaluate()'s mean per target (a chat step of 0 targets, counted as a step, would pull it towards 0)."""
 
     def __init__(self, device, since=None, main=True):
-        """since: a checkpoint's loss_since_record (its kind checked as it loaded: checkpoint.STATE_KINDS), which this
-        run goes on from; rank 0 (main) alone holds its sum (the ranks' shares are all-reduced)."""
+        """since: a checkpoint's loss_since_record to go on from; rank 0 (main) alone holds its sum."""
         self.loss, self.targets = torch.zeros((), device=device), 0
         if since is not None:
             self.loss += since[0] if main else 0.0
@@ -1240,10 +1226,8 @@ class TrainTally:
         self.tokens += tokens
 
     def take(self, dist, timed):
-        """At a record: (the loss summed over every rank, the mean train loss, tokens/s since restart_timer), and the
-        loss starts over. The mean is None where no step since the last record counted a target (chat windows without
-        a reply); a sum gone nan or inf is the caller's to refuse. timed: the interval counts towards
-        train_tokens_per_s."""
+        """At a record: (loss summed over every rank, mean train loss or None for no counted target, tokens/s), the
+        loss starting over. timed: the interval counts towards train_tokens_per_s."""
         if dist.world > 1:  # each rank holds its share of every step's loss
             torch.distributed.all_reduce(self.loss)
         loss_sum = self.loss.item()  # the loop's only host sync
@@ -1265,22 +1249,15 @@ class TrainTally:
         return self.train_tokens / self.train_s if self.train_s > 0 else None
 
     def loss_since_record(self):
-        """[sum, targets], a checkpoint's: 0 but in the saves on the way out of an error or of a Ctrl-C in one process
-        (every other is at a record)."""
+        """[sum, targets] for a checkpoint: 0 but in a save on the way out of an error or Ctrl-C (else at a record)."""
         return [self.loss.item(), self.targets]
 
 
 def checkpoint_bytes(model, optimizer):
-    """The bytes of the training state a checkpoint writes: the weights and the optimizer's state, a continued run's
-    as loaded, a new run's before its first step (which makes it) taken as AdamW's two moments of every weight, the
-    most it takes."""
+    """The bytes a checkpoint writes: weights and optimizer state (before the first step, AdamW's two moments of every
+    weight, the most it takes)."""
     weights = tensor_bytes(model.state_dict())
     return weights + (tensor_bytes(optimizer.state_dict()) or 2 * weights)
-
-
-def save_estimate(model, optimizer):
-    """A checkpoint save's seconds, from the bytes it writes (see SAVE_BYTES_PER_S)."""
-    return checkpoint_bytes(model, optimizer) / SAVE_BYTES_PER_S
 
 
 def is_count(v):
@@ -1332,12 +1309,10 @@ def to_device(x, y, m, device, non_blocking=False):
 
 
 def train_step(fwd, optimizer, scaler, micro, device, dtype, grad_clip, n_targets=None, world=1):
-    """One optimizer step over micro-batches [(x, y, m, idx)], each (B, T). The step's loss is the mean over every
-    target it counts (n_targets, on all ranks; padding rows and, on chat data, targets outside the loss mask count
-    none): each micro-batch's mean is weighted by its share of them, so the gradient is the same however the step is
-    cut into micro-batches and ranks, and the loss is what evaluate() measures. Under DDP, which averages the ranks'
-    gradients, each rank's loss is scaled by world to make that a sum, and only the last micro-batch all-reduces.
-    Returns this rank's share of the step's loss as a 0-d device tensor: no host sync here."""
+    """One optimizer step over micro-batches [(x, y, m, idx)], each (B, T). Its loss is the mean over every target it
+    counts (n_targets, on all ranks): each micro-batch's mean is weighted by its share, so the gradient does not depend
+    on how the step is cut into micro-batches and ranks. DDP averages the ranks' gradients: each loss is scaled by
+    world, and only the last micro-batch all-reduces. Returns this rank's share of the loss, 0-d (no host sync)."""
     counted = [count_targets(y, m) for _, y, m, _ in micro]  # on the host: the batches are still CPU tensors
     n_targets = sum(counted) if n_targets is None else n_targets
     if n_targets == 0:  # chat windows without an assistant token (on every rank: n_targets is the step's): no step.
@@ -1398,11 +1373,9 @@ def eval_indices(n_windows, n_max):
 
 @torch.no_grad()
 def evaluate(model, windows, batch_size, eval_windows, device, dtype, fwd=None, dist=None, progress=None):
-    """Mean loss per counted target token (mask != 0 on chat data) over up to eval_windows windows spread over the
-    split (eval_indices), in batches of batch_size. Under torchrun the ranks share them, all ranks together, each
-    taking every world-th window, and the sums are all-reduced. (--eval_batches N is N * batch_size * world windows:
-    its callers convert it.) fwd: the Forward that trains the model (compiled, or DDP's), else model itself. progress: a
-    tqdm, advanced by the windows of each batch (eval.py's bar)."""
+    """Mean loss per counted target over up to eval_windows windows spread over the split (eval_indices), in batches of
+    batch_size; under torchrun each rank takes every world-th, the sums all-reduced. fwd: the training Forward
+    (compiled, or DDP's), else model; progress: a tqdm advanced by each batch's windows (eval.py's bar)."""
     fwd = fwd or model
     was_training = model.training
     model.eval()
@@ -1435,9 +1408,8 @@ def evaluate(model, windows, batch_size, eval_windows, device, dtype, fwd=None, 
 
 
 def no_eval_targets(windows, eval_windows):
-    """The error for an evaluation whose windows hold no target the loss counts: chat windows (--eval_batches of them,
-    short ones) before or between the replies. They measure nothing, and 0 / 1 would be a loss of 0 (eval.py's ppl
-    1.00; train.py's best val loss, never beaten again)."""
+    """The error for evaluated windows without a target the loss counts (short chat windows between replies): 0 / 1
+    would be a loss of 0, a best never beaten."""
     return UserError(f"the {len(eval_indices(len(windows), eval_windows))} window(s) of {windows.block_size} tokens "
                      f"evaluated in {windows.path} hold no assistant token, the only ones a chat set's loss counts: "
                      f"evaluate more windows (a larger --eval_batches) or longer ones (a larger --block_size)")
@@ -1450,12 +1422,9 @@ def check_eval_targets(windows, eval_windows):
 
 
 def bpb_scale(windows, eval_windows, enc):
-    """What turns a val loss over the windows evaluate() takes (eval_windows of them, the same at every evaluation)
-    into bits per UTF-8 byte of text, comparable across tokenizers: the loss is a mean in nats over the targets it
-    counts, so they hold loss * targets / ln 2 bits, and their text the bytes of their ids (a byte-level BPE token's
-    are fixed: prepare.token_bytes, 0 for the special tokens). Those targets' own bytes, not the split's tokens/bytes
-    ratio, which is another text's. On chat data, bits per byte of the replies' text. None where they hold no text.
-    Reads the windows once, on the host (every rank alike: evaluate()'s sums cover every rank's windows)."""
+    """The factor that turns a val loss over evaluate()'s windows into bits per UTF-8 byte, comparable across
+    tokenizers: targets / (their own text's bytes * ln 2) (prepare.token_bytes; on chat data the replies'), not the
+    split's ratio. None where they hold no text. Read once on the host, on every rank."""
     targets, n_bytes = windows.scored_text(eval_indices(len(windows), eval_windows), token_bytes(enc))
     return targets / (n_bytes * math.log(2)) if n_bytes else None
 
@@ -1508,8 +1477,7 @@ def warn(line):
 
 
 def fmt_time(s):
-    """A duration in seconds as every line of train.py says one, spent, left or a --time_budget: "3s", "1m30s",
-    "1h05m"."""
+    """A duration in seconds as train.py's lines say one: "3s", "1m30s", "1h05m"."""
     # under a second in tenths, not "0s" (as if none were spent or left); tenths that round to 1 are said as "1s"
     if 0 < s < 0.95:
         return f"{s:.1f}s" if s >= 0.05 else "<0.1s"
@@ -1521,8 +1489,7 @@ def fmt_time(s):
 
 
 def budget_value(minutes):
-    """A --time_budget as the option's value: its minutes ("5", "1.5"), or its seconds under a minute and where the
-    minutes have no short form ("3s", "40s", "100s", as fmt_time says them), not "0.666667"."""
+    """A --time_budget as the option's value: minutes ("5", "1.5"), else seconds ("40s", "100s"), not "0.666667"."""
     # (near enough: 1.1 + 2.2 is no float's 3.3. 12 digits, not :g's 6: a value in a command reads back as meant)
     if (abs(minutes) >= 1 or minutes == 0) and abs(minutes - round(minutes, 2)) < 1e-9:
         return f"{round(minutes, 2):.12g}"
@@ -1530,9 +1497,8 @@ def budget_value(minutes):
 
 
 def records_until(path, keep_until):
-    """The records of the metrics file at path that a run continued from checkpoint keep_until keeps: its history up to
-    the checkpoint, without records of steps it will redo. By tokens where both have them: a run continued with another
-    global batch counts steps of another size."""
+    """The metrics records a run continued from checkpoint keep_until keeps (not steps it will redo, nor another run's):
+    by tokens where both have them, as a run continued with another global batch counts other steps."""
     by = "tokens" if keep_until.get("tokens") is not None else "step"
     kept = []
     with open(path, encoding="utf-8", errors="replace") as f:  # a damaged line is skipped, bytes or JSON
@@ -1618,13 +1584,10 @@ class Metrics:
 
 
 class GracefulInterrupt:
-    """First Ctrl-C: finish the current step, save, exit 130. A second one quits at once, exit 130 (143 for a second
-    SIGTERM; atomic saves keep the previous checkpoint intact); under torchrun it is ignored, and the save goes on
-    (see handler). Outside the main thread Ctrl-C stays a plain KeyboardInterrupt. In one process SIGTERM (a job
-    scheduler's notice, `timeout`) does the same and exits 143; under torchrun, which sends it to stop the ranks when
-    one fails, it exits at once (init_distributed), in training saying so (stopped_by_sigterm). SIGHUP (the terminal or
-    SSH session gone) saves as Ctrl-C does, under torchrun too (which passes its own on to the ranks, as Ctrl-C), and
-    exits 129; it never quits without the save (common.hung_up)."""
+    """First Ctrl-C (or SIGTERM, SIGHUP): finish the step, save, exit 130 (143, 129). A second quits at once (atomic
+    saves keep the last checkpoint), but not under torchrun, which passes one to every rank, nor by SIGHUP
+    (common.hung_up). Under torchrun SIGTERM, its stop when a rank fails, exits at once (stopped_by_sigterm). Outside
+    the main thread Ctrl-C stays a plain KeyboardInterrupt."""
 
     def __init__(self):
         self.requested, self.signum, self.old = False, None, {}
@@ -1668,10 +1631,8 @@ class GracefulInterrupt:
 
     @staticmethod
     def stopped_by_sigterm(signum, frame):
-        """Under torchrun, in training: SIGTERM ends this rank at once, as init_distributed's does, saying so on any
-        rank, for one sent it alone (`kill`, a scheduler's notice to one process): rank 0's "lost contact ... see its
-        lines" points there. (Outside the loop it stays quiet: there torchrun sends it to the ranks waiting for the
-        first to say a fault, as it ends.)"""
+        """Under torchrun, in training: SIGTERM ends this rank at once, saying so, for one sent to it alone (`kill`, a
+        scheduler), which rank 0's "lost contact ... see its lines" points to (outside the loop, torchrun's to all)."""
         with contextlib.suppress(Exception):  # (a signal amid another write to stderr: ending matters more)
             print(f"rank {os.environ.get('RANK', '?')}: stopped by SIGTERM, without saving (torchrun sends it to every "
                   f"rank when one ends; to stop a run with a save, send torchrun SIGINT, e.g. scancel --signal=INT)",
@@ -1683,8 +1644,8 @@ class GracefulInterrupt:
             signal.signal(sig, old)
 
     def exit_saved(self, dist, step, path, steps_left):
-        """Ends the run interrupted after its step `step`, saved at path: says how to continue it (steps_left: what is
-        left of its --max_steps, which a continued run does not inherit), and exits 130 (SIGTERM: 143, SIGHUP: 129)."""
+        """Ends the run interrupted after step `step`, saved at path: says how to continue (steps_left: of its
+        --max_steps, not inherited) and exits 130 (SIGTERM: 143, SIGHUP: 129)."""
         command = dist.continue_command(path, steps_left)
         say(paint(f"interrupted at step {step:,}: saved {path}; continue with `{command}`", "yellow"))
         # the others end once rank 0 has saved: torchrun stops every rank when one ends, which could stop rank 0
@@ -1695,9 +1656,8 @@ class GracefulInterrupt:
 
 
 def time_left(s_per_step, epoch_steps_left, budget_s, run_steps_left):
-    """What ends next and in how many seconds, as (seconds, what): the epoch, or the budget or --max_steps, which end
-    the run mid-epoch. epoch_steps_left, run_steps_left: the steps left to the epoch and to
-    --max_steps; s_per_step None: no step timed yet, the budget's end alone is known (None where there is none)."""
+    """What ends next and in how many seconds, (seconds, what): the epoch, or the budget or --max_steps ending the run
+    mid-epoch; s_per_step None: no step timed, only the budget's end is known (None where nothing is)."""
     ends = [] if s_per_step is None else [(epoch_steps_left * s_per_step, "epoch")]
     if budget_s is not None:
         ends.append((max(0.0, budget_s), "budget"))
@@ -1707,9 +1667,8 @@ def time_left(s_per_step, epoch_steps_left, budget_s, run_steps_left):
 
 
 class EpochBar(tqdm):
-    """An epoch's progress bar, saying what ends next and when (time_left), as the log lines it stands in for do:
-    tqdm's own time left is the epoch's, where a --time_budget or --max_steps run may end mid-epoch.
-    ends(s_per_step, epoch_steps_left): time_left of the run, at the bar's rate."""
+    """An epoch's progress bar that says what ends next and when (ends: time_left at the bar's rate): tqdm's own would
+    be the epoch's, where a --time_budget or --max_steps run may end mid-epoch."""
 
     def __init__(self, *args, ends, **kwargs):
         self.ends = ends  # (before tqdm's __init__, which draws the bar)
@@ -1776,16 +1735,14 @@ def fingerprint(x):
 
 
 def ranks_differ(dist, *values):
-    """For each value (a fingerprint), whether the ranks hold different ones: its largest and its smallest over them,
-    taken in one Dist.agree, differ."""
+    """For each fingerprint, whether the ranks hold different ones (its max and -min, in one Dist.agree)."""
     most = dist.agree(*values, *(-v for v in values))
     return [most[i] != -most[i + len(values)] for i in range(len(values))]
 
 
 def check_same_files(dist, meta, ckpt, checkpoint):
-    """Under torchrun each rank reads its own copy of the data and of the checkpoint it continues: on several machines
-    copies made by hand (README), which may differ, and would train on without a word or end in gloo's abort a few
-    steps on. Refused before anything is built, on every machine."""
+    """Under torchrun each rank reads its own copy of data and checkpoint (on several machines, made by hand): copies
+    that differ are refused before anything is built, not trained on silently or ended in gloo's abort."""
     if dist.world == 1:
         return
     mine = (fingerprint({k: meta.get(k) for k in ("splits", "tokenizer_hash", "vocab_size", "dtype", "has_mask")}),
@@ -1798,11 +1755,9 @@ def check_same_files(dist, meta, ckpt, checkpoint):
 
 
 def elastic_job():
-    """This torchrun job's name in the checkpoints its rank 0 writes: the same in each of its attempts (a restart,
-    --max-restarts, runs the failed attempt's command again) and in no other job: its rendezvous id (the user's
-    --rdzv_id, which the next job may give again) and the folder torchrun's agent made for the job's logs, which
-    TORCHELASTIC_ERROR_FILE, <folder>/attempt_<N>/<local rank>/error.json, names. None without torchrun, or where that
-    file is not so."""
+    """This torchrun job's name in rank 0's checkpoints, the same in each attempt (--max-restarts) and in no other job:
+    its rendezvous id (which the next job may reuse) and its log folder, <folder> of TORCHELASTIC_ERROR_FILE's
+    <folder>/attempt_<N>/<local rank>/error.json. None without torchrun or that layout."""
     run_id, error_file = os.environ.get("TORCHELASTIC_RUN_ID"), os.environ.get("TORCHELASTIC_ERROR_FILE", "")
     attempt = os.path.dirname(os.path.dirname(error_file))
     if not run_id or not os.path.basename(attempt).startswith("attempt_"):
@@ -1811,13 +1766,10 @@ def elastic_job():
 
 
 def elastic_restart(run):
-    """A torchrun job's restarted attempt runs the failed one's command, whose run's files that attempt wrote (and
-    refuse_earlier_run would refuse as an earlier run's): (path, step, max_steps, ended) of this job's newest checkpoint
-    there, to continue from as `--checkpoint path --max_steps max_steps` would (what is left of the job's --max_steps;
-    None without one; ended: where the job's run ended, nothing left to train), or None: none of this job's (no
-    checkpoint written yet: the attempt starts as the first did, or another job's, refused as without torchrun). Rank
-    0 decides (it writes the files, and its agent names the job: after a restart that gave rank 0 to another machine,
-    the job is not found and its files are refused); the other ranks take its answer."""
+    """A torchrun restart runs the failed attempt's command, whose files refuse_earlier_run would refuse: (path, step,
+    max_steps left or None, ended: nothing left to train) of this job's newest checkpoint, to continue from, or None
+    (none written yet, or another job's). Rank 0 decides (it writes the files, its agent names the job); the others
+    take its answer."""
     if "TORCHELASTIC_RUN_ID" not in os.environ:  # (the same on every rank: all enter the broadcast, or none)
         return None
     found, job = None, elastic_job()
@@ -1853,17 +1805,15 @@ def elastic_restart(run):
     return found
 
 
-# train.py's options that a machine under torchrun may give otherwise than the others: where its copies of the files
-# are (check_same_files compares what they hold), the files that rank 0 alone writes, how its ranks wait, show their
-# lines, and spend their own memory and compile (the same steps either way)
+# options a machine under torchrun may give otherwise: where its copies of the files are (check_same_files compares
+# them), rank 0's outputs, how its ranks wait, show lines, spend memory and compile (the same steps either way)
 PER_MACHINE_OPTIONS = {"data_dir", "checkpoint", "init_from", "tokenizer", "output_checkpoint", "overwrite", "device",
                        "dist_timeout", "no_color", "compile", "recompute_activations"}
 
 
 def check_same_options(dist, args):
-    """Under torchrun each machine runs its own train.py command: two that differ (a --batch_size typed otherwise on
-    one) would cut each step at other places and scale its loss otherwise, or end in gloo's abort. Refused before
-    anything is built, on every machine, naming the options that differ. args: resolved."""
+    """Under torchrun each machine runs its own command: options that differ (a --batch_size typed otherwise) are
+    refused before anything is built, naming them, not trained on or ended in gloo's abort. args: resolved."""
     if dist.world == 1:
         return
     names = sorted(k for k in vars(args) if k not in PER_MACHINE_OPTIONS)
@@ -1882,10 +1832,9 @@ def is_peer_failure(e):
 
 
 def timeout_error(e, when, minutes, slow, last=""):
-    """The UserError for e, a collective's failure (is_peer_failure) when (as in "at step 12"), if it was the
-    --dist_timeout running out (gloo: "Timed out waiting 600000ms"; NCCL: "... timeout"): a rank that hangs, not
-    one gone. Said by every rank that waited: the one that speaks for its machine may be the one stuck. None for
-    another failure. slow: what a healthy rank may have been doing that long; last: said at the end."""
+    """The UserError for e, a collective's failure when (as in "at step 12"), if --dist_timeout ran out (a rank hung,
+    not gone), said by every rank (its machine's speaker may be the one stuck); None otherwise. slow: what a healthy
+    rank may have been doing that long; last: said at the end."""
     if "timed out" not in str(e).lower() and "timeout" not in str(e).lower():
         return None
     return UserError(f"no word from another rank in {minutes:g} minute(s) {when} (--dist_timeout): one is stuck (see "
@@ -1894,9 +1843,8 @@ def timeout_error(e, when, minutes, slow, last=""):
 
 
 def init_distributed(device_name, timeout_min=DIST_TIMEOUT_MIN):
-    """(Dist, device). Under torchrun (WORLD_SIZE > 1) join the process group: NCCL on CUDA, where each rank takes
-    its LOCAL_RANK GPU, and gloo on CPU, a collective waiting timeout_min minutes at most (see DIST_TIMEOUT_MIN);
-    otherwise just pick the device."""
+    """(Dist, device): under torchrun join the process group, NCCL on CUDA (each rank its LOCAL_RANK GPU) or gloo on
+    CPU, waiting timeout_min minutes at most; otherwise just pick the device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Dist(), pick_device(device_name)
@@ -1919,9 +1867,8 @@ def init_distributed(device_name, timeout_min=DIST_TIMEOUT_MIN):
         device = torch.device("cpu")
     else:
         raise UserError(f"--device {device_name} under torchrun: use cuda (NCCL) or cpu (gloo)")
-    # joining waits in C++ for every rank, where no Python signal handler runs: Ctrl-C or torchrun's SIGTERM would go
-    # unheard until torchrun kills the process 30 s later. Nothing is written yet: the system's default ends it at
-    # once (an ignored one stays so)
+    # joining waits in C++, where no Python handler runs (a signal unheard until torchrun kills it 30 s later); nothing
+    # is written yet, so the system's default ends it at once (an ignored one stays so)
     handlers = {}
     with contextlib.suppress(ValueError):  # (not the main thread)
         for sig in (signal.SIGINT, *stop_signals()):
@@ -3140,7 +3087,7 @@ class Run:
                 if self.run_steps == 1 and not self.saved["seconds"]:
                     # no save timed yet, by this run or the checkpoint it continues: its bytes estimate one,
                     # for the room a budget keeps and for the checkpoint to record (see SAVE_BYTES_PER_S)
-                    self.saved["seconds"] = save_estimate(self.model, self.optimizer)
+                    self.saved["seconds"] = checkpoint_bytes(self.model, self.optimizer) / SAVE_BYTES_PER_S
                 self.record(lr, epoch_step, end_of_epoch, bar)
                 if self.stopped != "done":
                     break
