@@ -1917,9 +1917,8 @@ def hashed_as_data(args, meta, ckpt):
     want = meta.get("tokenizer_hash")
     data_vocabulary = vocabulary_name(meta.get("tokenizer_name", meta.get("tokenizer")), want)
 
-    def with_tokenizer(name, vocab, context=None):  # gpt2, or a path: a .tiktoken file, or a checkpoint, whose
-        # vocabulary prepare.py reads; vocab: its tokenizer_hash. In a folder of its own (made again in place, the
-        # dataset its models trained on would be gone), named with the vocabulary's hash, not the file's name alone
+    def with_tokenizer(name, vocab, context=None):  # name: gpt2, a .tiktoken file or a checkpoint; vocab: its hash.
+        # A folder of its own, named with the hash (made again in place, the dataset its models trained on is gone)
         stem = os.path.splitext(os.path.basename(os.path.normpath(name)))[0]
         tag = "gpt2" if name == "gpt2" else re.sub(r"[^\w.-]", "-", stem + (f"-{vocab[:8]}" if isinstance(vocab, str) else ""))
         new = f"{os.path.basename(meta['folder'])}-{tag}"
@@ -1970,14 +1969,12 @@ def hashed_as_data(args, meta, ckpt):
 
 
 def default_preset(device):
-    """A new model's preset when --model is not given: tiny on a CPU or MPS, where the minutes of a demo go furthest
-    with it (BENCHMARKS.md); small, with its larger default batch, on a CUDA GPU."""
+    """A new model's preset without --model: tiny on CPU or MPS (a demo goes furthest: BENCHMARKS.md), small on CUDA."""
     return "small" if device.type == "cuda" else "tiny"
 
 
 def width_fix(args):
-    """A new model's --n_embd that its heads do not divide (in pairs for RoPE): the width to give instead, the
-    arithmetic not left to the user."""
+    """For a new model's --n_embd its heads do not divide (in pairs for RoPE): the width to give instead."""
     shape = {**PRESETS[args.model], **{k: getattr(args, k) for k in ("n_embd", "n_head", "variant")
                                       if getattr(args, k) is not None}}
     pairs = shape.get("variant", "gpt2") == "modern"
@@ -2041,9 +2038,8 @@ class Progress:
         return round(self.epoch + self.windows / windows_per_epoch, 4)
 
     def judge(self, val_loss, epoch, no_bar=False, pause=False):
-        """Counts an evaluation's val_loss, at epoch (as the log gives it), towards the best and --patience; returns
-        (better, improved): whether it beats the best (no_bar: the best bars nothing), and whether it became the best
-        (not at a --max_steps pause, which is not judged)."""
+        """Counts val_loss, at epoch, towards the best and --patience; returns (better: it beats the best, or no_bar;
+        improved: it became the best, never at a --max_steps pause, which is not judged)."""
         better = self.best_val_loss is None or no_bar or val_loss < self.best_val_loss
         improved = better and not pause
         if improved:
@@ -2093,10 +2089,8 @@ def trained_batch(ckpt, ckpt_args, args, train_w):
 
 
 def other_global_batch(args, was, was_world, now, world):
-    """The warning for a run continued on `world` processes at `now` windows a step where its checkpoint's took `was`
-    on `was_world`: --batch_size and --grad_accum are per process and inherited as such, so on other ranks the run
-    takes other steps than the run it continues (2 -> 1 ranks: half the batch). It names the option that keeps it, or
-    says that none does."""
+    """The warning for a run continued on world processes at now windows a step where its checkpoint's took was on
+    was_world (--batch_size and --grad_accum are per process), naming the option that keeps the step, if any."""
     keep = (f"--grad_accum {was // (args.batch_size * world)} keeps its {was:,}" if was % (args.batch_size * world) == 0
             else f"--batch_size {was // (args.grad_accum * world)} keeps its {was:,}"
             if was % (args.grad_accum * world) == 0 else
@@ -2116,9 +2110,8 @@ def recorded_eval_windows(ckpt, ckpt_args, was_batch, was_world):
 
 
 def best_measured_otherwise(ckpt, ckpt_args, args, meta, was_eval, eval_windows, n_val):
-    """How the checkpoint's best val loss was measured unlike this run's evaluations will be (words for a warning), or
-    None where they compare: a loss over windows of another length, over another val split, or over other windows of
-    it (--eval_batches given anew) is no bar for the best file and --patience. n_val: the val split's windows."""
+    """How the checkpoint's best val loss was measured unlike this run's evaluations (windows of another length, another
+    val split, other windows: no bar to them), in words, or None where they compare. n_val: the val windows."""
     was_T = ckpt_args.get("block_size")
     if is_count(was_T) and was_T != args.block_size:
         return f"in windows of {was_T} tokens, not {args.block_size}"
@@ -2131,9 +2124,8 @@ def best_measured_otherwise(ckpt, ckpt_args, args, meta, was_eval, eval_windows,
 
 
 def resumed_progress(run, options_given, run_warmup):
-    """A continued run's Progress, val windows an evaluation takes and warmup: its checkpoint's, fitted to today's
-    (run: a Run as plan_run has it, its batches and a new run's eval_windows and budget set; options_given: start_run's,
-    the options of these the user gave; run_warmup: --warmup as resolve_args left it, before it became steps)."""
+    """A continued run's Progress, eval windows and warmup: its checkpoint's, fitted to today's (options_given: those
+    the user gave; run_warmup: --warmup as resolve_args left it, before it became steps)."""
     args, ckpt, ckpt_args, batches = run.args, run.ckpt, run.ckpt_args, run.batches
     p = checkpoint_progress(ckpt, ckpt_args)
     # another window order: going on from the epoch's position would repeat some windows and skip others
@@ -2183,10 +2175,8 @@ def resumed_progress(run, options_given, run_warmup):
 
 
 def run_summary(p, scale, windows_per_epoch, **run):
-    """What train() returns: the run's own figures (stopped, run_steps, tokens, elapsed, tokens_per_s,
-    train_tokens_per_s, val_loss and the files) and where the training stands (steps, epochs done, the epoch it is at
-    as the log gives it, the best val loss). scale: bpb_scale's, for the bits per byte; windows_per_epoch: the train
-    windows of an epoch."""
+    """What train() returns: the run's own figures (run) and where the training stands (steps, epochs, the best val
+    loss). scale: bpb_scale's; windows_per_epoch: the train windows of an epoch."""
     return {**run, "steps": p.step, "epochs_done": p.epoch, "epoch": p.epoch_at(windows_per_epoch),
             "best_val_loss": p.best_val_loss, "best_at": p.best_at, "evals_since_best": p.evals_since_best,
             "best_val_bpb": None if p.best_val_loss is None else bits_per_byte(p.best_val_loss, scale)}
@@ -2285,9 +2275,8 @@ def eval_line(step, epoch, train_loss, val_loss, scale, lr, tokens_per_s, better
 
 
 def summary_lines(summary, meta, scale, args, budget, pause_eval, go_on=None):
-    """The lines a run ends with, from its run_summary: what it trained and why it stopped, its best val loss, its
-    files and the command to try the model. scale: bpb_scale's; pause_eval: its last evaluation was a --max_steps
-    pause; go_on: the command that continues a run --max_steps stopped before its epochs' (or budget's) end."""
+    """A run's closing lines from its run_summary: what it trained, why it stopped, its best, its files and how to try
+    it. pause_eval: its last evaluation was a --max_steps pause; go_on: the command that continues it."""
     rate = f"{summary['tokens_per_s']:,.0f} tokens/s"
     if summary["train_tokens_per_s"] and summary["train_tokens_per_s"] > 1.1 * summary["tokens_per_s"]:
         # a short run on a GPU: compiling, evaluating and saving took most of it
@@ -2375,10 +2364,8 @@ def refuse_ended_run(args, ckpt, ckpt_args, p, budget):
 # training
 
 def run_lock(folder, name, what):
-    """Held while a run writes folder's files named by name (a dataset's: its checkpoints, _best.pt and metrics; or
-    an --output_checkpoint's file name, {dataset} filled in, which another dataset's run may write too): two runs
-    started together would each pass refuse_earlier_run, before either had saved, and write over each other's files.
-    what: those files, for the refusal. Yields whether it holds the lock (held_lock)."""
+    """Held while a run writes folder's files named by name (a dataset's, or an --output_checkpoint's name): two runs
+    started together would both pass refuse_earlier_run. what: those files, for the refusal (held_lock)."""
     return held_lock(os.path.join(folder, f".{name}.lock"), f"another train.py is writing {what}: wait for it to end, "
                                                             f"or give --output_checkpoint another folder")
 
@@ -2495,10 +2482,8 @@ OPTIMIZER_STATE = {"AdamW": {"step", "exp_avg", "exp_avg_sq"}, "Muon": {"momentu
 
 
 def check_optimizer_state(optimizer, fresh):
-    """A ValueError unless the state optimizer.load_state_dict took is every parameter's, whole and of its shape, or
-    none at all (a run saved before its first step). torch takes any state: an entry missing would resume that
-    parameter's moments from zero without a word, and one of the wrong kind or shape (or a setting: betas of "x") fail
-    at the first step in a traceback. fresh: the param_groups before the load."""
+    """A ValueError unless the loaded state is every parameter's, whole and of its shape, or none (saved before a first
+    step): torch takes any, a missing entry silently zero, a wrong one a traceback later. fresh: the groups before."""
     def like(v, was):  # (None: this torch's default for none saved, an older one's; or what it has no default for)
         if was is None or v is None:
             return True
@@ -2557,9 +2542,8 @@ def train(args):
 
 
 def run_training(args, held):
-    """train()'s run, its locks going into held (an ExitStack): set up in phases, each filling in its fields of the Run
-    (start_run makes it: options, checkpoint, data, ranks; claim_outputs: its files; plan_run: batches and schedule;
-    build_training: model and optimizer), then trained (Run.train) and summed up (Run.summary). Returns the summary."""
+    """train()'s run, its locks in held (an ExitStack), set up in phases that fill in the Run (start_run, claim_outputs,
+    plan_run, build_training), then trained and summed up (Run.train, Run.summary)."""
     global use_color
     use_color = not args.no_color and color_ok(sys.stdout)
     run, options_given = start_run(args)
@@ -2605,11 +2589,9 @@ def run_training(args, held):
 
 
 def start_run(args, joined=None):
-    """A run's start, before its files: the options checked, the ranks joined (torchrun), the checkpoint, data and
-    tokenizer it takes, the device, its model's config, and the options resolved (resolve_args). Returns (run,
-    options_given): run, the Run with these in its fields (args, ckpt, ckpt_args, continuing, meta, enc, config, dist,
-    device); options_given, the names of the options the user gave of those resolve_args derives otherwise (warmup,
-    batch_size, eval_batches). joined: (dist, device) of a start before this one, which joined the ranks already."""
+    """A run's start, before its files: options checked, ranks joined (torchrun), checkpoint, data, tokenizer, device,
+    config, options resolved. Returns (run, options_given: which of warmup, batch_size, eval_batches the user gave).
+    joined: (dist, device) of an earlier start that joined the ranks."""
     global quiet
     quiet = not speaks_for_machine()  # until the ranks are known: then rank 0 alone
     if args.reset_epoch and not args.checkpoint:  # (a new run starts at epoch 1 anyway: it would do nothing)
@@ -2713,19 +2695,16 @@ def warn_low_disk(run):
 
 
 def reset_epoch_refused(why):
-    """The error for --reset_epoch given to a new run from a checkpoint's weights, why: what makes it one. It starts at
-    epoch 1 with a fresh optimizer anyway: the flag, whose help promises to keep the optimizer, would do nothing, and a
-    user who meant to continue the run would not know."""
+    """The error for --reset_epoch on a new run from a checkpoint's weights (why: what makes it one): it would do
+    nothing, and a user who meant to continue the run would not know."""
     return UserError(f"--reset_epoch restarts the epochs and schedule of a run continued on its own dataset, keeping "
                      f"its optimizer; {why}: a new run, which starts at epoch 1 with a fresh optimizer anyway: leave "
                      f"--reset_epoch out")
 
 
 def claim_outputs(run, held):
-    """The run's files, settled and claimed before anything is built (rank 0's: it alone writes them; every rank ends
-    where it refuses them). held: the ExitStack that holds the run's locks. Fills in run's out_pattern, best_path,
-    metrics_path, png_path, replaced (the earlier run's files --overwrite removes at the first save), best_goes
-    (whether the best file is one of them) and run_id (the run's id in its checkpoints and metrics)."""
+    """The run's files, settled and claimed (by rank 0; every rank ends where it refuses them) before anything is built,
+    its locks in held. Fills in out_pattern, best_path, metrics_path, png_path, replaced, best_goes and run_id."""
     args, ckpt, continuing, dist = run.args, run.ckpt, run.continuing, run.dist
     given = args.output_checkpoint is not None  # (before output_paths names a continued run's own files in args)
     run.out_pattern, out_dir, run.best_path, run.metrics_path, run.png_path = output_paths(
@@ -2755,11 +2734,8 @@ def claim_outputs(run, held):
 
 
 def plan_run(run, options_given):
-    """The run's windows and batches (--batch_size fitted to the train split), its schedule (steps, --time_budget,
-    warmup) and where it stands: a continued run's Progress and the val windows its evaluations take
-    (resumed_progress). Fills in run's train_w, val_w, batches, order_scheme, total_steps, budget, budget_warmup,
-    eval_windows, bpb_scale and p; returns run_warmup, --warmup as the run has it (a share, or None), for a run given
-    more epochs (run_training)."""
+    """The run's windows, batches (fitted to the train split), schedule and where it stands (resumed_progress), in its
+    fields from train_w to p; returns --warmup as given (a share, or None), for a run given more epochs."""
     args, ckpt, continuing, meta, dist = run.args, run.ckpt, run.continuing, run.meta, run.dist
     run.train_w = Windows(meta, "train", args.block_size)
     run.val_w = Windows(meta, "val", args.block_size)
@@ -2800,10 +2776,8 @@ def plan_run(run, options_given):
 
 @dataclasses.dataclass(eq=False)
 class Run:
-    """A run, set up in phases by run_training (start_run makes it, the phases after it fill in the rest of its
-    fields), and the state its loop, saves and summary share. train() runs the loop: train_epoch takes each step
-    (take_step), then logs, evaluates and saves where due (record: due_points, log_record, evaluation); save writes a
-    checkpoint; summary() ends the run with what the module's train() returns."""
+    """A run, built in phases by run_training, and the state its loop, saves and summary share. train() runs the loop:
+    train_epoch takes each step (take_step), then logs, evaluates and saves where due (record)."""
     args: argparse.Namespace
     ckpt: dict                  # the checkpoint it starts from, or None
     ckpt_args: dict             # that checkpoint's options ({} for none)
@@ -2938,9 +2912,8 @@ class Run:
                          self.max_steps_left())
 
     def train(self):
-        """The run's loop set up (start_loop: its metrics file, counts and clock), its banner, then the loop: epochs of
-        steps until its epochs, budget, --max_steps or --patience end it (Ctrl-C saves and exits: GracefulInterrupt).
-        On an error it saves the progress since the last save where the weights are whole, and says what to do."""
+        """The loop, after start_loop and the banner: epochs of steps until epochs, budget, --max_steps or --patience
+        end it. On an error it saves the progress since the last save where the weights are whole, and says so."""
         args, p = self.args, self.p
         self.start_loop()
         for line in banner_lines(self):
@@ -3011,12 +2984,9 @@ class Run:
         self.logged_at = self.clock.agreed  # the clock at the last record (see due_points)
 
     def save_before_error(self, e):
-        """Saves the progress made since the last save before the run ends on the error e, as Ctrl-C does, where the
-        weights are whole: after a UserError too (a token file damaged under the run: the step it met it in never
-        began). Not where they went nan or inf (Diverged: its message names the last good file), nor where a save itself
-        failed (tried again, it would fail as it did) or the error stopped the optimizer's update half done (mid_update:
-        some weights took the step), nor with several ranks (another rank's failure may leave this one mid-step).
-        Where a save fails or is not made for those two, a warning says what holds the run (kept)."""
+        """Saves the progress since the last save before the run ends on e, where the weights are whole (after a
+        UserError too): not when Diverged, nor with several ranks (another's failure may leave this one mid-step); a
+        save that failed or an update stopped half done (mid_update) gets a warning naming what holds the run."""
         p = self.p
         if not self.run_steps or self.saved["step"] == p.step or isinstance(e, Diverged) or self.dist.world != 1:
             return
@@ -3130,9 +3100,8 @@ class Run:
         return lr
 
     def due_points(self, epoch_step, end_of_epoch, save_s, interrupted):
-        """What is due after a step (epoch_step of its epoch), from what the ranks agreed (save_s: a save's seconds;
-        interrupted: Ctrl-C on any): returns (due_eval, due_save, due_log), the same on every rank. A budget's clock
-        may stop the run (stopped), and a --max_steps stop between evaluations is evaluated as a pause (pause_eval)."""
+        """What is due after a step (epoch_step of its epoch), the same on every rank (save_s, interrupted: agreed):
+        (due_eval, due_save, due_log). A budget may stop the run; a --max_steps stop is evaluated as a pause."""
         args, p = self.args, self.p
         if self.budget:
             self.stopped, due_eval, due_save, due_log = self.clock.decisions(args, p, save_s, self.stopped,
@@ -3141,15 +3110,13 @@ class Run:
             due_eval = end_of_epoch or (self.eval_every and epoch_step % self.eval_every == 0)
             due_save = end_of_epoch or (self.save_every and epoch_step % self.save_every == 0)
             due_log = epoch_step % self.log_every == 0
-        # A --max_steps run stopped between evaluations is evaluated too (unless --eval_interval 0), to say where it
-        # stands. As a pause, not judged: no best file and no --patience count, so a run continued from it keeps the
-        # best and stops early where the run in one go does (exact resume)
+        # a --max_steps stop between evaluations is evaluated (unless --eval_interval 0) as a pause, not judged for the
+        # best file or --patience, so a run continued from it goes on as the run in one go (exact resume)
         self.pause_eval = self.stopped == "max_steps" and args.eval_interval > 0 and not due_eval
         due_eval = due_eval or self.pause_eval
-        # the last step of a run is always logged, and every save is at a record (where both runs, in one go and
-        # continued, have it). Not the step a Ctrl-C stops in one process: its save holds the loss summed since the
-        # last record, so that the continued run's records are the run in one go's. Under torchrun it is logged: each
-        # rank holds its own share of that sum until a record all-reduces it, and rank 0 saves alone
+        # the last step is logged and every save is at a record (as the run in one go has them); not a Ctrl-C's step in
+        # one process, whose save holds the loss since the last record, but under torchrun, where each rank holds its
+        # share of that sum until a record all-reduces it
         due_log = due_log or due_eval or due_save or self.stopped != "done" or (interrupted and self.dist.world > 1)
         # and one at least every PROGRESS_LINE_S of the clock the ranks agreed, whatever the intervals (an epoch of
         # a large text may take hours)
@@ -3174,9 +3141,8 @@ class Run:
                 if due_eval:
                     self.evaluation(rec, shown, lr, tps)
             except Exception as e:
-                # the train loss the record took is in no save: the one on the way out of the error (save_before_error)
-                # holds the loss since this record. A diverged run's steps are dropped with their record. The record's
-                # own write failing leaves the error said the evaluation's
+                # the save on the way out of the error holds only the loss since this record, so it is written (not a
+                # diverged run's, dropped with its steps; its own write failing leaves the evaluation's error)
                 if not isinstance(e, Diverged):
                     with contextlib.suppress(OSError):
                         self.metrics.log(rec)
@@ -3201,9 +3167,8 @@ class Run:
             self.interrupt.exit_saved(dist, p.step, saved["path"], self.max_steps_left())
 
     def log_record(self, lr, epoch_step, bar, due_eval):
-        """The metrics record of the steps since the last one (the train loss over them: the loop's only host sync),
-        shown on the bar, or in a log line where there is no bar nor an evaluation's line; returns (rec, the train
-        loss as shown, tokens/s)."""
+        """The metrics record since the last one (its train loss: the loop's only host sync), on the bar or else in a
+        log line (unless an evaluation's follows); returns (rec, the train loss as shown, tokens/s)."""
         p = self.p
         # (a record of the first step alone holds its compile: untimed, in the run's speed and in the log line below)
         timed = self.run_steps > 1
@@ -3262,9 +3227,8 @@ class Run:
     def summary(self):
         """The run's end: its loss curve drawn, its summary (run_summary) said in its closing lines and returned."""
         args, p, metrics = self.args, self.p, self.metrics
-        # the curve is drawn at evaluations: the records after the last one would be left out of it. The run is over
-        # and saved (GracefulInterrupt no longer holds Ctrl-C): a Ctrl-C while the curve is drawn leaves the last
-        # evaluation's curve, and the run ends with its lines naming the checkpoint
+        # drawn again for the records since the last evaluation; the run is saved, so a Ctrl-C here keeps the last
+        # curve and the run still ends with its lines
         try:
             self.plot()
         except KeyboardInterrupt:
@@ -3286,9 +3250,8 @@ class Run:
 
 
 def main(argv=None):
-    """`python train.py ARGV` from Python (a list of options, or one string split as a shell splits it); returns
-    the run's summary (train). As the command does, bad input and Ctrl-C end in their line and SystemExit with its
-    exit status; train(parse_args(argv)) raises UserError for bad input instead (Ctrl-C's save ends so there too)."""
+    """`python train.py ARGV` from Python (a list, or one string split as a shell would); returns the run's summary.
+    Bad input and Ctrl-C end as the command's, in a line and SystemExit; train(parse_args(argv)) raises UserError."""
     try:
         return run_main(lambda: train(parse_args(argv)), ranks=True)
     finally:
