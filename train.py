@@ -519,8 +519,7 @@ def load_meta(data_dir, dataset, tokenizer=None, trained=None):
                             f"prepare.py to end, then run this again")
         refuse_dataset_folder(data_dir, "--data_dir")  # (the command above would build data/story/story)
         if trained and trained[1] and not os.path.exists(trained[1]):
-            # data/ renamed or moved: say so, or give the command that makes it again here, with the options it was
-            # made with (--limit, --vocab_size...) where the checkpoint has them
+            # data/ moved: say so, or give the command that makes it again with its options (--limit, --vocab_size...)
             again = f"run `{rebuild_command(trained[2], folder)}` to make it again" if trained[2] else \
                 f"run `{made}` to make it again" if built_in else f"make it again with `{made}`"
             raise UserError(f"{trained[0]} was trained on {trained[1]}, which is gone (moved?): pass --data_dir the "
@@ -582,8 +581,7 @@ class Windows:
         folder, T = meta["folder"], block_size
         path = os.path.join(folder, f"{split}.bin")
         self.dtype = np.dtype(meta["dtype"])
-        # windows are read from these with pread (read_items), not sliced from memmaps: every page a memmap has read
-        # stays in the process's RSS while it is open, and an epoch's random windows read all of them
+        # read with pread (read_items), not memmaps: every page a memmap read stays in RSS, and an epoch reads them all
         self.files = [open(path, "rb")]
         # sizes from the files open, not their paths: a prepare.py rebuilding the folder may rename new ones in
         n_tokens = os.fstat(self.files[0].fileno()).st_size // self.dtype.itemsize
@@ -625,8 +623,7 @@ class Windows:
         T = self.block_size
         starts = np.asarray(idx, dtype=np.int64) * T
         rows = self.in_vocabulary(np.stack([self.read(s, T + 1) for s in starts]).astype(np.int64))  # (n, T+1)
-        # contiguous: views of rows would have a row stride of T+1 and padded batches T, and torch.compile's guards
-        # on strides would recompile the model for each
+        # contiguous: views would have a row stride of T+1, padded batches T, and torch.compile recompiles on strides
         return np.ascontiguousarray(rows[:, :-1]), np.ascontiguousarray(rows[:, 1:]), self.target_mask(idx)
 
     def in_vocabulary(self, ids):
@@ -706,14 +703,12 @@ def split_too_short(meta, path, split, n_tokens, block_size, evaluating):
         if made_fraction < share <= 0.5:
             fix = f"use a smaller --block_size, or a larger val split: `{prepare_with(meta, val_fraction=share)}`"
         elif share <= made_fraction:
-            # val's last documents are shorter than the text's average: the share above, no larger than the one it
-            # has, would remake the same val
+            # val's last documents are short: a share no larger than the one it has would remake the same val
             fix = f"use a smaller --block_size, or a larger --val_fraction than its {made_fraction:g} (its val " \
                   f"documents are short ones)"
     pack = meta.get("pack") or 0
     if pack and pack < n_tokens:  # (a window of pack fits in it: pack + 1 tokens)
-        # a chat set packed in blocks shorter than the windows (GPT-2's vocabulary by name packs at 256, its context
-        # is 1024): more data is no way out, its blocks are the windows
+        # a chat set packed in blocks shorter than the windows (gpt2 by name packs at 256): more data is no way out
         fix = f"use --block_size {pack}, the blocks it is packed in, or prepare it in blocks of {T}: " \
               f"`{prepare_with(meta, pack=T)}`"
     return UserError(f"{path} has {n_tokens:,} token{'s' * (n_tokens != 1)}, fewer than one window of --block_size "
@@ -727,14 +722,12 @@ def output_paths(args, ckpt_args, continuing, given):
     # a budgeted run may repeat many epochs, hence one file for it
     default_out = "{dataset}.pt" if args.time_budget else "{dataset}_epoch{epoch}.pt"
     if not given and continuing:
-        # the run's own file names, next to the checkpoint given: a copy resumed elsewhere writes there, not over
-        # the files the run went on to write where it started
+        # next to the checkpoint given: a copy resumed elsewhere writes there, not over the original run's later files
         args.output_checkpoint = os.path.join(os.path.dirname(args.checkpoint),
                                               os.path.basename(ckpt_args.get("output_checkpoint") or default_out))
     out_pattern = args.output_checkpoint or os.path.join("models", default_out)
     head, tail = os.path.split(out_pattern)
-    # a folder (nanoGPT's --out_dir habit) is refused with a file name in it to give; one named as a file, taken.pt,
-    # is check_output's "is a folder"
+    # a folder (nanoGPT's --out_dir habit) is refused with a file name to give; one named taken.pt is check_output's
     if tail in ("", ".", "..") or os.path.isdir(out_pattern) and not tail.endswith(".pt"):
         raise UserError(f"--output_checkpoint {out_pattern} names a folder: give a file in it, as in "
                         f"{os.path.join(out_pattern, default_out)}")
@@ -832,8 +825,7 @@ def refuse_going_back(checkpoint, ckpt, out_pattern, dataset, best_path, overwri
             continue
         if int(other.get("tokens", 0)) <= done:
             continue
-        # a checkpoint from before run ids cannot say whose it is: a fresh run's best file next to an old checkpoint
-        # may be another run's, and the refusal says so (known)
+        # a checkpoint from before run ids cannot say whose it is: the refusal says so (known)
         ahead.append((int(other.get("tokens", 0)), other.get("step"), path, bool(ckpt.get("run") and other.get("run"))))
         later.append(path)
     if ahead and not overwrite:  # named: the newest point (continuing from an older one would be refused in turn)
@@ -929,8 +921,7 @@ def is_weights(value):  # a --mix's, as parse_mix gives them
         k in MIXABLE and type(v) in (int, float) and math.isfinite(v) and v > 0 for k, v in value.items())
 
 
-# the options a checkpoint records of its dataset (made_with), as is_kind reads them. An entry may be missing, read as
-# prepare.py's default: meta_options says fewer of a dataset from before meta.json kept its "options"
+# the kinds (is_kind) of the options a checkpoint records of its dataset (made_with); any may be missing (older data)
 MADE_WITH_KINDS = {"source": (is_strings, type(None)), "tokenizer": str, "vocab_size": (nonnegative_int, type(None)),
                    "limit": (nonnegative_int, type(None)), "val_fraction": is_fraction,
                    "pack": (nonnegative_int, type(None)), "mix": (is_weights, type(None)), "extra": bool,
@@ -1005,8 +996,7 @@ def prefetch(iterable, depth=2):
             yield item
     finally:
         stop.set()
-        # wait for the thread to leave its torch calls: a daemon thread still inside one when the interpreter
-        # exits can abort the process
+        # a daemon thread still inside a torch call when the interpreter exits can abort the process
         thread.join(timeout=10)
 
 
@@ -1093,8 +1083,7 @@ def step_lr(args, p, total_steps, budget, budget_warmup, now, held_back):
         return lr_at(p.step, args.lr, args.min_lr, args.warmup, total_steps)
     spent = 0.0
     if p.schedule_origin is not None:
-        # decayed to the budget's end instead, a run whose final evaluation takes a quarter of it would stop with its
-        # lr ~25% of the way from --min_lr to --lr
+        # (to the budget's end, a final evaluation of a quarter of it would stop the lr ~25% above --min_lr)
         spent = (now - p.schedule_origin) / max(budget - held_back - p.schedule_origin, 1e-9)
     # (past the decay's end: lr_at's --min_lr)
     return lr_at(int(spent * 10_000), args.lr, args.min_lr, round(budget_warmup * 10_000), 10_000)
@@ -1160,11 +1149,9 @@ class RunClock:
         agreement that carries the last save's seconds (save_s) and Ctrl-C (interrupted) too: returns those, agreed."""
         now = self.now()
         if self.last_eval is None:
-            # no evaluation measured yet (with --eval_interval 0 the final one is the first): the stop keeps room for
-            # one all the same, and for its saves (the best file and the checkpoint)
+            # no evaluation measured yet: room for one all the same, and for its two saves (best file, checkpoint)
             self.reserve = self.eval_steps * min(self.step_times, default=0.0) + 2 * save_s
-        # the stop also leaves room for one more step (the faster of the last two: one stall does not end the run),
-        # or a run would pass its budget by up to a step
+        # and for one more step (the faster of the last two: one stall does not end the run), or it would overrun
         self.agreed, reserved, self.next, save_s, interrupted = dist.agree(
             now, now + self.reserve, now + self.reserve + min(self.step_times, default=0.0), save_s, interrupted)
         self.held_back = reserved - self.agreed  # the reserve, as every rank agrees it
@@ -1316,14 +1303,12 @@ def train_step(fwd, optimizer, scaler, micro, device, dtype, grad_clip, n_target
     counted = [count_targets(y, m) for _, y, m, _ in micro]  # on the host: the batches are still CPU tensors
     n_targets = sum(counted) if n_targets is None else n_targets
     if n_targets == 0:  # chat windows without an assistant token (on every rank: n_targets is the step's): no step.
-        # Their gradient is 0, but an optimizer step on it would still move every weight by about lr (momentum, weight
-        # decay; Muon orthogonalizes what momentum holds into a full-size update)
+        # Their gradient is 0, but a step would still move every weight by about lr (momentum, weight decay, Muon)
         return torch.zeros((), device=device)
     model = getattr(fwd, "model", fwd)  # what a Forward runs (DDP's model under torchrun), or fwd, a bare model
     no_sync = getattr(model, "no_sync", None)  # a DDP model's: skip the all-reduce
     total = torch.zeros((), device=device)  # () this rank's share of the step's loss
-    # asynchronous copies only to CUDA, from the pinned batches: to MPS from pageable memory one may read the source
-    # after it was freed (pytorch issues 139550, 189690)
+    # asynchronous copies only to CUDA: to MPS one may read freed pageable memory (pytorch issues 139550, 189690)
     copy_async = device.type == "cuda"
     for i, (x, y, m, _) in enumerate(micro):
         x, y, m = to_device(x, y, m, device, non_blocking=copy_async)
@@ -1334,9 +1319,8 @@ def train_step(fwd, optimizer, scaler, micro, device, dtype, grad_clip, n_target
             try:
                 scaler.scale(loss * world).backward()
             except Exception as e:
-                # the compiled backward failed to build (a C++ compiler stopped by a terminal's Ctrl-C, or a real
-                # compile error): the step again eagerly, its gradients from scratch; not with several ranks, which
-                # have all-reduced theirs already
+                # the compiled backward failed to build: the step again eagerly, from scratch; not with several
+                # ranks, which have all-reduced theirs already
                 if world > 1 or not getattr(fwd, "fall_back", lambda e: False)(e):
                     raise
                 optimizer.zero_grad(set_to_none=True)
@@ -1348,8 +1332,7 @@ def train_step(fwd, optimizer, scaler, micro, device, dtype, grad_clip, n_target
     try:
         scaler.step(optimizer)
     except Exception as e:
-        # (out of memory in Muon's orthogonalization, say): some weights and their state took the step and others did
-        # not, a state no run went through; not saved (Run.save_before_error)
+        # (out of memory in Muon, say): some weights took the step and others not, so not saved (save_before_error)
         e.mid_update = True
         raise
     scaler.update()
@@ -1599,8 +1582,7 @@ class GracefulInterrupt:
             if self.requested:  # after Ctrl-C or SIGTERM: the save they asked for goes on
                 return
         if self.requested:
-            # under torchrun a second one is no user's: a scheduler's signal to the whole job reaches each rank, then
-            # torchrun passes its own on; quitting then would leave no save (torchrun kills the ranks 30 s on anyway)
+            # under torchrun a second one is torchrun passing on a signal each rank had: quitting would leave no save
             if "LOCAL_RANK" in os.environ:
                 return
             self.quit_by = signum
@@ -1616,8 +1598,7 @@ class GracefulInterrupt:
             tqdm.write(f"\n{name(signum)}: saving after this step{again}", file=sys.stderr)
 
     def __enter__(self):
-        # Ctrl-C ignored stays ignored (a script's `python train.py &`: the script's Ctrl-C is not for it); SIGTERM
-        # still stops it with a save. SIGHUP ignored (nohup) stays so too (stop_signals)
+        # Ctrl-C ignored (`python train.py &`) stays so, SIGTERM still saving; SIGHUP ignored (nohup) too (stop_signals)
         ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
         handlers = {sig: self.handler for sig in stop_signals()}
         if not ignored:
@@ -1648,8 +1629,7 @@ class GracefulInterrupt:
         --max_steps, not inherited) and exits 130 (SIGTERM: 143, SIGHUP: 129)."""
         command = dist.continue_command(path, steps_left)
         say(paint(f"interrupted at step {step:,}: saved {path}; continue with `{command}`", "yellow"))
-        # the others end once rank 0 has saved: torchrun stops every rank when one ends, which could stop rank 0
-        # mid-save
+        # the others end once rank 0 has saved: torchrun stops every rank when one ends, rank 0 mid-save too
         dist.agree(0)
         # the line above says it all: a KeyboardInterrupt would add run_main's bare "interrupted"
         raise SystemExit(128 + self.signum)
@@ -1711,8 +1691,7 @@ class Dist:
             command = common.script_command("train.py")
         else:
             nproc = int(os.environ.get("LOCAL_WORLD_SIZE", self.world))
-            # one machine: --standalone, as README's command (without it torchrun meets at port 29500, which another
-            # run may hold); several take the rendezvous options they were started with, which no process here knows
+            # one machine: --standalone (else port 29500, which another run may hold); several: their own rendezvous
             alone = " --standalone" if nproc == self.world else ""
             script = shlex.quote(common.script_path("train.py"))
             command = f"{common.torchrun_command()}{alone} --nproc_per_node={nproc} {script}"
@@ -1790,8 +1769,7 @@ def elastic_restart(run):
             # (a file edited to other entries, which load_checkpoint's kinds would see too late: none of the job's)
             if isinstance(mark, dict) and mark.get("job") == job and is_kind(ckpt.get("tokens"), nonnegative_int) \
                     and is_kind(mark.get("max_steps_left"), (nonnegative_int, type(None))):
-                # where the run ended for good, as the job's options have it (its failure after its last save, a
-                # rank's abort as the process ends, say): refused as done, it would fail each restart in turn
+                # the run ended for good (and failed after its last save): refused as done, each restart would fail
                 left, epoch = mark["max_steps_left"], ckpt.get("epoch")
                 ended = left == 0 or ckpt.get("budget_done") is True or ckpt.get("stopped_early") is True or \
                     is_kind(epoch, nonnegative_int) and epoch >= run.args.epochs
@@ -1882,8 +1860,7 @@ def init_distributed(device_name, timeout_min=DIST_TIMEOUT_MIN):
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
-    # torchrun stops the other ranks with SIGTERM when one fails: exit through Python, so that a checkpoint being
-    # written removes its temporary file (the previous checkpoint is never touched)
+    # torchrun's SIGTERM when a rank fails: exit through Python, so a checkpoint being written removes its temporary
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     return Dist(rank=td.get_rank(), world=td.get_world_size(), control=control), device
 
@@ -1904,8 +1881,7 @@ def pick_tokenizer(args, meta, ckpt):
     """The tokenizer, checked against the data's: a checkpoint's own vocabulary, else --tokenizer, else the one
     meta.json names. Any mismatch of token ids is a UserError (training would silently learn garbage)."""
     enc = hashed_as_data(args, meta, ckpt)
-    # its hash is the data's, but vocab_size (a new model's embedding rows, the ids Windows lets through) is
-    # meta.json's own, which must fit the tokenizer
+    # the hash is the data's, but meta.json's vocab_size (embedding rows, the ids Windows lets through) must fit it
     what = damaged_field(meta["folder"], meta, enc)
     if what:
         raise not_readable(meta["folder"], what, f"run `{rebuild_command(meta, meta['folder'])}`")
@@ -1922,8 +1898,7 @@ def hashed_as_data(args, meta, ckpt):
         stem = os.path.splitext(os.path.basename(os.path.normpath(name)))[0]
         tag = "gpt2" if name == "gpt2" else re.sub(r"[^\w.-]", "-", stem + (f"-{vocab[:8]}" if isinstance(vocab, str) else ""))
         new = f"{os.path.basename(meta['folder'])}-{tag}"
-        # gpt2 by name packs a chat set at DEFAULT_PACK, a checkpoint's path at its context: a GPT-2-vocabulary model
-        # of another context gets its --pack
+        # gpt2 by name packs a chat set at DEFAULT_PACK, a checkpoint at its context: a model of another one, --pack
         pack = {"pack": context} if name == "gpt2" and meta.get("kind") == "chat" and context not in (None, DEFAULT_PACK) \
             else {}
         command = prepare_with(meta, new, vocab_size=None, tokenizer=name if name == "gpt2" else os.path.abspath(name),
@@ -2029,8 +2004,7 @@ class Progress:
     evals_since_best: int = 0
     elapsed: float = 0.0        # seconds of training, all runs together
     budget_elapsed: float = 0.0  # seconds of the current --time_budget spent (--reset_epoch starts a new one)
-    # seconds of the budget spent when its first step ended: its lr schedule starts there, so that a cold
-    # torch.compile does not use up the warmup; a continued run's first step (compiling again) moves it on
+    # the budget's seconds at its first step's end, where its lr schedule starts (a cold compile spends no warmup)
     schedule_origin: float = None
 
     def epoch_at(self, windows_per_epoch):
@@ -2079,8 +2053,7 @@ def trained_batch(ckpt, ckpt_args, args, train_w):
     """The batch the checkpoint's run trained in: (its --batch_size, its processes, its windows a step, all processes
     together; 0 where it recorded no --batch_size)."""
     was_world = ckpt_args.get("world_size", 1)
-    # a checkpoint from before batches were cut to a small text recorded the larger one, so cut it to the windows of
-    # the data it trained on. (What is no count, in an edited checkpoint, is not read)
+    # an older checkpoint recorded a batch larger than its small text: cut it so (what is no count is not read)
     was_tokens, was_T = ckpt.get("data", {}).get("train_tokens"), ckpt_args.get("block_size")
     was_T = was_T if is_count(was_T) else args.block_size
     was_windows = max(1, Windows.count(was_tokens, was_T)) if is_count(was_tokens) else len(train_w)
@@ -2143,8 +2116,7 @@ def resumed_progress(run, options_given, run_warmup):
         warn(f"the checkpoint's run trained in batches of {was_batch}, its batch of {args.batch_size} cut to its "
              f"small train split; the split has {len(run.train_w):,} windows now: batches of {args.batch_size} "
              f"(--batch_size {was_batch} keeps the checkpoint's)")
-    # evaluations take the val windows the run took, whatever the batches: eval_batches of another batch size would
-    # be another subset of the split, no bar to compare with the run's earlier ones
+    # the val windows the run took, whatever the batches: another subset would be no bar to its earlier evaluations
     was_eval = recorded_eval_windows(ckpt, ckpt_args, was_batch, was_world)
     eval_windows = was_eval if "eval_batches" not in options_given and is_count(was_eval) else run.eval_windows
     otherwise = None if p.best_val_loss is None else best_measured_otherwise(ckpt, ckpt_args, args, run.meta, was_eval,
@@ -2158,8 +2130,7 @@ def resumed_progress(run, options_given, run_warmup):
         # epochs of another length, or another global batch: the lr schedule counts steps of the new size, so place
         # the run where the windows done so far put it, and its inherited warmup with it
         p.step = p.epoch * batches.steps_per_epoch + batches.steps_done(p.windows)
-        # (a step count inherited alone: a default or a share is in today's steps already, and a --reset_epoch's
-        # schedule is new, resolve_args leaving it none)
+        # (a step count inherited alone: a default or a share is in today's steps already)
         if "warmup" not in options_given and isinstance(run_warmup, int) and was and warmup:
             warmup = max(1, round(warmup * was / batches.windows_per_step))
     if args.reset_epoch:  # same weights, optimizer and best val loss; epochs and schedule from zero
@@ -2221,16 +2192,14 @@ def banner_lines(run):
         lines.append(f"--max_steps {args.max_steps:,} is past the end of {args.epochs} epoch(s), {steps_left:,} steps "
                      f"away: the run ends there (--epochs sets its length)")
     if run.continuing and (resumed.step or resumed.epoch):
-        # on other ranks a run goes on as it would have to float summation order, bar dropout: each rank draws the
-        # masks of its windows, so other ranks draw others
+        # on other ranks a run goes on as it would have to float summation order, bar dropout's masks (per rank)
         was_world = run.ckpt_args.get("world_size", 1)
         other_masks = config.dropout and was_world != world
         masks = f" (dropout: the run drew its masks in {was_world} process(es), this one in {world}, so it goes on " \
                 f"with other masks, not bit for bit as on {was_world})" if other_masks else ""
         # at the epochs done, as the step lines count them ("epoch 0.15"), then the epoch in progress as its bar does
         done = resumed.epoch + resumed.windows / len(train_w)
-        # epochs of other steps (data prepared again, another batch) place the run where its windows done fall in
-        # them (resumed_progress): said, or the step would be a puzzle
+        # epochs of other steps place the run where its windows done fall (resumed_progress): said, or it puzzles
         ckpt_step = run.ckpt["step"]
         recounted = f" (the checkpoint's step {ckpt_step:,}, counted again in this run's epochs of {spe:,} steps)" \
             if resumed.step != ckpt_step else ""
@@ -2293,16 +2262,14 @@ def summary_lines(summary, meta, scale, args, budget, pause_eval, go_on=None):
     if best is not None:
         lines.append(f"best val loss {measured(best, scale)} {when}" + (f"in {summary['best_checkpoint']}" if
                      summary["best_checkpoint"] else "before this run, which did not better it (no best file here)"))
-    # a run that went on well past its best (a small text over many epochs) would say so only by "* best" no longer
-    # showing; its best file holds the model to keep
+    # a run well past its best (a small text over many epochs) would say so only by "* best" no longer showing
     since = summary.get("evals_since_best", 0)
     if best is not None and last_val is not None and since >= OVERFIT_EVALS and last_val > 1.01 * best \
             and not args.patience:
         lines.append(paint(f"val loss rose to {last_val:.4f} in the {since} evaluations after the best: the model "
                            f"overfits its train data; --patience {OVERFIT_EVALS} ends a run {OVERFIT_EVALS} evaluations "
                            f"past its best (or train fewer epochs, on more data, with --dropout)", "yellow"))
-    # a --max_steps pause that measured better than the best: its weights, in the checkpoint just written, are the
-    # better model, though not judged
+    # a --max_steps pause better than the best: its weights, in the checkpoint, are the better model, though not judged
     pause_better = pause_eval and best is not None and last_val < best
     if pause_better:
         lines.append(f"val loss {measured(last_val, scale)} at the --max_steps pause, lower but not judged for the "
@@ -2374,19 +2341,16 @@ def claim_files(held, args, ckpt, continuing, out_pattern, out_dir, best_path, g
     """Rank 0's hold on the run's files (path checked, locks held, earlier run refused): what --overwrite replaces.
     others: the paths of its metrics and loss curve."""
     dataset = args.dataset
-    # (not over a dataset's files, which check_output refuses). The default's message names the option too: it is how
-    # to write elsewhere
+    # (not over a dataset's files); the default's message names the option too: it is how to write elsewhere
     check_output(out_pattern.replace("{dataset}", dataset).replace("{epoch}", "1"),
                  "--output_checkpoint" if given else "--output_checkpoint (default)", checkpoint=True)
     locked = held.enter_context(run_lock(out_dir, dataset, f"the {dataset} run in {os.path.join(out_dir, '')} (its "
                                                             f"checkpoints, {dataset}_best.pt and metrics)"))
-    # models/run{epoch}.pt names the same files for another dataset's run: hence a lock on the name with {dataset}
-    # filled in too, its lock file named apart from every dataset's (no + in a dataset's name)
+    # models/run{epoch}.pt is another dataset's too: a lock on the name as well, apart from datasets' (no + in those)
     tail = os.path.basename(out_pattern).replace("{dataset}", dataset)
     locked &= held.enter_context(run_lock(out_dir, "+" + tail, f"{os.path.join(out_dir, tail)} (another dataset's run)"))
     if locked:
-        # a save killed mid-write (kill -9, the OOM killer) leaves its temporary file, a checkpoint's size: with this
-        # run's locks held no other run writes these names, so they go now, not 10 quiet minutes later
+        # a save killed mid-write (kill -9) leaves a checkpoint-sized temporary: with the locks held, it goes now
         names = [re.escape(tail).replace(re.escape("{epoch}"), r"\d+"),
                  *(re.escape(os.path.basename(path)) for path in (best_path, *others))]
         remove_stale_tmp(out_dir, "|".join(names), quiet_s=0)
@@ -2613,9 +2577,8 @@ def start_run(args, joined=None):
                             f"(config.json, model.safetensors, tokenizer files){', as ' * bool(inside)}"
                             f"{', '.join(inside[:5])}; a .pt checkpoint goes to --checkpoint")
         args = argparse.Namespace(**{**vars(args), "checkpoint": args.init_from})
-    # under torchrun the ranks join before the files are read, so that a machine without them fails after joining and
-    # the others lose contact at once, not wait in the join for --dist_timeout. (One process picks its device after
-    # the files' errors: no device prompt before them)
+    # under torchrun the ranks join before the files are read: a machine without them fails after joining, and the
+    # others lose contact at once rather than wait --dist_timeout (one process picks its device after the files)
     if joined is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         joined = init_distributed(args.device, args.dist_timeout)
     ckpt = load_checkpoint(args.checkpoint) if args.checkpoint else None
@@ -2624,8 +2587,7 @@ def start_run(args, joined=None):
     trained_on, trained_in = checkpoint_data(ckpt) if ckpt is not None else (None, None)
     dataset_given = args.dataset
     dataset = args.dataset = args.dataset or trained_on or "story"
-    # same dataset and training state present: this is the same run going on; otherwise start a new one from
-    # the checkpoint's weights (fine-tuning)
+    # same dataset and training state: the same run going on; else a new one from its weights (fine-tuning)
     continuing = ckpt is not None and trained_on == dataset and "step" in ckpt
     if args.reset_epoch and ckpt is not None and not continuing:
         raise reset_epoch_refused(f"{args.checkpoint} has no training state (weights only)" if trained_on == dataset or
@@ -2639,14 +2601,12 @@ def start_run(args, joined=None):
     if ckpt is not None and not trained_on and not dataset_given and \
             not os.path.exists(os.path.join(args.data_dir, dataset, "meta.json")):
         raise UserError(f"{args.checkpoint} does not name the data it was trained on: pass --dataset NAME")
-    # the model, for the hint that prepares missing data: its vocabulary, and its context, which a chat set is packed
-    # at (GPT-2's vocabulary by name packs at 256)
+    # the model, for the hint that prepares missing data in its vocabulary, packed at its context
     model_tokenizer = args.checkpoint if ckpt is not None else None
     meta = load_meta(args.data_dir, dataset, args.tokenizer or model_tokenizer, trained)
     was = (ckpt or {}).get("data") or {}
     if continuing and was.get("kind") and meta.get("kind") and was["kind"] != meta["kind"]:
-        # its run's name given to data of the other kind (conversations where it trained on text): a new run from
-        # its weights, as on another name
+        # its run's name given to data of the other kind (chat vs text): a new run from its weights
         if args.reset_epoch:
             raise reset_epoch_refused(f"{args.checkpoint} was trained on {was['kind']}, so training it on "
                                       f"{meta['kind']} ({meta['folder']}) is fine-tuning")
@@ -2670,8 +2630,7 @@ def start_run(args, joined=None):
                  f"from another checkpoint): if it was, its lr {was:.3g} is a fine-tuning one already, which --lr "
                  f"{was:.3g} keeps; this run takes a third of it")
     args = resolve_args(args, ckpt, continuing, config)
-    # a fine-tune's checkpoints say so, continued ones too: a fine-tune of them takes their lr as a fine-tuning one
-    # (None: not known, continuing a checkpoint from before they said: saved as it was, without the entry)
+    # fine_tune_lr takes a fine-tune's lr as it is (None: an older checkpoint continued, which does not say)
     fine_tune = True if fine_tuning else ckpt.get("fine_tune") if continuing else False
     nanogpt_schedule(args, meta, dist)
     check_same_options(dist, args)
@@ -2711,8 +2670,7 @@ def claim_outputs(run, held):
         args, run.ckpt_args, continuing, given)
     # with --overwrite: files of an earlier run (or later points of this one) to remove (see save); rank 0's refusal
     replaced, refused = [], None
-    # which run a checkpoint and a metrics record belong to: a run continued keeps its id (with --reset_epoch too: its
-    # tokens go on counting), a new one (fine-tuning included) draws one; older checkpoints have none
+    # a run continued keeps its id (with --reset_epoch too: its tokens go on counting), a new one draws one
     run.run_id = (ckpt.get("run") if continuing else None) or secrets.token_hex(8)
     if dist.main:  # the files are rank 0's to write
         try:
@@ -2722,9 +2680,8 @@ def claim_outputs(run, held):
             refused = e
         if args.checkpoint and os.path.isfile(args.checkpoint):  # the file this run starts from stays, unless written
             replaced = [f for f in replaced if not os.path.samefile(f, args.checkpoint)]
-    # every rank learns whether rank 0 refused (it says why; the others end quietly, not in a lost connection), and
-    # whether the best file goes at the first save, and its val loss with it (no bar to a file that is gone): each
-    # rank decides --patience's early stop
+    # every rank learns whether rank 0 refused (the others end quietly) and whether the best file goes at the first
+    # save, its val loss with it: each rank decides --patience's early stop
     failed, run.best_goes = dist.agree(refused is not None, run.best_path in replaced)
     if refused is not None:
         raise refused
@@ -2852,8 +2809,7 @@ class Run:
         nan or inf; the first one removes what --overwrite replaces."""
         args, p, dist, saved, replaced = self.args, self.p, self.dist, self.saved, self.replaced
         t_save = time.time()
-        # weights gone to nan or inf in the step just taken (its loss, computed before the update, was finite) must
-        # not replace a good checkpoint; the check is a pass over the weights, small beside the save itself
+        # weights gone nan or inf in the last update (its loss was finite) must not replace a good checkpoint
         if nonfinite(self.model.named_parameters()):
             raise Diverged(f"the weights became nan or inf at step {p.step}: {self.diverged()}")
         if self.best_goes:
@@ -2894,8 +2850,7 @@ class Run:
             saved.update(best=path, best_step=p.step)
         else:
             saved.update(path=path, step=p.step)
-        # what --overwrite replaces (the files and metrics) goes once this run has a file of its own (stopped before,
-        # the earlier run stays whole), lest an old best file or later epoch pass for this run's. (Rank 0's alone)
+        # what --overwrite replaces goes once this run has a file of its own (stopped before, the earlier run is whole)
         if replaced:
             for f in replaced:
                 if os.path.abspath(f) != os.path.abspath(path):
@@ -2928,13 +2883,11 @@ class Run:
                     at = (p.epoch, p.step)
                     self.train_epoch()
                     if (p.epoch, p.step) == at and self.stopped == "done":
-                        # an epoch that takes no step and does not end would be taken again forever: a bug in the
-                        # epoch's bookkeeping would hang the run (and the test suite)
+                        # a bug in the epoch's bookkeeping would take it again forever, hanging the run
                         raise RuntimeError(f"epoch {p.epoch + 1} took no step from window {p.windows:,} of "
                                            f"{len(self.train_w):,} and did not end: a bug, please report it")
         except KeyboardInterrupt:
-            # a second Ctrl-C (the first saves and exits above): quit without touching any file, naming the one that
-            # holds the run
+            # a second Ctrl-C: quit without touching any file, naming the one that holds the run
             print(f"\nquit at step {p.step:,} without saving; the run's last checkpoint: {self.kept()}",
                   file=sys.stderr)
             raise SystemExit(128 + self.interrupt.quit_by) from None
@@ -2949,20 +2902,17 @@ class Run:
         """What the loop, its records and saves share, set before its first step: the metrics file, what the run has
         written, its counts, its points in steps, the train loss since the last record and the clock."""
         args, ckpt, p, dist = self.args, self.ckpt, self.p, self.dist
-        # the checkpoint's run goes on (--reset_epoch starts it anew): its metrics up to the checkpoint stay, and so
-        # does the train loss since its last record (held by a save on the way out of an error or a Ctrl-C)
+        # the checkpoint's run goes on (not a --reset_epoch): its metrics and train loss since its last record stay
         resumed = self.continuing and not args.reset_epoch
         # (hold: replaced with the rest of the earlier run's files, at the first save)
         self.metrics = Metrics(self.metrics_path, self.png_path, keep_until=ckpt if resumed else None, write=dist.main,
                                hold=bool(self.replaced))
         self.last_val = None
-        # the random state at the start of the step in progress, None between steps: a save on the way out of an
-        # error inside a step records it, not the state after the step's dropout masks were drawn, so the run resumed
-        # from it redoes that step with the same masks
+        # the random state at the step in progress's start (None between steps): a save on an error inside the step
+        # records it, so the run resumed redoes that step with the same dropout masks
         self.step_rng = None
-        # what this run wrote (seconds: the last save's; total: the run's); a best file from an earlier run counts only
-        # when continuing that run. A continued run's last save is the one its checkpoint recorded until it saves: a
-        # budget keeps room for its final saves at that cost
+        # what this run wrote (seconds: the last save's, the checkpoint's until it saves; total: the run's); an earlier
+        # best file counts only when continuing its run
         recorded = ckpt.get("save_seconds", 0.0) if self.continuing else 0.0
         self.saved = {"path": None, "step": p.step,
                       "best": existing(self.best_path) if self.continuing else None, "best_step": None,
@@ -2994,8 +2944,7 @@ class Run:
             self.not_saved(f"writing {self.saving} failed: the error below" if self.saving else
                            "the error below stopped the optimizer's update half done")
             return
-        # a closed pipe (`| head`, a `| tee` killed) ends the run without an error line (run_main), so "the error
-        # below" would point at nothing
+        # a closed pipe (`| head`) ends the run without an error line (run_main): "the error below" would be none
         why = "its output's reader went away (a closed pipe)" if isinstance(e, BrokenPipeError) or \
             closed_pipe_on_windows(e) else "the error below"
         try:
@@ -3021,8 +2970,7 @@ class Run:
             return oom_error(args, e)
         if dist.world > 1 and is_peer_failure(e):
             if self.interrupt.requested:
-                # Ctrl-C reached every rank, and another quit on it before its loop: this one ends as interrupted
-                # too, not wait for a SIGTERM that torchrun, stopping on the Ctrl-C itself, never sends
+                # Ctrl-C reached every rank and another quit on it: interrupted too, not waiting for a SIGTERM
                 return KeyboardInterrupt()
             last = f"; last checkpoint: {self.last_checkpoint() or 'none'}"  # (a continued run's own, before it saves)
             return timeout_error(e, f"at step {p.step:,}", args.dist_timeout,
@@ -3055,8 +3003,7 @@ class Run:
                 if args.max_steps and self.run_steps >= args.max_steps and p.epoch < args.epochs:
                     self.stopped = "max_steps"
                 if self.run_steps == 1 and not self.saved["seconds"]:
-                    # no save timed yet, by this run or the checkpoint it continues: its bytes estimate one,
-                    # for the room a budget keeps and for the checkpoint to record (see SAVE_BYTES_PER_S)
+                    # no save timed yet: estimated from its bytes, for a budget's room and the checkpoint
                     self.saved["seconds"] = checkpoint_bytes(self.model, self.optimizer) / SAVE_BYTES_PER_S
                 self.record(lr, epoch_step, end_of_epoch, bar)
                 if self.stopped != "done":
@@ -3075,8 +3022,7 @@ class Run:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         if dist.rank and self.config.dropout:
-            # dropout draws other masks on each rank; rank 0 keeps the single-process stream, saved in
-            # checkpoints, and the others seed each step afresh, so a resumed run draws the same masks
+            # rank 0 keeps the saved stream, the others seed each step, so a resumed run draws the same masks
             torch.manual_seed(stream_seed(args.seed, dist.rank, p.step))
         if args.compile and not self.run_steps:
             say(paint("compiling the model: its first step and first evaluation take longer (about a "
@@ -3118,8 +3064,7 @@ class Run:
         # one process, whose save holds the loss since the last record, but under torchrun, where each rank holds its
         # share of that sum until a record all-reduces it
         due_log = due_log or due_eval or due_save or self.stopped != "done" or (interrupted and self.dist.world > 1)
-        # and one at least every PROGRESS_LINE_S of the clock the ranks agreed, whatever the intervals (an epoch of
-        # a large text may take hours)
+        # and at least every PROGRESS_LINE_S, whatever the intervals (an epoch of a large text may take hours)
         due_log = due_log or self.clock.agreed - self.logged_at >= common.PROGRESS_LINE_S
         if due_log:
             self.logged_at = self.clock.agreed
@@ -3151,8 +3096,7 @@ class Run:
         if due_eval:
             self.plot()
         if due_eval and not interrupted:
-            # a Ctrl-C during the evaluation (seconds on a large val split) stops the run here: it
-            # trained the next step, then saved (one more agreement an evaluation: every rank has it)
+            # a Ctrl-C during the evaluation stops the run here, not after the next step (every rank agrees it)
             interrupted = bool(dist.agree(self.interrupt.requested)[0])
         if due_save or self.stopped != "done" or interrupted:
             self.save(self.out_path())
@@ -3161,8 +3105,7 @@ class Run:
         # tokens/s measures training, not evals and saves, nor the first step (a cold torch.compile's)
         if due_log or due_save or self.run_steps == 1:
             self.tally.restart_timer()
-        # an interrupt in the run's last step (its epochs, budget or patience done, or --max_steps) lets it end as it
-        # would have, with its summary, not offer a continuation that is refused
+        # an interrupt in the run's last step ends it with its summary, not a continuation that is refused
         if interrupted and self.stopped == "done" and p.epoch < args.epochs:
             self.interrupt.exit_saved(dist, p.step, saved["path"], self.max_steps_left())
 
@@ -3183,8 +3126,7 @@ class Run:
                "elapsed": round(p.elapsed + time.time() - self.t_run, 2)}
         bar.set_postfix(loss=shown, lr=f"{lr:.1e}", tok_s=f"{tps:,.0f}", refresh=False)
         if bar.disable and not due_eval:
-            # the run's first step alone is no speed (a cold torch.compile's), nor a time left from it: a budget's end
-            # is known without it
+            # the first step alone (a cold compile) is no speed, nor a time left from it
             end = self.run_ends(self.tok_step / max(tps, 1e-9) if timed else None,
                                 self.batches.steps_per_epoch - epoch_step, self.clock.agreed)
             say(f"step {p.step:,} (epoch {rec['epoch']:.2f}): loss {shown}, lr {lr:.2e}"
@@ -3201,8 +3143,7 @@ class Run:
             # finite): not a record (NaN is no JSON) nor a checkpoint, as a nan training loss
             raise Diverged(f"the val loss became {self.last_val} at step {p.step}: {self.diverged()}")
         bpb = bits_per_byte(self.last_val, self.bpb_scale)
-        # a best file that goes at the first save (--overwrite) bars nothing: judged against it, an
-        # evaluation at that save would never be a best, and a later, worse one would be one
+        # a best file that goes at the first save (--overwrite) bars nothing (best_goes)
         better, improved = p.judge(self.last_val, rec["epoch"], no_bar=self.best_goes, pause=self.pause_eval)
         rec.update(val_loss=round(self.last_val, 5), val_ppl=round(math.exp(min(self.last_val, 50)), 3),
                    val_bpb=None if bpb is None else round(bpb, 5), best=improved)
@@ -3210,8 +3151,7 @@ class Run:
                       self.pause_eval))
         if improved:
             self.save(self.best_path)
-        # (a pause stops nothing: a run continued from it with a new --patience would stop
-        # there, an evaluation before the run in one go)
+        # (a pause stops nothing: continued with a new --patience, it would stop an evaluation early)
         if args.patience and not self.pause_eval and p.evals_since_best >= args.patience:
             self.stopped = "early stop"
             say(paint(f"no better val loss in {args.patience} evaluations: stopping early "
