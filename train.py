@@ -83,14 +83,13 @@ from prepare import (DATASETS, DEFAULT_OUT_DIR, DEFAULT_PACK, DEFAULT_VAL_FRACTI
 from setup_tokenizer import (TOKENIZER_HELP, download_hint, fewer_ids, get_tokenizer, gone_vocabulary,
                              moved_vocabulary, tokenizer_from_state, tokenizer_hash, vocabulary_name)
 
-# Peak learning rates and batch sizes (windows) that train each preset well with AdamW(0.9, 0.95); small models
-# tolerate (and need) larger steps. tiny's, on a 2-core CPU (BENCHMARKS.md): batch 8 beat 4, 16 and 32, 4e-3 beat
-# 2e-3 and matched 6e-3. Muon's updates are scaled to AdamW's size, so the same rates serve it.
+# Peak lrs and batch sizes (windows) that train each preset well, Muon's updates scaled to AdamW's size. tiny's, on a
+# 2-core CPU (BENCHMARKS.md): batch 8 beat 4, 16 and 32; 4e-3 beat 2e-3 and matched 6e-3.
 DEFAULT_LR = {"tiny": 4e-3, "small": 1e-3, "gpt2-75m": 6e-4, "gpt2": 6e-4}
 DEFAULT_BATCH_SIZE = {"tiny": 8}  # others: 16
 EVAL_SPACING = 3  # a budgeted run's evaluations take at most about 1 / (1 + EVAL_SPACING) of it
-# the write speed a run assumes for a save before it has timed one, for the room a budget keeps for its final two
-# saves: the 2-core test machine's slowest saves wrote 150-210 MB/s, so 100 MB/s covers them, and a hard disk
+# the write speed assumed for a save not yet timed (a budget's room for its final two): the test machine's slowest wrote
+# 150-210 MB/s, so 100 MB/s covers them and a hard disk
 SAVE_BYTES_PER_S = 100e6
 # the logger of torch.compile's notes on the context managers it meets (DDP's forward opens one: not_profiler_notice)
 DYNAMO_CONTEXT_LOG = "torch._dynamo.variables.ctx_manager"
@@ -695,8 +694,7 @@ def split_too_short(meta, path, split, n_tokens, block_size, evaluating):
     fix = "use a smaller --block_size or more data" if n_tokens > 1 else "prepare more data"  # (one token: no block)
     total = sum(split_tokens(meta, s) or 0 for s in ("train", "val"))
     if split == "val" and n_tokens > 1 and str(meta.get("val_split")).startswith("the last") and total:
-        # a val cut from the text (a book's tail, where more data is no way out): twice the share of it that one
-        # window takes, if that leaves train the most
+        # a val cut from the text (a book's tail: more data is no way out): twice one window's share, if at most half
         share = math.ceil(200 * (T + 1) / total) / 100
         # (the --val_fraction it was made with, as prepare_with's command would pass it again)
         made_fraction = meta_options(meta, meta["folder"], odd={}).get("val_fraction", DEFAULT_VAL_FRACTION)
@@ -813,8 +811,7 @@ def refuse_going_back(checkpoint, ckpt, out_pattern, dataset, best_path, overwri
             continue
         if not isinstance(other, dict):
             continue
-        # a file of another dataset is another run's too: an --output_checkpoint without {dataset} names the same files
-        # for every dataset. (The checkpoint's own entry too: an old one may record a path, as its run's files do)
+        # another dataset's file (an --output_checkpoint without {dataset}) is another run's too (an old one: a path)
         foreign = other.get("dataset") not in (dataset, ckpt.get("dataset"))
         if foreign or ckpt.get("run") and other.get("run") and other["run"] != ckpt["run"]:
             if not overwrite:
@@ -894,8 +891,7 @@ def trained_data(path, ckpt):
     made = recorded_made_with(ckpt)
     tokenizer = made and not made["options"].get("vocab_size") and made["options"].get("tokenizer", "gpt2")
     if tokenizer and tokenizer != "gpt2" and not os.path.exists(tokenizer):
-        # the vocabulary file it was made with gone too (moved with data/): the checkpoint holds the same vocabulary,
-        # so the set made with it is the same, given the pack (a checkpoint's vocabulary packs at its context)
+        # the vocabulary file gone too (moved with data/): the checkpoint holds it, at the same pack
         pack = DEFAULT_PACK if made["options"].get("pack") is None and (ckpt.get("data") or {}).get("kind") == "chat" \
             else made["options"].get("pack")
         made = dict(made, options=dict(made["options"], tokenizer=path, pack=pack))
@@ -942,8 +938,8 @@ def recorded_made_with(ckpt):
     return {"dataset": dataset, "options": options} if fits else None
 
 
-# how an epoch's order is seeded, recorded in checkpoints: 1 by seed + epoch (--seed 2's first epoch was --seed 1's
-# second); 2 mixes the two (stream_seed). A run goes on with its checkpoint's, or its resume would not be exact
+# how an epoch's order is seeded, kept by a continued run for exact resume: 1 by seed + epoch (--seed 2's first epoch
+# was --seed 1's second); 2 mixes the two (stream_seed)
 ORDER_SCHEME = 2
 
 
@@ -1319,8 +1315,7 @@ def train_step(fwd, optimizer, scaler, micro, device, dtype, grad_clip, n_target
             try:
                 scaler.scale(loss * world).backward()
             except Exception as e:
-                # the compiled backward failed to build: the step again eagerly, from scratch; not with several
-                # ranks, which have all-reduced theirs already
+                # the compiled backward failed to build: the step again eagerly (not once ranks have all-reduced)
                 if world > 1 or not getattr(fwd, "fall_back", lambda e: False)(e):
                     raise
                 optimizer.zero_grad(set_to_none=True)
@@ -1845,8 +1840,7 @@ def init_distributed(device_name, timeout_min=DIST_TIMEOUT_MIN):
         device = torch.device("cpu")
     else:
         raise UserError(f"--device {device_name} under torchrun: use cuda (NCCL) or cpu (gloo)")
-    # joining waits in C++, where no Python handler runs (a signal unheard until torchrun kills it 30 s later); nothing
-    # is written yet, so the system's default ends it at once (an ignored one stays so)
+    # joining waits in C++, deaf to Python handlers for 30 s: nothing is written yet, so the default ends it at once
     handlers = {}
     with contextlib.suppress(ValueError):  # (not the main thread)
         for sig in (signal.SIGINT, *stop_signals()):
@@ -1927,8 +1921,7 @@ def hashed_as_data(args, meta, ckpt):
         return tokenizer_from_state(ckpt["tokenizer"])
     name = meta.get("tokenizer", "gpt2")
     if name != "gpt2" and not os.path.exists(name):
-        # meta.json names it by absolute path: a project moved or data/ copied to another machine has it in the
-        # dataset's folder, or beside it (another dataset's, --tokenizer data/a/tokenizer.tiktoken), found by its hash
+        # meta.json's absolute path, moved with the project or data/: found by its hash in the folder or beside it
         name = moved_vocabulary(name, meta["folder"], want) or name
     if name != "gpt2" and not os.path.exists(name):
         raise UserError(f"{meta['folder']} was prepared with tokenizer {gone_vocabulary(name, meta)}")
@@ -2127,8 +2120,7 @@ def resumed_progress(run, options_given, run_warmup):
         p.best_val_loss, p.evals_since_best = None, 0
     warmup = args.warmup
     if (changed or was != batches.windows_per_step) and not run.budget:
-        # epochs of another length, or another global batch: the lr schedule counts steps of the new size, so place
-        # the run where the windows done so far put it, and its inherited warmup with it
+        # epochs of another length, or another global batch: steps of the new size, placed by the windows done
         p.step = p.epoch * batches.steps_per_epoch + batches.steps_done(p.windows)
         # (a step count inherited alone: a default or a share is in today's steps already)
         if "warmup" not in options_given and isinstance(run_warmup, int) and was and warmup:
@@ -2136,8 +2128,7 @@ def resumed_progress(run, options_given, run_warmup):
     if args.reset_epoch:  # same weights, optimizer and best val loss; epochs and schedule from zero
         p = Progress(tokens=p.tokens, best_val_loss=p.best_val_loss, elapsed=p.elapsed)
     if started_over and not args.reset_epoch:  # (which starts every epoch over, and the schedule, as asked)
-        # the lr schedule (by steps) goes back with the epoch: in its first epoch, to the warmup again, which a bare
-        # "epoch starts over" left to the lr of the log lines to show. (A budget's lr follows its clock)
+        # the lr schedule (by steps; a budget's follows its clock) goes back with the epoch, maybe into the warmup
         back = "" if run.budget or p.step >= ckpt["step"] else \
             f", and the lr schedule with it: from step {ckpt['step']:,} back to step {p.step:,}" + \
             (f", warming up again over {warmup:,} steps" if p.step < warmup else "")
@@ -2205,8 +2196,7 @@ def banner_lines(run):
             if resumed.step != ckpt_step else ""
         lines.append(f"resume at epoch {done:.2f} (epoch {resumed.epoch + 1}, window {resumed.windows:,}/"
                      f"{len(train_w):,}), step {resumed.step:,}{recounted}{masks}")
-        # a larger --epochs or --time_budget spreads the cosine over the new length from here on: the lr goes back
-        # up, which its first log line would show unexplained. (On a budget: the first step's lr, near enough)
+        # a larger --epochs or --time_budget stretches the cosine from here: the lr goes back up, said here
         span, was = schedule_span(args.time_budget, args.epochs), schedule_span(
             run.ckpt_args.get("time_budget"), run.ckpt_args.get("epochs"))
         if was and span != was:
@@ -2319,8 +2309,7 @@ def refuse_ended_run(args, ckpt, ckpt_args, p, budget):
         raise UserError(f"{args.checkpoint} has trained {fmt_time(p.budget_elapsed)} of its budget already, which "
                         f"--time_budget {budget_value(args.time_budget)} counts: pass a larger one to train on, or "
                         f"--reset_epoch to start a new budget from its weights")
-    # a run --patience stopped (else it would train one more interval each time); one stopped otherwise gets the
-    # evaluation a new --patience asks for. An old checkpoint without stopped_early: by its --patience's count
+    # a run --patience stopped (else one more interval each time; an old checkpoint's by its --patience's count)
     if args.patience and p.evals_since_best >= args.patience \
             and ckpt.get("stopped_early", 0 < (ckpt_args.get("patience") or 0) <= p.evals_since_best):
         raise UserError(f"{args.checkpoint} stopped early: no better val loss in its last {p.evals_since_best} "
@@ -2430,9 +2419,7 @@ def build_training(run):
         set_rng_state(ckpt["rng"])
     train_model = run.model
     if dist.world > 1:
-        # DDP copies rank 0's weights to every rank, then all-reduces gradients in buckets during backward;
-        # broadcast_buffers=False: the only buffers (RoPE tables) are constants, and evaluations, which ranks run
-        # on shares of different sizes, must not wait on each other
+        # no buffer sync: the only buffers (RoPE tables) are constant, and evaluations of unequal shares must not wait
         from torch.nn.parallel import DistributedDataParallel as DDP
         no_buffer_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
                           else {"broadcast_buffers": False})  # its older name
@@ -2765,8 +2752,7 @@ class Run:
     budget: float = None        # --time_budget in seconds, or None
     budget_warmup: float = None
     eval_windows: int = None    # val windows an evaluation takes
-    # --batch_size as given, inherited or the preset's, before fitted_batch_size cut it to a small text: what its
-    # checkpoints record, so that the run continued on the data prepared larger goes back to it (see trained_batch)
+    # --batch_size before fitted_batch_size cut it to a small text: what checkpoints record (see trained_batch)
     batch_option: int = None
     bpb_scale: float = None     # its val loss -> bits per byte (bpb_scale), None where its targets hold no text
     p: Progress = None          # where the training stands
@@ -2927,8 +2913,7 @@ class Run:
                                                             interval_steps(args.eval_interval, spe),
                                                             interval_steps(args.save_interval, spe))
         self.tally = TrainTally(self.device, ckpt.get("loss_since_record") if resumed else None, main=dist.main)
-        # an evaluation's cost in training steps: its batches are a step's forward pass alone, a third of its compute;
-        # half a step a batch leaves room (tiny on a CPU: 0.26-0.39)
+        # an evaluation's cost in steps: a batch is a third of a step's compute; half leaves room (tiny: 0.26-0.39)
         eval_steps = min(self.eval_windows, len(self.val_w)) / self.batches.windows_per_step / 2
         self.clock = RunClock(self.budget, p.budget_elapsed, self.t_run, eval_steps)
         self.logged_at = self.clock.agreed  # the clock at the last record (see due_points)
@@ -3167,8 +3152,7 @@ class Run:
     def summary(self):
         """The run's end: its loss curve drawn, its summary (run_summary) said in its closing lines and returned."""
         args, p, metrics = self.args, self.p, self.metrics
-        # drawn again for the records since the last evaluation; the run is saved, so a Ctrl-C here keeps the last
-        # curve and the run still ends with its lines
+        # with the records since the last evaluation; saved already, a Ctrl-C here keeps the last curve
         try:
             self.plot()
         except KeyboardInterrupt:
@@ -3196,8 +3180,7 @@ def main(argv=None):
         return run_main(lambda: train(parse_args(argv)), ranks=True)
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            # Free DDP's reducer and gloo's finished work objects now, while the interpreter is whole: freed during its
-            # finalization they can abort the process (pytorch/pytorch#179291)
+            # freed during the interpreter's finalization, DDP's and gloo's objects can abort it (pytorch#179291)
             gc.collect()
             torch.distributed.destroy_process_group()
 
