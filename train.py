@@ -390,8 +390,7 @@ def recorded_lr(ckpt_args):
 
 
 def unrecorded_fine_tune(ckpt):
-    """Whether a checkpoint may be a fine-tune's without saying so: from before checkpoints recorded fine_tune, its run
-    begun from another checkpoint, with an lr fine_tune_lr divides."""
+    """Whether an older checkpoint, its run begun from another one, may be an unlabelled fine-tune's (with an lr)."""
     return "fine_tune" not in ckpt and "step" in ckpt and bool((ckpt.get("args") or {}).get("checkpoint")) \
         and recorded_lr(checkpoint_args(ckpt)) is not None
 
@@ -837,8 +836,7 @@ def refuse_going_back(checkpoint, ckpt, out_pattern, dataset, best_path, overwri
 
 
 def packing_warning(meta, block_size, context):
-    """Why block_size wastes the data's packing (blocks of meta["pack"] tokens no conversation crosses), or None.
-    context: the model's, which --block_size cannot pass."""
+    """Why block_size wastes the data's packing (meta["pack"]), or None; context: the model's, a cap on block_size."""
     pack = meta.get("pack") or 0
     if not pack:
         return None
@@ -1159,8 +1157,7 @@ class RunClock:
         p.schedule_origin = self.agreed if p.schedule_origin is None else p.schedule_origin + self.agreed - self.start
 
     def evaluated(self, seconds, save_s):
-        """After an evaluation of seconds (its saves not counted): the final one's reserve is that and two saves (the
-        best file, the checkpoint) of save_s each."""
+        """After an evaluation of seconds (saves not counted): the final one's reserve, with two saves of save_s."""
         self.reserve = seconds + 2 * save_s
         self.last_eval = self.agreed
 
@@ -1237,8 +1234,7 @@ class TrainTally:
 
 
 def checkpoint_bytes(model, optimizer):
-    """The bytes a checkpoint writes: weights and optimizer state (before the first step, AdamW's two moments of every
-    weight, the most it takes)."""
+    """The bytes a checkpoint writes: weights and optimizer state (before it exists, AdamW's two moments, the most)."""
     weights = tensor_bytes(model.state_dict())
     return weights + (tensor_bytes(optimizer.state_dict()) or 2 * weights)
 
@@ -1249,8 +1245,7 @@ def is_count(v):
 
 
 def not_profiler_notice(record):
-    """False for dynamo's notice that it ignores the profiler's record_function DDP's forward opens: it changes nothing
-    here, and every rank of a --compile run said it."""
+    """False for dynamo's notice of the profiler's record_function in DDP's forward: harmless, said by every rank."""
     return not record.getMessage().startswith("Profiler record function")
 
 
@@ -1336,8 +1331,7 @@ def train_step(fwd, optimizer, scaler, micro, device, dtype, grad_clip, n_target
 
 
 def count_targets(y, m):
-    """Targets of a micro-batch that its loss counts, as GPT.forward weighs them: not -1 (padding), and under the
-    loss mask when there is one."""
+    """Targets of a micro-batch its loss counts, as GPT.forward weighs them: not -1 (padding), under the mask if any."""
     counted = y != -1
     return int((counted if m is None else counted & (m != 0)).sum())
 
@@ -1386,8 +1380,7 @@ def evaluate(model, windows, batch_size, eval_windows, device, dtype, fwd=None, 
 
 
 def no_eval_targets(windows, eval_windows):
-    """The error for evaluated windows without a target the loss counts (short chat windows between replies): 0 / 1
-    would be a loss of 0, a best never beaten."""
+    """The error for evaluated windows with no target the loss counts (short chat windows): not a loss of 0."""
     return UserError(f"the {len(eval_indices(len(windows), eval_windows))} window(s) of {windows.block_size} tokens "
                      f"evaluated in {windows.path} hold no assistant token, the only ones a chat set's loss counts: "
                      f"evaluate more windows (a larger --eval_batches) or longer ones (a larger --block_size)")
@@ -1494,8 +1487,7 @@ class Metrics:
     """metrics.jsonl (one JSON object per log/eval point) and, when matplotlib is importable, a loss-curve PNG."""
 
     def __init__(self, path, png_path, keep_until=None, write=True, hold=False):
-        """keep_until: the checkpoint a run continues, whose history is kept; hold: leave the files as they are (an
-        earlier run's, which --overwrite replaces) until release()."""
+        """keep_until: the checkpoint continued, its history kept; hold: leave --overwrite's files until release()."""
         self.path, self.png_path, self.records, self.write = path, png_path, [], write
         self.plotted = None  # (records, title) of the last curve drawn: the end of a run draws it again only if new
         self.held = hold and write
@@ -1680,8 +1672,7 @@ class Dist:
         return self.rank == 0
 
     def continue_command(self, path, steps_left):
-        """How to continue the run saved at path, started as this one was (steps_left: what is left of its
-        --max_steps, which a continued run does not inherit)."""
+        """How to continue the run saved at path, as this one started (steps_left: of --max_steps, not inherited)."""
         if self.world == 1:
             command = common.script_command("train.py")
         else:
@@ -1798,8 +1789,7 @@ def check_same_options(dist, args):
 
 
 def is_peer_failure(e):
-    """An error raised inside a collective because another rank went away (gloo: connection reset or closed; NCCL:
-    a DistBackendError), rather than a fault of this rank's own."""
+    """An error raised inside a collective because another rank went away, not a fault of this rank's own."""
     dist_error = getattr(torch.distributed, "DistError", ())
     return isinstance(e, dist_error) or (isinstance(e, RuntimeError) and ("gloo" in str(e) or "NCCL" in str(e)))
 
@@ -1863,8 +1853,7 @@ def init_distributed(device_name, timeout_min=DIST_TIMEOUT_MIN):
 # setup
 
 def prepare_with(meta, name=None, **changes):
-    """The prepare.py command that builds meta's dataset again with some of its options changed; name: in a new folder
-    of that name next to it, which leaves it as it is."""
+    """The prepare.py command that builds meta's dataset again with changes; name: a new folder beside it instead."""
     # every option the dataset was made with (a meta.json from before "options" says them otherwise)
     options = meta_options(meta, meta["folder"], odd={})
     folder = os.path.join(os.path.dirname(meta["folder"]), name) if name else meta["folder"]
@@ -2043,8 +2032,7 @@ def order_changes(ckpt, ckpt_args, args, meta):
 
 
 def trained_batch(ckpt, ckpt_args, args, train_w):
-    """The batch the checkpoint's run trained in: (its --batch_size, its processes, its windows a step, all processes
-    together; 0 where it recorded no --batch_size)."""
+    """The checkpoint's run's (--batch_size, processes, windows a step on all of them); 0s where it recorded none."""
     was_world = ckpt_args.get("world_size", 1)
     # an older checkpoint recorded a batch larger than its small text: cut it so (what is no count is not read)
     was_tokens, was_T = ckpt.get("data", {}).get("train_tokens"), ckpt_args.get("block_size")
@@ -2067,8 +2055,7 @@ def other_global_batch(args, was, was_world, now, world):
 
 
 def recorded_eval_windows(ckpt, ckpt_args, was_batch, was_world):
-    """The val windows the checkpoint's run evaluated (checkpoints from before eval_windows: what their options made),
-    or what is no count where neither says."""
+    """The val windows the checkpoint's run evaluated (older ones: as their options made them), or no count."""
     was_eval = ckpt.get("eval_windows")
     if not is_count(was_eval) and is_count(ckpt_args.get("eval_batches")) and is_count(was_batch):
         was_eval = ckpt_args["eval_batches"] * was_batch * was_world
@@ -2145,8 +2132,7 @@ def run_summary(p, scale, windows_per_epoch, **run):
 
 
 def banner_lines(run):
-    """The lines a run (a Run, built) starts with: its data, its model (new, or continuing or fine-tuning which
-    checkpoint), how it trains, and where a resumed run goes on from."""
+    """The lines a built run starts with: its data, its model, how it trains, and where a resumed run goes on from."""
     args, config, batches, budget, world = run.args, run.config, run.batches, run.budget, run.dist.world
     train_w, val_w = run.train_w, run.val_w
     what = ("continuing" if run.continuing else "fine-tuning") + f" {args.checkpoint}" if run.ckpt else "new model"
@@ -2207,8 +2193,7 @@ def banner_lines(run):
 
 
 def schedule_span(time_budget, epochs):
-    """What a run's lr schedule spans, as the banner says it: its --time_budget, else its --epochs (None where a
-    checkpoint recorded neither)."""
+    """What a run's lr schedule spans, for the banner: its --time_budget, else its --epochs, else None."""
     if time_budget:
         return fmt_time(time_budget * 60)
     return f"{epochs} epoch(s)" if epochs else None
@@ -2294,8 +2279,7 @@ def more_epochs(args, done):
 
 
 def refuse_ended_run(args, ckpt, ckpt_args, p, budget):
-    """Refuses to continue ckpt (p: where it stands) where it ended for good under these options: its --time_budget
-    used, or stopped early by its --patience."""
+    """Refuses to continue ckpt (p: where it stands) if it ended for good: budget used, or --patience stopped it."""
     if budget and ckpt.get("budget_done") and args.time_budget <= (ckpt_args.get("time_budget") or 0):
         # its own budget, not the one given: a smaller one given is no larger than what it used
         used = ckpt_args.get("time_budget")
@@ -2327,8 +2311,8 @@ def run_lock(folder, name, what):
 
 
 def claim_files(held, args, ckpt, continuing, out_pattern, out_dir, best_path, given, others):
-    """Rank 0's hold on the run's files (path checked, locks held, earlier run refused): what --overwrite replaces.
-    others: the paths of its metrics and loss curve."""
+    """Rank 0's hold on the run's files (path checked, locks held, earlier run refused); returns what --overwrite
+    replaces. others: the paths of its metrics and loss curve."""
     dataset = args.dataset
     # (not over a dataset's files); the default's message names the option too: it is how to write elsewhere
     check_output(out_pattern.replace("{dataset}", dataset).replace("{epoch}", "1"),
@@ -2378,8 +2362,7 @@ def fitted_batch_size(args, n_windows, dist, batch_given, continuing, was=None):
 
 
 def build_training(run):
-    """The model, its optimizer and loss scaler, and the Forward that trains it, with a continued run's state: fills in
-    run's model, optimizer, scaler and fwd."""
+    """Fills in run's model, optimizer, scaler and fwd (the Forward that trains it), with a continued run's state."""
     args, ckpt, ckpt_args, continuing, dist = run.args, run.ckpt, run.ckpt_args, run.continuing, run.dist
     config, device, dtype = run.config, run.device, run.dtype
     torch.manual_seed(args.seed)  # initial weights (a checkpoint's replace them) and dropout
@@ -2465,8 +2448,7 @@ def check_optimizer_state(optimizer, fresh):
 
 
 class Diverged(UserError):
-    """The run's loss or weights became nan or inf: what it trained since its last save is no good, and saving it would
-    put it over the last good file."""
+    """The run's loss or weights became nan or inf: not saved, lest it replace the last good file."""
 
 
 def oom_error(args, e):
@@ -2626,8 +2608,7 @@ def start_run(args, joined=None):
 
 
 def warn_low_disk(run):
-    """A warning where the output folder has less free space than two checkpoints of the run take (a save writes its
-    new file beside the old one, and the best file is another), not at a first save hours in."""
+    """Warns at the start, not at a first save hours in, where the output folder cannot hold two checkpoints."""
     folder = os.path.dirname(os.path.abspath(run.best_path))  # (made by claim_outputs, its lock there)
     try:
         free = shutil.disk_usage(folder).free
@@ -2641,8 +2622,7 @@ def warn_low_disk(run):
 
 
 def reset_epoch_refused(why):
-    """The error for --reset_epoch on a new run from a checkpoint's weights (why: what makes it one): it would do
-    nothing, and a user who meant to continue the run would not know."""
+    """The error for --reset_epoch on a new run from a checkpoint (why: what makes it one), where it does nothing."""
     return UserError(f"--reset_epoch restarts the epochs and schedule of a run continued on its own dataset, keeping "
                      f"its optimizer; {why}: a new run, which starts at epoch 1 with a fresh optimizer anyway: leave "
                      f"--reset_epoch out")
@@ -2767,8 +2747,7 @@ class Run:
         return self.out_pattern.replace("{dataset}", self.args.dataset).replace("{epoch}", str(n))
 
     def last_checkpoint(self):
-        """The file that holds the run as far as it was saved: this run's last save, else the checkpoint it continues
-        (None for a new run that saved none)."""
+        """The file holding the run as saved: this run's last save, else the checkpoint it continues, else None."""
         return self.saved["path"] or (self.args.checkpoint if self.continuing else None)
 
     def kept(self):
@@ -2791,8 +2770,8 @@ class Run:
         return f"lower --lr (now {self.args.lr:g}){fp32}; last good checkpoint: {self.kept()}"
 
     def save(self, path):
-        """Writes the run's checkpoint to path (rank 0; the best file where path is best_path), refusing weights gone
-        nan or inf; the first one removes what --overwrite replaces."""
+        """Writes the run's checkpoint to path (rank 0), refusing nan or inf weights; the first removes what --overwrite
+        replaces."""
         args, p, dist, saved, replaced = self.args, self.p, self.dist, self.saved, self.replaced
         t_save = time.time()
         # weights gone nan or inf in the last update (its loss was finite) must not replace a good checkpoint
@@ -2948,8 +2927,7 @@ class Run:
         warn(f"step {self.p.step:,} is {held} ({why}); the run's last checkpoint: {self.kept()}")
 
     def loop_error(self, e):
-        """The error the loop's error e ends the run in, None for e itself: a UserError out of memory or on a rank
-        lost (KeyboardInterrupt where Ctrl-C ended another rank first)."""
+        """The error the run ends in for the loop's e (out of memory, a rank lost), None for e itself."""
         args, p, dist = self.args, self.p, self.dist
         if is_oom(e) and not isinstance(e, UserError):
             return oom_error(args, e)
@@ -2998,8 +2976,7 @@ class Run:
             steps.close()
 
     def take_step(self, micro, step_windows, n_targets):
-        """One optimizer step on micro (its micro-batches, step_windows windows, n_targets targets) at the schedule's
-        lr, counted in the Progress and the run's figures; returns the lr."""
+        """One optimizer step on micro at the schedule's lr, counted in the Progress and run figures; returns the lr."""
         args, p, dist, clock = self.args, self.p, self.dist, self.clock
         # (several ranks take the clock they agreed on: their weights must stay identical)
         now = clock.now() if dist.world == 1 else clock.agreed
@@ -3056,8 +3033,7 @@ class Run:
         return due_eval, due_save, due_log
 
     def record(self, lr, epoch_step, end_of_epoch, bar):
-        """After a step (at lr, epoch_step of its epoch): its log record, evaluation and save where due
-        (due_points), and the run's stop where one is due; Ctrl-C saves and exits here."""
+        """After a step: its record, evaluation and save where due (due_points); Ctrl-C saves and exits here."""
         args, p, dist, saved = self.args, self.p, self.dist, self.saved
         # every rank must take the same decisions: the slowest rank's clock, and Ctrl-C on any
         save_s, interrupted = self.clock.agree(dist, saved["seconds"], self.interrupt.requested)
@@ -3119,8 +3095,7 @@ class Run:
         return rec, shown, tps
 
     def evaluation(self, rec, shown, lr, tps):
-        """An evaluation on the val windows, added to the step's record rec and said in its line; judged for the best
-        file (saved) and --patience (which may stop the run), unless a --max_steps pause."""
+        """An evaluation, added to rec and said; judged for the best file and --patience unless a --max_steps pause."""
         args, p = self.args, self.p
         self.last_val = evaluate(self.model, self.val_w, args.batch_size, self.eval_windows, self.device, self.dtype,
                                  self.fwd, self.dist)
