@@ -396,9 +396,8 @@ def unrecorded_fine_tune(ckpt):
 
 
 def fine_tune_lr(ckpt, model):
-    """A fine-tune's default peak lr and, for the run line, its origin: a third of the checkpoint's recorded lr (a base
-    trained at a better --lr is fine-tuned in proportion), else of its preset's default (model: --model or None). A
-    fine-tune's checkpoint keeps its lr as it is (a chain of fine-tunes would fall to 1/9, 1/27)."""
+    """A fine-tune's default peak lr and its origin in words: a third of the checkpoint's recorded lr, else of its
+    preset's default (model: --model or None); a fine-tune's as it is (a chain would fall to 1/9, 1/27)."""
     ckpt_args = checkpoint_args(ckpt)
     was = recorded_lr(ckpt_args)
     if was:
@@ -411,9 +410,8 @@ def fine_tune_lr(ckpt, model):
 
 
 def resolve_args(args, ckpt, continuing, config):
-    """Fill the options left None: the checkpoint's value when continuing its run, else the default; returns a new,
-    checked Namespace of plain values (saved in checkpoints). A run whose --time_budget ran out, given --epochs alone,
-    goes on by epochs (the spent budget inherited would refuse it)."""
+    """Fill the options left None (the checkpoint's continuing its run, else the default): a new Namespace, checked.
+    A run whose --time_budget ran out, given --epochs alone, goes on by epochs."""
     ckpt_args = checkpoint_args(ckpt)
     a = argparse.Namespace(**vars(args))
     by_epochs = continuing and ckpt.get("budget_done") is True and a.epochs is not None and a.time_budget is None
@@ -1167,14 +1165,12 @@ class RunClock:
         if self.next >= self.budget:
             stopped = "time budget"
         frac = self.agreed / self.budget
-        # at each --eval_interval slice, once EVAL_SPACING times the last evaluation's cost (held_back) has passed: one
-        # longer than a slice would otherwise come after every step
+        # at each --eval_interval slice, once EVAL_SPACING x the last one's cost (held_back) passed (else one a step)
         due_eval = entered_slice(self.slices, "eval", args.eval_interval, frac) and (
             self.last_eval is None or self.agreed >= self.last_eval + (1 + EVAL_SPACING) * self.held_back)
         if due_eval and stopped in ("done", "max_steps") and \
                 self.next + (1 + EVAL_SPACING) * self.held_back >= self.budget:
-            # the final evaluation, within EVAL_SPACING times this one's cost or past the budget, takes its place; at a
-            # --max_steps stop too (a pause, unjudged, which the run in one go skips: exact resume)
+            # the final evaluation takes its place if that near or past the budget (a --max_steps pause too)
             due_eval = False
         due_save = entered_slice(self.slices, "save", args.save_interval, frac)
         if due_save and stopped == "done" and p.epoch < args.epochs and self.next + save_s >= self.budget:
@@ -1345,9 +1341,8 @@ def eval_indices(n_windows, n_max):
 
 @torch.no_grad()
 def evaluate(model, windows, batch_size, eval_windows, device, dtype, fwd=None, dist=None, progress=None):
-    """Mean loss per counted target over up to eval_windows windows spread over the split (eval_indices), in batches of
-    batch_size; under torchrun each rank takes every world-th, the sums all-reduced. fwd: the training Forward
-    (compiled, or DDP's), else model; progress: a tqdm advanced by each batch's windows (eval.py's bar)."""
+    """Mean loss per counted target over up to eval_windows windows spread over the split, each rank every world-th.
+    fwd: the training Forward (compiled, or DDP's), else model; progress: a tqdm advanced per window (eval.py's)."""
     fwd = fwd or model
     was_training = model.training
     model.eval()
@@ -1393,9 +1388,8 @@ def check_eval_targets(windows, eval_windows):
 
 
 def bpb_scale(windows, eval_windows, enc):
-    """The factor that turns a val loss over evaluate()'s windows into bits per UTF-8 byte, comparable across
-    tokenizers: targets / (their own text's bytes * ln 2) (prepare.token_bytes; on chat data the replies'), not the
-    split's ratio. None where they hold no text. Read once on the host, on every rank."""
+    """What turns a val loss over evaluate()'s windows into bits per UTF-8 byte, comparable across tokenizers:
+    targets / (their own text's bytes * ln 2) (on chat data, the replies'), None where they hold no text."""
     targets, n_bytes = windows.scored_text(eval_indices(len(windows), eval_windows), token_bytes(enc))
     return targets / (n_bytes * math.log(2)) if n_bytes else None
 
@@ -1720,9 +1714,8 @@ def check_same_files(dist, meta, ckpt, checkpoint):
 
 
 def elastic_job():
-    """This torchrun job's name in rank 0's checkpoints, the same in each attempt (--max-restarts) and in no other job:
-    its rendezvous id (which the next job may reuse) and its log folder, <folder> of TORCHELASTIC_ERROR_FILE's
-    <folder>/attempt_<N>/<local rank>/error.json. None without torchrun or that layout."""
+    """This torchrun job's name in rank 0's checkpoints, the same in each attempt and no other job: its rendezvous id
+    and log folder (TORCHELASTIC_ERROR_FILE's <folder>/attempt_<N>/<local rank>/error.json); else None."""
     run_id, error_file = os.environ.get("TORCHELASTIC_RUN_ID"), os.environ.get("TORCHELASTIC_ERROR_FILE", "")
     attempt = os.path.dirname(os.path.dirname(error_file))
     if not run_id or not os.path.basename(attempt).startswith("attempt_"):
@@ -1732,9 +1725,7 @@ def elastic_job():
 
 def elastic_restart(run):
     """A torchrun restart runs the failed attempt's command, whose files refuse_earlier_run would refuse: (path, step,
-    max_steps left or None, ended: nothing left to train) of this job's newest checkpoint, to continue from, or None
-    (none written yet, or another job's). Rank 0 decides (it writes the files, its agent names the job); the others
-    take its answer."""
+    max_steps left or None, ended) of this job's newest checkpoint to continue from, or None. Rank 0 decides."""
     if "TORCHELASTIC_RUN_ID" not in os.environ:  # (the same on every rank: all enter the broadcast, or none)
         return None
     found, job = None, elastic_job()
@@ -1795,9 +1786,8 @@ def is_peer_failure(e):
 
 
 def timeout_error(e, when, minutes, slow, last=""):
-    """The UserError for e, a collective's failure when (as in "at step 12"), if --dist_timeout ran out (a rank hung,
-    not gone), said by every rank (its machine's speaker may be the one stuck); None otherwise. slow: what a healthy
-    rank may have been doing that long; last: said at the end."""
+    """The UserError, said by every rank, for e, a collective's failure when ("at step 12"), if --dist_timeout ran out
+    (a rank hung, not gone); None otherwise. slow: what a healthy rank may have been doing; last: said at the end."""
     if "timed out" not in str(e).lower() and "timeout" not in str(e).lower():
         return None
     return UserError(f"no word from another rank in {minutes:g} minute(s) {when} (--dist_timeout): one is stuck (see "
@@ -2522,9 +2512,8 @@ def run_training(args, held):
 
 
 def start_run(args, joined=None):
-    """A run's start, before its files: options checked, ranks joined (torchrun), checkpoint, data, tokenizer, device,
-    config, options resolved. Returns (run, options_given: which of warmup, batch_size, eval_batches the user gave).
-    joined: (dist, device) of an earlier start that joined the ranks."""
+    """A run's start, before its files: options, ranks (joined: an earlier start's dist, device), checkpoint, data,
+    tokenizer, config. Returns (run, options_given: which of warmup, batch_size, eval_batches the user gave)."""
     global quiet
     quiet = not speaks_for_machine()  # until the ranks are known: then rank 0 alone
     if args.reset_epoch and not args.checkpoint:  # (a new run starts at epoch 1 anyway: it would do nothing)
@@ -2647,8 +2636,7 @@ def claim_outputs(run, held):
             refused = e
         if args.checkpoint and os.path.isfile(args.checkpoint):  # the file this run starts from stays, unless written
             replaced = [f for f in replaced if not os.path.samefile(f, args.checkpoint)]
-    # every rank learns whether rank 0 refused (the others end quietly) and whether the best file goes at the first
-    # save, its val loss with it: each rank decides --patience's early stop
+    # every rank learns whether rank 0 refused and whether the best file goes (each decides --patience's stop)
     failed, run.best_goes = dist.agree(refused is not None, run.best_path in replaced)
     if refused is not None:
         raise refused
@@ -2898,9 +2886,8 @@ class Run:
         self.logged_at = self.clock.agreed  # the clock at the last record (see due_points)
 
     def save_before_error(self, e):
-        """Saves the progress since the last save before the run ends on e, where the weights are whole (after a
-        UserError too): not when Diverged, nor with several ranks (another's failure may leave this one mid-step); a
-        save that failed or an update stopped half done (mid_update) gets a warning naming what holds the run."""
+        """Saves the progress since the last save before the run ends on e where the weights are whole: not Diverged,
+        one process, no save or update failed half done (mid_update: then a warning names what holds the run)."""
         p = self.p
         if not self.run_steps or self.saved["step"] == p.step or isinstance(e, Diverged) or self.dist.world != 1:
             return
@@ -3018,13 +3005,11 @@ class Run:
             due_eval = end_of_epoch or (self.eval_every and epoch_step % self.eval_every == 0)
             due_save = end_of_epoch or (self.save_every and epoch_step % self.save_every == 0)
             due_log = epoch_step % self.log_every == 0
-        # a --max_steps stop between evaluations is evaluated (unless --eval_interval 0) as a pause, not judged for the
-        # best file or --patience, so a run continued from it goes on as the run in one go (exact resume)
+        # a --max_steps stop is evaluated (unless --eval_interval 0) as a pause, unjudged, for exact resume
         self.pause_eval = self.stopped == "max_steps" and args.eval_interval > 0 and not due_eval
         due_eval = due_eval or self.pause_eval
-        # the last step is logged and every save is at a record (as the run in one go has them); not a Ctrl-C's step in
-        # one process, whose save holds the loss since the last record, but under torchrun, where each rank holds its
-        # share of that sum until a record all-reduces it
+        # the last step is logged and every save is at a record, as in the run in one go; a Ctrl-C's step only under
+        # torchrun (each rank holds its share of the loss until a record; one process's save holds it)
         due_log = due_log or due_eval or due_save or self.stopped != "done" or (interrupted and self.dist.world > 1)
         # and at least every PROGRESS_LINE_S, whatever the intervals (an epoch of a large text may take hours)
         due_log = due_log or self.clock.agreed - self.logged_at >= common.PROGRESS_LINE_S
