@@ -854,8 +854,7 @@ def packing_warning(meta, block_size, context):
 
 
 def default_data_dir(ckpt, dataset=""):
-    """Where a checkpoint's run found its data, if still there (holding dataset): its --data_dir as given, else as
-    its run saw it (a relative one, from another working directory); else data/."""
+    """Where a checkpoint's run found its data, if still there: --data_dir as given, else as it saw it; else data/."""
     return next((d for d in recorded_data_dirs(ckpt) if d and os.path.isdir(os.path.join(d, dataset))), "data")
 
 
@@ -952,8 +951,7 @@ def epoch_order(n_windows, seed, epoch, scheme=ORDER_SCHEME):
 
 
 def prefetch(iterable, depth=2):
-    """Iterate in a background thread, depth items ahead: the next batch is read from the token files (and pinned)
-    while the model works on this one. Errors in the thread are raised here."""
+    """Iterate in a background thread, depth items ahead (the next batch read while the model works); errors raised."""
     q = queue.Queue(maxsize=depth)
     stop = threading.Event()
     done = object()
@@ -1057,8 +1055,7 @@ def warmup_steps(warmup, total_steps, lr):
 
 
 def lr_at(step, lr, min_lr, warmup, total_steps):
-    """Learning rate of optimizer step `step` (0-based): linear warmup to lr, then cosine decay to min_lr at
-    total_steps. A pure function of the step, so a resumed run continues the same curve."""
+    """The lr of step `step` (0-based): linear warmup, then cosine to min_lr at total_steps; pure, for exact resume."""
     if step < warmup:
         return lr * (step + 1) / warmup
     if step >= total_steps:
@@ -1202,8 +1199,7 @@ class TrainTally:
         self.tokens += tokens
 
     def take(self, dist, timed):
-        """At a record: (loss summed over every rank, mean train loss or None for no counted target, tokens/s), the
-        loss starting over. timed: the interval counts towards train_tokens_per_s."""
+        """At a record: (loss summed over all ranks, mean train loss or None, tokens/s); timed: counted in the speed."""
         if dist.world > 1:  # each rank holds its share of every step's loss
             torch.distributed.all_reduce(self.loss)
         loss_sum = self.loss.item()  # the loop's only host sync
@@ -1606,8 +1602,7 @@ class GracefulInterrupt:
             signal.signal(sig, old)
 
     def exit_saved(self, dist, step, path, steps_left):
-        """Ends the run interrupted after step `step`, saved at path: says how to continue (steps_left: of its
-        --max_steps, not inherited) and exits 130 (SIGTERM: 143, SIGHUP: 129)."""
+        """Ends the run interrupted and saved at path: says how to continue, and exits 130 (SIGTERM 143, SIGHUP 129)."""
         command = dist.continue_command(path, steps_left)
         say(paint(f"interrupted at step {step:,}: saved {path}; continue with `{command}`", "yellow"))
         # the others end once rank 0 has saved: torchrun stops every rank when one ends, rank 0 mid-save too
@@ -1796,8 +1791,7 @@ def timeout_error(e, when, minutes, slow, last=""):
 
 
 def init_distributed(device_name, timeout_min=DIST_TIMEOUT_MIN):
-    """(Dist, device): under torchrun join the process group, NCCL on CUDA (each rank its LOCAL_RANK GPU) or gloo on
-    CPU, waiting timeout_min minutes at most; otherwise just pick the device."""
+    """(Dist, device): under torchrun the process group joined (NCCL on CUDA, gloo on CPU); else just the device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Dist(), pick_device(device_name)
@@ -2010,8 +2004,7 @@ def checkpoint_progress(ckpt, ckpt_args):
 
 
 def order_changes(ckpt, ckpt_args, args, meta):
-    """What changed since the checkpoint that makes its epochs' window orders others (the data's train tokens,
-    --block_size, --seed), each named with its values ("--seed (1 -> 2)"), so the user need not find which."""
+    """What changed since the checkpoint that changes its window orders, with its values ("--seed (1 -> 2)")."""
     def tokens(n):
         return f"{n:,}" if is_count(n) else n
     return [f"{name} ({was} -> {now})" for name, was, now in (
@@ -2114,8 +2107,7 @@ def resumed_progress(run, options_given, run_warmup):
 
 
 def run_summary(p, scale, windows_per_epoch, **run):
-    """What train() returns: the run's own figures (run) and where the training stands (steps, epochs, the best val
-    loss). scale: bpb_scale's; windows_per_epoch: the train windows of an epoch."""
+    """What train() returns: the run's own figures (run) and where training stands (steps, epochs, best val loss)."""
     return {**run, "steps": p.step, "epochs_done": p.epoch, "epoch": p.epoch_at(windows_per_epoch),
             "best_val_loss": p.best_val_loss, "best_at": p.best_at, "evals_since_best": p.evals_since_best,
             "best_val_bpb": None if p.best_val_loss is None else bits_per_byte(p.best_val_loss, scale)}
@@ -2190,16 +2182,14 @@ def schedule_span(time_budget, epochs):
 
 
 def measured(loss, scale, color=None):
-    """A val loss as the lines show it: '2.3480 (ppl 10.46, 0.859 bpb)' (bits_per_byte's by scale; none where the
-    targets hold no text), the loss painted color."""
+    """A val loss as the lines show it, painted color: '2.3480 (ppl 10.46, 0.859 bpb)' (no bpb without a scale)."""
     bpb = bits_per_byte(loss, scale)
     shown = f"{loss:.4f}" if color is None else paint(f"{loss:.4f}", color)
     return f"{shown} (ppl {math.exp(min(loss, 50)):.2f}" + (f", {bpb:.3f} bpb" if bpb else "") + ")"
 
 
 def eval_line(step, epoch, train_loss, val_loss, scale, lr, tokens_per_s, better, improved, pause=False):
-    """An evaluation's line: its step and epoch, the train loss since the last record (as shown: "-" for none), the
-    val loss (green when better than the best), the lr and speed, and whether it became the best (Progress.judge)."""
+    """An evaluation's line: step, epoch, train loss (as shown), val loss (green if better), lr, speed, "* best"."""
     return (f"{paint(f'step {step:,}', 'bold')} (epoch {epoch:.2f}): train {train_loss}, "
             f"val {measured(val_loss, scale, 'green' if better else 'yellow')}, lr {lr:.2e}, "
             f"{tokens_per_s:,.0f} tokens/s"
@@ -2301,8 +2291,7 @@ def run_lock(folder, name, what):
 
 
 def claim_files(held, args, ckpt, continuing, out_pattern, out_dir, best_path, given, others):
-    """Rank 0's hold on the run's files (path checked, locks held, earlier run refused); returns what --overwrite
-    replaces. others: the paths of its metrics and loss curve."""
+    """Rank 0's hold on the run's files (path checked, locks held, earlier run refused): what --overwrite replaces."""
     dataset = args.dataset
     # (not over a dataset's files); the default's message names the option too: it is how to write elsewhere
     check_output(out_pattern.replace("{dataset}", dataset).replace("{epoch}", "1"),
@@ -2465,8 +2454,7 @@ def train(args):
 
 
 def run_training(args, held):
-    """train()'s run, its locks in held (an ExitStack), set up in phases that fill in the Run (start_run, claim_outputs,
-    plan_run, build_training), then trained and summed up (Run.train, Run.summary)."""
+    """train()'s run, its locks in held: set up in phases that fill in the Run, then trained and summed up."""
     global use_color
     use_color = not args.no_color and color_ok(sys.stdout)
     run, options_given = start_run(args)
@@ -2739,8 +2727,7 @@ class Run:
         return self.saved["path"] or (self.args.checkpoint if self.continuing else None)
 
     def kept(self):
-        """Where the run stands as saved, for a run that ends without saving: its last checkpoint (last_checkpoint) and
-        that one's step, and this run's best file where that holds later steps."""
+        """Where a run ending unsaved stands as saved: its last checkpoint and step, and a later best file."""
         path, step = self.last_checkpoint(), self.saved["step"]
         best = self.saved["best_step"] is not None and self.saved["best_step"] > step and \
             f"{self.saved['best']} (step {self.saved['best_step']:,})"
@@ -2758,8 +2745,7 @@ class Run:
         return f"lower --lr (now {self.args.lr:g}){fp32}; last good checkpoint: {self.kept()}"
 
     def save(self, path):
-        """Writes the run's checkpoint to path (rank 0), refusing nan or inf weights; the first removes what --overwrite
-        replaces."""
+        """Writes the run's checkpoint to path (rank 0), refusing nan or inf weights; the first removes the replaced."""
         args, p, dist, saved, replaced = self.args, self.p, self.dist, self.saved, self.replaced
         t_save = time.time()
         # weights gone nan or inf in the last update (its loss was finite) must not replace a good checkpoint
@@ -2852,8 +2838,7 @@ class Run:
             raise error from e
 
     def start_loop(self):
-        """What the loop, its records and saves share, set before its first step: the metrics file, what the run has
-        written, its counts, its points in steps, the train loss since the last record and the clock."""
+        """What the loop, its records and saves share, set before its first step (metrics, counts, tally, clock)."""
         args, ckpt, p, dist = self.args, self.ckpt, self.p, self.dist
         # the checkpoint's run goes on (not a --reset_epoch): its metrics and train loss since its last record stay
         resumed = self.continuing and not args.reset_epoch
@@ -2908,8 +2893,7 @@ class Run:
              f"`{self.dist.continue_command(path, self.max_steps_left())}`")
 
     def not_saved(self, why):
-        """The warning of a run that ends without saving its last step (why), naming what holds it (kept): its best
-        file, where that was written at this very step before the checkpoint's save failed."""
+        """The warning of a run that ends without saving its last step (why), naming what holds it (kept)."""
         held = "in its best file alone" if self.saved["best_step"] == self.p.step else "not saved"
         warn(f"step {self.p.step:,} is {held} ({why}); the run's last checkpoint: {self.kept()}")
 
@@ -2930,8 +2914,7 @@ class Run:
         return None
 
     def train_epoch(self):
-        """The steps of the epoch in progress (from where it stands) until it ends or the run stops, its progress bar
-        on a terminal: each step taken, then logged, evaluated and saved where due."""
+        """The steps of the epoch in progress until it ends or the run stops, with its progress bar on a terminal."""
         args, p = self.args, self.p
         epoch = p.epoch
         epoch_step = self.batches.steps_done(p.windows)  # steps of this epoch done, as checkpoints record it
@@ -3103,8 +3086,7 @@ class Run:
                       f"(--patience)", "yellow"))
 
     def plot(self):
-        """The loss curve of the run's records so far (Metrics.plot). Its title names what runs compared side by side
-        differ in: the optimizer, the lr, the vocabulary (a loss per token of 1,024 ids is not one of 259)."""
+        """The loss curve so far, titled with what runs compared side by side differ in (optimizer, lr, vocabulary)."""
         args, config = self.args, self.config
         self.metrics.plot(f"{args.dataset}: {args.model} {config.variant} {config.n_layer}x{config.n_embd}, "
                           f"{config.vocab_size:,} ids, {args.optimizer} lr {args.lr:.2g}")
