@@ -2476,7 +2476,6 @@ def run_training(args, held):
     claim_outputs(run, held)
     run.dtype = training_dtype(run.device, run.args.dtype)
     run_warmup = plan_run(run, options_given)
-
     args, ckpt, p = run.args, run.ckpt, run.p
     if p.epoch >= args.epochs:
         more = more_epochs(args, p.epoch)
@@ -2490,10 +2489,8 @@ def run_training(args, held):
         run.total_steps = args.epochs * run.batches.steps_per_epoch
         if not run.budget and not isinstance(run_warmup, int):  # as with --epochs given: a share of the longer run
             args.warmup = warmup_steps(run_warmup, run.total_steps, args.lr)
-
     if run.continuing and not args.reset_epoch:
         refuse_ended_run(args, ckpt, run.ckpt_args, p, run.budget)
-
     build_training(run)
     run.train()
     return run.summary()
@@ -2659,7 +2656,6 @@ def plan_run(run, options_given):
     run.budget, run.budget_warmup, args.warmup = budget_and_warmup(args, run.total_steps)
     if not run.budget:  # (a budget's intervals are of its time)
         warn_intervals_past_an_epoch(args, run.batches.steps_per_epoch)
-
     run.p = Progress()
     if continuing:
         run.p, run.eval_windows, args.warmup = resumed_progress(run, options_given, run_warmup)
@@ -3112,7 +3108,6 @@ class Run:
         for line in summary_lines(summary, self.meta, self.bpb_scale, args, self.budget, self.pause_eval, go_on):
             say(line)
         return summary
-
 
 
 def main(argv=None):
