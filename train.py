@@ -2037,14 +2037,6 @@ def other_global_batch(args, was, was_world, now, world):
             f"{world} (--batch_size and --grad_accum are per process): not the same steps as that run; {keep}")
 
 
-def recorded_eval_windows(ckpt, ckpt_args, was_batch, was_world):
-    """The val windows the checkpoint's run evaluated (older ones: as their options made them), or no count."""
-    was_eval = ckpt.get("eval_windows")
-    if not is_count(was_eval) and is_count(ckpt_args.get("eval_batches")) and is_count(was_batch):
-        was_eval = ckpt_args["eval_batches"] * was_batch * was_world
-    return was_eval
-
-
 def best_measured_otherwise(ckpt, ckpt_args, args, meta, was_eval, eval_windows, n_val):
     """How the checkpoint's best val loss was measured unlike this run's evaluations (windows of another length, another
     val split, other windows: no bar to them), in words, or None where they compare. n_val: the val windows."""
@@ -2080,7 +2072,10 @@ def resumed_progress(run, options_given, run_warmup):
              f"small train split; the split has {len(run.train_w):,} windows now: batches of {args.batch_size} "
              f"(--batch_size {was_batch} keeps the checkpoint's)")
     # the val windows the run took, whatever the batches: another subset would be no bar to its earlier evaluations
-    was_eval = recorded_eval_windows(ckpt, ckpt_args, was_batch, was_world)
+    # (older checkpoints: as their options made them)
+    was_eval = ckpt.get("eval_windows")
+    if not is_count(was_eval) and is_count(ckpt_args.get("eval_batches")) and is_count(was_batch):
+        was_eval = ckpt_args["eval_batches"] * was_batch * was_world
     eval_windows = was_eval if "eval_batches" not in options_given and is_count(was_eval) else run.eval_windows
     otherwise = None if p.best_val_loss is None else best_measured_otherwise(ckpt, ckpt_args, args, run.meta, was_eval,
                                                                              eval_windows, len(run.val_w))
@@ -2428,14 +2423,6 @@ def check_optimizer_state(optimizer, fresh):
 
 class Diverged(UserError):
     """The run's loss or weights became nan or inf: not saved, lest it replace the last good file."""
-
-
-def oom_error(args, e):
-    """The UserError of a run out of memory (e) in its loop: the options that make its steps smaller."""
-    return UserError(f"out of memory with --batch_size {args.batch_size} x --block_size {args.block_size}: use a "
-                     f"smaller --batch_size (and a larger --grad_accum to keep the tokens per step)"
-                     f"{'' if args.recompute_activations else ', --recompute_activations'} or a smaller --block_size "
-                     f"({first_line(e)})", every_rank=True)  # one GPU's alone, maybe
 
 
 def train(args):
@@ -2896,8 +2883,11 @@ class Run:
     def loop_error(self, e):
         """The error the run ends in for the loop's e (out of memory, a rank lost), None for e itself."""
         args, p, dist = self.args, self.p, self.dist
-        if is_oom(e) and not isinstance(e, UserError):
-            return oom_error(args, e)
+        if is_oom(e) and not isinstance(e, UserError):  # (one GPU's alone, maybe: every_rank)
+            return UserError(f"out of memory with --batch_size {args.batch_size} x --block_size {args.block_size}: use "
+                             f"a smaller --batch_size (and a larger --grad_accum to keep the tokens per step)"
+                             f"{'' if args.recompute_activations else ', --recompute_activations'} or a smaller "
+                             f"--block_size ({first_line(e)})", every_rank=True)
         if dist.world > 1 and is_peer_failure(e):
             if self.interrupt.requested:
                 # Ctrl-C reached every rank and another quit on it: interrupted too, not waiting for a SIGTERM
