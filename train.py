@@ -564,8 +564,7 @@ def split_tokens(meta, split):
 
 
 class Windows:
-    """One split as non-overlapping windows of block_size+1 tokens at stride block_size, read lazily from the
-    file, a window at a time (never loaded whole). Window i covers tokens [i*T, i*T + T + 1)."""
+    """One split as windows of T+1 tokens at stride T, read one at a time: window i is tokens [i*T, i*T + T + 1)."""
 
     @staticmethod
     def count(n_tokens, block_size):
@@ -632,8 +631,7 @@ class Windows:
         return ids
 
     def target_mask(self, idx):
-        """Which targets of windows idx (n,) the loss counts: (n, T) uint8, 1 where it does, or None where all do (no
-        loss mask). Target t of window i is token i*T + t + 1, so its mask entry is that token's."""
+        """Which targets of windows idx (n,) the loss counts: (n, T) uint8, 1 where it does; None without a mask."""
         if not self.masked:
             return None
         T = self.block_size
@@ -866,8 +864,7 @@ def recorded_data_dirs(ckpt):
 
 
 def checkpoint_data(ckpt):
-    """(dataset name, data folder) a checkpoint was trained on, (None, None) for none; an old checkpoint's path
-    (story/, /abs/data/story) stands for its last part in the folder before it."""
+    """(dataset name, data folder) a checkpoint was trained on, or Nones; an old checkpoint's path is split so."""
     name = ckpt.get("dataset")
     data_dir = default_data_dir(ckpt, name if name and is_dataset_name(name) else "")
     if name and not is_dataset_name(name):
@@ -1263,8 +1260,7 @@ class Forward:
             return self.model(*args)
 
     def fall_back(self, e):
-        """After e, raised by what torch.compile made (its backward too, compiled at its first call): one warning and
-        eager from then on, True; False when the model runs eagerly already, or e is running out of memory."""
+        """After e, raised by the compiled model: one warning and eager from then on, True; False if eager or OOM."""
         if self.fn is self.model or is_oom(e):
             return False
         warn(f"torch.compile failed ({type(e).__name__}: {first_line(e)}); running eagerly")
@@ -1504,8 +1500,7 @@ class Metrics:
             f.write(json.dumps(rec) + "\n")
 
     def curves(self):
-        """(x-axis label, [(x, train loss)], [(x, val loss)]). x is tokens trained: a run continued with another global
-        batch counts optimizer steps of another size, which would bend the curve. Steps for records without tokens."""
+        """(x-axis label, [(x, train loss)], [(x, val loss)]): x is tokens (steps of another batch would bend it)."""
         x = "tokens" if all(r.get("tokens") is not None for r in self.records) else "step"
         train = [(r[x], r["train_loss"]) for r in self.records if r.get("train_loss") is not None]
         val = [(r[x], r["val_loss"]) for r in self.records if r.get("val_loss") is not None]
@@ -1674,8 +1669,7 @@ class Dist:
         return f"{command} --checkpoint {shlex.quote(path)}{more}"
 
     def agree(self, *values):
-        """The largest of each value over all ranks (floats; True > False), so that every rank takes the same
-        decisions about the clock-driven schedule and stopping. One small CPU all-reduce per step: no device sync."""
+        """The largest of each value over all ranks (floats; True > False), for decisions every rank takes alike."""
         if self.world == 1:
             return values
         t = torch.tensor([float(v) for v in values], dtype=torch.float64)
@@ -1845,8 +1839,7 @@ def prepare_with(meta, name=None, **changes):
 
 
 def pick_tokenizer(args, meta, ckpt):
-    """The tokenizer, checked against the data's: a checkpoint's own vocabulary, else --tokenizer, else the one
-    meta.json names. Any mismatch of token ids is a UserError (training would silently learn garbage)."""
+    """The tokenizer (the checkpoint's, --tokenizer or meta.json's), any mismatch with the data's a UserError."""
     enc = hashed_as_data(args, meta, ckpt)
     # the hash is the data's, but meta.json's vocab_size (embedding rows, the ids Windows lets through) must fit it
     what = damaged_field(meta["folder"], meta, enc)
