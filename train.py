@@ -1606,20 +1606,9 @@ class GracefulInterrupt:
         raise SystemExit(128 + self.signum)
 
 
-def time_left(s_per_step, epoch_steps_left, budget_s, run_steps_left):
-    """What ends next and in how many seconds, (seconds, what): the epoch, or the budget or --max_steps ending the run
-    mid-epoch; s_per_step None: no step timed, only the budget's end is known (None where nothing is)."""
-    ends = [] if s_per_step is None else [(epoch_steps_left * s_per_step, "epoch")]
-    if budget_s is not None:
-        ends.append((max(0.0, budget_s), "budget"))
-    if run_steps_left is not None and s_per_step is not None:
-        ends.append((run_steps_left * s_per_step, "run"))
-    return min(ends, key=lambda e: e[0], default=None)
-
-
 class EpochBar(tqdm):
-    """An epoch's progress bar that says what ends next and when (ends: time_left at the bar's rate): tqdm's own would
-    be the epoch's, where a --time_budget or --max_steps run may end mid-epoch."""
+    """An epoch's progress bar that says what ends next and when (ends: Run.run_ends at the bar's rate): tqdm's own
+    would be the epoch's, where a --time_budget or --max_steps run may end mid-epoch."""
 
     def __init__(self, *args, ends, **kwargs):
         self.ends = ends  # (before tqdm's __init__, which draws the bar)
@@ -2777,9 +2766,14 @@ class Run:
             self.metrics.release()
 
     def run_ends(self, s_per_step, epoch_steps_left, spent):
-        """time_left of this run, for the bar and the log lines alike: spent, the seconds of the budget spent."""
-        return time_left(s_per_step, epoch_steps_left, self.budget - spent if self.budget else None,
-                         self.max_steps_left())
+        """What ends next and in how many seconds, (seconds, what), for the bar and log lines: the epoch, or the budget
+        (spent: its seconds spent) or --max_steps ending the run mid-epoch; s_per_step None: not timed yet."""
+        ends = [] if s_per_step is None else [(epoch_steps_left * s_per_step, "epoch")]
+        if self.budget:
+            ends.append((max(0.0, self.budget - spent), "budget"))
+        if self.args.max_steps and s_per_step is not None:
+            ends.append((self.max_steps_left() * s_per_step, "run"))
+        return min(ends, key=lambda e: e[0], default=None)
 
     def train(self):
         """The loop, after start_loop and the banner: epochs of steps until epochs, budget, --max_steps or --patience
