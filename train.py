@@ -1087,9 +1087,8 @@ def entered_slice(slices, kind, pct, frac):
 
 
 def interval_steps(pct, steps_per_epoch):
-    """Steps between the points a --*_interval of pct % of an epoch asks for: at least 1; None for 0 (at epoch ends
-    only). (An interval past the run comes only at its end: 1e308 % overflowed to an OverflowError.)"""
-    return max(1, round(min(steps_per_epoch * pct / 100, 2**62))) if pct > 0 else None
+    """Steps between a --*_interval's points (pct % of an epoch): at least 1; None for 0 (epoch ends only)."""
+    return max(1, round(min(steps_per_epoch * pct / 100, 2**62))) if pct > 0 else None  # (1e308 %: no OverflowError)
 
 
 def warn_intervals_past_an_epoch(args, steps_per_epoch):
@@ -1678,8 +1677,7 @@ def ranks_differ(dist, *values):
 
 
 def check_same_files(dist, meta, ckpt, checkpoint):
-    """Under torchrun each rank reads its own copy of data and checkpoint (on several machines, made by hand): copies
-    that differ are refused before anything is built, not trained on silently or ended in gloo's abort."""
+    """Under torchrun, refuses ranks whose copies of the data or checkpoint differ (copied by hand to each machine)."""
     if dist.world == 1:
         return
     mine = (fingerprint({k: meta.get(k) for k in ("splits", "tokenizer_hash", "vocab_size", "dtype", "has_mask")}),
@@ -1745,8 +1743,7 @@ PER_MACHINE_OPTIONS = {"data_dir", "checkpoint", "init_from", "tokenizer", "outp
 
 
 def check_same_options(dist, args):
-    """Under torchrun each machine runs its own command: options that differ (a --batch_size typed otherwise) are
-    refused before anything is built, naming them, not trained on or ended in gloo's abort. args: resolved."""
+    """Under torchrun, refuses machines given different options (a --batch_size typed otherwise), naming them."""
     if dist.world == 1:
         return
     names = sorted(k for k in vars(args) if k not in PER_MACHINE_OPTIONS)
@@ -2034,8 +2031,7 @@ def best_measured_otherwise(ckpt, ckpt_args, args, meta, was_eval, eval_windows,
 
 
 def resumed_progress(run, options_given, run_warmup):
-    """A continued run's Progress, eval windows and warmup: its checkpoint's, fitted to today's (options_given: those
-    the user gave; run_warmup: --warmup as resolve_args left it, before it became steps)."""
+    """A continued run's Progress, eval windows and warmup: its checkpoint's, fitted to today's options."""
     args, ckpt, ckpt_args, batches = run.args, run.ckpt, run.ckpt_args, run.batches
     p = checkpoint_progress(ckpt, ckpt_args)
     # another window order: going on from the epoch's position would repeat some windows and skip others
@@ -2176,8 +2172,7 @@ def eval_line(step, epoch, train_loss, val_loss, scale, lr, tokens_per_s, better
 
 
 def summary_lines(summary, meta, scale, args, budget, pause_eval, go_on=None):
-    """A run's closing lines from its run_summary: what it trained, why it stopped, its best, its files and how to try
-    it. pause_eval: its last evaluation was a --max_steps pause; go_on: the command that continues it."""
+    """A run's closing lines (run_summary's): what it did, its best, its files, how to go on (go_on) and to try it."""
     rate = f"{summary['tokens_per_s']:,.0f} tokens/s"
     if summary["train_tokens_per_s"] and summary["train_tokens_per_s"] > 1.1 * summary["tokens_per_s"]:
         # a short run on a GPU: compiling, evaluating and saving took most of it
@@ -2219,8 +2214,7 @@ def summary_lines(summary, meta, scale, args, budget, pause_eval, go_on=None):
 
 
 def more_epochs(args, done):
-    """The epochs a continued run whose checkpoint has trained its --epochs (done of them) trains on, as the user
-    answers at a terminal (0: none); refused without a terminal, or at the end of input (Ctrl-D): no answer."""
+    """More epochs for a checkpoint done with its --epochs, asked at a terminal (refused without one, or on Ctrl-D)."""
     answer = ask(f"{args.checkpoint} has already trained {done} epoch(s). How many more? [0 = stop] ") \
         if is_interactive() else None
     if answer is None:
@@ -2600,8 +2594,7 @@ def claim_outputs(run, held):
 
 
 def plan_run(run, options_given):
-    """The run's windows, batches (fitted to the train split), schedule and where it stands (resumed_progress), in its
-    fields from train_w to p; returns --warmup as given (a share, or None), for a run given more epochs."""
+    """The run's windows, batches, schedule and Progress (its fields train_w to p); returns --warmup as given."""
     args, ckpt, continuing, meta, dist = run.args, run.ckpt, run.continuing, run.meta, run.dist
     run.train_w = Windows(meta, "train", args.block_size)
     run.val_w = Windows(meta, "val", args.block_size)
@@ -2641,8 +2634,7 @@ def plan_run(run, options_given):
 
 @dataclasses.dataclass(eq=False)
 class Run:
-    """A run, built in phases by run_training, and the state its loop, saves and summary share. train() runs the loop:
-    train_epoch takes each step (take_step), then logs, evaluates and saves where due (record)."""
+    """A run, built in phases by run_training, and the state its loop (train), saves and summary share."""
     args: argparse.Namespace
     ckpt: dict                  # the checkpoint it starts from, or None
     ckpt_args: dict             # that checkpoint's options ({} for none)
