@@ -1970,10 +1970,9 @@ class Progress:
 
 def checkpoint_progress(ckpt, ckpt_args):
     """Where the checkpoint's run stands, as it recorded it (older checkpoints: what they hold)."""
-    p = Progress(epoch=int(ckpt.get("epoch", 0)), windows=int(ckpt.get("epoch_windows", 0)),
-                 step=int(ckpt["step"]), tokens=int(ckpt.get("tokens", 0)),
-                 best_val_loss=ckpt.get("best_val_loss"), best_at=ckpt.get("best_at"),
-                 evals_since_best=int(ckpt.get("evals_since_best", 0)),
+    p = Progress(epoch=int(ckpt.get("epoch", 0)), windows=int(ckpt.get("epoch_windows", 0)), step=int(ckpt["step"]),
+                 tokens=int(ckpt.get("tokens", 0)), best_val_loss=ckpt.get("best_val_loss"),
+                 best_at=ckpt.get("best_at"), evals_since_best=int(ckpt.get("evals_since_best", 0)),
                  elapsed=float(ckpt.get("elapsed", 0.0)),
                  budget_elapsed=float(ckpt.get("budget_elapsed", ckpt.get("elapsed", 0.0))),
                  schedule_origin=ckpt.get("schedule_origin", 0.0))  # older checkpoints: the budget's start
@@ -2717,11 +2716,9 @@ class Run:
             self.saving = path  # until written: an error meanwhile is this save's (see save_before_error)
             save_checkpoint(path, self.model, self.enc, optimizer=self.optimizer.state_dict(),
                             scaler=self.scaler.state_dict(), dataset=args.dataset, run=self.run_id, epoch=p.epoch,
-                            epoch_step=self.batches.steps_done(p.windows),
-                            epoch_windows=p.windows, step=p.step, tokens=p.tokens, rng=self.step_rng or rng_state(),
-                            loss_since_record=self.tally.loss_since_record(),
-                            order_scheme=self.order_scheme,
-                            eval_windows=self.eval_windows,
+                            epoch_step=self.batches.steps_done(p.windows), epoch_windows=p.windows, step=p.step,
+                            tokens=p.tokens, rng=self.step_rng or rng_state(), order_scheme=self.order_scheme,
+                            loss_since_record=self.tally.loss_since_record(), eval_windows=self.eval_windows,
                             # which torchrun job wrote it, for its restarted attempts to continue (elastic_restart)
                             **({"elastic": {"job": self.job, "max_steps_left": self.max_steps_left()}}
                                if self.job else {}),
