@@ -100,20 +100,14 @@ MAX_TEMPERATURE = 2     # a request's temperature (and --temp) is 0 to this, as 
 POLL = 0.2              # seconds between checks that a waiting client is still connected
 ANSWER_WAIT = 5         # seconds a stopping server gives the requests it holds to send their answers
 AT_LIMIT_LOG = 60       # seconds between the log's lines on connections past --max_connections (note_at_limit)
-# seconds a request has to arrive whole from its first byte (a MAX_BODY body crosses 1 Mbit/s in 9 s): the socket's own
-# timeout restarts with every byte, so a client trickling one a minute (slowloris) would hold its thread forever
+# seconds a request has from its first byte to arrive whole: the socket's timeout restarts with every byte (slowloris)
 REQUEST_WAIT = 60
-# seconds an answer may wait, in all, for its client to take what is written (ReplyWriter): the socket's timeout bounds
-# each write alone, and a client reading a stream's events a little now and then would hold its thread 120 s an event
+# seconds in all an answer may wait for its client to read it (ReplyWriter): the socket's timeout bounds one write
 WRITE_WAIT = 60
-# the environment variable that holds the API key (--api_key's default): a key on the command line shows in ps to every
-# user of the machine, and stays in the shell's history
-API_KEY_ENV = "SERVE_API_KEY"
-# the characters of an API key (a regular expression's class): what a header carries as it is, visible ASCII; a space
-# or a character outside ASCII would never match what a client sends
-KEY_CHARS = r"\x21-\x7e"
-# seconds a connection must have waited for its request (idle, or trickling it) before a new one at --max_connections
-# may take its place (ApiServer.evict): a busy keep-alive client, silent for ms between requests, keeps its own
+API_KEY_ENV = "SERVE_API_KEY"  # --api_key's default: a key on the command line shows in ps, and in the shell's history
+KEY_CHARS = r"\x21-\x7e"  # an API key's characters: visible ASCII, as a header carries them
+# seconds a connection must have waited for its request before a new one at --max_connections may take its place
+# (ApiServer.evict): a busy keep-alive client, silent for ms between requests, keeps its own
 EVICT_AFTER = 1
 
 
@@ -137,8 +131,7 @@ class LateRequest(Exception):
 
 
 class Evicted(ConnectionAbortedError):
-    """The connection, the one silent the longest when a new one came at --max_connections, was closed to give that
-    one its place (ApiServer.evict): its thread ends, as for a client that hung up (Handler.handle)."""
+    """The connection was closed to give a new one its place (ApiServer.evict): its thread ends, as for a hang-up."""
 
 
 def shutting_down():
@@ -151,8 +144,7 @@ def overloaded(why):
     return ApiError(503, f"the server is busy: {why}; retry shortly", type="server_error", code="overloaded")
 
 
-# the Retry-After of an overloaded 503, in seconds: OpenAI's clients wait what it says (else their own backoff, from
-# half a second), and a request is a second or more of the worker's time
+# an overloaded 503's: OpenAI's clients wait what it says, and a request is a second or more of the worker's time
 RETRY_AFTER = ("Retry-After", "1")
 
 
@@ -163,33 +155,25 @@ def is_int(v):
     return isinstance(v, int) and not isinstance(v, bool)  # JSON true is not a number
 
 
-def is_number(v):
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-# get's kinds of a field: the test of its type, and the type in JSON's words (the client wrote JSON, not Python: not
-# "a dict", "a bool")
-KINDS = {"int": (is_int, "an integer"), "number": (is_number, "a number"),
+# get's kinds of a field: the test of its type, and the type in JSON's words (the client wrote JSON: not "a dict")
+KINDS = {"int": (is_int, "an integer"), "number": (lambda v: is_int(v) or isinstance(v, float), "a number"),
          "bool": (lambda v: isinstance(v, bool), "a boolean"), "str": (lambda v: isinstance(v, str), "a string"),
          "list": (lambda v: isinstance(v, list), "an array"), "dict": (lambda v: isinstance(v, dict), "an object")}
 
 
 def shown(v):
-    """A request's value v, as an error echoes it: JSON with its text as written (ensure_ascii would send "你好" back
-    as "\\u4f60\\u597d", escaped again by the body's own JSON), cut to 80 characters: a value may be a MiB long."""
+    """A request's value v as an error echoes it: JSON with its text as written, cut to 80 characters (of a MiB)."""
     return json.dumps(v, ensure_ascii=False)[:80]
 
 
-# characters that str.splitlines takes for line breaks and JSON leaves as they are once it stops escaping non-ASCII:
-# a stream read by it (requests' iter_lines(decode_unicode=True), a common hand-written reader of server-sent events)
-# would cut a data: line holding one in two, neither of them JSON. Escaped, they are the same JSON
+# line breaks to str.splitlines that JSON without ensure_ascii leaves as they are: a stream read by it (requests'
+# iter_lines(decode_unicode=True)) would cut a data: line in two, neither JSON. Escaped, they are the same JSON
 LINE_BREAKS = {c: f"\\u{c:04x}" for c in (0x85, 0x2028, 0x2029)}
 
 
 def json_bytes(obj):
-    """obj as the JSON of an answer, a body or a stream's data: line: UTF-8, its text as written (not \\u escapes), as
-    OpenAI's API and vLLM send it. A lone surrogate, which has no UTF-8 (a request's "\\ud800" echoed in an error, a
-    non-UTF-8 checkpoint file name in "model"), keeps that body escaped: ASCII, still valid JSON."""
+    """obj as an answer's JSON: UTF-8, its text as written, as OpenAI's API and vLLM send it; escaped ASCII where it
+    holds a lone surrogate, which has no UTF-8 (a request's "\\ud800" echoed, a non-UTF-8 checkpoint name)."""
     try:
         return json.dumps(obj, ensure_ascii=False).translate(LINE_BREAKS).encode()
     except UnicodeEncodeError:
@@ -227,8 +211,7 @@ def harmless(name, v):
 # tool_choice and function_call are left out: without tools they ask for nothing
 UNSUPPORTED = ("n", "best_of", "echo", "suffix", "logprobs", "top_logprobs", "logit_bias", "tools", "functions",
                "response_format", "frequency_penalty", "presence_penalty")
-# the Responses API's own, beside those: a stored response or conversation to go on from (this server keeps none), a
-# background run to poll for, a stored prompt
+# the Responses API's own: stored responses, conversations and prompts (this server keeps none), a background run
 RESPONSE_UNSUPPORTED = ("previous_response_id", "conversation", "prompt", "background", "reasoning", "text")
 
 
@@ -330,11 +313,9 @@ def read_json(body):
 
 
 def read_chat(messages, api, max_tokens, noun="the messages"):
-    """A chat request's (prompt ids, max_tokens, what the prompt is called in a refusal), as read_prompt is a
-    completion's. Without max_tokens the reply may take up to half the context, the history keeps the rest; its oldest
-    turns are dropped to make room. A max_tokens given is kept to exactly, over half the context too: the history keeps
-    only what it leaves (unlike gen.chat_prompt, which never gives the reply over half, and cuts a newest message too
-    long where this refuses it: check_context's 400)."""
+    """A chat request's (prompt ids, max_tokens, what the prompt is called in a refusal), its oldest turns dropped to
+    make room. Without max_tokens the reply may take up to half the context; one given is kept to exactly, over half
+    too, and a newest message too long is refused (check_context), where gen.chat_prompt cuts it."""
     asked = max_tokens
     if max_tokens is None:
         max_tokens = reserve_for(api.model, api.max_tokens)
@@ -368,9 +349,8 @@ def check_context(kind, prompt, max_tokens, block, what):
 
 
 def job_from_request(body, kind, api):
-    """The JSON body of a POST to /v1/chat/completions (kind "chat"), /v1/completions ("text") or /v1/responses
-    ("response": a chat, its fields named as that API names them) -> a Job for the worker. Every refusal is an
-    ApiError; nothing here touches the model."""
+    """A POST's JSON body -> a Job for the worker, kind "chat", "text" (/v1/completions) or "response" (a chat, its
+    fields named as the Responses API names them). Every refusal is an ApiError; nothing here touches the model."""
     req = read_json(body)
     for name in UNSUPPORTED + (RESPONSE_UNSUPPORTED if kind == "response" else ()):
         if not harmless(name, req.get(name)):
@@ -403,8 +383,7 @@ def job_from_request(body, kind, api):
         raise ApiError(400, f"stop must be a string or a list of at most {MAX_STOP} strings, got {shown(req['stop'])}",
                        param="stop", code="invalid_value")
     limit = f"an integer from 1 to {block} (the model's context)"
-    # each read, so a bad max_tokens beside a good max_completion_tokens (OpenAI's newer name, which wins) is a 400 too,
-    # not ignored
+    # each read: a bad max_tokens beside a good max_completion_tokens (OpenAI's newer name, which wins) is a 400 too
     names = ("max_output_tokens",) if kind == "response" else ("max_completion_tokens", "max_tokens")
     given = [get(req, name, "int", lambda v: 1 <= v <= block, limit) for name in names]
     max_tokens = next((v for v in given if v is not None), None)
@@ -449,8 +428,7 @@ class Job:
 
 class Turns:
     """The jobs waiting for the worker, as a queue.Queue's put and get (None a sentinel, got once no job waits): each
-    client's in arrival order, the clients in turn, a job from each before a second from any, so a notebook sending
-    sixty requests at once holds every other client behind one of them, not all sixty."""
+    client's in arrival order, the clients in turn, so a notebook's sixty at once hold the others behind one, not 60."""
 
     def __init__(self):
         self.clients = collections.OrderedDict()  # client: a deque of its jobs, the client whose turn is next first
@@ -474,9 +452,7 @@ class Turns:
             job = jobs.popleft()
             if not jobs:
                 del self.clients[client]
-            # its next job: after each other client's. One whose client hung up, which the worker skips, took no turn:
-            # the next is served in its place
-            elif not job.cancelled.is_set():
+            elif not job.cancelled.is_set():  # its next after each other client's; a cancelled one took no turn
                 self.clients.move_to_end(client)
             return job
 
@@ -495,8 +471,7 @@ class Turns:
             return job
 
     def queued(self):
-        """The jobs waiting, in the order the worker takes them (each client's first, then each one's second...; a
-        cancelled one takes no turn, so not quite where one waits)."""
+        """The jobs waiting, in about the order the worker takes them (a cancelled one takes no turn)."""
         with self.ready:
             deques = [list(jobs) for jobs in self.clients.values()]
         return [job for turn in itertools.zip_longest(*deques) for job in turn if job is not None]
@@ -525,9 +500,8 @@ class StopText:
         return out, False
 
     def held(self, stop):
-        """The length of the longest end of pending that stop starts with (and is not all of it). Only the places
-        where stop's first character is are tried: trying every prefix of a long stop string costs O(len^2) a token
-        on the one worker (four stop strings of 250,000 characters would hold every client for a minute)."""
+        """The length of the longest end of pending that stop starts with (and is not all of it). Only the places of
+        stop's first character are tried: every prefix of a long stop string is O(len^2) a token on the one worker."""
         tail = self.pending[-(len(stop) - 1):] if len(stop) > 1 else ""
         i = tail.find(stop[0]) if tail else -1
         while i >= 0:
@@ -546,8 +520,7 @@ class Worker(threading.Thread):
         super().__init__(name="model-worker", daemon=True)
         self.model, self.enc, self.dtype, self.log = model, enc, dtype, log
         self.device = next(model.parameters()).device
-        # jobs in arrival order, the clients in turn; a cancelled one stays in the queue until the worker skips it,
-        # but it frees its place at once: the waiting set holds the live ones, which --max_queue limits
+        # a cancelled job stays in jobs until the worker skips it, but frees its place in waiting (--max_queue) at once
         self.jobs, self.max_queue = Turns(), max_queue
         self.waiting, self.lock = set(), threading.Lock()
         self.recent = collections.deque(maxlen=256)  # what became of the latest jobs: the log, and tests, read it
@@ -555,8 +528,8 @@ class Worker(threading.Thread):
         self.halted = threading.Event()  # Ctrl-C: the running job stops at its next token, the waiting ones never start
 
     def say(self, line):
-        """Writes line to the log, if it can: with stderr's reader gone (a `| tee` that ended, a closed terminal) the
-        worker goes on, where dying of it would leave every later request waiting forever while /health says ok."""
+        """Writes line to the log if it can: a worker dead of stderr gone (a `| tee` that ended) would leave every
+        later request waiting forever while /health says ok."""
         with contextlib.suppress(OSError):
             self.log(line)
 
@@ -566,8 +539,7 @@ class Worker(threading.Thread):
                 raise shutting_down()
             if len(self.waiting) >= self.max_queue:
                 full = overloaded(f"its queue is full ({self.max_queue:,} waiting, --max_queue)")
-                # else one client filling the queue keeps every other out: the newest request of the client with the
-                # most waiting, two more than this one's, gives its place (its client gets the 503, and retries)
+                # else one client filling the queue keeps every other out (Turns.bump)
                 bumped = self.jobs.bump(job.client)
                 if bumped is None:
                     raise full
@@ -580,8 +552,7 @@ class Worker(threading.Thread):
             self.jobs.put(job)
 
     def ahead(self, job):
-        """How many requests the worker serves before job, the one it is generating included; None once job is taken
-        up (or gone)."""
+        """How many requests the worker serves before job, the one generating included; None once job is taken up."""
         order = self.jobs.queued()
         if job not in order:
             return None
@@ -597,13 +568,11 @@ class Worker(threading.Thread):
         self.jobs.put(None)  # a sentinel: got once no job waits
 
     def halt(self, timeout=30):
-        """Stop now and wait for the worker to leave torch: Python exiting under a daemon thread that is inside
-        torch aborts the process ("terminate called without an active exception", SIGABRT)."""
+        """Stop now and wait for the worker to leave torch: Python exiting under a thread in torch aborts (SIGABRT)."""
         with self.lock:
             self.halted.set()
             self.jobs.put(None)  # wakes an idle worker
-            # said at once: a big model's forward pass takes seconds, and a Ctrl-C answered by nothing seems lost.
-            # (Under the lock, as the worker takes up and drops its reply: said of every reply begun, before its line)
+            # said at once (under the lock, before the reply's own line): a big model's forward pass takes seconds
             if self.current is not None:
                 self.say("stopping: waiting for the reply being generated to stop at its next token "
                          "(Ctrl-C or SIGTERM again exits at once)")
@@ -613,17 +582,15 @@ class Worker(threading.Thread):
         while not self.halted.is_set() and (job := self.jobs.get()) is not None:
             with self.lock:
                 self.waiting.discard(job.id)
-                # under the lock, as halt reads current: else a Ctrl-C between the check and the assignment would
-                # find none, and say nothing of the reply it then waits for (seconds, for a long prompt on a big model)
-                if not (job.cancelled.is_set() or self.halted.is_set()):  # a client gone while queued costs nothing
+                # under the lock, as halt reads current; a client gone while queued costs nothing
+                if not (job.cancelled.is_set() or self.halted.is_set()):
                     self.current = job
             t0 = time.perf_counter()
             tokens, finish, failed = 0, "cancelled", ""
             try:
                 if self.current is job:
                     tokens, finish = self.generate(job)
-            except Exception as e:  # a bug must not kill the worker: the request gets a 500, the server goes on
-                # (a UserError, such as scores that overflow, says what went wrong itself; a bug needs its traceback)
+            except Exception as e:  # a bug must not kill the worker: the request gets a 500 (a UserError says why)
                 if isinstance(e, UserError):
                     why = str(e)
                 else:
@@ -675,9 +642,7 @@ class Worker(threading.Thread):
                 if hit:
                     finish = "stop"
                     break
-            # text held back as the possible start of a stop string that never came (the reply ended at max_tokens or
-            # at its stop token): it is the reply's end
-            text = stops.flush()
+            text = stops.flush()  # held back as a stop string's possible start that never came
             if text:
                 job.events.put(("text", text))
         finally:
