@@ -665,9 +665,8 @@ def host_name(host):
 
 
 def loopback_name(host):
-    """Whether host (a Host header, or an address) names this machine's loopback: localhost, a name under .localhost
-    (which browsers resolve to loopback themselves, never by DNS) or a loopback address. A name that DNS points at
-    127.0.0.1 is not: a web page's site may point its own name there."""
+    """Whether host (a Host header, or an address) is localhost, a name under .localhost (browsers resolve it, never
+    DNS) or a loopback address; not a name DNS points at 127.0.0.1: a web page's site may point its own name there."""
     host = host_name(host)
     if host == "localhost" or host.endswith(".localhost"):
         return True
@@ -683,10 +682,9 @@ def host_port(host, port):
 
 
 def network_addresses():
-    """This machine's IPv4 addresses by which other machines reach a server on every address (0.0.0.0, ::), whose own
-    address no other machine can open: the one the default route leaves from, then those of routes to the private
-    networks, if others (a UDP socket's connect picks the address and sends nothing), else those its name resolves to
-    (often 127.0.1.1 alone), loopback and link-local left out. Empty where none is found (no network)."""
+    """This machine's IPv4 addresses by which others reach a server on 0.0.0.0 or ::: those the routes to the internet
+    and the private networks leave from (a UDP connect sends nothing), else its name's, loopback and link-local left
+    out; empty with no network."""
     found = []
     for probe in ("203.0.113.1", "10.254.254.254", "172.31.254.254", "192.168.254.254"):  # (documentation, private)
         with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -701,12 +699,9 @@ def network_addresses():
 
 
 def drain(sock):
-    """After an answer sent before its request was read (a 413, a framing refusal, a 408: Handler.linger; a connection
-    turned away: ApiServer.turn_away): end the connection's sending side, so the client has the whole answer, and read
-    and drop what the client still sends, up to DRAIN bytes or DRAIN_WAIT seconds (no client makes the server read
-    without end), before closing. Closed at once with the body unread, the connection would be reset under a client
-    that sends all of its body before it reads the answer (Python's http.client, so requests and the openai client): a
-    20 MB upload would get BrokenPipeError, not the 413."""
+    """After an answer sent before its request was read (Handler.linger, ApiServer.turn_away): end our sending side,
+    then read and drop what the client still sends, up to DRAIN bytes or DRAIN_WAIT seconds. Closed with the body
+    unread, the connection is reset under a client that sends it all before reading (http.client): BrokenPipeError."""
     deadline, left = time.monotonic() + DRAIN_WAIT, DRAIN
     try:
         sock.shutdown(socket.SHUT_WR)
@@ -721,10 +716,8 @@ def drain(sock):
 
 
 def readable(sock, wait=0):
-    """Whether sock has bytes (or its end, or an error) waiting to be read, within wait seconds (None: however long it
-    takes): poll's events for it where there is poll (POLLERR among them: a reset), else (Windows) True or False."""
-    # poll, not select: select() refuses a descriptor past 1023 (FD_SETSIZE), which a server holding a thousand
-    # connections hands out, and each request on one read as hung up (Windows has no poll, nor that limit)
+    """Whether sock has bytes (or its end, or an error) to read within wait seconds (None: no limit): poll's events
+    (POLLERR among them: a reset), else (Windows) True or False. Not select: it refuses a descriptor past 1023."""
     if hasattr(select, "poll"):
         poller = select.poll()
         poller.register(sock, select.POLLIN)
@@ -740,16 +733,14 @@ BODY_DEFECTS = (email.errors.StartBoundaryNotFoundDefect, email.errors.NoBoundar
 
 
 def malformed(headers):
-    """Whether a request's head has a header line the standard library misreads (Handler.check_framing refuses it): one
-    with no colon, or a space before it (it drops every header after it, Content-Length included), or one folded onto
-    the next (its value holds the line break)."""
+    """Whether a request's head has a line the standard library misreads: no colon or a space before it (every header
+    after it is dropped, Content-Length too), or folded onto the next (its value holds the line break)."""
     return (any(not isinstance(d, BODY_DEFECTS) for d in headers.defects)
             or any("\n" in v for v in headers.values()))
 
 
 def target_path(target):
-    """The path of a request's target ("/v1/models", "http://host/v1/models"); the target itself where urlsplit
-    refuses it ("http://[x": an IPv6 address unclosed), which no route takes."""
+    """The path of a request's target ("/v1/models", "http://host/v1/models"); the target where urlsplit refuses it."""
     try:
         return urlsplit(target).path
     except ValueError:
@@ -757,10 +748,9 @@ def target_path(target):
 
 
 def request_head(data):
-    """(method, path, headers) of the request whose first bytes, read unparsed, are data (ApiServer.turn_away), as
-    Handler reads them: its lines end in CRLF or a bare LF (RFC 9112 2.2; the standard library takes either), and its
-    head at the first empty line. A line cut short at data's end is left out (an Origin "http://allowed" of
-    "http://allowed.evil" is none), and a head that the standard library cannot read (over 100 headers) has none."""
+    """(method, path, headers) of a request whose first bytes are data (ApiServer.turn_away), read as Handler reads
+    them. A line cut short at data's end is left out (an Origin "http://allowed" of "http://allowed.evil" is none),
+    and a head the standard library cannot read (over 100 headers) has none."""
     end = HEAD_END.search(data)
     lines = data[:end.end()] if end else data[:data.rfind(b"\n") + 1]
     first, _, rest = lines.partition(b"\n")
@@ -772,10 +762,9 @@ def request_head(data):
 
 
 class RequestReader(io.RawIOBase):
-    """The connection's bytes as the handler's rfile reads them: each read of a request ends by the request's
-    deadline (Handler.deadline, None between requests), raising LateRequest; no thread watches the clock. It reads the
-    socket itself: the standard library's reader (raw, kept for its close) refuses every read after one that timed out,
-    and the rest of a 408's request is read after it (linger)."""
+    """The handler's rfile: each read of a request ends by its deadline (Handler.deadline, None between requests),
+    raising LateRequest. It reads the socket itself: the standard library's reader (raw, kept for its close) refuses
+    every read after one that timed out, and the rest of a 408's request is read after it (linger)."""
 
     def __init__(self, raw, handler):
         super().__init__()
@@ -786,12 +775,11 @@ class RequestReader(io.RawIOBase):
 
     def readinto(self, b):
         deadline, sock = self.handler.deadline, self.handler.connection
-        # silent, so a new connection at --max_connections may take its place; since the request's first byte, not
-        # this read's start: a client trickling a byte now and then (slowloris) is never silent long in one read
+        # silent (evict may take its place) since the request's first byte, not this read's: else a slowloris client
+        # is never silent long in one read
         since = None if deadline is None else deadline - REQUEST_WAIT
         if deadline is None:
-            # only the wait for a request's first byte is silent, not its read: a byte read while silent is gone from
-            # the socket, where evict looks for it, and its request would be dropped with an evicted connection
+            # only the wait for the first byte is silent, not its read: evict looks for bytes in the socket
             with self.handler.server.silent_while(sock):
                 if not readable(sock, sock.gettimeout()):
                     raise TimeoutError("no request came within the connection's idle timeout")
@@ -832,9 +820,8 @@ class HeadReader:
 
 
 class ReplyWriter(io.BufferedIOBase):
-    """The handler's wfile: writes to the connection, each request's answer waiting for its client to take them
-    WRITE_WAIT seconds in all (Handler.write_left), past which a write raises TimeoutError. Only the waits count: what
-    the socket's buffers take at once costs nothing, however long the reply or busy the process."""
+    """The handler's wfile: an answer may wait for its client to take it WRITE_WAIT seconds in all (write_left), past
+    which a write raises TimeoutError. Only the waits count, not what the socket's buffers take at once."""
 
     def __init__(self, handler):
         super().__init__()
@@ -863,9 +850,8 @@ class ReplyWriter(io.BufferedIOBase):
                     finally:
                         handler.write_left -= time.monotonic() - t0
             except TimeoutError:
-                # the client stopped reading: its connection is reset (a close lingering 0 s) and its buffers freed at
-                # once, as nginx's reset_timedout_connection does; closed gracefully, the kernel would keep the unsent
-                # answer for a client not reading
+                # the client stopped reading: reset the connection (linger 0 s), freeing its buffers at once, as nginx's
+                # reset_timedout_connection does; a graceful close keeps the unsent answer for a client not reading
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 raise
@@ -877,24 +863,18 @@ class ReplyWriter(io.BufferedIOBase):
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: the openai client reuses its connection
     server_version = "gpt-trainer-serve"
-    # seconds a connection may sit idle between requests, or a client not read what we send, before we drop it (a
-    # request itself has REQUEST_WAIT)
-    timeout = 120
-    # TCP_NODELAY: headers and body go out in two writes, and with Nagle's algorithm the second waits for the
-    # client's delayed ACK, 40 ms per answer; streamed tokens would bunch up the same way
+    timeout = 120  # seconds a connection may sit idle between requests (a request itself has REQUEST_WAIT)
+    # with Nagle's algorithm a body's write waits for the client's delayed ACK of the headers': 40 ms an answer
     disable_nagle_algorithm = True
 
-    # the standard library's refusals said in words a client can act on (414: it gives none; 431: "Line too long" or
-    # "Too many headers", neither naming the limit)
+    # the standard library's refusals in words a client can act on (it names no limit)
     REFUSALS = {414: "the request line is over 65,536 bytes: shorten the URL",
                 431: f"the request's headers are over {MAX_HEADERS // 1024} KiB in all, or over 100 lines: send "
                      f"fewer or shorter headers"}
     ROUTES = {"/": {"GET"}, "/health": {"GET"}, "/v1/models": {"GET"},
               "/v1/chat/completions": {"POST"}, "/v1/completions": {"POST"}, "/v1/responses": {"POST"}}
-    # the routes answered without the API key: the chat page (its requests to the API send the key it asks for) and the
-    # health check, as llama.cpp's and vLLM's, whose probes (a load balancer's, a container's) send no key
+    # answered without the API key: the chat page (which asks for it) and the health check, whose probes send none
     OPEN = {"/", "/health"}
-    # each POST route's kind of Job (job_from_request)
     JOB_KINDS = {"/v1/chat/completions": "chat", "/v1/completions": "text", "/v1/responses": "response"}
 
     unread_body = False  # an answer went before the request's body was read (linger)
@@ -907,28 +887,24 @@ class Handler(BaseHTTPRequestHandler):
 
     def handle_one_request(self):
         """One request, given REQUEST_WAIT from its first byte to arrive whole, else answered 408 and its connection
-        closed. The wait for that first byte is a keep-alive connection's idle time: it has the socket's timeout, as
-        before. Nor is the answer timed: it reads nothing (client_gone peeks at the socket itself)."""
+        closed; the wait for that first byte is idle time, with the socket's timeout."""
         if not self.wait_for_request():
             return
-        self.requestline = self.request_version = self.command = ""  # a request line still coming has none (send_error)
-        # nor headers: the last request's, kept by a keep-alive connection, would give a refusal of this one's head
-        # (431, 414, 400) that request's CORS headers (end_headers)
+        # none yet (send_error); the last request's headers would give a refusal of this head its CORS headers
+        self.requestline = self.request_version = self.command = ""
         self.headers = None
         try:
             super().handle_one_request()
         except LateRequest:
             self.send_error(408, f"the request did not arrive whole within {REQUEST_WAIT} seconds of its first byte; "
                                  f"send it at once")
-            # the rest is still coming: dropped after the answer, as a 413's body is, else the client's next write of
-            # it meets the closed connection's reset (BrokenPipeError), and it never reads the 408
-            self.unread_body = True
+            self.unread_body = True  # the rest still coming is dropped after the answer (linger)
         finally:
             self.deadline = None
 
     def wait_for_request(self):
-        """Waits for a request's first byte (or end-of-file, on which the standard library closes the connection) with
-        the socket's idle timeout, then starts the request's deadline; False, the connection to close, if none came."""
+        """Waits for a request's first byte (or end-of-file) with the socket's idle timeout, then starts the request's
+        deadline; False, the connection to close, if none came."""
         self.deadline = None
         try:
             self.rfile.peek(1)
@@ -936,7 +912,7 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return False
         self.deadline = time.monotonic() + REQUEST_WAIT
-        self.write_left = WRITE_WAIT  # seconds its answer may wait for the client to read it (ReplyWriter)
+        self.write_left = WRITE_WAIT
         return True
 
     def handle(self):
@@ -948,15 +924,13 @@ class Handler(BaseHTTPRequestHandler):
             self.linger()
 
     def linger(self):
-        """After an answer sent before the request's body was read (a 413, a framing refusal, a 408). Silent meanwhile,
-        so a new connection at --max_connections may take its place (ApiServer.evict): a client that sent a 413's head
-        and nothing more would hold its place DRAIN_WAIT, and a few such clients every place."""
+        """drain, after an answer sent before the request's body was read (a 413, a framing refusal, a 408); silent
+        meanwhile, so a new connection at --max_connections may take its place (ApiServer.evict)."""
         with contextlib.suppress(Evicted), self.server.silent_while(self.connection):
             drain(self.connection)
 
     def dispatch(self):
-        """Every method: HEAD is routed as GET (check_route), its body left out (send_bytes); OPTIONS and TRACE are 405
-        with Allow, as the others are, not the standard library's 501."""
+        """Every method: HEAD is routed as GET, its body left out; OPTIONS and TRACE are 405, not the library's 501."""
         with self.server.answering():  # a stopping server waits for the answers under way (ApiServer.halt)
             self.route()
 
@@ -971,10 +945,8 @@ class Handler(BaseHTTPRequestHandler):
 
     @classmethod
     def preflight_headers(cls, api, method, path, headers):
-        """A browser's CORS preflight (OPTIONS with Access-Control-Request-Method) for a route of the API, from an
-        origin --cors allows: the headers of its 204, with what the route takes, but for the CORS ones every answer
-        has (ApiServer.cors_headers); None for another request. Without --cors, OPTIONS stays a 405, and a page of
-        another origin cannot send the API a JSON request. (preflight; ApiServer.turn_away, past --max_connections)"""
+        """For a browser's CORS preflight (OPTIONS with Access-Control-Request-Method) to a route, from an origin --cors
+        allows: its 204's headers, but for the CORS ones every answer has; None for another request (a 405)."""
         known = path in cls.ROUTES or path.startswith("/v1/models/")
         if method != "OPTIONS" or not known or "Access-Control-Request-Method" not in headers \
                 or not api.cors_headers(headers.get("Origin")):
@@ -985,8 +957,7 @@ class Handler(BaseHTTPRequestHandler):
                   ("Access-Control-Allow-Headers", headers.get("Access-Control-Request-Headers") or "Content-Type"),
                   ("Access-Control-Max-Age", "86400")]
         if headers.get("Access-Control-Request-Private-Network") == "true":
-            # Chrome's Private Network Access: a public site's page (an allowed origin) reaching this machine's
-            # loopback or LAN address asks for this too, and without it the browser blocks the request
+            # Chrome's Private Network Access: a public page reaching a loopback or LAN address is blocked without it
             answer.append(("Access-Control-Allow-Private-Network", "true"))
         return answer
 
@@ -1001,9 +972,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def parse_request(self):
         if self.raw_requestline in (b"\r\n", b"\n"):  # a client's stray CRLF after a body (RFC 9112 2.2): skip one
-            # the wait for the request after it is idle time, as before the CRLF: counted in the request's deadline, a
-            # keep-alive connection idle for it would be sent a 408 unasked, read by the client's next request there
-            if not self.wait_for_request():
+            if not self.wait_for_request():  # idle time again, not the request's (else a 408 unasked)
                 return False
             self.raw_requestline = self.rfile.readline(65537)
             if len(self.raw_requestline) > 65536:  # as the standard library answers a long line it read itself
@@ -1017,8 +986,8 @@ class Handler(BaseHTTPRequestHandler):
             self.rfile = rfile
 
     def check_framing(self):
-        """RFC 9112's refusals of a request that a proxy in front could read otherwise: the connection closes behind
-        each, since where its body ends is not known. Decided by the request's head alone (route, handle_expect_100)."""
+        """RFC 9112's refusals of a request a proxy in front could read otherwise; the connection closes behind each,
+        where its body ends being unknown."""
         h = self.headers
         if malformed(h):
             why = "a header line is malformed (no colon, a space before it, or folded onto the next line)"
@@ -1039,9 +1008,7 @@ class Handler(BaseHTTPRequestHandler):
         try:
             self.check_framing()
             self.check_host()
-            # refused by the head alone (route, key, site) before a body is read: a client without the key makes the
-            # server wait for none, and what it still sends is dropped after the answer (refuse, linger)
-            preflight = self.check_access(path)
+            preflight = self.check_access(path)  # by the head alone: a body sent without the key is never read
             if method != "POST" and ("Content-Length" in self.headers or "Transfer-Encoding" in self.headers):
                 self.read_body()  # a body sent with a GET is read, so the next request starts right
             if preflight:
@@ -1055,9 +1022,7 @@ class Handler(BaseHTTPRequestHandler):
             if path == "/":
                 return self.send_bytes(200, api.page, "text/html; charset=utf-8")
             if path == "/health":
-                # a stopping server (Ctrl-C, SIGTERM) refuses requests: a load balancer is told so, on its connection's
-                # last answer, and sends the next ones elsewhere
-                stopping = api.worker.halted.is_set()
+                stopping = api.worker.halted.is_set()  # a load balancer is told, and sends the next ones elsewhere
                 self.close_connection |= stopping
                 return self.send_json(503 if stopping else 200, {"status": "stopping" if stopping else "ok",
                                                                   "generating": api.worker.current is not None,
@@ -1074,17 +1039,12 @@ class Handler(BaseHTTPRequestHandler):
                 api.worker.cancel(job)
                 self.close_connection = True
         except ApiError as e:
-            # (not the error of a job the worker took: its own line says what became of it, or the server stopped
-            # while it waited, as the stop's line says)
-            self.refuse(e, path, log=not submitted)
+            self.refuse(e, path, log=not submitted)  # (a job submitted has the worker's line, or the stop's)
 
     def check_host(self):
-        """DNS rebinding: a web page whose own name its site points at 127.0.0.1 is, to the browser, of this server's
-        origin, and reads every answer, which no CORS header would let it. A server on a loopback address (the
-        default) answers requests for a loopback name or address only; one on 0.0.0.0 or a network address is reached
-        by names of its own, and answers any. A request with no Host (HTTP/1.0), or an empty one, comes from no browser
-        (nor could --allowed_hosts name an empty one). --allowed_hosts names more (a proxy that passes on its own
-        public name: a Codespaces or Jupyter proxy's)."""
+        """Against DNS rebinding (a page whose site points its own name at 127.0.0.1 reads every answer as same-origin):
+        a server on loopback answers requests for a loopback name or address only, or --allowed_hosts; one on another
+        address answers any, and so does a request with no Host, which comes from no browser."""
         host = self.headers.get("Host")
         allowed = self.server.allowed_hosts
         if not host or not self.server.loopback or loopback_name(host) or "*" in allowed \
@@ -1097,9 +1057,8 @@ class Handler(BaseHTTPRequestHandler):
                             f"its own name: --allowed_hosts {host_name(host)[:80]})", code="host_not_allowed")
 
     def check_access(self, path):
-        """The checks of a request's route, then of a request that is no CORS preflight (a browser sends one without
-        the key, and from another site by design) its key and site, as route and handle_expect_100 both make them;
-        returns whether it is a preflight."""
+        """Checks a request's route, then, for no CORS preflight (sent without the key, and from another site by
+        design), its key and site; whether it is a preflight."""
         if self.check_route(path):
             return True
         self.check_key(path)
@@ -1107,11 +1066,8 @@ class Handler(BaseHTTPRequestHandler):
         return False
 
     def check_key(self, path):
-        """With an API key (--api_key, SERVE_API_KEY), a request for a route not OPEN must send it as OpenAI's clients
-        send their api_key, Authorization: Bearer KEY (or as llama.cpp's, X-Api-Key: KEY); else 401 invalid_api_key, as
-        OpenAI answers. Compared in constant time (hmac.compare_digest), so the time an answer takes tells no one how
-        much of a guess was right. Decided by the request's head alone (route, handle_expect_100): a body sent without
-        the key is never read."""
+        """With an API key, a request for a route not OPEN must send it as Authorization: Bearer KEY (OpenAI's clients)
+        or X-Api-Key: KEY (llama.cpp's), else 401 invalid_api_key; compared in constant time, telling no timing."""
         key = self.server.api_key
         if key is None or path in self.OPEN:
             return
@@ -1129,11 +1085,9 @@ class Handler(BaseHTTPRequestHandler):
                              f"this server requires an API key: {send}"), code="invalid_api_key")
 
     def check_site(self):
-        """A POST a browser sends for a page of another site, which --cors does not allow, is refused (403): any site
-        the user visits could otherwise have the server generate for it, as a form or a text/plain fetch needs no
-        preflight. Its page reads no answer, but it can keep the queue full, and the user's own requests waiting, for
-        as long as it is open. Browsers say where a request comes from in Sec-Fetch-Site, which no page can set; the
-        chat page's is same-origin (behind a proxy too), and clients other than browsers send none."""
+        """A browser's POST for a page of another site --cors does not allow is refused (403): a form or a text/plain
+        fetch needs no preflight, and any site the user visits could keep the queue full. Browsers say where a request
+        comes from in Sec-Fetch-Site, which no page can set; other clients send none."""
         site, origin = self.headers.get("Sec-Fetch-Site", "").strip().lower(), self.headers.get("Origin")
         if self.command != "POST" or site not in ("cross-site", "same-site") or self.server.cors_headers(origin):
             return
@@ -1144,9 +1098,8 @@ class Handler(BaseHTTPRequestHandler):
                        code="cross_site_request")
 
     def check_route(self, path):
-        """Refuses (404, 405) a path this server does not serve, or a method the path does not take: decided by the
-        request's head alone, before its body is read (route, and handle_expect_100). Whether it is a CORS preflight,
-        which route answers."""
+        """Refuses (404, 405) a path this server does not serve, or a method the path does not take; whether the
+        request is a CORS preflight."""
         method = self.command
         if self.preflight_headers(self.server, method, path, self.headers) is not None:
             return True
@@ -1183,22 +1136,17 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def log_refusal(self, status, message):
-        """A line in the log for a request answered with an error, as the worker writes one for each reply, so the
-        operator sees why a client was refused (a context too long, a bad field, a full queue). Escaped: the path is
-        the client's, and a terminal would act on its control characters."""
-        what = f"{self.command} {target_path(self.path)}" if getattr(self, "command", None) else "a request"
+        """A line in the log for a request refused, as the worker's for each reply; escaped, as the path is the
+        client's and a terminal would act on its control characters."""
+        what = f"{self.command} {target_path(self.path)}" if self.command else "a request"
         self.server.worker.say(repr(f"{what}: {status} {message}")[1:-1])
 
     def handle_expect_100(self):
-        """A client that waits for "100 Continue" before it sends its body (curl, for one over 1 MiB: every body it
-        sends over MAX_BODY) is refused at once what its request's head decides: a framing it refuses (400), a path or
-        method it refuses (404, 405), a Content-Length over MAX_BODY, not told 100 first to upload all of its body
-        before the refusal. Another gets its 100, and its body is read."""
+        """A client that waits for "100 Continue" before its body (curl, over 1 MiB) is refused at once what its head
+        decides (framing, host, route, key, site, a Content-Length over MAX_BODY), not told to upload the body first."""
         path = target_path(self.path)
         try:
-            # its framing first, as route decides: a 404 or 405 for a request whose body's end is unclear would keep
-            # the connection, and take the rest for a request
-            self.check_framing()
+            self.check_framing()  # first, as in route: else a 404 would keep a connection whose body's end is unclear
             self.check_host()
             if hasattr(self, "do_" + self.command):  # (another method gets the library's 501, as without Expect)
                 self.check_access(path)
