@@ -1236,16 +1236,14 @@ class Handler(BaseHTTPRequestHandler):
         self.send_bytes(status, json_bytes(obj), "application/json", headers)
 
     def send_error(self, code, message=None, explain=None):
-        # the standard library's own refusals (a malformed request line, headers too long, an unknown method)
-        # get an OpenAI error body too, not its HTML page
+        # the standard library's own refusals (a malformed request line, headers too long, an unknown method) get an
+        # OpenAI error body too, not its HTML page
         self.close_connection = True
-        if code in (414, 431):  # the rest of the head, and a body, still coming: dropped after the answer, as a 413's
-            self.unread_body = True  # body is (linger), else a client still writing it gets a reset, not the answer
+        if code in (414, 431):  # the rest of the head, and a body, still coming: dropped after the answer (linger)
+            self.unread_body = True
         if self.request_version == self.default_request_version and len(self.requestline.split()) != 2:
-            # a request line that is no HTTP/0.9 one ("GET /path", answered with a bare body as 0.9 has it): an
-            # unreadable version ("GET / HTTP/2.0", "GET / HTTP/1.1 x") or no line at all. The standard library leaves
-            # its version at 0.9 and answers with the body alone, no status line (curl: "Received HTTP/0.9 when not
-            # allowed"); answered in HTTP/1.1, the client reads the status and why
+            # an unreadable version ("GET / HTTP/2.0") or no line: the library would answer as HTTP/0.9, a bare body
+            # with no status line (curl: "Received HTTP/0.9 when not allowed")
             self.request_version = self.protocol_version
         message = (self.REFUSALS.get(code) or message or explain
                    or f"{code} {self.responses.get(code, ('bad request',))[0]}")
@@ -1274,15 +1272,12 @@ class Handler(BaseHTTPRequestHandler):
 
     def client_gone(self, probe=None):
         """Whether the connection was reset: the client hung up. End-of-file alone is not that: a client may close its
-        sending side once its request is sent and wait for the answer (`nc -N`), and one that hung up sent no more
-        than that either. Once end-of-file is read, probe (if given) writes what the
-        client ignores, once: a closed socket answers it with a reset, which the next look sees."""
+        sending side and wait for the answer (`nc -N`). Once end-of-file is read, probe (if given) writes, once, what
+        the client ignores: a closed socket answers it with a reset, which the next look sees."""
         sock = self.connection
         try:
             ready = readable(sock)
-            # a reset; not POLLHUP, which is both ways closed on Linux but end-of-file alone on macOS (its poll is
-            # kqueue's EV_EOF), where a client that closed its sending side would be taken for gone (a reset there is
-            # no POLLERR: recv raises it, below)
+            # not POLLHUP, which on macOS is end-of-file alone (a reset there is no POLLERR: recv raises it, below)
             if hasattr(select, "poll") and ready & select.POLLERR:
                 return True
             if not ready or sock.recv(1, socket.MSG_PEEK) != b"":  # (a reset raises, below)
@@ -1296,8 +1291,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def answer(self, job):
         pieces = []
-        # the probe: an interim 100 (Continue), which an HTTP/1.1 client reads past (RFC 9110 15.2); an HTTP/1.0
-        # client takes no interim answer, so one that hangs up is found when its answer is written
+        # the probe: an interim 100 (Continue), which an HTTP/1.1 client reads past (RFC 9110 15.2); HTTP/1.0 has none
         probe = None if self.request_version != "HTTP/1.1" else \
             lambda: self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         for event in self.events(job, probe):
@@ -1344,9 +1338,7 @@ class Handler(BaseHTTPRequestHandler):
             write(said.start())
             told = None
 
-            def waiting():
-                """While job waits its turn, its place as a comment, ": waiting, 3 ahead", when it changes, so its
-                user knows a reply is coming: the chat page shows it; other clients skip comments (as OpenAI's does)."""
+            def waiting():  # its place in the queue when it changes: the chat page shows it, other clients skip it
                 nonlocal told
                 n = api.worker.ahead(job)
                 if n is not None and n != told:
@@ -1358,9 +1350,7 @@ class Handler(BaseHTTPRequestHandler):
                 if event[0] == "text":
                     write(said.text(event[1]))
                 elif event[0] == "error":  # headers are gone: the error travels as an event, as OpenAI's does
-                    write(said.error(event[1]))
-                    # nor can they say Connection: close, as a 503's do: the connection closes after the last chunk,
-                    # else the client's next request on it meets the process's exit, a dropped connection
+                    write(said.error(event[1]))  # ...and a stopping server closes the connection after it
                     self.close_connection |= event[1].code == "server_shutting_down"
                 else:
                     write(said.end(*event[1:]))
@@ -1380,8 +1370,8 @@ def sse(obj, event=None):
 
 
 class ChunkEvents:
-    """What a chat's or a completion's stream says (Handler.stream sends it): OpenAI's chunks of the reply, the last
-    with its finish_reason (and one with usage, under include_usage), then data: [DONE]."""
+    """What a chat's or a completion's stream says: OpenAI's chunks of the reply, the last with its finish_reason (and
+    one with usage, under include_usage), then data: [DONE]."""
 
     def __init__(self, api, job):
         self.api, self.job = api, job
@@ -1406,9 +1396,8 @@ class ChunkEvents:
 
 
 class ResponseEvents:
-    """What a Responses stream says: OpenAI's typed events, each named on its event: line and numbered in order. The
-    response is created; its one message item and that item's one output_text part are added; the text comes in
-    deltas; each is done, then the response is completed (incomplete at max_output_tokens). No [DONE]."""
+    """What a Responses stream says: OpenAI's typed events, named and numbered: the response created, its one message
+    item and output_text part added, the text's deltas, each done, the response completed or incomplete. No [DONE]."""
 
     def __init__(self, api, job):
         self.api, self.job, self.seq, self.pieces = api, job, itertools.count(), []
@@ -1449,21 +1438,15 @@ class ApiServer(ThreadingHTTPServer):
                  top_k=200, top_p=None, max_tokens=DEFAULT_MAX_TOKENS, max_queue=64, log=None, cors=(),
                  repetition_penalty=1.0, allowed_hosts=(), max_connections=256, api_key=None):
         self.model, self.enc, self.name = model, enc, name
-        # the key a request for the API must send (Handler.check_key), as bytes, which compare_digest takes whatever
-        # they hold; None: every request is answered
-        self.api_key = api_key.encode() if api_key else None
-        # connections served at once, each by a thread of its own (process_request), and as many turned away past
-        # them, each by a short-lived thread too (turn_away)
+        self.api_key = api_key.encode() if api_key else None  # bytes, which compare_digest takes whatever they hold
+        # connections served at once, a thread each (process_request), and as many turned away past them (turn_away)
         self.max_connections, self.slots = max_connections, threading.BoundedSemaphore(max_connections)
-        # connections past max_connections, turned away and given another's place, since the log's line on them
-        self.turned_away, self.made_room, self.at_limit_said = 0, 0, float("-inf")  # (note_at_limit)
         self.refusals = threading.BoundedSemaphore(max_connections)
-        # the connections whose threads wait in a read of a request (silent_while), each with when it began waiting
-        # and whether that is for a request's first byte, and those of them closed to give a new connection their
-        # place (evict), under silence_lock
+        self.turned_away, self.made_room, self.at_limit_said = 0, 0, float("-inf")  # (note_at_limit)
+        # the connections waiting for a request: {socket: (since when, whether for its first byte)} (silent_while),
+        # and those closed to give a new connection their place (evict), under silence_lock
         self.silent, self.evicted, self.silence_lock = {}, set(), threading.Lock()
-        # connections answered 503 by the accepting thread, their threads not started, whose clients may still be
-        # sending: each with when it is closed at the latest and the bytes still to drop (service_actions)
+        # connections answered 503 by the accepting thread: {socket: (close by, bytes left to drop)} (service_actions)
         self.closing = {}
         self.cors = tuple(cors)  # origins whose pages may call the API from a browser ("*": any)
         self.allowed_hosts = tuple(allowed_hosts)  # names a loopback server answers besides its own ("*": any)
@@ -1502,16 +1485,14 @@ class ApiServer(ThreadingHTTPServer):
         try:
             return super().get_request()
         except OSError as e:
-            # out of file descriptors (a client holding a thousand connections, under ulimit -n 1024): the connection
-            # waiting to be accepted keeps the listening socket readable, and serve_forever would spin a core on
-            # accept's failures, away from the reply being generated, until a descriptor is freed: wait a poll's time
+            # out of file descriptors: the connection waiting keeps the listening socket readable, and serve_forever
+            # would spin a core on accept's failures, away from the reply being generated
             if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                 time.sleep(POLL)
             raise  # (socketserver drops an accept's OSError and goes on)
 
     def process_request(self, request, client_address):
-        # each connection holds a thread while it is open, idle keep-alive ones too: without a limit, a client opening
-        # thousands would hold as many threads and descriptors
+        # each open connection holds a thread, idle ones too: without a limit, a client could hold thousands
         if self.slots.acquire(blocking=False):
             places, work = self.slots, self.process_request_thread
         elif self.evict():
@@ -1527,16 +1508,13 @@ class ApiServer(ThreadingHTTPServer):
         thread = threading.Thread(target=work, args=(request, client_address), daemon=True)
         try:
             thread.start()  # (the thread gives the place back)
-        # the thread did not start (RuntimeError: the process's threads are spent, ulimit -u or memory). Not a Ctrl-C's
-        # KeyboardInterrupt: it can land in Thread.start after the thread began, which then released the place a second
-        # time (ValueError); a stopping server needs none back
+        # the thread did not start (the process's threads are spent). Not KeyboardInterrupt: it can land in
+        # Thread.start after the thread began, which then released the place itself
         except Exception as e:
             places.release()
-            # answered 503 overloaded here, as past max_connections, with one line in the log (socketserver would
-            # print a traceback and close it unanswered). This thread accepts the next connections, so it waits for no
-            # client: it reads what of the head has come (busy_answer, under --cors) and sends what the socket takes at
-            # once; the rest of the request is dropped as it comes (service_actions), as drain does, so that a POST's
-            # body written after its head meets no reset (BrokenPipeError) before the client reads the 503
+            # answered 503 here, as past max_connections, without waiting for the client: this thread accepts the
+            # next connections. What of the head has come is read (busy_answer), the rest dropped as it comes
+            # (service_actions), as drain does
             self.worker.say(f"a connection turned away: no thread to serve it ({e})")
             try:
                 request.setblocking(False)
@@ -1552,9 +1530,8 @@ class ApiServer(ThreadingHTTPServer):
             self.closing[request] = (time.monotonic() + DRAIN_WAIT, DRAIN)
 
     def service_actions(self):
-        """serve_forever's, after each connection it accepts and every half second: the connections answered by this
-        thread (process_request: no thread to serve them) have what their clients still send read and dropped, up to
-        DRAIN bytes or DRAIN_WAIT seconds, as drain does, and are closed once their clients close."""
+        """serve_forever's, every half second: the connections process_request answered without a thread have what
+        their clients still send dropped, as drain does, and are closed once their clients close."""
         super().service_actions()
         now = time.monotonic()
         for sock, (deadline, left) in list(self.closing.items()):
@@ -1577,10 +1554,8 @@ class ApiServer(ThreadingHTTPServer):
         self.closing.clear()
 
     def note_at_limit(self, made_room=False):
-        """Counts a connection past --max_connections (from the accepting thread alone), turned away or, made_room,
-        given the place of one waiting for its request (evict), said in the log at the first and then at most every
-        AT_LIMIT_LOG seconds with the counts since: the operator learns why clients get 503s, or lose their idle
-        connections, and a line each would flood the log just as the server is overloaded."""
+        """Counts a connection past --max_connections, turned away or (made_room) given an idle one's place, said in
+        the log at the first and then at most every AT_LIMIT_LOG seconds: a line each would flood it under overload."""
         if made_room:
             self.made_room += 1
         else:
@@ -1606,10 +1581,8 @@ class ApiServer(ThreadingHTTPServer):
     @contextlib.contextmanager
     def silent_while(self, sock, since=None):
         """The connection sock is silent while its thread waits in a read of a request (RequestReader): for its first
-        byte (an idle keep-alive connection, or a new one) or for the rest (a slow upload, or a client trickling bytes
-        to hold the connection, slowloris), waiting for it since since (a time.monotonic(), when the request's first
-        byte came; None: now, for a request's first byte, or linger's drop of a refused body). Raises Evicted after the
-        read if evict closed it meanwhile."""
+        byte, or for the rest since since (when the first came; None: now, waiting for a first byte or in linger).
+        Raises Evicted after the read if evict closed it meanwhile."""
         with self.silence_lock:
             self.silent[sock] = (time.monotonic(), True) if since is None else (since, False)
         try:
@@ -1622,17 +1595,12 @@ class ApiServer(ThreadingHTTPServer):
                 raise Evicted
 
     def evict(self):
-        """At --max_connections: closes the connection waiting the longest for its request (silent_while), if it has
-        waited EVICT_AFTER or more, and hands its place to the new one; whether one was. Else a few idle keep-alive or
-        slowloris clients hold every place, and every other client gets 503 (nginx too closes idle connections to make
-        room). One being answered (queued, generated, written) reads nothing, and a client sends its request at once,
-        so the one waiting the longest is idle or trickling. Its thread, woken by the shutdown, ends at once (Evicted)
-        without giving back the place (process_request_thread): for that moment the threads are one more than the
-        places."""
+        """At --max_connections: closes the connection waiting the longest for its request, if EVICT_AFTER or more,
+        and hands its place to the new one; whether one was. Else a few idle or slowloris clients hold every place
+        (nginx too closes idle connections to make room). Its thread ends (Evicted) without giving back the place."""
         with self.silence_lock:
-            # one waiting for a request's first byte with bytes waiting is silent no more: its request has come, and
-            # closed, it would go unanswered. One whose request began EVICT_AFTER ago is trickling it, whatever bytes
-            # wait unread (one sent while its thread wakes would hide a slowloris client)
+            # one waiting for a first byte with bytes waiting has its request; one whose request began EVICT_AFTER ago
+            # is trickling it, whatever bytes wait unread
             now = time.monotonic()
             sock = min((s for s, (since, first) in self.silent.items()
                         if now - since >= EVICT_AFTER and not (first and readable(s))),
@@ -1641,22 +1609,17 @@ class ApiServer(ThreadingHTTPServer):
                 return False
             del self.silent[sock]
             self.evicted.add(sock)
-            # under the lock: its thread cannot have closed it (its read's end takes the lock first). Its client sees
-            # the connection close, as when it is idle for Handler.timeout, and retries on a new one
+            # under the lock: its thread cannot have closed it. Its client sees it close, as an idle one's, and retries
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
         return True
 
     def turn_away(self, sock, client_address):
-        """A connection past max_connections: answered 503 overloaded, as a full queue's requests are, unread (but for
-        its head, under --cors: busy_answer). A client behind a proxy is told why (the proxy passes the 503 on, or tries
-        another server); a connection closed unanswered reads as a crash there (a 502), and one left unaccepted waits
-        for the proxy's timeout (a 504, a minute later). Then drained, as linger does: http.client writes a POST's head
-        and body apart, and the second write would meet the closed connection's reset (BrokenPipeError), not the 503."""
+        """A connection past max_connections: answered 503 overloaded (a proxy in front passes it on, where closed
+        unanswered it reads as a crash, a 502), then drained. Under --cors its head is read first (busy_answer), up to
+        HEAD bytes or HEAD_WAIT seconds."""
         got, deadline = b"", time.monotonic() + HEAD_WAIT
         try:
-            # under --cors, the request's head is read (busy_answer), up to HEAD bytes or HEAD_WAIT seconds (a
-            # browser's comes with the connection; a client silent that long: answered as if it sent none)
             with contextlib.suppress(TimeoutError):
                 while (self.cors and not HEAD_END.search(got) and len(got) < HEAD
                        and (wait := deadline - time.monotonic()) > 0):
@@ -1674,11 +1637,9 @@ class ApiServer(ThreadingHTTPServer):
             self.refusals.release()
 
     def busy_answer(self, why, got=b""):
-        """The whole answer to a connection turned away because why, of which got was read (its request's head, some
-        of it or none: request_head): 503 overloaded, with the CORS headers of the request's origin, as any error has
-        (else the page gets an opaque network error). A CORS preflight (Handler.preflight_headers) gets its 204 as ever:
-        a browser takes a preflight answered otherwise for a network error, and the page would never see the 503 of
-        the request after it. (Its Host is not checked: the request after the 204 meets Handler.check_host.)"""
+        """The whole answer to a connection turned away because why, of whose head got was read: 503 overloaded, with
+        the CORS headers of its origin, as any error has. A CORS preflight gets its 204 as ever: a browser takes one
+        answered otherwise for a network error, and its page never sees the 503 that follows."""
         method, path, headers = request_head(got)
         cors = self.cors_headers(headers.get("Origin"))
         preflight = None if malformed(headers) else Handler.preflight_headers(self, method, path, headers)
@@ -1692,8 +1653,7 @@ class ApiServer(ThreadingHTTPServer):
         return f"HTTP/1.1 {status}\r\n{fields}\r\n".encode("latin-1") + body
 
     def cors_headers(self, origin):
-        """The CORS headers of an answer to a request from origin (its Origin header, or None) under --cors: none
-        without --cors or for another origin, else that its pages may read it (Handler.end_headers, busy_answer)."""
+        """The CORS headers of an answer to a request from origin (its Origin header, or None) under --cors."""
         if "*" in self.cors:
             return [("Access-Control-Allow-Origin", "*")]  # the same answer for every origin: a cache keeps one
         return [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")] if origin in self.cors else []
@@ -1703,11 +1663,9 @@ class ApiServer(ThreadingHTTPServer):
         return "http://" + host_port(*self.server_address[:2])
 
     def where(self):
-        """Where serve.py's first line says the server is: its URL, chat page and API. On every address (--host
-        0.0.0.0 or ::), not that address, which a browser on another machine cannot open (and Windows' not even here),
-        but this machine's addresses on its networks, the ones students type, and 127.0.0.1 for this machine. Off
-        loopback, that every machine reaching it may use it: --host 0.0.0.0 copied from a guide, or a network address,
-        said nothing of it. With an API key, that it is required (never the key itself: a log is read by others)."""
+        """Where serve.py's first line says the server is: its URL, chat page and API; on 0.0.0.0 or ::, this
+        machine's network addresses, which others can open. Off loopback, that every machine reaching it may use it;
+        with an API key, that it is required (never the key: a log is read by others)."""
         host, port = self.server_address[:2]
         required = "with the API key required" if self.api_key else None
         if self.loopback:
@@ -1729,8 +1687,7 @@ class ApiServer(ThreadingHTTPServer):
                 f"{' or '.join(u + '/' for u in urls)}, API at {urls[0]}/v1; on this machine {here}/")
 
     def model_card(self):
-        # sampling_defaults (an extension, as context_length): what a request that leaves them out gets, which the
-        # chat page shows in its empty fields (not max_tokens: a request's depends on its prompt and kind)
+        # sampling_defaults (an extension, as context_length): what the chat page shows in its empty fields
         return {"id": self.name, "object": "model", "created": self.created, "owned_by": "gpt-trainer",
                 "context_length": self.model.config.block_size,
                 "sampling_defaults": {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p,
@@ -1751,8 +1708,7 @@ class ApiServer(ThreadingHTTPServer):
         return obj
 
     def response(self, job, finish, text="", tokens=0):
-        """The Responses API's object for job: in progress (finish None: a stream's first events), else completed, or
-        incomplete at max_output_tokens (finish "length"), its output the reply's one message."""
+        """The Responses API's object for job: in progress (finish None), completed, or incomplete (finish "length")."""
         status = {None: "in_progress", "stop": "completed", "length": "incomplete"}[finish]
         top_p, n = job.sampling["top_p"], len(job.prompt)
         usage = {"input_tokens": n, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": tokens,
@@ -1787,10 +1743,9 @@ class ApiServer(ThreadingHTTPServer):
 
     def halt(self, timeout=30):
         """Ctrl-C's stop, once serve_forever has left: no new connections, the reply being generated stops at its next
-        token (Worker.halt), and the requests under way get their answers (503 or a stream's error event for those cut
-        short or never started), for up to ANSWER_WAIT seconds, before the process exits and drops their connections.
-        Whether the worker left torch within timeout."""
-        # the worker's halt first, which /health reads: else it says ok between the listening socket's close and halt
+        token, and the requests under way get their answers for up to ANSWER_WAIT seconds. Whether the worker left
+        torch within timeout."""
+        # the worker's halt first, which /health reads: else it says ok between the socket's close and halt
         self.worker.halt(timeout=0)
         self.server_close()
         self.worker.join(timeout)
