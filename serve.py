@@ -18,33 +18,31 @@ Serve a trained model over HTTP: an OpenAI-compatible API and a chat page.
     GET  /                      the chat page (chat.html): streams replies, temperature/top-p/max-token controls
 
 With an API key (SERVE_API_KEY, or --api_key), each request to /v1/... must send it as OpenAI's clients do
-(Authorization: Bearer KEY) or llama.cpp's (X-Api-Key: KEY), else 401 invalid_api_key; / and /health stay open (the
-chat page asks for the key, and sends it with its own requests; a load balancer's probe sends none).
+(Authorization: Bearer KEY) or llama.cpp's (X-Api-Key: KEY), else 401 invalid_api_key; / and /health stay open (the chat
+page asks for the key, and sends it with its own requests; a load balancer's probe sends none).
 
 The chat and completion endpoints take OpenAI's common parameters: model (any name is accepted), max_tokens or
-max_completion_tokens, temperature (0-2), top_p, stop (a string or up to 4), seed, stream (server-sent
-events) with stream_options.include_usage, n (1 only), and top_k and repetition_penalty (> 1 discourages tokens
-already in the context, as gen.py's option) as extensions. Parameters left out take this command's
-defaults (--temp, --top_k, --top_p, --repetition_penalty and --max_tokens, as in gen.py). /v1/responses takes the same
-under the Responses API's names (instructions and input for messages, max_output_tokens), and answers in its objects
-and typed events.
+max_completion_tokens, temperature (0-2), top_p, stop (a string or up to 4), seed, stream (server-sent events) with
+stream_options.include_usage, n (1 only), and top_k and repetition_penalty (> 1 discourages tokens already in the
+context, as gen.py's option) as extensions. Parameters left out take this command's defaults (--temp, --top_k, --top_p,
+--repetition_penalty and --max_tokens, as in gen.py). /v1/responses takes the same under the Responses API's names
+(instructions and input for messages, max_output_tokens), and answers in its objects and typed events.
 
-Limits: max_tokens may not exceed the model's context; the prompt plus max_tokens must fit in it, else
-400 context_length_exceeded. A chat drops its oldest turns (never the system message) to make room, as
-`gen.py --chat` does, so a long conversation goes on; a single message too long for the context is still
-a 400. Other fields of OpenAI's API that would change the answer (n > 1, logprobs, tools, penalties...) get
-400 unsupported_parameter; fields this server does not know are ignored, as clients send extras of their own.
+Limits: max_tokens may not exceed the model's context; the prompt plus max_tokens must fit in it, else 400
+context_length_exceeded. A chat drops its oldest turns (never the system message) to make room, as `gen.py --chat` does,
+so a long conversation goes on; a single message too long for the context is still a 400. Other fields of OpenAI's API
+that would change the answer (n > 1, logprobs, tools, penalties...) get 400 unsupported_parameter; fields this server
+does not know are ignored, as clients send extras of their own.
 
-One worker thread owns the model (torch runs one forward at a time well, not several on one model):
-requests queue to it, each client's (by address) in arrival order and the clients in turn, up to --max_queue
-waiting (then 503, for the newest of the client with the most waiting if that is two more than the new one's client's:
-it gives its place); connections, a thread each, up to
---max_connections open at once (past it, a new one takes the place of the one waiting the longest, a second or more,
-for its request, idle or trickling it; with none such, 503). A client that hangs up,
-streaming or waiting in the queue, cancels its request at the next token and frees the worker; one that only closes
-its sending side (`nc -N`) gets its answer. Ctrl-C (or SIGTERM, SIGHUP) stops the reply being generated at its next
-token; it and the waiting requests are answered 503 server_shutting_down (a stream already begun: that error as its last
-event) before the server exits.
+One worker thread owns the model (torch runs one forward at a time well, not several on one model): requests queue to
+it, each client's (by address) in arrival order and the clients in turn, up to --max_queue waiting (then 503, for the
+newest of the client with the most waiting if that is two more than the new one's client's: it gives its place);
+connections, a thread each, up to --max_connections open at once (past it, a new one takes the place of the one waiting
+the longest, a second or more, for its request, idle or trickling it; with none such, 503). A client that hangs up,
+streaming or waiting in the queue, cancels its request at the next token and frees the worker; one that only closes its
+sending side (`nc -N`) gets its answer. Ctrl-C (or SIGTERM, SIGHUP) stops the reply being generated at its next token;
+it and the waiting requests are answered 503 server_shutting_down (a stream already begun: that error as its last event)
+before the server exits.
 """
 import common  # first (it is light): Ctrl-C while torch loads then ends in one line, not a traceback from its import
 common.mend_standard_streams(__name__)
@@ -1800,8 +1798,7 @@ def api_key(s):
 
 
 def key_fault(s):
-    """What is wrong with s, a key api_key refuses, in words: named, not shown (the rest of it is a secret). A key read
-    from a file (a Kubernetes secret made --from-file, a Python read()) ends in its line break, which no one sees."""
+    """What is wrong with s, a key api_key refuses, named, not shown: it is a secret."""
     if not s:
         return "an empty one"
     if s.rstrip("\r\n") != s and re.fullmatch(f"[{KEY_CHARS}]+", s.rstrip("\r\n")):
@@ -1855,8 +1852,7 @@ def parse_args(argv=None):
 
 
 def model_name(path):
-    """The name the API serves a model under: a checkpoint's file name without .pt, a folder's name (hf/story-v1.5/ is
-    story-v1.5)."""
+    """The name the API serves a model under: a checkpoint's file name without .pt, or a folder's name."""
     base = os.path.basename(os.path.normpath(path))
     return base if os.path.isdir(path) else base.removesuffix(".pt")
 
@@ -1872,11 +1868,9 @@ def main(argv=None):
                        args.max_tokens, args.max_queue, cors=args.cors, repetition_penalty=args.repetition_penalty,
                        allowed_hosts=args.allowed_hosts, max_connections=args.max_connections, api_key=args.api_key)
     # said once it listens: a --port in use or a bad --host is then its one line, not the second after a warning
-    if not args.checkpoint:  # (as gen.py: "serving NAME" names no folder, and models/ may hold several of a name)
+    if not args.checkpoint:
         say_newest(path)
-    # (as gen.py --chat: the chat page answered with a story that never ended its turn, without a word of why)
     warn_if_trained_on_text(path, ckpt, "its chat replies (the chat page, /v1/chat/completions)")
-    # (no brackets around the facts: dtype_words may end in its own)
     print(f"serving {name}, {fmt_count(model.num_params(non_embedding=False))} parameters, context "
           f"{model.config.block_size}, {device} {dtype_words(device, dtype, args.dtype)}, {server.where()}; "
           "Ctrl-C stops", flush=True)
@@ -1891,8 +1885,8 @@ def main(argv=None):
         by_sigterm = isinstance(stop, SystemExit)
         signalled = signalled or by_sigterm
         main_thread = threading.current_thread() is threading.main_thread()
-        # os._exit (leave) is the command's way out past a worker inside torch, where Python's exit would abort; called
-        # from Python (a notebook's cell) the process goes on, and the worker stops at its next token by itself
+        # os._exit (leave) is the command's way out past a worker inside torch, where Python's exit would abort; from
+        # Python (a notebook) the process goes on, and the worker stops at its next token
         command = __name__ == "__main__"
         before = {s: signal.signal(s, leave_at_once) for s in (signal.SIGINT, *stop_signals())} \
             if main_thread and command else {}
@@ -1912,16 +1906,13 @@ def main(argv=None):
 
 
 def leave_at_once(signum, frame):
-    """Ctrl-C again (or SIGTERM, SIGHUP) while serve.py waits for the worker to leave torch (seconds, for a long prompt
-    on a big model): exit now, with the status of the signal. Python's own exit under a thread inside torch aborts the
-    process ("terminate called without an active exception", SIGABRT, a core dump)."""
+    """Ctrl-C again (or SIGTERM, SIGHUP) while serve.py waits for the worker to leave torch: exit now, by leave."""
     leave(128 + signum)
 
 
 def leave(code):
-    """Exit with code by os._exit, once stdout and stderr are flushed: it skips the interpreter's finalization, whose
-    teardown of torch's and the connections' threads can abort the process ("terminate called without an active
-    exception", SIGABRT). serve.py writes no files and registers no atexit clean-up that this would skip."""
+    """Exit with code by os._exit, once stdout and stderr are flushed: the interpreter's finalization can abort under
+    torch's threads (SIGABRT), and serve.py has no files or atexit clean-up to skip."""
     for f in (sys.stdout, sys.stderr):
         # (RuntimeError: leave_at_once's signal came in the middle of a write to that stream)
         with contextlib.suppress(OSError, ValueError, RuntimeError):
@@ -1930,9 +1921,8 @@ def leave(code):
 
 
 def run_and_leave(main):
-    """run_main(main), then leave() with the status Python's exit would have given: 0, or a SystemExit's (1 for an
-    error, 130 for Ctrl-C while loading, 141 for a closed pipe, 143 for SIGTERM), or 1 after a bug's traceback.
-    Python's own exit can abort even a clean stop, the worker joined and the answers sent."""
+    """run_main(main), then leave() with the status Python's exit would have given (0, a SystemExit's, or 1 after a
+    bug's traceback): Python's own exit can abort even a clean stop."""
     try:
         run_main(main)
         code = 0
