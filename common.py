@@ -27,20 +27,16 @@ import tempfile
 import threading
 import time
 
-# oneDNN (PyTorch's bf16 matmuls on a CPU) keeps a kernel for each matrix shape, 1024 of them at ~1 MB each (with
-# ideep's, LRU_CACHE_CAPACITY): serve.py in bf16 builds ~8 for each new prompt length and grew toward 1.3 GB. 64 hold
-# a training step's 35 shapes; a prompt length back after 8 others is built again (2-5 ms). Set before torch, whose
-# first oneDNN matmul reads them; a value set by the user is kept.
+# oneDNN (PyTorch's bf16 matmuls on a CPU) caches a ~1 MB kernel per matrix shape, 1024 by default: serve.py in bf16
+# builds ~8 per new prompt length and grew toward 1.3 GB. 64 hold a training step's 35 shapes. Set before torch.
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
 os.environ.setdefault("LRU_CACHE_CAPACITY", "64")
 
 
 def mend_temporary_directory():
-    """A file system with no writable temporary directory (`docker run --read-only` without a `--tmpfs /tmp`) made
-    tempfile's search for one raise at `import torch` (dill, which datasets brings, names the directory as it loads):
-    a traceback before any script began, gen.py's, serve.py's and eval.py's too, which write nothing. tempfile is then
-    given its first choice unchecked, so they run; what does write a temporary file fails where it writes, in its own
-    error (Read-only file system)."""
+    """With no writable temporary directory (`docker run --read-only`), tempfile's search for one raised at `import
+    torch` (dill names it as it loads), even in scripts that write nothing: it is given its first choice unchecked, so
+    what does write a temporary file fails where it writes, in its own error."""
     try:
         tempfile.gettempdir()
     except FileNotFoundError:  # (what tempfile raises when none of its choices takes a file)
@@ -64,9 +60,8 @@ class UserError(Exception):
 
 
 def mend_standard_streams(name):
-    """Called first thing by a script, with its __name__: standard streams that were closed (`python gen.py >&- 2>&-`,
-    a service started without them) are opened on the null device. Else sys.stdout is None (an AttributeError nobody
-    sees), and the next file opened (a checkpoint) would take descriptor 1 or 2, and torch's C++ messages with it."""
+    """Called first thing by a script, with its __name__: closed standard streams (`python gen.py >&- 2>&-`) are
+    opened on the null device, else the next file opened (a checkpoint) would take descriptor 1 or 2."""
     if name != "__main__":
         return
     for fd in (0, 1, 2):
@@ -80,11 +75,10 @@ def mend_standard_streams(name):
 
 
 def quiet_ctrl_c(name):
-    """Called first thing, with its __name__, by a script that imports torch, numpy or tiktoken (seconds): Ctrl-C
-    before run_main starts exits at once in one line (os._exit: nothing is written yet, and a half-done import could
-    catch an exception), not a traceback from inside the import; run_main gives Ctrl-C back to Python. Not where
-    SIGINT is ignored (`python train.py &`): run_main's hand-back would then let the terminal's Ctrl-C end the job.
-    In a container's first process (PID 1) SIGTERM and SIGHUP get a handler too (stopped_while_loading)."""
+    """Called first thing, with its __name__, by a script that imports torch (seconds): Ctrl-C before run_main exits at
+    once in one line (os._exit: nothing is written yet), not a traceback from inside the import. Not where SIGINT is
+    ignored (`python train.py &`: run_main's hand-back to Python would let Ctrl-C end it). In a container's PID 1,
+    SIGTERM and SIGHUP too (stopped_while_loading)."""
     if name != "__main__" or threading.current_thread() is not threading.main_thread():
         return
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
@@ -104,27 +98,22 @@ def interrupted_while_loading(signum, frame):
 
 
 def stopped_while_loading(signum, frame):
-    """quiet_ctrl_c's SIGTERM (and SIGHUP) handler in PID 1, a container's first process (docker's exec form, `CMD
-    ["python", "serve.py"]`, without --init): the system drops a signal PID 1 has no handler for, so a `docker stop`
-    while torch loaded went unanswered, and the server started, to be killed at the stop's timeout (10 s). Exits at
-    once, as the signal's default does elsewhere, with the status a shell gives it (143; 129 for SIGHUP). From
-    run_main on, exit_on_sigterm's clean-up takes over."""
+    """quiet_ctrl_c's SIGTERM (and SIGHUP) handler in PID 1, to which the system delivers no signal it has no handler
+    for (a `docker stop` while torch loaded waited 10 s): exit at once with the shell's status (143, 129)."""
     os._exit(128 + signum)
 
 
 def run_main(main, ranks=False):
-    """Run a script's main(); UserError, Ctrl-C and the file system's refusals (a full disk, no permission, a folder
-    where a file should be) end in one clear line, and output piped into a reader that stops early (`| head`) in
-    none. SIGTERM, and SIGHUP, end it through its clean-up (exit_on_sigterm). ranks: the script uses torchrun's
-    processes (train.py); the others are refused under it (one_process_only)."""
+    """Run a script's main(): UserError, Ctrl-C and the file system's refusals (OS_FIXES) end in one clear line, a
+    reader that stops early (`| head`) in none; SIGTERM and SIGHUP end it through its clean-up (exit_on_sigterm).
+    ranks: the script uses torchrun's processes (train.py); the others are refused under it."""
     # (put back on the way out: tests call scripts' mains through here, and pytest's own SIGTERM must still end it)
     before = {sig: signal.signal(sig, exit_on_sigterm) for sig in stop_signals()} \
         if threading.current_thread() is threading.main_thread() else {}
     if signal.getsignal(signal.SIGINT) is interrupted_while_loading:  # (quiet_ctrl_c's, from the imports)
         signal.signal(signal.SIGINT, signal.default_int_handler)
-    # Python's strict default for stdout (not a handler the user chose, nor pytest's), until the way out: a terminal
-    # that cannot show a character (latin-1) shows "?", not a traceback; output to a file or pipe, data that "?" would
-    # corrupt without a word, gets the one line below. Either way a non-UTF-8 file name (surrogates) is written as bytes
+    # Python's strict default for stdout, until the way out: a terminal that cannot show a character shows "?"; a file
+    # or pipe, which "?" would corrupt, gets the one line below; a non-UTF-8 file name (surrogates) is written as bytes
     strict = getattr(sys.stdout, "errors", None) == "strict"
     with contextlib.suppress(AttributeError, ValueError, OSError):
         if strict:
@@ -152,21 +141,16 @@ def run_main(main, ranks=False):
         sys.exit(130)
     except OSError as e:
         if isinstance(e, BrokenPipeError) or closed_pipe_on_windows(e):
-            # the reader went away (`| head`): not an error worth a traceback. stdout goes to /dev/null, or Python's
-            # flush at exit would fail on the closed pipe again; 141 is what a shell reports for a process killed by
-            # SIGPIPE
+            # the reader went away (`| head`): stdout to /dev/null, or the flush at exit fails again; 141 as SIGPIPE's
             with contextlib.suppress(OSError, ValueError):
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(141)
         if e.errno == errno.EIO and silence_gone_output():
-            # the terminal hung up (an SSH session dropped) and a line was written to it before its SIGHUP came: an
-            # end as the SIGHUP's, not a traceback (train.py's save on the way out of the error is made first)
+            # the terminal hung up and a line was written to it before its SIGHUP came: an end as the SIGHUP's
             sys.exit(128 + HANGUP)
         if e.errno not in OS_FIXES:
             raise
-        # under torchrun every process reads the same files (rank 0 alone writes): one line a machine, as a
-        # UserError's, not one from each rank, interleaved
-        exit_with_error(f"error: {os_error_line(e)}")
+        exit_with_error(f"error: {os_error_line(e)}")  # (one line a machine under torchrun, as a UserError's)
     finally:
         made_folders.clear()
         for sig, handler in before.items():
@@ -177,10 +161,8 @@ def run_main(main, ranks=False):
 
 
 def exit_on_sigterm(signum, frame):
-    """SIGTERM (`kill`, `timeout`, a job scheduler) ends a script as Ctrl-C does, through its clean-up (finally
-    blocks remove temporary files): its default ended the process on the spot. 143 is what a shell reports for a
-    process that SIGTERM ended. SIGHUP (stop_signals) too, exit 129, once hung_up. (train.py installs its own, which
-    saves a checkpoint first.)"""
+    """SIGTERM (`kill`, a job scheduler) and SIGHUP end a script as Ctrl-C does, through its clean-up (finally blocks),
+    with the shell's status (143, 129), not on the spot. (train.py installs its own, which saves first.)"""
     if signum == HANGUP:
         hung_up()
     raise SystemExit(128 + signum)
@@ -191,28 +173,22 @@ HANGUP = getattr(signal, "SIGHUP", None)
 
 
 def stop_signals():
-    """The signals that end a script as SIGTERM does, through its clean-up (train.py: with a save): SIGTERM, and
-    SIGHUP, whose default ended the process on the spot when the SSH session of a run started without tmux or nohup
-    dropped, losing its steps since the last save. Not a SIGHUP the script was started with ignored (`nohup`, a
-    launcher's): that one was started so as to outlive its terminal."""
+    """The signals that end a script through its clean-up (train.py: with a save): SIGTERM, and SIGHUP (a dropped SSH
+    session) unless the script was started with it ignored (`nohup`), to outlive its terminal."""
     ignored = HANGUP is None or signal.getsignal(HANGUP) is signal.SIG_IGN
     return (signal.SIGTERM,) if ignored else (signal.SIGTERM, HANGUP)
 
 
 def hung_up():
-    """Called on SIGHUP: the rest of the way out neither writes to the terminal gone with it (silence_gone_output)
-    nor stops on a second SIGHUP, ignored from here on: the shell passes its own on to its jobs, and the system sends
-    the foreground job another as the shell ends. Taken as a new stop, that one would cut the clean-up (train.py's
-    save) the first began."""
+    """Called on SIGHUP: the rest of the way out neither writes to the terminal gone with it nor stops on the second
+    SIGHUP the shell's end sends, which would cut the clean-up (train.py's save) the first began."""
     signal.signal(HANGUP, signal.SIG_IGN)
     silence_gone_output()
 
 
 def silence_gone_output():
-    """Whether stdout or stderr had lost its reader, which is now the null device: a terminal hung up (every write to
-    it fails, EIO) or a pipe whose reader ended (`| tee`, hung up with it: EPIPE). A line on the way out would fail
-    there, end the script in an error or cut its clean-up short. A file, or a reader still there, keeps its lines
-    (the one that says how to continue a run). False where the system cannot tell (Windows: no poll)."""
+    """Whether stdout or stderr had lost its reader (a terminal hung up, a `| tee` ended), which is now the null device,
+    so a line on the way out cannot cut its clean-up short. False where the system cannot tell (Windows: no poll)."""
     gone = False
     for fd in (1, 2):
         with contextlib.suppress(OSError, ValueError, AttributeError):
@@ -227,9 +203,8 @@ def silence_gone_output():
 
 
 def closed_pipe_on_windows(e):
-    """Whether e is how Windows says that stdout's reader went away (`| head` in Git Bash, PowerShell's
-    `| Select-Object -First 5`): an OSError EINVAL, not BrokenPipeError (python/cpython#79935). Told from another
-    EINVAL by stdout's flush failing again on what it still holds."""
+    """Whether e is how Windows says stdout's reader went away (`| head`): EINVAL, not BrokenPipeError (cpython#79935),
+    told from another EINVAL by stdout's flush failing again."""
     if sys.platform != "win32" or e.errno != errno.EINVAL or e.filename is not None:
         return False
     try:
@@ -259,9 +234,8 @@ def os_error_line(e):
 
 
 def one_process_only(main):
-    """A UserError under torchrun (WORLD_SIZE > 1; LOCAL_RANK, which torchrun sets, tells its processes from a job's
-    own variables) for a script other than train.py, which torchrun would run once a process, each doing the same
-    work: it names the command that runs it once."""
+    """A UserError under torchrun (LOCAL_RANK set, WORLD_SIZE > 1) for a script other than train.py, which each process
+    would run whole: it names the command that runs it once."""
     if "LOCAL_RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
         script = os.path.basename(sys.modules[main.__module__].__file__)
         raise UserError(f"{script} is not for torchrun, which runs it once in each of its processes (only train.py "
@@ -274,8 +248,8 @@ def speaks_for_machine():
 
 
 def exit_with_error(line, every_rank=False):
-    """Exit 1 after line ("error: ..."), said once a machine under torchrun, whose processes meet the same fault (the
-    others wait: exit_after_the_first); every_rank: by each process, for one it meets alone (its own GPU, shard)."""
+    """Exit 1 after line ("error: ..."), said once a machine under torchrun (exit_after_the_first); every_rank: by each
+    process, for a fault it meets alone (its own GPU)."""
     if speaks_for_machine() or every_rank:
         print(line, file=sys.stderr)
         sys.exit(1)
@@ -286,22 +260,18 @@ LATE_FIRST_S = 30
 
 
 def exit_after_the_first(code, first=None):
-    """Exit with code over a fault every torchrun process meets and one says: its machine's first (or the one of
-    rank 0: first=False in the others). Not at once in the others: torchrun stops them all (SIGTERM) the moment one
-    ends, and the first, a moment behind on a busy machine, would be stopped before it said why. They wait for that
-    SIGTERM, and end anyway after LATE_FIRST_S seconds (the first went on, which it should not)."""
+    """Exit with code over a fault every torchrun process meets and one says: its machine's first (first=False in the
+    others). The others wait up to LATE_FIRST_S for torchrun's SIGTERM: ending at once, torchrun would stop the first,
+    a moment behind, before it said why."""
     if not (speaks_for_machine() if first is None else first):
-        # Ctrl-C meanwhile (a first process still loading, on a busy machine; torchrun passes it on) ends the wait,
-        # not in a traceback of the fault and of KeyboardInterrupt from a process that says nothing
-        with contextlib.suppress(KeyboardInterrupt):
+        with contextlib.suppress(KeyboardInterrupt):  # (Ctrl-C meanwhile: no traceback from a silent process)
             time.sleep(LATE_FIRST_S)
     sys.exit(code)
 
 
 def first_line(e, width=200):
-    """What an exception says, in one line of at most width characters, cut between words ("..." says so). Skips a
-    heading line ending in ':' (load_state_dict's "Error(s) in loading state_dict for GPT:"), where the next line says
-    what went wrong."""
+    """What an exception says, in one line of at most width characters, cut between words; a heading line ending in
+    ':' (load_state_dict's) is skipped for the next."""
     lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
     line = lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0]
     if len(line) <= width:
@@ -313,10 +283,9 @@ def first_line(e, width=200):
 # -----------------------------------------------------------------------------
 # command-line arguments
 
-# Other tools' names for options named otherwise here (nanoGPT's; Hugging Face's Trainer, generate()'s and config's;
-# minimind's), typed by habit, which no close spelling finds (--learning_rate for --lr) or finds wrong (--eval_iters
-# as --eval_interval). Each is guessed as the first of these the script has, and as nothing in a script that has none
-# or for an option with no counterpart (--num_workers). Close spellings of ours (--max_new_tokens) need no entry.
+# Other tools' names for options named otherwise here (nanoGPT's, Hugging Face's, minimind's), typed by habit, which
+# no close spelling finds (--learning_rate) or finds wrong (--eval_iters): guessed as the first of these the script
+# has, else as nothing (--num_workers).
 OTHER_TOOLS_OPTIONS = {"--learning_rate": ["--lr"], "--gradient_accumulation_steps": ["--grad_accum"],
                        "--eval_iters": ["--eval_batches"], "--out_dir": ["--output_checkpoint", "--checkpoint"],
                        "--init_from": ["--checkpoint"], "--start": ["--prompt"],
@@ -349,11 +318,8 @@ OTHER_TOOLS_SCRIPTS = {"--eval_only": ("eval.py", "CHECKPOINT", "evaluates a che
 
 
 def command_words(argv):
-    """A script main's argv as its command line's words; None: this process's own (sys.argv[1:]). Called from Python
-    (a notebook's cell), a string is split as a shell splits it (main("--dataset story --epochs 1"), as README.md's
-    commands read), and a number or a path is its text (["--epochs", 1]), which argparse would take apart or fail on.
-    In a Jupyter kernel sys.argv is the kernel's own (-f or --f=, its connection file): main() is then the command
-    with no options."""
+    """A script main's argv as its command line's words; None: sys.argv[1:], but none in a Jupyter kernel (its -f).
+    From Python a string is split as a shell splits it (main("--epochs 1")), and a number or a path is its text."""
     if argv is None:
         kernel = "ipykernel" in sys.modules and any(a == "-f" or a.startswith("--f=") for a in sys.argv[1:])
         return [] if kernel else sys.argv[1:]
@@ -377,14 +343,12 @@ def command_words(argv):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse's, its prog the script's name (train.py, ...), with a usage error in one line: argparse's own put the
-    whole usage first (train.py's is 20 lines, the error under it), and named no close option for a misspelt one
-    (--block-size for --block_size). Under torchrun one process a machine says it (and --help): not one a process."""
+    """argparse's, with a usage error in one line (not under train.py's 20 lines of usage) that names a close option
+    for a misspelt one (--block-size); under torchrun, one process a machine says it (and --help)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        # a value that starts as a negative number is a value, its unit after it too (`--time_budget -90s`, as Python
-        # 3.13's argparse reads it), not an option: no option here is named as a number (-1)
+        # a value that starts as a negative number is a value (`--time_budget -90s`, as Python 3.13 reads it)
         self._negative_number_matcher = re.compile(r"-\.?\d")
 
     def error(self, message):
@@ -425,16 +389,14 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}; see {script_command(script, *command, '--help')}\n")
 
     def parse_args(self, args=None, namespace=None):
-        # a switch given a value as a word of its own, as nanoGPT's settings are Python's (--bias False), is said as
-        # --bias=False is (error), not read as train.py's checkpoint or an unrecognized argument
+        # a switch given a value as a word of its own, as nanoGPT's (--bias False), is said as --bias=False is
         args = words = command_words(args)  # (a notebook's string or numbers too)
         for option, word in zip(words, words[1:]):
             action = self._option_string_actions.get(option)
             if option.startswith("--") and action is not None and action.nargs == 0 and \
                     not isinstance(action, argparse._HelpAction) and word.lower() in ("true", "false"):
                 self.error(f"argument {'/'.join(action.option_strings)}: ignored explicit argument '{word}'")
-        # an unknown option after a subcommand (setup_tokenizer.py train --vocab-size) is said by that subcommand's
-        # parser: its --help lists the options, the script's (argparse's pointer) names no more than the subcommands
+        # an unknown option after a subcommand is said by that subcommand's parser, whose --help lists the options
         args, unknown = self.parse_known_args(args, namespace)
         if unknown:
             chosen = [a.choices[getattr(args, a.dest)] for a in self._actions
@@ -448,8 +410,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 class Switch(argparse.Action):
-    """An on/off option: --NAME turns it on, --no_NAME off, spelled as every other option is; None when neither is
-    given (train.py: the checkpoint's then). argparse's BooleanOptionalAction's --no-NAME is still taken."""
+    """An on/off option: --NAME turns it on, --no_NAME (or --no-NAME) off; None when neither is given."""
 
     def __init__(self, option_strings, dest, default=None, help=None):
         name = option_strings[0][2:]
@@ -464,24 +425,22 @@ class Switch(argparse.Action):
 
 
 def nonempty(text):
-    """argparse type of a path or name: '' (an unset shell variable, as in --checkpoint "$CKPT") is refused, not read
-    as the option left out (a fresh model trained, the newest checkpoint sampled, results printed, not written)."""
+    """argparse type of a path or name: '' (an unset shell variable: --checkpoint "$CKPT") is refused, not taken as the
+    option left out."""
     if not text:
         raise argparse.ArgumentTypeError("is empty: give a value")
     return text
 
 
 def path_arg(text):
-    """argparse type of a path: nonempty's, with a leading ~ (~user) expanded as the shell does for a word of its own.
-    The shell leaves it in `--out_dir=~/data` and `--json=~/r.json`, which would write into a folder named ~ in the
-    working directory (one `rm -rf ~` away from the user's home)."""
+    """argparse type of a path: nonempty's, a leading ~ expanded, as the shell leaves it in `--out_dir=~/data` (a
+    folder named ~ is one `rm -rf ~` away from the user's home)."""
     return os.path.expanduser(nonempty(text))
 
 
 def number(text, kind):
-    """text as kind (int or float), for an argparse type function that checks a range too: one that is no number
-    gets argparse's own line for type=int or type=float ("invalid int value: '1.5'"), as every script's plain
-    number options do, not one naming the function ("invalid positive_int value")."""
+    """text as kind (int or float), for an argparse type that checks a range too: no number gets argparse's own line
+    ("invalid int value: '1.5'"), not one naming the function."""
     try:
         return kind(text)
     except ValueError:
@@ -509,9 +468,8 @@ def require_utf8(text, what):
 
 
 def expand_pattern(path, option):
-    """[path], or where no such path is and it holds a wildcard, the paths it matches: a pattern the shell did not
-    expand (quoted, or Windows' cmd and PowerShell, which leave * to the program) is expanded here, not "no such
-    file"."""
+    """[path], or where no such path is and it holds a wildcard the shell did not expand (quoted, or Windows'), the
+    paths it matches."""
     if os.path.exists(path) or not any(c in path for c in "*?["):
         return [path]
     found = sorted(glob.glob(path, recursive=True))
@@ -521,8 +479,8 @@ def expand_pattern(path, option):
 
 
 def file_identity(path):
-    """What tells the file at path apart from others however it is spelled (./a.pt, a.pt, a link to it, a hard link):
-    its (device, inode), or its real path where the filesystem gives no inode (0 for every file) or nothing is there."""
+    """What tells the file at path apart however it is spelled (a link, a hard link): its (device, inode), or its real
+    path where the file system gives no inode or nothing is there."""
     try:
         st = os.stat(path)
     except OSError:
@@ -543,16 +501,14 @@ def json_kind(v):
 
 
 def nonnegative_int(v):
-    """Whether v, read from a file this project wrote (a checkpoint, a meta.json), is a count it writes: an int of 0 or
-    more, not a bool (an int to Python)."""
+    """Whether v, read from a checkpoint or meta.json, is a count: an int of 0 or more, not a bool."""
     return type(v) is int and v >= 0
 
 
 def parts_text(content, role="user", types=("text",)):
     """OpenAI's list of content parts, [{"type": "text", "text": "Hi"}, ...], as one string; None when content is no
-    such list. types: the parts' types that hold text (the Responses API's are input_text and output_text); an
-    assistant's may also hold refusal parts, their text under "refusal", as OpenAI's client sends its earlier replies
-    back. serve.py's requests and prepare.py's `messages` records read it alike."""
+    such list. types: the parts' types that hold text; an assistant's may also hold refusal parts, as OpenAI's client
+    sends its earlier replies back."""
     kinds = types + ("refusal",) if role == "assistant" else types
 
     def text(p):
