@@ -521,8 +521,7 @@ def parts_text(content, role="user", types=("text",)):
 
 
 def without_surrogates(x):
-    """x (parsed JSON) with each lone surrogate (JSON can spell half of a UTF-16 pair, \\ud800, alone) replaced by
-    U+FFFD, as tiktoken reads it: no UTF-8 text holds one, and printing or writing it fails."""
+    """x (parsed JSON), each lone surrogate (\\ud800) made U+FFFD, as tiktoken reads it: writing one fails."""
     if isinstance(x, str):
         return re.sub("[\ud800-\udfff]", "\ufffd", x)
     if isinstance(x, list):
@@ -536,13 +535,12 @@ UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")  # the byte-order marks opening UTF-16 t
 
 
 class NotText(UserError):
-    """not_utf8's and holds_nul's error: a file whose way out is most often a command writing a mended copy next to it
-    (fix_command), for the caller to add to where that copy is not enough (prepare.py's --source folders)."""
+    """not_utf8's and holds_nul's error, whose way out a caller may add to (prepare.py's --source folders)."""
 
 
 def not_utf8(path, what=None, fix=None):
-    """The UserError for a file that is not UTF-8 text, naming its first bad byte by line and by offset in the file (a
-    decoder reading in blocks gives the offset in its block, which tells the user nothing). Only read on that error."""
+    """The UserError for a file that is not UTF-8 text, naming its first bad byte by line and offset in the file (not
+    in a decoder's block), and the likeliest way to convert it."""
     try:
         where = first_bad_utf8(path)
         if fix is None and os.path.isfile(path):
@@ -553,9 +551,7 @@ def not_utf8(path, what=None, fix=None):
         if fix is None and where and utf8_around(path, where[1]):
             fix = stray_byte_fix(path)
         if fix is None and where:
-            # the encoding guesses read the MiB from the first byte that is not UTF-8 (before it, bytes beyond ASCII
-            # are parts of UTF-8 characters)
-            with open(path, "rb") as f:
+            with open(path, "rb") as f:  # (before the first bad byte, bytes beyond ASCII are UTF-8's)
                 f.seek(where[1])
                 after = f.read(1 << 20)
             fix = encoding_fix(after, path)
@@ -611,10 +607,9 @@ def latin1_fix(path):
 
 
 def fix_command(command, path, tag="utf8"):
-    """A command to paste that mends path, a file that is not UTF-8 text: `command < PATH > OUT` (each of not_utf8's
-    commands reads stdin), PATH as the user gave it and OUT a new file next to it, tag before its suffix
-    (notes.txt -> notes.utf8.txt: still a .txt, .jsonl, ... to give in its place). Not in place: the shell empties
-    `> notes.txt` before iconv reads it. A pipe or device (no file to name) gets the bare command, for its pipe."""
+    """A command to paste that mends path: `command < PATH > OUT`, OUT a new file beside it, tag before its suffix
+    (notes.utf8.txt: still a .txt). Not in place: the shell empties `> notes.txt` before iconv reads it. A pipe or
+    device gets the bare command."""
     if not os.path.isfile(path):
         return f"`{command}`"
     return f"`{command} < {shlex.quote(path)} > {shlex.quote(mended_path(path, tag))}`"
@@ -641,9 +636,8 @@ def binary_fix(path):
 
 
 def holds_nul(path, text=""):
-    """The UserError for text that holds NUL, as UTF-16 without a byte-order mark read as UTF-8 does after every ASCII
-    letter: valid UTF-8, which trained on "O\\0n\\0c\\0e\\0". text: what was read from its start, whose NUL before
-    the first letter says big-endian (iconv's utf-16le on it gives other characters)."""
+    """The UserError for text that holds NUL, as UTF-16 without a byte-order mark read as UTF-8 does: valid UTF-8,
+    "O\\0n\\0c\\0e\\0". text: what was read from its start, whose NUL before the first letter says big-endian."""
     order = "be" if text[:1] == "\0" else "le"
     drop = fix_command("tr -d '\\000'", path)
     return NotText(f"{path} holds NUL bytes, which text does not: UTF-16 without a byte-order mark? convert it, e.g. "
@@ -680,10 +674,8 @@ def cp1252_fix(path):
 
 
 def utf8_around(path, at):
-    """Whether the 64 KiB of path on either side of offset at hold as many characters beyond ASCII in valid UTF-8 as
-    bytes that are none, as latin1 or cp1252 text next to ASCII hardly ever does: the file is UTF-8, but for its byte
-    at. (Not one such character: GBK's two-byte characters make one in valid UTF-8 for every three bytes that do
-    not.)"""
+    """Whether the 64 KiB of path on either side of offset at are mostly_utf8, as latin1 or cp1252 text hardly ever is:
+    the file is UTF-8 but for its byte at. (Not one such character: GBK's make one for every three that are not.)"""
     span = 1 << 16
     with open(path, "rb") as f:
         f.seek(max(0, at - span))
@@ -691,8 +683,7 @@ def utf8_around(path, at):
 
 
 def mostly_utf8(data):
-    """Whether data holds as many characters beyond ASCII in valid UTF-8 as bytes that are none (utf8_around's reading
-    of a file; gen.py's of a line piped in)."""
+    """Whether data holds as many characters beyond ASCII in valid UTF-8 as bytes that are none."""
     text = data.decode("utf-8", "replace")
     return len(re.findall("[\x80-\ufffc\U00010000-\U0010ffff]", text)) >= text.count("\ufffd")
 
@@ -703,8 +694,8 @@ def mostly_utf8(data):
 # GB18030 reads, as a character of the letter after); Big5, Shift-JIS and EUC-KR text often decodes as GB18030,
 # garbled, so the advice names them too.
 def east_asian(data):
-    """Whether data (not_utf8's: the MiB of a file from its first byte that is not UTF-8) decodes as GB18030 (to its
-    last line break, where the MiB cuts a character), nine in ten of its bytes beyond ASCII next to another."""
+    """Whether data (not_utf8's MiB from a file's first bad byte) decodes as GB18030 (whole_lines), nine in ten of its
+    bytes beyond ASCII next to another."""
     if (data := whole_lines(data, "gb18030")) is None:
         return False
     runs = [len(run) for run in re.findall(rb"[\x80-\xff]+", data)]
@@ -727,10 +718,9 @@ TWO_BYTE_ENCODINGS = {
 
 
 def two_byte_encoding(data):
-    """"cp950" or "cp932" where data (not_utf8's: the MiB of a file from its first byte that is not UTF-8) decodes so
-    (to its last line break, where the MiB cuts a character), a tenth of its characters' second bytes ASCII (a third
-    from 0x80 up, for cp932), nine in ten of their first bytes (half, for cp932) its common ones, half of them next
-    to another; else None."""
+    """"cp950" or "cp932" where data (not_utf8's MiB) decodes so (whole_lines), a tenth of its characters' second bytes
+    ASCII (a third from 0x80 up, for cp932), nine in ten of their first bytes (half, for cp932) its common ones, half
+    of them next to another; else None."""
     for encoding, (pattern, common_first, high_second) in TWO_BYTE_ENCODINGS.items():
         if (lines := whole_lines(data, encoding)) is None:
             continue
@@ -837,8 +827,7 @@ def letters_encoding(data):
 # told from latin2 by its letters at 0x80-0x9F (ś, ź, š), C1 controls in latin2; its Ť, Ź and ť (0x8D, 0x8F, 0x9D),
 # undefined in cp1252, name it alone. Czech, whose ř č ě read as Western letters (ø è ì), is seldom told (cp1252 then).
 def central_european(data):
-    """"cp1250" or "iso-8859-2" where data (not_utf8's: a file's bytes from its first that is not UTF-8) looks like
-    Central European text in one, else None."""
+    """"cp1250" or "iso-8859-2" where data (not_utf8's MiB) looks like Central European text in one, else None."""
     signs = re.findall(rb"(?<=[A-Za-z\xc0-\xff])[\xa1-\xac\xae-\xb3\xb5\xb6\xb8-\xbf](?=[A-Za-z\xc0-\xff])", data)
     if re.search(rb"[\x8d\x8f\x9d]", data) or len(signs) >= 0.1 * len(re.findall(rb"[\x80-\xff]", data)) > 0:
         return "cp1250" if re.search(rb"[\x80-\x9f]", data) else "iso-8859-2"
@@ -868,16 +857,14 @@ def fmt_count(n):
 
 
 def color_ok(stream):
-    """Whether stream takes ANSI styling: a terminal, without NO_COLOR set (no-color.org: set and not empty), and not
-    TERM=dumb (Emacs' shell and compile buffers, an editor's terminal, which show the codes as ^[[2m), as git and ls
-    leave it plain. Every script's styling (train.py's colors, gen.py's bold prompts) asks here, so all heed both."""
+    """Whether stream takes ANSI styling: a terminal, without NO_COLOR set (no-color.org) and not TERM=dumb (Emacs'
+    buffers show the codes as ^[[2m), as git and ls decide. Every script's styling asks here."""
     return stream.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
 
 
 def draws_a_bar(stream):
-    """Whether a progress bar on stream is seen: a terminal that has a width and a height. tqdm draws none on a
-    pseudo-terminal nobody sized (`script -qc CMD /dev/null | tee log`: 0 columns) or of 0 rows (`stty rows 0`): such a
-    run gets the plain lines a bar stands in for."""
+    """Whether a progress bar on stream is seen: a terminal with a width and a height (tqdm draws none on one of 0
+    columns, as `script -qc CMD /dev/null` makes, or 0 rows)."""
     if not stream.isatty():
         return False
     try:
@@ -894,8 +881,8 @@ PROGRESS_UNITS = {"B": (1e6, " MB"), "tokens": (1e6, "M tokens"), "windows": (1,
 
 
 def progress_bar(desc, total, unit="B"):
-    """The progress of a long job (prepare.py's build in bytes of input, its packing in tokens; eval.py's windows), unit
-    one of PROGRESS_UNITS, total: of them all (None where not known): a tqdm bar on a terminal, else ProgressLines."""
+    """The progress of a long job in unit (of PROGRESS_UNITS), total of them all or None: a tqdm bar on a terminal,
+    else ProgressLines."""
     if draws_a_bar(sys.stderr):
         from tqdm import tqdm  # (here: common.py is imported first, and light)
         return tqdm(desc=desc, total=total, unit=unit if unit == "B" else f" {unit}", unit_scale=True, leave=False)
@@ -903,9 +890,8 @@ def progress_bar(desc, total, unit="B"):
 
 
 class ProgressLines:
-    """Progress where no bar is drawn (standard error a file or a pipe: a nohup run's log): a line on standard error
-    every PROGRESS_LINE_S seconds, what was counted and, of a known total, its share and the time left (a 2 GB file
-    takes 8 minutes to prepare: not to pass without a word). tqdm's update() and context, no more."""
+    """Progress where no bar is drawn (a log): a line on standard error every PROGRESS_LINE_S seconds, what was counted
+    and, of a known total, its share and the time left. tqdm's update() and context, no more."""
 
     def __init__(self, desc, total, unit):
         self.desc, self.total, self.n = desc, total, 0
@@ -916,8 +902,7 @@ class ProgressLines:
     def update(self, n):
         self.n += n
         now = time.monotonic()
-        # the rate from the first update on, not from the start: a pass before it that counts nothing (prepare.py
-        # counting a folder's documents for val) would make the first line's rate too low, and its time left too long
+        # the rate from the first update on: a pass before it that counts nothing would make it too low
         self.first = self.first or (now, self.n)
         if now - self.said < PROGRESS_LINE_S or now == self.first[0]:  # (no rate yet: said at the next update)
             return
@@ -937,19 +922,16 @@ class ProgressLines:
 
 
 def python_command():
-    """How a command a script prints for the user to paste calls Python (pip's upgrade hint does as much): `python` or
-    `python3` where that name on PATH is this interpreter (an activated venv), else this one's path, relative below the
-    working directory: `make demo` runs `.venv/bin/python train.py`, and its "try it: python gen.py ..." would find no
-    torch in the system's Python, or no `python` at all (Debian has only python3)."""
+    """How a command to paste calls Python: `python` or `python3` where that name on PATH is this interpreter (an
+    activated venv), else its path (.venv/bin/python, as `make demo` runs it): the system's Python has no torch."""
     if not sys.executable:  # (an embedded interpreter says none)
         return "python"
     return as_called(os.path.abspath(sys.executable), ("python", "python3"))
 
 
 def torchrun_command():
-    """How a command to paste calls torchrun: the torchrun beside this Python (its venv's), as python_command calls
-    Python (`torchrun` in an activated venv, else .venv/bin/torchrun), or this Python's `-m torch.distributed.run`
-    where there is none beside it. A bare `torchrun` outside the venv is no command, or another install's."""
+    """How a command to paste calls torchrun: the one beside this Python, as python_command calls Python, else this
+    Python's `-m torch.distributed.run` (a bare `torchrun` outside the venv is another install's, or none)."""
     exe = os.path.abspath(sys.executable) if sys.executable else ""
     beside = os.path.join(os.path.dirname(exe), "torchrun")
     if exe and os.path.isfile(beside):
@@ -970,8 +952,7 @@ def as_called(program, names):
 
 
 def shown_path(path):
-    """path as a command the user pastes here names it: relative where it lies below the working directory
-    (models/story_best.pt), else absolute (/usr/bin/python3, not ../../usr/bin/python3)."""
+    """path as a command to paste names it: relative below the working directory, else absolute (not ../../usr)."""
     path = os.path.abspath(path)
     try:
         rel = os.path.relpath(path)
@@ -981,9 +962,8 @@ def shown_path(path):
 
 
 def script_command(script, *args):
-    """The command line that runs script (prepare.py, train.py, ...) with args, as the user pastes it: python_command's
-    Python, the script's path from the working directory (`python gpt/train.py` run from a folder of runs;
-    shown_path), the arguments quoted for a shell."""
+    """The command line to paste that runs script (train.py, ...) with args: python_command's Python, the script's path
+    from the working directory (`python gpt/train.py`), the arguments quoted for a shell."""
     return f"{python_command()} {shlex.join([script_path(script), *args])}"
 
 
@@ -993,8 +973,7 @@ def script_path(script):
 
 
 def ask(prompt):
-    """The user's answer to prompt, stripped; None at the end of input (Ctrl-D), the line ended so that what follows
-    starts below the prompt."""
+    """The user's answer to prompt, stripped; None at the end of input (Ctrl-D), the line then ended."""
     try:
         return input(prompt).strip()
     except EOFError:
