@@ -987,9 +987,8 @@ def ask(prompt):
 def check_output(path, option, folder=False, inputs=(), checkpoint=False, vocabulary=False):
     """Fail now, with one line naming option, when path cannot be written: before hours of work, not at the end.
     Creates the folder (path itself when folder, else its parent) and writes and removes a probe file there.
-    inputs: {option: path(s)} the command reads, which path must not be (the result would replace them). Nor may
-    path be a checkpoint, a vocabulary or a dataset's file (kept_file), unless checkpoint: a checkpoint written over
-    one (and over no other file), or vocabulary: a vocabulary retrained in place (not a dataset's own)."""
+    inputs: {option: path(s)} the command reads, which path must not be. Nor may path be a kept_file, unless
+    checkpoint (a checkpoint over one, and over no other file) or vocabulary (one retrained in place)."""
     if not path:
         raise UserError(f"{option} is empty: give a path")
     # a folder's path, or one to make ("out/", which an atomic write would take as out/.PID.tmp, failing at the end)
@@ -1020,8 +1019,7 @@ def check_output(path, option, folder=False, inputs=(), checkpoint=False, vocabu
                         f"replace it; give another {option}")
     target = os.path.abspath(link_target(path))  # (the file an atomic write replaces)
     parent = path if folder else os.path.dirname(target)
-    # a file's probe is the very name its atomic write takes (tmp_name): one longer than the system allows (past 255
-    # bytes, or Windows' 260 characters of path), which a short probe would pass, fails here, not after the work
+    # the probe is the very name the atomic write takes (tmp_name): one too long for the system fails here
     probe = tmp_name(os.path.join(parent, ".write-probe") if folder else target)
     try:
         make_folders(parent)
@@ -1035,8 +1033,7 @@ def check_output(path, option, folder=False, inputs=(), checkpoint=False, vocabu
         raise UserError(f"{option} {path}: cannot write there ({e.strerror or e}): {fix}") from None
 
 
-# the folders check_output made, outermost first: a command that fails after its check (an argument refused later, a
-# checkpoint not found) takes back those still empty, as it found the disk
+# the folders check_output made, outermost first: a command that fails after its check takes back those still empty
 made_folders = []
 
 
@@ -1060,9 +1057,8 @@ def remove_made_folders(start=0):
 
 @contextlib.contextmanager
 def removing_made_folders():
-    """The folders make_folders makes within, taken back (those still empty) should it fail, as run_main takes back a
-    command's: every script's main(), and prepare.prepare(), called from Python (a notebook), which no run_main wraps,
-    left an empty data/ or models/ behind when it failed. Folders made before it stay. (A decorator too)"""
+    """The folders make_folders makes within, those still empty taken back should it fail: a script's main() called
+    from Python, which no run_main wraps, left an empty data/ behind. (A decorator too)"""
     start = len(made_folders)
     try:
         yield
@@ -1072,11 +1068,9 @@ def removing_made_folders():
 
 
 def kept_file(path):
-    """What an existing file is that no script's output may replace (a checkpoint aside, which train.py's runs write
-    over by their own rules): a checkpoint, weights, a prepared dataset's file (its token files, meta.json, its
-    vocabulary; not other files there, as an eval.py --json written beside it), a model folder's config and tokenizer
-    files, a vocabulary (.tiktoken: a dataset made with --tokenizer FILE reads it again), a run's metrics; None for
-    anything else."""
+    """What an existing file is that no script's output may replace (but train.py's checkpoints, by its own rules): a
+    checkpoint, weights, a prepared dataset's own file, a model folder's config and tokenizer files, a vocabulary (a
+    dataset made with --tokenizer FILE reads it again), a run's metrics; None for anything else."""
     folder, name = os.path.split(os.path.realpath(path))
     if (name in ("meta.json", VOCAB_FILE) or name.endswith(".bin")) and is_dataset_folder(folder):
         return f"a file of the dataset in {folder}"
@@ -1100,8 +1094,7 @@ FIRST_VOCABULARY_LINE = re.compile(rb"(?:[A-Za-z0-9+/]{4})*"
 
 
 def starts_as_vocabulary(path):
-    """The file's first line is a .tiktoken vocabulary's, as setup_tokenizer.py writes it (`base64 0`, the first rank):
-    one retrained in place under another name. (Not any `word number`: a text's "Chapter 2" or "Book 1" would pass.)"""
+    """The file's first line is a .tiktoken vocabulary's (`base64 0`), not any `word number` ("Chapter 2")."""
     try:
         with open(path, "rb") as f:
             return FIRST_VOCABULARY_LINE.fullmatch(f.readline(200)) is not None
@@ -1126,8 +1119,7 @@ def is_dataset_folder(folder):
 
 
 def refuse_dataset_folder(folder, option):
-    """A UserError when folder, given as option (--data_dir, --out_dir: a folder of datasets), is one dataset's own
-    folder (data/story), naming the folder that holds it: not a dataset built inside the dataset."""
+    """A UserError when folder, given as option (a folder of datasets), is one dataset's own folder (data/story)."""
     if is_dataset_folder(folder):
         parent, name = os.path.split(os.path.normpath(folder))
         raise UserError(f"{option} {folder} is the folder of the dataset {name!r}, not a folder of datasets: give the "
@@ -1137,17 +1129,14 @@ def refuse_dataset_folder(folder, option):
 # the file name of a custom vocabulary (.tiktoken text) in a prepared dataset's folder and in export.py's model folder
 VOCAB_FILE = "tokenizer.tiktoken"
 
-# what a Hugging Face model folder (export.py's, a downloaded one) is made of besides its .safetensors weights;
-# export.py writes a custom vocabulary as tokenizer.tiktoken too (kept_file: setup_tokenizer.py train --out may not
-# replace it)
+# what a Hugging Face model folder is made of besides its .safetensors weights (export.py's custom vocabulary too)
 MODEL_FOLDER_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json", "pytorch_model.bin",
                       "pytorch_model.bin.index.json", "tokenizer.json", "tokenizer_config.json", "vocab.json",
                       "merges.txt", "special_tokens_map.json", VOCAB_FILE)
 
 
 def model_folder_file(path):
-    """The error for path, a file of a Hugging Face model folder (its weights, config or tokenizer files, a config.json
-    beside them), given where the folder goes; None for any other path."""
+    """The error for path, a file of a Hugging Face model folder, given where the folder goes; None for another."""
     folder, name = os.path.split(path)
     folder = folder or "."
     if (name.endswith(".safetensors") or name in MODEL_FOLDER_FILES) and \
@@ -1195,8 +1184,7 @@ def atomic_torch_save(obj, path):
     os.makedirs(folder, exist_ok=True)
     tmp = tmp_name(path)
     try:
-        # opened here first: a folder that takes no files (made read-only mid-run) is an OSError, one line, not torch's
-        # writer's RuntimeError traceback ("open file failed with strerror: Permission denied")
+        # opened here first: a folder that takes no files is an OSError, one line, not torch's RuntimeError traceback
         open_for(path, tmp, "wb").close()
         try:
             torch.save(obj, tmp)
@@ -1206,9 +1194,7 @@ def atomic_torch_save(obj, path):
                 raise
             full = True
         if full:
-            # the space as the user finds it: measured once the partial file is gone (inside the except, torch's
-            # writer in the traceback's frames would still hold it open)
-            os.remove(tmp)
+            os.remove(tmp)  # (out of the except: torch's writer in the traceback's frames would still hold it open)
             free = shutil.disk_usage(folder).free
             raise UserError(f"could not write {path} ({free / 1e6:.0f} MB free there): free some space or write "
                             f"elsewhere; the previous file, if any, is untouched")
@@ -1221,8 +1207,7 @@ def atomic_torch_save(obj, path):
 
 
 def open_for(path, tmp, mode, **kwargs):
-    """open(tmp, mode), the temporary file of an atomic write of path, its OSError named as path, the file the user
-    knows (a read-only file system's error named "x.json.123.tmp")."""
+    """open(tmp, mode), the temporary file of an atomic write of path, its OSError naming path, the user's file."""
     try:
         return open(tmp, mode, **kwargs)
     except OSError as e:
@@ -1230,9 +1215,8 @@ def open_for(path, tmp, mode, **kwargs):
 
 
 def remove_temporary(tmp):
-    """Removes an atomic write's temporary file tmp where it is there (the write failed before the rename). Only there:
-    a read-only file system refuses to remove a missing file with EROFS, not FileNotFoundError, an error that would
-    take the place of the write's."""
+    """Removes an atomic write's temporary file tmp if there: a read-only file system refuses to remove a missing file
+    with EROFS, an error that would take the place of the write's."""
     if os.path.lexists(tmp):
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
@@ -1248,18 +1232,14 @@ def write_target(path):
 
 
 def link_target(path):
-    """path, or the file a symbolic link at path points to (a link's link too): what an atomic write replaces. Renamed
-    over, the link would become a file of its own (models/x.pt linked to a bigger disk: the new checkpoint on the small
-    one, the old one left where the link pointed); its temporary file goes beside the target, as a rename from the
-    link's folder fails across file systems (EXDEV)."""
+    """path, or the file a symbolic link at path points to: what an atomic write replaces. Renamed over, the link would
+    become a file of its own (on the wrong disk), and a rename from the link's folder fails across file systems."""
     return os.path.realpath(path) if os.path.islink(path) else path
 
 
 def read_only(path):
-    """Whether path is a file this process may not write (chmod a-w, another user's), which an atomic write refuses: a
-    rename in its folder, which the folder's permissions allow, would replace it all the same. Not a file on a
-    read-only file system, which os.access refuses too, but where chmod would fail: the write's own error says the fix
-    there (OS_FIXES)."""
+    """Whether path is a file this process may not write (chmod a-w), which an atomic write refuses, as a rename would
+    replace it all the same. Not on a read-only file system: the write's own error says the fix there (OS_FIXES)."""
     return os.path.isfile(path) and not os.access(path, os.W_OK) and not on_read_only_file_system(path)
 
 
@@ -1310,8 +1290,7 @@ def fsync_replace(tmp_path, path):
 
 
 def name_full_disk(e, path):
-    """Names path in e, the OSError of a write() or fsync() on a full disk, which names no file (which disk is full?).
-    Not another error's: a source's read error would name the wrong file, and one without an errno lose its text."""
+    """Names path in e, the OSError of a write() or fsync() on a full disk, which names no file; not another error's."""
     if e.errno in (errno.ENOSPC, errno.EDQUOT) and not e.filename:
         e.filename = path
 
@@ -1327,10 +1306,9 @@ def naming_full_disk(path):
 
 
 def remove_stale_tmp(folder, names, quiet_s=600):
-    """Delete the tmp_name() files of the files the regex names matches in folder that processes killed mid-write
-    left (SIGKILL: no finally runs), so half-written checkpoints and token files do not pile up. Only ones whose
-    process is gone from this machine and that nobody has written to for quiet_s seconds: a live process's write (or
-    one on another machine, on a shared disk) is left alone, and so is any file of the user's."""
+    """Delete the tmp_name() files, of files whose name the regex names matches, that processes killed mid-write left
+    in folder: only ones whose process is gone from this machine and that no one wrote to for quiet_s seconds (a
+    write on another machine sharing the disk is left alone)."""
     with contextlib.suppress(OSError):
         for name in os.listdir(folder):
             m = re.fullmatch(tmp_pattern(names), name)
@@ -1357,10 +1335,8 @@ def remove_stale_tmp(folder, names, quiet_s=600):
 
 
 def process_runs(pid):
-    """Whether process pid runs on this machine (True for one of another user's). os.kill(pid, 0) asks on POSIX; on
-    Windows signal 0 is CTRL_C_EVENT, sent to the console's processes rather than asked (a stale file of a pid now
-    taken by a console program would interrupt it, or this very run at its next save), so it asks the process's exit
-    code there."""
+    """Whether process pid runs on this machine (True for one of another user's). Windows asks its exit code: signal 0
+    is CTRL_C_EVENT there, which would interrupt the console's programs."""
     if sys.platform == "win32":
         import _winapi
         try:  # PROCESS_QUERY_LIMITED_INFORMATION: what GetExitCodeProcess needs, granted for most processes
@@ -1386,10 +1362,9 @@ def process_runs(pid):
 @contextlib.contextmanager
 def held_lock(path, busy):
     """Held while a command writes the files the lock file path guards: another that asks for it meanwhile gets
-    UserError(busy). An flock, which the system lets go however the process ends (kill -9 included). Without fcntl
-    (Windows) the file is made with O_EXCL and holds the pid, and is taken over once that process is gone (a process
-    killed without its finally leaves it). Where the file cannot be made or locked (a read-only folder, which takes no
-    writes either, or a network file system without locks): no lock. Yields whether it holds one."""
+    UserError(busy). An flock, let go however the process ends (kill -9 too); without fcntl (Windows) an O_EXCL file
+    holding the pid. Where the file cannot be made or locked (a read-only folder, NFS without locks): no lock. Yields
+    whether it holds one."""
     fcntl = fcntl_module()
     with pid_file_lock(path, busy) if fcntl is None else flock_lock(fcntl, path, busy) as held:
         yield held
@@ -1459,9 +1434,8 @@ def pid_file_lock(path, busy):
 
 
 def flock_soon(fcntl, f):
-    """held_lock's flock, tried again for half a second before BlockingIOError: lock_is_held asks by taking it for an
-    instant (no portable way asks without), and a command taking it in that instant would be refused as if another
-    one ran. One that does run holds it for its whole run; its refusal only comes half a second later."""
+    """held_lock's flock, tried for half a second before BlockingIOError: lock_is_held takes it for an instant, and a
+    command taking it in that instant would be refused as if another one ran."""
     deadline = time.monotonic() + 0.5
     while True:
         try:
@@ -1488,9 +1462,8 @@ def lock_holder_runs(path):
 
 
 def lock_is_held(path):
-    """Whether a held_lock(path) is held now (by another command, which this one must wait for). Asked by taking the
-    flock without waiting and letting it go at once (a command taking it in that instant tries again: flock_soon).
-    Without fcntl: whether the O_EXCL file's process runs."""
+    """Whether a held_lock(path) is held now, asked by taking the flock without waiting and letting it go at once
+    (flock_soon); without fcntl, whether the O_EXCL file's process runs."""
     fcntl = fcntl_module()
     if fcntl is None:
         return lock_holder_runs(path)
@@ -1518,8 +1491,7 @@ def fcntl_module():
 
 
 def prepare_lock(out_dir, name):
-    """The lock file prepare.py holds while it builds out_dir/name (beside the folder, which a failed first build
-    removes)."""
+    """The lock file prepare.py holds while it builds out_dir/name (beside the folder, which a failed build removes)."""
     return os.path.join(out_dir, f".{name}.prepare.lock")
 
 
@@ -1527,8 +1499,7 @@ def prepare_lock(out_dir, name):
 # reading files: a checkpoint's format, token files without a memmap
 
 def starts_as_zip(file):
-    """Whether the file (a path, or a file open in binary mode) begins with a zip's first local header, as every
-    torch.save checkpoint does (whole or cut short; a legacy torch.save file begins with a pickle)."""
+    """Whether the file (a path, or a file open in binary mode) begins as a zip does, as every torch.save checkpoint."""
     if isinstance(file, (str, os.PathLike)):
         with open(file, "rb") as f:
             return starts_as_zip(f)
@@ -1540,11 +1511,9 @@ READ_AT_LOCK = threading.Lock()  # read_at's, where a seek stands in for pread
 
 
 def read_at(f, offset, n):
-    """n bytes of the open file f from byte offset (fewer at its end), leaving its position as it was. Token files are
-    read so rather than through a memmap: every page a memmap has read stays counted in the process's memory while it
-    is open (a whole train.bin soon: 20 GB for a 10B-token set).
-    os.pread where the system has it; Windows has none: a seek and a read, under a lock (train.py's loader reads from
-    a thread), and back to where a file being written was (prepare.py reads what it wrote, and goes on writing)."""
+    """n bytes of the open file f from byte offset (fewer at its end), leaving its position as it was: not a memmap,
+    whose pages read stay counted in the process's memory (20 GB for a 10B-token train.bin). os.pread, else (Windows) a
+    seek and a read under a lock, and back to where a file being written was."""
     if hasattr(os, "pread"):
         return os.pread(f.fileno(), n, offset)
     with READ_AT_LOCK:
@@ -1557,9 +1526,8 @@ def read_at(f, offset, n):
 
 
 def read_items(f, start, n, dtype):
-    """Items [start, start + n) of a file of numpy dtype items (a token file's tokens, a mask file's flags) open as f,
-    as an array, by read_at (no memmap), fewer at its end: whole items only (numpy refuses a part of one). numpy
-    imported here: scripts that never read token files keep without it."""
+    """Items [start, start + n) of a file of numpy dtype items open as f, as an array, by read_at, fewer (whole ones) at
+    its end. numpy imported here: scripts that never read token files keep without it."""
     import numpy as np
     dtype = np.dtype(dtype)
     data = read_at(f, int(start) * dtype.itemsize, int(n) * dtype.itemsize)
@@ -1577,8 +1545,8 @@ DTYPES = ("float32", "bfloat16", "float16")  # --dtype's names: torch_dtype turn
 
 
 def add_device_arguments(p, dtype=True, inherited=False):
-    """--device and (dtype) --dtype, one definition, default and help for every script that runs a model. inherited:
-    train.py's --dtype, which a continued run takes from its checkpoint when left out (None then)."""
+    """--device and (dtype) --dtype for every script that runs a model. inherited: train.py's --dtype, None when left
+    out, which a continued run takes from its checkpoint."""
     p.add_argument("--device", default="auto", help=f"{DEVICES} (default: auto = CUDA, then MPS, then CPU)")
     if dtype:
         # ("(default: X)", as every default is said, --device's and bench.py's --dtype's "auto = ..." too)
@@ -1608,8 +1576,7 @@ def pick_device(name="auto", interactive=None):
 
 
 def named_device(name):
-    """The torch.device of --device name, a UserError where it is none, one the scripts do not run on, or one this
-    machine does not have."""
+    """The torch.device of --device name; a UserError for none, one the scripts do not run on, or one not here."""
     import torch
     try:
         dev = torch.device(name)
@@ -1663,9 +1630,7 @@ def pick_dtype(device, name="auto"):
 
 
 def cpu_bf16_is_faster():
-    """True where a bf16 matmul outruns an fp32 one, so that --dtype auto takes bf16 autocast on this CPU: AMX (Intel
-    since Sapphire Rapids), or AVX-512 BF16 on AMD (Zen 4 on); Intel's AVX-512 BF16 alone is slower than fp32
-    (cpu_bf16_verdict; the measurements in BENCHMARKS.md)."""
+    """True where a bf16 matmul outruns an fp32 one on this CPU, so --dtype auto takes bf16 (cpu_bf16_verdict)."""
     return cpu_bf16_verdict()[0]
 
 
@@ -1682,8 +1647,8 @@ def cpu_bf16_verdict():
 
 
 def dtype_words(device, dtype, name):
-    """dtype as a run's line says it ("float32"), with why --dtype auto (name) took it on a CPU: "float32 (auto: no
-    AVX-512 BF16 or AMX here)", where a reader of "bf16 on CPUs" would wonder."""
+    """dtype as a run's line says it, with why --dtype auto took it on a CPU: "float32 (auto: no AVX-512 BF16 or AMX
+    here)"."""
     words = str(dtype).removeprefix("torch.")
     if device.type != "cpu" or name != "auto":
         return words
@@ -1691,8 +1656,8 @@ def dtype_words(device, dtype, name):
 
 
 def slow_on_this_cpu(device, dtype, name):
-    """The warning for --dtype name (its dtype) where this CPU runs it slower than float32, as train.py, gen.py,
-    eval.py and serve.py say it; None on a GPU, or where it is no slower. --dtype auto never picks such a dtype."""
+    """The warning for --dtype name (its dtype) where this CPU runs it slower than float32; None on a GPU, or where it
+    is no slower."""
     import torch
     if device.type != "cpu":
         return None
@@ -1706,8 +1671,7 @@ def slow_on_this_cpu(device, dtype, name):
 
 
 def cpu_has_bf16():
-    """True when the CPU has bf16 matmul instructions (AVX-512 BF16 or AMX): without them torch emulates bf16, many
-    times slower than fp32."""
+    """True when the CPU has bf16 matmul instructions (AVX-512 BF16 or AMX), without which torch emulates bf16."""
     flags = cpu_info()[1]
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
@@ -1744,7 +1708,7 @@ def seeded_generator(device, seed):
 
 def is_oom(e):
     """Whether e is an allocation that failed for its size: out of host or device memory, or a tensor too large for
-    torch to size at all. Other errors (a bug's RuntimeError) are not, and keep their traceback."""
+    torch to size at all."""
     import torch
     # (torch.OutOfMemoryError, where a torch has it, is this very class)
     return isinstance(e, (MemoryError, torch.cuda.OutOfMemoryError)) or any(
@@ -1753,12 +1717,10 @@ def is_oom(e):
 
 
 def retain_freed_memory():
-    """Make glibc keep freed memory for reuse instead of handing it back to the kernel: by default an allocation above
-    the mmap threshold (32 MB at most) is a fresh mmap, unmapped on free, so each training step page-faults its big
-    tensors (the logits and their gradient) in again, a third of a small bf16 CPU step (3.55 -> 2.48 CPU-s). The
-    price: the process keeps its peak memory (small: max RSS 2.4 -> 3.3 GB). Linux glibc only; returns whether it
-    applied. Process-wide and permanent, so a script calls it when run as a command (under `if __name__ ==
-    "__main__"`; bench.py's main, as its --malloc says), not in its importable functions."""
+    """Make glibc keep freed memory for reuse: by default each big allocation is a fresh mmap, unmapped on free, and
+    page-faulting the logits in again was a third of a small bf16 CPU step (3.55 -> 2.48 CPU-s; max RSS 2.4 -> 3.3
+    GB). Linux glibc only; returns whether it applied. Process-wide and permanent: called by a script run as a
+    command, not in its importable functions."""
     if not sys.platform.startswith("linux"):
         return False
     try:
