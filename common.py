@@ -1047,14 +1047,6 @@ def make_folders(path):
     made_folders.extend(reversed(new))
 
 
-def remove_made_folders(start=0):
-    """rmdir made_folders past the first start, innermost first: an empty one goes, one with anything in it stays (and
-    so its parents)."""
-    while len(made_folders) > start:
-        with contextlib.suppress(OSError):
-            os.rmdir(made_folders.pop())
-
-
 @contextlib.contextmanager
 def removing_made_folders():
     """The folders make_folders makes within, those still empty taken back should it fail: a script's main() called
@@ -1063,7 +1055,9 @@ def removing_made_folders():
     try:
         yield
     except BaseException:
-        remove_made_folders(start)
+        while len(made_folders) > start:  # innermost first: one with anything in it stays, and so its parents
+            with contextlib.suppress(OSError):
+                os.rmdir(made_folders.pop())
         raise
 
 
