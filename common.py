@@ -150,7 +150,9 @@ def run_main(main, ranks=False):
             sys.exit(128 + HANGUP)
         if e.errno not in OS_FIXES:
             raise
-        exit_with_error(f"error: {os_error_line(e)}")  # (one line a machine under torchrun, as a UserError's)
+        # "No space left on device: models/x.pt: free some space or write elsewhere", once a machine under torchrun
+        where = f": {e.filename}" if e.filename else ""
+        exit_with_error(f"error: {e.strerror or e}{where}: {OS_FIXES[e.errno]}")
     finally:
         made_folders.clear()
         for sig, handler in before.items():
@@ -225,12 +227,6 @@ OS_FIXES = {
     errno.ENOTDIR: "a part of the path is a file, not a folder",
     errno.ENAMETOOLONG: "use a shorter path",
 }
-
-
-def os_error_line(e):
-    """'No space left on device: models/x.pt: free some space or write elsewhere' for an OSError of OS_FIXES."""
-    where = f": {e.filename}" if e.filename else ""
-    return f"{e.strerror or e}{where}: {OS_FIXES[e.errno]}"
 
 
 def one_process_only(main):
