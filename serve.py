@@ -463,9 +463,7 @@ class Turns:
             if most is None or len(live[most]) < len(live.get(client, ())) + 2:
                 return None
             job = live[most][-1]
-            self.clients[most].remove(job)
-            if not self.clients[most]:
-                del self.clients[most]
+            self.clients[most].remove(job)  # (never its last: most had two live ones at least)
             return job
 
     def queued(self):
