@@ -47,8 +47,7 @@ mend_temporary_directory()  # before torch: importing it is where the search ran
 
 
 # -----------------------------------------------------------------------------
-# running a script: bad input and the file system's refusals in one line, Ctrl-C, SIGTERM and SIGHUP, torchrun's
-# ranks
+# running a script: bad input and the file system's refusals in one line, Ctrl-C, SIGTERM and SIGHUP, torchrun
 
 class UserError(Exception):
     """Bad input from the user: printed as one line naming the fix, no traceback. Under torchrun every rank meets the
@@ -285,29 +284,22 @@ def first_line(e, width=200):
 OTHER_TOOLS_OPTIONS = {"--learning_rate": ["--lr"], "--gradient_accumulation_steps": ["--grad_accum"],
                        "--eval_iters": ["--eval_batches"], "--out_dir": ["--output_checkpoint", "--checkpoint"],
                        "--init_from": ["--checkpoint"], "--start": ["--prompt"],
-                       # (nanoGPT's saves at every evaluation, or at a better one alone; here a checkpoint every
-                       # --save_interval and the best file apart)
+                       # (nanoGPT's saves at evaluations; here every --save_interval, and the best file apart)
                        "--always_save_checkpoint": ["--save_interval"],
-                       # (sample.py's: gen.py and eval.py do not compile)
-                       "--compile": [],
+                       "--compile": [],  # (sample.py's: gen.py and eval.py do not compile)
                        "--per_device_train_batch_size": ["--batch_size"], "--output_dir": ["--output_checkpoint"],
                        "--max_seq_length": ["--block_size"], "--model_name_or_path": ["--init_from", "--checkpoint"],
                        "--num_return_sequences": ["--num_samples"], "--hidden_size": ["--n_embd"],
                        "--num_attention_heads": ["--n_head"],
-                       # minimind's (its --max_seq_len is the context in training, the reply's length in its
-                       # eval_model.py; --from_weight names the pretrained weights an SFT starts from)
+                       # minimind's (--max_seq_len: the context, or in its eval_model.py the reply's length)
                        "--max_seq_len": ["--block_size", "--max_tokens"], "--dim": ["--n_embd"],
                        "--accumulation_steps": ["--grad_accum"], "--save_dir": ["--output_checkpoint"],
                        "--from_weight": ["--checkpoint"], "--from_resume": ["--checkpoint"],
-                       # many training scripts' way to go on from a checkpoint (litgpt pretrain's)
-                       "--resume": ["--checkpoint"],
+                       "--resume": ["--checkpoint"],  # (many training scripts' way to go on: litgpt's)
                        "--model_path": ["--init_from", "--checkpoint"], "--num_workers": [],
-                       # eval.py's first name for its --prompt_file, which it still takes (in gen.py, --prompt
-                       # would be its close spelling, and continue the file's name as text)
+                       # eval.py's old name for --prompt_file (in gen.py, --prompt would be its close spelling)
                        "--prompts": ["--prompt_file"],
-                       # the model to load, as vLLM and llama.cpp name it (train.py's --model is a preset, and so no
-                       # unknown option there)
-                       "--model": ["--checkpoint"]}
+                       "--model": ["--checkpoint"]}  # (vLLM's and llama.cpp's; train.py's --model is a preset)
 # nanoGPT's train.py options whose work another script does here: said with that script's command, not guessed as an
 # option (--eval_only's close spelling, --eval_interval, still trains)
 OTHER_TOOLS_SCRIPTS = {"--eval_only": ("eval.py", "CHECKPOINT", "evaluates a checkpoint")}
