@@ -616,9 +616,7 @@ class Worker(threading.Thread):
             self.waiting.clear()
 
     def generate(self, job):
-        generator = None
-        if job.seed is not None:
-            generator = seeded_generator(self.device, job.seed)
+        generator = None if job.seed is None else seeded_generator(self.device, job.seed)
         stops = StopText(job.stop)
         steps = stream_completion(self.model, self.enc, job.prompt, job.max_tokens, job.stop_tokens,
                                   dtype=self.dtype, generator=generator, **job.sampling)
@@ -957,15 +955,6 @@ class Handler(BaseHTTPRequestHandler):
             answer.append(("Access-Control-Allow-Private-Network", "true"))
         return answer
 
-    def preflight(self, path):
-        """Answers the request, a CORS preflight (preflight_headers): 204."""
-        self.send_response(204)
-        for name, value in self.preflight_headers(self.server, "OPTIONS", path, self.headers):
-            self.send_header(name, value)
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-
     def parse_request(self):
         if self.raw_requestline in (b"\r\n", b"\n"):  # a client's stray CRLF after a body (RFC 9112 2.2): skip one
             if not self.wait_for_request():  # idle time again, not the request's (else a 408 unasked)
@@ -1007,8 +996,13 @@ class Handler(BaseHTTPRequestHandler):
             preflight = self.check_access(path)  # by the head alone: a body sent without the key is never read
             if method != "POST" and ("Content-Length" in self.headers or "Transfer-Encoding" in self.headers):
                 self.read_body()  # a body sent with a GET is read, so the next request starts right
-            if preflight:
-                return self.preflight(path)
+            if preflight:  # (a 204, which has no Content-Length: not send_bytes)
+                self.send_response(204)
+                for name, value in self.preflight_headers(api, "OPTIONS", path, self.headers):
+                    self.send_header(name, value)
+                if self.close_connection:
+                    self.send_header("Connection", "close")
+                return self.end_headers()
             if path.startswith("/v1/models/"):
                 name = unquote(path[len("/v1/models/"):])  # clients percent-encode it: "my%20chat"
                 if name != api.name:
