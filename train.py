@@ -368,7 +368,8 @@ def check_recorded_options(path, ckpt_args, continuing):
     """A continued run reads its checkpoint's recorded options (min_lr/lr, seed, batch) even where given anew: one
     train.py never writes (an edited lr of 'abc': a TypeError later) is refused."""
     for k, v in ckpt_args.items() if continuing else ():
-        if k in DEFAULTS and v is not None and not inheritable(k, v):
+        # (world_size is no option but the processes the run trained in, which trained_batch divides its windows by)
+        if k in DEFAULTS and v is not None and not inheritable(k, v) or k == "world_size" and not is_count(v):
             raise UserError(f"{path} records {k} {repr(v)[:40]}, which is not what train.py writes (a damaged or edited "
                             f"checkpoint): continue from another checkpoint")
 

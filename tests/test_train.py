@@ -2320,6 +2320,16 @@ def test_each_state_entry_train_py_would_not_write_is_a_damaged_checkpoint(train
     torch.save({**ck, "best_val_loss": None, "val_loss": None, "best_at": None, "schedule_origin": None}, path)
     assert load_checkpoint(str(path))["best_val_loss"] is None
 
+def test_a_recorded_world_size_that_is_no_count_is_a_damaged_checkpoint():
+    # an edited checkpoint's world_size of 'x' (no option, so no option's check read it) was a TypeError traceback in
+    # the continued run's trained_batch, which divides the windows of a step by it
+    for v in ("x", 0, True, 2.0):
+        with pytest.raises(UserError, match=rf"^c\.pt records world_size {re.escape(repr(v))}, which is not what "
+                                            r"train\.py writes \(a damaged or edited checkpoint\)"):
+            train.check_recorded_options("c.pt", {"world_size": v}, continuing=True)
+    train.check_recorded_options("c.pt", {"world_size": 2}, continuing=True)
+
+
 def test_a_recorded_data_dir_that_is_no_path_is_passed_over(tmp_path):
     # an edited checkpoint's --data_dir of -1 was a TypeError traceback in eval.py (os.path.join) before any check
     assert train.default_data_dir({"args": {"data_dir": -1}, "data": {"data_dir": str(tmp_path)}}) == str(tmp_path)
