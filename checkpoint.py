@@ -238,11 +238,20 @@ def read_checkpoint(path, f):
             raise UserError(f"{path} is a damaged checkpoint (its vocabulary hashes to {held}, not the {tok['hash']} "
                             f"saved with it); {another}")
     for k, kind in STATE_KINDS.items():
-        if k in ckpt and (not is_kind(ckpt[k], kind)
-                          or k == "rng" and not isinstance(ckpt[k].get("cpu"), torch.Tensor)):
+        if k in ckpt and (not is_kind(ckpt[k], kind) or k == "rng" and not cpu_rng_state(ckpt[k].get("cpu"))):
             raise UserError(f"{path} is a damaged checkpoint (its {k} entry, {repr(ckpt[k])[:40]}, is not what "
                             f"train.py writes); {another}")
     return refuse_diverged(path, ckpt)
+
+
+def cpu_rng_state(state):
+    """Whether state is a CPU generator's state torch takes back (tried on a generator of its own, not the global one):
+    a tensor of other bytes, or of another size, was a traceback in the resumed run's torch.set_rng_state."""
+    try:
+        torch.Generator().set_state(state)
+    except (TypeError, RuntimeError):
+        return False
+    return True
 
 
 def is_kind(value, kind):

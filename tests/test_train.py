@@ -2320,6 +2320,18 @@ def test_each_state_entry_train_py_would_not_write_is_a_damaged_checkpoint(train
     torch.save({**ck, "best_val_loss": None, "val_loss": None, "best_at": None, "schedule_origin": None}, path)
     assert load_checkpoint(str(path))["best_val_loss"] is None
 
+def test_a_random_state_torch_would_not_take_back_is_a_damaged_checkpoint(trained, tmp_path):
+    # an rng entry of a tensor, but not a CPU generator's state (another dtype, size or bytes), loaded: the continued
+    # run's torch.set_rng_state was a traceback
+    ck = load_checkpoint(trained["summary"]["checkpoint"])
+    path = tmp_path / "edited.pt"
+    for state in (torch.tensor(3), torch.zeros(10, dtype=torch.uint8), ck["rng"]["cpu"].float(),
+                  torch.zeros_like(ck["rng"]["cpu"])):
+        torch.save({**ck, "rng": {"cpu": state}}, path)
+        with pytest.raises(UserError, match=r"edited\.pt is a damaged checkpoint \(its rng entry, "):
+            load_checkpoint(str(path))
+
+
 def test_a_recorded_world_size_that_is_no_count_is_a_damaged_checkpoint():
     # an edited checkpoint's world_size of 'x' (no option, so no option's check read it) was a TypeError traceback in
     # the continued run's trained_batch, which divides the windows of a step by it
