@@ -545,13 +545,9 @@ class GPT(nn.Module):
         stop = torch.tensor(list(stop_tokens), dtype=torch.long, device=idx.device) if len(stop_tokens) else None
         stopped = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)  # (B,) rows that have hit a stop token
 
-        cache = None
-        if use_cache:
-            cache = self.new_cache(idx.size(0))
-            logits = self._next_logits(context, cache)  # (B, vocab_size); prefill the prompt once
+        cache = self.new_cache(idx.size(0)) if use_cache else None
+        logits = self._next_logits(context, cache)  # (B, vocab_size); a cache takes the prompt in once
         for step in range(max_new_tokens):
-            if not use_cache:
-                logits = self._next_logits(context)
             # activations that overflow (float16, huge finite weights) give nan or inf scores, which would fail
             # torch.multinomial (on CUDA a device-side assert that breaks the CUDA context for good) or make greedy
             # write token 0 on and on: caught in one host sync a step, as rows still generating whose maximum is not
@@ -576,20 +572,16 @@ class GPT(nn.Module):
                     return
             if step == max_new_tokens - 1:
                 return  # don't pay for a forward whose logits nobody will use
-            if context.size(1) > block_size and not slide:
-                return  # the context is full
+            new = tok[:, None]  # (B, 1): one new position
             if context.size(1) > block_size:
+                if not slide:
+                    return  # the context is full
                 # learned absolute positions rule out a rolling cache: restart the window on the most recent keep
-                # tokens (the next slide comes block_size - keep + 1 tokens later); what slid out is dropped, not
-                # copied along, so --nonstop's steps do not slow down as it runs
-                context = context[:, -keep:]
+                # tokens, all of them into the emptied cache; what slid out is dropped, so --nonstop does not slow down
+                context = new = context[:, -keep:]  # (B, keep)
                 if use_cache:
                     cache.reset()
-                new = context  # (B, keep): the whole window goes into the emptied cache
-            else:
-                new = tok[:, None]  # (B, 1): one new position
-            if use_cache:
-                logits = self._next_logits(new, cache)  # (B, vocab_size)
+            logits = self._next_logits(new if use_cache else context, cache)  # (B, vocab_size)
 
 
 # -----------------------------------------------------------------------------
