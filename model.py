@@ -69,11 +69,6 @@ class GPTConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
-    def weight_bytes(self):
-        """The fp32 weights' bytes, from the shapes (12 C^2 a block, the embeddings, a context's tables): checked
-        before a model is built."""
-        return 4 * (self.n_layer * 12 * self.n_embd ** 2 + (self.vocab_size + 2 * self.block_size) * self.n_embd)
-
     @property
     def head_dim(self):
         return self.n_embd // self.n_head
@@ -267,9 +262,10 @@ class GPT(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        # weights that cannot fit are refused before anything is allocated, which would fill memory for minutes or end
-        # in torch's traceback (min: --n_embd 10**30's bytes overflow a float division)
-        need, have = config.weight_bytes(), physical_memory()
+        # fp32 weights that cannot fit (12 C^2 a block, the embeddings, a context's tables) are refused before anything
+        # is allocated, which would fill memory for minutes (min: --n_embd 10**30's bytes overflow a float division)
+        C, have = config.n_embd, physical_memory()
+        need = 4 * (config.n_layer * 12 * C ** 2 + (config.vocab_size + 2 * config.block_size) * C)
         if have and need > have:
             raise MemoryError(f"{min(need, 2**1000) / 2**30:.3g} GiB of weights, "
                               f"more than the machine's {have / 2**30:.3g} GiB of memory")
@@ -447,7 +443,8 @@ class GPT(nn.Module):
         # idx (B, T) -> logits for the last position only (B, vocab_size) fp32: skips the lm_head over the rest of a
         # prompt. One row in bf16 on a CPU steps without oneDNN, whose matrix-vector products are slower than ATen's
         # (the whole step for a single new token, the lm_head alone after a prompt); from 2 rows on, oneDNN is faster.
-        bf16 = idx.device.type == "cpu" and _cpu_bf16_matmul(self.lm_head.weight)
+        bf16 = idx.device.type == "cpu" and (self.lm_head.weight.dtype == torch.bfloat16 or (  # weights, or autocast
+            torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16))
         skip_onednn = idx.size(0) == 1 and bf16
         with _without_onednn(skip_onednn and idx.size(1) == 1), _without_cudnn_attention(idx.device.type == "cuda"):
             x = self._trunk(idx, cache)[:, -1, :]  # (B, C)
@@ -643,12 +640,6 @@ def _without_cudnn_attention(active):
         yield
     finally:
         flag(prev)
-
-
-def _cpu_bf16_matmul(weight):
-    """Whether a CPU matmul with this weight runs in bf16: bf16 weights, or bf16 autocast."""
-    return weight.dtype == torch.bfloat16 or (torch.is_autocast_enabled("cpu")
-                                              and torch.get_autocast_dtype("cpu") == torch.bfloat16)
 
 
 def physical_memory():
