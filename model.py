@@ -360,7 +360,7 @@ class GPT(nn.Module):
         x = self.transformer.drop(x)
 
         attn_mask = None
-        if cache is not None and pos > 0 and T > 1:
+        if pos > 0 and T > 1:
             # new query i (absolute position pos+i) sees cached keys 0..pos+i
             attn_mask = torch.ones(T, pos + T, dtype=torch.bool, device=idx.device).tril(diagonal=pos)  # (T, pos+T)
         recompute = self.recompute_activations and self.training and cache is None and torch.is_grad_enabled()
@@ -405,13 +405,10 @@ class GPT(nn.Module):
         orthogonalizes in bf16 when it is bf16, else in fp32."""
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {optimizer!r}")
-        params = [p for p in self.parameters() if p.requires_grad]  # the tied matrix appears once
-        matrices = []
-        if optimizer == "muon":
-            matrices = [p for name, p in self.named_parameters() if p.requires_grad and p.dim() == 2
-                        and name.startswith("transformer.h.")]
-            taken = {id(p) for p in matrices}
-            params = [p for p in params if id(p) not in taken]
+        matrices = [p for name, p in self.named_parameters() if optimizer == "muon" and p.requires_grad
+                    and p.dim() == 2 and name.startswith("transformer.h.")]
+        taken = {id(p) for p in matrices}
+        params = [p for p in self.parameters() if p.requires_grad and id(p) not in taken]  # the tied matrix once
         # decay every >=2-D tensor (matmul weights, embeddings); biases and norm gains are left alone
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
@@ -497,10 +494,8 @@ class GPT(nn.Module):
             # (multinomial's exponential draws over 50k ids cost ~1 ms a token on a CPU, ~8% of a cached B1 step)
             logits, ids = torch.topk(logits, top_k, dim=-1)  # (B, k), sorted descending
         if top_p is not None and top_p < 1.0:
-            if ids is None:
-                sorted_logits, sorted_idx = torch.sort(logits, dim=-1, descending=True)
-            else:
-                sorted_logits, sorted_idx = logits, None  # topk already sorted them
+            # (topk's columns are sorted already)
+            sorted_logits, sorted_idx = torch.sort(logits, dim=-1, descending=True) if ids is None else (logits, None)
             probs = F.softmax(sorted_logits, dim=-1)
             # drop a token when the more likely ones before it already reach top_p; the top token always stays
             drop_sorted = (probs.cumsum(dim=-1) - probs) >= top_p
@@ -549,8 +544,7 @@ class GPT(nn.Module):
             # torch.multinomial (on CUDA a device-side assert that breaks the CUDA context for good) or make greedy
             # write token 0 on and on: caught in one host sync a step, as rows still generating whose maximum is not
             # finite (nan propagates through amax, and a row all -inf has none either)
-            peak = logits.amax(dim=-1)  # (B,)
-            bad = ~torch.isfinite(peak)  # (B,)
+            bad = ~torch.isfinite(logits.amax(dim=-1))  # (B,)
             if bool((bad & ~stopped).any()):
                 raise FloatingPointError(f"the model's scores for new token {step + 1} are not finite (nan or inf): "
                                          f"its activations overflow")
@@ -596,15 +590,7 @@ class KVCache:
         # each layer's (k, v) views, taken once: indexing k[i] and v[i] for every layer of every token are ops too
         # (not unbind's: views that one op returns several of refuse in-place writes under autograd)
         self.layers = [(self.k[i], self.v[i]) for i in range(n_layer)]
-        self.pos = 0
-
-    @property
-    def batch_size(self):
-        return self.k.size(1)
-
-    @property
-    def max_len(self):
-        return self.k.size(3)
+        self.batch_size, self.max_len, self.pos = batch_size, max_len, 0
 
     def reset(self):
         # stale entries past pos are never read, so there is no need to zero them
@@ -688,9 +674,8 @@ class CrossEntropy(torch.autograd.Function):
             saved = logp, None
         targets = targets.clamp(min=0)  # an ignored position reads logit 0, times its weight 0
         ctx.vocab_size = vocab_size if vocab_size < logp.size(1) else None  # None: no padding columns
-        log_real = None  # (N,) log(1 - m): the log of the real ids' share of the padded softmax
-        if ctx.vocab_size:
-            log_real = torch.log1p(-torch.exp(logp[:, vocab_size:]).sum(1))
+        # (N,) log(1 - m): the log of the real ids' share of the padded softmax
+        log_real = torch.log1p(-torch.exp(logp[:, vocab_size:]).sum(1)) if ctx.vocab_size else None
         ctx.save_for_backward(*saved, targets, weight, log_real)
         ctx.logits_dtype = logits.dtype
         logq = logp.gather(1, targets[:, None]).squeeze(1)  # (N,) log p of each target
@@ -818,11 +803,10 @@ class Muon(torch.optim.Optimizer):
                     by_shape.setdefault((min(p.shape), max(p.shape)), []).append(p)
             for (_, long), params in by_shape.items():
                 grads = [p.grad for p in params]
-                bufs = []
                 for p in params:
                     if not self.state[p]:
                         self.state[p]["momentum_buffer"] = torch.zeros_like(p)
-                    bufs.append(self.state[p]["momentum_buffer"])
+                bufs = [self.state[p]["momentum_buffer"] for p in params]
                 torch._foreach_lerp_(bufs, grads, 1 - mu)  # momentum: an exponential average of the gradients
                 # Nesterov: the gradient, pulled towards where momentum goes
                 updates = torch._foreach_lerp(grads, bufs, mu)
