@@ -6,13 +6,10 @@ Two variants share the same skeleton (token embedding -> n_layer pre-norm blocks
             nanoGPT / HF GPT-2 (transformer.wte, transformer.h.N.attn.c_attn, ...) so export is a renaming.
 - "modern": rotary position embeddings (RoPE), RMSNorm, SwiGLU MLP, optionally no biases.
 
-Sampling uses a static (preallocated) KV cache so every new token costs one position of compute. The loss is
-CrossEntropy, a cross-entropy over the real vocabulary with its backward written out; configure_optimizer gives
-train.py Muon (orthogonalized updates for the blocks' matrices) with AdamW for the rest, or AdamW alone.
-
-The file reads top to bottom: the configuration (GPTConfig, PRESETS), the blocks (attention, MLPs, Block), the model
-(GPT: forward, then generation), then what the model leans on: the KV cache and backend switches generation uses, the
-machine's memory, the loss (CrossEntropy) and the optimizers (orthogonalize, Muon, MuonAdamW).
+Top to bottom: the configuration (GPTConfig, PRESETS), the blocks (attention, MLPs, Block), the model (GPT: forward,
+then generation), the preallocated KV cache (a new token costs one position of compute) and the backend switches
+generation uses, the loss (CrossEntropy, its backward written out) and the optimizers (Muon for the blocks' matrices,
+AdamW for the rest or alone).
 
 References:
 1) GPT-2: https://github.com/openai/gpt-2/blob/master/src/model.py
@@ -75,8 +72,7 @@ class GPTConfig:
 
     @property
     def padded_vocab_size(self):
-        # rows of wte / lm_head (Vp in shape comments): a multiple of 64 keeps the biggest matmul on fast, aligned
-        # shapes
+        # rows of wte / lm_head (Vp in shape comments): a multiple of 64 keeps the biggest matmul on aligned shapes
         return (self.vocab_size + 63) // 64 * 64
 
 
@@ -107,26 +103,22 @@ def make_config(preset="tiny", **overrides):
 # the blocks
 
 def apply_rope(x, cos, sin):
-    # x (..., T, hs): q and k stacked, (2, B, nh, T, hs); cos, sin (T, hs/2). Rotates channel pairs (i, i + hs/2), the
-    # "rotate half" layout of GPT-NeoX / HF Llama, so q/k weights export without permutation. Done in fp32: the angles
-    # at large positions need it.
+    # x (..., T, hs), q and k stacked (2, B, nh, T, hs); cos, sin (T, hs/2). Rotates channel pairs (i, i + hs/2), HF
+    # Llama's "rotate half", so q/k weights export without permutation; in fp32, which large positions' angles need
     d = x.size(-1) // 2
     x1, x2 = x[..., :d].float(), x[..., d:].float()
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
 
 
-# CPU bf16 attention without a KV cache uses explicit_attention up to this many positions: SDPA's CPU flash kernel is
-# slow at small head sizes (BENCHMARKS.md). The bound: backward keeps 3/4 of the (T, T) probabilities per head and
-# layer (gpt2 at B8 x 1024 would keep ~1.8 GB). In fp32 SDPA is as fast or faster, so it keeps SDPA.
+# CPU bf16 attention from position 0 takes explicit_attention up to this many positions: SDPA's CPU flash kernel is
+# slow at small head sizes (not in fp32). The bound: its backward keeps 3/4 of the (T, T) probabilities a head and layer
 EXPLICIT_ATTENTION_MAX_T = 512
 
 
 def explicit_attention(q, k, v, dropout_p=0.0):
-    # q, k, v (B, nh, T, hs) -> (B, nh, T, hs), causal. Each choice below pays on tiny's compiled bf16 step:
-    # - two halves of the queries, the first attending the first half of the keys only: the quarter of the scores
-    #   that the mask would zero is never computed;
-    # - the mask is an additive bias (0 or -inf) that baddbmm adds in: the softmax compiles into one pass per row;
-    # - the softmax computes in fp32 and returns the scores' dtype (bf16 under autocast), which its backward reuses.
+    # q, k, v (B, nh, T, hs) -> (B, nh, T, hs), causal. Two halves of the queries, the first seeing the first half of
+    # the keys: the quarter of the scores the mask would zero is never computed. The mask is a bias (0 or -inf) that
+    # baddbmm adds in, so the softmax compiles into one pass per row.
     B, nh, T, hs = q.shape
     ys = []
     for lo, hi in ((0, T // 2), (T // 2, T)):
@@ -177,12 +169,11 @@ class CausalSelfAttention(nn.Module):
                     k, v = k.to(q.dtype), v.to(q.dtype)
         dropout_p = self.dropout_p if self.training else 0.0
         if pos == 0 and x.device.type == "cpu" and q.dtype != torch.float32 and T <= EXPLICIT_ATTENTION_MAX_T:
-            # a prompt filling an empty cache takes this path too, so the token it samples first is the one that a
-            # recomputation without a cache gives
+            # (a prompt into an empty cache too, so its first token is the one a recomputation without a cache gives)
             y = explicit_attention(q, k, v, dropout_p)  # (B, nh, T, hs)
         else:
-            # pos == 0: q and k have the same length, so is_causal is exact. pos > 0 and T == 1: the single query may
-            # see every cached key, no mask. pos > 0 and T > 1: is_causal would align the mask top-left: attn_mask.
+            # pos == 0: is_causal is exact; pos > 0: one query sees every cached key, several take attn_mask (is_causal
+            # would align its mask top-left)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=(pos == 0),
                                                dropout_p=dropout_p)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): all heads' outputs side by side
@@ -190,8 +181,8 @@ class CausalSelfAttention(nn.Module):
 
 
 def gelu_tanh(x):
-    """F.gelu(x, approximate="tanh"). Compiled, as the same function x * sigmoid(2z) (0.5 (1 + tanh z) = sigmoid 2z):
-    inductor's CPU tanh takes twice as long as its sigmoid, a single exp. Eager, ATen's fused gelu kernel is faster."""
+    """F.gelu(x, approximate="tanh"); compiled, as x * sigmoid(2z) (0.5 (1 + tanh z) = sigmoid 2z), since inductor's
+    CPU tanh takes twice as long as its sigmoid. Eager, ATen's fused gelu kernel is faster."""
     if not torch.compiler.is_compiling():
         return F.gelu(x, approximate="tanh")
     return x * torch.sigmoid(1.5957691216057308 * (x + 0.044715 * x * x * x))  # 2 sqrt(2/pi) = 1.5957691...
@@ -286,9 +277,8 @@ class GPT(nn.Module):
         self.recompute_activations = False
 
         if config.variant == "modern":
-            # RoPE angles for every position up to block_size, shared by all layers; derived, so not in checkpoints.
-            # Computed on the CPU whatever the default device: on the meta device (hf.py's shape check) arange would
-            # import torch._dynamo, ~2 s of gen.py's start
+            # RoPE angles of every position, shared by all layers, derived (not in checkpoints); made on the CPU, as on
+            # the meta device (hf.py's shape check) arange would import torch._dynamo, ~2 s of gen.py's start
             hs, cpu = config.head_dim, torch.device("cpu")
             inv_freq = 1.0 / (ROPE_THETA ** (torch.arange(0, hs, 2, dtype=torch.float32, device=cpu) / hs))  # (hs/2,)
             positions = torch.arange(config.block_size, dtype=torch.float32, device=cpu)  # (T,)
@@ -297,8 +287,7 @@ class GPT(nn.Module):
             self.register_buffer("rope_cos", angles.cos().to(device), persistent=False)
             self.register_buffer("rope_sin", angles.sin().to(device), persistent=False)
 
-        # GPT-2 init: N(0, 0.02) everywhere, zero biases, and residual projections scaled by 1/sqrt(2 * n_layer)
-        # because each block adds two of them to the residual stream
+        # GPT-2 init: N(0, 0.02), zero biases, residual projections by 1/sqrt(2 * n_layer): a block adds two to x
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
@@ -313,9 +302,8 @@ class GPT(nn.Module):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def num_params(self, non_embedding=True):
-        """Parameter count (the tied wte/lm_head matrix counted once). non_embedding=True leaves out the token embedding
-        and the position embeddings (gpt2 variant), i.e. the N of the scaling-law papers; this differs from nanoGPT,
-        which keeps wte in its count because it doubles as lm_head."""
+        """Parameter count, the tied wte/lm_head once. non_embedding leaves out wte and wpe: the N of the scaling-law
+        papers (nanoGPT keeps wte, as it doubles as lm_head)."""
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
             n -= self.transformer.wte.weight.numel()
@@ -324,9 +312,8 @@ class GPT(nn.Module):
         return n
 
     def flops_per_token(self, seq_len=None):
-        """Training FLOPs per token (forward + backward), PaLM appendix B: 6*N + 12*L*H*Q*T.
-        N counts every parameter but the wpe table, a lookup that does no FLOPs (as in nanoGPT's estimate_mfu): the
-        matmuls' weights, the tied wte/lm_head once (as lm_head), and the biases and gains, a rounding error."""
+        """Training FLOPs per token (forward + backward), PaLM appendix B: 6*N + 12*L*H*Q*T, N every parameter but wpe,
+        a lookup (as nanoGPT's estimate_mfu): the tied wte/lm_head once, as lm_head."""
         cfg = self.config
         T = cfg.block_size if seq_len is None else seq_len
         N = self.num_params() + self.lm_head.weight.numel()  # all but wpe: non-embedding, and the tied head
@@ -377,15 +364,14 @@ class GPT(nn.Module):
 
     def forward(self, idx, targets=None, loss_mask=None, cache=None):
         """idx (B, T) long -> (logits (B, T, vocab_size), loss or None); with targets, the logits are detached.
-        targets (B, T) long, -1 = ignore. loss_mask (B, T): when given, loss = sum(ce * mask) / max(sum(mask), 1)
-        over positions whose target is not -1 (chat fine-tuning: loss on assistant tokens only).
-        cache: a KVCache; positions cache.pos.. are computed, written into it, and cache.pos advances by T."""
+        targets (B, T) long, -1 = ignore. loss_mask (B, T): loss = sum(ce * mask) / max(sum(mask), 1) over targets not
+        -1 (chat fine-tuning: assistant tokens only). cache: a KVCache, written from cache.pos on (_trunk)."""
         x = self._trunk(idx, cache)
         logits = self.lm_head(x)  # (B, T, padded_vocab_size)
         loss = None
         if targets is not None:
-            # the padded logits go in whole (slicing first would copy the biggest tensor in the model); the loss is
-            # over the real vocabulary's softmax, the one generation samples (CrossEntropy)
+            # the padded logits go in whole (a slice would copy the model's biggest tensor); CrossEntropy's softmax is
+            # over the real vocabulary, as generation's
             flat_targets = targets.reshape(-1)  # (B*T,)
             weight = (flat_targets != -1).float()  # (B*T,) each position's share of the loss
             if loss_mask is not None:
@@ -399,10 +385,9 @@ class GPT(nn.Module):
 
     def configure_optimizer(self, weight_decay, lr, betas=(0.9, 0.95), device_type="cpu", optimizer=OPTIMIZERS[0],
                             dtype=torch.float32):
-        """Muon for the weight matrices inside the blocks and AdamW for the rest (the embedding, tied to lm_head,
-        position embeddings, gains, biases), or with optimizer="adamw" AdamW for everything. The same lr and weight
-        decay serve both (Muon's update is scaled to AdamW's size). dtype: the autocast dtype of training; Muon
-        orthogonalizes in bf16 when it is bf16, else in fp32."""
+        """Muon for the weight matrices inside the blocks and AdamW for the rest (embeddings, gains, biases), or AdamW
+        for all; one lr and weight decay for both, as Muon's update is scaled to AdamW's size. dtype: training's
+        autocast dtype; Muon orthogonalizes in bf16 when it is bf16, else in fp32."""
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {optimizer!r}")
         matrices = [p for name, p in self.named_parameters() if optimizer == "muon" and p.requires_grad
@@ -413,8 +398,8 @@ class GPT(nn.Module):
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
         groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        # fused: the whole update in one pass per tensor, fewer launches on CUDA and ~5x faster than the default foreach
-        # update on a CPU; elsewhere (mps) torch's default, as fused=False would turn foreach off too
+        # fused: one pass per tensor, ~5x faster than foreach on a CPU; elsewhere (mps) torch's default, as fused=False
+        # would turn foreach off too
         fused = {"fused": True} if device_type in ("cuda", "cpu") else {}
         adamw = torch.optim.AdamW(groups, lr=lr, betas=betas, **fused)
         if optimizer == "adamw":
@@ -425,8 +410,8 @@ class GPT(nn.Module):
     # generation: a step's logits (_next_logits) over a KV cache (new_cache), sampled (_sample) in generate's loop
 
     def new_cache(self, batch_size, max_len=None, dtype=None):
-        """A KVCache for batch_size rows. dtype defaults to the autocast dtype when autocast is on for the model's
-        device (k and v come out of the projections in that dtype: half the memory, no casts), else the weights'."""
+        """A KVCache for batch_size rows, by default in the autocast dtype where autocast is on (k and v come out of
+        the projections in it: half the memory, no casts), else the weights'."""
         cfg = self.config
         w = self.transformer.wte.weight
         if dtype is None:
@@ -437,16 +422,15 @@ class GPT(nn.Module):
                        cfg.head_dim, dtype, w.device)
 
     def _next_logits(self, idx, cache=None):
-        # idx (B, T) -> logits for the last position only (B, vocab_size) fp32: skips the lm_head over the rest of a
-        # prompt. One row in bf16 on a CPU steps without oneDNN, whose matrix-vector products are slower than ATen's
-        # (the whole step for a single new token, the lm_head alone after a prompt); from 2 rows on, oneDNN is faster.
+        # idx (B, T) -> (B, vocab_size) fp32, the last position's logits only. One bf16 row on a CPU runs without
+        # oneDNN, whose matrix-vector products are slower than ATen's (from 2 rows on, oneDNN is faster)
         bf16 = idx.device.type == "cpu" and (self.lm_head.weight.dtype == torch.bfloat16 or (  # weights, or autocast
             torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16))
         skip_onednn = idx.size(0) == 1 and bf16
         with _without_onednn(skip_onednn and idx.size(1) == 1), _without_cudnn_attention(idx.device.type == "cuda"):
             x = self._trunk(idx, cache)[:, -1, :]  # (B, C)
-        # a few fp32 rows on a CPU: times the transposed head (_lm_head_t says why). fp32 only: under bf16 autocast
-        # the copy, not being a parameter, would be cast again every token (B1 decoding at half the speed or less)
+        # a few fp32 rows on a CPU: times the transposed head (_lm_head_t says why). fp32 only: bf16 autocast would
+        # cast the copy, not being a parameter, again every token
         if (x.device.type == "cpu" and x.size(0) <= 8 and not bf16
                 and x.dtype == torch.float32 == self.lm_head.weight.dtype):
             logits = x @ self._lm_head_t()  # (B, C) @ (C, Vp)
@@ -456,12 +440,10 @@ class GPT(nn.Module):
         return logits[:, :self.config.vocab_size].float()  # (B, vocab_size)
 
     def _lm_head_t(self):
-        # The lm_head weight as a contiguous (C, Vp) copy, kept between calls (making it takes 30-240 ms) and made
-        # again whenever the weight changes. A few fp32 rows times (Vp, C) row-major is Vp short dot products, which
-        # BLAS runs far below memory speed; times (C, Vp) it is C long streams: 1.5-3.6x faster for B1 and B2.
-        # The key catches every change autograd sees. A fused optimizer step and edits through .data bump no version
-        # counter, so 16 rows spread over the vocabulary are also compared bit for bit (nan included): an optimizer
-        # step moves every real id's row (row 0 always is one); an edit through .data that misses them goes unseen.
+        # lm_head's weight as a contiguous (C, Vp) copy, kept between calls (making it takes 30-240 ms): a few fp32
+        # rows times (Vp, C) are Vp short dot products BLAS runs far below memory speed, times (C, Vp) C long streams
+        # (1.5-3.6x faster at B1, B2). Made again when the weight changes: the key catches what autograd sees; a fused
+        # optimizer step and edits through .data bump no version, so 16 rows (row 0, a real id, among them) are compared
         w = self.lm_head.weight.detach()
         key = (w.device, w.data_ptr(), w._version)
         probe = w[::max(1, w.size(0) // 16)].view(torch.uint8)  # (16ish, C * itemsize) view of the bits
@@ -471,11 +453,9 @@ class GPT(nn.Module):
 
     @staticmethod
     def _sample(logits, context, temperature, top_k, top_p, repetition_penalty, generator, exempt=None):
-        # logits (B, V) fp32, context (B, L) tokens seen so far -> (B,) next tokens; exempt: (S,) ids the repetition
-        # penalty leaves alone
+        # logits (B, V) fp32, context (B, L) tokens seen so far -> (B,) next tokens; exempt (S,): ids not penalized
         if repetition_penalty != 1.0:
-            # CTRL: make every token already in the context less likely, whatever the sign of its logit (a penalty
-            # below 1e-6 is 1e-6: in fp32 1e-46 is 0, and a logit divided by it inf)
+            # CTRL: every token in the context less likely, whatever its logit's sign (at least 1e-6: fp32's 1e-46 is 0)
             repetition_penalty = max(repetition_penalty, 1e-6)
             seen = logits.gather(1, context)  # (B, L) the logits of the tokens seen
             seen = torch.where(seen > 0, seen / repetition_penalty, seen * repetition_penalty)
@@ -485,13 +465,12 @@ class GPT(nn.Module):
             logits = penalized
         if temperature == 0:
             return logits.argmax(dim=-1)
-        # from the row's maximum, so a tiny temperature divides into -inf at worst, never inf (and then nan); one
-        # below 1e-6 is 1e-6, as fp32 rounds 1e-46 to 0 and the maximum's 0 / 0 would be nan
+        # from the row's maximum, so a tiny temperature divides into -inf at worst, never inf (then nan); at least 1e-6,
+        # as fp32 rounds 1e-46 to 0 and the maximum's 0 / 0 would be nan
         logits = (logits - logits.amax(dim=-1, keepdim=True)) / max(temperature, 1e-6)
         ids = None  # vocabulary id of each column of logits when only the top_k columns are kept
         if top_k is not None and top_k < logits.size(-1):
-            # sample among the k best only: softmax and multinomial over k columns instead of the whole vocabulary
-            # (multinomial's exponential draws over 50k ids cost ~1 ms a token on a CPU, ~8% of a cached B1 step)
+            # softmax and multinomial over k columns, not the vocabulary (50k draws: ~8% of a cached B1 step on a CPU)
             logits, ids = torch.topk(logits, top_k, dim=-1)  # (B, k), sorted descending
         if top_p is not None and top_p < 1.0:
             # (topk's columns are sorted already)
@@ -513,12 +492,10 @@ class GPT(nn.Module):
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, repetition_penalty=1.0,
                  stop_tokens=(), use_cache=True, generator=None, slide=False):
-        """Yields the next token of every row, a LongTensor of shape (B,), one step at a time (so callers can stream).
-        Stops after max_new_tokens, once every row has produced one of stop_tokens (that token is yielded), or at the
-        context limit unless slide=True. Call model.eval() first: dropout is not switched off here.
-        use_cache=False recomputes the whole window every step (the reference path); both paths see the same window,
-        so greedy decoding gives the same tokens either way. generator: one torch.Generator for the batch, or a list
-        of one per row, so that a row samples what it would alone (gen.py --prompt_file). A FloatingPointError when the
+        """Yields each step's next token of every row, (B,) long, so callers can stream; model.eval() first. Stops after
+        max_new_tokens, once every row has yielded one of stop_tokens, or at the context's end unless slide.
+        use_cache=False recomputes the same window every step (the reference path). generator: one for the batch, or
+        one per row, which then samples what it would alone (gen.py --prompt_file). A FloatingPointError when the
         scores of a row still generating are nan or inf, before anything is sampled from them."""
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
@@ -540,10 +517,9 @@ class GPT(nn.Module):
         cache = self.new_cache(idx.size(0)) if use_cache else None
         logits = self._next_logits(context, cache)  # (B, vocab_size); a cache takes the prompt in once
         for step in range(max_new_tokens):
-            # activations that overflow (float16, huge finite weights) give nan or inf scores, which would fail
-            # torch.multinomial (on CUDA a device-side assert that breaks the CUDA context for good) or make greedy
-            # write token 0 on and on: caught in one host sync a step, as rows still generating whose maximum is not
-            # finite (nan propagates through amax, and a row all -inf has none either)
+            # activations that overflow (float16, huge weights) give nan or inf scores, which would fail multinomial
+            # (on CUDA breaking the context for good) or make greedy write token 0 on and on: one host sync a step
+            # checks the rows still generating for a maximum that is not finite (nan goes through amax; all -inf too)
             bad = ~torch.isfinite(logits.amax(dim=-1))  # (B,)
             if bool((bad & ~stopped).any()):
                 raise FloatingPointError(f"the model's scores for new token {step + 1} are not finite (nan or inf): "
