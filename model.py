@@ -590,8 +590,7 @@ def _without_onednn(active):
 @contextlib.contextmanager
 def _without_cudnn_attention(active):
     """SDPA's cuDNN backend off inside (flash or memory-efficient attention run instead); a no-op unless active.
-    PyTorch prefers cuDNN's fused attention on Hopper GPUs, and cuDNN builds an execution plan for every new shape:
-    decoding, whose keys grow by one each token, would spend ~50 ms a token on plans. Training keeps one shape."""
+    PyTorch prefers cuDNN on Hopper GPUs, which plans every new shape: ~50 ms a decoded token, its keys one longer."""
     flag = getattr(torch.backends.cuda, "enable_cudnn_sdp", None)  # torch >= 2.4
     if not active or flag is None:
         yield
@@ -623,15 +622,12 @@ def physical_memory():
 # the loss
 
 class CrossEntropy(torch.autograd.Function):
-    """sum_i weight_i * -log softmax(logits_i[:vocab_size])[targets_i], in fp32, with its backward written out: the
-    softmax minus the one-hot target, times weight_i. Compiled, autograd's backward of F.cross_entropy reduces its
-    one-hot gradient over the vocabulary again, a pass over all N x V logits that this one skips: it knows the sum.
+    """sum_i weight_i * -log softmax(logits_i[:vocab_size])[targets_i] in fp32, its backward written out (softmax minus
+    the one-hot target, times weight_i): compiled, F.cross_entropy's sums its one-hot gradient in one more N x V pass.
 
-    vocab_size: the real vocabulary, when the logits have padding columns beyond it (padded_vocab_size). The softmax is
-    over the real ids only, the distribution gen.py samples, so the loss does not depend on the padding (an exported
-    model pads otherwise). The log_softmax of sliced logits, a strided view, is twice as slow, so the padded softmax
-    stays and is rescaled by the padding's share m: log q_t = log p_t - log(1 - m), and the gradient is
-    p / (1 - m) - onehot, 0 in the padding columns."""
+    vocab_size: the real ids, where the logits have padding columns: the softmax is the one gen.py samples, whatever the
+    padding (an exported model pads otherwise). A log_softmax of the sliced logits (strided) is twice as slow, so the
+    padded one is rescaled by the padding's share m: log q_t = log p_t - log(1 - m), gradient p / (1 - m) - onehot."""
 
     @staticmethod
     def forward(ctx, logits, targets, weight, vocab_size):
@@ -639,13 +635,12 @@ class CrossEntropy(torch.autograd.Function):
         ctx.compiled = torch.compiler.is_compiling()  # False when AOTAutograd traces backward: decided here
         if ctx.compiled:
             # nothing N x V is stored: backward recomputes the log-softmax in its one fused pass from the logits (bf16
-            # under autocast) and each row's logsumexp, half the memory traffic of an fp32 copy (faster on a GPU)
+            # under autocast) and each row's logsumexp, half the memory traffic of an fp32 copy
             lse = torch.logsumexp(logits.float(), dim=-1)  # (N,)
             logp = logits.float() - lse[:, None]  # (N, Vp), fused into its readers below, never stored
             saved = logits, lse
         else:
-            # eager: ATen's fused log_softmax kernel, kept for backward as F.cross_entropy keeps it (a logsumexp and a
-            # recomputation would be three more passes over N x V)
+            # eager: ATen's fused log_softmax, kept for backward as F.cross_entropy does (recomputing: 3 passes more)
             logp = torch.log_softmax(logits.float(), dim=-1)  # (N, Vp)
             saved = logp, None
         targets = targets.clamp(min=0)  # an ignored position reads logit 0, times its weight 0
@@ -666,9 +661,8 @@ class CrossEntropy(torch.autograd.Function):
         # the padded softmax -> the real one
         p_scale = scale if log_real is None else scale * torch.exp(-log_real)[:, None]  # (N, 1)
         if ctx.compiled:
-            # one fused pass, the one-hot a compare against the column index, written straight in the logits' dtype
-            # (the eager form below compiles into three passes over an fp32 N x V temporary; eager, this form's
-            # temporaries make it the slower). int32 columns: int64 compares would take a quarter of the pass on a CPU
+            # one fused pass, the one-hot a compare with the column index, written in the logits' dtype (the eager form
+            # compiles into three passes over an fp32 N x V; eager, this one is slower). int32: int64 compares cost more
             column = torch.arange(logp.size(1), device=logp.device, dtype=torch.int32)
             g = torch.exp(logp) * p_scale - (column == targets.int()[:, None]).float() * scale  # (N, Vp)
             if ctx.vocab_size:
@@ -690,19 +684,15 @@ def cross_entropy(logits, targets, weight, vocab_size=None):
 # optimizers: Muon for the blocks' matrices, AdamW for the rest
 
 def orthogonalize(G, steps=5, gram=None):
-    """The nearest matrix to G with all singular values 1 (U V^T of its SVD), approximately, by the quintic
-    Newton-Schulz iteration of Muon (Jordan et al. 2024, https://kellerjordan.github.io/posts/muon/). Its coefficients
-    pull every singular value into about [0.7, 1.2] in 5 steps rather than converging: enough for an update direction.
-    G (k, m, n), a stack of k matrices -> (k, m, n). The products run on the smaller side (X X^T is (k, min, min)),
-    and each step is three batched matmuls whose sums baddbmm folds in.
+    """U V^T of G's SVD (all singular values 1), approximately, by Muon's quintic Newton-Schulz iteration, whose
+    coefficients pull every singular value into about [0.7, 1.2] in 5 steps: enough for an update direction.
+    G (k, m, n), a stack of k matrices -> (k, m, n), computed on the smaller side (X X^T is (k, min, min)).
 
-    gram (default: when the long side is at least twice the short one): the same iteration on the small Gram matrix
-    R = X X^T alone (Dao et al. 2026, "Gram Newton-Schulz"). Every X_i is Q_i X_0 with Q_i a polynomial in R_0, so
-    X_{i+1} = Z_i X_i with Z_i = a + b R_i + c R_i^2 becomes Q_{i+1} = Z_i Q_i and R_{i+1} = Z_i R_i Z_i, all (m, m),
-    and X_0 is multiplied once at the end: 4 m^2 n + 34 m^3 FLOPs for 5 steps instead of 20 m^2 n + 10 m^3. R squares
-    the condition number, past what bf16 and fp16 resolve: rounding makes an eigenvalue near 0 negative, which the
-    steps blow up. So in half precision it restarts after 3 steps (as Dao et al. do), X_3 = Q_3 X_0 and a fresh R,
-    8 m^2 n + 28 m^3 FLOPs: then it strays from fp64 no more than the plain form does in bf16."""
+    gram (default: a long side at least twice the short): the iteration on the small Gram matrix R = X X^T alone (Dao
+    et al. 2026, "Gram Newton-Schulz"): X_{i+1} = Z_i X_i with Z_i = a + b R_i + c R_i^2 is Q_{i+1} = Z_i Q_i and
+    R_{i+1} = Z_i R_i Z_i, all (m, m), and X_0 is multiplied once at the end: 4 m^2 n + 34 m^3 FLOPs for 5 steps, not
+    20 m^2 n + 10 m^3. R squares the condition number past what half precision resolves (an eigenvalue near 0 rounds
+    negative, and blows up), so there it restarts after 3 steps from X_3 = Q_3 X_0, as Dao et al. do."""
     a, b, c = 3.4445, -4.7750, 2.0315
     tall = G.size(-2) > G.size(-1)
     X = G.mT if tall else G
@@ -734,9 +724,8 @@ def orthogonalize(G, steps=5, gram=None):
 
 
 def orthogonalize_shared(G, steps=5):
-    """orthogonalize(G) under torchrun: DDP has given every rank the same averaged gradients, so each rank
-    orthogonalizes its share of the stack and the ranks swap their results (all_gather) instead of all doing all
-    of it, as in modded-nanogpt and nanochat. The same result on every rank. One process: orthogonalize(G)."""
+    """orthogonalize(G) under torchrun: the ranks hold the same averaged gradients, so each does its share of the
+    stack and they swap results (all_gather), as modded-nanogpt and nanochat do. One process: orthogonalize(G)."""
     dist = torch.distributed
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     k = G.size(0)
@@ -753,14 +742,11 @@ def orthogonalize_shared(G, steps=5):
 
 
 class Muon(torch.optim.Optimizer):
-    """Muon for 2-D weight matrices: SGD with Nesterov momentum whose update is orthogonalized (orthogonalize()), so
-    every direction of the matrix moves by the same amount instead of the few that dominate the gradient. The update
-    is scaled by 0.2 * sqrt(max(rows, cols)), which gives it the RMS of a typical AdamW update, so AdamW's learning rate
-    and decoupled weight decay carry over (Liu et al. 2025, "Muon is Scalable for LLM Training", arXiv:2502.16982).
-    torch.optim.Muon (torch >= 2.9) does the same one matrix at a time and in bf16, which a CPU without bf16
-    instructions emulates (3-4x slower steps). Here the matrices of one shape (the same one in every block) are
-    orthogonalized together, in bf16 where training runs in bf16, else in fp32 (ns_dtype); under torchrun the ranks
-    share that work (orthogonalize_shared)."""
+    """Muon for 2-D weight matrices: SGD with Nesterov momentum whose update is orthogonalized, so every direction of
+    the matrix moves alike, not the few that dominate the gradient. Scaled by 0.2 * sqrt(max(rows, cols)), an AdamW
+    update's RMS, so AdamW's lr and decoupled weight decay carry over (Liu et al. 2025, arXiv:2502.16982). Unlike
+    torch.optim.Muon (a matrix at a time, in bf16, which a CPU without bf16 emulates 3-4x slower), the matrices of one
+    shape are orthogonalized together, in ns_dtype, and under torchrun the ranks share that work."""
 
     def __init__(self, params, lr, weight_decay=0.0, momentum=0.95, ns_steps=5, ns_dtype=torch.float32):
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum, ns_steps=ns_steps))
@@ -784,8 +770,7 @@ class Muon(torch.optim.Optimizer):
                         self.state[p]["momentum_buffer"] = torch.zeros_like(p)
                 bufs = [self.state[p]["momentum_buffer"] for p in params]
                 torch._foreach_lerp_(bufs, grads, 1 - mu)  # momentum: an exponential average of the gradients
-                # Nesterov: the gradient, pulled towards where momentum goes
-                updates = torch._foreach_lerp(grads, bufs, mu)
+                updates = torch._foreach_lerp(grads, bufs, mu)  # Nesterov: the gradient, pulled to where momentum goes
                 tall = [p.size(0) > p.size(1) for p in params]
                 stack = torch.stack([u.mT if t else u for u, t in zip(updates, tall)])  # (k, short, long)
                 ortho = orthogonalize_shared(stack.to(self.ns_dtype), group["ns_steps"]).to(params[0].dtype)
