@@ -482,8 +482,6 @@ def line_prompt(path, n, line):
         return line
     except (ValueError, RecursionError) as e:  # JSON, but past what Python reads: an integer of 4,300 digits
         raise UserError(f"{path} line {n}: JSON that cannot be read ({type(e).__name__}: {first_line(e)})")
-    if not isinstance(obj, dict):
-        return line
     if isinstance(obj.get("prompt"), list):  # (it has the field: "needs a prompt field" would mislead)
         raise UserError(f"{path} line {n}: a JSON line's \"prompt\" must be text, got a list (TRL's "
                         f"turns?): give each prompt as its user message's text")
