@@ -49,9 +49,8 @@ from setup_tokenizer import EOT, IM_END, IM_START, StreamDecoder, chatml_tokens,
 CHAT_HELP = "/reset clears the history, /exit or Ctrl-D quits, Ctrl-C stops a reply"
 DEFAULT_MAX_TOKENS = 256  # new tokens per completion or reply, --max_tokens left out (serve.py's too)
 TYPING_DELAY = 0.012  # seconds per token on a terminal: a readable rhythm for demos, never in pipes
-# what a terminal shows for the control characters it would obey (\n and \t aside): a model's ESC c would clear the
-# screen, its \r write over the line, ESC ]0;... retitle the window. C0 ones and DEL as their control pictures (␛ ␍ ␈),
-# C1 ones (xterm obeys them in UTF-8 too), which have none, as less shows them
+# what a terminal shows for the control characters it would obey (\n and \t aside: a model's ESC c would clear the
+# screen): C0 ones and DEL as their control pictures (␛ ␍ ␈), C1 ones (xterm obeys them in UTF-8 too) as less does
 VISIBLE = {c: chr(0x2400 + c) for c in range(0x20) if chr(c) not in "\n\t"} | {0x7F: "\u2421"} | \
     {c: f"<U+{c:04X}>" for c in range(0x80, 0xA0)}
 
@@ -60,20 +59,18 @@ VISIBLE = {c: chr(0x2400 + c) for c in range(0x20) if chr(c) not in "\n\t"} | {0
 # generation
 
 def reserve_for(model, max_tokens):
-    """Tokens kept free after a prompt: the reply's budget, but never more than half the
-    context, so a long --max_tokens does not squeeze the prompt (or chat history) to nothing."""
+    """Tokens kept free after a prompt: max_tokens, but at most half the context, or the prompt would be squeezed."""
     return max(1, min(max_tokens, model.config.block_size // 2))
 
 
 def room_after(model, n):
-    """New tokens that can follow a prompt of n tokens without sliding: the context's positions left, and one more,
-    the last token generated, which is never fed back."""
+    """New tokens that can follow a prompt of n tokens without sliding: the positions left, and the last one generated,
+    which is never fed back."""
     return model.config.block_size - n + 1
 
 
 def crop_prompt(model, ids, max_tokens, what="prompt", warn=True, slide=False):
-    """Keep the end of a prompt too long to leave room for the reply, with one warning line (slide: --nonstop's
-    generation, which slides on past the context)."""
+    """The end of a prompt too long to leave the reply room, with a warning (slide: --nonstop's, which slides on)."""
     # at least the last token, which generation starts from (and ids[-0:] would keep the whole prompt)
     limit = max(1, model.config.block_size - reserve_for(model, max_tokens))
     if len(ids) <= limit:
@@ -87,8 +84,7 @@ def crop_prompt(model, ids, max_tokens, what="prompt", warn=True, slide=False):
 
 
 def encode_prompt(enc, text):
-    """A text prompt's ids. A plain prompt may spell special tokens (e.g. "<|endoftext|>" to mark a document
-    start); an empty one is an unconditional sample, which starts where every document starts."""
+    """A text prompt's ids, special tokens spelt in it included; an empty one starts where every document starts."""
     return enc.encode(text, allowed_special="all") or [enc.encode_single_token(EOT)]
 
 
@@ -109,14 +105,12 @@ OVERFLOW_FIX = {torch.float16: "float16's range is the narrowest: try --dtype bf
 
 def sample_steps(model, prompts, max_tokens, dtype=torch.float32, temperature=0.8, **sampling):
     """Yield the next token of each prompt (a list of B ints) per step. prompts: B token lists of equal length;
-    sampling: model.generate's other settings (top_k, top_p, repetition_penalty, stop_tokens, use_cache, generator,
-    slide), whose defaults are generate's."""
+    sampling: model.generate's other settings, with its defaults."""
     device = next(model.parameters()).device
     idx = torch.tensor(prompts, dtype=torch.long, device=device)
     steps = model.generate(idx, max_tokens, temperature=temperature, **sampling)
-    # One autocast region for the whole generation: autocast keeps its low-precision copies of the weights
-    # until the region ends, so entering it per step would re-cast every weight for every token (3x slower
-    # for the small preset on CPU). The caller's code between steps runs inside it too; ours only decodes.
+    # one autocast region for the whole generation: autocast keeps its low-precision copies of the weights until it
+    # ends, and one per step would cast every weight again every token (the caller's code between steps runs in it)
     with autocast(device, dtype):
         try:
             for tok in steps:
@@ -133,11 +127,10 @@ def why_stopped(enc, ids, stop_tokens, max_tokens):
 
 
 def stream_completion(model, enc, prompt_ids, max_tokens, stop_tokens=(), **sampling):
-    """One completion of prompt_ids as it is generated: yields (token, text) per new token, text being the
-    characters that token completes ("" inside a multi-byte character, and for the stop token, which ends the
-    completion). A multi-byte character cut off by max_tokens is flushed as (None, "\ufffd"); one cut off by a stop
-    token is dropped.
-    Closing the iterator stops generation: that is how gen.py's Ctrl-C and serve.py's hung-up clients end it."""
+    """One completion of prompt_ids as it is generated: yields (token, text) per new token, text being the characters
+    that token completes ("" inside a multi-byte character, and for the stop token, which ends it). A character cut
+    off by max_tokens is flushed as (None, "\ufffd"), one cut off by a stop token dropped. Closing the iterator stops
+    generation (gen.py's Ctrl-C, serve.py's hung-up clients)."""
     decoder = StreamDecoder(enc, after=prompt_ids)  # (ids prompts may end inside a character the reply finishes)
     for step in sample_steps(model, [prompt_ids], max_tokens, stop_tokens=stop_tokens, **sampling):
         tok = step[0]
@@ -151,12 +144,10 @@ def stream_completion(model, enc, prompt_ids, max_tokens, stop_tokens=(), **samp
 
 
 def complete(model, enc, prompt_ids, max_tokens, stop_tokens=(), on_text=None, **sampling):
-    """One completion of prompt_ids, streaming its text to on_text(piece) as characters complete.
-    Returns (new_ids, text, stopped_by): new_ids end with the stop token if one was hit, text never
-    contains it; stopped_by is the stop token's text, "max_tokens", "context" (window full) or
-    "interrupted" (Ctrl-C: what was generated so far is kept). A character cut off at the end is shown (U+FFFD, as
-    stream_completion flushes it) but left out of text, which holds what the model wrote whole: a --chat reply joins
-    the history as text, and the next turn's prompt would hold a U+FFFD the model never wrote."""
+    """One completion of prompt_ids, its text streamed to on_text(piece) as characters complete. Returns (new_ids, text,
+    stopped_by): new_ids end with the stop token if one was hit, text never holds it; stopped_by is the stop token's
+    text, "max_tokens", "context" (window full) or "interrupted" (Ctrl-C: what came is kept). A character cut off at
+    the end is shown (U+FFFD) but not in text: a --chat reply joins the history, which would hold what was not said."""
     ids, pieces, stopped_by = [], [], None
     try:
         for tok, piece in stream_completion(model, enc, prompt_ids, max_tokens, stop_tokens, **sampling):
@@ -171,13 +162,10 @@ def complete(model, enc, prompt_ids, max_tokens, stop_tokens=(), on_text=None, *
 
 
 def complete_batch(model, enc, prompts, max_tokens, stop_tokens=(), batch_size=8, seed=None, **sampling):
-    """Completions of many token lists: prompts of equal length share a batch (no padding needed,
-    so every row sees exactly what it would alone). Returns [(text, stopped_by)] in input order.
-    seed: each row samples from its own generator started from it, as `gen.py --prompt P --seed S` does, so a
-    completion depends on neither --batch_size nor the other prompts of the file (with one generator for them all,
-    adding a line would change every completion after it); None: sampling's generator, shared. In fp32 only: in bf16
-    on a CPU a batch of rows rounds otherwise than one row (model._next_logits steps a single row without oneDNN), so
-    a row's text parts from what it gives alone after some tokens (batch_size=1 gives exactly that)."""
+    """Completions of many token lists: prompts of equal length share a batch (no padding, so a row sees what it would
+    alone). Returns [(text, stopped_by)] in input order. seed: each row samples from its own generator started from it,
+    as `gen.py --prompt P --seed S` does, so a completion depends on neither --batch_size nor the file's other prompts;
+    None: sampling's generator, shared. In fp32 only: on a CPU, bf16 rounds a batch otherwise than one row."""
     device = next(model.parameters()).device if seed is not None else None
     by_len = {}
     for i, p in enumerate(prompts):
@@ -196,8 +184,7 @@ def complete_batch(model, enc, prompts, max_tokens, stop_tokens=(), batch_size=8
                     outs[r].append(t)
                     done[r] = t in stop_tokens
         for i, ids, stopped in zip(rows, outs, done):
-            # as stream_completion: a character cut off by the stop token is dropped (the decoder not flushed), one
-            # cut by max_tokens shown
+            # as stream_completion: a character cut off by the stop token is dropped, one cut by max_tokens shown
             decoder = StreamDecoder(enc)
             text = "".join(decoder.push(t) for t in ids[:-1]) if stopped else enc.decode(ids, errors="replace")
             results[i] = (text, why_stopped(enc, ids, stop_tokens, max_tokens))
@@ -208,15 +195,13 @@ def complete_batch(model, enc, prompts, max_tokens, stop_tokens=(), batch_size=8
 # chat
 
 def fit_history(enc, messages, budget):
-    """Drop the oldest turns until the rendered conversation (with the assistant's generation
-    prompt) fits in budget tokens. A leading system message stays; the newest message always
-    stays, even alone and too long (the caller then keeps its end); what is kept never opens on an
-    assistant's answer whose question was dropped."""
+    """Drop the oldest turns until the rendered conversation (with the assistant's generation prompt) fits in budget
+    tokens. A leading system message stays, and the newest message even alone and too long (the caller keeps its end);
+    what is kept never opens on an assistant's answer whose question was dropped."""
     head = messages[:1] if messages and messages[0]["role"] == "system" else []
     rest = messages[len(head):]
-    # every message renders to 4 tokens or more, so no more than the newest budget // 4 + 1 can fit; render_chat
-    # renders message by message, so each is rendered once and their lengths add up: a reply costs the same however
-    # long a --chat session gets
+    # a message renders to 4 tokens or more, so only the newest budget // 4 + 1 can fit, each rendered once (their
+    # lengths add up): a reply costs the same however long a --chat session gets
     start = max(0, len(rest) - (budget // 4 + 1))
     sizes = [len(render_chat(enc, [m])[0]) for m in rest[start:]]
     total = len(render_chat(enc, head, add_generation_prompt=True)[0]) + sum(sizes)
@@ -232,8 +217,7 @@ def chat_prompt(model, enc, history, max_tokens, warn=True):
     """(ids, dropped, short): the prompt for the assistant's reply to history, leaving the reply reserve_for's tokens;
     dropped: how many of the oldest messages fit_history left out; short: whether the context cut the newest message
     or leaves the reply fewer than max_tokens. A warning line, unless warn is False, where the newest message is cut or
-    crowds the reply out; a max_tokens over half the context, which every turn may leave short, is max_tokens_for's
-    warning, said once."""
+    crowds the reply out (a max_tokens over half the context is max_tokens_for's warning, said once)."""
     block_size = model.config.block_size
     budget = block_size - reserve_for(model, max_tokens)
     fitted = fit_history(enc, history, budget)
@@ -244,8 +228,7 @@ def chat_prompt(model, enc, history, max_tokens, warn=True):
     # over budget with fit_history down to the system message and the newest one
     over = f"warning: the conversation is {len(ids)} tokens but the context holds {block_size}:"
     if len(ids) < block_size:  # the reply takes what is left, as serve.py's does
-        # (generation stops at the end of the context: "context", not the "max_tokens" that were not given; what is
-        # left may be all max_tokens asks)
+        # (then "context" ends it, not "max_tokens"; what is left may be all max_tokens asks)
         short = room_after(model, len(ids)) < max_tokens
         if short and warn:
             print(f"{over} the reply gets {room_after(model, len(ids))} tokens at most", file=sys.stderr)
@@ -277,10 +260,9 @@ def chat_prompt(model, enc, history, max_tokens, warn=True):
 
 
 def chat_reply(model, enc, history, max_tokens, on_text=None, info=None, warn=True, **sampling):
-    """The assistant's next reply to history (a list of {role, content} ending with the user's
-    message): (text, stopped_by). The turn ends at <|im_end|> (or CHAT_STOPS' others); the model sees
-    the newest turns that fit (chat_prompt). info, a dict if given, receives prompt_ids, new_tokens, dropped and short
-    (chat_prompt's)."""
+    """The assistant's next reply to history (a list of {role, content} ending with the user's message): (text,
+    stopped_by), the turn ending at one of CHAT_STOPS; the model sees the newest turns that fit (chat_prompt). info,
+    a dict if given, receives prompt_ids, new_tokens, dropped and short (chat_prompt's)."""
     ids, dropped, short = chat_prompt(model, enc, history, max_tokens, warn)
     new, text, stopped_by = complete(model, enc, ids, max_tokens, stop_ids(enc, CHAT_STOPS), on_text, **sampling)
     if info is not None:
