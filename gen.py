@@ -309,10 +309,9 @@ OPENING_CJK = "（［｛「『【〈《〔〖〘"
 
 
 class Printer:
-    """Streams text to stdout as it comes. On a terminal (terminal=True) the text's control characters show as VISIBLE
-    has them, lines break between words (where the terminal moves its cursor as told: not TERM=dumb, as Emacs' shell
-    buffers are, nor Windows' console, which obeys escape codes only where a program turns them on), and delay paces
-    tokens for a readable rhythm; a pipe gets the text as it is."""
+    """Streams text to stdout as it comes. On a terminal (terminal=True) control characters show as VISIBLE has them,
+    lines break between words (not on TERM=dumb, as Emacs' shell, nor Windows' console, which move no cursor as told),
+    and delay paces tokens for a readable rhythm; a pipe gets the text as it is."""
 
     def __init__(self, delay=0.0, terminal=False):
         self.delay, self.out, self.last, self.terminal = delay, sys.stdout, 0.0, terminal
@@ -322,18 +321,16 @@ class Printer:
         self.cr = ""  # a \r that ended the last text, which a \n may yet follow (gpt2 writes them as two tokens)
 
     def wrap(self, text):
-        """text with the line breaks that keep its words whole on the terminal, as ollama's: each character is written
-        as it comes, and one that does not fit takes the word it ends to the next line (back over it, clear it, newline,
-        write it again), so the typing rhythm stays; the terminal would break a long reply's lines in mid-word."""
-        # never the last column: a terminal moves the cursor past it only at the next character, and going back over
-        # the word from there lands a column short. The width is asked each time: the window may be resized
+        """text with the line breaks that keep its words whole on the terminal (which breaks mid-word), as ollama's: a
+        character that does not fit takes the word it ends to the next line (back over it, clear it, newline, again)."""
+        # never the last column: the cursor passes it only at the next character, and going back over the word from
+        # there lands a column short. The width is asked each time: the window may be resized
         room = shutil.get_terminal_size().columns - 1
         out = []
         for ch in text:
             width = 8 - self.column % 8 if ch == "\t" else 0 if ch == "\n" else columns(ch)
-            # CJK writes no spaces, and breaks after any wide character, but never before closing punctuation (a line
-            # that starts with "。" reads wrong: the character before it goes down with it) nor after opening
-            # punctuation (a line that ends with "「": it goes down with the character after it)
+            # CJK writes no spaces, and breaks after any wide character, but never before closing punctuation ("。"
+            # goes down with the character before it) nor after opening punctuation ("「" with the one after it)
             if self.word[-1:] and columns(self.word[-1]) > 1 and self.word[-1] not in OPENING_CJK \
                     and ch not in CLOSING_CJK:
                 self.word = ""
@@ -354,8 +351,8 @@ class Printer:
         return "".join(out)
 
     def __call__(self, text, style=("", "")):
-        """text (the model's, or a prompt echoed) between style's two escape codes, gen.py's own (bold): written as
-        they are. One write: a Ctrl-C comes before it or after."""
+        """text (the model's, or a prompt echoed) between style's two escape codes (gen.py's bold), in one write: a
+        Ctrl-C comes before it or after."""
         if self.delay:
             wait = self.last + self.delay - time.perf_counter()
             if wait > 0:  # only pad fast models; a slow one already streams slower than this
@@ -375,28 +372,24 @@ class Printer:
 
 
 def read_lines(prompt, tty, quit_hint="Ctrl-D or /exit quits"):
-    """User lines until EOF; Ctrl-C at the prompt gives a fresh prompt (as in a shell), and quit_hint, or with no
-    terminal (tty false: a pipe, a notebook's input box) ends them. Bytes that are
-    not UTF-8 become U+FFFD, not a traceback that ends the session, and the user is told once how to convert them; a
-    line ends at \\r\\n or \\r too (a file with Windows line ends, piped), and a byte-order mark opening the input
-    (Notepad's) is dropped, as in a --prompt_file."""
+    """User lines until EOF; Ctrl-C at the prompt gives a fresh prompt and quit_hint, as in a shell, or with no terminal
+    (tty false: a pipe, a notebook's input box) ends them. Bytes that are not UTF-8 become U+FFFD, the user told once
+    how to convert them; a line ends at \\r\\n or \\r too, and a byte-order mark opening the input is dropped."""
     # surrogateescape, not replace: a U+FFFD the user wrote is no sign of bytes that are not UTF-8, an escaped byte is
     with contextlib.suppress(AttributeError, ValueError):  # a replaced sys.stdin (tests) may not reconfigure
         sys.stdin.reconfigure(errors="surrogateescape", newline=None)
-    # the prompt goes where the user looks: with stdout redirected (gen.py --interactive > out.txt), input() would
-    # write it into the file, before every continuation
+    # the prompt goes where the user looks: with stdout redirected (gen.py --interactive > out.txt), not into the file
     screen = sys.stdout if sys.stdout.isatty() else sys.stderr
     if tty and screen is sys.stdout:  # (input() edits with readline only when both are a terminal)
-        # line editing (arrow keys, Ctrl-A/E) and the session's earlier lines on the up arrow, as Python's own prompt
-        # has: without readline, input() takes an arrow key's escape sequence into the message ("ab^[[DX")
+        # line editing and history on the up arrow, as Python's prompt has: else an arrow key's escape sequence goes
+        # into the message ("ab^[[DX")
         with contextlib.suppress(ImportError):  # (Windows' Python has none: its console edits the line itself)
             readline = importlib.import_module("readline")  # imported, it serves input()
             if "libedit" not in (readline.__doc__ or ""):  # (macOS's libedit reads no GNU settings)
-                # a pasted block of lines is one message, sent by Enter, as in ollama: Python turns GNU readline's
-                # bracketed paste off for its REPL, and each pasted line would go as a message of its own
+                # a pasted block of lines is one message, as in ollama: Python turns GNU readline's bracketed paste
+                # off, and each pasted line would go as a message of its own
                 readline.parse_and_bind("set enable-bracketed-paste on")
-            # readline counts the prompt's width without the bold's escape codes only when they are marked \001..\002:
-            # unmarked, a line edited past the terminal's width is redrawn a few columns off
+            # escape codes marked \001..\002, or readline counts them in the prompt's width and redraws long lines off
             prompt = re.sub("(\033\\[[0-9;]*m)", "\001\\1\002", prompt)
     first, warned = True, False
     while True:
@@ -407,9 +400,8 @@ def read_lines(prompt, tty, quit_hint="Ctrl-D or /exit quits"):
             if re.search("[\udc80-\udcff]", line):  # bytes that are not UTF-8 (GBK text piped in): said once
                 raw = line.encode("utf-8", "surrogateescape")
                 line = raw.decode("utf-8", "replace")
-                if not warned:  # (the line's bytes tell its encoding as a file's do; "": no file to name)
-                    # (a stray byte in mostly UTF-8 text first, as not_utf8 checks a file: the 8-bit encodings'
-                    # guesses would take a UTF-8 line of Russian or Chinese for Central European)
+                if not warned:  # the fix as not_utf8 names a file's ("": no file), a stray byte in UTF-8 text first:
+                    # the 8-bit encodings' guesses would take a UTF-8 line of Russian or Chinese for Central European
                     fix = "set the terminal to UTF-8" if tty else stray_byte_fix("") if mostly_utf8(raw) else \
                         encoding_fix(raw, "") or latin1_fix("")
                     print(f"warning: the input is not UTF-8 text, read with U+FFFD for its bytes that are not: {fix}",
@@ -433,8 +425,7 @@ def read_prompt_file(path):
     """Prompts from a file: one per line, or JSON lines with a "prompt" field (blank lines skipped)."""
     try:
         with open(path, encoding="utf-8-sig") as f:  # a byte-order mark (Notepad, Excel) is no part of the prompt
-            # lines end at a newline only (open() makes \r\n and \r one): splitlines() would also cut at U+2028,
-            # U+0085 or a form feed, which a prompt may hold, and a JSON line too (JSON leaves U+2028 unescaped)
+            # at newlines only (open() makes \r\n and \r one): splitlines() also cuts at U+2028, which JSON leaves as is
             lines = f.read().split("\n")
     except FileNotFoundError:
         raise UserError(f"--prompt_file {path}: no such file")
@@ -455,9 +446,8 @@ def line_prompt(path, n, line):
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as e:
-        # text that merely starts with a brace is a prompt as written; a line that opens as a JSON object, or a Python
-        # dict's repr, and names a "prompt" field, first or not (HumanEval's lines lead with task_id), is a broken
-        # record (a quote lost in editing, a download cut short), refused rather than sent whole as the prompt
+        # a line opening as a JSON object (or a dict's repr) that names a "prompt" field, first or not (HumanEval's lead
+        # with task_id), is a broken record, refused rather than sent whole; other text opening with a brace is a prompt
         if re.match(r'\s*\{\s*["\']', line) and re.search(r'[{,]\s*(["\'])prompt\1\s*:', line):
             raise UserError(f"{path} line {n}: a JSON line with a \"prompt\" field that is not valid JSON ({e.msg} at "
                             f"column {e.colno}): mend it") from None
@@ -523,9 +513,8 @@ PENALTY_RULE = "a number > 0 (1 = off)"
 
 
 def penalty_value(v):
-    """A repetition penalty as the float sampling takes, or None when it breaks PENALTY_RULE: the one rule for
-    --repetition_penalty and serve.py's repetition_penalty field, so that a JSON integer too big for a float (10**400)
-    is refused there, not a failure inside torch (a 500)."""
+    """A repetition penalty as a float, or None when it breaks PENALTY_RULE: --repetition_penalty's and serve.py's rule,
+    so a JSON integer too big for a float (10**400) is refused there, not a failure inside torch (a 500)."""
     try:
         v = float(v)
     except OverflowError:
@@ -625,9 +614,8 @@ def check_options(args):
 
 
 def read_inputs(args):
-    """(prompts, path): the --prompt_file's prompts (None without one) and the checkpoint's path (the newest in models/
-    without one), --output checked not to be either: bad input fails before the model loads, not after the run.
-    --output - becomes None: stdout, as eval.py --json - and most tools read it."""
+    """(prompts, path): the --prompt_file's prompts (or None) and the checkpoint's path (or the newest in models/),
+    --output checked not to be either, before the model loads; --output - becomes None: stdout, as eval.py --json -."""
     if args.output == "-":
         args.output = None
     prompts = read_prompt_file(args.prompt_file) if args.prompt_file else None
@@ -638,9 +626,8 @@ def read_inputs(args):
 
 
 def inference_dtype(device, name):
-    """pick_dtype's dtype for --dtype name, with a warning on stderr where this CPU emulates it or runs it slower than
-    float32 (a recipe's --dtype float16, made for a GPU): gen.py's, eval.py's and serve.py's. (train.py's
-    training_dtype says it among its own warnings.)"""
+    """pick_dtype's dtype for --dtype name, with a warning where this CPU emulates it or runs it slower than float32 (a
+    recipe's --dtype float16, made for a GPU): gen.py's, eval.py's and serve.py's."""
     dtype = pick_dtype(device, name)
     if slow := slow_on_this_cpu(device, dtype, name):
         print(f"warning: {slow}", file=sys.stderr)
@@ -665,10 +652,9 @@ def open_checkpoint(args, path):
 
 
 def max_tokens_for(args, model):
-    """New tokens per completion or reply: --max_tokens, else DEFAULT_MAX_TOKENS (no limit with --nonstop, which runs
-    until Ctrl-C). A --max_tokens the context cannot give is warned of once, here: past the context (a completion or
-    reply ends where it is full), or, for --chat, past the half of it kept for replies. The default past a completion's
-    context is noted too, or a small context's short samples would go unexplained."""
+    """New tokens per completion or reply: --max_tokens, else DEFAULT_MAX_TOKENS (no limit with --nonstop). A
+    --max_tokens the context cannot give is warned of once, here: past the context, or for --chat past the half of it
+    kept for replies; the default past a completion's context is noted, or short samples would go unexplained."""
     block_size = model.config.block_size
     if not args.max_tokens:
         if not args.nonstop and not args.chat and DEFAULT_MAX_TOKENS > block_size:
@@ -684,8 +670,8 @@ def max_tokens_for(args, model):
               f"{'a reply' if args.chat else 'a completion'} ends where it is full"
               f"{'' if args.chat or args.prompt_file else '; --nonstop slides it on'}", file=sys.stderr)
     elif args.chat and max_tokens > least:
-        # (chat_prompt warns only of a turn whose newest message crowds the reply out: every other turn would be cut
-        # short without a word. After such a message its warning says how much is left, fewer than least)
+        # (chat_prompt warns only of a turn whose newest message crowds the reply out: the others would be cut short
+        # without a word)
         print(f"warning: --max_tokens {max_tokens} is more than the half of the context ({block_size}) "
               f"kept for replies: a reply gets {least} tokens or more, as many as the conversation leaves, fewer after "
               f"a message longer than the other half", file=sys.stderr)
@@ -693,9 +679,8 @@ def max_tokens_for(args, model):
 
 
 class Session:
-    """What gen.py's modes share: the model and its tokenizer, the tokens per completion, the sampling settings, and
-    where text and statistics go. A terminal gets the typing rhythm, bold prompts and line breaks between words, a pipe
-    the text as it is (scripts and tests read it); --verbose adds statistics on stderr and [end: REASON] on stdout."""
+    """What gen.py's modes share: the model, its tokenizer, the tokens per completion, the sampling settings, and where
+    text and statistics go (a terminal gets the typing rhythm, bold prompts and line breaks between words)."""
 
     def __init__(self, args, model, enc, max_tokens, sampling):
         self.args, self.model, self.enc, self.max_tokens, self.sampling = args, model, enc, max_tokens, sampling
@@ -703,9 +688,8 @@ class Session:
         self.show = Printer(TYPING_DELAY if self.tty_out and not args.no_delay else 0.0, terminal=self.tty_out)
         self.bold, self.plain = ("\033[1m", "\033[0m") if color_ok(sys.stdout) else ("", "")
         self.marker = self.bold + "> " + self.plain  # where the user types, in --interactive and --chat
-        # --nonstop never stops at <|endoftext|>: a story model simply starts the next story. Else text stops at a
-        # turn's end too, as serve.py's /v1/completions does, or a chat model continuing a text would go on into turns
-        # it writes for the user (a model trained on plain text never writes ChatML's tokens)
+        # --nonstop never stops: a story model starts the next story. Else text stops at a turn's end too, as serve.py's
+        # /v1/completions does, or a chat model continuing a text would go on into turns it writes for the user
         self.text_stops = () if args.nonstop else stop_ids(enc, CHAT_STOPS)
 
     def log(self, msg):
@@ -714,8 +698,8 @@ class Session:
             print(msg, file=sys.stderr)
 
     def report(self, stopped_by, prompt_len, new, t0, extra=""):
-        """--verbose's end of a completion or reply started at t0: why it stopped, and its speed."""
-        # the marker goes to stdout, between completions, so a piped transcript splits into replies
+        """--verbose's end of a completion or reply started at t0: why it stopped (on stdout, between completions, so a
+        piped transcript splits into replies), and its speed."""
         if self.args.verbose:
             dt = time.perf_counter() - t0
             print(f"[end: {stopped_by}]", flush=True)
@@ -723,8 +707,8 @@ class Session:
                      f"tokens/s{extra}")
 
     def continue_text(self, text, echo):
-        """Stream a continuation of text, then a newline; echo: text is shown first, in bold (not where the terminal
-        shows it already, as the line just typed). Returns why the completion stopped."""
+        """Stream a continuation of text, then a newline; echo: text first, in bold (not a line the terminal shows as
+        typed). Returns why the completion stopped."""
         ids = crop_prompt(self.model, encode_prompt(self.enc, text), self.max_tokens, slide=self.args.nonstop)
         if echo and text:
             self.show(text, (self.bold, self.plain))
@@ -737,9 +721,8 @@ class Session:
 
 
 def text_waiting_on_stdin():
-    """Whether stdin is a pipe or file holding bytes no one has read: `echo "Once upon a time" | gen.py` means the text
-    as the prompt, which gen.py reads only with --interactive or --chat. FIONREAD counts the bytes without reading them,
-    so a script's pipe left open and empty says nothing (nor a terminal, /dev/null or Windows, which has no fcntl)."""
+    """Whether stdin holds unread bytes (`echo "Once upon a time" | gen.py` means a prompt, which only --interactive or
+    --chat read): FIONREAD counts them unread, so a script's empty open pipe says nothing, nor a terminal or Windows."""
     fcntl = common.fcntl_module()
     try:
         if fcntl is None or sys.stdin is None or sys.stdin.isatty():
@@ -806,22 +789,19 @@ def run_chat(session):
         session.report(stopped_by, len(info["prompt_ids"]), info["new_tokens"], t0,
                        f", {info['dropped']} oldest messages dropped to fit the context" if info["dropped"] else "")
         if tty_in:
-            show("\n")  # air between turns on a terminal; piped, none (a reply may have lines of its own: --verbose
-            # marks each reply's end)
+            show("\n")  # air between turns on a terminal (piped, --verbose marks each reply's end)
 
 
 def run_prompt_file(session, prompts, seed):
     """--prompt_file: a JSON line per prompt, {prompt, completion, end}, in the file's order, to --output (written
-    whole, when all are done) or stdout. Prompts of equal length are generated together, --batch_size at a time; each
-    samples from its own generator started from seed (complete_batch says why)."""
+    whole, when all are done) or stdout; complete_batch generates them, --batch_size at a time, each from seed."""
     args, model, enc, max_tokens = session.args, session.model, session.enc, session.max_tokens
     ids = [crop_prompt(model, encode_prompt(enc, p), max_tokens, what=f"prompt {i + 1}") for i, p in enumerate(prompts)]
     t0 = time.perf_counter()
     results = complete_batch(model, enc, ids, max_tokens, session.text_stops, batch_size=args.batch_size or 8,
                              seed=seed, **session.sampling)
     dt = time.perf_counter() - t0
-    # "end": why the completion ended, as --verbose's [end: REASON] says (so a reader can tell a story that
-    # ended from one cut off by --max_tokens)
+    # "end": as --verbose's [end: REASON], so a reader can tell a story that ended from one --max_tokens cut off
     lines = "".join(json.dumps({"prompt": p, "completion": text, "end": end}, ensure_ascii=False) + "\n"
                     for p, (text, end) in zip(prompts, results))
     if args.output:
