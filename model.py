@@ -162,8 +162,7 @@ class CausalSelfAttention(nn.Module):
             k_cache, v_cache = kv
             k_cache[:, :, pos:pos + T] = k
             v_cache[:, :, pos:pos + T] = v
-            if pos > 0:
-                # attend over everything cached so far
+            if pos > 0:  # attend over everything cached so far
                 k, v = k_cache[:, :, :pos + T], v_cache[:, :, :pos + T]  # (B, nh, pos+T, hs)
                 if k.dtype != q.dtype:  # a cache of another dtype (.to() issues an op even where it changes nothing)
                     k, v = k.to(q.dtype), v.to(q.dtype)
@@ -172,8 +171,7 @@ class CausalSelfAttention(nn.Module):
             # (a prompt into an empty cache too, so its first token is the one a recomputation without a cache gives)
             y = explicit_attention(q, k, v, dropout_p)  # (B, nh, T, hs)
         else:
-            # pos == 0: is_causal is exact; pos > 0: one query sees every cached key, several take attn_mask (is_causal
-            # would align its mask top-left)
+            # pos 0: is_causal is exact; after, one query sees all keys, more take attn_mask (is_causal aligns top-left)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=(pos == 0),
                                                dropout_p=dropout_p)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): all heads' outputs side by side
@@ -370,8 +368,7 @@ class GPT(nn.Module):
         logits = self.lm_head(x)  # (B, T, padded_vocab_size)
         loss = None
         if targets is not None:
-            # the padded logits go in whole (a slice would copy the model's biggest tensor); CrossEntropy's softmax is
-            # over the real vocabulary, as generation's
+            # the padded logits whole (a slice copies the biggest tensor); CrossEntropy's softmax is the real ids'
             flat_targets = targets.reshape(-1)  # (B*T,)
             weight = (flat_targets != -1).float()  # (B*T,) each position's share of the loss
             if loss_mask is not None:
@@ -398,8 +395,7 @@ class GPT(nn.Module):
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
         groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        # fused: one pass per tensor, ~5x faster than foreach on a CPU; elsewhere (mps) torch's default, as fused=False
-        # would turn foreach off too
+        # fused: one pass per tensor (~5x foreach's speed on a CPU); mps keeps the default (fused=False: no foreach)
         fused = {"fused": True} if device_type in ("cuda", "cpu") else {}
         adamw = torch.optim.AdamW(groups, lr=lr, betas=betas, **fused)
         if optimizer == "adamw":
@@ -429,8 +425,7 @@ class GPT(nn.Module):
         skip_onednn = idx.size(0) == 1 and bf16
         with _without_onednn(skip_onednn and idx.size(1) == 1), _without_cudnn_attention(idx.device.type == "cuda"):
             x = self._trunk(idx, cache)[:, -1, :]  # (B, C)
-        # a few fp32 rows on a CPU: times the transposed head (_lm_head_t says why). fp32 only: bf16 autocast would
-        # cast the copy, not being a parameter, again every token
+        # a few fp32 rows on a CPU: times the transposed head (_lm_head_t); bf16 autocast would cast the copy each token
         if (x.device.type == "cpu" and x.size(0) <= 8 and not bf16
                 and x.dtype == torch.float32 == self.lm_head.weight.dtype):
             logits = x @ self._lm_head_t()  # (B, C) @ (C, Vp)
