@@ -62,18 +62,9 @@ from train import (Windows, bits_per_byte, bpb_scale, checkpoint_data, default_d
 # -----------------------------------------------------------------------------
 # prompts and replies
 
-def first_user_turn(messages):
-    """The messages up to and including the first user message (what came before it is context), or None."""
-    for i, m in enumerate(messages):
-        if m["role"] == "user":
-            return messages[:i + 1]
-    return None
-
-
 def split_prompts(meta, split, enc, n):
     """Up to n conversations of a prepared split, each cut after its first user message, from documents spread
-    evenly over the split (the same ones every run). A document without a user message (the end of a long
-    conversation that packing cut off) gives way to the next one not taken yet."""
+    evenly over the split; one without a user message (packing cut it off) gives way to the next not taken."""
     ids = np.memmap(os.path.join(meta["folder"], f"{split}.bin"), dtype=meta["dtype"], mode="r")
     ends = document_ends(ids, enc.eot_token)
     starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
@@ -88,17 +79,18 @@ def split_prompts(meta, split, enc, n):
             if k in tried:
                 continue
             tried.add(k)
-            history = first_user_turn(parse_chat(enc, ids[starts[k]:ends[k]]))
-            if history:
-                prompts.append(history)
+            messages = parse_chat(enc, ids[starts[k]:ends[k]])
+            # up to and including the first user message: what came before it is context
+            user = next((i for i, m in enumerate(messages) if m["role"] == "user"), None)
+            if user is not None:
+                prompts.append(messages[:user + 1])
                 break
     return prompts
 
 
 def reply_stats(model, enc, histories, max_tokens, seed, name=None, **sampling):
     """Answer each history [{role, content}] as gen.py --chat does: {replies, ended (share closed by <|im_end|>),
-    mean_tokens (new tokens without the closing one)}. Sampling starts from seed. name: the row's (a dataset, the
-    prompts file), for the warning: a table of several rows leaves a reader no other way to tell whose prompts."""
+    mean_tokens (new tokens without the closing one)}. name: the row's, for the warning (which row's prompts)."""
     device = next(model.parameters()).device
     generator = seeded_generator(device, seed)
     ended, lengths, short = 0, [], 0
@@ -131,9 +123,8 @@ def perplexity(loss):
 
 
 def checked_datasets(path, ckpt, datasets=None, data_dir=None, block_size=None):
-    """(datasets, data_dir, their load_meta metas, block_size) to evaluate the checkpoint at path (loaded: ckpt) on,
-    every dataset checked before the first is evaluated: a bad name, a tokenizer not the checkpoint's or a --block_size
-    past its context fails at once (of several checkpoints, before the first is evaluated)."""
+    """(datasets, data_dir, their load_meta metas, block_size) to evaluate the checkpoint at path (loaded: ckpt) on;
+    a bad name, a tokenizer not the checkpoint's or a --block_size past its context fails before any evaluation."""
     trained_on, trained_in = checkpoint_data(ckpt)
     if not datasets and not trained_on:
         raise UserError(f"{path} does not name the data it was trained on: pass --dataset NAME")
@@ -156,10 +147,9 @@ def checked_datasets(path, ckpt, datasets=None, data_dir=None, block_size=None):
 def evaluate_checkpoint(path, datasets=None, data_dir=None, split="val", block_size=None, batch_size=16,
                         eval_batches=None, samples=50, prompt_file=None, max_tokens=128, seed=1337, temp=0.8,
                         top_k=200, top_p=None, repetition_penalty=1.0, device="auto", dtype="auto"):
-    """Evaluate the checkpoint at path on each dataset (default: the one it was trained on); returns a dict with
-    the checkpoint's description (its training options in train_args), the device and dtype evaluated in, and one row
-    per dataset (plus one for a prompts file): dataset, windows, loss, ppl, bpb (of the replies' text on conversation
-    sets), replies, ended, mean_tokens (None where not measured)."""
+    """Evaluate the checkpoint at path on each dataset (default: its own): a dict of the checkpoint's description,
+    the device and dtype, and a row per dataset (plus one for a prompts file): dataset, windows, loss, ppl, bpb,
+    replies, ended, mean_tokens (None where not measured)."""
     ckpt = load_checkpoint(path)
     ckpt_args = ckpt.get("args") or {}
     datasets, data_dir, metas, block_size = checked_datasets(path, ckpt, datasets, data_dir, block_size)
@@ -238,9 +228,8 @@ def short_names(paths):
 
 
 def format_table(result):
-    """The result of evaluate_checkpoint as a few lines of text: a header and one aligned row per dataset. The
-    replies' settings and columns are left out where no row sampled any (plain-text sets): they would hold nothing.
-    A list of results (several checkpoints, compared) is one table, a row per checkpoint and dataset, led by the
+    """The result of evaluate_checkpoint as a header and one aligned row per dataset, without the replies' columns
+    where no row sampled any. A list of results is one table, a row per checkpoint and dataset, led by the
     checkpoint's short_names and the facts that differ between them."""
     results = [result] if isinstance(result, dict) else result
     r, s = results[0], results[0]["sampling"]  # (the sampling options are the command's: every result's the same)
@@ -281,9 +270,7 @@ def format_table(result):
     def wide(name):
         return sum(map(columns, name))
 
-    def padded(name, width):
-        """name and the spaces that make it width columns wide on a terminal: a CJK name's characters take two
-        columns each (padded by its length in characters, the table would be askew)"""
+    def padded(name, width):  # by terminal columns: a CJK character takes two
         return name + " " * (width - wide(name))
 
     widths = [max(wide(title), *map(wide, cells)) for title, cells in lead]
@@ -397,11 +384,10 @@ def main(argv=None):
     kept = {}
     for path in paths:
         key = file_identity(path)
-        if key not in kept:
-            kept[key] = path
-        else:  # (said: a table short of the rows counted would look like a lost one)
+        if key in kept:  # (said: a table short of the rows counted would look like a lost one)
             print(f"note: {path} is given twice" + (f" (as {kept[key]})" if path != kept[key] else "")
                   + ": evaluated once", file=sys.stderr)
+        kept.setdefault(key, path)
     paths = list(kept.values())
     json_path = args.json if args.json != "-" else None  # - is stdout
     if json_path:  # checked before the evaluation, not after (nor over a dataset's files: check_output refuses those)
