@@ -49,10 +49,8 @@ VOCAB_JSON, MERGES_TXT = "vocab.json", "merges.txt"
 # applies) with combining marks kept in words, as a Split before a ByteLevel that only maps bytes to characters
 MARKS_SPLIT = {"type": "Split", "behavior": "Isolated", "invert": False, "pattern": {
     "Regex": r"'s|'t|'re|'ve|'m|'ll|'d| ?[\p{L}\p{M}]+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"}}
-# config.json's key for what this project trained with and transformers' config has no field for (the training
-# --block_size, dropout, a gpt2-variant model's want of biases, the peak lr and whether it was a fine-tune's), read back
-# by read_folder so that eval.py and train.py --init_from take the folder as they take the .pt; transformers keeps a
-# key it does not know, unused
+# config.json's key for the training facts transformers has no field for (--block_size, dropout, bias, lr, fine_tune),
+# read back by read_folder so that a folder serves as the .pt does; transformers keeps a key it does not know, unused
 OWN_CONFIG = "gpt_trainer"
 CHAT_TEMPLATE = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] "
                  "+ '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
@@ -72,14 +70,8 @@ def byte_chars():
     """GPT-2's map of the 256 bytes to printable characters, in which vocab.json and merges.txt spell tokens:
     printable Latin-1 bytes stand for themselves, the others (control bytes, space...) for chr(256 + n) in order."""
     keep = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)}
-    chars, n = {}, 0
-    for b in range(256):
-        if b in keep:
-            chars[b] = chr(b)
-        else:
-            chars[b] = chr(256 + n)
-            n += 1
-    return chars
+    others = iter(range(256, 512))
+    return {b: chr(b) if b in keep else chr(next(others)) for b in range(256)}
 
 
 def spell(token, chars):
@@ -117,9 +109,8 @@ def recover_merges(ranks):
 
 
 def tokenizer_files(enc, model_max_length, llama=False):
-    """{file name: text} of the HF tokenizer for a tiktoken Encoding: tokenizer.json (the fast tokenizer,
-    also read by the `tokenizers` library alone), vocab.json + merges.txt (GPT-2's original pair) and
-    tokenizer_config.json (class, special tokens, ChatML chat template)."""
+    """{file name: text} of the HF tokenizer for a tiktoken Encoding: tokenizer.json, vocab.json + merges.txt
+    (GPT-2's original pair) and tokenizer_config.json (class, special tokens, ChatML chat template)."""
     chars = byte_chars()
     ranks = enc._mergeable_ranks
     specials = sorted(enc._special_tokens.items(), key=lambda kv: kv[1])  # [(text, id)]
@@ -184,8 +175,7 @@ def hf_pattern(pre):
 
 def _hf_vocab(folder):
     """(vocab {spelled token: id}, merges [(a, b)], added {text: id}, the pattern its text is cut with) from
-    tokenizer.json, else vocab.json + merges.txt (GPT-2's regex); anything but GPT-2-style byte-level BPE is a
-    UserError."""
+    tokenizer.json, else vocab.json + merges.txt; anything but GPT-2-style byte-level BPE is a UserError."""
     path = os.path.join(folder, TOKENIZER_JSON)
     if os.path.isfile(path):
         tok = _read_json(path)
@@ -226,9 +216,8 @@ MODEL_TYPE_TOKENIZER = {"gpt2": "GPT2Tokenizer", "gpt_neox": "GPTNeoXTokenizer",
                         "codegen": "CodeGenTokenizer", "llama": "LlamaTokenizer", "bloom": "BloomTokenizer"}
 
 
-# what those GPT-2-like classes cut text with: they build their pipeline from the vocabulary and merges alone
-# (transformers 5), whatever tokenizer.json's pre-tokenizer says. None: no tiktoken pipeline (GPTNeoXTokenizer composes
-# accents first, NFC; Qwen2Tokenizer has a regex of its own)
+# what those GPT-2-like classes cut text with, whatever tokenizer.json says (transformers 5 builds their pipeline from
+# the vocabulary alone). None: no tiktoken pipeline (GPTNeoXTokenizer applies NFC; Qwen2Tokenizer has its own regex)
 CLASS_PATTERN = {"GPT2Tokenizer": GPT2_PATTERN, "CodeGenTokenizer": GPT2_PATTERN, "GPTNeoXTokenizer": None,
                  "Qwen2Tokenizer": None}
 # the way out where such a class overrides a tokenizer.json the model was trained with: the generic fast class
@@ -255,8 +244,7 @@ def tokenizer_class(folder):
 
 def applied_pattern(folder, pattern):
     """(the pattern transformers cuts the folder's text with, the class that says so or None) for a tokenizer whose
-    files say pattern: theirs (None), unless the class AutoTokenizer takes builds its own pipeline (CLASS_PATTERN). One
-    that is no tiktoken pipeline is a UserError: transformers would give other ids than the vocabulary here."""
+    files say pattern: theirs, unless AutoTokenizer's class builds its own pipeline (CLASS_PATTERN; None: refused)."""
     cls, said, _, _ = tokenizer_class(folder)
     if cls not in CLASS_PATTERN:
         return pattern, None
@@ -270,11 +258,8 @@ def applied_pattern(folder, pattern):
 
 
 def refuse_prefix_space(folder, pre_tokenizer):
-    """A tokenizer that puts a space before the text ("Hello" read as " Hello") gives other ids than tiktoken, which
-    has no such step: refused, or the model would see other tokens here than in transformers. Whether it does is
-    transformers' choice: its GPT-2-like classes (CONFIG_PREFIX_SPACE) take tokenizer_config.json's add_prefix_space
-    (false unless set) over tokenizer.json's, the generic fast class tokenizer.json's pre-tokenizer (pre_tokenizer:
-    None without that file)."""
+    """Refuse a tokenizer that puts a space before the text, a step tiktoken lacks. Which file's add_prefix_space
+    counts is the class's (CONFIG_PREFIX_SPACE, JSON_PREFIX_SPACE); pre_tokenizer: None without tokenizer.json."""
     cls, _, config, config_path = tokenizer_class(folder)
     json_path = os.path.join(folder, TOKENIZER_JSON)
     if pre_tokenizer is None or cls in CONFIG_PREFIX_SPACE:
@@ -307,11 +292,9 @@ def adds_tokens(processor):
 
 
 def refuse_other_steps(folder, tok, added):
-    """A tokenizer whose files ask transformers for a step tiktoken's BPE lacks gives other ids for the same text: one
-    line naming the setting and the way out, not an import with other ids. tok: tokenizer.json ({} without it); added:
-    the folder's added tokens {text: id}. byte_fallback, fuse_unk and ignore_merges pass, as they change nothing here:
-    every byte is a token, so nothing is unknown, and a word that is a token comes out of BPE as that token (tiktoken's
-    own shortcut), as each token's merge is the one BPE reaches on its bytes (_read_tokenizer checks that)."""
+    """Refuse, naming the setting and the way out, a tokenizer whose files ask transformers for a step tiktoken's BPE
+    lacks. tok: tokenizer.json ({} without it); added: {text: id}. byte_fallback, fuse_unk and ignore_merges change
+    nothing here (every byte is a token; _read_tokenizer checks each merge is the one BPE reaches), so they pass."""
     _, _, config, config_path = tokenizer_class(folder)
     json_path = os.path.join(folder, TOKENIZER_JSON)
     model, decoder = tok.get("model") or {}, config.get("added_tokens_decoder") or {}
@@ -353,9 +336,8 @@ def refuse_other_steps(folder, tok, added):
 
 
 def read_tokenizer(folder):
-    """(tiktoken Encoding, ids of the folder's own tokenizer) for an HF folder's byte-level BPE tokenizer. The
-    Encoding has the folder's ids and may have more: the ChatML tokens a folder lacks come after its own.
-    GPT-2's files give get_tokenizer("gpt2") itself, so data prepared with gpt2 fits the imported model."""
+    """(tiktoken Encoding, ids of the folder's own tokenizer) for an HF folder's byte-level BPE tokenizer; the
+    ChatML tokens a folder lacks come after its own. GPT-2's files give get_tokenizer("gpt2") itself."""
     try:
         enc, n_hf = _read_tokenizer(folder, file_stamp(folder))
     except (KeyError, TypeError, ValueError, AttributeError) as e:  # JSON of another shape than a tokenizer's
@@ -373,8 +355,8 @@ def read_tokenizer(folder):
 
 @functools.lru_cache(maxsize=4)
 def _read_tokenizer(folder, stamp):
-    """read_tokenizer's vocabulary of the folder's files, checked; stamp: file_stamp's. Kept for the next read of the
-    same files, as get_tokenizer keeps a vocabulary file's: checking GPT-2's 50k merges, in Python, takes seconds."""
+    """read_tokenizer's vocabulary of the folder's files, checked; stamp: file_stamp's. Cached: checking GPT-2's 50k
+    merges, in Python, takes seconds."""
     vocab, merges, added, pattern = _hf_vocab(folder)
     where = os.path.join(folder, TOKENIZER_JSON if os.path.isfile(os.path.join(folder, TOKENIZER_JSON)) else VOCAB_JSON)
     specials = {t: i for t, i in vocab.items() if t in SPECIAL_TOKENS}
@@ -440,10 +422,9 @@ def _read_tokenizer(folder, stamp):
 # weights: our state dict <-> HF's
 
 def tensor_map(cfg):
-    """[(our name, [HF names], transposed)] for every tensor of a GPT2LMHeadModel (gpt2 variant) or a
-    LlamaForCausalLM (modern): the HF tensors stack along dim 0 into ours (q|k|v, gate|up), and `transposed`
-    marks GPT-2's Conv1D matrices, stored (in, out) where nn.Linear stores (out, in). The tied lm_head is left
-    out: HF ties it back (tie_word_embeddings)."""
+    """[(our name, [HF names], transposed)] for every tensor but the tied lm_head of a GPT2LMHeadModel or a
+    LlamaForCausalLM: the HF tensors stack along dim 0 into ours (q|k|v, gate|up); `transposed` marks GPT-2's
+    Conv1D matrices, stored (in, out)."""
     rows = []
     if cfg.variant == "gpt2":
         rows += [("transformer.wte.weight", ["transformer.wte.weight"], False),
@@ -471,8 +452,8 @@ def tensor_map(cfg):
 
 
 def hf_tensors(model):
-    """{HF name: tensor} of our model; the embedding loses its padding rows, and a gpt2-variant model without
-    biases gets zero ones (HF's GPT-2 always has them; zeros change nothing; read_folder drops them again)."""
+    """{HF name: tensor} of our model, without the embedding's padding rows; a gpt2-variant model without biases gets
+    zero ones (HF's GPT-2 always has them; read_folder drops them again)."""
     cfg = model.config
     sd = model.state_dict()
     out = {}
@@ -488,15 +469,14 @@ def hf_tensors(model):
 
 
 def trained_lr(v):
-    """Whether v is a peak lr as train.py records one, a positive finite number (an edited checkpoint's 'abc' is not
-    carried: config.json would be refused). train.py's fine_tune_lr takes a checkpoint's lr by it too."""
+    """Whether v is a peak lr as train.py records one, a positive finite number (an edited checkpoint's 'abc' is not:
+    config.json would be refused)."""
     return type(v) in (int, float) and 0 < v < math.inf
 
 
 def hf_config(cfg, enc, dtype, block_size=None, lr=None, fine_tune=False):
     """config.json for our GPTConfig: GPT2LMHeadModel's for the gpt2 variant, LlamaForCausalLM's for modern.
-    block_size: the training window (train.py's --block_size), when it was shorter than the context; lr, fine_tune:
-    the checkpoint's peak lr and whether its run was a fine-tune, which train.py's fine-tune lr is reckoned from."""
+    block_size, lr, fine_tune: the checkpoint's run's training window, peak lr and whether it was a fine-tune."""
     eot = enc._special_tokens[SPECIAL_TOKENS[0]]
     own = {"block_size": block_size or cfg.block_size, "dropout": cfg.dropout}
     if cfg.variant == "gpt2":
@@ -603,9 +583,8 @@ def architectures(raw):
 
 
 def folder_context(folder):
-    """The context in tokens of a Hugging Face model folder, as read_folder reads it from config.json (GPT-2's
-    n_positions or n_ctx, Llama's max_position_embeddings); None when it has no config.json of a model this project
-    reads (its tokenizer files may still serve as a vocabulary)."""
+    """The context in tokens of a Hugging Face model folder, as read_folder reads it from config.json; None when it
+    has no config.json of a model this project reads (its tokenizer files may still serve as a vocabulary)."""
     path = os.path.join(folder, CONFIG)
     if not os.path.isfile(path):
         return None
@@ -651,8 +630,7 @@ def read_weights(folder):
         if not (isinstance(weight_map, dict) and weight_map and all(isinstance(f, str) for f in weight_map.values())):
             raise UserError(f"{os.path.join(folder, WEIGHTS_INDEX)} has no weight_map of tensor names to file names: "
                             f"download it again")  # (an AttributeError or TypeError traceback)
-        # a shard is a file of the folder, as transformers reads it: a stranger's index naming ../x or /x read a
-        # file elsewhere on this machine as weights
+        # a shard is a file of the folder, as transformers reads it: not ../x or /x elsewhere on this machine
         outside = next((f for f in weight_map.values() if f in ("", ".", "..") or os.path.basename(f) != f
                         or os.path.isabs(f)), None)
         if outside is not None:
@@ -689,8 +667,8 @@ def nearest_preset(cfg):
 
 
 class WithoutInit(torch.overrides.TorchFunctionMode):
-    """Leaves torch.nn.init's fills out, for a model whose shapes alone are wanted: on the meta device they run torch's
-    reference code, whose first call imports torch._dynamo (~2 CPU-s of gen.py's start from a folder)."""
+    """Leaves torch.nn.init's fills out, for a model whose shapes alone are wanted: on the meta device they import
+    torch._dynamo (~2 CPU-s)."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if getattr(func, "__module__", None) == "torch.nn.init":
@@ -782,8 +760,8 @@ WEIGHTS_FILE_EXTENSIONS = (".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".ggu
 
 
 def check_out_dir(out_dir):
-    """An export never writes over files: out_dir must not exist yet, or be an empty folder (not the current one, which
-    the export, written next to it and renamed into place, cannot replace)."""
+    """An export never writes over files: out_dir must not exist yet, or be an empty folder that a sibling renamed
+    into place can replace."""
     if os.path.abspath(out_dir) == os.getcwd():
         raise UserError(f"OUT_DIR {out_dir!r} is the current folder: name a new one, as in hf-model")
     if os.path.islink(os.path.normpath(out_dir)):  # the export, renamed into place, would replace the link
@@ -804,10 +782,8 @@ def check_out_dir(out_dir):
 
 
 def export_folder(model, enc, out_dir, dtype=torch.float32, block_size=None, lr=None, fine_tune=False):
-    """Write model and tokenizer as an HF folder: config.json, generation_config.json, model.safetensors and the
-    tokenizer files (block_size, lr, fine_tune: the checkpoint's run's, as hf_config takes them). out_dir must not
-    exist or be empty; everything is written into a temporary sibling first and renamed into place, so out_dir never
-    holds half an export. Returns the file names."""
+    """Write model and tokenizer as an HF folder (config.json, generation_config.json, model.safetensors, tokenizer
+    files) into a temporary sibling renamed into place, so out_dir never holds half an export. Returns the names."""
     cfg = model.config
     check_out_dir(out_dir)
     out_dir = os.path.normpath(out_dir)  # hf/new/ and hf/new/. name hf/new (os.rmdir refused "hf/new/.")
