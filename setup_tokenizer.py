@@ -43,24 +43,16 @@ SPECIAL_TOKENS = (EOT, IM_START, IM_END)
 ROLES = ("system", "user", "assistant")
 # tiktoken's GPT-2 pre-tokenization regex: text is cut into pieces, and BPE merges bytes within a piece only
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
-# GPT-2's, but a combining mark (\p{M}: a Hindi or Thai vowel sign, an Arabic haraka, a decomposed accent) stays in its
-# word, as in o200k's: GPT-2's puts marks in pieces of their own, so no token could join a letter and its vowel sign
-# ("नाम" stayed 3 tokens, and a Hindi text supported some 300 tokens whatever --vocab_size asked). It cuts text without
-# marks exactly where GPT-2's does. Custom vocabularies are trained with it (train_bpe); vocabulary_pattern tells them
+# GPT-2's, but a combining mark (\p{M}: a Hindi vowel sign, a decomposed accent) stays in its word, as in o200k's:
+# GPT-2's cuts marks apart, so no token could join a letter and its vowel sign. Text without marks is cut as GPT-2's
+# is. Custom vocabularies are trained with it (train_bpe); vocabulary_pattern tells them
 MARKS_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?[\p{L}\p{M}]++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
-# the most text (characters) a vocabulary learns from, here and in prepare.py --vocab_size: rustbpe holds every distinct
-# word it has seen, about 330 bytes each (45 MB of random words, 4.9M distinct, peaked at 1.6 GB), so its memory grew
-# with the corpus; a GB of stories numbered one by one peaks at 340 MB, in 76 s on one core. A larger input gives it a
-# sample of its documents spread over it (VocabSample). (nanochat's 65k-token vocabulary learns from 2B characters of
-# web text; this project's are smaller)
+# the most text (characters) a vocabulary learns from, here and in prepare.py --vocab_size: rustbpe's memory grows with
+# the distinct words it sees (~330 bytes each); a GB of stories peaks at 340 MB. A larger input is sampled (VocabSample)
 VOCAB_TEXT_CHARS = 10 ** 9
-# and the most bytes of distinct words (runs of text between whitespace) it learns from, what that memory grows with,
-# some 50-80 bytes a byte: Chinese and Japanese put no spaces between words, so each run of their characters between
-# punctuation is one piece of the pattern, nearly each one new. 10 MB of random Han (9 MB of distinct words) peaked
-# at 771 MB, 40 MB at 1.2 GB, far within VOCAB_TEXT_CHARS. Capped, Chinese peaks at 400-600 MB, learning from 3-5M
-# of its characters (spread over it: learn_vocabulary), and compresses as well (3.146 bytes a token on held-out text
-# against 3.148 learnt from 40 MB, 4,096 tokens). Spaced text stays far within it (8 MB of stories hold 0.2 MB of
-# distinct words): its vocabulary is unchanged
+# and the most bytes of distinct words it learns from, what that memory grows with (50-80 bytes a byte): unspaced
+# Chinese or Japanese is nearly all distinct words (40 MB of Han peaked at 1.2 GB); capped, it peaks at 400-600 MB and
+# compresses as well. Spaced text stays far within it (8 MB of stories hold 0.2 MB of distinct words)
 VOCAB_WORD_BYTES = 8 * 10 ** 6
 WHITESPACE = re.compile(r"\s")
 SAY_VOCABULARY_BYTES = 100 << 20  # input at which training a vocabulary is said before it starts (about 10 s)
@@ -77,24 +69,17 @@ def joins_a_mark(token):
 
 
 def vocabulary_pattern(ranks):
-    """The pre-tokenization pattern of a custom vocabulary, read from its tokens, so that a .tiktoken file (ranks alone)
-    needs nothing beside it: MARKS_PATTERN for one with a token that joins a letter and a combining mark, which only it
-    can have learned; else GPT2_PATTERN, that of every vocabulary trained before MARKS_PATTERN (their ids and hashes
-    stay) and of one trained with it on text without such pairs. Every script reads a vocabulary's pattern this way,
-    so its ids are the same wherever it is read."""
+    """The pre-tokenization pattern of a custom vocabulary, read from its tokens so a .tiktoken file needs nothing
+    beside it: MARKS_PATTERN for one with a token joining a letter and a combining mark (only it can learn one), else
+    GPT2_PATTERN (every vocabulary older than MARKS_PATTERN keeps its ids and hash)."""
     # (a mark is U+0300 or above: a byte of 0xCC or more, after at least one byte of a letter)
     marked = any(len(token) > 2 and max(token) >= 0xCC and joins_a_mark(token) for token in ranks)
     return MARKS_PATTERN if marked else GPT2_PATTERN
 
 
 def _build(name, ranks, pattern):
-    n = len(ranks)
-    return tiktoken.Encoding(
-        name=name,
-        pat_str=pattern,
-        mergeable_ranks=ranks,
-        special_tokens={tok: n + i for i, tok in enumerate(SPECIAL_TOKENS)},
-    )
+    return tiktoken.Encoding(name=name, pat_str=pattern, mergeable_ranks=ranks,
+                             special_tokens={tok: len(ranks) + i for i, tok in enumerate(SPECIAL_TOKENS)})
 
 
 def train_command(source=None):
@@ -136,10 +121,8 @@ def parse_bpe(text, source="tokenizer"):
         return bpe_ranks(text, source)
     except UserError as e:
         error = e
-    # a copy or download that stopped mid-line (every line ends with a newline, the last one too): the lines before
-    # are a whole vocabulary's first ones, and its last line is a token without its rank or with part of it, said as
-    # "not a .tiktoken vocabulary" or "ranks must be 0..N-1", which named no copy. One cut at a line break reads as a
-    # smaller vocabulary, as one trained smaller on the same text (it has those very lines)
+    # a copy or download that stopped mid-line (every line ends with a newline): the lines before are a vocabulary's
+    # first ones, so the error names the copy, not the last line's lack of a rank
     whole = text[:text.rfind("\n") + 1]
     try:
         cut = not text.endswith("\n") and whole.strip() and bpe_ranks(whole, source, head=True)
@@ -172,10 +155,8 @@ def bpe_ranks(text, source, head=False):
 
 @functools.lru_cache(maxsize=4)
 def tokenizer_from_bpe(text, source="the vocabulary"):
-    """A custom tokenizer from the text of its .tiktoken file (as stored in checkpoints); source, the file's path,
-    is what an error names. Kept for the next call with the same text, as _load_tokenizer keeps a file's: a
-    checkpoint's vocabulary is read as it loads, to check it against its hash (checkpoint.read_checkpoint), and again
-    by whatever then uses it (load_model, train.py), 50 ms a time for 32k tokens."""
+    """A custom tokenizer from the text of its .tiktoken file (as stored in checkpoints); source: what an error
+    names. Cached: a checkpoint's vocabulary is read as it loads and again where it is used, 50 ms for 32k tokens."""
     ranks = parse_bpe(text, source)
     enc = _build("custom", ranks, vocabulary_pattern(ranks))
     # named by its tokenizer_hash, the id meta.json, checkpoints and the errors comparing vocabularies give it: one id
@@ -198,10 +179,8 @@ def get_tokenizer(name="gpt2"):
 
 
 def model_context(name):
-    """The context in tokens of the model whose vocabulary get_tokenizer(name) reads: a checkpoint's (its config's
-    block_size) or a Hugging Face model folder's (n_positions or max_position_embeddings, as hf.py reads config.json);
-    None for gpt2, a .tiktoken file, or a folder of tokenizer files that no model config of this project's kinds goes
-    with. Read with the vocabulary and cached with it: a checkpoint get_tokenizer has read is not loaded again."""
+    """The context in tokens of the model whose vocabulary get_tokenizer(name) reads (a checkpoint's, a Hugging Face
+    model folder's); None for gpt2, a .tiktoken file or tokenizer files alone. Cached with the vocabulary."""
     return _load_tokenizer(name, file_stamp(name))[1]
 
 
@@ -222,7 +201,6 @@ def file_stamp(path):
 def checkpoint_meant(name):
     """The checkpoint a --tokenizer that is no vocabulary likely meant, or None: `--tokenizer story`, a dataset's or a
     run's name, or `--tokenizer notes` (or `notes/`) beside the notes/ folder of its --source (README's own data)."""
-
     name = name.rstrip("/" + os.sep) or name
     return next((c for c in (f"{name}_best.pt", f"{name}.pt", os.path.join("models", f"{name}_best.pt"),
                              os.path.join("models", f"{name}.pt")) if os.path.isfile(c)), None)
@@ -285,7 +263,6 @@ def _load_tokenizer(name, stamp):
     try:
         with open(name, encoding="utf-8") as f:
             # its first line first: a foreign file of gigabytes (a model.safetensors, a corpus) is not read whole
-
             head = f.readline(1 << 16)
             if head.strip() and len(head.split()) != 2:
                 raise not_a_vocabulary(name)
@@ -297,12 +274,9 @@ def _load_tokenizer(name, stamp):
 
 
 def moved_vocabulary(recorded, folder, want):
-    """Where the vocabulary a dataset's meta.json names by the absolute path recorded (gone from there) is now, in a
-    project or data/ moved since (or copied to another machine) with the dataset folder: the folder's own VOCAB_FILE,
-    or the recorded path's last parts under one of folder's parents (/old/data/a/tokenizer.tiktoken of data/b:
-    data/a/tokenizer.tiktoken), holding the vocabulary of tokenizer_hash want, the dataset's (another file there, an
-    older vocabulary left when the data was made again with another --tokenizer, vouches for nothing); None when
-    there is none."""
+    """Where the vocabulary a dataset's meta.json names by the absolute path recorded (gone) is now, in a data/ moved
+    since: the folder's own VOCAB_FILE or the path's last parts under one of folder's parents (/old/data/a/x of data/b:
+    data/a/x), if it has tokenizer_hash want (an older vocabulary left there vouches for nothing); else None."""
     if not want:
         return None
     parts = os.path.normpath(recorded).split(os.sep)[1:]
@@ -334,8 +308,7 @@ def gone_vocabulary(name, meta):
 
 def fewer_ids(enc, n_vocab):
     """What to say of a vocabulary file that now reads as enc where it gave n_vocab ids (meta.json's vocab_size): one
-    cut at a line break (a copy or download that stopped) loads as a smaller vocabulary, as one trained again smaller
-    on the same text does (it has those very lines); "" when it is not smaller."""
+    cut at a line break loads as a smaller vocabulary; "" when it is not smaller."""
     if not n_vocab or enc.n_vocab >= n_vocab:
         return ""
     return (f"{enc.n_vocab:,} token ids where it had {n_vocab:,}: cut short by a copy or download that stopped, or "
@@ -399,12 +372,9 @@ def chatml_tokens(enc):
 
 
 def render_chat(enc, messages, add_generation_prompt=False, bodies=None):
-    """messages [{role, content}] -> (ids, mask), as
-        <|im_start|>role\\ncontent<|im_end|>\\n ...
-    mask is 1 on assistant content and its closing <|im_end|>, 0 elsewhere, so a
-    model learns to write replies and to end them, never to imitate the user (nor a reply
-    whose "weight" is 0: OpenAI's fine-tuning format leaves those out of the loss).
-    add_generation_prompt appends <|im_start|>assistant\\n for the model to continue.
+    """messages [{role, content}] -> (ids, mask), as <|im_start|>role\\ncontent<|im_end|>\\n ...; mask is 1 on the
+    content and closing <|im_end|> of the replies trained_on counts, so a model learns to write and end replies, never
+    to imitate the user. add_generation_prompt appends <|im_start|>assistant\\n for the model to continue.
     bodies: each message's content already encoded (prepare.py encodes a batch's on every core at once)."""
     heads, end, newline = chatml_tokens(enc)
     ids, mask = [], []
@@ -450,11 +420,9 @@ def parse_chat(enc, ids):
 
 
 class StreamDecoder:
-    """Token ids in, text out, as it streams: a character split across tokens is
-    emitted once all its bytes have arrived. after: the ids the streamed ones continue (a prompt, which given as token
-    ids, as serve.py takes them, may end inside a character): a character it leaves unfinished comes whole with the
-    ids that finish it, where each side's bytes alone would be a U+FFFD; ids that do not finish it leave it to the
-    prompt."""
+    """Token ids in, text out, as it streams: a character split across tokens is emitted once all its bytes have
+    arrived. after: the ids the streamed ones continue (a prompt, which may end inside a character): a character it
+    leaves unfinished comes whole with the ids that finish it; ids that do not finish it leave it to the prompt."""
 
     def __init__(self, enc, after=()):
         self.enc = enc
@@ -480,11 +448,8 @@ class StreamDecoder:
         return text
 
     def leave_to_prompt(self, data, end):
-        """The text of data, held's bytes and the stream's after them, once they break the prompt's character: its
-        U+FFFD, for data[:end] (the character's longest valid start, which may take in bytes of the stream's, as
-        decoding the whole makes it), stands for the prompt's bytes and is not streamed; the bytes after it are the
-        stream's. (Not all of held need be in it: the decoder holds ED A0, a surrogate's start, as a character's start,
-        but decoding makes a U+FFFD of each of its bytes.)"""
+        """The text of data (held's bytes and the stream's after them) once they break the prompt's character: the
+        U+FFFD for data[:end], or for the prompt's bytes where they reach further, is the prompt's and not streamed."""
         self.utf8.reset()
         self.held = b""
         return self.utf8.decode(data[max(end, self.prompts):])
@@ -510,9 +475,8 @@ def special_token_start(text):
 
 
 def read_text_chunks(path, chunk_chars=1 << 22):
-    """Yield a text file in pieces of about chunk_chars, cut after a newline (in a line longer than that, never inside a
-    special token), in bounded memory.
-    Non-UTF-8 input is a UserError naming the file."""
+    """Yield a text file in pieces of about chunk_chars, cut after a newline (in a longer line, never inside a special
+    token), in bounded memory. Non-UTF-8 input is a UserError naming the file."""
     try:
         with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark (Notepad) is not text
             rest = ""
@@ -588,26 +552,21 @@ class SpreadAgain(Exception):
 
 
 class VocabSample:
-    """The text a vocabulary learns from, of an input of size bytes (0: not known): all of it within VOCAB_TEXT_CHARS;
-    over it, the cap's share of its documents (or pieces of long ones), spread over it; of a size not known (a pipe, a
-    hub split, --limit's first documents), its first ones, up to the cap. Whatever the input, no more than
-    VOCAB_WORD_BYTES of distinct words: of a size known, a first reading that reaches it (SpreadAgain) is followed by
-    one of fewer characters spread over the input (respread), else the reading ends there. The same input gives the
-    same sample each time: the same vocabulary, which checkpoints fit."""
+    """The text a vocabulary learns from, of an input of size bytes (0: not known, as a pipe's): all of it within
+    VOCAB_TEXT_CHARS, else the cap's share of its documents spread over it (of a size not known, the first ones).
+    No more than VOCAB_WORD_BYTES of distinct words: a first reading that reaches it (SpreadAgain) is followed by one
+    spread over the input (respread). The same input gives the same sample, so the same vocabulary."""
 
     def __init__(self, size):
         self.size = size
         self.respread(None)
 
     def respread(self, first):
-        """Make the sample, for a reading again, documents spread over the input, about half as many bytes as first (a
-        first reading's SpreadAgain) read: documents spread over an input hold more distinct words than as many of its
-        first ones, and where they reach VOCAB_WORD_BYTES all the same the reading ends there. None: the first
-        reading's sample."""
+        """Make the sample, for a reading again, documents spread over the input, half as many bytes as first (a
+        SpreadAgain) read, as spread documents hold more distinct words. None: the first reading's sample."""
         self.again = first is not None  # (a first reading may raise SpreadAgain, a reading again not)
-        # the bytes of the input a document is taken from in each self.size (evenly spaced): VOCAB_TEXT_CHARS, a cap of
-        # characters, as an input's characters are not known before it is read (a non-ASCII one of fewer than the cap
-        # is sampled too, of fewer characters than the cap allows, said so); or half a first reading's bytes
+        # the bytes of the input a document is taken from in each self.size (evenly spaced): the cap of characters, as
+        # an input's characters are not known before it is read; or half a first reading's bytes
         self.step = VOCAB_TEXT_CHARS if first is None else max(first.size // 2, 1)
         self.spread = self.size if self.size > self.step else 0
         # texts()'s: characters learnt from, bytes of their distinct words, and the cap that ended the reading if one
@@ -671,9 +630,7 @@ class VocabSample:
 
     def said(self, of):
         """What a sample was learnt from, of (the text it was taken from) and why; "" when it was all of the input.
-        The sample and the cap are said in characters, as they are counted, the input in bytes, as its files' sizes
-        are: "MB" of characters would misstate non-ASCII text by up to 4x (a character is 1-4 bytes; the share of the
-        documents is the share of the bytes, spread over them)."""
+        The sample and the cap are said in characters, as they are counted, the input in bytes, as files' sizes are."""
         words = f"at most {VOCAB_WORD_BYTES / 1e6:,.0f} MB of distinct words, VOCAB_WORD_BYTES: memory grows with them"
         if self.capped == "VOCAB_WORD_BYTES":  # (spread too: the documents of the input's first part)
             first = f"{self.share()}the first part of the {self.size / 1e6:,.0f} MB of input; " if self.spread else ""
@@ -717,9 +674,7 @@ def chars(n, digits=0):
 
 def say_training(vocab_size, sample, size, what=""):
     """The line said before a vocabulary of vocab_size trains on an input of size bytes (what: which text of it) of
-    SAY_VOCABULARY_BYTES or more: 360 MB of stories take 34 s on one core, text of many distinct words far longer
-    (prepare.py shows its input read, setup_tokenizer.py nothing), and Ctrl-C in the merges that end it is heard only at
-    their end (rustbpe holds the interpreter)."""
+    SAY_VOCABULARY_BYTES or more: it takes a while, and Ctrl-C waits for the merges (rustbpe holds the interpreter)."""
     if size >= SAY_VOCABULARY_BYTES:
         print(f"training a {vocab_size:,}-token vocabulary on {sample.share()}{size / 1e6:,.0f} MB of input{what}: "
               f"about a minute a GB on one core, more where the text has many distinct words (Ctrl-C waits for the "
@@ -766,9 +721,8 @@ def train_tokenizer(files, vocab_size, out_path, sample=None):
 
 
 def datasets_reading(path, out_dir):
-    """The prepared datasets in out_dir (data/) whose meta.json names the vocabulary file path as theirs, and that it
-    still holds (their tokenizer_hash): retrained in place, they no longer read, and a prepare.py run again can only
-    remake them with the new one. A vocabulary too damaged to load holds no dataset's."""
+    """The prepared datasets in out_dir (data/) whose meta.json names the vocabulary file path, and whose
+    tokenizer_hash it still has: retrained in place, they would no longer read. A damaged vocabulary holds none."""
     names = sorted(os.listdir(out_dir)) if os.path.isdir(out_dir) else []
     metas = {f: read_meta(f) for f in (os.path.join(out_dir, n) for n in names) if is_dataset_folder(f)}
     named = {f: meta.get("tokenizer_hash") for f, meta in metas.items() if isinstance(meta.get("tokenizer"), str)
@@ -783,9 +737,8 @@ def datasets_reading(path, out_dir):
 
 
 def files_sample(files):
-    """The VocabSample of text files, spread over them by their sizes. A pipe (/dev/stdin) says no size: the first
-    documents of the input, up to the cap, not a share reckoned on the other files' sizes alone (reaching the cap before
-    the end of the input, said to be spread over it)."""
+    """The VocabSample of text files, spread over them by their sizes; with a pipe (/dev/stdin, no size) among them,
+    the input's first documents, up to the cap."""
     return VocabSample(sum(map(os.path.getsize, files)) if all(os.path.isfile(f) for f in files) else 0)
 
 
@@ -795,7 +748,6 @@ def files_sample(files):
 def main(argv=None):
     # the docstring's examples, as every script's --help gives its own (its text after them is for readers of the code)
     # (none under python -OO, which drops docstrings)
-
     examples = (__doc__ or "").split("\n\n")[1:2]
     about = "\n\n".join(["Show how text tokenizes, or train a custom BPE vocabulary.", *examples])
     p = ArgumentParser("setup_tokenizer.py", formatter_class=argparse.RawDescriptionHelpFormatter, description=about)
