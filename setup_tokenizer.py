@@ -103,9 +103,8 @@ def not_a_vocabulary(source):
 
 
 def dataset_vocabulary(folder):
-    """The vocabulary a dataset's folder was made with, as its meta.json says (a vocabulary of an earlier build stays in
-    the folder when it is remade with gpt2, and was named in its place; the folder's own under the folder's name now,
-    wherever it was made): its path, gpt2, or where it went (a moved data/), for an error to name."""
+    """The vocabulary a dataset's folder was made with, as its meta.json says (a recorded VOCAB_FILE is the folder's
+    own, wherever it was made): its path, gpt2, or where it went (a moved data/), for an error to name."""
     meta = read_meta(folder)
     own, made_with = os.path.join(folder, VOCAB_FILE), meta.get("tokenizer", "gpt2")
     made_with = own if os.path.basename(made_with) == VOCAB_FILE and os.path.isfile(own) else made_with
@@ -207,9 +206,8 @@ def checkpoint_meant(name):
 
 
 def download_hint(name):
-    """The end of a "not found" error for GPT-2 by name (`--init_from gpt2`, nanoGPT's way, which downloads it), or a
-    path to a GPT-2 folder not downloaded yet (README's ~/models/gpt2): the command that downloads the folder every
-    script takes, to that path; nothing for another name."""
+    """The end of a "not found" error for GPT-2 by name (nanoGPT's `--init_from gpt2`) or a GPT-2 folder's path: the
+    command that downloads the folder, to that path; "" for another name."""
     base = os.path.basename(os.path.normpath(name))
     if not re.fullmatch(r"gpt2(-medium|-large|-xl)?", base):
         return ""
@@ -226,8 +224,7 @@ def _load_tokenizer(name, stamp):
         try:
             base = tiktoken.get_encoding("gpt2")
         except Exception as e:  # offline without the BPE files: requests' ConnectionError and friends
-            # (the fix every script takes: "or use --tokenizer PATH.tiktoken" named prepare.py's option to gen.py,
-            # eval.py, serve.py and bench.py, which refuse it, and to train.py, whose --tokenizer only checks)
+            # (the fix every script takes: not --tokenizer, which gen.py, eval.py, serve.py and bench.py lack)
             raise UserError(
                 "cannot load the GPT-2 BPE files (offline?): set TIKTOKEN_CACHE_DIR to a folder holding "
                 f"tiktoken's cached gpt2 files ({type(e).__name__})")
@@ -248,8 +245,7 @@ def _load_tokenizer(name, stamp):
         if any(os.path.isfile(os.path.join(name, f)) for f in (TOKENIZER_JSON, VOCAB_JSON)):
             # a Hugging Face model folder's (GPT-2's own files give "gpt2"); its context from config.json alone
             return read_tokenizer(name)[0], folder_context(name)
-        if is_dataset_folder(name):  # its vocabulary is a file in it (or gpt2, or the --tokenizer it was made with),
-            # which "a folder without tokenizer.json" and a list of what else to pass left to be found
+        if is_dataset_folder(name):  # named: a file in it, gpt2, or the --tokenizer it was made with
             raise UserError(f"{name} is a dataset's folder, not a vocabulary: pass the one it was made with, "
                             f"{dataset_vocabulary(name)}")
         meant = checkpoint_meant(name)
@@ -257,8 +253,7 @@ def _load_tokenizer(name, stamp):
             raise UserError(f"tokenizer {name!r} is a folder without {TOKENIZER_JSON} or {VOCAB_JSON}, not a "
                             f"vocabulary: did you mean {meant}?")
         raise not_a_vocabulary(f"{name} (a folder without {TOKENIZER_JSON} or {VOCAB_JSON})")
-    if zipfile.is_zipfile(name) or starts_as_zip(name):  # torch.save's format: a checkpoint (or one cut short,
-        # which load_checkpoint names as such rather than as no .tiktoken text)
+    if zipfile.is_zipfile(name) or starts_as_zip(name):  # torch.save's: a checkpoint (cut short: load_checkpoint says)
         return checkpoint_tokenizer(name)
     try:
         with open(name, encoding="utf-8") as f:
@@ -490,8 +485,7 @@ def read_text_chunks(path, chunk_chars=1 << 22):
                     raise holds_nul(path, block)
                 block = rest + block
                 cut = block.rfind("\n") + 1
-                if cut == 0:  # one very long line: cut anywhere but inside a special token (no newline is in one):
-                    # train_tokenizer, which splits each piece at <|endoftext|>, trained on the halves as text
+                if cut == 0:  # one very long line: cut anywhere but inside a special token (its halves train as text)
                     cut = len(block) - special_token_start(block)
                 if cut:
                     yield block[:cut]
@@ -580,10 +574,8 @@ class VocabSample:
 
     def texts(self, docs):
         """The texts to learn from, of docs (each a list of texts: a document's, or a conversation's contents)."""
-        owed, words = self.spread, set()  # (words: the distinct ones learnt, freed as the reading ends: before the
-        # merges, rustbpe's peak)
-        first = self.size and not self.again  # a first reading of an input of known size, and its bytes read
-        read = 0
+        owed, words = self.spread, set()  # (words: the distinct ones learnt, freed before the merges, rustbpe's peak)
+        first, read = self.size and not self.again, 0  # a first reading of an input of known size, and its bytes read
         for doc in docs:
             if self.spread:  # step / spread of the documents, evenly spaced, the first one too
                 owed += self.step
