@@ -289,9 +289,8 @@ def moved_vocabulary(recorded, folder, want):
 
 
 def gone_vocabulary(name, meta):
-    """What to say, after "{folder} was made with tokenizer ", of the tokenizer name (a .tiktoken file, a checkpoint, a
-    model folder) a dataset's meta.json records, gone and not moved with the data: the vocabulary it held and the ways
-    back to it. gpt2 only where that was GPT-2's: a model trained on another vocabulary does not fit its ids."""
+    """What to say, after "{folder} was made with tokenizer ", of the gone tokenizer name a dataset's meta.json
+    records: the vocabulary it held and the ways back (gpt2 only where it held GPT-2's: other ids fit no model)."""
     held = meta.get("tokenizer_hash") and vocabulary_name(meta.get("tokenizer_name", name), meta["tokenizer_hash"])
     if held == "gpt2":  # (a GPT-2 model's folder or checkpoint: the same ids by name)
         return f"{name}, which is gone; it held GPT-2's vocabulary: pass --tokenizer gpt2"
@@ -683,16 +682,14 @@ def train_tokenizer(files, vocab_size, out_path, sample=None):
             raise UserError(f"--input {path}: no such file")
         if os.path.isdir(path):
             raise UserError(f"--input {path} is a folder: give the text files in it, e.g. {os.path.join(path, '*.txt')}")
-        # a dataset's token file of a small vocabulary passes for text (few NULs, bytes valid as UTF-8: a 307-id one
-        # trained 4,096 tokens of its ids' bytes), and a vocabulary gave one of base64: refused, as the checkpoint is
+        # a dataset's token file or a vocabulary passes for text (few NULs, valid UTF-8): refused, as a checkpoint is
         kept = kept_file(path)
         if kept:
             raise UserError(f"--input {path} is {kept}, not text: give the text files it was made from")
         # a spreadsheet's export (.csv, .tsv) too, which prepare.py reads once its rows are JSON Lines (table_fix)
         table = table_fix(path)
         if table or suffix(path) in SUFFIXES and suffix(path) != ".txt":
-            # read as text, a chat .jsonl spends merges on its JSON ('{"role": "', '\\u00e9'): its conversations took
-            # 23% more tokens than with prepare.py's vocabulary, of fewer ids, trained on their contents
+            # read as text, a chat .jsonl spends merges on its JSON ('{"role": "'), not on its conversations' contents
             prepare = common.script_command("prepare.py", "--source", path + ".jsonl" if table else path,
                                             "--vocab_size", str(vocab_size), "--name", "NAME")
             raise UserError(f"--input {path} holds records, whose syntax this would train on as text"
@@ -785,8 +782,7 @@ def main(argv=None):
         t0 = time.time()
         sample = files_sample(args.input)
         enc = train_tokenizer(args.input, args.vocab_size, args.out, sample)
-        # the files' sizes; a pipe's (/dev/stdin) is 0 ("on 0.0 MB"): what was read of the input, all of it under the
-        # cap, in characters, as said() counts them
+        # the files' sizes, but for a pipe's (0): what was read of it, in characters, as said() counts them
         files = all(map(os.path.isfile, args.input))
         on = sample.said("the text") or (f"{sum(map(os.path.getsize, args.input)) / 1e6:.1f} MB" if files else
                                          chars(sample.chars, 1))
