@@ -71,9 +71,7 @@ def split_prompts(meta, split, enc, n):
     real = ends - starts > 1  # a lone <|endoftext|> is packing padding
     starts, ends = starts[real].tolist(), ends[real].tolist()
     docs = len(starts)
-    if not docs or n < 1:
-        return []
-    prompts, tried = [], set()
+    prompts, tried = [], set()  # (no documents: linspace picks none)
     for pick in np.unique(np.linspace(0, docs - 1, min(n, docs)).round().astype(int)).tolist():
         for k in itertools.chain(range(pick, docs), range(pick)):
             if k in tried:
@@ -341,10 +339,8 @@ def parse_args(argv=None):
     def another_checkpoint(name):
         # (with the checkpoint given, a dataset's name that is also a file here, `story`, stays a dataset's; a
         # prepared dataset's folder, `--dataset data/story`, is no checkpoint: load_meta's error names it)
-        if is_dataset_folder(name):
-            return False
-        return names_checkpoint(name) if args.checkpoint is None else \
-            any(c in name for c in (os.sep, "/")) or name.endswith(".pt")
+        return not is_dataset_folder(name) and (names_checkpoint(name) if args.checkpoint is None else
+                                                 any(c in name for c in (os.sep, "/")) or name.endswith(".pt"))
     while n and another_checkpoint(names[n - 1]):
         n -= 1
     args.checkpoints = [*([args.checkpoint] if args.checkpoint else []), *names[n:], *more]  # (several: compared)
