@@ -1,17 +1,14 @@
 """
-Tokenizers for every script: tiktoken's GPT-2 encoding extended with the ChatML
-tokens, custom byte-level BPE vocabularies trained here, and ChatML rendering
-with the assistant-only loss mask.
+Tokenizers for every script: tiktoken's GPT-2 encoding extended with the ChatML tokens, custom byte-level BPE
+vocabularies trained here, and ChatML rendering with the assistant-only loss mask.
 
     python setup_tokenizer.py show "some text" [--tokenizer gpt2|PATH]
     python setup_tokenizer.py train --input FILE... --vocab_size 4096 --out tokenizers/story4k.tiktoken
 
-A custom vocabulary is a .tiktoken file (one `base64(token) rank` line per
-token, tiktoken's own format) and is used wherever a script takes --tokenizer.
-Its special tokens follow the byte-level vocabulary in the same order as GPT-2's:
-<|endoftext|>, <|im_start|>, <|im_end|>. Its text is cut into pieces as GPT-2's
-is, but that combining marks stay in their words (MARKS_PATTERN), a pattern its
-tokens tell (vocabulary_pattern): tiktoken.Encoding(pat_str=vocabulary_pattern(ranks), ...).
+A custom vocabulary is a .tiktoken file (one `base64(token) rank` line per token, tiktoken's own format) and is used
+wherever a script takes --tokenizer. Its special tokens follow the byte-level vocabulary in the same order as GPT-2's:
+<|endoftext|>, <|im_start|>, <|im_end|>. Its text is cut into pieces as GPT-2's is, but that combining marks stay in
+their words (MARKS_PATTERN), a pattern its tokens tell (vocabulary_pattern).
 """
 import common  # first (it is light): Ctrl-C while tiktoken loads then ends in one line, not a traceback
 common.mend_standard_streams(__name__)
