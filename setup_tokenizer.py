@@ -80,9 +80,8 @@ def _build(name, ranks, pattern):
 
 
 def train_command(source=None):
-    """The command that trains a vocabulary, for the errors that send the user to it: written over source, the file
-    at fault (else a new vocab.tiktoken; a checkpoint's vocabulary has no file); FILE stands for the user's text files,
-    which it cannot know (--input and --out are required)."""
+    """The command that trains a vocabulary, for errors that send the user to it: written over source, the file at
+    fault (else a new vocab.tiktoken); FILE stands for the user's text files (--input and --out are required)."""
     out = source if source and os.path.isfile(source) else "vocab.tiktoken"
     return common.script_command("setup_tokenizer.py", "train", "--input", "FILE", "--out", out)
 
@@ -167,10 +166,9 @@ TOKENIZER_HELP = ("gpt2, the path of a .tiktoken file (setup_tokenizer.py train)
 
 
 def get_tokenizer(name="gpt2"):
-    """'gpt2' (tiktoken's GPT-2 + ChatML: <|endoftext|> 50256, <|im_start|> 50257,
-    <|im_end|> 50258), the path of a .tiktoken file trained by this script, or a checkpoint's
-    (.pt) path or a Hugging Face model folder: the vocabulary it carries, so data can be prepared
-    for a model whose vocabulary lives only in its checkpoint."""
+    """'gpt2' (tiktoken's GPT-2 + ChatML: <|endoftext|> 50256, <|im_start|> 50257, <|im_end|> 50258), the path of a
+    .tiktoken file trained by this script, or a checkpoint's (.pt) path or a Hugging Face model folder: the vocabulary
+    it carries, so data can be prepared for a model whose vocabulary lives only in its checkpoint."""
     return _load_tokenizer(name, file_stamp(name))[0]
 
 
@@ -559,8 +557,7 @@ class VocabSample:
         # an input's characters are not known before it is read; or half a first reading's bytes
         self.step = VOCAB_TEXT_CHARS if first is None else max(first.size // 2, 1)
         self.spread = self.size if self.size > self.step else 0
-        # texts()'s: characters learnt from, bytes of their distinct words, and the cap that ended the reading if one
-        # did (VOCAB_TEXT_CHARS or VOCAB_WORD_BYTES)
+        # texts()'s: characters learnt from, bytes of their distinct words, and the cap that ended the reading, if any
         self.chars, self.word_bytes, self.capped = 0, 0, None
 
     def share(self):
@@ -732,8 +729,7 @@ def files_sample(files):
 
 @common.removing_made_folders()
 def main(argv=None):
-    # the docstring's examples, as every script's --help gives its own (its text after them is for readers of the code)
-    # (none under python -OO, which drops docstrings)
+    # the docstring's examples, as every script's --help gives its own (none under python -OO, which drops docstrings)
     examples = (__doc__ or "").split("\n\n")[1:2]
     about = "\n\n".join(["Show how text tokenizes, or train a custom BPE vocabulary.", *examples])
     p = ArgumentParser("setup_tokenizer.py", formatter_class=argparse.RawDescriptionHelpFormatter, description=about)
