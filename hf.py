@@ -737,8 +737,7 @@ def read_folder(folder):
         state[ours] = torch.cat([p.t() if transposed else p for p in parts], dim=0).contiguous()
     biases = [k for k in state if k.endswith(".bias")]
     if cfg.variant == "gpt2" and own.get("bias") is False and not any(state[k].any() for k in biases):
-        # export.py's zeros for a model without biases: none again, or --init_from would train them. (Trained in
-        # transformers since, they are weights now, kept)
+        # export.py's zeros for a model without biases: none again, or --init_from would train them (nonzero: kept)
         cfg = dataclasses.replace(cfg, bias=False)
         for k in biases:
             del state[k]
@@ -773,8 +772,7 @@ def check_out_dir(out_dir):
     if os.path.exists(out_dir) and not (os.path.isdir(out_dir) and not os.listdir(out_dir)):
         what = "a folder that is not empty" if os.path.isdir(out_dir) else "a file"
         raise UserError(f"{out_dir} already exists and is {what}: choose a new OUT_DIR or remove it first")
-    # `export.py x.pt model.safetensors` would make a folder of that name where a file is expected (and a folder named
-    # .pt in models/ is offered as a checkpoint)
+    # `export.py x.pt model.safetensors` would make a folder of that name where a file is expected
     stem, ext = os.path.splitext(os.path.normpath(out_dir))
     if ext.lower() in WEIGHTS_FILE_EXTENSIONS and not os.path.isdir(out_dir):
         raise UserError(f"OUT_DIR {out_dir} names a file, but the export is a folder (config.json, model.safetensors "
