@@ -1666,13 +1666,13 @@ class Dist:
         return tuple(t.tolist())
 
 
-def fingerprint(x):
-    """48 bits of x's JSON: exact in the float64 Dist.agree takes."""
+def hash48(x):
+    """48 bits of x's JSON's hash, an int exact in the float64 Dist.agree takes: ranks compare values through it."""
     return int(hashlib.sha256(json.dumps(x, sort_keys=True, default=str).encode()).hexdigest()[:12], 16)
 
 
 def ranks_differ(dist, *values):
-    """For each fingerprint, whether the ranks hold different ones (its max and -min, in one Dist.agree)."""
+    """For each hash48 value, whether the ranks hold different ones (its max and -min, in one Dist.agree)."""
     most = dist.agree(*values, *(-v for v in values))
     return [most[i] != -most[i + len(values)] for i in range(len(values))]
 
@@ -1681,8 +1681,8 @@ def check_same_files(dist, meta, ckpt, checkpoint):
     """Under torchrun, refuses ranks whose copies of the data or checkpoint differ (copied by hand to each machine)."""
     if dist.world == 1:
         return
-    mine = (fingerprint({k: meta.get(k) for k in ("splits", "tokenizer_hash", "vocab_size", "dtype", "has_mask")}),
-            fingerprint(None if ckpt is None else [ckpt.get(k) for k in ("run", "step", "tokens")]))
+    mine = (hash48({k: meta.get(k) for k in ("splits", "tokenizer_hash", "vocab_size", "dtype", "has_mask")}),
+            hash48(None if ckpt is None else [ckpt.get(k) for k in ("run", "step", "tokens")]))
     places = (("data", meta["folder"]), ("checkpoint", checkpoint))
     for (what, path), differs in zip(places, ranks_differ(dist, *mine)):
         if differs:
@@ -1748,7 +1748,7 @@ def check_same_options(dist, args):
     if dist.world == 1:
         return
     names = sorted(k for k in vars(args) if k not in PER_MACHINE_OPTIONS)
-    mine = [fingerprint(getattr(args, k)) for k in names]
+    mine = [hash48(getattr(args, k)) for k in names]
     differ = [f"--{k}" for k, differs in zip(names, ranks_differ(dist, *mine)) if differs]
     if differ:
         raise UserError(f"the machines were given different train.py options ({', '.join(differ)}): give each the same "
