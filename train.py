@@ -2815,6 +2815,8 @@ class Run:
         self.saved = {"path": None, "step": p.step,
                       "best": existing(self.best_path) if self.continuing else None, "best_step": None,
                       "seconds": recorded if 0 <= recorded < math.inf else 0.0, "total": 0.0}
+        # stopped: why the run ends, in its summary's words ("max_steps", "time budget", "early stop"); "done", the word
+        # for a run that ends with its epochs, until one of those stops it: the loop goes on while it is "done"
         self.run_steps, self.run_tokens, self.stopped = 0, 0, "done"
         self.saving = None  # the checkpoint being written (see save)
         self.pause_eval = False  # (the step's evaluation is a --max_steps pause: see due_points)
