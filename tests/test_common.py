@@ -1695,3 +1695,27 @@ def test_sigterm_while_libraries_load_ends_a_containers_first_process(tmp_path):
     except subprocess.TimeoutExpired:
         pytest.fail("SIGTERM to PID 1 while torch loaded was dropped")
     assert (r.returncode, r.stdout) == (143, ""), r.stderr
+
+
+def test_the_readmes_reading_guide_names_what_the_scripts_hold():
+    """README's "Where to start reading": every `name` a script's line cites is in that script, as a module's name or
+    (`_trunk` after `GPT.forward`) a class's the line named before it; a renamed function left the guide pointing at
+    nothing."""
+    import importlib
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        guide = f.read().split("Where to start reading", 1)[1]
+    lines = re.findall(r"^- (\w+)\.py: (.*(?:\n  .*)*)", guide, re.M)  # a script's line and those indented under it
+    assert [script for script, _ in lines] == ["model", "train", "prepare"]
+    for script, text in lines:
+        module, classes = importlib.import_module(script), []
+        for name in re.findall(r"`([\w.]+)`", text):
+            head, *rest = name.split(".")
+            owners = [module] + [getattr(module, c) for c in classes] if not rest else [module]
+            found = [o for o in owners if hasattr(o, head)]
+            assert found, f"README's reading guide cites {name}, which {script}.py does not hold"
+            value = getattr(found[0], head)
+            for part in rest:
+                assert hasattr(value, part), f"README's reading guide cites {name}, which {script}.py does not hold"
+                value = getattr(value, part)
+            if isinstance(getattr(found[0], head), type):
+                classes.append(head)
