@@ -624,7 +624,7 @@ class Windows:
 
     def in_vocabulary(self, ids):
         """ids read from the file, checked: one past the vocabulary (a damage the size check misses) is an IndexError
-        in the embedding or a silent loss. every_rank: under torchrun only the rank reading that window meets it."""
+        in the embedding or a silent loss. Said by every rank (UserError's every_rank): only the reader meets it."""
         if ids.size and ids.max() >= self.meta["vocab_size"]:
             raise UserError(f"{self.path} holds token id {ids.max()}, beyond its {self.meta['vocab_size']}-token "
                             f"vocabulary (a damaged file): run `{rebuild_command(self.meta, self.meta['folder'])}` "
