@@ -1298,7 +1298,7 @@ def train_step(fwd, optimizer, scaler, micro, device, dtype, grad_clip, n_target
             try:
                 scaler.scale(loss * world).backward()
             except Exception as e:
-                # the compiled backward failed to build: the step again eagerly (not once ranks have all-reduced)
+                # the compiled backward failed to build: the step again eagerly (world 1: ranks may have all-reduced)
                 if world > 1 or not getattr(fwd, "fall_back", lambda e: False)(e):
                     raise
                 optimizer.zero_grad(set_to_none=True)
