@@ -2683,9 +2683,9 @@ def old_options(folder, old, dataset, sources, plan, named, force):
         raise UserError(f"{folder} holds the {old.get('dataset')!r} dataset (made by `{rebuild_command(old, folder)}`): "
                         f"pick another folder with --name, or replace it with --force")
     same_dataset = old and old.get("dataset") == dataset
-    made_with = meta_options(old, folder, odd={}) if same_dataset else {}
+    made_options = meta_options(old, folder, odd={}) if same_dataset else {}
     # the --source files it was made from (absolute, as options records them)
-    old_sources = made_with.get("source")
+    old_sources = made_options.get("source")
     # made from the user's own files: not replaced unasked by the mirror's or the hub's data (a bare `prepare.py`)
     if old_sources and not force and not sources:
         raise OtherSource(f"{folder} holds the {dataset!r} dataset made from your files (by "
@@ -2707,19 +2707,19 @@ def old_options(folder, old, dataset, sources, plan, named, force):
             raise UserError(f"{folder} holds the dataset made from {', '.join(old_sources)} (by "
                             f"`{rebuild_command(old, folder)}`): pick another folder for this one with --name, or "
                             f"replace it with --force")
-    return made_with
+    return made_options
 
 
-def kept_vocabulary(folder, made_with, old):
+def kept_vocabulary(folder, made_options, old):
     """The vocabulary of a dataset made again with neither --tokenizer nor --vocab_size: the one it has, so checkpoints
     trained on it go on fitting. Returns (--vocab_size, --tokenizer, the line that says so, for make_dataset to print)
-    from made_with, its options; (None, None, None) for gpt2's. old: its meta.json (None: none), whose tokenizer_hash
-    finds a vocabulary moved with the data."""
-    if made_with.get("vocab_size"):
+    from made_options, what old_options returned; (None, None, None) for gpt2's. old: its meta.json (None: none),
+    whose tokenizer_hash finds a vocabulary moved with the data."""
+    if made_options.get("vocab_size"):
         # (the size asked, not the size it has: a text that supports fewer merges has fewer)
-        return made_with["vocab_size"], None, (f"{folder}: keeping its own vocabulary (--vocab_size "
-                                               f"{made_with['vocab_size']}; --tokenizer gpt2 for GPT-2's)")
-    tokenizer = made_with.get("tokenizer")
+        return made_options["vocab_size"], None, (f"{folder}: keeping its own vocabulary (--vocab_size "
+                                                  f"{made_options['vocab_size']}; --tokenizer gpt2 for GPT-2's)")
+    tokenizer = made_options.get("tokenizer")
     if tokenizer in (None, "gpt2"):
         return None, None, None
     if not os.path.exists(tokenizer):
@@ -2793,10 +2793,10 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
     old = read_meta(folder)
     # the --source files given now, absolute as options records them (a hub name is no path)
     sources = [p if p.startswith("hf:") else os.path.abspath(p) for p in source] if source else None
-    made_with = old_options(folder, old, dataset, sources, plan, named, force)
+    made_options = old_options(folder, old, dataset, sources, plan, named, force)
     kept_file = None  # the --tokenizer file kept: it must still hold the vocabulary the dataset was made with
     if tokenizer is None and vocab_size is None:
-        vocab_size, tokenizer, plan["kept"] = kept_vocabulary(folder, made_with, old)
+        vocab_size, tokenizer, plan["kept"] = kept_vocabulary(folder, made_options, old)
         kept_file = tokenizer
     tokenizer = tokenizer or "gpt2"
     # what rebuild_command needs to build the dataset again; paths made absolute, so it works from anywhere
