@@ -142,7 +142,7 @@ def overloaded(why):
     return ApiError(503, f"the server is busy: {why}; retry shortly", type="server_error", code="overloaded")
 
 
-# an overloaded 503's: OpenAI's clients wait what it says, and a request is a second or more of the worker's time
+# an overloaded 503's Retry-After, in seconds: OpenAI's clients wait it, and a request is a second or more of work
 RETRY_AFTER = ("Retry-After", "1")
 
 
@@ -1629,7 +1629,8 @@ class ApiServer(ThreadingHTTPServer):
     def busy_answer(self, why, got=b""):
         """The whole answer to a connection turned away because why, of whose head got was read: 503 overloaded, with
         the CORS headers of its origin, as any error has. A CORS preflight gets its 204 as ever: a browser takes one
-        answered otherwise for a network error, and its page never sees the 503 that follows."""
+        answered otherwise for a network error, and its page never sees the 503 that follows. (Its Host is not
+        checked: the request after the 204 meets Handler.check_host.)"""
         method, path, headers = request_head(got)
         cors = self.cors_headers(headers.get("Origin"))
         preflight = None if malformed(headers) else Handler.preflight_headers(self, method, path, headers)
@@ -1677,7 +1678,8 @@ class ApiServer(ThreadingHTTPServer):
                 f"{' or '.join(u + '/' for u in urls)}, API at {urls[0]}/v1; on this machine {here}/")
 
     def model_card(self):
-        # sampling_defaults (an extension, as context_length): what the chat page shows in its empty fields
+        # sampling_defaults (an extension, as context_length): what the chat page shows in its empty fields (no
+        # max_tokens: a request's depends on its prompt and kind)
         return {"id": self.name, "object": "model", "created": self.created, "owned_by": "gpt-trainer",
                 "context_length": self.model.config.block_size,
                 "sampling_defaults": {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p,
