@@ -618,11 +618,13 @@ def physical_memory():
 
 class CrossEntropy(torch.autograd.Function):
     """sum_i weight_i * -log softmax(logits_i[:vocab_size])[targets_i] in fp32, its backward written out (softmax minus
-    the one-hot target, times weight_i): compiled, F.cross_entropy's sums its one-hot gradient in one more N x V pass.
+    the one-hot target, times weight_i): compiled, F.cross_entropy's backward sums its one-hot gradient in one more
+    N x V pass.
 
     vocab_size: the real ids, where the logits have padding columns: the softmax is the one gen.py samples, whatever the
     padding (an exported model pads otherwise). A log_softmax of the sliced logits (strided) is twice as slow, so the
-    padded one is rescaled by the padding's share m: log q_t = log p_t - log(1 - m), gradient p / (1 - m) - onehot."""
+    padded one is rescaled by the padding's share m: log q_t = log p_t - log(1 - m), gradient p / (1 - m) - onehot, 0 in
+    the padding columns."""
 
     @staticmethod
     def forward(ctx, logits, targets, weight, vocab_size):
