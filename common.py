@@ -27,8 +27,9 @@ import tempfile
 import threading
 import time
 
-# oneDNN (PyTorch's bf16 matmuls on a CPU) caches a ~1 MB kernel per matrix shape, 1024 by default: serve.py in bf16
-# builds ~8 per new prompt length and grew toward 1.3 GB. 64 hold a training step's 35 shapes. Set before torch.
+# oneDNN (PyTorch's bf16 matmuls on a CPU) caches a ~1 MB kernel per matrix shape, 1024 by default (ideep's cache,
+# LRU_CACHE_CAPACITY, too): serve.py in bf16 builds ~8 per new prompt length and grew toward 1.3 GB. 64 hold a training
+# step's 35 shapes. Set before torch.
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
 os.environ.setdefault("LRU_CACHE_CAPACITY", "64")
 
