@@ -49,7 +49,7 @@ from setup_tokenizer import EOT, IM_END, IM_START, StreamDecoder, chatml_tokens,
 CHAT_HELP = "/reset clears the history, /exit or Ctrl-D quits, Ctrl-C stops a reply"
 DEFAULT_MAX_TOKENS = 256  # new tokens per completion or reply, --max_tokens left out (serve.py's too)
 TYPING_DELAY = 0.012  # seconds per token on a terminal: a readable rhythm for demos, never in pipes
-# what a terminal shows for the control characters it would obey (\n and \t aside: a model's ESC c would clear the
+# what a terminal shows for the control characters it would obey but \n and \t (a model's ESC c would clear the
 # screen): C0 ones and DEL as their control pictures (␛ ␍ ␈), C1 ones (xterm obeys them in UTF-8 too) as less does
 VISIBLE = {c: chr(0x2400 + c) for c in range(0x20) if chr(c) not in "\n\t"} | {0x7F: "\u2421"} | \
     {c: f"<U+{c:04X}>" for c in range(0x80, 0xA0)}
@@ -321,8 +321,9 @@ class Printer:
         self.cr = ""  # a \r that ended the last text, which a \n may yet follow (gpt2 writes them as two tokens)
 
     def wrap(self, text):
-        """text with the line breaks that keep its words whole on the terminal (which breaks mid-word), as ollama's: a
-        character that does not fit takes the word it ends to the next line (back over it, clear it, newline, again)."""
+        """text with the line breaks that keep its words whole on the terminal (which breaks mid-word), as ollama's:
+        each character is written as it comes (the typing rhythm), and one that does not fit takes the word it ends to
+        the next line (back over it, clear it, newline, again)."""
         # never the last column: the cursor passes it only at the next character, and going back over the word from
         # there lands a column short. The width is asked each time: the window may be resized
         room = shutil.get_terminal_size().columns - 1
