@@ -285,7 +285,8 @@ def moved_vocabulary(recorded, folder, want):
 
 def gone_vocabulary(name, meta):
     """What to say, after "{folder} was made with tokenizer ", of the gone tokenizer name a dataset's meta.json
-    records: the vocabulary it held and the ways back (gpt2 only where it held GPT-2's: other ids fit no model)."""
+    records: the vocabulary it held and the ways back; gpt2 only where it held GPT-2's, as a model trained on another
+    vocabulary does not fit gpt2's ids."""
     held = meta.get("tokenizer_hash") and vocabulary_name(meta.get("tokenizer_name", name), meta["tokenizer_hash"])
     if held == "gpt2":  # (a GPT-2 model's folder or checkpoint: the same ids by name)
         return f"{name}, which is gone; it held GPT-2's vocabulary: pass --tokenizer gpt2"
