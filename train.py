@@ -721,7 +721,8 @@ def output_paths(args, ckpt_args, continuing, given):
                                               os.path.basename(ckpt_args.get("output_checkpoint") or default_out))
     out_pattern = args.output_checkpoint or os.path.join("models", default_out)
     head, tail = os.path.split(out_pattern)
-    # a folder (nanoGPT's --out_dir habit) is refused with a file name to give; one named taken.pt is check_output's
+    # a folder (nanoGPT's --out_dir habit) is refused with a file name to give; one named as a file (taken.pt) is
+    # check_output's "is a folder"
     if tail in ("", ".", "..") or os.path.isdir(out_pattern) and not tail.endswith(".pt"):
         raise UserError(f"--output_checkpoint {out_pattern} names a folder: give a file in it, as in "
                         f"{os.path.join(out_pattern, default_out)}")
@@ -865,7 +866,8 @@ def recorded_data_dirs(ckpt):
 
 
 def checkpoint_data(ckpt):
-    """(dataset name, data folder) a checkpoint was trained on, or Nones; an old checkpoint's path is split so."""
+    """(dataset name, data folder) a checkpoint was trained on, or Nones; an old checkpoint's path (story/,
+    /abs/data/story) stands for its last part in the folder before it."""
     name = ckpt.get("dataset")
     data_dir = default_data_dir(ckpt, name if name and is_dataset_name(name) else "")
     if name and not is_dataset_name(name):
@@ -1164,7 +1166,8 @@ class RunClock:
             self.last_eval is None or self.agreed >= self.last_eval + (1 + EVAL_SPACING) * self.held_back)
         if due_eval and stopped in ("done", "max_steps") and \
                 self.next + (1 + EVAL_SPACING) * self.held_back >= self.budget:
-            # the final evaluation takes its place if that near or past the budget (a --max_steps pause too)
+            # under EVAL_SPACING x its cost before the final one, or with it past the budget, the final one takes its
+            # place; at a --max_steps stop too (then evaluated as an unjudged pause, as the run in one go skips it)
             due_eval = False
         due_save = entered_slice(self.slices, "save", args.save_interval, frac)
         if due_save and stopped == "done" and p.epoch < args.epochs and self.next + save_s >= self.budget:
@@ -1298,7 +1301,8 @@ def train_step(fwd, optimizer, scaler, micro, device, dtype, grad_clip, n_target
             try:
                 scaler.scale(loss * world).backward()
             except Exception as e:
-                # the compiled backward failed to build: the step again eagerly (world 1: ranks may have all-reduced)
+                # the compiled backward failed to build: the step again eagerly, in one process only (several ranks
+                # have all-reduced their gradients already)
                 if world > 1 or not getattr(fwd, "fall_back", lambda e: False)(e):
                     raise
                 optimizer.zero_grad(set_to_none=True)
@@ -1723,7 +1727,8 @@ def elastic_restart(run):
             # (a file edited to other entries, which load_checkpoint's kinds would see too late: none of the job's)
             if isinstance(mark, dict) and mark.get("job") == job and is_kind(ckpt.get("tokens"), nonnegative_int) \
                     and is_kind(mark.get("max_steps_left"), (nonnegative_int, type(None))):
-                # the run ended for good (and failed after its last save): refused as done, each restart would fail
+                # ended: the run ended for good (its attempt failed after the last save): said so, as refused as
+                # done each restart in turn would fail
                 left, epoch = mark["max_steps_left"], ckpt.get("epoch")
                 ended = left == 0 or ckpt.get("budget_done") is True or ckpt.get("stopped_early") is True or \
                     is_kind(epoch, nonnegative_int) and epoch >= run.args.epochs
@@ -1772,7 +1777,8 @@ def timeout_error(e, when, minutes, slow, last=""):
 
 
 def init_distributed(device_name, timeout_min=DIST_TIMEOUT_MIN):
-    """(Dist, device): under torchrun the process group joined (NCCL on CUDA, gloo on CPU); else just the device."""
+    """(Dist, device): under torchrun the process group joined (NCCL on CUDA, gloo on CPU), a collective waiting
+    timeout_min minutes at most; else just the device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Dist(), pick_device(device_name)
@@ -1795,7 +1801,8 @@ def init_distributed(device_name, timeout_min=DIST_TIMEOUT_MIN):
         device = torch.device("cpu")
     else:
         raise UserError(f"--device {device_name} under torchrun: use cuda (NCCL) or cpu (gloo)")
-    # joining waits in C++, deaf to Python handlers for 30 s: nothing is written yet, so the default ends it at once
+    # joining waits in C++, deaf to Python handlers (Ctrl-C unheard until torchrun kills it 30 s on): nothing is
+    # written yet, so the system's default ends it at once
     handlers = {}
     with contextlib.suppress(ValueError):  # (not the main thread)
         for sig in (signal.SIGINT, *stop_signals()):
@@ -1996,7 +2003,7 @@ def order_changes(ckpt, ckpt_args, args, meta):
 def trained_batch(ckpt, ckpt_args, args, train_w):
     """The checkpoint's run's (--batch_size, processes, windows a step on all of them); 0s where it recorded none."""
     was_world = ckpt_args.get("world_size", 1)
-    # an older checkpoint recorded a batch larger than its small text: cut it so (what is no count is not read)
+    # an older checkpoint recorded a batch larger than its small text: cut to that text's windows (no count: not read)
     was_tokens, was_T = ckpt.get("data", {}).get("train_tokens"), ckpt_args.get("block_size")
     was_T = was_T if is_count(was_T) else args.block_size
     was_windows = max(1, Windows.count(was_tokens, was_T)) if is_count(was_tokens) else len(train_w)
@@ -2594,7 +2601,8 @@ def claim_outputs(run, held):
 
 
 def plan_run(run, options_given):
-    """The run's windows, batches, schedule and Progress (its fields train_w to p); returns --warmup as given."""
+    """The run's windows, batches, schedule and Progress (its fields train_w to p); returns --warmup as resolve_args
+    left it (steps, a share or None), before a share became steps, for run_training's more epochs."""
     args, ckpt, continuing, meta, dist = run.args, run.ckpt, run.continuing, run.meta, run.dist
     run.train_w = Windows(meta, "train", args.block_size)
     run.val_w = Windows(meta, "val", args.block_size)
@@ -2834,7 +2842,8 @@ class Run:
 
     def save_before_error(self, e):
         """Saves the progress since the last save before the run ends on e where the weights are whole: not Diverged,
-        one process, no save or update failed half done (mid_update: then a warning names what holds the run)."""
+        in one process only, and not after a failed save or a half-done update (mid_update), where a warning names
+        what holds the run instead."""
         p = self.p
         if not self.run_steps or self.saved["step"] == p.step or isinstance(e, Diverged) or self.dist.world != 1:
             return
