@@ -103,13 +103,15 @@ FRONT_MATTER = re.compile(rf"---[ \t]*\r?\n[^\W\d][\w .-]*:[^\n]*\n(?:{YAML_LINE
 # what prepare.py writes in a dataset's folder besides meta.json: no source's files, when --source is that folder
 OWN_FILES = ("train.bin", "val.bin", "train_mask.bin", "val_mask.bin", VOCAB_FILE)
 THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-# a batch is one threaded encode call: large enough for every core, small enough for its Python token lists
+# a batch is one threaded encode call: large enough for every core, small enough that its Python token lists stay
+# a few tens of MB whatever the corpus size
 BATCH_DOCS, BATCH_CHARS = 8192, 4 << 20
 # the tiny and small presets' context (model.PRESETS, not imported: prepare.py runs without torch)
 DEFAULT_PACK = 256
 MAX_PACK = 1 << 20  # past any model's context
 DEFAULT_OUT_DIR, DEFAULT_VAL_FRACTION = "data", 0.1  # prepare()'s and the command line's, which rebuild_command leaves out
-# conversations the packer holds back to choose from: at 256, 64 leave 3.6% padding, 1000 leave 2.2%
+# conversations the packer holds back to choose from, costing only their tokens in memory: at 256, 64 leave 3.6%
+# padding, 1000 leave 2.2%
 PACK_LOOKAHEAD = 1000
 MIX_SEED = 1337  # which documents a mix repeats or leaves out, and their order: the same every run
 
@@ -132,7 +134,8 @@ HUB = {
     "chat": ("tatsu-lab/alpaca", None, "train", None),
     "knowledge": ("openai/gsm8k", "main", "train", None),
 }
-# char-rnn's Tiny Shakespeare, which the hub has only as a loading script datasets no longer runs
+# char-rnn's Tiny Shakespeare, which the hub has only as a loading script datasets no longer runs; fetched by one
+# urlopen (datasets reads a URL only with aiohttp, which it no longer installs)
 URLS = {"shakespeare": "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"}
 
 
@@ -977,8 +980,9 @@ def bad_records(path, kind):
 
 def with_other_files(e, plan):
     """e, the BadRecords of one of plan's files, with the bad records of the files the run has not read yet (those after
-    it, and a source's own validation files) added, so that one run names every bad file. Files past OTHER_FILES_BYTES
-    are counted, not read; one of the other kind than e's is named as such, as the run stops at it (mixed_kinds)."""
+    it, and a source's own validation files before it, which the vocabulary's pass skips) added, so that one run names
+    every bad file. Files past OTHER_FILES_BYTES are counted, not read; one of the other kind than e's is named as such,
+    as the run stops at it (mixed_kinds)."""
     streams = plan["streams"]
     at = next(i for i, (_, label, _) in enumerate(streams) if label == e.label)  # (a file's: hub rows are not scanned)
     not_read_yet = [label for i, (role, label, _) in enumerate(streams) if i > at or (i < at and role == "val")]
@@ -1496,8 +1500,9 @@ def file_states(plan):
 def fingerprint(dataset, plan, tokenizer, tok_hash, limit, val_fraction, pack=None, mix=None, version=VERSION,
                 skip_bad_records=False):
     """Changes when anything that decides the tokens does: input files (path, size, mtime), tokenizer, options. version
-    None: a vocabulary's inputs, which a new VERSION leaves. skip_bad_records is in it only when given, so that datasets
-    made before it stay up to date and the same command without it finds none made leaving bad records out."""
+    None: a vocabulary's inputs, unchanged by a new VERSION (its checkpoints' ids stay valid). skip_bad_records is in
+    it only when given, so that datasets made before it stay up to date, and one made leaving bad records out is not
+    up to date for the same command without it (which stops at them)."""
     files = [[f, *file_state(f)] for f in plan["files"]]
     state = {"format": FORMAT, "version": version, "dataset": dataset, "source": plan["description"],
              "files": files, "tokenizer": tokenizer, "tokenizer_hash": tok_hash, "limit": limit,
@@ -2834,7 +2839,8 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
         text = old and old.get("kind") == "text"
         same = [text_fp if text else fp]  # (its fingerprint as this build would write it, first)
         # meta.json names its vocabulary by the absolute path it had, which a folder moved since no longer has: gone
-        # from there, the vocabulary is the same when its tokenizer_hash, in the fingerprint, is
+        # from there, the vocabulary is the same when its tokenizer_hash, in the fingerprint, is (a file at that path
+        # now is another, not taken for it)
         recorded = old and old.get("tokenizer")
         moved = isinstance(recorded, str) and recorded not in ("gpt2", tokenizer) and not os.path.exists(recorded)
         if moved:
