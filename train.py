@@ -680,7 +680,8 @@ class Windows:
 
 
 def split_too_short(meta, path, split, n_tokens, block_size, evaluating):
-    """The UserError for a split at path without one window of block_size + 1 tokens (evaluating: eval.py's)."""
+    """The UserError for a split at path without one window of block_size + 1 tokens (evaluating: for eval.py, which
+    can read another split)."""
     T = block_size
     if split == "val" and n_tokens == 0:  # prepared with --val_fraction 0 (one token: a val too short, said below)
         make = f"`{prepare_with(meta, val_fraction=DEFAULT_VAL_FRACTION)}`"
@@ -2001,7 +2002,8 @@ def order_changes(ckpt, ckpt_args, args, meta):
 
 
 def trained_batch(ckpt, ckpt_args, args, train_w):
-    """The checkpoint's run's (--batch_size, processes, windows a step on all of them); 0s where it recorded none."""
+    """The checkpoint's run's (--batch_size, processes, windows a step on all of them); the batch and windows 0 where
+    it recorded no --batch_size."""
     was_world = ckpt_args.get("world_size", 1)
     # an older checkpoint recorded a batch larger than its small text: cut to that text's windows (no count: not read)
     was_tokens, was_T = ckpt.get("data", {}).get("train_tokens"), ckpt_args.get("block_size")
@@ -2038,7 +2040,8 @@ def best_measured_otherwise(ckpt, ckpt_args, args, meta, was_eval, eval_windows,
 
 
 def resumed_progress(run, options_given, run_warmup):
-    """A continued run's Progress, eval windows and warmup: its checkpoint's, fitted to today's options."""
+    """A continued run's Progress, eval windows and warmup: its checkpoint's, fitted to today's options (options_given:
+    which of them the user gave; run_warmup: --warmup before a share became steps)."""
     args, ckpt, ckpt_args, batches = run.args, run.ckpt, run.ckpt_args, run.batches
     p = checkpoint_progress(ckpt, ckpt_args)
     # another window order: going on from the epoch's position would repeat some windows and skip others
@@ -2087,7 +2090,8 @@ def resumed_progress(run, options_given, run_warmup):
 
 
 def run_summary(p, scale, windows_per_epoch, **run):
-    """What train() returns: the run's own figures (run) and where training stands (steps, epochs, best val loss)."""
+    """What train() returns: the run's own figures (run) and where training stands (steps, epochs, best val loss).
+    scale: bpb_scale's, for the bits per byte; windows_per_epoch: the train windows of an epoch."""
     return {**run, "steps": p.step, "epochs_done": p.epoch, "epoch": p.epoch_at(windows_per_epoch),
             "best_val_loss": p.best_val_loss, "best_at": p.best_at, "evals_since_best": p.evals_since_best,
             "best_val_bpb": None if p.best_val_loss is None else bits_per_byte(p.best_val_loss, scale)}
@@ -2179,7 +2183,8 @@ def eval_line(step, epoch, train_loss, val_loss, scale, lr, tokens_per_s, better
 
 
 def summary_lines(summary, meta, scale, args, budget, pause_eval, go_on=None):
-    """A run's closing lines (run_summary's): what it did, its best, its files, how to go on (go_on) and to try it."""
+    """A run's closing lines (run_summary's): what it did, its best, its files, how to go on (go_on) and to try it.
+    scale: bpb_scale's; pause_eval: its last evaluation was a --max_steps pause (not judged)."""
     rate = f"{summary['tokens_per_s']:,.0f} tokens/s"
     if summary["train_tokens_per_s"] and summary["train_tokens_per_s"] > 1.1 * summary["tokens_per_s"]:
         # a short run on a GPU: compiling, evaluating and saving took most of it
@@ -2989,8 +2994,8 @@ class Run:
                 if due_eval:
                     self.evaluation(rec, shown, lr, tps)
             except Exception as e:
-                # the save on the way out of the error holds only the loss since this record, so it is written (not a
-                # diverged run's, dropped with its steps; its own write failing leaves the evaluation's error)
+                # the save on the way out of the error holds only the loss since this record, so this record is written
+                # (not a diverged run's, dropped with its steps; its own write failing leaves the evaluation's error)
                 if not isinstance(e, Diverged):
                     with contextlib.suppress(OSError):
                         self.metrics.log(rec)
