@@ -887,7 +887,8 @@ def trained_data(path, ckpt):
     made = recorded_made_with(ckpt)
     tokenizer = made and not made["options"].get("vocab_size") and made["options"].get("tokenizer", "gpt2")
     if tokenizer and tokenizer != "gpt2" and not os.path.exists(tokenizer):
-        # the vocabulary file gone too (moved with data/): the checkpoint holds it, at the same pack
+        # the vocabulary file gone too (moved with data/): the checkpoint holds it; its pack given, as a checkpoint's
+        # vocabulary packs at its context
         pack = DEFAULT_PACK if made["options"].get("pack") is None and (ckpt.get("data") or {}).get("kind") == "chat" \
             else made["options"].get("pack")
         made = dict(made, options=dict(made["options"], tokenizer=path, pack=pack))
@@ -913,7 +914,8 @@ def is_weights(value):  # a --mix's, as parse_mix gives them
         k in MIXABLE and type(v) in (int, float) and math.isfinite(v) and v > 0 for k, v in value.items())
 
 
-# the kinds (is_kind) of the options a checkpoint records of its dataset (made_with); any may be missing (older data)
+# the kinds (is_kind) of the options a checkpoint records of its dataset (made_with); any may be missing (older data),
+# read as prepare.py's default
 MADE_WITH_KINDS = {"source": (is_strings, type(None)), "tokenizer": str, "vocab_size": (nonnegative_int, type(None)),
                    "limit": (nonnegative_int, type(None)), "val_fraction": is_fraction,
                    "pack": (nonnegative_int, type(None)), "mix": (is_weights, type(None)), "extra": bool,
