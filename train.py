@@ -809,7 +809,8 @@ def refuse_going_back(checkpoint, ckpt, out_pattern, dataset, best_path, overwri
             continue
         if not isinstance(other, dict):
             continue
-        # another dataset's file (an --output_checkpoint without {dataset}) is another run's too (an old one: a path)
+        # another dataset's file (an --output_checkpoint without {dataset}) is another run's too; the checkpoint's own
+        # entry counts as its dataset too (an old checkpoint's may be a path, as its run's files' are)
         foreign = other.get("dataset") not in (dataset, ckpt.get("dataset"))
         if foreign or ckpt.get("run") and other.get("run") and other["run"] != ckpt["run"]:
             if not overwrite:
