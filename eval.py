@@ -71,8 +71,8 @@ def split_prompts(meta, split, enc, n):
     real = ends - starts > 1  # a lone <|endoftext|> is packing padding
     starts, ends = starts[real].tolist(), ends[real].tolist()
     docs = len(starts)
-    prompts, tried = [], set()  # (no documents: linspace picks none)
-    for pick in np.unique(np.linspace(0, docs - 1, min(n, docs)).round().astype(int)).tolist():
+    prompts, tried = [], set()  # (no documents, or n < 1: linspace picks none)
+    for pick in np.unique(np.linspace(0, docs - 1, max(0, min(n, docs))).round().astype(int)).tolist():
         for k in itertools.chain(range(pick, docs), range(pick)):
             if k in tried:
                 continue
