@@ -206,6 +206,7 @@ def test_prompts_come_from_the_split(env, chat_ckpt, tmp_path, capsys):
     assert max(numbers) - min(numbers) >= 30  # spread over the split, not its first few
     assert eval_py.split_prompts(meta, "val", env["enc"], 5) == prompts  # the same every run
     assert len(eval_py.split_prompts(meta, "val", env["enc"], 500)) == 50  # each conversation at most once
+    assert eval_py.split_prompts(meta, "val", env["enc"], 0) == eval_py.split_prompts(meta, "val", env["enc"], -1) == []
     # windows that do not match the packing get the same warning as train.py
     capsys.readouterr()
     eval_py.evaluate_checkpoint(chat_ckpt, datasets=["qa"], data_dir=str(tmp_path / "data"), block_size=48, samples=0,
