@@ -1575,7 +1575,9 @@ class GracefulInterrupt:
             quits = signal.SIGINT if signal.SIGINT in self.old else signal.SIGTERM
             again = "" if "LOCAL_RANK" in os.environ else \
                 f" ({name(quits)}{' again' if signum == quits else ''} quits without saving)"
-            tqdm.write(f"\n{name(signum)}: saving after this step{again}", file=sys.stderr)
+            # on a terminal a newline first ends the line the bar (or the ^C echoed) left; a log's last line has ended
+            start = "\n" if sys.stderr.isatty() else ""
+            tqdm.write(f"{start}{name(signum)}: saving after this step{again}", file=sys.stderr)
 
     def __enter__(self):
         # Ctrl-C ignored (`python train.py &`) stays so, SIGTERM still saving; SIGHUP ignored (nohup) too (stop_signals)

@@ -1935,6 +1935,24 @@ def test_a_second_sighup_does_not_quit_without_the_save(env, tmp_path, monkeypat
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
 
 
+@pytest.mark.parametrize("tty", [False, True])
+def test_sigterm_to_a_run_logging_to_a_file_says_so_without_a_blank_line(env, tmp_path, monkeypatch, capsys, tty):
+    """`python train.py ... > log 2>&1` then `kill -TERM`: the "SIGTERM: saving" line came after a blank line in the
+    log, the newline that on a terminal ends the progress bar's line (and the ^C echoed on it) before the message."""
+    argv = ["--data_dir", env["data"], "--dataset", "mini", "--output_checkpoint", str(tmp_path / "{dataset}.pt"),
+            "--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size", "64", "--eval_interval", "0",
+            "--save_interval", "0", "--device", "cpu", "--no-color"]
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: tty)
+    on_step(monkeypatch, 2, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    with pytest.raises(SystemExit) as e:
+        train.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 143
+    line = err.index("SIGTERM: saving after this step")
+    # a log: the line after the one before; a terminal: the bar cleared (tqdm.write), then the newline ending its line
+    assert err[:line].endswith("\r\n" if tty else "\n") and not err[:line].endswith("\n\n"), err
+
+
 def test_an_interrupt_in_the_last_step_of_a_run_lets_it_end(env, tmp_path, monkeypatch, capsys):
     """SIGTERM (or Ctrl-C) during a run's last step said "interrupted ... continue with --checkpoint X" and exited 143
     (130) for a run that had just ended: continuing it was refused (its epochs done), and its summary was lost."""
