@@ -2127,9 +2127,9 @@ def write_splits(folder, streams, enc, splits, limit, val_fraction, progress, sc
     splits as soon as they exist so the caller can remove them (scratch tells apart the temporary files of several
     calls); returns the kind, "text" or "chat". Val is each "split" stream's tail (val_counts) and the "val" streams,
     less what train or val has already. progress counts input bytes (sizes: the streams' files'). pack: the --pack
-    given, refused on text. doc_keys: a dict given train's and val's document_keys, for a mix's cross-dataset dedup
-    (mix_splits). not_text: where documents must be conversations, the words refusing plain text after "FILE begins with
-    plain text, but "."""
+    given, refused on text (a mix's block: its text is refused by not_text first). doc_keys: a dict given train's and
+    val's document_keys, for a mix's cross-dataset dedup (mix_splits). not_text: where documents must be conversations,
+    the words refusing plain text after "FILE begins with plain text, but "."""
     dtype = np.uint16 if enc.n_vocab <= 1 << 16 else np.uint32
     table = token_bytes(enc)
     budget = limit_budget(limit, val_fraction)
