@@ -196,7 +196,8 @@ def parse_args(argv=None):
     g = p.add_argument_group("data")
     g.add_argument("--dataset", type=nonempty, help="folder under --data_dir made by `python prepare.py --dataset X` "
                                                     "(or its --name) (default: the checkpoint's dataset, else story)")
-    g.add_argument("--data_dir", type=path_arg, help="where prepared datasets live (default: the checkpoint's, else data)")
+    g.add_argument("--data_dir", type=path_arg,
+                   help="where prepared datasets live (default: the checkpoint's, else data)")
     g.add_argument("--tokenizer", type=path_arg, help=f"{TOKENIZER_HELP}; only checked against the data's (default: "
                                                       f"the data's)")
     g = p.add_argument_group("model (a new model; a checkpoint brings its own)")
@@ -241,12 +242,14 @@ def parse_args(argv=None):
                                f"may be given anew (--epochs, --time_budget, --lr, --batch_size, --dropout, "
                                f"--block_size up to the model's context, ...). On another --dataset it is a fine-tune, "
                                f"whose training options left out take their defaults", shown="option")
-    g.add_argument("--init_from", type=path_arg, metavar="DIR", help="fine-tune a Hugging Face model folder (GPT-2 as downloaded, or "
-                                                      "export.py's output); its tokenizer must be the data's")
-    g.add_argument("--output_checkpoint", type=path_arg, help="where to save; {dataset} and {epoch} are filled in (default: "
-                                               "models/{dataset}_epoch{epoch}.pt, models/{dataset}.pt with "
-                                               "--time_budget; when continuing, the run's names next to the "
-                                               "checkpoint given)")
+    g.add_argument("--init_from", type=path_arg, metavar="DIR",
+                   help="fine-tune a Hugging Face model folder (GPT-2 as downloaded, or "
+                        "export.py's output); its tokenizer must be the data's")
+    g.add_argument("--output_checkpoint", type=path_arg,
+                   help="where to save; {dataset} and {epoch} are filled in (default: "
+                        "models/{dataset}_epoch{epoch}.pt, models/{dataset}.pt with "
+                        "--time_budget; when continuing, the run's names next to the "
+                        "checkpoint given)")
     g.add_argument("--overwrite", action="store_true", help="let a new run replace an earlier run's checkpoints, "
                                                             "best file and metrics, or a run continued from an "
                                                             "earlier point its later ones (refused otherwise); they "
@@ -255,7 +258,8 @@ def parse_args(argv=None):
                                                               "checkpoint's run on its own dataset, keeping its "
                                                               "weights and optimizer (a fine-tune starts afresh "
                                                               "anyway)")
-    g.add_argument("--seed", type=int, help=f"seeds the initial weights, dropout and epoch orders (default: {d['seed']})")
+    g.add_argument("--seed", type=int,
+                   help=f"seeds the initial weights, dropout and epoch orders (default: {d['seed']})")
     g = p.add_argument_group("optimization")
     g.add_argument("--batch_size", type=int, help="windows per forward pass (default: " + ", ".join(
         f"{k} {v}" for k, v in DEFAULT_BATCH_SIZE.items()) + ", others 16)")
@@ -271,11 +275,12 @@ def parse_args(argv=None):
                                                      f"from 100 (10%% of a run under 1000) to 1000; "
                                                      f"{BUDGET_WARMUP * 100:g}%% of a time budget)")
     g.add_argument("--optimizer", choices=OPTIMIZERS,
-                   help="muon: Muon for the weight matrices inside the blocks, AdamW for the embedding, gains and biases; "
-                        f"adamw: AdamW for everything (default: {d['optimizer']}, or the checkpoint's when "
+                   help="muon: Muon for the weight matrices inside the blocks, AdamW for the embedding, gains and "
+                        f"biases; adamw: AdamW for everything (default: {d['optimizer']}, or the checkpoint's when "
                         f"continuing its run; a fine-tune's optimizer is new, {d['optimizer']} unless given)")
     g.add_argument("--weight_decay", type=float, help=f"weight decay on matrices (default: {d['weight_decay']})")
-    g.add_argument("--grad_clip", type=float, help=f"clip the gradient norm to this, 0 = off (default: {d['grad_clip']})")
+    g.add_argument("--grad_clip", type=float,
+                   help=f"clip the gradient norm to this, 0 = off (default: {d['grad_clip']})")
     # nanoGPT's names (its shakespeare_char config sets beta2 0.99): AdamW's alone, as Muon's momentum is its own
     for k, what in (("beta1", "gradients"), ("beta2", "squared gradients")):
         g.add_argument(f"--{k}", type=float, help=f"AdamW's {k}, the decay of its average of the {what} (default: "
@@ -312,7 +317,8 @@ def parse_args(argv=None):
                    help=f"under torchrun, how long a process waits for the others (a stuck one, or rank 0 saving a "
                         f"checkpoint) before it ends with an error (default: {DIST_TIMEOUT_MIN:g}); raise it for a "
                         f"checkpoint save or first --compile step that takes longer")
-    g.add_argument("--no_color", "--no-color", dest="no_color", action="store_true", help="no ANSI colors in the output")
+    g.add_argument("--no_color", "--no-color", dest="no_color", action="store_true",
+                   help="no ANSI colors in the output")
     args = parse_checkpoint(p, p.parse_args(argv))
     decay_lr = vars(args).pop("decay_lr")
     if decay_lr is not None:  # (nanoGPT's False: a constant lr)
@@ -370,8 +376,8 @@ def check_recorded_options(path, ckpt_args, continuing):
     for k, v in ckpt_args.items() if continuing else ():
         # (world_size is no option but the processes the run trained in, which trained_batch divides its windows by)
         if k in DEFAULTS and v is not None and not inheritable(k, v) or k == "world_size" and not is_count(v):
-            raise UserError(f"{path} records {k} {repr(v)[:40]}, which is not what train.py writes (a damaged or edited "
-                            f"checkpoint): continue from another checkpoint")
+            raise UserError(f"{path} records {k} {repr(v)[:40]}, which is not what train.py writes (a damaged or "
+                            f"edited checkpoint): continue from another checkpoint")
 
 
 def checkpoint_args(ckpt):
@@ -486,7 +492,8 @@ def load_meta(data_dir, dataset, tokenizer=None, trained=None):
     tok = ["--tokenizer", tokenizer] if tokenizer and tokenizer != "gpt2" else []
     if not is_dataset_name(dataset):  # story/ would name the files models/story/.pt; data/story, a bad --name
         parent, name = os.path.split(os.path.normpath(dataset))
-        hint = f", as in --dataset {name}" + (f" --data_dir {parent}" if parent else "") if is_dataset_name(name) else ""
+        hint = (f", as in --dataset {name}" + (f" --data_dir {parent}" if parent else "")
+                if is_dataset_name(name) else "")
         if not (os.sep in dataset or "/" in dataset or dataset in (".", "..")):  # ("my notes" is no path)
             raise UserError(f"--dataset {dataset!r}: a dataset's name is letters, digits, '.', '-' and '_', as "
                             f"prepare.py's --name makes it")
@@ -687,7 +694,8 @@ def split_too_short(meta, path, split, n_tokens, block_size, evaluating):
         make = f"`{prepare_with(meta, val_fraction=DEFAULT_VAL_FRACTION)}`"
         return UserError(f"{path} has no tokens (--val_fraction 0?): evaluate the train split (--split train), or "
                          f"make a val split: run {make}" if evaluating else
-                         f"{path} has no tokens (--val_fraction 0?), and training evaluates on the val split: run {make}")
+                         f"{path} has no tokens (--val_fraction 0?), and training evaluates on the val split: "
+                         f"run {make}")
     fix = "use a smaller --block_size or more data" if n_tokens > 1 else "prepare more data"  # (one token: no block)
     total = sum(split_tokens(meta, s) or 0 for s in ("train", "val"))
     if split == "val" and n_tokens > 1 and str(meta.get("val_split")).startswith("the last") and total:
@@ -743,8 +751,8 @@ def output_paths(args, ckpt_args, continuing, given):
     png_path = os.path.join(out_dir, f"{dataset}_loss.png")
     for shared in (best_path, metrics_path, png_path):  # each save would write over the best file (or the metrics)
         if os.path.normpath(out_pattern.replace("{dataset}", dataset)) == os.path.normpath(shared):
-            raise UserError(f"--output_checkpoint {out_pattern} is the run's {os.path.basename(shared)}, which train.py "
-                            f"writes itself: name the checkpoints otherwise, as in "
+            raise UserError(f"--output_checkpoint {out_pattern} is the run's {os.path.basename(shared)}, which "
+                            f"train.py writes itself: name the checkpoints otherwise, as in "
                             f"{os.path.join(out_dir, '{dataset}_epoch{epoch}.pt')}")
     return out_pattern, out_dir, best_path, metrics_path, png_path
 
@@ -852,7 +860,8 @@ def packing_warning(meta, block_size, context):
     # a multiple is advised only where it draws no warning of its own (above): where no conversation is in pieces
     fit = f"use --block_size {pack}{'' if pieces else ' (or a multiple)'}, or " if pack <= context else ""
     return (f"{meta['folder']} is packed in blocks of {pack} tokens but windows have {block_size}: some conversations "
-            f"will be cut between windows; {fit}prepare the data again for them: `{prepare_with(meta, pack=block_size)}`")
+            f"will be cut between windows; {fit}prepare the data again for them: "
+            f"`{prepare_with(meta, pack=block_size)}`")
 
 
 def default_data_dir(ckpt, dataset=""):
@@ -949,7 +958,8 @@ def stream_seed(*parts):
 
 
 def epoch_order(n_windows, seed, epoch, scheme=ORDER_SCHEME):
-    """The window order of an epoch: a permutation that depends only on (seed, epoch), so a resumed run re-derives it."""
+    """The window order of an epoch: a permutation that depends only on (seed, epoch),
+    so a resumed run re-derives it."""
     g = torch.Generator().manual_seed(stream_seed(seed, epoch) if scheme >= 2 else seed + epoch)
     return torch.randperm(n_windows, generator=g).numpy()
 
@@ -1817,7 +1827,8 @@ def init_distributed(device_name, timeout_min=DIST_TIMEOUT_MIN):
     try:
         timeout = datetime.timedelta(minutes=timeout_min)
         td.init_process_group("nccl" if kind == "cuda" else "gloo", timeout=timeout)
-        # the clock and Ctrl-C are agreed on with host tensors: NCCL takes only device tensors, so a gloo group beside it
+        # the clock and Ctrl-C are agreed on with host tensors: NCCL takes only device tensors,
+        # so a gloo group beside it
         control = td.new_group(backend="gloo", timeout=timeout) if kind == "cuda" else None
     finally:
         for sig, handler in handlers.items():
@@ -1856,11 +1867,12 @@ def hashed_as_data(args, meta, ckpt):
     def with_tokenizer(name, vocab, context=None):  # name: gpt2, a .tiktoken file or a checkpoint; vocab: its hash.
         # A folder of its own, named with the hash (made again in place, the dataset its models trained on is gone)
         stem = os.path.splitext(os.path.basename(os.path.normpath(name)))[0]
-        tag = "gpt2" if name == "gpt2" else re.sub(r"[^\w.-]", "-", stem + (f"-{vocab[:8]}" if isinstance(vocab, str) else ""))
+        tag = "gpt2" if name == "gpt2" else re.sub(r"[^\w.-]", "-",
+                                                   stem + (f"-{vocab[:8]}" if isinstance(vocab, str) else ""))
         new = f"{os.path.basename(meta['folder'])}-{tag}"
         # gpt2 by name packs a chat set at DEFAULT_PACK, a checkpoint at its context: a model of another one, --pack
-        pack = {"pack": context} if name == "gpt2" and meta.get("kind") == "chat" and context not in (None, DEFAULT_PACK) \
-            else {}
+        pack = {"pack": context} \
+            if name == "gpt2" and meta.get("kind") == "chat" and context not in (None, DEFAULT_PACK) else {}
         command = prepare_with(meta, new, vocab_size=None, tokenizer=name if name == "gpt2" else os.path.abspath(name),
                                **pack)
         return f"`{command}`, then --dataset {new}"
@@ -1868,10 +1880,11 @@ def hashed_as_data(args, meta, ckpt):
         have = ckpt["tokenizer"].get("hash")
         if have != want:
             own = ckpt["tokenizer"].get("bpe") is not None
+            fix = with_tokenizer(args.checkpoint if own else "gpt2", have, ckpt["config"].get("block_size"))
             raise UserError(f"{args.checkpoint} uses tokenizer {vocabulary_name(ckpt['tokenizer']['name'], have)} but "
                             f"{meta['folder']} was prepared with {data_vocabulary}: prepare the data with the "
                             f"checkpoint's tokenizer in a folder of its own "
-                            f"({with_tokenizer(args.checkpoint if own else 'gpt2', have, ckpt['config'].get('block_size'))})"
+                            f"({fix})"
                             f" or train a new model")
     if args.tokenizer:
         enc = get_tokenizer(args.tokenizer)
@@ -2195,8 +2208,8 @@ def summary_lines(summary, meta, scale, args, budget, pause_eval, go_on=None):
         # a short run on a GPU: compiling, evaluating and saving took most of it
         rate += f" overall, {summary['train_tokens_per_s']:,.0f} while training"
     steps = summary["run_steps"]
-    lines = [paint(f"{summary['stopped']}: {steps:,} step{'s' * (steps != 1)}, {fmt_count(summary['tokens'])} tokens in "
-                   f"{fmt_time(summary['elapsed'])} ({rate}); " +
+    lines = [paint(f"{summary['stopped']}: {steps:,} step{'s' * (steps != 1)}, {fmt_count(summary['tokens'])} "
+                   f"tokens in {fmt_time(summary['elapsed'])} ({rate}); " +
                    # (a budget's epochs as the log gives them: "0 epoch(s)" after half of one reads as none)
                    (f"{summary['epoch']:.2f} epochs in the {fmt_time(args.time_budget * 60)} budget" if budget else
                     f"{summary['epochs_done']} of {args.epochs} epoch(s) done"), "bold")]
@@ -2211,8 +2224,9 @@ def summary_lines(summary, meta, scale, args, budget, pause_eval, go_on=None):
     if best is not None and last_val is not None and since >= OVERFIT_EVALS and last_val > 1.01 * best \
             and not args.patience:
         lines.append(paint(f"val loss rose to {last_val:.4f} in the {since} evaluations after the best: the model "
-                           f"overfits its train data; --patience {OVERFIT_EVALS} ends a run {OVERFIT_EVALS} evaluations "
-                           f"past its best (or train fewer epochs, on more data, with --dropout)", "yellow"))
+                           f"overfits its train data; --patience {OVERFIT_EVALS} ends a run {OVERFIT_EVALS} "
+                           f"evaluations past its best (or train fewer epochs, on more data, with --dropout)",
+                           "yellow"))
     # a --max_steps pause better than the best: its weights, in the checkpoint, are the better model, though not judged
     pause_better = pause_eval and best is not None and last_val < best
     if pause_better:
@@ -2265,7 +2279,8 @@ def refuse_ended_run(args, ckpt, ckpt_args, p, budget):
     if args.patience and p.evals_since_best >= args.patience \
             and ckpt.get("stopped_early", 0 < (ckpt_args.get("patience") or 0) <= p.evals_since_best):
         raise UserError(f"{args.checkpoint} stopped early: no better val loss in its last {p.evals_since_best} "
-                        f"evaluations (--patience {args.patience}): pass a larger --patience, or --patience 0, to train on")
+                        f"evaluations (--patience {args.patience}): pass a larger --patience, or --patience 0, "
+                        f"to train on")
 
 
 # -----------------------------------------------------------------------------
@@ -2288,7 +2303,8 @@ def claim_files(held, args, ckpt, continuing, out_pattern, out_dir, best_path, g
                                                             f"checkpoints, {dataset}_best.pt and metrics)"))
     # models/run{epoch}.pt is another dataset's too: a lock on the name as well, apart from datasets' (no + in those)
     tail = os.path.basename(out_pattern).replace("{dataset}", dataset)
-    locked &= held.enter_context(run_lock(out_dir, "+" + tail, f"{os.path.join(out_dir, tail)} (another dataset's run)"))
+    locked &= held.enter_context(run_lock(out_dir, "+" + tail,
+                                          f"{os.path.join(out_dir, tail)} (another dataset's run)"))
     if locked:
         # a save killed mid-write (kill -9) leaves a checkpoint-sized temporary: with the locks held, it goes now
         names = [re.escape(tail).replace(re.escape("{epoch}"), r"\d+"),
@@ -3043,7 +3059,8 @@ class Run:
             end = self.run_ends(self.tok_step / max(tps, 1e-9) if timed else None,
                                 self.batches.steps_per_epoch - epoch_step, self.clock.agreed)
             say(f"step {p.step:,} (epoch {rec['epoch']:.2f}): loss {shown}, lr {lr:.2e}"
-                + (f", {tps:,.0f} tokens/s" if timed else "") + (f", {end[1]} ends in {fmt_time(end[0])}" if end else ""))
+                + (f", {tps:,.0f} tokens/s" if timed else "")
+                + (f", {end[1]} ends in {fmt_time(end[0])}" if end else ""))
         return rec, shown, tps
 
     def evaluation(self, rec, shown, lr, tps):
