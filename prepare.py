@@ -88,7 +88,8 @@ FORMAT = 1   # layout of meta.json and the .bin files
 VERSION = 14  # bump when the same inputs would give other tokens or counts, so existing datasets rebuild
              # (this line's git log says what each bump changed)
 DATASETS = ("story", "shakespeare", "dailydialog", "chat", "chitchat", "knowledge", "text")
-EVERYTHING = ("story", "shakespeare", "dailydialog", "chat", "knowledge", "chitchat")  # what a bare `python prepare.py` builds
+# what a bare `python prepare.py` builds
+EVERYTHING = ("story", "shakespeare", "dailydialog", "chat", "knowledge", "chitchat")
 MIXABLE = ("dailydialog", "chat", "knowledge", "chitchat")  # the conversation sets, which --mix combines
 # nanoGPT's dataset names, typed by habit: the dataset and options that make them here (a token per byte, no merges)
 NANOGPT_DATASETS = {"shakespeare_char": ("shakespeare", ["--vocab_size", str(256 + len(SPECIAL_TOKENS))])}
@@ -109,7 +110,8 @@ BATCH_DOCS, BATCH_CHARS = 8192, 4 << 20
 # the tiny and small presets' context (model.PRESETS, not imported: prepare.py runs without torch)
 DEFAULT_PACK = 256
 MAX_PACK = 1 << 20  # past any model's context
-DEFAULT_OUT_DIR, DEFAULT_VAL_FRACTION = "data", 0.1  # prepare()'s and the command line's, which rebuild_command leaves out
+# prepare()'s and the command line's, which rebuild_command leaves out
+DEFAULT_OUT_DIR, DEFAULT_VAL_FRACTION = "data", 0.1
 # conversations the packer holds back to choose from, costing only their tokens in memory: at 256, 64 leave 3.6%
 # padding, 1000 leave 2.2%
 PACK_LOOKAHEAD = 1000
@@ -376,7 +378,8 @@ def extra_docs(path, earlier=(), main=(), repeats=None):
 
 # each starts with a literal where it can: re scans for that first, which keeps a 6 MB file under a second
 DAILYDIALOG_FIXES = [
-    (re.compile(r" '(?<=[^\W_] ') ((?i:s|t|m|d|re|ve|ll|clock))\b"), lambda m: "'" + m[1].lower()),  # I ' Ve -> I've; quotes stay
+    # I ' Ve -> I've; quotes stay
+    (re.compile(r" '(?<=[^\W_] ') ((?i:s|t|m|d|re|ve|ll|clock))\b"), lambda m: "'" + m[1].lower()),
     (re.compile(r" +(?=[.,?!;:%)\]”])"), ""),             # word , -> word,
     (re.compile(r"([(\[“$£]) +"), r"\1"),                # ( word -> (word, $ 5 -> $5
     (re.compile(r"\.(?<=[a-z]\.)(?=[A-Z][a-z])"), ". "),  # right.But -> right. But
@@ -811,7 +814,8 @@ def record_doc(record, where, dataset=None):
         messages.insert(0, {"role": "system", "content": system})
     for m in messages:
         if m["role"] not in ("system", "user", "assistant"):
-            raise UserError(f"{where}: unknown role {m['role']!r}; use system, user or assistant (or ShareGPT's human, gpt)")
+            raise UserError(f"{where}: unknown role {m['role']!r}; use system, user or assistant "
+                            f"(or ShareGPT's human, gpt)")
         if not isinstance(m["content"], str):  # OpenAI's text parts, as serve.py takes them (a logged API chat)
             text = parts_text(m["content"], m["role"])
             if text is None:
@@ -914,7 +918,8 @@ def good_docs(records, label, dataset, left, scan=True):
     # the bad records are counted, and only the first PLACES + 1 kept (the first, and those places() names)
     bad, wheres, first, good, kind = 0, [], None, False, None
     skipping = left is not None and left.skip_bad
-    empty, empty_wheres, last_empty = 0, [], None  # the records with nothing to train on, the first's places, the last's
+    # the records with nothing to train on, the first's places, the last's
+    empty, empty_wheres, last_empty = 0, [], None
     kept, strays, stray = 0, 0, None  # documents of the file's kind, and of the other (OtherKind), the first of them
     for where, doc, e in checked_records(records, dataset):
         if isinstance(e, OtherKind):
@@ -1188,7 +1193,8 @@ def url_docs(dataset):
         try:
             text = fetch(URLS[dataset]).decode("utf-8")
         except Exception as e:  # offline (URLError), an HTTP error, not UTF-8
-            raise NoSource(no_source(dataset, f"downloading {URLS[dataset]} failed: {type(e).__name__}: {first_line(e)}"))
+            raise NoSource(no_source(dataset,
+                                     f"downloading {URLS[dataset]} failed: {type(e).__name__}: {first_line(e)}"))
         os.makedirs(os.path.dirname(path), exist_ok=True)
         atomic_write_text(path, text)
     yield from text_docs(path)
@@ -1196,7 +1202,8 @@ def url_docs(dataset):
 
 def no_source(dataset, why):
     files = ", ".join(sum(MIRROR[dataset].values(), []))
-    return f"no data for --dataset {dataset}: pass --source PATH, or set DATA_MIRROR to a folder holding {files} ({why})"
+    return (f"no data for --dataset {dataset}: pass --source PATH, or set DATA_MIRROR to a folder holding {files} "
+            f"({why})")
 
 
 # -----------------------------------------------------------------------------
@@ -1208,7 +1215,8 @@ GREETINGS = [  # (what the user says, how the assistant may answer)
     (["Hi!", "Hello!", "Hey there!", "Hello there.", "Hey!", "Hi there!", "Greetings!"],
      ["Hello! How can I help you today?", "Hi there! What would you like to talk about?",
       "Hey! Nice to hear from you. What's on your mind?", "Hello! It's nice to chat with you.", "Hi! How can I help?"]),
-    (["Good morning!", "Morning!"], ["Good morning! I hope you slept well. What can I do for you?", "Good morning! How can I help today?"]),
+    (["Good morning!", "Morning!"],
+     ["Good morning! I hope you slept well. What can I do for you?", "Good morning! How can I help today?"]),
     (["Good afternoon!"], ["Good afternoon! How is your day going?", "Good afternoon! What can I do for you?"]),
     (["Good evening!"], ["Good evening! How was your day?", "Good evening! What would you like to chat about?"]),
 ]
@@ -1226,16 +1234,22 @@ THANKS = (["Thanks!", "Thank you!", "Thanks a lot.", "Thank you so much for your
           ["You're welcome!", "Happy to help!", "Anytime!", "No problem at all.", "My pleasure!"])
 GOODBYES = [
     (["Bye!", "Goodbye!", "See you later!", "I have to go now. Bye!", "Talk to you later.", "Have a nice day!"],
-     ["Goodbye! Have a great day!", "See you later! Take care.", "Bye! It was nice talking to you.", "Take care, and talk soon!"]),
+     ["Goodbye! Have a great day!", "See you later! Take care.", "Bye! It was nice talking to you.",
+      "Take care, and talk soon!"]),
     (["Good night!", "I'm going to bed. Good night."], ["Good night! Sleep well.", "Good night, and sweet dreams!"]),
 ]
-WHO_ARE_YOU = (["What's your name?", "Who are you?", "Do you have a name?", "What should I call you?", "Are you a robot?"],
-               ["I'm a small language model, trained from scratch. I don't have a name, but you can call me whatever you like.",
-                "I'm a little chat model, a computer program. I don't have a real name, but I'm happy to talk with you.",
+WHO_ARE_YOU = (["What's your name?", "Who are you?", "Do you have a name?", "What should I call you?",
+                "Are you a robot?"],
+               ["I'm a small language model, trained from scratch. "
+                "I don't have a name, but you can call me whatever you like.",
+                "I'm a little chat model, a computer program. "
+                "I don't have a real name, but I'm happy to talk with you.",
                 "I'm an AI assistant, a small language model. I don't have a name of my own."])
-NAMES = ["Sam", "Alex", "Maria", "Lily", "Tom", "Priya", "Ben", "Mia", "Omar", "Emma", "Leo", "Zoe", "Ana", "Kenji", "Sara", "Noah"]
+NAMES = ["Sam", "Alex", "Maria", "Lily", "Tom", "Priya", "Ben", "Mia", "Omar", "Emma", "Leo", "Zoe", "Ana", "Kenji",
+         "Sara", "Noah"]
 INTRODUCE = (["My name is {name}.", "I'm {name}.", "Call me {name}.", "Hi, I'm {name}!"],
-             ["Nice to meet you, {name}!", "Hello, {name}! It's nice to meet you.", "Great to meet you, {name}. What would you like to talk about?"])
+             ["Nice to meet you, {name}!", "Hello, {name}! It's nice to meet you.",
+              "Great to meet you, {name}. What would you like to talk about?"])
 MY_NAME = ["What's my name?", "Do you remember my name?", "Who am I?"]
 SMALL_TALK = [
     ("What's your favorite color?", "I can't see colors, but blue sounds lovely. Do you have a favorite?"),
@@ -1257,7 +1271,8 @@ SMALL_TALK = [
     ("I'm tired.", "Maybe it's time for a rest. A good sleep helps a lot."),
     ("Do you have friends?", "Everyone I chat with is a bit of a friend. That includes you!"),
     ("What can you do?", "I can chat, answer simple questions and tell short stories. What would you like?"),
-    ("Can you tell me a story?", "Once upon a time, a little bird learned to fly. It was scared at first, but it tried again and again, and soon it soared over the trees."),
+    ("Can you tell me a story?", "Once upon a time, a little bird learned to fly. It was scared at first, "
+                                 "but it tried again and again, and soon it soared over the trees."),
     ("I'm hungry.", "Maybe it's time for a snack. Fruit or a sandwich is a good choice."),
     ("Do you sleep?", "No, I don't need sleep. I'm ready to chat whenever you are."),
 ]
@@ -1291,8 +1306,8 @@ def chitchat_conversation(rng):
             name = rng.choice(NAMES)
             say(rng.choice(INTRODUCE[0]).format(name=name), rng.choice(INTRODUCE[1]).format(name=name))
         elif topic == "recall":
-            answer = rng.choice(["Your name is {name}.", "You told me your name is {name}."]).format(name=name) if name \
-                else "You haven't told me your name yet. What is it?"
+            answer = rng.choice(["Your name is {name}.", "You told me your name is {name}."]).format(name=name) \
+                if name else "You haven't told me your name yet. What is it?"
             say(rng.choice(MY_NAME), answer)
         else:
             say(*rng.choice(SMALL_TALK))
@@ -1409,15 +1424,16 @@ def find_source(dataset, source=None, extra=True, limit=None, left=None):
         unique = {}
         for f in files:
             if not os.path.isfile(f):  # a named pipe (mkfifo) ends at its first read: the next one waited for ever
-                raise UserError(f"--source {f}: not a regular file (a named pipe?); prepare.py reads its files more than "
-                                f"once: save it to a file")
+                raise UserError(f"--source {f}: not a regular file (a named pipe?); prepare.py reads its files more "
+                                f"than once: save it to a file")
             unique.setdefault(common.file_identity(f), os.path.abspath(f))
         files = list(unique.values())
         return {"description": "--source " + ", ".join(files), "files": files,
                 "streams": [("split", f, functools.partial(file_docs, f, dataset, left, folder_of.get(f)))
                             for f in files]}
     if dataset == "text":
-        raise NoSource("--dataset text needs --source PATH (text, JSON lines, JSON or parquet files, or folders of them)")
+        raise NoSource("--dataset text needs --source PATH "
+                       "(text, JSON lines, JSON or parquet files, or folders of them)")
 
     mirror = os.environ.get("DATA_MIRROR")
     spec = MIRROR[dataset]
@@ -1433,17 +1449,21 @@ def find_source(dataset, source=None, extra=True, limit=None, left=None):
                 streams += [("train", f, functools.partial(extra_docs, f, found["extra"][:i], found["main"], repeats))
                             for i, f in enumerate(found["extra"])]
             files = [os.path.abspath(f) for role, f, _ in streams]
-            return {"description": f"DATA_MIRROR {os.path.abspath(mirror)}: " + ", ".join(os.path.relpath(f, mirror) for f in files),
+            return {"description": f"DATA_MIRROR {os.path.abspath(mirror)}: "
+                                   + ", ".join(os.path.relpath(f, mirror) for f in files),
                     "files": files, "streams": streams, "extra_repeats": repeats}
     if dataset in URLS:
         return {"description": f"{URLS[dataset]}, kept in {download_path(dataset)}", "files": [],
                 "streams": [("split", URLS[dataset], functools.partial(url_docs, dataset))]}
     path, config, train_split, val_split = HUB[dataset]
     # offline (HF_DATASETS_OFFLINE=1) only datasets' cache can answer, and streaming never reads it
-    streaming = limit is not None and os.environ.get("HF_DATASETS_OFFLINE", "").lower() not in ("1", "true", "yes", "on")
+    streaming = limit is not None \
+        and os.environ.get("HF_DATASETS_OFFLINE", "").lower() not in ("1", "true", "yes", "on")
     splits = [("train", train_split), ("val", val_split)] if val_split else [("split", train_split)]
-    streams = [(role, f"{path} {s}", functools.partial(hub_docs, dataset, s, streaming, left=left)) for role, s in splits]
-    return {"description": f"Hugging Face hub {path}" + (f" ({config})" if config else ""), "files": [], "streams": streams}
+    streams = [(role, f"{path} {s}", functools.partial(hub_docs, dataset, s, streaming, left=left))
+               for role, s in splits]
+    return {"description": f"Hugging Face hub {path}" + (f" ({config})" if config else ""), "files": [],
+            "streams": streams}
 
 
 def parse_mix(spec):
@@ -1506,7 +1526,8 @@ def fingerprint(dataset, plan, tokenizer, tok_hash, limit, val_fraction, pack=No
     files = [[f, *file_state(f)] for f in plan["files"]]
     state = {"format": FORMAT, "version": version, "dataset": dataset, "source": plan["description"],
              "files": files, "tokenizer": tokenizer, "tokenizer_hash": tok_hash, "limit": limit,
-             "val_fraction": val_fraction, "pack": DEFAULT_PACK if pack is None else pack, "mix": mix}  # --pack 256: the default
+             # --pack 256: the default
+             "val_fraction": val_fraction, "pack": DEFAULT_PACK if pack is None else pack, "mix": mix}
     if skip_bad_records:
         state["skip_bad_records"] = True
     return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()[:16]
@@ -1521,7 +1542,8 @@ class Split:
 
     def __init__(self, folder, name, dtype, has_mask, scratch=""):
         self.dtype = np.dtype(dtype)
-        self.paths = [os.path.join(folder, f"{name}.bin")] + ([os.path.join(folder, f"{name}_mask.bin")] if has_mask else [])
+        self.paths = [os.path.join(folder, f"{name}.bin")] \
+            + ([os.path.join(folder, f"{name}_mask.bin")] if has_mask else [])
         self.files = [open(tmp_name(p + scratch), "w+b") for p in self.paths]
         self.tokens = self.documents = self.bytes = self.padding = 0
         self.cut = 0  # documents (books) cut in two, whose head is here and tail in val: counted in neither
@@ -1879,8 +1901,8 @@ OTHER_KIND = {"text": "chat", "chat": "text"}  # a dataset is one or the other
 def mixed_kinds(label, kind, first):
     """The error for a document of kind in label when the dataset's first one (in first) is of the other kind. Both
     are named: only the second was, and a folder of chats with a README.txt sorted first blamed the chats file."""
-    return UserError(f"{KIND_NAMES[OTHER_KIND[kind]]} in {first} and {KIND_NAMES[kind]} in {label}: a dataset is one or the other; "
-                     f"leave one out, or prepare them separately (--name)")
+    return UserError(f"{KIND_NAMES[OTHER_KIND[kind]]} in {first} and {KIND_NAMES[kind]} in {label}: a dataset is one "
+                     f"or the other; leave one out, or prepare them separately (--name)")
 
 
 def batches(docs, kind, label, first):
@@ -2049,7 +2071,8 @@ def limit_budget(limit, val_fraction):
     """What --limit lets each role of stream (find_source) read: {role: documents, None for all}, spent by limited():
     the first N documents over the files of a dataset together, N more of train-only files, and of a source's own
     validation split its val_fraction share (none at --val_fraction 0)."""
-    return {"split": limit, "train": limit, "val": (limit and max(1, round(limit * val_fraction))) if val_fraction else 0}
+    return {"split": limit, "train": limit,
+            "val": (limit and max(1, round(limit * val_fraction))) if val_fraction else 0}
 
 
 def open_streams(streams):
@@ -2065,7 +2088,8 @@ def open_streams(streams):
             kind, first_label, docs = doc_kind(first), label, itertools.chain([first], docs)
         opened.append((i, role, label, docs))
     if kind is None:
-        raise UserError(f"no documents found in {', '.join(label for _, label, _ in streams)}: give files that hold text")
+        raise UserError(f"no documents found in {', '.join(label for _, label, _ in streams)}: "
+                        f"give files that hold text")
     return opened, kind, first_label
 
 
@@ -2241,8 +2265,8 @@ def check_room(folder, written, read, total):
 
 def warn_all_in_train(label):
     """Said of a val split kept though train has every document of it."""
-    print(f"warning: {label}: every document of the val split is also in train (the text repeats them), so the val loss "
-          f"reads better than the model is: add documents that are not repeated", file=sys.stderr)
+    print(f"warning: {label}: every document of the val split is also in train (the text repeats them), so the val "
+          f"loss reads better than the model is: add documents that are not repeated", file=sys.stderr)
 
 
 def too_little_text(streams, split):
@@ -2382,7 +2406,8 @@ def meta_options(meta, folder, odd=None):
     A meta.json too odd to say raises (KeyError, TypeError...), or gives odd when it is not None."""
     try:
         return meta.get("options") or {
-            "source": meta["source"][len("--source "):].split(", ") if meta.get("source", "").startswith("--source ") else None,
+            "source": meta["source"][len("--source "):].split(", ")
+                      if meta.get("source", "").startswith("--source ") else None,
             "tokenizer": meta.get("tokenizer", "gpt2"), "limit": meta.get("limit"),
             "vocab_size": meta.get("vocab_size") if made_with_own_vocabulary(meta, folder) else None,
             "pack": meta.get("pack") if meta.get("kind") == "chat" and meta.get("pack") != DEFAULT_PACK else None,
@@ -2422,8 +2447,8 @@ def rebuild_command(meta, folder=None):
         def number(x):  # 2.0 as 2, and every digit of 0.15: the fingerprint has them
             return repr(x).removesuffix(".0")
 
-        args = ["--mix", ",".join(f"{source}:{number(weight)}" for source, weight in o["mix"].items())] if dataset == "mix" \
-            else ["--dataset", dataset]
+        args = ["--mix", ",".join(f"{source}:{number(weight)}" for source, weight in o["mix"].items())] \
+            if dataset == "mix" else ["--dataset", dataset]
         if o.get("source"):
             args += ["--source", *o["source"]]
         if name != dataset:
@@ -2606,7 +2631,8 @@ def own_vocabulary(dataset, plan, folder, old, vocab_size, limit, val_fraction, 
 
 
 def prepare(dataset, source=None, tokenizer=None, limit=None, val_fraction=DEFAULT_VAL_FRACTION, force=False,
-            out_dir=DEFAULT_OUT_DIR, name=None, extra=True, vocab_size=None, pack=None, mix=None, skip_bad_records=False):
+            out_dir=DEFAULT_OUT_DIR, name=None, extra=True, vocab_size=None, pack=None, mix=None,
+            skip_bad_records=False):
     """Build (or find up to date) out_dir/name from dataset's source; returns its meta.json as a dict. source: a path or
     a list of them (pathlib.Path too). vocab_size: a vocabulary of that size trained on this data, in place of
     tokenizer. Neither given: the vocabulary the dataset has when it is made again, else gpt2. pack: the block
@@ -2627,7 +2653,8 @@ def check_arguments(dataset, source, tokenizer, val_fraction, pack, mix, vocab_s
         if not mix:
             raise UserError("a mix needs its datasets and weights: --mix dailydialog:1,chat:2")
         if source:
-            raise UserError("--mix takes dataset names, not --source files: prepare your files as one dataset with --name")
+            raise UserError("--mix takes dataset names, not --source files: "
+                            "prepare your files as one dataset with --name")
     elif dataset not in DATASETS:
         raise UserError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
     elif mix:
@@ -2654,9 +2681,10 @@ def lock_folder(held, out_dir, name, force):
     folder = os.path.join(out_dir, name)
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise UserError(f"{folder} is a file, not a dataset folder: pick another --name, or move the file")
-    if os.path.isfile(os.path.join(folder, "config.json")):  # export.py's, whose tokenizer.tiktoken --vocab_size replaced
-        raise UserError(f"{folder} is a Hugging Face model folder (it has a config.json), not a dataset's: pick another "
-                        f"--name or --out_dir")
+    # export.py's, whose tokenizer.tiktoken --vocab_size replaced
+    if os.path.isfile(os.path.join(folder, "config.json")):
+        raise UserError(f"{folder} is a Hugging Face model folder (it has a config.json), not a dataset's: pick "
+                        f"another --name or --out_dir")
     with contextlib.suppress(OSError):  # (one that cannot be made takes no dataset either: check_writable says so)
         make_folders(out_dir)
     locked = held.enter_context(held_lock(prepare_lock(out_dir, name), f"another prepare.py is building "
@@ -2685,8 +2713,9 @@ def old_options(folder, old, dataset, sources, plan, named, force):
         raise UserError(f"{folder} holds a meta.json that names no dataset (another tool's, or damaged): pick another "
                         f"folder with --name, or replace it with --force")
     if old and not force and old.get("dataset") != dataset:
-        raise UserError(f"{folder} holds the {old.get('dataset')!r} dataset (made by `{rebuild_command(old, folder)}`): "
-                        f"pick another folder with --name, or replace it with --force")
+        raise UserError(f"{folder} holds the {old.get('dataset')!r} dataset (made by "
+                        f"`{rebuild_command(old, folder)}`): pick another folder with --name, or replace it with "
+                        f"--force")
     same_dataset = old and old.get("dataset") == dataset
     made_options = meta_options(old, folder, odd={}) if same_dataset else {}
     # the --source files it was made from (absolute, as options records them)
@@ -2810,7 +2839,8 @@ def make_dataset(held, dataset, source, tokenizer, limit, val_fraction, force, o
                "limit": limit, "val_fraction": val_fraction, "pack": pack, "mix": mix, "extra": extra,
                "skip_bad_records": skip_bad_records}
     created = not os.path.isdir(folder)
-    # a freshly trained vocabulary (a temporary file, renamed into place with the token files) and its inputs' fingerprint
+    # a freshly trained vocabulary (a temporary file, renamed into place with the token files) and its inputs'
+    # fingerprint
     new_vocab, vocab_fp = None, None
     if vocab_size is not None:
         tokenizer, vocab_fp, new_vocab = own_vocabulary(dataset, plan, folder, old, vocab_size, limit, val_fraction,
@@ -2993,9 +3023,9 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
                 raw = {}
                 raw_splits.append(raw)
                 # a conversation set of plain text would have no loss mask (every token trained): refused
-                not_text = f"--dataset {dataset} is a conversation set: give records of `messages` [{{role, content}}] " \
-                           f"(.jsonl; README's prepare.py section lists the other shapes), or make plain text a " \
-                           f"dataset with --dataset text" if dataset in MIXABLE else None
+                not_text = f"--dataset {dataset} is a conversation set: give records of `messages` " \
+                           f"[{{role, content}}] (.jsonl; README's prepare.py section lists the other shapes), or " \
+                           f"make plain text a dataset with --dataset text" if dataset in MIXABLE else None
                 kind = write_splits(folder, plan["streams"], enc, raw, limit, val_fraction, progress, ".unpacked", pack,
                                     sizes=sizes[0], not_text=not_text)
                 block = block if kind == "chat" else 0
@@ -3034,8 +3064,8 @@ def build(dataset, name, plan, folder, enc, tokenizer, tok_hash, fp, limit, val_
         # a file written to as it is read gives its passes other documents: val's share and the counts would be wrong
         changed = [f for f, a, b in zip(plan["files"], read_from, file_states(plan)) if a != b]
         if changed:
-            raise UserError(f"{changed[0]} changed while prepare.py read it (still being written?): run this again once "
-                            f"it is complete; {folder} is as it was")
+            raise UserError(f"{changed[0]} changed while prepare.py read it (still being written?): run this again "
+                            f"once it is complete; {folder} is as it was")
         # The new files replace the old in two steps: 1. every new file, meta.json too, is flushed under its temporary
         # name (the old dataset untouched; the temporary files removed on the way out). 2. renames, quick: meta.json
         # goes first and comes back last, so it is never read with a mix of old and new files; Ctrl-C waits for them
@@ -3179,8 +3209,8 @@ def print_summary(folder, meta, plan, limit, dt, context=None):
         n = len(left_out.front_matter)
         print(f"  left out the front matter (--- key: value ... ---) of {n:,} Markdown note{'s' * (n > 1)}")
     for source, m in (mixed or {}).items():
-        print(f"  {source}: weight {m['weight']:g}, {m['train_tokens'] / max(tr['tokens'] - tr['padding'], 1):.1%} of the "
-              f"train tokens ({m['train_documents']:,} documents), {m['val_documents']:,} val documents")
+        print(f"  {source}: weight {m['weight']:g}, {m['train_tokens'] / max(tr['tokens'] - tr['padding'], 1):.1%} "
+              f"of the train tokens ({m['train_documents']:,} documents), {m['val_documents']:,} val documents")
 
 
 def dataset_choice(name):
@@ -3198,54 +3228,55 @@ def main(argv=None):
     input raises UserError, leaving no folder it made. prepare() builds one dataset and returns its meta.json."""
     p = ArgumentParser("prepare.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", type=dataset_choice, choices=DATASETS,
-                   help="story (TinyStories), shakespeare (Tiny Shakespeare, 1 MB), dailydialog, chat (instructions, conversations), chitchat (generated small talk), "
-                        "knowledge (question/answer), text (your --source files); default: every one it finds, or text with --source")
+                   help="story (TinyStories), shakespeare (Tiny Shakespeare, 1 MB), dailydialog, chat (instructions, "
+                        "conversations), chitchat (generated small talk), knowledge (question/answer), text (your "
+                        "--source files); default: every one it finds, or text with --source")
     p.add_argument("--source", type=path_arg, nargs="+", metavar="PATH",
                    help=".txt (documents separated by <|endoftext|>, else one per file; .md too, named or by a pattern "
                         "such as 'notes/**/*.md'), .jsonl/.json/.parquet records "
                         "(messages, ShareGPT conversations, instruction/input/output or instances, instruction/context/"
                         "response, question/answer, prompt/completion, prompt/response, query/response, "
                         "question/response, input/output, problem/solution, Gemini's contents, ChatGPT's and "
-                        "Claude's exports, "
-                        "text), or folders; "
-                        "or hf:NAME[:CONFIG[:SPLIT]], a Hugging Face hub dataset of such records, streamed (hf:NAME::SPLIT: "
-                        "the default config; split default train, or the set's only split), val its validation split "
-                        "if it has one, else --val_fraction of train")
-    p.add_argument("--tokenizer", type=path_arg, help=f"{TOKENIZER_HELP}, for its vocabulary and its context (--pack's "
-                                                      f"default) (default: gpt2, or what the dataset has when it is "
-                                                      f"made again)")
+                        "Claude's exports, text), or folders; or hf:NAME[:CONFIG[:SPLIT]], a Hugging Face hub dataset "
+                        "of such records, streamed (hf:NAME::SPLIT: the default config; split default train, or the "
+                        "set's only split), val its validation split if it has one, else --val_fraction of train")
+    p.add_argument("--tokenizer", type=path_arg,
+                   help=f"{TOKENIZER_HELP}, for its vocabulary and its context (--pack's default) (default: gpt2, or "
+                        f"what the dataset has when it is made again)")
     p.add_argument("--vocab_size", type=int,
                    help="train a vocabulary of this size on the data itself (saved as data/<name>/tokenizer.tiktoken) "
                         "and use it instead of --tokenizer: e.g. 4096 makes a tiny model several times faster")
-    p.add_argument("--limit", type=at_least(1), help="use only the first N documents (quick demos), counted over a dataset's files in order (each "
-                                               "--mix part its own N, train-only extra files N more); of a source's own validation "
-                                               "split, N * val_fraction")
+    p.add_argument("--limit", type=at_least(1),
+                   help="use only the first N documents (quick demos), counted over a dataset's files in order (each "
+                        "--mix part its own N, train-only extra files N more); of a source's own validation split, "
+                        "N * val_fraction")
     p.add_argument("--val_fraction", type=float, default=DEFAULT_VAL_FRACTION,
                    help=f"the share of the documents kept for validation: the last of each source, counted over a "
                         f"dataset's sources together (a folder of one-document files gives files spread through it, "
                         f"not its last ones; 0: no val split, a source's own validation split left out too) (default: "
                         f"{DEFAULT_VAL_FRACTION:g})")
-    p.add_argument("--force", action="store_true", help="rebuild even if up to date, and replace a folder holding another dataset")
+    p.add_argument("--force", action="store_true",
+                   help="rebuild even if up to date, and replace a folder holding another dataset")
     p.add_argument("--out_dir", "--data_dir", dest="out_dir", type=path_arg, default=DEFAULT_OUT_DIR,
                    help="where dataset folders go (the folder train.py and eval.py take as --data_dir) (default: data)")
     p.add_argument("--name", type=nonempty, help="the dataset's folder name (default: the dataset)")
-    p.add_argument("--no_extra", action="store_true", help="story: leave out the train-only extra stories (the mirror's TinyStories-train-head files)")
+    p.add_argument("--no_extra", action="store_true",
+                   help="story: leave out the train-only extra stories (the mirror's TinyStories-train-head files)")
     p.add_argument("--mix", type=nonempty, metavar="NAME:WEIGHT,...",
                    help=f"one dataset (--name, default mix) from several conversation sets ({', '.join(MIXABLE)}), "
                         f"e.g. dailydialog:1,chat:2: each gets weight/sum of the train tokens (documents repeated or "
                         f"left out), val holds each one's validation split")
     p.add_argument("--pack", type=int, metavar="BLOCK",
-                   help=f"lay conversations out in blocks of BLOCK tokens that none crosses unless longer than a block "
-                        f"(then it is cut before a user message); train with --block_size BLOCK. 0 = one after the other "
-                        f"(default: the context of the model --tokenizer names, a checkpoint or model folder, else "
-                        f"{DEFAULT_PACK}, the tiny and small models'; plain text is never packed)")
+                   help=f"lay conversations out in blocks of BLOCK tokens that none crosses unless longer than a "
+                        f"block (then it is cut before a user message); train with --block_size BLOCK. 0 = one after "
+                        f"the other (default: the context of the model --tokenizer names, a checkpoint or model "
+                        f"folder, else {DEFAULT_PACK}, the tiny and small models'; plain text is never packed)")
     p.add_argument("--skip_bad_records", action="store_true",
                    help="leave out the records of .jsonl/.json/.parquet files (and hub rows) that are malformed JSON, "
                         "lines of a UTF-8 .jsonl with a stray byte that is no UTF-8, of no shape prepare.py reads, or "
                         "plain text in a file whose first records are conversations (or the reverse), said in the "
-                        "summary, instead of stopping at the first; a file "
-                        "with no good record, or with no more of its first records' kind than of the other, still "
-                        "stops it")
+                        "summary, instead of stopping at the first; a file with no good record, or with no more of "
+                        "its first records' kind than of the other, still stops it")
     args = p.parse_args(argv)
     # a folder that is there is checked once prepare() must write: a dataset up to date in a read-only one says so
     if not os.path.isdir(args.out_dir):
