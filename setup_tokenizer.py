@@ -91,8 +91,8 @@ def not_a_vocabulary(source):
     folder's vocab.json (whose folder is the way in), a dataset's meta.json or token file (whose vocabulary is)."""
     folder = os.path.dirname(source) or "."
     if os.path.basename(source) != VOCAB_FILE and os.path.isfile(source) and is_dataset_folder(folder):
-        return UserError(f"{source} is a file of the dataset folder {folder}, not a vocabulary: pass the one it was made "
-                         f"with, {dataset_vocabulary(folder)}")
+        return UserError(f"{source} is a file of the dataset folder {folder}, not a vocabulary: pass the one it was "
+                         f"made with, {dataset_vocabulary(folder)}")
     return model_folder_file(source) or UserError(
         f"{source} is not a .tiktoken vocabulary (lines of `base64 rank`): pass a file written by "
         f"`{train_command()}`, a checkpoint, a Hugging Face model folder, or gpt2")
@@ -125,8 +125,8 @@ def parse_bpe(text, source="tokenizer"):
         cut = False
     if not cut:
         raise error
-    raise UserError(f"{source} is cut short (its last line {text[len(whole):][:40]!r} is incomplete: a copy or download "
-                    f"that stopped?): copy it again, or retrain it with `{train_command(source)}`")
+    raise UserError(f"{source} is cut short (its last line {text[len(whole):][:40]!r} is incomplete: a copy or "
+                    f"download that stopped?): copy it again, or retrain it with `{train_command(source)}`")
 
 
 def bpe_ranks(text, source, head=False):
@@ -186,7 +186,8 @@ def file_stamp(path):
     paths = [path] + ([os.path.join(path, f) for f in sorted(os.listdir(path))] if os.path.isdir(path) else [])
     stamp = []
     for p in paths:
-        with contextlib.suppress(OSError):  # a broken link in a model folder (a download cut short) is no tokenizer file
+        # a broken link in a model folder (a download cut short) is no tokenizer file
+        with contextlib.suppress(OSError):
             st = os.stat(p)
             stamp.append((p, st.st_ino, st.st_size, st.st_mtime_ns))
     return tuple(stamp)
@@ -509,8 +510,8 @@ def train_bpe(texts, vocab_size, out_path, source="the input"):
     n_special = len(SPECIAL_TOKENS)
     # 256 + n_special is the bytes alone, no merges: a character-level model on ASCII text (nanoGPT's shakespeare_char)
     if vocab_size < 256 + n_special:
-        raise UserError(f"--vocab_size must be at least {256 + n_special} (256 bytes + {n_special} special tokens, then "
-                        f"one per merge)")
+        raise UserError(f"--vocab_size must be at least {256 + n_special} (256 bytes + {n_special} special tokens, "
+                        f"then one per merge)")
     if vocab_size > 1 << 32:  # prepare.py stores token ids as 32-bit integers (rustbpe's own limit is about the same)
         raise UserError(f"--vocab_size must be at most {1 << 32:,} (token ids are stored as 32-bit integers)")
     # with no text rustbpe quietly returns the 256 bytes alone, whatever size was asked: refused, not a surprise later
@@ -668,7 +669,8 @@ def say_training(vocab_size, sample, size, what=""):
 
 
 def train_tokenizer(files, vocab_size, out_path, sample=None):
-    """train_bpe on text files, read in bounded memory, on a VocabSample of them (sample: one to say, else made here)."""
+    """train_bpe on text files, read in bounded memory, on a VocabSample of them
+    (sample: one to say, else made here)."""
     from prepare import SUFFIXES, suffix, table_fix  # here: prepare.py imports this module
     for path in files:  # refused before training, not when its turn comes
         if path == "-" and not os.path.exists(path):  # the usual name of standard input, which "no such file" hid
@@ -676,7 +678,8 @@ def train_tokenizer(files, vocab_size, out_path, sample=None):
         if not os.path.exists(path):  # a typo in the last of several inputs was found after reading all the others
             raise UserError(f"--input {path}: no such file")
         if os.path.isdir(path):
-            raise UserError(f"--input {path} is a folder: give the text files in it, e.g. {os.path.join(path, '*.txt')}")
+            raise UserError(f"--input {path} is a folder: give the text files in it, "
+                            f"e.g. {os.path.join(path, '*.txt')}")
         # a dataset's token file or a vocabulary passes for text (few NULs, valid UTF-8): refused, as a checkpoint is
         kept = kept_file(path)
         if kept:
