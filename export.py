@@ -46,7 +46,8 @@ def parse_args(argv=None):
     # OUT_DIR and refused the second ("unrecognized arguments"); all the positionals are matched together instead
     given = command_words(argv)
     args = None if not given else parse_checkpoint(p, p.parse_intermixed_args(given))  # (none: "required: out_dir")
-    if args is None or args.checkpoint is None:  # no default here: the newest checkpoint is not a thing to export unasked
+    # no default here: the newest checkpoint is not a thing to export unasked
+    if args is None or args.checkpoint is None:
         p.error("give the checkpoint and the folder to write: export.py CHECKPOINT OUT_DIR, or --checkpoint "
                 "CHECKPOINT OUT_DIR")
     return args
