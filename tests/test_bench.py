@@ -185,7 +185,8 @@ def test_the_load_average_written_is_the_starts_and_quick_figures_are_not_judged
 
 def test_write_appends_sections(tmp_path, one_thread):
     out = tmp_path / "BENCH.md"
-    argv = ["--quick", "--device", "cpu", "--only", "peak", "--out", str(out), "--note", "test run", "--malloc", "default"]
+    argv = ["--quick", "--device", "cpu", "--only", "peak", "--out", str(out), "--note", "test run",
+            "--malloc", "default"]
     bench.main(argv)
     first = out.read_text()
     assert first.startswith("# Benchmarks\n")
@@ -293,7 +294,8 @@ def test_targets_name_what_each_row_meets():
            bench.row("ratio", "V4096 bf16 / V50259 fp32", 8.3, "x"),
            bench.row("gen", "small B1 cache / no cache", 4.2, "x")]
     assert bench.check_targets(cpu) == ["target small bf16 MFU >= 50%: 70.0% (small B8 T256 V50259) met",
-                                        "target 4096-vocab / GPT-2-vocab fp32 >= 8x: 8.30x (V4096 bf16 / V50259 fp32) met",
+                                        "target 4096-vocab / GPT-2-vocab fp32 >= 8x: 8.30x (V4096 bf16 / "
+                                        "V50259 fp32) met",
                                         "target small B1 cache speed-up >= 5x: 4.20x NOT met"]
     gpu = [dict(bench.row("train", "gpt2 B8 T1024 V50259", 1e5, "tokens/s", torch.bfloat16, 0.42), mem=25.3e9),
            dict(bench.row("train", "gpt2 B32 T1024 V50259", 1e5, "tokens/s", torch.bfloat16, 0.57), mem=19.6e9),
@@ -523,8 +525,10 @@ def test_what_does_not_fit_in_memory_names_the_options_to_lower(monkeypatch, cap
     # weights the machine cannot hold (model.GPT's MemoryError), an allocation it refuses (torch's RuntimeError)
     for section, error, lower in (
             ("train", MemoryError("3.2e+03 GiB of weights, more than the machine's 16 GiB"), "--batch_size, "),
-            ("gen", RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 4 TB"), "--gen_batch, "),
-            ("ratio", RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 4 TB"), "--ratio_vocab")):
+            ("gen", RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 4 TB"),
+             "--gen_batch, "),
+            ("ratio", RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 4 TB"),
+             "--ratio_vocab")):
         def refuse(cfg, error=error):
             raise error
         monkeypatch.setattr(bench, "GPT", refuse)
