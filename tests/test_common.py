@@ -252,7 +252,8 @@ def usage_error(script, message, *command):
     # (and as that option, where it is another tool's name: left with one dash, no close spelling found it)
     ("train", ["-learning_rate=1e-3"], "unrecognized arguments: -learning_rate=1e-3 (did you mean --lr?)"),
     # one starting with h is read as -h given the rest (ignored): the word typed is guessed from
-    ("serve", ["x.pt", "-host", "0.0.0.0"], "argument -h/--help: ignored explicit argument 'ost' (did you mean --host?)"),
+    ("serve", ["x.pt", "-host", "0.0.0.0"], "argument -h/--help: ignored explicit argument 'ost' (did you "
+                                            "mean --host?)"),
     # and is no switch given a value ("-h is a switch: ...") where nothing is guessed
     ("gen", ["x.pt", "-hzzzzz"], "argument -h/--help: ignored explicit argument 'zzzzz'"),
     # -h is no guess for a long word (--hz was nearer -h than --host)
@@ -774,7 +775,8 @@ def test_a_file_name_too_long_for_its_temporary_write_is_refused_before_the_work
     """The write goes to NAME.<pid>.tmp first: a name that fits the system's limit only without that suffix (a deep
     folder on Windows, at 260 characters of path, alike) passed the check, and the write failed after the work."""
     path = str(tmp_path / ("a" * 246 + ".jsonl"))  # 252 bytes: a file of that name may be, its .<pid>.tmp not
-    with pytest.raises(UserError, match=r"^--output .*: cannot write there \(File name too long\): use a shorter path$"):
+    with pytest.raises(UserError, match=r"^--output .*: cannot write there \(File name too long\): use a "
+                                        r"shorter path$"):
         check_output(path, "--output")
     assert os.listdir(tmp_path) == []
 
@@ -1370,7 +1372,8 @@ def test_under_torchrun_an_error_one_rank_alone_meets_is_printed_by_that_rank(mo
 
 @pytest.mark.parametrize("vendor, flags, has_bf16, picks_bf16", [
     ("AuthenticAMD", "fpu vme sse sse2 avx avx2 avx512f avx512bw avx512_bf16 avx512_vnni", True, True),  # Zen 4
-    ("GenuineIntel", "fpu sse sse2 avx avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8", True, True),  # Sapphire Rapids
+    # Sapphire Rapids
+    ("GenuineIntel", "fpu sse sse2 avx avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8", True, True),
     ("GenuineIntel", "fpu sse sse2 avx avx2 avx512f amx_bf16 amx_tile amx_int8", True, True),  # AMX alone
     # a Xeon whose VM hides AMX: bf16 matmuls at half fp32's speed, so fp32
     ("GenuineIntel", "fpu vme sse sse2 avx avx2 avx512f avx512bw avx512_bf16 avx512_vnni avx512_fp16", True, False),
@@ -1436,7 +1439,8 @@ def test_autocast_computes_in_the_dtype_asked_for_and_float32_is_a_no_op():
     assert linear(x).dtype == torch.float32  # and nothing left on after either
 
 
-@pytest.mark.parametrize("script, module", [(s, "torch") for s in ("train.py", "gen.py", "eval.py", "serve.py", "bench.py",
+@pytest.mark.parametrize("script, module",
+                         [(s, "torch") for s in ("train.py", "gen.py", "eval.py", "serve.py", "bench.py",
                                                                     "export.py")]
                          + [("prepare.py", "numpy"), ("setup_tokenizer.py", "tiktoken")])
 def test_ctrl_c_while_libraries_load_is_one_line(script, module, tmp_path):
