@@ -692,7 +692,8 @@ def test_a_rank_stuck_before_training_ends_the_run_after_dist_timeout(env, tmp_p
     the ranks' first agreement: --dist_timeout bounds that wait too, and the line says so, with where it was."""
     err = stuck_run(env, tmp_path, "load_meta", 1, "--max_steps", "2")
     assert err.count("error: no word from another rank in 0.05 minute(s) before training (--dist_timeout): one is "
-                     "stuck (see its lines, on its machine), or its reading of the data and checkpoint took longer") == 1, \
+                     "stuck (see its lines, on its machine), or its reading of the data and checkpoint "
+                     "took longer") == 1, \
         err[-3000:]
     assert "[rank0]: Traceback" not in err and not os.path.exists(tmp_path / "models" / "mini.pt"), err[-3000:]
 
