@@ -138,7 +138,8 @@ def test_prompts_the_context_cuts_are_one_warning(env, capsys):
     # room for fewer than 10 tokens
     histories = [long, [{"role": "user", "content": "Hi"}], long, limited]
     stats = eval_py.reply_stats(word, enc, histories, 10, 0, **sampling)
-    assert capsys.readouterr().err == ("warning: 3 of 4 prompts did not fit the context (64) with room for --max_tokens "
+    assert capsys.readouterr().err == ("warning: 3 of 4 prompts did not fit the context (64) with room "
+                                       "for --max_tokens "
                                        "10: cut at the start or given fewer tokens, as gen.py --chat does\n")
     assert stats["mean_tokens"] < 10  # the limited reply's shorter length counts
     info = {}
@@ -184,7 +185,8 @@ def test_prompts_a_max_tokens_over_half_the_context_leaves_short_are_counted(env
     assert [gen_py.chat_prompt(word, enc, h, 40)[1:] for h in (hi, fits)] == [(0, False), (0, True)]
     assert capsys.readouterr().err == ""
     stats = eval_py.reply_stats(word, enc, [hi, fits, hi], 40, 0, **sampling)
-    assert capsys.readouterr().err == ("warning: 1 of 3 prompts did not fit the context (64) with room for --max_tokens "
+    assert capsys.readouterr().err == ("warning: 1 of 3 prompts did not fit the context (64) with room "
+                                       "for --max_tokens "
                                        "40: cut at the start or given fewer tokens, as gen.py --chat does\n")
     assert stats["mean_tokens"] < 40
 
@@ -215,7 +217,8 @@ def test_prompts_come_from_the_split(env, chat_ckpt, tmp_path, capsys):
 
 
 def test_cli_table_json_and_seed(env, chat_ckpt, tmp_path, capsys):
-    base = [chat_ckpt, "--data_dir", env["data"], "--dataset", "chat", "story", "--samples", "4", "--max_tokens", "12", *CPU]
+    base = [chat_ckpt, "--data_dir", env["data"], "--dataset", "chat", "story", "--samples", "4",
+            "--max_tokens", "12", *CPU]
     code, out, err = cli(base + ["--json", str(tmp_path / "a.json")], capsys)
     # the file written is said, as the other scripts say theirs: on stderr, out of the table's way (`> table.txt`)
     assert code == 0 and err == f"wrote {tmp_path / 'a.json'}\n" and "wrote" not in out, err
@@ -430,11 +433,13 @@ def test_bad_input_is_one_line(env, chat_ckpt, tmp_path, capsys):
     save_checkpoint(anonymous, fixed_model(env["enc"], 0), env["enc"])  # no dataset recorded
     for argv, words in (([str(tmp_path / "missing.pt")], "checkpoint " + str(tmp_path / "missing.pt") + " not found"),
                         ([chat_ckpt, "--dataset", "other"], "prepare the data with the checkpoint's tokenizer"),
-                        ([chat_ckpt, "--dataset", "nope"], "python prepare.py --dataset text --source FILE --name nope --out_dir"),
+                        ([chat_ckpt, "--dataset", "nope"], "python prepare.py --dataset text --source FILE --name "
+                                                           "nope --out_dir"),
                         # in the model's own vocabulary, as train.py's hint (it made data eval.py then refused)
                         ([chat_ckpt, "--dataset", "nope"], f"--tokenizer {chat_ckpt}"),
                         ([chat_ckpt, "--block_size", "128"], "--block_size 128 is longer than the model's context"),
-                        ([chat_ckpt, "--prompts", str(tmp_path / "none.txt")], f"--prompt_file {tmp_path / 'none.txt'}: no such file"),
+                        ([chat_ckpt, "--prompts", str(tmp_path / "none.txt")],
+                         f"--prompt_file {tmp_path / 'none.txt'}: no such file"),
                         ([chat_ckpt, "--prompts", str(tmp_path)], f"--prompt_file {tmp_path} is a folder"),
                         ([anonymous], "pass --dataset NAME")):
         code, out, err = cli(argv + ["--data_dir", env["data"], *CPU], capsys)
@@ -494,7 +499,8 @@ def test_json_over_the_dataset_evaluated_is_refused(env, chat_ckpt, capsys, monk
     for name in ("meta.json", "val.bin"):
         target = os.path.join(env["data"], "story", name)
         before = open(target, "rb").read()
-        code, out, err = cli([chat_ckpt, "--dataset", "story", "--data_dir", env["data"], "--json", target, *CPU], capsys)
+        code, out, err = cli([chat_ckpt, "--dataset", "story", "--data_dir", env["data"], "--json", target, *CPU],
+                             capsys)
         assert code == 1 and err == f"error: --json {target} is a file of the dataset in {os.path.dirname(target)}: the " \
                                     f"result would replace it; give another --json\n", err
         assert open(target, "rb").read() == before
@@ -518,7 +524,8 @@ def test_unusable_json_path_is_refused_before_evaluating(tmp_path, capsys, monke
                         (tmp_path / "any.pt", "is the checkpoint it reads"),
                         # a folder that is not there yet: it failed after the evaluation, in a traceback
                         (f"{tmp_path}/new/", "is a folder: give a file's path")):
-        code, out, err = cli([str(tmp_path / "any.pt"), "--json", str(path), "--prompt_file", str(tmp_path / "prompts.txt"),
+        code, out, err = cli([str(tmp_path / "any.pt"), "--json", str(path), "--prompt_file",
+                              str(tmp_path / "prompts.txt"),
                               *CPU], capsys)
         assert code == 1 and err.startswith(f"error: --json {path}") and words in err, err
         assert len(err.strip().splitlines()) == 1 and out == "", err
@@ -620,7 +627,8 @@ def test_top_p_reaches_the_replies(env, tmp_path):
                     dataset="chat")
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("".join(f"Hello {i}!\n" for i in range(8)), encoding="utf-8")
-    rows = {top_p: eval_py.evaluate_checkpoint(path, data_dir=env["data"], prompt_file=str(prompts), max_tokens=1, temp=1.0,
+    rows = {top_p: eval_py.evaluate_checkpoint(path, data_dir=env["data"], prompt_file=str(prompts),
+                                               max_tokens=1, temp=1.0,
                                                top_p=top_p, device="cpu", dtype="float32", eval_batches=1)["rows"][-1]
             for top_p in (None, 0.25)}
     assert 0 < rows[None]["ended"] < 1
@@ -771,5 +779,6 @@ def test_run_as_a_command_bad_input_is_one_line(tmp_path):
     r = subprocess.run([sys.executable, os.path.join(root, "eval.py"), "none.pt"], cwd=tmp_path, capture_output=True,
                        text=True, timeout=120)
     script = shlex.quote(os.path.join(root, "train.py"))  # (run from outside the repository: its whole path)
-    assert (r.returncode, r.stdout, r.stderr) == (1, "", "error: checkpoint none.pt not found; no checkpoints in models/ "
+    assert (r.returncode, r.stdout, r.stderr) == (1, "", "error: checkpoint none.pt not found; no "
+                                                         "checkpoints in models/ "
                                                          f"yet: train one with `python {script}`\n")
