@@ -141,9 +141,11 @@ def test_kv_cache_matches_full_recomputation(enc):
         # the comparison means something. 100 new tokens in a 64-token window: slide=True also covers the
         # cache's re-prefill after a slide.
         for penalty in (1.0, 1.3):
-            fast, _, _ = gen.complete(model, enc, ids, 100, temperature=0, repetition_penalty=penalty, use_cache=True, slide=True)
+            fast, _, _ = gen.complete(model, enc, ids, 100, temperature=0, repetition_penalty=penalty,
+                                      use_cache=True, slide=True)
             assert caches and caches.clear() is None
-            slow, _, _ = gen.complete(model, enc, ids, 100, temperature=0, repetition_penalty=penalty, use_cache=False, slide=True)
+            slow, _, _ = gen.complete(model, enc, ids, 100, temperature=0, repetition_penalty=penalty,
+                                      use_cache=False, slide=True)
             assert not caches
             assert len(fast) == 100 and fast == slow
         assert len(set(fast)) >= 10
@@ -168,7 +170,8 @@ def test_context_end_and_nonstop(ckpt, capsys):
     code, out, err = cli([ckpt, "--prompt", "Hi", "--seed", "0"] + CPU, capsys)
     assert code == 0 and err == "note: the model's context holds 64 tokens: a completion ends where it is full, " \
                                 "short of --max_tokens' default 256; --nonstop --max_tokens 256 slides it on\n", err
-    code, out, err = cli([ckpt, "--prompt", "Hi", "--max_tokens", "100", "--verbose", "--nonstop", "--seed", "0"] + CPU, capsys)
+    code, out, err = cli([ckpt, "--prompt", "Hi", "--max_tokens", "100", "--verbose", "--nonstop", "--seed", "0"] + CPU,
+                         capsys)
     assert code == 0 and "[end: max_tokens]" in out and "warning" not in err
     assert re.search(r"100 new tokens", err)
 
@@ -303,7 +306,8 @@ def test_chat_with_a_model_trained_on_plain_text_is_warned_of(enc, tmp_path, cap
 def test_chat_reset_in_process(la_ckpt, enc, capsys, monkeypatch):
     import io
     monkeypatch.setattr(sys, "stdin", io.StringIO("hello\n/reset\nhi\n"))
-    code, out, err = cli([la_ckpt, "--chat", "--verbose", "--seed", "1", "--temp", "1", "--max_tokens", "40"] + CPU, capsys)
+    code, out, err = cli([la_ckpt, "--chat", "--verbose", "--seed", "1", "--temp", "1", "--max_tokens", "40"] + CPU,
+                         capsys)
     assert code == 0
     assert out.count(f"[end: {IM_END}]") == 2
     # after /reset the second turn starts from scratch: the same prompt length as a first turn
@@ -968,7 +972,8 @@ def test_float16_on_a_cpu_is_warned_of_as_train_py_does(ckpt, capsys):
 
 def test_missing_checkpoint_cli(tmp_path):
     # the real interpreter: exit code 1 and a single line on stderr, no traceback
-    r = subprocess.run([sys.executable, GEN, "--device", "cpu"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, GEN, "--device", "cpu"], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=120)
     assert r.returncode == 1
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: no checkpoint given")
 
@@ -1149,7 +1154,8 @@ def test_num_samples_with_a_prompt_file_points_to_another_seed(ckpt, tmp_path, c
     # --prompt alone does), so the error's "repeat a line for more" gave no more samples: another --seed does
     src = tmp_path / "prompts.txt"
     src.write_text("Once\nOnce\n", encoding="utf-8")
-    code, out, err = cli([ckpt, "--prompt_file", str(src), "--seed", "3", "--temp", "1", "--max_tokens", "8"] + CPU, capsys)
+    code, out, err = cli([ckpt, "--prompt_file", str(src), "--seed", "3", "--temp", "1", "--max_tokens", "8"] + CPU,
+                         capsys)
     first, second = [json.loads(line) for line in out.splitlines()]
     assert code == 0 and first == second, err
     line = one_error_line(*cli([ckpt, "--prompt_file", str(src), "--num_samples", "3"] + CPU, capsys)[::2])
