@@ -202,7 +202,8 @@ def test_an_exported_folder_is_a_tokenizer_for_prepare(exported, enc, custom_enc
     hf.export_folder(our_model(custom_enc.n_vocab, "modern", False), custom_enc, out)
     assert tokenizer_hash(get_tokenizer(out)) == tokenizer_hash(custom_enc)
     os.mkdir(tmp_path / "empty")
-    with pytest.raises(common.UserError, match=r"empty \(a folder without tokenizer.json or vocab.json\) is not a .tiktoken"):
+    with pytest.raises(common.UserError, match=r"empty \(a folder without tokenizer.json or vocab.json\) is "
+                                               r"not a .tiktoken"):
         get_tokenizer(str(tmp_path / "empty"))
     # a file of the folder (its vocab.json, as other tools take): "not a .tiktoken vocabulary" named no folder
     for name in ("vocab.json", "tokenizer.json", "config.json"):
@@ -397,7 +398,8 @@ def test_a_vocabulary_that_keeps_marks_in_words_exports_with_the_same_ids(tmp_pa
     transformers = pytest.importorskip("transformers")
     tokenizers = pytest.importorskip("tokenizers")
     hindi = "मेरा नाम राम है। मैं भारत में रहता हूँ। "
-    marks_enc = train_bpe([story_text(20_000) + (hindi + "สวัสดีครับ ภาษาไทย ") * 100], 500, str(tmp_path / "v.tiktoken"))
+    marks_enc = train_bpe([story_text(20_000) + (hindi + "สวัสดีครับ ภาษาไทย ") * 100], 500,
+                          str(tmp_path / "v.tiktoken"))
     assert marks_enc._pat_str == setup_tokenizer.MARKS_PATTERN
     ckpt, out = str(tmp_path / "m.pt"), str(tmp_path / "hf")
     save_checkpoint(ckpt, our_model(marks_enc.n_vocab), marks_enc)
@@ -405,7 +407,8 @@ def test_a_vocabulary_that_keeps_marks_in_words_exports_with_the_same_ids(tmp_pa
     assert not {"vocab.json", "merges.txt"} & set(os.listdir(out))
     tok = transformers.AutoTokenizer.from_pretrained(out)
     bare = tokenizers.Tokenizer.from_file(os.path.join(out, "tokenizer.json"))
-    for text in TEXTS + [hindi, "العَرَبِيَّة cafe\u0301 ❤\ufe0f x\u0301\u0302 3\u0301 !\u0301  \u0301a  b\n\n c's 'll"]:
+    for text in TEXTS + [hindi, "العَرَبِيَّة cafe\u0301 ❤\ufe0f x\u0301\u0302 3\u0301 !\u0301  \u0301a  "
+                                "b\n\n c's 'll"]:
         ids = marks_enc.encode(text, allowed_special="all")
         assert ids_of(tok, text) == ids and bare.encode(text).ids == ids, text
     enc2, _ = hf.read_tokenizer(out)
@@ -417,16 +420,20 @@ def test_a_vocabulary_that_keeps_marks_in_words_exports_with_the_same_ids(tmp_pa
     shutil.copytree(out, bare_folder)
     os.remove(os.path.join(bare_folder, "tokenizer_config.json"))
     assert ids_of(transformers.AutoTokenizer.from_pretrained(bare_folder), hindi) != marks_enc.encode(hindi)
-    with pytest.raises(common.UserError, match=r"tokenizer.json: transformers' GPT2Tokenizer \(config.json's model_type "
-                                               r"gpt2, with no tokenizer_class in tokenizer_config.json\) cuts text with "
+    with pytest.raises(common.UserError, match=r"tokenizer.json: transformers' GPT2Tokenizer "
+                                               r"\(config.json's model_type "
+                                               r"gpt2, with no tokenizer_class in tokenizer_config.json\) "
+                                               r"cuts text with "
                                                r"GPT-2's regex, but its tokens are those of combining marks kept"):
         hf.read_tokenizer(bare_folder)
     # a folder whose pre-tokenizer and tokens disagree converts to no vocabulary: other ids than transformers'
     tok_json = json.loads(open(os.path.join(out, "tokenizer.json"), encoding="utf-8").read())
-    tok_json["pre_tokenizer"] = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    tok_json["pre_tokenizer"] = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+                                 "use_regex": True}
     with open(os.path.join(out, "tokenizer.json"), "w", encoding="utf-8") as f:
         json.dump(tok_json, f)
-    with pytest.raises(common.UserError, match="cuts text with GPT-2's regex, but its tokens are those of combining marks kept"):
+    with pytest.raises(common.UserError, match="cuts text with GPT-2's regex, but its tokens are those of "
+                                               "combining marks kept"):
         hf.read_tokenizer(out)
 
 
@@ -923,7 +930,8 @@ def test_llama_settings_model_py_lacks_are_refused(small_folder, tmp_path, custo
                           (dict(num_attention_heads=0, num_key_value_heads=None), "num_attention_heads must be a "
                                                                                    "positive int, got 0"),
                           # by config.json's names, not model.py's (it said "n_layer", "block_size"), with the way out
-                          (dict(num_hidden_layers="2"), "config.json: num_hidden_layers must be a positive int, got '2': "
+                          (dict(num_hidden_layers="2"), "config.json: num_hidden_layers must be a "
+                                                        "positive int, got '2': "
                                                         "copy config.json again from the model's download"),
                           (dict(max_position_embeddings=64.0), "max_position_embeddings must be a positive int, got "
                                                                "64.0: copy config.json again"),
@@ -986,7 +994,8 @@ def test_export_takes_the_checkpoint_as_gen_py_does(small_folder, tmp_path, caps
     monkeypatch.setattr(sys, "argv", ["export.py", "x.pt", "hf/x", "--dtype", "bfloat16"])
     args = export.parse_args()
     assert (args.checkpoint, args.out_dir, args.dtype) == want
-    for argv, said in ((["x.pt", "hf/x", "--checkpoint", "y.pt"], "two checkpoints, x.pt and --checkpoint y.pt: give one"),
+    for argv, said in ((["x.pt", "hf/x", "--checkpoint", "y.pt"],
+                        "two checkpoints, x.pt and --checkpoint y.pt: give one"),
                        (["hf/x"], "give the checkpoint and the folder to write"),  # no newest-checkpoint default here
                        ([], "give the checkpoint and the folder to write"),
                        (["--checkpoint", "", "hf/x"], "is empty: give a value")):
@@ -1067,7 +1076,8 @@ def test_export_refuses_an_unusable_place_before_loading(tmp_path, capsys, monke
 
 def test_init_from_bad_arguments(small_folder, tmp_path, capsys):
     for argv, words in ((["--init_from", small_folder["ckpt"]], "not a folder"),
-                        (["--init_from", str(tmp_path / "typo")], f"--init_from {tmp_path / 'typo'} not found: it takes"),
+                        (["--init_from", str(tmp_path / "typo")],
+                         f"--init_from {tmp_path / 'typo'} not found: it takes"),
                         # a folder of checkpoints (or a dataset's): not load_checkpoint's "available:" .pt files, which
                         # --init_from refuses
                         (["--init_from", os.path.dirname(small_folder["ckpt"])],
@@ -1189,7 +1199,8 @@ def test_export_dtype_writes_those_weights_and_names_the_model_class(custom_enc,
     sizes = {}
     for dtype, st_dtype in (("float32", "F32"), ("bfloat16", "BF16")):
         out = str(tmp_path / dtype)
-        code, stdout, err = run_cli(export.main, [ckpt, out] + (["--dtype", dtype] if dtype != "float32" else []), capsys)
+        code, stdout, err = run_cli(export.main,
+                                    [ckpt, out] + (["--dtype", dtype] if dtype != "float32" else []), capsys)
         assert code == 0 and err == "", err
         # the tokenizer's ids, not the embedding's rows padded to a multiple of 64 (which the export leaves behind)
         assert stdout.startswith(f"wrote {out}: {kind}, 2 layers x 64, {custom_enc.n_vocab} token ids (")
@@ -1365,7 +1376,8 @@ def test_export_run_as_a_command_bad_input_is_one_line(tmp_path):
     r = subprocess.run([sys.executable, os.path.join(root, "export.py"), "none.pt", "hf"], cwd=tmp_path,
                        capture_output=True, text=True, timeout=120)
     script = shlex.quote(os.path.join(root, "train.py"))  # (run from outside the repository: its whole path)
-    assert (r.returncode, r.stdout, r.stderr) == (1, "", "error: checkpoint none.pt not found; no checkpoints in models/ "
+    assert (r.returncode, r.stdout, r.stderr) == (1, "", "error: checkpoint none.pt not found; no "
+                                                         "checkpoints in models/ "
                                                          f"yet: train one with `python {script}`\n")
     assert os.listdir(tmp_path) == []
 
