@@ -269,7 +269,8 @@ def test_cross_entropy_backward_is_autograds():
     for x, atol, backend in ((logits, 1e-6, "inductor"), (low, 1e-3, "aot_eager")):
         compiled = torch.compile(lambda x: cross_entropy(x, targets, weight), backend=backend)
         eager_grad = torch.autograd.grad(3 * cross_entropy(x, targets, weight), x)[0]
-        torch.testing.assert_close(torch.autograd.grad(3 * compiled(x), x)[0].float(), eager_grad.float(), atol=atol, rtol=1e-2)
+        torch.testing.assert_close(torch.autograd.grad(3 * compiled(x), x)[0].float(), eager_grad.float(),
+                                   atol=atol, rtol=1e-2)
     # padding columns beyond the real vocabulary (64 of 70 here): the loss and gradient of the real ids' softmax, the
     # distribution generation samples, and no gradient for the padding, eager and compiled
     real = torch.where(targets >= 0, targets % 64, -1)  # targets among the real ids
