@@ -33,7 +33,8 @@ from setup_tokenizer import EOT, IM_END, IM_START, get_tokenizer, render_chat, t
 MIRROR = os.environ.get("DATA_MIRROR")
 REAL_FETCH = prepare.fetch  # before the fixture below refuses it
 
-DOCS = [f"Story {i}: a cat named Ünïcødé met 🐉 dragon #{i}. «こんにちは» עברית e\u0301" + " words" * (i % 7) for i in range(47)]
+DOCS = [f"Story {i}: a cat named Ünïcødé met 🐉 dragon #{i}. «こんにちは» "
+        f"עברית e\u0301" + " words" * (i % 7) for i in range(47)]
 DOCS[3] += " A literal <|im_start|> and <|im_end|> inside a document stay plain text."
 DOCS[5] = "Line one.\n\nLine two after a blank line."
 
@@ -404,7 +405,8 @@ def test_chunk_boundaries_do_not_change_documents(tmp_path, monkeypatch):
     stories = write(tmp_path / "s.txt", "First story.\n\nIts second paragraph.\nSecond story.\nThird\n\n\nstory.\n")
     whole = list(prepare.text_docs(corpus)), list(prepare.story_line_docs(stories))
     assert whole[0] == [(d.strip(), True) for d in DOCS]
-    assert whole[1] == [("First story.\n\nIts second paragraph.", True), ("Second story.", True), ("Third\n\n\nstory.", True)]
+    assert whole[1] == [("First story.\n\nIts second paragraph.", True), ("Second story.", True),
+                        ("Third\n\n\nstory.", True)]
     chunks = prepare.read_text_chunks
     # 5: the first separator lies past the first chunk, read again; 200: the first chunk holds one, and the chunks
     # after it come from the same reading (text_docs' first look)
@@ -444,8 +446,10 @@ def test_a_file_written_to_as_it_is_read_is_refused_and_the_old_dataset_kept(tmp
 def test_null_fields_byte_order_marks_and_deep_json(tmp_path, enc):
     """What exports contain: rows of mixed shapes with every column, null where a row has none (parquet, pandas),
     a UTF-8 byte-order mark (Notepad, Excel), in a .jsonl at any line's start (such files joined); and nesting too deep for json is one line, not a RecursionError."""
-    rows = [{"instruction": "Add 1 and 1.", "input": None, "output": "2", "question": None, "answer": None, "text": None},
-            {"instruction": None, "input": None, "output": None, "question": "Why?", "answer": "Because.", "text": None},
+    rows = [{"instruction": "Add 1 and 1.", "input": None, "output": "2", "question": None,
+             "answer": None, "text": None},
+            {"instruction": None, "input": None, "output": None, "question": "Why?",
+             "answer": "Because.", "text": None},
             {"instruction": None, "input": None, "output": None, "question": None, "answer": None, "text": None}] * 4
     want = ["2" + IM_END, "Because." + IM_END] * 4  # the replies, each row read in its own shape
     out = str(tmp_path / "data")
@@ -655,12 +659,14 @@ def test_non_utf8_and_bad_input(tmp_path):
                                         r"convert it"):
         prepare.prepare("text", source=str(tmp_path / "latin.jsonl"), out_dir=out, name="latin", skip_bad_records=True)
     with pytest.raises(UserError, match=r"broken.jsonl line 2: malformed JSON"):
-        prepare.prepare("text", source=write(tmp_path / "broken.jsonl", '{"text": "ok"}\n{"text": oops}\n'), out_dir=out)
+        prepare.prepare("text", source=write(tmp_path / "broken.jsonl", '{"text": "ok"}\n{"text": oops}\n'),
+                        out_dir=out)
     # a line cut short: the column is where its text ends (it was column 1, of the line after the newline)
     with pytest.raises(UserError, match=r"cut.jsonl line 2: malformed JSON \(Expecting ',' delimiter, column 20\)"):
         prepare.prepare("text", source=write(tmp_path / "cut.jsonl", '{"text":"a"}\n{"text":"b", "x": 1\n{"text":"c"}\n'), out_dir=out)
     with pytest.raises(UserError, match=r"broken.json line 3: malformed JSON"):
-        prepare.prepare("text", source=write(tmp_path / "broken.json", '[\n{"text": "ok"},\n{"text" "no colon"}]'), out_dir=out)
+        prepare.prepare("text", source=write(tmp_path / "broken.json", '[\n{"text": "ok"},\n{"text" "no colon"}]'),
+                        out_dir=out)
     # a line cut inside a string (a writer interrupted): json's "starting at" reads on to the column, in a .jsonl and
     # in a .json (it said "Unterminated string starting at, column 9")
     for name, text in (("torn.jsonl", '{"text":"a"}\n{"text":"b'), ("torn.json", '[{"text":"a"},\n{"text":"b')):
@@ -698,9 +704,11 @@ def test_non_utf8_and_bad_input(tmp_path):
                                                                    '"user", "content": "Hi!"}'),
                                          ({"messages": [{"role": "user"}]}, "`messages` must be a list of turns"),
                                          ({"messages": "hi"}, "`messages` must be a list of turns"),
-                                         ({"conversations": [{"value": "x"}]}, '`conversations` must be a list of turns '
+                                         ({"conversations": [{"value": "x"}]},
+                                          '`conversations` must be a list of turns '
                                                                                'like {"from": "user", "value": "Hi!"}'),
-                                         ({"instruction": 5, "output": "x"}, "`instruction` must be text, got a number"),
+                                         ({"instruction": 5, "output": "x"},
+                                          "`instruction` must be text, got a number"),
                                          ({"instruction": "a", "output": "b", "history": [["q", "r", "s"]]},
                                           "`history` must be a list of [instruction, output] pairs of text"))):
         with pytest.raises(UserError, match=rf"turns{i}.jsonl line 1: {re.escape(shape)}"):
@@ -735,8 +743,10 @@ def test_non_utf8_and_bad_input(tmp_path):
                                         r'conversation\'s turns\? give each as \{"messages": \[\.\.\.\]\}$'):
         prepare.prepare("chat", source=write(tmp_path / "bare.jsonl", json.dumps(bare)), out_dir=out)
     # pandas' DataFrame.to_json() default, one object of columns by row: "`input` must be text, got dict"
-    columns = {"instruction": {"0": "Hi", "1": "Bye"}, "input": {"0": "", "1": ""}, "output": {"0": "Hello", "1": "Bye"}}
-    with pytest.raises(UserError, match=r'cols.json: one JSON object of columns \(instruction, input, output\) by row, as '
+    columns = {"instruction": {"0": "Hi", "1": "Bye"}, "input": {"0": "", "1": ""},
+               "output": {"0": "Hello", "1": "Bye"}}
+    with pytest.raises(UserError, match=r'cols.json: one JSON object of columns \(instruction, input, '
+                                        r'output\) by row, as '
                                         r'pandas\' to_json\(\) writes by default: write it with to_json\(PATH, '
                                         r'orient="records", lines=True\) to a \.jsonl file$'):
         prepare.prepare("chat", source=write(tmp_path / "cols.json", json.dumps(columns)), out_dir=out)
@@ -744,7 +754,8 @@ def test_non_utf8_and_bad_input(tmp_path):
     # these records were a conversation's turns, to be wrapped in {"messages": ...}, which nests them wrongly
     records = [{"messages": bare}, {"instruction": "Hi", "output": "Hello"}]
     with pytest.raises(UserError, match=r'array.jsonl line 1: expected an object or a string, got an array; a list of '
-                                        r'records\? give one a line \(JSON Lines\), or the whole array as a \.json file$'):
+                                        r'records\? give one a line \(JSON Lines\), or the whole array as '
+                                        r'a \.json file$'):
         prepare.prepare("chat", source=write(tmp_path / "array.jsonl", json.dumps(records)), out_dir=out)
     # the records wrapped in an object, {"data": [...]}: it named only the fields it lacks, which the records have
     with pytest.raises(UserError, match=r'wrapped.json record 1: no messages, .* or text field; its `data` holds a '
@@ -769,7 +780,8 @@ def test_non_utf8_and_bad_input(tmp_path):
             "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}
     for turns in ([{"role": "user", "content": "x"}, call], [{"role": "user", "content": "x"},
                   {k: v for k, v in call.items() if k != "content"}], [{"role": "tool", "content": "42"}]):
-        with pytest.raises(UserError, match=r"tool.jsonl line 1: a tool call .*leave the conversations with tool calls out"):
+        with pytest.raises(UserError, match=r"tool.jsonl line 1: a tool call .*leave the conversations with "
+                                            r"tool calls out"):
             prepare.prepare("chat", source=write(tmp_path / "tool.jsonl", json.dumps({"messages": turns})), out_dir=out)
     for weight in (0.5, True, "0"):  # OpenAI's fine-tuning files weigh a reply 0 or 1, nothing else
         with pytest.raises(UserError, match=rf"w.jsonl line 1: a message's weight must be 0 \(not trained on\) or 1, "
@@ -782,7 +794,8 @@ def test_non_utf8_and_bad_input(tmp_path):
         out_dir=out, name="w")
     assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == 2
     # the record of the other kind is named by its line, and so is the first one (a file of 50,000 lines was named alone)
-    with pytest.raises(UserError, match=r"^plain text in \S*mixed.jsonl line 1 and conversations in \S*mixed.jsonl line 3: "
+    with pytest.raises(UserError, match=r"^plain text in \S*mixed.jsonl line 1 and conversations in "
+                                        r"\S*mixed.jsonl line 3: "
                                         r"a dataset is one or the other"):
         prepare.prepare("text", source=write(tmp_path / "mixed.jsonl", json.dumps({"text": "a"}) + "\n\n" + json.dumps({"question": "q", "answer": "a"})), out_dir=out)
     # with --vocab_size, before the vocabulary is trained (it was refused after minutes of training one)
@@ -792,15 +805,18 @@ def test_non_utf8_and_bad_input(tmp_path):
         prepare.train_vocabulary(prepare.find_source("text", write(tmp_path / "mixed2.jsonl", "\n".join(mixed))), 300,
                                  None, None, 0.0)
     # a folder of chats and a README.txt that sorts first: the README is named, not the chats file as if it held text
-    chats = write(tmp_path / "chats" / "chats.jsonl", "\n".join(json.dumps({"question": f"q{i}", "answer": "a"}) for i in range(9)))
+    chats = write(tmp_path / "chats" / "chats.jsonl",
+                  "\n".join(json.dumps({"question": f"q{i}", "answer": "a"}) for i in range(9)))
     readme = write(tmp_path / "chats" / "README.txt", "My chats.")
     for vocab_size in (None, 300):
-        with pytest.raises(UserError, match=rf"^plain text in {re.escape(readme)} and conversations in {re.escape(chats)}: a "
+        with pytest.raises(UserError, match=rf"^plain text in {re.escape(readme)} and conversations in "
+                                            rf"{re.escape(chats)}: a "
                                             rf"dataset is one or the other; leave one out, or prepare them separately"):
             prepare.prepare("chat", source=str(tmp_path / "chats"), out_dir=out, name="chats", vocab_size=vocab_size)
     with pytest.raises(UserError, match="val_fraction"):
         prepare.prepare("text", source=str(bad), val_fraction=1.0, out_dir=out)
-    with pytest.raises(UserError, match=r"--vocab_size 300 trains the dataset's own vocabulary, and --tokenizer .* gives "
+    with pytest.raises(UserError, match=r"--vocab_size 300 trains the dataset's own vocabulary, and "
+                                        r"--tokenizer .* gives "
                                         r"one: pass one of them"):  # the tokenizer had been ignored without a word
         prepare.prepare("text", source=str(bad), tokenizer=str(tmp_path / "v.tiktoken"), vocab_size=300, out_dir=out)
     # an empty .json in a folder holds no records, as an empty .jsonl does (it stopped the whole folder)
@@ -924,7 +940,8 @@ def test_an_out_dir_that_is_a_datasets_own_folder_names_its_parent(tmp_path):
     prepare.prepare("text", source=src, out_dir=out, name="notes")
     before = sorted(os.listdir(os.path.join(out, "notes")))
     for given in (os.path.join(out, "notes"), os.path.join(out, "notes") + os.sep):
-        with pytest.raises(UserError, match=rf"^--out_dir {re.escape(given)} is the folder of the dataset 'notes', not a "
+        with pytest.raises(UserError, match=rf"^--out_dir {re.escape(given)} is the folder of the dataset "
+                                            rf"'notes', not a "
                                             rf"folder of datasets: give the folder that holds it, --out_dir "
                                             rf"{re.escape(out)}$"):
             prepare.prepare("text", source=src, out_dir=given, name="more")
@@ -938,7 +955,8 @@ def test_bad_records_are_named_together_or_left_out(tmp_path, capsys):
     dataset up to date, the command without it stops at the records it left out."""
     out = str(tmp_path / "data")
     lines = [json.dumps({"text": d}) for d in DOCS[:30]]
-    for n, line in ((5, '{"text": oops}'), (17, json.dumps({"title": "no text"})), (26, json.dumps({"messages": "hi"}))):
+    for n, line in ((5, '{"text": oops}'), (17, json.dumps({"title": "no text"})),
+                    (26, json.dumps({"messages": "hi"}))):
         lines.insert(n - 1, line)
     src = write(tmp_path / "notes.jsonl", "\n".join(lines) + "\n")
     with pytest.raises(UserError, match=rf"^{re.escape(src)} line 5: malformed JSON \(Expecting value, column 10\); 2 "
@@ -999,7 +1017,8 @@ def test_bad_records_are_named_together_or_left_out(tmp_path, capsys):
     other = write(tmp_path / "other.jsonl", '{"prompt": "a", "chosen": "b", "rejected": "c"}\n' * (prepare.ALL_BAD + 5)
                   + "{oops\n")
     with pytest.raises(UserError, match=rf"^{re.escape(other)} line 1: a preference pair .*; the first "
-                                        rf"{prepare.ALL_BAD:,} records of {re.escape(other)} are all bad \(not read on\)$"):
+                                        rf"{prepare.ALL_BAD:,} records of {re.escape(other)} are all bad "
+                                        rf"\(not read on\)$"):
         prepare.prepare("text", source=other, out_dir=out, name="other")
 
 
@@ -1081,7 +1100,8 @@ def test_another_file_of_the_other_kind_is_named_as_such(tmp_path):
     with pytest.raises(UserError) as e:
         prepare.prepare("text", source=str(folder), out_dir=str(tmp_path / "data"), name="notes")
     assert str(e.value) == (
-        f"{first} line 3: malformed JSON (Expecting property name enclosed in double quotes, column 2); bad records in 1 "
+        f"{first} line 3: malformed JSON (Expecting property name enclosed in double quotes, column 2); "
+        f"bad records in 1 "
         f"other file too: {d} (1 bad: line 3); conversations in 2 other files where {first} holds plain text, a "
         f"dataset being one or the other: {b}, {c} (leave them out, or prepare them separately with --name)")
     # a file of the dataset's kind with a stray record of the other is one bad record of its own, as before
@@ -1115,7 +1135,8 @@ def test_another_file_of_another_shape_altogether_is_named_unread_to_its_end(tmp
     good = [json.dumps({"text": d}) for d in DOCS[:5]]
     folder = tmp_path / "notes"
     first = write(folder / "a.jsonl", "\n".join(good[:2] + ["{oops"] + good[2:]) + "\n")
-    other = write(folder / "b.jsonl", '{"prompt": "p", "chosen": "c", "rejected": "r"}\n' * (prepare.ALL_BAD + 500) + good[0])
+    other = write(folder / "b.jsonl", '{"prompt": "p", "chosen": "c", '
+                                      '"rejected": "r"}\n' * (prepare.ALL_BAD + 500) + good[0])
     with pytest.raises(UserError) as e:
         prepare.prepare("text", source=str(folder), out_dir=str(tmp_path / "data"), name="notes")
     assert str(e.value).startswith(f"{first} line 3: malformed JSON")
@@ -1134,7 +1155,8 @@ def test_a_record_of_the_other_kind_is_a_bad_record(tmp_path, capsys):
         chats.insert(n - 1, json.dumps({"text": "a note"}))
     src = write(tmp_path / "qa.jsonl", "\n".join(chats) + "\n")
     with pytest.raises(UserError, match=rf"^{re.escape(src)} line 4: plain text among conversations \(from "
-                                        rf"{re.escape(src)} line 1 on\); 1 more bad record in the file: line 9; fix them, "
+                                        rf"{re.escape(src)} line 1 on\); 1 more bad record in the file: "
+                                        rf"line 9; fix them, "
                                         rf"or pass --skip_bad_records to leave them out$"):
         prepare.prepare("chat", source=src, out_dir=out, name="qa")
     prepare.main(["--dataset", "chat", "--source", src, "--name", "qa", "--out_dir", out, "--skip_bad_records"])
@@ -1261,7 +1283,8 @@ def test_json_lines_named_json_and_an_array_named_jsonl_name_the_rename(tmp_path
         prepare.prepare("text", source=write(tmp_path / "start.json", 'text: a\n'), out_dir=out, name="x")
     # a broken record in a real .json still says where, and nothing about renaming
     with pytest.raises(UserError, match=r"broken\.json line 2: malformed JSON \(Extra data, column 17\)$"):
-        prepare.prepare("text", source=write(tmp_path / "broken.json", '[{"text": "a"}\n, {"text": "b"}]]\n'), out_dir=out)
+        prepare.prepare("text", source=write(tmp_path / "broken.json", '[{"text": "a"}\n, {"text": "b"}]]\n'),
+                        out_dir=out)
 
 
 def test_chat_records_in_a_txt_file_name_the_rename(tmp_path):
@@ -1305,7 +1328,8 @@ def test_plain_text_given_to_a_conversation_set_is_refused(tmp_path, monkeypatch
     for dataset, path in (("chat", src), ("knowledge", texts)):
         with pytest.raises(UserError, match=rf"^{re.escape(path)} begins with plain text, but --dataset {dataset} is a "
                                             r"conversation set: give records of `messages` \[\{role, content\}\] "
-                                            r"\(\.jsonl; README's prepare\.py section lists the other shapes\), or make "
+                                            r"\(\.jsonl; README's prepare\.py section lists the other "
+                                            r"shapes\), or make "
                                             r"plain text a dataset with --dataset text$"):
             prepare.main(["--dataset", dataset, "--source", path, "--name", "c", "--out_dir", out, "--pack", "64"])
     assert not os.path.exists(os.path.join(out, "c"))
@@ -1313,7 +1337,8 @@ def test_plain_text_given_to_a_conversation_set_is_refused(tmp_path, monkeypatch
     # a mix's part of plain text (a mirror's file of text records): its own words, not --pack's
     write(tmp_path / "mirror" / "gsm8k" / "train.jsonl", (tmp_path / "texts.jsonl").read_text())
     monkeypatch.setenv("DATA_MIRROR", str(tmp_path / "mirror"))
-    with pytest.raises(UserError, match=r"train\.jsonl begins with plain text, but --mix takes conversation sets: leave "
+    with pytest.raises(UserError, match=r"train\.jsonl begins with plain text, but --mix takes "
+                                        r"conversation sets: leave "
                                         r"knowledge out$"):
         prepare.main(["--mix", "knowledge:1,chitchat:1", "--name", "m", "--out_dir", out])
 
@@ -1359,7 +1384,8 @@ def test_unusable_out_dir_is_one_line_before_any_work(tmp_path, capsys, monkeypa
     cases = [(src, f"--out_dir {src}: a part of the path is a file, not a folder"),
              (os.path.join(src, "data"), f"--out_dir {src}/data: a part of the path is a file, not a folder")]
     if os.path.isdir("/proc/self"):  # Linux: no folder can be made in /proc
-        cases.append(("/proc/nope", "--out_dir /proc/nope: cannot write there (No such file or directory): choose another path"))
+        cases.append(("/proc/nope", "--out_dir /proc/nope: cannot write there (No such file or directory): "
+                                    "choose another path"))
     for out_dir, line in cases:
         argv = ["--dataset", "text", "--source", src, "--out_dir", out_dir]
         assert run_cli(prepare.main, argv, capsys) == (1, "", f"error: {line}\n")
@@ -1509,8 +1535,10 @@ def test_data_dir_is_out_dir(tmp_path, monkeypatch):
 def test_uint32_for_large_vocabularies(tmp_path, capsys):
     # 256 bytes + 65,281 two-byte tokens: the special tokens land above 65535
     ranks = [bytes([i]) for i in range(256)] + [bytes([a, b]) for a in range(256) for b in range(256)][:65281]
-    path = write(tmp_path / "big.tiktoken", "".join(f"{base64.b64encode(t).decode()} {r}\n" for r, t in enumerate(ranks)))
-    meta = prepare.prepare("text", source=write(tmp_path / "c.txt", EOT.join(DOCS[:10])), tokenizer=path, out_dir=str(tmp_path / "data"))
+    path = write(tmp_path / "big.tiktoken",
+                 "".join(f"{base64.b64encode(t).decode()} {r}\n" for r, t in enumerate(ranks)))
+    meta = prepare.prepare("text", source=write(tmp_path / "c.txt", EOT.join(DOCS[:10])), tokenizer=path,
+                           out_dir=str(tmp_path / "data"))
     assert meta["dtype"] == "uint32" and meta["vocab_size"] == 65540
     big = get_tokenizer(path)
     train, _ = load(tmp_path / "data" / "text", "train", meta)
@@ -1640,7 +1668,8 @@ def test_a_vocabulary_is_trained_again_when_its_data_changes(tmp_path, capsys):
     small = write(tmp_path / "small.txt", EOT.join(DOCS[:3]))
     meta = prepare.prepare("text", source=small, out_dir=out, name="v", vocab_size=400)
     assert meta["vocab_size"] < 400 and "the data only supports" in capsys.readouterr().err
-    big = write(tmp_path / "big.txt", EOT.join(f"{d} and then story {i} went on and on." for i, d in enumerate(DOCS * 30)))
+    big = write(tmp_path / "big.txt", EOT.join(f"{d} and then story {i} "
+                                               f"went on and on." for i, d in enumerate(DOCS * 30)))
     meta = prepare.prepare("text", source=big, out_dir=out, name="v", vocab_size=400)
     out_, err = capsys.readouterr()
     assert "trained a 400-token vocabulary" in out_ and "only supports" not in err and meta["vocab_size"] == 400
@@ -1787,8 +1816,10 @@ def test_made_again_without_a_vocabulary_option_a_dataset_keeps_its_own(tmp_path
     other_bin = (tmp_path / "data" / "other" / "train.bin").read_bytes()
     train_tokenizer([src], 280, own["tokenizer"])
     with pytest.raises(prepare.TokenizerGone, match=r"other was made with tokenizer .*tokenizer\.tiktoken, which now "
-                                                    r"holds another vocabulary \(280 token ids where it had 300: cut short "
-                                                    r"by a copy or download that stopped, or trained again smaller\): pass "
+                                                    r"holds another vocabulary \(280 token ids where it had "
+                                                    r"300: cut short "
+                                                    r"by a copy or download that stopped, or trained again "
+                                                    r"smaller\): pass "
                                                     r"--tokenizer .*tokenizer\.tiktoken to remake the dataset with it"):
         prepare.prepare("text", source=src, out_dir=out, name="other")
     assert (tmp_path / "data" / "other" / "train.bin").read_bytes() == other_bin
@@ -1826,7 +1857,8 @@ def test_a_dataset_made_with_another_datasets_vocabulary_moved_with_it_finds_it(
                                         rf"{re.escape(vocab)}$"):
         get_tokenizer(str(data / "b"))
     with pytest.raises(prepare.TokenizerGone, match=rf"which is gone; the same vocabulary is at {re.escape(vocab)} "
-                                                    rf"\(moved with the data\?\): pass --tokenizer {re.escape(vocab)}$"):
+                                                    rf"\(moved with the data\?\): pass --tokenizer "
+                                                    rf"{re.escape(vocab)}$"):
         prepare.prepare("text", source=src, out_dir=str(data), name="b")
     # another vocabulary there vouches for nothing: said gone, as before (the old path named as such)
     train_tokenizer([src], 280, vocab)
@@ -1924,7 +1956,8 @@ def test_a_vocab_size_beyond_what_the_data_supports_warns(tmp_path, capsys):
 # conversations
 
 CONVERSATIONS = [
-    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi ☃!"}, {"role": "assistant", "content": "Hello ☃."},
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi ☃!"},
+     {"role": "assistant", "content": "Hello ☃."},
      {"role": "user", "content": "Say <|im_end|>"}, {"role": "assistant", "content": "<|im_end|> is just text here."}],
     [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4"}],
     [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blau, i.e. blue."}],
@@ -2050,7 +2083,8 @@ FORMATS = {  # name: (file name, file text, expected conversations)
                              [alpaca_conv(r) for i, r in enumerate(ALPACA) if i not in (4, 8)]),
     # LLaMA-Factory's Alpaca rows with the turns before as `history` pairs (a multi-turn row trained as its last turn
     # alone), and an output of null (stopped the whole file with "no ... instruction/output ... field")
-    "alpaca-history": ("ah.jsonl", "\n".join(json.dumps(dict(r, history=[["Hi.", "Hello!"], [f"Ready {i}?", "Yes."]][:i % 3]))
+    "alpaca-history": ("ah.jsonl",
+                       "\n".join(json.dumps(dict(r, history=[["Hi.", "Hello!"], [f"Ready {i}?", "Yes."]][:i % 3]))
                                              for i, r in enumerate(ALPACA)) + "\n" + json.dumps(dict(ALPACA[0], output=None)),
                        [[{"role": "user", "content": t} if k % 2 == 0 else {"role": "assistant", "content": t}
                          for k, t in enumerate([t for h in [["Hi.", "Hello!"], [f"Ready {i}?", "Yes."]][:i % 3] for t in h])]
@@ -2088,7 +2122,8 @@ FORMATS = {  # name: (file name, file text, expected conversations)
     "claude-export": ("conversations.json", json.dumps([claude_export(c, i) for i, c in enumerate(CONVERSATIONS)]),
                       CONVERSATIONS),
     # TRL trains on the completion alone: a multi-turn prompt's replies are context, out of the loss (they were trained)
-    "trl-conversational": ("t.jsonl", "\n".join(json.dumps({"prompt": c[:-1], "completion": c[-1:]}) for c in CONVERSATIONS),
+    "trl-conversational": ("t.jsonl",
+                           "\n".join(json.dumps({"prompt": c[:-1], "completion": c[-1:]}) for c in CONVERSATIONS),
                            [[dict(m, weight=0) if m["role"] == "assistant" else m for m in c[:-1]] + c[-1:]
                             for c in CONVERSATIONS]),
 }
@@ -2170,7 +2205,8 @@ def test_a_single_conversation_is_not_cut_mid_turn(tmp_path, capsys):
         assert not os.path.exists(os.path.join(out, "chat"))
     # --limit 1 on a larger set says that the limit took one
     many = write(tmp_path / "m.jsonl", FORMATS["messages"][1])
-    with pytest.raises(UserError, match=r"--limit 1 takes one conversation from .*m\.jsonl, .*: give --limit 2 or more$"):
+    with pytest.raises(UserError, match=r"--limit 1 takes one conversation from .*m\.jsonl, .*: give "
+                                        r"--limit 2 or more$"):
         prepare.prepare("chat", source=many, out_dir=out, limit=1)
     meta = prepare.prepare("chat", source=src, out_dir=out, val_fraction=0)
     assert (meta["splits"]["train"]["documents"], meta["splits"]["val"]["documents"]) == (1, 0)
@@ -2536,7 +2572,8 @@ def test_dailydialog_and_gsm8k_sources(tmp_path, enc):
     ids, mask = load(tmp_path / "data" / "dialog", "train", meta)
     assert masked_spans(enc, ids, mask) == ["A2 replies" + IM_END, "A b" + IM_END] * 4 + ["A2 replies" + IM_END]
 
-    qa = [{"question": f"Tom has {i} apples and buys {i}. How many?", "answer": f"He has {i}+{i} = <<{i}+{i}={2 * i}>>{2 * i}.\n#### {2 * i}"}
+    qa = [{"question": f"Tom has {i} apples and buys {i}. How many?",
+           "answer": f"He has {i}+{i} = <<{i}+{i}={2 * i}>>{2 * i}.\n#### {2 * i}"}
           for i in range(10)]
     meta = prepare.prepare("knowledge", source=write(tmp_path / "gsm8k.jsonl", "\n".join(json.dumps(r) for r in qa)),
                            out_dir=str(tmp_path / "data"), pack=0)
@@ -2566,7 +2603,8 @@ def test_a_dailydialog_line_of_one_utterance_is_left_out_and_counted(tmp_path, c
     """A DailyDialog line of one utterance has no reply to train on: it was kept, a conversation of the user's words
     alone, all out of the loss and unsaid. It is left out and counted in the summary, as a `dialog` record of one turn
     (or any record with no reply) is."""
-    lines = ["Hi , how are you ? __eou__ Fine . __eou__", "Anyone there ? __eou__", "", "Where is it ? __eou__ Here . __eou__",
+    lines = ["Hi , how are you ? __eou__ Fine . __eou__", "Anyone there ? __eou__", "",
+             "Where is it ? __eou__ Here . __eou__",
              "Hello ? __eou__  __eou__"] * 4
     meta = prepare.prepare("dailydialog", source=write(tmp_path / "dialogues.txt", "\n".join(lines) + "\n"),
                            out_dir=str(tmp_path / "data"), pack=0)
@@ -2595,7 +2633,8 @@ def test_plain_text_given_to_dailydialog_is_refused_naming_the_format(tmp_path):
 
 
 def test_tidy_dailydialog():
-    assert prepare.tidy_dailydialog(" I ’ m here , too . What ' s up ? It costs $ 5 ( or so ) ... right.But I ' Ve  to go ! ") == \
+    assert prepare.tidy_dailydialog(" I ’ m here , too . What ' s up ? It costs $ 5 ( or so ) ... right.But I ' "
+                                    "Ve  to go ! ") == \
         "I'm here, too. What's up? It costs $5 (or so)... right. But I've to go!"
     assert prepare.tidy_dailydialog("We call it ' Sleeping Beauty ' . __eou__ ' Yes ' , at 5 o ' clock .") == \
         "We call it ' Sleeping Beauty '. __eou__ ' Yes ', at 5 o'clock."
@@ -2868,7 +2907,8 @@ def test_packing_reads_the_unpacked_tokens_in_chunks_not_through_a_memmap(tmp_pa
     # every page a memmap has read stays counted in the process's memory: packing a 300 MB chat set held its whole
     # unpacked file (180 MB), and a 10B-token set would show 30 GB
     eot = enc.eot_token
-    docs = [[5, 6, eot], [7] * 9 + [eot], [eot], [8, 9, 10, 11, eot], [12, 13]]  # one longer than a chunk; text at the end
+    # one longer than a chunk; text at the end
+    docs = [[5, 6, eot], [7] * 9 + [eot], [eot], [8, 9, 10, 11, eot], [12, 13]]
     split = prepare.Split(str(tmp_path), "train", np.uint16, True)
     for d in docs:
         split.write(np.array(d, np.uint16), (np.array(d) % 2).astype(np.uint8), 1, 0)
@@ -3142,7 +3182,8 @@ def test_mix_follows_the_weights(tmp_path, monkeypatch, enc, capsys):
     capsys.readouterr()
     prepare.main(["--mix", "dailydialog:1,knowledge:3", "--name", "mychat", "--out_dir", out, "--pack", "64"])
     assert "up to date" in capsys.readouterr().out and snapshot(folder) == before
-    prepare.main(["--mix", "dailydialog:1,knowledge:3", "--name", "mychat", "--out_dir", out, "--pack", "64", "--force"])
+    prepare.main(["--mix", "dailydialog:1,knowledge:3", "--name", "mychat", "--out_dir", out, "--pack",
+                  "64", "--force"])
     assert {f: v[2] for f, v in snapshot(folder).items()} == {f: v[2] for f, v in before.items()}
     meta = prepare.prepare("mix", mix={"dailydialog": 1, "knowledge": 1}, name="mychat", out_dir=out, pack=64)
     tokens, _ = source_tokens(enc, load(folder, "train", meta)[0])
@@ -3348,7 +3389,8 @@ def test_mix_bad_input(tmp_path):
     # a chat set of one's own is no built-in one: said so, with the way to put one's files together
     for spec, words in (("story:1", re.escape("'story' is not one of the conversation sets --mix weighs (dailydialog, "
                                               "chat, knowledge, chitchat); files of your own go into one dataset "
-                                              "together with --source (--source mine.jsonl theirs.jsonl --name NAME)") + "$"),
+                                              "together with --source (--source mine.jsonl theirs.jsonl "
+                                              "--name NAME)") + "$"),
                         ("nope", "'nope' is not one of the conversation sets"),
                         ("dailydialog:0", "weight of dailydialog must be a positive number"),
                         ("chat:x", "weight of chat must be a positive"), ("chat:1,chat:2", "chat is named twice"),
@@ -3748,8 +3790,10 @@ def test_the_mirrors_dataset_is_not_replaced_by_your_files_without_a_name(tmp_pa
     before = {f: (folder / f).read_bytes() for f in os.listdir(folder)}
     mine = write(tmp_path / "mine.jsonl", "\n".join(json.dumps({"instruction": f"q{i}", "output": f"mine {i}"})
                                                     for i in range(20)))
-    with pytest.raises(UserError, match=rf"^{re.escape(str(folder))} holds the 'dailydialog' dataset made from .*DATA_MIRROR"
-                                        rf".* \(by `python prepare.py --dataset dailydialog .*`\), not from your files: "
+    with pytest.raises(UserError, match=rf"^{re.escape(str(folder))} holds the 'dailydialog' dataset made "
+                                        rf"from .*DATA_MIRROR"
+                                        rf".* \(by `python prepare.py --dataset dailydialog .*`\), not "
+                                        rf"from your files: "
                                         rf"pick another folder for this one with --name, or replace it with --force$"):
         prepare.prepare("dailydialog", source=mine, out_dir=out)
     assert {f: (folder / f).read_bytes() for f in os.listdir(folder)} == before
@@ -3792,7 +3836,8 @@ def test_a_dataset_of_your_files_is_not_replaced_by_other_files_without_force(tm
     folder = tmp_path / "data" / "text"
     before = {f: (folder / f).read_bytes() for f in os.listdir(folder)}
     with pytest.raises(UserError, match=rf"^{re.escape(str(folder))} holds the dataset made from {re.escape(a)} \(by "
-                                        rf"`python prepare.py --dataset text --source {re.escape(a)} .*`\): pick another folder for "
+                                        rf"`python prepare.py --dataset text --source {re.escape(a)} .*`\): pick "
+                                        rf"another folder for "
                                         rf"this one with --name, or replace it with --force$"):
         prepare.prepare("text", source=[b], out_dir=out, vocab_size=280)
     assert {f: (folder / f).read_bytes() for f in os.listdir(folder)} == before
@@ -3851,7 +3896,8 @@ def test_hub_path(tmp_path, monkeypatch, enc):
 
     monkeypatch.setattr(prepare, "load_hub", fake_hub)
     meta = prepare.prepare("story", out_dir=str(tmp_path / "data"))
-    assert asked == [("roneneldan/TinyStories", None, "train", False), ("roneneldan/TinyStories", None, "validation", False)]
+    assert asked == [("roneneldan/TinyStories", None, "train", False),
+                     ("roneneldan/TinyStories", None, "validation", False)]
     assert meta["source"] == "Hugging Face hub roneneldan/TinyStories"
     assert (meta["splits"]["train"]["documents"], meta["splits"]["val"]["documents"]) == (20, 1)
     val, _ = load(tmp_path / "data" / "story", "val", meta)
@@ -3988,7 +4034,8 @@ def test_a_hub_source_that_cannot_be_read_is_one_line_naming_the_fix(tmp_path, c
     start = time.monotonic()
     code, stdout, err = run_cli(prepare.main, ["--source", "hf:nobody/no-such-set", "--out_dir", out], capsys)
     assert (code, stdout) == (1, "") and time.monotonic() - start < 10
-    assert err == ("error: --source hf:nobody/no-such-set: the Hugging Face hub failed (ConnectionError: Couldn't reach "
+    assert err == ("error: --source hf:nobody/no-such-set: the Hugging Face hub failed (ConnectionError: "
+                   "Couldn't reach "
                    "'nobody/no-such-set' on the Hub (OfflineModeIsEnabled)); go online (and unset HF_DATASETS_OFFLINE "
                    "and HF_HUB_OFFLINE), or pass its files as --source PATH\n")
     assert run_cli(prepare.main, ["--source", "hf:a/b:c:d:e", "--out_dir", out], capsys) == \
@@ -4034,7 +4081,8 @@ def test_shakespeare_is_downloaded_once(tmp_path, monkeypatch, enc):
 # -----------------------------------------------------------------------------
 # the local mirror
 
-needs_mirror = pytest.mark.skipif(not (MIRROR and os.path.isdir(MIRROR)), reason="no DATA_MIRROR with the project's data")
+needs_mirror = pytest.mark.skipif(not (MIRROR and os.path.isdir(MIRROR)),
+                                  reason="no DATA_MIRROR with the project's data")
 
 
 @needs_mirror
@@ -4222,7 +4270,8 @@ def test_val_keeps_one_copy_of_a_document_it_repeats(tmp_path, monkeypatch, enc,
     # val loss, which weighed them double. A source's own validation split keeps the first copy
     fake_mirror(tmp_path / "mirror")
     val = tmp_path / "mirror" / "dailydialog" / "dialogues_validation.txt"
-    val.write_text(val.read_text() + "DDVAL2  hi __eou__ ddval2 bye __eou__\n" + "ddval4 hi __eou__ ddval4 bye __eou__\n")
+    val.write_text(val.read_text() + "DDVAL2  hi __eou__ ddval2 "
+                                     "bye __eou__\n" + "ddval4 hi __eou__ ddval4 bye __eou__\n")
     monkeypatch.setenv("DATA_MIRROR", str(tmp_path / "mirror"))
     meta = prepare.prepare("dailydialog", out_dir=str(tmp_path / "data"), pack=0)
     ids, _ = load(tmp_path / "data" / "dailydialog", "val", meta)
@@ -4503,10 +4552,12 @@ def test_a_record_of_several_shapes_is_read_by_the_first_that_holds_something():
                    [{"role": "user", "content": "P"}, {"role": "assistant", "content": "A"}]):
         assert read(prompt=prompt, completion=[]) is None and read(prompt=prompt, completion="") is None
     # a seed task's instances are several documents of one record; else one
-    assert prepare.record_docs({"instruction": "I", "instances": [{"input": "a", "output": "b"}, {"output": "c"}]}, "x") \
+    assert prepare.record_docs({"instruction": "I", "instances": [{"input": "a", "output": "b"}, {"output": "c"}]},
+                               "x") \
         == [[{"role": "user", "content": "I\n\na"}, {"role": "assistant", "content": "b"}],
             [{"role": "user", "content": "I"}, {"role": "assistant", "content": "c"}]]
-    for first in ({"output": "O"}, {"messages": [{"role": "user", "content": "I"}, {"role": "assistant", "content": "O"}]}):
+    for first in ({"output": "O"}, {"messages": [{"role": "user", "content": "I"},
+                                                 {"role": "assistant", "content": "O"}]}):
         assert prepare.record_docs({"instruction": "I", "instances": [{"output": "b"}] * 2, **first}, "x") == \
             [[{"role": "user", "content": "I"}, {"role": "assistant", "content": "O"}]]
     # fields of the wrong type: one line naming the field
@@ -4516,7 +4567,8 @@ def test_a_record_of_several_shapes_is_read_by_the_first_that_holds_something():
                            "`completion` must be text or a list of turns, got an object"),
                           ({"prompt": "p", "response": {"text": "r"}}, "`response` must be text, got an object"),
                           ({"query": ["q"], "response": "r"}, "`query` must be text, got an array"),
-                          ({"instruction": "i", "context": [1], "response": "r"}, "`context` must be text, got an array"),
+                          ({"instruction": "i", "context": [1], "response": "r"},
+                           "`context` must be text, got an array"),
                           ({"text": True}, "`text` must be text, got a boolean"),  # (JSON's words, not "got bool")
                           ({"messages": [{"role": "user", "content": 5}]}, "message content must be text or a list "
                            'of text parts ({"type": "text", "text": ...}), got a number'),
@@ -4578,21 +4630,24 @@ def test_a_file_of_records_with_nothing_to_train_on_says_so(tmp_path):
              {"prompt": "P", "completion": None}]
     write(tmp_path / "mine" / "empty.jsonl", "".join(json.dumps(r) + "\n" for r in empty))
     with pytest.raises(UserError, match=r"^.*empty\.jsonl: none of its records has anything to train on \(every "
-                                        r"assistant reply, or text, is missing, empty or null\): fill them in, or leave the file out$"):
+                                        r"assistant reply, or text, is missing, empty or null\): fill them in, or "
+                                        r"leave the file out$"):
         prepare.prepare("text", source=str(tmp_path / "mine"), out_dir=out, name="mine")
     write(tmp_path / "mine" / "good.jsonl", "".join(json.dumps({"prompt": f"P{i}", "completion": f"C{i}"}) + "\n"
                                                     for i in range(20)))
     with pytest.raises(UserError, match=r"empty\.jsonl: none of its records has anything to train on"):
         prepare.prepare("text", source=str(tmp_path / "mine"), out_dir=out, name="mine")
     # a file with one record to train on among empty ones is read, the empty ones left out as before
-    write(tmp_path / "mine" / "empty.jsonl", "".join(json.dumps(r) + "\n" for r in empty + [{"prompt": "P", "completion": "C"}]))
+    write(tmp_path / "mine" / "empty.jsonl",
+          "".join(json.dumps(r) + "\n" for r in empty + [{"prompt": "P", "completion": "C"}]))
     meta = prepare.prepare("text", source=str(tmp_path / "mine"), out_dir=out, name="mine")
     assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == 21
 
 def test_openai_text_parts_read_as_the_string_they_join():
     # content as a list of text parts (OpenAI's newer format, what serve.py takes and a logged API chat holds) was
     # refused; it reads as serve.py reads it, and other parts (an image) are still one clear line
-    parts = {"messages": [{"role": "user", "content": [{"type": "text", "text": "Hi, "}, {"type": "text", "text": "you"}]},
+    parts = {"messages": [{"role": "user", "content": [{"type": "text", "text": "Hi, "},
+                                                       {"type": "text", "text": "you"}]},
                           {"role": "assistant", "content": [{"type": "text", "text": "Hello"}]}]}
     assert prepare.record_doc(parts, "x") == [{"role": "user", "content": "Hi, you"},
                                               {"role": "assistant", "content": "Hello"}]
@@ -4743,7 +4798,8 @@ def test_lone_surrogates_in_chat_messages_read_as_tiktoken_reads_them(tmp_path):
     """A lone surrogate escaped in JSON ("\\ud800") inside a chat record's `messages` or `conversations` list is read
     as U+FFFD, as in a text record: left in, a --vocab_size build failed in a traceback."""
     convs = [[{"role": "user", "content": f"Hi \\ud800 number {i}"},
-              {"role": "assistant", "content": f"Hello \\udfff back {i}, a pair \\ud83d\\ude00 stays"}] for i in range(6)]
+              {"role": "assistant", "content": f"Hello \\udfff back {i}, a pair "
+                                               f"\\ud83d\\ude00 stays"}] for i in range(6)]
     messages = "\n".join('{"messages": [' + ", ".join(
         '{"role": "%s", "content": "%s"}' % (m["role"], m["content"]) for m in c) + "]}" for c in convs)
     names = {"user": "human", "assistant": "gpt"}
@@ -4777,7 +4833,8 @@ def test_a_conversation_written_out_in_chatml_is_a_bad_record(tmp_path):
                         out_dir=str(tmp_path / "data"))
     # the same in a .txt file, which is read as plain text whatever --dataset says
     for dataset in ("chat", "text"):
-        with pytest.raises(UserError, match=r"c\.txt: a conversation written out in ChatML .*, every turn in the loss; a \.txt file is read as plain text: write the "
+        with pytest.raises(UserError, match=r"c\.txt: a conversation written out in ChatML .*, every turn in the loss; "
+                                            r"a \.txt file is read as plain text: write the "
                                             r"conversations as \.jsonl records of `messages`$"):
             prepare.prepare(dataset, source=write(tmp_path / "c.txt", ("\n" + chatml + "<|endoftext|>") * 3),
                             out_dir=str(tmp_path / "data"), name="c")
@@ -4794,7 +4851,8 @@ def test_text_wrapped_in_chatml_markers_without_roles_is_told_to_lose_them(tmp_p
     markers and the command that takes them out, and what that command writes prepares."""
     wrapped = "<|im_start|>小明喜欢读书。<|im_end|> <|im_start|>Once upon a time<|im_end|>"
     with pytest.raises(UserError, match=r"^x: text wrapped in <\|im_start\|> \.\.\. <\|im_end\|> with no role "
-                                        r".*minimind.* as in: sed -e 's/<\|im_start\|>//g' -e 's/<\|im_end\|>//g' IN\.jsonl > "
+                                        r".*minimind.* as in: sed -e 's/<\|im_start\|>//g' -e "
+                                        r"'s/<\|im_end\|>//g' IN\.jsonl > "
                                         r"IN\.plain\.jsonl$"):
         prepare.record_doc({"text": wrapped}, "x")
     txt = write(tmp_path / "pre train.txt", "".join(f"{wrapped} {i}\n<|endoftext|>\n" for i in range(10)))
@@ -4905,7 +4963,8 @@ def test_input_sizes_only_of_streams_that_are_their_files(tmp_path):
     docs = list
     assert prepare.input_sizes({"files": [a, b], "streams": [("split", a, docs), ("split", b, docs)]}, None) == [3, 4]
     assert prepare.input_sizes({"files": [a, b], "streams": [("split", a, docs), ("split", b, docs)]}, 5) is None
-    hub = {"files": [a, b], "streams": [("train", f"hf:{tmp_path} train", docs), ("val", f"hf:{tmp_path} validation", docs)]}
+    hub = {"files": [a, b], "streams": [("train", f"hf:{tmp_path} train", docs),
+                                        ("val", f"hf:{tmp_path} validation", docs)]}
     assert prepare.input_sizes(hub, None) is None
 
 
