@@ -52,7 +52,8 @@ def enc():
 def tiny_model(enc, seed=0):
     # gpt2 variant: its random weights give varied tokens (see test_gen.py)
     torch.manual_seed(seed)
-    config = make_config("tiny", n_layer=2, n_embd=64, n_head=2, block_size=BLOCK, vocab_size=enc.n_vocab, variant="gpt2")
+    config = make_config("tiny", n_layer=2, n_embd=64, n_head=2, block_size=BLOCK,
+                         vocab_size=enc.n_vocab, variant="gpt2")
     return GPT(config).eval()
 
 
@@ -454,12 +455,14 @@ BAD = [  # (path, body, status, param, code)
     ("/v1/chat/completions", {"messages": "hi"}, 400, "messages", "invalid_type"),
     ("/v1/chat/completions", {"messages": []}, 400, "messages", "invalid_value"),
     ("/v1/chat/completions", {"messages": ["hi"]}, 400, "messages[0]", "invalid_type"),  # (m.get: no answer)
-    ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "x"}]}, 400, "messages[0].role", "invalid_value"),
+    ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "x"}]}, 400, "messages[0].role",
+     "invalid_value"),
     # a turn without its role is missing it, as OpenAI says: it was "must be system, user or assistant, got null"
     ("/v1/chat/completions", {"messages": [{"content": "x"}]}, 400, "messages[0].role", "missing_required_parameter"),
     # one given as null is there, and wrong: "got null", not "is required"
     ("/v1/chat/completions", {"messages": [{"role": None, "content": "x"}]}, 400, "messages[0].role", "invalid_value"),
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": 5}]}, 400, "messages[0].content", "invalid_type"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": 5}]}, 400, "messages[0].content",
+     "invalid_type"),
     # a message without its content is missing it, as OpenAI says (it was "must be a string or a list of text parts")
     ("/v1/chat/completions", {"messages": [{"role": "user"}]}, 400, "messages[0].content",
      "missing_required_parameter"),
@@ -468,26 +471,32 @@ BAD = [  # (path, body, status, param, code)
     ("/v1/chat/completions", {"messages": MSG, "temperature": "hot"}, 400, "temperature", "invalid_type"),
     ("/v1/chat/completions", {"messages": MSG, "temperature": 5}, 400, "temperature", "invalid_value"),
     ("/v1/chat/completions", {"messages": MSG, "temperature": True}, 400, "temperature", "invalid_type"),  # (not 1)
-    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}', 400, "temperature", "invalid_value"),
+    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}', 400,
+     "temperature", "invalid_value"),
     ("/v1/chat/completions", {"messages": MSG, "top_p": 1.5}, 400, "top_p", "invalid_value"),
     ("/v1/chat/completions", {"messages": MSG, "top_k": "ten"}, 400, "top_k", "invalid_type"),
     ("/v1/chat/completions", {"messages": MSG, "top_k": -2}, 400, "top_k", "invalid_value"),
     ("/v1/chat/completions", {"messages": MSG, "max_tokens": 0}, 400, "max_tokens", "invalid_value"),
     ("/v1/chat/completions", {"messages": MSG, "max_tokens": True}, 400, "max_tokens", "invalid_type"),
     ("/v1/chat/completions", {"messages": MSG, "max_tokens": BLOCK + 1}, 400, "max_tokens", "invalid_value"),
-    ("/v1/chat/completions", {"messages": MSG, "max_completion_tokens": 10**9}, 400, "max_completion_tokens", "invalid_value"),
+    ("/v1/chat/completions", {"messages": MSG, "max_completion_tokens": 10**9}, 400, "max_completion_tokens",
+     "invalid_value"),
     ("/v1/chat/completions", {"messages": MSG, "max_completion_tokens": 0}, 400, "max_completion_tokens",
      "invalid_value"),
     # beside a good max_completion_tokens, a bad max_tokens is refused too (it was ignored: a 200)
-    ("/v1/chat/completions", {"messages": MSG, "max_completion_tokens": 8, "max_tokens": -1}, 400, "max_tokens", "invalid_value"),
-    ("/v1/completions", {"prompt": "Hi", "max_completion_tokens": 8, "max_tokens": "5"}, 400, "max_tokens", "invalid_type"),
+    ("/v1/chat/completions", {"messages": MSG, "max_completion_tokens": 8, "max_tokens": -1}, 400, "max_tokens",
+     "invalid_value"),
+    ("/v1/completions", {"prompt": "Hi", "max_completion_tokens": 8, "max_tokens": "5"}, 400, "max_tokens",
+     "invalid_type"),
     ("/v1/chat/completions", {"messages": MSG, "max_tokens": BLOCK}, 400, "messages", "context_length_exceeded"),
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "word " * 100}]}, 400, "messages", "context_length_exceeded"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "word " * 100}]}, 400, "messages",
+     "context_length_exceeded"),
     ("/v1/chat/completions", {"messages": MSG, "stream": "yes"}, 400, "stream", "invalid_type"),
     ("/v1/chat/completions", {"messages": MSG, "stream": True, "stream_options": {"include_usage": 1}}, 400,
      "stream_options.include_usage", "invalid_type"),
     # without stream its include_usage would be ignored (OpenAI refuses it too)
-    ("/v1/completions", {"prompt": "Hi", "stream_options": {"include_usage": True}}, 400, "stream_options", "invalid_value"),
+    ("/v1/completions", {"prompt": "Hi", "stream_options": {"include_usage": True}}, 400, "stream_options",
+     "invalid_value"),
     ("/v1/chat/completions", {"messages": MSG, "stop": ["a", "b", "c", "d", "e"]}, 400, "stop", "invalid_value"),
     ("/v1/chat/completions", {"messages": MSG, "stop": 3}, 400, "stop", "invalid_value"),
     ("/v1/chat/completions", {"messages": MSG, "stop": ["a", 1]}, 400, "stop", "invalid_value"),
@@ -511,7 +520,8 @@ BAD = [  # (path, body, status, param, code)
     ("/v1/completions", {"prompt": []}, 400, "prompt", "invalid_type"),
     ("/v1/completions", {"prompt": [True]}, 400, "prompt", "invalid_type"),  # (JSON true is no token id)
     ("/v1/completions", {"prompt": "Hi", "logprobs": 0}, 400, "logprobs", "unsupported_parameter"),  # (null logprobs)
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": None}]}, 400, "messages[0].content", "invalid_type"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": None}]}, 400, "messages[0].content",
+     "invalid_type"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": "refusal", "refusal": "no"}]}]}, 400,
      "messages[0].content", "invalid_type"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": ["text"], "text": "a"}]}]}, 400,
@@ -677,24 +687,29 @@ def test_http_errors_get_openai_bodies(api):
         status, err, headers = raw(api, method + b" /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n\r\n")
         assert status == 405 and headers["Allow"] == "POST" and err["error"]["code"] == "method_not_allowed", method
     # a body over the limit is refused before it is read, and the connection closes behind the answer
-    status, err, headers = raw(api, b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n" % (serve.MAX_BODY + 1))
+    status, err, headers = raw(api, b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\n"
+                                    b"Content-Length: %d\r\n\r\n" % (serve.MAX_BODY + 1))
     assert status == 413 and headers["Connection"] == "close" and str(serve.MAX_BODY) in err["error"]["message"]
     # a Content-Length that is no byte count: 400, and the connection closes (its body, if any, is unread)
     for length in (b"-5", b"\xb2", b"7" * 5000):  # '\xb2' is latin-1 for '\u00b2', which str.isdigit() takes
-        status, err, headers = raw(api, b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Length: %s\r\n\r\n" % length)
+        status, err, headers = raw(api, b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\n"
+                                        b"Content-Length: %s\r\n\r\n" % length)
         assert status == 400 and headers["Connection"] == "close"
         assert err["error"]["message"].startswith("Content-Length must be a non-negative number of bytes, got '")
     status, err, headers = raw(api, b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\n\r\n")
     assert status == 411
     # other transfer codings than chunked (which every HTTP/1.1 server reads: test_chunked_body) are 501; both
     # framings at once are refused; either way the connection closes, since the body's end is not known
-    status, err, headers = raw(api, b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: gzip, chunked\r\n\r\n")
+    status, err, headers = raw(api, b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\n"
+                                    b"Transfer-Encoding: gzip, chunked\r\n\r\n")
     assert status == 501 and headers["Connection"] == "close" and "'gzip, chunked' is not supported" in err["error"]["message"]
     for second in (b"identity", b"chunked"):  # two lines: "chunked, identity" is no chunked framing (TE.TE smuggling)
-        status, err, headers = raw(api, b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n"
+        status, err, headers = raw(api, b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\n"
+                                        b"Transfer-Encoding: chunked\r\n"
                                         b"Transfer-Encoding: %s\r\n\r\n2\r\n{}\r\n0\r\n\r\n" % second)
         assert status == 501 and headers["Connection"] == "close", second
-    status, err, headers = raw(api, b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n"
+    status, err, headers = raw(api, b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\n"
+                                    b"Transfer-Encoding: chunked\r\n"
                                     b"Content-Length: 6\r\n\r\n2\r\n{}\r\n0\r\n\r\n")
     assert status == 400 and headers["Connection"] == "close" and "not both" in err["error"]["message"]
     # the standard library's own refusals too
@@ -771,14 +786,16 @@ def test_http_framing(api):
     # a GET with a body: the body was left on the connection and taken for the next request line (a 400)
     body = b"GET /v1/nope HTTP/1.1\r\n\r\n"
     (a, b) = exchange(b"GET /health HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
-                      + b"\r\nGET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", n=2)  # a stray CRLF between
+                      # a stray CRLF between
+                      + b"\r\nGET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", n=2)
     assert a[0] == b[0] == 200 and a[1]["status"] == b[1]["status"] == "ok"
     for request, words in [
             (b"Content-Length: 41\r\nContent-Length: 5\r\n", "two different Content-Length headers"),
             (b"Content-Length : 33\r\n", "header line is malformed"),  # (it dropped this and every header after)
             (b"Bad Header\r\nContent-Length: 2\r\n", "header line is malformed"),
             (b"X-Folded: a\r\n b\r\nContent-Length: 2\r\n", "header line is malformed")]:
-        ((status, err, headers),) = exchange(b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\n" + request + b"\r\n{}")
+        ((status, err, headers),) = exchange(b"POST /v1/completions HTTP/1.1\r\n"
+                                             b"Host: localhost\r\n" + request + b"\r\n{}")
         assert status == 400 and words in err["error"]["message"] and headers["Connection"] == "close", request
     # the same Content-Length twice is one framing (RFC 9112 6.3 lets a server take it as one): answered
     body = json.dumps({"prompt": "Hi", "max_tokens": 1}).encode()
@@ -839,7 +856,8 @@ def test_chunked_body(api):
                                   (b"%x\r\n" % (serve.MAX_BODY + 1), 413, "over"),
                                   # over it in all, each chunk under it: the chunks' sizes add up
                                   ((b"%x\r\n%s\r\n" % (half, b" " * half)) * 2 + b"0\r\n\r\n", 413, "over")):
-        got, err, headers = raw(api, b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks)
+        got, err, headers = raw(api, b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\n"
+                                     b"Transfer-Encoding: chunked\r\n\r\n" + chunks)
         assert got == status and headers["Connection"] == "close" and words in err["error"]["message"]
 
 
@@ -857,7 +875,8 @@ def test_a_body_cut_short_by_the_client_is_refused_not_answered(api):
             r.begin()
             err = json.loads(r.read())
         assert r.status == 400 and r.getheader("Connection") == "close", (path, err)
-        assert err["error"]["message"].startswith(f"the request body ended after {len(body)} of its {len(body) + 10} bytes")
+        assert err["error"]["message"].startswith(f"the request body ended after {len(body)} of its "
+                                                  f"{len(body) + 10} bytes")
     assert post(api, "/v1/completions", {"prompt": "Hi", "max_tokens": 1})[0] == 200  # a whole one still is answered
 
 
@@ -925,7 +944,8 @@ def test_a_client_that_resets_its_connection_after_a_413_leaves_no_traceback(api
     monkeypatch.setattr(api, "handle_error", lambda request, address: errors.append(sys.exc_info()))
     capfd.readouterr()
     sock = socket.create_connection(api.server_address[:2], timeout=60)
-    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n" % (serve.MAX_BODY + 1))
+    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\n"
+                 b"Content-Length: %d\r\n\r\n" % (serve.MAX_BODY + 1))
     r = http.client.HTTPResponse(sock)
     r.begin()
     assert r.status == 413
@@ -999,7 +1019,8 @@ def test_a_client_waiting_for_100_continue_is_refused_an_unknown_path_or_method_
     # closes: its 404 kept it, and what followed on it was answered as a request
     for framing in (b"Content-Length: 0\r\nContent-Length: 5\r\n", b"Bad Header\r\nContent-Length: 5\r\n"):
         with socket.create_connection(api.server_address[:2], timeout=60) as sock:
-            sock.sendall(b"POST /v1/chat/completion HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\n" + framing + b"\r\n")
+            sock.sendall(b"POST /v1/chat/completion HTTP/1.1\r\nHost: localhost\r\n"
+                         b"Expect: 100-continue\r\n" + framing + b"\r\n")
             got = b""
             while b"\r\n\r\n" not in got:
                 data = sock.recv(65536)
@@ -1132,7 +1153,8 @@ def test_the_wait_after_a_stray_crlf_is_idle_time_not_the_requests(api, monkeypa
         assert answer()[0] == 200
         time.sleep(2.5 * serve.REQUEST_WAIT)  # idle, past the deadline
         assert not select.select([sock], [], [], 0)[0], sock.recv(100)  # nothing sent, the connection kept
-        sock.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n\r\nGET /hea")  # another stray CRLF, then trickling
+        # another stray CRLF, then trickling
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n\r\nGET /hea")
         status, body = answer()
         assert status == 200 and json.loads(body)["status"] == "ok"
         t0 = time.monotonic()
@@ -1165,7 +1187,8 @@ def test_context_length_message_reads_right(api, enc):
     # one sentence for one prompt and for several messages (it said "the prompt take 1")
     status, err, _ = post(api, "/v1/completions", {"prompt": "Hi", "max_tokens": BLOCK})
     assert status == 400 and err["error"]["message"] == (
-        f"this model's context holds {BLOCK} tokens, too few for the prompt plus max_tokens: 1 + {BLOCK} = {BLOCK + 1}; "
+        f"this model's context holds {BLOCK} tokens, too few for the prompt plus max_tokens: 1 + {BLOCK} "
+        f"= {BLOCK + 1}; "
         "shorten the input or lower max_tokens")
     n = len(render_chat(enc, MSG, add_generation_prompt=True)[0])
     status, err, _ = post(api, "/v1/chat/completions", {"messages": MSG, "max_tokens": BLOCK})
@@ -1878,7 +1901,8 @@ def test_connections_past_the_limit_get_503(enc, monkeypatch):
             assert status == 503 and err["error"]["code"] == "overloaded" and headers["Connection"] == "close", err
             assert "2 connections" in err["error"]["message"] and headers["Access-Control-Allow-Origin"] == "*"
             assert headers["Retry-After"] == "1"
-        said = ("connection(s) turned away (503, or closed unanswered past twice as many) since the last such line: 2 are "
+        said = ("connection(s) turned away (503, or closed unanswered past twice as many) since the last "
+                "such line: 2 are "
                 "open (--max_connections)")
         assert lines == [f"1 {said}"], lines
         wait_for(lambda: api.refusals._value == 2, "the connections turned away to be let go")
@@ -1890,7 +1914,8 @@ def test_connections_past_the_limit_get_503(enc, monkeypatch):
         status, err, _ = post(api, "/v1/completions", b"x" * (8 << 20))
         assert status == 503 and err["error"]["code"] == "overloaded"
         assert lines[1] == f"4 {said}", lines  # the two after the first, the preflight, and this one
-        wait_for(lambda: api.refusals._value == 2, "the server to let the connections turned away go, their clients gone")
+        wait_for(lambda: api.refusals._value == 2, "the server to let the connections turned away go, "
+                                                   "their clients gone")
         gate.set()
         assert [asked.result()[0] for asked in held] == [200, 200]  # (and their connections closed)
         wait_for_a_place(api)
@@ -1917,7 +1942,8 @@ def test_the_line_on_connections_past_the_limit_counts_both_those_turned_away_an
     monkeypatch.setattr(serve, "AT_LIMIT_LOG", 0)
     note()
     note(made_room=True)
-    assert lines[1:] == [f"4 connection(s) turned away (503, or closed unanswered past twice as many) and 1 waiting for a "
+    assert lines[1:] == [f"4 connection(s) turned away (503, or closed unanswered past twice as many) and "
+                         f"1 waiting for a "
                          f"request closed to make room {limit}", f"1 waiting for a request closed to make room {limit}"]
 
 
@@ -1950,7 +1976,8 @@ def test_a_new_connection_at_the_limit_takes_the_place_of_the_one_silent_the_lon
         assert idle.getresponse().read()
         time.sleep(0.2)
         clients = []
-        for gone in (lingering, slow, idle.sock):  # each new client is served, in the place of the one silent the longest
+        # each new client is served, in the place of the one silent the longest
+        for gone in (lingering, slow, idle.sock):
             clients.append(http.client.HTTPConnection(*address, timeout=60))
             clients[-1].request("GET", "/health")
             r = clients[-1].getresponse()
@@ -2592,7 +2619,8 @@ def test_ctrl_c_while_a_reply_streams_stops_cleanly(enc, tmp_path, stop):
     stops it the same way, and says so too: it ended without "stopped". SIGHUP (its terminal gone) too, exit 129: it
     ended on the spot, the reply cut without a word."""
     torch.manual_seed(0)
-    config = make_config("tiny", n_layer=2, n_embd=64, n_head=2, block_size=1024, vocab_size=enc.n_vocab, variant="gpt2")
+    config = make_config("tiny", n_layer=2, n_embd=64, n_head=2, block_size=1024,
+                         vocab_size=enc.n_vocab, variant="gpt2")
     path = str(tmp_path / "long.pt")
     save_checkpoint(path, GPT(config).eval(), enc)  # 1,000 tokens take seconds: the reply is mid-way at Ctrl-C
     with served(path) as (p, port):
@@ -2837,7 +2865,8 @@ def test_command_line_errors(ckpt, enc, tmp_path, capsys, monkeypatch):
     code, out, err = run_cli(serve.main, [ckpt, "--host", "nosuchhost.invalid", "--device", "cpu"], capsys)
     assert code == 1 and err.startswith("error: cannot listen on nosuchhost.invalid") and err.rstrip().endswith(
         "check --host (an address or name of this machine)")
-    code, out, err = run_cli(serve.main, [ckpt, "--host", "\u00fc..x", "--device", "cpu"], capsys)  # a TypeError's traceback
+    # a TypeError's traceback
+    code, out, err = run_cli(serve.main, [ckpt, "--host", "\u00fc..x", "--device", "cpu"], capsys)
     assert code == 1 and err == "error: cannot listen on \u00fc..x:8000 (encoding of hostname failed): check --host (an " \
         "address or name of this machine)\n"
     # a checkpoint of NaN weights is refused at startup, before it could answer a request
@@ -3245,7 +3274,8 @@ def test_cors_lets_the_pages_of_the_allowed_origins_call_the_api(enc):
         assert h["access-control-allow-methods"] == "OPTIONS, POST"
         assert h["access-control-allow-headers"] == "authorization, content-type" and h["vary"] == "Origin"
         assert "access-control-allow-private-network" not in h  # only when the browser asks (below)
-        status, h, _ = head(api, "OPTIONS", "/v1/chat/completions", {**ask, "Access-Control-Request-Private-Network": "true"})
+        status, h, _ = head(api, "OPTIONS", "/v1/chat/completions",
+                            {**ask, "Access-Control-Request-Private-Network": "true"})
         assert status == 204 and h["access-control-allow-private-network"] == "true"
         # a preflight on a connection the browser closes after it is told so, as every answer on one is
         status, h, _ = head(api, "OPTIONS", "/v1/chat/completions", {**ask, "Connection": "close"})
@@ -3350,12 +3380,14 @@ def test_a_page_that_reaches_the_loopback_server_by_another_name_is_refused(api,
     body = json.dumps({"prompt": "Hi", "max_tokens": 1}).encode()
     for host in (b"evil.example:%d" % port, b"evil.example", b"localhost.evil.example", b"127.0.0.1.nip.io:%d" % port):
         for request in (b"GET / HTTP/1.1\r\nHost: %s\r\n\r\n" % host,
-                        b"POST /v1/completions HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n\r\n%s" % (host, len(body), body)):
+                        b"POST /v1/completions HTTP/1.1\r\nHost: %s\r\n"
+                        b"Content-Length: %d\r\n\r\n%s" % (host, len(body), body)):
             status, err, _ = raw(api, request)
             assert status == 403 and err["error"]["code"] == "host_not_allowed", (host, err)
             assert f"http://127.0.0.1:{port}/" in err["error"]["message"]
     # (an empty Host, as no browser sends: RFC 9112's for a target of no authority; it was refused, naming nothing)
-    for host in (b"localhost:%d" % port, b"LocalHost.", b"chat.localhost", b"127.0.0.1", b"127.0.0.2:80", b"[::1]:%d" % port,
+    for host in (b"localhost:%d" % port, b"LocalHost.", b"chat.localhost", b"127.0.0.1", b"127.0.0.2:80",
+                 b"[::1]:%d" % port,
                  b""):
         status, _, _ = raw(api, b"GET /v1/models HTTP/1.1\r\nHost: %s\r\n\r\n" % host)
         assert status == 200, host
