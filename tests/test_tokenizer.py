@@ -380,7 +380,8 @@ def test_a_folder_or_a_binary_file_is_no_vocabulary(tmp_path, capsys):
     junk.write_text("this is not a vocabulary\n")
     fix = ("is not a .tiktoken vocabulary (lines of `base64 rank`): pass a file written by `python setup_tokenizer.py "
            "train --input FILE --out vocab.tiktoken`, a checkpoint, a Hugging Face model folder, or gpt2")
-    for path, named in [(tmp_path, f"{tmp_path} (a folder without tokenizer.json or vocab.json)"), (binary, str(binary)), (junk, str(junk))]:
+    for path, named in [(tmp_path, f"{tmp_path} (a folder without tokenizer.json or vocab.json)"),
+                        (binary, str(binary)), (junk, str(junk))]:
         with pytest.raises(UserError) as e:
             get_tokenizer(str(path))
         assert str(e.value) == f"{named} {fix}"
@@ -397,7 +398,8 @@ def test_a_folder_or_a_binary_file_is_no_vocabulary(tmp_path, capsys):
     whole = archive.read_bytes()
     for name, data in (("cut.pt", whole[:len(whole) // 2]), ("empty.pt", b""), ("cut.bin", whole[:len(whole) // 2])):
         (tmp_path / name).write_bytes(data)
-        with pytest.raises(UserError, match=rf"{re.escape(name)} is not a readable checkpoint \(truncated or corrupt\?\)"):
+        with pytest.raises(UserError, match=rf"{re.escape(name)} is not a readable checkpoint \(truncated "
+                                            rf"or corrupt\?\)"):
             get_tokenizer(str(tmp_path / name))
     # a vocabulary that merely ends in .pt is read as one
     good = tmp_path / "v.tiktoken"
@@ -488,7 +490,8 @@ def test_cli_train_refuses_bad_input_and_output_before_training(tmp_path, capsys
     trained = []
     monkeypatch.setattr(setup_tokenizer, "train_bpe", lambda *a: trained.append(a) or train(*a))
     cases = [  # argv after `train`, the one line on stderr
-        (["--input", str(tmp_path)], f"--input {tmp_path} is a folder: give the text files in it, e.g. {tmp_path}/*.txt"),
+        (["--input", str(tmp_path)], f"--input {tmp_path} is a folder: give the text files in it, e.g. "
+                                     f"{tmp_path}/*.txt"),
         # a typo in the last input: found once every other file had been read
         (["--input", str(text), str(tmp_path / "typo.txt")], f"--input {tmp_path / 'typo.txt'}: no such file"),
         (["--input", str(text), "--out", str(tmp_path)], f"--out {tmp_path} is a folder: give a file's path"),
@@ -680,7 +683,8 @@ def test_cli_train_learns_from_at_most_vocab_text_chars_spread_over_the_files(tm
     a, b = [[d for d in sample if d in ds] for ds in docs]
     assert a + b == sample and sum(map(len, sample)) <= cap and 35 <= len(a) <= 38 and 11 <= len(b) <= 13
     assert a[0] == docs[0][0] and any(docs[0].index(d) in range(70, 80) for d in a) and docs[1].index(b[-1]) > 45
-    assert said == ("trained 300 tokens on 0M characters of the text (25% of the documents of the 0 MB of input, spread "
+    assert said == ("trained 300 tokens on 0M characters of the text (25% of the documents of the 0 MB "
+                    "of input, spread "
                     "over it; at most 0M characters, VOCAB_TEXT_CHARS: memory grows with the distinct words learnt)")
     assert learnt(cap)[0] == sample  # the same sample each time: the same vocabulary
     # a pipe after a.txt: its first documents, up to the cap (a share of a.txt's size alone reached the cap in a.txt)
@@ -892,7 +896,8 @@ def test_cli_train_refuses_record_files_and_names_prepares_training(tmp_path, ca
         code, _, err = run_in_process(setup_tokenizer.main, ["train", "--input", str(path), "--vocab_size", "300",
                                                              "--out", str(out)], capsys)
         assert (code, err) == (1, f"error: --input {path} holds records, whose syntax this would train on as text: "
-                                  f"train on their text with `python prepare.py --source {path} --vocab_size 300 --name "
+                                  f"train on their text with `python prepare.py --source {path} "
+                                  f"--vocab_size 300 --name "
                                   f"NAME` (it writes data/NAME/tokenizer.tiktoken)\n")
         assert not out.exists()
     # a spreadsheet's export, which prepare.py refuses too: trained as text, its commas and quotes were merges. The
@@ -949,7 +954,8 @@ def test_cli_train_refuses_a_datasets_files_a_vocabulary_and_a_checkpoint(tmp_pa
     for path, what in [(folder / "train.bin", f"a file of the dataset in {folder}"),
                        (folder / "tokenizer.tiktoken", f"a file of the dataset in {folder}"),
                        (vocab, "a vocabulary"), (checkpoint, "a checkpoint (a zip archive)")]:
-        code, _, err = run_in_process(setup_tokenizer.main, ["train", "--input", str(src), str(path), "--out", str(out)],
+        code, _, err = run_in_process(setup_tokenizer.main, ["train", "--input", str(src), str(path),
+                                                             "--out", str(out)],
                                       capsys)
         assert (code, err) == (1, f"error: --input {path} is {what}, not text: give the text files it was made from\n")
         assert not out.exists()
@@ -961,7 +967,8 @@ def test_cli_train_refuses_a_datasets_files_a_vocabulary_and_a_checkpoint(tmp_pa
 def test_cli_without_a_command_names_the_commands(capsys):
     """`python setup_tokenizer.py` alone said "the following arguments are required: cmd", a word of the code's."""
     code, out, err = run_in_process(setup_tokenizer.main, [], capsys)
-    assert code == 2 and err.startswith("setup_tokenizer.py: error: the following arguments are required: {show,train}; ")
+    assert code == 2 and err.startswith("setup_tokenizer.py: error: the following arguments are required: "
+                                        "{show,train}; ")
     # a command's own usage error sends to that command's --help, a command that runs (not `'setup_tokenizer.py train'`)
     code, out, err = run_in_process(setup_tokenizer.main, ["train", "--input", "a.txt"], capsys)
     assert code == 2 and err == ("setup_tokenizer.py train: error: the following arguments are required: --out; see "
