@@ -884,7 +884,8 @@ def test_a_run_continued_in_smaller_batches_evaluates_the_same_val_windows(env, 
     part = train.train(args_for(env, tmp_path / "part", *common, "--batch_size", "8", "--max_steps", "2"))
     val = train.Windows(train.load_meta(env["data"], "story"), "val", 64)
     assert len(val) > 2 * 8  # the evaluations take a subset of the split
-    args = args_for(env, tmp_path / "part", "--checkpoint", part["checkpoint"], "--batch_size", "4", "--grad_accum", "2",
+    args = args_for(env, tmp_path / "part", "--checkpoint", part["checkpoint"], "--batch_size", "4",
+                    "--grad_accum", "2",
                     "--max_steps", "2", fresh=False)
     rest = train.train(args)
     a, b = load_checkpoint(whole["checkpoint"])["model"], load_checkpoint(rest["checkpoint"])["model"]
@@ -989,7 +990,8 @@ def test_a_finished_budget_is_not_continued_by_a_step(env, tmp_path):
     assert train.train(train.parse_args(go_on + ["--time_budget", "0.04"]))["stopped"] == "time budget"
     # a new budgeted run here is told to write elsewhere under its own one file's name: DIR/{dataset}_epoch{epoch}.pt,
     # which it was told, wrote a checkpoint for each of the many epochs it repeats
-    with pytest.raises(UserError, match=r"write this one to another folder with --output_checkpoint DIR/\{dataset\}\.pt, "
+    with pytest.raises(UserError, match=r"write this one to another folder with --output_checkpoint "
+                                        r"DIR/\{dataset\}\.pt, "
                                         r"or pass --overwrite"):
         train.train(args_for(env, tmp_path, "--dataset", "mini", "--time_budget", "0.02", "--output_checkpoint", out))
     # a budget interrupted (here stopped by --max_steps) and continued with fewer minutes than it spent: it trained one
@@ -1052,13 +1054,15 @@ def test_a_run_whose_val_loss_rose_past_its_best_says_it_overfits(env, tmp_path,
                      r"data; --patience 3 ends a run 3 evaluations past its best", out)
     # and when the best was: its step and epoch, as its line in the log gave them (kept in checkpoints)
     best_line = re.search(r"step (\d+) \(epoch ([\d.]+)\): train [^\n]*val 3\.0000[^\n]*\* best", out)
-    assert re.search(rf"best val loss 3\.0000 \(ppl 20\.09[^)]*\) at step {best_line[1]} \(epoch {best_line[2]}\) in ", out)
+    assert re.search(rf"best val loss 3\.0000 \(ppl 20\.09[^)]*\) at step {best_line[1]} \(epoch "
+                     rf"{best_line[2]}\) in ", out)
     step, epoch = torch.load(s["checkpoint"], weights_only=True)["best_at"]
     assert step == int(best_line[1]) and f"{epoch:.2f}" == best_line[2]
     # not of a run at its best, nor of one given --patience (its early stop says why it ended)
     for run, options in (("best", []), ("patient", ["--patience", "50"])):
         losses[:] = [5.0 - 0.01 * k for k in range(100)] if run == "best" else [3.0] + [4.0] * 100
-        train.train(args_for(env, tmp_path / run, "--dataset", "mini", "--epochs", "2", "--eval_interval", "10", *options))
+        train.train(args_for(env, tmp_path / run, "--dataset", "mini", "--epochs", "2", "--eval_interval",
+                             "10", *options))
         assert "overfits" not in capsys.readouterr().out
 
 
@@ -1089,7 +1093,8 @@ def test_an_early_stop_is_not_continued_by_an_evaluation(env, tmp_path, monkeypa
     ckpt = s["checkpoint"]
     before = open(ckpt, "rb").read()
     go_on = ["--checkpoint", ckpt, "--data_dir", env["data"], "--device", "cpu", "--no-color"]
-    with pytest.raises(UserError, match=r"stopped early: no better val loss in its last 2 evaluations \(--patience 2\): "
+    with pytest.raises(UserError, match=r"stopped early: no better val loss in its last 2 evaluations "
+                                        r"\(--patience 2\): "
                                         r"pass a larger --patience, or --patience 0, to train on$"):
         train.train(train.parse_args(go_on))
     assert open(ckpt, "rb").read() == before
@@ -1142,7 +1147,8 @@ def test_a_new_run_does_not_write_over_an_earlier_one(env, tmp_path):
     # the commands it suggests paste into a shell as they are, a folder with a space in its name included
     spaced = tmp_path / "my runs"
     s = train.train(args_for(env, spaced, "--dataset", "mini", "--max_steps", "1"))
-    with pytest.raises(train.UserError, match=re.escape(f"continue it with --checkpoint {shlex.quote(s['checkpoint'])}")):
+    with pytest.raises(train.UserError, match=re.escape(f"continue it with --checkpoint "
+                                                        f"{shlex.quote(s['checkpoint'])}")):
         train.train(args_for(env, spaced, "--dataset", "mini", "--max_steps", "1"))
     # a run that failed before its first save left metrics only: no run to keep, the next one goes ahead
     (tmp_path / "failed").mkdir()
@@ -1420,7 +1426,8 @@ def test_a_new_seed_mid_epoch_starts_the_epoch_over(env, tmp_path, capsys):
 def test_settings_that_defeat_the_run_are_warned_of(env, tmp_path, capsys):
     # a warmup longer than the run keeps the lr below its peak; float16 on a CPU is emulated (3.6 s against 226 ms
     # a tiny step in fp32 on the test machine)
-    train.train(args_for(env, tmp_path, "--dataset", "mini", "--max_steps", "1", "--warmup", "100000", "--dtype", "float16"))
+    train.train(args_for(env, tmp_path, "--dataset", "mini", "--max_steps", "1", "--warmup", "100000",
+                         "--dtype", "float16"))
     err = capsys.readouterr().err
     assert re.search(r"--warmup 100000 is longer than the run's \d+ steps: the learning rate never reaches --lr", err)
     assert "--dtype float16 is emulated on this CPU" in err
@@ -2074,7 +2081,8 @@ def test_bad_checkpoints_are_one_line_errors(env, trained, tmp_path, capsys):
         start_dir = z.start_dir
     for name, at in (("name", 30), ("version", start_dir + 6)):
         (tmp_path / f"{name}.pt").write_bytes(data[:at] + b"\xff" + data[at + 1:])
-        with pytest.raises(UserError, match=rf"{name}\.pt is damaged: its zip records do not read \(\w+\); use another"):
+        with pytest.raises(UserError, match=rf"{name}\.pt is damaged: its zip records do not read "
+                                            rf"\(\w+\); use another"):
             load_checkpoint(str(tmp_path / f"{name}.pt"))
     # a missing one: what is in the folder the user named (it listed models/)
     shutil.copy(good, tmp_path / "there.pt")
@@ -2118,11 +2126,14 @@ def test_bad_checkpoints_are_one_line_errors(env, trained, tmp_path, capsys):
         broken[name] = tmp_path / f"{name}.pt"
         torch.save({**ck, **change}, broken[name])
     for path, words in ((cut, "(truncated or corrupt?): PytorchStreamReader failed reading zip archive: failed finding "
-                              "central directory; use another checkpoint (its _best.pt or an earlier one)"), (foreign, "not a checkpoint of this project"),
+                              "central directory; use another checkpoint (its _best.pt or an "
+                              "earlier one)"), (foreign, "not a checkpoint of this project"),
                         (nanogpt, "ckpt.pt is nanoGPT's checkpoint, not this project's: it holds no vocabulary"),
-                        (module, "holds pickled Python objects (torch.nn.modules.linear.Linear), which are never loaded"),
+                        (module, "holds pickled Python objects (torch.nn.modules.linear.Linear), which "
+                                 "are never loaded"),
                         (broken["tokenizer"], "is a damaged checkpoint"),
-                        (broken["nan"], "holds weights that are not finite (1 tensor(s) with nan or inf, lm_head.weight"),
+                        (broken["nan"], "holds weights that are not finite (1 tensor(s) with nan or inf, "
+                                        "lm_head.weight"),
                         # the checkpoint's config, not "bad model options" the user never gave
                         (broken["config"], "config.pt does not match this model code (its config: n_layer must be a "
                                            "positive int, got 'two'): a damaged checkpoint, or one from another "
@@ -2258,7 +2269,8 @@ def test_data_that_a_prepare_builds_now_says_to_wait_for_it(env, tmp_path, monke
     folder = re.escape(str(data / "notes"))
     args = args_for(env, tmp_path / "out", "--dataset", "notes", "--data_dir", str(data))
     with held_lock(prepare_lock(str(data), "notes"), "another prepare.py is building"):  # as prepare.py holds it
-        with pytest.raises(UserError, match=rf"^{folder} is being built by a prepare.py .*: wait for that prepare.py to "
+        with pytest.raises(UserError, match=rf"^{folder} is being built by a prepare.py .*: wait for "
+                                            rf"that prepare.py to "
                                             rf"end, then run this again$"):
             train.train(args)
         with pytest.raises(UserError, match=rf"^{folder} is being built by a prepare.py"):
@@ -2314,7 +2326,8 @@ def test_a_damaged_dataset_is_named_not_trained_on(env, trained, tmp_path, damag
     rebuild = f"python prepare.py --dataset text --source FILE --name mini --out_dir {data}" \
         if damage.startswith("meta") else f"python prepare.py --dataset mini --out_dir {data} --tokenizer"
     with pytest.raises(UserError, match=r"(not what meta.json says|is not a dataset this code reads|meta.json is "
-                                        rf"unreadable|train.bin is missing|beyond its).*{re.escape(rebuild)}.*` again$"):
+                                        rf"unreadable|train.bin is missing|beyond "
+                                        rf"its).*{re.escape(rebuild)}.*` again$"):
         train.train(args_for(env, tmp_path, "--data_dir", str(data), "--dataset", "mini", "--max_steps", "1"))
 
 
@@ -2382,8 +2395,10 @@ def test_a_meta_json_field_that_cannot_be_read_is_named(env, tmp_path, field, va
     else:
         meta[field] = value
     (data / "mini" / "meta.json").write_text(json.dumps(meta))
-    with pytest.raises(UserError, match=rf"meta.json is not a dataset this code reads \({field} {re.escape(repr(value))}\): "
-                                        r"make it with `.*prepare.py --dataset text --source FILE --name mini.*` again$"):
+    with pytest.raises(UserError, match=rf"meta.json is not a dataset this code reads \({field} "
+                                        rf"{re.escape(repr(value))}\): "
+                                        r"make it with `.*prepare.py --dataset text --source FILE --name "
+                                        r"mini.*` again$"):
         train.load_meta(str(data), "mini")
 
 
@@ -2441,7 +2456,8 @@ def test_a_data_dir_that_is_a_datasets_own_folder_names_its_parent(env, tmp_path
     command, `prepare.py --dataset mini --out_dir data/mini`, would have built a dataset inside the dataset."""
     import shutil
     shutil.copytree(os.path.join(env["data"], "mini"), tmp_path / "data" / "mini")
-    with pytest.raises(UserError, match=rf"^--data_dir {re.escape(str(tmp_path / 'data' / 'mini'))} is the folder of the "
+    with pytest.raises(UserError, match=rf"^--data_dir {re.escape(str(tmp_path / 'data' / 'mini'))} is "
+                                        rf"the folder of the "
                                         rf"dataset 'mini', not a folder of datasets: give the folder that holds it, "
                                         rf"--data_dir {re.escape(str(tmp_path / 'data'))}$"):
         train.load_meta(str(tmp_path / "data" / "mini"), "mini")
@@ -2554,7 +2570,8 @@ def test_a_gpt2_vocabulary_models_command_packs_a_chat_set_at_its_context(env, t
                                             vocab_size=gpt2.n_vocab)), gpt2, dataset="story")
         for dataset in ("chat", "story"):
             with pytest.raises(UserError, match=r"prepare the data with the checkpoint's tokenizer") as e:
-                train.train(args_for(env, tmp_path / "out", "--checkpoint", ck, "--dataset", dataset, "--max_steps", "1",
+                train.train(args_for(env, tmp_path / "out", "--checkpoint", ck, "--dataset", dataset,
+                                     "--max_steps", "1",
                                      fresh=False))
             argvs[context, dataset] = shlex.split(re.search(r"`python prepare\.py ([^`]*)`", str(e.value)).group(1))
     chat32 = argvs[32, "chat"]
@@ -2631,7 +2648,8 @@ def test_a_tokenizer_mismatch_names_a_command_that_fixes_it(env, tmp_path):
     prepare.prepare("text", source=str(src), out_dir=data, name="mine", vocab_size=280)
     go_on = train.parse_args(["--checkpoint", first["checkpoint"], "--data_dir", data, "--max_steps", "1",
                               "--device", "cpu", "--no-color"])
-    with pytest.raises(UserError, match=r"prepare the data with the checkpoint's tokenizer in a folder of its own \(`python "
+    with pytest.raises(UserError, match=r"prepare the data with the checkpoint's tokenizer in a folder of "
+                                        r"its own \(`python "
                                         r"prepare\.py ") as e:
         train.train(go_on)
     command, new = re.search(r"`python prepare\.py ([^`]*)`, then --dataset (\S+)\)", str(e.value)).groups()
@@ -2847,7 +2865,8 @@ def test_epoch_orders_are_what_other_torch_versions_draw():
     drawn by torch 2.11.0 and 2.13.0 alike (numpy 2.4). Should a torch change them, epoch_order needs a source of its
     own (a new ORDER_SCHEME), and old checkpoints a way to know."""
     import hashlib
-    digests = {(6500, 1337, 0): "307334c8f0b55a74", (6500, 1337, 3): "ebf2b55cf15374b2", (100000, 1, 1): "b502893ff757d2d7"}
+    digests = {(6500, 1337, 0): "307334c8f0b55a74", (6500, 1337, 3): "ebf2b55cf15374b2",
+               (100000, 1, 1): "b502893ff757d2d7"}
     for (n, seed, epoch), digest in digests.items():
         order = train.epoch_order(n, seed, epoch)
         assert hashlib.sha256(order.astype("<i8").tobytes()).hexdigest()[:16] == digest, (n, seed, epoch)
@@ -2882,7 +2901,8 @@ def test_neighbouring_seeds_draw_unrelated_epoch_orders(env, tmp_path, monkeypat
     old = torch.load(first["checkpoint"], weights_only=True)
     torch.save(dict(old, order_scheme=3), first["checkpoint"])
     with pytest.raises(UserError, match=r"orders its epochs by a scheme this code does not know \(3\)"):
-        train.train(train.parse_args(["--checkpoint", first["checkpoint"], "--max_steps", "2", "--data_dir", env["data"],
+        train.train(train.parse_args(["--checkpoint", first["checkpoint"], "--max_steps", "2",
+                                      "--data_dir", env["data"],
                                       "--device", "cpu", "--no-color"]))
 
 
@@ -3229,7 +3249,8 @@ def test_logged_train_loss_is_per_assistant_token(env, tmp_path):
     """Chat windows that hold no assistant token count no target: the train loss logged is the mean per target trained
     on, as evaluate() measures it (such windows were steps of loss 0, which pulled the logged loss towards 0)."""
     words = story_text(30_000).split()
-    convs = [[{"role": "user", "content": " ".join(words[i * 80:(i + 1) * 80])}, {"role": "assistant", "content": "Yes."}]
+    convs = [[{"role": "user", "content": " ".join(words[i * 80:(i + 1) * 80])},
+              {"role": "assistant", "content": "Yes."}]
              for i in range(40)]  # long questions, short replies: many windows of 64 see only a question
     write_dataset(str(tmp_path / "data"), "questions", env["enc"], env["tok"], convs, chat=True)
     meta = train.load_meta(str(tmp_path / "data"), "questions")
@@ -3339,7 +3360,8 @@ def test_packed_chat_trains_on_whole_assistant_replies(env, tmp_path, capsys):
     Prepared with the model as --tokenizer and no --pack, it is packed at the model's context, which fine-tuning
     trains at: no --pack, --block_size nor warning (it was packed at 256, and the run warned)."""
     sents = [t.strip() for t in story_text(20_000).replace("\n", " ").split(".") if len(t.strip()) > 10]
-    convs = [[{"role": "user", "content": f"Tell me sentence {i}."}, {"role": "assistant", "content": sents[i][:60] + "."}]
+    convs = [[{"role": "user", "content": f"Tell me sentence {i}."},
+              {"role": "assistant", "content": sents[i][:60] + "."}]
              for i in range(60)]  # each reply shorter than a window: a window holds it whole
     for i, conv in enumerate(convs[::4]):  # some longer conversations, cut into pieces before a turn
         conv += [{"role": "user", "content": f"And then {i}?"}, {"role": "assistant", "content": sents[i + 60][:60]}] * 3
@@ -3388,7 +3410,8 @@ def test_packed_chat_trains_on_whole_assistant_replies(env, tmp_path, capsys):
     # them at the window's size; nothing when none was cut
     cut = dict(meta, splits={"train": {"in_pieces": 7}})
     assert train.packing_warning(cut, 128, 128) == (
-        "data/x is packed in blocks of 64 tokens, but windows have 128: its 7 train conversations longer than 64 tokens "
+        "data/x is packed in blocks of 64 tokens, but windows have 128: its 7 train conversations longer "
+        "than 64 tokens "
         "are cut in pieces that lie in blocks apart, where windows of 128 could hold those up to 128 whole; prepare "
         "the data again for them: `python prepare.py --dataset chat --name x --pack 128`")
     assert train.packing_warning(cut, 64, 128) is None  # the windows are the blocks: nothing to gain
@@ -3432,7 +3455,8 @@ def test_a_model_build_that_fails_for_memory_is_one_line_and_a_bug_is_not(env, t
     def fail(config):
         raise error
     first = train.train(args_for(env, tmp_path, "--dataset", "mini", "--max_steps", "1"))
-    for module, call in ((train, lambda: train.train(args_for(env, tmp_path / "b", "--dataset", "mini", "--max_steps", "1"))),
+    for module, call in ((train, lambda: train.train(args_for(env, tmp_path / "b", "--dataset", "mini",
+                                                              "--max_steps", "1"))),
                          (checkpoint, lambda: load_model(first["checkpoint"]))):
         monkeypatch.setattr(module, "GPT", fail)
         with pytest.raises(UserError if oom else type(error)) as e:
@@ -3453,8 +3477,10 @@ def test_bad_options_are_user_errors(env, tmp_path, trained, capsys):
     # a batch larger than the train split: all padding past the data (10**30 ended in a numpy TypeError)
     n = len(train.Windows(train.load_meta(env["data"], "story"), "train", 64))
     for batch in (str(n + 1), str(10**30)):
-        with pytest.raises(UserError, match=rf"^--batch_size {int(batch):,} is more than the {n:,} windows of 64 tokens "
-                                            rf"in the train split: use --batch_size {n} or less, or prepare more text$"):
+        with pytest.raises(UserError, match=rf"^--batch_size {int(batch):,} is more than the {n:,} "
+                                            rf"windows of 64 tokens "
+                                            rf"in the train split: use --batch_size {n} or less, or "
+                                            rf"prepare more text$"):
             train.train(args_for(env, tmp_path, "--dataset", "story", "--block_size", "64", "--batch_size", batch))
     # a model larger than the machine's memory: refused before it is built (--n_layer 10**12 filled memory for
     # minutes; --n_embd 10**30 was torch's traceback)
@@ -3463,7 +3489,8 @@ def test_bad_options_are_user_errors(env, tmp_path, trained, capsys):
                                             r"the machine's .* GiB of memory\): use a smaller --n_layer or --n_embd"):
             train.train(args_for(env, tmp_path, "--dataset", "story", flag, value, "--n_head", "1"))
     with pytest.raises(UserError, match=r"^--reset_epoch restarts a checkpoint's epochs and schedule: give it with "
-                                        r"--checkpoint \(a new run, --init_from's too, starts at epoch 1\)$"):  # ignored
+                                        # ignored
+                                        r"--checkpoint \(a new run, --init_from's too, starts at epoch 1\)$"):
         train.train(args_for(env, tmp_path, "--dataset", "story", "--reset_epoch"))
     with pytest.raises(UserError, match=r"^--lr 1e\+39 is far past any learning rate that trains"):  # Muon's traceback
         train.train(args_for(env, tmp_path, "--dataset", "story", "--lr", "1e39", "--min_lr", "0"))
@@ -3495,7 +3522,8 @@ def test_bad_options_are_user_errors(env, tmp_path, trained, capsys):
         with pytest.raises(UserError, match=rf"^{flag} must be a finite number, got {value}$"):
             train.resolve_args(train.parse_args([flag, value]), None, False, config)
     # out of range: each named with what it takes (--lr -1 was "must not be negative", and then --lr 0 refused)
-    for given, said in ((["--lr", "-1"], "--lr must be positive, got -1"), (["--lr", "0"], "--lr must be positive, got 0"),
+    for given, said in ((["--lr", "-1"], "--lr must be positive, got -1"),
+                        (["--lr", "0"], "--lr must be positive, got 0"),
                         (["--log_interval", "0"], "--log_interval must be positive, got 0"),
                         (["--min_lr", "-1"], "--min_lr must not be negative, got -1.0"),
                         (["--patience", "-1"], "--patience must not be negative, got -1"),
@@ -3574,7 +3602,8 @@ def test_token_files_replaced_after_meta_json_was_read_are_refused(env, tmp_path
     ids = np.fromfile(data / "mini" / "train.bin", dtype=meta["dtype"])
     for rebuilt in (np.concatenate([ids, ids]), ids[: len(ids) // 2]):  # the rebuild lands now: more data, or less
         (data / "mini" / "train.bin").write_bytes(rebuilt.tobytes())
-        with pytest.raises(UserError, match=rf"^.*/mini/train.bin holds {len(rebuilt):,} tokens, not the {len(ids):,} its "
+        with pytest.raises(UserError, match=rf"^.*/mini/train.bin holds {len(rebuilt):,} tokens, not the "
+                                            rf"{len(ids):,} its "
                                             r"meta.json said a moment ago: a prepare.py rebuilt .*/mini as this run "
                                             r"started; run this again$"):
             train.Windows(meta, "train", 64)
@@ -3601,7 +3630,8 @@ def test_token_files_replaced_as_windows_opens_them_are_refused(env, tmp_path, m
                 os.replace(data / "new", path)
             return open(file, *a, **k)
         monkeypatch.setattr(train, "open", open_rebuilt, raising=False)
-        with pytest.raises(UserError, match="holds .* tokens, not the .* its meta.json said|has .* entries for .* tokens"):
+        with pytest.raises(UserError, match="holds .* tokens, not the .* its meta.json said|has .* entries "
+                                            "for .* tokens"):
             train.Windows(meta, "train", 64)
         monkeypatch.undo()
         path.write_bytes(old)
@@ -3656,7 +3686,8 @@ def test_a_checkpoint_name_that_is_the_datasets_does_not_refuse_its_own_run(env,
     """--output_checkpoint models/mini for --dataset mini: the file name's lock (for other datasets' runs) was the
     dataset's own lock file, which the run already held, and the run refused itself as "another train.py"."""
     out = tmp_path / "m"
-    s = train.train(args_for(env, out, "--dataset", "mini", "--max_steps", "1", "--output_checkpoint", str(out / "mini")))
+    s = train.train(args_for(env, out, "--dataset", "mini", "--max_steps", "1", "--output_checkpoint",
+                             str(out / "mini")))
     assert s["checkpoint"] == str(out / "mini") and load_checkpoint(s["checkpoint"])["dataset"] == "mini"
     assert not [f for f in os.listdir(out) if f.endswith(".lock")]  # none left behind
 
@@ -3687,7 +3718,8 @@ def test_output_checkpoint_folders(env, tmp_path):
                        (str(tmp_path / "new" / "{dataset}_best.pt"), "is the run's mini_best.pt, which train.py "
                                                                      "writes itself: name the checkpoints otherwise"),
                        (str(tmp_path / "new" / "mini_metrics.jsonl"), "is the run's mini_metrics.jsonl"),
-                       (str(tmp_path / "new" / "mini_loss.png"), "is the run's mini_loss.png")):  # (each plot replaced it)
+                       # (each plot replaced it)
+                       (str(tmp_path / "new" / "mini_loss.png"), "is the run's mini_loss.png")):
         with pytest.raises(UserError, match=re.escape(words)):
             train.train(args_for(env, tmp_path, "--dataset", "mini", "--max_steps", "2", "--output_checkpoint", bad))
     assert not (tmp_path / "new").exists()
@@ -3803,9 +3835,11 @@ def test_reset_epoch_on_a_fine_tune_is_refused_not_ignored(env, tmp_path):
     """--reset_epoch keeps a run's optimizer and restarts its epochs; on another dataset (fine-tuning) or from weights
     alone there is no run to restart: the flag was silently ignored, the optimizer dropped though its help said kept."""
     first = train.train(args_for(env, tmp_path / "a", "--dataset", "mini", "--max_steps", "1"))["checkpoint"]
-    with pytest.raises(UserError, match=r"^--reset_epoch restarts the epochs and schedule of a run continued on its own "
+    with pytest.raises(UserError, match=r"^--reset_epoch restarts the epochs and schedule of a run "
+                                        r"continued on its own "
                                         r"dataset, keeping its optimizer; .* was trained on mini, so training it on "
-                                        r"chat is fine-tuning: a new run, which starts at epoch 1 with a fresh optimizer "
+                                        r"chat is fine-tuning: a new run, which starts at epoch 1 with a "
+                                        r"fresh optimizer "
                                         r"anyway: leave --reset_epoch out$"):
         train.train(args_for(env, tmp_path / "b", "--dataset", "chat", "--checkpoint", first, "--reset_epoch",
                              fresh=False))
@@ -4153,7 +4187,8 @@ def test_an_unwritable_default_output_names_the_option(env, tmp_path, monkeypatc
     (tmp_path / "models").write_text("not a folder")
     a = train.parse_args(["--data_dir", env["data"], "--dataset", "mini", "--device", "cpu", "--max_steps", "1",
                           "--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size", "64"])
-    with pytest.raises(UserError, match=r"^--output_checkpoint \(default\) models/mini_epoch1\.pt: a part of the path is a file"):
+    with pytest.raises(UserError, match=r"^--output_checkpoint \(default\) models/mini_epoch1\.pt: a part of the "
+                                        r"path is a file"):
         train.train(a)
     assert (tmp_path / "models").read_text() == "not a folder"
 
