@@ -522,7 +522,8 @@ def test_the_file_systems_refusals_end_in_one_line(capsys):
     with pytest.raises(SystemExit) as e:
         run_main(full)
     assert e.value.code == 1
-    assert capsys.readouterr().err == "error: No space left on device: models/x.pt: free some space or write elsewhere\n"
+    assert capsys.readouterr().err == \
+        "error: No space left on device: models/x.pt: free some space or write elsewhere\n"
 
     def bug():
         raise OSError(errno.EBADF, "Bad file descriptor")  # the code's fault, not the machine's: a traceback
@@ -1524,7 +1525,8 @@ def test_a_command_to_paste_calls_this_python_as_the_shell_finds_it(tmp_path, mo
     assert common.script_command("gen.py", "models/a b.pt") == "python gen.py 'models/a b.pt'"
     monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))  # not activated: its path, relative below here
     monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.dirname(exe))))
-    assert common.script_command("gen.py") == f"{os.path.relpath(exe)} gen.py" and not os.path.isabs(os.path.relpath(exe))
+    assert common.script_command("gen.py") == f"{os.path.relpath(exe)} gen.py" \
+        and not os.path.isabs(os.path.relpath(exe))
     monkeypatch.chdir(tmp_path)
     assert common.python_command() == shlex.quote(exe)  # (outside: the whole path)
     # run from another folder, the script's path: a bare `gen.py` is no file here, and outside the working directory
