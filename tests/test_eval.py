@@ -110,9 +110,11 @@ def test_reply_stats_count_endings_exactly(env, tmp_path):
     histories = [[{"role": "user", "content": f"Hi {i}"}] for i in range(5)]
     sampling = dict(dtype=torch.float32, temperature=1.0, top_k=None, top_p=None)
     ends = fixed_model(enc, enc.encode_single_token(IM_END))
-    assert eval_py.reply_stats(ends, enc, histories, 10, 0, **sampling) == {"replies": 5, "ended": 1.0, "mean_tokens": 0.0}
+    assert eval_py.reply_stats(ends, enc, histories, 10, 0, **sampling) == \
+        {"replies": 5, "ended": 1.0, "mean_tokens": 0.0}
     word = fixed_model(enc, enc.encode_ordinary(" the")[0])
-    assert eval_py.reply_stats(word, enc, histories, 10, 0, **sampling) == {"replies": 5, "ended": 0.0, "mean_tokens": 10.0}
+    assert eval_py.reply_stats(word, enc, histories, 10, 0, **sampling) == \
+        {"replies": 5, "ended": 0.0, "mean_tokens": 10.0}
     # --prompt_file FILE: its first --samples lines, in a row of their own instead of the split's prompts
     path = str(tmp_path / "ends.pt")
     save_checkpoint(path, ends, enc, dataset="chat")
