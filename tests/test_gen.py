@@ -836,7 +836,8 @@ def test_unusable_prompt_file_or_output_is_refused_before_the_model_loads(ckpt, 
                        ("blank.txt", '--prompt_file {} holds no prompts (one per line, or JSON lines with a "prompt" '
                                      'field)')):
         src = tmp_path / name
-        assert one_error_line(*cli([ckpt, "--prompt_file", str(src)] + CPU, capsys)[::2]) == "error: " + want.format(src)
+        assert one_error_line(*cli([ckpt, "--prompt_file", str(src)] + CPU, capsys)[::2]) == \
+            "error: " + want.format(src)
     for out, words in ((tmp_path, "is a folder"), (tmp_path / "file" / "out.jsonl", "a part of the path is a file"),
                        # the prompts themselves: they were replaced by the completions
                        (prompts, "is the --prompt_file it reads: the result would replace it; give another --output"),
