@@ -386,7 +386,8 @@ def test_custom_vocabulary_exports_with_the_same_ids(custom_enc, tmp_path):
         assert tok.decode(ids) == text
     # and back: the same vocabulary (same ids for every text), under the same name
     enc2, n = hf.read_tokenizer(out)
-    assert tokenizer_hash(enc2) == tokenizer_hash(custom_enc) and enc2.name == custom_enc.name and n == custom_enc.n_vocab
+    assert tokenizer_hash(enc2) == tokenizer_hash(custom_enc) and enc2.name == custom_enc.name \
+        and n == custom_enc.n_vocab
     with open(os.path.join(out, "tokenizer.tiktoken"), encoding="utf-8") as f:
         assert f.read() == custom_enc.bpe_text  # for `prepare.py --tokenizer OUT/tokenizer.tiktoken`
 
