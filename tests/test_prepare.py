@@ -130,7 +130,8 @@ def test_text_corpus(tmp_path, enc):
     folder = tmp_path / "data" / "text"
     assert meta == json.loads((folder / "meta.json").read_text())
     assert meta["dtype"] == "uint16" and meta["kind"] == "text" and not meta["has_mask"]
-    assert meta["tokenizer"] == "gpt2" and meta["tokenizer_hash"] == tokenizer_hash(enc) and meta["vocab_size"] == enc.n_vocab
+    assert meta["tokenizer"] == "gpt2" and meta["tokenizer_hash"] == tokenizer_hash(enc) \
+        and meta["vocab_size"] == enc.n_vocab
     assert not (folder / "train_mask.bin").exists()
     check_sizes(folder, meta)
     train, val = meta["splits"]["train"], meta["splits"]["val"]
@@ -1579,7 +1580,8 @@ def test_vocabulary_trained_on_the_data(tmp_path, monkeypatch, capsys):
 
     # a damaged vocabulary is the dataset's own: retrained, not an error telling to pass another --tokenizer
     vocab.write_bytes(b"\x00\xff binary junk")
-    assert prepare.prepare("text", source=corpus, out_dir=out, vocab_size=300)["tokenizer_hash"] == meta["tokenizer_hash"]
+    assert prepare.prepare("text", source=corpus, out_dir=out, vocab_size=300)["tokenizer_hash"] == \
+        meta["tokenizer_hash"]
     assert tokenizer_hash(get_tokenizer(str(vocab))) == meta["tokenizer_hash"]
 
     # a rebuild with another size that is interrupted leaves the old vocabulary and tokens alone
@@ -1629,7 +1631,8 @@ def test_a_vocabulary_learns_from_at_most_vocab_text_chars_spread_over_the_input
     cap = os.path.getsize(src) // 4
     sample, said = learnt(cap)
     assert set(sample) < set(train) and sum(map(len, sample)) <= cap and 40 <= len(sample) <= 50
-    assert sample[0] == train[0] and train.index(sample[-1]) > 170 and any(train.index(d) in range(80, 100) for d in sample)
+    assert sample[0] == train[0] and train.index(sample[-1]) > 170 \
+        and any(train.index(d) in range(80, 100) for d in sample)
     chars, mb = (lambda n: f"{n / 1e6:,.0f}M characters"), (lambda n: f"{n / 1e6:,.0f} MB")
     assert said == (f"trained a {n}-token vocabulary on {chars(sum(map(len, sample)))} of its train text (25% of the "
                      f"documents of the {mb(os.path.getsize(src))} of input, spread over it; at most {chars(cap)}, "
@@ -1637,7 +1640,8 @@ def test_a_vocabulary_learns_from_at_most_vocab_text_chars_spread_over_the_input
     assert learnt(cap)[0] == sample  # the same sample each time: the same vocabulary, which checkpoints fit
     # --limit's first documents, of a size no file says: the first of them, up to the cap (the last one cut there)
     sample, said = learnt(1000, limit=100)
-    assert "".join(sample) == "".join(train)[:1000] and "on the first 0M characters of its train text (at most 0M characters" in said
+    assert "".join(sample) == "".join(train)[:1000] \
+        and "on the first 0M characters of its train text (at most 0M characters" in said
 
 
 def test_a_vocabulary_sample_of_a_parquet_file_is_spread_over_all_of_it(tmp_path, monkeypatch):
@@ -1802,7 +1806,8 @@ def test_made_again_without_a_vocabulary_option_a_dataset_keeps_its_own(tmp_path
     capsys.readouterr()
     assert prepare.prepare("text", source=src, out_dir=out) == own
     said = capsys.readouterr().out
-    assert "keeping its own vocabulary (--vocab_size 300; --tokenizer gpt2 for GPT-2's)" in said and "is up to date" in said
+    assert "keeping its own vocabulary (--vocab_size 300; --tokenizer gpt2 for GPT-2's)" in said \
+        and "is up to date" in said
     # a dataset made with another's vocabulary keeps that one, --force or not
     prepare.prepare("text", source=src, out_dir=out, name="other", tokenizer=own["tokenizer"])
     assert prepare.prepare("text", source=src, out_dir=out, name="other", force=True)["tokenizer"] == own["tokenizer"]
@@ -1823,7 +1828,8 @@ def test_made_again_without_a_vocabulary_option_a_dataset_keeps_its_own(tmp_path
                                                     r"--tokenizer .*tokenizer\.tiktoken to remake the dataset with it"):
         prepare.prepare("text", source=src, out_dir=out, name="other")
     assert (tmp_path / "data" / "other" / "train.bin").read_bytes() == other_bin
-    assert prepare.prepare("text", source=src, out_dir=out, name="other", tokenizer=own["tokenizer"])["vocab_size"] == 280
+    assert prepare.prepare("text", source=src, out_dir=out, name="other", tokenizer=own["tokenizer"])["vocab_size"] == \
+        280
     os.remove(own["tokenizer"])
     # the tokenizer kept is gone: said in one line (a bare prepare.py skips the dataset)
     with pytest.raises(prepare.TokenizerGone, match=r"other was made with tokenizer .*, which is gone \(it held "
@@ -3157,7 +3163,8 @@ def test_mix_follows_the_weights(tmp_path, monkeypatch, enc, capsys):
 
     # val: every source's own validation documents, once each
     val, val_mask = load(folder, "val", meta)
-    assert sorted(source_tokens(enc, val)[1]) == sorted([f"ddval{i}" for i in range(6)] + [f"kn{i}" for i in range(90, 100)])
+    assert sorted(source_tokens(enc, val)[1]) == \
+        sorted([f"ddval{i}" for i in range(6)] + [f"kn{i}" for i in range(90, 100)])
     assert meta["mix"]["dailydialog"]["val_documents"] == 6 and meta["mix"]["knowledge"]["val_documents"] == 10
     assert sorted(masked_spans(enc, val, val_mask)) == sorted([f"ddval{i} bye" + IM_END for i in range(6)] +
                                                               [f"kn{i} it is {2 * i}." + IM_END for i in range(90, 100)])
@@ -3191,7 +3198,8 @@ def test_mix_follows_the_weights(tmp_path, monkeypatch, enc, capsys):
     # a vocabulary trained on the mix: on the text of every source
     meta = prepare.prepare("mix", mix={"dailydialog": 1, "knowledge": 1}, name="mix300", out_dir=out, vocab_size=300)
     small = get_tokenizer(meta["tokenizer"])
-    assert meta["vocab_size"] == 300 and len(small.encode_ordinary("ddval")) < 5 and len(small.encode_ordinary("kn")) == 1
+    assert meta["vocab_size"] == 300 and len(small.encode_ordinary("ddval")) < 5 \
+        and len(small.encode_ordinary("kn")) == 1
 
 
 def test_a_mixs_counts_are_of_what_packing_kept(tmp_path, monkeypatch, enc, capsys):
@@ -3305,7 +3313,8 @@ def test_other_mix_weights_keep_the_mixs_vocabulary(tmp_path, monkeypatch, capsy
     capsys.readouterr()
     meta = prepare.prepare("mix", mix={"dailydialog": 1, "knowledge": 3}, out_dir=out, vocab_size=300)
     assert "trained a" not in capsys.readouterr().out and vocab.read_bytes() == trained
-    assert meta["mix"]["knowledge"]["weight"] == 3 and meta["tokenizer_hash"] == tokenizer_hash(get_tokenizer(str(vocab)))
+    assert meta["mix"]["knowledge"]["weight"] == 3 \
+        and meta["tokenizer_hash"] == tokenizer_hash(get_tokenizer(str(vocab)))
     prepare.prepare("mix", mix={"dailydialog": 1}, out_dir=out, vocab_size=300)
     assert "trained a" in capsys.readouterr().out
 
@@ -3323,7 +3332,8 @@ def test_a_mixs_vocabulary_from_before_the_weights_left_its_fingerprint_is_kept(
     path = tmp_path / "data" / "mix" / "meta.json"
     path.write_text(json.dumps(dict(meta, vocab_fingerprint=then)))
     capsys.readouterr()
-    assert prepare.prepare("mix", mix=mix, out_dir=out, vocab_size=300)["vocab_fingerprint"] == meta["vocab_fingerprint"]
+    assert prepare.prepare("mix", mix=mix, out_dir=out, vocab_size=300)["vocab_fingerprint"] == \
+        meta["vocab_fingerprint"]
     said = capsys.readouterr().out
     assert "up to date" in said and "trained a" not in said
     assert json.loads(path.read_text())["vocab_fingerprint"] == meta["vocab_fingerprint"]
@@ -4325,7 +4335,8 @@ def test_a_val_cut_from_trains_sources_leaves_out_the_documents_train_has(tmp_pa
     assert meta["splits"]["val"]["documents"] == 1 and meta["splits"]["train"]["documents"] == 27
     assert meta["val_repeats"] == 2 and "(27 train, 1 val; 2 left out of val (already in train or val))" in \
         capsys.readouterr().out
-    assert meta["splits"]["val"]["bytes"] == text_bytes(enc, ids) and "each once and none train has" in meta["val_split"]
+    assert meta["splits"]["val"]["bytes"] == text_bytes(enc, ids) \
+        and "each once and none train has" in meta["val_split"]
     # plain text, in several files: a later file's train documents count too, and whole one-document files
     docs = [f"Note {i}: the cat sat on the mat." for i in range(30)]
     folder = tmp_path / "notes"
