@@ -702,7 +702,8 @@ def test_http_errors_get_openai_bodies(api):
     # framings at once are refused; either way the connection closes, since the body's end is not known
     status, err, headers = raw(api, b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\n"
                                     b"Transfer-Encoding: gzip, chunked\r\n\r\n")
-    assert status == 501 and headers["Connection"] == "close" and "'gzip, chunked' is not supported" in err["error"]["message"]
+    assert status == 501 and headers["Connection"] == "close" \
+        and "'gzip, chunked' is not supported" in err["error"]["message"]
     for second in (b"identity", b"chunked"):  # two lines: "chunked, identity" is no chunked framing (TE.TE smuggling)
         status, err, headers = raw(api, b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\n"
                                         b"Transfer-Encoding: chunked\r\n"
@@ -2501,7 +2502,8 @@ def test_command_line_serves_on_loopback(ckpt):
         assert json.loads(conn.getresponse().read())["data"][0]["id"] == "tiny"
         conn.request("GET", "/")
         r = conn.getresponse()
-        assert r.status == 200 and r.getheader("Content-Type").startswith("text/html") and b"/v1/chat/completions" in r.read()
+        assert r.status == 200 and r.getheader("Content-Type").startswith("text/html") \
+            and b"/v1/chat/completions" in r.read()
         conn.close()
     assert p.returncode == 0, p.err
 
@@ -2877,7 +2879,8 @@ def test_command_line_errors(ckpt, enc, tmp_path, capsys, monkeypatch):
     save_checkpoint(nan, model, enc)
     monkeypatch.setattr(serve, "ApiServer", lambda *a, **k: pytest.fail("a model of NaN weights was served"))
     code, out, err = run_cli(serve.main, [nan, "--port", "0", "--device", "cpu"], capsys)
-    assert code == 1 and err.count("\n") == 1 and err.startswith(f"error: {nan} holds weights that are not finite") and out == ""
+    assert code == 1 and err.count("\n") == 1 and err.startswith(f"error: {nan} holds weights that are not finite") \
+        and out == ""
     # a port out of range: argparse's usage and one error line, not bind()'s OverflowError
     for value in ("70000", "-1"):
         with pytest.raises(SystemExit) as e:
@@ -3301,7 +3304,8 @@ def test_cors_lets_the_pages_of_the_allowed_origins_call_the_api(enc):
     api = start(tiny_model(enc), enc, cors=("*",))
     try:
         status, h, _ = head(api, "OPTIONS", "/v1/models/tiny", {**ask, "Access-Control-Request-Method": "GET"})
-        assert status == 204 and h["access-control-allow-origin"] == "*" and h["access-control-allow-methods"] == "GET, OPTIONS"
+        assert status == 204 and h["access-control-allow-origin"] == "*" \
+            and h["access-control-allow-methods"] == "GET, OPTIONS"
         assert "vary" not in h  # the same answer for every origin: a cache keeps one
     finally:
         api.close()
