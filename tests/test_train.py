@@ -2496,7 +2496,8 @@ def test_evaluations_give_bits_per_byte_beside_loss_and_perplexity(env, tmp_path
     for r, (loss, ppl, bpb) in zip(recs, shown):
         expected = bits_per_byte_of(r["val_loss"], meta, enc, 64, idx)
         assert r["val_bpb"] == pytest.approx(expected, rel=1e-4) and float(bpb) == pytest.approx(expected, abs=1e-3)
-        assert float(loss) == pytest.approx(r["val_loss"], abs=1e-4) and float(ppl) == pytest.approx(r["val_ppl"], abs=0.01)
+        assert float(loss) == pytest.approx(r["val_loss"], abs=1e-4) \
+            and float(ppl) == pytest.approx(r["val_ppl"], abs=0.01)
     split = meta["splits"]["val"]  # (the split's ratio is another figure here: the test can tell them apart)
     assert abs(recs[0]["val_bpb"] / (recs[0]["val_loss"] * split["tokens"] / (split["bytes"] * math.log(2))) - 1) > 0.01
     assert s["best_val_bpb"] == pytest.approx(min(r["val_bpb"] for r in recs), rel=1e-4)
