@@ -24,8 +24,8 @@ os.chdir(ROOT)
 # pytest workers on a 2-core machine, and two threads each make the workers' tiny matmuls wait for a descheduled
 # sibling (test_gen's KV-cache comparison took 17.3 s with two threads, 1.7 s with one). Set before torch is imported.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-# the commands the scripts print for the user to paste start `python` where that is the interpreter on PATH (an activated
-# venv, as here): make test runs .venv/bin/python without activating it (common.python_command)
+# the commands the scripts print for the user to paste start `python` where that is the interpreter on PATH (an
+# activated venv, as here): make test runs .venv/bin/python without activating it (common.python_command)
 os.environ["PATH"] = os.path.dirname(os.path.abspath(sys.executable)) + os.pathsep + os.environ.get("PATH", "")
 
 # A non-interactive shell starts a background job (`make test &`, `nohup`) with Ctrl-C ignored, and every process the
