@@ -384,7 +384,8 @@ def refused_option(script, option, value, capsys):
 
 @pytest.mark.parametrize("script, option, value, minimum", [
     # a count below its minimum, one wording (common.at_least) where it was "must be >= 1" (gen.py, eval.py,
-    # serve.py), "must be >= 0" (eval.py), "must be positive" (bench.py) and "--limit 0: must be at least 1" (prepare.py)
+    # serve.py), "must be >= 0" (eval.py), "must be positive" (bench.py) and "--limit 0: must be at least 1"
+    # (prepare.py)
     ("gen", "--max_tokens", "0", 1), ("eval", "--samples", "-1", 0), ("eval", "--batch_size", "0", 1),
     ("serve", "--max_queue", "0", 1), ("bench", "--steps", "0", 1), ("bench", "--warmup", "-1", 0),
     ("prepare", "--limit", "0", 1)])
@@ -417,7 +418,8 @@ def test_a_switch_is_on_off_or_left_to_the_run_in_either_spelling():
 
 def test_no_output_replaces_a_checkpoint_or_a_datasets_file(tmp_path):
     """eval.py --json, gen.py --output, setup_tokenizer.py --out over a checkpoint or a dataset's file replaced it
-    (a 7.7 MB checkpoint became 627 bytes of JSON); train.py's checkpoints may replace checkpoints (by its own rules)."""
+    (a 7.7 MB checkpoint became 627 bytes of JSON); train.py's checkpoints may replace checkpoints (by its own
+    rules)."""
     ckpt = tmp_path / "x.pt"
     atomic_torch_save({"model": {}}, str(ckpt))
     data = tmp_path / "story"
@@ -1115,9 +1117,9 @@ def test_a_folder_of_checkpoints_given_as_one_lists_them(tmp_path):
 
 
 def test_first_bad_utf8_names_line_and_offset_in_bounded_memory(tmp_path):
-    """Where a file stops being UTF-8, for the one-line error: read in blocks (a line at a time held a 400 MB file without
-    newlines in memory), lines counted as text files count them (a file of \r endings was one line), a pipe not read
-    twice (it said line 0, byte 0)."""
+    """Where a file stops being UTF-8, for the one-line error: read in blocks (a line at a time held a 400 MB file
+    without newlines in memory), lines counted as text files count them (a file of \r endings was one line), a pipe not
+    read twice (it said line 0, byte 0)."""
     from common import first_bad_utf8, not_utf8
     f = tmp_path / "f.txt"
     for data, where in ((b"ab\r\ncd\ncaf\xc3\xa9\xff\n", (3, 12)), (b"ab\rcd\rcaf\xe9\r", (3, 9)),
@@ -1488,10 +1490,10 @@ ONEDNN_CACHES = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
 
 
 def test_onednn_keeps_a_bounded_number_of_kernels_set_before_torch_loads():
-    """oneDNN keeps a kernel for every matmul shape it meets, 1024 by default, ~1 MB each: serve.py in bf16 on a CPU grew
-    by ~1 GB over requests of varied prompt lengths. common (every script's first import, before torch) caps both its
-    caches, unless the user set them: a subprocess without them sees the cap before torch is imported, and the kernel
-    of the first of 65 bf16 matmul shapes built again (evicted), where the default cache held it."""
+    """oneDNN keeps a kernel for every matmul shape it meets, 1024 by default, ~1 MB each: serve.py in bf16 on a CPU
+    grew by ~1 GB over requests of varied prompt lengths. common (every script's first import, before torch) caps both
+    its caches, unless the user set them: a subprocess without them sees the cap before torch is imported, and the
+    kernel of the first of 65 bf16 matmul shapes built again (evicted), where the default cache held it."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {k: v for k, v in os.environ.items() if k not in ONEDNN_CACHES}
     probe = "import os, sys, common; print('torch' in sys.modules, *(os.environ[k] for k in {!r}))".format(ONEDNN_CACHES)
