@@ -679,7 +679,8 @@ def stuck_run(env, tmp_path, name, call, *argv):
 
 def test_a_stuck_rank_ends_the_run_after_dist_timeout(env, tmp_path):
     """A rank that hangs, not dies, left the others waiting in the step's all-reduce for gloo's 30 minutes, without a
-    word: --dist_timeout bounds the wait (10 minutes by default), and the line says what it was and how to allow more."""
+    word: --dist_timeout bounds the wait (10 minutes by default), and the line says what it was and how to allow
+    more."""
     err = stuck_run(env, tmp_path, "train_step", 3, "--epochs", "50", "--save_interval", "0")
     assert err.count("error: no word from another rank in 0.05 minute(s) at step 2 (--dist_timeout): one is stuck "
                      "(see its lines, on its machine)") == 1, err[-3000:]
