@@ -174,9 +174,9 @@ def test_the_warning_for_prompts_the_context_cuts_names_its_row(env, chat_ckpt, 
 
 
 def test_prompts_a_max_tokens_over_half_the_context_leaves_short_are_counted(env, capsys):
-    """With --max_tokens over half the context a history that fits its half can leave the reply fewer tokens: chat_prompt
-    called it not short, so eval.py's count of prompts given fewer than --max_tokens left these out (and said
-    nothing). Such a turn is short, with no warning of its own (max_tokens_for's, said once, covers them)."""
+    """With --max_tokens over half the context a history that fits its half can leave the reply fewer tokens:
+    chat_prompt called it not short, so eval.py's count of prompts given fewer than --max_tokens left these out (and
+    said nothing). Such a turn is short, with no warning of its own (max_tokens_for's, said once, covers them)."""
     enc = env["enc"]
     word = fixed_model(enc, enc.encode_ordinary(" the")[0])  # context 64; max_tokens 40: 32 tokens for the history
     sampling = dict(dtype=torch.float32, temperature=1.0, top_k=None, top_p=None)
