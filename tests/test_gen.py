@@ -361,8 +361,8 @@ def test_a_terminal_gets_the_typing_rhythm_and_a_pipe_never_waits(ckpt, capsys, 
 def test_control_characters_a_model_writes_show_on_a_terminal_and_pass_a_pipe_as_they_are(ckpt, enc, capsys,
                                                                                         monkeypatch):
     """A model's ESC c cleared the user's screen, its \\r wrote over the line and ESC ]0;...BEL retitled the window: on
-    a terminal they show as symbols, gen.py's own bold around the echoed prompt still works, and a character split across
-    tokens still comes whole; a pipe gets the bytes the model wrote."""
+    a terminal they show as symbols, gen.py's own bold around the echoed prompt still works, and a character split
+    across tokens still comes whole; a pipe gets the bytes the model wrote."""
     written = "\x1bc\x1b]0;pwned\x07 over\rx\x08\x9b2J\tcaf\u00e9\n"
     ids = enc.encode("\x1bc\x1b]0;pwned\x07 over\rx\x08\x9b2J\tcaf") + [enc.encode_single_token(b) for b in
                                                                        (b"\xc3", b"\xa9")] + enc.encode("\n")
@@ -378,8 +378,8 @@ def test_control_characters_a_model_writes_show_on_a_terminal_and_pass_a_pipe_as
 
 def test_a_crlf_line_end_shows_as_a_line_end_on_a_terminal(ckpt, enc, capsys, monkeypatch):
     """\r\n ends a line on a terminal as \n does: shown as a \r, each line of a CRLF text (a hub GPT-2's, which writes
-    \r and \n as two tokens, a chat set's) ended in a ␍. A \r alone, which writes over the line, still shows; a pipe gets
-    the bytes."""
+    \r and \n as two tokens, a chat set's) ended in a ␍. A \r alone, which writes over the line, still shows; a pipe
+    gets the bytes."""
     text = " one\r\ntwo\r\n\r\nthree\rx\r"
     ids = [enc.encode_single_token(c) for c in text]
     monkeypatch.setattr(gen, "sample_steps", lambda *a, **k: iter([[t] for t in ids]))
@@ -1520,7 +1520,8 @@ def test_lines_typed_at_a_terminal_can_be_edited_and_recalled():
     """gen.py --chat and --interactive read the user's lines with input(), which edits a line only once readline is
     imported: an arrow key's escape sequence went into the message ("ab^[[DX"), and no earlier line came back on the
     up arrow. Typed into a pseudo-terminal: a, b, left, X, Enter; then up, Enter; then two lines pasted (as a terminal
-    sends a paste once the program asks for bracketed paste) and Enter: one message, not one per line with a reply each."""
+    sends a paste once the program asks for bracketed paste) and Enter: one message, not one per line with a reply
+    each."""
     pty = pytest.importorskip("pty")
     pytest.importorskip("readline")  # (where Python has none, as on Windows, the console edits lines itself)
     import select
