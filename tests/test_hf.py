@@ -414,9 +414,10 @@ def test_a_vocabulary_that_keeps_marks_in_words_exports_with_the_same_ids(tmp_pa
         assert ids_of(tok, text) == ids and bare.encode(text).ids == ids, text
     enc2, _ = hf.read_tokenizer(out)
     assert tokenizer_hash(enc2) == tokenizer_hash(marks_enc)
-    # without tokenizer_config.json (a download of config.json, model.safetensors and tokenizer.json alone) AutoTokenizer
-    # takes GPT2Tokenizer for model_type gpt2, which builds its own pipeline and cuts with GPT-2's regex whatever
-    # tokenizer.json says: other ids than the vocabulary's, so the folder is refused, not read with other tokens
+    # without tokenizer_config.json (a download of config.json, model.safetensors and tokenizer.json alone)
+    # AutoTokenizer takes GPT2Tokenizer for model_type gpt2, which builds its own pipeline and cuts with GPT-2's regex
+    # whatever tokenizer.json says: other ids than the vocabulary's, so the folder is refused, not read with other
+    # tokens
     bare_folder = str(tmp_path / "no-tokenizer-config")
     shutil.copytree(out, bare_folder)
     os.remove(os.path.join(bare_folder, "tokenizer_config.json"))
@@ -821,8 +822,9 @@ def test_embedding_rows_no_token_reaches_are_left_behind(small_folder, tmp_path)
 
 
 def test_a_file_of_a_model_folder_given_as_the_checkpoint_names_the_folder(small_folder, tmp_path, capsys, monkeypatch):
-    """torch.load reads model.safetensors as a state dict: export.py's weights given for the model said "not a checkpoint
-    of this project ...; train one with train.py" (and its config.json "corrupt, or not written by torch.save?")."""
+    """torch.load reads model.safetensors as a state dict: export.py's weights given for the model said "not a
+    checkpoint of this project ...; train one with train.py" (and its config.json "corrupt, or not written by
+    torch.save?")."""
     for name in ("model.safetensors", "config.json"):
         path = os.path.join(small_folder["folder"], name)
         line = one_error_line(*run_cli(gen.main, [path, "--prompt", "x", "--max_tokens", "1", *CPU], capsys)[::2])
@@ -1183,7 +1185,8 @@ def test_an_untied_lm_head_is_refused(small_folder, tmp_path):
 @pytest.mark.parametrize("variant, kind", [("gpt2", "GPT2LMHeadModel"), ("modern", "LlamaForCausalLM")])
 def test_export_dtype_writes_those_weights_and_names_the_model_class(custom_enc, tmp_path, capsys, variant, kind):
     """`export.py CKPT OUT --dtype bfloat16` writes bf16 weights (half the file), said so in config.json; the line
-    printed names the class transformers will load: GPT2LMHeadModel for the gpt2 variant, LlamaForCausalLM for modern."""
+    printed names the class transformers will load: GPT2LMHeadModel for the gpt2 variant, LlamaForCausalLM for
+    modern."""
     model = our_model(custom_enc.n_vocab, variant)
     ckpt = str(tmp_path / "model.pt")
     save_checkpoint(ckpt, model, custom_enc)
