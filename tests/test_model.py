@@ -355,7 +355,8 @@ def test_forward_matches_reference(variant, bias):
 def test_loss_and_gradients_match_reference(variant):
     # the training path whole, at a padded vocabulary (1000 of 1024): forward's loss is the real ids' cross-entropy
     # (CrossEntropy's vocab_size, which test_ignore_index and test_loss_mask, at 128 ids, cannot see dropped), averaged
-    # over the targets that count, and its gradients are autograd's through the plain reference, the tied matrix's included
+    # over the targets that count, and its gradients are autograd's through the plain reference, the tied matrix's
+    # included
     model = tiny_model(variant)
     idx, tgt = tokens(3, 32), tokens(3, 32, seed=2)
     tgt[0, :10] = -1
@@ -695,8 +696,8 @@ def test_top_k_with_top_p(variant):
 
 @pytest.mark.parametrize("top_k", [None, 4])  # 4: the path that samples among topk's columns, as gen.py's --top_k 200
 def test_top_p_is_taken_from_the_tempered_distribution(top_k):
-    # gen.py --temp T --top_p P: the nucleus is the smallest set of tokens holding P of the distribution sampled, the one
-    # the temperature gives, as Hugging Face's samplers take it (temperature first). Cut from the untempered one, a
+    # gen.py --temp T --top_p P: the nucleus is the smallest set of tokens holding P of the distribution sampled, the
+    # one the temperature gives, as Hugging Face's samplers take it (temperature first). Cut from the untempered one, a
     # --temp 2 nucleus missed a token and a --temp 0.5 one kept a token too many
     logits = torch.tensor([0.5, 0.3, 0.15, 0.05]).log().repeat(2000, 1)  # 2000 draws of one distribution
     no_context = torch.zeros(2000, 0, dtype=torch.long)
