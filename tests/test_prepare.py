@@ -256,8 +256,9 @@ def test_a_short_single_document_gives_val_some_text_or_a_clear_error(tmp_path, 
         prepare.prepare("text", source=write(tmp_path / "x.txt", "x"), out_dir=str(tmp_path / "data"), name="x")
     assert not (tmp_path / "data" / "x").exists()
     # a vocabulary sees no merge of such a document, which it could make one token, whole in val (it saw it all)
-    # and a book's share is what it always was, the ceil of 1 - val_fraction of its characters: a vocabulary trained again
-    # on the same text (its file lost, --force) must be the same one, or the checkpoints trained on it no longer fit
+    # and a book's share is what it always was, the ceil of 1 - val_fraction of its characters: a vocabulary trained
+    # again on the same text (its file lost, --force) must be the same one, or the checkpoints trained on it no longer
+    # fit
     book = "".join(f"line {i}: the quick brown fox.\n" for i in range(500))[:12_542]
     for text, learnt in (("zq", ["z"]), (book, [book[:11_288]])):
         write(tmp_path / "zq" / "z.txt", text)
@@ -446,7 +447,8 @@ def test_a_file_written_to_as_it_is_read_is_refused_and_the_old_dataset_kept(tmp
 
 def test_null_fields_byte_order_marks_and_deep_json(tmp_path, enc):
     """What exports contain: rows of mixed shapes with every column, null where a row has none (parquet, pandas),
-    a UTF-8 byte-order mark (Notepad, Excel), in a .jsonl at any line's start (such files joined); and nesting too deep for json is one line, not a RecursionError."""
+    a UTF-8 byte-order mark (Notepad, Excel), in a .jsonl at any line's start (such files joined); and nesting too deep
+    for json is one line, not a RecursionError."""
     rows = [{"instruction": "Add 1 and 1.", "input": None, "output": "2", "question": None,
              "answer": None, "text": None},
             {"instruction": None, "input": None, "output": None, "question": "Why?",
@@ -794,7 +796,8 @@ def test_non_utf8_and_bad_input(tmp_path):
         {"role": "user", "content": "x"}, {"role": "assistant", "content": "y", "weight": None}]}) for _ in range(2))),
         out_dir=out, name="w")
     assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == 2
-    # the record of the other kind is named by its line, and so is the first one (a file of 50,000 lines was named alone)
+    # the record of the other kind is named by its line, and so is the first one (a file of 50,000 lines was named
+    # alone)
     with pytest.raises(UserError, match=r"^plain text in \S*mixed.jsonl line 1 and conversations in "
                                         r"\S*mixed.jsonl line 3: "
                                         r"a dataset is one or the other"):
@@ -1174,8 +1177,8 @@ def test_a_record_of_the_other_kind_is_a_bad_record(tmp_path, capsys):
 
 def test_records_with_nothing_to_train_on_are_said_in_the_summary(tmp_path, capsys):
     """Records with nothing to train on (no reply, an empty or null one, a TRL completion [], empty text) are left out,
-    and the summary says how many and where, per file: 300 records gave "291 documents" and no reason. A seed task's empty
-    instances are one record; a file with none says nothing."""
+    and the summary says how many and where, per file: 300 records gave "291 documents" and no reason. A seed task's
+    empty instances are one record; a file with none says nothing."""
     out = str(tmp_path / "data")
     rows = [{"question": f"Q{i}?", "answer": f"A{i}."} for i in range(12)]
     rows[2]["answer"], rows[6]["answer"] = "", None
