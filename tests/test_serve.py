@@ -140,7 +140,8 @@ def test_openai_client_chat_completion(api, enc):
 
 def test_a_chat_reply_ends_at_each_token_that_ends_a_turn(enc):
     """As gen.py's chat (gen.CHAT_STOPS): a reply ends at <|endoftext|> or at a new turn's <|im_start|> too, not at
-    <|im_end|> alone; the model that says nothing else gets an empty reply, "stop", not max_tokens of the token's text."""
+    <|im_end|> alone; the model that says nothing else gets an empty reply, "stop", not max_tokens of the token's
+    text."""
     for closer in gen.CHAT_STOPS:
         model = la_model(enc)
         with torch.no_grad():  # it says closer, never ' la'
@@ -1330,7 +1331,8 @@ def parse_answer(data):
 def test_a_client_that_closes_its_sending_side_gets_its_answer(enc, polls):
     """A client may close its sending side once its request is sent and wait for the answer (`nc -N`, a proxy): that
     end-of-file was taken for a client gone, and the request dropped unanswered, streamed or not. (A client that hangs
-    up is told from it by the reset its socket answers to what the server writes: test_hung_up_clients_free_the_worker.)"""
+    up is told from it by the reset its socket answers to what the server writes:
+    test_hung_up_clients_free_the_worker.)"""
     gate = threading.Event()  # the worker holds the request at its first token until the server has seen end-of-file
     api = start(la_model(enc, gate=gate), enc, name="la")
     try:
@@ -1456,8 +1458,8 @@ def test_requests_under_way_when_the_server_stops_are_answered(enc):
     """Ctrl-C or SIGTERM (ApiServer.halt, which then waits for these answers: test_ctrl_c_while_a_reply_streams_stops_
     cleanly) while requests are under way: the reply being generated stops at its next token and the waiting ones never
     start, as before, but each client is told why: a 503 server_shutting_down, or that error as the last event of a
-    stream already begun. Each got a dropped connection when the process exited. Each connection then closes (a stream's,
-    which cannot say Connection: close, after its last chunk): a client's next request on it was dropped."""
+    stream already begun. Each got a dropped connection when the process exited. Each connection then closes (a
+    stream's, which cannot say Connection: close, after its last chunk): a client's next request on it was dropped."""
     def ask(stream):
         conn = http.client.HTTPConnection(*api.server_address[:2], timeout=30)
         conn.request("POST", "/v1/completions", json.dumps({"prompt": "la", "max_tokens": 8, "stream": stream}))
