@@ -888,7 +888,8 @@ def test_cli_show_gives_a_special_token_as_one_id(gpt2, capsys):
 
 def test_cli_train_refuses_record_files_and_names_prepares_training(tmp_path, capsys):
     """A chat .jsonl read as text trained a vocabulary of its JSON syntax ('{"role": "', '\\u00e9' escapes); prepare.py
-    --vocab_size trains on the messages' contents. Refused, naming that command, before anything is trained or written."""
+    --vocab_size trains on the messages' contents. Refused, naming that command, before anything is trained or
+    written."""
     out = tmp_path / "v.tiktoken"
     for name in ("chats.jsonl", "alpaca.JSON", "rows.parquet"):
         path = tmp_path / name
