@@ -2116,7 +2116,8 @@ def test_bad_checkpoints_are_one_line_errors(env, trained, tmp_path, capsys):
                          ("warmup", {"args": {**ck["args"], "warmup": "abc"}}),
                          ("accum", {"args": {**ck["args"], "grad_accum": "abc"}}),
                          # taken by torch's load_state_dict: a parameter's moments gone (resumed from zero without a
-                         # word), one of another shape, or a part that is no dict (tracebacks, at the first step or in it)
+                         # word), one of another shape, or a part that is no dict (tracebacks, at the first step or in
+                         # it)
                          ("moments", {"optimizer": {**ck["optimizer"], "adamw": {**ck["optimizer"]["adamw"], "state": {
                              k: v for k, v in ck["optimizer"]["adamw"]["state"].items() if k != 1}}}}),
                          ("shape", {"optimizer": {**ck["optimizer"], "adamw": {**ck["optimizer"]["adamw"], "state": {
@@ -3406,8 +3407,8 @@ def test_packed_chat_trains_on_whole_assistant_replies(env, tmp_path, capsys):
     assert "use --block_size" not in err
     meta = {"pack": 64, "folder": "data/x", "dataset": "chat", "options": {}}
     assert "use --block_size 64 (or a multiple)" in train.packing_warning(meta, 48, 128)
-    # windows of several blocks (GPT-2's 1024 on the default pack of 256) keep the blocks whole, but conversations cut in
-    # pieces at the pack size lie apart, which the larger window could have held: said, with the command that packs
+    # windows of several blocks (GPT-2's 1024 on the default pack of 256) keep the blocks whole, but conversations cut
+    # in pieces at the pack size lie apart, which the larger window could have held: said, with the command that packs
     # them at the window's size; nothing when none was cut
     cut = dict(meta, splits={"train": {"in_pieces": 7}})
     assert train.packing_warning(cut, 128, 128) == (
