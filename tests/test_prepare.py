@@ -152,7 +152,8 @@ def test_text_corpus(tmp_path, enc):
 
 
 def test_a_rebuild_removes_token_files_a_killed_prepare_left(tmp_path):
-    """SIGKILL mid-write leaves train.bin.<pid>.tmp (no cleanup can run); the next prepare of that dataset removes it."""
+    """SIGKILL mid-write leaves train.bin.<pid>.tmp (no cleanup can run); the next prepare of that dataset removes
+    it."""
     src = write(tmp_path / "corpus.txt", EOT.join(DOCS))
     folder = tmp_path / "data" / "text"
     folder.mkdir(parents=True)
@@ -392,7 +393,8 @@ def test_lone_surrogates_in_json_read_as_tiktoken_reads_them(tmp_path, enc):
         tok = get_tokenizer(meta["tokenizer"])
         train, _ = load(tmp_path / "data" / f"s{vocab_size}", "train", meta)
         assert tok.decode(train.tolist()).startswith(
-            "hello \ufffd world" + EOT + "a pair \U0001f600 stays" + EOT + "third one" + EOT + "a literal \\ud800" + EOT)
+            "hello \ufffd world" + EOT + "a pair \U0001f600 stays" + EOT + "third one" + EOT
+            + "a literal \\ud800" + EOT)
 
 
 def test_limit(tmp_path):
@@ -666,7 +668,8 @@ def test_non_utf8_and_bad_input(tmp_path):
                         out_dir=out)
     # a line cut short: the column is where its text ends (it was column 1, of the line after the newline)
     with pytest.raises(UserError, match=r"cut.jsonl line 2: malformed JSON \(Expecting ',' delimiter, column 20\)"):
-        prepare.prepare("text", source=write(tmp_path / "cut.jsonl", '{"text":"a"}\n{"text":"b", "x": 1\n{"text":"c"}\n'), out_dir=out)
+        prepare.prepare("text", source=write(tmp_path / "cut.jsonl", '{"text":"a"}\n{"text":"b", "x": 1\n'
+                                                                     '{"text":"c"}\n'), out_dir=out)
     with pytest.raises(UserError, match=r"broken.json line 3: malformed JSON"):
         prepare.prepare("text", source=write(tmp_path / "broken.json", '[\n{"text": "ok"},\n{"text" "no colon"}]'),
                         out_dir=out)
@@ -777,7 +780,9 @@ def test_non_utf8_and_bad_input(tmp_path):
         prepare.prepare("chat", source=write(tmp_path / "tagged.json", json.dumps([{"tags": [{"id": 1}]}])),
                         out_dir=out)
     with pytest.raises(UserError, match=r"odd.jsonl line 1: unknown role 'robot'"):
-        prepare.prepare("chat", source=write(tmp_path / "odd.jsonl", json.dumps({"messages": [{"role": "robot", "content": "x"}]})), out_dir=out)
+        prepare.prepare("chat", source=write(tmp_path / "odd.jsonl",
+                                             json.dumps({"messages": [{"role": "robot", "content": "x"}]})),
+                        out_dir=out)
     # OpenAI's fine-tuning files with function calling: a null content or role "tool" named no way out
     call = {"role": "assistant", "content": None,
             "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}
@@ -790,7 +795,8 @@ def test_non_utf8_and_bad_input(tmp_path):
         with pytest.raises(UserError, match=rf"w.jsonl line 1: a message's weight must be 0 \(not trained on\) or 1, "
                                             rf"got {re.escape(repr(weight))}$"):
             prepare.prepare("chat", source=write(tmp_path / "w.jsonl", json.dumps({"messages": [
-                {"role": "user", "content": "x"}, {"role": "assistant", "content": "y", "weight": weight}]})), out_dir=out)
+                {"role": "user", "content": "x"}, {"role": "assistant", "content": "y", "weight": weight}]})),
+                out_dir=out)
     # null, as a table export fills in for the messages that have none: trained on, as without a weight
     meta = prepare.prepare("chat", source=write(tmp_path / "w.jsonl", "\n".join(json.dumps({"messages": [
         {"role": "user", "content": "x"}, {"role": "assistant", "content": "y", "weight": None}]}) for _ in range(2))),
@@ -801,7 +807,8 @@ def test_non_utf8_and_bad_input(tmp_path):
     with pytest.raises(UserError, match=r"^plain text in \S*mixed.jsonl line 1 and conversations in "
                                         r"\S*mixed.jsonl line 3: "
                                         r"a dataset is one or the other"):
-        prepare.prepare("text", source=write(tmp_path / "mixed.jsonl", json.dumps({"text": "a"}) + "\n\n" + json.dumps({"question": "q", "answer": "a"})), out_dir=out)
+        prepare.prepare("text", source=write(tmp_path / "mixed.jsonl", json.dumps({"text": "a"}) + "\n\n"
+                                             + json.dumps({"question": "q", "answer": "a"})), out_dir=out)
     # with --vocab_size, before the vocabulary is trained (it was refused after minutes of training one)
     mixed = [json.dumps({"text": f"a story {i}"}) for i in range(20)] + [json.dumps({"question": "q", "answer": "a"})]
     with pytest.raises(UserError, match=r"mixed2.jsonl line 21: a conversation among plain text \(from \S*mixed2.jsonl "
@@ -827,7 +834,8 @@ def test_non_utf8_and_bad_input(tmp_path):
     write(tmp_path / "folder" / "empty.json", "\n")
     write(tmp_path / "folder" / "empty.jsonl", "")
     write(tmp_path / "folder" / "docs.jsonl", "\n".join(json.dumps({"text": d}) for d in DOCS[:10]))
-    assert prepare.prepare("text", source=str(tmp_path / "folder"), out_dir=out, name="f")["splits"]["train"]["documents"] == 9
+    assert prepare.prepare("text", source=str(tmp_path / "folder"), out_dir=out,
+                           name="f")["splits"]["train"]["documents"] == 9
     # (a null turn is an empty one: test_a_null_text_is_an_empty_one_in_every_chat_format)
     for dialog in (["hi", {"text": "x"}], "Hello there __eou__ Hi", [1, 2]):  # one character a turn, had it been taken
         with pytest.raises(UserError, match=r"dd.jsonl line 1: malformed conversation .*`dialog` must be a list of "
@@ -1062,7 +1070,8 @@ def test_bad_records_of_the_other_files_are_named_too(tmp_path):
     write(folder / "b.jsonl", "\n".join(good) + "\n")
     c = write(folder / "c.jsonl", "\n".join(good[:1] + ['{"title": "x"}'] * 5 + good[1:]) + "\n")
     d = write(folder / "d.json", json.dumps([{"text": 5}] + [{"text": d} for d in DOCS[:3]] + [[1]]))
-    start = rf"^{re.escape(first)} line 3: malformed JSON \(Expecting property name enclosed in double quotes, column 2\)"
+    start = rf"^{re.escape(first)} line 3: malformed JSON \(Expecting property name enclosed in double quotes, " \
+            rf"column 2\)"
     with pytest.raises(UserError, match=rf"{start}; bad records in 2 other files too: {re.escape(c)} \(5 bad: lines 2, "
                                         rf"3, 4, \.\.\.\), {re.escape(d)} \(2 bad: records 1, 5\); fix them, or pass "
                                         rf"--skip_bad_records to leave them out$"):
@@ -1189,8 +1198,8 @@ def test_records_with_nothing_to_train_on_are_said_in_the_summary(tmp_path, caps
     whole = write(tmp_path / "whole.jsonl", "\n".join(json.dumps(r) for r in rows[:2]) + "\n")
     prepare.main(["--dataset", "chat", "--source", src, whole, "--name", "qa", "--out_dir", out])
     said = capsys.readouterr().out
-    assert f"\n  left out 5 records of {src} with nothing to train on (no reply, an empty or null one, or empty text): lines " \
-           f"3, 5, 7, 10, 11\n" in said, said
+    assert f"\n  left out 5 records of {src} with nothing to train on (no reply, an empty or null one, or empty " \
+           f"text): lines 3, 5, 7, 10, 11\n" in said, said
     assert said.count("nothing to train on") == 1  # (whole.jsonl's records all trained)
     meta = prepare.read_meta(os.path.join(out, "qa"))
     assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == 12 - 5 + 2
@@ -1198,8 +1207,8 @@ def test_records_with_nothing_to_train_on_are_said_in_the_summary(tmp_path, caps
     texts = write(tmp_path / "t.jsonl", "\n".join(json.dumps({"text": "" if i % 2 else DOCS[i % len(DOCS)]})
                                                   for i in range(30)) + "\n")
     prepare.main(["--source", texts, "--name", "t", "--out_dir", out])
-    assert f"  left out 15 records of {texts} with nothing to train on (no reply, an empty or null one, or empty text): lines " \
-           f"2, 4, 6, 8, 10, 12, 14, 16, 18, 20, ...\n" in capsys.readouterr().out
+    assert f"  left out 15 records of {texts} with nothing to train on (no reply, an empty or null one, or empty " \
+           f"text): lines 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, ...\n" in capsys.readouterr().out
     # a seed task of empty instances past PLACES is one record too
     more = write(tmp_path / "more.jsonl", "\n".join(json.dumps(r) for r in rows + [rows[2]] * 8 + [rows[10]]) + "\n")
     prepare.main(["--dataset", "chat", "--source", more, "--name", "more", "--out_dir", out])
@@ -1215,7 +1224,8 @@ def test_a_null_text_is_an_empty_one_in_every_chat_format(tmp_path, capsys):
         return {"conversations": [{"from": "human" if i % 2 == 0 else "gpt", "value": v} for i, v in enumerate(values)]}
 
     def messages(*values):
-        return {"messages": [{"role": "user" if i % 2 == 0 else "assistant", "content": v} for i, v in enumerate(values)]}
+        return {"messages": [{"role": "user" if i % 2 == 0 else "assistant", "content": v}
+                             for i, v in enumerate(values)]}
     for turns in (sharegpt, messages, lambda *values: {"dialog": list(values)}):
         for values in (("Q", None), ("Q", None, None, "A"), (None, "A", "Q2", None)):
             blank = turns(*(v or "" for v in values))
@@ -1234,8 +1244,8 @@ def test_a_null_text_is_an_empty_one_in_every_chat_format(tmp_path, capsys):
     out = str(tmp_path / "data")
     prepare.main(["--dataset", "chat", "--source", src, "--name", "mixed", "--out_dir", out])
     said = capsys.readouterr().out
-    assert f"\n  left out 2 records of {src} with nothing to train on (no reply, an empty or null one, or empty text): " \
-           f"lines 3, 4\n" in said, said
+    assert f"\n  left out 2 records of {src} with nothing to train on (no reply, an empty or null one, or empty " \
+           f"text): lines 3, 4\n" in said, said
     meta = prepare.read_meta(os.path.join(out, "mixed"))
     assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == 10
 
@@ -1952,7 +1962,8 @@ def test_a_vocab_size_beyond_what_the_data_supports_warns(tmp_path, capsys):
     meta = prepare.prepare("text", source=corpus, out_dir=str(tmp_path / "data"), vocab_size=70000)
     n = meta["vocab_size"]
     assert n < 1000
-    warning = f"warning: --vocab_size 70000: the data only supports {n} tokens (no pair is left to merge); the vocabulary has {n}\n"
+    warning = f"warning: --vocab_size 70000: the data only supports {n} tokens (no pair is left to merge); " \
+              f"the vocabulary has {n}\n"
     assert capsys.readouterr().err == warning
     # the same vocabulary again: the dataset is up to date, and the warning says why it is not 70000
     prepare.prepare("text", source=corpus, out_dir=str(tmp_path / "data"), vocab_size=70000)
@@ -1988,10 +1999,12 @@ def claude_export(conv, i):
                               for j, m in enumerate(conv)]}
 
 
-ALPACA = [{"instruction": f"Add {i} and {i}.", "input": "" if i % 2 else f"Numbers: {i}, {i}", "output": f"{2 * i}"} for i in range(10)]
+ALPACA = [{"instruction": f"Add {i} and {i}.", "input": "" if i % 2 else f"Numbers: {i}, {i}", "output": f"{2 * i}"}
+          for i in range(10)]
 # Self-Instruct's seed tasks, some of two instances
 SEED_TASKS = [{"id": f"seed_task_{i}", "name": "add", "instruction": r["instruction"], "is_classification": False,
-               "instances": [{"input": r["input"], "output": r["output"]}] + [{"input": "0, 0", "output": "0"}] * (i % 2)}
+               "instances": [{"input": r["input"], "output": r["output"]}]
+                            + [{"input": "0, 0", "output": "0"}] * (i % 2)}
               for i, r in enumerate(ALPACA)]
 QA = [{"question": f"Q{i}: why is the sky blue?", "answer": f"Rayleigh scattering ({i})."} for i in range(10)]
 
@@ -2094,9 +2107,11 @@ FORMATS = {  # name: (file name, file text, expected conversations)
     # alone), and an output of null (stopped the whole file with "no ... instruction/output ... field")
     "alpaca-history": ("ah.jsonl",
                        "\n".join(json.dumps(dict(r, history=[["Hi.", "Hello!"], [f"Ready {i}?", "Yes."]][:i % 3]))
-                                             for i, r in enumerate(ALPACA)) + "\n" + json.dumps(dict(ALPACA[0], output=None)),
+                                             for i, r in enumerate(ALPACA))
+                       + "\n" + json.dumps(dict(ALPACA[0], output=None)),
                        [[{"role": "user", "content": t} if k % 2 == 0 else {"role": "assistant", "content": t}
-                         for k, t in enumerate([t for h in [["Hi.", "Hello!"], [f"Ready {i}?", "Yes."]][:i % 3] for t in h])]
+                         for k, t in enumerate([t for h in [["Hi.", "Hello!"], [f"Ready {i}?", "Yes."]][:i % 3]
+                                                for t in h])]
                         + alpaca_conv(r) for i, r in enumerate(ALPACA)]),
     "qa": ("q.jsonl", "\n".join(json.dumps(r) for r in QA),
            [[{"role": "user", "content": r["question"]}, {"role": "assistant", "content": r["answer"]}] for r in QA]),
@@ -2197,7 +2212,8 @@ def test_chat_formats(tmp_path, enc, fmt):
             want_ids += i + [enc.eot_token]
             want_mask += m + [0]
         assert ids.tolist() == want_ids and mask.tolist() == want_mask
-        replies = [m["content"] + IM_END for conv in part for m in conv if m["role"] == "assistant" and m.get("weight", 1)]
+        replies = [m["content"] + IM_END for conv in part for m in conv
+                   if m["role"] == "assistant" and m.get("weight", 1)]
         assert masked_spans(enc, ids, mask) == replies
         assert meta["splits"][split]["bytes"] == text_bytes(enc, ids)
 
@@ -2550,7 +2566,8 @@ def test_chitchat_is_deterministic(tmp_path, enc):
     ids, mask = load(tmp_path / "a" / "chitchat", "val", a)
     spans = masked_spans(enc, ids, mask)
     assert spans and all(s.endswith(IM_END) for s in spans)
-    assert "<|im_start|>system\n" in enc.decode(np.fromfile(tmp_path / "a" / "chitchat" / "train.bin", np.uint16).tolist())
+    assert "<|im_start|>system\n" in \
+        enc.decode(np.fromfile(tmp_path / "a" / "chitchat" / "train.bin", np.uint16).tolist())
     # every conversation once: val (the tail) held 18 that train had too
     docs = [json.dumps(d) for d in prepare.chitchat_docs()]
     assert len(docs) == 5000 and len(set(docs)) == 5000
@@ -2567,7 +2584,8 @@ def test_dailydialog_and_gsm8k_sources(tmp_path, enc):
     first, second = (prepare.alternate(t) for t in (["Hi, how are you?", "I'm fine, thanks.", "Good!"],
                                                      ["Where is it?", "Over there."]))
     assert ids.tolist()[:len(render_chat(enc, first)[0]) + 1] == render_chat(enc, first)[0] + [enc.eot_token]
-    assert first[2]["role"] == "user" and masked_spans(enc, ids, mask) == ["I'm fine, thanks." + IM_END, "Over there." + IM_END] * 4 + ["I'm fine, thanks." + IM_END]
+    assert first[2]["role"] == "user" and masked_spans(enc, ids, mask) == \
+        ["I'm fine, thanks." + IM_END, "Over there." + IM_END] * 4 + ["I'm fine, thanks." + IM_END]
     # an empty turn is dropped, and the turns after it keep their speakers (they swapped: the mask trained on the
     # user's words), in DailyDialog's lines and in `dialog` lists alike
     empty = ["U1 hi __eou__  __eou__ U2 asks __eou__ A2 replies __eou__", "U a __eou__ A b __eou__"] * 5
@@ -2575,7 +2593,8 @@ def test_dailydialog_and_gsm8k_sources(tmp_path, enc):
                            out_dir=str(tmp_path / "data"), name="empty", pack=0)
     ids, mask = load(tmp_path / "data" / "empty", "train", meta)
     assert masked_spans(enc, ids, mask) == ["A2 replies" + IM_END, "A b" + IM_END] * 4 + ["A2 replies" + IM_END]
-    records = [json.dumps({"dialog": ["U1 hi", "", "U2 asks", "A2 replies"]}), json.dumps({"dialog": ["U a", "A b"]})] * 5
+    records = [json.dumps({"dialog": ["U1 hi", "", "U2 asks", "A2 replies"]}),
+               json.dumps({"dialog": ["U a", "A b"]})] * 5
     meta = prepare.prepare("chat", source=write(tmp_path / "dialog.jsonl", "\n".join(records)),
                            out_dir=str(tmp_path / "data"), name="dialog", pack=0)
     ids, mask = load(tmp_path / "data" / "dialog", "train", meta)
@@ -2676,7 +2695,8 @@ def packing_conversations(n=40, seed=0):
 
 
 def documents(ids, eot):
-    """(start, end) of each document of a token array, its closing <|endoftext|> included; lone ones (padding) left out."""
+    """(start, end) of each document of a token array, its closing <|endoftext|> included; lone ones (padding) left
+    out."""
     ends = prepare.document_ends(ids, eot).tolist()
     return [(s, e) for s, e in zip([0, *ends[:-1]], ends) if e - s > 1]
 
@@ -2735,7 +2755,8 @@ def test_packing_keeps_conversations_inside_blocks(tmp_path, enc, capsys):
             assert sum((ids[s:e - 1].tolist() for s, e in spans), []) == conv_ids
             assert sum((mask[s:e - 1].tolist() for s, e in spans), []) == conv_mask
         # masked tokens decode to exactly the assistant replies, each with its <|im_end|>
-        replies = [m["content"] + IM_END for conv in part for m in conv if m["role"] == "assistant" and m.get("weight", 1)]
+        replies = [m["content"] + IM_END for conv in part for m in conv
+                   if m["role"] == "assistant" and m.get("weight", 1)]
         assert Counter(masked_spans(enc, ids, mask)) == Counter(replies)
         # counted (and said): the conversations in pieces, and those cut inside an exchange, a reply from its question
         assert meta["splits"][split]["in_pieces"] == sum(len(render_chat(enc, c)[0]) + 1 > B for c in part) > 0
@@ -2996,7 +3017,8 @@ def test_val_repeats_are_looked_up_in_trains_keys_a_chunk_at_a_time(monkeypatch)
     rng.shuffle(val)
     looked_up, searchsorted = [], np.searchsorted
     monkeypatch.setattr(np, "isin", None)
-    monkeypatch.setattr(np, "searchsorted", lambda a, v, *x, **k: looked_up.append(len(v)) or searchsorted(a, v, *x, **k))
+    monkeypatch.setattr(np, "searchsorted",
+                        lambda a, v, *x, **k: looked_up.append(len(v)) or searchsorted(a, v, *x, **k))
     assert prepare.keys_in(val, train, chunk=64).tolist() == [x in set(train.tolist()) for x in val.tolist()]
     assert max(looked_up) <= 64
     assert prepare.keys_in(np.zeros(0, np.int64), train).tolist() == []
@@ -3161,7 +3183,8 @@ def test_mix_follows_the_weights(tmp_path, monkeypatch, enc, capsys):
     assert meta["mix"]["dailydialog"]["train_documents"] < 60 and max(counts[f"dd{i}"] for i in range(60)) == 1
     assert not any(m.startswith("ddval") for m in markers) and counts["kn95"] == 0  # val documents stay out of train
     assert Counter(masked_spans(enc, ids, mask)) == Counter(
-        (f"dd{m[2:]} reply" + " ok" * (int(m[2:]) % 5) if m.startswith("dd") else f"{m} it is {2 * int(m[2:])}.") + IM_END
+        (f"dd{m[2:]} reply" + " ok" * (int(m[2:]) % 5) if m.startswith("dd") else f"{m} it is {2 * int(m[2:])}.")
+        + IM_END
         for m in markers)
 
     # val: every source's own validation documents, once each
@@ -3169,8 +3192,9 @@ def test_mix_follows_the_weights(tmp_path, monkeypatch, enc, capsys):
     assert sorted(source_tokens(enc, val)[1]) == \
         sorted([f"ddval{i}" for i in range(6)] + [f"kn{i}" for i in range(90, 100)])
     assert meta["mix"]["dailydialog"]["val_documents"] == 6 and meta["mix"]["knowledge"]["val_documents"] == 10
-    assert sorted(masked_spans(enc, val, val_mask)) == sorted([f"ddval{i} bye" + IM_END for i in range(6)] +
-                                                              [f"kn{i} it is {2 * i}." + IM_END for i in range(90, 100)])
+    assert sorted(masked_spans(enc, val, val_mask)) == \
+        sorted([f"ddval{i} bye" + IM_END for i in range(6)]
+               + [f"kn{i} it is {2 * i}." + IM_END for i in range(90, 100)])
 
     # --pack 0: the same documents and replies one after the other, each closed by its <|endoftext|>, no padding
     unpacked = prepare.prepare("mix", mix={"dailydialog": 1, "knowledge": 3}, name="unpacked", out_dir=out, pack=0)
@@ -3461,7 +3485,8 @@ def test_rerun_is_a_noop_force_and_changes_rebuild(tmp_path, capsys):
     for limit, n in ((5, 5), (None, len(DOCS))):
         meta = prepare.prepare("text", source=str(src), out_dir=out, limit=limit)
         assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == n
-    assert prepare.prepare("text", source=str(src), out_dir=out, val_fraction=0.2)["splits"]["val"]["documents"] == round(len(DOCS) * 0.2)
+    assert prepare.prepare("text", source=str(src), out_dir=out, val_fraction=0.2)["splits"]["val"]["documents"] \
+        == round(len(DOCS) * 0.2)
     write(src, EOT.join(DOCS + ["One more story."]))
     meta = prepare.prepare("text", source=str(src), out_dir=out, val_fraction=0.2)
     assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == len(DOCS) + 1
@@ -3677,7 +3702,8 @@ def test_interrupted_commit_leaves_the_old_dataset_or_the_new_one(tmp_path, monk
                 for name, f in real.items():
                     monkeypatch.setattr(os, name, f)
             now = files()
-            state = "old" if now == old else "new" if now == new else "none" if "meta.json" not in now else f"a mix {sorted(now)}"
+            state = "old" if now == old else "new" if now == new else "none" if "meta.json" not in now \
+                else f"a mix {sorted(now)}"
             if finished:
                 assert at > len(steps) and state == "new"
                 break
@@ -4108,8 +4134,8 @@ def test_mirror_story(tmp_path, enc, capsys):
     # TinyStories-train-head.txt, the first)
     assert meta["splits"]["val"]["documents"] == 20 and meta["splits"]["train"]["documents"] == 380
     # and says why 400 documents came of --limit 200
-    assert "  --limit 200 counts the files val is cut from and the train-only extra files apart: at most 200 documents " \
-           "of each (--no_extra leaves the extra ones out)\n" in capsys.readouterr().out
+    assert "  --limit 200 counts the files val is cut from and the train-only extra files apart: at most 200 " \
+           "documents of each (--no_extra leaves the extra ones out)\n" in capsys.readouterr().out
     assert "TinyStories-train-head-lowercase.txt" in meta["source"]
     val, _ = load(tmp_path / "data" / "story", "val", meta)
     stories = enc.decode(val.tolist()).split(EOT)
@@ -4123,7 +4149,8 @@ def test_mirror_story_val_is_unseen_in_train(tmp_path, enc):
     folder = tmp_path / "data" / "story"
 
     def stories(split):
-        return {" ".join(s.lower().split()) for s in enc.decode(load(folder, split, meta)[0].tolist()).split(EOT)} - {""}
+        return {" ".join(s.lower().split())
+                for s in enc.decode(load(folder, split, meta)[0].tolist()).split(EOT)} - {""}
     val = stories("val")
     assert len(val) > 300 and not val & stories("train")
 
@@ -4217,7 +4244,8 @@ def test_a_chat_sets_own_val_split_leaves_out_the_conversations_train_has(tmp_pa
         text = enc.decode(ids.tolist())
         assert meta["splits"]["val"]["documents"] == kept and text.count("ddval") == 12
         assert meta["val_repeats"] == (3 if limit is None else 2)  # and said: a val short of the file's read as lost
-        assert f"{kept} val; {meta['val_repeats']} left out of val (already in train or val))" in capsys.readouterr().out
+        assert f"{kept} val; {meta['val_repeats']} left out of val (already in train or val))" in \
+            capsys.readouterr().out
         assert "dd7 " not in text and "dd9 " not in text.lower() and ("dd59 " in text) == (limit is not None)
         assert "each document once and none train has" in meta["val_split"]
     # the hub's validation split too
@@ -4307,7 +4335,8 @@ def test_a_val_kept_though_train_has_it_keeps_one_copy_of_each_document(tmp_path
     # set's validation file copied from train, which repeats a dialogue) and a val cut from train's sources alike
     fake_mirror(tmp_path / "mirror")
     train = (tmp_path / "mirror" / "dailydialog" / "dialogues_train.txt").read_text().splitlines()
-    (tmp_path / "mirror" / "dailydialog" / "dialogues_validation.txt").write_text("\n".join(train[:3] + train[:1]) + "\n")
+    (tmp_path / "mirror" / "dailydialog" / "dialogues_validation.txt").write_text(
+        "\n".join(train[:3] + train[:1]) + "\n")
     monkeypatch.setenv("DATA_MIRROR", str(tmp_path / "mirror"))
     meta = prepare.prepare("dailydialog", out_dir=str(tmp_path / "data"), pack=0)
     check_sizes(tmp_path / "data" / "dailydialog", meta)
