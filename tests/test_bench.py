@@ -89,7 +89,8 @@ def test_peak_measures_bf16_where_the_cpu_has_its_instructions(vendor, flags, pe
 
 
 def test_only_and_bf16_autocast(one_thread):
-    rows = bench.run(quick_args("--only", "train", "--dtype", "bfloat16,float32"), torch.device("cpu"), log=lambda *a: None)
+    rows = bench.run(quick_args("--only", "train", "--dtype", "bfloat16,float32"), torch.device("cpu"),
+                     log=lambda *a: None)
     sec = by_section(rows)
     # train asks for the peak of each dtype it trains in, for MFU; no other section runs
     assert set(sec) == {"peak", "train"}
@@ -533,8 +534,8 @@ def test_what_does_not_fit_in_memory_names_the_options_to_lower(monkeypatch, cap
             raise error
         monkeypatch.setattr(bench, "GPT", refuse)
         code, err = one_line_error(capsys, ["--only", section, "--peak_sizes", "16"])
-        assert code == 1 and err.startswith("error: ") and "not fit in memory: give a smaller " in err and lower in err \
-            and err.endswith(f" ({error})\n") and err.count("\n") == 1, err
+        assert code == 1 and err.startswith("error: ") and "not fit in memory: give a smaller " in err \
+            and lower in err and err.endswith(f" ({error})\n") and err.count("\n") == 1, err
     # any other error is not passed off as one of memory
     monkeypatch.setattr(bench, "GPT", lambda cfg: (_ for _ in ()).throw(RuntimeError("a bug")))
     with pytest.raises(RuntimeError, match="^a bug$"):
