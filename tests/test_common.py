@@ -19,7 +19,8 @@ import torch
 
 import common
 from conftest import HANGUP, ROOT, hangup_as, run_cli
-from common import UserError, atomic_torch_save, atomic_write_text, check_output, pick_device, remove_stale_tmp, run_main
+from common import (UserError, atomic_torch_save, atomic_write_text, check_output, pick_device, remove_stale_tmp,
+                    run_main)
 
 
 def test_outputs_are_checked_before_any_work(tmp_path):
@@ -434,8 +435,10 @@ def test_no_output_replaces_a_checkpoint_or_a_datasets_file(tmp_path):
     for name in ("config.json", "tokenizer.json", "notes.json"):
         (hf / name).write_text("{}")
     for path, what in ((ckpt, "a checkpoint"), (data / "train.bin", f"a file of the dataset in {data}"),
-                       (data / "meta.json", "a file of the dataset"), (data / "tokenizer.tiktoken", "a file of the dataset"),
-                       (tmp_path / "w.safetensors", "model weights"), (hf / "config.json", f"a file of the model folder {hf}"),
+                       (data / "meta.json", "a file of the dataset"),
+                       (data / "tokenizer.tiktoken", "a file of the dataset"),
+                       (tmp_path / "w.safetensors", "model weights"),
+                       (hf / "config.json", f"a file of the model folder {hf}"),
                        (hf / "tokenizer.json", "a file of the model folder")):
         with pytest.raises(UserError, match=rf"^--json {re.escape(str(path))} is {re.escape(what)}.*: the result would "
                                             rf"replace it; give another --json$"):
@@ -674,7 +677,8 @@ def test_a_full_disk_names_the_file_being_written(tmp_path, capsys, monkeypatch)
                         (tmp_path / "x.pt", lambda p: atomic_torch_save({"step": 1}, p))):
         with pytest.raises(SystemExit):
             run_main(lambda: write(str(path)))
-        assert capsys.readouterr().err == f"error: No space left on device: {path}: free some space or write elsewhere\n"
+        assert capsys.readouterr().err == \
+            f"error: No space left on device: {path}: free some space or write elsewhere\n"
         assert os.listdir(tmp_path) == []  # nor a temporary file left
     # another error, or one naming its own file, is left as it is: a source's read error named the file being written
     for e, named in ((OSError(errno.EIO, "Input/output error"), None),
@@ -1496,7 +1500,8 @@ def test_onednn_keeps_a_bounded_number_of_kernels_set_before_torch_loads():
     kernel of the first of 65 bf16 matmul shapes built again (evicted), where the default cache held it."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {k: v for k, v in os.environ.items() if k not in ONEDNN_CACHES}
-    probe = "import os, sys, common; print('torch' in sys.modules, *(os.environ[k] for k in {!r}))".format(ONEDNN_CACHES)
+    probe = "import os, sys, common; print('torch' in sys.modules, *(os.environ[k] for k in {!r}))" \
+        .format(ONEDNN_CACHES)
     r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=root, env=env, timeout=60)
     assert r.stdout.split() == ["False", "64", "64"], r.stderr
     mine = dict(env, **{k: "1024" for k in ONEDNN_CACHES})
