@@ -38,7 +38,8 @@ CPU = ["--device", "cpu", "--dtype", "float32"]
 def chat_ckpt(env, tmp_path_factory):
     """A 2-layer model trained 3 steps on the chat set (block 64)."""
     out = tmp_path_factory.mktemp("eval")
-    return train.train(args_for(env, out, "--dataset", "chat", "--max_steps", "3", "--eval_interval", "0"))["checkpoint"]
+    return train.train(args_for(env, out, "--dataset", "chat", "--max_steps", "3",
+                                "--eval_interval", "0"))["checkpoint"]
 
 
 def cli(argv, capsys):
@@ -503,8 +504,8 @@ def test_json_over_the_dataset_evaluated_is_refused(env, chat_ckpt, capsys, monk
         before = open(target, "rb").read()
         code, out, err = cli([chat_ckpt, "--dataset", "story", "--data_dir", env["data"], "--json", target, *CPU],
                              capsys)
-        assert code == 1 and err == f"error: --json {target} is a file of the dataset in {os.path.dirname(target)}: the " \
-                                    f"result would replace it; give another --json\n", err
+        assert code == 1 and err == f"error: --json {target} is a file of the dataset in {os.path.dirname(target)}: " \
+                                    f"the result would replace it; give another --json\n", err
         assert open(target, "rb").read() == before
     # another file there is no part of the dataset: an earlier run's results are written over, as anywhere
     out = os.path.join(env["data"], "story", "eval.json")
@@ -518,7 +519,8 @@ def test_json_over_the_dataset_evaluated_is_refused(env, chat_ckpt, capsys, monk
 def test_unusable_json_path_is_refused_before_evaluating(tmp_path, capsys, monkeypatch):
     # a folder, or a path through a file: one line naming --json, before the evaluation (not after it)
     (tmp_path / "file").write_text("")
-    monkeypatch.setattr(eval_py, "evaluate_checkpoint", lambda *a, **k: pytest.fail("evaluated before --json was checked"))
+    monkeypatch.setattr(eval_py, "evaluate_checkpoint",
+                        lambda *a, **k: pytest.fail("evaluated before --json was checked"))
     (tmp_path / "prompts.txt").write_text("Hi\n")
     (tmp_path / "any.pt").write_bytes(b"a checkpoint")
     for path, words in ((tmp_path, "is a folder"), (tmp_path / "file" / "x.json", "a part of the path is a file"),
