@@ -102,7 +102,8 @@ def test_same_seed_same_text(enc):
 def test_same_seed_same_text_cli(ckpt, capsys):
     # any integer is a seed: beyond 64 bits it is taken modulo 2**64 (as serve.py does), not a traceback
     seeds = (5, 2**64 + 5, 6, 0, 0)  # 0 is a seed too, not "none given"
-    runs = [cli([ckpt, "--prompt", "Hi", "--seed", str(s), "--max_tokens", "20", "--temp", "1"] + CPU, capsys) for s in seeds]
+    runs = [cli([ckpt, "--prompt", "Hi", "--seed", str(s), "--max_tokens", "20", "--temp", "1"] + CPU, capsys)
+            for s in seeds]
     assert all(code == 0 for code, _, _ in runs)
     assert runs[0][1] == runs[1][1] != runs[2][1]
     assert runs[3][1] == runs[4][1]
@@ -587,8 +588,9 @@ def test_history_overflow_drops_oldest_turns(enc, monkeypatch, capsys):
     assert 64 - 20 < n < 64 and (why, info["new_tokens"]) == ("context", 64 - n + 1)  # the last one is never fed back
     assert f"the reply gets {64 - n + 1} tokens at most" in capsys.readouterr().err
     # when what is left holds all max_tokens ask, nothing is said (the reply was not limited)
-    long = next(m for w in range(60) if len(render_chat(enc, m := [system, {"role": "user", "content": "tell " + "word " * w}],
-                                                        add_generation_prompt=True)[0]) == 64 - 10 + 1)
+    long = next(m for w in range(60)
+                if len(render_chat(enc, m := [system, {"role": "user", "content": "tell " + "word " * w}],
+                                   add_generation_prompt=True)[0]) == 64 - 10 + 1)
     text, why = gen.chat_reply(la_model(enc, closer=" la"), enc, long, 10, info=info, temperature=1.0,
                                generator=torch.Generator().manual_seed(0))
     assert (why, info["new_tokens"], capsys.readouterr().err) == ("max_tokens", 10, "")
@@ -713,8 +715,8 @@ def test_long_prompt_keeps_its_end(ckpt, enc, tmp_path, capsys):
     assert "keeping its last 32, so 33 can follow" in warnings[1]
     assert "prompt 32 tokens, 33 new tokens" in err and "[end: context]" in out
     # --nonstop slides on past the context: no count of what can follow (it said 33, and 100 followed)
-    code, out, err = cli([ckpt, "--prompt", prompt, "--max_tokens", "100", "--nonstop", "--verbose", "--seed", "0"] + CPU,
-                         capsys)
+    code, out, err = cli([ckpt, "--prompt", prompt, "--max_tokens", "100", "--nonstop", "--verbose", "--seed", "0"]
+                         + CPU, capsys)
     assert code == 0 and "keeping its last 32, then --nonstop slides the context on" in err
     assert "prompt 32 tokens, 100 new tokens" in err, err
     # a --prompt_file line is cropped as --prompt is, its warning naming the line: uncropped, its window was full from
@@ -985,7 +987,8 @@ def test_a_character_cut_off_by_the_stop_token_is_not_shown(enc, monkeypatch):
     half = enc.encode_single_token(bytes([0xC3]))  # the first byte of "é"
     end = enc.encode_single_token(IM_END)
     for tail, want in (([half, end], "Hi"), ([half], "Hi\ufffd")):
-        monkeypatch.setattr(gen, "sample_steps", lambda *a, tail=tail, **k: iter([[t] for t in enc.encode("Hi") + tail]))
+        monkeypatch.setattr(gen, "sample_steps",
+                            lambda *a, tail=tail, **k: iter([[t] for t in enc.encode("Hi") + tail]))
         shown = []
         ids, text, why = gen.complete(None, enc, [0], 4, (end,), on_text=shown.append)
         assert "".join(shown) == want and text == "Hi", tail
@@ -1194,8 +1197,8 @@ def test_nonstop_runs_past_endoftext(enc, tmp_path, capsys):
     """--nonstop generates until --max_tokens: a story model's <|endoftext|> starts the next story, it does not end."""
     path = str(tmp_path / "eot.pt")
     save_checkpoint(path, la_model(enc, closer="<|endoftext|>"), enc)  # <|endoftext|> with p = 1/2 each step
-    code, out, err = cli([path, "--prompt", "Hi", "--max_tokens", "20", "--temp", "1", "--verbose", "--seed", "0"] + CPU,
-                         capsys)
+    code, out, err = cli([path, "--prompt", "Hi", "--max_tokens", "20", "--temp", "1", "--verbose", "--seed", "0"]
+                         + CPU, capsys)
     assert code == 0 and "[end: <|endoftext|>]" in out  # (without --nonstop it ends there)
     code, out, err = cli([path, "--prompt", "Hi", "--max_tokens", "20", "--temp", "1", "--nonstop", "--verbose",
                           "--seed", "0"] + CPU, capsys)
@@ -1293,8 +1296,8 @@ def test_num_samples_and_interactive_prompts_on_the_command_line(ckpt, capsys, m
 def test_piped_lines_with_windows_line_ends_are_the_lines(ckpt):
     # a prompt file with \r\n line ends piped into --interactive: each prompt was continued from "Once\r", a \r a
     # --prompt_file never keeps (and the echo's \r sent a terminal's cursor back over it)
-    r = subprocess.run([sys.executable, GEN, ckpt, "--interactive", "--verbose", "--seed", "0", "--max_tokens", "2"] + CPU,
-                       input=b"Once\r\nThe end\r\n", capture_output=True, timeout=120)
+    r = subprocess.run([sys.executable, GEN, ckpt, "--interactive", "--verbose", "--seed", "0", "--max_tokens", "2"]
+                       + CPU, input=b"Once\r\nThe end\r\n", capture_output=True, timeout=120)
     assert r.returncode == 0 and r.stdout.count(b"[end: ") == 2 and b"\r" not in r.stdout, (r.stdout, r.stderr[-2000:])
     assert r.stdout.startswith(b"Once") and b"\nThe end" in r.stdout, r.stdout
 
