@@ -666,7 +666,8 @@ def merges(change):
     # exact GELU: close to model.py's tanh approximation, but other logits (by ~1e-3)
     (edit_config(activation_function="gelu"), "activation_function 'gelu' is not GELU's tanh approximation"),
     (lambda f: (f / "model.safetensors").unlink(), "has no weights"),
-    (lambda f: (f / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{trunc"), "not a readable safetensors"),
+    (lambda f: (f / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{trunc"),
+     "not a readable safetensors"),
     (edit_config(n_positions=128), "has shape (64, 64) but config.json implies (128, 64); copy the folder again"),
     # shapes past the machine's memory are read on the meta device: the shape line, not model.py's MemoryError
     (edit_config(n_embd=100000), "config.json implies a model that does not fit in memory"),
@@ -1092,7 +1093,8 @@ def test_init_from_bad_arguments(small_folder, tmp_path, capsys):
                         (["--init_from", small_folder["folder"]], f"error: {small_folder['folder']} does not name the "
                                                                   f"data it was trained on: pass --dataset NAME"),
                         (["--checkpoint", small_folder["folder"]], "does not name the data it was trained on")):
-        line = one_error_line(*run_cli(train.main, argv + ["--data_dir", str(tmp_path), "--device", "cpu"], capsys)[::2])
+        line = one_error_line(*run_cli(train.main, argv + ["--data_dir", str(tmp_path), "--device", "cpu"],
+                                       capsys)[::2])
         assert words in line, line
 
 
@@ -1312,7 +1314,8 @@ def test_a_merge_bpe_would_not_reach_is_refused(small_folder, custom_enc, tmp_pa
     merges = dict(zip(sorted((r for t, r in ranks.items() if len(t) > 1)), hf.recover_merges(ranks)))
     # a token whose bytes also split into two other tokens, both of lower ids
     token, other = next((t, (t[:k], t[k:])) for t, r in ranks.items() for k in range(1, len(t))
-                        if len(t) > 2 and (t[:k], t[k:]) != merges[r] and ranks.get(t[:k], r) < r and ranks.get(t[k:], r) < r)
+                        if len(t) > 2 and (t[:k], t[k:]) != merges[r]
+                        and ranks.get(t[:k], r) < r and ranks.get(t[k:], r) < r)
     listed = " ".join(hf.spell(p, chars) for p in merges[ranks[token]])
 
     def change(folder):
