@@ -2871,8 +2871,8 @@ def test_command_line_errors(ckpt, enc, tmp_path, capsys, monkeypatch):
         "check --host (an address or name of this machine)")
     # a TypeError's traceback
     code, out, err = run_cli(serve.main, [ckpt, "--host", "\u00fc..x", "--device", "cpu"], capsys)
-    assert code == 1 and err == "error: cannot listen on \u00fc..x:8000 (encoding of hostname failed): check --host (an " \
-        "address or name of this machine)\n"
+    assert code == 1 and err == "error: cannot listen on \u00fc..x:8000 (encoding of hostname failed): check " \
+        "--host (an address or name of this machine)\n"
     # a checkpoint of NaN weights is refused at startup, before it could answer a request
     model = tiny_model(enc)
     with torch.no_grad():
@@ -2889,7 +2889,8 @@ def test_command_line_errors(ckpt, enc, tmp_path, capsys, monkeypatch):
             serve.parse_args([ckpt, "--port", value])
         last = capsys.readouterr().err.splitlines()[-1]
         assert e.value.code == 2 and "error: argument --port: must be 0-65535 (0 picks any free port)" in last, last
-    assert serve.parse_args([ckpt, "--port", "0"]).port == 0 and serve.parse_args([ckpt, "--port", "65535"]).port == 65535
+    assert serve.parse_args([ckpt, "--port", "0"]).port == 0 \
+        and serve.parse_args([ckpt, "--port", "65535"]).port == 65535
     # --temp, the default of the requests that give no temperature, is in their range, OpenAI's 0-2: a --temp 3 was
     # served to them where none of them could ask for it
     with pytest.raises(SystemExit) as e:
@@ -3204,7 +3205,8 @@ def test_empty_stop_strings_are_ignored_and_top_k_zero_or_minus_one_is_no_limit(
 
 
 def test_repetition_penalty_is_honoured(api, enc):
-    """repetition_penalty, gen.py's option by its name, samples as gen.py does with it: it was ignored without a word."""
+    """repetition_penalty, gen.py's option by its name, samples as gen.py does with it: it was ignored without a
+    word."""
     body = {"prompt": "Once upon a time", "max_tokens": 8, "temperature": 0}
     status, plain, _ = post(api, "/v1/completions", body)
     assert status == 200 and api.worker.recent[-1]["repetition_penalty"] == 1.0  # absent: off
@@ -3221,7 +3223,8 @@ def test_repetition_penalty_is_honoured(api, enc):
     # gen.py's rule, not one of serve.py's own: a JSON integer too big for a float is refused as "1e400" is by
     # --repetition_penalty (it was taken, and failed inside torch: a 500), one that fits is sampled with as its float
     status, err, _ = post(api, "/v1/completions", dict(body, repetition_penalty=10**400))
-    assert status == 400 and err["error"]["message"].startswith("repetition_penalty must be a number > 0 (1 = off)"), err
+    assert status == 400 \
+        and err["error"]["message"].startswith("repetition_penalty must be a number > 0 (1 = off)"), err
     status, _, _ = post(api, "/v1/completions", dict(body, repetition_penalty=10**300))
     assert status == 200 and api.worker.recent[-1]["repetition_penalty"] == 1e300
     # serve.py --repetition_penalty, as gen.py's: the default of a request that gives none, as --temp is
