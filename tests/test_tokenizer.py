@@ -688,9 +688,11 @@ def test_cli_train_learns_from_at_most_vocab_text_chars_spread_over_the_files(tm
                     "over it; at most 0M characters, VOCAB_TEXT_CHARS: memory grows with the distinct words learnt)")
     assert learnt(cap)[0] == sample  # the same sample each time: the same vocabulary
     # a pipe after a.txt: its first documents, up to the cap (a share of a.txt's size alone reached the cap in a.txt)
+    argv = ["train", "--input", str(files[0]), "/dev/stdin", "--vocab_size", "300", "--out", str(out)]
     r = subprocess.run([sys.executable, "-c", f"import setup_tokenizer as s; s.VOCAB_TEXT_CHARS = {cap}; s.main("
-                        f"{['train', '--input', str(files[0]), '/dev/stdin', '--vocab_size', '300', '--out', str(out)]})"],
-                       cwd=ROOT, input=files[1].read_text(encoding="utf-8"), capture_output=True, text=True, timeout=120)
+                        f"{argv})"],
+                       cwd=ROOT, input=files[1].read_text(encoding="utf-8"), capture_output=True, text=True,
+                       timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("trained 300 tokens on the first 0M characters of the text (at most 0M characters, "
                                  "VOCAB_TEXT_CHARS: ")
@@ -844,7 +846,8 @@ def test_train_warns_when_the_text_supports_fewer_tokens_than_asked(tmp_path, ca
                                                                 "--out", str(out)], capsys)
     n = get_tokenizer(str(out)).n_vocab
     assert code == 0 and n < 300 and f"trained {n} tokens" in out_text
-    assert err == f"warning: --vocab_size 70000: the data only supports {n} tokens (no pair is left to merge); the vocabulary has {n}\n"
+    assert err == f"warning: --vocab_size 70000: the data only supports {n} tokens (no pair is left to merge); " \
+                  f"the vocabulary has {n}\n"
 
 
 def test_a_trained_vocabulary_learns_no_merge_of_the_separator(tmp_path):
