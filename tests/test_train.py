@@ -111,7 +111,8 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    """Two tokenizers, a story dataset (~200 KB), a small one for resume tests, a chat one and a foreign-tokenizer one."""
+    """Two tokenizers, a story dataset (~200 KB), a small one for resume tests, a chat one and a foreign-tokenizer
+    one."""
     root = tmp_path_factory.mktemp("train")
     text = story_text()
     src = root / "text.txt"
@@ -620,9 +621,9 @@ def test_a_reset_epoch_run_logs_its_own_losses_not_those_its_checkpoint_held_sin
         path = str(tmp_path / f"{name}.pt")
         torch.save(dict(ckpt, loss_since_record=since), path)
         r = train.train(train.parse_args(["--checkpoint", path, "--reset_epoch", "--max_steps", "2", "--log_interval",
-                                          "1", "--eval_interval", "0", "--save_interval", "0", "--data_dir", env["data"],
-                                          "--output_checkpoint", str(tmp_path / name / "{dataset}.pt"), "--device",
-                                          "cpu", "--no-color"]))
+                                          "1", "--eval_interval", "0", "--save_interval", "0", "--data_dir",
+                                          env["data"], "--output_checkpoint", str(tmp_path / name / "{dataset}.pt"),
+                                          "--device", "cpu", "--no-color"]))
         losses.append([(m["step"], m["train_loss"]) for m in read_metrics(r["metrics"]) if m["train_loss"] is not None])
     assert losses[0] == losses[1] and losses[0] and all(loss < 20 for _, loss in losses[0]), losses
 
@@ -644,7 +645,8 @@ def test_continuing_keeps_the_runs_optimizer(env, tmp_path, capsys):
     capsys.readouterr()
     switched = train.train(args_for(env, tmp_path / "old", "--checkpoint", rest["checkpoint"], "--optimizer", "muon",
                                     "--max_steps", "1", fresh=False))
-    assert "--optimizer muon: the checkpoint's run used adamw, whose state does not carry over" in capsys.readouterr().err
+    assert "--optimizer muon: the checkpoint's run used adamw, whose state does not carry over" in \
+        capsys.readouterr().err
     ck = load_checkpoint(switched["checkpoint"])
     assert ck["args"]["optimizer"] == "muon" and ck["step"] == 5
     assert all(int(st["step"]) == 1 for st in ck["optimizer"]["adamw"]["state"].values())
@@ -1864,8 +1866,8 @@ def test_a_second_ctrl_c_quits_naming_the_runs_last_checkpoint(env, tmp_path, mo
         out, err = capsys.readouterr()
         assert e.value.code == 130
         held = f"{last} (step 2)" if continued else last
-        assert err.rstrip().splitlines()[-1] == f"quit at step {3 if continued else 1} without saving; the run's last " \
-                                                f"checkpoint: {held}", err
+        assert err.rstrip().splitlines()[-1] == f"quit at step {3 if continued else 1} without saving; the run's " \
+                                                f"last checkpoint: {held}", err
         assert "interrupted" not in err and (not continued or load_checkpoint(last)["step"] == before == 2)
 
 
@@ -2107,7 +2109,8 @@ def test_bad_checkpoints_are_one_line_errors(env, trained, tmp_path, capsys):
                          ("vocab", {"config": {**ck["config"], "vocab_size": ck["config"]["vocab_size"] + 64}}),
                          ("optimizer", {"optimizer": {"state": {}, "param_groups": []}}),
                          # edited and saved again (no checksum sees that): a ValueError, KeyError or TypeError in resume
-                         ("step", {"step": "x"}), ("rng", {"rng": {"torch": ck["rng"]["cpu"]}}), ("data", {"data": "x"}),
+                         ("step", {"step": "x"}), ("rng", {"rng": {"torch": ck["rng"]["cpu"]}}),
+                         ("data", {"data": "x"}),
                          # dropped without a word before: the summary's step of the best, a record's steps before it
                          ("best_at", {"best_at": [3, "x"]}), ("since", {"loss_since_record": [1.5]}),
                          # of the right type: the lr schedule from step -5; no evaluation a best again after nan
@@ -2659,7 +2662,8 @@ def test_a_tokenizer_mismatch_names_a_command_that_fixes_it(env, tmp_path):
     assert argv[argv.index("--tokenizer") + 1] == os.path.abspath(first["checkpoint"]) and "--source" in argv
     assert argv[argv.index("--name") + 1] == new != "mine"
     def files(folder):
-        return {f: (tmp_path / "data" / folder / f).read_bytes() for f in ("meta.json", "train.bin", "tokenizer.tiktoken")}
+        return {f: (tmp_path / "data" / folder / f).read_bytes()
+                for f in ("meta.json", "train.bin", "tokenizer.tiktoken")}
     mine = files("mine")
     prepare.main(argv)
     assert files("mine") == mine  # the 280-token set is as it was
@@ -3050,7 +3054,8 @@ def test_evaluation_windows_spread_over_the_split():
 
 @pytest.mark.parametrize("optimizer", train.OPTIMIZERS)
 def test_the_learning_rate_schedule_reaches_every_parameter_group(env, tmp_path, optimizer):
-    """Muon's AdamW half (embeddings, norms) and AdamW's no-decay group follow the warmup and decay too, not the peak."""
+    """Muon's AdamW half (embeddings, norms) and AdamW's no-decay group follow the warmup and decay too, not the
+    peak."""
     s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--max_steps", "3", "--warmup", "10", "--lr", "1e-3",
                              "--optimizer", optimizer, "--eval_interval", "0"))
     opt = torch.load(s["checkpoint"], weights_only=True)["optimizer"]
@@ -3121,7 +3126,8 @@ def test_windows_are_read_with_pread_not_through_a_memmap(env, monkeypatch):
     idx = np.array([len(w) - 1, 0, 7])
     x, y, m = w.get(idx)
     for r, i in enumerate(idx):
-        assert x[r].tolist() == ids[i * 64:i * 64 + 64].tolist() and y[r].tolist() == ids[i * 64 + 1:i * 64 + 65].tolist()
+        assert x[r].tolist() == ids[i * 64:i * 64 + 64].tolist() \
+            and y[r].tolist() == ids[i * 64 + 1:i * 64 + 65].tolist()
         assert m[r].tolist() == mask[i * 64 + 1:i * 64 + 65].tolist()
     assert w.count_targets(idx) == int(m.sum()) > 0
 
@@ -3261,7 +3267,8 @@ def test_logged_train_loss_is_per_assistant_token(env, tmp_path):
     # a learning rate too small to move the weights: the logged loss is the one of the final weights. Evaluations
     # take every val window (the default 8 of its 11, spread, miss its four short replies: refused, db08661)
     s = train.train(args_for(env, tmp_path / "out", "--data_dir", tmp_path / "data", "--dataset", "questions",
-                             "--eval_batches", "100", "--batch_size", "1", "--lr", "1e-12", "--min_lr", "1e-12", "--weight_decay", "0",
+                             "--eval_batches", "100", "--batch_size", "1", "--lr", "1e-12", "--min_lr", "1e-12",
+                             "--weight_decay", "0",
                              "--eval_interval", "0", "--log_interval", "100"))
     recs = [r for r in read_metrics(s["metrics"]) if r["train_loss"] is not None]
     assert recs[-1]["step"] == len(w)  # one record for the whole epoch
@@ -3366,7 +3373,8 @@ def test_packed_chat_trains_on_whole_assistant_replies(env, tmp_path, capsys):
               {"role": "assistant", "content": sents[i][:60] + "."}]
              for i in range(60)]  # each reply shorter than a window: a window holds it whole
     for i, conv in enumerate(convs[::4]):  # some longer conversations, cut into pieces before a turn
-        conv += [{"role": "user", "content": f"And then {i}?"}, {"role": "assistant", "content": sents[i + 60][:60]}] * 3
+        conv += [{"role": "user", "content": f"And then {i}?"},
+                 {"role": "assistant", "content": sents[i + 60][:60]}] * 3
     src = tmp_path / "convs.jsonl"
     src.write_text("\n".join(json.dumps({"messages": c}) for c in convs), encoding="utf-8")
     story = train.train(args_for(env, tmp_path / "story", "--dataset", "mini", "--max_steps", "1"))  # context 64
@@ -3391,7 +3399,8 @@ def test_packed_chat_trains_on_whole_assistant_replies(env, tmp_path, capsys):
                         spans.append(enc.decode(run))
                         run = []
                 assert not run  # a reply never runs into the next window
-        assert Counter(spans) == Counter(msg["content"] + IM_END for c in part for msg in c if msg["role"] == "assistant")
+        assert Counter(spans) == \
+            Counter(msg["content"] + IM_END for c in part for msg in c if msg["role"] == "assistant")
 
     capsys.readouterr()
     s = train.train(args_for(env, tmp_path, "--data_dir", str(tmp_path / "data"), "--dataset", "packed", "--checkpoint",
