@@ -46,9 +46,8 @@ from train import DEFAULTS as TRAIN_DEFAULTS, Forward, train_step
 SECTIONS = ("peak", "train", "gen", "ratio", "prepare")
 SHORT = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 GPT2_VOCAB = 50259  # what make_config gives by default: GPT-2's 50257 + 2 ChatML tokens
-# a bound on the size options: their tensors would take terabytes at least (a batch of 2**40 sequences, a vocabulary
-# of 2**40 embeddings), and sizes near int64's limit overflow inside torch (a traceback); below it, fits() in run()
-# turns a size that does not fit into one line
+# a bound on the size options: terabytes at least, and near int64's limit torch overflows (a traceback); below it,
+# fits() in run() turns a size that does not fit into one line
 MAX_SIZE = 2**40
 
 
@@ -60,8 +59,7 @@ _clock = time.perf_counter
 
 
 def clock():
-    """Seconds on the clock chosen by --clock: wall time, or this process's CPU time (which other processes on a
-    shared CPU do not inflate; equal to wall time for one busy thread on an idle machine)."""
+    """Seconds on --clock's clock: wall time, or this process's CPU time (which other processes do not inflate)."""
     return _clock()
 
 
@@ -79,16 +77,14 @@ def sync(device):
 
 
 def back_to_back(device):
-    """Calls a GPU sample runs back to back, as train.py runs its steps: a sync after each call would leave the GPU
-    idle while the host launches the next one's first kernels, which training never waits for. A CPU runs each call to
-    its end anyway."""
+    """Calls a GPU sample runs back to back, as train.py runs its steps: a sync after each would idle the GPU while
+    the host launches the next one's kernels. A CPU runs each call to its end anyway."""
     return 5 if device.type == "cuda" else 1
 
 
 def timed(fn, device, warmup, iters, group=1):
-    """Seconds per call of fn(), `iters` samples after `warmup` untimed calls (which absorb allocation, kernel
-    selection and torch.compile); each sample times `group` calls back to back, the device synchronised around
-    them."""
+    """Seconds per call of fn(), `iters` samples after `warmup` untimed calls (allocation, kernel selection,
+    torch.compile); each sample times `group` calls back to back, the device synchronised around them."""
     for _ in range(warmup):
         fn()
     sync(device)
@@ -103,8 +99,8 @@ def timed(fn, device, warmup, iters, group=1):
 
 
 def timed_interleaved(fns, device, warmup, iters):
-    """Like timed() for several functions, called in turn (a b a b ...) so that a burst of load from other
-    processes hits all of them alike: their ratio is much steadier than that of two separate runs."""
+    """timed() for several functions called in turn (a b a b ...): a burst of other load hits all alike, so their
+    ratio is steadier than that of two separate runs."""
     for _ in range(warmup):
         for fn in fns:
             fn()
@@ -135,8 +131,7 @@ def row(section, name, value, unit, dtype=None, mfu=None, note="", optimizer=Non
 
 def measure_peak(device, dtype, n, warmup=2, iters=5):
     """FLOP/s of an n x n @ n x n matmul in dtype (2 n^3 FLOPs), median of iters."""
-    # at most a, b and a@b, or a and b as b's fp32 randn is converted (a no-op in fp32): 12 bytes an element in fp32,
-    # 8 in bf16
+    # at most a, b and a@b, or a and b while b's fp32 randn is converted: 12 bytes an element in fp32, 8 in bf16
     itemsize = dtype.itemsize
     need, have = n * n * max(3 * itemsize, 2 * itemsize + 4), physical_memory()
     if device.type == "cpu" and have and need > have:  # checked first: the system would kill the process without a word
@@ -149,8 +144,8 @@ def measure_peak(device, dtype, n, warmup=2, iters=5):
 
 
 def bench_peak(device, dtypes, sizes, warmup=2, iters=5):
-    """Rows for each dtype and size, and {dtype: best FLOP/s}: the peak MFU is measured against
-    (the best size, so MFU is not flattered by an unlucky size)."""
+    """Rows for each dtype and size, and {dtype: best FLOP/s}, the peak MFU is measured against (the best size: an
+    unlucky one would flatter MFU)."""
     scale, unit = flop_unit(device)
     rows, peaks = [], {}
     group = back_to_back(device)
@@ -182,14 +177,12 @@ def build_model(preset, device, block_size=None, vocab_size=None, variant=None):
 
 
 def make_train_step(model, device, dtype, batch_size, compile=False, optimizer=OPTIMIZERS[0]):
-    """A closure doing one full training step on a fixed synthetic batch (no data loading in the timing):
-    forward + loss under autocast, backward, gradient clipping and optimizer step (train.py's), zero_grad. Returns
-    (step, compiled()), compiled() saying whether the steps run compiled (known after the first one)."""
+    """(step, compiled()): step() is train.py's training step on a fixed synthetic batch (no data loading timed);
+    compiled() says whether the steps run compiled (known after the first one)."""
     cfg = model.config
     model.train()
     g = seeded_generator("cpu", 0)
-    # on the host, pinned for a GPU, as train.py's loader hands them over: train_step counts the targets there (on
-    # the device that count would sync every step) and copies the batch without blocking
+    # on the host, pinned for a GPU, as train.py's loader hands them over (train_step counts the targets there)
     x = torch.randint(0, cfg.vocab_size, (batch_size, cfg.block_size), generator=g)
     y = torch.randint(0, cfg.vocab_size, (batch_size, cfg.block_size), generator=g)
     if device.type == "cuda":
@@ -197,10 +190,8 @@ def make_train_step(model, device, dtype, batch_size, compile=False, optimizer=O
     # a small lr: random tokens must not blow the weights up over the warm-up and timed steps
     opt = model.configure_optimizer(weight_decay=0.1, lr=1e-4, device_type=device.type, optimizer=optimizer,
                                     dtype=dtype)
-    # train.py's: a compile that fails (at the first call, where it happens: no C++ compiler, say) warns and runs eager
-    fwd = Forward(model, compile)
-    # train.py's step itself: fp16's loss scaling (its cost in the fp16 timings), the gradient clipping train.py does
-    # by default (a pass over every gradient), the optimizer step, zero_grad
+    fwd = Forward(model, compile)  # train.py's: a compile that fails at the first call warns and runs eager
+    # fp16's loss scaling and train.py's default gradient clipping are part of the step timed
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     micro = [(x, y, None, None)]
 
@@ -277,17 +268,16 @@ def bench_ratio(preset, device, dtype, peaks, batch_size, block_size=None, small
 # generation
 
 def gen_block_size(preset, prompt_len, new_tokens):
-    """A block_size that holds the prompt and every new token, so no run has to slide its window
-    (sliding would re-prefill the cache and mix two costs); a multiple of 64, never below the preset's."""
+    """A block_size holding the prompt and every new token (sliding would re-prefill the cache and mix two costs);
+    a multiple of 64, never below the preset's."""
     need = (prompt_len + new_tokens + 63) // 64 * 64
     return max(PRESETS[preset]["block_size"], need)
 
 
 def run_generate(model, device, dtype, idx, new_tokens, use_cache):
-    """Consume model.generate as gen.py does (temperature 0.8, top_k 200, the weights cast once); returns the number
-    of tokens produced (all rows). Autocast is entered around each step, so this loop's own code runs outside it; it
-    keeps its bf16 copies of the weights only until the outermost autocast context exits, so an outer *disabled* one
-    keeps the nesting level above zero, else every weight would be re-cast every token (~4x slower for small on CPU)."""
+    """Consume model.generate as gen.py does (temperature 0.8, top_k 200); returns the tokens produced (all rows).
+    Autocast is entered around each step; an outer *disabled* one keeps its cast weights alive between steps (else
+    every weight is cast again each token)."""
     steps = model.generate(idx, new_tokens, temperature=0.8, top_k=200, use_cache=use_cache,
                            generator=seeded_generator(device, 0))
     n = 0
@@ -304,12 +294,10 @@ def run_generate(model, device, dtype, idx, new_tokens, use_cache):
 
 
 def bench_gen(preset, device, dtype, gen_batch=8, prompt_len=16, new_tokens=500, vocab_size=None, variant=None):
-    """Generation tokens/s: batch 1 without the KV cache (full recomputation of the window each token) and with it,
-    gen_batch with it, plus the cache's speed-up at batch 1."""
+    """Generation tokens/s: batch 1 without the KV cache and with it, gen_batch with it, and the cache's speed-up."""
     block_size = gen_block_size(preset, prompt_len, new_tokens)
-    # the KV cache of the largest batch (model.KVCache: k and v of every layer over the whole block, in the autocast
-    # dtype), checked first: it is allocated after the B1 run without a cache, which is quadratic in --new_tokens and
-    # may run for hours before
+    # the largest batch's KV cache (k and v of every layer over the block), checked first: the B1 run without a
+    # cache, before it, may run for hours
     cfg = bench_config(preset, block_size, vocab_size, variant)
     have = physical_memory() if device.type == "cpu" else \
         torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
@@ -353,8 +341,7 @@ def default_text_path():
 
 
 def synthetic_text(n_bytes):
-    """English-like text of about n_bytes: words drawn from a small list, sentences, newline-separated stories.
-    Only a stand-in when no real text is around; BPE speed depends a little on the text."""
+    """English-like stories of about n_bytes, one a line: the stand-in where no real text is around."""
     words = ("the a little girl boy dog cat ball park tree happy sad big small red blue went saw said played "
              "with and to of in on was were they she he it her his mom dad friend day sun home fun nice").split()
     rng = random.Random(0)
@@ -368,8 +355,8 @@ def synthetic_text(n_bytes):
 
 
 def bench_prepare(path=None, threads=None, repeats=3, quick=False):
-    """MB/s and tokens/s of GPT-2's tokenizer over the lines of a text file as prepare.py tokenizes a corpus
-    (prepare.encode_texts: a share of the lines per thread), with `threads` threads (default: every core)."""
+    """MB/s and tokens/s of GPT-2's tokenizer over a text file's lines, with prepare.encode_texts on `threads`
+    threads (default: every core)."""
     import prepare  # tiktoken only when this section runs
     from setup_tokenizer import get_tokenizer
     try:
@@ -444,8 +431,7 @@ def machine_description(device):
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         parts.append(f"GPU {props.name} ({props.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda})")
-    # bf16 instructions, and whether they outrun fp32 (AMX; AVX-512 BF16 on AMD), decide the dtype train.py picks and
-    # most of the speed on a CPU
+    # bf16 instructions, and whether they outrun fp32, decide train.py's dtype and most of a CPU's speed
     cap = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", lambda: "")()
     flags = cpu_info()[1]
     if "amx_bf16" in flags:
@@ -459,7 +445,7 @@ def machine_description(device):
     parts.append(f"torch {torch.__version__}, Python {platform.python_version()}, "
                  f"{platform.system()} {platform.release()}")
     if hasattr(os, "getloadavg"):
-        # other processes on the CPU slow every number here (OpenMP threads wait on descheduled siblings): say so
+        # other processes on the CPU slow every number here: said
         parts.append(f"load average {os.getloadavg()[0]:.1f} at start")
     return "; ".join(parts)
 
@@ -489,8 +475,8 @@ def section_text(rows, device, argv=None, note=None, settings=None, machine=None
 
 @contextlib.contextmanager
 def turn_at(path):
-    """Hold path's advisory lock (creating the file, empty, when missing): runs that finish at once take turns. The
-    atomic write replaces the file, so a run that waited on the old one looks again (its lock would guard nothing)."""
+    """Hold path's advisory lock (creating it empty when missing), so runs that finish at once take turns; a run
+    that waited on a file the atomic write replaced locks the new one."""
     try:
         import fcntl
     except ImportError:  # Windows: no flock; runs finishing in the same millisecond are rare
@@ -511,8 +497,7 @@ def turn_at(path):
 
 
 def append_benchmarks(path, text):
-    """Append one dated section to path, creating it with a title when missing; written atomically, so an
-    interrupted run never leaves half a table, and in turn, so two runs finishing together keep both sections."""
+    """Append one dated section to path (made with a title when missing), atomically and in turn with other runs."""
     new = not os.path.exists(path)
     try:
         with turn_at(path):
@@ -542,9 +527,9 @@ def off_target(args):
 
 
 def check_targets(rows, off=None, gpu=False):
-    """The project's speed targets (issue #6), one line each, for whatever this run measured. off: why the run cannot
-    be judged against them (off_target), said instead of met / NOT met. gpu: the run's device is a GPU, whose one target
-    is gpt2's; the others are the CPU's (a GPU's B1 decoding is launch-bound, cache or not: no 5x there)."""
+    """The project's speed targets (issue #6) this run measured, a line each. off: off_target's reason, said instead
+    of met / NOT met. gpu: a GPU's targets are gpt2's; the others are the CPU's (a GPU's B1 decoding is
+    launch-bound)."""
     def verdict(ok):
         return f"(not judged: {off})" if off else "met" if ok else "NOT met"
 
@@ -575,8 +560,8 @@ def check_targets(rows, off=None, gpu=False):
 
 @contextlib.contextmanager
 def fits(message):
-    """An allocation that fails for its size (a size too large for this machine's memory, or for a tensor at all)
-    ends in a UserError: message, which names the options to lower, and torch's own line. Other errors pass."""
+    """An allocation too large for this machine ends in a UserError: message (the options to lower) and torch's
+    line. Other errors pass."""
     try:
         yield
     except (MemoryError, RuntimeError) as e:
@@ -627,9 +612,8 @@ def run(args, device, log=print):
 
     peaks = {}
     if {"peak", "train", "ratio"} & set(only):
-        # MFU needs the peak of each dtype trained in (fp32 too for the ratio's baseline). The peak section adds fp32,
-        # what autocast picks here, and bf16 on a CPU with bf16 instructions, faster than fp32 or not; not on a CPU
-        # without them (unless --dtype asks), which emulates a bf16 matmul on one thread, for many minutes
+        # MFU needs the peak of each dtype trained in (fp32 too for the ratio). The peak section adds fp32, the auto
+        # dtype and bf16 where the CPU has its instructions (emulated, a bf16 peak takes many minutes)
         native_bf16 = [torch.bfloat16] if device.type == "cpu" and cpu_has_bf16() else []
         wanted = []
         if "peak" in only:
@@ -772,8 +756,7 @@ def check_options(args):
             raise UserError(f"--{name} {','.join(map(str, sizes))} is too large: give at most {MAX_SIZE:,} (2**40), "
                             f"and far less fits in any machine's memory")
     cores = os.cpu_count()
-    # more threads than cores: libgomp aborts creating 2**31 threads and torch's int overflows; the tokenizer would
-    # start a thread per line of the sample, thousands, at no gain
+    # more threads than cores: libgomp aborts at 2**31 and torch's int overflows; more tokenizer threads gain nothing
     for name in ("threads", "prepare_threads"):
         v = getattr(args, name)
         if v and cores and v > cores:
@@ -792,15 +775,13 @@ def check_options(args):
 
 
 def check_benchmarks_file(path):
-    """Raises a UserError for an --out that cannot take the table: checked before measuring, as the table is only
-    appended at the end, after minutes."""
+    """Raises a UserError for an --out that cannot take the table, before the minutes of measuring."""
     check_output(path, "--out")
     try:
         with open(path, encoding="utf-8") as f:
             old = f.read()
-        # only a file bench.py writes (its title, or a table of it pasted into notes) takes a table, not a script
-        # or a corpus (--out train.py, or the --data file). The header must begin a line: bench.py itself holds it
-        # in a string
+        # only a file with bench.py's title or table takes a table (not --out train.py); the header begins a line,
+        # as bench.py itself holds it in a string
         if old.strip() and not (old.startswith("# Benchmarks") or "\n" + TABLE_HEADER in "\n" + old):
             raise UserError(f"--out {path} is not a BENCHMARKS file (no '# Benchmarks' title, no bench.py "
                             f"table): the table would be appended to it; give another --out, or --no_write")
