@@ -331,15 +331,6 @@ def bench_gen(preset, device, dtype, gen_batch=8, prompt_len=16, new_tokens=500,
 # -----------------------------------------------------------------------------
 # prepare: tokenization speed
 
-def default_text_path():
-    mirror = os.environ.get("DATA_MIRROR")
-    if mirror:
-        p = os.path.join(mirror, "tinystories", "TinyStories-sample.txt")
-        if os.path.isfile(p):
-            return p
-    return None
-
-
 def synthetic_text(n_bytes):
     """English-like stories of about n_bytes, one a line: the stand-in where no real text is around."""
     words = ("the a little girl boy dog cat ball park tree happy sad big small red blue went saw said played "
@@ -414,17 +405,6 @@ def format_table(rows):
     return "\n".join(lines)
 
 
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_description(device):
     """One line: what ran this (so a table means something a year later)."""
     parts = []
@@ -440,7 +420,11 @@ def machine_description(device):
         cpu_flags = ", AVX-512 BF16" + ("" if cpu_bf16_is_faster() else " without AMX: auto dtype fp32")
     else:
         cpu_flags = f", {cap + ' ' if cap else ''}without bf16"
-    parts.append(f"CPU {cpu_model()} ({os.cpu_count()} logical cores{cpu_flags}; "
+    name = None
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    name = name if name is not None else platform.processor() or platform.machine()
+    parts.append(f"CPU {name} ({os.cpu_count()} logical cores{cpu_flags}; "
                  f"torch threads {torch.get_num_threads()})")
     parts.append(f"torch {torch.__version__}, Python {platform.python_version()}, "
                  f"{platform.system()} {platform.release()}")
@@ -658,7 +642,9 @@ def run(args, device, log=print):
                 emit(bench_gen(preset, device, dtypes[0], args.gen_batch or (2 if quick else 8), prompt_len,
                                new_tokens, vocab_size, args.variant))
     if "prepare" in only:
-        path = args.data or default_text_path()
+        mirror = os.environ.get("DATA_MIRROR")
+        sample = mirror and os.path.join(mirror, "tinystories", "TinyStories-sample.txt")
+        path = args.data or (sample if sample and os.path.isfile(sample) else None)
         threads = 1 if args.clock == "cpu" else args.prepare_threads  # CPU time adds up over threads
         try:
             emit(bench_prepare(path, threads, repeats=1 if quick else 3, quick=quick))
