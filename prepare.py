@@ -991,7 +991,7 @@ def with_other_files(e, plan):
     streams = plan["streams"]
     at = next(i for i, (_, label, _) in enumerate(streams) if label == e.label)  # (a file's: hub rows are not scanned)
     not_read_yet = [label for i, (role, label, _) in enumerate(streams) if i > at or (i < at and role == "val")]
-    scanned, unread = files_to_scan(not_read_yet, (".jsonl", ".json", ".parquet"), "them")
+    scanned, unread_note = files_to_scan(not_read_yet, (".jsonl", ".json", ".parquet"), "them")
     found, others = [], []  # (label, bad, wheres, good) of each file with bad records; the files of the other kind
     for label in scanned:
         with contextlib.suppress(UserError):
@@ -1017,7 +1017,7 @@ def with_other_files(e, plan):
                  f"{e.label} holds {KIND_NAMES[e.kind]}, a dataset being one or the other: {listed(others)} (leave "
                  f"{them} out, or prepare {them} separately with --name)")
         skippable = False  # (the run stops at them skipping or not)
-    return BadRecords(e.label, text + unread, count, skippable, e.kind) if found or others or unread else e
+    return BadRecords(e.label, text + unread_note, count, skippable, e.kind) if found or others or unread_note else e
 
 
 def files_to_scan(labels, suffixes, what):
@@ -1052,18 +1052,18 @@ def with_other_not_utf8(e, plan):
         return e
     # those before it too (a vocabulary's pass reads a sample); files read as text alone (a .parquet is binary)
     others = [label for _, label, _ in streams[:at] + streams[at + 1:]]
-    scanned, unread = files_to_scan(others, (*PLAIN_TEXT, ".jsonl", ".json"), "it")
+    scanned, unread_note = files_to_scan(others, (*PLAIN_TEXT, ".jsonl", ".json"), "it")
     found = []
     for label in scanned:
         with contextlib.suppress(OSError):
             if first_bad_utf8(label):
                 found.append(label)
-    if not found and not unread:
+    if not found and not unread_note:
         return e
     text = str(e)
     if found:
         text += f"; {len(found):,} other file{'s' * (len(found) > 1)} not UTF-8 either: {listed(found)}"
-    return NotText(text + unread)
+    return NotText(text + unread_note)
 
 
 def file_docs(path, dataset, left=None, folder=None):
@@ -2015,7 +2015,9 @@ def keyed(docs, keys):
         key = document_key(doc, before)
         if ends_document(doc):
             keys.append(key)
-        before = None if ends_document(doc) else key
+            before = None
+        else:
+            before = key
         yield doc
 
 
