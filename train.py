@@ -397,9 +397,8 @@ def recorded_lr(ckpt_args):
 
 
 def unrecorded_fine_tune(ckpt):
-    """Whether an older checkpoint, its run begun from another one, may be an unlabelled fine-tune's (with an lr)."""
-    return "fine_tune" not in ckpt and "step" in ckpt and bool((ckpt.get("args") or {}).get("checkpoint")) \
-        and recorded_lr(checkpoint_args(ckpt)) is not None
+    """Whether an older checkpoint, its run begun from another one, may be an unlabelled fine-tune's."""
+    return "fine_tune" not in ckpt and "step" in ckpt and bool((ckpt.get("args") or {}).get("checkpoint"))
 
 
 def fine_tune_lr(ckpt, model):
@@ -2563,8 +2562,8 @@ def start_run(args, joined=None):
     fine_tuning, lr_from = ckpt is not None and not continuing, None
     if fine_tuning and args.lr is None:  # a fine-tune's default lr, and where it came from for the run line
         args.lr, lr_from = fine_tune_lr(ckpt, args.model)
-        if unrecorded_fine_tune(ckpt):  # (an older train.py's chat model fine-tuned again: a third of its lr again)
-            was = recorded_lr(ckpt_args)
+        was = recorded_lr(ckpt_args)  # (what fine_tune_lr divided, if any)
+        if was and unrecorded_fine_tune(ckpt):  # (an older train.py's chat model fine-tuned again: a third again)
             warn(f"{args.checkpoint} does not say whether its run was a fine-tune (an older train.py's, which began "
                  f"from another checkpoint): if it was, its lr {was:.3g} is a fine-tuning one already, which --lr "
                  f"{was:.3g} keeps; this run takes a third of it")
