@@ -387,8 +387,8 @@ class GPT(nn.Module):
         autocast dtype; Muon orthogonalizes in bf16 when it is bf16, else in fp32."""
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {optimizer!r}")
-        matrices = [p for name, p in self.named_parameters() if optimizer == "muon" and p.requires_grad
-                    and p.dim() == 2 and name.startswith("transformer.h.")]
+        matrices = [p for name, p in self.named_parameters() if p.requires_grad and p.dim() == 2
+                    and name.startswith("transformer.h.")] if optimizer == "muon" else []
         taken = {id(p) for p in matrices}
         params = [p for p in self.parameters() if p.requires_grad and id(p) not in taken]  # the tied matrix once
         # decay every >=2-D tensor (matmul weights, embeddings); biases and norm gains are left alone
