@@ -295,8 +295,10 @@ OTHER_TOOLS_OPTIONS = {"--learning_rate": ["--lr"], "--gradient_accumulation_ste
                        # minimind's (--max_seq_len: the context, or in its eval_model.py the reply's length)
                        "--max_seq_len": ["--block_size", "--max_tokens"], "--dim": ["--n_embd"],
                        "--accumulation_steps": ["--grad_accum"], "--save_dir": ["--output_checkpoint"],
-                       "--from_weight": ["--checkpoint"], "--from_resume": ["--checkpoint"],
-                       "--resume": ["--checkpoint"],  # (many training scripts' way to go on: litgpt's)
+                       "--from_weight": ["--checkpoint"],
+                       # (minimind's --from_resume 1 goes on from the run's newest checkpoint, as train.py's --resume)
+                       "--from_resume": ["--resume", "--checkpoint"],
+                       "--resume": ["--checkpoint"],  # (in the other scripts: the checkpoint to load)
                        "--model_path": ["--init_from", "--checkpoint"], "--num_workers": [],
                        # eval.py's old name for --prompt_file (in gen.py, --prompt would be its close spelling)
                        "--prompts": ["--prompt_file"],

@@ -22,7 +22,8 @@ Resume. A checkpoint records the completed epochs, how many windows of the curre
 global step (by --epochs the learning rate is a pure function of it; in a --time_budget, of the budget's clock,
 recorded too), the optimizer and the RNG state; the window order is re-derived from (seed, epoch). So N steps in
 one go and N/2 steps + resume for N/2 give identical weights. Continuing on another --dataset is fine-tuning: same
-weights, fresh optimizer and epoch count.
+weights, fresh optimizer and epoch count. With --resume one command starts a run and, run again, goes on from its
+newest checkpoint.
 
 Several processes. Under torchrun each optimizer step takes batch_size*grad_accum*world windows and each rank its
 share of them (see Batches), as an evaluation takes eval_batches*batch_size*world (the options are per process); rank 0
@@ -254,6 +255,11 @@ def parse_args(argv=None):
                                                             "best file and metrics, or a run continued from an "
                                                             "earlier point its later ones (refused otherwise); they "
                                                             "are removed at the new run's first save")
+    g.add_argument("--resume", action="store_true",
+                   help="go on from the run's newest checkpoint where it has one (in the files it writes, see "
+                        "--output_checkpoint), else start as the other options say: so one command starts a run and "
+                        "continues it after a stop, a crash or a job's requeue (a service's restart); a run it finds "
+                        "ended (its epochs done, its budget spent, stopped by --patience) says so and exits 0")
     g.add_argument("--reset_epoch", action="store_true", help="restart the epoch count and lr schedule of a "
                                                               "checkpoint's run on its own dataset, keeping its "
                                                               "weights and optimizer (a fine-tune starts afresh "
@@ -1719,13 +1725,15 @@ def elastic_job():
     return f"{run_id} {socket.gethostname()}:{os.path.dirname(attempt)}"
 
 
-def elastic_restart(run):
-    """A torchrun restart runs the failed attempt's command, whose files refuse_earlier_run would refuse: (path, step,
-    max_steps left or None, ended) of this job's newest checkpoint to continue from, or None. Rank 0 decides."""
-    if "TORCHELASTIC_RUN_ID" not in os.environ:  # (the same on every rank: all enter the broadcast, or none)
+def restart_point(run):
+    """The newest checkpoint to continue from, as (path, step, max_steps left or None, ended), or None: with --resume,
+    the run's newest (of its dataset, with training state); in a torchrun restart, which runs the failed attempt's
+    command whose files refuse_earlier_run would refuse, this job's. Rank 0 decides."""
+    resume = run.args.resume  # (the same on every rank, as TORCHELASTIC_RUN_ID: all enter the broadcast, or none)
+    if not resume and "TORCHELASTIC_RUN_ID" not in os.environ:
         return None
-    found, job = None, elastic_job()
-    if run.dist.main and job:
+    found, job = None, None if resume else elastic_job()
+    if run.dist.main and (resume or job):
         args = argparse.Namespace(**vars(run.args))  # (output_paths sets a continued run's own file names in it)
         try:
             out_pattern, _, best_path, _, _ = output_paths(args, run.ckpt_args, run.continuing,
@@ -1736,18 +1744,24 @@ def elastic_restart(run):
         for path in earlier_run_files(out_pattern, args.dataset, best_path) if out_pattern else []:
             try:
                 ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except Exception:  # cut short, or no checkpoint: none of this job's
+            except Exception:  # cut short, or no checkpoint: none to continue
                 continue
-            mark = ckpt.get("elastic") if isinstance(ckpt, dict) else None
-            # (a file edited to other entries, which load_checkpoint's kinds would see too late: none of the job's)
-            if isinstance(mark, dict) and mark.get("job") == job and is_kind(ckpt.get("tokens"), nonnegative_int) \
-                    and is_kind(mark.get("max_steps_left"), (nonnegative_int, type(None))):
+            # (a file edited to other entries, which load_checkpoint's kinds would see too late: none of the run's)
+            if not isinstance(ckpt, dict) or not is_kind(ckpt.get("tokens"), nonnegative_int):
+                continue
+            if resume:  # another dataset's (an --output_checkpoint without {dataset}) is refused as another run's
+                if "step" in ckpt and checkpoint_data(ckpt)[0] == args.dataset:
+                    # (the best file, at the same point, after; whether it ended, continuing it says)
+                    points.append((ckpt["tokens"], path != best_path, path, ckpt.get("step"), None, False))
+                continue
+            mark = ckpt.get("elastic")
+            if isinstance(mark, dict) and mark.get("job") == job and \
+                    is_kind(mark.get("max_steps_left"), (nonnegative_int, type(None))):
                 # ended: the run ended for good (its attempt failed after the last save): said so, as refused as
                 # done each restart in turn would fail
                 left, epoch = mark["max_steps_left"], ckpt.get("epoch")
                 ended = left == 0 or ckpt.get("budget_done") is True or ckpt.get("stopped_early") is True or \
                     is_kind(epoch, nonnegative_int) and epoch >= run.args.epochs
-                # (the best file, at the same point, after)
                 points.append((ckpt["tokens"], path != best_path, path, ckpt.get("step"), left, ended))
         found = max(points)[2:] if points else None
     if run.dist.world > 1:
@@ -2453,18 +2467,24 @@ def run_training(args, held):
     global use_color
     use_color = not args.no_color and color_ok(sys.stdout)
     run, options_given = start_run(args)
-    if resume := elastic_restart(run):
+    resume = restart_point(run)
+    if resume and args.resume and args.checkpoint and os.path.isfile(args.checkpoint) \
+            and os.path.samefile(resume[0], args.checkpoint):
+        resume = None  # the checkpoint given is the run's newest already
+    if resume:
         path, step, left, ended = resume
-        restart = f"torchrun restart {os.environ.get('TORCHELASTIC_RESTART_COUNT')}: this job's newest checkpoint " \
-                  f"is {path} (step {step})"
+        whose = "--resume: the run's" if args.resume else \
+            f"torchrun restart {os.environ.get('TORCHELASTIC_RESTART_COUNT')}: this job's"
+        restart = f"{whose} newest checkpoint is {path} (step {step})"
         if ended:  # (the attempt that wrote it failed after its last save)
             say(f"{restart}, where the job's run ended: nothing left to train")
             raise SystemExit(0)
         say(f"{restart}: continuing from it, as --checkpoint {shlex.quote(path)}"
-            + (f" --max_steps {left} (what is left of the job's)" if args.max_steps else "") + " would")
+            + (f" --max_steps {left} (what is left of the job's)" if args.max_steps and not args.resume else "")
+            + " would")
         # the run as that checkpoint left it: its epochs, as reset, and --init_from's weights trained on
         args = argparse.Namespace(**{**vars(args), "checkpoint": path, "init_from": None, "reset_epoch": False,
-                                     "max_steps": left if args.max_steps else None})
+                                     "max_steps": left if args.max_steps and not args.resume else args.max_steps})
         joined, run = (run.dist, run.device), None  # (its checkpoint let go before the newer one loads)
         run, options_given = start_run(args, joined)
     run.job = elastic_job() if run.dist.main else None
@@ -2472,20 +2492,31 @@ def run_training(args, held):
     run.dtype = training_dtype(run.device, run.args.dtype)
     run_warmup = plan_run(run, options_given)
     args, ckpt, p = run.args, run.ckpt, run.p
+
+    def trained_nothing():  # a run's summary (Run.summary), of a run that trained nothing: its checkpoint's
+        return run_summary(p, run.bpb_scale, len(run.train_w), stopped="already done", run_steps=0, tokens=0,
+                           elapsed=0.0, tokens_per_s=0.0, train_tokens_per_s=None, val_loss=ckpt.get("val_loss"),
+                           checkpoint=args.checkpoint, best_checkpoint=existing(run.best_path),
+                           metrics=existing(run.metrics_path), plot=existing(run.png_path))
     if p.epoch >= args.epochs:
+        if args.resume:  # the same command again once its run is done: done, not an error (a job's requeue)
+            say(f"--resume: {args.checkpoint} has trained the run's {args.epochs} epoch(s): nothing left to train")
+            return trained_nothing()
         more = more_epochs(args, p.epoch)
-        if more == 0:  # a run's summary (Run.summary), of a run that trained nothing: its checkpoint's
-            return run_summary(p, run.bpb_scale, len(run.train_w), stopped="already done", run_steps=0, tokens=0,
-                               elapsed=0.0, tokens_per_s=0.0, train_tokens_per_s=None, val_loss=ckpt.get("val_loss"),
-                               checkpoint=args.checkpoint,
-                               best_checkpoint=existing(run.best_path), metrics=existing(run.metrics_path),
-                               plot=existing(run.png_path))
+        if more == 0:
+            return trained_nothing()
         args.epochs = p.epoch + more
         run.total_steps = args.epochs * run.batches.steps_per_epoch
         if not run.budget and not isinstance(run_warmup, int):  # as with --epochs given: a share of the longer run
             args.warmup = warmup_steps(run_warmup, run.total_steps, args.lr)
     if run.continuing and not args.reset_epoch:
-        refuse_ended_run(args, ckpt, run.ckpt_args, p, run.budget)
+        try:
+            refuse_ended_run(args, ckpt, run.ckpt_args, p, run.budget)
+        except UserError as e:
+            if not args.resume:
+                raise
+            say(f"--resume: nothing left to train: {e}")
+            return trained_nothing()
     build_training(run)
     run.train()
     return run.summary()
@@ -2496,6 +2527,9 @@ def start_run(args, joined=None):
     tokenizer, config. Returns (run, options_given: which of warmup, batch_size, eval_batches the user gave)."""
     global quiet
     quiet = not speaks_for_machine()  # until the ranks are known: then rank 0 alone
+    if args.resume and (args.overwrite or args.reset_epoch):  # each would start the run anew over its files
+        other = "--overwrite replaces" if args.overwrite else "--reset_epoch numbers its epochs from 1 again over"
+        raise UserError(f"--resume goes on from the run's newest checkpoint, which {other}: pass one of them")
     if args.reset_epoch and not args.checkpoint:  # (a new run starts at epoch 1 anyway: it would do nothing)
         raise UserError("--reset_epoch restarts a checkpoint's epochs and schedule: give it with --checkpoint (a new "
                         "run, --init_from's too, starts at epoch 1)")

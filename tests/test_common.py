@@ -299,7 +299,9 @@ def usage_error(script, message, *command):
      "unrecognized arguments: --model_path=m.pt --max_seq_len=100 --save_dir=out --num_workers=1 (did you mean "
      "--checkpoint, --max_tokens?)"),
     # the --resume of many training scripts: nothing was guessed (its value is read as the checkpoint, positional)
-    ("train", ["--resume", "models/story.pt"], "unrecognized arguments: --resume (did you mean --checkpoint?)"),
+    ("gen", ["--resume", "models/story.pt"], "unrecognized arguments: --resume (did you mean --checkpoint?)"),
+    # minimind's resume-if-present, train.py's --resume
+    ("train", ["--from_resume=1"], "unrecognized arguments: --from_resume=1 (did you mean --resume?)"),
     # sample.py's: its --out_dir and --init_from name the model, gen.py's checkpoint
     ("gen", ["--out_dir=out", "--start=ROMEO:"],
      "unrecognized arguments: --out_dir=out --start=ROMEO: (did you mean --checkpoint, --prompt?)"),

@@ -1222,6 +1222,67 @@ def test_continuing_into_another_datasets_file_of_the_same_name_is_refused(env, 
     assert r["checkpoint"] == str(theirs) and load_checkpoint(str(theirs))["dataset"] == "mini"
 
 
+def test_resume_starts_a_run_and_the_same_command_goes_on_from_its_newest_checkpoint(env, tmp_path, capsys):
+    """A service's restart (systemd, a requeued job) runs the same command again: its first start's files refused it
+    as an earlier run's. With --resume it goes on from the newest, exactly, and once the run is done says so, exit 0."""
+    argv = ["--dataset", "mini", "--max_steps", "2", "--eval_interval", "0", "--resume"]
+    first = train.train(args_for(env, tmp_path / "r", *argv))  # nothing there yet: a new run
+    assert first["steps"] == 2 and "--resume" not in capsys.readouterr().out
+    second = train.train(args_for(env, tmp_path / "r", *argv))
+    newest = os.path.join(tmp_path, "r", "mini_epoch1.pt")
+    assert f"--resume: the run's newest checkpoint is {newest} (step 2): continuing from it, as --checkpoint " \
+           f"{newest} would" in capsys.readouterr().out
+    assert second["steps"] == 4 and second["run_steps"] == 2
+    one_go = train.train(args_for(env, tmp_path / "one", "--dataset", "mini", "--max_steps", "4", "--eval_interval",
+                                  "0"))
+    want = load_checkpoint(one_go["checkpoint"])["model"]
+    assert all(torch.equal(t, want[k]) for k, t in load_checkpoint(newest)["model"].items())
+    # the run to its epoch's end, then the same command: done, not an error
+    train.train(args_for(env, tmp_path / "r", *argv[:2], "--eval_interval", "0", "--resume"))
+    files = {f: (tmp_path / "r" / f).read_bytes() for f in os.listdir(tmp_path / "r")}
+    capsys.readouterr()
+    done = train.main(["--data_dir", env["data"], "--output_checkpoint", os.path.join(tmp_path, "r", "{dataset}_epoch"
+                       "{epoch}.pt"), "--device", "cpu", "--no-color", *argv[:2], "--resume"])  # (an error: SystemExit)
+    assert done["stopped"] == "already done" and done["run_steps"] == 0
+    assert f"--resume: {newest} has trained the run's 1 epoch(s): nothing left to train" in capsys.readouterr().out
+    assert {f: (tmp_path / "r" / f).read_bytes() for f in os.listdir(tmp_path / "r")} == files
+
+
+def test_resume_of_a_spent_budget_says_so_and_trains_nothing(env, tmp_path, capsys):
+    argv = ["--dataset", "mini", "--time_budget", "1s", "--eval_interval", "0", "--resume"]
+    train.train(args_for(env, tmp_path, *argv))
+    capsys.readouterr()
+    done = train.train(args_for(env, tmp_path, *argv))
+    assert done["stopped"] == "already done" and done["run_steps"] == 0
+    said = r"--resume: nothing left to train: .*mini_epoch\d+\.pt has used its 1s --time_budget: pass a larger one"
+    assert re.search(said, capsys.readouterr().out)
+
+
+def test_resume_of_a_fine_tune_goes_on_from_the_fine_tunes_checkpoint_not_its_base(env, tmp_path, capsys):
+    base = train.train(args_for(env, tmp_path / "base", "--dataset", "mini", "--max_steps", "2", "--eval_interval",
+                                "0"))
+    argv = ["--dataset", "story", "--checkpoint", base["checkpoint"], "--max_steps", "2", "--eval_interval", "0",
+            "--resume"]
+    assert train.train(args_for(env, tmp_path / "ft", *argv, fresh=False))["steps"] == 2
+    again = train.train(args_for(env, tmp_path / "ft", *argv, fresh=False))
+    assert again["steps"] == 4 and "story_epoch1.pt (step 2): continuing from it" in capsys.readouterr().out
+
+
+def test_resume_takes_no_other_datasets_file_and_not_with_a_fresh_start(env, tmp_path, capsys):
+    """--resume continues the run's own files: one of another dataset under a shared name is refused as ever, and
+    --overwrite or --reset_epoch, which start anew over them, contradict it."""
+    pattern = str(tmp_path / "run{epoch}.pt")
+    train.train(args_for(env, tmp_path, "--dataset", "mini", "--max_steps", "1", "--output_checkpoint", pattern))
+    capsys.readouterr()
+    with pytest.raises(UserError, match="holds an earlier run"):
+        train.train(args_for(env, tmp_path, "--dataset", "story", "--max_steps", "1", "--output_checkpoint", pattern,
+                             "--resume"))
+    assert "--resume" not in capsys.readouterr().out  # (not "continuing from it", then the refusal)
+    for other in ("--overwrite", "--reset_epoch"):
+        with pytest.raises(UserError, match=f"--resume goes on from the run's newest checkpoint, which {other} "):
+            train.train(args_for(env, tmp_path, "--dataset", "mini", "--resume", other))
+
+
 def test_reset_epoch_over_the_runs_own_best_file_drops_its_bar(env, tmp_path):
     """--reset_epoch --overwrite removed the run's best file but kept its val loss as the bar a new best file must
     beat: no best file was written until the new run beat a model that no longer existed."""
