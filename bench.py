@@ -355,6 +355,10 @@ def bench_prepare(path=None, threads=None, repeats=3, quick=False):
     except UserError as e:  # offline without the BPE files: the other sections need none
         raise UserError(f"{e}, or leave prepare out of --only") from None
     threads = threads or prepare.THREADS
+    if not path:  # the mirror's TinyStories sample, the text prepare.py's story reads first
+        mirror = os.environ.get("DATA_MIRROR")
+        sample = mirror and os.path.join(mirror, prepare.MIRROR["story"]["main"][0])
+        path = sample if sample and os.path.isfile(sample) else None
     if path:
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -642,12 +646,9 @@ def run(args, device, log=print):
                 emit(bench_gen(preset, device, dtypes[0], args.gen_batch or (2 if quick else 8), prompt_len,
                                new_tokens, vocab_size, args.variant))
     if "prepare" in only:
-        mirror = os.environ.get("DATA_MIRROR")
-        sample = mirror and os.path.join(mirror, "tinystories", "TinyStories-sample.txt")
-        path = args.data or (sample if sample and os.path.isfile(sample) else None)
         threads = 1 if args.clock == "cpu" else args.prepare_threads  # CPU time adds up over threads
         try:
-            emit(bench_prepare(path, threads, repeats=1 if quick else 3, quick=quick))
+            emit(bench_prepare(args.data, threads, repeats=1 if quick else 3, quick=quick))
         except UserError as e:  # no GPT-2 BPE files offline: keep the other sections' results
             if not rows:  # there are none (--only prepare): the one line, not a section without a figure appended
                 raise

@@ -11,6 +11,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import bench  # noqa: E402
 import common  # noqa: E402
+import prepare  # noqa: E402
 from common import UserError  # noqa: E402
 
 
@@ -127,6 +128,19 @@ def test_prepare_without_the_mirror_tokenizes_generated_text_and_says_so(monkeyp
     except UserError as e:
         pytest.skip(f"no GPT-2 BPE files here: {e}")
     assert mbs["note"].startswith("generated text, 0.2 MB") and tps["note"] == mbs["note"] and tps["value"] > 0
+
+
+def test_prepare_by_default_tokenizes_the_mirrors_tinystories_sample(tmp_path, monkeypatch):
+    # the file prepare.py's story reads first in $DATA_MIRROR (its MIRROR table), named in the rows' note
+    sample = tmp_path / prepare.MIRROR["story"]["main"][0]
+    sample.parent.mkdir(parents=True)
+    sample.write_text("Once upon a time there was a cat.\n" * 50, encoding="utf-8")
+    monkeypatch.setenv("DATA_MIRROR", str(tmp_path))
+    try:
+        mbs, _ = bench.bench_prepare(None, threads=1, repeats=1, quick=True)
+    except UserError as e:
+        pytest.skip(f"no GPT-2 BPE files here: {e}")
+    assert mbs["note"].startswith(f"{sample.name}, ")
 
 
 def test_prepare_without_the_bpe_files_is_skipped_and_alone_is_one_line(tmp_path, monkeypatch, one_thread):
