@@ -1981,7 +1981,7 @@ def model_config(args, meta, ckpt):
 class Progress:
     """Where training stands; all of it goes into checkpoints."""
     epoch: int = 0              # completed epochs
-    windows: int = 0            # windows done in the current epoch
+    epoch_windows: int = 0      # windows done in the current epoch
     step: int = 0               # global optimizer steps: drive the lr schedule (a --time_budget's: the clock)
     tokens: int = 0             # training tokens seen, all runs together
     best_val_loss: float = None
@@ -1994,7 +1994,7 @@ class Progress:
 
     def epoch_at(self, windows_per_epoch):
         """Where the run is in epochs, as its log and metrics give it (windows_per_epoch: the train split's windows)."""
-        return round(self.epoch + self.windows / windows_per_epoch, 4)
+        return round(self.epoch + self.epoch_windows / windows_per_epoch, 4)
 
     def judge(self, val_loss, epoch, no_bar=False, pause=False):
         """Counts val_loss, at epoch, towards the best and --patience; returns (better: it beats the best, or no_bar;
@@ -2010,8 +2010,8 @@ class Progress:
 
 def checkpoint_progress(ckpt, ckpt_args):
     """Where the checkpoint's run stands, as it recorded it (older checkpoints: what they hold)."""
-    p = Progress(epoch=int(ckpt.get("epoch", 0)), windows=int(ckpt.get("epoch_windows", 0)), step=int(ckpt["step"]),
-                 tokens=int(ckpt.get("tokens", 0)), best_val_loss=ckpt.get("best_val_loss"),
+    p = Progress(epoch=int(ckpt.get("epoch", 0)), epoch_windows=int(ckpt.get("epoch_windows", 0)),
+                 step=int(ckpt["step"]), tokens=int(ckpt.get("tokens", 0)), best_val_loss=ckpt.get("best_val_loss"),
                  best_at=ckpt.get("best_at"), evals_since_best=int(ckpt.get("evals_since_best", 0)),
                  elapsed=float(ckpt.get("elapsed", 0.0)),
                  budget_elapsed=float(ckpt.get("budget_elapsed", ckpt.get("elapsed", 0.0))),
@@ -2077,11 +2077,11 @@ def resumed_progress(run, options_given, run_warmup):
     p = checkpoint_progress(ckpt, ckpt_args)
     # another window order: going on from the epoch's position would repeat some windows and skip others
     changed = order_changes(ckpt, ckpt_args, args, run.meta)
-    started_over = bool(changed and p.windows)  # (said below, with where the lr schedule goes on)
+    started_over = bool(changed and p.epoch_windows)  # (said below, with where the lr schedule goes on)
     if changed:
-        p.windows = 0
-    if p.windows >= len(run.train_w):
-        p.epoch, p.windows = p.epoch + 1, 0
+        p.epoch_windows = 0
+    if p.epoch_windows >= len(run.train_w):
+        p.epoch, p.epoch_windows = p.epoch + 1, 0
     was_batch, was_world, was = trained_batch(ckpt, ckpt_args, args, run.train_w)
     if was and was_world != run.dist.world and was != batches.windows_per_step:
         warn(other_global_batch(args, was, was_world, batches.windows_per_step, run.dist.world))
@@ -2105,7 +2105,7 @@ def resumed_progress(run, options_given, run_warmup):
     warmup = args.warmup
     if (changed or was != batches.windows_per_step) and not run.budget:
         # epochs of another length, or another global batch: steps of the new size, placed by the windows done
-        p.step = p.epoch * batches.steps_per_epoch + batches.steps_done(p.windows)
+        p.step = p.epoch * batches.steps_per_epoch + batches.steps_done(p.epoch_windows)
         # (a step count inherited alone: a default or a share is in today's steps already)
         if "warmup" not in options_given and isinstance(run_warmup, int) and was and warmup:
             warmup = max(1, round(warmup * was / batches.windows_per_step))
@@ -2172,12 +2172,12 @@ def banner_lines(run):
         masks = f" (dropout: the run drew its masks in {was_world} process(es), this one in {world}, so it goes on " \
                 f"with other masks, not bit for bit as on {was_world})" if other_masks else ""
         # at the epochs done, as the step lines count them ("epoch 0.15"), then the epoch in progress as its bar does
-        done = resumed.epoch + resumed.windows / len(train_w)
+        done = resumed.epoch + resumed.epoch_windows / len(train_w)
         # epochs of other steps place the run where its windows done fall (resumed_progress): said, or it puzzles
         ckpt_step = run.ckpt["step"]
         recounted = f" (the checkpoint's step {ckpt_step:,}, counted again in this run's epochs of {spe:,} steps)" \
             if resumed.step != ckpt_step else ""
-        lines.append(f"resume at epoch {done:.2f} (epoch {resumed.epoch + 1}, window {resumed.windows:,}/"
+        lines.append(f"resume at epoch {done:.2f} (epoch {resumed.epoch + 1}, window {resumed.epoch_windows:,}/"
                      f"{len(train_w):,}), step {resumed.step:,}{recounted}{masks}")
         # a larger --epochs or --time_budget stretches the cosine from here: the lr goes back up, said here
         span, was = schedule_span(args.time_budget, args.epochs), schedule_span(
@@ -2743,7 +2743,7 @@ class Run:
 
     def out_path(self):
         """The checkpoint a save writes: named after the epoch in progress; a finished epoch keeps its own number."""
-        n = max(1, self.p.epoch + (1 if self.p.windows else 0))
+        n = max(1, self.p.epoch + (1 if self.p.epoch_windows else 0))
         return self.out_pattern.replace("{dataset}", self.args.dataset).replace("{epoch}", str(n))
 
     def last_checkpoint(self):
@@ -2784,10 +2784,11 @@ class Run:
             self.saving = path  # until written: an error meanwhile is this save's (see save_before_error)
             save_checkpoint(path, self.model, self.enc, optimizer=self.optimizer.state_dict(),
                             scaler=self.scaler.state_dict(), dataset=args.dataset, run=self.run_id, epoch=p.epoch,
-                            epoch_step=self.batches.steps_done(p.windows), epoch_windows=p.windows, step=p.step,
-                            tokens=p.tokens, rng=self.step_rng or rng_state(), order_scheme=self.order_scheme,
-                            loss_since_record=self.tally.loss_since_record(), eval_windows=self.eval_windows,
-                            # which torchrun job wrote it, for its restarted attempts to continue (elastic_restart)
+                            epoch_step=self.batches.steps_done(p.epoch_windows), epoch_windows=p.epoch_windows,
+                            step=p.step, tokens=p.tokens, rng=self.step_rng or rng_state(),
+                            order_scheme=self.order_scheme, loss_since_record=self.tally.loss_since_record(),
+                            eval_windows=self.eval_windows,
+                            # which torchrun job wrote it, for its restarted attempts to continue (restart_point)
                             **({"elastic": {"job": self.job, "max_steps_left": self.max_steps_left()}}
                                if self.job else {}),
                             args=dict(vars(args), world_size=dist.world, batch_size=self.batch_option),
@@ -2850,7 +2851,7 @@ class Run:
                     self.train_epoch()
                     if (p.epoch, p.step) == at and self.stopped == "done":
                         # a bug in the epoch's bookkeeping would take it again forever, hanging the run
-                        raise RuntimeError(f"epoch {p.epoch + 1} took no step from window {p.windows:,} of "
+                        raise RuntimeError(f"epoch {p.epoch + 1} took no step from window {p.epoch_windows:,} of "
                                            f"{len(self.train_w):,} and did not end: a bug, please report it")
         except KeyboardInterrupt:
             # a second Ctrl-C: quit without touching any file, naming the one that holds the run
@@ -2950,8 +2951,8 @@ class Run:
         """The steps of the epoch in progress until it ends or the run stops, with its progress bar on a terminal."""
         args, p = self.args, self.p
         epoch = p.epoch
-        epoch_step = self.batches.steps_done(p.windows)  # steps of this epoch done, as checkpoints record it
-        steps = self.batches.epoch(epoch, p.windows)
+        epoch_step = self.batches.steps_done(p.epoch_windows)  # steps of this epoch done, as checkpoints record it
+        steps = self.batches.epoch(epoch, p.epoch_windows)
         # a budget without --epochs ends by the clock: no "epoch 1/1000000"
         of = f"/{args.epochs}" if args.epochs < UNLIMITED_EPOCHS else ""
         bar = EpochBar(total=self.batches.steps_per_epoch, initial=epoch_step, desc=f"epoch {epoch + 1}{of}",
@@ -2962,9 +2963,9 @@ class Run:
                 lr = self.take_step(micro, step_windows, n_targets)
                 epoch_step += 1
                 bar.update(1)
-                end_of_epoch = p.windows >= len(self.train_w)
+                end_of_epoch = p.epoch_windows >= len(self.train_w)
                 if end_of_epoch:
-                    p.epoch, p.windows = epoch + 1, 0
+                    p.epoch, p.epoch_windows = epoch + 1, 0
                 # (--max_steps on the run's very last step stops nothing the epochs did not: the run is done)
                 if args.max_steps and self.run_steps >= args.max_steps and p.epoch < args.epochs:
                     self.stopped = "max_steps"
@@ -3004,7 +3005,7 @@ class Run:
         elif args.compile:
             say(paint(f"first step {fmt_time(step_s)}", "dim"))
         p.step += 1
-        p.windows += step_windows
+        p.epoch_windows += step_windows
         p.tokens += step_tokens
         self.run_steps += 1
         self.run_tokens += step_tokens
