@@ -1561,6 +1561,12 @@ class Metrics:
             remove_temporary(tmp)
 
 
+def line_start():
+    """What a line said on a signal starts with: on a terminal a newline, which ends the line the bar (or the ^C echoed)
+    left; in a log, whose last line has ended, nothing (a blank line)."""
+    return "\n" if sys.stderr.isatty() else ""
+
+
 class GracefulInterrupt:
     """First Ctrl-C (or SIGTERM, SIGHUP): finish the step, save, exit 130 (143, 129). A second quits at once (atomic
     saves keep the last checkpoint), but not under torchrun, which passes one to every rank, nor by SIGHUP
@@ -1590,9 +1596,7 @@ class GracefulInterrupt:
             quits = signal.SIGINT if signal.SIGINT in self.old else signal.SIGTERM
             again = "" if "LOCAL_RANK" in os.environ else \
                 f" ({name(quits)}{' again' if signum == quits else ''} quits without saving)"
-            # on a terminal a newline first ends the line the bar (or the ^C echoed) left; a log's last line has ended
-            start = "\n" if sys.stderr.isatty() else ""
-            tqdm.write(f"{start}{name(signum)}: saving after this step{again}", file=sys.stderr)
+            tqdm.write(f"{line_start()}{name(signum)}: saving after this step{again}", file=sys.stderr)
 
     def __enter__(self):
         # Ctrl-C ignored (`python train.py &`) stays so, SIGTERM still saving; SIGHUP ignored (nohup) too (stop_signals)
@@ -2855,7 +2859,7 @@ class Run:
                                            f"{len(self.train_w):,} and did not end: a bug, please report it")
         except KeyboardInterrupt:
             # a second Ctrl-C: quit without touching any file, naming the one that holds the run
-            print(f"\nquit at step {p.step:,} without saving; the run's last checkpoint: {self.kept()}",
+            print(f"{line_start()}quit at step {p.step:,} without saving; the run's last checkpoint: {self.kept()}",
                   file=sys.stderr)
             raise SystemExit(128 + self.interrupt.quit_by) from None
         except Exception as e:

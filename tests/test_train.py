@@ -2021,6 +2021,13 @@ def test_sigterm_to_a_run_logging_to_a_file_says_so_without_a_blank_line(env, tm
     line = err.index("SIGTERM: saving after this step")
     # a log: the line after the one before; a terminal: the bar cleared (tqdm.write), then the newline ending its line
     assert err[:line].endswith("\r\n" if tty else "\n") and not err[:line].endswith("\n\n"), err
+    # a second one quits: its line too (a log's came after a blank line)
+    on_step(monkeypatch, 2, lambda: [os.kill(os.getpid(), signal.SIGTERM) for _ in range(2)])
+    with pytest.raises(SystemExit) as e:
+        train.main(argv + ["--overwrite"])
+    err = capsys.readouterr().err
+    assert e.value.code == 143 and "\nquit at step 1 without saving" in err
+    assert err.endswith("\n") and ("\n\nquit at step" in err) == tty, err
 
 
 def test_an_interrupt_in_the_last_step_of_a_run_lets_it_end(env, tmp_path, monkeypatch, capsys):
