@@ -1754,7 +1754,9 @@ def restart_point(run):
             if not isinstance(ckpt, dict) or not is_kind(ckpt.get("tokens"), nonnegative_int):
                 continue
             if resume:  # another dataset's (an --output_checkpoint without {dataset}) is refused as another run's
-                if "step" in ckpt and checkpoint_data(ckpt)[0] == args.dataset:
+                # and a run continued goes on from its checkpoint or a later point, never back to an earlier one
+                later = not run.continuing or ckpt["tokens"] > int(run.ckpt.get("tokens", 0))
+                if later and "step" in ckpt and checkpoint_data(ckpt)[0] == args.dataset:
                     # (the best file, at the same point, after; whether it ended, continuing it says)
                     points.append((ckpt["tokens"], path != best_path, path, ckpt.get("step"), None, False))
                 continue
@@ -2471,11 +2473,7 @@ def run_training(args, held):
     global use_color
     use_color = not args.no_color and color_ok(sys.stdout)
     run, options_given = start_run(args)
-    resume = restart_point(run)
-    if resume and args.resume and args.checkpoint and os.path.isfile(args.checkpoint) \
-            and os.path.samefile(resume[0], args.checkpoint):
-        resume = None  # the checkpoint given is the run's newest already
-    if resume:
+    if resume := restart_point(run):
         path, step, left, ended = resume
         whose = "--resume: the run's" if args.resume else \
             f"torchrun restart {os.environ.get('TORCHELASTIC_RESTART_COUNT')}: this job's"

@@ -1268,6 +1268,18 @@ def test_resume_of_a_fine_tune_goes_on_from_the_fine_tunes_checkpoint_not_its_ba
     assert again["steps"] == 4 and "story_epoch1.pt (step 2): continuing from it" in capsys.readouterr().out
 
 
+def test_resume_of_a_checkpoint_given_never_goes_back_to_an_older_file_of_its_run(env, tmp_path, capsys):
+    # a later point kept under a name of the user's, beside the run's older epoch file: it goes on from the one given
+    argv = ["--dataset", "mini", "--max_steps", "2", "--eval_interval", "0"]
+    train.train(args_for(env, tmp_path, *argv))
+    later = train.train(args_for(env, tmp_path / "on", *argv, "--checkpoint", tmp_path / "mini_epoch1.pt", fresh=False))
+    kept = tmp_path / "mini_kept.pt"
+    shutil.copy(later["checkpoint"], kept)
+    capsys.readouterr()
+    r = train.train(args_for(env, tmp_path, "--checkpoint", kept, "--max_steps", "1", "--resume", fresh=False))
+    assert r["steps"] == 5 and "--resume" not in capsys.readouterr().out
+
+
 def test_resume_takes_no_other_datasets_file_and_not_with_a_fresh_start(env, tmp_path, capsys):
     """--resume continues the run's own files: one of another dataset under a shared name is refused as ever, and
     --overwrite or --reset_epoch, which start anew over them, contradict it."""
