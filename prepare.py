@@ -96,7 +96,13 @@ NANOGPT_DATASETS = {"shakespeare_char": ("shakespeare", ["--vocab_size", str(256
 SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
 # Markdown notes: plain text, read when named (in a folder a .md is as often a README)
 MARKDOWN = (".md", ".markdown")
-PLAIN_TEXT = (".txt", *MARKDOWN)  # the files read as plain text (text_docs)
+# source code, plain text read when named as Markdown is (in a folder a .py may be a dataset's loading script), each
+# file one document whole: a literal <|endoftext|> in it (tokenizer code) is text, not a separator
+CODE = (".py", ".pyi", ".js", ".mjs", ".ts", ".tsx", ".jsx", ".c", ".h", ".cc", ".cpp", ".hpp", ".cs", ".java", ".kt",
+        ".go", ".rs", ".rb", ".php", ".swift", ".scala", ".lua", ".sh", ".pl", ".r", ".jl", ".sql", ".hs", ".ml",
+        ".html", ".css", ".toml", ".yaml", ".yml", ".rst", ".tex")
+NAMED_TEXT = (*MARKDOWN, *CODE)  # plain text read when named, not in a folder
+PLAIN_TEXT = (".txt", *NAMED_TEXT)  # the files read as plain text (text_docs)
 # a Markdown note's YAML front matter ("---", "key: value" lines, "---" or "..."), metadata a model of one's notes
 # learnt to begin with; its first line must be a key, so a note opening with a rule (---) and a paragraph keeps them
 YAML_LINE = r"(?:[^\W\d][\w .-]*:|[ \t#-])[^\n]*\n|\r?\n"
@@ -193,15 +199,15 @@ class TokenizerGone(UserError):
 def text_docs(path):
     """A .txt file: documents separated by the literal <|endoftext|> (TinyStories style), else one document, streamed in
     pieces cut after a newline. Elsewhere special-token strings stay plain text (encode_ordinary)."""
-    separated, blank = False, True
+    separated, blank, code = False, True, suffix(path) in CODE  # (code is read as it is: CODE)
     chunks, head = read_text_chunks(path), None
     try:
         for i, chunk in enumerate(chunks):  # a first look, as far as the first separator (a book: the whole file)
             head = chunk if i == 0 else None  # kept while the look reads one chunk, which is then not read again
-            if blank:
+            if blank and not code:
                 refuse_records(path, chunk)
             blank = blank and not chunk.strip()
-            if EOT in chunk:  # (read_text_chunks cuts no special token in two)
+            if EOT in chunk and not code:  # (read_text_chunks cuts no special token in two)
                 separated = True
                 break
     except NotText:
@@ -1363,14 +1369,16 @@ def folder_files(path):
             found.append(os.path.join(d, f))
     found.sort()
     kinds = ", ".join(f"{n} {kind}" for kind, n in others.most_common())
-    # a folder of Markdown notes (alone, or with .txt files): the patterns that read them, as `--source` to paste; not
-    # beside records, whose folder's README.md is the dataset's card
-    notes = [k for k in MARKDOWN if k in others]
+    # a folder of source code or of Markdown notes (alone, or with .txt files): the patterns that read them, as
+    # `--source` to paste; not beside records, whose folder's README.md is the dataset's card, and code's without the
+    # README.md beside it
+    code = [k for k in CODE if k in others]
+    named = code or [k for k in MARKDOWN if k in others]
     texts = {suffix(f) for f in found}
     # (the folder's name escaped: "notes [2024]" as a pattern matched nothing, its brackets a set of characters)
-    way_in = "; Markdown notes are read when named: --source " + " ".join(
-        shlex.quote(os.path.join(glob.escape(path), "**", f"*{k}")) for k in sorted({*notes, *texts})) \
-        if notes and texts <= {".txt"} else ""
+    way_in = f"; {'source code is' if code else 'Markdown notes are'} read when named: --source " + " ".join(
+        shlex.quote(os.path.join(glob.escape(path), "**", f"*{k}")) for k in sorted({*named, *texts})) \
+        if named and texts <= {".txt"} else ""
     if not found:
         # what it holds, and the way in for it
         holds = f" (it holds {kinds}){way_in or '; plain text is read from files named .txt'}" if others else ""
@@ -1408,7 +1416,7 @@ def find_source(dataset, source=None, extra=True, limit=None, left=None):
                 folder_of.update(dict.fromkeys(map(os.path.abspath, found), path))
             elif not os.path.exists(path):
                 raise UserError(f"--source {path}: no such file or folder")
-            elif suffix(path) not in (*SUFFIXES, *MARKDOWN):
+            elif suffix(path) not in (*SUFFIXES, *NAMED_TEXT):
                 head = b""
                 # (a compressed file's way out is a command; a named pipe is not opened: its open waits for a writer)
                 with contextlib.suppress(OSError):
@@ -1416,7 +1424,8 @@ def find_source(dataset, source=None, extra=True, limit=None, left=None):
                         with open(path, "rb") as f:
                             head = f.read(8)
                 packed = decompress_fix(path, head)
-                raise UserError(f"--source {path}: unsupported file type; use {', '.join((*SUFFIXES, *MARKDOWN))}"
+                raise UserError(f"--source {path}: unsupported file type; use {', '.join((*SUFFIXES, *MARKDOWN))}, "
+                                f"or source code ({', '.join(CODE[:3])}...)"
                                 f"{'; ' + packed if packed else table_fix(path)}")
             else:
                 files.append(path)
@@ -3234,8 +3243,8 @@ def main(argv=None):
                         "conversations), chitchat (generated small talk), knowledge (question/answer), text (your "
                         "--source files); default: every one it finds, or text with --source")
     p.add_argument("--source", type=path_arg, nargs="+", metavar="PATH",
-                   help=".txt (documents separated by <|endoftext|>, else one per file; .md too, named or by a pattern "
-                        "such as 'notes/**/*.md'), .jsonl/.json/.parquet records "
+                   help=".txt (documents separated by <|endoftext|>, else one per file; .md and source code too, named "
+                        "or by a pattern such as 'notes/**/*.md' or 'src/**/*.py'), .jsonl/.json/.parquet records "
                         "(messages, ShareGPT conversations, instruction/input/output or instances, instruction/context/"
                         "response, question/answer, prompt/completion, prompt/response, query/response, "
                         "question/response, input/output, problem/solution, Gemini's contents, ChatGPT's and "

@@ -685,8 +685,8 @@ def test_non_utf8_and_bad_input(tmp_path):
     # (it said only "unsupported file type"), run here as pasted: its records are prompt/completion pairs
     table = write(tmp_path / "chats.csv", "prompt,completion\nHi,Hello\nBye,See you\n")
     with pytest.raises(UserError, match=r"chats.csv: unsupported file type; use .txt, .jsonl, .json, .parquet, .md, "
-                                        r"\.markdown; a \.csv file's rows as JSON Lines records, its columns their "
-                                        r"fields: `.*`$") as e:
+                                        r"\.markdown, or source code \(\.py, \.pyi, \.js\.\.\.\); a \.csv file's "
+                                        r"rows as JSON Lines records, its columns their fields: `.*`$") as e:
         prepare.prepare("chat", source=table, out_dir=out)
     subprocess.run(str(e.value).split("`")[1], shell=True, check=True)
     assert [json.loads(line) for line in open(table + ".jsonl")] == [{"prompt": "Hi", "completion": "Hello"},
@@ -2453,6 +2453,30 @@ def test_source_folder_of_other_files_says_what_it_holds(tmp_path):
         os.remove(src / name)
     with pytest.raises(UserError, match=r"\(it holds 1 .org\); plain text is read from files named \.txt$"):
         prepare.prepare("text", source=str(src), out_dir=str(tmp_path / "data"))
+
+
+def test_source_code_is_read_when_named_whole_and_exact(tmp_path, enc):
+    """A folder of Python was refused as holding "no .txt ... files", and a pattern of its .py files as of an
+    "unsupported file type": a model of one's code needed every file renamed. Code named is read as plain text, each
+    file one document exactly as written (indentation, tabs, blank lines), a literal <|endoftext|> in it (tokenizer
+    code) text, not a separator that cut the file and stripped its pieces' indentation. In a folder .py files are
+    left out (a dataset's loading script), the error naming the pattern that reads them, not the README.md."""
+    src = tmp_path / "code"
+    files = {"a.py": 'def f(x):\n\tif x:\n\t\treturn "<|endoftext|>"\n\n\n    # trailing   \n',
+             "pkg/b.py": "    indented = 1\nclass B:\n    pass\n"}
+    for name, text in files.items():
+        write(src / name, text)
+    write(src / "README.md", "# The code\n")
+    with pytest.raises(UserError, match=rf"\(it holds 2 .py, 1 .md\); source code is read when named: "
+                                        rf"--source '{re.escape(str(src))}/\*\*/\*\.py'$"):
+        prepare.prepare("text", source=str(src), out_dir=str(tmp_path / "data"))
+    out = tmp_path / "data"
+    prepare.prepare("text", source=str(src / "**" / "*.py"), out_dir=str(out), name="code", val_fraction=0.5)
+    meta = json.loads((out / "code" / "meta.json").read_text())
+    assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == 2
+    text = "".join(enc.decode(np.fromfile(out / "code" / f"{split}.bin", dtype=np.uint16).tolist())
+                   for split in ("train", "val"))
+    assert all(t in text for t in files.values()), text
 
 
 def test_a_folders_files_not_utf8_are_named_together(tmp_path):
