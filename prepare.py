@@ -1075,7 +1075,7 @@ def with_other_not_utf8(e, plan):
 def file_docs(path, dataset, left=None, folder=None):
     """Documents of one file (a --source file or the mirror's), read by its suffix: .txt and Markdown as text
     (DailyDialog's release as its dialogues), others as records (good_docs). left: good_docs's LeftOut. folder: the
-    --source folder it is read from, if any."""
+    --source folder it is read from, or the pattern that matched it, if any (move_out)."""
     try:
         if suffix(path) in PLAIN_TEXT:
             if dataset == "dailydialog":
@@ -1102,8 +1102,11 @@ def file_docs(path, dataset, left=None, folder=None):
 
 
 def move_out(folder):
-    """What a not_utf8 command's advice for a file of a --source folder adds: the command writes the mended copy next
-    to the file, in the folder, where the next run read it and the file again, and failed again on the file."""
+    """What a not_utf8 command's advice for a file of a --source folder (or one a pattern matched, folder that
+    pattern) adds: the command writes the mended copy next to the file, in the folder, where the next run read it and
+    the file again, and failed again on the file."""
+    if not os.path.isdir(folder):  # a pattern ('notes/**/*.md'), which matches the copy (notes/a.utf8.md) too
+        return f"; then move the original out of the way: --source {shlex.quote(folder)} matches it"
     return f"; then move the original out of {folder}: prepare.py reads every file of a --source folder"
 
 
@@ -1408,8 +1411,9 @@ def find_source(dataset, source=None, extra=True, limit=None, left=None):
                 raise UserError(f"--source {' '.join(given)}: a hub dataset (hf:) is read alone: give it as the only "
                                 f"--source")
             return hub_source(given[0], dataset, left)
-        files, folder_of = [], {}  # folder_of: the --source folder of each file found in one, by absolute path
-        for path in (p for pattern in given for p in expand_pattern(pattern, "--source")):
+        # folder_of: the --source folder of each file found in one, or the pattern that matched it, by absolute path
+        files, folder_of = [], {}
+        for pattern, path in ((g, p) for g in given for p in expand_pattern(g, "--source")):
             if os.path.isdir(path):
                 found = folder_files(path)
                 files += found
@@ -1429,6 +1433,8 @@ def find_source(dataset, source=None, extra=True, limit=None, left=None):
                                 f"{'; ' + packed if packed else table_fix(path)}")
             else:
                 files.append(path)
+                if path != pattern:  # (which matches a mended copy written next to the file too: move_out)
+                    folder_of[os.path.abspath(path)] = pattern
         # a file given twice (a file and its folder, links) is read once, known by its inode: else train had it twice
         unique = {}
         for f in files:

@@ -607,7 +607,8 @@ def test_cyrillic_greek_and_central_european_text_is_told_its_encoding(tmp_path,
 @pytest.mark.skipif(not shutil.which("iconv"), reason="no iconv to run the suggested command")
 def test_the_not_utf8_advice_for_a_file_of_a_source_folder_gets_the_original_out(tmp_path):
     """In a --source folder, the pasted command writes notes.utf8.txt next to notes.txt: the next run read both and
-    failed again on notes.txt. The error says to move the original out; done, the folder is prepared."""
+    failed again on notes.txt. The error says to move the original out; done, the folder is prepared. So with a
+    pattern's file."""
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     (corpus / "a.txt").write_text("Once upon a time.", encoding="utf-8")
@@ -629,6 +630,17 @@ def test_the_not_utf8_advice_for_a_file_of_a_source_folder_gets_the_original_out
                      rf"{re.escape(str(corpus))}: prepare.py reads every file of a --source folder; fix it, .*")
     (corpus / "chats.jsonl").rename(tmp_path / "chats.jsonl")
     assert prepared_text(corpus, out) == "Once upon a time." + EOT + "ok caf\u00e9" + EOT + "bad  byte" + EOT
+    # a pattern (source code, or notes, read when named) matches the copy as well: the same again, unsaid
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "a.py").write_bytes("# caf\u00e9\n".encode("latin-1"))
+    pattern = str(code / "**" / "*.py")
+    with pytest.raises(UserError) as e:
+        prepare.prepare("text", source=pattern, out_dir=out, name="n")
+    paste_the_fix(e, rf".*: convert it, e.g. `(.*)`; then move the original out of the way: --source "
+                     rf"{re.escape(shlex.quote(pattern))} matches it")
+    (code / "a.py").rename(tmp_path / "a.py")
+    assert prepared_text(pattern, out) == "# caf\u00e9\n" + EOT
 
 
 def test_non_utf8_and_bad_input(tmp_path):
