@@ -1419,7 +1419,8 @@ def find_source(dataset, source=None, extra=True, limit=None, left=None):
                 files += found
                 folder_of.update(dict.fromkeys(map(os.path.abspath, found), path))
             elif not os.path.exists(path):
-                raise UserError(f"--source {path}: no such file or folder")
+                raise UserError(f"--source {path} is a broken link: remove or mend it" if os.path.islink(path)
+                                else f"--source {path}: no such file or folder")
             elif suffix(path) not in (*SUFFIXES, *NAMED_TEXT):
                 head = b""
                 # (a compressed file's way out is a command; a named pipe is not opened: its open waits for a writer)

@@ -2340,7 +2340,7 @@ def test_a_source_folder_skips_hidden_folders_and_prepared_datasets(tmp_path):
 def test_source_files_upper_case_overlapping_broken_and_odd_meta(tmp_path, enc):
     """NOTES.TXT in a folder was skipped (its documents lost); a file given twice (itself and its folder) was read
     twice, its val documents in train as well; a broken link, or a meta.json that is JSON but no object, gave a
-    traceback."""
+    traceback (a link a pattern matched was "no such file")."""
     src = tmp_path / "src"
     write(src / "a.txt", EOT.join(f"a{i}" for i in range(5)))
     write(src / "B.TXT", EOT.join(f"b{i}" for i in range(5)))
@@ -2353,6 +2353,11 @@ def test_source_files_upper_case_overlapping_broken_and_odd_meta(tmp_path, enc):
     (src / "c.txt").symlink_to(tmp_path / "gone.txt")
     with pytest.raises(UserError, match=r"c\.txt is a broken link: remove or mend it"):
         prepare.prepare("text", source=str(src), out_dir=str(tmp_path / "data"), name="broken")
+    # one a pattern matched (glob lists links whatever they point to), or given: "no such file or folder" of a file
+    # that `ls` lists
+    for source in (str(src / "*.txt"), str(src / "c.txt")):
+        with pytest.raises(UserError, match=r"^--source .*c\.txt is a broken link: remove or mend it$"):
+            prepare.prepare("text", source=source, out_dir=str(tmp_path / "data"), name="broken")
     (src / "c.txt").unlink()
     write(src / "sub" / "meta.json", "[1, 2]")  # a list: records, read as such, not a dataset's meta.json
     write(tmp_path / "data" / "odd" / "meta.json", "1")  # a damaged output folder: rebuilt
