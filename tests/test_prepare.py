@@ -2476,21 +2476,23 @@ def test_source_code_is_read_when_named_whole_and_exact(tmp_path, enc):
     """A folder of Python was refused as holding "no .txt ... files", and a pattern of its .py files as of an
     "unsupported file type": a model of one's code needed every file renamed. Code named is read as plain text, each
     file one document exactly as written (indentation, tabs, blank lines), a literal <|endoftext|> in it (tokenizer
-    code) text, not a separator that cut the file and stripped its pieces' indentation. In a folder .py files are
+    code) text, not a separator that cut the file and stripped its pieces' indentation, and a first line that reads
+    as a JSON record code, not a .txt file's mistake. In a folder .py files are
     left out (a dataset's loading script), the error naming the pattern that reads them, not the README.md."""
     src = tmp_path / "code"
     files = {"a.py": 'def f(x):\n\tif x:\n\t\treturn "<|endoftext|>"\n\n\n    # trailing   \n',
-             "pkg/b.py": "    indented = 1\nclass B:\n    pass\n"}
+             "pkg/b.py": "    indented = 1\nclass B:\n    pass\n",
+             "pkg/c.py": '{"text": "a dict, not a JSON record to name .jsonl"}\n'}
     for name, text in files.items():
         write(src / name, text)
     write(src / "README.md", "# The code\n")
-    with pytest.raises(UserError, match=rf"\(it holds 2 .py, 1 .md\); source code is read when named: "
+    with pytest.raises(UserError, match=rf"\(it holds 3 .py, 1 .md\); source code is read when named: "
                                         rf"--source '{re.escape(str(src))}/\*\*/\*\.py'$"):
         prepare.prepare("text", source=str(src), out_dir=str(tmp_path / "data"))
     out = tmp_path / "data"
     prepare.prepare("text", source=str(src / "**" / "*.py"), out_dir=str(out), name="code", val_fraction=0.5)
     meta = json.loads((out / "code" / "meta.json").read_text())
-    assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == 2
+    assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == 3
     text = "".join(enc.decode(np.fromfile(out / "code" / f"{split}.bin", dtype=np.uint16).tolist())
                    for split in ("train", "val"))
     assert all(t in text for t in files.values()), text
