@@ -198,7 +198,8 @@ class TokenizerGone(UserError):
 
 def text_docs(path):
     """A .txt file: documents separated by the literal <|endoftext|> (TinyStories style), else one document, streamed in
-    pieces cut after a newline. Elsewhere special-token strings stay plain text (encode_ordinary)."""
+    pieces cut after a newline; source code (CODE) always one. Elsewhere special-token strings stay plain text
+    (encode_ordinary)."""
     separated, blank, code = False, True, suffix(path) in CODE  # (code is read as it is: CODE)
     chunks, head = read_text_chunks(path), None
     try:
@@ -1373,8 +1374,8 @@ def folder_files(path):
     found.sort()
     kinds = ", ".join(f"{n} {kind}" for kind, n in others.most_common())
     # a folder of source code or of Markdown notes (alone, or with .txt files): the patterns that read them, as
-    # `--source` to paste; not beside records, whose folder's README.md is the dataset's card, and code's without the
-    # README.md beside it
+    # `--source` to paste; not beside records, whose folder's README.md is the dataset's card. Code's leave its
+    # folder's README.md out too
     code = [k for k in CODE if k in others]
     named = code or [k for k in MARKDOWN if k in others]
     texts = {suffix(f) for f in found}
