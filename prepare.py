@@ -177,6 +177,20 @@ def table_fix(path):
            f"{convert}`{python_command()} -c {shlex.quote(code)}`"
 
 
+def notebook_fix(path):
+    """The way out for a Jupyter notebook (.ipynb, JSON whose text would train as its markup): a command that writes
+    its code cells as a .py next to it (nb.ipynb.py: no file of the user's replaced), source code prepare.py reads;
+    "" for another file type."""
+    if suffix(path) != ".ipynb":
+        return ""
+    # a cell's source is a list of lines, or one string (nbformat takes either): joined, either is its text
+    code = f'import json; cells = json.load(open({json.dumps(path)}, encoding="utf-8"))["cells"]; ' \
+           f'open({json.dumps(path + ".py")}, "w", encoding="utf-8").write("\\n\\n".join("".join(c["source"]) ' \
+           f'for c in cells if c["cell_type"] == "code") + "\\n")'
+    return f"; a notebook's code cells as a .py file, which prepare.py reads: " \
+           f"`{python_command()} -c {shlex.quote(code)}`"
+
+
 class NoSource(UserError):
     """No --source, mirror or hub has the data: a bare `python prepare.py` skips the dataset."""
 
@@ -1432,7 +1446,7 @@ def find_source(dataset, source=None, extra=True, limit=None, left=None):
                 packed = decompress_fix(path, head)
                 raise UserError(f"--source {path}: unsupported file type; use {', '.join((*SUFFIXES, *MARKDOWN))}, "
                                 f"or source code ({', '.join(CODE[:3])}...)"
-                                f"{'; ' + packed if packed else table_fix(path)}")
+                                f"{'; ' + packed if packed else table_fix(path) or notebook_fix(path)}")
             else:
                 files.append(path)
                 if path != pattern:  # (which matches a mended copy written next to the file too: move_out)

@@ -709,6 +709,20 @@ def test_non_utf8_and_bad_input(tmp_path):
         prepare.prepare("chat", source=table, out_dir=out)
     subprocess.run(str(e.value).split("`")[1], shell=True, check=True)
     assert [json.loads(line) for line in open(table + ".jsonl")] == [{"prompt": "Hi", "completion": "Hello, you"}]
+    # a Jupyter notebook, where one's Python often is (it said only "unsupported file type"): the command that writes
+    # its code cells as a .py, run as pasted; prepared, their text reads as written, the notebook's markup and its
+    # Markdown cells left out
+    notebook = tmp_path / "my nb's.ipynb"
+    notebook.write_text(json.dumps({"cells": [
+        {"cell_type": "markdown", "source": ["# Title"], "metadata": {}},
+        {"cell_type": "code", "source": ["def f(x):\n", "\treturn  x\n"], "outputs": [], "metadata": {}},
+        {"cell_type": "code", "source": "print(f(1))", "outputs": [], "metadata": {}}],
+        "metadata": {}, "nbformat": 4, "nbformat_minor": 5}), encoding="utf-8")
+    with pytest.raises(UserError, match=r"unsupported file type; .*; a notebook's code cells as a \.py file, which "
+                                        r"prepare.py reads: `.*`$") as e:
+        prepare.prepare("text", source=str(notebook), out_dir=out)
+    subprocess.run(str(e.value).split("`")[1], shell=True, check=True)
+    assert prepared_text(str(notebook) + ".py", out) == "def f(x):\n\treturn  x\n\n\nprint(f(1))\n" + EOT
     # a compressed file (it said only "unsupported file type"): the command that decompresses it, run as pasted
     packed = tmp_path / "notes.txt.gz"
     packed.write_bytes(gzip.compress(b"Once upon a time."))
