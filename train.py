@@ -297,9 +297,9 @@ def parse_args(argv=None):
                                                        f"--time_budget, spaced by at least 3 times an evaluation's "
                                                        f"duration), 0 = only at epoch ends or the end of the "
                                                        f"budget (default: {d['eval_interval']:g})")
-    g.add_argument("--log_interval", type=float, help=f"log every this %% of an epoch (of the time with "
-                                                      f"--time_budget), and at least once a minute "
-                                                      f"(default: {d['log_interval']:g})")
+    g.add_argument("--log_interval", type=float, help=f"log (a metrics record) every this %% of an epoch (of the "
+                                                      f"time with --time_budget), and a line at least once a "
+                                                      f"minute (default: {d['log_interval']:g})")
     g.add_argument("--save_interval", type=float, help=f"save every this %% of an epoch (of the time with "
                                                        f"--time_budget), 0 = only at epoch ends or the end of the "
                                                        f"budget (default: {d['save_interval']:g})")
@@ -1205,6 +1205,8 @@ class TrainTally:
     def __init__(self, device, since=None, main=True):
         """since: a checkpoint's loss_since_record to go on from; rank 0 (main) alone holds its sum."""
         self.loss, self.targets = torch.zeros((), device=device), 0
+        # and since the last line the clock adds between records (take_line), which leaves the record's sum whole
+        self.line, self.line_targets = torch.zeros((), device=device), 0
         if since is not None:
             self.loss += since[0] if main else 0.0
             self.targets = since[1]
@@ -1213,8 +1215,11 @@ class TrainTally:
 
     def add(self, loss, n_targets, tokens):
         """A step's mean loss (a tensor on the device: no host sync) over its n_targets counted targets, and tokens."""
-        self.loss += loss * n_targets
+        summed = loss * n_targets
+        self.loss += summed
+        self.line += summed
         self.targets += n_targets
+        self.line_targets += n_targets
         self.tokens += tokens
 
     def take(self, dist, timed):
@@ -1228,8 +1233,19 @@ class TrainTally:
         if timed:
             self.train_s, self.train_tokens = self.train_s + interval, self.train_tokens + self.tokens
         self.loss.zero_()
-        self.targets = 0
+        self.line.zero_()
+        self.targets = self.line_targets = 0
         return loss_sum, train_loss, tps
+
+    def take_line(self, dist):
+        """At a line the clock adds between records: (mean train loss since the last line or record, or None; tokens/s
+        since the last record). The record's sum is left whole, so that records fall and average by steps alone."""
+        if dist.world > 1:
+            torch.distributed.all_reduce(self.line)
+        train_loss = self.line.item() / self.line_targets if self.line_targets else None
+        self.line.zero_()
+        self.line_targets = 0
+        return train_loss, self.tokens / max(time.time() - self.t_mark, 1e-9)
 
     def restart_timer(self):
         """tokens/s counts from here (after a record, an evaluation or a save: see the loop)."""
@@ -2900,7 +2916,7 @@ class Run:
         # an evaluation's cost in steps: a batch is a third of a step's compute; half leaves room (tiny: 0.26-0.39)
         eval_steps = min(self.eval_windows, len(self.val_w)) / self.batches.windows_per_step / 2
         self.clock = RunClock(self.budget, p.budget_elapsed, self.t_run, eval_steps)
-        self.logged_at = self.clock.agreed  # the clock at the last record (see due_points)
+        self.logged_at = self.clock.agreed  # the clock at the last record or line (see due_points)
 
     def save_before_error(self, e):
         """Saves the progress since the last save before the run ends on e where the weights are whole: not Diverged,
@@ -3015,7 +3031,8 @@ class Run:
 
     def due_points(self, epoch_step, end_of_epoch, save_s, interrupted):
         """What is due after a step (epoch_step of its epoch), the same on every rank (save_s, interrupted: agreed):
-        (due_eval, due_save, due_log). A budget may stop the run; a --max_steps stop is evaluated as a pause."""
+        (due_eval, due_save, due_log, due_line: a log line alone, no record). A budget may stop the run; a --max_steps
+        stop is evaluated as a pause."""
         args, p = self.args, self.p
         if self.budget:
             self.stopped, due_eval, due_save, due_log = self.clock.decisions(args, p, save_s, self.stopped,
@@ -3030,11 +3047,13 @@ class Run:
         # the last step is logged and every save is at a record, as in the run in one go; a Ctrl-C's step only under
         # torchrun (each rank holds its share of the loss until a record; one process's save holds it)
         due_log = due_log or due_eval or due_save or self.stopped != "done" or (interrupted and self.dist.world > 1)
-        # and at least every PROGRESS_LINE_S, whatever the intervals (an epoch of a large text may take hours)
-        due_log = due_log or self.clock.agreed - self.logged_at >= common.PROGRESS_LINE_S
-        if due_log:
+        # and a line at least every PROGRESS_LINE_S, whatever the intervals (an epoch of a large text may take hours):
+        # not a record, which would fall where the machine's speed put it, and split the next one's mean of the loss
+        # (runs repeat loss for loss)
+        due_line = not due_log and self.clock.agreed - self.logged_at >= common.PROGRESS_LINE_S
+        if due_log or due_line:
             self.logged_at = self.clock.agreed
-        return due_eval, due_save, due_log
+        return due_eval, due_save, due_log, due_line
 
     def record(self, lr, epoch_step, end_of_epoch, bar):
         """After a step: its record, evaluation and save where due (due_points); Ctrl-C saves and exits here."""
@@ -3044,7 +3063,9 @@ class Run:
         if self.budget and self.run_steps == 1:
             self.clock.start_schedule(p)
         t_extra, saves_before = time.time(), saved["total"]  # (an evaluation's time: see clock.evaluated)
-        due_eval, due_save, due_log = self.due_points(epoch_step, end_of_epoch, save_s, interrupted)
+        due_eval, due_save, due_log, due_line = self.due_points(epoch_step, end_of_epoch, save_s, interrupted)
+        if due_line:
+            self.log_line(lr, epoch_step, bar)
         if due_log:  # (every evaluation is at a record: due_eval implies due_log)
             rec, shown, tps = self.log_record(lr, epoch_step, bar, due_eval)
             try:
@@ -3083,21 +3104,34 @@ class Run:
         loss_sum, train_loss, tps = self.tally.take(self.dist, timed=timed)
         if not math.isfinite(loss_sum):
             raise Diverged(f"the training loss became {loss_sum} at step {p.step}: {self.diverged()}")
-        shown = "-" if train_loss is None else f"{train_loss:.4f}"
         rec = {"run": self.run_id, "step": p.step, "epoch": p.epoch_at(len(self.train_w)),
                "tokens": p.tokens,
                "train_loss": None if train_loss is None else round(train_loss, 5), "val_loss": None,
                "lr": lr, "tokens_per_s": round(tps, 1),
                "elapsed": round(p.elapsed + time.time() - self.t_run, 2)}
+        return rec, self.show_progress(bar, train_loss, tps, lr, epoch_step, line=not due_eval), tps
+
+    def log_line(self, lr, epoch_step, bar):
+        """A line the clock adds between records (due_points): the train loss since the last line, no record."""
+        train_loss, tps = self.tally.take_line(self.dist)
+        if train_loss is not None and not math.isfinite(train_loss):
+            raise Diverged(f"the training loss became {train_loss} at step {self.p.step}: {self.diverged()}")
+        self.show_progress(bar, train_loss, tps, lr, epoch_step, line=True)
+
+    def show_progress(self, bar, train_loss, tps, lr, epoch_step, line):
+        """train_loss and tps on the bar, or else in a log line (if line: not when an evaluation's follows); returns
+        the train loss as shown."""
+        p, timed = self.p, self.run_steps > 1
+        shown = "-" if train_loss is None else f"{train_loss:.4f}"
         bar.set_postfix(loss=shown, lr=f"{lr:.1e}", tok_s=f"{tps:,.0f}", refresh=False)
-        if bar.disable and not due_eval:
+        if bar.disable and line:
             # the first step alone (a cold compile) is no speed, nor a time left from it
             end = self.run_ends(self.tok_step / max(tps, 1e-9) if timed else None,
                                 self.batches.steps_per_epoch - epoch_step, self.clock.agreed)
-            say(f"step {p.step:,} (epoch {rec['epoch']:.2f}): loss {shown}, lr {lr:.2e}"
+            say(f"step {p.step:,} (epoch {p.epoch_at(len(self.train_w)):.2f}): loss {shown}, lr {lr:.2e}"
                 + (f", {tps:,.0f} tokens/s" if timed else "")
                 + (f", {end[1]} ends in {fmt_time(end[0])}" if end else ""))
-        return rec, shown, tps
+        return shown
 
     def evaluation(self, rec, shown, lr, tps):
         """An evaluation, added to rec and said; judged for the best file and --patience unless a --max_steps pause."""

@@ -5593,10 +5593,27 @@ def test_the_loss_curve_is_drawn_at_the_end_of_the_run(env, tmp_path, monkeypatc
 
 def test_a_long_epoch_logs_at_least_a_line_a_minute(env, tmp_path, monkeypatch, capsys):
     """--log_interval is % of an epoch: on 3 GB of text an epoch was 387,654 steps and its first line came 10% in,
-    2h40m of a nohup log with no loss and no time left. A record (a line off a terminal) comes at least every
-    PROGRESS_LINE_S of the run's clock as well (here 0: at every step)."""
+    2h40m of a nohup log with no loss and no time left. A line (off a terminal) comes at least every PROGRESS_LINE_S
+    of the run's clock as well (here 0: at every step), with the loss since the line before; not a record, which
+    --log_interval alone places (see test_the_lines_the_clock_adds_leave_the_records_as_they_were)."""
     monkeypatch.setattr(common, "PROGRESS_LINE_S", 0)
     s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--log_interval", 100, "--eval_interval", 0,
                              "--save_interval", 0, "--max_steps", 3))
-    assert [r["step"] for r in read_metrics(s["metrics"])] == [1, 2, 3]
-    assert "\nstep 2 (epoch 0.23): loss " in capsys.readouterr().out
+    assert [r["step"] for r in read_metrics(s["metrics"])] == [3]
+    out = capsys.readouterr().out
+    assert "\nstep 1 (epoch 0.11): loss " in out and "\nstep 2 (epoch 0.23): loss " in out
+
+
+def test_the_lines_the_clock_adds_leave_the_records_as_they_were(env, tmp_path, monkeypatch):
+    """Runs repeat loss for loss (README). The line the clock adds every PROGRESS_LINE_S was a record: it fell where
+    the machine's speed put it, and the next record's train loss averaged the steps after it alone, so two runs of
+    one command logged other steps and other train losses. A run with a line at every step now records what one
+    without any does."""
+    def records(folder, line_s):
+        monkeypatch.setattr(common, "PROGRESS_LINE_S", line_s)
+        s = train.train(args_for(env, tmp_path / folder, "--dataset", "mini", "--log_interval", 50,
+                                 "--eval_interval", 50, "--save_interval", 0, "--max_steps", 5))
+        return [{k: v for k, v in r.items() if k not in ("run", "tokens_per_s", "elapsed")}
+                for r in read_metrics(s["metrics"])]
+    quiet = records("quiet", 10 ** 9)
+    assert quiet == records("lines", 0) and len(quiet) >= 2, quiet
