@@ -4366,6 +4366,18 @@ def test_a_diverging_run_never_saves_over_a_good_checkpoint(env, tmp_path, capsy
     assert "is not saved" not in err and "before stopping" not in err, err
 
 
+def test_a_training_loss_gone_to_nan_stops_the_run_at_the_line_a_minute_too(env, tmp_path, monkeypatch):
+    """The line the clock adds between records (here at every step) checks the loss as a record does: a run whose
+    records are an epoch apart stops within a minute of diverging, not at the epoch's end."""
+    monkeypatch.setattr(common, "PROGRESS_LINE_S", 0)
+    with pytest.raises(UserError, match=r"^the training loss became (nan|inf) at step (\d+): lower --lr") as e:
+        train.train(args_for(env, tmp_path, "--dataset", "story", "--optimizer", "adamw", "--lr", "1e5",
+                             "--warmup", "1", "--grad_clip", "0", "--log_interval", "100", "--save_interval", "0",
+                             "--eval_interval", "0"))
+    spe = math.ceil(len(train.Windows(train.load_meta(env["data"], "story"), "train", 64)) / 16)
+    assert int(e.value.args[0].split("at step ")[1].split(":")[0]) < spe // 2, (str(e.value), spe)
+
+
 def test_a_training_loss_gone_to_nan_stops_the_run_at_its_next_log(env, tmp_path, capsys):
     """A diverged run stops at the first log point whose loss is nan or inf, saying what to do, rather than train on
     nan weights to its end; no checkpoint is written from them."""
