@@ -449,6 +449,11 @@ class GPT(nn.Module):
     @staticmethod
     def _sample(logits, context, temperature, top_k, top_p, repetition_penalty, generator, exempt=None):
         # logits (B, V) fp32, context (B, L) tokens seen so far -> (B,) next tokens; exempt (S,): ids not penalized
+        if isinstance(generator, (list, tuple)):
+            # one per row: each row is sampled alone, so its draws depend on neither the rows beside it nor top_k's
+            # choice between k columns and the whole vocabulary for them
+            return torch.cat([GPT._sample(logits[r:r + 1], context[r:r + 1], temperature, top_k, top_p,
+                                          repetition_penalty, g, exempt) for r, g in enumerate(generator)])
         if repetition_penalty != 1.0:
             # CTRL: every token in the context less likely, whatever its logit's sign (at least 1e-6: fp32's 1e-46 is 0)
             repetition_penalty = max(repetition_penalty, 1e-6)
@@ -466,7 +471,18 @@ class GPT(nn.Module):
         ids = None  # vocabulary id of each column of logits when only the top_k columns are kept
         if top_k is not None and top_k < logits.size(-1):
             # softmax and multinomial over k columns, not the vocabulary (50k draws: ~8% of a cached B1 step on a CPU)
-            logits, ids = torch.topk(logits, top_k, dim=-1)  # (B, k), sorted descending
+            # tokens tied with the k-th are all kept, as Hugging Face's, vLLM's and nanoGPT's top_k keep them, not the
+            # ones topk happens to return (bf16 scores tie often: 8 bits of mantissa over 50k tokens). topk takes room
+            # for them at about the same cost (k + 1 to 2k columns of 50k); only ties that fill it take a second topk
+            top, ids = torch.topk(logits, min(top_k + 1 + top_k // 8, logits.size(-1)), dim=-1)  # sorted descending
+            kth = top[:, top_k - 1:top_k]  # (B, 1)
+            n = int((top >= kth).sum(dim=-1).max())  # k + the most ties in a row; one host sync
+            if n == top.size(-1) < logits.size(-1):  # ties may go on past the columns taken
+                top, ids = torch.topk(logits, int((logits >= kth).sum(dim=-1).max()), dim=-1)
+                n = top.size(-1)
+            logits, ids = top[:, :n], ids[:, :n]  # (B, n)
+            if n > top_k:
+                logits = logits.masked_fill(logits < kth, float("-inf"))  # (the rows with fewer ties)
         if top_p is not None and top_p < 1.0:
             # (topk's columns are sorted already)
             sorted_logits, sorted_idx = torch.sort(logits, dim=-1, descending=True) if ids is None else (logits, None)
@@ -478,10 +494,7 @@ class GPT(nn.Module):
                 torch.zeros_like(drop_sorted).scatter(1, sorted_idx, drop_sorted)  # back to the vocabulary's order
             logits = logits.masked_fill(drop, float("-inf"))
         probs = F.softmax(logits, dim=-1)
-        if isinstance(generator, (list, tuple)):  # one per row: a row's draws do not depend on the rows beside it
-            choice = torch.cat([torch.multinomial(probs[r:r + 1], 1, generator=g) for r, g in enumerate(generator)])
-        else:
-            choice = torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1) column
+        choice = torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1) column
         return (choice if ids is None else ids.gather(1, choice)).squeeze(1)
 
     @torch.no_grad()

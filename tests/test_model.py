@@ -710,6 +710,37 @@ def test_top_p_is_taken_from_the_tempered_distribution(top_k):
     assert set(drawn.tolist()) == {0}
 
 
+def test_top_k_keeps_every_token_tied_with_the_kth():
+    # as Hugging Face's TopKLogitsWarper (and vLLM's, nanoGPT's): top_k 2 of [2, 1, 1, 1, 0] keeps the three 1s, each
+    # as likely as the others. Cut to exactly k columns, one of them (whichever topk returned) took all their share;
+    # bf16 scores tie at --top_k 200's boundary most of the time
+    logits = torch.tensor([[2.0, 1.0, 1.0, 1.0, 0.0]]).repeat(3000, 1)
+    no_context = torch.zeros(3000, 0, dtype=torch.long)
+    drawn = GPT._sample(logits, no_context, 1.0, 2, None, 1.0, torch.Generator().manual_seed(0))
+    want = torch.tensor([2.0, 1.0, 1.0, 1.0, float("-inf")]).softmax(-1)
+    torch.testing.assert_close(torch.bincount(drawn, minlength=5) / 3000, want, atol=0.03, rtol=0)
+    # and where the k-th is not tied, the k columns alone (top_p after them as before)
+    drawn = GPT._sample(logits, no_context, 1.0, 1, None, 1.0, torch.Generator().manual_seed(0))
+    assert set(drawn.tolist()) == {0}
+    # top_k 4 (not tied: the fifth is 0), then top_p 0.5 of [0.48, 0.17, 0.17, 0.17]: the first and one 1
+    drawn = GPT._sample(logits, no_context, 1.0, 4, 0.5, 1.0, torch.Generator().manual_seed(0))
+    assert len(set(drawn.tolist())) == 2 and 0 in drawn
+
+
+def test_a_row_with_its_own_generator_draws_alone_beside_a_row_tied_at_top_k():
+    # gen.py --prompt_file --seed: a row tied at its k-th score takes more columns (here all 50: every score ties); the
+    # untied row beside it still draws from its own k columns, as alone: its first token came out the same from the
+    # batch's 50, but the draw used up more of its generator, and the tokens after it differed
+    untied = torch.randn(1, 50, generator=torch.Generator().manual_seed(0))
+    no_context = torch.zeros(2, 0, dtype=torch.long)
+    gens = [torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)]
+    batch = [GPT._sample(torch.cat([torch.zeros(1, 50), untied]), no_context, 1.0, 5, None, 1.0, gens)[1]
+             for _ in range(30)]
+    g = torch.Generator().manual_seed(1)
+    alone = [GPT._sample(untied, no_context[:1], 1.0, 5, None, 1.0, g)[0] for _ in range(30)]
+    assert batch == alone
+
+
 def test_the_temperature_divides_the_logits_once():
     # gen.py --temp T samples from softmax(logits / T): at T = 2 each probability goes as its square root. Divided
     # twice (T squared), --temp 2 came out flatter and --temp 0.5 sharper than asked, and greedy and T = 1 hid it
