@@ -241,7 +241,8 @@ def test_each_rank_draws_its_own_dropout_masks_and_again_on_resume(monkeypatch):
     def step(rank, at_step):
         run = types.SimpleNamespace(
             args=types.SimpleNamespace(seed=1337, compile=False, block_size=64, grad_clip=1.0),
-            p=types.SimpleNamespace(step=at_step, windows=0, tokens=0), dist=types.SimpleNamespace(rank=rank, world=3),
+            p=types.SimpleNamespace(step=at_step, epoch_windows=0, tokens=0),
+            dist=types.SimpleNamespace(rank=rank, world=3),
             clock=types.SimpleNamespace(agreed=0, held_back=0), config=types.SimpleNamespace(dropout=0.1),
             optimizer=types.SimpleNamespace(param_groups=[{}]), tally=types.SimpleNamespace(add=lambda *a: None),
             total_steps=10, budget=None, budget_warmup=None, run_steps=0, run_tokens=0, fwd=None, scaler=None,
