@@ -1752,7 +1752,7 @@ def restart_point(run):
     resume = run.args.resume  # (the same on every rank, as TORCHELASTIC_RUN_ID: all enter the broadcast, or none)
     if not resume and "TORCHELASTIC_RUN_ID" not in os.environ:
         return None
-    found, job = None, None if resume else elastic_job()
+    found, job = None, elastic_job()
     if run.dist.main and (resume or job):
         args = argparse.Namespace(**vars(run.args))  # (output_paths sets a continued run's own file names in it)
         try:
@@ -1769,22 +1769,25 @@ def restart_point(run):
             # (a file edited to other entries, which load_checkpoint's kinds would see too late: none of the run's)
             if not isinstance(ckpt, dict) or not is_kind(ckpt.get("tokens"), nonnegative_int):
                 continue
-            if resume:  # another dataset's (an --output_checkpoint without {dataset}) is refused as another run's
-                # and a run continued goes on from its checkpoint or a later point, never back to an earlier one
-                later = not run.continuing or ckpt["tokens"] > int(run.ckpt.get("tokens", 0))
-                if later and "step" in ckpt and checkpoint_data(ckpt)[0] == args.dataset:
-                    # (the best file, at the same point, after; whether it ended, continuing it says)
-                    points.append((ckpt["tokens"], path != best_path, path, ckpt.get("step"), None, False))
-                continue
             mark = ckpt.get("elastic")
-            if isinstance(mark, dict) and mark.get("job") == job and \
+            if job and isinstance(mark, dict) and mark.get("job") == job and \
                     is_kind(mark.get("max_steps_left"), (nonnegative_int, type(None))):
-                # ended: the run ended for good (its attempt failed after the last save): said so, as refused as
-                # done each restart in turn would fail
+                # this job's, with --resume too (a restart is the job's attempt, not a start of its own): what is
+                # left of its --max_steps; ended: the run ended for good (its attempt failed after the last save):
+                # said so, as refused as done each restart in turn would fail
                 left, epoch = mark["max_steps_left"], ckpt.get("epoch")
                 ended = left == 0 or ckpt.get("budget_done") is True or ckpt.get("stopped_early") is True or \
                     is_kind(epoch, nonnegative_int) and epoch >= run.args.epochs
-                points.append((ckpt["tokens"], path != best_path, path, ckpt.get("step"), left, ended))
+            elif resume and "step" in ckpt and checkpoint_data(ckpt)[0] == args.dataset and \
+                    (not run.continuing or ckpt["tokens"] > int(run.ckpt.get("tokens", 0))):
+                # another dataset's (an --output_checkpoint without {dataset}) is refused as another run's, and a run
+                # continued goes on from its checkpoint or a later point, never back to an earlier one; each start
+                # counts its own --max_steps; whether it ended, continuing it says
+                left, ended = None, False
+            else:
+                continue
+            # (the best file, at the same point, after)
+            points.append((ckpt["tokens"], path != best_path, path, ckpt.get("step"), left, ended))
         found = max(points)[2:] if points else None
     if run.dist.world > 1:
         box = [found]
@@ -2498,11 +2501,11 @@ def run_training(args, held):
             say(f"{restart}, where the job's run ended: nothing left to train")
             raise SystemExit(0)
         say(f"{restart}: continuing from it, as --checkpoint {shlex.quote(path)}"
-            + (f" --max_steps {left} (what is left of the job's)" if args.max_steps and not args.resume else "")
+            + (f" --max_steps {left} (what is left of the job's)" if args.max_steps and left is not None else "")
             + " would")
         # the run as that checkpoint left it: its epochs, as reset, and --init_from's weights trained on
         args = argparse.Namespace(**{**vars(args), "checkpoint": path, "init_from": None, "reset_epoch": False,
-                                     "max_steps": left if args.max_steps and not args.resume else args.max_steps})
+                                     "max_steps": left if args.max_steps and left is not None else args.max_steps})
         joined, run = (run.dist, run.device), None  # (its checkpoint let go before the newer one loads)
         run, options_given = start_run(args, joined)
     run.job = elastic_job() if run.dist.main else None

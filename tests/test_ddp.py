@@ -1022,3 +1022,34 @@ def test_a_torchrun_restart_continues_the_job_from_its_newest_checkpoint(env, tm
     as_torchrun_attempt(monkeypatch, tmp_path, "job2", 1)
     with pytest.raises(train.UserError, match="holds an earlier run: continue it with --checkpoint"):
         train.train(args_for(env, tmp_path / "two", *argv))
+
+
+def test_a_torchrun_restart_of_a_resume_run_keeps_to_the_jobs_max_steps(env, tmp_path, monkeypatch, capsys):
+    """--resume counts each start's --max_steps, but a torchrun --max-restarts restart is an attempt of the same job:
+    it took the job's --max_steps anew from its newest checkpoint, and the job trained the steps before the crash and
+    all of them again (3 + 8 of its 8). A start of its own (the command run again) counts its own, as before."""
+    argv = ["--dataset", "mini", "--batch_size", "4", "--max_steps", "8", "--eval_interval", "0", "--save_interval",
+            3 * 100 / math.ceil(len(train.Windows(train.load_meta(env["data"], "mini"), "train", 64)) / 4),
+            "--resume"]  # a save every 3 steps
+    real_save, saves = train.save_checkpoint, []
+
+    def killed_at_the_second_save(path, *a, **kw):
+        saves.append(kw["step"])
+        if len(saves) == 2:
+            raise Killed
+        real_save(path, *a, **kw)
+    as_torchrun_attempt(monkeypatch, tmp_path, "job1", 0)
+    monkeypatch.setattr(train, "save_checkpoint", killed_at_the_second_save)
+    with pytest.raises(Killed):
+        train.train(args_for(env, tmp_path, *argv))
+    monkeypatch.setattr(train, "save_checkpoint", real_save)
+    capsys.readouterr()
+    as_torchrun_attempt(monkeypatch, tmp_path, "job1", 1)
+    assert train.train(args_for(env, tmp_path, *argv))["steps"] == 8
+    assert "(step 3): continuing from it, as --checkpoint" in capsys.readouterr().out
+    as_torchrun_attempt(monkeypatch, tmp_path, "job1", 2)  # restarted after the job's last save: done
+    with pytest.raises(SystemExit) as ended:
+        train.train(args_for(env, tmp_path, *argv))
+    assert ended.value.code == 0 and "where the job's run ended: nothing left to train" in capsys.readouterr().out
+    as_torchrun_attempt(monkeypatch, tmp_path, "job2", 0)  # the next job: a start of its own
+    assert train.train(args_for(env, tmp_path, *argv))["steps"] == 16
