@@ -1745,14 +1745,15 @@ def elastic_job():
     return f"{run_id} {socket.gethostname()}:{os.path.dirname(attempt)}"
 
 
-def restart_point(run):
+def restart_point(run, given):
     """The newest checkpoint to continue from, as (path, step, max_steps left or None, ended), or None: with --resume,
     the run's newest (of its dataset, with training state); in a torchrun restart, which runs the failed attempt's
-    command whose files refuse_earlier_run would refuse, this job's. Rank 0 decides."""
+    command whose files refuse_earlier_run would refuse, this job's. Rank 0 decides. given: the options as given, which
+    --resume's newest checkpoint must agree with (another_run)."""
     resume = run.args.resume  # (the same on every rank, as TORCHELASTIC_RUN_ID: all enter the broadcast, or none)
     if not resume and "TORCHELASTIC_RUN_ID" not in os.environ:
         return None
-    found, job = None, elastic_job()
+    found, job, refused = None, elastic_job(), None
     if run.dist.main and (resume or job):
         args = argparse.Namespace(**vars(run.args))  # (output_paths sets a continued run's own file names in it)
         try:
@@ -1787,13 +1788,31 @@ def restart_point(run):
             else:
                 continue
             # (the best file, at the same point, after)
-            points.append((ckpt["tokens"], path != best_path, path, ckpt.get("step"), left, ended))
-        found = max(points)[2:] if points else None
+            points.append((ckpt["tokens"], path != best_path, path, ckpt.get("step"), left, ended,
+                           resume and another_run(given, ckpt)))
+        newest = max(points) if points else None
+        found, other = (newest[2:6], newest[6]) if newest else (None, None)
+        if other:  # written over by this command's run, continued as if its own
+            refused = f"--resume: the newest checkpoint here, {found[0]}, is another run's ({', '.join(other)}): " \
+                      f"{elsewhere(out_pattern)}, or pass --overwrite instead of --resume to replace that run"
     if run.dist.world > 1:
-        box = [found]
+        box = [found, refused]
         torch.distributed.broadcast_object_list(box, src=0, group=run.dist.control)
-        found = box[0]
+        found, refused = box
+    if refused:
+        raise UserError(refused)
     return found
+
+
+def another_run(given, ckpt):
+    """Where ckpt's run differs from the options given (a --seed, the model's shape), in words, or []: --resume runs the
+    same command again, so its newest checkpoint of other options is an earlier run in the folder, not its own."""
+    if not isinstance(ckpt.get("config"), dict):  # (damage, which loading it says)
+        return []
+    was = checkpoint_args(ckpt).get("seed")
+    seed = [f"--seed {given.seed} (vs {was})"] if given.seed is not None and was is not None and given.seed != was \
+        else []
+    return seed + shape_clash(given, ckpt["config"])
 
 
 # options a machine under torchrun may give otherwise: where its copies of the files are (check_same_files compares
@@ -1970,6 +1989,20 @@ def width_fix(args):
     return f"; use --n_embd {-(-shape['n_embd'] // step) * step} (a multiple of {why}) or another --n_head"
 
 
+def shape_clash(args, cfg):
+    """The model options given in args (--model's preset, MODEL_SHAPE) that a checkpoint's config cfg does not have, in
+    words ("--n_layer 3 (vs 2)"): [] where they agree."""
+    cfg = dict(cfg)
+    asked = {k: v for k, v in PRESETS[args.model].items() if k != "block_size"} if args.model else {}
+    asked.update({k: getattr(args, k) for k in MODEL_SHAPE if getattr(args, k) is not None})
+    clash = {k: v for k, v in asked.items() if cfg.get(k) != v}
+    # the preset's sizes under one --model, each option of its own with its value
+    preset = ", ".join(f"{k} {v} vs {cfg.get(k)}" for k, v in clash.items() if getattr(args, k) is None)
+    return [f"--model {args.model} ({preset})"] * bool(preset) + [
+        f"--{'no_' * (v is False)}{k} (vs {'on' if cfg.get(k) else 'off'})" if isinstance(v, bool) else
+        f"--{k} {v} (vs {cfg.get(k)})" for k, v in clash.items() if getattr(args, k) is not None]
+
+
 def model_config(args, meta, ckpt):
     """A new model's config from the preset and overrides, or the checkpoint's, refusing shape changes to it."""
     for k in ("n_layer", "n_head", "n_embd", "block_size"):  # said as resolve_args says --epochs', not as the config's
@@ -1980,16 +2013,8 @@ def model_config(args, meta, ckpt):
             return make_config(args.model, vocab_size=int(meta["vocab_size"]), block_size=args.block_size,
                                n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout,
                                variant=args.variant, bias=args.bias)
-        cfg = dict(ckpt["config"])
-        asked = {k: v for k, v in PRESETS[args.model].items() if k != "block_size"} if args.model else {}
-        asked.update({k: getattr(args, k) for k in MODEL_SHAPE if getattr(args, k) is not None})
-        clash = {k: v for k, v in asked.items() if cfg.get(k) != v}
-        if clash:
-            # the preset's sizes under one --model, each option of its own with its value
-            preset = ", ".join(f"{k} {v} vs {cfg.get(k)}" for k, v in clash.items() if getattr(args, k) is None)
-            said = [f"--model {args.model} ({preset})"] * bool(preset) + [
-                f"--{'no_' * (v is False)}{k} (vs {'on' if cfg.get(k) else 'off'})" if isinstance(v, bool) else
-                f"--{k} {v} (vs {cfg.get(k)})" for k, v in clash.items() if getattr(args, k) is not None]
+        said = shape_clash(args, ckpt["config"])
+        if said:
             raise UserError(f"{args.checkpoint} fixes the model's shape; {', '.join(said)} would change it: "
                             f"leave the model options out when continuing from a checkpoint")
         config = checkpoint_config(ckpt, args.checkpoint)  # damage to it is no "bad model options" the user gave
@@ -2492,7 +2517,7 @@ def run_training(args, held):
     global use_color
     use_color = not args.no_color and color_ok(sys.stdout)
     run, options_given = start_run(args)
-    if resume := restart_point(run):
+    if resume := restart_point(run, args):
         path, step, left, ended = resume
         whose = "--resume: the run's" if args.resume else \
             f"torchrun restart {os.environ.get('TORCHELASTIC_RESTART_COUNT')}: this job's"

@@ -1280,6 +1280,22 @@ def test_resume_of_a_checkpoint_given_never_goes_back_to_an_older_file_of_its_ru
     assert r["steps"] == 5 and "--resume" not in capsys.readouterr().out
 
 
+def test_resume_refuses_a_folder_whose_newest_run_has_another_seed_or_model(env, tmp_path):
+    """--resume runs the same command again: a newest checkpoint of another --seed (a sweep that forgot the seed in
+    its --output_checkpoint) was continued as the command's own, its epoch started over and its files written over;
+    one of another model shape was refused as if the user had asked to continue it ("leave the model options out")."""
+    argv = ["--dataset", "mini", "--max_steps", "2", "--eval_interval", "0", "--resume"]
+    train.train(args_for(env, tmp_path, *argv, "--seed", "1"))
+    files = {f: (tmp_path / f).read_bytes() for f in os.listdir(tmp_path)}
+    for other, said in ((["--seed", "2"], r"--seed 2 \(vs 1\)"), (["--n_layer", "3"], r"--n_layer 3 \(vs 2\)")):
+        with pytest.raises(UserError, match=rf"--resume: the newest checkpoint here, .*mini_epoch1\.pt, is another "
+                                            rf"run's \({said}\): write this one to another folder with "
+                                            rf"--output_checkpoint DIR/.*, or pass --overwrite instead of --resume"):
+            train.train(args_for(env, tmp_path, *argv, "--seed", "1", *other))
+    assert {f: (tmp_path / f).read_bytes() for f in os.listdir(tmp_path)} == files
+    assert train.train(args_for(env, tmp_path, *argv, "--seed", "1"))["steps"] == 4  # its own command goes on
+
+
 def test_resume_takes_no_other_datasets_file_and_not_with_a_fresh_start(env, tmp_path, capsys):
     """--resume continues the run's own files: one of another dataset under a shared name is refused as ever, and
     --overwrite or --reset_epoch, which start anew over them, contradict it."""
