@@ -201,19 +201,10 @@ def read_checkpoint(path, f):
         raise UserError(f"{path} is not a checkpoint of this project (no model/config/tokenizer entries); train one "
                         f"with train.py")
     # torch.load does not check the zip's CRC-32s: a file damaged inside a tensor (a disk, a copy) would load as other
-    # weights, silently. One pass over the file (a legacy, not zip, file has no checksums, and its tensor bytes may hold
-    # what is_zipfile takes for a zip's end)
-    if starts_as_zip(f):
-        try:
-            with zipfile.ZipFile(f) as z:
-                bad = z.testzip()
-            # (its part of the file, without the folder torch names entries under: the temporary name it was saved as)
-            damaged = bad and f"its part {bad.split('/', 1)[-1]} fails its checksum"
-        except Exception as e:  # noqa: BLE001 whatever zipfile chokes on in a file torch read is damage: a bad
-            # byte in an entry's name (UnicodeDecodeError), in a version field (NotImplementedError), BadZipFile...
-            damaged = f"its zip records do not read ({type(e).__name__})"
-        if damaged:
-            raise UserError(f"{path} is damaged: {damaged}; {another}")
+    # weights, silently
+    damaged = zip_damage(f)
+    if damaged:
+        raise UserError(f"{path} is damaged: {damaged}; {another}")
     if ckpt.get("format") != FORMAT:
         raise UserError(f"{path} has checkpoint format {ckpt.get('format')}, this code reads {FORMAT}; use the "
                         f"matching version of the code")
@@ -242,6 +233,25 @@ def read_checkpoint(path, f):
             raise UserError(f"{path} is a damaged checkpoint (its {k} entry, {repr(ckpt[k])[:40]}, is not what "
                             f"train.py writes); {another}")
     return refuse_diverged(path, ckpt)
+
+
+def zip_damage(file):
+    """What of a checkpoint file (a path, or a file open in binary mode) fails the zip's CRC-32s or records, which
+    torch.load does not check, in words, or None: one pass over the file (a legacy, not zip, file has no checksums, and
+    its tensor bytes may hold what is_zipfile takes for a zip's end)."""
+    if isinstance(file, (str, os.PathLike)):
+        with open(file, "rb") as f:
+            return zip_damage(f)
+    if not starts_as_zip(file):
+        return None
+    try:
+        with zipfile.ZipFile(file) as z:
+            bad = z.testzip()
+        # (its part of the file, without the folder torch names entries under: the temporary name it was saved as)
+        return bad and f"its part {bad.split('/', 1)[-1]} fails its checksum"
+    except Exception as e:  # noqa: BLE001 whatever zipfile chokes on in a file torch read is damage: a bad
+        # byte in an entry's name (UnicodeDecodeError), in a version field (NotImplementedError), BadZipFile...
+        return f"its zip records do not read ({type(e).__name__})"
 
 
 def cpu_rng_state(state):

@@ -69,7 +69,7 @@ import torch
 from tqdm import tqdm
 
 from checkpoint import (NOT_THIS_CODE, add_checkpoint_argument, checkpoint_config, is_kind, load_checkpoint,
-                        load_weights, nonfinite, parse_checkpoint, save_checkpoint, tensor_bytes)
+                        load_weights, nonfinite, parse_checkpoint, save_checkpoint, tensor_bytes, zip_damage)
 from common import (ArgumentParser, DTYPES, HANGUP, UserError, add_device_arguments, ask, atomic_write_text, autocast,
                     check_output, closed_pipe_on_windows, color_ok, draws_a_bar, exit_after_the_first, first_line,
                     fmt_count, held_lock, hung_up, is_dataset_folder, is_oom, lock_is_held, nonempty, nonnegative_int,
@@ -832,7 +832,7 @@ def refuse_going_back(checkpoint, ckpt, out_pattern, dataset, best_path, overwri
                                 f"over: {elsewhere(out_pattern)}, or pass --overwrite to replace it")
             later.append(path)
             continue
-        if int(other.get("tokens", 0)) <= done:
+        if int(other.get("tokens", 0)) <= done or zip_damage(path):  # (damaged inside: nothing to keep, as above)
             continue
         # a checkpoint from before run ids cannot say whose it is: the refusal says so (known)
         ahead.append((int(other.get("tokens", 0)), other.get("step"), path, bool(ckpt.get("run") and other.get("run"))))
@@ -1746,7 +1746,8 @@ def elastic_job():
 
 
 def restart_point(run, given):
-    """The newest checkpoint to continue from, as (path, step, max_steps left or None, ended), or None: with --resume,
+    """The newest checkpoint to continue from, as (path, step, max_steps left or None, ended, the newer files passed
+    over as damaged), or None: with --resume,
     the run's newest (of its dataset, with training state); in a torchrun restart, which runs the failed attempt's
     command whose files refuse_earlier_run would refuse, this job's. Rank 0 decides. given: the options as given, which
     --resume's newest checkpoint must agree with (another_run)."""
@@ -1761,11 +1762,12 @@ def restart_point(run, given):
                                                            args.output_checkpoint is not None)
         except UserError:  # claim_outputs says it
             out_pattern = None
-        points = []
+        points, damaged = [], []
         for path in earlier_run_files(out_pattern, args.dataset, best_path) if out_pattern else []:
             try:
                 ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             except Exception:  # cut short, or no checkpoint: none to continue
+                damaged.append(path)
                 continue
             # (a file edited to other entries, which load_checkpoint's kinds would see too late: none of the run's)
             if not isinstance(ckpt, dict) or not is_kind(ckpt.get("tokens"), nonnegative_int):
@@ -1790,8 +1792,15 @@ def restart_point(run, given):
             # (the best file, at the same point, after)
             points.append((ckpt["tokens"], path != best_path, path, ckpt.get("step"), left, ended,
                            resume and another_run(given, ckpt)))
-        newest = max(points) if points else None
+        newest = None
+        for point in sorted(points, reverse=True):  # newest first
+            if not zip_damage(point[2]):  # (its checksums, which torch.load does not check): whole
+                newest = point
+                break
+            damaged.append(point[2])
         found, other = (newest[2:6], newest[6]) if newest else (None, None)
+        if found:  # the damaged files written after it: its step is not the run's last (the line that continues says)
+            found = (*found, [f for f in damaged if os.path.getmtime(f) > os.path.getmtime(found[0])])
         if other:  # written over by this command's run, continued as if its own
             refused = f"--resume: the newest checkpoint here, {found[0]}, is another run's ({', '.join(other)}): " \
                       f"{elsewhere(out_pattern)}, or pass --overwrite instead of --resume to replace that run"
@@ -2518,10 +2527,12 @@ def run_training(args, held):
     use_color = not args.no_color and color_ok(sys.stdout)
     run, options_given = start_run(args)
     if resume := restart_point(run, args):
-        path, step, left, ended = resume
+        path, step, left, ended, passed = resume
         whose = "--resume: the run's" if args.resume else \
             f"torchrun restart {os.environ.get('TORCHELASTIC_RESTART_COUNT')}: this job's"
-        restart = f"{whose} newest checkpoint is {path} (step {step})"
+        newer = f"; the newer {' and '.join(passed)} {'is' if len(passed) == 1 else 'are'} not a readable " \
+                f"checkpoint" if passed else ""
+        restart = f"{whose} newest checkpoint is {path} (step {step}{newer})"
         if ended:  # (the attempt that wrote it failed after its last save)
             say(f"{restart}, where the job's run ended: nothing left to train")
             raise SystemExit(0)

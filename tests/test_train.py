@@ -1296,6 +1296,30 @@ def test_resume_refuses_a_folder_whose_newest_run_has_another_seed_or_model(env,
     assert train.train(args_for(env, tmp_path, *argv, "--seed", "1"))["steps"] == 4  # its own command goes on
 
 
+def test_resume_passes_over_a_damaged_newest_checkpoint_and_says_so(env, tmp_path, capsys):
+    """A newest file cut short (a copy, a disk) was passed over in silence: the line named an older one as the run's
+    newest. One damaged inside (its checksums, which torch.load does not check) was taken, and every restart failed on
+    it, its "use another checkpoint" no way out for the same command; passed over, it was refused as a later point."""
+    argv = ["--dataset", "mini", "--epochs", "3", "--eval_interval", "0", "--resume"]
+    spe = math.ceil(len(train.Windows(train.load_meta(env["data"], "mini"), "train", 64)) / 16)
+    train.train(args_for(env, tmp_path, *argv, "--max_steps", spe + 1))  # mini_epoch1.pt, then mini_epoch2.pt a step on
+    newer, older = tmp_path / "mini_epoch2.pt", tmp_path / "mini_epoch1.pt"
+    whole = newer.read_bytes()
+    with zipfile.ZipFile(newer) as z:  # a byte of the largest tensor's, inside the file
+        part = max(z.infolist(), key=lambda i: i.file_size)
+    inside = bytearray(whole)
+    inside[part.header_offset + 200] ^= 0xFF
+    for damaged in (whole[:len(whole) // 2], bytes(inside)):
+        newer.write_bytes(damaged)
+        os.utime(older, (time.time() - 60,) * 2)
+        capsys.readouterr()
+        done = train.train(args_for(env, tmp_path, *argv, "--max_steps", "1", fresh=False))
+        assert done["steps"] == spe + 1 and done["run_steps"] == 1
+        assert f"--resume: the run's newest checkpoint is {older} (step {spe}; the newer {newer} is not a readable " \
+               f"checkpoint): continuing from it" in capsys.readouterr().out
+        assert load_checkpoint(str(newer))["step"] == spe + 1  # written again, whole
+
+
 def test_resume_takes_no_other_datasets_file_and_not_with_a_fresh_start(env, tmp_path, capsys):
     """--resume continues the run's own files: one of another dataset under a shared name is refused as ever, and
     --overwrite or --reset_epoch, which start anew over them, contradict it."""
