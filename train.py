@@ -790,22 +790,28 @@ def earlier_run_files(out_pattern, dataset, best_path):
     return found + ([best_path] if os.path.exists(best_path) else [])
 
 
-def refuse_earlier_run(out_pattern, dataset, best_path, overwrite=False, reset=False):
+def refuse_earlier_run(out_pattern, dataset, best_path, overwrite=False, reset=False, resume=False):
     """Refuses, unless overwrite, a new run writing over an earlier run's checkpoints (metrics alone are no run);
-    returns the files it replaces. reset: a --reset_epoch, for which "continue it with --checkpoint" is a circle."""
+    returns the files it replaces. reset: a --reset_epoch, for which "continue it with --checkpoint" is a circle;
+    resume: a --resume that found none of them to continue (restart_point), which --overwrite contradicts."""
     found = earlier_run_files(out_pattern, dataset, best_path)
     if found and not overwrite:
         what = f"{found[0]} and {len(found) - 1} more checkpoint(s) hold" if len(found) > 1 else f"{found[0]} holds"
+        replace = f"or pass --overwrite{' instead of --resume' * resume} to replace them"
         if reset:
             raise UserError(f"{what} an earlier run, which --reset_epoch (epochs numbered from 1 again) would write "
-                            f"over: {elsewhere(out_pattern)}, or pass --overwrite to replace them")
+                            f"over: {elsewhere(out_pattern)}, {replace}")
         own = found[:-1] if found[-1] == best_path else found
         # the newest of the run's own that is whole (the end of its zip there), else its best file
         whole = [f for f in found if zipfile.is_zipfile(f)]
-        resume = ([f for f in whole if f in own] or whole or own or found)[-1]
-        cut = f" (the newer {shlex.quote(own[-1])} is not a readable checkpoint)" if own and own[-1] != resume else ""
-        raise UserError(f"{what} an earlier run: continue it with --checkpoint {shlex.quote(resume)}{cut}, "
-                        f"{elsewhere(out_pattern)}, or pass --overwrite to replace them")
+        if not whole:  # (an empty file, one cut short): nothing to continue
+            none = "none of them a readable checkpoint" if len(found) > 1 else "not a readable checkpoint"
+            raise UserError(f"{what} an earlier run, {none} (cut short?): {elsewhere(out_pattern)}, {replace}")
+        resume_at = ([f for f in whole if f in own] or whole)[-1]
+        cut = f" (the newer {shlex.quote(own[-1])} is not a readable checkpoint)" if own and own[-1] != resume_at \
+            else ""
+        raise UserError(f"{what} an earlier run: continue it with --checkpoint {shlex.quote(resume_at)}{cut}, "
+                        f"{elsewhere(out_pattern)}, {replace}")
     return found
 
 
@@ -2385,7 +2391,7 @@ def claim_files(held, args, ckpt, continuing, out_pattern, out_dir, best_path, g
     # --reset_epoch numbers epochs from 1 again: its files would land on the run's own
     if not continuing or args.reset_epoch:
         return refuse_earlier_run(out_pattern, dataset, best_path, args.overwrite,
-                                  reset=continuing and args.reset_epoch)
+                                  reset=continuing and args.reset_epoch, resume=args.resume)
     return refuse_going_back(args.checkpoint, ckpt, out_pattern, dataset, best_path, args.overwrite)
 
 

@@ -1137,6 +1137,16 @@ def test_a_new_run_does_not_write_over_an_earlier_one(env, tmp_path):
     with pytest.raises(train.UserError, match=r"hold an earlier run: continue it with --checkpoint .*mini_best\.pt "
                                               r"\(the newer .*mini_epoch1\.pt is not a readable checkpoint\), write "):
         train.train(args_for(env, tmp_path / "cut", "--dataset", "mini", "--max_steps", "1"))
+    # none of them whole (an empty file): "continue it with --checkpoint" named a file that does not load; and with
+    # --resume (which found none to continue), --overwrite alone, which is refused with it
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "mini_epoch1.pt").write_bytes(b"")
+    for resume, instead in (([], ""), (["--resume"], " instead of --resume")):
+        with pytest.raises(train.UserError, match=r"mini_epoch1\.pt holds an earlier run, not a readable checkpoint "
+                                                  rf"\(cut short\?\): write this one to another folder with "
+                                                  rf"--output_checkpoint DIR/.*, or pass --overwrite{instead} to "
+                                                  rf"replace them$"):
+            train.train(args_for(env, tmp_path / "empty", "--dataset", "mini", "--max_steps", "1", *resume))
     # --reset_epoch numbers its epochs from 1 again: in the run's own folder it would replace them. The way out is
     # not "continue it with --checkpoint", which the user just did: it sent them in a circle
     with pytest.raises(train.UserError, match=r"hold an earlier run, which --reset_epoch \(epochs numbered from 1 "
