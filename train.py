@@ -2340,6 +2340,8 @@ def more_epochs(args, done):
 
 def refuse_ended_run(args, ckpt, ckpt_args, p, budget):
     """Refuses to continue ckpt (p: where it stands) if it ended for good: budget used, or --patience stopped it."""
+    # (--resume refuses --reset_epoch: the command that does it continues the checkpoint given)
+    reset = f"--reset_epoch{f' (with --checkpoint {shlex.quote(args.checkpoint)}, not --resume)' * args.resume}"
     if budget and ckpt.get("budget_done") and args.time_budget <= (ckpt_args.get("time_budget") or 0):
         # its own budget, not the one given: a smaller one given is no larger than what it used
         used = ckpt_args.get("time_budget")
@@ -2347,12 +2349,12 @@ def refuse_ended_run(args, ckpt, ckpt_args, p, budget):
         raise UserError(f"{args.checkpoint} has used its {fmt_time(used * 60)} --time_budget: pass a larger one to "
                         f"train on (it counts that time: --time_budget {budget_value(used + args.time_budget)} trains "
                         f"{fmt_time(args.time_budget * 60)} more), --epochs N without --time_budget to go on by "
-                        f"epochs, or --reset_epoch to start a new budget from its weights")
+                        f"epochs, or {reset} to start a new budget from its weights")
     if budget and p.budget_elapsed >= budget:
         # a budget interrupted (Ctrl-C) and continued with fewer minutes than it had spent, which a continued run counts
         raise UserError(f"{args.checkpoint} has trained {fmt_time(p.budget_elapsed)} of its budget already, which "
                         f"--time_budget {budget_value(args.time_budget)} counts: pass a larger one to train on, or "
-                        f"--reset_epoch to start a new budget from its weights")
+                        f"{reset} to start a new budget from its weights")
     # a run --patience stopped (else one more interval each time; an old checkpoint's by its --patience's count)
     if args.patience and p.evals_since_best >= args.patience \
             and ckpt.get("stopped_early", 0 < (ckpt_args.get("patience") or 0) <= p.evals_since_best):
@@ -2563,7 +2565,8 @@ def run_training(args, held):
                            metrics=existing(run.metrics_path), plot=existing(run.png_path))
     if p.epoch >= args.epochs:
         if args.resume:  # the same command again once its run is done: done, not an error (a job's requeue)
-            say(f"--resume: {args.checkpoint} has trained the run's {args.epochs} epoch(s): nothing left to train")
+            say(f"--resume: {args.checkpoint} has trained the run's {args.epochs} epoch(s): nothing left to train (a "
+                f"larger --epochs trains on)")
             return trained_nothing()
         more = more_epochs(args, p.epoch)
         if more == 0:

@@ -1254,18 +1254,22 @@ def test_resume_starts_a_run_and_the_same_command_goes_on_from_its_newest_checkp
     done = train.main(["--data_dir", env["data"], "--output_checkpoint", os.path.join(tmp_path, "r", "{dataset}_epoch"
                        "{epoch}.pt"), "--device", "cpu", "--no-color", *argv[:2], "--resume"])  # (an error: SystemExit)
     assert done["stopped"] == "already done" and done["run_steps"] == 0
-    assert f"--resume: {newest} has trained the run's 1 epoch(s): nothing left to train" in capsys.readouterr().out
+    assert f"--resume: {newest} has trained the run's 1 epoch(s): nothing left to train (a larger --epochs trains " \
+           f"on)\n" in capsys.readouterr().out
     assert {f: (tmp_path / "r" / f).read_bytes() for f in os.listdir(tmp_path / "r")} == files
 
 
 def test_resume_of_a_spent_budget_says_so_and_trains_nothing(env, tmp_path, capsys):
+    """Its ways on are the options to give; --reset_epoch, which --resume refuses, with the checkpoint it restarts."""
     argv = ["--dataset", "mini", "--time_budget", "1s", "--eval_interval", "0", "--resume"]
     train.train(args_for(env, tmp_path, *argv))
     capsys.readouterr()
     done = train.train(args_for(env, tmp_path, *argv))
     assert done["stopped"] == "already done" and done["run_steps"] == 0
-    said = r"--resume: nothing left to train: .*mini_epoch\d+\.pt has used its 1s --time_budget: pass a larger one"
-    assert re.search(said, capsys.readouterr().out)
+    said = r"--resume: nothing left to train: (.*mini_epoch\d+\.pt) has used its 1s --time_budget: pass a larger one" \
+           r".*, or --reset_epoch \(with --checkpoint (.*), not --resume\) to start a new budget from its weights\n"
+    found = re.search(said, capsys.readouterr().out)
+    assert found and found[1] == found[2]
 
 
 def test_resume_of_a_fine_tune_goes_on_from_the_fine_tunes_checkpoint_not_its_base(env, tmp_path, capsys):
