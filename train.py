@@ -2533,8 +2533,16 @@ def run_training(args, held):
     """train()'s run, its locks in held: set up in phases that fill in the Run, then trained and summed up."""
     global use_color
     use_color = not args.no_color and color_ok(sys.stdout)
-    run, options_given = start_run(args)
-    if resume := restart_point(run, args):
+    base = args.checkpoint or args.init_from
+    # --resume's run begun from a checkpoint since gone (a fine-tune's base moved, a scratch folder purged): its own
+    # files, found where a new run of its dataset writes them, are all it needs; without them, the base's "not found"
+    gone = args.resume and base and args.dataset and not os.path.exists(base)
+    run, options_given = start_run(argparse.Namespace(**{**vars(args), "checkpoint": None, "init_from": None})
+                                   if gone else args)
+    resume = restart_point(run, args)
+    if gone and not resume:
+        start_run(args, (run.dist, run.device))  # (raises)
+    if resume:
         path, step, left, ended, passed = resume
         whose = "--resume: the run's" if args.resume else \
             f"torchrun restart {os.environ.get('TORCHELASTIC_RESTART_COUNT')}: this job's"

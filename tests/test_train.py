@@ -1334,6 +1334,22 @@ def test_resume_passes_over_a_damaged_newest_checkpoint_and_says_so(env, tmp_pat
         assert load_checkpoint(str(newer))["step"] == spe + 1  # written again, whole
 
 
+def test_resume_of_a_fine_tune_goes_on_once_its_base_is_gone(env, tmp_path, capsys):
+    """The same command's restart loaded --checkpoint BASE before it looked for the fine-tune's own files: once the
+    base was moved (a scratch folder purged), every restart failed on "not found", though its own files sufficed."""
+    base = train.train(args_for(env, tmp_path / "base", "--dataset", "mini", "--max_steps", "2", "--eval_interval",
+                                "0"))["checkpoint"]
+    argv = ["--dataset", "story", "--checkpoint", base, "--max_steps", "2", "--eval_interval", "0", "--resume"]
+    train.train(args_for(env, tmp_path / "ft", *argv, fresh=False))
+    shutil.rmtree(tmp_path / "base")
+    capsys.readouterr()
+    assert train.train(args_for(env, tmp_path / "ft", *argv, fresh=False))["steps"] == 4
+    assert "story_epoch1.pt (step 2): continuing from it" in capsys.readouterr().out
+    with pytest.raises(UserError, match=f"checkpoint {re.escape(base)} not found"):  # none of its own yet: as ever
+        train.train(args_for(env, tmp_path / "other", *argv, fresh=False))
+    assert not os.path.exists(tmp_path / "other")
+
+
 def test_resume_takes_no_other_datasets_file_and_not_with_a_fresh_start(env, tmp_path, capsys):
     """--resume continues the run's own files: one of another dataset under a shared name is refused as ever, and
     --overwrite or --reset_epoch, which start anew over them, contradict it."""
