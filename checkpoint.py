@@ -135,9 +135,12 @@ def tensor_bytes(state):
 # -----------------------------------------------------------------------------
 # loading: a missing, damaged or foreign checkpoint in one line
 
-def load_checkpoint(path):
+def load_checkpoint(path, optimizer=True, copy_model=True):
     """The checkpoint's dict, its tensors on the CPU, or a Hugging Face folder's as one; a missing, truncated, corrupt
-    or foreign file is one clear UserError. path: a str or a pathlib.Path (a notebook's)."""
+    or foreign file is one clear UserError. path: a str or a pathlib.Path (a notebook's). optimizer=False leaves its
+    optimizer state out, unread: twice the weights (AdamW's), which a script that samples or evaluates never uses
+    (gen.py on GPT-2's checkpoint needed 2 GB with it, 1 GB without). copy_model=False leaves the weights in the
+    file's mapping (where it is mapped), for load_model alone: it copies them into its model and drops them."""
     path = os.fspath(path)
     if not os.path.exists(path):
         folder = os.path.dirname(path)  # what is there, where the user looked (models/ for a bare name)
@@ -171,16 +174,48 @@ def load_checkpoint(path):
         raise UserError(f"checkpoint {path} was removed as it was opened (by a train.py writing there?): run this "
                         f"again, or pass another checkpoint") from None
     with f:
-        return read_checkpoint(path, f)
+        return read_checkpoint(path, f, optimizer, copy_model)
 
 
-def read_checkpoint(path, f):
+def mapped_path(f):
+    """A path torch.load can map the open checkpoint file f by, None where there is none or f is no zip (a legacy
+    file, which torch cannot map). Linux's /proc/self/fd names the file f has open, not one a train.py has saved in its
+    place since."""
+    path = f"/proc/self/fd/{f.fileno()}"
+    found = os.path.exists(path) and starts_as_zip(f)
+    f.seek(0)
+    return path if found else None
+
+
+def in_memory(value, copies):
+    """value (a loaded checkpoint's entry) with each tensor copied out of the file's mapping into memory (tensors
+    that shared storage share it again: copies, by storage, offset and shape): a file written over in place later (a
+    notebook's torch.save to the path it loaded) would otherwise end its reader in a bus error."""
+    if isinstance(value, torch.Tensor):
+        key = (value.untyped_storage().data_ptr(), value.storage_offset(), value.dtype, value.shape, value.stride())
+        if key not in copies:
+            copies[key] = value.clone()
+        return copies[key]
+    if isinstance(value, dict):
+        return {k: in_memory(v, copies) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(in_memory(v, copies) for v in value)
+    return value
+
+
+def read_checkpoint(path, f, optimizer=True, copy_model=True):
     """load_checkpoint's reading and checks of the file f opened at path."""
     # a damaged file's way out: the run's other checkpoints, beside it wherever it is (not "another file from models/")
     another = "use another checkpoint (" + ("an earlier one" if path.endswith("_best.pt") else
                                             "its _best.pt or an earlier one") + ")"
     try:
-        ckpt = torch.load(f, map_location="cpu", weights_only=True)
+        # mapped: an entry left out (optimizer) is never read, the file's pages read are page cache, not memory
+        mapped = mapped_path(f)
+        ckpt = torch.load(mapped or f, map_location="cpu", weights_only=True, mmap=mapped is not None)
+        if isinstance(ckpt, dict) and not optimizer:
+            ckpt.pop("optimizer", None)
+        if mapped and isinstance(ckpt, dict):
+            ckpt = {k: v if k == "model" and not copy_model else in_memory(v, {}) for k, v in ckpt.items()}
     except (pickle.UnpicklingError, KeyError, IndexError, TypeError, AttributeError) as e:
         # torch's message is a screenful of advice about weights_only=False, which this project never uses; a file
         # that is no zip goes to torch's legacy reader, whose unpickler fails on text ("hello") with the other errors
@@ -297,7 +332,9 @@ def load_model(path_or_ckpt, device="cpu", name=None):
     dict (name: its path, for messages)."""
     if isinstance(path_or_ckpt, os.PathLike):
         path_or_ckpt = os.fspath(path_or_ckpt)
-    ckpt = load_checkpoint(path_or_ckpt) if isinstance(path_or_ckpt, str) else path_or_ckpt
+    # a file's weights straight from its mapping into the model: one copy of them in memory, not two
+    ckpt = load_checkpoint(path_or_ckpt, optimizer=False, copy_model=False) if isinstance(path_or_ckpt, str) \
+        else path_or_ckpt
     name = name or (path_or_ckpt if isinstance(path_or_ckpt, str) else "the checkpoint")
     config = checkpoint_config(ckpt, name)
     try:
@@ -310,6 +347,8 @@ def load_model(path_or_ckpt, device="cpu", name=None):
                         f"layers x {c.get('n_embd')}) does not fit in memory ({first_line(e, 80)}): its "
                         f"config is damaged, or the model needs a larger machine") from None
     load_weights(model, ckpt["model"], name)
+    if isinstance(path_or_ckpt, str):  # the weights the caller gets: the model's, the file no longer mapped
+        ckpt["model"] = model.state_dict()
     enc = tokenizer_from_state(ckpt["tokenizer"])
     # a tokenizer with more ids than the model's embedding: an IndexError at the first such token (gen.py's traceback,
     # serve.py's 500 to every request); fewer: ids the tokenizer cannot decode

@@ -148,7 +148,7 @@ def evaluate_checkpoint(path, datasets=None, data_dir=None, split="val", block_s
     """Evaluate the checkpoint at path on each dataset (default: its own): a dict of the checkpoint's description,
     the device and dtype, and a row per dataset (plus one for a prompts file): dataset, windows, loss, ppl, bpb,
     replies, ended, mean_tokens (None where not measured)."""
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, optimizer=False)
     ckpt_args = ckpt.get("args") or {}
     datasets, data_dir, metas, block_size = checked_datasets(path, ckpt, datasets, data_dir, block_size)
     prompt_list = read_prompt_file(prompt_file)[:samples] if prompt_file else None
@@ -390,7 +390,8 @@ def main(argv=None):
         check_output(json_path, "--json", inputs={"--prompt_file": args.prompt_file, "checkpoint": paths})
     if len(paths) > 1:  # each checked before the first is evaluated: a dataset of another tokenizer fails at once
         for path in paths:
-            checked_datasets(path, load_checkpoint(path), args.dataset, args.data_dir, args.block_size)
+            checked_datasets(path, load_checkpoint(path, optimizer=False), args.dataset, args.data_dir,
+                             args.block_size)
     # one model at a time (evaluate_checkpoint's, freed as it returns), each as eval.py on it alone: its own dataset
     # unless --dataset, sampling from --seed
     results = []

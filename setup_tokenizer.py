@@ -310,7 +310,7 @@ def checkpoint_tokenizer(path):
     """(tokenizer, context) of a checkpoint file: its vocabulary and its config's block_size (None if that is no
     positive int: a damaged config, which the scripts that load the model refuse), from one load."""
     from checkpoint import load_checkpoint  # here: checkpoint.py imports this module, and torch
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, optimizer=False)
     context = ckpt["config"].get("block_size")
     return tokenizer_from_state(ckpt["tokenizer"]), context if type(context) is int and context > 0 else None
 

@@ -2174,6 +2174,31 @@ def test_an_empty_checkpoint_file_names_what_torch_said(tmp_path):
         load_checkpoint(str(tmp_path / "empty.pt"))
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="RssAnon is Linux's")
+def test_a_checkpoint_loads_for_sampling_without_its_optimizer_state_in_memory(trained, tmp_path):
+    """gen.py, eval.py and serve.py want the weights alone: a GPT-2 checkpoint's optimizer state is twice its weights,
+    and read whole, gen.py needed 2 GB where 1 GB held its model (killed on a 1 GB machine). The file is mapped and
+    what is left out never read; what is kept is copied out of the mapping, so the file written over in place after
+    (a notebook's torch.save to the path it loaded) cannot end the reader in a bus error."""
+    def rss_anon():
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("RssAnon:"))
+    ckpt = load_checkpoint(trained["summary"]["checkpoint"])
+    ckpt["optimizer"]["big"] = torch.ones(2 ** 26)  # 256 MiB of optimizer state
+    torch.save(ckpt, tmp_path / "big.pt")
+    weights = ckpt["model"]
+    del ckpt
+    before = rss_anon()
+    loaded = load_checkpoint(tmp_path / "big.pt", optimizer=False)
+    assert rss_anon() - before < 2 ** 27, "the optimizer state was read into memory"
+    assert "optimizer" not in loaded
+    _, _, via_model = load_model(tmp_path / "big.pt")  # its weights read into the model from the mapping
+    (tmp_path / "big.pt").write_bytes(b"")  # written over in place: the loaded tensors are not the file's
+    assert all(torch.equal(loaded["model"][k], v) and torch.equal(via_model["model"][k], v) for k, v in weights.items())
+    with pytest.raises(UserError, match=r"big\.pt is not a readable checkpoint"):
+        load_checkpoint(tmp_path / "big.pt")
+
+
 def test_a_checkpoint_replaced_or_removed_as_it_loads_loads_whole(trained, tmp_path, monkeypatch):
     """gen.py or eval.py loading a checkpoint while a train.py replaces it at a save, or removes it (--overwrite): the
     file torch.load read is the one whose checksums are tested (they were read from the path again: a removed file's
