@@ -1701,6 +1701,27 @@ def is_oom(e):
                                     "Storage size calculation overflowed"))
 
 
+def cap_memory():
+    """Make an allocation past the memory the process may have (model.physical_memory: RAM and swap, or its cgroup's
+    limit) fail at once, as MemoryError or torch's "can't allocate memory", which the scripts turn into a line naming
+    a fix, and train.py into a save. Otherwise Linux grants it, and when its pages are touched the kernel kills the
+    process without a word (train.py --model gpt2 --batch_size 16 on a CPU wants 15 GB). Linux, without a CUDA GPU,
+    whose driver maps host memory of its own; process-wide, so called by a script run as a command. Returns whether
+    it applied."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import resource
+
+    import torch
+    from model import physical_memory
+    have = physical_memory()
+    soft, hard = resource.getrlimit(resource.RLIMIT_DATA)  # (counts brk and private writable maps: malloc's memory)
+    if not have or torch.cuda.is_available() or soft != resource.RLIM_INFINITY and soft <= have:
+        return False
+    resource.setrlimit(resource.RLIMIT_DATA, (have if hard == resource.RLIM_INFINITY else min(have, hard), hard))
+    return True
+
+
 def retain_freed_memory():
     """Make glibc keep freed memory for reuse: by default each big allocation is a fresh mmap, unmapped on free, and
     page-faulting the logits in again was a third of a small bf16 CPU step (3.55 -> 2.48 CPU-s; max RSS 2.4 -> 3.3

@@ -612,17 +612,56 @@ def _without_cudnn_attention(active):
 
 
 def physical_memory():
-    """Bytes of RAM and swap, None where the system does not say (Windows)."""
+    """Bytes of RAM and swap the process may use: the machine's, or its cgroup's where that is less (a container's
+    --memory, a systemd unit's MemoryMax); None where the system does not say (Windows)."""
     try:
         with open("/proc/meminfo") as f:  # Linux: "MemTotal:  24576000 kB", "SwapTotal: ..."
             kb = {line.split(":")[0]: int(line.split()[1])
                   for line in f if line.startswith(("MemTotal:", "SwapTotal:"))}
-        return 1024 * (kb["MemTotal"] + kb.get("SwapTotal", 0))
+        machine, swap = 1024 * (kb["MemTotal"] + kb.get("SwapTotal", 0)), 1024 * kb.get("SwapTotal", 0)
+        return min(machine, cgroup_memory(swap) or machine)
     except (OSError, KeyError, ValueError, IndexError):
         pass
     try:  # macOS and other Unixes: RAM alone
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):
+        return None
+
+
+def cgroup_memory(swap, root="/sys/fs/cgroup", listing="/proc/self/cgroup"):
+    """Bytes of memory, and of swap up to swap (the machine's), that the process's cgroup or one above it allows
+    (Linux, cgroup v2 or v1), None where none sets a limit."""
+    try:
+        with open(listing) as f:  # "0::/user.slice/..." (v2), "4:memory:/docker/ab12..." (v1)
+            lines = [line.rstrip("\n").split(":", 2) for line in f]
+    except OSError:
+        return None
+    limits = []
+    for _, controllers, path in (line for line in lines if len(line) == 3):
+        v2 = controllers == ""
+        if not v2 and "memory" not in controllers.split(","):
+            continue
+        base = root if v2 else os.path.join(root, "memory")
+        parts = [p for p in path.split("/") if p]
+        # its folder and those above it; in a container, the path may name the host's folder: its mount's root counts
+        for i in range(len(parts), -1, -1):
+            folder = os.path.join(base, *parts[:i])
+            memory = cgroup_limit(os.path.join(folder, "memory.max" if v2 else "memory.limit_in_bytes"))
+            if memory is None:
+                continue
+            # v2's swap limit is swap alone, v1's (where swap is accounted) memory and swap together
+            both = cgroup_limit(os.path.join(folder, "memory.swap.max" if v2 else "memory.memsw.limit_in_bytes"))
+            limits.append(memory + (swap if both is None else min(swap, both if v2 else max(both - memory, 0))))
+    return min(limits, default=None)
+
+
+def cgroup_limit(path):
+    """The bytes a cgroup file such as memory.max gives, None for none: no file, "max", or v1's huge number."""
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+        return None if text == "max" or int(text) >= 2 ** 60 else int(text)
+    except (OSError, ValueError):
         return None
 
 

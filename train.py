@@ -71,9 +71,9 @@ from tqdm import tqdm
 from checkpoint import (NOT_THIS_CODE, add_checkpoint_argument, checkpoint_config, is_kind, load_checkpoint,
                         load_weights, nonfinite, parse_checkpoint, save_checkpoint, tensor_bytes, zip_damage)
 from common import (ArgumentParser, DTYPES, HANGUP, UserError, add_device_arguments, ask, atomic_write_text, autocast,
-                    check_output, closed_pipe_on_windows, color_ok, draws_a_bar, exit_after_the_first, first_line,
-                    fmt_count, held_lock, hung_up, is_dataset_folder, is_oom, lock_is_held, nonempty, nonnegative_int,
-                    naming_full_disk, path_arg, pick_device, pick_dtype, prepare_lock, read_items,
+                    cap_memory, check_output, closed_pipe_on_windows, color_ok, draws_a_bar, exit_after_the_first,
+                    first_line, fmt_count, held_lock, hung_up, is_dataset_folder, is_oom, lock_is_held, nonempty,
+                    nonnegative_int, naming_full_disk, path_arg, pick_device, pick_dtype, prepare_lock, read_items,
                     refuse_dataset_folder, remove_stale_tmp, remove_temporary, retain_freed_memory, run_main,
                     dtype_words, slow_on_this_cpu, speaks_for_machine, stop_signals, Switch, tmp_name)
 from hf import is_hf_folder, trained_lr
@@ -3255,4 +3255,5 @@ def main(argv=None):
 
 if __name__ == "__main__":
     retain_freed_memory()  # +30-40% a CPU step (see common.py); process-wide, so not in main()
+    cap_memory()  # a step too large for the machine: "out of memory ... use a smaller --batch_size", not killed
     main()

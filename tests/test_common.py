@@ -1734,3 +1734,37 @@ def test_the_readmes_reading_guide_names_what_the_scripts_hold():
                 value = getattr(value, part)
             if isinstance(getattr(found[0], head), type):
                 classes.append(head)
+
+
+def test_the_memory_a_process_may_have_is_its_cgroups_where_that_is_less(tmp_path):
+    """A container's --memory (cgroup v1 or v2) or a systemd unit's MemoryMax: GPT's check of its weights and train.py's
+    cap_memory measured the host's RAM, so a step too large for the container was killed by its kernel instead."""
+    from model import cgroup_memory
+
+    def cgroup(files, listing):
+        for name, text in files.items():
+            (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / name).write_text(text)
+        (tmp_path / "cgroup").write_text(listing)
+        return cgroup_memory(10 * 2 ** 30, str(tmp_path), str(tmp_path / "cgroup"))
+    # v2: the limit is its parent's; no swap allowed
+    assert cgroup({"user.slice/memory.max": f"{4 * 2 ** 30}\n", "user.slice/memory.swap.max": "0\n",
+                   "user.slice/run.scope/memory.max": "max\n"}, "0::/user.slice/run.scope\n") == 4 * 2 ** 30
+    # v1 in a container: the host's path is not under its mount, whose root holds the limit (memory and swap: 3 GB)
+    shutil.rmtree(tmp_path / "user.slice")
+    assert cgroup({"memory/memory.limit_in_bytes": f"{2 * 2 ** 30}\n", "memory/memory.memsw.limit_in_bytes":
+                   f"{3 * 2 ** 30}\n"}, "5:cpu,cpuacct:/docker/ab12\n4:memory:/docker/ab12\n0::/\n") == 3 * 2 ** 30
+    # none set: v1's root holds a huge number
+    (tmp_path / "memory/memory.limit_in_bytes").write_text("9223372036854771712\n")
+    assert cgroup({}, "4:memory:/\n") is None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_DATA is Linux's")
+def test_an_allocation_past_the_machines_memory_fails_rather_than_being_killed_later():
+    """Linux grants an allocation larger than the memory there is and kills the process as its pages are touched,
+    without a word: train.py --model gpt2 --batch_size 16 on a small machine ended as "Killed", not as its line naming
+    a smaller --batch_size. Capped, the allocation fails at once, as the error is_oom knows."""
+    code = ("import model, common, torch; model.physical_memory = lambda: 2 ** 30; print(common.cap_memory())\n"
+            "try:\n    torch.ones(2 ** 29)\nexcept (RuntimeError, MemoryError) as e:\n    print(common.is_oom(e))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["True", "True"], out.stdout + out.stderr
