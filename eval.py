@@ -48,9 +48,10 @@ import numpy as np
 
 from checkpoint import (CHECKPOINT_HELP, add_checkpoint_argument, checkpoint_config, load_checkpoint, load_model,
                         parse_checkpoint)
-from common import (ArgumentParser, UserError, add_device_arguments, at_least, atomic_write_text, check_output,
-                    command_words, expand_pattern, file_identity, fmt_count, is_dataset_folder, nonempty, path_arg,
-                    pick_device, progress_bar, retain_freed_memory, run_main, seeded_generator)
+from common import (ArgumentParser, UserError, add_device_arguments, at_least, atomic_write_text, cap_memory,
+                    check_output, command_words, expand_pattern, file_identity, first_line, fmt_count,
+                    is_dataset_folder, is_oom, nonempty, path_arg, pick_device, progress_bar, retain_freed_memory,
+                    run_main, seeded_generator)
 from gen import (CHAT_STOPS, add_sampling_arguments, chat_reply, columns, default_checkpoint, inference_dtype,
                  read_prompt_file, warn_if_trained_on_text)
 from prepare import document_ends
@@ -171,7 +172,13 @@ def evaluate_checkpoint(path, datasets=None, data_dir=None, split="val", block_s
         n_windows = len(eval_indices(len(windows), eval_windows))
         # every window of a large split is hours on a CPU: a bar with the time left, or off a terminal a line a minute
         with progress_bar(f"{name} {split}", n_windows, "windows") as bar:
-            loss = evaluate(model, windows, batch_size, eval_windows, dev, amp, progress=bar)
+            try:
+                loss = evaluate(model, windows, batch_size, eval_windows, dev, amp, progress=bar)
+            except (RuntimeError, MemoryError) as e:  # (GPT-2's logits alone: 3.3 GB a batch of 16 x 1024)
+                if not is_oom(e):
+                    raise
+                raise UserError(f"out of memory evaluating {path} in batches of --batch_size {batch_size} x "
+                                f"--block_size {block_size}: use a smaller --batch_size ({first_line(e)})") from None
         bpb = bits_per_byte(loss, bpb_scale(windows, eval_windows, enc))
         row = {"dataset": name, "windows": n_windows, "loss": loss, "ppl": perplexity(loss), "bpb": bpb, **no_replies}
         if meta.get("has_mask") and samples and prompt_list is None:
@@ -419,4 +426,5 @@ def main(argv=None):
 
 if __name__ == "__main__":
     retain_freed_memory()  # a CPU step reuses its pages (see common.py); process-wide, so not in main()
+    cap_memory()  # a batch too large for the machine: "out of memory ... use a smaller --batch_size", not killed
     run_main(main)

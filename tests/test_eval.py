@@ -25,7 +25,7 @@ import gen as gen_py
 import prepare
 import train
 from checkpoint import load_model, save_checkpoint
-from conftest import run_cli
+from conftest import ROOT, run_cli
 from model import GPT, make_config
 from setup_tokenizer import IM_END, get_tokenizer, render_chat
 from test_prepare import Bar
@@ -484,6 +484,26 @@ def test_a_val_split_of_short_last_documents_names_no_smaller_val_fraction(env, 
     prepare.prepare("text", source=str(src), tokenizer=env["tok"], out_dir=data, name="notes", val_fraction=0.2)
     code, out, err = cli([path, "--data_dir", data, *CPU], capsys)
     assert code == 0, err
+
+
+def test_a_batch_too_large_for_memory_is_one_line_naming_a_smaller_batch_size(env, chat_ckpt, capsys, monkeypatch):
+    """eval.py on GPT-2's checkpoint at its default --batch_size 16 wants 3.3 GB for one batch's logits alone: out of
+    memory it ended in a traceback. Run as a command it caps its memory (common.cap_memory), so on Linux that is
+    where a batch too large for the machine ends, not in the kernel killing it."""
+    def fail(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 1648361472 bytes. Error code 12 (Cannot allocate memory)")
+    monkeypatch.setattr(eval_py, "evaluate", fail)
+    code, out, err = cli([chat_ckpt, "--dataset", "story", "--data_dir", env["data"], *CPU], capsys)
+    assert code == 1 and "Traceback" not in err and re.search(
+        r"out of memory evaluating .* in batches of --batch_size 16 x --block_size 64: use a smaller --batch_size "
+        r"\(\[enforce fail", err), err
+    code = ("import resource, runpy, sys\nsys.argv = ['eval.py', 'none.pt']\ntry:\n"
+            "    runpy.run_path('eval.py', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "import model\nprint(resource.getrlimit(resource.RLIMIT_DATA)[0] == model.physical_memory())")
+    if sys.platform.startswith("linux"):
+        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert out.stdout.split()[-1:] == [str(not torch.cuda.is_available())], out.stdout + out.stderr
 
 
 def test_a_loss_past_floats_is_valid_json_and_ppl_is_not_capped(env, chat_ckpt, capsys, monkeypatch):
