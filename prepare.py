@@ -530,14 +530,18 @@ def jsonl_records(path, folder=None):
 
 def json_file_records(path):
     """json_records of a .json file, parsed whole: use .jsonl for corpora bigger than memory."""
-    with open(path, encoding="utf-8-sig") as f:
-        text = f.read()
-    if not text.strip():  # an empty file holds no records, as an empty .jsonl or .txt does
-        return
-    if "\0" in text:
-        raise holds_nul(path, text)
     try:
+        with open(path, encoding="utf-8-sig") as f:
+            text = f.read()
+        if not text.strip():  # an empty file holds no records, as an empty .jsonl or .txt does
+            return
+        if "\0" in text:
+            raise holds_nul(path, text)
         data = json_loads(text, path)
+    except MemoryError:  # (its Python objects take about 4 times the file: 526 MB for 124 MB of Alpaca records)
+        size = fmt_mb(os.path.getsize(path) / 1e6)
+        raise UserError(f"{path}: a .json file is read whole, and this one ({size}) does not fit in memory: write it "
+                        f"as JSON Lines, a record a line, in a .jsonl file, which is read a line at a time") from None
     except json.JSONDecodeError as e:
         hint = ""
         if e.msg == "Extra data":  # JSON Lines, as datasets' to_json() writes whatever the name, if its

@@ -1327,6 +1327,18 @@ def test_json_lines_named_json_and_an_array_named_jsonl_name_the_rename(tmp_path
                         out_dir=out)
 
 
+def test_a_json_file_too_large_for_memory_names_json_lines(tmp_path, monkeypatch):
+    """A .json file is parsed whole, its Python objects about 4 times its size: out of memory (a ulimit, a small
+    machine) it ended in json's MemoryError traceback; now the line names the form read a line at a time."""
+    def fail(text, where):
+        raise MemoryError
+    monkeypatch.setattr(prepare, "json_loads", fail)
+    big = write(tmp_path / "big.json", '[{"text": "a"}]\n')
+    with pytest.raises(UserError, match=r"big\.json: a \.json file is read whole, and this one \(16 bytes\) does not "
+                                        r"fit in memory: write it as JSON Lines, a record a line, in a \.jsonl file"):
+        prepare.prepare("text", source=big, out_dir=str(tmp_path / "data"), name="x")
+
+
 def test_chat_records_in_a_txt_file_name_the_rename(tmp_path):
     """A chat log of JSON Lines saved as .txt was read as plain text, under --dataset chat too: one document of raw
     JSON, trained on as words with no loss mask, and only "1 document" said so. Plain text that starts with other
