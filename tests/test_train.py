@@ -3635,8 +3635,9 @@ def test_lr_schedule():
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_DATA is Linux's")
 def test_train_py_run_as_a_command_caps_its_memory_at_the_machines(tmp_path):
     """train.py --model gpt2 --batch_size 16 in a 4 GB cgroup (or on a 4 GB machine) was killed by the kernel at its
-    first step, without a word; capped (common.cap_memory), its allocation fails and the run says "out of memory with
-    --batch_size 16 x --block_size 1024: use a smaller --batch_size ... --recompute_activations", its checkpoint kept."""
+    first step, without a word; capped (common.cap_memory), its allocation fails and the run says "out of memory
+    with --batch_size 16 x --block_size 1024: use a smaller --batch_size ... --recompute_activations", its checkpoint
+    kept."""
     code = ("import resource, runpy, sys\nsys.argv = ['train.py', '--dataset', 'none', '--data_dir', sys.argv[1]]\n"
             "try:\n    runpy.run_path('train.py', run_name='__main__')\nexcept SystemExit:\n    pass\n"
             "import model\nprint(resource.getrlimit(resource.RLIMIT_DATA)[0] == model.physical_memory())")
