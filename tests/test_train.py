@@ -5725,14 +5725,21 @@ def test_the_loss_curve_is_drawn_at_the_end_of_the_run(env, tmp_path, monkeypatc
 def test_a_long_epoch_logs_at_least_a_line_a_minute(env, tmp_path, monkeypatch, capsys):
     """--log_interval is % of an epoch: on 3 GB of text an epoch was 387,654 steps and its first line came 10% in,
     2h40m of a nohup log with no loss and no time left. A line (off a terminal) comes at least every PROGRESS_LINE_S
-    of the run's clock as well (here 0: at every step), with the loss since the line before; not a record, which
-    --log_interval alone places (see test_the_lines_the_clock_adds_leave_the_records_as_they_were)."""
+    of the run's clock as well (here 0: at every step), with the loss since the line or record before; not a record,
+    which --log_interval alone places (see test_the_lines_the_clock_adds_leave_the_records_as_they_were)."""
     monkeypatch.setattr(common, "PROGRESS_LINE_S", 0)
-    s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--log_interval", 100, "--eval_interval", 0,
-                             "--save_interval", 0, "--max_steps", 3))
-    assert [r["step"] for r in read_metrics(s["metrics"])] == [3]
+    s = train.train(args_for(env, tmp_path, "--dataset", "mini", "--log_interval", 30, "--eval_interval", 0,
+                             "--save_interval", 0, "--max_steps", 5))
+    assert [r["step"] for r in read_metrics(s["metrics"])] == [3, 5]
     out = capsys.readouterr().out
     assert "\nstep 1 (epoch 0.11): loss " in out and "\nstep 2 (epoch 0.23): loss " in out
+    # each line's loss is its step's alone, as a run with a record at every step has it: lines 1 and 2 in a row, 4
+    # after the record at 3
+    shown = {int(m[0]): float(m[1]) for m in re.findall(r"\nstep (\d) \(epoch [\d.]+\): loss ([\d.]+)", out)}
+    each = train.train(args_for(env, tmp_path / "each", "--dataset", "mini", "--log_interval", 1, "--eval_interval", 0,
+                                "--save_interval", 0, "--max_steps", 5))
+    alone = {r["step"]: r["train_loss"] for r in read_metrics(each["metrics"])}
+    assert len(alone) == 5 and all(abs(shown[step] - alone[step]) < 2e-4 for step in (1, 2, 4)), (shown, alone)
 
 
 def test_the_lines_the_clock_adds_leave_the_records_as_they_were(env, tmp_path, monkeypatch):
