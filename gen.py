@@ -537,7 +537,8 @@ def add_sampling_arguments(p, when="", max_temp=math.inf):
     p.add_argument("--temp", type=temperature_arg(max_temp), default=0.8,
                    help=f"sampling temperature{when}, 0 = greedy{most} (default: 0.8)")
     p.add_argument("--top_k", type=top_k_arg, default=200,
-                   help=f"sample among the k most likely tokens{when}, 0 = no limit (default: 200)")
+                   help=f"sample among the k most likely tokens{when} (and those tied with the k-th), 0 = no limit "
+                        f"(default: 200)")
     p.add_argument("--top_p", type=probability, default=None,
                    help=f"nucleus sampling{when}: the smallest set of tokens with this total probability, in (0, 1], "
                         f"taken among the --top_k, as Hugging Face does (default: off)")

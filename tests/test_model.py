@@ -725,6 +725,10 @@ def test_top_k_keeps_every_token_tied_with_the_kth():
     # top_k 4 (not tied: the fifth is 0), then top_p 0.5 of [0.48, 0.17, 0.17, 0.17]: the first and one 1
     drawn = GPT._sample(logits, no_context, 1.0, 4, 0.5, 1.0, torch.Generator().manual_seed(0))
     assert len(set(drawn.tolist())) == 2 and 0 in drawn
+    # a row without ties beside rows with them (one generator): its columns past its k-th stay out
+    mixed = torch.cat([logits[:1], torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0]])]).repeat(1500, 1)
+    drawn = GPT._sample(mixed, no_context, 1.0, 2, None, 1.0, torch.Generator().manual_seed(0))
+    assert set(drawn[0::2].tolist()) == {0, 1, 2, 3} and set(drawn[1::2].tolist()) == {0, 1}
 
 
 def test_a_row_with_its_own_generator_draws_alone_beside_a_row_tied_at_top_k():
