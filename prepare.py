@@ -1392,10 +1392,11 @@ def folder_files(path):
     found.sort()
     kinds = ", ".join(f"{n} {kind}" for kind, n in others.most_common())
     # a folder of source code or of Markdown notes (alone, or with .txt files): the patterns that read them, as
-    # `--source` to paste; not beside records, whose folder's README.md is the dataset's card. Code's leave its
-    # folder's README.md out too
-    code = [k for k in CODE if k in others]
-    named = code or [k for k in MARKDOWN if k in others]
+    # `--source` to paste; not beside records, whose folder's README.md is the dataset's card. The kind it holds more
+    # of: code's leave its README.md out too, notes' a site's _config.yml
+    code, notes = [k for k in CODE if k in others], [k for k in MARKDOWN if k in others]
+    code = code if sum(others[k] for k in code) >= sum(others[k] for k in notes) else []
+    named = code or notes
     texts = {suffix(f) for f in found}
     # (the folder's name escaped: "notes [2024]" as a pattern matched nothing, its brackets a set of characters)
     way_in = f"; {'source code is' if code else 'Markdown notes are'} read when named: --source " + " ".join(

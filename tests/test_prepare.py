@@ -2484,15 +2484,16 @@ def test_source_folder_says_which_files_it_left_out(tmp_path, capsys):
 
 def test_source_folder_of_other_files_says_what_it_holds(tmp_path):
     """A folder of notes in Markdown, none of them .txt, was refused as holding "no .txt, .jsonl, .json, .parquet
-    files", not what it holds nor how its plain text gets in."""
+    files", not what it holds nor how its plain text gets in. A site's notes beside its _config.yml are notes, not
+    source code to name the .yml of."""
     src = tmp_path / "notes"
-    for name in ("a.md", "b.md", "sub/c.md", "todo.org"):
+    for name in ("a.md", "b.md", "sub/c.md", "todo.org", "_config.yml"):
         write(src / name, "Some notes.")
     with pytest.raises(UserError, match=rf"^--source {re.escape(str(src))}: no .txt, .jsonl, .json, .parquet files in "
-                                        rf"this folder \(it holds 3 .md, 1 .org\); Markdown notes are read when named: "
-                                        rf"--source '{re.escape(str(src))}/\*\*/\*\.md'$"):
+                                        rf"this folder \(it holds 3 .md, (1 .org, 1 .yml|1 .yml, 1 .org)\); Markdown "
+                                        rf"notes are read when named: --source '{re.escape(str(src))}/\*\*/\*\.md'$"):
         prepare.prepare("text", source=str(src), out_dir=str(tmp_path / "data"))
-    for name in ("a.md", "b.md", "sub/c.md"):
+    for name in ("a.md", "b.md", "sub/c.md", "_config.yml"):
         os.remove(src / name)
     with pytest.raises(UserError, match=r"\(it holds 1 .org\); plain text is read from files named \.txt$"):
         prepare.prepare("text", source=str(src), out_dir=str(tmp_path / "data"))
