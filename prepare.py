@@ -1092,8 +1092,8 @@ def with_other_not_utf8(e, plan):
 
 
 def file_docs(path, dataset, left=None, folder=None):
-    """Documents of one file (a --source file or the mirror's), read by its suffix: .txt and Markdown as text
-    (DailyDialog's release as its dialogues), others as records (good_docs). left: good_docs's LeftOut. folder: the
+    """Documents of one file (a --source file or the mirror's), read by its suffix: .txt, Markdown and source code as
+    text (DailyDialog's release as its dialogues), others as records (good_docs). left: good_docs's LeftOut. folder: the
     --source folder it is read from, or the pattern that matched it, if any (move_out)."""
     try:
         if suffix(path) in PLAIN_TEXT:

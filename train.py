@@ -1232,7 +1232,7 @@ class TrainTally:
         """At a record: (loss summed over all ranks, mean train loss or None, tokens/s); timed: counted in the speed."""
         if dist.world > 1:  # each rank holds its share of every step's loss
             torch.distributed.all_reduce(self.loss)
-        loss_sum = self.loss.item()  # the loop's only host sync
+        loss_sum = self.loss.item()  # the loop's host sync (with take_line's, once a minute at most)
         train_loss = loss_sum / self.targets if self.targets else None
         interval = time.time() - self.t_mark
         tps = self.tokens / max(interval, 1e-9)
@@ -3153,8 +3153,8 @@ class Run:
             self.interrupt.exit_saved(dist, p.step, saved["path"], self.max_steps_left())
 
     def log_record(self, lr, epoch_step, bar, due_eval):
-        """The metrics record since the last one (its train loss: the loop's only host sync), on the bar or else in a
-        log line (unless an evaluation's follows); returns (rec, the train loss as shown, tokens/s)."""
+        """The metrics record since the last one (its train loss: the loop's host sync, see TrainTally.take), on the bar
+        or else in a log line (unless an evaluation's follows); returns (rec, the train loss as shown, tokens/s)."""
         p = self.p
         # (a record of the first step alone holds its compile: untimed, in the run's speed and in the log line below)
         timed = self.run_steps > 1
