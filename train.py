@@ -68,8 +68,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from checkpoint import (NOT_THIS_CODE, add_checkpoint_argument, checkpoint_config, is_kind, load_checkpoint,
-                        load_weights, nonfinite, parse_checkpoint, save_checkpoint, tensor_bytes, zip_damage)
+from checkpoint import (NOT_THIS_CODE, STATE_KINDS, add_checkpoint_argument, checkpoint_config, is_kind,
+                        load_checkpoint, load_weights, nonfinite, parse_checkpoint, save_checkpoint, tensor_bytes,
+                        zip_damage)
 from common import (ArgumentParser, DTYPES, HANGUP, UserError, add_device_arguments, ask, atomic_write_text, autocast,
                     cap_memory, check_output, closed_pipe_on_windows, color_ok, draws_a_bar, exit_after_the_first,
                     first_line, fmt_count, held_lock, hung_up, is_dataset_folder, is_oom, lock_is_held, nonempty,
@@ -1775,8 +1776,10 @@ def restart_point(run, given):
             except Exception:  # cut short, or no checkpoint: none to continue
                 damaged.append(path)
                 continue
-            # (a file edited to other entries, which load_checkpoint's kinds would see too late: none of the run's)
-            if not isinstance(ckpt, dict) or not is_kind(ckpt.get("tokens"), nonnegative_int):
+            # (a file edited to other entries, which load_checkpoint's kinds would see too late: none of the run's; and
+            # checkpoint_data reads its dataset, args and data)
+            if not isinstance(ckpt, dict) or "tokens" not in ckpt or \
+                    not all(is_kind(ckpt[k], kind) for k, kind in STATE_KINDS.items() if k in ckpt):
                 continue
             mark = ckpt.get("elastic")
             if job and isinstance(mark, dict) and mark.get("job") == job and \

@@ -1365,6 +1365,18 @@ def test_resume_takes_no_other_datasets_file_and_not_with_a_fresh_start(env, tmp
             train.train(args_for(env, tmp_path, "--dataset", "mini", "--resume", other))
 
 
+def test_resume_passes_over_a_file_of_the_run_edited_to_other_entries(env, tmp_path):
+    """A file of the run whose entries are not of the kinds train.py writes (edited, saved again) is none to continue
+    from: --resume read its dataset, args or data entry into a traceback. It says a line, as without --resume."""
+    argv = ["--dataset", "mini", "--max_steps", "1", "--eval_interval", "0", "--resume"]
+    train.train(args_for(env, tmp_path, *argv))
+    ckpt = load_checkpoint(str(tmp_path / "mini_epoch1.pt"))
+    for entry, odd in (("dataset", 5), ("args", [1]), ("data", "mini")):
+        torch.save(dict(ckpt, tokens=ckpt["tokens"] + 1, **{entry: odd}), tmp_path / "mini_epoch2.pt")
+        with pytest.raises(UserError, match="mini_epoch2.pt holds "):
+            train.train(args_for(env, tmp_path, *argv))
+
+
 def test_reset_epoch_over_the_runs_own_best_file_drops_its_bar(env, tmp_path):
     """--reset_epoch --overwrite removed the run's best file but kept its val loss as the bar a new best file must
     beat: no best file was written until the new run beat a model that no longer existed."""
