@@ -1365,16 +1365,21 @@ def test_resume_takes_no_other_datasets_file_and_not_with_a_fresh_start(env, tmp
             train.train(args_for(env, tmp_path, "--dataset", "mini", "--resume", other))
 
 
-def test_resume_passes_over_a_file_of_the_run_edited_to_other_entries(env, tmp_path):
+def test_resume_passes_over_a_file_of_the_run_edited_to_other_entries(env, tmp_path, capsys):
     """A file of the run whose entries are not of the kinds train.py writes (edited, saved again) is none to continue
-    from: --resume read its dataset, args or data entry into a traceback. It says a line, as without --resume."""
+    from: --resume read its dataset, args or data entry into a traceback. It says a line, as without --resume; so of
+    one without training state (no step: weights only), which --resume had continued into the refusal to 'continue it
+    with --checkpoint' that same file."""
     argv = ["--dataset", "mini", "--max_steps", "1", "--eval_interval", "0", "--resume"]
     train.train(args_for(env, tmp_path, *argv))
     ckpt = load_checkpoint(str(tmp_path / "mini_epoch1.pt"))
-    for entry, odd in (("dataset", 5), ("args", [1]), ("data", "mini")):
-        torch.save(dict(ckpt, tokens=ckpt["tokens"] + 1, **{entry: odd}), tmp_path / "mini_epoch2.pt")
+    weights_only = {k: v for k, v in ckpt.items() if k not in ("step", "optimizer")}
+    for odd in (dict(ckpt, dataset=5), dict(ckpt, args=[1]), dict(ckpt, data="mini"), weights_only):
+        torch.save(dict(odd, tokens=ckpt["tokens"] + 1), tmp_path / "mini_epoch2.pt")
+        capsys.readouterr()
         with pytest.raises(UserError, match="mini_epoch2.pt holds "):
             train.train(args_for(env, tmp_path, *argv))
+        assert "mini_epoch2.pt (step" not in capsys.readouterr().out  # (not continued from)
 
 
 def test_reset_epoch_over_the_runs_own_best_file_drops_its_bar(env, tmp_path):
