@@ -346,8 +346,8 @@ def synthetic_text(n_bytes):
 
 
 def bench_prepare(path=None, threads=None, repeats=3, quick=False):
-    """MB/s and tokens/s of GPT-2's tokenizer over a text file's lines, with prepare.encode_texts on `threads`
-    threads (default: every core)."""
+    """MB/s and tokens/s of GPT-2's tokenizer over a text file's lines (path; default: $DATA_MIRROR's TinyStories
+    sample, else generated text), with prepare.encode_texts on `threads` threads (default: every core)."""
     import prepare  # tiktoken only when this section runs
     from setup_tokenizer import get_tokenizer
     try:

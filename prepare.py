@@ -480,7 +480,7 @@ def json_loads(text, where):
 def json_records(path, folder=None):
     """(where, record) for each record of a .jsonl, .json or .parquet file; where names file and line. A .jsonl line
     that is not JSON is a bad record, given as its UserError; a .json that is not JSON, or a file that is not text, is
-    raised. folder: the --source folder the file is read from, if any."""
+    raised. folder: the --source folder the file is read from, or the pattern that matched it, if any (move_out)."""
     try:
         if suffix(path) == ".jsonl":
             yield from jsonl_records(path, folder)
