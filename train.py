@@ -3172,7 +3172,7 @@ class Run:
         return rec, self.show_progress(bar, train_loss, tps, lr, epoch_step, line=not due_eval), tps
 
     def log_line(self, lr, epoch_step, bar):
-        """A line the clock adds between records (due_points): the train loss since the last line, no record."""
+        """A line the clock adds between records (due_points): the train loss since the last line or record."""
         train_loss, tps = self.tally.take_line(self.dist)
         if train_loss is not None and not math.isfinite(train_loss):
             raise Diverged(f"the training loss became {train_loss} at step {self.p.step}: {self.diverged()}")
