@@ -1586,7 +1586,7 @@ class Metrics:
 
 def line_start():
     """What a line said on a signal starts with: on a terminal a newline, which ends the line the bar (or the ^C echoed)
-    left; in a log, whose last line has ended, nothing (a blank line)."""
+    left; in a log, whose last line has ended, nothing (one there made a blank line)."""
     return "\n" if sys.stderr.isatty() else ""
 
 
