@@ -3270,8 +3270,9 @@ def main(argv=None):
                         "conversations), chitchat (generated small talk), knowledge (question/answer), text (your "
                         "--source files); default: every one it finds, or text with --source")
     p.add_argument("--source", type=path_arg, nargs="+", metavar="PATH",
-                   help=".txt (documents separated by <|endoftext|>, else one per file; .md and source code too, named "
-                        "or by a pattern such as 'notes/**/*.md' or 'src/**/*.py'), .jsonl/.json/.parquet records "
+                   help=".txt (documents separated by <|endoftext|>, else one per file; .md too, and source code one "
+                        "per file as written: named or by a pattern such as 'notes/**/*.md' or 'src/**/*.py'), "
+                        ".jsonl/.json/.parquet records "
                         "(messages, ShareGPT conversations, instruction/input/output or instances, instruction/context/"
                         "response, question/answer, prompt/completion, prompt/response, query/response, "
                         "question/response, input/output, problem/solution, Gemini's contents, ChatGPT's and "
