@@ -177,18 +177,24 @@ def table_fix(path):
            f"{convert}`{python_command()} -c {shlex.quote(code)}`"
 
 
-def notebook_fix(path):
+def notebook_fix(path, pattern=None):
     """The way out for a Jupyter notebook (.ipynb, JSON whose text would train as its markup): a command that writes
     its code cells as a .py next to it (nb.ipynb.py: no file of the user's replaced), source code prepare.py reads;
-    "" for another file type."""
+    "" for another file type. pattern: the glob that matched it (or a folder's notebooks): the command writes every
+    notebook it matches, not one a run (a folder of them was refused one notebook at a time, or with no command)."""
     if suffix(path) != ".ipynb":
         return ""
     # a cell's source is a list of lines, or one string (nbformat takes either): joined, either is its text
-    code = f'import json; cells = json.load(open({json.dumps(path)}, encoding="utf-8"))["cells"]; ' \
-           f'open({json.dumps(path + ".py")}, "w", encoding="utf-8").write("\\n\\n".join("".join(c["source"]) ' \
-           f'for c in cells if c["cell_type"] == "code") + "\\n")'
-    return f"; a notebook's code cells as a .py file, which prepare.py reads: " \
-           f"`{python_command()} -c {shlex.quote(code)}`"
+    cells = '"\\n\\n".join("".join(c["source"]) for c in json.load(open(p, encoding="utf-8"))["cells"] ' \
+            'if c["cell_type"] == "code") + "\\n"'
+    if pattern is None or pattern == path:
+        code = f'import json; p = {json.dumps(path)}; open(p + ".py", "w", encoding="utf-8").write({cells})'
+        return f"; a notebook's code cells as a .py file, which prepare.py reads: " \
+               f"`{python_command()} -c {shlex.quote(code)}`"
+    code = f'import glob, json; [open(p + ".py", "w", encoding="utf-8").write({cells}) for p in ' \
+           f'glob.glob({json.dumps(pattern)}, recursive=True) if p.lower().endswith(".ipynb")]'
+    return f"; each notebook's code cells as a .py file next to it: `{python_command()} -c {shlex.quote(code)}`, " \
+           f"then --source {shlex.quote(pattern + '.py')}"
 
 
 class NoSource(UserError):
@@ -1402,6 +1408,8 @@ def folder_files(path):
     way_in = f"; {'source code is' if code else 'Markdown notes are'} read when named: --source " + " ".join(
         shlex.quote(os.path.join(glob.escape(path), "**", f"*{k}")) for k in sorted({*named, *texts})) \
         if named and texts <= {".txt"} else ""
+    if ".ipynb" in others:  # (notebooks: the command that writes them as source code, read as named above)
+        way_in += notebook_fix("notebook.ipynb", os.path.join(glob.escape(path), "**", "*.ipynb"))
     if not found:
         # what it holds, and the way in for it
         holds = f" (it holds {kinds}){way_in or '; plain text is read from files named .txt'}" if others else ""
@@ -1451,7 +1459,7 @@ def find_source(dataset, source=None, extra=True, limit=None, left=None):
                 packed = decompress_fix(path, head)
                 raise UserError(f"--source {path}: unsupported file type; use {', '.join((*SUFFIXES, *MARKDOWN))}, "
                                 f"or source code ({', '.join(CODE[:3])}...)"
-                                f"{'; ' + packed if packed else table_fix(path) or notebook_fix(path)}")
+                                f"{'; ' + packed if packed else table_fix(path) or notebook_fix(path, pattern)}")
             else:
                 files.append(path)
                 if path != pattern:  # (which matches a mended copy written next to the file too: move_out)

@@ -499,6 +499,28 @@ def prepared_text(source, out):
     return get_tokenizer("gpt2").decode(load(os.path.join(out, "n"), "train", meta)[0].tolist())
 
 
+def test_a_folder_or_pattern_of_notebooks_is_refused_with_one_command_for_all_of_them(tmp_path):
+    """Notebooks by a pattern were refused with the command for the first one alone (run, then refused at the next),
+    and a folder of them with "plain text is read from files named .txt": the command writes every notebook's code
+    cells, run as pasted, and the --source it names reads them all."""
+    def notebook(path, code):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"cells": [{"cell_type": "code", "source": code, "outputs": [], "metadata": {}}],
+                                    "metadata": {}, "nbformat": 4, "nbformat_minor": 5}), encoding="utf-8")
+    folder, out = tmp_path / "my nbs", str(tmp_path / "out")
+    notebook(folder / "a.ipynb", "print(1)")
+    notebook(folder / "sub" / "b.ipynb", ["x = 2"])
+    for source in (str(folder), str(folder / "**" / "*.ipynb")):
+        for f in folder.rglob("*.py"):
+            f.unlink()
+        with pytest.raises(UserError, match=r"each notebook's code cells as a \.py file next to it: `.*`, then "
+                                            r"--source .*\*\.ipynb\.py'$") as e:
+            prepare.prepare("text", source=source, out_dir=out)
+        subprocess.run(str(e.value).split("`")[1], shell=True, check=True)
+        again = shlex.split(str(e.value).rsplit("--source ", 1)[1])[0]
+        assert sorted(prepared_text(again, out).split(EOT)) == ["", "print(1)\n", "x = 2\n"]
+
+
 def test_a_parquet_file_is_read_past_its_first_batch_and_an_empty_json_file_holds_no_records(tmp_path):
     """parquet_records reads a file in batches of 1,024 rows, every one of them: the first alone would leave a 1,500-row
     file's last 476 out unsaid. An empty .json file is no malformed JSON, as an empty .jsonl is not."""
