@@ -20,8 +20,8 @@ import zipfile
 import torch
 
 import hf
-from common import (UserError, atomic_torch_save, first_line, is_oom, model_folder_file, nonnegative_int, path_arg,
-                    script_command, starts_as_zip, tmp_pattern)
+from common import (UserError, atomic_torch_save, data_limited, first_line, is_oom, model_folder_file, nonnegative_int,
+                    path_arg, script_command, starts_as_zip, tmp_pattern)
 from model import GPT, GPTConfig
 from setup_tokenizer import download_hint, tokenizer_from_state, tokenizer_hash, tokenizer_state
 
@@ -209,8 +209,11 @@ def read_checkpoint(path, f, optimizer=True, copy_model=True):
     another = "use another checkpoint (" + ("an earlier one" if path.endswith("_best.pt") else
                                             "its _best.pt or an earlier one") + ")"
     try:
-        # mapped: an entry left out (optimizer) is never read, the file's pages read are page cache, not memory
-        mapped = mapped_path(f)
+        # mapped where that saves memory: an entry left out (optimizer) is never read, weights left in the mapping
+        # (load_model's) are page cache. Not where all is copied (train.py's: the mapping and its copies, twice the
+        # file), nor under a data limit (cap_memory's), which counts the mapping whole: eval.py on a 105 MB
+        # checkpoint needed 340 MB of data mapped, 300 MB read
+        mapped = mapped_path(f) if not (optimizer and copy_model or data_limited()) else None
         ckpt = torch.load(mapped or f, map_location="cpu", weights_only=True, mmap=mapped is not None)
         if isinstance(ckpt, dict) and not optimizer:
             ckpt.pop("optimizer", None)

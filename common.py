@@ -1722,6 +1722,16 @@ def cap_memory():
     return True
 
 
+def data_limited():
+    """Whether the process's data has a limit (RLIMIT_DATA: cap_memory's, or a ulimit -d), which counts a private
+    mapping of a file whole, its pages never read too."""
+    try:
+        import resource
+    except ImportError:  # (Windows)
+        return False
+    return resource.getrlimit(resource.RLIMIT_DATA)[0] != resource.RLIM_INFINITY
+
+
 def retain_freed_memory():
     """Make glibc keep freed memory for reuse: by default each big allocation is a fresh mmap, unmapped on free, and
     page-faulting the logits in again was a third of a small bf16 CPU step (3.55 -> 2.48 CPU-s; max RSS 2.4 -> 3.3
