@@ -226,7 +226,10 @@ def read_checkpoint(path, f, optimizer=True, copy_model=True):
         what = (f"holds pickled Python objects ({global_.group(1)}), which are never loaded (weights_only=True)"
                 if global_ else "is not a checkpoint (corrupt, or not written by torch.save?)")
         raise UserError(f"{path} {what}; use a checkpoint written by train.py") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, MemoryError) as e:
+        if is_oom(e):  # (cap_memory's limit, a ulimit -d, a small machine): the file is fine, "corrupt?" is not
+            raise UserError(f"out of memory loading {path} ({os.fstat(f.fileno()).st_size / 1e6:,.0f} MB): free some "
+                            f"memory, or load it on a machine with more") from None
         # torch's own first sentence (miniz's advice after it would be cut off mid-word); none (an empty file's
         # EOFError): the error's name, as first_line gives it, not "str", the name of the empty text's type
         raise UserError(f"{path} is not a readable checkpoint (truncated or corrupt?): "

@@ -1698,6 +1698,7 @@ def is_oom(e):
     # (torch.OutOfMemoryError, where a torch has it, is this very class)
     return isinstance(e, (MemoryError, torch.cuda.OutOfMemoryError)) or any(
         sign in str(e) for sign in ("out of memory", "can't allocate memory", "not enough memory",  # (Windows')
+                                    "Cannot allocate memory",  # (ENOMEM's text: a mapping, an OSError)
                                     "Storage size calculation overflowed"))
 
 

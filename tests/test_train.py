@@ -2243,6 +2243,20 @@ def test_a_checkpoint_is_mapped_only_where_that_saves_memory(trained, monkeypatc
     assert mapped == [True, False, False]
 
 
+@pytest.mark.parametrize("error", [RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: "
+                                                "can't allocate memory: you tried to allocate 8 bytes"),
+                                   RuntimeError("unable to mmap 8 bytes from file <x>: Cannot allocate memory (12)"),
+                                   MemoryError()])
+def test_a_checkpoint_too_large_for_the_memory_left_is_not_called_corrupt(trained, monkeypatch, error):
+    """Under cap_memory's limit (train.py, eval.py) or a small machine, torch.load's failed allocation read as "not a
+    readable checkpoint (truncated or corrupt?) ... use another checkpoint": a sound file, and the wrong way on."""
+    def fail(*args, **kwargs):
+        raise error
+    monkeypatch.setattr(torch, "load", fail)
+    with pytest.raises(UserError, match=r"^out of memory loading \S+ \(\d+ MB\): free some memory"):
+        load_checkpoint(trained["summary"]["checkpoint"])
+
+
 def test_a_checkpoint_replaced_or_removed_as_it_loads_loads_whole(trained, tmp_path, monkeypatch):
     """gen.py or eval.py loading a checkpoint while a train.py replaces it at a save, or removes it (--overwrite): the
     file torch.load read is the one whose checksums are tested (they were read from the path again: a removed file's
