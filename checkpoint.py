@@ -203,6 +203,13 @@ def in_memory(value, copies):
     return value
 
 
+def out_of_memory_loading(path):
+    """The UserError for a checkpoint too large for the memory left to load it (cap_memory's limit counts a mapped
+    file whole): a sound file, not a damaged one to pass over or be told to replace."""
+    return UserError(f"out of memory loading {path} ({os.path.getsize(path) / 1e6:,.0f} MB): free some memory, or load "
+                     f"it on a machine with more")
+
+
 def read_checkpoint(path, f, optimizer=True, copy_model=True):
     """load_checkpoint's reading and checks of the file f opened at path."""
     # a damaged file's way out: the run's other checkpoints, beside it wherever it is (not "another file from models/")
@@ -228,8 +235,7 @@ def read_checkpoint(path, f, optimizer=True, copy_model=True):
         raise UserError(f"{path} {what}; use a checkpoint written by train.py") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, MemoryError) as e:
         if is_oom(e):  # (cap_memory's limit, a ulimit -d, a small machine): the file is fine, "corrupt?" is not
-            raise UserError(f"out of memory loading {path} ({os.fstat(f.fileno()).st_size / 1e6:,.0f} MB): free some "
-                            f"memory, or load it on a machine with more") from None
+            raise out_of_memory_loading(path) from None
         # torch's own first sentence (miniz's advice after it would be cut off mid-word); none (an empty file's
         # EOFError): the error's name, as first_line gives it, not "str", the name of the empty text's type
         raise UserError(f"{path} is not a readable checkpoint (truncated or corrupt?): "

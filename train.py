@@ -69,8 +69,8 @@ import torch
 from tqdm import tqdm
 
 from checkpoint import (NOT_THIS_CODE, STATE_KINDS, add_checkpoint_argument, checkpoint_config, is_kind,
-                        load_checkpoint, load_weights, nonfinite, parse_checkpoint, save_checkpoint, tensor_bytes,
-                        zip_damage)
+                        load_checkpoint, load_weights, nonfinite, out_of_memory_loading, parse_checkpoint,
+                        save_checkpoint, tensor_bytes, zip_damage)
 from common import (ArgumentParser, DTYPES, HANGUP, UserError, add_device_arguments, ask, atomic_write_text, autocast,
                     cap_memory, check_output, closed_pipe_on_windows, color_ok, draws_a_bar, exit_after_the_first,
                     first_line, fmt_count, held_lock, hung_up, is_dataset_folder, is_oom, lock_is_held, nonempty,
@@ -825,7 +825,9 @@ def refuse_going_back(checkpoint, ckpt, out_pattern, dataset, best_path, overwri
             continue
         try:
             other = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception:  # unreadable: nothing to keep
+        except Exception as e:  # unreadable: nothing to keep
+            if is_oom(e):  # (unchecked, another run's file would be written over)
+                raise out_of_memory_loading(path) from None
             continue
         if not isinstance(other, dict):
             continue
@@ -1773,7 +1775,10 @@ def restart_point(run, given):
         for path in earlier_run_files(out_pattern, args.dataset, best_path) if out_pattern else []:
             try:
                 ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except Exception:  # cut short, or no checkpoint: none to continue
+            except Exception as e:  # cut short, or no checkpoint: none to continue
+                if is_oom(e):  # a sound file (passed over, the run would go back to an older one): refused after
+                    refused = str(out_of_memory_loading(path))  # the broadcast, which every rank enters
+                    break
                 damaged.append(path)
                 continue
             # (a file edited to other entries, which load_checkpoint's kinds would see too late: none of the run's; and

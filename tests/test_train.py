@@ -1334,6 +1334,29 @@ def test_resume_passes_over_a_damaged_newest_checkpoint_and_says_so(env, tmp_pat
         assert load_checkpoint(str(newer))["step"] == spe + 1  # written again, whole
 
 
+def test_resume_of_a_newest_checkpoint_too_large_for_the_memory_left_is_refused_not_passed_over(env, tmp_path,
+                                                                                                  monkeypatch):
+    """--resume maps each file of the run, and cap_memory's limit counts a mapping whole: a newest file too large for
+    the memory left read as damaged, and the run went on from the one before it, its later steps lost and written
+    over; continued from an earlier point, the later file went unchecked and was written over."""
+    argv = ["--dataset", "mini", "--epochs", "3", "--eval_interval", "0", "--resume"]
+    spe = math.ceil(len(train.Windows(train.load_meta(env["data"], "mini"), "train", 64)) / 16)
+    train.train(args_for(env, tmp_path, *argv, "--max_steps", spe + 1))  # mini_epoch1.pt, then mini_epoch2.pt a step on
+    newer, load = tmp_path / "mini_epoch2.pt", torch.load
+
+    def mapped(path, *args, **kwargs):
+        if kwargs.get("mmap") and os.path.samefile(path, newer):
+            raise RuntimeError(f"unable to mmap 8 bytes from file <{path}>: Cannot allocate memory (12)")
+        return load(path, *args, **kwargs)
+    monkeypatch.setattr(torch, "load", mapped)
+    with pytest.raises(UserError, match=f"^out of memory loading {re.escape(str(newer))} "):
+        train.train(args_for(env, tmp_path, *argv, "--max_steps", "1", fresh=False))
+    older = str(tmp_path / "mini_epoch1.pt")  # continued from the earlier point: the later one, unread, was no refusal
+    with pytest.raises(UserError, match=f"^out of memory loading {re.escape(str(newer))} "):
+        train.train(args_for(env, tmp_path, *argv[:-1], "--checkpoint", older, "--max_steps", "1", fresh=False))
+    assert load_checkpoint(str(newer))["step"] == spe + 1
+
+
 def test_resume_of_a_fine_tune_goes_on_once_its_base_is_gone(env, tmp_path, capsys):
     """The same command's restart loaded --checkpoint BASE before it looked for the fine-tune's own files: once the
     base was moved (a scratch folder purged), every restart failed on "not found", though its own files sufficed."""
