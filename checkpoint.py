@@ -359,15 +359,16 @@ def load_model(path_or_ckpt, device="cpu", name=None):
                         f"layers x {c.get('n_embd')}) does not fit in memory ({first_line(e, 80)}): its "
                         f"config is damaged, or the model needs a larger machine") from None
     load_weights(model, ckpt["model"], name)
-    if isinstance(path_or_ckpt, str):  # the weights the caller gets: the model's, the file no longer mapped
-        ckpt["model"] = model.state_dict()
+    model = model.to(device)
+    if isinstance(path_or_ckpt, str):  # the weights the caller gets: the model's, the file no longer mapped (taken
+        ckpt["model"] = model.state_dict()  # on device: before, a GPU's serve.py held a CPU copy as long as it ran)
     enc = tokenizer_from_state(ckpt["tokenizer"])
     # a tokenizer with more ids than the model's embedding: an IndexError at the first such token (gen.py's traceback,
     # serve.py's 500 to every request); fewer: ids the tokenizer cannot decode
     if model.config.vocab_size != enc.n_vocab:
         raise UserError(f"{name}: the model has {model.config.vocab_size} token ids but its tokenizer {enc.n_vocab}: "
                         f"a damaged or edited checkpoint; use another one")
-    return model.to(device).eval(), enc, ckpt
+    return model.eval(), enc, ckpt
 
 
 def checkpoint_config(ckpt, name):

@@ -2249,6 +2249,13 @@ def test_a_checkpoint_loads_for_sampling_without_its_optimizer_state_in_memory(t
         load_checkpoint(tmp_path / "big.pt")
 
 
+def test_load_model_gives_the_weights_of_the_model_on_its_device(trained):
+    """load_model's checkpoint dict holds the model's weights, not the file's: taken before the model went to the GPU,
+    they were a CPU copy, which serve.py and gen.py held in host memory for as long as they ran ("meta" stands in)."""
+    model, _, ckpt = load_model(trained["summary"]["checkpoint"], "meta")
+    assert {v.device.type for v in ckpt["model"].values()} == {"meta"} == {p.device.type for p in model.parameters()}
+
+
 @pytest.mark.skipif(not os.path.exists("/proc/self/fd"), reason="the mapping is Linux's")
 def test_a_checkpoint_is_mapped_only_where_that_saves_memory(trained, monkeypatch):
     """A mapping saves memory where part of the file is left out or left in it (gen.py, eval.py). Where all is copied
