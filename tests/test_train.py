@@ -2249,6 +2249,14 @@ def test_a_checkpoint_loads_for_sampling_without_its_optimizer_state_in_memory(t
         load_checkpoint(tmp_path / "big.pt")
 
 
+def test_tied_weights_copied_out_of_a_mapped_checkpoint_stay_one_tensor(trained):
+    """The embedding and the output layer are one tensor, saved once: copied out of the mapping each on its own, eval.py
+    held GPT-2's 154 MB table twice."""
+    model = load_checkpoint(trained["summary"]["checkpoint"], optimizer=False)["model"]
+    assert model["lm_head.weight"].untyped_storage().data_ptr() == \
+        model["transformer.wte.weight"].untyped_storage().data_ptr()
+
+
 def test_load_model_gives_the_weights_of_the_model_on_its_device(trained):
     """load_model's checkpoint dict holds the model's weights, not the file's: taken before the model went to the GPU,
     they were a CPU copy, which serve.py and gen.py held in host memory for as long as they ran ("meta" stands in)."""
