@@ -1747,9 +1747,11 @@ def test_the_memory_a_process_may_have_is_its_cgroups_where_that_is_less(tmp_pat
             (tmp_path / name).write_text(text)
         (tmp_path / "cgroup").write_text(listing)
         return cgroup_memory(10 * 2 ** 30, str(tmp_path), str(tmp_path / "cgroup"))
-    # v2: the limit is its parent's; no swap allowed
+    # v2: the limit is its parent's, not a larger one above; no swap allowed
     assert cgroup({"user.slice/memory.max": f"{4 * 2 ** 30}\n", "user.slice/memory.swap.max": "0\n",
-                   "user.slice/run.scope/memory.max": "max\n"}, "0::/user.slice/run.scope\n") == 4 * 2 ** 30
+                   "user.slice/run.scope/memory.max": "max\n", "memory.max": f"{8 * 2 ** 30}\n"},
+                  "0::/user.slice/run.scope\n") == 4 * 2 ** 30
+    (tmp_path / "memory.max").unlink()
     # v1 in a container: the host's path is not under its mount, whose root holds the limit (memory and swap: 3 GB)
     shutil.rmtree(tmp_path / "user.slice")
     assert cgroup({"memory/memory.limit_in_bytes": f"{2 * 2 ** 30}\n", "memory/memory.memsw.limit_in_bytes":
@@ -1757,6 +1759,8 @@ def test_the_memory_a_process_may_have_is_its_cgroups_where_that_is_less(tmp_pat
     # none set: v1's root holds a huge number
     (tmp_path / "memory/memory.limit_in_bytes").write_text("9223372036854771712\n")
     assert cgroup({}, "4:memory:/\n") is None
+    # v2 in a container's own namespace ("0::/"): the limit at the mount's root; swap not limited: the machine's
+    assert cgroup({"memory.max": f"{2 * 2 ** 30}\n", "memory.swap.max": "max\n"}, "0::/\n") == 12 * 2 ** 30
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_DATA is Linux's")
