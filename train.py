@@ -2470,6 +2470,8 @@ def build_training(run):
             group.update({k: was[k] for k in ("weight_decay", "betas") if k in was})  # (Muon's groups have no betas)
         if ckpt.get("scaler") and run.scaler.is_enabled():
             run.scaler.load_state_dict(ckpt["scaler"])
+    if ckpt is not None:  # in the optimizer now, or not carried over: on a GPU a CPU copy (up to twice the weights)
+        ckpt["optimizer"] = None  # held for the run's length (on a CPU the optimizer's tensors are these)
     if continuing and not args.reset_epoch and ckpt.get("rng"):
         set_rng_state(ckpt["rng"])
     train_model = run.model

@@ -2216,12 +2216,13 @@ def test_an_empty_checkpoint_file_names_what_torch_said(tmp_path):
 
 def test_a_continued_run_holds_the_checkpoints_weights_once(env, tmp_path, monkeypatch):
     """The checkpoint a run continues stays with the run (its counts, its metrics), and so did its weights, copied
-    into the model: 0.5 GB more for GPT-2's whole run, on a machine where it may be the memory a batch needed."""
+    into the model: 0.5 GB more for GPT-2's whole run, on a machine where it may be the memory a batch needed; and on a
+    GPU its optimizer state, copied to the GPU: up to 1 GB more of the host's for GPT-2's."""
     first = train.train(args_for(env, tmp_path, "--dataset", "mini", "--max_steps", "1"))
     runs, build = [], train.build_training
     monkeypatch.setattr(train, "build_training", lambda run: (runs.append(run), build(run))[1])
     train.train(train.parse_args(["--checkpoint", first["checkpoint"], "--max_steps", "2", "--no-color"]))
-    assert runs[0].ckpt["model"] is None and runs[0].ckpt["step"] == 1
+    assert runs[0].ckpt["model"] is None and runs[0].ckpt["optimizer"] is None and runs[0].ckpt["step"] == 1
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="RssAnon is Linux's")
