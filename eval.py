@@ -177,8 +177,9 @@ def evaluate_checkpoint(path, datasets=None, data_dir=None, split="val", block_s
             except (RuntimeError, MemoryError) as e:  # (GPT-2's logits alone: 3.3 GB a batch of 16 x 1024)
                 if not is_oom(e):
                     raise
+                smaller = "--batch_size" if batch_size > 1 else "--block_size"  # (at 1, a smaller one is none)
                 raise UserError(f"out of memory evaluating {path} in batches of --batch_size {batch_size} x "
-                                f"--block_size {block_size}: use a smaller --batch_size ({first_line(e)})") from None
+                                f"--block_size {block_size}: use a smaller {smaller} ({first_line(e)})") from None
         bpb = bits_per_byte(loss, bpb_scale(windows, eval_windows, enc))
         row = {"dataset": name, "windows": n_windows, "loss": loss, "ppl": perplexity(loss), "bpb": bpb, **no_replies}
         if meta.get("has_mask") and samples and prompt_list is None:

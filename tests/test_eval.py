@@ -498,6 +498,9 @@ def test_a_batch_too_large_for_memory_is_one_line_naming_a_smaller_batch_size(en
     assert code == 1 and "Traceback" not in err and re.search(
         r"out of memory evaluating .* in batches of --batch_size 16 x --block_size 64: use a smaller --batch_size "
         r"\(\[enforce fail", err), err
+    code, out, err = cli([chat_ckpt, "--dataset", "story", "--data_dir", env["data"], "--batch_size", "1", *CPU],
+                         capsys)
+    assert code == 1 and "--batch_size 1 x --block_size 64: use a smaller --block_size (" in err, err  # (not 1 -> 0)
     code = ("import resource, runpy, sys\nsys.argv = ['eval.py', 'none.pt']\ntry:\n"
             "    runpy.run_path('eval.py', run_name='__main__')\nexcept SystemExit:\n    pass\n"
             "import model\nprint(resource.getrlimit(resource.RLIMIT_DATA)[0] == model.physical_memory())")
