@@ -973,6 +973,18 @@ class Killed(BaseException):
     """SIGKILL's stand-in in a run in this process: nothing of the run goes on after it, no save on the way out."""
 
 
+def killed_at_save(n, saves):
+    """train.save_checkpoint's stand-in that notes each save's step in saves, and is killed (Killed) at the n-th."""
+    real_save = train.save_checkpoint
+
+    def save(path, *a, **kw):
+        saves.append(kw["step"])
+        if len(saves) == n:
+            raise Killed
+        real_save(path, *a, **kw)
+    return save
+
+
 def as_torchrun_attempt(monkeypatch, tmp_path, job, attempt):
     """The variables torchrun's agent gives its ranks in a job's attempt (restart): the job's rendezvous id as a user's
     --rdzv_id, which the next job may give again, and an error file in the folder the agent made for the job's logs."""
@@ -992,14 +1004,8 @@ def test_a_torchrun_restart_continues_the_job_from_its_newest_checkpoint(env, tm
     want = losses(train.train(args_for(env, tmp_path / "one", *argv))["metrics"])
     assert sorted(want) == list(range(1, 9))
     real_save, saves = train.save_checkpoint, []
-
-    def killed_at_the_second_save(path, *a, **kw):  # steps 4 to 6 trained, logged and lost
-        saves.append(kw["step"])
-        if len(saves) == 2:
-            raise Killed
-        real_save(path, *a, **kw)
     as_torchrun_attempt(monkeypatch, tmp_path, "job1", 0)
-    monkeypatch.setattr(train, "save_checkpoint", killed_at_the_second_save)
+    monkeypatch.setattr(train, "save_checkpoint", killed_at_save(2, saves))  # steps 4 to 6 trained, logged and lost
     with pytest.raises(Killed):
         train.train(args_for(env, tmp_path / "two", *argv))
     assert saves == [3, 6]
@@ -1031,15 +1037,9 @@ def test_a_torchrun_restart_of_a_resume_run_keeps_to_the_jobs_max_steps(env, tmp
     argv = ["--dataset", "mini", "--batch_size", "4", "--max_steps", "8", "--eval_interval", "0", "--save_interval",
             3 * 100 / math.ceil(len(train.Windows(train.load_meta(env["data"], "mini"), "train", 64)) / 4),
             "--resume"]  # a save every 3 steps
-    real_save, saves = train.save_checkpoint, []
-
-    def killed_at_the_second_save(path, *a, **kw):
-        saves.append(kw["step"])
-        if len(saves) == 2:
-            raise Killed
-        real_save(path, *a, **kw)
+    real_save = train.save_checkpoint
     as_torchrun_attempt(monkeypatch, tmp_path, "job1", 0)
-    monkeypatch.setattr(train, "save_checkpoint", killed_at_the_second_save)
+    monkeypatch.setattr(train, "save_checkpoint", killed_at_save(2, []))
     with pytest.raises(Killed):
         train.train(args_for(env, tmp_path, *argv))
     monkeypatch.setattr(train, "save_checkpoint", real_save)
