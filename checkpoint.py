@@ -140,8 +140,8 @@ def load_checkpoint(path, optimizer=True, copy_model=True):
     or foreign file is one clear UserError. path: a str or a pathlib.Path (a notebook's). optimizer=False leaves its
     optimizer state out, unread where the file is mapped (read_checkpoint says where): twice the weights (AdamW's),
     which a script that samples or evaluates never uses (gen.py on GPT-2's checkpoint needed 2 GB with it, 1 GB
-    without). copy_model=False leaves the weights in the
-    file's mapping (where it is mapped), for load_model alone: it copies them into its model and drops them."""
+    without). copy_model=False leaves the weights in the file's mapping (where it is mapped), for load_model alone: it
+    copies them into its model and drops them."""
     path = os.fspath(path)
     if not os.path.exists(path):
         folder = os.path.dirname(path)  # what is there, where the user looked (models/ for a bare name)

@@ -1756,10 +1756,9 @@ def elastic_job():
 
 def restart_point(run, given):
     """The newest checkpoint to continue from, as (path, step, max_steps left or None, ended, the newer files passed
-    over as damaged), or None: with --resume,
-    the run's newest (of its dataset, with training state); in a torchrun restart, which runs the failed attempt's
-    command whose files refuse_earlier_run would refuse, this job's. Rank 0 decides. given: the options as given, which
-    --resume's newest checkpoint must agree with (another_run)."""
+    over as damaged), or None: with --resume, the run's newest (of its dataset, with training state); in a torchrun
+    restart, which runs the failed attempt's command whose files refuse_earlier_run would refuse, this job's. Rank 0
+    decides. given: the options as given, which --resume's newest checkpoint must agree with (another_run)."""
     resume = run.args.resume  # (the same on every rank, as TORCHELASTIC_RUN_ID: all enter the broadcast, or none)
     if not resume and "TORCHELASTIC_RUN_ID" not in os.environ:
         return None
