@@ -1214,21 +1214,21 @@ class TrainTally:
     def __init__(self, device, since=None, main=True):
         """since: a checkpoint's loss_since_record to go on from; rank 0 (main) alone holds its sum."""
         self.loss, self.targets = torch.zeros((), device=device), 0
-        # and since the last line the clock adds between records (take_line), which leaves the record's sum whole
-        self.line, self.line_targets = torch.zeros((), device=device), 0
+        # the sum and targets at the last line the clock adds between records (take_line): a line's are the record's
+        # since then, so a step adds to one sum alone
+        self.line_mark, self.line_targets = torch.zeros((), device=device), 0
         if since is not None:
             self.loss += since[0] if main else 0.0
             self.targets = since[1]
+            self.line_mark.copy_(self.loss)  # (its first line: the steps of this run alone)
+            self.line_targets = self.targets
         self.restart_timer()  # t_mark, tokens: for tokens/s
         self.train_s, self.train_tokens = 0.0, 0  # the timed intervals summed: the run's speed (train_tokens_per_s)
 
     def add(self, loss, n_targets, tokens):
         """A step's mean loss (a tensor on the device: no host sync) over its n_targets counted targets, and tokens."""
-        summed = loss * n_targets
-        self.loss += summed
-        self.line += summed
+        self.loss += loss * n_targets
         self.targets += n_targets
-        self.line_targets += n_targets
         self.tokens += tokens
 
     def take(self, dist, timed):
@@ -1242,18 +1242,19 @@ class TrainTally:
         if timed:
             self.train_s, self.train_tokens = self.train_s + interval, self.train_tokens + self.tokens
         self.loss.zero_()
-        self.line.zero_()
+        self.line_mark.zero_()
         self.targets = self.line_targets = 0
         return loss_sum, train_loss, tps
 
     def take_line(self, dist):
         """At a line the clock adds between records: (mean train loss since the last line or record, or None; tokens/s
         since the last record). The record's sum is left whole, so that records fall and average by steps alone."""
+        line, targets = self.loss - self.line_mark, self.targets - self.line_targets  # (a new tensor: the sum stays)
         if dist.world > 1:
-            torch.distributed.all_reduce(self.line)
-        train_loss = self.line.item() / self.line_targets if self.line_targets else None
-        self.line.zero_()
-        self.line_targets = 0
+            torch.distributed.all_reduce(line)
+        train_loss = line.item() / targets if targets else None
+        self.line_mark.copy_(self.loss)
+        self.line_targets = self.targets
         return train_loss, self.tokens / max(time.time() - self.t_mark, 1e-9)
 
     def restart_timer(self):
